@@ -1,0 +1,1 @@
+"""vmpool: instantly available virtual machines, served from pools kept full in the background."""

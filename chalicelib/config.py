@@ -1,0 +1,640 @@
+"""Service configuration: vmpooler's YAML, loaded as it is, validated once at start.
+
+vmpooler writes top-level sections as Ruby symbols (``:pools:``); we accept that and the plain
+spelling at every level by dropping leading colons from mapping keys. Every key of vmpooler's
+config is known; unknown keys log a warning instead of failing, so a config that works for
+vmpooler keeps working here. Invalid values fail the load with every problem listed, each naming
+its key path (``pools[2].size: must be an integer >= 0, got "five"``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Sequence
+
+import yaml
+
+CONFIG_FILE_ENV = "VMPOOL_CONFIG_FILE"
+CONFIG_YAML_ENV = "VMPOOL_CONFIG"
+DEFAULT_CONFIG_FILE = Path(__file__).with_name("vmpool.yaml")
+
+POOL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; ``problems`` lists each one with its key path."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
+
+
+# --- value checkers ----------------------------------------------------------------------------
+# Each checker takes the raw YAML value and returns the clean value or raises _Invalid with the
+# human explanation; the loader adds the key path.
+
+
+class _Invalid(Exception):
+    pass
+
+
+Checker = Callable[[Any], Any]
+
+
+def _show(value: Any) -> str:
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Checker:
+    """An int (or a string of digits, as vmpooler's ``to_i`` accepts) within bounds."""
+    bounds = []
+    if minimum is not None:
+        bounds.append(f">= {minimum}")
+    if maximum is not None:
+        bounds.append(f"<= {maximum}")
+    wanted = "an integer" + (" " + " and ".join(bounds) if bounds else "")
+
+    def check(value: Any) -> int:
+        if isinstance(value, bool):
+            raise _Invalid(f"must be {wanted}, got {_show(value)}")
+        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+            number = int(value)
+        elif isinstance(value, int):
+            number = value
+        else:
+            raise _Invalid(f"must be {wanted}, got {_show(value)}")
+        if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+            raise _Invalid(f"must be {wanted}, got {_show(value)}")
+        return number
+
+    return check
+
+
+def number(minimum: float | None = None) -> Checker:
+    """An int or float (or numeric string) at least ``minimum``."""
+
+    def check(value: Any) -> float:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            result = float(value)
+        except (TypeError, ValueError):
+            raise _Invalid(f"must be a number, got {_show(value)}") from None
+        if minimum is not None and result < minimum:
+            raise _Invalid(f"must be a number >= {minimum}, got {_show(value)}")
+        return result
+
+    return check
+
+
+def boolean(value: Any) -> bool:
+    """true/false, also as the strings vmpooler configs sometimes carry."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+        return value.lower() in ("true", "yes")
+    raise _Invalid(f"must be true or false, got {_show(value)}")
+
+
+def string(value: Any) -> str:
+    """A scalar written as text (numbers are accepted and turned into text)."""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise _Invalid(f"must be a string, got {_show(value)}")
+
+
+def string_list(value: Any) -> tuple[str, ...]:
+    """A string or a list of strings (vmpooler accepts both for alias, base, user_object)."""
+    items = value if isinstance(value, list) else [value]
+    return tuple(string(item) for item in items)
+
+
+def mapping(value: Any) -> Mapping[str, Any]:
+    """A YAML mapping, kept as it is."""
+    if not isinstance(value, dict):
+        raise _Invalid(f"must be a mapping, got {_show(value)}")
+    return MappingProxyType(dict(value))
+
+
+def choice(*options: str) -> Checker:
+    def check(value: Any) -> str:
+        if value not in options:
+            raise _Invalid(f"must be one of {', '.join(options)}, got {_show(value)}")
+        return value
+
+    return check
+
+
+def regex(value: Any) -> str:
+    text = string(value)
+    try:
+        re.compile(text)
+    except re.error as error:
+        raise _Invalid(f"must be a regular expression ({error})") from None
+    return text
+
+
+def anything(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class Key:
+    """One known key: its checker and default (``REQUIRED`` when it must be given)."""
+
+    check: Checker
+    default: Any = None
+
+
+REQUIRED = object()
+
+# Keys vmpooler reads that we accept but do not act on (logging, graphite, its web dashboard...).
+_IGNORED = Key(anything)
+
+DUMMY_KEYS: dict[str, Key] = {
+    "createvm_max_time": Key(number(0)),
+    "createvm_fail_percent": Key(number(0)),
+    "destroyvm_max_time": Key(number(0)),
+    "destroyvm_fail_percent": Key(number(0)),
+    "vmready_fail_percent": Key(number(0)),
+    "getvm_poweroff_percent": Key(number(0)),
+    "getvm_rename_percent": Key(number(0)),
+    "createdisk_max_time": Key(number(0)),
+    "createdisk_fail_percent": Key(number(0)),
+    "createsnapshot_max_time": Key(number(0)),
+    "createsnapshot_fail_percent": Key(number(0)),
+    "revertsnapshot_max_time": Key(number(0)),
+    "revertsnapshot_fail_percent": Key(number(0)),
+    "migratevm_couldmove_percent": Key(number(0)),
+    "migratevm_max_time": Key(number(0)),
+    "migratevm_fail_percent": Key(number(0)),
+    "boot_time": Key(number(0)),
+    "seed": Key(integer()),
+    "filename": _IGNORED,
+}
+
+# Readiness keys, per provider and per pool (vSphere issue).
+READINESS_KEYS: dict[str, Key] = {
+    "ready_check": Key(choice("tcp", "tools", "none")),
+    "ready_port": Key(integer(1, 65535)),
+    "check_hostname": Key(boolean),
+}
+
+SERVICE_KEYS: dict[str, Key] = {
+    "task_limit": Key(integer(1), 10),
+    "timeout": Key(integer(1), 15),
+    "timeout_notification": Key(integer(0), 5),
+    "ready_ttl": Key(integer(1), 60),
+    "vm_lifetime": Key(integer(1), 24),
+    "vm_lifetime_auth": Key(integer(1)),
+    "max_lifetime_upper_limit": Key(integer(1)),
+    "prefix": Key(string, ""),
+    "domain": Key(string),
+    "allowed_tags": Key(string_list, ()),
+    "experimental_features": Key(boolean, False),
+    "purge_unconfigured_resources": Key(boolean, False),
+    "resources_allowlist": Key(string_list, ()),
+    "create_folders": Key(boolean, False),
+    "create_linked_clones": Key(boolean, True),
+    "create_template_delta_disks": Key(boolean, False),
+    "manage_host_selection": Key(boolean, False),
+    "utilization_limit": Key(integer(1, 100), 90),
+    "max_ondemand_instances_per_request": Key(integer(1), 10),
+    "ondemand_clone_limit": Key(integer(1), 10),
+    "ondemand_request_ttl": Key(integer(1), 5),
+    "ondemand_fallback": Key(boolean, False),
+    "max_vm_retries": Key(integer(0), 3),
+    "check_loop_delay_min": Key(number(0.1), 5.0),
+    "check_loop_delay_max": Key(number(0.1), 60.0),
+    "check_loop_delay_decay": Key(number(1.0), 2.0),
+    "token_ttl": Key(integer(1)),
+    "clone_target": Key(string),
+    "vm_checktime": Key(integer(1), 1),
+    # Accepted for compatibility; this service has no equivalent.
+    "logfile": _IGNORED,
+    "site_name": _IGNORED,
+    "migration_limit": _IGNORED,
+    "vm_checktime_ready": _IGNORED,
+    "usage_stats": _IGNORED,
+    "request_logger": _IGNORED,
+    "extra_config": _IGNORED,
+    "backend_weight": _IGNORED,
+    "retry_delay": _IGNORED,
+    "host_selection_max_age": _IGNORED,
+    "lifetime_max": _IGNORED,
+}
+
+REDIS_KEYS: dict[str, Key] = {
+    "server": Key(string, "localhost"),
+    "port": Key(integer(1, 65535), 6379),
+    "password": Key(string),
+    "data_ttl": Key(integer(1), 168),
+    "db": Key(integer(0), 0),
+    "tls": Key(boolean, False),
+    "unix_socket": Key(string),
+    "socket_timeout": Key(number(0.01), 2.0),
+    "connection_pool_size": _IGNORED,
+    "reconnect_attempts": _IGNORED,
+    "redis_connection_pool_size": _IGNORED,
+    "redis_connection_pool_timeout": _IGNORED,
+}
+
+POOL_KEYS: dict[str, Key] = {
+    "name": Key(string, REQUIRED),
+    "size": Key(integer(0, 10000), REQUIRED),
+    "template": Key(string, ""),
+    "folder": Key(string, ""),
+    "alias": Key(string_list, ()),
+    "provider": Key(string),
+    "domain": Key(string),
+    "dns_plugin": Key(string),
+    "timeout": Key(integer(1)),
+    "ready_ttl": Key(integer(1)),
+    "pool": Key(string),
+    "datastore": Key(string),
+    "clone_target": Key(string),
+    "network": Key(string),
+    "datacenter": Key(string),
+    "create_linked_clone": Key(boolean),
+    "ondemand_fallback": Key(boolean),
+    "check_loop_delay_min": Key(number(0.1)),
+    "check_loop_delay_max": Key(number(0.1)),
+    "check_loop_delay_decay": Key(number(1.0)),
+    "snapshot_mainMem_ioBlockPages": _IGNORED,
+    "snapshot_mainMem_writeThrottle": _IGNORED,
+    "template_hostname": _IGNORED,
+    "ready_schedule": _IGNORED,
+    **DUMMY_KEYS,
+    **READINESS_KEYS,
+}
+
+PROVIDER_KEYS: dict[str, Key] = {
+    "provider_class": Key(choice("vsphere", "dummy")),
+    "server": Key(string),
+    "port": Key(integer(1, 65535)),
+    "username": Key(string),
+    "password": Key(anything),
+    "insecure": Key(boolean, False),
+    "ca_bundle": Key(string),
+    "datacenter": Key(string),
+    "connection_pool": _IGNORED,
+    "connect_timeout": Key(number(0.1), 10.0),
+    "call_timeout": Key(number(0.1), 60.0),
+    "host_selection_cache_seconds": Key(number(0), 60.0),
+    **DUMMY_KEYS,
+    **READINESS_KEYS,
+}
+
+AUTH_KEYS: dict[str, Key] = {
+    "provider": Key(choice("ldap", "dummy"), REQUIRED),
+    "ldap": Key(mapping),
+    "login_attempts_per_user": Key(integer(1), 10),
+    "login_attempts_per_address": Key(integer(1), 50),
+    "login_window_seconds": Key(integer(1), 300),
+}
+
+DNS_KEYS: dict[str, Key] = {
+    "dns_class": Key(string),
+    "domain": Key(string),
+}
+
+TOP_LEVEL_SECTIONS = (
+    "config", "redis", "auth", "providers", "pools", "tagfilter", "dns_configs",
+    "graphite", "statsd", "tracing", "pool_names",
+)
+
+
+# --- typed configuration ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """One pool: what to clone, where, and how many to keep ready."""
+
+    name: str
+    size: int
+    template: str
+    folder: str
+    provider: str
+    alias: tuple[str, ...]
+    domain: str | None
+    timeout_minutes: int
+    ready_ttl_minutes: int
+    settings: Mapping[str, Any]
+    """Every key given for the pool (datastore, network, dummy and readiness keys...)."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A pool key's value, or ``default`` when the pool does not set it."""
+        value = self.settings.get(key)
+        return default if value is None else value
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """A provider block of ``:providers:``; ``provider_class`` says which implementation."""
+
+    name: str
+    provider_class: str
+    settings: Mapping[str, Any]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.settings.get(key)
+        return default if value is None else value
+
+    def pool_setting(self, pool: PoolConfig, key: str, default: Any = None) -> Any:
+        """A setting that a pool may override: the pool's value, else the provider's, else default."""
+        return pool.get(key, self.get(key, default))
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    server: str
+    port: int
+    password: Any
+    db: int
+    tls: bool
+    unix_socket: str | None
+    socket_timeout: float
+    data_ttl_hours: int
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """The ``:config:`` section, with vmpooler's defaults."""
+
+    settings: Mapping[str, Any]
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self.settings[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+@dataclass(frozen=True)
+class Config:
+    service: ServiceConfig
+    redis: RedisConfig
+    pools: tuple[PoolConfig, ...]
+    providers: Mapping[str, ProviderConfig]
+    auth: Mapping[str, Any] | None
+    tagfilter: Mapping[str, str]
+    warnings: tuple[str, ...] = ()
+    _pools_by_name: Mapping[str, PoolConfig] = field(default_factory=dict, repr=False)
+    _aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        by_name = {pool.name: pool for pool in self.pools}
+        aliases: dict[str, list[str]] = {}
+        for pool in self.pools:
+            for alias in pool.alias:
+                if alias not in by_name:
+                    aliases.setdefault(alias, []).append(pool.name)
+        object.__setattr__(self, "_pools_by_name", MappingProxyType(by_name))
+        object.__setattr__(
+            self, "_aliases", MappingProxyType({a: tuple(p) for a, p in aliases.items()})
+        )
+
+    def pool(self, name: str) -> PoolConfig | None:
+        return self._pools_by_name.get(name)
+
+    @property
+    def pool_names(self) -> tuple[str, ...]:
+        return tuple(pool.name for pool in self.pools)
+
+    def resolve(self, requested: str) -> tuple[str, ...]:
+        """The pools a requested name may be served from: the pool itself, or an alias's pools."""
+        if requested in self._pools_by_name:
+            return (requested,)
+        return self._aliases.get(requested, ())
+
+    def aliases_of(self, pool_name: str) -> tuple[str, ...]:
+        pool = self.pool(pool_name)
+        return pool.alias if pool else ()
+
+    def provider_for(self, pool: PoolConfig) -> ProviderConfig:
+        return self.providers[pool.provider]
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def _strip_colons(value: Any) -> Any:
+    """Turn Ruby-symbol keys (``:pools``) into plain ones, at every level."""
+    if isinstance(value, dict):
+        return {
+            (key.lstrip(":") if isinstance(key, str) else key): _strip_colons(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_strip_colons(item) for item in value]
+    return value
+
+
+class _Reader:
+    """Collects problems and warnings while checking sections against their key tables."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    def section(self, raw: Any, keys: Mapping[str, Key], path: str) -> dict[str, Any]:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            self.problems.append(f"{path}: must be a mapping, got {_show(raw)}")
+            return {name: (None if key.default is REQUIRED else key.default) for name, key in keys.items()}
+        result: dict[str, Any] = {}
+        for name, key in keys.items():
+            value = raw.get(name)
+            if value is None:
+                if key.default is REQUIRED:
+                    self.problems.append(f"{path}.{name}: is required")
+                    result[name] = None
+                else:
+                    result[name] = key.default
+                continue
+            try:
+                result[name] = key.check(value)
+            except _Invalid as invalid:
+                self.problems.append(f"{path}.{name}: {invalid}")
+                result[name] = None if key.default is REQUIRED else key.default
+        for name in raw:
+            if name not in keys:
+                self.warnings.append(f"{path}.{name}: unknown key, ignored")
+        return result
+
+
+def parse(text: str, source: str = "config") -> Config:
+    """Parse and validate YAML text. Raises ConfigError listing every problem."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{source}: not valid YAML: {error}"]) from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError([f"{source}: must be a YAML mapping at the top level"])
+    return build(_strip_colons(document))
+
+
+def build(document: Mapping[str, Any]) -> Config:
+    """Validate an already-parsed (colon-stripped) config document."""
+    reader = _Reader()
+    for name in document:
+        if name not in TOP_LEVEL_SECTIONS:
+            reader.warnings.append(f"{name}: unknown section, ignored")
+
+    service = reader.section(document.get("config"), SERVICE_KEYS, "config")
+    if service["vm_lifetime_auth"] is None:
+        service["vm_lifetime_auth"] = service["vm_lifetime"]
+    if service["check_loop_delay_max"] < service["check_loop_delay_min"]:
+        service["check_loop_delay_max"] = service["check_loop_delay_min"]
+
+    redis_raw = reader.section(document.get("redis"), REDIS_KEYS, "redis")
+    redis = RedisConfig(
+        server=redis_raw["server"],
+        port=redis_raw["port"],
+        password=redis_raw["password"],
+        db=redis_raw["db"],
+        tls=redis_raw["tls"],
+        unix_socket=redis_raw["unix_socket"],
+        socket_timeout=redis_raw["socket_timeout"],
+        data_ttl_hours=redis_raw["data_ttl"],
+    )
+
+    providers = _read_providers(reader, document.get("providers"))
+    dns_configs = _read_dns_configs(reader, document.get("dns_configs"))
+    pools = _read_pools(reader, document.get("pools"), service, providers, dns_configs)
+
+    auth = None
+    if document.get("auth") is not None:
+        auth = MappingProxyType(reader.section(document["auth"], AUTH_KEYS, "auth"))
+
+    tagfilter: dict[str, str] = {}
+    raw_tagfilter = document.get("tagfilter") or {}
+    if not isinstance(raw_tagfilter, dict):
+        reader.problems.append(f"tagfilter: must be a mapping, got {_show(raw_tagfilter)}")
+    else:
+        for tag, pattern in raw_tagfilter.items():
+            try:
+                tagfilter[str(tag)] = regex(pattern)
+            except _Invalid as invalid:
+                reader.problems.append(f"tagfilter.{tag}: {invalid}")
+
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return Config(
+        service=ServiceConfig(MappingProxyType(service)),
+        redis=redis,
+        pools=tuple(pools),
+        providers=MappingProxyType(providers),
+        auth=auth,
+        tagfilter=MappingProxyType(tagfilter),
+        warnings=tuple(reader.warnings),
+    )
+
+
+def _read_providers(reader: _Reader, raw: Any) -> dict[str, ProviderConfig]:
+    providers: dict[str, ProviderConfig] = {}
+    if raw is None:
+        return providers
+    if not isinstance(raw, dict):
+        reader.problems.append(f"providers: must be a mapping, got {_show(raw)}")
+        return providers
+    for name, block in raw.items():
+        settings = reader.section(block, PROVIDER_KEYS, f"providers.{name}")
+        provider_class = settings.pop("provider_class") or str(name)
+        if provider_class not in ("vsphere", "dummy"):
+            reader.problems.append(
+                f"providers.{name}.provider_class: must be one of vsphere, dummy, got {_show(provider_class)}"
+            )
+        providers[str(name)] = ProviderConfig(str(name), provider_class, MappingProxyType(settings))
+    return providers
+
+
+def _read_dns_configs(reader: _Reader, raw: Any) -> dict[str, dict[str, Any]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        reader.problems.append(f"dns_configs: must be a mapping, got {_show(raw)}")
+        return {}
+    return {str(name): reader.section(block, DNS_KEYS, f"dns_configs.{name}") for name, block in raw.items()}
+
+
+def _read_pools(
+    reader: _Reader,
+    raw: Any,
+    service: Mapping[str, Any],
+    providers: dict[str, ProviderConfig],
+    dns_configs: Mapping[str, Mapping[str, Any]],
+) -> list[PoolConfig]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        reader.problems.append(f"pools: must be a list of pools, got {_show(raw)}")
+        return []
+    pools: list[PoolConfig] = []
+    seen: set[str] = set()
+    for index, block in enumerate(raw):
+        path = f"pools[{index}]"
+        settings = reader.section(block, POOL_KEYS, path)
+        name = settings["name"]
+        if name is None:
+            continue
+        if not POOL_NAME_PATTERN.match(name):
+            reader.problems.append(f"{path}.name: must match {POOL_NAME_PATTERN.pattern}, got {_show(name)}")
+        if name in seen:
+            reader.problems.append(f"{path}.name: duplicate pool name {_show(name)}")
+        seen.add(name)
+        provider = settings["provider"] or "vsphere"
+        if provider not in providers:
+            if provider in ("vsphere", "dummy"):
+                # vmpooler lets a pool name a provider class without a providers block.
+                providers[provider] = ProviderConfig(provider, provider, MappingProxyType({}))
+            else:
+                reader.problems.append(f"{path}.provider: no provider named {_show(provider)} in providers")
+        if providers.get(provider) and providers[provider].provider_class == "vsphere" and not settings["template"]:
+            reader.problems.append(f"{path}.template: is required for a vsphere pool")
+        domain = settings["domain"]
+        if domain is None and settings["dns_plugin"]:
+            dns = dns_configs.get(settings["dns_plugin"])
+            if dns is None:
+                reader.problems.append(f"{path}.dns_plugin: no dns_configs entry named {_show(settings['dns_plugin'])}")
+            else:
+                domain = dns.get("domain")
+        if domain is None:
+            domain = service["domain"]
+        pools.append(
+            PoolConfig(
+                name=name,
+                size=settings["size"] if settings["size"] is not None else 0,
+                template=settings["template"],
+                folder=settings["folder"],
+                provider=provider,
+                alias=settings["alias"],
+                domain=domain,
+                timeout_minutes=settings["timeout"] or service["timeout"],
+                ready_ttl_minutes=settings["ready_ttl"] or service["ready_ttl"],
+                settings=MappingProxyType({k: v for k, v in settings.items() if v is not None}),
+            )
+        )
+    return pools
+
+
+def load(environ: Mapping[str, str] | None = None) -> Config:
+    """Load the config named by the environment: raw YAML in VMPOOL_CONFIG, a file named by
+    VMPOOL_CONFIG_FILE, else the packaged default."""
+    environ = os.environ if environ is None else environ
+    if environ.get(CONFIG_YAML_ENV):
+        return parse(environ[CONFIG_YAML_ENV], CONFIG_YAML_ENV)
+    path = Path(environ.get(CONFIG_FILE_ENV) or DEFAULT_CONFIG_FILE)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read: {error.strerror}"]) from None
+    return parse(text, str(path))

@@ -1,0 +1,109 @@
+"""The one interface every VM provider implements (dummy, vsphere, later EC2...).
+
+The manager only ever talks to a provider through this interface, so nothing above
+``chalicelib/providers/`` knows what a vCenter is. Long operations (clone, destroy, disk,
+snapshot) are *started* and return a task reference; the manager stores the reference and asks
+for the task's state on a later pass instead of waiting.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass
+from typing import Sequence
+
+from chalicelib.config import PoolConfig
+
+
+class ProviderError(Exception):
+    """The provider could not do what was asked (the backend is down, refused, timed out).
+
+    The message is safe to record on a VM and show to users: it never carries credentials.
+    """
+
+
+@dataclass(frozen=True)
+class VMInfo:
+    """What the manager needs to know about one VM in a pool's folder."""
+
+    name: str
+    powered_on: bool
+    ip: str | None = None
+    guest_hostname: str | None = None
+    tools_running: bool = False
+    host: str | None = None
+    annotation: str | None = None
+
+
+class TaskState(enum.Enum):
+    RUNNING = "running"
+    SUCCESS = "success"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    state: TaskState
+    error: str | None = None
+    """The backend's message when the task failed."""
+
+    @property
+    def done(self) -> bool:
+        return self.state is not TaskState.RUNNING
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    reason: str = ""
+    """Why the VM is not ready yet (shown in GET /vm/<host>)."""
+
+
+class Provider(abc.ABC):
+    """A place VMs come from. One instance serves every pool that names it."""
+
+    name: str
+
+    @abc.abstractmethod
+    def list_vms(self, pool: PoolConfig) -> Sequence[VMInfo]:
+        """Every VM in the pool's folder, in one inventory call. Raises ProviderError when the
+        inventory cannot be read completely: a partial list must never be returned."""
+
+    @abc.abstractmethod
+    def clone(self, pool: PoolConfig, hostname: str) -> str:
+        """Start cloning the pool's template into a VM named ``hostname``; return a task ref."""
+
+    @abc.abstractmethod
+    def task_status(self, task_ref: str) -> TaskStatus:
+        """The state of a task this provider started. An unknown task is an ERROR."""
+
+    @abc.abstractmethod
+    def destroy(self, pool: PoolConfig, hostname: str) -> str | None:
+        """Start destroying a VM (powering it off first if needed). Returns a task ref, or None
+        when there was nothing to destroy."""
+
+    @abc.abstractmethod
+    def check_ready(self, pool: PoolConfig, vm: VMInfo) -> Readiness:
+        """Whether a cloned VM is booted and usable, by the pool's readiness rules."""
+
+    @abc.abstractmethod
+    def add_disk(self, pool: PoolConfig, hostname: str, size_gb: int) -> str:
+        """Start adding a disk of ``size_gb``; return a task ref."""
+
+    @abc.abstractmethod
+    def create_snapshot(self, pool: PoolConfig, hostname: str, snapshot_name: str) -> str:
+        """Start a snapshot named ``snapshot_name``; return a task ref."""
+
+    @abc.abstractmethod
+    def revert_snapshot(self, pool: PoolConfig, hostname: str, snapshot_name: str) -> str:
+        """Start reverting to the snapshot named ``snapshot_name``; return a task ref."""
+
+    def purge_unconfigured(self, pools: Sequence[PoolConfig], allowlist: Sequence[str]) -> list[str]:
+        """Destroy VMs and folders under the pools' parent folders that no pool configures.
+        Returns what was removed. Providers without folders have nothing to purge."""
+        return []
+
+    def call_count(self) -> int:
+        """Backend calls made so far (vCenter SOAP calls for vsphere), for metrics and tests."""
+        return 0
