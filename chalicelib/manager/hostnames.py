@@ -1,0 +1,45 @@
+"""New VM names: ``<prefix><adjective>-<noun>`` when it fits in 15 characters, else random.
+
+Names only need to be unlikely to collide: the store reserves each one atomically and skips any
+that a record already holds, so a collision costs a candidate, never a duplicate VM.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+
+MAX_NAME_LENGTH = 15
+
+_ADJECTIVES = (
+    "amber", "brave", "calm", "crisp", "dusty", "eager", "fancy", "gentle", "hasty", "icy",
+    "jolly", "keen", "lucky", "mellow", "nimble", "odd", "plain", "quiet", "rapid", "shy",
+    "tidy", "upbeat", "vivid", "warm", "young", "zesty", "bold", "cosmic", "daring", "fuzzy",
+)
+_NOUNS = (
+    "otter", "falcon", "maple", "harbor", "comet", "badger", "cedar", "pebble", "lantern", "meadow",
+    "walrus", "tundra", "quartz", "willow", "marten", "ridge", "heron", "canyon", "ember", "glacier",
+    "puffin", "fjord", "lynx", "orchid", "raven", "summit", "tulip", "vole", "yak", "zephyr",
+)
+_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def random_name(prefix: str = "") -> str:
+    """``prefix`` plus random characters up to 15 in all (at least 6 random characters)."""
+    length = max(MAX_NAME_LENGTH - len(prefix), 6)
+    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def candidate_names(count: int, prefix: str = "") -> list[str]:
+    """``2 * count`` distinct candidates, friendly word names first and random names after.
+
+    The word space is small (900 names), so in a large fleet many word names are taken; the
+    random names behind them (36^9 and more) make sure a reservation always finds enough.
+    """
+    names: dict[str, None] = {}
+    while len(names) < count:
+        word_name = f"{prefix}{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}"
+        names[word_name if len(word_name) <= MAX_NAME_LENGTH else random_name(prefix)] = None
+    while len(names) < 2 * count:
+        names[random_name(prefix)] = None
+    return list(names)

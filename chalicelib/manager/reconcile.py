@@ -1,0 +1,325 @@
+"""One reconcile pass for one pool: look at the provider and the store, move each VM one step.
+
+The pass is level-triggered: it decides from what it sees now, never from what it remembers, so
+it may be killed at any line or run twice at once and the next pass still converges. It never
+waits for a clone or a boot: it starts the task, records it on the VM, and looks again next pass.
+
+Every state change is a conditional move in Redis (``Store.move``): a VM checked out by the API
+after the pass looked is no longer in ``ready``, so the pass cannot reap it by mistake.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+from chalicelib.clock import Clock
+from chalicelib.config import PoolConfig, ServiceConfig
+from chalicelib.manager.hostnames import candidate_names
+from chalicelib.providers.base import Provider, ProviderError, TaskState, VMInfo
+from chalicelib.store import DurationSample, PoolSnapshot, Store, VMRecord
+
+CLONE_START_GRACE_SECONDS = 120.0
+"""How long a reserved name may wait for its clone task to be recorded before the pass decides
+the pass that reserved it died in between (longer than any pass takes between the two steps)."""
+
+Checkpoint = Callable[[str], None]
+"""Called with a step's name as the pass reaches it: lets chaos tests kill the pass anywhere."""
+
+
+def _no_checkpoint(step: str) -> None:
+    return None
+
+
+@dataclass
+class PassReport:
+    """What one pass saw and did, for logs, metrics and the runner's decision to loop."""
+
+    pool: str
+    started: float
+    counts: dict[str, int] = field(default_factory=dict)
+    clones_started: list[str] = field(default_factory=list)
+    became_ready: list[str] = field(default_factory=list)
+    completed: dict[str, str] = field(default_factory=dict)
+    """hostname -> why it was taken out of service."""
+    destroyed: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    discovered: list[str] = field(default_factory=list)
+    clone_failures: dict[str, str] = field(default_factory=dict)
+    samples: list[DurationSample] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    provider_calls: int = 0
+    duration_seconds: float = 0.0
+
+    @property
+    def work_in_flight(self) -> bool:
+        """Whether a pass soon would have something to do: VMs cloning, booting, being destroyed,
+        or the pool still short."""
+        return bool(
+            self.counts.get("pending")
+            or self.counts.get("completed")
+            or self.counts.get("discovered")
+            or self.counts.get("deficit")
+        )
+
+
+def day_of(timestamp: float) -> str:
+    """The UTC day a timestamp falls on, as /summary keys it."""
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d")
+
+
+def ruby_time(timestamp: float) -> str:
+    """vmpooler's time format for lastBoot and similar fields: ``2024-05-01 10:00:00 +0000``."""
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S +0000")
+
+
+class _Pass:
+    """The state of one pass. Each step reads ``snapshot`` and changes the store conditionally."""
+
+    def __init__(
+        self,
+        store: Store,
+        provider: Provider,
+        pool: PoolConfig,
+        clock: Clock,
+        service: ServiceConfig,
+        checkpoint: Checkpoint,
+    ) -> None:
+        self.store = store
+        self.provider = provider
+        self.pool = pool
+        self.clock = clock
+        self.service = service
+        self.checkpoint = checkpoint
+        self.now = clock.now()
+        self.report = PassReport(pool=pool.name, started=self.now)
+        self.inventory: dict[str, VMInfo] = {}
+        self.snapshot = PoolSnapshot({}, {})
+
+    def run(self) -> PassReport:
+        calls_before = self.provider.call_count()
+        started = time.monotonic()
+        # Inventory first, then state: any VM we created has its record before its clone
+        # starts, so a VM in this inventory without a record in the later snapshot is truly
+        # unknown. A failed inventory ends the pass before anything changes.
+        self.inventory = {vm.name: vm for vm in self.provider.list_vms(self.pool)}
+        self.checkpoint("inventory")
+        self.snapshot = self.store.pool_snapshot(self.pool.name)
+        self.checkpoint("snapshot")
+        self.check_pending()
+        self.check_ready()
+        self.check_running()
+        self.check_discovered()
+        self.destroy_completed()
+        self.discover_unknown()
+        self.repopulate()
+        self.store.record_durations(day_of(self.now), self.report.samples)
+        self.checkpoint("done")
+        self.report.counts = self.count_after()
+        self.report.provider_calls = self.provider.call_count() - calls_before
+        self.report.duration_seconds = time.monotonic() - started
+        return self.report
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def record(self, hostname: str) -> VMRecord | None:
+        return self.snapshot.records.get(hostname)
+
+    def take_out_of_service(self, hostname: str, from_state: str, reason: str) -> None:
+        """Move a VM to completed (to be destroyed), recording why."""
+        if self.store.move(hostname, self.pool.name, from_state, "completed", self.now, reason=reason):
+            self.report.completed[hostname] = reason
+        self.checkpoint("completed")
+
+    def drop(self, hostname: str, from_state: str, reason: str) -> None:
+        """Forget a VM the provider no longer has; its record lingers for data_ttl with the reason."""
+        if self.store.move(hostname, self.pool.name, from_state, "destroyed", self.now, reason=reason):
+            self.report.dropped.append(hostname)
+        self.checkpoint("dropped")
+
+    def minutes(self, seconds: float) -> str:
+        return f"{seconds / 60:.1f} minutes"
+
+    # --- steps --------------------------------------------------------------------------------
+
+    def check_pending(self) -> None:
+        """Pending VMs: finish clone tasks, then ready-check; time out the ones that never make it."""
+        timeout = self.pool.timeout_minutes * 60
+        for hostname in self.snapshot.hostnames("pending"):
+            record = self.record(hostname)
+            if record is None:
+                self.drop(hostname, "pending", "record missing")
+                continue
+            age = self.now - (record.clone_start or self.now)
+            vm = self.inventory.get(hostname)
+            if record.clone_end is None:
+                if not self.finish_clone(record, vm, age):
+                    continue
+            if vm is None:
+                # The clone finished after our inventory was read; readiness next pass.
+                if age > timeout:
+                    self.take_out_of_service(hostname, "pending", f"not in the provider {self.minutes(age)} after clone start")
+                continue
+            readiness = self.provider.check_ready(self.pool, vm)
+            if readiness.ready:
+                self.mark_ready(record, vm, age)
+            elif age > timeout:
+                self.take_out_of_service(
+                    hostname, "pending",
+                    f"not ready after {self.pool.timeout_minutes} minutes: {readiness.reason}",
+                )
+            elif readiness.reason != record.not_ready_reason:
+                self.store.update_vm(hostname, not_ready_reason=readiness.reason)
+
+    def finish_clone(self, record: VMRecord, vm: VMInfo | None, age: float) -> bool:
+        """Follow a VM's clone task. Returns True once the clone is done and readiness may be checked."""
+        hostname = record.name
+        if not record.clone_task:
+            if vm is not None:
+                # The pass that started the clone died before recording its task; the VM exists.
+                self.store.finish_clone(hostname, self.now)
+                return True
+            if age > CLONE_START_GRACE_SECONDS:
+                self.take_out_of_service(hostname, "pending", "clone was never started (its pass was interrupted)")
+            return False
+        status = self.provider.task_status(record.clone_task)
+        if status.state is TaskState.RUNNING:
+            if age > self.pool.timeout_minutes * 60:
+                self.take_out_of_service(hostname, "pending", f"clone still running after {self.pool.timeout_minutes} minutes")
+            return False
+        if status.state is TaskState.ERROR:
+            reason = f"clone failed: {status.error}"
+            self.report.clone_failures[hostname] = status.error or "unknown error"
+            self.take_out_of_service(hostname, "pending", reason)
+            return False
+        self.store.finish_clone(hostname, self.now)
+        self.report.samples.append(DurationSample("clone", self.pool.name, age))
+        self.checkpoint("clone_finished")
+        return True
+
+    def mark_ready(self, record: VMRecord, vm: VMInfo, age: float) -> None:
+        moved = self.store.move(
+            record.name, self.pool.name, "pending", "ready", self.now,
+            ready_at=self.now, ip=vm.ip, host=vm.host, not_ready_reason=None,
+        )
+        if moved:
+            self.report.became_ready.append(record.name)
+            self.report.samples.append(DurationSample("boot", self.pool.name, age))
+            self.store.set_last_boot(self.pool.name, ruby_time(self.now))
+        self.checkpoint("ready")
+
+    def check_ready(self) -> None:
+        """Ready VMs that vanished, powered off, or waited longer than ready_ttl leave service."""
+        ttl = self.pool.ready_ttl_minutes * 60
+        for hostname, since in self.snapshot.members.get("ready", {}).items():
+            vm = self.inventory.get(hostname)
+            if vm is None:
+                self.drop(hostname, "ready", "gone from the provider while ready")
+            elif not vm.powered_on:
+                self.take_out_of_service(hostname, "ready", "powered off while ready")
+            elif self.now - since > ttl:
+                self.take_out_of_service(hostname, "ready", f"ready for longer than ready_ttl ({self.pool.ready_ttl_minutes} minutes)")
+
+    def check_running(self) -> None:
+        """Running VMs past their lifetime are reaped; ones deleted behind our back are dropped."""
+        for hostname in self.snapshot.hostnames("running"):
+            record = self.record(hostname)
+            if record is None:
+                self.drop(hostname, "running", "record missing")
+                continue
+            lifetime_hours = record.lifetime_hours or self.service.vm_lifetime
+            checked_out = record.checkout or self.now
+            if self.now - checked_out >= lifetime_hours * 3600:
+                self.take_out_of_service(hostname, "running", f"lifetime of {lifetime_hours} hours expired")
+            elif hostname not in self.inventory:
+                self.drop(hostname, "running", "gone from the provider while running")
+
+    def check_discovered(self) -> None:
+        """VMs found in the folder on an earlier pass: nobody claimed them since, so they go."""
+        for hostname in self.snapshot.hostnames("discovered"):
+            if hostname in self.inventory:
+                self.take_out_of_service(hostname, "discovered", "found in the pool folder but not created by vmpool")
+            else:
+                self.drop(hostname, "discovered", "gone from the provider")
+
+    def destroy_completed(self) -> None:
+        """Start destroying completed VMs; forget them once the provider says they are gone."""
+        for hostname in self.snapshot.hostnames("completed"):
+            record = self.record(hostname)
+            if record is None:
+                self.drop(hostname, "completed", "record missing")
+                continue
+            if record.destroy_task:
+                status = self.provider.task_status(record.destroy_task)
+                if status.state is TaskState.RUNNING:
+                    continue
+                if status.state is TaskState.ERROR:
+                    # Start again next pass; the error stays visible on the VM meanwhile.
+                    self.store.update_vm(hostname, destroy_task=None, destroy_error=status.error)
+                    self.report.errors.append(f"destroy {hostname}: {status.error}")
+                    continue
+                self.finish_destroy(hostname)
+                continue
+            task = self.provider.destroy(self.pool, hostname)
+            self.checkpoint("destroy_started")
+            if task is None:
+                self.finish_destroy(hostname)
+            else:
+                self.store.update_vm(hostname, destroy_task=task)
+
+    def finish_destroy(self, hostname: str) -> None:
+        if self.store.move(hostname, self.pool.name, "completed", "destroyed", self.now, destroy_task=None):
+            self.report.destroyed.append(hostname)
+        self.checkpoint("destroyed")
+
+    def discover_unknown(self) -> None:
+        """VMs in the pool's folder that no state of this pool knows."""
+        tracked = self.snapshot.tracked
+        for hostname, vm in self.inventory.items():
+            if hostname in tracked:
+                continue
+            if self.store.add_discovered(hostname, self.pool.name, self.now, host=vm.host, ip=vm.ip):
+                self.report.discovered.append(hostname)
+        self.checkpoint("discovered")
+
+    def repopulate(self) -> None:
+        """Start clones until ready + pending reaches the pool's size, within the task limit."""
+        counts = self.store.counts([self.pool.name])[self.pool.name]
+        deficit = self.pool.size - counts["ready"] - counts["pending"]
+        if deficit <= 0:
+            return
+        reserved = self.store.reserve_clones(
+            self.pool.name, self.pool.size, self.service.task_limit, self.pool.template,
+            self.pool.domain or "", candidate_names(deficit, self.service.prefix), self.now,
+        )
+        self.checkpoint("reserved")
+        for hostname in reserved:
+            try:
+                task = self.provider.clone(self.pool, hostname)
+            except ProviderError as error:
+                self.report.clone_failures[hostname] = str(error)
+                self.take_out_of_service(hostname, "pending", f"clone failed to start: {error}")
+                continue
+            self.checkpoint("clone_started")
+            self.store.update_vm(hostname, clone_task=task)
+            self.report.clones_started.append(hostname)
+
+    def count_after(self) -> dict[str, int]:
+        counts = self.store.counts([self.pool.name])[self.pool.name]
+        counts["deficit"] = max(self.pool.size - counts["ready"] - counts["pending"], 0)
+        return counts
+
+
+def reconcile_pool(
+    store: Store,
+    provider: Provider,
+    pool: PoolConfig,
+    clock: Clock,
+    service: ServiceConfig,
+    checkpoint: Checkpoint = _no_checkpoint,
+) -> PassReport:
+    """Run one pass over ``pool``. Raises ProviderError or StoreUnavailable when the provider or
+    Redis fails; whatever was done before that is consistent, and the next pass carries on."""
+    return _Pass(store, provider, pool, clock, service, checkpoint).run()

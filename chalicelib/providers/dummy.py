@@ -1,0 +1,241 @@
+"""A provider whose VMs are records in Redis: for the local stack, load tests and unit tests.
+
+It behaves like a slow, unreliable hypervisor on purpose. Clones take a while to appear and then
+a while to boot; any operation can fail at a configured rate. It takes vmpooler's dummy provider
+keys with the same meaning (``createvm_max_time`` seconds, ``createvm_fail_percent`` and so on),
+per provider and per pool, plus ``boot_time`` (seconds from clone to ready) and ``seed``.
+
+Because the VMs live in Redis, they outlast any one Lambda invocation, exactly as a real
+hypervisor's would. Times come from the clock the provider is given, so tests drive it with a
+fake clock and never sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import redis
+
+from chalicelib.clock import Clock
+from chalicelib.config import PoolConfig, ProviderConfig
+from chalicelib.providers.base import (
+    Provider,
+    ProviderError,
+    Readiness,
+    TaskState,
+    TaskStatus,
+    VMInfo,
+)
+
+TASK_TTL_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True)
+class _Operation:
+    """How one kind of operation behaves: the keys giving its duration and failure rate."""
+
+    time_key: str
+    fail_key: str
+
+
+_CLONE = _Operation("createvm_max_time", "createvm_fail_percent")
+_DESTROY = _Operation("destroyvm_max_time", "destroyvm_fail_percent")
+_DISK = _Operation("createdisk_max_time", "createdisk_fail_percent")
+_SNAPSHOT = _Operation("createsnapshot_max_time", "createsnapshot_fail_percent")
+_REVERT = _Operation("revertsnapshot_max_time", "revertsnapshot_fail_percent")
+
+
+class DummyProvider(Provider):
+    """VMs and tasks kept in Redis under ``<prefix>dummy:<provider name>:``."""
+
+    def __init__(self, config: ProviderConfig, client: redis.Redis, clock: Clock, prefix: str = "vmpool:") -> None:
+        self.name = config.name
+        self.config = config
+        self.client = client
+        self.clock = clock
+        self._prefix = f"{prefix}dummy:{config.name}:"
+        seed = config.get("seed")
+        self._random = random.Random(seed) if seed is not None else random.SystemRandom()
+        self._calls = 0
+
+    # --- keys ---------------------------------------------------------------------------------
+
+    def _folder_key(self, pool: PoolConfig) -> str:
+        return f"{self._prefix}folder:{pool.folder or pool.name}"
+
+    def _task_key(self, task_ref: str) -> str:
+        return f"{self._prefix}task:{task_ref}"
+
+    # --- behaviour knobs ----------------------------------------------------------------------
+
+    def _setting(self, pool: PoolConfig, key: str) -> float:
+        return float(self.config.pool_setting(pool, key, 0) or 0)
+
+    def _duration(self, pool: PoolConfig, operation: _Operation) -> float:
+        """vmpooler's dummy takes a random time up to the maximum; with a seed it is repeatable."""
+        longest = self._setting(pool, operation.time_key)
+        return self._random.uniform(0, longest) if longest > 0 else 0.0
+
+    def _fails(self, pool: PoolConfig, key: str) -> bool:
+        percent = self._setting(pool, key)
+        return percent > 0 and self._random.uniform(0, 100) < percent
+
+    # --- Redis access -------------------------------------------------------------------------
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self._calls += 1
+        try:
+            return getattr(self.client, method)(*args, **kwargs)
+        except redis.RedisError as error:
+            raise ProviderError(f"dummy provider storage: {type(error).__name__}") from error
+
+    def _vms(self, pool: PoolConfig) -> dict[str, dict[str, Any]]:
+        raw = self._call("hgetall", self._folder_key(pool))
+        return {name: json.loads(value) for name, value in raw.items()}
+
+    def _save_vm(self, folder_key: str, vm: dict[str, Any]) -> None:
+        self._call("hset", folder_key, vm["name"], json.dumps(vm))
+
+    def _start_task(
+        self, pool: PoolConfig, kind: str, vm_name: str, operation: _Operation, **extra: Any
+    ) -> tuple[str, dict[str, Any]]:
+        """Record a task that finishes (or fails) at a time drawn now. Returns its ref and itself."""
+        task_ref = f"{kind}-{secrets.token_hex(6)}"
+        now = self.clock.now()
+        task = {
+            "kind": kind,
+            "vm": vm_name,
+            "folder": self._folder_key(pool),
+            "due": now + self._duration(pool, operation),
+            "fails": self._fails(pool, operation.fail_key),
+            **extra,
+        }
+        self._call("set", self._task_key(task_ref), json.dumps(task), ex=TASK_TTL_SECONDS)
+        return task_ref, task
+
+    # --- Provider interface -------------------------------------------------------------------
+
+    def list_vms(self, pool: PoolConfig) -> Sequence[VMInfo]:
+        now = self.clock.now()
+        result = []
+        for vm in self._vms(pool).values():
+            if vm["available_at"] > now:
+                continue  # still cloning: a real hypervisor shows nothing yet
+            booted = now >= vm["booted_at"]
+            if booted and vm["powered_on"] and self._fails(pool, "getvm_poweroff_percent"):
+                vm["powered_on"] = False
+                self._save_vm(self._folder_key(pool), vm)
+            result.append(
+                VMInfo(
+                    name=vm["name"],
+                    powered_on=vm["powered_on"],
+                    ip=vm["ip"] if booted and vm["powered_on"] else None,
+                    guest_hostname=vm["name"] if booted else None,
+                    tools_running=booted and vm["powered_on"],
+                    host="dummy-host",
+                    annotation=json.dumps({"pool": pool.name, "creator": "vmpool"}),
+                )
+            )
+        return result
+
+    def clone(self, pool: PoolConfig, hostname: str) -> str:
+        task_ref, task = self._start_task(pool, "clone", hostname, _CLONE)
+        if not task["fails"]:
+            available_at = task["due"]
+            self._save_vm(
+                self._folder_key(pool),
+                {
+                    "name": hostname,
+                    "template": pool.template,
+                    "available_at": available_at,
+                    "booted_at": available_at + self._setting(pool, "boot_time"),
+                    "powered_on": True,
+                    "ip": f"10.{self._random.randint(0, 255)}.{self._random.randint(0, 255)}.{self._random.randint(1, 254)}",
+                    "disks": [],
+                    "snapshots": [],
+                },
+            )
+        return task_ref
+
+    def task_status(self, task_ref: str) -> TaskStatus:
+        raw = self._call("get", self._task_key(task_ref))
+        if raw is None:
+            return TaskStatus(TaskState.ERROR, f"dummy: unknown task {task_ref}")
+        task = json.loads(raw)
+        if self.clock.now() < task["due"]:
+            return TaskStatus(TaskState.RUNNING)
+        if task["fails"]:
+            return TaskStatus(TaskState.ERROR, f"dummy: {task['kind']} failed (simulated failure)")
+        self._apply(task)
+        return TaskStatus(TaskState.SUCCESS)
+
+    def _apply(self, task: dict[str, Any]) -> None:
+        """Make a finished task's effect visible on the VM (idempotent)."""
+        if task["kind"] == "destroy":
+            self._call("hdel", task["folder"], task["vm"])
+            return
+        raw = self._call("hget", task["folder"], task["vm"])
+        if raw is None:
+            return
+        vm = json.loads(raw)
+        if task["kind"] == "disk" and task.get("disk_id") not in [d["id"] for d in vm["disks"]]:
+            vm["disks"].append({"id": task["disk_id"], "size_gb": task["size_gb"]})
+        elif task["kind"] == "snapshot" and task["snapshot"] not in vm["snapshots"]:
+            vm["snapshots"].append(task["snapshot"])
+        self._save_vm(task["folder"], vm)
+
+    def destroy(self, pool: PoolConfig, hostname: str) -> str | None:
+        if self._call("hget", self._folder_key(pool), hostname) is None:
+            return None
+        return self._start_task(pool, "destroy", hostname, _DESTROY)[0]
+
+    def check_ready(self, pool: PoolConfig, vm: VMInfo) -> Readiness:
+        if not vm.powered_on:
+            return Readiness(False, "powered off")
+        if not vm.ip:
+            return Readiness(False, "booting: no IP address yet")
+        if self._fails(pool, "vmready_fail_percent"):
+            return Readiness(False, "dummy: readiness check failed (simulated failure)")
+        return Readiness(True)
+
+    def add_disk(self, pool: PoolConfig, hostname: str, size_gb: int) -> str:
+        self._require_vm(pool, hostname)
+        return self._start_task(pool, "disk", hostname, _DISK, size_gb=size_gb, disk_id=secrets.token_hex(4))[0]
+
+    def create_snapshot(self, pool: PoolConfig, hostname: str, snapshot_name: str) -> str:
+        self._require_vm(pool, hostname)
+        return self._start_task(pool, "snapshot", hostname, _SNAPSHOT, snapshot=snapshot_name)[0]
+
+    def revert_snapshot(self, pool: PoolConfig, hostname: str, snapshot_name: str) -> str:
+        vm = self._require_vm(pool, hostname)
+        if snapshot_name not in vm["snapshots"]:
+            raise ProviderError(f"snapshot {snapshot_name} not found on {hostname}")
+        return self._start_task(pool, "revert", hostname, _REVERT, snapshot=snapshot_name)[0]
+
+    def _require_vm(self, pool: PoolConfig, hostname: str) -> dict[str, Any]:
+        raw = self._call("hget", self._folder_key(pool), hostname)
+        if raw is None:
+            raise ProviderError(f"VM {hostname} not found")
+        return json.loads(raw)
+
+    def call_count(self) -> int:
+        return self._calls
+
+    # --- for tests and operators: what a person would do by hand in vCenter -------------------
+
+    def create_by_hand(self, pool: PoolConfig, hostname: str) -> None:
+        """A VM that someone made in the pool's folder outside the service."""
+        now = self.clock.now()
+        self._save_vm(
+            self._folder_key(pool),
+            {"name": hostname, "template": "", "available_at": now, "booted_at": now,
+             "powered_on": True, "ip": "10.0.0.1", "disks": [], "snapshots": []},
+        )
+
+    def delete_by_hand(self, pool: PoolConfig, hostname: str) -> None:
+        """A VM that someone deleted outside the service."""
+        self._call("hdel", self._folder_key(pool), hostname)

@@ -1,0 +1,53 @@
+-- Check out VMs from several pools in one atomic step: all of them or none.
+-- ARGV[1] key prefix, ARGV[2] now (epoch seconds), ARGV[3] JSON checkout:
+--   {"requests": [{"name": "<as requested>", "pools": ["p1", "p2"], "count": 2}, ...],
+--    "fields": {"lifetime": "24", "token_user": "..."}}
+-- Returns JSON: {"ok": true, "vms": [[name, pool, hostname], ...]} or {"ok": false, "short": [names]}.
+local prefix, now = ARGV[1], ARGV[2]
+local checkout = cjson.decode(ARGV[3])
+
+local available = {}
+local function ready_count(pool)
+  if available[pool] == nil then
+    available[pool] = redis.call('ZCARD', prefix .. 'pool:' .. pool .. ':ready')
+  end
+  return available[pool]
+end
+
+-- Plan first, without writing anything, so that a miss leaves Redis untouched.
+local plan, short = {}, {}
+for _, request in ipairs(checkout.requests) do
+  for _ = 1, request.count do
+    local chosen = nil
+    for _, pool in ipairs(request.pools) do
+      if ready_count(pool) > 0 then
+        chosen = pool
+        break
+      end
+    end
+    if chosen == nil then
+      short[#short + 1] = request.name
+      break
+    end
+    available[chosen] = available[chosen] - 1
+    plan[#plan + 1] = {request.name, chosen}
+  end
+end
+if #short > 0 then
+  return cjson.encode({ok = false, short = short})
+end
+
+local result = {}
+for _, step in ipairs(plan) do
+  local name, pool = step[1], step[2]
+  local popped = redis.call('ZPOPMIN', prefix .. 'pool:' .. pool .. ':ready')
+  local hostname = popped[1]
+  redis.call('ZADD', prefix .. 'pool:' .. pool .. ':running', now, hostname)
+  local vm_key = prefix .. 'vm:' .. hostname
+  redis.call('HSET', vm_key, 'state', 'running', 'checkout', now)
+  for field, value in pairs(checkout.fields) do
+    redis.call('HSET', vm_key, field, value)
+  end
+  result[#result + 1] = {name, pool, hostname}
+end
+return cjson.encode({ok = true, vms = result})

@@ -1,0 +1,16 @@
+-- Record a VM found in a pool's folder that no state knows, unless a live record claims it.
+-- A record left by a destroyed VM does not count: that VM came back and must go again.
+-- ARGV: prefix, hostname, pool, now, field, value, ...  Returns 1 when recorded, 0 otherwise.
+local prefix, hostname, pool, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local vm_key = prefix .. 'vm:' .. hostname
+local state = redis.call('HGET', vm_key, 'state')
+if state and state ~= 'destroyed' then
+  return 0
+end
+redis.call('DEL', vm_key)
+redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'state', 'discovered', 'discovered_at', now)
+for i = 5, #ARGV, 2 do
+  redis.call('HSET', vm_key, ARGV[i], ARGV[i + 1])
+end
+redis.call('ZADD', prefix .. 'pool:' .. pool .. ':discovered', now, hostname)
+return 1

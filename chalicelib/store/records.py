@@ -1,0 +1,81 @@
+"""A VM's record as the store keeps it: a Redis hash of strings, read into a typed object."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value not in (None, "") else None
+
+
+def _json(value: str | None, empty: Any) -> Any:
+    if not value:
+        return empty
+    try:
+        return json.loads(value)
+    except ValueError:
+        return empty
+
+
+@dataclass(frozen=True)
+class VMRecord:
+    """One VM as the service knows it. Times are epoch seconds."""
+
+    name: str
+    pool: str
+    state: str
+    template: str = ""
+    domain: str = ""
+    clone_start: float | None = None
+    clone_end: float | None = None
+    ready_at: float | None = None
+    checkout: float | None = None
+    lifetime_hours: int | None = None
+    token_user: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    disks: tuple[str, ...] = ()
+    snapshots: tuple[str, ...] = ()
+    host: str = ""
+    ip: str = ""
+    clone_task: str = ""
+    destroy_task: str = ""
+    reason: str = ""
+    """Why the VM left service early (clone error, boot timeout, ready_ttl, reaped...)."""
+    not_ready_reason: str = ""
+    state_since: float | None = None
+    raw: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_hash(cls, data: Mapping[str, str]) -> "VMRecord":
+        state = data.get("state", "")
+        lifetime = data.get("lifetime")
+        return cls(
+            name=data.get("name", ""),
+            pool=data.get("pool", ""),
+            state=state,
+            template=data.get("template", ""),
+            domain=data.get("domain", ""),
+            clone_start=_float(data.get("clone_start")),
+            clone_end=_float(data.get("clone_end")),
+            ready_at=_float(data.get("ready_at")),
+            checkout=_float(data.get("checkout")),
+            lifetime_hours=int(float(lifetime)) if lifetime else None,
+            token_user=data.get("token_user", ""),
+            tags=_json(data.get("tags"), {}),
+            disks=tuple(_json(data.get("disks"), [])),
+            snapshots=tuple(_json(data.get("snapshots"), [])),
+            host=data.get("host", ""),
+            ip=data.get("ip", ""),
+            clone_task=data.get("clone_task", ""),
+            destroy_task=data.get("destroy_task", ""),
+            reason=data.get("reason", ""),
+            not_ready_reason=data.get("not_ready_reason", ""),
+            state_since=_float(data.get(f"{state}_at")),
+            raw=dict(data),
+        )
+
+    def fqdn(self) -> str:
+        return f"{self.name}.{self.domain}" if self.domain else self.name
