@@ -1,0 +1,227 @@
+// vcsim for vmpool's tests and local stack: govmomi's vCenter simulator with what vmpool needs
+// on top. It serves HTTPS with a freshly generated self-signed certificate (written to -cert so
+// clients can trust it as a CA bundle), turns the first VM of each datacenter into a template at
+// -template (inside folders), creates the -folders, and makes powered-on VMs report guest info
+// (IP, hostname = VM name, tools running) only after -boot-delay, so readiness is testable.
+// It prints "VCSIM_URL=<url>" once it is serving, then runs until killed.
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"flag"
+	"fmt"
+	"log"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"path"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/methods"
+	"github.com/vmware/govmomi/vim25/soap"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// templateVM fills gaps of govmomi 0.24's CloneVM_Task that vmpool relies on: it drops
+// spec.config.annotation and spec.powerOn, and ignores placement. We apply the first two as
+// vCenter does and record the placement asked for in the clone's extraConfig ("vcsim.*") so
+// tests can see linked-clone and host-selection decisions.
+// The VM is embedded by value: vcsim's PropertyCollector digs the mo type out of field 0 of a
+// wrapper struct and cannot follow a pointer there.
+type templateVM struct{ simulator.VirtualMachine }
+
+func (t *templateVM) CloneVMTask(ctx *simulator.Context, req *types.CloneVM_Task) soap.HasFault {
+	res := t.VirtualMachine.CloneVMTask(ctx, req)
+	body, ok := res.(*methods.CloneVM_TaskBody)
+	if !ok || body.Res == nil {
+		return res
+	}
+	task := simulator.Map.Get(body.Res.Returnval).(*simulator.Task) // vcsim runs tasks synchronously
+	ref, ok := task.Info.Result.(types.ManagedObjectReference)
+	if task.Info.State != types.TaskInfoStateSuccess || !ok {
+		return res
+	}
+	clone := simulator.Map.Get(ref).(*simulator.VirtualMachine)
+	loc := req.Spec.Location
+	extra := append(clone.Config.ExtraConfig,
+		&types.OptionValue{Key: "vcsim.diskMoveType", Value: loc.DiskMoveType},
+		&types.OptionValue{Key: "vcsim.fromSnapshot", Value: fmt.Sprint(req.Spec.Snapshot != nil)})
+	if loc.Host != nil {
+		extra = append(extra, &types.OptionValue{Key: "vcsim.host", Value: loc.Host.Value})
+	}
+	changes := []types.PropertyChange{{Name: "config.extraConfig", Val: extra}}
+	if req.Spec.Config != nil && req.Spec.Config.Annotation != "" {
+		changes = append(changes,
+			types.PropertyChange{Name: "config.annotation", Val: req.Spec.Config.Annotation},
+			types.PropertyChange{Name: "summary.config.annotation", Val: req.Spec.Config.Annotation})
+	}
+	simulator.Map.Update(clone, changes)
+	if req.Spec.PowerOn {
+		clone.PowerOnVMTask(ctx, &types.PowerOnVM_Task{This: ref})
+	}
+	return res
+}
+
+// bootLoop gives powered-on VMs guest info once they have been on for bootDelay, and takes it
+// away when they are off, like VMware Tools in a real guest.
+func bootLoop(bootDelay time.Duration, guestIP string) {
+	for range time.Tick(100 * time.Millisecond) {
+		for _, entity := range simulator.Map.All("VirtualMachine") {
+			vm, ok := entity.(*simulator.VirtualMachine)
+			if !ok {
+				continue // templates (templateVM) never boot
+			}
+			simulator.Map.WithLock(vm, func() {
+				boot := vm.Summary.Runtime.BootTime
+				on := vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn
+				booted := on && boot != nil && time.Since(*boot) >= bootDelay
+				running := vm.Guest.ToolsRunningStatus == string(types.VirtualMachineToolsRunningStatusGuestToolsRunning)
+				if booted == running {
+					return
+				}
+				tools, status, ip, name, state := "guestToolsNotRunning", "toolsNotRunning", "", "", "notRunning"
+				if booted {
+					tools, status, ip, name, state = "guestToolsRunning", "toolsOk", guestIP, vm.Name, "running"
+				}
+				simulator.Map.Update(vm, []types.PropertyChange{
+					{Name: "guest.toolsRunningStatus", Val: tools}, {Name: "guest.toolsStatus", Val: types.VirtualMachineToolsStatus(status)},
+					{Name: "guest.ipAddress", Val: ip}, {Name: "guest.hostName", Val: name}, {Name: "guest.guestState", Val: state},
+					{Name: "summary.guest.toolsRunningStatus", Val: tools}, {Name: "summary.guest.toolsStatus", Val: types.VirtualMachineToolsStatus(status)},
+					{Name: "summary.guest.ipAddress", Val: ip}, {Name: "summary.guest.hostName", Val: name},
+				})
+			})
+		}
+	}
+}
+
+// selfSignedCert makes a certificate for 127.0.0.1/localhost and writes its PEM to certPath.
+func selfSignedCert(certPath string) tls.Certificate {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	check(err)
+	tmpl := x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "vcsim"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * 365 * time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"},
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, IsCA: true, BasicConstraintsValid: true,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, &tmpl, &key.PublicKey, key)
+	check(err)
+	if certPath != "" {
+		check(os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644))
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// setup turns each datacenter's first VM into the template, removes the other VMs, makes folders.
+func setup(ctx context.Context, u *url.URL, template string, folders []string) {
+	c, err := govmomi.NewClient(ctx, u, true)
+	check(err)
+	finder := find.NewFinder(c.Client)
+	dcs, err := finder.DatacenterList(ctx, "*")
+	check(err)
+	for _, dc := range dcs {
+		finder.SetDatacenter(dc)
+		dcFolders, err := dc.Folders(ctx)
+		check(err)
+		vms, err := finder.VirtualMachineList(ctx, "*")
+		check(err)
+		for _, vm := range vms[1:] {
+			check(wait(vm.Destroy(ctx)))
+		}
+		for _, f := range folders {
+			makeFolders(ctx, dcFolders.VmFolder, f)
+		}
+		parent := makeFolders(ctx, dcFolders.VmFolder, path.Dir(template))
+		check(wait(vms[0].Rename(ctx, path.Base(template))))
+		check(wait(parent.MoveInto(ctx, []types.ManagedObjectReference{vms[0].Reference()})))
+		check(vms[0].MarkAsTemplate(ctx))
+		vm := simulator.Map.Get(vms[0].Reference()).(*simulator.VirtualMachine)
+		simulator.Map.Put(&templateVM{*vm}) //nolint:govet // copying is fine: the Map entry is replaced
+	}
+}
+
+// makeFolders creates each missing folder of a slash-separated path under root; returns the last.
+func makeFolders(ctx context.Context, root *object.Folder, folderPath string) *object.Folder {
+	folder := root
+	for _, name := range strings.Split(folderPath, "/") {
+		if name == "" || name == "." {
+			continue
+		}
+		child, err := folder.CreateFolder(ctx, name)
+		if err != nil { // already there (DuplicateName): find it instead
+			child, err = find.NewFinder(folder.Client()).Folder(ctx, folder.InventoryPath+"/"+name)
+		}
+		check(err)
+		child.InventoryPath = folder.InventoryPath + "/" + name
+		folder = child
+	}
+	return folder
+}
+
+func wait(task *object.Task, err error) error {
+	if err != nil {
+		return err
+	}
+	return task.Wait(context.Background())
+}
+
+func check(err error) {
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
+func main() {
+	listen := flag.String("l", "127.0.0.1:8989", "listen address (port 0 picks a free port)")
+	dcs := flag.Int("dc", 1, "datacenters")
+	clusters := flag.Int("cluster", 1, "clusters per datacenter")
+	hosts := flag.Int("host", 3, "hosts per cluster")
+	bootDelay := flag.Duration("boot-delay", 5*time.Second, "time from power-on to guest info (IP, hostname, tools)")
+	guestIP := flag.String("guest-ip", "127.0.0.1", "IP address every booted VM reports")
+	template := flag.String("template", "templates/vmpool-template", "template path under each datacenter's vm folder")
+	folders := flag.String("folders", "vmpool", "comma-separated folders to create under each vm folder")
+	username := flag.String("username", "vmpool", "user name to accept")
+	password := flag.String("password", "vmpool-password", "password to accept")
+	certPath := flag.String("cert", "", "file to write the server's self-signed certificate (PEM) to")
+	flag.Parse()
+
+	model := simulator.VPX()
+	model.Datacenter, model.Cluster, model.ClusterHost = *dcs, *clusters, *hosts
+	model.Host, model.Machine, model.Autostart = 0, 1, false
+	if *clusters == 0 {
+		model.Host = *hosts // standalone hosts only
+	}
+	check(model.Create())
+	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{selfSignedCert(*certPath)}}
+	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*username, *password)}
+	server := model.Service.NewServer()
+
+	setup(context.Background(), server.URL, *template, strings.Split(*folders, ","))
+	go bootLoop(*bootDelay, *guestIP)
+
+	shown := *server.URL
+	shown.User = nil // never print the password
+	fmt.Printf("VCSIM_URL=%s\n", shown.String())
+	os.Stdout.Sync()
+
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
+	<-stop
+	server.Close()
+}
