@@ -1,0 +1,52 @@
+"""What every authentication provider offers, and the checks they share."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+MAX_USERNAME_LENGTH = 256
+MAX_PASSWORD_LENGTH = 1024
+
+
+class AuthUnavailable(RuntimeError):
+    """The authentication backend cannot answer (LDAP down, timeout, TLS or service-account
+    failure). The API answers 503. The message is safe to log: no password, no secret."""
+
+
+class AuthConfigError(ValueError):
+    """The ``:auth:`` section is invalid; ``problems`` lists each one with its key path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid auth configuration:\n  " + "\n  ".join(self.problems))
+
+
+@runtime_checkable
+class Authenticator(Protocol):
+    def authenticate(self, username: str, password: str) -> bool:
+        """True when the credentials are valid, False when not.
+
+        Raises AuthUnavailable when the backend cannot tell."""
+        ...
+
+
+def acceptable_credentials(username: object, password: object) -> bool:
+    """Credentials worth sending to a backend at all.
+
+    Refuses an empty password (an LDAP simple bind with a name and no password is an
+    *unauthenticated* bind that many servers, Active Directory included, answer with success),
+    empty or blank user names, surrounding spaces, control characters (NUL included) and absurd lengths."""
+    if not isinstance(username, str) or not isinstance(password, str):
+        return False
+    if not password or not username.strip():
+        return False
+    if username != username.strip():
+        # LDAP matching ignores surrounding spaces: " alice" would log in as alice under another name.
+        return False
+    if len(username) > MAX_USERNAME_LENGTH or len(password) > MAX_PASSWORD_LENGTH:
+        return False
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in username):
+        return False
+    if "\x00" in password:
+        return False
+    return True

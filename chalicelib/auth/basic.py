@@ -1,0 +1,99 @@
+"""HTTP Basic credentials and the login flow the token routes need (framework-free).
+
+``LoginService.login(authorization_header, address)`` parses the header, applies the failed-login
+limiter, asks the authenticator, and says what to answer:
+
+    OK           -> go on as ``result.user``
+    INVALID      -> 401 {"ok": false} + WWW-Authenticate: Basic realm="Authentication required"
+    RATE_LIMITED -> 429 {"ok": false} + Retry-After: result.retry_after
+    UNAVAILABLE  -> 503 {"ok": false, "error": result.message}
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import logging
+from dataclasses import dataclass
+
+from .base import AuthUnavailable, Authenticator
+from .ratelimit import LoginLimiter
+
+logger = logging.getLogger(__name__)
+
+WWW_AUTHENTICATE = 'Basic realm="Authentication required"'
+
+
+def parse_basic_auth(header: str | None) -> tuple[str, str] | None:
+    """(user, password) from an ``Authorization: Basic ...`` header value, or None.
+
+    The password may contain ':'; the user name may not (RFC 7617). UTF-8, falling back to
+    Latin-1 as older clients send."""
+    if not header or not isinstance(header, str):
+        return None
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not encoded.strip():
+        return None
+    try:
+        raw = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    user, separator, password = text.partition(":")
+    if not separator:
+        return None
+    return user, password
+
+
+class LoginOutcome(enum.Enum):
+    OK = "ok"
+    INVALID = "invalid"
+    RATE_LIMITED = "rate_limited"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    outcome: LoginOutcome
+    user: str | None = None
+    retry_after: int | None = None
+    message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is LoginOutcome.OK
+
+
+class LoginService:
+    def __init__(self, authenticator: Authenticator, limiter: LoginLimiter | None = None) -> None:
+        self.authenticator = authenticator
+        self.limiter = limiter
+
+    def login(self, authorization: str | None, address: str | None = None) -> LoginResult:
+        """Check an Authorization header value for a request from ``address``."""
+        credentials = parse_basic_auth(authorization)
+        if credentials is None:
+            return LoginResult(LoginOutcome.INVALID)
+        return self.check(credentials[0], credentials[1], address)
+
+    def check(self, user: str, password: str, address: str | None = None) -> LoginResult:
+        if self.limiter is not None:
+            wait = self.limiter.check(user, address)
+            if wait is not None:
+                logger.warning("login refused, too many failures (retry after %ss)", wait)
+                return LoginResult(LoginOutcome.RATE_LIMITED, retry_after=wait)
+        try:
+            accepted = self.authenticator.authenticate(user, password)
+        except AuthUnavailable as error:
+            return LoginResult(LoginOutcome.UNAVAILABLE, message=str(error))
+        if not accepted:
+            if self.limiter is not None:
+                self.limiter.record_failure(user, address)
+            return LoginResult(LoginOutcome.INVALID)
+        if self.limiter is not None:
+            self.limiter.reset(user)
+        return LoginResult(LoginOutcome.OK, user=user)

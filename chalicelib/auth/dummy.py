@@ -1,0 +1,27 @@
+"""vmpooler's ``dummy`` authentication: for development only, never for production."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from .base import acceptable_credentials
+
+logger = logging.getLogger(__name__)
+
+
+class DummyAuthenticator:
+    """Accepts any user name with any non-empty password that differs from it (vmpooler's rule).
+
+    Logs a warning when created: anyone can get a token with it."""
+
+    def __init__(self) -> None:
+        logger.warning(
+            "auth provider 'dummy' is for development only: any user name is accepted with any "
+            "password that differs from it; configure 'ldap' for production"
+        )
+
+    def authenticate(self, username: str, password: str) -> bool:
+        if not acceptable_credentials(username, password):
+            return False
+        return not hmac.compare_digest(username.encode(), password.encode())

@@ -1,0 +1,466 @@
+"""LDAP / Active Directory authentication with ldap3, in every mode vmpooler supports.
+
+Direct bind (no ``service_account_hash``): try a simple bind as ``<user_object>=<user>,<base>`` for
+every base x user_object, in the order configured; the first success wins.
+
+Service account (``service_account_hash: {user_dn, password}``): bind as the service account,
+search ``(<user_object>=<user>)`` under every base (subtree), then bind as each entry found with
+the user's password. A search that finds several entries is ambiguous and is ignored (logged).
+
+Transport: ``encryption`` is ``plain``, ``simple_tls`` (LDAPS) or ``start_tls`` (the default, as
+in vmpooler). Certificates are verified (chain and host name) unless ``verify_certificates: false``;
+``ca_file`` (a PEM file) or ``ca_data`` (PEM text) name the CA to trust, else the system store.
+
+Safety: user names are escaped in DNs (RFC 4514) and in filters (RFC 4515); an empty password is
+refused before any network traffic (no unauthenticated bind); referrals are not followed; the
+service-account password is fetched through ``resolve_secret`` on each use (Powertools caches it).
+Backend trouble raises ``AuthUnavailable`` (the API answers 503), never a wrong-password answer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import os
+import re
+import ssl
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from ldap3 import NONE, SIMPLE, SUBTREE, SYNC, Connection, Server, Tls
+from ldap3.core.exceptions import LDAPException, LDAPInvalidDnError
+from ldap3.utils.conv import escape_filter_chars
+from ldap3.utils.dn import escape_rdn, parse_dn
+
+from .base import AuthConfigError, AuthUnavailable, acceptable_credentials
+from .secrets import SecretConfigError, SecretUnavailable, check_secret_value
+
+logger = logging.getLogger(__name__)
+
+ENCRYPTIONS = ("plain", "simple_tls", "start_tls")
+ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,63}$")
+
+# Bind results that mean "these credentials are not valid" (the user gets 401). Anything else
+# (busy, unavailable, confidentiality required, protocol errors...) means the backend cannot answer.
+_REFUSED_BIND_RESULTS = {
+    19,  # constraintViolation (password policy: locked, expired)
+    32,  # noSuchObject
+    34,  # invalidDNSyntax
+    48,  # inappropriateAuthentication
+    49,  # invalidCredentials
+    50,  # insufficientAccessRights
+    53,  # unwillingToPerform (disabled account, ...)
+}
+
+KNOWN_KEYS = (
+    "host", "port", "base", "user_object", "encryption", "service_account_hash", "ca_file",
+    "ca_data", "verify_certificates", "connect_timeout", "receive_timeout",
+)
+
+
+@dataclass(frozen=True)
+class LdapSettings:
+    """The validated ``:auth: :ldap:`` mapping."""
+
+    host: str
+    port: int
+    bases: tuple[str, ...]
+    user_objects: tuple[str, ...]
+    encryption: str = "start_tls"
+    ca_file: str | None = None
+    ca_data: str | None = None
+    verify_certificates: bool = True
+    connect_timeout: float = 5.0
+    receive_timeout: float = 10.0
+    service_account_dn: str | None = None
+    service_account_password: Any = field(default=None, repr=False)
+    """A plain string or a secret reference (see chalicelib.auth.secrets); resolved on use."""
+
+    @property
+    def uses_service_account(self) -> bool:
+        return self.service_account_dn is not None
+
+
+def _strip_symbol(value: Any) -> Any:
+    # vmpooler configs are Ruby-flavoured: ``encryption: :start_tls``.
+    return value.lstrip(":") if isinstance(value, str) else value
+
+
+def _string_list(value: Any) -> list[str] | None:
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(item, str) and item.strip() for item in items):
+        return None
+    return [item.strip() for item in items]
+
+
+def _valid_dn(value: str) -> bool:
+    try:
+        parse_dn(value)
+    except (LDAPInvalidDnError, Exception):
+        return False
+    return True
+
+
+def _positive_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+def _boolean(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+        return value.lower() in ("true", "yes")
+    return None
+
+
+def parse_ldap_settings(raw: Mapping[str, Any] | None, path: str = "auth.ldap") -> LdapSettings:
+    """Validate the raw ``ldap`` mapping. Raises AuthConfigError listing every problem.
+
+    Unknown keys are logged and ignored (as config.py does), so a vmpooler config keeps working.
+    Secrets are never put into a message."""
+    problems: list[str] = []
+    if raw is None:
+        raise AuthConfigError([f"{path}: is required when auth.provider is ldap"])
+    if not isinstance(raw, Mapping):
+        raise AuthConfigError([f"{path}: must be a mapping"])
+    raw = {str(key).lstrip(":"): value for key, value in raw.items()}
+    for key in raw:
+        if key not in KNOWN_KEYS:
+            logger.warning("%s.%s: unknown key, ignored", path, key)
+
+    host = raw.get("host")
+    if not isinstance(host, str) or not host.strip():
+        problems.append(f"{path}.host: is required (a host name or IP address)")
+        host = ""
+    elif "://" in host or "/" in host or any(char.isspace() for char in host.strip()):
+        problems.append(f"{path}.host: must be a bare host name (use port and encryption), got {host!r}")
+    host = host.strip() if isinstance(host, str) else ""
+
+    encryption_raw = raw.get("encryption")
+    tls_options: Mapping[str, Any] = {}
+    if isinstance(encryption_raw, Mapping):  # vmpooler: {method: :start_tls, tls_options: {...}}
+        enc = {str(k).lstrip(":"): v for k, v in encryption_raw.items()}
+        tls_options = enc.get("tls_options") or {}
+        if not isinstance(tls_options, Mapping):
+            problems.append(f"{path}.encryption.tls_options: must be a mapping")
+            tls_options = {}
+        tls_options = {str(k).lstrip(":"): v for k, v in tls_options.items()}
+        encryption_raw = enc.get("method")
+    encryption = _strip_symbol(encryption_raw) if encryption_raw is not None else "start_tls"
+    if encryption not in ENCRYPTIONS:
+        problems.append(f"{path}.encryption: must be one of {', '.join(ENCRYPTIONS)}, got {encryption_raw!r}")
+        encryption = "start_tls"
+
+    port_raw = raw.get("port")
+    if port_raw is None:
+        port = 636 if encryption == "simple_tls" else 389
+    else:
+        port = None
+        if isinstance(port_raw, int) and not isinstance(port_raw, bool):
+            port = port_raw
+        elif isinstance(port_raw, str) and port_raw.strip().isdigit():
+            port = int(port_raw)
+        if port is None or not 1 <= port <= 65535:
+            problems.append(f"{path}.port: must be an integer between 1 and 65535, got {port_raw!r}")
+            port = 389
+
+    bases = _string_list(raw.get("base"))
+    if bases is None:
+        problems.append(f"{path}.base: is required (a DN or a list of DNs)")
+        bases = []
+    for base in bases:
+        if not _valid_dn(base):
+            problems.append(f"{path}.base: not a valid DN: {base!r}")
+
+    user_objects_raw = raw.get("user_object", "uid")
+    user_objects = _string_list(user_objects_raw)
+    if user_objects is None:
+        problems.append(f"{path}.user_object: must be an attribute name or a list of them")
+        user_objects = []
+    for attribute in user_objects:
+        if not ATTRIBUTE_NAME.match(attribute):
+            problems.append(f"{path}.user_object: not an attribute name: {attribute!r}")
+
+    ca_file = raw.get("ca_file", tls_options.get("ca_file"))
+    if ca_file is not None:
+        if not isinstance(ca_file, str) or not ca_file:
+            problems.append(f"{path}.ca_file: must be a file path")
+            ca_file = None
+        elif not os.path.isfile(ca_file):
+            problems.append(f"{path}.ca_file: no such file: {ca_file!r}")
+    ca_data = raw.get("ca_data")
+    if ca_data is not None and (not isinstance(ca_data, str) or "BEGIN CERTIFICATE" not in ca_data):
+        problems.append(f"{path}.ca_data: must be PEM text (-----BEGIN CERTIFICATE-----...)")
+        ca_data = None
+
+    verify_raw = raw.get("verify_certificates", True)
+    if "verify_mode" in tls_options and "verify_certificates" not in raw:
+        # Ruby OpenSSL: verify_mode 0 = VERIFY_NONE.
+        verify_raw = str(tls_options["verify_mode"]).strip() not in ("0", "VERIFY_NONE", "OpenSSL::SSL::VERIFY_NONE")
+    verify = _boolean(verify_raw)
+    if verify is None:
+        problems.append(f"{path}.verify_certificates: must be true or false, got {verify_raw!r}")
+        verify = True
+
+    timeouts: dict[str, float] = {}
+    for key, default in (("connect_timeout", 5.0), ("receive_timeout", 10.0)):
+        value = raw.get(key, default)
+        number = _positive_number(value)
+        if number is None:
+            problems.append(f"{path}.{key}: must be a number of seconds > 0, got {value!r}")
+            number = default
+        timeouts[key] = number
+
+    service_dn = None
+    service_password = None
+    service = raw.get("service_account_hash")
+    if service is not None:
+        if not isinstance(service, Mapping):
+            problems.append(f"{path}.service_account_hash: must be a mapping with user_dn and password")
+        else:
+            service = {str(k).lstrip(":"): v for k, v in service.items()}
+            service_dn = service.get("user_dn")
+            if not isinstance(service_dn, str) or not service_dn.strip() or not _valid_dn(service_dn):
+                problems.append(f"{path}.service_account_hash.user_dn: is required (a valid DN)")
+                service_dn = None
+            service_password = service.get("password")
+            if service_password is None or service_password == "":
+                problems.append(f"{path}.service_account_hash.password: is required")
+            else:
+                try:
+                    check_secret_value(service_password)
+                except SecretConfigError as error:
+                    problems.append(f"{path}.service_account_hash.password: {error}")
+            for key in service:
+                if key not in ("user_dn", "password"):
+                    logger.warning("%s.service_account_hash.%s: unknown key, ignored", path, key)
+
+    if problems:
+        raise AuthConfigError(problems)
+
+    settings = LdapSettings(
+        host=host,
+        port=port,
+        bases=tuple(bases),
+        user_objects=tuple(user_objects),
+        encryption=encryption,
+        ca_file=ca_file,
+        ca_data=ca_data,
+        verify_certificates=verify,
+        connect_timeout=timeouts["connect_timeout"],
+        receive_timeout=timeouts["receive_timeout"],
+        service_account_dn=service_dn.strip() if service_dn else None,
+        service_account_password=service_password,
+    )
+    if encryption == "plain":
+        logger.warning(
+            "%s.encryption is plain: passwords cross the network in clear text; use start_tls or simple_tls",
+            path,
+        )
+    elif not verify:
+        logger.warning("%s.verify_certificates is false: the LDAP server is not authenticated", path)
+    return settings
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _identity(username: str) -> str:
+    """A user name as it may appear in a log line: bounded and printable."""
+    return repr(username[:64])
+
+
+class LdapAuthenticator:
+    """Checks user names and passwords against LDAP / Active Directory (see the module doc)."""
+
+    def __init__(
+        self,
+        settings: LdapSettings,
+        resolve_secret: Callable[[Any], str | None] | None = None,
+    ) -> None:
+        self.settings = settings
+        if resolve_secret is None:
+            from .secrets import resolve_secret as default_resolve
+
+            resolve_secret = default_resolve
+        self._resolve_secret = resolve_secret
+        self._tls = self._make_tls() if settings.encryption != "plain" else None
+        self._server = Server(
+            settings.host,
+            port=settings.port,
+            use_ssl=settings.encryption == "simple_tls",
+            tls=self._tls,
+            get_info=NONE,
+            connect_timeout=settings.connect_timeout,
+        )
+
+    @classmethod
+    def from_config(
+        cls, raw: Mapping[str, Any] | None, resolve_secret: Callable[[Any], str | None] | None = None
+    ) -> "LdapAuthenticator":
+        return cls(parse_ldap_settings(raw), resolve_secret)
+
+    def __repr__(self) -> str:
+        s = self.settings
+        mode = "service account" if s.uses_service_account else "direct bind"
+        return f"LdapAuthenticator({s.host}:{s.port}, {s.encryption}, {mode})"
+
+    def _make_tls(self) -> Tls:
+        s = self.settings
+        return Tls(
+            validate=ssl.CERT_REQUIRED if s.verify_certificates else ssl.CERT_NONE,
+            ca_certs_file=s.ca_file,
+            ca_certs_data=s.ca_data,
+            sni=None if _is_ip(s.host) else s.host,
+        )
+
+    @property
+    def _where(self) -> str:
+        return f"LDAP server {self.settings.host}:{self.settings.port}"
+
+    # --- the protocol ----------------------------------------------------------------------
+
+    def authenticate(self, username: str, password: str) -> bool:
+        if not acceptable_credentials(username, password):
+            return False
+        try:
+            connection = self._connect()
+        except Exception as error:  # ldap3 raises more than LDAPException on odd servers
+            logger.error("%s unreachable: %s", self._where, type(error).__name__)
+            raise AuthUnavailable(f"{self._where} is unavailable") from None
+        try:
+            if self.settings.uses_service_account:
+                accepted = self._search_and_bind(connection, username, password)
+            else:
+                accepted = self._direct_bind(connection, username, password)
+        except AuthUnavailable:
+            raise
+        except Exception as error:
+            logger.error("%s failed during login: %s", self._where, type(error).__name__)
+            raise AuthUnavailable(f"{self._where} is unavailable") from None
+        finally:
+            try:
+                connection.unbind()
+            except Exception:  # the socket may already be gone
+                pass
+        if accepted:
+            logger.info("LDAP login accepted for %s", _identity(username))
+        else:
+            logger.info("LDAP login refused for %s", _identity(username))
+        return accepted
+
+    # --- steps -----------------------------------------------------------------------------
+
+    def _connect(self) -> Connection:
+        connection = Connection(
+            self._server,
+            authentication=SIMPLE,
+            client_strategy=SYNC,
+            auto_bind=False,
+            auto_referrals=False,
+            read_only=True,
+            raise_exceptions=False,
+            # ldap3 packs it into SO_RCVTIMEO as whole seconds.
+            receive_timeout=max(1, math.ceil(self.settings.receive_timeout)),
+            return_empty_attributes=False,
+        )
+        connection.open(read_server_info=False)
+        if self.settings.encryption == "start_tls":
+            # Raises LDAPStartTLSError (a certificate error included) rather than binding in clear.
+            if not connection.start_tls(read_server_info=False):
+                raise _StartTlsRefused()
+        return connection
+
+    def _bind(self, connection: Connection, dn: str, password: str) -> bool:
+        """Bind as dn. True on success, False for refused credentials; AuthUnavailable otherwise."""
+        connection.user = dn
+        connection.password = password
+        if connection.bind(read_server_info=False):
+            return True
+        code = (connection.result or {}).get("result")
+        if code in _REFUSED_BIND_RESULTS:
+            return False
+        description = (connection.result or {}).get("description", "unknown")
+        logger.error("%s answered a bind with %s (%s)", self._where, code, description)
+        raise AuthUnavailable(f"{self._where} refused to process the login ({description})")
+
+    def _direct_bind(self, connection: Connection, username: str, password: str) -> bool:
+        rdn_value = escape_rdn(username)
+        for base in self.settings.bases:
+            for attribute in self.settings.user_objects:
+                if self._bind(connection, f"{attribute}={rdn_value},{base}", password):
+                    return True
+        return False
+
+    def _service_password(self) -> str:
+        try:
+            password = self._resolve_secret(self.settings.service_account_password)
+        except (SecretUnavailable, SecretConfigError) as error:
+            logger.error("LDAP service account password unavailable: %s", error)
+            raise AuthUnavailable("the LDAP service account password is unavailable") from None
+        if not password:
+            raise AuthUnavailable("the LDAP service account password is empty")
+        return password
+
+    def _search_and_bind(self, connection: Connection, username: str, password: str) -> bool:
+        service_dn = self.settings.service_account_dn
+        assert service_dn is not None
+        if not self._bind(connection, service_dn, self._service_password()):
+            logger.error("%s refused the service account %s: check service_account_hash", self._where, service_dn)
+            raise AuthUnavailable(f"{self._where} refused the service account")
+        value = escape_filter_chars(username)
+        candidates: list[str] = []
+        for base in self.settings.bases:
+            for attribute in self.settings.user_objects:
+                for dn in self._search(connection, base, f"({attribute}={value})", username):
+                    if dn not in candidates:
+                        candidates.append(dn)
+        # Every search ran as the service account; now bind as each entry found.
+        for dn in candidates:
+            if self._bind(connection, dn, password):
+                return True
+        return False
+
+    def _search(self, connection: Connection, base: str, search_filter: str, username: str) -> list[str]:
+        connection.search(
+            base,
+            search_filter,
+            search_scope=SUBTREE,
+            attributes=[],
+            size_limit=2,
+            time_limit=max(1, int(self.settings.receive_timeout)),
+        )
+        code = (connection.result or {}).get("result")
+        entries = [
+            item["dn"] for item in (connection.response or []) if item.get("type") == "searchResEntry"
+        ]
+        if code == 4 or len(entries) > 1:  # sizeLimitExceeded: the name is not unique
+            logger.warning(
+                "LDAP search %s under %r matches several entries for %s: ignored",
+                search_filter.split("=", 1)[0] + "=...)", base, _identity(username),
+            )
+            return []
+        if code == 32:  # noSuchObject: the base does not exist
+            logger.warning("LDAP base %r does not exist on %s", base, self._where)
+            return []
+        if code != 0:
+            description = (connection.result or {}).get("description", "unknown")
+            logger.error("%s answered a search with %s (%s)", self._where, code, description)
+            raise AuthUnavailable(f"{self._where} could not search for the user ({description})")
+        return entries
+
+
+class _StartTlsRefused(LDAPException):
+    pass

@@ -1,0 +1,121 @@
+"""Failed-login limiter: counters in Redis per user and per client address, with expiry.
+
+Fixed windows: the first failure starts a window of ``window_seconds``; past ``max_per_user``
+failures for a user name, or ``max_per_address`` from an address, logins are refused until the
+window ends (the API answers 429 with ``Retry-After``). A successful login clears the user's
+counter (not the address's: one valid account must not reset an attacker's address budget).
+
+User names are case-folded and hashed into the key (LDAP matches names case-insensitively, and a
+hash bounds the key size). IPv6 addresses count per /64, since one client usually holds a whole /64.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import math
+from typing import Any, Mapping
+
+PREFIX = "vmpool:login:"
+
+# KEYS: counters; ARGV[1]: window seconds. Increments each counter, starting its window on the
+# first failure, and returns the new counts. One script: atomic, no counter without an expiry.
+_RECORD_SCRIPT = """
+local counts = {}
+for i, key in ipairs(KEYS) do
+  local count = redis.call('INCR', key)
+  if count == 1 or redis.call('TTL', key) < 0 then
+    redis.call('EXPIRE', key, ARGV[1])
+  end
+  counts[i] = count
+end
+return counts
+"""
+
+
+def _user_part(user: str) -> str:
+    return hashlib.sha256(user.strip().casefold().encode("utf-8")).hexdigest()[:32]
+
+
+def _address_part(address: str | None) -> str | None:
+    if not address:
+        return None
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return hashlib.sha256(address.encode("utf-8")).hexdigest()[:32]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class LoginLimiter:
+    def __init__(
+        self,
+        redis: Any,
+        max_per_user: int = 10,
+        max_per_address: int = 50,
+        window_seconds: int = 300,
+    ) -> None:
+        if max_per_user < 1 or max_per_address < 1 or window_seconds < 1:
+            raise ValueError("login limits and window must be >= 1")
+        self.redis = redis
+        self.max_per_user = int(max_per_user)
+        self.max_per_address = int(max_per_address)
+        self.window_seconds = int(window_seconds)
+        self._record = redis.register_script(_RECORD_SCRIPT)
+
+    @classmethod
+    def from_config(cls, auth_config: Mapping[str, Any] | None, redis: Any) -> "LoginLimiter":
+        """From the ``:auth:`` section's login_attempts_per_user / _per_address / login_window_seconds."""
+        auth_config = auth_config or {}
+
+        def get(key: str, default: int) -> int:
+            value = auth_config.get(key)
+            return default if value is None else int(value)
+
+        return cls(
+            redis,
+            max_per_user=get("login_attempts_per_user", 10),
+            max_per_address=get("login_attempts_per_address", 50),
+            window_seconds=get("login_window_seconds", 300),
+        )
+
+    def _keys(self, user: str | None, address: str | None) -> list[tuple[str, int]]:
+        keys = []
+        if user is not None:
+            keys.append((f"{PREFIX}user:{_user_part(user)}", self.max_per_user))
+        part = _address_part(address)
+        if part is not None:
+            keys.append((f"{PREFIX}addr:{part}", self.max_per_address))
+        return keys
+
+    def check(self, user: str | None, address: str | None) -> int | None:
+        """Seconds to wait before trying again when the user or the address is over its limit,
+        else None."""
+        keys = self._keys(user, address)
+        if not keys:
+            return None
+        pipe = self.redis.pipeline(transaction=False)
+        for key, _ in keys:
+            pipe.get(key)
+            pipe.pttl(key)
+        results = pipe.execute()
+        wait = 0.0
+        for index, (_, limit) in enumerate(keys):
+            count, pttl = results[2 * index], results[2 * index + 1]
+            if count is not None and int(count) >= limit:
+                seconds = pttl / 1000.0 if pttl and pttl > 0 else float(self.window_seconds)
+                wait = max(wait, seconds)
+        return max(1, math.ceil(wait)) if wait > 0 else None
+
+    def record_failure(self, user: str | None, address: str | None) -> None:
+        keys = self._keys(user, address)
+        if keys:
+            self._record(keys=[key for key, _ in keys], args=[self.window_seconds])
+
+    def reset(self, user: str) -> None:
+        """Forget the user's failures (call after a successful login)."""
+        self.redis.delete(f"{PREFIX}user:{_user_part(user)}")

@@ -1,0 +1,304 @@
+"""Secret values in the config: plain strings, or references to AWS Secrets Manager / SSM.
+
+A config value that holds a secret (the LDAP service account password, the vSphere password, the
+Redis password or AUTH token) may be written three ways::
+
+    password: "plain text"                                   # as vmpooler does
+    password: {secret: "prod/vmpool/ldap"}                    # Secrets Manager, whole SecretString
+    password: {secret: "arn:aws:...:secret:vmpool", key: "password"}   # one key of a JSON secret
+    password: {ssm: "/vmpool/ldap/password"}                 # SSM parameter (SecureString decrypted)
+
+Only the mapping forms are references: a plain string is always the secret itself, so a password
+that happens to start with ``ssm:`` is never mistaken for a reference. Values are fetched with
+Powertools Parameters, which caches them (``max_age`` seconds, default 300) so a warm Lambda does
+not call AWS on every request and a rotated secret is picked up within ``max_age``.
+
+``Secret`` wraps a value so that ``repr``/``str``/f-strings/logging never show it. Nothing here puts
+a secret value into an exception message or a log line.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_AGE_SECONDS = 300
+REDACTED = "**********"
+
+
+class SecretConfigError(ValueError):
+    """A secret reference is malformed (message names the problem, never a value)."""
+
+
+class SecretUnavailable(RuntimeError):
+    """A referenced secret could not be fetched (message names the reference, never a value)."""
+
+
+class Secret:
+    """A secret string that does not show itself: ``repr``, ``str`` and formatting are redacted.
+
+    ``reveal()`` returns the value. Equality is constant-time. Not hashable, not picklable into
+    something readable by accident (pickling is refused)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if isinstance(value, Secret):
+            value = value.reveal()
+        if not isinstance(value, str):
+            raise TypeError("a Secret holds a string")
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret('{REDACTED}')"
+
+    def __str__(self) -> str:
+        return REDACTED
+
+    def __format__(self, spec: str) -> str:
+        return REDACTED
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Secret):
+            other = other._value
+        if not isinstance(other, str):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other.encode())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self):  # pragma: no cover - guard only
+        raise TypeError("a Secret cannot be pickled")
+
+
+@dataclass(frozen=True)
+class SecretReference:
+    """Where a secret lives. Names and keys are not secret and may appear in messages."""
+
+    store: str  # "secretsmanager" or "ssm"
+    name: str
+    key: str | None = None
+
+    def describe(self) -> str:
+        where = "Secrets Manager secret" if self.store == "secretsmanager" else "SSM parameter"
+        return f"{where} {self.name!r}" + (f" (key {self.key!r})" if self.key else "")
+
+
+def parse_reference(value: Any) -> SecretReference | None:
+    """The reference a config value names, or None for a plain value (string, number, None).
+
+    Raises SecretConfigError for a mapping that is not a valid reference."""
+    if not isinstance(value, Mapping):
+        return None
+    keys = set(value)
+    if "secret" in value and "ssm" in value:
+        raise SecretConfigError("a secret reference names either 'secret' or 'ssm', not both")
+    if "secret" in value:
+        store, name = "secretsmanager", value["secret"]
+    elif "ssm" in value:
+        store, name = "ssm", value["ssm"]
+    else:
+        raise SecretConfigError(
+            "a secret reference must be {secret: <name or ARN>[, key: <json key>]} or {ssm: <parameter name>}"
+        )
+    unknown = keys - {"secret", "ssm", "key"}
+    if unknown:
+        raise SecretConfigError(f"unknown keys in secret reference: {', '.join(sorted(map(str, unknown)))}")
+    if not isinstance(name, str) or not name.strip():
+        raise SecretConfigError(f"the {'secret' if store == 'secretsmanager' else 'ssm'} name must be a non-empty string")
+    key = value.get("key")
+    if key is not None and (not isinstance(key, str) or not key):
+        raise SecretConfigError("the secret reference 'key' must be a non-empty string")
+    return SecretReference(store, name.strip(), key)
+
+
+def is_reference(value: Any) -> bool:
+    return isinstance(value, Mapping) and ("secret" in value or "ssm" in value)
+
+
+def check_secret_value(value: Any) -> Any:
+    """Validate a config value that may hold a secret: a string, a number, or a reference.
+    Returns it unchanged; raises SecretConfigError. For config validation (no AWS call)."""
+    if value is None or isinstance(value, (str, Secret)):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, Mapping):
+        parse_reference(value)
+        return value
+    raise SecretConfigError(f"must be a string or a secret reference, got {type(value).__name__}")
+
+
+class SecretResolver:
+    """Turns config values into secret strings, fetching references with Powertools Parameters.
+
+    Providers are created on first use (so tests can create the resolver inside ``mock_aws``);
+    ``secrets_provider``/``ssm_provider`` may be given (Powertools ``SecretsProvider`` /
+    ``SSMProvider`` or anything with the same ``get``)."""
+
+    def __init__(
+        self,
+        *,
+        max_age: int = DEFAULT_MAX_AGE_SECONDS,
+        secrets_provider: Any = None,
+        ssm_provider: Any = None,
+    ) -> None:
+        self.max_age = max_age
+        self._secrets_provider = secrets_provider
+        self._ssm_provider = ssm_provider
+        self._lock = threading.Lock()
+
+    def _provider(self, store: str) -> Any:
+        with self._lock:
+            if store == "secretsmanager":
+                if self._secrets_provider is None:
+                    from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+                    self._secrets_provider = SecretsProvider()
+                return self._secrets_provider
+            if self._ssm_provider is None:
+                from aws_lambda_powertools.utilities.parameters import SSMProvider
+
+                self._ssm_provider = SSMProvider()
+            return self._ssm_provider
+
+    def __call__(self, value: Any) -> str | None:
+        return self.resolve(value)
+
+    def resolve(self, value: Any, *, force_fetch: bool = False) -> str | None:
+        """The secret string for a config value: plain strings as they are (numbers as text),
+        references fetched (cached ``max_age`` seconds), None stays None."""
+        if value is None:
+            return None
+        if isinstance(value, Secret):
+            return value.reveal()
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        reference = parse_reference(value)
+        if reference is None:
+            raise SecretConfigError(f"must be a string or a secret reference, got {type(value).__name__}")
+        return self.fetch(reference, force_fetch=force_fetch)
+
+    def resolve_secret(self, value: Any) -> Secret | None:
+        """Like ``resolve`` but wrapped in ``Secret``."""
+        resolved = self.resolve(value)
+        return None if resolved is None else Secret(resolved)
+
+    def fetch(self, reference: SecretReference, *, force_fetch: bool = False) -> str:
+        from aws_lambda_powertools.utilities.parameters.exceptions import (
+            GetParameterError,
+            TransformParameterError,
+        )
+
+        provider = self._provider(reference.store)
+        options: dict[str, Any] = {"max_age": self.max_age, "force_fetch": force_fetch}
+        if reference.key:
+            options["transform"] = "json"
+        if reference.store == "ssm":
+            options["decrypt"] = True
+        try:
+            raw = provider.get(reference.name, **options)
+        except TransformParameterError:
+            raise SecretUnavailable(f"{reference.describe()} is not a JSON object") from None
+        except GetParameterError as error:
+            raise SecretUnavailable(f"cannot fetch {reference.describe()}: {_aws_reason(error)}") from None
+        except Exception as error:  # botocore errors (no credentials, endpoint) and the like
+            raise SecretUnavailable(f"cannot fetch {reference.describe()}: {type(error).__name__}") from None
+        if reference.key:
+            if not isinstance(raw, Mapping):
+                raise SecretUnavailable(f"{reference.describe()} is not a JSON object")
+            if reference.key not in raw:
+                raise SecretUnavailable(f"{reference.describe()}: the key is missing")
+            raw = raw[reference.key]
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode()
+            except UnicodeDecodeError:
+                raise SecretUnavailable(f"{reference.describe()} is binary, not text") from None
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            raw = str(raw)
+        if not isinstance(raw, str):
+            raise SecretUnavailable(f"{reference.describe()} is not a string")
+        return raw
+
+
+def _aws_reason(error: Exception) -> str:
+    """The AWS error code of a Powertools fetch error (the code only, e.g. ResourceNotFoundException)."""
+    cause = error.__cause__ or error.__context__
+    response = getattr(cause, "response", None)
+    if isinstance(response, Mapping):
+        code = response.get("Error", {}).get("Code")
+        if code:
+            return str(code)
+    return type(cause).__name__ if cause is not None else "fetch failed"
+
+
+_default_resolver: SecretResolver | None = None
+_default_lock = threading.Lock()
+
+
+def default_resolver() -> SecretResolver:
+    global _default_resolver
+    with _default_lock:
+        if _default_resolver is None:
+            _default_resolver = SecretResolver()
+        return _default_resolver
+
+
+def resolve_secret(value: Any) -> str | None:
+    """Resolve a config value with the process-wide resolver (see ``SecretResolver.resolve``)."""
+    return default_resolver().resolve(value)
+
+
+ResolveSecret = Callable[[Any], "str | None"]
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that replaces known secret values in log records with ``**********``.
+
+    Defence in depth: attach it to handlers (``handler.addFilter(RedactingFilter(values))``) with
+    every configured secret. Values shorter than 4 characters are not redacted (too many false hits).
+    """
+
+    def __init__(self, values: Any = ()) -> None:
+        super().__init__()
+        self._values: set[str] = set()
+        for value in values:
+            self.add(value)
+
+    def add(self, value: Any) -> None:
+        if isinstance(value, Secret):
+            value = value.reveal()
+        if isinstance(value, str) and len(value) >= 4:
+            self._values.add(value)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._values:
+            return True
+        message = record.getMessage()
+        redacted = message
+        for value in sorted(self._values, key=len, reverse=True):
+            if value in redacted:
+                redacted = redacted.replace(value, REDACTED)
+        if redacted != message or record.exc_info:
+            if record.exc_info and not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            if record.exc_text:
+                for value in self._values:
+                    record.exc_text = record.exc_text.replace(value, REDACTED)
+            record.msg, record.args = redacted, None
+        return True
+

@@ -1,0 +1,257 @@
+"""API tokens: 32 characters ``[a-z0-9]`` given once to the user; Redis keeps only their SHA-256.
+
+Redis layout (every key under ``vmpool:``)::
+
+    vmpool:token:<sha256 hex of the token>   hash: user, created, last   (ISO-8601 UTC)
+    vmpool:user:<user>:tokens                set of the user's token hashes
+
+A Redis dump therefore holds no usable token. A token is found by the Redis key of its hash, so
+no token or hash is ever compared byte by byte in Python (nothing to time). A token is identified in listings by its ``id``:
+the first 16 hex characters of its SHA-256 (``printf %s "$TOKEN" | sha256sum | cut -c1-16``).
+
+With ``ttl_hours`` a token expires that many hours after it was created: the Redis key gets an
+expiry, and ``lookup`` also checks the age against the clock (so a fake clock works in tests).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+import secrets
+import string
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from chalicelib.clock import Clock, SystemClock
+
+TOKEN_PREFIX = "vmpool:token:"
+USER_PREFIX = "vmpool:user:"
+TOKEN_ALPHABET = string.ascii_lowercase + string.digits
+TOKEN_LENGTH = 32
+TOKEN_PATTERN = re.compile(r"^[a-z0-9]{32}$")
+ID_LENGTH = 16
+ID_PATTERN = re.compile(r"^[0-9a-f]{1,64}$")
+
+# Delete a token only when it belongs to the user: 1 deleted, 0 not found, -1 someone else's.
+_DELETE_SCRIPT = """
+local owner = redis.call('HGET', KEYS[1], 'user')
+if not owner then
+  redis.call('SREM', KEYS[2], ARGV[2])
+  return 0
+end
+if owner ~= ARGV[1] then
+  return -1
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+return 1
+"""
+
+# Create a token record unless the hash exists already; one step, so no half-made record.
+_CREATE_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'user', ARGV[1], 'created', ARGV[2], 'last', ARGV[2])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+redis.call('SADD', KEYS[2], ARGV[4])
+return 1
+"""
+
+# Update 'last' only while the token still exists (never resurrect a deleted token).
+_TOUCH_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'last', ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+class DeleteResult(enum.Enum):
+    DELETED = "deleted"
+    NOT_FOUND = "not_found"
+    FORBIDDEN = "forbidden"
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """What Redis knows about a token. Never holds the token itself."""
+
+    id: str
+    """First 16 hex characters of the token's SHA-256: shown in listings."""
+    token_hash: str
+    """Full SHA-256 hex: for internal references (a VM records the hash of the token it was
+    checked out with, never the token)."""
+    user: str
+    created: str
+    last: str
+    expires: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The ``{"created", "last"}`` body vmpooler shows (plus ``expires`` when set)."""
+        body: dict[str, Any] = {"created": self.created, "last": self.last}
+        if self.expires:
+            body["expires"] = self.expires
+        return body
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 hex of a token (a high-entropy random value, so no salt or slow hash is needed)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def token_id(token_hash: str) -> str:
+    return token_hash[:ID_LENGTH]
+
+
+def is_token_shaped(value: object) -> bool:
+    return isinstance(value, str) and bool(TOKEN_PATTERN.match(value))
+
+
+def iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _parse_iso(text: str) -> float | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+class TokenStore:
+    """Creates, finds, lists and deletes tokens in Redis (a client with decode_responses=True)."""
+
+    def __init__(self, redis: Any, clock: Clock | None = None, ttl_hours: float | None = None) -> None:
+        if ttl_hours is not None and ttl_hours <= 0:
+            raise ValueError("token ttl_hours must be > 0")
+        self.redis = redis
+        self.clock = clock or SystemClock()
+        self.ttl_seconds = None if ttl_hours is None else float(ttl_hours) * 3600.0
+        self._create = redis.register_script(_CREATE_SCRIPT)
+        self._delete = redis.register_script(_DELETE_SCRIPT)
+        self._touch = redis.register_script(_TOUCH_SCRIPT)
+
+    @staticmethod
+    def _token_key(token_hash: str) -> str:
+        return TOKEN_PREFIX + token_hash
+
+    @staticmethod
+    def _user_key(user: str) -> str:
+        return f"{USER_PREFIX}{user}:tokens"
+
+    def create(self, user: str) -> str:
+        """A new token for user. The token is returned once and is not stored anywhere."""
+        if not isinstance(user, str) or not user:
+            raise ValueError("a token needs a user")
+        while True:
+            token = "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_LENGTH))
+            token_hash = hash_token(token)
+            key = self._token_key(token_hash)
+            now = iso(self.clock.now())
+            ttl = 0 if self.ttl_seconds is None else max(1, int(self.ttl_seconds))
+            # The script refuses an existing hash: the (astronomically unlikely) collision retries.
+            if self._create(keys=[key, self._user_key(user)], args=[user, now, ttl, token_hash]):
+                return token
+
+    def _record(self, token_hash: str, fields: dict[str, str]) -> TokenRecord | None:
+        user = fields.get("user")
+        created = fields.get("created")
+        if not user or not created:
+            return None
+        expires = None
+        if self.ttl_seconds is not None:
+            created_at = _parse_iso(created)
+            if created_at is None:
+                return None
+            expires_at = created_at + self.ttl_seconds
+            if self.clock.now() >= expires_at:
+                return None
+            expires = iso(expires_at)
+        return TokenRecord(
+            id=token_id(token_hash),
+            token_hash=token_hash,
+            user=user,
+            created=created,
+            last=fields.get("last", created),
+            expires=expires,
+        )
+
+    def lookup(self, token: str, *, touch: bool = True) -> TokenRecord | None:
+        """The record of a valid token (and ``last`` set to now), or None.
+
+        Anything not shaped like a token is refused without a Redis call. An expired token is
+        deleted."""
+        if not is_token_shaped(token):
+            return None
+        token_hash = hash_token(token)
+        key = self._token_key(token_hash)
+        fields = self.redis.hgetall(key)
+        if not fields:
+            return None
+        record = self._record(token_hash, fields)
+        if record is None:
+            if fields.get("user"):
+                self._delete(keys=[key, self._user_key(fields["user"])], args=[fields["user"], token_hash])
+            return None
+        if touch:
+            now = iso(self.clock.now())
+            if self._touch(keys=[key], args=[now]):
+                record = TokenRecord(record.id, record.token_hash, record.user, record.created, now, record.expires)
+        return record
+
+    def list_for_user(self, user: str) -> list[TokenRecord]:
+        """The user's live tokens, oldest first (dangling and expired entries are cleaned up)."""
+        user_key = self._user_key(user)
+        hashes = sorted(self.redis.smembers(user_key))
+        if not hashes:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for token_hash in hashes:
+            pipe.hgetall(self._token_key(token_hash))
+        records: list[TokenRecord] = []
+        for token_hash, fields in zip(hashes, pipe.execute()):
+            record = self._record(token_hash, fields) if fields else None
+            if record is None or record.user != user:
+                self._delete(keys=[self._token_key(token_hash), user_key], args=[user, token_hash])
+                continue
+            records.append(record)
+        records.sort(key=lambda r: (r.created, r.id))
+        return records
+
+    def delete(self, token: str, user: str) -> DeleteResult:
+        """Delete a token if it belongs to user (FORBIDDEN when it is someone else's)."""
+        if not is_token_shaped(token):
+            return DeleteResult.NOT_FOUND
+        return self._delete_hash(hash_token(token), user)
+
+    def delete_by_id(self, id_or_prefix: str, user: str) -> DeleteResult:
+        """Delete one of the user's own tokens by its listed id (a hash prefix of >= 8 chars).
+        Only the user's tokens are considered, so this never answers FORBIDDEN."""
+        if not isinstance(id_or_prefix, str) or len(id_or_prefix) < 8 or not ID_PATTERN.match(id_or_prefix):
+            return DeleteResult.NOT_FOUND
+        matches = [h for h in self.redis.smembers(self._user_key(user)) if h.startswith(id_or_prefix)]
+        if len(matches) != 1:
+            return DeleteResult.NOT_FOUND
+        return self._delete_hash(matches[0], user)
+
+    def _delete_hash(self, token_hash: str, user: str) -> DeleteResult:
+        key = self._token_key(token_hash)
+        owner = self.redis.hget(key, "user")
+        user_key = self._user_key(owner if owner is not None else user)
+        result = int(self._delete(keys=[key, user_key], args=[user, token_hash]))
+        if result == 1:
+            return DeleteResult.DELETED
+        if result == -1:
+            return DeleteResult.FORBIDDEN
+        return DeleteResult.NOT_FOUND
+
+    def owner(self, token: str) -> str | None:
+        """The user a valid token belongs to (without touching ``last``)."""
+        record = self.lookup(token, touch=False)
+        return record.user if record else None

@@ -1,0 +1,257 @@
+"""A private OpenLDAP ``slapd`` for the tests, with a test CA and TLS listeners.
+
+``SlapdServer`` writes a slapd.conf (mdb backend, modules from /usr/lib/ldap), seeds the directory
+with ``slapadd`` and starts slapd on free loopback ports: one plain/StartTLS listener (``url``)
+and one LDAPS listener (``ldaps_url``). Certificates come from a CA made with the openssl CLI at
+start; ``ca_file`` trusts it, ``rogue_ca_file`` is another CA that must be refused.
+
+Directory layout (``dc=example,dc=com``)::
+
+    cn=svc,dc=example,dc=com                  service account (may search, see users)
+    ou=users:   uid=alice, uid=comma\\,user    (uid in the DN)
+    ou=people:  cn=bob (uid: bob), cn=carol (uid: carol)   (cn in the DN)
+
+The ``slapd`` fixture is exposed by ``tests/auth/conftest.py``; another conftest may reuse it with
+``pytest_plugins = ["tests.auth.slapd"]`` (this module defines the fixture too).
+
+Needs the Debian packages ``slapd`` and ``ldap-utils`` (and ``openssl``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+BASE = "dc=example,dc=com"
+USERS_OU = f"ou=users,{BASE}"
+PEOPLE_OU = f"ou=people,{BASE}"
+SERVICE_DN = f"cn=svc,{BASE}"
+SERVICE_PASSWORD = "svc-Secret-42"
+
+# user name -> (DN, password). The user name is what a client types (uid for every entry).
+USERS: dict[str, tuple[str, str]] = {
+    "alice": (f"uid=alice,{USERS_OU}", "alice-Pass-1"),
+    "comma,user": (f"uid=comma\\,user,{USERS_OU}", "comma-Pass-2"),
+    "bob": (f"cn=bob,{PEOPLE_OU}", "bob-Pass-3"),
+    "carol": (f"cn=carol,{PEOPLE_OU}", "carol-Pass-4"),
+}
+
+SLAPD_BINARY_CANDIDATES = ("/usr/sbin/slapd", "/usr/lib/slapd")
+MODULE_PATH = "/usr/lib/ldap"
+SCHEMA_DIR = "/etc/ldap/schema"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed ({result.returncode}): {result.stderr.strip()}")
+    return result
+
+
+def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed CA made with the openssl CLI: (certificate, key)."""
+    key = directory / f"{name}.key"
+    cert = directory / f"{name}.pem"
+    _run([
+        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "2",
+        "-keyout", str(key), "-out", str(cert), "-subj", f"/CN=vmpool test {name}",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    ])
+    return cert, key
+
+
+def make_server_cert(directory: Path, ca_cert: Path, ca_key: Path) -> tuple[Path, Path]:
+    """A server certificate for 127.0.0.1 and localhost signed by the CA: (certificate, key)."""
+    key = directory / "server.key"
+    csr = directory / "server.csr"
+    cert = directory / "server.pem"
+    ext = directory / "server.ext"
+    ext.write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+    )
+    _run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+          "-subj", "/CN=localhost"])
+    _run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
+          "-CAcreateserial", "-days", "2", "-sha256", "-extfile", str(ext), "-out", str(cert)])
+    return cert, key
+
+
+def _seed_ldif() -> str:
+    entries = [
+        f"dn: {BASE}\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n",
+        f"dn: {USERS_OU}\nobjectClass: organizationalUnit\nou: users\n",
+        f"dn: {PEOPLE_OU}\nobjectClass: organizationalUnit\nou: people\n",
+        f"dn: {SERVICE_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n"
+        f"cn: svc\nuserPassword: {SERVICE_PASSWORD}\n",
+    ]
+    for user, (dn, password) in USERS.items():
+        rdn_attr = dn.split("=", 1)[0]
+        cn = user if rdn_attr == "cn" else f"{user} cn"
+        entries.append(
+            f"dn: {dn}\nobjectClass: inetOrgPerson\nuid: {user}\ncn: {cn}\nsn: {user}\n"
+            f"userPassword: {password}\n"
+        )
+    return "\n".join(entries)
+
+
+@dataclass
+class SlapdServer:
+    """A slapd child process on loopback. Use as a context manager or call start()/stop()."""
+
+    port: int = field(default_factory=free_port)
+    ldaps_port: int = field(default_factory=free_port)
+    directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="vmpool-slapd-")))
+    process: subprocess.Popen | None = None
+
+    base = BASE
+    users_base = USERS_OU
+    people_base = PEOPLE_OU
+    service_dn = SERVICE_DN
+    service_password = SERVICE_PASSWORD
+    users = USERS
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        """Plain LDAP (also offers StartTLS)."""
+        return f"ldap://127.0.0.1:{self.port}"
+
+    @property
+    def ldaps_url(self) -> str:
+        return f"ldaps://127.0.0.1:{self.ldaps_port}"
+
+    def password(self, user: str) -> str:
+        return self.users[user][1]
+
+    def dn(self, user: str) -> str:
+        return self.users[user][0]
+
+    def ldap_config(self, **overrides) -> dict:
+        """An ``:auth: ldap:`` mapping for this server (StartTLS with the test CA by default)."""
+        config = {
+            "host": self.host,
+            "port": self.port,
+            "base": [self.users_base, self.people_base],
+            "user_object": ["uid", "cn"],
+            "encryption": "start_tls",
+            "ca_file": str(self.ca_file),
+            "connect_timeout": 2,
+            "receive_timeout": 5,
+        }
+        config.update(overrides)
+        return config
+
+    def start(self, timeout: float = 15.0) -> "SlapdServer":
+        binary = next((b for b in SLAPD_BINARY_CANDIDATES if os.path.exists(b)), shutil.which("slapd"))
+        if binary is None:
+            raise RuntimeError("slapd is not installed (apt-get install -y slapd ldap-utils)")
+        slapadd = shutil.which("slapadd") or "/usr/sbin/slapadd"
+        certs = self.directory / "certs"
+        data = self.directory / "data"
+        certs.mkdir(parents=True, exist_ok=True)
+        data.mkdir(parents=True, exist_ok=True)
+        self.ca_file, ca_key = make_ca(certs, "ca")
+        self.rogue_ca_file, _ = make_ca(certs, "rogue-ca")
+        self.server_cert, self.server_key = make_server_cert(certs, self.ca_file, ca_key)
+
+        conf = self.directory / "slapd.conf"
+        conf.write_text(
+            "\n".join([
+                f"include {SCHEMA_DIR}/core.schema",
+                f"include {SCHEMA_DIR}/cosine.schema",
+                f"include {SCHEMA_DIR}/inetorgperson.schema",
+                f"include {SCHEMA_DIR}/nis.schema",
+                f"pidfile {self.directory}/slapd.pid",
+                f"argsfile {self.directory}/slapd.args",
+                f"modulepath {MODULE_PATH}",
+                "moduleload back_mdb",
+                f"TLSCACertificateFile {self.ca_file}",
+                f"TLSCertificateFile {self.server_cert}",
+                f"TLSCertificateKeyFile {self.server_key}",
+                "loglevel none",
+                "database mdb",
+                "maxsize 10485760",
+                f"suffix \"{BASE}\"",
+                f"rootdn \"cn=admin,{BASE}\"",
+                f"directory {data}",
+                # Passwords: only for binding. Everything else: bound users only (no anonymous
+                # search, so the service-account mode really needs its account).
+                "access to attrs=userPassword by anonymous auth by self read by * none",
+                "access to * by users read by * none",
+                "",
+            ])
+        )
+        _run([slapadd, "-f", str(conf), "-b", BASE], input=_seed_ldif())
+        listen = f"ldap://127.0.0.1:{self.port}/ ldaps://127.0.0.1:{self.ldaps_port}/"
+        self.log_file = open(self.directory / "slapd.log", "wb")
+        self.process = subprocess.Popen(
+            [binary, "-f", str(conf), "-h", listen, "-d", "0"],
+            stdout=self.log_file, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._answers():
+                return self
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log = (self.directory / "slapd.log").read_text(errors="replace")
+                self.stop()
+                raise RuntimeError(f"slapd did not start on port {self.port}:\n{log[-2000:]}")
+            time.sleep(0.05)
+
+    def _answers(self) -> bool:
+        for port in (self.port, self.ldaps_port):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    pass
+            except OSError:
+                return False
+        return True
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        if getattr(self, "log_file", None):
+            self.log_file.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> "SlapdServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@pytest.fixture(scope="session")
+def slapd() -> Iterator[SlapdServer]:
+    """One real slapd for the session: ``url``, ``ldaps_url``, ``ca_file``, ``rogue_ca_file``,
+    ``users`` (name -> (dn, password)), ``service_dn``/``service_password``, ``ldap_config()``."""
+    with SlapdServer() as server:
+        yield server

@@ -1,0 +1,370 @@
+"""LdapAuthenticator against a real slapd: both bind modes, TLS, injection, outages."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+import pytest
+
+from chalicelib.auth import (
+    AuthConfigError,
+    AuthUnavailable,
+    DummyAuthenticator,
+    LdapAuthenticator,
+    SecretUnavailable,
+    build_authenticator,
+    parse_ldap_settings,
+)
+from tests.auth.slapd import SlapdServer, free_port
+
+ALL_USERS = ("alice", "comma,user", "bob", "carol")
+
+
+def direct(slapd: SlapdServer, **overrides) -> LdapAuthenticator:
+    return LdapAuthenticator(parse_ldap_settings(slapd.ldap_config(**overrides)))
+
+
+def with_service_account(slapd: SlapdServer, password=None, resolve=None, **overrides) -> LdapAuthenticator:
+    config = slapd.ldap_config(
+        service_account_hash={"user_dn": slapd.service_dn, "password": password or slapd.service_password},
+        **overrides,
+    )
+    return LdapAuthenticator(parse_ldap_settings(config), resolve)
+
+
+MODES = {
+    "direct": lambda slapd, **kw: direct(slapd, **kw),
+    "service": lambda slapd, **kw: with_service_account(slapd, **kw),
+}
+
+
+# --- both modes ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("user", ALL_USERS)
+def test_every_user_logs_in_across_bases_and_user_objects(slapd, mode, user):
+    auth = MODES[mode](slapd)
+    assert auth.authenticate(user, slapd.password(user)) is True
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_wrong_password_unknown_user_and_other_users_password(slapd, mode):
+    auth = MODES[mode](slapd)
+    assert auth.authenticate("alice", "wrong") is False
+    assert auth.authenticate("alice", slapd.password("bob")) is False
+    assert auth.authenticate("nobody", "whatever") is False
+    assert auth.authenticate("ALICE", "wrong") is False
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("password", ["", None])
+def test_empty_password_is_refused_without_asking_the_server(slapd, mode, password):
+    # Pointing at a closed port proves no connection is attempted: no AuthUnavailable.
+    auth = MODES[mode](slapd, port=free_port())
+    assert auth.authenticate("alice", password) is False
+    assert auth.authenticate("", "x") is False
+    assert auth.authenticate("   ", "x") is False
+    assert auth.authenticate("ali\x00ce", "x") is False
+
+
+def test_empty_password_would_be_an_anonymous_bind_on_the_server(slapd):
+    """Why the empty password must be refused: slapd (like AD) treats a DN with no password as an
+    unauthenticated bind rather than a failure; ldap3 itself sends it if asked."""
+    from ldap3 import ANONYMOUS, Connection, Server
+
+    connection = Connection(Server(slapd.host, port=slapd.port), authentication=ANONYMOUS)
+    assert connection.bind() is True  # anonymous binds succeed: only our check stops them
+    connection.unbind()
+
+
+def test_direct_bind_tries_only_the_configured_bases_and_user_objects(slapd):
+    only_users_uid = direct(slapd, base=slapd.users_base, user_object="uid")
+    assert only_users_uid.authenticate("alice", slapd.password("alice")) is True
+    assert only_users_uid.authenticate("bob", slapd.password("bob")) is False  # bob is cn= under people
+    only_people_cn = direct(slapd, base=[slapd.people_base], user_object=["cn"])
+    assert only_people_cn.authenticate("bob", slapd.password("bob")) is True
+    assert only_people_cn.authenticate("alice", slapd.password("alice")) is False
+
+
+def test_service_account_finds_users_by_attribute_whatever_their_dn(slapd):
+    # bob's DN is cn=bob,...; the search on uid finds it anyway.
+    auth = with_service_account(slapd, base=slapd.base, user_object="uid")
+    assert auth.authenticate("bob", slapd.password("bob")) is True
+    assert auth.authenticate("alice", slapd.password("alice")) is True
+    only_people = with_service_account(slapd, base=slapd.people_base, user_object="uid")
+    assert only_people.authenticate("alice", slapd.password("alice")) is False
+
+
+def test_service_account_ignores_ambiguous_matches(slapd, caplog):
+    # Every user entry has objectClass inetOrgPerson: a search on it matches several entries.
+    auth = with_service_account(slapd, base=slapd.base, user_object="objectClass")
+    with caplog.at_level(logging.WARNING):
+        assert auth.authenticate("inetOrgPerson", slapd.password("alice")) is False
+    assert "several entries" in caplog.text
+
+
+def test_missing_base_is_skipped_in_service_mode(slapd):
+    auth = with_service_account(slapd, base=["ou=gone,dc=example,dc=com", slapd.users_base])
+    assert auth.authenticate("alice", slapd.password("alice")) is True
+
+
+# --- injection -----------------------------------------------------------------------------------
+
+INJECTIONS = ["*", "*)(uid=*", "alic*", "*)(|(uid=*", "alice)(uid=*", "\\2a", "alice,ou=users",
+              "admin,ou=x", "uid=alice,ou=users,dc=example,dc=com", "alice+cn=alice", "#alice", " alice"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", INJECTIONS)
+def test_injection_strings_never_log_in(slapd, mode, name):
+    auth = MODES[mode](slapd, base=[slapd.base, slapd.users_base, slapd.people_base])
+    for user in ALL_USERS:
+        assert auth.authenticate(name, slapd.password(user)) is False
+
+
+def test_dn_injection_would_have_worked_without_escaping(slapd):
+    """With base dc=example,dc=com, 'alice,ou=users' unescaped is alice's real DN."""
+    from ldap3 import Connection, Server
+
+    raw_dn = "uid=" + "alice,ou=users" + "," + slapd.base
+    assert raw_dn == slapd.dn("alice")
+    connection = Connection(Server(slapd.host, port=slapd.port), user=raw_dn, password=slapd.password("alice"))
+    assert connection.bind() is True
+    connection.unbind()
+    auth = direct(slapd, base=slapd.base, user_object="uid", encryption="plain")
+    assert auth.authenticate("alice,ou=users", slapd.password("alice")) is False
+
+
+def test_filter_injection_would_have_worked_without_escaping(slapd):
+    """'alic*' unescaped finds alice; escaped it finds nothing."""
+    from ldap3 import Connection, Server
+
+    connection = Connection(Server(slapd.host, port=slapd.port), user=slapd.service_dn,
+                            password=slapd.service_password, auto_bind=True)
+    connection.search(slapd.base, "(uid=alic*)", attributes=[])
+    assert [entry["dn"] for entry in connection.response if entry["type"] == "searchResEntry"] == [slapd.dn("alice")]
+    connection.unbind()
+    auth = with_service_account(slapd, base=slapd.base, user_object="uid")
+    assert auth.authenticate("alic*", slapd.password("alice")) is False
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_special_characters_in_a_real_name_work(slapd, mode):
+    auth = MODES[mode](slapd)
+    assert auth.authenticate("comma,user", slapd.password("comma,user")) is True
+    assert auth.authenticate("comma", slapd.password("comma,user")) is False
+
+
+# --- TLS -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encryption", ["plain", "start_tls", "simple_tls"])
+def test_each_encryption_works_with_the_test_ca(slapd, encryption):
+    port = slapd.ldaps_port if encryption == "simple_tls" else slapd.port
+    for mode in MODES:
+        auth = MODES[mode](slapd, encryption=encryption, port=port)
+        assert auth.authenticate("bob", slapd.password("bob")) is True
+        assert auth.authenticate("bob", "nope") is False
+
+
+def test_host_name_with_sni(slapd):
+    auth = direct(slapd, host="localhost", encryption="simple_tls", port=slapd.ldaps_port)
+    try:
+        assert auth.authenticate("alice", slapd.password("alice")) is True
+    except AuthUnavailable:  # pragma: no cover - localhost resolving to ::1 only
+        pytest.skip("localhost does not reach 127.0.0.1 here")
+
+
+@pytest.mark.parametrize("encryption", ["start_tls", "simple_tls"])
+def test_untrusted_ca_is_refused(slapd, encryption):
+    port = slapd.ldaps_port if encryption == "simple_tls" else slapd.port
+    rogue = direct(slapd, encryption=encryption, port=port, ca_file=str(slapd.rogue_ca_file))
+    with pytest.raises(AuthUnavailable):
+        rogue.authenticate("alice", slapd.password("alice"))
+    config = slapd.ldap_config(encryption=encryption, port=port)
+    del config["ca_file"]  # the system store does not know the test CA
+    with pytest.raises(AuthUnavailable):
+        LdapAuthenticator(parse_ldap_settings(config)).authenticate("alice", slapd.password("alice"))
+
+
+def test_verification_is_on_by_default_and_can_be_turned_off(slapd, caplog):
+    assert parse_ldap_settings({"host": "h", "base": "dc=x"}).verify_certificates is True
+    assert parse_ldap_settings({"host": "h", "base": "dc=x"}).encryption == "start_tls"
+    with caplog.at_level(logging.WARNING):
+        auth = direct(slapd, ca_file=str(slapd.rogue_ca_file), verify_certificates=False)
+    assert "not authenticated" in caplog.text
+    assert auth.authenticate("alice", slapd.password("alice")) is True
+
+
+def test_ca_data_inline(slapd):
+    config = slapd.ldap_config()
+    config["ca_data"] = open(config.pop("ca_file")).read()
+    assert LdapAuthenticator(parse_ldap_settings(config)).authenticate("carol", slapd.password("carol")) is True
+
+
+# extendedResponse to message 1 with resultCode protocolError (2): "no StartTLS here".
+STARTTLS_REFUSED = bytes.fromhex("300c02010178070a010204000400")
+
+
+@pytest.mark.parametrize("answer", [STARTTLS_REFUSED, b"HTTP/1.1 400 Bad Request\r\n\r\n", b"0\x03\x02\x01\x01"])
+def test_start_tls_against_a_plain_only_or_broken_server_is_unavailable_not_clear_text(answer):
+    """A server that does not speak StartTLS (or LDAP) must not get the password in clear."""
+    received: list[bytes] = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def serve():
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(2)
+                try:
+                    while data := conn.recv(4096):
+                        received.append(data)
+                        conn.sendall(answer)
+                except OSError:
+                    pass
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        auth = LdapAuthenticator(parse_ldap_settings(
+            {"host": "127.0.0.1", "port": port, "base": "dc=x", "encryption": "start_tls", "receive_timeout": 1}
+        ))
+        with pytest.raises(AuthUnavailable):
+            auth.authenticate("alice", "very-secret-password")
+        thread.join(3)
+    assert b"very-secret-password" not in b"".join(received)
+
+
+# --- outages -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_server_down_is_unavailable_quickly(slapd, mode):
+    auth = MODES[mode](slapd, port=free_port())
+    started = time.monotonic()
+    with pytest.raises(AuthUnavailable) as raised:
+        auth.authenticate("alice", slapd.password("alice"))
+    assert time.monotonic() - started < 3
+    assert slapd.password("alice") not in str(raised.value)
+
+
+def test_silent_server_hits_the_receive_timeout():
+    with socket.socket() as listener:  # accepts TCP (backlog) but never answers LDAP
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(5)
+        port = listener.getsockname()[1]
+        auth = LdapAuthenticator(parse_ldap_settings(
+            {"host": "127.0.0.1", "port": port, "base": "dc=x", "encryption": "plain",
+             "connect_timeout": 1, "receive_timeout": 1}
+        ))
+        started = time.monotonic()
+        with pytest.raises(AuthUnavailable):
+            auth.authenticate("alice", "pw")
+        assert time.monotonic() - started < 5
+
+
+def test_wrong_service_account_password_is_unavailable_not_a_wrong_user_password(slapd, caplog):
+    auth = with_service_account(slapd, password="not-the-service-password")
+    with caplog.at_level(logging.DEBUG), pytest.raises(AuthUnavailable):
+        auth.authenticate("alice", slapd.password("alice"))
+    assert "service account" in caplog.text
+    assert "not-the-service-password" not in caplog.text
+    assert slapd.password("alice") not in caplog.text
+
+
+def test_service_account_password_from_a_secret_reference(slapd):
+    reference = {"secret": "vmpool/ldap", "key": "password"}
+    calls = []
+
+    def resolve(value):
+        calls.append(value)
+        if value == reference:
+            return slapd.service_password
+        return value
+
+    auth = with_service_account(slapd, password=reference, resolve=resolve)
+    assert auth.authenticate("alice", slapd.password("alice")) is True
+    assert calls == [reference]
+
+    def broken(value):
+        raise SecretUnavailable("cannot fetch Secrets Manager secret 'vmpool/ldap': AccessDenied")
+
+    auth = with_service_account(slapd, password=reference, resolve=broken)
+    with pytest.raises(AuthUnavailable, match="service account password"):
+        auth.authenticate("alice", slapd.password("alice"))
+
+
+def test_no_password_in_logs_or_repr(slapd, caplog):
+    auth = with_service_account(slapd)
+    with caplog.at_level(logging.DEBUG):
+        auth.authenticate("alice", slapd.password("alice"))
+        auth.authenticate("alice", "wrong-password-xyz")
+    for secret in (slapd.service_password, slapd.password("alice"), "wrong-password-xyz"):
+        assert secret not in caplog.text
+        assert secret not in repr(auth)
+        assert secret not in repr(auth.settings)
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+def test_config_errors_name_each_key():
+    with pytest.raises(AuthConfigError) as raised:
+        parse_ldap_settings({
+            "host": "ldaps://ad.example.com", "port": "seventy", "base": ["dc=ok", "not a dn"],
+            "user_object": "uid)(cn", "encryption": "tls", "ca_file": "/nonexistent/ca.pem",
+            "verify_certificates": "maybe", "connect_timeout": 0,
+            "service_account_hash": {"user_dn": "cn=svc"},
+        })
+    text = "\n".join(raised.value.problems)
+    for key in ("auth.ldap.host", "auth.ldap.port", "auth.ldap.base", "auth.ldap.user_object",
+                "auth.ldap.encryption", "auth.ldap.ca_file", "auth.ldap.verify_certificates",
+                "auth.ldap.connect_timeout", "auth.ldap.service_account_hash.password"):
+        assert key in text, key
+    with pytest.raises(AuthConfigError, match="auth.ldap.host: is required"):
+        parse_ldap_settings({"base": "dc=x"})
+    with pytest.raises(AuthConfigError, match="auth.ldap: is required"):
+        parse_ldap_settings(None)
+    with pytest.raises(AuthConfigError, match="secret reference"):
+        parse_ldap_settings({"host": "h", "base": "dc=x",
+                             "service_account_hash": {"user_dn": "cn=svc,dc=x", "password": {"vault": "x"}}})
+
+
+def test_vmpooler_style_config_is_understood(slapd):
+    settings = parse_ldap_settings({
+        ":host": "ldap.example.com", ":base": "ou=users,dc=example,dc=com", ":user_object": "uid",
+        ":encryption": {":method": ":simple_tls", ":tls_options": {":ca_file": str(slapd.ca_file)}},
+    })
+    assert (settings.encryption, settings.port, settings.ca_file) == ("simple_tls", 636, str(slapd.ca_file))
+    assert settings.bases == ("ou=users,dc=example,dc=com",) and settings.user_objects == ("uid",)
+    assert parse_ldap_settings({"host": "h", "base": "dc=x", "encryption": ":plain"}).port == 389
+    assert parse_ldap_settings({"host": "h", "base": "dc=x"}).user_objects == ("uid",)
+
+
+def test_factory(slapd, caplog):
+    assert build_authenticator(None, None) is None
+    with caplog.at_level(logging.WARNING):
+        dummy = build_authenticator({"provider": "dummy"}, None)
+    assert isinstance(dummy, DummyAuthenticator)
+    assert "development only" in caplog.text
+    ldap = build_authenticator({"provider": "ldap", "ldap": slapd.ldap_config()}, None)
+    assert isinstance(ldap, LdapAuthenticator)
+    assert ldap.authenticate("alice", slapd.password("alice"))
+    with pytest.raises(AuthConfigError, match="auth.ldap"):
+        build_authenticator({"provider": "ldap"}, None)
+    with pytest.raises(AuthConfigError, match="auth.provider"):
+        build_authenticator({"provider": "kerberos"}, None)
+
+
+def test_dummy_follows_vmpooler():
+    dummy = DummyAuthenticator()
+    assert dummy.authenticate("alice", "anything") is True
+    assert dummy.authenticate("alice", "alice") is False
+    assert dummy.authenticate("alice", "") is False
+    assert dummy.authenticate("", "x") is False
