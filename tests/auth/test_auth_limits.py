@@ -1,0 +1,174 @@
+"""Failed-login limiter and the Basic-auth login flow."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import pytest
+
+from chalicelib.auth import (
+    AuthUnavailable,
+    DummyAuthenticator,
+    LoginLimiter,
+    LoginOutcome,
+    LoginService,
+    parse_basic_auth,
+)
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_per_user_limit(redis_client):
+    limiter = LoginLimiter(redis_client, max_per_user=3, max_per_address=100, window_seconds=60)
+    for _ in range(2):
+        limiter.record_failure("alice", "10.0.0.1")
+        assert limiter.check("alice", "10.0.0.1") is None
+    limiter.record_failure("alice", "10.0.0.2")
+    wait = limiter.check("alice", "10.0.0.3")  # the user is over, whatever the address
+    assert wait is not None and 1 <= wait <= 60
+    assert limiter.check("Alice ", "10.0.0.3") == wait  # names are case-folded
+    assert limiter.check("bob", "10.0.0.1") is None
+    limiter.reset("alice")
+    assert limiter.check("alice", "10.0.0.3") is None
+
+
+def test_per_address_limit_and_ipv6_prefix(redis_client):
+    limiter = LoginLimiter(redis_client, max_per_user=100, max_per_address=3, window_seconds=60)
+    for user in ("u1", "u2", "u3"):
+        limiter.record_failure(user, "2001:db8::1")
+    assert limiter.check("u4", "2001:db8::ffff") is not None  # same /64
+    assert limiter.check("u4", "2001:db8:0:1::1") is None
+    assert limiter.check("u4", None) is None
+    limiter.reset("u1")  # a success does not clear the address
+    assert limiter.check("u1", "2001:db8::1") is not None
+    for user in ("u1", "u2", "u3"):
+        limiter.record_failure(user, "::ffff:192.0.2.1")
+    assert limiter.check("x", "192.0.2.1") is not None
+
+
+def test_counters_always_expire_and_windows_are_fixed(redis_client):
+    limiter = LoginLimiter(redis_client, max_per_user=5, max_per_address=5, window_seconds=100)
+    limiter.record_failure("alice", "10.0.0.1")
+    keys = list(redis_client.scan_iter("vmpool:login:*"))
+    assert len(keys) == 2
+    assert all(0 < redis_client.ttl(key) <= 100 for key in keys)
+    assert all("alice" not in key for key in keys)  # the name is hashed
+    for key in keys:
+        redis_client.expire(key, 50)
+    limiter.record_failure("alice", "10.0.0.1")
+    assert all(redis_client.ttl(key) <= 50 for key in keys)  # a failure does not extend the window
+    redis_client.persist(keys[0])  # a counter that lost its expiry gets one again
+    limiter.record_failure("alice", "10.0.0.1")
+    assert redis_client.ttl(keys[0]) > 0
+
+
+def test_window_end_lifts_the_limit(redis_client):
+    limiter = LoginLimiter(redis_client, max_per_user=1, max_per_address=10, window_seconds=1)
+    limiter.record_failure("alice", "10.0.0.1")
+    assert limiter.check("alice", "10.0.0.1") == 1
+    time.sleep(1.1)
+    assert limiter.check("alice", "10.0.0.1") is None
+
+
+def test_record_is_atomic_under_concurrency(redis_client):
+    import threading
+
+    limiter = LoginLimiter(redis_client, max_per_user=1000, max_per_address=1000, window_seconds=60)
+    threads = [threading.Thread(target=lambda: [limiter.record_failure("alice", "10.0.0.1") for _ in range(25)])
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    values = sorted(int(redis_client.get(key)) for key in redis_client.scan_iter("vmpool:login:*"))
+    assert values == [200, 200]
+
+
+def test_from_config(redis_client):
+    limiter = LoginLimiter.from_config(
+        {"login_attempts_per_user": 4, "login_attempts_per_address": 7, "login_window_seconds": 30}, redis_client
+    )
+    assert (limiter.max_per_user, limiter.max_per_address, limiter.window_seconds) == (4, 7, 30)
+    default = LoginLimiter.from_config(None, redis_client)
+    assert (default.max_per_user, default.max_per_address, default.window_seconds) == (10, 50, 300)
+    with pytest.raises(ValueError):
+        LoginLimiter(redis_client, max_per_user=0)
+
+
+# --- Basic auth and the login flow --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        (basic("alice", "pw"), ("alice", "pw")),
+        (basic("alice", "p:w:x"), ("alice", "p:w:x")),
+        (basic("alice", ""), ("alice", "")),
+        ("basic " + base64.b64encode("jürgen:pä".encode()).decode(), ("jürgen", "pä")),
+        ("Basic " + base64.b64encode("jürgen:pä".encode("latin-1")).decode(), ("jürgen", "pä")),
+        (None, None),
+        ("", None),
+        ("Bearer abc", None),
+        ("Basic", None),
+        ("Basic !!!", None),
+        ("Basic " + base64.b64encode(b"no-colon").decode(), None),
+    ],
+)
+def test_parse_basic_auth(header, expected):
+    assert parse_basic_auth(header) == expected
+
+
+class Recording:
+    def __init__(self, answer=True, error=None):
+        self.answer, self.error, self.calls = answer, error, []
+
+    def authenticate(self, username, password):
+        self.calls.append(username)
+        if self.error:
+            raise self.error
+        return self.answer
+
+
+def test_login_flow(redis_client):
+    limiter = LoginLimiter(redis_client, max_per_user=2, max_per_address=50, window_seconds=60)
+    service = LoginService(DummyAuthenticator(), limiter)
+    ok = service.login(basic("alice", "secret"), "10.0.0.1")
+    assert ok.ok and ok.user == "alice"
+    assert service.login(None, "10.0.0.1").outcome is LoginOutcome.INVALID
+    assert service.login(basic("alice", "alice"), "10.0.0.1").outcome is LoginOutcome.INVALID
+    assert service.login(basic("alice", "alice"), "10.0.0.1").outcome is LoginOutcome.INVALID
+    limited = service.login(basic("alice", "right"), "10.0.0.1")  # even the right password now
+    assert limited.outcome is LoginOutcome.RATE_LIMITED and 1 <= limited.retry_after <= 60
+    assert service.login(basic("bob", "right"), "10.0.0.1").ok
+
+
+def test_success_resets_the_user_counter(redis_client):
+    limiter = LoginLimiter(redis_client, max_per_user=2, max_per_address=50, window_seconds=60)
+    service = LoginService(DummyAuthenticator(), limiter)
+    assert not service.check("alice", "alice", "10.0.0.1").ok
+    assert service.check("alice", "pw", "10.0.0.1").ok
+    assert not service.check("alice", "alice", "10.0.0.1").ok
+    assert service.check("alice", "pw", "10.0.0.1").ok
+
+
+def test_unavailable_backend_is_not_a_failed_login(redis_client):
+    limiter = LoginLimiter(redis_client, max_per_user=1, max_per_address=1, window_seconds=60)
+    backend = Recording(error=AuthUnavailable("LDAP server ldap:636 is unavailable"))
+    service = LoginService(backend, limiter)
+    for _ in range(3):
+        result = service.check("alice", "pw", "10.0.0.1")
+        assert result.outcome is LoginOutcome.UNAVAILABLE
+        assert result.message == "LDAP server ldap:636 is unavailable"
+    assert limiter.check("alice", "10.0.0.1") is None
+
+
+def test_limited_logins_never_reach_the_backend(redis_client):
+    limiter = LoginLimiter(redis_client, max_per_user=1, max_per_address=50, window_seconds=60)
+    backend = Recording(answer=False)
+    service = LoginService(backend, limiter)
+    service.check("alice", "x", "10.0.0.1")
+    service.check("alice", "y", "10.0.0.1")
+    assert backend.calls == ["alice"]

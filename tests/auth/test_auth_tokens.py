@@ -1,0 +1,167 @@
+"""TokenStore: life cycle, hash-only storage, ownership, expiry."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pytest
+
+from chalicelib.auth import DeleteResult, TokenStore, hash_token
+from chalicelib.clock import FakeClock
+
+
+@pytest.fixture
+def store(redis_client, clock) -> TokenStore:
+    return TokenStore(redis_client, clock)
+
+
+def dump(redis_client) -> str:
+    """Every key and every value in Redis, as one string."""
+    parts = []
+    for key in redis_client.scan_iter("*"):
+        parts.append(key)
+        kind = redis_client.type(key)
+        if kind == "hash":
+            for field, value in redis_client.hgetall(key).items():
+                parts += [field, value]
+        elif kind == "set":
+            parts += list(redis_client.smembers(key))
+        elif kind == "string":
+            parts.append(redis_client.get(key))
+        elif kind == "list":
+            parts += redis_client.lrange(key, 0, -1)
+        elif kind == "zset":
+            parts += redis_client.zrange(key, 0, -1)
+    return "\n".join(parts)
+
+
+def test_tokens_are_32_lowercase_alphanumerics_and_unique(store):
+    tokens = {store.create("alice") for _ in range(200)}
+    assert len(tokens) == 200
+    assert all(re.fullmatch(r"[a-z0-9]{32}", token) for token in tokens)
+    assert any(re.search(r"[0-9]", t) for t in tokens) and any(re.search(r"[a-z]", t) for t in tokens)
+
+
+def test_redis_holds_only_the_hash(store, redis_client):
+    tokens = [store.create("alice") for _ in range(3)] + [store.create("bob")]
+    for token in tokens:
+        store.lookup(token)
+    store.list_for_user("alice")
+    text = dump(redis_client)
+    for token in tokens:
+        assert token not in text
+        assert token.upper() not in text.upper()
+        assert hash_token(token) == hashlib.sha256(token.encode()).hexdigest()
+        assert f"vmpool:token:{hash_token(token)}" in text
+    assert set(redis_client.scan_iter("*")) == {
+        *(f"vmpool:token:{hash_token(t)}" for t in tokens),
+        "vmpool:user:alice:tokens",
+        "vmpool:user:bob:tokens",
+    }
+
+
+def test_lookup_returns_the_record_and_touches_last(store, clock, redis_client):
+    token = store.create("alice")
+    record = store.lookup(token)
+    assert record is not None
+    assert (record.user, record.created, record.last) == ("alice", "2027-01-15T08:00:00Z", "2027-01-15T08:00:00Z")
+    assert record.id == hash_token(token)[:16] and record.token_hash == hash_token(token)
+    assert token not in repr(record)
+    clock.advance(90)
+    assert store.lookup(token).last == "2027-01-15T08:01:30Z"
+    assert redis_client.hget(f"vmpool:token:{hash_token(token)}", "last") == "2027-01-15T08:01:30Z"
+    clock.advance(30)
+    assert store.lookup(token, touch=False).last == "2027-01-15T08:01:30Z"
+    assert store.owner(token) == "alice"
+
+
+@pytest.mark.parametrize("value", ["", "x" * 32, "A" * 32, "a" * 31, "a" * 33, "*", None, 42, "a" * 31 + "\n"])
+def test_lookup_of_garbage_is_none(store, redis_client, value):
+    store.create("alice")
+    assert store.lookup(value) is None
+    assert store.lookup("0" * 32) is None
+
+
+def test_list_shows_only_the_callers_tokens(store, clock):
+    a1 = store.create("alice")
+    clock.advance(10)
+    a2 = store.create("alice")
+    b1 = store.create("bob")
+    alice = store.list_for_user("alice")
+    assert [r.id for r in alice] == [hash_token(a1)[:16], hash_token(a2)[:16]]
+    assert all(r.user == "alice" for r in alice)
+    assert [r.id for r in store.list_for_user("bob")] == [hash_token(b1)[:16]]
+    assert store.list_for_user("carol") == []
+    assert alice[0].public() == {"created": "2027-01-15T08:00:00Z", "last": "2027-01-15T08:00:00Z"}
+
+
+def test_delete_only_by_the_owner(store):
+    token = store.create("alice")
+    assert store.delete(token, "bob") is DeleteResult.FORBIDDEN
+    assert store.lookup(token) is not None
+    assert store.delete(token, "ALICE") is DeleteResult.FORBIDDEN
+    assert store.delete(token, "alice") is DeleteResult.DELETED
+    assert store.lookup(token) is None
+    assert store.list_for_user("alice") == []
+    assert store.delete(token, "alice") is DeleteResult.NOT_FOUND
+    assert store.delete("not-a-token", "alice") is DeleteResult.NOT_FOUND
+
+
+def test_delete_by_listed_id(store):
+    mine = store.create("alice")
+    theirs = store.create("bob")
+    assert store.delete_by_id(hash_token(theirs)[:16], "alice") is DeleteResult.NOT_FOUND
+    assert store.delete_by_id("abc", "alice") is DeleteResult.NOT_FOUND  # too short to be an id
+    assert store.delete_by_id(hash_token(mine)[:16], "alice") is DeleteResult.DELETED
+    assert store.lookup(mine) is None and store.lookup(theirs) is not None
+
+
+def test_a_deleted_token_is_not_resurrected_by_a_late_touch(store, redis_client):
+    token = store.create("alice")
+    key = f"vmpool:token:{hash_token(token)}"
+    assert store._touch(keys=[key], args=["x"]) == 1
+    store.delete(token, "alice")
+    assert store._touch(keys=[key], args=["x"]) == 0
+    assert not redis_client.exists(key)
+
+
+def test_expiry_with_the_clock(redis_client, clock):
+    store = TokenStore(redis_client, clock, ttl_hours=2)
+    token = store.create("alice")
+    key = f"vmpool:token:{hash_token(token)}"
+    assert 7190 <= redis_client.ttl(key) <= 7200  # Redis expires it too
+    record = store.lookup(token)
+    assert record.expires == "2027-01-15T10:00:00Z"
+    assert record.public()["expires"] == "2027-01-15T10:00:00Z"
+    clock.advance(2 * 3600 - 1)
+    assert store.lookup(token) is not None
+    other = store.create("alice")
+    clock.advance(1)
+    assert store.lookup(token) is None
+    assert not redis_client.exists(key)  # cleaned up
+    assert [r.id for r in store.list_for_user("alice")] == [hash_token(other)[:16]]
+    clock.advance(2 * 3600)
+    assert store.list_for_user("alice") == []
+    assert not redis_client.exists("vmpool:user:alice:tokens")
+
+
+def test_tokens_without_ttl_do_not_expire(store, clock, redis_client):
+    token = store.create("alice")
+    assert redis_client.ttl(f"vmpool:token:{hash_token(token)}") == -1
+    clock.advance(10 * 365 * 86400)
+    assert store.lookup(token).user == "alice"
+
+
+def test_bad_arguments(redis_client):
+    with pytest.raises(ValueError):
+        TokenStore(redis_client, FakeClock(), ttl_hours=0)
+    with pytest.raises(ValueError):
+        TokenStore(redis_client, FakeClock()).create("")
+
+
+def test_user_names_cannot_collide_in_keys(store):
+    store.create("a:tokens")
+    store.create("a")
+    assert [r.user for r in store.list_for_user("a")] == ["a"]
+    assert [r.user for r in store.list_for_user("a:tokens")] == ["a:tokens"]
