@@ -1,0 +1,170 @@
+"""Secret references fetched with Powertools Parameters, against moto."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from chalicelib.auth import (
+    RedactingFilter,
+    Secret,
+    SecretConfigError,
+    SecretReference,
+    SecretResolver,
+    SecretUnavailable,
+    check_secret_value,
+    parse_reference,
+)
+
+
+@pytest.fixture
+def aws(aws_env):
+    with mock_aws():
+        secrets = boto3.client("secretsmanager", region_name="us-east-1")
+        ssm = boto3.client("ssm", region_name="us-east-1")
+        secrets.create_secret(Name="vmpool/vsphere", SecretString="vsphere-Pa55")
+        secrets.create_secret(
+            Name="vmpool/ldap", SecretString=json.dumps({"user": "svc", "password": "ldap-Pa55", "port": 636})
+        )
+        ssm.put_parameter(Name="/vmpool/redis/password", Value="redis-Pa55", Type="SecureString")
+        ssm.put_parameter(Name="/vmpool/plain", Value="plain-value", Type="String")
+        yield {"secretsmanager": secrets, "ssm": ssm}
+
+
+def test_plain_values_pass_through_without_aws():
+    resolver = SecretResolver()
+    assert resolver.resolve("pw") == "pw"
+    assert resolver.resolve("ssm:/looks/like/a/reference") == "ssm:/looks/like/a/reference"
+    assert resolver.resolve(1234) == "1234"
+    assert resolver.resolve(None) is None
+    assert resolver.resolve(Secret("x")) == "x"
+
+
+def test_secrets_manager_whole_and_json_key(aws):
+    resolver = SecretResolver()
+    assert resolver.resolve({"secret": "vmpool/vsphere"}) == "vsphere-Pa55"
+    assert resolver.resolve({"secret": "vmpool/ldap", "key": "password"}) == "ldap-Pa55"
+    assert resolver.resolve({"secret": "vmpool/ldap", "key": "port"}) == "636"
+    arn = aws["secretsmanager"].describe_secret(SecretId="vmpool/vsphere")["ARN"]
+    assert resolver.resolve({"secret": arn}) == "vsphere-Pa55"
+
+
+def test_ssm_secure_string_is_decrypted(aws):
+    resolver = SecretResolver()
+    assert resolver.resolve({"ssm": "/vmpool/redis/password"}) == "redis-Pa55"
+    assert resolver.resolve({"ssm": "/vmpool/plain"}) == "plain-value"
+
+
+def test_values_are_cached_for_max_age(aws):
+    resolver = SecretResolver(max_age=300)
+    assert resolver.resolve({"secret": "vmpool/vsphere"}) == "vsphere-Pa55"
+    aws["secretsmanager"].put_secret_value(SecretId="vmpool/vsphere", SecretString="rotated-Pa55")
+    assert resolver.resolve({"secret": "vmpool/vsphere"}) == "vsphere-Pa55"  # cached
+    assert resolver.resolve({"secret": "vmpool/vsphere"}, force_fetch=True) == "rotated-Pa55"
+    fresh = SecretResolver(max_age=0)
+    assert fresh.resolve({"secret": "vmpool/vsphere"}) == "rotated-Pa55"
+
+
+@pytest.mark.parametrize(
+    "reference, message",
+    [
+        ({"secret": "vmpool/missing"}, "ResourceNotFoundException"),
+        ({"ssm": "/vmpool/missing"}, "ParameterNotFound"),
+        ({"secret": "vmpool/vsphere", "key": "password"}, "not a JSON object"),
+        ({"secret": "vmpool/ldap", "key": "nope"}, "key is missing"),
+    ],
+)
+def test_fetch_errors_name_the_reference_not_the_value(aws, reference, message):
+    with pytest.raises(SecretUnavailable, match=message) as raised:
+        SecretResolver().resolve(reference)
+    text = str(raised.value)
+    for value in ("vsphere-Pa55", "ldap-Pa55", "redis-Pa55"):
+        assert value not in text
+    assert raised.value.__cause__ is None
+
+
+def test_no_credentials_is_unavailable(monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with mock_aws(), pytest.raises(SecretUnavailable, match="vmpool/x"):
+        SecretResolver().resolve({"secret": "vmpool/x"})
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ({"vault": "x"}, "must be"),
+        ({"secret": "a", "ssm": "b"}, "not both"),
+        ({"secret": ""}, "non-empty"),
+        ({"secret": "a", "key": ""}, "'key'"),
+        ({"ssm": "/a", "region": "x"}, "unknown keys"),
+    ],
+)
+def test_malformed_references(value, problem):
+    with pytest.raises(SecretConfigError, match=problem):
+        parse_reference(value)
+    with pytest.raises(SecretConfigError):
+        check_secret_value(value)
+
+
+def test_reference_parsing():
+    assert parse_reference("plain") is None
+    assert parse_reference({"secret": " vmpool/x ", "key": "k"}) == SecretReference("secretsmanager", "vmpool/x", "k")
+    assert parse_reference({"ssm": "/p"}) == SecretReference("ssm", "/p")
+    assert check_secret_value({"ssm": "/p"}) == {"ssm": "/p"}
+    with pytest.raises(SecretConfigError):
+        check_secret_value(["a"])
+
+
+def test_secret_wrapper_never_shows_its_value(caplog):
+    secret = Secret("hunter22")
+    assert "hunter22" not in repr(secret) + str(secret) + f"{secret}" + "%s" % secret + repr([secret])
+    assert secret.reveal() == "hunter22"
+    assert secret == "hunter22" and secret == Secret("hunter22") and secret != "hunter2"
+    with pytest.raises(TypeError):
+        hash(secret)
+    with pytest.raises(TypeError):
+        pickle.dumps(secret)
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("test").info("password is %s / %r", secret, secret)
+    assert "hunter22" not in caplog.text
+
+
+def test_resolve_secret_wraps(aws):
+    wrapped = SecretResolver().resolve_secret({"ssm": "/vmpool/redis/password"})
+    assert isinstance(wrapped, Secret) and wrapped.reveal() == "redis-Pa55"
+
+
+def test_redacting_filter():
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(self.format(record))
+
+    handler = Keep()
+    handler.addFilter(RedactingFilter(["vsphere-Pa55", Secret("ldap-Pa55"), "ab"]))
+    log = logging.getLogger("redaction-test")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("login with %s failed", "vsphere-Pa55")
+        try:
+            raise RuntimeError("bad password ldap-Pa55")
+        except RuntimeError:
+            log.exception("boom")
+        log.warning("ab is too short to redact")
+    finally:
+        log.removeHandler(handler)
+    text = "\n".join(records)
+    assert "vsphere-Pa55" not in text and "ldap-Pa55" not in text
+    assert "**********" in text and "ab is too short" in text
