@@ -76,17 +76,19 @@ def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
     return cert, key
 
 
-def make_server_cert(directory: Path, ca_cert: Path, ca_key: Path) -> tuple[Path, Path]:
-    """A server certificate for 127.0.0.1 and localhost signed by the CA: (certificate, key)."""
-    key = directory / "server.key"
-    csr = directory / "server.csr"
-    cert = directory / "server.pem"
-    ext = directory / "server.ext"
+def make_server_cert(
+    directory: Path, ca_cert: Path, ca_key: Path, names: str = "IP:127.0.0.1,DNS:localhost", stem: str = "server"
+) -> tuple[Path, Path]:
+    """A server certificate for ``names`` (subjectAltName syntax) signed by the CA: (certificate, key)."""
+    key = directory / f"{stem}.key"
+    csr = directory / f"{stem}.csr"
+    cert = directory / f"{stem}.pem"
+    ext = directory / f"{stem}.ext"
     ext.write_text(
         "basicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=serverAuth\n"
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        f"subjectAltName={names}\n"
     )
     _run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
           "-subj", "/CN=localhost"])
@@ -142,6 +144,10 @@ class SlapdServer:
     def ldaps_url(self) -> str:
         return f"ldaps://127.0.0.1:{self.ldaps_port}"
 
+    def certificate_for(self, names: str, stem: str) -> tuple[Path, Path]:
+        """Another certificate from the test CA (e.g. for a name the server is not reached by)."""
+        return make_server_cert(self.directory / "certs", self.ca_file, self.ca_key, names, stem)
+
     def password(self, user: str) -> str:
         return self.users[user][1]
 
@@ -172,7 +178,8 @@ class SlapdServer:
         data = self.directory / "data"
         certs.mkdir(parents=True, exist_ok=True)
         data.mkdir(parents=True, exist_ok=True)
-        self.ca_file, ca_key = make_ca(certs, "ca")
+        self.ca_file, self.ca_key = make_ca(certs, "ca")
+        ca_key = self.ca_key
         self.rogue_ca_file, _ = make_ca(certs, "rogue-ca")
         self.server_cert, self.server_key = make_server_cert(certs, self.ca_file, ca_key)
 

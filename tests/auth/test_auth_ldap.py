@@ -191,6 +191,38 @@ def test_untrusted_ca_is_refused(slapd, encryption):
         LdapAuthenticator(parse_ldap_settings(config)).authenticate("alice", slapd.password("alice"))
 
 
+def test_certificate_for_another_name_is_refused(slapd):
+    """A certificate from the trusted CA, but for another host: refused before any bind is sent."""
+    import ssl
+
+    cert, key = slapd.certificate_for("DNS:other.example.com", "other")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    received: list[bytes] = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def serve():
+            raw, _ = listener.accept()
+            try:
+                with context.wrap_socket(raw, server_side=True) as conn:
+                    conn.settimeout(2)
+                    while data := conn.recv(4096):
+                        received.append(data)
+            except (OSError, ssl.SSLError):
+                pass
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        auth = direct(slapd, port=port, encryption="simple_tls", receive_timeout=1)
+        with pytest.raises(AuthUnavailable):
+            auth.authenticate("alice", "very-secret-password")
+        thread.join(3)
+    assert b"very-secret-password" not in b"".join(received)
+
+
 def test_verification_is_on_by_default_and_can_be_turned_off(slapd, caplog):
     assert parse_ldap_settings({"host": "h", "base": "dc=x"}).verify_certificates is True
     assert parse_ldap_settings({"host": "h", "base": "dc=x"}).encryption == "start_tls"
