@@ -1,0 +1,144 @@
+"""What a vSphere admin would do by hand, for tests and the local stack: make or delete a VM
+outside vmpool, put a host in maintenance, look at a VM's details, end our session.
+
+These live here because only this package may import pyVmomi; the service never calls them.
+All waits are on vCenter tasks and bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pyVmomi import vim
+
+from chalicelib.providers.base import ProviderError, TaskState
+from chalicelib.providers.vsphere import inventory, tasks, vms
+from chalicelib.providers.vsphere.connection import Connection
+from chalicelib.providers.vsphere.provider import VSphereProvider
+
+
+def wait_task(provider: VSphereProvider, ref: str | None, timeout: float = 30.0) -> None:
+    """Read a task reference until it is done (each read advances destroy chains). Raises
+    ProviderError with the task's error when it fails."""
+    if ref is None:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        status = provider.task_status(ref)
+        if status.state is TaskState.SUCCESS:
+            return
+        if status.state is TaskState.ERROR:
+            raise ProviderError(status.error or "task failed")
+        if time.monotonic() > deadline:
+            raise ProviderError(f"task {ref} still running after {timeout} s")
+        time.sleep(0.05)
+
+
+def _finish(connection: Connection, task: Any) -> Any:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = inventory.one(connection, task, ["info.state", "info.error", "info.result"]) or {}
+        if found.get("info.state") == vim.TaskInfo.State.success:
+            return found.get("info.result")
+        if found.get("info.state") == vim.TaskInfo.State.error:
+            raise ProviderError(str(found.get("info.error")))
+        time.sleep(0.05)
+    raise ProviderError("task did not finish")
+
+
+def create_vm(provider: VSphereProvider, folder_path: str, name: str, power_on: bool = True) -> None:
+    """Create a small VM at ``<folder_path>/<name>`` (e.g. ``DC0/vm/vmpool/pool-a``), creating the
+    folders, on the datacenter's first datastore and cluster."""
+
+    def create(connection: Connection) -> None:
+        datacenter, _, folder = folder_path.partition("/vm")
+        target = inventory.ensure_folder(connection, datacenter, folder.strip("/"), create=True)
+        dc = inventory.find(connection, datacenter)
+        facts = inventory.one(connection, dc, ["datastore", "hostFolder"]) or {}
+        datastore = (inventory.one(connection, facts["datastore"][0], ["name"]) or {})["name"]
+        computes = (inventory.one(connection, facts["hostFolder"], ["childEntity"]) or {})["childEntity"]
+        pool = (inventory.one(connection, computes[0], ["resourcePool"]) or {})["resourcePool"]
+        spec = vim.vm.ConfigSpec(
+            name=name, guestId="otherGuest", numCPUs=1, memoryMB=128,
+            files=vim.vm.FileInfo(vmPathName=f"[{datastore}]"),
+        )
+        vm = _finish(connection, target.CreateVM_Task(config=spec, pool=pool))
+        if power_on:
+            _finish(connection, vm.PowerOnVM_Task())
+
+    provider._run(f"create {folder_path}/{name}", create)
+
+
+def delete_vm(provider: VSphereProvider, vm_path: str) -> None:
+    """Power off and destroy the VM at an inventory path, waiting for it."""
+
+    def delete(connection: Connection) -> None:
+        vm = inventory.find(connection, vm_path)
+        if vm is None:
+            raise ProviderError(f"no VM at {vm_path}")
+        wait_ref = vms.destroy(connection, vm)
+        for _ in range(100):
+            if wait_ref is None or tasks.status(connection, wait_ref).state is not TaskState.RUNNING:
+                return
+            time.sleep(0.05)
+
+    provider._run(f"delete {vm_path}", delete)
+
+
+def exists(provider: VSphereProvider, path: str) -> bool:
+    """Whether anything is at an inventory path."""
+    return bool(provider._run(f"find {path}", lambda connection: inventory.find(connection, path) is not None))
+
+
+def set_maintenance(provider: VSphereProvider, host_name: str, on: bool) -> None:
+    """Put a host (found by name anywhere) in or out of maintenance mode."""
+
+    def switch(connection: Connection) -> None:
+        view = inventory.container_view(connection, connection.content.rootFolder, vim.HostSystem, True)
+        try:
+            hosts = inventory.view_contents(connection, view, vim.HostSystem, ["name"])
+        finally:
+            inventory.destroy_view(view)
+        host = next(h["_obj"] for h in hosts if h.get("name") == host_name)
+        task = host.EnterMaintenanceMode_Task(timeout=0) if on else host.ExitMaintenanceMode_Task(timeout=0)
+        _finish(connection, task)
+
+    provider._run(f"maintenance {host_name}", switch)
+
+
+def host_names(provider: VSphereProvider) -> list[str]:
+    """Every host's name, sorted."""
+
+    def names(connection: Connection) -> list[str]:
+        view = inventory.container_view(connection, connection.content.rootFolder, vim.HostSystem, True)
+        try:
+            return sorted(h["name"] for h in inventory.view_contents(connection, view, vim.HostSystem, ["name"]))
+        finally:
+            inventory.destroy_view(view)
+
+    return provider._run("list hosts", names)
+
+
+def vm_details(provider: VSphereProvider, vm_path: str) -> dict[str, Any] | None:
+    """A VM's annotation, extraConfig (as a dict), power state, disks (GB) and snapshot names."""
+
+    def details(connection: Connection) -> dict[str, Any] | None:
+        vm = inventory.find(connection, vm_path)
+        if vm is None:
+            return None
+        found = inventory.one(connection, vm, ["config.annotation", "config.extraConfig", "runtime.powerState"]) or {}
+        return {
+            "annotation": found.get("config.annotation"),
+            "extra_config": {o.key: o.value for o in found.get("config.extraConfig") or []},
+            "power_state": str(found.get("runtime.powerState")),
+            "disks_gb": vms.disks(connection, vm),
+            "snapshots": vms.snapshot_names(connection, vm),
+        }
+
+    return provider._run(f"inspect {vm_path}", details)
+
+
+def end_session(provider: VSphereProvider) -> None:
+    """Log our shared session out on the vCenter side, as an expiry would."""
+    provider._run("log out", lambda connection: connection.logout())

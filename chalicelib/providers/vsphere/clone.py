@@ -1,0 +1,204 @@
+"""Starting a clone the way vmpooler does.
+
+Template ``<dc>/vm/<template>`` into ``<dc>/vm/<folder>`` (created when ``create_folders``),
+linked (``moveChildMostDiskBacking``, from the template's current snapshot when it has one) or
+full (``moveAllDiskBackingsAndConsolidate``), on the configured datastore, resource pool or
+cluster (``clone_target``) and network, optionally on a selected host, with
+``guestinfo.hostname`` in extraConfig and a JSON annotation, powered on. The task is started and
+its reference returned; nobody waits for it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from pyVmomi import vim, vmodl
+
+from chalicelib.config import PoolConfig, ProviderConfig, ServiceConfig
+from chalicelib.providers.vsphere import inventory, tasks
+from chalicelib.providers.vsphere.connection import Connection, describe_fault
+from chalicelib.providers.vsphere.hosts import HostSelector
+
+LINKED = "moveChildMostDiskBacking"
+FULL = "moveAllDiskBackingsAndConsolidate"
+
+
+class CloneRefused(Exception):
+    """The clone cannot start for a reason an operator must fix (missing template, folder...)."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a pool's clones go, resolved from the pool, the provider block and the service."""
+
+    datacenter: str
+    template_path: str
+    folder: str
+    linked: bool
+
+
+def datacenter_of(connection: Connection, config: ProviderConfig, pool: PoolConfig) -> str:
+    """The pool's datacenter, else the provider's, else the first one."""
+    return str(config.pool_setting(pool, "datacenter") or inventory.default_datacenter(connection))
+
+
+def template_path(datacenter: str, template: str) -> str:
+    """vmpooler templates are relative to the datacenter's vm folder; accept full paths too."""
+    template = template.strip("/")
+    if template.startswith(f"{datacenter}/vm/"):
+        return template
+    return f"{datacenter}/vm/{template}"
+
+
+def is_linked(pool: PoolConfig, service: ServiceConfig) -> bool:
+    """The pool's ``create_linked_clone`` when set (false really means full clones), else the
+    global ``create_linked_clones``."""
+    value = pool.settings.get("create_linked_clone")
+    if value is not None:
+        return bool(value)
+    return bool(getattr(service, "create_linked_clones", True))
+
+
+def annotation(pool: PoolConfig, now: float) -> str:
+    created = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return json.dumps({"pool": pool.name, "creator": "vmpool", "template": pool.template, "created": created})
+
+
+def _resource_pool_of(connection: Connection, found: Any, what: str) -> Any:
+    if isinstance(found, vim.ResourcePool):
+        return found
+    if isinstance(found, vim.ComputeResource):
+        pool = (inventory.one(connection, found, ["resourcePool"]) or {}).get("resourcePool")
+        if pool is not None:
+            return pool
+    raise CloneRefused(f"{what} is not a cluster, host or resource pool")
+
+
+def _cluster_of(connection: Connection, pool: Any) -> Any:
+    """The compute resource (cluster or standalone host) that owns a resource pool."""
+    return (inventory.one(connection, pool, ["owner"]) or {}).get("owner")
+
+
+def _nic_change(connection: Connection, datacenter: str, network_name: str, devices: list[Any]) -> Any:
+    network = inventory.find(connection, f"{datacenter}/network/{network_name}")
+    if network is None:
+        raise CloneRefused(f"network {datacenter}/network/{network_name} not found")
+    nics = [device for device in devices if isinstance(device, vim.vm.device.VirtualEthernetCard)]
+    if not nics:
+        raise CloneRefused("the template has no network card to connect to network " + network_name)
+    nic = nics[0]
+    if isinstance(network, vim.dvs.DistributedVirtualPortgroup):
+        found = inventory.one(connection, network, ["key", "config.distributedVirtualSwitch"]) or {}
+        switch = inventory.one(connection, found.get("config.distributedVirtualSwitch"), ["uuid"]) or {}
+        nic.backing = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
+            port=vim.dvs.PortConnection(portgroupKey=found.get("key"), switchUuid=switch.get("uuid"))
+        )
+    else:
+        nic.backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName=network_name, network=network)
+    return vim.vm.device.VirtualDeviceSpec(operation=vim.vm.device.VirtualDeviceSpec.Operation.edit, device=nic)
+
+
+def start(
+    connection: Connection,
+    config: ProviderConfig,
+    service: ServiceConfig,
+    selector: HostSelector,
+    pool: PoolConfig,
+    hostname: str,
+    now: float,
+) -> str:
+    """Start the clone and return its task reference; a refusal becomes a failed reference."""
+    try:
+        return _start(connection, config, service, selector, pool, hostname, now)
+    except CloneRefused as refused:
+        return tasks.failed_ref(str(refused))
+    except LookupError as missing:
+        return tasks.failed_ref(str(missing))
+    except vmodl.MethodFault as fault:
+        if isinstance(fault, vim.fault.NotAuthenticated):
+            raise  # the session is gone: the connection logs in and starts again
+        return tasks.failed_ref(f"vCenter refused the clone: {describe_fault(fault)}")
+
+
+def _start(
+    connection: Connection,
+    config: ProviderConfig,
+    service: ServiceConfig,
+    selector: HostSelector,
+    pool: PoolConfig,
+    hostname: str,
+    now: float,
+) -> str:
+    datacenter = datacenter_of(connection, config, pool)
+    path = template_path(datacenter, pool.template)
+    template = inventory.find(connection, path)
+    if template is None or not isinstance(template, vim.VirtualMachine):
+        raise CloneRefused(f"template {path} not found (vCenter has no VM at that inventory path)")
+    create_folders = bool(getattr(service, "create_folders", False))
+    folder = inventory.ensure_folder(connection, datacenter, pool.folder, create_folders)
+    if folder is None:
+        hint = "" if create_folders else " (set create_folders: true to create it)"
+        raise CloneRefused(f"folder {datacenter}/vm/{pool.folder} not found{hint}")
+
+    wanted = ["runtime.host", "snapshot.currentSnapshot", "resourcePool"]
+    network_name = pool.get("network")
+    if network_name:
+        wanted.append("config.hardware.device")
+    facts = inventory.one(connection, template, wanted) or {}
+
+    # Resource pool: the pool's `pool`, else the cluster in `clone_target`, else the template's.
+    relocate = vim.vm.RelocateSpec()
+    resource_pool_name = pool.get("pool")
+    clone_target = pool.get("clone_target") or getattr(service, "clone_target", None)
+    if resource_pool_name:
+        found = inventory.find(connection, f"{datacenter}/host/{resource_pool_name}")
+        if found is None:
+            raise CloneRefused(f"resource pool {datacenter}/host/{resource_pool_name} not found")
+        relocate.pool = _resource_pool_of(connection, found, f"{datacenter}/host/{resource_pool_name}")
+    elif clone_target:
+        found = inventory.find(connection, f"{datacenter}/host/{clone_target}")
+        if found is None:
+            raise CloneRefused(f"clone_target {datacenter}/host/{clone_target} not found")
+        relocate.pool = _resource_pool_of(connection, found, f"clone_target {clone_target}")
+    elif facts.get("resourcePool") is not None:
+        relocate.pool = facts["resourcePool"]
+    else:
+        # Templates have no resource pool of their own: use their host's cluster's.
+        host = facts.get("runtime.host")
+        owner = (inventory.one(connection, host, ["parent"]) or {}).get("parent") if host is not None else None
+        if owner is None:
+            raise CloneRefused("cannot tell where to place the clone: set the pool's clone_target or pool")
+        relocate.pool = _resource_pool_of(connection, owner, "the template's host")
+
+    datastore_name = pool.get("datastore")
+    if datastore_name:
+        datastore = inventory.find(connection, f"{datacenter}/datastore/{datastore_name}")
+        if datastore is None:
+            raise CloneRefused(f"datastore {datacenter}/datastore/{datastore_name} not found")
+        relocate.datastore = datastore
+
+    if getattr(service, "manage_host_selection", False):
+        cluster = _cluster_of(connection, relocate.pool)
+        if cluster is not None:
+            limit = float(getattr(service, "utilization_limit", 90))
+            host = selector.pick(connection, cluster, (datacenter, cluster._moId), limit)
+            relocate.host = host.ref
+
+    linked = is_linked(pool, service)
+    relocate.diskMoveType = LINKED if linked else FULL
+    spec_config = vim.vm.ConfigSpec(
+        annotation=annotation(pool, now),
+        extraConfig=[vim.option.OptionValue(key="guestinfo.hostname", value=hostname)],
+    )
+    if network_name:
+        spec_config.deviceChange = [
+            _nic_change(connection, datacenter, str(network_name), list(facts.get("config.hardware.device") or []))
+        ]
+    spec = vim.vm.CloneSpec(location=relocate, config=spec_config, powerOn=True, template=False)
+    if linked and facts.get("snapshot.currentSnapshot") is not None:
+        spec.snapshot = facts["snapshot.currentSnapshot"]
+    task = template.CloneVM_Task(folder=folder, name=hostname, spec=spec)
+    return tasks.clone_ref(task, folder, hostname)

@@ -1,0 +1,329 @@
+"""One vCenter session per (server, port, user), kept at module level across warm invocations.
+
+vmpooler users hit vCenter's session limits because every pool or worker logged in on its own.
+Here a Lambda container logs in once and reuses the session for every pool and every invocation;
+the session is checked when it has been idle for a while (vCenter expires idle sessions) and
+re-established when vCenter says it is gone. Every SOAP call goes through one counting wrapper,
+so tests and metrics can see how many calls a pass costs.
+
+Transport failures (vCenter down, timeouts, TLS errors) become ``ProviderError`` and drop the
+cached connection, so the next call starts afresh instead of hanging on a dead socket.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import socket
+import ssl
+import threading
+import time
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+from pyVmomi import SoapStubAdapter, VmomiSupport, vim, vmodl
+
+from chalicelib.config import ProviderConfig
+from chalicelib.providers.base import ProviderError
+
+log = logging.getLogger(__name__)
+
+SESSION_CHECK_AFTER_IDLE_SECONDS = 300.0
+"""A session unused for this long is checked before use (vCenter's default idle expiry is 30
+minutes; checking every call would double the calls of a pass)."""
+
+T = TypeVar("T")
+
+# Errors that mean "could not talk to vCenter" rather than "vCenter said no".
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # socket errors, refused, timeouts, TLS (ssl.SSLError is an OSError)
+    http.client.HTTPException,
+    ElementTree.ParseError,
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to reach a vCenter. The password is kept out of repr and equality."""
+
+    host: str
+    port: int
+    username: str
+    password: str = field(repr=False, compare=False)
+    insecure: bool = False
+    ca_bundle: str | None = None
+    connect_timeout: float = 10.0
+    call_timeout: float = 60.0
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return (self.host, self.port, self.username)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def from_config(cls, config: ProviderConfig, password: str | None) -> "Endpoint":
+        """Read server (``host``, ``host:port`` or ``[v6]:port``), port, credentials, TLS and
+        timeouts from a provider block."""
+        server = str(config.get("server") or "")
+        if not server:
+            raise ProviderError(f"provider {config.name}: no server configured")
+        host, port = split_host_port(server, config.get("port"))
+        username = config.get("username")
+        if not username:
+            raise ProviderError(f"provider {config.name}: no username configured")
+        return cls(
+            host=host,
+            port=port,
+            username=str(username),
+            password=password if password is not None else str(config.get("password") or ""),
+            insecure=bool(config.get("insecure", False)),
+            ca_bundle=config.get("ca_bundle"),
+            connect_timeout=float(config.get("connect_timeout", 10.0)),
+            call_timeout=float(config.get("call_timeout", 60.0)),
+        )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Verify the certificate unless ``insecure``; trust ``ca_bundle`` when given."""
+        if self.insecure:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        return ssl.create_default_context(cafile=self.ca_bundle)
+
+
+def split_host_port(server: str, port: Any = None) -> tuple[str, int]:
+    """``vc.example.com`` / ``vc.example.com:8443`` / ``[::1]:443``; an explicit port key wins."""
+    host, found = server.strip(), None
+    if host.startswith("["):
+        inside, _, rest = host[1:].partition("]")
+        host = inside
+        if rest.startswith(":"):
+            found = rest[1:]
+    elif host.count(":") == 1:
+        host, found = host.split(":")
+    if port is not None:
+        return host, int(port)
+    return host, int(found) if found else 443
+
+
+def describe_fault(fault: BaseException) -> str:
+    """A vCenter fault as one line: its type, its message and the details that say what was
+    wrong (vcsim's messages are often just the type, so the details matter)."""
+    name = getattr(fault, "_wsdlName", None) or type(fault).__name__
+    message = getattr(fault, "msg", None) or ""
+    if not message:
+        for item in getattr(fault, "faultMessage", None) or []:
+            message = getattr(item, "message", "") or ""
+            if message:
+                break
+    details = []
+    for attribute in ("invalidProperty", "name", "obj", "property", "requestedState", "existingState", "datastore"):
+        value = getattr(fault, attribute, None)
+        if value:
+            value = getattr(value, "_moId", value)
+            details.append(f"{attribute}={value}")
+    text = name
+    if message and message not in (name, f"*types.{name}"):
+        text += f": {message}"
+    if details:
+        text += f" ({', '.join(details)})"
+    return text
+
+
+class Connection:
+    """A logged-in ServiceInstance and the per-session caches that go with it."""
+
+    def __init__(self, endpoint: Endpoint, counter: Callable[[], None]) -> None:
+        self.endpoint = endpoint
+        self._count = counter
+        self.stub: Any = None
+        self.content: Any = None
+        self.last_used = 0.0
+        self.cache: dict[str, Any] = {}
+        """Session-scoped lookups (container views per folder, host names, datacenter)."""
+
+    # -- establishing ------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect and log in, within connect_timeout for reaching the server."""
+        endpoint = self.endpoint
+        # Probe first: pyVmomi's own connect has no connect timeout, and a black-holed
+        # vCenter address must fail a pass in seconds, not minutes.
+        try:
+            socket.create_connection((endpoint.host, endpoint.port), timeout=endpoint.connect_timeout).close()
+        except OSError as error:
+            raise ProviderError(f"cannot reach vCenter at {endpoint.address}: {error}") from None
+        context = endpoint.ssl_context()
+        version = self._api_version(context)
+        stub = SoapStubAdapter(
+            host=endpoint.host,
+            port=endpoint.port,
+            version=version,
+            sslContext=context,
+            httpConnectionTimeout=endpoint.call_timeout,
+            connectionPoolTimeout=-1,
+        )
+        original = stub.InvokeMethod
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self._count()
+            return original(*args, **kwargs)
+
+        # Every method call and property read of every object made from this stub ends here.
+        stub.InvokeMethod = counted
+        self.stub = stub
+        instance = vim.ServiceInstance("ServiceInstance", stub)
+        self.content = instance.RetrieveContent()
+        self.login()
+
+    def _api_version(self, context: ssl.SSLContext) -> str:
+        """The newest API version both pyVmomi and this vCenter speak (vimServiceVersions.xml)."""
+        endpoint = self.endpoint
+        connection = http.client.HTTPSConnection(
+            endpoint.host, endpoint.port, context=context, timeout=endpoint.connect_timeout
+        )
+        try:
+            connection.request("GET", "/sdk/vimServiceVersions.xml")
+            response = connection.getresponse()
+            body = response.read()
+        finally:
+            connection.close()
+        offered: set[str] = set()
+        if response.status == 200:
+            root = ElementTree.fromstring(body)
+            for namespace in root.findall("namespace"):
+                if namespace.findtext("name") == "urn:vim25":
+                    offered.add(namespace.findtext("version") or "")
+                    offered.update(v.text or "" for v in namespace.findall("priorVersions/version"))
+        for version in VmomiSupport.GetServiceVersions("vim25"):
+            if VmomiSupport.versionIdMap.get(version) in offered:
+                return version
+        return "vim.version.version11"  # vSphere 6.5: the oldest vCenter vmpooler supports
+
+    def login(self) -> None:
+        try:
+            self.content.sessionManager.Login(self.endpoint.username, self.endpoint.password, None)
+        except vim.fault.InvalidLogin:
+            raise ProviderError(
+                f"vCenter at {self.endpoint.address} refused the login of {self.endpoint.username}"
+            ) from None
+        self.cache.clear()  # views and other session objects died with the old session
+        self.last_used = time.monotonic()
+
+    def logout(self) -> None:
+        """End the session (vCenter side). The connection logs in again when next used."""
+        try:
+            self.content.sessionManager.Logout()
+        except (vmodl.MethodFault, *TRANSPORT_ERRORS):
+            pass
+
+    def close(self) -> None:
+        if self.stub is not None:
+            try:
+                self.stub.DropConnections()
+            except Exception:  # noqa: BLE001 - closing a dead connection must not fail
+                pass
+
+    # -- using -----------------------------------------------------------------------------------
+
+    def ensure_session(self) -> None:
+        """Log in again when an idle session has expired on the vCenter side."""
+        if time.monotonic() - self.last_used < SESSION_CHECK_AFTER_IDLE_SECONDS:
+            return
+        try:
+            current = self.content.sessionManager.currentSession
+        except vim.fault.NotAuthenticated:
+            current = None
+        if current is None:
+            log.info("vCenter session at %s expired; logging in again", self.endpoint.address)
+            self.login()
+
+    def run(self, operation: Callable[["Connection"], T]) -> T:
+        """Run ``operation``; when vCenter says the session is gone, log in and run it once more
+        (NotAuthenticated means vCenter did nothing, so running it again is safe)."""
+        self.ensure_session()
+        try:
+            result = operation(self)
+        except vim.fault.NotAuthenticated:
+            log.info("vCenter session at %s was ended; logging in again", self.endpoint.address)
+            self.login()
+            result = operation(self)
+        self.last_used = time.monotonic()
+        return result
+
+
+# --- the module-level cache -----------------------------------------------------------------
+
+_connections: dict[tuple[str, int, str], Connection] = {}
+_calls: dict[tuple[str, int, str], int] = {}
+_lock = threading.RLock()
+
+
+def call_count(endpoint: Endpoint) -> int:
+    """SOAP calls made to this vCenter as this user by this process, across reconnects."""
+    return _calls.get(endpoint.key, 0)
+
+
+def _counter(key: tuple[str, int, str]) -> Callable[[], None]:
+    def count() -> None:
+        _calls[key] = _calls.get(key, 0) + 1
+
+    return count
+
+
+def drop(endpoint: Endpoint) -> None:
+    """Forget the cached connection, so the next use connects afresh."""
+    with _lock:
+        connection = _connections.pop(endpoint.key, None)
+    if connection is not None:
+        connection.close()
+
+
+def cached(endpoint: Endpoint) -> Connection | None:
+    """The cached connection for this endpoint, if any (for tests and diagnostics)."""
+    return _connections.get(endpoint.key)
+
+
+def scrub(text: str, endpoint: Endpoint) -> str:
+    """Remove the password from a message, should any library ever echo it."""
+    if endpoint.password and len(endpoint.password) >= 3:
+        text = text.replace(endpoint.password, "***")
+    return text
+
+
+def with_connection(endpoint: Endpoint, operation: Callable[[Connection], T], what: str) -> T:
+    """Run ``operation`` on the shared connection, turning every failure into ProviderError.
+
+    ``what`` names the action for messages ("list vmpool/pool-a"). A vCenter fault keeps the
+    connection; a transport failure drops it so the next call reconnects.
+    """
+    with _lock:
+        try:
+            connection = _connections.get(endpoint.key)
+            if connection is None:
+                connection = Connection(endpoint, _counter(endpoint.key))
+                try:
+                    connection.open()
+                except BaseException:
+                    connection.close()
+                    raise
+                _connections[endpoint.key] = connection
+            else:
+                # The newest settings win, so a rotated password is used at the next re-login.
+                connection.endpoint = endpoint
+            return connection.run(operation)
+        except ProviderError as error:
+            raise ProviderError(scrub(str(error), endpoint)) from None
+        except vmodl.MethodFault as fault:
+            raise ProviderError(scrub(f"{what}: vCenter said {describe_fault(fault)}", endpoint)) from None
+        except TRANSPORT_ERRORS as error:
+            drop(endpoint)
+            detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            raise ProviderError(
+                scrub(f"{what}: cannot talk to vCenter at {endpoint.address} ({detail})", endpoint)
+            ) from None

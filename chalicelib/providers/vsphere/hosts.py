@@ -1,0 +1,101 @@
+"""Host selection for clones (``manage_host_selection``), as vmpooler does it.
+
+A host is eligible when it is connected, not in maintenance, its overall status is green, it
+has no configIssue, and both its CPU and memory use are below ``utilization_limit`` percent.
+Eligible hosts are used least-used first. The host list costs one retrieval and is cached for
+``host_selection_cache_seconds`` (60); within that window successive clones rotate through the
+eligible hosts in order, so a burst of clones does not all land on the one least-used host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pyVmomi import vim
+
+from chalicelib.providers.vsphere import inventory
+from chalicelib.providers.vsphere.connection import Connection
+
+
+@dataclass(frozen=True)
+class HostUsage:
+    """One host as host selection sees it."""
+
+    name: str
+    ref: Any
+    eligible: bool
+    why_not: str
+    cpu_percent: float
+    memory_percent: float
+
+    @property
+    def load(self) -> float:
+        return max(self.cpu_percent, self.memory_percent)
+
+
+def usage(found: dict[str, Any], limit: float) -> HostUsage:
+    """Judge one host from its retrieved properties."""
+    name = found.get("name", found["_obj"]._moId)
+    mhz = (found.get("summary.hardware.cpuMhz") or 0) * (found.get("summary.hardware.numCpuCores") or 0)
+    cpu = 100.0 * (found.get("summary.quickStats.overallCpuUsage") or 0) / mhz if mhz else 100.0
+    memory_mb = (found.get("summary.hardware.memorySize") or 0) / (1024 * 1024)
+    memory = 100.0 * (found.get("summary.quickStats.overallMemoryUsage") or 0) / memory_mb if memory_mb else 100.0
+    why_not = ""
+    if found.get("runtime.inMaintenanceMode"):
+        why_not = "in maintenance mode"
+    elif found.get("runtime.connectionState") not in (None, vim.HostSystem.ConnectionState.connected):
+        why_not = f"connection state {found.get('runtime.connectionState')}"
+    elif found.get("overallStatus") != vim.ManagedEntity.Status.green:
+        why_not = f"status {found.get('overallStatus')}"
+    elif found.get("configIssue"):
+        why_not = "has configuration issues"
+    elif cpu >= limit:
+        why_not = f"CPU {cpu:.0f}% >= {limit:.0f}%"
+    elif memory >= limit:
+        why_not = f"memory {memory:.0f}% >= {limit:.0f}%"
+    return HostUsage(name, found["_obj"], not why_not, why_not, cpu, memory)
+
+
+def survey(connection: Connection, container: Any, limit: float) -> list[HostUsage]:
+    """Every host under ``container`` (cluster or datacenter host folder), least used first."""
+    view = inventory.container_view(connection, container, vim.HostSystem, recursive=True)
+    try:
+        found = inventory.view_contents(connection, view, vim.HostSystem, inventory.HOST_PROPERTIES)
+    finally:
+        inventory.destroy_view(view)
+    return sorted((usage(item, limit) for item in found), key=lambda host: (host.load, host.name))
+
+
+class HostSelector:
+    """Picks hosts for clones; one per provider, kept across passes of a warm container."""
+
+    def __init__(self, now: Callable[[], float], cache_seconds: float) -> None:
+        self._now = now
+        self._cache_seconds = cache_seconds
+        self._cache: dict[tuple[str, str], tuple[float, list[HostUsage]]] = {}
+        self._turn: dict[tuple[str, str], int] = {}
+
+    def hosts(self, connection: Connection, container: Any, key: tuple[str, str], limit: float) -> list[HostUsage]:
+        """The surveyed hosts of ``container`` (cached)."""
+        cached = self._cache.get(key)
+        now = self._now()
+        if cached is None or now - cached[0] >= self._cache_seconds:
+            cached = (now, survey(connection, container, limit))
+            self._cache[key] = cached
+            self._turn[key] = 0
+        return cached[1]
+
+    def pick(self, connection: Connection, container: Any, key: tuple[str, str], limit: float) -> HostUsage:
+        """The next eligible host. Raises LookupError (with each host's reason) when none is."""
+        surveyed = self.hosts(connection, container, key, limit)
+        eligible = [host for host in surveyed if host.eligible]
+        if not eligible:
+            reasons = "; ".join(f"{host.name}: {host.why_not}" for host in surveyed) or "no hosts"
+            raise LookupError(f"no host is eligible for a clone ({reasons})")
+        turn = self._turn.get(key, 0)
+        self._turn[key] = turn + 1
+        return eligible[turn % len(eligible)]
+
+    def forget(self) -> None:
+        self._cache.clear()

@@ -1,0 +1,174 @@
+"""Reading vCenter's inventory in bulk: PropertyCollector retrievals and inventory-path lookups.
+
+Property access on pyVmomi objects (``vm.runtime.powerState``) costs one SOAP call per
+attribute; vmpooler's per-VM lookups made big pools slow and hammered vCenter. Everything here
+asks for many properties of many objects in one RetrievePropertiesEx call instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+from pyVmomi import vim, vmodl
+
+from chalicelib.providers.vsphere.connection import Connection
+
+VM_PROPERTIES = (
+    "name",
+    "config.template",
+    "config.annotation",
+    "runtime.powerState",
+    "runtime.host",
+    "guest.ipAddress",
+    "guest.hostName",
+    "guest.toolsRunningStatus",
+)
+
+HOST_PROPERTIES = (
+    "name",
+    "runtime.inMaintenanceMode",
+    "runtime.connectionState",
+    "overallStatus",
+    "configIssue",
+    "summary.quickStats.overallCpuUsage",
+    "summary.quickStats.overallMemoryUsage",
+    "summary.hardware.cpuMhz",
+    "summary.hardware.numCpuCores",
+    "summary.hardware.memorySize",
+)
+
+
+def _collect(connection: Connection, spec: Any) -> list[Any]:
+    """RetrievePropertiesEx, following continuation tokens so the result is always complete."""
+    collector = connection.content.propertyCollector
+    result = collector.RetrievePropertiesEx([spec], vmodl.query.PropertyCollector.RetrieveOptions())
+    objects: list[Any] = []
+    while result is not None:
+        objects.extend(result.objects or [])
+        if not result.token:
+            break
+        result = collector.ContinueRetrievePropertiesEx(result.token)
+    return objects
+
+
+def _as_dict(content: Any) -> dict[str, Any]:
+    values = {prop.name: prop.val for prop in content.propSet or []}
+    values["_obj"] = content.obj
+    return values
+
+
+def properties(connection: Connection, objects: Sequence[Any], paths: Iterable[str]) -> list[dict[str, Any]]:
+    """Properties of known objects (all of one type), in one call. Deleted objects are left out."""
+    if not objects:
+        return []
+    spec = vmodl.query.PropertyCollector.FilterSpec(
+        objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=obj, skip=False) for obj in objects],
+        propSet=[vmodl.query.PropertyCollector.PropertySpec(type=type(objects[0]), pathSet=list(paths))],
+        reportMissingObjectsInResults=True,
+    )
+    try:
+        return [_as_dict(content) for content in _collect(connection, spec)]
+    except vmodl.fault.ManagedObjectNotFound:
+        if len(objects) == 1:
+            return []
+        raise
+
+
+def one(connection: Connection, obj: Any, paths: Iterable[str]) -> dict[str, Any] | None:
+    """Properties of one object in one call, or None when it no longer exists."""
+    found = properties(connection, [obj], paths)
+    return found[0] if found else None
+
+
+def view_contents(connection: Connection, view: Any, kind: type, paths: Iterable[str]) -> list[dict[str, Any]]:
+    """Properties of every object of ``kind`` in a container view, in one retrieval."""
+    traverse = vmodl.query.PropertyCollector.TraversalSpec(name="view", path="view", skip=False, type=type(view))
+    spec = vmodl.query.PropertyCollector.FilterSpec(
+        objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=view, skip=True, selectSet=[traverse])],
+        propSet=[vmodl.query.PropertyCollector.PropertySpec(type=kind, pathSet=list(paths))],
+    )
+    return [_as_dict(content) for content in _collect(connection, spec)]
+
+
+def find(connection: Connection, path: str) -> Any | None:
+    """The object at an inventory path (``DC0/vm/pools/a``), or None."""
+    return connection.content.searchIndex.FindByInventoryPath(path)
+
+
+def container_view(connection: Connection, container: Any, kind: type, recursive: bool) -> Any:
+    """A container view of ``kind`` under ``container`` (a session object: cache it per session)."""
+    return connection.content.viewManager.CreateContainerView(container, [kind], recursive)
+
+
+def destroy_view(view: Any) -> None:
+    try:
+        view.DestroyView()
+    except vmodl.MethodFault:
+        pass  # the session or the view is already gone: nothing to clean up
+
+
+def folder_view(connection: Connection, path: str) -> Any | None:
+    """A cached container view of the VMs directly in the folder at ``path``; None if no folder.
+
+    The view lives as long as the session, so a list costs a single retrieval after the first.
+    """
+    views: dict[str, Any] = connection.cache.setdefault("folder_views", {})
+    if path in views:
+        return views[path]
+    folder = find(connection, path)
+    if folder is None or not isinstance(folder, vim.Folder):
+        return None
+    views[path] = container_view(connection, folder, vim.VirtualMachine, recursive=False)
+    return views[path]
+
+
+def forget_folder_view(connection: Connection, path: str) -> None:
+    view = connection.cache.get("folder_views", {}).pop(path, None)
+    if view is not None:
+        destroy_view(view)
+
+
+def host_names(connection: Connection, refs: Iterable[Any]) -> dict[str, str]:
+    """Names of hosts by moref value, cached per session; refreshed in one call when a VM sits
+    on a host not seen before (new hosts are rare, VMs on them many)."""
+    names: dict[str, str] = connection.cache.setdefault("host_names", {})
+    missing = [ref for ref in refs if ref is not None and ref._moId not in names]
+    if missing:
+        unique = list({ref._moId: ref for ref in missing}.values())
+        for found in properties(connection, unique, ["name"]):
+            names[found["_obj"]._moId] = found.get("name", found["_obj"]._moId)
+    return names
+
+
+def default_datacenter(connection: Connection) -> str:
+    """The first datacenter's name (vmpooler's default when none is configured), cached."""
+    if "datacenter" not in connection.cache:
+        root = one(connection, connection.content.rootFolder, ["childEntity"]) or {}
+        datacenters = [child for child in root.get("childEntity", []) if isinstance(child, vim.Datacenter)]
+        if not datacenters:
+            raise LookupError("vCenter has no datacenter at its root folder")
+        first = one(connection, datacenters[0], ["name"]) or {}
+        connection.cache["datacenter"] = first.get("name")
+    return str(connection.cache["datacenter"])
+
+
+def ensure_folder(connection: Connection, datacenter: str, folder: str, create: bool) -> Any | None:
+    """The VM folder ``<dc>/vm/<folder>``; missing parts are created when ``create``."""
+    path = f"{datacenter}/vm/{folder}".rstrip("/")
+    found = find(connection, path)
+    if found is not None or not create:
+        return found
+    parent = find(connection, f"{datacenter}/vm")
+    if parent is None:
+        return None
+    current = f"{datacenter}/vm"
+    for part in [p for p in folder.split("/") if p]:
+        current = f"{current}/{part}"
+        child = find(connection, current)
+        if child is None:
+            try:
+                child = parent.CreateFolder(part)
+            except vim.fault.DuplicateName:
+                child = find(connection, current)  # another pass made it meanwhile
+        parent = child
+    return parent

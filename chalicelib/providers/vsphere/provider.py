@@ -1,0 +1,166 @@
+"""The vSphere provider: the manager's view of a vCenter, through the Provider interface."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Sequence, TypeVar
+
+from pyVmomi import vim, vmodl
+
+from chalicelib.clock import Clock
+from chalicelib.config import PoolConfig, ProviderConfig, ServiceConfig
+from chalicelib.providers.base import Provider, ProviderError, Readiness, TaskStatus, VMInfo
+from chalicelib.providers.vsphere import clone as clones
+from chalicelib.providers.vsphere import connection as connections
+from chalicelib.providers.vsphere import inventory, purge, readiness, tasks, vms
+from chalicelib.providers.vsphere.connection import Connection, Endpoint
+from chalicelib.providers.vsphere.hosts import HostSelector
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class VSphereProvider(Provider):
+    """Pools of clones of vSphere templates, on one shared session per vCenter and user."""
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        service: ServiceConfig,
+        clock: Clock,
+        password: str | None = None,
+    ) -> None:
+        """``password`` is given when the caller resolved it from a secret; otherwise the
+        provider block's ``password`` is used. It never appears in errors or logs."""
+        self.name = config.name
+        self.config = config
+        self.service = service
+        self.clock = clock
+        self.endpoint = Endpoint.from_config(config, password)
+        self.hosts = HostSelector(clock.now, float(config.get("host_selection_cache_seconds", 60.0)))
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _run(self, what: str, operation: Callable[[Connection], T]) -> T:
+        """Run on the shared connection; every failure becomes a ProviderError naming ``what``."""
+
+        def guarded(connection: Connection) -> T:
+            try:
+                return operation(connection)
+            except LookupError as missing:  # our own "not found" findings
+                raise ProviderError(f"{what}: {missing}") from None
+
+        return connections.with_connection(self.endpoint, guarded, what)
+
+    def _datacenter(self, connection: Connection, pool: PoolConfig) -> str:
+        return clones.datacenter_of(connection, self.config, pool)
+
+    def _vm(self, connection: Connection, pool: PoolConfig, hostname: str) -> Any:
+        return vms.require_vm(connection, self._datacenter(connection, pool), pool.folder, hostname)
+
+    def connection(self) -> Connection:
+        """The live shared connection (connecting if needed): for admin helpers and tests."""
+        return self._run("connect", lambda connection: connection)
+
+    # -- inventory -----------------------------------------------------------------------------
+
+    def list_vms(self, pool: PoolConfig) -> Sequence[VMInfo]:
+        """Every VM directly in the pool's folder, from one PropertyCollector retrieval over a
+        container view cached for the session. A missing folder holds no VMs."""
+
+        def listing(connection: Connection) -> list[VMInfo]:
+            path = f"{self._datacenter(connection, pool)}/vm/{pool.folder}".rstrip("/")
+            for attempt in (1, 2):
+                view = inventory.folder_view(connection, path)
+                if view is None:
+                    return []
+                try:
+                    found = inventory.view_contents(connection, view, vim.VirtualMachine, inventory.VM_PROPERTIES)
+                    break
+                except vmodl.fault.ManagedObjectNotFound:
+                    # The folder (hence the view) was deleted: look the path up again.
+                    inventory.forget_folder_view(connection, path)
+                    if attempt == 2:
+                        raise
+            names = inventory.host_names(connection, [item.get("runtime.host") for item in found])
+            result = []
+            for item in found:
+                if item.get("config.template") or "name" not in item:
+                    continue
+                host = item.get("runtime.host")
+                result.append(
+                    VMInfo(
+                        name=item["name"],
+                        powered_on=item.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn,
+                        ip=item.get("guest.ipAddress") or None,
+                        guest_hostname=item.get("guest.hostName") or None,
+                        tools_running=item.get("guest.toolsRunningStatus") == "guestToolsRunning",
+                        host=names.get(host._moId) if host is not None else None,
+                        annotation=item.get("config.annotation") or None,
+                    )
+                )
+            return result
+
+        return self._run(f"list VMs of pool {pool.name}", listing)
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    def clone(self, pool: PoolConfig, hostname: str) -> str:
+        """Start cloning; a clone vCenter cannot start (missing template, folder, datastore...)
+        returns a reference that reads as an ERROR with the reason."""
+        return self._run(
+            f"clone {hostname} for pool {pool.name}",
+            lambda connection: clones.start(
+                connection, self.config, self.service, self.hosts, pool, hostname, self.clock.now()
+            ),
+        )
+
+    def task_status(self, task_ref: str) -> TaskStatus:
+        """Read a task's state now; never waits. Destroy chains advance on each read."""
+        return self._run(f"read task {task_ref}", lambda connection: tasks.status(connection, task_ref))
+
+    def destroy(self, pool: PoolConfig, hostname: str) -> str | None:
+        """Power off (if on) and destroy, without waiting; None when there is no such VM."""
+
+        def destroying(connection: Connection) -> str | None:
+            vm = vms.find_vm(connection, self._datacenter(connection, pool), pool.folder, hostname)
+            return vms.destroy(connection, vm) if vm is not None else None
+
+        return self._run(f"destroy {hostname}", destroying)
+
+    def check_ready(self, pool: PoolConfig, vm: VMInfo) -> Readiness:
+        """Readiness from the listed VM's facts and a TCP connect; no vCenter call."""
+        return readiness.check(self.config, pool, vm)
+
+    def add_disk(self, pool: PoolConfig, hostname: str, size_gb: int) -> str:
+        """Start adding a thin disk of ``size_gb`` GB."""
+        return self._run(
+            f"add a {size_gb} GB disk to {hostname}",
+            lambda connection: vms.add_disk(connection, self._vm(connection, pool, hostname), size_gb),
+        )
+
+    def create_snapshot(self, pool: PoolConfig, hostname: str, snapshot_name: str) -> str:
+        """Start a snapshot named ``snapshot_name``."""
+        return self._run(
+            f"snapshot {hostname}",
+            lambda connection: vms.create_snapshot(self._vm(connection, pool, hostname), snapshot_name),
+        )
+
+    def revert_snapshot(self, pool: PoolConfig, hostname: str, snapshot_name: str) -> str:
+        """Start reverting to the snapshot named ``snapshot_name``."""
+        return self._run(
+            f"revert {hostname} to snapshot {snapshot_name}",
+            lambda connection: vms.revert_snapshot(connection, self._vm(connection, pool, hostname), snapshot_name),
+        )
+
+    def purge_unconfigured(self, pools: Sequence[PoolConfig], allowlist: Sequence[str]) -> list[str]:
+        """Destroy unconfigured folders and VMs under this provider's pools' parent folders."""
+        return self._run(
+            "purge unconfigured resources",
+            lambda connection: purge.purge(connection, self.config, pools, allowlist),
+        )
+
+    def call_count(self) -> int:
+        """SOAP calls made to this vCenter as this user (shared by providers on the same session)."""
+        return connections.call_count(self.endpoint)

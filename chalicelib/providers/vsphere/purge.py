@@ -1,0 +1,122 @@
+"""Purge of unconfigured resources (``purge_unconfigured_resources``), vmpooler's cleanup.
+
+Only the *parent folders* of the pools' folders are looked at: a folder or VM directly in one of
+them that no pool configures (and the allowlist does not name) is destroyed, VMs powered off
+first. Nothing outside those parents is ever touched, and as safety nets a pool whose folder sits
+directly in the datacenter's vm folder does not make that root purgeable, and nothing holding a
+template or a pool's template path is removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterable, Sequence
+
+from pyVmomi import vim
+
+from chalicelib.config import PoolConfig, ProviderConfig
+from chalicelib.providers.base import TaskState
+from chalicelib.providers.vsphere import inventory, tasks
+from chalicelib.providers.vsphere.clone import datacenter_of, template_path
+from chalicelib.providers.vsphere.connection import Connection
+
+log = logging.getLogger(__name__)
+
+
+def _ancestors(path: str) -> set[str]:
+    parts = [p for p in path.strip("/").split("/") if p]
+    return {"/".join(parts[: i + 1]) for i in range(len(parts))}
+
+
+def _wait(connection: Connection, refs: Iterable[str]) -> None:
+    """Wait (bounded by call_timeout) for power-off tasks: a folder with running VMs in it
+    cannot be destroyed. Purge is rare and small, so this wait is acceptable here."""
+    pending = list(refs)
+    deadline = time.monotonic() + connection.endpoint.call_timeout
+    while pending and time.monotonic() < deadline:
+        pending = [ref for ref in pending if tasks.status(connection, ref).state is TaskState.RUNNING]
+        if pending:
+            time.sleep(0.5)
+
+
+def _power_off_all(connection: Connection, vms: list[dict[str, Any]]) -> None:
+    started = [
+        tasks.plain(vm["_obj"].PowerOffVM_Task())
+        for vm in vms
+        if vm.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn
+    ]
+    _wait(connection, started)
+
+
+def purge(
+    connection: Connection,
+    config: ProviderConfig,
+    pools: Sequence[PoolConfig],
+    allowlist: Sequence[str],
+) -> list[str]:
+    """Destroy what is unconfigured under the pools' parent folders; return the removed paths."""
+    allowed = {entry.strip("/") for entry in allowlist if entry}
+    by_datacenter: dict[str, list[PoolConfig]] = {}
+    for pool in pools:
+        if pool.provider == config.name:
+            by_datacenter.setdefault(datacenter_of(connection, config, pool), []).append(pool)
+    removed: list[str] = []
+    for datacenter, dc_pools in by_datacenter.items():
+        configured: set[str] = set()
+        protected: set[str] = set()
+        parents: set[str] = set()
+        for pool in dc_pools:
+            folder = pool.folder.strip("/")
+            configured |= _ancestors(folder)
+            template = template_path(datacenter, pool.template)[len(f"{datacenter}/vm/"):]
+            protected |= _ancestors(template)
+            parent = folder.rpartition("/")[0]
+            if parent:
+                parents.add(parent)
+            else:
+                log.warning("pool %s: folder %r is at the vm root; not purging the root", pool.name, folder)
+        for parent in sorted(parents):
+            removed += _purge_parent(connection, datacenter, parent, configured | protected, allowed)
+    return removed
+
+
+def _purge_parent(connection: Connection, datacenter: str, parent: str, keep: set[str], allowed: set[str]) -> list[str]:
+    folder = inventory.find(connection, f"{datacenter}/vm/{parent}")
+    if not isinstance(folder, vim.Folder):
+        return []
+    children = list((inventory.one(connection, folder, ["childEntity"]) or {}).get("childEntity") or [])
+    removed: list[str] = []
+    folders = inventory.properties(connection, [c for c in children if isinstance(c, vim.Folder)], ["name"])
+    vms = inventory.properties(
+        connection,
+        [c for c in children if isinstance(c, vim.VirtualMachine)],
+        ["name", "config.template", "runtime.powerState"],
+    )
+    for vm in vms:
+        relative = f"{parent}/{vm.get('name')}"
+        if vm.get("config.template") or relative in keep or relative in allowed or vm.get("name") in allowed:
+            continue
+        _power_off_all(connection, [vm])
+        vm["_obj"].Destroy_Task()
+        removed.append(relative)
+    for child in folders:
+        relative = f"{parent}/{child.get('name')}"
+        if relative in keep or relative in allowed or child.get("name") in allowed:
+            continue
+        view = inventory.container_view(connection, child["_obj"], vim.VirtualMachine, recursive=True)
+        try:
+            inside = inventory.view_contents(
+                connection, view, vim.VirtualMachine, ["name", "config.template", "runtime.powerState"]
+            )
+        finally:
+            inventory.destroy_view(view)
+        if any(vm.get("config.template") for vm in inside):
+            log.warning("not purging %s/vm/%s: it holds a template", datacenter, relative)
+            continue
+        _power_off_all(connection, inside)
+        child["_obj"].Destroy_Task()
+        removed.append(relative)
+    if removed:
+        log.info("purged unconfigured resources in %s/vm/%s: %s", datacenter, parent, ", ".join(removed))
+    return removed

@@ -1,0 +1,119 @@
+"""Task references: strings the manager stores on a VM record and hands back on a later pass.
+
+vCenter task morefs (``task-123``) are server-wide and outlive our session, so a later
+invocation can read them. A few operations need more than one vCenter task or must survive
+vCenter forgetting old tasks (it keeps finished ones for minutes only), so a reference is one of:
+
+* ``task:<task>`` - a plain vCenter task;
+* ``clone:<task>:<folder>:<name>`` - a clone; if vCenter no longer knows the task, the clone
+  succeeded exactly when a VM of that name is in the folder;
+* ``destroy:<vm>:<poweroff task>`` - a destroy that had to power off first: reading its state
+  starts Destroy_Task once the VM is off and reports success when the VM is gone;
+* ``failed:<message>`` - an operation that could not be started (template or folder missing):
+  it reads as an ERROR carrying the message, the same way a vCenter fault does.
+
+Reading a state never waits.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from pyVmomi import vim, vmodl
+
+from chalicelib.providers.base import TaskState, TaskStatus
+from chalicelib.providers.vsphere import inventory
+from chalicelib.providers.vsphere.connection import Connection, describe_fault
+
+TASK_INFO = ("info.state", "info.error", "info.descriptionId")
+
+
+def plain(task: Any) -> str:
+    return f"task:{task._moId}"
+
+
+def clone_ref(task: Any, folder: Any, name: str) -> str:
+    return f"clone:{task._moId}:{folder._moId}:{name}"
+
+
+def destroy_ref(vm: Any, poweroff_task: Any) -> str:
+    return f"destroy:{vm._moId}:{poweroff_task._moId}"
+
+
+def failed_ref(message: str) -> str:
+    return "failed:" + base64.urlsafe_b64encode(message.encode()).decode()
+
+
+def _task_state(connection: Connection, moid: str) -> TaskStatus | None:
+    """A task's state, or None when vCenter no longer knows the task."""
+    task = vim.Task(moid, connection.stub)
+    try:
+        found = inventory.one(connection, task, TASK_INFO)
+    except vmodl.fault.ManagedObjectNotFound:
+        found = None
+    if found is None or "info.state" not in found:
+        return None
+    state = found["info.state"]
+    if state == vim.TaskInfo.State.success:
+        return TaskStatus(TaskState.SUCCESS)
+    if state == vim.TaskInfo.State.error:
+        error = found.get("info.error")
+        return TaskStatus(TaskState.ERROR, describe_fault(error) if error is not None else "task failed")
+    return TaskStatus(TaskState.RUNNING)
+
+
+def status(connection: Connection, ref: str) -> TaskStatus:
+    """The state of any reference this provider handed out."""
+    kind, _, rest = ref.partition(":")
+    if kind == "failed":
+        try:
+            return TaskStatus(TaskState.ERROR, base64.urlsafe_b64decode(rest.encode()).decode())
+        except ValueError:
+            return TaskStatus(TaskState.ERROR, "operation failed")
+    if kind == "task":
+        found = _task_state(connection, rest)
+        return found or TaskStatus(TaskState.ERROR, f"vCenter no longer knows task {rest}")
+    if kind == "clone":
+        task, folder, name = (rest.split(":", 2) + ["", ""])[:3]
+        found = _task_state(connection, task)
+        if found is not None:
+            return found
+        # The task expired from vCenter: the VM's presence tells how the clone ended.
+        child = vim.Folder(folder, connection.stub)
+        try:
+            vm = connection.content.searchIndex.FindChild(child, name)
+        except vmodl.fault.ManagedObjectNotFound:
+            vm = None
+        if vm is not None:
+            return TaskStatus(TaskState.SUCCESS)
+        return TaskStatus(TaskState.ERROR, f"clone task {task} expired in vCenter and no VM {name} exists")
+    if kind == "destroy":
+        vm_id, _, poweroff = rest.partition(":")
+        return _destroy_status(connection, vim.VirtualMachine(vm_id, connection.stub), poweroff)
+    return TaskStatus(TaskState.ERROR, f"unknown task reference {ref!r}")
+
+
+def _destroy_status(connection: Connection, vm: Any, poweroff: str) -> TaskStatus:
+    """Power-off, then destroy: each read moves the chain one step without waiting."""
+    found = inventory.one(connection, vm, ["runtime.powerState", "recentTask"])
+    if found is None:
+        return TaskStatus(TaskState.SUCCESS)  # the VM is gone: destroyed
+    if found.get("runtime.powerState") != vim.VirtualMachine.PowerState.poweredOff:
+        off = _task_state(connection, poweroff)
+        if off is None or off.state is TaskState.ERROR:
+            return TaskStatus(TaskState.ERROR, f"power off failed: {off.error if off else 'task expired'}")
+        return TaskStatus(TaskState.RUNNING)
+    recent = list(found.get("recentTask") or [])
+    for task in inventory.properties(connection, recent, TASK_INFO) if recent else []:
+        if task.get("info.descriptionId") != "VirtualMachine.destroy":
+            continue
+        if task["info.state"] == vim.TaskInfo.State.error:
+            return TaskStatus(TaskState.ERROR, describe_fault(task["info.error"]))
+        if task["info.state"] in (vim.TaskInfo.State.running, vim.TaskInfo.State.queued):
+            return TaskStatus(TaskState.RUNNING)
+    try:
+        vm.Destroy_Task()
+    except vmodl.fault.ManagedObjectNotFound:
+        return TaskStatus(TaskState.SUCCESS)
+    return TaskStatus(TaskState.RUNNING)

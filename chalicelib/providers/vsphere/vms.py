@@ -1,0 +1,108 @@
+"""Operations on one pool VM: destroy, add a disk, snapshots. Each starts a vCenter task and
+returns its reference without waiting; the VM is found by its inventory path."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from pyVmomi import vim
+
+from chalicelib.providers.vsphere import inventory, tasks
+from chalicelib.providers.vsphere.connection import Connection
+
+
+class VMNotFound(LookupError):
+    pass
+
+
+def vm_path(datacenter: str, folder: str, hostname: str) -> str:
+    return "/".join(part for part in (datacenter, "vm", folder.strip("/"), hostname) if part)
+
+
+def find_vm(connection: Connection, datacenter: str, folder: str, hostname: str) -> Any | None:
+    found = inventory.find(connection, vm_path(datacenter, folder, hostname))
+    return found if isinstance(found, vim.VirtualMachine) else None
+
+
+def require_vm(connection: Connection, datacenter: str, folder: str, hostname: str) -> Any:
+    vm = find_vm(connection, datacenter, folder, hostname)
+    if vm is None:
+        raise VMNotFound(f"VM {vm_path(datacenter, folder, hostname)} not found")
+    return vm
+
+
+def destroy(connection: Connection, vm: Any) -> str | None:
+    """Power off if needed, then destroy; returns a reference whose reads drive the chain, or
+    None when the VM vanished meanwhile (nothing left to destroy)."""
+    found = inventory.one(connection, vm, ["runtime.powerState"])
+    if found is None:
+        return None
+    state = found.get("runtime.powerState")
+    if state != vim.VirtualMachine.PowerState.poweredOff:
+        return tasks.destroy_ref(vm, vm.PowerOffVM_Task())
+    return tasks.plain(vm.Destroy_Task())
+
+
+def add_disk(connection: Connection, vm: Any, size_gb: int) -> str:
+    """A new thin disk of ``size_gb`` on the first SCSI controller with a free unit number, in the
+    VM's own datastore directory (vmpooler's add_disk)."""
+    found = inventory.one(connection, vm, ["config.hardware.device", "config.files.vmPathName"]) or {}
+    devices = list(found.get("config.hardware.device") or [])
+    controllers = [d for d in devices if isinstance(d, vim.vm.device.VirtualSCSIController)]
+    if not controllers:
+        raise LookupError("the VM has no SCSI controller to attach a disk to")
+    controller = controllers[0]
+    used = {d.unitNumber for d in devices if getattr(d, "controllerKey", None) == controller.key}
+    unit = next(n for n in range(16) if n != 7 and n not in used)  # unit 7 is the controller's own
+    datastore = str(found.get("config.files.vmPathName") or "").split("]")[0].lstrip("[")
+    disk = vim.vm.device.VirtualDisk(
+        key=-1,
+        controllerKey=controller.key,
+        unitNumber=unit,
+        capacityInKB=size_gb * 1024 * 1024,
+        backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+            diskMode="persistent", thinProvisioned=True, fileName=f"[{datastore}]" if datastore else ""
+        ),
+    )
+    change = vim.vm.device.VirtualDeviceSpec(
+        operation=vim.vm.device.VirtualDeviceSpec.Operation.add,
+        fileOperation=vim.vm.device.VirtualDeviceSpec.FileOperation.create,
+        device=disk,
+    )
+    return tasks.plain(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=[change])))
+
+
+def create_snapshot(vm: Any, name: str) -> str:
+    """A snapshot with memory, quiesced when Tools can (vmpooler's settings)."""
+    return tasks.plain(vm.CreateSnapshot_Task(name=name, description="vmpool", memory=True, quiesce=True))
+
+
+def _walk(snapshots: list[Any]) -> Iterator[Any]:
+    for item in snapshots:
+        yield item
+        yield from _walk(list(item.childSnapshotList or []))
+
+
+def revert_snapshot(connection: Connection, vm: Any, name: str) -> str:
+    found = inventory.one(connection, vm, ["snapshot"]) or {}
+    info = found.get("snapshot")
+    for item in _walk(list(info.rootSnapshotList or []) if info is not None else []):
+        if item.name == name:
+            return tasks.plain(item.snapshot.RevertToSnapshot_Task())
+    raise LookupError(f"snapshot {name} not found on the VM")
+
+
+def disks(connection: Connection, vm: Any) -> list[int]:
+    """Sizes (GB) of the VM's disks, for tests and diagnostics."""
+    found = inventory.one(connection, vm, ["config.hardware.device"]) or {}
+    return [
+        int(d.capacityInKB // (1024 * 1024))
+        for d in found.get("config.hardware.device") or []
+        if isinstance(d, vim.vm.device.VirtualDisk)
+    ]
+
+
+def snapshot_names(connection: Connection, vm: Any) -> list[str]:
+    found = inventory.one(connection, vm, ["snapshot"]) or {}
+    info = found.get("snapshot")
+    return [item.name for item in _walk(list(info.rootSnapshotList or []) if info is not None else [])]

@@ -1,0 +1,158 @@
+"""vcsim fixtures: our simulator (tools/vcsim) over HTTPS with its self-signed certificate.
+
+``vcsim`` is one simulator for the session (boot delay 1 s). ``vcsim_config(server, ...)`` builds a
+validated Config pointing at a running simulator, so service-level tests can reuse it:
+
+    config = vcsim_config(vcsim, pools=[{"name": "p", "size": 2, "folder": "vmpool/p"}])
+    provider_config = config.providers["vsphere"]; service = config.service
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+from urllib.parse import urlparse
+
+import pytest
+
+from chalicelib.clock import SystemClock
+from chalicelib.config import Config, PoolConfig, ServiceConfig, ProviderConfig, build
+from chalicelib.providers.vsphere import VSphereProvider
+from tools.vcsim import launcher
+
+TEMPLATE = launcher.TEMPLATE
+DATACENTER = "DC0"
+
+
+@dataclass
+class VcsimServer:
+    """A running vcsim; ``stop()`` and ``start()`` keep the same port and certificate path."""
+
+    boot_delay: float
+    cert_path: Path
+    port: int = 0
+    url: str = ""
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self.process, self.url = launcher.start_vcsim(self.port, self.boot_delay, self.cert_path)
+        self.port = urlparse(self.url).port or 0
+
+    def stop(self) -> None:
+        if self.process is not None:
+            launcher.stop_vcsim(self.process)
+            self.process = None
+
+    @property
+    def server(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="session")
+def vcsim_dir() -> Iterator[Path]:
+    launcher.build()  # once, before any simulator starts (skips when up to date)
+    directory = Path(tempfile.mkdtemp(prefix="vcsim-"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def vcsim(vcsim_dir: Path) -> Iterator[VcsimServer]:
+    """One simulator for the session: DC0, cluster DC0_C0 with hosts DC0_C0_H0..2, template
+    DC0/vm/templates/vmpool-template, folder DC0/vm/vmpool; guests boot after 1 s."""
+    server = VcsimServer(boot_delay=1.0, cert_path=vcsim_dir / "session.pem")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def private_vcsim(vcsim_dir: Path) -> Iterator[VcsimServer]:
+    """A simulator of its own, for tests that stop and restart it."""
+    server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"private-{next(_counter)}.pem")
+    server.start()
+    yield server
+    server.stop()
+
+
+_counter = itertools.count()
+
+
+def vcsim_config(
+    server: VcsimServer,
+    pools: Sequence[dict[str, Any]] = (),
+    service: dict[str, Any] | None = None,
+    provider: dict[str, Any] | None = None,
+) -> Config:
+    """A validated Config for ``server``: provider ``vsphere`` (CA bundle = the simulator's
+    certificate, tcp readiness), the given pools (template and provider filled in) and
+    ``config:`` keys (create_folders on by default)."""
+    document = {
+        "config": {"create_folders": True, **(service or {})},
+        "providers": {
+            "vsphere": {
+                "provider_class": "vsphere",
+                "server": server.server,
+                "username": launcher.USERNAME,
+                "password": launcher.PASSWORD,
+                "ca_bundle": str(server.cert_path),
+                "connect_timeout": 2,
+                "call_timeout": 10,
+                **(provider or {}),
+            }
+        },
+        "pools": [{"template": TEMPLATE, "provider": "vsphere", **pool} for pool in pools],
+    }
+    return build(document)
+
+
+
+@dataclass
+class Setup:
+    """A provider on a simulator and helpers to make uniquely named pools."""
+
+    server: VcsimServer
+    config: Config
+    provider: VSphereProvider
+    service_doc: dict[str, Any] = field(default_factory=dict)
+    provider_doc: dict[str, Any] = field(default_factory=dict)
+
+    def pool(self, **settings: Any) -> PoolConfig:
+        """A pool in its own folder ``vmpool/<name>`` (unique per call), with the given keys."""
+        # Random, not a counter: pytest may import this module twice (as conftest and by path).
+        name = settings.pop("name", f"pool-{secrets.token_hex(4)}")
+        config = vcsim_config(
+            self.server,
+            [{"name": name, "size": 1, "folder": f"vmpool/{name}", **settings}],
+            self.service_doc,
+            self.provider_doc,
+        )
+        return config.pools[0]
+
+    @property
+    def service(self) -> ServiceConfig:
+        return self.config.service
+
+    @property
+    def provider_config(self) -> ProviderConfig:
+        return self.config.providers["vsphere"]
+
+
+def make_setup(vcsim_server: VcsimServer, service: dict[str, Any] | None = None, **provider: Any) -> Setup:
+    """A provider on ``vcsim_server``; keyword arguments override provider keys."""
+    config = vcsim_config(vcsim_server, service=service, provider=provider)
+    provider_config = config.providers["vsphere"]
+    provider_object = VSphereProvider(provider_config, config.service, SystemClock())
+    return Setup(vcsim_server, config, provider_object, dict(service or {}), dict(provider))
+
+
+@pytest.fixture
+def setup(vcsim: VcsimServer) -> Setup:
+    """A provider on the session simulator with create_folders on."""
+    return make_setup(vcsim)

@@ -1,0 +1,327 @@
+"""The vSphere provider against vcsim (real SOAP over HTTPS), at the Provider interface."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Callable
+
+import pytest
+
+from chalicelib.providers.base import ProviderError, TaskState
+from chalicelib.providers.vsphere import admin
+from chalicelib.providers.vsphere import connection as connections
+from tests.vsphere.conftest import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup
+
+
+def vm_path(pool_folder: str, name: str) -> str:
+    return f"{DATACENTER}/vm/{pool_folder}/{name}"
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll until ``check`` holds (vcsim's guests boot on the wall clock)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def clone_and_wait(setup: Setup, pool, name: str) -> str:  # type: ignore[no-untyped-def]
+    ref = setup.provider.clone(pool, name)
+    admin.wait_task(setup.provider, ref)
+    return ref
+
+
+def test_clone_lands_in_pool_folder_with_annotation_and_extra_config(setup: Setup) -> None:
+    pool = setup.pool()
+    ref = setup.provider.clone(pool, "vm-annot")
+    assert ref.startswith("clone:")
+    assert setup.provider.task_status(ref).state is TaskState.SUCCESS
+
+    listed = {vm.name: vm for vm in setup.provider.list_vms(pool)}
+    assert list(listed) == ["vm-annot"]
+    vm = listed["vm-annot"]
+    assert vm.powered_on
+    assert vm.host and vm.host.startswith("DC0_C0_H")
+    annotation = json.loads(vm.annotation or "")
+    assert annotation["pool"] == pool.name
+    assert annotation["creator"] == "vmpool"
+    assert annotation["template"] == TEMPLATE
+    assert annotation["created"].endswith("Z")
+    details = admin.vm_details(setup.provider, vm_path(pool.folder, "vm-annot"))
+    assert details is not None
+    assert details["extra_config"]["guestinfo.hostname"] == "vm-annot"
+    # Other pools' folders and the template are not listed.
+    assert setup.provider.list_vms(setup.pool()) == []
+
+
+def test_missing_folder_lists_nothing(setup: Setup) -> None:
+    assert setup.provider.list_vms(setup.pool(folder="vmpool/never-made")) == []
+
+
+def test_linked_clones_follow_pool_then_global_setting(vcsim: VcsimServer) -> None:
+    linked_global = make_setup(vcsim, service={"create_linked_clones": True})
+    full_global = make_setup(vcsim, service={"create_linked_clones": False})
+    cases = [
+        (linked_global, {}, "moveChildMostDiskBacking"),
+        (linked_global, {"create_linked_clone": False}, "moveAllDiskBackingsAndConsolidate"),
+        (full_global, {}, "moveAllDiskBackingsAndConsolidate"),
+        (full_global, {"create_linked_clone": True}, "moveChildMostDiskBacking"),
+    ]
+    for index, (setup, settings, expected) in enumerate(cases):
+        pool = setup.pool(**settings)
+        clone_and_wait(setup, pool, f"linked-{index}")
+        details = admin.vm_details(setup.provider, vm_path(pool.folder, f"linked-{index}"))
+        assert details is not None
+        # main.go records the diskMoveType the clone asked for (vcsim itself ignores it).
+        assert details["extra_config"]["vcsim.diskMoveType"] == expected, (settings, expected)
+
+
+def test_clone_options_datastore_cluster_network(setup: Setup) -> None:
+    pool = setup.pool(datastore="LocalDS_0", clone_target="DC0_C0", network="DC0_DVPG0")
+    clone_and_wait(setup, pool, "placed")
+    assert [vm.name for vm in setup.provider.list_vms(pool)] == ["placed"]
+
+
+def test_missing_template_is_a_task_error_with_the_reason(setup: Setup) -> None:
+    pool = setup.pool(template="templates/no-such-template")
+    ref = setup.provider.clone(pool, "orphan")
+    status = setup.provider.task_status(ref)
+    assert status.state is TaskState.ERROR
+    assert "templates/no-such-template" in (status.error or "")
+    assert setup.provider.list_vms(pool) == []
+
+
+def test_vcenter_fault_is_recorded_from_the_task(setup: Setup) -> None:
+    # A resource pool path that exists but is not a pool: refused before vCenter; a datastore
+    # that does not exist: also a refusal with the path named.
+    pool = setup.pool(datastore="NoSuchDS")
+    status = setup.provider.task_status(setup.provider.clone(pool, "nods"))
+    assert status.state is TaskState.ERROR and "NoSuchDS" in (status.error or "")
+
+
+def test_unknown_task_reads_as_error(setup: Setup) -> None:
+    status = setup.provider.task_status("task:task-999999")
+    assert status.state is TaskState.ERROR
+    assert "task-999999" in (status.error or "")
+
+
+def test_destroy_powered_on_vm_chains_power_off_and_destroy(setup: Setup) -> None:
+    pool = setup.pool()
+    clone_and_wait(setup, pool, "doomed")
+    ref = setup.provider.destroy(pool, "doomed")
+    assert ref is not None and ref.startswith("destroy:")
+    admin.wait_task(setup.provider, ref)
+    assert setup.provider.list_vms(pool) == []
+    assert setup.provider.destroy(pool, "doomed") is None
+
+
+def test_destroy_powered_off_vm_destroys_directly(setup: Setup) -> None:
+    pool = setup.pool()
+    admin.create_vm(setup.provider, f"{DATACENTER}/vm/{pool.folder}", "cold", power_on=False)
+    ref = setup.provider.destroy(pool, "cold")
+    assert ref is not None and ref.startswith("task:")
+    admin.wait_task(setup.provider, ref)
+    assert setup.provider.list_vms(pool) == []
+
+
+def test_hand_made_vm_in_pool_folder_is_listed_and_hand_deleted_vm_disappears(setup: Setup) -> None:
+    pool = setup.pool()
+    admin.create_vm(setup.provider, f"{DATACENTER}/vm/{pool.folder}", "by-hand")
+    assert [vm.name for vm in setup.provider.list_vms(pool)] == ["by-hand"]
+    admin.delete_vm(setup.provider, vm_path(pool.folder, "by-hand"))
+    assert setup.provider.list_vms(pool) == []
+
+
+def test_readiness_tools_and_hostname_follow_boot_delay(setup: Setup) -> None:
+    pool = setup.pool(ready_check="tools", check_hostname=True)
+    clone_and_wait(setup, pool, "booting")
+    started = time.monotonic()
+    vm = setup.provider.list_vms(pool)[0]
+    readiness = setup.provider.check_ready(pool, vm)
+    if time.monotonic() - started < vcsim_boot_delay(setup):
+        assert not readiness.ready
+        assert readiness.reason
+    eventually(lambda: setup.provider.check_ready(pool, setup.provider.list_vms(pool)[0]).ready)
+    vm = setup.provider.list_vms(pool)[0]
+    assert vm.tools_running and vm.ip == "127.0.0.1" and vm.guest_hostname == "booting"
+
+
+def vcsim_boot_delay(setup: Setup) -> float:
+    return setup.server.boot_delay
+
+
+def test_readiness_tcp_uses_guest_ip_and_port(setup: Setup) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    try:
+        pool = setup.pool(ready_check="tcp", ready_port=port)
+        clone_and_wait(setup, pool, "tcpvm")
+        first = setup.provider.check_ready(pool, setup.provider.list_vms(pool)[0])
+        assert not first.ready and "IP" in first.reason  # no guest IP before the boot delay
+        eventually(lambda: setup.provider.check_ready(pool, setup.provider.list_vms(pool)[0]).ready)
+    finally:
+        listener.close()
+    closed = setup.provider.check_ready(pool, setup.provider.list_vms(pool)[0])
+    assert not closed.ready and f"port {port}" in closed.reason
+
+
+def test_readiness_tcp_with_domain_needs_dns(setup: Setup) -> None:
+    pool = setup.pool(ready_check="tcp", domain="invalid")
+    clone_and_wait(setup, pool, "dnsvm")
+    readiness = setup.provider.check_ready(pool, setup.provider.list_vms(pool)[0])
+    assert not readiness.ready and "dnsvm.invalid" in readiness.reason
+
+
+def test_purge_removes_unconfigured_under_parents_only(setup: Setup) -> None:
+    pool = setup.pool(name="purge-keep", folder="purgeparent/purge-keep")
+    provider = setup.provider
+    admin.create_vm(provider, f"{DATACENTER}/vm/purgeparent/purge-keep", "kept")
+    admin.create_vm(provider, f"{DATACENTER}/vm/purgeparent/stale", "stale-vm")
+    admin.create_vm(provider, f"{DATACENTER}/vm/purgeparent/allowed", "allowed-vm")
+    admin.create_vm(provider, f"{DATACENTER}/vm/purgeparent", "loose-vm", power_on=False)
+    admin.create_vm(provider, f"{DATACENTER}/vm/outside", "outsider")
+    admin.create_vm(provider, f"{DATACENTER}/vm", "rootvm")
+
+    removed = provider.purge_unconfigured([pool], allowlist=["allowed"])
+
+    assert sorted(removed) == ["purgeparent/loose-vm", "purgeparent/stale"]
+    assert not admin.exists(provider, f"{DATACENTER}/vm/purgeparent/stale")
+    assert not admin.exists(provider, f"{DATACENTER}/vm/purgeparent/loose-vm")
+    for kept in ("purgeparent/purge-keep/kept", "purgeparent/allowed/allowed-vm", "outside/outsider", "rootvm"):
+        assert admin.exists(provider, f"{DATACENTER}/vm/{kept}"), kept
+    assert admin.exists(provider, f"{DATACENTER}/vm/{TEMPLATE}")
+
+
+def test_purge_never_purges_the_vm_root(setup: Setup) -> None:
+    pool = setup.pool(name="rootpool", folder="rootpool")
+    assert setup.provider.purge_unconfigured([pool], allowlist=[]) == []
+    assert admin.exists(setup.provider, f"{DATACENTER}/vm/{TEMPLATE}")
+
+
+def test_disk_and_snapshot_round_trip(setup: Setup) -> None:
+    pool = setup.pool()
+    clone_and_wait(setup, pool, "storage")
+    path = vm_path(pool.folder, "storage")
+    before = admin.vm_details(setup.provider, path)
+    assert before is not None
+    admin.wait_task(setup.provider, setup.provider.add_disk(pool, "storage", 8))
+    after = admin.vm_details(setup.provider, path)
+    assert after is not None and after["disks_gb"].count(8) == before["disks_gb"].count(8) + 1
+
+    admin.wait_task(setup.provider, setup.provider.create_snapshot(pool, "storage", "a" * 32))
+    assert admin.vm_details(setup.provider, path)["snapshots"] == ["a" * 32]  # type: ignore[index]
+    admin.wait_task(setup.provider, setup.provider.revert_snapshot(pool, "storage", "a" * 32))
+    with pytest.raises(ProviderError, match="snapshot nope not found"):
+        setup.provider.revert_snapshot(pool, "storage", "nope")
+    with pytest.raises(ProviderError, match="not found"):
+        setup.provider.add_disk(pool, "no-such-vm", 8)
+
+
+def test_host_selection_skips_maintenance(vcsim: VcsimServer) -> None:
+    setup = make_setup(vcsim, service={"manage_host_selection": True})
+    hosts = admin.host_names(setup.provider)
+    assert hosts == ["DC0_C0_H0", "DC0_C0_H1", "DC0_C0_H2"]
+    pool = setup.pool()
+    admin.set_maintenance(setup.provider, "DC0_C0_H1", True)
+    try:
+        chosen = set()
+        for index in range(6):
+            clone_and_wait(setup, pool, f"placed-{index}")
+            details = admin.vm_details(setup.provider, vm_path(pool.folder, f"placed-{index}"))
+            assert details is not None
+            chosen.add(details["extra_config"]["vcsim.host"])
+        names = {h: n for h, n in _host_ids(setup).items()}
+        assert {names[ref] for ref in chosen} == {"DC0_C0_H0", "DC0_C0_H2"}
+    finally:
+        admin.set_maintenance(setup.provider, "DC0_C0_H1", False)
+
+
+def _host_ids(setup: Setup) -> dict[str, str]:
+    from chalicelib.providers.vsphere import hosts as host_selection
+
+    def survey(connection):  # type: ignore[no-untyped-def]
+        root = connection.content.rootFolder
+        return {h.ref._moId: h.name for h in host_selection.survey(connection, root, 90)}
+
+    return setup.provider._run("survey", survey)
+
+
+def test_host_selection_with_no_eligible_host_fails_the_clone(vcsim: VcsimServer) -> None:
+    setup = make_setup(vcsim, service={"manage_host_selection": True, "utilization_limit": 10})
+    status = setup.provider.task_status(setup.provider.clone(setup.pool(), "nohost"))
+    assert status.state is TaskState.ERROR
+    assert "no host is eligible" in (status.error or "") and "memory" in (status.error or "")
+
+
+def test_soap_calls_per_list_do_not_grow_with_vm_count(setup: Setup) -> None:
+    small, large = setup.pool(), setup.pool()
+    for index in range(5):
+        admin.create_vm(setup.provider, f"{DATACENTER}/vm/{small.folder}", f"s{index}", power_on=False)
+    for index in range(50):
+        admin.create_vm(setup.provider, f"{DATACENTER}/vm/{large.folder}", f"l{index}", power_on=False)
+    costs = []
+    for pool, count in ((small, 5), (large, 50)):
+        setup.provider.list_vms(pool)  # first list of a folder creates its view
+        before = setup.provider.call_count()
+        assert len(setup.provider.list_vms(pool)) == count
+        costs.append(setup.provider.call_count() - before)
+    assert costs[0] == costs[1] == 1
+
+
+def test_connection_is_shared_and_survives_session_end(setup: Setup) -> None:
+    setup.provider.list_vms(setup.pool())
+    shared = connections.cached(setup.provider.endpoint)
+    other = make_setup(setup.server).provider
+    other.list_vms(setup.pool())
+    assert connections.cached(other.endpoint) is shared
+    admin.end_session(setup.provider)
+    assert setup.provider.list_vms(setup.pool()) == []  # logged in again transparently
+    assert connections.cached(setup.provider.endpoint) is shared
+
+
+def test_vcsim_stopped_fails_fast_then_recovers(private_vcsim: VcsimServer) -> None:
+    setup = make_setup(private_vcsim)
+    pool = setup.pool()
+    clone_and_wait(setup, pool, "survivor")
+    private_vcsim.stop()
+    started = time.monotonic()
+    with pytest.raises(ProviderError, match="cannot"):
+        setup.provider.list_vms(pool)
+    with pytest.raises(ProviderError, match="cannot reach vCenter"):
+        setup.provider.list_vms(pool)
+    assert time.monotonic() - started < 5
+    private_vcsim.start()  # same port; a fresh inventory and certificate
+    assert setup.provider.list_vms(pool) == []
+    clone_and_wait(setup, pool, "again")
+    assert [vm.name for vm in setup.provider.list_vms(pool)] == ["again"]
+
+
+def test_bad_password_and_certificate_errors_never_show_the_password(vcsim: VcsimServer) -> None:
+    # "localhost" makes a connection-cache key of its own (host, port, user).
+    secret = "hunter2-very-secret"
+    local = f"localhost:{vcsim.port}"
+    bad = make_setup(vcsim, server=local, password=secret)
+    with pytest.raises(ProviderError) as refused:
+        bad.provider.list_vms(bad.pool())
+    assert "refused the login" in str(refused.value) and secret not in str(refused.value)
+    assert secret not in repr(bad.provider.endpoint)
+    untrusted = make_setup(vcsim, server=local, ca_bundle=None)
+    with pytest.raises(ProviderError, match="SSL|certificate"):
+        untrusted.provider.list_vms(untrusted.pool())
+    insecure = make_setup(vcsim, server=local, ca_bundle=None, insecure=True)
+    assert insecure.provider.list_vms(insecure.pool()) == []
+
+
+def test_server_with_port_and_port_key(vcsim: VcsimServer) -> None:
+    from chalicelib.providers.vsphere.connection import split_host_port
+
+    assert split_host_port("vc.example.com") == ("vc.example.com", 443)
+    assert split_host_port("vc.example.com:8443") == ("vc.example.com", 8443)
+    assert split_host_port("[::1]:444") == ("::1", 444)
+    assert split_host_port("vc.example.com:8443", 9443) == ("vc.example.com", 9443)
+    setup = make_setup(vcsim, server="localhost", port=vcsim.port)
+    assert setup.provider.list_vms(setup.pool()) == []

@@ -1,0 +1,116 @@
+"""Start and stop our vcsim (tools/vcsim/main.go) from Python: for the tests' fixtures and for
+the local stack (``make run PROVIDER=vcsim``). Standard library only.
+
+    process, url = start_vcsim(port=0, boot_delay=1.0, cert_path="/tmp/vcsim.pem")
+    ...  # url is https://127.0.0.1:<port>/sdk; trust cert_path as the CA bundle
+    stop_vcsim(process)
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BINARY = HERE / "vcsim"
+USERNAME = "vmpool"
+PASSWORD = "vmpool-password"
+TEMPLATE = "templates/vmpool-template"
+"""The template path every datacenter's vm folder gets (``<dc>/vm/templates/vmpool-template``)."""
+FOLDERS = ("vmpool",)
+
+
+def build() -> Path:
+    """Build the binary if main.go changed (tools/vcsim/build.sh); return its path."""
+    subprocess.run(["sh", str(HERE / "build.sh")], check=True)
+    return BINARY
+
+
+def start_vcsim(
+    port: int = 0,
+    boot_delay: float = 5.0,
+    cert_path: str | os.PathLike[str] | None = None,
+    *,
+    host: str = "127.0.0.1",
+    datacenters: int = 1,
+    clusters: int = 1,
+    hosts: int = 3,
+    guest_ip: str = "127.0.0.1",
+    username: str = USERNAME,
+    password: str = PASSWORD,
+    timeout: float = 30.0,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start vcsim on ``host:port`` (0 picks a free port) and wait until it serves.
+
+    Returns the process and its SDK URL (``https://127.0.0.1:<port>/sdk``). The server's
+    self-signed certificate is written to ``cert_path`` when given. Raises RuntimeError when it
+    does not come up within ``timeout`` seconds.
+    """
+    binary = build()
+    command = [
+        str(binary),
+        "-l", f"{host}:{port}",
+        "-boot-delay", f"{boot_delay}s",
+        "-dc", str(datacenters),
+        "-cluster", str(clusters),
+        "-host", str(hosts),
+        "-guest-ip", guest_ip,
+        "-template", TEMPLATE,
+        "-folders", ",".join(FOLDERS),
+        "-username", username,
+        "-password", password,
+    ]
+    if cert_path is not None:
+        command += ["-cert", str(cert_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert process.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    buffered = b""
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        if selector.select(timeout=0.2):
+            chunk = os.read(process.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            buffered += chunk
+            for line in buffered.decode(errors="replace").splitlines():
+                if line.startswith("VCSIM_URL="):
+                    selector.close()
+                    return process, line.split("=", 1)[1].strip()
+    selector.close()
+    stop_vcsim(process)
+    raise RuntimeError(f"vcsim did not start on {host}:{port} within {timeout} s")
+
+
+def stop_vcsim(process: subprocess.Popen[bytes]) -> None:
+    """Stop a vcsim started by start_vcsim (SIGTERM, then SIGKILL after 5 s)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+if __name__ == "__main__":  # python tools/vcsim/launcher.py [port] [boot_delay]
+    import sys
+
+    chosen_port = int(sys.argv[1]) if len(sys.argv) > 1 else 8989
+    delay = float(sys.argv[2]) if len(sys.argv) > 2 else 5.0
+    cert = HERE.parent.parent / ".run" / "vcsim.pem"  # .run/ is gitignored
+    cert.parent.mkdir(exist_ok=True)
+    proc, sdk_url = start_vcsim(chosen_port, delay, cert)
+    print(f"vcsim at {sdk_url} (user {USERNAME}, password {PASSWORD}, CA bundle {cert}); Ctrl-C stops it")
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        stop_vcsim(proc)
