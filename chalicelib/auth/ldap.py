@@ -19,7 +19,6 @@ Backend trouble raises ``AuthUnavailable`` (the API answers 503), never a wrong-
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import os
@@ -269,14 +268,6 @@ def parse_ldap_settings(raw: Mapping[str, Any] | None, path: str = "auth.ldap") 
     return settings
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _identity(username: str) -> str:
     """A user name as it may appear in a log line: bounded and printable."""
     return repr(username[:64])
@@ -319,12 +310,11 @@ class LdapAuthenticator:
 
     def _make_tls(self) -> Tls:
         s = self.settings
-        return Tls(
-            validate=ssl.CERT_REQUIRED if s.verify_certificates else ssl.CERT_NONE,
-            ca_certs_file=s.ca_file,
-            ca_certs_data=s.ca_data,
-            sni=None if _is_ip(s.host) else s.host,
-        )
+        try:
+            return _StdlibTls(s.host, s.verify_certificates, s.ca_file, s.ca_data)
+        except (ssl.SSLError, OSError, ValueError) as error:
+            key = "ca_file" if s.ca_file else "ca_data" if s.ca_data else "ca_file"
+            raise AuthConfigError([f"auth.ldap.{key}: cannot load the CA certificates ({type(error).__name__})"]) from None
 
     @property
     def _where(self) -> str:
@@ -464,3 +454,34 @@ class LdapAuthenticator:
 
 class _StartTlsRefused(LDAPException):
     pass
+
+
+class _StdlibTls(Tls):
+    """ldap3's Tls, but the handshake uses one stdlib SSLContext with ``check_hostname`` on.
+
+    ldap3 turns the stdlib host-name check off and runs its own; on Python 3.12+ that falls back
+    to a backport that cannot match IP addresses and trusts the certificate's commonName. Here
+    the chain and the host name (DNS name or IP address) are checked by OpenSSL itself, the same
+    on every Python version, and TLS >= 1.2 is required."""
+
+    def __init__(self, host: str, verify: bool, ca_file: str | None, ca_data: str | None) -> None:
+        super().__init__(
+            validate=ssl.CERT_REQUIRED if verify else ssl.CERT_NONE,
+            ca_certs_file=ca_file,
+            ca_certs_data=ca_data,
+        )
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file, cadata=ca_data)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if not verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        self._context = context
+        self._server_hostname = host
+
+    def wrap_socket(self, connection, do_handshake=False):  # noqa: D401 - ldap3 hook
+        connection.socket = self._context.wrap_socket(
+            connection.socket,
+            server_side=False,
+            do_handshake_on_connect=do_handshake,
+            server_hostname=self._server_hostname,
+        )

@@ -232,6 +232,17 @@ def test_verification_is_on_by_default_and_can_be_turned_off(slapd, caplog):
     assert auth.authenticate("alice", slapd.password("alice")) is True
 
 
+def test_unloadable_ca_is_a_config_error(slapd, tmp_path):
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(AuthConfigError, match="auth.ldap.ca_file: cannot load"):
+        direct(slapd, ca_file=str(bad))
+    with pytest.raises(AuthConfigError, match="auth.ldap.ca_data: cannot load"):
+        config = slapd.ldap_config(ca_data="-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
+        del config["ca_file"]
+        LdapAuthenticator(parse_ldap_settings(config))
+
+
 def test_ca_data_inline(slapd):
     config = slapd.ldap_config()
     config["ca_data"] = open(config.pop("ca_file")).read()
