@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.auth.slapd import SlapdServer, slapd  # noqa: F401  (the session fixture)
+from tests.auth.slapd import slapd  # noqa: F401  (the session fixture)
 
 
 @pytest.fixture
