@@ -1,0 +1,107 @@
+"""The route table, and the adapter from a Chalice request to our handlers and back.
+
+Every route exists under /api/v3, /api/v2 and /api/v1; the routes vmpooler 1.x/2.x served without
+a prefix also exist unversioned and behave as v1. Whatever goes wrong, the answer is JSON with
+``ok: false`` and the right status: a handler's ApiError as it is, Redis down as 503, and a bug
+as a 500 without a traceback (logged with one).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from chalicelib.api import status, summary, vms
+from chalicelib.api.http import ApiError, ApiRequest, ApiResponse
+from chalicelib.observability import logger
+from chalicelib.services import Services
+from chalicelib.store import StoreUnavailable
+
+Handler = Callable[[Services, ApiRequest], ApiResponse]
+
+API_VERSIONS: tuple[tuple[str, int], ...] = (("/api/v3", 3), ("/api/v2", 2), ("/api/v1", 1), ("", 1))
+"""(path prefix, version). The unversioned paths are vmpooler's old rerouted ones, served as v1."""
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    """Unique among routes; the Chalice view name is ``<name>_<version>``."""
+    method: str
+    path: str
+    handler: Handler
+    unversioned: bool = False
+    """Whether the route also exists without an /api/vN prefix."""
+
+
+ROUTES: list[Route] = [
+    Route("list_pools", "GET", "/vm", vms.list_pools, unversioned=True),
+    Route("checkout", "POST", "/vm", vms.checkout_from_body, unversioned=True),
+    Route("checkout_path", "POST", "/vm/{name}", vms.checkout_from_path, unversioned=True),
+    Route("describe_vm", "GET", "/vm/{name}", vms.describe, unversioned=True),
+    Route("modify_vm", "PUT", "/vm/{name}", vms.modify, unversioned=True),
+    Route("return_vm", "DELETE", "/vm/{name}", vms.give_back, unversioned=True),
+    Route("status", "GET", "/status", status.status, unversioned=True),
+    Route("poolstat", "GET", "/poolstat", status.poolstat),
+    Route("totalrunning", "GET", "/totalrunning", status.total_running),
+    Route("summary", "GET", "/summary", summary.summary, unversioned=True),
+    Route("summary_section", "GET", "/summary/{section}", summary.summary),
+    Route("summary_key", "GET", "/summary/{section}/{key}", summary.summary),
+    Route("config", "GET", "/config", status.pool_configuration),
+]
+
+
+def add_routes(routes: list[Route]) -> None:
+    """Let another module (tokens, on-demand...) add its routes to the table before wiring."""
+    known = {route.name for route in ROUTES}
+    for route in routes:
+        if route.name not in known:
+            ROUTES.append(route)
+
+
+def versioned_paths(route: Route) -> list[tuple[str, int]]:
+    """Every (full path, version) under which ``route`` is served."""
+    return [
+        (prefix + route.path, version)
+        for prefix, version in API_VERSIONS
+        if prefix or route.unversioned
+    ]
+
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def render(response: ApiResponse) -> tuple[int, str, dict[str, str]]:
+    """Status, JSON text and headers of a response."""
+    return response.status, json.dumps(response.body, separators=(",", ":")), {**JSON_HEADERS, **response.headers}
+
+
+def handle(services: Services, handler: Handler, request: ApiRequest) -> ApiResponse:
+    """Run a handler and turn every failure into a JSON answer."""
+    try:
+        return handler(services, request)
+    except ApiError as error:
+        return ApiResponse(error.status, error.body, error.headers)
+    except StoreUnavailable as error:
+        logger.warning("state store unavailable", extra={"error": str(error)})
+        return ApiResponse(503, {"ok": False, "error": "the state store is unavailable, try again shortly"},
+                           {"Retry-After": "1"})
+    except Exception:  # noqa: BLE001 - the client gets JSON; the log gets the traceback
+        logger.exception("unhandled error", extra={"request_id": request.request_id})
+        return ApiResponse(500, {"ok": False, "error": "internal error", "request_id": request.request_id})
+
+
+def request_from_chalice(current: Any, version: int, params: Mapping[str, str]) -> ApiRequest:
+    """Our ApiRequest from Chalice's ``app.current_request``."""
+    context = current.context or {}
+    return ApiRequest(
+        method=current.method,
+        version=version,
+        params=dict(params),
+        query=dict(current.query_params or {}),
+        headers={name.lower(): value for name, value in (current.headers or {}).items()},
+        body=current.raw_body or b"",
+        source_ip=(context.get("identity") or {}).get("sourceIp", ""),
+        request_id=context.get("requestId", ""),
+    )

@@ -1,0 +1,112 @@
+"""/status, /poolstat, /totalrunning and /config: what the pools look like right now."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalicelib.api.http import ApiRequest, ApiResponse, not_found
+from chalicelib.api.summary import day_metrics
+from chalicelib.manager.reconcile import day_of
+from chalicelib.services import Services
+
+STATUS_VIEWS = ("boot", "capacity", "clone", "pools", "queue")
+OK_MESSAGE = "Battle station fully armed and operational."
+
+
+def status(services: Services, request: ApiRequest) -> ApiResponse:
+    """GET /status[?view=capacity,queue,clone,boot,pools]. Keys sorted as vmpooler sorts them."""
+    view = request.query.get("view")
+    wanted = set(STATUS_VIEWS) if view is None else {part.strip() for part in view.split(",")}
+    config = services.config
+    now = services.clock.now()
+    counts = services.store.counts(config.pool_names)
+    body: dict[str, Any] = {}
+    if "boot" in wanted or "clone" in wanted:
+        today = services.store.day_stats([day_of(now)])[0]
+        for kind in ("boot", "clone"):
+            if kind in wanted:
+                metrics = day_metrics(today, kind, per_pool=False)
+                body[kind] = {"duration": metrics["duration"], "count": {"total": metrics["count"]["total"]}}
+    if "capacity" in wanted:
+        current = sum(c["ready"] for c in counts.values())
+        total = sum(pool.size for pool in config.pools)
+        body["capacity"] = {
+            "current": current,
+            "total": total,
+            "percent": round(current / total * 100, 1) if total else 0,
+        }
+    if "pools" in wanted:
+        last_boots = services.store.last_boots()
+        pools: dict[str, Any] = {}
+        for pool in config.pools:
+            entry: dict[str, Any] = {
+                "ready": counts[pool.name]["ready"],
+                "running": counts[pool.name]["running"],
+                "pending": counts[pool.name]["pending"],
+                "max": pool.size,
+                "lastBoot": last_boots.get(pool.name, ""),
+            }
+            if pool.alias:
+                entry["alias"] = list(pool.alias)
+            pools[pool.name] = entry
+        body["pools"] = pools
+    if "queue" in wanted:
+        pending = sum(c["pending"] for c in counts.values())
+        cloning = services.store.cloning_count()
+        queue = {
+            "requested": 0,
+            "pending": pending,
+            "cloning": cloning,
+            "booting": max(pending - cloning, 0),
+            "ready": sum(c["ready"] for c in counts.values()),
+            "running": sum(c["running"] for c in counts.values()),
+            "completed": sum(c["completed"] for c in counts.values()),
+        }
+        queue["total"] = queue["pending"] + queue["ready"] + queue["running"] + queue["completed"]
+        body["queue"] = queue
+    state: dict[str, Any] = {"ok": True, "message": OK_MESSAGE}
+    if "pools" in wanted:
+        empty = [p.name for p in config.pools if p.size > 0 and counts[p.name]["ready"] == 0]
+        if empty:
+            state = {"ok": False, "message": f"Found {len(empty)} empty pools.", "empty": empty}
+    state["uptime"] = round(now - services.store.started_at(now), 1)
+    body["status"] = state
+    return ApiResponse(200, dict(sorted(body.items())))
+
+
+def poolstat(services: Services, request: ApiRequest) -> ApiResponse:
+    """GET /poolstat?pool=a,b: size and ready count of the pools named (or aliased)."""
+    names = {part for part in request.query.get("pool", "").split(",") if part}
+    chosen = [p for p in services.config.pools if p.name in names or names.intersection(p.alias)]
+    counts = services.store.counts(p.name for p in chosen)
+    pools: dict[str, Any] = {}
+    for pool in chosen:
+        entry: dict[str, Any] = {"max": pool.size, "ready": counts[pool.name]["ready"]}
+        if pool.alias:
+            entry["alias"] = list(pool.alias)
+        pools[pool.name] = entry
+    return ApiResponse(200, {"pools": pools})
+
+
+def total_running(services: Services, request: ApiRequest) -> ApiResponse:
+    """GET /totalrunning."""
+    counts = services.store.counts(services.config.pool_names)
+    return ApiResponse(200, {"running": sum(c["running"] for c in counts.values())})
+
+
+def pool_configuration(services: Services, request: ApiRequest) -> ApiResponse:
+    """GET /config: every pool's settings. Only pool keys are shown, and pools hold no secrets."""
+    if not services.config.pools:
+        raise not_found(error="no pools configured")
+    pools = []
+    for pool in services.config.pools:
+        settings = dict(pool.settings)
+        settings.update(
+            name=pool.name, size=pool.size, template=pool.template, provider=pool.provider,
+            alias=list(pool.alias), timeout=pool.timeout_minutes, ready_ttl=pool.ready_ttl_minutes,
+            template_ready=True,
+        )
+        if pool.domain:
+            settings["domain"] = pool.domain
+        pools.append(settings)
+    return ApiResponse(200, {"pool_configuration": pools, "status": {"ok": True}})

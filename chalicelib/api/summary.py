@@ -1,0 +1,171 @@
+"""/summary: clone and boot durations and tag counts per day, from what the manager recorded.
+
+Shapes follow vmpooler's; its bugs are not kept: the range-wide durations carry min, max and a
+true average, and bad dates are JSON 400s (never plain text or a 500).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from chalicelib.api.http import ApiRequest, ApiResponse, bad_request, not_found
+from chalicelib.services import Services
+from chalicelib.store import DayStats
+
+SECTIONS = ("boot", "clone", "tag")
+MAX_DAYS = 366
+DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _parse_day(name: str, value: str) -> date:
+    if not DATE_PATTERN.match(value):
+        raise bad_request(f"Invalid date format '{value}', must match YYYY-MM-DD.")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise bad_request(f"Invalid date '{value}' for '{name}'.") from None
+
+
+def _days(services: Services, request: ApiRequest) -> list[str]:
+    today = datetime.fromtimestamp(services.clock.now(), timezone.utc).date()
+    first = _parse_day("from", request.query.get("from") or today.isoformat())
+    last = _parse_day("to", request.query.get("to") or today.isoformat())
+    if last < first:
+        raise bad_request("Date range is invalid, 'to' cannot come before 'from'.")
+    if first > today:
+        raise bad_request("Date range is invalid, 'from' must be in the past.")
+    if (last - first).days >= MAX_DAYS:
+        raise bad_request(f"Date range is invalid, at most {MAX_DAYS} days may be asked for.")
+    return [(first + timedelta(days=offset)).isoformat() for offset in range((last - first).days + 1)]
+
+
+def _number(value: float) -> float | int:
+    return round(value, 2) if value != int(value) else int(value)
+
+
+def _stats(stats: DayStats, scope: str) -> dict[str, float | int]:
+    count = int(stats.number(f"{scope}:count"))
+    total = stats.number(f"{scope}:total")
+    return {
+        "average": _number(round(total / count, 1)) if count else 0,
+        "min": _number(stats.number(f"{scope}:min")),
+        "max": _number(stats.number(f"{scope}:max")),
+        "total": _number(total),
+        "count": count,
+    }
+
+
+def _pools_in(stats: DayStats, kind: str) -> list[str]:
+    marker = f"{kind}:pool:"
+    return sorted({name[len(marker):].rsplit(":", 1)[0] for name in stats.values if name.startswith(marker)})
+
+
+def day_metrics(stats: DayStats, kind: str, per_pool: bool = True) -> dict[str, Any]:
+    """One day's ``boot`` or ``clone`` figures in vmpooler's shape."""
+    overall = _stats(stats, kind)
+    duration: dict[str, Any] = {key: overall[key] for key in ("average", "min", "max", "total")}
+    count: dict[str, Any] = {"total": overall["count"]}
+    if per_pool and overall["count"]:
+        duration["pool"] = {}
+        count["pool"] = {}
+        for pool in _pools_in(stats, kind):
+            figures = _stats(stats, f"{kind}:pool:{pool}")
+            duration["pool"][pool] = {key: figures[key] for key in ("total", "average", "min", "max")}
+            count["pool"][pool] = {"total": figures["count"]}
+    return {"duration": duration, "count": count}
+
+
+def _range_metrics(days: list[DayStats], kind: str) -> dict[str, Any]:
+    """Figures over a range: true min/max/average of durations, and per-day count statistics."""
+    per_day = [_stats(stats, kind) for stats in days]
+    samples = sum(day["count"] for day in per_day)
+    total = sum(day["total"] for day in per_day)
+    with_data = [day for day in per_day if day["count"]]
+    counts = [day["count"] for day in per_day]
+    duration: dict[str, Any] = {
+        "average": _number(round(total / samples, 1)) if samples else 0,
+        "min": min((day["min"] for day in with_data), default=0),
+        "max": max((day["max"] for day in with_data), default=0),
+        "total": _number(total),
+        "pool": {},
+    }
+    count: dict[str, Any] = {
+        "average": _number(round(samples / len(days), 1)) if days else 0,
+        "min": min(counts, default=0),
+        "max": max(counts, default=0),
+        "total": samples,
+        "pool": {},
+    }
+    pools = sorted({pool for stats in days for pool in _pools_in(stats, kind)})
+    for pool in pools:
+        figures = [_stats(stats, f"{kind}:pool:{pool}") for stats in days]
+        figures = [f for f in figures if f["count"]]
+        pool_samples = sum(f["count"] for f in figures)
+        pool_total = sum(f["total"] for f in figures)
+        duration["pool"][pool] = {
+            "total": _number(pool_total),
+            "average": _number(round(pool_total / pool_samples, 1)) if pool_samples else 0,
+            "min": min(f["min"] for f in figures),
+            "max": max(f["max"] for f in figures),
+        }
+        count["pool"][pool] = {"total": pool_samples}
+    return {"duration": duration, "count": count}
+
+
+def _day_tags(stats: DayStats) -> dict[str, dict[str, int]]:
+    tags: dict[str, dict[str, int]] = {}
+    for name, value in stats.values.items():
+        if not name.startswith("tag:"):
+            continue
+        tag, _, tag_value = name[4:].partition(":")
+        entry = tags.setdefault(tag, {"total": 0})
+        entry[tag_value] = entry.get(tag_value, 0) + int(value)
+        entry["total"] += int(value)
+    return tags
+
+
+def _range_tags(days: list[DayStats]) -> dict[str, dict[str, int]]:
+    tags: dict[str, dict[str, int]] = {}
+    for stats in days:
+        for tag, values in _day_tags(stats).items():
+            entry = tags.setdefault(tag, {})
+            for value, count in values.items():
+                entry[value] = entry.get(value, 0) + count
+    return tags
+
+
+def _select(figures: dict[str, Any], key: str | None) -> dict[str, Any]:
+    if key is None:
+        return figures
+    return {key: figures[key]} if key in figures else {}
+
+
+def summary(services: Services, request: ApiRequest) -> ApiResponse:
+    """GET /summary, /summary/<section> and /summary/<section>/<key>."""
+    days = services.store.day_stats(_days(services, request))
+    section = request.params.get("section")
+    key = request.params.get("key")
+    if section is None:
+        return ApiResponse(200, {
+            "daily": [
+                {"date": stats.day, "boot": day_metrics(stats, "boot"), "clone": day_metrics(stats, "clone"),
+                 "tag": _day_tags(stats)}
+                for stats in days
+            ],
+            "boot": _range_metrics(days, "boot"),
+            "clone": _range_metrics(days, "clone"),
+            "tag": _range_tags(days),
+        })
+    if section not in SECTIONS:
+        raise not_found(error=f"unknown summary section {section}")
+    if section == "tag":
+        return ApiResponse(200, {
+            "tag": _select(_range_tags(days), key),
+            "daily": [{"date": stats.day, "tag": _select(_day_tags(stats), key)} for stats in days],
+        })
+    return ApiResponse(200, {
+        section: _select(_range_metrics(days, section), key),
+        "daily": [{"date": stats.day, section: _select(day_metrics(stats, section), key)} for stats in days],
+    })

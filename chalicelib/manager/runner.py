@@ -1,0 +1,114 @@
+"""What a scheduled (or refill-triggered) invocation does for one pool.
+
+It holds the pool's lease in Redis, so a second invocation for the same pool exits at once (after
+nudging the holder to look again), and a crashed holder's lease simply expires. While the pool has
+work in flight it runs a pass every ``check_loop_delay_min`` seconds, waking early when nudged,
+until its time budget is spent; an idle pool returns after one pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from chalicelib.manager.reconcile import Checkpoint, PassReport, reconcile_pool, _no_checkpoint
+from chalicelib.observability import emit, logger
+from chalicelib.providers.base import ProviderError
+from chalicelib.store import StoreUnavailable
+
+if TYPE_CHECKING:
+    from chalicelib.services import Services
+
+LEASE_SECONDS = 90.0
+"""Longer than any single pass; renewed before every pass."""
+
+
+@dataclass
+class RunReport:
+    pool: str
+    leased: bool
+    passes: list[PassReport] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def run_pool(
+    services: "Services",
+    pool_name: str,
+    budget_seconds: float,
+    checkpoint: Checkpoint = _no_checkpoint,
+) -> RunReport:
+    """Reconcile one pool for up to ``budget_seconds`` (wall time), if nobody else is."""
+    store = services.store
+    token = store.acquire_lease(pool_name, LEASE_SECONDS)
+    if token is None:
+        store.wake(pool_name)
+        logger.debug("pool is reconciled elsewhere; nudged the holder", extra={"pool": pool_name})
+        return RunReport(pool_name, leased=False)
+    report = RunReport(pool_name, leased=True)
+    deadline = time.monotonic() + budget_seconds
+    try:
+        while True:
+            pool = services.pool(pool_name)
+            if pool is None:
+                break
+            store.clear_wakes(pool_name)
+            started = time.monotonic()
+            try:
+                result = reconcile_pool(store, services.provider(pool.provider), pool, services.clock,
+                                        services.config.service, checkpoint)
+            except (ProviderError, StoreUnavailable) as error:
+                # The pass stopped where it was; everything it did is consistent. Try next time.
+                report.failures.append(str(error))
+                logger.warning("reconcile pass failed", extra={"pool": pool_name, "error": str(error)})
+                emit(pool_name, {"ReconcileErrors": 1})
+                break
+            report.passes.append(result)
+            _publish(result)
+            delay = float(pool.get("check_loop_delay_min", services.config.service.check_loop_delay_min))
+            pass_seconds = time.monotonic() - started
+            if not result.work_in_flight or time.monotonic() + delay + pass_seconds > deadline:
+                break
+            if not store.renew_lease(pool_name, token, LEASE_SECONDS + delay):
+                break  # our lease expired and someone else holds it now
+            store.wait_for_wake(pool_name, delay)
+    finally:
+        try:
+            store.release_lease(pool_name, token)
+        except StoreUnavailable:
+            pass  # it expires by itself
+    return report
+
+
+def _publish(result: PassReport) -> None:
+    """Log a pass that did something, and emit the pool's gauges and counters."""
+    changes = {
+        "clones_started": len(result.clones_started),
+        "became_ready": len(result.became_ready),
+        "completed": len(result.completed),
+        "destroyed": len(result.destroyed),
+        "dropped": len(result.dropped),
+        "discovered": len(result.discovered),
+        "clone_failures": len(result.clone_failures),
+    }
+    if any(changes.values()) or result.errors:
+        logger.info(
+            "reconcile pass",
+            extra={"pool": result.pool, **changes, "counts": result.counts,
+                   "reasons": result.completed, "errors": result.errors},
+        )
+    counts = result.counts
+    emit(
+        result.pool,
+        {
+            "Ready": counts.get("ready", 0),
+            "Pending": counts.get("pending", 0),
+            "Running": counts.get("running", 0),
+            "ClonesStarted": len(result.clones_started),
+            "CloneFailures": len(result.clone_failures),
+            "VMsDestroyed": len(result.destroyed),
+            "ProviderCalls": result.provider_calls,
+        },
+        seconds={"ReconcileDuration": result.duration_seconds,
+                 **{f"{s.kind.capitalize()}Duration": s.seconds for s in result.samples[-1:]}},
+    )
