@@ -50,13 +50,11 @@ def _show(value: Any) -> str:
 
 
 def integer(minimum: int | None = None, maximum: int | None = None) -> Checker:
-    """An int (or a string of digits, as vmpooler's ``to_i`` accepts) within bounds."""
-    bounds = []
-    if minimum is not None:
-        bounds.append(f">= {minimum}")
-    if maximum is not None:
-        bounds.append(f"<= {maximum}")
-    wanted = "an integer" + (" " + " and ".join(bounds) if bounds else "")
+    """An int (or a string of digits, as vmpooler's ``to_i`` accepts) within bounds.
+
+    The message names the rule broken: ``must be an integer >= 0`` for text or a number too
+    small, ``must be an integer <= 10000`` for one too large."""
+    wanted = "an integer" + (f" >= {minimum}" if minimum is not None else "")
 
     def check(value: Any) -> int:
         if isinstance(value, bool):
@@ -67,8 +65,10 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Checker:
             number = value
         else:
             raise _Invalid(f"must be {wanted}, got {_show(value)}")
-        if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        if minimum is not None and number < minimum:
             raise _Invalid(f"must be {wanted}, got {_show(value)}")
+        if maximum is not None and number > maximum:
+            raise _Invalid(f"must be an integer <= {maximum}, got {_show(value)}")
         return number
 
     return check

@@ -1,0 +1,373 @@
+"""Config loading: vmpooler's YAML as it is, precise error messages, where the config comes from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chalicelib import config as config_module
+from chalicelib.config import ConfigError, parse
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# A vmpooler config in vmpooler's own spelling (Ruby-symbol keys), with every key the contract
+# page names for each section.
+VMPOOLER_YAML = """\
+---
+:config:
+  site_name: 'vmpooler'
+  logfile: '/var/log/vmpooler.log'
+  task_limit: 12
+  timeout: 20
+  timeout_notification: 7
+  ready_ttl: 90
+  vm_lifetime: 6
+  vm_lifetime_auth: 48
+  max_lifetime_upper_limit: 336
+  prefix: 'ci-'
+  domain: 'example.com'
+  allowed_tags:
+    - 'project'
+    - 'owner'
+  experimental_features: true
+  purge_unconfigured_resources: true
+  create_folders: true
+  create_linked_clones: false
+  create_template_delta_disks: true
+  manage_host_selection: true
+  utilization_limit: 80
+  max_ondemand_instances_per_request: 20
+  ondemand_request_ttl: 10
+  max_vm_retries: 4
+  check_loop_delay_min: 3
+  check_loop_delay_max: 30
+  check_loop_delay_decay: 1.5
+
+:redis:
+  server: 'redis.example.com'
+  port: 6380
+  password: 'redis-secret'
+  data_ttl: 72
+
+:auth:
+  :provider: 'ldap'
+  :ldap:
+    :host: 'ldap.example.com'
+    :port: 636
+    :base: ['ou=users,dc=example,dc=com', 'ou=admins,dc=example,dc=com']
+    :user_object: ['uid', 'cn']
+    :encryption: 'simple_tls'
+    :service_account_hash:
+      :user_dn: 'cn=svc,dc=example,dc=com'
+      :password: 'svc-secret'
+
+:providers:
+  :vsphere:
+    server: 'vcenter.example.com'
+    username: 'vmpooler'
+    password: 'vc-secret'
+    insecure: true
+    datacenter: 'DC1'
+
+:tagfilter:
+  url: '(.*)\\/'
+
+:dns_configs:
+  :infra:
+    dns_class: 'dynamic-dns'
+    domain: 'infra.example.net'
+
+:pools:
+  - name: 'debian-12-x86_64'
+    alias: ['debian', 'linux']
+    template: 'templates/debian-12-x86_64'
+    folder: 'vmpooler/debian-12-x86_64'
+    pool: 'cluster1/Resources/ci'
+    datastore: 'vmstorage'
+    size: 5
+    provider: 'vsphere'
+    dns_plugin: 'infra'
+    clone_target: 'cluster1'
+    timeout: 10
+    ready_ttl: 30
+    network: 'VM Network'
+    datacenter: 'DC2'
+    create_linked_clone: true
+  - name: 'centos-9-x86_64'
+    alias: 'linux'
+    template: 'templates/centos-9-x86_64'
+    folder: 'vmpooler/centos-9-x86_64'
+    size: '3'
+    domain: 'centos.example.org'
+  - name: 'win-2022-x86_64'
+    template: 'templates/win-2022-x86_64'
+    folder: 'vmpooler/win-2022-x86_64'
+    size: 0
+"""
+
+
+def test_vmpooler_config_loads_with_every_key_of_the_contract() -> None:
+    config = parse(VMPOOLER_YAML)
+
+    assert config.warnings == ()
+    service = config.service
+    assert (service.task_limit, service.timeout, service.timeout_notification, service.ready_ttl) == (12, 20, 7, 90)
+    assert (service.vm_lifetime, service.vm_lifetime_auth, service.max_lifetime_upper_limit) == (6, 48, 336)
+    assert (service.prefix, service.domain, service.allowed_tags) == ("ci-", "example.com", ("project", "owner"))
+    assert service.experimental_features and service.purge_unconfigured_resources and service.create_folders
+    assert not service.create_linked_clones and service.create_template_delta_disks
+    assert service.manage_host_selection and service.utilization_limit == 80
+    assert (service.max_ondemand_instances_per_request, service.ondemand_request_ttl, service.max_vm_retries) == (20, 10, 4)
+    assert (service.check_loop_delay_min, service.check_loop_delay_max, service.check_loop_delay_decay) == (3.0, 30.0, 1.5)
+
+    redis = config.redis
+    assert (redis.server, redis.port, redis.password, redis.data_ttl_hours) == ("redis.example.com", 6380, "redis-secret", 72)
+
+    assert config.auth is not None and config.auth["provider"] == "ldap"
+    ldap = config.auth["ldap"]
+    assert ldap["host"] == "ldap.example.com" and ldap["port"] == 636
+    assert ldap["base"] == ["ou=users,dc=example,dc=com", "ou=admins,dc=example,dc=com"]
+    assert ldap["user_object"] == ["uid", "cn"] and ldap["encryption"] == "simple_tls"
+    assert ldap["service_account_hash"] == {"user_dn": "cn=svc,dc=example,dc=com", "password": "svc-secret"}
+
+    vsphere = config.providers["vsphere"]
+    assert vsphere.provider_class == "vsphere"
+    assert (vsphere.get("server"), vsphere.get("username"), vsphere.get("password")) == ("vcenter.example.com", "vmpooler", "vc-secret")
+    assert vsphere.get("insecure") is True and vsphere.get("datacenter") == "DC1"
+
+    assert dict(config.tagfilter) == {"url": "(.*)\\/"}
+
+    assert config.pool_names == ("debian-12-x86_64", "centos-9-x86_64", "win-2022-x86_64")
+    debian = config.pool("debian-12-x86_64")
+    assert debian is not None
+    assert (debian.template, debian.folder, debian.size, debian.provider) == (
+        "templates/debian-12-x86_64", "vmpooler/debian-12-x86_64", 5, "vsphere")
+    assert debian.alias == ("debian", "linux")
+    assert (debian.timeout_minutes, debian.ready_ttl_minutes) == (10, 30)
+    for key, value in {"pool": "cluster1/Resources/ci", "datastore": "vmstorage", "clone_target": "cluster1",
+                       "network": "VM Network", "datacenter": "DC2", "create_linked_clone": True}.items():
+        assert debian.get(key) == value, key
+    centos = config.pool("centos-9-x86_64")
+    assert centos is not None
+    assert centos.size == 3 and centos.alias == ("linux",)
+    # A pool without its own timeouts takes the service's.
+    assert (centos.timeout_minutes, centos.ready_ttl_minutes) == (20, 90)
+    assert config.pool("win-2022-x86_64").size == 0
+
+
+def test_plain_spelling_loads_the_same_as_ruby_symbols() -> None:
+    plain = VMPOOLER_YAML.replace("\n:", "\n").replace("  :", "  ").replace("    :", "    ")
+    assert ":pools:" not in plain and "\npools:" in plain
+
+    assert parse(plain) == parse(VMPOOLER_YAML)
+
+
+def test_defaults_are_vmpoolers() -> None:
+    config = parse("pools:\n  - {name: p, size: 1, provider: dummy}\n")
+    service = config.service
+    assert (service.task_limit, service.timeout, service.timeout_notification, service.ready_ttl) == (10, 15, 5, 60)
+    assert (service.vm_lifetime, service.vm_lifetime_auth) == (24, 24)
+    assert (service.max_ondemand_instances_per_request, service.ondemand_request_ttl, service.max_vm_retries) == (10, 5, 3)
+    assert (service.check_loop_delay_min, service.check_loop_delay_max, service.check_loop_delay_decay) == (5.0, 60.0, 2.0)
+    assert config.redis.data_ttl_hours == 168 and config.redis.port == 6379
+    assert config.auth is None
+
+
+def test_error_names_key_path_and_problem() -> None:
+    yaml_text = """\
+pools:
+  - {name: a, size: 1, provider: dummy}
+  - {name: b, size: 1, provider: dummy}
+  - {name: c, size: five, provider: dummy}
+"""
+    with pytest.raises(ConfigError) as raised:
+        parse(yaml_text)
+
+    assert raised.value.problems == ['pools[2].size: must be an integer >= 0, got "five"']
+    assert 'pools[2].size: must be an integer >= 0, got "five"' in str(raised.value)
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    yaml_text = """\
+:config:
+  task_limit: 0
+  vm_lifetime: lots
+  experimental_features: maybe
+:redis:
+  port: 70000
+:pools:
+  - {name: a, size: -1, provider: dummy}
+  - {name: a, size: 2, provider: nowhere}
+  - {size: 1, provider: dummy}
+  - {name: "bad name!", size: 1, provider: dummy}
+  - {name: v, size: 1, provider: vsphere}
+  - just-a-string
+:tagfilter:
+  url: '(['
+"""
+    with pytest.raises(ConfigError) as raised:
+        parse(yaml_text)
+
+    assert sorted(raised.value.problems) == sorted([
+        "config.task_limit: must be an integer >= 1, got 0",
+        'config.vm_lifetime: must be an integer >= 1, got "lots"',
+        'config.experimental_features: must be true or false, got "maybe"',
+        "redis.port: must be an integer <= 65535, got 70000",
+        "pools[0].size: must be an integer >= 0, got -1",
+        'pools[1].name: duplicate pool name "a"',
+        'pools[1].provider: no provider named "nowhere" in providers',
+        "pools[2].name: is required",
+        'pools[3].name: must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$, got "bad name!"',
+        "pools[4].template: is required for a vsphere pool",
+        'pools[5]: must be a mapping, got "just-a-string"',
+        "tagfilter.url: must be a regular expression (unterminated character set at position 1)",
+    ])
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("{{{", "config: not valid YAML"),
+        ("- a\n- b\n", "config: must be a YAML mapping at the top level"),
+        ("pools: {name: p}\n", 'pools: must be a list of pools, got {\'name\': \'p\'}'),
+        ("providers: [dummy]\n", "providers: must be a mapping, got ['dummy']"),
+        ("pools:\n  - {name: p, size: 1, provider: dummy, dns_plugin: nope}\n",
+         'pools[0].dns_plugin: no dns_configs entry named "nope"'),
+        ("providers:\n  mine: {provider_class: xen}\n",
+         'providers.mine.provider_class: must be one of vsphere, dummy, got "xen"'),
+        ("auth: {ldap: {}}\n", "auth.provider: is required"),
+    ],
+)
+def test_malformed_sections_are_refused_with_their_path(text: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse(text)
+
+    assert any(p.startswith(problem) for p in raised.value.problems), raised.value.problems
+
+
+def test_unknown_keys_warn_and_do_not_fail() -> None:
+    config = parse("""\
+:config:
+  task_limit: 3
+  shiny_new_option: 1
+:pools:
+  - name: p
+    size: 2
+    provider: dummy
+    colour: blue
+:graphite:
+  server: graphite.example.com
+:mystery_section:
+  a: 1
+""")
+
+    assert config.service.task_limit == 3
+    assert config.pool("p").size == 2
+    assert sorted(config.warnings) == sorted([
+        "config.shiny_new_option: unknown key, ignored",
+        "pools[0].colour: unknown key, ignored",
+        "mystery_section: unknown section, ignored",
+    ])
+
+
+def test_aliases_resolve_to_their_pools_and_pool_names_win() -> None:
+    config = parse("""\
+pools:
+  - {name: debian, size: 1, provider: dummy, alias: [linux, any]}
+  - {name: centos, size: 1, provider: dummy, alias: [linux, debian]}
+  - {name: windows, size: 1, provider: dummy, alias: any}
+""")
+
+    assert config.resolve("debian") == ("debian",)  # a pool's own name is never an alias
+    assert config.resolve("linux") == ("debian", "centos")
+    assert config.resolve("any") == ("debian", "windows")
+    assert config.resolve("nothing") == ()
+    assert config.aliases_of("centos") == ("linux", "debian")
+
+
+def test_pool_domain_comes_from_pool_then_dns_config_then_service() -> None:
+    config = parse("""\
+config: {domain: example.com}
+dns_configs:
+  infra: {dns_class: dynamic-dns, domain: infra.example.net}
+pools:
+  - {name: own, size: 1, provider: dummy, domain: own.example.org, dns_plugin: infra}
+  - {name: dns, size: 1, provider: dummy, dns_plugin: infra}
+  - {name: plain, size: 1, provider: dummy}
+""")
+
+    assert config.pool("own").domain == "own.example.org"
+    assert config.pool("dns").domain == "infra.example.net"
+    assert config.pool("plain").domain == "example.com"
+
+
+def test_pool_and_provider_settings_override_in_order() -> None:
+    config = parse("""\
+providers:
+  fake: {provider_class: dummy, createvm_max_time: 30, boot_time: 5, seed: 7}
+pools:
+  - {name: slow, size: 1, provider: fake, createvm_max_time: 90}
+  - {name: normal, size: 1, provider: fake}
+""")
+    provider = config.providers["fake"]
+
+    assert provider.provider_class == "dummy"
+    assert provider.pool_setting(config.pool("slow"), "createvm_max_time") == 90
+    assert provider.pool_setting(config.pool("normal"), "createvm_max_time") == 30
+    assert provider.pool_setting(config.pool("normal"), "destroyvm_max_time", 0) == 0
+    assert provider.get("seed") == 7
+
+
+SMALL = "pools:\n  - {{name: {name}, size: 1, provider: dummy}}\n"
+
+
+def test_raw_yaml_beats_file_beats_packaged_default(tmp_path: Path) -> None:
+    config_file = tmp_path / "vmpool.yaml"
+    config_file.write_text(SMALL.format(name="from-file"))
+
+    assert config_module.load({
+        "VMPOOL_CONFIG": SMALL.format(name="from-env"), "VMPOOL_CONFIG_FILE": str(config_file),
+    }).pool_names == ("from-env",)
+    assert config_module.load({"VMPOOL_CONFIG_FILE": str(config_file)}).pool_names == ("from-file",)
+    assert config_module.load({"VMPOOL_CONFIG": "", "VMPOOL_CONFIG_FILE": str(config_file)}).pool_names == ("from-file",)
+
+    default = config_module.load({})
+    assert default.pool_names == config_module.parse(config_module.DEFAULT_CONFIG_FILE.read_text()).pool_names
+    assert default.pool_names  # the packaged default serves something out of the box
+    assert default.warnings == ()
+    assert all(default.provider_for(pool).provider_class == "dummy" for pool in default.pools)
+
+
+def test_unreadable_file_and_invalid_raw_yaml_name_their_source(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as raised:
+        config_module.load({"VMPOOL_CONFIG_FILE": str(missing)})
+    assert raised.value.problems == [f"{missing}: cannot read: No such file or directory"]
+
+    with pytest.raises(ConfigError) as raised:
+        config_module.load({"VMPOOL_CONFIG": "pools: [{name: p, size: many, provider: dummy}]"})
+    assert raised.value.problems == ['pools[0].size: must be an integer >= 0, got "many"']
+
+    with pytest.raises(ConfigError) as raised:
+        config_module.load({"VMPOOL_CONFIG": "{{{"})
+    assert raised.value.problems[0].startswith("VMPOOL_CONFIG: not valid YAML")
+
+
+def test_the_service_refuses_to_start_on_an_invalid_config(tmp_path: Path) -> None:
+    from chalicelib.services import Services
+
+    with pytest.raises(ConfigError) as raised:
+        Services.from_environment({"VMPOOL_CONFIG": "pools: [{name: p, size: -3, provider: dummy}]"})
+    assert raised.value.problems == ["pools[0].size: must be an integer >= 0, got -3"]
+
+
+def test_repository_example_config_loads() -> None:
+    example = REPO_ROOT / "vmpool.yaml.example"
+    if not example.exists():
+        pytest.skip("vmpool.yaml.example is not in the repository yet (the lead is writing it)")
+
+    config = parse(example.read_text(), str(example))
+
+    assert config.warnings == ()
+    assert config.pools
