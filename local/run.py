@@ -5,6 +5,9 @@ http://127.0.0.1:$PORT from several worker processes, and runs every pool's reco
 Ctrl-C stops all of it.
 
     python -m local.run [--port 8000] [--workers N] [--config FILE] [--provider dummy|vcsim]
+
+With ``--provider vcsim`` it also starts our vCenter simulator (tools/vcsim) and serves pools of
+real (simulated) vSphere clones instead of the dummy provider's.
 """
 
 from __future__ import annotations
@@ -32,6 +35,55 @@ def _serve(port: int, ready: "multiprocessing.synchronize.Event") -> None:
     server.serve_forever(poll_interval=0.5)
 
 
+VCSIM_CONFIG = """\
+# Written by `make run PROVIDER=vcsim`: two pools of clones in the local vCenter simulator.
+:config:
+  domain: example.com
+  vm_lifetime: 2
+  create_folders: true
+  check_loop_delay_min: 1
+  experimental_features: true
+:providers:
+  :vsphere:
+    provider_class: vsphere
+    server: "{server}"
+    username: {username}
+    password: {password}
+    ca_bundle: {ca_bundle}
+    ready_check: tools
+:pools:
+  - name: debian-12-x86_64
+    alias: [debian, linux]
+    template: {template}
+    folder: vmpool/debian-12-x86_64
+    size: 3
+    provider: vsphere
+  - name: centos-9-x86_64
+    alias: [centos, linux]
+    template: {template}
+    folder: vmpool/centos-9-x86_64
+    size: 2
+    provider: vsphere
+"""
+
+
+def _start_vcsim() -> tuple[object, Path]:
+    """Start the simulator (3 s boot delay) and write a config for it under .run/."""
+    from urllib.parse import urlsplit
+
+    from tools.vcsim import launcher
+
+    cert = STATE_DIR / "vcsim.pem"
+    process, url = launcher.start_vcsim(port=0, boot_delay=3.0, cert_path=cert)
+    config_file = STATE_DIR / "vcsim.yaml"
+    config_file.write_text(VCSIM_CONFIG.format(
+        server=urlsplit(url).netloc, username=launcher.USERNAME, password=launcher.PASSWORD,
+        ca_bundle=cert, template=launcher.TEMPLATE,
+    ))
+    print(f"vmpool: vcsim at {url}", flush=True)
+    return process, config_file
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
@@ -39,11 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=os.environ.get("VMPOOL_CONFIG_FILE"))
     parser.add_argument("--redis-port", type=int, default=int(os.environ.get("VMPOOL_LOCAL_REDIS_PORT", "0")))
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between scheduled passes")
+    parser.add_argument("--provider", choices=("dummy", "vcsim"), default=os.environ.get("PROVIDER", "dummy"))
     args = parser.parse_args(argv)
 
     from local.redis_server import RedisServer
 
-    if args.config:
+    STATE_DIR.mkdir(exist_ok=True)
+    vcsim_process = None
+    if args.provider == "vcsim":
+        vcsim_process, config_file = _start_vcsim()
+        os.environ["VMPOOL_CONFIG_FILE"] = str(config_file)
+    elif args.config:
         os.environ["VMPOOL_CONFIG_FILE"] = str(Path(args.config).resolve())
     redis_server = RedisServer(port=args.redis_port or None, data_dir=STATE_DIR / "redis", persist=True).start()
     os.environ["VMPOOL_REDIS_URL"] = redis_server.url
@@ -95,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         for worker in workers:
             worker.join(timeout=5)
         redis_server.stop()
+        if vcsim_process is not None:
+            from tools.vcsim.launcher import stop_vcsim
+
+            stop_vcsim(vcsim_process)
         print("vmpool: stopped", flush=True)
 
 

@@ -36,7 +36,7 @@ class LocalScheduler:
     def _loop(self, pool: str) -> None:
         while not self._stopping.is_set():
             try:
-                run_pool(self.services, pool, self.budget_seconds)
+                run_pool(self.services, pool, self.budget_seconds, stopping=self._stopping.is_set)
                 # Sleep until the next tick, or until the API nudges this pool.
                 deadline_left = self.interval_seconds
                 while deadline_left > 0 and not self._stopping.is_set():

@@ -69,7 +69,7 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
         empty = [p.name for p in config.pools if p.size > 0 and counts[p.name]["ready"] == 0]
         if empty:
             state = {"ok": False, "message": f"Found {len(empty)} empty pools.", "empty": empty}
-    state["uptime"] = round(now - services.store.started_at(now), 1)
+    state["uptime"] = round(now - services.started, 1)
     body["status"] = state
     return ApiResponse(200, dict(sorted(body.items())))
 

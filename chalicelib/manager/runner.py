@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from chalicelib.manager.reconcile import Checkpoint, PassReport, reconcile_pool, _no_checkpoint
 from chalicelib.observability import emit, logger
@@ -37,8 +37,10 @@ def run_pool(
     pool_name: str,
     budget_seconds: float,
     checkpoint: Checkpoint = _no_checkpoint,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> RunReport:
-    """Reconcile one pool for up to ``budget_seconds`` (wall time), if nobody else is."""
+    """Reconcile one pool for up to ``budget_seconds`` (wall time), if nobody else is.
+    ``stopping`` lets a host process (the local stack) end the loop early on shutdown."""
     store = services.store
     token = store.acquire_lease(pool_name, LEASE_SECONDS)
     if token is None:
@@ -67,7 +69,8 @@ def run_pool(
             _publish(result)
             delay = float(pool.get("check_loop_delay_min", services.config.service.check_loop_delay_min))
             pass_seconds = time.monotonic() - started
-            if not result.work_in_flight or time.monotonic() + delay + pass_seconds > deadline:
+            if (not result.work_in_flight or stopping()
+                    or time.monotonic() + delay + pass_seconds > deadline):
                 break
             if not store.renew_lease(pool_name, token, LEASE_SECONDS + delay):
                 break  # our lease expired and someone else holds it now

@@ -11,7 +11,6 @@ this module and the scripts must agree.
     wake:<pool>              list    nudges for the pool's reconcile (checkout, delete, request)
     lastboot                 hash    pool -> time of its last VM becoming ready
     daily:<YYYY-MM-DD>       hash    that day's clone/boot durations and tag counts
-    started                  string  when the service first started (for /status uptime)
 """
 
 from __future__ import annotations
@@ -48,7 +47,3 @@ class Keys:
 
     def daily(self, day: str) -> str:
         return f"{self.prefix}daily:{day}"
-
-    @property
-    def started(self) -> str:
-        return f"{self.prefix}started"

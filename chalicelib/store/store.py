@@ -335,12 +335,6 @@ class Store:
         with _translate_errors():
             return self.client.hgetall(self.keys.last_boot)
 
-    def started_at(self, now: float) -> float:
-        """When the service first started; set on first call."""
-        with _translate_errors():
-            self.client.set(self.keys.started, repr(now), nx=True)
-            return float(self.client.get(self.keys.started) or now)
-
     def ping(self) -> None:
         with _translate_errors():
             self.client.ping()

@@ -1,0 +1,43 @@
+# vmpool: two commands do all the set-up on a fresh Debian machine with Python 3.11.
+#   make run    the whole service on http://127.0.0.1:8000 (PORT, VMPOOL_CONFIG_FILE, PROVIDER=vcsim)
+#   make test   every test, against real redis-server, slapd and vcsim
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+PROVIDER ?= dummy
+export DEBIAN_FRONTEND := noninteractive
+
+RUN_APT := redis-server
+TEST_APT := redis-server slapd ldap-utils openssl golang-go golang-github-vmware-govmomi-dev
+ifeq ($(PROVIDER),vcsim)
+RUN_APT += golang-go golang-github-vmware-govmomi-dev
+endif
+
+.PHONY: run test apt-run apt-test venv vcsim clean
+
+run: apt-run venv $(if $(filter vcsim,$(PROVIDER)),vcsim)
+	$(PY) -m local.run --port $(PORT) --provider $(PROVIDER)
+
+test: apt-test venv vcsim
+	$(PY) -m pytest -p no:warnings $(PYTEST_ARGS)
+
+# Installs only the Debian packages that are missing: a no-op (no apt-get at all) once they are there.
+apt-run:
+	@./tools/apt-ensure.sh $(RUN_APT)
+apt-test:
+	@./tools/apt-ensure.sh $(TEST_APT)
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@$(PYTHON) -c "import ensurepip" 2>/dev/null || ./tools/apt-ensure.sh python3-venv
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+vcsim:
+	@sh tools/vcsim/build.sh
+
+clean:
+	rm -rf $(VENV) .run build tools/vcsim/vcsim
