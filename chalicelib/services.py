@@ -7,7 +7,6 @@ provider connections (vCenter sessions) held here.
 from __future__ import annotations
 
 import os
-from functools import cached_property
 import redis
 
 from chalicelib import config as config_module
@@ -41,6 +40,8 @@ class Services:
         self.store = Store(client, prefix=prefix, data_ttl_hours=config.redis.data_ttl_hours)
         self._providers: dict[str, Provider] = {}
         self.refill: RefillTrigger = refill or NoRefill()
+        self.started = self.clock.now()
+        """When this process started serving: /status reports uptime from it, as vmpooler does."""
 
     @classmethod
     def from_environment(cls, environ: dict[str, str] | None = None, config: Config | None = None) -> "Services":
@@ -75,7 +76,3 @@ class Services:
                 self.config.providers[name], self.config, self.client, self.clock
             )
         return self._providers[name]
-
-    @cached_property
-    def started(self) -> float:
-        return self.clock.now()

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from chalice import Chalice
 
-NOT_FOUND = json.dumps({"ok": False}).encode()
+NOT_FOUND = b'{"ok":false}'
 
 
 @dataclass(frozen=True)
