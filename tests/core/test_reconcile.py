@@ -1,0 +1,453 @@
+"""The reconcile pass on a fake clock, through every transition, failures, kills and races."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+
+import pytest
+
+from chalicelib.manager.reconcile import CLONE_START_GRACE_SECONDS, day_of
+from tests.core.conftest import World, WorldFactory, assert_consistent
+
+# Clones take up to 60 s, boots 30 s more; timeouts are in minutes.
+BASE = """\
+config: {{task_limit: {task_limit}, timeout: 5, ready_ttl: 10, vm_lifetime: 2, prefix: "ci-", domain: example.com}}
+redis: {{data_ttl: 1}}
+providers:
+  dummy: {{provider_class: dummy, seed: 7, createvm_max_time: 60, boot_time: 30, destroyvm_max_time: 20{extra}}}
+pools:
+{pools}
+"""
+
+
+def world_with(make_world: WorldFactory, pools: str = "  - {name: alpha, size: 3, provider: dummy}",
+               task_limit: int = 10, extra: str = "") -> World:
+    return make_world(BASE.format(task_limit=task_limit, pools=pools, extra=extra))
+
+
+@pytest.fixture
+def world(make_world: WorldFactory) -> World:
+    return world_with(make_world)
+
+
+def fill(world: World, pool: str = "alpha") -> set[str]:
+    """Reconcile until the pool is full of ready VMs; returns them."""
+    world.settle(pool)
+    ready = world.hosts(pool, "ready")
+    assert len(ready) == world.pool(pool).size
+    return ready
+
+
+# --- the happy path -----------------------------------------------------------------------------
+
+
+def test_first_pass_starts_clones_without_waiting(world: World) -> None:
+    report = world.reconcile("alpha")
+
+    assert len(report.clones_started) == 3
+    assert world.hosts("alpha", "pending") == set(report.clones_started)
+    assert world.store.cloning_count() == 3
+    for host in report.clones_started:
+        record = world.store.get_vm(host)
+        assert record.clone_task and record.clone_start == world.clock.now()
+        assert host.startswith("ci-") and len(host) <= 15
+        assert record.domain == "example.com"
+    assert report.work_in_flight
+
+    # Nothing is ready yet and a second pass at the same instant starts nothing more.
+    again = world.reconcile("alpha")
+    assert again.clones_started == [] and again.became_ready == []
+
+
+def test_pending_becomes_ready_and_records_durations(make_world: WorldFactory) -> None:
+    # The pool's own boot_time overrides the provider's: booting takes longer than any clone.
+    world = world_with(make_world, pools="  - {name: alpha, size: 3, provider: dummy, boot_time: 120}")
+    started = world.reconcile("alpha").clones_started
+    world.clock.advance(60)  # every clone is done; none has booted
+    report = world.reconcile("alpha")
+    assert report.became_ready == []
+    assert world.store.cloning_count() == 0  # finished clones free their slot at once
+    booting = world.store.get_vm(started[0])
+    assert booting.clone_end is not None and booting.not_ready_reason == "booting: no IP address yet"
+
+    world.clock.advance(120)
+    report = world.reconcile("alpha")
+
+    assert sorted(report.became_ready) == sorted(started)
+    assert world.hosts("alpha", "ready") == set(started)
+    assert world.count("alpha", "pending") == 0
+    for host in started:
+        record = world.store.get_vm(host)
+        assert record.state == "ready" and record.ready_at == world.clock.now()
+        assert record.ip.startswith("10.") and record.not_ready_reason == ""
+    assert not report.work_in_flight
+    stats = world.store.day_stats([day_of(world.clock.now())])[0]
+    assert stats.number("clone:count") == 3 and stats.number("boot:count") == 3
+    assert 120 <= stats.number("boot:max") <= 180
+    when = datetime.fromtimestamp(world.clock.now(), timezone.utc).strftime("%Y-%m-%d %H:%M:%S +0000")
+    assert world.store.last_boots() == {"alpha": when}
+    assert_consistent(world, "alpha")
+
+
+# --- leaving service ----------------------------------------------------------------------------
+
+
+def test_pending_past_timeout_is_completed_with_the_reason(make_world: WorldFactory) -> None:
+    world = world_with(make_world, extra=", vmready_fail_percent: 100")
+    started = world.reconcile("alpha").clones_started
+    world.clock.advance(4 * 60)
+    report = world.reconcile("alpha")
+    assert report.completed == {}
+    assert world.store.get_vm(started[0]).not_ready_reason == "dummy: readiness check failed (simulated failure)"
+
+    world.clock.advance(61 + 1)
+    report = world.reconcile("alpha")
+
+    assert set(report.completed) == set(started)
+    for host in started:
+        record = world.store.get_vm(host)
+        assert record.state == "completed"
+        assert record.reason == "not ready after 5 minutes: dummy: readiness check failed (simulated failure)"
+    # ... and their replacements are already cloning.
+    assert len(report.clones_started) == 3
+
+
+def test_clone_still_running_past_timeout_is_completed(make_world: WorldFactory) -> None:
+    world = world_with(make_world, pools="  - {name: alpha, size: 1, provider: dummy, createvm_max_time: 100000}")
+    # With this seed the clone takes far longer than the 5-minute timeout.
+    (host,) = world.reconcile("alpha").clones_started
+    world.clock.advance(5 * 60 + 1)
+
+    report = world.reconcile("alpha")
+
+    assert report.completed == {host: "clone still running after 5 minutes"}
+    assert world.store.cloning_count() == 1  # only the replacement holds a slot
+
+
+def test_clone_failure_is_recorded_and_frees_its_slot(make_world: WorldFactory) -> None:
+    world = world_with(make_world, task_limit=1,
+                       pools="  - {name: alpha, size: 1, provider: dummy, createvm_fail_percent: 100}")
+    failures: list[str] = []
+    for _ in range(5):
+        report = world.reconcile("alpha")
+        # Every pass can start a clone: the failed one never keeps the single slot.
+        assert len(report.clones_started) == 1
+        assert world.store.cloning_count() == 1
+        failures += list(report.clone_failures)
+        world.clock.advance(61)
+        assert_consistent(world, "alpha")
+
+    assert len(failures) == 4
+    record = world.store.get_vm(failures[0])
+    assert record.reason == "clone failed: dummy: clone failed (simulated failure)"
+    assert record.state in ("completed", "destroyed")
+    # A failed clone leaves no VM behind, and its record is eventually destroyed, keeping the reason.
+    world.reconcile("alpha")
+    record = world.store.get_vm(failures[0])
+    assert record.state == "destroyed" and record.reason.startswith("clone failed")
+    assert world.provider_vms("alpha") == set()
+
+
+def test_ready_past_ready_ttl_is_completed(world: World) -> None:
+    old = fill(world)
+    world.clock.advance(10 * 60 + 1)
+
+    report = world.reconcile("alpha")
+
+    assert set(report.completed) == old
+    assert set(report.completed.values()) == {"ready for longer than ready_ttl (10 minutes)"}
+    assert world.hosts("alpha", "completed") == old
+    assert len(report.clones_started) == 3
+
+
+def test_running_past_lifetime_is_reaped_then_destroyed_and_its_record_expires(world: World) -> None:
+    fill(world)
+    (host,) = world.check_out("alpha", lifetime_hours=1)
+    world.clock.advance(3599)
+    assert host not in world.reconcile("alpha").completed
+
+    world.clock.advance(1)
+    report = world.reconcile("alpha")
+    assert report.completed[host] == "lifetime of 1 hours expired"
+
+    world.clock.advance(1)
+    report = world.reconcile("alpha")
+    assert host not in report.destroyed  # the destroy task is started, not waited for
+    assert world.store.get_vm(host).destroy_task
+    assert host in world.provider_vms("alpha")
+
+    world.clock.advance(20)
+    report = world.reconcile("alpha")
+    assert host in report.destroyed
+    assert host not in world.provider_vms("alpha")
+    record = world.store.get_vm(host)
+    assert record.state == "destroyed" and record.reason == "lifetime of 1 hours expired"
+    assert not record.destroy_task
+    assert 0 < world.client.ttl(world.store.keys.vm(host)) <= 3600  # data_ttl: 1 hour
+    assert host not in set().union(*(world.hosts("alpha", s) for s in ("ready", "running", "completed")))
+
+
+def test_lifetime_defaults_to_the_services_vm_lifetime(world: World) -> None:
+    fill(world)
+    host = world.hosts("alpha", "ready").pop()
+    world.store.move(host, "alpha", "ready", "running", world.clock.now(), checkout=world.clock.now())
+    world.clock.advance(2 * 3600 - 1)
+    assert host not in world.reconcile("alpha").completed
+    world.clock.advance(1)
+    assert world.reconcile("alpha").completed[host] == "lifetime of 2 hours expired"
+
+
+def test_destroy_failure_is_retried_until_it_succeeds(make_world: WorldFactory) -> None:
+    world = world_with(make_world, pools="  - {name: alpha, size: 1, provider: dummy}")
+    fill(world)
+    (host,) = world.check_out("alpha")
+    world.store.move(host, "alpha", "running", "completed", world.clock.now(), reason="returned")
+    world.provider.config = type(world.provider.config)(
+        world.provider.config.name, "dummy", {**world.provider.config.settings, "destroyvm_fail_percent": 100})
+    world.reconcile("alpha")
+    world.clock.advance(21)
+    report = world.reconcile("alpha")
+    assert report.errors == [f"destroy {host}: dummy: destroy failed (simulated failure)"]
+    assert world.store.get_vm(host).raw["destroy_error"] == "dummy: destroy failed (simulated failure)"
+    assert world.state_of(host) == "completed"
+
+    world.provider.config = type(world.provider.config)(
+        world.provider.config.name, "dummy", {**world.provider.config.settings, "destroyvm_fail_percent": 0})
+    world.settle("alpha")
+    assert world.state_of(host) == "destroyed"
+    assert host not in world.provider_vms("alpha")
+
+
+# --- drift between the provider and the store ---------------------------------------------------
+
+
+def test_vm_made_by_hand_is_discovered_completed_and_destroyed(world: World) -> None:
+    fill(world)
+    world.provider.create_by_hand(world.pool("alpha"), "stray-vm")
+
+    report = world.reconcile("alpha")
+    assert report.discovered == ["stray-vm"]
+    assert world.state_of("stray-vm") == "discovered"
+    assert world.count("alpha", "ready") == 3  # a discovered VM never counts as ready
+
+    world.clock.advance(1)
+    report = world.reconcile("alpha")
+    assert report.completed == {"stray-vm": "found in the pool folder but not created by vmpool"}
+
+    world.settle("alpha")
+    assert world.state_of("stray-vm") == "destroyed"
+    assert "stray-vm" not in world.provider_vms("alpha")
+    assert world.count("alpha", "ready") == 3
+
+
+def test_tracked_vm_deleted_by_hand_is_dropped_and_replaced(world: World) -> None:
+    ready = fill(world)
+    (running,) = world.check_out("alpha")
+    gone_ready = sorted(ready - {running})[0]
+    world.provider.delete_by_hand(world.pool("alpha"), gone_ready)
+    world.provider.delete_by_hand(world.pool("alpha"), running)
+
+    report = world.reconcile("alpha")
+
+    assert sorted(report.dropped) == sorted([gone_ready, running])
+    assert world.store.get_vm(gone_ready).reason == "gone from the provider while ready"
+    assert world.store.get_vm(running).reason == "gone from the provider while running"
+    assert world.state_of(gone_ready) == world.state_of(running) == "destroyed"
+    assert len(report.clones_started) == 2  # the pool had two ready VMs fewer
+    world.settle("alpha")
+    assert world.count("alpha", "ready") == 3
+
+
+def test_checked_out_vm_is_never_reaped_as_discovered(world: World) -> None:
+    ready = fill(world)
+    taken: list[str] = []
+
+    def check_out_between_inventory_and_snapshot(step: str) -> None:
+        if step == "inventory" and not taken:
+            taken.extend(world.check_out("alpha"))
+
+    report = world.reconcile("alpha", check_out_between_inventory_and_snapshot)
+
+    (host,) = taken
+    assert host in ready
+    assert report.discovered == [] and report.completed == {}
+    assert world.state_of(host) == "running"
+    world.settle("alpha")
+    assert world.state_of(host) == "running"
+    assert host in world.provider_vms("alpha")
+
+
+def test_vm_checked_out_during_a_pass_is_not_expired_by_it(world: World) -> None:
+    ready = fill(world)
+    world.clock.advance(10 * 60 + 1)  # every ready VM is past ready_ttl
+    taken: list[str] = []
+
+    def check_out_after_snapshot(step: str) -> None:
+        if step == "snapshot":
+            taken.extend(world.check_out("alpha"))
+
+    report = world.reconcile("alpha", check_out_after_snapshot)
+
+    (host,) = taken
+    assert set(report.completed) == ready - {host}
+    assert world.state_of(host) == "running"
+
+
+# --- repopulation -------------------------------------------------------------------------------
+
+
+def test_clones_in_flight_never_exceed_task_limit_across_pools(make_world: WorldFactory) -> None:
+    pools = "\n".join(f"  - {{name: {name}, size: 5, provider: dummy}}" for name in ("alpha", "beta", "gamma"))
+    world = world_with(make_world, pools=pools, task_limit=4)
+    names = ("alpha", "beta", "gamma")
+
+    for name in names:
+        world.reconcile(name)
+    assert world.store.cloning_count() == 4
+    assert sum(world.count(name, "pending") for name in names) == 4
+
+    for _ in range(30):
+        world.clock.advance(15)
+        for name in names:
+            world.reconcile(name)
+            assert world.store.cloning_count() <= 4
+            assert_consistent(world, name)
+    assert all(world.count(name, "ready") == 5 for name in names)
+    assert world.store.cloning_count() == 0
+
+
+def test_repopulate_replaces_checked_out_vms(world: World) -> None:
+    fill(world)
+    world.check_out("alpha", 2)
+
+    report = world.reconcile("alpha")
+
+    assert len(report.clones_started) == 2
+    assert world.count("alpha", "ready") + world.count("alpha", "pending") == 3
+    assert report.work_in_flight
+
+
+def test_pool_of_size_zero_clones_nothing(make_world: WorldFactory) -> None:
+    world = world_with(make_world, pools="  - {name: alpha, size: 0, provider: dummy}")
+    report = world.reconcile("alpha")
+    assert report.clones_started == [] and not report.work_in_flight
+
+
+# --- killed passes and passes at once -----------------------------------------------------------
+
+
+class Killed(Exception):
+    pass
+
+
+def busy_world(make_world: WorldFactory) -> tuple[World, set[str]]:
+    """A pool with work waiting in every step of the next pass: clones to finish and VMs to mark
+    ready, VMs to reap, destroys to finish, a discovered VM to complete, an unknown one to
+    discover, a running VM deleted by hand, and a deficit to clone. Returns the world and the VMs
+    that must still be running once it converges."""
+    world = world_with(make_world, pools="  - {name: alpha, size: 4, provider: dummy}", task_limit=6)
+    pool = world.pool("alpha")
+    fill(world)
+    kept = set(world.check_out("alpha", 1, lifetime_hours=5))
+    world.check_out("alpha", 2, lifetime_hours=1)
+    world.clock.advance(3600)  # two running VMs past their lifetime, the last ready one past ready_ttl
+    world.reconcile("alpha")  # three completed, four clones started
+    world.clock.advance(100)
+    world.reconcile("alpha")  # four ready, three destroys started
+    kept |= set(world.check_out("alpha", 2, lifetime_hours=5))
+    world.provider.create_by_hand(pool, "stray-two")
+    world.reconcile("alpha")  # two clones started, stray-two discovered
+    world.clock.advance(100)  # those clones done and booted, the destroys done
+    kept |= set(world.check_out("alpha", 1, lifetime_hours=5))  # a deficit for the next pass
+    (returned,) = world.check_out("alpha", 1)
+    world.store.move(returned, "alpha", "running", "completed", world.clock.now(), reason="returned")
+    deleted = sorted(kept)[0]
+    world.provider.delete_by_hand(pool, deleted)
+    world.provider.create_by_hand(pool, "stray-one")
+    return world, kept - {deleted}
+
+
+def checkpoints_of_one_pass(make_world: WorldFactory) -> list[str]:
+    world, _ = busy_world(make_world)
+    steps: list[str] = []
+    world.reconcile("alpha", steps.append)
+    return steps
+
+
+def test_scenario_for_kills_reaches_every_step(make_world: WorldFactory) -> None:
+    steps = checkpoints_of_one_pass(make_world)
+    assert {"inventory", "snapshot", "clone_finished", "ready", "completed", "dropped", "destroyed",
+            "destroy_started", "discovered", "reserved", "clone_started", "done"} <= set(steps), steps
+
+
+def test_pass_killed_at_any_step_converges_on_the_next(make_world: WorldFactory, redis_client) -> None:
+    steps = checkpoints_of_one_pass(make_world)
+    for kill_at, step in enumerate(steps):
+        redis_client.flushall()
+        world, running = busy_world(make_world)
+        reached: list[str] = []
+
+        def kill(name: str) -> None:
+            reached.append(name)
+            if len(reached) == kill_at + 1:
+                raise Killed(name)
+
+        with pytest.raises(Killed):
+            world.reconcile("alpha", kill)
+        assert reached[-1] == step
+        where = f"killed at checkpoint {kill_at} ({step})"
+        assert_consistent(world, "alpha", pass_completed=False)
+
+        # Later passes (past the grace for a clone reserved but never started) converge.
+        world.clock.advance(CLONE_START_GRACE_SECONDS + 1)
+        world.settle("alpha")
+
+        assert world.count("alpha", "ready") == 4, where
+        assert world.count("alpha", "pending") == 0, where
+        assert world.hosts("alpha", "running") == running, where  # no VM in use lost or reaped early
+        assert world.store.cloning_count() == 0, where
+        assert world.provider_vms("alpha") == world.hosts("alpha", "ready") | running, where
+        assert world.state_of("stray-one") == world.state_of("stray-two") == "destroyed", where
+
+
+def test_two_passes_at_once_do_not_over_clone(world: World) -> None:
+    nested: list[object] = []
+
+    def run_another_pass_mid_way(step: str) -> None:
+        if step in ("snapshot", "reserved") and len(nested) < 2:
+            nested.append(world.reconcile("alpha"))
+            assert_consistent(world, "alpha")
+
+    world.reconcile("alpha", run_another_pass_mid_way)
+
+    assert world.count("alpha", "pending") == 3
+    assert len(world.provider_vms("alpha")) == 3
+    assert world.store.cloning_count() == 3
+
+
+def test_many_passes_in_threads_do_not_over_clone(make_world: WorldFactory) -> None:
+    world = world_with(make_world, pools="  - {name: alpha, size: 5, provider: dummy}")
+    for _ in range(6):
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(8)
+
+        def one_pass() -> None:
+            try:
+                barrier.wait()
+                world.reconcile("alpha")
+            except BaseException as error:  # noqa: BLE001 - reported below
+                errors.append(error)
+
+        threads = [threading.Thread(target=one_pass) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert_consistent(world, "alpha")
+        assert len(world.provider_vms("alpha")) <= 5
+        world.clock.advance(20)
+    world.settle("alpha")
+    assert world.count("alpha", "ready") == 5
+    assert world.provider_vms("alpha") == world.hosts("alpha", "ready")
