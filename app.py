@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from typing import Any, Callable
 
 from chalice import Chalice, ConvertToMiddleware, Rate, Response
@@ -17,7 +18,8 @@ from chalice import Chalice, ConvertToMiddleware, Rate, Response
 from chalicelib import config as config_module
 from chalicelib.api.routes import ROUTES, Route, handle, render, request_from_chalice, versioned_paths
 from chalicelib.manager.runner import run_pool
-from chalicelib.observability import logger
+from chalicelib import observability
+from chalicelib.observability import emit, logger, tracer
 from chalicelib.services import Services
 
 app = Chalice(app_name="vmpool")
@@ -91,12 +93,23 @@ for _pool in CONFIG.pools:
 # --- refill: reconcile a pool right after a checkout or delete ----------------------------------
 
 
+def _seconds_queued(records: list[Any]) -> list[float]:
+    """How long each message waited in the queue (SQS stamps when it was sent, in ms)."""
+    now_ms = time.time() * 1000
+    sent = (float(r.to_dict().get("attributes", {}).get("SentTimestamp", now_ms)) for r in records)
+    return [max(0.0, now_ms - ms) / 1000 for ms in sent]
+
+
 @app.on_sqs_message(queue=REFILL_QUEUE_NAME, batch_size=10, name="refill")
 def refill(event: Any) -> None:
-    pools = {json.loads(record.body).get("pool") for record in event}
+    records = list(event)
+    emit(None, {}, seconds={observability.REFILL_LATENCY: _seconds_queued(records)})
+    pools = {json.loads(record.body).get("pool") for record in records}
     for pool_name in sorted(p for p in pools if p and CONFIG.pool(p)):
         run_pool(services(), pool_name, REFILL_BUDGET_SECONDS)
 
 
 app.register_middleware(ConvertToMiddleware(logger.inject_lambda_context), "scheduled")
 app.register_middleware(ConvertToMiddleware(logger.inject_lambda_context), "sqs")
+# Tracing (a no-op unless the stage enables it): every kind of invocation, cold starts annotated.
+app.register_middleware(ConvertToMiddleware(tracer.capture_lambda_handler), "all")

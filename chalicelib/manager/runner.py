@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from chalicelib.manager.reconcile import Checkpoint, PassReport, reconcile_pool, _no_checkpoint
-from chalicelib.observability import emit, logger
+from chalicelib import observability as metric
+from chalicelib.observability import clone_failure_reason, emit, logger
 from chalicelib.providers.base import ProviderError
 from chalicelib.store import StoreUnavailable
 
@@ -63,10 +64,11 @@ def run_pool(
                 # The pass stopped where it was; everything it did is consistent. Try next time.
                 report.failures.append(str(error))
                 logger.warning("reconcile pass failed", extra={"pool": pool_name, "error": str(error)})
-                emit(pool_name, {"ReconcileErrors": 1})
+                emit(pool_name, {metric.RECONCILE_ERRORS: 1})
+                emit(None, {metric.RECONCILE_ERRORS: 1})
                 break
             report.passes.append(result)
-            _publish(result)
+            _publish(result, pool.size)
             delay = float(pool.get("check_loop_delay_min", services.config.service.check_loop_delay_min))
             pass_seconds = time.monotonic() - started
             if (not result.work_in_flight or stopping()
@@ -83,7 +85,7 @@ def run_pool(
     return report
 
 
-def _publish(result: PassReport) -> None:
+def _publish(result: PassReport, capacity: int) -> None:
     """Log a pass that did something, and emit the pool's gauges and counters."""
     changes = {
         "clones_started": len(result.clones_started),
@@ -101,17 +103,30 @@ def _publish(result: PassReport) -> None:
                    "reasons": result.completed, "errors": result.errors},
         )
     counts = result.counts
+    durations: dict[str, list[float]] = {}
+    for sample in result.samples:
+        durations.setdefault(f"{sample.kind.capitalize()}Duration", []).append(sample.seconds)
     emit(
         result.pool,
         {
-            "Ready": counts.get("ready", 0),
-            "Pending": counts.get("pending", 0),
-            "Running": counts.get("running", 0),
-            "ClonesStarted": len(result.clones_started),
-            "CloneFailures": len(result.clone_failures),
-            "VMsDestroyed": len(result.destroyed),
-            "ProviderCalls": result.provider_calls,
+            metric.READY: counts.get("ready", 0),
+            metric.PENDING: counts.get("pending", 0),
+            metric.RUNNING: counts.get("running", 0),
+            metric.CAPACITY: capacity,
+            metric.CLONES_STARTED: len(result.clones_started),
+            metric.CLONE_FAILURES: len(result.clone_failures),
+            metric.VMS_DESTROYED: len(result.destroyed),
+            metric.PROVIDER_CALLS: result.provider_calls,
         },
-        seconds={"ReconcileDuration": result.duration_seconds,
-                 **{f"{s.kind.capitalize()}Duration": s.seconds for s in result.samples[-1:]}},
+        seconds={metric.RECONCILE_DURATION: result.duration_seconds, **durations},
     )
+    # Service-wide totals for the failure-rate alarm, and failures by class (bounded dimension).
+    if result.clones_started or result.clone_failures:
+        emit(None, {metric.CLONES_STARTED: len(result.clones_started),
+                    metric.CLONE_FAILURES: len(result.clone_failures)})
+    reasons: dict[str, int] = {}
+    for error in result.clone_failures.values():
+        reason = clone_failure_reason(error)
+        reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, count in sorted(reasons.items()):
+        emit(None, {metric.CLONE_FAILURES: count}, dimensions={"reason": reason})
