@@ -76,6 +76,9 @@ def json_body(request: ApiRequest, empty: Any = None) -> Any:
         return json.loads(text)
     except (ValueError, UnicodeDecodeError) as error:
         raise bad_request(f"Invalid JSON: {error}") from None
+    except RecursionError:
+        # Deeply nested arrays/objects exhaust the decoder's stack: bad input, not a server error.
+        raise bad_request("Request body too complex") from None
 
 
 def json_object(request: ApiRequest, empty: Any = None) -> Any:

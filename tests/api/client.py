@@ -113,11 +113,14 @@ class SpecOperations:
         self._patterns.sort(key=lambda entry: -entry[0])
 
     def operation(self, method: str, target: str) -> tuple[str, dict[str, Any]] | None:
-        path = VERSION_PREFIX.sub("", target.split("?", 1)[0])
+        full_path = target.split("?", 1)[0]
+        path = VERSION_PREFIX.sub("", full_path)
         for _, spec_path, pattern in self._patterns:
             if pattern.match(path):
                 operation = self.spec["paths"][spec_path].get(method.lower())
-                return (spec_path, operation) if operation else None
+                if operation is None or (path == full_path and not operation.get("x-unversioned")):
+                    return None  # not served without a version prefix
+                return spec_path, operation
         return None
 
     def check(self, method: str, target: str, status: int, body: Any) -> None:

@@ -136,5 +136,7 @@ def test_the_spec_check_rejects_a_body_of_the_wrong_shape(operations: SpecOperat
 def test_the_spec_check_matches_literal_paths_before_parameters(operations: SpecOperations) -> None:
     assert operations.operation("GET", "/api/v2/summary/boot?from=2024-01-01") is not None
     assert operations.operation("GET", "/api/v2/summary/boot")[0] == "/summary/{section}"
-    assert operations.operation("POST", "/vm/abc/snapshot")[0] == "/vm/{name}/snapshot"
+    assert operations.operation("POST", "/api/v1/vm/abc/snapshot")[0] == "/vm/{name}/snapshot"
     assert operations.operation("PATCH", "/api/v3/vm") is None
+    assert operations.operation("GET", "/vm/abc")[0] == "/vm/{name}"
+    assert operations.operation("GET", "/poolstat") is None  # only versioned

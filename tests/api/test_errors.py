@@ -1,0 +1,279 @@
+"""Every error path of every route: the right status, a JSON body with ``ok: false`` that says
+what was wrong, and nothing changed in Redis.
+
+Each case runs against pools with ready VMs and one VM checked out, so a handler that acted
+before validating would visibly change something. ``{running}`` and ``{ready}`` in a target stand
+for such VMs' hostnames.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+
+from tests.api.client import CONFIG_YAML, ApiClient, Stack
+
+Case = tuple[str, str, Any, int, str]
+"""(method, target, body, status, text the error must contain ("" for a bare {"ok": false}))."""
+
+POST_VM_CASES: list[Case] = [
+    ("POST", "/api/v3/vm", '{"pool1": ', 400, "Invalid JSON"),
+    ("POST", "/api/v3/vm", "{pool1: 1}", 400, "Invalid JSON"),
+    ("POST", "/api/v3/vm", b"\xff\xfe{}", 400, "Invalid JSON"),
+    ("POST", "/api/v3/vm", "[" * 5000 + "]" * 5000, 400, "too complex"),
+    ("POST", "/api/v3/vm", '{"a": ' * 3000 + "1" + "}" * 3000, 400, "too complex"),
+    ("POST", "/api/v3/vm", b'{"pool1": "' + b"x" * 70000 + b'"}', 400, "too large"),
+    ("POST", "/api/v3/vm", ["pool1"], 400, "must be a JSON object"),
+    ("POST", "/api/v3/vm", "pool1", 400, "Invalid JSON"),
+    ("POST", "/api/v3/vm", '"pool1"', 400, "must be a JSON object"),
+    ("POST", "/api/v3/vm", "null", 400, "must be a JSON object"),
+    ("POST", "/api/v3/vm", "3", 400, "must be a JSON object"),
+    ("POST", "/api/v3/vm", {"pool1": 0}, 400, "at least 1"),
+    ("POST", "/api/v3/vm", {"pool1": "0"}, 400, "at least 1"),
+    ("POST", "/api/v3/vm", {"pool1": 101}, 400, "at most 100"),
+    ("POST", "/api/v3/vm", {"pool1": "101"}, 400, "at most 100"),
+    ("POST", "/api/v3/vm", {"pool1": -1}, 400, "valid integer"),
+    ("POST", "/api/v3/vm", {"pool1": 1.5}, 400, "valid integer"),
+    ("POST", "/api/v3/vm", {"pool1": True}, 400, "valid integer"),
+    ("POST", "/api/v3/vm", {"pool1": "2x"}, 400, "valid integer"),
+    ("POST", "/api/v3/vm", {"pool1": " 1"}, 400, "valid integer"),
+    ("POST", "/api/v3/vm", {"pool1": [1]}, 400, "valid integer"),
+    ("POST", "/api/v3/vm", {"pool1": {"count": 1}}, 400, "valid integer"),
+    ("POST", "/api/v3/vm", {"pool1": None}, 400, "required"),
+    ("POST", "/api/v3/vm", {"pool1": 1, "pool2": 0}, 400, "at least 1"),
+    ("POST", "/api/v3/vm", {"../pool1": 1}, 400, "pool name"),
+    ("POST", "/api/v3/vm", {"pool1/x": 1}, 400, "pool name"),
+    ("POST", "/api/v3/vm", {"": 1}, 400, "pool name"),
+    ("POST", "/api/v3/vm", {"p" * 101: 1}, 400, "pool name"),
+    ("POST", "/api/v3/vm", {"nosuchpool": 1}, 404, "nosuchpool"),
+    ("POST", "/api/v3/vm", {"pool1": 1, "nosuchpool": 1}, 404, "nosuchpool"),
+    ("POST", "/api/v3/vm", None, 404, ""),
+    ("POST", "/api/v3/vm", "  ", 404, ""),
+    ("POST", "/api/v3/vm", {}, 404, ""),
+    ("POST", "/api/v3/vm", {"pool1": 3}, 503, "pool1"),
+    ("POST", "/api/v3/vm", {"pool1": 1, "pool3": 2}, 503, "pool3"),
+    ("POST", "/api/v3/vm", {"linux": 4}, 503, "linux"),
+    ("POST", "/api/v3/vm", {"pool1": 1, "two": 1, "linux": 2}, 503, "linux"),
+]
+
+POST_PATH_CASES: list[Case] = [
+    ("POST", "/api/v3/vm/nosuchpool", None, 404, "nosuchpool"),
+    ("POST", "/api/v3/vm/pool1+nosuchpool", None, 404, "nosuchpool"),
+    ("POST", "/api/v3/vm/pool1%2Fx", None, 400, "pool name"),
+    ("POST", "/api/v3/vm/..", None, 404, "unknown pool"),  # dots may be in pool names
+    ("POST", "/api/v3/vm/pool1+", None, 400, "pool name"),
+    ("POST", "/api/v3/vm/pool1%20", None, 400, "pool name"),
+    ("POST", "/api/v3/vm/" + "+".join(["pool1"] * 101), None, 400, "at most 100"),
+    ("POST", "/api/v3/vm/pool1+pool1+pool1", None, 503, "pool1"),
+    ("POST", "/api/v3/vm/pool2+pool3+pool3", None, 503, "pool3"),
+]
+
+GET_VM_CASES: list[Case] = [
+    ("GET", "/api/v3/vm/nosuchvm", None, 404, "nosuchvm"),
+    ("GET", "/api/v3/vm/nosuchvm.example.com", None, 404, "nosuchvm"),
+    ("GET", "/api/v3/vm/a%2Fb", None, 400, "Invalid hostname"),
+    ("GET", "/api/v3/vm/..", None, 400, "Invalid hostname"),
+    ("GET", "/api/v3/vm/%2E%2E", None, 400, "Invalid hostname"),
+    ("GET", "/api/v3/vm/{running}%2F..", None, 400, "Invalid hostname"),
+    ("GET", "/api/v3/vm/a_b", None, 400, "Invalid hostname"),
+    ("GET", "/api/v3/vm/a%20b", None, 400, "Invalid hostname"),
+    ("GET", "/api/v3/vm/-abc", None, 400, "Invalid hostname"),
+    ("GET", "/api/v3/vm/" + "a" * 254, None, 400, "too long"),
+]
+
+PUT_VM_CASES: list[Case] = [
+    ("PUT", "/api/v3/vm/nosuchvm", {"lifetime": 3}, 404, "nosuchvm"),
+    ("PUT", "/api/v3/vm/a%2Fb", {"lifetime": 3}, 400, "Invalid hostname"),
+    ("PUT", "/api/v3/vm/..", {"lifetime": 3}, 400, "Invalid hostname"),
+    ("PUT", "/api/v3/vm/{running}", '{"lifetime": ', 400, "Invalid JSON"),
+    ("PUT", "/api/v3/vm/{running}", [{"lifetime": 3}], 400, "must be a JSON object"),
+    ("PUT", "/api/v3/vm/{running}", "null", 400, "must be a JSON object"),
+    ("PUT", "/api/v3/vm/{running}", {"lifetime": 0}, 400, "Lifetime must be a positive integer (got 0)"),
+    ("PUT", "/api/v3/vm/{running}", {"lifetime": -2}, 400, "Lifetime must be a positive integer (got -2)"),
+    ("PUT", "/api/v3/vm/{running}", {"lifetime": "abc"}, 400, "Lifetime must be a positive integer (got abc)"),
+    ("PUT", "/api/v3/vm/{running}", {"lifetime": 1.5}, 400, "Lifetime must be a positive integer"),
+    ("PUT", "/api/v3/vm/{running}", {"lifetime": True}, 400, "Lifetime must be a positive integer"),
+    ("PUT", "/api/v3/vm/{running}", {"lifetime": None}, 400, "Lifetime must be a positive integer"),
+    ("PUT", "/api/v3/vm/{running}", {"lifetime": [3]}, 400, "Lifetime must be a positive integer"),
+    ("PUT", "/api/v3/vm/{running}", {"lifetime": {"h": 3}}, 400, "Lifetime must be a positive integer"),
+    ("PUT", "/api/v3/vm/{running}", {"lifetime": 168}, 400, "exceeds the configured maximum of 168"),
+    ("PUT", "/api/v3/vm/{running}", {"lifetime": "9" * 30}, 400, "exceeds the configured maximum"),
+    ("PUT", "/api/v3/vm/{running}", {"tags": "project=ci"}, 400, "something other than a hash"),
+    ("PUT", "/api/v3/vm/{running}", {"tags": ["project"]}, 400, "something other than a hash"),
+    ("PUT", "/api/v3/vm/{running}", {"tags": None}, 400, "something other than a hash"),
+    ("PUT", "/api/v3/vm/{running}", {"tags": 5}, 400, "something other than a hash"),
+    ("PUT", "/api/v3/vm/{running}", {"tags": {"": "x"}}, 400, "Tag key is required"),
+    ("PUT", "/api/v3/vm/{running}", {"tags": {"p" * 51: "x"}}, 400, "Tag key too long"),
+    ("PUT", "/api/v3/vm/{running}", {"tags": {"pro ject": "x"}}, 400, "Invalid tag key format"),
+    ("PUT", "/api/v3/vm/{running}", {"tags": {"project": "x" * 256}}, 400, "Tag value too long"),
+    ("PUT", "/api/v3/vm/{running}", {"tags": {"project": "a?b=c"}}, 400, "invalid characters"),
+    ("PUT", "/api/v3/vm/{running}", {"tags": {"project": "caf\u00e9"}}, 400, "invalid characters"),
+    ("PUT", "/api/v3/vm/{running}", {"tags": {"project": {"a": 1}}}, 400, "must be a string"),
+    ("PUT", "/api/v3/vm/{running}", {"tags": {"project": ["a"]}}, 400, "must be a string"),
+    ("PUT", "/api/v3/vm/{running}", {"tags": {"project": True}}, 400, "must be a string"),
+    ("PUT", "/api/v3/vm/{running}", {"tags": {"colour": "red"}}, 400, "unsupported tags (colour)"),
+    ("PUT", "/api/v3/vm/{running}", {"color": "red"}, 400, "Unknown argument"),
+    # one bad part spoils the whole request: the valid tag and lifetime are not applied
+    ("PUT", "/api/v3/vm/{running}", {"tags": {"project": "ci"}, "lifetime": 0}, 400, "Lifetime"),
+    ("PUT", "/api/v3/vm/{running}", {"lifetime": 5, "tags": {"project": "ci", "colour": "red"}}, 400, "unsupported"),
+    ("PUT", "/api/v3/vm/{running}", {"lifetime": 5, "extra": 1}, 400, "Unknown argument"),
+]
+
+DELETE_VM_CASES: list[Case] = [
+    ("DELETE", "/api/v3/vm/nosuchvm", None, 404, "nosuchvm"),
+    ("DELETE", "/api/v3/vm/nosuchvm.example.com", None, 404, "nosuchvm"),
+    ("DELETE", "/api/v3/vm/a%2Fb", None, 400, "Invalid hostname"),
+    ("DELETE", "/api/v3/vm/..", None, 400, "Invalid hostname"),
+    ("DELETE", "/api/v3/vm/{running}%2F..%2F{ready}", None, 400, "Invalid hostname"),
+    ("DELETE", "/api/v3/vm/{ready}", None, 404, "not running"),
+]
+
+SUMMARY_CASES: list[Case] = [
+    ("GET", "/api/v3/summary?from=2027-1-15", None, 400, "Invalid date format '2027-1-15', must match YYYY-MM-DD."),
+    ("GET", "/api/v3/summary?to=yesterday", None, 400, "Invalid date format 'yesterday'"),
+    ("GET", "/api/v3/summary?from=2027-13-45", None, 400, "Invalid date '2027-13-45'"),
+    ("GET", "/api/v3/summary?from=2027-02-30", None, 400, "Invalid date '2027-02-30'"),
+    ("GET", "/api/v3/summary?from=2027-01-10&to=2027-01-09", None, 400, "'to' cannot come before 'from'"),
+    ("GET", "/api/v3/summary?from=2027-01-16&to=2027-01-17", None, 400, "'from' must be in the past"),
+    ("GET", "/api/v3/summary?from=2025-01-01&to=2027-01-15", None, 400, "at most 366 days"),
+    ("GET", "/api/v3/summary/boot?from=2027-01-16&to=2027-01-17", None, 400, "'from' must be in the past"),
+    ("GET", "/api/v3/summary/tag/project?from=x", None, 400, "Invalid date format"),
+    ("GET", "/api/v3/summary/nosuch", None, 404, "nosuch"),
+    ("GET", "/api/v3/summary/nosuch/count", None, 404, "nosuch"),
+    # the dates are checked first, as in vmpooler
+    ("GET", "/api/v3/summary/nosuch?from=x", None, 400, "Invalid date format"),
+]
+
+UNKNOWN_ROUTE_CASES: list[Case] = [
+    ("GET", "/api/v3/nosuchroute", None, 404, ""),
+    ("GET", "/api/v4/vm", None, 404, ""),
+    ("GET", "/api/v3", None, 404, ""),
+    ("GET", "/api/v3/vm/{running}/nosuch", None, 404, ""),
+    ("POST", "/api/v3/vm/{running}/nosuch/deeper", None, 404, ""),
+    ("GET", "/api/v3/summary/boot/count/extra", None, 404, ""),
+    # vmpooler never rerouted these unversioned paths
+    ("GET", "/poolstat?pool=pool1", None, 404, ""),
+    ("GET", "/totalrunning", None, 404, ""),
+    ("GET", "/config", None, 404, ""),
+    ("GET", "/summary/boot", None, 404, ""),
+]
+
+WRONG_METHOD_CASES: list[Case] = [
+    ("PATCH", "/api/v3/vm", None, 405, "PATCH"),
+    ("PUT", "/api/v3/vm", {"pool1": 1}, 405, "PUT"),
+    ("DELETE", "/api/v3/vm", None, 405, "DELETE"),
+    ("PATCH", "/api/v3/vm/{running}", {"lifetime": 3}, 405, "PATCH"),
+    ("POST", "/api/v3/status", None, 405, "POST"),
+    ("DELETE", "/api/v1/status", None, 405, "DELETE"),
+    ("POST", "/api/v3/totalrunning", None, 405, "POST"),
+    ("PUT", "/api/v2/poolstat", None, 405, "PUT"),
+    ("DELETE", "/api/v3/summary", None, 405, "DELETE"),
+    ("POST", "/api/v3/summary/boot", None, 405, "POST"),
+    ("DELETE", "/api/v3/config", None, 405, "DELETE"),
+    ("PUT", "/status", None, 405, "PUT"),
+    ("DELETE", "/vm", None, 405, "DELETE"),
+]
+
+ALL_CASES = [
+    *POST_VM_CASES, *POST_PATH_CASES, *GET_VM_CASES, *PUT_VM_CASES, *DELETE_VM_CASES,
+    *SUMMARY_CASES, *UNKNOWN_ROUTE_CASES, *WRONG_METHOD_CASES,
+]
+
+
+def _case_id(case: Case) -> str:
+    method, target, body, status, _ = case
+    shown = repr(body)
+    return f"{method} {target[:60]} {shown[:40]} -> {status}"
+
+
+@pytest.fixture
+def busy(stack: Stack) -> Stack:
+    """pool1 and pool2 full (2 ready each, ``linux`` has 4), pool3 empty; then one pool1 VM
+    checked out, so pool1 has 1 ready and pool3 none."""
+    stack.fill("pool1", "pool2")
+    stack.running = stack.checkout("pool1")  # type: ignore[attr-defined]
+    return stack
+
+
+def _expect_error(api: ApiClient, stack: Stack, case: Case) -> dict[str, Any]:
+    method, target, body, status, text = case
+    target = target.format(running=stack.running, ready=stack.ready("pool2")[0])  # type: ignore[attr-defined]
+    before = stack.state()
+    reply = api.request(method, target, body)
+    after = stack.state()
+    assert reply.status == status, reply.json
+    answer = reply.json
+    assert answer["ok"] is False
+    messages = [answer.get("error", ""), *answer.get("failure", [])]
+    if text:
+        assert any(text in message for message in messages), answer
+    else:
+        assert set(answer) <= {"ok", "error"}
+    assert after == before, "the request changed Redis"
+    return answer
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=[_case_id(c) for c in ALL_CASES])
+def test_error_answers_and_changes_nothing(busy: Stack, case: Case) -> None:
+    _expect_error(busy.api, busy, case)
+
+
+@pytest.mark.parametrize("prefix", ["/api/v3", "/api/v2", "/api/v1", ""])
+def test_errors_are_the_same_under_every_version(busy: Stack, prefix: str) -> None:
+    for method, target, body, status, text in [
+        ("POST", "/vm", {"pool1": 101}, 400, "at most 100"),
+        ("POST", "/vm", {"nosuchpool": 1}, 404, "nosuchpool"),
+        ("POST", "/vm/pool3", None, 503, "pool3"),
+        ("GET", "/vm/a%2Fb", None, 400, "Invalid hostname"),
+        ("PUT", "/vm/{running}", {"lifetime": 0}, 400, "Lifetime"),
+        ("DELETE", "/vm/nosuchvm", None, 404, "nosuchvm"),
+    ]:
+        _expect_error(busy.api, busy, (method, prefix + target, body, status, text))
+
+
+def test_unknown_route_and_wrong_method_bodies(busy: Stack) -> None:
+    reply = busy.api.get("/api/v3/nosuchroute")
+    assert (reply.status, reply.json) == (404, {"ok": False})
+    reply = busy.api.request("PATCH", "/api/v3/vm")
+    assert reply.status == 405
+    assert reply.headers["Allow"] == "GET, POST"
+
+
+def test_put_reports_every_problem_at_once(busy: Stack) -> None:
+    answer = _expect_error(busy.api, busy, (
+        "PUT", "/api/v3/vm/{running}",
+        {"lifetime": 0, "tags": {"colour": "red", "project": "a?b"}, "extra": 1}, 400, "Lifetime",
+    ))
+    failures = answer["failure"]
+    assert len(failures) == 4, failures
+    assert failures[0] == "Lifetime must be a positive integer (got 0)"
+
+
+def test_put_on_a_vm_that_is_gone_is_404_and_does_not_recreate_it(busy: Stack) -> None:
+    busy.client.delete(f"vmpool:vm:{busy.running}")  # type: ignore[attr-defined]
+    _expect_error(busy.api, busy, ("PUT", "/api/v3/vm/{running}", {"tags": {"project": "ci"}}, 404, ""))
+
+
+def test_return_twice_is_404_the_second_time(busy: Stack) -> None:
+    assert busy.api.delete(f"/api/v3/vm/{busy.running}").status == 200  # type: ignore[attr-defined]
+    _expect_error(busy.api, busy, ("DELETE", "/api/v3/vm/{running}", None, 404, "not running"))
+
+
+def test_config_without_pools_is_404(make_stack: Callable[[str], Stack]) -> None:
+    stack = make_stack(":config:\n  domain: example.com\n")
+    reply = stack.api.get("/api/v3/config")
+    assert reply.status == 404
+    assert reply.json["ok"] is False
+
+
+def test_lifetime_limit_is_only_enforced_when_configured(make_stack: Callable[[str], Stack]) -> None:
+    """Without max_lifetime_upper_limit any positive lifetime is taken (as in vmpooler), and the
+    VM can still be described afterwards."""
+    stack = make_stack(CONFIG_YAML.replace("  max_lifetime_upper_limit: 168\n", ""))
+    stack.fill("pool1")
+    host = stack.checkout("pool1")
+    assert stack.api.put(f"/api/v3/vm/{host}", {"lifetime": 20000}).status == 200
+    described = stack.api.get(f"/api/v3/vm/{host}")
+    assert described.status == 200
+    assert described.json[host]["lifetime"] == 20000
