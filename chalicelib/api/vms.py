@@ -30,6 +30,9 @@ TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 TAG_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_ \t\r\n\f\v.@:/-]*$")
 MAX_TAG_KEY = 50
 MAX_TAG_VALUE = 255
+MAX_LIFETIME_HOURS = 10 * 365 * 24
+"""The ceiling when ``max_lifetime_upper_limit`` is not configured: beyond it a VM's end time
+is no longer a date (GET /vm would fail), and nobody needs a CI VM for over ten years."""
 
 
 def list_pools(services: Services, request: ApiRequest) -> ApiResponse:
@@ -204,7 +207,9 @@ def _parse_lifetime(value: Any, upper_limit: int | None, failures: list[str]) ->
         failures.append(f"Lifetime must be a positive integer (got {text})")
         return None
     hours = int(text)
-    if upper_limit is not None and hours >= upper_limit:
+    if upper_limit is None:
+        upper_limit = MAX_LIFETIME_HOURS + 1
+    if hours >= upper_limit:
         failures.append(f"You provided a lifetime ({text}) that exceeds the configured maximum of {upper_limit}.")
         return None
     return hours

@@ -277,3 +277,12 @@ def test_lifetime_limit_is_only_enforced_when_configured(make_stack: Callable[[s
     described = stack.api.get(f"/api/v3/vm/{host}")
     assert described.status == 200
     assert described.json[host]["lifetime"] == 20000
+
+
+def test_an_absurd_lifetime_is_refused_even_without_a_configured_limit(make_stack: Callable[[str], Stack]) -> None:
+    """A lifetime whose end is past any date would make the VM impossible to describe."""
+    stack = make_stack(CONFIG_YAML.replace("  max_lifetime_upper_limit: 168\n", ""))
+    stack.fill("pool1", "pool2")
+    stack.running = stack.checkout("pool1")  # type: ignore[attr-defined]
+    _expect_error(stack.api, stack, ("PUT", "/api/v3/vm/{running}", {"lifetime": "9" * 30}, 400, "exceeds"))
+    assert stack.api.get(f"/api/v3/vm/{stack.running}").status == 200  # type: ignore[attr-defined]
