@@ -1,0 +1,158 @@
+"""The /vm routes doing their job: list, check out (body and path forms, aliases, all or nothing),
+describe, change lifetime and tags, return."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from tests.api.client import Stack
+
+
+def _counts(stack: Stack, pool: str) -> dict[str, int]:
+    return stack.services.store.counts([pool])[pool]
+
+
+def _short(hostname: str) -> str:
+    return hostname.split(".", 1)[0]
+
+
+def test_list_pools_in_config_order_without_aliases(full: Stack) -> None:
+    reply = full.api.get("/api/v3/vm")
+    assert (reply.status, reply.json) == (200, ["pool1", "pool2", "pool3"])
+
+
+def test_checkout_one_vm_moves_it_from_ready_to_running(full: Stack) -> None:
+    ready_before = set(full.ready("pool1"))
+    reply = full.api.post("/api/v3/vm", {"pool1": 1})
+    assert reply.status == 200
+    assert list(reply.json) == ["ok", "pool1"]
+    hostname = reply.json["pool1"]["hostname"]
+    assert isinstance(hostname, str) and hostname.endswith(".one.example.com")
+    assert _short(hostname) in ready_before
+    assert _short(hostname) not in full.ready("pool1")
+    assert full.services.store.hostnames("pool1", "running") == [_short(hostname)]
+    assert full.services.store.get_vm(_short(hostname)).state == "running"
+
+
+def test_checkout_counts_as_strings_give_arrays(full: Stack) -> None:
+    reply = full.api.post("/api/v3/vm", {"pool2": "2", "pool3": "1"})
+    assert reply.status == 200
+    assert list(reply.json) == ["ok", "pool2", "pool3"]
+    hostnames = reply.json["pool2"]["hostname"]
+    assert isinstance(hostnames, list) and len(set(hostnames)) == 2
+    assert all(name.endswith(".example.com") for name in hostnames)
+    assert reply.json["pool3"]["hostname"].endswith(".three.example.com")
+    assert _counts(full, "pool2")["ready"] == 0
+
+
+def test_alias_checkout_spreads_over_its_pools(full: Stack) -> None:
+    """linux = pool1 + pool2, two ready each: four VMs take both pools' VMs, named by their pool's
+    domain, under the alias as requested."""
+    reply = full.api.post("/api/v3/vm", {"linux": 4})
+    assert reply.status == 200
+    assert list(reply.json) == ["ok", "linux"]
+    hostnames = reply.json["linux"]["hostname"]
+    assert len(set(hostnames)) == 4
+    assert sum(name.endswith(".one.example.com") for name in hostnames) == 2
+    assert _counts(full, "pool1")["running"] == 2 and _counts(full, "pool2")["running"] == 2
+
+
+def test_alias_checkout_takes_what_its_other_pool_has(full: Stack) -> None:
+    full.api.post("/api/v3/vm", {"pool1": 2})
+    reply = full.api.post("/api/v3/vm", {"linux": 2})
+    assert reply.status == 200
+    assert all(not name.endswith(".one.example.com") for name in reply.json["linux"]["hostname"])
+    assert _counts(full, "pool2")["ready"] == 0
+
+
+def test_path_checkout_counts_each_mention(full: Stack) -> None:
+    reply = full.api.post("/api/v3/vm/pool1+pool2+pool1")
+    assert reply.status == 200
+    assert list(reply.json) == ["ok", "pool1", "pool2"]
+    assert len(reply.json["pool1"]["hostname"]) == 2
+    assert isinstance(reply.json["pool2"]["hostname"], str)
+
+
+def test_short_of_one_pool_checks_out_nothing(full: Stack) -> None:
+    full.api.post("/api/v3/vm", {"pool3": 1})
+    before = full.state()
+    reply = full.api.post("/api/v3/vm", {"pool1": 2, "pool2": 1, "pool3": 1})
+    assert (reply.status, reply.json["ok"]) == (503, False)
+    assert "pool3" in reply.json["error"]
+    assert full.state() == before
+    assert len(full.ready("pool1")) == 2 and len(full.ready("pool2")) == 2
+
+
+def test_no_vm_is_handed_out_twice(full: Stack) -> None:
+    seen: list[str] = []
+    for _ in range(2):
+        for pool in ("pool1", "pool2"):
+            seen.append(full.api.post(f"/api/v3/vm/{pool}").json[pool]["hostname"])
+    assert len(set(seen)) == 4
+    assert full.api.post("/api/v3/vm/linux").status == 503
+
+
+def test_describe_a_running_vm(full: Stack) -> None:
+    host = full.checkout("pool1")
+    full.clock.advance(1800)
+    reply = full.api.get(f"/api/v3/vm/{host}")
+    assert reply.status == 200
+    assert list(reply.json) == ["ok", host]
+    vm = reply.json[host]
+    assert vm["template"] == "pool1"
+    assert vm["lifetime"] == 2
+    assert vm["state"] == "running"
+    assert (vm["running"], vm["remaining"]) == (0.5, 1.5)
+    start = datetime.fromisoformat(vm["start_time"])
+    end = datetime.fromisoformat(vm["end_time"])
+    assert vm["start_time"].endswith("+00:00")
+    assert (end - start).total_seconds() == 2 * 3600
+    assert vm["fqdn"] == f"{host}.one.example.com"
+    assert vm["ip"] and vm["host"] == "dummy-host"
+    assert (vm["tags"], vm["snapshots"], vm["disk"]) == ({}, [], [])
+
+
+def test_describe_by_fqdn_or_in_capitals(full: Stack) -> None:
+    host = full.ready("pool2")[0]
+    for name in (f"{host}.example.com", f"{host}.any.other.domain", host.upper()):
+        reply = full.api.get(f"/api/v3/vm/{name}")
+        assert reply.status == 200, name
+        assert reply.json[host]["state"] == "ready"
+        assert "running" not in reply.json[host] and "start_time" not in reply.json[host]
+
+
+def test_change_lifetime(full: Stack) -> None:
+    host = full.checkout("pool1")
+    reply = full.api.put(f"/api/v3/vm/{host}", {"lifetime": "5"})
+    assert (reply.status, reply.json) == (200, {"ok": True})
+    vm = full.api.get(f"/api/v3/vm/{host}").json[host]
+    assert (vm["lifetime"], vm["remaining"]) == (5, 5.0)
+
+
+def test_tags_are_stored_filtered_and_counted(full: Stack) -> None:
+    host = full.checkout("pool1")
+    reply = full.api.put(f"/api/v3/vm/{host}", {"tags": {
+        "project": "ci", "url": "foo.com/something.html", "owner": "",
+    }})
+    assert (reply.status, reply.json) == (200, {"ok": True})
+    vm = full.api.get(f"/api/v3/vm/{host}").json[host]
+    assert vm["tags"] == {"project": "ci", "url": "foo.com"}  # tagfilter; the empty tag is skipped
+    summary = full.api.get("/api/v3/summary/tag").json
+    assert summary["tag"]["project"] == {"ci": 1, "total": 1}
+
+
+def test_empty_body_changes_nothing(full: Stack) -> None:
+    host = full.checkout("pool1")
+    before = full.state()
+    for body in (None, {}):
+        assert full.api.put(f"/api/v3/vm/{host}", body).json == {"ok": True}
+    assert full.state() == before
+
+
+def test_return_a_vm(full: Stack) -> None:
+    host = full.checkout("pool2")
+    reply = full.api.delete(f"/api/v3/vm/{host}.example.com")
+    assert (reply.status, reply.json) == (200, {"ok": True})
+    counts = _counts(full, "pool2")
+    assert (counts["running"], counts["completed"]) == (0, 1)
+    assert full.api.get(f"/api/v3/vm/{host}").json[host]["state"] == "destroyed"
