@@ -37,7 +37,7 @@ def candidate_names(count: int, prefix: str = "") -> list[str]:
     random names behind them (36^9 and more) make sure a reservation always finds enough.
     """
     names: dict[str, None] = {}
-    while len(names) < count:
+    for _ in range(count):  # draws, not a quota: the word space may be smaller than count
         word_name = f"{prefix}{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}"
         names[word_name if len(word_name) <= MAX_NAME_LENGTH else random_name(prefix)] = None
     while len(names) < 2 * count:
