@@ -12,9 +12,10 @@ generated from the same constants, so a renamed metric cannot leave a dashboard 
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
@@ -24,8 +25,38 @@ SERVICE = "vmpool"
 
 logger = Logger(service=SERVICE)
 
-tracer = Tracer(service=SERVICE)
-"""A no-op unless the stage enables it (POWERTOOLS_TRACE_DISABLED=false, in a real Lambda)."""
+
+
+class _NoTracer:
+    """Stands in for Powertools' Tracer where tracing is off: decorators return the function."""
+
+    def capture_lambda_handler(self, handler: Callable[..., Any]) -> Callable[..., Any]:
+        return handler
+
+    def capture_method(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        return method
+
+
+def _tracing_enabled(environ: Mapping[str, str]) -> bool:
+    """Powertools' rule: on in a real Lambda unless POWERTOOLS_TRACE_DISABLED is true."""
+    disabled = environ.get("POWERTOOLS_TRACE_DISABLED", "false").strip().lower() in ("1", "true", "yes", "on")
+    in_lambda = bool(environ.get("LAMBDA_TASK_ROOT")) and not environ.get("AWS_CHALICE_CLI_MODE")
+    return in_lambda and not disabled
+
+
+def make_tracer(environ: Mapping[str, str] = os.environ) -> "Tracer | _NoTracer":
+    """Powertools Tracer when the stage enables tracing (it needs aws-xray-sdk, which Tracer
+    imports at construction), else a no-op, so a stage without tracing needs no X-Ray SDK."""
+    if not _tracing_enabled(environ):
+        return _NoTracer()
+    try:
+        return Tracer(service=SERVICE)
+    except ImportError:
+        logger.warning("tracing is enabled but aws-xray-sdk is not packaged; tracing stays off")
+        return _NoTracer()
+
+
+tracer = make_tracer()
 
 # --- metric names -------------------------------------------------------------------------------
 
