@@ -27,6 +27,7 @@ STATE_DIR = ROOT / ".run"
 def _serve(port: int, ready: "multiprocessing.synchronize.Event") -> None:
     """One HTTP worker process: the app, its own Redis connections, a thread per connection."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler, inherited by fork
     import app as chalice_app
     from local.gateway import make_server
 
@@ -84,6 +85,18 @@ def _start_vcsim() -> tuple[object, Path]:
     return process, config_file
 
 
+def _require_free_port(port: int) -> None:
+    """Workers share the port (SO_REUSEPORT), which would also let them share it with a stale
+    stack still running; refuse to start in that case instead."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise SystemExit(f"port {port} is in use: is another `make run` still running?") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
@@ -121,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as error:
             print(error, file=sys.stderr)
             return 2
+        _require_free_port(args.port)
         context = multiprocessing.get_context("fork")
         for _ in range(max(args.workers, 1)):
             ready = context.Event()
