@@ -12,13 +12,12 @@ import redis
 from chalicelib import config as config_module
 from chalicelib.clock import Clock, SystemClock
 from chalicelib.config import Config, PoolConfig
-from chalicelib.manager.refill import REFILL_QUEUE_ENV, NoRefill, RefillTrigger, SqsRefill, WakeRefill
+from chalicelib.manager.refill import REFILL_QUEUE_ENV, NoRefill, RefillTrigger, SqsRefill
 from chalicelib.observability import logger
 from chalicelib.providers.base import Provider
 from chalicelib.providers.registry import build_provider
 from chalicelib.store import Store, connect
 
-REFILL_MODE_ENV = "VMPOOL_REFILL"
 KEY_PREFIX_ENV = "VMPOOL_KEY_PREFIX"
 REDIS_URL_ENV = "VMPOOL_REDIS_URL"
 
@@ -58,11 +57,8 @@ class Services:
             password = config.redis.password if isinstance(config.redis.password, str) else None
             client = connect(config.redis, password)
         services = cls(config, client, prefix=environ.get(KEY_PREFIX_ENV, "vmpool:"))
-        mode = environ.get(REFILL_MODE_ENV) or ("sqs" if environ.get(REFILL_QUEUE_ENV) else "wake")
-        if mode == "sqs":
+        if environ.get(REFILL_QUEUE_ENV):
             services.refill = SqsRefill(environ[REFILL_QUEUE_ENV])
-        elif mode == "wake":
-            services.refill = WakeRefill(services.store)
         return services
 
     def pool(self, name: str) -> PoolConfig | None:

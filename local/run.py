@@ -118,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["VMPOOL_CONFIG_FILE"] = str(Path(args.config).resolve())
     redis_server = RedisServer(port=args.redis_port or None, data_dir=STATE_DIR / f"redis-{args.provider}", persist=True).start()
     os.environ["VMPOOL_REDIS_URL"] = redis_server.url
-    os.environ.setdefault("VMPOOL_REFILL", "wake")
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")
 

@@ -98,10 +98,8 @@ def _checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int]
         fields["token_user"] = caller.user
     now = services.clock.now()
     result = services.store.checkout(requests, now, fields)
-    touched = {pool for r in requests for pool in r.pools}
     if not result.ok:
         emit(None, {"CheckoutMisses": 1})
-        services.refill.pools_changed(touched)
         raise ApiError(503, {"error": f"not enough ready VMs for: {', '.join(result.short)}"})
     services.refill.pools_changed({vm.pool for vm in result.vms})
     emit(None, {"Checkouts": len(result.vms)})
@@ -263,7 +261,8 @@ def give_back(services: Services, request: ApiRequest) -> ApiResponse:
         raise not_found(error=f"VM {record.name} is not running")
     caller_for_change(services, request, record)
     now = services.clock.now()
-    if not services.store.move(record.name, record.pool, "running", "completed", now, reason="returned by its user"):
+    if not services.store.move(record.name, record.pool, "running", "completed", now, nudge=True,
+                               reason="returned by its user"):
         raise not_found(error=f"VM {record.name} is not running")
     services.refill.pools_changed([record.pool])
     emit(None, {"Deletes": 1})

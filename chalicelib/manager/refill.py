@@ -1,21 +1,18 @@
 """Instant refill: when a checkout or delete leaves a pool short, reconcile it now.
 
-In AWS the API Lambda puts the pool's name on an SQS queue that a Chalice SQS handler consumes
-(``run_pool`` there). Locally the API nudges the local scheduler through a Redis list that
-its per-pool threads block on. Either way a reconcile loop already running for the pool is nudged
-too and looks again at once instead of after its delay.
+Two parts. The store's checkout and return scripts push a nudge onto the pool's wake list in the
+same atomic step: a reconcile loop already running for the pool (a Lambda, or the local
+scheduler's thread) blocks on that list and looks again at once. When no loop is running, which
+is the usual case in AWS, the API Lambda also puts the pool's name on an SQS queue whose Chalice
+consumer runs the pool's reconcile (``SqsRefill``).
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from chalicelib.observability import logger
-from chalicelib.store import StoreUnavailable
-
-if TYPE_CHECKING:
-    from chalicelib.store import Store
 
 REFILL_QUEUE_ENV = "VMPOOL_REFILL_QUEUE_URL"
 
@@ -27,7 +24,7 @@ class RefillTrigger(Protocol):
 
 
 class NoRefill:
-    """Refill waits for the schedule (tests that drive the manager by hand)."""
+    """Only the store's nudge: enough where a loop always listens (the local stack, tests)."""
 
     def pools_changed(self, pools: Iterable[str]) -> None:
         return None
@@ -61,17 +58,3 @@ def _default_sqs_client() -> Any:
     import boto3
 
     return boto3.client("sqs")
-
-
-class WakeRefill:
-    """Nudges the pool's reconciler through Redis (the local stack: its scheduler waits on it)."""
-
-    def __init__(self, store: "Store") -> None:
-        self.store = store
-
-    def pools_changed(self, pools: Iterable[str]) -> None:
-        for pool in set(pools):
-            try:
-                self.store.wake(pool)
-            except StoreUnavailable:
-                return  # the schedule refills anyway

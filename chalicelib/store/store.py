@@ -179,7 +179,8 @@ class Store:
     def checkout(
         self, requests: Sequence[CheckoutRequest], now: float, fields: Mapping[str, str]
     ) -> CheckoutResult:
-        """Take every requested VM or none, in one round trip."""
+        """Take every requested VM or none, in one round trip; on success the pools taken from
+        are nudged to refill in the same step."""
         payload = json.dumps(
             {
                 "requests": [
@@ -195,12 +196,15 @@ class Store:
         return CheckoutResult(vms=tuple(CheckedOut(*entry) for entry in answer["vms"]))
 
     def move(
-        self, hostname: str, pool: str, from_state: str, to_state: str, now: float, **fields: Any
+        self, hostname: str, pool: str, from_state: str, to_state: str, now: float,
+        nudge: bool = False, **fields: Any,
     ) -> bool:
         """Move a VM between states if it is still in ``from_state``; set ``fields`` on its record
-        (a value of None deletes the field). Returns whether it moved."""
+        (a value of None deletes the field). ``nudge`` wakes the pool's reconcile in the same step.
+        Returns whether it moved."""
         args: list[str] = [
-            self.keys.prefix, hostname, pool, from_state, to_state, repr(now), str(self.data_ttl_seconds)
+            self.keys.prefix, hostname, pool, from_state, to_state, repr(now), str(self.data_ttl_seconds),
+            "1" if nudge else "0",
         ]
         for name, value in fields.items():
             args += [name, _encode(value)]

@@ -3,6 +3,8 @@
 --   {"requests": [{"name": "<as requested>", "pools": ["p1", "p2"], "count": 2}, ...],
 --    "fields": {"lifetime": "24", "token_user": "..."}}
 -- Returns JSON: {"ok": true, "vms": [[name, pool, hostname], ...]} or {"ok": false, "short": [names]}.
+-- On success it also nudges each pool it took from (wake:<pool>), so the pool's reconcile starts
+-- the replacement clones at once; a miss writes nothing at all.
 local prefix, now = ARGV[1], ARGV[2]
 local checkout = cjson.decode(ARGV[3])
 
@@ -49,5 +51,16 @@ for _, step in ipairs(plan) do
     redis.call('HSET', vm_key, field, value)
   end
   result[#result + 1] = {name, pool, hostname}
+end
+local nudged = {}
+for _, step in ipairs(plan) do
+  local pool = step[2]
+  if not nudged[pool] then
+    nudged[pool] = true
+    local wake_key = prefix .. 'wake:' .. pool
+    redis.call('LPUSH', wake_key, '1')
+    redis.call('LTRIM', wake_key, 0, 0)
+    redis.call('EXPIRE', wake_key, 60)
+  end
 end
 return cjson.encode({ok = true, vms = result})
