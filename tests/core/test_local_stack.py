@@ -1,0 +1,145 @@
+"""The local stack end to end: `python -m local.run` fills pools, serves a checkout, refills at
+once, takes the VM back, and Ctrl-C stops every process it started."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from local.redis_server import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Fast dummy clones; the pool names are the test's own so a developer's stack state is untouched.
+CONFIG = """\
+config: {domain: example.com, check_loop_delay_min: 0.2, task_limit: 10}
+providers:
+  dummy: {provider_class: dummy, createvm_max_time: 0.3, boot_time: 0.2, destroyvm_max_time: 0.2}
+pools:
+  - {name: e2e-debian, size: 3, provider: dummy, alias: [e2e-linux]}
+  - {name: e2e-centos, size: 2, provider: dummy}
+"""
+SCHEDULE_INTERVAL = 30
+"""Long on purpose: after the pools fill, only the instant refill can start a clone within a second."""
+
+
+def call(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+        except (urllib.error.URLError, ConnectionError):
+            value = None
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid``, read from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_local_stack_fills_serves_refills_and_stops_cleanly(tmp_path: Path) -> None:
+    config_file = tmp_path / "vmpool.yaml"
+    config_file.write_text(CONFIG)
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("VMPOOL_")}
+    env.update(VMPOOL_CONFIG_FILE=str(config_file), POWERTOOLS_LOG_LEVEL="WARNING")
+    log = (tmp_path / "stack.log").open("w+")
+    stack = subprocess.Popen(
+        [sys.executable, "-m", "local.run", "--port", str(port), "--workers", "2",
+         "--interval", str(SCHEDULE_INTERVAL)],
+        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    api = f"http://127.0.0.1:{port}/api/v3"
+    try:
+        banner = wait_for(lambda: re.search(r"redis on port (\d+)", Path(log.name).read_text()), 20, "the stack to start")
+        redis_port = int(banner.group(1))
+        processes = descendants(stack.pid)
+        assert len(processes) >= 3, processes  # two HTTP workers and redis-server at least
+
+        def pools() -> dict[str, Any]:
+            return call("GET", f"{api}/status?view=pools")[1]["pools"]
+
+        wait_for(lambda: all(p["ready"] == p["max"] for p in pools().values()), 15, "the pools to fill")
+
+        status, body = call("POST", f"{api}/vm", {"e2e-linux": "1"})
+        assert status == 200 and body["ok"] is True, body
+        fqdn = body["e2e-linux"]["hostname"]
+        assert fqdn.endswith(".example.com")
+        checked_out = time.monotonic()
+        # The pool that served it is short one ready VM until the refill reconcile starts a clone.
+        wait_for(lambda: all(p["ready"] + p["pending"] == p["max"] for p in pools().values()), 1.0,
+                 "the replacement clone")
+        assert time.monotonic() - checked_out < 1.0
+        assert sum(p["running"] for p in pools().values()) == 1
+
+        status, body = call("DELETE", f"{api}/vm/{fqdn}")
+        assert (status, body) == (200, {"ok": True})
+        wait_for(lambda: sum(p["running"] for p in pools().values()) == 0, 5, "the returned VM to leave running")
+        wait_for(lambda: all(p["ready"] == p["max"] for p in pools().values()), 10, "the pools to be full again")
+    finally:
+        os.killpg(stack.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
+        try:
+            returncode = stack.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(stack.pid, signal.SIGKILL)
+            stack.wait()
+            raise
+        output = Path(log.name).read_text()
+        log.close()
+
+    assert returncode == 0, output
+    assert "vmpool: stopped" in output
+    survivors = {pid for pid in processes if alive(pid)}
+    assert survivors == set(), output
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", redis_port), timeout=1).close()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
