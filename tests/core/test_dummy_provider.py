@@ -1,0 +1,216 @@
+"""The dummy provider: a slow, unreliable hypervisor kept in Redis, driven by a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from chalicelib.clock import FakeClock
+from chalicelib.config import Config, parse
+from chalicelib.providers.base import ProviderError, TaskState
+from chalicelib.providers.dummy import DummyProvider
+from local.redis_server import free_port
+
+CONFIG = """\
+providers:
+  dummy: {{provider_class: dummy, seed: 11, createvm_max_time: 60, boot_time: 30, destroyvm_max_time: 20,
+          createdisk_max_time: 10, createsnapshot_max_time: 10, revertsnapshot_max_time: 10{extra}}}
+pools:
+  - {{name: alpha, size: 1, provider: dummy, folder: vmpool/alpha}}
+  - {{name: flaky, size: 1, provider: dummy, createvm_fail_percent: 100}}
+"""
+
+
+def config_with(extra: str = "") -> Config:
+    return parse(CONFIG.format(extra=extra))
+
+
+def provider_for(config: Config, client: redis.Redis, clock: FakeClock, prefix: str = "vmpool:") -> DummyProvider:
+    return DummyProvider(config.providers["dummy"], client, clock, prefix=prefix)
+
+
+@pytest.fixture
+def config() -> Config:
+    return config_with()
+
+
+@pytest.fixture
+def provider(config: Config, redis_client: redis.Redis, clock: FakeClock) -> DummyProvider:
+    return provider_for(config, redis_client, clock)
+
+
+def names(provider: DummyProvider, config: Config, pool: str = "alpha") -> set[str]:
+    return {vm.name for vm in provider.list_vms(config.pool(pool))}
+
+
+def test_clone_appears_when_done_and_is_ready_once_booted(provider: DummyProvider, config: Config,
+                                                          clock: FakeClock) -> None:
+    pool = config.pool("alpha")
+    task = provider.clone(pool, "vm-1")
+
+    assert provider.task_status(task).state is TaskState.RUNNING
+    assert names(provider, config) == set()  # a clone in progress is not in the inventory yet
+
+    clock.advance(60)
+    assert provider.task_status(task).state is TaskState.SUCCESS
+    (vm,) = provider.list_vms(pool)
+    assert vm.name == "vm-1" and vm.powered_on
+    if vm.ip is None:  # cloned, still booting
+        readiness = provider.check_ready(pool, vm)
+        assert not readiness.ready and readiness.reason == "booting: no IP address yet"
+
+    clock.advance(30)
+    (vm,) = provider.list_vms(pool)
+    assert vm.ip and vm.tools_running and vm.guest_hostname == "vm-1"
+    assert provider.check_ready(pool, vm).ready
+
+
+def test_vms_outlast_the_provider_instance(provider: DummyProvider, config: Config, redis_client: redis.Redis,
+                                           clock: FakeClock) -> None:
+    provider.clone(config.pool("alpha"), "vm-1")
+    clock.advance(90)
+
+    # A later Lambda invocation builds a new provider and sees the same hypervisor.
+    assert names(provider_for(config, redis_client, clock), config) == {"vm-1"}
+
+
+def test_same_seed_same_behaviour(config: Config, redis_client: redis.Redis, clock: FakeClock) -> None:
+    one = provider_for(config, redis_client, clock, prefix="one:")
+    two = provider_for(config, redis_client, clock, prefix="two:")
+    pool = config.pool("alpha")
+    for index in range(10):
+        one.clone(pool, f"vm-{index}")
+        two.clone(pool, f"vm-{index}")
+
+    for seconds in (5, 10, 20, 40, 90):
+        clock.advance(seconds)
+        assert set(one.list_vms(pool)) == set(two.list_vms(pool))
+    assert len(one.list_vms(pool)) == 10
+
+
+def test_pool_setting_overrides_the_providers(provider: DummyProvider, config: Config, clock: FakeClock) -> None:
+    tasks = {pool: provider.clone(config.pool(pool), f"{pool}-vm") for pool in ("alpha", "flaky")}
+    clock.advance(60)
+
+    assert provider.task_status(tasks["alpha"]).state is TaskState.SUCCESS
+    failed = provider.task_status(tasks["flaky"])
+    assert failed.state is TaskState.ERROR and failed.error == "dummy: clone failed (simulated failure)"
+    clock.advance(60)
+    assert names(provider, config, "flaky") == set()  # a failed clone leaves nothing behind
+
+
+def test_failure_rate_is_about_the_percentage(redis_client: redis.Redis, clock: FakeClock) -> None:
+    config = config_with(", createvm_fail_percent: 30")
+    provider = provider_for(config, redis_client, clock)
+    tasks = [provider.clone(config.pool("alpha"), f"vm-{i}") for i in range(300)]
+    clock.advance(60)
+
+    failures = sum(provider.task_status(task).state is TaskState.ERROR for task in tasks)
+
+    assert 60 <= failures <= 120
+    assert len(names(provider, config)) == 300 - failures
+
+
+def test_destroy_removes_the_vm_or_fails_as_configured(redis_client: redis.Redis, clock: FakeClock) -> None:
+    config = config_with()
+    provider = provider_for(config, redis_client, clock)
+    pool = config.pool("alpha")
+    provider.clone(pool, "vm-1")
+    clock.advance(90)
+
+    task = provider.destroy(pool, "vm-1")
+    assert task is not None and provider.task_status(task).state is TaskState.RUNNING
+    assert names(provider, config) == {"vm-1"}
+    clock.advance(20)
+    assert provider.task_status(task).state is TaskState.SUCCESS
+    assert names(provider, config) == set()
+    assert provider.destroy(pool, "vm-1") is None  # nothing left to destroy
+
+    failing = provider_for(config_with(", destroyvm_fail_percent: 100"), redis_client, clock)
+    provider.clone(pool, "vm-2")
+    clock.advance(90)
+    task = failing.destroy(pool, "vm-2")
+    clock.advance(20)
+    status = failing.task_status(task)
+    assert status.state is TaskState.ERROR and status.error == "dummy: destroy failed (simulated failure)"
+    assert names(provider, config) == {"vm-2"}
+
+
+def test_readiness_and_power_failures(redis_client: redis.Redis, clock: FakeClock) -> None:
+    never_ready = provider_for(config_with(", vmready_fail_percent: 100"), redis_client, clock)
+    pool = config_with().pool("alpha")
+    never_ready.clone(pool, "vm-1")
+    clock.advance(90)
+    (vm,) = never_ready.list_vms(pool)
+    assert never_ready.check_ready(pool, vm).reason == "dummy: readiness check failed (simulated failure)"
+
+    powering_off = provider_for(config_with(", getvm_poweroff_percent: 100"), redis_client, clock)
+    (vm,) = powering_off.list_vms(pool)
+    assert not vm.powered_on and vm.ip is None
+    assert powering_off.check_ready(pool, vm).reason == "powered off"
+    # Powered off stays powered off: the next inventory, by any provider instance, says so too.
+    assert not provider_for(config_with(), redis_client, clock).list_vms(pool)[0].powered_on
+
+
+def test_disks_and_snapshots(provider: DummyProvider, config: Config, redis_client: redis.Redis,
+                             clock: FakeClock) -> None:
+    pool = config.pool("alpha")
+    provider.clone(pool, "vm-1")
+    clock.advance(90)
+
+    disk = provider.add_disk(pool, "vm-1", 8)
+    snapshot = provider.create_snapshot(pool, "vm-1", "snap-a")
+    with pytest.raises(ProviderError, match="snapshot snap-a not found on vm-1"):
+        provider.revert_snapshot(pool, "vm-1", "snap-a")  # not taken yet
+    clock.advance(10)
+    assert provider.task_status(disk).state is TaskState.SUCCESS
+    assert provider.task_status(snapshot).state is TaskState.SUCCESS
+    assert provider.task_status(disk).state is TaskState.SUCCESS  # asking again changes nothing
+    vm = provider._require_vm(pool, "vm-1")
+    assert [d["size_gb"] for d in vm["disks"]] == [8] and vm["snapshots"] == ["snap-a"]
+
+    revert = provider.revert_snapshot(pool, "vm-1", "snap-a")
+    clock.advance(10)
+    assert provider.task_status(revert).state is TaskState.SUCCESS
+
+    with pytest.raises(ProviderError, match="VM nope not found"):
+        provider.add_disk(pool, "nope", 8)
+    with pytest.raises(ProviderError, match="VM nope not found"):
+        provider.create_snapshot(pool, "nope", "snap")
+
+    failing = provider_for(config_with(", createdisk_fail_percent: 100"), redis_client, clock)
+    task = failing.add_disk(pool, "vm-1", 16)
+    clock.advance(10)
+    assert failing.task_status(task).state is TaskState.ERROR
+    assert [d["size_gb"] for d in provider._require_vm(pool, "vm-1")["disks"]] == [8]
+
+
+def test_unknown_task_is_an_error(provider: DummyProvider) -> None:
+    status = provider.task_status("clone-doesnotexist")
+    assert status.state is TaskState.ERROR and "unknown task" in status.error
+
+
+def test_redis_failure_is_a_provider_error_without_details(config: Config, clock: FakeClock) -> None:
+    client = redis.Redis(port=free_port(), socket_connect_timeout=0.2, decode_responses=True)
+    provider = provider_for(config, client, clock)
+
+    with pytest.raises(ProviderError) as raised:
+        provider.list_vms(config.pool("alpha"))
+    assert str(raised.value) == "dummy provider storage: ConnectionError"
+    with pytest.raises(ProviderError):
+        provider.clone(config.pool("alpha"), "vm-1")
+
+
+def test_hand_made_and_hand_deleted_vms(provider: DummyProvider, config: Config) -> None:
+    pool = config.pool("alpha")
+    provider.create_by_hand(pool, "stray")
+    assert names(provider, config) == {"stray"}
+    provider.delete_by_hand(pool, "stray")
+    assert names(provider, config) == set()
+
+
+def test_calls_are_counted(provider: DummyProvider, config: Config) -> None:
+    before = provider.call_count()
+    provider.list_vms(config.pool("alpha"))
+    provider.clone(config.pool("alpha"), "vm-1")
+    assert provider.call_count() > before + 1
