@@ -18,6 +18,7 @@ from typing import Callable
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ServiceConfig
 from chalicelib.manager.hostnames import candidate_names
+from chalicelib.observability import logger
 from chalicelib.providers.base import Provider, ProviderError, TaskState, VMInfo
 from chalicelib.store import DurationSample, PoolSnapshot, Store, VMRecord
 
@@ -170,8 +171,24 @@ class _Pass:
                     hostname, "pending",
                     f"not ready after {self.pool.timeout_minutes} minutes: {readiness.reason}",
                 )
-            elif readiness.reason != record.not_ready_reason:
-                self.store.update_vm(hostname, not_ready_reason=readiness.reason)
+            else:
+                self.note_slow_boot(record, age, readiness.reason)
+
+    def note_slow_boot(self, record: VMRecord, age: float, reason: str) -> None:
+        """Keep the not-ready reason current, and log once when a VM is slower than
+        ``timeout_notification`` minutes: the early warning of a broken template or DNS."""
+        changes: dict[str, object] = {}
+        if reason != record.not_ready_reason:
+            changes["not_ready_reason"] = reason
+        if age > self.service.timeout_notification * 60 and not record.raw.get("slow_notified"):
+            logger.warning(
+                "VM is slow to become ready",
+                extra={"pool": self.pool.name, "hostname": record.name, "minutes": round(age / 60, 1),
+                       "reason": reason},
+            )
+            changes["slow_notified"] = "1"
+        if changes:
+            self.store.update_vm(record.name, **changes)
 
     def finish_clone(self, record: VMRecord, vm: VMInfo | None, age: float) -> bool:
         """Follow a VM's clone task. Returns True once the clone is done and readiness may be checked."""
