@@ -1,0 +1,1 @@
+"""vmpool's benchmarks (``make bench``): see bench/run.py and docs/performance.md."""

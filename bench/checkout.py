@@ -1,0 +1,161 @@
+"""Checkout throughput: N HTTP clients (separate processes, keep-alive connections) doing
+checkout + delete cycles against the local stack, on a pool pre-filled so it never runs dry.
+
+Per concurrency level: cycles/s, p50/p99 of each call, and Redis commands per checkout from
+``INFO commandstats`` deltas over the measured window (every command Redis ran, including the
+ones inside Lua scripts and the reconcile passes refilling the pool meanwhile). Round trips per
+call are measured separately, in process (``round_trips``), where nothing else talks to Redis.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import multiprocessing
+import time
+from typing import Any
+
+from bench.common import (CORES, RoundTrips, Stack, command_delta, command_stats, dummy_config,
+                          local_stack, median, ms, percentile)
+
+POOL = "big"
+
+
+def _client(port: int, start_at: float, stop_at: float, out: "multiprocessing.Queue[Any]") -> None:
+    """One client: cycles until ``stop_at``; reports per-call latencies and failures."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    checkout: list[float] = []
+    delete: list[float] = []
+    failures: dict[str, int] = {}
+    while time.time() < start_at:
+        time.sleep(0.001)
+    while time.time() < stop_at:
+        began = time.perf_counter()
+        connection.request("POST", f"/api/v3/vm/{POOL}", body=b"")
+        response = connection.getresponse()
+        body = response.read()
+        took = time.perf_counter() - began
+        if response.status != 200:
+            failures[f"checkout {response.status}"] = failures.get(f"checkout {response.status}", 0) + 1
+            continue
+        checkout.append(took)
+        hostname = json.loads(body)[POOL]["hostname"]
+        began = time.perf_counter()
+        connection.request("DELETE", f"/api/v3/vm/{hostname}")
+        response = connection.getresponse()
+        response.read()
+        delete.append(time.perf_counter() - began)
+        if response.status != 200:
+            failures[f"delete {response.status}"] = failures.get(f"delete {response.status}", 0) + 1
+    connection.close()
+    out.put({"checkout": checkout, "delete": delete, "failures": failures})
+
+
+def _one_run(stack: Stack, clients: int, seconds: float) -> dict[str, Any]:
+    context = multiprocessing.get_context("fork")
+    queue: "multiprocessing.Queue[Any]" = context.Queue()
+    start_at = time.time() + 0.5 + 0.02 * clients  # every client connected and waiting
+    stop_at = start_at + seconds
+    processes = [context.Process(target=_client, args=(stack.port, start_at, stop_at, queue))
+                 for _ in range(clients)]
+    for process in processes:
+        process.start()
+    redis_client = stack.redis
+    while time.time() < start_at:
+        time.sleep(0.001)
+    before = command_stats(redis_client)
+    results = [queue.get(timeout=seconds + 60) for _ in processes]
+    after = command_stats(redis_client)
+    for process in processes:
+        process.join()
+    checkout = [t for r in results for t in r["checkout"]]
+    delete = [t for r in results for t in r["delete"]]
+    failures: dict[str, int] = {}
+    for result in results:
+        for name, count in result["failures"].items():
+            failures[name] = failures.get(name, 0) + count
+    commands = command_delta(before, after)
+    cycles = len(delete)
+    return {
+        "cycles_per_second": cycles / seconds,
+        "checkout_p50_ms": ms(percentile(checkout, 0.50)),
+        "checkout_p99_ms": ms(percentile(checkout, 0.99)),
+        "delete_p50_ms": ms(percentile(delete, 0.50)),
+        "delete_p99_ms": ms(percentile(delete, 0.99)),
+        "redis_commands_per_checkout": round(sum(commands.values()) / max(cycles, 1), 2),
+        "commands": commands,
+        "cycles": cycles,
+        "failures": failures,
+    }
+
+
+def round_trips(pool_size: int = 50) -> dict[str, float]:
+    """Redis round trips of one checkout and one delete, through the app's own Gateway in this
+    process (no HTTP, no other client), with the refill trigger the local stack uses."""
+    import os
+
+    from bench.common import dummy_config as config_text
+    from local.redis_server import RedisServer
+
+    with RedisServer() as server:
+        os.environ.update({"VMPOOL_CONFIG": config_text([(POOL, pool_size)]),
+                           "VMPOOL_REDIS_URL": server.url, "VMPOOL_REFILL": "wake",
+                           "POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "WARNING"})
+        os.environ.pop("VMPOOL_CONFIG_FILE", None)
+        import importlib
+
+        import app as app_module
+        from chalicelib.manager.runner import run_pool
+        from local.gateway import Gateway
+
+        app_module = importlib.reload(app_module)  # the config above, whatever was imported before
+        services = app_module.services()
+        while services.store.counts([POOL])[POOL]["ready"] < pool_size:
+            run_pool(services, POOL, 5.0)
+        gateway = Gateway(app_module.app)
+        checkout_trips: list[int] = []
+        delete_trips: list[int] = []
+        with RoundTrips() as counter:
+            for _ in range(20):
+                counter.take()
+                status, _, body = gateway("POST", f"/api/v3/vm/{POOL}", {}, b"", "127.0.0.1")
+                checkout_trips.append(counter.take())
+                assert status == 200, body
+                hostname = json.loads(body)[POOL]["hostname"]
+                status, _, body = gateway("DELETE", f"/api/v3/vm/{hostname}", {}, b"", "127.0.0.1")
+                delete_trips.append(counter.take())
+                assert status == 200, body
+        return {"checkout": median(checkout_trips), "delete": median(delete_trips)}
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Every concurrency level, several runs each; medians across runs."""
+    pool_size = 3000 if quick else 15000
+    seconds = 2.0 if quick else 5.0
+    repeats = 1 if quick else 3
+    levels = (1, 8) if quick else (1, 8, 32)
+    result: dict[str, Any] = {"cores": CORES, "pool_size": pool_size, "seconds_per_run": seconds,
+                              "runs": repeats, "levels": {}}
+    with local_stack(dummy_config([(POOL, pool_size)]), interval=5.0) as stack:
+        result["fill_seconds"] = round(stack.wait_ready(POOL, pool_size, timeout=600), 1)
+        for clients in levels:
+            runs = []
+            for _ in range(repeats):
+                # Start every run from a full pool, so no run sees it short.
+                stack.wait_ready(POOL, int(pool_size * 0.9), timeout=600)
+                runs.append(_one_run(stack, clients, seconds))
+            level = {key: median([r[key] for r in runs]) for key in runs[0]
+                     if isinstance(runs[0][key], (int, float))}
+            level["commands"] = runs[-1]["commands"]
+            level["failures"] = {k: sum(r["failures"].get(k, 0) for r in runs)
+                                 for r in runs for k in r["failures"]}
+            result["levels"][str(clients)] = level
+    result["round_trips_per_call"] = _in_subprocess(round_trips)
+    return result
+
+
+def _in_subprocess(function: Any) -> Any:
+    """Run ``function`` in a fresh process (it sets environment variables and imports app)."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(function)

@@ -1,0 +1,157 @@
+"""Reconcile passes: wall time, Redis round trips and provider calls.
+
+- dummy: one pass over each of 100 pools x 50 VMs, in three phases: ``fill`` (the first pass
+  starts every clone), ``ready`` (clones finish, VMs become ready), ``steady`` (nothing to do),
+  plus ``churn`` (a tenth of every pool was checked out since the last pass);
+- scaling: the steady pass of one pool at growing sizes (the target: O(1) in the pool's size);
+- vcsim: one pool of 200 VMs through the vSphere provider (SOAP calls counted by the provider).
+
+Redis round trips are counted in this process (``RoundTrips``); for the dummy provider, whose VMs
+live in Redis too, its own commands are reported as provider calls and left out of the store's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import redis
+
+from bench.common import CORES, RoundTrips, dummy_config, median, ms
+from chalicelib.clock import FakeClock
+from chalicelib.config import Config, PoolConfig, parse
+from chalicelib.manager.reconcile import reconcile_pool
+from chalicelib.providers.base import Provider
+from chalicelib.store import CheckoutRequest, Store
+
+
+def _measure(counter: RoundTrips, provider: Provider, action: Callable[[], Any],
+             provider_in_redis: bool) -> dict[str, float]:
+    counter.take()
+    calls = provider.call_count()
+    started = time.perf_counter()
+    action()
+    seconds = time.perf_counter() - started
+    provider_calls = provider.call_count() - calls
+    trips = counter.take() - (provider_calls if provider_in_redis else 0)
+    return {"seconds": seconds, "redis_round_trips": trips, "provider_calls": provider_calls}
+
+
+def _pass_all(store: Store, provider: Provider, config: Config, clock: FakeClock) -> None:
+    for pool in config.pools:
+        reconcile_pool(store, provider, pool, clock, config.service)
+
+
+def _dummy_world(client: redis.Redis, pools: list[tuple[str, int]]) -> tuple[Config, Store, Provider, FakeClock]:
+    from chalicelib.providers.dummy import DummyProvider
+
+    client.flushall()
+    config = parse(dummy_config(pools))
+    clock = FakeClock()
+    store = Store(client, data_ttl_hours=config.redis.data_ttl_hours)
+    provider = DummyProvider(config.providers["dummy"], client, clock)
+    return config, store, provider, clock
+
+
+def dummy_pools(client: redis.Redis, pools: int, size: int, runs: int) -> dict[str, Any]:
+    """The four phases over ``pools`` pools of ``size``; medians over ``runs`` runs."""
+    phases: dict[str, list[dict[str, float]]] = {"fill": [], "ready": [], "steady": [], "churn": []}
+    for _ in range(runs):
+        config, store, provider, clock = _dummy_world(client, [(f"p{i:03d}", size) for i in range(pools)])
+        with RoundTrips() as counter:
+            def one_pass() -> None:
+                clock.advance(1)
+                _pass_all(store, provider, config, clock)
+
+            phases["fill"].append(_measure(counter, provider, one_pass, True))
+            phases["ready"].append(_measure(counter, provider, one_pass, True))
+            phases["steady"].append(_measure(counter, provider, one_pass, True))
+            for pool in config.pools:
+                store.checkout([CheckoutRequest(pool.name, [pool.name], max(size // 10, 1))],
+                               clock.now(), {"lifetime": "2"})
+            phases["churn"].append(_measure(counter, provider, one_pass, True))
+    result: dict[str, Any] = {"pools": pools, "size": size, "runs": runs}
+    for name, samples in phases.items():
+        result[name] = _medians(samples) | {"per_pool_ms": ms(median([s["seconds"] for s in samples]) / pools)}
+    return result
+
+
+def steady_scaling(client: redis.Redis, sizes: tuple[int, ...]) -> dict[str, Any]:
+    """The steady pass of a single pool, by size: round trips and provider calls must not grow."""
+    result = {}
+    for size in sizes:
+        config, store, provider, clock = _dummy_world(client, [("scale", size)])
+        pool = config.pools[0]
+        for _ in range(2):  # fill, then ready
+            clock.advance(1)
+            reconcile_pool(store, provider, pool, clock, config.service)
+        with RoundTrips() as counter:
+            samples = [_measure(counter, provider, lambda: reconcile_pool(store, provider, pool, clock, config.service), True)
+                       for _ in range(3)]
+        result[str(size)] = _medians(samples)
+    return result
+
+
+def vcsim_pool(client: redis.Redis, size: int, steady_runs: int) -> dict[str, Any]:
+    """One pool of ``size`` VMs against our vCenter simulator: fill, until ready, steady."""
+    import tempfile
+    from pathlib import Path
+
+    from chalicelib.providers.vsphere import VSphereProvider
+    from tests.vsphere.conftest import VcsimServer, vcsim_config
+    from tools.vcsim import launcher
+
+    launcher.build()
+    server = VcsimServer(boot_delay=0.5, cert_path=Path(tempfile.mkdtemp(prefix="vcsim-bench-")) / "vcsim.pem")
+    server.start()
+    try:
+        client.flushall()
+        config = vcsim_config(server, pools=[{"name": "vc", "size": size, "folder": "vmpool/bench",
+                                              "ready_check": "tools"}],
+                              service={"task_limit": size})
+        pool: PoolConfig = config.pools[0]
+        clock = FakeClock()
+        store = Store(client)
+        provider = VSphereProvider(config.providers["vsphere"], config.service, clock)
+        one_pass = lambda: reconcile_pool(store, provider, pool, clock, config.service)  # noqa: E731
+        with RoundTrips() as counter:
+            result: dict[str, Any] = {"size": size, "fill": _medians([_measure(counter, provider, one_pass, False)])}
+            passes, started = 0, time.perf_counter()
+            counter.take()
+            calls = provider.call_count()
+            while store.counts([pool.name])[pool.name]["ready"] < size:
+                if time.perf_counter() - started > 300:
+                    raise RuntimeError(f"vcsim pool not ready: {store.counts([pool.name])}")
+                one_pass()
+                passes += 1
+                time.sleep(0.2)
+            result["until_ready"] = {"seconds": round(time.perf_counter() - started, 4), "passes": passes,
+                                     "redis_round_trips": counter.take(),
+                                     "provider_calls": provider.call_count() - calls}
+            result["steady"] = _medians([_measure(counter, provider, one_pass, False) for _ in range(steady_runs)])
+        # Leave nothing behind in the simulator's memory (it stops anyway) nor in Redis.
+        return result
+    finally:
+        server.stop()
+
+
+def _medians(samples: list[dict[str, float]]) -> dict[str, float]:
+    return {"seconds": round(median([s["seconds"] for s in samples]), 4),
+            "redis_round_trips": median([s["redis_round_trips"] for s in samples]),
+            "provider_calls": median([s["provider_calls"] for s in samples])}
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    from local.redis_server import RedisServer
+
+    with RedisServer() as server:
+        client = redis.Redis(port=server.port, decode_responses=True)
+        result: dict[str, Any] = {"cores": CORES}
+        result["dummy_100x50"] = dummy_pools(client, 100 if not quick else 20, 50, 1 if quick else 3)
+        result["steady_by_pool_size"] = steady_scaling(client, (50, 500) if quick else (50, 500, 2000))
+        try:
+            result["vcsim"] = vcsim_pool(client, 50 if quick else 200, 3)
+        except Exception as error:  # noqa: BLE001 - vcsim needs Go; the rest still counts
+            result["vcsim"] = {"skipped": f"{type(error).__name__}: {error}"}
+        client.close()
+    return result

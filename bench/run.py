@@ -1,0 +1,112 @@
+"""`make bench`: run every benchmark, write bench/results.json and print a short table.
+
+    python bench/run.py [--quick] [--only checkout,reconcile,refill,coldstart]
+
+Targets (issue 7), on this machine: >= 1,500 checkout+delete cycles/s at 8 clients, checkout
+p99 < 5 ms, one Redis round trip per checkout, refill start < 1 s p50, a steady pool's pass in
+O(1) Redis round trips and provider calls. docs/performance.md explains the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+if __package__ in (None, ""):  # `python bench/run.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# The app's logs would drown the table; metrics go nowhere locally.
+os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+
+from bench import checkout, coldstart, reconcile, refill  # noqa: E402
+from bench.common import CORES, ROOT  # noqa: E402
+
+BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
+    "checkout": checkout.run,
+    "reconcile": reconcile.run,
+    "refill": refill.run,
+    "coldstart": coldstart.run,
+}
+RESULTS = ROOT / "bench" / "results.json"
+
+
+def table(results: dict[str, Any]) -> list[str]:
+    """The headline figures, one per line, each with the machine's core count."""
+    cores = f"[{CORES} cores]"
+    rows: list[tuple[str, str]] = []
+    if "checkout" in results:
+        c = results["checkout"]
+        for clients, level in c["levels"].items():
+            rows.append((f"checkout {clients:>2} clients",
+                         f"{level['cycles_per_second']:7.0f} cycles/s  checkout p50 {level['checkout_p50_ms']} ms"
+                         f" p99 {level['checkout_p99_ms']} ms  delete p50 {level['delete_p50_ms']} ms"
+                         f" p99 {level['delete_p99_ms']} ms  {level['redis_commands_per_checkout']} redis cmds/cycle"))
+        trips = c["round_trips_per_call"]
+        rows.append(("redis round trips", f"checkout {trips['checkout']:g}, delete {trips['delete']:g}"))
+    if "reconcile" in results:
+        r = results["reconcile"]
+        pools = r["dummy_100x50"]
+        for phase in ("fill", "ready", "steady", "churn"):
+            p = pools[phase]
+            rows.append((f"reconcile {pools['pools']}x{pools['size']} {phase}",
+                         f"{p['seconds']:.2f} s ({p['per_pool_ms']} ms/pool)  {p['redis_round_trips']:g} redis round trips"
+                         f"  {p['provider_calls']:g} provider calls"))
+        for size, p in r["steady_by_pool_size"].items():
+            rows.append((f"steady pass, pool of {size}",
+                         f"{p['seconds'] * 1000:.1f} ms  {p['redis_round_trips']:g} redis round trips  {p['provider_calls']:g} provider calls"))
+        v = r["vcsim"]
+        if "skipped" in v:
+            rows.append(("reconcile vcsim", "skipped: " + v["skipped"]))
+        else:
+            for phase in ("fill", "until_ready", "steady"):
+                p = v[phase]
+                rows.append((f"vcsim {v['size']} VMs {phase}",
+                             f"{p['seconds']:.2f} s  {p['redis_round_trips']:g} redis round trips  {p['provider_calls']:g} SOAP calls"))
+    if "refill" in results:
+        f = results["refill"]
+        rows.append(("refill start", f"p50 {f['p50_ms']} ms  p99 {f['p99_ms']} ms  ({f['samples']} checkouts)"))
+    if "coldstart" in results:
+        s = results["coldstart"]
+        for label in coldstart.MODULES:
+            rows.append((f"import {label.split()[0]}", f"{s[label]['import_ms']} ms"))
+        size = s.get("deployment_zip_bytes")
+        rows.append(("deployment.zip", f"{size / 1e6:.1f} MB" if size else s.get("note", "absent")))
+    width = max(len(name) for name, _ in rows) if rows else 0
+    return [f"{name:<{width}}  {value}  {cores}" for name, value in rows]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short runs and smaller pools (a smoke test)")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated benchmarks to run")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(chosen) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmarks: {', '.join(sorted(unknown))}; choose from {', '.join(BENCHMARKS)}")
+    results: dict[str, Any] = {
+        "machine": {"cores": CORES, "python": platform.python_version(), "platform": platform.platform()},
+        "quick": args.quick,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    for name in chosen:
+        began = time.monotonic()
+        print(f"bench: {name}...", file=sys.stderr, flush=True)
+        results[name] = BENCHMARKS[name](args.quick)
+        results[name]["bench_seconds"] = round(time.monotonic() - began, 1)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print("\n".join(table(results)))
+    print(f"(details: {args.output})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
