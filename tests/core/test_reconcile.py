@@ -451,3 +451,40 @@ def test_many_passes_in_threads_do_not_over_clone(make_world: WorldFactory) -> N
     world.settle("alpha")
     assert world.count("alpha", "ready") == 5
     assert world.provider_vms("alpha") == world.hosts("alpha", "ready")
+
+
+def test_vm_destroyed_by_a_concurrent_pass_is_not_rediscovered(world: World) -> None:
+    fill(world)
+    (host,) = world.check_out("alpha")
+    world.store.move(host, "alpha", "running", "completed", world.clock.now(), reason="returned")
+    world.reconcile("alpha")  # destroy started
+    world.clock.advance(20)
+    other: list[object] = []
+
+    def another_pass_finishes_the_destroy(step: str) -> None:
+        if step == "inventory" and not other:
+            other.append(world.reconcile("alpha"))
+
+    # This pass's inventory still lists the VM; the other pass destroys it before the snapshot.
+    report = world.reconcile("alpha", another_pass_finishes_the_destroy)
+
+    assert other[0].destroyed == [host]
+    assert report.discovered == []
+    record = world.store.get_vm(host)
+    assert record.state == "destroyed" and record.reason == "returned"
+
+
+def test_destroyed_vm_that_comes_back_is_discovered_again(world: World) -> None:
+    fill(world)
+    (host,) = world.check_out("alpha")
+    world.store.move(host, "alpha", "running", "completed", world.clock.now(), reason="returned")
+    world.settle("alpha")
+    assert world.state_of(host) == "destroyed"
+
+    world.provider.create_by_hand(world.pool("alpha"), host)  # restored from a backup, say
+    world.clock.advance(1)
+    report = world.reconcile("alpha")
+
+    assert report.discovered == [host]
+    world.settle("alpha")
+    assert world.state_of(host) == "destroyed" and host not in world.provider_vms("alpha")

@@ -1,10 +1,16 @@
 -- Record a VM found in a pool's folder that no state knows, unless a live record claims it.
 -- A record left by a destroyed VM does not count: that VM came back and must go again.
--- ARGV: prefix, hostname, pool, now, field, value, ...  Returns 1 when recorded, 0 otherwise.
+-- ARGV: prefix, hostname, pool, now (when the pass began, before its inventory), field, value, ...
+-- Returns 1 when recorded, 0 otherwise.
 local prefix, hostname, pool, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local vm_key = prefix .. 'vm:' .. hostname
 local state = redis.call('HGET', vm_key, 'state')
 if state and state ~= 'destroyed' then
+  return 0
+end
+-- Destroyed at or after this pass began: the pass's inventory predates the destroy (another pass
+-- finished it meanwhile), so the VM is not back; rediscovering it would overwrite its record.
+if state == 'destroyed' and tonumber(redis.call('HGET', vm_key, 'destroyed_at') or '0') >= tonumber(now) then
   return 0
 end
 redis.call('DEL', vm_key)
