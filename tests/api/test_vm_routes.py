@@ -156,3 +156,12 @@ def test_return_a_vm(full: Stack) -> None:
     counts = _counts(full, "pool2")
     assert (counts["running"], counts["completed"]) == (0, 1)
     assert full.api.get(f"/api/v3/vm/{host}").json[host]["state"] == "destroyed"
+
+
+def test_any_content_type_is_read_as_json(full: Stack) -> None:
+    """curl -d sends application/x-www-form-urlencoded; vmpooler reads the JSON anyway."""
+    form = full.api.request("POST", "/api/v3/vm", {"pool1": 1},
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert form.status == 200 and "pool1" in form.json
+    odd = full.api.request("GET", "/api/v3/vm", headers={"Content-Type": "application/xml"})
+    assert (odd.status, odd.json) == (200, ["pool1", "pool2", "pool3"])
