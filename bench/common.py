@@ -147,8 +147,9 @@ def local_stack(config_yaml: str, workers: int | None = None, interval: float = 
     if workers:
         command += ["--workers", str(workers)]
     environment = {**os.environ, "POWERTOOLS_LOG_LEVEL": "WARNING", **(env or {})}
+    log = (workdir / "stderr.log").open("w")
     process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
+                               stderr=log, text=True)
     try:
         assert process.stdout is not None
         deadline = time.monotonic() + 60
@@ -160,7 +161,8 @@ def local_stack(config_yaml: str, workers: int | None = None, interval: float = 
             if time.monotonic() > deadline:
                 raise RuntimeError("the local stack did not start")
         else:
-            raise RuntimeError("the local stack exited before serving")
+            tail = (workdir / "stderr.log").read_text()[-2000:]
+            raise RuntimeError(f"the local stack exited before serving: {tail}")
         # Keep draining its output so it never blocks on a full pipe.
         threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # type: ignore[union-attr]
         yield Stack(process, port, redis_port)
@@ -172,6 +174,7 @@ def local_stack(config_yaml: str, workers: int | None = None, interval: float = 
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        log.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmarks: {', '.join(sorted(unknown))}; choose from {', '.join(BENCHMARKS)}")
     results: dict[str, Any] = {
-        "machine": {"cores": CORES, "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"cores": CORES, "python": platform.python_version(), "platform": platform.platform(),
+                    "load_average_before": os.getloadavg()},
         "quick": args.quick,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -102,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {name}...", file=sys.stderr, flush=True)
         results[name] = BENCHMARKS[name](args.quick)
         results[name]["bench_seconds"] = round(time.monotonic() - began, 1)
+    results["machine"]["load_average_after"] = os.getloadavg()
     args.output.write_text(json.dumps(results, indent=2) + "\n")
+    load = results["machine"]["load_average_before"][0]
+    print(f"vmpool bench on {CORES} cores, load average {load:.2f} at start"
+          + (" (busy machine: timings are inflated)" if load > CORES / 2 else ""))
     print("\n".join(table(results)))
     print(f"(details: {args.output})")
     return 0
