@@ -1,0 +1,1 @@
+"""Deployment: Chalice stage config, IAM policies, the CloudFormation merge template, packaging."""

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Builds the deployable package of one stage into build/package/ (or $2):
+#   sam.json        Chalice's SAM template merged with infra/template.yaml + generated resources
+#   deployment.zip  the app and its dependencies for Lambda
+#
+#   infra/package.sh [stage=dev] [out=build/package]
+#
+# Chalice gives the Lambdas the runtime of the Python that runs it and downloads wheels for that
+# Python, so the build runs in its own virtualenv of the Lambda Python ($LAMBDA_PYTHON, default
+# python3.13; Lambda no longer creates python3.11 functions). The first build fills
+# build/wheels-<version>/ from PyPI and installs requirements.txt into build/venv-<version>/;
+# later builds are offline (pip runs with --no-index against that wheel cache) until
+# requirements.txt changes. Chalice also keeps the dependency zip in .chalice/deployments/.
+# CI: cache build/wheels-* keyed on requirements.txt.
+set -euo pipefail
+
+stage="${1:-dev}"
+out="${2:-build/package}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+find_python() {
+    if [[ -n "${LAMBDA_PYTHON:-}" ]]; then echo "$LAMBDA_PYTHON"; return; fi
+    if command -v python3.13 >/dev/null 2>&1 && python3.13 -V >/dev/null 2>&1; then command -v python3.13; return; fi
+    if command -v pyenv >/dev/null 2>&1; then
+        for candidate in "$(pyenv root)"/versions/3.13*/bin/python; do
+            if [[ -x "$candidate" ]]; then echo "$candidate"; return; fi
+        done
+    fi
+    echo "package: no Python 3.13 found; set LAMBDA_PYTHON to a Lambda-supported Python (3.12+)" >&2
+    exit 2
+}
+
+base_python="$(find_python)"
+version="$("$base_python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+wheels="build/wheels-$version"
+venv="build/venv-$version"
+python="$venv/bin/python"
+want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+stamp="$venv/.requirements.sha256"
+
+if [[ ! -x "$python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+    echo "package: building $venv (Python $version) from requirements.txt" >&2
+    rm -rf "$venv" && mkdir -p "$wheels"
+    "$base_python" -m venv "$venv"
+    "$python" -m pip download --quiet --disable-pip-version-check -r requirements.txt -d "$wheels"
+    "$python" -m pip install --quiet --disable-pip-version-check --no-index --find-links "$wheels" -r requirements.txt
+    echo "$want" > "$stamp"
+fi
+
+export PIP_NO_INDEX=1 PIP_FIND_LINKS="$root/$wheels" PIP_DISABLE_PIP_VERSION_CHECK=1
+# The config.json / policy files must cover every pool of the stage's config file.
+"$python" -m infra.sync_config --check
+
+# Package with the stage's own environment, so app.py generates the same functions (one per
+# pool of the stage's config file, the stage's refill queue) as the Lambdas will at run time.
+eval "$("$python" - "$stage" <<'PY'
+import json, shlex, sys
+env = json.load(open(".chalice/config.json"))["stages"][sys.argv[1]]["environment_variables"]
+for name, value in env.items():
+    print(f"export {name}={shlex.quote(value)}")
+PY
+)"
+
+merge="build/merge-template-$stage.json"
+"$python" -m infra.template --stage "$stage" > "$merge"
+rm -rf "$out"
+# chalice needs a region to build ARNs; the template itself is region-neutral.
+AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}" \
+    "$python" -c "import sys; from chalice.cli import main; sys.exit(main())" \
+    package --stage "$stage" --merge-template "$merge" "$out" >&2
+echo "$out/sam.json"

@@ -1,0 +1,42 @@
+"""The dev stage packaged for real (infra/package.sh: chalice package + merge), once per session.
+
+A module of its own (not conftest.py) so the tests can import ``Package`` for their type hints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGE = "dev"
+
+
+@dataclass
+class Package:
+    stage: str
+    template_path: Path
+    template: dict[str, Any]
+    zip: zipfile.ZipFile
+
+    @property
+    def resources(self) -> dict[str, Any]:
+        return self.template["Resources"]
+
+    def of_type(self, kind: str) -> dict[str, Any]:
+        return {name: r for name, r in self.resources.items() if r["Type"] == kind}
+
+
+def build_package() -> Iterator[Package]:
+    out = ROOT / "build" / f"test-package-{STAGE}"
+    done = subprocess.run([str(ROOT / "infra" / "package.sh"), STAGE, str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"infra/package.sh failed:\n{done.stderr[-4000:]}"
+    template_path = out / "sam.json"
+    with zipfile.ZipFile(out / "deployment.zip") as archive:
+        yield Package(STAGE, template_path, json.loads(template_path.read_text()), archive)
