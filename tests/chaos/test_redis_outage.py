@@ -1,0 +1,199 @@
+"""Redis stopped (or frozen) while HTTP clients hammer the API and the scheduler reconciles: every
+request answers quickly with a 503 JSON error (never a 500, never a hang), and once Redis is back
+on the same port the same service answers 200 again, with no restart.
+
+The service runs in this process exactly as one worker of the local stack does: the Chalice app
+behind ``local.gateway``'s threaded HTTP server, and ``LocalScheduler`` reconciling every pool.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import app
+from chalicelib.manager.reconcile import reconcile_pool
+from chalicelib.services import Services
+from local.gateway import make_server
+from local.redis_server import RedisServer, free_port
+from local.scheduler import LocalScheduler
+
+SOCKET_TIMEOUT = 1.5
+"""The Redis client's socket timeout (config redis.socket_timeout): what a frozen Redis costs."""
+
+CONFIG = f"""
+:config: {{domain: example.com, task_limit: 1000, check_loop_delay_min: 1}}
+:redis: {{socket_timeout: {SOCKET_TIMEOUT}}}
+:providers:
+  :dummy: {{createvm_max_time: 0, boot_time: 0}}
+:pools:
+  - {{name: outage, size: 400, provider: dummy}}
+"""
+POOL = "outage"
+IN_FLIGHT_BOUND = 4.0
+"""redis-py 8 retries a command whose connection broke 10 times, backing off up to 1 s."""
+
+
+@dataclass
+class Reply:
+    started: float
+    seconds: float
+    status: int
+    body: dict | None
+    call: str
+
+
+@dataclass
+class Load:
+    """HTTP clients doing checkout, describe and delete in a loop, recording every reply."""
+
+    port: int
+    clients: int = 4
+    replies: list[Reply] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def _call(self, connection: http.client.HTTPConnection, method: str, target: str) -> Reply:
+        started = time.monotonic()
+        connection.request(method, target, body=b"" if method == "POST" else None)
+        response = connection.getresponse()
+        raw = response.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        reply = Reply(started, time.monotonic() - started, response.status, body, f"{method} {target}")
+        self.replies.append(reply)
+        return reply
+
+    def _client(self) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            while not self.stop.is_set():
+                reply = self._call(connection, "POST", f"/api/v3/vm/{POOL}")
+                if reply.status == 200 and reply.body:
+                    hostname = reply.body[POOL]["hostname"]
+                    self._call(connection, "GET", f"/api/v3/vm/{hostname}")
+                    self._call(connection, "DELETE", f"/api/v3/vm/{hostname}")
+                self._call(connection, "GET", "/api/v3/status")
+                time.sleep(0.02)
+        except Exception as error:  # noqa: BLE001 - a hung or broken connection fails the test
+            self.errors.append(f"{type(error).__name__}: {error}")
+        finally:
+            connection.close()
+
+    def __enter__(self) -> "Load":
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(self.clients)]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        assert not any(thread.is_alive() for thread in self._threads), "a client hung"
+
+    def between(self, start: float, end: float) -> list[Reply]:
+        """Replies to requests sent within [start, end], however long they took."""
+        return [r for r in list(self.replies) if start <= r.started <= end]
+
+
+@dataclass
+class Service:
+    redis_server: RedisServer
+    services: Services
+    port: int
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    """The API and the scheduler on a Redis of their own, on a fixed port that outlives it."""
+    server = RedisServer(port=free_port(), data_dir=tmp_path / "redis", persist=True).start()
+    # Built the way a Lambda builds it, so the Redis client has the service's own settings.
+    services = Services.from_environment({"VMPOOL_CONFIG": CONFIG, "VMPOOL_REDIS_URL": server.url})
+    config, client = services.config, services.client
+    pool = config.pool(POOL)
+    for _ in range(2):  # clones start, then they are ready
+        reconcile_pool(services.store, services.provider("dummy"), pool, services.clock, config.service)
+    saved, app._services = app._services, services
+    http_server = make_server(app.app, "127.0.0.1", free_port())
+    threading.Thread(target=http_server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    scheduler = LocalScheduler(services, interval_seconds=0.5, budget_seconds=2.0)
+    scheduler.start()
+    try:
+        yield Service(server, services, http_server.server_address[1])
+    finally:
+        scheduler.stop()
+        http_server.shutdown()
+        http_server.server_close()
+        app._services = saved
+        client.close()
+        server.stop()
+
+
+def _until_healthy(load: Load, since: float, timeout: float) -> float:
+    """Seconds from ``since`` until a checkout succeeds again."""
+    deadline = since + timeout
+    while time.monotonic() < deadline:
+        if any(r.status == 200 and r.call.startswith("POST") for r in load.between(since, time.monotonic())):
+            return time.monotonic() - since
+        time.sleep(0.05)
+    raise AssertionError(f"no successful checkout within {timeout} s of Redis coming back")
+
+
+def _assert_clean_outage(replies: list[Reply], bound: float) -> None:
+    assert replies, "no request was answered while Redis was down"
+    for reply in replies:
+        assert reply.status == 503, f"{reply.call}: {reply.status} {reply.body} while Redis was down"
+        assert reply.body is not None and reply.body.get("ok") is False, f"{reply.call}: not a JSON error"
+        assert "unavailable" in reply.body.get("error", ""), reply.body
+        assert reply.seconds < bound, f"{reply.call} took {reply.seconds:.2f} s while Redis was down"
+
+
+@pytest.mark.parametrize("outage", ["restarted", "frozen"])
+def test_api_answers_503_quickly_while_redis_is_out_and_recovers_without_a_restart(
+        service: Service, outage: str) -> None:
+    with Load(service.port) as load:
+        time.sleep(0.5)
+        assert any(r.status == 200 for r in load.replies), "the service never worked"
+        process = service.redis_server.process
+        assert process is not None
+        if outage == "restarted":
+            service.redis_server.stop()  # SIGTERM: Redis saves its data on the way out
+        else:
+            process.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
+        down_from = time.monotonic()
+        time.sleep(4.0 if outage == "restarted" else 2 * SOCKET_TIMEOUT + 1.0)
+        down_until = time.monotonic()
+        if outage == "restarted":
+            service.redis_server.start()  # same port, same data
+        else:
+            process.send_signal(signal.SIGCONT)
+        back = time.monotonic()
+        recovery = _until_healthy(load, back, timeout=10.0)
+        time.sleep(0.3)
+
+    assert load.errors == []
+    assert not [r for r in load.replies if r.status >= 500 and r.status != 503], "a 5xx other than 503"
+    # Requests sent while Redis was out: 503 JSON, each within the client's socket timeout.
+    bound = 1.0 if outage == "restarted" else SOCKET_TIMEOUT + 1.0
+    _assert_clean_outage(load.between(down_from, down_until - bound), bound)
+    # Requests caught in flight when Redis went away: redis-py retries them (up to ~2.3 s of
+    # backoff), then they answer, whichever way; none hangs.
+    for reply in load.between(down_from - 0.5, down_from):
+        assert reply.seconds < IN_FLIGHT_BOUND, f"{reply.call} in flight took {reply.seconds:.2f} s"
+    assert recovery < 5.0
+    # Once back, the same process serves checkouts again and the pool's data survived.
+    recent = load.between(back + recovery, time.monotonic())
+    assert recent and all(r.status == 200 for r in recent), [(r.call, r.status, r.body) for r in recent if r.status != 200]
+    counts = service.services.store.counts([POOL])[POOL]
+    assert counts["ready"] + counts["pending"] > 0
