@@ -15,13 +15,21 @@ ifeq ($(PROVIDER),vcsim)
 RUN_APT += golang-go golang-github-vmware-govmomi-dev
 endif
 
-.PHONY: run test apt-run apt-test venv vcsim clean
+.PHONY: run test package apt-run apt-test venv vcsim clean
 
 run: apt-run venv $(if $(filter vcsim,$(PROVIDER)),vcsim)
 	$(PY) -m local.run --port $(PORT) --provider $(PROVIDER)
 
 test: apt-test venv vcsim
 	$(PY) -m pytest -p no:warnings $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" infra/package.sh prod build/package-prod
+	$(VENV)/bin/cfn-lint build/package-prod/sam.json
+
+# The deployable stage: build/package/sam.json (merged template) and deployment.zip, offline
+# after the first build. STAGE=prod for production.
+STAGE ?= dev
+package: venv
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" infra/package.sh $(STAGE) build/package
 
 # Installs only the Debian packages that are missing: a no-op (no apt-get at all) once they are there.
 apt-run:

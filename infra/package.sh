@@ -36,15 +36,18 @@ version="$("$base_python" -c 'import sys; print("%d.%d" % sys.version_info[:2])'
 wheels="build/wheels-$version"
 venv="build/venv-$version"
 python="$venv/bin/python"
-want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+# Chalice packages the app but is not one of its run-time dependencies (it bundles its own runtime
+# module), so it comes from requirements-dev.txt's pin.
+chalice_pin="$(grep -E '^chalice==' requirements-dev.txt)"
+want="$( (cat requirements.txt; echo "$chalice_pin") | sha256sum | cut -d' ' -f1)"
 stamp="$venv/.requirements.sha256"
 
 if [[ ! -x "$python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     echo "package: building $venv (Python $version) from requirements.txt" >&2
     rm -rf "$venv" && mkdir -p "$wheels"
     "$base_python" -m venv "$venv"
-    "$python" -m pip download --quiet --disable-pip-version-check -r requirements.txt -d "$wheels"
-    "$python" -m pip install --quiet --disable-pip-version-check --no-index --find-links "$wheels" -r requirements.txt
+    "$python" -m pip download --quiet --disable-pip-version-check -r requirements.txt "$chalice_pin" -d "$wheels"
+    "$python" -m pip install --quiet --disable-pip-version-check --no-index --find-links "$wheels" -r requirements.txt "$chalice_pin"
     echo "$want" > "$stamp"
 fi
 

@@ -200,7 +200,6 @@ def test_deployment_zip_holds_the_app_and_its_config(package: Package) -> None:
     assert not any(n.startswith(("tests/", "infra/", "local/")) for n in names)
 
 
-@pytest.mark.xfail(strict=True, reason="requirements.txt lacks aws-xray-sdk: use aws-lambda-powertools[tracer]")
 def test_stages_with_tracing_ship_the_xray_sdk(package: Package) -> None:
     assert any(stage.tracing for stage in STAGES.values())
     assert any(name.startswith("aws_xray_sdk/") for name in package.zip.namelist())
