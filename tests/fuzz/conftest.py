@@ -1,0 +1,20 @@
+"""The local stack (``python -m local.run``: HTTP workers, its own redis-server, the scheduler)
+for the fuzz tests, with small dummy pools that refill in well under a second."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from bench.common import Stack, dummy_config, local_stack
+
+POOLS = [("fuzz-one", 4), ("fuzz-two", 2)]
+
+
+@pytest.fixture(scope="session")
+def fuzz_stack() -> Iterator[Stack]:
+    with local_stack(dummy_config(POOLS, task_limit=20), workers=2, interval=2.0) as stack:
+        for pool, size in POOLS:
+            stack.wait_ready(pool, size, timeout=60)
+        yield stack

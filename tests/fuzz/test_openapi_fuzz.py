@@ -1,0 +1,51 @@
+"""Schemathesis against docs/openapi.yaml on the running local stack: every operation of the
+spec, generated valid and invalid requests; no 5xx, and every answer's status, content type,
+headers and body as the spec says.
+
+``make test`` runs a few examples per operation under /api/v3; ``make fuzz`` (VMPOOL_FUZZ_EXAMPLES
+and VMPOOL_FUZZ_VERSIONS) runs many more, under every version.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("schemathesis", reason="schemathesis is not installed (requirements-dev.txt)")
+
+import hypothesis  # noqa: E402  (a dependency of schemathesis)
+import schemathesis  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.specs.openapi.checks import (content_type_conformance, response_headers_conformance,  # noqa: E402
+                                               response_schema_conformance, status_code_conformance)
+
+from bench.common import Stack  # noqa: E402
+from tests.api.client import spec_template  # noqa: E402
+from tests.api.test_openapi import PENDING  # noqa: E402
+
+SPEC = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
+EXAMPLES = int(os.environ.get("VMPOOL_FUZZ_EXAMPLES", "8"))
+VERSIONS = os.environ.get("VMPOOL_FUZZ_VERSIONS", "v3").split(",")
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
+          response_headers_conformance, response_schema_conformance]
+
+
+def _pending(context: object) -> bool:
+    """Documented routes another branch is still adding (tests/api/test_openapi.py PENDING): they
+    join the fuzzing as soon as they are served and leave that list."""
+    operation = context.operation  # type: ignore[attr-defined]
+    return (operation.method.upper(), spec_template(operation.path)) in PENDING
+
+
+schema = schemathesis.openapi.from_path(SPEC).exclude(func=_pending)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@schema.parametrize()
+@hypothesis.settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+                     suppress_health_check=list(hypothesis.HealthCheck))
+def test_every_operation_answers_as_the_spec_says(case: schemathesis.Case, fuzz_stack: Stack, version: str) -> None:
+    case.call_and_validate(base_url=f"http://127.0.0.1:{fuzz_stack.port}/api/{version}", checks=CHECKS,
+                           timeout=10)
