@@ -103,3 +103,7 @@ def make_fleet(redis_client: redis.Redis, clock: FakeClock) -> Iterator[FleetFac
         return Fleet(services, world)
 
     yield make
+
+
+# The vCenter simulator fixtures of tests/vsphere, for the vcsim chaos test.
+from tests.vsphere.conftest import private_vcsim, vcsim_dir  # noqa: E402,F401
