@@ -12,11 +12,12 @@ from __future__ import annotations
 import http.client
 import json
 import multiprocessing
+import resource
 import time
 from typing import Any
 
 from bench.common import (CORES, RoundTrips, Stack, command_delta, command_stats, dummy_config,
-                          local_stack, median, ms, percentile)
+                          local_stack, median, ms, percentile, stack_cpu)
 
 POOL = "big"
 
@@ -64,10 +65,17 @@ def _one_run(stack: Stack, clients: int, seconds: float) -> dict[str, Any]:
     while time.time() < start_at:
         time.sleep(0.001)
     before = command_stats(redis_client)
+    cpu_before = stack_cpu(stack.process.pid)
+    clients_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     results = [queue.get(timeout=seconds + 60) for _ in processes]
     after = command_stats(redis_client)
+    cpu_after = stack_cpu(stack.process.pid)
     for process in processes:
         process.join()
+    clients_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = {part: cpu_after[part] - cpu_before[part] for part in cpu_after}
+    cpu["http clients"] = (clients_after.ru_utime + clients_after.ru_stime
+                           - clients_before.ru_utime - clients_before.ru_stime)
     checkout = [t for r in results for t in r["checkout"]]
     delete = [t for r in results for t in r["delete"]]
     failures: dict[str, int] = {}
@@ -76,6 +84,7 @@ def _one_run(stack: Stack, clients: int, seconds: float) -> dict[str, Any]:
             failures[name] = failures.get(name, 0) + count
     commands = command_delta(before, after)
     cycles = len(delete)
+    cpu_ms_per_cycle = {part: ms(used / max(cycles, 1)) for part, used in cpu.items()}
     return {
         "cycles_per_second": cycles / seconds,
         "checkout_p50_ms": ms(percentile(checkout, 0.50)),
@@ -84,6 +93,7 @@ def _one_run(stack: Stack, clients: int, seconds: float) -> dict[str, Any]:
         "delete_p99_ms": ms(percentile(delete, 0.99)),
         "redis_commands_per_checkout": round(sum(commands.values()) / max(cycles, 1), 2),
         "commands": commands,
+        "cpu_ms_per_cycle": cpu_ms_per_cycle,
         "cycles": cycles,
         "failures": failures,
     }
@@ -147,6 +157,8 @@ def run(quick: bool = False) -> dict[str, Any]:
             level = {key: median([r[key] for r in runs]) for key in runs[0]
                      if isinstance(runs[0][key], (int, float))}
             level["commands"] = runs[-1]["commands"]
+            level["cpu_ms_per_cycle"] = {part: median([r["cpu_ms_per_cycle"][part] for r in runs])
+                                         for part in runs[0]["cpu_ms_per_cycle"]}
             level["failures"] = {k: sum(r["failures"].get(k, 0) for r in runs)
                                  for r in runs for k in r["failures"]}
             result["levels"][str(clients)] = level

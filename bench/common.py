@@ -94,6 +94,37 @@ def command_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, in
     return {name: calls for name, calls in sorted(delta.items()) if calls > 0}
 
 
+# --- CPU accounting ---------------------------------------------------------------------------
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(child) for child in text]
+    return found
+
+
+def stack_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the local stack, by part: its main process (the reconcile
+    scheduler's threads), its HTTP workers, and its redis-server."""
+    usage = {"reconcile (scheduler)": _cpu_seconds(pid), "api workers": 0.0, "redis-server": 0.0}
+    for child in _children(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+            part = "redis-server" if b"redis-server" in command else "api workers"
+            usage[part] += _cpu_seconds(child)
+        except OSError:
+            continue  # exited meanwhile
+    return usage
+
+
 # --- the local stack --------------------------------------------------------------------------
 
 

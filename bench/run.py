@@ -48,6 +48,8 @@ def table(results: dict[str, Any]) -> list[str]:
                          f"{level['cycles_per_second']:7.0f} cycles/s  checkout p50 {level['checkout_p50_ms']} ms"
                          f" p99 {level['checkout_p99_ms']} ms  delete p50 {level['delete_p50_ms']} ms"
                          f" p99 {level['delete_p99_ms']} ms  {level['redis_commands_per_checkout']} redis cmds/cycle"))
+            cpu = ", ".join(f"{part} {used}" for part, used in level["cpu_ms_per_cycle"].items())
+            rows.append((f"  cpu ms/cycle", cpu))
         trips = c["round_trips_per_call"]
         rows.append(("redis round trips", f"checkout {trips['checkout']:g}, delete {trips['delete']:g}"))
     if "reconcile" in results:
