@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from chalicelib.clock import FakeClock
 from chalicelib.config import Config, parse
@@ -191,7 +193,8 @@ def test_unknown_task_is_an_error(provider: DummyProvider) -> None:
 
 
 def test_redis_failure_is_a_provider_error_without_details(config: Config, clock: FakeClock) -> None:
-    client = redis.Redis(port=free_port(), socket_connect_timeout=0.2, decode_responses=True)
+    client = redis.Redis(port=free_port(), socket_connect_timeout=0.2, decode_responses=True,
+                         retry=Retry(NoBackoff(), 0))
     provider = provider_for(config, client, clock)
 
     with pytest.raises(ProviderError) as raised:
