@@ -69,6 +69,7 @@ class Services:
         """The named provider, built on first use and kept (its connections too)."""
         if name not in self._providers:
             self._providers[name] = build_provider(
-                self.config.providers[name], self.config, self.client, self.clock
+                self.config.providers[name], self.config, self.client, self.clock,
+                prefix=self.store.keys.prefix,
             )
         return self._providers[name]

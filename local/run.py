@@ -21,7 +21,8 @@ import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STATE_DIR = ROOT / ".run"
+STATE_DIR = Path(os.environ.get("VMPOOL_STATE_DIR") or ROOT / ".run")
+"""Where the local Redis keeps its data and vcsim its certificate (VMPOOL_STATE_DIR overrides)."""
 
 
 def _serve(port: int, ready: "multiprocessing.synchronize.Event") -> None:

@@ -43,9 +43,14 @@ def run_pool(
     """Reconcile one pool for up to ``budget_seconds`` (wall time), if nobody else is.
     ``stopping`` lets a host process (the local stack) end the loop early on shutdown."""
     store = services.store
-    token = store.acquire_lease(pool_name, LEASE_SECONDS)
+    try:
+        token = store.acquire_lease(pool_name, LEASE_SECONDS)
+        if token is None:
+            store.wake(pool_name)
+    except StoreUnavailable as error:
+        logger.warning("reconcile skipped: redis unavailable", extra={"pool": pool_name, "error": str(error)})
+        return RunReport(pool_name, leased=False, failures=[str(error)])
     if token is None:
-        store.wake(pool_name)
         logger.debug("pool is reconciled elsewhere; nudged the holder", extra={"pool": pool_name})
         return RunReport(pool_name, leased=False)
     report = RunReport(pool_name, leased=True)

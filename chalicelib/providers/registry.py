@@ -17,13 +17,14 @@ def build_provider(
     client: redis.Redis,
     clock: Clock,
     resolve_secret: Callable[[object], str | None] = lambda value: value if isinstance(value, str) else None,
+    prefix: str = "vmpool:",
 ) -> Provider:
     """The implementation named by ``provider_class``. vSphere is imported only when used, so
     the API Lambdas never load pyVmomi."""
     if provider.provider_class == "dummy":
         from chalicelib.providers.dummy import DummyProvider
 
-        return DummyProvider(provider, client, clock)
+        return DummyProvider(provider, client, clock, prefix=prefix)
     if provider.provider_class == "vsphere":
         from chalicelib.providers.vsphere import VSphereProvider
 

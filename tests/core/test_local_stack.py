@@ -90,7 +90,8 @@ def test_local_stack_fills_serves_refills_and_stops_cleanly(tmp_path: Path) -> N
     config_file.write_text(CONFIG)
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("VMPOOL_")}
-    env.update(VMPOOL_CONFIG_FILE=str(config_file), POWERTOOLS_LOG_LEVEL="WARNING")
+    env.update(VMPOOL_CONFIG_FILE=str(config_file), POWERTOOLS_LOG_LEVEL="WARNING",
+               VMPOOL_STATE_DIR=str(tmp_path / "state"))
     log = (tmp_path / "stack.log").open("w+")
     stack = subprocess.Popen(
         [sys.executable, "-m", "local.run", "--port", str(port), "--workers", "2",

@@ -165,3 +165,19 @@ def test_loop_ends_when_its_lease_was_taken_over(services: Services, redis_clien
 
     assert len(report.passes) == 1 and report.passes[0].work_in_flight
     assert redis_client.get(services.store.keys.lease("alpha")) == "someone-else"  # not released by us
+
+
+def test_redis_down_at_lease_time_is_a_failure_not_an_exception(redis_server) -> None:
+    """A scheduled invocation that cannot reach Redis reports it and returns: no crashed Lambda."""
+    import redis as redis_lib
+
+    from chalicelib.config import parse
+    from chalicelib.manager.runner import run_pool
+    from chalicelib.services import Services
+    from local.redis_server import free_port
+
+    config = parse(":providers:\n  :dummy: {}\n:pools:\n  - name: alpha\n    size: 1\n    provider: dummy\n")
+    unreachable = redis_lib.Redis(port=free_port(), decode_responses=True, socket_connect_timeout=0.2)
+    report = run_pool(Services(config, unreachable), "alpha", budget_seconds=1)
+    assert report.leased is False
+    assert report.failures and "redis" in report.failures[0]
