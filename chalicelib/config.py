@@ -129,6 +129,16 @@ def choice(*options: str) -> Checker:
     return check
 
 
+def symbol_choice(*options: str) -> Checker:
+    """Like ``choice``, also accepting Ruby-symbol values (``:ldap``) as vmpooler configs write them."""
+    check_choice = choice(*options)
+
+    def check(value: Any) -> str:
+        return check_choice(value.lstrip(":") if isinstance(value, str) else value)
+
+    return check
+
+
 def regex(value: Any) -> str:
     text = string(value)
     try:
@@ -140,6 +150,18 @@ def regex(value: Any) -> str:
 
 def anything(value: Any) -> Any:
     return value
+
+
+def secret_value(value: Any) -> Any:
+    """A password: a plain string (as vmpooler writes it) or a reference to AWS Secrets Manager /
+    SSM Parameter Store (``{secret: name[, key: k]}`` / ``{ssm: name}``), resolved at run time.
+    The message names the problem, never the value."""
+    from chalicelib.auth.secrets import SecretConfigError, check_secret_value
+
+    try:
+        return check_secret_value(value)
+    except SecretConfigError as error:
+        raise _Invalid(str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -231,7 +253,7 @@ SERVICE_KEYS: dict[str, Key] = {
 REDIS_KEYS: dict[str, Key] = {
     "server": Key(string, "localhost"),
     "port": Key(integer(1, 65535), 6379),
-    "password": Key(string),
+    "password": Key(secret_value),
     "data_ttl": Key(integer(1), 168),
     "db": Key(integer(0), 0),
     "tls": Key(boolean, False),
@@ -277,7 +299,7 @@ PROVIDER_KEYS: dict[str, Key] = {
     "server": Key(string),
     "port": Key(integer(1, 65535)),
     "username": Key(string),
-    "password": Key(anything),
+    "password": Key(secret_value),
     "insecure": Key(boolean, False),
     "ca_bundle": Key(string),
     "datacenter": Key(string),
@@ -290,7 +312,7 @@ PROVIDER_KEYS: dict[str, Key] = {
 }
 
 AUTH_KEYS: dict[str, Key] = {
-    "provider": Key(choice("ldap", "dummy"), REQUIRED),
+    "provider": Key(symbol_choice("ldap", "dummy"), REQUIRED),
     "ldap": Key(mapping),
     "login_attempts_per_user": Key(integer(1), 10),
     "login_attempts_per_address": Key(integer(1), 50),
@@ -513,7 +535,10 @@ def build(document: Mapping[str, Any]) -> Config:
 
     auth = None
     if document.get("auth") is not None:
-        auth = MappingProxyType(reader.section(document["auth"], AUTH_KEYS, "auth"))
+        auth_values = reader.section(document["auth"], AUTH_KEYS, "auth")
+        if auth_values.get("provider") == "ldap":
+            _check_ldap(reader, auth_values.get("ldap"))
+        auth = MappingProxyType(auth_values)
 
     tagfilter: dict[str, str] = {}
     raw_tagfilter = document.get("tagfilter") or {}
@@ -537,6 +562,17 @@ def build(document: Mapping[str, Any]) -> Config:
         tagfilter=MappingProxyType(tagfilter),
         warnings=tuple(reader.warnings),
     )
+
+
+def _check_ldap(reader: _Reader, raw: Any) -> None:
+    """Refuse an invalid ``:auth: :ldap:`` block at load, not at the first login."""
+    from chalicelib.auth.base import AuthConfigError
+    from chalicelib.auth.ldap import parse_ldap_settings
+
+    try:
+        parse_ldap_settings(raw)
+    except AuthConfigError as error:
+        reader.problems.extend(error.problems)
 
 
 def _read_providers(reader: _Reader, raw: Any) -> dict[str, ProviderConfig]:

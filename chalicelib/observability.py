@@ -12,6 +12,7 @@ generated from the same constants, so a renamed metric cannot leave a dashboard 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -20,10 +21,27 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
+from chalicelib.auth.secrets import RedactingFilter
+
 NAMESPACE = "vmpool"
 SERVICE = "vmpool"
 
 logger = Logger(service=SERVICE)
+
+REDACTION = RedactingFilter()
+"""Masks every secret the service has resolved, in every log line (belt and braces: no code
+path logs a secret on purpose)."""
+
+
+def redact_secrets(values: Iterable[Any]) -> None:
+    """Mask these values from now on in the Powertools logger's output and the root handlers'
+    (where the stdlib loggers of chalicelib.auth end up). Idempotent."""
+    for value in values:
+        REDACTION.add(value)
+    handlers = [logger.registered_handler, *logging.getLogger().handlers]
+    for handler in handlers:
+        if REDACTION not in handler.filters:
+            handler.addFilter(REDACTION)
 
 
 

@@ -1,19 +1,34 @@
 """The objects a Lambda (or the local stack) builds once per process and reuses across requests.
 
 Built at cold start from the environment; a warm Lambda reuses the Redis connection pool and the
-provider connections (vCenter sessions) held here.
+provider connections (vCenter sessions) held here. Everything slow is built on first use: the
+authenticator (ldap3), AWS clients for secret references (boto3), the providers (pyVmomi). So an
+API cold start pays only for what its first request needs.
+
+Secrets (the Redis password, each provider's password, the LDAP service account's) may be
+references to AWS Secrets Manager / SSM; they are resolved through ``resolve_secret`` when first
+needed (Powertools caches them), and every resolved value is masked in the logs from then on.
 """
 
 from __future__ import annotations
 
 import os
+from functools import cached_property
+from typing import Any, Callable, Iterator
+
 import redis
 
 from chalicelib import config as config_module
+from chalicelib.auth import build_authenticator
+from chalicelib.auth.base import Authenticator
+from chalicelib.auth.basic import LoginService
+from chalicelib.auth.ratelimit import LoginLimiter
+from chalicelib.auth.secrets import SecretConfigError, SecretResolver, SecretUnavailable, default_resolver
+from chalicelib.auth.tokens import TokenStore
 from chalicelib.clock import Clock, SystemClock
 from chalicelib.config import Config, PoolConfig
 from chalicelib.manager.refill import REFILL_QUEUE_ENV, NoRefill, RefillTrigger, SqsRefill
-from chalicelib.observability import logger
+from chalicelib.observability import logger, redact_secrets
 from chalicelib.providers.base import Provider
 from chalicelib.providers.registry import build_provider
 from chalicelib.store import Store, connect
@@ -22,8 +37,56 @@ KEY_PREFIX_ENV = "VMPOOL_KEY_PREFIX"
 REDIS_URL_ENV = "VMPOOL_REDIS_URL"
 
 
+def configured_secrets(config: Config) -> Iterator[Any]:
+    """Every secret value the config holds, as written (a plain string or a reference)."""
+    if config.redis.password is not None:
+        yield config.redis.password
+    for provider in config.providers.values():
+        if provider.get("password") is not None:
+            yield provider.get("password")
+    ldap = (config.auth or {}).get("ldap") or {}
+    service_account = ldap.get("service_account_hash") if hasattr(ldap, "get") else None
+    if hasattr(service_account, "get") and service_account.get("password") is not None:
+        yield service_account.get("password")
+
+
+def resolve_and_redact(resolver: SecretResolver, value: Any) -> str | None:
+    """The secret a config value names (fetched if it is a reference), masked in logs from now on."""
+    resolved = resolver.resolve(value)
+    if resolved:
+        redact_secrets([resolved])
+    return resolved
+
+
+class RedisPassword(redis.CredentialProvider):
+    """The Redis password (or AUTH token), resolved when redis-py opens a connection: a cold start
+    does not wait for AWS, and a rotated secret is picked up when the Powertools cache expires."""
+
+    def __init__(self, resolve: Callable[[Any], str | None], value: Any) -> None:
+        self._resolve = resolve
+        self._value = value
+
+    def get_credentials(self) -> tuple[str]:
+        try:
+            password = self._resolve(self._value)
+        except (SecretUnavailable, SecretConfigError) as error:
+            # A Redis error, so the API answers 503 (the message names the reference only).
+            raise redis.ConnectionError(f"the Redis password is unavailable: {error}") from None
+        return (password or "",)
+
+
+def redis_client(config: Config, resolver: SecretResolver) -> redis.Redis:
+    """A client for the configured Redis, its password resolved on first connection."""
+    if config.redis.password is None:
+        return connect(config.redis)
+    return connect(
+        config.redis,
+        credential_provider=RedisPassword(lambda value: resolve_and_redact(resolver, value), config.redis.password),
+    )
+
+
 class Services:
-    """Config, store, clock, providers and the refill trigger, wired together."""
+    """Config, store, clock, providers, authentication and the refill trigger, wired together."""
 
     def __init__(
         self,
@@ -32,6 +95,7 @@ class Services:
         clock: Clock | None = None,
         prefix: str = "vmpool:",
         refill: RefillTrigger | None = None,
+        secrets: SecretResolver | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -41,6 +105,9 @@ class Services:
         self.refill: RefillTrigger = refill or NoRefill()
         self.started = self.clock.now()
         """When this process started serving: /status reports uptime from it, as vmpooler does."""
+        self.secrets = secrets or default_resolver()
+        # Plain-text secrets are known now; references are masked once fetched.
+        redact_secrets(value for value in configured_secrets(config) if isinstance(value, str))
 
     @classmethod
     def from_environment(cls, environ: dict[str, str] | None = None, config: Config | None = None) -> "Services":
@@ -49,14 +116,14 @@ class Services:
         config = config or config_module.load(environ)
         for warning in config.warnings:
             logger.warning("config: " + warning)
+        resolver = default_resolver()
         if environ.get(REDIS_URL_ENV):
             client = redis.Redis.from_url(environ[REDIS_URL_ENV], decode_responses=True,
                                           socket_timeout=config.redis.socket_timeout,
                                           socket_connect_timeout=config.redis.socket_timeout)
         else:
-            password = config.redis.password if isinstance(config.redis.password, str) else None
-            client = connect(config.redis, password)
-        services = cls(config, client, prefix=environ.get(KEY_PREFIX_ENV, "vmpool:"))
+            client = redis_client(config, resolver)
+        services = cls(config, client, prefix=environ.get(KEY_PREFIX_ENV, "vmpool:"), secrets=resolver)
         if environ.get(REFILL_QUEUE_ENV):
             services.refill = SqsRefill(environ[REFILL_QUEUE_ENV])
         return services
@@ -70,6 +137,28 @@ class Services:
         if name not in self._providers:
             self._providers[name] = build_provider(
                 self.config.providers[name], self.config, self.client, self.clock,
-                prefix=self.store.keys.prefix,
+                resolve_secret=self.resolve_secret, prefix=self.store.keys.prefix,
             )
         return self._providers[name]
+
+    def resolve_secret(self, value: Any) -> str | None:
+        """A config secret (plain or a reference), fetched and cached; masked in logs from now on."""
+        return resolve_and_redact(self.secrets, value)
+
+    @cached_property
+    def authenticator(self) -> Authenticator | None:
+        """The ``:auth:`` provider (None without ``:auth:``). Raises AuthConfigError."""
+        return build_authenticator(self.config.auth, self.resolve_secret)
+
+    @cached_property
+    def logins(self) -> LoginService | None:
+        """HTTP Basic logins with the failed-login limiter; None without ``:auth:``."""
+        authenticator = self.authenticator
+        if authenticator is None:
+            return None
+        return LoginService(authenticator, LoginLimiter.from_config(self.config.auth, self.client))
+
+    @cached_property
+    def tokens(self) -> TokenStore:
+        """API tokens (hash-only in Redis), expiring after ``config.token_ttl`` hours when set."""
+        return TokenStore(self.client, self.clock, ttl_hours=self.config.service.token_ttl)

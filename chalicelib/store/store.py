@@ -96,11 +96,19 @@ class DayStats:
         return float(value) if value else 0.0
 
 
-def connect(config: RedisConfig, password: str | None = None) -> redis.Redis:
-    """A client for the configured Redis: short timeouts, health checks, decoded strings."""
+def connect(
+    config: RedisConfig,
+    password: str | None = None,
+    credential_provider: redis.CredentialProvider | None = None,
+) -> redis.Redis:
+    """A client for the configured Redis: short timeouts, health checks, decoded strings.
+
+    ``credential_provider`` (instead of ``password``) is asked for the password each time a
+    connection opens, so a password kept in AWS is fetched only when first needed."""
     options: dict[str, Any] = dict(
         db=config.db,
         password=password,
+        credential_provider=credential_provider,
         decode_responses=True,
         socket_timeout=config.socket_timeout,
         socket_connect_timeout=config.socket_timeout,
