@@ -1,31 +1,63 @@
 """Who is calling: the token in ``X-AUTH-TOKEN``, when the service has ``:auth:`` configured.
 
-Without ``:auth:`` nobody needs a token, as in vmpooler.
+Without ``:auth:`` nobody needs a token and a token sent anyway is ignored, as in vmpooler.
+
+With ``:auth:`` (vmpooler's FIX notes):
+- an ``X-AUTH-TOKEN`` that is not a live token is a 401, wherever it is sent;
+- a VM checked out with a token belongs to that token's user: only a token of the same user may
+  change its lifetime or give it back (401 without a token, 403 with another user's);
+- lifetime changes need a token even on a VM checked out without one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chalicelib.api.http import ApiRequest
+from chalicelib.api.http import ApiError, ApiRequest
+from chalicelib.auth.basic import WWW_AUTHENTICATE
 from chalicelib.services import Services
 from chalicelib.store import VMRecord
+
+TOKEN_HEADER = "X-AUTH-TOKEN"
 
 
 @dataclass(frozen=True)
 class Caller:
     user: str
+    token_id: str = ""
+    """The token's id (first 16 hex of its SHA-256): recorded on VMs, never the token itself."""
+
+
+def unauthorized(message: str) -> ApiError:
+    """401 with the header vmpooler clients expect."""
+    return ApiError(401, {"error": message}, {"WWW-Authenticate": WWW_AUTHENTICATE})
 
 
 def optional_caller(services: Services, request: ApiRequest) -> Caller | None:
     """The caller when a valid token is given; None without one. An invalid token is a 401."""
     if services.config.auth is None:
         return None
-    return None
+    token = request.header(TOKEN_HEADER)
+    if not token:
+        return None
+    record = services.tokens.lookup(token.strip())
+    if record is None:
+        raise unauthorized("invalid or expired token")
+    return Caller(record.user, record.id)
 
 
-def caller_for_change(services: Services, request: ApiRequest, record: VMRecord) -> Caller | None:
-    """The caller allowed to change or return ``record``: a 401/403 otherwise."""
+def caller_for_change(
+    services: Services, request: ApiRequest, record: VMRecord, *, token_required: bool = False
+) -> Caller | None:
+    """The caller allowed to change or return ``record``: a 401/403 otherwise.
+
+    A VM checked out with a token needs a token of the same user; ``token_required`` asks for a
+    token whatever the VM (lifetime changes). Without ``:auth:`` anyone may, as in vmpooler."""
     if services.config.auth is None:
         return None
-    return optional_caller(services, request)
+    caller = optional_caller(services, request)
+    if caller is None and (token_required or record.token_user):
+        raise unauthorized("a token is required (X-AUTH-TOKEN)")
+    if record.token_user and caller is not None and caller.user != record.token_user:
+        raise ApiError(403, {"error": f"VM {record.name} was checked out by another user"})
+    return caller

@@ -12,7 +12,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from chalicelib.api import status, summary, vms
+import redis
+
+from chalicelib.api import status, summary, tokens, vms
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse
 from chalicelib.observability import logger
 from chalicelib.services import Services
@@ -49,6 +51,10 @@ ROUTES: list[Route] = [
     Route("summary_section", "GET", "/summary/{section}", summary.summary),
     Route("summary_key", "GET", "/summary/{section}/{key}", summary.summary),
     Route("config", "GET", "/config", status.pool_configuration),
+    Route("token_list", "GET", "/token", tokens.list_tokens),
+    Route("token_create", "POST", "/token", tokens.create_token),
+    Route("token_describe", "GET", "/token/{token}", tokens.describe_token),
+    Route("token_delete", "DELETE", "/token/{token}", tokens.delete_token),
 ]
 
 
@@ -83,7 +89,7 @@ def handle(services: Services, handler: Handler, request: ApiRequest) -> ApiResp
         return handler(services, request)
     except ApiError as error:
         return ApiResponse(error.status, error.body, error.headers)
-    except StoreUnavailable as error:
+    except (StoreUnavailable, redis.RedisError) as error:
         logger.warning("state store unavailable", extra={"error": str(error)})
         return ApiResponse(503, {"ok": False, "error": "the state store is unavailable, try again shortly"},
                            {"Retry-After": "1"})

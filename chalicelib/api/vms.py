@@ -95,7 +95,9 @@ def _checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int]
     lifetime = config.service.vm_lifetime_auth if caller else config.service.vm_lifetime
     fields = {"lifetime": str(lifetime)}
     if caller:
+        # The owner and the token's id (a hash prefix): never the token itself.
         fields["token_user"] = caller.user
+        fields["token_id"] = caller.token_id
     now = services.clock.now()
     result = services.store.checkout(requests, now, fields)
     if not result.ok:
@@ -180,7 +182,7 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
     config = services.config
     for key, value in body.items():
         if key == "lifetime":
-            caller_for_change(services, request, record)
+            caller_for_change(services, request, record, token_required=True)
             lifetime = _parse_lifetime(value, config.service.max_lifetime_upper_limit, failures)
             if lifetime is not None:
                 changes["lifetime"] = lifetime

@@ -1,0 +1,123 @@
+"""/token routes: create, list, inspect and delete API tokens (vmpooler's wire shape, FIX applied).
+
+- ``POST /token`` and ``GET /token`` take HTTP Basic credentials, checked by the ``:auth:``
+  provider through the failed-login limiter: 401 (with ``WWW-Authenticate``) for bad
+  credentials, 429 with ``Retry-After`` past the limit, 503 when the directory is down.
+- ``GET /token`` lists only the caller's tokens, each under its id (Redis holds no token).
+- ``GET /token/<t>`` needs the owner's Basic credentials or the token itself in ``X-AUTH-TOKEN``.
+- ``DELETE /token/<t>`` needs the owner's Basic credentials (another user: 403). ``<t>`` may be
+  the token or the id ``GET /token`` lists, so a lost token can still be revoked.
+- Without ``:auth:`` every token route answers 404, as in vmpooler.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, not_found, ok
+from chalicelib.api.identity import TOKEN_HEADER, unauthorized
+from chalicelib.auth.base import AuthConfigError
+from chalicelib.auth.basic import LoginOutcome, LoginService
+from chalicelib.auth.tokens import DeleteResult, TokenRecord, hash_token, is_token_shaped, token_id
+from chalicelib.observability import logger
+from chalicelib.services import Services
+
+
+def _login_service(services: Services) -> LoginService:
+    """The login service, or 404 when no ``:auth:`` is configured."""
+    if services.config.auth is None:
+        raise not_found()
+    try:
+        logins = services.logins
+    except AuthConfigError as error:
+        # The config was checked at load; what is left (an unreadable CA file...) is an outage.
+        logger.error("authentication is misconfigured", extra={"problems": error.problems})
+        raise ApiError(503, {"error": "authentication is unavailable (configuration error)"}) from None
+    if logins is None:  # pragma: no cover - auth configured implies an authenticator
+        raise not_found()
+    return logins
+
+
+def _basic_user(services: Services, request: ApiRequest) -> str:
+    """The user whose HTTP Basic credentials came with the request; 401/429/503 otherwise."""
+    result = _login_service(services).login(request.header("Authorization"), request.source_ip or None)
+    if result.outcome is LoginOutcome.OK and result.user is not None:
+        return result.user
+    if result.outcome is LoginOutcome.RATE_LIMITED:
+        wait = result.retry_after or 1
+        raise ApiError(
+            429,
+            {"error": "too many failed logins, try again later", "retry_after": wait},
+            {"Retry-After": str(wait)},
+        )
+    if result.outcome is LoginOutcome.UNAVAILABLE:
+        raise ApiError(503, {"error": result.message or "authentication is unavailable"}, {"Retry-After": "5"})
+    raise unauthorized("authentication required (HTTP Basic)")
+
+
+def create_token(services: Services, request: ApiRequest) -> ApiResponse:
+    """POST /token: a new token for the Basic-authenticated user, shown this once."""
+    user = _basic_user(services, request)
+    token = services.tokens.create(user)
+    logger.info("token created", extra={"user": user, "token_id": token_id(hash_token(token))})
+    return ok(token=token)
+
+
+def list_tokens(services: Services, request: ApiRequest) -> ApiResponse:
+    """GET /token: the caller's tokens, by id, with ``created`` and ``last``."""
+    user = _basic_user(services, request)
+    body: dict[str, Any] = {"ok": True}
+    for record in services.tokens.list_for_user(user):
+        body[record.id] = record.public()
+    return ApiResponse(200, body)
+
+
+def describe_token(services: Services, request: ApiRequest) -> ApiResponse:
+    """GET /token/<t>: the token's user, times and running VMs, for its owner or its holder."""
+    _login_service(services)
+    token = request.params["token"]
+    presented = request.header(TOKEN_HEADER)
+    if presented and hmac.compare_digest(presented.strip().encode(), token.encode()):
+        record = services.tokens.lookup(token)
+        if record is None:
+            raise not_found(error="unknown or expired token")
+    elif request.header("Authorization"):
+        user = _basic_user(services, request)
+        record = services.tokens.lookup(token, touch=False)
+        if record is None:
+            raise not_found(error="unknown or expired token")
+        if record.user != user:
+            raise ApiError(403, {"error": "the token belongs to another user"})
+    else:
+        raise unauthorized("send the token in X-AUTH-TOKEN or the owner's HTTP Basic credentials")
+    info = {"user": record.user, **record.public(), "vms": {"running": _running_vms(services, record)}}
+    return ApiResponse(200, {"ok": True, token: info})
+
+
+def _running_vms(services: Services, record: TokenRecord) -> list[str]:
+    """The running VMs that were checked out with this token."""
+    names = []
+    for pool in services.config.pool_names:
+        for hostname in services.store.hostnames(pool, "running"):
+            vm = services.store.get_vm(hostname)
+            if vm is not None and vm.raw.get("token_id") == record.id:
+                names.append(vm.name)
+    return sorted(names)
+
+
+def delete_token(services: Services, request: ApiRequest) -> ApiResponse:
+    """DELETE /token/<t>: only its owner (Basic) may delete it; ``<t>`` is the token or its id."""
+    user = _basic_user(services, request)
+    token = request.params["token"]
+    if is_token_shaped(token):
+        result = services.tokens.delete(token, user)
+    else:
+        result = services.tokens.delete_by_id(token, user)
+    if result is DeleteResult.FORBIDDEN:
+        logger.warning("token deletion refused: not the owner", extra={"user": user})
+        raise ApiError(403, {"error": "the token belongs to another user"})
+    if result is DeleteResult.NOT_FOUND:
+        raise not_found(error="unknown or expired token")
+    logger.info("token deleted", extra={"user": user})
+    return ok()

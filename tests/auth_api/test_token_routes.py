@@ -1,0 +1,180 @@
+"""The /token routes over HTTP, against a real slapd and redis-server."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from chalicelib.auth.tokens import TOKEN_PREFIX, iso
+from tests.auth_api.conftest import OTHER_POOL, POOL, Api, basic, document
+
+WWW_AUTHENTICATE = 'Basic realm="Authentication required"'
+VERSIONS = (3, 2, 1)
+
+
+def token_id(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_token_life_cycle_under_every_api_version(ldap_api: Api, slapd, version):
+    alice = basic("alice", slapd.password("alice"))
+    created_at = iso(ldap_api.clock.now())
+    created = ldap_api.call("POST", f"/api/v{version}/token", headers=alice)
+    assert created.status == 200
+    assert created.headers["Content-Type"] == "application/json"
+    token = created.body["token"]
+    assert len(token) == 32 and token.isalnum() and token == token.lower()
+
+    ldap_api.clock.advance(60)
+    used_at = iso(ldap_api.clock.now())
+    vm = ldap_api.checkout(token)
+    listed = ldap_api.call("GET", f"/api/v{version}/token", headers=alice)
+    assert listed.status == 200
+    assert listed.body == {"ok": True, token_id(token): {"created": created_at, "last": used_at}}
+
+    shown = ldap_api.call("GET", f"/api/v{version}/token/{token}", headers={"X-AUTH-TOKEN": token})
+    assert shown.status == 200
+    assert shown.body == {"ok": True, token: {"user": "alice", "created": created_at,
+                                              "last": used_at, "vms": {"running": [vm]}}}
+
+    deleted = ldap_api.call("DELETE", f"/api/v{version}/token/{token}", headers=alice)
+    assert (deleted.status, deleted.body) == (200, {"ok": True})
+    assert ldap_api.call("GET", f"/api/v{version}/token", headers=alice).body == {"ok": True}
+    # A deleted token is refused wherever it is sent.
+    gone = ldap_api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": token})
+    assert gone.status == 401
+    assert ldap_api.call("DELETE", f"/api/v{version}/token/{token}", headers=alice).status == 404
+
+
+def test_redis_holds_only_token_hashes(ldap_api: Api, slapd):
+    token = ldap_api.new_token("alice", slapd.password("alice"))
+    vm = ldap_api.checkout(token)
+    dump = []
+    for key in ldap_api.services.client.scan_iter("*"):
+        dump.append(key)
+        kind = ldap_api.services.client.type(key)
+        if kind == "hash":
+            dump.extend(f"{k}={v}" for k, v in ldap_api.services.client.hgetall(key).items())
+        elif kind in ("set", "zset"):
+            dump.extend(ldap_api.services.client.smembers(key) if kind == "set"
+                        else ldap_api.services.client.zrange(key, 0, -1))
+        elif kind == "string":
+            dump.append(ldap_api.services.client.get(key))
+    assert not any(token in str(item) for item in dump)
+    assert f"{TOKEN_PREFIX}{hashlib.sha256(token.encode()).hexdigest()}" in dump
+    # The VM records its owner and the token's id, not the token (vmpooler stored token:token).
+    record = ldap_api.services.store.get_vm(vm)
+    assert record.token_user == "alice" and record.raw["token_id"] == token_id(token)
+
+
+def test_basic_auth_failures_are_401_with_the_challenge(ldap_api: Api, slapd):
+    for headers in ({}, basic("alice", "wrong"), basic("nobody", "x-Pass-1"), basic("alice", ""),
+                    basic("*)(uid=*", slapd.password("alice")), {"Authorization": "Bearer abc"},
+                    {"Authorization": "Basic !!!"}):
+        for method in ("GET", "POST"):
+            reply = ldap_api.call(method, "/api/v3/token", headers=headers)
+            assert reply.status == 401, (headers, reply.raw)
+            assert reply.headers["WWW-Authenticate"] == WWW_AUTHENTICATE
+            assert reply.body["ok"] is False
+    assert ldap_api.services.client.keys(f"{TOKEN_PREFIX}*") == []
+
+
+def test_get_token_lists_only_the_callers_tokens(ldap_api: Api, slapd):
+    alice_tokens = {ldap_api.new_token("alice", slapd.password("alice")) for _ in range(2)}
+    bob_token = ldap_api.new_token("bob", slapd.password("bob"))
+    alice = ldap_api.call("GET", "/api/v3/token", headers=basic("alice", slapd.password("alice"))).body
+    bob = ldap_api.call("GET", "/api/v3/token", headers=basic("bob", slapd.password("bob"))).body
+    assert set(alice) == {"ok"} | {token_id(t) for t in alice_tokens}
+    assert set(bob) == {"ok", token_id(bob_token)}
+
+
+def test_get_token_needs_the_owner_or_the_token_itself(ldap_api: Api, slapd):
+    token = ldap_api.new_token("alice", slapd.password("alice"))
+    bob_token = ldap_api.new_token("bob", slapd.password("bob"))
+    path = f"/api/v3/token/{token}"
+
+    anonymous = ldap_api.call("GET", path)
+    assert anonymous.status == 401 and anonymous.headers["WWW-Authenticate"] == WWW_AUTHENTICATE
+    assert "alice" not in anonymous.raw.decode()
+    # Another valid token is not this token; another user's password is not the owner's.
+    assert ldap_api.call("GET", path, headers={"X-AUTH-TOKEN": bob_token}).status == 401
+    other_user = ldap_api.call("GET", path, headers=basic("bob", slapd.password("bob")))
+    assert other_user.status == 403 and "alice" not in other_user.raw.decode()
+    assert ldap_api.call("GET", path, headers=basic("alice", "wrong")).status == 401
+
+    by_owner = ldap_api.call("GET", path, headers=basic("alice", slapd.password("alice")))
+    assert by_owner.status == 200 and by_owner.body[token]["user"] == "alice"
+    by_token = ldap_api.call("GET", path, headers={"X-AUTH-TOKEN": token})
+    assert by_token.status == 200 and by_token.body[token]["user"] == "alice"
+
+    unknown = "0" * 32
+    assert ldap_api.call("GET", f"/api/v3/token/{unknown}", headers={"X-AUTH-TOKEN": unknown}).status == 404
+    assert ldap_api.call("GET", f"/api/v3/token/{unknown}",
+                         headers=basic("alice", slapd.password("alice"))).status == 404
+
+
+def test_get_token_lists_only_vms_of_that_token(ldap_api: Api, slapd):
+    first = ldap_api.new_token("alice", slapd.password("alice"))
+    second = ldap_api.new_token("alice", slapd.password("alice"))
+    vm_first = ldap_api.checkout(first)
+    ldap_api.checkout(second)
+    ldap_api.checkout(None)
+    shown = ldap_api.call("GET", f"/api/v3/token/{first}", headers={"X-AUTH-TOKEN": first}).body
+    assert shown[first]["vms"] == {"running": [vm_first]}
+
+
+def test_delete_token_only_by_its_owner(ldap_api: Api, slapd):
+    token = ldap_api.new_token("alice", slapd.password("alice"))
+    path = f"/api/v3/token/{token}"
+    assert ldap_api.call("DELETE", path).status == 401
+    assert ldap_api.call("DELETE", path, headers={"X-AUTH-TOKEN": token}).status == 401  # Basic only
+    refused = ldap_api.call("DELETE", path, headers=basic("bob", slapd.password("bob")))
+    assert refused.status == 403 and refused.body["ok"] is False
+    # Still alive and usable.
+    assert ldap_api.call("GET", path, headers={"X-AUTH-TOKEN": token}).status == 200
+    assert ldap_api.call("DELETE", path, headers=basic("alice", slapd.password("alice"))).status == 200
+
+
+def test_a_lost_token_is_revoked_by_its_listed_id(ldap_api: Api, slapd):
+    alice = basic("alice", slapd.password("alice"))
+    token = ldap_api.new_token("alice", slapd.password("alice"))
+    # Bob cannot delete it by id either: ids are looked up among the caller's own tokens only.
+    assert ldap_api.call("DELETE", f"/api/v3/token/{token_id(token)}",
+                         headers=basic("bob", slapd.password("bob"))).status == 404
+    assert ldap_api.call("DELETE", f"/api/v3/token/{token_id(token)}", headers=alice).status == 200
+    assert ldap_api.call("GET", "/api/v3/token", headers=alice).body == {"ok": True}
+
+
+def test_token_routes_are_404_without_auth(make_api, slapd):
+    api = make_api(document(None))
+    for method, path in (("GET", "/api/v3/token"), ("POST", "/api/v3/token"), ("GET", "/api/v1/token/" + "a" * 32),
+                         ("DELETE", "/api/v2/token/" + "a" * 32)):
+        reply = api.call(method, path, headers=basic("alice", slapd.password("alice")))
+        assert (reply.status, reply.body["ok"]) == (404, False)
+
+
+def test_tokens_are_not_served_on_unversioned_paths(ldap_api: Api, slapd):
+    """vmpooler never rerouted /token; neither do we."""
+    assert ldap_api.call("POST", "/token", headers=basic("alice", slapd.password("alice"))).status == 404
+
+
+def test_token_ttl_expires_tokens(make_api, ldap_auth, slapd):
+    api = make_api(document(ldap_auth(), config={"token_ttl": 1}))
+    api.fill()
+    expires = iso(api.clock.now() + 3600)
+    token = api.new_token("alice", slapd.password("alice"))
+    listed = api.call("GET", "/api/v3/token", headers=basic("alice", slapd.password("alice"))).body
+    assert listed[token_id(token)]["expires"] == expires
+    api.clock.advance(3600)
+    assert api.call("GET", f"/api/v3/token/{token}", headers={"X-AUTH-TOKEN": token}).status == 404
+    assert api.call("POST", "/api/v3/vm", headers={"X-AUTH-TOKEN": token}, body={POOL: 1}).status == 401
+
+
+def test_dummy_auth_works_over_http(make_api):
+    api = make_api(document({"provider": "dummy"}))
+    api.fill(OTHER_POOL)
+    assert api.call("POST", "/api/v3/token", headers=basic("dev", "dev")).status == 401
+    token = api.new_token("dev", "anything-else")
+    assert api.call("GET", f"/api/v3/token/{token}", headers={"X-AUTH-TOKEN": token}).body[token]["user"] == "dev"
