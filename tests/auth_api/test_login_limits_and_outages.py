@@ -1,0 +1,85 @@
+"""Failed logins are limited (429 + Retry-After); an LDAP outage is a 503 JSON answer, not a 500."""
+
+from __future__ import annotations
+
+from tests.auth.slapd import free_port
+from tests.auth_api.conftest import Api, basic, document
+
+
+def test_failed_logins_per_user_are_limited_with_retry_after(make_api, ldap_auth, slapd):
+    api = make_api(document(ldap_auth(login_attempts_per_user=3, login_window_seconds=120)))
+    for _ in range(3):
+        assert api.call("POST", "/api/v3/token", headers=basic("alice", "guess")).status == 401
+    limited = api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice")))
+    assert limited.status == 429
+    assert 1 <= int(limited.headers["Retry-After"]) <= 120
+    assert limited.body["ok"] is False and limited.body["retry_after"] == int(limited.headers["Retry-After"])
+    # From another address too: the limit is per user. Other users are not affected.
+    assert api.call("GET", "/api/v3/token", headers=basic("alice", slapd.password("alice")),
+                    client_ip="198.51.100.7").status == 429
+    assert api.call("POST", "/api/v3/token", headers=basic("bob", slapd.password("bob")),
+                    client_ip="198.51.100.7").status == 200
+    # When the window ends (Redis expiry), the right password works again.
+    api.services.client.delete(*api.services.client.keys("vmpool:login:*"))
+    assert api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice"))).status == 200
+
+
+def test_failed_logins_per_address_are_limited(make_api, ldap_auth, slapd):
+    api = make_api(document(ldap_auth(login_attempts_per_address=4)))
+    for user in ("u1", "u2", "u3", "u4"):
+        assert api.call("POST", "/api/v3/token", headers=basic(user, "guess"), client_ip="203.0.113.9").status == 401
+    limited = api.call("POST", "/api/v3/token", headers=basic("carol", slapd.password("carol")),
+                       client_ip="203.0.113.9")
+    assert limited.status == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert api.call("POST", "/api/v3/token", headers=basic("carol", slapd.password("carol")),
+                    client_ip="203.0.113.10").status == 200
+
+
+def test_a_good_login_clears_the_users_failures(make_api, ldap_auth, slapd):
+    api = make_api(document(ldap_auth(login_attempts_per_user=2)))
+    for _ in range(5):
+        assert api.call("POST", "/api/v3/token", headers=basic("alice", "guess")).status == 401
+        assert api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice"))).status == 200
+
+
+def test_ldap_down_is_503_json_and_not_a_failed_login(make_api, ldap_auth, slapd, all_logs):
+    auth = ldap_auth(login_attempts_per_user=1)
+    auth["ldap"]["port"] = free_port()  # nothing listens there
+    api = make_api(document(auth))
+    for _ in range(3):
+        for method in ("GET", "POST"):
+            reply = api.call(method, "/api/v3/token", headers=basic("alice", slapd.password("alice")))
+            assert reply.status == 503
+            assert reply.headers["Content-Type"] == "application/json"
+            assert reply.body["ok"] is False and "unavailable" in reply.body["error"]
+    # Outages do not count: after three of them, alice is not locked out (limit 1).
+    assert api.services.client.keys("vmpool:login:*") == []
+    assert any("unreachable" in line for line in all_logs.lines)
+
+
+def test_tokens_keep_working_while_ldap_is_down(make_api, ldap_auth, slapd):
+    """Tokens are checked in Redis only: an LDAP outage stops logins, not CI jobs holding tokens."""
+    auth = ldap_auth()
+    auth["ldap"]["port"] = free_port()  # nothing listens there
+    api = make_api(document(auth))
+    api.fill()
+    token = api.services.tokens.create("alice")  # made before the outage
+    assert api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice"))).status == 503
+    vm = api.checkout(token)
+    assert api.call("GET", f"/api/v3/token/{token}", headers={"X-AUTH-TOKEN": token}).status == 200
+    assert api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": token}).status == 200
+
+
+def test_a_refused_service_account_is_503(make_api, ldap_auth, slapd):
+    auth = ldap_auth()
+    auth["ldap"]["service_account_hash"]["password"] = "not-the-service-password"
+    api = make_api(document(auth))
+    reply = api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice")))
+    assert reply.status == 503 and reply.body["ok"] is False
+
+
+def test_direct_bind_mode_over_http(make_api, ldap_auth, slapd):
+    api = make_api(document(ldap_auth(direct=True)))
+    for user in ("alice", "bob", "comma,user"):
+        assert api.call("POST", "/api/v3/token", headers=basic(user, slapd.password(user))).status == 200
+    assert api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("bob"))).status == 401
