@@ -160,6 +160,7 @@ class SecretResolver:
         self._lock = threading.Lock()
 
     def _provider(self, store: str) -> Any:
+        _quiet_aws_wire_logs()
         with self._lock:
             if store == "secretsmanager":
                 if self._secrets_provider is None:
@@ -233,6 +234,19 @@ class SecretResolver:
         if not isinstance(raw, str):
             raise SecretUnavailable(f"{reference.describe()} is not a string")
         return raw
+
+
+AWS_WIRE_LOGGERS = ("botocore", "boto3", "urllib3")
+
+
+def _quiet_aws_wire_logs() -> None:
+    """Keep the AWS SDK's DEBUG wire logs off: botocore logs every response body at DEBUG, and a
+    GetSecretValue / GetParameter body *is* the secret (before RedactingFilter can know it).
+    A root logger set to DEBUG (AWS_LAMBDA_LOG_LEVEL=DEBUG) would otherwise print it."""
+    for name in AWS_WIRE_LOGGERS:
+        wire = logging.getLogger(name)
+        if wire.getEffectiveLevel() < logging.INFO:
+            wire.setLevel(logging.INFO)
 
 
 def _aws_reason(error: Exception) -> str:

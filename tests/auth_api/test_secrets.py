@@ -1,0 +1,235 @@
+"""Secrets: never in a response, a log line or an exception; references to Secrets Manager / SSM
+(moto) resolve into the running service: Redis AUTH, the LDAP service account, vCenter (vcsim)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator
+
+import boto3
+import pytest
+import redis
+from moto import mock_aws
+
+from chalicelib.auth.secrets import SecretResolver
+from chalicelib.config import ConfigError, build
+from chalicelib.providers.base import ProviderError
+from chalicelib.providers.vsphere import connection as vsphere_connection
+from chalicelib.services import Services, redis_client
+from local.redis_server import RedisServer
+from tests.auth.slapd import free_port
+from tests.auth_api.conftest import POOL, Api, basic, document
+from tests.vsphere.conftest import TEMPLATE, VcsimServer, vcsim, vcsim_dir  # noqa: F401  (fixtures)
+from tools.vcsim import launcher
+
+REDIS_PASSWORD = "redis-AUTH-t0ken-8f3a"
+VSPHERE_PASSWORD = "vsphere-Secret-Pa55-71c2"
+POOL_KEY_SECRET = "pool-level-Secret-0d9e"
+
+
+@pytest.fixture(scope="module")
+def locked_redis_server() -> Iterator[RedisServer]:
+    """A redis-server of its own that requires a password (AUTH)."""
+    with RedisServer() as server:
+        redis.Redis(port=server.port).config_set("requirepass", REDIS_PASSWORD)
+        yield server
+
+
+@pytest.fixture
+def locked_redis(locked_redis_server: RedisServer) -> RedisServer:
+    """The password-protected server, emptied."""
+    redis.Redis(port=locked_redis_server.port, password=REDIS_PASSWORD).flushall()
+    return locked_redis_server
+
+
+@pytest.fixture
+def aws(aws_env, slapd) -> Iterator[dict[str, Any]]:
+    with mock_aws():
+        secrets = boto3.client("secretsmanager", region_name="us-east-1")
+        ssm = boto3.client("ssm", region_name="us-east-1")
+        secrets.create_secret(Name="vmpool/ldap", SecretString=json.dumps({"password": slapd.service_password}))
+        secrets.create_secret(Name="vmpool/vsphere", SecretString=launcher.PASSWORD)
+        ssm.put_parameter(Name="/vmpool/redis", Value=REDIS_PASSWORD, Type="SecureString")
+        yield {"secretsmanager": secrets, "ssm": ssm}
+
+
+def service_on(make_api, doc: dict[str, Any], resolver: SecretResolver | None = None) -> Api:
+    """The service for ``doc`` with its Redis client built as in production (password resolved on
+    first connection)."""
+    resolver = resolver or SecretResolver()
+    config = build(doc)
+    return make_api(doc, client=redis_client(config, resolver), secrets=resolver)
+
+
+def locked_redis_section(server: RedisServer, password: Any) -> dict[str, Any]:
+    return {"server": "127.0.0.1", "port": server.port, "password": password}
+
+
+# --- nothing leaks ------------------------------------------------------------------------------
+
+
+def exercise(api: Api, slapd) -> list[str]:
+    """Drive every kind of answer: successes, 400/401/403/404/405/429, GET /config... Returns the
+    tokens it made."""
+    alice, bob = basic("alice", slapd.password("alice")), basic("bob", slapd.password("bob"))
+    alice_token = api.new_token("alice", slapd.password("alice"))
+    bob_token = api.new_token("bob", slapd.password("bob"))
+    api.call("GET", "/api/v3/token", headers=alice)
+    api.call("GET", f"/api/v3/token/{alice_token}", headers={"X-AUTH-TOKEN": alice_token})
+    api.call("GET", f"/api/v3/token/{alice_token}", headers=bob)
+    api.call("DELETE", f"/api/v3/token/{alice_token}", headers=bob)
+    vm = api.checkout(alice_token)
+    api.call("GET", f"/api/v3/vm/{vm}")
+    api.call("PUT", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": alice_token}, body={"lifetime": 9999})
+    api.call("PUT", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": bob_token}, body={"lifetime": 3})
+    api.call("PUT", f"/api/v3/vm/{vm}", body=b"{not json")
+    api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": bob_token})
+    api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": alice_token})
+    # A password pasted where a token belongs.
+    api.call("POST", "/api/v3/vm", headers={"X-AUTH-TOKEN": slapd.password("alice")}, body={POOL: 1})
+    for path in ("/api/v3/config", "/api/v1/config", "/api/v3/status", "/api/v3/vm", "/api/v3/summary",
+                 "/api/v3/poolstat?pool=debian", "/api/v3/totalrunning", "/api/v3/nothing-here"):
+        api.call("GET", path)
+    api.call("PATCH", "/api/v3/token")
+    for _ in range(4):  # wrong passwords until 429
+        api.call("POST", "/api/v3/token", headers=basic("carol", slapd.password("alice")))
+    assert api.replies[-1].status == 429
+    api.call("DELETE", f"/api/v3/token/{bob_token}", headers=bob)
+    return [alice_token, bob_token]
+
+
+def assert_nowhere(secrets: list[str], api: Api, logs: list[str], output: str, *, tokens: list[str]) -> set[int]:
+    """No secret in any reply (body or header); no secret or token in any log line or output.
+    The statuses seen, so the caller can check the sweep covered every kind of answer."""
+    statuses = {reply.status for reply in api.replies}
+    for secret in secrets:
+        for reply in api.replies:
+            assert secret not in reply.raw.decode(errors="replace"), (secret, reply.status)
+            assert secret not in json.dumps(reply.headers)
+    for secret in secrets + tokens:
+        assert not [line for line in logs if secret in line], secret
+        assert secret not in output
+    assert logs, "the scan must have seen log lines"
+    return statuses
+
+
+def test_no_secret_in_any_response_or_log_line(make_api, ldap_auth, slapd, locked_redis, all_logs, capfd):
+    auth = ldap_auth(login_attempts_per_user=3)
+    doc = document(
+        auth,
+        redis=locked_redis_section(locked_redis, REDIS_PASSWORD),
+        providers={"vcenter": {"provider_class": "vsphere", "server": "127.0.0.1:9", "username": "u",
+                               "password": VSPHERE_PASSWORD}},
+    )
+    doc["pools"][0]["password"] = POOL_KEY_SECRET  # an unknown pool key must not reach GET /config
+    api = service_on(make_api, doc)
+    api.fill()
+    api.services.provider("vcenter")  # the vSphere password is resolved into the service
+    tokens = exercise(api, slapd)
+
+    # Outages: LDAP down, Redis refusing a wrong password, Redis down. All JSON 503s.
+    down = dict(auth, ldap={**auth["ldap"], "port": free_port()})
+    ldap_down = service_on(make_api, document(down, redis=locked_redis_section(locked_redis, REDIS_PASSWORD)))
+    assert ldap_down.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice"))).status == 503
+    wrong = "wrong-Redis-Pa55-aa01"
+    bad_redis = service_on(make_api, document(auth, redis=locked_redis_section(locked_redis, wrong)))
+    reply = bad_redis.call("GET", "/api/v3/status")
+    assert reply.status == 503 and reply.body["ok"] is False
+    assert bad_redis.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice"))).status == 503
+    gone = service_on(make_api, document(auth, redis={"port": free_port(), "password": REDIS_PASSWORD}))
+    assert gone.call("GET", f"/api/v3/vm/{POOL}").status == 503
+
+    config_reply = next(r for r in api.replies if r.raw and b"pool_configuration" in r.raw)
+    assert config_reply.status == 200
+    captured = capfd.readouterr()
+    secrets = [slapd.service_password, VSPHERE_PASSWORD, REDIS_PASSWORD, wrong, POOL_KEY_SECRET,
+               *(slapd.password(user) for user in slapd.users)]
+    api.replies += ldap_down.replies + bad_redis.replies + gone.replies
+    statuses = assert_nowhere(secrets, api, all_logs.lines, captured.out + captured.err, tokens=tokens)
+    assert {200, 400, 401, 403, 404, 405, 429, 503} <= statuses
+
+
+def test_config_errors_never_show_a_secret_value():
+    doc = document({"provider": "ldap", "ldap": {"host": "ldap.example.com", "base": "dc=example,dc=com",
+                                                 "service_account_hash": {"user_dn": "cn=svc,dc=example,dc=com",
+                                                                          "password": ["svc-Secret-in-a-list"]}}},
+                   redis={"password": {"vault": "redis-Secret-in-vault"}},
+                   providers={"vcenter": {"provider_class": "vsphere", "password": ["vsphere-Secret-list"]}})
+    with pytest.raises(ConfigError) as raised:
+        build(doc)
+    text = str(raised.value)
+    assert "redis.password:" in text and "providers.vcenter.password:" in text
+    assert "auth.ldap.service_account_hash.password:" in text
+    for secret in ("svc-Secret-in-a-list", "redis-Secret-in-vault", "vsphere-Secret-list"):
+        assert secret not in text
+
+
+def test_the_ldap_block_is_checked_when_the_config_loads():
+    with pytest.raises(ConfigError) as raised:
+        build(document({"provider": ":ldap", "ldap": {"host": "ldap://x", "port": "x", "encryption": "tls"}}))
+    problems = raised.value.problems
+    assert any(p.startswith("auth.ldap.host:") for p in problems)
+    assert any(p.startswith("auth.ldap.port:") for p in problems)
+    assert any(p.startswith("auth.ldap.base:") for p in problems)
+    assert any(p.startswith("auth.ldap.encryption:") for p in problems)
+    with pytest.raises(ConfigError, match="auth.ldap: is required"):
+        build(document({"provider": "ldap"}))
+
+
+# --- references resolve into the running service ------------------------------------------------
+
+
+def test_references_resolve_into_the_running_service(make_api, ldap_auth, slapd, locked_redis, aws, vcsim,
+                                                     all_logs):
+    auth = ldap_auth()
+    auth["ldap"]["service_account_hash"]["password"] = {"secret": "vmpool/ldap", "key": "password"}
+    doc = document(
+        auth,
+        redis=locked_redis_section(locked_redis, {"ssm": "/vmpool/redis"}),
+        providers={"vsphere": {"provider_class": "vsphere", "server": vcsim.server, "username": launcher.USERNAME,
+                               "password": {"secret": "vmpool/vsphere"}, "ca_bundle": str(vcsim.cert_path),
+                               "connect_timeout": 2, "call_timeout": 10}},
+    )
+    doc["pools"].append({"name": "vs", "size": 0, "provider": "vsphere", "template": TEMPLATE,
+                         "folder": "vmpool/not-there"})
+    api = service_on(make_api, doc)
+    # Redis AUTH (SSM SecureString) and the LDAP service account (a Secrets Manager JSON key).
+    api.fill()
+    token = api.new_token("carol", slapd.password("carol"))
+    vm = api.checkout(token)
+    assert api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": token}).status == 200
+    # vCenter (Secrets Manager string): a real login to vcsim; the missing folder lists nothing.
+    provider = api.services.provider("vsphere")
+    vsphere_connection.drop(provider.endpoint)  # log in afresh, with the resolved password
+    assert provider.list_vms(api.services.config.pool("vs")) == []
+    for secret in (REDIS_PASSWORD, slapd.service_password, launcher.PASSWORD):
+        assert not [line for line in all_logs.lines if secret in line]
+        assert not [r for r in api.replies if secret.encode() in r.raw]
+
+
+def test_a_wrong_vsphere_secret_fails_without_showing_it(make_api, aws, vcsim):
+    aws["secretsmanager"].put_secret_value(SecretId="vmpool/vsphere", SecretString="not-the-Vsphere-pass")
+    doc = document(None, providers={"vsphere": {"provider_class": "vsphere", "server": vcsim.server,
+                                                "username": launcher.USERNAME, "password": {"secret": "vmpool/vsphere"},
+                                                "ca_bundle": str(vcsim.cert_path), "connect_timeout": 2}})
+    doc["pools"].append({"name": "vs", "size": 0, "provider": "vsphere", "template": TEMPLATE, "folder": "x"})
+    api = make_api(doc)
+    provider = api.services.provider("vsphere")
+    vsphere_connection.drop(provider.endpoint)  # no session left from another test
+    with pytest.raises(ProviderError) as raised:
+        provider.list_vms(api.services.config.pool("vs"))
+    assert "not-the-Vsphere-pass" not in str(raised.value)
+
+
+def test_an_unavailable_reference_is_a_503_naming_it(make_api, ldap_auth, slapd, locked_redis, aws):
+    auth = ldap_auth()
+    auth["ldap"]["service_account_hash"]["password"] = {"secret": "vmpool/missing"}
+    api = service_on(make_api, document(auth, redis=locked_redis_section(locked_redis, {"ssm": "/vmpool/redis"})))
+    reply = api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice")))
+    assert reply.status == 503 and reply.body["ok"] is False
+
+    no_redis_secret = service_on(make_api, document(auth, redis=locked_redis_section(locked_redis,
+                                                                                     {"ssm": "/vmpool/gone"})))
+    reply = no_redis_secret.call("GET", "/api/v3/status")
+    assert reply.status == 503 and reply.body == {
+        "ok": False, "error": "the state store is unavailable, try again shortly"}
