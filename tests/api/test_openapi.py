@@ -21,11 +21,6 @@ VERSION_PREFIX = re.compile(r"^/api/v[123](?=/)")
 # Whoever adds one of these routes removes its line here; test_pending_routes_are_not_served
 # fails until they do, so this set never claims a route is missing when it is there.
 PENDING: set[tuple[str, str]] = {
-    # tokens
-    ("GET", "/token"),
-    ("POST", "/token"),
-    ("GET", "/token/{}"),
-    ("DELETE", "/token/{}"),
     # on-demand
     ("POST", "/ondemandvm"),
     ("POST", "/ondemandvm/{}"),

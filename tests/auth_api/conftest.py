@@ -25,7 +25,11 @@ from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.observability import logger as powertools_logger
 from chalicelib.services import Services
 from local.gateway import Gateway
+from tests.api.client import SpecOperations, load_spec
 from tests.auth.slapd import SlapdServer, slapd  # noqa: F401  (the session fixture)
+
+SPEC = SpecOperations(load_spec())
+"""Every reply is checked against docs/openapi.yaml, so these tests keep the spec true too."""
 
 POOL = "debian"
 OTHER_POOL = "ubuntu"
@@ -56,6 +60,8 @@ class Api:
         status, out_headers, data = self.gateway(method, path, dict(headers or {}), raw, client_ip)
         reply = Reply(status, out_headers, data)
         self.replies.append(reply)
+        assert out_headers.get("Content-Type") == "application/json", (method, path, out_headers)
+        SPEC.check(method, path, status, reply.body)
         return reply
 
     def fill(self, pool: str = POOL) -> list[str]:
