@@ -92,6 +92,29 @@ def steady_scaling(client: redis.Redis, sizes: tuple[int, ...]) -> dict[str, Any
     return result
 
 
+def idle_invocation(client: redis.Redis, size: int = 50, runs: int = 21) -> dict[str, Any]:
+    """What an idle pool's scheduled Lambda does once warm: ``run_pool`` (lease, one steady
+    pass, metrics, release). Its duration is what each idle invocation is billed for."""
+    from chalicelib.manager.runner import run_pool
+    from chalicelib.services import Services
+
+    config, _, _, clock = _dummy_world(client, [("idle", size)])
+    services = Services(config, client, clock)
+    while services.store.counts(["idle"])["idle"]["ready"] < size:
+        clock.advance(1)
+        run_pool(services, "idle", 0.0)
+    samples = []
+    with RoundTrips() as counter:
+        for _ in range(runs):
+            counter.take()
+            started = time.perf_counter()
+            report = run_pool(services, "idle", 60.0)
+            samples.append({"seconds": time.perf_counter() - started, "redis_round_trips": counter.take(),
+                            "provider_calls": report.passes[0].provider_calls})
+            assert len(report.passes) == 1, "an idle pool returns after one pass"
+    return {"size": size, **_medians(samples)}
+
+
 def vcsim_pool(client: redis.Redis, size: int, steady_runs: int) -> dict[str, Any]:
     """One pool of ``size`` VMs against our vCenter simulator: fill, until ready, steady."""
     import tempfile
@@ -148,6 +171,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         client = redis.Redis(port=server.port, decode_responses=True)
         result: dict[str, Any] = {"cores": CORES}
         result["dummy_100x50"] = dummy_pools(client, 100 if not quick else 20, 50, 1 if quick else 3)
+        result["idle_invocation"] = idle_invocation(client)
         result["steady_by_pool_size"] = steady_scaling(client, (50, 500) if quick else (50, 500, 2000))
         try:
             result["vcsim"] = vcsim_pool(client, 50 if quick else 200, 3)

@@ -60,6 +60,9 @@ def table(results: dict[str, Any]) -> list[str]:
             rows.append((f"reconcile {pools['pools']}x{pools['size']} {phase}",
                          f"{p['seconds']:.2f} s ({p['per_pool_ms']} ms/pool)  {p['redis_round_trips']:g} redis round trips"
                          f"  {p['provider_calls']:g} provider calls"))
+        idle = r["idle_invocation"]
+        rows.append((f"idle run_pool, pool of {idle['size']}",
+                     f"{idle['seconds'] * 1000:.1f} ms  {idle['redis_round_trips']:g} redis round trips (incl. dummy provider)"))
         for size, p in r["steady_by_pool_size"].items():
             rows.append((f"steady pass, pool of {size}",
                          f"{p['seconds'] * 1000:.1f} ms  {p['redis_round_trips']:g} redis round trips  {p['provider_calls']:g} provider calls"))
