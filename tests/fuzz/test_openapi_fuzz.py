@@ -3,7 +3,8 @@ spec, generated valid and invalid requests; no 5xx, and every answer's status, c
 headers and body as the spec says.
 
 ``make test`` runs a few examples per operation under /api/v3; ``make fuzz`` (VMPOOL_FUZZ_EXAMPLES
-and VMPOOL_FUZZ_VERSIONS) runs many more, under every version.
+and VMPOOL_FUZZ_VERSIONS, e.g. ``v3,v2,v1,unversioned``) runs many more, under every version;
+``unversioned`` fuzzes the operations marked ``x-unversioned`` without a prefix.
 """
 
 from __future__ import annotations
@@ -47,5 +48,9 @@ schema = schemathesis.openapi.from_path(SPEC).exclude(func=_pending)
 @hypothesis.settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                      suppress_health_check=list(hypothesis.HealthCheck))
 def test_every_operation_answers_as_the_spec_says(case: schemathesis.Case, fuzz_stack: Stack, version: str) -> None:
-    case.call_and_validate(base_url=f"http://127.0.0.1:{fuzz_stack.port}/api/{version}", checks=CHECKS,
-                           timeout=10)
+    prefix = f"/api/{version}"
+    if version == "unversioned":
+        if not case.operation.definition.raw.get("x-unversioned"):
+            pytest.skip("served under a version prefix only")
+        prefix = ""
+    case.call_and_validate(base_url=f"http://127.0.0.1:{fuzz_stack.port}{prefix}", checks=CHECKS, timeout=10)
