@@ -22,6 +22,7 @@ from chalicelib.manager.reconcile import day_of
 from chalicelib.observability import emit
 from chalicelib.services import Services
 from chalicelib.store import CheckoutRequest, VMRecord
+from chalicelib.store.vm_tasks import task_errors
 
 MAX_COUNT = 100
 REQUEST_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -100,6 +101,11 @@ def _checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int]
     result = services.store.checkout(requests, now, fields)
     if not result.ok:
         emit(None, {"CheckoutMisses": 1})
+        from chalicelib.api.ondemand import fallback_checkout  # ondemand builds on this module
+
+        fallback = fallback_checkout(services, request, wanted, caller)
+        if fallback is not None:
+            return fallback
         raise ApiError(503, {"error": f"not enough ready VMs for: {', '.join(result.short)}"})
     services.refill.pools_changed({vm.pool for vm in result.vms})
     emit(None, {"Checkouts": len(result.vms)})
@@ -167,6 +173,9 @@ def describe(services: Services, request: ApiRequest) -> ApiResponse:
         info["not_ready_reason"] = record.not_ready_reason
     if record.reason:
         info["reason"] = record.reason
+    info["source_template"] = record.template
+    if task_errors(record):
+        info["task_errors"] = task_errors(record)
     return ApiResponse(200, {"ok": True, record.name: info})
 
 
