@@ -26,21 +26,6 @@ PENDING: set[tuple[str, str]] = {
     ("POST", "/token"),
     ("GET", "/token/{}"),
     ("DELETE", "/token/{}"),
-    # on-demand
-    ("POST", "/ondemandvm"),
-    ("POST", "/ondemandvm/{}"),
-    ("GET", "/ondemandvm/{}"),
-    ("DELETE", "/ondemandvm/{}"),
-    # runtime config
-    ("POST", "/config/poolsize"),
-    ("DELETE", "/config/poolsize/{}"),
-    ("POST", "/config/pooltemplate"),
-    ("DELETE", "/config/pooltemplate/{}"),
-    ("POST", "/poolreset"),
-    # disks and snapshots
-    ("POST", "/vm/{}/disk/{}"),
-    ("POST", "/vm/{}/snapshot"),
-    ("POST", "/vm/{}/snapshot/{}"),
 }
 
 

@@ -2,6 +2,7 @@
 
 HTTP goes through local/gateway.py's Gateway into the real Chalice app (``app.app``), whose
 ``app._services`` is replaced by a Services built here; the reconcile passes are run by hand.
+Every answer is checked against docs/openapi.yaml, as the API tests do.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from chalicelib.clock import FakeClock
 from chalicelib.manager.reconcile import PassReport, reconcile_pool
 from chalicelib.services import Services
 from local.gateway import Gateway
+from tests.api.client import SpecOperations, load_spec
+
+OPERATIONS = SpecOperations(load_spec())
 
 BASE_CONFIG = """
 :config:
@@ -79,7 +83,9 @@ class Stack:
              headers: dict[str, str] | None = None) -> tuple[int, Any]:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
         status, _, payload = self.gateway(method, path, {**self.headers, **(headers or {})}, data, "127.0.0.1")
-        return status, json.loads(payload)
+        body = json.loads(payload)
+        OPERATIONS.check(method, path, status, body)
+        return status, body
 
     def reconcile(self, pool: str) -> PassReport:
         pool_config = self.services.pool(pool)
