@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pytest
 import redis
@@ -87,11 +87,11 @@ class Stack:
         OPERATIONS.check(method, path, status, body)
         return status, body
 
-    def reconcile(self, pool: str) -> PassReport:
+    def reconcile(self, pool: str, checkpoint: Callable[[str], None] | None = None) -> PassReport:
         pool_config = self.services.pool(pool)
         assert pool_config is not None
         return reconcile_pool(self.services.store, self.services.provider(pool_config.provider), pool_config,
-                              self.clock, self.services.config.service)
+                              self.clock, self.services.config.service, checkpoint or (lambda step: None))
 
     def settle(self, *pools: str, seconds: float = 31, passes: int = 3) -> None:
         """Run passes with time moving on, long enough for the dummy's clones to boot."""

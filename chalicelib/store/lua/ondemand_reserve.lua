@@ -2,7 +2,9 @@
 -- on-demand clone limit (counted across pools). Counting and reserving in one script is what
 -- stops two passes at once from building a request twice.
 -- A VM of the request that left without being delivered (clone error, boot timeout) is a
--- failed attempt; a replacement is reserved until more than max_retries attempts failed.
+-- failed attempt; a replacement is reserved until more than max_retries attempts failed. A name
+-- whose clone never started (the pass that reserved it was interrupted) is replaced without
+-- counting: that was our failure, not the provider's.
 -- ARGV: prefix, request id, pool, clone_limit, max_retries, now, template, domain,
 --       record ttl seconds, candidate hostnames...
 -- Returns JSON {"state": "open"|"expired"|"retries_exhausted"|<closed state>, "reserved": [...],
@@ -20,14 +22,15 @@ end
 
 local delivered, building, failed = {}, {}, 0
 for _, hostname in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
-  local vm = redis.call('HMGET', prefix .. 'vm:' .. hostname, 'request', 'request_name', 'state', 'delivered_at')
+  local vm = redis.call('HMGET', prefix .. 'vm:' .. hostname,
+    'request', 'request_name', 'state', 'delivered_at', 'clone_task', 'reason')
   if vm[1] ~= id then
     failed = failed + 1
   elseif vm[4] then
     delivered[vm[2]] = (delivered[vm[2]] or 0) + 1
   elseif vm[3] == 'pending' then
     building[vm[2]] = (building[vm[2]] or 0) + 1
-  else
+  elseif vm[5] or string.find(vm[6] or '', '^clone failed') then
     failed = failed + 1
   end
 end
