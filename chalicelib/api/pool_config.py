@@ -10,6 +10,7 @@ from typing import Any
 
 from chalicelib.api.access import require_caller
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok
+from chalicelib.config import PoolConfig
 from chalicelib.services import Services
 from chalicelib.store.pool_overrides import PoolOverrides
 
@@ -60,11 +61,9 @@ def set_size(services: Services, request: ApiRequest) -> ApiResponse:
     overrides = PoolOverrides(services.store)
     changed = []
     for name, value in body.items():
-        size = _size(value)
-        configured, current = services.config.pool(name), services.pool(name)
-        assert configured is not None and current is not None and size is not None
-        if size != current.size:
-            overrides.set_size(name, None if size == configured.size else size)
+        size = int(value)  # validated above
+        if size != _now(services, name).size:
+            overrides.set_size(name, None if size == _configured(services, name).size else size)
             changed.append(name)
     return _changed(services, changed)
 
@@ -91,10 +90,8 @@ def set_template(services: Services, request: ApiRequest) -> ApiResponse:
     overrides = PoolOverrides(services.store)
     changed = []
     for name, template in body.items():
-        configured, current = services.config.pool(name), services.pool(name)
-        assert configured is not None and current is not None
-        if template != current.template:
-            overrides.set_template(name, None if template == configured.template else template)
+        if template != _now(services, name).template:
+            overrides.set_template(name, None if template == _configured(services, name).template else template)
             changed.append(name)
     return _changed(services, changed)
 
@@ -123,6 +120,19 @@ def reset(services: Services, request: ApiRequest) -> ApiResponse:
         overrides.reset(name, now)
     _reconcile_now(services, list(body))
     return ok(201)
+
+
+def _configured(services: Services, name: str) -> PoolConfig:
+    """A pool the handler has checked exists, as configured."""
+    pool = services.config.pool(name)
+    if pool is None:
+        raise ApiError(404, {"error": f"unknown pool {name}"})
+    return pool
+
+
+def _now(services: Services, name: str) -> PoolConfig:
+    """A pool the handler has checked exists, with its runtime overrides."""
+    return services.pool(name) or _configured(services, name)
 
 
 def _known_pool(services: Services, request: ApiRequest) -> str:
