@@ -27,7 +27,10 @@ def test_full_life_built_ready_checked_out_and_deleted(make_stack):
     request_id = body["request_id"]
     assert body == {"ok": True, "request_id": request_id}
     assert uuid.UUID(request_id)
-    assert set(stack.refill.pools) == {"debian-12", "win-2022"}  # their reconcile runs at once
+    # Their reconcile runs at once: asked for (SQS in AWS), and running loops nudged.
+    assert set(stack.refill.pools) == {"debian-12", "win-2022"}
+    keys = stack.services.store.keys
+    assert [stack.services.client.llen(keys.wake(p)) for p in ("debian-12", "win-2022")] == [1, 1]
 
     status, body = stack.call("GET", f"/api/v3/ondemandvm/{request_id}")
     assert status == 202

@@ -47,8 +47,11 @@ def test_disk_round_trip_on_the_beaker_path(make_stack):
 def test_snapshot_and_revert_round_trip(make_stack):
     stack = make_stack(task_time=30)
     hostname = checked_out_vm(stack)
+    wake = stack.services.store.keys.wake("debian-12")
+    stack.services.client.delete(wake)
     status, body = stack.call("POST", f"/api/v3/vm/{hostname}/snapshot")
     assert status == 202
+    assert stack.services.client.llen(wake) == 1  # a running reconcile loop looks at once
     snapshot = body[hostname]["snapshot"]
     assert re.fullmatch(r"[0-9a-f]{32}", snapshot)
     # A revert to a snapshot still being taken is accepted; it runs after it.
