@@ -32,6 +32,8 @@ from chalicelib.observability import logger, redact_secrets
 from chalicelib.providers.base import Provider
 from chalicelib.providers.registry import build_provider
 from chalicelib.store import Store, connect
+from chalicelib.store.pool_overrides import PoolOverrides
+from chalicelib.store.pool_overrides import apply as apply_override
 
 KEY_PREFIX_ENV = "VMPOOL_KEY_PREFIX"
 REDIS_URL_ENV = "VMPOOL_REDIS_URL"
@@ -129,8 +131,16 @@ class Services:
         return services
 
     def pool(self, name: str) -> PoolConfig | None:
-        """The pool as it should be now."""
-        return self.config.pool(name)
+        """The pool as it should be now: as configured, with its runtime overrides."""
+        pool = self.config.pool(name)
+        if pool is None:
+            return None
+        return apply_override(pool, PoolOverrides(self.store).get(name))
+
+    def pools(self) -> tuple[PoolConfig, ...]:
+        """Every configured pool as it should be now, in config order (one round trip)."""
+        overrides = PoolOverrides(self.store).all(self.config.pool_names)
+        return tuple(apply_override(pool, overrides[pool.name]) for pool in self.config.pools)
 
     def provider(self, name: str) -> Provider:
         """The named provider, built on first use and kept (its connections too)."""

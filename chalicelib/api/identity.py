@@ -46,6 +46,17 @@ def optional_caller(services: Services, request: ApiRequest) -> Caller | None:
     return Caller(record.user, record.id)
 
 
+def required_caller(services: Services, request: ApiRequest) -> Caller | None:
+    """For routes the contract marks "token": with ``:auth:`` a valid token is a must (401
+    otherwise); without ``:auth:``, None."""
+    if services.config.auth is None:
+        return None
+    caller = optional_caller(services, request)
+    if caller is None:
+        raise unauthorized("a token is required (X-AUTH-TOKEN)")
+    return caller
+
+
 def caller_for_change(
     services: Services, request: ApiRequest, record: VMRecord, *, token_required: bool = False
 ) -> Caller | None:

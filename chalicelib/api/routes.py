@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 import redis
 
-from chalicelib.api import status, summary, tokens, vms
+from chalicelib.api import ondemand, pool_config, status, summary, tokens, vm_tasks, vms
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse
 from chalicelib.observability import logger
 from chalicelib.services import Services
@@ -55,6 +55,18 @@ ROUTES: list[Route] = [
     Route("token_create", "POST", "/token", tokens.create_token),
     Route("token_describe", "GET", "/token/{token}", tokens.describe_token),
     Route("token_delete", "DELETE", "/token/{token}", tokens.delete_token),
+    Route("ondemand_create", "POST", "/ondemandvm", ondemand.create_from_body),
+    Route("ondemand_create_path", "POST", "/ondemandvm/{name}", ondemand.create_from_path),
+    Route("ondemand_show", "GET", "/ondemandvm/{name}", ondemand.show),
+    Route("ondemand_delete", "DELETE", "/ondemandvm/{name}", ondemand.delete),
+    Route("config_poolsize", "POST", "/config/poolsize", pool_config.set_size),
+    Route("config_poolsize_clear", "DELETE", "/config/poolsize/{pool}", pool_config.clear_size),
+    Route("config_pooltemplate", "POST", "/config/pooltemplate", pool_config.set_template),
+    Route("config_pooltemplate_clear", "DELETE", "/config/pooltemplate/{pool}", pool_config.clear_template),
+    Route("poolreset", "POST", "/poolreset", pool_config.reset),
+    Route("vm_disk", "POST", "/vm/{name}/disk/{size}", vm_tasks.add_disk),
+    Route("vm_snapshot", "POST", "/vm/{name}/snapshot", vm_tasks.take_snapshot),
+    Route("vm_revert", "POST", "/vm/{name}/snapshot/{snapshot}", vm_tasks.revert_snapshot),
 ]
 
 

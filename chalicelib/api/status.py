@@ -8,6 +8,7 @@ from chalicelib.api.http import ApiRequest, ApiResponse, not_found
 from chalicelib.api.summary import day_metrics
 from chalicelib.manager.reconcile import day_of
 from chalicelib.services import Services
+from chalicelib.store.ondemand import OnDemandStore
 
 STATUS_VIEWS = ("boot", "capacity", "clone", "pools", "queue")
 OK_MESSAGE = "Battle station fully armed and operational."
@@ -20,6 +21,7 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
     config = services.config
     now = services.clock.now()
     counts = services.store.counts(config.pool_names)
+    pools_now = services.pools()
     body: dict[str, Any] = {}
     if "boot" in wanted or "clone" in wanted:
         today = services.store.day_stats([day_of(now)])[0]
@@ -29,7 +31,7 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
                 body[kind] = {"duration": metrics["duration"], "count": {"total": metrics["count"]["total"]}}
     if "capacity" in wanted:
         current = sum(c["ready"] for c in counts.values())
-        total = sum(pool.size for pool in config.pools)
+        total = sum(pool.size for pool in pools_now)
         body["capacity"] = {
             "current": current,
             "total": total,
@@ -38,7 +40,7 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
     if "pools" in wanted:
         last_boots = services.store.last_boots()
         pools: dict[str, Any] = {}
-        for pool in config.pools:
+        for pool in pools_now:
             entry: dict[str, Any] = {
                 "ready": counts[pool.name]["ready"],
                 "running": counts[pool.name]["running"],
@@ -54,7 +56,7 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
         pending = sum(c["pending"] for c in counts.values())
         cloning = services.store.cloning_count()
         queue = {
-            "requested": 0,
+            "requested": OnDemandStore(services.store).waiting(config.pool_names),
             "pending": pending,
             "cloning": cloning,
             "booting": max(pending - cloning, 0),
@@ -62,11 +64,11 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
             "running": sum(c["running"] for c in counts.values()),
             "completed": sum(c["completed"] for c in counts.values()),
         }
-        queue["total"] = queue["pending"] + queue["ready"] + queue["running"] + queue["completed"]
+        queue["total"] = queue["requested"] + queue["pending"] + queue["ready"] + queue["running"] + queue["completed"]
         body["queue"] = queue
     state: dict[str, Any] = {"ok": True, "message": OK_MESSAGE}
     if "pools" in wanted:
-        empty = [p.name for p in config.pools if p.size > 0 and counts[p.name]["ready"] == 0]
+        empty = [p.name for p in pools_now if p.size > 0 and counts[p.name]["ready"] == 0]
         if empty:
             state = {"ok": False, "message": f"Found {len(empty)} empty pools.", "empty": empty}
     state["uptime"] = round(now - services.started, 1)
@@ -77,7 +79,7 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
 def poolstat(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /poolstat?pool=a,b: size and ready count of the pools named (or aliased)."""
     names = {part for part in request.query.get("pool", "").split(",") if part}
-    chosen = [p for p in services.config.pools if p.name in names or names.intersection(p.alias)]
+    chosen = [p for p in services.pools() if p.name in names or names.intersection(p.alias)]
     counts = services.store.counts(p.name for p in chosen)
     pools: dict[str, Any] = {}
     for pool in chosen:
@@ -99,7 +101,7 @@ def pool_configuration(services: Services, request: ApiRequest) -> ApiResponse:
     if not services.config.pools:
         raise not_found(error="no pools configured")
     pools = []
-    for pool in services.config.pools:
+    for pool in services.pools():
         settings = dict(pool.settings)
         settings.update(
             name=pool.name, size=pool.size, template=pool.template, provider=pool.provider,

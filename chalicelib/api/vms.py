@@ -22,6 +22,7 @@ from chalicelib.manager.reconcile import day_of
 from chalicelib.observability import emit
 from chalicelib.services import Services
 from chalicelib.store import CheckoutRequest, VMRecord
+from chalicelib.store.vm_tasks import task_errors
 
 MAX_COUNT = 100
 REQUEST_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -102,6 +103,11 @@ def _checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int]
     result = services.store.checkout(requests, now, fields)
     if not result.ok:
         emit(None, {"CheckoutMisses": 1})
+        from chalicelib.api.ondemand import fallback_checkout  # ondemand builds on this module
+
+        fallback = fallback_checkout(services, request, wanted, caller)
+        if fallback is not None:
+            return fallback
         raise ApiError(503, {"error": f"not enough ready VMs for: {', '.join(result.short)}"})
     services.refill.pools_changed({vm.pool for vm in result.vms})
     emit(None, {"Checkouts": len(result.vms)})
@@ -128,11 +134,15 @@ def display_name(hostname: str, domain: str | None, version: int) -> str:
 # --- one VM -------------------------------------------------------------------------------------
 
 
-def _find(services: Services, request: ApiRequest) -> VMRecord:
+def find_vm(services: Services, request: ApiRequest, running: bool = False) -> VMRecord:
+    """The VM named in the path (short or FQDN): a 404 when unknown, or when ``running`` is
+    asked for and it is not checked out."""
     hostname = short_hostname(request.params["name"])
     record = services.store.get_vm(hostname)
     if record is None or not record.pool:
         raise not_found(error=f"VM {hostname} not found")
+    if running and record.state != "running":
+        raise not_found(error=f"VM {hostname} is not running")
     return record
 
 
@@ -142,7 +152,7 @@ def rfc3339(timestamp: float) -> str:
 
 def describe(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /vm/<hostname>: the VM's state, lifetime, tags, disks, snapshots and addresses."""
-    record = _find(services, request)
+    record = find_vm(services, request)
     now = services.clock.now()
     lifetime = record.lifetime_hours or services.config.service.vm_lifetime
     info: dict[str, Any] = {"template": record.pool, "lifetime": lifetime}
@@ -169,12 +179,15 @@ def describe(services: Services, request: ApiRequest) -> ApiResponse:
         info["not_ready_reason"] = record.not_ready_reason
     if record.reason:
         info["reason"] = record.reason
+    info["source_template"] = record.template
+    if task_errors(record):
+        info["task_errors"] = task_errors(record)
     return ApiResponse(200, {"ok": True, record.name: info})
 
 
 def modify(services: Services, request: ApiRequest) -> ApiResponse:
     """PUT /vm/<hostname> with ``lifetime`` and/or ``tags``."""
-    record = _find(services, request)
+    record = find_vm(services, request)
     body = json_object(request, empty={})
     failures: list[str] = []
     changes: dict[str, Any] = {}
@@ -258,9 +271,7 @@ def _filter_tag(value: str, pattern: str | None) -> str:
 
 def give_back(services: Services, request: ApiRequest) -> ApiResponse:
     """DELETE /vm/<hostname>: a running VM goes to completed; the manager destroys it."""
-    record = _find(services, request)
-    if record.state != "running":
-        raise not_found(error=f"VM {record.name} is not running")
+    record = find_vm(services, request, running=True)
     caller_for_change(services, request, record)
     now = services.clock.now()
     if not services.store.move(record.name, record.pool, "running", "completed", now, nudge=True,

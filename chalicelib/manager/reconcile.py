@@ -17,6 +17,7 @@ from typing import Callable
 
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ServiceConfig
+from chalicelib.manager import ondemand, pool_changes, vm_tasks
 from chalicelib.manager.hostnames import candidate_names
 from chalicelib.observability import logger
 from chalicelib.providers.base import Provider, ProviderError, TaskState, VMInfo
@@ -51,6 +52,8 @@ class PassReport:
     clone_failures: dict[str, str] = field(default_factory=dict)
     samples: list[DurationSample] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    followups: int = 0
+    """Work a pass soon must look at again: disk/snapshot tasks running, requests waiting."""
     provider_calls: int = 0
     duration_seconds: float = 0.0
 
@@ -63,6 +66,7 @@ class PassReport:
             or self.counts.get("completed")
             or self.counts.get("discovered")
             or self.counts.get("deficit")
+            or self.followups
         )
 
 
@@ -112,9 +116,12 @@ class _Pass:
         self.check_pending()
         self.check_ready()
         self.check_running()
+        vm_tasks.run_tasks(self)
         self.check_discovered()
         self.destroy_completed()
         self.discover_unknown()
+        pool_changes.drain_and_retire(self)
+        ondemand.serve_requests(self)
         self.repopulate()
         self.store.record_durations(day_of(self.now), self.report.samples)
         self.checkpoint("done")
@@ -217,6 +224,9 @@ class _Pass:
         return True
 
     def mark_ready(self, record: VMRecord, vm: VMInfo, age: float) -> None:
+        if record.raw.get("request"):
+            ondemand.deliver(self, record, vm, age)  # built for a request: it goes to running
+            return
         moved = self.store.move(
             record.name, self.pool.name, "pending", "ready", self.now,
             ready_at=self.now, ip=vm.ip, host=vm.host, not_ready_reason=None,
@@ -304,7 +314,7 @@ class _Pass:
     def repopulate(self) -> None:
         """Start clones until ready + pending reaches the pool's size, within the task limit."""
         counts = self.store.counts([self.pool.name])[self.pool.name]
-        deficit = self.pool.size - counts["ready"] - counts["pending"]
+        deficit = self.pool.size - counts["ready"] - counts["pending"] + ondemand.building(self)
         if deficit <= 0:
             return
         reserved = self.store.reserve_clones(
@@ -312,6 +322,10 @@ class _Pass:
             self.pool.domain or "", candidate_names(deficit, self.service.prefix), self.now,
         )
         self.checkpoint("reserved")
+        self.start_clones(reserved)
+
+    def start_clones(self, reserved: list[str]) -> None:
+        """Start the clone of each reserved name and record its task on the VM."""
         for hostname in reserved:
             try:
                 task = self.provider.clone(self.pool, hostname)

@@ -11,6 +11,14 @@ this module and the scripts must agree.
     wake:<pool>              list    nudges for the pool's reconcile (checkout, delete, request)
     lastboot                 hash    pool -> time of its last VM becoming ready
     daily:<YYYY-MM-DD>       hash    that day's clone/boot durations and tag counts
+    ondemand:<id>            hash    an on-demand request (store/ondemand.py)
+    ondemand:<id>:vms        zset    every VM ever reserved for the request, by reservation time
+    ondemand:open:<pool>     zset    open requests with VMs to build in the pool, by creation time
+    config:poolsize          hash    pool -> size set at runtime (store/pool_overrides.py)
+    config:pooltemplate      hash    pool -> template set at runtime
+    config:poolreset         hash    pool -> when it was last reset (VMs cloned before are drained)
+    vmtasks:<hostname>       list    disk/snapshot tasks queued for a VM (store/vm_tasks.py)
+    vmtasks:pool:<pool>      zset    VMs of the pool with queued or running tasks
 """
 
 from __future__ import annotations
@@ -47,3 +55,22 @@ class Keys:
 
     def daily(self, day: str) -> str:
         return f"{self.prefix}daily:{day}"
+
+    def ondemand(self, request_id: str) -> str:
+        return f"{self.prefix}ondemand:{request_id}"
+
+    def ondemand_vms(self, request_id: str) -> str:
+        return f"{self.prefix}ondemand:{request_id}:vms"
+
+    def ondemand_open(self, pool: str) -> str:
+        return f"{self.prefix}ondemand:open:{pool}"
+
+    def pool_override(self, setting: str) -> str:
+        """``setting`` is ``poolsize``, ``pooltemplate`` or ``poolreset``."""
+        return f"{self.prefix}config:{setting}"
+
+    def vm_tasks(self, hostname: str) -> str:
+        return f"{self.prefix}vmtasks:{hostname}"
+
+    def pool_vm_tasks(self, pool: str) -> str:
+        return f"{self.prefix}vmtasks:pool:{pool}"

@@ -5,8 +5,19 @@
 local prefix, pool, size, task_limit, now, template, domain =
   ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
 local pool_key = prefix .. 'pool:' .. pool .. ':'
-local deficit = size - redis.call('ZCARD', pool_key .. 'ready') - redis.call('ZCARD', pool_key .. 'pending')
-local slots = task_limit - redis.call('ZCARD', prefix .. 'cloning')
+-- VMs built for on-demand requests (their record names the request) are not the pool's: they
+-- neither fill its deficit nor use the task limit, which has ondemand_clone_limit beside it.
+local function own(hostnames)
+  local count = 0
+  for _, hostname in ipairs(hostnames) do
+    if redis.call('HEXISTS', prefix .. 'vm:' .. hostname, 'request') == 0 then
+      count = count + 1
+    end
+  end
+  return count
+end
+local deficit = size - redis.call('ZCARD', pool_key .. 'ready') - own(redis.call('ZRANGE', pool_key .. 'pending', 0, -1))
+local slots = task_limit - own(redis.call('ZRANGE', prefix .. 'cloning', 0, -1))
 local wanted = math.min(deficit, slots)
 local reserved = {}
 for i = 8, #ARGV do

@@ -1,0 +1,177 @@
+"""/ondemandvm: VMs built for one request, for bursts the ready pools cannot serve.
+
+POST answers at once with a request id (201); the pools' reconcile passes clone the VMs and hand
+them to the request as they boot; GET shows progress (202) and then the hostnames (200). The
+on-demand VMs are running (checked out) for the request, so DELETE /vm/<host> returns one and
+DELETE /ondemandvm/<id> returns them all. POST /vm falls back to a request here when asked to
+(``fallback_checkout``).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import uuid
+from typing import Any, Mapping
+
+from chalicelib.api.identity import required_caller
+from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok
+from chalicelib.api.identity import Caller
+from chalicelib.api.vms import REQUEST_NAME_PATTERN, _parse_count, display_name
+from chalicelib.services import Services
+from chalicelib.store.ondemand import DELETED, FAILED, READY, OnDemandEntry, OnDemandRequest, OnDemandStore
+
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+DELETED_MESSAGE = "The request has been deleted"
+UNPARSABLE = {"message": "JSON payload could not be parsed"}
+
+
+def create_from_body(services: Services, request: ApiRequest) -> ApiResponse:
+    """POST /ondemandvm with ``{"pool-or-alias": count, ..., "request_id": "optional"}``."""
+    caller = required_caller(services, request)
+    try:
+        body = json_body(request)
+    except ApiError:
+        raise ApiError(400, UNPARSABLE) from None
+    if body is None:
+        raise ApiError(404, {"message": "no pool requested"})
+    if not isinstance(body, dict):
+        raise bad_request("Request body must be a JSON object")
+    request_id = body.pop("request_id", None)
+    if request_id is not None and (not isinstance(request_id, str) or not REQUEST_ID_PATTERN.match(request_id)):
+        raise bad_request("request_id must be 1 to 100 letters, digits, '.', '_', ':' or '-', "
+                          "starting with a letter or digit")
+    wanted: dict[str, int] = {}
+    for name, count in body.items():
+        if not REQUEST_NAME_PATTERN.match(name):
+            raise bad_request("Invalid pool name format")
+        wanted[name] = _parse_count(count)
+    return _create(services, request, wanted, request_id, caller)
+
+
+def create_from_path(services: Services, request: ApiRequest) -> ApiResponse:
+    """POST /ondemandvm/<pool1>+<pool1>+<pool2>: one VM per mention."""
+    caller = required_caller(services, request)
+    wanted: dict[str, int] = {}
+    for name in request.params["name"].split("+"):
+        if not REQUEST_NAME_PATTERN.match(name):
+            raise bad_request("Invalid pool name format")
+        wanted[name] = wanted.get(name, 0) + 1
+    return _create(services, request, wanted, None, caller)
+
+
+def _check_wanted(services: Services, wanted: Mapping[str, int]) -> None:
+    """404 for unknown pools or aliases, 403 above max_ondemand_instances_per_request."""
+    if not wanted:
+        raise ApiError(404, {"message": "no pool requested"})
+    unknown = [name for name in wanted if not services.config.resolve(name)]
+    if unknown:
+        raise ApiError(404, {"bad_templates": unknown})
+    maximum = int(services.config.service.max_ondemand_instances_per_request)
+    if sum(wanted.values()) > maximum:
+        raise ApiError(403, {"message": f"requested amount of instances exceeds the maximum {maximum}"})
+
+
+def _create(
+    services: Services, request: ApiRequest, wanted: Mapping[str, int], request_id: str | None, caller: Caller | None
+) -> ApiResponse:
+    _check_wanted(services, wanted)
+    request_id = _open_request(services, wanted, request_id, caller)
+    answer: dict[str, Any] = {"ok": True, "request_id": request_id}
+    if request.version == 1 and services.config.service.domain:
+        answer["domain"] = services.config.service.domain
+    return ApiResponse(201, answer)
+
+
+def _open_request(
+    services: Services, wanted: Mapping[str, int], request_id: str | None, caller: Caller | None
+) -> str:
+    """Record the request (409 when its id is taken) and wake the pools that build it."""
+    config = services.config.service
+    # An alias is built in one of its pools, chosen at random to spread the load, as vmpooler does.
+    entries = [OnDemandEntry(name, random.choice(services.config.resolve(name)), count)
+               for name, count in wanted.items()]
+    request_id = request_id or str(uuid.uuid4())
+    created = OnDemandStore(services.store).create(
+        request_id, entries, services.clock.now(), int(config.ondemand_request_ttl) * 60,
+        int(config.vm_lifetime_auth if caller else config.vm_lifetime), caller.user if caller else "",
+    )
+    if not created:
+        raise ApiError(409, {"message": f"request_id '{request_id}' has already been created"})
+    services.refill.pools_changed({entry.pool for entry in entries})
+    return request_id
+
+
+def show(services: Services, request: ApiRequest) -> ApiResponse:
+    """GET /ondemandvm/<id>: 202 with counts while building, 200 with hostnames when ready,
+    200 with a message when it failed or was deleted."""
+    ondemand = _find(services, request.params["name"])
+    answer: dict[str, Any] = {"ok": True, "request_id": ondemand.id, "ready": False}
+    if ondemand.state == READY:
+        answer["ready"] = True
+        for name in ondemand.names:
+            answer[name] = {"hostname": [display_name(vm.name, vm.domain or None, request.version)
+                                         for vm in ondemand.delivered(name)]}
+        if request.version == 1 and services.config.service.domain:
+            answer["domain"] = services.config.service.domain
+        return ApiResponse(200, answer)
+    if ondemand.state in (FAILED, DELETED):
+        answer["message"] = ondemand.message
+        return ApiResponse(200, answer)
+    for name in ondemand.names:
+        delivered = len(ondemand.delivered(name))
+        answer[name] = {"ready": str(delivered), "pending": str(ondemand.wanted(name) - delivered)}
+    return ApiResponse(202, answer)
+
+
+def delete(services: Services, request: ApiRequest) -> ApiResponse:
+    """DELETE /ondemandvm/<id>: the request ends and its VMs go to completed."""
+    caller = required_caller(services, request)
+    ondemand = _find(services, request.params["name"])
+    if caller and ondemand.token_user and caller.user != ondemand.token_user:
+        raise ApiError(403, {"message": "the request belongs to another user"})
+    ending = OnDemandStore(services.store).end(
+        ondemand.id, DELETED, DELETED_MESSAGE, f"on-demand request {ondemand.id} was deleted", services.clock.now())
+    services.refill.pools_changed(ending.pools)  # nothing when it had ended already
+    return ok()
+
+
+def _find(services: Services, request_id: str) -> OnDemandRequest:
+    found = OnDemandStore(services.store).get(request_id) if REQUEST_ID_PATTERN.match(request_id) else None
+    if found is None:
+        raise ApiError(404, {"message": f"no request found for request_id '{request_id}'"})
+    return found
+
+
+# --- POST /vm falling back to an on-demand request --------------------------------------------
+
+FALLBACK_QUERY = "ondemand"
+"""``POST /vm?ondemand=true`` asks for the fallback on this request, ``=false`` refuses it."""
+
+
+def fallback_wanted(services: Services, request: ApiRequest, wanted: Mapping[str, int]) -> bool:
+    """Whether a checkout miss becomes an on-demand request: the query says so, else every pool
+    involved has ``ondemand_fallback`` (a pool's own setting, else the service's)."""
+    asked = request.query.get(FALLBACK_QUERY, "").lower()
+    if asked in ("true", "1", "yes"):
+        return True
+    if asked in ("false", "0", "no"):
+        return False
+    default = bool(services.config.service.ondemand_fallback)
+    pools = [services.config.pool(name) for requested in wanted for name in services.config.resolve(requested)]
+    return bool(pools) and all(pool is not None and bool(pool.get("ondemand_fallback", default)) for pool in pools)
+
+
+def fallback_checkout(
+    services: Services, request: ApiRequest, wanted: Mapping[str, int], caller: Caller | None
+) -> ApiResponse | None:
+    """A 202 with a new request's id for a checkout that missed, or None to answer 503 as
+    usual (fallback not wanted, no token while auth is configured, or over the on-demand limit)."""
+    if not fallback_wanted(services, request, wanted):
+        return None
+    if services.config.auth is not None and caller is None:
+        return None
+    if sum(wanted.values()) > int(services.config.service.max_ondemand_instances_per_request):
+        return None
+    request_id = _open_request(services, wanted, None, caller)
+    return ApiResponse(202, {"ok": True, "request_id": request_id, "ready": False})

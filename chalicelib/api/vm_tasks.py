@@ -1,0 +1,67 @@
+"""POST /vm/<host>/disk/<gb>, /vm/<host>/snapshot, /vm/<host>/snapshot/<id>: queue a provider
+task on a checked-out VM. The VM's pool's reconcile pass runs it (manager/vm_tasks.py); GET
+/vm/<host> then lists the disk or snapshot, or the reason it failed under ``task_errors``.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+
+from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, ok
+from chalicelib.api.identity import caller_for_change, required_caller
+from chalicelib.api.vms import find_vm
+from chalicelib.services import Services
+from chalicelib.store import VMRecord
+from chalicelib.store.vm_tasks import DISK, REVERT, SNAPSHOT, VMTaskStore, in_flight, new_task
+
+MAX_DISK_GB = 2048
+DIGITS = re.compile(r"^[0-9]+$")
+
+
+def _running_vm(services: Services, request: ApiRequest) -> VMRecord:
+    """The checked-out VM named in the path, its caller allowed to change it."""
+    required_caller(services, request)
+    record = find_vm(services, request, running=True)
+    caller_for_change(services, request, record)
+    return record
+
+
+def _queue(services: Services, record: VMRecord, kind: str, **details: Any) -> None:
+    now = services.clock.now()
+    VMTaskStore(services.store).enqueue(record.name, record.pool, new_task(kind, now, **details), now)
+    services.refill.pools_changed([record.pool])
+
+
+def add_disk(services: Services, request: ApiRequest) -> ApiResponse:
+    """POST /vm/<host>/disk/<gb> (1..2048): 202 ``{"<host>": {"disk": "+8gb"}}``."""
+    record = _running_vm(services, request)
+    size = request.params["size"]
+    if not DIGITS.match(size) or not 1 <= int(size) <= MAX_DISK_GB:
+        raise bad_request(f"disk size must be a whole number of GB from 1 to {MAX_DISK_GB}")
+    _queue(services, record, DISK, size_gb=int(size))
+    return ok(202, **{record.name: {"disk": f"+{int(size)}gb"}})
+
+
+def take_snapshot(services: Services, request: ApiRequest) -> ApiResponse:
+    """POST /vm/<host>/snapshot: 202 ``{"<host>": {"snapshot": "<32 chars>"}}``."""
+    record = _running_vm(services, request)
+    snapshot = secrets.token_hex(16)
+    _queue(services, record, SNAPSHOT, snapshot=snapshot)
+    return ok(202, **{record.name: {"snapshot": snapshot}})
+
+
+def revert_snapshot(services: Services, request: ApiRequest) -> ApiResponse:
+    """POST /vm/<host>/snapshot/<id>: 202 when the VM has (or is taking) that snapshot."""
+    record = _running_vm(services, request)
+    snapshot = request.params["snapshot"]
+    queued = {task.get("snapshot") for task in VMTaskStore(services.store).queued(record.name)
+              if task.get("kind") == SNAPSHOT}
+    current = in_flight(record)
+    if current and current.get("kind") == SNAPSHOT:
+        queued.add(current.get("snapshot"))
+    if snapshot not in record.snapshots and snapshot not in queued:
+        raise ApiError(404, {"error": f"snapshot {snapshot} not found on {record.name}"})
+    _queue(services, record, REVERT, snapshot=snapshot)
+    return ok(202)

@@ -1,0 +1,50 @@
+"""The reconcile pass's part in runtime pool changes: drain VMs that no longer match the pool.
+
+- A template change (POST /config/pooltemplate): ready and pending VMs cloned from another
+  template leave service; repopulate then clones from the new one (each VM records the template
+  it was cloned from).
+- A reset (POST /poolreset): ready and pending VMs cloned before the reset leave service.
+- A smaller size (POST /config/poolsize): the oldest ready VMs above the size leave service.
+  Pending ones are left to finish; once ready, any still above the size go too.
+
+VMs built for on-demand requests are not the pool's and are left alone. Every move is
+conditional, so a VM checked out meanwhile is never touched.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from chalicelib.config import PoolConfig
+from chalicelib.store import VMRecord
+from chalicelib.store.pool_overrides import PoolOverrides
+
+if TYPE_CHECKING:
+    from chalicelib.manager.reconcile import _Pass
+
+
+def stale_reason(record: VMRecord, pool: PoolConfig, reset_at: float | None) -> str:
+    """Why a ready or pending VM no longer belongs in the pool as it is now ("" if it does)."""
+    if record.template != pool.template:
+        return f"pool template changed to {pool.template or '(none)'}"
+    if reset_at is not None and (record.clone_start or 0) < reset_at:
+        return "pool reset"
+    return ""
+
+
+def drain_and_retire(pass_: "_Pass") -> None:
+    """Drain stale VMs, then retire ready VMs above the pool's size, oldest first."""
+    reset_at = PoolOverrides(pass_.store).get(pass_.pool.name).reset_at
+    report = pass_.report
+    for state in ("pending", "ready"):
+        for hostname in pass_.snapshot.hostnames(state):
+            record = pass_.record(hostname)
+            if record is None or record.raw.get("request") or hostname in report.completed:
+                continue
+            reason = stale_reason(record, pass_.pool, reset_at)
+            if reason:
+                pass_.take_out_of_service(hostname, state, reason)
+    ready = sorted(pass_.snapshot.members.get("ready", {}).items(), key=lambda item: item[1])
+    staying = [hostname for hostname, _ in ready if hostname not in report.completed and hostname not in report.dropped]
+    for hostname in staying[: max(len(staying) - pass_.pool.size, 0)]:
+        pass_.take_out_of_service(hostname, "ready", f"pool size reduced to {pass_.pool.size}")

@@ -1,0 +1,97 @@
+"""The reconcile pass's part in disk and snapshot tasks queued on its pool's VMs.
+
+For each VM with work, one task is in flight at a time: the pass takes the next one from the
+VM's queue (atomically, so only one pass starts it), starts it on the provider and records the
+task ref; later passes ask the provider for its state and, when it is done, record the new disk
+or snapshot on the VM, or why it failed. The pass never waits for a task.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+from chalicelib.providers.base import ProviderError, TaskState
+from chalicelib.store.vm_tasks import DISK, REVERT, SNAPSHOT, VMTaskStore
+
+if TYPE_CHECKING:
+    from chalicelib.manager.reconcile import _Pass
+
+TASK_START_GRACE_SECONDS = 120.0
+"""How long a taken task may wait for its provider ref before the pass decides the pass that
+took it died in between (then it fails, visibly, rather than run twice)."""
+
+MAX_STEPS_PER_VM = 10
+"""Tasks finished and started per VM in one pass, so one busy VM cannot hold a pass."""
+
+
+def describe(task: Mapping[str, Any]) -> str:
+    if task["kind"] == DISK:
+        return f"disk +{task['size_gb']}gb"
+    if task["kind"] == SNAPSHOT:
+        return f"snapshot {task['snapshot']}"
+    return f"revert to snapshot {task['snapshot']}"
+
+
+def result_of(task: Mapping[str, Any]) -> tuple[str, str]:
+    """The record's list a successful task appends to, and what it appends."""
+    if task["kind"] == DISK:
+        return "disks", f"+{task['size_gb']}gb"
+    if task["kind"] == SNAPSHOT:
+        return "snapshots", str(task["snapshot"])
+    return "", ""
+
+
+def run_tasks(pass_: "_Pass") -> None:
+    """Advance every VM's disk and snapshot tasks by as much as is done now."""
+    tasks = VMTaskStore(pass_.store)
+    for hostname in tasks.hosts_with_tasks(pass_.pool.name):
+        record = pass_.store.get_vm(hostname)
+        running = record is not None and record.state == "running" and record.pool == pass_.pool.name
+        for _ in range(MAX_STEPS_PER_VM):
+            task, new = tasks.take(hostname, pass_.pool.name, pass_.now)
+            if task is None:
+                break
+            if not running:
+                tasks.finish(hostname, task["id"], error=f"{describe(task)} failed: the VM is no longer running")
+            elif new:
+                _start(pass_, tasks, hostname, task)
+            elif not _follow(pass_, tasks, hostname, task):
+                pass_.report.followups += 1
+                break
+            pass_.checkpoint("vm_task")
+
+
+def _start(pass_: "_Pass", tasks: VMTaskStore, hostname: str, task: Mapping[str, Any]) -> None:
+    provider, pool = pass_.provider, pass_.pool
+    try:
+        if task["kind"] == DISK:
+            ref = provider.add_disk(pool, hostname, int(task["size_gb"]))
+        elif task["kind"] == SNAPSHOT:
+            ref = provider.create_snapshot(pool, hostname, str(task["snapshot"]))
+        elif task["kind"] == REVERT:
+            ref = provider.revert_snapshot(pool, hostname, str(task["snapshot"]))
+        else:
+            raise ProviderError(f"unknown task kind {task['kind']}")
+    except ProviderError as error:
+        tasks.finish(hostname, task["id"], error=f"{describe(task)} failed to start: {error}")
+        return
+    pass_.checkpoint("vm_task_started")
+    tasks.note_started(hostname, task["id"], ref)
+
+
+def _follow(pass_: "_Pass", tasks: VMTaskStore, hostname: str, task: Mapping[str, Any]) -> bool:
+    """Check a task in flight. Returns True when it finished (either way)."""
+    if not task.get("ref"):
+        if pass_.now - float(task.get("started") or 0) <= TASK_START_GRACE_SECONDS:
+            return False
+        tasks.finish(hostname, task["id"], error=f"{describe(task)} was never started (its pass was interrupted)")
+        return True
+    status = pass_.provider.task_status(str(task["ref"]))
+    if status.state is TaskState.RUNNING:
+        return False
+    if status.state is TaskState.ERROR:
+        tasks.finish(hostname, task["id"], error=f"{describe(task)} failed: {status.error or 'unknown error'}")
+        return True
+    list_field, value = result_of(task)
+    tasks.finish(hostname, task["id"], list_field, value)
+    return True

@@ -1,0 +1,21 @@
+-- Create an on-demand request unless its id is taken (a duplicate is the client's 409), and
+-- nudge the reconcile of each pool that builds it, in the same step.
+-- ARGV: prefix, request id, now, record ttl seconds, JSON {field: value}, pools to build in...
+-- Returns 1 when created, 0 when a request with that id exists.
+local prefix, id, now, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local key = prefix .. 'ondemand:' .. id
+if redis.call('EXISTS', key) == 1 then
+  return 0
+end
+for field, value in pairs(cjson.decode(ARGV[5])) do
+  redis.call('HSET', key, field, value)
+end
+redis.call('EXPIRE', key, ttl)
+for i = 6, #ARGV do
+  redis.call('ZADD', prefix .. 'ondemand:open:' .. ARGV[i], now, id)
+  local wake_key = prefix .. 'wake:' .. ARGV[i]
+  redis.call('LPUSH', wake_key, '1')
+  redis.call('LTRIM', wake_key, 0, 0)
+  redis.call('EXPIRE', wake_key, 60)
+end
+return 1

@@ -1,0 +1,209 @@
+"""On-demand requests in Redis: VMs cloned for one request and handed to it, not to the pool.
+
+A request is a hash ``ondemand:<id>`` (state ``open`` -> ``ready``, or ``failed``/``deleted``),
+the zset ``ondemand:<id>:vms`` of every VM reserved for it, and its id in ``ondemand:open:<pool>``
+for each pool it still needs VMs from, so each pool's reconcile pass finds the requests it
+serves without scanning. Each VM's record names its request (``request``) and the name it was
+asked for under (``request_name``, a pool or an alias); ``delivered_at`` marks the ones handed
+over. Every change of more than one key is one of the ``ondemand_*`` Lua scripts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from chalicelib.store.records import VMRecord
+from chalicelib.store.store import Store, _translate_errors
+
+OPEN = "open"
+READY = "ready"
+FAILED = "failed"
+DELETED = "deleted"
+
+
+@dataclass(frozen=True)
+class OnDemandEntry:
+    """``count`` VMs asked for under ``name`` (a pool or an alias), built in ``pool``."""
+
+    name: str
+    pool: str
+    count: int
+
+
+@dataclass(frozen=True)
+class OnDemandRequest:
+    id: str
+    state: str
+    entries: tuple[OnDemandEntry, ...]
+    created: float
+    expires: float
+    token_user: str = ""
+    message: str = ""
+    vms: tuple[VMRecord, ...] = field(default=(), repr=False)
+    """Every VM reserved for the request that still has a record, in reservation order."""
+
+    def delivered(self, name: str) -> list[VMRecord]:
+        """The VMs handed to the request under ``name``."""
+        return [vm for vm in self.vms if vm.raw.get("request_name") == name and vm.raw.get("delivered_at")]
+
+    def building(self, name: str) -> list[VMRecord]:
+        return [vm for vm in self.vms
+                if vm.raw.get("request_name") == name and not vm.raw.get("delivered_at") and vm.state == "pending"]
+
+    @property
+    def names(self) -> list[str]:
+        """The names asked for, in request order, each once."""
+        return list(dict.fromkeys(entry.name for entry in self.entries))
+
+    def wanted(self, name: str) -> int:
+        return sum(entry.count for entry in self.entries if entry.name == name)
+
+    @property
+    def waiting(self) -> int:
+        """VMs the request still waits for that no clone has been started for yet."""
+        if self.state != OPEN:
+            return 0
+        return sum(max(self.wanted(name) - len(self.delivered(name)) - len(self.building(name)), 0)
+                   for name in self.names)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    state: str
+    """``open``, ``expired``, ``retries_exhausted``, or the state of a request already closed."""
+    reserved: tuple[str, ...] = ()
+    failed: int = 0
+
+
+@dataclass(frozen=True)
+class Ending:
+    result: str
+    """``ended``, ``already`` (it had ended before) or ``missing``."""
+    state: str
+    pools: tuple[str, ...] = ()
+
+
+class OnDemandStore:
+    """Typed operations on on-demand requests; every method raises StoreUnavailable."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.keys = store.keys
+        self.client = store.client
+        self.scripts = store.scripts
+
+    def create(
+        self,
+        request_id: str,
+        entries: Sequence[OnDemandEntry],
+        now: float,
+        ttl_seconds: float,
+        lifetime_hours: int,
+        token_user: str = "",
+    ) -> bool:
+        """Record a new open request and queue it for its pools. False when the id is taken."""
+        fields = {
+            "id": request_id,
+            "state": OPEN,
+            "entries": json.dumps([{"name": e.name, "pool": e.pool, "count": e.count} for e in entries]),
+            "created": repr(now),
+            "expires": repr(now + ttl_seconds),
+            "lifetime": str(lifetime_hours),
+        }
+        if token_user:
+            fields["token_user"] = token_user
+        pools = sorted({entry.pool for entry in entries})
+        args = [self.keys.prefix, request_id, repr(now), self.store.data_ttl_seconds, json.dumps(fields), *pools]
+        with _translate_errors():
+            return bool(self.scripts.ondemand_create(args=args))
+
+    def get(self, request_id: str) -> OnDemandRequest | None:
+        """The request and the records of its VMs, in two round trips."""
+        with _translate_errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hgetall(self.keys.ondemand(request_id))
+            pipe.zrange(self.keys.ondemand_vms(request_id), 0, -1)
+            data, hostnames = pipe.execute()
+            if not data:
+                return None
+            records: list[VMRecord] = []
+            if hostnames:
+                pipe = self.client.pipeline(transaction=False)
+                for hostname in hostnames:
+                    pipe.hgetall(self.keys.vm(hostname))
+                records = [VMRecord.from_hash(raw) for raw in pipe.execute()
+                           if raw and raw.get("request") == request_id]
+        return OnDemandRequest(
+            id=request_id,
+            state=data.get("state", ""),
+            entries=tuple(OnDemandEntry(e["name"], e["pool"], int(e["count"]))
+                          for e in json.loads(data.get("entries") or "[]")),
+            created=float(data.get("created") or 0),
+            expires=float(data.get("expires") or 0),
+            token_user=data.get("token_user", ""),
+            message=data.get("message", ""),
+            vms=tuple(records),
+        )
+
+    def open_requests(self, pool: str) -> list[str]:
+        """Ids of the requests that may still need VMs from ``pool``, oldest first."""
+        with _translate_errors():
+            return self.client.zrange(self.keys.ondemand_open(pool), 0, -1)
+
+    def waiting(self, pools: Iterable[str]) -> int:
+        """VMs that open requests still wait for and that are not being built yet (/status
+        ``queue.requested``: each VM is counted once, here or as pending, ready...)."""
+        ids: dict[str, None] = {}
+        for pool in pools:
+            ids.update(dict.fromkeys(self.open_requests(pool)))
+        total = 0
+        for request_id in ids:
+            request = self.get(request_id)
+            if request is not None:
+                total += request.waiting
+        return total
+
+    def building(self, pool: str) -> int:
+        """On-demand VMs of ``pool`` being built (pending)."""
+        with _translate_errors():
+            hostnames = self.client.zrange(self.keys.pool_state(pool, "pending"), 0, -1)
+            if not hostnames:
+                return 0
+            pipe = self.client.pipeline(transaction=False)
+            for hostname in hostnames:
+                pipe.hexists(self.keys.vm(hostname), "request")
+            return sum(1 for found in pipe.execute() if found)
+
+    def reserve(
+        self,
+        request_id: str,
+        pool: str,
+        clone_limit: int,
+        max_retries: int,
+        template: str,
+        domain: str,
+        candidates: Sequence[str],
+        now: float,
+    ) -> Reservation:
+        """Reserve names for the VMs the request still lacks in ``pool`` (see the script)."""
+        args = [self.keys.prefix, request_id, pool, clone_limit, max_retries, repr(now), template, domain,
+                self.store.data_ttl_seconds, *candidates]
+        with _translate_errors():
+            answer = json.loads(self.scripts.ondemand_reserve(args=args))
+        return Reservation(answer["state"], tuple(answer.get("reserved") or ()), int(answer.get("failed") or 0))
+
+    def deliver(self, hostname: str, pool: str, now: float, ip: str, host: str) -> tuple[bool, str]:
+        """Hand a booted VM to its request. Returns (moved to running, the request's state)."""
+        with _translate_errors():
+            answer = json.loads(self.scripts.ondemand_deliver(
+                args=[self.keys.prefix, hostname, pool, repr(now), ip or "", host or ""]))
+        return bool(answer["moved"]), answer["state"]
+
+    def end(self, request_id: str, state: str, message: str, vm_reason: str, now: float) -> Ending:
+        """Mark the request ``deleted`` or ``failed`` and send its VMs to completed."""
+        args = [self.keys.prefix, request_id, state, message, repr(now), vm_reason, self.store.data_ttl_seconds]
+        with _translate_errors():
+            answer = json.loads(self.scripts.ondemand_end(args=args))
+        return Ending(answer["result"], answer["state"], tuple(answer.get("pools") or ()))

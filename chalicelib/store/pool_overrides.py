@@ -1,0 +1,86 @@
+"""Pool settings changed at runtime (POST /config/poolsize, /config/pooltemplate, /poolreset).
+
+They live in Redis, so every Lambda sees them and they survive restarts; ``apply`` lays them
+over the configured pool, which is how ``Services.pool`` hands the reconcile pass and the API
+the pool as it should be now. A reset is a time: the pass drains VMs cloned before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterable
+
+from chalicelib.config import PoolConfig
+from chalicelib.store.store import Store, _translate_errors
+
+SIZE = "poolsize"
+TEMPLATE = "pooltemplate"
+RESET = "poolreset"
+
+
+@dataclass(frozen=True)
+class PoolOverride:
+    size: int | None = None
+    template: str | None = None
+    reset_at: float | None = None
+
+
+def apply(pool: PoolConfig, override: PoolOverride) -> PoolConfig:
+    """The pool with its runtime size and template, when set."""
+    changes: dict[str, object] = {}
+    if override.size is not None:
+        changes["size"] = override.size
+    if override.template is not None:
+        changes["template"] = override.template
+    return dataclasses.replace(pool, **changes) if changes else pool
+
+
+class PoolOverrides:
+    """Read and change the runtime overrides; every method raises StoreUnavailable."""
+
+    def __init__(self, store: Store) -> None:
+        self.client = store.client
+        self.keys = store.keys
+
+    def get(self, pool: str) -> PoolOverride:
+        return self.all([pool])[pool]
+
+    def all(self, pools: Iterable[str]) -> dict[str, PoolOverride]:
+        """pool -> its overrides, in one round trip."""
+        pools = list(pools)
+        if not pools:
+            return {}
+        with _translate_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for setting in (SIZE, TEMPLATE, RESET):
+                pipe.hmget(self.keys.pool_override(setting), pools)
+            sizes, templates, resets = pipe.execute()
+        return {
+            pool: PoolOverride(
+                size=int(size) if size is not None else None,
+                template=template,
+                reset_at=float(reset) if reset is not None else None,
+            )
+            for pool, size, template, reset in zip(pools, sizes, templates, resets)
+        }
+
+    def set_size(self, pool: str, size: int | None) -> None:
+        """Override the pool's size; None goes back to the configured size."""
+        self._set(SIZE, pool, None if size is None else str(size))
+
+    def set_template(self, pool: str, template: str | None) -> None:
+        """Override the pool's template; None goes back to the configured template."""
+        self._set(TEMPLATE, pool, template)
+
+    def reset(self, pool: str, now: float) -> None:
+        """Drain the pool's ready and pending VMs cloned before ``now`` (and so refill it)."""
+        self._set(RESET, pool, repr(now))
+
+    def _set(self, setting: str, pool: str, value: str | None) -> None:
+        key = self.keys.pool_override(setting)
+        with _translate_errors():
+            if value is None:
+                self.client.hdel(key, pool)
+            else:
+                self.client.hset(key, pool, value)
