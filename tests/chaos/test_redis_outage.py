@@ -31,7 +31,7 @@ SOCKET_TIMEOUT = 1.5
 
 CONFIG = f"""
 :config: {{domain: example.com, task_limit: 1000, check_loop_delay_min: 1}}
-:redis: {{socket_timeout: {SOCKET_TIMEOUT}}}
+:redis: {{server: 127.0.0.1, port: {{port}}, socket_timeout: {SOCKET_TIMEOUT}}}
 :providers:
   :dummy: {{createvm_max_time: 0, boot_time: 0}}
 :pools:
@@ -114,12 +114,16 @@ class Service:
     port: int
 
 
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[Service]:
-    """The API and the scheduler on a Redis of their own, on a fixed port that outlives it."""
+@pytest.fixture(params=["config", "url"])
+def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]:
+    """The API and the scheduler on a Redis of their own, on a fixed port that outlives it.
+    Built the way a Lambda builds them, with the Redis client from the config's ``:redis:``
+    block (as in AWS) or from VMPOOL_REDIS_URL (as in the local stack)."""
     server = RedisServer(port=free_port(), data_dir=tmp_path / "redis", persist=True).start()
-    # Built the way a Lambda builds it, so the Redis client has the service's own settings.
-    services = Services.from_environment({"VMPOOL_CONFIG": CONFIG, "VMPOOL_REDIS_URL": server.url})
+    environ = {"VMPOOL_CONFIG": CONFIG.replace("{port}", str(server.port))}
+    if request.param == "url":
+        environ["VMPOOL_REDIS_URL"] = server.url
+    services = Services.from_environment(environ)
     config, client = services.config, services.client
     pool = config.pool(POOL)
     for _ in range(2):  # clones start, then they are ready
