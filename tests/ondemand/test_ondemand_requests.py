@@ -191,7 +191,7 @@ def test_checkout_miss_falls_back_to_an_on_demand_request(make_stack):
 def test_token_required_when_auth_is_configured(make_stack):
     stack = make_stack(extra="\n:auth:\n  provider: dummy\n")
     status, body = stack.call("POST", "/api/v3/ondemandvm", {"debian": 1})
-    assert (status, body) == (401, {"ok": False})
+    assert (status, body) == (401, {"ok": False, "error": "a token is required (X-AUTH-TOKEN)"})
     assert stack.call("DELETE", "/api/v3/ondemandvm/some-id")[0] == 401
     assert open_requests(stack, "debian-12") == []
     # GET needs no token (a 404 here, not a 401).

@@ -25,7 +25,7 @@ def test_405_without_experimental_features(make_stack, method, path, body):
 @pytest.mark.parametrize("method, path, body", ROUTES)
 def test_token_required_when_auth_is_configured(make_stack, method, path, body):
     stack = make_stack(extra="\n:auth:\n  provider: dummy\n")
-    assert stack.call(method, path, body) == (401, {"ok": False})
+    assert stack.call(method, path, body) == (401, {"ok": False, "error": "a token is required (X-AUTH-TOKEN)"})
     assert stack.services.pool("debian-12") == stack.services.config.pool("debian-12")
 
 
