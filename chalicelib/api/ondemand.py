@@ -129,7 +129,7 @@ def delete(services: Services, request: ApiRequest) -> ApiResponse:
     caller = required_caller(services, request)
     ondemand = _find(services, request.params["name"])
     if caller and ondemand.token_user and caller.user != ondemand.token_user:
-        raise ApiError(403, {"message": "the request belongs to another user"})
+        raise ApiError(403, {"error": "the request belongs to another user"})
     ending = OnDemandStore(services.store).end(
         ondemand.id, DELETED, DELETED_MESSAGE, f"on-demand request {ondemand.id} was deleted", services.clock.now())
     services.refill.pools_changed(ending.pools)  # nothing when it had ended already

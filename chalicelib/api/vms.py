@@ -19,6 +19,7 @@ from chalicelib.api.http import (
 )
 from chalicelib.api.identity import caller_for_change, optional_caller
 from chalicelib.manager.reconcile import day_of
+from chalicelib import observability as metric
 from chalicelib.observability import emit
 from chalicelib.services import Services
 from chalicelib.store import CheckoutRequest, VMRecord
@@ -102,7 +103,7 @@ def _checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int]
     now = services.clock.now()
     result = services.store.checkout(requests, now, fields)
     if not result.ok:
-        emit(None, {"CheckoutMisses": 1})
+        emit(None, {metric.CHECKOUT_MISSES: 1})
         from chalicelib.api.ondemand import fallback_checkout  # ondemand builds on this module
 
         fallback = fallback_checkout(services, request, wanted, caller)
@@ -110,7 +111,7 @@ def _checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int]
             return fallback
         raise ApiError(503, {"error": f"not enough ready VMs for: {', '.join(result.short)}"})
     services.refill.pools_changed({vm.pool for vm in result.vms})
-    emit(None, {"Checkouts": len(result.vms)})
+    emit(None, {metric.CHECKOUTS: len(result.vms)})
     hostnames: dict[str, list[str]] = {}
     for vm in result.vms:
         pool = config.pool(vm.pool)
@@ -278,6 +279,6 @@ def give_back(services: Services, request: ApiRequest) -> ApiResponse:
                                reason="returned by its user"):
         raise not_found(error=f"VM {record.name} is not running")
     services.refill.pools_changed([record.pool])
-    emit(None, {"Deletes": 1})
+    emit(None, {metric.DELETES: 1})
     return ok()
 

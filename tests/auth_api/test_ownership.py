@@ -115,3 +115,25 @@ def test_without_auth_tokens_are_ignored(make_api):
     assert api.services.store.get_vm(vm).token_user == ""
     assert api.call("PUT", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": "junk"}, body={"lifetime": 5}).status == 200
     assert api.call("DELETE", f"/api/v3/vm/{vm}").status == 200
+
+
+def test_an_ondemand_request_is_deleted_only_by_its_owner(ldap_api: Api, slapd):
+    alice, _, bob = tokens(ldap_api, slapd)
+    created = ldap_api.call("POST", "/api/v3/ondemandvm", headers={"X-AUTH-TOKEN": alice}, body={POOL: "1"})
+    assert created.status == 201
+    request_id = created.body["request_id"]
+    refused = ldap_api.call("DELETE", f"/api/v3/ondemandvm/{request_id}", headers={"X-AUTH-TOKEN": bob})
+    assert (refused.status, refused.body["ok"]) == (403, False)
+    assert ldap_api.call("GET", f"/api/v3/ondemandvm/{request_id}").body.get("message") is None
+    deleted = ldap_api.call("DELETE", f"/api/v3/ondemandvm/{request_id}", headers={"X-AUTH-TOKEN": alice})
+    assert deleted.status == 200
+
+
+def test_disks_and_snapshots_only_by_the_owner(ldap_api: Api, slapd):
+    alice, _, bob = tokens(ldap_api, slapd)
+    vm = ldap_api.checkout(alice)
+    for path in ("disk/8", "snapshot"):
+        refused = ldap_api.call("POST", f"/api/v3/vm/{vm}/{path}", headers={"X-AUTH-TOKEN": bob})
+        assert (refused.status, refused.body["ok"]) == (403, False)
+        accepted = ldap_api.call("POST", f"/api/v3/vm/{vm}/{path}", headers={"X-AUTH-TOKEN": alice})
+        assert accepted.status == 202
