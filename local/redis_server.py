@@ -15,6 +15,8 @@ from pathlib import Path
 
 import redis
 
+from local.processes import stop_process
+
 
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
@@ -63,13 +65,7 @@ class RedisServer:
                 client.close()
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)

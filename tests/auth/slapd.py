@@ -31,6 +31,8 @@ from typing import Iterator
 
 import pytest
 
+from local.processes import stop_process
+
 BASE = "dc=example,dc=com"
 USERS_OU = f"ou=users,{BASE}"
 PEOPLE_OU = f"ou=people,{BASE}"
@@ -237,13 +239,7 @@ class SlapdServer:
         return True
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
         if getattr(self, "log_file", None):
             self.log_file.close()
