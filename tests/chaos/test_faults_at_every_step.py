@@ -23,8 +23,9 @@ import redis
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.base import ProviderError
 from chalicelib.store import StoreUnavailable
-from tests.chaos.conftest import Fleet, FleetFactory
-from tests.core.conftest import assert_consistent
+from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
+from chalicelib.store.vm_tasks import VMTaskStore, new_task
+from tests.chaos.conftest import Fleet, FleetFactory, assert_consistent
 
 
 class Crash(BaseException):
@@ -34,7 +35,8 @@ class Crash(BaseException):
 def busy_fleet(make_fleet: FleetFactory) -> Fleet:
     """Every pool with work waiting in every step of its next pass: clones to finish, VMs to mark
     ready, to reap, to destroy, a stray to discover and one to complete, a VM in use deleted by
-    hand, and a deficit to refill against the shared task limit."""
+    hand, a disk to add to a VM in use, an on-demand request to build, and a deficit to refill
+    against the shared task limit."""
     fleet = make_fleet()
     world = fleet.world
     fleet.converge()
@@ -62,6 +64,14 @@ def busy_fleet(make_fleet: FleetFactory) -> Fleet:
         if world.count(pool, "ready"):  # returned by its user: a destroy to start
             (returned,) = world.check_out(pool, 1)
             world.store.move(returned, pool, "running", "completed", world.clock.now(), reason="returned")
+    now = world.clock.now()
+    for pool in fleet.pools:  # an on-demand VM to build, and a disk to add to a VM in use
+        fleet.requests[pool] = f"od-{pool}"
+        assert OnDemandStore(world.store).create(fleet.requests[pool], [OnDemandEntry(pool, pool, 1)], now,
+                                                 ttl_seconds=7200, lifetime_hours=5)
+        for host in sorted(fleet.kept[pool])[:1]:
+            VMTaskStore(world.store).enqueue(host, pool, new_task("disk", now, size_gb=10), now)
+            fleet.disk_on.add(host)
     return fleet
 
 
@@ -75,7 +85,8 @@ def steps_of_a_round(make_fleet: FleetFactory) -> list[str]:
 def test_the_busy_round_reaches_every_step(make_fleet: FleetFactory) -> None:
     steps = steps_of_a_round(make_fleet)
     assert {"inventory", "snapshot", "clone_finished", "ready", "completed", "dropped", "destroyed",
-            "destroy_started", "discovered", "reserved", "clone_started", "done"} <= set(steps), steps
+            "destroy_started", "discovered", "vm_task", "vm_task_started", "ondemand_reserved",
+            "reserved", "clone_started", "done"} <= set(steps), steps
 
 
 Fault = Callable[[Fleet, str], None]
@@ -132,7 +143,7 @@ def test_fault_at_every_step_of_every_pool_converges(make_fleet: FleetFactory, r
         restore(redis_client, busy_fleet_state)
         busy.world.clock.advance(restore_point - busy.world.clock.now())
         fleet = Fleet(busy.services, busy.world, {pool: set(kept) for pool, kept in busy.kept.items()},
-                      set(busy.strays))
+                      set(busy.strays), dict(busy.requests), set(busy.disk_on))
         reached: list[str] = []
         where = f"{kind} at checkpoint {fault_at} ({step})"
 
