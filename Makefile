@@ -1,6 +1,8 @@
 # vmpool: two commands do all the set-up on a fresh Debian machine with Python 3.11.
 #   make run    the whole service on http://127.0.0.1:8000 (PORT, VMPOOL_CONFIG_FILE, PROVIDER=vcsim)
 #   make test   every test, against real redis-server, slapd and vcsim
+#   make bench  the benchmarks (docs/performance.md); make fuzz: long OpenAPI fuzzing;
+#   make package: the deployable stage in build/package (docs/deploy.md)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -15,7 +17,7 @@ ifeq ($(PROVIDER),vcsim)
 RUN_APT += golang-go golang-github-vmware-govmomi-dev
 endif
 
-.PHONY: run test package apt-run apt-test venv vcsim clean
+.PHONY: run test package bench fuzz apt-run apt-test venv vcsim clean
 
 run: apt-run venv $(if $(filter vcsim,$(PROVIDER)),vcsim)
 	$(PY) -m local.run --port $(PORT) --provider $(PROVIDER)
@@ -30,6 +32,15 @@ test: apt-test venv vcsim
 STAGE ?= dev
 package: venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" infra/package.sh $(STAGE) build/package
+
+# Benchmarks (not tests): prints a table and writes bench/results.json. BENCH_ARGS=--quick.
+bench: apt-test venv vcsim
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+# The OpenAPI fuzzing of `make test`, with many more examples and every API version.
+fuzz: apt-test venv
+	VMPOOL_FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),200) VMPOOL_FUZZ_VERSIONS=v3,v2,v1,unversioned \
+		$(PY) -m pytest -p no:warnings tests/fuzz
 
 # Installs only the Debian packages that are missing: a no-op (no apt-get at all) once they are there.
 apt-run:

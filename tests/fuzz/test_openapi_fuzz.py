@@ -12,19 +12,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import hypothesis
 import pytest
-
-pytest.importorskip("schemathesis", reason="schemathesis is not installed (requirements-dev.txt)")
-
-import hypothesis  # noqa: E402  (a dependency of schemathesis)
-import schemathesis  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_headers_conformance,  # noqa: E402
+import schemathesis
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (content_type_conformance, response_headers_conformance,
                                                response_schema_conformance, status_code_conformance)
 
-from bench.common import Stack  # noqa: E402
-from tests.api.client import spec_template  # noqa: E402
-from tests.api.test_openapi import PENDING  # noqa: E402
+from bench.common import Stack
+from tests.api.client import spec_template
+from tests.api.test_openapi import PENDING
 
 SPEC = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 EXAMPLES = int(os.environ.get("VMPOOL_FUZZ_EXAMPLES", "8"))
