@@ -6,7 +6,8 @@ and reset, kept in Redis (store/pool_overrides.py) and applied by the pools' rec
 from __future__ import annotations
 
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from chalicelib.api.identity import required_caller
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok
@@ -51,59 +52,66 @@ def _template_ok(value: Any) -> bool:
     return isinstance(value, str) and "/" in value and not value.startswith("/") and not value.endswith("/")
 
 
-def set_size(services: Services, request: ApiRequest) -> ApiResponse:
-    """POST /config/poolsize ``{"pool": "3"}``: 400 ``not_configured`` lists unknown pools and bad sizes."""
+@dataclass(frozen=True)
+class _Setting:
+    """A pool setting the API may override: how to read a value, and the 400 body's key."""
+
+    field: str
+    """The PoolConfig (and PoolOverride) attribute."""
+    parse: Callable[[Any], Any]
+    """The value, or None when it is not valid."""
+    error_key: str
+
+
+_SIZE = _Setting("size", _size, "not_configured")
+_TEMPLATE = _Setting("template", lambda value: value if _template_ok(value) else None, "bad_templates")
+
+
+def _override(services: Services, request: ApiRequest, setting: _Setting) -> ApiResponse:
     _allowed(services, request)
-    body = _payload(request)
-    invalid = [pool for pool, size in body.items() if services.config.pool(pool) is None or _size(size) is None]
+    wanted = {pool: setting.parse(value) for pool, value in _payload(request).items()}
+    invalid = [pool for pool, value in wanted.items() if services.config.pool(pool) is None or value is None]
     if invalid:
-        raise ApiError(400, {"not_configured": invalid})
+        raise ApiError(400, {setting.error_key: invalid})
     overrides = PoolOverrides(services.store)
     changed = []
-    for name, value in body.items():
-        size = int(value)  # validated above
-        if size != _now(services, name).size:
-            overrides.set_size(name, None if size == _configured(services, name).size else size)
+    for name, value in wanted.items():
+        if value != getattr(_now(services, name), setting.field):
+            configured = getattr(_configured(services, name), setting.field)
+            overrides.set(setting.field, name, None if value == configured else value)
             changed.append(name)
     return _changed(services, changed)
 
 
-def clear_size(services: Services, request: ApiRequest) -> ApiResponse:
-    """DELETE /config/poolsize/<pool>: back to the configured size."""
+def _clear(services: Services, request: ApiRequest, setting: _Setting) -> ApiResponse:
     _allowed(services, request)
     name = _known_pool(services, request)
-    if PoolOverrides(services.store).get(name).size is None:
+    overrides = PoolOverrides(services.store)
+    if getattr(overrides.get(name), setting.field) is None:
         return ok()
-    PoolOverrides(services.store).set_size(name, None)
+    overrides.set(setting.field, name, None)
     return _changed(services, [name])
+
+
+def set_size(services: Services, request: ApiRequest) -> ApiResponse:
+    """POST /config/poolsize ``{"pool": "3"}``: 400 ``not_configured`` lists unknown pools and bad sizes."""
+    return _override(services, request, _SIZE)
+
+
+def clear_size(services: Services, request: ApiRequest) -> ApiResponse:
+    """DELETE /config/poolsize/<pool>: back to the configured size."""
+    return _clear(services, request, _SIZE)
 
 
 def set_template(services: Services, request: ApiRequest) -> ApiResponse:
     """POST /config/pooltemplate ``{"pool": "dir/template"}``: 400 ``bad_templates`` lists unknown
     pools and templates that are not a path."""
-    _allowed(services, request)
-    body = _payload(request)
-    invalid = [pool for pool, template in body.items()
-               if services.config.pool(pool) is None or not _template_ok(template)]
-    if invalid:
-        raise ApiError(400, {"bad_templates": invalid})
-    overrides = PoolOverrides(services.store)
-    changed = []
-    for name, template in body.items():
-        if template != _now(services, name).template:
-            overrides.set_template(name, None if template == _configured(services, name).template else template)
-            changed.append(name)
-    return _changed(services, changed)
+    return _override(services, request, _TEMPLATE)
 
 
 def clear_template(services: Services, request: ApiRequest) -> ApiResponse:
     """DELETE /config/pooltemplate/<pool>: back to the configured template."""
-    _allowed(services, request)
-    name = _known_pool(services, request)
-    if PoolOverrides(services.store).get(name).template is None:
-        return ok()
-    PoolOverrides(services.store).set_template(name, None)
-    return _changed(services, [name])
+    return _clear(services, request, _TEMPLATE)
 
 
 def reset(services: Services, request: ApiRequest) -> ApiResponse:

@@ -65,13 +65,9 @@ class PoolOverrides:
             for pool, size, template, reset in zip(pools, sizes, templates, resets)
         }
 
-    def set_size(self, pool: str, size: int | None) -> None:
-        """Override the pool's size; None goes back to the configured size."""
-        self._set(SIZE, pool, None if size is None else str(size))
-
-    def set_template(self, pool: str, template: str | None) -> None:
-        """Override the pool's template; None goes back to the configured template."""
-        self._set(TEMPLATE, pool, template)
+    def set(self, field: str, pool: str, value: int | str | None) -> None:
+        """Override the pool's ``size`` or ``template``; None goes back to the configured one."""
+        self._set({"size": SIZE, "template": TEMPLATE}[field], pool, None if value is None else str(value))
 
     def reset(self, pool: str, now: float) -> None:
         """Drain the pool's ready and pending VMs cloned before ``now`` (and so refill it)."""
