@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.auth.slapd import free_port
-from tests.auth_api.conftest import Api, basic, document
+from tests.auth_api.conftest import basic, document
 
 
 def test_failed_logins_per_user_are_limited_with_retry_after(make_api, ldap_auth, slapd):

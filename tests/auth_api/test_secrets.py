@@ -15,7 +15,7 @@ from chalicelib.auth.secrets import SecretResolver
 from chalicelib.config import ConfigError, build
 from chalicelib.providers.base import ProviderError
 from chalicelib.providers.vsphere import connection as vsphere_connection
-from chalicelib.services import Services, redis_client
+from chalicelib.services import redis_client
 from local.redis_server import RedisServer
 from tests.auth.slapd import free_port
 from tests.auth_api.conftest import POOL, Api, basic, document

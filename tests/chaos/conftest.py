@@ -18,8 +18,7 @@ from chalicelib.providers.dummy import DummyProvider
 from chalicelib.services import Services
 from chalicelib.store.ondemand import READY, OnDemandStore
 from chalicelib.store.vm_tasks import VMTaskStore, task_errors
-from chalicelib.store import STATES
-from tests.core.conftest import PREFIX, World
+from tests.core.conftest import PREFIX, World, assert_consistent
 
 CONFIG = """\
 config: {task_limit: 5, timeout: 5, ready_ttl: 10, vm_lifetime: 2, prefix: "ci-", domain: example.com,
@@ -115,33 +114,6 @@ class Fleet:
             disks, errors = vm.get("disks", []), task_errors(record)
             assert len(disks) == 1 or (not disks and len(errors) == 1 and "never started" in errors[0]), \
                 f"{where}: {host} has disks {disks}, task errors {errors}"
-
-
-def assert_consistent(world: World, name: str, pass_completed: bool = True) -> None:
-    """tests/core's invariants, aware of on-demand VMs (built in a pool beyond its size): every
-    VM in one state with a matching record, pool VMs (not on-demand) pending + ready within the
-    size, every clone counted in flight pending, and after a whole pass no VM in the provider
-    that no state knows."""
-    pool = world.pool(name)
-    seen: dict[str, str] = {}
-    on_demand: set[str] = set()
-    for state in STATES:
-        for host in world.hosts(name, state):
-            assert host not in seen, f"{host} is both {seen[host]} and {state}"
-            seen[host] = state
-            record = world.store.get_vm(host)
-            assert record is not None, f"{host} is {state} without a record"
-            assert (record.state, record.pool) == (state, name), f"{host}: record says {record.state}"
-            if record.raw.get("request"):
-                on_demand.add(host)
-    pool_vms = (world.hosts(name, "pending") | world.hosts(name, "ready")) - on_demand
-    assert len(pool_vms) <= pool.size, f"{name}: {len(pool_vms)} pending+ready > size {pool.size}"
-    for host in world.client.zrange(world.store.keys.cloning, 0, -1):
-        record = world.store.get_vm(host)
-        assert record is not None and record.state == "pending", f"{host} cloning but {record and record.state}"
-    if pass_completed:
-        untracked = world.provider_vms(name) - set(seen)
-        assert not untracked, f"VMs in the provider that no state knows: {untracked}"
 
 
 FleetFactory = Callable[[], Fleet]

@@ -3,6 +3,8 @@ fake clock, all on the session's real redis-server."""
 
 from __future__ import annotations
 
+import threading
+
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -69,10 +71,13 @@ class World:
 
 
 def assert_consistent(world: World, name: str, pass_completed: bool = True) -> None:
-    """The invariants every pass must leave behind, whatever happened before. A killed pass may
-    leave a VM made by hand undiscovered; a completed one may not."""
+    """The invariants every pass must leave behind, whatever happened before: every VM in one
+    state with a matching record; the pool's own VMs (on-demand ones are built beyond its size)
+    pending + ready within the size; every clone counted in flight pending. A killed pass may
+    leave a VM made by hand undiscovered; after a whole pass no VM in the provider is unknown."""
     pool = world.pool(name)
     seen: dict[str, str] = {}
+    on_demand: set[str] = set()
     for state in STATES:
         for host in world.hosts(name, state):
             assert host not in seen, f"{host} is both {seen[host]} and {state}"
@@ -80,17 +85,36 @@ def assert_consistent(world: World, name: str, pass_completed: bool = True) -> N
             record = world.store.get_vm(host)
             assert record is not None, f"{host} is {state} without a record"
             assert (record.state, record.pool) == (state, name), f"{host}: record says {record.state}"
-    pending_or_ready = world.count(name, "pending") + world.count(name, "ready")
-    assert pending_or_ready <= pool.size, f"{name}: {pending_or_ready} pending+ready > size {pool.size}"
-    cloning = set(world.client.zrange(world.store.keys.cloning, 0, -1))
-    for host in cloning:
+            if record.raw.get("request"):
+                on_demand.add(host)
+    pool_vms = (world.hosts(name, "pending") | world.hosts(name, "ready")) - on_demand
+    assert len(pool_vms) <= pool.size, f"{name}: {len(pool_vms)} pending+ready > size {pool.size}"
+    for host in world.client.zrange(world.store.keys.cloning, 0, -1):
         record = world.store.get_vm(host)
         assert record is not None and record.state == "pending", f"{host} cloning but {record and record.state}"
-    if not pass_completed:
-        return
-    # After a whole pass, a VM in the provider is always known to some state (no leaked VMs).
-    untracked = world.provider_vms(name) - set(seen)
-    assert not untracked, f"VMs in the provider that no state knows: {untracked}"
+    if pass_completed:
+        untracked = world.provider_vms(name) - set(seen)
+        assert not untracked, f"VMs in the provider that no state knows: {untracked}"
+
+
+def run_at_once(action: Callable[[], object], threads: int) -> None:
+    """Run ``action`` in ``threads`` threads released together; re-raise what any of them raised."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(threads)
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            action()
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert errors == [], errors
 
 
 WorldFactory = Callable[..., World]

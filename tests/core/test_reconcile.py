@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timezone
 
 import pytest
 
 from chalicelib.manager.reconcile import CLONE_START_GRACE_SECONDS, day_of
-from tests.core.conftest import World, WorldFactory, assert_consistent
+from tests.core.conftest import World, WorldFactory, assert_consistent, run_at_once
 
 # Clones take up to 60 s, boots 30 s more; timeouts are in minutes.
 BASE = """\
@@ -429,22 +428,7 @@ def test_two_passes_at_once_do_not_over_clone(world: World) -> None:
 def test_many_passes_in_threads_do_not_over_clone(make_world: WorldFactory) -> None:
     world = world_with(make_world, pools="  - {name: alpha, size: 5, provider: dummy}")
     for _ in range(6):
-        errors: list[BaseException] = []
-        barrier = threading.Barrier(8)
-
-        def one_pass() -> None:
-            try:
-                barrier.wait()
-                world.reconcile("alpha")
-            except BaseException as error:  # noqa: BLE001 - reported below
-                errors.append(error)
-
-        threads = [threading.Thread(target=one_pass) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
+        run_at_once(lambda: world.reconcile("alpha"), threads=8)
         assert_consistent(world, "alpha")
         assert len(world.provider_vms("alpha")) <= 5
         world.clock.advance(20)

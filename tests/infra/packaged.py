@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE = "dev"

@@ -9,7 +9,6 @@ import json
 import re
 from typing import Any
 
-import pytest
 from cfnlint.api import ManualArgs, lint_file
 
 from infra import sync_config

@@ -3,12 +3,12 @@ pool change are in flight: the next passes converge, and nothing is built twice 
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 
 from chalicelib.manager.reconcile import CLONE_START_GRACE_SECONDS
 from chalicelib.store.ondemand import OnDemandStore
+from tests.core.conftest import run_at_once
 
 
 class Killed(Exception):
@@ -84,22 +84,7 @@ def test_pass_killed_at_any_step_converges(make_stack, redis_client):
 def test_many_passes_at_once_build_a_request_once(make_stack):
     stack, checked_out, request_id = busy(make_stack)
     for _ in range(4):
-        errors: list[BaseException] = []
-        barrier = threading.Barrier(6)
-
-        def one_pass() -> None:
-            try:
-                barrier.wait()
-                stack.reconcile("debian-12")
-            except BaseException as error:  # noqa: BLE001 - reported below
-                errors.append(error)
-
-        threads = [threading.Thread(target=one_pass) for _ in range(6)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
+        run_at_once(lambda: stack.reconcile("debian-12"), threads=6)
         assert len(OnDemandStore(stack.services.store).get(request_id).vms) == 3
         stack.clock.advance(31)
     stack.settle("debian-12")
