@@ -101,11 +101,22 @@ def _seconds_queued(records: list[Any]) -> list[float]:
     return [max(0.0, now_ms - ms) / 1000 for ms in sent]
 
 
+def _pool_named_in(body: str) -> str | None:
+    """The pool a refill message names; None for a message that is not ours (it is dropped:
+    retrying it would only fill the dead-letter queue)."""
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return None
+    pool = message.get("pool") if isinstance(message, dict) else None
+    return pool if isinstance(pool, str) else None
+
+
 @app.on_sqs_message(queue=REFILL_QUEUE_NAME, batch_size=10, name="refill")
 def refill(event: Any) -> None:
     records = list(event)
     emit(None, {}, seconds={observability.REFILL_LATENCY: _seconds_queued(records)})
-    pools = {json.loads(record.body).get("pool") for record in records}
+    pools = {_pool_named_in(record.body) for record in records}
     for pool_name in sorted(p for p in pools if p and CONFIG.pool(p)):
         run_pool(services(), pool_name, REFILL_BUDGET_SECONDS)
 
