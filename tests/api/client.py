@@ -147,6 +147,8 @@ class Reply:
     def json(self) -> Any:
         return json.loads(self.raw)
 
+    body = json
+
 
 class ApiClient:
     """Calls the Chalice app in-process, as an HTTP client would, and checks replies against

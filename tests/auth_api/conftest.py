@@ -25,7 +25,7 @@ from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.observability import logger as powertools_logger
 from chalicelib.services import Services
 from local.gateway import Gateway
-from tests.api.client import SpecOperations, load_spec
+from tests.api.client import Reply, SpecOperations, load_spec
 from tests.auth.slapd import SlapdServer, slapd  # noqa: F401  (the session fixture)
 
 SPEC = SpecOperations(load_spec())
@@ -33,17 +33,6 @@ SPEC = SpecOperations(load_spec())
 
 POOL = "debian"
 OTHER_POOL = "ubuntu"
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    raw: bytes
-
-    @property
-    def body(self) -> Any:
-        return json.loads(self.raw)
 
 
 @dataclass
