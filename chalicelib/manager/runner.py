@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from chalicelib.manager.purge import purge_if_due
 from chalicelib.manager.reconcile import Checkpoint, PassReport, reconcile_pool, _no_checkpoint
 from chalicelib import observability as metric
 from chalicelib.observability import clone_failure_reason, emit, logger
@@ -82,6 +83,11 @@ def run_pool(
             if not store.renew_lease(pool_name, token, LEASE_SECONDS + delay):
                 break  # our lease expired and someone else holds it now
             store.wait_for_wake(pool_name, delay)
+        if pool is not None and not stopping():
+            try:
+                purge_if_due(services, pool.provider)
+            except StoreUnavailable as error:
+                report.failures.append(str(error))
     finally:
         try:
             store.release_lease(pool_name, token)

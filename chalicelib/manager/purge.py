@@ -1,0 +1,39 @@
+"""vmpooler's purge of unconfigured resources, in a serverless shape.
+
+vmpooler purged once when its manager started. Here there is no long-lived manager, so a pool's
+reconcile invocation purges its provider's folders when ``purge_unconfigured_resources`` is on and
+no invocation of any pool has done so within ``PURGE_INTERVAL_SECONDS``: a key in Redis with that
+expiry is the rate limit, taken atomically, so many Lambdas never purge at once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from chalicelib.observability import logger
+from chalicelib.providers.base import ProviderError
+
+if TYPE_CHECKING:
+    from chalicelib.services import Services
+
+PURGE_INTERVAL_SECONDS = 15 * 60
+
+
+def purge_if_due(services: "Services", provider_name: str) -> list[str]:
+    """Purge the provider's pools' parent folders if purging is on and due. Returns what went."""
+    service = services.config.service
+    if not service.purge_unconfigured_resources:
+        return []
+    # Held until it expires, never released: that is the interval between purges.
+    if services.store.acquire_lease(f"purge:{provider_name}", PURGE_INTERVAL_SECONDS) is None:
+        return []
+    pools = [pool for name in services.config.pool_names
+             if (pool := services.pool(name)) is not None and pool.provider == provider_name]
+    try:
+        removed = services.provider(provider_name).purge_unconfigured(pools, service.resources_allowlist)
+    except ProviderError as error:
+        logger.warning("purge failed", extra={"provider": provider_name, "error": str(error)})
+        return []
+    if removed:
+        logger.info("purged unconfigured resources", extra={"provider": provider_name, "removed": removed})
+    return removed
