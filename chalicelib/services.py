@@ -37,6 +37,8 @@ from chalicelib.store.pool_overrides import apply as apply_override
 
 KEY_PREFIX_ENV = "VMPOOL_KEY_PREFIX"
 REDIS_URL_ENV = "VMPOOL_REDIS_URL"
+REDIS_AUTH_SECRET_ENV = "VMPOOL_REDIS_AUTH_SECRET"
+"""A Secrets Manager secret (name or ARN) whose JSON key ``token`` is the Redis AUTH token."""
 
 
 def configured_secrets(config: Config) -> Iterator[Any]:
@@ -120,9 +122,15 @@ class Services:
             logger.warning("config: " + warning)
         resolver = default_resolver()
         if environ.get(REDIS_URL_ENV):
+            options: dict[str, Any] = {}
+            if environ.get(REDIS_AUTH_SECRET_ENV):
+                # The AUTH token stays in Secrets Manager, out of the functions' environment.
+                reference = {"secret": environ[REDIS_AUTH_SECRET_ENV], "key": "token"}
+                options["credential_provider"] = RedisPassword(
+                    lambda value: resolve_and_redact(resolver, value), reference)
             client = redis.Redis.from_url(environ[REDIS_URL_ENV], decode_responses=True,
                                           socket_timeout=config.redis.socket_timeout,
-                                          socket_connect_timeout=config.redis.socket_timeout)
+                                          socket_connect_timeout=config.redis.socket_timeout, **options)
         else:
             client = redis_client(config, resolver)
         services = cls(config, client, prefix=environ.get(KEY_PREFIX_ENV, "vmpool:"), secrets=resolver)

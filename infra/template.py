@@ -56,9 +56,10 @@ def build(stage: Stage, pools: list[str], pool_sizes: dict[str, int] | None = No
                 "SubnetIds": {"Ref": "PrivateSubnetIds"},
             },
             "Environment": {"Variables": {
-                # Resolved by CloudFormation at deploy time (see docs/deploy.md, "Redis AUTH").
-                "VMPOOL_REDIS_URL": {"Fn::Sub": "rediss://:{{resolve:secretsmanager:${RedisAuthSecret}::token}}"
-                                                 "@${Redis.PrimaryEndPoint.Address}:${Redis.PrimaryEndPoint.Port}/0"},
+                # No password in the environment: the code reads the AUTH token from the secret
+                # when it first connects (see docs/deploy.md, "Redis AUTH").
+                "VMPOOL_REDIS_URL": {"Fn::Sub": "rediss://${Redis.PrimaryEndPoint.Address}:${Redis.PrimaryEndPoint.Port}/0"},
+                "VMPOOL_REDIS_AUTH_SECRET": {"Ref": "RedisAuthSecret"},
             }},
         }
     }

@@ -15,7 +15,8 @@ from chalicelib.auth.secrets import SecretResolver
 from chalicelib.config import ConfigError, build
 from chalicelib.providers.base import ProviderError
 from chalicelib.providers.vsphere import connection as vsphere_connection
-from chalicelib.services import redis_client
+from chalicelib.services import Services, redis_client
+from chalicelib.store import StoreUnavailable
 from local.redis_server import RedisServer
 from tests.auth.slapd import free_port
 from tests.auth_api.conftest import POOL, Api, basic, document
@@ -233,3 +234,20 @@ def test_an_unavailable_reference_is_a_503_naming_it(make_api, ldap_auth, slapd,
     reply = no_redis_secret.call("GET", "/api/v3/status")
     assert reply.status == 503 and reply.body == {
         "ok": False, "error": "the state store is unavailable, try again shortly"}
+
+
+def test_in_aws_the_redis_auth_token_comes_from_its_secret_not_the_environment(locked_redis, aws, all_logs):
+    """As infra/template.py deploys it: the endpoint in VMPOOL_REDIS_URL without a password, the
+    token in the secret named by VMPOOL_REDIS_AUTH_SECRET."""
+    aws["secretsmanager"].create_secret(Name="vmpool/prod/redis-auth",
+                                        SecretString=json.dumps({"token": REDIS_PASSWORD}))
+    environ = {"VMPOOL_CONFIG": ":pools:\n  - {name: p, size: 0, provider: dummy}\n",
+               "VMPOOL_REDIS_URL": f"redis://127.0.0.1:{locked_redis.port}/0",
+               "VMPOOL_REDIS_AUTH_SECRET": "vmpool/prod/redis-auth"}
+    services = Services.from_environment(environ)
+    assert REDIS_PASSWORD not in json.dumps(environ)
+    services.store.ping()  # authenticated with the token from the secret
+    without_secret = Services.from_environment({k: v for k, v in environ.items() if k != "VMPOOL_REDIS_AUTH_SECRET"})
+    with pytest.raises(StoreUnavailable):
+        without_secret.store.ping()
+    assert not [line for line in all_logs.lines if REDIS_PASSWORD in line]
