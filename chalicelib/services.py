@@ -174,9 +174,9 @@ class Services:
         authenticator = self.authenticator
         if authenticator is None:
             return None
-        return LoginService(authenticator, LoginLimiter.from_config(self.config.auth, self.client))
+        return LoginService(authenticator, LoginLimiter.from_config(self.config.auth, self.client, prefix=self.store.keys.prefix))
 
     @cached_property
     def tokens(self) -> TokenStore:
         """API tokens (hash-only in Redis), expiring after ``config.token_ttl`` hours when set."""
-        return TokenStore(self.client, self.clock, ttl_hours=self.config.service.token_ttl)
+        return TokenStore(self.client, self.clock, ttl_hours=self.config.service.token_ttl, prefix=self.store.keys.prefix)

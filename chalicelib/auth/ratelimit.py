@@ -16,7 +16,6 @@ import ipaddress
 import math
 from typing import Any, Mapping
 
-PREFIX = "vmpool:login:"
 
 # KEYS: counters; ARGV[1]: window seconds. Increments each counter, starting its window on the
 # first failure, and returns the new counts. One script: atomic, no counter without an expiry.
@@ -58,6 +57,7 @@ class LoginLimiter:
         max_per_user: int = 10,
         max_per_address: int = 50,
         window_seconds: int = 300,
+        prefix: str = "vmpool:",
     ) -> None:
         if max_per_user < 1 or max_per_address < 1 or window_seconds < 1:
             raise ValueError("login limits and window must be >= 1")
@@ -65,10 +65,11 @@ class LoginLimiter:
         self.max_per_user = int(max_per_user)
         self.max_per_address = int(max_per_address)
         self.window_seconds = int(window_seconds)
+        self.prefix = f"{prefix}login:"
         self._record = redis.register_script(_RECORD_SCRIPT)
 
     @classmethod
-    def from_config(cls, auth_config: Mapping[str, Any] | None, redis: Any) -> "LoginLimiter":
+    def from_config(cls, auth_config: Mapping[str, Any] | None, redis: Any, prefix: str = "vmpool:") -> "LoginLimiter":
         """From the ``:auth:`` section's login_attempts_per_user / _per_address / login_window_seconds."""
         auth_config = auth_config or {}
 
@@ -81,15 +82,16 @@ class LoginLimiter:
             max_per_user=get("login_attempts_per_user", 10),
             max_per_address=get("login_attempts_per_address", 50),
             window_seconds=get("login_window_seconds", 300),
+            prefix=prefix,
         )
 
     def _keys(self, user: str | None, address: str | None) -> list[tuple[str, int]]:
         keys = []
         if user is not None:
-            keys.append((f"{PREFIX}user:{_user_part(user)}", self.max_per_user))
+            keys.append((f"{self.prefix}user:{_user_part(user)}", self.max_per_user))
         part = _address_part(address)
         if part is not None:
-            keys.append((f"{PREFIX}addr:{part}", self.max_per_address))
+            keys.append((f"{self.prefix}addr:{part}", self.max_per_address))
         return keys
 
     def check(self, user: str | None, address: str | None) -> int | None:
@@ -118,4 +120,4 @@ class LoginLimiter:
 
     def reset(self, user: str) -> None:
         """Forget the user's failures (call after a successful login)."""
-        self.redis.delete(f"{PREFIX}user:{_user_part(user)}")
+        self.redis.delete(f"{self.prefix}user:{_user_part(user)}")

@@ -26,8 +26,9 @@ from typing import Any
 
 from chalicelib.clock import Clock, SystemClock
 
-TOKEN_PREFIX = "vmpool:token:"
-USER_PREFIX = "vmpool:user:"
+KEY_PREFIX = "vmpool:"
+"""The service's default key prefix; a TokenStore takes the one its service uses."""
+TOKEN_PREFIX = KEY_PREFIX + "token:"
 TOKEN_ALPHABET = string.ascii_lowercase + string.digits
 TOKEN_LENGTH = 32
 TOKEN_PATTERN = re.compile(r"^[a-z0-9]{32}$")
@@ -127,23 +128,23 @@ def _parse_iso(text: str) -> float | None:
 class TokenStore:
     """Creates, finds, lists and deletes tokens in Redis (a client with decode_responses=True)."""
 
-    def __init__(self, redis: Any, clock: Clock | None = None, ttl_hours: float | None = None) -> None:
+    def __init__(self, redis: Any, clock: Clock | None = None, ttl_hours: float | None = None,
+                 prefix: str = KEY_PREFIX) -> None:
         if ttl_hours is not None and ttl_hours <= 0:
             raise ValueError("token ttl_hours must be > 0")
         self.redis = redis
         self.clock = clock or SystemClock()
         self.ttl_seconds = None if ttl_hours is None else float(ttl_hours) * 3600.0
+        self.prefix = prefix
         self._create = redis.register_script(_CREATE_SCRIPT)
         self._delete = redis.register_script(_DELETE_SCRIPT)
         self._touch = redis.register_script(_TOUCH_SCRIPT)
 
-    @staticmethod
-    def _token_key(token_hash: str) -> str:
-        return TOKEN_PREFIX + token_hash
+    def _token_key(self, token_hash: str) -> str:
+        return f"{self.prefix}token:{token_hash}"
 
-    @staticmethod
-    def _user_key(user: str) -> str:
-        return f"{USER_PREFIX}{user}:tokens"
+    def _user_key(self, user: str) -> str:
+        return f"{self.prefix}user:{user}:tokens"
 
     def create(self, user: str) -> str:
         """A new token for user. The token is returned once and is not stored anywhere."""

@@ -165,3 +165,13 @@ def test_user_names_cannot_collide_in_keys(store):
     store.create("a")
     assert [r.user for r in store.list_for_user("a")] == ["a"]
     assert [r.user for r in store.list_for_user("a:tokens")] == ["a:tokens"]
+
+
+def test_a_token_belongs_to_the_deployment_that_made_it(redis_client, clock):
+    """Two services sharing one Redis under different key prefixes do not honour each other's tokens."""
+    ours = TokenStore(redis_client, clock, prefix="vmpool-a:")
+    theirs = TokenStore(redis_client, clock, prefix="vmpool-b:")
+    token = ours.create("alice")
+    assert ours.lookup(token) is not None
+    assert theirs.lookup(token) is None
+    assert theirs.list_for_user("alice") == []
