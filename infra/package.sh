@@ -20,14 +20,17 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
 find_python() {
+    # Lambda creates functions on Python 3.12 and newer; Debian 12's python3 is 3.11.
     if [[ -n "${LAMBDA_PYTHON:-}" ]]; then echo "$LAMBDA_PYTHON"; return; fi
-    if command -v python3.13 >/dev/null 2>&1 && python3.13 -V >/dev/null 2>&1; then command -v python3.13; return; fi
+    for name in python3.13 python3.12; do
+        if command -v "$name" >/dev/null 2>&1 && "$name" -V >/dev/null 2>&1; then command -v "$name"; return; fi
+    done
     if command -v pyenv >/dev/null 2>&1; then
-        for candidate in "$(pyenv root)"/versions/3.13*/bin/python; do
+        for candidate in "$(pyenv root)"/versions/3.13*/bin/python "$(pyenv root)"/versions/3.12*/bin/python; do
             if [[ -x "$candidate" ]]; then echo "$candidate"; return; fi
         done
     fi
-    echo "package: no Python 3.13 found; set LAMBDA_PYTHON to a Lambda-supported Python (3.12+)" >&2
+    echo "package: no Lambda-supported Python (3.12 or 3.13) found; set LAMBDA_PYTHON to one" >&2
     exit 2
 }
 

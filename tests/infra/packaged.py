@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import pytest
+
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE = "dev"
@@ -35,6 +37,10 @@ def build_package() -> Iterator[Package]:
     out = ROOT / "build" / f"test-package-{STAGE}"
     done = subprocess.run([str(ROOT / "infra" / "package.sh"), STAGE, str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
+    if done.returncode == 2 and "no Lambda-supported Python" in done.stderr:
+        # Lambda no longer creates python3.11 functions, and the package must be built by the
+        # Python it will run on: without a 3.12/3.13 here there is nothing valid to build.
+        pytest.skip(done.stderr.strip())
     assert done.returncode == 0, f"infra/package.sh failed:\n{done.stderr[-4000:]}"
     template_path = out / "sam.json"
     with zipfile.ZipFile(out / "deployment.zip") as archive:
