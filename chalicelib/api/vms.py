@@ -20,7 +20,7 @@ from chalicelib.api.http import (
 from chalicelib.api.identity import caller_for_change, optional_caller
 from chalicelib.manager.reconcile import day_of
 from chalicelib import observability as metric
-from chalicelib.observability import emit
+from chalicelib.observability import emit, logger
 from chalicelib.services import Services
 from chalicelib.store import CheckoutRequest, VMRecord
 from chalicelib.store.vm_tasks import task_errors
@@ -112,6 +112,9 @@ def _checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int]
         raise ApiError(503, {"error": f"not enough ready VMs for: {', '.join(result.short)}"})
     services.refill.pools_changed({vm.pool for vm in result.vms})
     emit(None, {metric.CHECKOUTS: len(result.vms)})
+    for vm in result.vms:
+        logger.info("VM checked out", extra={"pool": vm.pool, "hostname": vm.hostname,
+                                             "user": caller.user if caller else None})
     hostnames: dict[str, list[str]] = {}
     for vm in result.vms:
         pool = config.pool(vm.pool)
@@ -280,5 +283,6 @@ def give_back(services: Services, request: ApiRequest) -> ApiResponse:
         raise not_found(error=f"VM {record.name} is not running")
     services.refill.pools_changed([record.pool])
     emit(None, {metric.DELETES: 1})
+    logger.info("VM returned", extra={"pool": record.pool, "hostname": record.name})
     return ok()
 

@@ -139,6 +139,8 @@ class _Pass:
         """Move a VM to completed (to be destroyed), recording why."""
         if self.store.move(hostname, self.pool.name, from_state, "completed", self.now, reason=reason):
             self.report.completed[hostname] = reason
+            logger.info("VM taken out of service",
+                        extra={"pool": self.pool.name, "hostname": hostname, "from": from_state, "reason": reason})
         self.checkpoint("completed")
 
     def drop(self, hostname: str, from_state: str, reason: str) -> None:
@@ -232,6 +234,8 @@ class _Pass:
             ready_at=self.now, ip=vm.ip, host=vm.host, not_ready_reason=None,
         )
         if moved:
+            logger.info("VM ready", extra={"pool": self.pool.name, "hostname": record.name,
+                                           "boot_seconds": round(age, 1)})
             self.report.became_ready.append(record.name)
             self.report.samples.append(DurationSample("boot", self.pool.name, age))
             self.store.set_last_boot(self.pool.name, ruby_time(self.now))
