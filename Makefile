@@ -17,7 +17,7 @@ ifeq ($(PROVIDER),vcsim)
 RUN_APT += golang-go golang-github-vmware-govmomi-dev
 endif
 
-.PHONY: run test package bench fuzz apt-run apt-test venv vcsim clean
+.PHONY: run test package deploy bench fuzz apt-run apt-test venv vcsim clean
 
 run: apt-run venv $(if $(filter vcsim,$(PROVIDER)),vcsim)
 	$(PY) -m local.run --port $(PORT) --provider $(PROVIDER)
@@ -34,6 +34,10 @@ test: apt-test venv vcsim
 STAGE ?= dev
 package: venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" infra/package.sh $(STAGE) build/package
+
+# Deploy a stage: make deploy STAGE=prod BUCKET=my-deploy-bucket PARAMS="VpcId=vpc-0abc ..."
+deploy: venv
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" infra/deploy.sh $(STAGE) $(BUCKET) $(PARAMS)
 
 # Benchmarks (not tests): prints a table and writes bench/results.json. BENCH_ARGS=--quick.
 bench: apt-test venv vcsim
