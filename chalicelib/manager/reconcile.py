@@ -219,6 +219,8 @@ class _Pass:
             reason = f"clone failed: {status.error}"
             self.report.clone_failures[hostname] = status.error or "unknown error"
             self.take_out_of_service(hostname, "pending", reason)
+            if record.raw.get("request"):
+                ondemand.clone_failed(self, record.raw["request"], status.error or "")
             return False
         self.store.finish_clone(hostname, self.now)
         self.report.samples.append(DurationSample("clone", self.pool.name, age))

@@ -6,6 +6,7 @@ import uuid
 
 from chalicelib.store.ondemand import OnDemandStore
 from tests.api.client import redis_state
+from chalicelib.providers.base import TaskState, TaskStatus
 
 SLOW_POOL = """
   - name: slow
@@ -165,6 +166,21 @@ def test_clone_failures_are_retried_up_to_max_vm_retries(make_stack):
     attempts = [vm for vm in OnDemandStore(stack.services.store).get(request_id).vms]
     assert len(attempts) == 3
     assert all(vm.reason.startswith("clone failed") for vm in attempts)
+
+
+def test_a_clone_failure_retrying_cannot_fix_fails_the_request_at_once(make_stack, monkeypatch):
+    """A missing template (or a permission refused) fails every attempt the same way: the request
+    fails on the first, with the reason, instead of spending its retries."""
+    stack = make_stack(size=0)
+    provider = stack.services.provider("dummy")
+    monkeypatch.setattr(provider, "task_status", lambda task_ref: TaskStatus(
+        TaskState.ERROR, "vCenter refused the clone: template templates/debian-12 not found"))
+    request_id = stack.call("POST", "/api/v3/ondemandvm", {"debian-12": 2})[1]["request_id"]
+    stack.settle("debian-12", seconds=1, passes=2)
+    status, body = stack.call("GET", f"/api/v3/ondemandvm/{request_id}")
+    assert status == 200 and body["ready"] is False
+    assert "retrying cannot help" in body["message"] and "template templates/debian-12 not found" in body["message"]
+    assert len(OnDemandStore(stack.services.store).get(request_id).vms) == 2  # the first attempts only
 
 
 def test_checkout_miss_falls_back_to_an_on_demand_request(make_stack):
