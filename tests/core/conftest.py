@@ -97,6 +97,23 @@ def assert_consistent(world: World, name: str, pass_completed: bool = True) -> N
         assert not untracked, f"VMs in the provider that no state knows: {untracked}"
 
 
+class Killed(Exception):
+    """Raised at a checkpoint to stand for a pass killed there (a Lambda timing out, a crash)."""
+
+
+def kill_at_step(step: int) -> tuple[Callable[[str], None], list[str]]:
+    """A reconcile checkpoint that kills the pass when it reaches its ``step``-th checkpoint
+    (0-based), and the list of the checkpoints it reached."""
+    reached: list[str] = []
+
+    def checkpoint(name: str) -> None:
+        reached.append(name)
+        if len(reached) == step + 1:
+            raise Killed(name)
+
+    return checkpoint, reached
+
+
 def run_at_once(action: Callable[[], object], threads: int) -> None:
     """Run ``action`` in ``threads`` threads released together; re-raise what any of them raised."""
     errors: list[BaseException] = []

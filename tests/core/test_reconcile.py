@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from chalicelib.manager.reconcile import CLONE_START_GRACE_SECONDS, day_of
-from tests.core.conftest import World, WorldFactory, assert_consistent, run_at_once
+from tests.core.conftest import Killed, World, WorldFactory, assert_consistent, kill_at_step, run_at_once
 
 # Clones take up to 60 s, boots 30 s more; timeouts are in minutes.
 BASE = """\
@@ -336,10 +336,6 @@ def test_pool_of_size_zero_clones_nothing(make_world: WorldFactory) -> None:
 # --- killed passes and passes at once -----------------------------------------------------------
 
 
-class Killed(Exception):
-    pass
-
-
 def busy_world(make_world: WorldFactory) -> tuple[World, set[str]]:
     """A pool with work waiting in every step of the next pass: clones to finish and VMs to mark
     ready, VMs to reap, destroys to finish, a discovered VM to complete, an unknown one to
@@ -385,13 +381,7 @@ def test_pass_killed_at_any_step_converges_on_the_next(make_world: WorldFactory,
     for kill_at, step in enumerate(steps):
         redis_client.flushall()
         world, running = busy_world(make_world)
-        reached: list[str] = []
-
-        def kill(name: str) -> None:
-            reached.append(name)
-            if len(reached) == kill_at + 1:
-                raise Killed(name)
-
+        kill, reached = kill_at_step(kill_at)
         with pytest.raises(Killed):
             world.reconcile("alpha", kill)
         assert reached[-1] == step

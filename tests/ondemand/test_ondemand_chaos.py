@@ -8,11 +8,7 @@ import pytest
 
 from chalicelib.manager.reconcile import CLONE_START_GRACE_SECONDS
 from chalicelib.store.ondemand import OnDemandStore
-from tests.core.conftest import run_at_once
-
-
-class Killed(Exception):
-    pass
+from tests.core.conftest import Killed, kill_at_step, run_at_once
 
 
 def busy(make_stack):
@@ -67,13 +63,7 @@ def test_pass_killed_at_any_step_converges(make_stack, redis_client):
     for kill_at, step in enumerate(steps):
         redis_client.flushall()
         stack, checked_out, request_id = busy(make_stack)
-        reached: list[str] = []
-
-        def kill(name: str) -> None:
-            reached.append(name)
-            if len(reached) == kill_at + 1:
-                raise Killed(name)
-
+        kill, reached = kill_at_step(kill_at)
         with pytest.raises(Killed):
             stack.reconcile("debian-12", kill)
         stack.clock.advance(CLONE_START_GRACE_SECONDS + 1)
