@@ -1,26 +1,30 @@
 """Serve the Chalice app over HTTP on this machine, the way API Gateway would.
 
 `chalice local` serves one request at a time through a slow matcher; this gateway matches the
-app's routes with precompiled patterns, hands Chalice the same proxy event API Gateway sends,
-and runs in several processes sharing the port (SO_REUSEPORT) with a thread per connection, so
-it holds up under concurrent load on every core.
+app's routes with precompiled patterns and hands Chalice the same proxy event API Gateway sends.
+``WsgiApp`` puts it behind any WSGI server: `make run` serves it with gunicorn, one request at
+a time per worker process (``local.http_front``), because Chalice keeps the request being served
+on the app object.
 """
 
 from __future__ import annotations
 
 import base64
+import http
 import json
 import re
 import socket
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from chalice import Chalice
 
 NOT_FOUND = b'{"ok":false}'
+MAX_BODY_BYTES = 1024 * 1024
+"""Bodies above this get a 413 before they are read (the API's own limit, 64 KiB, is lower)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,53 @@ class _LocalContext:
         return 30_000
 
 
+Response = tuple[int, dict[str, str], bytes]
+
+
+def json_error(status: int, message: str) -> Response:
+    return status, {"Content-Type": "application/json"}, json.dumps({"ok": False, "error": message}).encode()
+
+
+class WsgiApp:
+    """The gateway as a WSGI application: reads the request (body bounded and read with the
+    server's socket timeout), answers with the app's response."""
+
+    def __init__(self, app: Chalice, max_body: int = MAX_BODY_BYTES) -> None:
+        self.gateway = Gateway(app)
+        self.max_body = max_body
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        status, headers, data = self._respond(environ)
+        try:
+            phrase = http.HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Unknown"
+        start_response(f"{status} {phrase}", [*headers.items(), ("Content-Length", str(len(data)))])
+        return [data]
+
+    def _respond(self, environ: dict[str, Any]) -> Response:
+        declared = int(environ.get("CONTENT_LENGTH") or 0)  # the server has checked it is a number
+        if declared > self.max_body:
+            return json_error(413, f"request body too large (at most {self.max_body} bytes)")
+        try:
+            body = environ["wsgi.input"].read(self.max_body + 1)
+        except TimeoutError:
+            return json_error(408, "the request body did not arrive in time")
+        if len(body) > self.max_body:
+            return json_error(413, f"request body too large (at most {self.max_body} bytes)")
+        if len(body) < declared:
+            return json_error(400, "request body shorter than its Content-Length")
+        headers = {}
+        for key, value in environ.items():
+            if key.startswith("HTTP_"):
+                headers[key[5:].replace("_", "-").title()] = value
+        for key, name in (("CONTENT_TYPE", "Content-Type"), ("CONTENT_LENGTH", "Content-Length")):
+            if environ.get(key):
+                headers[name] = environ[key]
+        target = environ.get("RAW_URI") or environ.get("PATH_INFO", "/")
+        return self.gateway(environ["REQUEST_METHOD"], target, headers, body, environ.get("REMOTE_ADDR", ""))
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: clients reuse their connection
     disable_nagle_algorithm = True  # small JSON answers go out at once
@@ -158,6 +209,9 @@ class _Server(ThreadingHTTPServer):
 
 
 def make_server(app: Chalice, host: str, port: int) -> ThreadingHTTPServer:
-    """A threaded HTTP server for ``app``; several may share the port in separate processes."""
+    """A threaded in-process HTTP server for ``app``, for tests that drive the API and their own
+    Redis from one process. Not for serving people: its threads share the one app, and Chalice
+    keeps the current request on it (concurrent requests could see each other's data).
+    `make run` serves through ``local.http_front`` (gunicorn, one request per process)."""
     handler = type("Handler", (_Handler,), {"gateway": Gateway(app)})
     return _Server((host, port), handler)

@@ -6,6 +6,7 @@ a directory of its own, and stops with the process that started it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from local.processes import stop_process
+from local.processes import die_with_parent, stop_process
 
 
 def free_port() -> int:
@@ -28,11 +29,14 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server child process. Use as a context manager or call start()/stop()."""
 
-    def __init__(self, port: int | None = None, data_dir: Path | None = None, persist: bool = False) -> None:
+    def __init__(self, port: int | None = None, data_dir: Path | None = None, persist: bool = False,
+                 die_with_parent: bool = False) -> None:
         self.port = port or free_port()
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="vmpool-redis-"))
         self.persist = persist
+        self.stop_with_parent = die_with_parent
+        """SIGTERM the server when the process that started it dies (the local stack's Redis)."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,7 +53,11 @@ class RedisServer:
             "--save", "60 1" if self.persist else "", "--appendonly", "no",
             "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning",
         ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        parent = os.getpid()
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=(lambda: die_with_parent(parent)) if self.stop_with_parent else None,
+        )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout
         while True:

@@ -1,0 +1,146 @@
+"""Start `python -m local.run` the way a developer does, on free ports with a state directory of
+its own, and read what it left behind (its processes, its log)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from local.redis_server import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RunningStack:
+    process: subprocess.Popen[bytes]
+    port: int
+    redis_port: int
+    log_path: Path
+    state_dir: Path
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v3"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def stack_command(port: int, workers: int, interval: float) -> list[str]:
+    return [sys.executable, "-m", "local.run", "--port", str(port), "--workers", str(workers),
+            "--interval", str(interval)]
+
+
+def stack_env(config_file: Path, state_dir: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("VMPOOL_")}
+    env.update(VMPOOL_CONFIG_FILE=str(config_file), POWERTOOLS_LOG_LEVEL="WARNING",
+               VMPOOL_STATE_DIR=str(state_dir))
+    return env
+
+
+@contextlib.contextmanager
+def local_stack(tmp_path: Path, config: str, workers: int = 2, interval: float = 30.0,
+                name: str = "stack") -> Iterator[RunningStack]:
+    """A running local stack; Ctrl-C (SIGINT to its process group) stops it on the way out."""
+    config_file = tmp_path / f"{name}.yaml"
+    config_file.write_text(config)
+    state_dir = tmp_path / f"{name}-state"
+    port = free_port()
+    log_path = tmp_path / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(stack_command(port, workers, interval), cwd=REPO_ROOT,
+                                   env=stack_env(config_file, state_dir), stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def started() -> re.Match[str] | None:
+            if process.poll() is not None:
+                raise AssertionError(f"the stack exited ({process.returncode}):\n{log_path.read_text()}")
+            return re.search(r"redis on port (\d+)", log_path.read_text())
+
+        banner = wait_for(started, 30, "the stack to start", lambda: log_path.read_text())
+        yield RunningStack(process, port, int(banner.group(1)), log_path, state_dir)
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    """Ctrl-C for the whole foreground process group; SIGKILL if it has not stopped in 20 s."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)
+    try:
+        return process.wait(20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str,
+             details: Callable[[], str] = lambda: "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+        except (urllib.error.URLError, ConnectionError, OSError):
+            value = None
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{details()}")
+
+
+def call(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+         timeout: float = 10) -> tuple[int, Any]:
+    """One HTTP request; the status and the JSON answer."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid``, read from /proc."""
+    parents = process_parents()
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def process_parents() -> dict[int, int]:
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
