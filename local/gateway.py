@@ -2,13 +2,14 @@
 
 `chalice local` serves one request at a time through a slow matcher; this gateway matches the
 app's routes with precompiled patterns and hands Chalice the same proxy event API Gateway sends.
-``WsgiApp`` puts it behind any WSGI server: `make run` serves it with gunicorn, one request at
+``AsgiApp`` puts it behind an ASGI server: `make run` serves it with gunicorn, one request at
 a time per worker process (``local.http_front``), because Chalice keeps the request being served
 on the app object.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import http
 import json
@@ -17,7 +18,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from chalice import Chalice
@@ -127,44 +128,50 @@ def json_error(status: int, message: str) -> Response:
     return status, {"Content-Type": "application/json"}, json.dumps({"ok": False, "error": message}).encode()
 
 
-class WsgiApp:
-    """The gateway as a WSGI application: reads the request (body bounded and read with the
-    server's socket timeout), answers with the app's response."""
+class AsgiApp:
+    """The gateway as an ASGI application. The body is received without blocking anyone (a slow
+    client costs a coroutine, bounded by ``body_timeout``); the Chalice app is then called
+    synchronously, on the event loop itself, so this process serves one request at a time."""
 
-    def __init__(self, app: Chalice, max_body: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app: Chalice, max_body: int = MAX_BODY_BYTES, body_timeout: float = 10.0) -> None:
         self.gateway = Gateway(app)
         self.max_body = max_body
+        self.body_timeout = body_timeout
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        status, headers, data = self._respond(environ)
-        try:
-            phrase = http.HTTPStatus(status).phrase
-        except ValueError:
-            phrase = "Unknown"
-        start_response(f"{status} {phrase}", [*headers.items(), ("Content-Length", str(len(data)))])
-        return [data]
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
+        if scope["type"] != "http":
+            return
+        status, headers, data = await self._respond(scope, receive)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+                    + [(b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
 
-    def _respond(self, environ: dict[str, Any]) -> Response:
-        declared = int(environ.get("CONTENT_LENGTH") or 0)  # the server has checked it is a number
-        if declared > self.max_body:
+    async def _respond(self, scope: dict[str, Any], receive: Callable[[], Any]) -> Response:
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope["headers"]:
+            name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        if int(headers.get("content-length") or 0) > self.max_body:
             return json_error(413, f"request body too large (at most {self.max_body} bytes)")
-        try:
-            body = environ["wsgi.input"].read(self.max_body + 1)
-        except TimeoutError:
-            return json_error(408, "the request body did not arrive in time")
-        if len(body) > self.max_body:
-            return json_error(413, f"request body too large (at most {self.max_body} bytes)")
-        if len(body) < declared:
-            return json_error(400, "request body shorter than its Content-Length")
-        headers = {}
-        for key, value in environ.items():
-            if key.startswith("HTTP_"):
-                headers[key[5:].replace("_", "-").title()] = value
-        for key, name in (("CONTENT_TYPE", "Content-Type"), ("CONTENT_LENGTH", "Content-Length")):
-            if environ.get(key):
-                headers[name] = environ[key]
-        target = environ.get("RAW_URI") or environ.get("PATH_INFO", "/")
-        return self.gateway(environ["REQUEST_METHOD"], target, headers, body, environ.get("REMOTE_ADDR", ""))
+        body = bytearray()
+        more = True
+        while more:
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout)
+            except asyncio.TimeoutError:
+                return json_error(408, "the request body did not arrive in time")
+            if message["type"] != "http.request":
+                return json_error(400, "the client went away before sending its body")
+            body += message.get("body", b"")
+            if len(body) > self.max_body:
+                return json_error(413, f"request body too large (at most {self.max_body} bytes)")
+            more = message.get("more_body", False)
+        target = scope.get("raw_path") or scope["path"].encode()
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        client = scope.get("client") or ("", 0)
+        return self.gateway(scope["method"], target.decode("latin-1"), headers, bytes(body), client[0])
 
 
 class _Handler(BaseHTTPRequestHandler):

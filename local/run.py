@@ -55,10 +55,10 @@ def _serve_http(port: int, workers: int, parent: int, ready: "multiprocessing.sy
 
     die_with_parent(parent)
     import app as chalice_app
-    from local.gateway import WsgiApp
-    from local.http_front import HttpFront
+    from local.gateway import AsgiApp
+    from local.http_front import CLIENT_TIMEOUT_SECONDS, HttpFront
 
-    HttpFront(lambda: WsgiApp(chalice_app.app), "127.0.0.1", port, workers, on_worker_ready=ready.release).run()
+    HttpFront(lambda: AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS), "127.0.0.1", port, workers, on_worker_ready=ready.release).run()
 
 
 VCSIM_CONFIG = """\

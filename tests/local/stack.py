@@ -52,16 +52,17 @@ def stack_env(config_file: Path, state_dir: Path) -> dict[str, str]:
 
 @contextlib.contextmanager
 def local_stack(tmp_path: Path, config: str, workers: int = 2, interval: float = 30.0,
-                name: str = "stack") -> Iterator[RunningStack]:
+                name: str = "stack", env: dict[str, str] | None = None,
+                state_dir: Path | None = None) -> Iterator[RunningStack]:
     """A running local stack; Ctrl-C (SIGINT to its process group) stops it on the way out."""
     config_file = tmp_path / f"{name}.yaml"
     config_file.write_text(config)
-    state_dir = tmp_path / f"{name}-state"
+    state_dir = state_dir or tmp_path / f"{name}-state"
     port = free_port()
     log_path = tmp_path / f"{name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(stack_command(port, workers, interval), cwd=REPO_ROOT,
-                                   env=stack_env(config_file, state_dir), stdout=log,
+                                   env={**stack_env(config_file, state_dir), **(env or {})}, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
         def started() -> re.Match[str] | None:
