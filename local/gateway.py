@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import http
 import json
 import re
 import socket

@@ -40,7 +40,7 @@ CLIENT_TIMEOUT_SECONDS = float(os.environ.get("VMPOOL_HTTP_CLIENT_TIMEOUT", "10"
 to arrive; then 408 and close."""
 
 
-class JsonErrorProtocol(ASGIProtocol):  # type: ignore[misc]
+class JsonErrorProtocol(ASGIProtocol):
     """gunicorn's HTTP/1.1 protocol, answering what it cannot parse in JSON, and closing a new
     connection whose first request line and headers take longer than CLIENT_TIMEOUT_SECONDS
     (later requests on a kept-alive connection are bounded by gunicorn's keep-alive timer)."""
@@ -81,7 +81,7 @@ class JsonErrorProtocol(ASGIProtocol):  # type: ignore[misc]
         self._safe_write(head.encode("latin-1") + body)
 
 
-class OneRequestWorker(gasgi.ASGIWorker):  # type: ignore[misc]
+class OneRequestWorker(gasgi.ASGIWorker):
     """gunicorn's asyncio worker: one event loop, one app, one request at a time (the app is
     synchronous); JSON parse errors; dies with the arbiter."""
 
@@ -91,7 +91,7 @@ class OneRequestWorker(gasgi.ASGIWorker):  # type: ignore[misc]
         super().init_process()
 
 
-class HttpFront(BaseApplication):  # type: ignore[misc]
+class HttpFront(BaseApplication):
     """gunicorn, configured in code, serving the ASGI app that ``load_app`` builds in each worker."""
 
     def __init__(self, load_app: Callable[[], Callable[..., Any]], host: str, port: int, workers: int,

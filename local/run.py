@@ -60,7 +60,9 @@ def _serve_http(port: int, workers: int, parent: int, ready: "multiprocessing.sy
     from local.gateway import AsgiApp
     from local.http_front import CLIENT_TIMEOUT_SECONDS, HttpFront
 
-    HttpFront(lambda: AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS), "127.0.0.1", port, workers, on_worker_ready=ready.release).run()
+    front = HttpFront(lambda: AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS), "127.0.0.1", port, workers,
+                      on_worker_ready=ready.release)
+    front.run()
 
 
 VCSIM_CONFIG = """\
@@ -127,7 +129,8 @@ def _require_free_port(port: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", os.cpu_count() or 2)))
+    # One request at a time per worker: twice the cores keeps them busy while others wait on Redis.
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", 2 * (os.cpu_count() or 1))))
     parser.add_argument("--config", default=os.environ.get("VMPOOL_CONFIG_FILE"))
     parser.add_argument("--redis-port", type=int, default=int(os.environ.get("VMPOOL_LOCAL_REDIS_PORT", "0")))
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between scheduled passes")

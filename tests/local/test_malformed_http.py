@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -76,20 +75,24 @@ def request(head: str, body: bytes = b"") -> bytes:
     return head.replace("\n", "\r\n").encode() + b"\r\n" + body
 
 
+POST = f"POST /api/v3/vm/{POOL} HTTP/1.1\nHost: x\n"
+CHUNKED = "Transfer-Encoding: chunked\n"
+MANY_CHUNKS = b"".join(b"10000\r\n" + b"[" * 0x10000 + b"\r\n" for _ in range(32)) + b"0\r\n\r\n"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "raw", "allowed"), [
-    ("letters as Content-Length", request(f"POST /api/v3/vm/{POOL} HTTP/1.1\nHost: x\nContent-Length: abc\n"), (400,)),
-    ("negative Content-Length", request(f"POST /api/v3/vm/{POOL} HTTP/1.1\nHost: x\nContent-Length: -5\n"), (400,)),
-    ("two Content-Lengths", request(f"POST /api/v3/vm/{POOL} HTTP/1.1\nHost: x\nContent-Length: 2\nContent-Length: 20\n", b"{}"), (400,)),
-    ("Content-Length and chunked", request(f"POST /api/v3/vm/{POOL} HTTP/1.1\nHost: x\nContent-Length: 3\n"
-                                           "Transfer-Encoding: chunked\n", b"0\r\n\r\n"), (400,)),
-    ("bad chunk size", request(f"POST /api/v3/vm/{POOL} HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n", b"zz\r\n{}\r\n0\r\n\r\n"), (400,)),
+    ("letters as Content-Length", request(POST + "Content-Length: abc\n"), (400,)),
+    ("negative Content-Length", request(POST + "Content-Length: -5\n"), (400,)),
+    ("two Content-Lengths", request(POST + "Content-Length: 2\nContent-Length: 20\n", b"{}"), (400,)),
+    ("Content-Length and chunked", request(POST + "Content-Length: 3\n" + CHUNKED, b"0\r\n\r\n"), (400,)),
+    ("bad chunk size", request(POST + CHUNKED, b"zz\r\n{}\r\n0\r\n\r\n"), (400,)),
     ("100 kB request line", request(f"GET /api/v3/status?view={'x' * 100_000} HTTP/1.1\nHost: x\n"), (400, 414)),
     ("100 kB header", request(f"GET /api/v3/status HTTP/1.1\nHost: x\nX-Big: {'y' * 100_000}\n"), (400, 431)),
-    ("500 headers", request("GET /api/v3/status HTTP/1.1\nHost: x\n" + "".join(f"X-H{i}: {i}\n" for i in range(500))), (400, 431)),
-    ("2 MB body", request(f"POST /api/v3/vm/{POOL} HTTP/1.1\nHost: x\nContent-Length: 2000000\n", b"{" * 2_000_000), (413,)),
-    ("2 MB chunked body", request(f"POST /api/v3/vm/{POOL} HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n",
-                                  b"".join(b"10000\r\n" + b"[" * 0x10000 + b"\r\n" for _ in range(32)) + b"0\r\n\r\n"), (413,)),
+    ("500 headers", request("GET /api/v3/status HTTP/1.1\nHost: x\n" + "".join(f"X-H{i}: {i}\n" for i in range(500))),
+     (400, 431)),
+    ("2 MB body", request(POST + "Content-Length: 2000000\n", b"{" * 2_000_000), (413,)),
+    ("2 MB chunked body", request(POST + CHUNKED, MANY_CHUNKS), (413,)),
     ("not HTTP at all", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64, (400, 408)),
     ("half a request line, then nothing", b"GET /api/v3/sta", (408,)),
     ("headers that never end", b"GET /api/v3/status HTTP/1.1\r\nHost: x\r\n", (408,)),
@@ -102,7 +105,7 @@ def test_malformed_request_gets_a_json_4xx_or_a_clean_close(stack: RunningStack,
 @pytest.mark.slow
 @pytest.mark.parametrize("half_close", [True, False], ids=["client half-closes", "client waits"])
 def test_body_shorter_than_its_content_length_is_refused_not_waited_for(stack: RunningStack, half_close: bool) -> None:
-    raw = request(f"POST /api/v3/vm HTTP/1.1\nHost: x\nContent-Length: 100\n", b'{"' + POOL.encode() + b'": "1"}')
+    raw = request("POST /api/v3/vm HTTP/1.1\nHost: x\nContent-Length: 100\n", b'{"' + POOL.encode() + b'": "1"}')
     assert_refused(exchange(stack.port, raw, half_close=half_close), 400, 408)
     assert call("GET", f"{stack.api}/status?view=pools")[1]["pools"][POOL]["running"] == 0
 
@@ -132,7 +135,8 @@ def test_a_body_with_bad_framing_is_never_run_as_the_next_request(stack: Running
     assert status == 200, body
     host = body[POOL]["hostname"]
     smuggled = f"DELETE /api/v3/vm/{host} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-    answer = exchange(stack.port, request(f"GET /api/v3/status HTTP/1.1\nHost: x\n{framing}", smuggled), half_close=True)
+    raw = request(f"GET /api/v3/status HTTP/1.1\nHost: x\n{framing}", smuggled)
+    answer = exchange(stack.port, raw, half_close=True)
     assert b"HTTP/1.1 200" not in answer.split(b"\r\n\r\n", 1)[-1], answer  # no second answer
     status, details = call("GET", f"{stack.api}/vm/{host}")
     assert status == 200 and details[host.split(".")[0]]["state"] == "running", details

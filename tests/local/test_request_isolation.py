@@ -105,8 +105,11 @@ def client_loop(port: int, index: int, token: str, user: str, problems: list[str
 @pytest.mark.slow
 def test_concurrent_clients_each_get_their_own_answer(tmp_path: Path) -> None:
     with local_stack(tmp_path, CONFIG, workers=1, interval=1) as stack:
-        wait_for(lambda: all(p["ready"] == p["max"] for p in call("GET", f"{stack.api}/status?view=pools")[1]["pools"].values()),
-                 30, "the pools to fill")
+        def full() -> bool:
+            pools = call("GET", f"{stack.api}/status?view=pools")[1]["pools"]
+            return all(p["ready"] == p["max"] for p in pools.values())
+
+        wait_for(full, 30, "the pools to fill")
         users = [f"user{index}" for index in range(CLIENTS)]
         tokens = [login(stack.api, user) for user in users]
         context = multiprocessing.get_context("fork")

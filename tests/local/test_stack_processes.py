@@ -12,9 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.local.stack import (REPO_ROOT, alive, call, descendants, local_stack, process_parents,
-                               stack_command, stack_env, wait_for)
 from local.redis_server import free_port
+from tests.local.stack import (
+    REPO_ROOT,
+    alive,
+    call,
+    descendants,
+    local_stack,
+    process_parents,
+    stack_command,
+    stack_env,
+    wait_for,
+)
 
 CONFIG = (
     "config: {domain: example.com, check_loop_delay_min: 0.1}\n"
