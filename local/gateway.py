@@ -155,18 +155,19 @@ class AsgiApp:
         if int(headers.get("content-length") or 0) > self.max_body:
             return json_error(413, f"request body too large (at most {self.max_body} bytes)")
         body = bytearray()
-        more = True
-        while more:
-            try:
-                message = await asyncio.wait_for(receive(), self.body_timeout)
-            except asyncio.TimeoutError:
-                return json_error(408, "the request body did not arrive in time")
-            if message["type"] != "http.request":
-                return json_error(400, "the client went away before sending its body")
-            body += message.get("body", b"")
-            if len(body) > self.max_body:
-                return json_error(413, f"request body too large (at most {self.max_body} bytes)")
-            more = message.get("more_body", False)
+        try:
+            async with asyncio.timeout(self.body_timeout):  # the whole body, however it is chunked
+                more = True
+                while more:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return json_error(400, "the client went away before sending its body")
+                    body += message.get("body", b"")
+                    if len(body) > self.max_body:
+                        return json_error(413, f"request body too large (at most {self.max_body} bytes)")
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            return json_error(408, "the request body did not arrive in time")
         target = scope.get("raw_path") or scope["path"].encode()
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
