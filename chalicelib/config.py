@@ -243,7 +243,7 @@ SERVICE_KEYS: dict[str, Key] = {
     "vm_checktime_ready": _IGNORED,
     "usage_stats": _IGNORED,
     "request_logger": _IGNORED,
-    "extra_config": _IGNORED,
+    "extra_config": _IGNORED,  # merged while loading (merge_extra_configs)
     "backend_weight": _IGNORED,
     "retry_delay": _IGNORED,
     "host_selection_max_age": _IGNORED,
@@ -491,8 +491,8 @@ class _Reader:
         return result
 
 
-def parse(text: str, source: str = "config") -> Config:
-    """Parse and validate YAML text. Raises ConfigError listing every problem."""
+def _read_document(text: str, source: str) -> dict[str, Any]:
+    """One YAML mapping, colon-stripped. Raises ConfigError naming ``source``."""
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -501,7 +501,72 @@ def parse(text: str, source: str = "config") -> Config:
         document = {}
     if not isinstance(document, dict):
         raise ConfigError([f"{source}: must be a YAML mapping at the top level"])
-    return build(_strip_colons(document))
+    return _strip_colons(document)
+
+
+def parse(text: str, source: str = "config", base_dir: Path | None = None) -> Config:
+    """Parse and validate YAML text, merging the files its ``config.extra_config`` lists
+    (relative paths from ``base_dir``, else the working directory). Raises ConfigError listing
+    every problem."""
+    document = _read_document(text, source)
+    return build(merge_extra_configs(document, base_dir or Path.cwd()))
+
+
+MAX_EXTRA_CONFIGS = 50
+"""More files than any deployment splits its config into: a typo cannot make a load read on."""
+
+
+def extra_config_paths(document: Mapping[str, Any]) -> list[str]:
+    """The files ``config.extra_config`` names: a comma-separated string as vmpooler reads it
+    (its EXTRA_CONFIG), or a YAML list."""
+    section = document.get("config")
+    raw = section.get("extra_config") if isinstance(section, dict) else None
+    if raw is None:
+        return []
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def merge_extra_configs(document: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """vmpooler's ``extra_config``: each listed YAML file is deep-merged into the main document.
+
+    As vmpooler's deep_merge does it, the main document wins: a value it sets is kept, keys it
+    lacks are added from the extra file, mappings merge key by key and lists are joined (the extra
+    file's items that are not already there are appended: a file of extra ``pools`` adds pools).
+    Extra files are read in order; their own ``extra_config`` is not followed.
+    """
+    paths = extra_config_paths(document)
+    if len(paths) > MAX_EXTRA_CONFIGS:
+        raise ConfigError([f"config.extra_config: at most {MAX_EXTRA_CONFIGS} files, got {len(paths)}"])
+    problems: list[str] = []
+    for name in paths:
+        path = Path(name) if Path(name).is_absolute() else base_dir / name
+        try:
+            text = path.read_text()
+        except OSError as error:
+            problems.append(f"config.extra_config: cannot read {path}: {error.strerror}")
+            continue
+        try:
+            extra = _read_document(text, str(path))
+        except ConfigError as error:
+            problems.extend(error.problems)
+            continue
+        document = _deep_merge(document, extra)
+    if problems:
+        raise ConfigError(problems)
+    return document
+
+
+def _deep_merge(main: Any, extra: Any) -> Any:
+    """``main`` with what ``extra`` adds (see merge_extra_configs); neither is changed."""
+    if isinstance(main, dict) and isinstance(extra, dict):
+        merged = dict(main)
+        for key, value in extra.items():
+            merged[key] = _deep_merge(main[key], value) if key in main else value
+        return merged
+    if isinstance(main, list) and isinstance(extra, list):
+        return main + [item for item in extra if item not in main]
+    return extra if main is None else main
 
 
 def build(document: Mapping[str, Any]) -> Config:
@@ -673,4 +738,4 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         text = path.read_text()
     except OSError as error:
         raise ConfigError([f"{path}: cannot read: {error.strerror}"]) from None
-    return parse(text, str(path))
+    return parse(text, str(path), base_dir=path.parent)
