@@ -163,6 +163,7 @@ class _Pass:
                 self.drop(hostname, "pending", "record missing")
                 continue
             age = self.now - (record.clone_start or self.now)
+            self.notify_slow(record, age)
             vm = self.inventory.get(hostname)
             if record.clone_end is None:
                 if not self.finish_clone(record, vm, age):
@@ -184,20 +185,22 @@ class _Pass:
                 self.note_slow_boot(record, age, readiness.reason)
 
     def note_slow_boot(self, record: VMRecord, age: float, reason: str) -> None:
-        """Keep the not-ready reason current, and log once when a VM is slower than
-        ``timeout_notification`` minutes: the early warning of a broken template or DNS."""
-        changes: dict[str, object] = {}
+        """Keep the not-ready reason current (GET /vm shows it)."""
         if reason != record.not_ready_reason:
-            changes["not_ready_reason"] = reason
-        if age > self.service.timeout_notification * 60 and not record.raw.get("slow_notified"):
+            self.store.update_vm(record.name, not_ready_reason=reason)
+
+    def notify_slow(self, record: VMRecord, age: float) -> None:
+        """Log once per VM when a pending VM (cloning or booting) is older than
+        ``timeout_notification`` minutes: the early warning of a broken template or DNS."""
+        if age <= self.service.timeout_notification * 60 or record.raw.get("slow_notified"):
+            return
+        if self.store.set_once(record.name, "slow_notified"):
             logger.warning(
                 "VM is slow to become ready",
                 extra={"pool": self.pool.name, "hostname": record.name, "minutes": round(age / 60, 1),
-                       "reason": reason},
+                       "timeout_notification": self.service.timeout_notification,
+                       "reason": record.not_ready_reason or ("cloning" if record.clone_end is None else "booting")},
             )
-            changes["slow_notified"] = "1"
-        if changes:
-            self.store.update_vm(record.name, **changes)
 
     def finish_clone(self, record: VMRecord, vm: VMInfo | None, age: float) -> bool:
         """Follow a VM's clone task. Returns True once the clone is done and readiness may be checked."""
