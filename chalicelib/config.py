@@ -224,6 +224,7 @@ SERVICE_KEYS: dict[str, Key] = {
     "create_linked_clones": Key(boolean, True),
     "create_template_delta_disks": Key(boolean, False),
     "manage_host_selection": Key(boolean, False),
+    "migration_limit": Key(integer(0), 0),
     "utilization_limit": Key(integer(1, 100), 90),
     "max_ondemand_instances_per_request": Key(integer(1), 10),
     "ondemand_clone_limit": Key(integer(1), 10),
@@ -239,7 +240,6 @@ SERVICE_KEYS: dict[str, Key] = {
     # Accepted for compatibility; this service has no equivalent.
     "logfile": _IGNORED,
     "site_name": _IGNORED,
-    "migration_limit": _IGNORED,
     "vm_checktime_ready": _IGNORED,
     "usage_stats": _IGNORED,
     "request_logger": _IGNORED,
@@ -373,6 +373,21 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True)
+class DnsConfig:
+    """A ``:dns_configs:`` entry: which DNS plugin (``dns_class``) manages the records of the
+    pools that name it in ``dns_plugin``, for which domain, with the plugin's own keys."""
+
+    name: str
+    dns_class: str
+    domain: str | None
+    settings: Mapping[str, Any]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.settings.get(key)
+        return default if value is None else value
+
+
+@dataclass(frozen=True)
 class RedisConfig:
     server: str
     port: int
@@ -406,6 +421,7 @@ class Config:
     auth: Mapping[str, Any] | None
     tagfilter: Mapping[str, str]
     warnings: tuple[str, ...] = ()
+    dns_configs: Mapping[str, DnsConfig] = field(default_factory=lambda: MappingProxyType({}))
     _pools_by_name: Mapping[str, PoolConfig] = field(default_factory=dict, repr=False)
     _aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
@@ -440,6 +456,11 @@ class Config:
 
     def provider_for(self, pool: PoolConfig) -> ProviderConfig:
         return self.providers[pool.provider]
+
+    def dns_for(self, pool: PoolConfig) -> DnsConfig | None:
+        """The DNS config the pool's ``dns_plugin`` names (None: the pool's records are not managed)."""
+        name = pool.get("dns_plugin")
+        return self.dns_configs.get(name) if name else None
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -626,6 +647,7 @@ def build(document: Mapping[str, Any]) -> Config:
         auth=auth,
         tagfilter=MappingProxyType(tagfilter),
         warnings=tuple(reader.warnings),
+        dns_configs=MappingProxyType(dns_configs),
     )
 
 
@@ -658,13 +680,34 @@ def _read_providers(reader: _Reader, raw: Any) -> dict[str, ProviderConfig]:
     return providers
 
 
-def _read_dns_configs(reader: _Reader, raw: Any) -> dict[str, dict[str, Any]]:
+def _read_dns_configs(reader: _Reader, raw: Any) -> dict[str, DnsConfig]:
+    """Each entry checked against DNS_KEYS plus the keys its plugin owns (chalicelib.dns)."""
+    from chalicelib.dns.registry import plugin_keys
+
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         reader.problems.append(f"dns_configs: must be a mapping, got {_show(raw)}")
         return {}
-    return {str(name): reader.section(block, DNS_KEYS, f"dns_configs.{name}") for name, block in raw.items()}
+    configs: dict[str, DnsConfig] = {}
+    for name, block in raw.items():
+        path = f"dns_configs.{name}"
+        # vmpooler takes the entry's name as its class when dns_class is missing.
+        dns_class = str((block or {}).get("dns_class") or name) if isinstance(block, dict) else str(name)
+        own_keys = plugin_keys(dns_class)
+        if own_keys is None:
+            reader.warnings.append(
+                f"{path}.dns_class: {_show(dns_class)} is not a DNS plugin vmpool ships (route53, "
+                "dynamic-dns): its pools' records are not managed")
+            own_keys = {}
+        settings = reader.section(block, {**DNS_KEYS, **own_keys}, path)
+        configs[str(name)] = DnsConfig(
+            name=str(name),
+            dns_class=dns_class,
+            domain=settings.pop("domain"),
+            settings=MappingProxyType({k: v for k, v in settings.items() if v is not None and k != "dns_class"}),
+        )
+    return configs
 
 
 def _read_pools(
@@ -672,7 +715,7 @@ def _read_pools(
     raw: Any,
     service: Mapping[str, Any],
     providers: dict[str, ProviderConfig],
-    dns_configs: Mapping[str, Mapping[str, Any]],
+    dns_configs: Mapping[str, DnsConfig],
 ) -> list[PoolConfig]:
     if raw is None:
         return []
@@ -707,7 +750,7 @@ def _read_pools(
             if dns is None:
                 reader.problems.append(f"{path}.dns_plugin: no dns_configs entry named {_show(settings['dns_plugin'])}")
             else:
-                domain = dns.get("domain")
+                domain = dns.domain
         if domain is None:
             domain = service["domain"]
         pools.append(

@@ -17,7 +17,8 @@ from typing import Callable
 
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ServiceConfig
-from chalicelib.manager import ondemand, pool_changes, vm_tasks
+from chalicelib.dns.base import DnsPlugin
+from chalicelib.manager import dns_records, ondemand, pool_changes, vm_tasks
 from chalicelib.manager.hostnames import candidate_names
 from chalicelib.observability import logger
 from chalicelib.providers.base import Provider, ProviderError, TaskState, VMInfo
@@ -91,8 +92,10 @@ class _Pass:
         clock: Clock,
         service: ServiceConfig,
         checkpoint: Checkpoint,
+        dns: DnsPlugin | None = None,
     ) -> None:
         self.store = store
+        self.dns = dns
         self.provider = provider
         self.pool = pool
         self.clock = clock
@@ -145,6 +148,7 @@ class _Pass:
 
     def drop(self, hostname: str, from_state: str, reason: str) -> None:
         """Forget a VM the provider no longer has; its record lingers for data_ttl with the reason."""
+        dns_records.withdraw(self, self.record(hostname))
         if self.store.move(hostname, self.pool.name, from_state, "destroyed", self.now, reason=reason):
             self.report.dropped.append(hostname)
         self.checkpoint("dropped")
@@ -174,6 +178,8 @@ class _Pass:
                     self.take_out_of_service(hostname, "pending", f"not in the provider {self.minutes(age)} after clone start")
                 continue
             readiness = self.provider.check_ready(self.pool, vm)
+            if readiness.ready:
+                readiness = dns_records.publish(self, record, vm)
             if readiness.ready:
                 self.mark_ready(record, vm, age)
             elif age > timeout:
@@ -287,6 +293,7 @@ class _Pass:
             if record is None:
                 self.drop(hostname, "completed", "record missing")
                 continue
+            dns_records.withdraw(self, record)
             if record.destroy_task:
                 status = self.provider.task_status(record.destroy_task)
                 if status.state is TaskState.RUNNING:
@@ -336,6 +343,10 @@ class _Pass:
     def start_clones(self, reserved: list[str]) -> None:
         """Start the clone of each reserved name and record its task on the VM."""
         for hostname in reserved:
+            taken = dns_records.name_in_use(self, hostname)
+            if taken:
+                self.take_out_of_service(hostname, "pending", taken)
+                continue
             try:
                 task = self.provider.clone(self.pool, hostname)
             except ProviderError as error:
@@ -359,7 +370,9 @@ def reconcile_pool(
     clock: Clock,
     service: ServiceConfig,
     checkpoint: Checkpoint = _no_checkpoint,
+    dns: DnsPlugin | None = None,
 ) -> PassReport:
     """Run one pass over ``pool``. Raises ProviderError or StoreUnavailable when the provider or
-    Redis fails; whatever was done before that is consistent, and the next pass carries on."""
-    return _Pass(store, provider, pool, clock, service, checkpoint).run()
+    Redis fails; whatever was done before that is consistent, and the next pass carries on.
+    ``dns`` manages the pool's DNS records (its ``dns_plugin``); its failures never end the pass."""
+    return _Pass(store, provider, pool, clock, service, checkpoint, dns).run()
