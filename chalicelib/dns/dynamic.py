@@ -64,9 +64,11 @@ class DynamicDns(DnsPlugin):
         """The server's IP address (dnspython talks to addresses), looked up once."""
         if self._address is None:
             try:
-                self._address = socket.getaddrinfo(self.server, self.port, proto=socket.IPPROTO_TCP)[0][4][0]
+                found = socket.getaddrinfo(self.server, self.port, proto=socket.IPPROTO_TCP)
             except OSError as error:
-                raise DnsUnavailable(f"dns server {self.server}: cannot resolve its address ({error.strerror})") from None
+                raise DnsUnavailable(
+                    f"dns server {self.server}: cannot resolve its address ({error.strerror})") from None
+            self._address = str(found[0][4][0])
         return self._address
 
     def _exchange(self, what: str, message: Any) -> Any:
@@ -79,7 +81,8 @@ class DynamicDns(DnsPlugin):
         try:
             response = dns.query.tcp(message, self._server_address(), timeout=self.timeout, port=self.port)
         except dns.exception.Timeout:
-            raise DnsUnavailable(f"dns {what}: {self.server}:{self.port} did not answer within {self.timeout:g} s") from None
+            raise DnsUnavailable(
+                f"dns {what}: {self.server}:{self.port} did not answer within {self.timeout:g} s") from None
         except (dns.tsig.PeerError, dns.tsig.BadSignature, dns.tsig.BadTime) as error:
             raise DnsRejected(f"dns {what}: the server rejected the TSIG key ({type(error).__name__})") from None
         except (OSError, EOFError, dns.exception.DNSException) as error:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalicelib.config import DnsConfig, Key, REQUIRED, integer, number, string
+from chalicelib.config import REQUIRED, DnsConfig, Key, integer, number, string
 from chalicelib.dns.base import DnsError, DnsPlugin, DnsRejected, DnsUnavailable
 
 KEYS: dict[str, Key] = {

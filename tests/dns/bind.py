@@ -25,9 +25,9 @@ import dns.exception
 import dns.message
 import dns.name
 import dns.query
+import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
-import dns.rcode
 
 from local.processes import stop_process
 
