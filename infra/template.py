@@ -204,8 +204,8 @@ def dashboard(stage: Stage) -> dict[str, Any]:
         _search_widget("Reconcile pass p99 (s) per pool", [(per_pool(m.RECONCILE_DURATION, "p99"), "")]),
         _search_widget("vCenter calls per pool", [(per_pool(m.PROVIDER_CALLS, "Sum"), "")]),
         _search_widget("DNS failures by reason, migrations per pool", [
-            (f"SEARCH('{{{m.NAMESPACE},{','.join(m.POOL_REASON_DIMENSIONS)}}} "
-             f"MetricName=\"{m.DNS_FAILURES}\"', 'Sum', 300)", "dns"),
+            ((f"SEARCH('{{{m.NAMESPACE},{','.join(m.POOL_REASON_DIMENSIONS)}}} "
+              f"MetricName=\"{m.DNS_FAILURES}\"', 'Sum', 300)"), "dns"),
             (per_pool(m.MIGRATIONS, "Sum"), "migrated"), (per_pool(m.MIGRATION_FAILURES, "Sum"), "migration failed")]),
         _widget("Reconcile errors and refill latency p90 (s)",
                 [*_service(m.RECONCILE_ERRORS),
