@@ -18,7 +18,7 @@ from typing import Callable
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ServiceConfig
 from chalicelib.dns.base import DnsPlugin
-from chalicelib.manager import dns_records, ondemand, pool_changes, vm_tasks
+from chalicelib.manager import dns_records, migrations, ondemand, pool_changes, vm_tasks
 from chalicelib.manager.hostnames import candidate_names
 from chalicelib.observability import logger
 from chalicelib.providers.base import Provider, ProviderError, TaskState, VMInfo
@@ -120,6 +120,7 @@ class _Pass:
         self.check_ready()
         self.check_running()
         vm_tasks.run_tasks(self)
+        migrations.run(self)
         self.check_discovered()
         self.destroy_completed()
         self.discover_unknown()

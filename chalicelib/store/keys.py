@@ -19,6 +19,7 @@ this module and the scripts must agree.
     config:poolreset         hash    pool -> when it was last reset (VMs cloned before are drained)
     vmtasks:<hostname>       list    disk/snapshot tasks queued for a VM (store/vm_tasks.py)
     vmtasks:pool:<pool>      zset    VMs of the pool with queued or running tasks
+    migrating                zset    VMs being migrated to another host, across all pools, by start time
 """
 
 from __future__ import annotations
@@ -74,3 +75,7 @@ class Keys:
 
     def pool_vm_tasks(self, pool: str) -> str:
         return f"{self.prefix}vmtasks:pool:{pool}"
+
+    @property
+    def migrating(self) -> str:
+        return f"{self.prefix}migrating"

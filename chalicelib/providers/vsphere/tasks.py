@@ -9,6 +9,8 @@ vCenter forgetting old tasks (it keeps finished ones for minutes only), so a ref
   succeeded exactly when a VM of that name is in the folder;
 * ``destroy:<vm>:<poweroff task>`` - a destroy that had to power off first: reading its state
   starts Destroy_Task once the VM is off and reports success when the VM is gone;
+* ``migrate:<task>:<vm>:<host>`` - a RelocateVM; if vCenter no longer knows the task, it succeeded
+  exactly when the VM is on that host;
 * ``failed:<message>`` - an operation that could not be started (template or folder missing):
   it reads as an ERROR carrying the message, the same way a vCenter fault does.
 
@@ -39,6 +41,10 @@ def clone_ref(task: Any, folder: Any, name: str) -> str:
 
 def destroy_ref(vm: Any, poweroff_task: Any) -> str:
     return f"destroy:{vm._moId}:{poweroff_task._moId}"
+
+
+def migrate_ref(task: Any, vm: Any, host: Any) -> str:
+    return f"migrate:{task._moId}:{vm._moId}:{host._moId}"
 
 
 def failed_ref(message: str) -> str:
@@ -88,6 +94,19 @@ def status(connection: Connection, ref: str) -> TaskStatus:
         if vm is not None:
             return TaskStatus(TaskState.SUCCESS)
         return TaskStatus(TaskState.ERROR, f"clone task {task} expired in vCenter and no VM {name} exists")
+    if kind == "migrate":
+        task, vm_id, host_id = (rest.split(":", 2) + ["", ""])[:3]
+        found = _task_state(connection, task)
+        if found is not None:
+            return found
+        try:
+            placed = inventory.one(connection, vim.VirtualMachine(vm_id, connection.stub), ["runtime.host"]) or {}
+        except vmodl.fault.ManagedObjectNotFound:
+            placed = {}
+        host = placed.get("runtime.host")
+        if host is not None and host._moId == host_id:
+            return TaskStatus(TaskState.SUCCESS)
+        return TaskStatus(TaskState.ERROR, f"migration task {task} expired in vCenter and the VM is not on {host_id}")
     if kind == "destroy":
         vm_id, _, poweroff = rest.partition(":")
         return _destroy_status(connection, vim.VirtualMachine(vm_id, connection.stub), poweroff)
