@@ -18,7 +18,7 @@ from typing import Callable
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ServiceConfig
 from chalicelib.dns.base import DnsPlugin
-from chalicelib.manager import dns_records, migrations, ondemand, pool_changes, vm_tasks
+from chalicelib.manager import dns_records, migrations, ondemand, pool_changes, templates, vm_tasks
 from chalicelib.manager.hostnames import candidate_names
 from chalicelib.observability import logger
 from chalicelib.providers.base import Provider, ProviderError, TaskState, VMInfo
@@ -125,8 +125,9 @@ class _Pass:
         self.destroy_completed()
         self.discover_unknown()
         pool_changes.drain_and_retire(self)
-        ondemand.serve_requests(self)
-        self.repopulate()
+        if templates.ready_for_clones(self):
+            ondemand.serve_requests(self)
+            self.repopulate()
         self.store.record_durations(day_of(self.now), self.report.samples)
         self.checkpoint("done")
         self.report.counts = self.count_after()

@@ -108,6 +108,12 @@ class Provider(abc.ABC):
     def revert_snapshot(self, pool: PoolConfig, hostname: str, snapshot_name: str) -> str:
         """Start reverting to the snapshot named ``snapshot_name``; return a task ref."""
 
+    def prepare_template(self, pool: PoolConfig) -> str | None:
+        """Start what the pool's template needs before it is cloned (vSphere: delta disks when
+        ``create_template_delta_disks``); a task ref, or None when it needs nothing. Idempotent:
+        asked again once the task is done, it needs nothing."""
+        return None
+
     def start_migration(self, pool: PoolConfig, hostname: str) -> Migration | None:
         """Start moving a checked-out VM to the least used compatible host when it runs on a
         busier one; None when it should stay where it is (or the provider cannot migrate).

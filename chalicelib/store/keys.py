@@ -20,6 +20,7 @@ this module and the scripts must agree.
     vmtasks:<hostname>       list    disk/snapshot tasks queued for a VM (store/vm_tasks.py)
     vmtasks:pool:<pool>      zset    VMs of the pool with queued or running tasks
     migrating                zset    VMs being migrated to another host, across all pools, by start time
+    templates:prepared       hash    <provider>:<template> -> "done", or the task preparing it
 """
 
 from __future__ import annotations
@@ -79,3 +80,7 @@ class Keys:
     @property
     def migrating(self) -> str:
         return f"{self.prefix}migrating"
+
+    @property
+    def templates_prepared(self) -> str:
+        return f"{self.prefix}templates:prepared"

@@ -47,7 +47,24 @@ import (
 type templateVM struct{ simulator.VirtualMachine }
 
 func (t *templateVM) CloneVMTask(ctx *simulator.Context, req *types.CloneVM_Task) soap.HasFault {
-	res := t.VirtualMachine.CloneVMTask(ctx, req)
+	// govmomi 0.24 edits the source's disk backings in place (file name, parent) while cloning:
+	// let it edit copies, which become the clone's, so the template keeps its own disks.
+	devices := t.Config.Hardware.Device
+	copies := make([]types.BaseVirtualDevice, len(devices))
+	for i, device := range devices {
+		copies[i] = device
+		if disk, ok := device.(*types.VirtualDisk); ok {
+			copied := *disk
+			if backing, ok := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok {
+				backingCopy := *backing
+				copied.Backing = &backingCopy
+			}
+			copies[i] = &copied
+		}
+	}
+	t.Config.Hardware.Device = copies
+	res := t.VirtualMachine.CloneVMTask(ctx, req) // runs the clone task synchronously
+	t.Config.Hardware.Device = devices
 	body, ok := res.(*methods.CloneVM_TaskBody)
 	if !ok || body.Res == nil {
 		return res

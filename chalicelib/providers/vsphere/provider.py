@@ -12,7 +12,7 @@ from chalicelib.config import PoolConfig, ProviderConfig, ServiceConfig
 from chalicelib.providers.base import Migration, Provider, ProviderError, Readiness, TaskStatus, VMInfo
 from chalicelib.providers.vsphere import clone as clones
 from chalicelib.providers.vsphere import connection as connections
-from chalicelib.providers.vsphere import inventory, migration, purge, readiness, tasks, vms
+from chalicelib.providers.vsphere import inventory, migration, purge, readiness, tasks, templates, vms
 from chalicelib.providers.vsphere.connection import Connection, Endpoint
 from chalicelib.providers.vsphere.hosts import HostSelector
 
@@ -152,6 +152,14 @@ class VSphereProvider(Provider):
         return self._run(
             f"revert {hostname} to snapshot {snapshot_name}",
             lambda connection: vms.revert_snapshot(connection, self._vm(connection, pool, hostname), snapshot_name),
+        )
+
+    def prepare_template(self, pool: PoolConfig) -> str | None:
+        """Start giving the template its delta disk layer (``create_template_delta_disks``; see
+        chalicelib.providers.vsphere.templates); None when it needs nothing."""
+        return self._run(
+            f"prepare template {pool.template}",
+            lambda connection: templates.prepare(connection, self.config, self.service, pool),
         )
 
     def start_migration(self, pool: PoolConfig, hostname: str) -> Migration | None:
