@@ -2,9 +2,11 @@
 
 - A new name that already resolves in the plugin's zone is refused before its clone starts (a
   stale record would send users to someone else's machine); the pool clones under another name.
-- A VM that passes its readiness check gets its A record before it counts as ready. When the
-  DNS service fails, the VM stays pending with the reason (GET /vm shows ``not_ready_reason``)
-  and the next pass tries again; ``timeout`` takes it out of service with that reason.
+- A pending VM gets its A record as soon as it reports an IP address, before the provider's
+  readiness check (which may connect to ``<name>.<domain>``), and is not ready without it. When
+  the DNS service fails, the VM stays pending with the reason (GET /vm shows
+  ``not_ready_reason``) and the next pass tries again; ``timeout`` takes it out of service with
+  that reason. An address already published is not sent again.
 - A VM leaving service has its record deleted before (and while) it is destroyed. A failure is
   recorded on the VM and retried while it is being destroyed; it never holds the destroy.
 
@@ -52,24 +54,27 @@ def name_in_use(pass_: "_Pass", hostname: str) -> str:
     return f"hostname {plugin.fqdn(hostname)} already resolves to {', '.join(found)} (stale DNS record)"
 
 
-def publish(pass_: "_Pass", record: VMRecord, vm: VMInfo) -> Readiness:
-    """Create the A record of a VM that passed its readiness check. Not ready (with the reason)
-    when that fails."""
+def check_ready(pass_: "_Pass", record: VMRecord, vm: VMInfo) -> Readiness:
+    """The pending VM's readiness: its A record published (when the pool's plugin manages
+    records), then the provider's check."""
     plugin = pass_.dns
     if plugin is None or not plugin.manages_records:
-        return Readiness(True)
-    if not vm.ip:
+        return pass_.provider.check_ready(pass_.pool, vm)
+    if vm.ip and record.raw.get("dns_published") != vm.ip:
+        fqdn = plugin.fqdn(record.name)
+        if record.raw.get("dns_name") != fqdn:
+            pass_.store.update_vm(record.name, dns_name=fqdn)  # before the record: never forgotten
+        try:
+            plugin.create_or_replace(record.name, vm.ip)
+        except DnsError as error:
+            _failed(pass_, record.name, "record creation", error)
+            return Readiness(False, f"DNS record not created: {error}")
+        pass_.store.update_vm(record.name, dns_published=vm.ip)
+        pass_.checkpoint("dns_published")
+    readiness = pass_.provider.check_ready(pass_.pool, vm)
+    if readiness.ready and not vm.ip:
         return Readiness(False, "no IP address to publish in DNS yet")
-    fqdn = plugin.fqdn(record.name)
-    if record.raw.get("dns_name") != fqdn:
-        pass_.store.update_vm(record.name, dns_name=fqdn)
-    try:
-        plugin.create_or_replace(record.name, vm.ip)
-    except DnsError as error:
-        _failed(pass_, record.name, "record creation", error)
-        return Readiness(False, f"DNS record not created: {error}")
-    pass_.checkpoint("dns_published")
-    return Readiness(True)
+    return readiness
 
 
 def withdraw(pass_: "_Pass", record: VMRecord | None) -> None:
@@ -84,5 +89,5 @@ def withdraw(pass_: "_Pass", record: VMRecord | None) -> None:
         pass_.report.errors.append(f"DNS record of {record.name} not deleted: {error}")
         pass_.store.update_vm(record.name, dns_error=f"DNS record not deleted: {error}")
         return
-    pass_.store.update_vm(record.name, dns_name=None, dns_error=None)
+    pass_.store.update_vm(record.name, dns_name=None, dns_published=None, dns_error=None)
     pass_.checkpoint("dns_withdrawn")

@@ -181,9 +181,7 @@ class _Pass:
                         hostname, "pending", f"not in the provider {self.minutes(age)} after clone start"
                     )
                 continue
-            readiness = self.provider.check_ready(self.pool, vm)
-            if readiness.ready:
-                readiness = dns_records.publish(self, record, vm)
+            readiness = dns_records.check_ready(self, record, vm)
             if readiness.ready:
                 self.mark_ready(record, vm, age)
             elif age > timeout:

@@ -39,10 +39,11 @@ class DnsWorld(World):
         return reports
 
 
-def make_dns_world(client: redis.Redis, clock: FakeClock, entry: dict[str, Any], size: int = 2) -> DnsWorld:
+def make_dns_world(client: redis.Redis, clock: FakeClock, entry: dict[str, Any], size: int = 2,
+                   **dummy: Any) -> DnsWorld:
     document = {
         "config": {"timeout": 10, "task_limit": 10},
-        "providers": {"dummy": {"provider_class": "dummy", "seed": 5, "boot_time": 20}},
+        "providers": {"dummy": {"provider_class": "dummy", "seed": 5, "boot_time": 20, **dummy}},
         "dns_configs": {"zone": entry},
         "pools": [{"name": "dns", "size": size, "provider": "dummy", "dns_plugin": "zone"}],
     }
@@ -80,6 +81,19 @@ def test_ready_vms_have_their_record_and_lose_it_when_they_leave(world: DnsWorld
     assert len(ready_vms(world)) == 2
     for host, ip in ready_vms(world).items():
         assert bind.addresses(f"{host}.{bind.zone}") == [ip]
+
+
+def test_the_record_exists_before_the_readiness_check_that_may_need_it(
+        redis_client: redis.Redis, clock: FakeClock, bind: BindServer) -> None:
+    # Readiness by TCP to <name>.<domain> needs the name: it is published once the VM has an address.
+    world = make_dns_world(redis_client, clock, bind.dns_config(), vmready_fail_percent=100)
+    world.passes(3)
+    pending = world.hosts("dns", "pending")
+    assert len(pending) == 2 and world.count("dns", "ready") == 0
+    for host in pending:
+        record = world.store.get_vm(host)
+        assert record is not None and record.not_ready_reason.startswith("dummy: readiness check failed")
+        assert bind.addresses(f"{host}.{bind.zone}") == [record.raw["dns_published"]]
 
 
 def test_a_new_name_that_already_resolves_is_refused_and_another_is_used(
