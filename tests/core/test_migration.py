@@ -151,3 +151,30 @@ def test_a_vm_returned_while_migrating_frees_its_slot(redis_client: redis.Redis,
     other = second if moving == first else first
     assert world.migration(other) == "started"  # the freed slot went to the other VM
     assert world.in_flight() == 1
+
+
+def test_a_pass_killed_after_taking_a_slot_frees_it_after_the_grace(
+        redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    from chalicelib.manager.migrations import MIGRATION_START_GRACE_SECONDS
+    from tests.core.conftest import Killed
+
+    world = stack(redis_client, monkeypatch, limit=1, dummy=", migratevm_couldmove_percent: 100")
+    world.fill()
+    [host] = world.check_out(1)
+
+    def die_after_the_slot(step: str) -> None:
+        if step == "migration_slot":
+            raise Killed(step)
+
+    assert world.pool is not None
+    with pytest.raises(Killed):
+        reconcile_pool(world.services.store, world.provider, world.pool, world.clock,
+                       world.services.config.service, die_after_the_slot)
+    assert world.in_flight() == 1 and world.migration(host) == "started"
+    world.reconcile()  # within the grace: the killed pass might still be starting it
+    assert world.in_flight() == 1
+    world.clock.advance(MIGRATION_START_GRACE_SECONDS + 1)
+    report = world.reconcile()
+    assert any("never started" in error for error in report.errors)
+    assert world.in_flight() == 0 and world.migration(host) is None
+    assert world.describe(host)["migrated"] is False
