@@ -322,6 +322,7 @@ AUTH_KEYS: dict[str, Key] = {
 DNS_KEYS: dict[str, Key] = {
     "dns_class": Key(string),
     "domain": Key(string),
+    "check_names": Key(boolean),
 }
 
 TOP_LEVEL_SECTIONS = (

@@ -37,6 +37,8 @@ class DnsPlugin(abc.ABC):
     def __init__(self, config: DnsConfig) -> None:
         self.name = config.name
         self.domain = (config.domain or "").strip(".")
+        self.checks_names = bool(config.get("check_names", self.manages_records)) and bool(self.domain)
+        """Whether a new VM name is looked up first and refused when it already resolves."""
 
     def fqdn(self, hostname: str) -> str:
         """``hostname.domain`` (the short name alone when the entry has no domain)."""
@@ -56,9 +58,12 @@ class DnsPlugin(abc.ABC):
 
 
 class UnmanagedDns(DnsPlugin):
-    """Records are someone else's business (DHCP with dynamic DNS, a static zone...): no-ops."""
+    """Records are someone else's business (DHCP with dynamic DNS, a static zone...): no
+    changes. With ``check_names: true`` new names are looked up with the system's resolver (as
+    vmpooler does for every pool), so a stale record left by DHCP is not reused."""
 
     manages_records = False
+    LOOKUP_SECONDS = 2.0
 
     def create_or_replace(self, hostname: str, ip: str) -> None:
         return None
@@ -67,4 +72,15 @@ class UnmanagedDns(DnsPlugin):
         return None
 
     def addresses(self, hostname: str) -> list[str]:
-        return []
+        if not self.checks_names:
+            return []
+        import dns.exception
+        import dns.resolver
+
+        try:
+            answer = dns.resolver.resolve(self.fqdn(hostname) + ".", "A", lifetime=self.LOOKUP_SECONDS)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return []
+        except dns.exception.DNSException as error:
+            raise DnsUnavailable(f"dns look up {self.fqdn(hostname)}: {type(error).__name__}") from None
+        return [str(item.address) for item in answer]

@@ -40,7 +40,7 @@ def name_in_use(pass_: "_Pass", hostname: str) -> str:
     """Why a freshly reserved name must not be used ("" when it is free or we cannot tell: a
     lookup failure does not stop clones, the record is replaced when the VM is ready)."""
     plugin = pass_.dns
-    if plugin is None or not plugin.manages_records:
+    if plugin is None or not plugin.checks_names:
         return ""
     try:
         found = plugin.addresses(hostname)

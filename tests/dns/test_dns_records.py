@@ -170,3 +170,27 @@ def test_route53_records_follow_the_vms(redis_client: redis.Redis, clock: FakeCl
     world.passes(4)
     [(new_host, new_ip)] = ready_vms(world).items()
     assert records() == {f"{new_host}.vms.example.test": [new_ip]}
+
+
+def test_records_left_to_dhcp_can_still_have_new_names_checked(
+        redis_client: redis.Redis, clock: FakeClock, bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # dynamic-dns without a server (vmpooler's meaning: the VMs register themselves) with
+    # check_names: new names are looked up with the system's resolver, here pointed at BIND.
+    import dns.resolver
+
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers, resolver.port = ["127.0.0.1"], bind.port
+    monkeypatch.setattr(dns.resolver, "default_resolver", resolver)
+    updater = build_dns_plugin(parse(yaml.safe_dump({"dns_configs": {"z": bind.dns_config()}})).dns_configs["z"])
+    updater.create_or_replace("dhcp-left", "10.88.0.1")
+    world = make_dns_world(redis_client, clock, {"dns_class": "dynamic-dns", "domain": bind.zone, "check_names": True},
+                           size=1)
+    assert not world.dns.manages_records
+    names = itertools.chain(["dhcp-left"], (f"fresh-{n}" for n in itertools.count()))
+    monkeypatch.setattr(reconcile, "candidate_names", lambda count, prefix="": [next(names) for _ in range(count * 2)])
+    first = world.passes(1)[0]
+    assert "already resolves to 10.88.0.1" in first.completed["dhcp-left"]
+    world.passes(3)
+    [ready] = ready_vms(world)
+    assert ready.startswith("fresh-") and bind.addresses(f"{ready}.{bind.zone}") == []  # not ours to publish
+    updater.delete("dhcp-left")
