@@ -61,8 +61,11 @@ def test_pool_size_change_shows_everywhere_survives_restarts_and_retires_surplus
     retired = next(iter(report.completed))
     assert stack.call("GET", f"/api/v3/vm/{retired}")[1][retired]["reason"] == "pool size reduced to 1"
 
-    assert stack.call("DELETE", "/api/v3/config/poolsize/debian-12") == (201, {"ok": True})
-    assert stack.call("DELETE", "/api/v3/config/poolsize/debian-12") == (200, {"ok": True})
+    # As vmpooler: the size until now and the configured one.
+    assert stack.call("DELETE", "/api/v3/config/poolsize/debian-12") == (
+        201, {"ok": True, "pool_size_before_reset": 1, "pool_size_before_overrides": 3})
+    assert stack.call("DELETE", "/api/v3/config/poolsize/debian-12") == (
+        200, {"ok": True, "pool_size_before_reset": 3, "pool_size_before_overrides": 3})
     assert stack.call("GET", "/api/v3/status?view=pools")[1]["pools"]["debian-12"]["max"] == 3
     assert len(stack.reconcile("debian-12").clones_started) == 2
 
@@ -110,8 +113,12 @@ def test_template_change_drains_and_refills_from_the_new_template(make_stack):
     provider = stack.services.provider("dummy")
     assert provider._vms(stack.services.pool("debian-12"))[new_ready[0]]["template"] == "templates/debian-12-v2"
 
-    assert stack.call("DELETE", "/api/v3/config/pooltemplate/debian-12") == (201, {"ok": True})
-    assert stack.call("DELETE", "/api/v3/config/pooltemplate/debian-12") == (200, {"ok": True})
+    assert stack.call("DELETE", "/api/v3/config/pooltemplate/debian-12") == (
+        201, {"ok": True, "template_before_reset": "templates/debian-12-v2",
+              "template_before_overrides": "templates/debian-12"})
+    assert stack.call("DELETE", "/api/v3/config/pooltemplate/debian-12") == (
+        200, {"ok": True, "template_before_reset": "templates/debian-12",
+              "template_before_overrides": "templates/debian-12"})
     report = stack.reconcile("debian-12")
     assert set(report.completed) == set(new_ready)
     assert set(report.completed.values()) == {"pool template changed to templates/debian-12"}
