@@ -33,14 +33,14 @@ class PoolOverride:
 
 def apply(pool: PoolConfig, override: PoolOverride) -> PoolConfig:
     """The pool with its runtime size, template and clone target, when set."""
-    changes: dict[str, object] = {}
     if override.size is not None:
-        changes["size"] = override.size
+        pool = dataclasses.replace(pool, size=override.size)
     if override.template is not None:
-        changes["template"] = override.template
+        pool = dataclasses.replace(pool, template=override.template)
     if override.clone_target is not None:
-        changes["settings"] = MappingProxyType({**pool.settings, "clone_target": override.clone_target})
-    return dataclasses.replace(pool, **changes) if changes else pool
+        settings = MappingProxyType({**pool.settings, "clone_target": override.clone_target})
+        pool = dataclasses.replace(pool, settings=settings)
+    return pool
 
 
 class PoolOverrides:
@@ -70,7 +70,8 @@ class PoolOverrides:
                 reset_at=float(reset) if reset is not None else None,
                 clone_target=clone_target,
             )
-            for pool, size, template, reset, clone_target in zip(pools, sizes, templates, resets, clone_targets)
+            for pool, size, template, reset, clone_target in zip(
+                pools, sizes, templates, resets, clone_targets, strict=True)
         }
 
     def set(self, field: str, pool: str, value: int | str | None) -> None:
