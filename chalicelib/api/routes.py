@@ -1,8 +1,9 @@
 """The route table, and the adapter from a Chalice request to our handlers and back.
 
 Every route exists under /api/v3, /api/v2 and /api/v1; the routes vmpooler 2.x rerouted from
-unversioned paths (its ``reroute.rb``) also exist unversioned and behave as v1. Whatever goes wrong, the answer is JSON with
-``ok: false`` and the right status: a handler's ApiError as it is, Redis down as 503, and a bug
+unversioned paths (its ``reroute.rb``) also exist unversioned and behave as v1; the dashboard's
+routes exist only unversioned. Whatever goes wrong, the answer is JSON with ``ok: false`` and
+the right status: a handler's ApiError as it is, Redis down as 503, and a bug
 as a 500 without a traceback (logged with one).
 """
 

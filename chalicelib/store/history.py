@@ -71,7 +71,7 @@ class PoolHistory:
                 pipe.zrangebyscore(self.keys.history(pool), first_minute, last_minute)
             found = pipe.execute()
         return {pool: [s for s in (Sample.parse(m) for m in members) if s is not None]
-                for pool, members in zip(pools, found)}
+                for pool, members in zip(pools, found, strict=True)}
 
 
 def series(samples: list[Sample], first_minute: int, points: int, step_minutes: int) -> list[Sample | None]:
