@@ -91,7 +91,7 @@
     bar.className = "bar" + (pct === 0 && cap.total ? " bad" : pct < 50 ? " warn" : "");
     setCard("total-pending", queue.pending, "", (queue.cloning || 0) + " cloning, " + (queue.booting || 0) + " booting");
     setCard("total-running", queue.running, "", (queue.completed || 0) + " being destroyed");
-    setCard("total-requested", queue.requested, "", "VMs asked for, not yet cloning");
+    setCard("total-requested", queue.requested, "", "not cloning yet");
     var clone = status.clone || { duration: {}, count: {} }, boot = status.boot || { duration: {}, count: {} };
     setCard("total-clone", seconds(clone.duration.average), "", (clone.count.total || 0) + " clones, max " + seconds(clone.duration.max));
     setCard("total-boot", seconds(boot.duration.average), "", (boot.count.total || 0) + " boots, max " + seconds(boot.duration.max));
@@ -260,9 +260,18 @@
       var c = coords(series[f]);
       if (c.length) { graph.appendChild(svgEl("polyline", { "class": f, points: c.join(" "), "data-points": c.length })); }
     });
+    var labels = $("graph-labels");
+    labels.textContent = "";
+    if (all.length) {
+      for (var l = 1; l <= 3; l++) {
+        var label = el("span", null, Math.round(max * l / 3 * 10) / 10);
+        label.style.top = (100 * (170 - l * 160 / 3) / 180) + "%";
+        labels.appendChild(label);
+      }
+    }
     var from = new Date(h.start * 1000);
     $("graph-from").textContent = state.hours > 24 ? from.toLocaleString() : from.toLocaleTimeString();
-    $("graph-max").textContent = "max " + max + " VMs";
+    $("graph-max").textContent = h.step > 60 ? "one point per " + Math.round(h.step / 60) + " min" : "one point per minute";
   }
 
   // --- polling -------------------------------------------------------------------------------
