@@ -7,6 +7,7 @@ import hashlib
 import pytest
 
 from chalicelib.auth.tokens import TOKEN_PREFIX, iso
+from chalicelib.manager.reconcile import reconcile_pool
 from tests.auth_api.conftest import OTHER_POOL, POOL, Api, basic, document
 
 WWW_AUTHENTICATE = 'Basic realm="Authentication required"'
@@ -201,3 +202,24 @@ def test_dummy_auth_works_over_http(make_api):
     assert api.call("POST", "/api/v3/token", headers=basic("dev", "dev")).status == 401
     token = api.new_token("dev", "anything-else")
     assert api.call("GET", f"/api/v3/token/{token}", headers={"X-AUTH-TOKEN": token}).body[token]["user"] == "dev"
+
+
+def test_on_demand_vms_are_in_their_tokens_running_list(ldap_api: Api, slapd):
+    """vmfloaty's `list --active` and `delete --all` read the token's running list: VMs built on
+    demand for the token are in it, as vmpooler records the token on them."""
+    token = ldap_api.new_token("alice", slapd.password("alice"))
+    other = ldap_api.new_token("bob", slapd.password("bob"))
+    created = ldap_api.call("POST", f"/api/v3/ondemandvm/{POOL}+{POOL}", headers={"X-AUTH-TOKEN": token})
+    assert created.status == 201
+    ldap_api.call("POST", f"/api/v3/ondemandvm/{POOL}", headers={"X-AUTH-TOKEN": other})
+    request_id = created.body["request_id"]
+    pool = ldap_api.services.pool(POOL)
+    provider = ldap_api.services.provider(pool.provider)
+    for _ in range(4):
+        reconcile_pool(ldap_api.services.store, provider, pool, ldap_api.clock, ldap_api.services.config.service)
+        ldap_api.clock.advance(1)
+    built = ldap_api.call("GET", f"/api/v3/ondemandvm/{request_id}").body
+    assert built["ready"] is True
+    hosts = sorted(name.split(".")[0] for name in built[POOL]["hostname"])
+    assert sorted(ldap_api.call("GET", f"/api/v3/token/{token}").body[token]["vms"]["running"]) == hosts
+    assert not set(hosts) & set(ldap_api.call("GET", f"/api/v3/token/{other}").body[other]["vms"]["running"])
