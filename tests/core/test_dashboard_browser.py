@@ -11,7 +11,6 @@ import shutil
 import signal
 import struct
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from html.parser import HTMLParser
@@ -24,7 +23,7 @@ import redis
 from chalicelib.store import Store
 from chalicelib.store.history import PoolHistory, Sample, minute_of
 from local.redis_server import free_port
-from tests.core.test_local_stack import REPO_ROOT, call, wait_for
+from tests.core.test_local_stack import REPO_ROOT, call, launch, wait_for
 
 CONFIG = """\
 config: {domain: example.com, check_loop_delay_min: 0.2, task_limit: 10, site_name: "<b>CI pools</b> (staging)"}
@@ -45,18 +44,10 @@ CHROMIUM = shutil.which("chromium")
 @contextmanager
 def local_stack(tmp_path: Path) -> Iterator[tuple[str, int]]:
     """The local stack on a free port: (its base URL, its Redis port). Stopped with Ctrl-C."""
-    config_file = tmp_path / "vmpool.yaml"
-    config_file.write_text(CONFIG)
     port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("VMPOOL_")}
-    env.update(VMPOOL_CONFIG_FILE=str(config_file), POWERTOOLS_LOG_LEVEL="WARNING",
-               VMPOOL_STATE_DIR=str(tmp_path / "state"))
     log_path = tmp_path / "stack.log"
     with log_path.open("w") as log:
-        stack = subprocess.Popen(
-            [sys.executable, "-m", "local.run", "--port", str(port), "--workers", "1", "--interval", "5"],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        stack = launch(CONFIG, tmp_path, port, log, "--workers", "1", "--interval", "5")
     try:
         banner = wait_for(lambda: re.search(r"redis on port (\d+)", log_path.read_text()), 20, "the stack to start")
         yield f"http://127.0.0.1:{port}", int(banner.group(1))
