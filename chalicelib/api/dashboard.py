@@ -45,8 +45,9 @@ def _template() -> str:
 
 
 def home(services: Services, request: ApiRequest) -> ApiResponse:
-    """GET /: to the dashboard, as vmpooler. Relative, so a stage prefix (/prod/) is kept."""
-    return ApiResponse(302, {"ok": True}, {"Location": "dashboard/"})
+    """GET /: to the dashboard, as vmpooler. Under the stage the client used (``/prod/``): API
+    Gateway's request context has it, the routed path does not."""
+    return ApiResponse(302, {"ok": True}, {"Location": request.context_path.rstrip("/") + "/dashboard/"})
 
 
 def healthcheck(services: Services, request: ApiRequest) -> ApiResponse:

@@ -139,4 +139,5 @@ def request_from_chalice(current: Any, version: int, params: Mapping[str, str]) 
         body=current.raw_body or b"",
         source_ip=(context.get("identity") or {}).get("sourceIp", ""),
         request_id=context.get("requestId", ""),
+        context_path=context.get("path") or "",
     )

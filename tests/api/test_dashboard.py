@@ -47,7 +47,7 @@ def tick(stack: Stack) -> None:
 
 def test_root_redirects_to_the_dashboard_and_healthcheck_answers(dash: Stack) -> None:
     home = dash.api.get("/")
-    assert home.status == 302 and home.headers["Location"] == "dashboard/"
+    assert home.status == 302 and home.headers["Location"] == "/dashboard/"
     health = dash.api.get("/healthcheck")
     assert (health.status, health.json) == (200, {"ok": True})
     assert dash.api.get("/healthcheck/").json == {"ok": True}
@@ -70,6 +70,17 @@ def test_dashboard_page_is_one_self_contained_document(dash: Stack, path: str) -
     assert "<script src" not in text and "<link" not in text and "@import" not in text
     assert "/*SCRIPT*/" not in text and "function renderPools" in text
     assert "/*STYLE*/" not in text and ".pools" in text
+
+
+def test_root_redirect_keeps_the_api_gateway_stage(dash: Stack) -> None:
+    event = {"resource": "/", "path": "/", "httpMethod": "GET", "headers": {}, "multiValueHeaders": {},
+             "queryStringParameters": None, "multiValueQueryStringParameters": None, "pathParameters": None,
+             "stageVariables": None, "body": None, "isBase64Encoded": False,
+             "requestContext": {"resourcePath": "/", "httpMethod": "GET", "requestId": "r1", "path": "/prod/",
+                                "stage": "prod", "identity": {"sourceIp": "192.0.2.1"}}}
+    response = app.app(event, None)
+    assert response["statusCode"] == 302
+    assert response["headers"]["Location"] == "/prod/dashboard/"
 
 
 def test_vmpooler_pool_feed_in_its_shape_with_history(dash: Stack) -> None:
