@@ -60,12 +60,13 @@ def local_stack(tmp_path: Path) -> Iterator[tuple[str, int]]:
             stack.wait()
 
 
-def chromium(url: str, profile: Path, *extra: str) -> str:
-    """Run headless Chromium on ``url`` (JavaScript given 4 s of virtual time); its stdout."""
+def chromium(url: str, profile: Path, *extra: str, budget_ms: int = 4000) -> str:
+    """Run headless Chromium on ``url``, its JavaScript given ``budget_ms`` of virtual time (timers
+    run without waiting in real time); its stdout."""
     assert CHROMIUM, "chromium is not installed (Makefile TEST_APT)"
     command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={profile}", "--virtual-time-budget=4000", *extra, url]
+               f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", *extra, url]
     done = subprocess.run(command, capture_output=True, timeout=90, check=True)
     return done.stdout.decode()
 
