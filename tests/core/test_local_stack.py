@@ -8,14 +8,17 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
 from local.redis_server import free_port
-from tests.local.stack import REPO_ROOT, alive, call, descendants, stack_command, stack_env, wait_for
+from tests.local.stack import REPO_ROOT, alive, call, descendants, stack_env, wait_for
+
+__all__ = ["REPO_ROOT", "call", "launch", "wait_for"]  # the dashboard's browser test starts the stack here too
 
 # Fast dummy clones; the pool names are the test's own so a developer's stack state is untouched.
 CONFIG = """\
@@ -30,16 +33,23 @@ SCHEDULE_INTERVAL = 30
 """Long on purpose: after the pools fill, only the instant refill can start a clone within a second."""
 
 
+def launch(config: str, tmp_path: Path, port: int, log: IO[str], *args: str) -> subprocess.Popen[bytes]:
+    """`python -m local.run` on ``port`` with ``config``, in its own session (so its whole process
+    group can be stopped), its state under ``tmp_path``, its output in ``log``."""
+    config_file = tmp_path / "vmpool.yaml"
+    config_file.write_text(config)
+    return subprocess.Popen(
+        [sys.executable, "-m", "local.run", "--port", str(port), *args],
+        cwd=REPO_ROOT, env=stack_env(config_file, tmp_path / "state"), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
 @pytest.mark.slow
 def test_local_stack_fills_serves_refills_and_stops_cleanly(tmp_path: Path) -> None:
-    config_file = tmp_path / "vmpool.yaml"
-    config_file.write_text(CONFIG)
     port = free_port()
     log = (tmp_path / "stack.log").open("w+")
-    stack = subprocess.Popen(
-        stack_command(port, 2, SCHEDULE_INTERVAL), cwd=REPO_ROOT, env=stack_env(config_file, tmp_path / "state"),
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    stack = launch(CONFIG, tmp_path, port, log, "--workers", "2", "--interval", str(SCHEDULE_INTERVAL))
     api = f"http://127.0.0.1:{port}/api/v3"
     try:
         banner = wait_for(
