@@ -125,7 +125,10 @@ Response = tuple[int, dict[str, str], bytes]
 
 
 def json_error(status: int, message: str) -> Response:
-    return status, {"Content-Type": "application/json"}, json.dumps({"ok": False, "error": message}).encode()
+    """A JSON error that also closes the connection: the request's body may be unread (413) or
+    half there (408), so nothing after it on the connection can be read as a request."""
+    return (status, {"Content-Type": "application/json", "Connection": "close"},
+            json.dumps({"ok": False, "error": message}).encode())
 
 
 class AsgiApp:

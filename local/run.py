@@ -129,8 +129,9 @@ def _require_free_port(port: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    # One request at a time per worker: twice the cores keeps them busy while others wait on Redis.
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", 2 * (os.cpu_count() or 1))))
+    # One request at a time per worker, one worker per core: more workers measured more CPU per
+    # request (docs/performance.md, "The local HTTP front").
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", os.cpu_count() or 1)))
     parser.add_argument("--config", default=os.environ.get("VMPOOL_CONFIG_FILE"))
     parser.add_argument("--redis-port", type=int, default=int(os.environ.get("VMPOOL_LOCAL_REDIS_PORT", "0")))
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between scheduled passes")

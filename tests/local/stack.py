@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -145,3 +146,21 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def read_answer(connection: socket.socket) -> bytes:
+    """One whole answer (head and Content-Length body) from a kept-alive connection."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = connection.recv(65536)
+        assert chunk, f"closed before a whole answer: {received!r}"
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        chunk = connection.recv(65536)
+        assert chunk, f"closed inside the body: {received!r}"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.local.stack import RunningStack, call, local_stack, wait_for
+from tests.local.stack import RunningStack, call, local_stack, read_answer, wait_for
 
 POOL = "raw-debian"
 CONFIG = (
@@ -140,4 +140,36 @@ def test_a_body_with_bad_framing_is_never_run_as_the_next_request(stack: Running
     assert b"HTTP/1.1 200" not in answer.split(b"\r\n\r\n", 1)[-1], answer  # no second answer
     status, details = call("GET", f"{stack.api}/vm/{host}")
     assert status == 200 and details[host.split(".")[0]]["state"] == "running", details
+    assert call("DELETE", f"{stack.api}/vm/{host}") == (200, {"ok": True})
+
+
+@pytest.mark.slow
+def test_a_kept_alive_connection_whose_next_request_stalls_is_answered_not_held(stack: RunningStack) -> None:
+    # The deadline for a request head holds for every request on a connection, not only the first.
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=WAIT) as connection:
+        connection.sendall(request("GET /api/v3/status HTTP/1.1\nHost: x\n"))
+        assert read_answer(connection).startswith(b"HTTP/1.1 200")
+        connection.sendall(b"GET /api/v3/status HTTP/1.1\r\nHost: x\r\n")  # then nothing more
+        rest = b""
+        while True:
+            try:
+                chunk = connection.recv(65536)
+            except TimeoutError:
+                raise AssertionError(f"no answer and no close within {WAIT} s") from None
+            if not chunk:
+                break
+            rest += chunk
+    assert_refused(rest, 408)
+
+
+@pytest.mark.slow
+def test_a_large_body_arriving_with_its_head_is_not_taken_for_a_large_head(stack: RunningStack) -> None:
+    # 60 kB of JSON (whitespace around a one-VM request) sent in one write with its head: the
+    # head bound (32 KiB) counts what is held before the head is complete, never the body.
+    body = b'{"%s": "1"' % POOL.encode() + b" " * 60_000 + b"}"
+    raw = request(f"POST /api/v3/vm HTTP/1.1\nHost: x\nConnection: close\nContent-Length: {len(body)}\n", body)
+    answer = exchange(stack.port, raw)
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"200", answer[:500]
+    host = json.loads(payload)[POOL]["hostname"]
     assert call("DELETE", f"{stack.api}/vm/{host}") == (200, {"ok": True})
