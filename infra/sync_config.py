@@ -88,6 +88,11 @@ API_TIMEOUT = 29
 SCHEDULE_MINUTES = 1
 
 
+def stack_name(stage: str) -> str:
+    """The CloudFormation stack of a stage (the IAM policies name its functions after it)."""
+    return f"{APP_NAME}-{stage}"
+
+
 def reconcile_function_name(pool_name: str) -> str:
     """The same name app.py gives the pool's Lambda (kept import-free: app.py loads the config)."""
     import re
