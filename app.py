@@ -90,7 +90,8 @@ def pool_queue() -> PoolQueue:
 def tick(event: Any) -> dict[str, Any]:
     """One message per pool on the reconcile queue (and per removed pool still draining)."""
     report = _ticker.tick(services(), pool_queue())
-    logger.info("tick", extra={"pools": report.configured, "draining": report.draining, "messages": report.messages})
+    logger.info("tick", extra={"pools": report.configured, "draining": report.draining, "messages": report.messages,
+                               "empty": report.empty[:100], "empty_count": len(report.empty)})
     return {"pools": report.configured, "draining": report.draining, "messages": report.messages}
 
 

@@ -55,11 +55,18 @@ if [[ ! -x "$python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
 fi
 
 export PIP_NO_INDEX=1 PIP_FIND_LINKS="$root/$wheels" PIP_DISABLE_PIP_VERSION_CHECK=1
-# The config.json / policy files must cover every pool of the stage's config file.
+if [[ -f ".chalice/stack-$stage.json" ]]; then
+    echo "package: stage $stage is wired for chalice deploy (.chalice/stack-$stage.json); deploy it with" \
+         "'make chalice-deploy STAGE=$stage', or delete that file and run python -m infra.sync_config" >&2
+    exit 1
+fi
+# The config.json / policy files must match infra/sync_config.py.
 "$python" -m infra.sync_config --check
 
-# Package with the stage's own environment, so app.py generates the same functions (one per
-# pool of the stage's config file, the stage's refill queue) as the Lambdas will at run time.
+# Package with the stage's own environment, so app.py declares the same functions (the stage's
+# reconcile queue, its consumer's concurrency) as the Lambdas will at run time. The pools do not
+# matter: VMPOOL_CONFIG_FILE may name any config (tests package 3, 100 and 1,000 pools).
+keep_config="${VMPOOL_CONFIG_FILE:-}"
 eval "$("$python" - "$stage" <<'PY'
 import json, shlex, sys
 env = json.load(open(".chalice/config.json"))["stages"][sys.argv[1]]["environment_variables"]
@@ -67,6 +74,8 @@ for name, value in env.items():
     print(f"export {name}={shlex.quote(value)}")
 PY
 )"
+
+if [[ -n "$keep_config" ]]; then export VMPOOL_CONFIG_FILE="$keep_config"; fi
 
 merge="build/merge-template-$stage.json"
 "$python" -m infra.template --stage "$stage" > "$merge"

@@ -104,6 +104,8 @@ def _checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int]
     result = services.store.checkout(requests, now, fields)
     if not result.ok:
         emit(None, {metric.CHECKOUT_MISSES: 1})
+        for pool in result.short:
+            emit(pool, {metric.CHECKOUT_MISSES: 1})
         from chalicelib.api.ondemand import fallback_checkout  # ondemand builds on this module
 
         fallback = fallback_checkout(services, request, wanted, caller)

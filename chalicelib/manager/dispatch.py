@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
 from chalicelib.config import Config, PoolConfig
 from chalicelib.manager.reconcile import Checkpoint, _no_checkpoint
 from chalicelib.manager.runner import RETRY_SECONDS, RunReport, run_pool
-from chalicelib.observability import logger
+from chalicelib import observability as metric
+from chalicelib.observability import emit, logger
 from chalicelib.store import STATES
 from chalicelib.store.fleet import Fleet
 
@@ -110,6 +111,7 @@ class TickReport:
     configured: int
     draining: list[str]
     messages: int
+    empty: list[str] = dataclasses.field(default_factory=list)
 
 
 class Ticker:
@@ -132,7 +134,21 @@ class Ticker:
                                    for name in config.pool_names]
         messages += [(PoolMessage(name, DRAIN), 0) for name in draining]
         queue.send(messages)
-        return TickReport(configured=len(configured), draining=draining, messages=len(messages))
+        empty = publish_totals(services)
+        return TickReport(configured=len(configured), draining=draining, messages=len(messages), empty=empty)
+
+
+def publish_totals(services: "Services") -> list[str]:
+    """The service's gauges, once a minute: VMs per state over every pool, and the pools with a
+    size but no ready VM (named in the tick's log line; counted in ``EmptyPools``, the alarm's
+    metric). Two round trips whatever the pool count."""
+    pools = services.pools()
+    counts = services.store.counts([pool.name for pool in pools])
+    empty = [pool.name for pool in pools if pool.size > 0 and counts[pool.name]["ready"] == 0]
+    totals = {state: sum(c[state] for c in counts.values()) for state in ("ready", "pending", "running")}
+    emit(None, {metric.READY: totals["ready"], metric.PENDING: totals["pending"], metric.RUNNING: totals["running"],
+                metric.CAPACITY: sum(pool.size for pool in pools), metric.EMPTY_POOLS: len(empty)})
+    return empty
 
 
 # --- one message ---------------------------------------------------------------------------------

@@ -154,7 +154,8 @@ def _renewing(services: "Services", pool_name: str, token: str, checkpoint: Chec
 
 
 def _publish(result: PassReport, capacity: int) -> None:
-    """Log a pass that did something, and emit the pool's gauges and counters."""
+    """Log a pass that did something, and emit its service-wide counters and timings (an idle
+    pass publishes nothing: 1,000 idle pools add no metric data). Per pool: clone failures only."""
     changes = {
         "clones_started": len(result.clones_started),
         "became_ready": len(result.became_ready),
@@ -164,23 +165,19 @@ def _publish(result: PassReport, capacity: int) -> None:
         "discovered": len(result.discovered),
         "clone_failures": len(result.clone_failures),
     }
-    if any(changes.values()) or result.errors:
-        logger.info(
-            "reconcile pass",
-            extra={"pool": result.pool, **changes, "counts": result.counts,
-                   "reasons": result.completed, "errors": result.errors},
-        )
-    counts = result.counts
+    if not (any(changes.values()) or result.errors):
+        return
+    logger.info(
+        "reconcile pass",
+        extra={"pool": result.pool, **changes, "counts": result.counts, "capacity": capacity,
+               "reasons": result.completed, "errors": result.errors},
+    )
     durations: dict[str, list[float]] = {}
     for sample in result.samples:
         durations.setdefault(f"{sample.kind.capitalize()}Duration", []).append(sample.seconds)
     emit(
-        result.pool,
+        None,
         {
-            metric.READY: counts.get("ready", 0),
-            metric.PENDING: counts.get("pending", 0),
-            metric.RUNNING: counts.get("running", 0),
-            metric.CAPACITY: capacity,
             metric.CLONES_STARTED: len(result.clones_started),
             metric.CLONE_FAILURES: len(result.clone_failures),
             metric.VMS_DESTROYED: len(result.destroyed),
@@ -188,10 +185,9 @@ def _publish(result: PassReport, capacity: int) -> None:
         },
         seconds={metric.RECONCILE_DURATION: result.duration_seconds, **durations},
     )
-    # Service-wide totals for the failure-rate alarm, and failures by class (bounded dimension).
-    if result.clones_started or result.clone_failures:
-        emit(None, {metric.CLONES_STARTED: len(result.clones_started),
-                    metric.CLONE_FAILURES: len(result.clone_failures)})
+    if not result.clone_failures:
+        return
+    emit(result.pool, {metric.CLONE_FAILURES: len(result.clone_failures)})
     reasons: dict[str, int] = {}
     for error in result.clone_failures.values():
         reason = clone_failure_reason(error)
