@@ -49,8 +49,13 @@ def function_logical_id(function_name: str) -> str:
 def function_name_ref(stage: Stage, function_name: str, infra_only: bool) -> Any:
     """The deployed function's name: a Ref in the full stack, Chalice's name for ``chalice deploy``."""
     if infra_only:
-        return f"{stage.prefix}-{function_name}"
+        return deployed_function_name(stage, function_name)
     return {"Ref": function_logical_id(function_name)}
+
+
+def deployed_function_name(stage: Stage, function_name: str) -> str:
+    """The name ``chalice deploy`` gives a function (the API handler is named after the app)."""
+    return stage.prefix if function_name == sync_config.API_FUNCTION else f"{stage.prefix}-{function_name}"
 
 
 def api_name(stage: Stage) -> str:
@@ -111,6 +116,7 @@ def stage_outputs() -> dict[str, Any]:
     """What ``chalice deploy`` needs from the infra-only stack (infra/stage_settings.py)."""
     return {
         "RedisUrl": {"Value": function_environment()["VMPOOL_REDIS_URL"]},
+        "ReconcileQueueName": {"Value": {"Fn::GetAtt": ["ReconcileQueue", "QueueName"]}},
         "RedisAuthSecretArn": {"Value": {"Ref": "RedisAuthSecret"}},
         "PrivateSubnetIds": {"Value": {"Fn::Join": [",", {"Ref": "PrivateSubnetIds"}]}},
     }
@@ -256,13 +262,14 @@ def dashboard(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
 
     def per_function(metric: str) -> list[list[Any]]:
         return [["AWS/Lambda", metric, "FunctionName", "${" + function_logical_id(f) + "}" if not infra_only
-                 else f"{stage.prefix}-{f}", {"label": f}] for f in FUNCTIONS]
+                 else deployed_function_name(stage, f), {"label": f}] for f in FUNCTIONS]
 
     api = api_name(stage)
-    tick_log = ("/aws/lambda/${" + function_logical_id(sync_config.TICK_FUNCTION) + "}" if not infra_only
-                else f"/aws/lambda/{stage.prefix}-{sync_config.TICK_FUNCTION}")
-    reconcile_log = ("/aws/lambda/${" + function_logical_id(sync_config.RECONCILE_FUNCTION) + "}" if not infra_only
-                     else f"/aws/lambda/{stage.prefix}-{sync_config.RECONCILE_FUNCTION}")
+    def log_group(function: str) -> str:
+        name = "${" + function_logical_id(function) + "}" if not infra_only else deployed_function_name(stage, function)
+        return f"/aws/lambda/{name}"
+
+    tick_log, reconcile_log = log_group(sync_config.TICK_FUNCTION), log_group(sync_config.RECONCILE_FUNCTION)
     widgets = [
         _widget("VMs ready, pending, running; capacity", service(m.READY, m.PENDING, m.RUNNING, m.CAPACITY),
                 stat="Maximum"),
