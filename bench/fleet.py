@@ -34,7 +34,8 @@ class CountingQueue:
         self.messages.extend(messages)
 
 
-def _services(client: redis.Redis, pools: int, size: int, clone_seconds: float, prefix: str = "bench-fleet:") -> Services:
+def _services(client: redis.Redis, pools: int, size: int, clone_seconds: float,
+              prefix: str = "bench-fleet:") -> Services:
     lines = "\n".join(f"  - {{name: pool-{n:04d}, size: {size}, provider: dummy}}" for n in range(pools))
     config = parse(f""":config: {{task_limit: 10000, check_loop_delay_min: 5}}
 :providers:
@@ -75,7 +76,7 @@ def _run(client: redis.Redis, pools: int) -> dict[str, Any]:
     result: dict[str, Any] = {"cores": CORES, "pools": pools}
     with RoundTrips() as counter:
         ticks = []
-        for attempt in range(6):
+        for _ in range(6):
             queue = CountingQueue()
             counter.take()
             started = time.perf_counter()

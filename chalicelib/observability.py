@@ -7,10 +7,11 @@ dimension ``service``. Each emission is its own EMF document (EphemeralMetrics).
 Custom metrics are billed per metric (name + dimensions) per hour it receives data: a gauge per
 pool would cost $0.30 a month per pool and metric, more than the pool's Lambda time. So gauges
 and timings are service-wide (the tick publishes the totals and the number of empty pools once a
-minute), and only two metrics carry a ``pool`` dimension, both published only when something
-went wrong for that pool: ``CheckoutMisses`` (a checkout found no ready VM) and ``CloneFailures``
-(plus ``ReconcileErrors``). A healthy pool adds no metric at all; per-pool counts are in the
-logs (the ``reconcile pass`` and ``tick`` lines) for Logs Insights.
+minute), and the few metrics with a ``pool`` dimension are published only when their event
+happens for that pool: ``CheckoutMisses`` (a checkout found no ready VM), ``CloneFailures``,
+``ReconcileErrors``, ``DnsFailures``, ``Migrations`` and ``MigrationFailures``. A quiet pool adds
+no metric at all; per-pool counts are in the logs (the ``reconcile pass`` and ``tick`` lines)
+for Logs Insights.
 
 ``METRICS`` below is the single source of truth for metric names and their dimension sets: the
 code emits the constants, and the CloudWatch dashboard and alarms (infra/template.py) are
@@ -109,6 +110,10 @@ RECONCILE_DURATION = "ReconcileDuration"
 CLONE_DURATION = "CloneDuration"
 BOOT_DURATION = "BootDuration"
 RECONCILE_ERRORS = "ReconcileErrors"
+# Per pool, each only when it happens for the pool.
+DNS_FAILURES = "DnsFailures"
+MIGRATIONS = "Migrations"
+MIGRATION_FAILURES = "MigrationFailures"
 # API (service-wide; misses per pool too).
 CHECKOUTS = "Checkouts"
 CHECKOUT_MISSES = "CheckoutMisses"
@@ -119,6 +124,7 @@ REFILL_LATENCY = "RefillLatency"
 POOL_DIMENSIONS = ("pool", "service")
 SERVICE_DIMENSIONS = ("service",)
 REASON_DIMENSIONS = ("reason", "service")
+POOL_REASON_DIMENSIONS = ("pool", "reason", "service")
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,9 @@ METRICS: dict[str, MetricSpec] = {
         _spec(CLONE_DURATION, _SECONDS, SERVICE_DIMENSIONS),
         _spec(BOOT_DURATION, _SECONDS, SERVICE_DIMENSIONS),
         _spec(RECONCILE_ERRORS, _COUNT, POOL_DIMENSIONS, SERVICE_DIMENSIONS),
+        _spec(DNS_FAILURES, _COUNT, POOL_REASON_DIMENSIONS),
+        _spec(MIGRATIONS, _COUNT, POOL_DIMENSIONS),
+        _spec(MIGRATION_FAILURES, _COUNT, POOL_DIMENSIONS),
         _spec(CHECKOUTS, _COUNT, SERVICE_DIMENSIONS),
         _spec(CHECKOUT_MISSES, _COUNT, POOL_DIMENSIONS, SERVICE_DIMENSIONS),
         _spec(DELETES, _COUNT, SERVICE_DIMENSIONS),
@@ -160,8 +169,9 @@ METRICS: dict[str, MetricSpec] = {
     )
 }
 
-PER_POOL_METRICS = tuple(name for name, spec in METRICS.items() if tuple(sorted(POOL_DIMENSIONS)) in spec.dimension_sets)
-"""The metrics with a ``pool`` dimension: each is published only when something failed for the pool."""
+PER_POOL_METRICS = tuple(name for name, spec in METRICS.items() if any("pool" in dims for dims in spec.dimension_sets))
+"""The metrics with a ``pool`` dimension: each is published only when its event happens for the
+pool (a miss, a failure, a migration), never every pass."""
 
 Values = Union[float, Sequence[float]]
 
@@ -179,8 +189,8 @@ def emit(pool: str | None, counts: Mapping[str, Values], unit: MetricUnit = Metr
     names = dict(dimensions or {})
     if pool is not None:
         names["pool"] = pool
-    for name, value in names.items():
-        metrics.add_dimension(name=name, value=value)
+    for dimension, label in names.items():
+        metrics.add_dimension(name=dimension, value=label)
     dimension_set = tuple(sorted([*names, "service"]))
     published = False
     for metric_unit, series in ((unit, counts), (MetricUnit.Seconds, seconds or {})):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import redis
 
@@ -27,6 +27,8 @@ from chalicelib.auth.secrets import SecretConfigError, SecretResolver, SecretUna
 from chalicelib.auth.tokens import TokenStore
 from chalicelib.clock import Clock, SystemClock
 from chalicelib.config import Config, PoolConfig
+from chalicelib.dns.base import DnsPlugin
+from chalicelib.dns.registry import build_dns_plugin
 from chalicelib.manager.refill import REFILL_QUEUE_ENV, NoRefill, RefillTrigger, SqsRefill
 from chalicelib.observability import logger, redact_secrets
 from chalicelib.providers.base import Provider
@@ -48,9 +50,12 @@ def configured_secrets(config: Config) -> Iterator[Any]:
     for provider in config.providers.values():
         if provider.get("password") is not None:
             yield provider.get("password")
+    for dns_config in config.dns_configs.values():
+        if dns_config.get("tsig_secret") is not None:
+            yield dns_config.get("tsig_secret")
     ldap = (config.auth or {}).get("ldap") or {}
-    service_account = ldap.get("service_account_hash") if hasattr(ldap, "get") else None
-    if hasattr(service_account, "get") and service_account.get("password") is not None:
+    service_account = ldap.get("service_account_hash") if isinstance(ldap, Mapping) else None
+    if isinstance(service_account, Mapping) and service_account.get("password") is not None:
         yield service_account.get("password")
 
 
@@ -106,6 +111,7 @@ class Services:
         self.clock = clock or SystemClock()
         self.store = Store(client, prefix=prefix, data_ttl_hours=config.redis.data_ttl_hours)
         self._providers: dict[str, Provider] = {}
+        self._dns_plugins: dict[str, DnsPlugin] = {}
         self.refill: RefillTrigger = refill or NoRefill()
         self.started = self.clock.now()
         """When this process started serving: /status reports uptime from it, as vmpooler does."""
@@ -168,6 +174,16 @@ class Services:
             )
         return self._providers[name]
 
+    def dns_plugin(self, pool: PoolConfig) -> DnsPlugin | None:
+        """The DNS plugin managing the pool's records (None when its ``dns_plugin`` names none),
+        built on first use and kept."""
+        dns_config = self.config.dns_for(pool)
+        if dns_config is None:
+            return None
+        if dns_config.name not in self._dns_plugins:
+            self._dns_plugins[dns_config.name] = build_dns_plugin(dns_config, self.resolve_secret)
+        return self._dns_plugins[dns_config.name]
+
     def resolve_secret(self, value: Any) -> str | None:
         """A config secret (plain or a reference), fetched and cached; masked in logs from now on."""
         return resolve_and_redact(self.secrets, value)
@@ -183,9 +199,12 @@ class Services:
         authenticator = self.authenticator
         if authenticator is None:
             return None
-        return LoginService(authenticator, LoginLimiter.from_config(self.config.auth, self.client, prefix=self.store.keys.prefix))
+        limiter = LoginLimiter.from_config(self.config.auth, self.client, prefix=self.store.keys.prefix)
+        return LoginService(authenticator, limiter)
 
     @cached_property
     def tokens(self) -> TokenStore:
         """API tokens (hash-only in Redis), expiring after ``config.token_ttl`` hours when set."""
-        return TokenStore(self.client, self.clock, ttl_hours=self.config.service.token_ttl, prefix=self.store.keys.prefix)
+        return TokenStore(
+            self.client, self.clock, ttl_hours=self.config.service.token_ttl, prefix=self.store.keys.prefix
+        )

@@ -72,7 +72,7 @@ def parameters(given: dict[str, str], existing: list[str]) -> list[dict[str, Any
 def _existing_stack(cloudformation: Any, name: str) -> dict[str, Any] | None:
     try:
         stacks = cloudformation.describe_stacks(StackName=name)["Stacks"]
-    except Exception as error:  # noqa: BLE001 - botocore raises a ClientError "does not exist"
+    except Exception as error:
         if "does not exist" in str(error):
             return None
         raise

@@ -240,11 +240,15 @@ def _widget(title: str, metrics: list[Any], stat: str = "Sum", period: int = 60,
         "period": period, "metrics": metrics, **extra}}
 
 
-def _by_pool(stage: Stage, title: str, name: str) -> dict[str, Any]:
-    """A SEARCH over the pools that published ``name`` (only pools with trouble do)."""
-    dims = ",".join(m.POOL_DIMENSIONS)
-    expression = f"SEARCH('{{{m.namespace_for(stage.name)},{dims}}} MetricName=\"{name}\"', 'Sum', 300)"
-    return _widget(title, [[{"expression": expression, "label": "", "id": "e0"}]], period=300)
+def _by_pool(stage: Stage, title: str, *names: str) -> dict[str, Any]:
+    """A SEARCH over the pools that published each metric (only pools where it happened do)."""
+    namespace = m.namespace_for(stage.name)
+    expressions = []
+    for index, name in enumerate(names):
+        dims = ",".join(sorted(next(d for d in m.METRICS[name].dimension_sets if "pool" in d)))
+        search = f"SEARCH('{{{namespace},{dims}}} MetricName=\"{name}\"', 'Sum', 300)"
+        expressions.append([{"expression": search, "label": name if len(names) > 1 else "", "id": f"e{index}"}])
+    return _widget(title, expressions, period=300)
 
 
 def _log_widget(title: str, log_group: str, query: str) -> dict[str, Any]:
@@ -279,14 +283,18 @@ def dashboard(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
         _widget("Checkouts, misses (503), deletes", service(m.CHECKOUTS, m.CHECKOUT_MISSES, m.DELETES)),
         _by_pool(stage, "Checkout misses by pool", m.CHECKOUT_MISSES),
         _by_pool(stage, "Clone failures by pool", m.CLONE_FAILURES),
-        _widget("Clones started and failed, VMs destroyed", service(m.CLONES_STARTED, m.CLONE_FAILURES, m.VMS_DESTROYED)),
+        _by_pool(stage, "DNS failures by pool and reason, migrations by pool", m.DNS_FAILURES, m.MIGRATIONS,
+                 m.MIGRATION_FAILURES),
+        _widget("Clones started and failed, VMs destroyed",
+                service(m.CLONES_STARTED, m.CLONE_FAILURES, m.VMS_DESTROYED)),
         _widget("Clone and boot time p90 (s)", service(m.CLONE_DURATION, m.BOOT_DURATION, stat="p90"), stat="p90"),
         _widget("Reconcile pass p99 (s), errors", [*service(m.RECONCILE_DURATION, stat="p99"),
                                                   *service(m.RECONCILE_ERRORS, yAxis="right")]),
         _widget("Refill latency p50/p90 (s): checkout to consumer",
                 [*service(m.REFILL_LATENCY, stat="p50"), *service(m.REFILL_LATENCY, stat="p90")]),
         _log_widget("Pools with the most passes (last hour)", reconcile_log,
-                    "filter message = 'reconcile pass' | stats count(*) as passes by pool | sort passes desc | limit 20"),
+                    "filter message = 'reconcile pass' | stats count(*) as passes by pool "
+                    "| sort passes desc | limit 20"),
         _widget("vCenter calls", service(m.PROVIDER_CALLS)),
         _widget("Lambda errors", per_function("Errors")),
         _widget("Lambda throttles", per_function("Throttles")),

@@ -130,7 +130,7 @@ class LocalScheduler:
                 self._stopping.wait(1.0)
                 continue
             if popped:
-                self.queue.send([(PoolMessage(pools[popped[0]], NUDGE), 0.0)])
+                self.queue.send([(PoolMessage(pools[str(popped[0])], NUDGE), 0.0)])
 
     def _work(self) -> None:
         while not self._stopping.is_set():
@@ -147,7 +147,8 @@ class LocalScheduler:
             try:
                 look_at(self.services, message, self.queue, self.budget_seconds, stopping=self._stopping.is_set)
             except StoreUnavailable as error:
-                logger.warning("reconcile skipped: redis unavailable", extra={"pool": message.pool, "error": str(error)})
+                logger.warning("reconcile skipped: redis unavailable",
+                               extra={"pool": message.pool, "error": str(error)})
                 self.queue.send([(message, 1.0)])
             except Exception:  # noqa: BLE001 - keep the local stack alive and say what broke
                 logger.exception("reconcile crashed", extra={"pool": message.pool})

@@ -31,6 +31,8 @@ class ApiRequest:
     body: bytes = b""
     source_ip: str = ""
     request_id: str = ""
+    context_path: str = ""
+    """The path as the client sent it, with API Gateway's stage (``/prod/...``) when it has one."""
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -46,7 +48,9 @@ class ApiResponse:
 class ApiError(Exception):
     """An answer other than success: rendered as JSON with ``ok: false``."""
 
-    def __init__(self, status: int, body: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, body: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(status)
         self.status = status
         self.body = {"ok": False, **(body or {})}

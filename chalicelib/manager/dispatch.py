@@ -24,10 +24,10 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
 
+from chalicelib import observability as metric
 from chalicelib.config import Config, PoolConfig
 from chalicelib.manager.reconcile import Checkpoint, _no_checkpoint
 from chalicelib.manager.runner import RETRY_SECONDS, RunReport, run_pool
-from chalicelib import observability as metric
 from chalicelib.observability import emit, logger
 from chalicelib.store import STATES
 from chalicelib.store.fleet import Fleet
@@ -266,7 +266,7 @@ class SqsPoolQueue:
 
     def _send_batch(self, batch: Sequence[Delayed]) -> None:
         entries = [{"Id": str(index), "MessageBody": message.body(),
-                    "DelaySeconds": max(0, min(int(round(delay)), MAX_DELAY_SECONDS))}
+                    "DelaySeconds": max(0, min(round(delay), MAX_DELAY_SECONDS))}
                    for index, (message, delay) in enumerate(batch)]
         answer = self._client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
         if answer.get("Failed"):

@@ -19,13 +19,14 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from chalicelib import observability as metric
 from chalicelib.config import PoolConfig
 from chalicelib.manager.purge import purge_if_due
-from chalicelib.manager.reconcile import Checkpoint, PassReport, reconcile_pool, _no_checkpoint
-from chalicelib import observability as metric
+from chalicelib.manager.reconcile import Checkpoint, PassReport, _no_checkpoint, reconcile_pool
 from chalicelib.observability import clone_failure_reason, emit, logger
 from chalicelib.providers.base import ProviderError
 from chalicelib.store import StoreUnavailable
+from chalicelib.store.history import PoolHistory, Sample, minute_of
 
 if TYPE_CHECKING:
     from chalicelib.services import Services
@@ -91,6 +92,7 @@ def run_pool(
     report = RunReport(pool_name, leased=True)
     deadline = clock.monotonic() + budget_seconds
     pool: PoolConfig | None = None
+    sampled: int | None = None
     try:
         while True:
             pool = pool_config or services.pool(pool_name)
@@ -99,7 +101,8 @@ def run_pool(
             store.clear_wakes(pool_name)
             try:
                 result = reconcile_pool(store, services.provider(pool.provider), pool, clock,
-                                        services.config.service, _renewing(services, pool_name, token, checkpoint))
+                                        services.config.service, _renewing(services, pool_name, token, checkpoint),
+                                        dns=services.dns_plugin(pool))
             except (ProviderError, StoreUnavailable, LeaseLost) as error:
                 # The pass stopped where it was; everything it did is consistent. Try again soon.
                 report.failures.append(str(error))
@@ -110,6 +113,7 @@ def run_pool(
                 break
             report.passes.append(result)
             _publish(result, pool.size)
+            sampled = _sample(services, result, pool.size, sampled)
             nudged = store.take_wake(pool_name)
             if nudged and not stopping() and clock.monotonic() < deadline:
                 continue  # a checkout or delete came in while we looked: look again now
@@ -151,6 +155,22 @@ def _renewing(services: "Services", pool_name: str, token: str, checkpoint: Chec
             renewed_at = clock.monotonic()
 
     return step
+
+
+def _sample(services: "Services", result: PassReport, size: int, sampled: int | None) -> int | None:
+    """Record the pool's counts for the dashboard's history, once a minute (a busy pool passes
+    every few seconds); the minute recorded. A failed write loses one sample, not the pass."""
+    minute = minute_of(services.clock.now())
+    if minute == sampled:
+        return sampled
+    counts = result.counts
+    try:
+        PoolHistory(services.store).record(result.pool, Sample(
+            minute, counts.get("ready", 0), counts.get("running", 0), counts.get("pending", 0), size))
+    except StoreUnavailable as error:
+        logger.warning("history sample skipped", extra={"pool": result.pool, "error": str(error)})
+        return sampled
+    return minute
 
 
 def _publish(result: PassReport, capacity: int) -> None:

@@ -41,20 +41,20 @@ class Fleet:
     def names(self) -> set[str]:
         """Every pool known to the scheduler (configured now or drained since)."""
         with _translate_errors():
-            return set(self.client.hkeys(self.keys.known_pools))
+            return {str(name) for name in self.client.hkeys(self.keys.known_pools)}
 
     def settings(self, pool: str) -> PoolConfig | None:
         """The pool's settings as last configured."""
         with _translate_errors():
             text = self.client.hget(self.keys.known_pools, pool)
-        return pool_from_json(text) if text else None
+        return pool_from_json(str(text)) if text else None
 
     def remember(self, pools: Iterable[PoolConfig]) -> None:
         """Record the configured pools' settings (in one round trip)."""
         mapping = {pool.name: pool_to_json(pool) for pool in pools}
         if mapping:
             with _translate_errors():
-                self.client.hset(self.keys.known_pools, mapping=mapping)
+                self.client.hset(self.keys.known_pools, mapping=dict(mapping))  # type: ignore[arg-type]
 
     def forget(self, pool: str) -> None:
         with _translate_errors():

@@ -97,7 +97,8 @@ def test_a_checkout_puts_its_pool_on_the_reconcile_queue(services: Services, mon
         assert [json.loads(m["Body"]) for m in messages] == [{"pool": "debian", "reason": "nudge"}]
 
 
-def test_the_consumer_reconciles_each_pool_and_drops_what_is_not_ours(services: Services, queue: RecordingQueue) -> None:
+def test_the_consumer_reconciles_each_pool_and_drops_what_is_not_ours(services: Services,
+                                                                       queue: RecordingQueue) -> None:
     answer = app.reconcile(sqs_event('{"pool": "debian"}', "not json", '{"pool": "nosuchpool"}', "[1]",
                                      '{"pool": "centos", "reason": "tick"}'), Context())
 

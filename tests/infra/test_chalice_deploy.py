@@ -20,10 +20,10 @@ from typing import Iterator
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
+from packaged import ROOT, Package
 
 from infra import deploy, stage_settings, sync_config
 from local.redis_server import free_port
-from packaged import ROOT, Package
 
 STAGE = sync_config.STAGES["dev"]
 

@@ -65,7 +65,8 @@ def test_config_push_refuses_an_invalid_config_and_publishes_nothing(s3: Any, tm
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
 
 
-def test_running_functions_pick_up_a_pushed_config_within_the_refresh(s3: Any, tmp_path: Path, redis_client: redis.Redis,
+def test_running_functions_pick_up_a_pushed_config_within_the_refresh(s3: Any, tmp_path: Path,
+                                                                        redis_client: redis.Redis,
                                                                         capsys: pytest.CaptureFixture[str],
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeClock()

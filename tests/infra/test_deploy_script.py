@@ -17,10 +17,10 @@ from typing import Any, Iterator
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
+from packaged import ROOT, Package
 
 from infra import deploy
 from local.redis_server import free_port
-from packaged import ROOT, Package
 
 BUCKET = "my-deploy-bucket"
 
@@ -98,8 +98,8 @@ def test_deploy_sh_packages_then_deploys(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert calls.read_text().splitlines() == [
         "package prod build/package-prod",
-        "python -m infra.deploy --stage prod --bucket my-bucket --package build/package-prod "
-        "VpcId=vpc-1 PrivateSubnetIds=a,b"]
+        ("python -m infra.deploy --stage prod --bucket my-bucket --package build/package-prod "
+         "VpcId=vpc-1 PrivateSubnetIds=a,b")]
 
 
 def test_deploy_without_a_bucket_says_how_to_call_it() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+from packaged import Package
 
 from chalicelib import observability as m
 from chalicelib.clock import FakeClock
@@ -18,7 +19,6 @@ from chalicelib.config import parse
 from chalicelib.manager.dispatch import publish_totals
 from chalicelib.manager.runner import run_pool
 from chalicelib.services import Services
-from packaged import Package
 
 CONFIG = """\
 config: {check_loop_delay_min: 0.1, task_limit: 10}
@@ -120,8 +120,13 @@ def test_an_idle_pass_publishes_no_metric(redis_client: redis.Redis, clock: Fake
     assert emf_documents(capsys.readouterr().out) == []
 
 
-def test_few_metrics_per_pool_and_each_only_on_trouble() -> None:
-    assert set(m.PER_POOL_METRICS) == {m.CHECKOUT_MISSES, m.CLONE_FAILURES, m.RECONCILE_ERRORS}
+def test_few_metrics_per_pool_and_each_only_on_events() -> None:
+    """Gauges and timings are service-wide; what has a pool dimension is published only when it
+    happens for the pool (test_an_idle_pass_publishes_no_metric)."""
+    assert set(m.PER_POOL_METRICS) == {m.CHECKOUT_MISSES, m.CLONE_FAILURES, m.RECONCILE_ERRORS, m.DNS_FAILURES,
+                                       m.MIGRATIONS, m.MIGRATION_FAILURES}
+    for name in (m.READY, m.PENDING, m.RUNNING, m.CAPACITY, m.RECONCILE_DURATION, m.PROVIDER_CALLS):
+        assert m.METRICS[name].dimension_sets == (("service",),)
 
 
 def test_a_checkout_miss_is_counted_for_its_pool(redis_client: redis.Redis, clock: FakeClock,

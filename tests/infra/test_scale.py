@@ -13,7 +13,6 @@ from typing import Any, Iterator
 
 import pytest
 from cfnlint.api import ManualArgs, lint_file
-
 from packaged import Package, build_package, pools_config
 
 MAX_RESOURCES = 500

@@ -35,6 +35,7 @@ HOST_PROPERTIES = (
     "summary.hardware.cpuMhz",
     "summary.hardware.numCpuCores",
     "summary.hardware.memorySize",
+    "summary.hardware.cpuModel",
 )
 
 
@@ -170,5 +171,7 @@ def ensure_folder(connection: Connection, datacenter: str, folder: str, create: 
                 child = parent.CreateFolder(part)
             except vim.fault.DuplicateName:
                 child = find(connection, current)  # another pass made it meanwhile
+            if child is None:
+                return None  # made and removed again meanwhile: the next pass tries again
         parent = child
     return parent
