@@ -198,18 +198,18 @@ def alarms(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
         Statistic="Maximum", Period=300, EvaluationPeriods=1,
         Threshold=DURATION_ALARM_FRACTION * sync_config.RECONCILE_TIMEOUT * 1000,
         ComparisonOperator="GreaterThanOrEqualToThreshold", TreatMissingData="notBreaching")
-    found["ReconcileBacklogAlarm"] = _alarm(
-        f"{prefix}-reconcile-backlog", "Reconcile messages waited over 2 minutes: pools are not being looked at.",
-        Namespace="AWS/SQS", MetricName="ApproximateAgeOfOldestMessage",
-        Dimensions=_dimensions(QueueName={"Fn::GetAtt": ["ReconcileQueue", "QueueName"]}),
-        Statistic="Maximum", Period=300, EvaluationPeriods=1, Threshold=120,
-        ComparisonOperator="GreaterThanOrEqualToThreshold", TreatMissingData="notBreaching")
-    found["ReconcileDeadLetterAlarm"] = _alarm(
-        f"{prefix}-reconcile-dlq-not-empty", "Reconcile messages failed 5 times and sit in the dead-letter queue.",
-        Namespace="AWS/SQS", MetricName="ApproximateNumberOfMessagesVisible",
-        Dimensions=_dimensions(QueueName={"Fn::GetAtt": ["ReconcileDeadLetterQueue", "QueueName"]}),
-        Statistic="Maximum", Period=300, EvaluationPeriods=1, Threshold=1,
-        ComparisonOperator="GreaterThanOrEqualToThreshold", TreatMissingData="notBreaching")
+    def queue_alarm(name: str, description: str, metric: str, queue: str, threshold: int) -> dict[str, Any]:
+        return _alarm(f"{prefix}-{name}", description, Namespace="AWS/SQS", MetricName=metric,
+                      Dimensions=_dimensions(QueueName={"Fn::GetAtt": [queue, "QueueName"]}),
+                      Statistic="Maximum", Period=300, EvaluationPeriods=1, Threshold=threshold,
+                      ComparisonOperator="GreaterThanOrEqualToThreshold", TreatMissingData="notBreaching")
+
+    found["ReconcileBacklogAlarm"] = queue_alarm(
+        "reconcile-backlog", "Reconcile messages waited over 2 minutes: pools are not being looked at.",
+        "ApproximateAgeOfOldestMessage", "ReconcileQueue", 120)
+    found["ReconcileDeadLetterAlarm"] = queue_alarm(
+        "reconcile-dlq-not-empty", "Reconcile messages failed 5 times and sit in the dead-letter queue.",
+        "ApproximateNumberOfMessagesVisible", "ReconcileDeadLetterQueue", 1)
     found["ApiErrorsAlarm"] = _alarm(
         f"{prefix}-api-5xx", "The API answered 5 or more 5xx in 5 minutes.",
         Namespace="AWS/ApiGateway", MetricName="5XXError",
