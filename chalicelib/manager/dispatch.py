@@ -167,6 +167,11 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
         if settings is None:
             logger.info("message for an unknown pool dropped", extra={"pool": message.pool})
             return None
+        if settings.provider not in services.config.providers:
+            # Nothing can destroy its VMs any more: say so every tick until the provider is back.
+            logger.error("removed pool cannot drain: its provider is gone from the config",
+                         extra={"pool": message.pool, "provider": settings.provider})
+            return None
         drain = dataclasses.replace(settings, size=0)
     if message.reason == FOLLOWUP:
         fleet.followup_arrived(message.pool)

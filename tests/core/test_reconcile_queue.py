@@ -21,6 +21,7 @@ from chalicelib.manager.dispatch import DRAIN, FOLLOWUP, TICK, PoolMessage, SqsP
 from chalicelib.manager.refill import SqsRefill
 from chalicelib.manager.runner import run_pool
 from chalicelib.services import Services
+from chalicelib.store.fleet import Fleet
 from local.gateway import Gateway
 
 CONFIG = """
@@ -232,6 +233,15 @@ def test_a_pool_removed_from_the_config_drains_and_is_forgotten(services: Servic
     queue.sent.clear()
     ticker.tick(services, queue)
     assert [m.pool for m, _ in queue.sent] == ["debian"]  # drained and forgotten
+
+
+def test_a_removed_pool_whose_provider_is_gone_is_reported_not_failed(services: Services) -> None:
+    queue = RecordingQueue()
+    Ticker().tick(services, queue)  # both pools known
+    services.use_config(parse(":providers:\n  :other: {provider_class: dummy}\n:pools:\n"
+                              "  - {name: debian, size: 2, provider: other}\n"))
+    assert look_at(services, PoolMessage("centos", DRAIN), queue) is None
+    assert "centos" in Fleet(services.store).names()  # still known: it drains once the provider is back
 
 
 def test_queue_messages_round_trip() -> None:
