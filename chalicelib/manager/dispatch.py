@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -270,8 +271,9 @@ class SqsPoolQueue:
             list(pool.map(self._send_batch, batches))
 
     def _send_batch(self, batch: Sequence[Delayed]) -> None:
+        # Whole seconds, rounded up: a sub-second check delay must not become 0 (a pass loop).
         entries = [{"Id": str(index), "MessageBody": message.body(),
-                    "DelaySeconds": max(0, min(round(delay), MAX_DELAY_SECONDS))}
+                    "DelaySeconds": max(0, min(math.ceil(delay), MAX_DELAY_SECONDS))}
                    for index, (message, delay) in enumerate(batch)]
         answer = self._client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
         if answer.get("Failed"):

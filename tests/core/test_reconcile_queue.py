@@ -244,6 +244,21 @@ def test_a_removed_pool_whose_provider_is_gone_is_reported_not_failed(services: 
     assert "centos" in Fleet(services.store).names()  # still known: it drains once the provider is back
 
 
+def test_sqs_delays_are_whole_seconds_and_a_short_check_delay_never_becomes_zero() -> None:
+    class Client:
+        entries: list[dict[str, Any]] = []
+
+        def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+            self.entries.extend(Entries)
+            return {"Successful": Entries}
+
+    client = Client()
+    SqsPoolQueue("url", client_factory=lambda: client).send(
+        [(PoolMessage("a", FOLLOWUP), 0.2), (PoolMessage("b"), 0.0), (PoolMessage("c", FOLLOWUP), 5.0),
+         (PoolMessage("d", FOLLOWUP), 3600.0)])
+    assert [e["DelaySeconds"] for e in client.entries] == [1, 0, 5, 900]
+
+
 def test_queue_messages_round_trip() -> None:
     message = PoolMessage("a pool", "retry", lease="abc", attempt=2)
     assert PoolMessage.parse(message.body()) == message
