@@ -246,9 +246,10 @@ def test_a_removed_pool_whose_provider_is_gone_is_reported_not_failed(services: 
 
 def test_sqs_delays_are_whole_seconds_and_a_short_check_delay_never_becomes_zero() -> None:
     class Client:
-        entries: list[dict[str, Any]] = []
+        def __init__(self) -> None:
+            self.entries: list[dict[str, Any]] = []
 
-        def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+        def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
             self.entries.extend(Entries)
             return {"Successful": Entries}
 
