@@ -7,6 +7,7 @@ infra/slim_zip.py) and ``make bench`` times their cold import (bench/coldstart.p
 
 from __future__ import annotations
 
+import json
 import subprocess
 import zipfile
 from dataclasses import dataclass
@@ -15,8 +16,9 @@ from typing import Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 
-LAMBDA_ENVIRONMENT = {"AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "AWS_LAMBDA_FUNCTION_NAME": "vmpool",
-                      "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512", "LANG": "en_US.UTF-8", "TZ": ":UTC"}
+LAMBDA_ENVIRONMENT = {"AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+                      "AWS_LAMBDA_FUNCTION_NAME": "vmpool", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
+                      "LANG": "en_US.UTF-8", "TZ": ":UTC"}
 
 
 class NoLambdaPython(Exception):
@@ -79,7 +81,5 @@ def unpack(deployment_zip: Path, task_root: Path, python: Path | None = None) ->
 
 def stage_environment(stage: str) -> dict[str, str]:
     """The stage's environment variables as the package declares them (.chalice/config.json)."""
-    import json
-
     config = json.loads((ROOT / ".chalice" / "config.json").read_text())
     return dict(config["stages"][stage]["environment_variables"])

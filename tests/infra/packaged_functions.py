@@ -34,9 +34,10 @@ class Context:
 def api_event(method: str, resource: str, path: str, params: dict[str, str] | None = None,
               query: dict[str, str] | None = None) -> dict[str, Any]:
     """An API Gateway (REST, proxy) event as Lambda hands it to the API function."""
+    multi = {k: [v] for k, v in (query or {}).items()} or None
     return {"resource": resource, "path": path, "httpMethod": method, "headers": {}, "multiValueHeaders": {},
-            "queryStringParameters": query, "multiValueQueryStringParameters": {k: [v] for k, v in (query or {}).items()}
-            or None, "pathParameters": params, "stageVariables": None, "body": None, "isBase64Encoded": False,
+            "queryStringParameters": query, "multiValueQueryStringParameters": multi, "pathParameters": params,
+            "stageVariables": None, "body": None, "isBase64Encoded": False,
             "requestContext": {"resourcePath": resource, "httpMethod": method, "requestId": str(uuid.uuid4()),
                                "path": path, "identity": {"sourceIp": "10.0.0.1"}}}
 

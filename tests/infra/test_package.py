@@ -236,7 +236,8 @@ def test_deployment_zip_leaves_the_sdk_to_the_runtime_and_ships_bytecode(package
     # The app's own code: sources (readable tracebacks) and bytecode for the runtime's Python.
     for module in ("app", "chalicelib/manager/dispatch", "chalicelib/store/store"):
         directory, _, name = module.rpartition("/")
-        assert f"{module}.py" in names and f"{directory + '/' if directory else ''}__pycache__/{name}.{tag}.pyc" in names
+        cached = f"{directory + '/' if directory else ''}__pycache__/{name}.{tag}.pyc"
+        assert f"{module}.py" in names and cached in names, module
     # Libraries: bytecode only, no stubs.
     assert {"redis/client.pyc", "pyVmomi/VmomiSupport.pyc", "yaml/__init__.pyc"} <= names
     assert not [n for n in names if n.endswith((".py", ".pyi")) and not n.startswith(("app.py", "chalicelib/"))]
@@ -309,7 +310,8 @@ def test_each_packaged_function_runs_from_the_slimmed_zip(sandbox: lambda_sandbo
                                   "username": launcher.USERNAME, "password": launcher.PASSWORD,
                                   "ca_bundle": str(cert), "connect_timeout": 2, "call_timeout": 10},
                       "dummy": {"createvm_max_time": 0, "boot_time": 0}},
-        "pools": [{"name": "vs", "size": 1, "provider": "vsphere", "template": launcher.TEMPLATE, "folder": "vmpool/vs"},
+        "pools": [{"name": "vs", "size": 1, "provider": "vsphere", "template": launcher.TEMPLATE,
+                   "folder": "vmpool/vs"},
                   {"name": "dm", "size": 1, "provider": "dummy"}]}))
     found = run_packaged(sandbox, "dev", ["vs", "dm"], {
         **aws, "VMPOOL_CONFIG_FILE": str(config), "VMPOOL_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/7",
