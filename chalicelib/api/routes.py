@@ -70,14 +70,6 @@ ROUTES: list[Route] = [
 ]
 
 
-def add_routes(routes: list[Route]) -> None:
-    """Let another module (tokens, on-demand...) add its routes to the table before wiring."""
-    known = {route.name for route in ROUTES}
-    for route in routes:
-        if route.name not in known:
-            ROUTES.append(route)
-
-
 def versioned_paths(route: Route) -> list[tuple[str, int]]:
     """Every (full path, version) under which ``route`` is served."""
     return [

@@ -7,14 +7,10 @@ import time
 
 import pytest
 
-from chalicelib.auth import (
-    AuthUnavailable,
-    DummyAuthenticator,
-    LoginLimiter,
-    LoginOutcome,
-    LoginService,
-    parse_basic_auth,
-)
+from chalicelib.auth.base import AuthUnavailable
+from chalicelib.auth.basic import LoginOutcome, LoginService, parse_basic_auth
+from chalicelib.auth.dummy import DummyAuthenticator
+from chalicelib.auth.ratelimit import LoginLimiter
 
 
 def basic(user: str, password: str) -> str:

@@ -10,8 +10,8 @@ from typing import Callable
 import pytest
 
 from chalicelib.providers.base import ProviderError, TaskState
-from chalicelib.providers.vsphere import admin
 from chalicelib.providers.vsphere import connection as connections
+from tests.vsphere import admin
 from tests.vsphere.conftest import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup
 
 

@@ -16,8 +16,8 @@ from chalicelib.clock import FakeClock
 from chalicelib.config import PoolConfig
 from chalicelib.manager.reconcile import PassReport, reconcile_pool
 from chalicelib.providers.base import ProviderError
-from chalicelib.providers.vsphere import admin
 from chalicelib.store import CheckoutRequest, Store
+from tests.vsphere import admin
 from tests.vsphere.conftest import DATACENTER, Setup, VcsimServer, make_setup
 
 

@@ -11,7 +11,6 @@ its reference returned; nobody waits for it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,16 +27,6 @@ FULL = "moveAllDiskBackingsAndConsolidate"
 
 class CloneRefused(Exception):
     """The clone cannot start for a reason an operator must fix (missing template, folder...)."""
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a pool's clones go, resolved from the pool, the provider block and the service."""
-
-    datacenter: str
-    template_path: str
-    folder: str
-    linked: bool
 
 
 def datacenter_of(connection: Connection, config: ProviderConfig, pool: PoolConfig) -> str:

@@ -1,7 +1,7 @@
-"""What a vSphere admin would do by hand, for tests and the local stack: make or delete a VM
-outside vmpool, put a host in maintenance, look at a VM's details, end our session.
+"""What a vSphere admin would do by hand, for the vSphere tests: make or delete a VM outside
+vmpool, put a host in maintenance, look at a VM's details, end our session.
 
-These live here because only this package may import pyVmomi; the service never calls them.
+The service never calls these, so they live with the tests and stay out of the Lambda package.
 All waits are on vCenter tasks and bounded.
 """
 
