@@ -18,6 +18,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
+from chalicelib.providers.base import FailureKind
+
 CONFIG_FILE_ENV = "VMPOOL_CONFIG_FILE"
 CONFIG_YAML_ENV = "VMPOOL_CONFIG"
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("vmpool.yaml")
@@ -180,6 +182,7 @@ _IGNORED = Key(anything)
 DUMMY_KEYS: dict[str, Key] = {
     "createvm_max_time": Key(number(0)),
     "createvm_fail_percent": Key(number(0)),
+    "createvm_fail_kind": Key(choice(*(kind.value for kind in FailureKind))),
     "destroyvm_max_time": Key(number(0)),
     "destroyvm_fail_percent": Key(number(0)),
     "vmready_fail_percent": Key(number(0)),

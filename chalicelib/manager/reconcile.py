@@ -20,7 +20,7 @@ from chalicelib.config import PoolConfig, ServiceConfig
 from chalicelib.manager import ondemand, pool_changes, vm_tasks
 from chalicelib.manager.hostnames import candidate_names
 from chalicelib.observability import logger
-from chalicelib.providers.base import Provider, ProviderError, TaskState, VMInfo
+from chalicelib.providers.base import Failure, FailureKind, Provider, ProviderError, TaskState, VMInfo
 from chalicelib.store import DurationSample, PoolSnapshot, Store, VMRecord
 
 CLONE_START_GRACE_SECONDS = 120.0
@@ -49,7 +49,8 @@ class PassReport:
     destroyed: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     discovered: list[str] = field(default_factory=list)
-    clone_failures: dict[str, str] = field(default_factory=dict)
+    clone_failures: dict[str, Failure] = field(default_factory=dict)
+    """hostname -> why its clone failed (the kind is the metric's ``reason``)."""
     samples: list[DurationSample] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     followups: int = 0
@@ -135,9 +136,12 @@ class _Pass:
     def record(self, hostname: str) -> VMRecord | None:
         return self.snapshot.records.get(hostname)
 
-    def take_out_of_service(self, hostname: str, from_state: str, reason: str) -> None:
-        """Move a VM to completed (to be destroyed), recording why."""
-        if self.store.move(hostname, self.pool.name, from_state, "completed", self.now, reason=reason):
+    def take_out_of_service(self, hostname: str, from_state: str, reason: str,
+                            failure: FailureKind | None = None) -> None:
+        """Move a VM to completed (to be destroyed), recording why (and the failure's kind, when
+        a provider failure is why)."""
+        if self.store.move(hostname, self.pool.name, from_state, "completed", self.now, reason=reason,
+                           failure=failure.value if failure else None):
             self.report.completed[hostname] = reason
             logger.info("VM taken out of service",
                         extra={"pool": self.pool.name, "hostname": hostname, "from": from_state, "reason": reason})
@@ -220,11 +224,12 @@ class _Pass:
                 )
             return False
         if status.state is TaskState.ERROR:
-            reason = f"clone failed: {status.error}"
-            self.report.clone_failures[hostname] = status.error or "unknown error"
-            self.take_out_of_service(hostname, "pending", reason)
+            failure = status.failure
+            self.report.clone_failures[hostname] = failure
+            self.take_out_of_service(hostname, "pending", f"clone failed: {failure.message}",
+                                     failure=failure.kind)
             if record.raw.get("request"):
-                ondemand.clone_failed(self, record.raw["request"], status.error or "")
+                ondemand.clone_failed(self, record.raw["request"], failure)
             return False
         self.store.finish_clone(hostname, self.now)
         self.report.samples.append(DurationSample("clone", self.pool.name, age))
@@ -342,8 +347,9 @@ class _Pass:
             try:
                 task = self.provider.clone(self.pool, hostname)
             except ProviderError as error:
-                self.report.clone_failures[hostname] = str(error)
-                self.take_out_of_service(hostname, "pending", f"clone failed to start: {error}")
+                self.report.clone_failures[hostname] = error.failure
+                self.take_out_of_service(hostname, "pending", f"clone failed to start: {error}",
+                                         failure=error.kind)
                 continue
             self.checkpoint("clone_started")
             self.store.update_vm(hostname, clone_task=task)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 from chalicelib import observability as metric
 from chalicelib.manager.purge import purge_if_due
 from chalicelib.manager.reconcile import Checkpoint, PassReport, _no_checkpoint, reconcile_pool
-from chalicelib.observability import clone_failure_reason, emit, logger
+from chalicelib.observability import emit, logger
 from chalicelib.providers.base import ProviderError
 from chalicelib.store import StoreUnavailable
 
@@ -136,8 +136,7 @@ def _publish(result: PassReport, capacity: int) -> None:
         emit(None, {metric.CLONES_STARTED: len(result.clones_started),
                     metric.CLONE_FAILURES: len(result.clone_failures)})
     reasons: dict[str, int] = {}
-    for error in result.clone_failures.values():
-        reason = clone_failure_reason(error)
-        reasons[reason] = reasons.get(reason, 0) + 1
+    for failure in result.clone_failures.values():
+        reasons[failure.kind.value] = reasons.get(failure.kind.value, 0) + 1
     for reason, count in sorted(reasons.items()):
         emit(None, {metric.CLONE_FAILURES: count}, dimensions={"reason": reason})

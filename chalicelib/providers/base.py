@@ -11,16 +11,79 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from chalicelib.config import PoolConfig
+if TYPE_CHECKING:  # annotations only: the config module reads FailureKind from here
+    from chalicelib.config import PoolConfig
+
+
+class FailureKind(enum.Enum):
+    """What kind of failure an operation met, as the provider that met it knows it.
+
+    The value is the ``reason`` dimension of the CloneFailures metric and the ``failure`` field
+    of a VM whose clone failed, and ``permanent`` decides whether an on-demand request spends
+    another attempt on it. A provider names the kind where it detects the failure (a missing
+    template, a vCenter fault's type), never by reading its own message back.
+    """
+
+    TEMPLATE = "template"
+    """The template is missing or cannot be cloned as the pool configures it."""
+    NETWORK = "network"
+    """The network the pool connects its VMs to is missing."""
+    PLACEMENT = "placement"
+    """The folder, datastore, resource pool or cluster the clone goes to is missing."""
+    PERMISSION = "permission"
+    """The backend refuses this user (login or privilege)."""
+    CAPACITY = "capacity"
+    """No host or datastore has room for the VM now."""
+    TIMEOUT = "timeout"
+    """The backend or the call timed out."""
+    CONNECTION = "connection"
+    """The backend could not be reached."""
+    OTHER = "other"
+    """Anything else: retried like a passing fault."""
+
+    @property
+    def permanent(self) -> bool:
+        """Whether another attempt would fail the same way until an operator changes the
+        configuration or the backend (retrying cannot help)."""
+        return self in _PERMANENT
+
+    @classmethod
+    def parse(cls, value: str | None) -> "FailureKind":
+        """The kind a stored value names; OTHER for anything unknown (or written by an older
+        version)."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.OTHER
+
+
+_PERMANENT = frozenset({FailureKind.TEMPLATE, FailureKind.NETWORK, FailureKind.PLACEMENT, FailureKind.PERMISSION})
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed operation: its kind and the backend's message."""
+
+    kind: FailureKind
+    message: str
 
 
 class ProviderError(Exception):
     """The provider could not do what was asked (the backend is down, refused, timed out).
 
     The message is safe to record on a VM and show to users: it never carries credentials.
+    ``kind`` says what kind of failure it was.
     """
+
+    def __init__(self, message: str, kind: FailureKind = FailureKind.OTHER) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    @property
+    def failure(self) -> Failure:
+        return Failure(self.kind, str(self))
 
 
 @dataclass(frozen=True)
@@ -47,10 +110,17 @@ class TaskStatus:
     state: TaskState
     error: str | None = None
     """The backend's message when the task failed."""
+    kind: FailureKind = FailureKind.OTHER
+    """What kind of failure it was, when the task failed."""
 
     @property
     def done(self) -> bool:
         return self.state is not TaskState.RUNNING
+
+    @property
+    def failure(self) -> Failure:
+        """The failure of a task that failed."""
+        return Failure(self.kind, self.error or "unknown error")
 
 
 @dataclass(frozen=True)
@@ -72,11 +142,15 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     def clone(self, pool: PoolConfig, hostname: str) -> str:
-        """Start cloning the pool's template into a VM named ``hostname``; return a task ref."""
+        """Start cloning the pool's template into a VM named ``hostname``; return a task ref.
+        A clone the backend refuses may raise ProviderError or return a reference whose status
+        is the ERROR (with its kind): the reference is stored in Redis and read on a later pass,
+        so it must carry the kind itself."""
 
     @abc.abstractmethod
     def task_status(self, task_ref: str) -> TaskStatus:
-        """The state of a task this provider started. An unknown task is an ERROR."""
+        """The state of a task this provider started, with the failure's kind when it failed.
+        An unknown task is an ERROR."""
 
     @abc.abstractmethod
     def destroy(self, pool: PoolConfig, hostname: str) -> str | None:

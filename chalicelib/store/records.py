@@ -45,6 +45,8 @@ class VMRecord:
     reason: str = ""
     """Why the VM left service early (clone error, boot timeout, ready_ttl, reaped...)."""
     not_ready_reason: str = ""
+    failure: str = ""
+    """The kind of provider failure that took it out of service (``FailureKind`` value), if any."""
     state_since: float | None = None
     raw: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -73,6 +75,7 @@ class VMRecord:
             destroy_task=data.get("destroy_task", ""),
             reason=data.get("reason", ""),
             not_ready_reason=data.get("not_ready_reason", ""),
+            failure=data.get("failure", ""),
             state_since=_float(data.get(f"{state}_at")),
             raw=dict(data),
         )

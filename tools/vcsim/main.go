@@ -3,6 +3,8 @@
 // clients can trust it as a CA bundle), turns the first VM of each datacenter into a template at
 // -template (inside folders), creates the -folders, and makes powered-on VMs report guest info
 // (IP, hostname = VM name, tools running) only after -boot-delay, so readiness is testable.
+// Clones into a folder named -no-clone-folder are refused with NoPermission, as vCenter refuses
+// a user without the clone privilege there, so permission failures are testable.
 // It prints "VCSIM_URL=<url>" once it is serving, then runs until killed.
 package main
 
@@ -45,7 +47,14 @@ import (
 // wrapper struct and cannot follow a pointer there.
 type templateVM struct{ simulator.VirtualMachine }
 
+// noCloneFolder names the folders clones into which are refused with NoPermission.
+var noCloneFolder string
+
 func (t *templateVM) CloneVMTask(ctx *simulator.Context, req *types.CloneVM_Task) soap.HasFault {
+	if folder, ok := simulator.Map.Get(req.Folder).(*simulator.Folder); ok && noCloneFolder != "" && folder.Name == noCloneFolder {
+		return &methods.CloneVM_TaskBody{Fault_: simulator.Fault("Permission to perform this operation was denied.",
+			&types.NoPermission{Object: req.Folder, PrivilegeId: "VirtualMachine.Provisioning.Clone"})}
+	}
 	res := t.VirtualMachine.CloneVMTask(ctx, req)
 	body, ok := res.(*methods.CloneVM_TaskBody)
 	if !ok || body.Res == nil {
@@ -199,6 +208,7 @@ func main() {
 	username := flag.String("username", "vmpool", "user name to accept")
 	password := flag.String("password", "vmpool-password", "password to accept")
 	certPath := flag.String("cert", "", "file to write the server's self-signed certificate (PEM) to")
+	flag.StringVar(&noCloneFolder, "no-clone-folder", "", "name of folders that refuse clones with NoPermission")
 	flag.Parse()
 
 	model := simulator.VPX()
