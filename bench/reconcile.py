@@ -18,12 +18,13 @@ from typing import Any, Callable
 
 import redis
 
-from bench.common import CORES, RoundTrips, dummy_config, median, ms
+from bench.common import CORES, RoundTrips, median, ms
 from chalicelib.clock import FakeClock
 from chalicelib.config import Config, PoolConfig, parse
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.base import Provider
 from chalicelib.store import CheckoutRequest, Store
+from local.stack import dummy_config
 
 
 def _measure(counter: RoundTrips, provider: Provider, action: Callable[[], Any],

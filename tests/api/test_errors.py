@@ -17,8 +17,8 @@ from redis.retry import Retry
 
 import app
 from chalicelib.services import Services
-from local.redis_server import free_port
 from tests.api.client import CONFIG_YAML, ApiClient, Stack
+from tests.support import free_port
 
 Case = tuple[str, str, Any, int, str]
 """(method, target, body, status, text the error must contain ("" for a bare {"ok": false}))."""

@@ -32,6 +32,7 @@ from typing import Iterator
 import pytest
 
 from local.processes import stop_process
+from tests.support import free_port
 
 BASE = "dc=example,dc=com"
 USERS_OU = f"ou=users,{BASE}"
@@ -50,12 +51,6 @@ USERS: dict[str, tuple[str, str]] = {
 SLAPD_BINARY_CANDIDATES = ("/usr/sbin/slapd", "/usr/lib/slapd")
 MODULE_PATH = "/usr/lib/ldap"
 SCHEMA_DIR = "/etc/ldap/schema"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:

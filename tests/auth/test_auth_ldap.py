@@ -14,7 +14,8 @@ from chalicelib.auth.base import AuthConfigError, AuthUnavailable
 from chalicelib.auth.dummy import DummyAuthenticator
 from chalicelib.auth.ldap import LdapAuthenticator, parse_ldap_settings
 from chalicelib.auth.secrets import SecretUnavailable
-from tests.auth.slapd import SlapdServer, free_port
+from tests.auth.slapd import SlapdServer
+from tests.support import free_port
 
 ALL_USERS = ("alice", "comma,user", "bob", "carol")
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests.auth.slapd import free_port
 from tests.auth_api.conftest import basic, document
+from tests.support import free_port
 
 
 def test_failed_logins_per_user_are_limited_with_retry_after(make_api, ldap_auth, slapd):

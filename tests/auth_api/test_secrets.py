@@ -18,8 +18,8 @@ from chalicelib.providers.vsphere import connection as vsphere_connection
 from chalicelib.services import Services, redis_client
 from chalicelib.store import StoreUnavailable
 from local.redis_server import RedisServer
-from tests.auth.slapd import free_port
 from tests.auth_api.conftest import POOL, Api, basic, document
+from tests.support import free_port
 from tests.vsphere.conftest import TEMPLATE, VcsimServer, vcsim, vcsim_dir  # noqa: F401  (fixtures)
 from tools.vcsim import launcher
 

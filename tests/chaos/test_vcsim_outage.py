@@ -8,13 +8,12 @@ at the runner level.
 
 from __future__ import annotations
 
-import time
-
 import redis
 
 from chalicelib.clock import FakeClock
 from chalicelib.providers.base import FailureKind
 from chalicelib.services import Services
+from tests.support import eventually
 from tests.vsphere.conftest import VcsimServer, vcsim_config
 
 POOL = "chaos-vc"
@@ -50,16 +49,14 @@ def test_vcsim_stopped_mid_refill_then_restarted_converges(private_vcsim: VcsimS
 
     private_vcsim.start()  # a fresh simulator: the two clones it had are gone with it
     provider = services.provider("vsphere")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def converged() -> bool:
         services.clock.advance(200)  # past the grace for clones reserved but never started
         report = run_pool(services, POOL, 0.0)
         counts = store.counts([POOL])[POOL]
-        if counts["ready"] == SIZE and counts["pending"] == 0 and not report.failures:
-            break
-        time.sleep(0.2)
-    else:
-        raise AssertionError(f"no convergence: {store.counts([POOL])}, last failures {report.failures}")
+        return counts["ready"] == SIZE and counts["pending"] == 0 and not report.failures
+
+    eventually(converged, 60, "the pool to converge after vcsim came back", interval=0.2)
     in_vcsim = {vm.name for vm in provider.list_vms(config.pool(POOL))}
     assert in_vcsim == set(store.hostnames(POOL, "ready"))
     assert store.cloning_count() == 0

@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from bench.common import Stack
+from local.stack import Stack
 from tests.api.client import spec_template
 from tests.api.test_openapi import PENDING
 

@@ -9,7 +9,7 @@ from redis.retry import Retry
 
 import app
 from chalicelib.services import Services
-from local.redis_server import free_port
+from tests.support import free_port
 
 
 @pytest.mark.parametrize("method, path, body", [

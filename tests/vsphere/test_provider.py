@@ -6,12 +6,12 @@ import base64
 import json
 import socket
 import time
-from typing import Callable
 
 import pytest
 
 from chalicelib.providers.base import FailureKind, ProviderError, TaskState
 from chalicelib.providers.vsphere import connection as connections
+from tests.support import eventually
 from tests.vsphere import admin
 from tests.vsphere.conftest import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup
 from tools.vcsim import launcher
@@ -19,14 +19,6 @@ from tools.vcsim import launcher
 
 def vm_path(pool_folder: str, name: str) -> str:
     return f"{DATACENTER}/vm/{pool_folder}/{name}"
-
-
-def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll until ``check`` holds (vcsim's guests boot on the wall clock)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
 
 
 def clone_and_wait(setup: Setup, pool, name: str) -> str:  # type: ignore[no-untyped-def]
@@ -165,7 +157,8 @@ def test_readiness_tools_and_hostname_follow_boot_delay(setup: Setup) -> None:
     if time.monotonic() - started < vcsim_boot_delay(setup):
         assert not readiness.ready
         assert readiness.reason
-    eventually(lambda: setup.provider.check_ready(pool, setup.provider.list_vms(pool)[0]).ready)
+    eventually(lambda: setup.provider.check_ready(pool, setup.provider.list_vms(pool)[0]).ready, 10,
+               "the guest to boot")
     vm = setup.provider.list_vms(pool)[0]
     assert vm.tools_running and vm.ip == "127.0.0.1" and vm.guest_hostname == "booting"
 
@@ -184,7 +177,8 @@ def test_readiness_tcp_uses_guest_ip_and_port(setup: Setup) -> None:
         clone_and_wait(setup, pool, "tcpvm")
         first = setup.provider.check_ready(pool, setup.provider.list_vms(pool)[0])
         assert not first.ready and "IP" in first.reason  # no guest IP before the boot delay
-        eventually(lambda: setup.provider.check_ready(pool, setup.provider.list_vms(pool)[0]).ready)
+        eventually(lambda: setup.provider.check_ready(pool, setup.provider.list_vms(pool)[0]).ready, 10,
+               "the guest to boot")
     finally:
         listener.close()
     closed = setup.provider.check_ready(pool, setup.provider.list_vms(pool)[0])
