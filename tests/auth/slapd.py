@@ -11,8 +11,7 @@ Directory layout (``dc=example,dc=com``)::
     ou=users:   uid=alice, uid=comma\\,user    (uid in the DN)
     ou=people:  cn=bob (uid: bob), cn=carol (uid: carol)   (cn in the DN)
 
-The ``slapd`` fixture is exposed by ``tests/auth/conftest.py``; another conftest may reuse it with
-``pytest_plugins = ["tests.auth.slapd"]`` (this module defines the fixture too).
+The ``slapd`` session fixture (tests/conftest.py) runs one for every folder that needs it.
 
 Needs the Debian packages ``slapd`` and ``ldap-utils`` (and ``openssl``).
 """
@@ -27,9 +26,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
-
-import pytest
 
 from local.processes import stop_process
 from tests.support import free_port
@@ -245,11 +241,3 @@ class SlapdServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@pytest.fixture(scope="session")
-def slapd() -> Iterator[SlapdServer]:
-    """One real slapd for the session: ``url``, ``ldaps_url``, ``ca_file``, ``rogue_ca_file``,
-    ``users`` (name -> (dn, password)), ``service_dn``/``service_password``, ``ldap_config()``."""
-    with SlapdServer() as server:
-        yield server

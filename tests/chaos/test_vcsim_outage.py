@@ -14,7 +14,7 @@ from chalicelib.clock import FakeClock
 from chalicelib.providers.base import FailureKind
 from chalicelib.services import Services
 from tests.support import eventually
-from tests.vsphere.conftest import VcsimServer, vcsim_config
+from tests.vsphere.vcsim import VcsimServer, vcsim_config
 
 POOL = "chaos-vc"
 SIZE = 4

@@ -13,7 +13,7 @@ from chalicelib.providers.base import FailureKind, ProviderError, TaskState
 from chalicelib.providers.vsphere import connection as connections
 from tests.support import eventually
 from tests.vsphere import admin
-from tests.vsphere.conftest import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup
+from tests.vsphere.vcsim import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup
 from tools.vcsim import launcher
 
 

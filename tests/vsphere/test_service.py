@@ -21,7 +21,7 @@ from chalicelib.services import Services
 from chalicelib.store import CheckoutRequest, Store
 from tests.support import clone_failures_by_reason, emf_documents
 from tests.vsphere import admin
-from tests.vsphere.conftest import DATACENTER, Setup, VcsimServer, make_setup, vcsim_config
+from tests.vsphere.vcsim import DATACENTER, Setup, VcsimServer, make_setup, vcsim_config
 from tools.vcsim import launcher
 
 
