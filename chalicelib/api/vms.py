@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import random
 import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from chalicelib import observability as metric
+from chalicelib.api.checkout import MAX_COUNT, REQUEST_NAME_PATTERN, checkout, parse_count
 from chalicelib.api.http import (
     ApiError,
     ApiRequest,
@@ -18,16 +18,13 @@ from chalicelib.api.http import (
     ok,
     short_hostname,
 )
-from chalicelib.api.identity import caller_for_change, optional_caller
-from chalicelib.manager.reconcile import day_of
+from chalicelib.api.identity import caller_for_change
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
-from chalicelib.store import CheckoutRequest, VMRecord
+from chalicelib.store import VMRecord
 from chalicelib.store.vm_tasks import task_errors
+from chalicelib.timestamps import day_of
 
-MAX_COUNT = 100
-REQUEST_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
-COUNT_PATTERN = re.compile(r"^[0-9]+$")
 TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 TAG_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_ \t\r\n\f\v.@:/-]*$")
 MAX_TAG_KEY = 50
@@ -54,8 +51,8 @@ def checkout_from_body(services: Services, request: ApiRequest) -> ApiResponse:
     for name, count in body.items():
         if not REQUEST_NAME_PATTERN.match(name):
             raise bad_request("Invalid pool name format")
-        wanted[name] = _parse_count(count)
-    return _checkout(services, request, wanted)
+        wanted[name] = parse_count(count)
+    return checkout(services, request, wanted)
 
 
 def checkout_from_path(services: Services, request: ApiRequest) -> ApiResponse:
@@ -67,72 +64,7 @@ def checkout_from_path(services: Services, request: ApiRequest) -> ApiResponse:
         wanted[name] = wanted.get(name, 0) + 1
     if any(count > MAX_COUNT for count in wanted.values()):
         raise bad_request(f"VM count must be at most {MAX_COUNT}")
-    return _checkout(services, request, wanted)
-
-
-def _parse_count(count: Any) -> int:
-    if count is None:
-        raise bad_request("VM count is required")
-    if isinstance(count, bool) or not isinstance(count, (int, str)) or not COUNT_PATTERN.match(str(count)):
-        raise bad_request("VM count must be a valid integer")
-    number = int(count)
-    if number < 1:
-        raise bad_request("VM count must be at least 1")
-    if number > MAX_COUNT:
-        raise bad_request(f"VM count must be at most {MAX_COUNT}")
-    return number
-
-
-def _checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int]) -> ApiResponse:
-    config = services.config
-    unknown = [name for name in wanted if not config.resolve(name)]
-    if unknown:
-        raise not_found(error=f"unknown pool or alias: {', '.join(unknown)}")
-    caller = optional_caller(services, request)
-    requests = []
-    for name, count in wanted.items():
-        pools = list(config.resolve(name))
-        random.shuffle(pools)  # spread an alias's load over its pools
-        requests.append(CheckoutRequest(name, pools, count))
-    lifetime = config.service.vm_lifetime_auth if caller else config.service.vm_lifetime
-    fields = {"lifetime": str(lifetime)}
-    if caller:
-        # The owner and the token's id (a hash prefix): never the token itself.
-        fields["token_user"] = caller.user
-        fields["token_id"] = caller.token_id
-    now = services.clock.now()
-    result = services.store.checkout(requests, now, fields)
-    if not result.ok:
-        emit(None, {metric.CHECKOUT_MISSES: 1})
-        from chalicelib.api.ondemand import fallback_checkout  # ondemand builds on this module
-
-        fallback = fallback_checkout(services, request, wanted, caller)
-        if fallback is not None:
-            return fallback
-        raise ApiError(503, {"error": f"not enough ready VMs for: {', '.join(result.short)}"})
-    services.refill.pools_changed({vm.pool for vm in result.vms})
-    emit(None, {metric.CHECKOUTS: len(result.vms)})
-    for vm in result.vms:
-        logger.info("VM checked out", extra={"pool": vm.pool, "hostname": vm.hostname,
-                                             "user": caller.user if caller else None})
-    hostnames: dict[str, list[str]] = {}
-    for vm in result.vms:
-        pool = config.pool(vm.pool)
-        domain = pool.domain if pool else None
-        hostnames.setdefault(vm.requested, []).append(display_name(vm.hostname, domain, request.version))
-    answer: dict[str, Any] = {"ok": True}
-    for name, names in hostnames.items():
-        answer[name] = {"hostname": names[0] if len(names) == 1 else names}
-    if request.version == 1 and config.service.domain:
-        answer["domain"] = config.service.domain
-    return ApiResponse(200, answer)
-
-
-def display_name(hostname: str, domain: str | None, version: int) -> str:
-    """v1 answers with short names (and a separate ``domain`` key); v2/v3 with FQDNs."""
-    if version == 1 or not domain:
-        return hostname
-    return f"{hostname}.{domain}"
+    return checkout(services, request, wanted)
 
 
 # --- one VM -------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Callable
 
 from chalicelib.clock import Clock
@@ -22,6 +21,7 @@ from chalicelib.manager.hostnames import candidate_names
 from chalicelib.observability import logger
 from chalicelib.providers.base import Failure, FailureKind, Provider, ProviderError, TaskState, VMInfo
 from chalicelib.store import DurationSample, PoolSnapshot, Store, VMRecord
+from chalicelib.timestamps import day_of, ruby_time
 
 CLONE_START_GRACE_SECONDS = 120.0
 """How long a reserved name may wait for its clone task to be recorded before the pass decides
@@ -69,16 +69,6 @@ class PassReport:
             or self.counts.get("deficit")
             or self.followups
         )
-
-
-def day_of(timestamp: float) -> str:
-    """The UTC day a timestamp falls on, as /summary keys it."""
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d")
-
-
-def ruby_time(timestamp: float) -> str:
-    """vmpooler's time format for lastBoot and similar fields: ``2024-05-01 10:00:00 +0000``."""
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S +0000")
 
 
 class _Pass:
