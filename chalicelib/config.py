@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-from chalicelib.providers.base import FailureKind
+from chalicelib.providers.failures import FailureKind
 
 CONFIG_FILE_ENV = "VMPOOL_CONFIG_FILE"
 CONFIG_YAML_ENV = "VMPOOL_CONFIG"

@@ -21,7 +21,7 @@ from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from chalicelib.auth.secrets import RedactingFilter
-from chalicelib.providers.base import FailureKind
+from chalicelib.providers.failures import FailureKind
 
 NAMESPACE = "vmpool"
 SERVICE = "vmpool"

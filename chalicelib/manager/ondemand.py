@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from chalicelib.manager.hostnames import candidate_names
-from chalicelib.providers.base import Failure, VMInfo
+from chalicelib.providers.base import VMInfo
+from chalicelib.providers.failures import Failure
 from chalicelib.store import DurationSample, VMRecord
 from chalicelib.store.ondemand import FAILED, OnDemandStore
 

@@ -19,7 +19,8 @@ from chalicelib.config import PoolConfig, ServiceConfig
 from chalicelib.manager import ondemand, pool_changes, vm_tasks
 from chalicelib.manager.hostnames import candidate_names
 from chalicelib.observability import logger
-from chalicelib.providers.base import Failure, FailureKind, Provider, ProviderError, TaskState, VMInfo
+from chalicelib.providers.base import Provider, ProviderError, TaskState, VMInfo
+from chalicelib.providers.failures import Failure, FailureKind
 from chalicelib.store import DurationSample, PoolSnapshot, Store, VMRecord
 from chalicelib.timestamps import day_of, ruby_time
 

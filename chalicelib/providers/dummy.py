@@ -24,15 +24,8 @@ import redis
 
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ProviderConfig
-from chalicelib.providers.base import (
-    FailureKind,
-    Provider,
-    ProviderError,
-    Readiness,
-    TaskState,
-    TaskStatus,
-    VMInfo,
-)
+from chalicelib.providers.base import Provider, ProviderError, Readiness, TaskState, TaskStatus, VMInfo
+from chalicelib.providers.failures import FailureKind
 
 TASK_TTL_SECONDS = 24 * 3600
 

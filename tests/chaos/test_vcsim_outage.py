@@ -11,7 +11,7 @@ from __future__ import annotations
 import redis
 
 from chalicelib.clock import FakeClock
-from chalicelib.providers.base import FailureKind
+from chalicelib.providers.failures import FailureKind
 from chalicelib.services import Services
 from tests.support import eventually
 from tests.vsphere.vcsim import VcsimServer, vcsim_config

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from chalicelib.providers.base import FailureKind, ProviderError, TaskState
+from chalicelib.providers.base import ProviderError, TaskState
+from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import connection as connections
 from tests.support import eventually
 from tests.vsphere import admin

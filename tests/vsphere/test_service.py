@@ -16,7 +16,8 @@ from chalicelib.clock import FakeClock
 from chalicelib.config import PoolConfig
 from chalicelib.manager.reconcile import PassReport, reconcile_pool
 from chalicelib.manager.runner import run_pool
-from chalicelib.providers.base import Failure, FailureKind, ProviderError
+from chalicelib.providers.base import ProviderError
+from chalicelib.providers.failures import Failure, FailureKind
 from chalicelib.services import Services
 from chalicelib.store import CheckoutRequest, Store
 from tests.support import clone_failures_by_reason, emf_documents

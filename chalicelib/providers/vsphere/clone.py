@@ -17,7 +17,7 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from chalicelib.config import PoolConfig, ProviderConfig, ServiceConfig
-from chalicelib.providers.base import FailureKind
+from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import inventory, tasks
 from chalicelib.providers.vsphere.connection import Connection, describe_fault, fault_kind
 from chalicelib.providers.vsphere.hosts import HostSelector

@@ -25,7 +25,8 @@ from typing import Any, Callable, TypeVar
 from pyVmomi import SoapStubAdapter, VmomiSupport, vim, vmodl
 
 from chalicelib.config import ProviderConfig
-from chalicelib.providers.base import FailureKind, ProviderError
+from chalicelib.providers.base import ProviderError
+from chalicelib.providers.failures import FailureKind
 
 log = logging.getLogger(__name__)
 

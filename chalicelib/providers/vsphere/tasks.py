@@ -23,7 +23,8 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
-from chalicelib.providers.base import FailureKind, TaskState, TaskStatus
+from chalicelib.providers.base import TaskState, TaskStatus
+from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import inventory
 from chalicelib.providers.vsphere.connection import Connection, describe_fault, fault_kind
 
