@@ -42,8 +42,9 @@ def test_vcsim_stopped_mid_refill_then_restarted_converges(private_vcsim: VcsimS
     # pass is reported as failed, had the inventory call been the one to fail).
     assert report.leased
     failed_clones = {host: why for result in report.passes for host, why in result.clone_failures.items()}
+    cut_off = (FailureKind.CONNECTION, FailureKind.TIMEOUT)
     assert report.failures or (len(failed_clones) == SIZE - 2
-                               and all("vCenter at" in why.message and why.kind is FailureKind.CONNECTION
+                               and all("vCenter at" in why.message and why.kind in cut_off
                                        for why in failed_clones.values())), report
     assert redis_client.keys("vmpool:lease:*") == []
 
