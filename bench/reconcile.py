@@ -122,7 +122,7 @@ def vcsim_pool(client: redis.Redis, size: int, steady_runs: int) -> dict[str, An
     from pathlib import Path
 
     from chalicelib.providers.vsphere import VSphereProvider
-    from tests.vsphere.conftest import VcsimServer, vcsim_config
+    from tests.vsphere.vcsim import VcsimServer, vcsim_config
     from tools.vcsim import launcher
 
     launcher.build()

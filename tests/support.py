@@ -3,6 +3,7 @@
     free_port()                      a loopback port nothing listens on
     eventually(check, timeout, what) poll a condition another process makes true on the wall clock
     emf_documents(stdout)            the CloudWatch EMF documents among printed lines
+    json_lines(text)                 the structured log records among printed lines
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Callable, TypeVar
 from chalicelib.observability import NAMESPACE
 from local.redis_server import free_port
 
-__all__ = ["clone_failures_by_reason", "emf_documents", "emitted", "eventually", "free_port"]
+__all__ = ["clone_failures_by_reason", "emf_documents", "emitted", "eventually", "free_port", "json_lines"]
 
 T = TypeVar("T")
 
@@ -37,6 +38,21 @@ def eventually(check: Callable[[], T], timeout: float, what: str, interval: floa
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """The structured log records among the lines of ``text`` (Powertools JSON lines)."""
+    lines = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "level" in record:
+            lines.append(record)
+    return lines
+
+
 
 
 def emf_documents(stdout: str) -> list[dict[str, Any]]:

@@ -53,6 +53,8 @@ def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int])
         requests.append(CheckoutRequest(name, pools, count))
     lifetime = config.service.vm_lifetime_auth if caller else config.service.vm_lifetime
     fields = {"lifetime": str(lifetime)}
+    if config.service.migration_limit > 0:
+        fields["migration"] = "queued"  # its pool's pass moves it off a busy host (manager/migrations.py)
     if caller:
         # The owner and the token's id (a hash prefix): never the token itself.
         fields["token_user"] = caller.user
@@ -70,24 +72,36 @@ def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int])
     for vm in result.vms:
         logger.info("VM checked out", extra={"pool": vm.pool, "hostname": vm.hostname,
                                              "user": caller.user if caller else None})
-    hostnames: dict[str, list[str]] = {}
+    named: dict[str, list[tuple[str, str]]] = {}
     for vm in result.vms:
         pool = config.pool(vm.pool)
-        domain = pool.domain if pool else None
-        hostnames.setdefault(vm.requested, []).append(display_name(vm.hostname, domain, request.version))
+        named.setdefault(vm.requested, []).append((vm.hostname, (pool.domain if pool else None) or ""))
+    hostnames, domain = hostnames_by_name(named, request.version)
     answer: dict[str, Any] = {"ok": True}
     for name, names in hostnames.items():
         answer[name] = {"hostname": names[0] if len(names) == 1 else names}
-    if request.version == 1 and config.service.domain:
-        answer["domain"] = config.service.domain
+    if domain:
+        answer["domain"] = domain
     return ApiResponse(200, answer)
 
 
-def display_name(hostname: str, domain: str | None, version: int) -> str:
-    """v1 answers with short names (and a separate ``domain`` key); v2/v3 with FQDNs."""
-    if version == 1 or not domain:
-        return hostname
-    return f"{hostname}.{domain}"
+def hostnames_by_name(
+    named: Mapping[str, list[tuple[str, str]]], version: int
+) -> tuple[dict[str, list[str]], str | None]:
+    """The hostnames to answer for each requested name, from (short name, domain) pairs, and the
+    top-level ``domain`` of a v1 answer.
+
+    v2/v3 answer FQDNs. v1 clients (beaker, vmfloaty on a v1 URL) append the top-level ``domain``
+    to every short name, so v1 answers short names with the one domain they all share, and FQDNs
+    without a ``domain`` key when the VMs' domains differ (a pool with a domain of its own)."""
+    domains = {domain for vms in named.values() for _, domain in vms}
+    shared = domains.pop() if version == 1 and len(domains) == 1 else None
+    short = shared is not None
+    hostnames = {
+        name: [hostname if short or not domain else f"{hostname}.{domain}" for hostname, domain in vms]
+        for name, vms in named.items()
+    }
+    return hostnames, shared or None
 
 
 # --- on-demand requests, and a checkout that missed becoming one ------------------------------
@@ -105,9 +119,11 @@ def open_request(
     created = OnDemandStore(services.store).create(
         request_id, entries, services.clock.now(), int(config.ondemand_request_ttl) * 60,
         int(config.vm_lifetime_auth if caller else config.vm_lifetime), caller.user if caller else "",
+        caller.token_id if caller else "",
     )
     if not created:
-        raise ApiError(409, {"message": f"request_id '{request_id}' has already been created"})
+        raise ApiError(409, {"message": f"request_id '{request_id}' has already been created",
+                             "request_id": request_id})
     services.refill.pools_changed({entry.pool for entry in entries})
     return request_id
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from chalicelib.api.checkout import REQUEST_NAME_PATTERN, display_name, open_request, parse_count
+from chalicelib.api.checkout import REQUEST_NAME_PATTERN, hostnames_by_name, open_request, parse_count
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok
 from chalicelib.api.identity import Caller, required_caller
 from chalicelib.services import Services
@@ -75,8 +75,11 @@ def _create(
     _check_wanted(services, wanted)
     request_id = open_request(services, wanted, request_id, caller)
     answer: dict[str, Any] = {"ok": True, "request_id": request_id}
-    if request.version == 1 and services.config.service.domain:
-        answer["domain"] = services.config.service.domain
+    if request.version == 1:
+        pools = [services.config.pool(pool) for name in wanted for pool in services.config.resolve(name)]
+        _, domain = hostnames_by_name({"": [("", (pool.domain if pool else None) or "") for pool in pools]}, 1)
+        if domain:
+            answer["domain"] = domain
     return ApiResponse(201, answer)
 
 
@@ -87,11 +90,12 @@ def show(services: Services, request: ApiRequest) -> ApiResponse:
     answer: dict[str, Any] = {"ok": True, "request_id": ondemand.id, "ready": False}
     if ondemand.state == READY:
         answer["ready"] = True
+        named = {name: [(vm.name, vm.domain) for vm in ondemand.delivered(name)] for name in ondemand.names}
+        hostnames, domain = hostnames_by_name(named, request.version)
         for name in ondemand.names:
-            answer[name] = {"hostname": [display_name(vm.name, vm.domain or None, request.version)
-                                         for vm in ondemand.delivered(name)]}
-        if request.version == 1 and services.config.service.domain:
-            answer["domain"] = services.config.service.domain
+            answer[name] = {"hostname": hostnames[name]}
+        if domain:
+            answer["domain"] = domain
         return ApiResponse(200, answer)
     if ondemand.state in (FAILED, DELETED):
         answer["message"] = ondemand.message

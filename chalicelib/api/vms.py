@@ -26,7 +26,8 @@ from chalicelib.store.vm_tasks import task_errors
 from chalicelib.timestamps import day_of
 
 TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
-TAG_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_ \t\r\n\f\v.@:/-]*$")
+TAG_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_ \t\r\n\f\v.,@:/-]*$")
+"""vmpooler's characters, and a comma: beaker tags a host's roles as ``agent, master``."""
 MAX_TAG_KEY = 50
 MAX_TAG_VALUE = 255
 MAX_LIFETIME_HOURS = 10 * 365 * 24
@@ -105,12 +106,12 @@ def describe(services: Services, request: ApiRequest) -> ApiResponse:
     info["disk"] = list(record.disks)
     info["ip"] = record.ip
     if request.version == 1:
-        if services.config.service.domain:
-            info["domain"] = services.config.service.domain
+        if record.domain:
+            info["domain"] = record.domain  # the VM's own (its pool's), which v1 clients append
     else:
         info["fqdn"] = record.fqdn()
     info["host"] = record.host
-    info["migrated"] = False
+    info["migrated"] = record.raw.get("migrated") == "true"
     if record.not_ready_reason and record.state == "pending":
         info["not_ready_reason"] = record.not_ready_reason
     if record.reason:
