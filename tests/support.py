@@ -12,7 +12,6 @@ import json
 import time
 from typing import Any, Callable, TypeVar
 
-from chalicelib.observability import NAMESPACE
 from local.redis_server import free_port
 
 __all__ = ["clone_failures_by_reason", "emf_documents", "emitted", "eventually", "free_port", "json_lines"]
@@ -66,6 +65,11 @@ def emf_documents(stdout: str) -> list[dict[str, Any]]:
 
 def emitted(documents: list[dict[str, Any]]) -> dict[tuple[str, tuple[str, ...]], list[float]]:
     """(metric name, sorted dimension names) -> every value published."""
+    # Imported here, not at the top: conftest.py imports this module, and chalicelib.observability
+    # imported before app.py under another sys.stdout makes Chalice reset the "vmpool" logger
+    # (same name as the app) to ERROR, silencing every INFO line of the tests after.
+    from chalicelib.observability import NAMESPACE
+
     found: dict[tuple[str, tuple[str, ...]], list[float]] = {}
     for document in documents:
         (directive,) = document["_aws"]["CloudWatchMetrics"]
