@@ -101,6 +101,9 @@ class _Pass:
         self.now = clock.now()
         self.report = PassReport(pool=pool.name, started=self.now)
         self.inventory: dict[str, VMInfo] = {}
+        self.inventory_mark = 0
+        """The changes counter as the inventory read began: a VM whose state changed at or after
+        it may be missing from the inventory only because the read predates it."""
         self.snapshot = PoolSnapshot({}, {})
 
     def run(self) -> PassReport:
@@ -109,6 +112,7 @@ class _Pass:
         # Inventory first, then state: any VM we created has its record before its clone
         # starts, so a VM in this inventory without a record in the later snapshot is truly
         # unknown. A failed inventory ends the pass before anything changes.
+        self.inventory_mark = self.store.mark_changes()
         self.inventory = {vm.name: vm for vm in self.provider.list_vms(self.pool)}
         self.checkpoint("inventory")
         self.snapshot = self.store.pool_snapshot(self.pool.name)
@@ -135,17 +139,29 @@ class _Pass:
     def record(self, hostname: str) -> VMRecord | None:
         return self.snapshot.records.get(hostname)
 
-    def take_out_of_service(self, hostname: str, from_state: str, reason: str) -> None:
-        """Move a VM to completed (to be destroyed), recording why."""
-        if self.store.move(hostname, self.pool.name, from_state, "completed", self.now, reason=reason):
+    def take_out_of_service(self, hostname: str, from_state: str, reason: str,
+                            lifetime_ended: float | None = None) -> None:
+        """Move a VM to completed (to be destroyed), recording why. ``lifetime_ended``: see
+        ``Store.move``."""
+        if self.store.move(hostname, self.pool.name, from_state, "completed", self.now,
+                           lifetime_ended=lifetime_ended, reason=reason):
             self.report.completed[hostname] = reason
             logger.info("VM taken out of service",
                         extra={"pool": self.pool.name, "hostname": hostname, "from": from_state, "reason": reason})
         self.checkpoint("completed")
 
     def drop(self, hostname: str, from_state: str, reason: str) -> None:
-        """Forget a VM the provider no longer has; its record lingers for data_ttl with the reason."""
+        """Forget a VM whose record is missing; its record lingers for data_ttl with the reason."""
         if self.store.move(hostname, self.pool.name, from_state, "destroyed", self.now, reason=reason):
+            self.report.dropped.append(hostname)
+        self.checkpoint("dropped")
+
+    def drop_gone(self, hostname: str, from_state: str, reason: str) -> None:
+        """Forget a VM missing from this pass's inventory, unless its state changed after the
+        inventory read began (made ready, checked out or discovered by another pass or the API
+        since): then the read is too old to say it is gone, and a later pass looks again."""
+        if self.store.move(hostname, self.pool.name, from_state, "destroyed", self.now,
+                           unchanged_since=self.inventory_mark, reason=reason):
             self.report.dropped.append(hostname)
         self.checkpoint("dropped")
 
@@ -249,7 +265,7 @@ class _Pass:
         for hostname, since in self.snapshot.members.get("ready", {}).items():
             vm = self.inventory.get(hostname)
             if vm is None:
-                self.drop(hostname, "ready", "gone from the provider while ready")
+                self.drop_gone(hostname, "ready", "gone from the provider while ready")
             elif not vm.powered_on:
                 self.take_out_of_service(hostname, "ready", "powered off while ready")
             elif self.now - since > ttl:
@@ -265,9 +281,11 @@ class _Pass:
             lifetime_hours = record.lifetime_hours or self.service.vm_lifetime
             checked_out = record.checkout or self.now
             if self.now - checked_out >= lifetime_hours * 3600:
-                self.take_out_of_service(hostname, "running", f"lifetime of {lifetime_hours} hours expired")
+                # Checked again in the move: the user may have extended the lifetime since.
+                self.take_out_of_service(hostname, "running", f"lifetime of {lifetime_hours} hours expired",
+                                         lifetime_ended=self.service.vm_lifetime)
             elif hostname not in self.inventory:
-                self.drop(hostname, "running", "gone from the provider while running")
+                self.drop_gone(hostname, "running", "gone from the provider while running")
 
     def check_discovered(self) -> None:
         """VMs found in the folder on an earlier pass: nobody claimed them since, so they go."""
@@ -275,7 +293,7 @@ class _Pass:
             if hostname in self.inventory:
                 self.take_out_of_service(hostname, "discovered", "found in the pool folder but not created by vmpool")
             else:
-                self.drop(hostname, "discovered", "gone from the provider")
+                self.drop_gone(hostname, "discovered", "gone from the provider")
 
     def destroy_completed(self) -> None:
         """Start destroying completed VMs; forget them once the provider says they are gone."""

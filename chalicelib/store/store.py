@@ -212,19 +212,32 @@ class Store:
 
     def move(
         self, hostname: str, pool: str, from_state: str, to_state: str, now: float,
-        nudge: bool = False, **fields: Any,
+        nudge: bool = False, unchanged_since: int | None = None, lifetime_ended: float | None = None,
+        **fields: Any,
     ) -> bool:
         """Move a VM between states if it is still in ``from_state``; set ``fields`` on its record
         (a value of None deletes the field). ``nudge`` wakes the pool's reconcile in the same step.
+
+        ``unchanged_since`` (a mark from ``mark_changes``): move only if the VM's state has not
+        changed since the mark. ``lifetime_ended`` (the default lifetime in hours): move only if
+        the VM's lifetime, as recorded at the time of the move, has ended by ``now``.
         Returns whether it moved."""
         args: list[str] = [
             self.keys.prefix, hostname, pool, from_state, to_state, repr(now), str(self.data_ttl_seconds),
             "1" if nudge else "0",
+            "" if unchanged_since is None else str(unchanged_since),
+            "" if lifetime_ended is None else repr(float(lifetime_ended)),
         ]
         for name, value in fields.items():
             args += [name, _encode(value)]
         with _translate_errors():
             return bool(self.scripts.move(args=args))
+
+    def mark_changes(self) -> int:
+        """A mark on the counter every state change stamps its VM with (``change_seq``): a VM
+        stamped with this mark or a later one changed state after the mark was taken."""
+        with _translate_errors():
+            return int(self.client.incr(self.keys.changes))
 
     def reserve_clones(
         self,

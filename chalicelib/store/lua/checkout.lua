@@ -39,6 +39,9 @@ if #short > 0 then
   return cjson.encode({ok = false, short = short})
 end
 
+-- Stamped on each VM taken (see move.lua): a pass whose inventory read began before this
+-- checkout cannot drop the VM as "gone from the provider".
+local change_seq = redis.call('GET', prefix .. 'changes') or '0'
 local result = {}
 for _, step in ipairs(plan) do
   local name, pool = step[1], step[2]
@@ -46,7 +49,7 @@ for _, step in ipairs(plan) do
   local hostname = popped[1]
   redis.call('ZADD', prefix .. 'pool:' .. pool .. ':running', now, hostname)
   local vm_key = prefix .. 'vm:' .. hostname
-  redis.call('HSET', vm_key, 'state', 'running', 'checkout', now)
+  redis.call('HSET', vm_key, 'state', 'running', 'checkout', now, 'change_seq', change_seq)
   for field, value in pairs(checkout.fields) do
     redis.call('HSET', vm_key, field, value)
   end
