@@ -48,6 +48,8 @@ class PassReport:
     """hostname -> why it was taken out of service."""
     destroyed: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    returned: list[str] = field(default_factory=list)
+    """VMs taken by a checkout that was never confirmed (its answer was lost), back in ready."""
     discovered: list[str] = field(default_factory=list)
     clone_failures: dict[str, str] = field(default_factory=dict)
     samples: list[DurationSample] = field(default_factory=list)
@@ -278,6 +280,8 @@ class _Pass:
             if record is None:
                 self.drop(hostname, "running", "record missing")
                 continue
+            if self.return_unconfirmed(record):
+                continue
             lifetime_hours = record.lifetime_hours or self.service.vm_lifetime
             checked_out = record.checkout or self.now
             if self.now - checked_out >= lifetime_hours * 3600:
@@ -286,6 +290,21 @@ class _Pass:
                                          lifetime_ended=self.service.vm_lifetime)
             elif hostname not in self.inventory:
                 self.drop_gone(hostname, "running", "gone from the provider while running")
+
+    def return_unconfirmed(self, record: VMRecord) -> bool:
+        """A VM whose checkout was never confirmed by its deadline: the request that took it
+        answered 503 (its answer from Redis was lost), so nobody has it. Back to ready."""
+        deadline = record.raw.get("confirm_by")
+        if not deadline or float(deadline) > self.now:
+            return False
+        returned = self.store.release_checkout(record.raw.get("checkout_id", ""), [record.name], self.now,
+                                               unconfirmed_only=True)
+        if returned:
+            self.report.returned.extend(returned)
+            logger.warning("VM returned to ready: its checkout was never confirmed",
+                           extra={"pool": self.pool.name, "hostname": record.name})
+        self.checkpoint("returned")
+        return bool(returned)
 
     def check_discovered(self) -> None:
         """VMs found in the folder on an earlier pass: nobody claimed them since, so they go."""

@@ -5,16 +5,18 @@ from chalicelib.store.records import VMRecord
 from chalicelib.store.store import (
     CheckedOut,
     CheckoutRequest,
+    CheckoutNotDurable,
     CheckoutResult,
     DayStats,
     DurationSample,
     PoolSnapshot,
+    ReplicaAcks,
     Store,
     StoreUnavailable,
-    connect,
 )
+from chalicelib.store.connection import connect
 
 __all__ = [
-    "STATES", "Keys", "VMRecord", "CheckedOut", "CheckoutRequest", "CheckoutResult", "DayStats",
-    "DurationSample", "PoolSnapshot", "Store", "StoreUnavailable", "connect",
+    "STATES", "Keys", "VMRecord", "CheckedOut", "CheckoutNotDurable", "CheckoutRequest", "CheckoutResult", "DayStats",
+    "DurationSample", "PoolSnapshot", "ReplicaAcks", "Store", "StoreUnavailable", "connect",
 ]

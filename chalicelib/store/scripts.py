@@ -18,6 +18,8 @@ class Scripts:
             return client.register_script((_LUA_DIR / f"{name}.lua").read_text())
 
         self.checkout = load("checkout")
+        self.confirm = load("confirm")
+        self.release = load("release")
         self.move = load("move")
         self.reserve_clones = load("reserve_clones")
         self.release_lease = load("release_lease")

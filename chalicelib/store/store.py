@@ -8,14 +8,13 @@ act at once without any lock held in a process.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from chalicelib.config import RedisConfig
 from chalicelib.store.keys import STATES, Keys
@@ -27,8 +26,46 @@ DAILY_STATS_TTL_SECONDS = 400 * 24 * 3600
 """How long per-day statistics stay for /summary: a bit more than a year."""
 
 
+UNCONFIRMED_SECONDS = 60.0
+"""How long a checkout may stay unconfirmed before a reconcile pass returns its VMs to ready:
+far longer than the API takes between the checkout and its confirmation."""
+
+LAMBDA_ENV = "AWS_LAMBDA_FUNCTION_NAME"
+MIN_REPLICA_ACKS_ENV = "VMPOOL_REDIS_MIN_REPLICA_ACKS"
+
+
 class StoreUnavailable(Exception):
     """Redis cannot be reached or answered with an error; the API turns this into a 503."""
+
+    public_message = "the state store is unavailable, try again shortly"
+    """What the API tells the client (the exception's own text may name hosts: logs only)."""
+
+
+class CheckoutNotDurable(StoreUnavailable):
+    """No replica confirmed the checkout in time: its VMs went back to the pool, none was handed out."""
+
+    public_message = ("the checkout could not be replicated in time, so no VM was handed out; "
+                      "try again shortly")
+
+
+@dataclass(frozen=True)
+class ReplicaAcks:
+    """How many replicas must have a checkout before the API answers it (Redis ``WAIT``)."""
+
+    replicas: int = 0
+    timeout_ms: int = 500
+
+    @classmethod
+    def from_config(cls, config: RedisConfig, environ: Mapping[str, str] | None = None) -> "ReplicaAcks":
+        """``redis.min_replica_acks`` (VMPOOL_REDIS_MIN_REPLICA_ACKS wins); unset: 1 in AWS
+        Lambda, where ElastiCache runs a replica that a failover promotes, 0 elsewhere."""
+        environ = os.environ if environ is None else environ
+        replicas = config.min_replica_acks
+        if environ.get(MIN_REPLICA_ACKS_ENV, "").strip():
+            replicas = int(environ[MIN_REPLICA_ACKS_ENV])
+        if replicas is None:
+            replicas = 1 if environ.get(LAMBDA_ENV) else 0
+        return cls(replicas, config.replica_ack_timeout_ms)
 
 
 @dataclass(frozen=True)
@@ -98,40 +135,13 @@ class DayStats:
         return float(value) if value else 0.0
 
 
-def connect(
-    config: RedisConfig,
-    password: str | None = None,
-    credential_provider: redis.CredentialProvider | None = None,
-) -> redis.Redis:
-    """A client for the configured Redis: short timeouts, health checks, decoded strings.
-
-    ``credential_provider`` (instead of ``password``) is asked for the password each time a
-    connection opens, so a password kept in AWS is fetched only when first needed."""
-    options: dict[str, Any] = dict(
-        db=config.db,
-        password=password,
-        credential_provider=credential_provider,
-        decode_responses=True,
-        socket_timeout=config.socket_timeout,
-        socket_connect_timeout=config.socket_timeout,
-        health_check_interval=30,
-        # redis-py 8 retries any command 10 times with backoff on a connection error or a
-        # timeout: while Redis is down every request hung 3 to 5 s before its 503, and a script
-        # that timed out after it ran (a slow Redis) ran again: a second checkout. Retry once, at
-        # once, only when the connection broke (a connection the server closed while idle);
-        # never after a timeout.
-        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-    )
-    if config.unix_socket:
-        return redis.Redis(unix_socket_path=config.unix_socket, **options)
-    return redis.Redis(host=config.server, port=config.port, ssl=config.tls, **options)
-
-
 class Store:
     """The service's state. Every method raises StoreUnavailable when Redis fails."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "vmpool:", data_ttl_hours: int = 168) -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "vmpool:", data_ttl_hours: int = 168,
+                 replica_acks: ReplicaAcks = ReplicaAcks()) -> None:
         self.client = client
+        self.replica_acks = replica_acks
         self.keys = Keys(prefix)
         self.scripts = Scripts(client)
         self.data_ttl_seconds = data_ttl_hours * 3600
@@ -195,20 +205,71 @@ class Store:
         self, requests: Sequence[CheckoutRequest], now: float, fields: Mapping[str, str]
     ) -> CheckoutResult:
         """Take every requested VM or none, in one round trip; on success the pools taken from
-        are nudged to refill in the same step."""
+        are nudged to refill in the same step.
+
+        The VMs taken are the caller's only once confirmed, in a second round trip made after
+        the script's answer arrived (with ``WAIT`` when replica acknowledgements are required).
+        An answer lost on its way (a timeout: the script may have run) leaves them unconfirmed,
+        and a reconcile pass returns them to ready after UNCONFIRMED_SECONDS. A failed
+        confirmation releases them at once and raises StoreUnavailable (CheckoutNotDurable when
+        no replica acknowledged in time)."""
+        checkout_id = secrets.token_hex(8)
         payload = json.dumps(
             {
                 "requests": [
                     {"name": r.name, "pools": list(r.pools), "count": r.count} for r in requests
                 ],
                 "fields": dict(fields),
+                "checkout_id": checkout_id,
+                "confirm_by": repr(now + UNCONFIRMED_SECONDS),
             }
         )
         with _translate_errors():
             answer = json.loads(self.scripts.checkout(args=[self.keys.prefix, repr(now), payload]))
         if not answer["ok"]:
             return CheckoutResult(short=tuple(answer["short"]))
-        return CheckoutResult(vms=tuple(CheckedOut(*entry) for entry in answer["vms"]))
+        result = CheckoutResult(vms=tuple(CheckedOut(*entry) for entry in answer["vms"]))
+        self._confirm(checkout_id, [vm.hostname for vm in result.vms], now)
+        return result
+
+    def _confirm(self, checkout_id: str, hostnames: list[str], now: float) -> None:
+        """Confirm a checkout (and wait for the replicas to have it); on any failure, release."""
+        wanted = self.replica_acks
+        try:
+            with _translate_errors():
+                pipe = self.client.pipeline(transaction=False)
+                self.scripts.confirm(args=[self.keys.prefix, checkout_id, *hostnames], client=pipe)
+                if wanted.replicas:
+                    pipe.execute_command("WAIT", wanted.replicas, wanted.timeout_ms)
+                confirmed, *acks = pipe.execute()
+        except StoreUnavailable:
+            self._release_after_failure(checkout_id, hostnames, now)
+            raise
+        if not confirmed:
+            self._release_after_failure(checkout_id, hostnames, now)
+            raise StoreUnavailable("redis: checkout returned to the pool before it was confirmed")
+        if acks and int(acks[0]) < wanted.replicas:
+            self._release_after_failure(checkout_id, hostnames, now)
+            raise CheckoutNotDurable(f"redis: {acks[0]} of {wanted.replicas} replicas acknowledged "
+                                     f"the checkout within {wanted.timeout_ms} ms")
+
+    def _release_after_failure(self, checkout_id: str, hostnames: list[str], now: float) -> None:
+        """Best effort, tried twice (the release is idempotent): whatever it cannot release while
+        unconfirmed is returned by a reconcile pass after its deadline."""
+        for _ in range(2):
+            try:
+                self.release_checkout(checkout_id, hostnames, now)
+                return
+            except StoreUnavailable:
+                continue
+
+    def release_checkout(self, checkout_id: str, hostnames: Sequence[str], now: float,
+                         unconfirmed_only: bool = False) -> list[str]:
+        """Return a checkout's VMs to ready (all of them, or only those still unconfirmed past
+        their deadline). Returns the hostnames returned."""
+        with _translate_errors():
+            return self.scripts.release(
+                args=[self.keys.prefix, repr(now), checkout_id, "1" if unconfirmed_only else "0", *hostnames])
 
     def move(
         self, hostname: str, pool: str, from_state: str, to_state: str, now: float,
