@@ -10,6 +10,7 @@ import redis
 
 from chalicelib.clock import FakeClock
 from local.redis_server import RedisServer
+from tests.redis_pair import RedisPair, redis_pair as redis_pair_of_servers
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +32,10 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def redis_pair() -> Iterator[RedisPair]:
+    """A real primary + replica of redis-server behind an endpoint clients connect to (a new
+    pair per test: failover tests leave it swapped or killed). See tests/redis_pair.py."""
+    yield from redis_pair_of_servers()

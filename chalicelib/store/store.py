@@ -30,6 +30,9 @@ UNCONFIRMED_SECONDS = 60.0
 """How long a checkout may stay unconfirmed before a reconcile pass returns its VMs to ready:
 far longer than the API takes between the checkout and its confirmation."""
 
+REPLICAS_RECHECK_SECONDS = 5.0
+"""How often a process looks up how many replicas its primary has in sync."""
+
 LAMBDA_ENV = "AWS_LAMBDA_FUNCTION_NAME"
 MIN_REPLICA_ACKS_ENV = "VMPOOL_REDIS_MIN_REPLICA_ACKS"
 
@@ -142,6 +145,8 @@ class Store:
                  replica_acks: ReplicaAcks = ReplicaAcks()) -> None:
         self.client = client
         self.replica_acks = replica_acks
+        self._online_replicas = 0
+        self._replicas_known_until = 0.0
         self.keys = Keys(prefix)
         self.scripts = Scripts(client)
         self.data_ttl_seconds = data_ttl_hours * 3600
@@ -234,13 +239,13 @@ class Store:
 
     def _confirm(self, checkout_id: str, hostnames: list[str], now: float) -> None:
         """Confirm a checkout (and wait for the replicas to have it); on any failure, release."""
-        wanted = self.replica_acks
+        replicas, timeout_ms = self._replicas_to_wait_for(), self.replica_acks.timeout_ms
         try:
             with _translate_errors():
                 pipe = self.client.pipeline(transaction=False)
                 self.scripts.confirm(args=[self.keys.prefix, checkout_id, *hostnames], client=pipe)
-                if wanted.replicas:
-                    pipe.execute_command("WAIT", wanted.replicas, wanted.timeout_ms)
+                if replicas:
+                    pipe.execute_command("WAIT", replicas, timeout_ms)
                 confirmed, *acks = pipe.execute()
         except StoreUnavailable:
             self._release_after_failure(checkout_id, hostnames, now)
@@ -248,10 +253,27 @@ class Store:
         if not confirmed:
             self._release_after_failure(checkout_id, hostnames, now)
             raise StoreUnavailable("redis: checkout returned to the pool before it was confirmed")
-        if acks and int(acks[0]) < wanted.replicas:
+        if acks and int(acks[0]) < replicas:
             self._release_after_failure(checkout_id, hostnames, now)
-            raise CheckoutNotDurable(f"redis: {acks[0]} of {wanted.replicas} replicas acknowledged "
-                                     f"the checkout within {wanted.timeout_ms} ms")
+            raise CheckoutNotDurable(f"redis: {acks[0]} of {replicas} replicas acknowledged "
+                                     f"the checkout within {timeout_ms} ms")
+
+    def _replicas_to_wait_for(self) -> int:
+        """The replica acknowledgements a checkout needs: as configured, but no more than the
+        replicas attached and in sync (looked up every REPLICAS_RECHECK_SECONDS). A primary
+        left alone (just promoted, its replica being rebuilt) has no replica a failover could
+        promote, so its checkouts are answered, not refused for the minutes the rebuild takes."""
+        wanted = self.replica_acks.replicas
+        if not wanted:
+            return 0
+        if time.monotonic() >= self._replicas_known_until:
+            with _translate_errors():
+                info = self.client.info("replication")
+            self._online_replicas = sum(
+                1 for name, value in info.items()
+                if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online")
+            self._replicas_known_until = time.monotonic() + REPLICAS_RECHECK_SECONDS
+        return min(wanted, self._online_replicas)
 
     def _release_after_failure(self, checkout_id: str, hostnames: list[str], now: float) -> None:
         """Best effort, tried twice (the release is idempotent): whatever it cannot release while
