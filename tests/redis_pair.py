@@ -69,6 +69,8 @@ class Endpoint:
             except OSError:
                 client.close()
                 continue
+            for sock in (client, upstream):  # no Nagle delay on Redis's small replies and acks
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._open += [client, upstream]
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
