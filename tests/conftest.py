@@ -7,7 +7,6 @@ from typing import Iterator
 import pytest
 import redis
 
-
 from chalicelib.clock import FakeClock
 from local.redis_server import RedisServer
 from tests.redis_pair import RedisPair, redis_pair as redis_pair_of_servers

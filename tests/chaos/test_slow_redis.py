@@ -17,10 +17,10 @@ import redis
 from chalicelib.clock import FakeClock
 from chalicelib.config import Config, parse
 from chalicelib.manager.reconcile import reconcile_pool
-from chalicelib.store import CheckoutRequest, Store, StoreUnavailable
-from chalicelib.store.store import UNCONFIRMED_SECONDS
-from chalicelib.store import connect
 from chalicelib.providers.dummy import DummyProvider
+from chalicelib.store import CheckoutRequest, Store, StoreUnavailable
+from chalicelib.store import connect
+from chalicelib.store.store import UNCONFIRMED_SECONDS
 from local.redis_server import RedisServer
 
 BUSY_SECONDS = 1.0
