@@ -56,7 +56,8 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # A data directory kept by an older version has a snapshot but no append-only file:
         # Redis started with appendonly would ignore the snapshot. Load it, then switch on.
-        migrate = self.persist and (self.data_dir / "dump.rdb").exists() and not (self.data_dir / "appendonlydir").exists()
+        migrate = (self.persist and (self.data_dir / "dump.rdb").exists()
+                   and not (self.data_dir / "appendonlydir").exists())
         args = [
             binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
             "--save", "", "--appendonly", "yes" if self.persist and not migrate else "no",

@@ -9,7 +9,8 @@ import redis
 
 from chalicelib.clock import FakeClock
 from local.redis_server import RedisServer
-from tests.redis_pair import RedisPair, redis_pair as redis_pair_of_servers
+from tests.redis_pair import RedisPair
+from tests.redis_pair import redis_pair as redis_pair_of_servers
 
 
 @pytest.fixture(scope="session")

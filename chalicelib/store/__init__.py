@@ -1,11 +1,12 @@
 """The service's state in Redis: key schema, Lua scripts and typed operations."""
 
+from chalicelib.store.connection import connect
 from chalicelib.store.keys import STATES, Keys
 from chalicelib.store.records import VMRecord
 from chalicelib.store.store import (
     CheckedOut,
-    CheckoutRequest,
     CheckoutNotDurable,
+    CheckoutRequest,
     CheckoutResult,
     DayStats,
     DurationSample,
@@ -14,7 +15,6 @@ from chalicelib.store.store import (
     Store,
     StoreUnavailable,
 )
-from chalicelib.store.connection import connect
 
 __all__ = [
     "STATES", "Keys", "VMRecord", "CheckedOut", "CheckoutNotDurable", "CheckoutRequest", "CheckoutResult", "DayStats",

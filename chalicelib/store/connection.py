@@ -82,7 +82,7 @@ class _FailoverAware:
     and closes connections opened before a failover this client has noticed."""
 
     def __init__(self, *args: Any, failover_epoch: FailoverEpoch, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        super().__init__(*args, **kwargs)
         self._failover_epoch = failover_epoch
         self._opened_in_epoch = failover_epoch.value
         self._sending = 0

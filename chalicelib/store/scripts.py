@@ -17,9 +17,9 @@ class _Script:
     a failover the new primary lacks them, and a command refused by the demoted node may be
     retried there after redis-py loaded the script on the old one. So load once more."""
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, text: str) -> None:
         self._script = script
-        self.script: str = script.script
+        self.script = text
 
     def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None) -> Any:
         try:
@@ -33,7 +33,8 @@ class Scripts:
 
     def __init__(self, client: redis.Redis) -> None:
         def load(name: str) -> _Script:
-            return _Script(client.register_script((_LUA_DIR / f"{name}.lua").read_text()))
+            text = (_LUA_DIR / f"{name}.lua").read_text()
+            return _Script(client.register_script(text), text)
 
         self.checkout = load("checkout")
         self.confirm = load("confirm")

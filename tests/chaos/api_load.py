@@ -24,8 +24,8 @@ class Reply:
 
 def _serve(worker: int, environ: Mapping[str, str], pool: str, stop: Any, out: Any, pause: float) -> None:
     os.environ.update(environ)
-    import app  # noqa: PLC0415 - built from the environment set just above, as in a Lambda
-    from local.gateway import Gateway  # noqa: PLC0415
+    import app
+    from local.gateway import Gateway
 
     gateway = Gateway(app.app)
     while not stop.is_set():
@@ -88,7 +88,7 @@ class CheckoutLoad:
         self._stop.set()
         for process in self._processes:
             process.join(timeout=20)
-        while (reply := self._take(timeout=0.2)) is not None:
+        while self._take(timeout=0.2) is not None:
             pass
         for process in self._processes:
             if process.is_alive():

@@ -18,8 +18,7 @@ from chalicelib.clock import FakeClock
 from chalicelib.config import Config, parse
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.dummy import DummyProvider
-from chalicelib.store import CheckoutRequest, Store, StoreUnavailable
-from chalicelib.store import connect
+from chalicelib.store import CheckoutRequest, Store, StoreUnavailable, connect
 from chalicelib.store.store import UNCONFIRMED_SECONDS
 from local.redis_server import RedisServer
 
