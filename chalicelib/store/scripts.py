@@ -21,6 +21,14 @@ class _Script:
         self._script = script
         self.script = text
 
+    @property
+    def sha(self) -> str:
+        return str(self._script.sha)
+
+    def load_into(self, client: redis.Redis) -> None:
+        """Load the script into the Redis ``client`` talks to (for EVALSHA in a pipeline)."""
+        client.script_load(self.script)
+
     def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None) -> Any:
         try:
             return self._script(keys=keys, args=args, client=client)

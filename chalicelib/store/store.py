@@ -240,13 +240,23 @@ class Store:
     def _confirm(self, checkout_id: str, hostnames: list[str], now: float) -> None:
         """Confirm a checkout (and wait for the replicas to have it); on any failure, release."""
         replicas, timeout_ms = self._replicas_to_wait_for(), self.replica_acks.timeout_ms
+
+        def confirm_and_wait() -> list[Any]:
+            # One round trip on one connection: WAIT counts the writes of its own connection.
+            # EVALSHA by hand: a pipeline given a Script object first asks SCRIPT EXISTS.
+            pipe = self.client.pipeline(transaction=False)
+            pipe.execute_command("EVALSHA", self.scripts.confirm.sha, 0, self.keys.prefix, checkout_id, *hostnames)
+            if replicas:
+                pipe.execute_command("WAIT", replicas, timeout_ms)
+            return pipe.execute()
+
         try:
             with _translate_errors():
-                pipe = self.client.pipeline(transaction=False)
-                self.scripts.confirm(args=[self.keys.prefix, checkout_id, *hostnames], client=pipe)
-                if replicas:
-                    pipe.execute_command("WAIT", replicas, timeout_ms)
-                confirmed, *acks = pipe.execute()
+                try:
+                    confirmed, *acks = confirm_and_wait()
+                except redis.exceptions.NoScriptError:  # a Redis that never ran it (a new primary)
+                    self.scripts.confirm.load_into(self.client)
+                    confirmed, *acks = confirm_and_wait()
         except StoreUnavailable:
             self._release_after_failure(checkout_id, hostnames, now)
             raise
@@ -276,14 +286,12 @@ class Store:
         return min(wanted, self._online_replicas)
 
     def _release_after_failure(self, checkout_id: str, hostnames: list[str], now: float) -> None:
-        """Best effort, tried twice (the release is idempotent): whatever it cannot release while
-        unconfirmed is returned by a reconcile pass after its deadline."""
-        for _ in range(2):
-            try:
-                self.release_checkout(checkout_id, hostnames, now)
-                return
-            except StoreUnavailable:
-                continue
+        """Best effort, once (Redis is failing already: each try may cost a socket timeout);
+        whatever it cannot release while unconfirmed is returned by a pass after its deadline."""
+        try:
+            self.release_checkout(checkout_id, hostnames, now)
+        except StoreUnavailable:
+            pass
 
     def release_checkout(self, checkout_id: str, hostnames: Sequence[str], now: float,
                          unconfirmed_only: bool = False) -> list[str]:
