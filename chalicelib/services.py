@@ -105,7 +105,7 @@ class Services:
         self.client = client
         self.clock = clock or SystemClock()
         self.store = Store(client, prefix=prefix, data_ttl_hours=config.redis.data_ttl_hours,
-                           replica_acks=ReplicaAcks.from_config(config.redis))
+                           replica_acks=ReplicaAcks.from_config(config.redis, environ={}))
         self._providers: dict[str, Provider] = {}
         self.refill: RefillTrigger = refill or NoRefill()
         self.started = self.clock.now()
@@ -132,6 +132,7 @@ class Services:
         else:
             client = redis_client(config, resolver)
         services = cls(config, client, prefix=environ.get(KEY_PREFIX_ENV, "vmpool:"), secrets=resolver)
+        services.store.replica_acks = ReplicaAcks.from_config(config.redis, environ)  # Lambda: 1 by default
         if environ.get(REFILL_QUEUE_ENV):
             services.refill = SqsRefill(environ[REFILL_QUEUE_ENV])
         return services

@@ -8,7 +8,6 @@ act at once without any lock held in a process.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -58,10 +57,9 @@ class ReplicaAcks:
     timeout_ms: int = 500
 
     @classmethod
-    def from_config(cls, config: RedisConfig, environ: Mapping[str, str] | None = None) -> "ReplicaAcks":
-        """``redis.min_replica_acks`` (VMPOOL_REDIS_MIN_REPLICA_ACKS wins); unset: 1 in AWS
-        Lambda, where ElastiCache runs a replica that a failover promotes, 0 elsewhere."""
-        environ = os.environ if environ is None else environ
+    def from_config(cls, config: RedisConfig, environ: Mapping[str, str]) -> "ReplicaAcks":
+        """``redis.min_replica_acks`` (VMPOOL_REDIS_MIN_REPLICA_ACKS in ``environ`` wins); unset:
+        1 in AWS Lambda, where ElastiCache runs a replica that a failover promotes, 0 elsewhere."""
         replicas = config.min_replica_acks
         if environ.get(MIN_REPLICA_ACKS_ENV, "").strip():
             replicas = int(environ[MIN_REPLICA_ACKS_ENV])

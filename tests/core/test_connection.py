@@ -105,3 +105,15 @@ def test_a_connection_that_failed_before_the_command_was_sent_is_retried(scripte
 
     assert client_for(server.port).set("k", "v")
     assert server.sets_received == 1
+
+
+def test_replica_acknowledgements_are_on_in_lambda_unless_set() -> None:
+    from chalicelib.store import ReplicaAcks
+
+    unset = parse(":redis: {server: r}").redis
+    assert ReplicaAcks.from_config(unset, {}).replicas == 0  # the local stack's lone Redis
+    assert ReplicaAcks.from_config(unset, {"AWS_LAMBDA_FUNCTION_NAME": "vmpool-prod-api"}).replicas == 1
+    assert ReplicaAcks.from_config(unset, {"AWS_LAMBDA_FUNCTION_NAME": "f",
+                                           "VMPOOL_REDIS_MIN_REPLICA_ACKS": "0"}).replicas == 0
+    configured = parse(":redis: {server: r, min_replica_acks: 2, replica_ack_timeout: 100}").redis
+    assert ReplicaAcks.from_config(configured, {}) == ReplicaAcks(2, 100)
