@@ -26,13 +26,13 @@ from typing import Callable, Iterator
 if __package__ in (None, ""):  # `python bench/durability.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, ms, percentile  # noqa: E402
-from chalicelib.clock import FakeClock  # noqa: E402
-from chalicelib.config import parse  # noqa: E402
-from chalicelib.manager.reconcile import reconcile_pool  # noqa: E402
-from chalicelib.providers.dummy import DummyProvider  # noqa: E402
-from chalicelib.store import CheckoutRequest, ReplicaAcks, Store, connect  # noqa: E402
-from local.redis_server import RedisServer  # noqa: E402
+from bench.common import ROOT, ms, percentile
+from chalicelib.clock import FakeClock
+from chalicelib.config import parse
+from chalicelib.manager.reconcile import reconcile_pool
+from chalicelib.providers.dummy import DummyProvider
+from chalicelib.store import CheckoutRequest, ReplicaAcks, Store, connect
+from local.redis_server import RedisServer
 
 POOL = "bench"
 CONFIG = """

@@ -91,9 +91,11 @@ class _FailoverAware:
         written, so their failures are retryable."""
         self._command_sent = False
 
-    def connect(self) -> None:
-        self._opened_in_epoch = self._failover_epoch.value
-        super().connect()  # type: ignore[misc]
+    def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        # Every way of opening the connection (connect(), or a send on a closed one) comes here.
+        if not getattr(self, "_sock", None):
+            self._opened_in_epoch = self._failover_epoch.value
+        super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         if self._sending == 0:

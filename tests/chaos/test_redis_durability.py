@@ -169,3 +169,18 @@ def test_no_replica_acknowledgement_means_503_and_the_vm_back_in_ready(redis_pai
 
     counts = store.counts([POOL])[POOL]
     assert (counts["running"], counts["ready"]) == (1, SIZE - 1), counts
+
+
+def test_after_a_failover_each_pooled_connection_reconnects_once(redis_pair: RedisPair) -> None:
+    fill(redis_pair)
+    client = connect(parse(CONFIG).redis, url=redis_pair.endpoint.url)
+    store = Store(client)
+    store.ping()
+    redis_pair.fail_over()
+    store.checkout([CheckoutRequest(POOL, [POOL], 1)], 0.0, {"lifetime": "2"})  # READONLY, then retried
+    opened = RedisPair.client(redis_pair.primary).info("stats")["total_connections_received"]
+
+    for _ in range(20):
+        store.checkout([CheckoutRequest(POOL, [POOL], 1)], 0.0, {"lifetime": "2"})
+
+    assert RedisPair.client(redis_pair.primary).info("stats")["total_connections_received"] - opened <= 2
