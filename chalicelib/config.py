@@ -262,6 +262,8 @@ REDIS_KEYS: dict[str, Key] = {
     "tls": Key(boolean, False),
     "unix_socket": Key(string),
     "socket_timeout": Key(number(0.01), 2.0),
+    "min_replica_acks": Key(integer(0, 5)),
+    "replica_ack_timeout": Key(integer(1, 10000), 500),
     "connection_pool_size": _IGNORED,
     "reconnect_attempts": _IGNORED,
     "redis_connection_pool_size": _IGNORED,
@@ -401,6 +403,10 @@ class RedisConfig:
     unix_socket: str | None
     socket_timeout: float
     data_ttl_hours: int
+    min_replica_acks: int | None = None
+    """Replicas that must have a checkout before it is answered (WAIT); None: 1 in AWS Lambda, 0
+    elsewhere. VMPOOL_REDIS_MIN_REPLICA_ACKS overrides it."""
+    replica_ack_timeout_ms: int = 500
 
 
 @dataclass(frozen=True)
@@ -618,6 +624,8 @@ def build(document: Mapping[str, Any]) -> Config:
         unix_socket=redis_raw["unix_socket"],
         socket_timeout=redis_raw["socket_timeout"],
         data_ttl_hours=redis_raw["data_ttl"],
+        min_replica_acks=redis_raw["min_replica_acks"],
+        replica_ack_timeout_ms=redis_raw["replica_ack_timeout"],
     )
 
     providers = _read_providers(reader, document.get("providers"))

@@ -15,6 +15,8 @@ import redis
 from chalicelib.clock import FakeClock
 from local.redis_server import RedisServer
 from tests.auth.slapd import SlapdServer
+from tests.redis_pair import RedisPair
+from tests.redis_pair import redis_pair as redis_pair_of_servers
 from tests.vsphere.vcsim import VcsimServer
 from tools.vcsim import launcher
 
@@ -76,3 +78,10 @@ def private_vcsim(vcsim_dir: Path) -> Iterator[VcsimServer]:
 
 
 _counter = itertools.count()
+
+
+@pytest.fixture
+def redis_pair() -> Iterator[RedisPair]:
+    """A real primary + replica of redis-server behind an endpoint clients connect to (a new
+    pair per test: failover tests leave it swapped or killed). See tests/redis_pair.py."""
+    yield from redis_pair_of_servers()

@@ -112,8 +112,8 @@ def handle(services: Services, handler: Handler, request: ApiRequest) -> ApiResp
         return ApiResponse(error.status, error.body, error.headers)
     except (StoreUnavailable, redis.RedisError) as error:
         logger.warning("state store unavailable", extra={"error": str(error)})
-        return ApiResponse(503, {"ok": False, "error": "the state store is unavailable, try again shortly"},
-                           {"Retry-After": "1"})
+        message = error.public_message if isinstance(error, StoreUnavailable) else StoreUnavailable.public_message
+        return ApiResponse(503, {"ok": False, "error": message}, {"Retry-After": "1"})
     except Exception:  # noqa: BLE001 - the client gets JSON; the log gets the traceback
         logger.exception("unhandled error", extra={"request_id": request.request_id})
         return ApiResponse(500, {"ok": False, "error": "internal error", "request_id": request.request_id})

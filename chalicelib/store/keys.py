@@ -7,6 +7,9 @@ this module and the scripts must agree.
     vm:<hostname>            hash    one VM's record (see records.VMRecord)
     pool:<pool>:<state>      zset    hostnames in a state, scored by when they entered it
     cloning                  zset    hostnames whose clone task is in flight, across all pools
+    changes                  string  counter: every state change stamps its VM (change_seq) with
+                                     its value; a reconcile pass increments it before reading the
+                                     provider's inventory, to order that read against the changes
     lease:<pool>             string  who runs the pool's reconcile right now
     wake:<pool>              list    nudges for the pool's reconcile (checkout, delete, request)
     lastboot                 hash    pool -> time of its last VM becoming ready
@@ -46,6 +49,10 @@ class Keys:
     @property
     def cloning(self) -> str:
         return f"{self.prefix}cloning"
+
+    @property
+    def changes(self) -> str:
+        return f"{self.prefix}changes"
 
     def lease(self, pool: str) -> str:
         return f"{self.prefix}lease:{pool}"
