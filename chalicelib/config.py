@@ -59,7 +59,7 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Checker:
     def check(value: Any) -> int:
         if isinstance(value, bool):
             raise _Invalid(f"must be {wanted}, got {_show(value)}")
-        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,18}\s*", value):
             number = int(value)
         elif isinstance(value, int):
             number = value

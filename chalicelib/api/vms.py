@@ -16,6 +16,8 @@ from chalicelib.api.http import (
     not_found,
     ok,
     short_hostname,
+    shown,
+    whole_number,
 )
 from chalicelib.api.identity import caller_for_change, optional_caller
 from chalicelib.manager.reconcile import day_of
@@ -27,7 +29,6 @@ from chalicelib.store.vm_tasks import task_errors
 
 MAX_COUNT = 100
 REQUEST_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
-COUNT_PATTERN = re.compile(r"^[0-9]+$")
 TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 TAG_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_ \t\r\n\f\v.@:/-]*$")
 MAX_TAG_KEY = 50
@@ -73,9 +74,9 @@ def checkout_from_path(services: Services, request: ApiRequest) -> ApiResponse:
 def _parse_count(count: Any) -> int:
     if count is None:
         raise bad_request("VM count is required")
-    if isinstance(count, bool) or not isinstance(count, (int, str)) or not COUNT_PATTERN.match(str(count)):
+    number = whole_number(count)
+    if number is None:
         raise bad_request("VM count must be a valid integer")
-    number = int(count)
     if number < 1:
         raise bad_request("VM count must be at least 1")
     if number > MAX_COUNT:
@@ -219,11 +220,11 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
 
 
 def _parse_lifetime(value: Any, upper_limit: int | None, failures: list[str]) -> int | None:
-    text = "" if value is None else str(value)
-    if isinstance(value, bool) or not re.fullmatch(r"[0-9]+", text.strip()) or int(text) <= 0:
+    text = "" if value is None else shown(value)
+    hours = whole_number(value.strip() if isinstance(value, str) else value)
+    if not hours:
         failures.append(f"Lifetime must be a positive integer (got {text})")
         return None
-    hours = int(text)
     if upper_limit is None:
         upper_limit = MAX_LIFETIME_HOURS + 1
     if hours >= upper_limit:
