@@ -236,6 +236,10 @@ SERVICE_KEYS: dict[str, Key] = {
     "token_ttl": Key(integer(1)),
     "clone_target": Key(string),
     "vm_checktime": Key(integer(1), 1),
+    # Bounds on what callers can make grow (docs/auth.md, "Limits").
+    "max_tags_per_vm": Key(integer(1, 1000), 32),
+    "max_tag_names_per_day": Key(integer(1, 10000), 50),
+    "max_tag_values_per_day": Key(integer(1, 10000), 100),
     # Accepted for compatibility; this service has no equivalent.
     "logfile": _IGNORED,
     "site_name": _IGNORED,

@@ -8,6 +8,7 @@ from chalicelib.store.store import (
     CheckoutResult,
     DayStats,
     DurationSample,
+    ModifyResult,
     PoolSnapshot,
     Store,
     StoreUnavailable,
@@ -16,5 +17,5 @@ from chalicelib.store.store import (
 
 __all__ = [
     "STATES", "Keys", "VMRecord", "CheckedOut", "CheckoutRequest", "CheckoutResult", "DayStats",
-    "DurationSample", "PoolSnapshot", "Store", "StoreUnavailable", "connect",
+    "DurationSample", "ModifyResult", "PoolSnapshot", "Store", "StoreUnavailable", "connect",
 ]

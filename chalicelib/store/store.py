@@ -7,6 +7,7 @@ act at once without any lock held in a process.
 
 from __future__ import annotations
 
+import enum
 import json
 import secrets
 import time
@@ -56,6 +57,12 @@ class CheckoutResult:
     @property
     def ok(self) -> bool:
         return not self.short
+
+
+class ModifyResult(enum.Enum):
+    CHANGED = "changed"
+    NO_VM = "no_vm"
+    TOO_MANY_TAGS = "too_many_tags"
 
 
 @dataclass(frozen=True)
@@ -251,6 +258,17 @@ class Store:
         with _translate_errors():
             return bool(self.scripts.update(keys=[self.keys.vm(hostname)], args=args))
 
+    def modify_vm(self, hostname: str, fields: Mapping[str, str], max_tags: int) -> ModifyResult:
+        """A user's change (lifetime, tags as ``tag:<key>`` fields): each field set on its own in
+        one step, so concurrent changes of different fields all land. Refused whole when the VM
+        would carry more than ``max_tags`` tags."""
+        args: list[Any] = [max_tags]
+        for name, value in fields.items():
+            args += [name, value]
+        with _translate_errors():
+            result = int(self.scripts.vm_modify(keys=[self.keys.vm(hostname)], args=args))
+        return {1: ModifyResult.CHANGED, 0: ModifyResult.NO_VM}.get(result, ModifyResult.TOO_MANY_TAGS)
+
     def add_discovered(self, hostname: str, pool: str, now: float, **fields: Any) -> bool:
         """Record a VM found in the pool's folder that no live record claims. Returns whether
         it was recorded (False when another pool or state knows it)."""
@@ -328,16 +346,16 @@ class Store:
         with _translate_errors():
             self.scripts.record_durations(keys=[self.keys.daily(day)], args=args)
 
-    def record_tags(self, day: str, tags: Mapping[str, str]) -> None:
+    def record_tags(self, day: str, tags: Mapping[str, str], max_names: int, max_values: int) -> None:
+        """Count tags in the day's statistics: at most ``max_names`` tag names and ``max_values``
+        values per name on their own, the rest as ``(other)``."""
         if not tags:
             return
-        key = self.keys.daily(day)
+        args: list[Any] = [DAILY_STATS_TTL_SECONDS, max_names, max_values]
+        for tag, value in tags.items():
+            args += [tag, value]
         with _translate_errors():
-            pipe = self.client.pipeline(transaction=True)
-            for tag, value in tags.items():
-                pipe.hincrby(key, f"tag:{tag}:{value}", 1)
-            pipe.expire(key, DAILY_STATS_TTL_SECONDS)
-            pipe.execute()
+            self.scripts.record_tags(keys=[self.keys.daily(day)], args=args)
 
     def day_stats(self, days: Sequence[str]) -> list[DayStats]:
         with _translate_errors():
