@@ -120,6 +120,19 @@ def mapping(value: Any) -> Mapping[str, Any]:
     return MappingProxyType(dict(value))
 
 
+def weights(value: Any) -> Mapping[str, float]:
+    """A mapping of names to weights >= 0 (vmpooler's ``backend_weight``)."""
+    if not isinstance(value, dict):
+        raise _Invalid(f"must be a mapping of clone targets to weights, got {_show(value)}")
+    checked: dict[str, float] = {}
+    for name, weight in value.items():
+        try:
+            checked[str(name)] = number(0)(weight)
+        except _Invalid as invalid:
+            raise _Invalid(f"{name}: {invalid}") from None
+    return MappingProxyType(checked)
+
+
 def choice(*options: str) -> Checker:
     def check(value: Any) -> str:
         if value not in options:
@@ -235,6 +248,7 @@ SERVICE_KEYS: dict[str, Key] = {
     "check_loop_delay_decay": Key(number(1.0), 2.0),
     "token_ttl": Key(integer(1)),
     "clone_target": Key(string),
+    "backend_weight": Key(weights),
     "vm_checktime": Key(integer(1), 1),
     # Bounds on what callers can make grow (docs/auth.md, "Limits").
     "max_tags_per_vm": Key(integer(1, 1000), 32),
@@ -248,7 +262,6 @@ SERVICE_KEYS: dict[str, Key] = {
     "usage_stats": _IGNORED,
     "request_logger": _IGNORED,
     "extra_config": _IGNORED,
-    "backend_weight": _IGNORED,
     "retry_delay": _IGNORED,
     "host_selection_max_age": _IGNORED,
     "lifetime_max": _IGNORED,

@@ -9,12 +9,12 @@ DELETE /ondemandvm/<id> returns them all. POST /vm falls back to a request here 
 
 from __future__ import annotations
 
-import random
 import re
 import uuid
 from typing import Any, Mapping
 
 from chalicelib.api.identity import required_caller
+from chalicelib.api.pool_choice import preference
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok
 from chalicelib.api.identity import Caller
 from chalicelib.api.vms import REQUEST_NAME_PATTERN, _parse_count, display_name
@@ -88,8 +88,8 @@ def _open_request(
 ) -> str:
     """Record the request (409 when its id is taken) and wake the pools that build it."""
     config = services.config.service
-    # An alias is built in one of its pools, chosen at random to spread the load, as vmpooler does.
-    entries = [OnDemandEntry(name, random.choice(services.config.resolve(name)), count)
+    # An alias is built in one of its pools, chosen by backend_weight or at random, as vmpooler does.
+    entries = [OnDemandEntry(name, preference(services.config, name)[0], count)
                for name, count in wanted.items()]
     request_id = request_id or str(uuid.uuid4())
     created = OnDemandStore(services.store).create(

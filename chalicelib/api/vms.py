@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -20,6 +19,7 @@ from chalicelib.api.http import (
     whole_number,
 )
 from chalicelib.api.identity import caller_for_change, optional_caller
+from chalicelib.api.pool_choice import preference
 from chalicelib.manager.reconcile import day_of
 from chalicelib import observability as metric
 from chalicelib.observability import emit, logger
@@ -91,11 +91,10 @@ def _checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int]
     if unknown:
         raise not_found(error=f"unknown pool or alias: {', '.join(unknown)}")
     caller = optional_caller(services, request)
-    requests = []
-    for name, count in wanted.items():
-        pools = list(config.resolve(name))
-        random.shuffle(pools)  # spread an alias's load over its pools
-        requests.append(CheckoutRequest(name, pools, count))
+    requests = [
+        CheckoutRequest(name, config.resolve(name), count, [preference(config, name) for _ in range(count)])
+        for name, count in wanted.items()
+    ]
     lifetime = config.service.vm_lifetime_auth if caller else config.service.vm_lifetime
     fields = {"lifetime": str(lifetime)}
     if caller:

@@ -39,6 +39,13 @@ class CheckoutRequest:
     name: str
     pools: Sequence[str]
     count: int
+    preferences: Sequence[Sequence[str]] = ()
+    """Optional: for each VM, ``pools`` in the order it prefers them (a weighted or random
+    choice). The script still takes another order when that is what serves every VM."""
+
+    def slots(self) -> list[Sequence[str]]:
+        """Each VM's pools, in its order of preference."""
+        return [self.preferences[i] if i < len(self.preferences) else self.pools for i in range(self.count)]
 
 
 @dataclass(frozen=True)
@@ -205,9 +212,7 @@ class Store:
         are nudged to refill in the same step."""
         payload = json.dumps(
             {
-                "requests": [
-                    {"name": r.name, "pools": list(r.pools), "count": r.count} for r in requests
-                ],
+                "slots": [{"name": r.name, "pools": list(pools)} for r in requests for pools in r.slots()],
                 "fields": dict(fields),
             }
         )
