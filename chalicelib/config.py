@@ -334,6 +334,8 @@ AUTH_KEYS: dict[str, Key] = {
     "login_attempts_per_user": Key(integer(1), 10),
     "login_attempts_per_address": Key(integer(1), 50),
     "login_window_seconds": Key(integer(1), 300),
+    "admins": Key(string_list, ()),
+    "admin_groups": Key(string_list, ()),
 }
 
 DNS_KEYS: dict[str, Key] = {

@@ -104,8 +104,9 @@ def _open_request(
 
 def show(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /ondemandvm/<id>: 202 with counts while building, 200 with hostnames when ready,
-    200 with a message when it failed or was deleted."""
-    ondemand = _find(services, request.params["name"])
+    200 with a message when it failed or was deleted. With ``:auth:``, only its owner's token
+    may look (401 without one, 403 with another user's)."""
+    ondemand = _owned(services, request)
     answer: dict[str, Any] = {"ok": True, "request_id": ondemand.id, "ready": False}
     if ondemand.state == READY:
         answer["ready"] = True
@@ -126,14 +127,20 @@ def show(services: Services, request: ApiRequest) -> ApiResponse:
 
 def delete(services: Services, request: ApiRequest) -> ApiResponse:
     """DELETE /ondemandvm/<id>: the request ends and its VMs go to completed."""
-    caller = required_caller(services, request)
-    ondemand = _find(services, request.params["name"])
-    if caller and ondemand.token_user and caller.user != ondemand.token_user:
-        raise ApiError(403, {"error": "the request belongs to another user"})
+    ondemand = _owned(services, request)
     ending = OnDemandStore(services.store).end(
         ondemand.id, DELETED, DELETED_MESSAGE, f"on-demand request {ondemand.id} was deleted", services.clock.now())
     services.refill.pools_changed(ending.pools)  # nothing when it had ended already
     return ok()
+
+
+def _owned(services: Services, request: ApiRequest) -> OnDemandRequest:
+    """The request named in the path, for its owner only when auth is configured."""
+    caller = required_caller(services, request)
+    ondemand = _find(services, request.params["name"])
+    if caller and ondemand.token_user and caller.user != ondemand.token_user:
+        raise ApiError(403, {"error": "the request belongs to another user"})
+    return ondemand
 
 
 def _find(services: Services, request_id: str) -> OnDemandRequest:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from chalicelib.api.identity import required_caller
+from chalicelib.api.identity import required_admin
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok, whole_number
 from chalicelib.config import PoolConfig
 from chalicelib.services import Services
@@ -19,10 +19,11 @@ MAX_POOL_SIZE = 10000
 
 
 def _allowed(services: Services, request: ApiRequest) -> None:
-    """405 unless experimental_features is on; then a token when auth is configured."""
+    """405 unless experimental_features is on; then, when auth is configured, an administrator's
+    token (401 without a token, 403 for anyone else)."""
     if not services.config.service.experimental_features:
         raise ApiError(405)
-    required_caller(services, request)
+    required_admin(services, request)
 
 
 def _payload(request: ApiRequest) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import hmac
 from typing import Any
 
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, not_found, ok
-from chalicelib.api.identity import TOKEN_HEADER, unauthorized
+from chalicelib.api.identity import AUTH_UNAVAILABLE, TOKEN_HEADER, auth_unavailable, unauthorized
 from chalicelib.auth.base import AuthConfigError
 from chalicelib.auth.basic import LoginOutcome, LoginService
 from chalicelib.auth.tokens import DeleteResult, TokenRecord, hash_token, is_token_shaped, token_id
@@ -33,7 +33,7 @@ def _login_service(services: Services) -> LoginService:
     except AuthConfigError as error:
         # The config was checked at load; what is left (an unreadable CA file...) is an outage.
         logger.error("authentication is misconfigured", extra={"problems": error.problems})
-        raise ApiError(503, {"error": "authentication is unavailable (configuration error)"}) from None
+        raise ApiError(503, {"error": AUTH_UNAVAILABLE}) from None
     if logins is None:  # pragma: no cover - auth configured implies an authenticator
         raise not_found()
     return logins
@@ -52,7 +52,7 @@ def _basic_user(services: Services, request: ApiRequest) -> str:
             {"Retry-After": str(wait)},
         )
     if result.outcome is LoginOutcome.UNAVAILABLE:
-        raise ApiError(503, {"error": result.message or "authentication is unavailable"}, {"Retry-After": "5"})
+        raise auth_unavailable(RuntimeError(result.message or "no detail"))
     raise unauthorized("authentication required (HTTP Basic)")
 
 
