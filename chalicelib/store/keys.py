@@ -19,6 +19,10 @@ this module and the scripts must agree.
     config:poolreset         hash    pool -> when it was last reset (VMs cloned before are drained)
     vmtasks:<hostname>       list    disk/snapshot tasks queued for a VM (store/vm_tasks.py)
     vmtasks:pool:<pool>      zset    VMs of the pool with queued or running tasks
+    token:<sha256>           hash    an API token's user and times (auth/tokens.py)
+    user:<user>:tokens       set     a user's token hashes
+    login:user:<hash>        string  failed logins of a user name (canonical, hashed) in the window
+    login:addr:<address>     string  failed logins from a client address (IPv6: its /64)
 """
 
 from __future__ import annotations
@@ -74,3 +78,15 @@ class Keys:
 
     def pool_vm_tasks(self, pool: str) -> str:
         return f"{self.prefix}vmtasks:pool:{pool}"
+
+    def token(self, token_hash: str) -> str:
+        return f"{self.prefix}token:{token_hash}"
+
+    def user_tokens(self, user: str) -> str:
+        return f"{self.prefix}user:{user}:tokens"
+
+    def login_user(self, user_hash: str) -> str:
+        return f"{self.prefix}login:user:{user_hash}"
+
+    def login_address(self, address: str) -> str:
+        return f"{self.prefix}login:addr:{address}"
