@@ -254,6 +254,12 @@ SERVICE_KEYS: dict[str, Key] = {
     "max_tags_per_vm": Key(integer(1, 1000), 32),
     "max_tag_names_per_day": Key(integer(1, 10000), 50),
     "max_tag_values_per_day": Key(integer(1, 10000), 100),
+    "max_running_vms_per_user": Key(integer(1), 100),
+    "max_running_vms": Key(integer(1), 1000),
+    "max_ondemand_requests_per_user": Key(integer(1), 10),
+    "max_ondemand_requests": Key(integer(1), 100),
+    "max_tokens_per_user": Key(integer(1), 50),
+    "rate_limiting_enabled": Key(boolean, False),
     # Accepted for compatibility; this service has no equivalent.
     "logfile": _IGNORED,
     "site_name": _IGNORED,
@@ -343,8 +349,14 @@ DNS_KEYS: dict[str, Key] = {
     "domain": Key(string),
 }
 
+RATE_LIMIT_CLASSES = ("global_per_ip", "authenticated", "vm_creation", "vm_deletion")
+RATE_LIMIT_KEYS: dict[str, Key] = {
+    "limit": Key(integer(1)),
+    "period": Key(integer(1, 86400)),
+}
+
 TOP_LEVEL_SECTIONS = (
-    "config", "redis", "auth", "providers", "pools", "tagfilter", "dns_configs",
+    "config", "redis", "auth", "providers", "pools", "tagfilter", "dns_configs", "rate_limits",
     "graphite", "statsd", "tracing", "pool_names",
 )
 
@@ -425,6 +437,8 @@ class Config:
     auth: Mapping[str, Any] | None
     tagfilter: Mapping[str, str]
     warnings: tuple[str, ...] = ()
+    rate_limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """vmpooler's ``:rate_limits:``: class -> {limit, period}, only the keys given."""
     _pools_by_name: Mapping[str, PoolConfig] = field(default_factory=dict, repr=False)
     _aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
@@ -570,6 +584,8 @@ def build(document: Mapping[str, Any]) -> Config:
             except _Invalid as invalid:
                 reader.problems.append(f"tagfilter.{tag}: {invalid}")
 
+    rate_limits = _read_rate_limits(reader, document.get("rate_limits"))
+
     if reader.problems:
         raise ConfigError(reader.problems)
     return Config(
@@ -580,7 +596,25 @@ def build(document: Mapping[str, Any]) -> Config:
         auth=auth,
         tagfilter=MappingProxyType(tagfilter),
         warnings=tuple(reader.warnings),
+        rate_limits=MappingProxyType(rate_limits),
     )
+
+
+def _read_rate_limits(reader: _Reader, raw: Any) -> dict[str, Mapping[str, int]]:
+    """``:rate_limits:`` as vmpooler reads it: per class, a request ``limit`` per ``period`` seconds."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        reader.problems.append(f"rate_limits: must be a mapping, got {_show(raw)}")
+        return {}
+    limits: dict[str, Mapping[str, int]] = {}
+    for name, block in raw.items():
+        if name not in RATE_LIMIT_CLASSES:
+            reader.warnings.append(f"rate_limits.{name}: unknown class, ignored")
+            continue
+        values = reader.section(block, RATE_LIMIT_KEYS, f"rate_limits.{name}")
+        limits[name] = MappingProxyType({key: value for key, value in values.items() if value is not None})
+    return limits
 
 
 def _check_ldap(reader: _Reader, raw: Any) -> None:

@@ -14,11 +14,13 @@ import uuid
 from typing import Any, Mapping
 
 from chalicelib.api.identity import required_caller
+from chalicelib.api.limits import quota, quota_error
 from chalicelib.api.pool_choice import preference
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok
 from chalicelib.api.identity import Caller
 from chalicelib.api.vms import REQUEST_NAME_PATTERN, _parse_count, display_name
 from chalicelib.services import Services
+from chalicelib.store import QuotaExceeded
 from chalicelib.store.ondemand import DELETED, FAILED, READY, OnDemandEntry, OnDemandRequest, OnDemandStore
 
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
@@ -76,7 +78,7 @@ def _create(
     services: Services, request: ApiRequest, wanted: Mapping[str, int], request_id: str | None, caller: Caller | None
 ) -> ApiResponse:
     _check_wanted(services, wanted)
-    request_id = _open_request(services, wanted, request_id, caller)
+    request_id = _open_request(services, request, wanted, request_id, caller)
     answer: dict[str, Any] = {"ok": True, "request_id": request_id}
     if request.version == 1 and services.config.service.domain:
         answer["domain"] = services.config.service.domain
@@ -84,7 +86,8 @@ def _create(
 
 
 def _open_request(
-    services: Services, wanted: Mapping[str, int], request_id: str | None, caller: Caller | None
+    services: Services, request: ApiRequest, wanted: Mapping[str, int], request_id: str | None,
+    caller: Caller | None,
 ) -> str:
     """Record the request (409 when its id is taken) and wake the pools that build it."""
     config = services.config.service
@@ -92,10 +95,14 @@ def _open_request(
     entries = [OnDemandEntry(name, preference(services.config, name)[0], count)
                for name, count in wanted.items()]
     request_id = request_id or str(uuid.uuid4())
-    created = OnDemandStore(services.store).create(
-        request_id, entries, services.clock.now(), int(config.ondemand_request_ttl) * 60,
-        int(config.vm_lifetime_auth if caller else config.vm_lifetime), caller.user if caller else "",
-    )
+    try:
+        created = OnDemandStore(services.store).create(
+            request_id, entries, services.clock.now(), int(config.ondemand_request_ttl) * 60,
+            int(config.vm_lifetime_auth if caller else config.vm_lifetime), caller.user if caller else "",
+            quota(services, request, caller),
+        )
+    except QuotaExceeded as exceeded:
+        raise quota_error(services, exceeded, key="message") from None
     if not created:
         raise ApiError(409, {"message": f"request_id '{request_id}' has already been created"})
     services.refill.pools_changed({entry.pool for entry in entries})
@@ -180,5 +187,5 @@ def fallback_checkout(
         return None
     if sum(wanted.values()) > int(services.config.service.max_ondemand_instances_per_request):
         return None
-    request_id = _open_request(services, wanted, None, caller)
+    request_id = _open_request(services, request, wanted, None, caller)
     return ApiResponse(202, {"ok": True, "request_id": request_id, "ready": False})

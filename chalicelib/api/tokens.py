@@ -19,7 +19,7 @@ from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, not_found, ok
 from chalicelib.api.identity import AUTH_UNAVAILABLE, TOKEN_HEADER, auth_unavailable, unauthorized
 from chalicelib.auth.base import AuthConfigError
 from chalicelib.auth.basic import LoginOutcome, LoginService
-from chalicelib.auth.tokens import DeleteResult, TokenRecord, hash_token, is_token_shaped, token_id
+from chalicelib.auth.tokens import DeleteResult, TokenRecord, TooManyTokens, hash_token, is_token_shaped, token_id
 from chalicelib.observability import logger
 from chalicelib.services import Services
 
@@ -59,7 +59,11 @@ def _basic_user(services: Services, request: ApiRequest) -> str:
 def create_token(services: Services, request: ApiRequest) -> ApiResponse:
     """POST /token: a new token for the Basic-authenticated user, shown this once."""
     user = _basic_user(services, request)
-    token = services.tokens.create(user)
+    try:
+        token = services.tokens.create(user)
+    except TooManyTokens:
+        limit = services.config.service.max_tokens_per_user
+        raise ApiError(403, {"error": f"you have {limit} tokens already; delete one first (DELETE /token/<id>)"}) from None
     logger.info("token created", extra={"user": user, "token_id": token_id(hash_token(token))})
     return ok(token=token)
 

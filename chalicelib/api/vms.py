@@ -19,12 +19,13 @@ from chalicelib.api.http import (
     whole_number,
 )
 from chalicelib.api.identity import caller_for_change, optional_caller
+from chalicelib.api.limits import quota, quota_error
 from chalicelib.api.pool_choice import preference
 from chalicelib.manager.reconcile import day_of
 from chalicelib import observability as metric
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
-from chalicelib.store import CheckoutRequest, ModifyResult, VMRecord
+from chalicelib.store import CheckoutRequest, ModifyResult, QuotaExceeded, VMRecord
 from chalicelib.store.records import TAG_FIELD_PREFIX
 from chalicelib.store.vm_tasks import task_errors
 
@@ -102,7 +103,10 @@ def _checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int]
         fields["token_user"] = caller.user
         fields["token_id"] = caller.token_id
     now = services.clock.now()
-    result = services.store.checkout(requests, now, fields)
+    try:
+        result = services.store.checkout(requests, now, fields, quota(services, request, caller))
+    except QuotaExceeded as exceeded:
+        raise quota_error(services, exceeded) from None
     if not result.ok:
         emit(None, {metric.CHECKOUT_MISSES: 1})
         from chalicelib.api.ondemand import fallback_checkout  # ondemand builds on this module

@@ -84,7 +84,9 @@ def _user_part(user: str) -> str:
     return hashlib.sha256(canonical_user(user).encode("utf-8")).hexdigest()[:32]
 
 
-def _address_part(address: str | None) -> str | None:
+def address_key(address: str | None) -> str | None:
+    """How a client address is counted: IPv4 as it is, IPv6 by its /64 (one client usually
+    holds a whole /64), anything else hashed. None without an address."""
     if not address:
         return None
     try:
@@ -139,7 +141,7 @@ class LoginLimiter:
         keys = []
         if user is not None:
             keys.append((self.keys.login_user(_user_part(user)), self.max_per_user))
-        part = _address_part(address)
+        part = address_key(address)
         if part is not None:
             keys.append((self.keys.login_address(part), self.max_per_address))
         return keys

@@ -10,6 +10,8 @@ from chalicelib.store.store import (
     DurationSample,
     ModifyResult,
     PoolSnapshot,
+    Quota,
+    QuotaExceeded,
     Store,
     StoreUnavailable,
     connect,
@@ -17,5 +19,5 @@ from chalicelib.store.store import (
 
 __all__ = [
     "STATES", "Keys", "VMRecord", "CheckedOut", "CheckoutRequest", "CheckoutResult", "DayStats",
-    "DurationSample", "ModifyResult", "PoolSnapshot", "Store", "StoreUnavailable", "connect",
+    "DurationSample", "ModifyResult", "PoolSnapshot", "Quota", "QuotaExceeded", "Store", "StoreUnavailable", "connect",
 ]

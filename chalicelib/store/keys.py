@@ -19,6 +19,8 @@ this module and the scripts must agree.
     config:poolreset         hash    pool -> when it was last reset (VMs cloned before are drained)
     vmtasks:<hostname>       list    disk/snapshot tasks queued for a VM (store/vm_tasks.py)
     vmtasks:pool:<pool>      zset    VMs of the pool with queued or running tasks
+    holdings:<owner hash>    zset    what one owner holds: checked-out VMs and on-demand requests
+    ratelimit:<class>:<who>  string  requests of a client (token id or address) in the window
     token:<sha256>           hash    an API token's user and times (auth/tokens.py)
     user:<user>:tokens       set     a user's token hashes
     login:user:<hash>        string  failed logins of a user name (canonical, hashed) in the window
@@ -90,3 +92,9 @@ class Keys:
 
     def login_address(self, address: str) -> str:
         return f"{self.prefix}login:addr:{address}"
+
+    def holdings(self, owner_hash: str) -> str:
+        return f"{self.prefix}holdings:{owner_hash}"
+
+    def rate_limit(self, request_class: str, client: str) -> str:
+        return f"{self.prefix}ratelimit:{request_class}:{client}"

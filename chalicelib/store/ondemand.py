@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from chalicelib.store.records import VMRecord
-from chalicelib.store.store import Store, _translate_errors
+from chalicelib.store.store import Quota, QuotaExceeded, Store, _translate_errors
 
 OPEN = "open"
 READY = "ready"
@@ -102,8 +102,10 @@ class OnDemandStore:
         ttl_seconds: float,
         lifetime_hours: int,
         token_user: str = "",
+        quota: Quota | None = None,
     ) -> bool:
-        """Record a new open request and queue it for its pools. False when the id is taken."""
+        """Record a new open request and queue it for its pools. False when the id is taken;
+        QuotaExceeded (nothing recorded) when it would pass a limit of ``quota``."""
         fields = {
             "id": request_id,
             "state": OPEN,
@@ -115,9 +117,15 @@ class OnDemandStore:
         if token_user:
             fields["token_user"] = token_user
         pools = sorted({entry.pool for entry in entries})
-        args = [self.keys.prefix, request_id, repr(now), self.store.data_ttl_seconds, json.dumps(fields), *pools]
+        wanted = sum(entry.count for entry in entries)
+        limits = "" if quota is None else json.dumps(quota.payload(self.keys, self.store.holdings_ttl_seconds))
+        args = [self.keys.prefix, request_id, repr(now), self.store.data_ttl_seconds, json.dumps(fields),
+                wanted, limits, *pools]
         with _translate_errors():
-            return bool(self.scripts.ondemand_create(args=args))
+            answer = self.scripts.ondemand_create(args=args)
+        if isinstance(answer, str):
+            raise QuotaExceeded(answer)
+        return bool(answer)
 
     def get(self, request_id: str) -> OnDemandRequest | None:
         """The request and the records of its VMs, in two round trips."""

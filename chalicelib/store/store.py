@@ -8,6 +8,7 @@ act at once without any lock held in a process.
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import secrets
 import time
@@ -64,6 +65,38 @@ class CheckoutResult:
     @property
     def ok(self) -> bool:
         return not self.short
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Limits on what one owner, and everyone together, may hold: checked in the script that
+    takes the VMs (store/lua/quota.lua), so concurrent requests cannot pass them together."""
+
+    owner: str
+    """Who takes the VMs: ``user:<canonical name>`` for a token's user, ``addr:<address>`` for an
+    anonymous client."""
+    max_owner_vms: int
+    max_vms: int
+    pools: Sequence[str]
+    """Every configured pool: their running VMs count against ``max_vms``."""
+    max_owner_requests: int = 0
+    max_requests: int = 0
+    """Open on-demand requests, per owner and in total."""
+
+    def payload(self, keys: Keys, ttl_seconds: int) -> dict[str, Any]:
+        owner = hashlib.sha256(self.owner.encode("utf-8")).hexdigest()[:32]
+        return {"key": keys.holdings(owner), "ttl": ttl_seconds, "max_owner_vms": self.max_owner_vms,
+                "max_vms": self.max_vms, "pools": list(self.pools),
+                "max_owner_requests": self.max_owner_requests, "max_requests": self.max_requests}
+
+
+class QuotaExceeded(Exception):
+    """A request would pass a limit of ``Quota``; ``limit`` says which: ``owner_vms``,
+    ``owner_requests``, ``service_vms`` or ``service_requests``. Nothing was changed."""
+
+    def __init__(self, limit: str) -> None:
+        super().__init__(limit)
+        self.limit = limit
 
 
 class ModifyResult(enum.Enum):
@@ -149,6 +182,9 @@ class Store:
         self.keys = Keys(prefix)
         self.scripts = Scripts(client)
         self.data_ttl_seconds = data_ttl_hours * 3600
+        self.holdings_ttl_seconds = 400 * 24 * 3600
+        """How long an owner's holdings set outlives its last change (longer than any lifetime
+        worth counting; entries are pruned as they are read)."""
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -206,18 +242,22 @@ class Store:
     # --- atomic changes -----------------------------------------------------------------------
 
     def checkout(
-        self, requests: Sequence[CheckoutRequest], now: float, fields: Mapping[str, str]
+        self, requests: Sequence[CheckoutRequest], now: float, fields: Mapping[str, str],
+        quota: Quota | None = None,
     ) -> CheckoutResult:
         """Take every requested VM or none, in one round trip; on success the pools taken from
-        are nudged to refill in the same step."""
-        payload = json.dumps(
-            {
-                "slots": [{"name": r.name, "pools": list(pools)} for r in requests for pools in r.slots()],
-                "fields": dict(fields),
-            }
-        )
+        are nudged to refill in the same step. Raises QuotaExceeded (nothing taken) when the VMs
+        would pass a limit of ``quota``."""
+        checkout: dict[str, Any] = {
+            "slots": [{"name": r.name, "pools": list(pools)} for r in requests for pools in r.slots()],
+            "fields": dict(fields),
+        }
+        if quota is not None:
+            checkout["quota"] = quota.payload(self.keys, self.holdings_ttl_seconds)
         with _translate_errors():
-            answer = json.loads(self.scripts.checkout(args=[self.keys.prefix, repr(now), payload]))
+            answer = json.loads(self.scripts.checkout(args=[self.keys.prefix, repr(now), json.dumps(checkout)]))
+        if answer.get("quota"):
+            raise QuotaExceeded(answer["quota"])
         if not answer["ok"]:
             return CheckoutResult(short=tuple(answer["short"]))
         return CheckoutResult(vms=tuple(CheckedOut(*entry) for entry in answer["vms"]))
@@ -368,6 +408,13 @@ class Store:
             for day in days:
                 pipe.hgetall(self.keys.daily(day))
             return [DayStats(day, values) for day, values in zip(days, pipe.execute())]
+
+    def count_request(self, key: str, window_seconds: int) -> tuple[int, int]:
+        """Count a request under a rate limit's ``key`` (a fixed window of ``window_seconds``):
+        (requests in the window, ms until it ends)."""
+        with _translate_errors():
+            count, left_ms = self.scripts.rate_count(keys=[key], args=[window_seconds])
+        return int(count), int(left_ms)
 
     def set_last_boot(self, pool: str, when: str) -> None:
         with _translate_errors():

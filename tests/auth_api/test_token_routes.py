@@ -178,3 +178,14 @@ def test_dummy_auth_works_over_http(make_api):
     assert api.call("POST", "/api/v3/token", headers=basic("dev", "dev")).status == 401
     token = api.new_token("dev", "anything-else")
     assert api.call("GET", f"/api/v3/token/{token}", headers={"X-AUTH-TOKEN": token}).body[token]["user"] == "dev"
+
+
+def test_a_user_has_a_bounded_number_of_tokens(make_api, ldap_auth, slapd):
+    api = make_api(document(ldap_auth(), config={"max_tokens_per_user": 3}))
+    tokens = [api.new_token("alice", slapd.password("alice")) for _ in range(3)]
+    refused = api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice")))
+    assert (refused.status, refused.body["ok"]) == (403, False)
+    assert "delete one first" in refused.body["error"]
+    assert api.new_token("bob", slapd.password("bob"))  # others are not affected
+    assert api.call("DELETE", f"/api/v3/token/{tokens[0]}", headers=basic("alice", slapd.password("alice"))).status == 200
+    assert api.new_token("alice", slapd.password("alice"))

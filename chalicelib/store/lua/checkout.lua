@@ -1,10 +1,12 @@
 -- Check out VMs from several pools in one atomic step: all of them or none.
 -- ARGV[1] key prefix, ARGV[2] now (epoch seconds), ARGV[3] JSON checkout:
 --   {"slots": [{"name": "<as requested>", "pools": ["p1", "p2"]}, ...],
---    "fields": {"lifetime": "24", "token_user": "..."}}
+--    "fields": {"lifetime": "24", "token_user": "..."},
+--    "quota": {see quota.lua; absent: no limits}}
 -- One slot per VM wanted; its pools in the order it prefers them (the caller's weighted or
 -- random choice).
--- Returns JSON: {"ok": true, "vms": [[name, pool, hostname], ...]} or {"ok": false, "short": [names]}.
+-- Returns JSON: {"ok": true, "vms": [[name, pool, hostname], ...]}, {"ok": false, "short": [names]},
+-- or {"ok": false, "quota": "<the limit it would pass>"}.
 -- On success it also nudges each pool it took from (wake:<pool>), so the pool's reconcile starts
 -- the replacement clones at once; a miss writes nothing at all.
 local prefix, now = ARGV[1], ARGV[2]
@@ -60,6 +62,11 @@ if #short > 0 then
   return cjson.encode({ok = false, short = short})
 end
 
+local refusal = quota_refusal(checkout.quota, prefix, #slots, 0)
+if refusal ~= nil then
+  return cjson.encode({ok = false, quota = refusal})
+end
+
 local result = {}
 for index, slot in ipairs(slots) do
   local name, pool = slot.name, assigned[index]
@@ -72,6 +79,7 @@ for index, slot in ipairs(slots) do
     redis.call('HSET', vm_key, field, value)
   end
   result[#result + 1] = {name, pool, hostname}
+  quota_take(checkout.quota, 'vm:' .. hostname, 1)
 end
 local nudged = {}
 for index = 1, #slots do
