@@ -13,11 +13,10 @@ import re
 import uuid
 from typing import Any, Mapping
 
-from chalicelib.api.identity import required_caller
+from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok
+from chalicelib.api.identity import Caller, required_caller
 from chalicelib.api.limits import quota, quota_error
 from chalicelib.api.pool_choice import preference
-from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok
-from chalicelib.api.identity import Caller
 from chalicelib.api.vms import REQUEST_NAME_PATTERN, _parse_count, display_name
 from chalicelib.services import Services
 from chalicelib.store import QuotaExceeded

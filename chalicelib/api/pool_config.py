@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from chalicelib.api.identity import required_admin
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok, whole_number
+from chalicelib.api.identity import required_admin
 from chalicelib.config import PoolConfig
 from chalicelib.services import Services
 from chalicelib.store.pool_overrides import PoolOverrides

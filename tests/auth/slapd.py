@@ -110,8 +110,8 @@ def _seed_ldif() -> str:
         f"dn: {PEOPLE_OU}\nobjectClass: organizationalUnit\nou: people\n",
         f"dn: {GROUPS_OU}\nobjectClass: organizationalUnit\nou: groups\n",
         f"dn: {ADMIN_GROUP}\nobjectClass: groupOfNames\ncn: vmpool-admins\nmember: {USERS['carol'][0]}\n",
-        f"dn: {SERVICE_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n"
-        f"cn: svc\nuserPassword: {SERVICE_PASSWORD}\n",
+        (f"dn: {SERVICE_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n"
+         f"cn: svc\nuserPassword: {SERVICE_PASSWORD}\n"),
     ]
     for user, (dn, password) in USERS.items():
         rdn_attr = dn.split("=", 1)[0]
