@@ -46,11 +46,11 @@ def quota_error(services: Services, exceeded: QuotaExceeded, key: str = "error")
     config = services.config.service
     messages = {
         "owner_vms": (403, f"you may hold at most {config.max_running_vms_per_user} VMs at once; return some first"),
-        "owner_requests": (403, f"you may have at most {config.max_ondemand_requests_per_user} "
-                                "on-demand requests open at once"),
+        "owner_requests": (403, (f"you may have at most {config.max_ondemand_requests_per_user} "
+                                 "on-demand requests open at once")),
         "service_vms": (503, f"the service runs its maximum of {config.max_running_vms} VMs; try again later"),
-        "service_requests": (503, f"the service has its maximum of {config.max_ondemand_requests} "
-                                  "on-demand requests open; try again later"),
+        "service_requests": (503, (f"the service has its maximum of {config.max_ondemand_requests} "
+                                   "on-demand requests open; try again later")),
     }
     status, message = messages[exceeded.limit]
     if status == 503:

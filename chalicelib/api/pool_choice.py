@@ -39,7 +39,7 @@ def preference(config: Config, requested: str) -> list[str]:
         random.shuffle(pools)  # spread an alias's load over its pools
         return pools
     order: list[str] = []
-    remaining = list(zip(pools, weights))
+    remaining = list(zip(pools, weights, strict=True))
     while remaining and sum(weight for _, weight in remaining) > 0:
         point = random.random() * sum(weight for _, weight in remaining)
         for index, (pool, weight) in enumerate(remaining):

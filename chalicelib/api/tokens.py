@@ -63,7 +63,8 @@ def create_token(services: Services, request: ApiRequest) -> ApiResponse:
         token = services.tokens.create(user)
     except TooManyTokens:
         limit = services.config.service.max_tokens_per_user
-        raise ApiError(403, {"error": f"you have {limit} tokens already; delete one first (DELETE /token/<id>)"}) from None
+        message = f"you have {limit} tokens already; delete one first (DELETE /token/<id>)"
+        raise ApiError(403, {"error": message}) from None
     logger.info("token created", extra={"user": user, "token_id": token_id(hash_token(token))})
     return ok(token=token)
 

@@ -54,7 +54,7 @@ def acceptable_credentials(username: object, password: object) -> bool:
 
 
 def canonical_user(username: str) -> str:
-    """The name a directory matches for ``username``: NFKC-normalised (a fullwidth ``ｂob`` is
+    """The name a directory matches for ``username``: NFKC-normalised (a fullwidth ``\uff42ob`` is
     ``bob``), case-folded, without surrounding spaces. One user has one canonical name, whatever
     look-alike spelling a client sends: login limits and admin lists compare these."""
     return unicodedata.normalize("NFKC", username).casefold().strip()

@@ -10,7 +10,7 @@ script): 40 wrong passwords sent at once reach LDAP only as often as the limit a
 times. A success gives the address's reservation back; an outage gives both back.
 
 User names are keyed by the name the directory will match: NFKC-normalised and case-folded
-(a fullwidth ``ｂob`` binds as ``bob``, so it shares bob's counter), then hashed (bounded key
+(a fullwidth ``\uff42ob`` binds as ``bob``, so it shares bob's counter), then hashed (bounded key
 size). IPv6 addresses count per /64, since one client usually holds a whole /64.
 """
 
@@ -24,7 +24,6 @@ from typing import Any, Mapping
 from chalicelib.store.keys import Keys
 
 from .base import canonical_user
-
 
 # KEYS: counters; ARGV[1]: window seconds, ARGV[2..]: each counter's limit. When a counter has
 # reached its limit: nothing changes and the answer is its time left in ms. Otherwise every

@@ -68,7 +68,8 @@ def test_a_request_no_plan_can_serve_is_refused_whole(full: Stack) -> None:
 WEIGHTED_CONFIG = (CONFIG_YAML
                    .replace(":config:\n", ":config:\n  clone_target: cluster-b\n"
                                           "  backend_weight:\n    cluster-a: {a}\n    cluster-b: {b}\n", 1)
-                   .replace("    domain: one.example.com\n", "    domain: one.example.com\n    clone_target: cluster-a\n"))
+                   .replace("    domain: one.example.com\n",
+                            "    domain: one.example.com\n    clone_target: cluster-a\n"))
 """pool1 clones on cluster-a, pool2 (and pool3) on the service's cluster-b."""
 
 

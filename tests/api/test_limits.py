@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from chalicelib.api import vms
 from chalicelib.api.http import ApiRequest
 from chalicelib.api.routes import handle
-from chalicelib.api import vms
 from chalicelib.services import Services
 from tests.api.client import CONFIG_YAML, Stack
 
@@ -37,7 +37,7 @@ def test_an_anonymous_client_holds_a_bounded_number_of_vms(make_stack: Callable[
     assert handle(stack.services, vms.checkout_from_path, other).status == 200
     # returning one makes room again
     running = stack.services.store.hostnames("pool1", "running") + stack.services.store.hostnames("pool2", "running")
-    mine = [host for host in running if stack.services.store.get_vm(host).raw.get("checkout")][0]
+    mine = next(host for host in running if stack.services.store.get_vm(host).raw.get("checkout"))
     assert stack.api.delete(f"/api/v3/vm/{mine}").status == 200
     assert stack.api.post("/api/v3/vm", {"pool2": 1}).status == 200
 

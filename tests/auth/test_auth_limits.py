@@ -233,7 +233,7 @@ def test_concurrent_wrong_passwords_reach_ldap_only_up_to_the_limit(redis_client
 
 @pytest.mark.parametrize("look_alike", ["\uff42ob", "BOB", "\uff22\uff2f\uff22"])
 def test_a_look_alike_name_shares_the_users_limit(redis_client, slapd, look_alike):
-    """The directory binds a fullwidth 'ｂob' as bob: it must not get a counter of its own."""
+    """The directory binds a fullwidth '\uff42ob' as bob: it must not get a counter of its own."""
     ldap = _ldap(slapd)
     assert ldap.authenticate(look_alike, slapd.password("bob"))  # what makes this matter
     service = LoginService(ldap, LoginLimiter(redis_client, max_per_user=3, max_per_address=1000))

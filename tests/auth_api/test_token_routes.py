@@ -187,5 +187,6 @@ def test_a_user_has_a_bounded_number_of_tokens(make_api, ldap_auth, slapd):
     assert (refused.status, refused.body["ok"]) == (403, False)
     assert "delete one first" in refused.body["error"]
     assert api.new_token("bob", slapd.password("bob"))  # others are not affected
-    assert api.call("DELETE", f"/api/v3/token/{tokens[0]}", headers=basic("alice", slapd.password("alice"))).status == 200
+    deleted = api.call("DELETE", f"/api/v3/token/{tokens[0]}", headers=basic("alice", slapd.password("alice")))
+    assert deleted.status == 200
     assert api.new_token("alice", slapd.password("alice"))
