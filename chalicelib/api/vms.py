@@ -98,6 +98,8 @@ def _checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int]
     ]
     lifetime = config.service.vm_lifetime_auth if caller else config.service.vm_lifetime
     fields = {"lifetime": str(lifetime)}
+    if config.service.migration_limit > 0:
+        fields["migration"] = "queued"  # its pool's pass moves it off a busy host (manager/migrations.py)
     if caller:
         # The owner and the token's id (a hash prefix): never the token itself.
         fields["token_user"] = caller.user
@@ -183,7 +185,7 @@ def describe(services: Services, request: ApiRequest) -> ApiResponse:
     else:
         info["fqdn"] = record.fqdn()
     info["host"] = record.host
-    info["migrated"] = False
+    info["migrated"] = record.raw.get("migrated") == "true"
     if record.not_ready_reason and record.state == "pending":
         info["not_ready_reason"] = record.not_ready_reason
     if record.reason:

@@ -65,7 +65,7 @@ def run_pool(
             started = time.monotonic()
             try:
                 result = reconcile_pool(store, services.provider(pool.provider), pool, services.clock,
-                                        services.config.service, checkpoint)
+                                        services.config.service, checkpoint, dns=services.dns_plugin(pool))
             except (ProviderError, StoreUnavailable) as error:
                 # The pass stopped where it was; everything it did is consistent. Try next time.
                 report.failures.append(str(error))

@@ -25,6 +25,8 @@ this module and the scripts must agree.
     user:<user>:tokens       set     a user's token hashes
     login:user:<hash>        string  failed logins of a user name (canonical, hashed) in the window
     login:addr:<address>     string  failed logins from a client address (IPv6: its /64)
+    migrating                zset    VMs being migrated to another host, across all pools, by start time
+    templates:prepared       hash    <provider>:<template> -> "done", or the task preparing it
 """
 
 from __future__ import annotations
@@ -98,3 +100,11 @@ class Keys:
 
     def rate_limit(self, request_class: str, client: str) -> str:
         return f"{self.prefix}ratelimit:{request_class}:{client}"
+
+    @property
+    def migrating(self) -> str:
+        return f"{self.prefix}migrating"
+
+    @property
+    def templates_prepared(self) -> str:
+        return f"{self.prefix}templates:prepared"

@@ -28,6 +28,8 @@ class Scripts:
         self.vm_modify = load("vm_modify")
         self.rate_count = load("rate_count")
         self.record_tags = load("record_tags")
+        self.set_once = load("set_once")
+        self.migration_slot = load("migration_slot")
         self.discover = load("discover")
         self.ondemand_create = load("ondemand_create", "quota")
         self.ondemand_reserve = load("ondemand_reserve")

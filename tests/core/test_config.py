@@ -388,8 +388,8 @@ def test_repository_example_config_loads() -> None:
 
 
 # vmpooler dummy keys accepted (as numbers) for compatibility that have no effect here: there is
-# no VM rename or migration. The example does not document them.
-NOT_DOCUMENTED = {"getvm_rename_percent", "migratevm_couldmove_percent", "migratevm_max_time", "migratevm_fail_percent"}
+# no VM rename. The example does not document them.
+NOT_DOCUMENTED = {"getvm_rename_percent"}
 
 
 @pytest.mark.parametrize(
