@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chalicelib.api.http import ApiError, ApiRequest
-from chalicelib.auth.base import AuthUnavailable, canonical_user
+from chalicelib.auth.base import AuthConfigError, AuthUnavailable, canonical_user
 from chalicelib.auth.basic import WWW_AUTHENTICATE
 from chalicelib.observability import logger
 from chalicelib.services import Services
@@ -98,12 +98,12 @@ def required_admin(services: Services, request: ApiRequest) -> Caller | None:
     if canonical_user(caller.user) in {canonical_user(name) for name in auth.get("admins") or ()}:
         return caller
     groups = tuple(auth.get("admin_groups") or ())
-    member_of_any = getattr(services.authenticator, "member_of_any", None)
-    if groups and member_of_any is not None:
+    if groups:
         try:
-            if member_of_any(caller.user, groups):
+            member_of_any = getattr(services.authenticator, "member_of_any", None)
+            if member_of_any is not None and member_of_any(caller.user, groups):
                 return caller
-        except AuthUnavailable as error:
+        except (AuthUnavailable, AuthConfigError) as error:
             raise auth_unavailable(error) from None
     logger.warning("runtime pool change refused: not an administrator", extra={"user": caller.user})
     raise ApiError(403, {"error": "only administrators may change pools at runtime"})
