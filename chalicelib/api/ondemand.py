@@ -16,8 +16,8 @@ from typing import Any, Mapping
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok
 from chalicelib.api.identity import Caller, required_caller
 from chalicelib.api.limits import quota, quota_error
-from chalicelib.api.pool_choice import preference
-from chalicelib.api.vms import REQUEST_NAME_PATTERN, _parse_count, display_name
+from chalicelib.api.pool_choice import live_pools, preference
+from chalicelib.api.vms import REQUEST_NAME_PATTERN, _parse_count, hostnames_by_name
 from chalicelib.services import Services
 from chalicelib.store import QuotaExceeded
 from chalicelib.store.ondemand import DELETED, FAILED, READY, OnDemandEntry, OnDemandRequest, OnDemandStore
@@ -79,8 +79,11 @@ def _create(
     _check_wanted(services, wanted)
     request_id = _open_request(services, request, wanted, request_id, caller)
     answer: dict[str, Any] = {"ok": True, "request_id": request_id}
-    if request.version == 1 and services.config.service.domain:
-        answer["domain"] = services.config.service.domain
+    if request.version == 1:
+        pools = [services.config.pool(pool) for name in wanted for pool in services.config.resolve(name)]
+        _, domain = hostnames_by_name({"": [("", (pool.domain if pool else None) or "") for pool in pools]}, 1)
+        if domain:
+            answer["domain"] = domain
     return ApiResponse(201, answer)
 
 
@@ -91,19 +94,21 @@ def _open_request(
     """Record the request (409 when its id is taken) and wake the pools that build it."""
     config = services.config.service
     # An alias is built in one of its pools, chosen by backend_weight or at random, as vmpooler does.
-    entries = [OnDemandEntry(name, preference(services.config, name)[0], count)
+    live = live_pools(services)
+    entries = [OnDemandEntry(name, preference(services.config, name, live)[0], count)
                for name, count in wanted.items()]
     request_id = request_id or str(uuid.uuid4())
     try:
         created = OnDemandStore(services.store).create(
             request_id, entries, services.clock.now(), int(config.ondemand_request_ttl) * 60,
             int(config.vm_lifetime_auth if caller else config.vm_lifetime), caller.user if caller else "",
-            quota(services, request, caller),
+            caller.token_id if caller else "", quota(services, request, caller),
         )
     except QuotaExceeded as exceeded:
         raise quota_error(services, exceeded, key="message") from None
     if not created:
-        raise ApiError(409, {"message": f"request_id '{request_id}' has already been created"})
+        raise ApiError(409, {"message": f"request_id '{request_id}' has already been created",
+                             "request_id": request_id})
     services.refill.pools_changed({entry.pool for entry in entries})
     return request_id
 
@@ -116,11 +121,12 @@ def show(services: Services, request: ApiRequest) -> ApiResponse:
     answer: dict[str, Any] = {"ok": True, "request_id": ondemand.id, "ready": False}
     if ondemand.state == READY:
         answer["ready"] = True
+        named = {name: [(vm.name, vm.domain) for vm in ondemand.delivered(name)] for name in ondemand.names}
+        hostnames, domain = hostnames_by_name(named, request.version)
         for name in ondemand.names:
-            answer[name] = {"hostname": [display_name(vm.name, vm.domain or None, request.version)
-                                         for vm in ondemand.delivered(name)]}
-        if request.version == 1 and services.config.service.domain:
-            answer["domain"] = services.config.service.domain
+            answer[name] = {"hostname": hostnames[name]}
+        if domain:
+            answer["domain"] = domain
         return ApiResponse(200, answer)
     if ondemand.state in (FAILED, DELETED):
         answer["message"] = ondemand.message

@@ -102,10 +102,12 @@ class OnDemandStore:
         ttl_seconds: float,
         lifetime_hours: int,
         token_user: str = "",
+        token_id: str = "",
         quota: Quota | None = None,
     ) -> bool:
         """Record a new open request and queue it for its pools. False when the id is taken;
-        QuotaExceeded (nothing recorded) when it would pass a limit of ``quota``."""
+        QuotaExceeded (nothing recorded) when it would pass a limit of ``quota``.
+        ``token_user``/``token_id`` are copied onto its VMs, so GET /token/<t> lists them."""
         fields = {
             "id": request_id,
             "state": OPEN,
@@ -116,6 +118,8 @@ class OnDemandStore:
         }
         if token_user:
             fields["token_user"] = token_user
+        if token_id:
+            fields["token_id"] = token_id
         pools = sorted({entry.pool for entry in entries})
         wanted = sum(entry.count for entry in entries)
         limits = "" if quota is None else json.dumps(quota.payload(self.keys, self.store.holdings_ttl_seconds))
