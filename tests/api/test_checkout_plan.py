@@ -85,6 +85,17 @@ def test_backend_weight_zero_is_never_chosen_while_another_pool_has_vms(make_sta
     assert not reply.json["linux"]["hostname"].endswith(".one.example.com")
 
 
+def test_backend_weight_follows_a_clone_target_changed_at_runtime(make_stack: Callable[[str], Stack]) -> None:
+    experimental = ":config:\n  experimental_features: true\n"
+    stack = make_stack(WEIGHTED_CONFIG.format(a=1, b=0).replace(":config:\n", experimental, 1))
+    stack.fill("pool1", "pool2")
+    moved = stack.api.post("/api/v3/config/clonetarget", {"pool1": "cluster-b", "pool2": "cluster-a"})
+    assert moved.status == 201
+    reply = stack.api.post("/api/v3/vm", {"linux": 2})
+    assert reply.status == 200
+    assert not any(name.endswith(".one.example.com") for name in reply.json["linux"]["hostname"])
+
+
 def test_backend_weight_draws_pools_in_proportion(make_stack: Callable[[str], Stack],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     stack = make_stack(WEIGHTED_CONFIG.format(a=3, b=1))

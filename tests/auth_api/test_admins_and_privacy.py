@@ -20,12 +20,14 @@ POOL_CHANGES: list[tuple[str, str, Any]] = [
     ("DELETE", f"/api/v3/config/poolsize/{POOL}", None),
     ("DELETE", f"/api/v3/config/pooltemplate/{POOL}", None),
     ("POST", "/api/v3/poolreset", {POOL: "1"}),
+    ("POST", "/api/v3/config/clonetarget", {POOL: "elsewhere"}),
+    ("DELETE", f"/api/v3/config/clonetarget/{POOL}", None),
 ]
 
 
-def _pool_now(api: Api) -> tuple[int, str]:
+def _pool_now(api: Api) -> tuple[int, str, str | None]:
     pool = api.services.pool(POOL)
-    return pool.size, pool.template
+    return pool.size, pool.template, pool.get("clone_target")
 
 
 @pytest.mark.parametrize("method, path, body", POOL_CHANGES)
