@@ -6,31 +6,31 @@ One module so that /vm and /ondemandvm each build on it without importing each o
 
 from __future__ import annotations
 
-import random
 import re
 import uuid
 from typing import Any, Mapping
 
 from chalicelib import observability as metric
-from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, not_found
+from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, not_found, whole_number
 from chalicelib.api.identity import Caller, optional_caller
+from chalicelib.api.limits import quota, quota_error
+from chalicelib.api.pool_choice import live_pools, preference
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
-from chalicelib.store import CheckoutRequest
+from chalicelib.store import CheckoutRequest, QuotaExceeded
 from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
 
 MAX_COUNT = 100
 REQUEST_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
-COUNT_PATTERN = re.compile(r"^[0-9]+$")
 
 
 def parse_count(count: Any) -> int:
     """A requested VM count: 1..MAX_COUNT, as a JSON number or a string of digits (400 otherwise)."""
     if count is None:
         raise bad_request("VM count is required")
-    if isinstance(count, bool) or not isinstance(count, (int, str)) or not COUNT_PATTERN.match(str(count)):
+    number = whole_number(count)
+    if number is None:
         raise bad_request("VM count must be a valid integer")
-    number = int(count)
     if number < 1:
         raise bad_request("VM count must be at least 1")
     if number > MAX_COUNT:
@@ -46,11 +46,11 @@ def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int])
     if unknown:
         raise not_found(error=f"unknown pool or alias: {', '.join(unknown)}")
     caller = optional_caller(services, request)
-    requests = []
-    for name, count in wanted.items():
-        pools = list(config.resolve(name))
-        random.shuffle(pools)  # spread an alias's load over its pools
-        requests.append(CheckoutRequest(name, pools, count))
+    live = live_pools(services)
+    requests = [
+        CheckoutRequest(name, config.resolve(name), count, [preference(config, name, live) for _ in range(count)])
+        for name, count in wanted.items()
+    ]
     lifetime = config.service.vm_lifetime_auth if caller else config.service.vm_lifetime
     fields = {"lifetime": str(lifetime)}
     if config.service.migration_limit > 0:
@@ -60,7 +60,10 @@ def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int])
         fields["token_user"] = caller.user
         fields["token_id"] = caller.token_id
     now = services.clock.now()
-    result = services.store.checkout(requests, now, fields)
+    try:
+        result = services.store.checkout(requests, now, fields, quota(services, request, caller))
+    except QuotaExceeded as exceeded:
+        raise quota_error(services, exceeded) from None
     if not result.ok:
         emit(None, {metric.CHECKOUT_MISSES: 1})
         fallback = fallback_checkout(services, request, wanted, caller)
@@ -108,19 +111,25 @@ def hostnames_by_name(
 
 
 def open_request(
-    services: Services, wanted: Mapping[str, int], request_id: str | None, caller: Caller | None
+    services: Services, request: ApiRequest, wanted: Mapping[str, int], request_id: str | None,
+    caller: Caller | None,
 ) -> str:
-    """Record the request (409 when its id is taken) and wake the pools that build it."""
+    """Record the request (409 when its id is taken, 429 over a quota) and wake the pools that
+    build it."""
     config = services.config.service
-    # An alias is built in one of its pools, chosen at random to spread the load, as vmpooler does.
-    entries = [OnDemandEntry(name, random.choice(services.config.resolve(name)), count)
+    # An alias is built in one of its pools, chosen by backend_weight or at random, as vmpooler does.
+    live = live_pools(services)
+    entries = [OnDemandEntry(name, preference(services.config, name, live)[0], count)
                for name, count in wanted.items()]
     request_id = request_id or str(uuid.uuid4())
-    created = OnDemandStore(services.store).create(
-        request_id, entries, services.clock.now(), int(config.ondemand_request_ttl) * 60,
-        int(config.vm_lifetime_auth if caller else config.vm_lifetime), caller.user if caller else "",
-        caller.token_id if caller else "",
-    )
+    try:
+        created = OnDemandStore(services.store).create(
+            request_id, entries, services.clock.now(), int(config.ondemand_request_ttl) * 60,
+            int(config.vm_lifetime_auth if caller else config.vm_lifetime), caller.user if caller else "",
+            caller.token_id if caller else "", quota(services, request, caller),
+        )
+    except QuotaExceeded as exceeded:
+        raise quota_error(services, exceeded, key="message") from None
     if not created:
         raise ApiError(409, {"message": f"request_id '{request_id}' has already been created",
                              "request_id": request_id})
@@ -156,5 +165,5 @@ def fallback_checkout(
         return None
     if sum(wanted.values()) > int(services.config.service.max_ondemand_instances_per_request):
         return None
-    request_id = open_request(services, wanted, None, caller)
+    request_id = open_request(services, request, wanted, None, caller)
     return ApiResponse(202, {"ok": True, "request_id": request_id, "ready": False})

@@ -73,7 +73,7 @@ def _create(
     services: Services, request: ApiRequest, wanted: Mapping[str, int], request_id: str | None, caller: Caller | None
 ) -> ApiResponse:
     _check_wanted(services, wanted)
-    request_id = open_request(services, wanted, request_id, caller)
+    request_id = open_request(services, request, wanted, request_id, caller)
     answer: dict[str, Any] = {"ok": True, "request_id": request_id}
     if request.version == 1:
         pools = [services.config.pool(pool) for name in wanted for pool in services.config.resolve(name)]
@@ -85,8 +85,9 @@ def _create(
 
 def show(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /ondemandvm/<id>: 202 with counts while building, 200 with hostnames when ready,
-    200 with a message when it failed or was deleted."""
-    ondemand = _find(services, request.params["name"])
+    200 with a message when it failed or was deleted. With ``:auth:``, only its owner's token
+    may look (401 without one, 403 with another user's)."""
+    ondemand = _owned(services, request)
     answer: dict[str, Any] = {"ok": True, "request_id": ondemand.id, "ready": False}
     if ondemand.state == READY:
         answer["ready"] = True
@@ -108,14 +109,20 @@ def show(services: Services, request: ApiRequest) -> ApiResponse:
 
 def delete(services: Services, request: ApiRequest) -> ApiResponse:
     """DELETE /ondemandvm/<id>: the request ends and its VMs go to completed."""
-    caller = required_caller(services, request)
-    ondemand = _find(services, request.params["name"])
-    if caller and ondemand.token_user and caller.user != ondemand.token_user:
-        raise ApiError(403, {"error": "the request belongs to another user"})
+    ondemand = _owned(services, request)
     ending = OnDemandStore(services.store).end(
         ondemand.id, DELETED, DELETED_MESSAGE, f"on-demand request {ondemand.id} was deleted", services.clock.now())
     services.refill.pools_changed(ending.pools)  # nothing when it had ended already
     return ok()
+
+
+def _owned(services: Services, request: ApiRequest) -> OnDemandRequest:
+    """The request named in the path, for its owner only when auth is configured."""
+    caller = required_caller(services, request)
+    ondemand = _find(services, request.params["name"])
+    if caller and ondemand.token_user and caller.user != ondemand.token_user:
+        raise ApiError(403, {"error": "the request belongs to another user"})
+    return ondemand
 
 
 def _find(services: Services, request_id: str) -> OnDemandRequest:

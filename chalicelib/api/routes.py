@@ -17,6 +17,7 @@ import redis
 
 from chalicelib.api import dashboard, ondemand, pool_config, status, summary, tokens, vm_tasks, vms
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse
+from chalicelib.api.limits import check_rate
 from chalicelib.observability import logger
 from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable
@@ -104,9 +105,17 @@ def render(response: ApiResponse) -> tuple[int, str, dict[str, str]]:
     return response.status, json.dumps(response.body, separators=(",", ":")), {**JSON_HEADERS, **response.headers}
 
 
+def _route_of(handler: Handler) -> Route | None:
+    return next((route for route in ROUTES if route.handler is handler), None)
+
+
 def handle(services: Services, handler: Handler, request: ApiRequest) -> ApiResponse:
-    """Run a handler and turn every failure into a JSON answer."""
+    """Run a handler (once its request is within the rate limits) and turn every failure into a
+    JSON answer."""
     try:
+        route = _route_of(handler)
+        if route is not None:
+            check_rate(services, route.method, route.path, request)
         return handler(services, request)
     except ApiError as error:
         return ApiResponse(error.status, error.body, error.headers)

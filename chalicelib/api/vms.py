@@ -17,11 +17,14 @@ from chalicelib.api.http import (
     not_found,
     ok,
     short_hostname,
+    shown,
+    whole_number,
 )
 from chalicelib.api.identity import caller_for_change
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
-from chalicelib.store import VMRecord
+from chalicelib.store import ModifyResult, VMRecord
+from chalicelib.store.records import TAG_FIELD_PREFIX
 from chalicelib.store.vm_tasks import task_errors
 from chalicelib.timestamps import day_of
 
@@ -123,11 +126,12 @@ def describe(services: Services, request: ApiRequest) -> ApiResponse:
 
 
 def modify(services: Services, request: ApiRequest) -> ApiResponse:
-    """PUT /vm/<hostname> with ``lifetime`` and/or ``tags``."""
+    """PUT /vm/<hostname> with ``lifetime`` and/or ``tags``. Each field is set on its own, so
+    concurrent changes of different tags all land."""
     record = find_vm(services, request)
     body = json_object(request, empty={})
     failures: list[str] = []
-    changes: dict[str, Any] = {}
+    changes: dict[str, str] = {}
     tags: dict[str, str] = {}
     config = services.config
     for key, value in body.items():
@@ -135,28 +139,35 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
             caller_for_change(services, request, record, token_required=True)
             lifetime = _parse_lifetime(value, config.service.max_lifetime_upper_limit, failures)
             if lifetime is not None:
-                changes["lifetime"] = lifetime
+                changes["lifetime"] = str(lifetime)
         elif key == "tags":
             tags = _parse_tags(value, config.service.allowed_tags, config.tagfilter, failures)
         else:
-            failures.append(f"Unknown argument {key}.")
+            failures.append(f"Unknown argument {shown(key)}.")
+    max_tags = int(config.service.max_tags_per_vm)
+    if len(tags) > max_tags:
+        failures.append(f"You provided more than {max_tags} tags.")
     if failures:
         raise ApiError(400, {"failure": failures})
+    changes.update({TAG_FIELD_PREFIX + key: value for key, value in tags.items()})
+    if changes:
+        result = services.store.modify_vm(record.name, changes, max_tags)
+        if result is ModifyResult.NO_VM:
+            raise not_found(error=f"VM {record.name} not found")
+        if result is ModifyResult.TOO_MANY_TAGS:
+            raise ApiError(400, {"failure": [f"A VM carries at most {max_tags} tags."]})
     if tags:
-        changes["tags"] = {**record.tags, **tags}
-    if changes and not services.store.update_vm(record.name, **changes):
-        raise not_found(error=f"VM {record.name} not found")
-    if tags:
-        services.store.record_tags(day_of(services.clock.now()), tags)
+        services.store.record_tags(day_of(services.clock.now()), tags, int(config.service.max_tag_names_per_day),
+                                   int(config.service.max_tag_values_per_day))
     return ok()
 
 
 def _parse_lifetime(value: Any, upper_limit: int | None, failures: list[str]) -> int | None:
-    text = "" if value is None else str(value)
-    if isinstance(value, bool) or not re.fullmatch(r"[0-9]+", text.strip()) or int(text) <= 0:
+    text = "" if value is None else shown(value)
+    hours = whole_number(value.strip() if isinstance(value, str) else value)
+    if not hours:
         failures.append(f"Lifetime must be a positive integer (got {text})")
         return None
-    hours = int(text)
     if upper_limit is None:
         upper_limit = MAX_LIFETIME_HOURS + 1
     if hours >= upper_limit:
@@ -169,7 +180,7 @@ def _parse_tags(
     value: Any, allowed: tuple[str, ...], tagfilter: Mapping[str, str], failures: list[str]
 ) -> dict[str, str]:
     if not isinstance(value, dict):
-        failures.append(f"You provided tags ({value}) as something other than a hash.")
+        failures.append(f"You provided tags ({shown(value)}) as something other than a hash.")
         return {}
     tags: dict[str, str] = {}
     for key, tag_value in value.items():
@@ -182,7 +193,7 @@ def _parse_tags(
         elif tag_value is None or tag_value == "":
             continue  # vmpooler skips empty tags
         elif not isinstance(tag_value, (str, int, float)) or isinstance(tag_value, bool):
-            failures.append(f"Tag value for {key} must be a string")
+            failures.append(f"Tag value for {shown(key)} must be a string")
         elif len(str(tag_value)) > MAX_TAG_VALUE:
             failures.append("Tag value too long")
         elif not TAG_VALUE_PATTERN.match(str(tag_value)):
@@ -192,7 +203,7 @@ def _parse_tags(
     if allowed:
         unsupported = sorted(key for key in value if key not in allowed)
         if unsupported:
-            failures.append(f"You provided unsupported tags ({', '.join(unsupported)}).")
+            failures.append(f"You provided unsupported tags ({shown(', '.join(unsupported), 200)}).")
     return tags
 
 

@@ -10,7 +10,10 @@ from chalicelib.store.store import (
     CheckoutResult,
     DayStats,
     DurationSample,
+    ModifyResult,
     PoolSnapshot,
+    Quota,
+    QuotaExceeded,
     ReplicaAcks,
     Store,
     StoreUnavailable,
@@ -18,5 +21,6 @@ from chalicelib.store.store import (
 
 __all__ = [
     "STATES", "Keys", "VMRecord", "CheckedOut", "CheckoutNotDurable", "CheckoutRequest", "CheckoutResult", "DayStats",
-    "DurationSample", "PoolSnapshot", "ReplicaAcks", "Store", "StoreUnavailable", "connect",
+    "DurationSample", "ModifyResult", "PoolSnapshot", "Quota", "QuotaExceeded", "ReplicaAcks", "Store",
+    "StoreUnavailable", "connect",
 ]

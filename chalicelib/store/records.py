@@ -20,6 +20,20 @@ def _json(value: str | None, empty: Any) -> Any:
         return empty
 
 
+TAG_FIELD_PREFIX = "tag:"
+"""Each tag is its own field of the record, ``tag:<key>``: changed one by one, never lost to a
+concurrent change of another tag."""
+
+
+def _tags(data: Mapping[str, str]) -> dict[str, str]:
+    """The tags of a record: its ``tag:<key>`` fields, over the JSON ``tags`` field older
+    versions wrote."""
+    tags = dict(_json(data.get("tags"), {}))
+    tags.update({name[len(TAG_FIELD_PREFIX):]: value for name, value in data.items()
+                 if name.startswith(TAG_FIELD_PREFIX)})
+    return tags
+
+
 @dataclass(frozen=True)
 class VMRecord:
     """One VM as the service knows it. Times are epoch seconds."""
@@ -66,7 +80,7 @@ class VMRecord:
             checkout=_float(data.get("checkout")),
             lifetime_hours=int(float(lifetime)) if lifetime else None,
             token_user=data.get("token_user", ""),
-            tags=_json(data.get("tags"), {}),
+            tags=_tags(data),
             disks=tuple(_json(data.get("disks"), [])),
             snapshots=tuple(_json(data.get("snapshots"), [])),
             host=data.get("host", ""),

@@ -40,11 +40,12 @@ class Scripts:
     """Each script of ``lua/`` as a callable; redis-py runs it by SHA and loads it when missing."""
 
     def __init__(self, client: redis.Redis) -> None:
-        def load(name: str) -> _Script:
-            text = (_LUA_DIR / f"{name}.lua").read_text()
+        def load(name: str, *shared: str) -> _Script:
+            """lua/<name>.lua, after the shared functions of each lua/<shared>.lua."""
+            text = "\n".join((_LUA_DIR / f"{part}.lua").read_text() for part in (*shared, name))
             return _Script(client.register_script(text), text)
 
-        self.checkout = load("checkout")
+        self.checkout = load("checkout", "quota")
         self.confirm = load("confirm")
         self.release = load("release")
         self.move = load("move")
@@ -52,10 +53,13 @@ class Scripts:
         self.release_lease = load("release_lease")
         self.record_durations = load("record_durations")
         self.update = load("update")
+        self.vm_modify = load("vm_modify")
+        self.rate_count = load("rate_count")
+        self.record_tags = load("record_tags")
         self.set_once = load("set_once")
         self.migration_slot = load("migration_slot")
         self.discover = load("discover")
-        self.ondemand_create = load("ondemand_create")
+        self.ondemand_create = load("ondemand_create", "quota")
         self.ondemand_reserve = load("ondemand_reserve")
         self.ondemand_deliver = load("ondemand_deliver")
         self.ondemand_end = load("ondemand_end")

@@ -7,6 +7,8 @@ act at once without any lock held in a process.
 
 from __future__ import annotations
 
+import enum
+import hashlib
 import json
 import secrets
 import time
@@ -75,6 +77,13 @@ class CheckoutRequest:
     name: str
     pools: Sequence[str]
     count: int
+    preferences: Sequence[Sequence[str]] = ()
+    """Optional: for each VM, ``pools`` in the order it prefers them (a weighted or random
+    choice). The script still takes another order when that is what serves every VM."""
+
+    def slots(self) -> list[Sequence[str]]:
+        """Each VM's pools, in its order of preference."""
+        return [self.preferences[i] if i < len(self.preferences) else self.pools for i in range(self.count)]
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,44 @@ class CheckoutResult:
     @property
     def ok(self) -> bool:
         return not self.short
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Limits on what one owner, and everyone together, may hold: checked in the script that
+    takes the VMs (store/lua/quota.lua), so concurrent requests cannot pass them together."""
+
+    owner: str
+    """Who takes the VMs: ``user:<canonical name>`` for a token's user, ``addr:<address>`` for an
+    anonymous client."""
+    max_owner_vms: int
+    max_vms: int
+    pools: Sequence[str]
+    """Every configured pool: their running VMs count against ``max_vms``."""
+    max_owner_requests: int = 0
+    max_requests: int = 0
+    """Open on-demand requests, per owner and in total."""
+
+    def payload(self, keys: Keys, ttl_seconds: int) -> dict[str, Any]:
+        owner = hashlib.sha256(self.owner.encode("utf-8")).hexdigest()[:32]
+        return {"key": keys.holdings(owner), "ttl": ttl_seconds, "max_owner_vms": self.max_owner_vms,
+                "max_vms": self.max_vms, "pools": list(self.pools),
+                "max_owner_requests": self.max_owner_requests, "max_requests": self.max_requests}
+
+
+class QuotaExceeded(Exception):
+    """A request would pass a limit of ``Quota``; ``limit`` says which: ``owner_vms``,
+    ``owner_requests``, ``service_vms`` or ``service_requests``. Nothing was changed."""
+
+    def __init__(self, limit: str) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+class ModifyResult(enum.Enum):
+    CHANGED = "changed"
+    NO_VM = "no_vm"
+    TOO_MANY_TAGS = "too_many_tags"
 
 
 @dataclass(frozen=True)
@@ -147,6 +194,9 @@ class Store:
         self.keys = Keys(prefix)
         self.scripts = Scripts(client)
         self.data_ttl_seconds = data_ttl_hours * 3600
+        self.holdings_ttl_seconds = 400 * 24 * 3600
+        """How long an owner's holdings set outlives its last change (longer than any lifetime
+        worth counting; entries are pruned as they are read)."""
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -205,10 +255,12 @@ class Store:
     # --- atomic changes -----------------------------------------------------------------------
 
     def checkout(
-        self, requests: Sequence[CheckoutRequest], now: float, fields: Mapping[str, str]
+        self, requests: Sequence[CheckoutRequest], now: float, fields: Mapping[str, str],
+        quota: Quota | None = None,
     ) -> CheckoutResult:
         """Take every requested VM or none, in one round trip; on success the pools taken from
-        are nudged to refill in the same step.
+        are nudged to refill in the same step. Raises QuotaExceeded (nothing taken) when the VMs
+        would pass a limit of ``quota``.
 
         The VMs taken are the caller's only once confirmed, in a second round trip made after
         the script's answer arrived (with ``WAIT`` when replica acknowledgements are required).
@@ -217,18 +269,18 @@ class Store:
         confirmation releases them at once and raises StoreUnavailable (CheckoutNotDurable when
         no replica acknowledged in time)."""
         checkout_id = secrets.token_hex(8)
-        payload = json.dumps(
-            {
-                "requests": [
-                    {"name": r.name, "pools": list(r.pools), "count": r.count} for r in requests
-                ],
-                "fields": dict(fields),
-                "checkout_id": checkout_id,
-                "confirm_by": repr(now + UNCONFIRMED_SECONDS),
-            }
-        )
+        checkout: dict[str, Any] = {
+            "slots": [{"name": r.name, "pools": list(pools)} for r in requests for pools in r.slots()],
+            "fields": dict(fields),
+            "checkout_id": checkout_id,
+            "confirm_by": repr(now + UNCONFIRMED_SECONDS),
+        }
+        if quota is not None:
+            checkout["quota"] = quota.payload(self.keys, self.holdings_ttl_seconds)
         with _translate_errors():
-            answer = json.loads(self.scripts.checkout(args=[self.keys.prefix, repr(now), payload]))
+            answer = json.loads(self.scripts.checkout(args=[self.keys.prefix, repr(now), json.dumps(checkout)]))
+        if answer.get("quota"):
+            raise QuotaExceeded(answer["quota"])
         if not answer["ok"]:
             return CheckoutResult(short=tuple(answer["short"]))
         result = CheckoutResult(vms=tuple(CheckedOut(*entry) for entry in answer["vms"]))
@@ -353,6 +405,17 @@ class Store:
         with _translate_errors():
             return bool(self.scripts.update(keys=[self.keys.vm(hostname)], args=args))
 
+    def modify_vm(self, hostname: str, fields: Mapping[str, str], max_tags: int) -> ModifyResult:
+        """A user's change (lifetime, tags as ``tag:<key>`` fields): each field set on its own in
+        one step, so concurrent changes of different fields all land. Refused whole when the VM
+        would carry more than ``max_tags`` tags."""
+        args: list[Any] = [max_tags]
+        for name, value in fields.items():
+            args += [name, value]
+        with _translate_errors():
+            result = int(self.scripts.vm_modify(keys=[self.keys.vm(hostname)], args=args))
+        return {1: ModifyResult.CHANGED, 0: ModifyResult.NO_VM}.get(result, ModifyResult.TOO_MANY_TAGS)
+
     def set_once(self, hostname: str, field_name: str, value: str = "1") -> bool:
         """Set a field on an existing record unless it is set already. True for the one caller
         that set it (racing passes: exactly one wins)."""
@@ -436,16 +499,16 @@ class Store:
         with _translate_errors():
             self.scripts.record_durations(keys=[self.keys.daily(day)], args=args)
 
-    def record_tags(self, day: str, tags: Mapping[str, str]) -> None:
+    def record_tags(self, day: str, tags: Mapping[str, str], max_names: int, max_values: int) -> None:
+        """Count tags in the day's statistics: at most ``max_names`` tag names and ``max_values``
+        values per name on their own, the rest as ``(other)``."""
         if not tags:
             return
-        key = self.keys.daily(day)
+        args: list[Any] = [DAILY_STATS_TTL_SECONDS, max_names, max_values]
+        for tag, value in tags.items():
+            args += [tag, value]
         with _translate_errors():
-            pipe = self.client.pipeline(transaction=True)
-            for tag, value in tags.items():
-                pipe.hincrby(key, f"tag:{tag}:{value}", 1)
-            pipe.expire(key, DAILY_STATS_TTL_SECONDS)
-            pipe.execute()
+            self.scripts.record_tags(keys=[self.keys.daily(day)], args=args)
 
     def day_stats(self, days: Sequence[str]) -> list[DayStats]:
         with _translate_errors():
@@ -453,6 +516,13 @@ class Store:
             for day in days:
                 pipe.hgetall(self.keys.daily(day))
             return [DayStats(day, values) for day, values in zip(days, pipe.execute(), strict=True)]
+
+    def count_request(self, key: str, window_seconds: int) -> tuple[int, int]:
+        """Count a request under a rate limit's ``key`` (a fixed window of ``window_seconds``):
+        (requests in the window, ms until it ends)."""
+        with _translate_errors():
+            count, left_ms = self.scripts.rate_count(keys=[key], args=[window_seconds])
+        return int(count), int(left_ms)
 
     def set_last_boot(self, pool: str, when: str) -> None:
         with _translate_errors():

@@ -44,6 +44,10 @@ USERS: dict[str, tuple[str, str]] = {
     "carol": (f"cn=carol,{PEOPLE_OU}", "carol-Pass-4"),
 }
 
+GROUPS_OU = f"ou=groups,{BASE}"
+ADMIN_GROUP = f"cn=vmpool-admins,{GROUPS_OU}"
+"""A groupOfNames whose only member is carol."""
+
 SLAPD_BINARY_CANDIDATES = ("/usr/sbin/slapd", "/usr/lib/slapd")
 MODULE_PATH = "/usr/lib/ldap"
 SCHEMA_DIR = "/etc/ldap/schema"
@@ -95,6 +99,8 @@ def _seed_ldif() -> str:
         f"dn: {BASE}\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n",
         f"dn: {USERS_OU}\nobjectClass: organizationalUnit\nou: users\n",
         f"dn: {PEOPLE_OU}\nobjectClass: organizationalUnit\nou: people\n",
+        f"dn: {GROUPS_OU}\nobjectClass: organizationalUnit\nou: groups\n",
+        f"dn: {ADMIN_GROUP}\nobjectClass: groupOfNames\ncn: vmpool-admins\nmember: {USERS['carol'][0]}\n",
         (f"dn: {SERVICE_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n"
          f"cn: svc\nuserPassword: {SERVICE_PASSWORD}\n"),
     ]
@@ -123,6 +129,7 @@ class SlapdServer:
     service_dn = SERVICE_DN
     service_password = SERVICE_PASSWORD
     users = USERS
+    admin_group = ADMIN_GROUP
 
     @property
     def host(self) -> str:

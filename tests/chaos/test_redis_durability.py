@@ -30,7 +30,7 @@ POOL = "ha"
 SIZE = 600
 ACK_TIMEOUT_MS = 200
 CONFIG = f"""
-:config: {{task_limit: 1000}}
+:config: {{task_limit: 1000, max_running_vms_per_user: 100000}}
 :redis: {{socket_timeout: 1.0, replica_ack_timeout: {ACK_TIMEOUT_MS}}}
 :providers:
   :dummy: {{createvm_max_time: 0, boot_time: 0}}

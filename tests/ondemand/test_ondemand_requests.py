@@ -237,5 +237,5 @@ def test_token_required_when_auth_is_configured(make_stack):
     assert (status, body) == (401, {"ok": False, "error": "a token is required (X-AUTH-TOKEN)"})
     assert stack.call("DELETE", "/api/v3/ondemandvm/some-id")[0] == 401
     assert open_requests(stack, "debian-12") == []
-    # GET needs no token (a 404 here, not a 401).
-    assert stack.call("GET", "/api/v3/ondemandvm/some-id")[0] == 404
+    # GET needs its owner's token too (issue 10 #11: vmpooler showed anyone's request).
+    assert stack.call("GET", "/api/v3/ondemandvm/some-id")[0] == 401

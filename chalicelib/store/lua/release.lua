@@ -17,7 +17,7 @@ for i = 5, #ARGV do
   end
   if eligible and redis.call('ZREM', prefix .. 'pool:' .. vm[4] .. ':running', hostname) == 1 then
     redis.call('ZADD', prefix .. 'pool:' .. vm[4] .. ':ready', vm[5] or now, hostname)
-    redis.call('HDEL', vm_key, 'checkout', 'checkout_id', 'confirm_by', 'lifetime', 'token_user', 'token_id')
+    redis.call('HDEL', vm_key, 'checkout', 'checkout_id', 'confirm_by', 'lifetime', 'token_user', 'token_id', 'migration')
     redis.call('HSET', vm_key, 'state', 'ready', 'change_seq', change_seq)
     released[#released + 1] = hostname
   end
