@@ -19,16 +19,14 @@ from typing import Any
 from bench.common import (
     CORES,
     RoundTrips,
-    Stack,
     command_delta,
     command_stats,
-    dummy_config,
-    local_stack,
     median,
     ms,
     percentile,
     stack_cpu,
 )
+from local.stack import Stack, dummy_config, local_stack
 
 POOL = "big"
 
@@ -115,8 +113,8 @@ def round_trips(pool_size: int = 50) -> dict[str, float]:
     process (no HTTP, no other client), with the refill trigger the local stack uses."""
     import os
 
-    from bench.common import dummy_config as config_text
     from local.redis_server import RedisServer
+    from local.stack import dummy_config as config_text
 
     with RedisServer() as server:
         os.environ.update({"VMPOOL_CONFIG": config_text([(POOL, pool_size)]),

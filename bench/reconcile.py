@@ -18,12 +18,13 @@ from typing import Any, Callable
 
 import redis
 
-from bench.common import CORES, RoundTrips, dummy_config, median, ms
+from bench.common import CORES, RoundTrips, median, ms
 from chalicelib.clock import FakeClock
 from chalicelib.config import Config, PoolConfig, parse
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.base import Provider
 from chalicelib.store import CheckoutRequest, Store
+from local.stack import dummy_config
 
 
 def _measure(counter: RoundTrips, provider: Provider, action: Callable[[], Any],
@@ -121,7 +122,7 @@ def vcsim_pool(client: redis.Redis, size: int, steady_runs: int) -> dict[str, An
     from pathlib import Path
 
     from chalicelib.providers.vsphere import VSphereProvider
-    from tests.vsphere.conftest import VcsimServer, vcsim_config
+    from tests.vsphere.vcsim import VcsimServer, vcsim_config
     from tools.vcsim import launcher
 
     launcher.build()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
@@ -30,6 +29,7 @@ from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from chalicelib.auth.secrets import RedactingFilter
+from chalicelib.providers.failures import FailureKind
 
 BASE_NAMESPACE = "vmpool"
 NAMESPACE_ENV = "POWERTOOLS_METRICS_NAMESPACE"
@@ -212,24 +212,6 @@ def _samples(value: Values) -> Iterable[float]:
 
 # --- clone failure reasons ----------------------------------------------------------------------
 
-_REASON_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (reason, re.compile(pattern, re.IGNORECASE))
-    for reason, pattern in (
-        ("timeout", r"time(d)? ?out|deadline"),
-        ("template", r"template|not found|no such|does not exist"),
-        ("capacity", r"insufficient|no space|capacity|quota|resource pool|datastore.*full"),
-        ("permission", r"permission|denied|not authori[sz]ed|forbidden|login|credential"),
-        ("connection", r"connect|unreachable|refused|reset|ssl|tls|network"),
-    )
-)
-
-CLONE_FAILURE_REASONS = tuple(reason for reason, _ in _REASON_PATTERNS) + ("other",)
-"""The few classes a clone failure is counted under (the metric dimension ``reason``)."""
-
-
-def clone_failure_reason(error: str) -> str:
-    """The class of a clone failure's error text: a bounded set, safe as a metric dimension."""
-    for reason, pattern in _REASON_PATTERNS:
-        if pattern.search(error or ""):
-            return reason
-    return "other"
+CLONE_FAILURE_REASONS = tuple(kind.value for kind in FailureKind)
+"""The few kinds a clone failure is counted under (the metric dimension ``reason``): the kind the
+provider reported (``providers.base.FailureKind``)."""

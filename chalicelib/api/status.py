@@ -7,9 +7,9 @@ from typing import Any
 from chalicelib.api.http import ApiRequest, ApiResponse, not_found
 from chalicelib.api.summary import day_metrics
 from chalicelib.config import PoolConfig
-from chalicelib.manager.reconcile import day_of
 from chalicelib.services import Services
 from chalicelib.store.ondemand import OnDemandStore
+from chalicelib.timestamps import day_of
 
 STATUS_VIEWS = ("boot", "capacity", "clone", "pools", "queue")
 OK_MESSAGE = "Battle station fully armed and operational."

@@ -23,7 +23,7 @@ from chalicelib import observability as metric
 from chalicelib.config import PoolConfig
 from chalicelib.manager.purge import purge_if_due
 from chalicelib.manager.reconcile import Checkpoint, PassReport, _no_checkpoint, reconcile_pool
-from chalicelib.observability import clone_failure_reason, emit, logger
+from chalicelib.observability import emit, logger
 from chalicelib.providers.base import ProviderError
 from chalicelib.store import StoreUnavailable
 from chalicelib.store.history import PoolHistory, Sample, minute_of
@@ -209,8 +209,7 @@ def _publish(result: PassReport, capacity: int) -> None:
         return
     emit(result.pool, {metric.CLONE_FAILURES: len(result.clone_failures)})
     reasons: dict[str, int] = {}
-    for error in result.clone_failures.values():
-        reason = clone_failure_reason(error)
-        reasons[reason] = reasons.get(reason, 0) + 1
+    for failure in result.clone_failures.values():
+        reasons[failure.kind.value] = reasons.get(failure.kind.value, 0) + 1
     for reason, count in sorted(reasons.items()):
         emit(None, {metric.CLONE_FAILURES: count}, dimensions={"reason": reason})

@@ -8,7 +8,7 @@ from typing import Callable
 
 import pytest
 
-from chalicelib.manager.reconcile import day_of
+from chalicelib.timestamps import day_of
 from tests.api.client import CONFIG_YAML, LDAP_PASSWORD, PROVIDER_PASSWORD, REDIS_PASSWORD, Stack
 
 OK_MESSAGE = "Battle station fully armed and operational."

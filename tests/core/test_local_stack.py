@@ -3,6 +3,7 @@ once, takes the VM back, and Ctrl-C stops every process it started."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -14,11 +15,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 import pytest
 
-from local.redis_server import free_port
+from tests.support import eventually, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,17 +46,8 @@ def call(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int
         return error.code, json.loads(error.read())
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-        except (urllib.error.URLError, ConnectionError):
-            value = None
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+wait_for = functools.partial(eventually, ignoring=(urllib.error.URLError, ConnectionError))
+"""Poll the stack; a stack that does not answer yet has not got there yet."""
 
 
 def descendants(pid: int) -> set[int]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 import pytest
 import redis
@@ -19,6 +18,7 @@ from chalicelib.config import parse
 from chalicelib.manager.dispatch import publish_totals
 from chalicelib.manager.runner import run_pool
 from chalicelib.services import Services
+from tests.support import clone_failures_by_reason, emf_documents, emitted
 
 CONFIG = """\
 config: {check_loop_delay_min: 0.1, task_limit: 10}
@@ -28,30 +28,6 @@ pools:
   - {name: alpha, size: 2, provider: dummy}
   - {name: broken, size: 1, provider: dummy, createvm_fail_percent: 100}
 """
-
-
-def emf_documents(stdout: str) -> list[dict[str, Any]]:
-    """The EMF documents among the JSON lines on stdout (log lines are JSON too)."""
-    documents = []
-    for line in stdout.splitlines():
-        if line.startswith("{") and '"_aws"' in line:
-            documents.append(json.loads(line))
-    return documents
-
-
-def emitted(documents: list[dict[str, Any]]) -> dict[tuple[str, tuple[str, ...]], list[float]]:
-    """(metric name, sorted dimension names) -> every value published."""
-    found: dict[tuple[str, tuple[str, ...]], list[float]] = {}
-    for document in documents:
-        (directive,) = document["_aws"]["CloudWatchMetrics"]
-        assert directive["Namespace"] == m.NAMESPACE
-        (dimensions,) = directive["Dimensions"]
-        assert all(isinstance(document[d], str) for d in dimensions)
-        for metric in directive["Metrics"]:
-            values = document[metric["Name"]]
-            found.setdefault((metric["Name"], tuple(sorted(dimensions))), []).extend(
-                values if isinstance(values, list) else [values])
-    return found
 
 
 def test_emf_document_shape(capsys: pytest.CaptureFixture[str]) -> None:
@@ -70,18 +46,33 @@ def test_emf_document_shape(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_service_wide_and_reason_metrics_carry_their_own_dimensions(capsys: pytest.CaptureFixture[str]) -> None:
     m.emit(None, {m.CHECKOUTS: 2})
-    m.emit(None, {m.CLONE_FAILURES: 1}, dimensions={"reason": m.clone_failure_reason("Task timed out")})
+    m.emit(None, {m.CLONE_FAILURES: 1}, dimensions={"reason": "timeout"})
     found = emitted(emf_documents(capsys.readouterr().out))
     assert found == {(m.CHECKOUTS, ("service",)): [2.0], (m.CLONE_FAILURES, ("reason", "service")): [1.0]}
 
 
-def test_clone_failure_reasons_are_a_small_fixed_set() -> None:
-    assert m.clone_failure_reason("Task timed out after 600 s") == "timeout"
-    assert m.clone_failure_reason("template 'templates/x' not found") == "template"
-    assert m.clone_failure_reason("Insufficient disk space on datastore") == "capacity"
-    assert m.clone_failure_reason("Permission to perform this operation was denied") == "permission"
-    assert m.clone_failure_reason("something unheard of") == "other"
-    assert set(m.CLONE_FAILURE_REASONS) == {"timeout", "template", "capacity", "permission", "connection", "other"}
+KINDS_CONFIG = """\
+config: {task_limit: 10}
+providers:
+  dummy: {provider_class: dummy, createvm_fail_percent: 100}
+pools:
+  - {name: no-network, size: 2, provider: dummy, createvm_fail_kind: network}
+  - {name: no-template, size: 1, provider: dummy, createvm_fail_kind: template}
+  - {name: denied, size: 1, provider: dummy, createvm_fail_kind: permission}
+  - {name: flaky, size: 1, provider: dummy}
+"""
+
+
+def test_clone_failures_are_counted_under_the_kind_the_provider_reported(
+        redis_client: redis.Redis, clock: FakeClock, capsys: pytest.CaptureFixture[str]) -> None:
+    services = Services(parse(KINDS_CONFIG), redis_client, clock=clock, prefix="vmpool:")
+    for pool in ("no-network", "no-template", "denied", "flaky"):
+        run_pool(services, pool, budget_seconds=0)  # starts the clones
+        run_pool(services, pool, budget_seconds=0)  # sees them fail
+    assert clone_failures_by_reason(emf_documents(capsys.readouterr().out)) == {
+        "network": 2, "template": 1, "permission": 1, "other": 1}
+    assert set(m.CLONE_FAILURE_REASONS) == {
+        "template", "network", "placement", "permission", "capacity", "timeout", "connection", "other"}
 
 
 def test_reconcile_passes_and_the_tick_emit_only_registered_metrics(redis_client: redis.Redis, clock: FakeClock,
