@@ -8,6 +8,7 @@ infra/slim_zip.py) and ``make bench`` times their cold import (bench/coldstart.p
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import zipfile
 from dataclasses import dataclass
@@ -67,10 +68,8 @@ def lambda_python() -> Path:
 def unpack(deployment_zip: Path, task_root: Path, python: Path | None = None) -> Sandbox:
     """The zip unpacked into ``task_root`` (emptied first), ready to run."""
     python = python or lambda_python()
-    if task_root.exists():
-        for path in sorted(task_root.rglob("*"), reverse=True):
-            path.unlink() if path.is_file() or path.is_symlink() else path.rmdir()
-    task_root.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(task_root, ignore_errors=True)
+    task_root.mkdir(parents=True)
     with zipfile.ZipFile(deployment_zip) as archive:
         archive.extractall(task_root)
     sdk = python.parent.parent / "runtime-sdk"
