@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make the repository impo
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
-from bench import checkout, coldstart, reconcile, refill
+from bench import checkout, coldstart, fleet, reconcile, refill
 from bench.common import CORES, ROOT
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "reconcile": reconcile.run,
     "refill": refill.run,
     "coldstart": coldstart.run,
+    "fleet": fleet.run,
 }
 RESULTS = ROOT / "bench" / "results.json"
 

@@ -143,6 +143,15 @@ class Services:
             services.refill = SqsRefill(environ[REFILL_QUEUE_ENV])
         return services
 
+    def use_config(self, config: Config) -> None:
+        """Serve with a new config (pushed to S3 while running): pools and settings apply at
+        once; providers are rebuilt when their section changed."""
+        if config is self.config:
+            return
+        if config.providers != self.config.providers:
+            self._providers = {}
+        self.config = config
+
     def pool(self, name: str) -> PoolConfig | None:
         """The pool as it should be now: as configured, with its runtime overrides."""
         pool = self.config.pool(name)

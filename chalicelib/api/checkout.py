@@ -66,6 +66,8 @@ def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int])
         raise quota_error(services, exceeded) from None
     if not result.ok:
         emit(None, {metric.CHECKOUT_MISSES: 1})
+        for short in result.short:
+            emit(short, {metric.CHECKOUT_MISSES: 1})
         fallback = fallback_checkout(services, request, wanted, caller)
         if fallback is not None:
             return fallback

@@ -12,6 +12,8 @@ this module and the scripts must agree.
                                      provider's inventory, to order that read against the changes
     lease:<pool>             string  who runs the pool's reconcile right now
     wake:<pool>              list    nudges for the pool's reconcile (checkout, delete, request)
+    followup:<pool>          string  a delayed follow-up pass of the pool is queued (store/fleet.py)
+    pools:known              hash    pool -> its last configured settings, to drain it once removed
     lastboot                 hash    pool -> time of its last VM becoming ready
     daily:<YYYY-MM-DD>       hash    that day's clone/boot durations and tag counts
     ondemand:<id>            hash    an on-demand request (store/ondemand.py)
@@ -65,6 +67,13 @@ class Keys:
 
     def wake(self, pool: str) -> str:
         return f"{self.prefix}wake:{pool}"
+
+    def followup(self, pool: str) -> str:
+        return f"{self.prefix}followup:{pool}"
+
+    @property
+    def known_pools(self) -> str:
+        return f"{self.prefix}pools:known"
 
     @property
     def last_boot(self) -> str:

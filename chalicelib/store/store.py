@@ -444,9 +444,12 @@ class Store:
 
     # --- per-pool lease and wake-ups ----------------------------------------------------------
 
-    def acquire_lease(self, pool: str, ttl_seconds: float) -> str | None:
-        """Take the pool's lease if nobody holds it. Returns the holder token, or None."""
-        token = secrets.token_hex(8)
+    def acquire_lease(self, pool: str, ttl_seconds: float, token: str | None = None) -> str | None:
+        """Take the pool's lease if nobody holds it. Returns the holder token, or None.
+
+        A caller that passes its own ``token`` knows it even when this raises: a SET sent just
+        before Redis stalled may still be applied, and the token is what releases it."""
+        token = token or secrets.token_hex(8)
         with _translate_errors():
             taken = self.client.set(self.keys.lease(pool), token, nx=True, px=int(ttl_seconds * 1000))
         return token if taken else None
@@ -483,6 +486,11 @@ class Store:
                     return False
                 if self.client.blpop([key], timeout=min(remaining, 1.0)):
                     return True
+
+    def take_wake(self, pool: str) -> bool:
+        """Whether the pool was nudged since its wake-ups were last cleared (without waiting)."""
+        with _translate_errors():
+            return bool(self.client.delete(self.keys.wake(pool)))
 
     def clear_wakes(self, pool: str) -> None:
         with _translate_errors():
