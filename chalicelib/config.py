@@ -286,6 +286,7 @@ POOL_KEYS: dict[str, Key] = {
     "check_loop_delay_min": Key(number(0.1)),
     "check_loop_delay_max": Key(number(0.1)),
     "check_loop_delay_decay": Key(number(1.0)),
+    "clone_limit": Key(integer(1)),
     "snapshot_mainMem_ioBlockPages": _IGNORED,
     "snapshot_mainMem_writeThrottle": _IGNORED,
     "template_hostname": _IGNORED,

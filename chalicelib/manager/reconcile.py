@@ -53,6 +53,8 @@ class PassReport:
     clone_failures: dict[str, str] = field(default_factory=dict)
     samples: list[DurationSample] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    clones_short: int = 0
+    """Clones the pool still lacks after this pass reserved what its share of task_limit allowed."""
     followups: int = 0
     """Work a pass soon must look at again: disk/snapshot tasks running, requests waiting."""
     provider_calls: int = 0
@@ -338,11 +340,17 @@ class _Pass:
         counts = self.store.counts([self.pool.name])[self.pool.name]
         deficit = self.pool.size - counts["ready"] - counts["pending"] + ondemand.building(self)
         if deficit <= 0:
+            if self.snapshot.wants_clones:
+                self.store.withdraw_clone_demand(self.pool.name)
             return
+        # The script never reserves more than the task limit: no need for more names.
+        wanted = min(deficit, self.service.task_limit)
         reserved = self.store.reserve_clones(
             self.pool.name, self.pool.size, self.service.task_limit, self.pool.template,
-            self.pool.domain or "", candidate_names(deficit, self.service.prefix), self.now,
+            self.pool.domain or "", candidate_names(wanted, self.service.prefix), self.now,
+            clone_limit=int(self.pool.get("clone_limit", 0)),
         )
+        self.report.clones_short = deficit - len(reserved)
         self.checkpoint("reserved")
         self.start_clones(reserved)
 

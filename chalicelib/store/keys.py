@@ -7,6 +7,7 @@ this module and the scripts must agree.
     vm:<hostname>            hash    one VM's record (see records.VMRecord)
     pool:<pool>:<state>      zset    hostnames in a state, scored by when they entered it
     cloning                  zset    hostnames whose clone task is in flight, across all pools
+    clone_demand             hash    pool -> "<clone slots wanted> <when>" of the pools short of VMs
     lease:<pool>             string  who runs the pool's reconcile right now
     wake:<pool>              list    nudges for the pool's reconcile (checkout, delete, request)
     lastboot                 hash    pool -> time of its last VM becoming ready
@@ -44,6 +45,10 @@ class Keys:
     @property
     def cloning(self) -> str:
         return f"{self.prefix}cloning"
+
+    @property
+    def clone_demand(self) -> str:
+        return f"{self.prefix}clone_demand"
 
     def lease(self, pool: str) -> str:
         return f"{self.prefix}lease:{pool}"

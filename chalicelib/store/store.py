@@ -26,6 +26,11 @@ DAILY_STATS_TTL_SECONDS = 400 * 24 * 3600
 """How long per-day statistics stay for /summary: a bit more than a year."""
 
 
+CLONE_DEMAND_TTL_SECONDS = 120.0
+"""A short pool's claim on clone slots lapses when its passes stop renewing it for this long
+(its passes died, or it left the config), so the slots go to the pools still asking."""
+
+
 class StoreUnavailable(Exception):
     """Redis cannot be reached or answered with an error; the API turns this into a 503."""
 
@@ -65,6 +70,8 @@ class PoolSnapshot:
     """state -> hostname -> time it entered the state."""
     records: Mapping[str, VMRecord]
     cloning_total: int = 0
+    wants_clones: bool = False
+    """Whether the pool has a clone demand registered (it was short when it last reserved)."""
 
     def hostnames(self, state: str) -> list[str]:
         return list(self.members.get(state, {}))
@@ -150,7 +157,8 @@ class Store:
             for state in STATES:
                 pipe.zrange(self.keys.pool_state(pool, state), 0, -1, withscores=True)
             pipe.zcard(self.keys.cloning)
-            *state_members, cloning_total = pipe.execute()
+            pipe.hexists(self.keys.clone_demand, pool)
+            *state_members, cloning_total, wants_clones = pipe.execute()
             members = {state: dict(pairs) for state, pairs in zip(STATES, state_members, strict=True)}
             hostnames = [host for hosts in members.values() for host in hosts]
             records: dict[str, VMRecord] = {}
@@ -161,7 +169,8 @@ class Store:
                 for host, data in zip(hostnames, pipe.execute(), strict=True):
                     if data:
                         records[host] = VMRecord.from_hash(data)
-        return PoolSnapshot(members=members, records=records, cloning_total=cloning_total)
+        return PoolSnapshot(members=members, records=records, cloning_total=cloning_total,
+                            wants_clones=bool(wants_clones))
 
     def counts(self, pools: Iterable[str]) -> dict[str, dict[str, int]]:
         """pool -> state -> number of VMs, in one round trip."""
@@ -235,13 +244,22 @@ class Store:
         domain: str,
         candidates: Sequence[str],
         now: float,
+        clone_limit: int = 0,
     ) -> list[str]:
-        """Create pending records for as many candidates as the pool lacks and the task limit
-        allows, counted atomically. Returns the hostnames reserved."""
+        """Create pending records for as many candidates as the pool lacks and its fair share of
+        the task limit allows (lua/reserve_clones.lua: the limit is shared max-min fairly among
+        the pools that are short; ``clone_limit`` > 0 caps the pool's clones in flight), counted
+        atomically. Returns the hostnames reserved."""
         with _translate_errors():
             return self.scripts.reserve_clones(
-                args=[self.keys.prefix, pool, size, task_limit, repr(now), template, domain, *candidates]
+                args=[self.keys.prefix, pool, size, task_limit, repr(now), template, domain, clone_limit,
+                      repr(CLONE_DEMAND_TTL_SECONDS), *candidates]
             )
+
+    def withdraw_clone_demand(self, pool: str) -> None:
+        """The pool is full: it no longer claims a share of the task limit."""
+        with _translate_errors():
+            self.client.hdel(self.keys.clone_demand, pool)
 
     def update_vm(self, hostname: str, **fields: Any) -> bool:
         """Set fields on an existing record (None deletes a field). False for an unknown VM."""
