@@ -55,10 +55,18 @@ class PassReport:
     errors: list[str] = field(default_factory=list)
     clones_short: int = 0
     """Clones the pool still lacks after this pass reserved what its share of task_limit allowed."""
+    clones_running: int = 0
+    """The pool's clone tasks still running when the pass ended (started by it or before)."""
     followups: int = 0
     """Work a pass soon must look at again: disk/snapshot tasks running, requests waiting."""
     provider_calls: int = 0
     duration_seconds: float = 0.0
+
+    @property
+    def waiting_for_clones(self) -> bool:
+        """Whether a clone slot will soon be free for this pool: its clones are running (a pass
+        that sees one finished reuses its slot at once), or it is short of slots other pools hold."""
+        return bool(self.clones_running or self.clones_short)
 
     @property
     def work_in_flight(self) -> bool:
@@ -225,6 +233,7 @@ class _Pass:
             return False
         status = self.provider.task_status(record.clone_task)
         if status.state is TaskState.RUNNING:
+            self.report.clones_running += 1
             if age > self.pool.timeout_minutes * 60:
                 self.take_out_of_service(
                     hostname, "pending", f"clone still running after {self.pool.timeout_minutes} minutes"
@@ -370,6 +379,7 @@ class _Pass:
             self.checkpoint("clone_started")
             self.store.update_vm(hostname, clone_task=task)
             self.report.clones_started.append(hostname)
+            self.report.clones_running += 1
 
     def count_after(self) -> dict[str, int]:
         counts = self.store.counts([self.pool.name])[self.pool.name]

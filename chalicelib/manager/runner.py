@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from chalicelib import observability as metric
+from chalicelib.config import PoolConfig
 from chalicelib.manager.purge import purge_if_due
 from chalicelib.manager.reconcile import Checkpoint, PassReport, _no_checkpoint, reconcile_pool
 from chalicelib.observability import clone_failure_reason, emit, logger
@@ -75,7 +76,7 @@ def run_pool(
                 break
             report.passes.append(result)
             _publish(result, pool.size)
-            delay = float(pool.get("check_loop_delay_min", services.config.service.check_loop_delay_min))
+            delay = check_delay(services, pool, result)
             pass_seconds = time.monotonic() - started
             if (not result.work_in_flight or stopping()
                     or time.monotonic() + delay + pass_seconds > deadline):
@@ -94,6 +95,17 @@ def run_pool(
         except StoreUnavailable:
             pass  # it expires by itself
     return report
+
+
+def check_delay(services: "Services", pool: PoolConfig, result: PassReport) -> float:
+    """How long a pool with work in flight waits before its next pass: ``clone_poll_interval``
+    while it waits for clones (its own running, or slots held by other pools), so a finished
+    clone's slot is reused within that interval; else ``check_loop_delay_min`` (boots,
+    destroys). An idle pool is not looked at again before its schedule: no cost added there."""
+    delay = float(pool.get("check_loop_delay_min", services.config.service.check_loop_delay_min))
+    if result.waiting_for_clones:
+        delay = min(delay, float(services.config.service.clone_poll_interval))
+    return delay
 
 
 def _publish(result: PassReport, capacity: int) -> None:
