@@ -240,7 +240,7 @@ SERVICE_KEYS: dict[str, Key] = {
     "vm_checktime": Key(integer(1), 1),
     # Accepted for compatibility; this service has no equivalent.
     "logfile": _IGNORED,
-    "site_name": _IGNORED,
+    "site_name": Key(string, "vmpool"),
     "vm_checktime_ready": _IGNORED,
     "usage_stats": _IGNORED,
     "request_logger": _IGNORED,
@@ -433,7 +433,7 @@ class Config:
         aliases: dict[str, list[str]] = {}
         for pool in self.pools:
             for alias in pool.alias:
-                if alias not in by_name:
+                if alias != pool.name and pool.name not in aliases.get(alias, ()):
                     aliases.setdefault(alias, []).append(pool.name)
         object.__setattr__(self, "_pools_by_name", MappingProxyType(by_name))
         object.__setattr__(
@@ -448,10 +448,11 @@ class Config:
         return tuple(pool.name for pool in self.pools)
 
     def resolve(self, requested: str) -> tuple[str, ...]:
-        """The pools a requested name may be served from: the pool itself, or an alias's pools."""
-        if requested in self._pools_by_name:
-            return (requested,)
-        return self._aliases.get(requested, ())
+        """The pools a requested name may be served from: the pool of that name, then the pools
+        that have it as an alias. A name that is both a pool and another pool's alias is served
+        from all of them, as vmpooler does."""
+        own = (requested,) if requested in self._pools_by_name else ()
+        return own + self._aliases.get(requested, ())
 
     def aliases_of(self, pool_name: str) -> tuple[str, ...]:
         pool = self.pool(pool_name)
@@ -767,10 +768,17 @@ def _read_pools(
                 domain=domain,
                 timeout_minutes=settings["timeout"] or service["timeout"],
                 ready_ttl_minutes=settings["ready_ttl"] or service["ready_ttl"],
-                settings=MappingProxyType({k: v for k, v in settings.items() if v is not None}),
+                settings=MappingProxyType({k: v for k, v in _as_written(settings, block).items() if v is not None}),
             )
         )
     return pools
+
+
+def _as_written(settings: Mapping[str, Any], block: Any) -> dict[str, Any]:
+    """The pool's checked settings, with ``alias`` kept a string when written as one (vmpooler
+    echoes it as written in /status and /config)."""
+    written = block.get("alias") if isinstance(block, dict) else None
+    return {**settings, "alias": written} if isinstance(written, str) else dict(settings)
 
 
 def load(environ: Mapping[str, str] | None = None) -> Config:

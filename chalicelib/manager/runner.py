@@ -19,6 +19,7 @@ from chalicelib.manager.reconcile import Checkpoint, PassReport, _no_checkpoint,
 from chalicelib.observability import clone_failure_reason, emit, logger
 from chalicelib.providers.base import ProviderError
 from chalicelib.store import StoreUnavailable
+from chalicelib.store.history import PoolHistory, Sample, minute_of
 
 if TYPE_CHECKING:
     from chalicelib.services import Services
@@ -56,6 +57,7 @@ def run_pool(
         logger.debug("pool is reconciled elsewhere; nudged the holder", extra={"pool": pool_name})
         return RunReport(pool_name, leased=False)
     report = RunReport(pool_name, leased=True)
+    sampled: int | None = None
     deadline = time.monotonic() + budget_seconds
     try:
         while True:
@@ -76,6 +78,7 @@ def run_pool(
                 break
             report.passes.append(result)
             _publish(result, pool.size)
+            sampled = _sample(services, result, pool.size, sampled)
             delay = check_delay(services, pool, result)
             pass_seconds = time.monotonic() - started
             if (not result.work_in_flight or stopping()
@@ -106,6 +109,22 @@ def check_delay(services: "Services", pool: PoolConfig, result: PassReport) -> f
     if result.waiting_for_clones:
         delay = min(delay, float(services.config.service.clone_poll_interval))
     return delay
+
+
+def _sample(services: "Services", result: PassReport, size: int, sampled: int | None) -> int | None:
+    """Record the pool's counts for the dashboard's history, once a minute (a busy pool passes
+    every few seconds); the minute recorded. A failed write loses one sample, not the pass."""
+    minute = minute_of(services.clock.now())
+    if minute == sampled:
+        return sampled
+    counts = result.counts
+    try:
+        PoolHistory(services.store).record(result.pool, Sample(
+            minute, counts.get("ready", 0), counts.get("running", 0), counts.get("pending", 0), size))
+    except StoreUnavailable as error:
+        logger.warning("history sample skipped", extra={"pool": result.pool, "error": str(error)})
+        return sampled
+    return minute
 
 
 def _publish(result: PassReport, capacity: int) -> None:
