@@ -115,6 +115,7 @@ class _Pass:
         self.report = PassReport(pool=pool.name, started=self.now)
         self.inventory: dict[str, VMInfo] = {}
         self.snapshot = PoolSnapshot({}, {})
+        self.late_records: dict[str, VMRecord | None] = {}
 
     def run(self) -> PassReport:
         calls_before = self.provider.call_count()
@@ -124,7 +125,7 @@ class _Pass:
         # unknown. A failed inventory ends the pass before anything changes.
         self.inventory = {vm.name: vm for vm in self.provider.list_vms(self.pool)}
         self.checkpoint("inventory")
-        self.snapshot = self.store.pool_snapshot(self.pool.name)
+        self.snapshot = self.store.pool_snapshot(self.pool.name, without_records=("ready",))
         self.checkpoint("snapshot")
         self.check_pending()
         self.check_ready()
@@ -148,7 +149,17 @@ class _Pass:
     # --- helpers ------------------------------------------------------------------------------
 
     def record(self, hostname: str) -> VMRecord | None:
-        return self.snapshot.records.get(hostname)
+        """The VM's record as of this pass (None when missing). Ready VMs' records are read only
+        when a step acts on one: a steady pass reads none."""
+        if hostname not in self.snapshot.loaded and hostname not in self.late_records:
+            self.load_records([hostname])
+        return self.snapshot.records.get(hostname) or self.late_records.get(hostname)
+
+    def load_records(self, hostnames: list[str]) -> None:
+        """Read the records of many VMs not in the snapshot in one round trip."""
+        missing = [host for host in hostnames if host not in self.snapshot.loaded and host not in self.late_records]
+        found = self.store.records(missing)
+        self.late_records.update({host: found.get(host) for host in missing})
 
     def take_out_of_service(self, hostname: str, from_state: str, reason: str) -> None:
         """Move a VM to completed (to be destroyed), recording why."""

@@ -8,6 +8,7 @@ this module and the scripts must agree.
     pool:<pool>:<state>      zset    hostnames in a state, scored by when they entered it
     cloning                  zset    hostnames whose clone task is in flight, across all pools
     clone_demand             hash    pool -> "<clone slots wanted> <when>" of the pools short of VMs
+    pool:<pool>:ready_checked string the template and reset time every ready VM was last checked against
     lease:<pool>             string  who runs the pool's reconcile right now
     wake:<pool>              list    nudges for the pool's reconcile (checkout, delete, request)
     lastboot                 hash    pool -> time of its last VM becoming ready
@@ -47,6 +48,9 @@ class Keys:
     @property
     def cloning(self) -> str:
         return f"{self.prefix}cloning"
+
+    def ready_checked(self, pool: str) -> str:
+        return f"{self.prefix}pool:{pool}:ready_checked"
 
     @property
     def clone_demand(self) -> str:

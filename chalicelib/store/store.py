@@ -72,6 +72,10 @@ class PoolSnapshot:
     cloning_total: int = 0
     wants_clones: bool = False
     """Whether the pool has a clone demand registered (it was short when it last reserved)."""
+    loaded: frozenset[str] = frozenset()
+    """Hostnames whose records were read (present in ``records`` unless missing in Redis)."""
+    ready_checked: str = ""
+    """The pool's ``ready_checked`` mark: what every ready VM was last checked against."""
 
     def hostnames(self, state: str) -> list[str]:
         return list(self.members.get(state, {}))
@@ -150,27 +154,40 @@ class Store:
             data = cast("dict[str, str]", self.client.hgetall(self.keys.vm(hostname)))
         return VMRecord.from_hash(data) if data else None
 
-    def pool_snapshot(self, pool: str) -> PoolSnapshot:
-        """All of a pool's VMs and records in two round trips, whatever the pool's size."""
+    def pool_snapshot(self, pool: str, without_records: Sequence[str] = ()) -> PoolSnapshot:
+        """All of a pool's VMs (with the time each entered its state) and the records of those
+        not in a ``without_records`` state, in two round trips whatever the pool's size. A
+        steady pass leaves out ``ready``: it needs their scores only, and reading a record costs
+        far more than a score (issue 14: 178 ms for 2,000 ready VMs)."""
         with _translate_errors():
             pipe = self.client.pipeline(transaction=False)
             for state in STATES:
                 pipe.zrange(self.keys.pool_state(pool, state), 0, -1, withscores=True)
             pipe.zcard(self.keys.cloning)
             pipe.hexists(self.keys.clone_demand, pool)
-            *state_members, cloning_total, wants_clones = pipe.execute()
+            pipe.get(self.keys.ready_checked(pool))
+            *state_members, cloning_total, wants_clones, ready_checked = pipe.execute()
             members = {state: dict(pairs) for state, pairs in zip(STATES, state_members, strict=True)}
-            hostnames = [host for hosts in members.values() for host in hosts]
-            records: dict[str, VMRecord] = {}
-            if hostnames:
-                pipe = self.client.pipeline(transaction=False)
-                for host in hostnames:
-                    pipe.hgetall(self.keys.vm(host))
-                for host, data in zip(hostnames, pipe.execute(), strict=True):
-                    if data:
-                        records[host] = VMRecord.from_hash(data)
-        return PoolSnapshot(members=members, records=records, cloning_total=cloning_total,
-                            wants_clones=bool(wants_clones))
+        hostnames = [host for state, hosts in members.items() if state not in without_records for host in hosts]
+        return PoolSnapshot(members=members, records=self.records(hostnames), cloning_total=cloning_total,
+                            wants_clones=bool(wants_clones), loaded=frozenset(hostnames),
+                            ready_checked=ready_checked or "")
+
+    def records(self, hostnames: Sequence[str]) -> dict[str, VMRecord]:
+        """The records of ``hostnames`` that exist, in one round trip."""
+        if not hostnames:
+            return {}
+        with _translate_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for host in hostnames:
+                pipe.hgetall(self.keys.vm(host))
+            replies = pipe.execute()
+        return {host: VMRecord.from_hash(data) for host, data in zip(hostnames, replies, strict=True) if data}
+
+    def mark_ready_checked(self, pool: str, mark: str) -> None:
+        """Note what every ready VM of the pool was checked against (see PoolSnapshot.ready_checked)."""
+        with _translate_errors():
+            self.client.set(self.keys.ready_checked(pool), mark)
 
     def counts(self, pools: Iterable[str]) -> dict[str, dict[str, int]]:
         """pool -> state -> number of VMs, in one round trip."""
