@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark, write bench/results.json and print a short table.
 
-    python bench/run.py [--quick] [--only checkout,reconcile,refill,coldstart]
+    python bench/run.py [--quick] [--only checkout,reconcile,refill,fill,coldstart]
 
 Targets (issue 7), on this machine: >= 1,500 checkout+delete cycles/s at 8 clients, checkout
 p99 < 5 ms, one Redis round trip per checkout, refill start < 1 s p50, a steady pool's pass in
@@ -25,13 +25,14 @@ if __package__ in (None, ""):  # `python bench/run.py`: make the repository impo
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
-from bench import checkout, coldstart, reconcile, refill
+from bench import checkout, coldstart, fill, reconcile, refill
 from bench.common import CORES, ROOT
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "checkout": checkout.run,
     "reconcile": reconcile.run,
     "refill": refill.run,
+    "fill": fill.run,
     "coldstart": coldstart.run,
 }
 RESULTS = ROOT / "bench" / "results.json"
@@ -81,6 +82,13 @@ def table(results: dict[str, Any]) -> list[str]:
     if "refill" in results:
         f = results["refill"]
         rows.append(("refill start", f"p50 {f['p50_ms']} ms  p99 {f['p99_ms']} ms  ({f['samples']} checkouts)"))
+    if "fill" in results:
+        f = results["fill"]
+        r = f["refill"]
+        rows.append((f"fill {f['size']} VMs from empty", f"{f['fill_seconds']} s (task_limit 10, instant clones)"))
+        rows.append((f"refill {r['checked_out_and_returned']} returned VMs",
+                     f"{r['seconds_to_full']} s; meanwhile a 20-VM pool served {r['small_pool_served']}"
+                     f" / refused {r['small_pool_refused']} checkouts ({r['small_pool_success']:.0%})"))
     if "coldstart" in results:
         s = results["coldstart"]
         for label in coldstart.MODULES:

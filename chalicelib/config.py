@@ -232,7 +232,7 @@ SERVICE_KEYS: dict[str, Key] = {
     "ondemand_fallback": Key(boolean, False),
     "max_vm_retries": Key(integer(0), 3),
     "check_loop_delay_min": Key(number(0.1), 5.0),
-    "clone_poll_interval": Key(number(0.1), 0.5),
+    "clone_poll_interval": Key(number(0.1), 0.25),
     "check_loop_delay_max": Key(number(0.1), 60.0),
     "check_loop_delay_decay": Key(number(1.0), 2.0),
     "token_ttl": Key(integer(1)),
