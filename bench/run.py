@@ -87,8 +87,8 @@ def table(results: dict[str, Any]) -> list[str]:
         r = f["refill"]
         rows.append((f"fill {f['size']} VMs from empty", f"{f['fill_seconds']} s (task_limit 10, instant clones)"))
         rows.append((f"refill {r['checked_out_and_returned']} returned VMs",
-                     f"{r['seconds_to_full']} s; meanwhile a 20-VM pool served {r['small_pool_served']}"
-                     f" / refused {r['small_pool_refused']} checkouts ({r['small_pool_success']:.0%})"))
+                     (f"{r['seconds_to_full']} s; meanwhile a 20-VM pool served {r['small_pool_served']}"
+                      f" / refused {r['small_pool_refused']} checkouts ({r['small_pool_success']:.0%})")))
     if "coldstart" in results:
         s = results["coldstart"]
         for label in coldstart.MODULES:
