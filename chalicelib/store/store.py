@@ -252,6 +252,15 @@ class Store:
         with _translate_errors():
             return bool(self.scripts.move(args=args))
 
+    def return_vm(self, hostname: str, now: float, reason: str) -> str | None:
+        """Move a running VM, whatever its pool, to completed and nudge its pool, in one round
+        trip. Returns its pool, or None when it is unknown or not running."""
+        args = [self.keys.prefix, hostname, "", "running", "completed", repr(now), str(self.data_ttl_seconds),
+                "1", "reason", reason]
+        with _translate_errors():
+            pool = self.scripts.move(args=args)
+        return str(pool) if pool else None
+
     def reserve_clones(
         self,
         pool: str,
