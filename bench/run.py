@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark, write bench/results.json and print a short table.
 
-    python bench/run.py [--quick] [--only checkout,reconcile,refill,fill,coldstart]
+    python bench/run.py [--quick] [--only checkout,reconcile,refill,fill,memory,coldstart]
 
 Targets (issue 7), on this machine: >= 1,500 checkout+delete cycles/s at 8 clients, checkout
 p99 < 5 ms, one Redis round trip per checkout, refill start < 1 s p50, a steady pool's pass in
@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make the repository impo
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
-from bench import checkout, coldstart, fill, reconcile, refill
+from bench import checkout, coldstart, fill, memory, reconcile, refill
 from bench.common import CORES, ROOT
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "reconcile": reconcile.run,
     "refill": refill.run,
     "fill": fill.run,
+    "memory": memory.run,
     "coldstart": coldstart.run,
 }
 RESULTS = ROOT / "bench" / "results.json"
@@ -68,7 +69,8 @@ def table(results: dict[str, Any]) -> list[str]:
                       f"  {idle['redis_round_trips']:g} redis round trips (incl. dummy provider)")))
         for size, p in r["steady_by_pool_size"].items():
             rows.append((f"steady pass, pool of {size}",
-                         (f"{p['seconds'] * 1000:.1f} ms  {p['redis_round_trips']:g} redis round trips"
+                         (f"{p['seconds'] * 1000:.1f} ms ({p['without_inventory_seconds'] * 1000:.1f} ms without"
+                          f" the provider's inventory)  {p['redis_round_trips']:g} redis round trips"
                           f"  {p['provider_calls']:g} provider calls")))
         v = r["vcsim"]
         if "skipped" in v:
@@ -89,6 +91,12 @@ def table(results: dict[str, Any]) -> list[str]:
         rows.append((f"refill {r['checked_out_and_returned']} returned VMs",
                      (f"{r['seconds_to_full']} s; meanwhile a 20-VM pool served {r['small_pool_served']}"
                       f" / refused {r['small_pool_refused']} checkouts ({r['small_pool_success']:.0%})")))
+    if "memory" in results:
+        m = results["memory"]
+        redis_part = m["parts"].get("redis-server", {})
+        rows.append((f"memory, pool of {m['pool_size']}",
+                     (f"service RSS {m['service_rss_mb']} MB (PSS {m['service_pss_mb']} MB,"
+                      f" workers' shared pages once); redis-server {redis_part.get('rss_mb', 0)} MB")))
     if "coldstart" in results:
         s = results["coldstart"]
         for label in coldstart.MODULES:
