@@ -53,6 +53,12 @@ def table(results: dict[str, Any]) -> list[str]:
                           f"  {level['redis_commands_per_checkout']} redis cmds/cycle")))
             cpu = ", ".join(f"{part} {used}" for part, used in level["cpu_ms_per_cycle"].items())
             rows.append(("  cpu ms/cycle", cpu))
+        small = c.get("small_pool")
+        if small:
+            refused = sum(count for name, count in small["failures"].items() if name.startswith("checkout"))
+            rows.append((f"checkout  8 clients, pool of {small['pool_size']}",
+                         (f"{small['cycles_per_second']:7.0f} cycles/s  checkout p50 {small['checkout_p50_ms']} ms"
+                          f" p99 {small['checkout_p99_ms']} ms  ({refused} checkouts refused: pool empty)")))
         trips = c["round_trips_per_call"]
         rows.append(("redis round trips", f"checkout {trips['checkout']:g}, delete {trips['delete']:g}"))
     if "reconcile" in results:
