@@ -137,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"]["load_average_after"] = os.getloadavg()
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     load = results["machine"]["load_average_before"][0]
-    print(f"vmpool bench on {CORES} cores, load average {load:.2f} at start"
-          + (" (busy machine: timings are inflated)" if load > CORES / 2 else ""))
+    load_after = results["machine"]["load_average_after"][0]
+    print(f"vmpool bench on {CORES} cores, load average {load:.2f} at start, {load_after:.2f} at the end"
+          + (" (busy machine: timings are inflated)" if max(load, load_after) > CORES / 2 else ""))
     print("\n".join(table(results)))
     print(f"(details: {args.output})")
     return 0
