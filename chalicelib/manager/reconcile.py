@@ -128,6 +128,8 @@ class _Pass:
         self.snapshot = self.store.pool_snapshot(self.pool.name, without_records=("ready",))
         self.checkpoint("snapshot")
         self.check_pending()
+        if self.report.became_ready:
+            self.store.set_last_boot(self.pool.name, ruby_time(self.now))  # once a pass, not per VM
         self.check_ready()
         self.check_running()
         vm_tasks.run_tasks(self)
@@ -275,7 +277,6 @@ class _Pass:
                                            "boot_seconds": round(age, 1)})
             self.report.became_ready.append(record.name)
             self.report.samples.append(DurationSample("boot", self.pool.name, age))
-            self.store.set_last_boot(self.pool.name, ruby_time(self.now))
         self.checkpoint("ready")
 
     def check_ready(self) -> None:

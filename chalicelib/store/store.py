@@ -316,10 +316,9 @@ class Store:
         with _translate_errors():
             pipe = self.client.pipeline(transaction=True)
             pipe.zrem(self.keys.cloning, hostname)
-            pipe.exists(self.keys.vm(hostname))
-            existed = pipe.execute()[1]
-            if existed:
-                self.update_vm(hostname, clone_end=now)
+            # Only on a record that still exists (the script checks), in the same round trip.
+            self.scripts.update(keys=[self.keys.vm(hostname)], args=["clone_end", _encode(now)], client=pipe)
+            pipe.execute()
 
     # --- per-pool lease and wake-ups ----------------------------------------------------------
 
