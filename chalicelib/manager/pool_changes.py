@@ -33,18 +33,34 @@ def stale_reason(record: VMRecord, pool: PoolConfig, reset_at: float | None) -> 
 
 
 def drain_and_retire(pass_: "_Pass") -> None:
-    """Drain stale VMs, then retire ready VMs above the pool's size, oldest first."""
+    """Drain stale VMs, then retire ready VMs above the pool's size, oldest first.
+
+    Ready VMs' records are read only when the pool's template or reset time changed since every
+    ready VM was last checked (the pool's ``ready_checked`` mark): a VM reaches ready only from
+    pending, and pending VMs are checked every pass, so between changes no ready VM can be stale."""
     reset_at = PoolOverrides(pass_.store).get(pass_.pool.name).reset_at
+    mark = f"{pass_.pool.template}\n{reset_at!r}"
+    check_ready = pass_.snapshot.ready_checked != mark
     report = pass_.report
-    for state in ("pending", "ready"):
-        for hostname in pass_.snapshot.hostnames(state):
-            record = pass_.record(hostname)
-            if record is None or record.raw.get("request") or hostname in report.completed:
-                continue
-            reason = stale_reason(record, pass_.pool, reset_at)
-            if reason:
-                pass_.take_out_of_service(hostname, state, reason)
-    ready = sorted(pass_.snapshot.members.get("ready", {}).items(), key=lambda item: item[1])
+    candidates = pass_.snapshot.hostnames("pending")
+    if check_ready:
+        candidates += pass_.snapshot.hostnames("ready")
+        pass_.load_records(pass_.snapshot.hostnames("ready"))
+    for hostname in candidates:
+        record = pass_.record(hostname)
+        if record is None or record.raw.get("request") or hostname in report.completed:
+            continue
+        reason = stale_reason(record, pass_.pool, reset_at)
+        if reason:
+            # A pending VM this pass made ready is drained from ready.
+            state = "ready" if hostname in report.became_ready else record.state
+            pass_.take_out_of_service(hostname, state, reason)
+    if check_ready:
+        pass_.store.mark_ready_checked(pass_.pool.name, mark)
+    ready_members = pass_.snapshot.members.get("ready", {})
+    if len(ready_members) <= pass_.pool.size:
+        return  # nothing above the size (the usual case): no need to sort thousands of VMs
+    ready = sorted(ready_members.items(), key=lambda item: item[1])
     staying = [hostname for hostname, _ in ready if hostname not in report.completed and hostname not in report.dropped]
     for hostname in staying[: max(len(staying) - pass_.pool.size, 0)]:
         pass_.take_out_of_service(hostname, "ready", f"pool size reduced to {pass_.pool.size}")

@@ -10,6 +10,8 @@ this module and the scripts must agree.
     changes                  string  counter: every state change stamps its VM (change_seq) with
                                      its value; a reconcile pass increments it before reading the
                                      provider's inventory, to order that read against the changes
+    clone_demand             hash    pool -> "<clone slots wanted> <when>" of the pools short of VMs
+    pool:<pool>:ready_checked string the template and reset time every ready VM was last checked against
     lease:<pool>             string  who runs the pool's reconcile right now
     wake:<pool>              list    nudges for the pool's reconcile (checkout, delete, request)
     followup:<pool>          string  a delayed follow-up pass of the pool is queued (store/fleet.py)
@@ -61,6 +63,13 @@ class Keys:
     @property
     def changes(self) -> str:
         return f"{self.prefix}changes"
+
+    def ready_checked(self, pool: str) -> str:
+        return f"{self.prefix}pool:{pool}:ready_checked"
+
+    @property
+    def clone_demand(self) -> str:
+        return f"{self.prefix}clone_demand"
 
     def lease(self, pool: str) -> str:
         return f"{self.prefix}lease:{pool}"

@@ -97,7 +97,9 @@ def test_work_in_flight_is_one_pass_and_a_request_to_look_again_after_the_check_
     assert report.leased and report.failures == []
     assert len(report.passes) == 1 and report.passes[0].work_in_flight
     assert len(report.passes[0].clones_started) == 2
-    assert report.look_again_in == 7  # the pool's check_loop_delay_min: the caller re-queues it
+    # Its clones run: the caller re-queues it after clone_poll_interval (not the pool's
+    # check_loop_delay_min of 7 s), so a finished clone's slot is reused at once.
+    assert report.look_again_in == services.config.service.clone_poll_interval == 0.25
 
 
 def test_a_nudge_during_the_pass_runs_another_at_once_within_the_budget(services: Services, clock: FakeClock) -> None:
