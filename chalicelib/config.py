@@ -148,6 +148,26 @@ def regex(value: Any) -> str:
     return text
 
 
+def sizing(value: Any) -> Any:
+    """A pool's ``sizing`` block (schedule windows, demand sizing): chalicelib/sizing/settings.py."""
+    from chalicelib.sizing.settings import SizingConfigError, parse_sizing
+
+    try:
+        return parse_sizing(value)
+    except SizingConfigError as error:
+        raise _Invalid(str(error)) from None
+
+
+def timezone_name(value: Any) -> str:
+    """An IANA time zone name (``Europe/Berlin``)."""
+    from chalicelib.sizing.settings import SizingConfigError, check_timezone
+
+    try:
+        return check_timezone(value, "time zone")
+    except SizingConfigError as error:
+        raise _Invalid(str(error).removeprefix("time zone: ")) from None
+
+
 def anything(value: Any) -> Any:
     return value
 
@@ -236,6 +256,7 @@ SERVICE_KEYS: dict[str, Key] = {
     "token_ttl": Key(integer(1)),
     "clone_target": Key(string),
     "vm_checktime": Key(integer(1), 1),
+    "sizing_timezone": Key(timezone_name, "UTC"),
     # Accepted for compatibility; this service has no equivalent.
     "logfile": _IGNORED,
     "site_name": _IGNORED,
@@ -286,6 +307,7 @@ POOL_KEYS: dict[str, Key] = {
     "check_loop_delay_min": Key(number(0.1)),
     "check_loop_delay_max": Key(number(0.1)),
     "check_loop_delay_decay": Key(number(1.0)),
+    "sizing": Key(sizing),
     "snapshot_mainMem_ioBlockPages": _IGNORED,
     "snapshot_mainMem_writeThrottle": _IGNORED,
     "template_hostname": _IGNORED,

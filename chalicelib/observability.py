@@ -92,6 +92,9 @@ RECONCILE_DURATION = "ReconcileDuration"
 CLONE_DURATION = "CloneDuration"
 BOOT_DURATION = "BootDuration"
 RECONCILE_ERRORS = "ReconcileErrors"
+# Pools with a ``sizing`` block, each reconcile pass (docs/sizing.md).
+TARGET_SIZE = "TargetSize"
+PREDICTED_DEMAND = "PredictedDemand"
 # API (service-wide).
 CHECKOUTS = "Checkouts"
 CHECKOUT_MISSES = "CheckoutMisses"
@@ -135,6 +138,8 @@ METRICS: dict[str, MetricSpec] = {
         _spec(CLONE_DURATION, _SECONDS, POOL_DIMENSIONS),
         _spec(BOOT_DURATION, _SECONDS, POOL_DIMENSIONS),
         _spec(RECONCILE_ERRORS, _COUNT, POOL_DIMENSIONS, SERVICE_DIMENSIONS),
+        _spec(TARGET_SIZE, _COUNT, POOL_DIMENSIONS),
+        _spec(PREDICTED_DEMAND, _COUNT, POOL_DIMENSIONS),
         _spec(CHECKOUTS, _COUNT, SERVICE_DIMENSIONS),
         _spec(CHECKOUT_MISSES, _COUNT, SERVICE_DIMENSIONS),
         _spec(DELETES, _COUNT, SERVICE_DIMENSIONS),

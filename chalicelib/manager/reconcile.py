@@ -21,6 +21,7 @@ from chalicelib.manager import ondemand, pool_changes, vm_tasks
 from chalicelib.manager.hostnames import candidate_names
 from chalicelib.observability import logger
 from chalicelib.providers.base import Provider, ProviderError, TaskState, VMInfo
+from chalicelib.sizing.controller import SizeDecision, target_size
 from chalicelib.store import DurationSample, PoolSnapshot, Store, VMRecord
 
 CLONE_START_GRACE_SECONDS = 120.0
@@ -102,6 +103,7 @@ class _Pass:
         self.report = PassReport(pool=pool.name, started=self.now)
         self.inventory: dict[str, VMInfo] = {}
         self.snapshot = PoolSnapshot({}, {})
+        self.size_decision = SizeDecision(pool.size, "config")
 
     def run(self) -> PassReport:
         calls_before = self.provider.call_count()
@@ -113,6 +115,9 @@ class _Pass:
         self.checkpoint("inventory")
         self.snapshot = self.store.pool_snapshot(self.pool.name)
         self.checkpoint("snapshot")
+        # The size the pool should have now: its schedule window or demand, unless overridden.
+        self.size_decision = target_size(self.store, self.pool, self.now, self.service.sizing_timezone)
+        self.pool = self.size_decision.apply(self.pool)
         self.check_pending()
         self.check_ready()
         self.check_running()

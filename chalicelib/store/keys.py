@@ -19,6 +19,8 @@ this module and the scripts must agree.
     config:poolreset         hash    pool -> when it was last reset (VMs cloned before are drained)
     vmtasks:<hostname>       list    disk/snapshot tasks queued for a VM (store/vm_tasks.py)
     vmtasks:pool:<pool>      zset    VMs of the pool with queued or running tasks
+    demand:<pool>:<YYYY-MM-DD> hash  per-minute checkouts/misses of a demand-sized pool (sizing/demand.py)
+    sizing:state             hash    pool -> its demand size and when it last changed (sizing/controller.py)
 """
 
 from __future__ import annotations
@@ -74,3 +76,16 @@ class Keys:
 
     def pool_vm_tasks(self, pool: str) -> str:
         return f"{self.prefix}vmtasks:pool:{pool}"
+
+    def demand(self, pool: str, day: str) -> str:
+        """A demand-sized pool's per-minute checkouts and misses on a UTC day. The checkout script
+        builds the same name from ``demand_prefix``."""
+        return f"{self.demand_prefix}{pool}:{day}"
+
+    @property
+    def demand_prefix(self) -> str:
+        return f"{self.prefix}demand:"
+
+    @property
+    def sizing_state(self) -> str:
+        return f"{self.prefix}sizing:state"

@@ -18,6 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from chalicelib.config import RedisConfig
+from chalicelib.sizing import demand as demand_history
 from chalicelib.store.keys import STATES, Keys
 from chalicelib.store.records import VMRecord
 from chalicelib.store.scripts import Scripts
@@ -135,6 +136,8 @@ class Store:
         self.keys = Keys(prefix)
         self.scripts = Scripts(client)
         self.data_ttl_seconds = data_ttl_hours * 3600
+        self.demand_pools: frozenset[str] = frozenset()
+        """Pools with demand sizing: the checkout script counts their checkouts and misses."""
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -195,15 +198,17 @@ class Store:
         self, requests: Sequence[CheckoutRequest], now: float, fields: Mapping[str, str]
     ) -> CheckoutResult:
         """Take every requested VM or none, in one round trip; on success the pools taken from
-        are nudged to refill in the same step."""
-        payload = json.dumps(
-            {
-                "requests": [
-                    {"name": r.name, "pools": list(r.pools), "count": r.count} for r in requests
-                ],
-                "fields": dict(fields),
-            }
-        )
+        are nudged to refill in the same step, and demand-sized pools count the minute's demand."""
+        checkout: dict[str, Any] = {
+            "requests": [{"name": r.name, "pools": list(r.pools), "count": r.count} for r in requests],
+            "fields": dict(fields),
+        }
+        tracked = {pool for r in requests for pool in r.pools if pool in self.demand_pools}
+        if tracked:
+            day, minute = demand_history.day_and_minute(demand_history.epoch_minute(now))
+            checkout["demand"] = {"prefix": self.keys.demand_prefix, "day": day, "minute": minute,
+                                  "ttl": demand_history.HISTORY_TTL_SECONDS, "pools": dict.fromkeys(tracked, True)}
+        payload = json.dumps(checkout)
         with _translate_errors():
             answer = json.loads(self.scripts.checkout(args=[self.keys.prefix, repr(now), payload]))
         if not answer["ok"]:
