@@ -157,11 +157,10 @@ class SizeController:
         if settings is None or inputs.override is not None:
             return decide(pool, sizing, now, self.default_timezone, inputs.override, None)
         lead = demand.lead_minutes(inputs.measured_lead_seconds, settings)
-        recent_window, seasonal_window = demand.windows(settings, now, lead)
-        recent, seasonal = self.backend.demand(pool.name, [recent_window, seasonal_window])
-        found = demand.forecast(settings, recent or [], seasonal, lead)
+        recent, *seasons = self.backend.demand(pool.name, demand.windows(settings, now, lead))
+        found = demand.forecast(settings, recent or [], seasons, lead)
         wanted = _clamp(found.wanted, settings)
-        if seasonal is None:
+        if found.seasonal_peak is None:
             wanted = max(wanted, _clamp(pool.size, settings))  # no history: never below the configured size
         state = hold_for_cooldown(inputs.previous, wanted, now, settings.cooldown_minutes * 60.0)
         state = dataclasses.replace(state, predicted=found.expected)

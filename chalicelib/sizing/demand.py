@@ -7,11 +7,12 @@ same weekday a week ago, a bounded 9 days at most 2 * 1440 fields each. The chec
 the counting in the same step as the checkout (store/lua/checkout.lua). The reconcile pass sets
 the field ``seen`` on today's hash, so a day the service ran with no checkout at all reads as a
 day of zero demand, and a day it did not run (or history lost with a Redis failover) as unknown.
+Bounded: a few small hashes per pool, whatever callers do (misses count into existing fields).
 
 The forecast (pure): the pool must cover, from its ready VMs, whatever is checked out while a
 replacement clones and boots (the lead time L). The expected demand over the next L minutes is
-the larger of the recent rate times L and the busiest L minutes of the same weekday a week ago
-within the horizon ahead; the pool's target is that plus ``safety`` standard deviations
+the larger of the recent rate times L and the busiest L minutes within the horizon ahead on the
+same weekday a week ago or yesterday; the pool's target is that plus ``safety`` standard deviations
 (Poisson: the square root).
 """
 
@@ -76,12 +77,17 @@ def horizon_minutes(settings: DemandSettings, lead: int) -> int:
     return settings.cooldown_minutes + 2 * lead
 
 
-def windows(settings: DemandSettings, now: float, lead: int) -> tuple[Window, Window]:
-    """The recent window (just before now) and the same-weekday window (a week ago, ahead)."""
+SEASONS = (WEEK_MINUTES, MINUTES_PER_DAY)
+"""Where the history of the time ahead is read: the same weekday a week ago, and yesterday (the
+nightly jobs and the working day repeat daily too; a single week-old sample is a noisy one)."""
+
+
+def windows(settings: DemandSettings, now: float, lead: int) -> list[Window]:
+    """The recent window (just before now), then each season's window (the horizon ahead, a
+    season ago)."""
     minute = epoch_minute(now)
     recent = Window(minute - settings.recent_minutes + 1, settings.recent_minutes)
-    seasonal = Window(minute - WEEK_MINUTES, horizon_minutes(settings, lead))
-    return recent, seasonal
+    return [recent, *(Window(minute - season, horizon_minutes(settings, lead)) for season in SEASONS)]
 
 
 @dataclass(frozen=True)
@@ -92,21 +98,25 @@ class Forecast:
     recent_rate: float
     """VMs asked for per minute over the recent window."""
     seasonal_peak: int | None
-    """The most VMs asked for in L minutes a week ago within the horizon; None when unknown."""
+    """The most VMs asked for in L minutes within the horizon ahead, a week or a day ago; None
+    when the service has no record of either day."""
     expected: float
     """Expected VMs asked for over the next L minutes: the predicted demand."""
     wanted: int
     """The size that covers it (before min/max and the cooldown)."""
 
 
-def forecast(settings: DemandSettings, recent: Sequence[int], seasonal: Sequence[int] | None,
+def _peak(counts: Sequence[int], lead: int) -> int:
+    """The most VMs asked for in any ``lead`` consecutive minutes."""
+    return max((sum(counts[start:start + lead]) for start in range(max(len(counts) - lead + 1, 1))), default=0)
+
+
+def forecast(settings: DemandSettings, recent: Sequence[int], seasons: Sequence[Sequence[int] | None],
              lead: int) -> Forecast:
-    """The pool's wanted size from recent and same-weekday demand (pure)."""
+    """The pool's wanted size from recent and same-weekday (and yesterday's) demand (pure)."""
     recent_rate = sum(recent) / len(recent) if recent else 0.0
-    peak: int | None = None
-    if seasonal is not None:
-        peak = max((sum(seasonal[start:start + lead]) for start in range(max(len(seasonal) - lead + 1, 1))),
-                   default=0)
+    known = [_peak(counts, lead) for counts in seasons if counts is not None]
+    peak = max(known) if known else None
     expected = max(recent_rate * lead, float(peak or 0))
     wanted = math.ceil(expected + settings.safety * math.sqrt(expected) - 1e-9) if expected > 0 else 0
     return Forecast(lead, round(recent_rate, 3), peak, round(expected, 2), wanted)

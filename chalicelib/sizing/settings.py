@@ -63,8 +63,8 @@ class DemandSettings:
 
     min: int
     max: int
-    cooldown_minutes: int = 15
-    drain_grace_minutes: int = 10
+    cooldown_minutes: int = 10
+    drain_grace_minutes: int = 5
     recent_minutes: int = 10
     safety: float = 2.0
     lead_time_minutes: float = 10.0
