@@ -115,5 +115,7 @@ def pool_configuration(services: Services, request: ApiRequest) -> ApiResponse:
         )
         if pool.domain:
             settings["domain"] = pool.domain
+        if "sizing" in settings:
+            settings["sizing"] = settings["sizing"].source  # as written in the config
         pools.append(settings)
     return ApiResponse(200, {"pool_configuration": pools, "status": {"ok": True}})

@@ -172,7 +172,7 @@ class SizeController:
             logger.info("pool size decision", extra={
                 "pool": pool.name, "size": decision.size, "reason": decision.reason, "demand_size": state.size,
                 "previous_demand_size": previous_size, "wanted": wanted, "held_by_cooldown": state.size != wanted,
-                "lead_minutes": lead, "recent_rate": found.recent_rate, "seasonal_peak": found.seasonal_peak,
+                "lead_minutes": lead, "recent_rate": found.recent_rate, "seasonal_peak": "no history" if found.seasonal_peak is None else found.seasonal_peak,
                 "predicted": found.expected, "min": settings.min, "max": settings.max})
         return decision
 

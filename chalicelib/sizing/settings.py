@@ -15,8 +15,9 @@ The config loader calls ``parse_sizing`` for the block and keeps the result (a f
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -76,6 +77,8 @@ class SizingSettings:
     windows: tuple[Window, ...] = ()
     timezone: str | None = None
     demand: DemandSettings | None = None
+    source: Any = field(default=None, compare=False)
+    """The block as written, in plain JSON types: what GET /config shows."""
 
 
 def _int(value: Any, path: str, minimum: int = 0, maximum: int = MAX_SIZE) -> int:
@@ -206,4 +209,5 @@ def parse_sizing(raw: Any) -> SizingSettings:
         windows=tuple(_window(item, f"schedule[{index}]") for index, item in enumerate(schedule)),
         timezone=check_timezone(timezone) if timezone is not None else None,
         demand=_demand(raw.get("demand"), "demand"),
+        source=json.loads(json.dumps(raw, default=str)),
     )
