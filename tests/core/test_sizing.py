@@ -209,3 +209,27 @@ def test_sizing_in_the_example_config_loads() -> None:
         pool = parse(example.read()).pools[0]
     sizing = pool.get("sizing")
     assert sizing.windows[0].label == "weekdays 07:00-19:00" and sizing.demand.max == 60
+
+
+def test_scale_down_waits_for_the_drain_grace_of_freshly_ready_vms(world: World) -> None:
+    services = Services(world.config, world.client, clock=world.clock)
+    overrides = PoolOverrides(world.store)
+    overrides.set("size", "dem", 6)
+    for _ in range(4):
+        world.clock.advance(45)
+        reconcile_pool(world.store, world.provider, services.pool("dem"), world.clock, world.config.service)
+    assert world.count("dem", "ready") == 6
+    newest_ready = max(score for _, score in world.client.zrange(
+        world.store.keys.pool_state("dem", "ready"), 0, -1, withscores=True))
+
+    overrides.set("size", "dem", None)  # back to demand sizing: no history, so the configured 2
+    world.clock.advance(newest_ready + 4 * 60 - world.clock.now())
+    report = world.reconcile("dem")
+    for hostname in report.completed:  # only VMs ready for 5 minutes or more may leave
+        assert world.clock.now() - float(world.store.get_vm(hostname).raw["ready_at"]) >= 5 * 60
+    assert world.count("dem", "ready") > 2
+
+    world.clock.advance(60)
+    report = world.reconcile("dem")
+    assert world.count("dem", "ready") == 2
+    assert set(report.completed.values()) == {"pool size reduced to 2 (demand)"}
