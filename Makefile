@@ -1,6 +1,6 @@
 # vmpool: two commands do all the set-up on a fresh Debian machine with Python 3.11.
 #   make run    the whole service on http://127.0.0.1:8000 (PORT, VMPOOL_CONFIG_FILE, PROVIDER=vcsim)
-#   make test   every test, against real redis-server, slapd and vcsim
+#   make test   ruff and mypy, then every test, against real redis-server, slapd and vcsim (make lint: the first two)
 #   make bench  the benchmarks (docs/performance.md); make fuzz: long OpenAPI fuzzing;
 #   make package: the deployable stage in build/package (docs/deploy.md)
 SHELL := /bin/bash
@@ -17,17 +17,23 @@ ifeq ($(PROVIDER),vcsim)
 RUN_APT += golang-go golang-github-vmware-govmomi-dev
 endif
 
-.PHONY: run test package deploy bench fuzz apt-run apt-test venv vcsim clean
+.PHONY: run test lint package deploy bench fuzz apt-run apt-test venv vcsim clean
 
 run: apt-run venv $(if $(filter vcsim,$(PROVIDER)),vcsim)
 	$(PY) -m local.run --port $(PORT) --provider $(PROVIDER)
 
-test: apt-test venv vcsim
+test: lint apt-test vcsim
 	$(PY) -m pytest -p no:warnings $(PYTEST_ARGS)
 	@status=0; PATH="$(CURDIR)/$(VENV)/bin:$$PATH" infra/package.sh prod build/package-prod || status=$$?; \
 	if [ $$status = 2 ]; then echo "skipped: packaging the prod stage needs Python 3.12+ (see docs/deploy.md)"; \
 	elif [ $$status != 0 ]; then exit $$status; \
 	else $(VENV)/bin/cfn-lint build/package-prod/sam.json; fi
+
+# Lint and types first (seconds), so a finding fails `make test` before the slow tests run.
+# Settings: pyproject.toml.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # The deployable stage: build/package/sam.json (merged template) and deployment.zip, offline
 # after the first build. STAGE=prod for production.
@@ -65,4 +71,4 @@ vcsim:
 	@sh tools/vcsim/build.sh
 
 clean:
-	rm -rf $(VENV) .run build tools/vcsim/vcsim
+	rm -rf $(VENV) .run build tools/vcsim/vcsim .mypy_cache .ruff_cache

@@ -16,9 +16,9 @@ from typing import Any, Callable
 from chalice import Chalice, ConvertToMiddleware, Rate, Response
 
 from chalicelib import config as config_module
+from chalicelib import observability
 from chalicelib.api.routes import ROUTES, Route, handle, render, request_from_chalice, versioned_paths
 from chalicelib.manager.runner import run_pool
-from chalicelib import observability
 from chalicelib.observability import emit, logger, tracer
 from chalicelib.services import Services
 
@@ -51,7 +51,7 @@ def _view(route: Route, version: int) -> Callable[..., Response]:
         request = request_from_chalice(app.current_request, version, params)
         logger.set_correlation_id(request.request_id or None)
         status, body, headers = render(handle(services(), route.handler, request))
-        return Response(body=body, status_code=status, headers=headers)
+        return Response(body=body, status_code=status, headers=dict(headers))
 
     return view
 

@@ -16,8 +16,19 @@ import resource
 import time
 from typing import Any
 
-from bench.common import (CORES, RoundTrips, Stack, command_delta, command_stats, dummy_config,
-                          local_stack, median, ms, percentile, stack_cpu)
+from bench.common import (
+    CORES,
+    RoundTrips,
+    Stack,
+    command_delta,
+    command_stats,
+    dummy_config,
+    local_stack,
+    median,
+    ms,
+    percentile,
+    stack_cpu,
+)
 
 POOL = "big"
 

@@ -12,6 +12,7 @@ live in Redis too, its own commands are reported as provider calls and left out 
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Callable
 
@@ -38,6 +39,8 @@ def _measure(counter: RoundTrips, provider: Provider, action: Callable[[], Any],
 
 
 def _pass_all(store: Store, provider: Provider, config: Config, clock: FakeClock) -> None:
+    """One second later, one pass over every pool."""
+    clock.advance(1)
     for pool in config.pools:
         reconcile_pool(store, provider, pool, clock, config.service)
 
@@ -59,10 +62,7 @@ def dummy_pools(client: redis.Redis, pools: int, size: int, runs: int) -> dict[s
     for _ in range(runs):
         config, store, provider, clock = _dummy_world(client, [(f"p{i:03d}", size) for i in range(pools)])
         with RoundTrips() as counter:
-            def one_pass() -> None:
-                clock.advance(1)
-                _pass_all(store, provider, config, clock)
-
+            one_pass = functools.partial(_pass_all, store, provider, config, clock)
             phases["fill"].append(_measure(counter, provider, one_pass, True))
             phases["ready"].append(_measure(counter, provider, one_pass, True))
             phases["steady"].append(_measure(counter, provider, one_pass, True))
@@ -86,8 +86,8 @@ def steady_scaling(client: redis.Redis, sizes: tuple[int, ...]) -> dict[str, Any
             clock.advance(1)
             reconcile_pool(store, provider, pool, clock, config.service)
         with RoundTrips() as counter:
-            samples = [_measure(counter, provider, lambda: reconcile_pool(store, provider, pool, clock, config.service), True)
-                       for _ in range(3)]
+            one_pass = functools.partial(reconcile_pool, store, provider, pool, clock, config.service)
+            samples = [_measure(counter, provider, one_pass, True) for _ in range(3)]
         result[str(size)] = _medians(samples)
     return result
 

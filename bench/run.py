@@ -26,8 +26,8 @@ if __package__ in (None, ""):  # `python bench/run.py`: make the repository impo
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
-from bench import checkout, coldstart, reconcile, refill, sizing  # noqa: E402
-from bench.common import CORES, ROOT  # noqa: E402
+from bench import checkout, coldstart, reconcile, refill, sizing
+from bench.common import CORES, ROOT
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "checkout": checkout.run,
@@ -47,11 +47,12 @@ def table(results: dict[str, Any]) -> list[str]:
         c = results["checkout"]
         for clients, level in c["levels"].items():
             rows.append((f"checkout {clients:>2} clients",
-                         f"{level['cycles_per_second']:7.0f} cycles/s  checkout p50 {level['checkout_p50_ms']} ms"
-                         f" p99 {level['checkout_p99_ms']} ms  delete p50 {level['delete_p50_ms']} ms"
-                         f" p99 {level['delete_p99_ms']} ms  {level['redis_commands_per_checkout']} redis cmds/cycle"))
+                         (f"{level['cycles_per_second']:7.0f} cycles/s  checkout p50 {level['checkout_p50_ms']} ms"
+                          f" p99 {level['checkout_p99_ms']} ms  delete p50 {level['delete_p50_ms']} ms"
+                          f" p99 {level['delete_p99_ms']} ms"
+                          f"  {level['redis_commands_per_checkout']} redis cmds/cycle")))
             cpu = ", ".join(f"{part} {used}" for part, used in level["cpu_ms_per_cycle"].items())
-            rows.append((f"  cpu ms/cycle", cpu))
+            rows.append(("  cpu ms/cycle", cpu))
         trips = c["round_trips_per_call"]
         rows.append(("redis round trips", f"checkout {trips['checkout']:g}, delete {trips['delete']:g}"))
     if "reconcile" in results:
@@ -60,14 +61,16 @@ def table(results: dict[str, Any]) -> list[str]:
         for phase in ("fill", "ready", "steady", "churn"):
             p = pools[phase]
             rows.append((f"reconcile {pools['pools']}x{pools['size']} {phase}",
-                         f"{p['seconds']:.2f} s ({p['per_pool_ms']} ms/pool)  {p['redis_round_trips']:g} redis round trips"
-                         f"  {p['provider_calls']:g} provider calls"))
+                         (f"{p['seconds']:.2f} s ({p['per_pool_ms']} ms/pool)"
+                          f"  {p['redis_round_trips']:g} redis round trips  {p['provider_calls']:g} provider calls")))
         idle = r["idle_invocation"]
         rows.append((f"idle run_pool, pool of {idle['size']}",
-                     f"{idle['seconds'] * 1000:.1f} ms  {idle['redis_round_trips']:g} redis round trips (incl. dummy provider)"))
+                     (f"{idle['seconds'] * 1000:.1f} ms"
+                      f"  {idle['redis_round_trips']:g} redis round trips (incl. dummy provider)")))
         for size, p in r["steady_by_pool_size"].items():
             rows.append((f"steady pass, pool of {size}",
-                         f"{p['seconds'] * 1000:.1f} ms  {p['redis_round_trips']:g} redis round trips  {p['provider_calls']:g} provider calls"))
+                         (f"{p['seconds'] * 1000:.1f} ms  {p['redis_round_trips']:g} redis round trips"
+                          f"  {p['provider_calls']:g} provider calls")))
         v = r["vcsim"]
         if "skipped" in v:
             rows.append(("reconcile vcsim", "skipped: " + v["skipped"]))
@@ -75,7 +78,8 @@ def table(results: dict[str, Any]) -> list[str]:
             for phase in ("fill", "until_ready", "steady"):
                 p = v[phase]
                 rows.append((f"vcsim {v['size']} VMs {phase}",
-                             f"{p['seconds']:.2f} s  {p['redis_round_trips']:g} redis round trips  {p['provider_calls']:g} SOAP calls"))
+                             (f"{p['seconds']:.2f} s  {p['redis_round_trips']:g} redis round trips"
+                              f"  {p['provider_calls']:g} SOAP calls")))
     if "refill" in results:
         f = results["refill"]
         rows.append(("refill start", f"p50 {f['p50_ms']} ms  p99 {f['p99_ms']} ms  ({f['samples']} checkouts)"))

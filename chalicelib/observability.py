@@ -163,8 +163,8 @@ def emit(pool: str | None, counts: Mapping[str, Values], unit: MetricUnit = Metr
     names = dict(dimensions or {})
     if pool is not None:
         names["pool"] = pool
-    for name, value in names.items():
-        metrics.add_dimension(name=name, value=value)
+    for dimension, label in names.items():
+        metrics.add_dimension(name=dimension, value=label)
     dimension_set = tuple(sorted([*names, "service"]))
     published = False
     for metric_unit, series in ((unit, counts), (MetricUnit.Seconds, seconds or {})):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import redis
 
@@ -49,8 +49,8 @@ def configured_secrets(config: Config) -> Iterator[Any]:
         if provider.get("password") is not None:
             yield provider.get("password")
     ldap = (config.auth or {}).get("ldap") or {}
-    service_account = ldap.get("service_account_hash") if hasattr(ldap, "get") else None
-    if hasattr(service_account, "get") and service_account.get("password") is not None:
+    service_account = ldap.get("service_account_hash") if isinstance(ldap, Mapping) else None
+    if isinstance(service_account, Mapping) and service_account.get("password") is not None:
         yield service_account.get("password")
 
 
@@ -181,9 +181,12 @@ class Services:
         authenticator = self.authenticator
         if authenticator is None:
             return None
-        return LoginService(authenticator, LoginLimiter.from_config(self.config.auth, self.client, prefix=self.store.keys.prefix))
+        limiter = LoginLimiter.from_config(self.config.auth, self.client, prefix=self.store.keys.prefix)
+        return LoginService(authenticator, limiter)
 
     @cached_property
     def tokens(self) -> TokenStore:
         """API tokens (hash-only in Redis), expiring after ``config.token_ttl`` hours when set."""
-        return TokenStore(self.client, self.clock, ttl_hours=self.config.service.token_ttl, prefix=self.store.keys.prefix)
+        return TokenStore(
+            self.client, self.clock, ttl_hours=self.config.service.token_ttl, prefix=self.store.keys.prefix
+        )

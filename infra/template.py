@@ -200,8 +200,8 @@ def dashboard(stage: Stage) -> dict[str, Any]:
         _widget("Checkouts, misses (503), deletes", _service(m.CHECKOUTS, m.CHECKOUT_MISSES, m.DELETES)),
         _widget("Clones started and failed (all pools)", _service(m.CLONES_STARTED, m.CLONE_FAILURES)),
         _search_widget("Clone failures by reason", [(
-            f"SEARCH('{{{m.NAMESPACE},{','.join(m.REASON_DIMENSIONS)}}} MetricName=\"{m.CLONE_FAILURES}\"', "
-            "'Sum', 300)", "")]),
+            (f"SEARCH('{{{m.NAMESPACE},{','.join(m.REASON_DIMENSIONS)}}} MetricName=\"{m.CLONE_FAILURES}\"', "
+             "'Sum', 300)"), "")]),
         _search_widget("Clone and boot time p90 (s) per pool",
                        [(per_pool(m.CLONE_DURATION, "p90"), "clone"), (per_pool(m.BOOT_DURATION, "p90"), "boot")]),
         _search_widget("Reconcile pass p99 (s) per pool", [(per_pool(m.RECONCILE_DURATION, "p99"), "")]),

@@ -52,7 +52,8 @@ class RouteMatcher:
         for resource in self._templates:
             found = resource.pattern.match(path)
             if found:
-                return resource, {name: unquote(value) for name, value in zip(resource.params, found.groups())}
+                values = zip(resource.params, found.groups(), strict=True)
+                return resource, {name: unquote(value) for name, value in values}
         return None
 
 

@@ -16,8 +16,10 @@ import argparse
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
 import threading
+from multiprocessing.context import ForkProcess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +71,7 @@ VCSIM_CONFIG = """\
 """
 
 
-def _start_vcsim() -> tuple[object, Path]:
+def _start_vcsim() -> tuple[subprocess.Popen[bytes], Path]:
     """Start the simulator (3 s boot delay) and write a config for it under .run/."""
     from urllib.parse import urlsplit
 
@@ -117,12 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["VMPOOL_CONFIG_FILE"] = str(config_file)
     elif args.config:
         os.environ["VMPOOL_CONFIG_FILE"] = str(Path(args.config).resolve())
-    redis_server = RedisServer(port=args.redis_port or None, data_dir=STATE_DIR / f"redis-{args.provider}", persist=True).start()
+    redis_server = RedisServer(
+        port=args.redis_port or None, data_dir=STATE_DIR / f"redis-{args.provider}", persist=True
+    ).start()
     os.environ["VMPOOL_REDIS_URL"] = redis_server.url
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")
 
-    workers: list[multiprocessing.Process] = []
+    workers: list[ForkProcess] = []
     scheduler = None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

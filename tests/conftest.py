@@ -7,7 +7,6 @@ from typing import Iterator
 import pytest
 import redis
 
-
 from chalicelib.clock import FakeClock
 from local.redis_server import RedisServer
 

@@ -46,7 +46,9 @@ class ApiResponse:
 class ApiError(Exception):
     """An answer other than success: rendered as JSON with ``ok: false``."""
 
-    def __init__(self, status: int, body: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, body: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(status)
         self.status = status
         self.body = {"ok": False, **(body or {})}

@@ -14,9 +14,8 @@ import re
 import uuid
 from typing import Any, Mapping
 
-from chalicelib.api.identity import required_caller
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok
-from chalicelib.api.identity import Caller
+from chalicelib.api.identity import Caller, required_caller
 from chalicelib.api.vms import REQUEST_NAME_PATTERN, _parse_count, display_name
 from chalicelib.services import Services
 from chalicelib.store.ondemand import DELETED, FAILED, READY, OnDemandEntry, OnDemandRequest, OnDemandStore

@@ -9,8 +9,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from chalicelib.api.identity import required_caller
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok
+from chalicelib.api.identity import required_caller
 from chalicelib.config import PoolConfig
 from chalicelib.services import Services
 from chalicelib.store.pool_overrides import PoolOverrides

@@ -7,6 +7,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from chalicelib import observability as metric
 from chalicelib.api.http import (
     ApiError,
     ApiRequest,
@@ -19,7 +20,6 @@ from chalicelib.api.http import (
 )
 from chalicelib.api.identity import caller_for_change, optional_caller
 from chalicelib.manager.reconcile import day_of
-from chalicelib import observability as metric
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
 from chalicelib.store import CheckoutRequest, VMRecord

@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:  # the names below are imported on first use (see __getattr__)
-    from .base import AuthConfigError, AuthUnavailable, Authenticator, acceptable_credentials
+    from .base import AuthConfigError, Authenticator, AuthUnavailable, acceptable_credentials
     from .basic import LoginOutcome, LoginResult, LoginService, parse_basic_auth
     from .dummy import DummyAuthenticator
     from .ldap import LdapAuthenticator, LdapSettings, parse_ldap_settings

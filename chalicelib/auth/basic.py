@@ -17,7 +17,7 @@ import enum
 import logging
 from dataclasses import dataclass
 
-from .base import AuthUnavailable, Authenticator
+from .base import Authenticator, AuthUnavailable
 from .ratelimit import LoginLimiter
 
 logger = logging.getLogger(__name__)

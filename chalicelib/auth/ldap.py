@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ldap3 import NONE, SIMPLE, SUBTREE, SYNC, Connection, Server, Tls
-from ldap3.core.exceptions import LDAPException, LDAPInvalidDnError
+from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, parse_dn
 
@@ -96,7 +96,7 @@ def _string_list(value: Any) -> list[str] | None:
 def _valid_dn(value: str) -> bool:
     try:
         parse_dn(value)
-    except (LDAPInvalidDnError, Exception):
+    except Exception:  # noqa: BLE001 - parse_dn raises more than LDAPInvalidDnError on odd text
         return False
     return True
 
@@ -161,14 +161,15 @@ def parse_ldap_settings(raw: Mapping[str, Any] | None, path: str = "auth.ldap") 
     if port_raw is None:
         port = 636 if encryption == "simple_tls" else 389
     else:
-        port = None
+        parsed: int | None = None
         if isinstance(port_raw, int) and not isinstance(port_raw, bool):
-            port = port_raw
+            parsed = port_raw
         elif isinstance(port_raw, str) and port_raw.strip().isdigit():
-            port = int(port_raw)
-        if port is None or not 1 <= port <= 65535:
+            parsed = int(port_raw)
+        if parsed is None or not 1 <= parsed <= 65535:
             problems.append(f"{path}.port: must be an integer between 1 and 65535, got {port_raw!r}")
-            port = 389
+            parsed = 389
+        port = parsed
 
     bases = _string_list(raw.get("base"))
     if bases is None:
@@ -314,7 +315,8 @@ class LdapAuthenticator:
             return _StdlibTls(s.host, s.verify_certificates, s.ca_file, s.ca_data)
         except (ssl.SSLError, OSError, ValueError) as error:
             key = "ca_file" if s.ca_file else "ca_data" if s.ca_data else "ca_file"
-            raise AuthConfigError([f"auth.ldap.{key}: cannot load the CA certificates ({type(error).__name__})"]) from None
+            problem = f"auth.ldap.{key}: cannot load the CA certificates ({type(error).__name__})"
+            raise AuthConfigError([problem]) from None
 
     @property
     def _where(self) -> str:
@@ -327,7 +329,7 @@ class LdapAuthenticator:
             return False
         try:
             connection = self._connect()
-        except Exception as error:  # ldap3 raises more than LDAPException on odd servers
+        except Exception as error:  # noqa: BLE001 - ldap3 raises more than LDAPException on odd servers
             logger.error("%s unreachable: %s", self._where, type(error).__name__)
             raise AuthUnavailable(f"{self._where} is unavailable") from None
         try:
@@ -337,13 +339,13 @@ class LdapAuthenticator:
                 accepted = self._direct_bind(connection, username, password)
         except AuthUnavailable:
             raise
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - any failure is "unavailable", never a 500
             logger.error("%s failed during login: %s", self._where, type(error).__name__)
             raise AuthUnavailable(f"{self._where} is unavailable") from None
         finally:
             try:
                 connection.unbind()
-            except Exception:  # the socket may already be gone
+            except Exception:  # noqa: BLE001 - the socket may already be gone
                 pass
         if accepted:
             logger.info("LDAP login accepted for %s", _identity(username))
@@ -478,7 +480,7 @@ class _StdlibTls(Tls):
         self._context = context
         self._server_hostname = host
 
-    def wrap_socket(self, connection, do_handshake=False):  # noqa: D401 - ldap3 hook
+    def wrap_socket(self, connection, do_handshake=False):
         connection.socket = self._context.wrap_socket(
             connection.socket,
             server_side=False,

@@ -16,7 +16,6 @@ import ipaddress
 import math
 from typing import Any, Mapping
 
-
 # KEYS: counters; ARGV[1]: window seconds. Increments each counter, starting its window on the
 # first failure, and returns the new counts. One script: atomic, no counter without an expiry.
 _RECORD_SCRIPT = """

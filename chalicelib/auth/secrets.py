@@ -116,7 +116,8 @@ def parse_reference(value: Any) -> SecretReference | None:
     if unknown:
         raise SecretConfigError(f"unknown keys in secret reference: {', '.join(sorted(map(str, unknown)))}")
     if not isinstance(name, str) or not name.strip():
-        raise SecretConfigError(f"the {'secret' if store == 'secretsmanager' else 'ssm'} name must be a non-empty string")
+        kind = "secret" if store == "secretsmanager" else "ssm"
+        raise SecretConfigError(f"the {kind} name must be a non-empty string")
     key = value.get("key")
     if key is not None and (not isinstance(key, str) or not key):
         raise SecretConfigError("the secret reference 'key' must be a non-empty string")
@@ -216,7 +217,7 @@ class SecretResolver:
             raise SecretUnavailable(f"{reference.describe()} is not a JSON object") from None
         except GetParameterError as error:
             raise SecretUnavailable(f"cannot fetch {reference.describe()}: {_aws_reason(error)}") from None
-        except Exception as error:  # botocore errors (no credentials, endpoint) and the like
+        except Exception as error:  # noqa: BLE001 - botocore errors (no credentials, endpoint) and the like
             raise SecretUnavailable(f"cannot fetch {reference.describe()}: {type(error).__name__}") from None
         if reference.key:
             if not isinstance(raw, Mapping):

@@ -6,8 +6,9 @@ Redis layout (every key under ``vmpool:``)::
     vmpool:user:<user>:tokens                set of the user's token hashes
 
 A Redis dump therefore holds no usable token. A token is found by the Redis key of its hash, so
-no token or hash is ever compared byte by byte in Python (nothing to time). A token is identified in listings by its ``id``:
-the first 16 hex characters of its SHA-256 (``printf %s "$TOKEN" | sha256sum | cut -c1-16``).
+no token or hash is ever compared byte by byte in Python (nothing to time). A token is identified
+in listings by its ``id``: the first 16 hex characters of its SHA-256
+(``printf %s "$TOKEN" | sha256sum | cut -c1-16``).
 
 With ``ttl_hours`` a token expires that many hours after it was created: the Redis key gets an
 expiry, and ``lookup`` also checks the age against the clock (so a fake clock works in tests).
@@ -216,7 +217,7 @@ class TokenStore:
         for token_hash in hashes:
             pipe.hgetall(self._token_key(token_hash))
         records: list[TokenRecord] = []
-        for token_hash, fields in zip(hashes, pipe.execute()):
+        for token_hash, fields in zip(hashes, pipe.execute(), strict=True):
             record = self._record(token_hash, fields) if fields else None
             if record is None or record.user != user:
                 self._delete(keys=[self._token_key(token_hash), user_key], args=[user, token_hash])

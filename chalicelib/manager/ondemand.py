@@ -72,7 +72,9 @@ def _fail(pass_: "_Pass", requests: OnDemandStore, request_id: str, message: str
 
 def deliver(pass_: "_Pass", record: VMRecord, vm: VMInfo, age: float) -> None:
     """A booted VM of a request: to running for the request (or completed if it ended)."""
-    moved, state = OnDemandStore(pass_.store).deliver(record.name, pass_.pool.name, pass_.now, vm.ip or "", vm.host or "")
+    moved, state = OnDemandStore(pass_.store).deliver(
+        record.name, pass_.pool.name, pass_.now, vm.ip or "", vm.host or ""
+    )
     if moved:
         pass_.report.became_ready.append(record.name)
         pass_.report.samples.append(DurationSample("boot", pass_.pool.name, age))

@@ -175,7 +175,9 @@ class _Pass:
             if vm is None:
                 # The clone finished after our inventory was read; readiness next pass.
                 if age > timeout:
-                    self.take_out_of_service(hostname, "pending", f"not in the provider {self.minutes(age)} after clone start")
+                    self.take_out_of_service(
+                        hostname, "pending", f"not in the provider {self.minutes(age)} after clone start"
+                    )
                 continue
             readiness = self.provider.check_ready(self.pool, vm)
             if readiness.ready:
@@ -218,7 +220,9 @@ class _Pass:
         status = self.provider.task_status(record.clone_task)
         if status.state is TaskState.RUNNING:
             if age > self.pool.timeout_minutes * 60:
-                self.take_out_of_service(hostname, "pending", f"clone still running after {self.pool.timeout_minutes} minutes")
+                self.take_out_of_service(
+                    hostname, "pending", f"clone still running after {self.pool.timeout_minutes} minutes"
+                )
             return False
         if status.state is TaskState.ERROR:
             reason = f"clone failed: {status.error}"
@@ -258,7 +262,9 @@ class _Pass:
             elif not vm.powered_on:
                 self.take_out_of_service(hostname, "ready", "powered off while ready")
             elif self.now - since > ttl:
-                self.take_out_of_service(hostname, "ready", f"ready for longer than ready_ttl ({self.pool.ready_ttl_minutes} minutes)")
+                self.take_out_of_service(
+                    hostname, "ready", f"ready for longer than ready_ttl ({self.pool.ready_ttl_minutes} minutes)"
+                )
 
     def check_running(self) -> None:
         """Running VMs past their lifetime are reaped; ones deleted behind our back are dropped."""

@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from chalicelib.manager.purge import purge_if_due
-from chalicelib.manager.reconcile import Checkpoint, PassReport, reconcile_pool, _no_checkpoint
 from chalicelib import observability as metric
+from chalicelib.manager.purge import purge_if_due
+from chalicelib.manager.reconcile import Checkpoint, PassReport, _no_checkpoint, reconcile_pool
 from chalicelib.observability import clone_failure_reason, emit, logger
 from chalicelib.providers.base import ProviderError
 from chalicelib.store import StoreUnavailable

@@ -154,7 +154,9 @@ class DummyProvider(Provider):
                     "available_at": available_at,
                     "booted_at": available_at + self._setting(pool, "boot_time"),
                     "powered_on": True,
-                    "ip": f"10.{self._random.randint(0, 255)}.{self._random.randint(0, 255)}.{self._random.randint(1, 254)}",
+                    "ip": "10.{}.{}.{}".format(
+                        self._random.randint(0, 255), self._random.randint(0, 255), self._random.randint(1, 254)
+                    ),
                     "disks": [],
                     "snapshots": [],
                 },

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, cast
 
 from chalicelib.store.records import VMRecord
 from chalicelib.store.store import Store, _translate_errors
@@ -115,7 +115,9 @@ class OnDemandStore:
         if token_user:
             fields["token_user"] = token_user
         pools = sorted({entry.pool for entry in entries})
-        args = [self.keys.prefix, request_id, repr(now), self.store.data_ttl_seconds, json.dumps(fields), *pools]
+        args: list[str | int] = [
+            self.keys.prefix, request_id, repr(now), self.store.data_ttl_seconds, json.dumps(fields), *pools,
+        ]
         with _translate_errors():
             return bool(self.scripts.ondemand_create(args=args))
 
@@ -150,7 +152,8 @@ class OnDemandStore:
     def open_requests(self, pool: str) -> list[str]:
         """Ids of the requests that may still need VMs from ``pool``, oldest first."""
         with _translate_errors():
-            return self.client.zrange(self.keys.ondemand_open(pool), 0, -1)
+            # decode_responses=True: redis-py's types cannot say so
+            return cast("list[str]", self.client.zrange(self.keys.ondemand_open(pool), 0, -1))
 
     def waiting(self, pools: Iterable[str]) -> int:
         """VMs that open requests still wait for and that are not being built yet (/status
@@ -168,7 +171,7 @@ class OnDemandStore:
     def building(self, pool: str) -> int:
         """On-demand VMs of ``pool`` being built (pending)."""
         with _translate_errors():
-            hostnames = self.client.zrange(self.keys.pool_state(pool, "pending"), 0, -1)
+            hostnames = cast("list[str]", self.client.zrange(self.keys.pool_state(pool, "pending"), 0, -1))
             if not hostnames:
                 return 0
             pipe = self.client.pipeline(transaction=False)
@@ -188,8 +191,8 @@ class OnDemandStore:
         now: float,
     ) -> Reservation:
         """Reserve names for the VMs the request still lacks in ``pool`` (see the script)."""
-        args = [self.keys.prefix, request_id, pool, clone_limit, max_retries, repr(now), template, domain,
-                self.store.data_ttl_seconds, *candidates]
+        args: list[str | int] = [self.keys.prefix, request_id, pool, clone_limit, max_retries, repr(now), template,
+                                 domain, self.store.data_ttl_seconds, *candidates]
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_reserve(args=args))
         return Reservation(answer["state"], tuple(answer.get("reserved") or ()), int(answer.get("failed") or 0))
@@ -203,7 +206,9 @@ class OnDemandStore:
 
     def end(self, request_id: str, state: str, message: str, vm_reason: str, now: float) -> Ending:
         """Mark the request ``deleted`` or ``failed`` and send its VMs to completed."""
-        args = [self.keys.prefix, request_id, state, message, repr(now), vm_reason, self.store.data_ttl_seconds]
+        args: list[str | int] = [
+            self.keys.prefix, request_id, state, message, repr(now), vm_reason, self.store.data_ttl_seconds,
+        ]
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_end(args=args))
         return Ending(answer["result"], answer["state"], tuple(answer.get("pools") or ()))

@@ -28,12 +28,11 @@ class PoolOverride:
 
 def apply(pool: PoolConfig, override: PoolOverride) -> PoolConfig:
     """The pool with its runtime size and template, when set."""
-    changes: dict[str, object] = {}
     if override.size is not None:
-        changes["size"] = override.size
+        pool = dataclasses.replace(pool, size=override.size)
     if override.template is not None:
-        changes["template"] = override.template
-    return dataclasses.replace(pool, **changes) if changes else pool
+        pool = dataclasses.replace(pool, template=override.template)
+    return pool
 
 
 class PoolOverrides:
@@ -62,7 +61,7 @@ class PoolOverrides:
                 template=template,
                 reset_at=float(reset) if reset is not None else None,
             )
-            for pool, size, template, reset in zip(pools, sizes, templates, resets)
+            for pool, size, template, reset in zip(pools, sizes, templates, resets, strict=True)
         }
 
     def set(self, field: str, pool: str, value: int | str | None) -> None:

@@ -11,7 +11,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -22,7 +22,6 @@ from chalicelib.sizing import demand as demand_history
 from chalicelib.store.keys import STATES, Keys
 from chalicelib.store.records import VMRecord
 from chalicelib.store.scripts import Scripts
-
 
 DAILY_STATS_TTL_SECONDS = 400 * 24 * 3600
 """How long per-day statistics stay for /summary: a bit more than a year."""
@@ -143,7 +142,8 @@ class Store:
 
     def get_vm(self, hostname: str) -> VMRecord | None:
         with _translate_errors():
-            data = self.client.hgetall(self.keys.vm(hostname))
+            # decode_responses=True: redis-py's types cannot say so
+            data = cast("dict[str, str]", self.client.hgetall(self.keys.vm(hostname)))
         return VMRecord.from_hash(data) if data else None
 
     def pool_snapshot(self, pool: str) -> PoolSnapshot:
@@ -154,14 +154,14 @@ class Store:
                 pipe.zrange(self.keys.pool_state(pool, state), 0, -1, withscores=True)
             pipe.zcard(self.keys.cloning)
             *state_members, cloning_total = pipe.execute()
-            members = {state: dict(pairs) for state, pairs in zip(STATES, state_members)}
+            members = {state: dict(pairs) for state, pairs in zip(STATES, state_members, strict=True)}
             hostnames = [host for hosts in members.values() for host in hosts]
             records: dict[str, VMRecord] = {}
             if hostnames:
                 pipe = self.client.pipeline(transaction=False)
                 for host in hostnames:
                     pipe.hgetall(self.keys.vm(host))
-                for host, data in zip(hostnames, pipe.execute()):
+                for host, data in zip(hostnames, pipe.execute(), strict=True):
                     if data:
                         records[host] = VMRecord.from_hash(data)
         return PoolSnapshot(members=members, records=records, cloning_total=cloning_total)
@@ -179,7 +179,7 @@ class Store:
 
     def hostnames(self, pool: str, state: str) -> list[str]:
         with _translate_errors():
-            return self.client.zrange(self.keys.pool_state(pool, state), 0, -1)
+            return cast("list[str]", self.client.zrange(self.keys.pool_state(pool, state), 0, -1))
 
     def cloning_count(self) -> int:
         with _translate_errors():
@@ -349,7 +349,7 @@ class Store:
             pipe = self.client.pipeline(transaction=False)
             for day in days:
                 pipe.hgetall(self.keys.daily(day))
-            return [DayStats(day, values) for day, values in zip(days, pipe.execute())]
+            return [DayStats(day, values) for day, values in zip(days, pipe.execute(), strict=True)]
 
     def set_last_boot(self, pool: str, when: str) -> None:
         with _translate_errors():
@@ -357,7 +357,7 @@ class Store:
 
     def last_boots(self) -> dict[str, str]:
         with _translate_errors():
-            return self.client.hgetall(self.keys.last_boot)
+            return cast("dict[str, str]", self.client.hgetall(self.keys.last_boot))
 
     def ping(self) -> None:
         with _translate_errors():
@@ -380,7 +380,8 @@ class _translate_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        # Returns None (never True): any other exception propagates unchanged, so code after a
+        # `with` block runs only when the block finished.
         if exc is not None and isinstance(exc, redis.RedisError):
             raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
-        return False

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 from chalicelib.store.records import VMRecord
 from chalicelib.store.store import Store, _translate_errors
@@ -71,7 +71,8 @@ class VMTaskStore:
 
     def hosts_with_tasks(self, pool: str) -> list[str]:
         with _translate_errors():
-            return self.client.zrange(self.keys.pool_vm_tasks(pool), 0, -1)
+            # decode_responses=True: redis-py's types cannot say so
+            return cast("list[str]", self.client.zrange(self.keys.pool_vm_tasks(pool), 0, -1))
 
     def take(self, hostname: str, pool: str, now: float) -> tuple[dict[str, Any] | None, bool]:
         """The VM's task in flight, else the next queued one (then ``new`` is True: the caller

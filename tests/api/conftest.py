@@ -24,7 +24,9 @@ def operations(spec: dict[str, Any]) -> SpecOperations:
 
 
 @pytest.fixture
-def make_stack(redis_client: redis.Redis, clock: FakeClock, operations: SpecOperations) -> Iterator[Callable[[str], Stack]]:
+def make_stack(
+    redis_client: redis.Redis, clock: FakeClock, operations: SpecOperations
+) -> Iterator[Callable[[str], Stack]]:
     """Build a Stack from config YAML and install it as the app's services (restored after)."""
     saved = app._services
 

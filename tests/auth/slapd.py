@@ -104,8 +104,8 @@ def _seed_ldif() -> str:
         f"dn: {BASE}\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n",
         f"dn: {USERS_OU}\nobjectClass: organizationalUnit\nou: users\n",
         f"dn: {PEOPLE_OU}\nobjectClass: organizationalUnit\nou: people\n",
-        f"dn: {SERVICE_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n"
-        f"cn: svc\nuserPassword: {SERVICE_PASSWORD}\n",
+        (f"dn: {SERVICE_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n"
+         f"cn: svc\nuserPassword: {SERVICE_PASSWORD}\n"),
     ]
     for user, (dn, password) in USERS.items():
         rdn_attr = dn.split("=", 1)[0]

@@ -235,9 +235,9 @@ def test_verification_is_on_by_default_and_can_be_turned_off(slapd, caplog):
 def test_unloadable_ca_is_a_config_error(slapd, tmp_path):
     bad = tmp_path / "bad.pem"
     bad.write_text("not a certificate")
-    with pytest.raises(AuthConfigError, match="auth.ldap.ca_file: cannot load"):
+    with pytest.raises(AuthConfigError, match=r"auth\.ldap\.ca_file: cannot load"):
         direct(slapd, ca_file=str(bad))
-    with pytest.raises(AuthConfigError, match="auth.ldap.ca_data: cannot load"):
+    with pytest.raises(AuthConfigError, match=r"auth\.ldap\.ca_data: cannot load"):
         config = slapd.ldap_config(ca_data="-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
         del config["ca_file"]
         LdapAuthenticator(parse_ldap_settings(config))
@@ -370,9 +370,9 @@ def test_config_errors_name_each_key():
                 "auth.ldap.encryption", "auth.ldap.ca_file", "auth.ldap.verify_certificates",
                 "auth.ldap.connect_timeout", "auth.ldap.service_account_hash.password"):
         assert key in text, key
-    with pytest.raises(AuthConfigError, match="auth.ldap.host: is required"):
+    with pytest.raises(AuthConfigError, match=r"auth\.ldap\.host: is required"):
         parse_ldap_settings({"base": "dc=x"})
-    with pytest.raises(AuthConfigError, match="auth.ldap: is required"):
+    with pytest.raises(AuthConfigError, match=r"auth\.ldap: is required"):
         parse_ldap_settings(None)
     with pytest.raises(AuthConfigError, match="secret reference"):
         parse_ldap_settings({"host": "h", "base": "dc=x",
@@ -399,9 +399,9 @@ def test_factory(slapd, caplog):
     ldap = build_authenticator({"provider": "ldap", "ldap": slapd.ldap_config()}, None)
     assert isinstance(ldap, LdapAuthenticator)
     assert ldap.authenticate("alice", slapd.password("alice"))
-    with pytest.raises(AuthConfigError, match="auth.ldap"):
+    with pytest.raises(AuthConfigError, match=r"auth\.ldap"):
         build_authenticator({"provider": "ldap"}, None)
-    with pytest.raises(AuthConfigError, match="auth.provider"):
+    with pytest.raises(AuthConfigError, match=r"auth\.provider"):
         build_authenticator({"provider": "kerberos"}, None)
 
 

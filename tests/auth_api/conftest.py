@@ -102,7 +102,7 @@ def document(auth: dict[str, Any] | None, **sections: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def ldap_auth(slapd: SlapdServer) -> Callable[..., dict[str, Any]]:
+def ldap_auth(slapd: SlapdServer) -> Callable[..., dict[str, Any]]:  # noqa: F811 - the fixture imported above
     """An ``:auth:`` section for the test slapd (service-account mode unless ``direct=True``)."""
 
     def make(direct: bool = False, **auth_keys: Any) -> dict[str, Any]:
@@ -168,7 +168,7 @@ def all_logs() -> Iterator[_Capture]:
     try:
         yield capture
     finally:
-        for target, level in zip(targets, levels):
+        for target, level in zip(targets, levels, strict=True):
             target.removeHandler(capture)
             target.setLevel(level)
 

@@ -173,15 +173,18 @@ def test_the_ldap_block_is_checked_when_the_config_loads():
     assert any(p.startswith("auth.ldap.port:") for p in problems)
     assert any(p.startswith("auth.ldap.base:") for p in problems)
     assert any(p.startswith("auth.ldap.encryption:") for p in problems)
-    with pytest.raises(ConfigError, match="auth.ldap: is required"):
+    with pytest.raises(ConfigError, match=r"auth\.ldap: is required"):
         build(document({"provider": "ldap"}))
 
 
 # --- references resolve into the running service ------------------------------------------------
 
 
-def test_references_resolve_into_the_running_service(make_api, ldap_auth, slapd, locked_redis, aws, vcsim,
-                                                     all_logs):
+def test_references_resolve_into_the_running_service(
+    make_api, ldap_auth, slapd, locked_redis, aws,
+    vcsim,  # noqa: F811 - the fixture imported above
+    all_logs,
+):
     auth = ldap_auth()
     auth["ldap"]["service_account_hash"]["password"] = {"secret": "vmpool/ldap", "key": "password"}
     doc = document(
@@ -208,7 +211,7 @@ def test_references_resolve_into_the_running_service(make_api, ldap_auth, slapd,
         assert not [r for r in api.replies if secret.encode() in r.raw]
 
 
-def test_a_wrong_vsphere_secret_fails_without_showing_it(make_api, aws, vcsim):
+def test_a_wrong_vsphere_secret_fails_without_showing_it(make_api, aws, vcsim):  # noqa: F811 - fixture
     aws["secretsmanager"].put_secret_value(SecretId="vmpool/vsphere", SecretString="not-the-Vsphere-pass")
     doc = document(None, providers={"vsphere": {"provider_class": "vsphere", "server": vcsim.server,
                                                 "username": launcher.USERNAME, "password": {"secret": "vmpool/vsphere"},

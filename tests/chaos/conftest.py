@@ -91,7 +91,8 @@ class Fleet:
             for host in world.hosts(pool, "running") | world.hosts(pool, "ready"):
                 assert world.store.get_vm(host) is not None, f"{where}: {host} lost its record"
             in_provider = world.provider_vms(pool)
-            assert in_provider == world.hosts(pool, "ready") | world.hosts(pool, "running"), f"{where}: {pool} leaked VMs"
+            in_use = world.hosts(pool, "ready") | world.hosts(pool, "running")
+            assert in_provider == in_use, f"{where}: {pool} leaked VMs"
         assert store.cloning_count() == 0, f"{where}: clones counted in flight that are not"
         assert world.client.keys(f"{PREFIX}lease:*") == [], f"{where}: a lease outlived its run"
         for stray in self.strays:

@@ -117,6 +117,18 @@ FAULTS: dict[str, Fault] = {"crash": crash, "redis": redis_drops, "provider": pr
 Snapshot = dict[str, tuple[bytes, int]]
 
 
+def fault_at_checkpoint(fault: Fault, fleet: Fleet, fault_at: int, reached: list[str]) -> Callable[[str], None]:
+    """A checkpoint that records every step it reaches in ``reached`` and makes ``fault`` at the
+    ``fault_at``-th (counting from 0)."""
+
+    def checkpoint(name: str) -> None:
+        reached.append(name)
+        if len(reached) == fault_at + 1:
+            fault(fleet, name)
+
+    return checkpoint
+
+
 def snapshot(client: redis.Redis) -> Snapshot:
     """Every key's serialized value and time to live: the busy fleet is built once per test."""
     raw = redis.Redis(connection_pool=client.connection_pool)
@@ -146,12 +158,7 @@ def test_fault_at_every_step_of_every_pool_converges(make_fleet: FleetFactory, r
                       set(busy.strays), dict(busy.requests), set(busy.disk_on))
         reached: list[str] = []
         where = f"{kind} at checkpoint {fault_at} ({step})"
-
-        def checkpoint(name: str) -> None:
-            reached.append(name)
-            if len(reached) == fault_at + 1:
-                fault(fleet, name)
-
+        checkpoint = fault_at_checkpoint(fault, fleet, fault_at, reached)
         failures: list[str] = []
         for pool in fleet.pools:  # each pool is its own Lambda: one crashing stops no other
             try:

@@ -16,9 +16,9 @@ import redis
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
 from chalicelib.manager.reconcile import reconcile_pool
+from chalicelib.providers.dummy import DummyProvider
 from chalicelib.store import CheckoutRequest, Store, StoreUnavailable
 from chalicelib.store import store as store_module
-from chalicelib.providers.dummy import DummyProvider
 from local.redis_server import RedisServer
 
 BUSY_SECONDS = 1.0

@@ -4,7 +4,6 @@ fake clock, all on the session's real redis-server."""
 from __future__ import annotations
 
 import threading
-
 from dataclasses import dataclass
 from typing import Callable, Iterator
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import random
 import multiprocessing
+import random
 import threading
 import time
 from collections import Counter

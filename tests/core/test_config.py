@@ -119,11 +119,17 @@ def test_vmpooler_config_loads_with_every_key_of_the_contract() -> None:
     assert service.experimental_features and service.purge_unconfigured_resources and service.create_folders
     assert not service.create_linked_clones and service.create_template_delta_disks
     assert service.manage_host_selection and service.utilization_limit == 80
-    assert (service.max_ondemand_instances_per_request, service.ondemand_request_ttl, service.max_vm_retries) == (20, 10, 4)
-    assert (service.check_loop_delay_min, service.check_loop_delay_max, service.check_loop_delay_decay) == (3.0, 30.0, 1.5)
+    assert (
+        service.max_ondemand_instances_per_request, service.ondemand_request_ttl, service.max_vm_retries
+    ) == (20, 10, 4)
+    assert (
+        service.check_loop_delay_min, service.check_loop_delay_max, service.check_loop_delay_decay
+    ) == (3.0, 30.0, 1.5)
 
     redis = config.redis
-    assert (redis.server, redis.port, redis.password, redis.data_ttl_hours) == ("redis.example.com", 6380, "redis-secret", 72)
+    assert (redis.server, redis.port, redis.password, redis.data_ttl_hours) == (
+        "redis.example.com", 6380, "redis-secret", 72
+    )
 
     assert config.auth is not None and config.auth["provider"] == "ldap"
     ldap = config.auth["ldap"]
@@ -134,7 +140,9 @@ def test_vmpooler_config_loads_with_every_key_of_the_contract() -> None:
 
     vsphere = config.providers["vsphere"]
     assert vsphere.provider_class == "vsphere"
-    assert (vsphere.get("server"), vsphere.get("username"), vsphere.get("password")) == ("vcenter.example.com", "vmpooler", "vc-secret")
+    assert (vsphere.get("server"), vsphere.get("username"), vsphere.get("password")) == (
+        "vcenter.example.com", "vmpooler", "vc-secret"
+    )
     assert vsphere.get("insecure") is True and vsphere.get("datacenter") == "DC1"
 
     assert dict(config.tagfilter) == {"url": "(.*)\\/"}
@@ -169,8 +177,12 @@ def test_defaults_are_vmpoolers() -> None:
     service = config.service
     assert (service.task_limit, service.timeout, service.timeout_notification, service.ready_ttl) == (10, 15, 5, 60)
     assert (service.vm_lifetime, service.vm_lifetime_auth) == (24, 24)
-    assert (service.max_ondemand_instances_per_request, service.ondemand_request_ttl, service.max_vm_retries) == (10, 5, 3)
-    assert (service.check_loop_delay_min, service.check_loop_delay_max, service.check_loop_delay_decay) == (5.0, 60.0, 2.0)
+    assert (
+        service.max_ondemand_instances_per_request, service.ondemand_request_ttl, service.max_vm_retries
+    ) == (10, 5, 3)
+    assert (
+        service.check_loop_delay_min, service.check_loop_delay_max, service.check_loop_delay_decay
+    ) == (5.0, 60.0, 2.0)
     assert config.redis.data_ttl_hours == 168 and config.redis.port == 6379
     assert config.auth is None
 
@@ -331,7 +343,8 @@ def test_raw_yaml_beats_file_beats_packaged_default(tmp_path: Path) -> None:
         "VMPOOL_CONFIG": SMALL.format(name="from-env"), "VMPOOL_CONFIG_FILE": str(config_file),
     }).pool_names == ("from-env",)
     assert config_module.load({"VMPOOL_CONFIG_FILE": str(config_file)}).pool_names == ("from-file",)
-    assert config_module.load({"VMPOOL_CONFIG": "", "VMPOOL_CONFIG_FILE": str(config_file)}).pool_names == ("from-file",)
+    loaded = config_module.load({"VMPOOL_CONFIG": "", "VMPOOL_CONFIG_FILE": str(config_file)})
+    assert loaded.pool_names == ("from-file",)
 
     default = config_module.load({})
     assert default.pool_names == config_module.parse(config_module.DEFAULT_CONFIG_FILE.read_text()).pool_names
@@ -379,7 +392,9 @@ def test_repository_example_config_loads() -> None:
 NOT_DOCUMENTED = {"getvm_rename_percent", "migratevm_couldmove_percent", "migratevm_max_time", "migratevm_fail_percent"}
 
 
-@pytest.mark.parametrize("section", ["SERVICE_KEYS", "REDIS_KEYS", "POOL_KEYS", "PROVIDER_KEYS", "AUTH_KEYS", "DNS_KEYS"])
+@pytest.mark.parametrize(
+    "section", ["SERVICE_KEYS", "REDIS_KEYS", "POOL_KEYS", "PROVIDER_KEYS", "AUTH_KEYS", "DNS_KEYS"]
+)
 def test_example_config_documents_every_key_that_does_something(section: str) -> None:
     example = REPO_ROOT / "vmpool.yaml.example"
     if not example.exists():

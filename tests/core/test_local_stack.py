@@ -100,7 +100,9 @@ def test_local_stack_fills_serves_refills_and_stops_cleanly(tmp_path: Path) -> N
     )
     api = f"http://127.0.0.1:{port}/api/v3"
     try:
-        banner = wait_for(lambda: re.search(r"redis on port (\d+)", Path(log.name).read_text()), 20, "the stack to start")
+        banner = wait_for(
+            lambda: re.search(r"redis on port (\d+)", Path(log.name).read_text()), 20, "the stack to start"
+        )
         redis_port = int(banner.group(1))
         processes = descendants(stack.pid)
         assert len(processes) >= 3, processes  # two HTTP workers and redis-server at least

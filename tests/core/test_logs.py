@@ -19,7 +19,10 @@ from chalicelib.observability import logger
 from chalicelib.services import Services
 from local.gateway import Gateway
 
-CONFIG = ":config:\n  domain: example.com\n:providers:\n  :dummy: {}\n:pools:\n  - {name: debian, size: 1, provider: dummy}\n"
+CONFIG = (
+    ":config:\n  domain: example.com\n:providers:\n  :dummy: {}\n"
+    ":pools:\n  - {name: debian, size: 1, provider: dummy}\n"
+)
 
 
 def json_lines(text: str) -> list[dict]:

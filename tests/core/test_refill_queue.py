@@ -47,7 +47,8 @@ def services(redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iter
 
 def sqs_event(*bodies: str) -> dict:
     return {"Records": [
-        {"messageId": str(n), "receiptHandle": "r", "body": body, "attributes": {"SentTimestamp": str(int(time.time() * 1000))},
+        {"messageId": str(n), "receiptHandle": "r", "body": body,
+         "attributes": {"SentTimestamp": str(int(time.time() * 1000))},
          "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:vmpool-refill"}
         for n, body in enumerate(bodies)
     ]}

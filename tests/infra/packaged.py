@@ -13,7 +13,6 @@ from typing import Any, Iterator
 
 import pytest
 
-
 ROOT = Path(__file__).resolve().parents[2]
 STAGE = "dev"
 

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 import redis
+from packaged import Package
 
 from chalicelib import observability as m
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
 from chalicelib.manager.runner import run_pool
 from chalicelib.services import Services
-from packaged import Package
 
 CONFIG = """\
 config: {check_loop_delay_min: 0.1, task_limit: 10}

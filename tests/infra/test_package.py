@@ -10,11 +10,11 @@ import re
 from typing import Any
 
 from cfnlint.api import ManualArgs, lint_file
+from packaged import ROOT, Package
 
 from infra import sync_config
 from infra.sync_config import RESOURCE_FREE_ACTIONS, STAGES
 from infra.template import function_logical_id
-from packaged import ROOT, Package
 
 
 def functions(package: Package) -> dict[str, Any]:
@@ -119,7 +119,8 @@ def test_refill_consumer_is_wired_to_the_refill_queue(package: Package) -> None:
     refill = package.resources[function_logical_id(sync_config.REFILL_FUNCTION)]
     (event,) = refill["Properties"]["Events"].values()
     assert event["Type"] == "SQS"
-    assert event["Properties"]["Queue"]["Fn::Sub"].endswith(f":sqs:${{AWS::Region}}:${{AWS::AccountId}}:{stage.refill_queue_name}")
+    queue_arn = event["Properties"]["Queue"]["Fn::Sub"]
+    assert queue_arn.endswith(f":sqs:${{AWS::Region}}:${{AWS::AccountId}}:{stage.refill_queue_name}")
     assert refill["DependsOn"] == ["RefillQueue"]
     queue = package.resources["RefillQueue"]["Properties"]
     assert queue["QueueName"] == stage.refill_queue_name

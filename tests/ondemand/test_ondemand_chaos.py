@@ -3,7 +3,6 @@ pool change are in flight: the next passes converge, and nothing is built twice 
 
 from __future__ import annotations
 
-
 import pytest
 
 from chalicelib.manager.reconcile import CLONE_START_GRACE_SECONDS
@@ -24,6 +23,7 @@ def busy(make_stack):
     assert stack.call("POST", f"/api/v3/vm/{checked_out}/disk/8")[0] == 202
     assert stack.call("POST", "/api/v3/config/poolsize", {"debian-12": 1})[0] == 201
     status, body = stack.call("POST", "/api/v3/ondemandvm", {"debian": 3})
+    assert status == 201
     return stack, checked_out, body["request_id"]
 
 
@@ -63,7 +63,7 @@ def test_pass_killed_at_any_step_converges(make_stack, redis_client):
     for kill_at, step in enumerate(steps):
         redis_client.flushall()
         stack, checked_out, request_id = busy(make_stack)
-        kill, reached = kill_at_step(kill_at)
+        kill, _ = kill_at_step(kill_at)
         with pytest.raises(Killed):
             stack.reconcile("debian-12", kill)
         stack.clock.advance(CLONE_START_GRACE_SECONDS + 1)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 
+from chalicelib.providers.base import TaskState, TaskStatus
 from chalicelib.store.ondemand import OnDemandStore
 from tests.api.client import redis_state
-from chalicelib.providers.base import TaskState, TaskStatus
 
 SLOW_POOL = """
   - name: slow

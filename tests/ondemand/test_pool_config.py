@@ -85,14 +85,16 @@ def test_template_change_drains_and_refills_from_the_new_template(make_stack):
     stack.settle("debian-12")
     old_ready = stack.services.store.hostnames("debian-12", "ready")
     status, checkout = stack.call("POST", "/api/v3/vm", {"debian-12": 1})
+    assert status == 200
     checked_out = checkout["debian-12"]["hostname"].split(".")[0]
     assert stack.call("GET", f"/api/v3/vm/{checked_out}")[1][checked_out]["source_template"] == "templates/debian-12"
     stack.reconcile("debian-12")  # refill the one checked out, from the old template
     pending_old = stack.services.store.hostnames("debian-12", "pending")
     assert len(pending_old) == 1
 
-    assert stack.call("POST", "/api/v3/config/pooltemplate", {"debian-12": "templates/debian-12-v2"}) == (201, {"ok": True})
-    assert stack.call("POST", "/api/v3/config/pooltemplate", {"debian-12": "templates/debian-12-v2"}) == (200, {"ok": True})
+    new_template = {"debian-12": "templates/debian-12-v2"}
+    assert stack.call("POST", "/api/v3/config/pooltemplate", new_template) == (201, {"ok": True})
+    assert stack.call("POST", "/api/v3/config/pooltemplate", new_template) == (200, {"ok": True})
     config = {p["name"]: p for p in stack.call("GET", "/api/v3/config")[1]["pool_configuration"]}
     assert config["debian-12"]["template"] == "templates/debian-12-v2"
 

@@ -113,4 +113,6 @@ def test_token_required_when_auth_is_configured(make_stack):
     stack = make_stack(extra="\n:auth:\n  provider: dummy\n")
     hostname = checked_out_vm(stack)
     for path in ("disk/8", "snapshot", f"snapshot/{'a' * 32}"):
-        assert stack.call("POST", f"/api/v3/vm/{hostname}/{path}") == (401, {"ok": False, "error": "a token is required (X-AUTH-TOKEN)"})
+        assert stack.call("POST", f"/api/v3/vm/{hostname}/{path}") == (
+            401, {"ok": False, "error": "a token is required (X-AUTH-TOKEN)"}
+        )

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import pytest
 
 from chalicelib.clock import SystemClock
-from chalicelib.config import Config, PoolConfig, ServiceConfig, ProviderConfig, build
+from chalicelib.config import Config, PoolConfig, ProviderConfig, ServiceConfig, build
 from chalicelib.providers.vsphere import VSphereProvider
 from tools.vcsim import launcher
 

@@ -68,7 +68,9 @@ def test_least_used_first_and_a_burst_rotates_through_the_eligible_hosts(monkeyp
 
 
 def test_no_eligible_host_says_why_for_each(monkeypatch: pytest.MonkeyPatch) -> None:
-    fleet = surveyed(host("a", **{"runtime.inMaintenanceMode": True}), host("b", overallStatus=vim.ManagedEntity.Status.red))
+    fleet = surveyed(
+        host("a", **{"runtime.inMaintenanceMode": True}), host("b", overallStatus=vim.ManagedEntity.Status.red)
+    )
     monkeypatch.setattr(hosts, "survey", lambda connection, container, limit: fleet)
     selector = HostSelector(now=lambda: 0.0, cache_seconds=60)
     with pytest.raises(LookupError) as refused:

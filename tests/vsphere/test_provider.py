@@ -310,7 +310,7 @@ def test_bad_password_and_certificate_errors_never_show_the_password(vcsim: Vcsi
     assert "refused the login" in str(refused.value) and secret not in str(refused.value)
     assert secret not in repr(bad.provider.endpoint)
     untrusted = make_setup(vcsim, server=local, ca_bundle=None)
-    with pytest.raises(ProviderError, match="SSL|certificate"):
+    with pytest.raises(ProviderError, match=r"SSL|certificate"):
         untrusted.provider.list_vms(untrusted.pool())
     insecure = make_setup(vcsim, server=local, ca_bundle=None, insecure=True)
     assert insecure.provider.list_vms(insecure.pool()) == []

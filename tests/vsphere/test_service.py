@@ -65,7 +65,8 @@ def test_pool_fills_with_real_vms_in_its_folder(harness: Harness) -> None:
 
 def test_checkout_delete_and_lifetime_destroy_vms_in_vcsim(harness: Harness) -> None:
     harness.until("ready", 2)
-    result = harness.store.checkout([CheckoutRequest(harness.pool.name, [harness.pool.name], 2)], harness.clock.now(), {})
+    request = CheckoutRequest(harness.pool.name, [harness.pool.name], 2)
+    result = harness.store.checkout([request], harness.clock.now(), {})
     deleted, expired = sorted(vm.hostname for vm in result.vms)
     # DELETE /vm/<host>: the API moves the VM to completed.
     assert harness.store.move(deleted, harness.pool.name, "running", "completed", harness.clock.now())
@@ -110,7 +111,9 @@ def test_missing_template_records_reason_and_retries_without_leaking(setup: Setu
     assert counts["pending"] <= 2 and counts["ready"] == 0
 
 
-def test_vcsim_stopped_mid_run_fails_cleanly_then_converges(private_vcsim: VcsimServer, redis_client: redis.Redis) -> None:
+def test_vcsim_stopped_mid_run_fails_cleanly_then_converges(
+    private_vcsim: VcsimServer, redis_client: redis.Redis
+) -> None:
     harness = Harness(make_setup(private_vcsim), redis_client, size=2)
     harness.run()
     private_vcsim.stop()

@@ -54,6 +54,8 @@ def create_vm(provider: VSphereProvider, folder_path: str, name: str, power_on: 
     def create(connection: Connection) -> None:
         datacenter, _, folder = folder_path.partition("/vm")
         target = inventory.ensure_folder(connection, datacenter, folder.strip("/"), create=True)
+        if target is None:
+            raise ProviderError(f"no datacenter {datacenter!r} to hold folder {folder_path!r}")
         dc = inventory.find(connection, datacenter)
         facts = inventory.one(connection, dc, ["datastore", "hostFolder"]) or {}
         datastore = (inventory.one(connection, facts["datastore"][0], ["name"]) or {})["name"]

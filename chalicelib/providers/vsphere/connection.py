@@ -175,7 +175,7 @@ class Connection:
             return original(*args, **kwargs)
 
         # Every method call and property read of every object made from this stub ends here.
-        stub.InvokeMethod = counted
+        stub.InvokeMethod = counted  # type: ignore[method-assign]  # deliberate: this stub's calls only
         self.stub = stub
         instance = vim.ServiceInstance("ServiceInstance", stub)
         self.content = instance.RetrieveContent()
@@ -219,7 +219,9 @@ class Connection:
         """End the session (vCenter side). The connection logs in again when next used."""
         try:
             self.content.sessionManager.Logout()
-        except (vmodl.MethodFault, *TRANSPORT_ERRORS):
+        except vmodl.MethodFault:
+            pass
+        except TRANSPORT_ERRORS:
             pass
 
     def close(self) -> None:

@@ -170,5 +170,7 @@ def ensure_folder(connection: Connection, datacenter: str, folder: str, create: 
                 child = parent.CreateFolder(part)
             except vim.fault.DuplicateName:
                 child = find(connection, current)  # another pass made it meanwhile
+            if child is None:
+                return None  # made and removed again meanwhile: the next pass tries again
         parent = child
     return parent
