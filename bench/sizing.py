@@ -35,10 +35,10 @@ from typing import Any, Callable, Sequence
 if __package__ in (None, ""):  # `python bench/sizing.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.traces import MINUTES_PER_DAY, Trace, all_traces  # noqa: E402
-from chalicelib.config import PoolConfig, parse  # noqa: E402
-from chalicelib.sizing import demand  # noqa: E402
-from chalicelib.sizing.controller import DemandState, Inputs, SizeController  # noqa: E402
+from bench.traces import MINUTES_PER_DAY, Trace, all_traces
+from chalicelib.config import PoolConfig, parse
+from chalicelib.sizing import demand
+from chalicelib.sizing.controller import DemandState, Inputs, SizeController
 
 WARMUP_DAYS = 7
 MAX_FIXED_SIZE = 400
@@ -207,7 +207,8 @@ def compare(scenario: Scenario, pool: PoolConfig | None = None) -> dict[str, Any
     # 30 % of its idle VM-hours; or halve the misses of a fixed size idling as much or more.
     passed = idle_saving >= 0.30 or miss_saving >= 0.50
     return {
-        "trace": trace.name, "seed": trace.seed, "lead_minutes": lead, "demand": sum(trace.demand[WARMUP_DAYS * MINUTES_PER_DAY:]),
+        "trace": trace.name, "seed": trace.seed, "lead_minutes": lead,
+        "demand": sum(trace.demand[WARMUP_DAYS * MINUTES_PER_DAY:]),
         "demand_sizing": {"misses": sized.misses, "idle_vm_hours": round(sized.idle_vm_hours, 1)},
         "best_fixed": {"size": best_size, "misses": best.misses, "idle_vm_hours": round(best.idle_vm_hours, 1)},
         "same_idle_fixed": {"size": same_idle_size, "misses": same_idle.misses,
@@ -230,11 +231,11 @@ def table(results: dict[str, Any]) -> list[tuple[str, str]]:
     rows = []
     for name, r in results["scenarios"].items():
         d, b, s = r["demand_sizing"], r["best_fixed"], r["same_idle_fixed"]
+        verdict = "PASS" if r["passed"] else "FAIL"
         rows.append((f"sizing {name} (lead {r['lead_minutes']} min)",
-                     f"demand: {d['misses']} misses {d['idle_vm_hours']} idle VM-h | best fixed {b['size']}:"
-                     f" {b['misses']} misses {b['idle_vm_hours']} VM-h (-{r['idle_saving_percent']}% idle)"
-                     f" | fixed {s['size']} (same idle): {s['misses']} misses"
-                     f" | {'PASS' if r['passed'] else 'FAIL'}"))
+                     (f"demand: {d['misses']} misses {d['idle_vm_hours']} idle VM-h | best fixed {b['size']}:"
+                      f" {b['misses']} misses {b['idle_vm_hours']} VM-h (-{r['idle_saving_percent']}% idle)"
+                      f" | fixed {s['size']} (same idle): {s['misses']} misses | {verdict}")))
     return rows
 
 

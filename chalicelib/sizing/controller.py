@@ -172,7 +172,8 @@ class SizeController:
             logger.info("pool size decision", extra={
                 "pool": pool.name, "size": decision.size, "reason": decision.reason, "demand_size": state.size,
                 "previous_demand_size": previous_size, "wanted": wanted, "held_by_cooldown": state.size != wanted,
-                "lead_minutes": lead, "recent_rate": found.recent_rate, "seasonal_peak": "no history" if found.seasonal_peak is None else found.seasonal_peak,
+                "lead_minutes": lead, "recent_rate": found.recent_rate,
+                "seasonal_peak": "no history" if found.seasonal_peak is None else found.seasonal_peak,
                 "predicted": found.expected, "min": settings.min, "max": settings.max})
         return decision
 
@@ -197,12 +198,12 @@ class RedisSizingBackend:
                 for day in days:
                     pipe.hmget(self.keys.daily(day), [f"{scope}:total", f"{scope}:count"])
             answers = pipe.execute()
-        override = _number(answers[0])
+        override = _whole(answers[0])
         if not with_demand:
-            return Inputs(None if override is None else int(override), None, None)
+            return Inputs(override, None, None)
         total = sum(_number(pair[0]) or 0.0 for pair in answers[2:])
         count = sum(_number(pair[1]) or 0.0 for pair in answers[2:])
-        return Inputs(None if override is None else int(override), DemandState.from_json(answers[1]),
+        return Inputs(override, DemandState.from_json(answers[1]),
                       total / count if count else None)
 
     def demand(self, pool: str, windows: Sequence[Window]) -> list[list[int] | None]:
@@ -248,8 +249,8 @@ class RedisSizingBackend:
             pipe.hmget(self._size_key, names)
             pipe.hmget(self.keys.sizing_state, names)
             sizes, states = pipe.execute()
-        overrides = {name: (None if _number(size) is None else int(_number(size) or 0)) for name, size in zip(names, sizes)}
-        return overrides, {name: DemandState.from_json(state) for name, state in zip(names, states)}
+        overrides = {name: _whole(size) for name, size in zip(names, sizes, strict=True)}
+        return overrides, {name: DemandState.from_json(state) for name, state in zip(names, states, strict=True)}
 
 
 def _number(value: Any) -> float | None:
@@ -266,6 +267,11 @@ def _configured(pool: PoolConfig) -> PoolConfig:
     """The pool with its configured size (its runtime override, if any, taken off)."""
     size = pool.settings.get("size")
     return pool if size is None else dataclasses.replace(pool, size=int(size))
+
+
+def _whole(value: Any) -> int | None:
+    number = _number(value)
+    return None if number is None else int(number)
 
 
 def target_size(store: Store, pool: PoolConfig, now: float, default_timezone: str | None) -> SizeDecision:
@@ -285,7 +291,8 @@ def target_size(store: Store, pool: PoolConfig, now: float, default_timezone: st
 
 def current_sizes(store: Store, pools: Sequence[PoolConfig], now: float,
                   default_timezone: str | None) -> dict[str, SizeDecision]:
-    """Every pool's effective size and reason as /status and /poolstat show them (one round trip): demand sizes as the last reconcile pass decided them."""
+    """Every pool's effective size and reason as /status and /poolstat show them (one round
+    trip): demand sizes as the last reconcile pass decided them."""
     overrides, states = RedisSizingBackend(store).current(pools)
     result: dict[str, SizeDecision] = {}
     for pool in pools:

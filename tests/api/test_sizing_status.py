@@ -44,7 +44,8 @@ def test_status_and_poolstat_show_effective_size_and_reason(make_stack: Callable
     body: dict[str, Any] = stack.api.get("/api/v3/status?view=capacity").json
     assert body["capacity"]["total"] == 3 + 2 + 2
     poolstat = stack.api.get("/api/v3/poolstat?pool=linux,plain").json["pools"]
-    assert poolstat["sched"] == {"max": 3, "ready": 0, "alias": ["linux"], "size_reason": "schedule weekdays 08:00-09:00"}
+    assert poolstat["sched"] == {"max": 3, "ready": 0, "alias": ["linux"],
+                                 "size_reason": "schedule weekdays 08:00-09:00"}
     assert poolstat["plain"]["size_reason"] == "config"
 
     stack.clock.advance(3600)  # 09:00 in London: the window is over

@@ -185,7 +185,7 @@ def test_broken_history_never_goes_below_min(world: World) -> None:
 
 
 def test_decisions_are_logged_with_inputs_and_published_as_metrics(
-        world: World, capsys: pytest.CaptureFixture[str], log_output: io.StringIO) -> None:
+        world: World, capsys: pytest.CaptureFixture[str], log_output: io.StringIO) -> None:  # noqa: F811
     world.reconcile("dem")
     (decision,) = [line for line in json_lines(log_output.getvalue()) if line["message"] == "pool size decision"]
     assert decision["pool"] == "dem" and decision["size"] == 2 and decision["reason"] == "demand"

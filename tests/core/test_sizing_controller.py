@@ -3,6 +3,7 @@ cooldown and the safety floors, on the controller the reconcile pass and the rep
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timezone
 
 import pytest
@@ -161,7 +162,7 @@ def test_size_flaps_at_most_once_per_cooldown() -> None:
     changes = [(minute, sizes[minute] - sizes[minute - 1]) for minute in range(1, len(sizes))
                if sizes[minute] != sizes[minute - 1]]
     assert any(step < 0 for _, step in changes) and any(step > 0 for _, step in changes)
-    for (earlier, before), (later, after) in zip(changes, changes[1:]):
+    for (earlier, before), (later, after) in itertools.pairwise(changes):
         if after < 0 or before * after < 0:  # a decrease, or a reversal: not within the cooldown
             assert later - earlier >= 10, (earlier, later, sizes)
 
