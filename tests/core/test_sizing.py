@@ -115,13 +115,20 @@ def test_pass_applies_the_schedule_window_then_shrinks_after_it_without_touching
     assert world.hosts("sched", "running") == running
 
 
-def test_override_wins_over_the_schedule_until_reset(world: World) -> None:
+def settle_overridden(world: World, name: str, size: int | None, passes: int) -> PoolOverrides:
+    """Set (or with None, clear) the pool's runtime size, then run passes on the pool as the runner
+    hands it over (override applied)."""
     services = Services(world.config, world.client, clock=world.clock)
     overrides = PoolOverrides(world.store)
-    overrides.set("size", "sched", 2)
-    for _ in range(6):
+    overrides.set("size", name, size)
+    for _ in range(passes):
         world.clock.advance(45)
-        reconcile_pool(world.store, world.provider, services.pool("sched"), world.clock, world.config.service)
+        reconcile_pool(world.store, world.provider, services.pool(name), world.clock, world.config.service)
+    return overrides
+
+
+def test_override_wins_over_the_schedule_until_reset(world: World) -> None:
+    overrides = settle_overridden(world, "sched", 2, passes=6)
     assert world.count("sched", "ready") + world.count("sched", "pending") == 2
 
     overrides.set("size", "sched", None)
@@ -212,12 +219,7 @@ def test_sizing_in_the_example_config_loads() -> None:
 
 
 def test_scale_down_waits_for_the_drain_grace_of_freshly_ready_vms(world: World) -> None:
-    services = Services(world.config, world.client, clock=world.clock)
-    overrides = PoolOverrides(world.store)
-    overrides.set("size", "dem", 6)
-    for _ in range(4):
-        world.clock.advance(45)
-        reconcile_pool(world.store, world.provider, services.pool("dem"), world.clock, world.config.service)
+    overrides = settle_overridden(world, "dem", 6, passes=4)
     assert world.count("dem", "ready") == 6
     newest_ready = max(score for _, score in world.client.zrange(
         world.store.keys.pool_state("dem", "ready"), 0, -1, withscores=True))
