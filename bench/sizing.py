@@ -10,7 +10,8 @@ provider whose clones take ``clone_minutes`` and boots ``boot_minutes``:
    miss (vmpool would answer 503 or fall back to an on-demand clone);
 3. a reconcile pass: the pool's size is asked of ``SizeController.target`` - the very code the
    reconcile pass runs, on an in-memory backend instead of Redis - ready VMs above it that have
-   been ready for the drain grace leave, and clones start until ready + pending reach it;
+   been ready for the drain grace leave (oldest first; pending ones finish first, as the pass
+   does), and clones start until ready + pending reach it;
 4. every VM ready or pending (existing, not checked out) counts an idle minute.
 
 Checked-out VMs are destroyed when returned (as vmpool does), so they never come back to the pool.
@@ -128,7 +129,9 @@ def simulate(trace: Trace, sizer: Sizer, lead_minutes: int, grace_minutes: float
         if on_checkout:
             on_checkout(minute, wanted)
         size = sizer(minute * 60.0 + 30)
-        while len(ready) + len(pending) > size and ready and offset - ready[0] >= grace_minutes:
+        # As pool_changes.drain_and_retire: ready VMs above the size, oldest first, past the grace;
+        # pending ones finish first.
+        while len(ready) > size and offset - ready[0] >= grace_minutes:
             ready.popleft()
         for _ in range(size - len(ready) - len(pending)):
             pending.append(offset + lead_minutes)
