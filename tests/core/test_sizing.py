@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -212,8 +213,7 @@ def test_decisions_are_logged_with_inputs_and_published_as_metrics(
 
 
 def test_sizing_in_the_example_config_loads() -> None:
-    with open("vmpool.yaml.example") as example:
-        pool = parse(example.read()).pools[0]
+    pool = parse((Path(__file__).resolve().parents[2] / "vmpool.yaml.example").read_text()).pools[0]
     sizing = pool.get("sizing")
     assert sizing.windows[0].label == "weekdays 07:00-19:00" and sizing.demand.max == 60
 

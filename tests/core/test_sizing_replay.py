@@ -7,6 +7,8 @@ import pytest
 
 from bench import sizing, traces
 from bench.traces import MINUTES_PER_DAY, Trace
+from chalicelib.config import PoolConfig
+from chalicelib.sizing.controller import SizeController, SizeDecision
 
 HOUR = 60
 
@@ -66,12 +68,10 @@ def test_an_unseen_burst_is_partly_missed_but_grows_the_pool() -> None:
 
 
 def test_the_replay_drives_the_reconcile_passs_controller(monkeypatch: pytest.MonkeyPatch) -> None:
-    from chalicelib.sizing.controller import SizeController
-
-    calls = []
+    calls: list[float] = []
     original = SizeController.target
 
-    def counting(self: SizeController, pool, now):  # type: ignore[no-untyped-def]
+    def counting(self: SizeController, pool: PoolConfig, now: float) -> SizeDecision:
         calls.append(now)
         return original(self, pool, now)
 
