@@ -194,9 +194,6 @@ def dashboard(stage: Stage) -> dict[str, Any]:
         _search_widget("Running (checked out) per pool", [(per_pool(m.RUNNING, "Maximum"), "")]),
         _search_widget("Pool size (capacity) and VMs destroyed per pool",
                        [(per_pool(m.CAPACITY, "Maximum"), "size"), (per_pool(m.VMS_DESTROYED, "Sum"), "destroyed")]),
-        _search_widget("Scheduled/demand pools: target size and predicted demand",
-                       [(per_pool(m.TARGET_SIZE, "Maximum"), "target"),
-                        (per_pool(m.PREDICTED_DEMAND, "Maximum"), "predicted")]),
         _widget("Checkouts, misses (503), deletes", _service(m.CHECKOUTS, m.CHECKOUT_MISSES, m.DELETES)),
         _widget("Clones started and failed (all pools)", _service(m.CLONES_STARTED, m.CLONE_FAILURES)),
         _search_widget("Clone failures by reason", [(
@@ -232,6 +229,9 @@ def dashboard(stage: Stage) -> dict[str, Any]:
             ["AWS/ElastiCache", metric, "CacheClusterId", "${Redis}-" + node]
             for node in REDIS_NODES for metric in ("CurrConnections", "GetTypeCmds", "SetTypeCmds")],
             stat="Maximum", period=300),
+        _search_widget("Sized pools: target size and predicted demand (docs/sizing.md)",
+                       [(per_pool(m.TARGET_SIZE, "Maximum"), "target"),
+                        (per_pool(m.PREDICTED_DEMAND, "Maximum"), "predicted")]),
     ]
     for index, widget in enumerate(widgets):
         widget["x"], widget["y"] = (index % 3) * 8, (index // 3) * 6
