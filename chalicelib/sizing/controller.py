@@ -224,8 +224,7 @@ class RedisSizingBackend:
             for _ in segments:
                 seen, *values = next(answers)
                 known = known and seen is not None
-                counts += [int(_number(values[i]) or 0) + int(_number(values[i + 1]) or 0)
-                           for i in range(0, len(values), 2)]
+                counts += [_count(values[i]) + _count(values[i + 1]) for i in range(0, len(values), 2)]
             result.append(counts if known else None)
         return result
 
@@ -267,6 +266,11 @@ def _configured(pool: PoolConfig) -> PoolConfig:
     """The pool with its configured size (its runtime override, if any, taken off)."""
     size = pool.settings.get("size")
     return pool if size is None else dataclasses.replace(pool, size=int(size))
+
+
+def _count(value: Any) -> int:
+    """A demand bucket's count: broken or negative values count as none."""
+    return max(int(_number(value) or 0), 0)
 
 
 def _whole(value: Any) -> int | None:

@@ -184,7 +184,7 @@ def test_broken_history_never_goes_below_min(world: World) -> None:
     now_minute = epoch_minute(world.clock.now())
     for offset in (0, 1440, 7 * 1440):
         day, minute = day_and_minute(now_minute - offset)
-        world.client.hset(keys.demand("dem", day), mapping={"seen": "1", f"c{minute}": "lots", f"m{minute}": "-"})
+        world.client.hset(keys.demand("dem", day), mapping={"seen": "1", f"c{minute}": "lots", f"m{minute}": "-900"})
     world.client.hset(keys.sizing_state, "dem", "{broken")
     settle(world, "dem")
     assert world.count("dem", "ready") >= 1
