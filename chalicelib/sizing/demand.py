@@ -12,8 +12,8 @@ Bounded: a few small hashes per pool, whatever callers do (misses count into exi
 The forecast (pure): the pool must cover, from its ready VMs, whatever is checked out while a
 replacement clones and boots (the lead time L). The expected demand over the next L minutes is
 the larger of the recent rate times L and the busiest L minutes within the horizon ahead on the
-same weekday a week ago or yesterday; the pool's target is that plus ``safety`` standard deviations
-(Poisson: the square root).
+same weekday a week ago (raised halfway toward yesterday's when yesterday was busier); the
+pool's target is that plus ``safety`` standard deviations (Poisson: the square root).
 """
 
 from __future__ import annotations
@@ -97,9 +97,9 @@ class Forecast:
     lead_minutes: int
     recent_rate: float
     """VMs asked for per minute over the recent window."""
-    seasonal_peak: int | None
-    """The most VMs asked for in L minutes within the horizon ahead, a week or a day ago; None
-    when the service has no record of either day."""
+    seasonal_peak: float | None
+    """The most VMs asked for in L minutes within the horizon ahead, from a week and a day ago
+    (``seasonal_peak()``); None when the service has no record of either day."""
     expected: float
     """Expected VMs asked for over the next L minutes: the predicted demand."""
     wanted: int
@@ -111,12 +111,25 @@ def _peak(counts: Sequence[int], lead: int) -> int:
     return max((sum(counts[start:start + lead]) for start in range(max(len(counts) - lead + 1, 1))), default=0)
 
 
+def seasonal_peak(week: int | None, yesterday: int | None) -> float | None:
+    """The busiest L minutes expected ahead from history: the same weekday's, raised halfway
+    toward yesterday's when yesterday was busier (one week-old sample is noisy, and the nightly
+    jobs repeat daily), never lowered by it (a quiet Sunday must not shrink Monday's 09:00 burst).
+    Either alone when the other day is unknown; None when both are."""
+    if week is None:
+        return None if yesterday is None else float(yesterday)
+    if yesterday is None:
+        return float(week)
+    return max(float(week), (week + yesterday) / 2)
+
+
 def forecast(settings: DemandSettings, recent: Sequence[int], seasons: Sequence[Sequence[int] | None],
              lead: int) -> Forecast:
-    """The pool's wanted size from recent and same-weekday (and yesterday's) demand (pure)."""
+    """The pool's wanted size from recent, same-weekday and yesterday's demand (pure). ``seasons``
+    are the windows of ``SEASONS``: a week ago, then a day ago."""
     recent_rate = sum(recent) / len(recent) if recent else 0.0
-    known = [_peak(counts, lead) for counts in seasons if counts is not None]
-    peak = max(known) if known else None
-    expected = max(recent_rate * lead, float(peak or 0))
+    week, yesterday = (None if counts is None else _peak(counts, lead) for counts in seasons)
+    peak = seasonal_peak(week, yesterday)
+    expected = max(recent_rate * lead, peak or 0.0)
     wanted = math.ceil(expected + settings.safety * math.sqrt(expected) - 1e-9) if expected > 0 else 0
     return Forecast(lead, round(recent_rate, 3), peak, round(expected, 2), wanted)

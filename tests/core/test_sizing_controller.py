@@ -11,7 +11,7 @@ import pytest
 from bench.sizing import MemoryBackend
 from chalicelib.config import ConfigError, PoolConfig, parse
 from chalicelib.sizing.controller import DemandState, SizeController, decide, hold_for_cooldown
-from chalicelib.sizing.demand import epoch_minute
+from chalicelib.sizing.demand import epoch_minute, seasonal_peak
 from chalicelib.sizing.schedule import current_window
 
 MONDAY = datetime(2027, 1, 4, tzinfo=timezone.utc).timestamp()
@@ -201,3 +201,17 @@ def test_schedule_is_a_floor_for_demand_sizing() -> None:
         6, "schedule weekdays 08:00-18:00")
     assert controller.target(pool, at(0, 20)).reason == "demand"
     assert controller.target(pool, at(0, 20)).size == 1
+
+
+def test_yesterday_raises_but_never_lowers_the_same_weekday_peak() -> None:
+    assert seasonal_peak(30, 0) == 30.0  # a quiet Sunday does not shrink Monday's burst
+    assert seasonal_peak(10, 30) == 20.0  # a busier yesterday pulls it halfway up
+    assert (seasonal_peak(None, 8), seasonal_peak(8, None), seasonal_peak(None, None)) == (8.0, 8.0, None)
+    # A pool one day old already prepares for the burst it saw yesterday.
+    backend = MemoryBackend(lead_seconds=300.0)
+    backend.measured = True
+    backend.record(epoch_minute(at(-1, 9)), 12)
+    for day in (-1, 0):
+        backend.seen_days.add(datetime.fromtimestamp(at(day, 12), timezone.utc).strftime("%Y-%m-%d"))
+    decision = SizeController(backend, "UTC").target(pool_with(DEMAND), at(0, 8.9))
+    assert decision.predicted == 12.0 and decision.size == 19  # 12 + 2 * sqrt(12), rounded up
