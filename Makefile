@@ -12,7 +12,7 @@ PROVIDER ?= dummy
 export DEBIAN_FRONTEND := noninteractive
 
 RUN_APT := redis-server
-TEST_APT := redis-server slapd ldap-utils openssl golang-go golang-github-vmware-govmomi-dev
+TEST_APT := redis-server slapd ldap-utils openssl golang-go golang-github-vmware-govmomi-dev bind9 chromium
 ifeq ($(PROVIDER),vcsim)
 RUN_APT += golang-go golang-github-vmware-govmomi-dev
 endif

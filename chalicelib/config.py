@@ -244,6 +244,7 @@ SERVICE_KEYS: dict[str, Key] = {
     "create_linked_clones": Key(boolean, True),
     "create_template_delta_disks": Key(boolean, False),
     "manage_host_selection": Key(boolean, False),
+    "migration_limit": Key(integer(0), 0),
     "utilization_limit": Key(integer(1, 100), 90),
     "max_ondemand_instances_per_request": Key(integer(1), 10),
     "ondemand_clone_limit": Key(integer(1), 10),
@@ -259,12 +260,11 @@ SERVICE_KEYS: dict[str, Key] = {
     "sizing_timezone": Key(timezone_name, "UTC"),
     # Accepted for compatibility; this service has no equivalent.
     "logfile": _IGNORED,
-    "site_name": _IGNORED,
-    "migration_limit": _IGNORED,
+    "site_name": Key(string, "vmpool"),
     "vm_checktime_ready": _IGNORED,
     "usage_stats": _IGNORED,
     "request_logger": _IGNORED,
-    "extra_config": _IGNORED,
+    "extra_config": _IGNORED,  # merged while loading (merge_extra_configs)
     "backend_weight": _IGNORED,
     "retry_delay": _IGNORED,
     "host_selection_max_age": _IGNORED,
@@ -344,6 +344,7 @@ AUTH_KEYS: dict[str, Key] = {
 DNS_KEYS: dict[str, Key] = {
     "dns_class": Key(string),
     "domain": Key(string),
+    "check_names": Key(boolean),
 }
 
 TOP_LEVEL_SECTIONS = (
@@ -395,6 +396,21 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True)
+class DnsConfig:
+    """A ``:dns_configs:`` entry: which DNS plugin (``dns_class``) manages the records of the
+    pools that name it in ``dns_plugin``, for which domain, with the plugin's own keys."""
+
+    name: str
+    dns_class: str
+    domain: str | None
+    settings: Mapping[str, Any]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.settings.get(key)
+        return default if value is None else value
+
+
+@dataclass(frozen=True)
 class RedisConfig:
     server: str
     port: int
@@ -428,6 +444,7 @@ class Config:
     auth: Mapping[str, Any] | None
     tagfilter: Mapping[str, str]
     warnings: tuple[str, ...] = ()
+    dns_configs: Mapping[str, DnsConfig] = field(default_factory=lambda: MappingProxyType({}))
     _pools_by_name: Mapping[str, PoolConfig] = field(default_factory=dict, repr=False)
     _aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
@@ -436,7 +453,7 @@ class Config:
         aliases: dict[str, list[str]] = {}
         for pool in self.pools:
             for alias in pool.alias:
-                if alias not in by_name:
+                if alias != pool.name and pool.name not in aliases.get(alias, ()):
                     aliases.setdefault(alias, []).append(pool.name)
         object.__setattr__(self, "_pools_by_name", MappingProxyType(by_name))
         object.__setattr__(
@@ -451,10 +468,11 @@ class Config:
         return tuple(pool.name for pool in self.pools)
 
     def resolve(self, requested: str) -> tuple[str, ...]:
-        """The pools a requested name may be served from: the pool itself, or an alias's pools."""
-        if requested in self._pools_by_name:
-            return (requested,)
-        return self._aliases.get(requested, ())
+        """The pools a requested name may be served from: the pool of that name, then the pools
+        that have it as an alias. A name that is both a pool and another pool's alias is served
+        from all of them, as vmpooler does."""
+        own = (requested,) if requested in self._pools_by_name else ()
+        return own + self._aliases.get(requested, ())
 
     def aliases_of(self, pool_name: str) -> tuple[str, ...]:
         pool = self.pool(pool_name)
@@ -462,6 +480,11 @@ class Config:
 
     def provider_for(self, pool: PoolConfig) -> ProviderConfig:
         return self.providers[pool.provider]
+
+    def dns_for(self, pool: PoolConfig) -> DnsConfig | None:
+        """The DNS config the pool's ``dns_plugin`` names (None: the pool's records are not managed)."""
+        name = pool.get("dns_plugin")
+        return self.dns_configs.get(name) if name else None
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -513,8 +536,8 @@ class _Reader:
         return result
 
 
-def parse(text: str, source: str = "config") -> Config:
-    """Parse and validate YAML text. Raises ConfigError listing every problem."""
+def _read_document(text: str, source: str) -> dict[str, Any]:
+    """One YAML mapping, colon-stripped. Raises ConfigError naming ``source``."""
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -523,7 +546,72 @@ def parse(text: str, source: str = "config") -> Config:
         document = {}
     if not isinstance(document, dict):
         raise ConfigError([f"{source}: must be a YAML mapping at the top level"])
-    return build(_strip_colons(document))
+    return _strip_colons(document)
+
+
+def parse(text: str, source: str = "config", base_dir: Path | None = None) -> Config:
+    """Parse and validate YAML text, merging the files its ``config.extra_config`` lists
+    (relative paths from ``base_dir``, else the working directory). Raises ConfigError listing
+    every problem."""
+    document = _read_document(text, source)
+    return build(merge_extra_configs(document, base_dir or Path.cwd()))
+
+
+MAX_EXTRA_CONFIGS = 50
+"""More files than any deployment splits its config into: a typo cannot make a load read on."""
+
+
+def extra_config_paths(document: Mapping[str, Any]) -> list[str]:
+    """The files ``config.extra_config`` names: a comma-separated string as vmpooler reads it
+    (its EXTRA_CONFIG), or a YAML list."""
+    section = document.get("config")
+    raw = section.get("extra_config") if isinstance(section, dict) else None
+    if raw is None:
+        return []
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def merge_extra_configs(document: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """vmpooler's ``extra_config``: each listed YAML file is deep-merged into the main document.
+
+    As vmpooler's deep_merge does it, the main document wins: a value it sets is kept, keys it
+    lacks are added from the extra file, mappings merge key by key and lists are joined (the extra
+    file's items that are not already there are appended: a file of extra ``pools`` adds pools).
+    Extra files are read in order; their own ``extra_config`` is not followed.
+    """
+    paths = extra_config_paths(document)
+    if len(paths) > MAX_EXTRA_CONFIGS:
+        raise ConfigError([f"config.extra_config: at most {MAX_EXTRA_CONFIGS} files, got {len(paths)}"])
+    problems: list[str] = []
+    for name in paths:
+        path = Path(name) if Path(name).is_absolute() else base_dir / name
+        try:
+            text = path.read_text()
+        except OSError as error:
+            problems.append(f"config.extra_config: cannot read {path}: {error.strerror}")
+            continue
+        try:
+            extra = _read_document(text, str(path))
+        except ConfigError as error:
+            problems.extend(error.problems)
+            continue
+        document = _deep_merge(document, extra)
+    if problems:
+        raise ConfigError(problems)
+    return document
+
+
+def _deep_merge(main: Any, extra: Any) -> Any:
+    """``main`` with what ``extra`` adds (see merge_extra_configs); neither is changed."""
+    if isinstance(main, dict) and isinstance(extra, dict):
+        merged = dict(main)
+        for key, value in extra.items():
+            merged[key] = _deep_merge(main[key], value) if key in main else value
+        return merged
+    if isinstance(main, list) and isinstance(extra, list):
+        return main + [item for item in extra if item not in main]
+    return extra if main is None else main
 
 
 def build(document: Mapping[str, Any]) -> Config:
@@ -583,6 +671,7 @@ def build(document: Mapping[str, Any]) -> Config:
         auth=auth,
         tagfilter=MappingProxyType(tagfilter),
         warnings=tuple(reader.warnings),
+        dns_configs=MappingProxyType(dns_configs),
     )
 
 
@@ -615,13 +704,34 @@ def _read_providers(reader: _Reader, raw: Any) -> dict[str, ProviderConfig]:
     return providers
 
 
-def _read_dns_configs(reader: _Reader, raw: Any) -> dict[str, dict[str, Any]]:
+def _read_dns_configs(reader: _Reader, raw: Any) -> dict[str, DnsConfig]:
+    """Each entry checked against DNS_KEYS plus the keys its plugin owns (chalicelib.dns)."""
+    from chalicelib.dns.registry import plugin_keys
+
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         reader.problems.append(f"dns_configs: must be a mapping, got {_show(raw)}")
         return {}
-    return {str(name): reader.section(block, DNS_KEYS, f"dns_configs.{name}") for name, block in raw.items()}
+    configs: dict[str, DnsConfig] = {}
+    for name, block in raw.items():
+        path = f"dns_configs.{name}"
+        # vmpooler takes the entry's name as its class when dns_class is missing.
+        dns_class = str((block or {}).get("dns_class") or name) if isinstance(block, dict) else str(name)
+        own_keys = plugin_keys(dns_class)
+        if own_keys is None:
+            reader.warnings.append(
+                f"{path}.dns_class: {_show(dns_class)} is not a DNS plugin vmpool ships (route53, "
+                "dynamic-dns): its pools' records are not managed")
+            own_keys = {}
+        settings = reader.section(block, {**DNS_KEYS, **own_keys}, path)
+        configs[str(name)] = DnsConfig(
+            name=str(name),
+            dns_class=dns_class,
+            domain=settings.pop("domain"),
+            settings=MappingProxyType({k: v for k, v in settings.items() if v is not None and k != "dns_class"}),
+        )
+    return configs
 
 
 def _read_pools(
@@ -629,7 +739,7 @@ def _read_pools(
     raw: Any,
     service: Mapping[str, Any],
     providers: dict[str, ProviderConfig],
-    dns_configs: Mapping[str, Mapping[str, Any]],
+    dns_configs: Mapping[str, DnsConfig],
 ) -> list[PoolConfig]:
     if raw is None:
         return []
@@ -664,7 +774,7 @@ def _read_pools(
             if dns is None:
                 reader.problems.append(f"{path}.dns_plugin: no dns_configs entry named {_show(settings['dns_plugin'])}")
             else:
-                domain = dns.get("domain")
+                domain = dns.domain
         if domain is None:
             domain = service["domain"]
         pools.append(
@@ -678,10 +788,17 @@ def _read_pools(
                 domain=domain,
                 timeout_minutes=settings["timeout"] or service["timeout"],
                 ready_ttl_minutes=settings["ready_ttl"] or service["ready_ttl"],
-                settings=MappingProxyType({k: v for k, v in settings.items() if v is not None}),
+                settings=MappingProxyType({k: v for k, v in _as_written(settings, block).items() if v is not None}),
             )
         )
     return pools
+
+
+def _as_written(settings: Mapping[str, Any], block: Any) -> dict[str, Any]:
+    """The pool's checked settings, with ``alias`` kept a string when written as one (vmpooler
+    echoes it as written in /status and /config)."""
+    written = block.get("alias") if isinstance(block, dict) else None
+    return {**settings, "alias": written} if isinstance(written, str) else dict(settings)
 
 
 def load(environ: Mapping[str, str] | None = None) -> Config:
@@ -695,4 +812,4 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         text = path.read_text()
     except OSError as error:
         raise ConfigError([f"{path}: cannot read: {error.strerror}"]) from None
-    return parse(text, str(path))
+    return parse(text, str(path), base_dir=path.parent)

@@ -92,6 +92,9 @@ RECONCILE_DURATION = "ReconcileDuration"
 CLONE_DURATION = "CloneDuration"
 BOOT_DURATION = "BootDuration"
 RECONCILE_ERRORS = "ReconcileErrors"
+DNS_FAILURES = "DnsFailures"
+MIGRATIONS = "Migrations"
+MIGRATION_FAILURES = "MigrationFailures"
 # Pools with a ``sizing`` block, each reconcile pass (docs/sizing.md).
 TARGET_SIZE = "TargetSize"
 PREDICTED_DEMAND = "PredictedDemand"
@@ -105,6 +108,7 @@ REFILL_LATENCY = "RefillLatency"
 POOL_DIMENSIONS = ("pool", "service")
 SERVICE_DIMENSIONS = ("service",)
 REASON_DIMENSIONS = ("reason", "service")
+POOL_REASON_DIMENSIONS = ("pool", "reason", "service")
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,9 @@ METRICS: dict[str, MetricSpec] = {
         _spec(CLONE_DURATION, _SECONDS, POOL_DIMENSIONS),
         _spec(BOOT_DURATION, _SECONDS, POOL_DIMENSIONS),
         _spec(RECONCILE_ERRORS, _COUNT, POOL_DIMENSIONS, SERVICE_DIMENSIONS),
+        _spec(DNS_FAILURES, _COUNT, POOL_REASON_DIMENSIONS),
+        _spec(MIGRATIONS, _COUNT, POOL_DIMENSIONS),
+        _spec(MIGRATION_FAILURES, _COUNT, POOL_DIMENSIONS),
         _spec(TARGET_SIZE, _COUNT, POOL_DIMENSIONS),
         _spec(PREDICTED_DEMAND, _COUNT, POOL_DIMENSIONS),
         _spec(CHECKOUTS, _COUNT, SERVICE_DIMENSIONS),

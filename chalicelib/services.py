@@ -27,6 +27,8 @@ from chalicelib.auth.secrets import SecretConfigError, SecretResolver, SecretUna
 from chalicelib.auth.tokens import TokenStore
 from chalicelib.clock import Clock, SystemClock
 from chalicelib.config import Config, PoolConfig
+from chalicelib.dns.base import DnsPlugin
+from chalicelib.dns.registry import build_dns_plugin
 from chalicelib.manager.refill import REFILL_QUEUE_ENV, NoRefill, RefillTrigger, SqsRefill
 from chalicelib.observability import logger, redact_secrets
 from chalicelib.providers.base import Provider
@@ -48,6 +50,9 @@ def configured_secrets(config: Config) -> Iterator[Any]:
     for provider in config.providers.values():
         if provider.get("password") is not None:
             yield provider.get("password")
+    for dns_config in config.dns_configs.values():
+        if dns_config.get("tsig_secret") is not None:
+            yield dns_config.get("tsig_secret")
     ldap = (config.auth or {}).get("ldap") or {}
     service_account = ldap.get("service_account_hash") if isinstance(ldap, Mapping) else None
     if isinstance(service_account, Mapping) and service_account.get("password") is not None:
@@ -113,6 +118,7 @@ class Services:
         self.store = Store(client, prefix=prefix, data_ttl_hours=config.redis.data_ttl_hours)
         self.store.demand_pools = demand_sized_pools(config)
         self._providers: dict[str, Provider] = {}
+        self._dns_plugins: dict[str, DnsPlugin] = {}
         self.refill: RefillTrigger = refill or NoRefill()
         self.started = self.clock.now()
         """When this process started serving: /status reports uptime from it, as vmpooler does."""
@@ -165,6 +171,16 @@ class Services:
                 resolve_secret=self.resolve_secret, prefix=self.store.keys.prefix,
             )
         return self._providers[name]
+
+    def dns_plugin(self, pool: PoolConfig) -> DnsPlugin | None:
+        """The DNS plugin managing the pool's records (None when its ``dns_plugin`` names none),
+        built on first use and kept."""
+        dns_config = self.config.dns_for(pool)
+        if dns_config is None:
+            return None
+        if dns_config.name not in self._dns_plugins:
+            self._dns_plugins[dns_config.name] = build_dns_plugin(dns_config, self.resolve_secret)
+        return self._dns_plugins[dns_config.name]
 
     def resolve_secret(self, value: Any) -> str | None:
         """A config secret (plain or a reference), fetched and cached; masked in logs from now on."""

@@ -195,9 +195,25 @@ def policy(stage: Stage, role: str) -> dict[str, Any]:
     if role == "refill":
         statements.append(_statement(["sqs:ReceiveMessage", "sqs:DeleteMessage",
                                       "sqs:GetQueueAttributes"], [queue]))
+    zones = route53_zones(stage)
+    if role != "api" and zones:
+        statements.append(_statement(["route53:ChangeResourceRecordSets", "route53:ListResourceRecordSets"],
+                                     [f"arn:aws:route53:::hostedzone/{zone}" for zone in zones]))
     if stage.tracing:
         statements.append(_statement(XRAY_ACTIONS, "*"))
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+def route53_zones(stage: Stage) -> list[str]:
+    """The hosted zones the stage's ``route53`` DNS entries manage (the reconcile passes change
+    their records, docs/dns.md)."""
+    from chalicelib import config as config_module
+
+    config = config_module.load({config_module.CONFIG_FILE_ENV: str(ROOT / stage.config_file)})
+    return sorted({
+        str(entry.get("hosted_zone_id")).split("/")[-1]
+        for entry in config.dns_configs.values() if entry.dns_class == "route53"
+    })
 
 
 def rendered_files(pools_by_stage: dict[str, list[str]] | None = None) -> dict[Path, str]:

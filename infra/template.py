@@ -203,6 +203,10 @@ def dashboard(stage: Stage) -> dict[str, Any]:
                        [(per_pool(m.CLONE_DURATION, "p90"), "clone"), (per_pool(m.BOOT_DURATION, "p90"), "boot")]),
         _search_widget("Reconcile pass p99 (s) per pool", [(per_pool(m.RECONCILE_DURATION, "p99"), "")]),
         _search_widget("vCenter calls per pool", [(per_pool(m.PROVIDER_CALLS, "Sum"), "")]),
+        _search_widget("DNS failures by reason, migrations per pool", [
+            ((f"SEARCH('{{{m.NAMESPACE},{','.join(m.POOL_REASON_DIMENSIONS)}}} "
+              f"MetricName=\"{m.DNS_FAILURES}\"', 'Sum', 300)"), "dns"),
+            (per_pool(m.MIGRATIONS, "Sum"), "migrated"), (per_pool(m.MIGRATION_FAILURES, "Sum"), "migration failed")]),
         _widget("Reconcile errors and refill latency p90 (s)",
                 [*_service(m.RECONCILE_ERRORS),
                  [m.NAMESPACE, m.REFILL_LATENCY, "service", m.SERVICE, {"stat": "p90", "yAxis": "right"}]]),

@@ -31,6 +31,8 @@ class ApiRequest:
     body: bytes = b""
     source_ip: str = ""
     request_id: str = ""
+    context_path: str = ""
+    """The path as the client sent it, with API Gateway's stage (``/prod/...``) when it has one."""
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok
 from chalicelib.api.identity import Caller, required_caller
-from chalicelib.api.vms import REQUEST_NAME_PATTERN, _parse_count, display_name
+from chalicelib.api.vms import REQUEST_NAME_PATTERN, _parse_count, hostnames_by_name
 from chalicelib.services import Services
 from chalicelib.store.ondemand import DELETED, FAILED, READY, OnDemandEntry, OnDemandRequest, OnDemandStore
 
@@ -77,8 +77,11 @@ def _create(
     _check_wanted(services, wanted)
     request_id = _open_request(services, wanted, request_id, caller)
     answer: dict[str, Any] = {"ok": True, "request_id": request_id}
-    if request.version == 1 and services.config.service.domain:
-        answer["domain"] = services.config.service.domain
+    if request.version == 1:
+        pools = [services.config.pool(pool) for name in wanted for pool in services.config.resolve(name)]
+        _, domain = hostnames_by_name({"": [("", (pool.domain if pool else None) or "") for pool in pools]}, 1)
+        if domain:
+            answer["domain"] = domain
     return ApiResponse(201, answer)
 
 
@@ -94,9 +97,11 @@ def _open_request(
     created = OnDemandStore(services.store).create(
         request_id, entries, services.clock.now(), int(config.ondemand_request_ttl) * 60,
         int(config.vm_lifetime_auth if caller else config.vm_lifetime), caller.user if caller else "",
+        caller.token_id if caller else "",
     )
     if not created:
-        raise ApiError(409, {"message": f"request_id '{request_id}' has already been created"})
+        raise ApiError(409, {"message": f"request_id '{request_id}' has already been created",
+                             "request_id": request_id})
     services.refill.pools_changed({entry.pool for entry in entries})
     return request_id
 
@@ -108,11 +113,12 @@ def show(services: Services, request: ApiRequest) -> ApiResponse:
     answer: dict[str, Any] = {"ok": True, "request_id": ondemand.id, "ready": False}
     if ondemand.state == READY:
         answer["ready"] = True
+        named = {name: [(vm.name, vm.domain) for vm in ondemand.delivered(name)] for name in ondemand.names}
+        hostnames, domain = hostnames_by_name(named, request.version)
         for name in ondemand.names:
-            answer[name] = {"hostname": [display_name(vm.name, vm.domain or None, request.version)
-                                         for vm in ondemand.delivered(name)]}
-        if request.version == 1 and services.config.service.domain:
-            answer["domain"] = services.config.service.domain
+            answer[name] = {"hostname": hostnames[name]}
+        if domain:
+            answer["domain"] = domain
         return ApiResponse(200, answer)
     if ondemand.state in (FAILED, DELETED):
         answer["message"] = ondemand.message

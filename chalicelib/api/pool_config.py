@@ -1,5 +1,5 @@
-"""Runtime pool configuration (``experimental_features`` only, else 405): pool size, template
-and reset, kept in Redis (store/pool_overrides.py) and applied by the pools' reconcile passes
+"""Runtime pool configuration (``experimental_features`` only, else 405): pool size, template,
+clone target and reset, kept in Redis (store/pool_overrides.py) and applied by the pools' reconcile passes
 (manager/pool_changes.py). Answers as vmpooler: 201 when something changed, 200 when not.
 """
 
@@ -18,6 +18,7 @@ from chalicelib.store.pool_overrides import PoolOverrides
 MAX_POOL_SIZE = 10000
 """As the config loader allows."""
 SIZE_PATTERN = re.compile(r"^[0-9]+$")
+MAX_CLONE_TARGET = 255
 
 
 def _allowed(services: Services, request: ApiRequest) -> None:
@@ -61,10 +62,21 @@ class _Setting:
     parse: Callable[[Any], Any]
     """The value, or None when it is not valid."""
     error_key: str
+    answer_prefix: str
+    """DELETE answers ``<prefix>_before_reset`` (the value until now) and
+    ``<prefix>_before_overrides`` (the configured one), as vmpooler."""
 
 
-_SIZE = _Setting("size", _size, "not_configured")
-_TEMPLATE = _Setting("template", lambda value: value if _template_ok(value) else None, "bad_templates")
+def _clone_target(value: Any) -> str | None:
+    """A cluster (or host) name under the datacenter's host folder: text, bounded."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_CLONE_TARGET or not value.isprintable():
+        return None
+    return value if value.strip("/") == value else None
+
+
+_SIZE = _Setting("size", _size, "not_configured", "pool_size")
+_TEMPLATE = _Setting("template", lambda value: value if _template_ok(value) else None, "bad_templates", "template")
+_CLONE_TARGET = _Setting("clone_target", _clone_target, "bad_templates", "clone_target")
 
 
 def _override(services: Services, request: ApiRequest, setting: _Setting) -> ApiResponse:
@@ -76,8 +88,8 @@ def _override(services: Services, request: ApiRequest, setting: _Setting) -> Api
     overrides = PoolOverrides(services.store)
     changed = []
     for name, value in wanted.items():
-        if value != getattr(_now(services, name), setting.field):
-            configured = getattr(_configured(services, name), setting.field)
+        if value != _value(_now(services, name), setting):
+            configured = _value(_configured(services, name), setting)
             overrides.set(setting.field, name, None if value == configured else value)
             changed.append(name)
     return _changed(services, changed)
@@ -86,11 +98,24 @@ def _override(services: Services, request: ApiRequest, setting: _Setting) -> Api
 def _clear(services: Services, request: ApiRequest, setting: _Setting) -> ApiResponse:
     _allowed(services, request)
     name = _known_pool(services, request)
+    before = {
+        f"{setting.answer_prefix}_before_reset": _value(_now(services, name), setting),
+        f"{setting.answer_prefix}_before_overrides": _value(_configured(services, name), setting),
+    }
     overrides = PoolOverrides(services.store)
     if getattr(overrides.get(name), setting.field) is None:
-        return ok()
+        return ok(**before)
     overrides.set(setting.field, name, None)
-    return _changed(services, [name])
+    answer = _changed(services, [name])
+    answer.body.update(before)
+    return answer
+
+
+def _value(pool: PoolConfig, setting: _Setting) -> Any:
+    """The pool's current value of a setting (the clone target may come from ``:config:``)."""
+    if setting is _CLONE_TARGET:
+        return pool.get("clone_target")
+    return getattr(pool, setting.field)
 
 
 def set_size(services: Services, request: ApiRequest) -> ApiResponse:
@@ -112,6 +137,17 @@ def set_template(services: Services, request: ApiRequest) -> ApiResponse:
 def clear_template(services: Services, request: ApiRequest) -> ApiResponse:
     """DELETE /config/pooltemplate/<pool>: back to the configured template."""
     return _clear(services, request, _TEMPLATE)
+
+
+def set_clone_target(services: Services, request: ApiRequest) -> ApiResponse:
+    """POST /config/clonetarget ``{"pool": "cluster"}``: where the pool's next clones are placed
+    (vSphere ``clone_target``). 400 ``bad_templates`` lists unknown pools and unusable values."""
+    return _override(services, request, _CLONE_TARGET)
+
+
+def clear_clone_target(services: Services, request: ApiRequest) -> ApiResponse:
+    """DELETE /config/clonetarget/<pool>: back to the configured clone target."""
+    return _clear(services, request, _CLONE_TARGET)
 
 
 def reset(services: Services, request: ApiRequest) -> ApiResponse:

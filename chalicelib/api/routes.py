@@ -1,8 +1,9 @@
 """The route table, and the adapter from a Chalice request to our handlers and back.
 
-Every route exists under /api/v3, /api/v2 and /api/v1; the routes vmpooler 1.x/2.x served without
-a prefix also exist unversioned and behave as v1. Whatever goes wrong, the answer is JSON with
-``ok: false`` and the right status: a handler's ApiError as it is, Redis down as 503, and a bug
+Every route exists under /api/v3, /api/v2 and /api/v1; the routes vmpooler 2.x rerouted from
+unversioned paths (its ``reroute.rb``) also exist unversioned and behave as v1; the dashboard's
+routes exist only unversioned. Whatever goes wrong, the answer is JSON with ``ok: false`` and
+the right status: a handler's ApiError as it is, Redis down as 503, and a bug
 as a 500 without a traceback (logged with one).
 """
 
@@ -14,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import redis
 
-from chalicelib.api import ondemand, pool_config, status, summary, tokens, vm_tasks, vms
+from chalicelib.api import dashboard, ondemand, pool_config, status, summary, tokens, vm_tasks, vms
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse
 from chalicelib.observability import logger
 from chalicelib.services import Services
@@ -35,6 +36,8 @@ class Route:
     handler: Handler
     unversioned: bool = False
     """Whether the route also exists without an /api/vN prefix."""
+    versioned: bool = True
+    """False for the routes that exist only without a prefix (/, /healthcheck, /dashboard)."""
 
 
 ROUTES: list[Route] = [
@@ -48,13 +51,13 @@ ROUTES: list[Route] = [
     Route("poolstat", "GET", "/poolstat", status.poolstat),
     Route("totalrunning", "GET", "/totalrunning", status.total_running),
     Route("summary", "GET", "/summary", summary.summary, unversioned=True),
-    Route("summary_section", "GET", "/summary/{section}", summary.summary),
-    Route("summary_key", "GET", "/summary/{section}/{key}", summary.summary),
+    Route("summary_section", "GET", "/summary/{section}", summary.summary, unversioned=True),
+    Route("summary_key", "GET", "/summary/{section}/{key}", summary.summary, unversioned=True),
     Route("config", "GET", "/config", status.pool_configuration),
-    Route("token_list", "GET", "/token", tokens.list_tokens),
-    Route("token_create", "POST", "/token", tokens.create_token),
-    Route("token_describe", "GET", "/token/{token}", tokens.describe_token),
-    Route("token_delete", "DELETE", "/token/{token}", tokens.delete_token),
+    Route("token_list", "GET", "/token", tokens.list_tokens, unversioned=True),
+    Route("token_create", "POST", "/token", tokens.create_token, unversioned=True),
+    Route("token_describe", "GET", "/token/{token}", tokens.describe_token, unversioned=True),
+    Route("token_delete", "DELETE", "/token/{token}", tokens.delete_token, unversioned=True),
     Route("ondemand_create", "POST", "/ondemandvm", ondemand.create_from_body),
     Route("ondemand_create_path", "POST", "/ondemandvm/{name}", ondemand.create_from_path),
     Route("ondemand_show", "GET", "/ondemandvm/{name}", ondemand.show),
@@ -63,10 +66,21 @@ ROUTES: list[Route] = [
     Route("config_poolsize_clear", "DELETE", "/config/poolsize/{pool}", pool_config.clear_size),
     Route("config_pooltemplate", "POST", "/config/pooltemplate", pool_config.set_template),
     Route("config_pooltemplate_clear", "DELETE", "/config/pooltemplate/{pool}", pool_config.clear_template),
+    Route("config_clonetarget", "POST", "/config/clonetarget", pool_config.set_clone_target),
+    Route("config_clonetarget_clear", "DELETE", "/config/clonetarget/{pool}", pool_config.clear_clone_target),
     Route("poolreset", "POST", "/poolreset", pool_config.reset),
+    Route("root", "GET", "/", dashboard.home, unversioned=True, versioned=False),
+    Route("healthcheck", "GET", "/healthcheck", dashboard.healthcheck, unversioned=True, versioned=False),
+    Route("dashboard", "GET", "/dashboard", dashboard.page, unversioned=True, versioned=False),
+    Route("dashboard_pool_stats", "GET", "/dashboard/stats/vmpooler/pool", dashboard.vmpooler_pool,
+          unversioned=True, versioned=False),
+    Route("dashboard_running_stats", "GET", "/dashboard/stats/vmpooler/running", dashboard.vmpooler_running,
+          unversioned=True, versioned=False),
+    Route("dashboard_history", "GET", "/dashboard/stats/history", dashboard.history,
+          unversioned=True, versioned=False),
     Route("vm_disk", "POST", "/vm/{name}/disk/{size}", vm_tasks.add_disk),
-    Route("vm_snapshot", "POST", "/vm/{name}/snapshot", vm_tasks.take_snapshot),
-    Route("vm_revert", "POST", "/vm/{name}/snapshot/{snapshot}", vm_tasks.revert_snapshot),
+    Route("vm_snapshot", "POST", "/vm/{name}/snapshot", vm_tasks.take_snapshot, unversioned=True),
+    Route("vm_revert", "POST", "/vm/{name}/snapshot/{snapshot}", vm_tasks.revert_snapshot, unversioned=True),
 ]
 
 
@@ -81,9 +95,9 @@ def add_routes(routes: list[Route]) -> None:
 def versioned_paths(route: Route) -> list[tuple[str, int]]:
     """Every (full path, version) under which ``route`` is served."""
     return [
-        (prefix + route.path, version)
+        ((prefix + route.path).rstrip("/") or "/", version)
         for prefix, version in API_VERSIONS
-        if prefix or route.unversioned
+        if (prefix and route.versioned) or (not prefix and route.unversioned)
     ]
 
 
@@ -91,7 +105,10 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def render(response: ApiResponse) -> tuple[int, str, dict[str, str]]:
-    """Status, JSON text and headers of a response."""
+    """Status, JSON text and headers of a response; a text body (the dashboard's page) is sent
+    as it is, with the Content-Type its handler set."""
+    if isinstance(response.body, str):
+        return response.status, response.body, response.headers
     return response.status, json.dumps(response.body, separators=(",", ":")), {**JSON_HEADERS, **response.headers}
 
 
@@ -122,4 +139,5 @@ def request_from_chalice(current: Any, version: int, params: Mapping[str, str]) 
         body=current.raw_body or b"",
         source_ip=(context.get("identity") or {}).get("sourceIp", ""),
         request_id=context.get("requestId", ""),
+        context_path=context.get("path") or "",
     )

@@ -6,6 +6,7 @@ from typing import Any
 
 from chalicelib.api.http import ApiRequest, ApiResponse, not_found
 from chalicelib.api.summary import day_metrics
+from chalicelib.config import PoolConfig
 from chalicelib.manager.reconcile import day_of
 from chalicelib.services import Services
 from chalicelib.sizing.controller import current_sizes
@@ -18,7 +19,8 @@ OK_MESSAGE = "Battle station fully armed and operational."
 def status(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /status[?view=capacity,queue,clone,boot,pools]. Keys sorted as vmpooler sorts them."""
     view = request.query.get("view")
-    wanted = set(STATUS_VIEWS) if view is None else {part.strip() for part in view.split(",")}
+    # No view, or ``?view`` without a value: every section.
+    wanted = set(STATUS_VIEWS) if not view else {part.strip() for part in view.split(",")}
     config = services.config
     now = services.clock.now()
     counts = services.store.counts(config.pool_names)
@@ -52,7 +54,7 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
                 "size_reason": sizes[pool.name].reason,
             }
             if pool.alias:
-                entry["alias"] = list(pool.alias)
+                entry["alias"] = alias_as_written(pool)
             pools[pool.name] = entry
         body["pools"] = pools
     if "queue" in wanted:
@@ -79,6 +81,12 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
     return ApiResponse(200, dict(sorted(body.items())))
 
 
+def alias_as_written(pool: PoolConfig) -> str | list[str]:
+    """The pool's aliases as the config wrote them: a string stays a string, as in vmpooler."""
+    written = pool.settings.get("alias")
+    return written if isinstance(written, str) else list(pool.alias)
+
+
 def poolstat(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /poolstat?pool=a,b: size and ready count of the pools named (or aliased)."""
     names = {part for part in request.query.get("pool", "").split(",") if part}
@@ -90,7 +98,7 @@ def poolstat(services: Services, request: ApiRequest) -> ApiResponse:
         entry: dict[str, Any] = {"max": sizes[pool.name].size, "ready": counts[pool.name]["ready"],
                                  "size_reason": sizes[pool.name].reason}
         if pool.alias:
-            entry["alias"] = list(pool.alias)
+            entry["alias"] = alias_as_written(pool)
         pools[pool.name] = entry
     return ApiResponse(200, {"pools": pools})
 
@@ -110,7 +118,7 @@ def pool_configuration(services: Services, request: ApiRequest) -> ApiResponse:
         settings = dict(pool.settings)
         settings.update(
             name=pool.name, size=pool.size, template=pool.template, provider=pool.provider,
-            alias=list(pool.alias), timeout=pool.timeout_minutes, ready_ttl=pool.ready_ttl_minutes,
+            alias=alias_as_written(pool), timeout=pool.timeout_minutes, ready_ttl=pool.ready_ttl_minutes,
             template_ready=True,
         )
         if pool.domain:

@@ -29,7 +29,8 @@ MAX_COUNT = 100
 REQUEST_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 COUNT_PATTERN = re.compile(r"^[0-9]+$")
 TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
-TAG_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_ \t\r\n\f\v.@:/-]*$")
+TAG_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_ \t\r\n\f\v.,@:/-]*$")
+"""vmpooler's characters, and a comma: beaker tags a host's roles as ``agent, master``."""
 MAX_TAG_KEY = 50
 MAX_TAG_VALUE = 255
 MAX_LIFETIME_HOURS = 10 * 365 * 24
@@ -96,6 +97,8 @@ def _checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int]
         requests.append(CheckoutRequest(name, pools, count))
     lifetime = config.service.vm_lifetime_auth if caller else config.service.vm_lifetime
     fields = {"lifetime": str(lifetime)}
+    if config.service.migration_limit > 0:
+        fields["migration"] = "queued"  # its pool's pass moves it off a busy host (manager/migrations.py)
     if caller:
         # The owner and the token's id (a hash prefix): never the token itself.
         fields["token_user"] = caller.user
@@ -115,24 +118,36 @@ def _checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int]
     for vm in result.vms:
         logger.info("VM checked out", extra={"pool": vm.pool, "hostname": vm.hostname,
                                              "user": caller.user if caller else None})
-    hostnames: dict[str, list[str]] = {}
+    named: dict[str, list[tuple[str, str]]] = {}
     for vm in result.vms:
         pool = config.pool(vm.pool)
-        domain = pool.domain if pool else None
-        hostnames.setdefault(vm.requested, []).append(display_name(vm.hostname, domain, request.version))
+        named.setdefault(vm.requested, []).append((vm.hostname, (pool.domain if pool else None) or ""))
+    hostnames, domain = hostnames_by_name(named, request.version)
     answer: dict[str, Any] = {"ok": True}
     for name, names in hostnames.items():
         answer[name] = {"hostname": names[0] if len(names) == 1 else names}
-    if request.version == 1 and config.service.domain:
-        answer["domain"] = config.service.domain
+    if domain:
+        answer["domain"] = domain
     return ApiResponse(200, answer)
 
 
-def display_name(hostname: str, domain: str | None, version: int) -> str:
-    """v1 answers with short names (and a separate ``domain`` key); v2/v3 with FQDNs."""
-    if version == 1 or not domain:
-        return hostname
-    return f"{hostname}.{domain}"
+def hostnames_by_name(
+    named: Mapping[str, list[tuple[str, str]]], version: int
+) -> tuple[dict[str, list[str]], str | None]:
+    """The hostnames to answer for each requested name, from (short name, domain) pairs, and the
+    top-level ``domain`` of a v1 answer.
+
+    v2/v3 answer FQDNs. v1 clients (beaker, vmfloaty on a v1 URL) append the top-level ``domain``
+    to every short name, so v1 answers short names with the one domain they all share, and FQDNs
+    without a ``domain`` key when the VMs' domains differ (a pool with a domain of its own)."""
+    domains = {domain for vms in named.values() for _, domain in vms}
+    shared = domains.pop() if version == 1 and len(domains) == 1 else None
+    short = shared is not None
+    hostnames = {
+        name: [hostname if short or not domain else f"{hostname}.{domain}" for hostname, domain in vms]
+        for name, vms in named.items()
+    }
+    return hostnames, shared or None
 
 
 # --- one VM -------------------------------------------------------------------------------------
@@ -173,12 +188,12 @@ def describe(services: Services, request: ApiRequest) -> ApiResponse:
     info["disk"] = list(record.disks)
     info["ip"] = record.ip
     if request.version == 1:
-        if services.config.service.domain:
-            info["domain"] = services.config.service.domain
+        if record.domain:
+            info["domain"] = record.domain  # the VM's own (its pool's), which v1 clients append
     else:
         info["fqdn"] = record.fqdn()
     info["host"] = record.host
-    info["migrated"] = False
+    info["migrated"] = record.raw.get("migrated") == "true"
     if record.not_ready_reason and record.state == "pending":
         info["not_ready_reason"] = record.not_ready_reason
     if record.reason:

@@ -17,7 +17,8 @@ from typing import Callable
 
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ServiceConfig
-from chalicelib.manager import ondemand, pool_changes, vm_tasks
+from chalicelib.dns.base import DnsPlugin
+from chalicelib.manager import dns_records, migrations, ondemand, pool_changes, templates, vm_tasks
 from chalicelib.manager.hostnames import candidate_names
 from chalicelib.observability import logger
 from chalicelib.providers.base import Provider, ProviderError, TaskState, VMInfo
@@ -92,8 +93,10 @@ class _Pass:
         clock: Clock,
         service: ServiceConfig,
         checkpoint: Checkpoint,
+        dns: DnsPlugin | None = None,
     ) -> None:
         self.store = store
+        self.dns = dns
         self.provider = provider
         self.pool = pool
         self.clock = clock
@@ -122,12 +125,14 @@ class _Pass:
         self.check_ready()
         self.check_running()
         vm_tasks.run_tasks(self)
+        migrations.run(self)
         self.check_discovered()
         self.destroy_completed()
         self.discover_unknown()
         pool_changes.drain_and_retire(self)
-        ondemand.serve_requests(self)
-        self.repopulate()
+        if templates.ready_for_clones(self):
+            ondemand.serve_requests(self)
+            self.repopulate()
         self.store.record_durations(day_of(self.now), self.report.samples)
         self.checkpoint("done")
         self.report.counts = self.count_after()
@@ -150,6 +155,7 @@ class _Pass:
 
     def drop(self, hostname: str, from_state: str, reason: str) -> None:
         """Forget a VM the provider no longer has; its record lingers for data_ttl with the reason."""
+        dns_records.withdraw(self, self.record(hostname))
         if self.store.move(hostname, self.pool.name, from_state, "destroyed", self.now, reason=reason):
             self.report.dropped.append(hostname)
         self.checkpoint("dropped")
@@ -168,6 +174,7 @@ class _Pass:
                 self.drop(hostname, "pending", "record missing")
                 continue
             age = self.now - (record.clone_start or self.now)
+            self.notify_slow(record, age)
             vm = self.inventory.get(hostname)
             if record.clone_end is None:
                 if not self.finish_clone(record, vm, age):
@@ -179,7 +186,7 @@ class _Pass:
                         hostname, "pending", f"not in the provider {self.minutes(age)} after clone start"
                     )
                 continue
-            readiness = self.provider.check_ready(self.pool, vm)
+            readiness = dns_records.check_ready(self, record, vm)
             if readiness.ready:
                 self.mark_ready(record, vm, age)
             elif age > timeout:
@@ -191,20 +198,22 @@ class _Pass:
                 self.note_slow_boot(record, age, readiness.reason)
 
     def note_slow_boot(self, record: VMRecord, age: float, reason: str) -> None:
-        """Keep the not-ready reason current, and log once when a VM is slower than
-        ``timeout_notification`` minutes: the early warning of a broken template or DNS."""
-        changes: dict[str, object] = {}
+        """Keep the not-ready reason current (GET /vm shows it)."""
         if reason != record.not_ready_reason:
-            changes["not_ready_reason"] = reason
-        if age > self.service.timeout_notification * 60 and not record.raw.get("slow_notified"):
+            self.store.update_vm(record.name, not_ready_reason=reason)
+
+    def notify_slow(self, record: VMRecord, age: float) -> None:
+        """Log once per VM when a pending VM (cloning or booting) is older than
+        ``timeout_notification`` minutes: the early warning of a broken template or DNS."""
+        if age <= self.service.timeout_notification * 60 or record.raw.get("slow_notified"):
+            return
+        if self.store.set_once(record.name, "slow_notified"):
             logger.warning(
                 "VM is slow to become ready",
                 extra={"pool": self.pool.name, "hostname": record.name, "minutes": round(age / 60, 1),
-                       "reason": reason},
+                       "timeout_notification": self.service.timeout_notification,
+                       "reason": record.not_ready_reason or ("cloning" if record.clone_end is None else "booting")},
             )
-            changes["slow_notified"] = "1"
-        if changes:
-            self.store.update_vm(record.name, **changes)
 
     def finish_clone(self, record: VMRecord, vm: VMInfo | None, age: float) -> bool:
         """Follow a VM's clone task. Returns True once the clone is done and readiness may be checked."""
@@ -295,6 +304,7 @@ class _Pass:
             if record is None:
                 self.drop(hostname, "completed", "record missing")
                 continue
+            dns_records.withdraw(self, record)
             if record.destroy_task:
                 status = self.provider.task_status(record.destroy_task)
                 if status.state is TaskState.RUNNING:
@@ -344,6 +354,10 @@ class _Pass:
     def start_clones(self, reserved: list[str]) -> None:
         """Start the clone of each reserved name and record its task on the VM."""
         for hostname in reserved:
+            taken = dns_records.name_in_use(self, hostname)
+            if taken:
+                self.take_out_of_service(hostname, "pending", taken)
+                continue
             try:
                 task = self.provider.clone(self.pool, hostname)
             except ProviderError as error:
@@ -367,7 +381,9 @@ def reconcile_pool(
     clock: Clock,
     service: ServiceConfig,
     checkpoint: Checkpoint = _no_checkpoint,
+    dns: DnsPlugin | None = None,
 ) -> PassReport:
     """Run one pass over ``pool``. Raises ProviderError or StoreUnavailable when the provider or
-    Redis fails; whatever was done before that is consistent, and the next pass carries on."""
-    return _Pass(store, provider, pool, clock, service, checkpoint).run()
+    Redis fails; whatever was done before that is consistent, and the next pass carries on.
+    ``dns`` manages the pool's DNS records (its ``dns_plugin``); its failures never end the pass."""
+    return _Pass(store, provider, pool, clock, service, checkpoint, dns).run()

@@ -18,6 +18,7 @@ from chalicelib.manager.reconcile import Checkpoint, PassReport, _no_checkpoint,
 from chalicelib.observability import clone_failure_reason, emit, logger
 from chalicelib.providers.base import ProviderError
 from chalicelib.store import StoreUnavailable
+from chalicelib.store.history import PoolHistory, Sample, minute_of
 
 if TYPE_CHECKING:
     from chalicelib.services import Services
@@ -55,6 +56,7 @@ def run_pool(
         logger.debug("pool is reconciled elsewhere; nudged the holder", extra={"pool": pool_name})
         return RunReport(pool_name, leased=False)
     report = RunReport(pool_name, leased=True)
+    sampled: int | None = None
     deadline = time.monotonic() + budget_seconds
     try:
         while True:
@@ -65,7 +67,7 @@ def run_pool(
             started = time.monotonic()
             try:
                 result = reconcile_pool(store, services.provider(pool.provider), pool, services.clock,
-                                        services.config.service, checkpoint)
+                                        services.config.service, checkpoint, dns=services.dns_plugin(pool))
             except (ProviderError, StoreUnavailable) as error:
                 # The pass stopped where it was; everything it did is consistent. Try next time.
                 report.failures.append(str(error))
@@ -75,6 +77,7 @@ def run_pool(
                 break
             report.passes.append(result)
             _publish(result, pool.size)
+            sampled = _sample(services, result, pool.size, sampled)
             delay = float(pool.get("check_loop_delay_min", services.config.service.check_loop_delay_min))
             pass_seconds = time.monotonic() - started
             if (not result.work_in_flight or stopping()
@@ -94,6 +97,22 @@ def run_pool(
         except StoreUnavailable:
             pass  # it expires by itself
     return report
+
+
+def _sample(services: "Services", result: PassReport, size: int, sampled: int | None) -> int | None:
+    """Record the pool's counts for the dashboard's history, once a minute (a busy pool passes
+    every few seconds); the minute recorded. A failed write loses one sample, not the pass."""
+    minute = minute_of(services.clock.now())
+    if minute == sampled:
+        return sampled
+    counts = result.counts
+    try:
+        PoolHistory(services.store).record(result.pool, Sample(
+            minute, counts.get("ready", 0), counts.get("running", 0), counts.get("pending", 0), size))
+    except StoreUnavailable as error:
+        logger.warning("history sample skipped", extra={"pool": result.pool, "error": str(error)})
+        return sampled
+    return minute
 
 
 def _publish(result: PassReport, capacity: int) -> None:

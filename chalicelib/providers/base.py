@@ -60,6 +60,15 @@ class Readiness:
     """Why the VM is not ready yet (shown in GET /vm/<host>)."""
 
 
+@dataclass(frozen=True)
+class Migration:
+    """A migration a provider started: the task to follow and the hosts it moves between."""
+
+    task_ref: str
+    from_host: str
+    to_host: str
+
+
 class Provider(abc.ABC):
     """A place VMs come from. One instance serves every pool that names it."""
 
@@ -98,6 +107,18 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def revert_snapshot(self, pool: PoolConfig, hostname: str, snapshot_name: str) -> str:
         """Start reverting to the snapshot named ``snapshot_name``; return a task ref."""
+
+    def prepare_template(self, pool: PoolConfig) -> str | None:
+        """Start what the pool's template needs before it is cloned (vSphere: delta disks when
+        ``create_template_delta_disks``); a task ref, or None when it needs nothing. Idempotent:
+        asked again once the task is done, it needs nothing."""
+        return None
+
+    def start_migration(self, pool: PoolConfig, hostname: str) -> Migration | None:
+        """Start moving a checked-out VM to the least used compatible host when it runs on a
+        busier one; None when it should stay where it is (or the provider cannot migrate).
+        Never waits for the move: the returned task is followed with ``task_status``."""
+        return None
 
     def purge_unconfigured(self, pools: Sequence[PoolConfig], allowlist: Sequence[str]) -> list[str]:
         """Destroy VMs and folders under the pools' parent folders that no pool configures.

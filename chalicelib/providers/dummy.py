@@ -23,6 +23,7 @@ import redis
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ProviderConfig
 from chalicelib.providers.base import (
+    Migration,
     Provider,
     ProviderError,
     Readiness,
@@ -47,6 +48,11 @@ _DESTROY = _Operation("destroyvm_max_time", "destroyvm_fail_percent")
 _DISK = _Operation("createdisk_max_time", "createdisk_fail_percent")
 _SNAPSHOT = _Operation("createsnapshot_max_time", "createsnapshot_fail_percent")
 _REVERT = _Operation("revertsnapshot_max_time", "revertsnapshot_fail_percent")
+_MIGRATE = _Operation("migratevm_max_time", "migratevm_fail_percent")
+
+DEFAULT_HOST = "dummy-host"
+DUMMY_HOSTS = 10
+"""vmpooler's dummy pretends to be a cluster of ten hosts when it migrates."""
 
 
 class DummyProvider(Provider):
@@ -136,7 +142,7 @@ class DummyProvider(Provider):
                     ip=vm["ip"] if booted and vm["powered_on"] else None,
                     guest_hostname=vm["name"] if booted else None,
                     tools_running=booted and vm["powered_on"],
-                    host="dummy-host",
+                    host=vm.get("host", DEFAULT_HOST),
                     annotation=json.dumps({"pool": pool.name, "creator": "vmpool"}),
                 )
             )
@@ -188,6 +194,8 @@ class DummyProvider(Provider):
             vm["disks"].append({"id": task["disk_id"], "size_gb": task["size_gb"]})
         elif task["kind"] == "snapshot" and task["snapshot"] not in vm["snapshots"]:
             vm["snapshots"].append(task["snapshot"])
+        elif task["kind"] == "migrate":
+            vm["host"] = task["host"]
         self._save_vm(task["folder"], vm)
 
     def destroy(self, pool: PoolConfig, hostname: str) -> str | None:
@@ -217,6 +225,20 @@ class DummyProvider(Provider):
         if snapshot_name not in vm["snapshots"]:
             raise ProviderError(f"snapshot {snapshot_name} not found on {hostname}")
         return self._start_task(pool, "revert", hostname, _REVERT, snapshot=snapshot_name)[0]
+
+    def start_migration(self, pool: PoolConfig, hostname: str) -> Migration | None:
+        """As vmpooler's dummy: without ``migratevm_couldmove_percent`` a VM never moves; with it,
+        the VM is on a busier host at that rate and moves to another of ten pretend hosts, taking
+        up to ``migratevm_max_time`` seconds and failing at ``migratevm_fail_percent``."""
+        vm = self._require_vm(pool, hostname)
+        current = vm.get("host", DEFAULT_HOST)
+        chance = self.config.pool_setting(pool, "migratevm_couldmove_percent")
+        if chance is None or not self._fails(pool, "migratevm_couldmove_percent"):
+            return None
+        others = [f"{DEFAULT_HOST}-{n}" for n in range(1, DUMMY_HOSTS + 1) if f"{DEFAULT_HOST}-{n}" != current]
+        target = self._random.choice(others)
+        task_ref = self._start_task(pool, "migrate", hostname, _MIGRATE, host=target)[0]
+        return Migration(task_ref, current, target)
 
     def _require_vm(self, pool: PoolConfig, hostname: str) -> dict[str, Any]:
         raw = self._call("hget", self._folder_key(pool), hostname)

@@ -17,8 +17,12 @@ this module and the scripts must agree.
     config:poolsize          hash    pool -> size set at runtime (store/pool_overrides.py)
     config:pooltemplate      hash    pool -> template set at runtime
     config:poolreset         hash    pool -> when it was last reset (VMs cloned before are drained)
+    config:clonetarget       hash    pool -> clone_target set at runtime
     vmtasks:<hostname>       list    disk/snapshot tasks queued for a VM (store/vm_tasks.py)
     vmtasks:pool:<pool>      zset    VMs of the pool with queued or running tasks
+    migrating                zset    VMs being migrated to another host, across all pools, by start time
+    templates:prepared       hash    <provider>:<template> -> "done", or the task preparing it
+    history:<pool>           zset    per-minute samples of the pool's counts (store/history.py)
     demand:<pool>:<YYYY-MM-DD> hash  per-minute checkouts/misses of a demand-sized pool (sizing/demand.py)
     sizing:state             hash    pool -> its demand size and when it last changed (sizing/controller.py)
 """
@@ -68,7 +72,7 @@ class Keys:
         return f"{self.prefix}ondemand:open:{pool}"
 
     def pool_override(self, setting: str) -> str:
-        """``setting`` is ``poolsize``, ``pooltemplate`` or ``poolreset``."""
+        """``setting`` is ``poolsize``, ``pooltemplate``, ``poolreset`` or ``clonetarget``."""
         return f"{self.prefix}config:{setting}"
 
     def vm_tasks(self, hostname: str) -> str:
@@ -76,6 +80,17 @@ class Keys:
 
     def pool_vm_tasks(self, pool: str) -> str:
         return f"{self.prefix}vmtasks:pool:{pool}"
+
+    @property
+    def migrating(self) -> str:
+        return f"{self.prefix}migrating"
+
+    @property
+    def templates_prepared(self) -> str:
+        return f"{self.prefix}templates:prepared"
+
+    def history(self, pool: str) -> str:
+        return f"{self.prefix}history:{pool}"
 
     def demand(self, pool: str, day: str) -> str:
         """A demand-sized pool's per-minute checkouts and misses on a UTC day. The checkout script

@@ -102,8 +102,10 @@ class OnDemandStore:
         ttl_seconds: float,
         lifetime_hours: int,
         token_user: str = "",
+        token_id: str = "",
     ) -> bool:
-        """Record a new open request and queue it for its pools. False when the id is taken."""
+        """Record a new open request and queue it for its pools. False when the id is taken.
+        ``token_user``/``token_id`` are copied onto its VMs, so GET /token/<t> lists them."""
         fields = {
             "id": request_id,
             "state": OPEN,
@@ -114,6 +116,8 @@ class OnDemandStore:
         }
         if token_user:
             fields["token_user"] = token_user
+        if token_id:
+            fields["token_id"] = token_id
         pools = sorted({entry.pool for entry in entries})
         args: list[str | int] = [
             self.keys.prefix, request_id, repr(now), self.store.data_ttl_seconds, json.dumps(fields), *pools,

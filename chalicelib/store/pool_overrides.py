@@ -1,14 +1,17 @@
-"""Pool settings changed at runtime (POST /config/poolsize, /config/pooltemplate, /poolreset).
+"""Pool settings changed at runtime (POST /config/poolsize, /config/pooltemplate,
+/config/clonetarget, /poolreset).
 
 They live in Redis, so every Lambda sees them and they survive restarts; ``apply`` lays them
 over the configured pool, which is how ``Services.pool`` hands the reconcile pass and the API
-the pool as it should be now. A reset is a time: the pass drains VMs cloned before it.
+the pool as it should be now. A reset is a time: the pass drains VMs cloned before it. A clone
+target lands in the pool's ``clone_target`` setting, which the vSphere provider's clone reads.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Iterable
 
 from chalicelib.config import PoolConfig
@@ -17,6 +20,7 @@ from chalicelib.store.store import Store, _translate_errors
 SIZE = "poolsize"
 TEMPLATE = "pooltemplate"
 RESET = "poolreset"
+CLONE_TARGET = "clonetarget"
 
 
 @dataclass(frozen=True)
@@ -24,14 +28,18 @@ class PoolOverride:
     size: int | None = None
     template: str | None = None
     reset_at: float | None = None
+    clone_target: str | None = None
 
 
 def apply(pool: PoolConfig, override: PoolOverride) -> PoolConfig:
-    """The pool with its runtime size and template, when set."""
+    """The pool with its runtime size, template and clone target, when set."""
     if override.size is not None:
         pool = dataclasses.replace(pool, size=override.size)
     if override.template is not None:
         pool = dataclasses.replace(pool, template=override.template)
+    if override.clone_target is not None:
+        settings = MappingProxyType({**pool.settings, "clone_target": override.clone_target})
+        pool = dataclasses.replace(pool, settings=settings)
     return pool
 
 
@@ -52,21 +60,25 @@ class PoolOverrides:
             return {}
         with _translate_errors():
             pipe = self.client.pipeline(transaction=False)
-            for setting in (SIZE, TEMPLATE, RESET):
+            for setting in (SIZE, TEMPLATE, RESET, CLONE_TARGET):
                 pipe.hmget(self.keys.pool_override(setting), pools)
-            sizes, templates, resets = pipe.execute()
+            sizes, templates, resets, clone_targets = pipe.execute()
         return {
             pool: PoolOverride(
                 size=int(size) if size is not None else None,
                 template=template,
                 reset_at=float(reset) if reset is not None else None,
+                clone_target=clone_target,
             )
-            for pool, size, template, reset in zip(pools, sizes, templates, resets, strict=True)
+            for pool, size, template, reset, clone_target in zip(
+                pools, sizes, templates, resets, clone_targets, strict=True)
         }
 
     def set(self, field: str, pool: str, value: int | str | None) -> None:
-        """Override the pool's ``size`` or ``template``; None goes back to the configured one."""
-        self._set({"size": SIZE, "template": TEMPLATE}[field], pool, None if value is None else str(value))
+        """Override the pool's ``size``, ``template`` or ``clone_target``; None goes back to the
+        configured one."""
+        setting = {"size": SIZE, "template": TEMPLATE, "clone_target": CLONE_TARGET}[field]
+        self._set(setting, pool, None if value is None else str(value))
 
     def reset(self, pool: str, now: float) -> None:
         """Drain the pool's ready and pending VMs cloned before ``now`` (and so refill it)."""

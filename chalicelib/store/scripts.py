@@ -23,6 +23,8 @@ class Scripts:
         self.release_lease = load("release_lease")
         self.record_durations = load("record_durations")
         self.update = load("update")
+        self.set_once = load("set_once")
+        self.migration_slot = load("migration_slot")
         self.discover = load("discover")
         self.ondemand_create = load("ondemand_create")
         self.ondemand_reserve = load("ondemand_reserve")

@@ -256,6 +256,12 @@ class Store:
         with _translate_errors():
             return bool(self.scripts.update(keys=[self.keys.vm(hostname)], args=args))
 
+    def set_once(self, hostname: str, field_name: str, value: str = "1") -> bool:
+        """Set a field on an existing record unless it is set already. True for the one caller
+        that set it (racing passes: exactly one wins)."""
+        with _translate_errors():
+            return bool(self.scripts.set_once(keys=[self.keys.vm(hostname)], args=[field_name, value]))
+
     def add_discovered(self, hostname: str, pool: str, now: float, **fields: Any) -> bool:
         """Record a VM found in the pool's folder that no live record claims. Returns whether
         it was recorded (False when another pool or state knows it)."""

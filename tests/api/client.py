@@ -120,6 +120,8 @@ class SpecOperations:
                 operation = self.spec["paths"][spec_path].get(method.lower())
                 if operation is None or (path == full_path and not operation.get("x-unversioned")):
                     return None  # not served without a version prefix
+                if path != full_path and operation.get("x-unversioned-only"):
+                    return None  # not served with one
                 return spec_path, operation
         return None
 

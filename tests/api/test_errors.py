@@ -162,7 +162,8 @@ UNKNOWN_ROUTE_CASES: list[Case] = [
     ("GET", "/poolstat?pool=pool1", None, 404, ""),
     ("GET", "/totalrunning", None, 404, ""),
     ("GET", "/config", None, 404, ""),
-    ("GET", "/summary/boot", None, 404, ""),
+    ("GET", "/ondemandvm/some-request", None, 404, ""),
+    ("POST", "/vm/{running}/disk/8", None, 404, ""),
 ]
 
 WRONG_METHOD_CASES: list[Case] = [

@@ -52,13 +52,15 @@ def test_status_names_empty_pools(stack: Stack) -> None:
     ("capacity,queue", ["capacity", "queue", "status"]),
     ("pools", ["pools", "status"]),
     ("boot, clone", ["boot", "clone", "status"]),
-    ("", ["status"]),
+    ("", ["boot", "capacity", "clone", "pools", "queue", "status"]),  # ?view= with no value: all
     ("nosuchview", ["status"]),
 ])
 def test_status_views(stack: Stack, view: str, keys: list[str]) -> None:
     stack.fill("pool1", "pool2")
     body = stack.api.get(f"/api/v3/status?view={view}").json
     assert list(body) == keys
+    if not view:
+        assert stack.api.get("/api/v3/status?view").json.keys() == body.keys()
     # the empty-pool check only runs when the pools are shown
     assert body["status"]["ok"] is ("pools" not in keys)
 

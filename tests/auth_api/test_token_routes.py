@@ -7,6 +7,7 @@ import hashlib
 import pytest
 
 from chalicelib.auth.tokens import TOKEN_PREFIX, iso
+from chalicelib.manager.reconcile import reconcile_pool
 from tests.auth_api.conftest import OTHER_POOL, POOL, Api, basic, document
 
 WWW_AUTHENTICATE = 'Basic realm="Authentication required"'
@@ -90,16 +91,18 @@ def test_get_token_lists_only_the_callers_tokens(ldap_api: Api, slapd):
     assert set(bob) == {"ok", token_id(bob_token)}
 
 
-def test_get_token_needs_the_owner_or_the_token_itself(ldap_api: Api, slapd):
+def test_get_token_is_answered_to_its_holder_or_its_owner(ldap_api: Api, slapd):
     token = ldap_api.new_token("alice", slapd.password("alice"))
     bob_token = ldap_api.new_token("bob", slapd.password("bob"))
     path = f"/api/v3/token/{token}"
 
-    anonymous = ldap_api.call("GET", path)
-    assert anonymous.status == 401 and anonymous.headers["WWW-Authenticate"] == WWW_AUTHENTICATE
-    assert "alice" not in anonymous.raw.decode()
-    # Another valid token is not this token; another user's password is not the owner's.
-    assert ldap_api.call("GET", path, headers={"X-AUTH-TOKEN": bob_token}).status == 401
+    # vmfloaty's `token status` sends the token in the path and nothing else: it proves itself.
+    bare = ldap_api.call("GET", path)
+    assert bare.status == 200 and bare.body[token]["user"] == "alice"
+    assert bare.body[token]["vms"] == {"running": []}
+    # Holding another token does not hide this one (the path proves it) ...
+    assert ldap_api.call("GET", path, headers={"X-AUTH-TOKEN": bob_token}).body[token]["user"] == "alice"
+    # ... but Basic credentials are checked: another user's are refused, wrong ones are a 401.
     other_user = ldap_api.call("GET", path, headers=basic("bob", slapd.password("bob")))
     assert other_user.status == 403 and "alice" not in other_user.raw.decode()
     assert ldap_api.call("GET", path, headers=basic("alice", "wrong")).status == 401
@@ -109,10 +112,25 @@ def test_get_token_needs_the_owner_or_the_token_itself(ldap_api: Api, slapd):
     by_token = ldap_api.call("GET", path, headers={"X-AUTH-TOKEN": token})
     assert by_token.status == 200 and by_token.body[token]["user"] == "alice"
 
+    # A token nobody holds shows nothing, whoever asks.
     unknown = "0" * 32
-    assert ldap_api.call("GET", f"/api/v3/token/{unknown}", headers={"X-AUTH-TOKEN": unknown}).status == 404
-    assert ldap_api.call("GET", f"/api/v3/token/{unknown}",
-                         headers=basic("alice", slapd.password("alice"))).status == 404
+    for headers in ({}, {"X-AUTH-TOKEN": unknown}, basic("alice", slapd.password("alice"))):
+        missing = ldap_api.call("GET", f"/api/v3/token/{unknown}", headers=headers)
+        assert missing.status == 404 and "alice" not in missing.raw.decode()
+    assert ldap_api.call("GET", "/api/v3/token/not-a-token").status == 404
+
+
+def test_vmfloaty_token_status_list_active_and_delete_all(ldap_api: Api, slapd):
+    """What vmfloaty does: `token status` and `list --active` read GET /token/<t> with no other
+    credential, then `delete --all` returns each running VM listed there with the token."""
+    token = ldap_api.new_token("alice", slapd.password("alice"))
+    mine = {ldap_api.checkout(token), ldap_api.checkout(token)}
+    ldap_api.checkout(None)
+    status = ldap_api.call("GET", f"/api/v1/token/{token}")  # vmfloaty on a v1 URL
+    assert status.status == 200 and set(status.body[token]["vms"]["running"]) == mine
+    for host in status.body[token]["vms"]["running"]:
+        assert ldap_api.call("DELETE", f"/api/v1/vm/{host}", headers={"X-AUTH-TOKEN": token}).body == {"ok": True}
+    assert ldap_api.call("GET", f"/api/v1/token/{token}").body[token]["vms"] == {"running": []}
 
 
 def test_get_token_lists_only_vms_of_that_token(ldap_api: Api, slapd):
@@ -155,9 +173,15 @@ def test_token_routes_are_404_without_auth(make_api, slapd):
         assert (reply.status, reply.body["ok"]) == (404, False)
 
 
-def test_tokens_are_not_served_on_unversioned_paths(ldap_api: Api, slapd):
-    """vmpooler never rerouted /token; neither do we."""
-    assert ldap_api.call("POST", "/token", headers=basic("alice", slapd.password("alice"))).status == 404
+def test_token_routes_are_served_unversioned_as_vmpooler_2_rerouted_them(ldap_api: Api, slapd):
+    alice = basic("alice", slapd.password("alice"))
+    created = ldap_api.call("POST", "/token", headers=alice)
+    assert created.status == 200
+    token = created.body["token"]
+    assert set(ldap_api.call("GET", "/token", headers=alice).body) == {"ok", token_id(token)}
+    assert ldap_api.call("GET", f"/token/{token}").body[token]["user"] == "alice"
+    assert ldap_api.call("DELETE", f"/token/{token}", headers=alice).status == 200
+    assert ldap_api.call("GET", f"/token/{token}").status == 404
 
 
 def test_token_ttl_expires_tokens(make_api, ldap_auth, slapd):
@@ -178,3 +202,24 @@ def test_dummy_auth_works_over_http(make_api):
     assert api.call("POST", "/api/v3/token", headers=basic("dev", "dev")).status == 401
     token = api.new_token("dev", "anything-else")
     assert api.call("GET", f"/api/v3/token/{token}", headers={"X-AUTH-TOKEN": token}).body[token]["user"] == "dev"
+
+
+def test_on_demand_vms_are_in_their_tokens_running_list(ldap_api: Api, slapd):
+    """vmfloaty's `list --active` and `delete --all` read the token's running list: VMs built on
+    demand for the token are in it, as vmpooler records the token on them."""
+    token = ldap_api.new_token("alice", slapd.password("alice"))
+    other = ldap_api.new_token("bob", slapd.password("bob"))
+    created = ldap_api.call("POST", f"/api/v3/ondemandvm/{POOL}+{POOL}", headers={"X-AUTH-TOKEN": token})
+    assert created.status == 201
+    ldap_api.call("POST", f"/api/v3/ondemandvm/{POOL}", headers={"X-AUTH-TOKEN": other})
+    request_id = created.body["request_id"]
+    pool = ldap_api.services.pool(POOL)
+    provider = ldap_api.services.provider(pool.provider)
+    for _ in range(4):
+        reconcile_pool(ldap_api.services.store, provider, pool, ldap_api.clock, ldap_api.services.config.service)
+        ldap_api.clock.advance(1)
+    built = ldap_api.call("GET", f"/api/v3/ondemandvm/{request_id}").body
+    assert built["ready"] is True
+    hosts = sorted(name.split(".")[0] for name in built[POOL]["hostname"])
+    assert sorted(ldap_api.call("GET", f"/api/v3/token/{token}").body[token]["vms"]["running"]) == hosts
+    assert not set(hosts) & set(ldap_api.call("GET", f"/api/v3/token/{other}").body[other]["vms"]["running"])

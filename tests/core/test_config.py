@@ -284,7 +284,7 @@ def test_unknown_keys_warn_and_do_not_fail() -> None:
     ])
 
 
-def test_aliases_resolve_to_their_pools_and_pool_names_win() -> None:
+def test_aliases_resolve_to_their_pools_and_a_pool_name_also_to_pools_aliased_so() -> None:
     config = parse("""\
 pools:
   - {name: debian, size: 1, provider: dummy, alias: [linux, any]}
@@ -292,7 +292,9 @@ pools:
   - {name: windows, size: 1, provider: dummy, alias: any}
 """)
 
-    assert config.resolve("debian") == ("debian",)  # a pool's own name is never an alias
+    # vmpooler serves a name that is a pool and another pool's alias from both, the pool first.
+    assert config.resolve("debian") == ("debian", "centos")
+    assert config.resolve("windows") == ("windows",)
     assert config.resolve("linux") == ("debian", "centos")
     assert config.resolve("any") == ("debian", "windows")
     assert config.resolve("nothing") == ()
@@ -388,8 +390,8 @@ def test_repository_example_config_loads() -> None:
 
 
 # vmpooler dummy keys accepted (as numbers) for compatibility that have no effect here: there is
-# no VM rename or migration. The example does not document them.
-NOT_DOCUMENTED = {"getvm_rename_percent", "migratevm_couldmove_percent", "migratevm_max_time", "migratevm_fail_percent"}
+# no VM rename. The example does not document them.
+NOT_DOCUMENTED = {"getvm_rename_percent"}
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 import pytest
 
@@ -84,20 +84,25 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.slow
-def test_local_stack_fills_serves_refills_and_stops_cleanly(tmp_path: Path) -> None:
+def launch(config: str, tmp_path: Path, port: int, log: IO[str], *args: str) -> subprocess.Popen[bytes]:
+    """`python -m local.run` on ``port`` with ``config``, in its own session (so its whole process
+    group can be stopped), its state under ``tmp_path``, its output in ``log``."""
     config_file = tmp_path / "vmpool.yaml"
-    config_file.write_text(CONFIG)
-    port = free_port()
+    config_file.write_text(config)
     env = {key: value for key, value in os.environ.items() if not key.startswith("VMPOOL_")}
     env.update(VMPOOL_CONFIG_FILE=str(config_file), POWERTOOLS_LOG_LEVEL="WARNING",
                VMPOOL_STATE_DIR=str(tmp_path / "state"))
-    log = (tmp_path / "stack.log").open("w+")
-    stack = subprocess.Popen(
-        [sys.executable, "-m", "local.run", "--port", str(port), "--workers", "2",
-         "--interval", str(SCHEDULE_INTERVAL)],
+    return subprocess.Popen(
+        [sys.executable, "-m", "local.run", "--port", str(port), *args],
         cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
+
+
+@pytest.mark.slow
+def test_local_stack_fills_serves_refills_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    log = (tmp_path / "stack.log").open("w+")
+    stack = launch(CONFIG, tmp_path, port, log, "--workers", "2", "--interval", str(SCHEDULE_INTERVAL))
     api = f"http://127.0.0.1:{port}/api/v3"
     try:
         banner = wait_for(

@@ -4,7 +4,8 @@ headers and body as the spec says.
 
 ``make test`` runs a few examples per operation under /api/v3; ``make fuzz`` (VMPOOL_FUZZ_EXAMPLES
 and VMPOOL_FUZZ_VERSIONS, e.g. ``v3,v2,v1,unversioned``) runs many more, under every version;
-``unversioned`` fuzzes the operations marked ``x-unversioned`` without a prefix.
+``unversioned`` fuzzes the operations marked ``x-unversioned`` without a prefix. Operations that
+exist only unversioned (``x-unversioned-only``: /, /healthcheck, /dashboard...) are fuzzed there.
 """
 
 from __future__ import annotations
@@ -50,7 +51,11 @@ schema = schemathesis.openapi.from_path(SPEC).exclude(func=_pending)
                      suppress_health_check=list(hypothesis.HealthCheck))
 def test_every_operation_answers_as_the_spec_says(case: schemathesis.Case, fuzz_stack: Stack, version: str) -> None:
     prefix = f"/api/{version}"
-    if version == "unversioned":
+    if case.operation.definition.raw.get("x-unversioned-only"):
+        if version != VERSIONS[0]:
+            pytest.skip("served without a version prefix only: fuzzed once")
+        prefix = ""
+    elif version == "unversioned":
         if not case.operation.definition.raw.get("x-unversioned"):
             pytest.skip("served under a version prefix only")
         prefix = ""

@@ -197,6 +197,9 @@ def test_deployment_zip_holds_the_app_and_its_config(package: Package) -> None:
     names = set(package.zip.namelist())
     assert {"app.py", "chalicelib/vmpool.yaml", "chalicelib/observability.py"} <= names
     assert any(n.startswith("chalicelib/store/lua/") and n.endswith(".lua") for n in names)
+    # The dashboard is served by the API Lambda from its own files.
+    assert {"chalicelib/dashboard/index.html", "chalicelib/dashboard/dashboard.js",
+            "chalicelib/dashboard/dashboard.css"} <= names
     assert not any(n.startswith(("tests/", "infra/", "local/")) for n in names)
 
 

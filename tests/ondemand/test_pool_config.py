@@ -1,4 +1,5 @@
-"""Runtime pool configuration: POST/DELETE /config/poolsize and /config/pooltemplate, POST /poolreset."""
+"""Runtime pool configuration: POST/DELETE /config/poolsize, /config/pooltemplate and
+/config/clonetarget, POST /poolreset."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ ROUTES = [
     ("POST", "/api/v3/config/pooltemplate", {"debian-12": "templates/other"}),
     ("DELETE", "/api/v3/config/pooltemplate/debian-12", None),
     ("POST", "/api/v3/poolreset", {"debian-12": "1"}),
+    ("POST", "/api/v3/config/clonetarget", {"debian-12": "cluster2"}),
+    ("DELETE", "/api/v3/config/clonetarget/debian-12", None),
 ]
 
 
@@ -29,7 +32,8 @@ def test_token_required_when_auth_is_configured(make_stack, method, path, body):
     assert stack.services.pool("debian-12") == stack.services.config.pool("debian-12")
 
 
-@pytest.mark.parametrize("path", ["/api/v3/config/poolsize", "/api/v3/config/pooltemplate", "/api/v3/poolreset"])
+@pytest.mark.parametrize("path", ["/api/v3/config/poolsize", "/api/v3/config/pooltemplate", "/api/v3/poolreset",
+                                  "/api/v3/config/clonetarget"])
 def test_bad_json_is_a_400(make_stack, path):
     stack = make_stack()
     assert stack.call("POST", path, raw=b'{"debian-12": ') == (
@@ -61,8 +65,11 @@ def test_pool_size_change_shows_everywhere_survives_restarts_and_retires_surplus
     retired = next(iter(report.completed))
     assert stack.call("GET", f"/api/v3/vm/{retired}")[1][retired]["reason"] == "pool size reduced to 1"
 
-    assert stack.call("DELETE", "/api/v3/config/poolsize/debian-12") == (201, {"ok": True})
-    assert stack.call("DELETE", "/api/v3/config/poolsize/debian-12") == (200, {"ok": True})
+    # As vmpooler: the size until now and the configured one.
+    assert stack.call("DELETE", "/api/v3/config/poolsize/debian-12") == (
+        201, {"ok": True, "pool_size_before_reset": 1, "pool_size_before_overrides": 3})
+    assert stack.call("DELETE", "/api/v3/config/poolsize/debian-12") == (
+        200, {"ok": True, "pool_size_before_reset": 3, "pool_size_before_overrides": 3})
     assert stack.call("GET", "/api/v3/status?view=pools")[1]["pools"]["debian-12"]["max"] == 3
     assert len(stack.reconcile("debian-12").clones_started) == 2
 
@@ -112,8 +119,12 @@ def test_template_change_drains_and_refills_from_the_new_template(make_stack):
     provider = stack.services.provider("dummy")
     assert provider._vms(stack.services.pool("debian-12"))[new_ready[0]]["template"] == "templates/debian-12-v2"
 
-    assert stack.call("DELETE", "/api/v3/config/pooltemplate/debian-12") == (201, {"ok": True})
-    assert stack.call("DELETE", "/api/v3/config/pooltemplate/debian-12") == (200, {"ok": True})
+    assert stack.call("DELETE", "/api/v3/config/pooltemplate/debian-12") == (
+        201, {"ok": True, "template_before_reset": "templates/debian-12-v2",
+              "template_before_overrides": "templates/debian-12"})
+    assert stack.call("DELETE", "/api/v3/config/pooltemplate/debian-12") == (
+        200, {"ok": True, "template_before_reset": "templates/debian-12",
+              "template_before_overrides": "templates/debian-12"})
     report = stack.reconcile("debian-12")
     assert set(report.completed) == set(new_ready)
     assert set(report.completed.values()) == {"pool template changed to templates/debian-12"}
@@ -146,3 +157,38 @@ def test_pool_reset_drains_and_refills(make_stack):
 
     assert stack.call("POST", "/api/v3/poolreset", {"centos": "1", "debian-12": "1"}) == (
         400, {"ok": False, "bad_pools": ["centos"]})
+
+
+def test_clone_target_change_reaches_the_pool_the_pass_clones_with(make_stack):
+    stack = make_stack(extra="    clone_target: cluster1\n")  # on win-2022, the last pool
+    post = lambda body: stack.call("POST", "/api/v3/config/clonetarget", body)  # noqa: E731
+    assert post({"debian-12": "cluster2", "win-2022": "cluster1"}) == (201, {"ok": True})
+    assert post({"debian-12": "cluster2"}) == (200, {"ok": True})
+    # What the reconcile pass hands the provider's clone (vSphere reads pool.get("clone_target")).
+    assert stack.services.pool("debian-12").get("clone_target") == "cluster2"
+    assert stack.services.pool("win-2022").get("clone_target") == "cluster1"
+    config = {p["name"]: p for p in stack.call("GET", "/api/v3/config")[1]["pool_configuration"]}
+    assert config["debian-12"]["clone_target"] == "cluster2"
+    # Kept in Redis: another process (a new Lambda) sees it.
+    assert Services(stack.services.config, stack.services.client).pool("debian-12").get("clone_target") == "cluster2"
+
+    assert post({"win-2022": "cluster3"}) == (201, {"ok": True})
+    assert stack.call("DELETE", "/api/v3/config/clonetarget/win-2022") == (
+        201, {"ok": True, "clone_target_before_reset": "cluster3", "clone_target_before_overrides": "cluster1"})
+    assert stack.call("DELETE", "/api/v3/config/clonetarget/win-2022") == (
+        200, {"ok": True, "clone_target_before_reset": "cluster1", "clone_target_before_overrides": "cluster1"})
+    assert stack.services.pool("win-2022").get("clone_target") == "cluster1"
+    assert stack.call("DELETE", "/api/v3/config/clonetarget/debian-12")[1]["clone_target_before_overrides"] is None
+    assert stack.services.pool("debian-12").get("clone_target") is None
+
+
+def test_clone_target_errors(make_stack):
+    stack = make_stack()
+    before = stack.services.client.hgetall(stack.services.store.keys.pool_override("clonetarget"))
+    post = lambda body: stack.call("POST", "/api/v3/config/clonetarget", body)  # noqa: E731
+    assert post({"centos": "cluster1", "debian-12": "cluster2"}) == (400, {"ok": False, "bad_templates": ["centos"]})
+    assert post({"debian": "cluster1"}) == (400, {"ok": False, "bad_templates": ["debian"]})  # an alias is no pool
+    for bad in (3, "", "/cluster", "cluster/", "x" * 256, "tab\there", None, ["cluster1"]):
+        assert post({"debian-12": bad}) == (400, {"ok": False, "bad_templates": ["debian-12"]}), bad
+    assert stack.call("DELETE", "/api/v3/config/clonetarget/centos")[0] == 404
+    assert stack.services.client.hgetall(stack.services.store.keys.pool_override("clonetarget")) == before == {}

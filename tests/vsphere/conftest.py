@@ -37,11 +37,14 @@ class VcsimServer:
     boot_delay: float
     cert_path: Path
     port: int = 0
+    host_load_per_vm: float = 0.0
+    """> 0: hosts report CPU and memory use growing with their powered-on VMs (percent per VM)."""
     url: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
-        self.process, self.url = launcher.start_vcsim(self.port, self.boot_delay, self.cert_path)
+        self.process, self.url = launcher.start_vcsim(self.port, self.boot_delay, self.cert_path,
+                                                      host_load_per_vm=self.host_load_per_vm)
         self.port = urlparse(self.url).port or 0
 
     def stop(self) -> None:

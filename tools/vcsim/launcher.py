@@ -42,12 +42,14 @@ def start_vcsim(
     username: str = USERNAME,
     password: str = PASSWORD,
     timeout: float = 30.0,
+    host_load_per_vm: float = 0.0,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start vcsim on ``host:port`` (0 picks a free port) and wait until it serves.
 
     Returns the process and its SDK URL (``https://127.0.0.1:<port>/sdk``). The server's
     self-signed certificate is written to ``cert_path`` when given. Raises RuntimeError when it
-    does not come up within ``timeout`` seconds.
+    does not come up within ``timeout`` seconds. ``host_load_per_vm`` > 0 makes each powered-on
+    VM add that percent of its host's CPU and memory to the host's quick stats.
     """
     binary = build()
     command = [
@@ -62,6 +64,7 @@ def start_vcsim(
         "-folders", ",".join(FOLDERS),
         "-username", username,
         "-password", password,
+        "-host-load-per-vm", str(host_load_per_vm),
     ]
     if cert_path is not None:
         command += ["-cert", str(cert_path)]

@@ -3,6 +3,7 @@
 // clients can trust it as a CA bundle), turns the first VM of each datacenter into a template at
 // -template (inside folders), creates the -folders, and makes powered-on VMs report guest info
 // (IP, hostname = VM name, tools running) only after -boot-delay, so readiness is testable.
+// With -host-load-per-vm, hosts report CPU and memory use that grows with their powered-on VMs.
 // It prints "VCSIM_URL=<url>" once it is serving, then runs until killed.
 package main
 
@@ -46,7 +47,24 @@ import (
 type templateVM struct{ simulator.VirtualMachine }
 
 func (t *templateVM) CloneVMTask(ctx *simulator.Context, req *types.CloneVM_Task) soap.HasFault {
-	res := t.VirtualMachine.CloneVMTask(ctx, req)
+	// govmomi 0.24 edits the source's disk backings in place (file name, parent) while cloning:
+	// let it edit copies, which become the clone's, so the template keeps its own disks.
+	devices := t.Config.Hardware.Device
+	copies := make([]types.BaseVirtualDevice, len(devices))
+	for i, device := range devices {
+		copies[i] = device
+		if disk, ok := device.(*types.VirtualDisk); ok {
+			copied := *disk
+			if backing, ok := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok {
+				backingCopy := *backing
+				copied.Backing = &backingCopy
+			}
+			copies[i] = &copied
+		}
+	}
+	t.Config.Hardware.Device = copies
+	res := t.VirtualMachine.CloneVMTask(ctx, req) // runs the clone task synchronously
+	t.Config.Hardware.Device = devices
 	body, ok := res.(*methods.CloneVM_TaskBody)
 	if !ok || body.Res == nil {
 		return res
@@ -103,6 +121,46 @@ func bootLoop(bootDelay time.Duration, guestIP string) {
 					{Name: "guest.ipAddress", Val: ip}, {Name: "guest.hostName", Val: name}, {Name: "guest.guestState", Val: state},
 					{Name: "summary.guest.toolsRunningStatus", Val: tools}, {Name: "summary.guest.toolsStatus", Val: types.VirtualMachineToolsStatus(status)},
 					{Name: "summary.guest.ipAddress", Val: ip}, {Name: "summary.guest.hostName", Val: name},
+				})
+			})
+		}
+	}
+}
+
+// loadLoop makes each host's quick stats follow its powered-on VMs when loadPerVM > 0: every such
+// VM adds loadPerVM percent of the host's CPU and memory to the simulator's static figures, so a
+// host with more VMs is busier, as host selection and migration expect of a real vCenter.
+func loadLoop(loadPerVM float64) {
+	for range time.Tick(100 * time.Millisecond) {
+		perHost := map[types.ManagedObjectReference]int{}
+		for _, entity := range simulator.Map.All("VirtualMachine") {
+			vm, ok := entity.(*simulator.VirtualMachine)
+			if !ok {
+				continue
+			}
+			simulator.Map.WithLock(vm, func() {
+				if vm.Runtime.Host != nil && vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn {
+					perHost[*vm.Runtime.Host]++
+				}
+			})
+		}
+		for _, entity := range simulator.Map.All("HostSystem") {
+			host := entity.(*simulator.HostSystem)
+			simulator.Map.WithLock(host, func() {
+				hw := host.Summary.Hardware
+				if hw == nil {
+					return
+				}
+				share := loadPerVM / 100 * float64(perHost[host.Self])
+				cpu := int32(67 + share*float64(hw.CpuMhz)*float64(hw.NumCpuCores))
+				memory := int32(1404 + share*float64(hw.MemorySize/(1024*1024)))
+				stats := host.Summary.QuickStats
+				if stats.OverallCpuUsage == cpu && stats.OverallMemoryUsage == memory {
+					return
+				}
+				simulator.Map.Update(host, []types.PropertyChange{
+					{Name: "summary.quickStats.overallCpuUsage", Val: cpu},
+					{Name: "summary.quickStats.overallMemoryUsage", Val: memory},
 				})
 			})
 		}
@@ -199,6 +257,7 @@ func main() {
 	username := flag.String("username", "vmpool", "user name to accept")
 	password := flag.String("password", "vmpool-password", "password to accept")
 	certPath := flag.String("cert", "", "file to write the server's self-signed certificate (PEM) to")
+	loadPerVM := flag.Float64("host-load-per-vm", 0, "percent of a host's CPU and memory each powered-on VM uses (0: static host stats)")
 	flag.Parse()
 
 	model := simulator.VPX()
@@ -214,6 +273,9 @@ func main() {
 
 	setup(context.Background(), server.URL, *template, strings.Split(*folders, ","))
 	go bootLoop(*bootDelay, *guestIP)
+	if *loadPerVM > 0 {
+		go loadLoop(*loadPerVM)
+	}
 
 	shown := *server.URL
 	shown.User = nil // never print the password

@@ -28,6 +28,8 @@ class HostUsage:
     why_not: str
     cpu_percent: float
     memory_percent: float
+    cpu_model: str = ""
+    """Hosts with the same CPU model are compatible for a live migration."""
 
     @property
     def load(self) -> float:
@@ -54,7 +56,8 @@ def usage(found: dict[str, Any], limit: float) -> HostUsage:
         why_not = f"CPU {cpu:.0f}% >= {limit:.0f}%"
     elif memory >= limit:
         why_not = f"memory {memory:.0f}% >= {limit:.0f}%"
-    return HostUsage(name, found["_obj"], not why_not, why_not, cpu, memory)
+    return HostUsage(name, found["_obj"], not why_not, why_not, cpu, memory,
+                     str(found.get("summary.hardware.cpuModel") or ""))
 
 
 def survey(connection: Connection, container: Any, limit: float) -> list[HostUsage]:

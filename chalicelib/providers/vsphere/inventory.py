@@ -35,6 +35,7 @@ HOST_PROPERTIES = (
     "summary.hardware.cpuMhz",
     "summary.hardware.numCpuCores",
     "summary.hardware.memorySize",
+    "summary.hardware.cpuModel",
 )
 
 

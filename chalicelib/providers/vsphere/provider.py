@@ -9,10 +9,10 @@ from pyVmomi import vim, vmodl
 
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ProviderConfig, ServiceConfig
-from chalicelib.providers.base import Provider, ProviderError, Readiness, TaskStatus, VMInfo
+from chalicelib.providers.base import Migration, Provider, ProviderError, Readiness, TaskStatus, VMInfo
 from chalicelib.providers.vsphere import clone as clones
 from chalicelib.providers.vsphere import connection as connections
-from chalicelib.providers.vsphere import inventory, purge, readiness, tasks, vms
+from chalicelib.providers.vsphere import inventory, migration, purge, readiness, tasks, templates, vms
 from chalicelib.providers.vsphere.connection import Connection, Endpoint
 from chalicelib.providers.vsphere.hosts import HostSelector
 
@@ -153,6 +153,26 @@ class VSphereProvider(Provider):
             f"revert {hostname} to snapshot {snapshot_name}",
             lambda connection: vms.revert_snapshot(connection, self._vm(connection, pool, hostname), snapshot_name),
         )
+
+    def prepare_template(self, pool: PoolConfig) -> str | None:
+        """Start giving the template its delta disk layer (``create_template_delta_disks``; see
+        chalicelib.providers.vsphere.templates); None when it needs nothing."""
+        return self._run(
+            f"prepare template {pool.template}",
+            lambda connection: templates.prepare(connection, self.config, self.service, pool),
+        )
+
+    def start_migration(self, pool: PoolConfig, hostname: str) -> Migration | None:
+        """Start a vMotion to the least used compatible host of the VM's cluster when its host is
+        busier (chalicelib.providers.vsphere.migration); None when it stays."""
+        limit = float(getattr(self.service, "utilization_limit", 90))
+
+        def migrating(connection: Connection) -> Migration | None:
+            datacenter = self._datacenter(connection, pool)
+            vm = vms.require_vm(connection, datacenter, pool.folder, hostname)
+            return migration.start(connection, self.hosts, datacenter, limit, vm)
+
+        return self._run(f"migrate {hostname}", migrating)
 
     def purge_unconfigured(self, pools: Sequence[PoolConfig], allowlist: Sequence[str]) -> list[str]:
         """Destroy unconfigured folders and VMs under this provider's pools' parent folders."""

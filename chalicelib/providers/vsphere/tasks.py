@@ -9,6 +9,10 @@ vCenter forgetting old tasks (it keeps finished ones for minutes only), so a ref
   succeeded exactly when a VM of that name is in the folder;
 * ``destroy:<vm>:<poweroff task>`` - a destroy that had to power off first: reading its state
   starts Destroy_Task once the VM is off and reports success when the VM is gone;
+* ``migrate:<task>:<vm>:<host>`` - a RelocateVM; if vCenter no longer knows the task, it succeeded
+  exactly when the VM is on that host;
+* ``delta:<task>:<vm>:<0|1>`` - a template's delta disks (templates.py): once the reconfigure
+  is done, the VM is marked as a template again when it was one (1);
 * ``failed:<message>`` - an operation that could not be started (template or folder missing):
   it reads as an ERROR carrying the message, the same way a vCenter fault does.
 
@@ -39,6 +43,14 @@ def clone_ref(task: Any, folder: Any, name: str) -> str:
 
 def destroy_ref(vm: Any, poweroff_task: Any) -> str:
     return f"destroy:{vm._moId}:{poweroff_task._moId}"
+
+
+def migrate_ref(task: Any, vm: Any, host: Any) -> str:
+    return f"migrate:{task._moId}:{vm._moId}:{host._moId}"
+
+
+def delta_ref(task: Any, vm: Any, was_template: bool) -> str:
+    return f"delta:{task._moId}:{vm._moId}:{int(was_template)}"
 
 
 def failed_ref(message: str) -> str:
@@ -88,10 +100,42 @@ def status(connection: Connection, ref: str) -> TaskStatus:
         if vm is not None:
             return TaskStatus(TaskState.SUCCESS)
         return TaskStatus(TaskState.ERROR, f"clone task {task} expired in vCenter and no VM {name} exists")
+    if kind == "migrate":
+        task, vm_id, host_id = (rest.split(":", 2) + ["", ""])[:3]
+        found = _task_state(connection, task)
+        if found is not None:
+            return found
+        try:
+            placed = inventory.one(connection, vim.VirtualMachine(vm_id, connection.stub), ["runtime.host"]) or {}
+        except vmodl.fault.ManagedObjectNotFound:
+            placed = {}
+        host = placed.get("runtime.host")
+        if host is not None and host._moId == host_id:
+            return TaskStatus(TaskState.SUCCESS)
+        return TaskStatus(TaskState.ERROR, f"migration task {task} expired in vCenter and the VM is not on {host_id}")
+    if kind == "delta":
+        return _delta_status(connection, *(rest.split(":", 2) + ["", ""])[:3])
     if kind == "destroy":
         vm_id, _, poweroff = rest.partition(":")
         return _destroy_status(connection, vim.VirtualMachine(vm_id, connection.stub), poweroff)
     return TaskStatus(TaskState.ERROR, f"unknown task reference {ref!r}")
+
+
+def _delta_status(connection: Connection, task: str, vm_id: str, was_template: str) -> TaskStatus:
+    """The reconfigure's state; once it is over, a template made a VM for it is one again."""
+    found = _task_state(connection, task)
+    if found is not None and found.state is TaskState.RUNNING:
+        return found
+    vm = vim.VirtualMachine(vm_id, connection.stub)
+    facts = inventory.one(connection, vm, ["config.template"])
+    if facts is None:
+        return TaskStatus(TaskState.ERROR, "the template is gone")
+    if was_template == "1" and not facts.get("config.template"):
+        try:
+            vm.MarkAsTemplate()
+        except vmodl.MethodFault as fault:
+            return TaskStatus(TaskState.ERROR, f"could not mark it as a template again: {describe_fault(fault)}")
+    return found or TaskStatus(TaskState.SUCCESS)
 
 
 def _destroy_status(connection: Connection, vm: Any, poweroff: str) -> TaskStatus:

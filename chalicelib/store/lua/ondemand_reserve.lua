@@ -14,7 +14,7 @@ local clone_limit, max_retries, now = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV
 local template, domain, ttl = ARGV[7], ARGV[8], tonumber(ARGV[9])
 local key = prefix .. 'ondemand:' .. id
 local vms_key = key .. ':vms'
-local request = redis.call('HMGET', key, 'state', 'entries', 'expires', 'lifetime', 'token_user')
+local request = redis.call('HMGET', key, 'state', 'entries', 'expires', 'lifetime', 'token_user', 'token_id')
 if request[1] ~= 'open' then
   redis.call('ZREM', prefix .. 'ondemand:open:' .. pool, id)
   return cjson.encode({state = request[1] or 'missing', reserved = {}, failed = 0})
@@ -63,6 +63,9 @@ for _, entry in ipairs(cjson.decode(request[2])) do
           'request', id, 'request_name', entry.name, 'lifetime', request[4])
         if request[5] then
           redis.call('HSET', vm_key, 'token_user', request[5])
+        end
+        if request[6] then
+          redis.call('HSET', vm_key, 'token_id', request[6])
         end
         redis.call('ZADD', prefix .. 'pool:' .. pool .. ':pending', now, hostname)
         redis.call('ZADD', prefix .. 'cloning', now, hostname)

@@ -1,0 +1,137 @@
+"""The web dashboard and the routes around it: ``/`` (a redirect to it), ``/healthcheck``, the
+page itself, vmpooler's JSON feeds, and the history the page draws its graphs from.
+
+The page is plain HTML, CSS and JavaScript packaged in ``chalicelib/dashboard/`` (no build step,
+nothing fetched from elsewhere, so it works offline) and served as one document: behind API
+Gateway the page may sit under a stage prefix, and one document has no asset paths to get wrong.
+It polls ``/api/v3/status``, ``/api/v3/summary`` and ``/dashboard/stats/history`` for live numbers.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from chalicelib.api.http import ApiRequest, ApiResponse, bad_request, ok
+from chalicelib.services import Services
+from chalicelib.store.history import PoolHistory, Sample, minute_of, series
+
+STATIC_DIR = Path(__file__).resolve().parents[1] / "dashboard"
+MAX_HISTORY_HOURS = 7 * 24
+MAX_POINTS = 360
+"""Points per series in /dashboard/stats/history: enough for a graph, small for the wire."""
+FEED_MINUTES = 60
+"""vmpooler's feeds show the last hour."""
+PAGE_HEADERS = {
+    "Content-Type": "text/html; charset=utf-8",
+    "Cache-Control": "no-cache",
+    # Everything the page needs is in the page; it only talks back to this API.
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                               "img-src data:; connect-src 'self'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+TAG = re.compile(r"<[^>]*>")
+
+
+@lru_cache(maxsize=1)
+def _template() -> str:
+    """The page with its stylesheet and script inlined (read once per process)."""
+    page = (STATIC_DIR / "index.html").read_text()
+    return (page.replace("/*STYLE*/", (STATIC_DIR / "dashboard.css").read_text())
+                .replace("/*SCRIPT*/", (STATIC_DIR / "dashboard.js").read_text()))
+
+
+def home(services: Services, request: ApiRequest) -> ApiResponse:
+    """GET /: to the dashboard, as vmpooler. Under the stage the client used (``/prod/``): API
+    Gateway's request context has it, the routed path does not."""
+    return ApiResponse(302, {"ok": True}, {"Location": request.context_path.rstrip("/") + "/dashboard/"})
+
+
+def healthcheck(services: Services, request: ApiRequest) -> ApiResponse:
+    """GET /healthcheck: the API answers (it touches nothing else, as vmpooler's)."""
+    return ok()
+
+
+def page(services: Services, request: ApiRequest) -> ApiResponse:
+    """GET /dashboard/: the page, titled with ``site_name`` (as text: vmpooler's default held
+    HTML tags, which are dropped here)."""
+    site_name = html.escape(TAG.sub("", str(services.config.service.site_name)).strip() or "vmpool")
+    return ApiResponse(200, _template().replace("{{site_name}}", site_name), dict(PAGE_HEADERS))
+
+
+def _wants_history(request: ApiRequest) -> bool:
+    return request.query.get("history", "").lower() not in ("", "false", "0", "no")
+
+
+def _last_hour(services: Services) -> tuple[dict[str, list[Sample]], int]:
+    """Every pool's samples of the last hour, and the first minute of that hour."""
+    first = minute_of(services.clock.now()) - FEED_MINUTES + 1
+    return PoolHistory(services.store).read(services.config.pool_names, first, first + FEED_MINUTES), first
+
+
+def vmpooler_pool(services: Services, request: ApiRequest) -> ApiResponse:
+    """GET /dashboard/stats/vmpooler/pool[?history=true]: ``{pool: {size, ready, history?}}``,
+    the history being the ready count of each minute of the last hour, oldest first."""
+    pools = services.pools()
+    counts = services.store.counts(p.name for p in pools)
+    body: dict[str, Any] = {p.name: {"size": p.size, "ready": counts[p.name]["ready"]} for p in pools}
+    if _wants_history(request):
+        samples, first = _last_hour(services)
+        for pool in pools:
+            points = [s.ready for s in series(samples[pool.name], first, FEED_MINUTES, 1) if s is not None]
+            body[pool.name]["history"] = points or [counts[pool.name]["ready"]]
+    return ApiResponse(200, body)
+
+
+def major(pool_name: str) -> str:
+    """vmpooler groups running counts by the pool name's first word (``debian`` of
+    ``debian-12-x86_64``)."""
+    found = re.match(r"^(\w+)-", pool_name)
+    return found.group(1) if found else pool_name
+
+
+def vmpooler_running(services: Services, request: ApiRequest) -> ApiResponse:
+    """GET /dashboard/stats/vmpooler/running[?history=true]: ``{major: {running, history?}}``."""
+    names = services.config.pool_names
+    counts = services.store.counts(names)
+    body: dict[str, Any] = {}
+    for name in names:
+        entry = body.setdefault(major(name), {"running": 0})
+        entry["running"] += counts[name]["running"]
+    if _wants_history(request):
+        samples, first = _last_hour(services)
+        for name in names:
+            points = series(samples[name], first, FEED_MINUTES, 1)
+            history = body[major(name)].setdefault("history", [0] * FEED_MINUTES)
+            for index, sample in enumerate(points):
+                history[index] += sample.running if sample else 0
+    return ApiResponse(200, body)
+
+
+def _hours(request: ApiRequest) -> int:
+    text = request.query.get("hours") or "1"
+    if not text.isdigit() or not 1 <= int(text) <= MAX_HISTORY_HOURS:
+        raise bad_request(f"hours must be a whole number from 1 to {MAX_HISTORY_HOURS}")
+    return int(text)
+
+
+def history(services: Services, request: ApiRequest) -> ApiResponse:
+    """GET /dashboard/stats/history?hours=1..168: each pool's ready, running, pending and size
+    over the last hours, at most 360 points per series (null before the first sample)."""
+    minutes = _hours(request) * 60
+    step = max(1, -(-minutes // MAX_POINTS))
+    points = -(-minutes // step)
+    last = minute_of(services.clock.now())
+    first = last - points * step + 1
+    samples = PoolHistory(services.store).read(services.config.pool_names, first, last)
+    pools: dict[str, Any] = {}
+    for name, found in samples.items():
+        picked = series(found, first, points, step)
+        pools[name] = {
+            field: [getattr(s, field) if s else None for s in picked]
+            for field in ("ready", "running", "pending", "size")
+        }
+    return ok(start=first * 60, step=step * 60, points=points, pools=pools)

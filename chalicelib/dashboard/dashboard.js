@@ -1,0 +1,335 @@
+"use strict";
+// The dashboard: polls the API and redraws in place. No framework, no external files.
+(function () {
+  var BASE = location.pathname.replace(/\/dashboard\/?(index\.html)?$/, "");
+  var STATUS_EVERY = 5000, HISTORY_EVERY = 30000, SUMMARY_EVERY = 60000, STALE_AFTER = 20000;
+  var state = { status: null, summary: null, history: null, hours: 1, lastOk: 0, failing: false };
+  var $ = function (id) { return document.getElementById(id); };
+
+  function url(path) { return BASE + "/" + path; }
+
+  function getJSON(path) {
+    return fetch(url(path), { headers: { Accept: "application/json" }, cache: "no-store" }).then(function (r) {
+      if (!r.ok) { throw new Error(path + ": HTTP " + r.status); }
+      return r.json();
+    });
+  }
+
+  function el(tag, cls, text) {
+    var node = document.createElement(tag);
+    if (cls) { node.className = cls; }
+    if (text !== undefined && text !== null) { node.textContent = String(text); }
+    return node;
+  }
+
+  var SVG = "http://www.w3.org/2000/svg";
+  function svgEl(tag, attrs) {
+    var node = document.createElementNS(SVG, tag);
+    Object.keys(attrs || {}).forEach(function (k) { node.setAttribute(k, attrs[k]); });
+    return node;
+  }
+
+  function seconds(value) {
+    if (value === undefined || value === null || value === 0) { return "-"; }
+    if (value < 60) { return (Math.round(value * 10) / 10) + " s"; }
+    return Math.floor(value / 60) + " m " + Math.round(value % 60) + " s";
+  }
+
+  function ago(text) {
+    if (!text) { return "never"; }
+    var when = Date.parse(String(text).replace(" ", "T").replace(" +0000", "Z"));
+    if (isNaN(when)) { return text; }
+    var s = Math.max(0, (Date.now() - when) / 1000);
+    if (s < 60) { return Math.round(s) + " s ago"; }
+    if (s < 3600) { return Math.round(s / 60) + " min ago"; }
+    if (s < 86400) { return Math.round(s / 3600) + " h ago"; }
+    return Math.round(s / 86400) + " d ago";
+  }
+
+  function duration(s) {
+    s = Math.round(s);
+    var d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600), m = Math.floor(s % 3600 / 60);
+    return (d ? d + "d " : "") + (d || h ? h + "h " : "") + m + "m";
+  }
+
+  function rangeLabel(hours) { return hours >= 168 ? "7 d" : hours + " h"; }
+
+  // --- live indicator ------------------------------------------------------------------------
+
+  function showLive() {
+    var live = $("live"), label = live.querySelector("b");
+    var age = Date.now() - state.lastOk;
+    if (!state.lastOk) {
+      live.className = "live " + (state.failing ? "stale" : "wait");
+      label.textContent = state.failing ? "API unreachable" : "connecting";
+    } else if (state.failing || age > STALE_AFTER) {
+      live.className = "live stale";
+      label.textContent = "stale: last update " + Math.round(age / 1000) + " s ago";
+    } else {
+      live.className = "live ok";
+      label.textContent = "live, updated " + new Date(state.lastOk).toLocaleTimeString();
+    }
+  }
+
+  // --- totals --------------------------------------------------------------------------------
+
+  function setCard(id, value, of, sub, bad) {
+    var card = $(id);
+    card.querySelector(".value").textContent = value;
+    var ofNode = card.querySelector(".of");
+    if (ofNode) { ofNode.textContent = of || ""; }
+    card.querySelector(".sub").textContent = sub || "";
+    card.classList.toggle("bad", !!bad);
+  }
+
+  function renderTotals(status) {
+    var cap = status.capacity || {}, queue = status.queue || {};
+    setCard("total-ready", cap.current, "/ " + cap.total, (cap.percent || 0) + "% of capacity", cap.total > 0 && cap.current === 0);
+    var bar = $("total-ready").querySelector(".bar");
+    var pct = cap.total ? Math.min(100, 100 * cap.current / cap.total) : 0;
+    bar.firstElementChild.style.width = pct + "%";
+    bar.className = "bar" + (pct === 0 && cap.total ? " bad" : pct < 50 ? " warn" : "");
+    setCard("total-pending", queue.pending, "", (queue.cloning || 0) + " cloning, " + (queue.booting || 0) + " booting");
+    setCard("total-running", queue.running, "", (queue.completed || 0) + " being destroyed");
+    setCard("total-requested", queue.requested, "", "not cloning yet");
+    var clone = status.clone || { duration: {}, count: {} }, boot = status.boot || { duration: {}, count: {} };
+    setCard("total-clone", seconds(clone.duration.average), "", (clone.count.total || 0) + " clones, max " + seconds(clone.duration.max));
+    setCard("total-boot", seconds(boot.duration.average), "", (boot.count.total || 0) + " boots, max " + seconds(boot.duration.max));
+  }
+
+  function renderHeader(status) {
+    var s = status.status || {};
+    var health = $("health");
+    health.textContent = s.ok ? "all pools ready" : (s.empty ? s.empty.length + " empty" : "problem");
+    health.className = "badge " + (s.ok ? "ok" : "bad");
+    $("message").textContent = s.message || "";
+    $("uptime").textContent = s.uptime !== undefined ? "API up " + duration(s.uptime) : "";
+    var alerts = $("alerts");
+    alerts.textContent = "";
+    if (s.empty && s.empty.length) {
+      alerts.appendChild(el("b", null, "Empty pools: "));
+      alerts.appendChild(document.createTextNode("checkouts from these fail until they refill. "));
+      s.empty.forEach(function (name) { alerts.appendChild(el("span", "pool-link", name)); });
+      alerts.hidden = false;
+    } else {
+      alerts.hidden = true;
+    }
+  }
+
+  // --- pools ---------------------------------------------------------------------------------
+
+  function poolSummary(kind, name) {
+    var section = state.summary && state.summary[kind];
+    var pool = section && section.duration && section.duration.pool && section.duration.pool[name];
+    return pool ? pool.average : null;
+  }
+
+  function sortedNames(pools) {
+    var names = Object.keys(pools), how = $("sort").value;
+    function fill(p) { return p.max ? p.ready / p.max : 1; }
+    return names.sort(function (a, b) {
+      var pa = pools[a], pb = pools[b];
+      if (how === "running") { return pb.running - pa.running || a.localeCompare(b); }
+      if (how === "problems") { return fill(pa) - fill(pb) || a.localeCompare(b); }
+      return a.localeCompare(b);
+    });
+  }
+
+  function sparkline(points, sizes) {
+    var svg = svgEl("svg", { viewBox: "0 0 160 28", preserveAspectRatio: "none", "aria-hidden": "true" });
+    var values = points.filter(function (v) { return v !== null; });
+    if (!values.length) { return svg; }
+    var max = Math.max(1, Math.max.apply(null, values), Math.max.apply(null, sizes.filter(function (v) { return v !== null; }).concat([0])));
+    function line(series, cls) {
+      var coords = [];
+      series.forEach(function (v, i) {
+        if (v === null) { return; }
+        var x = series.length > 1 ? i * 160 / (series.length - 1) : 160;
+        coords.push(x.toFixed(1) + "," + (26 - v / max * 24).toFixed(1));
+      });
+      if (coords.length === 1) { coords.unshift("0," + coords[0].split(",")[1]); }
+      svg.appendChild(svgEl("polyline", { "class": cls, points: coords.join(" ") }));
+    }
+    line(sizes, "size");
+    line(points, "ready");
+    return svg;
+  }
+
+  function renderPools(status) {
+    var pools = status.pools || {};
+    var body = $("pools");
+    var filter = $("filter").value.trim().toLowerCase();
+    var rows = document.createDocumentFragment();
+    var names = sortedNames(pools);
+    names.forEach(function (name) {
+      var p = pools[name];
+      var tr = el("tr", "pool");
+      tr.dataset.pool = name;
+      var empty = p.max > 0 && p.ready === 0, low = p.max > 0 && p.ready < p.max / 2;
+      if (empty) { tr.classList.add("empty"); } else if (low) { tr.classList.add("low"); }
+      var aliases = p.alias ? [].concat(p.alias).join(", ") : "";
+      if (filter && (name + " " + aliases).toLowerCase().indexOf(filter) < 0) { tr.classList.add("hidden"); }
+
+      var nameCell = el("td", "name");
+      nameCell.appendChild(el("b", null, name));
+      if (aliases) { nameCell.appendChild(el("span", "aliases", "alias: " + aliases)); }
+      tr.appendChild(nameCell);
+
+      var fillCell = el("td", "fill");
+      var counts = el("div", "counts");
+      var left = el("span");
+      left.appendChild(el("span", "ready", p.ready));
+      left.appendChild(document.createTextNode(" / "));
+      left.appendChild(el("span", "size", p.max));
+      counts.appendChild(left);
+      counts.appendChild(el("span", "pct", p.max ? Math.round(100 * p.ready / p.max) + "%" : "size 0"));
+      fillCell.appendChild(counts);
+      var bar = el("div", "bar" + (empty ? " bad" : low ? " warn" : ""));
+      var fill = el("span");
+      fill.style.width = (p.max ? Math.min(100, 100 * p.ready / p.max) : 0) + "%";
+      bar.appendChild(fill);
+      fillCell.appendChild(bar);
+      tr.appendChild(fillCell);
+
+      tr.appendChild(el("td", "num pending" + (p.pending ? " busy" : ""), p.pending));
+      tr.appendChild(el("td", "num running" + (p.running ? " busy" : ""), p.running));
+      var clone = poolSummary("clone", name), boot = poolSummary("boot", name);
+      tr.appendChild(el("td", "num clone" + (clone ? "" : " none"), seconds(clone)));
+      tr.appendChild(el("td", "num boot" + (boot ? "" : " none"), seconds(boot)));
+      tr.appendChild(el("td", "num last-boot" + (p.lastBoot ? "" : " none"), ago(p.lastBoot)));
+
+      var spark = el("td", "spark");
+      var history = state.history && state.history.pools[name];
+      if (history) { spark.appendChild(sparkline(history.ready, history.size)); }
+      tr.appendChild(spark);
+      rows.appendChild(tr);
+    });
+    body.textContent = "";
+    body.appendChild(rows);
+    $("pool-count").textContent = names.length + (names.length === 1 ? " pool" : " pools");
+  }
+
+  // --- history graph -------------------------------------------------------------------------
+
+  function sumSeries(pools, field, points) {
+    var total = [];
+    for (var i = 0; i < points; i++) {
+      var sum = null;
+      Object.keys(pools).forEach(function (name) {
+        var v = pools[name][field][i];
+        if (v !== null && v !== undefined) { sum = (sum || 0) + v; }
+      });
+      total.push(sum);
+    }
+    return total;
+  }
+
+  function renderGraph() {
+    var graph = $("totals-graph");
+    graph.textContent = "";
+    var h = state.history;
+    if (!h) { return; }
+    var fields = ["size", "pending", "running", "ready"];
+    var series = {};
+    fields.forEach(function (f) { series[f] = sumSeries(h.pools, f, h.points); });
+    var all = [].concat(series.size, series.ready, series.running, series.pending).filter(function (v) { return v !== null; });
+    var max = Math.max(1, Math.max.apply(null, all.concat([0])));
+    for (var g = 1; g <= 3; g++) {
+      var y = 170 - g * 160 / 3;
+      graph.appendChild(svgEl("line", { "class": "grid", x1: 0, x2: 1000, y1: y, y2: y }));
+    }
+    if (!all.length) {
+      var note = svgEl("text", { x: 500, y: 95, "text-anchor": "middle", "class": "empty-note" });
+      note.textContent = "no samples yet: each pool's reconcile records one a minute";
+      graph.appendChild(note);
+    }
+    function coords(values) {
+      var out = [];
+      values.forEach(function (v, i) {
+        if (v === null) { return; }
+        out.push((h.points > 1 ? i * 1000 / (h.points - 1) : 1000).toFixed(1) + "," + (170 - v / max * 160).toFixed(1));
+      });
+      return out;
+    }
+    var readyCoords = coords(series.ready);
+    if (readyCoords.length > 1) {
+      var first = readyCoords[0].split(",")[0], last = readyCoords[readyCoords.length - 1].split(",")[0];
+      graph.appendChild(svgEl("polygon", { "class": "area", points: first + ",170 " + readyCoords.join(" ") + " " + last + ",170" }));
+    }
+    fields.forEach(function (f) {
+      var c = coords(series[f]);
+      if (c.length) { graph.appendChild(svgEl("polyline", { "class": f, points: c.join(" "), "data-points": c.length })); }
+    });
+    var labels = $("graph-labels");
+    labels.textContent = "";
+    if (all.length) {
+      for (var l = 1; l <= 3; l++) {
+        var label = el("span", null, Math.round(max * l / 3 * 10) / 10);
+        label.style.top = (100 * (170 - l * 160 / 3) / 180) + "%";
+        labels.appendChild(label);
+      }
+    }
+    var from = new Date(h.start * 1000);
+    $("graph-from").textContent = state.hours > 24 ? from.toLocaleString() : from.toLocaleTimeString();
+    $("graph-max").textContent = h.step > 60 ? "one point per " + Math.round(h.step / 60) + " min" : "one point per minute";
+  }
+
+  // --- polling -------------------------------------------------------------------------------
+
+  function render() {
+    if (state.status) {
+      renderHeader(state.status);
+      renderTotals(state.status);
+      renderPools(state.status);
+    }
+    renderGraph();
+    showLive();
+  }
+
+  function pollStatus() {
+    return getJSON("api/v3/status").then(function (status) {
+      state.status = status;
+      state.lastOk = Date.now();
+      state.failing = false;
+      render();
+    }).catch(function () { state.failing = true; showLive(); });
+  }
+
+  function pollHistory() {
+    return getJSON("dashboard/stats/history?hours=" + state.hours).then(function (history) {
+      state.history = history;
+      render();
+    }).catch(function () { /* the graphs keep their last data; the live badge tells */ });
+  }
+
+  function pollSummary() {
+    return getJSON("api/v3/summary").then(function (summary) {
+      state.summary = summary;
+      render();
+    }).catch(function () {});
+  }
+
+  Array.prototype.forEach.call(document.querySelectorAll(".range button"), function (button) {
+    button.addEventListener("click", function () {
+      state.hours = Number(button.dataset.hours);
+      Array.prototype.forEach.call(document.querySelectorAll(".range button"), function (b) {
+        b.classList.toggle("on", b === button);
+      });
+      Array.prototype.forEach.call(document.querySelectorAll(".range-label"), function (n) { n.textContent = rangeLabel(state.hours); });
+      pollHistory();
+    });
+  });
+  $("filter").addEventListener("input", render);
+  $("sort").addEventListener("change", render);
+  Array.prototype.forEach.call(document.querySelectorAll("footer a[data-href]"), function (a) {
+    a.href = url(a.getAttribute("data-href"));
+  });
+
+  pollStatus();
+  pollSummary();
+  pollHistory();
+  setInterval(pollStatus, STATUS_EVERY);
+  setInterval(pollHistory, HISTORY_EVERY);
+  setInterval(pollSummary, SUMMARY_EVERY);
+  setInterval(showLive, 1000);
+}());

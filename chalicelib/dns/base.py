@@ -1,0 +1,86 @@
+"""The one interface every DNS plugin implements, and the failures it raises."""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+from chalicelib.config import DnsConfig
+
+
+class DnsError(Exception):
+    """A DNS plugin could not do what was asked. The message is safe to record on a VM and show
+    to users (never a key or a secret); ``metric_key`` is the bounded class counted in metrics."""
+
+    metric_key: ClassVar[str] = "error"
+
+
+class DnsUnavailable(DnsError):
+    """The DNS service did not answer (connection refused, timeout, throttled): worth retrying."""
+
+    metric_key = "unavailable"
+
+
+class DnsRejected(DnsError):
+    """The DNS service answered with a refusal (bad key, not authorised, no such zone, invalid
+    change): an operator must fix the configuration."""
+
+    metric_key = "rejected"
+
+
+class DnsPlugin(abc.ABC):
+    """Manages the A records of the pools whose ``dns_plugin`` names this ``:dns_configs:`` entry."""
+
+    manages_records: bool = True
+    """False for a plugin that leaves records to others (vmpooler's plain ``dynamic-dns``)."""
+
+    def __init__(self, config: DnsConfig) -> None:
+        self.name = config.name
+        self.domain = (config.domain or "").strip(".")
+        self.checks_names = bool(config.get("check_names", self.manages_records)) and bool(self.domain)
+        """Whether a new VM name is looked up first and refused when it already resolves."""
+
+    def fqdn(self, hostname: str) -> str:
+        """``hostname.domain`` (the short name alone when the entry has no domain)."""
+        return f"{hostname}.{self.domain}" if self.domain else hostname
+
+    @abc.abstractmethod
+    def create_or_replace(self, hostname: str, ip: str) -> None:
+        """Make ``hostname.domain`` resolve to ``ip`` (and only to it). Raises DnsError."""
+
+    @abc.abstractmethod
+    def delete(self, hostname: str) -> None:
+        """Remove the name's A record; a name without one is not an error. Raises DnsError."""
+
+    @abc.abstractmethod
+    def addresses(self, hostname: str) -> list[str]:
+        """The addresses ``hostname.domain`` resolves to now ([] when it does not). Raises DnsError."""
+
+
+class UnmanagedDns(DnsPlugin):
+    """Records are someone else's business (DHCP with dynamic DNS, a static zone...): no
+    changes. With ``check_names: true`` new names are looked up with the system's resolver (as
+    vmpooler does for every pool), so a stale record left by DHCP is not reused."""
+
+    manages_records = False
+    LOOKUP_SECONDS = 2.0
+
+    def create_or_replace(self, hostname: str, ip: str) -> None:
+        return None
+
+    def delete(self, hostname: str) -> None:
+        return None
+
+    def addresses(self, hostname: str) -> list[str]:
+        if not self.checks_names:
+            return []
+        import dns.exception
+        import dns.resolver
+
+        try:
+            answer = dns.resolver.resolve(self.fqdn(hostname) + ".", "A", lifetime=self.LOOKUP_SECONDS)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return []
+        except dns.exception.DNSException as error:
+            raise DnsUnavailable(f"dns look up {self.fqdn(hostname)}: {type(error).__name__}") from None
+        return [str(item.address) for item in answer]

@@ -1,0 +1,126 @@
+"""``dynamic-dns``: RFC 2136 dynamic updates to the zone's primary server, signed with TSIG.
+
+vmpooler's ``dynamic-dns`` means "the VMs register themselves; manage nothing". That is what an
+entry without ``server`` still means here. With ``server``, vmpool sends the updates itself::
+
+    server: 10.0.0.53          # the zone's primary (an address or a name)
+    port: 53
+    zone:                      # the zone to update (default: the entry's domain)
+    tsig_key_name: vmpool-key  # TSIG key (as named.conf's ``key`` block)
+    tsig_secret: <base64>      # or {secret: name[, key: k]} / {ssm: name}
+    tsig_algorithm: hmac-sha256
+    ttl: 60
+    timeout: 5                 # seconds per exchange
+
+Updates and lookups go over TCP to the server itself (no caching resolver in between), so a
+lookup right after an update sees it.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from chalicelib.config import DnsConfig, Key, choice, integer, number, secret_value, string
+from chalicelib.dns.base import DnsPlugin, DnsRejected, DnsUnavailable
+
+TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1", "hmac-md5")
+
+KEYS: dict[str, Key] = {
+    "server": Key(string),
+    "port": Key(integer(1, 65535), 53),
+    "zone": Key(string),
+    "tsig_key_name": Key(string),
+    "tsig_secret": Key(secret_value),
+    "tsig_algorithm": Key(choice(*TSIG_ALGORITHMS), "hmac-sha256"),
+    "ttl": Key(integer(1, 604800), 60),
+    "timeout": Key(number(0.1), 5.0),
+}
+
+
+class DynamicDns(DnsPlugin):
+    """RFC 2136 updates of one zone on one server."""
+
+    def __init__(self, config: DnsConfig, tsig_secret: str | None = None) -> None:
+        import dns.name
+        import dns.tsigkeyring
+
+        super().__init__(config)
+        self.server = str(config.get("server"))
+        self.port = int(config.get("port", 53))
+        self.zone = dns.name.from_text(str(config.get("zone") or self.domain or "."))
+        self.ttl = int(config.get("ttl", 60))
+        self.timeout = float(config.get("timeout", 5.0))
+        key_name = config.get("tsig_key_name")
+        self._keyring: Any = None
+        self._key_name: Any = None
+        self._algorithm = str(config.get("tsig_algorithm", "hmac-sha256"))
+        if key_name and tsig_secret:
+            self._keyring = dns.tsigkeyring.from_text({str(key_name): tsig_secret})
+            self._key_name = dns.name.from_text(str(key_name))
+        self._address: str | None = None
+
+    def _server_address(self) -> str:
+        """The server's IP address (dnspython talks to addresses), looked up once."""
+        if self._address is None:
+            try:
+                found = socket.getaddrinfo(self.server, self.port, proto=socket.IPPROTO_TCP)
+            except OSError as error:
+                raise DnsUnavailable(
+                    f"dns server {self.server}: cannot resolve its address ({error.strerror})") from None
+            self._address = str(found[0][4][0])
+        return self._address
+
+    def _exchange(self, what: str, message: Any) -> Any:
+        """Send one message over TCP; transport failures and refusals become typed DnsErrors."""
+        import dns.exception
+        import dns.query
+        import dns.rcode
+        import dns.tsig
+
+        try:
+            response = dns.query.tcp(message, self._server_address(), timeout=self.timeout, port=self.port)
+        except dns.exception.Timeout:
+            raise DnsUnavailable(
+                f"dns {what}: {self.server}:{self.port} did not answer within {self.timeout:g} s") from None
+        except (dns.tsig.PeerError, dns.tsig.BadSignature, dns.tsig.BadTime) as error:
+            raise DnsRejected(f"dns {what}: the server rejected the TSIG key ({type(error).__name__})") from None
+        except (OSError, EOFError, dns.exception.DNSException) as error:
+            raise DnsUnavailable(f"dns {what}: {self.server}:{self.port}: {type(error).__name__}") from None
+        rcode = response.rcode()
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            raise DnsRejected(f"dns {what}: the server answered {dns.rcode.to_text(rcode)}")
+        return response
+
+    def _update(self) -> Any:
+        import dns.update
+
+        if self._keyring is None:
+            return dns.update.UpdateMessage(self.zone)
+        return dns.update.UpdateMessage(self.zone, keyring=self._keyring, keyname=self._key_name,
+                                        keyalgorithm=self._algorithm)
+
+    def _name(self, hostname: str) -> Any:
+        import dns.name
+
+        return dns.name.from_text(self.fqdn(hostname))
+
+    def create_or_replace(self, hostname: str, ip: str) -> None:
+        update = self._update()
+        update.replace(self._name(hostname), self.ttl, "A", ip)
+        self._exchange(f"create {self.fqdn(hostname)}", update)
+
+    def delete(self, hostname: str) -> None:
+        update = self._update()
+        update.delete(self._name(hostname), "A")
+        self._exchange(f"delete {self.fqdn(hostname)}", update)
+
+    def addresses(self, hostname: str) -> list[str]:
+        import dns.message
+        import dns.rdataclass
+        import dns.rdatatype
+
+        name = self._name(hostname)
+        response = self._exchange(f"look up {self.fqdn(hostname)}", dns.message.make_query(name, "A"))
+        found = response.get_rrset(response.answer, name, dns.rdataclass.IN, dns.rdatatype.A)
+        return [item.address for item in found] if found is not None else []

@@ -1,0 +1,111 @@
+"""Route 53: A records in a hosted zone (typically a private zone attached to the VMs' VPC).
+
+Config (a ``:dns_configs:`` entry with ``dns_class: route53``)::
+
+    hosted_zone_id: Z0123456789ABC   # required: the zone that holds ``domain``
+    ttl: 60                           # seconds
+    region:                           # boto3's default when unset
+    timeout: 5                        # seconds per API call (connect and read)
+
+Each change is one ChangeResourceRecordSets call (UPSERT / DELETE); a lookup is one
+ListResourceRecordSets call starting at the name. Credentials are the Lambda role's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalicelib.config import REQUIRED, DnsConfig, Key, integer, number, string
+from chalicelib.dns.base import DnsError, DnsPlugin, DnsRejected, DnsUnavailable
+
+KEYS: dict[str, Key] = {
+    "hosted_zone_id": Key(string, REQUIRED),
+    "ttl": Key(integer(1, 604800), 60),
+    "region": Key(string),
+    "timeout": Key(number(0.1), 5.0),
+}
+
+_RETRYABLE_CODES = frozenset({"Throttling", "ThrottlingException", "PriorRequestNotComplete", "ServiceUnavailable"})
+
+
+class Route53Dns(DnsPlugin):
+    """A records in one Route 53 hosted zone."""
+
+    def __init__(self, config: DnsConfig, client: Any = None) -> None:
+        super().__init__(config)
+        self.zone_id = str(config.get("hosted_zone_id")).split("/")[-1]  # "/hostedzone/Z..." or "Z..."
+        self.ttl = int(config.get("ttl", 60))
+        self._region = config.get("region")
+        self._timeout = float(config.get("timeout", 5.0))
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config as BotoConfig
+
+            self._client = boto3.client(
+                "route53", region_name=self._region,
+                config=BotoConfig(connect_timeout=self._timeout, read_timeout=self._timeout,
+                                  retries={"mode": "standard", "max_attempts": 3}),
+            )
+        return self._client
+
+    def _call(self, what: str, method: str, **arguments: Any) -> Any:
+        """One API call; botocore's failures become typed DnsErrors naming ``what``."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self.client, method)(**arguments)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            message = error.response.get("Error", {}).get("Message", "")
+            kind = DnsUnavailable if code in _RETRYABLE_CODES else DnsRejected
+            raise kind(f"route53 {what}: {code}: {message}".rstrip(": ")) from None
+        except BotoCoreError as error:
+            raise DnsUnavailable(f"route53 {what}: {type(error).__name__}") from None
+
+    def _current(self, hostname: str) -> dict[str, Any] | None:
+        """The name's A record set as Route 53 holds it, or None."""
+        fqdn = self.fqdn(hostname)
+        found = self._call(f"look up {fqdn}", "list_resource_record_sets", HostedZoneId=self.zone_id,
+                           StartRecordName=fqdn, StartRecordType="A", MaxItems="1")
+        for record in found.get("ResourceRecordSets", []):
+            if record["Name"].rstrip(".").lower() == fqdn.lower() and record["Type"] == "A":
+                return dict(record)
+        return None
+
+    def _change(self, what: str, action: str, record: dict[str, Any]) -> None:
+        self._call(what, "change_resource_record_sets", HostedZoneId=self.zone_id, ChangeBatch={
+            "Comment": "vmpool", "Changes": [{"Action": action, "ResourceRecordSet": record}],
+        })
+
+    def create_or_replace(self, hostname: str, ip: str) -> None:
+        fqdn = self.fqdn(hostname)
+        self._change(f"create {fqdn}", "UPSERT", {
+            "Name": fqdn, "Type": "A", "TTL": self.ttl, "ResourceRecords": [{"Value": ip}],
+        })
+
+    def delete(self, hostname: str) -> None:
+        # Route 53 deletes only an exact copy of the record set: read it, then delete that. A
+        # change in between makes the delete fail (InvalidChangeBatch); read again once.
+        for attempt in (1, 2):
+            current = self._current(hostname)
+            if current is None:
+                return
+            try:
+                self._change(f"delete {self.fqdn(hostname)}", "DELETE", current)
+                return
+            except DnsRejected:
+                if attempt == 2:
+                    raise
+
+    def addresses(self, hostname: str) -> list[str]:
+        current = self._current(hostname)
+        if current is None:
+            return []
+        return [value["Value"] for value in current.get("ResourceRecords", [])] or ["(alias)"]
+
+
+__all__ = ["Route53Dns", "KEYS", "DnsError"]

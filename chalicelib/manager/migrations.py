@@ -1,0 +1,118 @@
+"""The reconcile pass's part in migrations at checkout (``migration_limit``, as vmpooler).
+
+A VM checked out while migrations are enabled is queued for one (the checkout marks it). This
+step, for each of the pool's VMs with a migration on its record:
+
+- queued: take a service-wide slot (at most ``migration_limit`` migrations in flight; none free:
+  stay queued and look again soon), then ask the provider to start the move. The provider decides
+  whether the VM's host is busier than the least used compatible one; if not, nothing moves.
+- started: follow the provider's task; when it is done, record the new ``host`` and
+  ``migrated`` (GET /vm shows both) or ``migration_error``, and free the slot.
+- the VM left running meanwhile (returned, reaped): free the slot, drop the migration.
+
+It also keeps ``host`` true for running VMs that moved for other reasons (DRS, an operator): the
+pass's inventory says where each VM is. The pass never waits for a migration.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from chalicelib import observability as metric
+from chalicelib.observability import emit, logger
+from chalicelib.providers.base import ProviderError, TaskState
+from chalicelib.store import VMRecord
+from chalicelib.store.migrations import QUEUED, STARTED, MigrationStore
+
+if TYPE_CHECKING:
+    from chalicelib.manager.reconcile import _Pass
+
+MIGRATION_START_GRACE_SECONDS = 120.0
+"""How long a taken slot may wait for its task to be recorded before the pass decides the pass
+that took it died in between (the migration then ends without a move, visibly)."""
+
+
+def run(pass_: "_Pass") -> None:
+    """Advance every migration of the pool's VMs by what is done now: first the ones that end
+    (their slots free up), then the queued ones, oldest checkout first."""
+    migrations = MigrationStore(pass_.store)
+    limit = int(getattr(pass_.service, "migration_limit", 0) or 0)
+    queued: list[VMRecord] = []
+    for hostname, record in pass_.snapshot.records.items():
+        vm = pass_.inventory.get(hostname)
+        state = record.raw.get("migration")
+        if record.state == "running" and vm is not None and vm.host and vm.host != record.host and state != STARTED:
+            pass_.store.update_vm(hostname, host=vm.host)  # moved outside vmpool
+        if not state:
+            continue
+        if record.state != "running" or record.pool != pass_.pool.name:
+            migrations.finish(hostname)
+        elif state == STARTED:
+            _follow(pass_, migrations, record)
+        elif state == QUEUED:
+            queued.append(record)
+        pass_.checkpoint("migration")
+    for record in sorted(queued, key=lambda queued_vm: queued_vm.checkout or 0.0):
+        _start(pass_, migrations, record, limit)
+        pass_.checkpoint("migration")
+
+
+def _start(pass_: "_Pass", migrations: MigrationStore, record: VMRecord, limit: int) -> None:
+    if limit <= 0:
+        migrations.finish(record.name)  # migrations were turned off since the checkout
+        return
+    taken = migrations.take_slot(record.name, limit, pass_.now)
+    if taken == "limit":
+        pass_.report.followups += 1
+        return
+    if taken != "started":
+        return
+    pass_.checkpoint("migration_slot")
+    try:
+        moving = pass_.provider.start_migration(pass_.pool, record.name)
+    except ProviderError as error:
+        _failed(pass_, migrations, record, f"migration failed to start: {error}")
+        return
+    if moving is None:
+        migrations.finish(record.name)
+        logger.info("no migration needed", extra={"pool": pass_.pool.name, "hostname": record.name,
+                                                  "host": record.host})
+        return
+    pass_.store.update_vm(record.name, migration_task=moving.task_ref, migration_from=moving.from_host,
+                          migration_to=moving.to_host)
+    pass_.report.followups += 1
+    logger.info("VM migration started", extra={"pool": pass_.pool.name, "hostname": record.name,
+                                                "from": moving.from_host, "to": moving.to_host})
+
+
+def _follow(pass_: "_Pass", migrations: MigrationStore, record: VMRecord) -> None:
+    task = record.raw.get("migration_task")
+    if not task:
+        started = float(record.raw.get("migration_started") or 0)
+        if pass_.now - started > MIGRATION_START_GRACE_SECONDS:
+            _failed(pass_, migrations, record, "migration was never started (its pass was interrupted)")
+        else:
+            pass_.report.followups += 1
+        return
+    status = pass_.provider.task_status(task)
+    if status.state is TaskState.RUNNING:
+        pass_.report.followups += 1
+        return
+    if status.state is TaskState.ERROR:
+        _failed(pass_, migrations, record, f"migration failed: {status.error or 'unknown error'}")
+        return
+    target = record.raw.get("migration_to") or record.host
+    seconds = pass_.now - float(record.raw.get("migration_started") or pass_.now)
+    migrations.finish(record.name, host=target, migrated="true", migration_error=None)
+    emit(pass_.pool.name, {metric.MIGRATIONS: 1})
+    logger.info("VM migrated", extra={"pool": pass_.pool.name, "hostname": record.name,
+                                      "from": record.raw.get("migration_from"), "to": target,
+                                      "seconds": round(seconds, 1)})
+
+
+def _failed(pass_: "_Pass", migrations: MigrationStore, record: VMRecord, reason: str) -> None:
+    migrations.finish(record.name, migration_error=reason)
+    emit(pass_.pool.name, {metric.MIGRATION_FAILURES: 1})
+    pass_.report.errors.append(f"{record.name}: {reason}")
+    logger.warning("VM migration failed", extra={"pool": pass_.pool.name, "hostname": record.name,
+                                                 "reason": reason})

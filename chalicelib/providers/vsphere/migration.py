@@ -1,0 +1,48 @@
+"""Moving a checked-out VM off a busy host (vmpooler's ``migration_limit``), without waiting.
+
+The VM's cluster is surveyed with the same rules and cache as host selection for clones
+(``hosts.HostSelector``): a candidate host is eligible (connected, not in maintenance, green, no
+configIssue, CPU and memory below ``utilization_limit``) and has the same CPU model as the VM's
+host, so a live migration is possible. The VM moves to the least used candidate when its own host
+is not eligible any more, or is busier than that candidate by at least ``MIN_GAIN_PERCENT``
+points: a move for a point or two would cost a vMotion for nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyVmomi import vim
+
+from chalicelib.providers.base import Migration
+from chalicelib.providers.vsphere import inventory, tasks
+from chalicelib.providers.vsphere.connection import Connection
+from chalicelib.providers.vsphere.hosts import HostSelector
+
+MIN_GAIN_PERCENT = 5.0
+"""How much less loaded (percentage points, the higher of CPU and memory) the target must be."""
+
+
+def start(connection: Connection, selector: HostSelector, datacenter: str, limit: float, vm: Any) -> Migration | None:
+    """Start RelocateVM_Task to the least used compatible host, or None when the VM stays."""
+    placed = (inventory.one(connection, vm, ["runtime.host"]) or {}).get("runtime.host")
+    if placed is None:
+        return None
+    cluster = (inventory.one(connection, placed, ["parent"]) or {}).get("parent")
+    if not isinstance(cluster, vim.ClusterComputeResource):
+        return None  # a standalone host: nowhere to go
+    surveyed = selector.hosts(connection, cluster, (datacenter, cluster._moId), limit)
+    current = next((host for host in surveyed if host.ref._moId == placed._moId), None)
+    candidates = [
+        host for host in surveyed
+        if host.eligible and host.ref._moId != placed._moId
+        and (current is None or host.cpu_model == current.cpu_model)
+    ]
+    if not candidates:
+        return None
+    target = min(candidates, key=lambda host: (host.load, host.name))
+    if current is not None and current.eligible and current.load - target.load < MIN_GAIN_PERCENT:
+        return None
+    task = vm.RelocateVM_Task(spec=vim.vm.RelocateSpec(host=target.ref))
+    from_host = current.name if current is not None else placed._moId
+    return Migration(tasks.migrate_ref(task, vm, target.ref), from_host, target.name)

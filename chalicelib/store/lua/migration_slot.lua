@@ -1,0 +1,19 @@
+-- Take one of the service-wide migration slots for a checked-out VM, if one is free.
+-- KEYS[1] migrating (zset: hostname -> start time), KEYS[2] the VM's record.
+-- ARGV[1] hostname, ARGV[2] migration_limit, ARGV[3] now, ARGV[4] forget slots started before this.
+-- Returns 'started' (slot taken; the record says migration=started), 'limit' (all slots busy: the
+-- VM stays queued), or 'gone' (the VM is no longer running or no longer queued for migration).
+local migrating, record = KEYS[1], KEYS[2]
+local hostname, limit, now, stale_before = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+-- A slot whose pass died and whose VM left every pool would otherwise be held forever.
+redis.call('ZREMRANGEBYSCORE', migrating, '-inf', '(' .. stale_before)
+local state, migration = unpack(redis.call('HMGET', record, 'state', 'migration'))
+if state ~= 'running' or migration ~= 'queued' then
+  return 'gone'
+end
+if redis.call('ZSCORE', migrating, hostname) == false and redis.call('ZCARD', migrating) >= limit then
+  return 'limit'
+end
+redis.call('ZADD', migrating, now, hostname)
+redis.call('HSET', record, 'migration', 'started', 'migration_started', now)
+return 'started'

@@ -1,0 +1,55 @@
+"""Migrations of checked-out VMs (``migration_limit``): the service-wide slots and the record.
+
+A checkout with migrations enabled marks each VM ``migration=queued`` (in the same atomic step).
+Its pool's pass takes a slot (``migrating``, at most ``migration_limit`` members, checked and
+taken in one script), starts the move, notes the task as ``migration_task``, and on a later pass
+finishes it: the record gets the new ``host`` and ``migrated=true`` (or ``migration_error``) and
+the slot is freed. Slots older than ``STALE_SLOT_SECONDS`` are forgotten, so a slot whose VM left
+every pool (its pass killed at the wrong moment) cannot block migrations for good.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalicelib.store.store import Store, _encode, _translate_errors
+
+QUEUED = "queued"
+STARTED = "started"
+
+STALE_SLOT_SECONDS = 3600.0
+"""Far longer than a vMotion of a CI VM takes."""
+
+
+class MigrationStore:
+    """Take and free migration slots; every method raises StoreUnavailable."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def take_slot(self, hostname: str, limit: int, now: float) -> str:
+        """'started', 'limit' or 'gone' (see lua/migration_slot.lua)."""
+        keys = self.store.keys
+        with _translate_errors():
+            return str(self.store.scripts.migration_slot(
+                keys=[keys.migrating, keys.vm(hostname)],
+                args=[hostname, limit, repr(now), repr(now - STALE_SLOT_SECONDS)],
+            ))
+
+    def finish(self, hostname: str, **fields: Any) -> None:
+        """Free the VM's slot and end its migration on the record (with ``fields``: the new host,
+        ``migrated``, or ``migration_error``), in one transaction."""
+        changes: dict[str, Any] = {"migration": None, "migration_task": None, "migration_started": None, **fields}
+        args: list[str] = []
+        for name, value in changes.items():
+            args += [name, _encode(value)]
+        keys = self.store.keys
+        with _translate_errors():
+            pipe = self.store.client.pipeline(transaction=True)
+            pipe.zrem(keys.migrating, hostname)
+            self.store.scripts.update(keys=[keys.vm(hostname)], args=args, client=pipe)
+            pipe.execute()
+
+    def in_flight(self) -> int:
+        with _translate_errors():
+            return int(self.store.client.zcard(self.store.keys.migrating))

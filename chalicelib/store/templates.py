@@ -1,0 +1,28 @@
+"""Which templates are prepared for cloning (``create_template_delta_disks``), service-wide."""
+
+from __future__ import annotations
+
+from chalicelib.store.store import Store, _translate_errors
+
+DONE = "done"
+
+
+class TemplateStore:
+    """``templates:prepared``: per ``<provider>:<template>``, "done" or the preparing task's ref."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def state(self, template_key: str) -> str | None:
+        with _translate_errors():
+            value = self.store.client.hget(self.store.keys.templates_prepared, template_key)
+        return None if value is None else str(value)
+
+    def started(self, template_key: str, task_ref: str) -> bool:
+        """Record the preparing task unless another pass recorded one first."""
+        with _translate_errors():
+            return bool(self.store.client.hsetnx(self.store.keys.templates_prepared, template_key, task_ref))
+
+    def done(self, template_key: str) -> None:
+        with _translate_errors():
+            self.store.client.hset(self.store.keys.templates_prepared, template_key, DONE)

@@ -1,0 +1,167 @@
+"""The dashboard's routes over HTTP (in-process gateway): /, /healthcheck, the page, vmpooler's
+feeds and the per-minute history the reconcile records. The page in a real browser is
+tests/core/test_dashboard_browser.py."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+
+import app
+from chalicelib.manager.runner import run_pool
+from chalicelib.store.history import KEEP_MINUTES, PoolHistory, Sample, minute_of
+from local.gateway import Gateway
+from tests.api.client import Reply, Stack
+
+CONFIG = """
+:config:
+  domain: example.com
+  site_name: '<b>CI</b> pools & co'
+:providers:
+  :dummy: {provider_class: dummy, createvm_max_time: 0, boot_time: 0}
+:pools:
+  - {name: debian-12-x86_64, size: 3, provider: dummy, alias: [debian]}
+  - {name: debian-11-x86_64, size: 2, provider: dummy}
+  - {name: win-2022-x86_64, size: 1, provider: dummy, createvm_fail_percent: 100}
+"""
+POOLS = ("debian-12-x86_64", "debian-11-x86_64", "win-2022-x86_64")
+
+
+@pytest.fixture
+def dash(make_stack: Callable[[str], Stack]) -> Stack:
+    return make_stack(CONFIG)
+
+
+def raw_get(path: str) -> Reply:
+    """A GET through the gateway without the JSON client's checks (the page is HTML)."""
+    status, headers, body = Gateway(app.app)("GET", path, {}, b"", "127.0.0.1")
+    return Reply(status, headers, body)
+
+
+def tick(stack: Stack) -> None:
+    """What the scheduler does each minute: one run of every pool's reconcile."""
+    for pool in POOLS:
+        run_pool(stack.services, pool, budget_seconds=0)
+
+
+def test_root_redirects_to_the_dashboard_and_healthcheck_answers(dash: Stack) -> None:
+    home = dash.api.get("/")
+    assert home.status == 302 and home.headers["Location"] == "/dashboard/"
+    health = dash.api.get("/healthcheck")
+    assert (health.status, health.json) == (200, {"ok": True})
+    assert dash.api.get("/healthcheck/").json == {"ok": True}
+    # Served only unversioned, as vmpooler.
+    assert dash.api.get("/api/v3/healthcheck").status == 404
+    assert dash.api.get("/api/v1/dashboard/stats/vmpooler/pool").status == 404
+
+
+@pytest.mark.parametrize("path", ["/dashboard", "/dashboard/"])
+def test_dashboard_page_is_one_self_contained_document(dash: Stack, path: str) -> None:
+    page = raw_get(path)
+    assert page.status == 200
+    assert page.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+    text = page.raw.decode()
+    # site_name as text: vmpooler's HTML tags dropped, the rest escaped.
+    assert "<title>CI pools &amp; co dashboard</title>" in text
+    assert "<b>CI</b>" not in text
+    # Style and script inlined: nothing to fetch from anywhere, so it works offline.
+    assert "<script src" not in text and "<link" not in text and "@import" not in text
+    assert "/*SCRIPT*/" not in text and "function renderPools" in text
+    assert "/*STYLE*/" not in text and ".pools" in text
+
+
+def test_root_redirect_keeps_the_api_gateway_stage(dash: Stack) -> None:
+    event = {"resource": "/", "path": "/", "httpMethod": "GET", "headers": {}, "multiValueHeaders": {},
+             "queryStringParameters": None, "multiValueQueryStringParameters": None, "pathParameters": None,
+             "stageVariables": None, "body": None, "isBase64Encoded": False,
+             "requestContext": {"resourcePath": "/", "httpMethod": "GET", "requestId": "r1", "path": "/prod/",
+                                "stage": "prod", "identity": {"sourceIp": "192.0.2.1"}}}
+    response = app.app(event, None)
+    assert response["statusCode"] == 302
+    assert response["headers"]["Location"] == "/prod/dashboard/"
+
+
+def test_vmpooler_pool_feed_in_its_shape_with_history(dash: Stack) -> None:
+    tick(dash)
+    feed = dash.api.get("/dashboard/stats/vmpooler/pool").json
+    assert feed == {
+        "debian-12-x86_64": {"size": 3, "ready": 0},
+        "debian-11-x86_64": {"size": 2, "ready": 0},
+        "win-2022-x86_64": {"size": 1, "ready": 0},
+    }
+    for _ in range(3):
+        dash.clock.advance(60)
+        tick(dash)
+    feed = dash.api.get("/dashboard/stats/vmpooler/pool?history=true").json
+    # One sample a minute, oldest first: empty, then filled by the next minute's pass.
+    assert feed["debian-12-x86_64"] == {"size": 3, "ready": 3, "history": [0, 3, 3, 3]}
+    assert feed["win-2022-x86_64"] == {"size": 1, "ready": 0, "history": [0, 0, 0, 0]}
+    assert "history" not in dash.api.get("/dashboard/stats/vmpooler/pool?history=false").json["win-2022-x86_64"]
+
+
+def test_vmpooler_pool_feed_without_samples_has_the_ready_count_as_history(dash: Stack) -> None:
+    dash.fill("debian-12-x86_64")
+    feed = dash.api.get("/dashboard/stats/vmpooler/pool?history=1").json
+    assert feed["debian-12-x86_64"]["history"] == [3]
+
+
+def test_vmpooler_running_feed_groups_pools_by_platform(dash: Stack) -> None:
+    for _ in range(2):
+        tick(dash)
+        dash.clock.advance(60)
+    dash.api.post("/api/v3/vm", {"debian-12-x86_64": 2, "debian-11-x86_64": 1})
+    assert dash.api.get("/dashboard/stats/vmpooler/running").json == {
+        "debian": {"running": 3}, "win": {"running": 0}}
+    tick(dash)
+    feed = dash.api.get("/dashboard/stats/vmpooler/running?history=true").json
+    assert feed["debian"]["running"] == 3
+    assert len(feed["debian"]["history"]) == 60 and feed["debian"]["history"][-3:] == [0, 0, 3]
+    assert feed["win"]["history"] == [0] * 60
+
+
+def test_history_series_from_the_reconciles_samples(dash: Stack) -> None:
+    start = dash.clock.now()
+    tick(dash)
+    dash.clock.advance(60)
+    tick(dash)
+    dash.api.post("/api/v3/vm", {"debian": 1})
+    dash.clock.advance(120)  # a minute without a pass, then one
+    tick(dash)
+    answer = dash.api.get("/dashboard/stats/history").json
+    assert answer["step"] == 60 and answer["points"] == 60
+    assert answer["start"] == (minute_of(dash.clock.now()) - 59) * 60
+    debian = answer["pools"]["debian-12-x86_64"]
+    # null before the first sample, the minute without a pass carries the one before it.
+    assert debian["ready"][-5:] == [None, 0, 3, 3, 2]
+    assert debian["running"][-4:] == [0, 0, 0, 1]
+    assert debian["size"][-1] == 3
+    assert answer["pools"]["win-2022-x86_64"]["ready"][-1] == 0
+    # A week fits in at most 360 points.
+    week = dash.api.get("/dashboard/stats/history?hours=168").json
+    assert week["points"] == 360 and week["step"] == 28 * 60
+    assert week["pools"]["debian-12-x86_64"]["ready"][-1] == 2
+    assert minute_of(start) >= week["start"] // 60
+
+
+@pytest.mark.parametrize("hours", ["0", "169", "x", "1.5", "-1", "9" * 1000])
+def test_history_range_is_bounded(dash: Stack, hours: str) -> None:
+    before = dash.state()
+    reply = dash.api.get(f"/dashboard/stats/history?hours={hours}")
+    assert reply.status == 400 and "hours" in reply.json["error"]
+    assert dash.state() == before
+
+
+def test_samples_are_one_a_minute_and_kept_a_week(dash: Stack) -> None:
+    key = dash.services.store.keys.history("debian-12-x86_64")
+    tick(dash)
+    tick(dash)
+    dash.clock.advance(10)
+    tick(dash)  # same minute: one sample, the latest
+    assert dash.client.zcard(key) == 1
+    assert 0 < dash.client.ttl(key) <= KEEP_MINUTES * 60
+    history = PoolHistory(dash.services.store)
+    now = minute_of(dash.clock.now())
+    history.record("debian-12-x86_64", Sample(now + KEEP_MINUTES + 1, 1, 1, 1, 3))
+    assert dash.client.zcard(key) == 1  # the week-old sample is gone

@@ -1,0 +1,77 @@
+"""The dashboard updates itself: headless Chromium loads the page once from the app served
+in-process over HTTP, the pools change after its first poll, and the rendered DOM shows the
+change with no second page load."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+import app
+from local.gateway import make_server
+from local.redis_server import free_port
+from tests.api.client import Stack
+from tests.api.test_dashboard import CONFIG, POOLS, tick
+from tests.core.test_dashboard_browser import PoolRows, chromium
+
+
+class OneAtATime:
+    """The gateway, serialised (one Chalice app must not serve two requests at once), counting
+    page loads and status polls, and running ``on_second_poll`` before the page's second poll."""
+
+    def __init__(self, gateway: Any, on_second_poll: Callable[[], None]) -> None:
+        self.gateway = gateway
+        self.on_second_poll = on_second_poll
+        self.lock = threading.Lock()
+        self.page_loads = 0
+        self.status_polls = 0
+
+    def __call__(self, method: str, target: str, *args: Any) -> Any:
+        with self.lock:
+            if target.startswith("/dashboard") and "/stats/" not in target:
+                self.page_loads += 1
+            if target.startswith("/api/v3/status"):
+                self.status_polls += 1
+                if self.status_polls == 2:
+                    self.on_second_poll()
+            return self.gateway(method, target, *args)
+
+
+@pytest.fixture
+def served(make_stack: Callable[[str], Stack]) -> Iterator[tuple[Stack, str, OneAtATime]]:
+    stack = make_stack(CONFIG)
+    for _ in range(3):
+        tick(stack)
+        stack.clock.advance(60)
+    port = free_port()
+    server = make_server(app.app, "127.0.0.1", port)
+    handler = server.RequestHandlerClass
+    counting = OneAtATime(handler.gateway, lambda: stack.api.post("/api/v3/vm", {"debian": 2}))  # type: ignore[attr-defined]
+    handler.gateway = counting  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield stack, f"http://127.0.0.1:{port}", counting
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.slow
+def test_the_page_polls_and_redraws_without_a_reload(served: tuple[Stack, str, OneAtATime], tmp_path: Path) -> None:
+    stack, base, counting = served
+    before = stack.api.get("/api/v3/status?view=pools").json["pools"]["debian-12-x86_64"]
+    assert before["running"] == 0 and before["ready"] == 3
+    # 12 s of the page's time: its first status poll, then two more 5 s apart.
+    dom = chromium(f"{base}/dashboard/", tmp_path / "profile", "--dump-dom", budget_ms=12000)
+    assert counting.page_loads == 1 and counting.status_polls >= 2
+    page = PoolRows()
+    page.feed(dom)
+    assert set(page.rows) == set(POOLS)
+    debian = page.rows["debian-12-x86_64"]
+    # The checkout made between its polls is on the page: two running, one ready.
+    assert (debian["running"], debian["ready"], debian["size"]) == (2, 1, 3)

@@ -1,0 +1,47 @@
+"""``timeout_notification``: one warning line per pending VM that is slower than it, whether it is
+still cloning or booting, before ``timeout`` takes it out of service."""
+
+from __future__ import annotations
+
+import io
+
+from tests.core.conftest import WorldFactory
+from tests.core.test_logs import json_lines, log_output  # noqa: F401 - the fixture
+
+CONFIG = """\
+config: {timeout: 30, timeout_notification: 5, task_limit: 10}
+providers:
+  dummy: {provider_class: dummy, seed: 3}
+pools:
+  - {name: booting, size: 1, provider: dummy, boot_time: 1200}
+  - {name: cloning, size: 1, provider: dummy, createvm_max_time: 100000}
+"""
+
+
+def slow_lines(output: io.StringIO) -> list[dict]:
+    return [line for line in json_lines(output.getvalue()) if line["message"] == "VM is slow to become ready"]
+
+
+def test_one_line_per_slow_vm_once_it_passes_timeout_notification(
+        make_world: WorldFactory, log_output: io.StringIO) -> None:  # noqa: F811
+    world = make_world(CONFIG)
+    started = {pool: world.reconcile(pool).clones_started[0] for pool in ("booting", "cloning")}
+
+    for _ in range(4):  # 4 minutes: below timeout_notification
+        world.clock.advance(60)
+        for pool in started:
+            world.reconcile(pool)
+    assert slow_lines(log_output) == []
+
+    for _ in range(5):  # 9 minutes: past it, several passes
+        world.clock.advance(60)
+        for pool in started:
+            world.reconcile(pool)
+    lines = slow_lines(log_output)
+    assert sorted((line["pool"], line["hostname"]) for line in lines) == sorted(started.items())
+    by_pool = {line["pool"]: line for line in lines}
+    assert by_pool["cloning"]["reason"] == "cloning"
+    assert by_pool["booting"]["reason"] == "booting: no IP address yet"
+    assert all(line["level"] == "WARNING" and line["minutes"] == 6.0 for line in lines)  # the first pass past 5
+    # Still pending: a warning, not a failure.
+    assert {world.state_of(host) for host in started.values()} == {"pending"}

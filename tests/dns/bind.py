@@ -1,0 +1,140 @@
+"""A private BIND 9 (``named``) for the tests: one primary zone that accepts RFC 2136 updates
+signed with a TSIG key, on 127.0.0.1 and a free port (UDP and TCP).
+
+    with BindServer() as server:
+        server.port, server.zone, server.key_name, server.key_secret
+        server.addresses("host.vms.example.test")   # what the server answers now
+        server.stop(); server.start()                # same port and zone data (its journal)
+
+Needs the Debian package ``bind9`` (``/usr/sbin/named``).
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import dns.exception
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+
+from local.processes import stop_process
+
+NAMED = "/usr/sbin/named"
+ZONE = "vms.example.test"
+KEY_NAME = "vmpool-key"
+
+
+def free_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1."""
+    while True:
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+class BindServer:
+    """named in the foreground with its own directory, config and zone."""
+
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="named-"))
+        self.port = free_port()
+        self.zone = ZONE
+        self.key_name = KEY_NAME
+        self.key_secret = base64.b64encode(secrets.token_bytes(32)).decode()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._write_files()
+
+    def _write_files(self) -> None:
+        d = self.directory
+        (d / "named.conf").write_text(f"""\
+options {{
+    directory "{d}";
+    pid-file "{d}/named.pid";
+    session-keyfile "{d}/session.key";
+    listen-on port {self.port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    dnssec-validation no;
+    notify no;
+}};
+controls {{ }};
+key "{self.key_name}" {{
+    algorithm hmac-sha256;
+    secret "{self.key_secret}";
+}};
+zone "{self.zone}" {{
+    type primary;
+    file "{d}/zone.db";
+    allow-update {{ key "{self.key_name}"; }};
+}};
+""")
+        (d / "zone.db").write_text(f"""\
+$TTL 60
+@   IN SOA ns.{self.zone}. admin.{self.zone}. (1 60 60 600 60)
+@   IN NS  ns.{self.zone}.
+ns  IN A   127.0.0.1
+""")
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start named and wait until it answers for the zone."""
+        self.process = subprocess.Popen(
+            [NAMED, "-g", "-c", str(self.directory / "named.conf"), "-n", "1"],
+            stdout=subprocess.DEVNULL, stderr=open(self.directory / "named.log", "ab"),
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                answer = dns.query.tcp(dns.message.make_query(self.zone, "SOA"), "127.0.0.1",
+                                       port=self.port, timeout=0.5)
+                if answer.rcode() == dns.rcode.NOERROR and answer.answer:
+                    return
+            except (OSError, dns.exception.DNSException):
+                pass
+            time.sleep(0.1)
+        log = (self.directory / "named.log").read_text(errors="replace")[-2000:]
+        self.stop()
+        raise RuntimeError(f"named did not start on port {self.port}:\n{log}")
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self.process = None
+
+    def addresses(self, fqdn: str) -> list[str]:
+        """The A records the server holds for ``fqdn`` now."""
+        answer = dns.query.tcp(dns.message.make_query(fqdn, "A"), "127.0.0.1", port=self.port, timeout=2)
+        found = answer.get_rrset(answer.answer, dns.name.from_text(fqdn), dns.rdataclass.IN, dns.rdatatype.A)
+        return sorted(item.address for item in found) if found is not None else []
+
+    def dns_config(self, name: str = "bind", **overrides: Any) -> dict[str, Any]:
+        """A ``:dns_configs:`` entry for this server."""
+        return {
+            "dns_class": "dynamic-dns", "domain": self.zone, "server": "127.0.0.1", "port": self.port,
+            "tsig_key_name": self.key_name, "tsig_secret": self.key_secret, "timeout": 2, **overrides,
+        }
+
+    def __enter__(self) -> "BindServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)

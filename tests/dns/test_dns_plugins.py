@@ -1,0 +1,95 @@
+"""Each DNS plugin against the real thing: dynamic-dns against BIND 9, route53 against moto's
+Route 53 with a private hosted zone. Records appear, change, disappear; failures are typed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from chalicelib.config import ConfigError, build
+from chalicelib.dns.base import DnsRejected, DnsUnavailable, UnmanagedDns
+from chalicelib.dns.dynamic import DynamicDns
+from chalicelib.dns.registry import build_dns_plugin
+from chalicelib.dns.route53 import Route53Dns
+from tests.dns.bind import BindServer, free_port
+
+
+def plugin_for(entry: dict[str, Any]) -> Any:
+    config = build({"dns_configs": {"entry": entry}})
+    return build_dns_plugin(config.dns_configs["entry"])
+
+
+def test_dynamic_dns_creates_replaces_and_deletes_a_records(bind: BindServer) -> None:
+    plugin = plugin_for(bind.dns_config())
+    assert isinstance(plugin, DynamicDns)
+    fqdn = f"plugin-a.{bind.zone}"
+    assert plugin.addresses("plugin-a") == []
+    plugin.create_or_replace("plugin-a", "10.1.2.3")
+    assert bind.addresses(fqdn) == ["10.1.2.3"] == plugin.addresses("plugin-a")
+    plugin.create_or_replace("plugin-a", "10.1.2.4")  # replaced, not added
+    assert bind.addresses(fqdn) == ["10.1.2.4"]
+    plugin.delete("plugin-a")
+    assert bind.addresses(fqdn) == []
+    plugin.delete("plugin-a")  # nothing to delete: fine
+
+
+def test_dynamic_dns_with_a_wrong_key_or_none_is_rejected(bind: BindServer) -> None:
+    wrong = plugin_for(bind.dns_config(tsig_secret="c2VjcmV0LWJ1dC13cm9uZw=="))
+    with pytest.raises(DnsRejected, match="TSIG") as failure:
+        wrong.create_or_replace("plugin-b", "10.0.0.1")
+    assert failure.value.metric_key == "rejected"
+    assert "c2VjcmV0" not in str(failure.value)  # the key never shows
+    unsigned = plugin_for(bind.dns_config(tsig_key_name=None, tsig_secret=None))
+    with pytest.raises(DnsRejected, match="REFUSED"):
+        unsigned.create_or_replace("plugin-b", "10.0.0.1")
+    assert bind.addresses(f"plugin-b.{bind.zone}") == []
+
+
+def test_dynamic_dns_with_no_server_answering_is_unavailable(bind: BindServer) -> None:
+    plugin = plugin_for(bind.dns_config(port=free_port(), timeout=0.5))
+    with pytest.raises(DnsUnavailable) as failure:
+        plugin.create_or_replace("plugin-c", "10.0.0.1")
+    assert failure.value.metric_key == "unavailable"
+
+
+def test_dynamic_dns_without_a_server_manages_nothing_as_in_vmpooler() -> None:
+    plugin = plugin_for({"dns_class": "dynamic-dns", "domain": "example.com"})
+    assert isinstance(plugin, UnmanagedDns) and not plugin.manages_records
+
+
+def test_plugin_keys_are_checked_when_the_config_loads() -> None:
+    with pytest.raises(ConfigError) as failed:
+        build({"dns_configs": {"r": {"dns_class": "route53", "domain": "x.test", "ttl": "soon"},
+                               "d": {"dns_class": "dynamic-dns", "port": 70000, "tsig_algorithm": "rot13"}}})
+    problems = "\n".join(failed.value.problems)
+    assert "dns_configs.r.hosted_zone_id: is required" in problems
+    assert 'dns_configs.r.ttl: must be an integer >= 1, got "soon"' in problems
+    assert "dns_configs.d.port: must be an integer <= 65535" in problems
+    assert "dns_configs.d.tsig_algorithm: must be one of" in problems
+
+
+def test_route53_upserts_and_deletes_in_a_private_zone(route53: tuple[Any, str]) -> None:
+    client, zone = route53
+    plugin = plugin_for({"dns_class": "route53", "domain": "vms.example.test", "hosted_zone_id": zone, "ttl": 30})
+    assert isinstance(plugin, Route53Dns)
+
+    def records() -> dict[str, list[str]]:
+        found = client.list_resource_record_sets(HostedZoneId=zone)["ResourceRecordSets"]
+        return {r["Name"]: [v["Value"] for v in r["ResourceRecords"]] for r in found if r["Type"] == "A"}
+
+    assert plugin.addresses("r53-a") == []
+    plugin.create_or_replace("r53-a", "10.0.0.7")
+    plugin.create_or_replace("r53-b", "10.0.0.8")
+    plugin.create_or_replace("r53-a", "10.0.0.9")
+    assert records() == {"r53-a.vms.example.test.": ["10.0.0.9"], "r53-b.vms.example.test.": ["10.0.0.8"]}
+    assert plugin.addresses("r53-a") == ["10.0.0.9"]
+    plugin.delete("r53-a")
+    plugin.delete("r53-a")
+    assert records() == {"r53-b.vms.example.test.": ["10.0.0.8"]}
+
+
+def test_route53_refusals_are_typed(route53: tuple[Any, str]) -> None:
+    plugin = plugin_for({"dns_class": "route53", "domain": "vms.example.test", "hosted_zone_id": "ZNOSUCHZONE"})
+    with pytest.raises(DnsRejected, match="NoSuchHostedZone"):
+        plugin.create_or_replace("r53-c", "10.0.0.1")
