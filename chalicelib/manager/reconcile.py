@@ -58,6 +58,8 @@ class PassReport:
     """Work a pass soon must look at again: disk/snapshot tasks running, requests waiting."""
     provider_calls: int = 0
     duration_seconds: float = 0.0
+    size: int = 0
+    """The pool's effective size in this pass (schedule, demand, override or config)."""
 
     @property
     def work_in_flight(self) -> bool:
@@ -103,7 +105,7 @@ class _Pass:
         self.service = service
         self.checkpoint = checkpoint
         self.now = clock.now()
-        self.report = PassReport(pool=pool.name, started=self.now)
+        self.report = PassReport(pool=pool.name, started=self.now, size=pool.size)
         self.inventory: dict[str, VMInfo] = {}
         self.snapshot = PoolSnapshot({}, {})
         self.size_decision = SizeDecision(pool.size, "config")
@@ -121,6 +123,7 @@ class _Pass:
         # The size the pool should have now: its schedule window or demand, unless overridden.
         self.size_decision = target_size(self.store, self.pool, self.now, self.service.sizing_timezone)
         self.pool = self.size_decision.apply(self.pool)
+        self.report.size = self.pool.size
         self.check_pending()
         self.check_ready()
         self.check_running()

@@ -76,8 +76,8 @@ def run_pool(
                 emit(None, {metric.RECONCILE_ERRORS: 1})
                 break
             report.passes.append(result)
-            _publish(result, pool.size)
-            sampled = _sample(services, result, pool.size, sampled)
+            _publish(result, result.size)  # the effective size (docs/sizing.md)
+            sampled = _sample(services, result, result.size, sampled)
             delay = float(pool.get("check_loop_delay_min", services.config.service.check_loop_delay_min))
             pass_seconds = time.monotonic() - started
             if (not result.work_in_flight or stopping()

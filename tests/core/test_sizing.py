@@ -235,3 +235,17 @@ def test_scale_down_waits_for_the_drain_grace_of_freshly_ready_vms(world: World)
     report = world.reconcile("dem")
     assert world.count("dem", "ready") == 2
     assert set(report.completed.values()) == {"pool size reduced to 2 (demand)"}
+
+
+def test_runner_publishes_and_samples_the_effective_size(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    from chalicelib.manager.runner import run_pool
+    from chalicelib.store.history import PoolHistory, minute_of
+
+    services = Services(world.config, world.client, clock=world.clock)
+    run_pool(services, "sched", budget_seconds=0.1)  # Friday 08:00: the window's 4, not the configured 1
+    minute = minute_of(world.clock.now())
+    (sample,) = PoolHistory(world.store).read(["sched"], minute, minute)["sched"]
+    assert sample.size == 4
+    capacity = [json.loads(line)[m.CAPACITY] for line in capsys.readouterr().out.splitlines()
+                if line.startswith("{") and f'"{m.CAPACITY}"' in line]
+    assert capacity == [[4.0]]
