@@ -74,3 +74,9 @@ def test_demand_size_shown_is_the_last_pass_decision(make_stack: Callable[[str],
         stack.services.store.counts(["dem"])["dem"]["pending"]
     config = {p["name"]: p for p in stack.api.get("/api/v3/config").json["pool_configuration"]}
     assert config["dem"]["sizing"] == {"demand": {"min": 1, "max": 20}}
+
+
+def test_vmpooler_pool_feed_shows_the_effective_size(make_stack: Callable[[str], Stack]) -> None:
+    stack = make_stack(CONFIG)
+    feed = stack.api.get("/dashboard/stats/vmpooler/pool").json
+    assert (feed["sched"]["size"], feed["dem"]["size"], feed["plain"]["size"]) == (3, 2, 2)
