@@ -1,10 +1,11 @@
 """`make bench`: run every benchmark, write bench/results.json and print a short table.
 
-    python bench/run.py [--quick] [--only checkout,reconcile,refill,fill,memory,coldstart]
+    python bench/run.py [--quick] [--only checkout,reconcile,refill,fill,memory,coldstart,fleet,sizing]
 
 Targets (issue 7), on this machine: >= 1,500 checkout+delete cycles/s at 8 clients, checkout
 p99 < 5 ms, one Redis round trip per checkout, refill start < 1 s p50, a steady pool's pass in
-O(1) Redis round trips and provider calls. docs/performance.md explains the figures.
+O(1) Redis round trips and provider calls; demand sizing (issue 15) beats the best fixed pool size
+on replayed CI traces. docs/performance.md explains the figures.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make the repository impo
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
-from bench import checkout, coldstart, fill, fleet, memory, reconcile, refill
+from bench import checkout, coldstart, fill, fleet, memory, reconcile, refill, sizing
 from bench.common import CORES, ROOT
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -36,6 +37,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "memory": memory.run,
     "coldstart": coldstart.run,
     "fleet": fleet.run,
+    "sizing": sizing.run,
 }
 RESULTS = ROOT / "bench" / "results.json"
 
@@ -110,6 +112,8 @@ def table(results: dict[str, Any]) -> list[str]:
             rows.append((f"import {label.split()[0]}", f"{s[label]['import_ms']} ms"))
         size = s.get("deployment_zip_bytes")
         rows.append(("deployment.zip", f"{size / 1e6:.1f} MB" if size else s.get("note", "absent")))
+    if "sizing" in results:
+        rows += sizing.table(results["sizing"])
     width = max(len(name) for name, _ in rows) if rows else 0
     return [f"{name:<{width}}  {value}  {cores}" for name, value in rows]
 

@@ -115,6 +115,9 @@ RECONCILE_ERRORS = "ReconcileErrors"
 DNS_FAILURES = "DnsFailures"
 MIGRATIONS = "Migrations"
 MIGRATION_FAILURES = "MigrationFailures"
+# Pools with a ``sizing`` block, each reconcile pass (docs/sizing.md).
+TARGET_SIZE = "TargetSize"
+PREDICTED_DEMAND = "PredictedDemand"
 # API (service-wide; misses per pool too).
 CHECKOUTS = "Checkouts"
 CHECKOUT_MISSES = "CheckoutMisses"
@@ -163,6 +166,8 @@ METRICS: dict[str, MetricSpec] = {
         _spec(DNS_FAILURES, _COUNT, POOL_REASON_DIMENSIONS),
         _spec(MIGRATIONS, _COUNT, POOL_DIMENSIONS),
         _spec(MIGRATION_FAILURES, _COUNT, POOL_DIMENSIONS),
+        _spec(TARGET_SIZE, _COUNT, POOL_DIMENSIONS),
+        _spec(PREDICTED_DEMAND, _COUNT, POOL_DIMENSIONS),
         _spec(CHECKOUTS, _COUNT, SERVICE_DIMENSIONS),
         _spec(CHECKOUT_MISSES, _COUNT, POOL_DIMENSIONS, SERVICE_DIMENSIONS),
         _spec(DELETES, _COUNT, SERVICE_DIMENSIONS),

@@ -38,6 +38,7 @@ from chalicelib.manager.pool_queue import (
 from chalicelib.manager.reconcile import Checkpoint, _no_checkpoint
 from chalicelib.manager.runner import RETRY_SECONDS, RunReport, run_pool
 from chalicelib.observability import emit, logger
+from chalicelib.sizing.controller import current_sizes
 from chalicelib.store import STATES
 from chalicelib.store.fleet import Fleet
 
@@ -100,13 +101,15 @@ class Ticker:
 def publish_totals(services: "Services") -> list[str]:
     """The service's gauges, once a minute: VMs per state over every pool, and the pools with a
     size but no ready VM (named in the tick's log line; counted in ``EmptyPools``, the alarm's
-    metric). Two round trips whatever the pool count."""
+    metric). Sizes are the effective ones (a schedule window or demand may size a pool 0 at
+    night: it is not empty then). Three round trips whatever the pool count."""
     pools = services.pools()
     counts = services.store.counts([pool.name for pool in pools])
-    empty = [pool.name for pool in pools if pool.size > 0 and counts[pool.name]["ready"] == 0]
+    sizes = current_sizes(services.store, pools, services.clock.now(), services.config.service.sizing_timezone)
+    empty = [pool.name for pool in pools if sizes[pool.name].size > 0 and counts[pool.name]["ready"] == 0]
     totals = {state: sum(c[state] for c in counts.values()) for state in ("ready", "pending", "running")}
     emit(None, {metric.READY: totals["ready"], metric.PENDING: totals["pending"], metric.RUNNING: totals["running"],
-                metric.CAPACITY: sum(pool.size for pool in pools), metric.EMPTY_POOLS: len(empty)})
+                metric.CAPACITY: sum(size.size for size in sizes.values()), metric.EMPTY_POOLS: len(empty)})
     return empty
 
 

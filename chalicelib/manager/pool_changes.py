@@ -5,7 +5,9 @@
   it was cloned from).
 - A reset (POST /poolreset): ready and pending VMs cloned before the reset leave service.
 - A smaller size (POST /config/poolsize): the oldest ready VMs above the size leave service.
-  Pending ones are left to finish; once ready, any still above the size go too.
+  Pending ones are left to finish; once ready, any still above the size go too. When the size
+  comes from a schedule or demand (sizing/controller.py), only VMs ready for longer than the
+  decision's drain grace go: a VM that just booted may still be wanted.
 
 VMs built for on-demand requests are not the pool's and are left alone. Every move is
 conditional, so a VM checked out meanwhile is never touched.
@@ -61,6 +63,10 @@ def drain_and_retire(pass_: "_Pass") -> None:
     if len(ready_members) <= pass_.pool.size:
         return  # nothing above the size (the usual case): no need to sort thousands of VMs
     ready = sorted(ready_members.items(), key=lambda item: item[1])
-    staying = [hostname for hostname, _ in ready if hostname not in report.completed and hostname not in report.dropped]
-    for hostname in staying[: max(len(staying) - pass_.pool.size, 0)]:
-        pass_.take_out_of_service(hostname, "ready", f"pool size reduced to {pass_.pool.size}")
+    staying = [(hostname, since) for hostname, since in ready
+               if hostname not in report.completed and hostname not in report.dropped]
+    decision = pass_.size_decision
+    why = f"pool size reduced to {pass_.pool.size}" + (f" ({decision.reason})" if decision.drain_grace_seconds else "")
+    for hostname, since in staying[: max(len(staying) - pass_.pool.size, 0)]:
+        if pass_.now - since >= decision.drain_grace_seconds:
+            pass_.take_out_of_service(hostname, "ready", why)

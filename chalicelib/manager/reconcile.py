@@ -22,6 +22,7 @@ from chalicelib.manager.hostnames import candidate_names
 from chalicelib.observability import logger
 from chalicelib.providers.base import Provider, ProviderError, TaskState, VMInfo
 from chalicelib.providers.failures import Failure, FailureKind
+from chalicelib.sizing.controller import SizeDecision, target_size
 from chalicelib.store import DurationSample, PoolSnapshot, Store, VMRecord
 from chalicelib.timestamps import day_of, ruby_time
 
@@ -65,6 +66,8 @@ class PassReport:
     """Work a pass soon must look at again: disk/snapshot tasks running, requests waiting."""
     provider_calls: int = 0
     duration_seconds: float = 0.0
+    size: int = 0
+    """The pool's effective size in this pass (schedule, demand, override or config)."""
 
     @property
     def waiting_for_clones(self) -> bool:
@@ -106,13 +109,14 @@ class _Pass:
         self.service = service
         self.checkpoint = checkpoint
         self.now = clock.now()
-        self.report = PassReport(pool=pool.name, started=self.now)
+        self.report = PassReport(pool=pool.name, started=self.now, size=pool.size)
         self.inventory: dict[str, VMInfo] = {}
         self.inventory_mark = 0
         """The changes counter as the inventory read began: a VM whose state changed at or after
         it may be missing from the inventory only because the read predates it."""
         self.snapshot = PoolSnapshot({}, {})
         self.late_records: dict[str, VMRecord | None] = {}
+        self.size_decision = SizeDecision(pool.size, "config")
 
     def run(self) -> PassReport:
         calls_before = self.provider.call_count()
@@ -125,6 +129,10 @@ class _Pass:
         self.checkpoint("inventory")
         self.snapshot = self.store.pool_snapshot(self.pool.name, without_records=("ready",))
         self.checkpoint("snapshot")
+        # The size the pool should have now: its schedule window or demand, unless overridden.
+        self.size_decision = target_size(self.store, self.pool, self.now, self.service.sizing_timezone)
+        self.pool = self.size_decision.apply(self.pool)
+        self.report.size = self.pool.size
         self.check_pending()
         if self.report.became_ready:
             self.store.set_last_boot(self.pool.name, ruby_time(self.now))  # once a pass, not per VM

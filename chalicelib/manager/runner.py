@@ -112,8 +112,8 @@ def run_pool(
                 emit(None, {metric.RECONCILE_ERRORS: 1})
                 break
             report.passes.append(result)
-            _publish(result, pool.size)
-            sampled = _sample(services, result, pool.size, sampled)
+            _publish(result, result.size)  # the effective size (docs/sizing.md)
+            sampled = _sample(services, result, result.size, sampled)
             nudged = store.take_wake(pool_name)
             if nudged and not stopping() and clock.monotonic() < deadline:
                 continue  # a checkout or delete came in while we looked: look again now

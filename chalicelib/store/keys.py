@@ -36,6 +36,8 @@ this module and the scripts must agree.
     migrating                zset    VMs being migrated to another host, across all pools, by start time
     templates:prepared       hash    <provider>:<template> -> "done", or the task preparing it
     history:<pool>           zset    per-minute samples of the pool's counts (store/history.py)
+    demand:<pool>:<YYYY-MM-DD> hash  per-minute checkouts/misses of a demand-sized pool (sizing/demand.py)
+    sizing:state             hash    pool -> its demand size and when it last changed (sizing/controller.py)
 """
 
 from __future__ import annotations
@@ -138,3 +140,16 @@ class Keys:
 
     def history(self, pool: str) -> str:
         return f"{self.prefix}history:{pool}"
+
+    def demand(self, pool: str, day: str) -> str:
+        """A demand-sized pool's per-minute checkouts and misses on a UTC day. The checkout script
+        builds the same name from ``demand_prefix``."""
+        return f"{self.demand_prefix}{pool}:{day}"
+
+    @property
+    def demand_prefix(self) -> str:
+        return f"{self.prefix}demand:"
+
+    @property
+    def sizing_state(self) -> str:
+        return f"{self.prefix}sizing:state"

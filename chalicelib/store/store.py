@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence, cast
 import redis
 
 from chalicelib.config import RedisConfig
+from chalicelib.sizing import demand as demand_history
 from chalicelib.store.keys import STATES, Keys
 from chalicelib.store.records import VMRecord
 from chalicelib.store.scripts import Scripts
@@ -207,6 +208,8 @@ class Store:
         self.holdings_ttl_seconds = 400 * 24 * 3600
         """How long an owner's holdings set outlives its last change (longer than any lifetime
         worth counting; entries are pruned as they are read)."""
+        self.demand_pools: frozenset[str] = frozenset()
+        """Pools with demand sizing: the checkout script counts their checkouts and misses."""
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -284,7 +287,8 @@ class Store:
         quota: Quota | None = None,
     ) -> CheckoutResult:
         """Take every requested VM or none, in one round trip; on success the pools taken from
-        are nudged to refill in the same step. Raises QuotaExceeded (nothing taken) when the VMs
+        are nudged to refill in the same step, and demand-sized pools count the minute's demand
+        (misses too). Raises QuotaExceeded (nothing taken) when the VMs
         would pass a limit of ``quota``.
 
         The VMs taken are the caller's only once confirmed, in a second round trip made after
@@ -302,6 +306,11 @@ class Store:
         }
         if quota is not None:
             checkout["quota"] = quota.payload(self.keys, self.holdings_ttl_seconds)
+        tracked = {pool for r in requests for pool in r.pools if pool in self.demand_pools}
+        if tracked:
+            day, minute = demand_history.day_and_minute(demand_history.epoch_minute(now))
+            checkout["demand"] = {"prefix": self.keys.demand_prefix, "day": day, "minute": minute,
+                                  "ttl": demand_history.HISTORY_TTL_SECONDS, "pools": dict.fromkeys(tracked, True)}
         with _translate_errors():
             answer = json.loads(self.scripts.checkout(args=[self.keys.prefix, repr(now), json.dumps(checkout)]))
         if answer.get("quota"):
