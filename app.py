@@ -17,12 +17,15 @@ from chalice import Chalice, ConvertToMiddleware, Rate, Response
 from chalicelib import config as config_module
 from chalicelib import config_source, observability
 from chalicelib.api.routes import ROUTES, Route, handle, render, request_from_chalice, versioned_paths
-from chalicelib.manager.dispatch import NUDGE, PoolMessage, PoolQueue, SqsPoolQueue, Ticker, handle_batch
+from chalicelib.manager.dispatch import Ticker, handle_batch
+from chalicelib.manager.pool_queue import NUDGE, PoolMessage, PoolQueue, SqsPoolQueue
 from chalicelib.manager.refill import REFILL_QUEUE_ENV
 from chalicelib.observability import emit, logger, tracer
 from chalicelib.services import Services
 
-app = Chalice(app_name="vmpool")
+# Powertools' Logger owns the "vmpool" logger (JSON lines); Chalice's own set-up of the logger
+# named after the app would add a plain-text handler and lower its level to ERROR.
+app = Chalice(app_name="vmpool", configure_logs=False)
 
 CONFIG = config_module.load()
 """The packaged config, loaded at import: an invalid one stops the Lambda (and `chalice package`)

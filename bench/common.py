@@ -114,3 +114,36 @@ def stack_cpu(pid: int) -> dict[str, float]:
         except OSError:
             continue  # exited meanwhile
     return usage
+
+
+def _memory_kb(pid: int) -> tuple[int, int]:
+    """A process's resident set and proportional set size (shared pages split among the
+    processes sharing them: forked workers share most of theirs), in kB."""
+    found = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("Rss", "Pss"):
+            found[name] = int(value.split()[0])
+    return found.get("Rss", 0), found.get("Pss", 0)
+
+
+def stack_memory(pid: int) -> dict[str, dict[str, float]]:
+    """Memory of the local stack in MB, by part (see ``stack_cpu``): RSS summed over the part's
+    processes, and PSS (which counts pages the forked workers share once)."""
+    parts: dict[str, dict[str, float]] = {}
+
+    def add(part: str, process: int) -> None:
+        rss, pss = _memory_kb(process)
+        entry = parts.setdefault(part, {"processes": 0, "rss_mb": 0.0, "pss_mb": 0.0})
+        entry["processes"] += 1
+        entry["rss_mb"] = round(entry["rss_mb"] + rss / 1024, 1)
+        entry["pss_mb"] = round(entry["pss_mb"] + pss / 1024, 1)
+
+    add("reconcile (scheduler)", pid)
+    for child in _children(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+            add("redis-server" if b"redis-server" in command else "api workers", child)
+        except OSError:
+            continue
+    return parts

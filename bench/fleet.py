@@ -22,7 +22,8 @@ import redis
 from bench.common import CORES, RoundTrips, median, ms
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
-from chalicelib.manager.dispatch import FOLLOWUP, TICK, PoolMessage, Ticker, handle_batch, look_at
+from chalicelib.manager.dispatch import Ticker, handle_batch, look_at
+from chalicelib.manager.pool_queue import FOLLOWUP, TICK, PoolMessage
 from chalicelib.services import Services
 
 

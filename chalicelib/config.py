@@ -163,6 +163,26 @@ def regex(value: Any) -> str:
     return text
 
 
+def sizing(value: Any) -> Any:
+    """A pool's ``sizing`` block (schedule windows, demand sizing): chalicelib/sizing/settings.py."""
+    from chalicelib.sizing.settings import SizingConfigError, parse_sizing
+
+    try:
+        return parse_sizing(value)
+    except SizingConfigError as error:
+        raise _Invalid(str(error)) from None
+
+
+def timezone_name(value: Any) -> str:
+    """An IANA time zone name (``Europe/Berlin``)."""
+    from chalicelib.sizing.settings import SizingConfigError, check_timezone
+
+    try:
+        return check_timezone(value, "time zone")
+    except SizingConfigError as error:
+        raise _Invalid(str(error).removeprefix("time zone: ")) from None
+
+
 def anything(value: Any) -> Any:
     return value
 
@@ -248,6 +268,7 @@ SERVICE_KEYS: dict[str, Key] = {
     "ondemand_fallback": Key(boolean, False),
     "max_vm_retries": Key(integer(0), 3),
     "check_loop_delay_min": Key(number(0.1), 5.0),
+    "clone_poll_interval": Key(number(0.1), 0.25),
     "check_loop_delay_max": Key(number(0.1), 60.0),
     "check_loop_delay_decay": Key(number(1.0), 2.0),
     "token_ttl": Key(integer(1)),
@@ -264,6 +285,7 @@ SERVICE_KEYS: dict[str, Key] = {
     "max_ondemand_requests": Key(integer(1), 100),
     "max_tokens_per_user": Key(integer(1), 50),
     "rate_limiting_enabled": Key(boolean, False),
+    "sizing_timezone": Key(timezone_name, "UTC"),
     # Accepted for compatibility; this service has no equivalent.
     "logfile": _IGNORED,
     "site_name": Key(string, "vmpool"),
@@ -314,6 +336,8 @@ POOL_KEYS: dict[str, Key] = {
     "check_loop_delay_min": Key(number(0.1)),
     "check_loop_delay_max": Key(number(0.1)),
     "check_loop_delay_decay": Key(number(1.0)),
+    "clone_limit": Key(integer(1)),
+    "sizing": Key(sizing),
     "snapshot_mainMem_ioBlockPages": _IGNORED,
     "snapshot_mainMem_writeThrottle": _IGNORED,
     "template_hostname": _IGNORED,

@@ -94,6 +94,12 @@ def redis_client(config: Config, resolver: SecretResolver) -> redis.Redis:
     )
 
 
+def demand_sized_pools(config: Config) -> frozenset[str]:
+    """Pools whose checkouts and misses are counted for demand sizing (docs/sizing.md)."""
+    return frozenset(pool.name for pool in config.pools
+                     if pool.get("sizing") is not None and pool.get("sizing").demand is not None)
+
+
 class Services:
     """Config, store, clock, providers, authentication and the refill trigger, wired together."""
 
@@ -111,6 +117,7 @@ class Services:
         self.clock = clock or SystemClock()
         self.store = Store(client, prefix=prefix, data_ttl_hours=config.redis.data_ttl_hours,
                            replica_acks=ReplicaAcks.from_config(config.redis, environ={}))
+        self.store.demand_pools = demand_sized_pools(config)
         self._providers: dict[str, Provider] = {}
         self._dns_plugins: dict[str, DnsPlugin] = {}
         self.refill: RefillTrigger = refill or NoRefill()

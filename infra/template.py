@@ -240,13 +240,13 @@ def _widget(title: str, metrics: list[Any], stat: str = "Sum", period: int = 60,
         "period": period, "metrics": metrics, **extra}}
 
 
-def _by_pool(stage: Stage, title: str, *names: str) -> dict[str, Any]:
+def _by_pool(stage: Stage, title: str, *names: str, stat: str = "Sum") -> dict[str, Any]:
     """A SEARCH over the pools that published each metric (only pools where it happened do)."""
     namespace = m.namespace_for(stage.name)
     expressions = []
     for index, name in enumerate(names):
         dims = ",".join(sorted(next(d for d in m.METRICS[name].dimension_sets if "pool" in d)))
-        search = f"SEARCH('{{{namespace},{dims}}} MetricName=\"{name}\"', 'Sum', 300)"
+        search = f"SEARCH('{{{namespace},{dims}}} MetricName=\"{name}\"', '{stat}', 300)"
         expressions.append([{"expression": search, "label": name if len(names) > 1 else "", "id": f"e{index}"}])
     return _widget(title, expressions, period=300)
 
@@ -318,6 +318,8 @@ def dashboard(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
             ["AWS/ElastiCache", metric, "CacheClusterId", "${Redis}-" + node]
             for node in REDIS_NODES for metric in ("CurrConnections", "GetTypeCmds", "SetTypeCmds")],
             stat="Maximum", period=300),
+        _by_pool(stage, "Sized pools: target size and predicted demand (docs/sizing.md)", m.TARGET_SIZE,
+                 m.PREDICTED_DEMAND, stat="Maximum"),
     ]
     for index, widget in enumerate(widgets):
         widget["x"], widget["y"] = (index % 3) * 8, (index // 3) * 6

@@ -19,7 +19,8 @@ import threading
 import time
 from typing import Sequence
 
-from chalicelib.manager.dispatch import FOLLOWUP, NUDGE, Delayed, PoolMessage, Ticker, look_at
+from chalicelib.manager.dispatch import Ticker, look_at
+from chalicelib.manager.pool_queue import FOLLOWUP, NUDGE, Delayed, PoolMessage
 from chalicelib.observability import logger
 from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable

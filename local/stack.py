@@ -107,13 +107,15 @@ def local_stack(config_yaml: str, workers: int | None = None, interval: float = 
 def dummy_config(pools: Sequence[tuple[str, int]], task_limit: int = 100_000,
                  clone_seconds: float = 0, boot_seconds: float = 0, check_loop_delay: float = 1) -> str:
     """A config of dummy pools (name, size) whose clones take ``clone_seconds`` and boot in
-    ``boot_seconds``; a long ready_ttl and vm_lifetime so nothing expires during a run."""
+    ``boot_seconds``; a long ready_ttl and vm_lifetime so nothing expires during a run, and no
+    per-owner quota (every load client calls from the same address)."""
     lines = [
         ":config:",
         f"  task_limit: {task_limit}",
         f"  check_loop_delay_min: {check_loop_delay}",
         "  vm_lifetime: 12",
         "  domain: example.com",
+        "  max_running_vms_per_user: 1000000",
         ":providers:",
         "  :dummy:",
         f"    createvm_max_time: {clone_seconds}",

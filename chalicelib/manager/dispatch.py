@@ -18,32 +18,33 @@ The local stack runs the same ``Ticker`` and ``look_at`` over an in-process queu
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from chalicelib import observability as metric
 from chalicelib.config import Config, PoolConfig
+from chalicelib.manager.pool_queue import (
+    DRAIN,
+    FOLLOWUP,
+    MAX_DELAY_SECONDS,
+    RETRY,
+    TICK,
+    Delayed,
+    PoolMessage,
+    PoolQueue,
+)
 from chalicelib.manager.reconcile import Checkpoint, _no_checkpoint
 from chalicelib.manager.runner import RETRY_SECONDS, RunReport, run_pool
 from chalicelib.observability import emit, logger
+from chalicelib.sizing.controller import current_sizes
 from chalicelib.store import STATES
 from chalicelib.store.fleet import Fleet
 
 if TYPE_CHECKING:
     from chalicelib.services import Services
 
-TICK = "tick"
-NUDGE = "nudge"
-FOLLOWUP = "followup"
-RETRY = "retry"
-DRAIN = "drain"
-
-MAX_DELAY_SECONDS = 900
-"""SQS's longest DelaySeconds."""
 TICK_SPREAD_SECONDS = 50
 """The tick's messages are spread over this many seconds (a stable offset per pool), so 1,000
 pools are not all reconciled in the same second."""
@@ -55,48 +56,6 @@ RUN_BUDGET_SECONDS = 5.0
 """Time a run may spend on extra passes when its pool is nudged meanwhile."""
 SAFETY_SECONDS = 5.0
 """Time kept back from the invocation's remaining time: reporting and returning."""
-
-
-@dataclass(frozen=True)
-class PoolMessage:
-    """A request to look at one pool. ``lease``: a lease token to release first (a Redis stall
-    ate its release); ``attempt``: how many retries led here."""
-
-    pool: str
-    reason: str = NUDGE
-    lease: str | None = None
-    attempt: int = 0
-
-    def body(self) -> str:
-        fields = {key: value for key, value in dataclasses.asdict(self).items() if value}
-        return json.dumps(fields, separators=(",", ":"), sort_keys=True)
-
-    @classmethod
-    def parse(cls, body: str) -> "PoolMessage | None":
-        """The message, or None for a body that is not ours (dropped: retrying it only fills
-        the dead-letter queue)."""
-        try:
-            fields = json.loads(body)
-        except ValueError:
-            return None
-        if not isinstance(fields, dict) or not isinstance(fields.get("pool"), str):
-            return None
-        lease, attempt = fields.get("lease"), fields.get("attempt", 0)
-        return cls(
-            pool=fields["pool"],
-            reason=str(fields.get("reason") or NUDGE),
-            lease=lease if isinstance(lease, str) else None,
-            attempt=attempt if isinstance(attempt, int) else 0,
-        )
-
-
-Delayed = tuple[PoolMessage, float]
-
-
-class PoolQueue(Protocol):
-    def send(self, messages: Sequence[Delayed]) -> None:
-        """Queue each message after its delay (seconds). Raises on failure."""
-        ...
 
 
 def spread_delay(pool: str, spread_seconds: int = TICK_SPREAD_SECONDS) -> int:
@@ -142,13 +101,15 @@ class Ticker:
 def publish_totals(services: "Services") -> list[str]:
     """The service's gauges, once a minute: VMs per state over every pool, and the pools with a
     size but no ready VM (named in the tick's log line; counted in ``EmptyPools``, the alarm's
-    metric). Two round trips whatever the pool count."""
+    metric). Sizes are the effective ones (a schedule window or demand may size a pool 0 at
+    night: it is not empty then). Three round trips whatever the pool count."""
     pools = services.pools()
     counts = services.store.counts([pool.name for pool in pools])
-    empty = [pool.name for pool in pools if pool.size > 0 and counts[pool.name]["ready"] == 0]
+    sizes = current_sizes(services.store, pools, services.clock.now(), services.config.service.sizing_timezone)
+    empty = [pool.name for pool in pools if sizes[pool.name].size > 0 and counts[pool.name]["ready"] == 0]
     totals = {state: sum(c[state] for c in counts.values()) for state in ("ready", "pending", "running")}
     emit(None, {metric.READY: totals["ready"], metric.PENDING: totals["pending"], metric.RUNNING: totals["running"],
-                metric.CAPACITY: sum(pool.size for pool in pools), metric.EMPTY_POOLS: len(empty)})
+                metric.CAPACITY: sum(size.size for size in sizes.values()), metric.EMPTY_POOLS: len(empty)})
     return empty
 
 
@@ -246,43 +207,3 @@ def _look_at_all(services: "Services", messages: list[PoolMessage], queue: PoolQ
         if other.lease and other is not first:
             services.store.release_lease(other.pool, other.lease)
     look_at(services, first, queue, budget)
-
-
-class SqsPoolQueue:
-    """The reconcile queue in SQS: batches of 10, each message with its own delay."""
-
-    def __init__(self, queue_url: str, client_factory: Callable[[], Any] | None = None, threads: int = 8) -> None:
-        self.queue_url = queue_url
-        self._client_factory = client_factory or _default_sqs_client
-        self._client: Any = None
-        self.threads = threads
-
-    def send(self, messages: Sequence[Delayed]) -> None:
-        if not messages:
-            return
-        if self._client is None:
-            self._client = self._client_factory()
-        batches = [messages[start:start + 10] for start in range(0, len(messages), 10)]
-        if len(batches) == 1:
-            self._send_batch(batches[0])
-            return
-        # 1,000 pools are 100 calls: in parallel they take a tenth of the time.
-        with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            list(pool.map(self._send_batch, batches))
-
-    def _send_batch(self, batch: Sequence[Delayed]) -> None:
-        # Whole seconds, rounded up: a sub-second check delay must not become 0 (a pass loop).
-        entries = [{"Id": str(index), "MessageBody": message.body(),
-                    "DelaySeconds": max(0, min(math.ceil(delay), MAX_DELAY_SECONDS))}
-                   for index, (message, delay) in enumerate(batch)]
-        answer = self._client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
-        if answer.get("Failed"):
-            raise RuntimeError(f"SQS refused {len(answer['Failed'])} of {len(entries)} messages: "
-                               f"{answer['Failed'][0].get('Code')}")
-
-
-def _default_sqs_client() -> Any:
-    import boto3
-
-    return boto3.client("sqs")
-

@@ -22,6 +22,7 @@ from chalicelib.manager.hostnames import candidate_names
 from chalicelib.observability import logger
 from chalicelib.providers.base import Provider, ProviderError, TaskState, VMInfo
 from chalicelib.providers.failures import Failure, FailureKind
+from chalicelib.sizing.controller import SizeDecision, target_size
 from chalicelib.store import DurationSample, PoolSnapshot, Store, VMRecord
 from chalicelib.timestamps import day_of, ruby_time
 
@@ -57,10 +58,22 @@ class PassReport:
     """hostname -> why its clone failed (the kind is the metric's ``reason``)."""
     samples: list[DurationSample] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    clones_short: int = 0
+    """Clones the pool still lacks after this pass reserved what its share of task_limit allowed."""
+    clones_running: int = 0
+    """The pool's clone tasks still running when the pass ended (started by it or before)."""
     followups: int = 0
     """Work a pass soon must look at again: disk/snapshot tasks running, requests waiting."""
     provider_calls: int = 0
     duration_seconds: float = 0.0
+    size: int = 0
+    """The pool's effective size in this pass (schedule, demand, override or config)."""
+
+    @property
+    def waiting_for_clones(self) -> bool:
+        """Whether a clone slot will soon be free for this pool: its clones are running (a pass
+        that sees one finished reuses its slot at once), or it is short of slots other pools hold."""
+        return bool(self.clones_running or self.clones_short)
 
     @property
     def work_in_flight(self) -> bool:
@@ -96,12 +109,14 @@ class _Pass:
         self.service = service
         self.checkpoint = checkpoint
         self.now = clock.now()
-        self.report = PassReport(pool=pool.name, started=self.now)
+        self.report = PassReport(pool=pool.name, started=self.now, size=pool.size)
         self.inventory: dict[str, VMInfo] = {}
         self.inventory_mark = 0
         """The changes counter as the inventory read began: a VM whose state changed at or after
         it may be missing from the inventory only because the read predates it."""
         self.snapshot = PoolSnapshot({}, {})
+        self.late_records: dict[str, VMRecord | None] = {}
+        self.size_decision = SizeDecision(pool.size, "config")
 
     def run(self) -> PassReport:
         calls_before = self.provider.call_count()
@@ -112,9 +127,15 @@ class _Pass:
         self.inventory_mark = self.store.mark_changes()
         self.inventory = {vm.name: vm for vm in self.provider.list_vms(self.pool)}
         self.checkpoint("inventory")
-        self.snapshot = self.store.pool_snapshot(self.pool.name)
+        self.snapshot = self.store.pool_snapshot(self.pool.name, without_records=("ready",))
         self.checkpoint("snapshot")
+        # The size the pool should have now: its schedule window or demand, unless overridden.
+        self.size_decision = target_size(self.store, self.pool, self.now, self.service.sizing_timezone)
+        self.pool = self.size_decision.apply(self.pool)
+        self.report.size = self.pool.size
         self.check_pending()
+        if self.report.became_ready:
+            self.store.set_last_boot(self.pool.name, ruby_time(self.now))  # once a pass, not per VM
         self.check_ready()
         self.check_running()
         vm_tasks.run_tasks(self)
@@ -136,7 +157,17 @@ class _Pass:
     # --- helpers ------------------------------------------------------------------------------
 
     def record(self, hostname: str) -> VMRecord | None:
-        return self.snapshot.records.get(hostname)
+        """The VM's record as of this pass (None when missing). Ready VMs' records are read only
+        when a step acts on one: a steady pass reads none."""
+        if hostname not in self.snapshot.loaded and hostname not in self.late_records:
+            self.load_records([hostname])
+        return self.snapshot.records.get(hostname) or self.late_records.get(hostname)
+
+    def load_records(self, hostnames: list[str]) -> None:
+        """Read the records of many VMs not in the snapshot in one round trip."""
+        missing = [host for host in hostnames if host not in self.snapshot.loaded and host not in self.late_records]
+        found = self.store.records(missing)
+        self.late_records.update({host: found.get(host) for host in missing})
 
     def take_out_of_service(self, hostname: str, from_state: str, reason: str,
                             failure: FailureKind | None = None, lifetime_ended: float | None = None) -> None:
@@ -237,6 +268,7 @@ class _Pass:
             return False
         status = self.provider.task_status(record.clone_task)
         if status.state is TaskState.RUNNING:
+            self.report.clones_running += 1
             if age > self.pool.timeout_minutes * 60:
                 self.take_out_of_service(
                     hostname, "pending", f"clone still running after {self.pool.timeout_minutes} minutes"
@@ -268,7 +300,6 @@ class _Pass:
                                            "boot_seconds": round(age, 1)})
             self.report.became_ready.append(record.name)
             self.report.samples.append(DurationSample("boot", self.pool.name, age))
-            self.store.set_last_boot(self.pool.name, ruby_time(self.now))
         self.checkpoint("ready")
 
     def check_ready(self) -> None:
@@ -372,11 +403,17 @@ class _Pass:
         counts = self.store.counts([self.pool.name])[self.pool.name]
         deficit = self.pool.size - counts["ready"] - counts["pending"] + ondemand.building(self)
         if deficit <= 0:
+            if self.snapshot.wants_clones:
+                self.store.withdraw_clone_demand(self.pool.name)
             return
+        # The script never reserves more than the task limit: no need for more names.
+        wanted = min(deficit, self.service.task_limit)
         reserved = self.store.reserve_clones(
             self.pool.name, self.pool.size, self.service.task_limit, self.pool.template,
-            self.pool.domain or "", candidate_names(deficit, self.service.prefix), self.now,
+            self.pool.domain or "", candidate_names(wanted, self.service.prefix), self.now,
+            clone_limit=int(self.pool.get("clone_limit", 0)),
         )
+        self.report.clones_short = deficit - len(reserved)
         self.checkpoint("reserved")
         self.start_clones(reserved)
 
@@ -397,6 +434,7 @@ class _Pass:
             self.checkpoint("clone_started")
             self.store.update_vm(hostname, clone_task=task)
             self.report.clones_started.append(hostname)
+            self.report.clones_running += 1
 
     def count_after(self) -> dict[str, int]:
         counts = self.store.counts([self.pool.name])[self.pool.name]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Protocol
 
-from chalicelib.manager.dispatch import NUDGE, PoolMessage, SqsPoolQueue
+from chalicelib.manager.pool_queue import NUDGE, PoolMessage, SqsPoolQueue
 from chalicelib.observability import logger
 
 REFILL_QUEUE_ENV = "VMPOOL_RECONCILE_QUEUE_URL"

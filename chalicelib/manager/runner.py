@@ -112,15 +112,15 @@ def run_pool(
                 emit(None, {metric.RECONCILE_ERRORS: 1})
                 break
             report.passes.append(result)
-            _publish(result, pool.size)
-            sampled = _sample(services, result, pool.size, sampled)
+            _publish(result, result.size)  # the effective size (docs/sizing.md)
+            sampled = _sample(services, result, result.size, sampled)
             nudged = store.take_wake(pool_name)
             if nudged and not stopping() and clock.monotonic() < deadline:
                 continue  # a checkout or delete came in while we looked: look again now
             if nudged:
                 report.look_again_in = 0.0
             elif result.work_in_flight:
-                report.look_again_in = check_delay(services, pool)
+                report.look_again_in = check_delay(services, pool, result)
             break
         if pool is not None and not stopping():
             purge_if_due(services, pool.provider)
@@ -136,9 +136,15 @@ def run_pool(
     return report
 
 
-def check_delay(services: "Services", pool: PoolConfig) -> float:
-    """How long a pool with work in flight waits before its next pass: ``check_loop_delay_min``."""
-    return float(pool.get("check_loop_delay_min", services.config.service.check_loop_delay_min))
+def check_delay(services: "Services", pool: PoolConfig, result: PassReport) -> float:
+    """How long a pool with work in flight waits before its next pass: ``clone_poll_interval``
+    while it waits for clones (its own running, or slots held by other pools), so a finished
+    clone's slot is reused within that interval; else ``check_loop_delay_min`` (boots,
+    destroys). An idle pool is not looked at again before its schedule: no cost added there."""
+    delay = float(pool.get("check_loop_delay_min", services.config.service.check_loop_delay_min))
+    if result.waiting_for_clones:
+        delay = min(delay, float(services.config.service.clone_poll_interval))
+    return delay
 
 
 def _renewing(services: "Services", pool_name: str, token: str, checkpoint: Checkpoint) -> Checkpoint:

@@ -122,12 +122,14 @@ class DummyProvider(Provider):
 
     def list_vms(self, pool: PoolConfig) -> Sequence[VMInfo]:
         now = self.clock.now()
+        annotation = json.dumps({"pool": pool.name, "creator": "vmpool"})
+        poweroff_percent = self._setting(pool, "getvm_poweroff_percent")
         result = []
         for vm in self._vms(pool).values():
             if vm["available_at"] > now:
                 continue  # still cloning: a real hypervisor shows nothing yet
             booted = now >= vm["booted_at"]
-            if booted and vm["powered_on"] and self._fails(pool, "getvm_poweroff_percent"):
+            if booted and vm["powered_on"] and poweroff_percent and self._fails(pool, "getvm_poweroff_percent"):
                 vm["powered_on"] = False
                 self._save_vm(self._folder_key(pool), vm)
             result.append(
@@ -138,7 +140,7 @@ class DummyProvider(Provider):
                     guest_hostname=vm["name"] if booted else None,
                     tools_running=booted and vm["powered_on"],
                     host=vm.get("host", DEFAULT_HOST),
-                    annotation=json.dumps({"pool": pool.name, "creator": "vmpool"}),
+                    annotation=annotation,
                 )
             )
         return result

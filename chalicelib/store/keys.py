@@ -10,6 +10,8 @@ this module and the scripts must agree.
     changes                  string  counter: every state change stamps its VM (change_seq) with
                                      its value; a reconcile pass increments it before reading the
                                      provider's inventory, to order that read against the changes
+    clone_demand             hash    pool -> "<clone slots wanted> <when>" of the pools short of VMs
+    pool:<pool>:ready_checked string the template and reset time every ready VM was last checked against
     lease:<pool>             string  who runs the pool's reconcile right now
     wake:<pool>              list    nudges for the pool's reconcile (checkout, delete, request)
     followup:<pool>          string  a delayed follow-up pass of the pool is queued (store/fleet.py)
@@ -34,6 +36,8 @@ this module and the scripts must agree.
     migrating                zset    VMs being migrated to another host, across all pools, by start time
     templates:prepared       hash    <provider>:<template> -> "done", or the task preparing it
     history:<pool>           zset    per-minute samples of the pool's counts (store/history.py)
+    demand:<pool>:<YYYY-MM-DD> hash  per-minute checkouts/misses of a demand-sized pool (sizing/demand.py)
+    sizing:state             hash    pool -> its demand size and when it last changed (sizing/controller.py)
 """
 
 from __future__ import annotations
@@ -61,6 +65,13 @@ class Keys:
     @property
     def changes(self) -> str:
         return f"{self.prefix}changes"
+
+    def ready_checked(self, pool: str) -> str:
+        return f"{self.prefix}pool:{pool}:ready_checked"
+
+    @property
+    def clone_demand(self) -> str:
+        return f"{self.prefix}clone_demand"
 
     def lease(self, pool: str) -> str:
         return f"{self.prefix}lease:{pool}"
@@ -129,3 +140,16 @@ class Keys:
 
     def history(self, pool: str) -> str:
         return f"{self.prefix}history:{pool}"
+
+    def demand(self, pool: str, day: str) -> str:
+        """A demand-sized pool's per-minute checkouts and misses on a UTC day. The checkout script
+        builds the same name from ``demand_prefix``."""
+        return f"{self.demand_prefix}{pool}:{day}"
+
+    @property
+    def demand_prefix(self) -> str:
+        return f"{self.prefix}demand:"
+
+    @property
+    def sizing_state(self) -> str:
+        return f"{self.prefix}sizing:state"

@@ -17,7 +17,8 @@ from moto import mock_aws
 import app
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
-from chalicelib.manager.dispatch import DRAIN, FOLLOWUP, TICK, PoolMessage, SqsPoolQueue, Ticker, look_at
+from chalicelib.manager.dispatch import Ticker, look_at
+from chalicelib.manager.pool_queue import DRAIN, FOLLOWUP, TICK, PoolMessage, SqsPoolQueue
 from chalicelib.manager.refill import SqsRefill
 from chalicelib.manager.runner import run_pool
 from chalicelib.services import Services
@@ -108,7 +109,7 @@ def test_the_consumer_reconciles_each_pool_and_drops_what_is_not_ours(services: 
     assert (counts["debian"]["pending"], counts["centos"]["pending"], counts["nosuchpool"]["pending"]) == (2, 1, 0)
     # Clones in flight: each pool is queued again after its check delay, instead of a waiting Lambda.
     assert sorted((m.pool, m.reason, delay) for m, delay in queue.sent) == [
-        ("centos", FOLLOWUP, 4), ("debian", FOLLOWUP, 4)]
+        ("centos", FOLLOWUP, 0.25), ("debian", FOLLOWUP, 0.25)]  # clones running: clone_poll_interval
 
 
 def test_one_follow_up_per_pool_however_many_passes_run(services: Services, queue: RecordingQueue) -> None:

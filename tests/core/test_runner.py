@@ -14,12 +14,12 @@ import redis
 
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
-from chalicelib.manager.dispatch import RETRY, PoolMessage, look_at
+from chalicelib.manager.dispatch import look_at
+from chalicelib.manager.pool_queue import RETRY, PoolMessage
 from chalicelib.manager.runner import LEASE_RENEW_SECONDS, RETRY_SECONDS, run_pool
 from chalicelib.providers.base import ProviderError
 from chalicelib.services import Services
-from chalicelib.store import StoreUnavailable
-from chalicelib.store import store as store_module
+from chalicelib.store import StoreUnavailable, connect
 from local.redis_server import RedisServer
 
 CONFIG = """\
@@ -97,7 +97,9 @@ def test_work_in_flight_is_one_pass_and_a_request_to_look_again_after_the_check_
     assert report.leased and report.failures == []
     assert len(report.passes) == 1 and report.passes[0].work_in_flight
     assert len(report.passes[0].clones_started) == 2
-    assert report.look_again_in == 7  # the pool's check_loop_delay_min: the caller re-queues it
+    # Its clones run: the caller re-queues it after clone_poll_interval (not the pool's
+    # check_loop_delay_min of 7 s), so a finished clone's slot is reused at once.
+    assert report.look_again_in == services.config.service.clone_poll_interval == 0.25
 
 
 def test_a_nudge_during_the_pass_runs_another_at_once_within_the_budget(services: Services, clock: FakeClock) -> None:
@@ -190,7 +192,7 @@ def test_pools_refill_right_after_a_redis_stall_mid_pass(stalling_redis: RedisSe
     queued RETRY_SECONDS later carrying it, and the retry releases it and refills the pool."""
     config = parse(CONFIG.format(clone=30, boot=10) + f"redis: {{server: 127.0.0.1, port: {stalling_redis.port}, "
                                                          "socket_timeout: 0.2}\n")
-    client = store_module.connect(config.redis)  # the service's own client settings
+    client = connect(config.redis)  # the service's own client settings
     services = Services(config, client, clock=clock)
     admin = redis.Redis(port=stalling_redis.port, decode_responses=True)
     queue = RecordingQueue()

@@ -142,7 +142,9 @@ def test_a_paused_runner_whose_lease_expired_does_not_drop_a_vm_in_use(
     paused = run_pool(services, "alpha", 0.0, at_first("inventory", lease_expires_and_another_runner_takes_over))
 
     assert taken == [host]
-    assert paused.passes and host not in paused.passes[0].dropped
+    # The resumed runner either notices its lease is gone and stops, or finishes a pass that
+    # leaves the VM alone; either way it does not drop it.
+    assert all(host not in each.dropped for each in paused.passes)
     for _ in range(5):  # later passes see it in the inventory and leave it alone
         clock.advance(30)
         run_pool(services, "alpha", 0.0)

@@ -3,7 +3,9 @@
 --   {"slots": [{"name": "<as requested>", "pools": ["p1", "p2"]}, ...],
 --    "fields": {"lifetime": "24", "token_user": "..."},
 --    "quota": {see quota.lua; absent: no limits},
---    "checkout_id": "<random>", "confirm_by": <epoch seconds>}
+--    "checkout_id": "<random>", "confirm_by": <epoch seconds>,
+--    "demand": {"prefix": "<demand key prefix>", "day": "YYYY-MM-DD", "minute": 541, "ttl": 777600,
+--               "pools": {"p1": true}}}   (only when a requested pool has demand sizing)
 -- One slot per VM wanted; its pools in the order it prefers them (the caller's weighted or
 -- random choice).
 -- Returns JSON: {"ok": true, "vms": [[name, pool, hostname], ...]}, {"ok": false, "short": [names]},
@@ -12,10 +14,23 @@
 -- received this answer, confirms it (confirm.lua). A VM still unconfirmed at confirm_by was taken
 -- by a request whose answer was lost: a reconcile pass returns it to ready (release.lua).
 -- On success it also nudges each pool it took from (wake:<pool>), so the pool's reconcile starts
--- the replacement clones at once; a miss writes nothing at all.
+-- the replacement clones at once. A miss writes nothing at all, except the demand count of a
+-- demand-sized pool (its history must see the demand it could not serve).
 local prefix, now = ARGV[1], ARGV[2]
 local checkout = cjson.decode(ARGV[3])
 local slots = checkout.slots
+local demand = checkout.demand
+
+-- Count VMs checked out ('c') or asked for in vain ('m') in the pool's bucket for this minute.
+local function count_demand(pool, kind, count)
+  if demand == nil or demand.pools[pool] == nil then
+    return false
+  end
+  local key = demand.prefix .. pool .. ':' .. demand.day
+  redis.call('HINCRBY', key, kind .. demand.minute, count)
+  redis.call('EXPIRE', key, demand.ttl)
+  return true
+end
 
 local available = {}
 local function ready_count(pool)
@@ -63,6 +78,22 @@ for index, slot in ipairs(slots) do
   end
 end
 if #short > 0 then
+  if demand ~= nil then
+    -- Each unserved slot counts against the first demand-sized pool it could have come from.
+    local unserved = {}
+    for _, name in ipairs(short) do
+      unserved[name] = true
+    end
+    for _, slot in ipairs(slots) do
+      if unserved[slot.name] then
+        for _, pool in ipairs(slot.pools) do
+          if count_demand(pool, 'm', 1) then
+            break
+          end
+        end
+      end
+    end
+  end
   return cjson.encode({ok = false, short = short})
 end
 
@@ -93,11 +124,15 @@ local nudged = {}
 for index = 1, #slots do
   local pool = assigned[index]
   if not nudged[pool] then
-    nudged[pool] = true
+    nudged[pool] = 0
     local wake_key = prefix .. 'wake:' .. pool
     redis.call('LPUSH', wake_key, '1')
     redis.call('LTRIM', wake_key, 0, 0)
     redis.call('EXPIRE', wake_key, 60)
   end
+  nudged[pool] = nudged[pool] + 1
+end
+for pool, count in pairs(nudged) do
+  count_demand(pool, 'c', count)
 end
 return cjson.encode({ok = true, vms = result})

@@ -4,6 +4,7 @@
 --       unchanged_since, lifetime_ended, field, value, ...
 -- to_state "destroyed" takes the VM out of every set and lets its record expire after the ttl.
 -- nudge "1" wakes the pool's reconcile (a move made by the API, such as returning a VM).
+-- pool '' means the pool its record names (DELETE /vm/<hostname>: one round trip, no read first).
 -- unchanged_since (a mark of the changes counter, or ''): move only if the VM's state has not
 --   changed since the mark was taken. A pass takes the mark before reading the provider's
 --   inventory, so "gone from the provider" is believed only of a VM that was already in its state
@@ -11,10 +12,19 @@
 -- lifetime_ended (the default lifetime in hours, or ''): move only if the VM's checkout time plus
 --   its lifetime, as recorded now (a PUT may have extended it since the pass looked), is past now.
 -- Every move stamps the VM with the counter's value (change_seq).
--- Returns 1 when moved, 0 when the VM was no longer in from_state or a condition did not hold.
+-- Returns 1 (or, when pool was '', the pool's name) when moved, 0 when the VM was no longer in
+-- from_state or a condition did not hold.
 local prefix, hostname, pool, from_state, to_state, now, ttl, nudge, unchanged_since, lifetime_ended =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9], ARGV[10]
 local vm_key = prefix .. 'vm:' .. hostname
+local moved = 1
+if pool == '' then
+  pool = redis.call('HGET', vm_key, 'pool')
+  if not pool then
+    return 0
+  end
+  moved = pool
+end
 local from_key = prefix .. 'pool:' .. pool .. ':' .. from_state
 if unchanged_since ~= '' and redis.call('ZSCORE', from_key, hostname) then
   local changed = tonumber(redis.call('HGET', vm_key, 'change_seq') or '0') or 0
@@ -57,4 +67,4 @@ if nudge == '1' then
   redis.call('LTRIM', wake_key, 0, 0)
   redis.call('EXPIRE', wake_key, 60)
 end
-return 1
+return moved
