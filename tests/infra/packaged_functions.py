@@ -96,6 +96,10 @@ def main(vsphere_pool: str | None = None, dummy_pool: str = "") -> dict[str, Any
     import yaml
 
     found["c_extensions"] = {"libyaml": bool(yaml.__with_libyaml__), "hiredis": bool(redis.utils.HIREDIS_AVAILABLE)}
+    import zoneinfo
+
+    zoneinfo.reset_tzpath(to=[])  # as on Lambda, whose image has no /usr/share/zoneinfo: tzdata's copy
+    found["time_zone"] = str(zoneinfo.ZoneInfo("America/Argentina/Buenos_Aires"))
     return found
 
 

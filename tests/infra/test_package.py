@@ -326,6 +326,7 @@ def test_each_packaged_function_runs_from_the_slimmed_zip(sandbox: lambda_sandbo
     assert found["checkout_status"] == 200
     assert found["module_import_failures"] == {}
     assert found["c_extensions"] == {"libyaml": True, "hiredis": True}  # stripped, they still load
+    assert found["time_zone"] == "America/Argentina/Buenos_Aires"  # from tzdata, sourceless
 
 
 def test_stages_with_tracing_ship_the_xray_sdk(package: Package) -> None:
