@@ -1,45 +1,55 @@
 """vmpool's Chalice app: wiring only. The logic lives in chalicelib/.
 
 - The REST API: every route of ``chalicelib.api.routes.ROUTES`` under each API version.
-- One scheduled Lambda per configured pool, running that pool's reconcile loop.
-- The refill queue's consumer: reconciles a pool at once after a checkout or delete.
+- ``tick``: one schedule for every pool, putting one message per pool on the reconcile queue.
+- ``reconcile``: the queue's consumer, one pass per message's pool; checkouts and deletes put
+  their pool on the same queue, so the replacement starts at once (chalicelib/manager/dispatch.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import time
 from typing import Any, Callable
 
 from chalice import Chalice, ConvertToMiddleware, Rate, Response
 
 from chalicelib import config as config_module
-from chalicelib import observability
+from chalicelib import config_source, observability
 from chalicelib.api.routes import ROUTES, Route, handle, render, request_from_chalice, versioned_paths
-from chalicelib.manager.runner import run_pool
+from chalicelib.manager.dispatch import Ticker, handle_batch
+from chalicelib.manager.pool_queue import NUDGE, PoolMessage, PoolQueue, SqsPoolQueue
+from chalicelib.manager.refill import REFILL_QUEUE_ENV
 from chalicelib.observability import emit, logger, tracer
 from chalicelib.services import Services
 
-app = Chalice(app_name="vmpool")
+# Powertools' Logger owns the "vmpool" logger (JSON lines); Chalice's own set-up of the logger
+# named after the app would add a plain-text handler and lower its level to ERROR.
+app = Chalice(app_name="vmpool", configure_logs=False)
 
 CONFIG = config_module.load()
-"""Loaded at import: an invalid config stops the Lambda (and `chalice package`) with its problems."""
+"""The packaged config, loaded at import: an invalid one stops the Lambda (and `chalice package`)
+with its problems. In AWS the config pushed to S3 replaces it (chalicelib/config_source.py)."""
 
-RECONCILE_BUDGET_SECONDS = float(os.environ.get("VMPOOL_RECONCILE_BUDGET_SECONDS", "240"))
-REFILL_BUDGET_SECONDS = float(os.environ.get("VMPOOL_REFILL_BUDGET_SECONDS", "50"))
-REFILL_QUEUE_NAME = os.environ.get("VMPOOL_REFILL_QUEUE_NAME", "vmpool-refill")
+RECONCILE_QUEUE_NAME = os.environ.get("VMPOOL_RECONCILE_QUEUE_NAME", "vmpool-reconcile")
+RECONCILE_CONCURRENCY = int(os.environ.get("VMPOOL_RECONCILE_CONCURRENCY", "10"))
 SCHEDULE_MINUTES = int(os.environ.get("VMPOOL_SCHEDULE_MINUTES", "1"))
 
 _services: Services | None = None
+_config: config_source.ConfigSource | None = None
+_queue: PoolQueue | None = None
+_ticker = Ticker()
 
 
 def services() -> Services:
-    """Built on first use and kept for the life of the process (warm Lambdas reuse it)."""
-    global _services
+    """Built on first use and kept for the life of the process (warm Lambdas reuse it), with the
+    current config (refreshed from S3 at most every 30 s when the stage keeps it there)."""
+    global _services, _config
     if _services is None:
         _services = Services.from_environment(config=CONFIG)
+        _config = config_source.from_environment(_services.config, _services.clock, os.environ)
+    if _config is not None:
+        _services.use_config(_config.current())
     return _services
 
 
@@ -67,58 +77,53 @@ for _route in ROUTES:
                   content_types=BODY_CONTENT_TYPES)(_view(_route, _version))
 
 
-# --- reconcile: one scheduled Lambda per pool ---------------------------------------------------
+# --- reconcile: one tick fans out to every pool, one consumer reconciles any pool ---------------
 
 
-def reconcile_function_name(pool_name: str) -> str:
-    """A Python identifier and Lambda-safe name for the pool's reconcile function."""
-    return "reconcile_" + re.sub(r"[^A-Za-z0-9_]", "_", pool_name)
+def pool_queue() -> PoolQueue:
+    """The reconcile queue (built on first use: only the tick and the consumer send to it)."""
+    global _queue
+    if _queue is None:
+        _queue = SqsPoolQueue(os.environ[REFILL_QUEUE_ENV])
+    return _queue
 
 
-def _reconciler(pool_name: str) -> Callable[[Any, Any], dict[str, Any]]:
-    def reconcile(event: Any, context: Any) -> dict[str, Any]:
-        report = run_pool(services(), pool_name, RECONCILE_BUDGET_SECONDS)
-        return {"pool": pool_name, "leased": report.leased, "passes": len(report.passes),
-                "failures": report.failures}
-
-    reconcile.__name__ = reconcile_function_name(pool_name)
-    return reconcile
-
-
-for _pool in CONFIG.pools:
-    _name = reconcile_function_name(_pool.name)
-    # Chalice names the Lambda's handler after the module-level binding, so each pool gets one.
-    globals()[_name] = app.schedule(Rate(SCHEDULE_MINUTES, unit=Rate.MINUTES), name=_name)(_reconciler(_pool.name))
-
-
-# --- refill: reconcile a pool right after a checkout or delete ----------------------------------
+@app.schedule(Rate(SCHEDULE_MINUTES, unit=Rate.MINUTES), name="tick")
+def tick(event: Any) -> dict[str, Any]:
+    """One message per pool on the reconcile queue (and per removed pool still draining)."""
+    report = _ticker.tick(services(), pool_queue())
+    logger.info("tick", extra={"pools": report.configured, "draining": report.draining, "messages": report.messages,
+                               "empty": report.empty[:100], "empty_count": len(report.empty)})
+    return {"pools": report.configured, "draining": report.draining, "messages": report.messages}
 
 
 def _seconds_queued(records: list[Any]) -> list[float]:
-    """How long each message waited in the queue (SQS stamps when it was sent, in ms)."""
+    """How long each nudge waited in the queue (SQS stamps when it was sent, in ms)."""
     now_ms = time.time() * 1000
-    sent = (float(r.to_dict().get("attributes", {}).get("SentTimestamp", now_ms)) for r in records)
-    return [max(0.0, now_ms - ms) / 1000 for ms in sent]
+    waits = []
+    for record in records:
+        message = PoolMessage.parse(record.body)
+        if message is not None and message.reason == NUDGE:
+            sent = float(record.to_dict().get("attributes", {}).get("SentTimestamp", now_ms))
+            waits.append(max(0.0, now_ms - sent) / 1000)
+    return waits
 
 
-def _pool_named_in(body: str) -> str | None:
-    """The pool a refill message names; None for a message that is not ours (it is dropped:
-    retrying it would only fill the dead-letter queue)."""
-    try:
-        message = json.loads(body)
-    except ValueError:
-        return None
-    pool = message.get("pool") if isinstance(message, dict) else None
-    return pool if isinstance(pool, str) else None
-
-
-@app.on_sqs_message(queue=REFILL_QUEUE_NAME, batch_size=10, name="refill")
-def refill(event: Any) -> None:
+@app.on_sqs_message(queue=RECONCILE_QUEUE_NAME, batch_size=10, name="reconcile",
+                    maximum_concurrency=RECONCILE_CONCURRENCY)
+def reconcile(event: Any) -> dict[str, Any]:
+    """Each message's pool once, all pools of the batch at once; failures reported per message
+    (the event source mapping has ReportBatchItemFailures), so one pool never fails another."""
     records = list(event)
     emit(None, {}, seconds={observability.REFILL_LATENCY: _seconds_queued(records)})
-    pools = {_pool_named_in(record.body) for record in records}
-    for pool_name in sorted(p for p in pools if p and CONFIG.pool(p)):
-        run_pool(services(), pool_name, REFILL_BUDGET_SECONDS)
+    context = event.context
+
+    def remaining_seconds() -> float:
+        return float(context.get_remaining_time_in_millis()) / 1000
+
+    failed = handle_batch(services(), [(r.to_dict()["messageId"], r.body) for r in records], pool_queue(),
+                          remaining_seconds)
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
 
 
 app.register_middleware(ConvertToMiddleware(logger.inject_lambda_context), "scheduled")

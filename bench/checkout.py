@@ -19,21 +19,19 @@ from typing import Any
 from bench.common import (
     CORES,
     RoundTrips,
-    Stack,
     command_delta,
     command_stats,
-    dummy_config,
-    local_stack,
     median,
     ms,
     percentile,
     stack_cpu,
 )
+from local.stack import Stack, dummy_config, local_stack
 
 POOL = "big"
 
 
-def _client(port: int, start_at: float, stop_at: float, out: "multiprocessing.Queue[Any]") -> None:
+def _client(port: int, pool: str, start_at: float, stop_at: float, out: "multiprocessing.Queue[Any]") -> None:
     """One client: cycles until ``stop_at``; reports per-call latencies and failures."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     checkout: list[float] = []
@@ -43,7 +41,7 @@ def _client(port: int, start_at: float, stop_at: float, out: "multiprocessing.Qu
         time.sleep(0.001)
     while time.time() < stop_at:
         began = time.perf_counter()
-        connection.request("POST", f"/api/v3/vm/{POOL}", body=b"")
+        connection.request("POST", f"/api/v3/vm/{pool}", body=b"")
         response = connection.getresponse()
         body = response.read()
         took = time.perf_counter() - began
@@ -51,7 +49,7 @@ def _client(port: int, start_at: float, stop_at: float, out: "multiprocessing.Qu
             failures[f"checkout {response.status}"] = failures.get(f"checkout {response.status}", 0) + 1
             continue
         checkout.append(took)
-        hostname = json.loads(body)[POOL]["hostname"]
+        hostname = json.loads(body)[pool]["hostname"]
         began = time.perf_counter()
         connection.request("DELETE", f"/api/v3/vm/{hostname}")
         response = connection.getresponse()
@@ -63,12 +61,12 @@ def _client(port: int, start_at: float, stop_at: float, out: "multiprocessing.Qu
     out.put({"checkout": checkout, "delete": delete, "failures": failures})
 
 
-def _one_run(stack: Stack, clients: int, seconds: float) -> dict[str, Any]:
+def _one_run(stack: Stack, clients: int, seconds: float, pool: str = POOL) -> dict[str, Any]:
     context = multiprocessing.get_context("fork")
     queue: "multiprocessing.Queue[Any]" = context.Queue()
     start_at = time.time() + 0.5 + 0.02 * clients  # every client connected and waiting
     stop_at = start_at + seconds
-    processes = [context.Process(target=_client, args=(stack.port, start_at, stop_at, queue))
+    processes = [context.Process(target=_client, args=(stack.port, pool, start_at, stop_at, queue))
                  for _ in range(clients)]
     for process in processes:
         process.start()
@@ -115,8 +113,8 @@ def round_trips(pool_size: int = 50) -> dict[str, float]:
     process (no HTTP, no other client), with the refill trigger the local stack uses."""
     import os
 
-    from bench.common import dummy_config as config_text
     from local.redis_server import RedisServer
+    from local.stack import dummy_config as config_text
 
     with RedisServer() as server:
         os.environ.update({"VMPOOL_CONFIG": config_text([(POOL, pool_size)]),
@@ -173,8 +171,23 @@ def run(quick: bool = False) -> dict[str, Any]:
             level["failures"] = {k: sum(r["failures"].get(k, 0) for r in runs)
                                  for r in runs for k in r["failures"]}
             result["levels"][str(clients)] = level
+    result["small_pool"] = small_pool(seconds)
     result["round_trips_per_call"] = _in_subprocess(round_trips)
     return result
+
+
+SMALL_POOL, SMALL_SIZE = "small", 20
+
+
+def small_pool(seconds: float) -> dict[str, Any]:
+    """8 clients on a pool of 20 (instant clones, task_limit 10): every returned VM is destroyed
+    and replaced, so the pool holds only while its refill keeps up with the cycles."""
+    config = dummy_config([(SMALL_POOL, SMALL_SIZE)], task_limit=10)
+    with local_stack(config, interval=5.0) as stack:
+        stack.wait_ready(SMALL_POOL, SMALL_SIZE, timeout=120)
+        run = _one_run(stack, 8, seconds, pool=SMALL_POOL)
+    run.pop("commands")
+    return {"pool_size": SMALL_SIZE, "clients": 8, **run}
 
 
 def _in_subprocess(function: Any) -> Any:

@@ -5,20 +5,11 @@ Figures are medians of several runs; latencies are reported as p50/p99 over ever
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
-import shutil
-import signal
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import redis
 import redis.connection
@@ -136,107 +127,34 @@ def stack_cpu(pid: int) -> dict[str, float]:
     return usage
 
 
-# --- the local stack --------------------------------------------------------------------------
+def _memory_kb(pid: int) -> tuple[int, int]:
+    """A process's resident set and proportional set size (shared pages split among the
+    processes sharing them: forked workers share most of theirs), in kB."""
+    found = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("Rss", "Pss"):
+            found[name] = int(value.split()[0])
+    return found.get("Rss", 0), found.get("Pss", 0)
 
 
-@dataclass
-class Stack:
-    """A running ``python -m local.run`` (HTTP workers, its own redis-server, the scheduler)."""
+def stack_memory(pid: int) -> dict[str, dict[str, float]]:
+    """Memory of the local stack in MB, by part (see ``stack_cpu``): RSS summed over the part's
+    processes, and PSS (which counts pages the forked workers share once)."""
+    parts: dict[str, dict[str, float]] = {}
 
-    process: subprocess.Popen[str]
-    port: int
-    redis_port: int
+    def add(part: str, process: int) -> None:
+        rss, pss = _memory_kb(process)
+        entry = parts.setdefault(part, {"processes": 0, "rss_mb": 0.0, "pss_mb": 0.0})
+        entry["processes"] += 1
+        entry["rss_mb"] = round(entry["rss_mb"] + rss / 1024, 1)
+        entry["pss_mb"] = round(entry["pss_mb"] + pss / 1024, 1)
 
-    @property
-    def redis(self) -> redis.Redis:
-        return redis.Redis(port=self.redis_port, decode_responses=True)
-
-    def wait_ready(self, pool: str, count: int, timeout: float) -> float:
-        """Wait until ``pool`` has ``count`` ready VMs; return the seconds it took."""
-        client = self.redis
-        started = time.monotonic()
-        while True:
-            ready = client.zcard(f"vmpool:pool:{pool}:ready")
-            if ready >= count:
-                return time.monotonic() - started
-            if time.monotonic() - started > timeout:
-                raise RuntimeError(f"pool {pool}: {ready} of {count} ready after {timeout:.0f} s")
-            if self.process.poll() is not None:
-                raise RuntimeError("the local stack exited")
-            time.sleep(0.2)
-
-
-def free_port() -> int:
-    from local.redis_server import free_port as pick
-
-    return pick()
-
-
-@contextlib.contextmanager
-def local_stack(config_yaml: str, workers: int | None = None, interval: float = 10.0,
-                env: dict[str, str] | None = None) -> Iterator[Stack]:
-    """Start the local stack on free ports with ``config_yaml``; stop it (SIGINT) on exit."""
-    workdir = Path(tempfile.mkdtemp(prefix="vmpool-bench-"))
-    config_file = workdir / "vmpool.yaml"
-    config_file.write_text(config_yaml)
-    port, redis_port = free_port(), free_port()
-    # local.run keeps its Redis data under .run/ (shared with `make run`); a bench stack gets a
-    # state directory of its own so it neither loads nor overwrites anyone's data.
-    launcher = ("import sys; from pathlib import Path; import local.run as run; "
-                f"run.STATE_DIR = Path({str(workdir)!r}); sys.exit(run.main(sys.argv[1:]))")
-    command = [sys.executable, "-c", launcher, "--port", str(port), "--config", str(config_file),
-               "--redis-port", str(redis_port), "--interval", str(interval)]
-    if workers:
-        command += ["--workers", str(workers)]
-    environment = {**os.environ, "POWERTOOLS_LOG_LEVEL": "WARNING", **(env or {})}
-    log = (workdir / "stderr.log").open("w")
-    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE,
-                               stderr=log, text=True)
-    try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + 60
-        for line in process.stdout:
-            found = re.search(r"redis on port (\d+)", line)
-            if found:
-                redis_port = int(found.group(1))
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("the local stack did not start")
-        else:
-            tail = (workdir / "stderr.log").read_text()[-2000:]
-            raise RuntimeError(f"the local stack exited before serving: {tail}")
-        # Keep draining its output so it never blocks on a full pipe.
-        threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # type: ignore[union-attr]
-        yield Stack(process, port, redis_port)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.close()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def dummy_config(pools: Sequence[tuple[str, int]], task_limit: int = 100_000,
-                 clone_seconds: float = 0, boot_seconds: float = 0, check_loop_delay: float = 1) -> str:
-    """A config of dummy pools (name, size) whose clones take ``clone_seconds`` and boot in
-    ``boot_seconds``; a long ready_ttl and vm_lifetime so nothing expires during a run."""
-    lines = [
-        ":config:",
-        f"  task_limit: {task_limit}",
-        f"  check_loop_delay_min: {check_loop_delay}",
-        "  vm_lifetime: 12",
-        "  domain: example.com",
-        ":providers:",
-        "  :dummy:",
-        f"    createvm_max_time: {clone_seconds}",
-        f"    boot_time: {boot_seconds}",
-        ":pools:",
-    ]
-    for name, size in pools:
-        lines += [f"  - name: {name}", f"    size: {size}", "    provider: dummy",
-                  "    ready_ttl: 100000", "    timeout: 100000"]
-    return "\n".join(lines) + "\n"
+    add("reconcile (scheduler)", pid)
+    for child in _children(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+            add("redis-server" if b"redis-server" in command else "api workers", child)
+        except OSError:
+            continue
+    return parts

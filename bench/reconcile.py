@@ -18,12 +18,13 @@ from typing import Any, Callable
 
 import redis
 
-from bench.common import CORES, RoundTrips, dummy_config, median, ms
+from bench.common import CORES, RoundTrips, median, ms
 from chalicelib.clock import FakeClock
 from chalicelib.config import Config, PoolConfig, parse
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.base import Provider
 from chalicelib.store import CheckoutRequest, Store
+from local.stack import dummy_config
 
 
 def _measure(counter: RoundTrips, provider: Provider, action: Callable[[], Any],
@@ -85,11 +86,26 @@ def steady_scaling(client: redis.Redis, sizes: tuple[int, ...]) -> dict[str, Any
         for _ in range(2):  # fill, then ready
             clock.advance(1)
             reconcile_pool(store, provider, pool, clock, config.service)
+        inventory_seconds: list[float] = []
+        provider.list_vms = functools.partial(_timed, provider.list_vms, inventory_seconds)  # type: ignore[method-assign]
         with RoundTrips() as counter:
             one_pass = functools.partial(reconcile_pool, store, provider, pool, clock, config.service)
-            samples = [_measure(counter, provider, one_pass, True) for _ in range(3)]
+            samples = [_measure(counter, provider, one_pass, True) for _ in range(5)]
+        for sample, inventory in zip(samples, inventory_seconds, strict=True):
+            # The provider's inventory (the dummy's folder: one HGETALL and a JSON per VM) is
+            # O(pool size) for any provider that lists a folder; the rest is the pass's own.
+            sample["inventory_seconds"] = inventory
+            sample["without_inventory_seconds"] = sample["seconds"] - inventory
         result[str(size)] = _medians(samples)
     return result
+
+
+def _timed(function: Callable[..., Any], seconds: list[float], *args: Any) -> Any:
+    started = time.perf_counter()
+    try:
+        return function(*args)
+    finally:
+        seconds.append(time.perf_counter() - started)
 
 
 def idle_invocation(client: redis.Redis, size: int = 50, runs: int = 21) -> dict[str, Any]:
@@ -121,7 +137,7 @@ def vcsim_pool(client: redis.Redis, size: int, steady_runs: int) -> dict[str, An
     from pathlib import Path
 
     from chalicelib.providers.vsphere import VSphereProvider
-    from tests.vsphere.conftest import VcsimServer, vcsim_config
+    from tests.vsphere.vcsim import VcsimServer, vcsim_config
     from tools.vcsim import launcher
 
     launcher.build()
@@ -159,9 +175,13 @@ def vcsim_pool(client: redis.Redis, size: int, steady_runs: int) -> dict[str, An
 
 
 def _medians(samples: list[dict[str, float]]) -> dict[str, float]:
-    return {"seconds": round(median([s["seconds"] for s in samples]), 4),
-            "redis_round_trips": median([s["redis_round_trips"] for s in samples]),
-            "provider_calls": median([s["provider_calls"] for s in samples])}
+    medians = {"seconds": round(median([s["seconds"] for s in samples]), 4),
+               "redis_round_trips": median([s["redis_round_trips"] for s in samples]),
+               "provider_calls": median([s["provider_calls"] for s in samples])}
+    for optional in ("inventory_seconds", "without_inventory_seconds"):
+        if optional in samples[0]:
+            medians[optional] = round(median([s[optional] for s in samples]), 4)
+    return medians
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -172,7 +192,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         result: dict[str, Any] = {"cores": CORES}
         result["dummy_100x50"] = dummy_pools(client, 100 if not quick else 20, 50, 1 if quick else 3)
         result["idle_invocation"] = idle_invocation(client)
-        result["steady_by_pool_size"] = steady_scaling(client, (50, 500) if quick else (50, 500, 2000))
+        result["steady_by_pool_size"] = steady_scaling(client, (50, 500, 2000) if quick else (50, 500, 2000, 10000))
         try:
             result["vcsim"] = vcsim_pool(client, 50 if quick else 200, 3)
         except Exception as error:  # noqa: BLE001 - vcsim needs Go; the rest still counts

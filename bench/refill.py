@@ -12,7 +12,8 @@ import json
 import time
 from typing import Any
 
-from bench.common import CORES, dummy_config, local_stack, ms, percentile
+from bench.common import CORES, ms, percentile
+from local.stack import dummy_config, local_stack
 
 POOL = "refill"
 SIZE = 10

@@ -1,10 +1,11 @@
 """`make bench`: run every benchmark, write bench/results.json and print a short table.
 
-    python bench/run.py [--quick] [--only checkout,reconcile,refill,coldstart]
+    python bench/run.py [--quick] [--only checkout,reconcile,refill,fill,memory,coldstart,fleet,sizing]
 
 Targets (issue 7), on this machine: >= 1,500 checkout+delete cycles/s at 8 clients, checkout
 p99 < 5 ms, one Redis round trip per checkout, refill start < 1 s p50, a steady pool's pass in
-O(1) Redis round trips and provider calls. docs/performance.md explains the figures.
+O(1) Redis round trips and provider calls; demand sizing (issue 15) beats the best fixed pool size
+on replayed CI traces. docs/performance.md explains the figures.
 """
 
 from __future__ import annotations
@@ -25,14 +26,18 @@ if __package__ in (None, ""):  # `python bench/run.py`: make the repository impo
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
-from bench import checkout, coldstart, reconcile, refill
+from bench import checkout, coldstart, fill, fleet, memory, reconcile, refill, sizing
 from bench.common import CORES, ROOT
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "checkout": checkout.run,
     "reconcile": reconcile.run,
     "refill": refill.run,
+    "fill": fill.run,
+    "memory": memory.run,
     "coldstart": coldstart.run,
+    "fleet": fleet.run,
+    "sizing": sizing.run,
 }
 RESULTS = ROOT / "bench" / "results.json"
 
@@ -51,6 +56,12 @@ def table(results: dict[str, Any]) -> list[str]:
                           f"  {level['redis_commands_per_checkout']} redis cmds/cycle")))
             cpu = ", ".join(f"{part} {used}" for part, used in level["cpu_ms_per_cycle"].items())
             rows.append(("  cpu ms/cycle", cpu))
+        small = c.get("small_pool")
+        if small:
+            refused = sum(count for name, count in small["failures"].items() if name.startswith("checkout"))
+            rows.append((f"checkout  8 clients, pool of {small['pool_size']}",
+                         (f"{small['cycles_per_second']:7.0f} cycles/s  checkout p50 {small['checkout_p50_ms']} ms"
+                          f" p99 {small['checkout_p99_ms']} ms  ({refused} checkouts refused: pool empty)")))
         trips = c["round_trips_per_call"]
         rows.append(("redis round trips", f"checkout {trips['checkout']:g}, delete {trips['delete']:g}"))
     if "reconcile" in results:
@@ -67,7 +78,8 @@ def table(results: dict[str, Any]) -> list[str]:
                       f"  {idle['redis_round_trips']:g} redis round trips (incl. dummy provider)")))
         for size, p in r["steady_by_pool_size"].items():
             rows.append((f"steady pass, pool of {size}",
-                         (f"{p['seconds'] * 1000:.1f} ms  {p['redis_round_trips']:g} redis round trips"
+                         (f"{p['seconds'] * 1000:.1f} ms ({p['without_inventory_seconds'] * 1000:.1f} ms without"
+                          f" the provider's inventory)  {p['redis_round_trips']:g} redis round trips"
                           f"  {p['provider_calls']:g} provider calls")))
         v = r["vcsim"]
         if "skipped" in v:
@@ -81,12 +93,33 @@ def table(results: dict[str, Any]) -> list[str]:
     if "refill" in results:
         f = results["refill"]
         rows.append(("refill start", f"p50 {f['p50_ms']} ms  p99 {f['p99_ms']} ms  ({f['samples']} checkouts)"))
+    if "fill" in results:
+        f = results["fill"]
+        r = f["refill"]
+        rows.append((f"fill {f['size']} VMs from empty", f"{f['fill_seconds']} s (task_limit 10, instant clones)"))
+        rows.append((f"refill {r['checked_out_and_returned']} returned VMs",
+                     (f"{r['seconds_to_full']} s; meanwhile a 20-VM pool served {r['small_pool_served']}"
+                      f" / refused {r['small_pool_refused']} checkouts ({r['small_pool_success']:.0%})")))
+    if "memory" in results:
+        m = results["memory"]
+        redis_part = m["parts"].get("redis-server", {})
+        rows.append((f"memory, pool of {m['pool_size']}",
+                     (f"service RSS {m['service_rss_mb']} MB (PSS {m['service_pss_mb']} MB,"
+                      f" workers' shared pages once); redis-server {redis_part.get('rss_mb', 0)} MB")))
     if "coldstart" in results:
         s = results["coldstart"]
-        for label in coldstart.MODULES:
-            rows.append((f"import {label.split()[0]}", f"{s[label]['import_ms']} ms"))
-        size = s.get("deployment_zip_bytes")
-        rows.append(("deployment.zip", f"{size / 1e6:.1f} MB" if size else s.get("note", "absent")))
+        if "skipped" in s:
+            rows.append(("cold start", "skipped: " + s["skipped"]))
+        else:
+            labels = {"api": "cold import app (API)", "api_traced": "  with tracing (prod)",
+                      "vsphere_first_use": "  + first vSphere use"}
+            for name, label in labels.items():
+                c = s[name]
+                rows.append((f"{label}", (f"{c['cpu_ms']} ms CPU, python {s['python']}, median of {s['runs']}"
+                                          f" ({c['cpu_ms_min']}-{c['cpu_ms_max']})")))
+            rows.append(("deployment.zip", f"{s['deployment_zip_bytes'] / 1e6:.2f} MB"))
+    if "sizing" in results:
+        rows += sizing.table(results["sizing"])
     width = max(len(name) for name, _ in rows) if rows else 0
     return [f"{name:<{width}}  {value}  {cores}" for name, value in rows]
 
@@ -115,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"]["load_average_after"] = os.getloadavg()
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     load = results["machine"]["load_average_before"][0]
-    print(f"vmpool bench on {CORES} cores, load average {load:.2f} at start"
-          + (" (busy machine: timings are inflated)" if load > CORES / 2 else ""))
+    load_after = results["machine"]["load_average_after"][0]
+    print(f"vmpool bench on {CORES} cores, load average {load:.2f} at start, {load_after:.2f} at the end"
+          + (" (busy machine: timings are inflated)" if max(load, load_after) > CORES / 2 else ""))
     print("\n".join(table(results)))
     print(f"(details: {args.output})")
     return 0

@@ -11,12 +11,19 @@ class Clock(Protocol):
         """Seconds since the epoch."""
         ...
 
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back: for budgets and durations."""
+        ...
+
 
 class SystemClock:
     """The real wall clock."""
 
     def now(self) -> float:
         return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
 
 class FakeClock:
@@ -26,6 +33,10 @@ class FakeClock:
         self._now = start
 
     def now(self) -> float:
+        return self._now
+
+    def monotonic(self) -> float:
+        """Moves with ``now``: a test advances both at once."""
         return self._now
 
     def advance(self, seconds: float) -> None:

@@ -18,6 +18,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
+from chalicelib.providers.failures import FailureKind
+
 CONFIG_FILE_ENV = "VMPOOL_CONFIG_FILE"
 CONFIG_YAML_ENV = "VMPOOL_CONFIG"
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("vmpool.yaml")
@@ -59,7 +61,7 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Checker:
     def check(value: Any) -> int:
         if isinstance(value, bool):
             raise _Invalid(f"must be {wanted}, got {_show(value)}")
-        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,18}\s*", value):
             number = int(value)
         elif isinstance(value, int):
             number = value
@@ -120,6 +122,19 @@ def mapping(value: Any) -> Mapping[str, Any]:
     return MappingProxyType(dict(value))
 
 
+def weights(value: Any) -> Mapping[str, float]:
+    """A mapping of names to weights >= 0 (vmpooler's ``backend_weight``)."""
+    if not isinstance(value, dict):
+        raise _Invalid(f"must be a mapping of clone targets to weights, got {_show(value)}")
+    checked: dict[str, float] = {}
+    for name, weight in value.items():
+        try:
+            checked[str(name)] = number(0)(weight)
+        except _Invalid as invalid:
+            raise _Invalid(f"{name}: {invalid}") from None
+    return MappingProxyType(checked)
+
+
 def choice(*options: str) -> Checker:
     def check(value: Any) -> str:
         if value not in options:
@@ -146,6 +161,26 @@ def regex(value: Any) -> str:
     except re.error as error:
         raise _Invalid(f"must be a regular expression ({error})") from None
     return text
+
+
+def sizing(value: Any) -> Any:
+    """A pool's ``sizing`` block (schedule windows, demand sizing): chalicelib/sizing/settings.py."""
+    from chalicelib.sizing.settings import SizingConfigError, parse_sizing
+
+    try:
+        return parse_sizing(value)
+    except SizingConfigError as error:
+        raise _Invalid(str(error)) from None
+
+
+def timezone_name(value: Any) -> str:
+    """An IANA time zone name (``Europe/Berlin``)."""
+    from chalicelib.sizing.settings import SizingConfigError, check_timezone
+
+    try:
+        return check_timezone(value, "time zone")
+    except SizingConfigError as error:
+        raise _Invalid(str(error).removeprefix("time zone: ")) from None
 
 
 def anything(value: Any) -> Any:
@@ -180,6 +215,7 @@ _IGNORED = Key(anything)
 DUMMY_KEYS: dict[str, Key] = {
     "createvm_max_time": Key(number(0)),
     "createvm_fail_percent": Key(number(0)),
+    "createvm_fail_kind": Key(choice(*(kind.value for kind in FailureKind))),
     "destroyvm_max_time": Key(number(0)),
     "destroyvm_fail_percent": Key(number(0)),
     "vmready_fail_percent": Key(number(0)),
@@ -232,11 +268,24 @@ SERVICE_KEYS: dict[str, Key] = {
     "ondemand_fallback": Key(boolean, False),
     "max_vm_retries": Key(integer(0), 3),
     "check_loop_delay_min": Key(number(0.1), 5.0),
+    "clone_poll_interval": Key(number(0.1), 0.25),
     "check_loop_delay_max": Key(number(0.1), 60.0),
     "check_loop_delay_decay": Key(number(1.0), 2.0),
     "token_ttl": Key(integer(1)),
     "clone_target": Key(string),
+    "backend_weight": Key(weights),
     "vm_checktime": Key(integer(1), 1),
+    # Bounds on what callers can make grow (docs/auth.md, "Limits").
+    "max_tags_per_vm": Key(integer(1, 1000), 32),
+    "max_tag_names_per_day": Key(integer(1, 10000), 50),
+    "max_tag_values_per_day": Key(integer(1, 10000), 100),
+    "max_running_vms_per_user": Key(integer(1), 100),
+    "max_running_vms": Key(integer(1), 1000),
+    "max_ondemand_requests_per_user": Key(integer(1), 10),
+    "max_ondemand_requests": Key(integer(1), 100),
+    "max_tokens_per_user": Key(integer(1), 50),
+    "rate_limiting_enabled": Key(boolean, False),
+    "sizing_timezone": Key(timezone_name, "UTC"),
     # Accepted for compatibility; this service has no equivalent.
     "logfile": _IGNORED,
     "site_name": Key(string, "vmpool"),
@@ -244,7 +293,6 @@ SERVICE_KEYS: dict[str, Key] = {
     "usage_stats": _IGNORED,
     "request_logger": _IGNORED,
     "extra_config": _IGNORED,  # merged while loading (merge_extra_configs)
-    "backend_weight": _IGNORED,
     "retry_delay": _IGNORED,
     "host_selection_max_age": _IGNORED,
     "lifetime_max": _IGNORED,
@@ -259,6 +307,8 @@ REDIS_KEYS: dict[str, Key] = {
     "tls": Key(boolean, False),
     "unix_socket": Key(string),
     "socket_timeout": Key(number(0.01), 2.0),
+    "min_replica_acks": Key(integer(0, 5)),
+    "replica_ack_timeout": Key(integer(1, 10000), 500),
     "connection_pool_size": _IGNORED,
     "reconnect_attempts": _IGNORED,
     "redis_connection_pool_size": _IGNORED,
@@ -286,6 +336,8 @@ POOL_KEYS: dict[str, Key] = {
     "check_loop_delay_min": Key(number(0.1)),
     "check_loop_delay_max": Key(number(0.1)),
     "check_loop_delay_decay": Key(number(1.0)),
+    "clone_limit": Key(integer(1)),
+    "sizing": Key(sizing),
     "snapshot_mainMem_ioBlockPages": _IGNORED,
     "snapshot_mainMem_writeThrottle": _IGNORED,
     "template_hostname": _IGNORED,
@@ -317,6 +369,8 @@ AUTH_KEYS: dict[str, Key] = {
     "login_attempts_per_user": Key(integer(1), 10),
     "login_attempts_per_address": Key(integer(1), 50),
     "login_window_seconds": Key(integer(1), 300),
+    "admins": Key(string_list, ()),
+    "admin_groups": Key(string_list, ()),
 }
 
 DNS_KEYS: dict[str, Key] = {
@@ -325,8 +379,14 @@ DNS_KEYS: dict[str, Key] = {
     "check_names": Key(boolean),
 }
 
+RATE_LIMIT_CLASSES = ("global_per_ip", "authenticated", "vm_creation", "vm_deletion")
+RATE_LIMIT_KEYS: dict[str, Key] = {
+    "limit": Key(integer(1)),
+    "period": Key(integer(1, 86400)),
+}
+
 TOP_LEVEL_SECTIONS = (
-    "config", "redis", "auth", "providers", "pools", "tagfilter", "dns_configs",
+    "config", "redis", "auth", "providers", "pools", "tagfilter", "dns_configs", "rate_limits",
     "graphite", "statsd", "tracing", "pool_names",
 )
 
@@ -398,6 +458,10 @@ class RedisConfig:
     unix_socket: str | None
     socket_timeout: float
     data_ttl_hours: int
+    min_replica_acks: int | None = None
+    """Replicas that must have a checkout before it is answered (WAIT); None: 1 in AWS Lambda, 0
+    elsewhere. VMPOOL_REDIS_MIN_REPLICA_ACKS overrides it."""
+    replica_ack_timeout_ms: int = 500
 
 
 @dataclass(frozen=True)
@@ -422,6 +486,8 @@ class Config:
     auth: Mapping[str, Any] | None
     tagfilter: Mapping[str, str]
     warnings: tuple[str, ...] = ()
+    rate_limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """vmpooler's ``:rate_limits:``: class -> {limit, period}, only the keys given."""
     dns_configs: Mapping[str, DnsConfig] = field(default_factory=lambda: MappingProxyType({}))
     _pools_by_name: Mapping[str, PoolConfig] = field(default_factory=dict, repr=False)
     _aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
@@ -615,6 +681,8 @@ def build(document: Mapping[str, Any]) -> Config:
         unix_socket=redis_raw["unix_socket"],
         socket_timeout=redis_raw["socket_timeout"],
         data_ttl_hours=redis_raw["data_ttl"],
+        min_replica_acks=redis_raw["min_replica_acks"],
+        replica_ack_timeout_ms=redis_raw["replica_ack_timeout"],
     )
 
     providers = _read_providers(reader, document.get("providers"))
@@ -639,6 +707,8 @@ def build(document: Mapping[str, Any]) -> Config:
             except _Invalid as invalid:
                 reader.problems.append(f"tagfilter.{tag}: {invalid}")
 
+    rate_limits = _read_rate_limits(reader, document.get("rate_limits"))
+
     if reader.problems:
         raise ConfigError(reader.problems)
     return Config(
@@ -649,8 +719,26 @@ def build(document: Mapping[str, Any]) -> Config:
         auth=auth,
         tagfilter=MappingProxyType(tagfilter),
         warnings=tuple(reader.warnings),
+        rate_limits=MappingProxyType(rate_limits),
         dns_configs=MappingProxyType(dns_configs),
     )
+
+
+def _read_rate_limits(reader: _Reader, raw: Any) -> dict[str, Mapping[str, int]]:
+    """``:rate_limits:`` as vmpooler reads it: per class, a request ``limit`` per ``period`` seconds."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        reader.problems.append(f"rate_limits: must be a mapping, got {_show(raw)}")
+        return {}
+    limits: dict[str, Mapping[str, int]] = {}
+    for name, block in raw.items():
+        if name not in RATE_LIMIT_CLASSES:
+            reader.warnings.append(f"rate_limits.{name}: unknown class, ignored")
+            continue
+        values = reader.section(block, RATE_LIMIT_KEYS, f"rate_limits.{name}")
+        limits[name] = MappingProxyType({key: value for key, value in values.items() if value is not None})
+    return limits
 
 
 def _check_ldap(reader: _Reader, raw: Any) -> None:

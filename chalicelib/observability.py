@@ -1,9 +1,17 @@
 """Structured logs (Powertools Logger), CloudWatch EMF metrics (Powertools Metrics), tracing.
 
-Metrics are emitted in the namespace ``vmpool``; Powertools adds the dimension ``service``, and
-per-pool metrics carry the dimension ``pool`` too. Each emission is its own EMF document
-(EphemeralMetrics) so a long-running reconcile loop publishes each pass as it finishes instead of
-at the end of the invocation.
+Metrics are emitted in the namespace ``vmpool/<stage>`` (``POWERTOOLS_METRICS_NAMESPACE``, set
+per stage by infra/sync_config.py, so two stages in one account never mix); Powertools adds the
+dimension ``service``. Each emission is its own EMF document (EphemeralMetrics).
+
+Custom metrics are billed per metric (name + dimensions) per hour it receives data: a gauge per
+pool would cost $0.30 a month per pool and metric, more than the pool's Lambda time. So gauges
+and timings are service-wide (the tick publishes the totals and the number of empty pools once a
+minute), and the few metrics with a ``pool`` dimension are published only when their event
+happens for that pool: ``CheckoutMisses`` (a checkout found no ready VM), ``CloneFailures``,
+``ReconcileErrors``, ``DnsFailures``, ``Migrations`` and ``MigrationFailures``. A quiet pool adds
+no metric at all; per-pool counts are in the logs (the ``reconcile pass`` and ``tick`` lines)
+for Logs Insights.
 
 ``METRICS`` below is the single source of truth for metric names and their dimension sets: the
 code emits the constants, and the CloudWatch dashboard and alarms (infra/template.py) are
@@ -14,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
@@ -22,9 +30,19 @@ from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from chalicelib.auth.secrets import RedactingFilter
+from chalicelib.providers.failures import FailureKind
 
-NAMESPACE = "vmpool"
+BASE_NAMESPACE = "vmpool"
+NAMESPACE_ENV = "POWERTOOLS_METRICS_NAMESPACE"
 SERVICE = "vmpool"
+
+
+def namespace_for(stage: str) -> str:
+    """The metric namespace of a stage."""
+    return f"{BASE_NAMESPACE}/{stage}"
+
+
+NAMESPACE = os.environ.get(NAMESPACE_ENV) or BASE_NAMESPACE
 
 logger = Logger(service=SERVICE)
 
@@ -78,12 +96,13 @@ tracer = make_tracer()
 
 # --- metric names -------------------------------------------------------------------------------
 
-# Per-pool gauges, each reconcile pass.
+# Service-wide gauges, published by the tick once a minute.
 READY = "Ready"
 PENDING = "Pending"
 RUNNING = "Running"
 CAPACITY = "Capacity"
-# Per-pool counters and timings, each reconcile pass.
+EMPTY_POOLS = "EmptyPools"
+# Counters and timings of reconcile passes (service-wide; published by passes that changed something).
 CLONES_STARTED = "ClonesStarted"
 CLONE_FAILURES = "CloneFailures"
 VMS_DESTROYED = "VMsDestroyed"
@@ -92,14 +111,18 @@ RECONCILE_DURATION = "ReconcileDuration"
 CLONE_DURATION = "CloneDuration"
 BOOT_DURATION = "BootDuration"
 RECONCILE_ERRORS = "ReconcileErrors"
+# Per pool, each only when it happens for the pool.
 DNS_FAILURES = "DnsFailures"
 MIGRATIONS = "Migrations"
 MIGRATION_FAILURES = "MigrationFailures"
-# API (service-wide).
+# Pools with a ``sizing`` block, each reconcile pass (docs/sizing.md).
+TARGET_SIZE = "TargetSize"
+PREDICTED_DEMAND = "PredictedDemand"
+# API (service-wide; misses per pool too).
 CHECKOUTS = "Checkouts"
 CHECKOUT_MISSES = "CheckoutMisses"
 DELETES = "Deletes"
-# Refill queue consumer (service-wide).
+# Reconcile queue consumer (service-wide): how long a checkout's nudge waited in the queue.
 REFILL_LATENCY = "RefillLatency"
 
 POOL_DIMENSIONS = ("pool", "service")
@@ -126,28 +149,35 @@ _COUNT, _SECONDS = MetricUnit.Count, MetricUnit.Seconds
 METRICS: dict[str, MetricSpec] = {
     spec.name: spec
     for spec in (
-        _spec(READY, _COUNT, POOL_DIMENSIONS),
-        _spec(PENDING, _COUNT, POOL_DIMENSIONS),
-        _spec(RUNNING, _COUNT, POOL_DIMENSIONS),
-        _spec(CAPACITY, _COUNT, POOL_DIMENSIONS),
-        # Also service-wide, so one alarm (the clone failure rate) covers every pool.
-        _spec(CLONES_STARTED, _COUNT, POOL_DIMENSIONS, SERVICE_DIMENSIONS),
+        _spec(READY, _COUNT, SERVICE_DIMENSIONS),
+        _spec(PENDING, _COUNT, SERVICE_DIMENSIONS),
+        _spec(RUNNING, _COUNT, SERVICE_DIMENSIONS),
+        _spec(CAPACITY, _COUNT, SERVICE_DIMENSIONS),
+        _spec(EMPTY_POOLS, _COUNT, SERVICE_DIMENSIONS),
+        _spec(CLONES_STARTED, _COUNT, SERVICE_DIMENSIONS),
+        # Per pool only when a clone failed; by reason (a bounded set) for the dashboard.
         _spec(CLONE_FAILURES, _COUNT, POOL_DIMENSIONS, SERVICE_DIMENSIONS, REASON_DIMENSIONS),
-        _spec(VMS_DESTROYED, _COUNT, POOL_DIMENSIONS),
-        _spec(PROVIDER_CALLS, _COUNT, POOL_DIMENSIONS),
-        _spec(RECONCILE_DURATION, _SECONDS, POOL_DIMENSIONS),
-        _spec(CLONE_DURATION, _SECONDS, POOL_DIMENSIONS),
-        _spec(BOOT_DURATION, _SECONDS, POOL_DIMENSIONS),
+        _spec(VMS_DESTROYED, _COUNT, SERVICE_DIMENSIONS),
+        _spec(PROVIDER_CALLS, _COUNT, SERVICE_DIMENSIONS),
+        _spec(RECONCILE_DURATION, _SECONDS, SERVICE_DIMENSIONS),
+        _spec(CLONE_DURATION, _SECONDS, SERVICE_DIMENSIONS),
+        _spec(BOOT_DURATION, _SECONDS, SERVICE_DIMENSIONS),
         _spec(RECONCILE_ERRORS, _COUNT, POOL_DIMENSIONS, SERVICE_DIMENSIONS),
         _spec(DNS_FAILURES, _COUNT, POOL_REASON_DIMENSIONS),
         _spec(MIGRATIONS, _COUNT, POOL_DIMENSIONS),
         _spec(MIGRATION_FAILURES, _COUNT, POOL_DIMENSIONS),
+        _spec(TARGET_SIZE, _COUNT, POOL_DIMENSIONS),
+        _spec(PREDICTED_DEMAND, _COUNT, POOL_DIMENSIONS),
         _spec(CHECKOUTS, _COUNT, SERVICE_DIMENSIONS),
-        _spec(CHECKOUT_MISSES, _COUNT, SERVICE_DIMENSIONS),
+        _spec(CHECKOUT_MISSES, _COUNT, POOL_DIMENSIONS, SERVICE_DIMENSIONS),
         _spec(DELETES, _COUNT, SERVICE_DIMENSIONS),
         _spec(REFILL_LATENCY, _SECONDS, SERVICE_DIMENSIONS),
     )
 }
+
+PER_POOL_METRICS = tuple(name for name, spec in METRICS.items() if any("pool" in dims for dims in spec.dimension_sets))
+"""The metrics with a ``pool`` dimension: each is published only when its event happens for the
+pool (a miss, a failure, a migration), never every pass."""
 
 Values = Union[float, Sequence[float]]
 
@@ -161,7 +191,7 @@ def emit(pool: str | None, counts: Mapping[str, Values], unit: MetricUnit = Metr
     A metric missing from ``METRICS`` (or emitted with dimensions it does not declare) is still
     published, with a warning: the dashboard would not show it.
     """
-    metrics = EphemeralMetrics(namespace=NAMESPACE, service=SERVICE)
+    metrics = _thread_metrics()
     names = dict(dimensions or {})
     if pool is not None:
         names["pool"] = pool
@@ -182,30 +212,28 @@ def emit(pool: str | None, counts: Mapping[str, Values], unit: MetricUnit = Metr
         metrics.flush_metrics()
 
 
+_per_thread = threading.local()
+
+
+def _thread_metrics() -> EphemeralMetrics:
+    """This thread's metrics object, made once: building one costs more than publishing with it
+    (issue 14: it was a fifth of a DELETE's CPU). Each flush empties it; an emission that failed
+    half-way is cleared before reuse."""
+    metrics: EphemeralMetrics | None = getattr(_per_thread, "metrics", None)
+    if metrics is None:
+        metrics = EphemeralMetrics(namespace=NAMESPACE, service=SERVICE)
+        _per_thread.metrics = metrics
+    elif metrics.metric_set or metrics.dimension_set:
+        metrics.clear_metrics()
+    return metrics
+
+
 def _samples(value: Values) -> Iterable[float]:
     return [value] if isinstance(value, (int, float)) else value
 
 
 # --- clone failure reasons ----------------------------------------------------------------------
 
-_REASON_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (reason, re.compile(pattern, re.IGNORECASE))
-    for reason, pattern in (
-        ("timeout", r"time(d)? ?out|deadline"),
-        ("template", r"template|not found|no such|does not exist"),
-        ("capacity", r"insufficient|no space|capacity|quota|resource pool|datastore.*full"),
-        ("permission", r"permission|denied|not authori[sz]ed|forbidden|login|credential"),
-        ("connection", r"connect|unreachable|refused|reset|ssl|tls|network"),
-    )
-)
-
-CLONE_FAILURE_REASONS = tuple(reason for reason, _ in _REASON_PATTERNS) + ("other",)
-"""The few classes a clone failure is counted under (the metric dimension ``reason``)."""
-
-
-def clone_failure_reason(error: str) -> str:
-    """The class of a clone failure's error text: a bounded set, safe as a metric dimension."""
-    for reason, pattern in _REASON_PATTERNS:
-        if pattern.search(error or ""):
-            return reason
-    return "other"
+CLONE_FAILURE_REASONS = tuple(kind.value for kind in FailureKind)
+"""The few kinds a clone failure is counted under (the metric dimension ``reason``): the kind the
+provider reported (``providers.base.FailureKind``)."""

@@ -33,7 +33,7 @@ from chalicelib.manager.refill import REFILL_QUEUE_ENV, NoRefill, RefillTrigger,
 from chalicelib.observability import logger, redact_secrets
 from chalicelib.providers.base import Provider
 from chalicelib.providers.registry import build_provider
-from chalicelib.store import Store, connect
+from chalicelib.store import ReplicaAcks, Store, connect
 from chalicelib.store.pool_overrides import PoolOverrides
 from chalicelib.store.pool_overrides import apply as apply_override
 
@@ -94,6 +94,12 @@ def redis_client(config: Config, resolver: SecretResolver) -> redis.Redis:
     )
 
 
+def demand_sized_pools(config: Config) -> frozenset[str]:
+    """Pools whose checkouts and misses are counted for demand sizing (docs/sizing.md)."""
+    return frozenset(pool.name for pool in config.pools
+                     if pool.get("sizing") is not None and pool.get("sizing").demand is not None)
+
+
 class Services:
     """Config, store, clock, providers, authentication and the refill trigger, wired together."""
 
@@ -109,7 +115,9 @@ class Services:
         self.config = config
         self.client = client
         self.clock = clock or SystemClock()
-        self.store = Store(client, prefix=prefix, data_ttl_hours=config.redis.data_ttl_hours)
+        self.store = Store(client, prefix=prefix, data_ttl_hours=config.redis.data_ttl_hours,
+                           replica_acks=ReplicaAcks.from_config(config.redis, environ={}))
+        self.store.demand_pools = demand_sized_pools(config)
         self._providers: dict[str, Provider] = {}
         self._dns_plugins: dict[str, DnsPlugin] = {}
         self.refill: RefillTrigger = refill or NoRefill()
@@ -128,21 +136,28 @@ class Services:
             logger.warning("config: " + warning)
         resolver = default_resolver()
         if environ.get(REDIS_URL_ENV):
-            options: dict[str, Any] = {}
+            credentials = None
             if environ.get(REDIS_AUTH_SECRET_ENV):
                 # The AUTH token stays in Secrets Manager, out of the functions' environment.
                 reference = {"secret": environ[REDIS_AUTH_SECRET_ENV], "key": "token"}
-                options["credential_provider"] = RedisPassword(
-                    lambda value: resolve_and_redact(resolver, value), reference)
-            client = redis.Redis.from_url(environ[REDIS_URL_ENV], decode_responses=True,
-                                          socket_timeout=config.redis.socket_timeout,
-                                          socket_connect_timeout=config.redis.socket_timeout, **options)
+                credentials = RedisPassword(lambda value: resolve_and_redact(resolver, value), reference)
+            client = connect(config.redis, url=environ[REDIS_URL_ENV], credential_provider=credentials)
         else:
             client = redis_client(config, resolver)
         services = cls(config, client, prefix=environ.get(KEY_PREFIX_ENV, "vmpool:"), secrets=resolver)
+        services.store.replica_acks = ReplicaAcks.from_config(config.redis, environ)  # Lambda: 1 by default
         if environ.get(REFILL_QUEUE_ENV):
             services.refill = SqsRefill(environ[REFILL_QUEUE_ENV])
         return services
+
+    def use_config(self, config: Config) -> None:
+        """Serve with a new config (pushed to S3 while running): pools and settings apply at
+        once; providers are rebuilt when their section changed."""
+        if config is self.config:
+            return
+        if config.providers != self.config.providers:
+            self._providers = {}
+        self.config = config
 
     def pool(self, name: str) -> PoolConfig | None:
         """The pool as it should be now: as configured, with its runtime overrides."""
@@ -197,5 +212,6 @@ class Services:
     def tokens(self) -> TokenStore:
         """API tokens (hash-only in Redis), expiring after ``config.token_ttl`` hours when set."""
         return TokenStore(
-            self.client, self.clock, ttl_hours=self.config.service.token_ttl, prefix=self.store.keys.prefix
+            self.client, self.clock, ttl_hours=self.config.service.token_ttl, prefix=self.store.keys.prefix,
+            max_per_user=int(self.config.service.max_tokens_per_user),
         )

@@ -19,47 +19,21 @@ out="${2:-build/package}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
-find_python() {
-    # Lambda creates functions on Python 3.12 and newer; Debian 12's python3 is 3.11.
-    if [[ -n "${LAMBDA_PYTHON:-}" ]]; then echo "$LAMBDA_PYTHON"; return; fi
-    for name in python3.13 python3.12; do
-        if command -v "$name" >/dev/null 2>&1 && "$name" -V >/dev/null 2>&1; then command -v "$name"; return; fi
-    done
-    if command -v pyenv >/dev/null 2>&1; then
-        for candidate in "$(pyenv root)"/versions/3.13*/bin/python "$(pyenv root)"/versions/3.12*/bin/python; do
-            if [[ -x "$candidate" ]]; then echo "$candidate"; return; fi
-        done
-    fi
-    echo "package: no Lambda-supported Python (3.12 or 3.13) found; set LAMBDA_PYTHON to one" >&2
-    exit 2
-}
-
-base_python="$(find_python)"
-version="$("$base_python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
-wheels="build/wheels-$version"
-venv="build/venv-$version"
-python="$venv/bin/python"
-# Chalice packages the app but is not one of its run-time dependencies (it bundles its own runtime
-# module), so it comes from requirements-dev.txt's pin.
-chalice_pin="$(grep -E '^chalice==' requirements-dev.txt)"
-want="$( (cat requirements.txt; echo "$chalice_pin") | sha256sum | cut -d' ' -f1)"
-stamp="$venv/.requirements.sha256"
-
-if [[ ! -x "$python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-    echo "package: building $venv (Python $version) from requirements.txt" >&2
-    rm -rf "$venv" && mkdir -p "$wheels"
-    "$base_python" -m venv "$venv"
-    "$python" -m pip download --quiet --disable-pip-version-check -r requirements.txt "$chalice_pin" -d "$wheels"
-    "$python" -m pip install --quiet --disable-pip-version-check --no-index --find-links "$wheels" -r requirements.txt "$chalice_pin"
-    echo "$want" > "$stamp"
-fi
-
+python="$(infra/lambda_venv.sh)"
+wheels="$(cat "$(dirname "$python")/../.wheels")"
 export PIP_NO_INDEX=1 PIP_FIND_LINKS="$root/$wheels" PIP_DISABLE_PIP_VERSION_CHECK=1
-# The config.json / policy files must cover every pool of the stage's config file.
+if [[ -f ".chalice/stack-$stage.json" ]]; then
+    echo "package: stage $stage is wired for chalice deploy (.chalice/stack-$stage.json); deploy it with" \
+         "'make chalice-deploy STAGE=$stage', or delete that file and run python -m infra.sync_config" >&2
+    exit 1
+fi
+# The config.json / policy files must match infra/sync_config.py.
 "$python" -m infra.sync_config --check
 
-# Package with the stage's own environment, so app.py generates the same functions (one per
-# pool of the stage's config file, the stage's refill queue) as the Lambdas will at run time.
+# Package with the stage's own environment, so app.py declares the same functions (the stage's
+# reconcile queue, its consumer's concurrency) as the Lambdas will at run time. The pools do not
+# matter: VMPOOL_CONFIG_FILE may name any config (tests package 3, 100 and 1,000 pools).
+keep_config="${VMPOOL_CONFIG_FILE:-}"
 eval "$("$python" - "$stage" <<'PY'
 import json, shlex, sys
 env = json.load(open(".chalice/config.json"))["stages"][sys.argv[1]]["environment_variables"]
@@ -68,6 +42,8 @@ for name, value in env.items():
 PY
 )"
 
+if [[ -n "$keep_config" ]]; then export VMPOOL_CONFIG_FILE="$keep_config"; fi
+
 merge="build/merge-template-$stage.json"
 "$python" -m infra.template --stage "$stage" > "$merge"
 rm -rf "$out"
@@ -75,4 +51,6 @@ rm -rf "$out"
 AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}" \
     "$python" -c "import sys; from chalice.cli import main; sys.exit(main())" \
     package --stage "$stage" --merge-template "$merge" "$out" >&2
+# Slimmed for Lambda (infra/slim_zip.py): no SDK, no unused library parts, bytecode compiled ahead.
+"$python" -m infra.slim_zip "$out/deployment.zip"
 echo "$out/sam.json"

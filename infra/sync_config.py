@@ -1,15 +1,18 @@
 """Writes .chalice/config.json and the per-role IAM policy files from one description per stage.
 
-Chalice applies per-function settings only under ``stages.<stage>.lambda_functions``, and each
-pool has its own reconcile Lambda (``reconcile_<pool>``), so the per-pool entries depend on the
-pools in the stage's config file. Run this after adding or removing a pool::
+Three functions whatever the pool count: the API, the tick (one schedule for every pool) and the
+reconcile queue's consumer. Pools live in the config (S3 at run time), not in the package, so
+adding a pool changes nothing here. A stage wired for ``chalice deploy`` also carries the
+settings read from its infrastructure stack (``python -m infra.stage_settings``, kept in
+``.chalice/stack-<stage>.json``); they are laid over the stage here::
 
     python -m infra.sync_config          # rewrite .chalice/config.json and .chalice/policy-*.json
     python -m infra.sync_config --check  # exit 1 if they are out of date (CI)
 
-IAM is least privilege per role: API (LDAP secret, send to the refill queue), reconcile (vSphere
-secret), refill (vSphere secret, consume the refill queue). The only ``Resource: "*"`` grants are
-the VPC network-interface actions Lambda needs and X-Ray's write actions, which take no resource.
+IAM is least privilege per role: API (LDAP secret, send to the reconcile queue), tick (send),
+reconcile (vSphere secret, consume and send); every role reads the Redis AUTH token and the
+stage's config object. The only ``Resource: "*"`` grants are the VPC network-interface actions
+Lambda needs and X-Ray's write actions, which take no resource.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ CHALICE_DIR = ROOT / ".chalice"
 APP_NAME = "vmpool"
 
 API_FUNCTION = "api_handler"
-REFILL_FUNCTION = "refill"
-RECONCILE_PREFIX = "reconcile_"
+TICK_FUNCTION = "tick"
+RECONCILE_FUNCTION = "reconcile"
+ROLES = ("api", "tick", "reconcile")
 
 ENI_ACTIONS = (
     "ec2:CreateNetworkInterface",
@@ -52,51 +56,65 @@ class Stage:
     tracing: bool
     log_retention_days: int
     api_reserved_concurrency: int
-    refill_reserved_concurrency: int
-    reconcile_reserved_concurrency: int = 2
-    """Two, not one: a scheduled run that finds the pool's lease held exits at once, while a
-    throttled one is queued and retried by Lambda for hours."""
+    reconcile_reserved_concurrency: int
+    """Also the queue's event source maximum concurrency, so the consumer is never throttled."""
+    tick_reserved_concurrency: int = 1
     config_file: str = "chalicelib/vmpool.yaml"
     log_level: str = "INFO"
     extra_environment: dict[str, str] = field(default_factory=dict)
 
     @property
-    def refill_queue_name(self) -> str:
-        return f"{APP_NAME}-{self.name}-refill"
+    def prefix(self) -> str:
+        """Every resource name of the stage starts with it."""
+        return f"{APP_NAME}-{self.name}"
+
+    @property
+    def reconcile_queue_name(self) -> str:
+        return f"{self.prefix}-reconcile"
+
+    @property
+    def config_bucket_prefix(self) -> str:
+        """The config bucket is ``<this><account>-<region>`` (bucket names are global)."""
+        return f"{self.prefix}-config-"
 
     @property
     def secret_prefix(self) -> str:
         """Secrets Manager names (and SSM parameter paths) this stage may read."""
         return f"{APP_NAME}/{self.name}/"
 
+    @property
+    def reserved_concurrency(self) -> int:
+        return self.api_reserved_concurrency + self.reconcile_reserved_concurrency + self.tick_reserved_concurrency
+
 
 STAGES: dict[str, Stage] = {
     "dev": Stage("dev", tracing=False, log_retention_days=14, api_reserved_concurrency=20,
-                 refill_reserved_concurrency=2),
+                 reconcile_reserved_concurrency=10),
     "prod": Stage("prod", tracing=True, log_retention_days=30, api_reserved_concurrency=100,
-                  refill_reserved_concurrency=5),
+                  reconcile_reserved_concurrency=50),
 }
 
-# Function settings. The reconcile budget leaves a minute of the timeout for the last pass;
+ACCOUNT_CONCURRENCY = 1000
+"""An account's default Lambda concurrency per region."""
+UNRESERVED_MINIMUM = 100
+"""Lambda refuses reservations that leave less than this unreserved."""
+
+# Function settings. A reconcile batch keeps 5 s of its timeout back to report (dispatch.py);
 # the API timeout stays under API Gateway's 29 s integration limit.
 MEMORY_MB = 512  # pyVmomi's import and TLS handshakes are CPU-bound: 512 MB halves cold starts
-RECONCILE_TIMEOUT = 300
-RECONCILE_BUDGET = 240
-REFILL_TIMEOUT = 60
-REFILL_BUDGET = 50
+RECONCILE_TIMEOUT = 60
+TICK_TIMEOUT = 30
 API_TIMEOUT = 29
 SCHEDULE_MINUTES = 1
 
 
-def reconcile_function_name(pool_name: str) -> str:
-    """The same name app.py gives the pool's Lambda (kept import-free: app.py loads the config)."""
-    import re
-
-    return RECONCILE_PREFIX + re.sub(r"[^A-Za-z0-9_]", "_", pool_name)
+def stack_name(stage: str) -> str:
+    """The CloudFormation stack of a stage (the IAM policies name its functions after it)."""
+    return f"{APP_NAME}-{stage}"
 
 
 def pool_sizes(stage: Stage) -> dict[str, int]:
-    """The pools in the stage's config file and their sizes: each gets a reconcile Lambda."""
+    """The pools in the stage's packaged config file and their sizes (the default for local runs)."""
     from chalicelib import config as config_module
 
     config = config_module.load({config_module.CONFIG_FILE_ENV: str(ROOT / stage.config_file)})
@@ -104,16 +122,17 @@ def pool_sizes(stage: Stage) -> dict[str, int]:
 
 
 def environment(stage: Stage) -> dict[str, str]:
-    """Environment of every function of the stage (the merge template adds the Redis URL and,
-    for the API, the refill queue URL, which only the stack knows)."""
+    """Environment of every function of the stage (the merge template adds the Redis URL, the
+    queue URL and the config bucket, which only the stack knows)."""
+    from chalicelib.observability import namespace_for
+
     return {
         "VMPOOL_CONFIG_FILE": stage.config_file,
-        "VMPOOL_REFILL_QUEUE_NAME": stage.refill_queue_name,
-        "VMPOOL_RECONCILE_BUDGET_SECONDS": str(RECONCILE_BUDGET),
-        "VMPOOL_REFILL_BUDGET_SECONDS": str(REFILL_BUDGET),
+        "VMPOOL_RECONCILE_QUEUE_NAME": stage.reconcile_queue_name,
+        "VMPOOL_RECONCILE_CONCURRENCY": str(stage.reconcile_reserved_concurrency),
         "VMPOOL_SCHEDULE_MINUTES": str(SCHEDULE_MINUTES),
         "POWERTOOLS_SERVICE_NAME": APP_NAME,
-        "POWERTOOLS_METRICS_NAMESPACE": APP_NAME,
+        "POWERTOOLS_METRICS_NAMESPACE": namespace_for(stage.name),
         "POWERTOOLS_LOG_LEVEL": stage.log_level,
         "POWERTOOLS_TRACE_DISABLED": "false" if stage.tracing else "true",
         **stage.extra_environment,
@@ -124,27 +143,37 @@ def policy_file(stage: Stage, role: str) -> str:
     return f"policy-{stage.name}-{role}.json"
 
 
-def stage_config(stage: Stage, pools: list[str]) -> dict[str, Any]:
-    """One stage of .chalice/config.json."""
+def stack_settings_file(stage: Stage) -> Path:
+    """Settings read from the stage's infrastructure stack, for ``chalice deploy`` (stage_settings.py)."""
+    return CHALICE_DIR / f"stack-{stage.name}.json"
+
+
+def stack_settings(stage: Stage) -> dict[str, Any]:
+    path = stack_settings_file(stage)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def stage_config(stage: Stage, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One stage of .chalice/config.json (with the stack's settings for ``chalice deploy``, if any)."""
     functions: dict[str, Any] = {
         API_FUNCTION: {
             "lambda_timeout": API_TIMEOUT,
             "reserved_concurrency": stage.api_reserved_concurrency,
             "iam_policy_file": policy_file(stage, "api"),
         },
-        REFILL_FUNCTION: {
-            "lambda_timeout": REFILL_TIMEOUT,
-            "reserved_concurrency": stage.refill_reserved_concurrency,
-            "iam_policy_file": policy_file(stage, "refill"),
+        TICK_FUNCTION: {
+            "lambda_timeout": TICK_TIMEOUT,
+            "reserved_concurrency": stage.tick_reserved_concurrency,
+            "iam_policy_file": policy_file(stage, "tick"),
         },
-    }
-    for pool in pools:
-        functions[reconcile_function_name(pool)] = {
+        RECONCILE_FUNCTION: {
             "lambda_timeout": RECONCILE_TIMEOUT,
             "reserved_concurrency": stage.reconcile_reserved_concurrency,
             "iam_policy_file": policy_file(stage, "reconcile"),
-        }
-    return {
+        },
+    }
+    settings = settings or {}
+    config: dict[str, Any] = {
         "api_gateway_stage": "api",
         "api_gateway_endpoint_type": "REGIONAL",
         "autogen_policy": False,
@@ -153,18 +182,23 @@ def stage_config(stage: Stage, pools: list[str]) -> dict[str, Any]:
         "lambda_timeout": RECONCILE_TIMEOUT,
         "log_retention_in_days": stage.log_retention_days,
         "xray": stage.tracing,
-        "environment_variables": environment(stage),
+        "environment_variables": {**environment(stage), **settings.get("environment_variables", {})},
         "tags": {"app": APP_NAME, "stage": stage.name},
         "lambda_functions": functions,
     }
+    for key in ("subnet_ids", "security_group_ids"):
+        if key in settings:
+            config[key] = settings[key]
+    return config
 
 
-def chalice_config(pools_by_stage: dict[str, list[str]]) -> dict[str, Any]:
+def chalice_config(settings_by_stage: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The whole .chalice/config.json."""
+    settings_by_stage = settings_by_stage or {}
     return {
         "version": "2.0",
         "app_name": APP_NAME,
-        "stages": {name: stage_config(STAGES[name], pools_by_stage[name]) for name in STAGES},
+        "stages": {name: stage_config(stage, settings_by_stage.get(name)) for name, stage in STAGES.items()},
     }
 
 
@@ -173,30 +207,29 @@ def _statement(actions: tuple[str, ...] | list[str], resources: list[str] | str)
 
 
 def policy(stage: Stage, role: str) -> dict[str, Any]:
-    """The IAM policy of one role ("api", "reconcile" or "refill") of a stage.
+    """The IAM policy of one role ("api", "tick" or "reconcile") of a stage.
 
     ARNs name this stage's resources with the region and account left open, because the policy
     files are static (the stack must be named ``vmpool-<stage>``: Lambda names start with it).
     """
     prefix = stage.secret_prefix
-    queue = f"arn:aws:sqs:*:*:{stage.refill_queue_name}"
-    secrets = ["ldap", "redis-auth"] if role == "api" else ["vsphere", "redis-auth"]
+    queue = f"arn:aws:sqs:*:*:{stage.reconcile_queue_name}"
+    secrets = {"api": ["ldap", "redis-auth"], "tick": ["redis-auth"], "reconcile": ["vsphere", "redis-auth"]}[role]
     statements = [
         _statement(["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-                   [f"arn:aws:logs:*:*:log-group:/aws/lambda/{APP_NAME}-{stage.name}-*",
-                    f"arn:aws:logs:*:*:log-group:/aws/lambda/{APP_NAME}-{stage.name}-*:*"]),
+                   [f"arn:aws:logs:*:*:log-group:/aws/lambda/{stage.prefix}-*",
+                    f"arn:aws:logs:*:*:log-group:/aws/lambda/{stage.prefix}-*:*"]),
         _statement(ENI_ACTIONS, "*"),
         _statement(["secretsmanager:GetSecretValue"],
                    [f"arn:aws:secretsmanager:*:*:secret:{prefix}{name}-*" for name in secrets]),
         _statement(["ssm:GetParameter"], [f"arn:aws:ssm:*:*:parameter/{prefix}*"]),
+        _statement(["s3:GetObject"], [f"arn:aws:s3:::{stage.config_bucket_prefix}*/config/*"]),
+        _statement(["sqs:SendMessage"], [queue]),
     ]
-    if role == "api":
-        statements.append(_statement(["sqs:SendMessage"], [queue]))
-    if role == "refill":
-        statements.append(_statement(["sqs:ReceiveMessage", "sqs:DeleteMessage",
-                                      "sqs:GetQueueAttributes"], [queue]))
+    if role == "reconcile":
+        statements.append(_statement(["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"], [queue]))
     zones = route53_zones(stage)
-    if role != "api" and zones:
+    if role == "reconcile" and zones:
         statements.append(_statement(["route53:ChangeResourceRecordSets", "route53:ListResourceRecordSets"],
                                      [f"arn:aws:route53:::hostedzone/{zone}" for zone in zones]))
     if stage.tracing:
@@ -206,7 +239,8 @@ def policy(stage: Stage, role: str) -> dict[str, Any]:
 
 def route53_zones(stage: Stage) -> list[str]:
     """The hosted zones the stage's ``route53`` DNS entries manage (the reconcile passes change
-    their records, docs/dns.md)."""
+    their records, docs/dns.md). Read from the stage's packaged config file: IAM is deployed
+    with the code, so a pushed config that names a new zone needs a deploy too."""
     from chalicelib import config as config_module
 
     config = config_module.load({config_module.CONFIG_FILE_ENV: str(ROOT / stage.config_file)})
@@ -216,12 +250,12 @@ def route53_zones(stage: Stage) -> list[str]:
     })
 
 
-def rendered_files(pools_by_stage: dict[str, list[str]] | None = None) -> dict[Path, str]:
+def rendered_files() -> dict[Path, str]:
     """Every file this module owns, path -> content."""
-    pools_by_stage = pools_by_stage or {name: list(pool_sizes(stage)) for name, stage in STAGES.items()}
-    files = {CHALICE_DIR / "config.json": _dump(chalice_config(pools_by_stage))}
+    settings = {name: stack_settings(stage) for name, stage in STAGES.items()}
+    files = {CHALICE_DIR / "config.json": _dump(chalice_config(settings))}
     for stage in STAGES.values():
-        for role in ("api", "reconcile", "refill"):
+        for role in ROLES:
             files[CHALICE_DIR / policy_file(stage, role)] = _dump(policy(stage, role))
     return files
 

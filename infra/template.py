@@ -1,15 +1,21 @@
 """Builds the template `chalice package --merge-template` merges into Chalice's SAM template.
 
-infra/template.yaml holds the static resources; this adds what depends on the stage and its
-pools, which Chalice's config cannot express:
+infra/template.yaml holds the static resources; this adds what depends on the stage, which
+Chalice's config cannot express. Nothing here depends on the pools: three functions and one
+schedule serve any number of them (the resource count is the same for 3 or 1,000 pools).
 
-- names (queues, secrets) matching the stage's .chalice/config.json environment and IAM policies;
-- every function's VPC settings and Redis URL (SAM ``Globals``, so a new pool's Lambda gets them);
-- the API handler's refill queue URL, and the refill consumer created after its queue;
-- alarms (per pool: empty for N minutes, run near its timeout) and the CloudWatch dashboard,
-  whose metric names come from chalicelib.observability (one source of truth).
+- names (queues, secrets, the config bucket, the API, alarms, the dashboard) carrying the stage;
+- every function's VPC settings, Redis URL, queue URL and config bucket (SAM ``Globals``);
+- the reconcile consumer's partial batch responses (``ReportBatchItemFailures``);
+- service-wide alarms and the CloudWatch dashboard, whose metric names come from
+  chalicelib.observability (one source of truth).
+
+``--infra-only`` builds the stack for the ``chalice deploy`` path instead: the same resources
+without the functions and the API (Chalice deploys those), alarms naming the functions Chalice
+creates (``vmpool-<stage>-<function>``), and the outputs ``infra/stage_settings.py`` reads.
 
     python -m infra.template --stage dev > build/merge-template-dev.json
+    python -m infra.template --stage dev --infra-only > build/infra-dev.json
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ from chalice.utils import to_cfn_resource_name
 
 from chalicelib import observability as m
 from infra import sync_config
-from infra.sync_config import APP_NAME, STAGES, Stage
+from infra.sync_config import STAGES, Stage
 
 STATIC_TEMPLATE = Path(__file__).with_name("template.yaml")
 REDIS_NODES = ("001", "002")  # NumCacheClusters: 2 -> <replication group id>-001 and -002
-API_NAME = APP_NAME  # Chalice titles the REST API after the app
 DURATION_ALARM_FRACTION = 0.9
+FUNCTIONS = (sync_config.API_FUNCTION, sync_config.TICK_FUNCTION, sync_config.RECONCILE_FUNCTION)
+SAM_ONLY = ("RestAPI",)
+"""Static resources that only amend Chalice's own (absent from the infra-only stack)."""
 
 
 def function_logical_id(function_name: str) -> str:
@@ -38,40 +46,80 @@ def function_logical_id(function_name: str) -> str:
     return "APIHandler" if function_name == sync_config.API_FUNCTION else to_cfn_resource_name(function_name)
 
 
-def build(stage: Stage, pools: list[str], pool_sizes: dict[str, int] | None = None) -> dict[str, Any]:
-    """The merge template for one stage."""
+def function_name_ref(stage: Stage, function_name: str, infra_only: bool) -> Any:
+    """The deployed function's name: a Ref in the full stack, Chalice's name for ``chalice deploy``."""
+    if infra_only:
+        return deployed_function_name(stage, function_name)
+    return {"Ref": function_logical_id(function_name)}
+
+
+def deployed_function_name(stage: Stage, function_name: str) -> str:
+    """The name ``chalice deploy`` gives a function (the API handler is named after the app)."""
+    return stage.prefix if function_name == sync_config.API_FUNCTION else f"{stage.prefix}-{function_name}"
+
+
+def api_name(stage: Stage) -> str:
+    return stage.prefix
+
+
+def function_environment() -> dict[str, Any]:
+    """What every function needs from the stack."""
+    return {
+        # No password in the environment: the code reads the AUTH token from the secret when it
+        # first connects (see docs/deploy.md, "Redis AUTH").
+        "VMPOOL_REDIS_URL": {"Fn::Sub": "rediss://${Redis.PrimaryEndPoint.Address}:${Redis.PrimaryEndPoint.Port}/0"},
+        "VMPOOL_REDIS_AUTH_SECRET": {"Ref": "RedisAuthSecret"},
+        "VMPOOL_RECONCILE_QUEUE_URL": {"Ref": "ReconcileQueue"},
+        "VMPOOL_CONFIG_BUCKET": {"Ref": "ConfigBucket"},
+    }
+
+
+def build(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
+    """The merge template for one stage (or the infra-only stack)."""
     template = yaml.safe_load(STATIC_TEMPLATE.read_text())
     resources = template["Resources"]
-    prefix = f"{APP_NAME}-{stage.name}"
-    resources["RefillQueue"]["Properties"]["QueueName"] = stage.refill_queue_name
-    resources["RefillDeadLetterQueue"]["Properties"]["QueueName"] = f"{stage.refill_queue_name}-dlq"
+    resources["ReconcileQueue"]["Properties"]["QueueName"] = stage.reconcile_queue_name
+    resources["ReconcileDeadLetterQueue"]["Properties"]["QueueName"] = f"{stage.reconcile_queue_name}-dlq"
+    resources["ReconcileQueue"]["Properties"]["VisibilityTimeout"] = 6 * sync_config.RECONCILE_TIMEOUT
     for logical_id, name in (("RedisAuthSecret", "redis-auth"), ("VSphereSecret", "vsphere"),
                              ("LdapSecret", "ldap")):
         resources[logical_id]["Properties"]["Name"] = stage.secret_prefix + name
-    resources["Redis"]["Properties"]["ReplicationGroupId"] = prefix
-    template["Globals"] = {
-        "Function": {
-            "VpcConfig": {
-                "SecurityGroupIds": [{"Fn::GetAtt": ["LambdaSecurityGroup", "GroupId"]}],
-                "SubnetIds": {"Ref": "PrivateSubnetIds"},
-            },
-            "Environment": {"Variables": {
-                # No password in the environment: the code reads the AUTH token from the secret
-                # when it first connects (see docs/deploy.md, "Redis AUTH").
-                "VMPOOL_REDIS_URL": {"Fn::Sub": "rediss://${Redis.PrimaryEndPoint.Address}:${Redis.PrimaryEndPoint.Port}/0"},
-                "VMPOOL_REDIS_AUTH_SECRET": {"Ref": "RedisAuthSecret"},
-            }},
-        }
-    }
-    resources["APIHandler"] = {"Properties": {"Environment": {"Variables": {
-        "VMPOOL_REFILL_QUEUE_URL": {"Ref": "RefillQueue"}}}}}
+    resources["Redis"]["Properties"]["ReplicationGroupId"] = stage.prefix
+    resources["ConfigBucket"]["Properties"]["BucketName"] = {
+        "Fn::Sub": stage.config_bucket_prefix + "${AWS::AccountId}-${AWS::Region}"}
+    resources.update(alarms(stage, infra_only))
+    resources["Dashboard"] = dashboard(stage, infra_only)
+    if infra_only:
+        for logical_id in SAM_ONLY:
+            del resources[logical_id]
+        template["Description"] += " - infrastructure for `chalice deploy`"
+        template["Outputs"].update(stage_outputs())
+        return template
+    template["Globals"] = {"Function": {
+        "VpcConfig": {
+            "SecurityGroupIds": [{"Fn::GetAtt": ["LambdaSecurityGroup", "GroupId"]}],
+            "SubnetIds": {"Ref": "PrivateSubnetIds"},
+        },
+        "Environment": {"Variables": function_environment()},
+    }}
+    resources["RestAPI"]["Properties"]["Name"] = api_name(stage)
     # Chalice 1.34 names the API handler's log group after "ApiHandler"; the function is "APIHandler".
     resources["ApiHandlerLogGroup"] = {"Properties": {"LogGroupName": {"Fn::Sub": "/aws/lambda/${APIHandler}"}}}
-    # The SQS event source mapping needs the queue; SAM passes DependsOn to the function it makes.
-    resources[function_logical_id(sync_config.REFILL_FUNCTION)] = {"DependsOn": ["RefillQueue"]}
-    resources.update(alarms(stage, pools, pool_sizes or {}))
-    resources["Dashboard"] = dashboard(stage)
+    # The consumer reports failures per message (its queue URL in Globals orders it after the queue).
+    reconcile_id = function_logical_id(sync_config.RECONCILE_FUNCTION)
+    resources[reconcile_id] = {"Properties": {"Events": {
+        f"{reconcile_id}SqsEventSource": {"Properties": {"FunctionResponseTypes": ["ReportBatchItemFailures"]}}}}}
     return template
+
+
+def stage_outputs() -> dict[str, Any]:
+    """What ``chalice deploy`` needs from the infra-only stack (infra/stage_settings.py)."""
+    return {
+        "RedisUrl": {"Value": function_environment()["VMPOOL_REDIS_URL"]},
+        "ReconcileQueueName": {"Value": {"Fn::GetAtt": ["ReconcileQueue", "QueueName"]}},
+        "RedisAuthSecretArn": {"Value": {"Ref": "RedisAuthSecret"}},
+        "PrivateSubnetIds": {"Value": {"Fn::Join": [",", {"Ref": "PrivateSubnetIds"}]}},
+    }
 
 
 # --- alarms -------------------------------------------------------------------------------------
@@ -91,38 +139,40 @@ def _alarm(name: str, description: str, **properties: Any) -> dict[str, Any]:
             "Properties": {"AlarmName": name, "AlarmDescription": description, **_actions(), **properties}}
 
 
-def alarms(stage: Stage, pools: list[str], pool_sizes: dict[str, int]) -> dict[str, Any]:
-    """Every alarm: per pool, service-wide, queue and Redis."""
-    prefix = f"{APP_NAME}-{stage.name}"
-    found: dict[str, Any] = {}
-    for pool in pools:
-        function_id = function_logical_id(sync_config.reconcile_function_name(pool))
-        if pool_sizes.get(pool, 1) > 0:
-            found[f"{function_id}EmptyAlarm"] = _alarm(
-                f"{prefix}-pool-empty-{pool}",
-                f"Pool {pool} has had no ready VM for the last PoolEmptyMinutes minutes (or reports nothing).",
-                Namespace=m.NAMESPACE, MetricName=m.READY,
-                Dimensions=_dimensions(pool=pool, service=m.SERVICE),
-                Statistic="Maximum", Period=60, EvaluationPeriods={"Ref": "PoolEmptyMinutes"},
-                Threshold=1, ComparisonOperator="LessThanThreshold", TreatMissingData="breaching")
-        found[f"{function_id}DurationAlarm"] = _alarm(
-            f"{prefix}-reconcile-near-timeout-{pool}",
-            f"A reconcile run of pool {pool} took over {int(DURATION_ALARM_FRACTION * 100)}% of its timeout.",
-            Namespace="AWS/Lambda", MetricName="Duration",
-            Dimensions=_dimensions(FunctionName={"Ref": function_id}),
-            Statistic="Maximum", Period=300, EvaluationPeriods=1,
-            Threshold=DURATION_ALARM_FRACTION * sync_config.RECONCILE_TIMEOUT * 1000,
-            ComparisonOperator="GreaterThanOrEqualToThreshold", TreatMissingData="notBreaching")
+def _sum_over_functions(stage: Stage, metric: str, infra_only: bool) -> list[dict[str, Any]]:
+    """Metric math: one Lambda metric summed over the stage's three functions."""
+    queries: list[dict[str, Any]] = [
+        {"Id": f"f{index}", "ReturnData": False, "MetricStat": {
+            "Metric": {"Namespace": "AWS/Lambda", "MetricName": metric,
+                       "Dimensions": _dimensions(FunctionName=function_name_ref(stage, function, infra_only))},
+            "Period": 300, "Stat": "Sum"}}
+        for index, function in enumerate(FUNCTIONS)]
+    ids = " + ".join(f"FILL(f{index}, 0)" for index in range(len(FUNCTIONS)))
+    return [*queries, {"Id": "total", "Label": f"{metric} (all functions)", "ReturnData": True, "Expression": ids}]
+
+
+def alarms(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
+    """Every alarm: service-wide, per function, queue and Redis. None per pool."""
+    prefix = stage.prefix
+    namespace = m.namespace_for(stage.name)
     service = _dimensions(service=m.SERVICE)
+    found: dict[str, Any] = {}
+    found["EmptyPoolsAlarm"] = _alarm(
+        f"{prefix}-pools-empty",
+        "Some pool with a size has had no ready VM for PoolEmptyMinutes minutes, or the tick stopped "
+        "reporting (docs/deploy.md: why is this pool empty). The tick's log line names the pools.",
+        Namespace=namespace, MetricName=m.EMPTY_POOLS, Dimensions=service,
+        Statistic="Minimum", Period=60, EvaluationPeriods={"Ref": "PoolEmptyMinutes"},
+        Threshold=1, ComparisonOperator="GreaterThanOrEqualToThreshold", TreatMissingData="breaching")
     found["ReconcileErrorsAlarm"] = _alarm(
         f"{prefix}-reconcile-errors", "Reconcile passes failed (provider or Redis errors) 3+ times in 5 minutes.",
-        Namespace=m.NAMESPACE, MetricName=m.RECONCILE_ERRORS, Dimensions=service, Statistic="Sum",
+        Namespace=namespace, MetricName=m.RECONCILE_ERRORS, Dimensions=service, Statistic="Sum",
         Period=300, EvaluationPeriods=1, Threshold=3, ComparisonOperator="GreaterThanOrEqualToThreshold",
         TreatMissingData="notBreaching")
 
     def stat(metric_id: str, name: str) -> dict[str, Any]:
         return {"Id": metric_id, "ReturnData": False, "MetricStat": {
-            "Metric": {"Namespace": m.NAMESPACE, "MetricName": name, "Dimensions": service},
+            "Metric": {"Namespace": namespace, "MetricName": name, "Dimensions": service},
             "Period": 900, "Stat": "Sum"}}
 
     found["CloneFailureRateAlarm"] = _alarm(
@@ -132,16 +182,38 @@ def alarms(stage: Stage, pools: list[str], pool_sizes: dict[str, int]) -> dict[s
                   "Expression": "IF((started + failed) >= 5, 100 * failed / (started + failed), 0)"}],
         EvaluationPeriods=1, Threshold=20, ComparisonOperator="GreaterThanThreshold",
         TreatMissingData="notBreaching")
-    found["RefillDeadLetterAlarm"] = _alarm(
-        f"{prefix}-refill-dlq-not-empty", "Refill messages failed 3 times and sit in the dead-letter queue.",
-        Namespace="AWS/SQS", MetricName="ApproximateNumberOfMessagesVisible",
-        Dimensions=_dimensions(QueueName={"Fn::GetAtt": ["RefillDeadLetterQueue", "QueueName"]}),
-        Statistic="Maximum", Period=300, EvaluationPeriods=1, Threshold=1,
+    found["LambdaErrorsAlarm"] = _alarm(
+        f"{prefix}-lambda-errors", "The stage's functions failed (crashed or timed out) 3+ times in 5 minutes.",
+        Metrics=_sum_over_functions(stage, "Errors", infra_only), EvaluationPeriods=1, Threshold=3,
         ComparisonOperator="GreaterThanOrEqualToThreshold", TreatMissingData="notBreaching")
+    found["LambdaThrottlesAlarm"] = _alarm(
+        f"{prefix}-lambda-throttles", "The stage's functions were throttled (reserved concurrency too small).",
+        Metrics=_sum_over_functions(stage, "Throttles", infra_only), EvaluationPeriods=1, Threshold=1,
+        ComparisonOperator="GreaterThanOrEqualToThreshold", TreatMissingData="notBreaching")
+    found["ReconcileNearTimeoutAlarm"] = _alarm(
+        f"{prefix}-reconcile-near-timeout",
+        f"A reconcile batch took over {int(DURATION_ALARM_FRACTION * 100)}% of its timeout.",
+        Namespace="AWS/Lambda", MetricName="Duration",
+        Dimensions=_dimensions(FunctionName=function_name_ref(stage, sync_config.RECONCILE_FUNCTION, infra_only)),
+        Statistic="Maximum", Period=300, EvaluationPeriods=1,
+        Threshold=DURATION_ALARM_FRACTION * sync_config.RECONCILE_TIMEOUT * 1000,
+        ComparisonOperator="GreaterThanOrEqualToThreshold", TreatMissingData="notBreaching")
+    def queue_alarm(name: str, description: str, metric: str, queue: str, threshold: int) -> dict[str, Any]:
+        return _alarm(f"{prefix}-{name}", description, Namespace="AWS/SQS", MetricName=metric,
+                      Dimensions=_dimensions(QueueName={"Fn::GetAtt": [queue, "QueueName"]}),
+                      Statistic="Maximum", Period=300, EvaluationPeriods=1, Threshold=threshold,
+                      ComparisonOperator="GreaterThanOrEqualToThreshold", TreatMissingData="notBreaching")
+
+    found["ReconcileBacklogAlarm"] = queue_alarm(
+        "reconcile-backlog", "Reconcile messages waited over 2 minutes: pools are not being looked at.",
+        "ApproximateAgeOfOldestMessage", "ReconcileQueue", 120)
+    found["ReconcileDeadLetterAlarm"] = queue_alarm(
+        "reconcile-dlq-not-empty", "Reconcile messages failed 5 times and sit in the dead-letter queue.",
+        "ApproximateNumberOfMessagesVisible", "ReconcileDeadLetterQueue", 1)
     found["ApiErrorsAlarm"] = _alarm(
         f"{prefix}-api-5xx", "The API answered 5 or more 5xx in 5 minutes.",
         Namespace="AWS/ApiGateway", MetricName="5XXError",
-        Dimensions=_dimensions(ApiName=API_NAME, Stage="api"), Statistic="Sum", Period=300,
+        Dimensions=_dimensions(ApiName=api_name(stage), Stage="api"), Statistic="Sum", Period=300,
         EvaluationPeriods=1, Threshold=5, ComparisonOperator="GreaterThanOrEqualToThreshold",
         TreatMissingData="notBreaching")
     for node in REDIS_NODES:
@@ -162,68 +234,81 @@ def alarms(stage: Stage, pools: list[str], pool_sizes: dict[str, int]) -> dict[s
 # --- dashboard ----------------------------------------------------------------------------------
 
 
-def per_pool(name: str, stat: str) -> str:
-    """A SEARCH over every pool, so a new pool appears without regenerating the dashboard."""
-    dims = ",".join(m.POOL_DIMENSIONS)
-    return f"SEARCH('{{{m.NAMESPACE},{dims}}} MetricName=\"{name}\"', '{stat}', 60)"
-
-
-def _search_widget(title: str, expressions: list[tuple[str, str]], **extra: Any) -> dict[str, Any]:
-    metrics = [[{"expression": expression, "label": label, "id": f"e{index}"}]
-               for index, (expression, label) in enumerate(expressions)]
-    return _widget(title, metrics, **extra)
-
-
 def _widget(title: str, metrics: list[Any], stat: str = "Sum", period: int = 60, **extra: Any) -> dict[str, Any]:
     return {"type": "metric", "width": 8, "height": 6, "properties": {
         "title": title, "region": "${AWS::Region}", "view": "timeSeries", "stat": stat,
         "period": period, "metrics": metrics, **extra}}
 
 
-def _service(*names: str) -> list[list[str]]:
-    return [[m.NAMESPACE, name, "service", m.SERVICE] for name in names]
+def _by_pool(stage: Stage, title: str, *names: str, stat: str = "Sum") -> dict[str, Any]:
+    """A SEARCH over the pools that published each metric (only pools where it happened do)."""
+    namespace = m.namespace_for(stage.name)
+    expressions = []
+    for index, name in enumerate(names):
+        dims = ",".join(sorted(next(d for d in m.METRICS[name].dimension_sets if "pool" in d)))
+        search = f"SEARCH('{{{namespace},{dims}}} MetricName=\"{name}\"', '{stat}', 300)"
+        expressions.append([{"expression": search, "label": name if len(names) > 1 else "", "id": f"e{index}"}])
+    return _widget(title, expressions, period=300)
 
 
-def dashboard(stage: Stage) -> dict[str, Any]:
+def _log_widget(title: str, log_group: str, query: str) -> dict[str, Any]:
+    return {"type": "log", "width": 8, "height": 6, "properties": {
+        "title": title, "region": "${AWS::Region}", "view": "table",
+        "query": f"SOURCE '{log_group}' | {query}"}}
+
+
+def dashboard(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
     """The CloudWatch dashboard (described in docs/deploy.md)."""
-    prefix = f"{APP_NAME}-{stage.name}"
-    lambdas = f"{{AWS/Lambda,FunctionName}} {prefix}-"
+    namespace = m.namespace_for(stage.name)
+
+    def service(*names: str, **options: Any) -> list[list[Any]]:
+        return [[namespace, name, "service", m.SERVICE, *([options] if options else [])] for name in names]
+
+    def per_function(metric: str) -> list[list[Any]]:
+        return [["AWS/Lambda", metric, "FunctionName", "${" + function_logical_id(f) + "}" if not infra_only
+                 else deployed_function_name(stage, f), {"label": f}] for f in FUNCTIONS]
+
+    api = api_name(stage)
+    def log_group(function: str) -> str:
+        name = "${" + function_logical_id(function) + "}" if not infra_only else deployed_function_name(stage, function)
+        return f"/aws/lambda/{name}"
+
+    tick_log, reconcile_log = log_group(sync_config.TICK_FUNCTION), log_group(sync_config.RECONCILE_FUNCTION)
     widgets = [
-        _search_widget("Ready VMs per pool", [(per_pool(m.READY, "Minimum"), "")]),
-        _search_widget("Pending (cloning or booting) per pool", [(per_pool(m.PENDING, "Maximum"), "")]),
-        _search_widget("Running (checked out) per pool", [(per_pool(m.RUNNING, "Maximum"), "")]),
-        _search_widget("Pool size (capacity) and VMs destroyed per pool",
-                       [(per_pool(m.CAPACITY, "Maximum"), "size"), (per_pool(m.VMS_DESTROYED, "Sum"), "destroyed")]),
-        _widget("Checkouts, misses (503), deletes", _service(m.CHECKOUTS, m.CHECKOUT_MISSES, m.DELETES)),
-        _widget("Clones started and failed (all pools)", _service(m.CLONES_STARTED, m.CLONE_FAILURES)),
-        _search_widget("Clone failures by reason", [(
-            (f"SEARCH('{{{m.NAMESPACE},{','.join(m.REASON_DIMENSIONS)}}} MetricName=\"{m.CLONE_FAILURES}\"', "
-             "'Sum', 300)"), "")]),
-        _search_widget("Clone and boot time p90 (s) per pool",
-                       [(per_pool(m.CLONE_DURATION, "p90"), "clone"), (per_pool(m.BOOT_DURATION, "p90"), "boot")]),
-        _search_widget("Reconcile pass p99 (s) per pool", [(per_pool(m.RECONCILE_DURATION, "p99"), "")]),
-        _search_widget("vCenter calls per pool", [(per_pool(m.PROVIDER_CALLS, "Sum"), "")]),
-        _search_widget("DNS failures by reason, migrations per pool", [
-            ((f"SEARCH('{{{m.NAMESPACE},{','.join(m.POOL_REASON_DIMENSIONS)}}} "
-              f"MetricName=\"{m.DNS_FAILURES}\"', 'Sum', 300)"), "dns"),
-            (per_pool(m.MIGRATIONS, "Sum"), "migrated"), (per_pool(m.MIGRATION_FAILURES, "Sum"), "migration failed")]),
-        _widget("Reconcile errors and refill latency p90 (s)",
-                [*_service(m.RECONCILE_ERRORS),
-                 [m.NAMESPACE, m.REFILL_LATENCY, "service", m.SERVICE, {"stat": "p90", "yAxis": "right"}]]),
-        _search_widget("Lambda errors and throttles", [
-            (f"SEARCH('{lambdas} MetricName=\"Errors\"', 'Sum', 60)", "errors"),
-            (f"SEARCH('{lambdas} MetricName=\"Throttles\"', 'Sum', 60)", "throttles")]),
-        _search_widget("Lambda duration max (ms)", [
-            (f"SEARCH('{lambdas} MetricName=\"Duration\"', 'Maximum', 60)", "")]),
-        _widget("API requests, 4xx, 5xx", [["AWS/ApiGateway", name, "ApiName", API_NAME, "Stage", "api"]
+        _widget("VMs ready, pending, running; capacity", service(m.READY, m.PENDING, m.RUNNING, m.CAPACITY),
+                stat="Maximum"),
+        _widget("Pools with no ready VM", service(m.EMPTY_POOLS), stat="Maximum"),
+        _log_widget("Empty pools (last tick)", tick_log,
+                    "filter message = 'tick' | sort @timestamp desc | limit 1 | fields @timestamp, empty_count, empty"),
+        _widget("Checkouts, misses (503), deletes", service(m.CHECKOUTS, m.CHECKOUT_MISSES, m.DELETES)),
+        _by_pool(stage, "Checkout misses by pool", m.CHECKOUT_MISSES),
+        _by_pool(stage, "Clone failures by pool", m.CLONE_FAILURES),
+        _by_pool(stage, "DNS failures by pool and reason, migrations by pool", m.DNS_FAILURES, m.MIGRATIONS,
+                 m.MIGRATION_FAILURES),
+        _widget("Clones started and failed, VMs destroyed",
+                service(m.CLONES_STARTED, m.CLONE_FAILURES, m.VMS_DESTROYED)),
+        _widget("Clone and boot time p90 (s)", service(m.CLONE_DURATION, m.BOOT_DURATION, stat="p90"), stat="p90"),
+        _widget("Reconcile pass p99 (s), errors", [*service(m.RECONCILE_DURATION, stat="p99"),
+                                                  *service(m.RECONCILE_ERRORS, yAxis="right")]),
+        _widget("Refill latency p50/p90 (s): checkout to consumer",
+                [*service(m.REFILL_LATENCY, stat="p50"), *service(m.REFILL_LATENCY, stat="p90")]),
+        _log_widget("Pools with the most passes (last hour)", reconcile_log,
+                    "filter message = 'reconcile pass' | stats count(*) as passes by pool "
+                    "| sort passes desc | limit 20"),
+        _widget("vCenter calls", service(m.PROVIDER_CALLS)),
+        _widget("Lambda errors", per_function("Errors")),
+        _widget("Lambda throttles", per_function("Throttles")),
+        _widget("Lambda duration max (ms)", per_function("Duration"), stat="Maximum"),
+        _widget("API requests, 4xx, 5xx", [["AWS/ApiGateway", name, "ApiName", api, "Stage", "api"]
                                            for name in ("Count", "4XXError", "5XXError")]),
         _widget("API latency p50/p99 (ms)", [
-            ["AWS/ApiGateway", "Latency", "ApiName", API_NAME, "Stage", "api", {"stat": "p50"}],
-            ["AWS/ApiGateway", "Latency", "ApiName", API_NAME, "Stage", "api", {"stat": "p99"}]]),
-        _widget("Refill queue and dead letters", [
-            ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", stage.refill_queue_name],
-            ["AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName", stage.refill_queue_name, {"yAxis": "right"}],
-            ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", f"{stage.refill_queue_name}-dlq"]],
+            ["AWS/ApiGateway", "Latency", "ApiName", api, "Stage", "api", {"stat": "p50"}],
+            ["AWS/ApiGateway", "Latency", "ApiName", api, "Stage", "api", {"stat": "p99"}]]),
+        _widget("Reconcile queue and dead letters", [
+            ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", stage.reconcile_queue_name],
+            ["AWS/SQS", "ApproximateNumberOfMessagesDelayed", "QueueName", stage.reconcile_queue_name],
+            ["AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName", stage.reconcile_queue_name, {"yAxis": "right"}],
+            ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", f"{stage.reconcile_queue_name}-dlq"]],
             stat="Maximum"),
         _widget("Redis memory % and engine CPU %", [
             ["AWS/ElastiCache", metric, "CacheClusterId", "${Redis}-" + node]
@@ -233,21 +318,22 @@ def dashboard(stage: Stage) -> dict[str, Any]:
             ["AWS/ElastiCache", metric, "CacheClusterId", "${Redis}-" + node]
             for node in REDIS_NODES for metric in ("CurrConnections", "GetTypeCmds", "SetTypeCmds")],
             stat="Maximum", period=300),
+        _by_pool(stage, "Sized pools: target size and predicted demand (docs/sizing.md)", m.TARGET_SIZE,
+                 m.PREDICTED_DEMAND, stat="Maximum"),
     ]
     for index, widget in enumerate(widgets):
         widget["x"], widget["y"] = (index % 3) * 8, (index // 3) * 6
     body = json.dumps({"widgets": widgets}, separators=(",", ":"))
     return {"Type": "AWS::CloudWatch::Dashboard",
-            "Properties": {"DashboardName": prefix, "DashboardBody": {"Fn::Sub": body}}}
+            "Properties": {"DashboardName": stage.prefix, "DashboardBody": {"Fn::Sub": body}}}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=sorted(STAGES), required=True)
+    parser.add_argument("--infra-only", action="store_true", help="the stack for the chalice deploy path")
     args = parser.parse_args(argv)
-    stage = STAGES[args.stage]
-    sizes = sync_config.pool_sizes(stage)
-    json.dump(build(stage, list(sizes), sizes), sys.stdout, indent=1)
+    json.dump(build(STAGES[args.stage], infra_only=args.infra_only), sys.stdout, indent=1)
     sys.stdout.write("\n")
     return 0
 

@@ -1,7 +1,12 @@
-"""Fixtures shared by every test: a real redis-server, a fake clock."""
+"""Fixtures shared by every test folder: a real redis-server, a fake clock, and the real servers
+several folders need (slapd, vcsim). Helpers (free_port, eventually...) are in tests/support.py."""
 
 from __future__ import annotations
 
+import itertools
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -9,6 +14,11 @@ import redis
 
 from chalicelib.clock import FakeClock
 from local.redis_server import RedisServer
+from tests.auth.slapd import SlapdServer
+from tests.redis_pair import RedisPair
+from tests.redis_pair import redis_pair as redis_pair_of_servers
+from tests.vsphere.vcsim import VcsimServer
+from tools.vcsim import launcher
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +40,48 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def slapd() -> Iterator[SlapdServer]:
+    """One real slapd for the session: ``url``, ``ldaps_url``, ``ca_file``, ``rogue_ca_file``,
+    ``users`` (name -> (dn, password)), ``service_dn``/``service_password``, ``ldap_config()``."""
+    with SlapdServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def vcsim_dir() -> Iterator[Path]:
+    launcher.build()  # once, before any simulator starts (skips when up to date)
+    directory = Path(tempfile.mkdtemp(prefix="vcsim-"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def vcsim(vcsim_dir: Path) -> Iterator[VcsimServer]:
+    """One simulator for the session: DC0, cluster DC0_C0 with hosts DC0_C0_H0..2, template
+    DC0/vm/templates/vmpool-template, folder DC0/vm/vmpool; guests boot after 1 s."""
+    server = VcsimServer(boot_delay=1.0, cert_path=vcsim_dir / "session.pem")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def private_vcsim(vcsim_dir: Path) -> Iterator[VcsimServer]:
+    """A simulator of its own, for tests that stop and restart it."""
+    server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"private-{next(_counter)}.pem")
+    server.start()
+    yield server
+    server.stop()
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def redis_pair() -> Iterator[RedisPair]:
+    """A real primary + replica of redis-server behind an endpoint clients connect to (a new
+    pair per test: failover tests leave it swapped or killed). See tests/redis_pair.py."""
+    yield from redis_pair_of_servers()

@@ -17,6 +17,7 @@ from typing import Any
 
 from chalicelib.api.http import ApiRequest, ApiResponse, bad_request, ok
 from chalicelib.services import Services
+from chalicelib.sizing.controller import current_sizes
 from chalicelib.store.history import PoolHistory, Sample, minute_of, series
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "dashboard"
@@ -77,7 +78,8 @@ def vmpooler_pool(services: Services, request: ApiRequest) -> ApiResponse:
     the history being the ready count of each minute of the last hour, oldest first."""
     pools = services.pools()
     counts = services.store.counts(p.name for p in pools)
-    body: dict[str, Any] = {p.name: {"size": p.size, "ready": counts[p.name]["ready"]} for p in pools}
+    sizes = current_sizes(services.store, pools, services.clock.now(), services.config.service.sizing_timezone)
+    body: dict[str, Any] = {p.name: {"size": sizes[p.name].size, "ready": counts[p.name]["ready"]} for p in pools}
     if _wants_history(request):
         samples, first = _last_hour(services)
         for pool in pools:

@@ -13,6 +13,13 @@ from typing import Any, Mapping
 
 MAX_BODY_BYTES = 64 * 1024
 
+MAX_NUMBER_DIGITS = 18
+"""The longest whole number any input may spell out. Longer ones are refused before they are
+converted: Python's int() fails past 4,300 digits (a 500) and is slow well before that."""
+TOO_LARGE = 10**MAX_NUMBER_DIGITS
+"""What ``whole_number`` answers for a number with more digits: larger than any maximum, so the
+caller's own range check refuses it with its own message."""
+
 HOSTNAME_PATTERN = re.compile(
     r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$", re.IGNORECASE
 )
@@ -69,6 +76,35 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, {"error": message})
 
 
+def whole_number(value: Any) -> int | None:
+    """A whole number >= 0 given as a JSON integer or a string of ASCII digits; None for anything
+    else (signs, spaces, fractions, booleans). A number of more than MAX_NUMBER_DIGITS digits is
+    TOO_LARGE, decided by its length alone."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value < TOO_LARGE else (TOO_LARGE if value > 0 else None)
+    if not isinstance(value, str) or not value or not value.isascii() or not value.isdigit():
+        return None
+    return int(value) if len(value) <= MAX_NUMBER_DIGITS else TOO_LARGE
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """A client's value for an error message, cut short: a message never echoes a megabyte."""
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+MAX_JSON_INTEGER_DIGITS = 100
+
+
+def _json_integer(digits: str) -> int:
+    """JSON's integer parser, bounded: a 5,000-digit integer is bad input, not a 500."""
+    if len(digits.lstrip("-")) > MAX_JSON_INTEGER_DIGITS:
+        raise ValueError(f"a number has more than {MAX_JSON_INTEGER_DIGITS} digits")
+    return int(digits)
+
+
 def json_body(request: ApiRequest, empty: Any = None) -> Any:
     """The request body as JSON; ``empty`` when there is none. Bad JSON is a 400."""
     if len(request.body) > MAX_BODY_BYTES:
@@ -77,7 +113,7 @@ def json_body(request: ApiRequest, empty: Any = None) -> Any:
     if not text:
         return empty
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_json_integer)
     except (ValueError, UnicodeDecodeError) as error:
         raise bad_request(f"Invalid JSON: {error}") from None
     except RecursionError:

@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chalicelib.api.http import ApiError, ApiRequest
+from chalicelib.auth.base import AuthConfigError, AuthUnavailable, canonical_user
 from chalicelib.auth.basic import WWW_AUTHENTICATE
+from chalicelib.observability import logger
 from chalicelib.services import Services
 from chalicelib.store import VMRecord
 
@@ -72,3 +74,36 @@ def caller_for_change(
     if record.token_user and caller is not None and caller.user != record.token_user:
         raise ApiError(403, {"error": f"VM {record.name} was checked out by another user"})
     return caller
+
+
+AUTH_UNAVAILABLE = "authentication service unavailable"
+"""What a client is told when the directory cannot answer; the details (host, port, error) go to
+the log only."""
+
+
+def auth_unavailable(error: Exception) -> ApiError:
+    """503 for a directory outage, its details logged and not shown."""
+    logger.error("authentication service unavailable", extra={"detail": str(error)})
+    return ApiError(503, {"error": AUTH_UNAVAILABLE}, {"Retry-After": "5"})
+
+
+def required_admin(services: Services, request: ApiRequest) -> Caller | None:
+    """For changes to pools at runtime: with ``:auth:``, a token of a user listed in
+    ``auth.admins`` or a member of one of ``auth.admin_groups`` (LDAP); 401 without a token, 403
+    for anyone else. Without ``:auth:``, None (anyone, as in vmpooler)."""
+    caller = required_caller(services, request)
+    if caller is None:
+        return None
+    auth = services.config.auth or {}
+    if canonical_user(caller.user) in {canonical_user(name) for name in auth.get("admins") or ()}:
+        return caller
+    groups = tuple(auth.get("admin_groups") or ())
+    if groups:
+        try:
+            member_of_any = getattr(services.authenticator, "member_of_any", None)
+            if member_of_any is not None and member_of_any(caller.user, groups):
+                return caller
+        except (AuthUnavailable, AuthConfigError) as error:
+            raise auth_unavailable(error) from None
+    logger.warning("runtime pool change refused: not an administrator", extra={"user": caller.user})
+    raise ApiError(403, {"error": "only administrators may change pools at runtime"})

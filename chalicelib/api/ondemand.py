@@ -3,22 +3,20 @@
 POST answers at once with a request id (201); the pools' reconcile passes clone the VMs and hand
 them to the request as they boot; GET shows progress (202) and then the hostnames (200). The
 on-demand VMs are running (checked out) for the request, so DELETE /vm/<host> returns one and
-DELETE /ondemandvm/<id> returns them all. POST /vm falls back to a request here when asked to
-(``fallback_checkout``).
+DELETE /ondemandvm/<id> returns them all. POST /vm falls back to a request when asked to
+(``checkout.fallback_checkout``).
 """
 
 from __future__ import annotations
 
-import random
 import re
-import uuid
 from typing import Any, Mapping
 
+from chalicelib.api.checkout import REQUEST_NAME_PATTERN, hostnames_by_name, open_request, parse_count
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok
 from chalicelib.api.identity import Caller, required_caller
-from chalicelib.api.vms import REQUEST_NAME_PATTERN, _parse_count, hostnames_by_name
 from chalicelib.services import Services
-from chalicelib.store.ondemand import DELETED, FAILED, READY, OnDemandEntry, OnDemandRequest, OnDemandStore
+from chalicelib.store.ondemand import DELETED, FAILED, READY, OnDemandRequest, OnDemandStore
 
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 DELETED_MESSAGE = "The request has been deleted"
@@ -44,7 +42,7 @@ def create_from_body(services: Services, request: ApiRequest) -> ApiResponse:
     for name, count in body.items():
         if not REQUEST_NAME_PATTERN.match(name):
             raise bad_request("Invalid pool name format")
-        wanted[name] = _parse_count(count)
+        wanted[name] = parse_count(count)
     return _create(services, request, wanted, request_id, caller)
 
 
@@ -75,7 +73,7 @@ def _create(
     services: Services, request: ApiRequest, wanted: Mapping[str, int], request_id: str | None, caller: Caller | None
 ) -> ApiResponse:
     _check_wanted(services, wanted)
-    request_id = _open_request(services, wanted, request_id, caller)
+    request_id = open_request(services, request, wanted, request_id, caller)
     answer: dict[str, Any] = {"ok": True, "request_id": request_id}
     if request.version == 1:
         pools = [services.config.pool(pool) for name in wanted for pool in services.config.resolve(name)]
@@ -85,31 +83,11 @@ def _create(
     return ApiResponse(201, answer)
 
 
-def _open_request(
-    services: Services, wanted: Mapping[str, int], request_id: str | None, caller: Caller | None
-) -> str:
-    """Record the request (409 when its id is taken) and wake the pools that build it."""
-    config = services.config.service
-    # An alias is built in one of its pools, chosen at random to spread the load, as vmpooler does.
-    entries = [OnDemandEntry(name, random.choice(services.config.resolve(name)), count)
-               for name, count in wanted.items()]
-    request_id = request_id or str(uuid.uuid4())
-    created = OnDemandStore(services.store).create(
-        request_id, entries, services.clock.now(), int(config.ondemand_request_ttl) * 60,
-        int(config.vm_lifetime_auth if caller else config.vm_lifetime), caller.user if caller else "",
-        caller.token_id if caller else "",
-    )
-    if not created:
-        raise ApiError(409, {"message": f"request_id '{request_id}' has already been created",
-                             "request_id": request_id})
-    services.refill.pools_changed({entry.pool for entry in entries})
-    return request_id
-
-
 def show(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /ondemandvm/<id>: 202 with counts while building, 200 with hostnames when ready,
-    200 with a message when it failed or was deleted."""
-    ondemand = _find(services, request.params["name"])
+    200 with a message when it failed or was deleted. With ``:auth:``, only its owner's token
+    may look (401 without one, 403 with another user's)."""
+    ondemand = _owned(services, request)
     answer: dict[str, Any] = {"ok": True, "request_id": ondemand.id, "ready": False}
     if ondemand.state == READY:
         answer["ready"] = True
@@ -131,14 +109,20 @@ def show(services: Services, request: ApiRequest) -> ApiResponse:
 
 def delete(services: Services, request: ApiRequest) -> ApiResponse:
     """DELETE /ondemandvm/<id>: the request ends and its VMs go to completed."""
-    caller = required_caller(services, request)
-    ondemand = _find(services, request.params["name"])
-    if caller and ondemand.token_user and caller.user != ondemand.token_user:
-        raise ApiError(403, {"error": "the request belongs to another user"})
+    ondemand = _owned(services, request)
     ending = OnDemandStore(services.store).end(
         ondemand.id, DELETED, DELETED_MESSAGE, f"on-demand request {ondemand.id} was deleted", services.clock.now())
     services.refill.pools_changed(ending.pools)  # nothing when it had ended already
     return ok()
+
+
+def _owned(services: Services, request: ApiRequest) -> OnDemandRequest:
+    """The request named in the path, for its owner only when auth is configured."""
+    caller = required_caller(services, request)
+    ondemand = _find(services, request.params["name"])
+    if caller and ondemand.token_user and caller.user != ondemand.token_user:
+        raise ApiError(403, {"error": "the request belongs to another user"})
+    return ondemand
 
 
 def _find(services: Services, request_id: str) -> OnDemandRequest:
@@ -146,37 +130,3 @@ def _find(services: Services, request_id: str) -> OnDemandRequest:
     if found is None:
         raise ApiError(404, {"message": f"no request found for request_id '{request_id}'"})
     return found
-
-
-# --- POST /vm falling back to an on-demand request --------------------------------------------
-
-FALLBACK_QUERY = "ondemand"
-"""``POST /vm?ondemand=true`` asks for the fallback on this request, ``=false`` refuses it."""
-
-
-def fallback_wanted(services: Services, request: ApiRequest, wanted: Mapping[str, int]) -> bool:
-    """Whether a checkout miss becomes an on-demand request: the query says so, else every pool
-    involved has ``ondemand_fallback`` (a pool's own setting, else the service's)."""
-    asked = request.query.get(FALLBACK_QUERY, "").lower()
-    if asked in ("true", "1", "yes"):
-        return True
-    if asked in ("false", "0", "no"):
-        return False
-    default = bool(services.config.service.ondemand_fallback)
-    pools = [services.config.pool(name) for requested in wanted for name in services.config.resolve(requested)]
-    return bool(pools) and all(pool is not None and bool(pool.get("ondemand_fallback", default)) for pool in pools)
-
-
-def fallback_checkout(
-    services: Services, request: ApiRequest, wanted: Mapping[str, int], caller: Caller | None
-) -> ApiResponse | None:
-    """A 202 with a new request's id for a checkout that missed, or None to answer 503 as
-    usual (fallback not wanted, no token while auth is configured, or over the on-demand limit)."""
-    if not fallback_wanted(services, request, wanted):
-        return None
-    if services.config.auth is not None and caller is None:
-        return None
-    if sum(wanted.values()) > int(services.config.service.max_ondemand_instances_per_request):
-        return None
-    request_id = _open_request(services, wanted, None, caller)
-    return ApiResponse(202, {"ok": True, "request_id": request_id, "ready": False})

@@ -5,27 +5,26 @@ clone target and reset, kept in Redis (store/pool_overrides.py) and applied by t
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok
-from chalicelib.api.identity import required_caller
+from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok, whole_number
+from chalicelib.api.identity import required_admin
 from chalicelib.config import PoolConfig
 from chalicelib.services import Services
 from chalicelib.store.pool_overrides import PoolOverrides
 
 MAX_POOL_SIZE = 10000
 """As the config loader allows."""
-SIZE_PATTERN = re.compile(r"^[0-9]+$")
 MAX_CLONE_TARGET = 255
 
 
 def _allowed(services: Services, request: ApiRequest) -> None:
-    """405 unless experimental_features is on; then a token when auth is configured."""
+    """405 unless experimental_features is on; then, when auth is configured, an administrator's
+    token (401 without a token, 403 for anyone else)."""
     if not services.config.service.experimental_features:
         raise ApiError(405)
-    required_caller(services, request)
+    required_admin(services, request)
 
 
 def _payload(request: ApiRequest) -> dict[str, Any]:
@@ -42,10 +41,8 @@ def _payload(request: ApiRequest) -> dict[str, Any]:
 
 
 def _size(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or not SIZE_PATTERN.match(str(value)):
-        return None
-    size = int(value)
-    return size if size <= MAX_POOL_SIZE else None
+    size = whole_number(value)
+    return size if size is not None and size <= MAX_POOL_SIZE else None
 
 
 def _template_ok(value: Any) -> bool:

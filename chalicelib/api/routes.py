@@ -17,6 +17,7 @@ import redis
 
 from chalicelib.api import dashboard, ondemand, pool_config, status, summary, tokens, vm_tasks, vms
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse
+from chalicelib.api.limits import check_rate
 from chalicelib.observability import logger
 from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable
@@ -84,14 +85,6 @@ ROUTES: list[Route] = [
 ]
 
 
-def add_routes(routes: list[Route]) -> None:
-    """Let another module (tokens, on-demand...) add its routes to the table before wiring."""
-    known = {route.name for route in ROUTES}
-    for route in routes:
-        if route.name not in known:
-            ROUTES.append(route)
-
-
 def versioned_paths(route: Route) -> list[tuple[str, int]]:
     """Every (full path, version) under which ``route`` is served."""
     return [
@@ -112,16 +105,24 @@ def render(response: ApiResponse) -> tuple[int, str, dict[str, str]]:
     return response.status, json.dumps(response.body, separators=(",", ":")), {**JSON_HEADERS, **response.headers}
 
 
+def _route_of(handler: Handler) -> Route | None:
+    return next((route for route in ROUTES if route.handler is handler), None)
+
+
 def handle(services: Services, handler: Handler, request: ApiRequest) -> ApiResponse:
-    """Run a handler and turn every failure into a JSON answer."""
+    """Run a handler (once its request is within the rate limits) and turn every failure into a
+    JSON answer."""
     try:
+        route = _route_of(handler)
+        if route is not None:
+            check_rate(services, route.method, route.path, request)
         return handler(services, request)
     except ApiError as error:
         return ApiResponse(error.status, error.body, error.headers)
     except (StoreUnavailable, redis.RedisError) as error:
         logger.warning("state store unavailable", extra={"error": str(error)})
-        return ApiResponse(503, {"ok": False, "error": "the state store is unavailable, try again shortly"},
-                           {"Retry-After": "1"})
+        message = error.public_message if isinstance(error, StoreUnavailable) else StoreUnavailable.public_message
+        return ApiResponse(503, {"ok": False, "error": message}, {"Retry-After": "1"})
     except Exception:  # noqa: BLE001 - the client gets JSON; the log gets the traceback
         logger.exception("unhandled error", extra={"request_id": request.request_id})
         return ApiResponse(500, {"ok": False, "error": "internal error", "request_id": request.request_id})

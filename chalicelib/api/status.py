@@ -7,9 +7,10 @@ from typing import Any
 from chalicelib.api.http import ApiRequest, ApiResponse, not_found
 from chalicelib.api.summary import day_metrics
 from chalicelib.config import PoolConfig
-from chalicelib.manager.reconcile import day_of
 from chalicelib.services import Services
+from chalicelib.sizing.controller import current_sizes
 from chalicelib.store.ondemand import OnDemandStore
+from chalicelib.timestamps import day_of
 
 STATUS_VIEWS = ("boot", "capacity", "clone", "pools", "queue")
 OK_MESSAGE = "Battle station fully armed and operational."
@@ -24,6 +25,7 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
     now = services.clock.now()
     counts = services.store.counts(config.pool_names)
     pools_now = services.pools()
+    sizes = current_sizes(services.store, pools_now, now, config.service.sizing_timezone)
     body: dict[str, Any] = {}
     if "boot" in wanted or "clone" in wanted:
         today = services.store.day_stats([day_of(now)])[0]
@@ -33,7 +35,7 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
                 body[kind] = {"duration": metrics["duration"], "count": {"total": metrics["count"]["total"]}}
     if "capacity" in wanted:
         current = sum(c["ready"] for c in counts.values())
-        total = sum(pool.size for pool in pools_now)
+        total = sum(size.size for size in sizes.values())
         body["capacity"] = {
             "current": current,
             "total": total,
@@ -47,8 +49,9 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
                 "ready": counts[pool.name]["ready"],
                 "running": counts[pool.name]["running"],
                 "pending": counts[pool.name]["pending"],
-                "max": pool.size,
+                "max": sizes[pool.name].size,
                 "lastBoot": last_boots.get(pool.name, ""),
+                "size_reason": sizes[pool.name].reason,
             }
             if pool.alias:
                 entry["alias"] = alias_as_written(pool)
@@ -70,7 +73,7 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
         body["queue"] = queue
     state: dict[str, Any] = {"ok": True, "message": OK_MESSAGE}
     if "pools" in wanted:
-        empty = [p.name for p in pools_now if p.size > 0 and counts[p.name]["ready"] == 0]
+        empty = [p.name for p in pools_now if sizes[p.name].size > 0 and counts[p.name]["ready"] == 0]
         if empty:
             state = {"ok": False, "message": f"Found {len(empty)} empty pools.", "empty": empty}
     state["uptime"] = round(now - services.started, 1)
@@ -89,9 +92,11 @@ def poolstat(services: Services, request: ApiRequest) -> ApiResponse:
     names = {part for part in request.query.get("pool", "").split(",") if part}
     chosen = [p for p in services.pools() if p.name in names or names.intersection(p.alias)]
     counts = services.store.counts(p.name for p in chosen)
+    sizes = current_sizes(services.store, chosen, services.clock.now(), services.config.service.sizing_timezone)
     pools: dict[str, Any] = {}
     for pool in chosen:
-        entry: dict[str, Any] = {"max": pool.size, "ready": counts[pool.name]["ready"]}
+        entry: dict[str, Any] = {"max": sizes[pool.name].size, "ready": counts[pool.name]["ready"],
+                                 "size_reason": sizes[pool.name].reason}
         if pool.alias:
             entry["alias"] = alias_as_written(pool)
         pools[pool.name] = entry
@@ -118,5 +123,7 @@ def pool_configuration(services: Services, request: ApiRequest) -> ApiResponse:
         )
         if pool.domain:
             settings["domain"] = pool.domain
+        if "sizing" in settings:
+            settings["sizing"] = settings["sizing"].source  # as written in the config
         pools.append(settings)
     return ApiResponse(200, {"pool_configuration": pools, "status": {"ok": True}})

@@ -10,7 +10,7 @@ import re
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from chalicelib.api.http import ApiRequest, ApiResponse, bad_request, not_found
+from chalicelib.api.http import ApiRequest, ApiResponse, bad_request, not_found, shown
 from chalicelib.services import Services
 from chalicelib.store import DayStats
 
@@ -21,7 +21,7 @@ DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 def _parse_day(name: str, value: str) -> date:
     if not DATE_PATTERN.match(value):
-        raise bad_request(f"Invalid date format '{value}', must match YYYY-MM-DD.")
+        raise bad_request(f"Invalid date format '{shown(value)}', must match YYYY-MM-DD.")
     try:
         return date.fromisoformat(value)
     except ValueError:

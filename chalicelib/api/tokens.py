@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, not_found, ok
-from chalicelib.api.identity import TOKEN_HEADER, unauthorized
+from chalicelib.api.identity import AUTH_UNAVAILABLE, TOKEN_HEADER, auth_unavailable, unauthorized
 from chalicelib.auth.base import AuthConfigError
 from chalicelib.auth.basic import LoginOutcome, LoginService
-from chalicelib.auth.tokens import DeleteResult, TokenRecord, hash_token, is_token_shaped, token_id
+from chalicelib.auth.tokens import DeleteResult, TokenRecord, TooManyTokens, hash_token, is_token_shaped, token_id
 from chalicelib.observability import logger
 from chalicelib.services import Services
 
@@ -33,7 +33,7 @@ def _login_service(services: Services) -> LoginService:
     except AuthConfigError as error:
         # The config was checked at load; what is left (an unreadable CA file...) is an outage.
         logger.error("authentication is misconfigured", extra={"problems": error.problems})
-        raise ApiError(503, {"error": "authentication is unavailable (configuration error)"}) from None
+        raise ApiError(503, {"error": AUTH_UNAVAILABLE}) from None
     if logins is None:  # pragma: no cover - auth configured implies an authenticator
         raise not_found()
     return logins
@@ -52,14 +52,19 @@ def _basic_user(services: Services, request: ApiRequest) -> str:
             {"Retry-After": str(wait)},
         )
     if result.outcome is LoginOutcome.UNAVAILABLE:
-        raise ApiError(503, {"error": result.message or "authentication is unavailable"}, {"Retry-After": "5"})
+        raise auth_unavailable(RuntimeError(result.message or "no detail"))
     raise unauthorized("authentication required (HTTP Basic)")
 
 
 def create_token(services: Services, request: ApiRequest) -> ApiResponse:
     """POST /token: a new token for the Basic-authenticated user, shown this once."""
     user = _basic_user(services, request)
-    token = services.tokens.create(user)
+    try:
+        token = services.tokens.create(user)
+    except TooManyTokens:
+        limit = services.config.service.max_tokens_per_user
+        message = f"you have {limit} tokens already; delete one first (DELETE /token/<id>)"
+        raise ApiError(403, {"error": message}) from None
     logger.info("token created", extra={"user": user, "token_id": token_id(hash_token(token))})
     return ok(token=token)
 

@@ -5,11 +5,10 @@ task on a checked-out VM. The VM's pool's reconcile pass runs it (manager/vm_tas
 
 from __future__ import annotations
 
-import re
 import secrets
 from typing import Any
 
-from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, ok
+from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, ok, whole_number
 from chalicelib.api.identity import caller_for_change, required_caller
 from chalicelib.api.vms import find_vm
 from chalicelib.services import Services
@@ -17,7 +16,6 @@ from chalicelib.store import VMRecord
 from chalicelib.store.vm_tasks import DISK, REVERT, SNAPSHOT, VMTaskStore, in_flight, new_task
 
 MAX_DISK_GB = 2048
-DIGITS = re.compile(r"^[0-9]+$")
 
 
 def _running_vm(services: Services, request: ApiRequest) -> VMRecord:
@@ -37,11 +35,11 @@ def _queue(services: Services, record: VMRecord, kind: str, **details: Any) -> N
 def add_disk(services: Services, request: ApiRequest) -> ApiResponse:
     """POST /vm/<host>/disk/<gb> (1..2048): 202 ``{"<host>": {"disk": "+8gb"}}``."""
     record = _running_vm(services, request)
-    size = request.params["size"]
-    if not DIGITS.match(size) or not 1 <= int(size) <= MAX_DISK_GB:
+    size = whole_number(request.params["size"])
+    if size is None or not 1 <= size <= MAX_DISK_GB:
         raise bad_request(f"disk size must be a whole number of GB from 1 to {MAX_DISK_GB}")
-    _queue(services, record, DISK, size_gb=int(size))
-    return ok(202, **{record.name: {"disk": f"+{int(size)}gb"}})
+    _queue(services, record, DISK, size_gb=size)
+    return ok(202, **{record.name: {"disk": f"+{size}gb"}})
 
 
 def take_snapshot(services: Services, request: ApiRequest) -> ApiResponse:

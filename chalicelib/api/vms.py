@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import random
 import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from chalicelib import observability as metric
+from chalicelib.api.checkout import MAX_COUNT, REQUEST_NAME_PATTERN, checkout, parse_count
 from chalicelib.api.http import (
     ApiError,
     ApiRequest,
@@ -17,17 +17,17 @@ from chalicelib.api.http import (
     not_found,
     ok,
     short_hostname,
+    shown,
+    whole_number,
 )
-from chalicelib.api.identity import caller_for_change, optional_caller
-from chalicelib.manager.reconcile import day_of
+from chalicelib.api.identity import caller_for_change
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
-from chalicelib.store import CheckoutRequest, VMRecord
+from chalicelib.store import ModifyResult, VMRecord
+from chalicelib.store.records import TAG_FIELD_PREFIX
 from chalicelib.store.vm_tasks import task_errors
+from chalicelib.timestamps import day_of
 
-MAX_COUNT = 100
-REQUEST_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
-COUNT_PATTERN = re.compile(r"^[0-9]+$")
 TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 TAG_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_ \t\r\n\f\v.,@:/-]*$")
 """vmpooler's characters, and a comma: beaker tags a host's roles as ``agent, master``."""
@@ -55,8 +55,8 @@ def checkout_from_body(services: Services, request: ApiRequest) -> ApiResponse:
     for name, count in body.items():
         if not REQUEST_NAME_PATTERN.match(name):
             raise bad_request("Invalid pool name format")
-        wanted[name] = _parse_count(count)
-    return _checkout(services, request, wanted)
+        wanted[name] = parse_count(count)
+    return checkout(services, request, wanted)
 
 
 def checkout_from_path(services: Services, request: ApiRequest) -> ApiResponse:
@@ -68,86 +68,7 @@ def checkout_from_path(services: Services, request: ApiRequest) -> ApiResponse:
         wanted[name] = wanted.get(name, 0) + 1
     if any(count > MAX_COUNT for count in wanted.values()):
         raise bad_request(f"VM count must be at most {MAX_COUNT}")
-    return _checkout(services, request, wanted)
-
-
-def _parse_count(count: Any) -> int:
-    if count is None:
-        raise bad_request("VM count is required")
-    if isinstance(count, bool) or not isinstance(count, (int, str)) or not COUNT_PATTERN.match(str(count)):
-        raise bad_request("VM count must be a valid integer")
-    number = int(count)
-    if number < 1:
-        raise bad_request("VM count must be at least 1")
-    if number > MAX_COUNT:
-        raise bad_request(f"VM count must be at most {MAX_COUNT}")
-    return number
-
-
-def _checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int]) -> ApiResponse:
-    config = services.config
-    unknown = [name for name in wanted if not config.resolve(name)]
-    if unknown:
-        raise not_found(error=f"unknown pool or alias: {', '.join(unknown)}")
-    caller = optional_caller(services, request)
-    requests = []
-    for name, count in wanted.items():
-        pools = list(config.resolve(name))
-        random.shuffle(pools)  # spread an alias's load over its pools
-        requests.append(CheckoutRequest(name, pools, count))
-    lifetime = config.service.vm_lifetime_auth if caller else config.service.vm_lifetime
-    fields = {"lifetime": str(lifetime)}
-    if config.service.migration_limit > 0:
-        fields["migration"] = "queued"  # its pool's pass moves it off a busy host (manager/migrations.py)
-    if caller:
-        # The owner and the token's id (a hash prefix): never the token itself.
-        fields["token_user"] = caller.user
-        fields["token_id"] = caller.token_id
-    now = services.clock.now()
-    result = services.store.checkout(requests, now, fields)
-    if not result.ok:
-        emit(None, {metric.CHECKOUT_MISSES: 1})
-        from chalicelib.api.ondemand import fallback_checkout  # ondemand builds on this module
-
-        fallback = fallback_checkout(services, request, wanted, caller)
-        if fallback is not None:
-            return fallback
-        raise ApiError(503, {"error": f"not enough ready VMs for: {', '.join(result.short)}"})
-    services.refill.pools_changed({vm.pool for vm in result.vms})
-    emit(None, {metric.CHECKOUTS: len(result.vms)})
-    for vm in result.vms:
-        logger.info("VM checked out", extra={"pool": vm.pool, "hostname": vm.hostname,
-                                             "user": caller.user if caller else None})
-    named: dict[str, list[tuple[str, str]]] = {}
-    for vm in result.vms:
-        pool = config.pool(vm.pool)
-        named.setdefault(vm.requested, []).append((vm.hostname, (pool.domain if pool else None) or ""))
-    hostnames, domain = hostnames_by_name(named, request.version)
-    answer: dict[str, Any] = {"ok": True}
-    for name, names in hostnames.items():
-        answer[name] = {"hostname": names[0] if len(names) == 1 else names}
-    if domain:
-        answer["domain"] = domain
-    return ApiResponse(200, answer)
-
-
-def hostnames_by_name(
-    named: Mapping[str, list[tuple[str, str]]], version: int
-) -> tuple[dict[str, list[str]], str | None]:
-    """The hostnames to answer for each requested name, from (short name, domain) pairs, and the
-    top-level ``domain`` of a v1 answer.
-
-    v2/v3 answer FQDNs. v1 clients (beaker, vmfloaty on a v1 URL) append the top-level ``domain``
-    to every short name, so v1 answers short names with the one domain they all share, and FQDNs
-    without a ``domain`` key when the VMs' domains differ (a pool with a domain of its own)."""
-    domains = {domain for vms in named.values() for _, domain in vms}
-    shared = domains.pop() if version == 1 and len(domains) == 1 else None
-    short = shared is not None
-    hostnames = {
-        name: [hostname if short or not domain else f"{hostname}.{domain}" for hostname, domain in vms]
-        for name, vms in named.items()
-    }
-    return hostnames, shared or None
+    return checkout(services, request, wanted)
 
 
 # --- one VM -------------------------------------------------------------------------------------
@@ -205,11 +126,12 @@ def describe(services: Services, request: ApiRequest) -> ApiResponse:
 
 
 def modify(services: Services, request: ApiRequest) -> ApiResponse:
-    """PUT /vm/<hostname> with ``lifetime`` and/or ``tags``."""
+    """PUT /vm/<hostname> with ``lifetime`` and/or ``tags``. Each field is set on its own, so
+    concurrent changes of different tags all land."""
     record = find_vm(services, request)
     body = json_object(request, empty={})
     failures: list[str] = []
-    changes: dict[str, Any] = {}
+    changes: dict[str, str] = {}
     tags: dict[str, str] = {}
     config = services.config
     for key, value in body.items():
@@ -217,28 +139,35 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
             caller_for_change(services, request, record, token_required=True)
             lifetime = _parse_lifetime(value, config.service.max_lifetime_upper_limit, failures)
             if lifetime is not None:
-                changes["lifetime"] = lifetime
+                changes["lifetime"] = str(lifetime)
         elif key == "tags":
             tags = _parse_tags(value, config.service.allowed_tags, config.tagfilter, failures)
         else:
-            failures.append(f"Unknown argument {key}.")
+            failures.append(f"Unknown argument {shown(key)}.")
+    max_tags = int(config.service.max_tags_per_vm)
+    if len(tags) > max_tags:
+        failures.append(f"You provided more than {max_tags} tags.")
     if failures:
         raise ApiError(400, {"failure": failures})
+    changes.update({TAG_FIELD_PREFIX + key: value for key, value in tags.items()})
+    if changes:
+        result = services.store.modify_vm(record.name, changes, max_tags)
+        if result is ModifyResult.NO_VM:
+            raise not_found(error=f"VM {record.name} not found")
+        if result is ModifyResult.TOO_MANY_TAGS:
+            raise ApiError(400, {"failure": [f"A VM carries at most {max_tags} tags."]})
     if tags:
-        changes["tags"] = {**record.tags, **tags}
-    if changes and not services.store.update_vm(record.name, **changes):
-        raise not_found(error=f"VM {record.name} not found")
-    if tags:
-        services.store.record_tags(day_of(services.clock.now()), tags)
+        services.store.record_tags(day_of(services.clock.now()), tags, int(config.service.max_tag_names_per_day),
+                                   int(config.service.max_tag_values_per_day))
     return ok()
 
 
 def _parse_lifetime(value: Any, upper_limit: int | None, failures: list[str]) -> int | None:
-    text = "" if value is None else str(value)
-    if isinstance(value, bool) or not re.fullmatch(r"[0-9]+", text.strip()) or int(text) <= 0:
+    text = "" if value is None else shown(value)
+    hours = whole_number(value.strip() if isinstance(value, str) else value)
+    if not hours:
         failures.append(f"Lifetime must be a positive integer (got {text})")
         return None
-    hours = int(text)
     if upper_limit is None:
         upper_limit = MAX_LIFETIME_HOURS + 1
     if hours >= upper_limit:
@@ -251,7 +180,7 @@ def _parse_tags(
     value: Any, allowed: tuple[str, ...], tagfilter: Mapping[str, str], failures: list[str]
 ) -> dict[str, str]:
     if not isinstance(value, dict):
-        failures.append(f"You provided tags ({value}) as something other than a hash.")
+        failures.append(f"You provided tags ({shown(value)}) as something other than a hash.")
         return {}
     tags: dict[str, str] = {}
     for key, tag_value in value.items():
@@ -264,7 +193,7 @@ def _parse_tags(
         elif tag_value is None or tag_value == "":
             continue  # vmpooler skips empty tags
         elif not isinstance(tag_value, (str, int, float)) or isinstance(tag_value, bool):
-            failures.append(f"Tag value for {key} must be a string")
+            failures.append(f"Tag value for {shown(key)} must be a string")
         elif len(str(tag_value)) > MAX_TAG_VALUE:
             failures.append("Tag value too long")
         elif not TAG_VALUE_PATTERN.match(str(tag_value)):
@@ -274,7 +203,7 @@ def _parse_tags(
     if allowed:
         unsupported = sorted(key for key in value if key not in allowed)
         if unsupported:
-            failures.append(f"You provided unsupported tags ({', '.join(unsupported)}).")
+            failures.append(f"You provided unsupported tags ({shown(', '.join(unsupported), 200)}).")
     return tags
 
 
@@ -289,15 +218,29 @@ def _filter_tag(value: str, pattern: str | None) -> str:
 
 
 def give_back(services: Services, request: ApiRequest) -> ApiResponse:
-    """DELETE /vm/<hostname>: a running VM goes to completed; the manager destroys it."""
+    """DELETE /vm/<hostname>: a running VM goes to completed; the manager destroys it.
+
+    Without ``:auth:`` anyone may return any VM (as in vmpooler): one round trip, no read
+    first; the record is read only to say why a VM could not be returned."""
+    if services.config.auth is None:
+        hostname = short_hostname(request.params["name"])
+        pool = services.store.return_vm(hostname, services.clock.now(), "returned by its user")
+        if pool is None:
+            find_vm(services, request, running=True)  # the 404 saying why
+            raise not_found(error=f"VM {hostname} is not running")
+        return _returned(services, pool, hostname)
     record = find_vm(services, request, running=True)
     caller_for_change(services, request, record)
     now = services.clock.now()
     if not services.store.move(record.name, record.pool, "running", "completed", now, nudge=True,
                                reason="returned by its user"):
         raise not_found(error=f"VM {record.name} is not running")
-    services.refill.pools_changed([record.pool])
+    return _returned(services, record.pool, record.name)
+
+
+def _returned(services: Services, pool: str, hostname: str) -> ApiResponse:
+    services.refill.pools_changed([pool])
     emit(None, {metric.DELETES: 1})
-    logger.info("VM returned", extra={"pool": record.pool, "hostname": record.name})
+    logger.info("VM returned", extra={"pool": pool, "hostname": hostname})
     return ok()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Protocol, runtime_checkable
 
 MAX_USERNAME_LENGTH = 256
@@ -50,3 +51,10 @@ def acceptable_credentials(username: object, password: object) -> bool:
     if "\x00" in password:
         return False
     return True
+
+
+def canonical_user(username: str) -> str:
+    """The name a directory matches for ``username``: NFKC-normalised (a fullwidth ``\uff42ob`` is
+    ``bob``), case-folded, without surrounding spaces. One user has one canonical name, whatever
+    look-alike spelling a client sends: login limits and admin lists compare these."""
+    return unicodedata.normalize("NFKC", username).casefold().strip()

@@ -81,19 +81,22 @@ class LoginService:
         return self.check(credentials[0], credentials[1], address)
 
     def check(self, user: str, password: str, address: str | None = None) -> LoginResult:
+        """Reserve an attempt under the limits, then ask the directory: concurrent attempts
+        cannot pass the limit together."""
         if self.limiter is not None:
-            wait = self.limiter.check(user, address)
+            wait = self.limiter.reserve(user, address)
             if wait is not None:
                 logger.warning("login refused, too many failures (retry after %ss)", wait)
                 return LoginResult(LoginOutcome.RATE_LIMITED, retry_after=wait)
         try:
             accepted = self.authenticator.authenticate(user, password)
         except AuthUnavailable as error:
+            if self.limiter is not None:
+                self.limiter.refund(user, address)  # an outage is not a failed login
             return LoginResult(LoginOutcome.UNAVAILABLE, message=str(error))
         if not accepted:
-            if self.limiter is not None:
-                self.limiter.record_failure(user, address)
             return LoginResult(LoginOutcome.INVALID)
         if self.limiter is not None:
             self.limiter.reset(user)
+            self.limiter.refund(None, address)
         return LoginResult(LoginOutcome.OK, user=user)

@@ -24,10 +24,11 @@ import math
 import os
 import re
 import ssl
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from ldap3 import NONE, SIMPLE, SUBTREE, SYNC, Connection, Server, Tls
+from ldap3 import BASE, NONE, SIMPLE, SUBTREE, SYNC, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, parse_dn
@@ -327,31 +328,63 @@ class LdapAuthenticator:
     def authenticate(self, username: str, password: str) -> bool:
         if not acceptable_credentials(username, password):
             return False
+        with self._session("login") as connection:
+            if self.settings.uses_service_account:
+                accepted = self._search_and_bind(connection, username, password)
+            else:
+                accepted = self._direct_bind(connection, username, password)
+        if accepted:
+            logger.info("LDAP login accepted for %s", _identity(username))
+        else:
+            logger.info("LDAP login refused for %s", _identity(username))
+        return accepted
+
+    def member_of_any(self, username: str, groups: Sequence[str]) -> bool:
+        """Whether the user is a member of one of ``groups`` (group DNs): a group entry lists
+        the user's DN in ``member`` or ``uniqueMember``, or the name in ``memberUid``. Needs the
+        service account (to find the user's entry and read the groups); False without one.
+        Raises AuthUnavailable when the directory cannot answer."""
+        if not self.settings.uses_service_account or not acceptable_credentials(username, "-"):
+            return False
+        with self._session("group check") as connection:
+            self._bind_service_account(connection)
+            dns = [escape_filter_chars(dn) for dn in self._find_user(connection, username)]
+            wanted = "".join(f"(member={dn})(uniqueMember={dn})" for dn in dns)
+            search_filter = f"(|{wanted}(memberUid={escape_filter_chars(username)}))"
+            for group in groups:
+                connection.search(group, search_filter, search_scope=BASE, attributes=[], size_limit=1,
+                                  time_limit=max(1, int(self.settings.receive_timeout)))
+                code = (connection.result or {}).get("result")
+                if code == 0 and any(item.get("type") == "searchResEntry" for item in connection.response or []):
+                    return True
+                if code == 32:  # noSuchObject: the group does not exist
+                    logger.warning("LDAP group %r does not exist on %s", group, self._where)
+                elif code != 0:
+                    description = (connection.result or {}).get("description", "unknown")
+                    logger.error("%s answered a group search with %s (%s)", self._where, code, description)
+                    raise AuthUnavailable(f"{self._where} could not read the group ({description})")
+        return False
+
+    @contextmanager
+    def _session(self, purpose: str) -> Iterator[Connection]:
+        """A connection for one task, always unbound; anything unexpected is AuthUnavailable."""
         try:
             connection = self._connect()
         except Exception as error:  # noqa: BLE001 - ldap3 raises more than LDAPException on odd servers
             logger.error("%s unreachable: %s", self._where, type(error).__name__)
             raise AuthUnavailable(f"{self._where} is unavailable") from None
         try:
-            if self.settings.uses_service_account:
-                accepted = self._search_and_bind(connection, username, password)
-            else:
-                accepted = self._direct_bind(connection, username, password)
+            yield connection
         except AuthUnavailable:
             raise
         except Exception as error:  # noqa: BLE001 - any failure is "unavailable", never a 500
-            logger.error("%s failed during login: %s", self._where, type(error).__name__)
+            logger.error("%s failed during %s: %s", self._where, purpose, type(error).__name__)
             raise AuthUnavailable(f"{self._where} is unavailable") from None
         finally:
             try:
                 connection.unbind()
             except Exception:  # noqa: BLE001 - the socket may already be gone
                 pass
-        if accepted:
-            logger.info("LDAP login accepted for %s", _identity(username))
-        else:
-            logger.info("LDAP login refused for %s", _identity(username))
-        return accepted
 
     # --- steps -----------------------------------------------------------------------------
 
@@ -406,12 +439,15 @@ class LdapAuthenticator:
             raise AuthUnavailable("the LDAP service account password is empty")
         return password
 
-    def _search_and_bind(self, connection: Connection, username: str, password: str) -> bool:
+    def _bind_service_account(self, connection: Connection) -> None:
         service_dn = self.settings.service_account_dn
         assert service_dn is not None
         if not self._bind(connection, service_dn, self._service_password()):
             logger.error("%s refused the service account %s: check service_account_hash", self._where, service_dn)
             raise AuthUnavailable(f"{self._where} refused the service account")
+
+    def _find_user(self, connection: Connection, username: str) -> list[str]:
+        """The DNs of the entries named ``username`` under every base (as the service account)."""
         value = escape_filter_chars(username)
         candidates: list[str] = []
         for base in self.settings.bases:
@@ -419,8 +455,12 @@ class LdapAuthenticator:
                 for dn in self._search(connection, base, f"({attribute}={value})", username):
                     if dn not in candidates:
                         candidates.append(dn)
+        return candidates
+
+    def _search_and_bind(self, connection: Connection, username: str, password: str) -> bool:
+        self._bind_service_account(connection)
         # Every search ran as the service account; now bind as each entry found.
-        for dn in candidates:
+        for dn in self._find_user(connection, username):
             if self._bind(connection, dn, password):
                 return True
         return False

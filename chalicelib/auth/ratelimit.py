@@ -1,12 +1,17 @@
 """Failed-login limiter: counters in Redis per user and per client address, with expiry.
 
-Fixed windows: the first failure starts a window of ``window_seconds``; past ``max_per_user``
+Fixed windows: the first attempt starts a window of ``window_seconds``; past ``max_per_user``
 failures for a user name, or ``max_per_address`` from an address, logins are refused until the
 window ends (the API answers 429 with ``Retry-After``). A successful login clears the user's
 counter (not the address's: one valid account must not reset an attacker's address budget).
 
-User names are case-folded and hashed into the key (LDAP matches names case-insensitively, and a
-hash bounds the key size). IPv6 addresses count per /64, since one client usually holds a whole /64.
+Each attempt is reserved before the directory is asked (``reserve``: check and count in one
+script): 40 wrong passwords sent at once reach LDAP only as often as the limit allows, not 40
+times. A success gives the address's reservation back; an outage gives both back.
+
+User names are keyed by the name the directory will match: NFKC-normalised and case-folded
+(a fullwidth ``\uff42ob`` binds as ``bob``, so it shares bob's counter), then hashed (bounded key
+size). IPv6 addresses count per /64, since one client usually holds a whole /64.
 """
 
 from __future__ import annotations
@@ -15,6 +20,49 @@ import hashlib
 import ipaddress
 import math
 from typing import Any, Mapping
+
+from chalicelib.store.keys import Keys
+
+from .base import canonical_user
+
+# KEYS: counters; ARGV[1]: window seconds, ARGV[2..]: each counter's limit. When a counter has
+# reached its limit: nothing changes and the answer is its time left in ms. Otherwise every
+# counter is incremented (its window starts with its first attempt) and the answer is 0.
+_RESERVE_SCRIPT = """
+local wait = -1
+for i, key in ipairs(KEYS) do
+  local count = tonumber(redis.call('GET', key) or '0')
+  if count >= tonumber(ARGV[i + 1]) then
+    local left = redis.call('PTTL', key)
+    if left < 0 then
+      left = tonumber(ARGV[1]) * 1000
+    end
+    if left > wait then
+      wait = left
+    end
+  end
+end
+if wait >= 0 then
+  return wait
+end
+for _, key in ipairs(KEYS) do
+  local count = redis.call('INCR', key)
+  if count == 1 or redis.call('TTL', key) < 0 then
+    redis.call('EXPIRE', key, ARGV[1])
+  end
+end
+return 0
+"""
+
+# KEYS: counters to give one reservation back to (a counter at 0 is deleted).
+_REFUND_SCRIPT = """
+for _, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 and redis.call('DECR', key) <= 0 then
+    redis.call('DEL', key)
+  end
+end
+return 1
+"""
 
 # KEYS: counters; ARGV[1]: window seconds. Increments each counter, starting its window on the
 # first failure, and returns the new counts. One script: atomic, no counter without an expiry.
@@ -32,10 +80,12 @@ return counts
 
 
 def _user_part(user: str) -> str:
-    return hashlib.sha256(user.strip().casefold().encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(canonical_user(user).encode("utf-8")).hexdigest()[:32]
 
 
-def _address_part(address: str | None) -> str | None:
+def address_key(address: str | None) -> str | None:
+    """How a client address is counted: IPv4 as it is, IPv6 by its /64 (one client usually
+    holds a whole /64), anything else hashed. None without an address."""
     if not address:
         return None
     try:
@@ -64,8 +114,10 @@ class LoginLimiter:
         self.max_per_user = int(max_per_user)
         self.max_per_address = int(max_per_address)
         self.window_seconds = int(window_seconds)
-        self.prefix = f"{prefix}login:"
+        self.keys = Keys(prefix)
         self._record = redis.register_script(_RECORD_SCRIPT)
+        self._reserve = redis.register_script(_RESERVE_SCRIPT)
+        self._refund = redis.register_script(_REFUND_SCRIPT)
 
     @classmethod
     def from_config(cls, auth_config: Mapping[str, Any] | None, redis: Any, prefix: str = "vmpool:") -> "LoginLimiter":
@@ -87,11 +139,28 @@ class LoginLimiter:
     def _keys(self, user: str | None, address: str | None) -> list[tuple[str, int]]:
         keys = []
         if user is not None:
-            keys.append((f"{self.prefix}user:{_user_part(user)}", self.max_per_user))
-        part = _address_part(address)
+            keys.append((self.keys.login_user(_user_part(user)), self.max_per_user))
+        part = address_key(address)
         if part is not None:
-            keys.append((f"{self.prefix}addr:{part}", self.max_per_address))
+            keys.append((self.keys.login_address(part), self.max_per_address))
         return keys
+
+    def reserve(self, user: str | None, address: str | None) -> int | None:
+        """Count an attempt before it is made, atomically: None when it may go ahead (it now
+        counts as a failure unless given back), else the seconds to wait (nothing counted)."""
+        keys = self._keys(user, address)
+        if not keys:
+            return None
+        wait_ms = int(self._reserve(keys=[key for key, _ in keys],
+                                    args=[self.window_seconds, *(limit for _, limit in keys)]))
+        return None if wait_ms == 0 else max(1, math.ceil(wait_ms / 1000))
+
+    def refund(self, user: str | None, address: str | None) -> None:
+        """Give back a reservation (the attempt did not fail: the directory was down, or, for
+        the address, the login succeeded)."""
+        keys = self._keys(user, address)
+        if keys:
+            self._refund(keys=[key for key, _ in keys])
 
     def check(self, user: str | None, address: str | None) -> int | None:
         """Seconds to wait before trying again when the user or the address is over its limit,
@@ -119,4 +188,4 @@ class LoginLimiter:
 
     def reset(self, user: str) -> None:
         """Forget the user's failures (call after a successful login)."""
-        self.redis.delete(f"{self.prefix}user:{_user_part(user)}")
+        self.redis.delete(self.keys.login_user(_user_part(user)))

@@ -124,10 +124,6 @@ def parse_reference(value: Any) -> SecretReference | None:
     return SecretReference(store, name.strip(), key)
 
 
-def is_reference(value: Any) -> bool:
-    return isinstance(value, Mapping) and ("secret" in value or "ssm" in value)
-
-
 def check_secret_value(value: Any) -> Any:
     """Validate a config value that may hold a secret: a string, a number, or a reference.
     Returns it unchanged; raises SecretConfigError. For config validation (no AWS call)."""

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from chalicelib.clock import Clock, SystemClock
+from chalicelib.store.keys import Keys
 
 KEY_PREFIX = "vmpool:"
 """The service's default key prefix; a TokenStore takes the one its service uses."""
@@ -52,9 +53,23 @@ return 1
 """
 
 # Create a token record unless the hash exists already; one step, so no half-made record.
+# ARGV[5]: most live tokens a user may have (0: no limit); the user's set forgets tokens that
+# expired before they are counted. Returns 1 created, 0 hash taken, -1 the user has too many.
 _CREATE_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
+end
+local most = tonumber(ARGV[5])
+if most > 0 then
+  local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[4])
+  for _, other in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    if redis.call('EXISTS', prefix .. other) == 0 then
+      redis.call('SREM', KEYS[2], other)
+    end
+  end
+  if redis.call('SCARD', KEYS[2]) >= most then
+    return -1
+  end
 end
 redis.call('HSET', KEYS[1], 'user', ARGV[1], 'created', ARGV[2], 'last', ARGV[2])
 if tonumber(ARGV[3]) > 0 then
@@ -72,6 +87,10 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 return 0
 """
+
+
+class TooManyTokens(Exception):
+    """The user has ``max_per_user`` live tokens already; one must be deleted first."""
 
 
 class DeleteResult(enum.Enum):
@@ -130,25 +149,28 @@ class TokenStore:
     """Creates, finds, lists and deletes tokens in Redis (a client with decode_responses=True)."""
 
     def __init__(self, redis: Any, clock: Clock | None = None, ttl_hours: float | None = None,
-                 prefix: str = KEY_PREFIX) -> None:
+                 prefix: str = KEY_PREFIX, max_per_user: int = 0) -> None:
         if ttl_hours is not None and ttl_hours <= 0:
             raise ValueError("token ttl_hours must be > 0")
         self.redis = redis
         self.clock = clock or SystemClock()
         self.ttl_seconds = None if ttl_hours is None else float(ttl_hours) * 3600.0
-        self.prefix = prefix
+        self.keys = Keys(prefix)
+        self.max_per_user = max_per_user
+        """Live tokens a user may have at once (0: no limit)."""
         self._create = redis.register_script(_CREATE_SCRIPT)
         self._delete = redis.register_script(_DELETE_SCRIPT)
         self._touch = redis.register_script(_TOUCH_SCRIPT)
 
     def _token_key(self, token_hash: str) -> str:
-        return f"{self.prefix}token:{token_hash}"
+        return self.keys.token(token_hash)
 
     def _user_key(self, user: str) -> str:
-        return f"{self.prefix}user:{user}:tokens"
+        return self.keys.user_tokens(user)
 
     def create(self, user: str) -> str:
-        """A new token for user. The token is returned once and is not stored anywhere."""
+        """A new token for user. The token is returned once and is not stored anywhere.
+        Raises TooManyTokens when the user has ``max_per_user`` live tokens."""
         if not isinstance(user, str) or not user:
             raise ValueError("a token needs a user")
         while True:
@@ -158,7 +180,11 @@ class TokenStore:
             now = iso(self.clock.now())
             ttl = 0 if self.ttl_seconds is None else max(1, int(self.ttl_seconds))
             # The script refuses an existing hash: the (astronomically unlikely) collision retries.
-            if self._create(keys=[key, self._user_key(user)], args=[user, now, ttl, token_hash]):
+            created = int(self._create(keys=[key, self._user_key(user)],
+                                       args=[user, now, ttl, token_hash, self.max_per_user]))
+            if created == -1:
+                raise TooManyTokens(user)
+            if created:
                 return token
 
     def _record(self, token_hash: str, fields: dict[str, str]) -> TokenRecord | None:

@@ -173,6 +173,8 @@
       var nameCell = el("td", "name");
       nameCell.appendChild(el("b", null, name));
       if (aliases) { nameCell.appendChild(el("span", "aliases", "alias: " + aliases)); }
+      // Where the size comes from when it is not simply the config's (docs/sizing.md).
+      if (p.size_reason && p.size_reason !== "config") { nameCell.appendChild(el("span", "size-reason", "size: " + p.size_reason)); }
       tr.appendChild(nameCell);
 
       var fillCell = el("td", "fill");

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from chalicelib.manager.hostnames import candidate_names
-from chalicelib.observability import clone_failure_reason
 from chalicelib.providers.base import VMInfo
+from chalicelib.providers.failures import Failure
 from chalicelib.store import DurationSample, VMRecord
 from chalicelib.store.ondemand import FAILED, OnDemandStore
 
@@ -49,16 +49,13 @@ def serve_requests(pass_: "_Pass") -> None:
             pass_.report.followups += 1  # look again soon: VMs to hand over or slots to wait for
 
 
-PERMANENT_CLONE_FAILURES = frozenset({"template", "permission"})
-"""Failure classes that another attempt cannot fix: the request fails at once, keeping its
-retries for failures that are worth retrying (timeouts, capacity, connections)."""
-
-
-def clone_failed(pass_: "_Pass", request_id: str, error: str) -> None:
-    """A clone for a request failed: end the request now when retrying cannot help."""
-    if clone_failure_reason(error) in PERMANENT_CLONE_FAILURES:
+def clone_failed(pass_: "_Pass", request_id: str, failure: Failure) -> None:
+    """A clone for a request failed: end the request now when retrying cannot help (a missing
+    template, network or folder, a permission refused: ``FailureKind.permanent``), keeping its
+    retries for failures worth retrying (timeouts, capacity, connections)."""
+    if failure.kind.permanent:
         _fail(pass_, OnDemandStore(pass_.store), request_id,
-              f"The request failed: a VM could not be built and retrying cannot help: {error}")
+              f"The request failed: a VM could not be built and retrying cannot help: {failure.message}")
 
 
 def _fail(pass_: "_Pass", requests: OnDemandStore, request_id: str, message: str) -> None:

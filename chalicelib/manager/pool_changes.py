@@ -5,7 +5,9 @@
   it was cloned from).
 - A reset (POST /poolreset): ready and pending VMs cloned before the reset leave service.
 - A smaller size (POST /config/poolsize): the oldest ready VMs above the size leave service.
-  Pending ones are left to finish; once ready, any still above the size go too.
+  Pending ones are left to finish; once ready, any still above the size go too. When the size
+  comes from a schedule or demand (sizing/controller.py), only VMs ready for longer than the
+  decision's drain grace go: a VM that just booted may still be wanted.
 
 VMs built for on-demand requests are not the pool's and are left alone. Every move is
 conditional, so a VM checked out meanwhile is never touched.
@@ -33,18 +35,38 @@ def stale_reason(record: VMRecord, pool: PoolConfig, reset_at: float | None) -> 
 
 
 def drain_and_retire(pass_: "_Pass") -> None:
-    """Drain stale VMs, then retire ready VMs above the pool's size, oldest first."""
+    """Drain stale VMs, then retire ready VMs above the pool's size, oldest first.
+
+    Ready VMs' records are read only when the pool's template or reset time changed since every
+    ready VM was last checked (the pool's ``ready_checked`` mark): a VM reaches ready only from
+    pending, and pending VMs are checked every pass, so between changes no ready VM can be stale."""
     reset_at = PoolOverrides(pass_.store).get(pass_.pool.name).reset_at
+    mark = f"{pass_.pool.template}\n{reset_at!r}"
+    check_ready = pass_.snapshot.ready_checked != mark
     report = pass_.report
-    for state in ("pending", "ready"):
-        for hostname in pass_.snapshot.hostnames(state):
-            record = pass_.record(hostname)
-            if record is None or record.raw.get("request") or hostname in report.completed:
-                continue
-            reason = stale_reason(record, pass_.pool, reset_at)
-            if reason:
-                pass_.take_out_of_service(hostname, state, reason)
-    ready = sorted(pass_.snapshot.members.get("ready", {}).items(), key=lambda item: item[1])
-    staying = [hostname for hostname, _ in ready if hostname not in report.completed and hostname not in report.dropped]
-    for hostname in staying[: max(len(staying) - pass_.pool.size, 0)]:
-        pass_.take_out_of_service(hostname, "ready", f"pool size reduced to {pass_.pool.size}")
+    candidates = pass_.snapshot.hostnames("pending")
+    if check_ready:
+        candidates += pass_.snapshot.hostnames("ready")
+        pass_.load_records(pass_.snapshot.hostnames("ready"))
+    for hostname in candidates:
+        record = pass_.record(hostname)
+        if record is None or record.raw.get("request") or hostname in report.completed:
+            continue
+        reason = stale_reason(record, pass_.pool, reset_at)
+        if reason:
+            # A pending VM this pass made ready is drained from ready.
+            state = "ready" if hostname in report.became_ready else record.state
+            pass_.take_out_of_service(hostname, state, reason)
+    if check_ready:
+        pass_.store.mark_ready_checked(pass_.pool.name, mark)
+    ready_members = pass_.snapshot.members.get("ready", {})
+    if len(ready_members) <= pass_.pool.size:
+        return  # nothing above the size (the usual case): no need to sort thousands of VMs
+    ready = sorted(ready_members.items(), key=lambda item: item[1])
+    staying = [(hostname, since) for hostname, since in ready
+               if hostname not in report.completed and hostname not in report.dropped]
+    decision = pass_.size_decision
+    why = f"pool size reduced to {pass_.pool.size}" + (f" ({decision.reason})" if decision.drain_grace_seconds else "")
+    for hostname, since in staying[: max(len(staying) - pass_.pool.size, 0)]:
+        if pass_.now - since >= decision.drain_grace_seconds:
+            pass_.take_out_of_service(hostname, "ready", why)

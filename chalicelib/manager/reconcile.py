@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Callable
 
 from chalicelib.clock import Clock
@@ -22,7 +21,10 @@ from chalicelib.manager import dns_records, migrations, ondemand, pool_changes, 
 from chalicelib.manager.hostnames import candidate_names
 from chalicelib.observability import logger
 from chalicelib.providers.base import Provider, ProviderError, TaskState, VMInfo
+from chalicelib.providers.failures import Failure, FailureKind
+from chalicelib.sizing.controller import SizeDecision, target_size
 from chalicelib.store import DurationSample, PoolSnapshot, Store, VMRecord
+from chalicelib.timestamps import day_of, ruby_time
 
 CLONE_START_GRACE_SECONDS = 120.0
 """How long a reserved name may wait for its clone task to be recorded before the pass decides
@@ -49,14 +51,29 @@ class PassReport:
     """hostname -> why it was taken out of service."""
     destroyed: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    returned: list[str] = field(default_factory=list)
+    """VMs taken by a checkout that was never confirmed (its answer was lost), back in ready."""
     discovered: list[str] = field(default_factory=list)
-    clone_failures: dict[str, str] = field(default_factory=dict)
+    clone_failures: dict[str, Failure] = field(default_factory=dict)
+    """hostname -> why its clone failed (the kind is the metric's ``reason``)."""
     samples: list[DurationSample] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    clones_short: int = 0
+    """Clones the pool still lacks after this pass reserved what its share of task_limit allowed."""
+    clones_running: int = 0
+    """The pool's clone tasks still running when the pass ended (started by it or before)."""
     followups: int = 0
     """Work a pass soon must look at again: disk/snapshot tasks running, requests waiting."""
     provider_calls: int = 0
     duration_seconds: float = 0.0
+    size: int = 0
+    """The pool's effective size in this pass (schedule, demand, override or config)."""
+
+    @property
+    def waiting_for_clones(self) -> bool:
+        """Whether a clone slot will soon be free for this pool: its clones are running (a pass
+        that sees one finished reuses its slot at once), or it is short of slots other pools hold."""
+        return bool(self.clones_running or self.clones_short)
 
     @property
     def work_in_flight(self) -> bool:
@@ -69,16 +86,6 @@ class PassReport:
             or self.counts.get("deficit")
             or self.followups
         )
-
-
-def day_of(timestamp: float) -> str:
-    """The UTC day a timestamp falls on, as /summary keys it."""
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d")
-
-
-def ruby_time(timestamp: float) -> str:
-    """vmpooler's time format for lastBoot and similar fields: ``2024-05-01 10:00:00 +0000``."""
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S +0000")
 
 
 class _Pass:
@@ -102,9 +109,14 @@ class _Pass:
         self.service = service
         self.checkpoint = checkpoint
         self.now = clock.now()
-        self.report = PassReport(pool=pool.name, started=self.now)
+        self.report = PassReport(pool=pool.name, started=self.now, size=pool.size)
         self.inventory: dict[str, VMInfo] = {}
+        self.inventory_mark = 0
+        """The changes counter as the inventory read began: a VM whose state changed at or after
+        it may be missing from the inventory only because the read predates it."""
         self.snapshot = PoolSnapshot({}, {})
+        self.late_records: dict[str, VMRecord | None] = {}
+        self.size_decision = SizeDecision(pool.size, "config")
 
     def run(self) -> PassReport:
         calls_before = self.provider.call_count()
@@ -112,11 +124,18 @@ class _Pass:
         # Inventory first, then state: any VM we created has its record before its clone
         # starts, so a VM in this inventory without a record in the later snapshot is truly
         # unknown. A failed inventory ends the pass before anything changes.
+        self.inventory_mark = self.store.mark_changes()
         self.inventory = {vm.name: vm for vm in self.provider.list_vms(self.pool)}
         self.checkpoint("inventory")
-        self.snapshot = self.store.pool_snapshot(self.pool.name)
+        self.snapshot = self.store.pool_snapshot(self.pool.name, without_records=("ready",))
         self.checkpoint("snapshot")
+        # The size the pool should have now: its schedule window or demand, unless overridden.
+        self.size_decision = target_size(self.store, self.pool, self.now, self.service.sizing_timezone)
+        self.pool = self.size_decision.apply(self.pool)
+        self.report.size = self.pool.size
         self.check_pending()
+        if self.report.became_ready:
+            self.store.set_last_boot(self.pool.name, ruby_time(self.now))  # once a pass, not per VM
         self.check_ready()
         self.check_running()
         vm_tasks.run_tasks(self)
@@ -138,20 +157,46 @@ class _Pass:
     # --- helpers ------------------------------------------------------------------------------
 
     def record(self, hostname: str) -> VMRecord | None:
-        return self.snapshot.records.get(hostname)
+        """The VM's record as of this pass (None when missing). Ready VMs' records are read only
+        when a step acts on one: a steady pass reads none."""
+        if hostname not in self.snapshot.loaded and hostname not in self.late_records:
+            self.load_records([hostname])
+        return self.snapshot.records.get(hostname) or self.late_records.get(hostname)
 
-    def take_out_of_service(self, hostname: str, from_state: str, reason: str) -> None:
-        """Move a VM to completed (to be destroyed), recording why."""
-        if self.store.move(hostname, self.pool.name, from_state, "completed", self.now, reason=reason):
+    def load_records(self, hostnames: list[str]) -> None:
+        """Read the records of many VMs not in the snapshot in one round trip."""
+        missing = [host for host in hostnames if host not in self.snapshot.loaded and host not in self.late_records]
+        found = self.store.records(missing)
+        self.late_records.update({host: found.get(host) for host in missing})
+
+    def take_out_of_service(self, hostname: str, from_state: str, reason: str,
+                            failure: FailureKind | None = None, lifetime_ended: float | None = None) -> None:
+        """Move a VM to completed (to be destroyed), recording why (and the failure's kind, when
+        a provider failure is why). ``lifetime_ended``: see ``Store.move``."""
+        if self.store.move(hostname, self.pool.name, from_state, "completed", self.now,
+                           lifetime_ended=lifetime_ended, reason=reason,
+                           failure=failure.value if failure else None):
             self.report.completed[hostname] = reason
             logger.info("VM taken out of service",
                         extra={"pool": self.pool.name, "hostname": hostname, "from": from_state, "reason": reason})
         self.checkpoint("completed")
 
-    def drop(self, hostname: str, from_state: str, reason: str) -> None:
-        """Forget a VM the provider no longer has; its record lingers for data_ttl with the reason."""
-        dns_records.withdraw(self, self.record(hostname))
-        if self.store.move(hostname, self.pool.name, from_state, "destroyed", self.now, reason=reason):
+    def drop(self, hostname: str, from_state: str, reason: str, gone: bool = False) -> None:
+        """Forget a VM the provider no longer has (or whose record is missing); its record
+        lingers for data_ttl with the reason.
+
+        ``gone``: it is missing from this pass's inventory. Then it is dropped only if its state
+        has not changed since the inventory read began (made ready, checked out or discovered
+        by another pass or the API since): otherwise the read is too old to say it is gone, and
+        a later pass looks again. Checked on the snapshot before its DNS record is withdrawn,
+        and again in the move."""
+        record = self.record(hostname)
+        if gone and record is not None and int(record.raw.get("change_seq") or 0) >= self.inventory_mark:
+            self.checkpoint("dropped")
+            return
+        dns_records.withdraw(self, record)
+        if self.store.move(hostname, self.pool.name, from_state, "destroyed", self.now,
+                           unchanged_since=self.inventory_mark if gone else None, reason=reason):
             self.report.dropped.append(hostname)
         self.checkpoint("dropped")
 
@@ -223,17 +268,19 @@ class _Pass:
             return False
         status = self.provider.task_status(record.clone_task)
         if status.state is TaskState.RUNNING:
+            self.report.clones_running += 1
             if age > self.pool.timeout_minutes * 60:
                 self.take_out_of_service(
                     hostname, "pending", f"clone still running after {self.pool.timeout_minutes} minutes"
                 )
             return False
         if status.state is TaskState.ERROR:
-            reason = f"clone failed: {status.error}"
-            self.report.clone_failures[hostname] = status.error or "unknown error"
-            self.take_out_of_service(hostname, "pending", reason)
+            failure = status.failure
+            self.report.clone_failures[hostname] = failure
+            self.take_out_of_service(hostname, "pending", f"clone failed: {failure.message}",
+                                     failure=failure.kind)
             if record.raw.get("request"):
-                ondemand.clone_failed(self, record.raw["request"], status.error or "")
+                ondemand.clone_failed(self, record.raw["request"], failure)
             return False
         self.store.finish_clone(hostname, self.now)
         self.report.samples.append(DurationSample("clone", self.pool.name, age))
@@ -253,7 +300,6 @@ class _Pass:
                                            "boot_seconds": round(age, 1)})
             self.report.became_ready.append(record.name)
             self.report.samples.append(DurationSample("boot", self.pool.name, age))
-            self.store.set_last_boot(self.pool.name, ruby_time(self.now))
         self.checkpoint("ready")
 
     def check_ready(self) -> None:
@@ -262,7 +308,7 @@ class _Pass:
         for hostname, since in self.snapshot.members.get("ready", {}).items():
             vm = self.inventory.get(hostname)
             if vm is None:
-                self.drop(hostname, "ready", "gone from the provider while ready")
+                self.drop(hostname, "ready", "gone from the provider while ready", gone=True)
             elif not vm.powered_on:
                 self.take_out_of_service(hostname, "ready", "powered off while ready")
             elif self.now - since > ttl:
@@ -277,12 +323,31 @@ class _Pass:
             if record is None:
                 self.drop(hostname, "running", "record missing")
                 continue
+            if self.return_unconfirmed(record):
+                continue
             lifetime_hours = record.lifetime_hours or self.service.vm_lifetime
             checked_out = record.checkout or self.now
             if self.now - checked_out >= lifetime_hours * 3600:
-                self.take_out_of_service(hostname, "running", f"lifetime of {lifetime_hours} hours expired")
+                # Checked again in the move: the user may have extended the lifetime since.
+                self.take_out_of_service(hostname, "running", f"lifetime of {lifetime_hours} hours expired",
+                                         lifetime_ended=self.service.vm_lifetime)
             elif hostname not in self.inventory:
-                self.drop(hostname, "running", "gone from the provider while running")
+                self.drop(hostname, "running", "gone from the provider while running", gone=True)
+
+    def return_unconfirmed(self, record: VMRecord) -> bool:
+        """A VM whose checkout was never confirmed by its deadline: the request that took it
+        answered 503 (its answer from Redis was lost), so nobody has it. Back to ready."""
+        deadline = record.raw.get("confirm_by")
+        if not deadline or float(deadline) > self.now:
+            return False
+        returned = self.store.release_checkout(record.raw.get("checkout_id", ""), [record.name], self.now,
+                                               unconfirmed_only=True)
+        if returned:
+            self.report.returned.extend(returned)
+            logger.warning("VM returned to ready: its checkout was never confirmed",
+                           extra={"pool": self.pool.name, "hostname": record.name})
+        self.checkpoint("returned")
+        return bool(returned)
 
     def check_discovered(self) -> None:
         """VMs found in the folder on an earlier pass: nobody claimed them since, so they go."""
@@ -290,7 +355,7 @@ class _Pass:
             if hostname in self.inventory:
                 self.take_out_of_service(hostname, "discovered", "found in the pool folder but not created by vmpool")
             else:
-                self.drop(hostname, "discovered", "gone from the provider")
+                self.drop(hostname, "discovered", "gone from the provider", gone=True)
 
     def destroy_completed(self) -> None:
         """Start destroying completed VMs; forget them once the provider says they are gone."""
@@ -338,11 +403,17 @@ class _Pass:
         counts = self.store.counts([self.pool.name])[self.pool.name]
         deficit = self.pool.size - counts["ready"] - counts["pending"] + ondemand.building(self)
         if deficit <= 0:
+            if self.snapshot.wants_clones:
+                self.store.withdraw_clone_demand(self.pool.name)
             return
+        # The script never reserves more than the task limit: no need for more names.
+        wanted = min(deficit, self.service.task_limit)
         reserved = self.store.reserve_clones(
             self.pool.name, self.pool.size, self.service.task_limit, self.pool.template,
-            self.pool.domain or "", candidate_names(deficit, self.service.prefix), self.now,
+            self.pool.domain or "", candidate_names(wanted, self.service.prefix), self.now,
+            clone_limit=int(self.pool.get("clone_limit", 0)),
         )
+        self.report.clones_short = deficit - len(reserved)
         self.checkpoint("reserved")
         self.start_clones(reserved)
 
@@ -356,12 +427,14 @@ class _Pass:
             try:
                 task = self.provider.clone(self.pool, hostname)
             except ProviderError as error:
-                self.report.clone_failures[hostname] = str(error)
-                self.take_out_of_service(hostname, "pending", f"clone failed to start: {error}")
+                self.report.clone_failures[hostname] = error.failure
+                self.take_out_of_service(hostname, "pending", f"clone failed to start: {error}",
+                                         failure=error.kind)
                 continue
             self.checkpoint("clone_started")
             self.store.update_vm(hostname, clone_task=task)
             self.report.clones_started.append(hostname)
+            self.report.clones_running += 1
 
     def count_after(self) -> dict[str, int]:
         counts = self.store.counts([self.pool.name])[self.pool.name]

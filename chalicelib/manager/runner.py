@@ -1,21 +1,29 @@
-"""What a scheduled (or refill-triggered) invocation does for one pool.
+"""What one reconcile invocation does for one pool: one pass, never a wait.
 
 It holds the pool's lease in Redis, so a second invocation for the same pool exits at once (after
-nudging the holder to look again), and a crashed holder's lease simply expires. While the pool has
-work in flight it runs a pass every ``check_loop_delay_min`` seconds, waking early when nudged,
-until its time budget is spent; an idle pool returns after one pass.
+nudging the holder to look again), and a crashed holder's lease simply expires. The run does one
+pass; if the pool was nudged while the pass ran (a checkout, a delete) it runs another at once,
+within ``budget_seconds``. It never sleeps: when work is in flight (clones, boots, destroys) the
+report says when to look again (``look_again_in``), and the caller re-queues the pool with that
+delay (an SQS ``DelaySeconds`` in AWS, the local scheduler's timer in ``make run``).
+
+Redis may stall at any moment. The lease token is chosen here, before it is sent, so a lease
+whose SET or release was lost in a stall is still ours to release: the report carries it
+(``unreleased_lease``) and the retry, wherever it runs, releases it first (``stale_lease``).
+Without that, a 5-second stall left every pool's lease held until it expired (issue 10).
 """
 
 from __future__ import annotations
 
-import time
+import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from chalicelib import observability as metric
+from chalicelib.config import PoolConfig
 from chalicelib.manager.purge import purge_if_due
 from chalicelib.manager.reconcile import Checkpoint, PassReport, _no_checkpoint, reconcile_pool
-from chalicelib.observability import clone_failure_reason, emit, logger
+from chalicelib.observability import emit, logger
 from chalicelib.providers.base import ProviderError
 from chalicelib.store import StoreUnavailable
 from chalicelib.store.history import PoolHistory, Sample, minute_of
@@ -23,8 +31,15 @@ from chalicelib.store.history import PoolHistory, Sample, minute_of
 if TYPE_CHECKING:
     from chalicelib.services import Services
 
-LEASE_SECONDS = 90.0
-"""Longer than any single pass; renewed before every pass."""
+LEASE_SECONDS = 60.0
+"""Longer than a pass normally takes; a long pass renews it at its steps (``LEASE_RENEW_SECONDS``)."""
+LEASE_RENEW_SECONDS = 15.0
+RETRY_SECONDS = 2.0
+"""How soon to look again after Redis or the provider failed a pass."""
+
+
+class LeaseLost(Exception):
+    """The pass's lease expired and another invocation holds it: stop where we are."""
 
 
 @dataclass
@@ -33,70 +48,119 @@ class RunReport:
     leased: bool
     passes: list[PassReport] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    look_again_in: float | None = None
+    """Seconds until the pool needs another pass (work in flight, a nudge during the last pass, a
+    failure to retry); None when the schedule's next tick is soon enough."""
+    unreleased_lease: str | None = None
+    """A lease token this run may still hold in Redis (the stall ate the SET's reply or the
+    release): pass it as ``stale_lease`` to the retry."""
+
+
+def new_lease_token() -> str:
+    return secrets.token_hex(8)
 
 
 def run_pool(
     services: "Services",
     pool_name: str,
-    budget_seconds: float,
+    budget_seconds: float = 0.0,
     checkpoint: Checkpoint = _no_checkpoint,
     stopping: Callable[[], bool] = lambda: False,
+    stale_lease: str | None = None,
+    pool_config: PoolConfig | None = None,
 ) -> RunReport:
-    """Reconcile one pool for up to ``budget_seconds`` (wall time), if nobody else is.
-    ``stopping`` lets a host process (the local stack) end the loop early on shutdown."""
-    store = services.store
+    """Reconcile one pool once (more passes only while nudged and within ``budget_seconds`` on
+    the services' clock), if nobody else is. ``stopping`` ends the run early (local shutdown);
+    ``pool_config`` replaces the configured pool (draining a pool removed from the config)."""
+    store, clock = services.store, services.clock
+    token = new_lease_token()
     try:
-        token = store.acquire_lease(pool_name, LEASE_SECONDS)
-        if token is None:
+        if stale_lease:
+            store.release_lease(pool_name, stale_lease)
+            stale_lease = None
+        held = store.acquire_lease(pool_name, LEASE_SECONDS, token=token)
+        if held is None:
             store.wake(pool_name)
     except StoreUnavailable as error:
         logger.warning("reconcile skipped: redis unavailable", extra={"pool": pool_name, "error": str(error)})
-        return RunReport(pool_name, leased=False, failures=[str(error)])
-    if token is None:
+        # The SET may still be applied when Redis comes back: the retry releases it.
+        return RunReport(pool_name, leased=False, failures=[str(error)], look_again_in=RETRY_SECONDS,
+                         unreleased_lease=stale_lease or token)
+    if held is None:
         logger.debug("pool is reconciled elsewhere; nudged the holder", extra={"pool": pool_name})
         return RunReport(pool_name, leased=False)
     report = RunReport(pool_name, leased=True)
+    deadline = clock.monotonic() + budget_seconds
+    pool: PoolConfig | None = None
     sampled: int | None = None
-    deadline = time.monotonic() + budget_seconds
     try:
         while True:
-            pool = services.pool(pool_name)
+            pool = pool_config or services.pool(pool_name)
             if pool is None:
                 break
             store.clear_wakes(pool_name)
-            started = time.monotonic()
             try:
-                result = reconcile_pool(store, services.provider(pool.provider), pool, services.clock,
-                                        services.config.service, checkpoint, dns=services.dns_plugin(pool))
-            except (ProviderError, StoreUnavailable) as error:
-                # The pass stopped where it was; everything it did is consistent. Try next time.
+                result = reconcile_pool(store, services.provider(pool.provider), pool, clock,
+                                        services.config.service, _renewing(services, pool_name, token, checkpoint),
+                                        dns=services.dns_plugin(pool))
+            except (ProviderError, StoreUnavailable, LeaseLost) as error:
+                # The pass stopped where it was; everything it did is consistent. Try again soon.
                 report.failures.append(str(error))
+                report.look_again_in = RETRY_SECONDS
                 logger.warning("reconcile pass failed", extra={"pool": pool_name, "error": str(error)})
                 emit(pool_name, {metric.RECONCILE_ERRORS: 1})
                 emit(None, {metric.RECONCILE_ERRORS: 1})
                 break
             report.passes.append(result)
-            _publish(result, pool.size)
-            sampled = _sample(services, result, pool.size, sampled)
-            delay = float(pool.get("check_loop_delay_min", services.config.service.check_loop_delay_min))
-            pass_seconds = time.monotonic() - started
-            if (not result.work_in_flight or stopping()
-                    or time.monotonic() + delay + pass_seconds > deadline):
-                break
-            if not store.renew_lease(pool_name, token, LEASE_SECONDS + delay):
-                break  # our lease expired and someone else holds it now
-            store.wait_for_wake(pool_name, delay)
+            _publish(result, result.size)  # the effective size (docs/sizing.md)
+            sampled = _sample(services, result, result.size, sampled)
+            nudged = store.take_wake(pool_name)
+            if nudged and not stopping() and clock.monotonic() < deadline:
+                continue  # a checkout or delete came in while we looked: look again now
+            if nudged:
+                report.look_again_in = 0.0
+            elif result.work_in_flight:
+                report.look_again_in = check_delay(services, pool, result)
+            break
         if pool is not None and not stopping():
-            try:
-                purge_if_due(services, pool.provider)
-            except StoreUnavailable as error:
-                report.failures.append(str(error))
+            purge_if_due(services, pool.provider)
+    except StoreUnavailable as error:
+        report.failures.append(str(error))
+        report.look_again_in = RETRY_SECONDS
     finally:
         try:
             store.release_lease(pool_name, token)
         except StoreUnavailable:
-            pass  # it expires by itself
+            report.unreleased_lease = token
+            report.look_again_in = RETRY_SECONDS
     return report
+
+
+def check_delay(services: "Services", pool: PoolConfig, result: PassReport) -> float:
+    """How long a pool with work in flight waits before its next pass: ``clone_poll_interval``
+    while it waits for clones (its own running, or slots held by other pools), so a finished
+    clone's slot is reused within that interval; else ``check_loop_delay_min`` (boots,
+    destroys). An idle pool is not looked at again before its schedule: no cost added there."""
+    delay = float(pool.get("check_loop_delay_min", services.config.service.check_loop_delay_min))
+    if result.waiting_for_clones:
+        delay = min(delay, float(services.config.service.clone_poll_interval))
+    return delay
+
+
+def _renewing(services: "Services", pool_name: str, token: str, checkpoint: Checkpoint) -> Checkpoint:
+    """The pass's checkpoint, renewing the lease at a step when it was last renewed a while ago."""
+    clock, store = services.clock, services.store
+    renewed_at = clock.monotonic()
+
+    def step(name: str) -> None:
+        nonlocal renewed_at
+        checkpoint(name)
+        if clock.monotonic() - renewed_at >= LEASE_RENEW_SECONDS:
+            if not store.renew_lease(pool_name, token, LEASE_SECONDS):
+                raise LeaseLost(f"lease of pool {pool_name} expired during the pass")
+            renewed_at = clock.monotonic()
+
+    return step
 
 
 def _sample(services: "Services", result: PassReport, size: int, sampled: int | None) -> int | None:
@@ -116,7 +180,8 @@ def _sample(services: "Services", result: PassReport, size: int, sampled: int | 
 
 
 def _publish(result: PassReport, capacity: int) -> None:
-    """Log a pass that did something, and emit the pool's gauges and counters."""
+    """Log a pass that did something, and emit its service-wide counters and timings (an idle
+    pass publishes nothing: 1,000 idle pools add no metric data). Per pool: clone failures only."""
     changes = {
         "clones_started": len(result.clones_started),
         "became_ready": len(result.became_ready),
@@ -126,23 +191,19 @@ def _publish(result: PassReport, capacity: int) -> None:
         "discovered": len(result.discovered),
         "clone_failures": len(result.clone_failures),
     }
-    if any(changes.values()) or result.errors:
-        logger.info(
-            "reconcile pass",
-            extra={"pool": result.pool, **changes, "counts": result.counts,
-                   "reasons": result.completed, "errors": result.errors},
-        )
-    counts = result.counts
+    if not (any(changes.values()) or result.errors):
+        return
+    logger.info(
+        "reconcile pass",
+        extra={"pool": result.pool, **changes, "counts": result.counts, "capacity": capacity,
+               "reasons": result.completed, "errors": result.errors},
+    )
     durations: dict[str, list[float]] = {}
     for sample in result.samples:
         durations.setdefault(f"{sample.kind.capitalize()}Duration", []).append(sample.seconds)
     emit(
-        result.pool,
+        None,
         {
-            metric.READY: counts.get("ready", 0),
-            metric.PENDING: counts.get("pending", 0),
-            metric.RUNNING: counts.get("running", 0),
-            metric.CAPACITY: capacity,
             metric.CLONES_STARTED: len(result.clones_started),
             metric.CLONE_FAILURES: len(result.clone_failures),
             metric.VMS_DESTROYED: len(result.destroyed),
@@ -150,13 +211,11 @@ def _publish(result: PassReport, capacity: int) -> None:
         },
         seconds={metric.RECONCILE_DURATION: result.duration_seconds, **durations},
     )
-    # Service-wide totals for the failure-rate alarm, and failures by class (bounded dimension).
-    if result.clones_started or result.clone_failures:
-        emit(None, {metric.CLONES_STARTED: len(result.clones_started),
-                    metric.CLONE_FAILURES: len(result.clone_failures)})
+    if not result.clone_failures:
+        return
+    emit(result.pool, {metric.CLONE_FAILURES: len(result.clone_failures)})
     reasons: dict[str, int] = {}
-    for error in result.clone_failures.values():
-        reason = clone_failure_reason(error)
-        reasons[reason] = reasons.get(reason, 0) + 1
+    for failure in result.clone_failures.values():
+        reasons[failure.kind.value] = reasons.get(failure.kind.value, 0) + 1
     for reason, count in sorted(reasons.items()):
         emit(None, {metric.CLONE_FAILURES: count}, dimensions={"reason": reason})

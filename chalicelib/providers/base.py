@@ -14,13 +14,23 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from chalicelib.config import PoolConfig
+from chalicelib.providers.failures import Failure, FailureKind
 
 
 class ProviderError(Exception):
     """The provider could not do what was asked (the backend is down, refused, timed out).
 
     The message is safe to record on a VM and show to users: it never carries credentials.
+    ``kind`` says what kind of failure it was.
     """
+
+    def __init__(self, message: str, kind: FailureKind = FailureKind.OTHER) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    @property
+    def failure(self) -> Failure:
+        return Failure(self.kind, str(self))
 
 
 @dataclass(frozen=True)
@@ -47,10 +57,17 @@ class TaskStatus:
     state: TaskState
     error: str | None = None
     """The backend's message when the task failed."""
+    kind: FailureKind = FailureKind.OTHER
+    """What kind of failure it was, when the task failed."""
 
     @property
     def done(self) -> bool:
         return self.state is not TaskState.RUNNING
+
+    @property
+    def failure(self) -> Failure:
+        """The failure of a task that failed."""
+        return Failure(self.kind, self.error or "unknown error")
 
 
 @dataclass(frozen=True)
@@ -81,11 +98,15 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     def clone(self, pool: PoolConfig, hostname: str) -> str:
-        """Start cloning the pool's template into a VM named ``hostname``; return a task ref."""
+        """Start cloning the pool's template into a VM named ``hostname``; return a task ref.
+        A clone the backend refuses may raise ProviderError or return a reference whose status
+        is the ERROR (with its kind): the reference is stored in Redis and read on a later pass,
+        so it must carry the kind itself."""
 
     @abc.abstractmethod
     def task_status(self, task_ref: str) -> TaskStatus:
-        """The state of a task this provider started. An unknown task is an ERROR."""
+        """The state of a task this provider started, with the failure's kind when it failed.
+        An unknown task is an ERROR."""
 
     @abc.abstractmethod
     def destroy(self, pool: PoolConfig, hostname: str) -> str | None:

@@ -3,7 +3,9 @@
 It behaves like a slow, unreliable hypervisor on purpose. Clones take a while to appear and then
 a while to boot; any operation can fail at a configured rate. It takes vmpooler's dummy provider
 keys with the same meaning (``createvm_max_time`` seconds, ``createvm_fail_percent`` and so on),
-per provider and per pool, plus ``boot_time`` (seconds from clone to ready) and ``seed``.
+per provider and per pool, plus ``boot_time`` (seconds from clone to ready), ``seed``, and
+``createvm_fail_kind``: the kind a simulated clone failure reports (``template``, ``network``,
+``permission``, ``capacity``... as ``providers.base.FailureKind``; default ``other``).
 
 Because the VMs live in Redis, they outlast any one Lambda invocation, exactly as a real
 hypervisor's would. Times come from the clock the provider is given, so tests drive it with a
@@ -22,15 +24,8 @@ import redis
 
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ProviderConfig
-from chalicelib.providers.base import (
-    Migration,
-    Provider,
-    ProviderError,
-    Readiness,
-    TaskState,
-    TaskStatus,
-    VMInfo,
-)
+from chalicelib.providers.base import Migration, Provider, ProviderError, Readiness, TaskState, TaskStatus, VMInfo
+from chalicelib.providers.failures import FailureKind
 
 TASK_TTL_SECONDS = 24 * 3600
 
@@ -97,7 +92,7 @@ class DummyProvider(Provider):
         try:
             return getattr(self.client, method)(*args, **kwargs)
         except redis.RedisError as error:
-            raise ProviderError(f"dummy provider storage: {type(error).__name__}") from error
+            raise ProviderError(f"dummy provider storage: {type(error).__name__}", FailureKind.CONNECTION) from error
 
     def _vms(self, pool: PoolConfig) -> dict[str, dict[str, Any]]:
         raw = self._call("hgetall", self._folder_key(pool))
@@ -127,12 +122,14 @@ class DummyProvider(Provider):
 
     def list_vms(self, pool: PoolConfig) -> Sequence[VMInfo]:
         now = self.clock.now()
+        annotation = json.dumps({"pool": pool.name, "creator": "vmpool"})
+        poweroff_percent = self._setting(pool, "getvm_poweroff_percent")
         result = []
         for vm in self._vms(pool).values():
             if vm["available_at"] > now:
                 continue  # still cloning: a real hypervisor shows nothing yet
             booted = now >= vm["booted_at"]
-            if booted and vm["powered_on"] and self._fails(pool, "getvm_poweroff_percent"):
+            if booted and vm["powered_on"] and poweroff_percent and self._fails(pool, "getvm_poweroff_percent"):
                 vm["powered_on"] = False
                 self._save_vm(self._folder_key(pool), vm)
             result.append(
@@ -143,13 +140,14 @@ class DummyProvider(Provider):
                     guest_hostname=vm["name"] if booted else None,
                     tools_running=booted and vm["powered_on"],
                     host=vm.get("host", DEFAULT_HOST),
-                    annotation=json.dumps({"pool": pool.name, "creator": "vmpool"}),
+                    annotation=annotation,
                 )
             )
         return result
 
     def clone(self, pool: PoolConfig, hostname: str) -> str:
-        task_ref, task = self._start_task(pool, "clone", hostname, _CLONE)
+        failure = FailureKind.parse(str(self.config.pool_setting(pool, "createvm_fail_kind", "other")))
+        task_ref, task = self._start_task(pool, "clone", hostname, _CLONE, failure=failure.value)
         if not task["fails"]:
             available_at = task["due"]
             self._save_vm(
@@ -177,7 +175,8 @@ class DummyProvider(Provider):
         if self.clock.now() < task["due"]:
             return TaskStatus(TaskState.RUNNING)
         if task["fails"]:
-            return TaskStatus(TaskState.ERROR, f"dummy: {task['kind']} failed (simulated failure)")
+            return TaskStatus(TaskState.ERROR, f"dummy: {task['kind']} failed (simulated failure)",
+                              FailureKind.parse(task.get("failure")))
         self._apply(task)
         return TaskStatus(TaskState.SUCCESS)
 

@@ -1,20 +1,26 @@
 """The service's state in Redis: key schema, Lua scripts and typed operations."""
 
+from chalicelib.store.connection import connect
 from chalicelib.store.keys import STATES, Keys
 from chalicelib.store.records import VMRecord
 from chalicelib.store.store import (
     CheckedOut,
+    CheckoutNotDurable,
     CheckoutRequest,
     CheckoutResult,
     DayStats,
     DurationSample,
+    ModifyResult,
     PoolSnapshot,
+    Quota,
+    QuotaExceeded,
+    ReplicaAcks,
     Store,
     StoreUnavailable,
-    connect,
 )
 
 __all__ = [
-    "STATES", "Keys", "VMRecord", "CheckedOut", "CheckoutRequest", "CheckoutResult", "DayStats",
-    "DurationSample", "PoolSnapshot", "Store", "StoreUnavailable", "connect",
+    "STATES", "Keys", "VMRecord", "CheckedOut", "CheckoutNotDurable", "CheckoutRequest", "CheckoutResult", "DayStats",
+    "DurationSample", "ModifyResult", "PoolSnapshot", "Quota", "QuotaExceeded", "ReplicaAcks", "Store",
+    "StoreUnavailable", "connect",
 ]

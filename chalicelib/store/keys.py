@@ -7,8 +7,15 @@ this module and the scripts must agree.
     vm:<hostname>            hash    one VM's record (see records.VMRecord)
     pool:<pool>:<state>      zset    hostnames in a state, scored by when they entered it
     cloning                  zset    hostnames whose clone task is in flight, across all pools
+    changes                  string  counter: every state change stamps its VM (change_seq) with
+                                     its value; a reconcile pass increments it before reading the
+                                     provider's inventory, to order that read against the changes
+    clone_demand             hash    pool -> "<clone slots wanted> <when>" of the pools short of VMs
+    pool:<pool>:ready_checked string the template and reset time every ready VM was last checked against
     lease:<pool>             string  who runs the pool's reconcile right now
     wake:<pool>              list    nudges for the pool's reconcile (checkout, delete, request)
+    followup:<pool>          string  a delayed follow-up pass of the pool is queued (store/fleet.py)
+    pools:known              hash    pool -> its last configured settings, to drain it once removed
     lastboot                 hash    pool -> time of its last VM becoming ready
     daily:<YYYY-MM-DD>       hash    that day's clone/boot durations and tag counts
     ondemand:<id>            hash    an on-demand request (store/ondemand.py)
@@ -20,9 +27,17 @@ this module and the scripts must agree.
     config:clonetarget       hash    pool -> clone_target set at runtime
     vmtasks:<hostname>       list    disk/snapshot tasks queued for a VM (store/vm_tasks.py)
     vmtasks:pool:<pool>      zset    VMs of the pool with queued or running tasks
+    holdings:<owner hash>    zset    what one owner holds: checked-out VMs and on-demand requests
+    ratelimit:<class>:<who>  string  requests of a client (token id or address) in the window
+    token:<sha256>           hash    an API token's user and times (auth/tokens.py)
+    user:<user>:tokens       set     a user's token hashes
+    login:user:<hash>        string  failed logins of a user name (canonical, hashed) in the window
+    login:addr:<address>     string  failed logins from a client address (IPv6: its /64)
     migrating                zset    VMs being migrated to another host, across all pools, by start time
     templates:prepared       hash    <provider>:<template> -> "done", or the task preparing it
     history:<pool>           zset    per-minute samples of the pool's counts (store/history.py)
+    demand:<pool>:<YYYY-MM-DD> hash  per-minute checkouts/misses of a demand-sized pool (sizing/demand.py)
+    sizing:state             hash    pool -> its demand size and when it last changed (sizing/controller.py)
 """
 
 from __future__ import annotations
@@ -47,11 +62,29 @@ class Keys:
     def cloning(self) -> str:
         return f"{self.prefix}cloning"
 
+    @property
+    def changes(self) -> str:
+        return f"{self.prefix}changes"
+
+    def ready_checked(self, pool: str) -> str:
+        return f"{self.prefix}pool:{pool}:ready_checked"
+
+    @property
+    def clone_demand(self) -> str:
+        return f"{self.prefix}clone_demand"
+
     def lease(self, pool: str) -> str:
         return f"{self.prefix}lease:{pool}"
 
     def wake(self, pool: str) -> str:
         return f"{self.prefix}wake:{pool}"
+
+    def followup(self, pool: str) -> str:
+        return f"{self.prefix}followup:{pool}"
+
+    @property
+    def known_pools(self) -> str:
+        return f"{self.prefix}pools:known"
 
     @property
     def last_boot(self) -> str:
@@ -79,6 +112,24 @@ class Keys:
     def pool_vm_tasks(self, pool: str) -> str:
         return f"{self.prefix}vmtasks:pool:{pool}"
 
+    def token(self, token_hash: str) -> str:
+        return f"{self.prefix}token:{token_hash}"
+
+    def user_tokens(self, user: str) -> str:
+        return f"{self.prefix}user:{user}:tokens"
+
+    def login_user(self, user_hash: str) -> str:
+        return f"{self.prefix}login:user:{user_hash}"
+
+    def login_address(self, address: str) -> str:
+        return f"{self.prefix}login:addr:{address}"
+
+    def holdings(self, owner_hash: str) -> str:
+        return f"{self.prefix}holdings:{owner_hash}"
+
+    def rate_limit(self, request_class: str, client: str) -> str:
+        return f"{self.prefix}ratelimit:{request_class}:{client}"
+
     @property
     def migrating(self) -> str:
         return f"{self.prefix}migrating"
@@ -89,3 +140,16 @@ class Keys:
 
     def history(self, pool: str) -> str:
         return f"{self.prefix}history:{pool}"
+
+    def demand(self, pool: str, day: str) -> str:
+        """A demand-sized pool's per-minute checkouts and misses on a UTC day. The checkout script
+        builds the same name from ``demand_prefix``."""
+        return f"{self.demand_prefix}{pool}:{day}"
+
+    @property
+    def demand_prefix(self) -> str:
+        return f"{self.prefix}demand:"
+
+    @property
+    def sizing_state(self) -> str:
+        return f"{self.prefix}sizing:state"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence, cast
 
 from chalicelib.store.records import VMRecord
-from chalicelib.store.store import Store, _translate_errors
+from chalicelib.store.store import Quota, QuotaExceeded, Store, _translate_errors
 
 OPEN = "open"
 READY = "ready"
@@ -103,8 +103,10 @@ class OnDemandStore:
         lifetime_hours: int,
         token_user: str = "",
         token_id: str = "",
+        quota: Quota | None = None,
     ) -> bool:
-        """Record a new open request and queue it for its pools. False when the id is taken.
+        """Record a new open request and queue it for its pools. False when the id is taken;
+        QuotaExceeded (nothing recorded) when it would pass a limit of ``quota``.
         ``token_user``/``token_id`` are copied onto its VMs, so GET /token/<t> lists them."""
         fields = {
             "id": request_id,
@@ -119,11 +121,17 @@ class OnDemandStore:
         if token_id:
             fields["token_id"] = token_id
         pools = sorted({entry.pool for entry in entries})
+        wanted = sum(entry.count for entry in entries)
+        limits = "" if quota is None else json.dumps(quota.payload(self.keys, self.store.holdings_ttl_seconds))
         args: list[str | int] = [
-            self.keys.prefix, request_id, repr(now), self.store.data_ttl_seconds, json.dumps(fields), *pools,
+            self.keys.prefix, request_id, repr(now), self.store.data_ttl_seconds, json.dumps(fields),
+            wanted, limits, *pools,
         ]
         with _translate_errors():
-            return bool(self.scripts.ondemand_create(args=args))
+            answer = self.scripts.ondemand_create(args=args)
+        if isinstance(answer, str):
+            raise QuotaExceeded(answer)
+        return bool(answer)
 
     def get(self, request_id: str) -> OnDemandRequest | None:
         """The request and the records of its VMs, in two round trips."""

@@ -20,6 +20,20 @@ def _json(value: str | None, empty: Any) -> Any:
         return empty
 
 
+TAG_FIELD_PREFIX = "tag:"
+"""Each tag is its own field of the record, ``tag:<key>``: changed one by one, never lost to a
+concurrent change of another tag."""
+
+
+def _tags(data: Mapping[str, str]) -> dict[str, str]:
+    """The tags of a record: its ``tag:<key>`` fields, over the JSON ``tags`` field older
+    versions wrote."""
+    tags = dict(_json(data.get("tags"), {}))
+    tags.update({name[len(TAG_FIELD_PREFIX):]: value for name, value in data.items()
+                 if name.startswith(TAG_FIELD_PREFIX)})
+    return tags
+
+
 @dataclass(frozen=True)
 class VMRecord:
     """One VM as the service knows it. Times are epoch seconds."""
@@ -45,6 +59,8 @@ class VMRecord:
     reason: str = ""
     """Why the VM left service early (clone error, boot timeout, ready_ttl, reaped...)."""
     not_ready_reason: str = ""
+    failure: str = ""
+    """The kind of provider failure that took it out of service (``FailureKind`` value), if any."""
     state_since: float | None = None
     raw: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -64,7 +80,7 @@ class VMRecord:
             checkout=_float(data.get("checkout")),
             lifetime_hours=int(float(lifetime)) if lifetime else None,
             token_user=data.get("token_user", ""),
-            tags=_json(data.get("tags"), {}),
+            tags=_tags(data),
             disks=tuple(_json(data.get("disks"), [])),
             snapshots=tuple(_json(data.get("snapshots"), [])),
             host=data.get("host", ""),
@@ -73,6 +89,7 @@ class VMRecord:
             destroy_task=data.get("destroy_task", ""),
             reason=data.get("reason", ""),
             not_ready_reason=data.get("not_ready_reason", ""),
+            failure=data.get("failure", ""),
             state_since=_float(data.get(f"{state}_at")),
             raw=dict(data),
         )

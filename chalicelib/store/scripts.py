@@ -3,30 +3,63 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Sequence
 
 import redis
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 _LUA_DIR = Path(__file__).with_name("lua")
+
+
+class _Script:
+    """A script run by SHA, loaded when Redis lacks it. Loaded scripts are not replicated: after
+    a failover the new primary lacks them, and a command refused by the demoted node may be
+    retried there after redis-py loaded the script on the old one. So load once more."""
+
+    def __init__(self, script: Script, text: str) -> None:
+        self._script = script
+        self.script = text
+
+    @property
+    def sha(self) -> str:
+        return str(self._script.sha)
+
+    def load_into(self, client: redis.Redis) -> None:
+        """Load the script into the Redis ``client`` talks to (for EVALSHA in a pipeline)."""
+        client.script_load(self.script)
+
+    def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None) -> Any:
+        try:
+            return self._script(keys=keys, args=args, client=client)
+        except NoScriptError:
+            return self._script(keys=keys, args=args, client=client)
 
 
 class Scripts:
     """Each script of ``lua/`` as a callable; redis-py runs it by SHA and loads it when missing."""
 
     def __init__(self, client: redis.Redis) -> None:
-        def load(name: str) -> Script:
-            return client.register_script((_LUA_DIR / f"{name}.lua").read_text())
+        def load(name: str, *shared: str) -> _Script:
+            """lua/<name>.lua, after the shared functions of each lua/<shared>.lua."""
+            text = "\n".join((_LUA_DIR / f"{part}.lua").read_text() for part in (*shared, name))
+            return _Script(client.register_script(text), text)
 
-        self.checkout = load("checkout")
+        self.checkout = load("checkout", "quota")
+        self.confirm = load("confirm")
+        self.release = load("release")
         self.move = load("move")
         self.reserve_clones = load("reserve_clones")
         self.release_lease = load("release_lease")
         self.record_durations = load("record_durations")
         self.update = load("update")
+        self.vm_modify = load("vm_modify")
+        self.rate_count = load("rate_count")
+        self.record_tags = load("record_tags")
         self.set_once = load("set_once")
         self.migration_slot = load("migration_slot")
         self.discover = load("discover")
-        self.ondemand_create = load("ondemand_create")
+        self.ondemand_create = load("ondemand_create", "quota")
         self.ondemand_reserve = load("ondemand_reserve")
         self.ondemand_deliver = load("ondemand_deliver")
         self.ondemand_end = load("ondemand_end")

@@ -7,6 +7,8 @@ act at once without any lock held in a process.
 
 from __future__ import annotations
 
+import enum
+import hashlib
 import json
 import secrets
 import time
@@ -14,10 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence, cast
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from chalicelib.config import RedisConfig
+from chalicelib.sizing import demand as demand_history
 from chalicelib.store.keys import STATES, Keys
 from chalicelib.store.records import VMRecord
 from chalicelib.store.scripts import Scripts
@@ -26,8 +27,52 @@ DAILY_STATS_TTL_SECONDS = 400 * 24 * 3600
 """How long per-day statistics stay for /summary: a bit more than a year."""
 
 
+UNCONFIRMED_SECONDS = 60.0
+"""How long a checkout may stay unconfirmed before a reconcile pass returns its VMs to ready:
+far longer than the API takes between the checkout and its confirmation."""
+
+REPLICAS_RECHECK_SECONDS = 5.0
+"""How often a process looks up how many replicas its primary has in sync."""
+
+LAMBDA_ENV = "AWS_LAMBDA_FUNCTION_NAME"
+MIN_REPLICA_ACKS_ENV = "VMPOOL_REDIS_MIN_REPLICA_ACKS"
+
+CLONE_DEMAND_TTL_SECONDS = 120.0
+"""A short pool's claim on clone slots lapses when its passes stop renewing it for this long
+(its passes died, or it left the config), so the slots go to the pools still asking."""
+
+
 class StoreUnavailable(Exception):
     """Redis cannot be reached or answered with an error; the API turns this into a 503."""
+
+    public_message = "the state store is unavailable, try again shortly"
+    """What the API tells the client (the exception's own text may name hosts: logs only)."""
+
+
+class CheckoutNotDurable(StoreUnavailable):
+    """No replica confirmed the checkout in time: its VMs went back to the pool, none was handed out."""
+
+    public_message = ("the checkout could not be replicated in time, so no VM was handed out; "
+                      "try again shortly")
+
+
+@dataclass(frozen=True)
+class ReplicaAcks:
+    """How many replicas must have a checkout before the API answers it (Redis ``WAIT``)."""
+
+    replicas: int = 0
+    timeout_ms: int = 500
+
+    @classmethod
+    def from_config(cls, config: RedisConfig, environ: Mapping[str, str]) -> "ReplicaAcks":
+        """``redis.min_replica_acks`` (VMPOOL_REDIS_MIN_REPLICA_ACKS in ``environ`` wins); unset:
+        1 in AWS Lambda, where ElastiCache runs a replica that a failover promotes, 0 elsewhere."""
+        replicas = config.min_replica_acks
+        if environ.get(MIN_REPLICA_ACKS_ENV, "").strip():
+            replicas = int(environ[MIN_REPLICA_ACKS_ENV])
+        if replicas is None:
+            replicas = 1 if environ.get(LAMBDA_ENV) else 0
+        return cls(replicas, config.replica_ack_timeout_ms)
 
 
 @dataclass(frozen=True)
@@ -37,6 +82,13 @@ class CheckoutRequest:
     name: str
     pools: Sequence[str]
     count: int
+    preferences: Sequence[Sequence[str]] = ()
+    """Optional: for each VM, ``pools`` in the order it prefers them (a weighted or random
+    choice). The script still takes another order when that is what serves every VM."""
+
+    def slots(self) -> list[Sequence[str]]:
+        """Each VM's pools, in its order of preference."""
+        return [self.preferences[i] if i < len(self.preferences) else self.pools for i in range(self.count)]
 
 
 @dataclass(frozen=True)
@@ -58,6 +110,44 @@ class CheckoutResult:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """Limits on what one owner, and everyone together, may hold: checked in the script that
+    takes the VMs (store/lua/quota.lua), so concurrent requests cannot pass them together."""
+
+    owner: str
+    """Who takes the VMs: ``user:<canonical name>`` for a token's user, ``addr:<address>`` for an
+    anonymous client."""
+    max_owner_vms: int
+    max_vms: int
+    pools: Sequence[str]
+    """Every configured pool: their running VMs count against ``max_vms``."""
+    max_owner_requests: int = 0
+    max_requests: int = 0
+    """Open on-demand requests, per owner and in total."""
+
+    def payload(self, keys: Keys, ttl_seconds: int) -> dict[str, Any]:
+        owner = hashlib.sha256(self.owner.encode("utf-8")).hexdigest()[:32]
+        return {"key": keys.holdings(owner), "ttl": ttl_seconds, "max_owner_vms": self.max_owner_vms,
+                "max_vms": self.max_vms, "pools": list(self.pools),
+                "max_owner_requests": self.max_owner_requests, "max_requests": self.max_requests}
+
+
+class QuotaExceeded(Exception):
+    """A request would pass a limit of ``Quota``; ``limit`` says which: ``owner_vms``,
+    ``owner_requests``, ``service_vms`` or ``service_requests``. Nothing was changed."""
+
+    def __init__(self, limit: str) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+class ModifyResult(enum.Enum):
+    CHANGED = "changed"
+    NO_VM = "no_vm"
+    TOO_MANY_TAGS = "too_many_tags"
+
+
+@dataclass(frozen=True)
 class PoolSnapshot:
     """Every VM a pool tracks, by state, with their records: what a reconcile pass starts from."""
 
@@ -65,6 +155,12 @@ class PoolSnapshot:
     """state -> hostname -> time it entered the state."""
     records: Mapping[str, VMRecord]
     cloning_total: int = 0
+    wants_clones: bool = False
+    """Whether the pool has a clone demand registered (it was short when it last reserved)."""
+    loaded: frozenset[str] = frozenset()
+    """Hostnames whose records were read (present in ``records`` unless missing in Redis)."""
+    ready_checked: str = ""
+    """The pool's ``ready_checked`` mark: what every ready VM was last checked against."""
 
     def hostnames(self, state: str) -> list[str]:
         return list(self.members.get(state, {}))
@@ -97,43 +193,23 @@ class DayStats:
         return float(value) if value else 0.0
 
 
-def connect(
-    config: RedisConfig,
-    password: str | None = None,
-    credential_provider: redis.CredentialProvider | None = None,
-) -> redis.Redis:
-    """A client for the configured Redis: short timeouts, health checks, decoded strings.
-
-    ``credential_provider`` (instead of ``password``) is asked for the password each time a
-    connection opens, so a password kept in AWS is fetched only when first needed."""
-    options: dict[str, Any] = dict(
-        db=config.db,
-        password=password,
-        credential_provider=credential_provider,
-        decode_responses=True,
-        socket_timeout=config.socket_timeout,
-        socket_connect_timeout=config.socket_timeout,
-        health_check_interval=30,
-        # redis-py 8 retries any command 10 times with backoff on a connection error or a
-        # timeout: while Redis is down every request hung 3 to 5 s before its 503, and a script
-        # that timed out after it ran (a slow Redis) ran again: a second checkout. Retry once, at
-        # once, only when the connection broke (a connection the server closed while idle);
-        # never after a timeout.
-        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-    )
-    if config.unix_socket:
-        return redis.Redis(unix_socket_path=config.unix_socket, **options)
-    return redis.Redis(host=config.server, port=config.port, ssl=config.tls, **options)
-
-
 class Store:
     """The service's state. Every method raises StoreUnavailable when Redis fails."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "vmpool:", data_ttl_hours: int = 168) -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "vmpool:", data_ttl_hours: int = 168,
+                 replica_acks: ReplicaAcks = ReplicaAcks()) -> None:
         self.client = client
+        self.replica_acks = replica_acks
+        self._online_replicas = 0
+        self._replicas_known_until = 0.0
         self.keys = Keys(prefix)
         self.scripts = Scripts(client)
         self.data_ttl_seconds = data_ttl_hours * 3600
+        self.holdings_ttl_seconds = 400 * 24 * 3600
+        """How long an owner's holdings set outlives its last change (longer than any lifetime
+        worth counting; entries are pruned as they are read)."""
+        self.demand_pools: frozenset[str] = frozenset()
+        """Pools with demand sizing: the checkout script counts their checkouts and misses."""
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -143,25 +219,40 @@ class Store:
             data = cast("dict[str, str]", self.client.hgetall(self.keys.vm(hostname)))
         return VMRecord.from_hash(data) if data else None
 
-    def pool_snapshot(self, pool: str) -> PoolSnapshot:
-        """All of a pool's VMs and records in two round trips, whatever the pool's size."""
+    def pool_snapshot(self, pool: str, without_records: Sequence[str] = ()) -> PoolSnapshot:
+        """All of a pool's VMs (with the time each entered its state) and the records of those
+        not in a ``without_records`` state, in two round trips whatever the pool's size. A
+        steady pass leaves out ``ready``: it needs their scores only, and reading a record costs
+        far more than a score (issue 14: 178 ms for 2,000 ready VMs)."""
         with _translate_errors():
             pipe = self.client.pipeline(transaction=False)
             for state in STATES:
                 pipe.zrange(self.keys.pool_state(pool, state), 0, -1, withscores=True)
             pipe.zcard(self.keys.cloning)
-            *state_members, cloning_total = pipe.execute()
+            pipe.hexists(self.keys.clone_demand, pool)
+            pipe.get(self.keys.ready_checked(pool))
+            *state_members, cloning_total, wants_clones, ready_checked = pipe.execute()
             members = {state: dict(pairs) for state, pairs in zip(STATES, state_members, strict=True)}
-            hostnames = [host for hosts in members.values() for host in hosts]
-            records: dict[str, VMRecord] = {}
-            if hostnames:
-                pipe = self.client.pipeline(transaction=False)
-                for host in hostnames:
-                    pipe.hgetall(self.keys.vm(host))
-                for host, data in zip(hostnames, pipe.execute(), strict=True):
-                    if data:
-                        records[host] = VMRecord.from_hash(data)
-        return PoolSnapshot(members=members, records=records, cloning_total=cloning_total)
+        hostnames = [host for state, hosts in members.items() if state not in without_records for host in hosts]
+        return PoolSnapshot(members=members, records=self.records(hostnames), cloning_total=cloning_total,
+                            wants_clones=bool(wants_clones), loaded=frozenset(hostnames),
+                            ready_checked=ready_checked or "")
+
+    def records(self, hostnames: Sequence[str]) -> dict[str, VMRecord]:
+        """The records of ``hostnames`` that exist, in one round trip."""
+        if not hostnames:
+            return {}
+        with _translate_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for host in hostnames:
+                pipe.hgetall(self.keys.vm(host))
+            replies = pipe.execute()
+        return {host: VMRecord.from_hash(data) for host, data in zip(hostnames, replies, strict=True) if data}
+
+    def mark_ready_checked(self, pool: str, mark: str) -> None:
+        """Note what every ready VM of the pool was checked against (see PoolSnapshot.ready_checked)."""
+        with _translate_errors():
+            self.client.set(self.keys.ready_checked(pool), mark)
 
     def counts(self, pools: Iterable[str]) -> dict[str, dict[str, int]]:
         """pool -> state -> number of VMs, in one round trip."""
@@ -192,39 +283,145 @@ class Store:
     # --- atomic changes -----------------------------------------------------------------------
 
     def checkout(
-        self, requests: Sequence[CheckoutRequest], now: float, fields: Mapping[str, str]
+        self, requests: Sequence[CheckoutRequest], now: float, fields: Mapping[str, str],
+        quota: Quota | None = None,
     ) -> CheckoutResult:
         """Take every requested VM or none, in one round trip; on success the pools taken from
-        are nudged to refill in the same step."""
-        payload = json.dumps(
-            {
-                "requests": [
-                    {"name": r.name, "pools": list(r.pools), "count": r.count} for r in requests
-                ],
-                "fields": dict(fields),
-            }
-        )
+        are nudged to refill in the same step, and demand-sized pools count the minute's demand
+        (misses too). Raises QuotaExceeded (nothing taken) when the VMs
+        would pass a limit of ``quota``.
+
+        The VMs taken are the caller's only once confirmed, in a second round trip made after
+        the script's answer arrived (with ``WAIT`` when replica acknowledgements are required).
+        An answer lost on its way (a timeout: the script may have run) leaves them unconfirmed,
+        and a reconcile pass returns them to ready after UNCONFIRMED_SECONDS. A failed
+        confirmation releases them at once and raises StoreUnavailable (CheckoutNotDurable when
+        no replica acknowledged in time)."""
+        checkout_id = secrets.token_hex(8)
+        checkout: dict[str, Any] = {
+            "slots": [{"name": r.name, "pools": list(pools)} for r in requests for pools in r.slots()],
+            "fields": dict(fields),
+            "checkout_id": checkout_id,
+            "confirm_by": repr(now + UNCONFIRMED_SECONDS),
+        }
+        if quota is not None:
+            checkout["quota"] = quota.payload(self.keys, self.holdings_ttl_seconds)
+        tracked = {pool for r in requests for pool in r.pools if pool in self.demand_pools}
+        if tracked:
+            day, minute = demand_history.day_and_minute(demand_history.epoch_minute(now))
+            checkout["demand"] = {"prefix": self.keys.demand_prefix, "day": day, "minute": minute,
+                                  "ttl": demand_history.HISTORY_TTL_SECONDS, "pools": dict.fromkeys(tracked, True)}
         with _translate_errors():
-            answer = json.loads(self.scripts.checkout(args=[self.keys.prefix, repr(now), payload]))
+            answer = json.loads(self.scripts.checkout(args=[self.keys.prefix, repr(now), json.dumps(checkout)]))
+        if answer.get("quota"):
+            raise QuotaExceeded(answer["quota"])
         if not answer["ok"]:
             return CheckoutResult(short=tuple(answer["short"]))
-        return CheckoutResult(vms=tuple(CheckedOut(*entry) for entry in answer["vms"]))
+        result = CheckoutResult(vms=tuple(CheckedOut(*entry) for entry in answer["vms"]))
+        self._confirm(checkout_id, [vm.hostname for vm in result.vms], now)
+        return result
+
+    def _confirm(self, checkout_id: str, hostnames: list[str], now: float) -> None:
+        """Confirm a checkout (and wait for the replicas to have it); on any failure, release."""
+        replicas, timeout_ms = self._replicas_to_wait_for(), self.replica_acks.timeout_ms
+
+        def confirm_and_wait() -> list[Any]:
+            # One round trip on one connection: WAIT counts the writes of its own connection.
+            # EVALSHA by hand: a pipeline given a Script object first asks SCRIPT EXISTS.
+            pipe = self.client.pipeline(transaction=False)
+            pipe.execute_command("EVALSHA", self.scripts.confirm.sha, 0, self.keys.prefix, checkout_id, *hostnames)
+            if replicas:
+                pipe.execute_command("WAIT", replicas, timeout_ms)
+            return pipe.execute()
+
+        try:
+            with _translate_errors():
+                try:
+                    confirmed, *acks = confirm_and_wait()
+                except redis.exceptions.NoScriptError:  # a Redis that never ran it (a new primary)
+                    self.scripts.confirm.load_into(self.client)
+                    confirmed, *acks = confirm_and_wait()
+        except StoreUnavailable:
+            self._release_after_failure(checkout_id, hostnames, now)
+            raise
+        if not confirmed:
+            self._release_after_failure(checkout_id, hostnames, now)
+            raise StoreUnavailable("redis: checkout returned to the pool before it was confirmed")
+        if acks and int(acks[0]) < replicas:
+            self._release_after_failure(checkout_id, hostnames, now)
+            raise CheckoutNotDurable(f"redis: {acks[0]} of {replicas} replicas acknowledged "
+                                     f"the checkout within {timeout_ms} ms")
+
+    def _replicas_to_wait_for(self) -> int:
+        """The replica acknowledgements a checkout needs: as configured, but no more than the
+        replicas attached and in sync (looked up every REPLICAS_RECHECK_SECONDS). A primary
+        left alone (just promoted, its replica being rebuilt) has no replica a failover could
+        promote, so its checkouts are answered, not refused for the minutes the rebuild takes."""
+        wanted = self.replica_acks.replicas
+        if not wanted:
+            return 0
+        if time.monotonic() >= self._replicas_known_until:
+            with _translate_errors():
+                info = self.client.info("replication")
+            self._online_replicas = sum(
+                1 for name, value in info.items()
+                if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online")
+            self._replicas_known_until = time.monotonic() + REPLICAS_RECHECK_SECONDS
+        return min(wanted, self._online_replicas)
+
+    def _release_after_failure(self, checkout_id: str, hostnames: list[str], now: float) -> None:
+        """Best effort, once (Redis is failing already: each try may cost a socket timeout);
+        whatever it cannot release while unconfirmed is returned by a pass after its deadline."""
+        try:
+            self.release_checkout(checkout_id, hostnames, now)
+        except StoreUnavailable:
+            pass
+
+    def release_checkout(self, checkout_id: str, hostnames: Sequence[str], now: float,
+                         unconfirmed_only: bool = False) -> list[str]:
+        """Return a checkout's VMs to ready (all of them, or only those still unconfirmed past
+        their deadline). Returns the hostnames returned."""
+        with _translate_errors():
+            return self.scripts.release(
+                args=[self.keys.prefix, repr(now), checkout_id, "1" if unconfirmed_only else "0", *hostnames])
 
     def move(
         self, hostname: str, pool: str, from_state: str, to_state: str, now: float,
-        nudge: bool = False, **fields: Any,
+        nudge: bool = False, unchanged_since: int | None = None, lifetime_ended: float | None = None,
+        **fields: Any,
     ) -> bool:
         """Move a VM between states if it is still in ``from_state``; set ``fields`` on its record
         (a value of None deletes the field). ``nudge`` wakes the pool's reconcile in the same step.
+
+        ``unchanged_since`` (a mark from ``mark_changes``): move only if the VM's state has not
+        changed since the mark. ``lifetime_ended`` (the default lifetime in hours): move only if
+        the VM's lifetime, as recorded at the time of the move, has ended by ``now``.
         Returns whether it moved."""
         args: list[str] = [
             self.keys.prefix, hostname, pool, from_state, to_state, repr(now), str(self.data_ttl_seconds),
             "1" if nudge else "0",
+            "" if unchanged_since is None else str(unchanged_since),
+            "" if lifetime_ended is None else repr(float(lifetime_ended)),
         ]
         for name, value in fields.items():
             args += [name, _encode(value)]
         with _translate_errors():
             return bool(self.scripts.move(args=args))
+
+    def mark_changes(self) -> int:
+        """A mark on the counter every state change stamps its VM with (``change_seq``): a VM
+        stamped with this mark or a later one changed state after the mark was taken."""
+        with _translate_errors():
+            return int(self.client.incr(self.keys.changes))
+
+    def return_vm(self, hostname: str, now: float, reason: str) -> str | None:
+        """Move a running VM, whatever its pool, to completed and nudge its pool, in one round
+        trip. Returns its pool, or None when it is unknown or not running."""
+        args = [self.keys.prefix, hostname, "", "running", "completed", repr(now), str(self.data_ttl_seconds),
+                "1", "", "", "reason", reason]
+        with _translate_errors():
+            pool = self.scripts.move(args=args)
+        return str(pool) if pool else None
 
     def reserve_clones(
         self,
@@ -235,13 +432,22 @@ class Store:
         domain: str,
         candidates: Sequence[str],
         now: float,
+        clone_limit: int = 0,
     ) -> list[str]:
-        """Create pending records for as many candidates as the pool lacks and the task limit
-        allows, counted atomically. Returns the hostnames reserved."""
+        """Create pending records for as many candidates as the pool lacks and its fair share of
+        the task limit allows (lua/reserve_clones.lua: the limit is shared max-min fairly among
+        the pools that are short; ``clone_limit`` > 0 caps the pool's clones in flight), counted
+        atomically. Returns the hostnames reserved."""
         with _translate_errors():
             return self.scripts.reserve_clones(
-                args=[self.keys.prefix, pool, size, task_limit, repr(now), template, domain, *candidates]
+                args=[self.keys.prefix, pool, size, task_limit, repr(now), template, domain, clone_limit,
+                      repr(CLONE_DEMAND_TTL_SECONDS), *candidates]
             )
+
+    def withdraw_clone_demand(self, pool: str) -> None:
+        """The pool is full: it no longer claims a share of the task limit."""
+        with _translate_errors():
+            self.client.hdel(self.keys.clone_demand, pool)
 
     def update_vm(self, hostname: str, **fields: Any) -> bool:
         """Set fields on an existing record (None deletes a field). False for an unknown VM."""
@@ -250,6 +456,17 @@ class Store:
             args += [name, _encode(value)]
         with _translate_errors():
             return bool(self.scripts.update(keys=[self.keys.vm(hostname)], args=args))
+
+    def modify_vm(self, hostname: str, fields: Mapping[str, str], max_tags: int) -> ModifyResult:
+        """A user's change (lifetime, tags as ``tag:<key>`` fields): each field set on its own in
+        one step, so concurrent changes of different fields all land. Refused whole when the VM
+        would carry more than ``max_tags`` tags."""
+        args: list[Any] = [max_tags]
+        for name, value in fields.items():
+            args += [name, value]
+        with _translate_errors():
+            result = int(self.scripts.vm_modify(keys=[self.keys.vm(hostname)], args=args))
+        return {1: ModifyResult.CHANGED, 0: ModifyResult.NO_VM}.get(result, ModifyResult.TOO_MANY_TAGS)
 
     def set_once(self, hostname: str, field_name: str, value: str = "1") -> bool:
         """Set a field on an existing record unless it is set already. True for the one caller
@@ -272,16 +489,18 @@ class Store:
         with _translate_errors():
             pipe = self.client.pipeline(transaction=True)
             pipe.zrem(self.keys.cloning, hostname)
-            pipe.exists(self.keys.vm(hostname))
-            existed = pipe.execute()[1]
-            if existed:
-                self.update_vm(hostname, clone_end=now)
+            # Only on a record that still exists (the script checks), in the same round trip.
+            self.scripts.update(keys=[self.keys.vm(hostname)], args=["clone_end", _encode(now)], client=pipe)
+            pipe.execute()
 
     # --- per-pool lease and wake-ups ----------------------------------------------------------
 
-    def acquire_lease(self, pool: str, ttl_seconds: float) -> str | None:
-        """Take the pool's lease if nobody holds it. Returns the holder token, or None."""
-        token = secrets.token_hex(8)
+    def acquire_lease(self, pool: str, ttl_seconds: float, token: str | None = None) -> str | None:
+        """Take the pool's lease if nobody holds it. Returns the holder token, or None.
+
+        A caller that passes its own ``token`` knows it even when this raises: a SET sent just
+        before Redis stalled may still be applied, and the token is what releases it."""
+        token = token or secrets.token_hex(8)
         with _translate_errors():
             taken = self.client.set(self.keys.lease(pool), token, nx=True, px=int(ttl_seconds * 1000))
         return token if taken else None
@@ -319,6 +538,11 @@ class Store:
                 if self.client.blpop([key], timeout=min(remaining, 1.0)):
                     return True
 
+    def take_wake(self, pool: str) -> bool:
+        """Whether the pool was nudged since its wake-ups were last cleared (without waiting)."""
+        with _translate_errors():
+            return bool(self.client.delete(self.keys.wake(pool)))
+
     def clear_wakes(self, pool: str) -> None:
         with _translate_errors():
             self.client.delete(self.keys.wake(pool))
@@ -334,16 +558,16 @@ class Store:
         with _translate_errors():
             self.scripts.record_durations(keys=[self.keys.daily(day)], args=args)
 
-    def record_tags(self, day: str, tags: Mapping[str, str]) -> None:
+    def record_tags(self, day: str, tags: Mapping[str, str], max_names: int, max_values: int) -> None:
+        """Count tags in the day's statistics: at most ``max_names`` tag names and ``max_values``
+        values per name on their own, the rest as ``(other)``."""
         if not tags:
             return
-        key = self.keys.daily(day)
+        args: list[Any] = [DAILY_STATS_TTL_SECONDS, max_names, max_values]
+        for tag, value in tags.items():
+            args += [tag, value]
         with _translate_errors():
-            pipe = self.client.pipeline(transaction=True)
-            for tag, value in tags.items():
-                pipe.hincrby(key, f"tag:{tag}:{value}", 1)
-            pipe.expire(key, DAILY_STATS_TTL_SECONDS)
-            pipe.execute()
+            self.scripts.record_tags(keys=[self.keys.daily(day)], args=args)
 
     def day_stats(self, days: Sequence[str]) -> list[DayStats]:
         with _translate_errors():
@@ -351,6 +575,13 @@ class Store:
             for day in days:
                 pipe.hgetall(self.keys.daily(day))
             return [DayStats(day, values) for day, values in zip(days, pipe.execute(), strict=True)]
+
+    def count_request(self, key: str, window_seconds: int) -> tuple[int, int]:
+        """Count a request under a rate limit's ``key`` (a fixed window of ``window_seconds``):
+        (requests in the window, ms until it ends)."""
+        with _translate_errors():
+            count, left_ms = self.scripts.rate_count(keys=[key], args=[window_seconds])
+        return int(count), int(left_ms)
 
     def set_last_boot(self, pool: str, when: str) -> None:
         with _translate_errors():

@@ -11,13 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import pytest
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-import app
-from chalicelib.services import Services
-from local.redis_server import free_port
 from tests.api.client import CONFIG_YAML, ApiClient, Stack
 
 Case = tuple[str, str, Any, int, str]
@@ -293,25 +287,3 @@ def test_an_absurd_lifetime_is_refused_even_without_a_configured_limit(make_stac
     stack.running = stack.checkout("pool1")  # type: ignore[attr-defined]
     _expect_error(stack.api, stack, ("PUT", "/api/v3/vm/{running}", {"lifetime": "9" * 30}, 400, "exceeds"))
     assert stack.api.get(f"/api/v3/vm/{stack.running}").status == 200  # type: ignore[attr-defined]
-
-
-@pytest.mark.parametrize("method, target, body", [
-    ("POST", "/api/v3/vm", {"pool1": 1}),
-    ("POST", "/api/v1/vm/pool1+pool2", None),
-    ("GET", "/api/v3/vm/somevm", None),
-    ("PUT", "/api/v3/vm/somevm", {"lifetime": 3}),
-    ("DELETE", "/api/v3/vm/somevm", None),
-    ("GET", "/api/v3/status", None),
-    ("GET", "/api/v3/poolstat?pool=pool1", None),
-    ("GET", "/api/v3/totalrunning", None),
-    ("GET", "/api/v3/summary", None),
-    ("GET", "/api/v3/summary/tag/project", None),
-])
-def test_redis_down_is_a_503_to_retry(stack: Stack, method: str, target: str, body: Any) -> None:
-    dead = redis.Redis(port=free_port(), socket_connect_timeout=0.2, decode_responses=True,
-                       retry=Retry(NoBackoff(), 0))
-    app._services = Services(stack.config, dead, clock=stack.clock)  # the fixture restores it
-    reply = stack.api.request(method, target, body)
-    assert reply.status == 503
-    assert reply.json["ok"] is False and "unavailable" in reply.json["error"]
-    assert reply.headers["Retry-After"] == "1"

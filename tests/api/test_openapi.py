@@ -17,12 +17,6 @@ from tests.api.client import SpecOperations, spec_template
 HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 VERSION_PREFIX = re.compile(r"^/api/v[123](?=/)")
 
-# Routes the spec documents that the app does not serve yet (none now). Whoever adds one of them
-# removes its line here; test_pending_routes_are_not_served fails until they do, so this set
-# never claims a route is missing when it is there.
-PENDING: set[tuple[str, str]] = set()
-
-
 def served() -> dict[tuple[str, str], set[str]]:
     """(method, path template relative to the version) -> the prefixes it is served under
     (``/api/v3``, ``/api/v2``, ``/api/v1`` or ``""`` for unversioned)."""
@@ -54,18 +48,9 @@ def test_every_served_route_is_documented(spec: dict[str, Any]) -> None:
     assert not missing, f"routes the app serves that docs/openapi.yaml lacks: {missing}"
 
 
-def test_every_documented_route_is_served_or_pending(spec: dict[str, Any]) -> None:
-    unserved = sorted(set(documented(spec)) - set(served()) - PENDING)
+def test_every_documented_route_is_served(spec: dict[str, Any]) -> None:
+    unserved = sorted(set(documented(spec)) - set(served()))
     assert not unserved, f"routes in docs/openapi.yaml that the app does not serve: {unserved}"
-
-
-def test_pending_routes_are_not_served() -> None:
-    done = sorted(PENDING & set(served()))
-    assert not done, f"served now: remove from PENDING in tests/api/test_openapi.py: {done}"
-
-
-def test_pending_routes_are_documented(spec: dict[str, Any]) -> None:
-    assert not PENDING - set(documented(spec))
 
 
 def test_every_route_is_served_under_each_version(spec: dict[str, Any]) -> None:

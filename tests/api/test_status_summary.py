@@ -8,7 +8,7 @@ from typing import Callable
 
 import pytest
 
-from chalicelib.manager.reconcile import day_of
+from chalicelib.timestamps import day_of
 from tests.api.client import CONFIG_YAML, LDAP_PASSWORD, PROVIDER_PASSWORD, REDIS_PASSWORD, Stack
 
 OK_MESSAGE = "Battle station fully armed and operational."
@@ -29,7 +29,8 @@ def test_status_shows_every_section_sorted(full: Stack) -> None:
     assert list(body) == ["boot", "capacity", "clone", "pools", "queue", "status"]
     assert body["capacity"] == {"current": 4, "total": 5, "percent": 80.0}
     assert body["pools"]["pool1"] == {"ready": 1, "running": 1, "pending": 0, "max": 2,
-                                      "lastBoot": body["pools"]["pool1"]["lastBoot"], "alias": ["linux"]}
+                                      "lastBoot": body["pools"]["pool1"]["lastBoot"], "alias": ["linux"],
+                                      "size_reason": "config"}
     assert body["pools"]["pool1"]["lastBoot"].endswith(" +0000")
     assert "alias" not in body["pools"]["pool3"]
     assert body["queue"] == {"requested": 0, "pending": 0, "cloning": 0, "booting": 0, "ready": 4,
@@ -93,7 +94,7 @@ def test_poolstat(full: Stack, query: str, pools: list[str]) -> None:
     body = full.api.get(f"/api/v3/poolstat{query}").json
     assert list(body["pools"]) == pools
     if "pool1" in pools:
-        assert body["pools"]["pool1"] == {"max": 2, "ready": 2, "alias": ["linux"]}
+        assert body["pools"]["pool1"] == {"max": 2, "ready": 2, "alias": ["linux"], "size_reason": "config"}
 
 
 def test_totalrunning(full: Stack) -> None:

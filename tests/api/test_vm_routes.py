@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import redis.connection
+
 from tests.api.client import Stack
 
 
@@ -156,6 +158,40 @@ def test_return_a_vm(full: Stack) -> None:
     counts = _counts(full, "pool2")
     assert (counts["running"], counts["completed"]) == (0, 1)
     assert full.api.get(f"/api/v3/vm/{host}").json[host]["state"] == "destroyed"
+
+
+class RedisCommands:
+    """Counts what this process writes to Redis connections: one per command or pipeline."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __enter__(self) -> "RedisCommands":
+        self._original = redis.connection.AbstractConnection.send_packed_command
+        original = self._original
+
+        def counting(connection: object, command: object, check_health: bool = True) -> None:
+            self.count += 1
+            original(connection, command, check_health)  # type: ignore[arg-type]
+
+        redis.connection.AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        redis.connection.AbstractConnection.send_packed_command = self._original  # type: ignore[method-assign]
+
+
+def test_return_is_one_redis_round_trip_and_errors_still_say_why(full: Stack) -> None:
+    host = full.checkout("pool2")
+    with RedisCommands() as sent:
+        assert full.api.delete(f"/api/v3/vm/{host}").status == 200
+    assert sent.count == 1  # the move itself finds the VM's pool and checks it is running
+
+    again = full.api.delete(f"/api/v3/vm/{host}")
+    assert (again.status, again.json["error"]) == (404, f"VM {host} is not running")
+    unknown = full.api.delete("/api/v3/vm/nosuchvm")
+    assert (unknown.status, unknown.json["error"]) == (404, "VM nosuchvm not found")
+    assert _counts(full, "pool2")["completed"] == 1
 
 
 def test_any_content_type_is_read_as_json(full: Stack) -> None:

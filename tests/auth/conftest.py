@@ -1,10 +1,8 @@
-"""Fixtures for the auth tests: a real slapd (see tests/auth/slapd.py) and AWS mocks."""
+"""Fixtures for the auth tests: AWS mocks (the real slapd is tests/conftest.py's ``slapd``)."""
 
 from __future__ import annotations
 
 import pytest
-
-from tests.auth.slapd import slapd  # noqa: F401  (the session fixture)
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ Directory layout (``dc=example,dc=com``)::
     ou=users:   uid=alice, uid=comma\\,user    (uid in the DN)
     ou=people:  cn=bob (uid: bob), cn=carol (uid: carol)   (cn in the DN)
 
-The ``slapd`` fixture is exposed by ``tests/auth/conftest.py``; another conftest may reuse it with
-``pytest_plugins = ["tests.auth.slapd"]`` (this module defines the fixture too).
+The ``slapd`` session fixture (tests/conftest.py) runs one for every folder that needs it.
 
 Needs the Debian packages ``slapd`` and ``ldap-utils`` (and ``openssl``).
 """
@@ -27,11 +26,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
-
-import pytest
 
 from local.processes import stop_process
+from tests.support import free_port
 
 BASE = "dc=example,dc=com"
 USERS_OU = f"ou=users,{BASE}"
@@ -47,15 +44,13 @@ USERS: dict[str, tuple[str, str]] = {
     "carol": (f"cn=carol,{PEOPLE_OU}", "carol-Pass-4"),
 }
 
+GROUPS_OU = f"ou=groups,{BASE}"
+ADMIN_GROUP = f"cn=vmpool-admins,{GROUPS_OU}"
+"""A groupOfNames whose only member is carol."""
+
 SLAPD_BINARY_CANDIDATES = ("/usr/sbin/slapd", "/usr/lib/slapd")
 MODULE_PATH = "/usr/lib/ldap"
 SCHEMA_DIR = "/etc/ldap/schema"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -104,6 +99,8 @@ def _seed_ldif() -> str:
         f"dn: {BASE}\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n",
         f"dn: {USERS_OU}\nobjectClass: organizationalUnit\nou: users\n",
         f"dn: {PEOPLE_OU}\nobjectClass: organizationalUnit\nou: people\n",
+        f"dn: {GROUPS_OU}\nobjectClass: organizationalUnit\nou: groups\n",
+        f"dn: {ADMIN_GROUP}\nobjectClass: groupOfNames\ncn: vmpool-admins\nmember: {USERS['carol'][0]}\n",
         (f"dn: {SERVICE_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n"
          f"cn: svc\nuserPassword: {SERVICE_PASSWORD}\n"),
     ]
@@ -132,6 +129,7 @@ class SlapdServer:
     service_dn = SERVICE_DN
     service_password = SERVICE_PASSWORD
     users = USERS
+    admin_group = ADMIN_GROUP
 
     @property
     def host(self) -> str:
@@ -250,11 +248,3 @@ class SlapdServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@pytest.fixture(scope="session")
-def slapd() -> Iterator[SlapdServer]:
-    """One real slapd for the session: ``url``, ``ldaps_url``, ``ca_file``, ``rogue_ca_file``,
-    ``users`` (name -> (dn, password)), ``service_dn``/``service_password``, ``ldap_config()``."""
-    with SlapdServer() as server:
-        yield server

@@ -9,16 +9,13 @@ import time
 
 import pytest
 
-from chalicelib.auth import (
-    AuthConfigError,
-    AuthUnavailable,
-    DummyAuthenticator,
-    LdapAuthenticator,
-    SecretUnavailable,
-    build_authenticator,
-    parse_ldap_settings,
-)
-from tests.auth.slapd import SlapdServer, free_port
+from chalicelib.auth import build_authenticator
+from chalicelib.auth.base import AuthConfigError, AuthUnavailable
+from chalicelib.auth.dummy import DummyAuthenticator
+from chalicelib.auth.ldap import LdapAuthenticator, parse_ldap_settings
+from chalicelib.auth.secrets import SecretUnavailable
+from tests.auth.slapd import SlapdServer
+from tests.support import free_port
 
 ALL_USERS = ("alice", "comma,user", "bob", "carol")
 

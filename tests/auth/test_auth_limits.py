@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import base64
-import time
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from chalicelib.auth import (
-    AuthUnavailable,
-    DummyAuthenticator,
-    LoginLimiter,
-    LoginOutcome,
-    LoginService,
-    parse_basic_auth,
-)
+from chalicelib.auth.base import AuthUnavailable
+from chalicelib.auth.basic import LoginOutcome, LoginService, parse_basic_auth
+from chalicelib.auth.dummy import DummyAuthenticator
+from chalicelib.auth.ldap import LdapAuthenticator, parse_ldap_settings
+from chalicelib.auth.ratelimit import LoginLimiter
 
 
 def basic(user: str, password: str) -> str:
@@ -66,10 +64,13 @@ def test_counters_always_expire_and_windows_are_fixed(redis_client):
 
 
 def test_window_end_lifts_the_limit(redis_client):
-    limiter = LoginLimiter(redis_client, max_per_user=1, max_per_address=10, window_seconds=1)
+    limiter = LoginLimiter(redis_client, max_per_user=1, max_per_address=10, window_seconds=60)
     limiter.record_failure("alice", "10.0.0.1")
-    assert limiter.check("alice", "10.0.0.1") == 1
-    time.sleep(1.1)
+    assert limiter.check("alice", "10.0.0.1") == 60
+    # Every counter ends with the window: Redis expires it then (here: deleted, not waited for).
+    counters = list(redis_client.scan_iter("vmpool:login:*"))
+    assert len(counters) == 2 and all(0 < redis_client.ttl(key) <= 60 for key in counters)
+    redis_client.delete(*counters)
     assert limiter.check("alice", "10.0.0.1") is None
 
 
@@ -172,3 +173,78 @@ def test_limited_logins_never_reach_the_backend(redis_client):
     service.check("alice", "x", "10.0.0.1")
     service.check("alice", "y", "10.0.0.1")
     assert backend.calls == ["alice"]
+
+
+# --- against the real directory, many at once -----------------------------------------------------
+
+
+class _Gate:
+    """Holds every login that reaches the directory until all callers have either reached it or
+    been refused: the worst interleaving (every check before any failure is counted), for certain."""
+
+    def __init__(self, inner, callers):
+        self.inner, self.callers = inner, callers
+        self.lock = threading.Lock()
+        self.settled = 0
+        self.reached = 0
+        self.open = threading.Event()
+
+    def settle(self):
+        with self.lock:
+            self.settled += 1
+            if self.settled == self.callers:
+                self.open.set()
+
+    def authenticate(self, username, password):
+        with self.lock:
+            self.reached += 1
+        self.settle()
+        assert self.open.wait(20)
+        return self.inner.authenticate(username, password)
+
+
+def _ldap(slapd):
+    ldap = slapd.ldap_config()
+    ldap["service_account_hash"] = {"user_dn": slapd.service_dn, "password": slapd.service_password}
+    return LdapAuthenticator(parse_ldap_settings(ldap), lambda value: value)
+
+
+def test_concurrent_wrong_passwords_reach_ldap_only_up_to_the_limit(redis_client, slapd):
+    callers, limit = 40, 5
+    gate = _Gate(_ldap(slapd), callers)
+    service = LoginService(gate, LoginLimiter(redis_client, max_per_user=limit, max_per_address=1000))
+
+    def attempt(index):
+        result = service.check("bob", f"wrong-{index}", f"198.51.100.{index}")
+        if result.outcome is LoginOutcome.RATE_LIMITED:
+            gate.settle()
+        return result.outcome
+
+    with ThreadPoolExecutor(callers) as pool:
+        outcomes = list(pool.map(attempt, range(callers)))
+    assert gate.reached == limit
+    assert outcomes.count(LoginOutcome.INVALID) == limit
+    assert outcomes.count(LoginOutcome.RATE_LIMITED) == callers - limit
+    # bob is locked out now, whatever the password
+    assert service.check("bob", slapd.password("bob"), "198.51.100.200").outcome is LoginOutcome.RATE_LIMITED
+
+
+@pytest.mark.parametrize("look_alike", ["\uff42ob", "BOB", "\uff22\uff2f\uff22"])
+def test_a_look_alike_name_shares_the_users_limit(redis_client, slapd, look_alike):
+    """The directory binds a fullwidth '\uff42ob' as bob: it must not get a counter of its own."""
+    ldap = _ldap(slapd)
+    assert ldap.authenticate(look_alike, slapd.password("bob"))  # what makes this matter
+    service = LoginService(ldap, LoginLimiter(redis_client, max_per_user=3, max_per_address=1000))
+    for attempt in range(3):
+        assert service.check("bob", f"wrong-{attempt}", "192.0.2.1").outcome is LoginOutcome.INVALID
+    result = service.check(look_alike, slapd.password("bob"), "192.0.2.2")
+    assert result.outcome is LoginOutcome.RATE_LIMITED
+
+
+def test_a_success_gives_the_address_its_attempt_back(redis_client):
+    limiter = LoginLimiter(redis_client, max_per_user=50, max_per_address=2, window_seconds=60)
+    service = LoginService(DummyAuthenticator(), limiter)
+    for _ in range(5):
+        assert service.check("alice", "pw", "10.0.0.1").ok
+    assert not service.check("alice", "alice", "10.0.0.1").ok
+    assert service.check("carol", "pw", "10.0.0.1").ok

@@ -10,7 +10,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from chalicelib.auth import (
+from chalicelib.auth.secrets import (
     RedactingFilter,
     Secret,
     SecretConfigError,

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from chalicelib.auth import DeleteResult, TokenStore, hash_token
+from chalicelib.auth.tokens import DeleteResult, TokenStore, hash_token
 from chalicelib.clock import FakeClock
 
 

@@ -26,7 +26,7 @@ from chalicelib.observability import logger as powertools_logger
 from chalicelib.services import Services
 from local.gateway import Gateway
 from tests.api.client import Reply, SpecOperations, load_spec
-from tests.auth.slapd import SlapdServer, slapd  # noqa: F401  (the session fixture)
+from tests.auth.slapd import SlapdServer
 
 SPEC = SpecOperations(load_spec())
 """Every reply is checked against docs/openapi.yaml, so these tests keep the spec true too."""
@@ -102,7 +102,7 @@ def document(auth: dict[str, Any] | None, **sections: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def ldap_auth(slapd: SlapdServer) -> Callable[..., dict[str, Any]]:  # noqa: F811 - the fixture imported above
+def ldap_auth(slapd: SlapdServer) -> Callable[..., dict[str, Any]]:
     """An ``:auth:`` section for the test slapd (service-account mode unless ``direct=True``)."""
 
     def make(direct: bool = False, **auth_keys: Any) -> dict[str, Any]:

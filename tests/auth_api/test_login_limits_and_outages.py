@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests.auth.slapd import free_port
 from tests.auth_api.conftest import basic, document
+from tests.support import free_port
 
 
 def test_failed_logins_per_user_are_limited_with_retry_after(make_api, ldap_auth, slapd):
@@ -83,3 +83,13 @@ def test_direct_bind_mode_over_http(make_api, ldap_auth, slapd):
     for user in ("alice", "bob", "comma,user"):
         assert api.call("POST", "/api/v3/token", headers=basic(user, slapd.password(user))).status == 200
     assert api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("bob"))).status == 401
+
+
+def test_a_look_alike_name_cannot_log_in_while_the_user_is_locked_out(make_api, ldap_auth, slapd):
+    """slapd binds a fullwidth '\uff42ob' as bob: it must not slip past bob's lockout."""
+    api = make_api(document(ldap_auth(login_attempts_per_user=3)))
+    for _ in range(3):
+        assert api.call("POST", "/api/v3/token", headers=basic("bob", "guess")).status == 401
+    for name in ("\uff42ob", "BOB", "Bob"):
+        reply = api.call("POST", "/api/v3/token", headers=basic(name, slapd.password("bob")), client_ip="198.51.100.9")
+        assert reply.status == 429, name

@@ -18,9 +18,9 @@ from chalicelib.providers.vsphere import connection as vsphere_connection
 from chalicelib.services import Services, redis_client
 from chalicelib.store import StoreUnavailable
 from local.redis_server import RedisServer
-from tests.auth.slapd import free_port
 from tests.auth_api.conftest import POOL, Api, basic, document
-from tests.vsphere.conftest import TEMPLATE, VcsimServer, vcsim, vcsim_dir  # noqa: F401  (fixtures)
+from tests.support import free_port
+from tests.vsphere.vcsim import TEMPLATE, VcsimServer
 from tools.vcsim import launcher
 
 REDIS_PASSWORD = "redis-AUTH-t0ken-8f3a"
@@ -182,7 +182,7 @@ def test_the_ldap_block_is_checked_when_the_config_loads():
 
 def test_references_resolve_into_the_running_service(
     make_api, ldap_auth, slapd, locked_redis, aws,
-    vcsim,  # noqa: F811 - the fixture imported above
+    vcsim: VcsimServer,
     all_logs,
 ):
     auth = ldap_auth()
@@ -211,7 +211,7 @@ def test_references_resolve_into_the_running_service(
         assert not [r for r in api.replies if secret.encode() in r.raw]
 
 
-def test_a_wrong_vsphere_secret_fails_without_showing_it(make_api, aws, vcsim):  # noqa: F811 - fixture
+def test_a_wrong_vsphere_secret_fails_without_showing_it(make_api, aws, vcsim: VcsimServer):
     aws["secretsmanager"].put_secret_value(SecretId="vmpool/vsphere", SecretString="not-the-Vsphere-pass")
     doc = document(None, providers={"vsphere": {"provider_class": "vsphere", "server": vcsim.server,
                                                 "username": launcher.USERNAME, "password": {"secret": "vmpool/vsphere"},

@@ -204,6 +204,18 @@ def test_dummy_auth_works_over_http(make_api):
     assert api.call("GET", f"/api/v3/token/{token}", headers={"X-AUTH-TOKEN": token}).body[token]["user"] == "dev"
 
 
+def test_a_user_has_a_bounded_number_of_tokens(make_api, ldap_auth, slapd):
+    api = make_api(document(ldap_auth(), config={"max_tokens_per_user": 3}))
+    tokens = [api.new_token("alice", slapd.password("alice")) for _ in range(3)]
+    refused = api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice")))
+    assert (refused.status, refused.body["ok"]) == (403, False)
+    assert "delete one first" in refused.body["error"]
+    assert api.new_token("bob", slapd.password("bob"))  # others are not affected
+    deleted = api.call("DELETE", f"/api/v3/token/{tokens[0]}", headers=basic("alice", slapd.password("alice")))
+    assert deleted.status == 200
+    assert api.new_token("alice", slapd.password("alice"))
+
+
 def test_on_demand_vms_are_in_their_tokens_running_list(ldap_api: Api, slapd):
     """vmfloaty's `list --active` and `delete --all` read the token's running list: VMs built on
     demand for the token are in it, as vmpooler records the token on them."""
@@ -218,7 +230,7 @@ def test_on_demand_vms_are_in_their_tokens_running_list(ldap_api: Api, slapd):
     for _ in range(4):
         reconcile_pool(ldap_api.services.store, provider, pool, ldap_api.clock, ldap_api.services.config.service)
         ldap_api.clock.advance(1)
-    built = ldap_api.call("GET", f"/api/v3/ondemandvm/{request_id}").body
+    built = ldap_api.call("GET", f"/api/v3/ondemandvm/{request_id}", headers={"X-AUTH-TOKEN": token}).body
     assert built["ready"] is True
     hosts = sorted(name.split(".")[0] for name in built[POOL]["hostname"])
     assert sorted(ldap_api.call("GET", f"/api/v3/token/{token}").body[token]["vms"]["running"]) == hosts

@@ -132,6 +132,3 @@ def make_fleet(redis_client: redis.Redis, clock: FakeClock) -> Iterator[FleetFac
 
     yield make
 
-
-# The vCenter simulator fixtures of tests/vsphere, for the vcsim chaos test.
-from tests.vsphere.conftest import private_vcsim, vcsim_dir  # noqa: E402,F401

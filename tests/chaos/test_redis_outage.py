@@ -23,8 +23,9 @@ import app
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.services import Services
 from local.gateway import make_server
-from local.redis_server import RedisServer, free_port
+from local.redis_server import RedisServer
 from local.scheduler import LocalScheduler
+from tests.support import eventually, free_port
 
 SOCKET_TIMEOUT = 1.5
 """The Redis client's socket timeout (config redis.socket_timeout): what a frozen Redis costs."""
@@ -146,12 +147,11 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]
 
 def _until_healthy(load: Load, since: float, timeout: float) -> float:
     """Seconds from ``since`` until a checkout succeeds again."""
-    deadline = since + timeout
-    while time.monotonic() < deadline:
-        if any(r.status == 200 and r.call.startswith("POST") for r in load.between(since, time.monotonic())):
-            return time.monotonic() - since
-        time.sleep(0.05)
-    raise AssertionError(f"no successful checkout within {timeout} s of Redis coming back")
+    def checked_out() -> bool:
+        return any(r.status == 200 and r.call.startswith("POST") for r in load.between(since, time.monotonic()))
+
+    eventually(checked_out, timeout - (time.monotonic() - since), "a successful checkout after Redis came back")
+    return time.monotonic() - since
 
 
 def _assert_clean_outage(replies: list[Reply], bound: float) -> None:

@@ -3,6 +3,8 @@ fake clock, all on the session's real redis-server."""
 
 from __future__ import annotations
 
+import io
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -13,6 +15,7 @@ import redis
 from chalicelib.clock import FakeClock
 from chalicelib.config import Config, PoolConfig, parse
 from chalicelib.manager.reconcile import Checkpoint, PassReport, _no_checkpoint, reconcile_pool
+from chalicelib.observability import logger
 from chalicelib.providers.dummy import DummyProvider
 from chalicelib.store import STATES, Store
 
@@ -145,3 +148,14 @@ def make_world(redis_client: redis.Redis, clock: FakeClock) -> Iterator[WorldFac
         return World(config, redis_client, clock, store, provider)
 
     yield make
+
+
+@pytest.fixture
+def log_output() -> Iterator[io.StringIO]:
+    """What the service logs, formatted as in Lambda (Powertools' JSON formatter)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logger.registered_formatter)
+    logger.addHandler(handler)
+    yield stream
+    logger.removeHandler(handler)

@@ -29,7 +29,7 @@ from chalicelib.store import CheckoutRequest, Store
 
 PREFIX = "vmpool:"
 CONFIG = """\
-config: {domain: example.com}
+config: {domain: example.com, max_running_vms_per_user: 100000, max_running_vms: 100000}  # one client, never returning
 pools:
   - {name: debian, size: 4, provider: dummy, alias: [linux]}
   - {name: centos, size: 4, provider: dummy, alias: [linux]}

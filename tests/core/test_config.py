@@ -379,9 +379,7 @@ def test_the_service_refuses_to_start_on_an_invalid_config(tmp_path: Path) -> No
 
 
 def test_repository_example_config_loads() -> None:
-    example = REPO_ROOT / "vmpool.yaml.example"
-    if not example.exists():
-        pytest.skip("vmpool.yaml.example is not in the repository yet (the lead is writing it)")
+    example = REPO_ROOT / "vmpool.yaml.example"  # a deleted example fails here (FileNotFoundError)
 
     config = parse(example.read_text(), str(example))
 
@@ -398,9 +396,7 @@ NOT_DOCUMENTED = {"getvm_rename_percent"}
     "section", ["SERVICE_KEYS", "REDIS_KEYS", "POOL_KEYS", "PROVIDER_KEYS", "AUTH_KEYS", "DNS_KEYS"]
 )
 def test_example_config_documents_every_key_that_does_something(section: str) -> None:
-    example = REPO_ROOT / "vmpool.yaml.example"
-    if not example.exists():
-        pytest.skip("vmpool.yaml.example is not in the repository yet (the lead is writing it)")
+    example = REPO_ROOT / "vmpool.yaml.example"  # a deleted example fails here (FileNotFoundError)
     text = example.read_text()
     keys = getattr(config_module, section)
 

@@ -32,7 +32,8 @@ providers:
 pools:
   - {name: debian-12-x86_64, size: 6, provider: dummy, alias: [debian, linux]}
   - {name: ubuntu-2404-x86_64, size: 4, provider: dummy, alias: [ubuntu, linux]}
-  - {name: centos-9-x86_64, size: 3, provider: dummy, alias: centos}
+  - {name: centos-9-x86_64, size: 3, provider: dummy, alias: centos,
+     sizing: {schedule: [{days: daily, start: "00:00", end: "24:00", size: 3}]}}
   - {name: win-2022-x86_64, size: 2, provider: dummy, domain: win.example.com, createvm_fail_percent: 100}
 """
 HEALTHY = ("debian-12-x86_64", "ubuntu-2404-x86_64", "centos-9-x86_64")
@@ -94,7 +95,8 @@ class PoolRows(HTMLParser):
             self._row = {"classes": classes}
             self.rows[attributes.get("data-pool") or ""] = self._row
         elif self._row is not None:
-            self._field = next((f for f in ("ready", "size", "pending", "running") if f in classes), None)
+            self._field = next((f for f in ("ready", "size", "pending", "running", "size-reason")
+                                if f in classes), None)
         if tag == "polyline" and attributes.get("data-points"):
             self.graph_points[classes[0]] = int(attributes["data-points"] or 0)
         if self._capture:
@@ -113,7 +115,7 @@ class PoolRows(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         if self._row is not None and self._field:
-            self._row[self._field] = int(data)
+            self._row[self._field] = data if self._field == "size-reason" else int(data)
             self._field = None
         if self._capture:
             self.texts[self._capture] += data
@@ -168,6 +170,9 @@ def test_dashboard_renders_live_pool_counts_in_chromium(tmp_path: Path) -> None:
             now[name]["ready"], now[name]["max"], now[name]["pending"], now[name]["running"]), name
         assert "empty" not in row["classes"]
     assert page.rows["debian-12-x86_64"]["running"] == 2 and page.rows["centos-9-x86_64"]["running"] == 1
+    # Where a pool's size comes from, when not simply its config (docs/sizing.md).
+    assert page.rows["centos-9-x86_64"]["size-reason"] == "size: schedule daily 00:00-24:00"
+    assert "size-reason" not in page.rows["debian-12-x86_64"]
     broken = page.rows[BROKEN]
     assert (broken["ready"], broken["size"]) == (0, 2) and "empty" in broken["classes"]
     assert BROKEN in page.texts["alerts"] and page.texts["health"].strip() == "1 empty"

@@ -11,7 +11,7 @@ from chalicelib.clock import FakeClock
 from chalicelib.config import Config, parse
 from chalicelib.providers.base import ProviderError, TaskState
 from chalicelib.providers.dummy import DummyProvider
-from local.redis_server import free_port
+from tests.support import free_port
 
 CONFIG = """\
 providers:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-from typing import Iterator
 
 import pytest
 import redis
@@ -15,9 +13,9 @@ import app
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
 from chalicelib.manager.reconcile import reconcile_pool
-from chalicelib.observability import logger
 from chalicelib.services import Services
 from local.gateway import Gateway
+from tests.support import json_lines
 
 CONFIG = (
     ":config:\n  domain: example.com\n:providers:\n  :dummy: {}\n"
@@ -25,27 +23,6 @@ CONFIG = (
 )
 
 
-def json_lines(text: str) -> list[dict]:
-    lines = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and "level" in record:
-            lines.append(record)
-    return lines
-
-
-@pytest.fixture
-def log_output() -> Iterator[io.StringIO]:
-    """What the service logs, formatted as in Lambda (Powertools' JSON formatter)."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logger.registered_formatter)
-    logger.addHandler(handler)
-    yield stream
-    logger.removeHandler(handler)
 
 
 def test_api_and_manager_logs_carry_pool_hostname_and_correlation_id(
@@ -72,3 +49,4 @@ def test_api_and_manager_logs_carry_pool_hostname_and_correlation_id(
     # Each API request's lines carry its own request id, as API Gateway would give it.
     assert checked_out["correlation_id"] and returned["correlation_id"]
     assert checked_out["correlation_id"] != returned["correlation_id"]
+

@@ -6,7 +6,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from chalicelib.manager.reconcile import CLONE_START_GRACE_SECONDS, day_of
+from chalicelib.manager.reconcile import CLONE_START_GRACE_SECONDS
+from chalicelib.timestamps import day_of
 from tests.core.conftest import Killed, World, WorldFactory, assert_consistent, kill_at_step, run_at_once
 
 # Clones take up to 60 s, boots 30 s more; timeouts are in minutes.

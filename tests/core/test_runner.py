@@ -1,26 +1,29 @@
-"""run_pool: the per-pool lease, looping while work is in flight, and surviving failed passes.
+"""run_pool: the per-pool lease, one pass per run (never a wait), extra passes only when nudged,
+when to look again, and surviving failed passes and Redis stalls.
 
-The runner's budget is wall-clock time (a Lambda's timeout), so these tests use small real
-budgets, each under a second; the VMs themselves move on a fake clock unless a test says so.
+The runner's time is the services' clock (a FakeClock here): no test measures wall time.
 """
 
 from __future__ import annotations
 
-import threading
 import time
+from typing import Iterator
 
 import pytest
 import redis
 
-from chalicelib.clock import FakeClock, SystemClock
+from chalicelib.clock import FakeClock
 from chalicelib.config import parse
-from chalicelib.manager.runner import run_pool
+from chalicelib.manager.dispatch import look_at
+from chalicelib.manager.pool_queue import RETRY, PoolMessage
+from chalicelib.manager.runner import LEASE_RENEW_SECONDS, RETRY_SECONDS, run_pool
 from chalicelib.providers.base import ProviderError
 from chalicelib.services import Services
-from chalicelib.store import StoreUnavailable
+from chalicelib.store import StoreUnavailable, connect
+from local.redis_server import RedisServer
 
 CONFIG = """\
-config: {{check_loop_delay_min: 0.1, task_limit: 10}}
+config: {{check_loop_delay_min: 7, task_limit: 10}}
 providers:
   dummy: {{provider_class: dummy, seed: 3, createvm_max_time: {clone}, boot_time: {boot}}}
 pools:
@@ -29,7 +32,7 @@ pools:
 """
 
 
-def services_with(client: redis.Redis, clock: object, clone: float = 30, boot: float = 10) -> Services:
+def services_with(client: redis.Redis, clock: FakeClock, clone: float = 30, boot: float = 10) -> Services:
     return Services(parse(CONFIG.format(clone=clone, boot=boot)), client, clock=clock, prefix="vmpool:")
 
 
@@ -38,95 +41,80 @@ def services(redis_client: redis.Redis, clock: FakeClock) -> Services:
     return services_with(redis_client, clock)
 
 
-def timed(function, *args, **kwargs):  # type: ignore[no-untyped-def]
-    started = time.monotonic()
-    result = function(*args, **kwargs)
-    return result, time.monotonic() - started
+class RecordingQueue:
+    """The reconcile queue as the runner's caller sees it: what was sent, with its delay."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[PoolMessage, float]] = []
+
+    def send(self, messages: list[tuple[PoolMessage, float]]) -> None:
+        self.sent.extend(messages)
 
 
 def test_second_invocation_exits_at_once_and_nudges_the_holder(services: Services, redis_client: redis.Redis) -> None:
     holder = services.store.acquire_lease("alpha", 60)
     assert holder
 
-    report, seconds = timed(run_pool, services, "alpha", budget_seconds=5)
+    report = run_pool(services, "alpha", budget_seconds=5)
 
     assert not report.leased and report.passes == [] and report.failures == []
-    assert seconds < 0.2
+    assert report.look_again_in is None  # the holder looks again: it was nudged
     assert redis_client.llen(services.store.keys.wake("alpha")) == 1
     assert redis_client.get(services.store.keys.lease("alpha")) == holder  # not taken, not released
     assert services.store.counts(["alpha"])["alpha"]["pending"] == 0  # it did no work
 
 
 def test_lease_is_released_after_a_run(services: Services, redis_client: redis.Redis) -> None:
-    report = run_pool(services, "empty", budget_seconds=1)
+    report = run_pool(services, "empty")
 
     assert report.leased and len(report.passes) == 1
     assert not redis_client.exists(services.store.keys.lease("empty"))
-    assert run_pool(services, "empty", budget_seconds=1).leased  # the next invocation gets it
+    assert run_pool(services, "empty").leased  # the next invocation gets it
 
 
 def test_a_crashed_holders_lease_expires(services: Services) -> None:
-    assert services.store.acquire_lease("empty", 0.2)  # a holder that died without releasing
-    assert not run_pool(services, "empty", budget_seconds=1).leased
-    time.sleep(0.25)
-    assert run_pool(services, "empty", budget_seconds=1).leased
+    assert services.store.acquire_lease("empty", 0.001)  # a holder that died without releasing
+    time.sleep(0.01)  # Redis expires the key on its own clock
+    assert run_pool(services, "empty").leased
 
 
-def test_idle_pool_returns_after_one_pass(services: Services, clock: FakeClock) -> None:
+def test_idle_pool_runs_one_pass_and_leaves_the_rest_to_the_schedule(services: Services, clock: FakeClock) -> None:
     for _ in range(5):  # fill the pool on the fake clock
-        run_pool(services, "alpha", budget_seconds=0)
+        run_pool(services, "alpha")
         clock.advance(60)
     assert services.store.counts(["alpha"])["alpha"]["ready"] == 2
 
-    report, seconds = timed(run_pool, services, "alpha", budget_seconds=5)
+    report = run_pool(services, "alpha", budget_seconds=5)
 
     assert len(report.passes) == 1 and not report.passes[0].work_in_flight
-    assert seconds < 0.5
+    assert report.look_again_in is None
 
 
-def test_pool_with_work_in_flight_loops_until_its_budget(services: Services) -> None:
-    # On the fake clock the clones never finish, so every pass finds work in flight.
-    report, seconds = timed(run_pool, services, "alpha", budget_seconds=0.6)
+def test_work_in_flight_is_one_pass_and_a_request_to_look_again_after_the_check_delay(services: Services) -> None:
+    # Before: the run slept check_loop_delay_min between passes until its 240 s budget was spent.
+    report = run_pool(services, "alpha", budget_seconds=240)
 
     assert report.leased and report.failures == []
-    assert 3 <= len(report.passes) <= 7, len(report.passes)  # one pass per check_loop_delay_min
-    assert all(p.work_in_flight for p in report.passes)
-    assert seconds <= 0.6 + 0.15
+    assert len(report.passes) == 1 and report.passes[0].work_in_flight
     assert len(report.passes[0].clones_started) == 2
-    assert all(p.clones_started == [] for p in report.passes[1:])  # no over-cloning while looping
+    # Its clones run: the caller re-queues it after clone_poll_interval (not the pool's
+    # check_loop_delay_min of 7 s), so a finished clone's slot is reused at once.
+    assert report.look_again_in == services.config.service.clone_poll_interval == 0.25
 
 
-def test_loop_stops_once_the_pool_is_full(redis_client: redis.Redis) -> None:
-    services = services_with(redis_client, SystemClock(), clone=0.2, boot=0.1)
+def test_a_nudge_during_the_pass_runs_another_at_once_within_the_budget(services: Services, clock: FakeClock) -> None:
+    """Each pass takes 10 s (on the fake clock) and a checkout nudges the pool during each: the
+    run passes again while its 25 s budget lasts, then asks to be looked at again at once."""
 
-    report, seconds = timed(run_pool, services, "alpha", budget_seconds=0.9)
+    def a_checkout_during_the_pass(step: str) -> None:
+        if step == "done":
+            clock.advance(10)
+            services.store.wake("alpha")
 
-    assert services.store.counts(["alpha"])["alpha"]["ready"] == 2
-    assert not report.passes[-1].work_in_flight  # it stopped because the work was done...
-    assert seconds < 0.9  # ...before the budget ran out
+    report = run_pool(services, "alpha", budget_seconds=25, checkpoint=a_checkout_during_the_pass)
 
-
-def test_a_nudge_wakes_the_loop_before_its_delay(redis_client: redis.Redis, clock: FakeClock) -> None:
-    services = Services(parse(CONFIG.format(clone=30, boot=10).replace(
-        "check_loop_delay_min: 0.1", "check_loop_delay_min: 5")), redis_client, clock=clock)
-    pass_starts: list[float] = []
-
-    def note(step: str) -> None:
-        if step == "inventory":
-            pass_starts.append(time.monotonic())
-
-    thread = threading.Thread(target=run_pool, args=(services, "alpha", 8.0, note),
-                              kwargs={"stopping": lambda: len(pass_starts) >= 2})
-    thread.start()
-    while not pass_starts:
-        time.sleep(0.01)
-    time.sleep(0.1)  # the holder is now waiting out its 5-second delay
-    nudged_at = time.monotonic()
-    assert not run_pool(services, "alpha", budget_seconds=1).leased  # a checkout's refill request
-    thread.join(3)
-
-    assert not thread.is_alive()
-    assert len(pass_starts) == 2 and pass_starts[1] - nudged_at < 0.5
+    assert len(report.passes) == 3
+    assert report.look_again_in == 0
 
 
 def test_provider_error_in_a_pass_is_reported_not_raised(services: Services, redis_client: redis.Redis,
@@ -138,9 +126,10 @@ def test_provider_error_in_a_pass_is_reported_not_raised(services: Services, red
 
     monkeypatch.setattr(provider, "list_vms", broken_inventory)
 
-    report = run_pool(services, "alpha", budget_seconds=1)
+    report = run_pool(services, "alpha")
 
     assert report.leased and report.passes == [] and report.failures == ["vCenter unreachable"]
+    assert report.look_again_in == RETRY_SECONDS
     assert not redis_client.exists(services.store.keys.lease("alpha"))
     assert services.store.counts(["alpha"])["alpha"]["pending"] == 0
 
@@ -150,34 +139,79 @@ def test_store_failure_in_a_pass_is_reported_not_raised(services: Services, redi
         if step == "snapshot":
             raise StoreUnavailable("redis: ConnectionError")
 
-    report = run_pool(services, "alpha", budget_seconds=1, checkpoint=redis_fails_mid_pass)
+    report = run_pool(services, "alpha", checkpoint=redis_fails_mid_pass)
 
     assert report.leased and report.failures == ["redis: ConnectionError"]
     assert not redis_client.exists(services.store.keys.lease("alpha"))
 
 
-def test_loop_ends_when_its_lease_was_taken_over(services: Services, redis_client: redis.Redis) -> None:
-    def lease_expires_and_another_takes_it(step: str) -> None:
-        if step == "done":
-            redis_client.set(services.store.keys.lease("alpha"), "someone-else")
+def test_a_long_pass_renews_its_lease_and_stops_when_another_took_it(services: Services, clock: FakeClock,
+                                                                     redis_client: redis.Redis) -> None:
+    lease = services.store.keys.lease("alpha")
 
-    report = run_pool(services, "alpha", budget_seconds=0.6, checkpoint=lease_expires_and_another_takes_it)
+    def slow_steps_and_a_takeover(step: str) -> None:
+        clock.advance(LEASE_RENEW_SECONDS)  # every step is slow: the lease is renewed at each
+        if step == "snapshot":
+            assert redis_client.pttl(lease) > 50_000
+        if step == "reserved":
+            redis_client.set(lease, "someone-else")  # our lease expired; another run took it
 
-    assert len(report.passes) == 1 and report.passes[0].work_in_flight
-    assert redis_client.get(services.store.keys.lease("alpha")) == "someone-else"  # not released by us
+    report = run_pool(services, "alpha", checkpoint=slow_steps_and_a_takeover)
+
+    assert report.passes == [] and "expired" in report.failures[0]
+    assert redis_client.get(lease) == "someone-else"  # not released by us
+    assert services.store.counts(["alpha"])["alpha"]["pending"] <= 2
 
 
-def test_redis_down_at_lease_time_is_a_failure_not_an_exception(redis_server) -> None:
-    """A scheduled invocation that cannot reach Redis reports it and returns: no crashed Lambda."""
-    import redis as redis_lib
-
-    from chalicelib.config import parse
-    from chalicelib.manager.runner import run_pool
-    from chalicelib.services import Services
+def test_redis_down_at_lease_time_is_a_failure_not_an_exception(redis_server: RedisServer) -> None:
+    """A run that cannot reach Redis reports it and returns: no crashed Lambda."""
     from local.redis_server import free_port
 
     config = parse(":providers:\n  :dummy: {}\n:pools:\n  - name: alpha\n    size: 1\n    provider: dummy\n")
-    unreachable = redis_lib.Redis(port=free_port(), decode_responses=True, socket_connect_timeout=0.2)
-    report = run_pool(Services(config, unreachable), "alpha", budget_seconds=1)
+    unreachable = redis.Redis(port=free_port(), decode_responses=True, socket_connect_timeout=0.2)
+    report = run_pool(Services(config, unreachable), "alpha")
     assert report.leased is False
     assert report.failures and "redis" in report.failures[0]
+    assert report.look_again_in == RETRY_SECONDS
+
+
+# --- issue 10, defect 3: a Redis stall must not stop refills until the lease expires ------------
+
+
+@pytest.fixture
+def stalling_redis() -> Iterator[RedisServer]:
+    """A redis-server of its own: CLIENT PAUSE stalls every client of it."""
+    with RedisServer() as server:
+        yield server
+
+
+def test_pools_refill_right_after_a_redis_stall_mid_pass(stalling_redis: RedisServer, clock: FakeClock) -> None:
+    """A 1.5 s CLIENT PAUSE hits a pass: its commands and the lease's release time out. Before,
+    the release error was swallowed and the lease lived on (60-90 s without refills for every
+    pool caught by the stall). Now the run reports the lease it may still hold, the retry is
+    queued RETRY_SECONDS later carrying it, and the retry releases it and refills the pool."""
+    config = parse(CONFIG.format(clone=30, boot=10) + f"redis: {{server: 127.0.0.1, port: {stalling_redis.port}, "
+                                                         "socket_timeout: 0.2}\n")
+    client = connect(config.redis)  # the service's own client settings
+    services = Services(config, client, clock=clock)
+    admin = redis.Redis(port=stalling_redis.port, decode_responses=True)
+    queue = RecordingQueue()
+
+    def redis_stalls(step: str) -> None:
+        if step == "inventory":
+            admin.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+
+    report = look_at(services, PoolMessage("alpha", "tick"), queue, checkpoint=redis_stalls)
+    assert report is not None and report.failures and report.unreleased_lease
+
+    admin.ping()  # answers once the pause is over
+    assert admin.get(services.store.keys.lease("alpha")) == report.unreleased_lease  # the stalled run's
+    assert services.store.counts(["alpha"])["alpha"]["pending"] == 0  # nothing refilled yet
+
+    [(retry, delay)] = queue.sent
+    assert (retry.reason, retry.lease, delay) == (RETRY, report.unreleased_lease, RETRY_SECONDS)
+    again = look_at(services, retry, queue)
+
+    assert again is not None and again.leased and again.failures == []
+    assert services.store.counts(["alpha"])["alpha"]["pending"] == 2  # the pool refills
+    assert not admin.exists(services.store.keys.lease("alpha"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 
 from tests.core.conftest import WorldFactory
-from tests.core.test_logs import json_lines, log_output  # noqa: F401 - the fixture
+from tests.support import json_lines
 
 CONFIG = """\
 config: {timeout: 30, timeout_notification: 5, task_limit: 10}
@@ -23,7 +23,7 @@ def slow_lines(output: io.StringIO) -> list[dict]:
 
 
 def test_one_line_per_slow_vm_once_it_passes_timeout_notification(
-        make_world: WorldFactory, log_output: io.StringIO) -> None:  # noqa: F811
+        make_world: WorldFactory, log_output: io.StringIO) -> None:
     world = make_world(CONFIG)
     started = {pool: world.reconcile(pool).clones_started[0] for pool in ("booting", "cloning")}
 

@@ -194,3 +194,26 @@ def test_records_left_to_dhcp_can_still_have_new_names_checked(
     [ready] = ready_vms(world)
     assert ready.startswith("fresh-") and bind.addresses(f"{ready}.{bind.zone}") == []  # not ours to publish
     updater.delete("dhcp-left")
+
+
+def test_a_stale_pass_keeps_the_record_of_a_vm_checked_out_after_its_inventory_read(
+        redis_client: redis.Redis, clock: FakeClock, bind: BindServer) -> None:
+    """Issue 10 defect 2 with DNS: the pass that read the inventory while the VM was cloning
+    neither drops the VM a user took meanwhile nor withdraws its A record."""
+    world = make_dns_world(redis_client, clock, bind.dns_config(), size=1, createvm_max_time=60)
+    (host,) = world.reconcile("dns").clones_started
+    taken: list[str] = []
+
+    def another_pass_readies_it_and_a_user_takes_it(step: str) -> None:
+        if step == "inventory" and not taken:
+            for _ in range(4):
+                clock.advance(30)
+                world.reconcile("dns")
+            taken.extend(world.check_out("dns"))
+
+    reconcile_pool(world.store, world.provider, world.pool("dns"), clock, world.config.service,
+                   another_pass_readies_it_and_a_user_takes_it, dns=world.dns)
+
+    assert taken == [host] and world.state_of(host) == "running"
+    ip = world.store.get_vm(host).ip  # type: ignore[union-attr]
+    assert bind.addresses(f"{host}.{bind.zone}") == [ip]

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from bench.common import Stack, dummy_config, local_stack
+from local.stack import Stack, dummy_config, local_stack
 
 POOLS = [("fuzz-one", 4), ("fuzz-two", 2)]
 

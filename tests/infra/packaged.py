@@ -5,6 +5,7 @@ A module of its own (not conftest.py) so the tests can import ``Package`` for th
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import zipfile
 from dataclasses import dataclass
@@ -32,10 +33,19 @@ class Package:
         return {name: r for name, r in self.resources.items() if r["Type"] == kind}
 
 
-def build_package() -> Iterator[Package]:
-    out = ROOT / "build" / f"test-package-{STAGE}"
+def pools_config(count: int) -> str:
+    """A config of ``count`` pools (the packaged default's provider)."""
+    pools = "\n".join(f"  - {{name: pool-{n:04d}, size: 5, provider: dummy}}" for n in range(count))
+    return f":providers:\n  :dummy: {{}}\n:pools:\n{pools}\n"
+
+
+def build_package(config_file: Path | None = None, name: str = "") -> Iterator[Package]:
+    """Package the stage; with ``config_file``, as if that were the stage's packaged config (the
+    code is built once: later builds reuse Chalice's dependency zip and take seconds)."""
+    out = ROOT / "build" / f"test-package-{STAGE}{name}"
+    env = {**os.environ, "VMPOOL_CONFIG_FILE": str(config_file)} if config_file else None
     done = subprocess.run([str(ROOT / "infra" / "package.sh"), STAGE, str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, env=env)
     if done.returncode == 2 and "no Lambda-supported Python" in done.stderr:
         # Lambda no longer creates python3.11 functions, and the package must be built by the
         # Python it will run on: without a 3.12/3.13 here there is nothing valid to build.

@@ -1,40 +1,105 @@
-"""infra/deploy.sh: the one deploy command runs the package build, then CloudFormation package
-and deploy of the stack vmpool-<stage> with the given parameters (a recording `aws` stands in)."""
+"""`make deploy` / infra/deploy.sh: the code and the template go through S3 and a CloudFormation
+change set creates or updates vmpool-<stage> with the given parameters. Exercised against a moto
+server (a real HTTP endpoint, as the AWS SDK sees it) with the real packaged stage.
+
+What moto does not do (docs/deploy.md lists it): the SAM transform, so the change set of the
+full stack is created and checked but not executed (``--no-execute``, the review option); the
+infrastructure-only stack, which needs no transform, is executed in test_chalice_deploy.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any, Iterator
 
-ROOT = Path(__file__).resolve().parents[2]
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+from packaged import ROOT, Package
+
+from infra import deploy
+from local.redis_server import free_port
+
+BUCKET = "my-deploy-bucket"
 
 
-def test_deploy_packages_uploads_and_deploys_the_stage_stack(tmp_path: Path) -> None:
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.Session]:
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    for name, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+                        "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    session = boto3.Session()
+    session.client("s3").create_bucket(Bucket=BUCKET)
+    try:
+        yield session
+    finally:
+        server.stop()
+
+
+def test_deploy_uploads_code_and_template_and_runs_a_change_set(aws: boto3.Session, package: Package,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = package.template_path.parent
+    code = deploy.main(["--stage", "dev", "--bucket", BUCKET, "--package", str(out), "--poll", "0.1", "--no-execute",
+                        "VpcId=vpc-0abc", "PrivateSubnetIds=subnet-1,subnet-2", "VCenterCidr=10.1.0.0/16"],
+                       session=aws)
+    assert code == 0, capsys.readouterr().err
+
+    s3 = aws.client("s3")
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"])
+    assert [k.rsplit("/", 1)[0] for k in keys] == ["vmpool/dev", "vmpool/dev"]
+    (code_key,) = [k for k in keys if k.endswith(".zip")]
+    (template_key,) = [k for k in keys if k.endswith(".json")]
+    assert s3.get_object(Bucket=BUCKET, Key=code_key)["Body"].read() == (out / "deployment.zip").read_bytes()
+    uploaded = json.loads(s3.get_object(Bucket=BUCKET, Key=template_key)["Body"].read())
+    assert len(json.dumps(uploaded)) > 51_200  # too big to pass inline: S3 is the only way
+    functions = [r for r in uploaded["Resources"].values() if r["Type"] == "AWS::Serverless::Function"]
+    assert {json.dumps(f["Properties"]["CodeUri"]) for f in functions} == {
+        json.dumps({"Bucket": BUCKET, "Key": code_key})}
+
+    cloudformation = aws.client("cloudformation")
+    (change_set,) = cloudformation.list_change_sets(StackName="vmpool-dev")["Summaries"]
+    described = cloudformation.describe_change_set(StackName="vmpool-dev", ChangeSetName=change_set["ChangeSetName"])
+    assert set(described.get("Capabilities", deploy.CAPABILITIES)) == set(deploy.CAPABILITIES)  # moto omits them
+    given = {p["ParameterKey"]: p["ParameterValue"] for p in described["Parameters"]}
+    assert given["VpcId"] == "vpc-0abc" and given["VCenterCidr"] == "10.1.0.0/16"
+    assert given["PrivateSubnetIds"] == "subnet-1,subnet-2"
+    assert described["Status"] == "CREATE_COMPLETE"
+    assert cloudformation.describe_stacks(StackName="vmpool-dev")["Stacks"][0]["StackStatus"] == "REVIEW_IN_PROGRESS"
+    assert "ready for review" in capsys.readouterr().err
+
+
+def test_an_update_keeps_parameters_not_given() -> None:
+    assert deploy.parameters({"VCenterCidr": "10.2.0.0/16"}, ["VpcId", "VCenterCidr"]) == [
+        {"ParameterKey": "VCenterCidr", "ParameterValue": "10.2.0.0/16"},
+        {"ParameterKey": "VpcId", "UsePreviousValue": True}]
+
+
+def test_deploy_sh_packages_then_deploys(tmp_path: Path) -> None:
     calls = tmp_path / "calls"
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    fake_aws = fake_bin / "aws"
-    fake_aws.write_text(f'#!/bin/sh\necho "aws $*" >> {calls}\n')
-    fake_aws.chmod(0o755)
-    # Packaging is tested on its own (test_package.py); here a stand-in records the call.
     infra = tmp_path / "repo" / "infra"
     infra.mkdir(parents=True)
     (infra / "deploy.sh").write_text((ROOT / "infra" / "deploy.sh").read_text())
     (infra / "deploy.sh").chmod(0o755)
+    # Packaging is tested on its own (test_package.py); here stand-ins record the calls.
     (infra / "package.sh").write_text(f'#!/bin/sh\necho "package $*" >> {calls}\n')
     (infra / "package.sh").chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}"}
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\necho "python $*" >> {calls}\n')
+    python.chmod(0o755)
+    env: dict[str, Any] = {**os.environ, "PYTHON": str(python)}
     done = subprocess.run([str(infra / "deploy.sh"), "prod", "my-bucket", "VpcId=vpc-1", "PrivateSubnetIds=a,b"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    lines = calls.read_text().splitlines()
-    assert lines[0] == "package prod build/package-prod"
-    assert lines[1].startswith("aws cloudformation package --template-file build/package-prod/sam.json")
-    assert "--s3-bucket my-bucket" in lines[1]
-    assert lines[2].startswith("aws cloudformation deploy --stack-name vmpool-prod")
-    assert lines[2].endswith("--parameter-overrides VpcId=vpc-1 PrivateSubnetIds=a,b")
-    assert lines[3].startswith("aws cloudformation describe-stacks --stack-name vmpool-prod")
+    assert calls.read_text().splitlines() == [
+        "package prod build/package-prod",
+        ("python -m infra.deploy --stage prod --bucket my-bucket --package build/package-prod "
+         "VpcId=vpc-1 PrivateSubnetIds=a,b")]
 
 
 def test_deploy_without_a_bucket_says_how_to_call_it() -> None:

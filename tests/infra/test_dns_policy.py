@@ -1,4 +1,4 @@
-"""A stage whose config manages DNS records in Route 53 lets its reconcile roles (and only them)
+"""A stage whose config manages DNS records in Route 53 lets its reconcile role (and only it)
 change records in those hosted zones, and nowhere else."""
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ def route53_statements(policy: dict) -> list[dict]:
     return [s for s in policy["Statement"] if any(a.startswith("route53:") for a in s["Action"])]
 
 
-def test_route53_zones_of_the_config_are_granted_to_the_reconcile_roles(tmp_path: Path) -> None:
+def test_route53_zones_of_the_config_are_granted_to_the_reconcile_role(tmp_path: Path) -> None:
     config = tmp_path / "vmpool.yaml"
     config.write_text(CONFIG)
     stage = dataclasses.replace(STAGES["dev"], config_file=str(config))
-    for role in ("reconcile", "refill"):
-        [statement] = route53_statements(sync_config.policy(stage, role))
-        assert statement["Action"] == ["route53:ChangeResourceRecordSets", "route53:ListResourceRecordSets"]
-        assert statement["Resource"] == ["arn:aws:route53:::hostedzone/Z111", "arn:aws:route53:::hostedzone/Z222"]
-    assert route53_statements(sync_config.policy(stage, "api")) == []
+    [statement] = route53_statements(sync_config.policy(stage, "reconcile"))
+    assert statement["Action"] == ["route53:ChangeResourceRecordSets", "route53:ListResourceRecordSets"]
+    assert statement["Resource"] == ["arn:aws:route53:::hostedzone/Z111", "arn:aws:route53:::hostedzone/Z222"]
+    for role in ("api", "tick"):
+        assert route53_statements(sync_config.policy(stage, role)) == []
     assert route53_statements(sync_config.policy(STAGES["dev"], "reconcile")) == []  # no route53 entry

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 import pytest
 import redis
@@ -16,8 +15,10 @@ from packaged import Package
 from chalicelib import observability as m
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
+from chalicelib.manager.dispatch import publish_totals
 from chalicelib.manager.runner import run_pool
 from chalicelib.services import Services
+from tests.support import clone_failures_by_reason, emf_documents, emitted
 
 CONFIG = """\
 config: {check_loop_delay_min: 0.1, task_limit: 10}
@@ -27,30 +28,6 @@ pools:
   - {name: alpha, size: 2, provider: dummy}
   - {name: broken, size: 1, provider: dummy, createvm_fail_percent: 100}
 """
-
-
-def emf_documents(stdout: str) -> list[dict[str, Any]]:
-    """The EMF documents among the JSON lines on stdout (log lines are JSON too)."""
-    documents = []
-    for line in stdout.splitlines():
-        if line.startswith("{") and '"_aws"' in line:
-            documents.append(json.loads(line))
-    return documents
-
-
-def emitted(documents: list[dict[str, Any]]) -> dict[tuple[str, tuple[str, ...]], list[float]]:
-    """(metric name, sorted dimension names) -> every value published."""
-    found: dict[tuple[str, tuple[str, ...]], list[float]] = {}
-    for document in documents:
-        (directive,) = document["_aws"]["CloudWatchMetrics"]
-        assert directive["Namespace"] == m.NAMESPACE
-        (dimensions,) = directive["Dimensions"]
-        assert all(isinstance(document[d], str) for d in dimensions)
-        for metric in directive["Metrics"]:
-            values = document[metric["Name"]]
-            found.setdefault((metric["Name"], tuple(sorted(dimensions))), []).extend(
-                values if isinstance(values, list) else [values])
-    return found
 
 
 def test_emf_document_shape(capsys: pytest.CaptureFixture[str]) -> None:
@@ -69,39 +46,96 @@ def test_emf_document_shape(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_service_wide_and_reason_metrics_carry_their_own_dimensions(capsys: pytest.CaptureFixture[str]) -> None:
     m.emit(None, {m.CHECKOUTS: 2})
-    m.emit(None, {m.CLONE_FAILURES: 1}, dimensions={"reason": m.clone_failure_reason("Task timed out")})
+    m.emit(None, {m.CLONE_FAILURES: 1}, dimensions={"reason": "timeout"})
     found = emitted(emf_documents(capsys.readouterr().out))
     assert found == {(m.CHECKOUTS, ("service",)): [2.0], (m.CLONE_FAILURES, ("reason", "service")): [1.0]}
 
 
-def test_clone_failure_reasons_are_a_small_fixed_set() -> None:
-    assert m.clone_failure_reason("Task timed out after 600 s") == "timeout"
-    assert m.clone_failure_reason("template 'templates/x' not found") == "template"
-    assert m.clone_failure_reason("Insufficient disk space on datastore") == "capacity"
-    assert m.clone_failure_reason("Permission to perform this operation was denied") == "permission"
-    assert m.clone_failure_reason("something unheard of") == "other"
-    assert set(m.CLONE_FAILURE_REASONS) == {"timeout", "template", "capacity", "permission", "connection", "other"}
+KINDS_CONFIG = """\
+config: {task_limit: 10}
+providers:
+  dummy: {provider_class: dummy, createvm_fail_percent: 100}
+pools:
+  - {name: no-network, size: 2, provider: dummy, createvm_fail_kind: network}
+  - {name: no-template, size: 1, provider: dummy, createvm_fail_kind: template}
+  - {name: denied, size: 1, provider: dummy, createvm_fail_kind: permission}
+  - {name: flaky, size: 1, provider: dummy}
+"""
 
 
-def test_reconcile_passes_emit_only_registered_metrics(redis_client: redis.Redis, clock: FakeClock,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_clone_failures_are_counted_under_the_kind_the_provider_reported(
+        redis_client: redis.Redis, clock: FakeClock, capsys: pytest.CaptureFixture[str]) -> None:
+    services = Services(parse(KINDS_CONFIG), redis_client, clock=clock, prefix="vmpool:")
+    for pool in ("no-network", "no-template", "denied", "flaky"):
+        run_pool(services, pool, budget_seconds=0)  # starts the clones
+        run_pool(services, pool, budget_seconds=0)  # sees them fail
+    assert clone_failures_by_reason(emf_documents(capsys.readouterr().out)) == {
+        "network": 2, "template": 1, "permission": 1, "other": 1}
+    assert set(m.CLONE_FAILURE_REASONS) == {
+        "template", "network", "placement", "permission", "capacity", "timeout", "connection", "other"}
+
+
+def test_reconcile_passes_and_the_tick_emit_only_registered_metrics(redis_client: redis.Redis, clock: FakeClock,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     services = Services(parse(CONFIG), redis_client, clock=clock, prefix="vmpool:")
     for _ in range(3):  # start clones; they finish; they boot
         for pool in ("alpha", "broken"):
             run_pool(services, pool, budget_seconds=0)
         clock.advance(5)
+    publish_totals(services)
     found = emitted(emf_documents(capsys.readouterr().out))
 
     for name, dimensions in found:
         assert name in m.METRICS, name
         assert dimensions in m.METRICS[name].dimension_sets, (name, dimensions)
-    pool = tuple(sorted(m.POOL_DIMENSIONS))
-    for name in (m.READY, m.PENDING, m.RUNNING, m.CAPACITY, m.CLONES_STARTED, m.CLONE_FAILURES,
+    service = ("service",)
+    for name in (m.READY, m.PENDING, m.RUNNING, m.CAPACITY, m.EMPTY_POOLS, m.CLONES_STARTED, m.CLONE_FAILURES,
                  m.PROVIDER_CALLS, m.RECONCILE_DURATION, m.CLONE_DURATION, m.BOOT_DURATION):
-        assert (name, pool) in found, name
-    assert found[(m.CAPACITY, pool)][0] in (1.0, 2.0)
-    assert sum(found[(m.CLONE_FAILURES, ("service",))]) >= 1
+        assert (name, service) in found, name
+    assert found[(m.CAPACITY, service)] == [3.0] and found[(m.EMPTY_POOLS, service)] == [1.0]  # broken is empty
+    # Per pool: only the failing pool's failures.
+    assert {(name, dims) for name, dims in found if "pool" in dims} == {(m.CLONE_FAILURES, ("pool", "service"))}
     assert any(dims == ("reason", "service") for name, dims in found if name == m.CLONE_FAILURES)
+
+
+def test_an_idle_pass_publishes_no_metric(redis_client: redis.Redis, clock: FakeClock,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """1,000 idle pools add no metric data and no EMF log volume."""
+    services = Services(parse(CONFIG), redis_client, clock=clock, prefix="vmpool:")
+    for _ in range(4):
+        run_pool(services, "alpha")
+        clock.advance(5)
+    capsys.readouterr()
+    report = run_pool(services, "alpha")
+    assert not report.passes[0].work_in_flight
+    assert emf_documents(capsys.readouterr().out) == []
+
+
+def test_few_metrics_per_pool_and_each_only_on_events() -> None:
+    """Gauges and timings are service-wide; what has a pool dimension is published only when it
+    happens for the pool (test_an_idle_pass_publishes_no_metric)."""
+    assert set(m.PER_POOL_METRICS) == {m.CHECKOUT_MISSES, m.CLONE_FAILURES, m.RECONCILE_ERRORS, m.DNS_FAILURES,
+                                       m.MIGRATIONS, m.MIGRATION_FAILURES,
+                                       # only pools with a ``sizing`` block (opt-in) publish these, each pass
+                                       m.TARGET_SIZE, m.PREDICTED_DEMAND}
+    for name in (m.READY, m.PENDING, m.RUNNING, m.CAPACITY, m.RECONCILE_DURATION, m.PROVIDER_CALLS):
+        assert m.METRICS[name].dimension_sets == (("service",),)
+
+
+def test_a_checkout_miss_is_counted_for_its_pool(redis_client: redis.Redis, clock: FakeClock,
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import app
+    from local.gateway import Gateway
+
+    services = Services(parse(CONFIG), redis_client, clock=clock, prefix="vmpool:")
+    monkeypatch.setattr(app, "_services", services)
+    monkeypatch.setattr(app, "_config", None)
+    status, _, _ = Gateway(app.app)("POST", "/api/v3/vm/alpha", {}, b"", "127.0.0.1")
+    assert status == 503
+    found = emitted(emf_documents(capsys.readouterr().out))
+    assert found[(m.CHECKOUT_MISSES, ("pool", "service"))] == [1.0]
+    assert found[(m.CHECKOUT_MISSES, ("service",))] == [1.0]
 
 
 # --- the deployed dashboard and alarms read what the code emits -------------------------------
@@ -112,28 +146,30 @@ SEARCH = re.compile(r"\{(?P<schema>[^}]+)\} MetricName=\\?\"(?P<name>\w+)\\?\"")
 def dashboard_references(package: Package) -> set[tuple[str, tuple[str, ...]]]:
     (dashboard,) = package.of_type("AWS::CloudWatch::Dashboard").values()
     body = json.loads(dashboard["Properties"]["DashboardBody"]["Fn::Sub"])
+    namespace = m.namespace_for(package.stage)
     found = set()
     for widget in body["widgets"]:
-        for row in widget["properties"]["metrics"]:
+        for row in widget["properties"].get("metrics", []):
             for item in row:
                 if isinstance(item, dict) and "expression" in item:
                     for match in SEARCH.finditer(item["expression"]):
-                        namespace, *dims = match["schema"].split(",")
-                        if namespace == m.NAMESPACE:
+                        schema_namespace, *dims = match["schema"].split(",")
+                        if schema_namespace == namespace:
                             found.add((match["name"], tuple(sorted(dims))))
-            if row and row[0] == m.NAMESPACE:
+            if row and row[0] == namespace:
                 plain = [x for x in row if isinstance(x, str)]
                 found.add((plain[1], tuple(sorted(plain[2::2]))))
     return found
 
 
 def alarm_references(package: Package) -> set[tuple[str, tuple[str, ...]]]:
+    namespace = m.namespace_for(package.stage)
     found = set()
     for alarm in package.of_type("AWS::CloudWatch::Alarm").values():
         properties = alarm["Properties"]
         metrics = [properties] + [q["MetricStat"]["Metric"] for q in properties.get("Metrics", []) if "MetricStat" in q]
         for metric in metrics:
-            if metric.get("Namespace") == m.NAMESPACE:
+            if metric.get("Namespace") == namespace:
                 found.add((metric["MetricName"], tuple(sorted(d["Name"] for d in metric["Dimensions"]))))
     return found
 
@@ -148,11 +184,14 @@ def test_dashboard_and_alarms_reference_only_metrics_the_code_emits(package: Pac
     assert {name for name, _ in references} == set(m.METRICS)
 
 
-def test_each_pool_with_a_size_has_an_empty_alarm(package: Package) -> None:
-    from infra import sync_config
-
-    sizes = sync_config.pool_sizes(sync_config.STAGES[package.stage])
-    alarmed = {next(d["Value"] for d in a["Properties"]["Dimensions"] if d["Name"] == "pool")
-               for a in package.of_type("AWS::CloudWatch::Alarm").values()
-               if a["Properties"].get("MetricName") == m.READY}
-    assert alarmed == {pool for pool, size in sizes.items() if size > 0}
+def test_one_alarm_for_empty_pools_and_lambda_errors_and_throttles(package: Package) -> None:
+    alarms = {a["Properties"]["AlarmName"]: a["Properties"] for a in package.of_type("AWS::CloudWatch::Alarm").values()}
+    prefix = f"vmpool-{package.stage}"
+    empty = alarms[f"{prefix}-pools-empty"]
+    assert (empty["Namespace"], empty["MetricName"]) == (m.namespace_for(package.stage), m.EMPTY_POOLS)
+    for kind in ("errors", "throttles"):
+        metric = "Errors" if kind == "errors" else "Throttles"
+        queries = alarms[f"{prefix}-lambda-{kind}"]["Metrics"]
+        functions = {q["MetricStat"]["Metric"]["Dimensions"][0]["Value"]["Ref"] for q in queries if "MetricStat" in q}
+        assert functions == {"APIHandler", "Tick", "Reconcile"}
+        assert {q["MetricStat"]["Metric"]["MetricName"] for q in queries if "MetricStat" in q} == {metric}

@@ -1,5 +1,5 @@
 """What `chalice package --merge-template` produces for a stage: the functions, their settings,
-VPC, the refill queue wiring, IAM, the API's unknown-route answer, Redis. All read from the real
+VPC, the reconcile queue wiring, IAM, the API's unknown-route answer, Redis. All read from the real
 package (tests/infra/conftest.py), so they prove what would be deployed."""
 
 from __future__ import annotations
@@ -7,14 +7,22 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
+import boto3
+import pytest
 from cfnlint.api import ManualArgs, lint_file
+from moto.server import ThreadedMotoServer
 from packaged import ROOT, Package
 
-from infra import sync_config
+from infra import lambda_sandbox, sync_config
 from infra.sync_config import RESOURCE_FREE_ACTIONS, STAGES
 from infra.template import function_logical_id
+from local.redis_server import RedisServer, free_port
+from tools.vcsim import launcher
+
+FUNCTIONS_SCRIPT = Path(__file__).with_name("packaged_functions.py")
 
 
 def functions(package: Package) -> dict[str, Any]:
@@ -37,20 +45,13 @@ def test_merged_template_is_cfn_lint_clean(package: Package) -> None:
     assert [f"{m.rule.id} {m.message} ({m.linenumber})" for m in matches] == []
 
 
-def test_one_scheduled_function_per_pool_whose_handler_is_in_app(package: Package) -> None:
+def test_three_functions_one_schedule_whatever_the_pools(package: Package) -> None:
     app = importlib.import_module("app")
-    pools = list(sync_config.pool_sizes(STAGES[package.stage]))
-    reconcilers = {name: f for name, f in functions(package).items()
-                   if f["Properties"]["Handler"].startswith("app.reconcile_")}
-
-    assert sorted(reconcilers) == sorted(function_logical_id(sync_config.reconcile_function_name(p)) for p in pools)
-    for pool in pools:
-        function = reconcilers[function_logical_id(sync_config.reconcile_function_name(pool))]
-        handler = function["Properties"]["Handler"].removeprefix("app.")
-        assert handler == sync_config.reconcile_function_name(pool)
-        assert callable(getattr(app, handler))
-        (event,) = function["Properties"]["Events"].values()
-        assert event["Type"] == "Schedule" and event["Properties"]["Schedule"] == "rate(1 minute)"
+    found = functions(package)
+    assert sorted(f["Properties"]["Handler"] for f in found.values()) == ["app.app", "app.reconcile", "app.tick"]
+    (tick_event,) = found["Tick"]["Properties"]["Events"].values()
+    assert tick_event["Type"] == "Schedule" and tick_event["Properties"]["Schedule"] == "rate(1 minute)"
+    assert callable(app.tick) and callable(app.reconcile)
 
 
 def test_every_function_gets_its_stage_settings(package: Package) -> None:
@@ -67,32 +68,27 @@ def test_every_function_gets_its_stage_settings(package: Package) -> None:
         assert properties["Runtime"] in {"python3.12", "python3.13"}, name
         env = environment(package, function)
         assert {k: env[k] for k in config["environment_variables"]} == config["environment_variables"], name
-        assert "VMPOOL_REDIS_URL" in env, name
+        for variable in ("VMPOOL_REDIS_URL", "VMPOOL_RECONCILE_QUEUE_URL", "VMPOOL_CONFIG_BUCKET"):
+            assert variable in env, (name, variable)
         role = package.resources[properties["Role"]["Fn::GetAtt"][0]]
         policy_file = ROOT / ".chalice" / settings["iam_policy_file"]
         assert role["Properties"]["Policies"][0]["PolicyDocument"] == json.loads(policy_file.read_text()), name
-    # The reconcile budget leaves the last pass time to finish before the Lambda is killed.
-    assert int(config["environment_variables"]["VMPOOL_RECONCILE_BUDGET_SECONDS"]) < config["lambda_timeout"]
-    refill = config["lambda_functions"][sync_config.REFILL_FUNCTION]
-    assert int(config["environment_variables"]["VMPOOL_REFILL_BUDGET_SECONDS"]) < refill["lambda_timeout"]
+    assert config["environment_variables"]["POWERTOOLS_METRICS_NAMESPACE"] == f"vmpool/{stage.name}"
 
 
-def test_chalice_config_covers_every_pool_of_every_stage() -> None:
+def test_reserved_concurrency_fits_the_account_default() -> None:
+    """Both stages in one account, at Lambda's default 1,000, leave at least 100 unreserved
+    (Lambda refuses more), and the consumer's event source never asks for more than it has."""
+    total = sum(stage.reserved_concurrency for stage in STAGES.values())
+    assert total <= sync_config.ACCOUNT_CONCURRENCY - sync_config.UNRESERVED_MINIMUM
     config = json.loads((ROOT / ".chalice" / "config.json").read_text())
     for stage in STAGES.values():
-        entries = config["stages"][stage.name]["lambda_functions"]
-        for pool in sync_config.pool_sizes(stage):
-            assert sync_config.reconcile_function_name(pool) in entries, f"{stage.name}: {pool} (run infra.sync_config)"
+        env = config["stages"][stage.name]["environment_variables"]
+        assert int(env["VMPOOL_RECONCILE_CONCURRENCY"]) == stage.reconcile_reserved_concurrency >= 2
+
+
+def test_chalice_config_is_up_to_date() -> None:
     assert sync_config.main(["--check"]) == 0
-
-
-def test_a_new_pool_changes_the_chalice_config() -> None:
-    current = sync_config.rendered_files()
-    pools = {name: [*sync_config.pool_sizes(stage), "centos-9"] for name, stage in STAGES.items()}
-    with_new_pool = sync_config.rendered_files(pools)
-    config = json.loads(with_new_pool[sync_config.CHALICE_DIR / "config.json"])
-    assert "reconcile_centos_9" in config["stages"]["prod"]["lambda_functions"]
-    assert with_new_pool[sync_config.CHALICE_DIR / "config.json"] != current[sync_config.CHALICE_DIR / "config.json"]
 
 
 def test_every_function_runs_in_the_vpc_behind_the_lambda_security_group(package: Package) -> None:
@@ -111,24 +107,48 @@ def test_every_function_runs_in_the_vpc_behind_the_lambda_security_group(package
         6379, {"Fn::GetAtt": ["LambdaSecurityGroup", "GroupId"]})
     endpoints = package.of_type("AWS::EC2::VPCEndpoint")
     assert sorted(e["Properties"]["ServiceName"]["Fn::Sub"].rsplit(".", 1)[1] for e in endpoints.values()) == [
-        "secretsmanager", "sqs"]
+        "s3", "secretsmanager", "sqs"]
 
 
-def test_refill_consumer_is_wired_to_the_refill_queue(package: Package) -> None:
+def test_nat_mode_reaches_aws_over_https(package: Package) -> None:
+    """CreateVpcEndpoints=false: Secrets Manager (the Redis token), SQS and S3 through the NAT."""
+    nat = package.resources["LambdaToAwsThroughNat"]
+    assert nat["Condition"] == "ThroughNat"
+    assert package.template["Conditions"]["ThroughNat"] == {"Fn::Equals": [{"Ref": "CreateVpcEndpoints"}, "false"]}
+    assert (nat["Properties"]["FromPort"], nat["Properties"]["ToPort"], nat["Properties"]["CidrIp"]) == (
+        443, 443, "0.0.0.0/0")
+    for endpoint in package.of_type("AWS::EC2::VPCEndpoint").values():
+        assert endpoint["Condition"] == "CreateEndpoints"
+
+
+def test_reconcile_consumer_reports_failures_per_message(package: Package) -> None:
     stage = STAGES[package.stage]
-    refill = package.resources[function_logical_id(sync_config.REFILL_FUNCTION)]
-    (event,) = refill["Properties"]["Events"].values()
+    reconcile = package.resources["Reconcile"]
+    (event,) = reconcile["Properties"]["Events"].values()
     assert event["Type"] == "SQS"
-    queue_arn = event["Properties"]["Queue"]["Fn::Sub"]
-    assert queue_arn.endswith(f":sqs:${{AWS::Region}}:${{AWS::AccountId}}:{stage.refill_queue_name}")
-    assert refill["DependsOn"] == ["RefillQueue"]
-    queue = package.resources["RefillQueue"]["Properties"]
-    assert queue["QueueName"] == stage.refill_queue_name
-    assert queue["VisibilityTimeout"] >= 6 * refill["Properties"]["Timeout"]
-    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["RefillDeadLetterQueue", "Arn"]}
-    api = package.resources["APIHandler"]
-    assert environment(package, api)["VMPOOL_REFILL_QUEUE_URL"] == {"Ref": "RefillQueue"}
-    assert "VMPOOL_REFILL_QUEUE_URL" not in environment(package, refill)  # only the API sends
+    assert event["Properties"]["Queue"]["Fn::Sub"].endswith(
+        f":sqs:${{AWS::Region}}:${{AWS::AccountId}}:{stage.reconcile_queue_name}")
+    assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert event["Properties"]["BatchSize"] == 10 and event["Properties"]["MaximumBatchingWindowInSeconds"] == 0
+    assert event["Properties"]["ScalingConfig"]["MaximumConcurrency"] == stage.reconcile_reserved_concurrency
+    queue = package.resources["ReconcileQueue"]["Properties"]
+    assert queue["QueueName"] == stage.reconcile_queue_name
+    assert queue["VisibilityTimeout"] >= 6 * reconcile["Properties"]["Timeout"]
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["ReconcileDeadLetterQueue", "Arn"]}
+
+
+def test_every_name_carries_the_stage(package: Package) -> None:
+    stage = STAGES[package.stage]
+    assert package.resources["RestAPI"]["Properties"]["Name"] == f"vmpool-{stage.name}"
+    named = {"AWS::SQS::Queue": "QueueName", "AWS::CloudWatch::Alarm": "AlarmName",
+             "AWS::CloudWatch::Dashboard": "DashboardName", "AWS::ElastiCache::ReplicationGroup": "ReplicationGroupId"}
+    for kind, key in named.items():
+        for name, resource in package.of_type(kind).items():
+            assert resource["Properties"][key].startswith(f"vmpool-{stage.name}"), (name, resource["Properties"][key])
+    for name, secret in package.of_type("AWS::SecretsManager::Secret").items():
+        assert secret["Properties"]["Name"].startswith(f"vmpool/{stage.name}/"), name
+    bucket = package.resources["ConfigBucket"]["Properties"]["BucketName"]["Fn::Sub"]
+    assert bucket.startswith(f"vmpool-{stage.name}-config-")
 
 
 def _statements(package: Package) -> list[tuple[str, dict[str, Any]]]:
@@ -163,14 +183,16 @@ def test_each_role_reaches_only_its_own_queue_actions_and_secrets(package: Packa
         if statement["Action"] == ["secretsmanager:GetSecretValue"]:
             secrets[role] = {re.sub(r".*:secret:", "", r) for r in statement["Resource"]}
     sqs = {role: {a for a in actions if a.startswith("sqs:")} for role, actions in by_role.items()}
-    assert sqs.pop("ApiHandlerRole") == {"sqs:SendMessage"}
-    assert sqs.pop("RefillRole") == {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}
-    assert all(actions == set() for actions in sqs.values())  # reconcile roles
+    assert sqs == {"ApiHandlerRole": {"sqs:SendMessage"}, "TickRole": {"sqs:SendMessage"},
+                   "ReconcileRole": {"sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage",
+                                     "sqs:GetQueueAttributes"}}
     prefix = STAGES[package.stage].secret_prefix
-    assert secrets["ApiHandlerRole"] == {f"{prefix}ldap-*", f"{prefix}redis-auth-*"}
-    assert secrets["RefillRole"] == {f"{prefix}vsphere-*", f"{prefix}redis-auth-*"}
+    assert secrets == {"ApiHandlerRole": {f"{prefix}ldap-*", f"{prefix}redis-auth-*"},
+                       "TickRole": {f"{prefix}redis-auth-*"},
+                       "ReconcileRole": {f"{prefix}vsphere-*", f"{prefix}redis-auth-*"}}
     names = {r["Properties"]["Name"] for r in package.of_type("AWS::SecretsManager::Secret").values()}
     assert names == {f"{prefix}ldap", f"{prefix}redis-auth", f"{prefix}vsphere"}
+    assert all("s3:GetObject" in actions for actions in by_role.values())  # the pool config
 
 
 def test_unknown_routes_answer_404_ok_false(package: Package) -> None:
@@ -201,6 +223,110 @@ def test_deployment_zip_holds_the_app_and_its_config(package: Package) -> None:
     assert {"chalicelib/dashboard/index.html", "chalicelib/dashboard/dashboard.js",
             "chalicelib/dashboard/dashboard.css"} <= names
     assert not any(n.startswith(("tests/", "infra/", "local/")) for n in names)
+
+
+def test_deployment_zip_leaves_the_sdk_to_the_runtime_and_ships_bytecode(package: Package) -> None:
+    """botocore (16 of 21.6 MB, pulled in by aws-xray-sdk) would shadow the runtime's copy; a
+    zip without bytecode compiles every module at each cold start; issue 14 wants < 5 MB."""
+    names = set(package.zip.namelist())
+    assert not [n for n in names if n.split("/")[0].split("-")[0].removesuffix(".py") in (
+        "botocore", "boto3", "s3transfer", "jmespath", "urllib3", "dateutil", "python_dateutil", "six")]
+    runtime = json.loads(package.template_path.read_text())["Resources"]["Reconcile"]["Properties"]["Runtime"]
+    tag = "cpython-" + runtime.removeprefix("python").replace(".", "")
+    # The app's own code: sources (readable tracebacks) and bytecode for the runtime's Python.
+    for module in ("app", "chalicelib/manager/dispatch", "chalicelib/store/store"):
+        directory, _, name = module.rpartition("/")
+        cached = f"{directory + '/' if directory else ''}__pycache__/{name}.{tag}.pyc"
+        assert f"{module}.py" in names and cached in names, module
+    # Libraries: bytecode only, no stubs.
+    assert {"redis/client.pyc", "pyVmomi/VmomiSupport.pyc", "yaml/__init__.pyc"} <= names
+    assert not [n for n in names if n.endswith((".py", ".pyi")) and not n.startswith(("app.py", "chalicelib/"))]
+    assert package.template_path.with_name("deployment.zip").stat().st_size < 5_000_000  # was 21.6 MB
+
+
+@pytest.fixture(scope="module")
+def sandbox(package: Package, tmp_path_factory: pytest.TempPathFactory) -> lambda_sandbox.Sandbox:
+    """The packaged zip unpacked as Lambda's /var/task, run by the runtime's Python with only the
+    runtime's SDK beside it (infra/lambda_sandbox.py)."""
+    try:
+        return lambda_sandbox.unpack(package.template_path.with_name("deployment.zip"),
+                                     tmp_path_factory.mktemp("task-root"))
+    except lambda_sandbox.NoLambdaPython as error:
+        pytest.skip(str(error))
+
+
+def run_packaged(sandbox: lambda_sandbox.Sandbox, stage: str, args: list[str], extra: dict[str, str]) -> Any:
+    done = sandbox.run([str(FUNCTIONS_SCRIPT), *args], lambda_sandbox.stage_environment(stage), extra)
+    assert done.returncode == 0, done.stderr[-6000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_api_cold_import_leaves_vsphere_ldap_dns_and_the_tracer_to_whoever_needs_them(
+        sandbox: lambda_sandbox.Sandbox) -> None:
+    found = run_packaged(sandbox, "dev", [], {})
+    assert found == {"loaded_by_cold_import": [], "tracer": "_NoTracer"}
+    # A stage with tracing gets Powertools' Tracer, from the X-Ray SDK (and wrapt) in the zip.
+    found = run_packaged(sandbox, "prod", [], {})
+    assert found == {"loaded_by_cold_import": ["aws_xray_sdk"], "tracer": "Tracer"}
+
+
+@pytest.fixture
+def vcsim_url(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    launcher.build()
+    cert = tmp_path / "vcsim.pem"
+    process, url = launcher.start_vcsim(0, 0.2, cert)
+    try:
+        yield url, cert
+    finally:
+        launcher.stop_vcsim(process)
+
+
+@pytest.fixture
+def sqs_endpoint() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def test_each_packaged_function_runs_from_the_slimmed_zip(sandbox: lambda_sandbox.Sandbox, redis_server: RedisServer,
+                                                          vcsim_url: tuple[str, Path], sqs_endpoint: str,
+                                                          tmp_path: Path) -> None:
+    """Nothing the code imports was slimmed away: in the sandbox, the API answers, the tick
+    queues every pool, the consumer's passes clone on vSphere (vcsim, through the trimmed
+    pyVmomi) and on the dummy provider, a checkout succeeds, and every module of the app imports."""
+    url, cert = vcsim_url
+    aws = {"AWS_ENDPOINT_URL": sqs_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    sqs = boto3.client("sqs", region_name="us-east-1", endpoint_url=sqs_endpoint, aws_access_key_id="test",
+                       aws_secret_access_key="test")
+    queue_url = sqs.create_queue(QueueName="vmpool-dev-reconcile")["QueueUrl"]
+    config = tmp_path / "vmpool.yaml"
+    config.write_text(json.dumps({
+        "config": {"create_folders": True, "domain": "example.com"},
+        "providers": {"vsphere": {"provider_class": "vsphere", "server": url.split("//")[-1].split("/")[0],
+                                  "username": launcher.USERNAME, "password": launcher.PASSWORD,
+                                  "ca_bundle": str(cert), "connect_timeout": 2, "call_timeout": 10},
+                      "dummy": {"createvm_max_time": 0, "boot_time": 0}},
+        "pools": [{"name": "vs", "size": 1, "provider": "vsphere", "template": launcher.TEMPLATE,
+                   "folder": "vmpool/vs"},
+                  {"name": "dm", "size": 1, "provider": "dummy"}]}))
+    found = run_packaged(sandbox, "dev", ["vs", "dm"], {
+        **aws, "VMPOOL_CONFIG_FILE": str(config), "VMPOOL_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/7",
+        "VMPOOL_RECONCILE_QUEUE_URL": queue_url, "VMPOOL_KEY_PREFIX": "sandbox:"})
+    assert found["loaded_by_cold_import"] == []
+    assert found["status_code"] == 200
+    assert found["tick"]["messages"] == 2
+    queued = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    assert int(queued["ApproximateNumberOfMessagesDelayed"]) + int(queued["ApproximateNumberOfMessages"]) >= 2
+    assert found["reconcile"] == {"batchItemFailures": []}
+    assert len(found["vsphere_vms"]) == 1 and found["pools"]["vs"]["pending"] + found["pools"]["vs"]["ready"] == 1
+    assert found["checkout_status"] == 200
+    assert found["module_import_failures"] == {}
+    assert found["c_extensions"] == {"libyaml": True, "hiredis": True}  # stripped, they still load
+    assert found["time_zone"] == "America/Argentina/Buenos_Aires"  # from tzdata, sourceless
 
 
 def test_stages_with_tracing_ship_the_xray_sdk(package: Package) -> None:

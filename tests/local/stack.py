@@ -11,14 +11,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from local.redis_server import free_port
+from tests.support import eventually, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,16 +92,12 @@ def stop(process: subprocess.Popen[bytes]) -> int:
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str,
              details: Callable[[], str] = lambda: "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-        except (urllib.error.URLError, ConnectionError, OSError):
-            value = None
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{details()}")
+    """``tests.support.eventually`` for a stack that may not answer yet; on a timeout the
+    failure also shows ``details()`` (the stack's log)."""
+    try:
+        return eventually(condition, timeout, what, ignoring=(urllib.error.URLError, ConnectionError, OSError))
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{details()}") from None
 
 
 def call(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,

@@ -12,8 +12,8 @@ from chalice import Chalice
 
 from local.gateway import AsgiApp
 from local.http_front import HttpFront
-from local.redis_server import free_port
 from tests.local.stack import read_answer, wait_for
+from tests.support import free_port
 
 app = Chalice(app_name="limit")
 LIMIT = 3

@@ -20,7 +20,7 @@ from chalice import Chalice
 
 from local.gateway import AsgiApp
 from local.http_front import HttpFront
-from local.redis_server import free_port
+from tests.support import free_port
 
 probe = Chalice(app_name="probe")
 _together = threading.Barrier(2)

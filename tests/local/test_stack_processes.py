@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from local.redis_server import free_port
 from tests.local.stack import (
     REPO_ROOT,
     alive,
@@ -24,6 +23,7 @@ from tests.local.stack import (
     stack_env,
     wait_for,
 )
+from tests.support import free_port
 
 CONFIG = (
     "config: {domain: example.com, check_loop_delay_min: 0.1}\n"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from chalicelib.providers.base import TaskState, TaskStatus
+import pytest
+
 from chalicelib.store.ondemand import OnDemandStore
 from tests.api.client import redis_state
 
@@ -171,19 +172,42 @@ def test_clone_failures_are_retried_up_to_max_vm_retries(make_stack):
     assert all(vm.reason.startswith("clone failed") for vm in attempts)
 
 
-def test_a_clone_failure_retrying_cannot_fix_fails_the_request_at_once(make_stack, monkeypatch):
-    """A missing template (or a permission refused) fails every attempt the same way: the request
-    fails on the first, with the reason, instead of spending its retries."""
-    stack = make_stack(size=0)
-    provider = stack.services.provider("dummy")
-    monkeypatch.setattr(provider, "task_status", lambda task_ref: TaskStatus(
-        TaskState.ERROR, "vCenter refused the clone: template templates/debian-12 not found"))
-    request_id = stack.call("POST", "/api/v3/ondemandvm", {"debian-12": 2})[1]["request_id"]
-    stack.settle("debian-12", seconds=1, passes=2)
+def failing_pool(kind: str) -> str:
+    """A pool whose every clone fails with a failure of ``kind``."""
+    return f"""
+  - name: fragile
+    template: templates/fragile
+    size: 0
+    provider: dummy
+    createvm_fail_percent: 100
+    createvm_fail_kind: {kind}
+"""
+
+
+@pytest.mark.parametrize("kind", ["template", "network", "placement", "permission"])
+def test_a_clone_failure_retrying_cannot_fix_fails_the_request_at_once(make_stack, kind):
+    """A missing template, network or folder, or a permission refused, fails every attempt the
+    same way: the request fails on the first, with the reason, instead of spending its retries."""
+    stack = make_stack(size=0, extra=failing_pool(kind))
+    request_id = stack.call("POST", "/api/v3/ondemandvm", {"fragile": 2})[1]["request_id"]
+    stack.settle("fragile", seconds=1, passes=2)
     status, body = stack.call("GET", f"/api/v3/ondemandvm/{request_id}")
     assert status == 200 and body["ready"] is False
-    assert "retrying cannot help" in body["message"] and "template templates/debian-12 not found" in body["message"]
-    assert len(OnDemandStore(stack.services.store).get(request_id).vms) == 2  # the first attempts only
+    assert "retrying cannot help" in body["message"] and "clone failed (simulated failure)" in body["message"]
+    attempts = OnDemandStore(stack.services.store).get(request_id).vms
+    assert len(attempts) == 2  # the first attempts only
+    assert kind in {vm.failure for vm in attempts}  # the other one's request ended first
+
+
+@pytest.mark.parametrize("kind", ["capacity", "timeout", "connection", "other"])
+def test_a_clone_failure_worth_retrying_spends_the_retries(make_stack, kind):
+    stack = make_stack(size=0, extra=failing_pool(kind))
+    request_id = stack.call("POST", "/api/v3/ondemandvm", {"fragile": 1})[1]["request_id"]
+    stack.settle("fragile", seconds=1, passes=4)
+    status, body = stack.call("GET", f"/api/v3/ondemandvm/{request_id}")
+    assert status == 200 and body["ready"] is False
+    assert body["message"] == "The request failed: 3 attempts to build its VMs failed (max_vm_retries 2)"
+    assert {vm.failure for vm in OnDemandStore(stack.services.store).get(request_id).vms} == {kind}
 
 
 def test_checkout_miss_falls_back_to_an_on_demand_request(make_stack):
@@ -213,5 +237,5 @@ def test_token_required_when_auth_is_configured(make_stack):
     assert (status, body) == (401, {"ok": False, "error": "a token is required (X-AUTH-TOKEN)"})
     assert stack.call("DELETE", "/api/v3/ondemandvm/some-id")[0] == 401
     assert open_requests(stack, "debian-12") == []
-    # GET needs no token (a 404 here, not a 401).
-    assert stack.call("GET", "/api/v3/ondemandvm/some-id")[0] == 404
+    # GET needs its owner's token too (issue 10 #11: vmpooler showed anyone's request).
+    assert stack.call("GET", "/api/v3/ondemandvm/some-id")[0] == 401

@@ -15,7 +15,7 @@ from chalicelib.manager.runner import run_pool
 from chalicelib.services import Services
 from local.gateway import Gateway
 from tests.api.client import SpecOperations, load_spec
-from tests.vsphere.conftest import VcsimServer, vcsim_config
+from tests.vsphere.vcsim import VcsimServer, vcsim_config
 
 POOL = "placed"
 SPEC = SpecOperations(load_spec())

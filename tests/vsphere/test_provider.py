@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import time
-from typing import Callable
 
 import pytest
 
 from chalicelib.providers.base import ProviderError, TaskState
-from chalicelib.providers.vsphere import admin
+from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import connection as connections
-from tests.vsphere.conftest import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup
+from tests.support import eventually
+from tests.vsphere import admin
+from tests.vsphere.vcsim import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup
+from tools.vcsim import launcher
 
 
 def vm_path(pool_folder: str, name: str) -> str:
     return f"{DATACENTER}/vm/{pool_folder}/{name}"
-
-
-def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll until ``check`` holds (vcsim's guests boot on the wall clock)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
 
 
 def clone_and_wait(setup: Setup, pool, name: str) -> str:  # type: ignore[no-untyped-def]
@@ -90,15 +85,35 @@ def test_missing_template_is_a_task_error_with_the_reason(setup: Setup) -> None:
     status = setup.provider.task_status(ref)
     assert status.state is TaskState.ERROR
     assert "templates/no-such-template" in (status.error or "")
+    assert status.kind is FailureKind.TEMPLATE
     assert setup.provider.list_vms(pool) == []
 
 
-def test_vcenter_fault_is_recorded_from_the_task(setup: Setup) -> None:
-    # A resource pool path that exists but is not a pool: refused before vCenter; a datastore
-    # that does not exist: also a refusal with the path named.
-    pool = setup.pool(datastore="NoSuchDS")
-    status = setup.provider.task_status(setup.provider.clone(pool, "nods"))
-    assert status.state is TaskState.ERROR and "NoSuchDS" in (status.error or "")
+@pytest.mark.parametrize(("settings", "named", "kind"), [
+    ({"template": "templates/no-such-template"}, "templates/no-such-template", FailureKind.TEMPLATE),
+    ({"network": "NoSuchNetwork"}, "network DC0/network/NoSuchNetwork not found", FailureKind.NETWORK),
+    ({"datastore": "NoSuchDS"}, "datastore DC0/datastore/NoSuchDS not found", FailureKind.PLACEMENT),
+    ({"clone_target": "NoSuchCluster"}, "clone_target DC0/host/NoSuchCluster not found", FailureKind.PLACEMENT),
+    # vcsim refuses clones into this folder with NoPermission, as vCenter refuses a user
+    # without the clone privilege there.
+    ({"folder": f"vmpool/{launcher.NO_CLONE_FOLDER}"}, "NoPermission", FailureKind.PERMISSION),
+])
+def test_a_refused_clone_reads_as_an_error_of_its_kind(setup: Setup, settings: dict[str, str], named: str,
+                                                      kind: FailureKind) -> None:
+    """The kind is decided where the refusal is found and survives the task reference (stored in
+    Redis, read by a later pass): a missing network is a network failure, not a template one."""
+    pool = setup.pool(**settings)
+    ref = setup.provider.clone(pool, f"refused-{kind.value}")
+    status = setup.provider.task_status(ref)
+    assert status.state is TaskState.ERROR and named in (status.error or "")
+    assert status.kind is kind
+    assert setup.provider.list_vms(pool) == []
+
+
+def test_a_failed_reference_from_before_kinds_reads_as_other(setup: Setup) -> None:
+    """A clone refused by the previous version left ``failed:<message>`` on its VM."""
+    status = setup.provider.task_status("failed:" + base64.urlsafe_b64encode(b"template x not found").decode())
+    assert (status.state, status.error, status.kind) == (TaskState.ERROR, "template x not found", FailureKind.OTHER)
 
 
 def test_unknown_task_reads_as_error(setup: Setup) -> None:
@@ -143,7 +158,8 @@ def test_readiness_tools_and_hostname_follow_boot_delay(setup: Setup) -> None:
     if time.monotonic() - started < vcsim_boot_delay(setup):
         assert not readiness.ready
         assert readiness.reason
-    eventually(lambda: setup.provider.check_ready(pool, setup.provider.list_vms(pool)[0]).ready)
+    eventually(lambda: setup.provider.check_ready(pool, setup.provider.list_vms(pool)[0]).ready, 10,
+               "the guest to boot")
     vm = setup.provider.list_vms(pool)[0]
     assert vm.tools_running and vm.ip == "127.0.0.1" and vm.guest_hostname == "booting"
 
@@ -162,7 +178,8 @@ def test_readiness_tcp_uses_guest_ip_and_port(setup: Setup) -> None:
         clone_and_wait(setup, pool, "tcpvm")
         first = setup.provider.check_ready(pool, setup.provider.list_vms(pool)[0])
         assert not first.ready and "IP" in first.reason  # no guest IP before the boot delay
-        eventually(lambda: setup.provider.check_ready(pool, setup.provider.list_vms(pool)[0]).ready)
+        eventually(lambda: setup.provider.check_ready(pool, setup.provider.list_vms(pool)[0]).ready, 10,
+               "the guest to boot")
     finally:
         listener.close()
     closed = setup.provider.check_ready(pool, setup.provider.list_vms(pool)[0])
@@ -255,6 +272,7 @@ def test_host_selection_with_no_eligible_host_fails_the_clone(vcsim: VcsimServer
     status = setup.provider.task_status(setup.provider.clone(setup.pool(), "nohost"))
     assert status.state is TaskState.ERROR
     assert "no host is eligible" in (status.error or "") and "memory" in (status.error or "")
+    assert status.kind is FailureKind.CAPACITY
 
 
 def test_soap_calls_per_list_do_not_grow_with_vm_count(setup: Setup) -> None:

@@ -15,10 +15,15 @@ import redis
 from chalicelib.clock import FakeClock
 from chalicelib.config import PoolConfig
 from chalicelib.manager.reconcile import PassReport, reconcile_pool
+from chalicelib.manager.runner import run_pool
 from chalicelib.providers.base import ProviderError
-from chalicelib.providers.vsphere import admin
+from chalicelib.providers.failures import Failure, FailureKind
+from chalicelib.services import Services
 from chalicelib.store import CheckoutRequest, Store
-from tests.vsphere.conftest import DATACENTER, Setup, VcsimServer, make_setup
+from tests.support import clone_failures_by_reason, emf_documents
+from tests.vsphere import admin
+from tests.vsphere.vcsim import DATACENTER, Setup, VcsimServer, make_setup, vcsim_config
+from tools.vcsim import launcher
 
 
 class Harness:
@@ -100,15 +105,35 @@ def test_vm_deleted_by_hand_is_dropped(harness: Harness) -> None:
 
 def test_missing_template_records_reason_and_retries_without_leaking(setup: Setup, redis_client: redis.Redis) -> None:
     harness = Harness(setup, redis_client, size=2, template="templates/missing")
-    failures: list[str] = []
+    failures: list[Failure] = []
     for _ in range(4):
         report = harness.run()
         failures += list(report.clone_failures.values())
-    assert failures and all("templates/missing" in reason for reason in failures)
+    assert failures and all("templates/missing" in failure.message for failure in failures)
+    assert {failure.kind for failure in failures} == {FailureKind.TEMPLATE}
     assert harness.store.cloning_count() <= 2  # in flight, not accumulating
     assert harness.in_vcsim() == set()
     counts = harness.store.counts([harness.pool.name])[harness.pool.name]
     assert counts["pending"] <= 2 and counts["ready"] == 0
+
+
+@pytest.mark.parametrize(("settings", "reason"), [
+    ({"network": "NoSuchNetwork"}, "network"),
+    ({"template": "templates/missing"}, "template"),
+    ({"folder": f"vmpool/{launcher.NO_CLONE_FOLDER}"}, "permission"),
+])
+def test_clone_failures_are_counted_and_recorded_under_their_kind(
+        vcsim: VcsimServer, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str],
+        settings: dict[str, str], reason: str) -> None:
+    """The CloneFailures metric's reason and the VM's ``failure`` field say what an operator must
+    fix; a missing network used to be counted as a template failure."""
+    config = vcsim_config(vcsim, pools=[{"name": f"kinds-{reason}", "size": 2, "folder": "vmpool/kinds", **settings}])
+    services = Services(config, redis_client, FakeClock())
+    run_pool(services, f"kinds-{reason}", 0.0)  # starts (and records) the clones
+    run_pool(services, f"kinds-{reason}", 0.0)  # reads their tasks: failed
+    assert clone_failures_by_reason(emf_documents(capsys.readouterr().out)) == {reason: 2}
+    failed = [services.store.get_vm(name) for name in services.store.hostnames(f"kinds-{reason}", "completed")]
+    assert len(failed) == 2 and all(vm is not None and vm.failure == reason for vm in failed)
 
 
 def test_vcsim_stopped_mid_run_fails_cleanly_then_converges(

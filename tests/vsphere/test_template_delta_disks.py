@@ -12,10 +12,11 @@ from pyVmomi import vim
 from chalicelib.clock import FakeClock
 from chalicelib.config import PoolConfig
 from chalicelib.manager.reconcile import PassReport, reconcile_pool
-from chalicelib.providers.vsphere import admin, inventory
+from chalicelib.providers.vsphere import inventory
 from chalicelib.providers.vsphere.connection import Connection
 from chalicelib.store import Store
-from tests.vsphere.conftest import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup
+from tests.vsphere import admin
+from tests.vsphere.vcsim import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup
 
 
 def template_disks(setup: Setup) -> list[tuple[str, int]]:

@@ -16,10 +16,10 @@ import redis
 import app
 from chalicelib.clock import FakeClock
 from chalicelib.manager.reconcile import PassReport, reconcile_pool
-from chalicelib.providers.vsphere import admin
 from chalicelib.services import Services
 from local.gateway import Gateway
-from tests.vsphere.conftest import VcsimServer, vcsim_config
+from tests.vsphere import admin
+from tests.vsphere.vcsim import VcsimServer, vcsim_config
 
 
 def loaded_vcsim(directory: Path, percent: float) -> Iterator[VcsimServer]:

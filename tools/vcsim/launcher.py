@@ -21,6 +21,9 @@ PASSWORD = "vmpool-password"
 TEMPLATE = "templates/vmpool-template"
 """The template path every datacenter's vm folder gets (``<dc>/vm/templates/vmpool-template``)."""
 FOLDERS = ("vmpool",)
+NO_CLONE_FOLDER = "no-clone-permission"
+"""Clones into any folder of this name are refused with NoPermission (the user lacks the clone
+privilege there), so permission failures can be tested."""
 
 
 def build() -> Path:
@@ -62,6 +65,7 @@ def start_vcsim(
         "-guest-ip", guest_ip,
         "-template", TEMPLATE,
         "-folders", ",".join(FOLDERS),
+        "-no-clone-folder", NO_CLONE_FOLDER,
         "-username", username,
         "-password", password,
         "-host-load-per-vm", str(host_load_per_vm),

@@ -3,6 +3,8 @@
 // clients can trust it as a CA bundle), turns the first VM of each datacenter into a template at
 // -template (inside folders), creates the -folders, and makes powered-on VMs report guest info
 // (IP, hostname = VM name, tools running) only after -boot-delay, so readiness is testable.
+// Clones into a folder named -no-clone-folder are refused with NoPermission, as vCenter refuses
+// a user without the clone privilege there, so permission failures are testable.
 // With -host-load-per-vm, hosts report CPU and memory use that grows with their powered-on VMs.
 // It prints "VCSIM_URL=<url>" once it is serving, then runs until killed.
 package main
@@ -46,7 +48,14 @@ import (
 // wrapper struct and cannot follow a pointer there.
 type templateVM struct{ simulator.VirtualMachine }
 
+// noCloneFolder names the folders clones into which are refused with NoPermission.
+var noCloneFolder string
+
 func (t *templateVM) CloneVMTask(ctx *simulator.Context, req *types.CloneVM_Task) soap.HasFault {
+	if folder, ok := simulator.Map.Get(req.Folder).(*simulator.Folder); ok && noCloneFolder != "" && folder.Name == noCloneFolder {
+		return &methods.CloneVM_TaskBody{Fault_: simulator.Fault("Permission to perform this operation was denied.",
+			&types.NoPermission{Object: req.Folder, PrivilegeId: "VirtualMachine.Provisioning.Clone"})}
+	}
 	// govmomi 0.24 edits the source's disk backings in place (file name, parent) while cloning:
 	// let it edit copies, which become the clone's, so the template keeps its own disks.
 	devices := t.Config.Hardware.Device
@@ -257,6 +266,7 @@ func main() {
 	username := flag.String("username", "vmpool", "user name to accept")
 	password := flag.String("password", "vmpool-password", "password to accept")
 	certPath := flag.String("cert", "", "file to write the server's self-signed certificate (PEM) to")
+	flag.StringVar(&noCloneFolder, "no-clone-folder", "", "name of folders that refuse clones with NoPermission")
 	loadPerVM := flag.Float64("host-load-per-vm", 0, "percent of a host's CPU and memory each powered-on VM uses (0: static host stats)")
 	flag.Parse()
 

@@ -11,15 +11,15 @@ its reference returned; nobody waits for it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from pyVmomi import vim, vmodl
 
 from chalicelib.config import PoolConfig, ProviderConfig, ServiceConfig
+from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import inventory, tasks
-from chalicelib.providers.vsphere.connection import Connection, describe_fault
+from chalicelib.providers.vsphere.connection import Connection, describe_fault, fault_kind
 from chalicelib.providers.vsphere.hosts import HostSelector
 
 LINKED = "moveChildMostDiskBacking"
@@ -29,15 +29,9 @@ FULL = "moveAllDiskBackingsAndConsolidate"
 class CloneRefused(Exception):
     """The clone cannot start for a reason an operator must fix (missing template, folder...)."""
 
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a pool's clones go, resolved from the pool, the provider block and the service."""
-
-    datacenter: str
-    template_path: str
-    folder: str
-    linked: bool
+    def __init__(self, message: str, kind: FailureKind) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def datacenter_of(connection: Connection, config: ProviderConfig, pool: PoolConfig) -> str:
@@ -74,7 +68,7 @@ def _resource_pool_of(connection: Connection, found: Any, what: str) -> Any:
         pool = (inventory.one(connection, found, ["resourcePool"]) or {}).get("resourcePool")
         if pool is not None:
             return pool
-    raise CloneRefused(f"{what} is not a cluster, host or resource pool")
+    raise CloneRefused(f"{what} is not a cluster, host or resource pool", FailureKind.PLACEMENT)
 
 
 def _cluster_of(connection: Connection, pool: Any) -> Any:
@@ -85,10 +79,11 @@ def _cluster_of(connection: Connection, pool: Any) -> Any:
 def _nic_change(connection: Connection, datacenter: str, network_name: str, devices: list[Any]) -> Any:
     network = inventory.find(connection, f"{datacenter}/network/{network_name}")
     if network is None:
-        raise CloneRefused(f"network {datacenter}/network/{network_name} not found")
+        raise CloneRefused(f"network {datacenter}/network/{network_name} not found", FailureKind.NETWORK)
     nics = [device for device in devices if isinstance(device, vim.vm.device.VirtualEthernetCard)]
     if not nics:
-        raise CloneRefused("the template has no network card to connect to network " + network_name)
+        raise CloneRefused("the template has no network card to connect to network " + network_name,
+                           FailureKind.TEMPLATE)
     nic = nics[0]
     if isinstance(network, vim.dvs.DistributedVirtualPortgroup):
         found = inventory.one(connection, network, ["key", "config.distributedVirtualSwitch"]) or {}
@@ -114,13 +109,13 @@ def start(
     try:
         return _start(connection, config, service, selector, pool, hostname, now)
     except CloneRefused as refused:
-        return tasks.failed_ref(str(refused))
+        return tasks.failed_ref(str(refused), refused.kind)
     except LookupError as missing:
-        return tasks.failed_ref(str(missing))
+        return tasks.failed_ref(str(missing), FailureKind.OTHER)
     except vmodl.MethodFault as fault:
         if isinstance(fault, vim.fault.NotAuthenticated):
             raise  # the session is gone: the connection logs in and starts again
-        return tasks.failed_ref(f"vCenter refused the clone: {describe_fault(fault)}")
+        return tasks.failed_ref(f"vCenter refused the clone: {describe_fault(fault)}", fault_kind(fault))
 
 
 def _start(
@@ -136,12 +131,13 @@ def _start(
     path = template_path(datacenter, pool.template)
     template = inventory.find(connection, path)
     if template is None or not isinstance(template, vim.VirtualMachine):
-        raise CloneRefused(f"template {path} not found (vCenter has no VM at that inventory path)")
+        raise CloneRefused(f"template {path} not found (vCenter has no VM at that inventory path)",
+                           FailureKind.TEMPLATE)
     create_folders = bool(getattr(service, "create_folders", False))
     folder = inventory.ensure_folder(connection, datacenter, pool.folder, create_folders)
     if folder is None:
         hint = "" if create_folders else " (set create_folders: true to create it)"
-        raise CloneRefused(f"folder {datacenter}/vm/{pool.folder} not found{hint}")
+        raise CloneRefused(f"folder {datacenter}/vm/{pool.folder} not found{hint}", FailureKind.PLACEMENT)
 
     wanted = ["runtime.host", "snapshot.currentSnapshot", "resourcePool"]
     network_name = pool.get("network")
@@ -156,12 +152,13 @@ def _start(
     if resource_pool_name:
         found = inventory.find(connection, f"{datacenter}/host/{resource_pool_name}")
         if found is None:
-            raise CloneRefused(f"resource pool {datacenter}/host/{resource_pool_name} not found")
+            raise CloneRefused(f"resource pool {datacenter}/host/{resource_pool_name} not found",
+                               FailureKind.PLACEMENT)
         relocate.pool = _resource_pool_of(connection, found, f"{datacenter}/host/{resource_pool_name}")
     elif clone_target:
         found = inventory.find(connection, f"{datacenter}/host/{clone_target}")
         if found is None:
-            raise CloneRefused(f"clone_target {datacenter}/host/{clone_target} not found")
+            raise CloneRefused(f"clone_target {datacenter}/host/{clone_target} not found", FailureKind.PLACEMENT)
         relocate.pool = _resource_pool_of(connection, found, f"clone_target {clone_target}")
     elif facts.get("resourcePool") is not None:
         relocate.pool = facts["resourcePool"]
@@ -170,21 +167,26 @@ def _start(
         host = facts.get("runtime.host")
         owner = (inventory.one(connection, host, ["parent"]) or {}).get("parent") if host is not None else None
         if owner is None:
-            raise CloneRefused("cannot tell where to place the clone: set the pool's clone_target or pool")
+            raise CloneRefused("cannot tell where to place the clone: set the pool's clone_target or pool",
+                               FailureKind.PLACEMENT)
         relocate.pool = _resource_pool_of(connection, owner, "the template's host")
 
     datastore_name = pool.get("datastore")
     if datastore_name:
         datastore = inventory.find(connection, f"{datacenter}/datastore/{datastore_name}")
         if datastore is None:
-            raise CloneRefused(f"datastore {datacenter}/datastore/{datastore_name} not found")
+            raise CloneRefused(f"datastore {datacenter}/datastore/{datastore_name} not found",
+                               FailureKind.PLACEMENT)
         relocate.datastore = datastore
 
     if getattr(service, "manage_host_selection", False):
         cluster = _cluster_of(connection, relocate.pool)
         if cluster is not None:
             limit = float(getattr(service, "utilization_limit", 90))
-            host = selector.pick(connection, cluster, (datacenter, cluster._moId), limit)
+            try:
+                host = selector.pick(connection, cluster, (datacenter, cluster._moId), limit)
+            except LookupError as none_eligible:
+                raise CloneRefused(str(none_eligible), FailureKind.CAPACITY) from None
             relocate.host = host.ref
 
     linked = is_linked(pool, service)

@@ -26,6 +26,7 @@ from pyVmomi import SoapStubAdapter, VmomiSupport, vim, vmodl
 
 from chalicelib.config import ProviderConfig
 from chalicelib.providers.base import ProviderError
+from chalicelib.providers.failures import FailureKind
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,23 @@ def describe_fault(fault: BaseException) -> str:
     return text
 
 
+_FAULT_KINDS: tuple[tuple[tuple[type[BaseException], ...], FailureKind], ...] = (
+    ((vim.fault.NoPermission, vim.fault.InvalidLogin), FailureKind.PERMISSION),
+    ((vim.fault.InsufficientResourcesFault, vim.fault.NoDiskSpace), FailureKind.CAPACITY),
+    ((vim.fault.Timedout,), FailureKind.TIMEOUT),
+    ((vim.fault.HostConnectFault,), FailureKind.CONNECTION),
+)
+
+
+def fault_kind(fault: BaseException) -> FailureKind:
+    """The kind of failure a vCenter fault is, by its type (NoPermission and its subclasses,
+    InsufficientResourcesFault and its host/cluster/vApp variants...)."""
+    for types, kind in _FAULT_KINDS:
+        if isinstance(fault, types):
+            return kind
+    return FailureKind.OTHER
+
+
 class Connection:
     """A logged-in ServiceInstance and the per-session caches that go with it."""
 
@@ -157,7 +175,8 @@ class Connection:
         try:
             socket.create_connection((endpoint.host, endpoint.port), timeout=endpoint.connect_timeout).close()
         except OSError as error:
-            raise ProviderError(f"cannot reach vCenter at {endpoint.address}: {error}") from None
+            raise ProviderError(f"cannot reach vCenter at {endpoint.address}: {error}",
+                                FailureKind.CONNECTION) from None
         context = endpoint.ssl_context()
         version = self._api_version(context)
         stub = SoapStubAdapter(
@@ -210,7 +229,8 @@ class Connection:
             self.content.sessionManager.Login(self.endpoint.username, self.endpoint.password, None)
         except vim.fault.InvalidLogin:
             raise ProviderError(
-                f"vCenter at {self.endpoint.address} refused the login of {self.endpoint.username}"
+                f"vCenter at {self.endpoint.address} refused the login of {self.endpoint.username}",
+                FailureKind.PERMISSION,
             ) from None
         self.cache.clear()  # views and other session objects died with the old session
         self.last_used = time.monotonic()
@@ -320,12 +340,14 @@ def with_connection(endpoint: Endpoint, operation: Callable[[Connection], T], wh
                 connection.endpoint = endpoint
             return connection.run(operation)
         except ProviderError as error:
-            raise ProviderError(scrub(str(error), endpoint)) from None
+            raise ProviderError(scrub(str(error), endpoint), error.kind) from None
         except vmodl.MethodFault as fault:
-            raise ProviderError(scrub(f"{what}: vCenter said {describe_fault(fault)}", endpoint)) from None
+            raise ProviderError(scrub(f"{what}: vCenter said {describe_fault(fault)}", endpoint),
+                                fault_kind(fault)) from None
         except TRANSPORT_ERRORS as error:
             drop(endpoint)
             detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            kind = FailureKind.TIMEOUT if isinstance(error, TimeoutError) else FailureKind.CONNECTION
             raise ProviderError(
-                scrub(f"{what}: cannot talk to vCenter at {endpoint.address} ({detail})", endpoint)
+                scrub(f"{what}: cannot talk to vCenter at {endpoint.address} ({detail})", endpoint), kind
             ) from None

@@ -13,8 +13,9 @@ vCenter forgetting old tasks (it keeps finished ones for minutes only), so a ref
   exactly when the VM is on that host;
 * ``delta:<task>:<vm>:<0|1>`` - a template's delta disks (templates.py): once the reconfigure
   is done, the VM is marked as a template again when it was one (1);
-* ``failed:<message>`` - an operation that could not be started (template or folder missing):
-  it reads as an ERROR carrying the message, the same way a vCenter fault does.
+* ``failed:<kind>:<message>`` - an operation that could not be started (template or folder
+  missing): it reads as an ERROR carrying the failure's kind and message, the same way a vCenter
+  fault does. (``failed:<message>``, written before kinds existed, reads as kind ``other``.)
 
 Reading a state never waits.
 """
@@ -27,8 +28,9 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from chalicelib.providers.base import TaskState, TaskStatus
+from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import inventory
-from chalicelib.providers.vsphere.connection import Connection, describe_fault
+from chalicelib.providers.vsphere.connection import Connection, describe_fault, fault_kind
 
 TASK_INFO = ("info.state", "info.error", "info.descriptionId")
 
@@ -53,8 +55,18 @@ def delta_ref(task: Any, vm: Any, was_template: bool) -> str:
     return f"delta:{task._moId}:{vm._moId}:{int(was_template)}"
 
 
-def failed_ref(message: str) -> str:
-    return "failed:" + base64.urlsafe_b64encode(message.encode()).decode()
+def failed_ref(message: str, kind: FailureKind) -> str:
+    """A reference to an operation that could not start; its status is the ERROR, kind included."""
+    return f"failed:{kind.value}:" + base64.urlsafe_b64encode(message.encode()).decode()
+
+
+def _failed_status(rest: str) -> TaskStatus:
+    kind, _, encoded = rest.rpartition(":")  # the base64 alphabet has no ':'
+    try:
+        message = base64.urlsafe_b64decode(encoded.encode()).decode()
+    except ValueError:
+        message = "operation failed"
+    return TaskStatus(TaskState.ERROR, message, FailureKind.parse(kind))
 
 
 def _task_state(connection: Connection, moid: str) -> TaskStatus | None:
@@ -71,7 +83,9 @@ def _task_state(connection: Connection, moid: str) -> TaskStatus | None:
         return TaskStatus(TaskState.SUCCESS)
     if state == vim.TaskInfo.State.error:
         error = found.get("info.error")
-        return TaskStatus(TaskState.ERROR, describe_fault(error) if error is not None else "task failed")
+        if error is None:
+            return TaskStatus(TaskState.ERROR, "task failed")
+        return TaskStatus(TaskState.ERROR, describe_fault(error), fault_kind(error))
     return TaskStatus(TaskState.RUNNING)
 
 
@@ -79,10 +93,7 @@ def status(connection: Connection, ref: str) -> TaskStatus:
     """The state of any reference this provider handed out."""
     kind, _, rest = ref.partition(":")
     if kind == "failed":
-        try:
-            return TaskStatus(TaskState.ERROR, base64.urlsafe_b64decode(rest.encode()).decode())
-        except ValueError:
-            return TaskStatus(TaskState.ERROR, "operation failed")
+        return _failed_status(rest)
     if kind == "task":
         found = _task_state(connection, rest)
         return found or TaskStatus(TaskState.ERROR, f"vCenter no longer knows task {rest}")
@@ -153,7 +164,7 @@ def _destroy_status(connection: Connection, vm: Any, poweroff: str) -> TaskStatu
         if task.get("info.descriptionId") != "VirtualMachine.destroy":
             continue
         if task["info.state"] == vim.TaskInfo.State.error:
-            return TaskStatus(TaskState.ERROR, describe_fault(task["info.error"]))
+            return TaskStatus(TaskState.ERROR, describe_fault(task["info.error"]), fault_kind(task["info.error"]))
         if task["info.state"] in (vim.TaskInfo.State.running, vim.TaskInfo.State.queued):
             return TaskStatus(TaskState.RUNNING)
     try:

@@ -1,12 +1,36 @@
 -- Check out VMs from several pools in one atomic step: all of them or none.
 -- ARGV[1] key prefix, ARGV[2] now (epoch seconds), ARGV[3] JSON checkout:
---   {"requests": [{"name": "<as requested>", "pools": ["p1", "p2"], "count": 2}, ...],
---    "fields": {"lifetime": "24", "token_user": "..."}}
--- Returns JSON: {"ok": true, "vms": [[name, pool, hostname], ...]} or {"ok": false, "short": [names]}.
+--   {"slots": [{"name": "<as requested>", "pools": ["p1", "p2"]}, ...],
+--    "fields": {"lifetime": "24", "token_user": "..."},
+--    "quota": {see quota.lua; absent: no limits},
+--    "checkout_id": "<random>", "confirm_by": <epoch seconds>,
+--    "demand": {"prefix": "<demand key prefix>", "day": "YYYY-MM-DD", "minute": 541, "ttl": 777600,
+--               "pools": {"p1": true}}}   (only when a requested pool has demand sizing)
+-- One slot per VM wanted; its pools in the order it prefers them (the caller's weighted or
+-- random choice).
+-- Returns JSON: {"ok": true, "vms": [[name, pool, hostname], ...]}, {"ok": false, "short": [names]},
+-- or {"ok": false, "quota": "<the limit it would pass>"}.
+-- Each VM taken carries the checkout's id and stays unconfirmed (confirm_by) until the API, having
+-- received this answer, confirms it (confirm.lua). A VM still unconfirmed at confirm_by was taken
+-- by a request whose answer was lost: a reconcile pass returns it to ready (release.lua).
 -- On success it also nudges each pool it took from (wake:<pool>), so the pool's reconcile starts
--- the replacement clones at once; a miss writes nothing at all.
+-- the replacement clones at once. A miss writes nothing at all, except the demand count of a
+-- demand-sized pool (its history must see the demand it could not serve).
 local prefix, now = ARGV[1], ARGV[2]
 local checkout = cjson.decode(ARGV[3])
+local slots = checkout.slots
+local demand = checkout.demand
+
+-- Count VMs checked out ('c') or asked for in vain ('m') in the pool's bucket for this minute.
+local function count_demand(pool, kind, count)
+  if demand == nil or demand.pools[pool] == nil then
+    return false
+  end
+  local key = demand.prefix .. pool .. ':' .. demand.day
+  redis.call('HINCRBY', key, kind .. demand.minute, count)
+  redis.call('EXPIRE', key, demand.ttl)
+  return true
+end
 
 local available = {}
 local function ready_count(pool)
@@ -16,51 +40,99 @@ local function ready_count(pool)
   return available[pool]
 end
 
--- Plan first, without writing anything, so that a miss leaves Redis untouched.
-local plan, short = {}, {}
-for _, request in ipairs(checkout.requests) do
-  for _ = 1, request.count do
-    local chosen = nil
-    for _, pool in ipairs(request.pools) do
-      if ready_count(pool) > 0 then
-        chosen = pool
-        break
+-- Plan first, without writing anything, so that a miss leaves Redis untouched. The plan is a
+-- maximum matching of slots to ready VMs (Kuhn's augmenting paths, pools having capacities):
+-- when the VMs can serve every slot, some plan does, even if a slot's first choice must give
+-- way ('lin' = p1|p3 and 'p1', one ready VM each: 'lin' takes p3's).
+local assigned = {}  -- slot index -> pool
+local holders = {}   -- pool -> list of slot indexes assigned to it
+local function place(slot, visited)
+  for _, pool in ipairs(slots[slot].pools) do
+    if not visited[pool] then
+      visited[pool] = true
+      holders[pool] = holders[pool] or {}
+      local held = holders[pool]
+      if #held < ready_count(pool) then
+        held[#held + 1] = slot
+        assigned[slot] = pool
+        return true
+      end
+      for position, other in ipairs(held) do
+        if place(other, visited) then
+          -- 'other' moved to another pool (place() recorded it there): 'slot' takes its place
+          held[position] = slot
+          assigned[slot] = pool
+          return true
+        end
       end
     end
-    if chosen == nil then
-      short[#short + 1] = request.name
-      break
-    end
-    available[chosen] = available[chosen] - 1
-    plan[#plan + 1] = {request.name, chosen}
+  end
+  return false
+end
+
+local short, seen_short = {}, {}
+for index, slot in ipairs(slots) do
+  if not place(index, {}) and not seen_short[slot.name] then
+    seen_short[slot.name] = true
+    short[#short + 1] = slot.name
   end
 end
 if #short > 0 then
+  if demand ~= nil then
+    -- Each unserved slot counts against the first demand-sized pool it could have come from.
+    local unserved = {}
+    for _, name in ipairs(short) do
+      unserved[name] = true
+    end
+    for _, slot in ipairs(slots) do
+      if unserved[slot.name] then
+        for _, pool in ipairs(slot.pools) do
+          if count_demand(pool, 'm', 1) then
+            break
+          end
+        end
+      end
+    end
+  end
   return cjson.encode({ok = false, short = short})
 end
 
+local refusal = quota_refusal(checkout.quota, prefix, #slots, 0)
+if refusal ~= nil then
+  return cjson.encode({ok = false, quota = refusal})
+end
+
+-- Stamped on each VM taken (see move.lua): a pass whose inventory read began before this
+-- checkout cannot drop the VM as "gone from the provider".
+local change_seq = redis.call('GET', prefix .. 'changes') or '0'
 local result = {}
-for _, step in ipairs(plan) do
-  local name, pool = step[1], step[2]
+for index, slot in ipairs(slots) do
+  local name, pool = slot.name, assigned[index]
   local popped = redis.call('ZPOPMIN', prefix .. 'pool:' .. pool .. ':ready')
   local hostname = popped[1]
   redis.call('ZADD', prefix .. 'pool:' .. pool .. ':running', now, hostname)
   local vm_key = prefix .. 'vm:' .. hostname
-  redis.call('HSET', vm_key, 'state', 'running', 'checkout', now)
+  redis.call('HSET', vm_key, 'state', 'running', 'checkout', now, 'change_seq', change_seq,
+    'checkout_id', checkout.checkout_id, 'confirm_by', checkout.confirm_by)
   for field, value in pairs(checkout.fields) do
     redis.call('HSET', vm_key, field, value)
   end
   result[#result + 1] = {name, pool, hostname}
+  quota_take(checkout.quota, 'vm:' .. hostname, 1)
 end
 local nudged = {}
-for _, step in ipairs(plan) do
-  local pool = step[2]
+for index = 1, #slots do
+  local pool = assigned[index]
   if not nudged[pool] then
-    nudged[pool] = true
+    nudged[pool] = 0
     local wake_key = prefix .. 'wake:' .. pool
     redis.call('LPUSH', wake_key, '1')
     redis.call('LTRIM', wake_key, 0, 0)
     redis.call('EXPIRE', wake_key, 60)
   end
+  nudged[pool] = nudged[pool] + 1
+end
+for pool, count in pairs(nudged) do
+  count_demand(pool, 'c', count)
 end
 return cjson.encode({ok = true, vms = result})

@@ -14,7 +14,8 @@ if state == 'destroyed' and tonumber(redis.call('HGET', vm_key, 'destroyed_at') 
   return 0
 end
 redis.call('DEL', vm_key)
-redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'state', 'discovered', 'discovered_at', now)
+redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'state', 'discovered', 'discovered_at', now,
+  'change_seq', redis.call('GET', prefix .. 'changes') or '0')
 for i = 5, #ARGV, 2 do
   redis.call('HSET', vm_key, ARGV[i], ARGV[i + 1])
 end

@@ -1,18 +1,55 @@
 -- Move one VM from one state to another, only if it is still in the state the caller saw.
 -- This is what keeps a pass from reaping a VM that was checked out after it looked.
--- ARGV: prefix, hostname, pool, from_state, to_state, now, record_ttl_seconds, nudge, field, value, ...
+-- ARGV: prefix, hostname, pool, from_state, to_state, now, record_ttl_seconds, nudge,
+--       unchanged_since, lifetime_ended, field, value, ...
 -- to_state "destroyed" takes the VM out of every set and lets its record expire after the ttl.
 -- nudge "1" wakes the pool's reconcile (a move made by the API, such as returning a VM).
--- Returns 1 when moved, 0 when the VM was no longer in from_state.
-local prefix, hostname, pool, from_state, to_state, now, ttl, nudge =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
-if redis.call('ZREM', prefix .. 'pool:' .. pool .. ':' .. from_state, hostname) == 0 then
+-- pool '' means the pool its record names (DELETE /vm/<hostname>: one round trip, no read first).
+-- unchanged_since (a mark of the changes counter, or ''): move only if the VM's state has not
+--   changed since the mark was taken. A pass takes the mark before reading the provider's
+--   inventory, so "gone from the provider" is believed only of a VM that was already in its state
+--   when the inventory was read, never of one made ready or checked out after a stale read.
+-- lifetime_ended (the default lifetime in hours, or ''): move only if the VM's checkout time plus
+--   its lifetime, as recorded now (a PUT may have extended it since the pass looked), is past now.
+-- Every move stamps the VM with the counter's value (change_seq).
+-- Returns 1 (or, when pool was '', the pool's name) when moved, 0 when the VM was no longer in
+-- from_state or a condition did not hold.
+local prefix, hostname, pool, from_state, to_state, now, ttl, nudge, unchanged_since, lifetime_ended =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9], ARGV[10]
+local vm_key = prefix .. 'vm:' .. hostname
+local moved = 1
+if pool == '' then
+  pool = redis.call('HGET', vm_key, 'pool')
+  if not pool then
+    return 0
+  end
+  moved = pool
+end
+local from_key = prefix .. 'pool:' .. pool .. ':' .. from_state
+if unchanged_since ~= '' and redis.call('ZSCORE', from_key, hostname) then
+  local changed = tonumber(redis.call('HGET', vm_key, 'change_seq') or '0') or 0
+  if changed >= tonumber(unchanged_since) then
+    return 0
+  end
+end
+if lifetime_ended ~= '' and redis.call('ZSCORE', from_key, hostname) then
+  local record = redis.call('HMGET', vm_key, 'checkout', 'lifetime')
+  local lifetime = math.floor(tonumber(record[2] or '') or 0)
+  if lifetime <= 0 then
+    lifetime = tonumber(lifetime_ended)
+  end
+  local checkout = tonumber(record[1] or '') or tonumber(now)
+  if tonumber(now) - checkout < lifetime * 3600 then
+    return 0
+  end
+end
+if redis.call('ZREM', from_key, hostname) == 0 then
   return 0
 end
 redis.call('ZREM', prefix .. 'cloning', hostname)
-local vm_key = prefix .. 'vm:' .. hostname
-redis.call('HSET', vm_key, 'state', to_state, to_state .. '_at', now)
-for i = 9, #ARGV, 2 do
+redis.call('HSET', vm_key, 'state', to_state, to_state .. '_at', now,
+  'change_seq', redis.call('GET', prefix .. 'changes') or '0')
+for i = 11, #ARGV, 2 do
   if ARGV[i + 1] == '' then
     redis.call('HDEL', vm_key, ARGV[i])
   else
@@ -30,4 +67,4 @@ if nudge == '1' then
   redis.call('LTRIM', wake_key, 0, 0)
   redis.call('EXPIRE', wake_key, 60)
 end
-return 1
+return moved

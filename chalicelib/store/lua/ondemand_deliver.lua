@@ -22,7 +22,8 @@ if request[1] ~= 'open' then
 end
 redis.call('ZADD', prefix .. 'pool:' .. pool .. ':running', now, hostname)
 redis.call('HSET', vm_key, 'state', 'running', 'running_at', now, 'ready_at', now,
-  'checkout', now, 'delivered_at', now, 'ip', ip, 'host', host)
+  'checkout', now, 'delivered_at', now, 'ip', ip, 'host', host,
+  'change_seq', redis.call('GET', prefix .. 'changes') or '0')
 redis.call('HDEL', vm_key, 'not_ready_reason')
 
 local delivered = {}

@@ -1,10 +1,24 @@
--- Reserve names for new clones of a pool, within the pool's deficit and the global task limit.
--- Counting and reserving in one script is what stops two passes at once from over-cloning.
--- ARGV: prefix, pool, size, task_limit, now, template, domain, candidate hostnames...
+-- Reserve names for new clones of a pool, within the pool's deficit and its fair share of the
+-- global task limit. Counting and reserving in one script is what stops two passes at once from
+-- over-cloning.
+--
+-- Fair share: every pool that is short registers its demand (clones in flight + clones it still
+-- lacks, capped by its clone_limit) in the clone_demand hash. task_limit is divided among the
+-- registered pools max-min fairly (water-filling): a pool wanting less than an equal share gets
+-- all it wants, the rest is split evenly among the others. So a 20-VM pool short of 5 keeps
+-- getting slots while a 500-VM pool refills, instead of whichever pool asks first taking every
+-- slot. A pool over its share (it took slots before others became short) starts nothing until
+-- its clones finish; the slots they free go to the others. Demands not refreshed within
+-- demand_ttl seconds (a pool whose passes stopped) are dropped.
+--
+-- ARGV: prefix, pool, size, task_limit, now, template, domain, clone_limit (0: none),
+--       demand_ttl, candidate hostnames...
 -- Returns the hostnames reserved (each now has a pending record and a place in the cloning set).
-local prefix, pool, size, task_limit, now, template, domain =
-  ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
+local prefix, pool, size, task_limit, now, template, domain, clone_limit, demand_ttl =
+  ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7],
+  tonumber(ARGV[8]), tonumber(ARGV[9])
 local pool_key = prefix .. 'pool:' .. pool .. ':'
+local demand_key = prefix .. 'clone_demand'
 -- VMs built for on-demand requests (their record names the request) are not the pool's: they
 -- neither fill its deficit nor use the task limit, which has ondemand_clone_limit beside it.
 local function own(hostnames)
@@ -17,10 +31,54 @@ local function own(hostnames)
   return count
 end
 local deficit = size - redis.call('ZCARD', pool_key .. 'ready') - own(redis.call('ZRANGE', pool_key .. 'pending', 0, -1))
-local slots = task_limit - own(redis.call('ZRANGE', prefix .. 'cloning', 0, -1))
-local wanted = math.min(deficit, slots)
+if deficit <= 0 then
+  redis.call('HDEL', demand_key, pool)
+  return {}
+end
+local in_flight, in_flight_pool = 0, 0
+for _, hostname in ipairs(redis.call('ZRANGE', prefix .. 'cloning', 0, -1)) do
+  local owner = redis.call('HMGET', prefix .. 'vm:' .. hostname, 'pool', 'request')
+  if not owner[2] then
+    in_flight = in_flight + 1
+    if owner[1] == pool then
+      in_flight_pool = in_flight_pool + 1
+    end
+  end
+end
+local want = in_flight_pool + deficit
+if clone_limit > 0 then
+  want = math.min(want, clone_limit)
+end
+redis.call('HSET', demand_key, pool, want .. ' ' .. now)
+-- Every live demand, smallest first (ties by name: every pool computes the same shares).
+local demands = {}
+local fields = redis.call('HGETALL', demand_key)
+for i = 1, #fields, 2 do
+  local wanted, since = string.match(fields[i + 1], '^(%S+) (%S+)$')
+  if wanted and tonumber(now) - tonumber(since) <= demand_ttl then
+    demands[#demands + 1] = {fields[i], tonumber(wanted)}
+  else
+    redis.call('HDEL', demand_key, fields[i])
+  end
+end
+table.sort(demands, function(a, b)
+  if a[2] ~= b[2] then
+    return a[2] < b[2]
+  end
+  return a[1] < b[1]
+end)
+local left, share = task_limit, 0
+for i, entry in ipairs(demands) do
+  local given = math.min(entry[2], math.ceil(left / (#demands - i + 1)))
+  if entry[1] == pool then
+    share = given
+    break
+  end
+  left = math.max(left - given, 0)
+end
+local wanted = math.min(deficit, share - in_flight_pool, task_limit - in_flight)
 local reserved = {}
-for i = 8, #ARGV do
+for i = 10, #ARGV do
   if #reserved >= wanted then
     break
   end

@@ -1,21 +1,21 @@
-"""What a vSphere admin would do by hand, for tests and the local stack: make or delete a VM
-outside vmpool, put a host in maintenance, look at a VM's details, end our session.
+"""What a vSphere admin would do by hand, for the vSphere tests: make or delete a VM outside
+vmpool, put a host in maintenance, look at a VM's details, end our session.
 
-These live here because only this package may import pyVmomi; the service never calls them.
+The service never calls these, so they live with the tests and stay out of the Lambda package.
 All waits are on vCenter tasks and bounded.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from pyVmomi import vim
 
-from chalicelib.providers.base import ProviderError, TaskState
+from chalicelib.providers.base import ProviderError, TaskState, TaskStatus
 from chalicelib.providers.vsphere import inventory, tasks, vms
 from chalicelib.providers.vsphere.connection import Connection
 from chalicelib.providers.vsphere.provider import VSphereProvider
+from tests.support import eventually
 
 
 def wait_task(provider: VSphereProvider, ref: str | None, timeout: float = 30.0) -> None:
@@ -23,28 +23,24 @@ def wait_task(provider: VSphereProvider, ref: str | None, timeout: float = 30.0)
     ProviderError with the task's error when it fails."""
     if ref is None:
         return
-    deadline = time.monotonic() + timeout
-    while True:
-        status = provider.task_status(ref)
-        if status.state is TaskState.SUCCESS:
-            return
-        if status.state is TaskState.ERROR:
-            raise ProviderError(status.error or "task failed")
-        if time.monotonic() > deadline:
-            raise ProviderError(f"task {ref} still running after {timeout} s")
-        time.sleep(0.05)
+    status = eventually(lambda: _done(provider.task_status(ref)), timeout, f"task {ref}")
+    if status.state is TaskState.ERROR:
+        raise ProviderError(status.error or "task failed")
+
+
+def _done(status: TaskStatus) -> TaskStatus | None:
+    return status if status.done else None
 
 
 def _finish(connection: Connection, task: Any) -> Any:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def finished() -> dict[str, Any] | None:
         found = inventory.one(connection, task, ["info.state", "info.error", "info.result"]) or {}
-        if found.get("info.state") == vim.TaskInfo.State.success:
-            return found.get("info.result")
-        if found.get("info.state") == vim.TaskInfo.State.error:
-            raise ProviderError(str(found.get("info.error")))
-        time.sleep(0.05)
-    raise ProviderError("task did not finish")
+        return found if found.get("info.state") in (vim.TaskInfo.State.success, vim.TaskInfo.State.error) else None
+
+    found = eventually(finished, 30, "a vCenter task")
+    if found.get("info.state") == vim.TaskInfo.State.error:
+        raise ProviderError(str(found.get("info.error")))
+    return found.get("info.result")
 
 
 def create_vm(provider: VSphereProvider, folder_path: str, name: str, power_on: bool = True) -> None:
@@ -80,10 +76,8 @@ def delete_vm(provider: VSphereProvider, vm_path: str) -> None:
         if vm is None:
             raise ProviderError(f"no VM at {vm_path}")
         wait_ref = vms.destroy(connection, vm)
-        for _ in range(100):
-            if wait_ref is None or tasks.status(connection, wait_ref).state is not TaskState.RUNNING:
-                return
-            time.sleep(0.05)
+        if wait_ref is not None:
+            eventually(lambda: _done(tasks.status(connection, wait_ref)), 5, f"{vm_path} to be destroyed")
 
     provider._run(f"delete {vm_path}", delete)
 

@@ -1,0 +1,36 @@
+"""Memory of the local stack holding a 2,000-VM pool (issue 14 item 6; vmpooler 3.9.1: 93 MB).
+
+The pool is filled, then 200 checkouts and returns go through the HTTP workers so every
+process has done its work once; the figures are taken after that, by part (bench.common).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from typing import Any
+
+from bench.common import CORES, stack_memory
+from local.stack import dummy_config, local_stack
+
+POOL = "mem"
+SIZE = 2000
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    with local_stack(dummy_config([(POOL, SIZE)]), interval=10.0) as stack:
+        stack.wait_ready(POOL, SIZE, timeout=600)
+        connection = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=30)
+        for _ in range(200):
+            connection.request("POST", f"/api/v3/vm/{POOL}", body=b"")
+            response = connection.getresponse()
+            body = response.read()
+            if response.status == 200:
+                connection.request("DELETE", f"/api/v3/vm/{json.loads(body)[POOL]['hostname']}")
+                connection.getresponse().read()
+        connection.close()
+        parts = stack_memory(stack.process.pid)
+    service = [part for name, part in parts.items() if name != "redis-server"]
+    return {"cores": CORES, "pool_size": SIZE, "parts": parts,
+            "service_rss_mb": round(sum(part["rss_mb"] for part in service), 1),
+            "service_pss_mb": round(sum(part["pss_mb"] for part in service), 1)}

@@ -1,0 +1,171 @@
+"""Checking VMs out: the request names and counts both POST /vm and POST /ondemandvm take, the
+checkout from the ready pools, and its fallback to an on-demand request when they are short.
+
+One module so that /vm and /ondemandvm each build on it without importing each other.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any, Mapping
+
+from chalicelib import observability as metric
+from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, not_found, whole_number
+from chalicelib.api.identity import Caller, optional_caller
+from chalicelib.api.limits import quota, quota_error
+from chalicelib.api.pool_choice import live_pools, preference
+from chalicelib.observability import emit, logger
+from chalicelib.services import Services
+from chalicelib.store import CheckoutRequest, QuotaExceeded
+from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
+
+MAX_COUNT = 100
+REQUEST_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+
+
+def parse_count(count: Any) -> int:
+    """A requested VM count: 1..MAX_COUNT, as a JSON number or a string of digits (400 otherwise)."""
+    if count is None:
+        raise bad_request("VM count is required")
+    number = whole_number(count)
+    if number is None:
+        raise bad_request("VM count must be a valid integer")
+    if number < 1:
+        raise bad_request("VM count must be at least 1")
+    if number > MAX_COUNT:
+        raise bad_request(f"VM count must be at most {MAX_COUNT}")
+    return number
+
+
+def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int]) -> ApiResponse:
+    """Check out ``wanted`` (pool or alias -> count) from the ready pools, all or nothing; when
+    they are short, fall back to an on-demand request if that is wanted, else answer 503."""
+    config = services.config
+    unknown = [name for name in wanted if not config.resolve(name)]
+    if unknown:
+        raise not_found(error=f"unknown pool or alias: {', '.join(unknown)}")
+    caller = optional_caller(services, request)
+    live = live_pools(services)
+    requests = [
+        CheckoutRequest(name, config.resolve(name), count, [preference(config, name, live) for _ in range(count)])
+        for name, count in wanted.items()
+    ]
+    lifetime = config.service.vm_lifetime_auth if caller else config.service.vm_lifetime
+    fields = {"lifetime": str(lifetime)}
+    if config.service.migration_limit > 0:
+        fields["migration"] = "queued"  # its pool's pass moves it off a busy host (manager/migrations.py)
+    if caller:
+        # The owner and the token's id (a hash prefix): never the token itself.
+        fields["token_user"] = caller.user
+        fields["token_id"] = caller.token_id
+    now = services.clock.now()
+    try:
+        result = services.store.checkout(requests, now, fields, quota(services, request, caller))
+    except QuotaExceeded as exceeded:
+        raise quota_error(services, exceeded) from None
+    if not result.ok:
+        emit(None, {metric.CHECKOUT_MISSES: 1})
+        for short in result.short:
+            emit(short, {metric.CHECKOUT_MISSES: 1})
+        fallback = fallback_checkout(services, request, wanted, caller)
+        if fallback is not None:
+            return fallback
+        raise ApiError(503, {"error": f"not enough ready VMs for: {', '.join(result.short)}"})
+    services.refill.pools_changed({vm.pool for vm in result.vms})
+    emit(None, {metric.CHECKOUTS: len(result.vms)})
+    for vm in result.vms:
+        logger.info("VM checked out", extra={"pool": vm.pool, "hostname": vm.hostname,
+                                             "user": caller.user if caller else None})
+    named: dict[str, list[tuple[str, str]]] = {}
+    for vm in result.vms:
+        pool = config.pool(vm.pool)
+        named.setdefault(vm.requested, []).append((vm.hostname, (pool.domain if pool else None) or ""))
+    hostnames, domain = hostnames_by_name(named, request.version)
+    answer: dict[str, Any] = {"ok": True}
+    for name, names in hostnames.items():
+        answer[name] = {"hostname": names[0] if len(names) == 1 else names}
+    if domain:
+        answer["domain"] = domain
+    return ApiResponse(200, answer)
+
+
+def hostnames_by_name(
+    named: Mapping[str, list[tuple[str, str]]], version: int
+) -> tuple[dict[str, list[str]], str | None]:
+    """The hostnames to answer for each requested name, from (short name, domain) pairs, and the
+    top-level ``domain`` of a v1 answer.
+
+    v2/v3 answer FQDNs. v1 clients (beaker, vmfloaty on a v1 URL) append the top-level ``domain``
+    to every short name, so v1 answers short names with the one domain they all share, and FQDNs
+    without a ``domain`` key when the VMs' domains differ (a pool with a domain of its own)."""
+    domains = {domain for vms in named.values() for _, domain in vms}
+    shared = domains.pop() if version == 1 and len(domains) == 1 else None
+    short = shared is not None
+    hostnames = {
+        name: [hostname if short or not domain else f"{hostname}.{domain}" for hostname, domain in vms]
+        for name, vms in named.items()
+    }
+    return hostnames, shared or None
+
+
+# --- on-demand requests, and a checkout that missed becoming one ------------------------------
+
+
+def open_request(
+    services: Services, request: ApiRequest, wanted: Mapping[str, int], request_id: str | None,
+    caller: Caller | None,
+) -> str:
+    """Record the request (409 when its id is taken, 429 over a quota) and wake the pools that
+    build it."""
+    config = services.config.service
+    # An alias is built in one of its pools, chosen by backend_weight or at random, as vmpooler does.
+    live = live_pools(services)
+    entries = [OnDemandEntry(name, preference(services.config, name, live)[0], count)
+               for name, count in wanted.items()]
+    request_id = request_id or str(uuid.uuid4())
+    try:
+        created = OnDemandStore(services.store).create(
+            request_id, entries, services.clock.now(), int(config.ondemand_request_ttl) * 60,
+            int(config.vm_lifetime_auth if caller else config.vm_lifetime), caller.user if caller else "",
+            caller.token_id if caller else "", quota(services, request, caller),
+        )
+    except QuotaExceeded as exceeded:
+        raise quota_error(services, exceeded, key="message") from None
+    if not created:
+        raise ApiError(409, {"message": f"request_id '{request_id}' has already been created",
+                             "request_id": request_id})
+    services.refill.pools_changed({entry.pool for entry in entries})
+    return request_id
+
+
+FALLBACK_QUERY = "ondemand"
+"""``POST /vm?ondemand=true`` asks for the fallback on this request, ``=false`` refuses it."""
+
+
+def fallback_wanted(services: Services, request: ApiRequest, wanted: Mapping[str, int]) -> bool:
+    """Whether a checkout miss becomes an on-demand request: the query says so, else every pool
+    involved has ``ondemand_fallback`` (a pool's own setting, else the service's)."""
+    asked = request.query.get(FALLBACK_QUERY, "").lower()
+    if asked in ("true", "1", "yes"):
+        return True
+    if asked in ("false", "0", "no"):
+        return False
+    default = bool(services.config.service.ondemand_fallback)
+    pools = [services.config.pool(name) for requested in wanted for name in services.config.resolve(requested)]
+    return bool(pools) and all(pool is not None and bool(pool.get("ondemand_fallback", default)) for pool in pools)
+
+
+def fallback_checkout(
+    services: Services, request: ApiRequest, wanted: Mapping[str, int], caller: Caller | None
+) -> ApiResponse | None:
+    """A 202 with a new request's id for a checkout that missed, or None to answer 503 as
+    usual (fallback not wanted, no token while auth is configured, or over the on-demand limit)."""
+    if not fallback_wanted(services, request, wanted):
+        return None
+    if services.config.auth is not None and caller is None:
+        return None
+    if sum(wanted.values()) > int(services.config.service.max_ondemand_instances_per_request):
+        return None
+    request_id = open_request(services, request, wanted, None, caller)
+    return ApiResponse(202, {"ok": True, "request_id": request_id, "ready": False})

@@ -1,0 +1,121 @@
+"""What callers may make grow, and how fast (docs/auth.md, "Limits").
+
+- Quotas: VMs one owner holds (checkouts and on-demand), VMs running in total, open on-demand
+  requests per owner and in total. The owner is the token's user (its canonical name), else the
+  anonymous client's address. Checked in the scripts that take the VMs (store/lua/quota.lua).
+- Request rates: vmpooler's ``rate_limiting_enabled`` and ``rate_limits`` (per token when a valid
+  one is sent, else per client address; VM creation and deletion counted on their own), a fixed
+  window per client in Redis, so every API process and Lambda shares it. Past the limit: 429 with
+  ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+from chalicelib.api.http import ApiError, ApiRequest
+from chalicelib.api.identity import TOKEN_HEADER, Caller
+from chalicelib.auth.base import canonical_user
+from chalicelib.auth.ratelimit import address_key
+from chalicelib.services import Services
+from chalicelib.store import Quota, QuotaExceeded
+
+# --- quotas -------------------------------------------------------------------------------------
+
+
+def quota(services: Services, request: ApiRequest, caller: Caller | None) -> Quota:
+    """The limits a checkout or on-demand request by this caller is held to."""
+    config = services.config.service
+    owner = f"user:{canonical_user(caller.user)}" if caller else f"addr:{address_key(request.source_ip) or 'unknown'}"
+    return Quota(
+        owner=owner,
+        max_owner_vms=int(config.max_running_vms_per_user),
+        max_vms=int(config.max_running_vms),
+        pools=services.config.pool_names,
+        max_owner_requests=int(config.max_ondemand_requests_per_user),
+        max_requests=int(config.max_ondemand_requests),
+    )
+
+
+def quota_error(services: Services, exceeded: QuotaExceeded, key: str = "error") -> ApiError:
+    """The answer to a request refused by a quota: 403 for the caller's own limits (give some
+    back first; the message under ``key``), 503 with Retry-After for the service's (others will
+    give some back)."""
+    config = services.config.service
+    messages = {
+        "owner_vms": (403, f"you may hold at most {config.max_running_vms_per_user} VMs at once; return some first"),
+        "owner_requests": (403, (f"you may have at most {config.max_ondemand_requests_per_user} "
+                                 "on-demand requests open at once")),
+        "service_vms": (503, f"the service runs its maximum of {config.max_running_vms} VMs; try again later"),
+        "service_requests": (503, (f"the service has its maximum of {config.max_ondemand_requests} "
+                                   "on-demand requests open; try again later")),
+    }
+    status, message = messages[exceeded.limit]
+    if status == 503:
+        return ApiError(503, {"error": message}, {"Retry-After": "60"})
+    return ApiError(403, {key: message})
+
+
+# --- request rates ----------------------------------------------------------------------------
+
+DEFAULT_RATE_LIMITS: Mapping[str, Mapping[str, int]] = {
+    "global_per_ip": {"limit": 100, "period": 60},
+    "authenticated": {"limit": 500, "period": 60},
+    "vm_creation": {"limit": 20, "period": 60},
+    "vm_deletion": {"limit": 50, "period": 60},
+}
+"""vmpooler's defaults (lib/vmpooler/api/rate_limiter.rb); ``rate_limits`` overrides any of them."""
+
+@dataclass(frozen=True)
+class RateClass:
+    name: str
+    limit: int
+    period: int
+
+
+def rate_class(services: Services, method: str, path: str, request: ApiRequest) -> RateClass:
+    """vmpooler's classes: a POST to a VM path creates, a DELETE deletes, a request with a token
+    is ``authenticated``, anything else ``global_per_ip``."""
+    if method == "POST" and "/vm" in path:
+        name = "vm_creation"
+    elif method == "DELETE" and "/vm" in path:
+        name = "vm_deletion"
+    elif request.header(TOKEN_HEADER):
+        name = "authenticated"
+    else:
+        name = "global_per_ip"
+    settings = {**DEFAULT_RATE_LIMITS[name], **(services.config.rate_limits.get(name) or {})}
+    return RateClass(name, int(settings["limit"]), int(settings["period"]))
+
+
+def _client(services: Services, request: ApiRequest) -> str:
+    """The token's id when a valid token is sent (auth configured), else the client address: a
+    made-up token never buys a fresh budget."""
+    token = request.header(TOKEN_HEADER)
+    if token and services.config.auth is not None:
+        record = services.tokens.lookup(token.strip(), touch=False)
+        if record is not None:
+            return f"token:{record.id}"
+    return f"ip:{address_key(request.source_ip) or 'unknown'}"
+
+
+def check_rate(services: Services, method: str, path: str, request: ApiRequest) -> None:
+    """Count the request against its class's limit; 429 with Retry-After past it. A no-op
+    unless ``rate_limiting_enabled``."""
+    if not services.config.service.rate_limiting_enabled:
+        return
+    rate = rate_class(services, method, path, request)
+    key = services.store.keys.rate_limit(rate.name, _client(services, request))
+    count, left_ms = services.store.count_request(key, rate.period)
+    if int(count) <= rate.limit:
+        return
+    wait = max(1, math.ceil(int(left_ms) / 1000)) if int(left_ms) > 0 else rate.period
+    now = int(services.clock.now())
+    raise ApiError(
+        429,
+        {"error": "Rate limit exceeded", "limit": rate.limit, "period": rate.period, "retry_after": wait},
+        {"Retry-After": str(wait), "X-RateLimit-Limit": str(rate.limit), "X-RateLimit-Remaining": "0",
+         "X-RateLimit-Reset": str(now + wait)},
+    )

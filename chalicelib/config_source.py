@@ -1,0 +1,116 @@
+"""Where the running service reads its config: S3 in AWS, the packaged file otherwise.
+
+Pools change without a code deploy: ``make config-push`` validates the YAML with the start-up
+validator (``config.parse``) and writes it to ``s3://<VMPOOL_CONFIG_BUCKET>/<VMPOOL_CONFIG_KEY>``.
+Every function checks the object at most once per ``REFRESH_SECONDS`` (a conditional GET: an
+unchanged object costs a 304 and no parsing) and swaps in the new config when it changed, so
+a push is live everywhere within a minute. A config that fails validation there (pushed by hand,
+not through config-push) is logged and ignored: the last good one stays.
+
+Why S3 and not SSM Parameter Store: a pool is 100 to 300 bytes of YAML, so 1,000 pools are
+100 to 300 KB; a standard parameter holds 4 KB and an advanced one 8 KB, too small even
+compressed. An S3 object has no such limit, is versioned (rollback = restore a version), and a
+conditional GET per function per 30 s costs about $0.02 a month per warm function.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Mapping
+
+from chalicelib.clock import Clock
+from chalicelib.config import Config, ConfigError, parse
+from chalicelib.observability import logger
+
+CONFIG_BUCKET_ENV = "VMPOOL_CONFIG_BUCKET"
+CONFIG_KEY_ENV = "VMPOOL_CONFIG_KEY"
+DEFAULT_CONFIG_KEY = "config/vmpool.yaml"
+REFRESH_SECONDS = 30.0
+
+Fetch = Callable[[str | None], "tuple[str, str] | None"]
+"""Given the ETag last seen, the (text, ETag) of a newer config, or None when unchanged."""
+
+
+class ConfigSource:
+    """The current config, refreshed from ``fetch`` at most every ``refresh_seconds``."""
+
+    def __init__(self, initial: Config, fetch: Fetch | None, clock: Clock,
+                 refresh_seconds: float = REFRESH_SECONDS) -> None:
+        self._config = initial
+        self._fetch = fetch
+        self._clock = clock
+        self.refresh_seconds = refresh_seconds
+        self._etag: str | None = None
+        self._checked_at: float | None = None
+        self._lock = threading.Lock()
+
+    def current(self) -> Config:
+        """The config to use now (fetching it first when due)."""
+        if self._fetch is None:
+            return self._config
+        now = self._clock.monotonic()
+        if self._checked_at is not None and now - self._checked_at < self.refresh_seconds:
+            return self._config
+        with self._lock:
+            if self._checked_at is None or now - self._checked_at >= self.refresh_seconds:
+                self._checked_at = now
+                self._refresh()
+        return self._config
+
+    def _refresh(self) -> None:
+        assert self._fetch is not None
+        try:
+            fetched = self._fetch(self._etag)
+        except Exception as error:  # noqa: BLE001 - keep serving with the config we have
+            logger.warning("config not refreshed", extra={"error": f"{type(error).__name__}: {error}"})
+            return
+        if fetched is None:
+            return
+        text, etag = fetched
+        try:
+            config = parse(text, source="s3 config")
+        except ConfigError as error:
+            logger.error("pushed config is invalid; keeping the last good one", extra={"error": str(error)})
+            self._etag = etag  # do not parse the same bad object again
+            return
+        for warning in config.warnings:
+            logger.warning("config: " + warning)
+        self._config, self._etag = config, etag
+        logger.info("config loaded", extra={"etag": etag, "pools": len(config.pools)})
+
+
+class S3Fetch:
+    """Conditional GETs of one S3 object."""
+
+    def __init__(self, bucket: str, key: str, client_factory: Callable[[], Any] | None = None) -> None:
+        self.bucket, self.key = bucket, key
+        self._client_factory = client_factory or _default_s3_client
+        self._client: Any = None
+
+    def __call__(self, etag: str | None) -> tuple[str, str] | None:
+        from botocore.exceptions import ClientError
+
+        if self._client is None:
+            self._client = self._client_factory()
+        options = {"IfNoneMatch": etag} if etag else {}
+        try:
+            answer = self._client.get_object(Bucket=self.bucket, Key=self.key, **options)
+        except ClientError as error:
+            if str(error.response.get("Error", {}).get("Code")) in ("304", "NotModified"):
+                return None
+            raise
+        return answer["Body"].read().decode("utf-8"), answer["ETag"]
+
+
+def _default_s3_client() -> Any:
+    import boto3
+
+    return boto3.client("s3")
+
+
+def from_environment(initial: Config, clock: Clock, environ: Mapping[str, str]) -> ConfigSource | None:
+    """The S3 config when ``VMPOOL_CONFIG_BUCKET`` is set; None: the packaged one, unchanging."""
+    bucket = environ.get(CONFIG_BUCKET_ENV)
+    if not bucket:
+        return None
+    return ConfigSource(initial, S3Fetch(bucket, environ.get(CONFIG_KEY_ENV) or DEFAULT_CONFIG_KEY), clock)

@@ -1,0 +1,209 @@
+"""The reconcile queue: one function reconciles every pool, one message per look at a pool.
+
+- The scheduler's tick (``Ticker.tick``, one EventBridge rule) puts one message per configured
+  pool on the queue, spread over the minute, plus one per pool removed from the config that
+  still has VMs (it drains: size 0, its VMs destroyed once free, then it is forgotten).
+- A checkout or delete puts its pool on the same queue at once (``refill.SqsRefill``).
+- The consumer (``handle_batch``) runs each message's pool once (``runner.run_pool``), every
+  pool of a batch in its own thread, and reports each message's outcome on its own: a slow or
+  failing pool never holds up another, and a message not finished inside the invocation's time
+  is reported failed (SQS delivers it again) instead of running late.
+- A pass that leaves work in flight never waits: ``look_at`` queues the pool again with
+  ``DelaySeconds`` = its check delay. One follow-up per pool is queued at a time (``Fleet``).
+
+The local stack runs the same ``Ticker`` and ``look_at`` over an in-process queue
+(local/scheduler.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from chalicelib import observability as metric
+from chalicelib.config import Config, PoolConfig
+from chalicelib.manager.pool_queue import (
+    DRAIN,
+    FOLLOWUP,
+    MAX_DELAY_SECONDS,
+    RETRY,
+    TICK,
+    Delayed,
+    PoolMessage,
+    PoolQueue,
+)
+from chalicelib.manager.reconcile import Checkpoint, _no_checkpoint
+from chalicelib.manager.runner import RETRY_SECONDS, RunReport, run_pool
+from chalicelib.observability import emit, logger
+from chalicelib.sizing.controller import current_sizes
+from chalicelib.store import STATES
+from chalicelib.store.fleet import Fleet
+
+if TYPE_CHECKING:
+    from chalicelib.services import Services
+
+TICK_SPREAD_SECONDS = 50
+"""The tick's messages are spread over this many seconds (a stable offset per pool), so 1,000
+pools are not all reconciled in the same second."""
+FOLLOWUP_SLACK_SECONDS = 30.0
+"""How long after its due time a queued follow-up is given up for lost (another may be queued)."""
+MAX_RETRIES = 5
+"""Retries after a failed pass before the next tick takes over (bounds messages in an outage)."""
+RUN_BUDGET_SECONDS = 5.0
+"""Time a run may spend on extra passes when its pool is nudged meanwhile."""
+SAFETY_SECONDS = 5.0
+"""Time kept back from the invocation's remaining time: reporting and returning."""
+
+
+def spread_delay(pool: str, spread_seconds: int = TICK_SPREAD_SECONDS) -> int:
+    """The pool's stable offset within the tick, in seconds."""
+    return zlib.crc32(pool.encode()) % spread_seconds if spread_seconds > 0 else 0
+
+
+# --- the tick -----------------------------------------------------------------------------------
+
+
+@dataclass
+class TickReport:
+    configured: int
+    draining: list[str]
+    messages: int
+    empty: list[str] = dataclasses.field(default_factory=list)
+
+
+class Ticker:
+    """The scheduler's tick: fan out one message per pool. Remembers, per config, whether the
+    configured pools' settings are recorded in Redis (once per config version, not per tick)."""
+
+    def __init__(self, spread_seconds: int = TICK_SPREAD_SECONDS) -> None:
+        self.spread_seconds = spread_seconds
+        self._remembered: Config | None = None
+
+    def tick(self, services: "Services", queue: PoolQueue) -> TickReport:
+        config = services.config
+        fleet = Fleet(services.store)
+        if self._remembered is not config:
+            fleet.remember(config.pools)
+            self._remembered = config
+        configured = set(config.pool_names)
+        draining = sorted(fleet.names() - configured)
+        messages: list[Delayed] = [(PoolMessage(name, TICK), spread_delay(name, self.spread_seconds))
+                                   for name in config.pool_names]
+        messages += [(PoolMessage(name, DRAIN), 0) for name in draining]
+        queue.send(messages)
+        empty = publish_totals(services)
+        return TickReport(configured=len(configured), draining=draining, messages=len(messages), empty=empty)
+
+
+def publish_totals(services: "Services") -> list[str]:
+    """The service's gauges, once a minute: VMs per state over every pool, and the pools with a
+    size but no ready VM (named in the tick's log line; counted in ``EmptyPools``, the alarm's
+    metric). Sizes are the effective ones (a schedule window or demand may size a pool 0 at
+    night: it is not empty then). Three round trips whatever the pool count."""
+    pools = services.pools()
+    counts = services.store.counts([pool.name for pool in pools])
+    sizes = current_sizes(services.store, pools, services.clock.now(), services.config.service.sizing_timezone)
+    empty = [pool.name for pool in pools if sizes[pool.name].size > 0 and counts[pool.name]["ready"] == 0]
+    totals = {state: sum(c[state] for c in counts.values()) for state in ("ready", "pending", "running")}
+    emit(None, {metric.READY: totals["ready"], metric.PENDING: totals["pending"], metric.RUNNING: totals["running"],
+                metric.CAPACITY: sum(size.size for size in sizes.values()), metric.EMPTY_POOLS: len(empty)})
+    return empty
+
+
+# --- one message ---------------------------------------------------------------------------------
+
+
+def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
+            budget_seconds: float = RUN_BUDGET_SECONDS, checkpoint: Checkpoint = _no_checkpoint,
+            stopping: Callable[[], bool] = lambda: False) -> RunReport | None:
+    """Run the message's pool once and queue what comes next (a follow-up while work is in
+    flight, a retry after a failure). None when the pool is neither configured nor draining.
+    Raises StoreUnavailable when Redis fails outside the run (the message is delivered again)."""
+    fleet = Fleet(services.store)
+    drain: PoolConfig | None = None
+    if services.config.pool(message.pool) is None:
+        settings = fleet.settings(message.pool)
+        if settings is None:
+            logger.info("message for an unknown pool dropped", extra={"pool": message.pool})
+            return None
+        if settings.provider not in services.config.providers:
+            # Nothing can destroy its VMs any more: say so every tick until the provider is back.
+            logger.error("removed pool cannot drain: its provider is gone from the config",
+                         extra={"pool": message.pool, "provider": settings.provider})
+            return None
+        drain = dataclasses.replace(settings, size=0)
+    if message.reason == FOLLOWUP:
+        fleet.followup_arrived(message.pool)
+    report = run_pool(services, message.pool, budget_seconds, checkpoint, stopping,
+                      stale_lease=message.lease, pool_config=drain)
+    if drain is not None and report.passes and not report.failures and _empty(report):
+        fleet.forget(message.pool)
+        logger.info("removed pool drained and forgotten", extra={"pool": message.pool})
+        return report
+    if stopping():
+        return report
+    if report.unreleased_lease or report.failures:
+        if message.attempt < MAX_RETRIES or report.unreleased_lease:
+            retry = PoolMessage(message.pool, RETRY, report.unreleased_lease, message.attempt + 1)
+            queue.send([(retry, RETRY_SECONDS)])
+    elif report.look_again_in is not None:
+        delay = min(report.look_again_in, MAX_DELAY_SECONDS)
+        if fleet.claim_followup(message.pool, delay + FOLLOWUP_SLACK_SECONDS):
+            queue.send([(PoolMessage(message.pool, FOLLOWUP), delay)])
+    return report
+
+
+def _empty(report: RunReport) -> bool:
+    counts = report.passes[-1].counts
+    return not any(counts.get(state) for state in STATES)
+
+
+# --- a batch (the SQS consumer) ------------------------------------------------------------------
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def _pool_threads() -> ThreadPoolExecutor:
+    """Kept for the life of the process: a warm Lambda reuses its threads."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=10, thread_name_prefix="reconcile")
+    return _executor
+
+
+def handle_batch(services: "Services", records: Iterable[tuple[str, str]], queue: PoolQueue,
+                 remaining_seconds: Callable[[], float]) -> list[str]:
+    """Run the pools of a batch of (message id, body) at once; return the ids that failed or did
+    not finish in time (to be delivered again). Returns before ``remaining_seconds`` runs out."""
+    by_pool: dict[str, list[tuple[str, PoolMessage]]] = {}
+    for message_id, body in records:
+        message = PoolMessage.parse(body)
+        if message is not None:
+            by_pool.setdefault(message.pool, []).append((message_id, message))
+    budget = max(min(RUN_BUDGET_SECONDS, remaining_seconds() - 2 * SAFETY_SECONDS), 0.0)
+    futures: dict[Future[Any], list[str]] = {}
+    for messages in by_pool.values():
+        ids = [message_id for message_id, _ in messages]
+        futures[_pool_threads().submit(_look_at_all, services, [m for _, m in messages], queue, budget)] = ids
+    done, _ = wait(futures, timeout=max(remaining_seconds() - SAFETY_SECONDS, 0.0))
+    failed: list[str] = []
+    for future, ids in futures.items():
+        if future not in done:
+            logger.warning("pool not reconciled in time; its messages return to the queue", extra={"ids": ids})
+            failed += ids
+        elif future.exception() is not None:
+            logger.warning("pool not reconciled", extra={"ids": ids, "error": repr(future.exception())})
+            failed += ids
+    return failed
+
+
+def _look_at_all(services: "Services", messages: list[PoolMessage], queue: PoolQueue, budget: float) -> None:
+    """Several messages for one pool: one run (releasing every stale lease they carry)."""
+    first = max(messages, key=lambda m: (m.reason == FOLLOWUP, m.lease is not None))
+    for other in messages:
+        if other.lease and other is not first:
+            services.store.release_lease(other.pool, other.lease)
+    look_at(services, first, queue, budget)

@@ -1,0 +1,101 @@
+"""The reconcile queue's messages and their transport: what a message to look at a pool says,
+and the SQS queue that carries them (with a delay each). Both the consumer (dispatch.py) and the
+API's refill nudge (refill.py) build on this module, not on each other."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+TICK = "tick"
+NUDGE = "nudge"
+FOLLOWUP = "followup"
+RETRY = "retry"
+DRAIN = "drain"
+
+MAX_DELAY_SECONDS = 900
+"""SQS's longest DelaySeconds."""
+@dataclass(frozen=True)
+class PoolMessage:
+    """A request to look at one pool. ``lease``: a lease token to release first (a Redis stall
+    ate its release); ``attempt``: how many retries led here."""
+
+    pool: str
+    reason: str = NUDGE
+    lease: str | None = None
+    attempt: int = 0
+
+    def body(self) -> str:
+        fields = {key: value for key, value in dataclasses.asdict(self).items() if value}
+        return json.dumps(fields, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def parse(cls, body: str) -> "PoolMessage | None":
+        """The message, or None for a body that is not ours (dropped: retrying it only fills
+        the dead-letter queue)."""
+        try:
+            fields = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(fields, dict) or not isinstance(fields.get("pool"), str):
+            return None
+        lease, attempt = fields.get("lease"), fields.get("attempt", 0)
+        return cls(
+            pool=fields["pool"],
+            reason=str(fields.get("reason") or NUDGE),
+            lease=lease if isinstance(lease, str) else None,
+            attempt=attempt if isinstance(attempt, int) else 0,
+        )
+
+
+Delayed = tuple[PoolMessage, float]
+
+
+class PoolQueue(Protocol):
+    def send(self, messages: Sequence[Delayed]) -> None:
+        """Queue each message after its delay (seconds). Raises on failure."""
+        ...
+
+
+class SqsPoolQueue:
+    """The reconcile queue in SQS: batches of 10, each message with its own delay."""
+
+    def __init__(self, queue_url: str, client_factory: Callable[[], Any] | None = None, threads: int = 8) -> None:
+        self.queue_url = queue_url
+        self._client_factory = client_factory or _default_sqs_client
+        self._client: Any = None
+        self.threads = threads
+
+    def send(self, messages: Sequence[Delayed]) -> None:
+        if not messages:
+            return
+        if self._client is None:
+            self._client = self._client_factory()
+        batches = [messages[start:start + 10] for start in range(0, len(messages), 10)]
+        if len(batches) == 1:
+            self._send_batch(batches[0])
+            return
+        # 1,000 pools are 100 calls: in parallel they take a tenth of the time.
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
+            list(pool.map(self._send_batch, batches))
+
+    def _send_batch(self, batch: Sequence[Delayed]) -> None:
+        # Whole seconds, rounded up: a sub-second check delay must not become 0 (a pass loop).
+        entries = [{"Id": str(index), "MessageBody": message.body(),
+                    "DelaySeconds": max(0, min(math.ceil(delay), MAX_DELAY_SECONDS))}
+                   for index, (message, delay) in enumerate(batch)]
+        answer = self._client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+        if answer.get("Failed"):
+            raise RuntimeError(f"SQS refused {len(answer['Failed'])} of {len(entries)} messages: "
+                               f"{answer['Failed'][0].get('Code')}")
+
+
+def _default_sqs_client() -> Any:
+    import boto3
+
+    return boto3.client("sqs")
+

@@ -1,0 +1,185 @@
+"""The one way the service connects to Redis: the API, the reconcile and refill functions, and
+the local stack all build their client here (``connect``).
+
+What it adds to redis-py's defaults, and why:
+
+- Short timeouts (``socket_timeout``) and a health check of connections idle for 30 s: a dead
+  Redis costs a request one timeout, then a 503, never a hang.
+- One retry, at once, and only when the command surely did not run: the connection could not be
+  opened or the command could not be written, or Redis refused a write with ``READONLY`` (a
+  replica refuses every write, so nothing ran). A command whose reply was lost after it was sent
+  (a timeout, a connection closed while waiting) is never retried: the checkout script may have
+  run, and running it again would take a second VM.
+- Failover: after an ElastiCache failover the primary endpoint's name points at the new primary,
+  but open connections still reach the demoted node, which answers every write with
+  ``READONLY``. The first such answer marks a failover on the client: every pooled connection
+  opened before it is closed before its next command (so it reconnects through the endpoint's
+  name), and the refused command is retried once on a fresh connection.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.connection import parse_url
+from redis.exceptions import ReadOnlyError
+from redis.retry import Retry
+
+from chalicelib.config import RedisConfig
+
+T = TypeVar("T")
+
+HEALTH_CHECK_SECONDS = 30
+
+
+class ReplyLost(redis.ConnectionError):
+    """The connection failed after the command was sent: it may have run. Never retried."""
+
+
+class FailoverEpoch:
+    """Counts the failovers a client has seen (``READONLY`` answers); shared by its connections."""
+
+    def __init__(self) -> None:
+        self._value = 0
+        self._lock = threading.Lock()
+
+    @property
+    def value(self) -> int:
+        return self._value
+
+    def advance(self, seen: int) -> None:
+        """Record a failover noticed by a connection opened in epoch ``seen`` (once per epoch)."""
+        with self._lock:
+            if self._value == seen:
+                self._value += 1
+
+
+class _RetryWhenNotRun(Retry):
+    """One immediate retry on a connection error that happened before the command was sent, or
+    on ``READONLY``; never after a reply was lost or on a timeout."""
+
+    def __init__(self) -> None:
+        super().__init__(NoBackoff(), 1, supported_errors=(redis.ConnectionError, ReadOnlyError))
+
+    def call_with_retry(
+        self,
+        do: Callable[[], T],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        def retryable(error: Exception) -> bool:
+            return not isinstance(error, ReplyLost) and (is_retryable is None or is_retryable(error))
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+class _FailoverAware:
+    """Mixed into redis-py's connection classes: tells a lost reply from a command never sent,
+    and closes connections opened before a failover this client has noticed."""
+
+    def __init__(self, *args: Any, failover_epoch: FailoverEpoch, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._failover_epoch = failover_epoch
+        self._opened_in_epoch = failover_epoch.value
+        self._sending = 0
+        """Nesting depth of send_packed_command: opening a connection (AUTH, HELLO) and the
+        health check's PING send and read inside the command's send, before the command is
+        written, so their failures are retryable."""
+        self._command_sent = False
+
+    def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        # Every way of opening the connection (connect(), or a send on a closed one) comes here.
+        if not getattr(self, "_sock", None):
+            self._opened_in_epoch = self._failover_epoch.value
+        super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if self._sending == 0:
+            self._command_sent = False
+            if self._opened_in_epoch != self._failover_epoch.value:
+                self.disconnect()  # type: ignore[attr-defined]  # may reach the demoted node
+        self._sending += 1
+        try:
+            super().send_packed_command(command, check_health)  # type: ignore[misc]
+        finally:
+            self._sending -= 1
+        if self._sending == 0:
+            self._command_sent = True
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except ReadOnlyError:
+            self._failover_epoch.advance(self._opened_in_epoch)
+            raise
+        except ReplyLost:
+            raise
+        except redis.ConnectionError as error:
+            if self._sending == 0 and self._command_sent:
+                raise ReplyLost(str(error)) from error
+            raise
+
+
+class _TcpConnection(_FailoverAware, redis.Connection):
+    pass
+
+
+class _TlsConnection(_FailoverAware, redis.SSLConnection):
+    pass
+
+
+class _UnixConnection(_FailoverAware, redis.UnixDomainSocketConnection):
+    pass
+
+
+_OURS: dict[type, type] = {
+    redis.Connection: _TcpConnection,
+    redis.SSLConnection: _TlsConnection,
+    redis.UnixDomainSocketConnection: _UnixConnection,
+}
+
+
+def connect(
+    config: RedisConfig,
+    url: str | None = None,
+    password: str | None = None,
+    credential_provider: redis.CredentialProvider | None = None,
+) -> redis.Redis:
+    """A client for the configured Redis (or ``url``, which wins over the config's server, port,
+    db, TLS and socket): short timeouts, health checks, decoded strings, the retry and failover
+    handling above.
+
+    ``credential_provider`` (instead of ``password``) is asked for the password each time a
+    connection opens, so a password kept in AWS is fetched only when first needed."""
+    if url:
+        target: dict[str, Any] = dict(parse_url(url))
+        target.setdefault("connection_class", redis.Connection)
+    elif config.unix_socket:
+        target = {"path": config.unix_socket, "db": config.db,
+                  "connection_class": redis.UnixDomainSocketConnection}
+    else:
+        target = {"host": config.server, "port": config.port, "db": config.db,
+                  "connection_class": redis.SSLConnection if config.tls else redis.Connection}
+    target["connection_class"] = _OURS[target["connection_class"]]
+    if password is not None or credential_provider is not None:
+        target.pop("password", None)
+        target.pop("username", None)
+    options: dict[str, Any] = dict(
+        password=password,
+        credential_provider=credential_provider,
+        decode_responses=True,
+        socket_timeout=config.socket_timeout,
+        socket_connect_timeout=config.socket_timeout,
+        health_check_interval=HEALTH_CHECK_SECONDS,
+        retry=_RetryWhenNotRun(),
+        failover_epoch=FailoverEpoch(),
+    )
+    if "password" in target:
+        options.pop("password")
+    if target["connection_class"] is _UnixConnection:
+        options.pop("socket_connect_timeout")
+    return redis.Redis(connection_pool=redis.ConnectionPool(**options, **target))

@@ -1,0 +1,72 @@
+"""The set of pools the scheduler fans out to, and the one queued follow-up per pool.
+
+- Known pools: every pool the scheduler has seen configured, with its settings as they were. A
+  pool removed from the config is still known, so it can be drained (its VMs destroyed, as
+  vmpooler's purge does) and forgotten once empty; the settings say where its VMs live.
+- Follow-up: a pass that leaves work in flight queues one delayed look at its pool. The key says
+  one is queued, so passes that run meanwhile (the schedule's tick, a checkout's nudge) do not
+  start a second chain of follow-ups; it expires by itself if the message is lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Iterable
+
+from chalicelib.config import PoolConfig
+from chalicelib.store.store import Store, _translate_errors
+
+
+def pool_to_json(pool: PoolConfig) -> str:
+    fields = {field.name: getattr(pool, field.name) for field in dataclasses.fields(pool)}
+    fields["settings"] = dict(pool.settings)
+    fields["alias"] = list(pool.alias)
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+def pool_from_json(text: str) -> PoolConfig:
+    fields = json.loads(text)
+    fields["alias"] = tuple(fields.get("alias") or ())
+    return PoolConfig(**fields)
+
+
+class Fleet:
+    """Known pools and queued follow-ups in Redis; every method raises StoreUnavailable."""
+
+    def __init__(self, store: Store) -> None:
+        self.client = store.client
+        self.keys = store.keys
+
+    def names(self) -> set[str]:
+        """Every pool known to the scheduler (configured now or drained since)."""
+        with _translate_errors():
+            return {str(name) for name in self.client.hkeys(self.keys.known_pools)}
+
+    def settings(self, pool: str) -> PoolConfig | None:
+        """The pool's settings as last configured."""
+        with _translate_errors():
+            text = self.client.hget(self.keys.known_pools, pool)
+        return pool_from_json(str(text)) if text else None
+
+    def remember(self, pools: Iterable[PoolConfig]) -> None:
+        """Record the configured pools' settings (in one round trip)."""
+        mapping = {pool.name: pool_to_json(pool) for pool in pools}
+        if mapping:
+            with _translate_errors():
+                self.client.hset(self.keys.known_pools, mapping=dict(mapping))  # type: ignore[arg-type]
+
+    def forget(self, pool: str) -> None:
+        with _translate_errors():
+            self.client.hdel(self.keys.known_pools, pool)
+
+    def claim_followup(self, pool: str, ttl_seconds: float) -> bool:
+        """Whether the caller may queue the pool's follow-up (no other one is queued)."""
+        with _translate_errors():
+            return bool(self.client.set(self.keys.followup(pool), "1", nx=True,
+                                        px=max(int(ttl_seconds * 1000), 1)))
+
+    def followup_arrived(self, pool: str) -> None:
+        """The queued follow-up is being handled: the next pass may queue another."""
+        with _translate_errors():
+            self.client.delete(self.keys.followup(pool))

@@ -1,0 +1,8 @@
+-- Count one request in a fixed window that starts with the window's first request.
+-- KEYS[1] the client's counter for its class of requests; ARGV[1] the window in seconds.
+-- Returns {count in the window, ms left in the window}.
+local count = redis.call('INCR', KEYS[1])
+if count == 1 or redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return {count, redis.call('PTTL', KEYS[1])}

@@ -1,0 +1,187 @@
+"""Deploy a packaged stage through S3 and a CloudFormation change set (infra/deploy.sh runs it).
+
+    python -m infra.deploy --stage prod --bucket my-deploy-bucket [--package build/package-prod] Key=Value ...
+    python -m infra.deploy --stage prod --bucket my-deploy-bucket --infra-only Key=Value ...   (chalice deploy path)
+
+1. The deployment zip goes to ``s3://BUCKET/vmpool/<stage>/code-<sha256>.zip`` (skipped when that
+   content is there already) and every function's ``CodeUri`` points at it.
+2. The template goes to S3 too: at 180 KB it is over CloudFormation's 51,200-byte inline limit
+   (the old ``aws cloudformation deploy`` without ``--s3-bucket`` failed for every stage).
+3. A change set creates or updates the stack ``vmpool-<stage>``: parameters given as Key=Value,
+   the others keep their previous values on an update. A change set without changes is deleted
+   and the command succeeds. The stack's outputs are printed at the end.
+
+AWS credentials and region come from the environment as for the AWS CLI (``AWS_ENDPOINT_URL``
+too: the tests deploy to a moto server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from infra.sync_config import STAGES, stack_name
+
+CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"]
+NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
+
+
+class DeployError(Exception):
+    pass
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:20]
+
+
+def upload(s3: Any, bucket: str, key: str, data: bytes) -> None:
+    """Put ``data`` at ``key`` unless an object is there already (keys are content hashes)."""
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+        return
+    except Exception:  # noqa: BLE001 - any miss (404, 403 on a missing key) means upload
+        pass
+    s3.put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def template_url(s3: Any, bucket: str, key: str) -> str:
+    region = s3.meta.region_name or "us-east-1"
+    host = "s3.amazonaws.com" if region == "us-east-1" else f"s3.{region}.amazonaws.com"
+    return f"https://{bucket}.{host}/{key}"
+
+
+def with_code_location(template: dict[str, Any], bucket: str, key: str) -> dict[str, Any]:
+    """The template with every function's code in S3 (what `aws cloudformation package` does)."""
+    for resource in template["Resources"].values():
+        if resource.get("Type") == "AWS::Serverless::Function":
+            resource["Properties"]["CodeUri"] = {"Bucket": bucket, "Key": key}
+    return template
+
+
+def parameters(given: dict[str, str], existing: list[str]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = [{"ParameterKey": k, "ParameterValue": v} for k, v in sorted(given.items())]
+    found += [{"ParameterKey": k, "UsePreviousValue": True} for k in existing if k not in given]
+    return found
+
+
+def _existing_stack(cloudformation: Any, name: str) -> dict[str, Any] | None:
+    try:
+        stacks = cloudformation.describe_stacks(StackName=name)["Stacks"]
+    except Exception as error:
+        if "does not exist" in str(error):
+            return None
+        raise
+    stack = stacks[0] if stacks else None
+    if stack is not None and stack["StackStatus"] == "REVIEW_IN_PROGRESS":
+        return None  # a change set was created but never executed: create again
+    return stack
+
+
+def _wait(describe: Callable[[], dict[str, Any]], key: str, done: Callable[[str], bool],
+          timeout: float, poll: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = describe()
+        if done(str(answer[key])):
+            return answer
+        if time.monotonic() > deadline:
+            raise DeployError(f"still {answer[key]} after {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def deploy(session: Any, stage: str, bucket: str, package: Path | None, given: dict[str, str],
+           timeout: float = 3600, poll: float = 5, execute: bool = True) -> dict[str, str]:
+    """Upload, create and execute the change set; returns the stack's outputs. Without a
+    ``package``, the infra-only stack of the ``chalice deploy`` path (infra.template)."""
+    s3 = session.client("s3")
+    cloudformation = session.client("cloudformation")
+    prefix = f"vmpool/{stage}"
+    if package is None:
+        from infra.template import build
+
+        template = build(STAGES[stage], infra_only=True)
+    else:
+        code = (package / "deployment.zip").read_bytes()
+        code_key = f"{prefix}/code-{_digest(code)}.zip"
+        upload(s3, bucket, code_key, code)
+        template = with_code_location(json.loads((package / "sam.json").read_text()), bucket, code_key)
+    body = json.dumps(template, separators=(",", ":")).encode()
+    template_key = f"{prefix}/template-{_digest(body)}.json"
+    upload(s3, bucket, template_key, body)
+
+    name = stack_name(stage)
+    stack = _existing_stack(cloudformation, name)
+    existing = [p["ParameterKey"] for p in (stack or {}).get("Parameters", [])]
+    change_set = f"{name}-{time.strftime('%Y%m%d%H%M%S')}"
+    cloudformation.create_change_set(
+        StackName=name, ChangeSetName=change_set, ChangeSetType="UPDATE" if stack else "CREATE",
+        TemplateURL=template_url(s3, bucket, template_key), Parameters=parameters(given, existing),
+        Capabilities=CAPABILITIES, Tags=[{"Key": "app", "Value": "vmpool"}, {"Key": "stage", "Value": stage}])
+    described = _wait(lambda: cloudformation.describe_change_set(StackName=name, ChangeSetName=change_set),
+                      "Status", lambda s: s in ("CREATE_COMPLETE", "FAILED"), timeout, poll)
+    if described["Status"] == "FAILED":
+        reason = str(described.get("StatusReason", ""))
+        if any(text in reason for text in NO_CHANGES):
+            cloudformation.delete_change_set(StackName=name, ChangeSetName=change_set)
+            print(f"deploy: {name} is up to date", file=sys.stderr)
+            return _outputs(cloudformation, name)
+        raise DeployError(f"change set {change_set} failed: {reason}")
+    if not execute:
+        print(f"deploy: change set {change_set} ({len(described.get('Changes', []))} changes) is ready for review; "
+              f"execute it in the console or with: aws cloudformation execute-change-set --stack-name {name} "
+              f"--change-set-name {change_set}", file=sys.stderr)
+        return {}
+    print(f"deploy: executing {change_set} ({len(described.get('Changes', []))} changes)", file=sys.stderr)
+    cloudformation.execute_change_set(StackName=name, ChangeSetName=change_set)
+    final = _wait(lambda: cloudformation.describe_stacks(StackName=name)["Stacks"][0], "StackStatus",
+                  lambda s: s.endswith("_COMPLETE") or s.endswith("_FAILED"), timeout, poll)
+    if final["StackStatus"] not in ("CREATE_COMPLETE", "UPDATE_COMPLETE"):
+        raise DeployError(f"{name} ended {final['StackStatus']}: see its events in the CloudFormation console")
+    return _outputs(cloudformation, name)
+
+
+def _outputs(cloudformation: Any, name: str) -> dict[str, str]:
+    stack = cloudformation.describe_stacks(StackName=name)["Stacks"][0]
+    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+
+
+def main(argv: list[str] | None = None, session: Any = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=sorted(STAGES), required=True)
+    parser.add_argument("--bucket", required=True, help="an S3 bucket for the code and the template")
+    parser.add_argument("--package", type=Path, help="the packaged stage (default build/package-<stage>)")
+    parser.add_argument("--infra-only", action="store_true",
+                        help="deploy the infrastructure stack of the chalice deploy path (no code, no API)")
+    parser.add_argument("--no-execute", action="store_true", help="create the change set and stop, for review")
+    parser.add_argument("--poll", type=float, default=5.0, help=argparse.SUPPRESS)
+    parser.add_argument("parameters", nargs="*", metavar="Key=Value")
+    args = parser.parse_args(argv)
+    given = {}
+    for item in args.parameters:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"not Key=Value: {item}")
+        given[key] = value
+    if session is None:
+        import boto3
+
+        session = boto3.Session()
+    package = None if args.infra_only else (args.package or Path("build") / f"package-{args.stage}")
+    try:
+        outputs = deploy(session, args.stage, args.bucket, package, given, poll=args.poll,
+                         execute=not args.no_execute)
+    except DeployError as error:
+        print(f"deploy: {error}", file=sys.stderr)
+        return 1
+    for key, value in sorted(outputs.items()):
+        print(f"{key}\t{value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

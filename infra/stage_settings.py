@@ -1,0 +1,115 @@
+"""The ``chalice deploy`` path: wire a Chalice stage to its infrastructure stack, and finish what
+Chalice cannot set itself (infra/chalice_deploy.sh runs both steps around ``chalice deploy``).
+
+    python -m infra.stage_settings --stage dev            # settings from the stack's outputs
+    python -m infra.stage_settings --stage dev --finish   # after chalice deploy
+
+The settings (subnets, the Lambda security group, Redis URL and AUTH token secret, the reconcile
+queue URL, the config bucket) go to ``.chalice/stack-<stage>.json`` and, through
+infra/sync_config.py, into the stage of ``.chalice/config.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from infra import sync_config
+from infra.sync_config import CHALICE_DIR, STAGES, Stage, stack_name
+
+OUTPUTS = {
+    "VMPOOL_REDIS_URL": "RedisUrl",
+    "VMPOOL_REDIS_AUTH_SECRET": "RedisAuthSecretArn",
+    "VMPOOL_RECONCILE_QUEUE_URL": "ReconcileQueueUrl",
+    "VMPOOL_CONFIG_BUCKET": "ConfigBucket",
+}
+"""Function environment variable -> the infra-only stack's output that holds it."""
+
+
+def settings_from_outputs(outputs: dict[str, str]) -> dict[str, Any]:
+    missing = sorted({*OUTPUTS.values(), "PrivateSubnetIds", "LambdaSecurityGroupId"} - set(outputs))
+    if missing:
+        raise SystemExit(f"stage-settings: the stack has no output {', '.join(missing)}: "
+                         "was it deployed with make infra-deploy?")
+    return {
+        "subnet_ids": [s for s in outputs["PrivateSubnetIds"].split(",") if s],
+        "security_group_ids": [outputs["LambdaSecurityGroupId"]],
+        "environment_variables": {variable: outputs[key] for variable, key in OUTPUTS.items()},
+    }
+
+
+def stack_outputs(cloudformation: Any, stage: Stage) -> dict[str, str]:
+    stack = cloudformation.describe_stacks(StackName=stack_name(stage.name))["Stacks"][0]
+    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+
+
+def write_settings(stage: Stage, settings: dict[str, Any]) -> Path:
+    path = sync_config.stack_settings_file(stage)
+    path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    sync_config.main([])
+    return path
+
+
+def deployed_resources(stage: Stage) -> dict[str, dict[str, Any]]:
+    """What chalice deploy recorded in .chalice/deployed/<stage>.json, by resource name."""
+    path = CHALICE_DIR / "deployed" / f"{stage.name}.json"
+    return {r["name"]: r for r in json.loads(path.read_text())["resources"]}
+
+
+GATEWAY_RESPONSES = {"MISSING_AUTHENTICATION_TOKEN": "404", "RESOURCE_NOT_FOUND": "404",
+                     "DEFAULT_4XX": None, "DEFAULT_5XX": None}
+"""vmpooler answers unknown routes with 404 {"ok": false}; the full stack sets the same."""
+
+
+def report_batch_failures(session: Any, stage: Stage) -> None:
+    """Partial batch responses on the reconcile function's queue mapping (Chalice 1.34 has no option)."""
+    lambda_ = session.client("lambda")
+    function = f"{stage.prefix}-{sync_config.RECONCILE_FUNCTION}"
+    for mapping in lambda_.list_event_source_mappings(FunctionName=function)["EventSourceMappings"]:
+        lambda_.update_event_source_mapping(UUID=mapping["UUID"], FunctionResponseTypes=["ReportBatchItemFailures"])
+
+
+def name_the_api(session: Any, stage: Stage) -> None:
+    """The stage in the API's name (Chalice names it after the app) and vmpooler's 404s."""
+    api_id = deployed_resources(stage)["rest_api"]["rest_api_id"]
+    apigateway = session.client("apigateway")
+    apigateway.update_rest_api(restApiId=api_id, patchOperations=[
+        {"op": "replace", "path": "/name", "value": stage.prefix}])
+    for kind, status in GATEWAY_RESPONSES.items():
+        options: dict[str, Any] = {"statusCode": status} if status else {}
+        apigateway.put_gateway_response(
+            restApiId=api_id, responseType=kind, **options,
+            responseParameters={"gatewayresponse.header.Content-Type": "'application/json'"},
+            responseTemplates={"application/json": '{"ok":false}'})
+    apigateway.create_deployment(restApiId=api_id, stageName="api", description="gateway responses")
+
+
+def finish(session: Any, stage: Stage) -> None:
+    report_batch_failures(session, stage)
+    name_the_api(session, stage)
+
+
+def main(argv: list[str] | None = None, session: Any = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=sorted(STAGES), required=True)
+    parser.add_argument("--finish", action="store_true", help="after chalice deploy: what Chalice cannot set")
+    args = parser.parse_args(argv)
+    if session is None:
+        import boto3
+
+        session = boto3.Session()
+    stage = STAGES[args.stage]
+    if args.finish:
+        finish(session, stage)
+        print(f"stage-settings: {stage.name}: partial batch responses on, API named {stage.prefix}", file=sys.stderr)
+        return 0
+    path = write_settings(stage, settings_from_outputs(stack_outputs(session.client("cloudformation"), stage)))
+    print(f"stage-settings: wrote {path.relative_to(sync_config.ROOT)} and .chalice/config.json", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

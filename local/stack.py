@@ -1,0 +1,128 @@
+"""The local stack (``python -m local.run``) as a child process on free ports, for the
+benchmarks and the fuzz tests, and configs of dummy pools for it.
+
+    with local_stack(dummy_config([("pool", 4)])) as stack:
+        stack.wait_ready("pool", 4, timeout=60)
+        ...  # HTTP on stack.port, its Redis on stack.redis_port
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import redis
+
+from local.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Stack:
+    """A running ``python -m local.run`` (HTTP workers, its own redis-server, the scheduler)."""
+
+    process: subprocess.Popen[str]
+    port: int
+    redis_port: int
+
+    @property
+    def redis(self) -> redis.Redis:
+        return redis.Redis(port=self.redis_port, decode_responses=True)
+
+    def wait_ready(self, pool: str, count: int, timeout: float) -> float:
+        """Wait until ``pool`` has ``count`` ready VMs; return the seconds it took."""
+        client = self.redis
+        started = time.monotonic()
+        while True:
+            ready = client.zcard(f"vmpool:pool:{pool}:ready")
+            if ready >= count:
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(f"pool {pool}: {ready} of {count} ready after {timeout:.0f} s")
+            if self.process.poll() is not None:
+                raise RuntimeError("the local stack exited")
+            time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def local_stack(config_yaml: str, workers: int | None = None, interval: float = 10.0,
+                env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """Start the local stack on free ports with ``config_yaml``; stop it (SIGINT) on exit."""
+    workdir = Path(tempfile.mkdtemp(prefix="vmpool-bench-"))
+    config_file = workdir / "vmpool.yaml"
+    config_file.write_text(config_yaml)
+    port, redis_port = free_port(), free_port()
+    # local.run keeps its Redis data under .run/ (shared with `make run`); a bench stack gets a
+    # state directory of its own so it neither loads nor overwrites anyone's data.
+    launcher = ("import sys; from pathlib import Path; import local.run as run; "
+                f"run.STATE_DIR = Path({str(workdir)!r}); sys.exit(run.main(sys.argv[1:]))")
+    command = [sys.executable, "-c", launcher, "--port", str(port), "--config", str(config_file),
+               "--redis-port", str(redis_port), "--interval", str(interval)]
+    if workers:
+        command += ["--workers", str(workers)]
+    environment = {**os.environ, "POWERTOOLS_LOG_LEVEL": "WARNING", **(env or {})}
+    log = (workdir / "stderr.log").open("w")
+    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE,
+                               stderr=log, text=True)
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 60
+        for line in process.stdout:
+            found = re.search(r"redis on port (\d+)", line)
+            if found:
+                redis_port = int(found.group(1))
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the local stack did not start")
+        else:
+            tail = (workdir / "stderr.log").read_text()[-2000:]
+            raise RuntimeError(f"the local stack exited before serving: {tail}")
+        # Keep draining its output so it never blocks on a full pipe.
+        threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # type: ignore[union-attr]
+        yield Stack(process, port, redis_port)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def dummy_config(pools: Sequence[tuple[str, int]], task_limit: int = 100_000,
+                 clone_seconds: float = 0, boot_seconds: float = 0, check_loop_delay: float = 1) -> str:
+    """A config of dummy pools (name, size) whose clones take ``clone_seconds`` and boot in
+    ``boot_seconds``; a long ready_ttl and vm_lifetime so nothing expires during a run, and no
+    per-owner quota (every load client calls from the same address)."""
+    lines = [
+        ":config:",
+        f"  task_limit: {task_limit}",
+        f"  check_loop_delay_min: {check_loop_delay}",
+        "  vm_lifetime: 12",
+        "  domain: example.com",
+        "  max_running_vms_per_user: 1000000",
+        ":providers:",
+        "  :dummy:",
+        f"    createvm_max_time: {clone_seconds}",
+        f"    boot_time: {boot_seconds}",
+        ":pools:",
+    ]
+    for name, size in pools:
+        lines += [f"  - name: {name}", f"    size: {size}", "    provider: dummy",
+                  "    ready_ttl: 100000", "    timeout: 100000"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,123 @@
+"""Checkouts of several pools and aliases at once: whenever the ready VMs can serve the whole
+request, it is served (the plan is a matching, not a greedy pass), and ``backend_weight`` chooses
+among an alias's pools as vmpooler does."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Callable
+
+import pytest
+
+from chalicelib.api.pool_choice import preference
+from tests.api.client import CONFIG_YAML, Stack
+
+
+def _short(hostname: str) -> str:
+    return hostname.split(".", 1)[0]
+
+
+@pytest.fixture
+def in_config_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No shuffle: an alias tries its pools in config order (``linux`` = pool1 then pool2), the
+    order in which a greedy plan fails."""
+    monkeypatch.setattr(random, "shuffle", lambda items: None)
+
+
+def _one_ready_in_each(stack: Stack) -> None:
+    stack.fill("pool1", "pool2")
+    stack.checkout("pool1")
+    stack.checkout("pool2")
+    assert len(stack.ready("pool1")) == len(stack.ready("pool2")) == 1
+
+
+@pytest.mark.usefixtures("in_config_order")
+@pytest.mark.parametrize("how", ["path", "body"])
+def test_an_alias_gives_way_so_the_whole_request_is_served(stack: Stack, how: str) -> None:
+    """``linux`` (pool1 or pool2) + ``pool1`` with one ready VM in each pool: linux takes pool2's."""
+    _one_ready_in_each(stack)
+    pool1_vm, pool2_vm = stack.ready("pool1")[0], stack.ready("pool2")[0]
+    if how == "path":
+        reply = stack.api.post("/api/v3/vm/linux+pool1")
+    else:
+        reply = stack.api.post("/api/v3/vm", {"linux": 1, "pool1": 1})
+    assert reply.status == 200, reply.json
+    assert _short(reply.json["linux"]["hostname"]) == pool2_vm
+    assert _short(reply.json["pool1"]["hostname"]) == pool1_vm
+
+
+@pytest.mark.usefixtures("in_config_order")
+def test_every_vm_of_an_alias_is_placed_where_the_others_leave_room(full: Stack) -> None:
+    """Two ready in pool1 and pool2; ``linux`` x2 + ``pool1`` + ``two`` (pool2) needs all four:
+    linux must take one of each."""
+    reply = full.api.post("/api/v3/vm", {"linux": 2, "pool1": 1, "two": 1})
+    assert reply.status == 200, reply.json
+    assert sorted(name.endswith(".one.example.com") for name in reply.json["linux"]["hostname"]) == [False, True]
+    assert full.ready("pool1") == [] and full.ready("pool2") == []
+
+
+def test_a_request_no_plan_can_serve_is_refused_whole(full: Stack) -> None:
+    full.api.post("/api/v3/vm", {"pool1": 1})
+    before = full.state()
+    reply = full.api.post("/api/v3/vm", {"linux": 2, "pool1": 1, "two": 1})
+    assert reply.status == 503 and reply.json["ok"] is False
+    assert full.state() == before
+
+
+WEIGHTED_CONFIG = (CONFIG_YAML
+                   .replace(":config:\n", ":config:\n  clone_target: cluster-b\n"
+                                          "  backend_weight:\n    cluster-a: {a}\n    cluster-b: {b}\n", 1)
+                   .replace("    domain: one.example.com\n",
+                            "    domain: one.example.com\n    clone_target: cluster-a\n"))
+"""pool1 clones on cluster-a, pool2 (and pool3) on the service's cluster-b."""
+
+
+def test_backend_weight_zero_is_never_chosen_while_another_pool_has_vms(make_stack: Callable[[str], Stack]) -> None:
+    stack = make_stack(WEIGHTED_CONFIG.format(a=1, b=0))
+    stack.fill("pool1", "pool2")
+    reply = stack.api.post("/api/v3/vm", {"linux": 2})
+    assert reply.status == 200
+    assert all(name.endswith(".one.example.com") for name in reply.json["linux"]["hostname"])
+    # pool1 is empty now: the weight-0 pool still serves, and a full plan is still found
+    reply = stack.api.post("/api/v3/vm", {"linux": 1, "pool2": 1})
+    assert reply.status == 200, reply.json
+    assert not reply.json["linux"]["hostname"].endswith(".one.example.com")
+
+
+def test_backend_weight_follows_a_clone_target_changed_at_runtime(make_stack: Callable[[str], Stack]) -> None:
+    experimental = ":config:\n  experimental_features: true\n"
+    stack = make_stack(WEIGHTED_CONFIG.format(a=1, b=0).replace(":config:\n", experimental, 1))
+    stack.fill("pool1", "pool2")
+    moved = stack.api.post("/api/v3/config/clonetarget", {"pool1": "cluster-b", "pool2": "cluster-a"})
+    assert moved.status == 201
+    reply = stack.api.post("/api/v3/vm", {"linux": 2})
+    assert reply.status == 200
+    assert not any(name.endswith(".one.example.com") for name in reply.json["linux"]["hostname"])
+
+
+def test_backend_weight_draws_pools_in_proportion(make_stack: Callable[[str], Stack],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    stack = make_stack(WEIGHTED_CONFIG.format(a=3, b=1))
+    monkeypatch.setattr(random, "random", random.Random(7).random)
+    firsts = Counter(preference(stack.config, "linux")[0] for _ in range(4000))
+    assert 2800 < firsts["pool1"] < 3200  # 3:1
+    assert sorted(preference(stack.config, "linux")) == ["pool1", "pool2"]
+
+
+def test_backend_weight_applies_only_when_every_pool_has_one(make_stack: Callable[[str], Stack],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """As vmpooler: one pool without a weight and the choice is uniform."""
+    stack = make_stack(WEIGHTED_CONFIG.format(a=1, b=0).replace("  clone_target: cluster-b\n", "", 1))
+    monkeypatch.setattr(random, "random", random.Random(7).random)
+    monkeypatch.setattr(random, "shuffle", random.Random(7).shuffle)
+    firsts = Counter(preference(stack.config, "linux")[0] for _ in range(2000))
+    assert 800 < firsts["pool2"] < 1200
+
+
+def test_ondemand_builds_an_alias_in_the_weighted_pool(make_stack: Callable[[str], Stack]) -> None:
+    stack = make_stack(WEIGHTED_CONFIG.format(a=0, b=1))
+    reply = stack.api.post("/api/v3/ondemandvm", {"linux": 1})
+    assert reply.status == 201
+    assert stack.client.zcard("vmpool:ondemand:open:pool2") == 1
+    assert stack.client.zcard("vmpool:ondemand:open:pool1") == 0

@@ -1,0 +1,77 @@
+"""Every numeric input of every route is bounded before it is converted: a number spelled with
+thousands of digits (Python's int() gives up past 4,300) is a 400 that says what was wrong, never a
+500, and changes nothing."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+
+from tests.api.client import CONFIG_YAML, Stack
+
+HUGE = "9" * 5000
+"""More digits than Python converts to an int (4,300)."""
+
+EXPERIMENTAL_CONFIG = CONFIG_YAML.replace(":config:\n", ":config:\n  experimental_features: true\n", 1)
+
+Case = tuple[str, str, Any, str]
+"""(method, target, body, text the 400's message must contain)."""
+
+CASES: list[Case] = [
+    # the VM count of a checkout, as a string and as a JSON number
+    ("POST", "/api/v3/vm", {"pool1": HUGE}, "at most 100"),
+    ("POST", "/api/v3/vm", '{"pool1": ' + HUGE + "}", "more than 100 digits"),
+    ("POST", "/api/v3/vm", '{"pool1": ' + "9" * 90 + "}", "at most 100"),
+    ("POST", "/api/v3/vm?ondemand=true", {"pool1": HUGE}, "at most 100"),
+    # the VM count of an on-demand request
+    ("POST", "/api/v3/ondemandvm", {"pool1": HUGE}, "at most 100"),
+    ("POST", "/api/v3/ondemandvm", '{"pool1": ' + HUGE + "}", ""),
+    # a lifetime change
+    ("PUT", "/api/v3/vm/{running}", {"lifetime": HUGE}, "exceeds the configured maximum"),
+    ("PUT", "/api/v3/vm/{running}", '{"lifetime": ' + HUGE + "}", "more than 100 digits"),
+    ("PUT", "/api/v3/vm/{running}", {"lifetime": "-" + HUGE}, "positive integer"),
+    # a tag value that is a number
+    ("PUT", "/api/v3/vm/{running}", '{"tags": {"project": ' + HUGE + "}}", "more than 100 digits"),
+    # a runtime pool size
+    ("POST", "/api/v3/config/poolsize", {"pool1": HUGE}, ""),
+    ("POST", "/api/v3/config/poolsize", '{"pool1": ' + HUGE + "}", ""),
+    # pool reset: its values are not numbers that matter, but the body is still bounded
+    ("POST", "/api/v3/poolreset", '{"pool1": ' + HUGE + "}", ""),
+    # a disk size in the path
+    ("POST", "/api/v3/vm/{running}/disk/" + HUGE, None, "from 1 to 2048"),
+    # dates in the query of /summary, and the query of /status and /poolstat
+    ("GET", "/api/v3/summary?from=" + HUGE, None, "Invalid date format"),
+    ("GET", "/api/v3/summary/tag?to=" + HUGE, None, "Invalid date format"),
+]
+
+
+def _error_text(answer: dict[str, Any]) -> str:
+    return " ".join([str(answer.get("error", "")), str(answer.get("message", "")),
+                     *map(str, answer.get("failure", [])), *map(str, answer.get("not_configured", []))])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]} {c[1][:40]} {str(c[2])[:30]}" for c in CASES])
+def test_thousands_of_digits_are_a_400(make_stack: Callable[[str], Stack], case: Case) -> None:
+    method, target, body, text = case
+    stack = make_stack(EXPERIMENTAL_CONFIG)
+    stack.fill("pool1", "pool2")
+    running = stack.checkout("pool2")
+    before = stack.state()
+    reply = stack.api.request(method, target.format(running=running), body)
+    assert reply.status == 400, reply.raw[:300]
+    assert reply.json["ok"] is False
+    assert text in _error_text(reply.json)
+    assert len(reply.raw) < 1000, "the answer echoes the whole number back"
+    assert stack.state() == before
+
+
+@pytest.mark.parametrize("target", [
+    "/api/v3/status?view=" + HUGE,
+    "/api/v3/poolstat?pool=" + HUGE,
+    "/api/v3/vm?" + HUGE + "=" + HUGE,
+])
+def test_numbers_in_other_queries_are_harmless(full: Stack, target: str) -> None:
+    reply = full.api.get(target)
+    assert reply.status == 200
+    assert HUGE not in reply.raw.decode()

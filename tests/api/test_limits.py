@@ -1,0 +1,113 @@
+"""What an unauthenticated caller can make grow is bounded: VMs and on-demand requests per client
+and in total, and, with ``rate_limiting_enabled``, requests per minute (429 + Retry-After, counted
+in Redis so every process and Lambda shares the count)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from chalicelib.api import vms
+from chalicelib.api.http import ApiRequest
+from chalicelib.api.routes import handle
+from chalicelib.services import Services
+from tests.api.client import CONFIG_YAML, Stack
+
+
+def _with(config: str, **keys: object) -> str:
+    lines = "".join(f"  {key}: {value}\n" for key, value in keys.items())
+    return config.replace(":config:\n", ":config:\n" + lines, 1)
+
+
+def test_an_anonymous_client_holds_a_bounded_number_of_vms(make_stack: Callable[[str], Stack]) -> None:
+    """The client that reached 940 running VMs in 5 minutes: it gets max_running_vms_per_user,
+    then 403 until it returns some; another client is not affected."""
+    stack = make_stack(_with(CONFIG_YAML, max_running_vms_per_user=3))
+    stack.fill("pool1", "pool2")
+    assert stack.api.post("/api/v3/vm", {"linux": 3}).status == 200
+    stack.fill("pool1", "pool2")
+    before = stack.state()
+    refused = stack.api.post("/api/v3/vm", {"pool1": 1})
+    assert (refused.status, refused.json["ok"]) == (403, False)
+    assert "at most 3 VMs" in refused.json["error"]
+    assert stack.state() == before
+    refused = stack.api.post("/api/v3/ondemandvm", {"pool1": 1})
+    assert refused.status == 403 and "at most 3 VMs" in refused.json["message"]
+    # another address has its own budget
+    other = ApiRequest("POST", 3, params={"name": "pool1"}, source_ip="203.0.113.5")
+    assert handle(stack.services, vms.checkout_from_path, other).status == 200
+    # returning one makes room again
+    running = stack.services.store.hostnames("pool1", "running") + stack.services.store.hostnames("pool2", "running")
+    mine = next(host for host in running if stack.services.store.get_vm(host).raw.get("checkout"))
+    assert stack.api.delete(f"/api/v3/vm/{mine}").status == 200
+    assert stack.api.post("/api/v3/vm", {"pool2": 1}).status == 200
+
+
+def test_the_service_runs_a_bounded_number_of_vms(make_stack: Callable[[str], Stack]) -> None:
+    stack = make_stack(_with(CONFIG_YAML, max_running_vms=2))
+    stack.fill("pool1", "pool2")
+    assert stack.api.post("/api/v3/vm", {"pool1": 2}).status == 200
+    other = ApiRequest("POST", 3, params={"name": "pool2"}, source_ip="203.0.113.5")
+    refused = handle(stack.services, vms.checkout_from_path, other)
+    assert refused.status == 503 and refused.headers["Retry-After"] == "60"
+    assert "maximum of 2 VMs" in refused.body["error"]
+
+
+def test_on_demand_requests_are_bounded_per_client_and_in_total(make_stack: Callable[[str], Stack]) -> None:
+    stack = make_stack(_with(CONFIG_YAML, max_ondemand_requests_per_user=2, max_ondemand_requests=3))
+    for _ in range(2):
+        assert stack.api.post("/api/v3/ondemandvm", {"pool3": 1}).status == 201
+    refused = stack.api.post("/api/v3/ondemandvm", {"pool3": 1})
+    assert refused.status == 403 and "at most 2 on-demand requests" in refused.json["message"]
+    from chalicelib.api import ondemand
+
+    other = ApiRequest("POST", 3, params={"name": "pool3"}, source_ip="203.0.113.5")
+    assert handle(stack.services, ondemand.create_from_path, other).status == 201
+    third = ApiRequest("POST", 3, params={"name": "pool3"}, source_ip="203.0.113.6")
+    refused_total = handle(stack.services, ondemand.create_from_path, third)
+    assert refused_total.status == 503
+
+
+RATE_LIMITED = (_with(CONFIG_YAML, rate_limiting_enabled="true")
+                + ":rate_limits:\n  vm_creation: {limit: 3, period: 60}\n  global_per_ip: {limit: 5, period: 30}\n")
+
+
+def test_requests_past_the_rate_limit_get_429_with_retry_after(make_stack: Callable[[str], Stack]) -> None:
+    stack = make_stack(RATE_LIMITED)
+    stack.fill("pool1", "pool2")
+    for _ in range(3):
+        assert stack.api.post("/api/v3/vm/pool3").status == 503  # counted even when refused for want of VMs
+    limited = stack.api.post("/api/v3/vm", {"pool1": 1})
+    assert limited.status == 429
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert limited.headers["X-RateLimit-Limit"] == "3"
+    assert limited.json == {"ok": False, "error": "Rate limit exceeded", "limit": 3, "period": 60,
+                            "retry_after": int(limited.headers["Retry-After"])}
+    assert stack.ready("pool1") and len(stack.ready("pool1")) == 2  # nothing taken
+    # other kinds of request have their own budget
+    for _ in range(5):
+        assert stack.api.get("/api/v3/status").status == 200
+    assert stack.api.get("/api/v3/vm").status == 429
+    # the count lives in Redis: another process sharing it sees the same budget
+    elsewhere = Services(stack.config, stack.client, clock=stack.clock)
+    assert handle(elsewhere, vms.checkout_from_path, ApiRequest("POST", 3, params={"name": "pool1"},
+                                                                source_ip="127.0.0.1")).status == 429
+    # another address has its own
+    assert handle(elsewhere, vms.checkout_from_path, ApiRequest("POST", 3, params={"name": "pool1"},
+                                                                source_ip="203.0.113.5")).status == 200
+
+
+def test_the_window_ends(make_stack: Callable[[str], Stack]) -> None:
+    stack = make_stack(RATE_LIMITED)
+    for _ in range(5):
+        stack.api.get("/api/v3/status")
+    assert stack.api.get("/api/v3/status").status == 429
+    for key in stack.client.keys("vmpool:ratelimit:*"):
+        assert 0 < stack.client.ttl(key) <= 30
+        stack.client.delete(key)  # what its expiry does
+    assert stack.api.get("/api/v3/status").status == 200
+
+
+def test_rate_limits_are_off_unless_enabled(full: Stack) -> None:
+    for _ in range(120):
+        assert full.api.get("/api/v3/status").status == 200
+    assert full.client.keys("vmpool:ratelimit:*") == []

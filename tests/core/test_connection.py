@@ -1,0 +1,119 @@
+"""The Redis client every process builds (store.connect): it retries a command once when the
+command surely did not run, never when its reply was lost after it was sent.
+
+A scripted server stands for Redis here, because the faults are in the wire: it answers the
+client's handshake, then does what the test says with the command under test (SET)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Iterator
+
+import pytest
+import redis
+
+from chalicelib.config import parse
+from chalicelib.store import connect
+
+
+def _read_command(stream: socket.SocketIO) -> list[bytes] | None:
+    """One RESP array of bulk strings, or None at end of stream."""
+    header = stream.readline()
+    if not header:
+        return None
+    parts = []
+    for _ in range(int(header[1:])):
+        length = int(stream.readline()[1:])
+        parts.append(stream.read(length + 2)[:-2])
+    return parts
+
+
+class ScriptedRedis:
+    """Answers HELLO, and +OK to everything else but SET; ``on_set`` says what to do with each SET it receives:
+    "answer", or "drop" (close the connection without answering: the reply is lost). The first
+    ``refuse_first`` connections are closed as soon as they are accepted (nothing was sent)."""
+
+    def __init__(self, on_set: list[str], refuse_first: int = 0) -> None:
+        self.on_set = on_set
+        self.refuse_first = refuse_first
+        self.sets_received = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.refuse_first:
+                self.refuse_first -= 1
+                connection.close()
+                continue
+            threading.Thread(target=self._talk, args=(connection,), daemon=True).start()
+
+    def _talk(self, connection: socket.socket) -> None:
+        stream = connection.makefile("rb")
+        try:
+            while (command := _read_command(stream)) is not None:
+                if command[0].upper() == b"SET":
+                    self.sets_received += 1
+                    action = self.on_set.pop(0) if self.on_set else "answer"
+                    if action == "drop":
+                        return
+                if command[0].upper() == b"HELLO":  # redis-py 8 speaks RESP3
+                    connection.sendall(b"%1\r\n+proto\r\n:3\r\n")
+                    continue
+                connection.sendall(b"+OK\r\n")
+        finally:
+            stream.close()
+            connection.close()
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def client_for(port: int) -> redis.Redis:
+    return connect(parse(f":redis: {{server: 127.0.0.1, port: {port}, socket_timeout: 1}}").redis)
+
+
+@pytest.fixture
+def scripted() -> Iterator[list[ScriptedRedis]]:
+    servers: list[ScriptedRedis] = []
+    yield servers
+    for server in servers:
+        server.close()
+
+
+def test_a_command_whose_reply_was_lost_is_not_sent_again(scripted: list[ScriptedRedis]) -> None:
+    server = ScriptedRedis(on_set=["drop"])
+    scripted.append(server)
+    client = client_for(server.port)
+
+    with pytest.raises(redis.ConnectionError):
+        client.set("k", "v")
+
+    assert server.sets_received == 1, "a command that may have run was sent again"
+    assert client.set("k", "v")  # the next command opens a fresh connection
+
+
+def test_a_connection_that_failed_before_the_command_was_sent_is_retried(scripted: list[ScriptedRedis]) -> None:
+    server = ScriptedRedis(on_set=[], refuse_first=1)
+    scripted.append(server)
+
+    assert client_for(server.port).set("k", "v")
+    assert server.sets_received == 1
+
+
+def test_replica_acknowledgements_are_on_in_lambda_unless_set() -> None:
+    from chalicelib.store import ReplicaAcks
+
+    unset = parse(":redis: {server: r}").redis
+    assert ReplicaAcks.from_config(unset, {}).replicas == 0  # the local stack's lone Redis
+    assert ReplicaAcks.from_config(unset, {"AWS_LAMBDA_FUNCTION_NAME": "vmpool-prod-api"}).replicas == 1
+    assert ReplicaAcks.from_config(unset, {"AWS_LAMBDA_FUNCTION_NAME": "f",
+                                           "VMPOOL_REDIS_MIN_REPLICA_ACKS": "0"}).replicas == 0
+    configured = parse(":redis: {server: r, min_replica_acks: 2, replica_ack_timeout: 100}").redis
+    assert ReplicaAcks.from_config(configured, {}) == ReplicaAcks(2, 100)

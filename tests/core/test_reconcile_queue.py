@@ -1,0 +1,268 @@
+"""The AWS reconcile path: the tick puts one message per pool on the reconcile queue, a checkout
+puts its pool there at once, and the queue's Chalice consumer runs each message's pool, each
+on its own (moto for SQS and S3, a real Redis)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, Iterator
+
+import boto3
+import pytest
+import redis
+from moto import mock_aws
+
+import app
+from chalicelib.clock import FakeClock
+from chalicelib.config import parse
+from chalicelib.manager.dispatch import Ticker, look_at
+from chalicelib.manager.pool_queue import DRAIN, FOLLOWUP, TICK, PoolMessage, SqsPoolQueue
+from chalicelib.manager.refill import SqsRefill
+from chalicelib.manager.runner import run_pool
+from chalicelib.services import Services
+from chalicelib.store.fleet import Fleet
+from local.gateway import Gateway
+
+CONFIG = """
+:config:
+  domain: example.com
+  check_loop_delay_min: 4
+:providers:
+  :dummy: {createvm_max_time: 30, boot_time: 10}
+:pools:
+  - {name: debian, size: 2, provider: dummy}
+  - {name: centos, size: 1, provider: dummy}
+"""
+
+
+class Context:
+    """A Lambda context whose remaining time is given."""
+
+    function_name = "vmpool-dev-reconcile"
+    memory_limit_in_mb = 512
+    aws_request_id = "test"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:vmpool-dev-reconcile"
+
+    def __init__(self, remaining_ms: int = 60_000) -> None:
+        self.remaining_ms = remaining_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+class RecordingQueue:
+    def __init__(self) -> None:
+        self.sent: list[tuple[PoolMessage, float]] = []
+
+    def send(self, messages: list[tuple[PoolMessage, float]]) -> None:
+        self.sent.extend(messages)
+
+
+@pytest.fixture
+def services(redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
+    services = Services(parse(CONFIG), redis_client, clock=FakeClock(), prefix="queuetest:")
+    monkeypatch.setattr(app, "_services", services)
+    monkeypatch.setattr(app, "_config", None)
+    yield services
+
+
+@pytest.fixture
+def queue(monkeypatch: pytest.MonkeyPatch) -> RecordingQueue:
+    recording = RecordingQueue()
+    monkeypatch.setattr(app, "_queue", recording)
+    return recording
+
+
+def sqs_event(*bodies: str) -> dict[str, Any]:
+    return {"Records": [
+        {"messageId": f"m{n}", "receiptHandle": "r", "body": body,
+         "attributes": {"SentTimestamp": str(int(time.time() * 1000))},
+         "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:vmpool-dev-reconcile"}
+        for n, body in enumerate(bodies)
+    ]}
+
+
+def test_a_checkout_puts_its_pool_on_the_reconcile_queue(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        sqs = boto3.client("sqs")
+        queue_url = sqs.create_queue(QueueName="vmpool-dev-reconcile")["QueueUrl"]
+        services.refill = SqsRefill(queue_url, client_factory=lambda: sqs)
+        run_pool(services, "debian")
+        services.clock.advance(60)
+        run_pool(services, "debian")
+        status, _, body = Gateway(app.app)("POST", "/api/v3/vm/debian", {}, b"", "127.0.0.1")
+        assert status == 200, body
+        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
+        assert [json.loads(m["Body"]) for m in messages] == [{"pool": "debian", "reason": "nudge"}]
+
+
+def test_the_consumer_reconciles_each_pool_and_drops_what_is_not_ours(services: Services,
+                                                                       queue: RecordingQueue) -> None:
+    answer = app.reconcile(sqs_event('{"pool": "debian"}', "not json", '{"pool": "nosuchpool"}', "[1]",
+                                     '{"pool": "centos", "reason": "tick"}'), Context())
+
+    assert answer == {"batchItemFailures": []}
+    counts = services.store.counts(["debian", "centos", "nosuchpool"])
+    assert (counts["debian"]["pending"], counts["centos"]["pending"], counts["nosuchpool"]["pending"]) == (2, 1, 0)
+    # Clones in flight: each pool is queued again after its check delay, instead of a waiting Lambda.
+    assert sorted((m.pool, m.reason, delay) for m, delay in queue.sent) == [
+        ("centos", FOLLOWUP, 0.25), ("debian", FOLLOWUP, 0.25)]  # clones running: clone_poll_interval
+
+
+def test_one_follow_up_per_pool_however_many_passes_run(services: Services, queue: RecordingQueue) -> None:
+    app.reconcile(sqs_event('{"pool": "debian", "reason": "tick"}'), Context())
+    app.reconcile(sqs_event('{"pool": "debian", "reason": "nudge"}'), Context())  # a checkout meanwhile
+    assert [(m.pool, m.reason) for m, _ in queue.sent] == [("debian", FOLLOWUP)]
+
+    app.reconcile(sqs_event(queue.sent[0][0].body()), Context())  # the follow-up arrives: still busy
+    assert [(m.pool, m.reason) for m, _ in queue.sent] == [("debian", FOLLOWUP)] * 2
+
+
+def test_a_slow_pool_does_not_hold_up_the_batch_and_is_reported_alone(services: Services, queue: RecordingQueue,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """vCenter hangs for one pool: the consumer still returns inside its time, the other pool
+    is reconciled, and only the slow pool's message goes back to the queue."""
+    provider = services.provider("dummy")
+    list_vms = provider.list_vms
+    release = threading.Event()
+
+    def hanging_for_debian(pool: Any) -> Any:
+        if pool.name == "debian":
+            release.wait(30)
+        return list_vms(pool)
+
+    monkeypatch.setattr(provider, "list_vms", hanging_for_debian)
+    # 5.5 s left: the consumer keeps 5 s back, so it waits half a second for the batch.
+    try:
+        answer = app.reconcile(sqs_event('{"pool": "debian"}', '{"pool": "centos"}'), Context(remaining_ms=5_500))
+    finally:
+        release.set()
+
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "m0"}]}
+    assert services.store.counts(["centos"])["centos"]["pending"] == 1
+
+
+def test_a_failing_pool_is_retried_soon_and_does_not_fail_the_batch(services: Services, queue: RecordingQueue,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from chalicelib.providers.base import ProviderError
+
+    provider = services.provider("dummy")
+    list_vms = provider.list_vms
+
+    def broken_for_debian(pool: Any) -> Any:
+        if pool.name == "debian":
+            raise ProviderError("vCenter: permission denied")
+        return list_vms(pool)
+
+    monkeypatch.setattr(provider, "list_vms", broken_for_debian)
+
+    answer = app.reconcile(sqs_event('{"pool": "debian"}', '{"pool": "centos"}'), Context())
+
+    assert answer == {"batchItemFailures": []}  # handled: a retry is queued, not a redelivery
+    assert ("debian", "retry", 2.0) in [(m.pool, m.reason, d) for m, d in queue.sent]
+    assert services.store.counts(["centos"])["centos"]["pending"] == 1
+
+
+def test_the_tick_fans_out_one_message_per_pool_spread_over_the_minute(services: Services,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    pools = "\n".join(f"  - {{name: p{n:04d}, size: 1, provider: dummy}}" for n in range(1000))
+    services.use_config(parse(":providers:\n  :dummy: {}\n:pools:\n" + pools))
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        sqs = boto3.client("sqs")
+        url = sqs.create_queue(QueueName="vmpool-dev-reconcile")["QueueUrl"]
+        sent: list[dict[str, Any]] = []
+        send_batch = sqs.send_message_batch
+
+        def counted(**request: Any) -> Any:
+            answer = send_batch(**request)  # moto checks the request as SQS would
+            assert not answer.get("Failed"), answer
+            sent.extend(request["Entries"])
+            return answer
+
+        monkeypatch.setattr(sqs, "send_message_batch", counted)
+        monkeypatch.setattr(app, "_queue", SqsPoolQueue(url, client_factory=lambda: sqs))
+
+        answer = app.tick({"version": "0", "id": "e", "detail-type": "Scheduled Event", "source": "aws.events",
+                           "account": "1", "time": "2026-01-01T00:00:00Z", "region": "us-east-1",
+                           "resources": [], "detail": {}}, Context())
+
+    assert answer == {"pools": 1000, "draining": [], "messages": 1000}
+    assert sorted(json.loads(entry["MessageBody"])["pool"] for entry in sent) == [f"p{n:04d}" for n in range(1000)]
+    delays = [entry["DelaySeconds"] for entry in sent]
+    assert min(delays) == 0 and max(delays) < 60
+    assert max(delays.count(second) for second in set(delays)) < 60  # spread: not 1,000 in one second
+
+
+def test_a_pool_removed_from_the_config_drains_and_is_forgotten(services: Services) -> None:
+    """As vmpooler's purge: the removed pool's VMs are destroyed, never one in use; once it has
+    none left the tick forgets it."""
+    queue = RecordingQueue()
+    ticker = Ticker()
+    clock = services.clock
+    assert isinstance(clock, FakeClock)
+    removed = services.config.pool("centos")
+    for _ in range(4):  # fill both pools
+        for pool in ("debian", "centos"):
+            look_at(services, PoolMessage(pool, TICK), queue)
+        clock.advance(60)
+    ticker.tick(services, queue)
+    status, _, body = Gateway(app.app)("POST", "/api/v3/vm/centos", {}, b"", "127.0.0.1")
+    assert status == 200, body
+    in_use = json.loads(body)["centos"]["hostname"].split(".")[0]
+
+    services.use_config(parse(CONFIG.replace("  - {name: centos, size: 1, provider: dummy}\n", "")))
+    queue.sent.clear()
+    ticker.tick(services, queue)
+    assert (PoolMessage("centos", DRAIN), 0) in queue.sent
+    for _ in range(3):
+        look_at(services, PoolMessage("centos", DRAIN), queue)
+        clock.advance(60)
+    counts = services.store.counts(["centos"])["centos"]
+    assert (counts["ready"], counts["pending"], counts["running"]) == (0, 0, 1)  # the VM in use stays
+    assert [vm.name for vm in services.provider("dummy").list_vms(removed)] == [in_use]
+
+    status, _, body = Gateway(app.app)("DELETE", f"/api/v3/vm/{in_use}", {}, b"", "127.0.0.1")
+    assert status == 200, body  # its user returns it
+    for _ in range(3):
+        look_at(services, PoolMessage("centos", DRAIN), queue)
+        clock.advance(60)
+    assert services.provider("dummy").list_vms(removed) == []
+    queue.sent.clear()
+    ticker.tick(services, queue)
+    assert [m.pool for m, _ in queue.sent] == ["debian"]  # drained and forgotten
+
+
+def test_a_removed_pool_whose_provider_is_gone_is_reported_not_failed(services: Services) -> None:
+    queue = RecordingQueue()
+    Ticker().tick(services, queue)  # both pools known
+    services.use_config(parse(":providers:\n  :other: {provider_class: dummy}\n:pools:\n"
+                              "  - {name: debian, size: 2, provider: other}\n"))
+    assert look_at(services, PoolMessage("centos", DRAIN), queue) is None
+    assert "centos" in Fleet(services.store).names()  # still known: it drains once the provider is back
+
+
+def test_sqs_delays_are_whole_seconds_and_a_short_check_delay_never_becomes_zero() -> None:
+    class Client:
+        def __init__(self) -> None:
+            self.entries: list[dict[str, Any]] = []
+
+        def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+            self.entries.extend(Entries)
+            return {"Successful": Entries}
+
+    client = Client()
+    SqsPoolQueue("url", client_factory=lambda: client).send(
+        [(PoolMessage("a", FOLLOWUP), 0.2), (PoolMessage("b"), 0.0), (PoolMessage("c", FOLLOWUP), 5.0),
+         (PoolMessage("d", FOLLOWUP), 3600.0)])
+    assert [e["DelaySeconds"] for e in client.entries] == [1, 0, 5, 900]
+
+
+def test_queue_messages_round_trip() -> None:
+    message = PoolMessage("a pool", "retry", lease="abc", attempt=2)
+    assert PoolMessage.parse(message.body()) == message
+    assert PoolMessage.parse('{"pool": "x"}') == PoolMessage("x")
+    assert PoolMessage.parse('{"pool": 3}') is None and PoolMessage.parse("nope") is None

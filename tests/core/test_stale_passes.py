@@ -1,0 +1,152 @@
+"""Overlapping passes: a pass that read the provider's inventory before a VM became visible must
+not take that VM for "gone from the provider" once another pass has made it ready and a user has
+checked it out (issue 10, defect 2). The interleaving is driven through the pass's checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+import redis
+
+from chalicelib.clock import FakeClock
+from chalicelib.config import parse
+from chalicelib.manager.runner import run_pool
+from chalicelib.services import Services
+from tests.core.conftest import World, WorldFactory
+
+CONFIG = """\
+config: {task_limit: 10, timeout: 5, ready_ttl: 10, vm_lifetime: 2, prefix: "ci-"}
+redis: {data_ttl: 1}
+providers:
+  dummy: {provider_class: dummy, seed: 5, createvm_max_time: 60, boot_time: 30, destroyvm_max_time: 20}
+pools:
+  - {name: alpha, size: 1, provider: dummy}
+"""
+CLONE_AND_BOOT = 60 + 30 + 1
+"""Seconds after which any clone started has finished and booted."""
+
+
+def one_clone_in_flight(world: World) -> str:
+    """A pool of one whose only VM is still cloning: not yet in the provider's inventory."""
+    report = world.reconcile("alpha")
+    (host,) = report.clones_started
+    assert host not in {vm.name for vm in world.provider.list_vms(world.pool("alpha"))}
+    return host
+
+
+def at_first(step: str, action: Callable[[], None]) -> Callable[[str], None]:
+    """A checkpoint that runs ``action`` the first time the pass reaches ``step``."""
+    done: list[str] = []
+
+    def checkpoint(name: str) -> None:
+        if name == step and not done:
+            done.append(name)
+            action()
+
+    return checkpoint
+
+
+def test_a_vm_checked_out_after_a_stale_inventory_read_is_not_dropped(make_world: WorldFactory) -> None:
+    world = make_world(CONFIG)
+    host = one_clone_in_flight(world)
+    checked_out: list[str] = []
+
+    def another_pass_readies_it_and_a_user_takes_it() -> None:
+        world.clock.advance(CLONE_AND_BOOT)
+        assert world.reconcile("alpha").became_ready == [host]
+        checked_out.extend(world.check_out("alpha"))
+
+    # This pass read the inventory while the VM was cloning; everything else happens meanwhile.
+    stale = world.reconcile("alpha", at_first("inventory", another_pass_readies_it_and_a_user_takes_it))
+
+    assert checked_out == [host]
+    assert host not in stale.dropped
+    world.settle("alpha")
+    assert world.state_of(host) == "running", world.store.get_vm(host)
+    assert host in world.provider_vms("alpha"), "the VM in use was destroyed"
+
+
+def test_a_vm_made_ready_after_a_stale_inventory_read_is_not_dropped(make_world: WorldFactory) -> None:
+    world = make_world(CONFIG)
+    host = one_clone_in_flight(world)
+
+    def another_pass_readies_it() -> None:
+        world.clock.advance(CLONE_AND_BOOT)
+        assert world.reconcile("alpha").became_ready == [host]
+
+    stale = world.reconcile("alpha", at_first("inventory", another_pass_readies_it))
+
+    assert host not in stale.dropped
+    assert world.state_of(host) == "ready"
+    assert world.check_out("alpha") == [host]
+
+
+def test_a_running_vm_really_deleted_is_still_dropped_by_a_fresh_read(make_world: WorldFactory) -> None:
+    world = make_world(CONFIG)
+    one_clone_in_flight(world)
+    world.clock.advance(CLONE_AND_BOOT)
+    world.reconcile("alpha")
+    (host,) = world.check_out("alpha")
+    world.provider.delete_by_hand(world.pool("alpha"), host)
+
+    report = world.reconcile("alpha")
+
+    assert report.dropped == [host]
+    assert world.store.get_vm(host).reason == "gone from the provider while running"
+
+
+def test_a_lifetime_extended_after_the_pass_looked_is_honoured(make_world: WorldFactory) -> None:
+    world = make_world(CONFIG)
+    one_clone_in_flight(world)
+    world.clock.advance(CLONE_AND_BOOT)
+    world.reconcile("alpha")
+    (host,) = world.check_out("alpha", lifetime_hours=1)
+    world.clock.advance(3601)
+
+    def the_user_extends_it() -> None:
+        world.store.update_vm(host, lifetime=4)  # what PUT /vm/<host> {"lifetime": 4} does
+
+    report = world.reconcile("alpha", at_first("snapshot", the_user_extends_it))
+
+    assert host not in report.completed
+    assert world.state_of(host) == "running"
+
+
+@pytest.fixture
+def services(redis_client: redis.Redis, clock: FakeClock) -> Services:
+    return Services(parse(CONFIG), redis_client, clock=clock, prefix="vmpool:")
+
+
+def test_a_paused_runner_whose_lease_expired_does_not_drop_a_vm_in_use(
+    services: Services, redis_client: redis.Redis, clock: FakeClock,
+) -> None:
+    """A runner pauses after its inventory read (a frozen Lambda, a long GC); its lease expires,
+    another invocation takes over, readies the VM, a user checks it out; the first resumes."""
+    store = services.store
+    assert run_pool(services, "alpha", 0.0).leased
+    (host,) = store.hostnames("alpha", "pending")
+    taken: list[str] = []
+
+    def lease_expires_and_another_runner_takes_over() -> None:
+        redis_client.delete(store.keys.lease("alpha"))  # its TTL ran out while paused
+        clock.advance(CLONE_AND_BOOT)
+        second = run_pool(services, "alpha", 0.0)
+        assert second.leased and second.passes[0].became_ready == [host]
+        from chalicelib.store import CheckoutRequest
+
+        result = store.checkout([CheckoutRequest("alpha", ["alpha"], 1)], clock.now(), {"lifetime": "2"})
+        taken.extend(vm.hostname for vm in result.vms)
+
+    paused = run_pool(services, "alpha", 0.0, at_first("inventory", lease_expires_and_another_runner_takes_over))
+
+    assert taken == [host]
+    # The resumed runner either notices its lease is gone and stops, or finishes a pass that
+    # leaves the VM alone; either way it does not drop it.
+    assert all(host not in each.dropped for each in paused.passes)
+    for _ in range(5):  # later passes see it in the inventory and leave it alone
+        clock.advance(30)
+        run_pool(services, "alpha", 0.0)
+    record = store.get_vm(host)
+    assert record is not None and record.state == "running", record

@@ -1,0 +1,109 @@
+"""Pools change without a code deploy: `make config-push` validates and publishes the YAML to the
+stage's config bucket; running functions use it within REFRESH_SECONDS and the tick fans out to
+the new set (moto S3, a real Redis)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import boto3
+import pytest
+import redis
+from moto import mock_aws
+
+import app
+from chalicelib.clock import FakeClock
+from chalicelib.config import parse
+from chalicelib.config_source import DEFAULT_CONFIG_KEY, REFRESH_SECONDS, ConfigSource, S3Fetch
+from chalicelib.manager.dispatch import Ticker
+from chalicelib.services import Services
+from infra import config_push
+from local.gateway import Gateway
+
+BUCKET = "vmpool-dev-config-123456789012-us-east-1"
+PACKAGED = ":providers:\n  :dummy: {}\n:pools:\n  - {name: debian, size: 1, provider: dummy}\n"
+PUSHED = PACKAGED + "  - {name: fedora, size: 2, provider: dummy}\n"
+
+
+CONTEXT = SimpleNamespace(function_name="vmpool-dev-tick", memory_limit_in_mb=512, aws_request_id="t",
+                          invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:vmpool-dev-tick")
+
+
+class Recording:
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def send(self, messages: list[Any]) -> None:
+        self.sent.extend(messages)
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        client = boto3.client("s3")
+        client.create_bucket(Bucket=BUCKET)
+        client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        yield client
+
+
+def push_file(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    path = tmp_path / "vmpool.yaml"
+    path.write_text(text)
+    code = config_push.main(["--stage", "dev", "--file", str(path), "--bucket", BUCKET], session=boto3.Session())
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_config_push_refuses_an_invalid_config_and_publishes_nothing(s3: Any, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    code, output = push_file(tmp_path, PACKAGED.replace("size: 1", "size: lots"), capsys)
+    assert code == 1
+    assert "nothing published" in output and "size" in output
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
+
+
+def test_running_functions_pick_up_a_pushed_config_within_the_refresh(s3: Any, tmp_path: Path,
+                                                                        redis_client: redis.Redis,
+                                                                        capsys: pytest.CaptureFixture[str],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    services = Services(parse(PACKAGED), redis_client, clock=clock, prefix="pushtest:")
+    source = ConfigSource(services.config, S3Fetch(BUCKET, DEFAULT_CONFIG_KEY, lambda: s3), clock)
+    monkeypatch.setattr(app, "_services", services)
+    monkeypatch.setattr(app, "_config", source)
+    queue = Recording()
+    monkeypatch.setattr(app, "_queue", queue)
+    monkeypatch.setattr(app, "_ticker", Ticker())
+
+    app.services()  # a warm function: its first look finds nothing pushed yet
+    assert services.config.pool_names == ("debian",)
+
+    code, output = push_file(tmp_path, PUSHED, capsys)
+    assert code == 0, output
+    clock.advance(REFRESH_SECONDS - 1)
+    assert app.services().config.pool_names == ("debian",)  # cached
+    clock.advance(1)
+    assert app.services().config.pool_names == ("debian", "fedora")  # within the refresh
+
+    status, _, body = Gateway(app.app)(
+        "GET", "/api/v3/status?view=pools", {}, b"", "127.0.0.1")
+    assert status == 200 and b"fedora" in body  # the API serves the new pool
+    app.tick({"version": "0", "id": "e", "detail-type": "Scheduled Event", "source": "aws.events", "account": "1",
+              "time": "2026-01-01T00:00:00Z", "region": "us-east-1", "resources": [], "detail": {}}, CONTEXT)
+    assert sorted(message.pool for message, _ in queue.sent) == ["debian", "fedora"]
+
+
+def test_a_bad_object_in_the_bucket_keeps_the_last_good_config(s3: Any) -> None:
+    clock = FakeClock()
+    initial = parse(PACKAGED)
+    source = ConfigSource(initial, S3Fetch(BUCKET, DEFAULT_CONFIG_KEY, lambda: s3), clock)
+    s3.put_object(Bucket=BUCKET, Key=DEFAULT_CONFIG_KEY, Body=b"pools: [this is: not: valid")
+    assert source.current() is initial
+    s3.put_object(Bucket=BUCKET, Key=DEFAULT_CONFIG_KEY, Body=PUSHED.encode())
+    clock.advance(REFRESH_SECONDS)
+    assert source.current().pool_names == ("debian", "fedora")
+    clock.advance(REFRESH_SECONDS)
+    assert source.current().pool_names == ("debian", "fedora")  # unchanged object: a 304, same config

@@ -1,0 +1,168 @@
+"""A real primary + replica pair of redis-server, as ElastiCache runs one, for failover tests.
+
+Clients reach the primary through ``Endpoint``, a TCP forwarder standing for ElastiCache's
+primary endpoint name: pointing it at the other node is the DNS change a failover makes, and
+connections opened before keep reaching the node they were opened to, as TCP connections to the
+old address do. The replica replicates through a second forwarder (``link``) so a test can cut
+the replication link, as a network partition or a lagging replica would.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+from typing import Iterator
+
+import redis
+
+from local.redis_server import RedisServer
+
+
+class Endpoint:
+    """Forwards every connection made to ``port`` to the node it currently points at."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._held = threading.Event()
+        self._closing = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port: int = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def point_at(self, port: int) -> None:
+        """New connections go to ``port``; open ones stay where they are."""
+        self.target_port = port
+
+    def hold(self) -> None:
+        """Stop passing bytes either way (a partition); ``release`` resumes."""
+        self._held.set()
+
+    def release(self) -> None:
+        self._held.clear()
+
+    def close(self) -> None:
+        self._closing.set()
+        self._acceptor.join()
+        self._listener.close()
+        with self._lock:
+            for sock in self._open:
+                sock.close()
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=1)
+            except OSError:
+                client.close()
+                continue
+            for sock in (client, upstream):  # no Nagle delay on Redis's small replies and acks
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._open += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
+        pair = {client: upstream, upstream: client}
+        try:
+            while not self._closing.is_set():
+                if self._held.is_set():
+                    time.sleep(0.01)
+                    continue
+                readable, _, _ = select.select(list(pair), [], [], 0.05)
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    pair[sock].sendall(data)
+        except OSError:
+            return
+        finally:
+            client.close()
+            upstream.close()
+
+
+class RedisPair:
+    """A primary, its replica, the endpoint clients use and the replication link between them."""
+
+    def __init__(self) -> None:
+        self.primary = RedisServer().start()
+        self.link = Endpoint(self.primary.port)
+        self.replica = RedisServer(replica_of=self.link.port).start()
+        self.endpoint = Endpoint(self.primary.port)
+        self.wait_synced()
+
+    @staticmethod
+    def client(server: RedisServer) -> redis.Redis:
+        return redis.Redis(port=server.port, decode_responses=True, socket_timeout=5)
+
+    def wait_synced(self, timeout: float = 10.0) -> None:
+        """Until the replica is connected and has every write the primary has."""
+        primary, replica = self.client(self.primary), self.client(self.replica)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                info, mine = primary.info("replication"), replica.info("replication")
+                if (mine.get("master_link_status") == "up"
+                        and mine.get("slave_repl_offset") == info.get("master_repl_offset")):
+                    return
+                time.sleep(0.02)
+        finally:
+            primary.close()
+            replica.close()
+        raise AssertionError("the replica did not catch up")
+
+    def kill_primary_and_promote(self) -> None:
+        """The primary crashes (SIGKILL); the replica is promoted and the endpoint points at it."""
+        self.primary.kill()
+        self.link.close()
+        promoted = self.client(self.replica)
+        promoted.execute_command("REPLICAOF", "NO", "ONE")
+        promoted.close()
+        self.endpoint.point_at(self.replica.port)
+        self.primary, self.replica = self.replica, self.primary
+
+    def fail_over(self, timeout: float = 10.0) -> None:
+        """A coordinated switch (Redis FAILOVER, as an ElastiCache test failover): the replica
+        becomes primary, the old primary its replica, and the endpoint moves to the new one."""
+        old, new = self.client(self.primary), self.client(self.replica)
+        try:
+            old.execute_command("FAILOVER", "TO", "127.0.0.1", self.replica.port, "TIMEOUT", 5000)
+            deadline = time.monotonic() + timeout
+            while new.info("replication").get("role") != "master" or old.info("replication").get("role") != "slave":
+                if time.monotonic() > deadline:
+                    raise AssertionError("FAILOVER did not complete")
+                time.sleep(0.01)
+        finally:
+            old.close()
+            new.close()
+        self.endpoint.point_at(self.replica.port)
+        self.primary, self.replica = self.replica, self.primary
+
+    def stop(self) -> None:
+        self.endpoint.close()
+        self.link.close()
+        self.primary.stop()
+        self.replica.stop()
+
+
+def redis_pair() -> Iterator[RedisPair]:
+    """Body of the ``redis_pair`` fixture (tests/conftest.py): a fresh pair per test."""
+    pair = RedisPair()
+    try:
+        yield pair
+    finally:
+        pair.stop()

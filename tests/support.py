@@ -1,0 +1,94 @@
+"""Helpers every test folder may use (fixtures shared by several folders are in tests/conftest.py).
+
+    free_port()                      a loopback port nothing listens on
+    eventually(check, timeout, what) poll a condition another process makes true on the wall clock
+    emf_documents(stdout)            the CloudWatch EMF documents among printed lines
+    json_lines(text)                 the structured log records among printed lines
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, TypeVar
+
+from local.redis_server import free_port
+
+__all__ = ["clone_failures_by_reason", "emf_documents", "emitted", "eventually", "free_port", "json_lines"]
+
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05,
+               ignoring: tuple[type[BaseException], ...] = ()) -> T:
+    """Call ``check`` until it returns something truthy and return that; fail naming ``what``
+    after ``timeout`` seconds. Only for conditions another process makes true on its own clock
+    (a server starting, vcsim's guests booting, a stack answering again): anything the test's
+    FakeClock drives needs no waiting. Exceptions of the ``ignoring`` types count as not yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value: T | None
+        try:
+            value = check()
+        except ignoring:
+            value = None  # not yet
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """The structured log records among the lines of ``text`` (Powertools JSON lines)."""
+    lines = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "level" in record:
+            lines.append(record)
+    return lines
+
+
+
+
+def emf_documents(stdout: str) -> list[dict[str, Any]]:
+    """The EMF documents among the JSON lines on stdout (log lines are JSON too)."""
+    documents = []
+    for line in stdout.splitlines():
+        if line.startswith("{") and '"_aws"' in line:
+            documents.append(json.loads(line))
+    return documents
+
+
+def emitted(documents: list[dict[str, Any]]) -> dict[tuple[str, tuple[str, ...]], list[float]]:
+    """(metric name, sorted dimension names) -> every value published."""
+    # Imported here, not at the top: conftest.py imports this module, and chalicelib.observability
+    # imported before app.py under another sys.stdout makes Chalice reset the "vmpool" logger
+    # (same name as the app) to ERROR, silencing every INFO line of the tests after.
+    from chalicelib.observability import NAMESPACE
+
+    found: dict[tuple[str, tuple[str, ...]], list[float]] = {}
+    for document in documents:
+        (directive,) = document["_aws"]["CloudWatchMetrics"]
+        assert directive["Namespace"] == NAMESPACE
+        (dimensions,) = directive["Dimensions"]
+        assert all(isinstance(document[d], str) for d in dimensions)
+        for metric in directive["Metrics"]:
+            values = document[metric["Name"]]
+            found.setdefault((metric["Name"], tuple(sorted(dimensions))), []).extend(
+                values if isinstance(values, list) else [values])
+    return found
+
+
+def clone_failures_by_reason(documents: list[dict[str, Any]]) -> dict[str, float]:
+    """The CloneFailures counts published with the ``reason`` dimension, by reason."""
+    counts: dict[str, float] = {}
+    for document in documents:
+        if "reason" in document and "CloneFailures" in document:
+            values = document["CloneFailures"]
+            counts[document["reason"]] = counts.get(document["reason"], 0) + sum(
+                values if isinstance(values, list) else [values])
+    return counts

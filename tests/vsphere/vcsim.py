@@ -1,0 +1,122 @@
+"""Our simulator (tools/vcsim) over HTTPS with its self-signed certificate, for tests.
+
+The fixtures ``vcsim`` (one simulator for the session, boot delay 1 s) and ``private_vcsim`` are
+in tests/conftest.py. ``vcsim_config(server, ...)`` builds a validated Config pointing at a running
+simulator, so service-level tests can reuse it:
+
+    config = vcsim_config(vcsim, pools=[{"name": "p", "size": 2, "folder": "vmpool/p"}])
+    provider_config = config.providers["vsphere"]; service = config.service
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import urlparse
+
+from chalicelib.clock import SystemClock
+from chalicelib.config import Config, PoolConfig, ProviderConfig, ServiceConfig, build
+from chalicelib.providers.vsphere import VSphereProvider
+from tools.vcsim import launcher
+
+TEMPLATE = launcher.TEMPLATE
+DATACENTER = "DC0"
+
+
+@dataclass
+class VcsimServer:
+    """A running vcsim; ``stop()`` and ``start()`` keep the same port and certificate path."""
+
+    boot_delay: float
+    cert_path: Path
+    port: int = 0
+    host_load_per_vm: float = 0.0
+    """> 0: hosts report CPU and memory use growing with their powered-on VMs (percent per VM)."""
+    url: str = ""
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self.process, self.url = launcher.start_vcsim(self.port, self.boot_delay, self.cert_path,
+                                                      host_load_per_vm=self.host_load_per_vm)
+        self.port = urlparse(self.url).port or 0
+
+    def stop(self) -> None:
+        if self.process is not None:
+            launcher.stop_vcsim(self.process)
+            self.process = None
+
+    @property
+    def server(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+
+
+def vcsim_config(
+    server: VcsimServer,
+    pools: Sequence[dict[str, Any]] = (),
+    service: dict[str, Any] | None = None,
+    provider: dict[str, Any] | None = None,
+) -> Config:
+    """A validated Config for ``server``: provider ``vsphere`` (CA bundle = the simulator's
+    certificate, tcp readiness), the given pools (template and provider filled in) and
+    ``config:`` keys (create_folders on by default)."""
+    document = {
+        "config": {"create_folders": True, **(service or {})},
+        "providers": {
+            "vsphere": {
+                "provider_class": "vsphere",
+                "server": server.server,
+                "username": launcher.USERNAME,
+                "password": launcher.PASSWORD,
+                "ca_bundle": str(server.cert_path),
+                "connect_timeout": 2,
+                "call_timeout": 10,
+                **(provider or {}),
+            }
+        },
+        "pools": [{"template": TEMPLATE, "provider": "vsphere", **pool} for pool in pools],
+    }
+    return build(document)
+
+
+
+@dataclass
+class Setup:
+    """A provider on a simulator and helpers to make uniquely named pools."""
+
+    server: VcsimServer
+    config: Config
+    provider: VSphereProvider
+    service_doc: dict[str, Any] = field(default_factory=dict)
+    provider_doc: dict[str, Any] = field(default_factory=dict)
+
+    def pool(self, **settings: Any) -> PoolConfig:
+        """A pool in its own folder ``vmpool/<name>`` (unique per call), with the given keys."""
+        name = settings.pop("name", f"pool-{secrets.token_hex(4)}")
+        config = vcsim_config(
+            self.server,
+            [{"name": name, "size": 1, "folder": f"vmpool/{name}", **settings}],
+            self.service_doc,
+            self.provider_doc,
+        )
+        return config.pools[0]
+
+    @property
+    def service(self) -> ServiceConfig:
+        return self.config.service
+
+    @property
+    def provider_config(self) -> ProviderConfig:
+        return self.config.providers["vsphere"]
+
+
+def make_setup(vcsim_server: VcsimServer, service: dict[str, Any] | None = None, **provider: Any) -> Setup:
+    """A provider on ``vcsim_server``; keyword arguments override provider keys."""
+    config = vcsim_config(vcsim_server, service=service, provider=provider)
+    provider_config = config.providers["vsphere"]
+    provider_object = VSphereProvider(provider_config, config.service, SystemClock())
+    return Setup(vcsim_server, config, provider_object, dict(service or {}), dict(provider))
