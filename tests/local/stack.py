@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import re
 import signal
@@ -159,3 +160,25 @@ def read_answer(connection: socket.socket) -> bytes:
         body += chunk
     return head + b"\r\n\r\n" + body
 
+
+@contextlib.contextmanager
+def http_front(load_app: Callable[[], Any], **options: Any) -> Iterator[int]:
+    """``local.http_front.HttpFront`` with one worker, serving ``load_app()`` in a forked process
+    on a free port (yielded) until the block ends."""
+    from local.http_front import HttpFront
+
+    port = free_port()
+    context = multiprocessing.get_context("fork")
+    ready = context.Semaphore(0)
+
+    def serve() -> None:
+        HttpFront(load_app, "127.0.0.1", port, workers=1, on_worker_ready=ready.release, **options).run()
+
+    server = context.Process(target=serve)
+    server.start()
+    try:
+        assert ready.acquire(timeout=30), "the HTTP front did not start"
+        yield port
+    finally:
+        server.terminate()
+        server.join(timeout=15)

@@ -4,16 +4,13 @@ and is closed, and the connections already open are served as before."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import socket
 from typing import Any
 
 from chalice import Chalice
 
 from local.gateway import AsgiApp
-from local.http_front import HttpFront
-from tests.local.stack import read_answer, wait_for
-from tests.support import free_port
+from tests.local.stack import http_front, read_answer, wait_for
 
 app = Chalice(app_name="limit")
 LIMIT = 3
@@ -22,11 +19,6 @@ LIMIT = 3
 @app.route("/hello")
 def hello() -> dict[str, Any]:
     return {"hello": True}
-
-
-def _serve(port: int, ready: Any) -> None:
-    HttpFront(lambda: AsgiApp(app), "127.0.0.1", port, workers=1, on_worker_ready=ready.release,
-              max_connections=LIMIT).run()
 
 
 def ask(connection: socket.socket) -> bytes:
@@ -43,36 +35,29 @@ def read_to_close(connection: socket.socket) -> bytes:
 
 
 def test_connections_past_the_limit_get_a_json_503_and_the_others_are_served() -> None:
-    port = free_port()
-    context = multiprocessing.get_context("fork")
-    ready = context.Semaphore(0)
-    server = context.Process(target=_serve, args=(port, ready))
-    server.start()
     opened: list[socket.socket] = []
-    try:
-        assert ready.acquire(timeout=30), "the HTTP front did not start"
-        opened = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(LIMIT)]
-        for connection in opened:
-            assert ask(connection).startswith(b"HTTP/1.1 200")
+    with http_front(lambda: AsgiApp(app), max_connections=LIMIT) as port:
+        try:
+            opened = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(LIMIT)]
+            for connection in opened:
+                assert ask(connection).startswith(b"HTTP/1.1 200")
 
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as one_too_many:
-            answer = read_to_close(one_too_many)
-        head, _, body = answer.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 503"), answer
-        assert b"content-type: application/json" in head.lower(), answer
-        assert json.loads(body)["ok"] is False
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as one_too_many:
+                answer = read_to_close(one_too_many)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503"), answer
+            assert b"content-type: application/json" in head.lower(), answer
+            assert json.loads(body)["ok"] is False
 
-        for connection in opened:  # the open ones go on being served
-            assert ask(connection).startswith(b"HTTP/1.1 200")
-        opened.pop().close()  # one fewer: a new connection is served again, once the worker has seen the close
+            for connection in opened:  # the open ones go on being served
+                assert ask(connection).startswith(b"HTTP/1.1 200")
+            opened.pop().close()  # one fewer: a new connection is served again, once the worker has seen the close
 
-        def served() -> bool:
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as next_one:
-                return ask(next_one).startswith(b"HTTP/1.1 200")
+            def served() -> bool:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as next_one:
+                    return ask(next_one).startswith(b"HTTP/1.1 200")
 
-        wait_for(served, 10, "a connection to be served after one closed")
-    finally:
-        for connection in opened:
-            connection.close()
-        server.terminate()
-        server.join(timeout=15)
+            wait_for(served, 10, "a connection to be served after one closed")
+        finally:
+            for connection in opened:
+                connection.close()

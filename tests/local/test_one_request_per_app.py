@@ -11,7 +11,6 @@ the barrier never fills (it times out) and each request reads its own.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import threading
 import urllib.request
 from typing import Any
@@ -19,8 +18,7 @@ from typing import Any
 from chalice import Chalice
 
 from local.gateway import AsgiApp
-from local.http_front import HttpFront
-from tests.support import free_port
+from tests.local.stack import http_front
 
 probe = Chalice(app_name="probe")
 _together = threading.Barrier(2)
@@ -39,19 +37,9 @@ def echo() -> dict[str, Any]:
     return {"marker": (request.query_params or {}).get("marker"), "overlapped": overlapped}
 
 
-def _serve(port: int, ready: Any) -> None:
-    HttpFront(lambda: AsgiApp(probe), "127.0.0.1", port, workers=1, on_worker_ready=ready.release).run()
-
-
 def test_two_concurrent_requests_never_share_an_app() -> None:
-    port = free_port()
-    context = multiprocessing.get_context("fork")
-    ready = context.Semaphore(0)
-    server = context.Process(target=_serve, args=(port, ready))
-    server.start()
-    try:
-        assert ready.acquire(timeout=30), "the HTTP front did not start"
-        answers: dict[str, Any] = {}
+    answers: dict[str, Any] = {}
+    with http_front(lambda: AsgiApp(probe)) as port:
 
         def ask(marker: str) -> None:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/echo?marker={marker}", timeout=30) as response:
@@ -62,8 +50,5 @@ def test_two_concurrent_requests_never_share_an_app() -> None:
             client.start()
         for client in clients:
             client.join(timeout=60)
-    finally:
-        server.terminate()
-        server.join(timeout=15)
     assert answers == {"first": {"marker": "first", "overlapped": False},
                        "second": {"marker": "second", "overlapped": False}}
