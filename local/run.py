@@ -1,9 +1,9 @@
 """`make run`: the whole service on this machine.
 
 Starts a private redis-server (its own port and data dir), serves the Chalice app on
-http://127.0.0.1:$PORT with gunicorn (``local.http_front``: several worker processes, each
-serving one request at a time), and runs every pool's reconcile on a timer. Ctrl-C stops all of
-it; so does killing this process (its children die with it). One stack per state directory: a
+http://127.0.0.1:$PORT with gunicorn and uvicorn (``local.http_front``: a worker process per
+core, each serving one request at a time), and runs every pool's reconcile on a timer. Ctrl-C
+stops all of it; so does killing this process (its children die with it). One stack per state directory: a
 second one on the same directory refuses to start.
 
     python -m local.run [--port 8000] [--workers N] [--config FILE] [--provider dummy|vcsim]
