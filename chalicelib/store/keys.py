@@ -1,8 +1,12 @@
 """The Redis key schema, in one place.
 
 Every key starts with a prefix (``vmpool:`` by default) so one Redis can be shared with other
-services and tests can use their own namespace. Lua scripts build the same keys from the prefix;
-this module and the scripts must agree.
+services and tests can use their own namespace. No other module builds a key name: Python code
+calls ``Keys``, and a Lua script is given its keys by its caller in ``KEYS[]`` (a script that
+touches only the keys it was given can run on a clustered Redis). The few scripts that must
+derive a key from data they read inside Redis are listed in ``DERIVED_KEYS`` with the reason;
+they build those keys from a template made here (``KEY_PART``), never from the prefix.
+tests/core/test_key_schema.py holds both sides to this.
 
     vm:<hostname>            hash    one VM's record (see records.VMRecord)
     pool:<pool>:<state>      zset    hostnames in a state, scored by when they entered it
@@ -38,11 +42,45 @@ this module and the scripts must agree.
     history:<pool>           zset    per-minute samples of the pool's counts (store/history.py)
     demand:<pool>:<YYYY-MM-DD> hash  per-minute checkouts/misses of a demand-sized pool (sizing/demand.py)
     sizing:state             hash    pool -> its demand size and when it last changed (sizing/controller.py)
+    lease:purge:<provider>   string  who purges the provider's unconfigured resources (manager/purge.py)
+    dummy:<provider>:folder:<folder> hash  the dummy provider's VMs in a folder (providers/dummy.py)
+    dummy:<provider>:task:<ref>      string one of the dummy provider's tasks
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
+
+DEFAULT_PREFIX = "vmpool:"
+"""The service's key prefix unless VMPOOL_KEY_PREFIX names another."""
+
+KEY_PART = "\x00"
+"""Stands for the part of a key a script learns only from data it reads (a hostname popped from a
+ready set): ``keys.vm(KEY_PART)`` is the template the script fills with ``key_of`` (lua/key_of.lua)."""
+
+DERIVED_KEYS: Mapping[str, str] = {
+    "checkout": "the records of the VMs it pops from the ready sets (which VM is next is known only "
+                "inside the step that takes it); through quota.lua, the records of what the owner holds",
+    "ondemand_create": "through quota.lua, the records of what the owner holds (the holdings set names "
+                       "them; reading them first would let two requests pass the owner's limit together)",
+    "release": "the ready and running sets of each VM's pool, named by the VM's record (the caller "
+               "knows only the hostnames of the checkout)",
+    "move": "with no pool given (DELETE /vm/<hostname>, one round trip): the state sets and wake list "
+            "of the pool named by the VM's record",
+    "reserve_clones": "the records of the VMs in the pool's pending set and in the cloning set (counted "
+                      "in the same step that reserves, so two passes cannot over-clone)",
+    "ondemand_reserve": "the records of the request's VMs and of the VMs in the cloning set (counted in "
+                        "the same step that reserves, so two passes cannot build a request twice)",
+    "ondemand_deliver": "the request named by the VM's record, the records of its VMs and the open sets "
+                        "of its pools (the request becomes ready in the same step as its last VM)",
+    "ondemand_end": "the open sets and wake lists of the request's pools, the records of its VMs and "
+                    "their pools' state sets (every VM leaves in the same step as the request ends)",
+}
+"""Scripts (lua/<name>.lua) that derive keys from data they read, and which keys, with why the
+caller cannot name them first. Each derives them with ``key_of`` from a template of this module
+and runs on a clustered Redis only when every key shares one hash slot (a prefix with a hash tag,
+``{vmpool}:``). Every other script touches only its ``KEYS[]``."""
 
 STATES = ("pending", "ready", "running", "completed", "discovered")
 """States in which a VM sits in its pool's set. ``destroyed`` records only linger for data_ttl."""
@@ -50,7 +88,11 @@ STATES = ("pending", "ready", "running", "completed", "discovered")
 
 @dataclass(frozen=True)
 class Keys:
-    prefix: str = "vmpool:"
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if KEY_PART in self.prefix:
+            raise ValueError("a key prefix cannot hold NUL (it marks a template's variable part)")
 
     def vm(self, hostname: str) -> str:
         return f"{self.prefix}vm:{hostname}"
@@ -153,3 +195,14 @@ class Keys:
     @property
     def sizing_state(self) -> str:
         return f"{self.prefix}sizing:state"
+
+    def dummy_folder(self, provider: str, folder: str) -> str:
+        return f"{self.prefix}dummy:{provider}:folder:{folder}"
+
+    def dummy_task(self, provider: str, task_ref: str) -> str:
+        return f"{self.prefix}dummy:{provider}:task:{task_ref}"
+
+
+def purge_lease_name(provider: str) -> str:
+    """What ``Store.acquire_lease`` takes for the provider's purge lease (``lease:purge:<provider>``)."""
+    return f"purge:{provider}"

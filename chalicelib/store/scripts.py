@@ -9,6 +9,8 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
+from chalicelib.store.keys import DERIVED_KEYS
+
 _LUA_DIR = Path(__file__).with_name("lua")
 
 
@@ -41,7 +43,10 @@ class Scripts:
 
     def __init__(self, client: redis.Redis) -> None:
         def load(name: str, *shared: str) -> _Script:
-            """lua/<name>.lua, after the shared functions of each lua/<shared>.lua."""
+            """lua/<name>.lua, after the shared functions of each lua/<shared>.lua (and of
+            lua/key_of.lua for the scripts that derive keys: keys.DERIVED_KEYS)."""
+            if name in DERIVED_KEYS:
+                shared = ("key_of", *shared)
             text = "\n".join((_LUA_DIR / f"{part}.lua").read_text() for part in (*shared, name))
             return _Script(client.register_script(text), text)
 
@@ -66,3 +71,20 @@ class Scripts:
         self.vm_task_take = load("vm_task_take")
         self.vm_task_note = load("vm_task_note")
         self.vm_task_finish = load("vm_task_finish")
+
+
+class KeyList:
+    """The ``KEYS[]`` of one script call, for scripts given a variable number of keys: each key
+    once, ``add`` telling the script where it sits (a 1-based index, passed in its arguments)."""
+
+    def __init__(self, *keys: str) -> None:
+        self.keys: list[str] = []
+        self._index: dict[str, int] = {}
+        for key in keys:
+            self.add(key)
+
+    def add(self, key: str) -> int:
+        if key not in self._index:
+            self.keys.append(key)
+            self._index[key] = len(self.keys)
+        return self._index[key]

@@ -19,9 +19,9 @@ import redis
 
 from chalicelib.config import RedisConfig
 from chalicelib.sizing import demand as demand_history
-from chalicelib.store.keys import STATES, Keys
+from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, STATES, Keys
 from chalicelib.store.records import VMRecord
-from chalicelib.store.scripts import Scripts
+from chalicelib.store.scripts import KeyList, Scripts
 
 DAILY_STATS_TTL_SECONDS = 400 * 24 * 3600
 """How long per-day statistics stay for /summary: a bit more than a year."""
@@ -125,10 +125,16 @@ class Quota:
     max_requests: int = 0
     """Open on-demand requests, per owner and in total."""
 
-    def payload(self, keys: Keys, ttl_seconds: int) -> dict[str, Any]:
+    def payload(self, keys: Keys, key_list: KeyList, ttl_seconds: int, requests: bool = False) -> dict[str, Any]:
+        """What lua/quota.lua reads, its keys added to ``key_list``; ``requests``: the call
+        counts on-demand requests too (their open sets are needed)."""
         owner = hashlib.sha256(self.owner.encode("utf-8")).hexdigest()[:32]
-        return {"key": keys.holdings(owner), "ttl": ttl_seconds, "max_owner_vms": self.max_owner_vms,
-                "max_vms": self.max_vms, "pools": list(self.pools),
+        return {"key": key_list.add(keys.holdings(owner)), "ttl": ttl_seconds, "max_owner_vms": self.max_owner_vms,
+                "max_vms": self.max_vms,
+                "running": [key_list.add(keys.pool_state(pool, "running")) for pool in self.pools],
+                "open": [key_list.add(keys.ondemand_open(pool)) for pool in self.pools] if requests else [],
+                "vm_template": keys.vm(KEY_PART), "request_template": keys.ondemand(KEY_PART),
+                "request_vms_template": keys.ondemand_vms(KEY_PART),
                 "max_owner_requests": self.max_owner_requests, "max_requests": self.max_requests}
 
 
@@ -196,7 +202,7 @@ class DayStats:
 class Store:
     """The service's state. Every method raises StoreUnavailable when Redis fails."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "vmpool:", data_ttl_hours: int = 168,
+    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, data_ttl_hours: int = 168,
                  replica_acks: ReplicaAcks = ReplicaAcks()) -> None:
         self.client = client
         self.replica_acks = replica_acks
@@ -298,21 +304,31 @@ class Store:
         confirmation releases them at once and raises StoreUnavailable (CheckoutNotDurable when
         no replica acknowledged in time)."""
         checkout_id = secrets.token_hex(8)
+        key_list = KeyList()
+        tracked = {pool for r in requests for pool in r.pools if pool in self.demand_pools}
+        day, minute = demand_history.day_and_minute(demand_history.epoch_minute(now)) if tracked else ("", 0)
+        pool_keys: dict[str, dict[str, int]] = {}
+        for pool in dict.fromkeys(pool for r in requests for pool in r.pools):
+            pool_keys[pool] = {"ready": key_list.add(self.keys.pool_state(pool, "ready")),
+                               "running": key_list.add(self.keys.pool_state(pool, "running")),
+                               "wake": key_list.add(self.keys.wake(pool))}
+            if pool in tracked:
+                pool_keys[pool]["demand"] = key_list.add(self.keys.demand(pool, day))
         checkout: dict[str, Any] = {
             "slots": [{"name": r.name, "pools": list(pools)} for r in requests for pools in r.slots()],
             "fields": dict(fields),
             "checkout_id": checkout_id,
             "confirm_by": repr(now + UNCONFIRMED_SECONDS),
+            "changes": key_list.add(self.keys.changes),
+            "vm_template": self.keys.vm(KEY_PART),
+            "pools": pool_keys,
         }
         if quota is not None:
-            checkout["quota"] = quota.payload(self.keys, self.holdings_ttl_seconds)
-        tracked = {pool for r in requests for pool in r.pools if pool in self.demand_pools}
+            checkout["quota"] = quota.payload(self.keys, key_list, self.holdings_ttl_seconds)
         if tracked:
-            day, minute = demand_history.day_and_minute(demand_history.epoch_minute(now))
-            checkout["demand"] = {"prefix": self.keys.demand_prefix, "day": day, "minute": minute,
-                                  "ttl": demand_history.HISTORY_TTL_SECONDS, "pools": dict.fromkeys(tracked, True)}
+            checkout["demand"] = {"minute": minute, "ttl": demand_history.HISTORY_TTL_SECONDS}
         with _translate_errors():
-            answer = json.loads(self.scripts.checkout(args=[self.keys.prefix, repr(now), json.dumps(checkout)]))
+            answer = json.loads(self.scripts.checkout(keys=key_list.keys, args=[repr(now), json.dumps(checkout)]))
         if answer.get("quota"):
             raise QuotaExceeded(answer["quota"])
         if not answer["ok"]:
@@ -329,7 +345,8 @@ class Store:
             # One round trip on one connection: WAIT counts the writes of its own connection.
             # EVALSHA by hand: a pipeline given a Script object first asks SCRIPT EXISTS.
             pipe = self.client.pipeline(transaction=False)
-            pipe.execute_command("EVALSHA", self.scripts.confirm.sha, 0, self.keys.prefix, checkout_id, *hostnames)
+            pipe.execute_command("EVALSHA", self.scripts.confirm.sha, len(hostnames),
+                                 *(self.keys.vm(host) for host in hostnames), checkout_id)
             if replicas:
                 pipe.execute_command("WAIT", replicas, timeout_ms)
             return pipe.execute()
@@ -383,7 +400,9 @@ class Store:
         their deadline). Returns the hostnames returned."""
         with _translate_errors():
             return self.scripts.release(
-                args=[self.keys.prefix, repr(now), checkout_id, "1" if unconfirmed_only else "0", *hostnames])
+                keys=[self.keys.changes, *(self.keys.vm(host) for host in hostnames)],
+                args=[repr(now), checkout_id, "1" if unconfirmed_only else "0",
+                      self.keys.pool_state(KEY_PART, "running"), self.keys.pool_state(KEY_PART, "ready"), *hostnames])
 
     def move(
         self, hostname: str, pool: str, from_state: str, to_state: str, now: float,
@@ -397,16 +416,18 @@ class Store:
         changed since the mark. ``lifetime_ended`` (the default lifetime in hours): move only if
         the VM's lifetime, as recorded at the time of the move, has ended by ``now``.
         Returns whether it moved."""
+        keys = [self.keys.vm(hostname), self.keys.changes, self.keys.cloning,
+                self.keys.pool_state(pool, from_state), self.keys.pool_state(pool, to_state), self.keys.wake(pool)]
         args: list[str] = [
-            self.keys.prefix, hostname, pool, from_state, to_state, repr(now), str(self.data_ttl_seconds),
-            "1" if nudge else "0",
+            hostname, to_state, repr(now), str(self.data_ttl_seconds), "1" if nudge else "0",
             "" if unchanged_since is None else str(unchanged_since),
             "" if lifetime_ended is None else repr(float(lifetime_ended)),
+            "", "", "",
         ]
         for name, value in fields.items():
             args += [name, _encode(value)]
         with _translate_errors():
-            return bool(self.scripts.move(args=args))
+            return bool(self.scripts.move(keys=keys, args=args))
 
     def mark_changes(self) -> int:
         """A mark on the counter every state change stamps its VM with (``change_seq``): a VM
@@ -417,10 +438,13 @@ class Store:
     def return_vm(self, hostname: str, now: float, reason: str) -> str | None:
         """Move a running VM, whatever its pool, to completed and nudge its pool, in one round
         trip. Returns its pool, or None when it is unknown or not running."""
-        args = [self.keys.prefix, hostname, "", "running", "completed", repr(now), str(self.data_ttl_seconds),
-                "1", "", "", "reason", reason]
+        # The pool comes from the record inside the script: templates name its keys (keys.DERIVED_KEYS).
+        keys = [self.keys.vm(hostname), self.keys.changes, self.keys.cloning]
+        args = [hostname, "completed", repr(now), str(self.data_ttl_seconds), "1", "", "",
+                self.keys.pool_state(KEY_PART, "running"), self.keys.pool_state(KEY_PART, "completed"),
+                self.keys.wake(KEY_PART), "reason", reason]
         with _translate_errors():
-            pool = self.scripts.move(args=args)
+            pool = self.scripts.move(keys=keys, args=args)
         return str(pool) if pool else None
 
     def reserve_clones(
@@ -440,8 +464,10 @@ class Store:
         atomically. Returns the hostnames reserved."""
         with _translate_errors():
             return self.scripts.reserve_clones(
-                args=[self.keys.prefix, pool, size, task_limit, repr(now), template, domain, clone_limit,
-                      repr(CLONE_DEMAND_TTL_SECONDS), *candidates]
+                keys=[self.keys.pool_state(pool, "ready"), self.keys.pool_state(pool, "pending"),
+                      self.keys.clone_demand, self.keys.cloning, *(self.keys.vm(host) for host in candidates)],
+                args=[pool, size, task_limit, repr(now), template, domain, clone_limit,
+                      repr(CLONE_DEMAND_TTL_SECONDS), self.keys.vm(KEY_PART), *candidates]
             )
 
     def withdraw_clone_demand(self, pool: str) -> None:
@@ -477,12 +503,13 @@ class Store:
     def add_discovered(self, hostname: str, pool: str, now: float, **fields: Any) -> bool:
         """Record a VM found in the pool's folder that no live record claims. Returns whether
         it was recorded (False when another pool or state knows it)."""
-        args: list[str] = [self.keys.prefix, hostname, pool, repr(now)]
+        args: list[str] = [hostname, pool, repr(now)]
         for name, value in fields.items():
             if value is not None:
                 args += [name, _encode(value)]
+        keys = [self.keys.vm(hostname), self.keys.changes, self.keys.pool_state(pool, "discovered")]
         with _translate_errors():
-            return bool(self.scripts.discover(args=args))
+            return bool(self.scripts.discover(keys=keys, args=args))
 
     def finish_clone(self, hostname: str, now: float) -> None:
         """The clone task is done: free its place under the task limit and note when."""
