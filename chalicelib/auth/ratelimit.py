@@ -21,7 +21,7 @@ import ipaddress
 import math
 from typing import Any, Mapping
 
-from chalicelib.store.keys import Keys
+from chalicelib.store.keys import DEFAULT_PREFIX, Keys
 
 from .base import canonical_user
 
@@ -106,7 +106,7 @@ class LoginLimiter:
         max_per_user: int = 10,
         max_per_address: int = 50,
         window_seconds: int = 300,
-        prefix: str = "vmpool:",
+        prefix: str = DEFAULT_PREFIX,
     ) -> None:
         if max_per_user < 1 or max_per_address < 1 or window_seconds < 1:
             raise ValueError("login limits and window must be >= 1")
@@ -120,7 +120,9 @@ class LoginLimiter:
         self._refund = redis.register_script(_REFUND_SCRIPT)
 
     @classmethod
-    def from_config(cls, auth_config: Mapping[str, Any] | None, redis: Any, prefix: str = "vmpool:") -> "LoginLimiter":
+    def from_config(
+        cls, auth_config: Mapping[str, Any] | None, redis: Any, prefix: str = DEFAULT_PREFIX,
+    ) -> "LoginLimiter":
         """From the ``:auth:`` section's login_attempts_per_user / _per_address / login_window_seconds."""
         auth_config = auth_config or {}
 

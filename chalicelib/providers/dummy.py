@@ -26,6 +26,7 @@ from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ProviderConfig
 from chalicelib.providers.base import Migration, Provider, ProviderError, Readiness, TaskState, TaskStatus, VMInfo
 from chalicelib.providers.failures import FailureKind
+from chalicelib.store.keys import DEFAULT_PREFIX, Keys
 
 TASK_TTL_SECONDS = 24 * 3600
 
@@ -51,14 +52,14 @@ DUMMY_HOSTS = 10
 
 
 class DummyProvider(Provider):
-    """VMs and tasks kept in Redis under ``<prefix>dummy:<provider name>:``."""
+    """VMs and tasks kept in Redis under ``dummy:<provider name>:`` (store/keys.py)."""
 
-    def __init__(self, config: ProviderConfig, client: redis.Redis, clock: Clock, prefix: str = "vmpool:") -> None:
+    def __init__(self, config: ProviderConfig, client: redis.Redis, clock: Clock, prefix: str = DEFAULT_PREFIX) -> None:
         self.name = config.name
         self.config = config
         self.client = client
         self.clock = clock
-        self._prefix = f"{prefix}dummy:{config.name}:"
+        self.keys = Keys(prefix)
         seed = config.get("seed")
         self._random = random.Random(seed) if seed is not None else random.SystemRandom()
         self._calls = 0
@@ -66,10 +67,10 @@ class DummyProvider(Provider):
     # --- keys ---------------------------------------------------------------------------------
 
     def _folder_key(self, pool: PoolConfig) -> str:
-        return f"{self._prefix}folder:{pool.folder or pool.name}"
+        return self.keys.dummy_folder(self.name, pool.folder or pool.name)
 
     def _task_key(self, task_ref: str) -> str:
-        return f"{self._prefix}task:{task_ref}"
+        return self.keys.dummy_task(self.name, task_ref)
 
     # --- behaviour knobs ----------------------------------------------------------------------
 

@@ -206,3 +206,15 @@ class Keys:
 def purge_lease_name(provider: str) -> str:
     """What ``Store.acquire_lease`` takes for the provider's purge lease (``lease:purge:<provider>``)."""
     return f"purge:{provider}"
+
+
+def quota_owner(user: str | None, address: str) -> str:
+    """Who a quota counts, hashed into ``holdings:<owner hash>``: ``user:<canonical user>`` for a
+    token's user, else ``addr:<address>``."""
+    return f"user:{user}" if user is not None else f"addr:{address}"
+
+
+def rate_limit_client(token_id: str | None, address: str) -> str:
+    """The ``<who>`` of ``ratelimit:<class>:<who>``: ``token:<id>`` for a valid token, else
+    ``ip:<address>``."""
+    return f"token:{token_id}" if token_id is not None else f"ip:{address}"

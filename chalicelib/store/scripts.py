@@ -13,6 +13,16 @@ from chalicelib.store.keys import DERIVED_KEYS
 
 _LUA_DIR = Path(__file__).with_name("lua")
 
+SHARED: dict[str, tuple[str, ...]] = {"checkout": ("quota",), "ondemand_create": ("quota",)}
+"""Scripts run with the functions of other files (lua/quota.lua) before their own text."""
+
+
+def script_source(name: str) -> str:
+    """The text Redis runs for lua/<name>.lua: its own, after the shared functions it uses (see
+    SHARED) and, for the scripts that derive keys (keys.DERIVED_KEYS), lua/key_of.lua."""
+    parts = (*(("key_of",) if name in DERIVED_KEYS else ()), *SHARED.get(name, ()), name)
+    return "\n".join((_LUA_DIR / f"{part}.lua").read_text() for part in parts)
+
 
 class _Script:
     """A script run by SHA, loaded when Redis lacks it. Loaded scripts are not replicated: after
@@ -42,15 +52,11 @@ class Scripts:
     """Each script of ``lua/`` as a callable; redis-py runs it by SHA and loads it when missing."""
 
     def __init__(self, client: redis.Redis) -> None:
-        def load(name: str, *shared: str) -> _Script:
-            """lua/<name>.lua, after the shared functions of each lua/<shared>.lua (and of
-            lua/key_of.lua for the scripts that derive keys: keys.DERIVED_KEYS)."""
-            if name in DERIVED_KEYS:
-                shared = ("key_of", *shared)
-            text = "\n".join((_LUA_DIR / f"{part}.lua").read_text() for part in (*shared, name))
+        def load(name: str) -> _Script:
+            text = script_source(name)
             return _Script(client.register_script(text), text)
 
-        self.checkout = load("checkout", "quota")
+        self.checkout = load("checkout")
         self.confirm = load("confirm")
         self.release = load("release")
         self.move = load("move")
@@ -64,7 +70,7 @@ class Scripts:
         self.set_once = load("set_once")
         self.migration_slot = load("migration_slot")
         self.discover = load("discover")
-        self.ondemand_create = load("ondemand_create", "quota")
+        self.ondemand_create = load("ondemand_create")
         self.ondemand_reserve = load("ondemand_reserve")
         self.ondemand_deliver = load("ondemand_deliver")
         self.ondemand_end = load("ondemand_end")
