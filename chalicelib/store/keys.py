@@ -64,8 +64,6 @@ DERIVED_KEYS: Mapping[str, str] = {
                 "inside the step that takes it); through quota.lua, the records of what the owner holds",
     "ondemand_create": "through quota.lua, the records of what the owner holds (the holdings set names "
                        "them; reading them first would let two requests pass the owner's limit together)",
-    "release": "the ready and running sets of each VM's pool, named by the VM's record (the caller "
-               "knows only the hostnames of the checkout)",
     "move": "with no pool given (DELETE /vm/<hostname>, one round trip): the state sets and wake list "
             "of the pool named by the VM's record",
     "reserve_clones": "the records of the VMs in the pool's pending set and in the cloning set (counted "

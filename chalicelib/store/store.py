@@ -334,10 +334,10 @@ class Store:
         if not answer["ok"]:
             return CheckoutResult(short=tuple(answer["short"]))
         result = CheckoutResult(vms=tuple(CheckedOut(*entry) for entry in answer["vms"]))
-        self._confirm(checkout_id, [vm.hostname for vm in result.vms], now)
+        self._confirm(checkout_id, result.vms, now)
         return result
 
-    def _confirm(self, checkout_id: str, hostnames: list[str], now: float) -> None:
+    def _confirm(self, checkout_id: str, vms: Sequence[CheckedOut], now: float) -> None:
         """Confirm a checkout (and wait for the replicas to have it); on any failure, release."""
         replicas, timeout_ms = self._replicas_to_wait_for(), self.replica_acks.timeout_ms
 
@@ -345,8 +345,8 @@ class Store:
             # One round trip on one connection: WAIT counts the writes of its own connection.
             # EVALSHA by hand: a pipeline given a Script object first asks SCRIPT EXISTS.
             pipe = self.client.pipeline(transaction=False)
-            pipe.execute_command("EVALSHA", self.scripts.confirm.sha, len(hostnames),
-                                 *(self.keys.vm(host) for host in hostnames), checkout_id)
+            pipe.execute_command("EVALSHA", self.scripts.confirm.sha, len(vms),
+                                 *(self.keys.vm(vm.hostname) for vm in vms), checkout_id)
             if replicas:
                 pipe.execute_command("WAIT", replicas, timeout_ms)
             return pipe.execute()
@@ -359,13 +359,13 @@ class Store:
                     self.scripts.confirm.load_into(self.client)
                     confirmed, *acks = confirm_and_wait()
         except StoreUnavailable:
-            self._release_after_failure(checkout_id, hostnames, now)
+            self._release_after_failure(checkout_id, vms, now)
             raise
         if not confirmed:
-            self._release_after_failure(checkout_id, hostnames, now)
+            self._release_after_failure(checkout_id, vms, now)
             raise StoreUnavailable("redis: checkout returned to the pool before it was confirmed")
         if acks and int(acks[0]) < replicas:
-            self._release_after_failure(checkout_id, hostnames, now)
+            self._release_after_failure(checkout_id, vms, now)
             raise CheckoutNotDurable(f"redis: {acks[0]} of {replicas} replicas acknowledged "
                                      f"the checkout within {timeout_ms} ms")
 
@@ -386,23 +386,38 @@ class Store:
             self._replicas_known_until = time.monotonic() + REPLICAS_RECHECK_SECONDS
         return min(wanted, self._online_replicas)
 
-    def _release_after_failure(self, checkout_id: str, hostnames: list[str], now: float) -> None:
+    def _release_after_failure(self, checkout_id: str, vms: Sequence[CheckedOut], now: float) -> None:
         """Best effort, once (Redis is failing already: each try may cost a socket timeout);
         whatever it cannot release while unconfirmed is returned by a pass after its deadline."""
         try:
-            self.release_checkout(checkout_id, hostnames, now)
+            self._release(checkout_id, [(vm.hostname, vm.pool) for vm in vms], now, unconfirmed_only=False)
         except StoreUnavailable:
             pass
 
     def release_checkout(self, checkout_id: str, hostnames: Sequence[str], now: float,
                          unconfirmed_only: bool = False) -> list[str]:
         """Return a checkout's VMs to ready (all of them, or only those still unconfirmed past
-        their deadline). Returns the hostnames returned."""
+        their deadline). Returns the hostnames returned. Two round trips: the VMs' pools are
+        read first, so that the script is given every key it touches."""
         with _translate_errors():
-            return self.scripts.release(
-                keys=[self.keys.changes, *(self.keys.vm(host) for host in hostnames)],
-                args=[repr(now), checkout_id, "1" if unconfirmed_only else "0",
-                      self.keys.pool_state(KEY_PART, "running"), self.keys.pool_state(KEY_PART, "ready"), *hostnames])
+            pipe = self.client.pipeline(transaction=False)
+            for host in hostnames:
+                pipe.hget(self.keys.vm(host), "pool")
+            pools = pipe.execute()
+        return self._release(checkout_id, [(host, pool) for host, pool in zip(hostnames, pools, strict=True) if pool],
+                             now, unconfirmed_only)
+
+    def _release(self, checkout_id: str, vms: Sequence[tuple[str, str]], now: float,
+                 unconfirmed_only: bool) -> list[str]:
+        """lua/release.lua over (hostname, pool) pairs; a VM no longer in that pool is left alone."""
+        if not vms:
+            return []
+        keys, args = [self.keys.changes], [repr(now), checkout_id, "1" if unconfirmed_only else "0"]
+        for host, pool in vms:
+            keys += [self.keys.vm(host), self.keys.pool_state(pool, "running"), self.keys.pool_state(pool, "ready")]
+            args += [host, pool]
+        with _translate_errors():
+            return cast("list[str]", self.scripts.release(keys=keys, args=args))
 
     def move(
         self, hostname: str, pool: str, from_state: str, to_state: str, now: float,
