@@ -8,6 +8,7 @@ act at once without any lock held in a process.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 import secrets
@@ -129,13 +130,22 @@ class Quota:
         """What lua/quota.lua reads, its keys added to ``key_list``; ``requests``: the call
         counts on-demand requests too (their open sets are needed)."""
         owner = hashlib.sha256(self.owner.encode("utf-8")).hexdigest()[:32]
+        running, open_requests = _quota_keys(keys, tuple(self.pools))
         return {"key": key_list.add(keys.holdings(owner)), "ttl": ttl_seconds, "max_owner_vms": self.max_owner_vms,
                 "max_vms": self.max_vms,
-                "running": [key_list.add(keys.pool_state(pool, "running")) for pool in self.pools],
-                "open": [key_list.add(keys.ondemand_open(pool)) for pool in self.pools] if requests else [],
+                "running": [key_list.add(key) for key in running],
+                "open": [key_list.add(key) for key in open_requests] if requests else [],
                 "vm_template": keys.vm(KEY_PART), "request_template": keys.ondemand(KEY_PART),
                 "request_vms_template": keys.ondemand_vms(KEY_PART),
                 "max_owner_requests": self.max_owner_requests, "max_requests": self.max_requests}
+
+
+@functools.lru_cache(maxsize=16)
+def _quota_keys(keys: Keys, pools: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The running and open-request sets of every configured pool: the same for every request
+    until the config changes, so named once (a checkout with a quota is given them all)."""
+    return (tuple(keys.pool_state(pool, "running") for pool in pools),
+            tuple(keys.ondemand_open(pool) for pool in pools))
 
 
 class QuotaExceeded(Exception):
