@@ -22,61 +22,9 @@ import math
 from typing import Any, Mapping
 
 from chalicelib.store.keys import DEFAULT_PREFIX, Keys
+from chalicelib.store.scripts import script_source
 
 from .base import canonical_user
-
-# KEYS: counters; ARGV[1]: window seconds, ARGV[2..]: each counter's limit. When a counter has
-# reached its limit: nothing changes and the answer is its time left in ms. Otherwise every
-# counter is incremented (its window starts with its first attempt) and the answer is 0.
-_RESERVE_SCRIPT = """
-local wait = -1
-for i, key in ipairs(KEYS) do
-  local count = tonumber(redis.call('GET', key) or '0')
-  if count >= tonumber(ARGV[i + 1]) then
-    local left = redis.call('PTTL', key)
-    if left < 0 then
-      left = tonumber(ARGV[1]) * 1000
-    end
-    if left > wait then
-      wait = left
-    end
-  end
-end
-if wait >= 0 then
-  return wait
-end
-for _, key in ipairs(KEYS) do
-  local count = redis.call('INCR', key)
-  if count == 1 or redis.call('TTL', key) < 0 then
-    redis.call('EXPIRE', key, ARGV[1])
-  end
-end
-return 0
-"""
-
-# KEYS: counters to give one reservation back to (a counter at 0 is deleted).
-_REFUND_SCRIPT = """
-for _, key in ipairs(KEYS) do
-  if redis.call('EXISTS', key) == 1 and redis.call('DECR', key) <= 0 then
-    redis.call('DEL', key)
-  end
-end
-return 1
-"""
-
-# KEYS: counters; ARGV[1]: window seconds. Increments each counter, starting its window on the
-# first failure, and returns the new counts. One script: atomic, no counter without an expiry.
-_RECORD_SCRIPT = """
-local counts = {}
-for i, key in ipairs(KEYS) do
-  local count = redis.call('INCR', key)
-  if count == 1 or redis.call('TTL', key) < 0 then
-    redis.call('EXPIRE', key, ARGV[1])
-  end
-  counts[i] = count
-end
-return counts
-"""
 
 
 def _user_part(user: str) -> str:
@@ -115,9 +63,9 @@ class LoginLimiter:
         self.max_per_address = int(max_per_address)
         self.window_seconds = int(window_seconds)
         self.keys = Keys(prefix)
-        self._record = redis.register_script(_RECORD_SCRIPT)
-        self._reserve = redis.register_script(_RESERVE_SCRIPT)
-        self._refund = redis.register_script(_REFUND_SCRIPT)
+        self._record = redis.register_script(script_source("login_record"))
+        self._reserve = redis.register_script(script_source("login_reserve"))
+        self._refund = redis.register_script(script_source("login_refund"))
 
     @classmethod
     def from_config(

@@ -93,6 +93,8 @@ def key_violations(source: str, may_derive: bool) -> list[str]:
         return _is_single_term(expression, "KEYS[") or (may_derive and _is_single_term(expression, "key_of("))
 
     bound: dict[str, bool] = {}
+    for loop in re.finditer(r"\bfor\s+\w+\s*,\s*(\w+)\s+in\s+ipairs\(KEYS\)", source):
+        bound[loop.group(1)] = True
     for line in source.splitlines():
         match = _ASSIGNMENT.match(line)
         if not match:
@@ -121,6 +123,9 @@ def test_the_checker_refuses_keys_built_in_a_script():
     assert not key_violations("local vm_key = key_of(ARGV[1], h)\nredis.call('DEL', vm_key)", may_derive=True)
     assert not key_violations("local a, b =\n  KEYS[1], KEYS[idx[p].ready]\nredis.call('ZCARD', b)",
                               may_derive=False)
+    assert not key_violations("for _, key in ipairs(KEYS) do\n  redis.call('INCR', key)\nend", may_derive=False)
+    assert key_violations("for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n  redis.call('DEL', key)\nend",
+                          may_derive=False)
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
