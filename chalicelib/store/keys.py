@@ -60,25 +60,28 @@ KEY_PART = "\x00"
 ready set): ``keys.vm(KEY_PART)`` is the template the script fills with ``key_of`` (lua/key_of.lua)."""
 
 DERIVED_KEYS: Mapping[str, str] = {
-    "checkout": "the records of the VMs it pops from the ready sets (which VM is next is known only "
-                "inside the step that takes it); through quota.lua, the records of what the owner holds",
-    "ondemand_create": "through quota.lua, the records of what the owner holds (the holdings set names "
-                       "them; reading them first would let two requests pass the owner's limit together)",
-    "move": "with no pool given (DELETE /vm/<hostname>, one round trip): the state sets and wake list "
-            "of the pool named by the VM's record",
-    "reserve_clones": "the records of the VMs in the pool's pending set and in the cloning set (counted "
-                      "in the same step that reserves, so two passes cannot over-clone)",
-    "ondemand_reserve": "the records of the request's VMs and of the VMs in the cloning set (counted in "
-                        "the same step that reserves, so two passes cannot build a request twice)",
-    "ondemand_deliver": "the request named by the VM's record, the records of its VMs and the open sets "
-                        "of its pools (the request becomes ready in the same step as its last VM)",
+    "checkout": "the records of the VMs it pops from the ready sets: which VM is next is known only "
+                "inside the step that takes it (naming them first would cost the read a round trip and "
+                "let two requests plan on the same VM); and, through quota.lua, what the owner holds",
+    "ondemand_create": "through quota.lua, the records of what the owner holds: the holdings set names "
+                       "them, and reading it first would let two requests pass the owner's limit together",
+    "move": "only when given no pool (DELETE /vm/<hostname>: one round trip, no read first): the state "
+            "sets and wake list of the pool the VM's record names",
+    "reserve_clones": "the records of the VMs in the pool's pending set and in the cloning set: they are "
+                      "counted in the step that reserves, so two passes at once cannot over-clone",
+    "ondemand_reserve": "the records of the request's VMs and of the VMs in the cloning set: they are "
+                        "counted in the step that reserves, so two passes cannot build a request twice",
+    "ondemand_deliver": "the request the VM's record names, the records of its VMs and the open sets of "
+                        "its pools: the request becomes ready in the same step as its last VM arrives",
     "ondemand_end": "the open sets and wake lists of the request's pools, the records of its VMs and "
-                    "their pools' state sets (every VM leaves in the same step as the request ends)",
+                    "their pools' state sets: every VM leaves in the same step as the request ends, so "
+                    "none reserved meanwhile is left behind",
 }
-"""Scripts (lua/<name>.lua) that derive keys from data they read, and which keys, with why the
-caller cannot name them first. Each derives them with ``key_of`` from a template of this module
-and runs on a clustered Redis only when every key shares one hash slot (a prefix with a hash tag,
-``{vmpool}:``). Every other script touches only its ``KEYS[]``."""
+"""The scripts (lua/<name>.lua) that derive keys from data they read in Redis: which keys, and
+why the caller cannot name them first without weakening the script's atomicity or adding a
+round trip to checkout or DELETE. They alone get ``key_of`` (lua/key_of.lua) and fill templates
+of this module with it. On a clustered Redis they need every key in one hash slot (a prefix with
+a hash tag, ``{vmpool}:``). Every other script touches only its ``KEYS[]``."""
 
 STATES = ("pending", "ready", "running", "completed", "discovered")
 """States in which a VM sits in its pool's set. ``destroyed`` records only linger for data_ttl."""
@@ -182,13 +185,8 @@ class Keys:
         return f"{self.prefix}history:{pool}"
 
     def demand(self, pool: str, day: str) -> str:
-        """A demand-sized pool's per-minute checkouts and misses on a UTC day. The checkout script
-        builds the same name from ``demand_prefix``."""
-        return f"{self.demand_prefix}{pool}:{day}"
-
-    @property
-    def demand_prefix(self) -> str:
-        return f"{self.prefix}demand:"
+        """A demand-sized pool's per-minute checkouts and misses on a UTC day."""
+        return f"{self.prefix}demand:{pool}:{day}"
 
     @property
     def sizing_state(self) -> str:
