@@ -315,17 +315,19 @@ class Store:
         no replica acknowledged in time)."""
         checkout_id = secrets.token_hex(8)
         key_list = KeyList()
+        slots = [(r.name, list(pools)) for r in requests for pools in r.slots()]
         tracked = {pool for r in requests for pool in r.pools if pool in self.demand_pools}
         day, minute = demand_history.day_and_minute(demand_history.epoch_minute(now)) if tracked else ("", 0)
         pool_keys: dict[str, dict[str, int]] = {}
-        for pool in dict.fromkeys(pool for r in requests for pool in r.pools):
+        for pool in dict.fromkeys([*(pool for r in requests for pool in r.pools),
+                                   *(pool for _, pools in slots for pool in pools)]):
             pool_keys[pool] = {"ready": key_list.add(self.keys.pool_state(pool, "ready")),
                                "running": key_list.add(self.keys.pool_state(pool, "running")),
                                "wake": key_list.add(self.keys.wake(pool))}
             if pool in tracked:
                 pool_keys[pool]["demand"] = key_list.add(self.keys.demand(pool, day))
         checkout: dict[str, Any] = {
-            "slots": [{"name": r.name, "pools": list(pools)} for r in requests for pools in r.slots()],
+            "slots": [{"name": name, "pools": pools} for name, pools in slots],
             "fields": dict(fields),
             "checkout_id": checkout_id,
             "confirm_by": repr(now + UNCONFIRMED_SECONDS),
