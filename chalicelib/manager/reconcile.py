@@ -31,11 +31,14 @@ from chalicelib.manager import (
     vm_tasks,
 )
 from chalicelib.manager.context import Checkpoint, PassContext, PassReport, Step, no_checkpoint
+from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
 from chalicelib.providers.base import Provider
 from chalicelib.store import Store
 from chalicelib.timestamps import day_of
 
-__all__ = ["STEPS", "Checkpoint", "PassReport", "no_checkpoint", "reconcile_pool"]
+__all__ = ["CLONE_START_GRACE_SECONDS", "STEPS", "Checkpoint", "PassReport", "no_checkpoint", "reconcile_pool"]
+"""The pass's entry point and what its callers name (the report, the checkpoint, the grace a
+reserved clone has to start), wherever they are defined."""
 
 
 def record_durations(context: PassContext) -> None:
