@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Callable
 
 from chalicelib import observability as metric
 from chalicelib.config import PoolConfig
+from chalicelib.manager.context import Checkpoint, PassReport, no_checkpoint
 from chalicelib.manager.purge import purge_if_due
-from chalicelib.manager.reconcile import Checkpoint, PassReport, _no_checkpoint, reconcile_pool
+from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.observability import emit, logger
 from chalicelib.providers.base import ProviderError
 from chalicelib.store import StoreUnavailable
@@ -64,7 +65,7 @@ def run_pool(
     services: "Services",
     pool_name: str,
     budget_seconds: float = 0.0,
-    checkpoint: Checkpoint = _no_checkpoint,
+    checkpoint: Checkpoint = no_checkpoint,
     stopping: Callable[[], bool] = lambda: False,
     stale_lease: str | None = None,
     pool_config: PoolConfig | None = None,
