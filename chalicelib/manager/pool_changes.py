@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from chalicelib.config import PoolConfig
+from chalicelib.manager import inventory_view
 from chalicelib.store import VMRecord
 from chalicelib.store.pool_overrides import PoolOverrides
 
@@ -43,6 +44,8 @@ def drain_and_retire(pass_: "_Pass") -> None:
     reset_at = PoolOverrides(pass_.store).get(pass_.pool.name).reset_at
     mark = f"{pass_.pool.template}\n{reset_at!r}"
     check_ready = pass_.snapshot.ready_checked != mark
+    if check_ready or pass_.snapshot.count("ready") > pass_.pool.size:
+        pass_.snapshot = inventory_view.list_whole(pass_.store, pass_.pool.name, pass_.snapshot, "ready")
     report = pass_.report
     candidates = pass_.snapshot.hostnames("pending")
     if check_ready:

@@ -17,7 +17,7 @@ from typing import Callable
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ServiceConfig
 from chalicelib.dns.base import DnsPlugin
-from chalicelib.manager import dns_records, migrations, ondemand, pool_changes, templates, vm_tasks
+from chalicelib.manager import dns_records, inventory_view, migrations, ondemand, pool_changes, templates, vm_tasks
 from chalicelib.manager.hostnames import candidate_names
 from chalicelib.observability import logger
 from chalicelib.providers.base import Provider, ProviderError, TaskState, VMInfo
@@ -124,11 +124,18 @@ class _Pass:
         # Inventory first, then state: any VM we created has its record before its clone
         # starts, so a VM in this inventory without a record in the later snapshot is truly
         # unknown. A failed inventory ends the pass before anything changes.
-        self.inventory_mark = self.store.mark_changes()
-        self.inventory = {vm.name: vm for vm in self.provider.list_vms(self.pool)}
-        self.checkpoint("inventory")
-        self.snapshot = self.store.pool_snapshot(self.pool.name, without_records=("ready",))
-        self.checkpoint("snapshot")
+        self.inventory_mark, inventory_checked = self.store.begin_pass(self.pool.name)
+        changes = inventory_view.changes(self.provider, self.pool, self.service, self.now, inventory_checked)
+        if changes is None or changes.names is None:
+            self.inventory = {vm.name: vm for vm in self.provider.list_vms(self.pool)}
+            self.checkpoint("inventory")
+            self.snapshot = self.store.pool_snapshot(self.pool.name, without_records=("ready",))
+            self.checkpoint("snapshot")
+        else:
+            self.checkpoint("inventory")
+            self.snapshot, self.inventory = inventory_view.due_only(self.store, self.provider, self.pool, self.now,
+                                                                    changes.names)
+            self.checkpoint("snapshot")
         # The size the pool should have now: its schedule window or demand, unless overridden.
         self.size_decision = target_size(self.store, self.pool, self.now, self.service.sizing_timezone)
         self.pool = self.size_decision.apply(self.pool)
@@ -143,6 +150,7 @@ class _Pass:
         self.check_discovered()
         self.destroy_completed()
         self.discover_unknown()
+        inventory_view.checked(self.store, self.pool.name, self.now, inventory_checked, changes)
         pool_changes.drain_and_retire(self)
         if templates.ready_for_clones(self):
             ondemand.serve_requests(self)
@@ -317,7 +325,9 @@ class _Pass:
                 )
 
     def check_running(self) -> None:
-        """Running VMs past their lifetime are reaped; ones deleted behind our back are dropped."""
+        """Running VMs past their lifetime are reaped; ones deleted behind our back are dropped.
+        The others are scheduled for their next look (see inventory_view)."""
+        next_look: dict[str, float] = {}
         for hostname in self.snapshot.hostnames("running"):
             record = self.record(hostname)
             if record is None:
@@ -333,6 +343,9 @@ class _Pass:
                                          lifetime_ended=self.service.vm_lifetime)
             elif hostname not in self.inventory:
                 self.drop(hostname, "running", "gone from the provider while running", gone=True)
+            else:
+                next_look[hostname] = inventory_view.next_look(record, self.now, checked_out + lifetime_hours * 3600)
+        self.store.schedule_running(self.pool.name, next_look)
 
     def return_unconfirmed(self, record: VMRecord) -> bool:
         """A VM whose checkout was never confirmed by its deadline: the request that took it

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Collection, Sequence
 
 from chalicelib.config import PoolConfig
 from chalicelib.providers.failures import Failure, FailureKind
@@ -44,6 +44,19 @@ class VMInfo:
     tools_running: bool = False
     host: str | None = None
     annotation: str | None = None
+
+
+@dataclass(frozen=True)
+class InventoryChanges:
+    """Where a provider's inventory of a pool stands, for a pass that need not list every VM.
+
+    ``token`` marks the inventory as it is now (read before anything else of the pass);
+    ``names`` are the VMs added, changed or removed since the token the pass asked about, or None
+    when the provider cannot say (no token asked about, or too old): then the pass lists every VM.
+    """
+
+    token: str
+    names: frozenset[str] | None
 
 
 class TaskState(enum.Enum):
@@ -95,6 +108,18 @@ class Provider(abc.ABC):
     def list_vms(self, pool: PoolConfig) -> Sequence[VMInfo]:
         """Every VM in the pool's folder, in one inventory call. Raises ProviderError when the
         inventory cannot be read completely: a partial list must never be returned."""
+
+    def inventory_changes(self, pool: PoolConfig, since: str | None) -> InventoryChanges | None:
+        """The pool's inventory token and the VMs changed since the token ``since`` (see
+        InventoryChanges), cheaply: without listing the folder. None when the provider has no
+        such token: every pass then compares the whole inventory (``list_vms``)."""
+        return None
+
+    def find_vms(self, pool: PoolConfig, names: Collection[str]) -> Sequence[VMInfo]:
+        """The VMs of ``names`` that are in the pool's folder (a name missing is not there).
+        Providers with ``inventory_changes`` make it cost O(len(names)); this default lists all."""
+        wanted = set(names)
+        return [vm for vm in self.list_vms(pool) if vm.name in wanted]
 
     @abc.abstractmethod
     def clone(self, pool: PoolConfig, hostname: str) -> str:

@@ -18,16 +18,45 @@ import json
 import random
 import secrets
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import redis
 
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ProviderConfig
-from chalicelib.providers.base import Migration, Provider, ProviderError, Readiness, TaskState, TaskStatus, VMInfo
+from chalicelib.providers.base import (
+    InventoryChanges,
+    Migration,
+    Provider,
+    ProviderError,
+    Readiness,
+    TaskState,
+    TaskStatus,
+    VMInfo,
+)
 from chalicelib.providers.failures import FailureKind
 
 TASK_TTL_SECONDS = 24 * 3600
+
+CHANGE_LOG_KEPT = 100_000
+"""Folder changes remembered for ``inventory_changes``: a pass asking about an older token lists
+the whole folder instead."""
+
+_WRITE_VM = """
+-- Write (ARGV[2] non-empty) or delete a VM of a folder, and log the change: the folder's version
+-- goes up by one and the VM's name is logged at that version (what vSphere's property collector
+-- versions do for a real folder).
+-- KEYS: folder, version, change log. ARGV: name, the VM as JSON or '', changes kept.
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+local version = redis.call('INCR', KEYS[2])
+redis.call('ZADD', KEYS[3], version, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', version - tonumber(ARGV[3]))
+return version
+"""
 
 
 @dataclass(frozen=True)
@@ -62,11 +91,18 @@ class DummyProvider(Provider):
         seed = config.get("seed")
         self._random = random.Random(seed) if seed is not None else random.SystemRandom()
         self._calls = 0
+        self._write_vm = client.register_script(_WRITE_VM)
 
     # --- keys ---------------------------------------------------------------------------------
 
     def _folder_key(self, pool: PoolConfig) -> str:
         return f"{self._prefix}folder:{pool.folder or pool.name}"
+
+    def _version_key(self, folder_key: str) -> str:
+        return f"{folder_key}:version"
+
+    def _change_log_key(self, folder_key: str) -> str:
+        return f"{folder_key}:changes"
 
     def _task_key(self, task_ref: str) -> str:
         return f"{self._prefix}task:{task_ref}"
@@ -99,7 +135,18 @@ class DummyProvider(Provider):
         return {name: json.loads(value) for name, value in raw.items()}
 
     def _save_vm(self, folder_key: str, vm: dict[str, Any]) -> None:
-        self._call("hset", folder_key, vm["name"], json.dumps(vm))
+        self._write(folder_key, vm["name"], json.dumps(vm))
+
+    def _delete_vm(self, folder_key: str, name: str) -> None:
+        self._write(folder_key, name, "")
+
+    def _write(self, folder_key: str, name: str, vm_json: str) -> None:
+        self._calls += 1
+        keys = [folder_key, self._version_key(folder_key), self._change_log_key(folder_key)]
+        try:
+            self._write_vm(keys=keys, args=[name, vm_json, CHANGE_LOG_KEPT])
+        except redis.RedisError as error:
+            raise ProviderError(f"dummy provider storage: {type(error).__name__}", FailureKind.CONNECTION) from error
 
     def _start_task(
         self, pool: PoolConfig, kind: str, vm_name: str, operation: _Operation, **extra: Any
@@ -121,11 +168,44 @@ class DummyProvider(Provider):
     # --- Provider interface -------------------------------------------------------------------
 
     def list_vms(self, pool: PoolConfig) -> Sequence[VMInfo]:
+        return self._visible(pool, self._vms(pool).values())
+
+    def find_vms(self, pool: PoolConfig, names: Collection[str]) -> Sequence[VMInfo]:
+        """The VMs of ``names`` in the folder, in one HMGET: O(len(names)), not O(folder)."""
+        if not names:
+            return []
+        names = list(names)
+        found = self._call("hmget", self._folder_key(pool), names)
+        return self._visible(pool, (json.loads(raw) for raw in found if raw is not None))
+
+    def inventory_changes(self, pool: PoolConfig, since: str | None) -> InventoryChanges | None:
+        """The folder's version and the VMs written or deleted since version ``since``. None
+        with ``getvm_poweroff_percent``: VMs then power off as the folder is listed (a
+        simulation of VMs failing on their own), so every pass must list it."""
+        if self._setting(pool, "getvm_poweroff_percent"):
+            return None
+        folder_key = self._folder_key(pool)
+        self._calls += 1
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.get(self._version_key(folder_key))
+            if since is not None:
+                pipe.zrangebyscore(self._change_log_key(folder_key), f"({since}", "+inf")
+            version, *changed = pipe.execute()
+        except redis.RedisError as error:
+            raise ProviderError(f"dummy provider storage: {type(error).__name__}", FailureKind.CONNECTION) from error
+        token = str(int(version or 0))
+        if since is None or not since.isdigit() or not int(token) - CHANGE_LOG_KEPT <= int(since) <= int(token):
+            return InventoryChanges(token, None)
+        return InventoryChanges(token, frozenset(changed[0]))
+
+    def _visible(self, pool: PoolConfig, vms: Any) -> list[VMInfo]:
+        """What the hypervisor would show of ``vms`` now: clones in progress are not there yet."""
         now = self.clock.now()
         annotation = json.dumps({"pool": pool.name, "creator": "vmpool"})
         poweroff_percent = self._setting(pool, "getvm_poweroff_percent")
         result = []
-        for vm in self._vms(pool).values():
+        for vm in vms:
             if vm["available_at"] > now:
                 continue  # still cloning: a real hypervisor shows nothing yet
             booted = now >= vm["booted_at"]
@@ -183,7 +263,7 @@ class DummyProvider(Provider):
     def _apply(self, task: dict[str, Any]) -> None:
         """Make a finished task's effect visible on the VM (idempotent)."""
         if task["kind"] == "destroy":
-            self._call("hdel", task["folder"], task["vm"])
+            self._delete_vm(task["folder"], task["vm"])
             return
         raw = self._call("hget", task["folder"], task["vm"])
         if raw is None:
@@ -261,4 +341,4 @@ class DummyProvider(Provider):
 
     def delete_by_hand(self, pool: PoolConfig, hostname: str) -> None:
         """A VM that someone deleted outside the service."""
-        self._call("hdel", self._folder_key(pool), hostname)
+        self._delete_vm(self._folder_key(pool), hostname)

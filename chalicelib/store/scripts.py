@@ -66,3 +66,4 @@ class Scripts:
         self.vm_task_take = load("vm_task_take")
         self.vm_task_note = load("vm_task_note")
         self.vm_task_finish = load("vm_task_finish")
+        self.pool_snapshot = load("pool_snapshot")

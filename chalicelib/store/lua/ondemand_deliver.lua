@@ -21,6 +21,7 @@ if request[1] ~= 'open' then
   return cjson.encode({moved = false, state = request[1] or 'missing'})
 end
 redis.call('ZADD', prefix .. 'pool:' .. pool .. ':running', now, hostname)
+redis.call('ZADD', prefix .. 'pool:' .. pool .. ':running_due', now, hostname) -- see checkout.lua
 redis.call('HSET', vm_key, 'state', 'running', 'running_at', now, 'ready_at', now,
   'checkout', now, 'delivered_at', now, 'ip', ip, 'host', host,
   'change_seq', redis.call('GET', prefix .. 'changes') or '0')
