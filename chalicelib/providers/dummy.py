@@ -273,8 +273,10 @@ class DummyProvider(Provider):
             vm["disks"].append({"id": task["disk_id"], "size_gb": task["size_gb"]})
         elif task["kind"] == "snapshot" and task["snapshot"] not in vm["snapshots"]:
             vm["snapshots"].append(task["snapshot"])
-        elif task["kind"] == "migrate":
+        elif task["kind"] == "migrate" and vm.get("host") != task["host"]:
             vm["host"] = task["host"]
+        else:
+            return  # nothing changed (a clone, a revert, a task applied before): no change to log
         self._save_vm(task["folder"], vm)
 
     def destroy(self, pool: PoolConfig, hostname: str) -> str | None:
