@@ -81,6 +81,14 @@ def table(results: dict[str, Any]) -> list[str]:
                          (f"{p['seconds'] * 1000:.1f} ms ({p['without_inventory_seconds'] * 1000:.1f} ms without"
                           f" the provider's inventory)  {p['redis_round_trips']:g} redis round trips"
                           f"  {p['provider_calls']:g} provider calls")))
+            for label, key in (("whole inventory, every vm_checktime", "whole_inventory"),
+                               ("churn: 10 checked out", "churn_10")):
+                if key in p:
+                    q = p[key]
+                    rows.append((f"  {label}",
+                                 (f"{q['seconds'] * 1000:.1f} ms ({q['without_inventory_seconds'] * 1000:.1f} ms"
+                                  f" without the provider's)  {q['redis_round_trips']:g} redis round trips"
+                                  f"  {q['provider_calls']:g} provider calls")))
         v = r["vcsim"]
         if "skipped" in v:
             rows.append(("reconcile vcsim", "skipped: " + v["skipped"]))
