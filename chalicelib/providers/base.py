@@ -160,6 +160,12 @@ class Provider(abc.ABC):
         asked again once the task is done, it needs nothing."""
         return None
 
+    def clone_seconds(self, pool: PoolConfig) -> float | None:
+        """How long the pool's clones take at most, when the provider knows (None: it does not).
+        A pass that started clones looks again after this when it is shorter than
+        ``clone_poll_interval``, so instant clones are not left waiting for the poll."""
+        return None
+
     def start_migration(self, pool: PoolConfig, hostname: str) -> Migration | None:
         """Start moving a checked-out VM to the least used compatible host when it runs on a
         busier one; None when it should stay where it is (or the provider cannot migrate).

@@ -247,6 +247,10 @@ class DummyProvider(Provider):
             )
         return task_ref
 
+    def clone_seconds(self, pool: PoolConfig) -> float | None:
+        """Every clone is done within ``createvm_max_time``."""
+        return self._setting(pool, _CLONE.time_key)
+
     def task_status(self, task_ref: str) -> TaskStatus:
         raw = self._call("get", self._task_key(task_ref))
         if raw is None:
@@ -265,6 +269,8 @@ class DummyProvider(Provider):
         if task["kind"] == "destroy":
             self._delete_vm(task["folder"], task["vm"])
             return
+        if task["kind"] in ("clone", "revert"):
+            return  # the clone wrote its VM when it started; a revert changes nothing we model
         raw = self._call("hget", task["folder"], task["vm"])
         if raw is None:
             return
@@ -280,7 +286,7 @@ class DummyProvider(Provider):
         self._save_vm(task["folder"], vm)
 
     def destroy(self, pool: PoolConfig, hostname: str) -> str | None:
-        if self._call("hget", self._folder_key(pool), hostname) is None:
+        if not self._call("hexists", self._folder_key(pool), hostname):
             return None
         return self._start_task(pool, "destroy", hostname, _DESTROY)[0]
 
