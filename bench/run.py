@@ -108,6 +108,11 @@ def table(results: dict[str, Any]) -> list[str]:
         rows.append((f"refill {r['checked_out_and_returned']} returned VMs",
                      (f"{r['seconds_to_full']} s; meanwhile a 20-VM pool served {r['small_pool_served']}"
                       f" / refused {r['small_pool_refused']} checkouts ({r['small_pool_success']:.0%})")))
+        slow = f.get("slow_clones")
+        if slow:
+            rows.append((f"fill {slow['size']} VMs, {slow['clone_seconds']:g} s clones",
+                         (f"{slow['fill_seconds']} s: {slow['vms_per_second']} VMs/s, {slow['of_ideal']:.0%} of"
+                          f" task_limit / clone time ({slow['ideal_vms_per_second']:g} VMs/s)")))
     if "memory" in results:
         m = results["memory"]
         redis_part = m["parts"].get("redis-server", {})
@@ -117,7 +122,13 @@ def table(results: dict[str, Any]) -> list[str]:
     if "coldstart" in results:
         s = results["coldstart"]
         for label in coldstart.MODULES:
-            rows.append((f"import {label.split()[0]}", f"{s[label]['import_ms']} ms"))
+            cpu = s[label].get("import_cpu_ms", "?")
+            rows.append((f"import {label.split()[0]}",
+                         f"{s[label]['import_ms']} ms ({cpu} ms CPU), python {s['python']}"))
+        packaged = s.get("api_handler_packaged", {})
+        rows.append((f"import api_handler from the zip, {coldstart.LAMBDA_PYTHON}",
+                     f"{packaged['import_cpu_ms']} ms CPU, median of {packaged['runs']}" if "import_cpu_ms" in packaged
+                     else "skipped: " + packaged.get("skipped", "not measured")))
         size = s.get("deployment_zip_bytes")
         rows.append(("deployment.zip", f"{size / 1e6:.1f} MB" if size else s.get("note", "absent")))
     if "sizing" in results:

@@ -3,7 +3,8 @@
 It behaves like a slow, unreliable hypervisor on purpose. Clones take a while to appear and then
 a while to boot; any operation can fail at a configured rate. It takes vmpooler's dummy provider
 keys with the same meaning (``createvm_max_time`` seconds, ``createvm_fail_percent`` and so on),
-per provider and per pool, plus ``boot_time`` (seconds from clone to ready), ``seed``, and
+per provider and per pool, plus ``boot_time`` (seconds from clone to ready), ``createvm_min_time``
+(the shortest clone: equal to ``createvm_max_time``, every clone takes that long), ``seed``, and
 ``createvm_fail_kind``: the kind a simulated clone failure reports (``template``, ``network``,
 ``permission``, ``capacity``... as ``providers.base.FailureKind``; default ``other``).
 
@@ -65,9 +66,11 @@ class _Operation:
 
     time_key: str
     fail_key: str
+    min_time_key: str = ""
+    """The key of its shortest duration (ours, not vmpooler's: 0 when absent)."""
 
 
-_CLONE = _Operation("createvm_max_time", "createvm_fail_percent")
+_CLONE = _Operation("createvm_max_time", "createvm_fail_percent", "createvm_min_time")
 _DESTROY = _Operation("destroyvm_max_time", "destroyvm_fail_percent")
 _DISK = _Operation("createdisk_max_time", "createdisk_fail_percent")
 _SNAPSHOT = _Operation("createsnapshot_max_time", "createsnapshot_fail_percent")
@@ -115,7 +118,8 @@ class DummyProvider(Provider):
     def _duration(self, pool: PoolConfig, operation: _Operation) -> float:
         """vmpooler's dummy takes a random time up to the maximum; with a seed it is repeatable."""
         longest = self._setting(pool, operation.time_key)
-        return self._random.uniform(0, longest) if longest > 0 else 0.0
+        shortest = min(self._setting(pool, operation.min_time_key), longest) if operation.min_time_key else 0.0
+        return self._random.uniform(shortest, longest) if longest > 0 else 0.0
 
     def _fails(self, pool: PoolConfig, key: str) -> bool:
         percent = self._setting(pool, key)
