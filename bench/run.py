@@ -119,6 +119,10 @@ def table(results: dict[str, Any]) -> list[str]:
         rows.append((f"memory, pool of {m['pool_size']}",
                      (f"service RSS {m['service_rss_mb']} MB (PSS {m['service_pss_mb']} MB,"
                       f" workers' shared pages once); redis-server {redis_part.get('rss_mb', 0)} MB")))
+        one = m.get("one_worker")
+        if one:
+            rows.append(("  with one HTTP worker",
+                         f"service RSS {one['service_rss_mb']} MB (PSS {one['service_pss_mb']} MB); vmpooler 93 MB"))
     if "coldstart" in results:
         s = results["coldstart"]
         for label in coldstart.MODULES:
