@@ -126,13 +126,7 @@ def table(results: dict[str, Any]) -> list[str]:
     if "coldstart" in results:
         s = results["coldstart"]
         for label in coldstart.MODULES:
-            cpu = s[label].get("import_cpu_ms", "?")
-            rows.append((f"import {label.split()[0]}",
-                         f"{s[label]['import_ms']} ms ({cpu} ms CPU), python {s['python']}"))
-        packaged = s.get("api_handler_packaged", {})
-        rows.append((f"import api_handler from the zip, {coldstart.LAMBDA_PYTHON}",
-                     f"{packaged['import_cpu_ms']} ms CPU, median of {packaged['runs']}" if "import_cpu_ms" in packaged
-                     else "skipped: " + packaged.get("skipped", "not measured")))
+            rows.append((f"import {label.split()[0]}", f"{s[label]['import_ms']} ms"))
         size = s.get("deployment_zip_bytes")
         rows.append(("deployment.zip", f"{size / 1e6:.1f} MB" if size else s.get("note", "absent")))
     if "sizing" in results:
