@@ -47,7 +47,11 @@ _WRITE_VM = """
 -- Write (ARGV[2] non-empty) or delete a VM of a folder, and log the change: the folder's version
 -- goes up by one and the VM's name is logged at that version (what vSphere's property collector
 -- versions do for a real folder).
--- KEYS: folder, version, change log. ARGV: name, the VM as JSON or '', changes kept.
+-- KEYS: folder, version, change log[, a task]. ARGV: name, the VM as JSON or '', changes kept[,
+-- the task as JSON, its TTL]: a clone records its task and its VM in one step.
+if KEYS[4] then
+  redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[5])
+end
 if ARGV[2] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])
 else
@@ -57,6 +61,16 @@ local version = redis.call('INCR', KEYS[2])
 redis.call('ZADD', KEYS[3], version, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', version - tonumber(ARGV[3]))
 return version
+"""
+
+_START_IF_PRESENT = """
+-- Record a task on a VM of the folder, if the folder has it. KEYS: folder, task.
+-- ARGV: name, the task as JSON, its TTL. Returns 1 when recorded.
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+return 1
 """
 
 
@@ -95,6 +109,7 @@ class DummyProvider(Provider):
         self._random = random.Random(seed) if seed is not None else random.SystemRandom()
         self._calls = 0
         self._write_vm = client.register_script(_WRITE_VM)
+        self._start_if_present = client.register_script(_START_IF_PRESENT)
 
     # --- keys ---------------------------------------------------------------------------------
 
@@ -144,11 +159,18 @@ class DummyProvider(Provider):
     def _delete_vm(self, folder_key: str, name: str) -> None:
         self._write(folder_key, name, "")
 
-    def _write(self, folder_key: str, name: str, vm_json: str) -> None:
-        self._calls += 1
+    def _write(self, folder_key: str, name: str, vm_json: str, task: tuple[str, dict[str, Any]] | None = None) -> None:
         keys = [folder_key, self._version_key(folder_key), self._change_log_key(folder_key)]
+        args: list[Any] = [name, vm_json, CHANGE_LOG_KEPT]
+        if task is not None:
+            keys.append(self._task_key(task[0]))
+            args += [json.dumps(task[1]), TASK_TTL_SECONDS]
+        self._script(self._write_vm, keys, args)
+
+    def _script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        self._calls += 1
         try:
-            self._write_vm(keys=keys, args=[name, vm_json, CHANGE_LOG_KEPT])
+            return script(keys=keys, args=args)
         except redis.RedisError as error:
             raise ProviderError(f"dummy provider storage: {type(error).__name__}", FailureKind.CONNECTION) from error
 
@@ -156,6 +178,14 @@ class DummyProvider(Provider):
         self, pool: PoolConfig, kind: str, vm_name: str, operation: _Operation, **extra: Any
     ) -> tuple[str, dict[str, Any]]:
         """Record a task that finishes (or fails) at a time drawn now. Returns its ref and itself."""
+        task_ref, task = self._new_task(pool, kind, vm_name, operation, **extra)
+        self._call("set", self._task_key(task_ref), json.dumps(task), ex=TASK_TTL_SECONDS)
+        return task_ref, task
+
+    def _new_task(
+        self, pool: PoolConfig, kind: str, vm_name: str, operation: _Operation, **extra: Any
+    ) -> tuple[str, dict[str, Any]]:
+        """A task that finishes (or fails) at a time drawn now, not yet recorded: its ref and itself."""
         task_ref = f"{kind}-{secrets.token_hex(6)}"
         now = self.clock.now()
         task = {
@@ -166,7 +196,6 @@ class DummyProvider(Provider):
             "fails": self._fails(pool, operation.fail_key),
             **extra,
         }
-        self._call("set", self._task_key(task_ref), json.dumps(task), ex=TASK_TTL_SECONDS)
         return task_ref, task
 
     # --- Provider interface -------------------------------------------------------------------
@@ -231,24 +260,24 @@ class DummyProvider(Provider):
 
     def clone(self, pool: PoolConfig, hostname: str) -> str:
         failure = FailureKind.parse(str(self.config.pool_setting(pool, "createvm_fail_kind", "other")))
-        task_ref, task = self._start_task(pool, "clone", hostname, _CLONE, failure=failure.value)
-        if not task["fails"]:
+        task_ref, task = self._new_task(pool, "clone", hostname, _CLONE, failure=failure.value)
+        if task["fails"]:
+            self._call("set", self._task_key(task_ref), json.dumps(task), ex=TASK_TTL_SECONDS)
+        else:
             available_at = task["due"]
-            self._save_vm(
-                self._folder_key(pool),
-                {
-                    "name": hostname,
-                    "template": pool.template,
-                    "available_at": available_at,
-                    "booted_at": available_at + self._setting(pool, "boot_time"),
-                    "powered_on": True,
-                    "ip": "10.{}.{}.{}".format(
-                        self._random.randint(0, 255), self._random.randint(0, 255), self._random.randint(1, 254)
-                    ),
-                    "disks": [],
-                    "snapshots": [],
-                },
-            )
+            vm = {
+                "name": hostname,
+                "template": pool.template,
+                "available_at": available_at,
+                "booted_at": available_at + self._setting(pool, "boot_time"),
+                "powered_on": True,
+                "ip": "10.{}.{}.{}".format(
+                    self._random.randint(0, 255), self._random.randint(0, 255), self._random.randint(1, 254)
+                ),
+                "disks": [],
+                "snapshots": [],
+            }
+            self._write(self._folder_key(pool), hostname, json.dumps(vm), (task_ref, task))  # one round trip
         return task_ref
 
     def clone_seconds(self, pool: PoolConfig) -> float | None:
@@ -290,9 +319,10 @@ class DummyProvider(Provider):
         self._save_vm(task["folder"], vm)
 
     def destroy(self, pool: PoolConfig, hostname: str) -> str | None:
-        if not self._call("hexists", self._folder_key(pool), hostname):
-            return None
-        return self._start_task(pool, "destroy", hostname, _DESTROY)[0]
+        task_ref, task = self._new_task(pool, "destroy", hostname, _DESTROY)
+        recorded = self._script(self._start_if_present, [self._folder_key(pool), self._task_key(task_ref)],
+                                [hostname, json.dumps(task), TASK_TTL_SECONDS])
+        return task_ref if recorded else None
 
     def check_ready(self, pool: PoolConfig, vm: VMInfo) -> Readiness:
         if not vm.powered_on:
