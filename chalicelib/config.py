@@ -214,6 +214,7 @@ _IGNORED = Key(anything)
 
 DUMMY_KEYS: dict[str, Key] = {
     "createvm_max_time": Key(number(0)),
+    "createvm_min_time": Key(number(0)),  # ours: every clone takes at least this long
     "createvm_fail_percent": Key(number(0)),
     "createvm_fail_kind": Key(choice(*(kind.value for kind in FailureKind))),
     "destroyvm_max_time": Key(number(0)),

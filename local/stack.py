@@ -120,6 +120,7 @@ def dummy_config(pools: Sequence[tuple[str, int]], task_limit: int = 100_000,
         ":providers:",
         "  :dummy:",
         f"    createvm_max_time: {clone_seconds}",
+        f"    createvm_min_time: {clone_seconds}",
         f"    boot_time: {boot_seconds}",
         ":pools:",
     ]

@@ -34,8 +34,9 @@ from chalicelib import observability as metric
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ServiceConfig
 from chalicelib.dns.base import DnsError, DnsPlugin
+from chalicelib.manager import inventory_view
 from chalicelib.observability import emit, logger
-from chalicelib.providers.base import Provider, VMInfo
+from chalicelib.providers.base import InventoryChanges, Provider, VMInfo
 from chalicelib.providers.failures import Failure, FailureKind
 from chalicelib.sizing.controller import SizeDecision, target_size
 from chalicelib.store import DurationSample, PoolSnapshot, Store, VMRecord
@@ -133,6 +134,11 @@ class PassContext:
     """Set by the template step while the pool's template is being prepared: no clones this pass."""
     late_records: dict[str, VMRecord | None] = field(default_factory=dict)
     """Records read after the snapshot (ready VMs a step acts on), None when missing."""
+    inventory_checked: str = ""
+    """The pool's mark of the provider's inventory token it last compared with (``Store.begin_pass``)."""
+    inventory_changes: InventoryChanges | None = None
+    """What the provider said changed since that token (None: it keeps no token; names None:
+    this pass compares the whole inventory). See inventory_view."""
 
     @classmethod
     def read(cls, store: Store, provider: Provider, pool: PoolConfig, clock: Clock, service: ServiceConfig,
@@ -140,10 +146,15 @@ class PassContext:
         """Read the pass's inputs, in this order: the inventory, the snapshot, the pool's
         overrides and its size now. Raises ProviderError or StoreUnavailable (nothing changed yet)."""
         now = clock.now()
-        inventory_mark = store.mark_changes()
-        inventory = {vm.name: vm for vm in provider.list_vms(pool)}
-        checkpoint("inventory")
-        snapshot = store.pool_snapshot(pool.name, without_records=("ready",))
+        inventory_mark, inventory_checked = store.begin_pass(pool.name)
+        changes = inventory_view.changes(provider, pool, service, now, inventory_checked)
+        if changes is None or changes.names is None:
+            inventory = {vm.name: vm for vm in provider.list_vms(pool)}
+            checkpoint("inventory")
+            snapshot = store.pool_snapshot(pool.name, without_records=("ready",))
+        else:  # the provider says what changed: only the VMs that may need something
+            checkpoint("inventory")
+            snapshot, inventory = inventory_view.due_only(store, provider, pool, now, changes.names)
         checkpoint("snapshot")
         overrides = PoolOverrides(store).get(pool.name)
         size_decision = target_size(store, pool, now, service.sizing_timezone)
@@ -151,7 +162,8 @@ class PassContext:
         return cls(store=store, provider=provider, dns=dns, clock=clock, service=service, checkpoint=checkpoint,
                    pool=pool, now=now, inventory=inventory, inventory_mark=inventory_mark, snapshot=snapshot,
                    overrides=overrides, size_decision=size_decision,
-                   report=PassReport(pool=pool.name, started=now, size=pool.size))
+                   report=PassReport(pool=pool.name, started=now, size=pool.size),
+                   inventory_checked=inventory_checked, inventory_changes=changes)
 
     # --- reading ------------------------------------------------------------------------------
 

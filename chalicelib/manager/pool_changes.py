@@ -16,6 +16,7 @@ conditional, so a VM checked out meanwhile is never touched.
 from __future__ import annotations
 
 from chalicelib.config import PoolConfig
+from chalicelib.manager import inventory_view
 from chalicelib.manager.context import PassContext
 from chalicelib.store import VMRecord
 
@@ -38,6 +39,8 @@ def drain_and_retire(context: PassContext) -> None:
     reset_at = context.overrides.reset_at
     mark = f"{context.pool.template}\n{reset_at!r}"
     check_ready = context.snapshot.ready_checked != mark
+    if check_ready or context.snapshot.count("ready") > context.pool.size:
+        context.snapshot = inventory_view.list_whole(context.store, context.pool.name, context.snapshot, "ready")
     report = context.report
     candidates = context.snapshot.hostnames("pending")
     if check_ready:

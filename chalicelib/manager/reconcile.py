@@ -21,6 +21,7 @@ from chalicelib.manager import (
     clones,
     completed,
     discovered,
+    inventory_view,
     migrations,
     ondemand,
     pending,
@@ -46,6 +47,12 @@ def record_durations(context: PassContext) -> None:
     context.store.record_durations(day_of(context.now), context.report.samples)
 
 
+def note_inventory_checked(context: PassContext) -> None:
+    """Record the provider's inventory token this pass compared with (see inventory_view)."""
+    inventory_view.checked(context.store, context.pool.name, context.now, context.inventory_checked,
+                           context.inventory_changes)
+
+
 def count_pool(context: PassContext) -> None:
     """The pool's counts as the pass leaves it, and how many VMs it still lacks."""
     context.checkpoint("done")  # every change of the pass is made
@@ -64,6 +71,7 @@ STEPS: tuple[Step, ...] = (
     discovered.check_discovered,  # before discover_unknown: a VM found now is judged next pass
     completed.destroy_completed,
     discovered.discover_unknown,
+    note_inventory_checked,
     pool_changes.drain_and_retire,
     templates.prepare_template,  # may hold the clones below
     ondemand.serve_requests,  # before repopulate: requests do not wait behind the pool's refill

@@ -145,6 +145,12 @@ def check_delay(services: "Services", pool: PoolConfig, result: PassReport) -> f
     delay = float(pool.get("check_loop_delay_min", services.config.service.check_loop_delay_min))
     if result.waiting_for_clones:
         delay = min(delay, float(services.config.service.clone_poll_interval))
+    if result.clones_started:
+        # Clones the provider finishes sooner than the poll (the dummy's instant clones): look
+        # when they are done, or a small pool under load refills a batch per poll interval.
+        clone_seconds = services.provider(pool.provider).clone_seconds(pool)
+        if clone_seconds is not None:
+            delay = min(delay, clone_seconds)
     return delay
 
 

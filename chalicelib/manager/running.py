@@ -7,14 +7,17 @@ state has not changed since the inventory read began."""
 
 from __future__ import annotations
 
+from chalicelib.manager import inventory_view
 from chalicelib.manager.context import PassContext
 from chalicelib.observability import logger
 from chalicelib.store import VMRecord
 
 
 def check_running(context: PassContext) -> None:
-    """Running VMs past their lifetime are reaped; ones deleted behind our back are dropped."""
+    """Running VMs past their lifetime are reaped; ones deleted behind our back are dropped.
+    The others are scheduled for their next look (see inventory_view)."""
     default_lifetime = context.service.vm_lifetime
+    next_look: dict[str, float] = {}
     for hostname in context.snapshot.hostnames("running"):
         record = context.record(hostname)
         if record is None:
@@ -30,6 +33,9 @@ def check_running(context: PassContext) -> None:
                                         lifetime_ended=default_lifetime)
         elif hostname not in context.inventory:
             context.drop(hostname, "running", "gone from the provider while running", gone=True)
+        else:
+            next_look[hostname] = inventory_view.next_look(record, context.now, checked_out + lifetime_hours * 3600)
+    context.store.schedule_running(context.pool.name, next_look)
 
 
 def _return_unconfirmed(context: PassContext, record: VMRecord) -> bool:

@@ -16,6 +16,11 @@ tests/core/test_key_schema.py holds both sides to this.
                                      provider's inventory, to order that read against the changes
     clone_demand             hash    pool -> "<clone slots wanted> <when>" of the pools short of VMs
     pool:<pool>:ready_checked string the template and reset time every ready VM was last checked against
+    pool:<pool>:running_due  zset    running VMs, scored by when a pass must next look at one (its
+                                     checkout's confirmation deadline, its lifetime's end); may
+                                     hold VMs no longer running (dropped when due)
+    pool:<pool>:inventory_checked string "<provider's inventory token> <time>": the inventory the pool's
+                                     VMs were last compared with, and when it was last compared whole
     lease:<pool>             string  who runs the pool's reconcile right now
     wake:<pool>              list    nudges for the pool's reconcile (checkout, delete, request)
     followup:<pool>          string  a delayed follow-up pass of the pool is queued (store/fleet.py)
@@ -111,6 +116,12 @@ class Keys:
 
     def ready_checked(self, pool: str) -> str:
         return f"{self.prefix}pool:{pool}:ready_checked"
+
+    def running_due(self, pool: str) -> str:
+        return f"{self.prefix}pool:{pool}:running_due"
+
+    def inventory_checked(self, pool: str) -> str:
+        return f"{self.prefix}pool:{pool}:inventory_checked"
 
     @property
     def clone_demand(self) -> str:

@@ -222,7 +222,7 @@ class OnDemandStore:
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_deliver(
                 keys=[self.keys.vm(hostname), *(self.keys.pool_state(pool, state) for state in ("pending", "running",
-                      "completed")), self.keys.cloning, self.keys.changes],
+                      "completed")), self.keys.cloning, self.keys.changes, self.keys.running_due(pool)],
                 args=[hostname, repr(now), ip or "", host or "", self.keys.ondemand(KEY_PART),
                       self.keys.ondemand_vms(KEY_PART), self.keys.vm(KEY_PART), self.keys.ondemand_open(KEY_PART)]))
         return bool(answer["moved"]), answer["state"]

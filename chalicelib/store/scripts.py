@@ -77,6 +77,7 @@ class Scripts:
         self.vm_task_take = load("vm_task_take")
         self.vm_task_note = load("vm_task_note")
         self.vm_task_finish = load("vm_task_finish")
+        self.pool_snapshot = load("pool_snapshot")
 
 
 class KeyList:

@@ -177,12 +177,19 @@ class PoolSnapshot:
     """Hostnames whose records were read (present in ``records`` unless missing in Redis)."""
     ready_checked: str = ""
     """The pool's ``ready_checked`` mark: what every ready VM was last checked against."""
+    sizes: Mapping[str, int] = field(default_factory=dict)
+    """state -> how many VMs it holds, when ``members`` lists only some (``Store.pool_snapshot_due``)."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether ``members`` lists every VM of every state."""
+        return not self.sizes
 
     def hostnames(self, state: str) -> list[str]:
         return list(self.members.get(state, {}))
 
     def count(self, state: str) -> int:
-        return len(self.members.get(state, {}))
+        return self.sizes.get(state, len(self.members.get(state, {})))
 
     @property
     def tracked(self) -> set[str]:
@@ -254,6 +261,56 @@ class Store:
                             wants_clones=bool(wants_clones), loaded=frozenset(hostnames),
                             ready_checked=ready_checked or "")
 
+    def pool_snapshot_due(self, pool: str, now: float, ready_ttl_seconds: float,
+                          also: Iterable[str] = ()) -> PoolSnapshot:
+        """What a pass must look at, in one round trip, in time independent of how many VMs
+        wait unchanged: every pending, completed and discovered VM with its record; the ready
+        VMs whose ready_ttl has passed (records read when acted on); the running VMs due for a
+        look (``schedule_running``) with their records; and the VMs of ``also`` (the provider
+        says they changed) in whatever state, with records unless ready. ``sizes`` has the counts."""
+        keys = [self.keys.pool_state(pool, state) for state in STATES]
+        keys += [self.keys.running_due(pool), self.keys.cloning, self.keys.clone_demand,
+                 self.keys.ready_checked(pool)]
+        with _translate_errors():
+            counts, state_members, cloning_total, wants_clones, ready_checked = self.scripts.pool_snapshot(
+                keys=keys, args=[pool, repr(now), repr(now - ready_ttl_seconds), *also])
+        members = {state: {pairs[i]: float(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+                   for state, pairs in zip(STATES, state_members, strict=True)}
+        hostnames = [host for state, hosts in members.items() if state != "ready" for host in hosts]
+        return PoolSnapshot(members=members, records=self.records(hostnames), cloning_total=cloning_total,
+                            wants_clones=bool(wants_clones), loaded=frozenset(hostnames),
+                            ready_checked=ready_checked or "",
+                            sizes=dict(zip(STATES, counts, strict=True)))
+
+    def state_members(self, pool: str, state: str) -> dict[str, float]:
+        """hostname -> time it entered ``state``, for every VM of the pool in it."""
+        with _translate_errors():
+            pairs = cast("list[tuple[str, float]]",
+                         self.client.zrange(self.keys.pool_state(pool, state), 0, -1, withscores=True))
+        return dict(pairs)
+
+    def schedule_running(self, pool: str, due: Mapping[str, float]) -> None:
+        """When a pass must next look at each running VM of ``due`` (see pool_snapshot_due)."""
+        if not due:
+            return
+        with _translate_errors():
+            self.client.zadd(self.keys.running_due(pool), dict(due))
+
+    def begin_pass(self, pool: str) -> tuple[int, str]:
+        """``mark_changes`` and the pool's ``inventory_checked`` mark ("" when none), in one round trip."""
+        with _translate_errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.incr(self.keys.changes)
+            pipe.get(self.keys.inventory_checked(pool))
+            mark, checked = pipe.execute()
+        return int(mark), checked or ""
+
+    def mark_inventory_checked(self, pool: str, checked: str) -> None:
+        """Note the provider's inventory token the pool's VMs were compared with, and when the
+        last whole comparison was (see ``begin_pass``)."""
+        with _translate_errors():
+            self.client.set(self.keys.inventory_checked(pool), checked)
+
     def records(self, hostnames: Sequence[str]) -> dict[str, VMRecord]:
         """The records of ``hostnames`` that exist, in one round trip."""
         if not hostnames:
@@ -323,6 +380,7 @@ class Store:
                                    *(pool for _, pools in slots for pool in pools)]):
             pool_keys[pool] = {"ready": key_list.add(self.keys.pool_state(pool, "ready")),
                                "running": key_list.add(self.keys.pool_state(pool, "running")),
+                               "running_due": key_list.add(self.keys.running_due(pool)),
                                "wake": key_list.add(self.keys.wake(pool))}
             if pool in tracked:
                 pool_keys[pool]["demand"] = key_list.add(self.keys.demand(pool, day))

@@ -116,6 +116,8 @@ for index, slot in ipairs(slots) do
   local popped = redis.call('ZPOPMIN', KEYS[pool_keys[pool].ready])
   local hostname = popped[1]
   redis.call('ZADD', KEYS[pool_keys[pool].running], now, hostname)
+  -- The next pass looks at it (its confirmation, migration, lifetime: Store.pool_snapshot_due).
+  redis.call('ZADD', KEYS[pool_keys[pool].running_due], now, hostname)
   local vm_key = key_of(checkout.vm_template, hostname)
   redis.call('HSET', vm_key, 'state', 'running', 'checkout', now, 'change_seq', change_seq,
     'checkout_id', checkout.checkout_id, 'confirm_by', checkout.confirm_by)

@@ -2,12 +2,12 @@
 -- never through ready, so a plain checkout can never take it. The request becomes ready when
 -- its last VM arrives. A VM whose request ended meanwhile goes to completed instead.
 -- KEYS[1] the VM's record, KEYS[2..4] its pool's pending, running and completed sets, KEYS[5] the
--- cloning set, KEYS[6] the changes counter.
+-- cloning set, KEYS[6] the changes counter, KEYS[7] its pool's running_due set.
 -- ARGV: hostname, now, ip, host, then the templates of the keys named by the request the record
 -- names (keys.DERIVED_KEYS): request_template, request_vms_template, vm_template, open_template.
 -- Returns JSON {"moved": bool, "state": the request's state afterwards}
-local vm_key, pending_key, running_key, completed_key, cloning_key, changes_key =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local vm_key, pending_key, running_key, completed_key, cloning_key, changes_key, running_due_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local hostname, now, ip, host = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local request_template, request_vms_template, vm_template, open_template = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local id = redis.call('HGET', vm_key, 'request')
@@ -25,6 +25,7 @@ if request[1] ~= 'open' then
   return cjson.encode({moved = false, state = request[1] or 'missing'})
 end
 redis.call('ZADD', running_key, now, hostname)
+redis.call('ZADD', running_due_key, now, hostname) -- see checkout.lua
 redis.call('HSET', vm_key, 'state', 'running', 'running_at', now, 'ready_at', now,
   'checkout', now, 'delivered_at', now, 'ip', ip, 'host', host,
   'change_seq', redis.call('GET', changes_key) or '0')
