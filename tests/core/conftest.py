@@ -14,7 +14,8 @@ import redis
 
 from chalicelib.clock import FakeClock
 from chalicelib.config import Config, PoolConfig, parse
-from chalicelib.manager.reconcile import Checkpoint, PassReport, _no_checkpoint, reconcile_pool
+from chalicelib.manager.context import Checkpoint, PassReport, no_checkpoint
+from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.observability import logger
 from chalicelib.providers.dummy import DummyProvider
 from chalicelib.store import STATES, Store
@@ -35,7 +36,7 @@ class World:
         assert pool is not None, name
         return pool
 
-    def reconcile(self, name: str, checkpoint: Checkpoint = _no_checkpoint) -> PassReport:
+    def reconcile(self, name: str, checkpoint: Checkpoint = no_checkpoint) -> PassReport:
         return reconcile_pool(self.store, self.provider, self.pool(name), self.clock,
                               self.config.service, checkpoint)
 

@@ -15,7 +15,7 @@ from chalicelib.clock import FakeClock
 from chalicelib.config import parse
 from chalicelib.dns.base import DnsPlugin
 from chalicelib.dns.registry import build_dns_plugin
-from chalicelib.manager import reconcile
+from chalicelib.manager import clones
 from chalicelib.manager.reconcile import PassReport, reconcile_pool
 from chalicelib.providers.dummy import DummyProvider
 from chalicelib.store import Store
@@ -101,7 +101,7 @@ def test_a_new_name_that_already_resolves_is_refused_and_another_is_used(
     stale = "stale-name"
     world.dns.create_or_replace(stale, "10.99.99.99")  # left behind by someone else
     names: Iterator[str] = itertools.chain([stale], (f"fresh-{n}" for n in itertools.count()))
-    monkeypatch.setattr(reconcile, "candidate_names", lambda count, prefix="": [next(names) for _ in range(count * 2)])
+    monkeypatch.setattr(clones, "candidate_names", lambda count, prefix="": [next(names) for _ in range(count * 2)])
     first = world.passes(1)[0]
     assert stale in first.completed and "already resolves to 10.99.99.99" in first.completed[stale]
     assert stale not in world.provider_vms("dns")  # never cloned
@@ -187,7 +187,7 @@ def test_records_left_to_dhcp_can_still_have_new_names_checked(
                            size=1)
     assert not world.dns.manages_records
     names = itertools.chain(["dhcp-left"], (f"fresh-{n}" for n in itertools.count()))
-    monkeypatch.setattr(reconcile, "candidate_names", lambda count, prefix="": [next(names) for _ in range(count * 2)])
+    monkeypatch.setattr(clones, "candidate_names", lambda count, prefix="": [next(names) for _ in range(count * 2)])
     first = world.passes(1)[0]
     assert "already resolves to 10.88.0.1" in first.completed["dhcp-left"]
     world.passes(3)
