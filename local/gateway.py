@@ -15,12 +15,15 @@ import json
 import re
 import socket
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from chalice import Chalice
+
+from chalicelib.api.chalice_app import RequestLocalChalice
 
 NOT_FOUND = b'{"ok":false}'
 MAX_BODY_BYTES = 1024 * 1024
@@ -133,13 +136,19 @@ def json_error(status: int, message: str) -> Response:
 
 class AsgiApp:
     """The gateway as an ASGI application. The body is received without blocking anyone (a slow
-    client costs a coroutine, bounded by ``body_timeout``); the Chalice app is then called
-    synchronously, on the event loop itself, so this process serves one request at a time."""
+    client costs a coroutine, bounded by ``body_timeout``); the Chalice app is then called on one
+    of ``threads`` threads, so a worker overlaps its requests' Redis waits. Each thread sees only
+    its own request: the app keeps its per-request state per thread (RequestLocalChalice); an
+    app that does not is called on one thread, one request at a time."""
 
-    def __init__(self, app: Chalice, max_body: int = MAX_BODY_BYTES, body_timeout: float = 10.0) -> None:
+    def __init__(self, app: Chalice, max_body: int = MAX_BODY_BYTES, body_timeout: float = 10.0,
+                 threads: int = 4) -> None:
         self.gateway = Gateway(app)
         self.max_body = max_body
         self.body_timeout = body_timeout
+        if not isinstance(app, RequestLocalChalice):
+            threads = 1  # Chalice's current_request is one attribute of the app
+        self._threads = ThreadPoolExecutor(max_workers=max(threads, 1), thread_name_prefix="vmpool-api")
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
         if scope["type"] != "http":
@@ -175,7 +184,8 @@ class AsgiApp:
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
         client = scope.get("client") or ("", 0)
-        return self.gateway(scope["method"], target.decode("latin-1"), headers, bytes(body), client[0])
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads, self.gateway, scope["method"], target.decode("latin-1"), headers, bytes(body), client[0])
 
 
 class _Handler(BaseHTTPRequestHandler):
