@@ -142,7 +142,7 @@ class AsgiApp:
     app that does not is called on one thread, one request at a time."""
 
     def __init__(self, app: Chalice, max_body: int = MAX_BODY_BYTES, body_timeout: float = 10.0,
-                 threads: int = 4) -> None:
+                 threads: int = 2) -> None:
         self.gateway = Gateway(app)
         self.max_body = max_body
         self.body_timeout = body_timeout

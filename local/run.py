@@ -6,7 +6,7 @@ core, each serving one request at a time), and runs every pool's reconcile on a 
 stops all of it; so does killing this process (its children die with it). One stack per state directory: a
 second one on the same directory refuses to start.
 
-    python -m local.run [--port 8000] [--workers N] [--config FILE] [--provider dummy|vcsim]
+    python -m local.run [--port 8000] [--workers N] [--threads N] [--config FILE] [--provider dummy|vcsim]
 
 With ``--provider vcsim`` it also starts our vCenter simulator (tools/vcsim) and serves pools of
 real (simulated) vSphere clones instead of the dummy provider's.
@@ -51,7 +51,8 @@ def _lock_state_dir() -> int:
     return descriptor
 
 
-def _serve_http(port: int, workers: int, parent: int, ready: "multiprocessing.synchronize.Semaphore") -> None:
+def _serve_http(port: int, workers: int, threads: int, parent: int,
+                ready: "multiprocessing.synchronize.Semaphore") -> None:
     """The HTTP front's process: gunicorn's arbiter, which forks the workers."""
     from local.processes import die_with_parent
 
@@ -60,8 +61,10 @@ def _serve_http(port: int, workers: int, parent: int, ready: "multiprocessing.sy
     from local.gateway import AsgiApp
     from local.http_front import CLIENT_TIMEOUT_SECONDS, HttpFront
 
-    front = HttpFront(lambda: AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS), "127.0.0.1", port, workers,
-                      on_worker_ready=ready.release)
+    def asgi_app() -> AsgiApp:
+        return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads)
+
+    front = HttpFront(asgi_app, "127.0.0.1", port, workers, on_worker_ready=ready.release)
     front.run()
 
 
@@ -129,9 +132,10 @@ def _require_free_port(port: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    # One request at a time per worker, one worker per core: more workers measured more CPU per
-    # request (docs/performance.md, "The local HTTP front").
+    # One worker per core, each serving requests on 2 threads (their Redis waits overlap): more
+    # workers or threads measured fewer cycles/s here (docs/performance.md, "The local HTTP front").
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", os.cpu_count() or 1)))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "2")))
     parser.add_argument("--config", default=os.environ.get("VMPOOL_CONFIG_FILE"))
     parser.add_argument("--redis-port", type=int, default=int(os.environ.get("VMPOOL_LOCAL_REDIS_PORT", "0")))
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between scheduled passes")
@@ -172,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         # Forked before the scheduler's threads exist: the front's processes inherit none.
         context = multiprocessing.get_context("fork")
         ready = context.Semaphore(0)
-        front = context.Process(target=_serve_http, args=(args.port, workers, os.getpid(), ready), name="vmpool-http")
+        front = context.Process(target=_serve_http, name="vmpool-http",
+                                args=(args.port, workers, max(args.threads, 1), os.getpid(), ready))
         front.start()
         for _ in range(workers):
             if not ready.acquire(timeout=30):
