@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
-import redis
 
-from chalicelib.clock import FakeClock
 from chalicelib.config import parse
 from chalicelib.manager.reconcile import CLONE_START_GRACE_SECONDS, Checkpoint, _no_checkpoint
 from chalicelib.manager.runner import RunReport, run_pool
-from chalicelib.providers.dummy import DummyProvider
 from chalicelib.services import Services
 from chalicelib.store.ondemand import READY, OnDemandStore
 from chalicelib.store.vm_tasks import VMTaskStore, task_errors
-from tests.core.conftest import PREFIX, World, assert_consistent
+from tests.harness import PREFIX, Harness, HarnessFactory, assert_consistent
 
 CONFIG = """\
 config: {task_limit: 5, timeout: 5, ready_ttl: 10, vm_lifetime: 2, prefix: "ci-", domain: example.com,
@@ -39,7 +36,7 @@ class Fleet:
     """Several pools, each reconciled by its own ``run_pool`` (one pass per call)."""
 
     services: Services
-    world: World
+    world: Harness
     kept: dict[str, set[str]] = field(default_factory=dict)
     """Per pool: the VMs checked out with a long lifetime, which must still be running at the end."""
     strays: set[str] = field(default_factory=set)
@@ -121,14 +118,10 @@ FleetFactory = Callable[[], Fleet]
 
 
 @pytest.fixture
-def make_fleet(redis_client: redis.Redis, clock: FakeClock) -> Iterator[FleetFactory]:
+def make_fleet(make_harness: HarnessFactory) -> FleetFactory:
     def make() -> Fleet:
-        config = parse(CONFIG)
-        services = Services(config, redis_client, clock, prefix=PREFIX)
-        provider = services.provider("dummy")
-        assert isinstance(provider, DummyProvider)
-        world = World(config, redis_client, clock, services.store, provider)
-        return Fleet(services, world)
+        world = make_harness(parse(CONFIG))
+        return Fleet(world.services, world)
 
-    yield make
+    return make
 

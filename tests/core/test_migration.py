@@ -156,7 +156,7 @@ def test_a_vm_returned_while_migrating_frees_its_slot(redis_client: redis.Redis,
 def test_a_pass_killed_after_taking_a_slot_frees_it_after_the_grace(
         redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     from chalicelib.manager.migrations import MIGRATION_START_GRACE_SECONDS
-    from tests.core.conftest import Killed
+    from tests.harness import Killed
 
     world = stack(redis_client, monkeypatch, limit=1, dummy=", migratevm_couldmove_percent: 100")
     world.fill()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import redis
 
 from chalicelib.store.pool_overrides import PoolOverrides
-from tests.core.conftest import World, WorldFactory
+from tests.harness import Harness, HarnessFactory
 
 CONFIG = """\
 config: {{task_limit: 100, ready_ttl: 60, prefix: "ci-"}}
@@ -25,7 +25,7 @@ def record_reads(client: redis.Redis) -> int:
     return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("hgetall", "hget", "hmget"))
 
 
-def steady_reads(world: World) -> int:
+def steady_reads(world: Harness) -> int:
     world.settle("alpha", seconds=1)
     world.clock.advance(1)
     world.client.config_resetstat()
@@ -34,7 +34,7 @@ def steady_reads(world: World) -> int:
     return record_reads(world.client)
 
 
-def test_a_steady_pass_reads_no_vm_record_whatever_the_pools_size(make_world: WorldFactory) -> None:
+def test_a_steady_pass_reads_no_vm_record_whatever_the_pools_size(make_world: HarnessFactory) -> None:
     small = steady_reads(make_world(CONFIG.format(size=5, template="t1")))
     world = make_world(CONFIG.format(size=80, template="t1"))
     large = steady_reads(world)

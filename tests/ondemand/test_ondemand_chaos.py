@@ -7,7 +7,7 @@ import pytest
 
 from chalicelib.manager.reconcile import CLONE_START_GRACE_SECONDS
 from chalicelib.store.ondemand import OnDemandStore
-from tests.core.conftest import Killed, kill_at_step, run_at_once
+from tests.harness import Killed, kill_at_step, run_at_once
 
 
 def busy(make_stack):
