@@ -254,9 +254,10 @@ class Harness:
             assert_consistent(self, name)
         return reports
 
-    def run_passes(self, *pools: str, seconds: float = 31, rounds: int = 3) -> None:
-        """``rounds`` passes over the pools (all when none is named), ``seconds`` apart, then one more."""
-        for _ in range(rounds):
+    def run_passes(self, *pools: str, seconds: float = 31, passes: int = 3) -> None:
+        """``passes`` rounds over the pools (all when none is named), ``seconds`` apart, then one
+        more: long enough, by default, for the dummy's clones to boot."""
+        for _ in range(passes):
             for pool in pools or self.config.pool_names:
                 self.reconcile(pool)
             self.clock.advance(seconds)
