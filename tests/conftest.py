@@ -92,15 +92,18 @@ def redis_pair() -> Iterator[RedisPair]:
 
 
 @pytest.fixture
-def make_harness(redis_client: redis.Redis, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> HarnessFactory:
+def make_harness(redis_client: redis.Redis, clock: FakeClock) -> Iterator[HarnessFactory]:
     """``make_harness(config, **options)``: a Harness (tests/harness.py) on the session's Redis and
-    the test's fake clock, installed as the app's services for its HTTP (restored after the test).
-    Options: those of Harness (``prefix``, ``headers``, ``client_ip``, ``secrets``...), and
-    ``client`` for another Redis."""
+    the test's fake clock, installed as the app's services for its HTTP (restored after the test,
+    not through monkeypatch: a test's ``monkeypatch.undo()`` must not uninstall it). Options:
+    those of Harness (``prefix``, ``headers``, ``client_ip``, ``secrets``...), and ``client`` for
+    another Redis."""
+    saved = chalice_app._services
 
     def make(config: Config, client: redis.Redis | None = None, **options: Any) -> Harness:
         harness = Harness(config, client or redis_client, clock, **options)
-        monkeypatch.setattr(chalice_app, "_services", harness.services)
+        chalice_app._services = harness.services
         return harness
 
-    return make
+    yield make
+    chalice_app._services = saved

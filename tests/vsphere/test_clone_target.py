@@ -14,7 +14,7 @@ from chalicelib.clock import FakeClock
 from chalicelib.manager.runner import run_pool
 from chalicelib.services import Services
 from local.gateway import Gateway
-from tests.api.client import SpecOperations, load_spec
+from tests.harness import SpecOperations, load_spec
 from tests.vsphere.vcsim import VcsimServer, vcsim_config
 
 POOL = "placed"
