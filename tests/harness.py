@@ -353,9 +353,24 @@ class Harness:
 
     def checkout(self, pool: str, token: str | None = None) -> str:
         """Check one VM out through the API (with ``token`` when given); its short hostname."""
-        reply = self.request("POST", "/api/v3/vm", {pool: 1}, {"X-AUTH-TOKEN": token} if token else None)
+        (hostname,) = self.checkout_vms(pool, 1, token)
+        return hostname
+
+    def checkout_vms(self, pool: str, count: int, token: str | None = None) -> list[str]:
+        """Check ``count`` VMs out through the API in one request; their short hostnames."""
+        reply = self.request("POST", "/api/v3/vm", {pool: count}, {"X-AUTH-TOKEN": token} if token else None)
         assert reply.status == 200, reply.raw
-        return str(reply.json[pool]["hostname"]).split(".")[0]
+        names = reply.json[pool]["hostname"]
+        return [str(name).split(".")[0] for name in ([names] if isinstance(names, str) else names)]
+
+    def describe(self, hostname: str) -> dict[str, Any]:
+        """GET /vm/<hostname>: what a client is told about the VM."""
+        reply = self.request("GET", f"/api/v3/vm/{hostname}")
+        assert reply.status == 200, reply.raw
+        return dict(reply.json[hostname])
+
+    def migrations_in_flight(self) -> int:
+        return int(self.client.zcard(self.store.keys.migrating))
 
     def new_token(self, user: str, password: str, version: int = 3) -> str:
         reply = self.request("POST", f"/api/v{version}/token", headers=basic(user, password))
