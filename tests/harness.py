@@ -33,7 +33,7 @@ from chalicelib.config import Config, PoolConfig
 from chalicelib.manager.reconcile import Checkpoint, PassReport, reconcile_pool
 from chalicelib.providers.base import Provider
 from chalicelib.services import Services
-from chalicelib.store import STATES, CheckoutRequest
+from chalicelib.store import STATES, CheckoutRequest, Store
 from local.gateway import Gateway
 
 PREFIX = "vmpool:"
@@ -188,11 +188,11 @@ class Harness:
     """One service on the test Redis and a fake clock, driven as the Lambdas and clients drive it."""
 
     def __init__(self, config: Config, client: redis.Redis, clock: FakeClock, *, prefix: str = PREFIX,
-                 services: Services | None = None, headers: Mapping[str, str] | None = None,
-                 client_ip: str = "127.0.0.1", **service_options: Any) -> None:
+                 headers: Mapping[str, str] | None = None, client_ip: str = "127.0.0.1",
+                 **service_options: Any) -> None:
         self.refill = RecordingRefill()
-        self.services = services or Services(config, client, clock=clock, prefix=prefix,
-                                             refill=self.refill, **service_options)
+        """What the API asked to reconcile at once (the refill trigger of the services)."""
+        self.services = Services(config, client, clock=clock, prefix=prefix, refill=self.refill, **service_options)
         self.clock = clock
         self.headers = dict(headers or {})
         """Sent with every request (a test's own headers win)."""
@@ -210,7 +210,7 @@ class Harness:
         return self.services.client
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
         return self.services.store
 
     @property
