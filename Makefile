@@ -13,12 +13,14 @@ PROVIDER ?= dummy
 export DEBIAN_FRONTEND := noninteractive
 
 RUN_APT := redis-server
-TEST_APT := redis-server slapd ldap-utils openssl golang-go golang-github-vmware-govmomi-dev bind9 chromium
+TEST_APT := redis-server slapd ldap-utils openssl golang-go golang-github-vmware-govmomi-dev bind9 chromium binutils
+# Packaging strips the C extensions' debug symbols (infra/slim_zip.py) with binutils' strip.
+PACKAGE_APT := binutils
 ifeq ($(PROVIDER),vcsim)
 RUN_APT += golang-go golang-github-vmware-govmomi-dev
 endif
 
-.PHONY: run test lint package deploy config-push infra-deploy chalice-deploy bench fuzz apt-run apt-test venv vcsim clean
+.PHONY: run test lint package deploy config-push infra-deploy chalice-deploy bench fuzz apt-run apt-test apt-package venv vcsim clean
 
 run: apt-run venv $(if $(filter vcsim,$(PROVIDER)),vcsim)
 	$(PY) -m local.run --port $(PORT) --provider $(PROVIDER)
@@ -39,12 +41,12 @@ lint: venv
 # The deployable stage: build/package/sam.json (merged template) and deployment.zip, offline
 # after the first build. STAGE=prod for production.
 STAGE ?= dev
-package: venv
+package: apt-package venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" infra/package.sh $(STAGE) build/package
 
 # Deploy a stage: make deploy STAGE=prod BUCKET=my-deploy-bucket PARAMS="VpcId=vpc-0abc ..."
 # (code and template through S3, a CloudFormation change set; docs/deploy.md)
-deploy: venv
+deploy: apt-package venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PYTHON=$(CURDIR)/$(PY) infra/deploy.sh $(STAGE) $(BUCKET) $(PARAMS)
 
 # Publish the pools without a code deploy: make config-push STAGE=prod CONFIG=my-vmpool.yaml
@@ -73,6 +75,8 @@ apt-run:
 	@./tools/apt-ensure.sh $(RUN_APT)
 apt-test:
 	@./tools/apt-ensure.sh $(TEST_APT)
+apt-package:
+	@./tools/apt-ensure.sh $(PACKAGE_APT)
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt

@@ -23,7 +23,9 @@ from chalicelib.manager.refill import REFILL_QUEUE_ENV
 from chalicelib.observability import emit, logger, tracer
 from chalicelib.services import Services
 
-app = Chalice(app_name="vmpool")
+# Powertools' Logger owns the "vmpool" logger (JSON lines); Chalice's own set-up of the logger
+# named after the app would add a plain-text handler and lower its level to ERROR.
+app = Chalice(app_name="vmpool", configure_logs=False)
 
 CONFIG = config_module.load()
 """The packaged config, loaded at import: an invalid one stops the Lambda (and `chalice package`)

@@ -108,10 +108,16 @@ def table(results: dict[str, Any]) -> list[str]:
                       f" workers' shared pages once); redis-server {redis_part.get('rss_mb', 0)} MB")))
     if "coldstart" in results:
         s = results["coldstart"]
-        for label in coldstart.MODULES:
-            rows.append((f"import {label.split()[0]}", f"{s[label]['import_ms']} ms"))
-        size = s.get("deployment_zip_bytes")
-        rows.append(("deployment.zip", f"{size / 1e6:.1f} MB" if size else s.get("note", "absent")))
+        if "skipped" in s:
+            rows.append(("cold start", "skipped: " + s["skipped"]))
+        else:
+            labels = {"api": "cold import app (API)", "api_traced": "  with tracing (prod)",
+                      "vsphere_first_use": "  + first vSphere use"}
+            for name, label in labels.items():
+                c = s[name]
+                rows.append((f"{label}", (f"{c['cpu_ms']} ms CPU, python {s['python']}, median of {s['runs']}"
+                                          f" ({c['cpu_ms_min']}-{c['cpu_ms_max']})")))
+            rows.append(("deployment.zip", f"{s['deployment_zip_bytes'] / 1e6:.2f} MB"))
     if "sizing" in results:
         rows += sizing.table(results["sizing"])
     width = max(len(name) for name, _ in rows) if rows else 0

@@ -5,6 +5,10 @@
 # (infra/chalice_deploy.sh) run in build/venv-<version> of $LAMBDA_PYTHON (default python3.13).
 # The first build fills build/wheels-<version>/ from PyPI; later builds are offline until
 # requirements.txt changes. Exit 2: no Python 3.12/3.13 on this machine.
+# Beside it, build/venv-<version>/runtime-sdk/ holds what the Lambda Python runtime provides (boto3
+# and its dependencies, requirements-dev.txt's boto3 pin): with the unpacked deployment zip, and
+# nothing else, it stands in for the runtime when the tests run the packaged functions and when
+# `make bench` times their cold import (infra/lambda_sandbox.py).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -32,7 +36,8 @@ python="$venv/bin/python"
 # Chalice packages the app but is not one of its run-time dependencies (it bundles its own runtime
 # module), so it comes from requirements-dev.txt's pin.
 chalice_pin="$(grep -E '^chalice==' requirements-dev.txt)"
-want="$( (cat requirements.txt; echo "$chalice_pin") | sha256sum | cut -d' ' -f1)"
+sdk_pin="$(grep -E '^boto3==' requirements-dev.txt)"
+want="$( (cat requirements.txt; echo "$chalice_pin"; echo "$sdk_pin") | sha256sum | cut -d' ' -f1)"
 stamp="$venv/.requirements.sha256"
 
 if [[ ! -x "$python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
@@ -41,6 +46,9 @@ if [[ ! -x "$python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     "$base_python" -m venv "$venv"
     "$python" -m pip download --quiet --disable-pip-version-check -r requirements.txt "$chalice_pin" -d "$wheels"
     "$python" -m pip install --quiet --disable-pip-version-check --no-index --find-links "$wheels" -r requirements.txt "$chalice_pin"
+    "$python" -m pip download --quiet --disable-pip-version-check "$sdk_pin" -d "$wheels"
+    "$python" -m pip install --quiet --disable-pip-version-check --no-index --find-links "$wheels" \
+        --target "$venv/runtime-sdk" "$sdk_pin"
     echo "$want" > "$stamp"
 fi
 

@@ -51,6 +51,6 @@ rm -rf "$out"
 AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}" \
     "$python" -c "import sys; from chalice.cli import main; sys.exit(main())" \
     package --stage "$stage" --merge-template "$merge" "$out" >&2
-# Without the SDK the runtime provides, with bytecode compiled ahead (infra/slim_zip.py).
+# Slimmed for Lambda (infra/slim_zip.py): no SDK, no unused library parts, bytecode compiled ahead.
 "$python" -m infra.slim_zip "$out/deployment.zip"
 echo "$out/sam.json"

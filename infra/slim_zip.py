@@ -1,13 +1,30 @@
 """Slim a Chalice deployment zip for Lambda (infra/package.sh runs it on every package).
 
-- The AWS SDK comes with the Lambda runtime: ``botocore`` alone is 16 of the 21.6 MB Chalice
-  zips (aws-xray-sdk pulls it in), and a bundled copy would shadow the runtime's. Dropped:
-  ``boto3``, ``botocore``, ``s3transfer``, ``jmespath`` and their metadata.
-- Every module is compiled ahead (``__pycache__/*.cpython-3XX.pyc``, unchecked-hash so a zip's
-  2-second timestamps never invalidate them): a cold start no longer compiles the app and its
-  libraries (1.15-1.3 s of CPU for ``import app`` without, issue 14).
+What leaves the zip, and why (issue 14: 22.0 MB as Chalice builds it):
 
-Run by the Lambda Python (the bytecode is for its version):
+- **The AWS SDK and its dependencies** (``RUNTIME_PROVIDED``): the Lambda Python runtime has
+  them, and a bundled ``botocore`` (16 MB unpacked, pulled in by aws-xray-sdk) would shadow the
+  runtime's copy. ``urllib3``, ``dateutil`` and ``six`` come in only as botocore's dependencies.
+- **Parts of libraries no code path of ours reaches** (``UNUSED``, each with its reason).
+  ``tests/infra/test_package.py`` unpacks the slimmed zip and, in a fresh interpreter that sees
+  nothing else, imports every module of the app and runs each function's handler, so a part
+  that is in use cannot silently go.
+- **What only tools read**: type stubs (``*.pyi``, ``py.typed``, ``*-stubs``), a wheel's
+  ``RECORD``/``WHEEL``/``INSTALLER``/``REQUESTED`` (``METADATA`` stays: redis asks
+  ``importlib.metadata`` for its version; licences stay).
+- **Debug symbols of C extensions**: the manylinux wheels of PyYAML, hiredis and wrapt ship
+  their ``.so`` files unstripped (4.2 MB, 1.2 MB zipped); ``strip --strip-unneeded`` (binutils)
+  keeps the exported symbols Python loads them by and drops the rest (0.6 MB, 0.25 zipped). Without
+  ``strip`` on the PATH they stay as they are (with a warning).
+- **Library sources**: every module is compiled ahead for the runtime's Python, so a cold start
+  never compiles (1.15-1.3 s of CPU for ``import app`` without bytecode). Libraries ship
+  bytecode only (``redis/client.pyc`` in place of ``redis/client.py``: Python imports such
+  sourceless modules; a traceback through them shows file and line, not the line's text). The
+  app's own code (``OWN_CODE``) keeps its sources beside ``__pycache__/*.cpython-3XX.pyc``
+  (unchecked-hash, so the zip's timestamps never invalidate them) for readable tracebacks.
+
+Run by the Lambda Python (the bytecode is for its version; a sourceless module only imports on
+that version, which is the one the template's runtime names, infra/package.sh):
 
     build/venv-3.13/bin/python -m infra.slim_zip build/package/deployment.zip
 """
@@ -17,18 +34,97 @@ from __future__ import annotations
 import compileall
 import py_compile
 import shutil
+import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath")
-"""Top-level packages the Lambda Python runtime already has."""
+RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath", "urllib3", "dateutil", "python_dateutil", "six")
+"""Top-level modules and distributions the Lambda Python runtime already has (the AWS SDK)."""
+
+_POWERTOOLS_UNUSED = ("auth_alpha", "batch", "circuit_breaker", "data_classes", "data_masking", "feature_flags",
+                      "idempotency", "kafka", "metadata", "parser", "streaming", "validation")
+
+UNUSED: dict[str, str] = {
+    "aws_lambda_powertools/event_handler/": "Powertools' HTTP resolvers and Swagger UI: Chalice routes the API",
+    **{f"aws_lambda_powertools/utilities/{name}/": "a Powertools utility vmpool does not use (it uses Logger, "
+       "EphemeralMetrics, Tracer and parameters)" for name in _POWERTOOLS_UNUSED},
+    "aws_lambda_powertools/utilities/serialization.py": "Powertools' base64 helpers, unused",
+    **{f"redis/commands/{name}/": "a Redis module's commands (RedisJSON, Search, ...), imported only when called"
+       for name in ("bf", "json", "search", "timeseries", "vectorset")},
+    "redis/multidb/": "redis-py's multi-database failover client, unused (ElastiCache fails over itself)",
+    "redis/asyncio/multidb/": "the same, asyncio",
+    "redis/ocsp.py": "OCSP stapling checks, only with pyOpenSSL and ssl_validate_ocsp",
+    "ldap3/protocol/schemas/": "ldap3's offline server schemas, only read with get_info=OFFLINE_* (we use NONE)",
+    **{f"pyVmomi/_typeinfo_{name}.py": "type info of a vSphere API vmpool does not call (pyVmomi loads each "
+       "only if present): ESX Agent Manager, storage policy/monitoring, FCDs, vSAN health"
+       for name in ("eam", "pbm", "sms", "vslm", "vsanhealth")},
+    "vsanapiutils.py": "pyvmomi's vSAN helpers, unused",
+    "vsanmgmtObjects.py": "pyvmomi's vSAN types, unused",
+    "pyVim/": "pyvmomi's connection helpers: the vSphere provider builds its own SoapStubAdapter",
+}
+"""Paths (a folder when ending in ``/``) of libraries' parts no code path of vmpool imports."""
+
+WHEEL_BOOKKEEPING = ("RECORD", "WHEEL", "INSTALLER", "REQUESTED")
+OWN_CODE = ("app.py", "chalicelib/")
+"""The app's own modules: shipped with their sources (tracebacks show the code)."""
 
 
-def provided_by_runtime(name: str) -> bool:
+def dropped(name: str) -> str | None:
+    """Why the zip member ``name`` leaves the zip, or None when it stays."""
     top = name.split("/", 1)[0]
-    return any(top == package or top.startswith(f"{package}-") for package in RUNTIME_PROVIDED)
+    if any(top in (module, f"{module}.py") or top.startswith(f"{module}-") for module in RUNTIME_PROVIDED):
+        return "provided by the Lambda runtime"
+    if any(name == path or (path.endswith("/") and name.startswith(path)) for path in UNUSED):
+        return "unused"
+    base = name.rsplit("/", 1)[-1]
+    if name.endswith((".pyi", "/py.typed")) or top.endswith("-stubs"):
+        return "type stubs"
+    if top.endswith(".dist-info") and base in WHEEL_BOOKKEEPING:
+        return "wheel bookkeeping"
+    if name.endswith(".pyc"):
+        return "stale bytecode (compiled again below)"
+    return None
+
+
+def _own(relative: str) -> bool:
+    return relative in OWN_CODE or relative.startswith(tuple(p for p in OWN_CODE if p.endswith("/")))
+
+
+def compile_tree(tree: Path) -> None:
+    """Own code: ``__pycache__`` bytecode beside the sources. Libraries: ``module.pyc`` in place
+    of ``module.py`` (a file that does not compile keeps its source)."""
+    for path in sorted(tree.rglob("*.py")):
+        relative = path.relative_to(tree).as_posix()
+        if _own(relative):
+            continue
+        try:
+            py_compile.compile(str(path), cfile=str(path.with_suffix(".pyc")), dfile=relative, doraise=True,
+                               invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+        except py_compile.PyCompileError:
+            continue
+        path.unlink()
+    for own in OWN_CODE:
+        target = tree / own
+        if target.is_dir():
+            compileall.compile_dir(target, quiet=1, workers=0, ddir=own.rstrip("/"),
+                                   invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+        elif target.is_file():
+            compileall.compile_file(target, quiet=1, ddir="",
+                                    invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+
+
+def strip_extensions(tree: Path) -> None:
+    """Drop the debug symbols of every C extension (``strip --strip-unneeded``)."""
+    libraries = sorted(str(p) for p in tree.rglob("*.so*") if p.is_file())
+    strip = shutil.which("strip")
+    if not libraries:
+        return
+    if strip is None:
+        print("slim_zip: no strip (binutils) on the PATH: C extensions keep their debug symbols", file=sys.stderr)
+        return
+    subprocess.run([strip, "--strip-unneeded", *libraries], check=True)
 
 
 def slim(path: Path) -> tuple[int, int]:
@@ -37,11 +133,11 @@ def slim(path: Path) -> tuple[int, int]:
     with tempfile.TemporaryDirectory() as scratch:
         tree = Path(scratch) / "tree"
         with zipfile.ZipFile(path) as archive:
-            members = [m for m in archive.infolist() if not provided_by_runtime(m.filename)]
+            members = [m for m in archive.infolist() if dropped(m.filename) is None]
             archive.extractall(tree, members)
             modes = {m.filename: m.external_attr for m in members}
-        compileall.compile_dir(tree, quiet=1, workers=0,
-                               invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+        compile_tree(tree)
+        strip_extensions(tree)
         slimmed = Path(scratch) / "deployment.zip"
         with zipfile.ZipFile(slimmed, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
             for file in sorted(p for p in tree.rglob("*") if p.is_file()):

@@ -35,3 +35,4 @@ def test_api_and_manager_logs_carry_pool_hostname_and_correlation_id(
     # Each API request's lines carry its own request id, as API Gateway would give it.
     assert checked_out["correlation_id"] and returned["correlation_id"]
     assert checked_out["correlation_id"] != returned["correlation_id"]
+

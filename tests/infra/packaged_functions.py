@@ -1,0 +1,107 @@
+"""Runs inside infra.lambda_sandbox (the Lambda Python, the unpacked deployment zip and the
+runtime's SDK, nothing else): what each packaged function does on a cold start and a first
+invocation. Prints one JSON object; test_package.py starts it and checks what it found.
+
+    argv: (none)                      the cold import only
+          VSPHERE_POOL DUMMY_POOL     and then each function once (pools of VMPOOL_CONFIG_FILE)
+
+Not imported by pytest: a script the sandboxed interpreter runs (stdlib + the zip only)."""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import sys
+import uuid
+from typing import Any
+
+LAZY = ("pyVmomi", "ldap3", "aws_xray_sdk", "dns")
+"""Libraries the API function's cold import must not load (the first vSphere pass, LDAP login,
+traced stage or DNS update loads its own)."""
+
+
+class Context:
+    function_name = "vmpool-dev-fn"
+    memory_limit_in_mb = 512
+    aws_request_id = "sandbox"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:vmpool-dev-fn"
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 60_000
+
+
+def api_event(method: str, resource: str, path: str, params: dict[str, str] | None = None,
+              query: dict[str, str] | None = None) -> dict[str, Any]:
+    """An API Gateway (REST, proxy) event as Lambda hands it to the API function."""
+    multi = {k: [v] for k, v in (query or {}).items()} or None
+    return {"resource": resource, "path": path, "httpMethod": method, "headers": {}, "multiValueHeaders": {},
+            "queryStringParameters": query, "multiValueQueryStringParameters": multi, "pathParameters": params,
+            "stageVariables": None, "body": None, "isBase64Encoded": False,
+            "requestContext": {"resourcePath": resource, "httpMethod": method, "requestId": str(uuid.uuid4()),
+                               "path": path, "identity": {"sourceIp": "10.0.0.1"}}}
+
+
+def reconcile(app: Any, *pools: str) -> dict[str, Any]:
+    """The consumer's answer to a batch of one message per pool."""
+    records = [{"messageId": str(uuid.uuid4()), "receiptHandle": "r", "body": json.dumps({"pool": pool}),
+                "attributes": {}, "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:vmpool-dev-reconcile"} for pool in pools]
+    answer: dict[str, Any] = app.reconcile({"Records": records}, Context())
+    return answer
+
+
+def main(vsphere_pool: str | None = None, dummy_pool: str = "") -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    import app
+
+    found["loaded_by_cold_import"] = sorted(name for name in LAZY if name in sys.modules)
+    found["tracer"] = type(sys.modules["chalicelib.observability"].tracer).__name__
+    if vsphere_pool is None:
+        return found
+
+    status = app.app(api_event("GET", "/api/v3/status", "/api/v3/status", query={"view": "pools"}), Context())
+    found["status_code"] = status["statusCode"]
+
+    tick = app.tick({"version": "0", "id": "e", "detail-type": "Scheduled Event", "source": "aws.events",
+                     "account": "123456789012", "time": "2026-01-01T00:00:00Z", "region": "us-east-1",
+                     "resources": [], "detail": {}}, Context())
+    found["tick"] = tick
+
+    # The tick's messages are delayed (each pool by its own offset): the consumer gets them as
+    # the event source would, one batch holding both pools.
+    found["reconcile"] = reconcile(app, vsphere_pool, dummy_pool)
+
+    services = app.services()
+    found["vsphere_vms"] = [vm.name for vm in services.provider("vsphere").list_vms(services.pool(vsphere_pool))]
+    status = app.app(api_event("GET", "/api/v3/status", "/api/v3/status", query={"view": "pools"}), Context())
+    found["pools"] = json.loads(status["body"])["pools"]
+    checkout = api_event("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{dummy_pool}", params={"name": dummy_pool})
+    for _ in range(5):  # the dummy pool's clones are instant: ready within a pass or two
+        found["checkout_status"] = app.app(checkout, Context())["statusCode"]
+        if found["checkout_status"] == 200:
+            break
+        found["later_passes"] = found.get("later_passes", []) + [reconcile(app, dummy_pool)]
+
+    import chalicelib
+
+    failed = {}
+    for module in pkgutil.walk_packages(chalicelib.__path__, "chalicelib."):
+        try:
+            __import__(module.name)
+        except Exception as error:  # noqa: BLE001 - reported, the test names the module
+            failed[module.name] = repr(error)
+    found["module_import_failures"] = failed
+    import redis.utils
+    import yaml
+
+    found["c_extensions"] = {"libyaml": bool(yaml.__with_libyaml__), "hiredis": bool(redis.utils.HIREDIS_AVAILABLE)}
+    import zoneinfo
+
+    zoneinfo.reset_tzpath(to=[])  # as on Lambda, whose image has no /usr/share/zoneinfo: tzdata's copy
+    found["time_zone"] = str(zoneinfo.ZoneInfo("America/Argentina/Buenos_Aires"))
+    return found
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(*sys.argv[1:3])))
