@@ -78,6 +78,21 @@ def _refill_with_small_checkouts(stack: Stack, size: int) -> dict[str, Any]:
             "small_pool_success": round(served / max(served + refused, 1), 3)}
 
 
+SLOW_CLONE_SECONDS = 5.0
+
+
+def slow_clones(size: int) -> dict[str, Any]:
+    """A pool of ``size`` whose clones take exactly SLOW_CLONE_SECONDS, at task_limit 10: its
+    fill rate against task_limit / clone time (issue 14: within 20 %)."""
+    config = dummy_config([(BIG, size)], task_limit=10, check_loop_delay=5, clone_seconds=SLOW_CLONE_SECONDS)
+    with local_stack(config, interval=10.0) as stack:
+        seconds = stack.wait_ready(BIG, size, timeout=600)
+    ideal = 10 / SLOW_CLONE_SECONDS
+    return {"size": size, "clone_seconds": SLOW_CLONE_SECONDS, "fill_seconds": round(seconds, 1),
+            "vms_per_second": round(size / seconds, 2), "ideal_vms_per_second": ideal,
+            "of_ideal": round(size / seconds / ideal, 3)}
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     size = 200 if quick else 500
     with local_stack(_config(size), interval=10.0) as stack:
@@ -85,4 +100,5 @@ def run(quick: bool = False) -> dict[str, Any]:
         stack.wait_ready(SMALL, SMALL_SIZE, timeout=60)
         refill = _refill_with_small_checkouts(stack, size)
     return {"cores": CORES, "size": size, "task_limit": 10, "check_loop_delay_min": 5,
-            "fill_seconds": round(fill_seconds, 1), "refill": refill}
+            "fill_seconds": round(fill_seconds, 1), "refill": refill,
+            "slow_clones": slow_clones(20 if quick else 50)}

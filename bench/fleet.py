@@ -7,7 +7,7 @@
 - ``steady``: the consumer's batches of 10 over those 1,000 full, idle pools (what every minute
   costs): per batch and per pass, round trips, follow-ups queued (none when idle).
 - ``busy``: the pass of a pool with clones in flight (what each follow-up costs): it starts no
-  wait, queues one follow-up after ``check_loop_delay_min``.
+  wait, queues one follow-up after ``clone_poll_interval``.
 
 The durations are the inputs of the cost model in docs/performance.md.
 """
@@ -119,7 +119,10 @@ def _run(client: redis.Redis, pools: int) -> dict[str, Any]:
             started = time.perf_counter()
             look_at(busy, message, queue)
             samples.append((time.perf_counter() - started, counter.take()))
-        assert all(m.reason == FOLLOWUP and delay == 5 for m, delay in queue.messages)
+        # Clones in flight: looked at again after clone_poll_interval (a whole second on SQS).
+        poll = busy.config.service.clone_poll_interval
+        assert all(m.reason == FOLLOWUP and delay == poll for m, delay in queue.messages), queue.messages[:3]
+        result["busy_followup_delay_s"] = poll
         result["busy_pass_ms"] = ms(median([s for s, _ in samples]))
         result["busy_round_trips"] = median([r for _, r in samples])
     return result

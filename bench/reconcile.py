@@ -78,26 +78,42 @@ def dummy_pools(client: redis.Redis, pools: int, size: int, runs: int) -> dict[s
 
 
 def steady_scaling(client: redis.Redis, sizes: tuple[int, ...]) -> dict[str, Any]:
-    """The steady pass of a single pool, by size: round trips and provider calls must not grow."""
+    """The steady pass of a single pool, by size: round trips, provider calls and time must not
+    grow. Also, per size: the pass every ``vm_checktime`` that compares the whole inventory, and
+    a churn pass after 10 checkouts (its cost: the VMs that changed)."""
     result = {}
     for size in sizes:
         config, store, provider, clock = _dummy_world(client, [("scale", size)])
         pool = config.pools[0]
-        for _ in range(2):  # fill, then ready
+        for _ in range(3):  # fill, ready, then the first pass after the fill's changes
             clock.advance(1)
             reconcile_pool(store, provider, pool, clock, config.service)
         inventory_seconds: list[float] = []
-        provider.list_vms = functools.partial(_timed, provider.list_vms, inventory_seconds)  # type: ignore[method-assign]
+        for name in ("list_vms", "find_vms", "inventory_changes"):
+            setattr(provider, name, functools.partial(_timed, getattr(provider, name), inventory_seconds))
+        one_pass = functools.partial(reconcile_pool, store, provider, pool, clock, config.service)
+        measured = functools.partial(_measure_split, provider, one_pass, inventory_seconds)
         with RoundTrips() as counter:
-            one_pass = functools.partial(reconcile_pool, store, provider, pool, clock, config.service)
-            samples = [_measure(counter, provider, one_pass, True) for _ in range(5)]
-        for sample, inventory in zip(samples, inventory_seconds, strict=True):
-            # The provider's inventory (the dummy's folder: one HGETALL and a JSON per VM) is
-            # O(pool size) for any provider that lists a folder; the rest is the pass's own.
-            sample["inventory_seconds"] = inventory
-            sample["without_inventory_seconds"] = sample["seconds"] - inventory
-        result[str(size)] = _medians(samples)
+            steady = [measured(counter) for _ in range(5)]
+            clock.advance(config.service.vm_checktime * 60)
+            whole = measured(counter)
+            checked_out = store.checkout([CheckoutRequest(pool.name, [pool.name], 10)], clock.now(), {"lifetime": "2"})
+            assert checked_out.ok
+            clock.advance(1)
+            churn = measured(counter)
+        result[str(size)] = _medians(steady) | {"whole_inventory": _medians([whole]), "churn_10": _medians([churn])}
     return result
+
+
+def _measure_split(provider: Provider, action: Callable[[], Any], inventory_seconds: list[float],
+                   counter: RoundTrips) -> dict[str, float]:
+    """``_measure``, with the provider's part of the time (the dummy keeps its folder in Redis; a
+    whole inventory is one HGETALL and a JSON document per VM) apart from the pass's own."""
+    inventory_seconds.clear()
+    sample = _measure(counter, provider, action, True)
+    sample["inventory_seconds"] = sum(inventory_seconds)
+    sample["without_inventory_seconds"] = sample["seconds"] - sample["inventory_seconds"]
+    return sample
 
 
 def _timed(function: Callable[..., Any], seconds: list[float], *args: Any) -> Any:

@@ -81,6 +81,14 @@ def table(results: dict[str, Any]) -> list[str]:
                          (f"{p['seconds'] * 1000:.1f} ms ({p['without_inventory_seconds'] * 1000:.1f} ms without"
                           f" the provider's inventory)  {p['redis_round_trips']:g} redis round trips"
                           f"  {p['provider_calls']:g} provider calls")))
+            for label, key in (("whole inventory, every vm_checktime", "whole_inventory"),
+                               ("churn: 10 checked out", "churn_10")):
+                if key in p:
+                    q = p[key]
+                    rows.append((f"  {label}",
+                                 (f"{q['seconds'] * 1000:.1f} ms ({q['without_inventory_seconds'] * 1000:.1f} ms"
+                                  f" without the provider's)  {q['redis_round_trips']:g} redis round trips"
+                                  f"  {q['provider_calls']:g} provider calls")))
         v = r["vcsim"]
         if "skipped" in v:
             rows.append(("reconcile vcsim", "skipped: " + v["skipped"]))
@@ -100,12 +108,21 @@ def table(results: dict[str, Any]) -> list[str]:
         rows.append((f"refill {r['checked_out_and_returned']} returned VMs",
                      (f"{r['seconds_to_full']} s; meanwhile a 20-VM pool served {r['small_pool_served']}"
                       f" / refused {r['small_pool_refused']} checkouts ({r['small_pool_success']:.0%})")))
+        slow = f.get("slow_clones")
+        if slow:
+            rows.append((f"fill {slow['size']} VMs, {slow['clone_seconds']:g} s clones",
+                         (f"{slow['fill_seconds']} s: {slow['vms_per_second']} VMs/s, {slow['of_ideal']:.0%} of"
+                          f" task_limit / clone time ({slow['ideal_vms_per_second']:g} VMs/s)")))
     if "memory" in results:
         m = results["memory"]
         redis_part = m["parts"].get("redis-server", {})
         rows.append((f"memory, pool of {m['pool_size']}",
                      (f"service RSS {m['service_rss_mb']} MB (PSS {m['service_pss_mb']} MB,"
                       f" workers' shared pages once); redis-server {redis_part.get('rss_mb', 0)} MB")))
+        one = m.get("one_worker")
+        if one:
+            rows.append(("  with one HTTP worker",
+                         f"service RSS {one['service_rss_mb']} MB (PSS {one['service_pss_mb']} MB); vmpooler 93 MB"))
     if "coldstart" in results:
         s = results["coldstart"]
         if "skipped" in s:

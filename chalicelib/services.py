@@ -34,6 +34,7 @@ from chalicelib.observability import logger, redact_secrets
 from chalicelib.providers.base import Provider
 from chalicelib.providers.registry import build_provider
 from chalicelib.store import ReplicaAcks, Store, connect
+from chalicelib.store.keys import DEFAULT_PREFIX
 from chalicelib.store.pool_overrides import PoolOverrides
 from chalicelib.store.pool_overrides import apply as apply_override
 
@@ -108,7 +109,7 @@ class Services:
         config: Config,
         client: redis.Redis,
         clock: Clock | None = None,
-        prefix: str = "vmpool:",
+        prefix: str = DEFAULT_PREFIX,
         refill: RefillTrigger | None = None,
         secrets: SecretResolver | None = None,
     ) -> None:
@@ -144,7 +145,7 @@ class Services:
             client = connect(config.redis, url=environ[REDIS_URL_ENV], credential_provider=credentials)
         else:
             client = redis_client(config, resolver)
-        services = cls(config, client, prefix=environ.get(KEY_PREFIX_ENV, "vmpool:"), secrets=resolver)
+        services = cls(config, client, prefix=environ.get(KEY_PREFIX_ENV, DEFAULT_PREFIX), secrets=resolver)
         services.store.replica_acks = ReplicaAcks.from_config(config.redis, environ)  # Lambda: 1 by default
         if environ.get(REFILL_QUEUE_ENV):
             services.refill = SqsRefill(environ[REFILL_QUEUE_ENV])

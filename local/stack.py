@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 
 import redis
 
+from chalicelib.store.keys import Keys
 from local.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,7 @@ class Stack:
         client = self.redis
         started = time.monotonic()
         while True:
-            ready = client.zcard(f"vmpool:pool:{pool}:ready")
+            ready = client.zcard(Keys().pool_state(pool, "ready"))
             if ready >= count:
                 return time.monotonic() - started
             if time.monotonic() - started > timeout:
@@ -119,6 +120,7 @@ def dummy_config(pools: Sequence[tuple[str, int]], task_limit: int = 100_000,
         ":providers:",
         "  :dummy:",
         f"    createvm_max_time: {clone_seconds}",
+        f"    createvm_min_time: {clone_seconds}",
         f"    boot_time: {boot_seconds}",
         ":pools:",
     ]

@@ -30,7 +30,8 @@ import app as chalice_app
 from chalicelib.api.routes import ROUTES, Route, versioned_paths
 from chalicelib.clock import FakeClock
 from chalicelib.config import Config, PoolConfig
-from chalicelib.manager.reconcile import Checkpoint, PassReport, reconcile_pool
+from chalicelib.manager.context import Checkpoint, PassReport, no_checkpoint
+from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.base import Provider
 from chalicelib.services import Services
 from chalicelib.store import STATES, CheckoutRequest, Store
@@ -231,7 +232,7 @@ class Harness:
         pool = self.pool(name)
         provider: Provider = self.services.provider(pool.provider)
         return reconcile_pool(self.store, provider, pool, self.clock, self.config.service,
-                              checkpoint or (lambda step: None), self.services.dns_plugin(pool))
+                              checkpoint or no_checkpoint, self.services.dns_plugin(pool))
 
     def settle(self, name: str, seconds: float = 30.0, passes: int = 40) -> None:
         """Advance the clock and reconcile until a pass finds nothing left to do; every pass must

@@ -21,6 +21,7 @@ from chalicelib.auth.base import canonical_user
 from chalicelib.auth.ratelimit import address_key
 from chalicelib.services import Services
 from chalicelib.store import Quota, QuotaExceeded
+from chalicelib.store.keys import quota_owner, rate_limit_client
 
 # --- quotas -------------------------------------------------------------------------------------
 
@@ -28,9 +29,8 @@ from chalicelib.store import Quota, QuotaExceeded
 def quota(services: Services, request: ApiRequest, caller: Caller | None) -> Quota:
     """The limits a checkout or on-demand request by this caller is held to."""
     config = services.config.service
-    owner = f"user:{canonical_user(caller.user)}" if caller else f"addr:{address_key(request.source_ip) or 'unknown'}"
     return Quota(
-        owner=owner,
+        owner=quota_owner(canonical_user(caller.user) if caller else None, address_key(request.source_ip) or "unknown"),
         max_owner_vms=int(config.max_running_vms_per_user),
         max_vms=int(config.max_running_vms),
         pools=services.config.pool_names,
@@ -97,8 +97,8 @@ def _client(services: Services, request: ApiRequest) -> str:
     if token and services.config.auth is not None:
         record = services.tokens.lookup(token.strip(), touch=False)
         if record is not None:
-            return f"token:{record.id}"
-    return f"ip:{address_key(request.source_ip) or 'unknown'}"
+            return rate_limit_client(record.id, "")
+    return rate_limit_client(None, address_key(request.source_ip) or "unknown")
 
 
 def check_rate(services: Services, method: str, path: str, request: ApiRequest) -> None:

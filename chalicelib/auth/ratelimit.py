@@ -21,62 +21,10 @@ import ipaddress
 import math
 from typing import Any, Mapping
 
-from chalicelib.store.keys import Keys
+from chalicelib.store.keys import DEFAULT_PREFIX, Keys
+from chalicelib.store.scripts import script_source
 
 from .base import canonical_user
-
-# KEYS: counters; ARGV[1]: window seconds, ARGV[2..]: each counter's limit. When a counter has
-# reached its limit: nothing changes and the answer is its time left in ms. Otherwise every
-# counter is incremented (its window starts with its first attempt) and the answer is 0.
-_RESERVE_SCRIPT = """
-local wait = -1
-for i, key in ipairs(KEYS) do
-  local count = tonumber(redis.call('GET', key) or '0')
-  if count >= tonumber(ARGV[i + 1]) then
-    local left = redis.call('PTTL', key)
-    if left < 0 then
-      left = tonumber(ARGV[1]) * 1000
-    end
-    if left > wait then
-      wait = left
-    end
-  end
-end
-if wait >= 0 then
-  return wait
-end
-for _, key in ipairs(KEYS) do
-  local count = redis.call('INCR', key)
-  if count == 1 or redis.call('TTL', key) < 0 then
-    redis.call('EXPIRE', key, ARGV[1])
-  end
-end
-return 0
-"""
-
-# KEYS: counters to give one reservation back to (a counter at 0 is deleted).
-_REFUND_SCRIPT = """
-for _, key in ipairs(KEYS) do
-  if redis.call('EXISTS', key) == 1 and redis.call('DECR', key) <= 0 then
-    redis.call('DEL', key)
-  end
-end
-return 1
-"""
-
-# KEYS: counters; ARGV[1]: window seconds. Increments each counter, starting its window on the
-# first failure, and returns the new counts. One script: atomic, no counter without an expiry.
-_RECORD_SCRIPT = """
-local counts = {}
-for i, key in ipairs(KEYS) do
-  local count = redis.call('INCR', key)
-  if count == 1 or redis.call('TTL', key) < 0 then
-    redis.call('EXPIRE', key, ARGV[1])
-  end
-  counts[i] = count
-end
-return counts
-"""
 
 
 def _user_part(user: str) -> str:
@@ -106,7 +54,7 @@ class LoginLimiter:
         max_per_user: int = 10,
         max_per_address: int = 50,
         window_seconds: int = 300,
-        prefix: str = "vmpool:",
+        prefix: str = DEFAULT_PREFIX,
     ) -> None:
         if max_per_user < 1 or max_per_address < 1 or window_seconds < 1:
             raise ValueError("login limits and window must be >= 1")
@@ -115,12 +63,14 @@ class LoginLimiter:
         self.max_per_address = int(max_per_address)
         self.window_seconds = int(window_seconds)
         self.keys = Keys(prefix)
-        self._record = redis.register_script(_RECORD_SCRIPT)
-        self._reserve = redis.register_script(_RESERVE_SCRIPT)
-        self._refund = redis.register_script(_REFUND_SCRIPT)
+        self._record = redis.register_script(script_source("login_record"))
+        self._reserve = redis.register_script(script_source("login_reserve"))
+        self._refund = redis.register_script(script_source("login_refund"))
 
     @classmethod
-    def from_config(cls, auth_config: Mapping[str, Any] | None, redis: Any, prefix: str = "vmpool:") -> "LoginLimiter":
+    def from_config(
+        cls, auth_config: Mapping[str, Any] | None, redis: Any, prefix: str = DEFAULT_PREFIX,
+    ) -> "LoginLimiter":
         """From the ``:auth:`` section's login_attempts_per_user / _per_address / login_window_seconds."""
         auth_config = auth_config or {}
 

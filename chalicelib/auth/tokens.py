@@ -26,68 +26,16 @@ from datetime import datetime, timezone
 from typing import Any
 
 from chalicelib.clock import Clock, SystemClock
-from chalicelib.store.keys import Keys
+from chalicelib.store.keys import DEFAULT_PREFIX, Keys
+from chalicelib.store.scripts import script_source
 
-KEY_PREFIX = "vmpool:"
-"""The service's default key prefix; a TokenStore takes the one its service uses."""
-TOKEN_PREFIX = KEY_PREFIX + "token:"
+TOKEN_PREFIX = Keys().token("")
+"""How the keys of tokens start under the default prefix."""
 TOKEN_ALPHABET = string.ascii_lowercase + string.digits
 TOKEN_LENGTH = 32
 TOKEN_PATTERN = re.compile(r"^[a-z0-9]{32}$")
 ID_LENGTH = 16
 ID_PATTERN = re.compile(r"^[0-9a-f]{1,64}$")
-
-# Delete a token only when it belongs to the user: 1 deleted, 0 not found, -1 someone else's.
-_DELETE_SCRIPT = """
-local owner = redis.call('HGET', KEYS[1], 'user')
-if not owner then
-  redis.call('SREM', KEYS[2], ARGV[2])
-  return 0
-end
-if owner ~= ARGV[1] then
-  return -1
-end
-redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[2], ARGV[2])
-return 1
-"""
-
-# Create a token record unless the hash exists already; one step, so no half-made record.
-# ARGV[5]: most live tokens a user may have (0: no limit); the user's set forgets tokens that
-# expired before they are counted. Returns 1 created, 0 hash taken, -1 the user has too many.
-_CREATE_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0
-end
-local most = tonumber(ARGV[5])
-if most > 0 then
-  local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[4])
-  for _, other in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-    if redis.call('EXISTS', prefix .. other) == 0 then
-      redis.call('SREM', KEYS[2], other)
-    end
-  end
-  if redis.call('SCARD', KEYS[2]) >= most then
-    return -1
-  end
-end
-redis.call('HSET', KEYS[1], 'user', ARGV[1], 'created', ARGV[2], 'last', ARGV[2])
-if tonumber(ARGV[3]) > 0 then
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-end
-redis.call('SADD', KEYS[2], ARGV[4])
-return 1
-"""
-
-# Update 'last' only while the token still exists (never resurrect a deleted token).
-_TOUCH_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'last', ARGV[1])
-  return 1
-end
-return 0
-"""
-
 
 class TooManyTokens(Exception):
     """The user has ``max_per_user`` live tokens already; one must be deleted first."""
@@ -149,7 +97,7 @@ class TokenStore:
     """Creates, finds, lists and deletes tokens in Redis (a client with decode_responses=True)."""
 
     def __init__(self, redis: Any, clock: Clock | None = None, ttl_hours: float | None = None,
-                 prefix: str = KEY_PREFIX, max_per_user: int = 0) -> None:
+                 prefix: str = DEFAULT_PREFIX, max_per_user: int = 0) -> None:
         if ttl_hours is not None and ttl_hours <= 0:
             raise ValueError("token ttl_hours must be > 0")
         self.redis = redis
@@ -158,9 +106,9 @@ class TokenStore:
         self.keys = Keys(prefix)
         self.max_per_user = max_per_user
         """Live tokens a user may have at once (0: no limit)."""
-        self._create = redis.register_script(_CREATE_SCRIPT)
-        self._delete = redis.register_script(_DELETE_SCRIPT)
-        self._touch = redis.register_script(_TOUCH_SCRIPT)
+        self._create = redis.register_script(script_source("token_create"))
+        self._delete = redis.register_script(script_source("token_delete"))
+        self._touch = redis.register_script(script_source("token_touch"))
 
     def _token_key(self, token_hash: str) -> str:
         return self.keys.token(token_hash)
@@ -173,6 +121,10 @@ class TokenStore:
         Raises TooManyTokens when the user has ``max_per_user`` live tokens."""
         if not isinstance(user, str) or not user:
             raise ValueError("a token needs a user")
+        user_key = self._user_key(user)
+        # The script counts the user's live tokens: it is given the records of those it may
+        # have to forget (read first: a script touches only the keys it is given).
+        held = sorted(self.redis.smembers(user_key)) if self.max_per_user > 0 else []
         while True:
             token = "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_LENGTH))
             token_hash = hash_token(token)
@@ -180,8 +132,8 @@ class TokenStore:
             now = iso(self.clock.now())
             ttl = 0 if self.ttl_seconds is None else max(1, int(self.ttl_seconds))
             # The script refuses an existing hash: the (astronomically unlikely) collision retries.
-            created = int(self._create(keys=[key, self._user_key(user)],
-                                       args=[user, now, ttl, token_hash, self.max_per_user]))
+            created = int(self._create(keys=[key, user_key, *(self._token_key(other) for other in held)],
+                                       args=[user, now, ttl, token_hash, self.max_per_user, *held]))
             if created == -1:
                 raise TooManyTokens(user)
             if created:

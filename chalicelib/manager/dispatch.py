@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from chalicelib import observability as metric
 from chalicelib.config import Config, PoolConfig
+from chalicelib.manager.context import Checkpoint, no_checkpoint
 from chalicelib.manager.pool_queue import (
     DRAIN,
     FOLLOWUP,
@@ -35,7 +36,6 @@ from chalicelib.manager.pool_queue import (
     PoolMessage,
     PoolQueue,
 )
-from chalicelib.manager.reconcile import Checkpoint, _no_checkpoint
 from chalicelib.manager.runner import RETRY_SECONDS, RunReport, run_pool
 from chalicelib.observability import emit, logger
 from chalicelib.sizing.controller import current_sizes
@@ -117,7 +117,7 @@ def publish_totals(services: "Services") -> list[str]:
 
 
 def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
-            budget_seconds: float = RUN_BUDGET_SECONDS, checkpoint: Checkpoint = _no_checkpoint,
+            budget_seconds: float = RUN_BUDGET_SECONDS, checkpoint: Checkpoint = no_checkpoint,
             stopping: Callable[[], bool] = lambda: False) -> RunReport | None:
     """Run the message's pool once and queue what comes next (a follow-up while work is in
     flight, a retry after a failure). None when the pool is neither configured nor draining.

@@ -16,103 +16,99 @@ pass's inventory says where each VM is. The pass never waits for a migration.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from chalicelib import observability as metric
+from chalicelib.manager.context import PassContext
 from chalicelib.observability import emit, logger
 from chalicelib.providers.base import ProviderError, TaskState
 from chalicelib.store import VMRecord
 from chalicelib.store.migrations import QUEUED, STARTED, MigrationStore
-
-if TYPE_CHECKING:
-    from chalicelib.manager.reconcile import _Pass
 
 MIGRATION_START_GRACE_SECONDS = 120.0
 """How long a taken slot may wait for its task to be recorded before the pass decides the pass
 that took it died in between (the migration then ends without a move, visibly)."""
 
 
-def run(pass_: "_Pass") -> None:
+def run(context: PassContext) -> None:
     """Advance every migration of the pool's VMs by what is done now: first the ones that end
     (their slots free up), then the queued ones, oldest checkout first."""
-    migrations = MigrationStore(pass_.store)
-    limit = int(getattr(pass_.service, "migration_limit", 0) or 0)
+    migrations = MigrationStore(context.store)
+    limit = int(getattr(context.service, "migration_limit", 0) or 0)
     queued: list[VMRecord] = []
-    for hostname, record in pass_.snapshot.records.items():
-        vm = pass_.inventory.get(hostname)
+    for hostname, record in context.snapshot.records.items():
+        vm = context.inventory.get(hostname)
         state = record.raw.get("migration")
         if record.state == "running" and vm is not None and vm.host and vm.host != record.host and state != STARTED:
-            pass_.store.update_vm(hostname, host=vm.host)  # moved outside vmpool
+            context.store.update_vm(hostname, host=vm.host)  # moved outside vmpool
         if not state:
             continue
-        if record.state != "running" or record.pool != pass_.pool.name:
+        if record.state != "running" or record.pool != context.pool.name:
             migrations.finish(hostname)
         elif state == STARTED:
-            _follow(pass_, migrations, record)
+            _follow(context, migrations, record)
         elif state == QUEUED:
             queued.append(record)
-        pass_.checkpoint("migration")
+        context.checkpoint("migration")
     for record in sorted(queued, key=lambda queued_vm: queued_vm.checkout or 0.0):
-        _start(pass_, migrations, record, limit)
-        pass_.checkpoint("migration")
+        _start(context, migrations, record, limit)
+        context.checkpoint("migration")
 
 
-def _start(pass_: "_Pass", migrations: MigrationStore, record: VMRecord, limit: int) -> None:
+def _start(context: PassContext, migrations: MigrationStore, record: VMRecord, limit: int) -> None:
     if limit <= 0:
         migrations.finish(record.name)  # migrations were turned off since the checkout
         return
-    taken = migrations.take_slot(record.name, limit, pass_.now)
+    taken = migrations.take_slot(record.name, limit, context.now)
     if taken == "limit":
-        pass_.report.followups += 1
+        context.report.followups += 1
         return
     if taken != "started":
         return
-    pass_.checkpoint("migration_slot")
+    context.checkpoint("migration_slot")
     try:
-        moving = pass_.provider.start_migration(pass_.pool, record.name)
+        moving = context.provider.start_migration(context.pool, record.name)
     except ProviderError as error:
-        _failed(pass_, migrations, record, f"migration failed to start: {error}")
+        _failed(context, migrations, record, f"migration failed to start: {error}")
         return
     if moving is None:
         migrations.finish(record.name)
-        logger.info("no migration needed", extra={"pool": pass_.pool.name, "hostname": record.name,
+        logger.info("no migration needed", extra={"pool": context.pool.name, "hostname": record.name,
                                                   "host": record.host})
         return
-    pass_.store.update_vm(record.name, migration_task=moving.task_ref, migration_from=moving.from_host,
+    context.store.update_vm(record.name, migration_task=moving.task_ref, migration_from=moving.from_host,
                           migration_to=moving.to_host)
-    pass_.report.followups += 1
-    logger.info("VM migration started", extra={"pool": pass_.pool.name, "hostname": record.name,
+    context.report.followups += 1
+    logger.info("VM migration started", extra={"pool": context.pool.name, "hostname": record.name,
                                                 "from": moving.from_host, "to": moving.to_host})
 
 
-def _follow(pass_: "_Pass", migrations: MigrationStore, record: VMRecord) -> None:
+def _follow(context: PassContext, migrations: MigrationStore, record: VMRecord) -> None:
     task = record.raw.get("migration_task")
     if not task:
         started = float(record.raw.get("migration_started") or 0)
-        if pass_.now - started > MIGRATION_START_GRACE_SECONDS:
-            _failed(pass_, migrations, record, "migration was never started (its pass was interrupted)")
+        if context.now - started > MIGRATION_START_GRACE_SECONDS:
+            _failed(context, migrations, record, "migration was never started (its pass was interrupted)")
         else:
-            pass_.report.followups += 1
+            context.report.followups += 1
         return
-    status = pass_.provider.task_status(task)
+    status = context.provider.task_status(task)
     if status.state is TaskState.RUNNING:
-        pass_.report.followups += 1
+        context.report.followups += 1
         return
     if status.state is TaskState.ERROR:
-        _failed(pass_, migrations, record, f"migration failed: {status.error or 'unknown error'}")
+        _failed(context, migrations, record, f"migration failed: {status.error or 'unknown error'}")
         return
     target = record.raw.get("migration_to") or record.host
-    seconds = pass_.now - float(record.raw.get("migration_started") or pass_.now)
+    seconds = context.now - float(record.raw.get("migration_started") or context.now)
     migrations.finish(record.name, host=target, migrated="true", migration_error=None)
-    emit(pass_.pool.name, {metric.MIGRATIONS: 1})
-    logger.info("VM migrated", extra={"pool": pass_.pool.name, "hostname": record.name,
+    emit(context.pool.name, {metric.MIGRATIONS: 1})
+    logger.info("VM migrated", extra={"pool": context.pool.name, "hostname": record.name,
                                       "from": record.raw.get("migration_from"), "to": target,
                                       "seconds": round(seconds, 1)})
 
 
-def _failed(pass_: "_Pass", migrations: MigrationStore, record: VMRecord, reason: str) -> None:
+def _failed(context: PassContext, migrations: MigrationStore, record: VMRecord, reason: str) -> None:
     migrations.finish(record.name, migration_error=reason)
-    emit(pass_.pool.name, {metric.MIGRATION_FAILURES: 1})
-    pass_.report.errors.append(f"{record.name}: {reason}")
-    logger.warning("VM migration failed", extra={"pool": pass_.pool.name, "hostname": record.name,
+    emit(context.pool.name, {metric.MIGRATION_FAILURES: 1})
+    context.report.errors.append(f"{record.name}: {reason}")
+    logger.warning("VM migration failed", extra={"pool": context.pool.name, "hostname": record.name,
                                                  "reason": reason})

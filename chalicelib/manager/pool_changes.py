@@ -15,14 +15,10 @@ conditional, so a VM checked out meanwhile is never touched.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from chalicelib.config import PoolConfig
+from chalicelib.manager import inventory_view
+from chalicelib.manager.context import PassContext
 from chalicelib.store import VMRecord
-from chalicelib.store.pool_overrides import PoolOverrides
-
-if TYPE_CHECKING:
-    from chalicelib.manager.reconcile import _Pass
 
 
 def stale_reason(record: VMRecord, pool: PoolConfig, reset_at: float | None) -> str:
@@ -34,39 +30,43 @@ def stale_reason(record: VMRecord, pool: PoolConfig, reset_at: float | None) -> 
     return ""
 
 
-def drain_and_retire(pass_: "_Pass") -> None:
+def drain_and_retire(context: PassContext) -> None:
     """Drain stale VMs, then retire ready VMs above the pool's size, oldest first.
 
     Ready VMs' records are read only when the pool's template or reset time changed since every
     ready VM was last checked (the pool's ``ready_checked`` mark): a VM reaches ready only from
     pending, and pending VMs are checked every pass, so between changes no ready VM can be stale."""
-    reset_at = PoolOverrides(pass_.store).get(pass_.pool.name).reset_at
-    mark = f"{pass_.pool.template}\n{reset_at!r}"
-    check_ready = pass_.snapshot.ready_checked != mark
-    report = pass_.report
-    candidates = pass_.snapshot.hostnames("pending")
+    reset_at = context.overrides.reset_at
+    mark = f"{context.pool.template}\n{reset_at!r}"
+    check_ready = context.snapshot.ready_checked != mark
+    if check_ready or context.snapshot.count("ready") > context.pool.size:
+        context.snapshot = inventory_view.list_whole(context.store, context.pool.name, context.snapshot, "ready")
+    report = context.report
+    candidates = context.snapshot.hostnames("pending")
     if check_ready:
-        candidates += pass_.snapshot.hostnames("ready")
-        pass_.load_records(pass_.snapshot.hostnames("ready"))
+        candidates += context.snapshot.hostnames("ready")
+        context.load_records(context.snapshot.hostnames("ready"))
     for hostname in candidates:
-        record = pass_.record(hostname)
+        record = context.record(hostname)
         if record is None or record.raw.get("request") or hostname in report.completed:
             continue
-        reason = stale_reason(record, pass_.pool, reset_at)
+        reason = stale_reason(record, context.pool, reset_at)
         if reason:
             # A pending VM this pass made ready is drained from ready.
             state = "ready" if hostname in report.became_ready else record.state
-            pass_.take_out_of_service(hostname, state, reason)
+            context.take_out_of_service(hostname, state, reason)
     if check_ready:
-        pass_.store.mark_ready_checked(pass_.pool.name, mark)
-    ready_members = pass_.snapshot.members.get("ready", {})
-    if len(ready_members) <= pass_.pool.size:
+        context.store.mark_ready_checked(context.pool.name, mark)
+    ready_members = context.snapshot.members.get("ready", {})
+    if len(ready_members) <= context.pool.size:
         return  # nothing above the size (the usual case): no need to sort thousands of VMs
     ready = sorted(ready_members.items(), key=lambda item: item[1])
     staying = [(hostname, since) for hostname, since in ready
                if hostname not in report.completed and hostname not in report.dropped]
-    decision = pass_.size_decision
-    why = f"pool size reduced to {pass_.pool.size}" + (f" ({decision.reason})" if decision.drain_grace_seconds else "")
-    for hostname, since in staying[: max(len(staying) - pass_.pool.size, 0)]:
-        if pass_.now - since >= decision.drain_grace_seconds:
-            pass_.take_out_of_service(hostname, "ready", why)
+    decision = context.size_decision
+    why = f"pool size reduced to {context.pool.size}"
+    if decision.drain_grace_seconds:
+        why += f" ({decision.reason})"
+    for hostname, since in staying[: max(len(staying) - context.pool.size, 0)]:
+        if context.now - since >= decision.drain_grace_seconds:
+            context.take_out_of_service(hostname, "ready", why)

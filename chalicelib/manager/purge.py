@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from chalicelib.observability import logger
 from chalicelib.providers.base import ProviderError
+from chalicelib.store.keys import purge_lease_name
 
 if TYPE_CHECKING:
     from chalicelib.services import Services
@@ -25,7 +26,7 @@ def purge_if_due(services: "Services", provider_name: str) -> list[str]:
     if not service.purge_unconfigured_resources:
         return []
     # Held until it expires, never released: that is the interval between purges.
-    if services.store.acquire_lease(f"purge:{provider_name}", PURGE_INTERVAL_SECONDS) is None:
+    if services.store.acquire_lease(purge_lease_name(provider_name), PURGE_INTERVAL_SECONDS) is None:
         return []
     pools = [pool for name in services.config.pool_names
              if (pool := services.pool(name)) is not None and pool.provider == provider_name]

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Callable
 
 from chalicelib import observability as metric
 from chalicelib.config import PoolConfig
+from chalicelib.manager.context import Checkpoint, PassReport, no_checkpoint
 from chalicelib.manager.purge import purge_if_due
-from chalicelib.manager.reconcile import Checkpoint, PassReport, _no_checkpoint, reconcile_pool
+from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.observability import emit, logger
 from chalicelib.providers.base import ProviderError
 from chalicelib.store import StoreUnavailable
@@ -64,7 +65,7 @@ def run_pool(
     services: "Services",
     pool_name: str,
     budget_seconds: float = 0.0,
-    checkpoint: Checkpoint = _no_checkpoint,
+    checkpoint: Checkpoint = no_checkpoint,
     stopping: Callable[[], bool] = lambda: False,
     stale_lease: str | None = None,
     pool_config: PoolConfig | None = None,
@@ -144,6 +145,12 @@ def check_delay(services: "Services", pool: PoolConfig, result: PassReport) -> f
     delay = float(pool.get("check_loop_delay_min", services.config.service.check_loop_delay_min))
     if result.waiting_for_clones:
         delay = min(delay, float(services.config.service.clone_poll_interval))
+    if result.clones_started:
+        # Clones the provider finishes sooner than the poll (the dummy's instant clones): look
+        # when they are done, or a small pool under load refills a batch per poll interval.
+        clone_seconds = services.provider(pool.provider).clone_seconds(pool)
+        if clone_seconds is not None:
+            delay = min(delay, clone_seconds)
     return delay
 
 

@@ -10,48 +10,49 @@ and clones go on without it, as in vmpooler.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from chalicelib.manager.context import PassContext
 from chalicelib.observability import logger
 from chalicelib.providers.base import ProviderError, TaskState
 from chalicelib.store.templates import DONE, TemplateStore
 
-if TYPE_CHECKING:
-    from chalicelib.manager.reconcile import _Pass
+
+def prepare_template(context: PassContext) -> None:
+    """The step: hold this pass's clones (on-demand ones too) while the template is prepared."""
+    context.clones_held = not ready_for_clones(context)
 
 
-def ready_for_clones(pass_: "_Pass") -> bool:
+def ready_for_clones(context: PassContext) -> bool:
     """Whether the pool's template is ready to be cloned; starts or follows its preparation."""
-    if not getattr(pass_.service, "create_template_delta_disks", False):
+    if not getattr(context.service, "create_template_delta_disks", False):
         return True
-    pool = pass_.pool
-    templates = TemplateStore(pass_.store)
+    pool = context.pool
+    templates = TemplateStore(context.store)
     key = f"{pool.provider}:{pool.template}"
     state = templates.state(key)
     if state == DONE:
         return True
-    context = {"pool": pool.name, "template": pool.template}
+    fields = {"pool": pool.name, "template": pool.template}
     if not state:
         try:
-            task = pass_.provider.prepare_template(pool)
+            task = context.provider.prepare_template(pool)
         except ProviderError as error:
-            logger.warning("template preparation failed to start; clones go on", extra={**context, "error": str(error)})
+            logger.warning("template preparation failed to start; clones go on", extra={**fields, "error": str(error)})
             return True
         if task is None:
             templates.done(key)
             return True
         templates.started(key, task)
-        logger.info("template delta disks being created", extra=context)
-        pass_.report.followups += 1
+        logger.info("template delta disks being created", extra=fields)
+        context.report.followups += 1
         return False
-    status = pass_.provider.task_status(state)
+    status = context.provider.task_status(state)
     if status.state is TaskState.RUNNING:
-        pass_.report.followups += 1
+        context.report.followups += 1
         return False
     if status.state is TaskState.ERROR:
         logger.warning("template delta disks could not be created; clones go on without them",
-                       extra={**context, "error": status.error})
+                       extra={**fields, "error": status.error})
     else:
-        logger.info("template delta disks created", extra=context)
+        logger.info("template delta disks created", extra=fields)
     templates.done(key)
     return True

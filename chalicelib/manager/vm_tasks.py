@@ -8,13 +8,11 @@ or snapshot on the VM, or why it failed. The pass never waits for a task.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
+from chalicelib.manager.context import PassContext
 from chalicelib.providers.base import ProviderError, TaskState
 from chalicelib.store.vm_tasks import DISK, REVERT, SNAPSHOT, VMTaskStore
-
-if TYPE_CHECKING:
-    from chalicelib.manager.reconcile import _Pass
 
 TASK_START_GRACE_SECONDS = 120.0
 """How long a taken task may wait for its provider ref before the pass decides the pass that
@@ -41,28 +39,28 @@ def result_of(task: Mapping[str, Any]) -> tuple[str, str]:
     return "", ""
 
 
-def run_tasks(pass_: "_Pass") -> None:
+def run_tasks(context: PassContext) -> None:
     """Advance every VM's disk and snapshot tasks by as much as is done now."""
-    tasks = VMTaskStore(pass_.store)
-    for hostname in tasks.hosts_with_tasks(pass_.pool.name):
-        record = pass_.store.get_vm(hostname)
-        running = record is not None and record.state == "running" and record.pool == pass_.pool.name
+    tasks = VMTaskStore(context.store)
+    for hostname in tasks.hosts_with_tasks(context.pool.name):
+        record = context.store.get_vm(hostname)
+        running = record is not None and record.state == "running" and record.pool == context.pool.name
         for _ in range(MAX_STEPS_PER_VM):
-            task, new = tasks.take(hostname, pass_.pool.name, pass_.now)
+            task, new = tasks.take(hostname, context.pool.name, context.now)
             if task is None:
                 break
             if not running:
                 tasks.finish(hostname, task["id"], error=f"{describe(task)} failed: the VM is no longer running")
             elif new:
-                _start(pass_, tasks, hostname, task)
-            elif not _follow(pass_, tasks, hostname, task):
-                pass_.report.followups += 1
+                _start(context, tasks, hostname, task)
+            elif not _follow(context, tasks, hostname, task):
+                context.report.followups += 1
                 break
-            pass_.checkpoint("vm_task")
+            context.checkpoint("vm_task")
 
 
-def _start(pass_: "_Pass", tasks: VMTaskStore, hostname: str, task: Mapping[str, Any]) -> None:
-    provider, pool = pass_.provider, pass_.pool
+def _start(context: PassContext, tasks: VMTaskStore, hostname: str, task: Mapping[str, Any]) -> None:
+    provider, pool = context.provider, context.pool
     try:
         if task["kind"] == DISK:
             ref = provider.add_disk(pool, hostname, int(task["size_gb"]))
@@ -75,18 +73,18 @@ def _start(pass_: "_Pass", tasks: VMTaskStore, hostname: str, task: Mapping[str,
     except ProviderError as error:
         tasks.finish(hostname, task["id"], error=f"{describe(task)} failed to start: {error}")
         return
-    pass_.checkpoint("vm_task_started")
+    context.checkpoint("vm_task_started")
     tasks.note_started(hostname, task["id"], ref)
 
 
-def _follow(pass_: "_Pass", tasks: VMTaskStore, hostname: str, task: Mapping[str, Any]) -> bool:
+def _follow(context: PassContext, tasks: VMTaskStore, hostname: str, task: Mapping[str, Any]) -> bool:
     """Check a task in flight. Returns True when it finished (either way)."""
     if not task.get("ref"):
-        if pass_.now - float(task.get("started") or 0) <= TASK_START_GRACE_SECONDS:
+        if context.now - float(task.get("started") or 0) <= TASK_START_GRACE_SECONDS:
             return False
         tasks.finish(hostname, task["id"], error=f"{describe(task)} was never started (its pass was interrupted)")
         return True
-    status = pass_.provider.task_status(str(task["ref"]))
+    status = context.provider.task_status(str(task["ref"]))
     if status.state is TaskState.RUNNING:
         return False
     if status.state is TaskState.ERROR:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Collection, Sequence
 
 from chalicelib.config import PoolConfig
 from chalicelib.providers.failures import Failure, FailureKind
@@ -44,6 +44,19 @@ class VMInfo:
     tools_running: bool = False
     host: str | None = None
     annotation: str | None = None
+
+
+@dataclass(frozen=True)
+class InventoryChanges:
+    """Where a provider's inventory of a pool stands, for a pass that need not list every VM.
+
+    ``token`` marks the inventory as it is now (read before anything else of the pass);
+    ``names`` are the VMs added, changed or removed since the token the pass asked about, or None
+    when the provider cannot say (no token asked about, or too old): then the pass lists every VM.
+    """
+
+    token: str
+    names: frozenset[str] | None
 
 
 class TaskState(enum.Enum):
@@ -96,6 +109,18 @@ class Provider(abc.ABC):
         """Every VM in the pool's folder, in one inventory call. Raises ProviderError when the
         inventory cannot be read completely: a partial list must never be returned."""
 
+    def inventory_changes(self, pool: PoolConfig, since: str | None) -> InventoryChanges | None:
+        """The pool's inventory token and the VMs changed since the token ``since`` (see
+        InventoryChanges), cheaply: without listing the folder. None when the provider has no
+        such token: every pass then compares the whole inventory (``list_vms``)."""
+        return None
+
+    def find_vms(self, pool: PoolConfig, names: Collection[str]) -> Sequence[VMInfo]:
+        """The VMs of ``names`` that are in the pool's folder (a name missing is not there).
+        Providers with ``inventory_changes`` make it cost O(len(names)); this default lists all."""
+        wanted = set(names)
+        return [vm for vm in self.list_vms(pool) if vm.name in wanted]
+
     @abc.abstractmethod
     def clone(self, pool: PoolConfig, hostname: str) -> str:
         """Start cloning the pool's template into a VM named ``hostname``; return a task ref.
@@ -133,6 +158,12 @@ class Provider(abc.ABC):
         """Start what the pool's template needs before it is cloned (vSphere: delta disks when
         ``create_template_delta_disks``); a task ref, or None when it needs nothing. Idempotent:
         asked again once the task is done, it needs nothing."""
+        return None
+
+    def clone_seconds(self, pool: PoolConfig) -> float | None:
+        """How long the pool's clones take at most, when the provider knows (None: it does not).
+        A pass that started clones looks again after this when it is shorter than
+        ``clone_poll_interval``, so instant clones are not left waiting for the poll."""
         return None
 
     def start_migration(self, pool: PoolConfig, hostname: str) -> Migration | None:

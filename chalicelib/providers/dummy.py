@@ -3,7 +3,8 @@
 It behaves like a slow, unreliable hypervisor on purpose. Clones take a while to appear and then
 a while to boot; any operation can fail at a configured rate. It takes vmpooler's dummy provider
 keys with the same meaning (``createvm_max_time`` seconds, ``createvm_fail_percent`` and so on),
-per provider and per pool, plus ``boot_time`` (seconds from clone to ready), ``seed``, and
+per provider and per pool, plus ``boot_time`` (seconds from clone to ready), ``createvm_min_time``
+(the shortest clone: equal to ``createvm_max_time``, every clone takes that long), ``seed``, and
 ``createvm_fail_kind``: the kind a simulated clone failure reports (``template``, ``network``,
 ``permission``, ``capacity``... as ``providers.base.FailureKind``; default ``other``).
 
@@ -18,16 +19,60 @@ import json
 import random
 import secrets
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import redis
 
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ProviderConfig
-from chalicelib.providers.base import Migration, Provider, ProviderError, Readiness, TaskState, TaskStatus, VMInfo
+from chalicelib.providers.base import (
+    InventoryChanges,
+    Migration,
+    Provider,
+    ProviderError,
+    Readiness,
+    TaskState,
+    TaskStatus,
+    VMInfo,
+)
 from chalicelib.providers.failures import FailureKind
+from chalicelib.store.keys import DEFAULT_PREFIX, Keys
 
 TASK_TTL_SECONDS = 24 * 3600
+
+CHANGE_LOG_KEPT = 100_000
+"""Folder changes remembered for ``inventory_changes``: a pass asking about an older token lists
+the whole folder instead."""
+
+_WRITE_VM = """
+-- Write (ARGV[2] non-empty) or delete a VM of a folder, and log the change: the folder's version
+-- goes up by one and the VM's name is logged at that version (what vSphere's property collector
+-- versions do for a real folder).
+-- KEYS: folder, version, change log[, a task]. ARGV: name, the VM as JSON or '', changes kept[,
+-- the task as JSON, its TTL]: a clone records its task and its VM in one step.
+if KEYS[4] then
+  redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[5])
+end
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+local version = redis.call('INCR', KEYS[2])
+redis.call('ZADD', KEYS[3], version, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', version - tonumber(ARGV[3]))
+return version
+"""
+
+_START_IF_PRESENT = """
+-- Record a task on a VM of the folder, if the folder has it. KEYS: folder, task.
+-- ARGV: name, the task as JSON, its TTL. Returns 1 when recorded.
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -36,9 +81,11 @@ class _Operation:
 
     time_key: str
     fail_key: str
+    min_time_key: str = ""
+    """The key of its shortest duration (ours, not vmpooler's: 0 when absent)."""
 
 
-_CLONE = _Operation("createvm_max_time", "createvm_fail_percent")
+_CLONE = _Operation("createvm_max_time", "createvm_fail_percent", "createvm_min_time")
 _DESTROY = _Operation("destroyvm_max_time", "destroyvm_fail_percent")
 _DISK = _Operation("createdisk_max_time", "createdisk_fail_percent")
 _SNAPSHOT = _Operation("createsnapshot_max_time", "createsnapshot_fail_percent")
@@ -51,25 +98,33 @@ DUMMY_HOSTS = 10
 
 
 class DummyProvider(Provider):
-    """VMs and tasks kept in Redis under ``<prefix>dummy:<provider name>:``."""
+    """VMs and tasks kept in Redis under ``dummy:<provider name>:`` (store/keys.py)."""
 
-    def __init__(self, config: ProviderConfig, client: redis.Redis, clock: Clock, prefix: str = "vmpool:") -> None:
+    def __init__(self, config: ProviderConfig, client: redis.Redis, clock: Clock, prefix: str = DEFAULT_PREFIX) -> None:
         self.name = config.name
         self.config = config
         self.client = client
         self.clock = clock
-        self._prefix = f"{prefix}dummy:{config.name}:"
+        self.keys = Keys(prefix)
         seed = config.get("seed")
         self._random = random.Random(seed) if seed is not None else random.SystemRandom()
         self._calls = 0
+        self._write_vm = client.register_script(_WRITE_VM)
+        self._start_if_present = client.register_script(_START_IF_PRESENT)
 
     # --- keys ---------------------------------------------------------------------------------
 
     def _folder_key(self, pool: PoolConfig) -> str:
-        return f"{self._prefix}folder:{pool.folder or pool.name}"
+        return self.keys.dummy_folder(self.name, pool.folder or pool.name)
+
+    def _version_key(self, folder_key: str) -> str:
+        return f"{folder_key}:version"
+
+    def _change_log_key(self, folder_key: str) -> str:
+        return f"{folder_key}:changes"
 
     def _task_key(self, task_ref: str) -> str:
-        return f"{self._prefix}task:{task_ref}"
+        return self.keys.dummy_task(self.name, task_ref)
 
     # --- behaviour knobs ----------------------------------------------------------------------
 
@@ -79,7 +134,8 @@ class DummyProvider(Provider):
     def _duration(self, pool: PoolConfig, operation: _Operation) -> float:
         """vmpooler's dummy takes a random time up to the maximum; with a seed it is repeatable."""
         longest = self._setting(pool, operation.time_key)
-        return self._random.uniform(0, longest) if longest > 0 else 0.0
+        shortest = min(self._setting(pool, operation.min_time_key), longest) if operation.min_time_key else 0.0
+        return self._random.uniform(shortest, longest) if longest > 0 else 0.0
 
     def _fails(self, pool: PoolConfig, key: str) -> bool:
         percent = self._setting(pool, key)
@@ -99,12 +155,38 @@ class DummyProvider(Provider):
         return {name: json.loads(value) for name, value in raw.items()}
 
     def _save_vm(self, folder_key: str, vm: dict[str, Any]) -> None:
-        self._call("hset", folder_key, vm["name"], json.dumps(vm))
+        self._write(folder_key, vm["name"], json.dumps(vm))
+
+    def _delete_vm(self, folder_key: str, name: str) -> None:
+        self._write(folder_key, name, "")
+
+    def _write(self, folder_key: str, name: str, vm_json: str, task: tuple[str, dict[str, Any]] | None = None) -> None:
+        keys = [folder_key, self._version_key(folder_key), self._change_log_key(folder_key)]
+        args: list[Any] = [name, vm_json, CHANGE_LOG_KEPT]
+        if task is not None:
+            keys.append(self._task_key(task[0]))
+            args += [json.dumps(task[1]), TASK_TTL_SECONDS]
+        self._script(self._write_vm, keys, args)
+
+    def _script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        self._calls += 1
+        try:
+            return script(keys=keys, args=args)
+        except redis.RedisError as error:
+            raise ProviderError(f"dummy provider storage: {type(error).__name__}", FailureKind.CONNECTION) from error
 
     def _start_task(
         self, pool: PoolConfig, kind: str, vm_name: str, operation: _Operation, **extra: Any
     ) -> tuple[str, dict[str, Any]]:
         """Record a task that finishes (or fails) at a time drawn now. Returns its ref and itself."""
+        task_ref, task = self._new_task(pool, kind, vm_name, operation, **extra)
+        self._call("set", self._task_key(task_ref), json.dumps(task), ex=TASK_TTL_SECONDS)
+        return task_ref, task
+
+    def _new_task(
+        self, pool: PoolConfig, kind: str, vm_name: str, operation: _Operation, **extra: Any
+    ) -> tuple[str, dict[str, Any]]:
+        """A task that finishes (or fails) at a time drawn now, not yet recorded: its ref and itself."""
         task_ref = f"{kind}-{secrets.token_hex(6)}"
         now = self.clock.now()
         task = {
@@ -115,17 +197,49 @@ class DummyProvider(Provider):
             "fails": self._fails(pool, operation.fail_key),
             **extra,
         }
-        self._call("set", self._task_key(task_ref), json.dumps(task), ex=TASK_TTL_SECONDS)
         return task_ref, task
 
     # --- Provider interface -------------------------------------------------------------------
 
     def list_vms(self, pool: PoolConfig) -> Sequence[VMInfo]:
+        return self._visible(pool, self._vms(pool).values())
+
+    def find_vms(self, pool: PoolConfig, names: Collection[str]) -> Sequence[VMInfo]:
+        """The VMs of ``names`` in the folder, in one HMGET: O(len(names)), not O(folder)."""
+        if not names:
+            return []
+        names = list(names)
+        found = self._call("hmget", self._folder_key(pool), names)
+        return self._visible(pool, (json.loads(raw) for raw in found if raw is not None))
+
+    def inventory_changes(self, pool: PoolConfig, since: str | None) -> InventoryChanges | None:
+        """The folder's version and the VMs written or deleted since version ``since``. None
+        with ``getvm_poweroff_percent``: VMs then power off as the folder is listed (a
+        simulation of VMs failing on their own), so every pass must list it."""
+        if self._setting(pool, "getvm_poweroff_percent"):
+            return None
+        folder_key = self._folder_key(pool)
+        self._calls += 1
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.get(self._version_key(folder_key))
+            if since is not None:
+                pipe.zrangebyscore(self._change_log_key(folder_key), f"({since}", "+inf")
+            version, *changed = pipe.execute()
+        except redis.RedisError as error:
+            raise ProviderError(f"dummy provider storage: {type(error).__name__}", FailureKind.CONNECTION) from error
+        token = str(int(version or 0))
+        if since is None or not since.isdigit() or not int(token) - CHANGE_LOG_KEPT <= int(since) <= int(token):
+            return InventoryChanges(token, None)
+        return InventoryChanges(token, frozenset(changed[0]))
+
+    def _visible(self, pool: PoolConfig, vms: Any) -> list[VMInfo]:
+        """What the hypervisor would show of ``vms`` now: clones in progress are not there yet."""
         now = self.clock.now()
         annotation = json.dumps({"pool": pool.name, "creator": "vmpool"})
         poweroff_percent = self._setting(pool, "getvm_poweroff_percent")
         result = []
-        for vm in self._vms(pool).values():
+        for vm in vms:
             if vm["available_at"] > now:
                 continue  # still cloning: a real hypervisor shows nothing yet
             booted = now >= vm["booted_at"]
@@ -147,25 +261,29 @@ class DummyProvider(Provider):
 
     def clone(self, pool: PoolConfig, hostname: str) -> str:
         failure = FailureKind.parse(str(self.config.pool_setting(pool, "createvm_fail_kind", "other")))
-        task_ref, task = self._start_task(pool, "clone", hostname, _CLONE, failure=failure.value)
-        if not task["fails"]:
+        task_ref, task = self._new_task(pool, "clone", hostname, _CLONE, failure=failure.value)
+        if task["fails"]:
+            self._call("set", self._task_key(task_ref), json.dumps(task), ex=TASK_TTL_SECONDS)
+        else:
             available_at = task["due"]
-            self._save_vm(
-                self._folder_key(pool),
-                {
-                    "name": hostname,
-                    "template": pool.template,
-                    "available_at": available_at,
-                    "booted_at": available_at + self._setting(pool, "boot_time"),
-                    "powered_on": True,
-                    "ip": "10.{}.{}.{}".format(
-                        self._random.randint(0, 255), self._random.randint(0, 255), self._random.randint(1, 254)
-                    ),
-                    "disks": [],
-                    "snapshots": [],
-                },
-            )
+            vm = {
+                "name": hostname,
+                "template": pool.template,
+                "available_at": available_at,
+                "booted_at": available_at + self._setting(pool, "boot_time"),
+                "powered_on": True,
+                "ip": "10.{}.{}.{}".format(
+                    self._random.randint(0, 255), self._random.randint(0, 255), self._random.randint(1, 254)
+                ),
+                "disks": [],
+                "snapshots": [],
+            }
+            self._write(self._folder_key(pool), hostname, json.dumps(vm), (task_ref, task))  # one round trip
         return task_ref
+
+    def clone_seconds(self, pool: PoolConfig) -> float | None:
+        """Every clone is done within ``createvm_max_time``."""
+        return self._setting(pool, _CLONE.time_key)
 
     def task_status(self, task_ref: str) -> TaskStatus:
         raw = self._call("get", self._task_key(task_ref))
@@ -183,8 +301,10 @@ class DummyProvider(Provider):
     def _apply(self, task: dict[str, Any]) -> None:
         """Make a finished task's effect visible on the VM (idempotent)."""
         if task["kind"] == "destroy":
-            self._call("hdel", task["folder"], task["vm"])
+            self._delete_vm(task["folder"], task["vm"])
             return
+        if task["kind"] in ("clone", "revert"):
+            return  # the clone wrote its VM when it started; a revert changes nothing we model
         raw = self._call("hget", task["folder"], task["vm"])
         if raw is None:
             return
@@ -193,14 +313,17 @@ class DummyProvider(Provider):
             vm["disks"].append({"id": task["disk_id"], "size_gb": task["size_gb"]})
         elif task["kind"] == "snapshot" and task["snapshot"] not in vm["snapshots"]:
             vm["snapshots"].append(task["snapshot"])
-        elif task["kind"] == "migrate":
+        elif task["kind"] == "migrate" and vm.get("host") != task["host"]:
             vm["host"] = task["host"]
+        else:
+            return  # nothing changed (a clone, a revert, a task applied before): no change to log
         self._save_vm(task["folder"], vm)
 
     def destroy(self, pool: PoolConfig, hostname: str) -> str | None:
-        if self._call("hget", self._folder_key(pool), hostname) is None:
-            return None
-        return self._start_task(pool, "destroy", hostname, _DESTROY)[0]
+        task_ref, task = self._new_task(pool, "destroy", hostname, _DESTROY)
+        recorded = self._script(self._start_if_present, [self._folder_key(pool), self._task_key(task_ref)],
+                                [hostname, json.dumps(task), TASK_TTL_SECONDS])
+        return task_ref if recorded else None
 
     def check_ready(self, pool: PoolConfig, vm: VMInfo) -> Readiness:
         if not vm.powered_on:
@@ -261,4 +384,4 @@ class DummyProvider(Provider):
 
     def delete_by_hand(self, pool: PoolConfig, hostname: str) -> None:
         """A VM that someone deleted outside the service."""
-        self._call("hdel", self._folder_key(pool), hostname)
+        self._delete_vm(self._folder_key(pool), hostname)

@@ -9,6 +9,7 @@ import redis
 from chalicelib.clock import Clock
 from chalicelib.config import Config, ProviderConfig
 from chalicelib.providers.base import Provider
+from chalicelib.store.keys import DEFAULT_PREFIX
 
 
 def build_provider(
@@ -17,7 +18,7 @@ def build_provider(
     client: redis.Redis,
     clock: Clock,
     resolve_secret: Callable[[object], str | None] = lambda value: value if isinstance(value, str) else None,
-    prefix: str = "vmpool:",
+    prefix: str = DEFAULT_PREFIX,
 ) -> Provider:
     """The implementation named by ``provider_class``. vSphere is imported only when used, so
     the API Lambdas never load pyVmomi."""

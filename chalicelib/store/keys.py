@@ -1,8 +1,12 @@
 """The Redis key schema, in one place.
 
 Every key starts with a prefix (``vmpool:`` by default) so one Redis can be shared with other
-services and tests can use their own namespace. Lua scripts build the same keys from the prefix;
-this module and the scripts must agree.
+services and tests can use their own namespace. No other module builds a key name: Python code
+calls ``Keys``, and a Lua script is given its keys by its caller in ``KEYS[]`` (a script that
+touches only the keys it was given can run on a clustered Redis). The few scripts that must
+derive a key from data they read inside Redis are listed in ``DERIVED_KEYS`` with the reason;
+they build those keys from a template made here (``KEY_PART``), never from the prefix.
+tests/core/test_key_schema.py holds both sides to this.
 
     vm:<hostname>            hash    one VM's record (see records.VMRecord)
     pool:<pool>:<state>      zset    hostnames in a state, scored by when they entered it
@@ -12,6 +16,11 @@ this module and the scripts must agree.
                                      provider's inventory, to order that read against the changes
     clone_demand             hash    pool -> "<clone slots wanted> <when>" of the pools short of VMs
     pool:<pool>:ready_checked string the template and reset time every ready VM was last checked against
+    pool:<pool>:running_due  zset    running VMs, scored by when a pass must next look at one (its
+                                     checkout's confirmation deadline, its lifetime's end); may
+                                     hold VMs no longer running (dropped when due)
+    pool:<pool>:inventory_checked string "<provider's inventory token> <time>": the inventory the pool's
+                                     VMs were last compared with, and when it was last compared whole
     lease:<pool>             string  who runs the pool's reconcile right now
     wake:<pool>              list    nudges for the pool's reconcile (checkout, delete, request)
     followup:<pool>          string  a delayed follow-up pass of the pool is queued (store/fleet.py)
@@ -38,11 +47,46 @@ this module and the scripts must agree.
     history:<pool>           zset    per-minute samples of the pool's counts (store/history.py)
     demand:<pool>:<YYYY-MM-DD> hash  per-minute checkouts/misses of a demand-sized pool (sizing/demand.py)
     sizing:state             hash    pool -> its demand size and when it last changed (sizing/controller.py)
+    lease:purge:<provider>   string  who purges the provider's unconfigured resources (manager/purge.py)
+    dummy:<provider>:folder:<folder> hash  the dummy provider's VMs in a folder (providers/dummy.py)
+    dummy:<provider>:task:<ref>      string one of the dummy provider's tasks
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
+
+DEFAULT_PREFIX = "vmpool:"
+"""The service's key prefix unless VMPOOL_KEY_PREFIX names another."""
+
+KEY_PART = "\x00"
+"""Stands for the part of a key a script learns only from data it reads (a hostname popped from a
+ready set): ``keys.vm(KEY_PART)`` is the template the script fills with ``key_of`` (lua/key_of.lua)."""
+
+DERIVED_KEYS: Mapping[str, str] = {
+    "checkout": "the records of the VMs it pops from the ready sets: which VM is next is known only "
+                "inside the step that takes it (naming them first would cost the read a round trip and "
+                "let two requests plan on the same VM); and, through quota.lua, what the owner holds",
+    "ondemand_create": "through quota.lua, the records of what the owner holds: the holdings set names "
+                       "them, and reading it first would let two requests pass the owner's limit together",
+    "move": "only when given no pool (DELETE /vm/<hostname>: one round trip, no read first): the state "
+            "sets and wake list of the pool the VM's record names",
+    "reserve_clones": "the records of the VMs in the pool's pending set and in the cloning set: they are "
+                      "counted in the step that reserves, so two passes at once cannot over-clone",
+    "ondemand_reserve": "the records of the request's VMs and of the VMs in the cloning set: they are "
+                        "counted in the step that reserves, so two passes cannot build a request twice",
+    "ondemand_deliver": "the request the VM's record names, the records of its VMs and the open sets of "
+                        "its pools: the request becomes ready in the same step as its last VM arrives",
+    "ondemand_end": "the open sets and wake lists of the request's pools, the records of its VMs and "
+                    "their pools' state sets: every VM leaves in the same step as the request ends, so "
+                    "none reserved meanwhile is left behind",
+}
+"""The scripts (lua/<name>.lua) that derive keys from data they read in Redis: which keys, and
+why the caller cannot name them first without weakening the script's atomicity or adding a
+round trip to checkout or DELETE. They alone get ``key_of`` (lua/key_of.lua) and fill templates
+of this module with it. On a clustered Redis they need every key in one hash slot (a prefix with
+a hash tag, ``{vmpool}:``). Every other script touches only its ``KEYS[]``."""
 
 STATES = ("pending", "ready", "running", "completed", "discovered")
 """States in which a VM sits in its pool's set. ``destroyed`` records only linger for data_ttl."""
@@ -50,7 +94,11 @@ STATES = ("pending", "ready", "running", "completed", "discovered")
 
 @dataclass(frozen=True)
 class Keys:
-    prefix: str = "vmpool:"
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if KEY_PART in self.prefix:
+            raise ValueError("a key prefix cannot hold NUL (it marks a template's variable part)")
 
     def vm(self, hostname: str) -> str:
         return f"{self.prefix}vm:{hostname}"
@@ -68,6 +116,12 @@ class Keys:
 
     def ready_checked(self, pool: str) -> str:
         return f"{self.prefix}pool:{pool}:ready_checked"
+
+    def running_due(self, pool: str) -> str:
+        return f"{self.prefix}pool:{pool}:running_due"
+
+    def inventory_checked(self, pool: str) -> str:
+        return f"{self.prefix}pool:{pool}:inventory_checked"
 
     @property
     def clone_demand(self) -> str:
@@ -142,14 +196,32 @@ class Keys:
         return f"{self.prefix}history:{pool}"
 
     def demand(self, pool: str, day: str) -> str:
-        """A demand-sized pool's per-minute checkouts and misses on a UTC day. The checkout script
-        builds the same name from ``demand_prefix``."""
-        return f"{self.demand_prefix}{pool}:{day}"
-
-    @property
-    def demand_prefix(self) -> str:
-        return f"{self.prefix}demand:"
+        """A demand-sized pool's per-minute checkouts and misses on a UTC day."""
+        return f"{self.prefix}demand:{pool}:{day}"
 
     @property
     def sizing_state(self) -> str:
         return f"{self.prefix}sizing:state"
+
+    def dummy_folder(self, provider: str, folder: str) -> str:
+        return f"{self.prefix}dummy:{provider}:folder:{folder}"
+
+    def dummy_task(self, provider: str, task_ref: str) -> str:
+        return f"{self.prefix}dummy:{provider}:task:{task_ref}"
+
+
+def purge_lease_name(provider: str) -> str:
+    """What ``Store.acquire_lease`` takes for the provider's purge lease (``lease:purge:<provider>``)."""
+    return f"purge:{provider}"
+
+
+def quota_owner(user: str | None, address: str) -> str:
+    """Who a quota counts, hashed into ``holdings:<owner hash>``: ``user:<canonical user>`` for a
+    token's user, else ``addr:<address>``."""
+    return f"user:{user}" if user is not None else f"addr:{address}"
+
+
+def rate_limit_client(token_id: str | None, address: str) -> str:
+    """The ``<who>`` of ``ratelimit:<class>:<who>``: ``token:<id>`` for a valid token, else
+    ``ip:<address>``."""
+    return f"token:{token_id}" if token_id is not None else f"ip:{address}"

@@ -14,7 +14,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence, cast
 
+from chalicelib.store.keys import KEY_PART
 from chalicelib.store.records import VMRecord
+from chalicelib.store.scripts import KeyList
 from chalicelib.store.store import Quota, QuotaExceeded, Store, _translate_errors
 
 OPEN = "open"
@@ -122,13 +124,17 @@ class OnDemandStore:
             fields["token_id"] = token_id
         pools = sorted({entry.pool for entry in entries})
         wanted = sum(entry.count for entry in entries)
-        limits = "" if quota is None else json.dumps(quota.payload(self.keys, self.store.holdings_ttl_seconds))
+        key_list = KeyList(self.keys.ondemand(request_id))
+        for pool in pools:
+            key_list.add(self.keys.ondemand_open(pool))
+            key_list.add(self.keys.wake(pool))
+        limits = "" if quota is None else json.dumps(
+            quota.payload(self.keys, key_list, self.store.holdings_ttl_seconds, requests=True))
         args: list[str | int] = [
-            self.keys.prefix, request_id, repr(now), self.store.data_ttl_seconds, json.dumps(fields),
-            wanted, limits, *pools,
+            request_id, repr(now), self.store.data_ttl_seconds, json.dumps(fields), wanted, limits, len(pools),
         ]
         with _translate_errors():
-            answer = self.scripts.ondemand_create(args=args)
+            answer = self.scripts.ondemand_create(keys=key_list.keys, args=args)
         if isinstance(answer, str):
             raise QuotaExceeded(answer)
         return bool(answer)
@@ -203,24 +209,32 @@ class OnDemandStore:
         now: float,
     ) -> Reservation:
         """Reserve names for the VMs the request still lacks in ``pool`` (see the script)."""
-        args: list[str | int] = [self.keys.prefix, request_id, pool, clone_limit, max_retries, repr(now), template,
-                                 domain, self.store.data_ttl_seconds, *candidates]
+        keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.ondemand_open(pool),
+                self.keys.cloning, self.keys.pool_state(pool, "pending"), *(self.keys.vm(host) for host in candidates)]
+        args: list[str | int] = [request_id, pool, clone_limit, max_retries, repr(now), template, domain,
+                                 self.store.data_ttl_seconds, self.keys.vm(KEY_PART), *candidates]
         with _translate_errors():
-            answer = json.loads(self.scripts.ondemand_reserve(args=args))
+            answer = json.loads(self.scripts.ondemand_reserve(keys=keys, args=args))
         return Reservation(answer["state"], tuple(answer.get("reserved") or ()), int(answer.get("failed") or 0))
 
     def deliver(self, hostname: str, pool: str, now: float, ip: str, host: str) -> tuple[bool, str]:
         """Hand a booted VM to its request. Returns (moved to running, the request's state)."""
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_deliver(
-                args=[self.keys.prefix, hostname, pool, repr(now), ip or "", host or ""]))
+                keys=[self.keys.vm(hostname), *(self.keys.pool_state(pool, state) for state in ("pending", "running",
+                      "completed")), self.keys.cloning, self.keys.changes, self.keys.running_due(pool)],
+                args=[hostname, repr(now), ip or "", host or "", self.keys.ondemand(KEY_PART),
+                      self.keys.ondemand_vms(KEY_PART), self.keys.vm(KEY_PART), self.keys.ondemand_open(KEY_PART)]))
         return bool(answer["moved"]), answer["state"]
 
     def end(self, request_id: str, state: str, message: str, vm_reason: str, now: float) -> Ending:
         """Mark the request ``deleted`` or ``failed`` and send its VMs to completed."""
+        keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.cloning]
         args: list[str | int] = [
-            self.keys.prefix, request_id, state, message, repr(now), vm_reason, self.store.data_ttl_seconds,
+            request_id, state, message, repr(now), vm_reason, self.store.data_ttl_seconds,
+            self.keys.ondemand_open(KEY_PART), self.keys.wake(KEY_PART), self.keys.vm(KEY_PART),
+            *(self.keys.pool_state(KEY_PART, vm_state) for vm_state in ("pending", "running", "completed")),
         ]
         with _translate_errors():
-            answer = json.loads(self.scripts.ondemand_end(args=args))
+            answer = json.loads(self.scripts.ondemand_end(keys=keys, args=args))
         return Ending(answer["result"], answer["state"], tuple(answer.get("pools") or ()))

@@ -9,7 +9,19 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
+from chalicelib.store.keys import DERIVED_KEYS
+
 _LUA_DIR = Path(__file__).with_name("lua")
+
+SHARED: dict[str, tuple[str, ...]] = {"checkout": ("quota",), "ondemand_create": ("quota",)}
+"""Scripts run with the functions of other files (lua/quota.lua) before their own text."""
+
+
+def script_source(name: str) -> str:
+    """The text Redis runs for lua/<name>.lua: its own, after the shared functions it uses (see
+    SHARED) and, for the scripts that derive keys (keys.DERIVED_KEYS), lua/key_of.lua."""
+    parts = (*(("key_of",) if name in DERIVED_KEYS else ()), *SHARED.get(name, ()), name)
+    return "\n".join((_LUA_DIR / f"{part}.lua").read_text() for part in parts)
 
 
 class _Script:
@@ -40,12 +52,11 @@ class Scripts:
     """Each script of ``lua/`` as a callable; redis-py runs it by SHA and loads it when missing."""
 
     def __init__(self, client: redis.Redis) -> None:
-        def load(name: str, *shared: str) -> _Script:
-            """lua/<name>.lua, after the shared functions of each lua/<shared>.lua."""
-            text = "\n".join((_LUA_DIR / f"{part}.lua").read_text() for part in (*shared, name))
+        def load(name: str) -> _Script:
+            text = script_source(name)
             return _Script(client.register_script(text), text)
 
-        self.checkout = load("checkout", "quota")
+        self.checkout = load("checkout")
         self.confirm = load("confirm")
         self.release = load("release")
         self.move = load("move")
@@ -59,10 +70,28 @@ class Scripts:
         self.set_once = load("set_once")
         self.migration_slot = load("migration_slot")
         self.discover = load("discover")
-        self.ondemand_create = load("ondemand_create", "quota")
+        self.ondemand_create = load("ondemand_create")
         self.ondemand_reserve = load("ondemand_reserve")
         self.ondemand_deliver = load("ondemand_deliver")
         self.ondemand_end = load("ondemand_end")
         self.vm_task_take = load("vm_task_take")
         self.vm_task_note = load("vm_task_note")
         self.vm_task_finish = load("vm_task_finish")
+        self.pool_snapshot = load("pool_snapshot")
+
+
+class KeyList:
+    """The ``KEYS[]`` of one script call, for scripts given a variable number of keys: each key
+    once, ``add`` telling the script where it sits (a 1-based index, passed in its arguments)."""
+
+    def __init__(self, *keys: str) -> None:
+        self.keys: list[str] = []
+        self._index: dict[str, int] = {}
+        for key in keys:
+            self.add(key)
+
+    def add(self, key: str) -> int:
+        if key not in self._index:
+            self.keys.append(key)
+            self._index[key] = len(self.keys)
+        return self._index[key]

@@ -8,6 +8,7 @@ act at once without any lock held in a process.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 import secrets
@@ -19,9 +20,9 @@ import redis
 
 from chalicelib.config import RedisConfig
 from chalicelib.sizing import demand as demand_history
-from chalicelib.store.keys import STATES, Keys
+from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, STATES, Keys
 from chalicelib.store.records import VMRecord
-from chalicelib.store.scripts import Scripts
+from chalicelib.store.scripts import KeyList, Scripts
 
 DAILY_STATS_TTL_SECONDS = 400 * 24 * 3600
 """How long per-day statistics stay for /summary: a bit more than a year."""
@@ -125,11 +126,26 @@ class Quota:
     max_requests: int = 0
     """Open on-demand requests, per owner and in total."""
 
-    def payload(self, keys: Keys, ttl_seconds: int) -> dict[str, Any]:
+    def payload(self, keys: Keys, key_list: KeyList, ttl_seconds: int, requests: bool = False) -> dict[str, Any]:
+        """What lua/quota.lua reads, its keys added to ``key_list``; ``requests``: the call
+        counts on-demand requests too (their open sets are needed)."""
         owner = hashlib.sha256(self.owner.encode("utf-8")).hexdigest()[:32]
-        return {"key": keys.holdings(owner), "ttl": ttl_seconds, "max_owner_vms": self.max_owner_vms,
-                "max_vms": self.max_vms, "pools": list(self.pools),
+        running, open_requests = _quota_keys(keys, tuple(self.pools))
+        return {"key": key_list.add(keys.holdings(owner)), "ttl": ttl_seconds, "max_owner_vms": self.max_owner_vms,
+                "max_vms": self.max_vms,
+                "running": [key_list.add(key) for key in running],
+                "open": [key_list.add(key) for key in open_requests] if requests else [],
+                "vm_template": keys.vm(KEY_PART), "request_template": keys.ondemand(KEY_PART),
+                "request_vms_template": keys.ondemand_vms(KEY_PART),
                 "max_owner_requests": self.max_owner_requests, "max_requests": self.max_requests}
+
+
+@functools.lru_cache(maxsize=16)
+def _quota_keys(keys: Keys, pools: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The running and open-request sets of every configured pool: the same for every request
+    until the config changes, so named once (a checkout with a quota is given them all)."""
+    return (tuple(keys.pool_state(pool, "running") for pool in pools),
+            tuple(keys.ondemand_open(pool) for pool in pools))
 
 
 class QuotaExceeded(Exception):
@@ -161,12 +177,19 @@ class PoolSnapshot:
     """Hostnames whose records were read (present in ``records`` unless missing in Redis)."""
     ready_checked: str = ""
     """The pool's ``ready_checked`` mark: what every ready VM was last checked against."""
+    sizes: Mapping[str, int] = field(default_factory=dict)
+    """state -> how many VMs it holds, when ``members`` lists only some (``Store.pool_snapshot_due``)."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether ``members`` lists every VM of every state."""
+        return not self.sizes
 
     def hostnames(self, state: str) -> list[str]:
         return list(self.members.get(state, {}))
 
     def count(self, state: str) -> int:
-        return len(self.members.get(state, {}))
+        return self.sizes.get(state, len(self.members.get(state, {})))
 
     @property
     def tracked(self) -> set[str]:
@@ -196,7 +219,7 @@ class DayStats:
 class Store:
     """The service's state. Every method raises StoreUnavailable when Redis fails."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "vmpool:", data_ttl_hours: int = 168,
+    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, data_ttl_hours: int = 168,
                  replica_acks: ReplicaAcks = ReplicaAcks()) -> None:
         self.client = client
         self.replica_acks = replica_acks
@@ -237,6 +260,56 @@ class Store:
         return PoolSnapshot(members=members, records=self.records(hostnames), cloning_total=cloning_total,
                             wants_clones=bool(wants_clones), loaded=frozenset(hostnames),
                             ready_checked=ready_checked or "")
+
+    def pool_snapshot_due(self, pool: str, now: float, ready_ttl_seconds: float,
+                          also: Iterable[str] = ()) -> PoolSnapshot:
+        """What a pass must look at, in one round trip, in time independent of how many VMs
+        wait unchanged: every pending, completed and discovered VM with its record; the ready
+        VMs whose ready_ttl has passed (records read when acted on); the running VMs due for a
+        look (``schedule_running``) with their records; and the VMs of ``also`` (the provider
+        says they changed) in whatever state, with records unless ready. ``sizes`` has the counts."""
+        keys = [self.keys.pool_state(pool, state) for state in STATES]
+        keys += [self.keys.running_due(pool), self.keys.cloning, self.keys.clone_demand,
+                 self.keys.ready_checked(pool)]
+        with _translate_errors():
+            counts, state_members, cloning_total, wants_clones, ready_checked = self.scripts.pool_snapshot(
+                keys=keys, args=[pool, repr(now), repr(now - ready_ttl_seconds), *also])
+        members = {state: {pairs[i]: float(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+                   for state, pairs in zip(STATES, state_members, strict=True)}
+        hostnames = [host for state, hosts in members.items() if state != "ready" for host in hosts]
+        return PoolSnapshot(members=members, records=self.records(hostnames), cloning_total=cloning_total,
+                            wants_clones=bool(wants_clones), loaded=frozenset(hostnames),
+                            ready_checked=ready_checked or "",
+                            sizes=dict(zip(STATES, counts, strict=True)))
+
+    def state_members(self, pool: str, state: str) -> dict[str, float]:
+        """hostname -> time it entered ``state``, for every VM of the pool in it."""
+        with _translate_errors():
+            pairs = cast("list[tuple[str, float]]",
+                         self.client.zrange(self.keys.pool_state(pool, state), 0, -1, withscores=True))
+        return dict(pairs)
+
+    def schedule_running(self, pool: str, due: Mapping[str, float]) -> None:
+        """When a pass must next look at each running VM of ``due`` (see pool_snapshot_due)."""
+        if not due:
+            return
+        with _translate_errors():
+            self.client.zadd(self.keys.running_due(pool), dict(due))
+
+    def begin_pass(self, pool: str) -> tuple[int, str]:
+        """``mark_changes`` and the pool's ``inventory_checked`` mark ("" when none), in one round trip."""
+        with _translate_errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.incr(self.keys.changes)
+            pipe.get(self.keys.inventory_checked(pool))
+            mark, checked = pipe.execute()
+        return int(mark), checked or ""
+
+    def mark_inventory_checked(self, pool: str, checked: str) -> None:
+        """Note the provider's inventory token the pool's VMs were compared with, and when the
+        last whole comparison was (see ``begin_pass``)."""
+        with _translate_errors():
+            self.client.set(self.keys.inventory_checked(pool), checked)
 
     def records(self, hostnames: Sequence[str]) -> dict[str, VMRecord]:
         """The records of ``hostnames`` that exist, in one round trip."""
@@ -298,30 +371,43 @@ class Store:
         confirmation releases them at once and raises StoreUnavailable (CheckoutNotDurable when
         no replica acknowledged in time)."""
         checkout_id = secrets.token_hex(8)
+        key_list = KeyList()
+        slots = [(r.name, list(pools)) for r in requests for pools in r.slots()]
+        tracked = {pool for r in requests for pool in r.pools if pool in self.demand_pools}
+        day, minute = demand_history.day_and_minute(demand_history.epoch_minute(now)) if tracked else ("", 0)
+        pool_keys: dict[str, dict[str, int]] = {}
+        for pool in dict.fromkeys([*(pool for r in requests for pool in r.pools),
+                                   *(pool for _, pools in slots for pool in pools)]):
+            pool_keys[pool] = {"ready": key_list.add(self.keys.pool_state(pool, "ready")),
+                               "running": key_list.add(self.keys.pool_state(pool, "running")),
+                               "running_due": key_list.add(self.keys.running_due(pool)),
+                               "wake": key_list.add(self.keys.wake(pool))}
+            if pool in tracked:
+                pool_keys[pool]["demand"] = key_list.add(self.keys.demand(pool, day))
         checkout: dict[str, Any] = {
-            "slots": [{"name": r.name, "pools": list(pools)} for r in requests for pools in r.slots()],
+            "slots": [{"name": name, "pools": pools} for name, pools in slots],
             "fields": dict(fields),
             "checkout_id": checkout_id,
             "confirm_by": repr(now + UNCONFIRMED_SECONDS),
+            "changes": key_list.add(self.keys.changes),
+            "vm_template": self.keys.vm(KEY_PART),
+            "pools": pool_keys,
         }
         if quota is not None:
-            checkout["quota"] = quota.payload(self.keys, self.holdings_ttl_seconds)
-        tracked = {pool for r in requests for pool in r.pools if pool in self.demand_pools}
+            checkout["quota"] = quota.payload(self.keys, key_list, self.holdings_ttl_seconds)
         if tracked:
-            day, minute = demand_history.day_and_minute(demand_history.epoch_minute(now))
-            checkout["demand"] = {"prefix": self.keys.demand_prefix, "day": day, "minute": minute,
-                                  "ttl": demand_history.HISTORY_TTL_SECONDS, "pools": dict.fromkeys(tracked, True)}
+            checkout["demand"] = {"minute": minute, "ttl": demand_history.HISTORY_TTL_SECONDS}
         with _translate_errors():
-            answer = json.loads(self.scripts.checkout(args=[self.keys.prefix, repr(now), json.dumps(checkout)]))
+            answer = json.loads(self.scripts.checkout(keys=key_list.keys, args=[repr(now), json.dumps(checkout)]))
         if answer.get("quota"):
             raise QuotaExceeded(answer["quota"])
         if not answer["ok"]:
             return CheckoutResult(short=tuple(answer["short"]))
         result = CheckoutResult(vms=tuple(CheckedOut(*entry) for entry in answer["vms"]))
-        self._confirm(checkout_id, [vm.hostname for vm in result.vms], now)
+        self._confirm(checkout_id, result.vms, now)
         return result
 
-    def _confirm(self, checkout_id: str, hostnames: list[str], now: float) -> None:
+    def _confirm(self, checkout_id: str, vms: Sequence[CheckedOut], now: float) -> None:
         """Confirm a checkout (and wait for the replicas to have it); on any failure, release."""
         replicas, timeout_ms = self._replicas_to_wait_for(), self.replica_acks.timeout_ms
 
@@ -329,7 +415,8 @@ class Store:
             # One round trip on one connection: WAIT counts the writes of its own connection.
             # EVALSHA by hand: a pipeline given a Script object first asks SCRIPT EXISTS.
             pipe = self.client.pipeline(transaction=False)
-            pipe.execute_command("EVALSHA", self.scripts.confirm.sha, 0, self.keys.prefix, checkout_id, *hostnames)
+            pipe.execute_command("EVALSHA", self.scripts.confirm.sha, len(vms),
+                                 *(self.keys.vm(vm.hostname) for vm in vms), checkout_id)
             if replicas:
                 pipe.execute_command("WAIT", replicas, timeout_ms)
             return pipe.execute()
@@ -342,13 +429,13 @@ class Store:
                     self.scripts.confirm.load_into(self.client)
                     confirmed, *acks = confirm_and_wait()
         except StoreUnavailable:
-            self._release_after_failure(checkout_id, hostnames, now)
+            self._release_after_failure(checkout_id, vms, now)
             raise
         if not confirmed:
-            self._release_after_failure(checkout_id, hostnames, now)
+            self._release_after_failure(checkout_id, vms, now)
             raise StoreUnavailable("redis: checkout returned to the pool before it was confirmed")
         if acks and int(acks[0]) < replicas:
-            self._release_after_failure(checkout_id, hostnames, now)
+            self._release_after_failure(checkout_id, vms, now)
             raise CheckoutNotDurable(f"redis: {acks[0]} of {replicas} replicas acknowledged "
                                      f"the checkout within {timeout_ms} ms")
 
@@ -369,21 +456,38 @@ class Store:
             self._replicas_known_until = time.monotonic() + REPLICAS_RECHECK_SECONDS
         return min(wanted, self._online_replicas)
 
-    def _release_after_failure(self, checkout_id: str, hostnames: list[str], now: float) -> None:
+    def _release_after_failure(self, checkout_id: str, vms: Sequence[CheckedOut], now: float) -> None:
         """Best effort, once (Redis is failing already: each try may cost a socket timeout);
         whatever it cannot release while unconfirmed is returned by a pass after its deadline."""
         try:
-            self.release_checkout(checkout_id, hostnames, now)
+            self._release(checkout_id, [(vm.hostname, vm.pool) for vm in vms], now, unconfirmed_only=False)
         except StoreUnavailable:
             pass
 
     def release_checkout(self, checkout_id: str, hostnames: Sequence[str], now: float,
                          unconfirmed_only: bool = False) -> list[str]:
         """Return a checkout's VMs to ready (all of them, or only those still unconfirmed past
-        their deadline). Returns the hostnames returned."""
+        their deadline). Returns the hostnames returned. Two round trips: the VMs' pools are
+        read first, so that the script is given every key it touches."""
         with _translate_errors():
-            return self.scripts.release(
-                args=[self.keys.prefix, repr(now), checkout_id, "1" if unconfirmed_only else "0", *hostnames])
+            pipe = self.client.pipeline(transaction=False)
+            for host in hostnames:
+                pipe.hget(self.keys.vm(host), "pool")
+            pools = pipe.execute()
+        return self._release(checkout_id, [(host, pool) for host, pool in zip(hostnames, pools, strict=True) if pool],
+                             now, unconfirmed_only)
+
+    def _release(self, checkout_id: str, vms: Sequence[tuple[str, str]], now: float,
+                 unconfirmed_only: bool) -> list[str]:
+        """lua/release.lua over (hostname, pool) pairs; a VM no longer in that pool is left alone."""
+        if not vms:
+            return []
+        keys, args = [self.keys.changes], [repr(now), checkout_id, "1" if unconfirmed_only else "0"]
+        for host, pool in vms:
+            keys += [self.keys.vm(host), self.keys.pool_state(pool, "running"), self.keys.pool_state(pool, "ready")]
+            args += [host, pool]
+        with _translate_errors():
+            return cast("list[str]", self.scripts.release(keys=keys, args=args))
 
     def move(
         self, hostname: str, pool: str, from_state: str, to_state: str, now: float,
@@ -397,16 +501,18 @@ class Store:
         changed since the mark. ``lifetime_ended`` (the default lifetime in hours): move only if
         the VM's lifetime, as recorded at the time of the move, has ended by ``now``.
         Returns whether it moved."""
+        keys = [self.keys.vm(hostname), self.keys.changes, self.keys.cloning,
+                self.keys.pool_state(pool, from_state), self.keys.pool_state(pool, to_state), self.keys.wake(pool)]
         args: list[str] = [
-            self.keys.prefix, hostname, pool, from_state, to_state, repr(now), str(self.data_ttl_seconds),
-            "1" if nudge else "0",
+            hostname, to_state, repr(now), str(self.data_ttl_seconds), "1" if nudge else "0",
             "" if unchanged_since is None else str(unchanged_since),
             "" if lifetime_ended is None else repr(float(lifetime_ended)),
+            "", "", "",
         ]
         for name, value in fields.items():
             args += [name, _encode(value)]
         with _translate_errors():
-            return bool(self.scripts.move(args=args))
+            return bool(self.scripts.move(keys=keys, args=args))
 
     def mark_changes(self) -> int:
         """A mark on the counter every state change stamps its VM with (``change_seq``): a VM
@@ -417,10 +523,13 @@ class Store:
     def return_vm(self, hostname: str, now: float, reason: str) -> str | None:
         """Move a running VM, whatever its pool, to completed and nudge its pool, in one round
         trip. Returns its pool, or None when it is unknown or not running."""
-        args = [self.keys.prefix, hostname, "", "running", "completed", repr(now), str(self.data_ttl_seconds),
-                "1", "", "", "reason", reason]
+        # The pool comes from the record inside the script: templates name its keys (keys.DERIVED_KEYS).
+        keys = [self.keys.vm(hostname), self.keys.changes, self.keys.cloning]
+        args = [hostname, "completed", repr(now), str(self.data_ttl_seconds), "1", "", "",
+                self.keys.pool_state(KEY_PART, "running"), self.keys.pool_state(KEY_PART, "completed"),
+                self.keys.wake(KEY_PART), "reason", reason]
         with _translate_errors():
-            pool = self.scripts.move(args=args)
+            pool = self.scripts.move(keys=keys, args=args)
         return str(pool) if pool else None
 
     def reserve_clones(
@@ -440,8 +549,10 @@ class Store:
         atomically. Returns the hostnames reserved."""
         with _translate_errors():
             return self.scripts.reserve_clones(
-                args=[self.keys.prefix, pool, size, task_limit, repr(now), template, domain, clone_limit,
-                      repr(CLONE_DEMAND_TTL_SECONDS), *candidates]
+                keys=[self.keys.pool_state(pool, "ready"), self.keys.pool_state(pool, "pending"),
+                      self.keys.clone_demand, self.keys.cloning, *(self.keys.vm(host) for host in candidates)],
+                args=[pool, size, task_limit, repr(now), template, domain, clone_limit,
+                      repr(CLONE_DEMAND_TTL_SECONDS), self.keys.vm(KEY_PART), *candidates]
             )
 
     def withdraw_clone_demand(self, pool: str) -> None:
@@ -477,12 +588,13 @@ class Store:
     def add_discovered(self, hostname: str, pool: str, now: float, **fields: Any) -> bool:
         """Record a VM found in the pool's folder that no live record claims. Returns whether
         it was recorded (False when another pool or state knows it)."""
-        args: list[str] = [self.keys.prefix, hostname, pool, repr(now)]
+        args: list[str] = [hostname, pool, repr(now)]
         for name, value in fields.items():
             if value is not None:
                 args += [name, _encode(value)]
+        keys = [self.keys.vm(hostname), self.keys.changes, self.keys.pool_state(pool, "discovered")]
         with _translate_errors():
-            return bool(self.scripts.discover(args=args))
+            return bool(self.scripts.discover(keys=keys, args=args))
 
     def finish_clone(self, hostname: str, now: float) -> None:
         """The clone task is done: free its place under the task limit and note when."""

@@ -78,14 +78,16 @@ class VMTaskStore:
         """The VM's task in flight, else the next queued one (then ``new`` is True: the caller
         starts it). (None, False) when the VM has no work left."""
         with _translate_errors():
-            answer = json.loads(self.scripts.vm_task_take(args=[self.keys.prefix, hostname, pool, repr(now)]))
+            answer = json.loads(self.scripts.vm_task_take(
+                keys=[self.keys.vm(hostname), self.keys.vm_tasks(hostname), self.keys.pool_vm_tasks(pool)],
+                args=[hostname, repr(now)]))
         return answer.get("task"), bool(answer.get("new"))
 
     def note_started(self, hostname: str, task_id: str, ref: str) -> bool:
         with _translate_errors():
-            return bool(self.scripts.vm_task_note(args=[self.keys.prefix, hostname, task_id, ref]))
+            return bool(self.scripts.vm_task_note(keys=[self.keys.vm(hostname)], args=[task_id, ref]))
 
     def finish(self, hostname: str, task_id: str, list_field: str = "", value: str = "", error: str = "") -> bool:
         with _translate_errors():
             return bool(self.scripts.vm_task_finish(
-                args=[self.keys.prefix, hostname, task_id, list_field, value, error]))
+                keys=[self.keys.vm(hostname)], args=[task_id, list_field, value, error]))

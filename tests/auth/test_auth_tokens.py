@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from chalicelib.auth.tokens import DeleteResult, TokenStore, hash_token
+from chalicelib.auth.tokens import DeleteResult, TokenStore, TooManyTokens, hash_token
 from chalicelib.clock import FakeClock
 
 
@@ -175,3 +175,17 @@ def test_a_token_belongs_to_the_deployment_that_made_it(redis_client, clock):
     assert ours.lookup(token) is not None
     assert theirs.lookup(token) is None
     assert theirs.list_for_user("alice") == []
+
+
+def test_a_token_that_expired_in_redis_frees_its_place_under_the_limit(redis_client, clock):
+    """Redis expired one of the user's tokens (deleting its key, as Redis does): the user's set
+    still names it, yet it no longer counts against ``max_per_user``."""
+    limited = TokenStore(redis_client, clock, max_per_user=2)
+    first = limited.create("alice")
+    limited.create("alice")
+    with pytest.raises(TooManyTokens):
+        limited.create("alice")
+    redis_client.delete(limited.keys.token(hash_token(first)))
+    assert limited.lookup(limited.create("alice")) is not None
+    with pytest.raises(TooManyTokens):
+        limited.create("alice")

@@ -7,7 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable
 
-from chalicelib.manager.reconcile import CLONE_START_GRACE_SECONDS, Checkpoint, _no_checkpoint
+from chalicelib.manager.context import Checkpoint, no_checkpoint
+from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
 from chalicelib.manager.runner import RunReport, run_pool
 from chalicelib.services import Services
 from chalicelib.store.ondemand import READY, OnDemandStore
@@ -46,11 +47,11 @@ class Fleet:
     def pools(self) -> list[str]:
         return list(self.services.config.pool_names)
 
-    def run(self, pool: str, checkpoint: Checkpoint = _no_checkpoint) -> RunReport:
+    def run(self, pool: str, checkpoint: Checkpoint = no_checkpoint) -> RunReport:
         """One invocation of the pool's reconcile Lambda, with a zero budget: a single pass."""
         return run_pool(self.services, pool, 0.0, checkpoint)
 
-    def round(self, checkpoint: Checkpoint = _no_checkpoint) -> None:
+    def round(self, checkpoint: Checkpoint = no_checkpoint) -> None:
         for pool in self.pools:
             self.run(pool, checkpoint)
 

@@ -219,3 +219,35 @@ def test_calls_are_counted(provider: DummyProvider, config: Config) -> None:
     provider.list_vms(config.pool("alpha"))
     provider.clone(config.pool("alpha"), "vm-1")
     assert provider.call_count() > before + 1
+
+
+def test_with_createvm_min_time_equal_to_the_max_every_clone_takes_that_long(
+        redis_client: redis.Redis, clock: FakeClock) -> None:
+    config = config_with(", createvm_min_time: 60")
+    provider = provider_for(config, redis_client, clock)
+    pool = config.pool("alpha")
+    tasks = [provider.clone(pool, f"vm-{n}") for n in range(5)]
+
+    clock.advance(59.9)
+    assert {provider.task_status(task).state for task in tasks} == {TaskState.RUNNING}
+    clock.advance(0.1)
+    assert {provider.task_status(task).state for task in tasks} == {TaskState.SUCCESS}
+    assert provider.clone_seconds(pool) == 60
+
+
+def test_the_change_log_names_every_vm_written_or_deleted_since_a_token(
+        provider: DummyProvider, config: Config, clock: FakeClock) -> None:
+    pool = config.pool("alpha")
+    start = provider.inventory_changes(pool, None)
+    assert start is not None and start.names is None  # no token asked about: compare everything
+    provider.create_by_hand(pool, "made")
+    provider.create_by_hand(pool, "gone")
+    middle = provider.inventory_changes(pool, start.token)
+    provider.delete_by_hand(pool, "gone")
+
+    assert middle is not None and middle.names == {"made", "gone"}
+    later = provider.inventory_changes(pool, middle.token)
+    assert later is not None and later.names == {"gone"}
+    assert [vm.name for vm in provider.find_vms(pool, ["made", "gone", "never"])] == ["made"]
+    unknown = provider.inventory_changes(pool, str(int(later.token) + 5))  # a token from another Redis
+    assert unknown is not None and unknown.names is None

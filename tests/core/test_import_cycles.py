@@ -18,16 +18,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("chalicelib", "local", "infra")
 
 KNOWN_CYCLE_EDGES = {
-    # Issue 11 item 1: the reconcile steps take the pass's private ``_Pass`` (imported for its
-    # type) and reconcile.py calls them. These go when the pass gets a public context module of
-    # its own; then test_the_known_exceptions_are_still_cycles names each edge to drop from here.
-    ("chalicelib.manager.ondemand", "chalicelib.manager.reconcile"),
-    ("chalicelib.manager.pool_changes", "chalicelib.manager.reconcile"),
-    ("chalicelib.manager.vm_tasks", "chalicelib.manager.reconcile"),
-    # The same debt, in the step modules issue 13 added (DNS records, migrations, template delta disks).
-    ("chalicelib.manager.dns_records", "chalicelib.manager.reconcile"),
-    ("chalicelib.manager.migrations", "chalicelib.manager.reconcile"),
-    ("chalicelib.manager.templates", "chalicelib.manager.reconcile"),
     # Issue 11 item 2: config asks the DNS plugins (which import config's checkers and DnsConfig)
     # for their keys. Goes when each plugin owns its settings model and config does not call it.
     ("chalicelib.config", "chalicelib.dns.registry"),

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from chalicelib.manager.reconcile import CLONE_START_GRACE_SECONDS
+from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
 from chalicelib.timestamps import day_of
 from tests.harness import Harness, HarnessFactory, Killed, assert_consistent, kill_at_step, run_at_once
 

@@ -6,9 +6,15 @@ read only when a step acts on one (a VM leaving service, a template change or re
 
 from __future__ import annotations
 
+from typing import Collection, Sequence
+
+import pytest
 import redis
 
+from chalicelib.config import PoolConfig
+from chalicelib.providers.base import VMInfo
 from chalicelib.store.pool_overrides import PoolOverrides
+from chalicelib.store.store import UNCONFIRMED_SECONDS
 from tests.harness import Harness, HarnessFactory
 
 CONFIG = """\
@@ -46,3 +52,154 @@ def test_a_steady_pass_reads_no_vm_record_whatever_the_pools_size(make_world: Ha
     report = world.reconcile("alpha")
     assert len(report.completed) == 80
     assert set(report.completed.values()) == {"pool reset"}
+
+
+# --- Issue 14 item 4: a steady pass looks only at the VMs that may need something -----------------
+
+BOUNDED = """\
+config: {{task_limit: 100, ready_ttl: {ready_ttl}, vm_lifetime: 2, vm_checktime: {checktime}, prefix: "ci-"}}
+providers:
+  dummy: {{provider_class: dummy, seed: 3, createvm_max_time: 0, boot_time: 0}}
+pools:
+  - {{name: alpha, size: {size}, provider: dummy}}
+"""
+
+
+def bounded_world(make_world: HarnessFactory, size: int = 20, checktime: int = 1, ready_ttl: int = 600) -> Harness:
+    world = make_world(BOUNDED.format(size=size, checktime=checktime, ready_ttl=ready_ttl))
+    world.settle("alpha", seconds=1)
+    return world
+
+
+def whole_inventories(world: Harness) -> list[int]:
+    """Counts the pass's whole-folder listings (``list_vms``) into the list returned."""
+    listings: list[int] = []
+    list_vms = world.provider.list_vms
+
+    def counted(pool: PoolConfig) -> Sequence[VMInfo]:
+        listings.append(1)
+        return list_vms(pool)
+
+    world.provider.list_vms = counted  # type: ignore[method-assign]
+    return listings
+
+
+def commands(client: redis.Redis) -> dict[str, int]:
+    return {name: stats["calls"] for name, stats in client.info("commandstats").items()}
+
+
+def steady_work(world: Harness) -> tuple[dict[str, int], list[str]]:
+    """The Redis commands of one steady pass (Lua's own included) and the VMs the provider was
+    asked about."""
+    asked: list[str] = []
+    find_vms = world.provider.find_vms
+
+    def recorded(pool: PoolConfig, names: Collection[str]) -> Sequence[VMInfo]:
+        asked.extend(names)
+        return find_vms(pool, names)
+
+    world.provider.find_vms = recorded  # type: ignore[method-assign]
+    world.clock.advance(1)
+    world.client.config_resetstat()
+    report = world.reconcile("alpha")
+    assert not report.work_in_flight
+    return commands(world.client), asked
+
+
+def test_a_steady_pass_does_the_same_work_at_any_pool_size(make_world: HarnessFactory) -> None:
+    small = bounded_world(make_world, size=5)
+    small_listings = whole_inventories(small)
+    small_work, small_asked = steady_work(small)
+    large = bounded_world(make_world, size=300)
+    large_listings = whole_inventories(large)
+    large_work, large_asked = steady_work(large)
+
+    assert large_work == small_work  # the same commands, each as many times
+    assert small_asked == large_asked == []  # the provider is asked about no VM
+    assert small_listings == large_listings == []  # nor lists its folder
+
+
+def test_a_vm_deleted_in_the_provider_is_dropped_by_the_next_pass(make_world: HarnessFactory) -> None:
+    world = bounded_world(make_world)
+    listings = whole_inventories(world)
+    running = world.check_out("alpha")[0]
+    world.clock.advance(1)
+    world.reconcile("alpha")
+    ready = sorted(world.hosts("alpha", "ready"))[0]
+    for host in (ready, running):
+        world.provider.delete_by_hand(world.pool("alpha"), host)
+
+    world.clock.advance(1)
+    report = world.reconcile("alpha")
+
+    assert set(report.dropped) == {ready, running}
+    assert world.state_of(ready) == world.state_of(running) == "destroyed"
+    assert listings == []  # told by the provider's change log, not by listing the folder
+
+
+def test_a_vm_vanished_unreported_is_dropped_within_vm_checktime(make_world: HarnessFactory) -> None:
+    """The bound of the trade-off: a VM gone without the provider reporting it (here removed
+    behind the dummy's change log) is seen at the next whole comparison, vm_checktime later."""
+    world = bounded_world(make_world, checktime=1)
+    running = world.check_out("alpha")[0]
+    world.clock.advance(1)
+    world.reconcile("alpha")
+    ready = sorted(world.hosts("alpha", "ready"))[0]
+    folder = world.provider._folder_key(world.pool("alpha"))
+    world.client.hdel(folder, ready, running)
+
+    for _ in range(5):  # light passes, 10 s apart: not seen yet
+        world.clock.advance(10)
+        world.reconcile("alpha")
+    assert world.state_of(ready) == "ready" and world.state_of(running) == "running"
+
+    world.clock.advance(10)  # 60 s after the last whole comparison
+    report = world.reconcile("alpha")
+    assert set(report.dropped) == {ready, running}
+
+
+def test_a_vm_in_use_is_never_dropped_by_passes_that_look_at_part_of_the_pool(make_world: HarnessFactory) -> None:
+    world = bounded_world(make_world, checktime=1)
+    in_use = set(world.check_out("alpha", count=5))
+    for minute in range(6):
+        # Churn around them: VMs checked out and returned, a VM deleted by hand, a clone.
+        taken = world.check_out("alpha", count=2)
+        world.clock.advance(5)
+        world.reconcile("alpha")
+        for host in taken:
+            world.store.return_vm(host, world.clock.now(), "returned")
+        world.provider.delete_by_hand(world.pool("alpha"), sorted(world.hosts("alpha", "ready"))[0])
+        for _ in range(5):
+            world.clock.advance(11)
+            world.reconcile("alpha")
+        assert world.hosts("alpha", "running") == in_use, f"minute {minute}"
+
+
+def test_light_passes_still_expire_ready_vms_reap_lifetimes_and_return_unconfirmed_checkouts(
+        make_world: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With whole comparisons far apart (vm_checktime 10,000 minutes), every pass is partial:
+    ready_ttl, lifetimes and checkout confirmations are still honoured on time."""
+    world = bounded_world(make_world, size=10, checktime=10_000, ready_ttl=30)
+    listings = whole_inventories(world)
+    reaped = world.check_out("alpha", lifetime_hours=1)[0]
+    monkeypatch.setattr(world.store, "_confirm", lambda *args: None)  # the checkout's answer was lost
+    unconfirmed = world.check_out("alpha")[0]
+    monkeypatch.undo()
+
+    world.clock.advance(UNCONFIRMED_SECONDS + 1)
+    assert world.reconcile("alpha").returned == [unconfirmed]
+
+    world.clock.advance(30 * 60 - UNCONFIRMED_SECONDS - 2)  # the first ready VMs: not quite 30 min
+    assert world.reconcile("alpha").completed == {}
+    world.clock.advance(2)
+    report = world.reconcile("alpha")
+    expired = {host for host, why in report.completed.items() if why.startswith("ready for longer")}
+    # The 9 VMs ready since the start (the one returned keeps its ready time), not the clone
+    # that replaced the one still running.
+    assert len(expired) == 9 and unconfirmed in expired
+
+    world.settle("alpha", seconds=60)
+    world.clock.advance(3600 - world.clock.now() % 3600 + 60)
+    world.reconcile("alpha")
+    assert world.state_of(reaped) in ("completed", "destroyed")
+    assert listings == []

@@ -14,7 +14,7 @@ from chalicelib.clock import FakeClock
 from chalicelib.config import parse
 from chalicelib.dns.base import DnsPlugin
 from chalicelib.dns.registry import build_dns_plugin
-from chalicelib.manager import reconcile
+from chalicelib.manager import clones
 from chalicelib.manager.reconcile import reconcile_pool
 from tests.dns.bind import BindServer
 from tests.harness import Harness, HarnessFactory
@@ -84,7 +84,7 @@ def test_a_new_name_that_already_resolves_is_refused_and_another_is_used(
     stale = "stale-name"
     dns_of(world).create_or_replace(stale, "10.99.99.99")  # left behind by someone else
     names: Iterator[str] = itertools.chain([stale], (f"fresh-{n}" for n in itertools.count()))
-    monkeypatch.setattr(reconcile, "candidate_names", lambda count, prefix="": [next(names) for _ in range(count * 2)])
+    monkeypatch.setattr(clones, "candidate_names", lambda count, prefix="": [next(names) for _ in range(count * 2)])
     first = world.passes("dns", 1)[0]
     assert stale in first.completed and "already resolves to 10.99.99.99" in first.completed[stale]
     assert stale not in world.provider_vms("dns")  # never cloned
@@ -170,7 +170,7 @@ def test_records_left_to_dhcp_can_still_have_new_names_checked(
                            size=1)
     assert not dns_of(world).manages_records
     names = itertools.chain(["dhcp-left"], (f"fresh-{n}" for n in itertools.count()))
-    monkeypatch.setattr(reconcile, "candidate_names", lambda count, prefix="": [next(names) for _ in range(count * 2)])
+    monkeypatch.setattr(clones, "candidate_names", lambda count, prefix="": [next(names) for _ in range(count * 2)])
     first = world.passes("dns", 1)[0]
     assert "already resolves to 10.88.0.1" in first.completed["dhcp-left"]
     world.passes("dns", 3)

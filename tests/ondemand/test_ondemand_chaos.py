@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.manager.reconcile import CLONE_START_GRACE_SECONDS
+from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
 from chalicelib.store.ondemand import OnDemandStore
 from tests.harness import Killed, kill_at_step, run_at_once
 

@@ -1,11 +1,15 @@
 -- Check out VMs from several pools in one atomic step: all of them or none.
--- ARGV[1] key prefix, ARGV[2] now (epoch seconds), ARGV[3] JSON checkout:
+-- KEYS: the changes counter and, for each pool a slot names, its ready and running sets, its wake
+-- list and (demand sizing) its demand hash of the day, at the indexes the JSON names; quota.lua's
+-- keys too.
+-- ARGV[1] now (epoch seconds), ARGV[2] JSON checkout:
 --   {"slots": [{"name": "<as requested>", "pools": ["p1", "p2"]}, ...],
 --    "fields": {"lifetime": "24", "token_user": "..."},
 --    "quota": {see quota.lua; absent: no limits},
 --    "checkout_id": "<random>", "confirm_by": <epoch seconds>,
---    "demand": {"prefix": "<demand key prefix>", "day": "YYYY-MM-DD", "minute": 541, "ttl": 777600,
---               "pools": {"p1": true}}}   (only when a requested pool has demand sizing)
+--    "changes": <KEYS index>, "vm_template": "<the records of the VMs it pops: keys.DERIVED_KEYS>",
+--    "pools": {"p1": {"ready": <KEYS index>, "running": i, "wake": i, "demand": i (demand sizing)}},
+--    "demand": {"minute": 541, "ttl": 777600}}   (only when a requested pool has demand sizing)
 -- One slot per VM wanted; its pools in the order it prefers them (the caller's weighted or
 -- random choice).
 -- Returns JSON: {"ok": true, "vms": [[name, pool, hostname], ...]}, {"ok": false, "short": [names]},
@@ -16,17 +20,18 @@
 -- On success it also nudges each pool it took from (wake:<pool>), so the pool's reconcile starts
 -- the replacement clones at once. A miss writes nothing at all, except the demand count of a
 -- demand-sized pool (its history must see the demand it could not serve).
-local prefix, now = ARGV[1], ARGV[2]
-local checkout = cjson.decode(ARGV[3])
+local now = ARGV[1]
+local checkout = cjson.decode(ARGV[2])
 local slots = checkout.slots
 local demand = checkout.demand
+local pool_keys = checkout.pools
 
 -- Count VMs checked out ('c') or asked for in vain ('m') in the pool's bucket for this minute.
 local function count_demand(pool, kind, count)
-  if demand == nil or demand.pools[pool] == nil then
+  if demand == nil or pool_keys[pool].demand == nil then
     return false
   end
-  local key = demand.prefix .. pool .. ':' .. demand.day
+  local key = KEYS[pool_keys[pool].demand]
   redis.call('HINCRBY', key, kind .. demand.minute, count)
   redis.call('EXPIRE', key, demand.ttl)
   return true
@@ -35,7 +40,7 @@ end
 local available = {}
 local function ready_count(pool)
   if available[pool] == nil then
-    available[pool] = redis.call('ZCARD', prefix .. 'pool:' .. pool .. ':ready')
+    available[pool] = redis.call('ZCARD', KEYS[pool_keys[pool].ready])
   end
   return available[pool]
 end
@@ -97,21 +102,23 @@ if #short > 0 then
   return cjson.encode({ok = false, short = short})
 end
 
-local refusal = quota_refusal(checkout.quota, prefix, #slots, 0)
+local refusal = quota_refusal(checkout.quota, #slots, 0)
 if refusal ~= nil then
   return cjson.encode({ok = false, quota = refusal})
 end
 
 -- Stamped on each VM taken (see move.lua): a pass whose inventory read began before this
 -- checkout cannot drop the VM as "gone from the provider".
-local change_seq = redis.call('GET', prefix .. 'changes') or '0'
+local change_seq = redis.call('GET', KEYS[checkout.changes]) or '0'
 local result = {}
 for index, slot in ipairs(slots) do
   local name, pool = slot.name, assigned[index]
-  local popped = redis.call('ZPOPMIN', prefix .. 'pool:' .. pool .. ':ready')
+  local popped = redis.call('ZPOPMIN', KEYS[pool_keys[pool].ready])
   local hostname = popped[1]
-  redis.call('ZADD', prefix .. 'pool:' .. pool .. ':running', now, hostname)
-  local vm_key = prefix .. 'vm:' .. hostname
+  redis.call('ZADD', KEYS[pool_keys[pool].running], now, hostname)
+  -- The next pass looks at it (its confirmation, migration, lifetime: Store.pool_snapshot_due).
+  redis.call('ZADD', KEYS[pool_keys[pool].running_due], now, hostname)
+  local vm_key = key_of(checkout.vm_template, hostname)
   redis.call('HSET', vm_key, 'state', 'running', 'checkout', now, 'change_seq', change_seq,
     'checkout_id', checkout.checkout_id, 'confirm_by', checkout.confirm_by)
   for field, value in pairs(checkout.fields) do
@@ -125,7 +132,7 @@ for index = 1, #slots do
   local pool = assigned[index]
   if not nudged[pool] then
     nudged[pool] = 0
-    local wake_key = prefix .. 'wake:' .. pool
+    local wake_key = KEYS[pool_keys[pool].wake]
     redis.call('LPUSH', wake_key, '1')
     redis.call('LTRIM', wake_key, 0, 0)
     redis.call('EXPIRE', wake_key, 60)

@@ -1,10 +1,14 @@
 -- Move one VM from one state to another, only if it is still in the state the caller saw.
 -- This is what keeps a pass from reaping a VM that was checked out after it looked.
--- ARGV: prefix, hostname, pool, from_state, to_state, now, record_ttl_seconds, nudge,
---       unchanged_since, lifetime_ended, field, value, ...
+-- KEYS[1] the VM's record, KEYS[2] the changes counter, KEYS[3] the cloning set, and, when the
+-- caller knows the pool, KEYS[4] the pool's from_state set, KEYS[5] its to_state set, KEYS[6] its
+-- wake list.
+-- ARGV: hostname, to_state, now, record_ttl_seconds, nudge, unchanged_since, lifetime_ended,
+--       from_template, to_template, wake_template, field, value, ...
 -- to_state "destroyed" takes the VM out of every set and lets its record expire after the ttl.
 -- nudge "1" wakes the pool's reconcile (a move made by the API, such as returning a VM).
--- pool '' means the pool its record names (DELETE /vm/<hostname>: one round trip, no read first).
+-- The templates ('' when KEYS[4..6] are given) name those three keys for the pool its record names
+--   (DELETE /vm/<hostname>: one round trip, no read first; see keys.DERIVED_KEYS).
 -- unchanged_since (a mark of the changes counter, or ''): move only if the VM's state has not
 --   changed since the mark was taken. A pass takes the mark before reading the provider's
 --   inventory, so "gone from the provider" is believed only of a VM that was already in its state
@@ -12,20 +16,23 @@
 -- lifetime_ended (the default lifetime in hours, or ''): move only if the VM's checkout time plus
 --   its lifetime, as recorded now (a PUT may have extended it since the pass looked), is past now.
 -- Every move stamps the VM with the counter's value (change_seq).
--- Returns 1 (or, when pool was '', the pool's name) when moved, 0 when the VM was no longer in
--- from_state or a condition did not hold.
-local prefix, hostname, pool, from_state, to_state, now, ttl, nudge, unchanged_since, lifetime_ended =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9], ARGV[10]
-local vm_key = prefix .. 'vm:' .. hostname
+-- Returns 1 (or, when the pool came from the record, the pool's name) when moved, 0 when the VM
+-- was no longer in from_state or a condition did not hold.
+local hostname, to_state, now, ttl, nudge, unchanged_since, lifetime_ended =
+  ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
+local vm_key, changes_key, cloning_key = KEYS[1], KEYS[2], KEYS[3]
+local from_key, to_key, wake_key = KEYS[4], KEYS[5], KEYS[6]
 local moved = 1
-if pool == '' then
-  pool = redis.call('HGET', vm_key, 'pool')
+if ARGV[8] ~= '' then
+  local pool = redis.call('HGET', vm_key, 'pool')
   if not pool then
     return 0
   end
   moved = pool
+  from_key = key_of(ARGV[8], pool)
+  to_key = key_of(ARGV[9], pool)
+  wake_key = key_of(ARGV[10], pool)
 end
-local from_key = prefix .. 'pool:' .. pool .. ':' .. from_state
 if unchanged_since ~= '' and redis.call('ZSCORE', from_key, hostname) then
   local changed = tonumber(redis.call('HGET', vm_key, 'change_seq') or '0') or 0
   if changed >= tonumber(unchanged_since) then
@@ -46,9 +53,9 @@ end
 if redis.call('ZREM', from_key, hostname) == 0 then
   return 0
 end
-redis.call('ZREM', prefix .. 'cloning', hostname)
+redis.call('ZREM', cloning_key, hostname)
 redis.call('HSET', vm_key, 'state', to_state, to_state .. '_at', now,
-  'change_seq', redis.call('GET', prefix .. 'changes') or '0')
+  'change_seq', redis.call('GET', changes_key) or '0')
 for i = 11, #ARGV, 2 do
   if ARGV[i + 1] == '' then
     redis.call('HDEL', vm_key, ARGV[i])
@@ -59,10 +66,9 @@ end
 if to_state == 'destroyed' then
   redis.call('EXPIRE', vm_key, ttl)
 else
-  redis.call('ZADD', prefix .. 'pool:' .. pool .. ':' .. to_state, now, hostname)
+  redis.call('ZADD', to_key, now, hostname)
 end
 if nudge == '1' then
-  local wake_key = prefix .. 'wake:' .. pool
   redis.call('LPUSH', wake_key, '1')
   redis.call('LTRIM', wake_key, 0, 0)
   redis.call('EXPIRE', wake_key, 60)

@@ -1,34 +1,39 @@
 -- Hand a booted on-demand VM to its request: pending -> running (checked out for the request),
 -- never through ready, so a plain checkout can never take it. The request becomes ready when
 -- its last VM arrives. A VM whose request ended meanwhile goes to completed instead.
--- ARGV: prefix, hostname, pool, now, ip, host
+-- KEYS[1] the VM's record, KEYS[2..4] its pool's pending, running and completed sets, KEYS[5] the
+-- cloning set, KEYS[6] the changes counter, KEYS[7] its pool's running_due set.
+-- ARGV: hostname, now, ip, host, then the templates of the keys named by the request the record
+-- names (keys.DERIVED_KEYS): request_template, request_vms_template, vm_template, open_template.
 -- Returns JSON {"moved": bool, "state": the request's state afterwards}
-local prefix, hostname, pool, now, ip, host = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local vm_key = prefix .. 'vm:' .. hostname
+local vm_key, pending_key, running_key, completed_key, cloning_key, changes_key, running_due_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local hostname, now, ip, host = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local request_template, request_vms_template, vm_template, open_template = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local id = redis.call('HGET', vm_key, 'request')
-local pending_key = prefix .. 'pool:' .. pool .. ':pending'
 if not id or not redis.call('ZSCORE', pending_key, hostname) then
   return cjson.encode({moved = false, state = ''})
 end
-local key = prefix .. 'ondemand:' .. id
+local key = key_of(request_template, id)
 local request = redis.call('HMGET', key, 'state', 'entries')
 redis.call('ZREM', pending_key, hostname)
-redis.call('ZREM', prefix .. 'cloning', hostname)
+redis.call('ZREM', cloning_key, hostname)
 if request[1] ~= 'open' then
-  redis.call('ZADD', prefix .. 'pool:' .. pool .. ':completed', now, hostname)
+  redis.call('ZADD', completed_key, now, hostname)
   redis.call('HSET', vm_key, 'state', 'completed', 'completed_at', now,
     'reason', 'its on-demand request is ' .. (request[1] or 'gone'))
   return cjson.encode({moved = false, state = request[1] or 'missing'})
 end
-redis.call('ZADD', prefix .. 'pool:' .. pool .. ':running', now, hostname)
+redis.call('ZADD', running_key, now, hostname)
+redis.call('ZADD', running_due_key, now, hostname) -- see checkout.lua
 redis.call('HSET', vm_key, 'state', 'running', 'running_at', now, 'ready_at', now,
   'checkout', now, 'delivered_at', now, 'ip', ip, 'host', host,
-  'change_seq', redis.call('GET', prefix .. 'changes') or '0')
+  'change_seq', redis.call('GET', changes_key) or '0')
 redis.call('HDEL', vm_key, 'not_ready_reason')
 
 local delivered = {}
-for _, member in ipairs(redis.call('ZRANGE', key .. ':vms', 0, -1)) do
-  local vm = redis.call('HMGET', prefix .. 'vm:' .. member, 'request', 'request_name', 'delivered_at')
+for _, member in ipairs(redis.call('ZRANGE', key_of(request_vms_template, id), 0, -1)) do
+  local vm = redis.call('HMGET', key_of(vm_template, member), 'request', 'request_name', 'delivered_at')
   if vm[1] == id and vm[3] then
     delivered[vm[2]] = (delivered[vm[2]] or 0) + 1
   end
@@ -41,6 +46,6 @@ for _, entry in ipairs(entries) do
 end
 redis.call('HSET', key, 'state', 'ready', 'ready_at', now)
 for _, entry in ipairs(entries) do
-  redis.call('ZREM', prefix .. 'ondemand:open:' .. entry.pool, id)
+  redis.call('ZREM', key_of(open_template, entry.pool), id)
 end
 return cjson.encode({moved = true, state = 'ready'})

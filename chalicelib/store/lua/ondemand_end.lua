@@ -2,11 +2,16 @@
 -- building or delivered, to completed to be destroyed. A ready request cannot fail, only be
 -- deleted; ending an ended request changes nothing. The pools' reconciles are nudged to
 -- destroy the VMs at once.
--- ARGV: prefix, request id, new state ("deleted"|"failed"), message, now, VM reason, record ttl
+-- KEYS[1] the request, KEYS[2] its VMs, KEYS[3] the cloning set.
+-- ARGV: request id, new state ("deleted"|"failed"), message, now, VM reason, record ttl, then the
+-- templates of the keys named by the request and its VMs' records (keys.DERIVED_KEYS):
+-- open_template, wake_template, vm_template, pending_template, running_template, completed_template.
 -- Returns JSON {"result": "ended"|"already"|"missing", "state": ..., "pools": [...]}
-local prefix, id, new_state, message, now, reason, ttl =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
-local key = prefix .. 'ondemand:' .. id
+local key, vms_key, cloning_key = KEYS[1], KEYS[2], KEYS[3]
+local id, new_state, message, now, reason, ttl =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local open_template, wake_template, vm_template = ARGV[7], ARGV[8], ARGV[9]
+local state_templates = {pending = ARGV[10], running = ARGV[11], completed = ARGV[12]}
 local request = redis.call('HMGET', key, 'state', 'entries')
 local state = request[1]
 if not state then
@@ -18,21 +23,21 @@ end
 redis.call('HSET', key, 'state', new_state, 'message', message, 'ended_at', now)
 local pools = {}
 for _, entry in ipairs(cjson.decode(request[2])) do
-  redis.call('ZREM', prefix .. 'ondemand:open:' .. entry.pool, id)
+  redis.call('ZREM', key_of(open_template, entry.pool), id)
   pools[#pools + 1] = entry.pool
-  local wake_key = prefix .. 'wake:' .. entry.pool
+  local wake_key = key_of(wake_template, entry.pool)
   redis.call('LPUSH', wake_key, '1')
   redis.call('LTRIM', wake_key, 0, 0)
   redis.call('EXPIRE', wake_key, 60)
 end
-for _, hostname in ipairs(redis.call('ZRANGE', key .. ':vms', 0, -1)) do
-  local vm_key = prefix .. 'vm:' .. hostname
+for _, hostname in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
+  local vm_key = key_of(vm_template, hostname)
   local vm = redis.call('HMGET', vm_key, 'request', 'pool')
   if vm[1] == id then
     for _, from in ipairs({'pending', 'running'}) do
-      if redis.call('ZREM', prefix .. 'pool:' .. vm[2] .. ':' .. from, hostname) == 1 then
-        redis.call('ZREM', prefix .. 'cloning', hostname)
-        redis.call('ZADD', prefix .. 'pool:' .. vm[2] .. ':completed', now, hostname)
+      if redis.call('ZREM', key_of(state_templates[from], vm[2]), hostname) == 1 then
+        redis.call('ZREM', cloning_key, hostname)
+        redis.call('ZADD', key_of(state_templates.completed, vm[2]), now, hostname)
         redis.call('HSET', vm_key, 'state', 'completed', 'completed_at', now, 'reason', reason)
         break
       end
@@ -40,5 +45,5 @@ for _, hostname in ipairs(redis.call('ZRANGE', key .. ':vms', 0, -1)) do
   end
 end
 redis.call('EXPIRE', key, ttl)
-redis.call('EXPIRE', key .. ':vms', ttl)
+redis.call('EXPIRE', vms_key, ttl)
 return cjson.encode({result = 'ended', state = new_state, pools = pools})

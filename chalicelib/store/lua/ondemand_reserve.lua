@@ -5,24 +5,26 @@
 -- failed attempt; a replacement is reserved until more than max_retries attempts failed. A name
 -- whose clone never started (the pass that reserved it was interrupted) is replaced without
 -- counting: that was our failure, not the provider's.
--- ARGV: prefix, request id, pool, clone_limit, max_retries, now, template, domain,
---       record ttl seconds, candidate hostnames...
+-- KEYS[1] the request, KEYS[2] its VMs, KEYS[3] the pool's open-request set, KEYS[4] the cloning
+-- set, KEYS[5] the pool's pending set, KEYS[6..] the records of the candidate hostnames.
+-- ARGV: request id, pool, clone_limit, max_retries, now, template, domain, record ttl seconds,
+--       vm_template (the records of the request's VMs and of the VMs cloning: keys.DERIVED_KEYS),
+--       then the candidate hostnames, in the order of their records.
 -- Returns JSON {"state": "open"|"expired"|"retries_exhausted"|<closed state>, "reserved": [...],
 --               "failed": n}
-local prefix, id, pool = ARGV[1], ARGV[2], ARGV[3]
-local clone_limit, max_retries, now = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local template, domain, ttl = ARGV[7], ARGV[8], tonumber(ARGV[9])
-local key = prefix .. 'ondemand:' .. id
-local vms_key = key .. ':vms'
+local key, vms_key, open_key, cloning_key, pending_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local id, pool = ARGV[1], ARGV[2]
+local clone_limit, max_retries, now = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local template, domain, ttl, vm_template = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
 local request = redis.call('HMGET', key, 'state', 'entries', 'expires', 'lifetime', 'token_user', 'token_id')
 if request[1] ~= 'open' then
-  redis.call('ZREM', prefix .. 'ondemand:open:' .. pool, id)
+  redis.call('ZREM', open_key, id)
   return cjson.encode({state = request[1] or 'missing', reserved = {}, failed = 0})
 end
 
 local delivered, building, failed = {}, {}, 0
 for _, hostname in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
-  local vm = redis.call('HMGET', prefix .. 'vm:' .. hostname,
+  local vm = redis.call('HMGET', key_of(vm_template, hostname),
     'request', 'request_name', 'state', 'delivered_at', 'clone_task', 'reason')
   if vm[1] ~= id then
     failed = failed + 1
@@ -42,21 +44,20 @@ if tonumber(now) >= tonumber(request[3]) then
 end
 
 local in_flight = 0
-for _, hostname in ipairs(redis.call('ZRANGE', prefix .. 'cloning', 0, -1)) do
-  if redis.call('HEXISTS', prefix .. 'vm:' .. hostname, 'request') == 1 then
+for _, hostname in ipairs(redis.call('ZRANGE', cloning_key, 0, -1)) do
+  if redis.call('HEXISTS', key_of(vm_template, hostname), 'request') == 1 then
     in_flight = in_flight + 1
   end
 end
 local slots = clone_limit - in_flight
 local reserved = {}
-local candidate = 10
+local candidate = 6
 for _, entry in ipairs(cjson.decode(request[2])) do
   if entry.pool == pool then
     local need = entry.count - (delivered[entry.name] or 0) - (building[entry.name] or 0)
-    while need > 0 and slots > 0 and candidate <= #ARGV do
-      local hostname = ARGV[candidate]
+    while need > 0 and slots > 0 and candidate <= #KEYS do
+      local vm_key, hostname = KEYS[candidate], ARGV[candidate + 4]
       candidate = candidate + 1
-      local vm_key = prefix .. 'vm:' .. hostname
       if redis.call('EXISTS', vm_key) == 0 then
         redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,
           'domain', domain, 'state', 'pending', 'clone_start', now, 'pending_at', now,
@@ -67,8 +68,8 @@ for _, entry in ipairs(cjson.decode(request[2])) do
         if request[6] then
           redis.call('HSET', vm_key, 'token_id', request[6])
         end
-        redis.call('ZADD', prefix .. 'pool:' .. pool .. ':pending', now, hostname)
-        redis.call('ZADD', prefix .. 'cloning', now, hostname)
+        redis.call('ZADD', pending_key, now, hostname)
+        redis.call('ZADD', cloning_key, now, hostname)
         redis.call('ZADD', vms_key, now, hostname)
         reserved[#reserved + 1] = hostname
         need = need - 1

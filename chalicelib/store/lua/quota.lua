@@ -4,34 +4,39 @@
 -- checkout, 'od:<request id>' (score: VMs asked for) for an on-demand request. Entries that no
 -- longer hold anything (a VM returned or destroyed, a request ended) are dropped while counting,
 -- so no other script has to keep the set up to date.
+-- The quota (JSON) names its keys by their KEYS index: 'key' the owner's holdings set, 'running'
+-- each pool's running set, 'open' (when requests are counted) each pool's open-request set; and
+-- holds the templates of what a holdings entry names: 'vm_template' a VM's record,
+-- 'request_template' a request, 'request_vms_template' a request's VMs (keys.DERIVED_KEYS).
 
 -- VMs the owner holds now, and its open on-demand requests.
-local function quota_held(quota, prefix)
+local function quota_held(quota)
   local held, open_requests = 0, 0
-  local entries = redis.call('ZRANGE', quota.key, 0, -1, 'WITHSCORES')
+  local holdings_key = KEYS[quota.key]
+  local entries = redis.call('ZRANGE', holdings_key, 0, -1, 'WITHSCORES')
   for i = 1, #entries, 2 do
     local member, weight = entries[i], tonumber(entries[i + 1])
     local kind, name = string.sub(member, 1, 3), string.sub(member, 4)
     local live = 0
     if kind == 'vm:' then
-      if redis.call('HGET', prefix .. 'vm:' .. name, 'state') == 'running' then
+      if redis.call('HGET', key_of(quota.vm_template, name), 'state') == 'running' then
         live = 1
       end
     else
-      local state = redis.call('HGET', prefix .. 'ondemand:' .. name, 'state')
+      local state = redis.call('HGET', key_of(quota.request_template, name), 'state')
       if state == 'open' then
         live = weight
         open_requests = open_requests + 1
       elseif state == 'ready' then
-        for _, host in ipairs(redis.call('ZRANGE', prefix .. 'ondemand:' .. name .. ':vms', 0, -1)) do
-          if redis.call('HGET', prefix .. 'vm:' .. host, 'state') == 'running' then
+        for _, host in ipairs(redis.call('ZRANGE', key_of(quota.request_vms_template, name), 0, -1)) do
+          if redis.call('HGET', key_of(quota.vm_template, host), 'state') == 'running' then
             live = live + 1
           end
         end
       end
     end
     if live == 0 then
-      redis.call('ZREM', quota.key, member)
+      redis.call('ZREM', holdings_key, member)
     else
       held = held + live
     end
@@ -41,11 +46,11 @@ end
 
 -- Nil when 'vms' more VMs (and 'requests' more on-demand requests) fit; else which limit they
 -- would pass: 'owner_vms', 'owner_requests', 'service_vms' or 'service_requests'.
-local function quota_refusal(quota, prefix, vms, requests)
+local function quota_refusal(quota, vms, requests)
   if quota == nil then
     return nil
   end
-  local held, open_requests = quota_held(quota, prefix)
+  local held, open_requests = quota_held(quota)
   if held + vms > quota.max_owner_vms then
     return 'owner_vms'
   end
@@ -53,10 +58,12 @@ local function quota_refusal(quota, prefix, vms, requests)
     return 'owner_requests'
   end
   local running, queued = 0, 0
-  for _, pool in ipairs(quota.pools) do
-    running = running + redis.call('ZCARD', prefix .. 'pool:' .. pool .. ':running')
-    if requests > 0 then
-      queued = queued + redis.call('ZCARD', prefix .. 'ondemand:open:' .. pool)
+  for _, index in ipairs(quota.running) do
+    running = running + redis.call('ZCARD', KEYS[index])
+  end
+  if requests > 0 then
+    for _, index in ipairs(quota.open) do
+      queued = queued + redis.call('ZCARD', KEYS[index])
     end
   end
   if running + vms > quota.max_vms then
@@ -71,8 +78,8 @@ end
 -- Record what the owner took ('vm:<host>' or 'od:<id>', weighing 'weight' VMs).
 local function quota_take(quota, member, weight)
   if quota ~= nil then
-    redis.call('ZADD', quota.key, weight, member)
-    redis.call('EXPIRE', quota.key, quota.ttl)
+    redis.call('ZADD', KEYS[quota.key], weight, member)
+    redis.call('EXPIRE', KEYS[quota.key], quota.ttl)
   end
 end
 

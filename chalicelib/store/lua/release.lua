@@ -1,22 +1,24 @@
 -- Give the VMs of a checkout nobody received back to their pool's ready set, as if never taken.
 -- Used by the API when it cannot confirm a checkout (it answers 503), and by a reconcile pass for
 -- VMs still unconfirmed past their deadline (the checkout's answer was lost on its way).
--- ARGV: prefix, now, checkout_id, unconfirmed_only ('1': only VMs still unconfirmed whose
---       confirm_by is past now), hostname...
+-- KEYS[1] the changes counter, then for each VM its record, its pool's running set and ready set.
+-- ARGV: now, checkout_id, unconfirmed_only ('1': only VMs still unconfirmed whose confirm_by is
+--       past now), then for each VM (in the order of KEYS) its hostname and pool.
+-- A VM whose record names another pool than the caller read is left alone.
 -- Returns the hostnames returned to ready.
-local prefix, now, checkout_id, unconfirmed_only = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local change_seq = redis.call('GET', prefix .. 'changes') or '0'
+local now, checkout_id, unconfirmed_only = ARGV[1], ARGV[2], ARGV[3]
+local change_seq = redis.call('GET', KEYS[1]) or '0'
 local released = {}
-for i = 5, #ARGV do
-  local hostname = ARGV[i]
-  local vm_key = prefix .. 'vm:' .. hostname
+for i = 1, (#KEYS - 1) / 3 do
+  local vm_key, running_key, ready_key = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
+  local hostname, pool = ARGV[2 * i + 2], ARGV[2 * i + 3]
   local vm = redis.call('HMGET', vm_key, 'state', 'checkout_id', 'confirm_by', 'pool', 'ready_at')
-  local eligible = vm[1] == 'running' and vm[2] == checkout_id
+  local eligible = vm[1] == 'running' and vm[2] == checkout_id and vm[4] == pool
   if eligible and unconfirmed_only == '1' then
     eligible = vm[3] and tonumber(vm[3]) <= tonumber(now)
   end
-  if eligible and redis.call('ZREM', prefix .. 'pool:' .. vm[4] .. ':running', hostname) == 1 then
-    redis.call('ZADD', prefix .. 'pool:' .. vm[4] .. ':ready', vm[5] or now, hostname)
+  if eligible and redis.call('ZREM', running_key, hostname) == 1 then
+    redis.call('ZADD', ready_key, vm[5] or now, hostname)
     redis.call('HDEL', vm_key, 'checkout', 'checkout_id', 'confirm_by', 'lifetime', 'token_user', 'token_id', 'migration')
     redis.call('HSET', vm_key, 'state', 'ready', 'change_seq', change_seq)
     released[#released + 1] = hostname

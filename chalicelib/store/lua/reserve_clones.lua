@@ -11,33 +11,35 @@
 -- its clones finish; the slots they free go to the others. Demands not refreshed within
 -- demand_ttl seconds (a pool whose passes stopped) are dropped.
 --
--- ARGV: prefix, pool, size, task_limit, now, template, domain, clone_limit (0: none),
---       demand_ttl, candidate hostnames...
+-- KEYS[1] the pool's ready set, KEYS[2] its pending set, KEYS[3] clone_demand, KEYS[4] the cloning
+-- set, KEYS[5..] the records of the candidate hostnames.
+-- ARGV: pool, size, task_limit, now, template, domain, clone_limit (0: none), demand_ttl,
+--       vm_template (the records of VMs pending or cloning: keys.DERIVED_KEYS), then the candidate
+--       hostnames, in the order of their records.
 -- Returns the hostnames reserved (each now has a pending record and a place in the cloning set).
-local prefix, pool, size, task_limit, now, template, domain, clone_limit, demand_ttl =
-  ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7],
-  tonumber(ARGV[8]), tonumber(ARGV[9])
-local pool_key = prefix .. 'pool:' .. pool .. ':'
-local demand_key = prefix .. 'clone_demand'
+local ready_key, pending_key, demand_key, cloning_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local pool, size, task_limit, now, template, domain, clone_limit, demand_ttl, vm_template =
+  ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6],
+  tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
 -- VMs built for on-demand requests (their record names the request) are not the pool's: they
 -- neither fill its deficit nor use the task limit, which has ondemand_clone_limit beside it.
 local function own(hostnames)
   local count = 0
   for _, hostname in ipairs(hostnames) do
-    if redis.call('HEXISTS', prefix .. 'vm:' .. hostname, 'request') == 0 then
+    if redis.call('HEXISTS', key_of(vm_template, hostname), 'request') == 0 then
       count = count + 1
     end
   end
   return count
 end
-local deficit = size - redis.call('ZCARD', pool_key .. 'ready') - own(redis.call('ZRANGE', pool_key .. 'pending', 0, -1))
+local deficit = size - redis.call('ZCARD', ready_key) - own(redis.call('ZRANGE', pending_key, 0, -1))
 if deficit <= 0 then
   redis.call('HDEL', demand_key, pool)
   return {}
 end
 local in_flight, in_flight_pool = 0, 0
-for _, hostname in ipairs(redis.call('ZRANGE', prefix .. 'cloning', 0, -1)) do
-  local owner = redis.call('HMGET', prefix .. 'vm:' .. hostname, 'pool', 'request')
+for _, hostname in ipairs(redis.call('ZRANGE', cloning_key, 0, -1)) do
+  local owner = redis.call('HMGET', key_of(vm_template, hostname), 'pool', 'request')
   if not owner[2] then
     in_flight = in_flight + 1
     if owner[1] == pool then
@@ -78,17 +80,16 @@ for i, entry in ipairs(demands) do
 end
 local wanted = math.min(deficit, share - in_flight_pool, task_limit - in_flight)
 local reserved = {}
-for i = 10, #ARGV do
+for i = 5, #KEYS do
   if #reserved >= wanted then
     break
   end
-  local hostname = ARGV[i]
-  local vm_key = prefix .. 'vm:' .. hostname
+  local vm_key, hostname = KEYS[i], ARGV[i + 5]
   if redis.call('EXISTS', vm_key) == 0 then
     redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,
       'domain', domain, 'state', 'pending', 'clone_start', now, 'pending_at', now)
-    redis.call('ZADD', pool_key .. 'pending', now, hostname)
-    redis.call('ZADD', prefix .. 'cloning', now, hostname)
+    redis.call('ZADD', pending_key, now, hostname)
+    redis.call('ZADD', cloning_key, now, hostname)
     reserved[#reserved + 1] = hostname
   end
 end

@@ -1,10 +1,9 @@
 -- Finish a VM's in-flight task, if it is still that task: append its result to a list field of
 -- the record (disks, snapshots) or its error to task_errors, and clear it.
--- ARGV: prefix, hostname, task id, list field ('' for none), value, error ('' on success)
+-- KEYS[1] the VM's record; ARGV: task id, list field ('' for none), value, error ('' on success)
 -- Returns 1 when finished, 0 when that task was not in flight (another pass finished it).
-local prefix, hostname, id, list_field, value, error_text =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local vm_key = prefix .. 'vm:' .. hostname
+local vm_key = KEYS[1]
+local id, list_field, value, error_text = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local current = redis.call('HGET', vm_key, 'task')
 if not current or cjson.decode(current).id ~= id then
   return 0

@@ -1,10 +1,10 @@
 -- Take the next queued disk/snapshot task of a VM unless one is in flight: popping it and
 -- recording it on the VM in one step is what lets only one pass start it.
--- ARGV: prefix, hostname, pool, now
+-- KEYS[1] the VM's record, KEYS[2] its task queue, KEYS[3] its pool's set of VMs with tasks.
+-- ARGV: hostname, now
 -- Returns JSON {"task": <in-flight task> or absent, "new": true when just taken}
-local prefix, hostname, pool, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local vm_key = prefix .. 'vm:' .. hostname
-local queue_key = prefix .. 'vmtasks:' .. hostname
+local vm_key, queue_key, pool_tasks_key = KEYS[1], KEYS[2], KEYS[3]
+local hostname, now = ARGV[1], tonumber(ARGV[2])
 local current = redis.call('HGET', vm_key, 'task')
 if current then
   return cjson.encode({task = cjson.decode(current), new = false})
@@ -12,7 +12,7 @@ end
 local raw = redis.call('LPOP', queue_key)
 if not raw or redis.call('EXISTS', vm_key) == 0 then
   redis.call('DEL', queue_key)
-  redis.call('ZREM', prefix .. 'vmtasks:pool:' .. pool, hostname)
+  redis.call('ZREM', pool_tasks_key, hostname)
   return cjson.encode({new = false})
 end
 local task = cjson.decode(raw)

@@ -1,0 +1,61 @@
+"""The reconcile pass's refill step: start clones until ready + pending reaches the pool's size.
+
+Names are reserved in Redis first (store/lua/reserve_clones.lua counts the deficit and the pool's
+fair share of ``task_limit`` atomically, so two passes at once cannot over-clone), each with a
+pending record; only then does the clone start, and its task is recorded on the VM. A pass killed
+in between leaves a pending VM without a task, which the pending step times out
+(``CLONE_START_GRACE_SECONDS``). A name that already resolves in DNS is not cloned.
+"""
+
+from __future__ import annotations
+
+from chalicelib.manager import dns_records
+from chalicelib.manager.context import PassContext
+from chalicelib.manager.hostnames import candidate_names
+from chalicelib.providers.base import ProviderError
+from chalicelib.store.ondemand import OnDemandStore
+
+
+def repopulate(context: PassContext) -> None:
+    """Start clones until ready + pending reaches the pool's size, within the task limit.
+    Nothing while the pool's template is being prepared."""
+    if context.clones_held:
+        return
+    pool, service, store = context.pool, context.service, context.store
+    counts = context.read_counts()
+    # On-demand VMs being built here are pending but not the pool's: they do not fill its deficit.
+    deficit = pool.size - counts["ready"] - counts["pending"] + OnDemandStore(store).building(pool.name)
+    if deficit <= 0:
+        if context.snapshot.wants_clones:
+            store.withdraw_clone_demand(pool.name)
+        return
+    # The script never reserves more than the task limit: no need for more names.
+    wanted = min(deficit, service.task_limit)
+    reserved = store.reserve_clones(
+        pool.name, pool.size, service.task_limit, pool.template, pool.domain or "",
+        candidate_names(wanted, service.prefix), context.now, clone_limit=int(pool.get("clone_limit", 0)),
+    )
+    counts["pending"] += len(reserved)
+    context.report.clones_short = deficit - len(reserved)
+    context.checkpoint("reserved")
+    start_clones(context, reserved)
+
+
+def start_clones(context: PassContext, reserved: list[str]) -> None:
+    """Start the clone of each reserved name and record its task on the VM."""
+    report = context.report
+    for hostname in reserved:
+        taken = dns_records.name_in_use(context, hostname)
+        if taken:
+            context.take_out_of_service(hostname, "pending", taken)
+            continue
+        try:
+            task = context.provider.clone(context.pool, hostname)
+        except ProviderError as error:
+            report.clone_failures[hostname] = error.failure
+            context.take_out_of_service(hostname, "pending", f"clone failed to start: {error}", failure=error.kind)
+            continue
+        context.checkpoint("clone_started")
+        context.store.update_vm(hostname, clone_task=task)
+        report.clones_started.append(hostname)
+        report.clones_running += 1

@@ -1,0 +1,255 @@
+"""The public context of one reconcile pass: what every step reads and the operations it uses.
+
+A pass (manager/reconcile.py) is an ordered list of steps, each a function ``(PassContext) ->
+None``, as in controller-runtime's Reconcile. Steps share nothing else: a step module imports
+this module, never reconcile.py nor another step's privates.
+
+The pass's inputs are read once, in ``PassContext.read``, before the first step, and no step
+reads them again:
+
+- ``now``: the clock's time for the whole pass;
+- ``inventory`` (the provider's VMs in the pool's folder) and ``inventory_mark`` (the store's
+  change counter as that read began), then ``snapshot`` (every VM the pool tracks, by state,
+  with the records of all but the ready ones). Inventory first: a VM we create has its record
+  before its clone starts, so a VM in the inventory without a record in the later snapshot is
+  truly unknown. A failed inventory ends the pass before anything changes;
+- ``overrides``: the pool's runtime overrides (``reset_at`` is what the steps use: the template,
+  size and clone target are already laid over ``pool`` by ``Services.pool``);
+- ``size_decision``: the pool's size now (schedule, demand, override or config), applied to
+  ``pool``.
+
+Each step then acts through conditional moves in the store (so a VM checked out by the API after
+the snapshot is never reaped) and notes what it did in ``report``. ``counts`` is the one read of
+the pool's counts, taken where the pass needs them (refilling, near the end) and kept current by
+the context's own moves from then on. ``checkpoint`` is called with a step's name as the pass
+reaches it: chaos tests kill the pass there, and the runner renews its lease there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from chalicelib import observability as metric
+from chalicelib.clock import Clock
+from chalicelib.config import PoolConfig, ServiceConfig
+from chalicelib.dns.base import DnsError, DnsPlugin
+from chalicelib.manager import inventory_view
+from chalicelib.observability import emit, logger
+from chalicelib.providers.base import InventoryChanges, Provider, VMInfo
+from chalicelib.providers.failures import Failure, FailureKind
+from chalicelib.sizing.controller import SizeDecision, target_size
+from chalicelib.store import DurationSample, PoolSnapshot, Store, VMRecord
+from chalicelib.store.pool_overrides import PoolOverride, PoolOverrides
+
+Checkpoint = Callable[[str], None]
+"""Called with a step's name as the pass reaches it: lets chaos tests kill the pass anywhere."""
+
+
+def no_checkpoint(step: str) -> None:
+    """The checkpoint of a pass nobody watches."""
+    return None
+
+
+Step = Callable[["PassContext"], None]
+"""One step of a pass: looks at the context, changes the store conditionally, notes it in the report."""
+
+
+@dataclass
+class PassReport:
+    """What one pass saw and did, for logs, metrics and the runner's decision to look again."""
+
+    pool: str
+    started: float
+    counts: dict[str, int] = field(default_factory=dict)
+    clones_started: list[str] = field(default_factory=list)
+    became_ready: list[str] = field(default_factory=list)
+    completed: dict[str, str] = field(default_factory=dict)
+    """hostname -> why it was taken out of service."""
+    destroyed: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    returned: list[str] = field(default_factory=list)
+    """VMs taken by a checkout that was never confirmed (its answer was lost), back in ready."""
+    discovered: list[str] = field(default_factory=list)
+    clone_failures: dict[str, Failure] = field(default_factory=dict)
+    """hostname -> why its clone failed (the kind is the metric's ``reason``)."""
+    samples: list[DurationSample] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    clones_short: int = 0
+    """Clones the pool still lacks after this pass reserved what its share of task_limit allowed."""
+    clones_running: int = 0
+    """The pool's clone tasks still running when the pass ended (started by it or before)."""
+    followups: int = 0
+    """Work a pass soon must look at again: disk/snapshot tasks running, requests waiting."""
+    provider_calls: int = 0
+    duration_seconds: float = 0.0
+    size: int = 0
+    """The pool's effective size in this pass (schedule, demand, override or config)."""
+
+    @property
+    def waiting_for_clones(self) -> bool:
+        """Whether a clone slot will soon be free for this pool: its clones are running (a pass
+        that sees one finished reuses its slot at once), or it is short of slots other pools hold."""
+        return bool(self.clones_running or self.clones_short)
+
+    @property
+    def work_in_flight(self) -> bool:
+        """Whether a pass soon would have something to do: VMs cloning, booting, being destroyed,
+        or the pool still short."""
+        return bool(
+            self.counts.get("pending")
+            or self.counts.get("completed")
+            or self.counts.get("discovered")
+            or self.counts.get("deficit")
+            or self.followups
+        )
+
+
+@dataclass
+class PassContext:
+    """One pass over one pool: its clients, its inputs (read once), its report, and the
+    operations steps share. Build it with ``read``."""
+
+    store: Store
+    provider: Provider
+    dns: DnsPlugin | None
+    """The plugin managing the pool's DNS records (its ``dns_plugin``); None when it has none."""
+    clock: Clock
+    service: ServiceConfig
+    checkpoint: Checkpoint
+    pool: PoolConfig
+    """The pool as it should be in this pass: its overrides and its size decision applied."""
+    now: float
+    inventory: Mapping[str, VMInfo]
+    inventory_mark: int
+    """The changes counter as the inventory read began: a VM whose state changed at or after
+    it may be missing from the inventory only because the read predates it."""
+    snapshot: PoolSnapshot
+    overrides: PoolOverride
+    size_decision: SizeDecision
+    report: PassReport
+    counts: dict[str, int] | None = None
+    """The pool's VM counts by state, once read (``read_counts``); None before."""
+    clones_held: bool = False
+    """Set by the template step while the pool's template is being prepared: no clones this pass."""
+    late_records: dict[str, VMRecord | None] = field(default_factory=dict)
+    """Records read after the snapshot (ready VMs a step acts on), None when missing."""
+    inventory_checked: str = ""
+    """The pool's mark of the provider's inventory token it last compared with (``Store.begin_pass``)."""
+    inventory_changes: InventoryChanges | None = None
+    """What the provider said changed since that token (None: it keeps no token; names None:
+    this pass compares the whole inventory). See inventory_view."""
+
+    @classmethod
+    def read(cls, store: Store, provider: Provider, pool: PoolConfig, clock: Clock, service: ServiceConfig,
+             checkpoint: Checkpoint = no_checkpoint, dns: DnsPlugin | None = None) -> PassContext:
+        """Read the pass's inputs, in this order: the inventory, the snapshot, the pool's
+        overrides and its size now. Raises ProviderError or StoreUnavailable (nothing changed yet)."""
+        now = clock.now()
+        inventory_mark, inventory_checked = store.begin_pass(pool.name)
+        changes = inventory_view.changes(provider, pool, service, now, inventory_checked)
+        if changes is None or changes.names is None:
+            inventory = {vm.name: vm for vm in provider.list_vms(pool)}
+            checkpoint("inventory")
+            snapshot = store.pool_snapshot(pool.name, without_records=("ready",))
+        else:  # the provider says what changed: only the VMs that may need something
+            checkpoint("inventory")
+            snapshot, inventory = inventory_view.due_only(store, provider, pool, now, changes.names)
+        checkpoint("snapshot")
+        overrides = PoolOverrides(store).get(pool.name)
+        size_decision = target_size(store, pool, now, service.sizing_timezone)
+        pool = size_decision.apply(pool)
+        return cls(store=store, provider=provider, dns=dns, clock=clock, service=service, checkpoint=checkpoint,
+                   pool=pool, now=now, inventory=inventory, inventory_mark=inventory_mark, snapshot=snapshot,
+                   overrides=overrides, size_decision=size_decision,
+                   report=PassReport(pool=pool.name, started=now, size=pool.size),
+                   inventory_checked=inventory_checked, inventory_changes=changes)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def record(self, hostname: str) -> VMRecord | None:
+        """The VM's record as of this pass (None when missing). Ready VMs' records are read only
+        when a step acts on one: a steady pass reads none."""
+        if hostname not in self.snapshot.loaded and hostname not in self.late_records:
+            self.load_records([hostname])
+        return self.snapshot.records.get(hostname) or self.late_records.get(hostname)
+
+    def load_records(self, hostnames: list[str]) -> None:
+        """Read the records of many VMs not in the snapshot in one round trip."""
+        missing = [host for host in hostnames if host not in self.snapshot.loaded and host not in self.late_records]
+        found = self.store.records(missing)
+        self.late_records.update({host: found.get(host) for host in missing})
+
+    def read_counts(self) -> dict[str, int]:
+        """The pool's VM counts by state: read from the store the first time (once a pass),
+        then as the context's own moves left them."""
+        if self.counts is None:
+            self.counts = self.store.counts([self.pool.name])[self.pool.name]
+        return self.counts
+
+    # --- leaving service ----------------------------------------------------------------------
+
+    def take_out_of_service(self, hostname: str, from_state: str, reason: str,
+                            failure: FailureKind | None = None, lifetime_ended: float | None = None) -> None:
+        """Move a VM to completed (to be destroyed), recording why (and the failure's kind, when
+        a provider failure is why). ``lifetime_ended``: see ``Store.move``."""
+        if self.store.move(hostname, self.pool.name, from_state, "completed", self.now,
+                           lifetime_ended=lifetime_ended, reason=reason,
+                           failure=failure.value if failure else None):
+            self.report.completed[hostname] = reason
+            self._counted_move(from_state, "completed")
+            logger.info("VM taken out of service",
+                        extra={"pool": self.pool.name, "hostname": hostname, "from": from_state, "reason": reason})
+        self.checkpoint("completed")
+
+    def drop(self, hostname: str, from_state: str, reason: str, gone: bool = False) -> None:
+        """Forget a VM the provider no longer has (or whose record is missing); its record
+        lingers for data_ttl with the reason.
+
+        ``gone``: it is missing from this pass's inventory. Then it is dropped only if its state
+        has not changed since the inventory read began (made ready, checked out or discovered
+        by another pass or the API since): otherwise the read is too old to say it is gone, and
+        a later pass looks again. Checked on the snapshot before its DNS record is withdrawn,
+        and again in the move."""
+        record = self.record(hostname)
+        if gone and record is not None and int(record.raw.get("change_seq") or 0) >= self.inventory_mark:
+            self.checkpoint("dropped")
+            return
+        self.withdraw_dns(record)
+        if self.store.move(hostname, self.pool.name, from_state, "destroyed", self.now,
+                           unchanged_since=self.inventory_mark if gone else None, reason=reason):
+            self.report.dropped.append(hostname)
+            self._counted_move(from_state, None)
+        self.checkpoint("dropped")
+
+    def _counted_move(self, from_state: str, to_state: str | None) -> None:
+        """Keep ``counts`` (when read) as this pass's own move left them."""
+        if self.counts is None:
+            return
+        self.counts[from_state] -= 1
+        if to_state is not None:
+            self.counts[to_state] += 1
+
+    # --- DNS records (manager/dns_records.py for the pending side) -----------------------------
+
+    def withdraw_dns(self, record: VMRecord | None) -> None:
+        """Delete the A record of a VM leaving service, if vmpool created one. A failure is
+        recorded on the VM (and retried while it is destroyed); it never holds the destroy."""
+        plugin = self.dns
+        if record is None or plugin is None or not record.raw.get("dns_name"):
+            return
+        try:
+            plugin.delete(record.name)
+        except DnsError as error:
+            self.dns_failed(record.name, "record deletion", error)
+            self.report.errors.append(f"DNS record of {record.name} not deleted: {error}")
+            self.store.update_vm(record.name, dns_error=f"DNS record not deleted: {error}")
+            return
+        self.store.update_vm(record.name, dns_name=None, dns_published=None, dns_error=None)
+        self.checkpoint("dns_withdrawn")
+
+    def dns_failed(self, hostname: str, doing: str, error: DnsError) -> None:
+        """Count and log a DNS failure; the pass goes on with the next VM."""
+        emit(self.pool.name, {metric.DNS_FAILURES: 1}, dimensions={"reason": error.metric_key})
+        logger.warning("DNS " + doing + " failed", extra={"pool": self.pool.name, "hostname": hostname,
+                                                          "error": str(error), "reason": error.metric_key})

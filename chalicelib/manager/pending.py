@@ -1,0 +1,128 @@
+"""The reconcile pass's pending step: follow each new VM's clone task, then its boot, until it
+is ready (or, built for an on-demand request, handed over); time out the ones that never make it.
+
+A clone task that finished is noted on the VM (``clone_end``) and the clone's duration sampled;
+a failed one takes the VM out of service with the failure's kind (an on-demand request ends at
+once when retrying cannot help). A VM that booted moves to ready, conditionally: it is its pool's
+only once the move happened. The not-ready reason is kept on the VM (GET /vm shows it), and a VM
+slower than ``timeout_notification`` is logged once.
+"""
+
+from __future__ import annotations
+
+from chalicelib.manager import dns_records, ondemand
+from chalicelib.manager.context import PassContext
+from chalicelib.observability import logger
+from chalicelib.providers.base import TaskState, VMInfo
+from chalicelib.store import DurationSample, VMRecord
+from chalicelib.timestamps import ruby_time
+
+CLONE_START_GRACE_SECONDS = 120.0
+"""How long a reserved name may wait for its clone task to be recorded before the pass decides
+the pass that reserved it died in between (longer than any pass takes between the two steps)."""
+
+
+def check_pending(context: PassContext) -> None:
+    """Pending VMs: finish clone tasks, then ready-check; time out the ones that never make it."""
+    timeout = context.pool.timeout_minutes * 60
+    for hostname in context.snapshot.hostnames("pending"):
+        record = context.record(hostname)
+        if record is None:
+            context.drop(hostname, "pending", "record missing")
+            continue
+        age = context.now - (record.clone_start or context.now)
+        _notify_slow(context, record, age)
+        vm = context.inventory.get(hostname)
+        if record.clone_end is None:
+            if not _finish_clone(context, record, vm, age):
+                continue
+        if vm is None:
+            # The clone finished after our inventory was read; readiness next pass.
+            if age > timeout:
+                context.take_out_of_service(
+                    hostname, "pending", f"not in the provider {_minutes(age)} after clone start"
+                )
+            continue
+        readiness = dns_records.check_ready(context, record, vm)
+        if readiness.ready:
+            _mark_ready(context, record, vm, age)
+        elif age > timeout:
+            context.take_out_of_service(
+                hostname, "pending",
+                f"not ready after {context.pool.timeout_minutes} minutes: {readiness.reason}",
+            )
+        elif readiness.reason != record.not_ready_reason:
+            context.store.update_vm(record.name, not_ready_reason=readiness.reason)  # GET /vm shows it
+
+
+def note_last_boot(context: PassContext) -> None:
+    """The pool's last boot time (GET /status shows it): once a pass, not once a VM."""
+    if context.report.became_ready:
+        context.store.set_last_boot(context.pool.name, ruby_time(context.now))
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} minutes"
+
+
+def _notify_slow(context: PassContext, record: VMRecord, age: float) -> None:
+    """Log once per VM when a pending VM (cloning or booting) is older than
+    ``timeout_notification`` minutes: the early warning of a broken template or DNS."""
+    service = context.service
+    if age <= service.timeout_notification * 60 or record.raw.get("slow_notified"):
+        return
+    if context.store.set_once(record.name, "slow_notified"):
+        logger.warning(
+            "VM is slow to become ready",
+            extra={"pool": context.pool.name, "hostname": record.name, "minutes": round(age / 60, 1),
+                   "timeout_notification": service.timeout_notification,
+                   "reason": record.not_ready_reason or ("cloning" if record.clone_end is None else "booting")},
+        )
+
+
+def _finish_clone(context: PassContext, record: VMRecord, vm: VMInfo | None, age: float) -> bool:
+    """Follow a VM's clone task. Returns True once the clone is done and readiness may be checked."""
+    hostname, pool = record.name, context.pool
+    if not record.clone_task:
+        if vm is not None:
+            # The pass that started the clone died before recording its task; the VM exists.
+            context.store.finish_clone(hostname, context.now)
+            return True
+        if age > CLONE_START_GRACE_SECONDS:
+            context.take_out_of_service(hostname, "pending", "clone was never started (its pass was interrupted)")
+        return False
+    status = context.provider.task_status(record.clone_task)
+    if status.state is TaskState.RUNNING:
+        context.report.clones_running += 1
+        if age > pool.timeout_minutes * 60:
+            context.take_out_of_service(
+                hostname, "pending", f"clone still running after {pool.timeout_minutes} minutes"
+            )
+        return False
+    if status.state is TaskState.ERROR:
+        failure = status.failure
+        context.report.clone_failures[hostname] = failure
+        context.take_out_of_service(hostname, "pending", f"clone failed: {failure.message}", failure=failure.kind)
+        if record.raw.get("request"):
+            ondemand.clone_failed(context, record.raw["request"], failure)
+        return False
+    context.store.finish_clone(hostname, context.now)
+    context.report.samples.append(DurationSample("clone", pool.name, age))
+    context.checkpoint("clone_finished")
+    return True
+
+
+def _mark_ready(context: PassContext, record: VMRecord, vm: VMInfo, age: float) -> None:
+    if record.raw.get("request"):
+        ondemand.deliver(context, record, vm, age)  # built for a request: it goes to running
+        return
+    moved = context.store.move(
+        record.name, context.pool.name, "pending", "ready", context.now,
+        ready_at=context.now, ip=vm.ip, host=vm.host, not_ready_reason=None,
+    )
+    if moved:
+        logger.info("VM ready", extra={"pool": context.pool.name, "hostname": record.name,
+                                       "boot_seconds": round(age, 1)})
+        context.report.became_ready.append(record.name)
+        context.report.samples.append(DurationSample("boot", context.pool.name, age))
+    context.checkpoint("ready")

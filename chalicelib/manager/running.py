@@ -1,0 +1,54 @@
+"""The reconcile pass's running step: VMs in use past their lifetime are reaped, ones deleted
+behind our back are dropped, and ones whose checkout was never confirmed go back to ready.
+
+A VM in use is never destroyed by a stale read: the lifetime is checked again in the move (the
+user may have extended it since), and a VM missing from the inventory is dropped only if its
+state has not changed since the inventory read began."""
+
+from __future__ import annotations
+
+from chalicelib.manager import inventory_view
+from chalicelib.manager.context import PassContext
+from chalicelib.observability import logger
+from chalicelib.store import VMRecord
+
+
+def check_running(context: PassContext) -> None:
+    """Running VMs past their lifetime are reaped; ones deleted behind our back are dropped.
+    The others are scheduled for their next look (see inventory_view)."""
+    default_lifetime = context.service.vm_lifetime
+    next_look: dict[str, float] = {}
+    for hostname in context.snapshot.hostnames("running"):
+        record = context.record(hostname)
+        if record is None:
+            context.drop(hostname, "running", "record missing")
+            continue
+        if _return_unconfirmed(context, record):
+            continue
+        lifetime_hours = record.lifetime_hours or default_lifetime
+        checked_out = record.checkout or context.now
+        if context.now - checked_out >= lifetime_hours * 3600:
+            # Checked again in the move: the user may have extended the lifetime since.
+            context.take_out_of_service(hostname, "running", f"lifetime of {lifetime_hours} hours expired",
+                                        lifetime_ended=default_lifetime)
+        elif hostname not in context.inventory:
+            context.drop(hostname, "running", "gone from the provider while running", gone=True)
+        else:
+            next_look[hostname] = inventory_view.next_look(record, context.now, checked_out + lifetime_hours * 3600)
+    context.store.schedule_running(context.pool.name, next_look)
+
+
+def _return_unconfirmed(context: PassContext, record: VMRecord) -> bool:
+    """A VM whose checkout was never confirmed by its deadline: the request that took it
+    answered 503 (its answer from Redis was lost), so nobody has it. Back to ready."""
+    deadline = record.raw.get("confirm_by")
+    if not deadline or float(deadline) > context.now:
+        return False
+    returned = context.store.release_checkout(record.raw.get("checkout_id", ""), [record.name], context.now,
+                                              unconfirmed_only=True)
+    if returned:
+        context.report.returned.extend(returned)
+        logger.warning("VM returned to ready: its checkout was never confirmed",
+                       extra={"pool": context.pool.name, "hostname": record.name})
+    context.checkpoint("returned")
+    return bool(returned)

@@ -1,0 +1,227 @@
+"""One key schema (issue 11): store/keys.py names every Redis key.
+
+Lua scripts touch only the keys given in ``KEYS[]``, except the few of ``keys.DERIVED_KEYS``,
+which fill templates made by keys.py with ``key_of``; Python code outside keys.py builds no key
+name. Both are checked on the source, so a new script or module cannot slip past.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import itertools
+import re
+from pathlib import Path
+
+import pytest
+
+from chalicelib.store import keys as keys_module
+from chalicelib.store.keys import DEFAULT_PREFIX, DERIVED_KEYS, Keys
+from chalicelib.store.scripts import script_source
+
+ROOT = Path(__file__).resolve().parents[2]
+LUA_DIR = ROOT / "chalicelib" / "store" / "lua"
+SHARED_ONLY = {"key_of", "quota"}
+"""Files of lua/ that are never run alone: prepended to others (scripts.script_source)."""
+SCRIPTS = sorted(path.stem for path in LUA_DIR.glob("*.lua") if path.stem not in SHARED_ONLY)
+PYTHON_SOURCES = [ROOT / "app.py", *(ROOT / folder for folder in ("chalicelib", "local", "infra"))]
+
+# --- Lua -------------------------------------------------------------------------------------
+
+_CALL = re.compile(r"redis\.p?call\(\s*'(\w+)'\s*,")
+_ASSIGNMENT = re.compile(r"^\s*(?:local\s+)?([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*)\s*=(?!=)\s*(.+)$")
+
+
+def _split_top_level(text: str) -> list[str]:
+    """``text`` split at the commas outside parentheses, brackets and braces."""
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(text[start:index].strip())
+            start = index + 1
+    parts.append(text[start:].strip())
+    return parts
+
+
+def _first_argument(source: str, start: int) -> str:
+    """The argument that begins at ``start`` (up to its comma or the call's closing parenthesis)."""
+    depth = 0
+    for index in range(start, len(source)):
+        char = source[index]
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            if depth == 0:
+                return source[start:index].strip()
+            depth -= 1
+        elif char == "," and depth == 0:
+            return source[start:index].strip()
+    return source[start:].strip()
+
+
+def _is_single_term(expression: str, opening: str) -> bool:
+    """Whether ``expression`` is one ``<opening>...`` term whose bracket closes at its end."""
+    if not expression.startswith(opening):
+        return False
+    depth = 0
+    for index in range(len(opening) - 1, len(expression)):
+        if expression[index] in "([":
+            depth += 1
+        elif expression[index] in ")]":
+            depth -= 1
+        if depth == 0:
+            return index == len(expression) - 1
+    return False
+
+
+def _without_comments(source: str) -> str:
+    """Comments dropped; a statement continued after a trailing ``=`` or ``,`` joined into one line."""
+    lines = [re.sub(r"--.*$", "", line).rstrip() for line in source.splitlines()]
+    return re.sub(r"([=,])\n\s*", r"\1 ", "\n".join(lines))
+
+
+def key_violations(source: str, may_derive: bool) -> list[str]:
+    """Every ``redis.call`` of ``source`` whose key is not ``KEYS[...]``, a local holding only
+    such keys, or (when ``may_derive``) ``key_of(...)``."""
+    source = _without_comments(source)
+
+    def is_key(expression: str) -> bool:
+        return _is_single_term(expression, "KEYS[") or (may_derive and _is_single_term(expression, "key_of("))
+
+    bound: dict[str, bool] = {}
+    for loop in re.finditer(r"\bfor\s+\w+\s*,\s*(\w+)\s+in\s+ipairs\(KEYS\)", source):
+        bound[loop.group(1)] = True
+    for line in source.splitlines():
+        match = _ASSIGNMENT.match(line)
+        if not match:
+            continue
+        names = [name.strip() for name in match.group(1).split(",")]
+        values = _split_top_level(match.group(2))
+        for position, name in enumerate(names):
+            holds_key = position < len(values) and is_key(values[position])
+            bound[name] = bound.get(name, True) and holds_key
+    problems = []
+    for call in _CALL.finditer(source):
+        argument = _first_argument(source, call.end())
+        if not (is_key(argument) or bound.get(argument, False)):
+            problems.append(f"{call.group(1)} on {argument!r}")
+    return problems
+
+
+def test_the_checker_refuses_keys_built_in_a_script():
+    """The check below can fail: a key concatenated from the prefix, from a given key, or held
+    in a local built that way is refused, and key_of only where deriving is allowed."""
+    assert key_violations("redis.call('GET', prefix .. 'changes')", may_derive=False)
+    assert key_violations("redis.call('ZRANGE', KEYS[1] .. ':vms', 0, -1)", may_derive=False)
+    assert key_violations("local key = KEYS[1]\nkey = ARGV[1] .. 'vm:' .. ARGV[2]\nredis.call('DEL', key)",
+                          may_derive=False)
+    assert key_violations("local vm_key = key_of(ARGV[1], h)\nredis.call('DEL', vm_key)", may_derive=False)
+    assert not key_violations("local vm_key = key_of(ARGV[1], h)\nredis.call('DEL', vm_key)", may_derive=True)
+    assert not key_violations("local a, b =\n  KEYS[1], KEYS[idx[p].ready]\nredis.call('ZCARD', b)",
+                              may_derive=False)
+    assert not key_violations("for _, key in ipairs(KEYS) do\n  redis.call('INCR', key)\nend", may_derive=False)
+    assert key_violations("for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n  redis.call('DEL', key)\nend",
+                          may_derive=False)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_script_touches_only_keys_it_was_given(name):
+    """No script builds a key: it uses KEYS[], or, listed in keys.DERIVED_KEYS with the reason,
+    fills a template of keys.py with key_of."""
+    assert key_violations(script_source(name), may_derive=name in DERIVED_KEYS) == []
+
+
+def test_only_the_listed_scripts_derive_keys():
+    """The exception list stays minimal: a listed script that no longer derives a key is dropped."""
+    deriving = {name for name in SCRIPTS if re.search(r"\bkey_of\(", _without_comments(
+        script_source(name).replace((LUA_DIR / "key_of.lua").read_text(), "")))}
+    assert deriving == set(DERIVED_KEYS)
+
+
+# --- Python ----------------------------------------------------------------------------------
+
+
+def _key_heads() -> set[str]:
+    """How the names of keys.py begin before their first variable part ("vm:", "pool:", ...),
+    and the key parts its functions name ("user:", "token:", ...)."""
+    part = "\x01"
+    functions = [member for name, member in inspect.getmembers(Keys(""), inspect.ismethod)
+                 if not name.startswith("_")]
+    functions += [keys_module.purge_lease_name, keys_module.quota_owner, keys_module.rate_limit_client]
+    names = []
+    for function in functions:
+        count = len(inspect.signature(function).parameters)
+        names.append(function(*[part] * count))
+        if function in (keys_module.quota_owner, keys_module.rate_limit_client):
+            names.append(function(None, part))
+    return {name.split(part)[0] for name in names if part in name and name.split(part)[0]}
+
+
+def _named_prefix(node: ast.AST) -> bool:
+    name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+    return name.lower().endswith("prefix")
+
+
+def python_key_builders(path: Path, heads: set[str]) -> list[str]:
+    """Lines of ``path`` that build a key name: the default prefix spelled out as a key, a string
+    that starts like a key of keys.py followed by a variable part, or a prefix followed by one."""
+    spelled_out = re.compile(re.escape(DEFAULT_PREFIX) + r"(\w|$)")
+
+    def starts_like_a_key(node: ast.AST) -> bool:
+        return isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(tuple(heads))
+
+    problems = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.JoinedStr):
+            parts = list(node.values)
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            parts = [node.left, node.right]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and spelled_out.match(node.value):
+            problems.append(f"{path}:{node.lineno}: the key prefix spelled out")
+            continue
+        else:
+            continue
+        unwrapped = [part.value if isinstance(part, ast.FormattedValue) else part for part in parts]
+        first = unwrapped[0]
+        key_then_variable = (isinstance(first, ast.Constant) and first.value in heads and len(unwrapped) > 1
+                             and not isinstance(unwrapped[1], ast.Constant))
+        prefix_then_key = any(_named_prefix(before) and starts_like_a_key(after)
+                              for before, after in itertools.pairwise(unwrapped))
+        if key_then_variable or prefix_then_key:
+            problems.append(f"{path}:{node.lineno}: {ast.unparse(node)}")
+    return problems
+
+
+def _python_files() -> list[Path]:
+    files = []
+    for source in PYTHON_SOURCES:
+        files += [source] if source.is_file() else sorted(source.rglob("*.py"))
+    return [path for path in files if path != Path(keys_module.__file__).resolve()]
+
+
+def test_the_python_checker_finds_key_names_built_elsewhere(tmp_path):
+    """The check below can fail: each way code used to build keys before keys.py named them all."""
+    module = tmp_path / "module.py"
+    module.write_text('PREFIX = "vmpool:"\n'
+                      'def ready(client, pool):\n'
+                      '    return client.zcard(f"vmpool:pool:{pool}:ready")\n'
+                      'def folder(prefix, name, pool):\n'
+                      '    return f"{prefix}dummy:{name}:folder:{pool}"\n'
+                      'def client(record):\n'
+                      '    return f"token:{record.id}"\n'
+                      'def lease(provider):\n'
+                      '    return "user:" + provider\n'
+                      'def harmless(name):\n'
+                      '    return f"config: {name}", f"{name}-{name}", f"vmpool: {name}", f"{name}:{name}"\n')
+    assert len(python_key_builders(module, _key_heads())) == 5
+
+
+def test_no_python_code_outside_keys_py_builds_a_key_name():
+    heads = _key_heads()
+    assert {"vm:", "pool:", "ondemand:", "token:", "user:", "dummy:"} <= heads
+    problems = [problem for path in _python_files() for problem in python_key_builders(path, heads)]
+    assert problems == []
