@@ -9,13 +9,15 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any, Callable
 
-from chalice import Chalice, ConvertToMiddleware, Rate, Response
+from chalice import ConvertToMiddleware, Rate, Response
 
 from chalicelib import config as config_module
 from chalicelib import config_source, observability
+from chalicelib.api.chalice_app import RequestLocalChalice
 from chalicelib.api.routes import ROUTES, Route, handle, render, request_from_chalice, versioned_paths
 from chalicelib.manager.dispatch import Ticker, handle_batch
 from chalicelib.manager.pool_queue import NUDGE, PoolMessage, PoolQueue, SqsPoolQueue
@@ -25,7 +27,7 @@ from chalicelib.services import Services
 
 # Powertools' Logger owns the "vmpool" logger (JSON lines); Chalice's own set-up of the logger
 # named after the app would add a plain-text handler and lower its level to ERROR.
-app = Chalice(app_name="vmpool", configure_logs=False)
+app = RequestLocalChalice(app_name="vmpool", configure_logs=False)
 
 CONFIG = config_module.load()
 """The packaged config, loaded at import: an invalid one stops the Lambda (and `chalice package`)
@@ -38,6 +40,7 @@ SCHEDULE_MINUTES = int(os.environ.get("VMPOOL_SCHEDULE_MINUTES", "1"))
 _services: Services | None = None
 _config: config_source.ConfigSource | None = None
 _queue: PoolQueue | None = None
+_services_lock = threading.Lock()
 _ticker = Ticker()
 
 
@@ -46,8 +49,11 @@ def services() -> Services:
     current config (refreshed from S3 at most every 30 s when the stage keeps it there)."""
     global _services, _config
     if _services is None:
-        _services = Services.from_environment(config=CONFIG)
-        _config = config_source.from_environment(_services.config, _services.clock, os.environ)
+        with _services_lock:  # the local front's threads may ask at once
+            if _services is None:
+                built = Services.from_environment(config=CONFIG)
+                _config = config_source.from_environment(built.config, built.clock, os.environ)
+                _services = built
     if _config is not None:
         _services.use_config(_config.current())
     return _services
@@ -59,7 +65,8 @@ def services() -> Services:
 def _view(route: Route, version: int) -> Callable[..., Response]:
     def view(**params: str) -> Response:
         request = request_from_chalice(app.current_request, version, params)
-        logger.set_correlation_id(request.request_id or None)
+        # Per thread: the local front serves several requests of one process at once.
+        logger.thread_safe_append_keys(correlation_id=request.request_id or None)
         status, body, headers = render(handle(services(), route.handler, request))
         return Response(body=body, status_code=status, headers=dict(headers))
 

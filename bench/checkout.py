@@ -195,3 +195,35 @@ def _in_subprocess(function: Any) -> Any:
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
         return pool.apply(function)
+
+
+def one_level(clients: int, seconds: float, runs: int, pool_size: int, workers: int | None = None) -> dict[str, Any]:
+    """One concurrency level only, each run's figures (for A/B comparisons of two checkouts of
+    the repository, run alternately: see docs/performance.md)."""
+    with local_stack(dummy_config([(POOL, pool_size)]), workers=workers, interval=5.0) as stack:
+        stack.wait_ready(POOL, pool_size, timeout=600)
+        results = []
+        for _ in range(runs):
+            stack.wait_ready(POOL, int(pool_size * 0.9), timeout=600)
+            results.append(_one_run(stack, clients, seconds))
+    return {"clients": clients, "seconds": seconds, "pool_size": pool_size, "workers": workers,
+            "cycles_per_second": [r["cycles_per_second"] for r in results],
+            "api_cpu_ms_per_cycle": [r["cpu_ms_per_cycle"]["api workers"] for r in results],
+            "checkout_p50_ms": [r["checkout_p50_ms"] for r in results],
+            "checkout_p99_ms": [r["checkout_p99_ms"] for r in results],
+            "failures": [r["failures"] for r in results]}
+
+
+if __name__ == "__main__":
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(description="checkout + delete cycles/s at one concurrency level (JSON)")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--pool", type=int, default=6000)
+    parser.add_argument("--workers", type=int, default=None, help="local.run --workers (default: its own)")
+    options = parser.parse_args()
+    figures = one_level(options.clients, options.seconds, options.runs, options.pool, options.workers)
+    print(json.dumps({**figures, "load_average": os.getloadavg()}))

@@ -102,15 +102,26 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and every live process below it."""
+    total = _cpu_seconds(pid)
+    for child in _children(pid):
+        try:
+            total += _tree_cpu_seconds(child)
+        except OSError:
+            continue  # exited meanwhile
+    return total
+
+
 def stack_cpu(pid: int) -> dict[str, float]:
     """CPU seconds used so far by the local stack, by part: its main process (the reconcile
-    scheduler's threads), its HTTP workers, and its redis-server."""
+    scheduler's threads), its HTTP front (gunicorn's arbiter and workers), and its redis-server."""
     usage = {"reconcile (scheduler)": _cpu_seconds(pid), "api workers": 0.0, "redis-server": 0.0}
     for child in _children(pid):
         try:
             command = Path(f"/proc/{child}/cmdline").read_bytes()
             part = "redis-server" if b"redis-server" in command else "api workers"
-            usage[part] += _cpu_seconds(child)
+            usage[part] += _tree_cpu_seconds(child)
         except OSError:
             continue  # exited meanwhile
     return usage

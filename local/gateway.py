@@ -1,26 +1,33 @@
 """Serve the Chalice app over HTTP on this machine, the way API Gateway would.
 
 `chalice local` serves one request at a time through a slow matcher; this gateway matches the
-app's routes with precompiled patterns, hands Chalice the same proxy event API Gateway sends,
-and runs in several processes sharing the port (SO_REUSEPORT) with a thread per connection, so
-it holds up under concurrent load on every core.
+app's routes with precompiled patterns and hands Chalice the same proxy event API Gateway sends.
+``AsgiApp`` puts it behind an ASGI server: `make run` serves it with gunicorn, one request at
+a time per worker process (``local.http_front``), because Chalice keeps the request being served
+on the app object.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
 import socket
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from chalice import Chalice
 
+from chalicelib.api.chalice_app import RequestLocalChalice
+
 NOT_FOUND = b'{"ok":false}'
+MAX_BODY_BYTES = 1024 * 1024
+"""Bodies above this get a 413 before they are read (the API's own limit, 64 KiB, is lower)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,70 @@ class _LocalContext:
         return 30_000
 
 
+Response = tuple[int, dict[str, str], bytes]
+
+
+def json_error(status: int, message: str) -> Response:
+    """A JSON error that also closes the connection: the request's body may be unread (413) or
+    half there (408), so nothing after it on the connection can be read as a request."""
+    return (status, {"Content-Type": "application/json", "Connection": "close"},
+            json.dumps({"ok": False, "error": message}).encode())
+
+
+class AsgiApp:
+    """The gateway as an ASGI application. The body is received without blocking anyone (a slow
+    client costs a coroutine, bounded by ``body_timeout``); the Chalice app is then called on one
+    of ``threads`` threads, so a worker overlaps its requests' Redis waits. Each thread sees only
+    its own request: the app keeps its per-request state per thread (RequestLocalChalice); an
+    app that does not is called on one thread, one request at a time."""
+
+    def __init__(self, app: Chalice, max_body: int = MAX_BODY_BYTES, body_timeout: float = 10.0,
+                 threads: int = 4) -> None:
+        self.gateway = Gateway(app)
+        self.max_body = max_body
+        self.body_timeout = body_timeout
+        if not isinstance(app, RequestLocalChalice):
+            threads = 1  # Chalice's current_request is one attribute of the app
+        self._threads = ThreadPoolExecutor(max_workers=max(threads, 1), thread_name_prefix="vmpool-api")
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
+        if scope["type"] != "http":
+            return
+        status, headers, data = await self._respond(scope, receive)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+                    + [(b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+    async def _respond(self, scope: dict[str, Any], receive: Callable[[], Any]) -> Response:
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope["headers"]:
+            name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        if int(headers.get("content-length") or 0) > self.max_body:
+            return json_error(413, f"request body too large (at most {self.max_body} bytes)")
+        body = bytearray()
+        try:
+            async with asyncio.timeout(self.body_timeout):  # the whole body, however it is chunked
+                more = True
+                while more:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return json_error(400, "the client went away before sending its body")
+                    body += message.get("body", b"")
+                    if len(body) > self.max_body:
+                        return json_error(413, f"request body too large (at most {self.max_body} bytes)")
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            return json_error(408, "the request body did not arrive in time")
+        target = scope.get("raw_path") or scope["path"].encode()
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        client = scope.get("client") or ("", 0)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads, self.gateway, scope["method"], target.decode("latin-1"), headers, bytes(body), client[0])
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: clients reuse their connection
     disable_nagle_algorithm = True  # small JSON answers go out at once
@@ -159,6 +230,9 @@ class _Server(ThreadingHTTPServer):
 
 
 def make_server(app: Chalice, host: str, port: int) -> ThreadingHTTPServer:
-    """A threaded HTTP server for ``app``; several may share the port in separate processes."""
+    """A threaded in-process HTTP server for ``app``, for tests that drive the API and their own
+    Redis from one process. Not for serving people: its threads share the one app, and Chalice
+    keeps the current request on it (concurrent requests could see each other's data).
+    `make run` serves through ``local.http_front`` (gunicorn, one request per process)."""
     handler = type("Handler", (_Handler,), {"gateway": Gateway(app)})
     return _Server((host, port), handler)

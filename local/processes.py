@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
 import subprocess
+import sys
 
 
 def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
@@ -15,3 +19,16 @@ def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> Non
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(expected_parent: int, sig: int = signal.SIGTERM) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (PR_SET_PDEATHSIG), so a
+    SIGKILLed `make run` leaves no orphan serving; if the parent is already gone (it died before
+    we asked), send it now. Safe between fork and exec: one system call, no allocation."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+    if os.getppid() != expected_parent:
+        os.kill(os.getpid(), sig)

@@ -12,6 +12,7 @@ same VMs were handed out again.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import redis
 
-from local.processes import stop_process
+from local.processes import die_with_parent, stop_process
 
 
 def free_port() -> int:
@@ -35,7 +36,7 @@ class RedisServer:
     """A redis-server child process. Use as a context manager or call start()/stop()."""
 
     def __init__(self, port: int | None = None, data_dir: Path | None = None, persist: bool = False,
-                 replica_of: int | None = None, appendfsync: str = "everysec") -> None:
+                 replica_of: int | None = None, appendfsync: str = "everysec", die_with_parent: bool = False) -> None:
         self.port = port or free_port()
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="vmpool-redis-"))
@@ -43,6 +44,8 @@ class RedisServer:
         self.replica_of = replica_of
         """A port on loopback to replicate from (a primary, or a proxy standing for the network)."""
         self.appendfsync = appendfsync
+        self.stop_with_parent = die_with_parent
+        """SIGTERM the server when the process that started it dies (the local stack's Redis)."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -66,7 +69,11 @@ class RedisServer:
         ]
         if self.replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        parent = os.getpid()
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=(lambda: die_with_parent(parent)) if self.stop_with_parent else None,
+        )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout
         try:

@@ -1,8 +1,10 @@
 """`make run`: the whole service on this machine.
 
 Starts a private redis-server (its own port and data dir), serves the Chalice app on
-http://127.0.0.1:$PORT from several worker processes, and runs every pool's reconcile on a timer.
-Ctrl-C stops all of it.
+http://127.0.0.1:$PORT with gunicorn and uvicorn (``local.http_front``: a worker process per
+core, each serving one request at a time), and runs every pool's reconcile on a timer. Ctrl-C
+stops all of it; so does killing this process (its children die with it). One stack per state directory: a
+second one on the same directory refuses to start.
 
     python -m local.run [--port 8000] [--workers N] [--config FILE] [--provider dummy|vcsim]
 
@@ -13,6 +15,7 @@ real (simulated) vSphere clones instead of the dummy provider's.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import multiprocessing
 import os
 import signal
@@ -27,16 +30,39 @@ STATE_DIR = Path(os.environ.get("VMPOOL_STATE_DIR") or ROOT / ".run")
 """Where the local Redis keeps its data and vcsim its certificate (VMPOOL_STATE_DIR overrides)."""
 
 
-def _serve(port: int, ready: "multiprocessing.synchronize.Event") -> None:
-    """One HTTP worker process: the app, its own Redis connections, a thread per connection."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler, inherited by fork
-    import app as chalice_app
-    from local.gateway import make_server
+LOCK_NAME = "run.lock"
 
-    server = make_server(chalice_app.app, "127.0.0.1", port)
-    ready.set()
-    server.serve_forever(poll_interval=0.5)
+
+def _lock_state_dir() -> int:
+    """Hold an exclusive lock on the state directory for the life of this stack, or refuse.
+    flock: the kernel releases it when the holder dies, so a SIGKILLed stack never blocks the
+    next start (its children hold it until they have stopped too)."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(STATE_DIR / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(descriptor, 32).decode(errors="replace").strip() or "?"
+        os.close(descriptor)
+        raise SystemExit(f"{STATE_DIR} is in use by another `make run` (pid {holder}): stop it first, "
+                         "or give this one its own VMPOOL_STATE_DIR") from None
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"{os.getpid()}\n".encode())
+    return descriptor
+
+
+def _serve_http(port: int, workers: int, parent: int, ready: "multiprocessing.synchronize.Semaphore") -> None:
+    """The HTTP front's process: gunicorn's arbiter, which forks the workers."""
+    from local.processes import die_with_parent
+
+    die_with_parent(parent)
+    import app as chalice_app
+    from local.gateway import AsgiApp
+    from local.http_front import CLIENT_TIMEOUT_SECONDS, HttpFront
+
+    front = HttpFront(lambda: AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS), "127.0.0.1", port, workers,
+                      on_worker_ready=ready.release)
+    front.run()
 
 
 VCSIM_CONFIG = """\
@@ -103,7 +129,9 @@ def _require_free_port(port: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", os.cpu_count() or 2)))
+    # One request at a time per worker, one worker per core: more workers measured more CPU per
+    # request (docs/performance.md, "The local HTTP front").
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", os.cpu_count() or 1)))
     parser.add_argument("--config", default=os.environ.get("VMPOOL_CONFIG_FILE"))
     parser.add_argument("--redis-port", type=int, default=int(os.environ.get("VMPOOL_LOCAL_REDIS_PORT", "0")))
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between scheduled passes")
@@ -112,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from local.redis_server import RedisServer
 
-    STATE_DIR.mkdir(exist_ok=True)
+    _lock_state_dir()  # before anything starts; held (open) until this process exits
     vcsim_process = None
     if args.provider == "vcsim":
         vcsim_process, config_file = _start_vcsim()
@@ -120,13 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     elif args.config:
         os.environ["VMPOOL_CONFIG_FILE"] = str(Path(args.config).resolve())
     redis_server = RedisServer(
-        port=args.redis_port or None, data_dir=STATE_DIR / f"redis-{args.provider}", persist=True
+        port=args.redis_port or None, data_dir=STATE_DIR / f"redis-{args.provider}", persist=True,
+        die_with_parent=True,
     ).start()
     os.environ["VMPOOL_REDIS_URL"] = redis_server.url
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")
 
-    workers: list[ForkProcess] = []
+    front: ForkProcess | None = None
+    workers = max(args.workers, 1)
     scheduler = None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -139,26 +169,26 @@ def main(argv: list[str] | None = None) -> int:
             print(error, file=sys.stderr)
             return 2
         _require_free_port(args.port)
+        # Forked before the scheduler's threads exist: the front's processes inherit none.
         context = multiprocessing.get_context("fork")
-        for _ in range(max(args.workers, 1)):
-            ready = context.Event()
-            worker = context.Process(target=_serve, args=(args.port, ready), daemon=True)
-            worker.start()
-            if not ready.wait(15):
-                print(f"an HTTP worker did not start on port {args.port}", file=sys.stderr)
+        ready = context.Semaphore(0)
+        front = context.Process(target=_serve_http, args=(args.port, workers, os.getpid(), ready), name="vmpool-http")
+        front.start()
+        for _ in range(workers):
+            if not ready.acquire(timeout=30):
+                print(f"the HTTP workers did not start on port {args.port}", file=sys.stderr)
                 return 1
-            workers.append(worker)
 
         from local.scheduler import LocalScheduler
 
         scheduler = LocalScheduler(chalice_app.services(), interval_seconds=args.interval)
         scheduler.start()
         pools = ", ".join(chalice_app.CONFIG.pool_names)
-        print(f"vmpool: serving http://127.0.0.1:{args.port}/api/v3 with {len(workers)} workers; "
+        print(f"vmpool: serving http://127.0.0.1:{args.port}/api/v3 with {workers} workers; "
               f"redis on port {redis_server.port}; pools: {pools}. Ctrl-C stops.", flush=True)
         while not stop.wait(0.5):
-            if any(not worker.is_alive() for worker in workers):
-                print("an HTTP worker died; stopping", file=sys.stderr)
+            if not front.is_alive():
+                print("the HTTP server stopped; stopping", file=sys.stderr)
                 return 1
         return 0
     except KeyboardInterrupt:
@@ -166,10 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if scheduler:
             scheduler.stop()
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            worker.join(timeout=5)
+        if front is not None:
+            front.terminate()  # SIGTERM: gunicorn stops its workers (5 s grace for requests)
+            front.join(timeout=10)
+            if front.is_alive():
+                front.kill()
+                front.join()
         redis_server.stop()
         if vcsim_process is not None:
             from tools.vcsim.launcher import stop_vcsim

@@ -3,8 +3,6 @@ once, takes the VM back, and Ctrl-C stops every process it started."""
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 import re
 import signal
@@ -12,16 +10,15 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 
-from tests.support import eventually, free_port
+from local.redis_server import free_port
+from tests.local.stack import REPO_ROOT, alive, call, descendants, stack_env, wait_for
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["REPO_ROOT", "call", "launch", "wait_for"]  # the dashboard's browser test starts the stack here too
 
 # Fast dummy clones; the pool names are the test's own so a developer's stack state is untouched.
 CONFIG = """\
@@ -36,57 +33,15 @@ SCHEDULE_INTERVAL = 30
 """Long on purpose: after the pools fill, only the instant refill can start a clone within a second."""
 
 
-def call(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-wait_for = functools.partial(eventually, ignoring=(urllib.error.URLError, ConnectionError))
-"""Poll the stack; a stack that does not answer yet has not got there yet."""
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid``, read from /proc."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def launch(config: str, tmp_path: Path, port: int, log: IO[str], *args: str) -> subprocess.Popen[bytes]:
     """`python -m local.run` on ``port`` with ``config``, in its own session (so its whole process
     group can be stopped), its state under ``tmp_path``, its output in ``log``."""
     config_file = tmp_path / "vmpool.yaml"
     config_file.write_text(config)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("VMPOOL_")}
-    env.update(VMPOOL_CONFIG_FILE=str(config_file), POWERTOOLS_LOG_LEVEL="WARNING",
-               VMPOOL_STATE_DIR=str(tmp_path / "state"))
     return subprocess.Popen(
         [sys.executable, "-m", "local.run", "--port", str(port), *args],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=REPO_ROOT, env=stack_env(config_file, tmp_path / "state"), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
@@ -102,7 +57,7 @@ def test_local_stack_fills_serves_refills_and_stops_cleanly(tmp_path: Path) -> N
         )
         redis_port = int(banner.group(1))
         processes = descendants(stack.pid)
-        assert len(processes) >= 3, processes  # two HTTP workers and redis-server at least
+        assert len(processes) >= 4, processes  # gunicorn's arbiter, two HTTP workers and redis-server
 
         def pools() -> dict[str, Any]:
             return call("GET", f"{api}/status?view=pools")[1]["pools"]

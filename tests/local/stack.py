@@ -1,0 +1,184 @@
+"""Start `python -m local.run` the way a developer does, on free ports with a state directory of
+its own, and read what it left behind (its processes, its log)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from tests.support import eventually, free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RunningStack:
+    process: subprocess.Popen[bytes]
+    port: int
+    redis_port: int
+    log_path: Path
+    state_dir: Path
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v3"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def stack_command(port: int, workers: int, interval: float) -> list[str]:
+    return [sys.executable, "-m", "local.run", "--port", str(port), "--workers", str(workers),
+            "--interval", str(interval)]
+
+
+def stack_env(config_file: Path, state_dir: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("VMPOOL_")}
+    env.update(VMPOOL_CONFIG_FILE=str(config_file), POWERTOOLS_LOG_LEVEL="WARNING",
+               VMPOOL_STATE_DIR=str(state_dir))
+    return env
+
+
+@contextlib.contextmanager
+def local_stack(tmp_path: Path, config: str, workers: int = 2, interval: float = 30.0,
+                name: str = "stack", env: dict[str, str] | None = None,
+                state_dir: Path | None = None) -> Iterator[RunningStack]:
+    """A running local stack; Ctrl-C (SIGINT to its process group) stops it on the way out."""
+    config_file = tmp_path / f"{name}.yaml"
+    config_file.write_text(config)
+    state_dir = state_dir or tmp_path / f"{name}-state"
+    port = free_port()
+    log_path = tmp_path / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(stack_command(port, workers, interval), cwd=REPO_ROOT,
+                                   env={**stack_env(config_file, state_dir), **(env or {})}, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def started() -> re.Match[str] | None:
+            if process.poll() is not None:
+                raise AssertionError(f"the stack exited ({process.returncode}):\n{log_path.read_text()}")
+            return re.search(r"redis on port (\d+)", log_path.read_text())
+
+        banner = wait_for(started, 30, "the stack to start", lambda: log_path.read_text())
+        yield RunningStack(process, port, int(banner.group(1)), log_path, state_dir)
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    """Ctrl-C for the whole foreground process group; SIGKILL if it has not stopped in 20 s."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)
+    try:
+        return process.wait(20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str,
+             details: Callable[[], str] = lambda: "") -> Any:
+    """``tests.support.eventually`` for a stack that may not answer yet; on a timeout the
+    failure also shows ``details()`` (the stack's log)."""
+    try:
+        return eventually(condition, timeout, what, ignoring=(urllib.error.URLError, ConnectionError, OSError))
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{details()}") from None
+
+
+def call(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+         timeout: float = 10) -> tuple[int, Any]:
+    """One HTTP request; the status and the JSON answer."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid``, read from /proc."""
+    parents = process_parents()
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def process_parents() -> dict[int, int]:
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def read_answer(connection: socket.socket) -> bytes:
+    """One whole answer (head and Content-Length body) from a kept-alive connection."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = connection.recv(65536)
+        assert chunk, f"closed before a whole answer: {received!r}"
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        chunk = connection.recv(65536)
+        assert chunk, f"closed inside the body: {received!r}"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+@contextlib.contextmanager
+def http_front(load_app: Callable[[], Any], **options: Any) -> Iterator[int]:
+    """``local.http_front.HttpFront`` with one worker, serving ``load_app()`` in a forked process
+    on a free port (yielded) until the block ends."""
+    from local.http_front import HttpFront
+
+    port = free_port()
+    context = multiprocessing.get_context("fork")
+    ready = context.Semaphore(0)
+
+    def serve() -> None:
+        HttpFront(load_app, "127.0.0.1", port, workers=1, on_worker_ready=ready.release, **options).run()
+
+    server = context.Process(target=serve)
+    server.start()
+    try:
+        assert ready.acquire(timeout=30), "the HTTP front did not start"
+        yield port
+    finally:
+        server.terminate()
+        server.join(timeout=15)

@@ -1,0 +1,63 @@
+"""Open connections per HTTP worker are bounded: past the limit a new connection gets a JSON 503
+and is closed, and the connections already open are served as before."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+from chalice import Chalice
+
+from local.gateway import AsgiApp
+from tests.local.stack import http_front, read_answer, wait_for
+
+app = Chalice(app_name="limit")
+LIMIT = 3
+
+
+@app.route("/hello")
+def hello() -> dict[str, Any]:
+    return {"hello": True}
+
+
+def ask(connection: socket.socket) -> bytes:
+    """GET /hello on a kept-alive connection; the whole answer."""
+    connection.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+    return read_answer(connection)
+
+
+def read_to_close(connection: socket.socket) -> bytes:
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    return received
+
+
+def test_connections_past_the_limit_get_a_json_503_and_the_others_are_served() -> None:
+    opened: list[socket.socket] = []
+    with http_front(lambda: AsgiApp(app), max_connections=LIMIT) as port:
+        try:
+            opened = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(LIMIT)]
+            for connection in opened:
+                assert ask(connection).startswith(b"HTTP/1.1 200")
+
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as one_too_many:
+                answer = read_to_close(one_too_many)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503"), answer
+            assert b"content-type: application/json" in head.lower(), answer
+            assert json.loads(body)["ok"] is False
+
+            for connection in opened:  # the open ones go on being served
+                assert ask(connection).startswith(b"HTTP/1.1 200")
+            opened.pop().close()  # one fewer: a new connection is served again, once the worker has seen the close
+
+            def served() -> bool:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as next_one:
+                    return ask(next_one).startswith(b"HTTP/1.1 200")
+
+            wait_for(served, 10, "a connection to be served after one closed")
+        finally:
+            for connection in opened:
+                connection.close()

@@ -1,0 +1,93 @@
+"""The local stack's processes: a SIGKILLed `make run` leaves nothing serving (HTTP workers,
+redis-server), and one state directory serves one stack at a time (a stale lock from a killed
+stack does not block the next one)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.local.stack import (
+    REPO_ROOT,
+    alive,
+    call,
+    descendants,
+    local_stack,
+    process_parents,
+    stack_command,
+    stack_env,
+    wait_for,
+)
+from tests.support import free_port
+
+CONFIG = (
+    "config: {domain: example.com, check_loop_delay_min: 0.1}\n"
+    "providers:\n  dummy: {provider_class: dummy, createvm_max_time: 0, boot_time: 0, destroyvm_max_time: 0}\n"
+    "pools:\n  - {name: proc-debian, size: 2, provider: dummy}\n"
+)
+
+
+def refuses_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_stack_stops_its_http_workers_and_redis(tmp_path: Path) -> None:
+    with local_stack(tmp_path, CONFIG, workers=3) as stack:
+        assert call("GET", f"{stack.api}/status")[0] == 200
+        children = descendants(stack.process.pid)
+        assert len(children) >= 5, children  # gunicorn's arbiter, 3 workers, redis-server
+        stack.process.kill()  # SIGKILL: no handler runs, no finally
+        stack.process.wait()
+        wait_for(lambda: not any(alive(pid) for pid in children), 20, "the stack's children to stop",
+                 lambda: f"still alive: {[pid for pid in children if alive(pid)]}\n{stack.log()}")
+        assert refuses_connections(stack.port), "something still serves the HTTP port"
+        assert refuses_connections(stack.redis_port), "redis-server still serves"
+
+        # Its state directory is free again: the next stack on it starts (the lock died with it).
+        with local_stack(tmp_path, CONFIG, workers=1, name="next", state_dir=stack.state_dir) as after:
+            assert call("GET", f"{after.api}/status")[0] == 200
+
+
+@pytest.mark.slow
+def test_a_second_stack_on_the_same_state_directory_refuses_before_starting_anything(tmp_path: Path) -> None:
+    with local_stack(tmp_path, CONFIG, workers=1) as first:
+        config_file = tmp_path / "second.yaml"
+        config_file.write_text(CONFIG)
+        port, redis_port = free_port(), free_port()
+        second = subprocess.run(
+            stack_command(port, 1, 30) + ["--redis-port", str(redis_port)], cwd=REPO_ROOT,
+            env=stack_env(config_file, first.state_dir), capture_output=True, text=True, timeout=60,
+        )
+        assert second.returncode != 0
+        assert "in use by another" in second.stderr and str(first.process.pid) in second.stderr, second.stderr
+        assert "redis on port" not in second.stdout
+        assert refuses_connections(redis_port) and refuses_connections(port)
+        assert call("GET", f"{first.api}/status")[0] == 200  # the first one is untouched
+
+
+@pytest.mark.slow
+def test_a_killed_http_server_stops_the_stack(tmp_path: Path) -> None:
+    """The arbiter SIGKILLed: its workers exit (they watch their parent), and the stack says so
+    and stops instead of running its scheduler with nothing serving."""
+    with local_stack(tmp_path, CONFIG, workers=2) as stack:
+        children = descendants(stack.process.pid)
+        parents = process_parents()
+        arbiter = next(pid for pid in children if parents.get(pid) == stack.process.pid
+                       and b"redis-server" not in Path(f"/proc/{pid}/cmdline").read_bytes())
+        workers = descendants(arbiter)
+        assert len(workers) == 2, workers
+        os.kill(arbiter, signal.SIGKILL)
+        assert stack.process.wait(30) == 1
+        wait_for(lambda: not any(alive(pid) for pid in children), 20, "the stack's children to stop")
+        assert "the HTTP server stopped" in stack.log()
+        assert refuses_connections(stack.port)
