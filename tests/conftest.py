@@ -1,5 +1,6 @@
 """Fixtures shared by every test folder: a real redis-server, a fake clock, and the real servers
-several folders need (slapd, vcsim). Helpers (free_port, eventually...) are in tests/support.py."""
+several folders need (slapd, vcsim), and ``make_harness`` (the service in-process: tests/harness.py).
+Helpers (free_port, eventually...) are in tests/support.py."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import itertools
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import redis
 
+import app as chalice_app
 from chalicelib.clock import FakeClock
+from chalicelib.config import Config
 from local.redis_server import RedisServer
 from tests.auth.slapd import SlapdServer
+from tests.harness import Harness, HarnessFactory
 from tests.redis_pair import RedisPair
 from tests.redis_pair import redis_pair as redis_pair_of_servers
 from tests.vsphere.vcsim import VcsimServer
@@ -85,3 +89,21 @@ def redis_pair() -> Iterator[RedisPair]:
     """A real primary + replica of redis-server behind an endpoint clients connect to (a new
     pair per test: failover tests leave it swapped or killed). See tests/redis_pair.py."""
     yield from redis_pair_of_servers()
+
+
+@pytest.fixture
+def make_harness(redis_client: redis.Redis, clock: FakeClock) -> Iterator[HarnessFactory]:
+    """``make_harness(config, **options)``: a Harness (tests/harness.py) on the session's Redis and
+    the test's fake clock, installed as the app's services for its HTTP (restored after the test,
+    not through monkeypatch: a test's ``monkeypatch.undo()`` must not uninstall it). Options:
+    those of Harness (``prefix``, ``headers``, ``client_ip``, ``secrets``...), and ``client`` for
+    another Redis."""
+    saved = chalice_app._services
+
+    def make(config: Config, client: redis.Redis | None = None, **options: Any) -> Harness:
+        harness = Harness(config, client or redis_client, clock, **options)
+        chalice_app._services = harness.services
+        return harness
+
+    yield make
+    chalice_app._services = saved

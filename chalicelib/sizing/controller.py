@@ -1,7 +1,7 @@
 """The pool's effective size now, and why: runtime override > demand and schedule > config.
 
 ``SizeController.target`` is what the reconcile pass asks each pass (through ``target_size``) and
-what the replay simulator (bench/sizing.py) asks each simulated minute: one decision code, two
+what the replay simulator (tools/sizing_replay) asks each simulated minute: one decision code, two
 backends (Redis here, memory in the simulator).
 
 - An override (POST /config/poolsize) wins until it is reset: reason ``override``.

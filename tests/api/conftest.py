@@ -1,16 +1,15 @@
-"""Fixtures for the API tests: the app wired to a real Redis and a fake clock (see client.py)."""
+"""Fixtures for the API tests: the harness (tests/harness.py) with the API tests' config, its
+requests sent as JSON."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
-import redis
 
-import app
-from chalicelib.clock import FakeClock
 from chalicelib.config import parse
-from tests.api.client import CONFIG_YAML, ApiClient, SpecOperations, Stack, load_spec
+from tests.api.configs import CONFIG_YAML
+from tests.harness import Harness, HarnessFactory, SpecOperations, load_spec
 
 
 @pytest.fixture(scope="session")
@@ -24,34 +23,28 @@ def operations(spec: dict[str, Any]) -> SpecOperations:
 
 
 @pytest.fixture
-def make_stack(
-    redis_client: redis.Redis, clock: FakeClock, operations: SpecOperations
-) -> Iterator[Callable[[str], Stack]]:
-    """Build a Stack from config YAML and install it as the app's services (restored after)."""
-    saved = app._services
+def make_stack(make_harness: HarnessFactory) -> Callable[..., Harness]:
+    """A harness of config YAML (the API tests' by default), installed as the app's services."""
 
-    def make(config_yaml: str = CONFIG_YAML) -> Stack:
-        stack = Stack(parse(config_yaml), redis_client, clock, ApiClient(operations))
-        app._services = stack.services
-        return stack
+    def make(config_yaml: str = CONFIG_YAML) -> Harness:
+        return make_harness(parse(config_yaml), headers={"Content-Type": "application/json"})
 
-    yield make
-    app._services = saved
+    return make
 
 
 @pytest.fixture
-def stack(make_stack: Callable[[str], Stack]) -> Stack:
+def stack(make_stack: Callable[..., Harness]) -> Harness:
     """The default config, pools empty."""
     return make_stack(CONFIG_YAML)
 
 
 @pytest.fixture
-def full(stack: Stack) -> Stack:
+def full(stack: Harness) -> Harness:
     """The default config with every pool full of ready VMs."""
     stack.fill()
     return stack
 
 
 @pytest.fixture
-def api(stack: Stack) -> ApiClient:
-    return stack.api
+def api(stack: Harness) -> Harness:
+    return stack

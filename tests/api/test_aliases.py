@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from tests.api.client import Stack
+from tests.harness import Harness
 
 CONFIG = """
 :config: {domain: example.com}
@@ -18,25 +18,25 @@ CONFIG = """
 """
 
 
-def test_a_string_alias_is_echoed_as_a_string(make_stack: Callable[[str], Stack]) -> None:
+def test_a_string_alias_is_echoed_as_a_string(make_stack: Callable[[str], Harness]) -> None:
     stack = make_stack(CONFIG)
-    pools = stack.api.get("/api/v3/status?view=pools").json["pools"]
+    pools = stack.get("/api/v3/status?view=pools").json["pools"]
     assert pools["debian-12"]["alias"] == "debian"
     assert pools["centos"]["alias"] == ["linux", "any"]
-    assert stack.api.get("/api/v3/poolstat?pool=debian-12").json["pools"]["debian-12"]["alias"] == "debian"
-    config = {p["name"]: p for p in stack.api.get("/api/v3/config").json["pool_configuration"]}
+    assert stack.get("/api/v3/poolstat?pool=debian-12").json["pools"]["debian-12"]["alias"] == "debian"
+    config = {p["name"]: p for p in stack.get("/api/v3/config").json["pool_configuration"]}
     assert config["debian-12"]["alias"] == "debian" and config["debian"]["alias"] == ["linux"]
 
 
-def test_a_pool_name_that_is_also_an_alias_is_served_from_both(make_stack: Callable[[str], Stack]) -> None:
+def test_a_pool_name_that_is_also_an_alias_is_served_from_both(make_stack: Callable[[str], Harness]) -> None:
     stack = make_stack(CONFIG)
     stack.fill()
     # Two VMs of "debian": one from the pool of that name, one from debian-12 (aliased "debian").
-    reply = stack.api.post("/api/v3/vm", {"debian": 2})
+    reply = stack.post("/api/v3/vm", {"debian": 2})
     assert reply.status == 200
-    served = {stack.api.get(f"/api/v3/vm/{name.split('.')[0]}").json[name.split(".")[0]]["template"]
+    served = {stack.get(f"/api/v3/vm/{name.split('.')[0]}").json[name.split(".")[0]]["template"]
               for name in reply.json["debian"]["hostname"]}
     assert served == {"debian", "debian-12"}
     # The alias-only name still reaches only its pools.
-    assert stack.api.post("/api/v3/vm", {"any": 1}).json["any"]["hostname"]
-    assert stack.api.post("/api/v3/vm", {"any": 1}).status == 503
+    assert stack.post("/api/v3/vm", {"any": 1}).json["any"]["hostname"]
+    assert stack.post("/api/v3/vm", {"any": 1}).status == 503

@@ -11,7 +11,8 @@ from typing import Callable
 import pytest
 
 from chalicelib.api.pool_choice import preference
-from tests.api.client import CONFIG_YAML, Stack
+from tests.api.configs import CONFIG_YAML
+from tests.harness import Harness
 
 
 def _short(hostname: str) -> str:
@@ -25,7 +26,7 @@ def in_config_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(random, "shuffle", lambda items: None)
 
 
-def _one_ready_in_each(stack: Stack) -> None:
+def _one_ready_in_each(stack: Harness) -> None:
     stack.fill("pool1", "pool2")
     stack.checkout("pool1")
     stack.checkout("pool2")
@@ -34,35 +35,35 @@ def _one_ready_in_each(stack: Stack) -> None:
 
 @pytest.mark.usefixtures("in_config_order")
 @pytest.mark.parametrize("how", ["path", "body"])
-def test_an_alias_gives_way_so_the_whole_request_is_served(stack: Stack, how: str) -> None:
+def test_an_alias_gives_way_so_the_whole_request_is_served(stack: Harness, how: str) -> None:
     """``linux`` (pool1 or pool2) + ``pool1`` with one ready VM in each pool: linux takes pool2's."""
     _one_ready_in_each(stack)
     pool1_vm, pool2_vm = stack.ready("pool1")[0], stack.ready("pool2")[0]
     if how == "path":
-        reply = stack.api.post("/api/v3/vm/linux+pool1")
+        reply = stack.post("/api/v3/vm/linux+pool1")
     else:
-        reply = stack.api.post("/api/v3/vm", {"linux": 1, "pool1": 1})
+        reply = stack.post("/api/v3/vm", {"linux": 1, "pool1": 1})
     assert reply.status == 200, reply.json
     assert _short(reply.json["linux"]["hostname"]) == pool2_vm
     assert _short(reply.json["pool1"]["hostname"]) == pool1_vm
 
 
 @pytest.mark.usefixtures("in_config_order")
-def test_every_vm_of_an_alias_is_placed_where_the_others_leave_room(full: Stack) -> None:
+def test_every_vm_of_an_alias_is_placed_where_the_others_leave_room(full: Harness) -> None:
     """Two ready in pool1 and pool2; ``linux`` x2 + ``pool1`` + ``two`` (pool2) needs all four:
     linux must take one of each."""
-    reply = full.api.post("/api/v3/vm", {"linux": 2, "pool1": 1, "two": 1})
+    reply = full.post("/api/v3/vm", {"linux": 2, "pool1": 1, "two": 1})
     assert reply.status == 200, reply.json
     assert sorted(name.endswith(".one.example.com") for name in reply.json["linux"]["hostname"]) == [False, True]
     assert full.ready("pool1") == [] and full.ready("pool2") == []
 
 
-def test_a_request_no_plan_can_serve_is_refused_whole(full: Stack) -> None:
-    full.api.post("/api/v3/vm", {"pool1": 1})
-    before = full.state()
-    reply = full.api.post("/api/v3/vm", {"linux": 2, "pool1": 1, "two": 1})
+def test_a_request_no_plan_can_serve_is_refused_whole(full: Harness) -> None:
+    full.post("/api/v3/vm", {"pool1": 1})
+    before = full.redis_state()
+    reply = full.post("/api/v3/vm", {"linux": 2, "pool1": 1, "two": 1})
     assert reply.status == 503 and reply.json["ok"] is False
-    assert full.state() == before
+    assert full.redis_state() == before
 
 
 WEIGHTED_CONFIG = (CONFIG_YAML
@@ -73,30 +74,30 @@ WEIGHTED_CONFIG = (CONFIG_YAML
 """pool1 clones on cluster-a, pool2 (and pool3) on the service's cluster-b."""
 
 
-def test_backend_weight_zero_is_never_chosen_while_another_pool_has_vms(make_stack: Callable[[str], Stack]) -> None:
+def test_backend_weight_zero_is_never_chosen_while_another_pool_has_vms(make_stack: Callable[[str], Harness]) -> None:
     stack = make_stack(WEIGHTED_CONFIG.format(a=1, b=0))
     stack.fill("pool1", "pool2")
-    reply = stack.api.post("/api/v3/vm", {"linux": 2})
+    reply = stack.post("/api/v3/vm", {"linux": 2})
     assert reply.status == 200
     assert all(name.endswith(".one.example.com") for name in reply.json["linux"]["hostname"])
     # pool1 is empty now: the weight-0 pool still serves, and a full plan is still found
-    reply = stack.api.post("/api/v3/vm", {"linux": 1, "pool2": 1})
+    reply = stack.post("/api/v3/vm", {"linux": 1, "pool2": 1})
     assert reply.status == 200, reply.json
     assert not reply.json["linux"]["hostname"].endswith(".one.example.com")
 
 
-def test_backend_weight_follows_a_clone_target_changed_at_runtime(make_stack: Callable[[str], Stack]) -> None:
+def test_backend_weight_follows_a_clone_target_changed_at_runtime(make_stack: Callable[[str], Harness]) -> None:
     experimental = ":config:\n  experimental_features: true\n"
     stack = make_stack(WEIGHTED_CONFIG.format(a=1, b=0).replace(":config:\n", experimental, 1))
     stack.fill("pool1", "pool2")
-    moved = stack.api.post("/api/v3/config/clonetarget", {"pool1": "cluster-b", "pool2": "cluster-a"})
+    moved = stack.post("/api/v3/config/clonetarget", {"pool1": "cluster-b", "pool2": "cluster-a"})
     assert moved.status == 201
-    reply = stack.api.post("/api/v3/vm", {"linux": 2})
+    reply = stack.post("/api/v3/vm", {"linux": 2})
     assert reply.status == 200
     assert not any(name.endswith(".one.example.com") for name in reply.json["linux"]["hostname"])
 
 
-def test_backend_weight_draws_pools_in_proportion(make_stack: Callable[[str], Stack],
+def test_backend_weight_draws_pools_in_proportion(make_stack: Callable[[str], Harness],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     stack = make_stack(WEIGHTED_CONFIG.format(a=3, b=1))
     monkeypatch.setattr(random, "random", random.Random(7).random)
@@ -105,7 +106,7 @@ def test_backend_weight_draws_pools_in_proportion(make_stack: Callable[[str], St
     assert sorted(preference(stack.config, "linux")) == ["pool1", "pool2"]
 
 
-def test_backend_weight_applies_only_when_every_pool_has_one(make_stack: Callable[[str], Stack],
+def test_backend_weight_applies_only_when_every_pool_has_one(make_stack: Callable[[str], Harness],
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """As vmpooler: one pool without a weight and the choice is uniform."""
     stack = make_stack(WEIGHTED_CONFIG.format(a=1, b=0).replace("  clone_target: cluster-b\n", "", 1))
@@ -115,9 +116,9 @@ def test_backend_weight_applies_only_when_every_pool_has_one(make_stack: Callabl
     assert 800 < firsts["pool2"] < 1200
 
 
-def test_ondemand_builds_an_alias_in_the_weighted_pool(make_stack: Callable[[str], Stack]) -> None:
+def test_ondemand_builds_an_alias_in_the_weighted_pool(make_stack: Callable[[str], Harness]) -> None:
     stack = make_stack(WEIGHTED_CONFIG.format(a=0, b=1))
-    reply = stack.api.post("/api/v3/ondemandvm", {"linux": 1})
+    reply = stack.post("/api/v3/ondemandvm", {"linux": 1})
     assert reply.status == 201
     assert stack.client.zcard("vmpool:ondemand:open:pool2") == 1
     assert stack.client.zcard("vmpool:ondemand:open:pool1") == 0

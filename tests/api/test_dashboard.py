@@ -12,7 +12,7 @@ import app
 from chalicelib.manager.runner import run_pool
 from chalicelib.store.history import KEEP_MINUTES, PoolHistory, Sample, minute_of
 from local.gateway import Gateway
-from tests.api.client import Reply, Stack
+from tests.harness import Harness, Reply
 
 CONFIG = """
 :config:
@@ -29,7 +29,7 @@ POOLS = ("debian-12-x86_64", "debian-11-x86_64", "win-2022-x86_64")
 
 
 @pytest.fixture
-def dash(make_stack: Callable[[str], Stack]) -> Stack:
+def dash(make_stack: Callable[[str], Harness]) -> Harness:
     return make_stack(CONFIG)
 
 
@@ -39,25 +39,25 @@ def raw_get(path: str) -> Reply:
     return Reply(status, headers, body)
 
 
-def tick(stack: Stack) -> None:
+def tick(stack: Harness) -> None:
     """What the scheduler does each minute: one run of every pool's reconcile."""
     for pool in POOLS:
         run_pool(stack.services, pool, budget_seconds=0)
 
 
-def test_root_redirects_to_the_dashboard_and_healthcheck_answers(dash: Stack) -> None:
-    home = dash.api.get("/")
+def test_root_redirects_to_the_dashboard_and_healthcheck_answers(dash: Harness) -> None:
+    home = dash.get("/")
     assert home.status == 302 and home.headers["Location"] == "/dashboard/"
-    health = dash.api.get("/healthcheck")
+    health = dash.get("/healthcheck")
     assert (health.status, health.json) == (200, {"ok": True})
-    assert dash.api.get("/healthcheck/").json == {"ok": True}
+    assert dash.get("/healthcheck/").json == {"ok": True}
     # Served only unversioned, as vmpooler.
-    assert dash.api.get("/api/v3/healthcheck").status == 404
-    assert dash.api.get("/api/v1/dashboard/stats/vmpooler/pool").status == 404
+    assert dash.get("/api/v3/healthcheck").status == 404
+    assert dash.get("/api/v1/dashboard/stats/vmpooler/pool").status == 404
 
 
 @pytest.mark.parametrize("path", ["/dashboard", "/dashboard/"])
-def test_dashboard_page_is_one_self_contained_document(dash: Stack, path: str) -> None:
+def test_dashboard_page_is_one_self_contained_document(dash: Harness, path: str) -> None:
     page = raw_get(path)
     assert page.status == 200
     assert page.headers["Content-Type"] == "text/html; charset=utf-8"
@@ -72,7 +72,7 @@ def test_dashboard_page_is_one_self_contained_document(dash: Stack, path: str) -
     assert "/*STYLE*/" not in text and ".pools" in text
 
 
-def test_root_redirect_keeps_the_api_gateway_stage(dash: Stack) -> None:
+def test_root_redirect_keeps_the_api_gateway_stage(dash: Harness) -> None:
     event = {"resource": "/", "path": "/", "httpMethod": "GET", "headers": {}, "multiValueHeaders": {},
              "queryStringParameters": None, "multiValueQueryStringParameters": None, "pathParameters": None,
              "stageVariables": None, "body": None, "isBase64Encoded": False,
@@ -83,9 +83,9 @@ def test_root_redirect_keeps_the_api_gateway_stage(dash: Stack) -> None:
     assert response["headers"]["Location"] == "/prod/dashboard/"
 
 
-def test_vmpooler_pool_feed_in_its_shape_with_history(dash: Stack) -> None:
+def test_vmpooler_pool_feed_in_its_shape_with_history(dash: Harness) -> None:
     tick(dash)
-    feed = dash.api.get("/dashboard/stats/vmpooler/pool").json
+    feed = dash.get("/dashboard/stats/vmpooler/pool").json
     assert feed == {
         "debian-12-x86_64": {"size": 3, "ready": 0},
         "debian-11-x86_64": {"size": 2, "ready": 0},
@@ -94,42 +94,42 @@ def test_vmpooler_pool_feed_in_its_shape_with_history(dash: Stack) -> None:
     for _ in range(3):
         dash.clock.advance(60)
         tick(dash)
-    feed = dash.api.get("/dashboard/stats/vmpooler/pool?history=true").json
+    feed = dash.get("/dashboard/stats/vmpooler/pool?history=true").json
     # One sample a minute, oldest first: empty, then filled by the next minute's pass.
     assert feed["debian-12-x86_64"] == {"size": 3, "ready": 3, "history": [0, 3, 3, 3]}
     assert feed["win-2022-x86_64"] == {"size": 1, "ready": 0, "history": [0, 0, 0, 0]}
-    assert "history" not in dash.api.get("/dashboard/stats/vmpooler/pool?history=false").json["win-2022-x86_64"]
+    assert "history" not in dash.get("/dashboard/stats/vmpooler/pool?history=false").json["win-2022-x86_64"]
 
 
-def test_vmpooler_pool_feed_without_samples_has_the_ready_count_as_history(dash: Stack) -> None:
+def test_vmpooler_pool_feed_without_samples_has_the_ready_count_as_history(dash: Harness) -> None:
     dash.fill("debian-12-x86_64")
-    feed = dash.api.get("/dashboard/stats/vmpooler/pool?history=1").json
+    feed = dash.get("/dashboard/stats/vmpooler/pool?history=1").json
     assert feed["debian-12-x86_64"]["history"] == [3]
 
 
-def test_vmpooler_running_feed_groups_pools_by_platform(dash: Stack) -> None:
+def test_vmpooler_running_feed_groups_pools_by_platform(dash: Harness) -> None:
     for _ in range(2):
         tick(dash)
         dash.clock.advance(60)
-    dash.api.post("/api/v3/vm", {"debian-12-x86_64": 2, "debian-11-x86_64": 1})
-    assert dash.api.get("/dashboard/stats/vmpooler/running").json == {
+    dash.post("/api/v3/vm", {"debian-12-x86_64": 2, "debian-11-x86_64": 1})
+    assert dash.get("/dashboard/stats/vmpooler/running").json == {
         "debian": {"running": 3}, "win": {"running": 0}}
     tick(dash)
-    feed = dash.api.get("/dashboard/stats/vmpooler/running?history=true").json
+    feed = dash.get("/dashboard/stats/vmpooler/running?history=true").json
     assert feed["debian"]["running"] == 3
     assert len(feed["debian"]["history"]) == 60 and feed["debian"]["history"][-3:] == [0, 0, 3]
     assert feed["win"]["history"] == [0] * 60
 
 
-def test_history_series_from_the_reconciles_samples(dash: Stack) -> None:
+def test_history_series_from_the_reconciles_samples(dash: Harness) -> None:
     start = dash.clock.now()
     tick(dash)
     dash.clock.advance(60)
     tick(dash)
-    dash.api.post("/api/v3/vm", {"debian": 1})
+    dash.post("/api/v3/vm", {"debian": 1})
     dash.clock.advance(120)  # a minute without a pass, then one
     tick(dash)
-    answer = dash.api.get("/dashboard/stats/history").json
+    answer = dash.get("/dashboard/stats/history").json
     assert answer["step"] == 60 and answer["points"] == 60
     assert answer["start"] == (minute_of(dash.clock.now()) - 59) * 60
     debian = answer["pools"]["debian-12-x86_64"]
@@ -139,21 +139,21 @@ def test_history_series_from_the_reconciles_samples(dash: Stack) -> None:
     assert debian["size"][-1] == 3
     assert answer["pools"]["win-2022-x86_64"]["ready"][-1] == 0
     # A week fits in at most 360 points.
-    week = dash.api.get("/dashboard/stats/history?hours=168").json
+    week = dash.get("/dashboard/stats/history?hours=168").json
     assert week["points"] == 360 and week["step"] == 28 * 60
     assert week["pools"]["debian-12-x86_64"]["ready"][-1] == 2
     assert minute_of(start) >= week["start"] // 60
 
 
 @pytest.mark.parametrize("hours", ["0", "169", "x", "1.5", "-1", "9" * 1000])
-def test_history_range_is_bounded(dash: Stack, hours: str) -> None:
-    before = dash.state()
-    reply = dash.api.get(f"/dashboard/stats/history?hours={hours}")
+def test_history_range_is_bounded(dash: Harness, hours: str) -> None:
+    before = dash.redis_state()
+    reply = dash.get(f"/dashboard/stats/history?hours={hours}")
     assert reply.status == 400 and "hours" in reply.json["error"]
-    assert dash.state() == before
+    assert dash.redis_state() == before
 
 
-def test_samples_are_one_a_minute_and_kept_a_week(dash: Stack) -> None:
+def test_samples_are_one_a_minute_and_kept_a_week(dash: Harness) -> None:
     key = dash.services.store.keys.history("debian-12-x86_64")
     tick(dash)
     tick(dash)

@@ -13,9 +13,9 @@ import pytest
 import app
 from local.gateway import make_server
 from local.redis_server import free_port
-from tests.api.client import Stack
 from tests.api.test_dashboard import CONFIG, POOLS, tick
 from tests.core.test_dashboard_browser import PoolRows, chromium
+from tests.harness import Harness
 
 
 class OneAtATime:
@@ -41,7 +41,7 @@ class OneAtATime:
 
 
 @pytest.fixture
-def served(make_stack: Callable[[str], Stack]) -> Iterator[tuple[Stack, str, OneAtATime]]:
+def served(make_stack: Callable[[str], Harness]) -> Iterator[tuple[Harness, str, OneAtATime]]:
     stack = make_stack(CONFIG)
     for _ in range(3):
         tick(stack)
@@ -49,7 +49,7 @@ def served(make_stack: Callable[[str], Stack]) -> Iterator[tuple[Stack, str, One
     port = free_port()
     server = make_server(app.app, "127.0.0.1", port)
     handler = server.RequestHandlerClass
-    counting = OneAtATime(handler.gateway, lambda: stack.api.post("/api/v3/vm", {"debian": 2}))  # type: ignore[attr-defined]
+    counting = OneAtATime(handler.gateway, lambda: stack.post("/api/v3/vm", {"debian": 2}))  # type: ignore[attr-defined]
     handler.gateway = counting  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
@@ -62,9 +62,9 @@ def served(make_stack: Callable[[str], Stack]) -> Iterator[tuple[Stack, str, One
 
 
 @pytest.mark.slow
-def test_the_page_polls_and_redraws_without_a_reload(served: tuple[Stack, str, OneAtATime], tmp_path: Path) -> None:
+def test_the_page_polls_and_redraws_without_a_reload(served: tuple[Harness, str, OneAtATime], tmp_path: Path) -> None:
     stack, base, counting = served
-    before = stack.api.get("/api/v3/status?view=pools").json["pools"]["debian-12-x86_64"]
+    before = stack.get("/api/v3/status?view=pools").json["pools"]["debian-12-x86_64"]
     assert before["running"] == 0 and before["ready"] == 3
     # 12 s of the page's time: its first status poll, then two more 5 s apart.
     dom = chromium(f"{base}/dashboard/", tmp_path / "profile", "--dump-dom", budget_ms=12000)

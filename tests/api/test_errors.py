@@ -12,7 +12,8 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.api.client import CONFIG_YAML, ApiClient, Stack
+from tests.api.configs import CONFIG_YAML
+from tests.harness import Harness
 
 Case = tuple[str, str, Any, int, str]
 """(method, target, body, status, text the error must contain ("" for a bare {"ok": false}))."""
@@ -189,7 +190,7 @@ def _case_id(case: Case) -> str:
 
 
 @pytest.fixture
-def busy(stack: Stack) -> Stack:
+def busy(stack: Harness) -> Harness:
     """pool1 and pool2 full (2 ready each, ``linux`` has 4), pool3 empty; then one pool1 VM
     checked out, so pool1 has 1 ready and pool3 none."""
     stack.fill("pool1", "pool2")
@@ -197,12 +198,12 @@ def busy(stack: Stack) -> Stack:
     return stack
 
 
-def _expect_error(api: ApiClient, stack: Stack, case: Case) -> dict[str, Any]:
+def _expect_error(stack: Harness, case: Case) -> dict[str, Any]:
     method, target, body, status, text = case
     target = target.format(running=stack.running, ready=stack.ready("pool2")[0])  # type: ignore[attr-defined]
-    before = stack.state()
-    reply = api.request(method, target, body)
-    after = stack.state()
+    before = stack.redis_state()
+    reply = stack.request(method, target, body)
+    after = stack.redis_state()
     assert reply.status == status, reply.json
     answer = reply.json
     assert answer["ok"] is False
@@ -216,12 +217,12 @@ def _expect_error(api: ApiClient, stack: Stack, case: Case) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("case", ALL_CASES, ids=[_case_id(c) for c in ALL_CASES])
-def test_error_answers_and_changes_nothing(busy: Stack, case: Case) -> None:
-    _expect_error(busy.api, busy, case)
+def test_error_answers_and_changes_nothing(busy: Harness, case: Case) -> None:
+    _expect_error(busy, case)
 
 
 @pytest.mark.parametrize("prefix", ["/api/v3", "/api/v2", "/api/v1", ""])
-def test_errors_are_the_same_under_every_version(busy: Stack, prefix: str) -> None:
+def test_errors_are_the_same_under_every_version(busy: Harness, prefix: str) -> None:
     for method, target, body, status, text in [
         ("POST", "/vm", {"pool1": 101}, 400, "at most 100"),
         ("POST", "/vm", {"nosuchpool": 1}, 404, "nosuchpool"),
@@ -230,19 +231,19 @@ def test_errors_are_the_same_under_every_version(busy: Stack, prefix: str) -> No
         ("PUT", "/vm/{running}", {"lifetime": 0}, 400, "Lifetime"),
         ("DELETE", "/vm/nosuchvm", None, 404, "nosuchvm"),
     ]:
-        _expect_error(busy.api, busy, (method, prefix + target, body, status, text))
+        _expect_error(busy, (method, prefix + target, body, status, text))
 
 
-def test_unknown_route_and_wrong_method_bodies(busy: Stack) -> None:
-    reply = busy.api.get("/api/v3/nosuchroute")
+def test_unknown_route_and_wrong_method_bodies(busy: Harness) -> None:
+    reply = busy.get("/api/v3/nosuchroute")
     assert (reply.status, reply.json) == (404, {"ok": False})
-    reply = busy.api.request("PATCH", "/api/v3/vm")
+    reply = busy.request("PATCH", "/api/v3/vm")
     assert reply.status == 405
     assert reply.headers["Allow"] == "GET, POST"
 
 
-def test_put_reports_every_problem_at_once(busy: Stack) -> None:
-    answer = _expect_error(busy.api, busy, (
+def test_put_reports_every_problem_at_once(busy: Harness) -> None:
+    answer = _expect_error(busy, (
         "PUT", "/api/v3/vm/{running}",
         {"lifetime": 0, "tags": {"colour": "red", "project": "a?b"}, "extra": 1}, 400, "Lifetime",
     ))
@@ -251,39 +252,39 @@ def test_put_reports_every_problem_at_once(busy: Stack) -> None:
     assert failures[0] == "Lifetime must be a positive integer (got 0)"
 
 
-def test_put_on_a_vm_that_is_gone_is_404_and_does_not_recreate_it(busy: Stack) -> None:
+def test_put_on_a_vm_that_is_gone_is_404_and_does_not_recreate_it(busy: Harness) -> None:
     busy.client.delete(f"vmpool:vm:{busy.running}")  # type: ignore[attr-defined]
-    _expect_error(busy.api, busy, ("PUT", "/api/v3/vm/{running}", {"tags": {"project": "ci"}}, 404, ""))
+    _expect_error(busy, ("PUT", "/api/v3/vm/{running}", {"tags": {"project": "ci"}}, 404, ""))
 
 
-def test_return_twice_is_404_the_second_time(busy: Stack) -> None:
-    assert busy.api.delete(f"/api/v3/vm/{busy.running}").status == 200  # type: ignore[attr-defined]
-    _expect_error(busy.api, busy, ("DELETE", "/api/v3/vm/{running}", None, 404, "not running"))
+def test_return_twice_is_404_the_second_time(busy: Harness) -> None:
+    assert busy.delete(f"/api/v3/vm/{busy.running}").status == 200  # type: ignore[attr-defined]
+    _expect_error(busy, ("DELETE", "/api/v3/vm/{running}", None, 404, "not running"))
 
 
-def test_config_without_pools_is_404(make_stack: Callable[[str], Stack]) -> None:
+def test_config_without_pools_is_404(make_stack: Callable[[str], Harness]) -> None:
     stack = make_stack(":config:\n  domain: example.com\n")
-    reply = stack.api.get("/api/v3/config")
+    reply = stack.get("/api/v3/config")
     assert reply.status == 404
     assert reply.json["ok"] is False
 
 
-def test_lifetime_limit_is_only_enforced_when_configured(make_stack: Callable[[str], Stack]) -> None:
+def test_lifetime_limit_is_only_enforced_when_configured(make_stack: Callable[[str], Harness]) -> None:
     """Without max_lifetime_upper_limit any positive lifetime is taken (as in vmpooler), and the
     VM can still be described afterwards."""
     stack = make_stack(CONFIG_YAML.replace("  max_lifetime_upper_limit: 168\n", ""))
     stack.fill("pool1")
     host = stack.checkout("pool1")
-    assert stack.api.put(f"/api/v3/vm/{host}", {"lifetime": 20000}).status == 200
-    described = stack.api.get(f"/api/v3/vm/{host}")
+    assert stack.put(f"/api/v3/vm/{host}", {"lifetime": 20000}).status == 200
+    described = stack.get(f"/api/v3/vm/{host}")
     assert described.status == 200
     assert described.json[host]["lifetime"] == 20000
 
 
-def test_an_absurd_lifetime_is_refused_even_without_a_configured_limit(make_stack: Callable[[str], Stack]) -> None:
+def test_an_absurd_lifetime_is_refused_even_without_a_configured_limit(make_stack: Callable[[str], Harness]) -> None:
     """A lifetime whose end is past any date would make the VM impossible to describe."""
     stack = make_stack(CONFIG_YAML.replace("  max_lifetime_upper_limit: 168\n", ""))
     stack.fill("pool1", "pool2")
     stack.running = stack.checkout("pool1")  # type: ignore[attr-defined]
-    _expect_error(stack.api, stack, ("PUT", "/api/v3/vm/{running}", {"lifetime": "9" * 30}, 400, "exceeds"))
-    assert stack.api.get(f"/api/v3/vm/{stack.running}").status == 200  # type: ignore[attr-defined]
+    _expect_error(stack, ("PUT", "/api/v3/vm/{running}", {"lifetime": "9" * 30}, 400, "exceeds"))
+    assert stack.get(f"/api/v3/vm/{stack.running}").status == 200  # type: ignore[attr-defined]

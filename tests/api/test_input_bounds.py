@@ -8,7 +8,8 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.api.client import CONFIG_YAML, Stack
+from tests.api.configs import CONFIG_YAML
+from tests.harness import Harness
 
 HUGE = "9" * 5000
 """More digits than Python converts to an int (4,300)."""
@@ -52,18 +53,18 @@ def _error_text(answer: dict[str, Any]) -> str:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[0]} {c[1][:40]} {str(c[2])[:30]}" for c in CASES])
-def test_thousands_of_digits_are_a_400(make_stack: Callable[[str], Stack], case: Case) -> None:
+def test_thousands_of_digits_are_a_400(make_stack: Callable[[str], Harness], case: Case) -> None:
     method, target, body, text = case
     stack = make_stack(EXPERIMENTAL_CONFIG)
     stack.fill("pool1", "pool2")
     running = stack.checkout("pool2")
-    before = stack.state()
-    reply = stack.api.request(method, target.format(running=running), body)
+    before = stack.redis_state()
+    reply = stack.request(method, target.format(running=running), body)
     assert reply.status == 400, reply.raw[:300]
     assert reply.json["ok"] is False
     assert text in _error_text(reply.json)
     assert len(reply.raw) < 1000, "the answer echoes the whole number back"
-    assert stack.state() == before
+    assert stack.redis_state() == before
 
 
 @pytest.mark.parametrize("target", [
@@ -71,7 +72,7 @@ def test_thousands_of_digits_are_a_400(make_stack: Callable[[str], Stack], case:
     "/api/v3/poolstat?pool=" + HUGE,
     "/api/v3/vm?" + HUGE + "=" + HUGE,
 ])
-def test_numbers_in_other_queries_are_harmless(full: Stack, target: str) -> None:
-    reply = full.api.get(target)
+def test_numbers_in_other_queries_are_harmless(full: Harness, target: str) -> None:
+    reply = full.get(target)
     assert reply.status == 200
     assert HUGE not in reply.raw.decode()

@@ -10,7 +10,8 @@ from chalicelib.api import vms
 from chalicelib.api.http import ApiRequest
 from chalicelib.api.routes import handle
 from chalicelib.services import Services
-from tests.api.client import CONFIG_YAML, Stack
+from tests.api.configs import CONFIG_YAML
+from tests.harness import Harness
 
 
 def _with(config: str, **keys: object) -> str:
@@ -18,19 +19,19 @@ def _with(config: str, **keys: object) -> str:
     return config.replace(":config:\n", ":config:\n" + lines, 1)
 
 
-def test_an_anonymous_client_holds_a_bounded_number_of_vms(make_stack: Callable[[str], Stack]) -> None:
+def test_an_anonymous_client_holds_a_bounded_number_of_vms(make_stack: Callable[[str], Harness]) -> None:
     """The client that reached 940 running VMs in 5 minutes: it gets max_running_vms_per_user,
     then 403 until it returns some; another client is not affected."""
     stack = make_stack(_with(CONFIG_YAML, max_running_vms_per_user=3))
     stack.fill("pool1", "pool2")
-    assert stack.api.post("/api/v3/vm", {"linux": 3}).status == 200
+    assert stack.post("/api/v3/vm", {"linux": 3}).status == 200
     stack.fill("pool1", "pool2")
-    before = stack.state()
-    refused = stack.api.post("/api/v3/vm", {"pool1": 1})
+    before = stack.redis_state()
+    refused = stack.post("/api/v3/vm", {"pool1": 1})
     assert (refused.status, refused.json["ok"]) == (403, False)
     assert "at most 3 VMs" in refused.json["error"]
-    assert stack.state() == before
-    refused = stack.api.post("/api/v3/ondemandvm", {"pool1": 1})
+    assert stack.redis_state() == before
+    refused = stack.post("/api/v3/ondemandvm", {"pool1": 1})
     assert refused.status == 403 and "at most 3 VMs" in refused.json["message"]
     # another address has its own budget
     other = ApiRequest("POST", 3, params={"name": "pool1"}, source_ip="203.0.113.5")
@@ -38,25 +39,25 @@ def test_an_anonymous_client_holds_a_bounded_number_of_vms(make_stack: Callable[
     # returning one makes room again
     running = stack.services.store.hostnames("pool1", "running") + stack.services.store.hostnames("pool2", "running")
     mine = next(host for host in running if stack.services.store.get_vm(host).raw.get("checkout"))
-    assert stack.api.delete(f"/api/v3/vm/{mine}").status == 200
-    assert stack.api.post("/api/v3/vm", {"pool2": 1}).status == 200
+    assert stack.delete(f"/api/v3/vm/{mine}").status == 200
+    assert stack.post("/api/v3/vm", {"pool2": 1}).status == 200
 
 
-def test_the_service_runs_a_bounded_number_of_vms(make_stack: Callable[[str], Stack]) -> None:
+def test_the_service_runs_a_bounded_number_of_vms(make_stack: Callable[[str], Harness]) -> None:
     stack = make_stack(_with(CONFIG_YAML, max_running_vms=2))
     stack.fill("pool1", "pool2")
-    assert stack.api.post("/api/v3/vm", {"pool1": 2}).status == 200
+    assert stack.post("/api/v3/vm", {"pool1": 2}).status == 200
     other = ApiRequest("POST", 3, params={"name": "pool2"}, source_ip="203.0.113.5")
     refused = handle(stack.services, vms.checkout_from_path, other)
     assert refused.status == 503 and refused.headers["Retry-After"] == "60"
     assert "maximum of 2 VMs" in refused.body["error"]
 
 
-def test_on_demand_requests_are_bounded_per_client_and_in_total(make_stack: Callable[[str], Stack]) -> None:
+def test_on_demand_requests_are_bounded_per_client_and_in_total(make_stack: Callable[[str], Harness]) -> None:
     stack = make_stack(_with(CONFIG_YAML, max_ondemand_requests_per_user=2, max_ondemand_requests=3))
     for _ in range(2):
-        assert stack.api.post("/api/v3/ondemandvm", {"pool3": 1}).status == 201
-    refused = stack.api.post("/api/v3/ondemandvm", {"pool3": 1})
+        assert stack.post("/api/v3/ondemandvm", {"pool3": 1}).status == 201
+    refused = stack.post("/api/v3/ondemandvm", {"pool3": 1})
     assert refused.status == 403 and "at most 2 on-demand requests" in refused.json["message"]
     from chalicelib.api import ondemand
 
@@ -71,12 +72,12 @@ RATE_LIMITED = (_with(CONFIG_YAML, rate_limiting_enabled="true")
                 + ":rate_limits:\n  vm_creation: {limit: 3, period: 60}\n  global_per_ip: {limit: 5, period: 30}\n")
 
 
-def test_requests_past_the_rate_limit_get_429_with_retry_after(make_stack: Callable[[str], Stack]) -> None:
+def test_requests_past_the_rate_limit_get_429_with_retry_after(make_stack: Callable[[str], Harness]) -> None:
     stack = make_stack(RATE_LIMITED)
     stack.fill("pool1", "pool2")
     for _ in range(3):
-        assert stack.api.post("/api/v3/vm/pool3").status == 503  # counted even when refused for want of VMs
-    limited = stack.api.post("/api/v3/vm", {"pool1": 1})
+        assert stack.post("/api/v3/vm/pool3").status == 503  # counted even when refused for want of VMs
+    limited = stack.post("/api/v3/vm", {"pool1": 1})
     assert limited.status == 429
     assert 1 <= int(limited.headers["Retry-After"]) <= 60
     assert limited.headers["X-RateLimit-Limit"] == "3"
@@ -85,8 +86,8 @@ def test_requests_past_the_rate_limit_get_429_with_retry_after(make_stack: Calla
     assert stack.ready("pool1") and len(stack.ready("pool1")) == 2  # nothing taken
     # other kinds of request have their own budget
     for _ in range(5):
-        assert stack.api.get("/api/v3/status").status == 200
-    assert stack.api.get("/api/v3/vm").status == 429
+        assert stack.get("/api/v3/status").status == 200
+    assert stack.get("/api/v3/vm").status == 429
     # the count lives in Redis: another process sharing it sees the same budget
     elsewhere = Services(stack.config, stack.client, clock=stack.clock)
     assert handle(elsewhere, vms.checkout_from_path, ApiRequest("POST", 3, params={"name": "pool1"},
@@ -96,18 +97,18 @@ def test_requests_past_the_rate_limit_get_429_with_retry_after(make_stack: Calla
                                                                 source_ip="203.0.113.5")).status == 200
 
 
-def test_the_window_ends(make_stack: Callable[[str], Stack]) -> None:
+def test_the_window_ends(make_stack: Callable[[str], Harness]) -> None:
     stack = make_stack(RATE_LIMITED)
     for _ in range(5):
-        stack.api.get("/api/v3/status")
-    assert stack.api.get("/api/v3/status").status == 429
+        stack.get("/api/v3/status")
+    assert stack.get("/api/v3/status").status == 429
     for key in stack.client.keys("vmpool:ratelimit:*"):
         assert 0 < stack.client.ttl(key) <= 30
         stack.client.delete(key)  # what its expiry does
-    assert stack.api.get("/api/v3/status").status == 200
+    assert stack.get("/api/v3/status").status == 200
 
 
-def test_rate_limits_are_off_unless_enabled(full: Stack) -> None:
+def test_rate_limits_are_off_unless_enabled(full: Harness) -> None:
     for _ in range(120):
-        assert full.api.get("/api/v3/status").status == 200
+        assert full.get("/api/v3/status").status == 200
     assert full.client.keys("vmpool:ratelimit:*") == []

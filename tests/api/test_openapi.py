@@ -12,7 +12,7 @@ import pytest
 from openapi_spec_validator import validate
 
 import app
-from tests.api.client import SpecOperations, spec_template
+from tests.harness import SpecOperations, spec_template
 
 HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 VERSION_PREFIX = re.compile(r"^/api/v[123](?=/)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from chalicelib.manager.reconcile import reconcile_pool
-from tests.api.client import Stack
+from tests.harness import Harness
 
 # FakeClock starts on Friday 2027-01-15 08:00 UTC.
 CONFIG = """
@@ -32,18 +32,18 @@ CONFIG = """
 """
 
 
-def sizes(stack: Stack) -> dict[str, tuple[int, str]]:
-    pools = stack.api.get("/api/v3/status?view=pools").json["pools"]
+def sizes(stack: Harness) -> dict[str, tuple[int, str]]:
+    pools = stack.get("/api/v3/status?view=pools").json["pools"]
     return {name: (entry["max"], entry["size_reason"]) for name, entry in pools.items()}
 
 
-def test_status_and_poolstat_show_effective_size_and_reason(make_stack: Callable[[str], Stack]) -> None:
+def test_status_and_poolstat_show_effective_size_and_reason(make_stack: Callable[[str], Harness]) -> None:
     stack = make_stack(CONFIG)
     assert sizes(stack) == {"sched": (3, "schedule weekdays 08:00-09:00"), "dem": (2, "demand"),
                             "plain": (2, "config")}
-    body: dict[str, Any] = stack.api.get("/api/v3/status?view=capacity").json
+    body: dict[str, Any] = stack.get("/api/v3/status?view=capacity").json
     assert body["capacity"]["total"] == 3 + 2 + 2
-    poolstat = stack.api.get("/api/v3/poolstat?pool=linux,plain").json["pools"]
+    poolstat = stack.get("/api/v3/poolstat?pool=linux,plain").json["pools"]
     assert poolstat["sched"] == {"max": 3, "ready": 0, "alias": ["linux"],
                                  "size_reason": "schedule weekdays 08:00-09:00"}
     assert poolstat["plain"]["size_reason"] == "config"
@@ -52,31 +52,31 @@ def test_status_and_poolstat_show_effective_size_and_reason(make_stack: Callable
     assert sizes(stack)["sched"] == (1, "config")
 
 
-def test_an_override_shows_until_reset(make_stack: Callable[[str], Stack]) -> None:
+def test_an_override_shows_until_reset(make_stack: Callable[[str], Harness]) -> None:
     stack = make_stack(CONFIG)
-    assert stack.api.post("/api/v3/config/poolsize", {"sched": "7", "dem": "5", "plain": "1"}).status == 201
+    assert stack.post("/api/v3/config/poolsize", {"sched": "7", "dem": "5", "plain": "1"}).status == 201
     assert sizes(stack) == {"sched": (7, "override"), "dem": (5, "override"), "plain": (1, "override")}
-    assert stack.api.delete("/api/v3/config/poolsize/sched").status == 201
+    assert stack.delete("/api/v3/config/poolsize/sched").status == 201
     assert sizes(stack)["sched"] == (3, "schedule weekdays 08:00-09:00")
 
 
-def test_demand_size_shown_is_the_last_pass_decision(make_stack: Callable[[str], Stack]) -> None:
+def test_demand_size_shown_is_the_last_pass_decision(make_stack: Callable[[str], Harness]) -> None:
     stack = make_stack(CONFIG.replace("{min: 1, max: 2}", "{min: 1, max: 20}"))
     assert sizes(stack)["dem"] == (4, "demand")  # no decision yet: the configured size
     pool = stack.config.pool("dem")
     reconcile_pool(stack.services.store, stack.services.provider("dummy"), pool, stack.clock, stack.config.service)
     for _ in range(3):
-        stack.api.post("/api/v3/vm/dem")
+        stack.post("/api/v3/vm/dem")
     stack.clock.advance(30)
     reconcile_pool(stack.services.store, stack.services.provider("dummy"), pool, stack.clock, stack.config.service)
     shown, reason = sizes(stack)["dem"]
     assert reason == "demand" and shown == stack.services.store.counts(["dem"])["dem"]["ready"] + \
         stack.services.store.counts(["dem"])["dem"]["pending"]
-    config = {p["name"]: p for p in stack.api.get("/api/v3/config").json["pool_configuration"]}
+    config = {p["name"]: p for p in stack.get("/api/v3/config").json["pool_configuration"]}
     assert config["dem"]["sizing"] == {"demand": {"min": 1, "max": 20}}
 
 
-def test_vmpooler_pool_feed_shows_the_effective_size(make_stack: Callable[[str], Stack]) -> None:
+def test_vmpooler_pool_feed_shows_the_effective_size(make_stack: Callable[[str], Harness]) -> None:
     stack = make_stack(CONFIG)
-    feed = stack.api.get("/dashboard/stats/vmpooler/pool").json
+    feed = stack.get("/dashboard/stats/vmpooler/pool").json
     assert (feed["sched"]["size"], feed["dem"]["size"], feed["plain"]["size"]) == (3, 2, 2)

@@ -9,21 +9,22 @@ from typing import Callable
 import pytest
 
 from chalicelib.timestamps import day_of
-from tests.api.client import CONFIG_YAML, LDAP_PASSWORD, PROVIDER_PASSWORD, REDIS_PASSWORD, Stack
+from tests.api.configs import CONFIG_YAML, LDAP_PASSWORD, PROVIDER_PASSWORD, REDIS_PASSWORD
+from tests.harness import Harness
 
 OK_MESSAGE = "Battle station fully armed and operational."
 
 
-def _today(stack: Stack) -> date:
+def _today(stack: Harness) -> date:
     return date.fromisoformat(day_of(stack.clock.now()))
 
 
 # --- /status ------------------------------------------------------------------------------------
 
 
-def test_status_shows_every_section_sorted(full: Stack) -> None:
+def test_status_shows_every_section_sorted(full: Harness) -> None:
     full.checkout("pool1")
-    reply = full.api.get("/api/v3/status")
+    reply = full.get("/api/v3/status")
     assert reply.status == 200
     body = reply.json
     assert list(body) == ["boot", "capacity", "clone", "pools", "queue", "status"]
@@ -40,9 +41,9 @@ def test_status_shows_every_section_sorted(full: Stack) -> None:
     assert "empty" not in body["status"]
 
 
-def test_status_names_empty_pools(stack: Stack) -> None:
+def test_status_names_empty_pools(stack: Harness) -> None:
     stack.fill("pool1", "pool2")
-    status = stack.api.get("/api/v3/status").json["status"]
+    status = stack.get("/api/v3/status").json["status"]
     assert status["ok"] is False
     assert status["message"] == "Found 1 empty pools."
     assert status["empty"] == ["pool3"]
@@ -55,29 +56,29 @@ def test_status_names_empty_pools(stack: Stack) -> None:
     ("", ["boot", "capacity", "clone", "pools", "queue", "status"]),  # ?view= with no value: all
     ("nosuchview", ["status"]),
 ])
-def test_status_views(stack: Stack, view: str, keys: list[str]) -> None:
+def test_status_views(stack: Harness, view: str, keys: list[str]) -> None:
     stack.fill("pool1", "pool2")
-    body = stack.api.get(f"/api/v3/status?view={view}").json
+    body = stack.get(f"/api/v3/status?view={view}").json
     assert list(body) == keys
     if not view:
-        assert stack.api.get("/api/v3/status?view").json.keys() == body.keys()
+        assert stack.get("/api/v3/status?view").json.keys() == body.keys()
     # the empty-pool check only runs when the pools are shown
     assert body["status"]["ok"] is ("pools" not in keys)
 
 
-def test_status_capacity_percent_is_0_without_capacity(make_stack: Callable[[str], Stack]) -> None:
+def test_status_capacity_percent_is_0_without_capacity(make_stack: Callable[[str], Harness]) -> None:
     stack = make_stack(CONFIG_YAML.replace("size: 2", "size: 0").replace("size: 1", "size: 0"))
-    body = stack.api.get("/api/v3/status?view=capacity,pools").json
+    body = stack.get("/api/v3/status?view=capacity,pools").json
     assert body["capacity"] == {"current": 0, "total": 0, "percent": 0}
     assert body["status"]["ok"] is True  # pools of size 0 are not empty
 
 
-def test_status_reads_do_not_change_state(full: Stack) -> None:
-    before = full.state()
+def test_status_reads_do_not_change_state(full: Harness) -> None:
+    before = full.redis_state()
     for path in ("/api/v3/status", "/api/v3/poolstat?pool=linux", "/api/v3/totalrunning",
                  "/api/v3/summary", "/api/v3/config", "/api/v3/vm"):
-        assert full.api.get(path).status == 200
-    assert full.state() == before
+        assert full.get(path).status == 200
+    assert full.redis_state() == before
 
 
 # --- /poolstat and /totalrunning ----------------------------------------------------------------
@@ -90,24 +91,24 @@ def test_status_reads_do_not_change_state(full: Stack) -> None:
     ("?pool=nosuchpool", []),
     ("", []),
 ])
-def test_poolstat(full: Stack, query: str, pools: list[str]) -> None:
-    body = full.api.get(f"/api/v3/poolstat{query}").json
+def test_poolstat(full: Harness, query: str, pools: list[str]) -> None:
+    body = full.get(f"/api/v3/poolstat{query}").json
     assert list(body["pools"]) == pools
     if "pool1" in pools:
         assert body["pools"]["pool1"] == {"max": 2, "ready": 2, "alias": ["linux"], "size_reason": "config"}
 
 
-def test_totalrunning(full: Stack) -> None:
-    assert full.api.get("/api/v3/totalrunning").json == {"running": 0}
-    full.api.post("/api/v3/vm", {"pool1": 1, "pool2": 2})
-    assert full.api.get("/api/v3/totalrunning").json == {"running": 3}
+def test_totalrunning(full: Harness) -> None:
+    assert full.get("/api/v3/totalrunning").json == {"running": 0}
+    full.post("/api/v3/vm", {"pool1": 1, "pool2": 2})
+    assert full.get("/api/v3/totalrunning").json == {"running": 3}
 
 
 # --- /summary -----------------------------------------------------------------------------------
 
 
-def test_summary_today(full: Stack) -> None:
-    body = full.api.get("/api/v3/summary").json
+def test_summary_today(full: Harness) -> None:
+    body = full.get("/api/v3/summary").json
     assert list(body) == ["daily", "boot", "clone", "tag"]
     assert [day["date"] for day in body["daily"]] == [_today(full).isoformat()]
     today = body["daily"][0]
@@ -117,40 +118,40 @@ def test_summary_today(full: Stack) -> None:
     assert sorted(body["clone"]["duration"]["pool"]) == ["pool1", "pool2", "pool3"]
 
 
-def test_summary_range_has_every_day_with_zeros_for_empty_days(full: Stack) -> None:
+def test_summary_range_has_every_day_with_zeros_for_empty_days(full: Harness) -> None:
     today = _today(full)
     first = today - timedelta(days=2)
-    body = full.api.get(f"/api/v3/summary?from={first.isoformat()}&to={today.isoformat()}").json
+    body = full.get(f"/api/v3/summary?from={first.isoformat()}&to={today.isoformat()}").json
     assert [day["date"] for day in body["daily"]] == [(first + timedelta(days=n)).isoformat() for n in range(3)]
     empty = body["daily"][0]["boot"]
     assert empty == {"duration": {"average": 0, "min": 0, "max": 0, "total": 0}, "count": {"total": 0}}
     assert body["boot"]["count"]["total"] == 5
     # 'to' may be in the future; only 'from' must not be
-    later = full.api.get(f"/api/v3/summary?from={today.isoformat()}&to={(today + timedelta(days=1)).isoformat()}")
+    later = full.get(f"/api/v3/summary?from={today.isoformat()}&to={(today + timedelta(days=1)).isoformat()}")
     assert later.status == 200 and len(later.json["daily"]) == 2
 
 
 @pytest.mark.parametrize("section", ["boot", "clone"])
-def test_summary_sections(full: Stack, section: str) -> None:
-    body = full.api.get(f"/api/v3/summary/{section}").json
+def test_summary_sections(full: Harness, section: str) -> None:
+    body = full.get(f"/api/v3/summary/{section}").json
     assert list(body) == [section, "daily"]
     assert body[section]["count"]["total"] == 5
     assert list(body["daily"][0]) == ["date", section]
-    only_count = full.api.get(f"/api/v3/summary/{section}/count").json
+    only_count = full.get(f"/api/v3/summary/{section}/count").json
     assert list(only_count[section]) == ["count"]
     assert list(only_count["daily"][0][section]) == ["count"]
-    nothing = full.api.get(f"/api/v3/summary/{section}/nosuchkey").json
+    nothing = full.get(f"/api/v3/summary/{section}/nosuchkey").json
     assert nothing[section] == {} and nothing["daily"][0][section] == {}
 
 
-def test_summary_tag_section_and_key(full: Stack) -> None:
+def test_summary_tag_section_and_key(full: Harness) -> None:
     for pool in ("pool1", "pool2"):
         host = full.checkout(pool)
-        full.api.put(f"/api/v3/vm/{host}", {"tags": {"project": "ci", "owner": pool}})
-    body = full.api.get("/api/v3/summary/tag").json
+        full.put(f"/api/v3/vm/{host}", {"tags": {"project": "ci", "owner": pool}})
+    body = full.get("/api/v3/summary/tag").json
     assert body["tag"]["project"] == {"ci": 2, "total": 2}
     assert body["tag"]["owner"] == {"pool1": 1, "pool2": 1, "total": 2}
-    only = full.api.get("/api/v3/summary/tag/owner").json
+    only = full.get("/api/v3/summary/tag/owner").json
     assert list(only["tag"]) == ["owner"]
     assert list(only["daily"][0]["tag"]) == ["owner"]
 
@@ -170,8 +171,8 @@ SECRETS_YAML = CONFIG_YAML.replace(":pools:", f"""
 :pools:""")
 
 
-def test_config_shows_each_pool(full: Stack) -> None:
-    body = full.api.get("/api/v3/config").json
+def test_config_shows_each_pool(full: Harness) -> None:
+    body = full.get("/api/v3/config").json
     assert body["status"] == {"ok": True}
     pools = body["pool_configuration"]
     assert [pool["name"] for pool in pools] == ["pool1", "pool2", "pool3"]
@@ -179,7 +180,7 @@ def test_config_shows_each_pool(full: Stack) -> None:
     assert all(pool["template_ready"] is True for pool in pools)
 
 
-def test_no_answer_shows_a_secret(make_stack: Callable[[str], Stack]) -> None:
+def test_no_answer_shows_a_secret(make_stack: Callable[[str], Harness]) -> None:
     """Passwords for the provider, Redis and the LDAP service account are in the config; no
     read answers with any of them, nor with the provider's username or any password key."""
     stack = make_stack(SECRETS_YAML)
@@ -187,7 +188,7 @@ def test_no_answer_shows_a_secret(make_stack: Callable[[str], Stack]) -> None:
     host = stack.checkout("pool1")
     for path in ("/api/v3/config", "/api/v1/config", "/api/v3/status", "/api/v3/poolstat?pool=linux",
                  "/api/v3/summary", "/api/v3/vm", f"/api/v3/vm/{host}", f"/api/v1/vm/{host}"):
-        reply = stack.api.get(path)
+        reply = stack.get(path)
         assert reply.status == 200, path
         text = reply.raw.decode()
         for secret in (PROVIDER_PASSWORD, REDIS_PASSWORD, LDAP_PASSWORD, "password", "admin"):

@@ -14,19 +14,20 @@ from chalicelib.api import vms
 from chalicelib.api.http import ApiRequest
 from chalicelib.api.routes import handle
 from chalicelib.timestamps import day_of
-from tests.api.client import CONFIG_YAML, Stack
+from tests.api.configs import CONFIG_YAML
+from tests.harness import Harness
 
 ANY_TAGS_CONFIG = CONFIG_YAML.replace("  allowed_tags: [project, owner, created_by, url]\n", "")
 
 
-def _put(stack: Stack, hostname: str, body: dict) -> int:
+def _put(stack: Harness, hostname: str, body: dict) -> int:
     """One PUT /api/v3/vm/<host> straight to the handler: the in-process gateway serves one
     request at a time, these run at once."""
     request = ApiRequest("PUT", 3, params={"name": hostname}, body=json.dumps(body).encode())
     return handle(stack.services, vms.modify, request).status
 
 
-def test_concurrent_puts_of_different_tags_keep_every_tag(make_stack: Callable[[str], Stack],
+def test_concurrent_puts_of_different_tags_keep_every_tag(make_stack: Callable[[str], Harness],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """20 PUTs at once, each with its own tag, all read the VM before any writes (a barrier makes
     the worst interleaving certain): every tag is kept, and a lifetime change among them too."""
@@ -48,25 +49,25 @@ def test_concurrent_puts_of_different_tags_keep_every_tag(make_stack: Callable[[
         statuses = list(pool.map(lambda body: _put(stack, host, body), bodies))
     monkeypatch.undo()
     assert statuses == [200] * callers
-    described = stack.api.get(f"/api/v3/vm/{host}").json[host]
+    described = stack.get(f"/api/v3/vm/{host}").json[host]
     assert described["tags"] == {f"key{i}": f"value{i}" for i in range(callers - 1)}
     assert described["lifetime"] == 5
 
 
-def test_a_vm_carries_a_bounded_number_of_tags(make_stack: Callable[[str], Stack]) -> None:
+def test_a_vm_carries_a_bounded_number_of_tags(make_stack: Callable[[str], Harness]) -> None:
     stack = make_stack(ANY_TAGS_CONFIG.replace(":config:\n", ":config:\n  max_tags_per_vm: 3\n", 1))
     stack.fill("pool1")
     host = stack.checkout("pool1")
-    assert stack.api.put(f"/api/v3/vm/{host}", {"tags": {"a": "1", "b": "2"}}).status == 200
-    too_many = stack.api.put(f"/api/v3/vm/{host}", {"tags": {"c": "3", "d": "4"}})
+    assert stack.put(f"/api/v3/vm/{host}", {"tags": {"a": "1", "b": "2"}}).status == 200
+    too_many = stack.put(f"/api/v3/vm/{host}", {"tags": {"c": "3", "d": "4"}})
     assert too_many.status == 400 and "at most 3 tags" in too_many.json["failure"][0]
-    assert stack.api.put(f"/api/v3/vm/{host}", {"tags": {"a": "changed", "c": "3"}}).status == 200
-    one_body = stack.api.put(f"/api/v3/vm/{host}", {"tags": {f"k{i}": "v" for i in range(4)}})
+    assert stack.put(f"/api/v3/vm/{host}", {"tags": {"a": "changed", "c": "3"}}).status == 200
+    one_body = stack.put(f"/api/v3/vm/{host}", {"tags": {f"k{i}": "v" for i in range(4)}})
     assert one_body.status == 400 and "more than 3 tags" in one_body.json["failure"][0]
-    assert stack.api.get(f"/api/v3/vm/{host}").json[host]["tags"] == {"a": "changed", "b": "2", "c": "3"}
+    assert stack.get(f"/api/v3/vm/{host}").json[host]["tags"] == {"a": "changed", "b": "2", "c": "3"}
 
 
-def test_tag_statistics_of_a_day_are_bounded(make_stack: Callable[[str], Stack]) -> None:
+def test_tag_statistics_of_a_day_are_bounded(make_stack: Callable[[str], Harness]) -> None:
     """Hundreds of distinct tag values (the flood that made /summary 44.7 MB) are counted on their
     own only up to the limit; the rest as '(other)'. Totals stay right."""
     limits = ":config:\n  max_tag_names_per_day: 3\n  max_tag_values_per_day: 5\n"
@@ -74,10 +75,10 @@ def test_tag_statistics_of_a_day_are_bounded(make_stack: Callable[[str], Stack])
     stack.fill("pool1")
     host = stack.checkout("pool1")
     for i in range(40):
-        assert stack.api.put(f"/api/v3/vm/{host}", {"tags": {"project": f"build-{i}"}}).status == 200
+        assert stack.put(f"/api/v3/vm/{host}", {"tags": {"project": f"build-{i}"}}).status == 200
     for name in ("alpha", "beta", "gamma", "delta"):
-        assert stack.api.put(f"/api/v3/vm/{host}", {"tags": {name: "x"}}).status == 200
-    tags = stack.api.get("/api/v3/summary/tag").json["tag"]
+        assert stack.put(f"/api/v3/vm/{host}", {"tags": {name: "x"}}).status == 200
+    tags = stack.get("/api/v3/summary/tag").json["tag"]
     assert tags["project"]["total"] == 40
     assert tags["project"]["(other)"] == 35
     assert len(tags["project"]) == 1 + 5 + 1  # total, five values, (other)

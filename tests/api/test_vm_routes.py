@@ -7,10 +7,10 @@ from datetime import datetime
 
 import redis.connection
 
-from tests.api.client import Stack
+from tests.harness import Harness
 
 
-def _counts(stack: Stack, pool: str) -> dict[str, int]:
+def _counts(stack: Harness, pool: str) -> dict[str, int]:
     return stack.services.store.counts([pool])[pool]
 
 
@@ -18,14 +18,14 @@ def _short(hostname: str) -> str:
     return hostname.split(".", 1)[0]
 
 
-def test_list_pools_in_config_order_without_aliases(full: Stack) -> None:
-    reply = full.api.get("/api/v3/vm")
+def test_list_pools_in_config_order_without_aliases(full: Harness) -> None:
+    reply = full.get("/api/v3/vm")
     assert (reply.status, reply.json) == (200, ["pool1", "pool2", "pool3"])
 
 
-def test_checkout_one_vm_moves_it_from_ready_to_running(full: Stack) -> None:
+def test_checkout_one_vm_moves_it_from_ready_to_running(full: Harness) -> None:
     ready_before = set(full.ready("pool1"))
-    reply = full.api.post("/api/v3/vm", {"pool1": 1})
+    reply = full.post("/api/v3/vm", {"pool1": 1})
     assert reply.status == 200
     assert list(reply.json) == ["ok", "pool1"]
     hostname = reply.json["pool1"]["hostname"]
@@ -36,8 +36,8 @@ def test_checkout_one_vm_moves_it_from_ready_to_running(full: Stack) -> None:
     assert full.services.store.get_vm(_short(hostname)).state == "running"
 
 
-def test_checkout_counts_as_strings_give_arrays(full: Stack) -> None:
-    reply = full.api.post("/api/v3/vm", {"pool2": "2", "pool3": "1"})
+def test_checkout_counts_as_strings_give_arrays(full: Harness) -> None:
+    reply = full.post("/api/v3/vm", {"pool2": "2", "pool3": "1"})
     assert reply.status == 200
     assert list(reply.json) == ["ok", "pool2", "pool3"]
     hostnames = reply.json["pool2"]["hostname"]
@@ -47,10 +47,10 @@ def test_checkout_counts_as_strings_give_arrays(full: Stack) -> None:
     assert _counts(full, "pool2")["ready"] == 0
 
 
-def test_alias_checkout_spreads_over_its_pools(full: Stack) -> None:
+def test_alias_checkout_spreads_over_its_pools(full: Harness) -> None:
     """linux = pool1 + pool2, two ready each: four VMs take both pools' VMs, named by their pool's
     domain, under the alias as requested."""
-    reply = full.api.post("/api/v3/vm", {"linux": 4})
+    reply = full.post("/api/v3/vm", {"linux": 4})
     assert reply.status == 200
     assert list(reply.json) == ["ok", "linux"]
     hostnames = reply.json["linux"]["hostname"]
@@ -59,45 +59,45 @@ def test_alias_checkout_spreads_over_its_pools(full: Stack) -> None:
     assert _counts(full, "pool1")["running"] == 2 and _counts(full, "pool2")["running"] == 2
 
 
-def test_alias_checkout_takes_what_its_other_pool_has(full: Stack) -> None:
-    full.api.post("/api/v3/vm", {"pool1": 2})
-    reply = full.api.post("/api/v3/vm", {"linux": 2})
+def test_alias_checkout_takes_what_its_other_pool_has(full: Harness) -> None:
+    full.post("/api/v3/vm", {"pool1": 2})
+    reply = full.post("/api/v3/vm", {"linux": 2})
     assert reply.status == 200
     assert all(not name.endswith(".one.example.com") for name in reply.json["linux"]["hostname"])
     assert _counts(full, "pool2")["ready"] == 0
 
 
-def test_path_checkout_counts_each_mention(full: Stack) -> None:
-    reply = full.api.post("/api/v3/vm/pool1+pool2+pool1")
+def test_path_checkout_counts_each_mention(full: Harness) -> None:
+    reply = full.post("/api/v3/vm/pool1+pool2+pool1")
     assert reply.status == 200
     assert list(reply.json) == ["ok", "pool1", "pool2"]
     assert len(reply.json["pool1"]["hostname"]) == 2
     assert isinstance(reply.json["pool2"]["hostname"], str)
 
 
-def test_short_of_one_pool_checks_out_nothing(full: Stack) -> None:
-    full.api.post("/api/v3/vm", {"pool3": 1})
-    before = full.state()
-    reply = full.api.post("/api/v3/vm", {"pool1": 2, "pool2": 1, "pool3": 1})
+def test_short_of_one_pool_checks_out_nothing(full: Harness) -> None:
+    full.post("/api/v3/vm", {"pool3": 1})
+    before = full.redis_state()
+    reply = full.post("/api/v3/vm", {"pool1": 2, "pool2": 1, "pool3": 1})
     assert (reply.status, reply.json["ok"]) == (503, False)
     assert "pool3" in reply.json["error"]
-    assert full.state() == before
+    assert full.redis_state() == before
     assert len(full.ready("pool1")) == 2 and len(full.ready("pool2")) == 2
 
 
-def test_no_vm_is_handed_out_twice(full: Stack) -> None:
+def test_no_vm_is_handed_out_twice(full: Harness) -> None:
     seen: list[str] = []
     for _ in range(2):
         for pool in ("pool1", "pool2"):
-            seen.append(full.api.post(f"/api/v3/vm/{pool}").json[pool]["hostname"])
+            seen.append(full.post(f"/api/v3/vm/{pool}").json[pool]["hostname"])
     assert len(set(seen)) == 4
-    assert full.api.post("/api/v3/vm/linux").status == 503
+    assert full.post("/api/v3/vm/linux").status == 503
 
 
-def test_describe_a_running_vm(full: Stack) -> None:
+def test_describe_a_running_vm(full: Harness) -> None:
     host = full.checkout("pool1")
     full.clock.advance(1800)
-    reply = full.api.get(f"/api/v3/vm/{host}")
+    reply = full.get(f"/api/v3/vm/{host}")
     assert reply.status == 200
     assert list(reply.json) == ["ok", host]
     vm = reply.json[host]
@@ -114,50 +114,50 @@ def test_describe_a_running_vm(full: Stack) -> None:
     assert (vm["tags"], vm["snapshots"], vm["disk"]) == ({}, [], [])
 
 
-def test_describe_by_fqdn_or_in_capitals(full: Stack) -> None:
+def test_describe_by_fqdn_or_in_capitals(full: Harness) -> None:
     host = full.ready("pool2")[0]
     for name in (f"{host}.example.com", f"{host}.any.other.domain", host.upper()):
-        reply = full.api.get(f"/api/v3/vm/{name}")
+        reply = full.get(f"/api/v3/vm/{name}")
         assert reply.status == 200, name
         assert reply.json[host]["state"] == "ready"
         assert "running" not in reply.json[host] and "start_time" not in reply.json[host]
 
 
-def test_change_lifetime(full: Stack) -> None:
+def test_change_lifetime(full: Harness) -> None:
     host = full.checkout("pool1")
-    reply = full.api.put(f"/api/v3/vm/{host}", {"lifetime": "5"})
+    reply = full.put(f"/api/v3/vm/{host}", {"lifetime": "5"})
     assert (reply.status, reply.json) == (200, {"ok": True})
-    vm = full.api.get(f"/api/v3/vm/{host}").json[host]
+    vm = full.get(f"/api/v3/vm/{host}").json[host]
     assert (vm["lifetime"], vm["remaining"]) == (5, 5.0)
 
 
-def test_tags_are_stored_filtered_and_counted(full: Stack) -> None:
+def test_tags_are_stored_filtered_and_counted(full: Harness) -> None:
     host = full.checkout("pool1")
-    reply = full.api.put(f"/api/v3/vm/{host}", {"tags": {
+    reply = full.put(f"/api/v3/vm/{host}", {"tags": {
         "project": "ci", "url": "foo.com/something.html", "owner": "",
     }})
     assert (reply.status, reply.json) == (200, {"ok": True})
-    vm = full.api.get(f"/api/v3/vm/{host}").json[host]
+    vm = full.get(f"/api/v3/vm/{host}").json[host]
     assert vm["tags"] == {"project": "ci", "url": "foo.com"}  # tagfilter; the empty tag is skipped
-    summary = full.api.get("/api/v3/summary/tag").json
+    summary = full.get("/api/v3/summary/tag").json
     assert summary["tag"]["project"] == {"ci": 1, "total": 1}
 
 
-def test_empty_body_changes_nothing(full: Stack) -> None:
+def test_empty_body_changes_nothing(full: Harness) -> None:
     host = full.checkout("pool1")
-    before = full.state()
+    before = full.redis_state()
     for body in (None, {}):
-        assert full.api.put(f"/api/v3/vm/{host}", body).json == {"ok": True}
-    assert full.state() == before
+        assert full.put(f"/api/v3/vm/{host}", body).json == {"ok": True}
+    assert full.redis_state() == before
 
 
-def test_return_a_vm(full: Stack) -> None:
+def test_return_a_vm(full: Harness) -> None:
     host = full.checkout("pool2")
-    reply = full.api.delete(f"/api/v3/vm/{host}.example.com")
+    reply = full.delete(f"/api/v3/vm/{host}.example.com")
     assert (reply.status, reply.json) == (200, {"ok": True})
     counts = _counts(full, "pool2")
     assert (counts["running"], counts["completed"]) == (0, 1)
-    assert full.api.get(f"/api/v3/vm/{host}").json[host]["state"] == "destroyed"
+    assert full.get(f"/api/v3/vm/{host}").json[host]["state"] == "destroyed"
 
 
 class RedisCommands:
@@ -181,23 +181,23 @@ class RedisCommands:
         redis.connection.AbstractConnection.send_packed_command = self._original  # type: ignore[method-assign]
 
 
-def test_return_is_one_redis_round_trip_and_errors_still_say_why(full: Stack) -> None:
+def test_return_is_one_redis_round_trip_and_errors_still_say_why(full: Harness) -> None:
     host = full.checkout("pool2")
     with RedisCommands() as sent:
-        assert full.api.delete(f"/api/v3/vm/{host}").status == 200
+        assert full.delete(f"/api/v3/vm/{host}").status == 200
     assert sent.count == 1  # the move itself finds the VM's pool and checks it is running
 
-    again = full.api.delete(f"/api/v3/vm/{host}")
+    again = full.delete(f"/api/v3/vm/{host}")
     assert (again.status, again.json["error"]) == (404, f"VM {host} is not running")
-    unknown = full.api.delete("/api/v3/vm/nosuchvm")
+    unknown = full.delete("/api/v3/vm/nosuchvm")
     assert (unknown.status, unknown.json["error"]) == (404, "VM nosuchvm not found")
     assert _counts(full, "pool2")["completed"] == 1
 
 
-def test_any_content_type_is_read_as_json(full: Stack) -> None:
+def test_any_content_type_is_read_as_json(full: Harness) -> None:
     """curl -d sends application/x-www-form-urlencoded; vmpooler reads the JSON anyway."""
-    form = full.api.request("POST", "/api/v3/vm", {"pool1": 1},
+    form = full.request("POST", "/api/v3/vm", {"pool1": 1},
                             headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert form.status == 200 and "pool1" in form.json
-    odd = full.api.request("GET", "/api/v3/vm", headers={"Content-Type": "application/xml"})
+    odd = full.request("GET", "/api/v3/vm", headers={"Content-Type": "application/xml"})
     assert (odd.status, odd.json) == (200, ["pool1", "pool2", "pool3"])

@@ -1,104 +1,25 @@
 """HTTP-level auth tests: the Chalice app driven through local/gateway.py, with a real slapd and a
 real redis-server behind it.
 
-``make_api(auth=..., config=..., redis=...)`` builds a config, a Services on the test Redis and the
-fake clock, puts it in place of ``app._services`` and returns an ``Api`` that sends HTTP requests
-and fills pools with ready VMs (dummy provider, fake clock).
+``make_api(document(...), client=..., secrets=...)`` builds the config document (documents.py)
+into a Harness (tests/harness.py) served by the app, calling from CLIENT_IP.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import pytest
 import redis
 
-import app as chalice_app
 from chalicelib.auth.secrets import SecretResolver
-from chalicelib.clock import FakeClock
-from chalicelib.config import Config, build
-from chalicelib.manager.reconcile import reconcile_pool
+from chalicelib.config import build
 from chalicelib.observability import logger as powertools_logger
-from chalicelib.services import Services
-from local.gateway import Gateway
-from tests.api.client import Reply, SpecOperations, load_spec
 from tests.auth.slapd import SlapdServer
-
-SPEC = SpecOperations(load_spec())
-"""Every reply is checked against docs/openapi.yaml, so these tests keep the spec true too."""
-
-POOL = "debian"
-OTHER_POOL = "ubuntu"
-
-
-@dataclass
-class Api:
-    services: Services
-    clock: FakeClock
-    gateway: Gateway
-    replies: list[Reply] = field(default_factory=list)
-    """Every reply this Api received, for the secret scan."""
-
-    def call(self, method: str, path: str, *, headers: dict[str, str] | None = None,
-             body: Any = None, client_ip: str = "192.0.2.10") -> Reply:
-        raw = b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
-        status, out_headers, data = self.gateway(method, path, dict(headers or {}), raw, client_ip)
-        reply = Reply(status, out_headers, data)
-        self.replies.append(reply)
-        assert out_headers.get("Content-Type") == "application/json", (method, path, out_headers)
-        SPEC.check(method, path, status, reply.body)
-        return reply
-
-    def fill(self, pool: str = POOL) -> list[str]:
-        """Run reconcile passes until the pool is full of ready VMs; their names."""
-        pool_config = self.services.config.pool(pool)
-        provider = self.services.provider(pool_config.provider)
-        for _ in range(10):
-            reconcile_pool(self.services.store, provider, pool_config, self.clock, self.services.config.service)
-            ready = self.services.store.hostnames(pool, "ready")
-            if len(ready) >= pool_config.size:
-                return ready
-            self.clock.advance(5)
-        raise AssertionError(f"pool {pool} did not fill")
-
-    def new_token(self, user: str, password: str, version: int = 3) -> str:
-        reply = self.call("POST", f"/api/v{version}/token", headers=basic(user, password))
-        assert reply.status == 200, reply.raw
-        return reply.body["token"]
-
-    def checkout(self, token: str | None = None, pool: str = POOL) -> str:
-        headers = {"X-AUTH-TOKEN": token} if token else {}
-        reply = self.call("POST", "/api/v3/vm", headers=headers, body={pool: 1})
-        assert reply.status == 200, reply.raw
-        return reply.body[pool]["hostname"].split(".")[0]
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    """An HTTP Basic Authorization header."""
-    encoded = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {encoded}"}
-
-
-def document(auth: dict[str, Any] | None, **sections: Any) -> dict[str, Any]:
-    """A config document: two small dummy pools that fill at once, and the given ``:auth:``."""
-    doc: dict[str, Any] = {
-        "config": {"vm_lifetime": 2, "vm_lifetime_auth": 12, "max_lifetime_upper_limit": 48, "domain": "example.com"},
-        "providers": {"dummy": {"provider_class": "dummy", "createvm_max_time": 0, "boot_time": 0,
-                                "destroyvm_max_time": 0}},
-        "pools": [
-            {"name": POOL, "size": 3, "provider": "dummy", "template": "t/debian", "domain": "example.com"},
-            {"name": OTHER_POOL, "size": 1, "provider": "dummy", "template": "t/ubuntu"},
-        ],
-    }
-    if auth is not None:
-        doc["auth"] = auth
-    for name, value in sections.items():
-        doc[name] = {**doc.get(name, {}), **value} if isinstance(value, dict) else value
-    return doc
+from tests.auth_api.documents import CLIENT_IP, POOL, document
+from tests.harness import Harness, HarnessFactory
 
 
 @pytest.fixture
@@ -115,23 +36,20 @@ def ldap_auth(slapd: SlapdServer) -> Callable[..., dict[str, Any]]:
 
 
 @pytest.fixture
-def make_api(redis_client: redis.Redis, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Api]:
+def make_api(make_harness: HarnessFactory) -> HarnessFactory:
     """Build the service for a config document and serve it through the gateway."""
 
-    def make(doc: dict[str, Any], client: redis.Redis | None = None, secrets: SecretResolver | None = None) -> Api:
-        config: Config = build(doc)
-        services = Services(config, client or redis_client, clock, secrets=secrets or SecretResolver())
-        monkeypatch.setattr(chalice_app, "_services", services)
-        return Api(services, clock, Gateway(chalice_app.app))
+    def make(doc: dict[str, Any], client: redis.Redis | None = None, secrets: SecretResolver | None = None) -> Harness:
+        return make_harness(build(doc), client, secrets=secrets or SecretResolver(), client_ip=CLIENT_IP)
 
     return make
 
 
 @pytest.fixture
-def ldap_api(make_api: Callable[..., Api], ldap_auth: Callable[..., dict[str, Any]]) -> Api:
+def ldap_api(make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]]) -> Harness:
     """The service with LDAP auth (service-account mode) and a full pool."""
     api = make_api(document(ldap_auth()))
-    api.fill()
+    api.fill(POOL)
     return api
 
 

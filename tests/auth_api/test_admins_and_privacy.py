@@ -8,30 +8,34 @@ from typing import Any
 
 import pytest
 
-from tests.auth.slapd import free_port
-from tests.auth_api.conftest import OTHER_POOL, POOL, Api, basic, document
+from chalicelib.api import pool_config
+from tests.auth_api.documents import OTHER_POOL, POOL, document
+from tests.harness import Harness, basic, route_target, routes_of
+from tests.support import free_port
 
 EXPERIMENTAL = {"experimental_features": True}
 
-# (method, path, body): every route that changes pools at runtime.
-POOL_CHANGES: list[tuple[str, str, Any]] = [
-    ("POST", "/api/v3/config/poolsize", {POOL: "5"}),
-    ("POST", "/api/v3/config/pooltemplate", {POOL: "elsewhere/evil"}),
-    ("DELETE", f"/api/v3/config/poolsize/{POOL}", None),
-    ("DELETE", f"/api/v3/config/pooltemplate/{POOL}", None),
-    ("POST", "/api/v3/poolreset", {POOL: "1"}),
-    ("POST", "/api/v3/config/clonetarget", {POOL: "elsewhere"}),
-    ("DELETE", f"/api/v3/config/clonetarget/{POOL}", None),
-]
+POOL_CHANGES = routes_of(pool_config)
+"""Every route that changes pools at runtime, from the route table: one added there is tested here."""
+
+BODIES: dict[str, Any] = {
+    "config_poolsize": {POOL: "5"},
+    "config_pooltemplate": {POOL: "elsewhere/evil"},
+    "poolreset": {POOL: "1"},
+    "config_clonetarget": {POOL: "elsewhere"},
+}
+"""route name -> a valid body, for the POST routes among them (a new one needs its body here)."""
 
 
-def _pool_now(api: Api) -> tuple[int, str, str | None]:
+def _pool_now(api: Harness) -> tuple[int, str, str | None]:
     pool = api.services.pool(POOL)
     return pool.size, pool.template, pool.get("clone_target")
 
 
-@pytest.mark.parametrize("method, path, body", POOL_CHANGES)
-def test_a_token_of_a_user_who_is_not_an_admin_cannot_change_pools(make_api, ldap_auth, slapd, method, path, body):
+@pytest.mark.parametrize("route", POOL_CHANGES, ids=lambda route: route.name)
+def test_a_token_of_a_user_who_is_not_an_admin_cannot_change_pools(make_api, ldap_auth, slapd, route):
+    method, path = route.method, route_target(route, {"pool": POOL})
+    body = BODIES[route.name] if method == "POST" else None
     api = make_api(document(ldap_auth(admins=["alice"]), config=EXPERIMENTAL))
     bob = api.new_token("bob", slapd.password("bob"))
     before = _pool_now(api)

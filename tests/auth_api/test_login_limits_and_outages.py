@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tests.auth_api.conftest import basic, document
+from tests.auth_api.documents import POOL, document
+from tests.harness import basic
 from tests.support import free_port
 
 
@@ -62,10 +63,10 @@ def test_tokens_keep_working_while_ldap_is_down(make_api, ldap_auth, slapd):
     auth = ldap_auth()
     auth["ldap"]["port"] = free_port()  # nothing listens there
     api = make_api(document(auth))
-    api.fill()
+    api.fill(POOL)
     token = api.services.tokens.create("alice")  # made before the outage
     assert api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice"))).status == 503
-    vm = api.checkout(token)
+    vm = api.checkout(POOL, token)
     assert api.call("GET", f"/api/v3/token/{token}", headers={"X-AUTH-TOKEN": token}).status == 200
     assert api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": token}).status == 200
 

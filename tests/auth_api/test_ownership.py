@@ -2,40 +2,41 @@
 
 from __future__ import annotations
 
-from tests.auth_api.conftest import POOL, Api, basic, document
+from tests.auth_api.documents import POOL, document
+from tests.harness import Harness, basic
 
 WWW_AUTHENTICATE = 'Basic realm="Authentication required"'
 
 
-def tokens(api: Api, slapd) -> tuple[str, str, str]:
+def tokens(api: Harness, slapd) -> tuple[str, str, str]:
     """Two tokens of alice's and one of bob's."""
     return (api.new_token("alice", slapd.password("alice")), api.new_token("alice", slapd.password("alice")),
             api.new_token("bob", slapd.password("bob")))
 
 
-def state(api: Api, vm: str) -> str:
+def state(api: Harness, vm: str) -> str:
     return api.call("GET", f"/api/v3/vm/{vm}").body[vm]["state"]
 
 
-def test_another_users_token_cannot_return_the_vm(ldap_api: Api, slapd):
+def test_another_users_token_cannot_return_the_vm(ldap_api: Harness, slapd):
     alice, _, bob = tokens(ldap_api, slapd)
-    vm = ldap_api.checkout(alice)
+    vm = ldap_api.checkout(POOL, alice)
     refused = ldap_api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": bob})
     assert (refused.status, refused.body["ok"]) == (403, False)
     assert state(ldap_api, vm) == "running"
 
 
-def test_another_users_token_cannot_change_the_lifetime(ldap_api: Api, slapd):
+def test_another_users_token_cannot_change_the_lifetime(ldap_api: Harness, slapd):
     alice, _, bob = tokens(ldap_api, slapd)
-    vm = ldap_api.checkout(alice)
+    vm = ldap_api.checkout(POOL, alice)
     refused = ldap_api.call("PUT", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": bob}, body={"lifetime": 40})
     assert refused.status == 403
     assert ldap_api.call("GET", f"/api/v3/vm/{vm}").body[vm]["lifetime"] == 12
 
 
-def test_without_a_token_an_owned_vm_is_401(ldap_api: Api, slapd):
+def test_without_a_token_an_owned_vm_is_401(ldap_api: Harness, slapd):
     alice, _, _ = tokens(ldap_api, slapd)
-    vm = ldap_api.checkout(alice)
+    vm = ldap_api.checkout(POOL, alice)
     for method, body in (("DELETE", None), ("PUT", {"lifetime": 3})):
         reply = ldap_api.call(method, f"/api/v1/vm/{vm}", body=body)
         assert reply.status == 401
@@ -46,9 +47,9 @@ def test_without_a_token_an_owned_vm_is_401(ldap_api: Api, slapd):
     assert state(ldap_api, vm) == "running"
 
 
-def test_any_token_of_the_owner_may_change_and_return_it(ldap_api: Api, slapd):
+def test_any_token_of_the_owner_may_change_and_return_it(ldap_api: Harness, slapd):
     alice, alice_again, _ = tokens(ldap_api, slapd)
-    vm = ldap_api.checkout(alice)
+    vm = ldap_api.checkout(POOL, alice)
     changed = ldap_api.call("PUT", f"/api/v2/vm/{vm}", headers={"X-AUTH-TOKEN": alice_again}, body={"lifetime": 20})
     assert (changed.status, changed.body) == (200, {"ok": True})
     assert ldap_api.call("GET", f"/api/v3/vm/{vm}").body[vm]["lifetime"] == 20
@@ -59,7 +60,7 @@ def test_any_token_of_the_owner_may_change_and_return_it(ldap_api: Api, slapd):
     assert state(ldap_api, vm) == "destroyed"
 
 
-def test_an_invalid_token_is_401_everywhere_and_takes_nothing(ldap_api: Api, slapd):
+def test_an_invalid_token_is_401_everywhere_and_takes_nothing(ldap_api: Harness, slapd):
     ready = len(ldap_api.services.store.hostnames(POOL, "ready"))
     for bad in ("0" * 32, "not-a-token", "A" * 32):
         headers = {"X-AUTH-TOKEN": bad}
@@ -67,22 +68,22 @@ def test_an_invalid_token_is_401_everywhere_and_takes_nothing(ldap_api: Api, sla
         assert checkout.status == 401 and checkout.headers["WWW-Authenticate"] == WWW_AUTHENTICATE
         assert ldap_api.call("POST", f"/api/v3/vm/{POOL}", headers=headers).status == 401
     assert len(ldap_api.services.store.hostnames(POOL, "ready")) == ready
-    vm = ldap_api.checkout(None)
+    vm = ldap_api.checkout(POOL, None)
     assert ldap_api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": "0" * 32}).status == 401
     assert state(ldap_api, vm) == "running"
 
 
-def test_a_valid_token_gives_vm_lifetime_auth(ldap_api: Api, slapd):
+def test_a_valid_token_gives_vm_lifetime_auth(ldap_api: Harness, slapd):
     alice, _, _ = tokens(ldap_api, slapd)
-    with_token = ldap_api.checkout(alice)
-    without = ldap_api.checkout(None)
+    with_token = ldap_api.checkout(POOL, alice)
+    without = ldap_api.checkout(POOL, None)
     assert ldap_api.call("GET", f"/api/v3/vm/{with_token}").body[with_token]["lifetime"] == 12
     assert ldap_api.call("GET", f"/api/v3/vm/{without}").body[without]["lifetime"] == 2
 
 
-def test_lifetime_changes_need_a_token_even_on_an_unowned_vm(ldap_api: Api, slapd):
+def test_lifetime_changes_need_a_token_even_on_an_unowned_vm(ldap_api: Harness, slapd):
     _, _, bob = tokens(ldap_api, slapd)
-    vm = ldap_api.checkout(None)
+    vm = ldap_api.checkout(POOL, None)
     assert ldap_api.call("PUT", f"/api/v3/vm/{vm}", body={"lifetime": 5}).status == 401
     # Any user's token may: the VM has no owner. Tags need no token (vmpooler's contract).
     assert ldap_api.call("PUT", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": bob}, body={"lifetime": 5}).status == 200
@@ -93,9 +94,9 @@ def test_lifetime_changes_need_a_token_even_on_an_unowned_vm(ldap_api: Api, slap
     assert ldap_api.call("DELETE", f"/api/v3/vm/{vm}").status == 200
 
 
-def test_lifetime_respects_max_lifetime_upper_limit(ldap_api: Api, slapd):
+def test_lifetime_respects_max_lifetime_upper_limit(ldap_api: Harness, slapd):
     alice, _, _ = tokens(ldap_api, slapd)
-    vm = ldap_api.checkout(alice)
+    vm = ldap_api.checkout(POOL, alice)
     path, headers = f"/api/v3/vm/{vm}", {"X-AUTH-TOKEN": alice}
     too_long = ldap_api.call("PUT", path, headers=headers, body={"lifetime": 48})
     assert too_long.status == 400
@@ -109,15 +110,15 @@ def test_lifetime_respects_max_lifetime_upper_limit(ldap_api: Api, slapd):
 
 def test_without_auth_tokens_are_ignored(make_api):
     api = make_api(document(None))
-    api.fill()
-    vm = api.checkout("0" * 32)  # any header, valid or not, is ignored
+    api.fill(POOL)
+    vm = api.checkout(POOL, "0" * 32)  # any header, valid or not, is ignored
     assert api.call("GET", f"/api/v3/vm/{vm}").body[vm]["lifetime"] == 2
     assert api.services.store.get_vm(vm).token_user == ""
     assert api.call("PUT", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": "junk"}, body={"lifetime": 5}).status == 200
     assert api.call("DELETE", f"/api/v3/vm/{vm}").status == 200
 
 
-def test_an_ondemand_request_is_deleted_only_by_its_owner(ldap_api: Api, slapd):
+def test_an_ondemand_request_is_deleted_only_by_its_owner(ldap_api: Harness, slapd):
     alice, _, bob = tokens(ldap_api, slapd)
     created = ldap_api.call("POST", "/api/v3/ondemandvm", headers={"X-AUTH-TOKEN": alice}, body={POOL: "1"})
     assert created.status == 201
@@ -129,9 +130,9 @@ def test_an_ondemand_request_is_deleted_only_by_its_owner(ldap_api: Api, slapd):
     assert deleted.status == 200
 
 
-def test_disks_and_snapshots_only_by_the_owner(ldap_api: Api, slapd):
+def test_disks_and_snapshots_only_by_the_owner(ldap_api: Harness, slapd):
     alice, _, bob = tokens(ldap_api, slapd)
-    vm = ldap_api.checkout(alice)
+    vm = ldap_api.checkout(POOL, alice)
     for path in ("disk/8", "snapshot"):
         refused = ldap_api.call("POST", f"/api/v3/vm/{vm}/{path}", headers={"X-AUTH-TOKEN": bob})
         assert (refused.status, refused.body["ok"]) == (403, False)

@@ -18,7 +18,8 @@ from chalicelib.providers.vsphere import connection as vsphere_connection
 from chalicelib.services import Services, redis_client
 from chalicelib.store import StoreUnavailable
 from local.redis_server import RedisServer
-from tests.auth_api.conftest import POOL, Api, basic, document
+from tests.auth_api.documents import POOL, document
+from tests.harness import Harness, basic
 from tests.support import free_port
 from tests.vsphere.vcsim import TEMPLATE, VcsimServer
 from tools.vcsim import launcher
@@ -54,7 +55,7 @@ def aws(aws_env, slapd) -> Iterator[dict[str, Any]]:
         yield {"secretsmanager": secrets, "ssm": ssm}
 
 
-def service_on(make_api, doc: dict[str, Any], resolver: SecretResolver | None = None) -> Api:
+def service_on(make_api, doc: dict[str, Any], resolver: SecretResolver | None = None) -> Harness:
     """The service for ``doc`` with its Redis client built as in production (password resolved on
     first connection)."""
     resolver = resolver or SecretResolver()
@@ -69,7 +70,7 @@ def locked_redis_section(server: RedisServer, password: Any) -> dict[str, Any]:
 # --- nothing leaks ------------------------------------------------------------------------------
 
 
-def exercise(api: Api, slapd) -> list[str]:
+def exercise(api: Harness, slapd) -> list[str]:
     """Drive every kind of answer: successes, 400/401/403/404/405/429, GET /config... Returns the
     tokens it made."""
     alice, bob = basic("alice", slapd.password("alice")), basic("bob", slapd.password("bob"))
@@ -79,7 +80,7 @@ def exercise(api: Api, slapd) -> list[str]:
     api.call("GET", f"/api/v3/token/{alice_token}", headers={"X-AUTH-TOKEN": alice_token})
     api.call("GET", f"/api/v3/token/{alice_token}", headers=bob)
     api.call("DELETE", f"/api/v3/token/{alice_token}", headers=bob)
-    vm = api.checkout(alice_token)
+    vm = api.checkout(POOL, alice_token)
     api.call("GET", f"/api/v3/vm/{vm}")
     api.call("PUT", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": alice_token}, body={"lifetime": 9999})
     api.call("PUT", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": bob_token}, body={"lifetime": 3})
@@ -99,7 +100,7 @@ def exercise(api: Api, slapd) -> list[str]:
     return [alice_token, bob_token]
 
 
-def assert_nowhere(secrets: list[str], api: Api, logs: list[str], output: str, *, tokens: list[str]) -> set[int]:
+def assert_nowhere(secrets: list[str], api: Harness, logs: list[str], output: str, *, tokens: list[str]) -> set[int]:
     """No secret in any reply (body or header); no secret or token in any log line or output.
     The statuses seen, so the caller can check the sweep covered every kind of answer."""
     statuses = {reply.status for reply in api.replies}
@@ -124,7 +125,7 @@ def test_no_secret_in_any_response_or_log_line(make_api, ldap_auth, slapd, locke
     )
     doc["pools"][0]["password"] = POOL_KEY_SECRET  # an unknown pool key must not reach GET /config
     api = service_on(make_api, doc)
-    api.fill()
+    api.fill(POOL)
     api.services.provider("vcenter")  # the vSphere password is resolved into the service
     tokens = exercise(api, slapd)
 
@@ -198,9 +199,9 @@ def test_references_resolve_into_the_running_service(
                          "folder": "vmpool/not-there"})
     api = service_on(make_api, doc)
     # Redis AUTH (SSM SecureString) and the LDAP service account (a Secrets Manager JSON key).
-    api.fill()
+    api.fill(POOL)
     token = api.new_token("carol", slapd.password("carol"))
-    vm = api.checkout(token)
+    vm = api.checkout(POOL, token)
     assert api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": token}).status == 200
     # vCenter (Secrets Manager string): a real login to vcsim; the missing folder lists nothing.
     provider = api.services.provider("vsphere")

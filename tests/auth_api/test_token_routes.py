@@ -6,9 +6,11 @@ import hashlib
 
 import pytest
 
+from chalicelib.api import tokens
 from chalicelib.auth.tokens import TOKEN_PREFIX, iso
 from chalicelib.manager.reconcile import reconcile_pool
-from tests.auth_api.conftest import OTHER_POOL, POOL, Api, basic, document
+from tests.auth_api.documents import OTHER_POOL, POOL, document
+from tests.harness import Harness, basic, route_target, routes_of
 
 WWW_AUTHENTICATE = 'Basic realm="Authentication required"'
 VERSIONS = (3, 2, 1)
@@ -19,7 +21,7 @@ def token_id(token: str) -> str:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_token_life_cycle_under_every_api_version(ldap_api: Api, slapd, version):
+def test_token_life_cycle_under_every_api_version(ldap_api: Harness, slapd, version):
     alice = basic("alice", slapd.password("alice"))
     created_at = iso(ldap_api.clock.now())
     created = ldap_api.call("POST", f"/api/v{version}/token", headers=alice)
@@ -30,7 +32,7 @@ def test_token_life_cycle_under_every_api_version(ldap_api: Api, slapd, version)
 
     ldap_api.clock.advance(60)
     used_at = iso(ldap_api.clock.now())
-    vm = ldap_api.checkout(token)
+    vm = ldap_api.checkout(POOL, token)
     listed = ldap_api.call("GET", f"/api/v{version}/token", headers=alice)
     assert listed.status == 200
     assert listed.body == {"ok": True, token_id(token): {"created": created_at, "last": used_at}}
@@ -49,9 +51,9 @@ def test_token_life_cycle_under_every_api_version(ldap_api: Api, slapd, version)
     assert ldap_api.call("DELETE", f"/api/v{version}/token/{token}", headers=alice).status == 404
 
 
-def test_redis_holds_only_token_hashes(ldap_api: Api, slapd):
+def test_redis_holds_only_token_hashes(ldap_api: Harness, slapd):
     token = ldap_api.new_token("alice", slapd.password("alice"))
-    vm = ldap_api.checkout(token)
+    vm = ldap_api.checkout(POOL, token)
     dump = []
     for key in ldap_api.services.client.scan_iter("*"):
         dump.append(key)
@@ -70,7 +72,7 @@ def test_redis_holds_only_token_hashes(ldap_api: Api, slapd):
     assert record.token_user == "alice" and record.raw["token_id"] == token_id(token)
 
 
-def test_basic_auth_failures_are_401_with_the_challenge(ldap_api: Api, slapd):
+def test_basic_auth_failures_are_401_with_the_challenge(ldap_api: Harness, slapd):
     for headers in ({}, basic("alice", "wrong"), basic("nobody", "x-Pass-1"), basic("alice", ""),
                     basic("*)(uid=*", slapd.password("alice")), {"Authorization": "Bearer abc"},
                     {"Authorization": "Basic !!!"}):
@@ -82,7 +84,7 @@ def test_basic_auth_failures_are_401_with_the_challenge(ldap_api: Api, slapd):
     assert ldap_api.services.client.keys(f"{TOKEN_PREFIX}*") == []
 
 
-def test_get_token_lists_only_the_callers_tokens(ldap_api: Api, slapd):
+def test_get_token_lists_only_the_callers_tokens(ldap_api: Harness, slapd):
     alice_tokens = {ldap_api.new_token("alice", slapd.password("alice")) for _ in range(2)}
     bob_token = ldap_api.new_token("bob", slapd.password("bob"))
     alice = ldap_api.call("GET", "/api/v3/token", headers=basic("alice", slapd.password("alice"))).body
@@ -91,7 +93,7 @@ def test_get_token_lists_only_the_callers_tokens(ldap_api: Api, slapd):
     assert set(bob) == {"ok", token_id(bob_token)}
 
 
-def test_get_token_is_answered_to_its_holder_or_its_owner(ldap_api: Api, slapd):
+def test_get_token_is_answered_to_its_holder_or_its_owner(ldap_api: Harness, slapd):
     token = ldap_api.new_token("alice", slapd.password("alice"))
     bob_token = ldap_api.new_token("bob", slapd.password("bob"))
     path = f"/api/v3/token/{token}"
@@ -120,12 +122,12 @@ def test_get_token_is_answered_to_its_holder_or_its_owner(ldap_api: Api, slapd):
     assert ldap_api.call("GET", "/api/v3/token/not-a-token").status == 404
 
 
-def test_vmfloaty_token_status_list_active_and_delete_all(ldap_api: Api, slapd):
+def test_vmfloaty_token_status_list_active_and_delete_all(ldap_api: Harness, slapd):
     """What vmfloaty does: `token status` and `list --active` read GET /token/<t> with no other
     credential, then `delete --all` returns each running VM listed there with the token."""
     token = ldap_api.new_token("alice", slapd.password("alice"))
-    mine = {ldap_api.checkout(token), ldap_api.checkout(token)}
-    ldap_api.checkout(None)
+    mine = {ldap_api.checkout(POOL, token), ldap_api.checkout(POOL, token)}
+    ldap_api.checkout(POOL, None)
     status = ldap_api.call("GET", f"/api/v1/token/{token}")  # vmfloaty on a v1 URL
     assert status.status == 200 and set(status.body[token]["vms"]["running"]) == mine
     for host in status.body[token]["vms"]["running"]:
@@ -133,17 +135,17 @@ def test_vmfloaty_token_status_list_active_and_delete_all(ldap_api: Api, slapd):
     assert ldap_api.call("GET", f"/api/v1/token/{token}").body[token]["vms"] == {"running": []}
 
 
-def test_get_token_lists_only_vms_of_that_token(ldap_api: Api, slapd):
+def test_get_token_lists_only_vms_of_that_token(ldap_api: Harness, slapd):
     first = ldap_api.new_token("alice", slapd.password("alice"))
     second = ldap_api.new_token("alice", slapd.password("alice"))
-    vm_first = ldap_api.checkout(first)
-    ldap_api.checkout(second)
-    ldap_api.checkout(None)
+    vm_first = ldap_api.checkout(POOL, first)
+    ldap_api.checkout(POOL, second)
+    ldap_api.checkout(POOL, None)
     shown = ldap_api.call("GET", f"/api/v3/token/{first}", headers={"X-AUTH-TOKEN": first}).body
     assert shown[first]["vms"] == {"running": [vm_first]}
 
 
-def test_delete_token_only_by_its_owner(ldap_api: Api, slapd):
+def test_delete_token_only_by_its_owner(ldap_api: Harness, slapd):
     token = ldap_api.new_token("alice", slapd.password("alice"))
     path = f"/api/v3/token/{token}"
     assert ldap_api.call("DELETE", path).status == 401
@@ -155,7 +157,7 @@ def test_delete_token_only_by_its_owner(ldap_api: Api, slapd):
     assert ldap_api.call("DELETE", path, headers=basic("alice", slapd.password("alice"))).status == 200
 
 
-def test_a_lost_token_is_revoked_by_its_listed_id(ldap_api: Api, slapd):
+def test_a_lost_token_is_revoked_by_its_listed_id(ldap_api: Harness, slapd):
     alice = basic("alice", slapd.password("alice"))
     token = ldap_api.new_token("alice", slapd.password("alice"))
     # Bob cannot delete it by id either: ids are looked up among the caller's own tokens only.
@@ -165,15 +167,16 @@ def test_a_lost_token_is_revoked_by_its_listed_id(ldap_api: Api, slapd):
     assert ldap_api.call("GET", "/api/v3/token", headers=alice).body == {"ok": True}
 
 
-def test_token_routes_are_404_without_auth(make_api, slapd):
+@pytest.mark.parametrize("route", routes_of(tokens), ids=lambda route: route.name)
+def test_token_routes_are_404_without_auth(make_api, slapd, route):
     api = make_api(document(None))
-    for method, path in (("GET", "/api/v3/token"), ("POST", "/api/v3/token"), ("GET", "/api/v1/token/" + "a" * 32),
-                         ("DELETE", "/api/v2/token/" + "a" * 32)):
-        reply = api.call(method, path, headers=basic("alice", slapd.password("alice")))
-        assert (reply.status, reply.body["ok"]) == (404, False)
+    for prefix in ("/api/v3", "/api/v2", "/api/v1", ""):
+        path = route_target(route, {"token": "a" * 32}, prefix)
+        reply = api.call(route.method, path, headers=basic("alice", slapd.password("alice")))
+        assert (reply.status, reply.body["ok"]) == (404, False), path
 
 
-def test_token_routes_are_served_unversioned_as_vmpooler_2_rerouted_them(ldap_api: Api, slapd):
+def test_token_routes_are_served_unversioned_as_vmpooler_2_rerouted_them(ldap_api: Harness, slapd):
     alice = basic("alice", slapd.password("alice"))
     created = ldap_api.call("POST", "/token", headers=alice)
     assert created.status == 200
@@ -186,7 +189,7 @@ def test_token_routes_are_served_unversioned_as_vmpooler_2_rerouted_them(ldap_ap
 
 def test_token_ttl_expires_tokens(make_api, ldap_auth, slapd):
     api = make_api(document(ldap_auth(), config={"token_ttl": 1}))
-    api.fill()
+    api.fill(POOL)
     expires = iso(api.clock.now() + 3600)
     token = api.new_token("alice", slapd.password("alice"))
     listed = api.call("GET", "/api/v3/token", headers=basic("alice", slapd.password("alice"))).body
@@ -216,7 +219,7 @@ def test_a_user_has_a_bounded_number_of_tokens(make_api, ldap_auth, slapd):
     assert api.new_token("alice", slapd.password("alice"))
 
 
-def test_on_demand_vms_are_in_their_tokens_running_list(ldap_api: Api, slapd):
+def test_on_demand_vms_are_in_their_tokens_running_list(ldap_api: Harness, slapd):
     """vmfloaty's `list --active` and `delete --all` read the token's running list: VMs built on
     demand for the token are in it, as vmpooler records the token on them."""
     token = ldap_api.new_token("alice", slapd.password("alice"))

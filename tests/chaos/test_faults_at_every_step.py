@@ -25,7 +25,8 @@ from chalicelib.providers.base import ProviderError
 from chalicelib.store import StoreUnavailable
 from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
 from chalicelib.store.vm_tasks import VMTaskStore, new_task
-from tests.chaos.conftest import Fleet, FleetFactory, assert_consistent
+from tests.chaos.fleet import Fleet, FleetFactory
+from tests.harness import assert_consistent
 
 
 class Crash(BaseException):

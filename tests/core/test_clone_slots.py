@@ -8,7 +8,7 @@ checkouts failed (47 served, 478 refused in the issue's measurement).
 from __future__ import annotations
 
 from chalicelib.store import CheckoutRequest
-from tests.core.conftest import World, WorldFactory, assert_consistent
+from tests.harness import Harness, HarnessFactory, assert_consistent
 
 # Instant clones and boots, as in the issue's side-by-side runs with vmpooler.
 CONFIG = """\
@@ -21,16 +21,16 @@ pools:
 """
 
 
-def world_with(make_world: WorldFactory, small_extra: str = "") -> World:
+def world_with(make_world: HarnessFactory, small_extra: str = "") -> Harness:
     return make_world(CONFIG.format(small_extra=small_extra))
 
 
-def try_checkout(world: World, pool: str) -> bool:
+def try_checkout(world: Harness, pool: str) -> bool:
     result = world.store.checkout([CheckoutRequest(pool, [pool], 1)], world.clock.now(), {"lifetime": "2"})
     return result.ok
 
 
-def test_small_pool_keeps_serving_while_a_big_pool_refills(make_world: WorldFactory) -> None:
+def test_small_pool_keeps_serving_while_a_big_pool_refills(make_world: HarnessFactory) -> None:
     world = world_with(make_world)
     world.settle("small", seconds=1)
     assert world.count("small", "ready") == 20
@@ -59,7 +59,7 @@ def test_small_pool_keeps_serving_while_a_big_pool_refills(make_world: WorldFact
     assert world.count("big", "ready") > 100  # the big pool still got the slots the small one left
 
 
-def test_slots_are_split_evenly_and_a_full_pool_gives_its_share_back(make_world: WorldFactory) -> None:
+def test_slots_are_split_evenly_and_a_full_pool_gives_its_share_back(make_world: HarnessFactory) -> None:
     world = world_with(make_world)
     world.settle("small", seconds=1)
     world.reconcile("big")
@@ -83,7 +83,7 @@ def test_slots_are_split_evenly_and_a_full_pool_gives_its_share_back(make_world:
     assert world.store.cloning_count() == 10
 
 
-def test_clone_limit_caps_a_pools_clones_in_flight(make_world: WorldFactory) -> None:
+def test_clone_limit_caps_a_pools_clones_in_flight(make_world: HarnessFactory) -> None:
     world = world_with(make_world, small_extra=", clone_limit: 3")
     report = world.reconcile("small")
     assert len(report.clones_started) == 3

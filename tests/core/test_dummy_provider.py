@@ -53,13 +53,15 @@ def test_clone_appears_when_done_and_is_ready_once_booted(provider: DummyProvide
     assert provider.task_status(task).state is TaskState.RUNNING
     assert names(provider, config) == set()  # a clone in progress is not in the inventory yet
 
-    clock.advance(60)
+    for _ in range(60):  # to the second the clone is done (within createvm_max_time)
+        if provider.task_status(task).state is not TaskState.RUNNING:
+            break
+        clock.advance(1)
     assert provider.task_status(task).state is TaskState.SUCCESS
     (vm,) = provider.list_vms(pool)
-    assert vm.name == "vm-1" and vm.powered_on
-    if vm.ip is None:  # cloned, still booting
-        readiness = provider.check_ready(pool, vm)
-        assert not readiness.ready and readiness.reason == "booting: no IP address yet"
+    assert vm.name == "vm-1" and vm.powered_on and vm.ip is None  # cloned, booting for 30 s
+    readiness = provider.check_ready(pool, vm)
+    assert not readiness.ready and readiness.reason == "booting: no IP address yet"
 
     clock.advance(30)
     (vm,) = provider.list_vms(pool)

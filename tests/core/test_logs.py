@@ -4,17 +4,9 @@ Insights): the API's checkout and return, and the manager's moves, each name the
 from __future__ import annotations
 
 import io
-import json
 
-import pytest
-import redis
-
-import app
-from chalicelib.clock import FakeClock
 from chalicelib.config import parse
-from chalicelib.manager.reconcile import reconcile_pool
-from chalicelib.services import Services
-from local.gateway import Gateway
+from tests.harness import HarnessFactory
 from tests.support import json_lines
 
 CONFIG = (
@@ -26,18 +18,12 @@ CONFIG = (
 
 
 def test_api_and_manager_logs_carry_pool_hostname_and_correlation_id(
-        redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, log_output: io.StringIO) -> None:
-    services = Services(parse(CONFIG), redis_client, clock=FakeClock(), prefix="logtest:")
-    monkeypatch.setattr(app, "_services", services)
-    pool = services.config.pool("debian")
-    provider = services.provider("dummy")
-    reconcile_pool(services.store, provider, pool, services.clock, services.config.service)
-    reconcile_pool(services.store, provider, pool, services.clock, services.config.service)
-    gateway = Gateway(app.app)
-    status, _, body = gateway("POST", "/api/v3/vm/debian", {}, b"", "127.0.0.1")
-    assert status == 200
-    hostname = json.loads(body)["debian"]["hostname"].split(".")[0]
-    assert gateway("DELETE", f"/api/v3/vm/{hostname}", {}, b"", "127.0.0.1")[0] == 200
+        make_harness: HarnessFactory, log_output: io.StringIO) -> None:
+    harness = make_harness(parse(CONFIG), prefix="logtest:")
+    harness.reconcile("debian")
+    harness.reconcile("debian")
+    hostname = harness.checkout("debian")
+    assert harness.delete(f"/api/v3/vm/{hostname}").status == 200
 
     logs = json_lines(log_output.getvalue())
     by_message = {record["message"]: record for record in logs}

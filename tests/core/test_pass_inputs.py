@@ -14,7 +14,7 @@ from chalicelib.config import PoolConfig
 from chalicelib.providers.base import ProviderError
 from chalicelib.providers.failures import FailureKind
 from chalicelib.store.pool_overrides import PoolOverrides
-from tests.core.conftest import World, WorldFactory
+from tests.harness import Harness, HarnessFactory
 
 CONFIG = """\
 config: {task_limit: 100, prefix: "ci-"}
@@ -26,7 +26,7 @@ pools:
 
 
 @pytest.fixture
-def world(make_world: WorldFactory) -> World:
+def world(make_world: HarnessFactory) -> Harness:
     world = make_world(CONFIG)
     world.settle("alpha", seconds=1)
     assert world.count("alpha", "ready") == 4
@@ -34,7 +34,7 @@ def world(make_world: WorldFactory) -> World:
     return world
 
 
-def test_a_reset_made_during_a_pass_is_acted_on_by_the_next_pass_not_half_way(world: World) -> None:
+def test_a_reset_made_during_a_pass_is_acted_on_by_the_next_pass_not_half_way(world: Harness) -> None:
     ready = world.hosts("alpha", "ready")
 
     def reset_after_the_pass_looked(step: str) -> None:
@@ -50,7 +50,7 @@ def test_a_reset_made_during_a_pass_is_acted_on_by_the_next_pass_not_half_way(wo
 
 
 def test_a_pass_reads_the_pools_counts_once_and_reports_them_as_it_left_the_pool(
-        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+        world: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     reads: list[Any] = []
     counts = world.store.counts
 
@@ -74,7 +74,7 @@ def test_a_pass_reads_the_pools_counts_once_and_reports_them_as_it_left_the_pool
     assert (booted.counts["pending"], booted.counts["ready"]) == (0, 4)
 
 
-def test_a_clone_refused_at_start_is_counted_where_it_went(make_world: WorldFactory,
+def test_a_clone_refused_at_start_is_counted_where_it_went(make_world: HarnessFactory,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The count kept after the one read follows the pass's own moves: a clone that fails to
     start is completed, not pending."""
@@ -97,7 +97,7 @@ def test_a_clone_refused_at_start_is_counted_where_it_went(make_world: WorldFact
     assert (report.counts["pending"], report.counts["completed"]) == (3, 1)
 
 
-def test_the_pass_is_timed_on_the_injected_clock(world: World) -> None:
+def test_the_pass_is_timed_on_the_injected_clock(world: Harness) -> None:
     def a_slow_inventory(step: str) -> None:
         if step == "inventory":
             world.clock.advance(7)

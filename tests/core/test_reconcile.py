@@ -8,7 +8,7 @@ import pytest
 
 from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
 from chalicelib.timestamps import day_of
-from tests.core.conftest import Killed, World, WorldFactory, assert_consistent, kill_at_step, run_at_once
+from tests.harness import Harness, HarnessFactory, Killed, assert_consistent, kill_at_step, run_at_once
 
 # Clones take up to 60 s, boots 30 s more; timeouts are in minutes.
 BASE = """\
@@ -21,17 +21,17 @@ pools:
 """
 
 
-def world_with(make_world: WorldFactory, pools: str = "  - {name: alpha, size: 3, provider: dummy}",
-               task_limit: int = 10, extra: str = "") -> World:
+def world_with(make_world: HarnessFactory, pools: str = "  - {name: alpha, size: 3, provider: dummy}",
+               task_limit: int = 10, extra: str = "") -> Harness:
     return make_world(BASE.format(task_limit=task_limit, pools=pools, extra=extra))
 
 
 @pytest.fixture
-def world(make_world: WorldFactory) -> World:
+def world(make_world: HarnessFactory) -> Harness:
     return world_with(make_world)
 
 
-def fill(world: World, pool: str = "alpha") -> set[str]:
+def fill(world: Harness, pool: str = "alpha") -> set[str]:
     """Reconcile until the pool is full of ready VMs; returns them."""
     world.settle(pool)
     ready = world.hosts(pool, "ready")
@@ -42,7 +42,7 @@ def fill(world: World, pool: str = "alpha") -> set[str]:
 # --- the happy path -----------------------------------------------------------------------------
 
 
-def test_first_pass_starts_clones_without_waiting(world: World) -> None:
+def test_first_pass_starts_clones_without_waiting(world: Harness) -> None:
     report = world.reconcile("alpha")
 
     assert len(report.clones_started) == 3
@@ -60,7 +60,7 @@ def test_first_pass_starts_clones_without_waiting(world: World) -> None:
     assert again.clones_started == [] and again.became_ready == []
 
 
-def test_pending_becomes_ready_and_records_durations(make_world: WorldFactory) -> None:
+def test_pending_becomes_ready_and_records_durations(make_world: HarnessFactory) -> None:
     # The pool's own boot_time overrides the provider's: booting takes longer than any clone.
     world = world_with(make_world, pools="  - {name: alpha, size: 3, provider: dummy, boot_time: 120}")
     started = world.reconcile("alpha").clones_started
@@ -93,7 +93,7 @@ def test_pending_becomes_ready_and_records_durations(make_world: WorldFactory) -
 # --- leaving service ----------------------------------------------------------------------------
 
 
-def test_pending_past_timeout_is_completed_with_the_reason(make_world: WorldFactory) -> None:
+def test_pending_past_timeout_is_completed_with_the_reason(make_world: HarnessFactory) -> None:
     world = world_with(make_world, extra=", vmready_fail_percent: 100")
     started = world.reconcile("alpha").clones_started
     world.clock.advance(4 * 60)
@@ -113,7 +113,7 @@ def test_pending_past_timeout_is_completed_with_the_reason(make_world: WorldFact
     assert len(report.clones_started) == 3
 
 
-def test_clone_still_running_past_timeout_is_completed(make_world: WorldFactory) -> None:
+def test_clone_still_running_past_timeout_is_completed(make_world: HarnessFactory) -> None:
     world = world_with(make_world, pools="  - {name: alpha, size: 1, provider: dummy, createvm_max_time: 100000}")
     # With this seed the clone takes far longer than the 5-minute timeout.
     (host,) = world.reconcile("alpha").clones_started
@@ -125,7 +125,7 @@ def test_clone_still_running_past_timeout_is_completed(make_world: WorldFactory)
     assert world.store.cloning_count() == 1  # only the replacement holds a slot
 
 
-def test_clone_failure_is_recorded_and_frees_its_slot(make_world: WorldFactory) -> None:
+def test_clone_failure_is_recorded_and_frees_its_slot(make_world: HarnessFactory) -> None:
     world = world_with(make_world, task_limit=1,
                        pools="  - {name: alpha, size: 1, provider: dummy, createvm_fail_percent: 100}")
     failures: list[str] = []
@@ -149,7 +149,7 @@ def test_clone_failure_is_recorded_and_frees_its_slot(make_world: WorldFactory) 
     assert world.provider_vms("alpha") == set()
 
 
-def test_ready_past_ready_ttl_is_completed(world: World) -> None:
+def test_ready_past_ready_ttl_is_completed(world: Harness) -> None:
     old = fill(world)
     world.clock.advance(10 * 60 + 1)
 
@@ -161,7 +161,7 @@ def test_ready_past_ready_ttl_is_completed(world: World) -> None:
     assert len(report.clones_started) == 3
 
 
-def test_running_past_lifetime_is_reaped_then_destroyed_and_its_record_expires(world: World) -> None:
+def test_running_past_lifetime_is_reaped_then_destroyed_and_its_record_expires(world: Harness) -> None:
     fill(world)
     (host,) = world.check_out("alpha", lifetime_hours=1)
     world.clock.advance(3599)
@@ -188,7 +188,7 @@ def test_running_past_lifetime_is_reaped_then_destroyed_and_its_record_expires(w
     assert host not in set().union(*(world.hosts("alpha", s) for s in ("ready", "running", "completed")))
 
 
-def test_lifetime_defaults_to_the_services_vm_lifetime(world: World) -> None:
+def test_lifetime_defaults_to_the_services_vm_lifetime(world: Harness) -> None:
     fill(world)
     host = world.hosts("alpha", "ready").pop()
     world.store.move(host, "alpha", "ready", "running", world.clock.now(), checkout=world.clock.now())
@@ -198,7 +198,7 @@ def test_lifetime_defaults_to_the_services_vm_lifetime(world: World) -> None:
     assert world.reconcile("alpha").completed[host] == "lifetime of 2 hours expired"
 
 
-def test_destroy_failure_is_retried_until_it_succeeds(make_world: WorldFactory) -> None:
+def test_destroy_failure_is_retried_until_it_succeeds(make_world: HarnessFactory) -> None:
     world = world_with(make_world, pools="  - {name: alpha, size: 1, provider: dummy}")
     fill(world)
     (host,) = world.check_out("alpha")
@@ -222,7 +222,7 @@ def test_destroy_failure_is_retried_until_it_succeeds(make_world: WorldFactory) 
 # --- drift between the provider and the store ---------------------------------------------------
 
 
-def test_vm_made_by_hand_is_discovered_completed_and_destroyed(world: World) -> None:
+def test_vm_made_by_hand_is_discovered_completed_and_destroyed(world: Harness) -> None:
     fill(world)
     world.provider.create_by_hand(world.pool("alpha"), "stray-vm")
 
@@ -241,7 +241,7 @@ def test_vm_made_by_hand_is_discovered_completed_and_destroyed(world: World) -> 
     assert world.count("alpha", "ready") == 3
 
 
-def test_tracked_vm_deleted_by_hand_is_dropped_and_replaced(world: World) -> None:
+def test_tracked_vm_deleted_by_hand_is_dropped_and_replaced(world: Harness) -> None:
     ready = fill(world)
     (running,) = world.check_out("alpha")
     gone_ready = sorted(ready - {running})[0]
@@ -259,7 +259,7 @@ def test_tracked_vm_deleted_by_hand_is_dropped_and_replaced(world: World) -> Non
     assert world.count("alpha", "ready") == 3
 
 
-def test_checked_out_vm_is_never_reaped_as_discovered(world: World) -> None:
+def test_checked_out_vm_is_never_reaped_as_discovered(world: Harness) -> None:
     ready = fill(world)
     taken: list[str] = []
 
@@ -278,7 +278,7 @@ def test_checked_out_vm_is_never_reaped_as_discovered(world: World) -> None:
     assert host in world.provider_vms("alpha")
 
 
-def test_vm_checked_out_during_a_pass_is_not_expired_by_it(world: World) -> None:
+def test_vm_checked_out_during_a_pass_is_not_expired_by_it(world: Harness) -> None:
     ready = fill(world)
     world.clock.advance(10 * 60 + 1)  # every ready VM is past ready_ttl
     taken: list[str] = []
@@ -297,7 +297,7 @@ def test_vm_checked_out_during_a_pass_is_not_expired_by_it(world: World) -> None
 # --- repopulation -------------------------------------------------------------------------------
 
 
-def test_clones_in_flight_never_exceed_task_limit_across_pools(make_world: WorldFactory) -> None:
+def test_clones_in_flight_never_exceed_task_limit_across_pools(make_world: HarnessFactory) -> None:
     pools = "\n".join(f"  - {{name: {name}, size: 5, provider: dummy}}" for name in ("alpha", "beta", "gamma"))
     world = world_with(make_world, pools=pools, task_limit=4)
     names = ("alpha", "beta", "gamma")
@@ -317,7 +317,7 @@ def test_clones_in_flight_never_exceed_task_limit_across_pools(make_world: World
     assert world.store.cloning_count() == 0
 
 
-def test_repopulate_replaces_checked_out_vms(world: World) -> None:
+def test_repopulate_replaces_checked_out_vms(world: Harness) -> None:
     fill(world)
     world.check_out("alpha", 2)
 
@@ -328,7 +328,7 @@ def test_repopulate_replaces_checked_out_vms(world: World) -> None:
     assert report.work_in_flight
 
 
-def test_pool_of_size_zero_clones_nothing(make_world: WorldFactory) -> None:
+def test_pool_of_size_zero_clones_nothing(make_world: HarnessFactory) -> None:
     world = world_with(make_world, pools="  - {name: alpha, size: 0, provider: dummy}")
     report = world.reconcile("alpha")
     assert report.clones_started == [] and not report.work_in_flight
@@ -337,7 +337,7 @@ def test_pool_of_size_zero_clones_nothing(make_world: WorldFactory) -> None:
 # --- killed passes and passes at once -----------------------------------------------------------
 
 
-def busy_world(make_world: WorldFactory) -> tuple[World, set[str]]:
+def busy_world(make_world: HarnessFactory) -> tuple[Harness, set[str]]:
     """A pool with work waiting in every step of the next pass: clones to finish and VMs to mark
     ready, VMs to reap, destroys to finish, a discovered VM to complete, an unknown one to
     discover, a running VM deleted by hand, and a deficit to clone. Returns the world and the VMs
@@ -364,20 +364,20 @@ def busy_world(make_world: WorldFactory) -> tuple[World, set[str]]:
     return world, kept - {deleted}
 
 
-def checkpoints_of_one_pass(make_world: WorldFactory) -> list[str]:
+def checkpoints_of_one_pass(make_world: HarnessFactory) -> list[str]:
     world, _ = busy_world(make_world)
     steps: list[str] = []
     world.reconcile("alpha", steps.append)
     return steps
 
 
-def test_scenario_for_kills_reaches_every_step(make_world: WorldFactory) -> None:
+def test_scenario_for_kills_reaches_every_step(make_world: HarnessFactory) -> None:
     steps = checkpoints_of_one_pass(make_world)
     assert {"inventory", "snapshot", "clone_finished", "ready", "completed", "dropped", "destroyed",
             "destroy_started", "discovered", "reserved", "clone_started", "done"} <= set(steps), steps
 
 
-def test_pass_killed_at_any_step_converges_on_the_next(make_world: WorldFactory, redis_client) -> None:
+def test_pass_killed_at_any_step_converges_on_the_next(make_world: HarnessFactory, redis_client) -> None:
     steps = checkpoints_of_one_pass(make_world)
     for kill_at, step in enumerate(steps):
         redis_client.flushall()
@@ -401,7 +401,7 @@ def test_pass_killed_at_any_step_converges_on_the_next(make_world: WorldFactory,
         assert world.state_of("stray-one") == world.state_of("stray-two") == "destroyed", where
 
 
-def test_two_passes_at_once_do_not_over_clone(world: World) -> None:
+def test_two_passes_at_once_do_not_over_clone(world: Harness) -> None:
     nested: list[object] = []
 
     def run_another_pass_mid_way(step: str) -> None:
@@ -416,7 +416,7 @@ def test_two_passes_at_once_do_not_over_clone(world: World) -> None:
     assert world.store.cloning_count() == 3
 
 
-def test_many_passes_in_threads_do_not_over_clone(make_world: WorldFactory) -> None:
+def test_many_passes_in_threads_do_not_over_clone(make_world: HarnessFactory) -> None:
     world = world_with(make_world, pools="  - {name: alpha, size: 5, provider: dummy}")
     for _ in range(6):
         run_at_once(lambda: world.reconcile("alpha"), threads=8)
@@ -428,7 +428,7 @@ def test_many_passes_in_threads_do_not_over_clone(make_world: WorldFactory) -> N
     assert world.provider_vms("alpha") == world.hosts("alpha", "ready")
 
 
-def test_vm_destroyed_by_a_concurrent_pass_is_not_rediscovered(world: World) -> None:
+def test_vm_destroyed_by_a_concurrent_pass_is_not_rediscovered(world: Harness) -> None:
     fill(world)
     (host,) = world.check_out("alpha")
     world.store.move(host, "alpha", "running", "completed", world.clock.now(), reason="returned")
@@ -449,7 +449,7 @@ def test_vm_destroyed_by_a_concurrent_pass_is_not_rediscovered(world: World) -> 
     assert record.state == "destroyed" and record.reason == "returned"
 
 
-def test_destroyed_vm_that_comes_back_is_discovered_again(world: World) -> None:
+def test_destroyed_vm_that_comes_back_is_discovered_again(world: Harness) -> None:
     fill(world)
     (host,) = world.check_out("alpha")
     world.store.move(host, "alpha", "running", "completed", world.clock.now(), reason="returned")

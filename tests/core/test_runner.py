@@ -6,7 +6,6 @@ The runner's time is the services' clock (a FakeClock here): no test measures wa
 
 from __future__ import annotations
 
-import time
 from typing import Iterator
 
 import pytest
@@ -21,6 +20,7 @@ from chalicelib.providers.base import ProviderError
 from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable, connect
 from local.redis_server import RedisServer
+from tests.support import free_port
 
 CONFIG = """\
 config: {{check_loop_delay_min: 7, task_limit: 10}}
@@ -72,9 +72,12 @@ def test_lease_is_released_after_a_run(services: Services, redis_client: redis.R
     assert run_pool(services, "empty").leased  # the next invocation gets it
 
 
-def test_a_crashed_holders_lease_expires(services: Services) -> None:
-    assert services.store.acquire_lease("empty", 0.001)  # a holder that died without releasing
-    time.sleep(0.01)  # Redis expires the key on its own clock
+def test_a_crashed_holders_lease_expires(services: Services, redis_client: redis.Redis) -> None:
+    assert services.store.acquire_lease("empty", 90)  # a holder that died without releasing
+    assert not run_pool(services, "empty").leased  # held: nobody else runs the pool meanwhile
+    lease = services.store.keys.lease("empty")
+    assert 0 < redis_client.pttl(lease) <= 90_000  # Redis ends it on its own: a TTL, not a wait
+    redis_client.delete(lease)  # what Redis does when the TTL runs out (not waited for)
     assert run_pool(services, "empty").leased
 
 
@@ -177,12 +180,12 @@ def test_a_long_pass_renews_its_lease_and_stops_when_another_took_it(services: S
     assert services.store.counts(["alpha"])["alpha"]["pending"] <= 2
 
 
-def test_redis_down_at_lease_time_is_a_failure_not_an_exception(redis_server: RedisServer) -> None:
-    """A run that cannot reach Redis reports it and returns: no crashed Lambda."""
-    from local.redis_server import free_port
-
-    config = parse(":providers:\n  :dummy: {}\n:pools:\n  - name: alpha\n    size: 1\n    provider: dummy\n")
-    unreachable = redis.Redis(port=free_port(), decode_responses=True, socket_connect_timeout=0.2)
+def test_redis_down_at_lease_time_is_a_failure_not_an_exception() -> None:
+    """A run that cannot reach Redis reports it and returns: no crashed Lambda. The client is the
+    service's own (``connect``: one immediate retry), not redis-py's default with its backoff."""
+    config = parse(":providers:\n  :dummy: {}\n:pools:\n  - name: alpha\n    size: 1\n    provider: dummy\n"
+                   f"redis: {{server: 127.0.0.1, port: {free_port()}, socket_timeout: 0.2}}\n")
+    unreachable = connect(config.redis)
     report = run_pool(Services(config, unreachable), "alpha")
     assert report.leased is False
     assert report.failures and "redis" in report.failures[0]

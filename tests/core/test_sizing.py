@@ -19,7 +19,7 @@ from chalicelib.sizing.controller import current_sizes
 from chalicelib.sizing.demand import HISTORY_TTL_SECONDS, day_and_minute, epoch_minute
 from chalicelib.store import CheckoutRequest
 from chalicelib.store.pool_overrides import PoolOverrides
-from tests.core.conftest import World, WorldFactory
+from tests.harness import Harness, HarnessFactory
 from tests.support import json_lines
 
 # FakeClock starts on Friday 2027-01-15 08:00:00 UTC. Clones take up to 60 s, boots 30 s more.
@@ -43,29 +43,29 @@ pools:
 
 
 @pytest.fixture
-def world(make_world: WorldFactory) -> World:
+def world(make_world: HarnessFactory) -> Harness:
     return sized_world(make_world)
 
 
-def sized_world(make_world: WorldFactory, max_size: int = 30) -> World:
+def sized_world(make_world: HarnessFactory, max_size: int = 30) -> Harness:
     world = make_world(CONFIG.format(max=max_size))
     world.store.demand_pools = demand_sized_pools(world.config)
     return world
 
 
-def settle(world: World, name: str, passes: int = 6) -> None:
+def settle(world: Harness, name: str, passes: int = 6) -> None:
     """A few passes 45 s apart: enough for every clone and boot."""
     for _ in range(passes):
         world.clock.advance(45)
         world.reconcile(name)
 
 
-def take(world: World, name: str, count: int) -> bool:
+def take(world: Harness, name: str, count: int) -> bool:
     result = world.store.checkout([CheckoutRequest(name, [name], count)], world.clock.now(), {"lifetime": "2"})
     return result.ok
 
 
-def bucket(world: World, name: str) -> dict[str, str]:
+def bucket(world: Harness, name: str) -> dict[str, str]:
     day, _ = day_and_minute(epoch_minute(world.clock.now()))
     return world.client.hgetall(world.store.keys.demand(name, day))
 
@@ -73,7 +73,7 @@ def bucket(world: World, name: str) -> dict[str, str]:
 # --- demand counted in the checkout script ---------------------------------------------------------
 
 
-def test_checkouts_and_misses_of_demand_pools_are_counted_per_minute(world: World) -> None:
+def test_checkouts_and_misses_of_demand_pools_are_counted_per_minute(world: Harness) -> None:
     settle(world, "dem")
     settle(world, "plain")
     minute = epoch_minute(world.clock.now()) % 1440
@@ -91,7 +91,7 @@ def test_checkouts_and_misses_of_demand_pools_are_counted_per_minute(world: Worl
     assert world.client.keys("*demand:plain*") == []
 
 
-def test_an_alias_miss_counts_once_against_its_first_demand_pool(make_world: WorldFactory) -> None:
+def test_an_alias_miss_counts_once_against_its_first_demand_pool(make_world: HarnessFactory) -> None:
     world = sized_world(make_world)
     minute = epoch_minute(world.clock.now()) % 1440
     assert not world.store.checkout([CheckoutRequest("linux", ["plain", "dem", "sched"], 2)],
@@ -102,7 +102,7 @@ def test_an_alias_miss_counts_once_against_its_first_demand_pool(make_world: Wor
 # --- schedules applied by the pass -----------------------------------------------------------------
 
 
-def test_pass_applies_the_schedule_window_then_shrinks_after_it_without_touching_running_vms(world: World) -> None:
+def test_pass_applies_the_schedule_window_then_shrinks_after_it_without_touching_running_vms(world: Harness) -> None:
     settle(world, "sched")  # Friday 08:04: inside weekdays 08:00-09:00
     assert world.count("sched", "ready") == 4
     assert take(world, "sched", 2)
@@ -117,7 +117,7 @@ def test_pass_applies_the_schedule_window_then_shrinks_after_it_without_touching
     assert world.hosts("sched", "running") == running
 
 
-def settle_overridden(world: World, name: str, size: int | None, passes: int) -> PoolOverrides:
+def settle_overridden(world: Harness, name: str, size: int | None, passes: int) -> PoolOverrides:
     """Set (or with None, clear) the pool's runtime size, then run passes on the pool as the runner
     hands it over (override applied)."""
     services = Services(world.config, world.client, clock=world.clock)
@@ -129,7 +129,7 @@ def settle_overridden(world: World, name: str, size: int | None, passes: int) ->
     return overrides
 
 
-def test_override_wins_over_the_schedule_until_reset(world: World) -> None:
+def test_override_wins_over_the_schedule_until_reset(world: Harness) -> None:
     overrides = settle_overridden(world, "sched", 2, passes=6)
     assert world.count("sched", "ready") + world.count("sched", "pending") == 2
 
@@ -141,7 +141,7 @@ def test_override_wins_over_the_schedule_until_reset(world: World) -> None:
 # --- demand sizing through the pass ----------------------------------------------------------------
 
 
-def test_demand_grows_the_pool_and_shrinks_it_only_by_ready_vms_past_the_grace(world: World) -> None:
+def test_demand_grows_the_pool_and_shrinks_it_only_by_ready_vms_past_the_grace(world: Harness) -> None:
     settle(world, "dem")
     assert world.count("dem", "ready") == 2  # no history yet: the configured size
     # A burst: 5 VMs asked for a minute for 5 minutes (served or missed, both are demand). The
@@ -170,7 +170,7 @@ def test_demand_grows_the_pool_and_shrinks_it_only_by_ready_vms_past_the_grace(w
     assert world.hosts("dem", "running") == running  # running VMs never touched
 
 
-def test_burst_beyond_max_keeps_the_pool_at_max(make_world: WorldFactory) -> None:
+def test_burst_beyond_max_keeps_the_pool_at_max(make_world: HarnessFactory) -> None:
     world = sized_world(make_world, max_size=3)
     settle(world, "dem")
     for _ in range(3):
@@ -180,7 +180,7 @@ def test_burst_beyond_max_keeps_the_pool_at_max(make_world: WorldFactory) -> Non
     assert world.count("dem", "ready") + world.count("dem", "pending") == 3
 
 
-def test_broken_history_never_goes_below_min(world: World) -> None:
+def test_broken_history_never_goes_below_min(world: Harness) -> None:
     keys = world.store.keys
     now_minute = epoch_minute(world.clock.now())
     for offset in (0, 1440, 7 * 1440):
@@ -194,7 +194,7 @@ def test_broken_history_never_goes_below_min(world: World) -> None:
 
 
 def test_decisions_are_logged_with_inputs_and_published_as_metrics(
-        world: World, capsys: pytest.CaptureFixture[str], log_output: io.StringIO) -> None:
+        world: Harness, capsys: pytest.CaptureFixture[str], log_output: io.StringIO) -> None:
     world.reconcile("dem")
     (decision,) = [line for line in json_lines(log_output.getvalue()) if line["message"] == "pool size decision"]
     assert decision["pool"] == "dem" and decision["size"] == 2 and decision["reason"] == "demand"
@@ -219,7 +219,7 @@ def test_sizing_in_the_example_config_loads() -> None:
     assert sizing.windows[0].label == "weekdays 07:00-19:00" and sizing.demand.max == 60
 
 
-def test_scale_down_waits_for_the_drain_grace_of_freshly_ready_vms(world: World) -> None:
+def test_scale_down_waits_for_the_drain_grace_of_freshly_ready_vms(world: Harness) -> None:
     overrides = settle_overridden(world, "dem", 6, passes=4)
     assert world.count("dem", "ready") == 6
     newest_ready = max(score for _, score in world.client.zrange(
@@ -238,7 +238,7 @@ def test_scale_down_waits_for_the_drain_grace_of_freshly_ready_vms(world: World)
     assert set(report.completed.values()) == {"pool size reduced to 2 (demand)"}
 
 
-def test_runner_publishes_and_samples_the_effective_size(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+def test_runner_publishes_and_samples_the_effective_size(world: Harness, capsys: pytest.CaptureFixture[str]) -> None:
     from chalicelib.manager.runner import run_pool
     from chalicelib.store.history import PoolHistory, minute_of
 

@@ -8,11 +8,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from bench.sizing import MemoryBackend
 from chalicelib.config import ConfigError, PoolConfig, parse
 from chalicelib.sizing.controller import DemandState, SizeController, decide, hold_for_cooldown
 from chalicelib.sizing.demand import epoch_minute, seasonal_peak
 from chalicelib.sizing.schedule import current_window
+from tools.sizing_replay.simulator import MemoryBackend
 
 MONDAY = datetime(2027, 1, 4, tzinfo=timezone.utc).timestamp()
 """Monday 2027-01-04 00:00 UTC."""

@@ -1,14 +1,15 @@
-"""The replay simulator (bench/sizing.py): deterministic traces, the controller's decisions on
+"""The replay simulator (tools/sizing_replay): deterministic traces, the controller's decisions on
 small traces, and the issue's criterion on a shipped trace."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench import sizing, traces
-from bench.traces import MINUTES_PER_DAY, Trace
 from chalicelib.config import PoolConfig
 from chalicelib.sizing.controller import SizeController, SizeDecision
+from tools.sizing_replay import simulator as sizing
+from tools.sizing_replay import traces
+from tools.sizing_replay.traces import MINUTES_PER_DAY, Trace
 
 HOUR = 60
 

@@ -14,7 +14,7 @@ from chalicelib.clock import FakeClock
 from chalicelib.config import parse
 from chalicelib.manager.runner import run_pool
 from chalicelib.services import Services
-from tests.core.conftest import World, WorldFactory
+from tests.harness import Harness, HarnessFactory
 
 CONFIG = """\
 config: {task_limit: 10, timeout: 5, ready_ttl: 10, vm_lifetime: 2, prefix: "ci-"}
@@ -28,7 +28,7 @@ CLONE_AND_BOOT = 60 + 30 + 1
 """Seconds after which any clone started has finished and booted."""
 
 
-def one_clone_in_flight(world: World) -> str:
+def one_clone_in_flight(world: Harness) -> str:
     """A pool of one whose only VM is still cloning: not yet in the provider's inventory."""
     report = world.reconcile("alpha")
     (host,) = report.clones_started
@@ -48,7 +48,7 @@ def at_first(step: str, action: Callable[[], None]) -> Callable[[str], None]:
     return checkpoint
 
 
-def test_a_vm_checked_out_after_a_stale_inventory_read_is_not_dropped(make_world: WorldFactory) -> None:
+def test_a_vm_checked_out_after_a_stale_inventory_read_is_not_dropped(make_world: HarnessFactory) -> None:
     world = make_world(CONFIG)
     host = one_clone_in_flight(world)
     checked_out: list[str] = []
@@ -68,7 +68,7 @@ def test_a_vm_checked_out_after_a_stale_inventory_read_is_not_dropped(make_world
     assert host in world.provider_vms("alpha"), "the VM in use was destroyed"
 
 
-def test_a_vm_made_ready_after_a_stale_inventory_read_is_not_dropped(make_world: WorldFactory) -> None:
+def test_a_vm_made_ready_after_a_stale_inventory_read_is_not_dropped(make_world: HarnessFactory) -> None:
     world = make_world(CONFIG)
     host = one_clone_in_flight(world)
 
@@ -83,7 +83,7 @@ def test_a_vm_made_ready_after_a_stale_inventory_read_is_not_dropped(make_world:
     assert world.check_out("alpha") == [host]
 
 
-def test_a_running_vm_really_deleted_is_still_dropped_by_a_fresh_read(make_world: WorldFactory) -> None:
+def test_a_running_vm_really_deleted_is_still_dropped_by_a_fresh_read(make_world: HarnessFactory) -> None:
     world = make_world(CONFIG)
     one_clone_in_flight(world)
     world.clock.advance(CLONE_AND_BOOT)
@@ -97,7 +97,7 @@ def test_a_running_vm_really_deleted_is_still_dropped_by_a_fresh_read(make_world
     assert world.store.get_vm(host).reason == "gone from the provider while running"
 
 
-def test_a_lifetime_extended_after_the_pass_looked_is_honoured(make_world: WorldFactory) -> None:
+def test_a_lifetime_extended_after_the_pass_looked_is_honoured(make_world: HarnessFactory) -> None:
     world = make_world(CONFIG)
     one_clone_in_flight(world)
     world.clock.advance(CLONE_AND_BOOT)

@@ -15,7 +15,7 @@ from chalicelib.config import PoolConfig
 from chalicelib.providers.base import VMInfo
 from chalicelib.store.pool_overrides import PoolOverrides
 from chalicelib.store.store import UNCONFIRMED_SECONDS
-from tests.core.conftest import World, WorldFactory
+from tests.harness import Harness, HarnessFactory
 
 CONFIG = """\
 config: {{task_limit: 100, ready_ttl: 60, prefix: "ci-"}}
@@ -31,7 +31,7 @@ def record_reads(client: redis.Redis) -> int:
     return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("hgetall", "hget", "hmget"))
 
 
-def steady_reads(world: World) -> int:
+def steady_reads(world: Harness) -> int:
     world.settle("alpha", seconds=1)
     world.clock.advance(1)
     world.client.config_resetstat()
@@ -40,7 +40,7 @@ def steady_reads(world: World) -> int:
     return record_reads(world.client)
 
 
-def test_a_steady_pass_reads_no_vm_record_whatever_the_pools_size(make_world: WorldFactory) -> None:
+def test_a_steady_pass_reads_no_vm_record_whatever_the_pools_size(make_world: HarnessFactory) -> None:
     small = steady_reads(make_world(CONFIG.format(size=5, template="t1")))
     world = make_world(CONFIG.format(size=80, template="t1"))
     large = steady_reads(world)
@@ -65,13 +65,13 @@ pools:
 """
 
 
-def bounded_world(make_world: WorldFactory, size: int = 20, checktime: int = 1, ready_ttl: int = 600) -> World:
+def bounded_world(make_world: HarnessFactory, size: int = 20, checktime: int = 1, ready_ttl: int = 600) -> Harness:
     world = make_world(BOUNDED.format(size=size, checktime=checktime, ready_ttl=ready_ttl))
     world.settle("alpha", seconds=1)
     return world
 
 
-def whole_inventories(world: World) -> list[int]:
+def whole_inventories(world: Harness) -> list[int]:
     """Counts the pass's whole-folder listings (``list_vms``) into the list returned."""
     listings: list[int] = []
     list_vms = world.provider.list_vms
@@ -88,7 +88,7 @@ def commands(client: redis.Redis) -> dict[str, int]:
     return {name: stats["calls"] for name, stats in client.info("commandstats").items()}
 
 
-def steady_work(world: World) -> tuple[dict[str, int], list[str]]:
+def steady_work(world: Harness) -> tuple[dict[str, int], list[str]]:
     """The Redis commands of one steady pass (Lua's own included) and the VMs the provider was
     asked about."""
     asked: list[str] = []
@@ -106,7 +106,7 @@ def steady_work(world: World) -> tuple[dict[str, int], list[str]]:
     return commands(world.client), asked
 
 
-def test_a_steady_pass_does_the_same_work_at_any_pool_size(make_world: WorldFactory) -> None:
+def test_a_steady_pass_does_the_same_work_at_any_pool_size(make_world: HarnessFactory) -> None:
     small = bounded_world(make_world, size=5)
     small_listings = whole_inventories(small)
     small_work, small_asked = steady_work(small)
@@ -119,7 +119,7 @@ def test_a_steady_pass_does_the_same_work_at_any_pool_size(make_world: WorldFact
     assert small_listings == large_listings == []  # nor lists its folder
 
 
-def test_a_vm_deleted_in_the_provider_is_dropped_by_the_next_pass(make_world: WorldFactory) -> None:
+def test_a_vm_deleted_in_the_provider_is_dropped_by_the_next_pass(make_world: HarnessFactory) -> None:
     world = bounded_world(make_world)
     listings = whole_inventories(world)
     running = world.check_out("alpha")[0]
@@ -137,7 +137,7 @@ def test_a_vm_deleted_in_the_provider_is_dropped_by_the_next_pass(make_world: Wo
     assert listings == []  # told by the provider's change log, not by listing the folder
 
 
-def test_a_vm_vanished_unreported_is_dropped_within_vm_checktime(make_world: WorldFactory) -> None:
+def test_a_vm_vanished_unreported_is_dropped_within_vm_checktime(make_world: HarnessFactory) -> None:
     """The bound of the trade-off: a VM gone without the provider reporting it (here removed
     behind the dummy's change log) is seen at the next whole comparison, vm_checktime later."""
     world = bounded_world(make_world, checktime=1)
@@ -158,7 +158,7 @@ def test_a_vm_vanished_unreported_is_dropped_within_vm_checktime(make_world: Wor
     assert set(report.dropped) == {ready, running}
 
 
-def test_a_vm_in_use_is_never_dropped_by_passes_that_look_at_part_of_the_pool(make_world: WorldFactory) -> None:
+def test_a_vm_in_use_is_never_dropped_by_passes_that_look_at_part_of_the_pool(make_world: HarnessFactory) -> None:
     world = bounded_world(make_world, checktime=1)
     in_use = set(world.check_out("alpha", count=5))
     for minute in range(6):
@@ -176,7 +176,7 @@ def test_a_vm_in_use_is_never_dropped_by_passes_that_look_at_part_of_the_pool(ma
 
 
 def test_light_passes_still_expire_ready_vms_reap_lifetimes_and_return_unconfirmed_checkouts(
-        make_world: WorldFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+        make_world: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """With whole comparisons far apart (vm_checktime 10,000 minutes), every pass is partial:
     ready_ttl, lifetimes and checkout confirmations are still honoured on time."""
     world = bounded_world(make_world, size=10, checktime=10_000, ready_ttl=30)

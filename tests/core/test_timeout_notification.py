@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from tests.core.conftest import WorldFactory
+from tests.harness import HarnessFactory
 from tests.support import json_lines
 
 CONFIG = """\
@@ -23,7 +23,7 @@ def slow_lines(output: io.StringIO) -> list[dict]:
 
 
 def test_one_line_per_slow_vm_once_it_passes_timeout_notification(
-        make_world: WorldFactory, log_output: io.StringIO) -> None:
+        make_world: HarnessFactory, log_output: io.StringIO) -> None:
     world = make_world(CONFIG)
     started = {pool: world.reconcile(pool).clones_started[0] for pool in ("booting", "cloning")}
 

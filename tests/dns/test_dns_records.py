@@ -8,7 +8,6 @@ import itertools
 from typing import Any, Iterator
 
 import pytest
-import redis
 import yaml
 
 from chalicelib.clock import FakeClock
@@ -16,56 +15,40 @@ from chalicelib.config import parse
 from chalicelib.dns.base import DnsPlugin
 from chalicelib.dns.registry import build_dns_plugin
 from chalicelib.manager import clones
-from chalicelib.manager.reconcile import PassReport, reconcile_pool
-from chalicelib.providers.dummy import DummyProvider
-from chalicelib.store import Store
-from tests.core.conftest import PREFIX, World, assert_consistent
+from chalicelib.manager.reconcile import reconcile_pool
 from tests.dns.bind import BindServer
+from tests.harness import Harness, HarnessFactory
 
 
-class DnsWorld(World):
-    dns: DnsPlugin
-
-    def reconcile(self, name: str, checkpoint: Any = None) -> PassReport:
-        return reconcile_pool(self.store, self.provider, self.pool(name), self.clock, self.config.service,
-                              dns=self.dns)
-
-    def passes(self, count: int, seconds: float = 30.0) -> list[PassReport]:
-        reports = []
-        for _ in range(count):
-            self.clock.advance(seconds)
-            reports.append(self.reconcile("dns"))
-            assert_consistent(self, "dns")
-        return reports
-
-
-def make_dns_world(client: redis.Redis, clock: FakeClock, entry: dict[str, Any], size: int = 2,
-                   **dummy: Any) -> DnsWorld:
+def make_dns_world(make_harness: HarnessFactory, entry: dict[str, Any], size: int = 2, **dummy: Any) -> Harness:
     document = {
         "config": {"timeout": 10, "task_limit": 10},
         "providers": {"dummy": {"provider_class": "dummy", "seed": 5, "boot_time": 20, **dummy}},
         "dns_configs": {"zone": entry},
         "pools": [{"name": "dns", "size": size, "provider": "dummy", "dns_plugin": "zone"}],
     }
-    config = parse(yaml.safe_dump(document))
-    world = DnsWorld(config, client, clock, Store(client, prefix=PREFIX),
-                     DummyProvider(config.providers["dummy"], client, clock, prefix=PREFIX))
-    world.dns = build_dns_plugin(config.dns_configs["zone"])
-    return world
+    return make_harness(parse(yaml.safe_dump(document)))
+
+
+def dns_of(world: Harness) -> DnsPlugin:
+    """The pool's DNS plugin, the one its passes use."""
+    plugin = world.services.dns_plugin(world.pool("dns"))
+    assert plugin is not None
+    return plugin
 
 
 @pytest.fixture
-def world(redis_client: redis.Redis, clock: FakeClock, bind: BindServer) -> DnsWorld:
-    return make_dns_world(redis_client, clock, bind.dns_config())
+def world(make_harness: HarnessFactory, bind: BindServer) -> Harness:
+    return make_dns_world(make_harness, bind.dns_config())
 
 
-def ready_vms(world: World) -> dict[str, str]:
+def ready_vms(world: Harness) -> dict[str, str]:
     """hostname -> IP of the pool's ready VMs."""
     return {host: world.store.get_vm(host).ip for host in world.hosts("dns", "ready")}  # type: ignore[union-attr]
 
 
-def test_ready_vms_have_their_record_and_lose_it_when_they_leave(world: DnsWorld, bind: BindServer) -> None:
-    world.passes(3)
+def test_ready_vms_have_their_record_and_lose_it_when_they_leave(world: Harness, bind: BindServer) -> None:
+    world.passes("dns", 3)
     ready = ready_vms(world)
     assert len(ready) == 2
     for host, ip in ready.items():
@@ -74,7 +57,7 @@ def test_ready_vms_have_their_record_and_lose_it_when_they_leave(world: DnsWorld
 
     [taken] = world.check_out("dns")
     world.store.move(taken, "dns", "running", "completed", world.clock.now(), reason="returned by its user")
-    world.passes(4)
+    world.passes("dns", 4)
     assert bind.addresses(f"{taken}.{bind.zone}") == []
     assert world.state_of(taken) == "destroyed"
     # Its replacement got a record of its own; the other VM kept its own.
@@ -84,10 +67,10 @@ def test_ready_vms_have_their_record_and_lose_it_when_they_leave(world: DnsWorld
 
 
 def test_the_record_exists_before_the_readiness_check_that_may_need_it(
-        redis_client: redis.Redis, clock: FakeClock, bind: BindServer) -> None:
+        make_harness: HarnessFactory, clock: FakeClock, bind: BindServer) -> None:
     # Readiness by TCP to <name>.<domain> needs the name: it is published once the VM has an address.
-    world = make_dns_world(redis_client, clock, bind.dns_config(), vmready_fail_percent=100)
-    world.passes(3)
+    world = make_dns_world(make_harness, bind.dns_config(), vmready_fail_percent=100)
+    world.passes("dns", 3)
     pending = world.hosts("dns", "pending")
     assert len(pending) == 2 and world.count("dns", "ready") == 0
     for host in pending:
@@ -97,25 +80,25 @@ def test_the_record_exists_before_the_readiness_check_that_may_need_it(
 
 
 def test_a_new_name_that_already_resolves_is_refused_and_another_is_used(
-        world: DnsWorld, bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        world: Harness, bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
     stale = "stale-name"
-    world.dns.create_or_replace(stale, "10.99.99.99")  # left behind by someone else
+    dns_of(world).create_or_replace(stale, "10.99.99.99")  # left behind by someone else
     names: Iterator[str] = itertools.chain([stale], (f"fresh-{n}" for n in itertools.count()))
     monkeypatch.setattr(clones, "candidate_names", lambda count, prefix="": [next(names) for _ in range(count * 2)])
-    first = world.passes(1)[0]
+    first = world.passes("dns", 1)[0]
     assert stale in first.completed and "already resolves to 10.99.99.99" in first.completed[stale]
     assert stale not in world.provider_vms("dns")  # never cloned
-    world.passes(4)
+    world.passes("dns", 4)
     assert len(ready_vms(world)) == 2 and all(host.startswith("fresh-") for host in ready_vms(world))
     # Not our record: left alone.
     assert bind.addresses(f"{stale}.{bind.zone}") == ["10.99.99.99"]
-    world.dns.delete(stale)
+    dns_of(world).delete(stale)
 
 
 def test_a_dns_outage_keeps_vms_pending_with_the_reason_and_never_fails_the_pass(
-        world: DnsWorld, bind: BindServer) -> None:
+        world: Harness, bind: BindServer) -> None:
     bind.stop()
-    reports = world.passes(3)  # clone, boot, ready by the provider: DNS is down
+    reports = world.passes("dns", 3)  # clone, boot, ready by the provider: DNS is down
     assert all(report.became_ready == [] for report in reports)
     pending = world.hosts("dns", "pending")
     assert len(pending) == 2
@@ -124,56 +107,56 @@ def test_a_dns_outage_keeps_vms_pending_with_the_reason_and_never_fails_the_pass
         assert reason.startswith(f"DNS record not created: dns create {host}.{bind.zone}: 127.0.0.1:{bind.port}")
 
     bind.start()
-    world.passes(1)
+    world.passes("dns", 1)
     ready = ready_vms(world)
     assert set(ready) == pending
     for host, ip in ready.items():
         assert bind.addresses(f"{host}.{bind.zone}") == [ip]
 
 
-def test_an_outage_longer_than_the_timeout_takes_the_vm_out_with_the_reason(world: DnsWorld, bind: BindServer) -> None:
+def test_an_outage_longer_than_the_timeout_takes_the_vm_out_with_the_reason(world: Harness, bind: BindServer) -> None:
     bind.stop()
-    world.passes(2)
+    world.passes("dns", 2)
     pending = world.hosts("dns", "pending")
-    world.passes(1, seconds=11 * 60)
+    world.passes("dns", 1, seconds=11 * 60)
     for host in pending:
         record = world.store.get_vm(host)
         assert record.state == "completed"  # type: ignore[union-attr]
         assert "not ready after 10 minutes: DNS record not created" in record.reason  # type: ignore[union-attr]
 
 
-def test_a_failed_delete_does_not_hold_the_destroy(world: DnsWorld, bind: BindServer) -> None:
-    world.passes(3)
+def test_a_failed_delete_does_not_hold_the_destroy(world: Harness, bind: BindServer) -> None:
+    world.passes("dns", 3)
     [taken] = world.check_out("dns")
     bind.stop()
     world.store.move(taken, "dns", "running", "completed", world.clock.now(), reason="returned by its user")
-    world.passes(3)
+    world.passes("dns", 3)
     record = world.store.get_vm(taken)
     assert record.state == "destroyed"  # type: ignore[union-attr]
     assert record.raw["dns_error"].startswith("DNS record not deleted: dns delete")  # type: ignore[union-attr]
 
 
-def test_route53_records_follow_the_vms(redis_client: redis.Redis, clock: FakeClock, route53: tuple[Any, str]) -> None:
+def test_route53_records_follow_the_vms(make_harness: HarnessFactory, route53: tuple[Any, str]) -> None:
     client, zone = route53
-    world = make_dns_world(redis_client, clock, {"dns_class": "route53", "domain": "vms.example.test",
+    world = make_dns_world(make_harness, {"dns_class": "route53", "domain": "vms.example.test",
                                                  "hosted_zone_id": zone}, size=1)
 
     def records() -> dict[str, list[str]]:
         found = client.list_resource_record_sets(HostedZoneId=zone)["ResourceRecordSets"]
         return {r["Name"].rstrip("."): [v["Value"] for v in r["ResourceRecords"]] for r in found if r["Type"] == "A"}
 
-    world.passes(3)
+    world.passes("dns", 3)
     [(host, ip)] = ready_vms(world).items()
     assert records() == {f"{host}.vms.example.test": [ip]}
     world.check_out("dns")
     world.store.move(host, "dns", "running", "completed", world.clock.now(), reason="returned by its user")
-    world.passes(4)
+    world.passes("dns", 4)
     [(new_host, new_ip)] = ready_vms(world).items()
     assert records() == {f"{new_host}.vms.example.test": [new_ip]}
 
 
 def test_records_left_to_dhcp_can_still_have_new_names_checked(
-        redis_client: redis.Redis, clock: FakeClock, bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        make_harness: HarnessFactory, clock: FakeClock, bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
     # dynamic-dns without a server (vmpooler's meaning: the VMs register themselves) with
     # check_names: new names are looked up with the system's resolver, here pointed at BIND.
     import dns.resolver
@@ -183,24 +166,24 @@ def test_records_left_to_dhcp_can_still_have_new_names_checked(
     monkeypatch.setattr(dns.resolver, "default_resolver", resolver)
     updater = build_dns_plugin(parse(yaml.safe_dump({"dns_configs": {"z": bind.dns_config()}})).dns_configs["z"])
     updater.create_or_replace("dhcp-left", "10.88.0.1")
-    world = make_dns_world(redis_client, clock, {"dns_class": "dynamic-dns", "domain": bind.zone, "check_names": True},
+    world = make_dns_world(make_harness, {"dns_class": "dynamic-dns", "domain": bind.zone, "check_names": True},
                            size=1)
-    assert not world.dns.manages_records
+    assert not dns_of(world).manages_records
     names = itertools.chain(["dhcp-left"], (f"fresh-{n}" for n in itertools.count()))
     monkeypatch.setattr(clones, "candidate_names", lambda count, prefix="": [next(names) for _ in range(count * 2)])
-    first = world.passes(1)[0]
+    first = world.passes("dns", 1)[0]
     assert "already resolves to 10.88.0.1" in first.completed["dhcp-left"]
-    world.passes(3)
+    world.passes("dns", 3)
     [ready] = ready_vms(world)
     assert ready.startswith("fresh-") and bind.addresses(f"{ready}.{bind.zone}") == []  # not ours to publish
     updater.delete("dhcp-left")
 
 
 def test_a_stale_pass_keeps_the_record_of_a_vm_checked_out_after_its_inventory_read(
-        redis_client: redis.Redis, clock: FakeClock, bind: BindServer) -> None:
+        make_harness: HarnessFactory, clock: FakeClock, bind: BindServer) -> None:
     """Issue 10 defect 2 with DNS: the pass that read the inventory while the VM was cloning
     neither drops the VM a user took meanwhile nor withdraws its A record."""
-    world = make_dns_world(redis_client, clock, bind.dns_config(), size=1, createvm_max_time=60)
+    world = make_dns_world(make_harness, bind.dns_config(), size=1, createvm_max_time=60)
     (host,) = world.reconcile("dns").clones_started
     taken: list[str] = []
 
@@ -212,7 +195,7 @@ def test_a_stale_pass_keeps_the_record_of_a_vm_checked_out_after_its_inventory_r
             taken.extend(world.check_out("dns"))
 
     reconcile_pool(world.store, world.provider, world.pool("dns"), clock, world.config.service,
-                   another_pass_readies_it_and_a_user_takes_it, dns=world.dns)
+                   another_pass_readies_it_and_a_user_takes_it, dns=dns_of(world))
 
     assert taken == [host] and world.state_of(host) == "running"
     ip = world.store.get_vm(host).ip  # type: ignore[union-attr]

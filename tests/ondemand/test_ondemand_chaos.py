@@ -7,28 +7,28 @@ import pytest
 
 from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
 from chalicelib.store.ondemand import OnDemandStore
-from tests.core.conftest import Killed, kill_at_step, run_at_once
+from tests.harness import Killed, kill_at_step, run_at_once
 
 
 def busy(make_stack):
     """debian-12 (size 2) full, one VM checked out with a disk queued, the size lowered to 1 and
     an on-demand request for 3 VMs open: every new step of the pass has work."""
     stack = make_stack(size=2)
-    stack.settle("debian-12")
-    status, body = stack.call("POST", "/api/v3/vm", {"debian-12": 1})
+    stack.run_passes("debian-12")
+    status, body = stack.answer("POST", "/api/v3/vm", {"debian-12": 1})
     checked_out = body["debian-12"]["hostname"].split(".")[0]
     stack.reconcile("debian-12")  # refill the one checked out...
     stack.clock.advance(31)
     stack.reconcile("debian-12")  # ...which is ready now: 2 ready
-    assert stack.call("POST", f"/api/v3/vm/{checked_out}/disk/8")[0] == 202
-    assert stack.call("POST", "/api/v3/config/poolsize", {"debian-12": 1})[0] == 201
-    status, body = stack.call("POST", "/api/v3/ondemandvm", {"debian": 3})
+    assert stack.answer("POST", f"/api/v3/vm/{checked_out}/disk/8")[0] == 202
+    assert stack.answer("POST", "/api/v3/config/poolsize", {"debian-12": 1})[0] == 201
+    status, body = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 3})
     assert status == 201
     return stack, checked_out, body["request_id"]
 
 
 def assert_converged(stack, checked_out: str, request_id: str, where: str) -> None:
-    status, body = stack.call("GET", f"/api/v3/ondemandvm/{request_id}")
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
     assert status == 200 and body["ready"] is True, (where, body)
     hosts = {h.split(".")[0] for h in body["debian"]["hostname"]}
     assert len(hosts) == 3, where
@@ -67,7 +67,7 @@ def test_pass_killed_at_any_step_converges(make_stack, redis_client):
         with pytest.raises(Killed):
             stack.reconcile("debian-12", kill)
         stack.clock.advance(CLONE_START_GRACE_SECONDS + 1)
-        stack.settle("debian-12", passes=4)
+        stack.run_passes("debian-12", passes=4)
         assert_converged(stack, checked_out, request_id, f"killed at checkpoint {kill_at} ({step})")
 
 
@@ -77,5 +77,5 @@ def test_many_passes_at_once_build_a_request_once(make_stack):
         run_at_once(lambda: stack.reconcile("debian-12"), threads=6)
         assert len(OnDemandStore(stack.services.store).get(request_id).vms) == 3
         stack.clock.advance(31)
-    stack.settle("debian-12")
+    stack.run_passes("debian-12")
     assert_converged(stack, checked_out, request_id, "concurrent passes")

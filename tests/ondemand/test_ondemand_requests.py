@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from chalicelib.store.ondemand import OnDemandStore
-from tests.api.client import redis_state
+from tests.harness import redis_state
 
 SLOW_POOL = """
   - name: slow
@@ -24,7 +24,7 @@ def open_requests(stack, pool: str) -> list[str]:
 
 def test_full_life_built_ready_checked_out_and_deleted(make_stack):
     stack = make_stack(size=1)
-    status, body = stack.call("POST", "/api/v3/ondemandvm", {"debian": "2", "win-2022": 1})
+    status, body = stack.answer("POST", "/api/v3/ondemandvm", {"debian": "2", "win-2022": 1})
     assert status == 201
     request_id = body["request_id"]
     assert body == {"ok": True, "request_id": request_id}
@@ -34,17 +34,17 @@ def test_full_life_built_ready_checked_out_and_deleted(make_stack):
     keys = stack.services.store.keys
     assert [stack.services.client.llen(keys.wake(p)) for p in ("debian-12", "win-2022")] == [1, 1]
 
-    status, body = stack.call("GET", f"/api/v3/ondemandvm/{request_id}")
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
     assert status == 202
     assert body == {"ok": True, "request_id": request_id, "ready": False,
                     "debian": {"ready": "0", "pending": "2"}, "win-2022": {"ready": "0", "pending": "1"}}
-    assert stack.call("GET", "/api/v3/status?view=queue")[1]["queue"]["requested"] == 3
+    assert stack.answer("GET", "/api/v3/status?view=queue")[1]["queue"]["requested"] == 3
 
     stack.reconcile("debian-12")
-    assert stack.call("GET", "/api/v3/status?view=queue")[1]["queue"]["requested"] == 1
-    stack.settle()
+    assert stack.answer("GET", "/api/v3/status?view=queue")[1]["queue"]["requested"] == 1
+    stack.run_passes()
 
-    status, body = stack.call("GET", f"/api/v3/ondemandvm/{request_id}")
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
     assert status == 200
     assert body["ready"] is True and body["request_id"] == request_id
     debian_hosts = body["debian"]["hostname"]
@@ -53,7 +53,7 @@ def test_full_life_built_ready_checked_out_and_deleted(make_stack):
     assert windows_host.endswith(".win.example.com")
 
     # v1 clients append a top-level domain to every name: VMs of two domains get FQDNs instead.
-    status, v1 = stack.call("GET", f"/api/v1/ondemandvm/{request_id}")
+    status, v1 = stack.answer("GET", f"/api/v1/ondemandvm/{request_id}")
     assert "domain" not in v1
     assert sorted(v1["debian"]["hostname"]) == sorted(debian_hosts)
     assert v1["win-2022"]["hostname"] == [windows_host]
@@ -61,69 +61,69 @@ def test_full_life_built_ready_checked_out_and_deleted(make_stack):
     # The request's VMs are checked out for it: running, with the request's lifetime.
     request_vms = [h.split(".")[0] for h in debian_hosts + [windows_host]]
     for hostname in request_vms:
-        status, vm = stack.call("GET", f"/api/v3/vm/{hostname}")
+        status, vm = stack.answer("GET", f"/api/v3/vm/{hostname}")
         assert vm[hostname]["state"] == "running"
         assert vm[hostname]["lifetime"] == 2
     # The pools filled to their own size besides, and a plain checkout gets a pool VM.
-    pools = stack.call("GET", "/api/v3/status?view=pools")[1]["pools"]
+    pools = stack.answer("GET", "/api/v3/status?view=pools")[1]["pools"]
     assert pools["debian-12"]["ready"] == 1 and pools["debian-12"]["running"] == 2
-    status, checkout = stack.call("POST", "/api/v3/vm", {"debian-12": 1})
+    status, checkout = stack.answer("POST", "/api/v3/vm", {"debian-12": 1})
     assert status == 200
     assert checkout["debian-12"]["hostname"].split(".")[0] not in request_vms
 
-    status, body = stack.call("DELETE", f"/api/v3/ondemandvm/{request_id}")
+    status, body = stack.answer("DELETE", f"/api/v3/ondemandvm/{request_id}")
     assert (status, body) == (200, {"ok": True})
-    assert {stack.state(h) for h in request_vms} == {"completed"}
-    stack.settle(passes=1)
-    assert {stack.state(h) for h in request_vms} == {"destroyed"}
-    status, body = stack.call("GET", f"/api/v3/ondemandvm/{request_id}")
+    assert {stack.state_of(h) for h in request_vms} == {"completed"}
+    stack.run_passes(passes=1)
+    assert {stack.state_of(h) for h in request_vms} == {"destroyed"}
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
     assert (status, body) == (200, {"ok": True, "request_id": request_id, "ready": False,
                                     "message": "The request has been deleted"})
-    status, body = stack.call("DELETE", f"/api/v3/ondemandvm/{request_id}")
+    status, body = stack.answer("DELETE", f"/api/v3/ondemandvm/{request_id}")
     assert (status, body) == (200, {"ok": True})  # deleting again changes nothing
 
 
 def test_request_fails_after_its_ttl_and_its_vms_are_destroyed(make_stack):
     stack = make_stack(extra=SLOW_POOL)
-    status, body = stack.call("POST", "/api/v3/ondemandvm/slow+slow")
+    status, body = stack.answer("POST", "/api/v3/ondemandvm/slow+slow")
     assert status == 201
     request_id = body["request_id"]
     stack.reconcile("slow")
     building = [vm.name for vm in OnDemandStore(stack.services.store).get(request_id).vms]
-    assert len(building) == 2 and {stack.state(h) for h in building} == {"pending"}
+    assert len(building) == 2 and {stack.state_of(h) for h in building} == {"pending"}
     provider = stack.services.provider("dummy")
     slow = stack.services.pool("slow")
     assert {vm.name for vm in provider.list_vms(slow)} == set(building)
 
     stack.clock.advance(5 * 60 + 1)
     stack.reconcile("slow")
-    status, body = stack.call("GET", f"/api/v3/ondemandvm/{request_id}")
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
     assert (status, body) == (200, {
         "ok": True, "request_id": request_id, "ready": False,
         "message": "The request failed to provision instances within the configured ondemand_request_ttl '5'"})
-    assert {stack.state(h) for h in building} == {"completed"}
-    stack.settle("slow", seconds=1, passes=1)  # a destroy is started, then seen done
-    assert {stack.state(h) for h in building} == {"destroyed"}
+    assert {stack.state_of(h) for h in building} == {"completed"}
+    stack.run_passes("slow", seconds=1, passes=1)  # a destroy is started, then seen done
+    assert {stack.state_of(h) for h in building} == {"destroyed"}
     assert list(provider.list_vms(slow)) == []
     assert open_requests(stack, "slow") == []
-    vm = stack.call("GET", f"/api/v3/vm/{building[0]}")[1][building[0]]
+    vm = stack.answer("GET", f"/api/v3/vm/{building[0]}")[1][building[0]]
     assert vm["state"] == "destroyed" and vm["reason"] == f"on-demand request {request_id} failed"
 
 
 def test_duplicate_request_id_is_a_409_and_changes_nothing(make_stack):
     stack = make_stack()
-    status, body = stack.call("POST", "/api/v3/ondemandvm", {"debian-12": 1, "request_id": "build-42"})
+    status, body = stack.answer("POST", "/api/v3/ondemandvm", {"debian-12": 1, "request_id": "build-42"})
     assert (status, body) == (201, {"ok": True, "request_id": "build-42"})
-    status, body = stack.call("POST", "/api/v3/ondemandvm", {"win-2022": 3, "request_id": "build-42"})
+    status, body = stack.answer("POST", "/api/v3/ondemandvm", {"win-2022": 3, "request_id": "build-42"})
     assert (status, body) == (409, {"ok": False, "message": "request_id 'build-42' has already been created",
                                     "request_id": "build-42"})
-    assert stack.call("GET", "/api/v3/ondemandvm/build-42")[1]["debian-12"] == {"ready": "0", "pending": "1"}
+    assert stack.answer("GET", "/api/v3/ondemandvm/build-42")[1]["debian-12"] == {"ready": "0", "pending": "1"}
     assert open_requests(stack, "win-2022") == []
 
 
 def test_over_the_limit_is_a_403_naming_the_maximum(make_stack):
     stack = make_stack()
-    status, body = stack.call("POST", "/api/v3/ondemandvm", {"debian": 4, "win-2022": 2})
+    status, body = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 4, "win-2022": 2})
     assert (status, body) == (403, {"ok": False, "message": "requested amount of instances exceeds the maximum 5"})
     assert open_requests(stack, "debian-12") == [] and stack.refill.pools == []
 
@@ -131,40 +131,40 @@ def test_over_the_limit_is_a_403_naming_the_maximum(make_stack):
 def test_bad_requests_leave_redis_unchanged(make_stack, redis_client):
     stack = make_stack()
     before = redis_state(redis_client)
-    assert stack.call("POST", "/api/v3/ondemandvm", raw=b"{nope") == (
+    assert stack.answer("POST", "/api/v3/ondemandvm", raw=b"{nope") == (
         400, {"ok": False, "message": "JSON payload could not be parsed"})
-    assert stack.call("POST", "/api/v3/ondemandvm", {"centos": 1, "debian": 1}) == (
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"centos": 1, "debian": 1}) == (
         404, {"ok": False, "bad_templates": ["centos"]})
-    assert stack.call("POST", "/api/v3/ondemandvm/centos+debian")[0] == 404
-    status, body = stack.call("POST", "/api/v3/ondemandvm", {"debian": 1, "request_id": "no spaces"})
+    assert stack.answer("POST", "/api/v3/ondemandvm/centos+debian")[0] == 404
+    status, body = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1, "request_id": "no spaces"})
     assert status == 400 and "request_id" in body["error"]
-    assert stack.call("POST", "/api/v3/ondemandvm", {"debian": 0})[0] == 400
-    assert stack.call("POST", "/api/v3/ondemandvm", ["debian"])[0] == 400
-    status, body = stack.call("GET", "/api/v3/ondemandvm/unknown-id")
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 0})[0] == 400
+    assert stack.answer("POST", "/api/v3/ondemandvm", ["debian"])[0] == 400
+    status, body = stack.answer("GET", "/api/v3/ondemandvm/unknown-id")
     assert (status, body) == (404, {"ok": False, "message": "no request found for request_id 'unknown-id'"})
-    assert stack.call("DELETE", "/api/v3/ondemandvm/unknown-id")[0] == 404
-    assert stack.call("POST", "/api/v3/ondemandvm", {"debian": 6})[0] == 403
+    assert stack.answer("DELETE", "/api/v3/ondemandvm/unknown-id")[0] == 404
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 6})[0] == 403
     assert redis_state(redis_client) == before
 
 
 def test_path_form_and_clone_limit(make_stack):
     stack = make_stack(size=0)
-    status, body = stack.call("POST", "/api/v2/ondemandvm/debian-12+debian-12+debian-12+debian-12+debian-12")
+    status, body = stack.answer("POST", "/api/v2/ondemandvm/debian-12+debian-12+debian-12+debian-12+debian-12")
     assert status == 201
     request_id = body["request_id"]
     report = stack.reconcile("debian-12")
     assert len(report.clones_started) == 3  # ondemand_clone_limit
-    assert stack.call("GET", "/api/v3/status?view=queue")[1]["queue"]["requested"] == 2
-    stack.settle("debian-12")
-    status, body = stack.call("GET", f"/api/v2/ondemandvm/{request_id}")
+    assert stack.answer("GET", "/api/v3/status?view=queue")[1]["queue"]["requested"] == 2
+    stack.run_passes("debian-12")
+    status, body = stack.answer("GET", f"/api/v2/ondemandvm/{request_id}")
     assert status == 200 and len(body["debian-12"]["hostname"]) == 5
 
 
 def test_clone_failures_are_retried_up_to_max_vm_retries(make_stack):
     stack = make_stack(size=0, clone_fail=100)
-    request_id = stack.call("POST", "/api/v3/ondemandvm", {"debian-12": 1})[1]["request_id"]
-    stack.settle("debian-12", seconds=1, passes=4)
-    status, body = stack.call("GET", f"/api/v3/ondemandvm/{request_id}")
+    request_id = stack.answer("POST", "/api/v3/ondemandvm", {"debian-12": 1})[1]["request_id"]
+    stack.run_passes("debian-12", seconds=1, passes=4)
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
     assert status == 200 and body["ready"] is False
     assert body["message"] == "The request failed: 3 attempts to build its VMs failed (max_vm_retries 2)"
     attempts = [vm for vm in OnDemandStore(stack.services.store).get(request_id).vms]
@@ -189,9 +189,9 @@ def test_a_clone_failure_retrying_cannot_fix_fails_the_request_at_once(make_stac
     """A missing template, network or folder, or a permission refused, fails every attempt the
     same way: the request fails on the first, with the reason, instead of spending its retries."""
     stack = make_stack(size=0, extra=failing_pool(kind))
-    request_id = stack.call("POST", "/api/v3/ondemandvm", {"fragile": 2})[1]["request_id"]
-    stack.settle("fragile", seconds=1, passes=2)
-    status, body = stack.call("GET", f"/api/v3/ondemandvm/{request_id}")
+    request_id = stack.answer("POST", "/api/v3/ondemandvm", {"fragile": 2})[1]["request_id"]
+    stack.run_passes("fragile", seconds=1, passes=2)
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
     assert status == 200 and body["ready"] is False
     assert "retrying cannot help" in body["message"] and "clone failed (simulated failure)" in body["message"]
     attempts = OnDemandStore(stack.services.store).get(request_id).vms
@@ -202,9 +202,9 @@ def test_a_clone_failure_retrying_cannot_fix_fails_the_request_at_once(make_stac
 @pytest.mark.parametrize("kind", ["capacity", "timeout", "connection", "other"])
 def test_a_clone_failure_worth_retrying_spends_the_retries(make_stack, kind):
     stack = make_stack(size=0, extra=failing_pool(kind))
-    request_id = stack.call("POST", "/api/v3/ondemandvm", {"fragile": 1})[1]["request_id"]
-    stack.settle("fragile", seconds=1, passes=4)
-    status, body = stack.call("GET", f"/api/v3/ondemandvm/{request_id}")
+    request_id = stack.answer("POST", "/api/v3/ondemandvm", {"fragile": 1})[1]["request_id"]
+    stack.run_passes("fragile", seconds=1, passes=4)
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
     assert status == 200 and body["ready"] is False
     assert body["message"] == "The request failed: 3 attempts to build its VMs failed (max_vm_retries 2)"
     assert {vm.failure for vm in OnDemandStore(stack.services.store).get(request_id).vms} == {kind}
@@ -213,29 +213,29 @@ def test_a_clone_failure_worth_retrying_spends_the_retries(make_stack, kind):
 def test_checkout_miss_falls_back_to_an_on_demand_request(make_stack):
     stack = make_stack(size=0)
     # win-2022 has ondemand_fallback: true; its pool is empty.
-    status, body = stack.call("POST", "/api/v3/vm", {"win-2022": 2})
+    status, body = stack.answer("POST", "/api/v3/vm", {"win-2022": 2})
     assert status == 202
     assert body == {"ok": True, "request_id": body["request_id"], "ready": False}
-    stack.settle("win-2022")
-    status, ready = stack.call("GET", f"/api/v3/ondemandvm/{body['request_id']}")
+    stack.run_passes("win-2022")
+    status, ready = stack.answer("GET", f"/api/v3/ondemandvm/{body['request_id']}")
     assert status == 200 and len(ready["win-2022"]["hostname"]) == 2
 
     # debian-12 has no fallback: a miss is a 503 and leaves nothing behind...
-    assert stack.call("POST", "/api/v3/vm", {"debian-12": 1})[0] == 503
+    assert stack.answer("POST", "/api/v3/vm", {"debian-12": 1})[0] == 503
     assert open_requests(stack, "debian-12") == []
     # ...unless the request asks for it; and a request may refuse the pool's fallback.
-    status, body = stack.call("POST", "/api/v3/vm?ondemand=true", {"debian": 2})
+    status, body = stack.answer("POST", "/api/v3/vm?ondemand=true", {"debian": 2})
     assert status == 202 and open_requests(stack, "debian-12") == [body["request_id"]]
-    assert stack.call("GET", "/api/v3/poolstat?pool=win-2022")[1]["pools"]["win-2022"]["ready"] == 1
-    assert stack.call("POST", "/api/v3/vm/win-2022+win-2022?ondemand=false")[0] == 503
-    assert stack.call("GET", "/api/v3/poolstat?pool=win-2022")[1]["pools"]["win-2022"]["ready"] == 1
+    assert stack.answer("GET", "/api/v3/poolstat?pool=win-2022")[1]["pools"]["win-2022"]["ready"] == 1
+    assert stack.answer("POST", "/api/v3/vm/win-2022+win-2022?ondemand=false")[0] == 503
+    assert stack.answer("GET", "/api/v3/poolstat?pool=win-2022")[1]["pools"]["win-2022"]["ready"] == 1
 
 
 def test_token_required_when_auth_is_configured(make_stack):
     stack = make_stack(extra="\n:auth:\n  provider: dummy\n")
-    status, body = stack.call("POST", "/api/v3/ondemandvm", {"debian": 1})
+    status, body = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1})
     assert (status, body) == (401, {"ok": False, "error": "a token is required (X-AUTH-TOKEN)"})
-    assert stack.call("DELETE", "/api/v3/ondemandvm/some-id")[0] == 401
+    assert stack.answer("DELETE", "/api/v3/ondemandvm/some-id")[0] == 401
     assert open_requests(stack, "debian-12") == []
     # GET needs its owner's token too (issue 10 #11: vmpooler showed anyone's request).
-    assert stack.call("GET", "/api/v3/ondemandvm/some-id")[0] == 401
+    assert stack.answer("GET", "/api/v3/ondemandvm/some-id")[0] == 401

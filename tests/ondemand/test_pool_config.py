@@ -5,55 +5,73 @@ from __future__ import annotations
 
 import pytest
 
+from chalicelib.api import pool_config
+from chalicelib.api.routes import Route
 from chalicelib.services import Services
+from tests.harness import route_target, routes_of
 
-ROUTES = [
-    ("POST", "/api/v3/config/poolsize", {"debian-12": "3"}),
-    ("DELETE", "/api/v3/config/poolsize/debian-12", None),
-    ("POST", "/api/v3/config/pooltemplate", {"debian-12": "templates/other"}),
-    ("DELETE", "/api/v3/config/pooltemplate/debian-12", None),
-    ("POST", "/api/v3/poolreset", {"debian-12": "1"}),
-    ("POST", "/api/v3/config/clonetarget", {"debian-12": "cluster2"}),
-    ("DELETE", "/api/v3/config/clonetarget/debian-12", None),
-]
+BODIES = {
+    "config_poolsize": {"debian-12": "3"},
+    "config_pooltemplate": {"debian-12": "templates/other"},
+    "poolreset": {"debian-12": "1"},
+    "config_clonetarget": {"debian-12": "cluster2"},
+}
+"""route name -> a valid body, for the POST routes that change pools."""
+
+POOL_CHANGES = routes_of(pool_config)
+"""Every route that changes pools at runtime, from the route table: one added there is tested here."""
 
 
-@pytest.mark.parametrize("method, path, body", ROUTES)
-def test_405_without_experimental_features(make_stack, method, path, body):
+def request_of(route: Route) -> tuple[str, str, object]:
+    """(method, path, body) of a valid request to the route for pool debian-12."""
+    body = BODIES[route.name] if route.method == "POST" else None  # a new POST route needs its body here
+    return route.method, route_target(route, {"pool": "debian-12"}), body
+
+
+def test_the_pool_changes_are_the_ones_expected() -> None:
+    # routes_of() finds them by their handlers' module: a move out of it must not empty the tests.
+    assert {route.name for route in POOL_CHANGES} >= set(BODIES) | {"config_poolsize_clear"}
+
+
+@pytest.mark.parametrize("route", POOL_CHANGES, ids=lambda route: route.name)
+def test_405_without_experimental_features(make_stack, route):
     stack = make_stack(experimental=False)
-    assert stack.call(method, path, body) == (405, {"ok": False})
+    method, path, body = request_of(route)
+    assert stack.answer(method, path, body) == (405, {"ok": False})
     assert stack.services.pool("debian-12") == stack.services.config.pool("debian-12")
 
 
-@pytest.mark.parametrize("method, path, body", ROUTES)
-def test_token_required_when_auth_is_configured(make_stack, method, path, body):
+@pytest.mark.parametrize("route", POOL_CHANGES, ids=lambda route: route.name)
+def test_token_required_when_auth_is_configured(make_stack, route):
     stack = make_stack(extra="\n:auth:\n  provider: dummy\n")
-    assert stack.call(method, path, body) == (401, {"ok": False, "error": "a token is required (X-AUTH-TOKEN)"})
+    method, path, body = request_of(route)
+    assert stack.answer(method, path, body) == (401, {"ok": False, "error": "a token is required (X-AUTH-TOKEN)"})
     assert stack.services.pool("debian-12") == stack.services.config.pool("debian-12")
 
 
-@pytest.mark.parametrize("path", ["/api/v3/config/poolsize", "/api/v3/config/pooltemplate", "/api/v3/poolreset",
-                                  "/api/v3/config/clonetarget"])
-def test_bad_json_is_a_400(make_stack, path):
+@pytest.mark.parametrize("route", [route for route in POOL_CHANGES if route.method == "POST"],
+                         ids=lambda route: route.name)
+def test_bad_json_is_a_400(make_stack, route):
     stack = make_stack()
-    assert stack.call("POST", path, raw=b'{"debian-12": ') == (
+    path = route_target(route, {})
+    assert stack.answer("POST", path, raw=b'{"debian-12": ') == (
         400, {"ok": False, "message": "JSON payload could not be parsed"})
-    assert stack.call("POST", path, raw=b"") == (400, {"ok": False, "message": "JSON payload could not be parsed"})
-    assert stack.call("POST", path, ["debian-12"])[0] == 400
+    assert stack.answer("POST", path, raw=b"") == (400, {"ok": False, "message": "JSON payload could not be parsed"})
+    assert stack.answer("POST", path, ["debian-12"])[0] == 400
 
 
 def test_pool_size_change_shows_everywhere_survives_restarts_and_retires_surplus(make_stack, redis_client, clock):
     stack = make_stack(size=3)
-    stack.settle("debian-12")
-    assert stack.call("GET", "/api/v3/status?view=pools")[1]["pools"]["debian-12"]["ready"] == 3
+    stack.run_passes("debian-12")
+    assert stack.answer("GET", "/api/v3/status?view=pools")[1]["pools"]["debian-12"]["ready"] == 3
 
-    assert stack.call("POST", "/api/v3/config/poolsize", {"debian-12": "1"}) == (201, {"ok": True})
+    assert stack.answer("POST", "/api/v3/config/poolsize", {"debian-12": "1"}) == (201, {"ok": True})
     assert stack.refill.pools == ["debian-12"]
-    assert stack.call("POST", "/api/v3/config/poolsize", {"debian-12": 1}) == (200, {"ok": True})
-    status = stack.call("GET", "/api/v3/status?view=pools,capacity")[1]
+    assert stack.answer("POST", "/api/v3/config/poolsize", {"debian-12": 1}) == (200, {"ok": True})
+    status = stack.answer("GET", "/api/v3/status?view=pools,capacity")[1]
     assert status["pools"]["debian-12"]["max"] == 1 and status["capacity"]["total"] == 2
-    assert stack.call("GET", "/api/v3/poolstat?pool=debian")[1]["pools"]["debian-12"]["max"] == 1
-    config = {p["name"]: p for p in stack.call("GET", "/api/v3/config")[1]["pool_configuration"]}
+    assert stack.answer("GET", "/api/v3/poolstat?pool=debian")[1]["pools"]["debian-12"]["max"] == 1
+    config = {p["name"]: p for p in stack.answer("GET", "/api/v3/config")[1]["pool_configuration"]}
     assert config["debian-12"]["size"] == 1 and config["win-2022"]["size"] == 1
     # Another process (a new Lambda) sees the override.
     assert Services(stack.services.config, redis_client, clock=clock).pool("debian-12").size == 1
@@ -63,66 +81,66 @@ def test_pool_size_change_shows_everywhere_survives_restarts_and_retires_surplus
     assert sorted(report.completed.values()) == ["pool size reduced to 1"] * 2
     assert stack.services.store.hostnames("debian-12", "ready") == ready_before[-1:]  # the newest stays
     retired = next(iter(report.completed))
-    assert stack.call("GET", f"/api/v3/vm/{retired}")[1][retired]["reason"] == "pool size reduced to 1"
+    assert stack.answer("GET", f"/api/v3/vm/{retired}")[1][retired]["reason"] == "pool size reduced to 1"
 
     # As vmpooler: the size until now and the configured one.
-    assert stack.call("DELETE", "/api/v3/config/poolsize/debian-12") == (
+    assert stack.answer("DELETE", "/api/v3/config/poolsize/debian-12") == (
         201, {"ok": True, "pool_size_before_reset": 1, "pool_size_before_overrides": 3})
-    assert stack.call("DELETE", "/api/v3/config/poolsize/debian-12") == (
+    assert stack.answer("DELETE", "/api/v3/config/poolsize/debian-12") == (
         200, {"ok": True, "pool_size_before_reset": 3, "pool_size_before_overrides": 3})
-    assert stack.call("GET", "/api/v3/status?view=pools")[1]["pools"]["debian-12"]["max"] == 3
+    assert stack.answer("GET", "/api/v3/status?view=pools")[1]["pools"]["debian-12"]["max"] == 3
     assert len(stack.reconcile("debian-12").clones_started) == 2
 
 
 def test_pool_size_errors(make_stack):
     stack = make_stack()
-    post = lambda body: stack.call("POST", "/api/v3/config/poolsize", body)  # noqa: E731
+    post = lambda body: stack.answer("POST", "/api/v3/config/poolsize", body)  # noqa: E731
     assert post({"centos": "1", "debian-12": "2"}) == (400, {"ok": False, "not_configured": ["centos"]})
     assert post({"debian-12": "-1"}) == (400, {"ok": False, "not_configured": ["debian-12"]})
     assert post({"debian-12": "three"}) == (400, {"ok": False, "not_configured": ["debian-12"]})
     assert post({"debian-12": True}) == (400, {"ok": False, "not_configured": ["debian-12"]})
     assert post({"debian": "2"}) == (400, {"ok": False, "not_configured": ["debian"]})  # an alias is no pool
-    assert stack.call("DELETE", "/api/v3/config/poolsize/centos")[0] == 404
+    assert stack.answer("DELETE", "/api/v3/config/poolsize/centos")[0] == 404
     assert post({"debian-12": "2"}) == (200, {"ok": True})  # the size it has
     assert stack.services.pool("debian-12").size == 2
 
 
 def test_template_change_drains_and_refills_from_the_new_template(make_stack):
     stack = make_stack(size=2)
-    stack.settle("debian-12")
+    stack.run_passes("debian-12")
     old_ready = stack.services.store.hostnames("debian-12", "ready")
-    status, checkout = stack.call("POST", "/api/v3/vm", {"debian-12": 1})
+    status, checkout = stack.answer("POST", "/api/v3/vm", {"debian-12": 1})
     assert status == 200
     checked_out = checkout["debian-12"]["hostname"].split(".")[0]
-    assert stack.call("GET", f"/api/v3/vm/{checked_out}")[1][checked_out]["source_template"] == "templates/debian-12"
+    assert stack.answer("GET", f"/api/v3/vm/{checked_out}")[1][checked_out]["source_template"] == "templates/debian-12"
     stack.reconcile("debian-12")  # refill the one checked out, from the old template
     pending_old = stack.services.store.hostnames("debian-12", "pending")
     assert len(pending_old) == 1
 
     new_template = {"debian-12": "templates/debian-12-v2"}
-    assert stack.call("POST", "/api/v3/config/pooltemplate", new_template) == (201, {"ok": True})
-    assert stack.call("POST", "/api/v3/config/pooltemplate", new_template) == (200, {"ok": True})
-    config = {p["name"]: p for p in stack.call("GET", "/api/v3/config")[1]["pool_configuration"]}
+    assert stack.answer("POST", "/api/v3/config/pooltemplate", new_template) == (201, {"ok": True})
+    assert stack.answer("POST", "/api/v3/config/pooltemplate", new_template) == (200, {"ok": True})
+    config = {p["name"]: p for p in stack.answer("GET", "/api/v3/config")[1]["pool_configuration"]}
     assert config["debian-12"]["template"] == "templates/debian-12-v2"
 
     report = stack.reconcile("debian-12")
     drained = set(old_ready) - {checked_out} | set(pending_old)
     assert set(report.completed) == drained
     assert set(report.completed.values()) == {"pool template changed to templates/debian-12-v2"}
-    assert stack.state(checked_out) == "running"  # a checked-out VM is never touched
-    stack.settle("debian-12")
+    assert stack.state_of(checked_out) == "running"  # a checked-out VM is never touched
+    stack.run_passes("debian-12")
     new_ready = stack.services.store.hostnames("debian-12", "ready")
     assert len(new_ready) == 2 and not set(new_ready) & drained
     for hostname in new_ready:
-        vm = stack.call("GET", f"/api/v3/vm/{hostname}")[1][hostname]
+        vm = stack.answer("GET", f"/api/v3/vm/{hostname}")[1][hostname]
         assert vm["state"] == "ready" and vm["source_template"] == "templates/debian-12-v2"
     provider = stack.services.provider("dummy")
     assert provider._vms(stack.services.pool("debian-12"))[new_ready[0]]["template"] == "templates/debian-12-v2"
 
-    assert stack.call("DELETE", "/api/v3/config/pooltemplate/debian-12") == (
+    assert stack.answer("DELETE", "/api/v3/config/pooltemplate/debian-12") == (
         201, {"ok": True, "template_before_reset": "templates/debian-12-v2",
               "template_before_overrides": "templates/debian-12"})
-    assert stack.call("DELETE", "/api/v3/config/pooltemplate/debian-12") == (
+    assert stack.answer("DELETE", "/api/v3/config/pooltemplate/debian-12") == (
         200, {"ok": True, "template_before_reset": "templates/debian-12",
               "template_before_overrides": "templates/debian-12"})
     report = stack.reconcile("debian-12")
@@ -132,63 +150,63 @@ def test_template_change_drains_and_refills_from_the_new_template(make_stack):
 
 def test_template_errors(make_stack):
     stack = make_stack()
-    post = lambda body: stack.call("POST", "/api/v3/config/pooltemplate", body)  # noqa: E731
+    post = lambda body: stack.answer("POST", "/api/v3/config/pooltemplate", body)  # noqa: E731
     for template in ("noslash", "/abs/path", "trailing/", 7):
         assert post({"debian-12": template}) == (400, {"ok": False, "bad_templates": ["debian-12"]})
     assert post({"centos": "a/b"}) == (400, {"ok": False, "bad_templates": ["centos"]})
-    assert stack.call("DELETE", "/api/v3/config/pooltemplate/centos")[0] == 404
+    assert stack.answer("DELETE", "/api/v3/config/pooltemplate/centos")[0] == 404
     assert stack.services.pool("debian-12").template == "templates/debian-12"
 
 
 def test_pool_reset_drains_and_refills(make_stack):
     stack = make_stack(size=2)
-    stack.settle("debian-12")
+    stack.run_passes("debian-12")
     old_ready = stack.services.store.hostnames("debian-12", "ready")
     stack.clock.advance(1)
-    assert stack.call("POST", "/api/v3/poolreset", {"debian-12": "1"}) == (201, {"ok": True})
+    assert stack.answer("POST", "/api/v3/poolreset", {"debian-12": "1"}) == (201, {"ok": True})
     assert stack.refill.pools == ["debian-12"]
     report = stack.reconcile("debian-12")
     assert report.completed == {hostname: "pool reset" for hostname in old_ready}
     assert len(report.clones_started) == 2
-    stack.settle("debian-12")
+    stack.run_passes("debian-12")
     new_ready = stack.services.store.hostnames("debian-12", "ready")
     assert len(new_ready) == 2 and not set(new_ready) & set(old_ready)
     assert stack.reconcile("debian-12").completed == {}  # VMs cloned after the reset stay
 
-    assert stack.call("POST", "/api/v3/poolreset", {"centos": "1", "debian-12": "1"}) == (
+    assert stack.answer("POST", "/api/v3/poolreset", {"centos": "1", "debian-12": "1"}) == (
         400, {"ok": False, "bad_pools": ["centos"]})
 
 
 def test_clone_target_change_reaches_the_pool_the_pass_clones_with(make_stack):
     stack = make_stack(extra="    clone_target: cluster1\n")  # on win-2022, the last pool
-    post = lambda body: stack.call("POST", "/api/v3/config/clonetarget", body)  # noqa: E731
+    post = lambda body: stack.answer("POST", "/api/v3/config/clonetarget", body)  # noqa: E731
     assert post({"debian-12": "cluster2", "win-2022": "cluster1"}) == (201, {"ok": True})
     assert post({"debian-12": "cluster2"}) == (200, {"ok": True})
     # What the reconcile pass hands the provider's clone (vSphere reads pool.get("clone_target")).
     assert stack.services.pool("debian-12").get("clone_target") == "cluster2"
     assert stack.services.pool("win-2022").get("clone_target") == "cluster1"
-    config = {p["name"]: p for p in stack.call("GET", "/api/v3/config")[1]["pool_configuration"]}
+    config = {p["name"]: p for p in stack.answer("GET", "/api/v3/config")[1]["pool_configuration"]}
     assert config["debian-12"]["clone_target"] == "cluster2"
     # Kept in Redis: another process (a new Lambda) sees it.
     assert Services(stack.services.config, stack.services.client).pool("debian-12").get("clone_target") == "cluster2"
 
     assert post({"win-2022": "cluster3"}) == (201, {"ok": True})
-    assert stack.call("DELETE", "/api/v3/config/clonetarget/win-2022") == (
+    assert stack.answer("DELETE", "/api/v3/config/clonetarget/win-2022") == (
         201, {"ok": True, "clone_target_before_reset": "cluster3", "clone_target_before_overrides": "cluster1"})
-    assert stack.call("DELETE", "/api/v3/config/clonetarget/win-2022") == (
+    assert stack.answer("DELETE", "/api/v3/config/clonetarget/win-2022") == (
         200, {"ok": True, "clone_target_before_reset": "cluster1", "clone_target_before_overrides": "cluster1"})
     assert stack.services.pool("win-2022").get("clone_target") == "cluster1"
-    assert stack.call("DELETE", "/api/v3/config/clonetarget/debian-12")[1]["clone_target_before_overrides"] is None
+    assert stack.answer("DELETE", "/api/v3/config/clonetarget/debian-12")[1]["clone_target_before_overrides"] is None
     assert stack.services.pool("debian-12").get("clone_target") is None
 
 
 def test_clone_target_errors(make_stack):
     stack = make_stack()
     before = stack.services.client.hgetall(stack.services.store.keys.pool_override("clonetarget"))
-    post = lambda body: stack.call("POST", "/api/v3/config/clonetarget", body)  # noqa: E731
+    post = lambda body: stack.answer("POST", "/api/v3/config/clonetarget", body)  # noqa: E731
     assert post({"centos": "cluster1", "debian-12": "cluster2"}) == (400, {"ok": False, "bad_templates": ["centos"]})
     assert post({"debian": "cluster1"}) == (400, {"ok": False, "bad_templates": ["debian"]})  # an alias is no pool
     for bad in (3, "", "/cluster", "cluster/", "x" * 256, "tab\there", None, ["cluster1"]):
         assert post({"debian-12": bad}) == (400, {"ok": False, "bad_templates": ["debian-12"]}), bad
-    assert stack.call("DELETE", "/api/v3/config/clonetarget/centos")[0] == 404
+    assert stack.answer("DELETE", "/api/v3/config/clonetarget/centos")[0] == 404
     assert stack.services.client.hgetall(stack.services.store.keys.pool_override("clonetarget")) == before == {}

@@ -20,10 +20,8 @@ from redis.retry import Retry
 import app
 from chalicelib.api.routes import ROUTES, Route, versioned_paths
 from chalicelib.services import Services
-from tests.api.client import SpecOperations, load_spec
+from tests.harness import SPEC
 from tests.support import free_port
-
-OPERATIONS = SpecOperations(load_spec())
 
 AUTH = "\n:auth:\n  provider: dummy\n"
 """Token routes answer 404 without authentication configured: with it they reach Redis."""
@@ -86,7 +84,7 @@ def test_redis_down_is_a_503_to_retry(make_stack, route: Route, path: str) -> No
         assert status == WITHOUT_REDIS[route.name][0], payload[:200]
         return
     answer = json.loads(payload)
-    OPERATIONS.check(route.method, path, status, answer)  # and the answer is one docs/openapi.yaml documents
+    SPEC.check(route.method, path, status, answer)  # and the answer is one docs/openapi.yaml documents
     assert status == 503, answer
     assert answer["ok"] is False and "unavailable" in answer["error"]
     assert headers.get("Retry-After") == "1"

@@ -8,14 +8,14 @@ import pytest
 
 
 def checked_out_vm(stack) -> str:
-    stack.settle("debian-12")
-    status, body = stack.call("POST", "/api/v3/vm", {"debian-12": 1})
+    stack.run_passes("debian-12")
+    status, body = stack.answer("POST", "/api/v3/vm", {"debian-12": 1})
     assert status == 200
     return body["debian-12"]["hostname"].split(".")[0]
 
 
 def vm(stack, hostname: str) -> dict:
-    status, body = stack.call("GET", f"/api/v3/vm/{hostname}")
+    status, body = stack.answer("GET", f"/api/v3/vm/{hostname}")
     assert status == 200
     return body[hostname]
 
@@ -24,7 +24,7 @@ def test_disk_round_trip_on_the_beaker_path(make_stack):
     stack = make_stack(task_time=60)  # createdisk_max_time: up to a minute
     hostname = checked_out_vm(stack)
     stack.refill.pools.clear()
-    status, body = stack.call("POST", f"/api/v1/vm/{hostname}.example.com/disk/8")
+    status, body = stack.answer("POST", f"/api/v1/vm/{hostname}.example.com/disk/8")
     assert (status, body) == (202, {"ok": True, hostname: {"disk": "+8gb"}})
     assert stack.refill.pools == ["debian-12"]
 
@@ -38,9 +38,9 @@ def test_disk_round_trip_on_the_beaker_path(make_stack):
     [disk] = provider._vms(stack.services.pool("debian-12"))[hostname]["disks"]
     assert disk["size_gb"] == 8
 
-    stack.call("POST", f"/api/v3/vm/{hostname}/disk/16")
-    stack.call("POST", f"/api/v3/vm/{hostname}/disk/2048")
-    stack.settle("debian-12", seconds=61, passes=2)
+    stack.answer("POST", f"/api/v3/vm/{hostname}/disk/16")
+    stack.answer("POST", f"/api/v3/vm/{hostname}/disk/2048")
+    stack.run_passes("debian-12", seconds=61, passes=2)
     assert vm(stack, hostname)["disk"] == ["+8gb", "+16gb", "+2048gb"]
 
 
@@ -49,31 +49,31 @@ def test_snapshot_and_revert_round_trip(make_stack):
     hostname = checked_out_vm(stack)
     wake = stack.services.store.keys.wake("debian-12")
     stack.services.client.delete(wake)
-    status, body = stack.call("POST", f"/api/v3/vm/{hostname}/snapshot")
+    status, body = stack.answer("POST", f"/api/v3/vm/{hostname}/snapshot")
     assert status == 202
     assert stack.services.client.llen(wake) == 1  # a running reconcile loop looks at once
     snapshot = body[hostname]["snapshot"]
     assert re.fullmatch(r"[0-9a-f]{32}", snapshot)
     # A revert to a snapshot still being taken is accepted; it runs after it.
-    assert stack.call("POST", f"/api/v3/vm/{hostname}/snapshot/{snapshot}") == (202, {"ok": True})
-    assert stack.call("POST", f"/api/v3/vm/{hostname}/snapshot/{'0' * 32}") == (
+    assert stack.answer("POST", f"/api/v3/vm/{hostname}/snapshot/{snapshot}") == (202, {"ok": True})
+    assert stack.answer("POST", f"/api/v3/vm/{hostname}/snapshot/{'0' * 32}") == (
         404, {"ok": False, "error": f"snapshot {'0' * 32} not found on {hostname}"})
 
     stack.reconcile("debian-12")
     assert vm(stack, hostname)["snapshots"] == []
-    stack.settle("debian-12", seconds=31, passes=3)
+    stack.run_passes("debian-12", seconds=31, passes=3)
     details = vm(stack, hostname)
     assert details["snapshots"] == [snapshot]
     assert "task_errors" not in details
     assert stack.services.store.client.llen(stack.services.store.keys.vm_tasks(hostname)) == 0
-    assert stack.call("POST", f"/api/v2/vm/{hostname}/snapshot/{snapshot}") == (202, {"ok": True})
+    assert stack.answer("POST", f"/api/v2/vm/{hostname}/snapshot/{snapshot}") == (202, {"ok": True})
 
 
 def test_a_failed_task_shows_its_reason(make_stack):
     stack = make_stack(disk_fail=100)
     hostname = checked_out_vm(stack)
-    stack.call("POST", f"/api/v3/vm/{hostname}/disk/8")
-    stack.settle("debian-12", seconds=1, passes=1)
+    stack.answer("POST", f"/api/v3/vm/{hostname}/disk/8")
+    stack.run_passes("debian-12", seconds=1, passes=1)
     details = vm(stack, hostname)
     assert details["disk"] == []
     assert details["task_errors"] == ["disk +8gb failed: dummy: disk failed (simulated failure)"]
@@ -82,8 +82,8 @@ def test_a_failed_task_shows_its_reason(make_stack):
 def test_tasks_of_a_vm_returned_before_they_ran_fail_visibly(make_stack):
     stack = make_stack()
     hostname = checked_out_vm(stack)
-    stack.call("POST", f"/api/v3/vm/{hostname}/disk/8")
-    assert stack.call("DELETE", f"/api/v3/vm/{hostname}")[0] == 200
+    stack.answer("POST", f"/api/v3/vm/{hostname}/disk/8")
+    assert stack.answer("DELETE", f"/api/v3/vm/{hostname}")[0] == 200
     stack.reconcile("debian-12")
     record = stack.services.store.get_vm(hostname)
     assert "disk +8gb failed: the VM is no longer running" in record.raw["task_errors"]
@@ -94,25 +94,25 @@ def test_tasks_of_a_vm_returned_before_they_ran_fail_visibly(make_stack):
 def test_bad_disk_sizes(make_stack, size):
     stack = make_stack()
     hostname = checked_out_vm(stack)
-    status, body = stack.call("POST", f"/api/v3/vm/{hostname}/disk/{size}")
+    status, body = stack.answer("POST", f"/api/v3/vm/{hostname}/disk/{size}")
     assert status == 400 and body["ok"] is False and "1 to 2048" in body["error"]
     assert stack.services.store.client.llen(stack.services.store.keys.vm_tasks(hostname)) == 0
 
 
 def test_unknown_or_not_running_vms(make_stack):
     stack = make_stack()
-    stack.settle("debian-12")
+    stack.run_passes("debian-12")
     ready = stack.services.store.hostnames("debian-12", "ready")[0]
     for path in ("disk/8", "snapshot", f"snapshot/{'a' * 32}"):
-        assert stack.call("POST", f"/api/v3/vm/nosuchvm/{path}")[0] == 404
-        assert stack.call("POST", f"/api/v3/vm/{ready}/{path}")[0] == 404
-        assert stack.call("POST", f"/api/v3/vm/bad_name/{path}")[0] == 400
+        assert stack.answer("POST", f"/api/v3/vm/nosuchvm/{path}")[0] == 404
+        assert stack.answer("POST", f"/api/v3/vm/{ready}/{path}")[0] == 404
+        assert stack.answer("POST", f"/api/v3/vm/bad_name/{path}")[0] == 400
 
 
 def test_token_required_when_auth_is_configured(make_stack):
     stack = make_stack(extra="\n:auth:\n  provider: dummy\n")
     hostname = checked_out_vm(stack)
     for path in ("disk/8", "snapshot", f"snapshot/{'a' * 32}"):
-        assert stack.call("POST", f"/api/v3/vm/{hostname}/{path}") == (
+        assert stack.answer("POST", f"/api/v3/vm/{hostname}/{path}") == (
             401, {"ok": False, "error": "a token is required (X-AUTH-TOKEN)"}
         )

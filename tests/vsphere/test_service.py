@@ -6,114 +6,113 @@ for by polling passes.
 
 from __future__ import annotations
 
-import time
+import secrets
 from typing import Any
 
 import pytest
 import redis
 
 from chalicelib.clock import FakeClock
-from chalicelib.config import PoolConfig
-from chalicelib.manager.reconcile import PassReport, reconcile_pool
 from chalicelib.manager.runner import run_pool
 from chalicelib.providers.base import ProviderError
 from chalicelib.providers.failures import Failure, FailureKind
 from chalicelib.services import Services
-from chalicelib.store import CheckoutRequest, Store
-from tests.support import clone_failures_by_reason, emf_documents
+from chalicelib.store import CheckoutRequest
+from tests.harness import Harness, HarnessFactory
+from tests.support import clone_failures_by_reason, emf_documents, eventually
 from tests.vsphere import admin
-from tests.vsphere.vcsim import DATACENTER, Setup, VcsimServer, make_setup, vcsim_config
+from tests.vsphere.vcsim import DATACENTER, VcsimServer, vcsim_config
 from tools.vcsim import launcher
 
+POOL = "pool"
 
-class Harness:
-    def __init__(self, setup: Setup, client: redis.Redis, **pool: Any) -> None:
-        self.setup = setup
-        self.clock = FakeClock()
-        self.store = Store(client)
-        self.pool: PoolConfig = setup.pool(ready_check="tools", **pool)
 
-    def run(self) -> PassReport:
-        return reconcile_pool(self.store, self.setup.provider, self.pool, self.clock, self.setup.service)
+def vsphere_pool(make_harness: HarnessFactory, server: VcsimServer, **settings: Any) -> Harness:
+    """A harness of one pool ``POOL`` (tools readiness) on the simulator, in a folder of its own."""
+    folder = f"vmpool/pool-{secrets.token_hex(4)}"
+    return make_harness(vcsim_config(server, [{"name": POOL, "folder": folder, "ready_check": "tools", **settings}]))
 
-    def until(self, state: str, count: int, passes: int = 60) -> None:
-        """Run passes (0.1 s of wall time apart) until ``count`` VMs are in ``state``."""
-        for _ in range(passes):
-            self.run()
-            if self.store.counts([self.pool.name])[self.pool.name][state] == count:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"never {count} {state}: {self.store.counts([self.pool.name])}")
 
-    def in_vcsim(self) -> set[str]:
-        return {vm.name for vm in self.setup.provider.list_vms(self.pool)}
+def until(harness: Harness, state: str, count: int) -> None:
+    """Run passes until ``count`` VMs are in ``state`` (the guests boot on the simulator's clock)."""
 
-    @property
-    def folder(self) -> str:
-        return f"{DATACENTER}/vm/{self.pool.folder}"
+    def reached_after_a_pass() -> bool:
+        harness.reconcile(POOL)
+        return harness.count(POOL, state) == count
+
+    eventually(reached_after_a_pass, 10, f"{count} VMs {state}")
+
+
+def in_vcsim(harness: Harness) -> set[str]:
+    return {vm.name for vm in harness.provider.list_vms(harness.pool(POOL))}
+
+
+def folder_of(harness: Harness) -> str:
+    return f"{DATACENTER}/vm/{harness.pool(POOL).folder}"
 
 
 @pytest.fixture
-def harness(setup: Setup, redis_client: redis.Redis) -> Harness:
-    return Harness(setup, redis_client, size=2)
+def harness(make_harness: HarnessFactory, vcsim: VcsimServer) -> Harness:
+    return vsphere_pool(make_harness, vcsim, size=2)
 
 
 def test_pool_fills_with_real_vms_in_its_folder(harness: Harness) -> None:
-    first = harness.run()
+    first = harness.reconcile(POOL)
     assert len(first.clones_started) == 2
-    harness.until("ready", 2)
-    ready = set(harness.store.hostnames(harness.pool.name, "ready"))
-    assert ready == harness.in_vcsim()
+    until(harness, "ready", 2)
+    ready = set(harness.store.hostnames(POOL, "ready"))
+    assert ready == in_vcsim(harness)
     record = harness.store.get_vm(sorted(ready)[0])
     assert record is not None and record.ip == "127.0.0.1" and record.host.startswith("DC0_C0_H")
 
 
 def test_checkout_delete_and_lifetime_destroy_vms_in_vcsim(harness: Harness) -> None:
-    harness.until("ready", 2)
-    request = CheckoutRequest(harness.pool.name, [harness.pool.name], 2)
+    until(harness, "ready", 2)
+    request = CheckoutRequest(POOL, [POOL], 2)
     result = harness.store.checkout([request], harness.clock.now(), {})
     deleted, expired = sorted(vm.hostname for vm in result.vms)
     # DELETE /vm/<host>: the API moves the VM to completed.
-    assert harness.store.move(deleted, harness.pool.name, "running", "completed", harness.clock.now())
+    assert harness.store.move(deleted, POOL, "running", "completed", harness.clock.now())
     harness.clock.advance(25 * 3600)  # past vm_lifetime (24 h) for the other one
     for _ in range(5):
-        harness.run()
-    gone = harness.in_vcsim()
+        harness.reconcile(POOL)
+    gone = in_vcsim(harness)
     assert deleted not in gone and expired not in gone
-    assert len(harness.store.hostnames(harness.pool.name, "ready")) + len(
-        harness.store.hostnames(harness.pool.name, "pending")) == 2  # refilled
+    assert len(harness.store.hostnames(POOL, "ready")) + len(
+        harness.store.hostnames(POOL, "pending")) == 2  # refilled
 
 
 def test_hand_made_vm_is_discovered_and_destroyed_outside_is_untouched(harness: Harness) -> None:
-    admin.create_vm(harness.setup.provider, harness.folder, "intruder")
-    admin.create_vm(harness.setup.provider, f"{DATACENTER}/vm/elsewhere", "bystander")
+    admin.create_vm(harness.provider, folder_of(harness), "intruder")
+    admin.create_vm(harness.provider, f"{DATACENTER}/vm/elsewhere", "bystander")
     for _ in range(4):
-        harness.run()
-    assert "intruder" not in harness.in_vcsim()
-    assert admin.exists(harness.setup.provider, f"{DATACENTER}/vm/elsewhere/bystander")
+        harness.reconcile(POOL)
+    assert "intruder" not in in_vcsim(harness)
+    assert admin.exists(harness.provider, f"{DATACENTER}/vm/elsewhere/bystander")
 
 
 def test_vm_deleted_by_hand_is_dropped(harness: Harness) -> None:
-    harness.until("ready", 2)
-    victim = harness.store.hostnames(harness.pool.name, "ready")[0]
-    admin.delete_vm(harness.setup.provider, f"{harness.folder}/{victim}")
-    harness.run()
+    until(harness, "ready", 2)
+    victim = harness.store.hostnames(POOL, "ready")[0]
+    admin.delete_vm(harness.provider, f"{folder_of(harness)}/{victim}")
+    harness.reconcile(POOL)
     record = harness.store.get_vm(victim)
     assert record is not None and record.state == "destroyed"
-    assert victim not in harness.store.hostnames(harness.pool.name, "ready")
+    assert victim not in harness.store.hostnames(POOL, "ready")
 
 
-def test_missing_template_records_reason_and_retries_without_leaking(setup: Setup, redis_client: redis.Redis) -> None:
-    harness = Harness(setup, redis_client, size=2, template="templates/missing")
+def test_missing_template_records_reason_and_retries_without_leaking(make_harness: HarnessFactory,
+                                                                      vcsim: VcsimServer) -> None:
+    harness = vsphere_pool(make_harness, vcsim, size=2, template="templates/missing")
     failures: list[Failure] = []
     for _ in range(4):
-        report = harness.run()
+        report = harness.reconcile(POOL)
         failures += list(report.clone_failures.values())
     assert failures and all("templates/missing" in failure.message for failure in failures)
     assert {failure.kind for failure in failures} == {FailureKind.TEMPLATE}
     assert harness.store.cloning_count() <= 2  # in flight, not accumulating
-    assert harness.in_vcsim() == set()
-    counts = harness.store.counts([harness.pool.name])[harness.pool.name]
+    assert in_vcsim(harness) == set()
+    counts = harness.store.counts([POOL])[POOL]
     assert counts["pending"] <= 2 and counts["ready"] == 0
 
 
@@ -137,13 +136,13 @@ def test_clone_failures_are_counted_and_recorded_under_their_kind(
 
 
 def test_vcsim_stopped_mid_run_fails_cleanly_then_converges(
-    private_vcsim: VcsimServer, redis_client: redis.Redis
+    private_vcsim: VcsimServer, make_harness: HarnessFactory
 ) -> None:
-    harness = Harness(make_setup(private_vcsim), redis_client, size=2)
-    harness.run()
+    harness = vsphere_pool(make_harness, private_vcsim, size=2)
+    harness.reconcile(POOL)
     private_vcsim.stop()
     with pytest.raises(ProviderError):
-        harness.run()
+        harness.reconcile(POOL)
     private_vcsim.start()  # a fresh simulator: the clones are gone
-    harness.until("ready", 2)
-    assert set(harness.store.hostnames(harness.pool.name, "ready")) == harness.in_vcsim()
+    until(harness, "ready", 2)
+    assert set(harness.store.hostnames(POOL, "ready")) == in_vcsim(harness)

@@ -5,19 +5,14 @@ and GET /vm shows where each VM really is."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
-import redis
 
-import app
-from chalicelib.clock import FakeClock
-from chalicelib.manager.reconcile import PassReport, reconcile_pool
-from chalicelib.services import Services
-from local.gateway import Gateway
+from tests.harness import Harness, HarnessFactory
+from tests.support import eventually
 from tests.vsphere import admin
 from tests.vsphere.vcsim import VcsimServer, vcsim_config
 
@@ -41,100 +36,74 @@ def light_vcsim(vcsim_dir: Path) -> Iterator[VcsimServer]:
     yield from loaded_vcsim(vcsim_dir, 1)
 
 
-class Stack:
-    """The API and a pool's reconcile on a simulator, with migration_limit 1."""
-
-    def __init__(self, server: VcsimServer, client: redis.Redis, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
-        config = vcsim_config(server, service={"migration_limit": 1},
-                              pools=[{"name": "mig", "size": size, "folder": "vmpool/mig", "ready_check": "tools"}])
-        self.client = client
-        self.services = Services(config, client, clock=FakeClock(), prefix="vmig:")
-        monkeypatch.setattr(app, "_services", self.services)
-        self.gateway = Gateway(app.app)
-        self.pool = self.services.config.pool("mig")
-        self.provider = self.services.provider("vsphere")
-
-    def run(self) -> PassReport:
-        assert self.pool is not None
-        return reconcile_pool(self.services.store, self.provider, self.pool, self.services.clock,
-                              self.services.config.service)
-
-    def fill(self) -> dict[str, str | None]:
-        """Reconcile until the pool is full; where its VMs are (the simulator's stats then follow)."""
-        assert self.pool is not None
-        for _ in range(100):
-            self.run()
-            if self.services.store.counts(["mig"])["mig"]["ready"] == self.pool.size:
-                break
-            time.sleep(0.1)
-        time.sleep(0.5)  # the simulator's host stats follow its VMs every 0.1 s
-        return self.where()
-
-    def where(self) -> dict[str, str | None]:
-        assert self.pool is not None
-        return {vm.name: vm.host for vm in self.provider.list_vms(self.pool)}
-
-    def check_out(self, count: int) -> list[str]:
-        status, _, body = self.gateway("POST", "/api/v3/vm", {}, json.dumps({"mig": count}).encode(), "127.0.0.1")
-        assert status == 200, body
-        names = json.loads(body)["mig"]["hostname"]
-        return [name.split(".")[0] for name in ([names] if isinstance(names, str) else names)]
-
-    def shown(self, hostname: str) -> dict[str, Any]:
-        status, _, body = self.gateway("GET", f"/api/v3/vm/{hostname}", {}, b"", "127.0.0.1")
-        assert status == 200, body
-        return dict(json.loads(body)[hostname])
-
-    def in_flight(self) -> int:
-        return int(self.client.zcard(self.services.store.keys.migrating))
+def stack_on(server: VcsimServer, make_harness: HarnessFactory, size: int) -> Harness:
+    """The API and a pool ``mig`` of ``size`` on the simulator, with migration_limit 1."""
+    config = vcsim_config(server, service={"migration_limit": 1},
+                          pools=[{"name": "mig", "size": size, "folder": "vmpool/mig", "ready_check": "tools"}])
+    return make_harness(config, prefix="vmig:")
 
 
-def test_checked_out_vms_move_off_the_busy_host(busy_vcsim: VcsimServer, redis_client: redis.Redis,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    stack = Stack(busy_vcsim, redis_client, monkeypatch, size=3)
-    first_three = stack.fill()
+def fill(stack: Harness) -> dict[str, str | None]:
+    """Reconcile until the pool is full (its guests boot on the simulator's wall clock); where
+    its VMs are once the simulator's host stats follow them."""
+    def full_after_a_pass() -> bool:
+        stack.reconcile("mig")
+        return stack.count("mig", "ready") == stack.pool("mig").size
+
+    eventually(full_after_a_pass, 10, "the pool to fill")
+    time.sleep(0.5)  # the simulator's host stats follow its VMs every 0.1 s
+    return where(stack)
+
+
+def where(stack: Harness) -> dict[str, str | None]:
+    return {vm.name: vm.host for vm in stack.provider.list_vms(stack.pool("mig"))}
+
+
+def test_checked_out_vms_move_off_the_busy_host(busy_vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
+    stack = stack_on(busy_vcsim, make_harness, size=3)
+    first_three = fill(stack)
     busy = set(first_three.values())
     assert len(busy) == 1  # vcsim puts every clone on the template's host
     busy_host = busy.pop()
 
-    taken = stack.check_out(2)
-    assert all(stack.shown(host)["migrated"] is False and stack.shown(host)["host"] == busy_host for host in taken)
+    taken = stack.checkout_vms("mig", 2)
+    assert all((stack.describe(host)["migrated"], stack.describe(host)["host"]) == (False, busy_host) for host in taken)
     in_flight = []
     for _ in range(6):
-        stack.run()
-        in_flight.append(stack.in_flight())
-        if all(stack.shown(host)["migrated"] for host in taken):
+        stack.reconcile("mig")
+        in_flight.append(stack.migrations_in_flight())
+        if all(stack.describe(host)["migrated"] for host in taken):
             break
     assert max(in_flight) == 1  # migration_limit
-    actual = stack.where()
+    actual = where(stack)
     for host in taken:
-        answer = stack.shown(host)
+        answer = stack.describe(host)
         assert answer["migrated"] is True
         assert answer["host"] == actual[host] != busy_host
     # The VM nobody checked out stays where it was.
     [left] = set(first_three) - set(taken)
-    assert actual[left] == busy_host and stack.shown(left)["migrated"] is False
+    assert actual[left] == busy_host and stack.describe(left)["migrated"] is False
 
 
 def test_a_small_difference_is_not_worth_a_vmotion_but_an_ineligible_host_is_left(
-        light_vcsim: VcsimServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    stack = Stack(light_vcsim, redis_client, monkeypatch, size=2)
-    placed = stack.fill()
+        light_vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
+    stack = stack_on(light_vcsim, make_harness, size=2)
+    placed = fill(stack)
     [host_name] = set(placed.values())
-    [first] = stack.check_out(1)
+    [first] = stack.checkout_vms("mig", 1)
     for _ in range(3):
-        stack.run()
-    assert stack.shown(first)["migrated"] is False and stack.where()[first] == host_name  # 2 points busier: stays
+        stack.reconcile("mig")
+    assert stack.describe(first)["migrated"] is False and where(stack)[first] == host_name  # 2 points busier: stays
 
     # The host goes into maintenance: a VM checked out there now moves, whatever the loads.
     admin.set_maintenance(stack.provider, host_name, True)
     try:
-        stack.services.clock.advance(61)  # past the host survey's cache
-        [second] = stack.check_out(1)
+        stack.clock.advance(61)  # past the host survey's cache
+        [second] = stack.checkout_vms("mig", 1)
         for _ in range(3):
-            stack.run()
-        assert stack.shown(second)["migrated"] is True
-        assert stack.shown(second)["host"] == stack.where()[second] != host_name
-        assert stack.where()[first] == host_name  # checked out earlier: not migrated again
+            stack.reconcile("mig")
+        assert stack.describe(second)["migrated"] is True
+        assert stack.describe(second)["host"] == where(stack)[second] != host_name
+        assert where(stack)[first] == host_name  # checked out earlier: not migrated again
     finally:
         admin.set_maintenance(stack.provider, host_name, False)
