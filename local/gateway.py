@@ -2,9 +2,9 @@
 
 `chalice local` serves one request at a time through a slow matcher; this gateway matches the
 app's routes with precompiled patterns and hands Chalice the same proxy event API Gateway sends.
-``AsgiApp`` puts it behind an ASGI server: `make run` serves it with gunicorn, one request at
-a time per worker process (``local.http_front``), because Chalice keeps the request being served
-on the app object.
+``AsgiApp`` puts it behind an ASGI server (`make run`: ``local.http_front``) and calls the app
+on a few threads per worker process: the service's app keeps the request being served per
+thread, and any other Chalice app is called on one thread, one request at a time.
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ import asyncio
 import base64
 import json
 import re
-import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -186,53 +184,3 @@ class AsgiApp:
         client = scope.get("client") or ("", 0)
         return await asyncio.get_running_loop().run_in_executor(
             self._threads, self.gateway, scope["method"], target.decode("latin-1"), headers, bytes(body), client[0])
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: clients reuse their connection
-    disable_nagle_algorithm = True  # small JSON answers go out at once
-    gateway: Gateway
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        headers = {name: value for name, value in self.headers.items()}
-        status, out_headers, data = self.gateway(self.command, self.path, headers, body, self.client_address[0])
-        self.send_response(status)
-        for name, value in out_headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
-
-    def __getattr__(self, name: str) -> Any:
-        # Any other method (TRACE, QUERY, ...) reaches the gateway too and gets a JSON 405,
-        # not http.server's HTML 501.
-        if name.startswith("do_"):
-            return self._serve
-        raise AttributeError(name)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None  # the app logs what matters, as JSON
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 512
-
-    def server_bind(self) -> None:
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if hasattr(socket, "SO_REUSEPORT"):
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-
-def make_server(app: Chalice, host: str, port: int) -> ThreadingHTTPServer:
-    """A threaded in-process HTTP server for ``app``, for tests that drive the API and their own
-    Redis from one process. Not for serving people: its threads share the one app, and Chalice
-    keeps the current request on it (concurrent requests could see each other's data).
-    `make run` serves through ``local.http_front`` (gunicorn, one request per process)."""
-    handler = type("Handler", (_Handler,), {"gateway": Gateway(app)})
-    return _Server((host, port), handler)

@@ -1,11 +1,12 @@
 """The local stack's HTTP front: gunicorn's arbiter and uvicorn workers serving the Chalice app
 through ``local.gateway``.
 
-Chalice keeps the request being served on the app object (``app.current_request``), so one app
-must never serve two requests at once. Each worker here is a process with its own app and one
-event loop: connections, request heads and bodies are read without blocking anyone (a slow
-client costs a coroutine, not a worker), and the app is then called synchronously on the loop,
-so a worker runs one request at a time. gunicorn's arbiter shares the port among the workers,
+Chalice keeps the request being served on the app object (``app.current_request``); the
+service's app keeps it per thread (``chalicelib.api.chalice_app.RequestLocalChalice``). Each
+worker here is a process with its own app and one event loop: connections, request heads and
+bodies are read without blocking anyone (a slow client costs a coroutine, not a worker), and the
+app is then called on a few threads (``AsgiApp``), so a worker overlaps its requests' Redis
+waits while each thread sees only its own request. gunicorn's arbiter shares the port among the workers,
 restarts one that dies or whose loop is stuck, and stops them on SIGTERM or Ctrl-C.
 
 Why uvicorn's worker (``uvicorn-worker``, on httptools: llhttp, Node's HTTP/1.1 parser, in C)

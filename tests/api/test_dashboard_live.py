@@ -11,11 +11,11 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import app
-from local.gateway import make_server
 from local.redis_server import free_port
 from tests.api.test_dashboard import CONFIG, POOLS, tick
 from tests.core.test_dashboard_browser import PoolRows, chromium
 from tests.harness import Harness
+from tests.in_process_http import make_server
 
 
 class OneAtATime:

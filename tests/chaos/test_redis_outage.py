@@ -22,9 +22,9 @@ import pytest
 import app
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.services import Services
-from local.gateway import make_server
 from local.redis_server import RedisServer
 from local.scheduler import LocalScheduler
+from tests.in_process_http import make_server
 from tests.support import eventually, free_port
 
 SOCKET_TIMEOUT = 1.5
