@@ -1,6 +1,7 @@
-"""The local HTTP front never lets one Chalice app serve two requests at once: Chalice keeps the
-request being served on the app object, so two requests inside one app answer with one
-request's data.
+"""The local HTTP front never lets a plain Chalice app serve two requests at once: Chalice keeps
+the request being served on the app object, so two requests inside one app answer with one
+request's data. (The service's own app keeps it per thread and is served on several threads:
+tests/api/test_chalice_app.py.)
 
 A probe app's view holds each request at a two-party barrier before it reads
 ``app.current_request``: if a second request ever runs inside the same app meanwhile, both pass
