@@ -58,3 +58,27 @@ def test_a_pass_replacing_many_vms_costs_the_round_trips_of_a_pass_replacing_one
 
     assert len(one) == 2  # destroys and clones started; clones ready, destroys done
     assert fifteen == one
+
+
+def test_a_redis_without_the_scripts_still_moves_each_vm_once(make_world: HarnessFactory) -> None:
+    """A new primary after a failover knows none of the scripts: the calls of a pipeline that
+    Redis refused (NOSCRIPT) run again once the script is loaded, and no other call runs twice."""
+    world = make_world(CONFIG)
+    world.fill("alpha")
+    world.settle("alpha", seconds=1)
+    given_back = world.check_out("alpha", 5)
+    for hostname in given_back:
+        assert world.delete(f"/api/v3/vm/{hostname}").status == 200
+
+    reports = []
+    for _ in range(2):
+        world.client.script_flush()
+        world.clock.advance(1)
+        reports.append(world.reconcile("alpha"))
+
+    started, finished = reports
+    assert len(started.clones_started) == 5
+    assert sorted(finished.became_ready) == sorted(started.clones_started)
+    assert sorted(finished.destroyed) == sorted(given_back)
+    assert world.count("alpha", "ready") == 20 and world.store.cloning_count() == 0
+    assert all(world.store.get_vm(host).raw.get("clone_task") for host in finished.became_ready)
