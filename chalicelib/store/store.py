@@ -624,13 +624,9 @@ class Store:
         with _translate_errors():
             return bool(self.scripts.discover(keys=keys, args=args))
 
-    def finish_clone(self, hostname: str, now: float) -> None:
-        """The clone task is done: free its place under the task limit and note when."""
-        self.finish_clones([hostname], now)
-
     def finish_clones(self, hostnames: Sequence[str], now: float) -> None:
-        """``finish_clone`` for many VMs, in one round trip (lua/finish_clones.lua: a record no
-        longer there is not recreated)."""
+        """Their clone tasks are done: free their places under the task limit and note when, in
+        one round trip (lua/finish_clones.lua: a record no longer there is not recreated)."""
         if not hostnames:
             return
         with _translate_errors():
