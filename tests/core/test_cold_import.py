@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -93,7 +93,7 @@ print(json.dumps(result))
 
 
 @pytest.fixture
-def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A package ``deferme`` whose ``__init__`` does ``from deferme import heavy`` (as redis-py's
     does with its asyncio client); ``heavy`` counts its runs in ``deferme.RUNS``."""
     root = tmp_path / "deferme"
