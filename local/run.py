@@ -1,11 +1,18 @@
 """`make run`: the whole service on this machine.
 
-Starts a private redis-server (its own port and data dir), serves the Chalice app on
-http://127.0.0.1:$PORT with gunicorn and uvicorn (``local.http_front``: a worker process per
-core, each running a few event loops on their own threads, each loop serving one request at a
-time), and runs every pool's reconcile on a timer. Ctrl-C
-stops all of it; so does killing this process (its children die with it). One stack per state directory: a
-second one on the same directory refuses to start.
+Starts a private redis-server (its own port and data dir) and serves the Chalice app on
+http://127.0.0.1:$PORT with gunicorn and uvicorn (``local.http_front``): this process becomes
+gunicorn's arbiter, which forks the HTTP workers (one per core, each running a few event loops on
+their own threads, each loop serving one request at a time) and replaces one that dies. Each
+worker also runs every pool's reconcile on a timer (``local.scheduler``), as several reconcile
+Lambdas run at once in AWS. Ctrl-C stops all of it; so does killing this process (its children
+die with it). One stack per state directory: a second one on the same directory refuses to start.
+
+Why this layout (docs/performance.md, "Memory (item 6)"): every Python process costs its
+interpreter and its imports (a forked one counts the pages it shares with its parent too), so
+the stack has no process beside the workers but the arbiter, and the arbiter never imports the
+app (it checks the config in a child that exits). The workers share nothing but the port and
+Redis: reconcile runs take the pool's lease, so two workers' schedulers never run a pool at once.
 
     python -m local.run [--port 8000] [--workers N] [--threads N] [--config FILE] [--provider dummy|vcsim]
 
@@ -16,15 +23,26 @@ real (simulated) vSphere clones instead of the dummy provider's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
-import multiprocessing
+import functools
 import os
-import signal
 import subprocess
 import sys
-import threading
-from multiprocessing.context import ForkProcess
+import time
+import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
+
+from local.http_front import CLIENT_TIMEOUT_SECONDS, HttpFront
+from local.redis_server import RedisServer
+
+if TYPE_CHECKING:
+    from local.gateway import AsgiApp
+    from local.scheduler import LocalScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE_DIR = Path(os.environ.get("VMPOOL_STATE_DIR") or ROOT / ".run")
@@ -52,22 +70,89 @@ def _lock_state_dir() -> int:
     return descriptor
 
 
-def _serve_http(port: int, workers: int, threads: int, parent: int,
-                ready: "multiprocessing.synchronize.Semaphore") -> None:
-    """The HTTP front's process: gunicorn's arbiter, which forks the workers."""
-    from local.processes import die_with_parent
+class _StackArbiter(Arbiter):
+    """gunicorn's arbiter, which also prints the banner once each of the first workers serves
+    (they say so on ``ready_pipe``), or stops the stack if they have not within
+    ``start_timeout`` seconds."""
 
-    die_with_parent(parent)
+    def __init__(self, front: HttpFront, ready_pipe: int, banner: str, start_timeout: float = 30.0) -> None:
+        super().__init__(front)
+        self._ready_pipe = ready_pipe
+        os.set_blocking(ready_pipe, False)
+        self._starting = self.num_workers
+        self._banner = banner
+        self._start_deadline = time.monotonic() + start_timeout
+
+    def wait_for_signals(self, timeout: float = 1.0) -> list[int]:
+        if self._starting <= 0:
+            return super().wait_for_signals(timeout)
+        signals = super().wait_for_signals(min(timeout, 0.05))
+        with contextlib.suppress(BlockingIOError):
+            self._starting -= len(os.read(self._ready_pipe, 64))
+        if self._starting <= 0:
+            print(self._banner, flush=True)
+        elif time.monotonic() > self._start_deadline:
+            raise HaltServer(f"the HTTP workers did not start on port {self.cfg.address[0][1]}", 1)
+        return signals
+
+
+_scheduler: LocalScheduler | None = None
+"""The reconcile scheduler of this HTTP worker (None in the arbiter)."""
+
+
+def _load_app(threads: int) -> AsgiApp:
+    """The app an HTTP worker serves, imported in the worker (the arbiter never imports it)."""
     import app as chalice_app
     from local.gateway import AsgiApp
-    from local.http_front import CLIENT_TIMEOUT_SECONDS, HttpFront
 
-    def asgi_app() -> AsgiApp:
-        return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads)
+    return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads)
 
-    front = HttpFront(asgi_app, "127.0.0.1", port, workers, on_worker_ready=ready.release)
-    front.run()
 
+def _start_scheduler(interval: float, ready_pipe: int) -> None:
+    """In an HTTP worker, once its app is loaded: run every pool's reconcile on a timer, then
+    tell the arbiter this worker serves. Every worker runs one, as several reconcile Lambdas run
+    at once in AWS: a run takes the pool's lease in Redis, so two never reconcile a pool at once,
+    and a worker the arbiter replaces brings a new one."""
+    global _scheduler
+    import app as chalice_app
+    from local.scheduler import LocalScheduler
+
+    _scheduler = LocalScheduler(chalice_app.services(), interval_seconds=interval)
+    _scheduler.start()
+    os.write(ready_pipe, b".")
+
+
+def _leave_worker(error: BaseException | None) -> NoReturn:
+    """An HTTP worker is done (gunicorn's worker code ends it with SystemExit, which reaches
+    here through the arbiter's stack it was forked from): stop its scheduler and exit now, so
+    nothing of ``main``'s (stopping Redis) runs in the worker."""
+    if _scheduler is not None:
+        _scheduler.stop()
+    code = error.code if isinstance(error, SystemExit) else 1
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
+
+
+def _serve(port: int, workers: int, threads: int, interval: float, banner: str) -> None:
+    """Become gunicorn's arbiter, forking the HTTP workers; return when it stops (it ends this
+    process with SystemExit on Ctrl-C or SIGTERM, once its workers are gone)."""
+    ready_read, ready_write = os.pipe()
+    front = HttpFront(functools.partial(_load_app, threads), "127.0.0.1", port, workers,
+                      on_worker_ready=functools.partial(_start_scheduler, interval, ready_write))
+    arbiter = _StackArbiter(front, ready_read, banner)
+    arbiter_pid = os.getpid()
+    try:
+        arbiter.run()
+    except BaseException as error:
+        if os.getpid() != arbiter_pid:
+            _leave_worker(error)
+        raise
+    if os.getpid() != arbiter_pid:
+        _leave_worker(None)
 
 VCSIM_CONFIG = """\
 # Written by `make run PROVIDER=vcsim`: two pools of clones in the local vCenter simulator.
@@ -130,6 +215,41 @@ def _require_free_port(port: int) -> None:
             raise SystemExit(f"port {port} is in use: is another `make run` still running?") from None
 
 
+def _check_config() -> tuple[int, list[str]]:
+    """Load the config as the app does, in a child process so this one never imports the app
+    (the HTTP workers import it; the arbiter would only hold a copy): (0, the pool names), or
+    (2, []) after printing what is wrong with the config (1 for any other failure)."""
+    read, write = os.pipe()
+    child = os.fork()  # this process has no other thread yet
+    if child == 0:
+        os.close(read)
+        status, answer = 0, ""
+        try:
+            from chalicelib.config import ConfigError
+
+            try:
+                import app as chalice_app
+
+                answer = "\n".join(chalice_app.CONFIG.pool_names)
+            except ConfigError as error:
+                status, answer = 2, str(error)
+        except BaseException:  # noqa: BLE001 - say why, and the stack refuses to start
+            traceback.print_exc()
+            status = 1
+        os.write(write, answer.encode())
+        sys.stderr.flush()
+        os._exit(status)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer_pipe:
+        answer = answer_pipe.read().decode()
+    status = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+    if status != 0:
+        if answer:
+            print(answer, file=sys.stderr)
+        return status or 1, []
+    return 0, answer.split("\n") if answer else []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
@@ -145,72 +265,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--provider", choices=("dummy", "vcsim"), default=os.environ.get("PROVIDER", "dummy"))
     args = parser.parse_args(argv)
 
-    from local.redis_server import RedisServer
-
-    _lock_state_dir()  # before anything starts; held (open) until this process exits
+    _lock_state_dir()  # before anything starts; held (open) until this process and its workers exit
     vcsim_process = None
-    if args.provider == "vcsim":
-        vcsim_process, config_file = _start_vcsim()
-        os.environ["VMPOOL_CONFIG_FILE"] = str(config_file)
-    elif args.config:
-        os.environ["VMPOOL_CONFIG_FILE"] = str(Path(args.config).resolve())
-    redis_server = RedisServer(
-        port=args.redis_port or None, data_dir=STATE_DIR / f"redis-{args.provider}", persist=True,
-        die_with_parent=True,
-    ).start()
-    os.environ["VMPOOL_REDIS_URL"] = redis_server.url
-    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
-    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")
-
-    front: ForkProcess | None = None
-    workers = max(args.workers, 1)
-    scheduler = None
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    redis_server = None
     try:
-        from chalicelib.config import ConfigError
-
-        try:
-            import app as chalice_app  # validates the config before anything is served
-        except ConfigError as error:
-            print(error, file=sys.stderr)
-            return 2
+        if args.provider == "vcsim":
+            vcsim_process, config_file = _start_vcsim()
+            os.environ["VMPOOL_CONFIG_FILE"] = str(config_file)
+        elif args.config:
+            os.environ["VMPOOL_CONFIG_FILE"] = str(Path(args.config).resolve())
+        status, pools = _check_config()  # before anything is served
+        if status:
+            return status
         _require_free_port(args.port)
-        # Forked before the scheduler's threads exist: the front's processes inherit none.
-        context = multiprocessing.get_context("fork")
-        ready = context.Semaphore(0)
-        front = context.Process(target=_serve_http, name="vmpool-http",
-                                args=(args.port, workers, max(args.threads, 1), os.getpid(), ready))
-        front.start()
-        for _ in range(workers):
-            if not ready.acquire(timeout=30):
-                print(f"the HTTP workers did not start on port {args.port}", file=sys.stderr)
-                return 1
-
-        from local.scheduler import LocalScheduler
-
-        scheduler = LocalScheduler(chalice_app.services(), interval_seconds=args.interval)
-        scheduler.start()
-        pools = ", ".join(chalice_app.CONFIG.pool_names)
-        print(f"vmpool: serving http://127.0.0.1:{args.port}/api/v3 with {workers} workers; "
-              f"redis on port {redis_server.port}; pools: {pools}. Ctrl-C stops.", flush=True)
-        while not stop.wait(0.5):
-            if not front.is_alive():
-                print("the HTTP server stopped; stopping", file=sys.stderr)
-                return 1
+        redis_server = RedisServer(
+            port=args.redis_port or None, data_dir=STATE_DIR / f"redis-{args.provider}", persist=True,
+            die_with_parent=True,
+        ).start()
+        os.environ["VMPOOL_REDIS_URL"] = redis_server.url
+        os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+        os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")
+        workers = max(args.workers, 1)
+        banner = (f"vmpool: serving http://127.0.0.1:{args.port}/api/v3 with {workers} workers; "
+                  f"redis on port {redis_server.port}; pools: {', '.join(pools)}. Ctrl-C stops.")
+        _serve(args.port, workers, max(args.threads, 1), args.interval, banner)
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C before the arbiter took over the signals
         return 0
-    finally:
-        if scheduler:
-            scheduler.stop()
-        if front is not None:
-            front.terminate()  # SIGTERM: gunicorn stops its workers (5 s grace for requests)
-            front.join(timeout=10)
-            if front.is_alive():
-                front.kill()
-                front.join()
-        redis_server.stop()
+    finally:  # in this process only: an HTTP worker leaves through _leave_worker
+        if redis_server is not None:
+            redis_server.stop()
         if vcsim_process is not None:
             from tools.vcsim.launcher import stop_vcsim
 
