@@ -3,16 +3,15 @@
 Starts a private redis-server (its own port and data dir) and serves the Chalice app on
 http://127.0.0.1:$PORT with gunicorn and uvicorn (``local.http_front``): this process becomes
 gunicorn's arbiter, which forks the HTTP workers (one per core, each running a few event loops on
-their own threads, each loop serving one request at a time) and replaces one that dies. Each
-worker also runs every pool's reconcile on a timer (``local.scheduler``), as several reconcile
-Lambdas run at once in AWS. Ctrl-C stops all of it; so does killing this process (its children
+their own threads, each loop serving one request at a time) and replaces one that dies. One of
+the workers also runs every pool's reconcile on a timer (``local.scheduler``); if it dies,
+another takes over. Ctrl-C stops all of it; so does killing this process (its children
 die with it). One stack per state directory: a second one on the same directory refuses to start.
 
 Why this layout (docs/performance.md, "Memory (item 6)"): every Python process costs its
 interpreter and its imports (a forked one counts the pages it shares with its parent too), so
 the stack has no process beside the workers but the arbiter, and the arbiter never imports the
-app (it checks the config in a child that exits). The workers share nothing but the port and
-Redis: reconcile runs take the pool's lease, so two workers' schedulers never run a pool at once.
+app (it checks the config in a child that exits).
 
     python -m local.run [--port 8000] [--workers N] [--threads N] [--config FILE] [--provider dummy|vcsim]
 
@@ -29,6 +28,7 @@ import functools
 import os
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -96,8 +96,47 @@ class _StackArbiter(Arbiter):
         return signals
 
 
-_scheduler: LocalScheduler | None = None
-"""The reconcile scheduler of this HTTP worker (None in the arbiter)."""
+SCHEDULER_LOCK_NAME = "scheduler.lock"
+
+
+class _SchedulerSeat:
+    """The stack's one reconcile scheduler, run by whichever HTTP worker holds the seat: a lock
+    on a file in the state directory, taken by the first worker to ask; the others wait for it,
+    and when the holder's process ends (the arbiter replaces it) the kernel drops its lock and a
+    waiting worker takes over. Why one and not one per worker, though runs take the pool's lease
+    so two could run safely: a run that finds the lease taken nudges the holder on the pool's
+    wake list, which every scheduler listens to, so two schedulers nudge each other round and
+    round while a pass runs (measured: more CPU per checkout, fewer checkouts/s)."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._changing = threading.Lock()
+        self._scheduler: LocalScheduler | None = None
+        self._leaving = False
+
+    def take_when_free(self) -> None:
+        """Wait for the seat (a thread of its own), then run the scheduler in this worker."""
+        import app as chalice_app
+        from local.scheduler import LocalScheduler
+
+        descriptor = os.open(STATE_DIR / SCHEDULER_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)  # held until this process ends
+        with self._changing:
+            if not self._leaving:
+                self._scheduler = LocalScheduler(chalice_app.services(), interval_seconds=self._interval)
+                self._scheduler.start()
+
+    def leave(self) -> None:
+        """Stop the scheduler if this worker runs it (the process ends next, giving up the seat)."""
+        with self._changing:
+            self._leaving = True
+            scheduler = self._scheduler
+        if scheduler is not None:
+            scheduler.stop()
+
+
+_seat: _SchedulerSeat | None = None
+"""This HTTP worker's claim on the scheduler (None in the arbiter)."""
 
 
 def _load_app(threads: int) -> AsgiApp:
@@ -108,17 +147,12 @@ def _load_app(threads: int) -> AsgiApp:
     return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads)
 
 
-def _start_scheduler(interval: float, ready_pipe: int) -> None:
-    """In an HTTP worker, once its app is loaded: run every pool's reconcile on a timer, then
-    tell the arbiter this worker serves. Every worker runs one, as several reconcile Lambdas run
-    at once in AWS: a run takes the pool's lease in Redis, so two never reconcile a pool at once,
-    and a worker the arbiter replaces brings a new one."""
-    global _scheduler
-    import app as chalice_app
-    from local.scheduler import LocalScheduler
-
-    _scheduler = LocalScheduler(chalice_app.services(), interval_seconds=interval)
-    _scheduler.start()
+def _worker_ready(interval: float, ready_pipe: int) -> None:
+    """In an HTTP worker, once its app is loaded: claim the scheduler's seat (``_SchedulerSeat``),
+    and tell the arbiter this worker serves."""
+    global _seat
+    _seat = _SchedulerSeat(interval)
+    threading.Thread(target=_seat.take_when_free, name="scheduler-seat", daemon=True).start()
     os.write(ready_pipe, b".")
 
 
@@ -126,8 +160,8 @@ def _leave_worker(error: BaseException | None) -> NoReturn:
     """An HTTP worker is done (gunicorn's worker code ends it with SystemExit, which reaches
     here through the arbiter's stack it was forked from): stop its scheduler and exit now, so
     nothing of ``main``'s (stopping Redis) runs in the worker."""
-    if _scheduler is not None:
-        _scheduler.stop()
+    if _seat is not None:
+        _seat.leave()
     code = error.code if isinstance(error, SystemExit) else 1
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)
@@ -142,7 +176,7 @@ def _serve(port: int, workers: int, threads: int, interval: float, banner: str) 
     process with SystemExit on Ctrl-C or SIGTERM, once its workers are gone)."""
     ready_read, ready_write = os.pipe()
     front = HttpFront(functools.partial(_load_app, threads), "127.0.0.1", port, workers,
-                      on_worker_ready=functools.partial(_start_scheduler, interval, ready_write))
+                      on_worker_ready=functools.partial(_worker_ready, interval, ready_write))
     arbiter = _StackArbiter(front, ready_read, banner)
     arbiter_pid = os.getpid()
     try:
