@@ -188,6 +188,7 @@ def _serve(port: int, workers: int, threads: int, interval: float, banner: str) 
     if os.getpid() != arbiter_pid:
         _leave_worker(None)
 
+
 VCSIM_CONFIG = """\
 # Written by `make run PROVIDER=vcsim`: two pools of clones in the local vCenter simulator.
 :config:
