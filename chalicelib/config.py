@@ -1,10 +1,14 @@
 """Service configuration: vmpooler's YAML, loaded as it is, validated once at start.
 
 vmpooler writes top-level sections as Ruby symbols (``:pools:``); we accept that and the plain
-spelling at every level by dropping leading colons from mapping keys. Every key of vmpooler's
-config is known; unknown keys log a warning instead of failing, so a config that works for
-vmpooler keeps working here. Invalid values fail the load with every problem listed, each naming
-its key path (``pools[2].size: must be an integer >= 0, got "five"``).
+spelling at every level by dropping leading colons from mapping keys. Each section is a pydantic
+model (the value types and their messages: chalicelib/config_fields.py); each provider and each
+DNS plugin owns the model of its own block (chalicelib/providers/settings.py,
+chalicelib/dns/registry.py), and the LDAP block is parsed once into ``LdapSettings``. Every key of
+vmpooler's config is known; unknown keys log a warning instead of failing, so a config that works
+for vmpooler keeps working here. Invalid values fail the load with every problem listed, each
+naming its key path (``pools[2].size: must be an integer >= 0, got "five"``): pydantic's errors are
+translated into that form, never shown as pydantic writes them.
 """
 
 from __future__ import annotations
@@ -14,11 +18,39 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Mapping, Optional, Sequence, TypeVar
 
 import yaml
+from pydantic import ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
-from chalicelib.providers.failures import FailureKind
+from chalicelib.config_fields import (
+    Bool,
+    Ignored,
+    Int0,
+    Int1,
+    Port,
+    Seconds,
+    Secret,
+    SettingsModel,
+    Str,
+    StrList,
+    Weights,
+    at_least,
+    bounded,
+    checked_by,
+    one_of,
+    regex,
+    show,
+    timezone_name,
+)
+from chalicelib.config_fields import sizing as sizing_block
+from chalicelib.dns.base import DnsConfig, DnsSettings
+from chalicelib.providers.settings import PROVIDER_CLASSES, ProviderSettings, provider_keys, settings_model
+
+if TYPE_CHECKING:
+    from chalicelib.auth.ldap_settings import LdapSettings
+    from chalicelib.sizing.settings import SizingSettings
 
 CONFIG_FILE_ENV = "VMPOOL_CONFIG_FILE"
 CONFIG_YAML_ENV = "VMPOOL_CONFIG"
@@ -35,361 +67,175 @@ class ConfigError(ValueError):
         super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
 
 
-# --- value checkers ----------------------------------------------------------------------------
-# Each checker takes the raw YAML value and returns the clean value or raises _Invalid with the
-# human explanation; the loader adds the key path.
+# --- the sections ----------------------------------------------------------------------------
 
 
-class _Invalid(Exception):
-    pass
+class ServiceConfig(SettingsModel):
+    """The ``:config:`` section, with vmpooler's defaults."""
 
-
-Checker = Callable[[Any], Any]
-
-
-def _show(value: Any) -> str:
-    return f'"{value}"' if isinstance(value, str) else repr(value)
-
-
-def integer(minimum: int | None = None, maximum: int | None = None) -> Checker:
-    """An int (or a string of digits, as vmpooler's ``to_i`` accepts) within bounds.
-
-    The message names the rule broken: ``must be an integer >= 0`` for text or a number too
-    small, ``must be an integer <= 10000`` for one too large."""
-    wanted = "an integer" + (f" >= {minimum}" if minimum is not None else "")
-
-    def check(value: Any) -> int:
-        if isinstance(value, bool):
-            raise _Invalid(f"must be {wanted}, got {_show(value)}")
-        if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,18}\s*", value):
-            number = int(value)
-        elif isinstance(value, int):
-            number = value
-        else:
-            raise _Invalid(f"must be {wanted}, got {_show(value)}")
-        if minimum is not None and number < minimum:
-            raise _Invalid(f"must be {wanted}, got {_show(value)}")
-        if maximum is not None and number > maximum:
-            raise _Invalid(f"must be an integer <= {maximum}, got {_show(value)}")
-        return number
-
-    return check
-
-
-def number(minimum: float | None = None) -> Checker:
-    """An int or float (or numeric string) at least ``minimum``."""
-
-    def check(value: Any) -> float:
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            result = float(value)
-        except (TypeError, ValueError):
-            raise _Invalid(f"must be a number, got {_show(value)}") from None
-        if minimum is not None and result < minimum:
-            raise _Invalid(f"must be a number >= {minimum}, got {_show(value)}")
-        return result
-
-    return check
-
-
-def boolean(value: Any) -> bool:
-    """true/false, also as the strings vmpooler configs sometimes carry."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
-        return value.lower() in ("true", "yes")
-    raise _Invalid(f"must be true or false, got {_show(value)}")
-
-
-def string(value: Any) -> str:
-    """A scalar written as text (numbers are accepted and turned into text)."""
-    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise _Invalid(f"must be a string, got {_show(value)}")
-
-
-def string_list(value: Any) -> tuple[str, ...]:
-    """A string or a list of strings (vmpooler accepts both for alias, base, user_object)."""
-    items = value if isinstance(value, list) else [value]
-    return tuple(string(item) for item in items)
-
-
-def mapping(value: Any) -> Mapping[str, Any]:
-    """A YAML mapping, kept as it is."""
-    if not isinstance(value, dict):
-        raise _Invalid(f"must be a mapping, got {_show(value)}")
-    return MappingProxyType(dict(value))
-
-
-def weights(value: Any) -> Mapping[str, float]:
-    """A mapping of names to weights >= 0 (vmpooler's ``backend_weight``)."""
-    if not isinstance(value, dict):
-        raise _Invalid(f"must be a mapping of clone targets to weights, got {_show(value)}")
-    checked: dict[str, float] = {}
-    for name, weight in value.items():
-        try:
-            checked[str(name)] = number(0)(weight)
-        except _Invalid as invalid:
-            raise _Invalid(f"{name}: {invalid}") from None
-    return MappingProxyType(checked)
-
-
-def choice(*options: str) -> Checker:
-    def check(value: Any) -> str:
-        if value not in options:
-            raise _Invalid(f"must be one of {', '.join(options)}, got {_show(value)}")
-        return value
-
-    return check
-
-
-def symbol_choice(*options: str) -> Checker:
-    """Like ``choice``, also accepting Ruby-symbol values (``:ldap``) as vmpooler configs write them."""
-    check_choice = choice(*options)
-
-    def check(value: Any) -> str:
-        return check_choice(value.lstrip(":") if isinstance(value, str) else value)
-
-    return check
-
-
-def regex(value: Any) -> str:
-    text = string(value)
-    try:
-        re.compile(text)
-    except re.error as error:
-        raise _Invalid(f"must be a regular expression ({error})") from None
-    return text
-
-
-def sizing(value: Any) -> Any:
-    """A pool's ``sizing`` block (schedule windows, demand sizing): chalicelib/sizing/settings.py."""
-    from chalicelib.sizing.settings import SizingConfigError, parse_sizing
-
-    try:
-        return parse_sizing(value)
-    except SizingConfigError as error:
-        raise _Invalid(str(error)) from None
-
-
-def timezone_name(value: Any) -> str:
-    """An IANA time zone name (``Europe/Berlin``)."""
-    from chalicelib.sizing.settings import SizingConfigError, check_timezone
-
-    try:
-        return check_timezone(value, "time zone")
-    except SizingConfigError as error:
-        raise _Invalid(str(error).removeprefix("time zone: ")) from None
-
-
-def anything(value: Any) -> Any:
-    return value
-
-
-def secret_value(value: Any) -> Any:
-    """A password: a plain string (as vmpooler writes it) or a reference to AWS Secrets Manager /
-    SSM Parameter Store (``{secret: name[, key: k]}`` / ``{ssm: name}``), resolved at run time.
-    The message names the problem, never the value."""
-    from chalicelib.auth.secrets import SecretConfigError, check_secret_value
-
-    try:
-        return check_secret_value(value)
-    except SecretConfigError as error:
-        raise _Invalid(str(error)) from None
-
-
-@dataclass(frozen=True)
-class Key:
-    """One known key: its checker and default (``REQUIRED`` when it must be given)."""
-
-    check: Checker
-    default: Any = None
-
-
-REQUIRED = object()
-
-# Keys vmpooler reads that we accept but do not act on (logging, graphite, its web dashboard...).
-_IGNORED = Key(anything)
-
-DUMMY_KEYS: dict[str, Key] = {
-    "createvm_max_time": Key(number(0)),
-    "createvm_min_time": Key(number(0)),  # ours: every clone takes at least this long
-    "createvm_fail_percent": Key(number(0)),
-    "createvm_fail_kind": Key(choice(*(kind.value for kind in FailureKind))),
-    "destroyvm_max_time": Key(number(0)),
-    "destroyvm_fail_percent": Key(number(0)),
-    "vmready_fail_percent": Key(number(0)),
-    "getvm_poweroff_percent": Key(number(0)),
-    "getvm_rename_percent": Key(number(0)),
-    "createdisk_max_time": Key(number(0)),
-    "createdisk_fail_percent": Key(number(0)),
-    "createsnapshot_max_time": Key(number(0)),
-    "createsnapshot_fail_percent": Key(number(0)),
-    "revertsnapshot_max_time": Key(number(0)),
-    "revertsnapshot_fail_percent": Key(number(0)),
-    "migratevm_couldmove_percent": Key(number(0)),
-    "migratevm_max_time": Key(number(0)),
-    "migratevm_fail_percent": Key(number(0)),
-    "boot_time": Key(number(0)),
-    "seed": Key(integer()),
-    "filename": _IGNORED,
-}
-
-# Readiness keys, per provider and per pool (vSphere issue).
-READINESS_KEYS: dict[str, Key] = {
-    "ready_check": Key(choice("tcp", "tools", "none")),
-    "ready_port": Key(integer(1, 65535)),
-    "check_hostname": Key(boolean),
-}
-
-SERVICE_KEYS: dict[str, Key] = {
-    "task_limit": Key(integer(1), 10),
-    "timeout": Key(integer(1), 15),
-    "timeout_notification": Key(integer(0), 5),
-    "ready_ttl": Key(integer(1), 60),
-    "vm_lifetime": Key(integer(1), 24),
-    "vm_lifetime_auth": Key(integer(1)),
-    "max_lifetime_upper_limit": Key(integer(1)),
-    "prefix": Key(string, ""),
-    "domain": Key(string),
-    "allowed_tags": Key(string_list, ()),
-    "experimental_features": Key(boolean, False),
-    "purge_unconfigured_resources": Key(boolean, False),
-    "resources_allowlist": Key(string_list, ()),
-    "create_folders": Key(boolean, False),
-    "create_linked_clones": Key(boolean, True),
-    "create_template_delta_disks": Key(boolean, False),
-    "manage_host_selection": Key(boolean, False),
-    "migration_limit": Key(integer(0), 0),
-    "utilization_limit": Key(integer(1, 100), 90),
-    "max_ondemand_instances_per_request": Key(integer(1), 10),
-    "ondemand_clone_limit": Key(integer(1), 10),
-    "ondemand_request_ttl": Key(integer(1), 5),
-    "ondemand_fallback": Key(boolean, False),
-    "max_vm_retries": Key(integer(0), 3),
-    "check_loop_delay_min": Key(number(0.1), 5.0),
-    "clone_poll_interval": Key(number(0.1), 0.25),
-    "check_loop_delay_max": Key(number(0.1), 60.0),
-    "check_loop_delay_decay": Key(number(1.0), 2.0),
-    "token_ttl": Key(integer(1)),
-    "clone_target": Key(string),
-    "backend_weight": Key(weights),
-    "vm_checktime": Key(integer(1), 1),
+    task_limit: Int1 = 10
+    timeout: Int1 = 15
+    timeout_notification: Int0 = 5
+    ready_ttl: Int1 = 60
+    vm_lifetime: Int1 = 24
+    vm_lifetime_auth: Int1 = 0
+    """Unset: vm_lifetime (filled in after validation; 0 is never valid when written)."""
+    max_lifetime_upper_limit: Optional[Int1] = None
+    prefix: Str = ""
+    domain: Optional[Str] = None
+    allowed_tags: StrList = ()
+    experimental_features: Bool = False
+    purge_unconfigured_resources: Bool = False
+    resources_allowlist: StrList = ()
+    create_folders: Bool = False
+    create_linked_clones: Bool = True
+    create_template_delta_disks: Bool = False
+    manage_host_selection: Bool = False
+    migration_limit: Int0 = 0
+    utilization_limit: Annotated[int, bounded(1, 100)] = 90
+    max_ondemand_instances_per_request: Int1 = 10
+    ondemand_clone_limit: Int1 = 10
+    ondemand_request_ttl: Int1 = 5
+    ondemand_fallback: Bool = False
+    max_vm_retries: Int0 = 3
+    check_loop_delay_min: Seconds = 5.0
+    clone_poll_interval: Seconds = 0.25
+    check_loop_delay_max: Seconds = 60.0
+    check_loop_delay_decay: Annotated[float, at_least(1.0)] = 2.0
+    token_ttl: Optional[Int1] = None
+    clone_target: Optional[Str] = None
+    backend_weight: Optional[Weights] = None
+    vm_checktime: Int1 = 1
     # Bounds on what callers can make grow (docs/auth.md, "Limits").
-    "max_tags_per_vm": Key(integer(1, 1000), 32),
-    "max_tag_names_per_day": Key(integer(1, 10000), 50),
-    "max_tag_values_per_day": Key(integer(1, 10000), 100),
-    "max_running_vms_per_user": Key(integer(1), 100),
-    "max_running_vms": Key(integer(1), 1000),
-    "max_ondemand_requests_per_user": Key(integer(1), 10),
-    "max_ondemand_requests": Key(integer(1), 100),
-    "max_tokens_per_user": Key(integer(1), 50),
-    "rate_limiting_enabled": Key(boolean, False),
-    "sizing_timezone": Key(timezone_name, "UTC"),
+    max_tags_per_vm: Annotated[int, bounded(1, 1000)] = 32
+    max_tag_names_per_day: Annotated[int, bounded(1, 10000)] = 50
+    max_tag_values_per_day: Annotated[int, bounded(1, 10000)] = 100
+    max_running_vms_per_user: Int1 = 100
+    max_running_vms: Int1 = 1000
+    max_ondemand_requests_per_user: Int1 = 10
+    max_ondemand_requests: Int1 = 100
+    max_tokens_per_user: Int1 = 50
+    rate_limiting_enabled: Bool = False
+    sizing_timezone: Annotated[str, checked_by(timezone_name)] = "UTC"
+    site_name: Str = "vmpool"
     # Accepted for compatibility; this service has no equivalent.
-    "logfile": _IGNORED,
-    "site_name": Key(string, "vmpool"),
-    "vm_checktime_ready": _IGNORED,
-    "usage_stats": _IGNORED,
-    "request_logger": _IGNORED,
-    "extra_config": _IGNORED,  # merged while loading (merge_extra_configs)
-    "retry_delay": _IGNORED,
-    "host_selection_max_age": _IGNORED,
-    "lifetime_max": _IGNORED,
-}
+    logfile: Ignored = None
+    vm_checktime_ready: Ignored = None
+    usage_stats: Ignored = None
+    request_logger: Ignored = None
+    extra_config: Ignored = None  # merged while loading (merge_extra_configs)
+    retry_delay: Ignored = None
+    host_selection_max_age: Ignored = None
+    lifetime_max: Ignored = None
 
-REDIS_KEYS: dict[str, Key] = {
-    "server": Key(string, "localhost"),
-    "port": Key(integer(1, 65535), 6379),
-    "password": Key(secret_value),
-    "data_ttl": Key(integer(1), 168),
-    "db": Key(integer(0), 0),
-    "tls": Key(boolean, False),
-    "unix_socket": Key(string),
-    "socket_timeout": Key(number(0.01), 2.0),
-    "min_replica_acks": Key(integer(0, 5)),
-    "replica_ack_timeout": Key(integer(1, 10000), 500),
-    "connection_pool_size": _IGNORED,
-    "reconnect_attempts": _IGNORED,
-    "redis_connection_pool_size": _IGNORED,
-    "redis_connection_pool_timeout": _IGNORED,
-}
+    @model_validator(mode="after")
+    def _derived_defaults(self) -> "ServiceConfig":
+        # Frozen model: these two are settled once, here, before anyone reads them.
+        if "vm_lifetime_auth" not in self.model_fields_set:
+            object.__setattr__(self, "vm_lifetime_auth", self.vm_lifetime)
+        if self.check_loop_delay_max < self.check_loop_delay_min:
+            object.__setattr__(self, "check_loop_delay_max", self.check_loop_delay_min)
+        return self
 
-POOL_KEYS: dict[str, Key] = {
-    "name": Key(string, REQUIRED),
-    "size": Key(integer(0, 10000), REQUIRED),
-    "template": Key(string, ""),
-    "folder": Key(string, ""),
-    "alias": Key(string_list, ()),
-    "provider": Key(string),
-    "domain": Key(string),
-    "dns_plugin": Key(string),
-    "timeout": Key(integer(1)),
-    "ready_ttl": Key(integer(1)),
-    "pool": Key(string),
-    "datastore": Key(string),
-    "clone_target": Key(string),
-    "network": Key(string),
-    "datacenter": Key(string),
-    "create_linked_clone": Key(boolean),
-    "ondemand_fallback": Key(boolean),
-    "check_loop_delay_min": Key(number(0.1)),
-    "check_loop_delay_max": Key(number(0.1)),
-    "check_loop_delay_decay": Key(number(1.0)),
-    "clone_limit": Key(integer(1)),
-    "sizing": Key(sizing),
-    "snapshot_mainMem_ioBlockPages": _IGNORED,
-    "snapshot_mainMem_writeThrottle": _IGNORED,
-    "template_hostname": _IGNORED,
-    "ready_schedule": _IGNORED,
-    **DUMMY_KEYS,
-    **READINESS_KEYS,
-}
 
-PROVIDER_KEYS: dict[str, Key] = {
-    "provider_class": Key(choice("vsphere", "dummy")),
-    "server": Key(string),
-    "port": Key(integer(1, 65535)),
-    "username": Key(string),
-    "password": Key(secret_value),
-    "insecure": Key(boolean, False),
-    "ca_bundle": Key(string),
-    "datacenter": Key(string),
-    "connection_pool": _IGNORED,
-    "connect_timeout": Key(number(0.1), 10.0),
-    "call_timeout": Key(number(0.1), 60.0),
-    "host_selection_cache_seconds": Key(number(0), 60.0),
-    **DUMMY_KEYS,
-    **READINESS_KEYS,
-}
+class RedisConfig(SettingsModel):
+    """The ``:redis:`` section."""
 
-AUTH_KEYS: dict[str, Key] = {
-    "provider": Key(symbol_choice("ldap", "dummy"), REQUIRED),
-    "ldap": Key(mapping),
-    "login_attempts_per_user": Key(integer(1), 10),
-    "login_attempts_per_address": Key(integer(1), 50),
-    "login_window_seconds": Key(integer(1), 300),
-    "admins": Key(string_list, ()),
-    "admin_groups": Key(string_list, ()),
-}
+    server: Str = "localhost"
+    port: Port = 6379
+    password: Optional[Secret] = None
+    data_ttl: Int1 = 168
+    db: Int0 = 0
+    tls: Bool = False
+    unix_socket: Optional[Str] = None
+    socket_timeout: Annotated[float, at_least(0.01)] = 2.0
+    min_replica_acks: Optional[Annotated[int, bounded(0, 5)]] = None
+    """Replicas that must have a checkout before it is answered (WAIT); None: 1 in AWS Lambda, 0
+    elsewhere. VMPOOL_REDIS_MIN_REPLICA_ACKS overrides it."""
+    replica_ack_timeout: Annotated[int, bounded(1, 10000)] = 500
+    connection_pool_size: Ignored = None
+    reconnect_attempts: Ignored = None
+    redis_connection_pool_size: Ignored = None
+    redis_connection_pool_timeout: Ignored = None
 
-DNS_KEYS: dict[str, Key] = {
-    "dns_class": Key(string),
-    "domain": Key(string),
-    "check_names": Key(boolean),
-}
+    @property
+    def data_ttl_hours(self) -> int:
+        return self.data_ttl
+
+    @property
+    def replica_ack_timeout_ms(self) -> int:
+        return self.replica_ack_timeout
+
+
+class PoolSettings(SettingsModel):
+    """The keys of a ``:pools:`` entry vmpool reads itself; a pool may also set its provider's keys
+    (chalicelib/providers/), which override the provider's."""
+
+    name: Str
+    size: Annotated[int, bounded(0, 10000)]
+    template: Str = ""
+    folder: Str = ""
+    alias: StrList = ()
+    provider: Optional[Str] = None
+    domain: Optional[Str] = None
+    dns_plugin: Optional[Str] = None
+    timeout: Optional[Int1] = None
+    ready_ttl: Optional[Int1] = None
+    pool: Optional[Str] = None
+    datastore: Optional[Str] = None
+    clone_target: Optional[Str] = None
+    network: Optional[Str] = None
+    datacenter: Optional[Str] = None
+    create_linked_clone: Optional[Bool] = None
+    ondemand_fallback: Optional[Bool] = None
+    check_loop_delay_min: Optional[Seconds] = None
+    check_loop_delay_max: Optional[Seconds] = None
+    check_loop_delay_decay: Optional[Annotated[float, at_least(1.0)]] = None
+    clone_limit: Optional[Int1] = None
+    sizing: Optional[Annotated[Any, checked_by(sizing_block)]] = None
+    snapshot_mainMem_ioBlockPages: Ignored = None
+    snapshot_mainMem_writeThrottle: Ignored = None
+    template_hostname: Ignored = None
+    ready_schedule: Ignored = None
+
+
+class AuthConfig(SettingsModel):
+    """The ``:auth:`` section; ``ldap`` is the ``:ldap:`` block parsed once at load."""
+
+    provider: Annotated[str, one_of("ldap", "dummy")]
+    login_attempts_per_user: Int1 = 10
+    login_attempts_per_address: Int1 = 50
+    login_window_seconds: Int1 = 300
+    admins: StrList = ()
+    admin_groups: StrList = ()
+    ldap: Ignored = None
+    """``LdapSettings`` when provider is ldap (parsed by chalicelib/auth/ldap_settings.py)."""
+
+    @property
+    def ldap_settings(self) -> "LdapSettings | None":
+        return self.ldap
+
 
 RATE_LIMIT_CLASSES = ("global_per_ip", "authenticated", "vm_creation", "vm_deletion")
-RATE_LIMIT_KEYS: dict[str, Key] = {
-    "limit": Key(integer(1)),
-    "period": Key(integer(1, 86400)),
-}
+
+
+class RateLimit(SettingsModel):
+    """One class of ``:rate_limits:``: a request ``limit`` per ``period`` seconds."""
+
+    limit: Optional[Int1] = None
+    period: Optional[Annotated[int, bounded(1, 86400)]] = None
+
 
 TOP_LEVEL_SECTIONS = (
     "config", "redis", "auth", "providers", "pools", "tagfilter", "dns_configs", "rate_limits",
     "graphite", "statsd", "tracing", "pool_names",
 )
+
+SECTION_MODELS: Mapping[str, type[SettingsModel]] = MappingProxyType({
+    "config": ServiceConfig, "redis": RedisConfig, "pools": PoolSettings, "auth": AuthConfig,
+    "dns_configs": DnsSettings,
+})
+"""The model of each section vmpool reads (providers and DNS plugins add theirs)."""
 
 
 # --- typed configuration ----------------------------------------------------------------------
@@ -397,7 +243,9 @@ TOP_LEVEL_SECTIONS = (
 
 @dataclass(frozen=True)
 class PoolConfig:
-    """One pool: what to clone, where, and how many to keep ready."""
+    """One pool: what to clone, where, and how many to keep ready. ``settings`` holds every key
+    given for the pool, validated (PoolSettings and its provider's model); the properties below
+    read them typed."""
 
     name: str
     size: int
@@ -409,73 +257,72 @@ class PoolConfig:
     timeout_minutes: int
     ready_ttl_minutes: int
     settings: Mapping[str, Any]
-    """Every key given for the pool (datastore, network, dummy and readiness keys...)."""
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """A pool key's value, or ``default`` when the pool does not set it."""
-        value = self.settings.get(key)
-        return default if value is None else value
+    def _setting(self, key: str) -> Any:
+        return self.settings.get(key)
+
+    @property
+    def dns_plugin(self) -> str | None:
+        return self._setting("dns_plugin")
+
+    @property
+    def resource_pool(self) -> str | None:
+        """vmpooler's ``pool`` key: the vSphere resource pool."""
+        return self._setting("pool")
+
+    @property
+    def datastore(self) -> str | None:
+        return self._setting("datastore")
+
+    @property
+    def clone_target(self) -> str | None:
+        return self._setting("clone_target")
+
+    @property
+    def network(self) -> str | None:
+        return self._setting("network")
+
+    @property
+    def datacenter(self) -> str | None:
+        return self._setting("datacenter")
+
+    @property
+    def create_linked_clone(self) -> bool | None:
+        return self._setting("create_linked_clone")
+
+    @property
+    def ondemand_fallback(self) -> bool | None:
+        return self._setting("ondemand_fallback")
+
+    @property
+    def check_loop_delay_min(self) -> float | None:
+        return self._setting("check_loop_delay_min")
+
+    @property
+    def clone_limit(self) -> int | None:
+        return self._setting("clone_limit")
+
+    @property
+    def sizing(self) -> "SizingSettings | None":
+        return self._setting("sizing")
 
 
 @dataclass(frozen=True)
 class ProviderConfig:
-    """A provider block of ``:providers:``; ``provider_class`` says which implementation."""
+    """A provider block of ``:providers:``; ``provider_class`` says which implementation and
+    ``settings`` is the block validated with that class's model."""
 
     name: str
     provider_class: str
-    settings: Mapping[str, Any]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        value = self.settings.get(key)
-        return default if value is None else value
+    settings: ProviderSettings
 
     def pool_setting(self, pool: PoolConfig, key: str, default: Any = None) -> Any:
-        """A setting that a pool may override: the pool's value, else the provider's, else default."""
-        return pool.get(key, self.get(key, default))
-
-
-@dataclass(frozen=True)
-class DnsConfig:
-    """A ``:dns_configs:`` entry: which DNS plugin (``dns_class``) manages the records of the
-    pools that name it in ``dns_plugin``, for which domain, with the plugin's own keys."""
-
-    name: str
-    dns_class: str
-    domain: str | None
-    settings: Mapping[str, Any]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        value = self.settings.get(key)
+        """A provider key the pool may override, by name (the dummy provider reads its simulated
+        times and rates by operation): the pool's value, else the provider's, else ``default``."""
+        value = pool.settings.get(key)
+        if value is None:
+            value = getattr(self.settings, key, None)
         return default if value is None else value
-
-
-@dataclass(frozen=True)
-class RedisConfig:
-    server: str
-    port: int
-    password: Any
-    db: int
-    tls: bool
-    unix_socket: str | None
-    socket_timeout: float
-    data_ttl_hours: int
-    min_replica_acks: int | None = None
-    """Replicas that must have a checkout before it is answered (WAIT); None: 1 in AWS Lambda, 0
-    elsewhere. VMPOOL_REDIS_MIN_REPLICA_ACKS overrides it."""
-    replica_ack_timeout_ms: int = 500
-
-
-@dataclass(frozen=True)
-class ServiceConfig:
-    """The ``:config:`` section, with vmpooler's defaults."""
-
-    settings: Mapping[str, Any]
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self.settings[key]
-        except KeyError:
-            raise AttributeError(key) from None
 
 
 @dataclass(frozen=True)
@@ -484,7 +331,7 @@ class Config:
     redis: RedisConfig
     pools: tuple[PoolConfig, ...]
     providers: Mapping[str, ProviderConfig]
-    auth: Mapping[str, Any] | None
+    auth: AuthConfig | None
     tagfilter: Mapping[str, str]
     warnings: tuple[str, ...] = ()
     rate_limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
@@ -528,11 +375,60 @@ class Config:
 
     def dns_for(self, pool: PoolConfig) -> DnsConfig | None:
         """The DNS config the pool's ``dns_plugin`` names (None: the pool's records are not managed)."""
-        name = pool.get("dns_plugin")
+        name = pool.dns_plugin
         return self.dns_configs.get(name) if name else None
 
 
 # --- loading ---------------------------------------------------------------------------------
+
+
+Model = TypeVar("Model", bound=SettingsModel)
+
+
+def _key_path(path: str, location: Sequence[Any]) -> str:
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+class _Reader:
+    """Validates blocks against their models, collecting problems and warnings."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    def mapping(self, raw: Any, path: str) -> dict[str, Any] | None:
+        """``raw`` when it is a mapping (None: empty), else None and a problem."""
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self.problems.append(f"{path}: must be a mapping, got {show(raw)}")
+            return None
+        return raw
+
+    def model(self, raw: Any, model: type[Model], path: str, also_known: frozenset[str] = frozenset(),
+              skip: frozenset[str] = frozenset()) -> Model | None:
+        """``raw`` validated with ``model`` (None and the problems recorded when it is not valid).
+        A key written without a value (``key:``) counts as not given, as vmpooler reads it.
+        Unknown keys are warned about, except ``also_known`` ones (validated by another model)
+        and ``skip`` ones (read by the caller)."""
+        block = self.mapping(raw, path)
+        if block is None:
+            return None
+        given = {str(key): value for key, value in block.items() if value is not None and key not in skip}
+        fields = model.model_fields
+        try:
+            result = model.model_validate({key: value for key, value in given.items() if key in fields})
+        except ValidationError as error:
+            for problem in error.errors(include_url=False, include_context=False, include_input=False):
+                message = "is required" if problem["type"] == "missing" else problem["msg"]
+                self.problems.append(f"{_key_path(path, problem['loc'])}: {message}")
+            result = None
+        for name in given:
+            if name not in fields and name not in also_known:
+                self.warnings.append(f"{path}.{name}: unknown key, ignored")
+        return result
 
 
 def _strip_colons(value: Any) -> Any:
@@ -546,39 +442,6 @@ def _strip_colons(value: Any) -> Any:
         return [_strip_colons(item) for item in value]
     return value
 
-
-class _Reader:
-    """Collects problems and warnings while checking sections against their key tables."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-        self.warnings: list[str] = []
-
-    def section(self, raw: Any, keys: Mapping[str, Key], path: str) -> dict[str, Any]:
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            self.problems.append(f"{path}: must be a mapping, got {_show(raw)}")
-            return {name: (None if key.default is REQUIRED else key.default) for name, key in keys.items()}
-        result: dict[str, Any] = {}
-        for name, key in keys.items():
-            value = raw.get(name)
-            if value is None:
-                if key.default is REQUIRED:
-                    self.problems.append(f"{path}.{name}: is required")
-                    result[name] = None
-                else:
-                    result[name] = key.default
-                continue
-            try:
-                result[name] = key.check(value)
-            except _Invalid as invalid:
-                self.problems.append(f"{path}.{name}: {invalid}")
-                result[name] = None if key.default is REQUIRED else key.default
-        for name in raw:
-            if name not in keys:
-                self.warnings.append(f"{path}.{name}: unknown key, ignored")
-        return result
 
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -671,54 +534,27 @@ def build(document: Mapping[str, Any]) -> Config:
         if name not in TOP_LEVEL_SECTIONS:
             reader.warnings.append(f"{name}: unknown section, ignored")
 
-    service = reader.section(document.get("config"), SERVICE_KEYS, "config")
-    if service["vm_lifetime_auth"] is None:
-        service["vm_lifetime_auth"] = service["vm_lifetime"]
-    if service["check_loop_delay_max"] < service["check_loop_delay_min"]:
-        service["check_loop_delay_max"] = service["check_loop_delay_min"]
-
-    redis_raw = reader.section(document.get("redis"), REDIS_KEYS, "redis")
-    redis = RedisConfig(
-        server=redis_raw["server"],
-        port=redis_raw["port"],
-        password=redis_raw["password"],
-        db=redis_raw["db"],
-        tls=redis_raw["tls"],
-        unix_socket=redis_raw["unix_socket"],
-        socket_timeout=redis_raw["socket_timeout"],
-        data_ttl_hours=redis_raw["data_ttl"],
-        min_replica_acks=redis_raw["min_replica_acks"],
-        replica_ack_timeout_ms=redis_raw["replica_ack_timeout"],
-    )
-
+    service = reader.model(document.get("config"), ServiceConfig, "config")
+    redis = reader.model(document.get("redis"), RedisConfig, "redis")
     providers = _read_providers(reader, document.get("providers"))
     dns_configs = _read_dns_configs(reader, document.get("dns_configs"))
     pools = _read_pools(reader, document.get("pools"), service, providers, dns_configs)
-
-    auth = None
-    if document.get("auth") is not None:
-        auth_values = reader.section(document["auth"], AUTH_KEYS, "auth")
-        if auth_values.get("provider") == "ldap":
-            _check_ldap(reader, auth_values.get("ldap"))
-        auth = MappingProxyType(auth_values)
+    auth = _read_auth(reader, document.get("auth"))
 
     tagfilter: dict[str, str] = {}
-    raw_tagfilter = document.get("tagfilter") or {}
-    if not isinstance(raw_tagfilter, dict):
-        reader.problems.append(f"tagfilter: must be a mapping, got {_show(raw_tagfilter)}")
-    else:
-        for tag, pattern in raw_tagfilter.items():
-            try:
-                tagfilter[str(tag)] = regex(pattern)
-            except _Invalid as invalid:
-                reader.problems.append(f"tagfilter.{tag}: {invalid}")
+    raw_tagfilter = reader.mapping(document.get("tagfilter"), "tagfilter") or {}
+    for tag, pattern in raw_tagfilter.items():
+        try:
+            tagfilter[str(tag)] = regex(pattern)
+        except PydanticCustomError as error:
+            reader.problems.append(f"tagfilter.{tag}: {error.message()}")
 
     rate_limits = _read_rate_limits(reader, document.get("rate_limits"))
 
-    if reader.problems:
+    if reader.problems or service is None or redis is None:
         raise ConfigError(reader.problems)
     return Config(
-        service=ServiceConfig(MappingProxyType(service)),
+        service=service,
         redis=redis,
         pools=tuple(pools),
         providers=MappingProxyType(providers),
@@ -732,145 +568,172 @@ def build(document: Mapping[str, Any]) -> Config:
 
 def _read_rate_limits(reader: _Reader, raw: Any) -> dict[str, Mapping[str, int]]:
     """``:rate_limits:`` as vmpooler reads it: per class, a request ``limit`` per ``period`` seconds."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        reader.problems.append(f"rate_limits: must be a mapping, got {_show(raw)}")
-        return {}
+    block = reader.mapping(raw, "rate_limits")
     limits: dict[str, Mapping[str, int]] = {}
-    for name, block in raw.items():
+    for name, entry in (block or {}).items():
         if name not in RATE_LIMIT_CLASSES:
             reader.warnings.append(f"rate_limits.{name}: unknown class, ignored")
             continue
-        values = reader.section(block, RATE_LIMIT_KEYS, f"rate_limits.{name}")
-        limits[name] = MappingProxyType({key: value for key, value in values.items() if value is not None})
+        values = reader.model(entry, RateLimit, f"rate_limits.{name}")
+        if values is not None:
+            limits[name] = MappingProxyType(values.model_dump(exclude_none=True))
     return limits
 
 
-def _check_ldap(reader: _Reader, raw: Any) -> None:
-    """Refuse an invalid ``:auth: :ldap:`` block at load, not at the first login."""
+def _read_auth(reader: _Reader, raw: Any) -> AuthConfig | None:
+    """``:auth:``, its ``:ldap:`` block parsed into LdapSettings (at load, not at the first login)."""
+    if raw is None:
+        return None
+    auth = reader.model(raw, AuthConfig, "auth", skip=frozenset({"ldap"}))
+    if auth is None or auth.provider != "ldap":
+        return auth
     from chalicelib.auth.base import AuthConfigError
-    from chalicelib.auth.ldap import parse_ldap_settings
+    from chalicelib.auth.ldap_settings import parse_ldap_settings
 
     try:
-        parse_ldap_settings(raw)
+        ldap = parse_ldap_settings(raw.get("ldap"))
     except AuthConfigError as error:
         reader.problems.extend(error.problems)
+        return None
+    return auth.model_copy(update={"ldap": ldap})
+
+
+def _provider_class(name: str, block: Any) -> str:
+    """The class a ``:providers:`` block names (its ``provider_class``, else the block's name)."""
+    written = block.get("provider_class") if isinstance(block, dict) else None
+    return str(written).lstrip(":") if written is not None else name
 
 
 def _read_providers(reader: _Reader, raw: Any) -> dict[str, ProviderConfig]:
+    """Each block validated with the model its class owns. Keys another class owns are accepted
+    without effect (vmpooler's configs carry them), any other key is warned about."""
     providers: dict[str, ProviderConfig] = {}
-    if raw is None:
+    block_map = reader.mapping(raw, "providers")
+    if not block_map:
         return providers
-    if not isinstance(raw, dict):
-        reader.problems.append(f"providers: must be a mapping, got {_show(raw)}")
-        return providers
-    for name, block in raw.items():
-        settings = reader.section(block, PROVIDER_KEYS, f"providers.{name}")
-        provider_class = settings.pop("provider_class") or str(name)
-        if provider_class not in ("vsphere", "dummy"):
+    others = provider_keys()
+    for name, block in block_map.items():
+        path = f"providers.{name}"
+        provider_class = _provider_class(str(name), block)
+        model = settings_model(provider_class)
+        if model is None:
             reader.problems.append(
-                f"providers.{name}.provider_class: must be one of vsphere, dummy, got {_show(provider_class)}"
-            )
-        providers[str(name)] = ProviderConfig(str(name), provider_class, MappingProxyType(settings))
+                f"{path}.provider_class: must be one of {', '.join(PROVIDER_CLASSES)}, got {show(provider_class)}")
+            reader.mapping(block, path)
+            continue
+        settings = reader.model(block, model, path, also_known=others)
+        if settings is not None:
+            providers[str(name)] = ProviderConfig(str(name), provider_class, settings)
     return providers
 
 
 def _read_dns_configs(reader: _Reader, raw: Any) -> dict[str, DnsConfig]:
-    """Each entry checked against DNS_KEYS plus the keys its plugin owns (chalicelib.dns)."""
-    from chalicelib.dns.registry import plugin_keys
+    """Each entry validated with the model its plugin owns (chalicelib/dns/registry.py)."""
+    from chalicelib.dns.registry import settings_model as dns_settings_model
 
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        reader.problems.append(f"dns_configs: must be a mapping, got {_show(raw)}")
-        return {}
     configs: dict[str, DnsConfig] = {}
-    for name, block in raw.items():
+    for name, block in (reader.mapping(raw, "dns_configs") or {}).items():
         path = f"dns_configs.{name}"
         # vmpooler takes the entry's name as its class when dns_class is missing.
         dns_class = str((block or {}).get("dns_class") or name) if isinstance(block, dict) else str(name)
-        own_keys = plugin_keys(dns_class)
-        if own_keys is None:
+        model = dns_settings_model(dns_class)
+        if model is None:
             reader.warnings.append(
-                f"{path}.dns_class: {_show(dns_class)} is not a DNS plugin vmpool ships (route53, "
+                f"{path}.dns_class: {show(dns_class)} is not a DNS plugin vmpool ships (route53, "
                 "dynamic-dns): its pools' records are not managed")
-            own_keys = {}
-        settings = reader.section(block, {**DNS_KEYS, **own_keys}, path)
-        configs[str(name)] = DnsConfig(
-            name=str(name),
-            dns_class=dns_class,
-            domain=settings.pop("domain"),
-            settings=MappingProxyType({k: v for k, v in settings.items() if v is not None and k != "dns_class"}),
-        )
+            model = DnsSettings
+        settings = reader.model(block, model, path)
+        if settings is not None:
+            configs[str(name)] = DnsConfig(name=str(name), dns_class=dns_class, domain=settings.domain,
+                                           settings=settings)
     return configs
 
 
 def _read_pools(
     reader: _Reader,
     raw: Any,
-    service: Mapping[str, Any],
+    service: ServiceConfig | None,
     providers: dict[str, ProviderConfig],
     dns_configs: Mapping[str, DnsConfig],
 ) -> list[PoolConfig]:
+    """Each pool validated with PoolSettings and its provider's keys with the provider's model;
+    then what needs the whole config: unique names, a provider, a template for vSphere, the
+    domain (the pool's, else its dns_plugin's, else config.domain)."""
     if raw is None:
         return []
     if not isinstance(raw, list):
-        reader.problems.append(f"pools: must be a list of pools, got {_show(raw)}")
+        reader.problems.append(f"pools: must be a list of pools, got {show(raw)}")
         return []
+    owned_by_providers = provider_keys()
     pools: list[PoolConfig] = []
     seen: set[str] = set()
     for index, block in enumerate(raw):
         path = f"pools[{index}]"
-        settings = reader.section(block, POOL_KEYS, path)
-        name = settings["name"]
-        if name is None:
+        settings = reader.model(block, PoolSettings, path, also_known=owned_by_providers)
+        if not isinstance(block, dict):
             continue
-        if not POOL_NAME_PATTERN.match(name):
-            reader.problems.append(f"{path}.name: must match {POOL_NAME_PATTERN.pattern}, got {_show(name)}")
-        if name in seen:
-            reader.problems.append(f"{path}.name: duplicate pool name {_show(name)}")
-        seen.add(name)
-        provider = settings["provider"] or "vsphere"
+        name = _written_string(block.get("name"))
+        if name is not None:
+            if not POOL_NAME_PATTERN.match(name):
+                reader.problems.append(f"{path}.name: must match {POOL_NAME_PATTERN.pattern}, got {show(name)}")
+            if name in seen:
+                reader.problems.append(f"{path}.name: duplicate pool name {show(name)}")
+            seen.add(name)
+        provider = _written_string(block.get("provider")) or "vsphere"
         if provider not in providers:
-            if provider in ("vsphere", "dummy"):
+            if provider in PROVIDER_CLASSES:
                 # vmpooler lets a pool name a provider class without a providers block.
-                providers[provider] = ProviderConfig(provider, provider, MappingProxyType({}))
+                model = settings_model(provider)
+                assert model is not None
+                providers[provider] = ProviderConfig(provider, provider, model())
             else:
-                reader.problems.append(f"{path}.provider: no provider named {_show(provider)} in providers")
-        if providers.get(provider) and providers[provider].provider_class == "vsphere" and not settings["template"]:
+                reader.problems.append(f"{path}.provider: no provider named {show(provider)} in providers")
+        provider_config = providers.get(provider)
+        if provider_config is not None and provider_config.provider_class == "vsphere" and not block.get("template"):
             reader.problems.append(f"{path}.template: is required for a vsphere pool")
-        domain = settings["domain"]
-        if domain is None and settings["dns_plugin"]:
-            dns = dns_configs.get(settings["dns_plugin"])
+        own = None
+        if provider_config is not None:
+            # The pool's values of its provider's keys, checked with the provider's model.
+            model = type(provider_config.settings)
+            own_keys = {key: value for key, value in block.items()
+                        if key in model.model_fields and key not in PoolSettings.model_fields}
+            own = reader.model(own_keys, model, path, skip=frozenset({"provider_class"}))
+        if settings is None or own is None or service is None:
+            continue
+        domain = settings.domain
+        if domain is None and settings.dns_plugin:
+            dns = dns_configs.get(settings.dns_plugin)
             if dns is None:
-                reader.problems.append(f"{path}.dns_plugin: no dns_configs entry named {_show(settings['dns_plugin'])}")
+                reader.problems.append(f"{path}.dns_plugin: no dns_configs entry named {show(settings.dns_plugin)}")
             else:
                 domain = dns.domain
         if domain is None:
-            domain = service["domain"]
+            domain = service.domain
+        written = {**settings.model_dump(exclude_none=True), **own.model_dump(exclude_unset=True)}
+        if isinstance(block.get("alias"), str):
+            written["alias"] = block["alias"]  # vmpooler echoes it as written in /status and /config
         pools.append(
             PoolConfig(
-                name=name,
-                size=settings["size"] if settings["size"] is not None else 0,
-                template=settings["template"],
-                folder=settings["folder"],
+                name=settings.name,
+                size=settings.size,
+                template=settings.template,
+                folder=settings.folder,
                 provider=provider,
-                alias=settings["alias"],
+                alias=settings.alias,
                 domain=domain,
-                timeout_minutes=settings["timeout"] or service["timeout"],
-                ready_ttl_minutes=settings["ready_ttl"] or service["ready_ttl"],
-                settings=MappingProxyType({k: v for k, v in _as_written(settings, block).items() if v is not None}),
+                timeout_minutes=settings.timeout or service.timeout,
+                ready_ttl_minutes=settings.ready_ttl or service.ready_ttl,
+                settings=MappingProxyType(written),
             )
         )
     return pools
 
 
-def _as_written(settings: Mapping[str, Any], block: Any) -> dict[str, Any]:
-    """The pool's checked settings, with ``alias`` kept a string when written as one (vmpooler
-    echoes it as written in /status and /config)."""
-    written = block.get("alias") if isinstance(block, dict) else None
-    return {**settings, "alias": written} if isinstance(written, str) else dict(settings)
+def _written_string(value: Any) -> str | None:
+    """A scalar key as the cross-checks compare it (None when absent or not a scalar)."""
+    if value is None or isinstance(value, (bool, dict, list)):
+        return None
+    return str(value)
 
 
 def load(environ: Mapping[str, str] | None = None) -> Config:

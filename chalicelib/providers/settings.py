@@ -1,0 +1,60 @@
+"""What every provider's settings model shares, and which model a ``provider_class`` names.
+
+Each provider owns its settings next to its code (``providers/dummy_config.py``,
+``providers/vsphere/config.py``), as Nodepool's drivers own their schemas. A ``:providers:``
+block is validated with its class's model; a pool may set the same keys to override its
+provider's (``ProviderConfig.for_pool``). The models are imported only when a config names their
+class, and none of them imports its provider's client library.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Mapping, Optional, TypeVar
+
+from chalicelib.config_fields import SettingsModel, Str
+
+PROVIDER_CLASSES = ("vsphere", "dummy")
+
+_MODELS = {
+    "dummy": ("chalicelib.providers.dummy_config", "DummySettings"),
+    "vsphere": ("chalicelib.providers.vsphere.config", "VSphereSettings"),
+}
+
+
+Settings = TypeVar("Settings", bound="ProviderSettings")
+
+
+class ProviderSettings(SettingsModel):
+    """The keys of a ``:providers:`` block every class has."""
+
+    provider_class: Optional[Str] = None
+
+    def for_pool(self: Settings, pool_settings: Mapping[str, Any]) -> Settings:
+        """These settings with a pool's own values of the same keys over them (``pool_settings``:
+        the pool's validated keys, ``PoolConfig.settings``)."""
+        fields = type(self).model_fields
+        overrides = {key: value for key, value in pool_settings.items()
+                     if key in fields and key != "provider_class" and value is not None}
+        return self.model_copy(update=overrides) if overrides else self
+
+
+def settings_model(provider_class: str) -> type[ProviderSettings] | None:
+    """The settings model of ``provider_class``, or None when vmpool has no such provider."""
+    where = _MODELS.get(provider_class)
+    if where is None:
+        return None
+    model: type[ProviderSettings] = getattr(importlib.import_module(where[0]), where[1])
+    return model
+
+
+def provider_keys() -> frozenset[str]:
+    """Every key some provider owns (a pool may set any of them; the ones its provider does not
+    read have no effect, as in vmpooler)."""
+    keys: set[str] = set()
+    for provider_class in PROVIDER_CLASSES:
+        model = settings_model(provider_class)
+        assert model is not None
+        keys.update(model.model_fields)
+    keys.discard("provider_class")
+    return frozenset(keys)
