@@ -709,7 +709,10 @@ def _read_pools(
                 domain = dns.domain
         if domain is None:
             domain = service.domain
-        written = {**settings.model_dump(exclude_none=True), **own.model_dump(exclude_unset=True)}
+        # The values as validated (model_dump would turn the sizing block and mappings into dicts).
+        written = {name: getattr(settings, name) for name in PoolSettings.model_fields
+                   if getattr(settings, name) is not None}
+        written.update((name, getattr(own, name)) for name in own.model_fields_set)
         if isinstance(block.get("alias"), str):
             written["alias"] = block["alias"]  # vmpooler echoes it as written in /status and /config
         pools.append(

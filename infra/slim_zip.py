@@ -40,6 +40,14 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+LAYER_PROVIDED = ("aws_lambda_powertools", "aws_xray_sdk", "wrapt", "pydantic", "pydantic_core", "annotated_types",
+                  "typing_inspection", "typing_extensions")
+"""What the AWS-managed Powertools layer brings (AWSLambdaPowertoolsPythonV3-python3XX-<arch>, built
+with ``aws-lambda-powertools[all]``: Powertools, the X-Ray SDK and wrapt for the Tracer, pydantic v2
+for the parser). The template gives every function that layer (``PowertoolsLayerArn``,
+infra/template.py), so the zip leaves them out: pydantic and pydantic_core alone are 2.5 MB zipped,
+which the 5 MB zip cannot hold (the config models, chalicelib/config.py)."""
+
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath", "urllib3", "dateutil", "python_dateutil", "six")
 """Top-level modules and distributions the Lambda Python runtime already has (the AWS SDK)."""
 
@@ -76,6 +84,9 @@ def dropped(name: str) -> str | None:
     top = name.split("/", 1)[0]
     if any(top in (module, f"{module}.py") or top.startswith(f"{module}-") for module in RUNTIME_PROVIDED):
         return "provided by the Lambda runtime"
+    if any(top in (module, f"{module}.py") or top.startswith((f"{module}-", f"{module}."))
+           for module in LAYER_PROVIDED):
+        return "provided by the Powertools layer"
     if any(name == path or (path.endswith("/") and name.startswith(path)) for path in UNUSED):
         return "unused"
     base = name.rsplit("/", 1)[-1]

@@ -426,3 +426,45 @@ def test_example_config_documents_every_key_that_does_something(model: str) -> N
     ]
 
     assert undocumented == []
+
+
+# --- the messages of typical mistakes, word for word (pydantic validates; the words are ours) ----
+
+
+@pytest.mark.parametrize(
+    "text, problems",
+    [
+        ("pools:\n  - {name: p, size: '5 VMs', provider: dummy}\n",
+         ['pools[0].size: must be an integer >= 0, got "5 VMs"']),
+        ("pools:\n  - {size: 2, provider: dummy}\n", ["pools[0].name: is required"]),
+        ("pools:\n  - {name: p, size: 1, provider: xen}\n",
+         ['pools[0].provider: no provider named "xen" in providers']),
+        ("providers:\n  mine: {provider_class: xen}\n",
+         ['providers.mine.provider_class: must be one of vsphere, dummy, got "xen"']),
+        ("config: {task_limit: ten}\npools:\n  - {name: p, size: 1, provider: dummy, createvm_max_time: slow}\n",
+         ['config.task_limit: must be an integer >= 1, got "ten"',
+          'pools[0].createvm_max_time: must be a number, got "slow"']),
+        ("providers:\n  dummy: {boot_time: [1]}\n", ["providers.dummy.boot_time: must be a number, got [1]"]),
+        ("dns_configs:\n  aws: {dns_class: route53, domain: example.com}\n",
+         ["dns_configs.aws.hosted_zone_id: is required"]),
+        ("redis: {password: {vault: x}}\n",
+         [("redis.password: a secret reference must be {secret: <name or ARN>[, key: <json key>]} or "
+           "{ssm: <parameter name>}")]),
+        ("auth: {provider: kerberos}\n", ['auth.provider: must be one of ldap, dummy, got "kerberos"']),
+    ],
+)
+def test_typical_mistakes_read_as_before(text: str, problems: list[str]) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse(text)
+
+    assert raised.value.problems == problems
+
+
+def test_a_secret_never_shows_in_a_message_or_a_repr() -> None:
+    config = parse("redis: {password: hunter2-redis}\nproviders:\n  vsphere: {server: vc, username: u, "
+                   "password: hunter2-vc}\npools:\n  - {name: p, size: 1, template: t}\n")
+    assert "hunter2" not in repr(config) and "hunter2" not in str(config)
+
+    with pytest.raises(ConfigError) as raised:
+        parse("redis: {password: [hunter2-list]}\n")
+    assert raised.value.problems == ["redis.password: must be a string or a secret reference, got list"]

@@ -265,7 +265,7 @@ def test_the_api_cold_import_leaves_vsphere_ldap_dns_and_the_tracer_to_whoever_n
         sandbox: lambda_sandbox.Sandbox) -> None:
     found = run_packaged(sandbox, "dev", [], {})
     assert found == {"loaded_by_cold_import": [], "tracer": "_NoTracer"}
-    # A stage with tracing gets Powertools' Tracer, from the X-Ray SDK (and wrapt) in the zip.
+    # A stage with tracing gets Powertools' Tracer, from the X-Ray SDK (and wrapt) of the Powertools layer.
     found = run_packaged(sandbox, "prod", [], {})
     assert found == {"loaded_by_cold_import": ["aws_xray_sdk"], "tracer": "Tracer"}
 
@@ -329,6 +329,16 @@ def test_each_packaged_function_runs_from_the_slimmed_zip(sandbox: lambda_sandbo
     assert found["time_zone"] == "America/Argentina/Buenos_Aires"  # from tzdata, sourceless
 
 
-def test_stages_with_tracing_ship_the_xray_sdk(package: Package) -> None:
+def test_powertools_pydantic_and_the_xray_sdk_come_from_the_powertools_layer(package: Package) -> None:
+    """pydantic (the config models) would take the zip past 5 MB: the AWS-managed Powertools
+    layer carries it, with Powertools and the X-Ray SDK the Tracer of stages with tracing uses."""
     assert any(stage.tracing for stage in STAGES.values())
-    assert any(name.startswith("aws_xray_sdk/") for name in package.zip.namelist())
+    names = package.zip.namelist()
+    for library in ("aws_lambda_powertools/", "aws_xray_sdk/", "pydantic/", "pydantic_core/"):
+        assert not any(name.startswith(library) for name in names), library
+    parameter = package.template["Parameters"]["PowertoolsLayerArn"]
+    assert parameter["Type"] == "AWS::SSM::Parameter::Value<String>"
+    assert parameter["Default"].startswith("/aws/service/powertools/python/x86_64/python3.1")
+    assert parameter["Default"].endswith("/3.37.0")
+    for function in functions(package).values():
+        assert effective(package, function, "Layers") == [{"Ref": "PowertoolsLayerArn"}]
