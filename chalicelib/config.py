@@ -18,13 +18,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Annotated, Any, Mapping, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Mapping, Optional, Sequence
 
 import yaml
-from pydantic import ValidationError, model_validator
+from pydantic import model_validator
 from pydantic_core import PydanticCustomError
 
+from chalicelib.auth.ldap import LdapSettings
 from chalicelib.config_fields import (
+    BlockReader,
     Bool,
     Ignored,
     Int0,
@@ -49,7 +51,6 @@ from chalicelib.dns.base import DnsConfig, DnsSettings
 from chalicelib.providers.settings import PROVIDER_CLASSES, ProviderSettings, provider_keys, settings_model
 
 if TYPE_CHECKING:
-    from chalicelib.auth.ldap_settings import LdapSettings
     from chalicelib.sizing.settings import SizingSettings
 
 CONFIG_FILE_ENV = "VMPOOL_CONFIG_FILE"
@@ -208,12 +209,8 @@ class AuthConfig(SettingsModel):
     login_window_seconds: Int1 = 300
     admins: StrList = ()
     admin_groups: StrList = ()
-    ldap: Ignored = None
-    """``LdapSettings`` when provider is ldap (parsed by chalicelib/auth/ldap_settings.py)."""
-
-    @property
-    def ldap_settings(self) -> "LdapSettings | None":
-        return self.ldap
+    ldap: Optional[LdapSettings] = None
+    """The ``:ldap:`` block when provider is ldap (chalicelib/auth/ldap_settings.py)."""
 
 
 RATE_LIMIT_CLASSES = ("global_per_ip", "authenticated", "vm_creation", "vm_deletion")
@@ -382,55 +379,6 @@ class Config:
 # --- loading ---------------------------------------------------------------------------------
 
 
-Model = TypeVar("Model", bound=SettingsModel)
-
-
-def _key_path(path: str, location: Sequence[Any]) -> str:
-    for part in location:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
-
-
-class _Reader:
-    """Validates blocks against their models, collecting problems and warnings."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-        self.warnings: list[str] = []
-
-    def mapping(self, raw: Any, path: str) -> dict[str, Any] | None:
-        """``raw`` when it is a mapping (None: empty), else None and a problem."""
-        if raw is None:
-            return {}
-        if not isinstance(raw, dict):
-            self.problems.append(f"{path}: must be a mapping, got {show(raw)}")
-            return None
-        return raw
-
-    def model(self, raw: Any, model: type[Model], path: str, also_known: frozenset[str] = frozenset(),
-              skip: frozenset[str] = frozenset()) -> Model | None:
-        """``raw`` validated with ``model`` (None and the problems recorded when it is not valid).
-        A key written without a value (``key:``) counts as not given, as vmpooler reads it.
-        Unknown keys are warned about, except ``also_known`` ones (validated by another model)
-        and ``skip`` ones (read by the caller)."""
-        block = self.mapping(raw, path)
-        if block is None:
-            return None
-        given = {str(key): value for key, value in block.items() if value is not None and key not in skip}
-        fields = model.model_fields
-        try:
-            result = model.model_validate({key: value for key, value in given.items() if key in fields})
-        except ValidationError as error:
-            for problem in error.errors(include_url=False, include_context=False, include_input=False):
-                message = "is required" if problem["type"] == "missing" else problem["msg"]
-                self.problems.append(f"{_key_path(path, problem['loc'])}: {message}")
-            result = None
-        for name in given:
-            if name not in fields and name not in also_known:
-                self.warnings.append(f"{path}.{name}: unknown key, ignored")
-        return result
-
-
 def _strip_colons(value: Any) -> Any:
     """Turn Ruby-symbol keys (``:pools``) into plain ones, at every level."""
     if isinstance(value, dict):
@@ -529,7 +477,7 @@ def _deep_merge(main: Any, extra: Any) -> Any:
 
 def build(document: Mapping[str, Any]) -> Config:
     """Validate an already-parsed (colon-stripped) config document."""
-    reader = _Reader()
+    reader = BlockReader()
     for name in document:
         if name not in TOP_LEVEL_SECTIONS:
             reader.warnings.append(f"{name}: unknown section, ignored")
@@ -566,7 +514,7 @@ def build(document: Mapping[str, Any]) -> Config:
     )
 
 
-def _read_rate_limits(reader: _Reader, raw: Any) -> dict[str, Mapping[str, int]]:
+def _read_rate_limits(reader: BlockReader, raw: Any) -> dict[str, Mapping[str, int]]:
     """``:rate_limits:`` as vmpooler reads it: per class, a request ``limit`` per ``period`` seconds."""
     block = reader.mapping(raw, "rate_limits")
     limits: dict[str, Mapping[str, int]] = {}
@@ -580,7 +528,7 @@ def _read_rate_limits(reader: _Reader, raw: Any) -> dict[str, Mapping[str, int]]
     return limits
 
 
-def _read_auth(reader: _Reader, raw: Any) -> AuthConfig | None:
+def _read_auth(reader: BlockReader, raw: Any) -> AuthConfig | None:
     """``:auth:``, its ``:ldap:`` block parsed into LdapSettings (at load, not at the first login)."""
     if raw is None:
         return None
@@ -588,7 +536,7 @@ def _read_auth(reader: _Reader, raw: Any) -> AuthConfig | None:
     if auth is None or auth.provider != "ldap":
         return auth
     from chalicelib.auth.base import AuthConfigError
-    from chalicelib.auth.ldap_settings import parse_ldap_settings
+    from chalicelib.auth.ldap import parse_ldap_settings
 
     try:
         ldap = parse_ldap_settings(raw.get("ldap"))
@@ -604,7 +552,7 @@ def _provider_class(name: str, block: Any) -> str:
     return str(written).lstrip(":") if written is not None else name
 
 
-def _read_providers(reader: _Reader, raw: Any) -> dict[str, ProviderConfig]:
+def _read_providers(reader: BlockReader, raw: Any) -> dict[str, ProviderConfig]:
     """Each block validated with the model its class owns. Keys another class owns are accepted
     without effect (vmpooler's configs carry them), any other key is warned about."""
     providers: dict[str, ProviderConfig] = {}
@@ -627,7 +575,7 @@ def _read_providers(reader: _Reader, raw: Any) -> dict[str, ProviderConfig]:
     return providers
 
 
-def _read_dns_configs(reader: _Reader, raw: Any) -> dict[str, DnsConfig]:
+def _read_dns_configs(reader: BlockReader, raw: Any) -> dict[str, DnsConfig]:
     """Each entry validated with the model its plugin owns (chalicelib/dns/registry.py)."""
     from chalicelib.dns.registry import settings_model as dns_settings_model
 
@@ -650,7 +598,7 @@ def _read_dns_configs(reader: _Reader, raw: Any) -> dict[str, DnsConfig]:
 
 
 def _read_pools(
-    reader: _Reader,
+    reader: BlockReader,
     raw: Any,
     service: ServiceConfig | None,
     providers: dict[str, ProviderConfig],

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import re
 from types import MappingProxyType
-from typing import Annotated, Any, Callable, Mapping, NoReturn, Union
+from typing import Annotated, Any, Callable, Mapping, NoReturn, Sequence, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, PlainValidator, SecretStr
+from pydantic import BaseModel, ConfigDict, PlainValidator, SecretStr, ValidationError
 from pydantic_core import PydanticCustomError
 
 from chalicelib.auth.secrets import SecretReference
@@ -27,12 +27,64 @@ Checker = Callable[[Any], Any]
 class SettingsModel(BaseModel):
     """A block of settings: frozen, typed, unknown keys kept in ``model_extra`` (warned, not fatal)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True, defer_build=True, arbitrary_types_allowed=True,
-                              hide_input_in_errors=True, revalidate_instances="never")
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True, arbitrary_types_allowed=True,
+                              hide_input_in_errors=True, revalidate_instances="never", populate_by_name=True)
 
-    def given(self) -> frozenset[str]:
-        """The known keys the YAML set (a setting left out keeps its default, or the provider's)."""
-        return frozenset(self.model_fields_set) - frozenset(self.model_extra or ())
+    @classmethod
+    def keys(cls) -> frozenset[str]:
+        """The YAML keys of the block (a field's alias when it has one)."""
+        return frozenset(field.alias or name for name, field in cls.model_fields.items())
+
+
+Model = TypeVar("Model", bound=SettingsModel)
+
+
+def key_path(path: str, location: Sequence[Any]) -> str:
+    """``path`` followed by a pydantic error location: ``pools[2].size``."""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+class BlockReader:
+    """Validates YAML blocks against their models, collecting every problem (with its key path)
+    and a warning per unknown key, so a load reports them all at once."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    def mapping(self, raw: Any, path: str) -> dict[str, Any] | None:
+        """``raw`` when it is a mapping (None: empty), else None and a problem."""
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self.problems.append(f"{path}: must be a mapping, got {show(raw)}")
+            return None
+        return raw
+
+    def model(self, raw: Any, model: type[Model], path: str, also_known: frozenset[str] = frozenset(),
+              skip: frozenset[str] = frozenset()) -> Model | None:
+        """``raw`` validated with ``model`` (None and the problems recorded when it is not valid).
+        A key written without a value (``key:``) counts as not given, as vmpooler reads it.
+        Unknown keys are warned about, except ``also_known`` ones (validated by another model)
+        and ``skip`` ones (read by the caller)."""
+        block = self.mapping(raw, path)
+        if block is None:
+            return None
+        given = {str(key): value for key, value in block.items() if value is not None and key not in skip}
+        keys = model.keys()
+        try:
+            result = model.model_validate({key: value for key, value in given.items() if key in keys})
+        except ValidationError as error:
+            for problem in error.errors(include_url=False, include_context=False, include_input=False):
+                message = "is required" if problem["type"] == "missing" else problem["msg"]
+                self.problems.append(f"{key_path(path, problem['loc'])}: {message}")
+            result = None
+        for name in given:
+            if name not in keys and name not in also_known:
+                self.warnings.append(f"{path}.{name}: unknown key, ignored")
+        return result
 
 
 def invalid(problem: str) -> NoReturn:

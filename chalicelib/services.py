@@ -56,7 +56,7 @@ def configured_secrets(config: Config) -> Iterator[Any]:
         tsig_secret = getattr(dns_config.settings, "tsig_secret", None)
         if tsig_secret is not None:
             yield tsig_secret
-    ldap = config.auth.ldap_settings if config.auth is not None else None
+    ldap = config.auth.ldap if config.auth is not None else None
     if ldap is not None and ldap.service_account_password is not None:
         yield ldap.service_account_password
 

@@ -42,7 +42,7 @@ def build_authenticator(
         # for it only when the service authenticates with LDAP.
         from .ldap import LdapAuthenticator
 
-        settings = auth_config.ldap_settings
+        settings = auth_config.ldap
         if settings is None:
             raise AuthConfigError(["auth.ldap: is required when auth.provider is ldap"])
         return LdapAuthenticator(settings, resolve_secret)

@@ -135,7 +135,7 @@ def test_vmpooler_config_loads_with_every_key_of_the_contract() -> None:
 
     # The LDAP block is parsed once, at load, into the settings the authenticator uses.
     assert config.auth is not None and config.auth.provider == "ldap"
-    ldap = config.auth.ldap_settings
+    ldap = config.auth.ldap
     assert ldap is not None
     assert ldap.host == "ldap.example.com" and ldap.port == 636
     assert ldap.bases == ("ou=users,dc=example,dc=com", "ou=admins,dc=example,dc=com")
