@@ -24,7 +24,7 @@ import yaml
 from pydantic import model_validator
 from pydantic_core import PydanticCustomError
 
-from chalicelib.auth.ldap import LdapSettings
+from chalicelib.auth.ldap_settings import LdapSettings
 from chalicelib.config_fields import (
     BlockReader,
     Bool,
@@ -536,7 +536,7 @@ def _read_auth(reader: BlockReader, raw: Any) -> AuthConfig | None:
     if auth is None or auth.provider != "ldap":
         return auth
     from chalicelib.auth.base import AuthConfigError
-    from chalicelib.auth.ldap import parse_ldap_settings
+    from chalicelib.auth.ldap_settings import parse_ldap_settings
 
     try:
         ldap = parse_ldap_settings(raw.get("ldap"))
