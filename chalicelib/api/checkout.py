@@ -166,7 +166,7 @@ def fallback_checkout(
         return None
     if services.config.auth is not None and caller is None:
         return None
-    if sum(wanted.values()) > int(services.config.service.max_ondemand_instances_per_request):
+    if sum(wanted.values()) > services.config.service.max_ondemand_instances_per_request:
         return None
     request_id = open_request(services, request, wanted, None, caller)
     return ApiResponse(202, {"ok": True, "request_id": request_id, "ready": False})

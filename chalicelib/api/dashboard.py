@@ -59,7 +59,7 @@ def healthcheck(services: Services, request: ApiRequest) -> ApiResponse:
 def page(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /dashboard/: the page, titled with ``site_name`` (as text: vmpooler's default held
     HTML tags, which are dropped here)."""
-    site_name = html.escape(TAG.sub("", str(services.config.service.site_name)).strip() or "vmpool")
+    site_name = html.escape(TAG.sub("", services.config.service.site_name).strip() or "vmpool")
     return ApiResponse(200, _template().replace("{{site_name}}", site_name), dict(PAGE_HEADERS))
 
 

@@ -144,7 +144,7 @@ def check_delay(services: "Services", pool: PoolConfig, result: PassReport) -> f
     destroys). An idle pool is not looked at again before its schedule: no cost added there."""
     delay = pool.check_loop_delay_min or services.config.service.check_loop_delay_min
     if result.waiting_for_clones:
-        delay = min(delay, float(services.config.service.clone_poll_interval))
+        delay = min(delay, services.config.service.clone_poll_interval)
     if result.clones_started:
         # Clones the provider finishes sooner than the poll (the dummy's instant clones): look
         # when they are done, or a small pool under load refills a batch per poll interval.

@@ -134,7 +134,7 @@ def _start(
     if template is None or not isinstance(template, vim.VirtualMachine):
         raise CloneRefused(f"template {path} not found (vCenter has no VM at that inventory path)",
                            FailureKind.TEMPLATE)
-    create_folders = bool(getattr(service, "create_folders", False))
+    create_folders = service.create_folders
     folder = inventory.ensure_folder(connection, datacenter, pool.folder, create_folders)
     if folder is None:
         hint = "" if create_folders else " (set create_folders: true to create it)"
@@ -180,10 +180,10 @@ def _start(
                                FailureKind.PLACEMENT)
         relocate.datastore = datastore
 
-    if getattr(service, "manage_host_selection", False):
+    if service.manage_host_selection:
         cluster = _cluster_of(connection, relocate.pool)
         if cluster is not None:
-            limit = float(getattr(service, "utilization_limit", 90))
+            limit = service.utilization_limit
             try:
                 host = selector.pick(connection, cluster, (datacenter, cluster._moId), limit)
             except LookupError as none_eligible:

@@ -166,7 +166,7 @@ class VSphereProvider(Provider):
     def start_migration(self, pool: PoolConfig, hostname: str) -> Migration | None:
         """Start a vMotion to the least used compatible host of the VM's cluster when its host is
         busier (chalicelib.providers.vsphere.migration); None when it stays."""
-        limit = float(getattr(self.service, "utilization_limit", 90))
+        limit = self.service.utilization_limit
 
         def migrating(connection: Connection) -> Migration | None:
             datacenter = self._datacenter(connection, pool)
