@@ -613,6 +613,7 @@ def _read_pools(
         reader.problems.append(f"pools: must be a list of pools, got {show(raw)}")
         return []
     owned_by_providers = provider_keys()
+    pool_fields = PoolSettings.model_fields
     pools: list[PoolConfig] = []
     seen: set[str] = set()
     for index, block in enumerate(raw):
@@ -639,13 +640,16 @@ def _read_pools(
         provider_config = providers.get(provider)
         if provider_config is not None and provider_config.provider_class == "vsphere" and not block.get("template"):
             reader.problems.append(f"{path}.template: is required for a vsphere pool")
-        own = None
+        own: dict[str, Any] | None = None
         if provider_config is not None:
             # The pool's values of its provider's keys, checked with the provider's model.
             model = type(provider_config.settings)
             own_keys = {key: value for key, value in block.items()
-                        if key in model.model_fields and key not in PoolSettings.model_fields}
-            own = reader.model(own_keys, model, path, skip=frozenset({"provider_class"}))
+                        if key in model.model_fields and key not in pool_fields and key != "provider_class"}
+            own = {}
+            if own_keys:
+                checked = reader.model(own_keys, model, path)
+                own = None if checked is None else {name: getattr(checked, name) for name in checked.model_fields_set}
         if settings is None or own is None or service is None:
             continue
         domain = settings.domain
@@ -657,10 +661,11 @@ def _read_pools(
                 domain = dns.domain
         if domain is None:
             domain = service.domain
-        # The values as validated (model_dump would turn the sizing block and mappings into dicts).
-        written = {name: getattr(settings, name) for name in PoolSettings.model_fields
-                   if getattr(settings, name) is not None}
-        written.update((name, getattr(own, name)) for name in own.model_fields_set)
+        # The keys given, as validated (model_dump would turn the sizing block into a dict), and
+        # the three with a default that /config shows.
+        written = {"template": settings.template, "folder": settings.folder, "alias": settings.alias}
+        written.update((name, getattr(settings, name)) for name in settings.model_fields_set)
+        written.update(own)
         if isinstance(block.get("alias"), str):
             written["alias"] = block["alias"]  # vmpooler echoes it as written in /status and /config
         pools.append(

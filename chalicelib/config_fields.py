@@ -32,8 +32,12 @@ class SettingsModel(BaseModel):
 
     @classmethod
     def keys(cls) -> frozenset[str]:
-        """The YAML keys of the block (a field's alias when it has one)."""
-        return frozenset(field.alias or name for name, field in cls.model_fields.items())
+        """The YAML keys of the block (a field's alias when it has one); computed once per model."""
+        keys = cls.__dict__.get("_yaml_keys")
+        if keys is None:
+            keys = frozenset(field.alias or name for name, field in cls.model_fields.items())
+            type.__setattr__(cls, "_yaml_keys", keys)
+        return keys
 
 
 Model = TypeVar("Model", bound=SettingsModel)
