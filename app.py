@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from chalice import ConvertToMiddleware, Rate, Response
 
@@ -19,11 +19,13 @@ from chalicelib import config as config_module
 from chalicelib import config_source, observability
 from chalicelib.api.chalice_app import RequestLocalChalice
 from chalicelib.api.routes import ROUTES, Route, handle, render, request_from_chalice, versioned_paths
-from chalicelib.manager.dispatch import Ticker, handle_batch
 from chalicelib.manager.pool_queue import NUDGE, PoolMessage, PoolQueue, SqsPoolQueue
 from chalicelib.manager.refill import REFILL_QUEUE_ENV
 from chalicelib.observability import emit, logger, tracer
 from chalicelib.services import Services
+
+if TYPE_CHECKING:
+    from chalicelib.manager.dispatch import Ticker
 
 # Powertools' Logger owns the "vmpool" logger (JSON lines); Chalice's own set-up of the logger
 # named after the app would add a plain-text handler and lower its level to ERROR.
@@ -41,7 +43,7 @@ _services: Services | None = None
 _config: config_source.ConfigSource | None = None
 _queue: PoolQueue | None = None
 _services_lock = threading.Lock()
-_ticker = Ticker()
+_ticker: Ticker | None = None
 
 
 def services() -> Services:
@@ -98,6 +100,13 @@ def pool_queue() -> PoolQueue:
 @app.schedule(Rate(SCHEDULE_MINUTES, unit=Rate.MINUTES), name="tick")
 def tick(event: Any) -> dict[str, Any]:
     """One message per pool on the reconcile queue (and per removed pool still draining)."""
+    global _ticker
+    # The reconcile code is imported by the tick and the consumer only: the API function, which
+    # imports this same module, never loads it (tests/core/test_cold_import.py).
+    from chalicelib.manager.dispatch import Ticker
+
+    if _ticker is None:
+        _ticker = Ticker()
     report = _ticker.tick(services(), pool_queue())
     logger.info("tick", extra={"pools": report.configured, "draining": report.draining, "messages": report.messages,
                                "empty": report.empty[:100], "empty_count": len(report.empty)})
@@ -121,6 +130,8 @@ def _seconds_queued(records: list[Any]) -> list[float]:
 def reconcile(event: Any) -> dict[str, Any]:
     """Each message's pool once, all pools of the batch at once; failures reported per message
     (the event source mapping has ReportBatchItemFailures), so one pool never fails another."""
+    from chalicelib.manager.dispatch import handle_batch
+
     records = list(event)
     emit(None, {}, seconds={observability.REFILL_LATENCY: _seconds_queued(records)})
     context = event.context

@@ -7,6 +7,8 @@ runtime's Python that sees the zip and the runtime's SDK only (infra/lambda_sand
   process (``time.process_time``), the interpreter's own start-up excluded; median of 7.
 - ``api_traced``: the same with the prod stage's environment (tracing on: Powertools' Tracer
   and the X-Ray SDK).
+- ``reconcile_first_use``: what the tick's or the consumer's first invocation adds after that:
+  the reconcile code (``chalicelib.manager.dispatch`` and the pass), which the API never loads.
 - ``vsphere_first_use``: what the consumer's first vSphere pass adds after that
   (``chalicelib.providers.vsphere``, pyVmomi).
 - the zip's size, and its largest top-level packages.
@@ -30,7 +32,8 @@ TIMED = ("{setup}\nimport time\nbefore = time.process_time(); began = time.perf_
 CASES = {
     "api": ("dev", "", "import app"),
     "api_traced": ("prod", "", "import app"),
-    "vsphere_first_use": ("dev", "import app", "import chalicelib.providers.vsphere"),
+    "reconcile_first_use": ("dev", "import app", "import chalicelib.manager.dispatch"),
+    "vsphere_first_use": ("dev", "import app, chalicelib.manager.dispatch", "import chalicelib.providers.vsphere"),
 }
 
 

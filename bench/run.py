@@ -129,6 +129,7 @@ def table(results: dict[str, Any]) -> list[str]:
             rows.append(("cold start", "skipped: " + s["skipped"]))
         else:
             labels = {"api": "cold import app (API)", "api_traced": "  with tracing (prod)",
+                      "reconcile_first_use": "  + tick/consumer's first run",
                       "vsphere_first_use": "  + first vSphere use"}
             for name, label in labels.items():
                 c = s[name]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import redis
 
@@ -31,12 +31,13 @@ from chalicelib.dns.base import DnsPlugin
 from chalicelib.dns.registry import build_dns_plugin
 from chalicelib.manager.refill import REFILL_QUEUE_ENV, NoRefill, RefillTrigger, SqsRefill
 from chalicelib.observability import logger, redact_secrets
-from chalicelib.providers.base import Provider
-from chalicelib.providers.registry import build_provider
 from chalicelib.store import ReplicaAcks, Store, connect
 from chalicelib.store.keys import DEFAULT_PREFIX
 from chalicelib.store.pool_overrides import PoolOverrides
 from chalicelib.store.pool_overrides import apply as apply_override
+
+if TYPE_CHECKING:
+    from chalicelib.providers.base import Provider
 
 KEY_PREFIX_ENV = "VMPOOL_KEY_PREFIX"
 REDIS_URL_ENV = "VMPOOL_REDIS_URL"
@@ -175,6 +176,10 @@ class Services:
 
     def provider(self, name: str) -> Provider:
         """The named provider, built on first use and kept (its connections too)."""
+        # Imported here: only the reconcile functions reach a provider, so the API's cold import
+        # skips the provider layer (tests/core/test_cold_import.py).
+        from chalicelib.providers.registry import build_provider
+
         if name not in self._providers:
             self._providers[name] = build_provider(
                 self.config.providers[name], self.config, self.client, self.clock,

@@ -76,6 +76,11 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, {"error": message})
 
 
+def too_large(message: str) -> ApiError:
+    """413: the request is well formed but bigger than we accept (HTTP's Content Too Large)."""
+    return ApiError(413, {"error": message})
+
+
 def whole_number(value: Any) -> int | None:
     """A whole number >= 0 given as a JSON integer or a string of ASCII digits; None for anything
     else (signs, spaces, fractions, booleans). A number of more than MAX_NUMBER_DIGITS digits is
@@ -106,9 +111,10 @@ def _json_integer(digits: str) -> int:
 
 
 def json_body(request: ApiRequest, empty: Any = None) -> Any:
-    """The request body as JSON; ``empty`` when there is none. Bad JSON is a 400."""
+    """The request body as JSON; ``empty`` when there is none. Bad JSON is a 400, a body over
+    MAX_BODY_BYTES a 413 (before it is parsed)."""
     if len(request.body) > MAX_BODY_BYTES:
-        raise bad_request("Request body too large")
+        raise too_large(f"Request body too large (at most {MAX_BODY_BYTES} bytes)")
     text = request.body.strip()
     if not text:
         return empty

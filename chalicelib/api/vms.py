@@ -151,7 +151,7 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
         raise ApiError(400, {"failure": failures})
     changes.update({TAG_FIELD_PREFIX + key: value for key, value in tags.items()})
     if changes:
-        result = services.store.modify_vm(record.name, changes, max_tags)
+        result = services.store.modify_vm(record.name, record.pool, changes, max_tags, services.clock.now())
         if result is ModifyResult.NO_VM:
             raise not_found(error=f"VM {record.name} not found")
         if result is ModifyResult.TOO_MANY_TAGS:

@@ -177,6 +177,10 @@ def connect(
         health_check_interval=HEALTH_CHECK_SECONDS,
         retry=_RetryWhenNotRun(),
         failover_epoch=FailoverEpoch(),
+        # The version redis-py sends in CLIENT SETINFO, given here: left to redis-py, it reads
+        # its dist-info through importlib.metadata, a module the cold start skips
+        # (chalicelib/deferred_imports.py).
+        driver_info=redis.DriverInfo(lib_version=redis.__version__),
     )
     if "password" in target:
         options.pop("password")

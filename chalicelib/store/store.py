@@ -568,15 +568,18 @@ class Store:
         with _translate_errors():
             return bool(self.scripts.update(keys=[self.keys.vm(hostname)], args=args))
 
-    def modify_vm(self, hostname: str, fields: Mapping[str, str], max_tags: int) -> ModifyResult:
+    def modify_vm(self, hostname: str, pool: str, fields: Mapping[str, str], max_tags: int,
+                  now: float) -> ModifyResult:
         """A user's change (lifetime, tags as ``tag:<key>`` fields): each field set on its own in
         one step, so concurrent changes of different fields all land. Refused whole when the VM
-        would carry more than ``max_tags`` tags."""
-        args: list[Any] = [max_tags]
+        would carry more than ``max_tags`` tags. A lifetime change makes the VM due for a pass's
+        look now (a shortened lifetime ends on time)."""
+        args: list[Any] = [max_tags, hostname, repr(now)]
         for name, value in fields.items():
             args += [name, value]
+        keys = [self.keys.vm(hostname), self.keys.running_due(pool)]
         with _translate_errors():
-            result = int(self.scripts.vm_modify(keys=[self.keys.vm(hostname)], args=args))
+            result = int(self.scripts.vm_modify(keys=keys, args=args))
         return {1: ModifyResult.CHANGED, 0: ModifyResult.NO_VM}.get(result, ModifyResult.TOO_MANY_TAGS)
 
     def set_once(self, hostname: str, field_name: str, value: str = "1") -> bool:

@@ -24,7 +24,7 @@ POST_VM_CASES: list[Case] = [
     ("POST", "/api/v3/vm", b"\xff\xfe{}", 400, "Invalid JSON"),
     ("POST", "/api/v3/vm", "[" * 5000 + "]" * 5000, 400, "too complex"),
     ("POST", "/api/v3/vm", '{"a": ' * 3000 + "1" + "}" * 3000, 400, "too complex"),
-    ("POST", "/api/v3/vm", b'{"pool1": "' + b"x" * 70000 + b'"}', 400, "too large"),
+    ("POST", "/api/v3/vm", b'{"pool1": "' + b"x" * 70000 + b'"}', 413, "too large"),
     ("POST", "/api/v3/vm", ["pool1"], 400, "must be a JSON object"),
     ("POST", "/api/v3/vm", "pool1", 400, "Invalid JSON"),
     ("POST", "/api/v3/vm", '"pool1"', 400, "must be a JSON object"),

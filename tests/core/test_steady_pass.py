@@ -203,3 +203,20 @@ def test_light_passes_still_expire_ready_vms_reap_lifetimes_and_return_unconfirm
     world.reconcile("alpha")
     assert world.state_of(reaped) in ("completed", "destroyed")
     assert listings == []
+
+
+def test_a_shortened_lifetime_ends_the_vm_on_time_between_whole_comparisons(make_world: HarnessFactory) -> None:
+    """A user shortening a VM's lifetime (PUT /vm) gets it reaped at the new end, not at the old
+    one, though every pass looks only at the VMs due (vm_checktime 10,000 minutes)."""
+    world = bounded_world(make_world, size=5, checktime=10_000)
+    host = world.checkout("alpha")  # vm_lifetime 2 hours
+    world.clock.advance(1)
+    world.reconcile("alpha")  # confirms the checkout; the next look is due at the lifetime's end
+    assert world.put(f"/api/v3/vm/{host}", {"lifetime": 1}).status == 200
+
+    world.clock.advance(3600 - 2)
+    world.reconcile("alpha")
+    assert world.state_of(host) == "running"
+    world.clock.advance(2)
+    world.reconcile("alpha")
+    assert world.state_of(host) in ("completed", "destroyed")

@@ -15,9 +15,12 @@ import sys
 import uuid
 from typing import Any
 
-LAZY = ("pyVmomi", "ldap3", "aws_xray_sdk", "dns")
-"""Libraries the API function's cold import must not load (the first vSphere pass, LDAP login,
-traced stage or DNS update loads its own)."""
+LAZY = ("pyVmomi", "ldap3", "aws_xray_sdk", "dns", "redis.asyncio.client", "importlib.metadata._meta",
+        "chalicelib.manager.dispatch", "chalicelib.providers.base")
+"""Modules the API function's cold import must not load (the first vSphere pass, LDAP login,
+traced stage or DNS update loads its own; the tick and the consumer load the reconcile code;
+redis-py's asyncio client and importlib.metadata wait for a first use that never comes:
+chalicelib/deferred_imports.py)."""
 
 
 class Context:

@@ -1,15 +1,17 @@
 -- A user's change to a VM (PUT /vm/<host>): set each field on its own, in one step, so two
 -- changes at once both land (no read-modify-write of a shared blob), and only while the record
 -- exists. Tags are fields 'tag:<key>'; at most ARGV[1] of them per VM.
--- KEYS[1] the VM's record; ARGV[1] most tags a VM may carry; ARGV[2..] field, value, ...
+-- KEYS[1] the VM's record, KEYS[2] its pool's running_due set; ARGV[1] most tags a VM may carry,
+-- ARGV[2] the VM's name, ARGV[3] now; ARGV[4..] field, value, ...
 -- Returns 1 when changed, 0 when there is no record, -1 when the VM would carry too many tags
 -- (then nothing changed).
 local key, max_tags = KEYS[1], tonumber(ARGV[1])
+local first_field = 4
 if redis.call('EXISTS', key) == 0 then
   return 0
 end
 local new_tags = 0
-for i = 2, #ARGV, 2 do
+for i = first_field, #ARGV, 2 do
   if string.sub(ARGV[i], 1, 4) == 'tag:' and redis.call('HEXISTS', key, ARGV[i]) == 0 then
     new_tags = new_tags + 1
   end
@@ -25,7 +27,15 @@ if new_tags > 0 then
     return -1
   end
 end
-for i = 2, #ARGV, 2 do
+local lifetime_changed = false
+for i = first_field, #ARGV, 2 do
   redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+  lifetime_changed = lifetime_changed or ARGV[i] == 'lifetime'
+end
+if lifetime_changed then
+  -- A running VM's next look was scheduled at its old end: bring it to now, so a shortened
+  -- lifetime ends on time (the pass schedules the next look from the new lifetime). XX: only a
+  -- VM a pass looks after (running); LT: never later than already due.
+  redis.call('ZADD', KEYS[2], 'XX', 'LT', ARGV[3], ARGV[2])
 end
 return 1
