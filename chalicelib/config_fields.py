@@ -12,6 +12,7 @@ reads.
 
 from __future__ import annotations
 
+import os
 import re
 from types import MappingProxyType
 from typing import Annotated, Any, Callable, Mapping, NoReturn, Sequence, TypeVar, Union
@@ -22,6 +23,11 @@ from pydantic_core import PydanticCustomError
 from chalicelib.auth.secrets import SecretReference
 
 Checker = Callable[[Any], Any]
+
+# pydantic looks for plugins (importlib.metadata's entry points: every dist-info on the path) when
+# it builds a model's first schema. vmpool uses none, and the scan would cost every cold start
+# (importlib.metadata itself is deferred: chalicelib/deferred_imports.py).
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 
 class SettingsModel(BaseModel):
