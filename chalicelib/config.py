@@ -48,7 +48,7 @@ from chalicelib.config_fields import (
 )
 from chalicelib.config_fields import sizing as sizing_block
 from chalicelib.dns.base import DnsConfig, DnsSettings
-from chalicelib.providers.settings import PROVIDER_CLASSES, ProviderSettings, provider_keys, settings_model
+from chalicelib.providers.settings import PROVIDER_CLASSES, ProviderKeys, ProviderSettings, settings_model
 
 if TYPE_CHECKING:
     from chalicelib.sizing.settings import SizingSettings
@@ -559,7 +559,7 @@ def _read_providers(reader: BlockReader, raw: Any) -> dict[str, ProviderConfig]:
     block_map = reader.mapping(raw, "providers")
     if not block_map:
         return providers
-    others = provider_keys()
+    others = ProviderKeys()
     for name, block in block_map.items():
         path = f"providers.{name}"
         provider_class = _provider_class(str(name), block)
@@ -612,7 +612,7 @@ def _read_pools(
     if not isinstance(raw, list):
         reader.problems.append(f"pools: must be a list of pools, got {show(raw)}")
         return []
-    owned_by_providers = provider_keys()
+    owned_by_providers = ProviderKeys()
     pool_fields = PoolSettings.model_fields
     pools: list[PoolConfig] = []
     seen: set[str] = set()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from types import MappingProxyType
-from typing import Annotated, Any, Callable, Mapping, NoReturn, Sequence, TypeVar, Union
+from typing import Annotated, Any, Callable, Container, Mapping, NoReturn, Sequence, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, PlainValidator, SecretStr, ValidationError
 from pydantic_core import PydanticCustomError
@@ -73,7 +73,7 @@ class BlockReader:
             return None
         return raw
 
-    def model(self, raw: Any, model: type[Model], path: str, also_known: frozenset[str] = frozenset(),
+    def model(self, raw: Any, model: type[Model], path: str, also_known: Container[str] = frozenset(),
               skip: frozenset[str] = frozenset()) -> Model | None:
         """``raw`` validated with ``model`` (None and the problems recorded when it is not valid).
         A key written without a value (``key:``) counts as not given, as vmpooler reads it.

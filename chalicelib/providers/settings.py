@@ -48,6 +48,20 @@ def settings_model(provider_class: str) -> type[ProviderSettings] | None:
     return model
 
 
+class ProviderKeys:
+    """Every key some provider owns, as a container that imports the providers' models on the
+    first key it is asked about (a config whose blocks hold only their own keys never asks, so
+    it loads only the models of the providers it uses)."""
+
+    def __init__(self) -> None:
+        self._keys: frozenset[str] | None = None
+
+    def __contains__(self, key: object) -> bool:
+        if self._keys is None:
+            self._keys = provider_keys()
+        return key in self._keys
+
+
 def provider_keys() -> frozenset[str]:
     """Every key some provider owns (a pool may set any of them; the ones its provider does not
     read have no effect, as in vmpooler)."""
