@@ -140,7 +140,8 @@ def _memory_kb(pid: int) -> tuple[int, int]:
 
 def stack_memory(pid: int) -> dict[str, dict[str, float]]:
     """Memory of the local stack in MB, by part (see ``stack_cpu``): RSS summed over the part's
-    processes, and PSS (which counts pages the forked workers share once)."""
+    processes, and PSS (which counts pages the forked workers share once). Every process of the
+    tree counts: the HTTP front is gunicorn's arbiter and, below it, its workers."""
     parts: dict[str, dict[str, float]] = {}
 
     def add(part: str, process: int) -> None:
@@ -150,11 +151,16 @@ def stack_memory(pid: int) -> dict[str, dict[str, float]]:
         entry["rss_mb"] = round(entry["rss_mb"] + rss / 1024, 1)
         entry["pss_mb"] = round(entry["pss_mb"] + pss / 1024, 1)
 
+    def add_tree(part: str, process: int) -> None:
+        add(part, process)
+        for child in _children(process):
+            add_tree(part, child)
+
     add("reconcile (scheduler)", pid)
     for child in _children(pid):
         try:
             command = Path(f"/proc/{child}/cmdline").read_bytes()
-            add("redis-server" if b"redis-server" in command else "api workers", child)
+            add_tree("redis-server" if b"redis-server" in command else "api workers", child)
         except OSError:
             continue
     return parts

@@ -4,6 +4,8 @@
   starts every clone), ``ready`` (clones finish, VMs become ready), ``steady`` (nothing to do),
   plus ``churn`` (a tenth of every pool was checked out since the last pass);
 - scaling: the steady pass of one pool at growing sizes (the target: O(1) in the pool's size);
+- refill: the passes of a 20-VM pool replacing N VMs its users returned (the target: the round
+  trips of each step independent of N);
 - vcsim: one pool of 200 VMs through the vSphere provider (SOAP calls counted by the provider).
 
 Redis round trips are counted in this process (``RoundTrips``); for the dummy provider, whose VMs
@@ -190,6 +192,40 @@ def vcsim_pool(client: redis.Redis, size: int, steady_runs: int) -> dict[str, An
         server.stop()
 
 
+def refill_round_trips(client: redis.Redis, returned: tuple[int, ...] = (1, 10)) -> dict[str, Any]:
+    """A pool of 20 at task_limit 10 (instant clones), N of its VMs checked out and returned:
+    the Redis round trips of the passes until it is full again with the N destroyed (the dummy's
+    own included), and per replaced VM."""
+    result: dict[str, Any] = {}
+    for count in (1, *returned):  # the first run loads the scripts into Redis: not reported
+        client.flushall()
+        config = parse(dummy_config([("refill", 20)], task_limit=10))
+        clock = FakeClock()
+        store = Store(client, data_ttl_hours=config.redis.data_ttl_hours)
+        from chalicelib.providers.dummy import DummyProvider
+
+        provider = DummyProvider(config.providers["dummy"], client, clock)
+        pool = config.pools[0]
+        one_pass = functools.partial(reconcile_pool, store, provider, pool, clock, config.service)
+        while one_pass().work_in_flight:  # filled, then nothing left to do
+            clock.advance(1)
+        taken = store.checkout([CheckoutRequest(pool.name, [pool.name], count)], clock.now(), {"lifetime": "2"})
+        for vm in taken.vms:
+            store.return_vm(vm.hostname, clock.now(), "returned")
+        passes: list[int] = []
+        with RoundTrips() as counter:
+            while True:
+                clock.advance(1)
+                counter.take()
+                report = one_pass()
+                passes.append(counter.take())
+                if not report.work_in_flight:
+                    break
+        result[str(count)] = {"passes": passes, "redis_round_trips": sum(passes),
+                              "per_replaced_vm": round(sum(passes) / count, 1)}
+    return result
+
+
 def _medians(samples: list[dict[str, float]]) -> dict[str, float]:
     medians = {"seconds": round(median([s["seconds"] for s in samples]), 4),
                "redis_round_trips": median([s["redis_round_trips"] for s in samples]),
@@ -208,6 +244,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         result: dict[str, Any] = {"cores": CORES}
         result["dummy_100x50"] = dummy_pools(client, 100 if not quick else 20, 50, 1 if quick else 3)
         result["idle_invocation"] = idle_invocation(client)
+        result["refill_20"] = refill_round_trips(client)
         result["steady_by_pool_size"] = steady_scaling(client, (50, 500, 2000) if quick else (50, 500, 2000, 10000))
         try:
             result["vcsim"] = vcsim_pool(client, 50 if quick else 200, 3)

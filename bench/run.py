@@ -76,6 +76,10 @@ def table(results: dict[str, Any]) -> list[str]:
         rows.append((f"idle run_pool, pool of {idle['size']}",
                      (f"{idle['seconds'] * 1000:.1f} ms"
                       f"  {idle['redis_round_trips']:g} redis round trips (incl. dummy provider)")))
+        for returned, p in r.get("refill_20", {}).items():
+            rows.append((f"refill, pool of 20, {returned} returned",
+                         (f"{p['redis_round_trips']:g} redis round trips in {len(p['passes'])} passes"
+                          f" {p['passes']} (incl. dummy provider), {p['per_replaced_vm']:g} per replaced VM")))
         for size, p in r["steady_by_pool_size"].items():
             rows.append((f"steady pass, pool of {size}",
                          (f"{p['seconds'] * 1000:.1f} ms ({p['without_inventory_seconds'] * 1000:.1f} ms without"

@@ -2,9 +2,10 @@
 
 `chalice local` serves one request at a time through a slow matcher; this gateway matches the
 app's routes with precompiled patterns and hands Chalice the same proxy event API Gateway sends.
-``AsgiApp`` puts it behind an ASGI server (`make run`: ``local.http_front``) and calls the app
-on a few threads per worker process: the service's app keeps the request being served per
-thread, and any other Chalice app is called on one thread, one request at a time.
+``AsgiApp`` puts it behind an ASGI server (`make run`: ``local.http_front``), which runs a few
+event loops per worker process, each on its own thread, each calling the app inline: the
+service's app keeps the request being served per thread, and any other Chalice app is served
+by one loop, one request at a time.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import base64
 import json
 import re
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -134,19 +134,21 @@ def json_error(status: int, message: str) -> Response:
 
 class AsgiApp:
     """The gateway as an ASGI application. The body is received without blocking anyone (a slow
-    client costs a coroutine, bounded by ``body_timeout``); the Chalice app is then called on one
-    of ``threads`` threads, so a worker overlaps its requests' Redis waits. Each thread sees only
-    its own request: the app keeps its per-request state per thread (RequestLocalChalice); an
-    app that does not is called on one thread, one request at a time."""
+    client costs a coroutine, bounded by ``body_timeout``); the Chalice app is then called on the
+    event loop's own thread, the answer written as soon as it returns: no hand-off to another
+    thread and back. ``threads`` says how many threads may call the app at once: the front
+    (``local.http_front``) runs that many event loops per worker, each on its own thread and
+    listening socket, so a worker overlaps its requests' Redis waits. Each thread sees only its
+    own request: the app keeps its per-request state per thread (RequestLocalChalice); an app
+    that does not is called from one thread, one request at a time."""
 
     def __init__(self, app: Chalice, max_body: int = MAX_BODY_BYTES, body_timeout: float = 10.0,
                  threads: int = 2) -> None:
         self.gateway = Gateway(app)
         self.max_body = max_body
         self.body_timeout = body_timeout
-        if not isinstance(app, RequestLocalChalice):
-            threads = 1  # Chalice's current_request is one attribute of the app
-        self._threads = ThreadPoolExecutor(max_workers=max(threads, 1), thread_name_prefix="vmpool-api")
+        # Chalice's current_request is one attribute of a plain Chalice app.
+        self.threads = max(threads, 1) if isinstance(app, RequestLocalChalice) else 1
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
         if scope["type"] != "http":
@@ -182,5 +184,6 @@ class AsgiApp:
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
         client = scope.get("client") or ("", 0)
-        return await asyncio.get_running_loop().run_in_executor(
-            self._threads, self.gateway, scope["method"], target.decode("latin-1"), headers, bytes(body), client[0])
+        # On this loop's thread: its other connections wait meanwhile (the worker's other loops
+        # do not), and the app sees one request at a time on it.
+        return self.gateway(scope["method"], target.decode("latin-1"), headers, bytes(body), client[0])

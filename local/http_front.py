@@ -3,11 +3,13 @@ through ``local.gateway``.
 
 Chalice keeps the request being served on the app object (``app.current_request``); the
 service's app keeps it per thread (``chalicelib.api.chalice_app.RequestLocalChalice``). Each
-worker here is a process with its own app and one event loop: connections, request heads and
-bodies are read without blocking anyone (a slow client costs a coroutine, not a worker), and the
-app is then called on a few threads (``AsgiApp``), so a worker overlaps its requests' Redis
-waits while each thread sees only its own request. gunicorn's arbiter shares the port among the workers,
-restarts one that dies or whose loop is stuck, and stops them on SIGTERM or Ctrl-C.
+worker here is a process with its own app and a few event loops, each on its own thread with its
+own listening socket on the port (``AsgiApp.threads`` of them; one for an app that is not
+request-local): connections, request heads and bodies are read without blocking anyone (a slow
+client costs a coroutine, not a worker), and each loop then calls the app inline, so a worker
+overlaps its requests' Redis waits across its loops while each thread sees only its own request.
+gunicorn's arbiter shares the port among the workers, restarts one that dies or whose loops are
+stuck, and stops them on SIGTERM or Ctrl-C.
 
 Why uvicorn's worker (``uvicorn-worker``, on httptools: llhttp, Node's HTTP/1.1 parser, in C)
 and not gunicorn's own asyncio worker: gunicorn parses HTTP in Python, which cost about a third
@@ -16,6 +18,8 @@ CPU per request is that front's or lower. Measured A/B in docs/performance.md.
 
 What we add to uvicorn:
 
+- event loops on several threads of a worker (``OneAppWorker``), instead of one loop handing
+  requests to a thread pool;
 - the bounds llhttp leaves to its user, as gunicorn has them: request target (414), header
   fields and head size (431), open connections per worker (503), and a deadline for every
   request head (408), not only for idle kept-alive connections;
@@ -28,14 +32,21 @@ What we add to uvicorn:
 from __future__ import annotations
 
 import asyncio
+import copy
 import http
 import json
+import math
 import os
 import socket
+import threading
+import time
 from typing import Any, Callable, ClassVar
 
+from gunicorn import sock as gunicorn_sockets
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 from local.processes import die_with_parent
@@ -175,9 +186,52 @@ def json_error_response(status: int, message: str) -> bytes:
     return head.encode("latin-1") + body
 
 
+class _LoopServer(Server):
+    """uvicorn's server, remembering when its loop last ticked (every 0.1 s while it turns), and
+    asking its ``followers`` (the worker's other loops) to finish when it is asked to."""
+
+    ticked = 0.0
+    followers: tuple["_LoopServer", ...] = ()
+
+    async def on_tick(self, counter: int) -> bool:
+        self.ticked = time.monotonic()
+        if self.should_exit:  # SIGTERM / SIGINT reach the main thread's server only
+            for follower in self.followers:
+                follower.should_exit = True
+        return await super().on_tick(counter)
+
+
+class _LoopThread(threading.Thread):
+    """One more event loop of a worker: its own thread, its own listening socket on the port
+    (SO_REUSEPORT: the kernel spreads connections over every loop of every worker), its own
+    uvicorn server calling the app inline."""
+
+    def __init__(self, worker: "OneAppWorker", number: int) -> None:
+        super().__init__(name=f"vmpool-http-loop-{number}", daemon=True)
+        config = copy.copy(worker.config)
+        config.callback_notify = None  # the worker's first loop tells the arbiter it is alive
+        self.server = _LoopServer(config=config)
+        self.server.ticked = time.monotonic()
+        self.sockets = gunicorn_sockets.create_sockets(worker.cfg, worker.log)
+        self.worker = worker
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self.server.serve(sockets=self.sockets))
+        finally:  # a loop that died takes its worker down: the arbiter starts a new one
+            self.worker.stop_serving()
+
+
 class OneAppWorker(UvicornWorker):
-    """A gunicorn worker running uvicorn: one event loop (uvloop), one app, one request at a time
-    (the app is synchronous); bounded as ``BoundedHttpProtocol`` says; dies with the arbiter."""
+    """A gunicorn worker running uvicorn: as many event loops as the app allows threads
+    (``AsgiApp.threads``), each on its own thread and listening socket, each calling the app
+    inline, one request at a time per loop; bounded as ``BoundedHttpProtocol`` says; dies with
+    the arbiter.
+
+    Why loops and not one loop handing requests to a pool of threads: a hand-off costs two
+    thread wake-ups per request (the pool thread, then the loop for the answer), each a wait in
+    the run queue of a busy machine; a loop per thread wakes once per request, as a thread per
+    connection does, while a slow client still costs only a coroutine."""
 
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
         "loop": "asyncio",  # uvloop measured no faster here once TCP_NODELAY is set
@@ -188,13 +242,50 @@ class OneAppWorker(UvicornWorker):
         "timeout_graceful_shutdown": 5,
     }
 
+    _loops: list[_LoopThread]
+    _server: Server | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config.limit_concurrency = self.cfg.worker_connections + 1  # see connection_made
+        self._loops = []
 
     def init_process(self) -> None:
         die_with_parent(self.ppid)
         super().init_process()
+
+    async def _serve(self) -> None:
+        self.config.app = self.wsgi
+        self.config.load()
+        loops = max(int(getattr(self.wsgi, "threads", 1)), 1)
+        # worker_connections is the worker's bound: shared among its loops.
+        self.config.limit_concurrency = math.ceil(self.cfg.worker_connections / loops) + 1
+        self._server = _LoopServer(config=self.config)
+        self._loops = [_LoopThread(self, number) for number in range(1, loops)]
+        self._server.followers = tuple(loop.server for loop in self._loops)
+        for loop in self._loops:
+            loop.start()
+        self._install_sigquit_handler()
+        try:
+            await self._server.serve(sockets=self.sockets)
+        finally:
+            for loop in self._loops:
+                loop.server.should_exit = True
+            for loop in self._loops:
+                loop.join(timeout=self.config.timeout_graceful_shutdown or 5)
+        if not self._server.started:
+            raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
+
+    def stop_serving(self) -> None:
+        """Ask every loop of this worker to finish (the arbiter then starts a new worker)."""
+        if self._server is not None:
+            self._server.should_exit = True
+
+    async def callback_notify(self) -> None:
+        # The arbiter restarts a worker that stops notifying: notify only while every loop turns.
+        stalled = time.monotonic() - self.timeout
+        if all(loop.server.ticked > stalled for loop in self._loops):
+            self.notify()
 
 
 class HttpFront(BaseApplication):

@@ -2,7 +2,8 @@
 
 Starts a private redis-server (its own port and data dir), serves the Chalice app on
 http://127.0.0.1:$PORT with gunicorn and uvicorn (``local.http_front``: a worker process per
-core, each serving one request at a time), and runs every pool's reconcile on a timer. Ctrl-C
+core, each running a few event loops on their own threads, each loop serving one request at a
+time), and runs every pool's reconcile on a timer. Ctrl-C
 stops all of it; so does killing this process (its children die with it). One stack per state directory: a
 second one on the same directory refuses to start.
 
@@ -132,10 +133,12 @@ def _require_free_port(port: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    # One worker per core, each serving requests on 2 threads (their Redis waits overlap): more
-    # workers or threads measured fewer cycles/s here (docs/performance.md, "The local HTTP front").
+    # One worker per core, each running 4 event loops on their own threads (their Redis waits
+    # overlap): more workers measured fewer cycles/s here, 2 loops fewer, 6 or 8 no more
+    # (docs/performance.md, "The local HTTP front").
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", os.cpu_count() or 1)))
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "2")))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "4")),
+                        help="event loops (threads) per worker, each serving one request at a time")
     parser.add_argument("--config", default=os.environ.get("VMPOOL_CONFIG_FILE"))
     parser.add_argument("--redis-port", type=int, default=int(os.environ.get("VMPOOL_LOCAL_REDIS_PORT", "0")))
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between scheduled passes")

@@ -4,6 +4,7 @@
     eventually(check, timeout, what) poll a condition another process makes true on the wall clock
     emf_documents(stdout)            the CloudWatch EMF documents among printed lines
     json_lines(text)                 the structured log records among printed lines
+    RedisRoundTrips()                count what this process sends to Redis, a round trip each
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import json
 import time
 from typing import Any, Callable, TypeVar
 
+import redis.connection
+
 from local.redis_server import free_port
 
-__all__ = ["clone_failures_by_reason", "emf_documents", "emitted", "eventually", "free_port", "json_lines"]
+__all__ = ["RedisRoundTrips", "clone_failures_by_reason", "emf_documents", "emitted", "eventually", "free_port",
+           "json_lines"]
 
 T = TypeVar("T")
 
@@ -92,3 +96,25 @@ def clone_failures_by_reason(documents: list[dict[str, Any]]) -> dict[str, float
             counts[document["reason"]] = counts.get(document["reason"], 0) + sum(
                 values if isinstance(values, list) else [values])
     return counts
+
+
+class RedisRoundTrips:
+    """Counts what this process writes to Redis connections while in the ``with`` block: one
+    per command, pipeline or MULTI block (each is written at once and answered at once)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __enter__(self) -> "RedisRoundTrips":
+        self._original = redis.connection.AbstractConnection.send_packed_command
+        original = self._original
+
+        def counting(connection: object, command: object, check_health: bool = True) -> None:
+            self.count += 1
+            original(connection, command, check_health)  # type: ignore[arg-type]
+
+        redis.connection.AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        redis.connection.AbstractConnection.send_packed_command = self._original  # type: ignore[method-assign]

@@ -42,20 +42,25 @@ def repopulate(context: PassContext) -> None:
 
 
 def start_clones(context: PassContext, reserved: list[str]) -> None:
-    """Start the clone of each reserved name and record its task on the VM."""
+    """Start the clone of each reserved name and record its task on the VM: one provider call
+    (``Provider.clone_vms``) and one round trip whatever the number of clones."""
     report = context.report
+    names: list[str] = []
     for hostname in reserved:
         taken = dns_records.name_in_use(context, hostname)
         if taken:
             context.take_out_of_service(hostname, "pending", taken)
-            continue
-        try:
-            task = context.provider.clone(context.pool, hostname)
-        except ProviderError as error:
+        else:
+            names.append(hostname)
+    if not names:
+        return
+    started = context.provider.clone_vms(context.pool, names, lambda hostname: context.checkpoint("clone_started"))
+    tasks = {hostname: task for hostname, task in started.items() if isinstance(task, str)}
+    if tasks:
+        context.store.update_vms({hostname: {"clone_task": task} for hostname, task in tasks.items()})
+        report.clones_started.extend(tasks)
+        report.clones_running += len(tasks)
+    for hostname, error in started.items():
+        if isinstance(error, ProviderError):
             report.clone_failures[hostname] = error.failure
             context.take_out_of_service(hostname, "pending", f"clone failed to start: {error}", failure=error.kind)
-            continue
-        context.checkpoint("clone_started")
-        context.store.update_vm(hostname, clone_task=task)
-        report.clones_started.append(hostname)
-        report.clones_running += 1

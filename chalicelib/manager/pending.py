@@ -10,10 +10,12 @@ slower than ``timeout_notification`` is logged once.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from chalicelib.manager import dns_records, ondemand
 from chalicelib.manager.context import PassContext
 from chalicelib.observability import logger
-from chalicelib.providers.base import TaskState, VMInfo
+from chalicelib.providers.base import TaskState, TaskStatus, VMInfo
 from chalicelib.store import DurationSample, VMRecord
 from chalicelib.timestamps import ruby_time
 
@@ -23,19 +25,39 @@ the pass that reserved it died in between (longer than any pass takes between th
 
 
 def check_pending(context: PassContext) -> None:
-    """Pending VMs: finish clone tasks, then ready-check; time out the ones that never make it."""
-    timeout = context.pool.timeout_minutes * 60
+    """Pending VMs: finish clone tasks, then ready-check; time out the ones that never make it.
+    Whatever the number of VMs, one provider call asks for every clone task, one round trip
+    notes the finished clones, one moves the booted VMs to ready (each move conditional on its
+    own VM) and one notes the not-ready reasons."""
+    records: list[VMRecord] = []
     for hostname in context.snapshot.hostnames("pending"):
         record = context.record(hostname)
         if record is None:
             context.drop(hostname, "pending", "record missing")
-            continue
-        age = context.now - (record.clone_start or context.now)
-        _notify_slow(context, record, age)
+        else:
+            records.append(record)
+    ages = {record.name: context.now - (record.clone_start or context.now) for record in records}
+    for record in records:
+        _notify_slow(context, record, ages[record.name])
+    cloning = [record for record in records if record.clone_end is None]
+    statuses = context.provider.task_statuses([record.clone_task for record in cloning if record.clone_task])
+    finished = [record for record in cloning if _clone_finished(context, record, statuses, ages[record.name])]
+    if finished:
+        context.store.finish_clones([record.name for record in finished], context.now)
+        context.checkpoint("clone_finished")
+    done = {record.name for record in finished}
+    booting = [record for record in records if record.clone_end is not None or record.name in done]
+    _check_boots(context, booting, ages)
+
+
+def _check_boots(context: PassContext, records: list[VMRecord], ages: dict[str, float]) -> None:
+    """VMs whose clone is done: ready (or handed to their request), timed out, or still booting."""
+    timeout = context.pool.timeout_minutes * 60
+    ready: dict[str, VMInfo] = {}
+    reasons: dict[str, dict[str, str]] = {}
+    for record in records:
+        hostname, age = record.name, ages[record.name]
         vm = context.inventory.get(hostname)
-        if record.clone_end is None:
-            if not _finish_clone(context, record, vm, age):
-                continue
         if vm is None:
             # The clone finished after our inventory was read; readiness next pass.
             if age > timeout:
@@ -44,15 +66,20 @@ def check_pending(context: PassContext) -> None:
                 )
             continue
         readiness = dns_records.check_ready(context, record, vm)
-        if readiness.ready:
-            _mark_ready(context, record, vm, age)
+        if readiness.ready and record.raw.get("request"):
+            ondemand.deliver(context, record, vm, age)  # built for a request: it goes to running
+        elif readiness.ready:
+            ready[hostname] = vm
         elif age > timeout:
             context.take_out_of_service(
                 hostname, "pending",
                 f"not ready after {context.pool.timeout_minutes} minutes: {readiness.reason}",
             )
         elif readiness.reason != record.not_ready_reason:
-            context.store.update_vm(record.name, not_ready_reason=readiness.reason)  # GET /vm shows it
+            reasons[hostname] = {"not_ready_reason": readiness.reason}  # GET /vm shows it
+    if reasons:
+        context.store.update_vms(reasons)
+    _mark_ready(context, ready, ages)
 
 
 def note_last_boot(context: PassContext) -> None:
@@ -80,18 +107,18 @@ def _notify_slow(context: PassContext, record: VMRecord, age: float) -> None:
         )
 
 
-def _finish_clone(context: PassContext, record: VMRecord, vm: VMInfo | None, age: float) -> bool:
-    """Follow a VM's clone task. Returns True once the clone is done and readiness may be checked."""
+def _clone_finished(context: PassContext, record: VMRecord, statuses: Mapping[str, TaskStatus], age: float) -> bool:
+    """Whether the VM's clone is done (noted by the caller for all at once), given its task's
+    status. A clone running too long, failed, or never started is taken out of service."""
     hostname, pool = record.name, context.pool
     if not record.clone_task:
-        if vm is not None:
+        if hostname in context.inventory:
             # The pass that started the clone died before recording its task; the VM exists.
-            context.store.finish_clone(hostname, context.now)
             return True
         if age > CLONE_START_GRACE_SECONDS:
             context.take_out_of_service(hostname, "pending", "clone was never started (its pass was interrupted)")
         return False
-    status = context.provider.task_status(record.clone_task)
+    status = statuses[record.clone_task]
     if status.state is TaskState.RUNNING:
         context.report.clones_running += 1
         if age > pool.timeout_minutes * 60:
@@ -106,23 +133,22 @@ def _finish_clone(context: PassContext, record: VMRecord, vm: VMInfo | None, age
         if record.raw.get("request"):
             ondemand.clone_failed(context, record.raw["request"], failure)
         return False
-    context.store.finish_clone(hostname, context.now)
     context.report.samples.append(DurationSample("clone", pool.name, age))
-    context.checkpoint("clone_finished")
     return True
 
 
-def _mark_ready(context: PassContext, record: VMRecord, vm: VMInfo, age: float) -> None:
-    if record.raw.get("request"):
-        ondemand.deliver(context, record, vm, age)  # built for a request: it goes to running
+def _mark_ready(context: PassContext, ready: Mapping[str, VMInfo], ages: Mapping[str, float]) -> None:
+    """Move the booted VMs to ready, in one round trip; each move happens only if its VM is
+    still pending (a VM is its pool's only once moved)."""
+    if not ready:
         return
-    moved = context.store.move(
-        record.name, context.pool.name, "pending", "ready", context.now,
-        ready_at=context.now, ip=vm.ip, host=vm.host, not_ready_reason=None,
-    )
-    if moved:
-        logger.info("VM ready", extra={"pool": context.pool.name, "hostname": record.name,
-                                       "boot_seconds": round(age, 1)})
-        context.report.became_ready.append(record.name)
-        context.report.samples.append(DurationSample("boot", context.pool.name, age))
+    moved = context.store.move_many(context.pool.name, "pending", "ready", context.now, {
+        hostname: {"ready_at": context.now, "ip": vm.ip, "host": vm.host, "not_ready_reason": None}
+        for hostname, vm in ready.items()
+    })
+    for hostname in moved:
+        logger.info("VM ready", extra={"pool": context.pool.name, "hostname": hostname,
+                                       "boot_seconds": round(ages[hostname], 1)})
+        context.report.became_ready.append(hostname)
+        context.report.samples.append(DurationSample("boot", context.pool.name, ages[hostname]))
     context.checkpoint("ready")

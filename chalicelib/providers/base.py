@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass
-from typing import Collection, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 from chalicelib.config import PoolConfig
 from chalicelib.providers.failures import Failure, FailureKind
@@ -99,6 +99,16 @@ class Migration:
     to_host: str
 
 
+Started = Callable[[str], None]
+"""Called with a VM's name once its clone or destroy has started, before the next VM's: the
+pass's checkpoint, which renews its lease during a long batch (and where chaos tests stop it)."""
+
+
+def nothing_started(hostname: str) -> None:
+    """The ``Started`` callback of a caller that does not watch."""
+    return None
+
+
 class Provider(abc.ABC):
     """A place VMs come from. One instance serves every pool that names it."""
 
@@ -128,15 +138,52 @@ class Provider(abc.ABC):
         is the ERROR (with its kind): the reference is stored in Redis and read on a later pass,
         so it must carry the kind itself."""
 
+    def clone_vms(self, pool: PoolConfig, hostnames: Sequence[str],
+                  on_started: Started = nothing_started) -> dict[str, str | ProviderError]:
+        """Start the clones of many VMs: hostname -> task ref, or the ProviderError its ``clone``
+        raised (the others are still started); ``on_started`` is called after each clone that
+        started. This default clones one VM at a time; a provider that can start many in one
+        call (the dummy: one Redis round trip) overrides it."""
+        started: dict[str, str | ProviderError] = {}
+        for hostname in hostnames:
+            try:
+                started[hostname] = self.clone(pool, hostname)
+            except ProviderError as error:
+                started[hostname] = error
+                continue
+            on_started(hostname)
+        return started
+
     @abc.abstractmethod
     def task_status(self, task_ref: str) -> TaskStatus:
         """The state of a task this provider started, with the failure's kind when it failed.
         An unknown task is an ERROR."""
 
+    def task_statuses(self, task_refs: Sequence[str]) -> Mapping[str, TaskStatus]:
+        """``task_status`` of many tasks (task ref -> status). This default asks one at a time;
+        a ProviderError ends the call as it ends ``task_status``."""
+        return {task_ref: self.task_status(task_ref) for task_ref in dict.fromkeys(task_refs)}
+
     @abc.abstractmethod
     def destroy(self, pool: PoolConfig, hostname: str) -> str | None:
         """Start destroying a VM (powering it off first if needed). Returns a task ref, or None
         when there was nothing to destroy."""
+
+    def destroy_vms(self, pool: PoolConfig, hostnames: Sequence[str],
+                    on_started: Started = nothing_started) -> dict[str, str | ProviderError | None]:
+        """Start destroying many VMs: hostname -> what ``destroy`` returned, in order, up to the
+        first ProviderError (given for its VM; the VMs after it are not asked: the backend is
+        failing); ``on_started`` is called after each VM asked without error. This default
+        destroys one VM at a time."""
+        started: dict[str, str | ProviderError | None] = {}
+        for hostname in hostnames:
+            try:
+                started[hostname] = self.destroy(pool, hostname)
+            except ProviderError as error:
+                started[hostname] = error
+                break
+            on_started(hostname)
+        return started
 
     @abc.abstractmethod
     def check_ready(self, pool: PoolConfig, vm: VMInfo) -> Readiness:

@@ -19,7 +19,7 @@ import json
 import random
 import secrets
 from dataclasses import dataclass
-from typing import Any, Collection, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import redis
 
@@ -31,9 +31,11 @@ from chalicelib.providers.base import (
     Provider,
     ProviderError,
     Readiness,
+    Started,
     TaskState,
     TaskStatus,
     VMInfo,
+    nothing_started,
 )
 from chalicelib.providers.failures import FailureKind
 from chalicelib.store.keys import DEFAULT_PREFIX, Keys
@@ -44,34 +46,46 @@ CHANGE_LOG_KEPT = 100_000
 """Folder changes remembered for ``inventory_changes``: a pass asking about an older token lists
 the whole folder instead."""
 
-_WRITE_VM = """
--- Write (ARGV[2] non-empty) or delete a VM of a folder, and log the change: the folder's version
--- goes up by one and the VM's name is logged at that version (what vSphere's property collector
--- versions do for a real folder).
--- KEYS: folder, version, change log[, a task]. ARGV: name, the VM as JSON or '', changes kept[,
--- the task as JSON, its TTL]: a clone records its task and its VM in one step.
-if KEYS[4] then
-  redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[5])
+_WRITE_VMS = """
+-- Write or delete VMs of a folder, and log each change: the folder's version goes up by one a VM
+-- and the VM's name is logged at that version (what vSphere's property collector versions do for
+-- a real folder). Tasks are recorded in the same step: a clone records its task and its VM at once.
+-- KEYS: folder, version, change log, then one key per task.
+-- ARGV: changes kept, the tasks' TTL, the number of VMs n, then n pairs (name, the VM as JSON or
+--   '' to delete it), then one task as JSON per task key. Returns the folder's version.
+local kept, ttl, n = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+for i = 4, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[2 * n + i], 'EX', ttl)
 end
-if ARGV[2] == '' then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-else
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local version = tonumber(redis.call('GET', KEYS[2]) or '0')
+for i = 0, n - 1 do
+  local name, vm = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
+  if vm == '' then
+    redis.call('HDEL', KEYS[1], name)
+  else
+    redis.call('HSET', KEYS[1], name, vm)
+  end
+  version = redis.call('INCR', KEYS[2])
+  redis.call('ZADD', KEYS[3], version, name)
 end
-local version = redis.call('INCR', KEYS[2])
-redis.call('ZADD', KEYS[3], version, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', version - tonumber(ARGV[3]))
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', version - kept)
 return version
 """
 
 _START_IF_PRESENT = """
--- Record a task on a VM of the folder, if the folder has it. KEYS: folder, task.
--- ARGV: name, the task as JSON, its TTL. Returns 1 when recorded.
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
-  return 0
+-- Record a task on each VM the folder has. KEYS: folder, then one task key per VM.
+-- ARGV: the tasks' TTL, then per VM its name and its task as JSON.
+-- Returns per VM 1 when its task was recorded, 0 when the folder has no such VM.
+local recorded = {}
+for i = 2, #KEYS do
+  if redis.call('HEXISTS', KEYS[1], ARGV[2 * i - 2]) == 1 then
+    redis.call('SET', KEYS[i], ARGV[2 * i - 1], 'EX', ARGV[1])
+    recorded[i - 1] = 1
+  else
+    recorded[i - 1] = 0
+  end
 end
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-return 1
+return recorded
 """
 
 
@@ -109,7 +123,7 @@ class DummyProvider(Provider):
         seed = getattr(config.settings, "seed", None)
         self._random = random.Random(seed) if seed is not None else random.SystemRandom()
         self._calls = 0
-        self._write_vm = client.register_script(_WRITE_VM)
+        self._write_vms = client.register_script(_WRITE_VMS)
         self._start_if_present = client.register_script(_START_IF_PRESENT)
 
     # --- keys ---------------------------------------------------------------------------------
@@ -155,18 +169,23 @@ class DummyProvider(Provider):
         return {name: json.loads(value) for name, value in raw.items()}
 
     def _save_vm(self, folder_key: str, vm: dict[str, Any]) -> None:
-        self._write(folder_key, vm["name"], json.dumps(vm))
+        self._write(folder_key, {vm["name"]: json.dumps(vm)})
 
     def _delete_vm(self, folder_key: str, name: str) -> None:
-        self._write(folder_key, name, "")
+        self._write(folder_key, {name: ""})
 
-    def _write(self, folder_key: str, name: str, vm_json: str, task: tuple[str, dict[str, Any]] | None = None) -> None:
-        keys = [folder_key, self._version_key(folder_key), self._change_log_key(folder_key)]
-        args: list[Any] = [name, vm_json, CHANGE_LOG_KEPT]
-        if task is not None:
-            keys.append(self._task_key(task[0]))
-            args += [json.dumps(task[1]), TASK_TTL_SECONDS]
-        self._script(self._write_vm, keys, args)
+    def _write(self, folder_key: str, vms: Mapping[str, str],
+               tasks: Mapping[str, dict[str, Any]] | None = None) -> None:
+        """Write (or, for "", delete) the folder's ``vms`` (name -> JSON) and record ``tasks``
+        (ref -> task), in one round trip."""
+        tasks = tasks or {}
+        keys = [folder_key, self._version_key(folder_key), self._change_log_key(folder_key),
+                *(self._task_key(ref) for ref in tasks)]
+        args: list[Any] = [CHANGE_LOG_KEPT, TASK_TTL_SECONDS, len(vms)]
+        for name, vm_json in vms.items():
+            args += [name, vm_json]
+        args += [json.dumps(task) for task in tasks.values()]
+        self._script(self._write_vms, keys, args)
 
     def _script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         self._calls += 1
@@ -260,49 +279,87 @@ class DummyProvider(Provider):
         return result
 
     def clone(self, pool: PoolConfig, hostname: str) -> str:
+        started = self.clone_vms(pool, [hostname])[hostname]
+        if isinstance(started, ProviderError):
+            raise started
+        return started
+
+    def clone_vms(self, pool: PoolConfig, hostnames: Sequence[str],
+                  on_started: Started = nothing_started) -> dict[str, str | ProviderError]:
+        """Every clone's task and (unless it is to fail) its VM, written in one round trip: the
+        VM is in the folder from the start and shows once its clone time has passed."""
+        if not hostnames:
+            return {}
         failure = FailureKind.parse(str(self.config.pool_setting(pool, "createvm_fail_kind", "other")))
-        task_ref, task = self._new_task(pool, "clone", hostname, _CLONE, failure=failure.value)
-        if task["fails"]:
-            self._call("set", self._task_key(task_ref), json.dumps(task), ex=TASK_TTL_SECONDS)
-        else:
-            available_at = task["due"]
-            vm = {
-                "name": hostname,
-                "template": pool.template,
-                "available_at": available_at,
-                "booted_at": available_at + self._setting(pool, "boot_time"),
-                "powered_on": True,
-                "ip": "10.{}.{}.{}".format(
-                    self._random.randint(0, 255), self._random.randint(0, 255), self._random.randint(1, 254)
-                ),
-                "disks": [],
-                "snapshots": [],
-            }
-            self._write(self._folder_key(pool), hostname, json.dumps(vm), (task_ref, task))  # one round trip
-        return task_ref
+        vms: dict[str, str] = {}
+        tasks: dict[str, dict[str, Any]] = {}
+        for hostname in hostnames:
+            task_ref, task = self._new_task(pool, "clone", hostname, _CLONE, failure=failure.value)
+            tasks[task_ref] = task
+            if not task["fails"]:
+                vms[hostname] = json.dumps(self._new_vm(pool, hostname, task["due"]))
+        try:
+            self._write(self._folder_key(pool), vms, tasks)
+        except ProviderError as error:  # not written (or the answer lost: completed VMs are destroyed alike)
+            return {hostname: error for hostname in hostnames}
+        for hostname in hostnames:
+            on_started(hostname)
+        return {task["vm"]: task_ref for task_ref, task in tasks.items()}
+
+    def _new_vm(self, pool: PoolConfig, hostname: str, available_at: float) -> dict[str, Any]:
+        """A VM cloned from the pool's template, visible at ``available_at``, booted ``boot_time`` later."""
+        return {
+            "name": hostname,
+            "template": pool.template,
+            "available_at": available_at,
+            "booted_at": available_at + self._setting(pool, "boot_time"),
+            "powered_on": True,
+            "ip": "10.{}.{}.{}".format(
+                self._random.randint(0, 255), self._random.randint(0, 255), self._random.randint(1, 254)
+            ),
+            "disks": [],
+            "snapshots": [],
+        }
 
     def clone_seconds(self, pool: PoolConfig) -> float | None:
         """Every clone is done within ``createvm_max_time``."""
         return self._setting(pool, _CLONE.time_key)
 
     def task_status(self, task_ref: str) -> TaskStatus:
-        raw = self._call("get", self._task_key(task_ref))
-        if raw is None:
-            return TaskStatus(TaskState.ERROR, f"dummy: unknown task {task_ref}")
-        task = json.loads(raw)
-        if self.clock.now() < task["due"]:
-            return TaskStatus(TaskState.RUNNING)
-        if task["fails"]:
-            return TaskStatus(TaskState.ERROR, f"dummy: {task['kind']} failed (simulated failure)",
-                              FailureKind.parse(task.get("failure")))
-        self._apply(task)
-        return TaskStatus(TaskState.SUCCESS)
+        return self.task_statuses([task_ref])[task_ref]
+
+    def task_statuses(self, task_refs: Sequence[str]) -> dict[str, TaskStatus]:
+        """The tasks read in one round trip; the finished destroys among them applied in one more."""
+        refs = list(dict.fromkeys(task_refs))
+        if not refs:
+            return {}
+        raws = self._call("mget", [self._task_key(ref) for ref in refs])
+        now = self.clock.now()
+        statuses: dict[str, TaskStatus] = {}
+        destroyed: dict[str, dict[str, str]] = {}
+        for task_ref, raw in zip(refs, raws, strict=True):
+            if raw is None:
+                statuses[task_ref] = TaskStatus(TaskState.ERROR, f"dummy: unknown task {task_ref}")
+                continue
+            task = json.loads(raw)
+            if now < task["due"]:
+                statuses[task_ref] = TaskStatus(TaskState.RUNNING)
+                continue
+            if task["fails"]:
+                statuses[task_ref] = TaskStatus(TaskState.ERROR, f"dummy: {task['kind']} failed (simulated failure)",
+                                                FailureKind.parse(task.get("failure")))
+                continue
+            if task["kind"] == "destroy":  # its VM leaves the folder (again, if asked again: idempotent)
+                destroyed.setdefault(task["folder"], {})[task["vm"]] = ""
+            else:
+                self._apply(task)
+            statuses[task_ref] = TaskStatus(TaskState.SUCCESS)
+        for folder_key, gone in destroyed.items():
+            self._write(folder_key, gone)
+        return statuses
 
     def _apply(self, task: dict[str, Any]) -> None:
-        """Make a finished task's effect visible on the VM (idempotent)."""
-        if task["kind"] == "destroy":
-            self._delete_vm(task["folder"], task["vm"])
-            return
+        """Make a finished disk, snapshot or migration task's effect visible on the VM (idempotent)."""
         if task["kind"] in ("clone", "revert"):
             return  # the clone wrote its VM when it started; a revert changes nothing we model
         raw = self._call("hget", task["folder"], task["vm"])
@@ -320,10 +377,27 @@ class DummyProvider(Provider):
         self._save_vm(task["folder"], vm)
 
     def destroy(self, pool: PoolConfig, hostname: str) -> str | None:
-        task_ref, task = self._new_task(pool, "destroy", hostname, _DESTROY)
-        recorded = self._script(self._start_if_present, [self._folder_key(pool), self._task_key(task_ref)],
-                                [hostname, json.dumps(task), TASK_TTL_SECONDS])
-        return task_ref if recorded else None
+        started = self.destroy_vms(pool, [hostname])[hostname]
+        if isinstance(started, ProviderError):
+            raise started
+        return started
+
+    def destroy_vms(self, pool: PoolConfig, hostnames: Sequence[str],
+                    on_started: Started = nothing_started) -> dict[str, str | ProviderError | None]:
+        """Each VM's destroy task recorded if the folder has the VM, in one round trip (a Redis
+        failure raises: nothing was started)."""
+        if not hostnames:
+            return {}
+        tasks = [self._new_task(pool, "destroy", hostname, _DESTROY) for hostname in hostnames]
+        args: list[Any] = [TASK_TTL_SECONDS]
+        for hostname, (_, task) in zip(hostnames, tasks, strict=True):
+            args += [hostname, json.dumps(task)]
+        recorded = self._script(self._start_if_present,
+                                [self._folder_key(pool), *(self._task_key(ref) for ref, _ in tasks)], args)
+        for hostname in hostnames:
+            on_started(hostname)
+        return {hostname: ref if done else None
+                for hostname, (ref, _), done in zip(hostnames, tasks, recorded, strict=True)}
 
     def check_ready(self, pool: PoolConfig, vm: VMInfo) -> Readiness:
         if not vm.powered_on:

@@ -78,6 +78,36 @@ class Scripts:
         self.vm_task_note = load("vm_task_note")
         self.vm_task_finish = load("vm_task_finish")
         self.pool_snapshot = load("pool_snapshot")
+        self.finish_clones = load("finish_clones")
+
+
+ScriptCall = tuple[_Script, Sequence[str], Sequence[Any]]
+"""One run of a script: the script, its KEYS and its ARGV."""
+
+
+def run_many(client: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Run many script calls in one round trip (a pipeline of EVALSHA) and return their replies
+    in order. Each call is atomic and checks its own conditions, exactly as when run alone; the
+    pipeline only saves the round trips. Calls of a script Redis lacks (a new primary after a
+    failover) are loaded and run once more; they did not run the first time. Raises the first
+    other error (the calls before it ran)."""
+    if not calls:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for script, keys, args in calls:
+        # EVALSHA by hand: a pipeline given a Script object first asks SCRIPT EXISTS (a round trip).
+        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    replies = pipe.execute(raise_on_error=False)
+    missing = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if missing:
+        for script in {calls[index][0].sha: calls[index][0] for index in missing}.values():
+            script.load_into(client)
+        for index, reply in zip(missing, run_many(client, [calls[index] for index in missing]), strict=True):
+            replies[index] = reply
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 class KeyList:

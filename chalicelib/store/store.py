@@ -22,7 +22,7 @@ from chalicelib.config import RedisConfig
 from chalicelib.sizing import demand as demand_history
 from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, STATES, Keys
 from chalicelib.store.records import VMRecord
-from chalicelib.store.scripts import KeyList, Scripts
+from chalicelib.store.scripts import KeyList, ScriptCall, Scripts, run_many
 
 DAILY_STATS_TTL_SECONDS = 400 * 24 * 3600
 """How long per-day statistics stay for /summary: a bit more than a year."""
@@ -501,6 +501,28 @@ class Store:
         changed since the mark. ``lifetime_ended`` (the default lifetime in hours): move only if
         the VM's lifetime, as recorded at the time of the move, has ended by ``now``.
         Returns whether it moved."""
+        keys, args = self._move_call(hostname, pool, from_state, to_state, now, nudge, unchanged_since,
+                                     lifetime_ended, fields)
+        with _translate_errors():
+            return bool(self.scripts.move(keys=keys, args=args))
+
+    def move_many(self, pool: str, from_state: str, to_state: str, now: float,
+                  fields: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """``move`` for each VM of ``fields`` (hostname -> the fields to set on its record), in
+        one round trip: each move is its own script run and checks its own VM, as ``move`` does.
+        Returns the hostnames moved."""
+        calls: list[ScriptCall] = [
+            (self.scripts.move, *self._move_call(host, pool, from_state, to_state, now, False, None, None, changes))
+            for host, changes in fields.items()
+        ]
+        with _translate_errors():
+            moved = run_many(self.client, calls)
+        return [host for host, done in zip(fields, moved, strict=True) if done]
+
+    def _move_call(self, hostname: str, pool: str, from_state: str, to_state: str, now: float, nudge: bool,
+                   unchanged_since: int | None, lifetime_ended: float | None,
+                   fields: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+        """The KEYS and ARGV of lua/move.lua for one VM of a known pool."""
         keys = [self.keys.vm(hostname), self.keys.changes, self.keys.cloning,
                 self.keys.pool_state(pool, from_state), self.keys.pool_state(pool, to_state), self.keys.wake(pool)]
         args: list[str] = [
@@ -509,10 +531,7 @@ class Store:
             "" if lifetime_ended is None else repr(float(lifetime_ended)),
             "", "", "",
         ]
-        for name, value in fields.items():
-            args += [name, _encode(value)]
-        with _translate_errors():
-            return bool(self.scripts.move(keys=keys, args=args))
+        return keys, args + _field_args(fields)
 
     def mark_changes(self) -> int:
         """A mark on the counter every state change stamps its VM with (``change_seq``): a VM
@@ -562,11 +581,17 @@ class Store:
 
     def update_vm(self, hostname: str, **fields: Any) -> bool:
         """Set fields on an existing record (None deletes a field). False for an unknown VM."""
-        args: list[str] = []
-        for name, value in fields.items():
-            args += [name, _encode(value)]
         with _translate_errors():
-            return bool(self.scripts.update(keys=[self.keys.vm(hostname)], args=args))
+            return bool(self.scripts.update(keys=[self.keys.vm(hostname)], args=_field_args(fields)))
+
+    def update_vms(self, fields: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """``update_vm`` for each VM of ``fields`` (hostname -> its fields), in one round trip.
+        Returns the hostnames whose record existed (and was updated)."""
+        calls: list[ScriptCall] = [(self.scripts.update, [self.keys.vm(host)], _field_args(changes))
+                                   for host, changes in fields.items()]
+        with _translate_errors():
+            updated = run_many(self.client, calls)
+        return [host for host, done in zip(fields, updated, strict=True) if done]
 
     def modify_vm(self, hostname: str, pool: str, fields: Mapping[str, str], max_tags: int,
                   now: float) -> ModifyResult:
@@ -599,14 +624,14 @@ class Store:
         with _translate_errors():
             return bool(self.scripts.discover(keys=keys, args=args))
 
-    def finish_clone(self, hostname: str, now: float) -> None:
-        """The clone task is done: free its place under the task limit and note when."""
+    def finish_clones(self, hostnames: Sequence[str], now: float) -> None:
+        """Their clone tasks are done: free their places under the task limit and note when, in
+        one round trip (lua/finish_clones.lua: a record no longer there is not recreated)."""
+        if not hostnames:
+            return
         with _translate_errors():
-            pipe = self.client.pipeline(transaction=True)
-            pipe.zrem(self.keys.cloning, hostname)
-            # Only on a record that still exists (the script checks), in the same round trip.
-            self.scripts.update(keys=[self.keys.vm(hostname)], args=["clone_end", _encode(now)], client=pipe)
-            pipe.execute()
+            self.scripts.finish_clones(keys=[self.keys.cloning, *(self.keys.vm(host) for host in hostnames)],
+                                       args=[_encode(now), *hostnames])
 
     # --- per-pool lease and wake-ups ----------------------------------------------------------
 
@@ -709,6 +734,14 @@ class Store:
     def ping(self) -> None:
         with _translate_errors():
             self.client.ping()
+
+
+def _field_args(fields: Mapping[str, Any]) -> list[str]:
+    """A record's fields as script arguments: name, value, ... (None as "": the field is deleted)."""
+    args: list[str] = []
+    for name, value in fields.items():
+        args += [name, _encode(value)]
+    return args
 
 
 def _encode(value: Any) -> str:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import redis.connection
-
 from tests.harness import Harness
+from tests.support import RedisRoundTrips
 
 
 def _counts(stack: Harness, pool: str) -> dict[str, int]:
@@ -160,30 +159,9 @@ def test_return_a_vm(full: Harness) -> None:
     assert full.get(f"/api/v3/vm/{host}").json[host]["state"] == "destroyed"
 
 
-class RedisCommands:
-    """Counts what this process writes to Redis connections: one per command or pipeline."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __enter__(self) -> "RedisCommands":
-        self._original = redis.connection.AbstractConnection.send_packed_command
-        original = self._original
-
-        def counting(connection: object, command: object, check_health: bool = True) -> None:
-            self.count += 1
-            original(connection, command, check_health)  # type: ignore[arg-type]
-
-        redis.connection.AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        redis.connection.AbstractConnection.send_packed_command = self._original  # type: ignore[method-assign]
-
-
 def test_return_is_one_redis_round_trip_and_errors_still_say_why(full: Harness) -> None:
     host = full.checkout("pool2")
-    with RedisCommands() as sent:
+    with RedisRoundTrips() as sent:
         assert full.delete(f"/api/v3/vm/{host}").status == 200
     assert sent.count == 1  # the move itself finds the VM's pool and checks it is running
 

@@ -6,12 +6,12 @@ pool's counts were read twice, and the pass's duration came from the wall clock.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import pytest
 
 from chalicelib.config import PoolConfig
-from chalicelib.providers.base import ProviderError
+from chalicelib.providers.base import ProviderError, Started
 from chalicelib.providers.failures import FailureKind
 from chalicelib.store.pool_overrides import PoolOverrides
 from tests.harness import Harness, HarnessFactory
@@ -79,16 +79,14 @@ def test_a_clone_refused_at_start_is_counted_where_it_went(make_world: HarnessFa
     """The count kept after the one read follows the pass's own moves: a clone that fails to
     start is completed, not pending."""
     world = make_world(CONFIG)
-    clone = world.provider.clone
-    refusals = iter([ProviderError("datastore full", FailureKind.CAPACITY)])
+    clone_vms = world.provider.clone_vms
 
-    def refuse_the_first(pool: PoolConfig, hostname: str) -> str:
-        error = next(refusals, None)
-        if error:
-            raise error
-        return clone(pool, hostname)
+    def refuse_the_first(pool: PoolConfig, hostnames: Sequence[str],
+                         on_started: Started) -> dict[str, str | ProviderError]:
+        return {hostnames[0]: ProviderError("datastore full", FailureKind.CAPACITY),
+                **clone_vms(pool, hostnames[1:], on_started)}
 
-    monkeypatch.setattr(world.provider, "clone", refuse_the_first)
+    monkeypatch.setattr(world.provider, "clone_vms", refuse_the_first)
 
     report = world.reconcile("alpha")
 
