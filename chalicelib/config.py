@@ -13,6 +13,8 @@ translated into that form, never shown as pydantic writes them.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,27 +22,27 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated, Any, Mapping, Optional, Sequence
 
-import yaml
-from pydantic import model_validator
-from pydantic_core import PydanticCustomError
-
 from chalicelib.auth.ldap_settings import LdapSettings
+from chalicelib.auth.secrets import Secret, SecretReference
 from chalicelib.config_fields import (
     BlockReader,
     Bool,
     Ignored,
     Int0,
     Int1,
+    Invalid,
     Port,
     Seconds,
-    Secret,
+    SecretValue,
     SettingsModel,
     Str,
     StrList,
+    TrustedReader,
     Weights,
     at_least,
     bounded,
     checked_by,
+    given_fields,
     one_of,
     regex,
     show,
@@ -71,6 +73,7 @@ class ConfigError(ValueError):
 # --- the sections ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, kw_only=True)
 class ServiceConfig(SettingsModel):
     """The ``:config:`` section, with vmpooler's defaults."""
 
@@ -129,22 +132,22 @@ class ServiceConfig(SettingsModel):
     host_selection_max_age: Ignored = None
     lifetime_max: Ignored = None
 
-    @model_validator(mode="after")
-    def _derived_defaults(self) -> "ServiceConfig":
-        # Frozen model: these two are settled once, here, before anyone reads them.
-        if "vm_lifetime_auth" not in self.model_fields_set:
+    def __post_init__(self) -> None:
+        # Frozen: these two are settled once, here, before anyone reads them (idempotent, so a
+        # config built again from its canonical form is the same).
+        if self.vm_lifetime_auth == 0:
             object.__setattr__(self, "vm_lifetime_auth", self.vm_lifetime)
         if self.check_loop_delay_max < self.check_loop_delay_min:
             object.__setattr__(self, "check_loop_delay_max", self.check_loop_delay_min)
-        return self
 
 
+@dataclass(frozen=True, kw_only=True)
 class RedisConfig(SettingsModel):
     """The ``:redis:`` section."""
 
     server: Str = "localhost"
     port: Port = 6379
-    password: Optional[Secret] = None
+    password: Optional[SecretValue] = field(default=None, repr=False)
     data_ttl: Int1 = 168
     db: Int0 = 0
     tls: Bool = False
@@ -168,6 +171,7 @@ class RedisConfig(SettingsModel):
         return self.replica_ack_timeout
 
 
+@dataclass(frozen=True, kw_only=True)
 class PoolSettings(SettingsModel):
     """The keys of a ``:pools:`` entry vmpool reads itself; a pool may also set its provider's keys
     (chalicelib/providers/), which override the provider's."""
@@ -193,13 +197,15 @@ class PoolSettings(SettingsModel):
     check_loop_delay_max: Optional[Seconds] = None
     check_loop_delay_decay: Optional[Annotated[float, at_least(1.0)]] = None
     clone_limit: Optional[Int1] = None
-    sizing: Optional[Annotated[Any, checked_by(sizing_block)]] = None
+    sizing: Optional[Annotated[Any, checked_by(sizing_block, trusted=sizing_block)]] = None
+    """Canonical form: the block as written (``SizingSettings.source``), checked again when built."""
     snapshot_mainMem_ioBlockPages: Ignored = None
     snapshot_mainMem_writeThrottle: Ignored = None
     template_hostname: Ignored = None
     ready_schedule: Ignored = None
 
 
+@dataclass(frozen=True, kw_only=True)
 class AuthConfig(SettingsModel):
     """The ``:auth:`` section; ``ldap`` is the ``:ldap:`` block parsed once at load."""
 
@@ -216,6 +222,7 @@ class AuthConfig(SettingsModel):
 RATE_LIMIT_CLASSES = ("global_per_ip", "authenticated", "vm_creation", "vm_deletion")
 
 
+@dataclass(frozen=True, kw_only=True)
 class RateLimit(SettingsModel):
     """One class of ``:rate_limits:``: a request ``limit`` per ``period`` seconds."""
 
@@ -392,15 +399,18 @@ def _strip_colons(value: Any) -> Any:
 
 
 
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-"""libyaml's safe loader when PyYAML was built with it (the packaged zip is): about 8 times
-faster than the pure-Python one on a config of many pools; the same documents either way."""
-
-
 def _read_document(text: str, source: str) -> dict[str, Any]:
     """One YAML mapping, colon-stripped. Raises ConfigError naming ``source``."""
     try:
-        document = yaml.load(text, Loader=_YAML_LOADER)
+        import yaml
+    except ImportError:
+        raise ConfigError([(f"{source}: a YAML config cannot be read here (no PyYAML): publish it with "
+                           "make config-push or package it, which write its canonical JSON")]) from None
+    # libyaml's safe loader when PyYAML was built with it: about 8 times faster than the
+    # pure-Python one on a config of many pools; the same documents either way.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        document = yaml.load(text, Loader=loader)
     except yaml.YAMLError as error:
         raise ConfigError([f"{source}: not valid YAML: {error}"]) from None
     if document is None:
@@ -415,7 +425,13 @@ def parse(text: str, source: str = "config", base_dir: Path | None = None) -> Co
     (relative paths from ``base_dir``, else the working directory). Raises ConfigError listing
     every problem."""
     document = _read_document(text, source)
-    return build(merge_extra_configs(document, base_dir or Path.cwd()))
+    merged = merge_extra_configs(document, base_dir or Path.cwd())
+    try:
+        return build(merged)
+    except ImportError as error:  # a Lambda package carries no pydantic: it loads canonical JSON
+        raise ConfigError([(f"{source}: a YAML config is validated with pydantic, which is not installed here "
+                           f"({error.name}): publish it with make config-push or package it, which write its "
+                           "canonical JSON")]) from None
 
 
 MAX_EXTRA_CONFIGS = 50
@@ -475,11 +491,14 @@ def _deep_merge(main: Any, extra: Any) -> Any:
     return extra if main is None else main
 
 
-def build(document: Mapping[str, Any]) -> Config:
-    """Validate an already-parsed (colon-stripped) config document."""
-    reader = BlockReader()
+def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Config:
+    """Validate an already-parsed (colon-stripped) config document (``reader``: a BlockReader,
+    pydantic; ``TrustedReader`` for the canonical form, from_canonical)."""
+    reader = reader or BlockReader()
     for name in document:
-        if name not in TOP_LEVEL_SECTIONS:
+        if reader.trusted and name not in CANONICAL_SECTIONS:
+            reader.problems.append(f"{name}: not a section of the canonical config")
+        elif not reader.trusted and name not in TOP_LEVEL_SECTIONS:
             reader.warnings.append(f"{name}: unknown section, ignored")
 
     service = reader.model(document.get("config"), ServiceConfig, "config")
@@ -494,8 +513,8 @@ def build(document: Mapping[str, Any]) -> Config:
     for tag, pattern in raw_tagfilter.items():
         try:
             tagfilter[str(tag)] = regex(pattern)
-        except PydanticCustomError as error:
-            reader.problems.append(f"tagfilter.{tag}: {error.message()}")
+        except Invalid as error:
+            reader.problems.append(f"tagfilter.{tag}: {error}")
 
     rate_limits = _read_rate_limits(reader, document.get("rate_limits"))
 
@@ -508,7 +527,7 @@ def build(document: Mapping[str, Any]) -> Config:
         providers=MappingProxyType(providers),
         auth=auth,
         tagfilter=MappingProxyType(tagfilter),
-        warnings=tuple(reader.warnings),
+        warnings=tuple(document.get("warnings") or ()) if reader.trusted else tuple(reader.warnings),
         rate_limits=MappingProxyType(rate_limits),
         dns_configs=MappingProxyType(dns_configs),
     )
@@ -524,7 +543,8 @@ def _read_rate_limits(reader: BlockReader, raw: Any) -> dict[str, Mapping[str, i
             continue
         values = reader.model(entry, RateLimit, f"rate_limits.{name}")
         if values is not None:
-            limits[name] = MappingProxyType(values.model_dump(exclude_none=True))
+            limits[name] = MappingProxyType({key: value for key, value in dataclasses.asdict(values).items()
+                                             if value is not None})
     return limits
 
 
@@ -535,6 +555,9 @@ def _read_auth(reader: BlockReader, raw: Any) -> AuthConfig | None:
     auth = reader.model(raw, AuthConfig, "auth", skip=frozenset({"ldap"}))
     if auth is None or auth.provider != "ldap":
         return auth
+    if reader.trusted:  # the canonical form: the block as LdapSettings validated it
+        ldap_settings = reader.model(raw.get("ldap"), LdapSettings, "auth.ldap")
+        return None if ldap_settings is None else dataclasses.replace(auth, ldap=ldap_settings)
     from chalicelib.auth.base import AuthConfigError
     from chalicelib.auth.ldap_settings import parse_ldap_settings
 
@@ -543,7 +566,7 @@ def _read_auth(reader: BlockReader, raw: Any) -> AuthConfig | None:
     except AuthConfigError as error:
         reader.problems.extend(error.problems)
         return None
-    return auth.model_copy(update={"ldap": ldap})
+    return dataclasses.replace(auth, ldap=ldap)
 
 
 def _provider_class(name: str, block: Any) -> str:
@@ -613,7 +636,7 @@ def _read_pools(
         reader.problems.append(f"pools: must be a list of pools, got {show(raw)}")
         return []
     owned_by_providers = ProviderKeys()
-    pool_fields = PoolSettings.model_fields
+    pool_fields = PoolSettings.keys()
     pools: list[PoolConfig] = []
     seen: set[str] = set()
     for index, block in enumerate(raw):
@@ -645,11 +668,12 @@ def _read_pools(
             # The pool's values of its provider's keys, checked with the provider's model.
             model = type(provider_config.settings)
             own_keys = {key: value for key, value in block.items()
-                        if key in model.model_fields and key not in pool_fields and key != "provider_class"}
+                        if key in model.keys() and key not in pool_fields and key != "provider_class"}
             own = {}
             if own_keys:
                 checked = reader.model(own_keys, model, path)
-                own = None if checked is None else {name: getattr(checked, name) for name in checked.model_fields_set}
+                own = None if checked is None else {name: getattr(checked, name)
+                                                    for name in given_fields(own_keys, model)}
         if settings is None or own is None or service is None:
             continue
         domain = settings.domain
@@ -664,7 +688,7 @@ def _read_pools(
         # The keys given, as validated (model_dump would turn the sizing block into a dict), and
         # the three with a default that /config shows.
         written = {"template": settings.template, "folder": settings.folder, "alias": settings.alias}
-        written.update((name, getattr(settings, name)) for name in settings.model_fields_set)
+        written.update((name, getattr(settings, name)) for name in given_fields(block, PoolSettings))
         written.update(own)
         if isinstance(block.get("alias"), str):
             written["alias"] = block["alias"]  # vmpooler echoes it as written in /status and /config
@@ -692,15 +716,112 @@ def _written_string(value: Any) -> str | None:
     return str(value)
 
 
+# --- the canonical form ----------------------------------------------------------------------
+#
+# Where a config is accepted (make run, config-push, packaging, tests) its YAML is validated with
+# pydantic; what the Lambdas load is the canonical JSON of the validated config, written by
+# packaging (infra/packaged_config.py) and config-push, and built without pydantic or yaml
+# (config_fields.TrustedReader): a cold start pays for neither.
+
+CANONICAL_FORMAT_KEY = "vmpool_config_format"
+CANONICAL_FORMAT = 1
+CANONICAL_SECTIONS = frozenset({CANONICAL_FORMAT_KEY, "warnings", "config", "redis", "auth", "providers", "pools",
+                                "tagfilter", "dns_configs", "rate_limits"})
+
+
+def canonical(config: Config) -> dict[str, Any]:
+    """The validated config as a JSON document (``from_canonical`` builds an equal Config): each
+    block's values as validated, under their YAML keys; secrets in the clear (as the YAML holds
+    them), the pools' sizing blocks as written; the warnings of its validation."""
+    return {
+        CANONICAL_FORMAT_KEY: CANONICAL_FORMAT,
+        "config": _block(config.service),
+        "redis": _block(config.redis),
+        "providers": {name: _block(provider.settings) for name, provider in config.providers.items()},
+        "dns_configs": {name: _block(entry.settings) for name, entry in config.dns_configs.items()},
+        "pools": [{key: _plain(value) for key, value in pool.settings.items()} for pool in config.pools],
+        "auth": None if config.auth is None else _block(config.auth),
+        "tagfilter": dict(config.tagfilter),
+        "rate_limits": {name: dict(limit) for name, limit in config.rate_limits.items()},
+        "warnings": list(config.warnings),
+    }
+
+
+def canonical_json(config: Config) -> str:
+    """``canonical(config)`` as JSON text (what packaging and config-push write)."""
+    return json.dumps(canonical(config), separators=(",", ":"), default=str)
+
+
+def _block(settings: SettingsModel) -> dict[str, Any]:
+    keys = {name: key for key, name in type(settings).keys().items()}
+    return {keys[item.name]: _plain(getattr(settings, item.name)) for item in dataclasses.fields(settings)
+            if getattr(settings, item.name) is not None}
+
+
+def _plain(value: Any) -> Any:
+    """A validated value in its canonical JSON form."""
+    from chalicelib.sizing.settings import SizingSettings
+
+    if isinstance(value, Secret):
+        return value.get_secret_value()
+    if isinstance(value, SecretReference):
+        kind = "secret" if value.store == "secretsmanager" else "ssm"
+        return {kind: value.name, **({"key": value.key} if value.key is not None else {})}
+    if isinstance(value, SizingSettings):
+        return value.source
+    if isinstance(value, SettingsModel):
+        return _block(value)
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def from_canonical(document: Any, source: str = "canonical config") -> Config:
+    """Build the config from its canonical form (``canonical``). Raises ConfigError, each problem
+    with its key path, for a document of another format or of the wrong shape (edited by hand)."""
+    if not isinstance(document, dict) or document.get(CANONICAL_FORMAT_KEY) != CANONICAL_FORMAT:
+        found = document.get(CANONICAL_FORMAT_KEY) if isinstance(document, dict) else None
+        raise ConfigError([(f"{source}: not a canonical vmpool config of format {CANONICAL_FORMAT} "
+                           f"({CANONICAL_FORMAT_KEY}: {found!r})")])
+    warnings = document.get("warnings") or []
+    if not isinstance(warnings, list) or not all(isinstance(item, str) for item in warnings):
+        raise ConfigError([f"{source}: warnings: must be a list of strings"])
+    return build(document, TrustedReader())
+
+
+def canonical_document(text: str) -> dict[str, Any] | None:
+    """The canonical document ``text`` holds, or None when it is something else (YAML, or JSON
+    without the format key: a YAML config written as JSON)."""
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) and CANONICAL_FORMAT_KEY in document else None
+
+
+def from_text(text: str, source: str = "config", base_dir: Path | None = None) -> Config:
+    """A config from its canonical JSON (built without pydantic or yaml) or from YAML (validated:
+    ``parse``, which imports PyYAML and pydantic on its first use). Raises ConfigError."""
+    document = canonical_document(text)
+    if document is not None:
+        return from_canonical(document, source)
+    return parse(text, source, base_dir=base_dir)
+
+
 def load(environ: Mapping[str, str] | None = None) -> Config:
-    """Load the config named by the environment: raw YAML in VMPOOL_CONFIG, a file named by
-    VMPOOL_CONFIG_FILE, else the packaged default."""
+    """Load the config named by the environment: VMPOOL_CONFIG (the text), a file named by
+    VMPOOL_CONFIG_FILE, else the packaged default; canonical JSON (what packaging puts in the
+    Lambda zip) or YAML (validated, ``parse``)."""
     environ = os.environ if environ is None else environ
     if environ.get(CONFIG_YAML_ENV):
-        return parse(environ[CONFIG_YAML_ENV], CONFIG_YAML_ENV)
+        return from_text(environ[CONFIG_YAML_ENV], CONFIG_YAML_ENV)
     path = Path(environ.get(CONFIG_FILE_ENV) or DEFAULT_CONFIG_FILE)
     try:
         text = path.read_text()
     except OSError as error:
         raise ConfigError([f"{path}: cannot read: {error.strerror}"]) from None
-    return parse(text, str(path), base_dir=path.parent)
+    return from_text(text, str(path), base_dir=path.parent)

@@ -1,64 +1,147 @@
-"""The value types of every config model (the service's, each provider's, each DNS plugin's).
+"""The value types of every settings block (the service's, each provider's, each DNS plugin's),
+and the two ways a block becomes its typed dataclass.
 
-Each type is a pydantic field whose validator takes the raw YAML value and returns the clean one,
-or fails with the sentence a user reads after the key path (``must be an integer >= 0, got
-"five"``): the loader (chalicelib/config.py) prefixes the path and lists every problem at once.
-The validators are pydantic ``PlainValidator``s, so pydantic adds no coercion of its own and the
-messages stay ours. ``SettingsModel`` is the base of every settings block: unknown keys are kept
-aside (``model_extra``) for the loader to warn about, values are frozen, and a model's schema is
-built on its first validation (``defer_build``), so a cold start pays only for the blocks it
-reads.
+A settings block is a frozen stdlib dataclass (``@dataclass(frozen=True, kw_only=True)``, a
+``SettingsModel`` subclass) whose fields are typed with the value types below: ``Annotated``
+types carrying our own metadata (``Check``: the function that takes the raw YAML value and
+returns the clean one, or fails with the sentence a user reads after the key path, ``must be an
+integer >= 0, got "five"``; ``Alias``: the YAML key of a field when it is not the field's name).
+Defining them imports no pydantic: ``Check`` speaks pydantic's duck-typed
+``__get_pydantic_core_schema__`` and imports ``pydantic_core`` only when pydantic asks.
+
+- ``BlockReader`` validates YAML blocks where a config is accepted (``config.parse``: make run,
+  config-push, packaging, tests): one cached ``pydantic.TypeAdapter`` per dataclass, imported on
+  first use; every problem is collected with its key path, unknown keys are warned about.
+- ``TrustedReader`` builds the same dataclasses from the canonical JSON packaging and
+  config-push write from a validated config (what the Lambdas load): it walks the fields by their
+  type hints with cheap isinstance checks, so a hand-edited JSON of the wrong shape is refused
+  with its key path, and imports neither pydantic nor yaml.
 """
 
 from __future__ import annotations
 
-import os
+import collections.abc
+import dataclasses
 import re
-from types import MappingProxyType
-from typing import Annotated, Any, Callable, Container, Mapping, NoReturn, Sequence, TypeVar, Union
+import typing
+from types import MappingProxyType, NoneType, UnionType
+from typing import Annotated, Any, Callable, ClassVar, Container, Mapping, NoReturn, Sequence, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, PlainValidator, SecretStr, ValidationError
-from pydantic_core import PydanticCustomError
-
-from chalicelib.auth.secrets import SecretReference
+from chalicelib.auth.secrets import Secret, SecretReference
 
 Checker = Callable[[Any], Any]
 
-# pydantic looks for plugins (importlib.metadata's entry points: every dist-info on the path) when
-# it builds a model's first schema. vmpool uses none, and the scan would cost every cold start
-# (importlib.metadata itself is deferred: chalicelib/deferred_imports.py).
-os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+
+class Invalid(ValueError):
+    """A value failed its check; the message is what follows the key path."""
 
 
-class SettingsModel(BaseModel):
-    """A block of settings: frozen, typed, unknown keys kept in ``model_extra`` (warned, not fatal)."""
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """``Annotated`` metadata: the field's value is ``checker(raw)`` (which raises ``Invalid``).
 
-    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True, arbitrary_types_allowed=True,
-                              hide_input_in_errors=True, revalidate_instances="never", populate_by_name=True)
+    ``trusted`` (optional) builds the value from its canonical JSON form instead of the type
+    hint (the sizing block, stored as written). pydantic finds ``__get_pydantic_core_schema__``
+    by duck typing; the checker replaces pydantic's own coercion, so the messages stay ours."""
+
+    checker: Checker
+    trusted: Callable[[Any], Any] | None = None
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from pydantic_core import PydanticCustomError, core_schema
+
+        checker = self.checker
+
+        def validate(value: Any) -> Any:
+            try:
+                return checker(value)
+            except Invalid as error:
+                raise PydanticCustomError("vmpool", "{problem}", {"problem": str(error)}) from None
+
+        return core_schema.no_info_plain_validator_function(validate)
+
+
+@dataclasses.dataclass(frozen=True)
+class Alias:
+    """``Annotated`` metadata: the field's YAML key (``bases`` is written ``base``, as vmpooler does)."""
+
+    key: str
+
+
+class SettingsModel:
+    """The base of every settings block: a frozen dataclass; its YAML keys are its field names or
+    their ``Alias``. Unknown keys are warned about by the readers, never kept."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"hide_input_in_errors": True, "revalidate_instances": "never"}
+    """Read by pydantic when it validates the dataclass (a plain dict: no pydantic import here)."""
 
     @classmethod
-    def keys(cls) -> frozenset[str]:
-        """The YAML keys of the block (a field's alias when it has one); computed once per model."""
+    def keys(cls) -> Mapping[str, str]:
+        """YAML key -> field name (computed once per class)."""
         keys = cls.__dict__.get("_yaml_keys")
         if keys is None:
-            keys = frozenset(field.alias or name for name, field in cls.model_fields.items())
+            keys = MappingProxyType({_alias(hint) or name: name for name, hint in _hints(cls).items()})
             type.__setattr__(cls, "_yaml_keys", keys)
         return keys
+
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        """The names of the block's fields."""
+        return frozenset(field.name for field in dataclasses.fields(cls))
 
 
 Model = TypeVar("Model", bound=SettingsModel)
 
 
+def _hints(cls: type) -> dict[str, Any]:
+    """The dataclass fields' type hints, with their Annotated metadata (computed once per class)."""
+    hints = cls.__dict__.get("_field_hints")
+    if hints is None:
+        every = typing.get_type_hints(cls, include_extras=True)
+        hints = {field.name: every[field.name] for field in dataclasses.fields(cls)}
+        type.__setattr__(cls, "_field_hints", hints)
+    return hints
+
+
+def _metadata(hint: Any) -> tuple[Any, ...]:
+    """The Annotated metadata of ``hint`` (or of the non-None member of an Optional)."""
+    if typing.get_origin(hint) in (Union, UnionType):
+        members = [arg for arg in typing.get_args(hint) if arg is not NoneType]
+        if len(members) == 1:
+            return _metadata(members[0])
+    if typing.get_origin(hint) is Annotated:
+        return hint.__metadata__
+    return ()
+
+
+def _alias(hint: Any) -> str | None:
+    return next((item.key for item in _metadata(hint) if isinstance(item, Alias)), None)
+
+
+def is_ignored(model: type, name: str) -> bool:
+    """Whether a field is one vmpooler reads that has no effect here (``Ignored``)."""
+    return _hints(model)[name] is Any
+
+
+def given_fields(block: Mapping[str, Any], model: type[SettingsModel]) -> list[str]:
+    """The fields of ``model`` a block gives a value (a key written without one does not count)."""
+    keys = model.keys()
+    return [keys[key] for key, value in block.items() if value is not None and key in keys]
+
+
 def key_path(path: str, location: Sequence[Any]) -> str:
-    """``path`` followed by a pydantic error location: ``pools[2].size``."""
+    """``path`` followed by a location: ``pools[2].size``."""
     for part in location:
         path += f"[{part}]" if isinstance(part, int) else f".{part}"
     return path
 
 
 class BlockReader:
-    """Validates YAML blocks against their models, collecting every problem (with its key path)
-    and a warning per unknown key, so a load reports them all at once."""
+    """Validates YAML blocks against their models (pydantic), collecting every problem (with its
+    key path) and a warning per unknown key, so a load reports them all at once."""
+
+    trusted: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.problems: list[str] = []
@@ -75,31 +158,215 @@ class BlockReader:
 
     def model(self, raw: Any, model: type[Model], path: str, also_known: Container[str] = frozenset(),
               skip: frozenset[str] = frozenset()) -> Model | None:
-        """``raw`` validated with ``model`` (None and the problems recorded when it is not valid).
+        """``raw`` as a ``model`` (None and the problems recorded when it is not valid).
         A key written without a value (``key:``) counts as not given, as vmpooler reads it.
         Unknown keys are warned about, except ``also_known`` ones (validated by another model)
         and ``skip`` ones (read by the caller)."""
         block = self.mapping(raw, path)
         if block is None:
             return None
-        given = {str(key): value for key, value in block.items() if value is not None and key not in skip}
         keys = model.keys()
-        try:
-            result = model.model_validate({key: value for key, value in given.items() if key in keys})
-        except ValidationError as error:
-            for problem in error.errors(include_url=False, include_context=False, include_input=False):
-                message = "is required" if problem["type"] == "missing" else problem["msg"]
-                self.problems.append(f"{key_path(path, problem['loc'])}: {message}")
-            result = None
+        given = {str(key): value for key, value in block.items() if value is not None and key not in skip}
+        result = self.construct(model, {keys[key]: value for key, value in given.items() if key in keys}, path)
         for name in given:
             if name not in keys and name not in also_known:
                 self.warnings.append(f"{path}.{name}: unknown key, ignored")
         return result
 
+    def construct(self, model: type[Model], values: dict[str, Any], path: str) -> Model | None:
+        """``model(**values)`` validated by pydantic; None and the problems recorded when invalid."""
+        from pydantic import ValidationError
+
+        try:
+            return _adapter(model).validate_python(values)
+        except ValidationError as error:
+            names = {name: key for key, name in model.keys().items()}
+            for problem in error.errors(include_url=False, include_context=False, include_input=False):
+                message = "is required" if problem["type"] == "missing" else problem["msg"]
+                location = list(problem["loc"])
+                if location and location[0] in names:
+                    location[0] = names[location[0]]
+                self.problems.append(f"{key_path(path, location)}: {message}")
+            return None
+
+
+_ADAPTERS: dict[type, Any] = {}
+
+
+def _adapter(model: type) -> Any:
+    """The cached pydantic TypeAdapter of a settings dataclass (schema built on its first use)."""
+    adapter = _ADAPTERS.get(model)
+    if adapter is None:
+        import os
+
+        # pydantic looks for plugins (importlib.metadata's entry points: every dist-info on the
+        # path) when it builds a schema; vmpool uses none.
+        os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+        from pydantic import TypeAdapter
+
+        adapter = TypeAdapter(model)
+        _ADAPTERS[model] = adapter
+    return adapter
+
+
+class TrustedReader(BlockReader):
+    """Builds blocks from the canonical JSON of a validated config (config.canonical): field by
+    field from the type hints, with isinstance checks only; a value of the wrong shape or an
+    unknown key is a problem with its key path (a hand-edited file), never a crash."""
+
+    trusted = True
+
+    def model(self, raw: Any, model: type[Model], path: str, also_known: Container[str] = frozenset(),
+              skip: frozenset[str] = frozenset()) -> Model | None:
+        block = self.mapping(raw, path)
+        if block is None:
+            return None
+        keys = model.keys()
+        values: dict[str, Any] = {}
+        for key, value in block.items():
+            if key in skip or value is None:
+                continue
+            if key in keys:
+                values[keys[key]] = value
+            elif key not in also_known:
+                self.problems.append(f"{path}.{key}: unknown key")
+        return self.construct(model, values, path)
+
+    def construct(self, model: type[Model], values: dict[str, Any], path: str) -> Model | None:
+        try:
+            return build_dataclass(model, values, path)
+        except Invalid as error:
+            self.problems.append(str(error))
+            return None
+
+
+# --- the trusted builder ------------------------------------------------------------------------
+
+Convert = Callable[[Any, str], Any]
+_CONVERTERS: dict[Any, Convert] = {}
+
+
+def build_dataclass(model: type[Model], values: Mapping[str, Any], path: str) -> Model:
+    """``model`` from field values in canonical form (field names as keys). Raises Invalid
+    ``path.key: ...`` for a value of the wrong shape or a required field missing."""
+    hints = _hints(model)
+    built: dict[str, Any] = {}
+    for name, value in values.items():
+        hint = hints.get(name)
+        if hint is None:
+            raise Invalid(f"{path}.{name}: unknown key")
+        built[name] = _converter(hint)(value, f"{path}.{name}")
+    try:
+        return model(**built)
+    except TypeError as error:  # a required field missing
+        missing = [field.name for field in dataclasses.fields(model)
+                   if field.name not in built and field.default is dataclasses.MISSING
+                   and field.default_factory is dataclasses.MISSING]
+        raise Invalid(f"{path}.{missing[0]}: is required" if missing else f"{path}: {error}") from None
+
+
+def _wrong(path: str, wanted: str, value: Any) -> NoReturn:
+    raise Invalid(f"{path}: must be {wanted}, got {type(value).__name__}")
+
+
+def _converter(hint: Any) -> Convert:
+    """How a canonical JSON value becomes a field's value (built once per type hint)."""
+    convert = _CONVERTERS.get(hint)
+    if convert is None:
+        convert = _make_converter(hint)
+        _CONVERTERS[hint] = convert
+    return convert
+
+
+def _make_converter(hint: Any) -> Convert:
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        trusted = next((item.trusted for item in hint.__metadata__ if isinstance(item, Check) and item.trusted), None)
+        if trusted is not None:
+            def from_form(value: Any, path: str) -> Any:
+                try:
+                    return trusted(value)
+                except (Invalid, ValueError, TypeError) as error:
+                    raise Invalid(f"{path}: {error}") from None
+            return from_form
+        return _converter(hint.__origin__)
+    if hint is Any:
+        return lambda value, path: value
+    if origin in (Union, UnionType):
+        members = [arg for arg in typing.get_args(hint) if arg is not NoneType]
+        bare = [typing.get_args(m)[0] if typing.get_origin(m) is Annotated else m for m in members]
+        if set(bare) == {Secret, SecretReference}:
+            return _secret
+        if len(members) != 1:
+            raise TypeError(f"no canonical form for {hint}")
+        inner = _converter(members[0])
+        return lambda value, path: None if value is None else inner(value, path)
+    if hint is bool:
+        return lambda value, path: value if isinstance(value, bool) else _wrong(path, "true or false", value)
+    if hint is int:
+        return lambda value, path: (value if isinstance(value, int) and not isinstance(value, bool)
+                                    else _wrong(path, "an integer", value))
+    if hint is float:
+        return lambda value, path: (float(value) if isinstance(value, (int, float)) and not isinstance(value, bool)
+                                    else _wrong(path, "a number", value))
+    if hint is str:
+        return lambda value, path: value if isinstance(value, str) else _wrong(path, "a string", value)
+    if hint in (Secret, SecretReference):
+        return _secret
+    if origin is tuple:
+        item = _converter(typing.get_args(hint)[0])
+
+        def sequence(value: Any, path: str) -> tuple[Any, ...]:
+            if isinstance(value, str):  # a one-item list written as the item (vmpooler's alias)
+                value = [value]
+            if not isinstance(value, (list, tuple)):
+                _wrong(path, "a list", value)
+            return tuple(item(member, f"{path}[{index}]") for index, member in enumerate(value))
+        return sequence
+    if origin in (dict, collections.abc.Mapping):
+        item = _converter(typing.get_args(hint)[1])
+
+        def mapping(value: Any, path: str) -> Mapping[str, Any]:
+            if not isinstance(value, dict):
+                _wrong(path, "a mapping", value)
+            return MappingProxyType({str(key): item(member, f"{path}.{key}") for key, member in value.items()})
+        return mapping
+    if isinstance(hint, type) and issubclass(hint, SettingsModel):
+        def nested(value: Any, path: str) -> Any:
+            if not isinstance(value, dict):
+                _wrong(path, "a mapping", value)
+            keys = hint.keys()
+            unknown = [key for key in value if key not in keys]
+            if unknown:
+                raise Invalid(f"{path}.{unknown[0]}: unknown key")
+            return build_dataclass(hint, {keys[key]: member for key, member in value.items() if member is not None},
+                                   path)
+        return nested
+    raise TypeError(f"no canonical form for {hint}")
+
+
+def _secret(value: Any, path: str) -> Secret | SecretReference:
+    """A plain secret (a string) or a reference (its mapping), as config.canonical writes them."""
+    if isinstance(value, str):
+        return Secret(value)
+    if isinstance(value, dict):
+        from chalicelib.auth.secrets import SecretConfigError, parse_reference
+
+        try:
+            reference = parse_reference(value)
+        except SecretConfigError as error:
+            raise Invalid(f"{path}: {error}") from None
+        assert reference is not None
+        return reference
+    _wrong(path, "a string or a secret reference", value)
+
+
+# --- the value types ----------------------------------------------------------------------------
+
 
 def invalid(problem: str) -> NoReturn:
-    """Fail a value with ``problem`` (the loader puts the key path before it)."""
-    raise PydanticCustomError("vmpool", "{problem}", {"problem": problem})
+    """Fail a value with ``problem`` (the reader puts the key path before it)."""
+    raise Invalid(problem)
 
 
 def show(value: Any) -> str:
@@ -180,8 +447,8 @@ def weights(value: Any) -> Mapping[str, float]:
     for name, weight in value.items():
         try:
             checked[str(name)] = check(weight)
-        except PydanticCustomError as error:
-            invalid(f"{name}: {error.message()}")
+        except Invalid as error:
+            invalid(f"{name}: {error}")
     return MappingProxyType(checked)
 
 
@@ -227,17 +494,17 @@ def timezone_name(value: Any) -> str:
         invalid(str(error).removeprefix("time zone: "))
 
 
-def secret(value: Any) -> SecretStr | SecretReference:
-    """A password: a plain string (as vmpooler writes it; numbers as text) kept as a ``SecretStr``
+def secret(value: Any) -> Secret | SecretReference:
+    """A password: a plain string (as vmpooler writes it; numbers as text) kept as a ``Secret``
     that never prints itself, or a reference to AWS Secrets Manager / SSM Parameter Store
     (``{secret: name[, key: k]}`` / ``{ssm: name}``) that chalicelib/auth/secrets.py resolves at
     run time. The message names the problem, never the value."""
     from chalicelib.auth.secrets import SecretConfigError, parse_reference
 
-    if isinstance(value, SecretStr):
+    if isinstance(value, (Secret, SecretReference)):
         return value
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return SecretStr(str(value))
+        return Secret(str(value))
     if isinstance(value, Mapping):
         try:
             reference = parse_reference(value)
@@ -248,42 +515,38 @@ def secret(value: Any) -> SecretStr | SecretReference:
     invalid(f"must be a string or a secret reference, got {type(value).__name__}")
 
 
-def _field(checker: Checker) -> PlainValidator:
-    return PlainValidator(checker)
+def checked_by(checker: Checker, trusted: Callable[[Any], Any] | None = None) -> Check:
+    """A field checked by a function of its own (sizing blocks, time zones)."""
+    return Check(checker, trusted)
 
 
-Int = Annotated[int, _field(integer())]
-Int0 = Annotated[int, _field(integer(0))]
-Int1 = Annotated[int, _field(integer(1))]
-Port = Annotated[int, _field(integer(1, 65535))]
-Seconds = Annotated[float, _field(number(0.1))]
-Number0 = Annotated[float, _field(number(0))]
-Bool = Annotated[bool, _field(boolean)]
-Str = Annotated[str, _field(string)]
-StrList = Annotated[tuple[str, ...], _field(string_list)]
-Weights = Annotated[Mapping[str, float], _field(weights)]
-Regex = Annotated[str, _field(regex)]
-Secret = Annotated[Union[SecretStr, SecretReference], _field(secret)]
-"""A password or token: ``SecretStr`` (plain) or ``SecretReference`` (resolved at run time)."""
+def bounded(minimum: int | None = None, maximum: int | None = None) -> Check:
+    """An integer field with other bounds: ``Annotated[int, bounded(1, 100)]``."""
+    return Check(integer(minimum, maximum))
+
+
+def at_least(minimum: float) -> Check:
+    """A number field with a lower bound: ``Annotated[float, at_least(1.0)]``."""
+    return Check(number(minimum))
+
+
+def one_of(*options: str) -> Check:
+    """A string field that is one of ``options``: ``Annotated[str, one_of("tcp", "tools")]``."""
+    return Check(choice(*options))
+
+
+Int = Annotated[int, Check(integer())]
+Int0 = Annotated[int, Check(integer(0))]
+Int1 = Annotated[int, Check(integer(1))]
+Port = Annotated[int, Check(integer(1, 65535))]
+Seconds = Annotated[float, Check(number(0.1))]
+Number0 = Annotated[float, Check(number(0))]
+Bool = Annotated[bool, Check(boolean)]
+Str = Annotated[str, Check(string)]
+StrList = Annotated[tuple[str, ...], Check(string_list)]
+Weights = Annotated[Mapping[str, float], Check(weights)]
+Regex = Annotated[str, Check(regex)]
+SecretValue = Annotated[Union[Secret, SecretReference], Check(secret)]
+"""A password or token: ``Secret`` (plain) or ``SecretReference`` (resolved at run time)."""
 Ignored = Any
 """A key vmpooler reads that is accepted for compatibility and has no effect here."""
-
-
-def bounded(minimum: int | None = None, maximum: int | None = None) -> PlainValidator:
-    """An integer field with other bounds: ``Annotated[int, bounded(1, 100)]``."""
-    return _field(integer(minimum, maximum))
-
-
-def at_least(minimum: float) -> PlainValidator:
-    """A number field with a lower bound: ``Annotated[float, at_least(1.0)]``."""
-    return _field(number(minimum))
-
-
-def one_of(*options: str) -> PlainValidator:
-    """A string field that is one of ``options``: ``Annotated[str, one_of("tcp", "tools")]``."""
-    return _field(choice(*options))
-
-
-def checked_by(checker: Checker) -> PlainValidator:
-    """A field checked by a function of its own (sizing blocks, time zones)."""
-    return _field(checker)

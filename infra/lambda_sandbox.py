@@ -1,8 +1,6 @@
 """Run Python against an unpacked deployment zip as the Lambda runtime would: the runtime's
 Python, ``/var/task`` = the unpacked zip first on the path, then only what the runtime itself
-provides (the AWS SDK: ``build/venv-<version>/runtime-sdk``, infra/lambda_venv.sh) and the
-Powertools layer's ``/opt/python`` (``build/venv-<version>/powertools-layer``: the same
-Powertools and pydantic pins, built from the wheel cache), nothing else.
+provides (the AWS SDK: ``build/venv-<version>/runtime-sdk``, infra/lambda_venv.sh), nothing else.
 
 The tests run the packaged functions this way (so nothing the code imports was slimmed away,
 infra/slim_zip.py) and ``make bench`` times their cold import (bench/coldstart.py)."""
@@ -34,14 +32,11 @@ class Sandbox:
     """The Lambda venv's python; run with -I -S it sees the standard library only."""
     task_root: Path
     sdk: Path
-    layer: Path
-    """What the Powertools layer puts in /opt/python."""
 
     def command(self, *args: str) -> list[str]:
         """``python -I -S`` with sys.path = [task root, runtime SDK] + the standard library; then
         ``args`` (``-c CODE`` or a script path: a script's folder is not put on the path)."""
-        # Lambda's order: /var/task, the layers' /opt/python, the runtime's own packages.
-        prelude = f"import sys; sys.path[:0] = [{str(self.task_root)!r}, {str(self.layer)!r}, {str(self.sdk)!r}]"
+        prelude = f"import sys; sys.path[:0] = [{str(self.task_root)!r}, {str(self.sdk)!r}]"
         if args and args[0] == "-c":
             return [str(self.python), "-I", "-S", "-c", f"{prelude}\n{args[1]}", *args[2:]]
         runner = f"{prelude}\nimport runpy; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
@@ -80,10 +75,7 @@ def unpack(deployment_zip: Path, task_root: Path, python: Path | None = None) ->
     sdk = python.parent.parent / "runtime-sdk"
     if not sdk.is_dir():
         raise RuntimeError(f"{sdk} is missing: remove {python.parent.parent} and run infra/lambda_venv.sh")
-    layer = python.parent.parent / "powertools-layer" / "python"
-    if not layer.is_dir():
-        raise RuntimeError(f"{layer} is missing: remove {python.parent.parent} and run infra/lambda_venv.sh")
-    return Sandbox(python, task_root, sdk, layer)
+    return Sandbox(python, task_root, sdk)
 
 
 def stage_environment(stage: str) -> dict[str, str]:

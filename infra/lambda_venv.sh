@@ -37,7 +37,7 @@ python="$venv/bin/python"
 # module), so it comes from requirements-dev.txt's pin.
 chalice_pin="$(grep -E '^chalice==' requirements-dev.txt)"
 sdk_pin="$(grep -E '^boto3==' requirements-dev.txt)"
-want="$( (cat requirements.txt infra/lambda_venv.sh; echo "$chalice_pin"; echo "$sdk_pin") | sha256sum | cut -d' ' -f1)"
+want="$( (cat requirements.txt; echo "$chalice_pin"; echo "$sdk_pin") | sha256sum | cut -d' ' -f1)"
 stamp="$venv/.requirements.sha256"
 
 if [[ ! -x "$python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
@@ -49,13 +49,6 @@ if [[ ! -x "$python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     "$python" -m pip download --quiet --disable-pip-version-check "$sdk_pin" -d "$wheels"
     "$python" -m pip install --quiet --disable-pip-version-check --no-index --find-links "$wheels" \
         --target "$venv/runtime-sdk" "$sdk_pin"
-    # The Powertools layer's /opt/python (the zip leaves Powertools and pydantic to it,
-    # infra/slim_zip.py LAYER_PROVIDED): our pins of both, with the Tracer's X-Ray SDK, compiled.
-    "$python" -m pip install --quiet --disable-pip-version-check --no-index --find-links "$wheels" \
-        --no-deps --target "$venv/powertools-layer/python" \
-        $(grep -E '^(aws-lambda-powertools|pydantic)' requirements.txt | sed 's/\[.*\]//') \
-        pydantic-core annotated-types typing-inspection typing-extensions aws-xray-sdk wrapt
-    "$python" -m compileall -q "$venv/powertools-layer/python"
     echo "$want" > "$stamp"
 fi
 

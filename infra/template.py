@@ -33,7 +33,6 @@ from chalicelib import observability as m
 from infra import sync_config
 from infra.sync_config import STAGES, Stage
 
-ROOT = Path(__file__).resolve().parents[1]
 STATIC_TEMPLATE = Path(__file__).with_name("template.yaml")
 REDIS_NODES = ("001", "002")  # NumCacheClusters: 2 -> <replication group id>-001 and -002
 DURATION_ALARM_FRACTION = 0.9
@@ -75,24 +74,6 @@ def function_environment() -> dict[str, Any]:
     }
 
 
-def powertools_layer_parameter() -> dict[str, Any]:
-    """The AWS-managed Powertools layer every function runs with: Powertools, the X-Ray SDK and
-    pydantic v2 live there, not in the zip (infra/slim_zip.py LAYER_PROVIDED). Its ARN comes from
-    the public SSM parameter AWS publishes per architecture, Python and Powertools release, so the
-    default follows requirements.txt's Powertools pin and the runtime's Python (the one that
-    packages, infra/package.sh)."""
-    pins = dict(line.split("==", 1) for line in (ROOT / "requirements.txt").read_text().splitlines()
-                if "==" in line and not line.startswith("#"))
-    version = pins["aws-lambda-powertools[tracer]"].strip()
-    python = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    return {
-        "Type": "AWS::SSM::Parameter::Value<String>",
-        "Default": f"/aws/service/powertools/python/x86_64/{python}/{version}",
-        "Description": "The SSM parameter holding the ARN of the Powertools layer (Powertools, X-Ray SDK, "
-                       "pydantic) that matches requirements.txt; the zip does not carry them.",
-    }
-
-
 def build(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
     """The merge template for one stage (or the infra-only stack)."""
     template = yaml.safe_load(STATIC_TEMPLATE.read_text())
@@ -114,9 +95,7 @@ def build(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
         template["Description"] += " - infrastructure for `chalice deploy`"
         template["Outputs"].update(stage_outputs())
         return template
-    template["Parameters"]["PowertoolsLayerArn"] = powertools_layer_parameter()
     template["Globals"] = {"Function": {
-        "Layers": [{"Ref": "PowertoolsLayerArn"}],
         "VpcConfig": {
             "SecurityGroupIds": [{"Fn::GetAtt": ["LambdaSecurityGroup", "GroupId"]}],
             "SubnetIds": {"Ref": "PrivateSubnetIds"},

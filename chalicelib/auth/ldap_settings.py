@@ -17,14 +17,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Mapping, Optional
 
-from pydantic import Field, SecretStr, model_validator
-
 from chalicelib.config_fields import (
+    Alias,
     BlockReader,
     Bool,
-    Secret,
+    SecretValue,
     SettingsModel,
     bounded,
     checked_by,
@@ -36,7 +36,7 @@ from chalicelib.config_fields import (
 )
 
 from .base import AuthConfigError
-from .secrets import SecretReference
+from .secrets import Secret, SecretReference
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _seconds(value: Any) -> float:
     return seconds
 
 
-def _password(value: Any) -> SecretStr | SecretReference:
+def _password(value: Any) -> Secret | SecretReference:
     if value == "":
         invalid("is required")
     return secret(value)
@@ -122,22 +122,24 @@ def _password(value: Any) -> SecretStr | SecretReference:
 Seconds = Annotated[float, checked_by(_seconds)]
 
 
+@dataclass(frozen=True, kw_only=True)
 class ServiceAccount(SettingsModel):
     """``service_account_hash``: bind as this entry to search for users."""
 
     user_dn: Annotated[str, checked_by(_dn)]
-    password: Annotated[Secret, checked_by(_password)] = Field(repr=False)
+    password: Annotated[SecretValue, checked_by(_password)] = field(repr=False)
     """A secret string or a secret reference (chalicelib.auth.secrets); resolved on each use."""
 
 
+@dataclass(frozen=True, kw_only=True)
 class LdapSettings(SettingsModel):
     """The validated ``:auth: :ldap:`` block."""
 
     host: Annotated[str, checked_by(_host)]
     port: Annotated[int, bounded(1, 65535)] = 0
     """0 when not written: 636 with simple_tls, else 389 (set after validation)."""
-    bases: Annotated[tuple[str, ...], checked_by(_dns)] = Field(alias="base")
-    user_objects: Annotated[tuple[str, ...], checked_by(_attributes)] = Field(("uid",), alias="user_object")
+    bases: Annotated[tuple[str, ...], checked_by(_dns), Alias("base")]
+    user_objects: Annotated[tuple[str, ...], checked_by(_attributes), Alias("user_object")] = ("uid",)
     encryption: Annotated[str, one_of(*ENCRYPTIONS)] = "start_tls"
     ca_file: Optional[Annotated[str, checked_by(_ca_file)]] = None
     ca_data: Optional[Annotated[str, checked_by(_pem)]] = None
@@ -146,18 +148,16 @@ class LdapSettings(SettingsModel):
     receive_timeout: Seconds = 10.0
     service_account_hash: Optional[ServiceAccount] = None
 
-    @model_validator(mode="after")
-    def _port_of_encryption(self) -> "LdapSettings":
+    def __post_init__(self) -> None:
         if self.port == 0:
             object.__setattr__(self, "port", 636 if self.encryption == "simple_tls" else 389)
-        return self
 
     @property
     def service_account_dn(self) -> str | None:
         return self.service_account_hash.user_dn if self.service_account_hash else None
 
     @property
-    def service_account_password(self) -> SecretStr | SecretReference | None:
+    def service_account_password(self) -> Secret | SecretReference | None:
         return self.service_account_hash.password if self.service_account_hash else None
 
     @property

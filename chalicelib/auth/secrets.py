@@ -57,6 +57,10 @@ class Secret:
     def reveal(self) -> str:
         return self._value
 
+    def get_secret_value(self) -> str:
+        """The value (the name pydantic's SecretStr gives it, which callers of the config know)."""
+        return self._value
+
     def __repr__(self) -> str:
         return f"Secret('{REDACTED}')"
 
@@ -183,8 +187,6 @@ class SecretResolver:
             return value.reveal()
         if isinstance(value, SecretReference):
             return self.fetch(value, force_fetch=force_fetch)
-        if hasattr(value, "get_secret_value"):  # pydantic's SecretStr, as the config holds a password
-            return str(value.get_secret_value())
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):

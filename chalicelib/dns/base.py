@@ -29,6 +29,7 @@ class DnsRejected(DnsError):
     metric_key = "rejected"
 
 
+@dataclass(frozen=True, kw_only=True)
 class DnsSettings(SettingsModel):
     """The keys of a ``:dns_configs:`` entry every plugin has; each plugin's model adds its own."""
 

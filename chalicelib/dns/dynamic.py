@@ -19,14 +19,16 @@ lookup right after an update sees it.
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Optional
 
-from chalicelib.config_fields import Port, Seconds, Secret, Str, bounded, one_of
+from chalicelib.config_fields import Port, Seconds, SecretValue, Str, bounded, one_of
 from chalicelib.dns.base import DnsConfig, DnsPlugin, DnsRejected, DnsSettings, DnsUnavailable
 
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1", "hmac-md5")
 
 
+@dataclass(frozen=True, kw_only=True)
 class DynamicDnsSettings(DnsSettings):
     """A ``dynamic-dns`` entry. Without ``server`` vmpool manages nothing (the VMs register
     themselves, as in vmpooler); with it, RFC 2136 updates signed with the TSIG key."""
@@ -35,7 +37,7 @@ class DynamicDnsSettings(DnsSettings):
     port: Port = 53
     zone: Optional[Str] = None
     tsig_key_name: Optional[Str] = None
-    tsig_secret: Optional[Secret] = None
+    tsig_secret: Optional[SecretValue] = field(default=None, repr=False)
     tsig_algorithm: Annotated[str, one_of(*TSIG_ALGORITHMS)] = "hmac-sha256"
     ttl: Annotated[int, bounded(1, 604800)] = 60
     timeout: Seconds = 5.0

@@ -13,12 +13,14 @@ ListResourceRecordSets call starting at the name. Credentials are the Lambda rol
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Optional
 
 from chalicelib.config_fields import Seconds, Str, bounded
 from chalicelib.dns.base import DnsConfig, DnsError, DnsPlugin, DnsRejected, DnsSettings, DnsUnavailable
 
 
+@dataclass(frozen=True, kw_only=True)
 class Route53Settings(DnsSettings):
     """A ``route53`` entry: the hosted zone, the records' TTL, the API's region and timeout."""
 

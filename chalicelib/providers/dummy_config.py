@@ -4,6 +4,7 @@ Unset times and rates mean 0 (instant, never fails)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Optional
 
 from chalicelib.config_fields import Ignored, Int, Number0, one_of
@@ -11,6 +12,7 @@ from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.settings import ProviderSettings
 
 
+@dataclass(frozen=True, kw_only=True)
 class DummySettings(ProviderSettings):
     createvm_max_time: Optional[Number0] = None
     createvm_min_time: Optional[Number0] = None

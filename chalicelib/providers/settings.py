@@ -9,7 +9,9 @@ class, and none of them imports its provider's client library.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional, TypeVar
 
 from chalicelib.config_fields import SettingsModel, Str
@@ -25,6 +27,7 @@ _MODELS = {
 Settings = TypeVar("Settings", bound="ProviderSettings")
 
 
+@dataclass(frozen=True, kw_only=True)
 class ProviderSettings(SettingsModel):
     """The keys of a ``:providers:`` block every class has."""
 
@@ -33,10 +36,10 @@ class ProviderSettings(SettingsModel):
     def for_pool(self: Settings, pool_settings: Mapping[str, Any]) -> Settings:
         """These settings with a pool's own values of the same keys over them (``pool_settings``:
         the pool's validated keys, ``PoolConfig.settings``)."""
-        fields = type(self).model_fields
+        fields = type(self).field_names()
         overrides = {key: value for key, value in pool_settings.items()
                      if key in fields and key != "provider_class" and value is not None}
-        return self.model_copy(update=overrides) if overrides else self
+        return dataclasses.replace(self, **overrides) if overrides else self
 
 
 def settings_model(provider_class: str) -> type[ProviderSettings] | None:
@@ -69,6 +72,6 @@ def provider_keys() -> frozenset[str]:
     for provider_class in PROVIDER_CLASSES:
         model = settings_model(provider_class)
         assert model is not None
-        keys.update(model.model_fields)
+        keys.update(model.keys())
     keys.discard("provider_class")
     return frozenset(keys)

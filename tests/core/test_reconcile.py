@@ -204,7 +204,7 @@ def test_destroy_failure_is_retried_until_it_succeeds(make_world: HarnessFactory
     fill(world)
     (host,) = world.check_out("alpha")
     world.store.move(host, "alpha", "running", "completed", world.clock.now(), reason="returned")
-    settings = world.provider.config.settings.model_copy(update={"destroyvm_fail_percent": 100})
+    settings = dataclasses.replace(world.provider.config.settings, destroyvm_fail_percent=100)
     world.provider.config = dataclasses.replace(world.provider.config, settings=settings)
     world.reconcile("alpha")
     world.clock.advance(21)
@@ -213,7 +213,7 @@ def test_destroy_failure_is_retried_until_it_succeeds(make_world: HarnessFactory
     assert world.store.get_vm(host).raw["destroy_error"] == "dummy: destroy failed (simulated failure)"
     assert world.state_of(host) == "completed"
 
-    settings = world.provider.config.settings.model_copy(update={"destroyvm_fail_percent": 0})
+    settings = dataclasses.replace(world.provider.config.settings, destroyvm_fail_percent=0)
     world.provider.config = dataclasses.replace(world.provider.config, settings=settings)
     world.settle("alpha")
     assert world.state_of(host) == "destroyed"

@@ -4,9 +4,10 @@ This module imports no pyVmomi: the config is validated where pyVmomi is never l
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Annotated, Optional
 
-from chalicelib.config_fields import Bool, Ignored, Number0, Port, Seconds, Secret, Str, one_of
+from chalicelib.config_fields import Bool, Ignored, Number0, Port, Seconds, SecretValue, Str, one_of
 from chalicelib.providers.settings import ProviderSettings
 
 
@@ -17,12 +18,13 @@ def vsphere_settings(settings: ProviderSettings) -> "VSphereSettings":
     return settings
 
 
+@dataclass(frozen=True, kw_only=True)
 class VSphereSettings(ProviderSettings):
     server: Optional[Str] = None
     """vCenter's host name, optionally with ``:port``."""
     port: Optional[Port] = None
     username: Optional[Str] = None
-    password: Optional[Secret] = None
+    password: Optional[SecretValue] = field(default=None, repr=False)
     insecure: Bool = False
     ca_bundle: Optional[Str] = None
     datacenter: Optional[Str] = None
