@@ -11,8 +11,6 @@ naming its key path (``pools[2].size: must be an integer >= 0, got "five"``): py
 translated into that form, never shown as pydantic writes them.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import json
 import os

@@ -18,8 +18,6 @@ Defining them imports no pydantic: ``Check`` speaks pydantic's duck-typed
   with its key path, and imports neither pydantic nor yaml.
 """
 
-from __future__ import annotations
-
 import collections.abc
 import dataclasses
 import re

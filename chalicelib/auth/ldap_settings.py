@@ -12,8 +12,6 @@ Every problem is reported at once with its key path; unknown keys are logged and
 vmpooler config keeps working. Secrets are never put into a message.
 """
 
-from __future__ import annotations
-
 import logging
 import os
 import re

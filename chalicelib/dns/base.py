@@ -1,7 +1,5 @@
 """The one interface every DNS plugin implements, and the failures it raises."""
 
-from __future__ import annotations
-
 import abc
 from dataclasses import dataclass
 from typing import ClassVar, Optional

@@ -16,8 +16,6 @@ Updates and lookups go over TCP to the server itself (no caching resolver in bet
 lookup right after an update sees it.
 """
 
-from __future__ import annotations
-
 import socket
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Optional

@@ -11,8 +11,6 @@ Each change is one ChangeResourceRecordSets call (UPSERT / DELETE); a lookup is 
 ListResourceRecordSets call starting at the name. Credentials are the Lambda role's.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import Annotated, Any, Optional
 

@@ -2,8 +2,6 @@
 rates, vmpooler's dummy keys plus ``createvm_min_time``. Set on the provider, overridden per pool.
 Unset times and rates mean 0 (instant, never fails)."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import Annotated, Optional
 

@@ -7,8 +7,6 @@ provider's (``ProviderConfig.for_pool``). The models are imported only when a co
 class, and none of them imports its provider's client library.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import importlib
 from dataclasses import dataclass

@@ -2,8 +2,6 @@
 Readiness keys (``ready_check``, ``ready_port``, ``check_hostname``) may be overridden per pool.
 This module imports no pyVmomi: the config is validated where pyVmomi is never loaded."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass, field
 from typing import Annotated, Optional
 
