@@ -1,14 +1,19 @@
-"""Service configuration: vmpooler's YAML, loaded as it is, validated once at start.
+"""Service configuration: vmpooler's YAML, loaded as it is, validated where it is accepted.
 
 vmpooler writes top-level sections as Ruby symbols (``:pools:``); we accept that and the plain
-spelling at every level by dropping leading colons from mapping keys. Each section is a pydantic
-model (the value types and their messages: chalicelib/config_fields.py); each provider and each
-DNS plugin owns the model of its own block (chalicelib/providers/settings.py,
+spelling at every level by dropping leading colons from mapping keys. Each section is a frozen
+stdlib dataclass (the value types and their messages: chalicelib/config_fields.py); each provider
+and each DNS plugin owns the dataclass of its own block (chalicelib/providers/settings.py,
 chalicelib/dns/registry.py), and the LDAP block is parsed once into ``LdapSettings``. Every key of
 vmpooler's config is known; unknown keys log a warning instead of failing, so a config that works
-for vmpooler keeps working here. Invalid values fail the load with every problem listed, each
-naming its key path (``pools[2].size: must be an integer >= 0, got "five"``): pydantic's errors are
-translated into that form, never shown as pydantic writes them.
+for vmpooler keeps working here. ``parse`` validates with pydantic (imported on first use) and
+fails with every problem listed, each naming its key path (``pools[2].size: must be an integer >=
+0, got "five"``): pydantic's errors are translated into that form, never shown as pydantic writes
+them. What the Lambdas load is the canonical JSON of a validated config (``canonical_json``,
+written by packaging and config-push), built by ``from_canonical`` without pydantic or yaml.
+
+This module keeps real annotations (no ``from __future__ import annotations``): the canonical
+build reads the blocks' type hints, and string annotations would be compiled at every cold start.
 """
 
 import dataclasses

@@ -132,7 +132,7 @@ def test_vmpooler_config_loads_with_every_key_of_the_contract() -> None:
     assert (redis.server, redis.port, redis.password.get_secret_value(), redis.data_ttl_hours) == (
         "redis.example.com", 6380, "redis-secret", 72
     )
-    assert "redis-secret" not in repr(config)  # secrets are SecretStr: never printed
+    assert "redis-secret" not in repr(config)  # secrets are Secret (auth/secrets.py): never printed
 
     # The LDAP block is parsed once, at load, into the settings the authenticator uses.
     assert config.auth is not None and config.auth.provider == "ldap"
