@@ -96,7 +96,8 @@ def run_pool(
     sampled: int | None = None
     try:
         while True:
-            pool = pool_config or services.pool(pool_name)
+            # As configured: the pass applies the runtime overrides from its own one read of them.
+            pool = pool_config or services.config.pool(pool_name)
             if pool is None:
                 break
             store.clear_wakes(pool_name)
