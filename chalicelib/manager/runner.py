@@ -143,9 +143,9 @@ def check_delay(services: "Services", pool: PoolConfig, result: PassReport) -> f
     while it waits for clones (its own running, or slots held by other pools), so a finished
     clone's slot is reused within that interval; else ``check_loop_delay_min`` (boots,
     destroys). An idle pool is not looked at again before its schedule: no cost added there."""
-    delay = float(pool.get("check_loop_delay_min", services.config.service.check_loop_delay_min))
+    delay = pool.check_loop_delay_min or services.config.service.check_loop_delay_min
     if result.waiting_for_clones:
-        delay = min(delay, float(services.config.service.clone_poll_interval))
+        delay = min(delay, services.config.service.clone_poll_interval)
     if result.clones_started:
         # Clones the provider finishes sooner than the poll (the dummy's instant clones): look
         # when they are done, or a small pool under load refills a batch per poll interval.
