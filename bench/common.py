@@ -114,25 +114,19 @@ def _tree_cpu_seconds(pid: int) -> float:
 
 
 MAIN_PART = "main (gunicorn arbiter)"
-"""The local stack's main process: gunicorn's arbiter, which forks the HTTP workers and starts
-the scheduler's process (with one HTTP worker, the scheduler runs in that worker)."""
-
-
-def _part(pid: int) -> str:
-    """Which part of the local stack a child of its main process is."""
-    command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    if b"redis-server" in command:
-        return "redis-server"
-    return "reconcile (scheduler)" if b"local.scheduler" in command else "api workers"
+"""The local stack's main process: gunicorn's arbiter, which forks the HTTP workers (each also
+running the reconcile scheduler's threads)."""
 
 
 def stack_cpu(pid: int) -> dict[str, float]:
     """CPU seconds used so far by the local stack, by part: its main process (gunicorn's
-    arbiter), its HTTP workers, its reconcile scheduler's process, and its redis-server."""
-    usage = {MAIN_PART: _cpu_seconds(pid), "api workers": 0.0, "reconcile (scheduler)": 0.0, "redis-server": 0.0}
+    arbiter), its HTTP workers (which also run the reconcile scheduler), and its redis-server."""
+    usage = {MAIN_PART: _cpu_seconds(pid), "api workers": 0.0, "redis-server": 0.0}
     for child in _children(pid):
         try:
-            usage[_part(child)] += _tree_cpu_seconds(child)
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+            part = "redis-server" if b"redis-server" in command else "api workers"
+            usage[part] += _tree_cpu_seconds(child)
         except OSError:
             continue  # exited meanwhile
     return usage
@@ -171,7 +165,8 @@ def stack_memory(pid: int) -> dict[str, dict[str, float]]:
     add(MAIN_PART, pid)
     for child in _children(pid):
         try:
-            add_tree(_part(child), child)
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+            add_tree("redis-server" if b"redis-server" in command else "api workers", child)
         except OSError:
             continue
     return parts

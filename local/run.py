@@ -38,7 +38,6 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 
 from local.http_front import CLIENT_TIMEOUT_SECONDS, HttpFront
-from local.processes import stop_process
 from local.redis_server import RedisServer
 
 if TYPE_CHECKING:
@@ -74,28 +73,17 @@ def _lock_state_dir() -> int:
 class _StackArbiter(Arbiter):
     """gunicorn's arbiter, which also prints the banner once each of the first workers serves
     (they say so on ``ready_pipe``), or stops the stack if they have not within
-    ``start_timeout`` seconds; and, given a ``scheduler`` command, keeps that process running
-    beside the workers (started again if it dies, stopped with them)."""
+    ``start_timeout`` seconds."""
 
-    def __init__(self, front: HttpFront, ready_pipe: int, banner: str, scheduler: list[str] | None = None,
-                 keep_fds: tuple[int, ...] = (), start_timeout: float = 30.0) -> None:
+    def __init__(self, front: HttpFront, ready_pipe: int, banner: str, start_timeout: float = 30.0) -> None:
         super().__init__(front)
         self._ready_pipe = ready_pipe
         os.set_blocking(ready_pipe, False)
         self._starting = self.num_workers
         self._banner = banner
         self._start_deadline = time.monotonic() + start_timeout
-        self._scheduler_command = scheduler
-        self._keep_fds = keep_fds
-        self._scheduler: subprocess.Popen[bytes] | None = None
-        self._stopping = False
-
-    def start(self) -> None:
-        super().start()
-        self._keep_scheduler()
 
     def wait_for_signals(self, timeout: float = 1.0) -> list[int]:
-        self._keep_scheduler()
         if self._starting <= 0:
             return super().wait_for_signals(timeout)
         signals = super().wait_for_signals(min(timeout, 0.05))
@@ -106,23 +94,6 @@ class _StackArbiter(Arbiter):
         elif time.monotonic() > self._start_deadline:
             raise HaltServer(f"the HTTP workers did not start on port {self.cfg.address[0][1]}", 1)
         return signals
-
-    def stop(self, graceful: bool = True) -> None:
-        self._stopping = True
-        super().stop(graceful)
-        stop_process(self._scheduler, timeout=5)
-
-    def _keep_scheduler(self) -> None:
-        """Start the scheduler's process, or start it again if it has died (gunicorn's arbiter
-        reaps every child: its exit status is gone, ``poll`` says 0)."""
-        if self._scheduler_command is None or self._stopping:
-            return
-        if self._scheduler is not None:
-            if self._scheduler.poll() is None:
-                return
-            self.log.warning("the scheduler's process stopped; starting it again")
-        # It holds the state directory's lock too (``keep_fds``) until it has stopped.
-        self._scheduler = subprocess.Popen(self._scheduler_command, pass_fds=self._keep_fds)
 
 
 SCHEDULER_LOCK_NAME = "scheduler.lock"
@@ -176,14 +147,12 @@ def _load_app(threads: int) -> AsgiApp:
     return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads)
 
 
-def _worker_ready(interval: float | None, ready_pipe: int) -> None:
-    """In an HTTP worker, once its app is loaded: claim the scheduler's seat (``_SchedulerSeat``)
-    when the scheduler runs in the workers (``interval`` given), and tell the arbiter this
-    worker serves."""
+def _worker_ready(interval: float, ready_pipe: int) -> None:
+    """In an HTTP worker, once its app is loaded: claim the scheduler's seat (``_SchedulerSeat``),
+    and tell the arbiter this worker serves."""
     global _seat
-    if interval is not None:
-        _seat = _SchedulerSeat(interval)
-        threading.Thread(target=_seat.take_when_free, name="scheduler-seat", daemon=True).start()
+    _seat = _SchedulerSeat(interval)
+    threading.Thread(target=_seat.take_when_free, name="scheduler-seat", daemon=True).start()
     os.write(ready_pipe, b".")
 
 
@@ -202,21 +171,13 @@ def _leave_worker(error: BaseException | None) -> NoReturn:
     os._exit(code or 0)
 
 
-def _serve(port: int, workers: int, threads: int, interval: float, banner: str, state_lock: int) -> None:
+def _serve(port: int, workers: int, threads: int, interval: float, banner: str) -> None:
     """Become gunicorn's arbiter, forking the HTTP workers; return when it stops (it ends this
-    process with SystemExit on Ctrl-C or SIGTERM, once its workers are gone). The scheduler
-    runs in the one HTTP worker, or, beside two or more, in a process of its own: in a worker
-    it shares that worker's interpreter lock, and two HTTP workers beside a scheduler's
-    process measured more checkouts/s than two with the scheduler in one of them
-    (docs/performance.md, "Memory (item 6)"), while one worker with the scheduler in it is
-    the smallest stack."""
+    process with SystemExit on Ctrl-C or SIGTERM, once its workers are gone)."""
     ready_read, ready_write = os.pipe()
-    in_worker = workers == 1
     front = HttpFront(functools.partial(_load_app, threads), "127.0.0.1", port, workers,
-                      on_worker_ready=functools.partial(_worker_ready, interval if in_worker else None, ready_write))
-    scheduler = None if in_worker else [sys.executable, "-m", "local.scheduler", "--interval", str(interval),
-                                        "--parent", str(os.getpid())]
-    arbiter = _StackArbiter(front, ready_read, banner, scheduler, keep_fds=(state_lock,))
+                      on_worker_ready=functools.partial(_worker_ready, interval, ready_write))
+    arbiter = _StackArbiter(front, ready_read, banner)
     arbiter_pid = os.getpid()
     try:
         arbiter.run()
@@ -349,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--provider", choices=("dummy", "vcsim"), default=os.environ.get("PROVIDER", "dummy"))
     args = parser.parse_args(argv)
 
-    state_lock = _lock_state_dir()  # before anything starts; held until this process and its children exit
+    _lock_state_dir()  # before anything starts; held (open) until this process and its workers exit
     vcsim_process = None
     redis_server = None
     try:
@@ -372,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         workers = max(args.workers, 1)
         banner = (f"vmpool: serving http://127.0.0.1:{args.port}/api/v3 with {workers} workers; "
                   f"redis on port {redis_server.port}; pools: {', '.join(pools)}. Ctrl-C stops.")
-        _serve(args.port, workers, max(args.threads, 1), args.interval, banner, state_lock)
+        _serve(args.port, workers, max(args.threads, 1), args.interval, banner)
         return 0
     except KeyboardInterrupt:  # Ctrl-C before the arbiter took over the signals
         return 0

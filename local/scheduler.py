@@ -159,36 +159,3 @@ class LocalScheduler:
                     again = self._again.pop(message.pool, None)
                 if again:
                     self.queue.send([(again, 0.0)])
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The scheduler as a process of its own, which `make run` starts beside two or more HTTP
-    workers (``local.run``): it runs until SIGTERM or Ctrl-C, or until its parent dies.
-
-        python -m local.scheduler --interval 10 --parent PID
-    """
-    import argparse
-    import signal
-
-    from local.processes import die_with_parent
-
-    parser = argparse.ArgumentParser(description="the local stack's reconcile scheduler")
-    parser.add_argument("--interval", type=float, default=10.0, help="seconds between scheduled passes")
-    parser.add_argument("--parent", type=int, required=True, help="stop when this process (`make run`) dies")
-    args = parser.parse_args(argv)
-    die_with_parent(args.parent)
-    stop = threading.Event()
-    for stopping_signal in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(stopping_signal, lambda *_: stop.set())
-    import app as chalice_app
-
-    scheduler = LocalScheduler(chalice_app.services(), interval_seconds=args.interval)
-    scheduler.start()
-    while not stop.wait(0.5):
-        pass
-    scheduler.stop()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

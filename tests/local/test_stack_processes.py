@@ -1,7 +1,7 @@
 """The local stack's processes: a SIGKILLed `make run` leaves nothing serving (HTTP workers,
-the scheduler, redis-server); a dead HTTP worker or scheduler is replaced and the pools keep
-refilling; one state directory serves one stack at a time (a stale lock from a killed stack does
-not block the next one); a bad config starts nothing."""
+redis-server); a dead HTTP worker is replaced and the pools keep refilling, whichever worker ran
+the scheduler; one state directory serves one stack at a time (a stale lock from a killed stack
+does not block the next one); a bad config starts nothing."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_sigkill_of_the_stack_stops_its_http_workers_and_redis(tmp_path: Path) -
     with local_stack(tmp_path, CONFIG, workers=3) as stack:
         assert call("GET", f"{stack.api}/status")[0] == 200
         children = descendants(stack.process.pid)
-        assert len(children) >= 5, children  # 3 HTTP workers (the stack is their arbiter), the scheduler, redis
+        assert len(children) >= 4, children  # 3 HTTP workers (the stack is their arbiter), redis-server
         stack.process.kill()  # SIGKILL: no handler runs, no finally
         stack.process.wait()
         wait_for(lambda: not any(alive(pid) for pid in children), 20, "the stack's children to stop",
@@ -76,23 +76,16 @@ def test_a_second_stack_on_the_same_state_directory_refuses_before_starting_anyt
         assert call("GET", f"{first.api}/status")[0] == 200  # the first one is untouched
 
 
-def children_running(stack: RunningStack, what: bytes) -> set[int]:
-    """The stack's processes whose command line holds ``what``."""
+def http_workers(stack: RunningStack) -> set[int]:
+    """The stack's processes but its redis-server: its HTTP workers (the stack is their arbiter)."""
     found = set()
     for pid in descendants(stack.process.pid):
         try:
-            if what in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"redis-server" not in Path(f"/proc/{pid}/cmdline").read_bytes():
                 found.add(pid)
         except OSError:
             continue  # exited meanwhile
     return found
-
-
-def http_workers(stack: RunningStack) -> set[int]:
-    """The stack's HTTP workers (the stack is their arbiter): its processes but redis-server and
-    the scheduler's."""
-    return (children_running(stack, b"") - children_running(stack, b"redis-server")
-            - children_running(stack, b"local.scheduler"))
 
 
 def scheduler_holder(state_dir: Path) -> int | None:
@@ -109,44 +102,28 @@ def ready_count(stack: RunningStack, pool: str) -> int:
     return call("GET", f"{stack.api}/status?view=pools")[1]["pools"][pool]["ready"]
 
 
-def assert_a_checkout_is_refilled(stack: RunningStack) -> None:
-    status, body = call("POST", f"{stack.api}/vm/proc-debian")
-    assert status == 200, body
-    wait_for(lambda: ready_count(stack, "proc-debian") == 2, 20, "the checked-out VM to be replaced", stack.log)
-    assert stack.process.poll() is None
-
-
 @pytest.mark.slow
-def test_the_one_http_worker_runs_the_scheduler_and_its_replacement_takes_it_over(tmp_path: Path) -> None:
-    with local_stack(tmp_path, CONFIG, workers=1) as stack:
-        wait_for(lambda: ready_count(stack, "proc-debian") == 2, 20, "the pool to fill")
-        assert not children_running(stack, b"local.scheduler")
-        (worker,) = http_workers(stack)
-        assert scheduler_holder(stack.state_dir) == worker
-
-        os.kill(worker, signal.SIGKILL)
-        replacement = wait_for(lambda: http_workers(stack) - {worker}, 20, "a new HTTP worker", stack.log)
-        wait_for(lambda: scheduler_holder(stack.state_dir) in replacement, 20, "the new worker to run the scheduler",
-                 stack.log)
-        assert_a_checkout_is_refilled(stack)
-
-
-@pytest.mark.slow
-def test_a_killed_http_worker_or_scheduler_is_replaced_and_the_pools_keep_refilling(tmp_path: Path) -> None:
+def test_a_killed_http_worker_is_replaced_and_the_pools_keep_refilling(tmp_path: Path) -> None:
+    """The worker running the scheduler SIGKILLed: the stack (gunicorn's arbiter) starts a new
+    worker, the other worker takes the scheduler over, and a checkout is refilled."""
     with local_stack(tmp_path, CONFIG, workers=2) as stack:
         wait_for(lambda: ready_count(stack, "proc-debian") == 2, 20, "the pool to fill")
-        (scheduler,) = children_running(stack, b"local.scheduler")
         workers = http_workers(stack)
         assert len(workers) == 2, workers
+        holder = scheduler_holder(stack.state_dir)
+        assert holder in workers, (holder, workers)
 
-        os.kill(scheduler, signal.SIGKILL)
-        wait_for(lambda: children_running(stack, b"local.scheduler") - {scheduler}, 20,
-                 "the scheduler's process to start again", stack.log)
-        killed = min(workers)
-        os.kill(killed, signal.SIGKILL)
-        wait_for(lambda: killed not in http_workers(stack) and len(http_workers(stack)) == 2, 20,
+        os.kill(holder, signal.SIGKILL)
+        wait_for(lambda: len(http_workers(stack) - workers) == 1 and len(http_workers(stack)) == 2, 20,
                  "a new HTTP worker in place of the killed one", stack.log)
-        assert_a_checkout_is_refilled(stack)
+        new_holder = wait_for(lambda: scheduler_holder(stack.state_dir) in http_workers(stack)
+                              and scheduler_holder(stack.state_dir), 20, "a worker to run the scheduler", stack.log)
+        assert new_holder != holder
+
+        status, body = call("POST", f"{stack.api}/vm/proc-debian")
+        assert status == 200, body
+        wait_for(lambda: ready_count(stack, "proc-debian") == 2, 20, "the checked-out VM to be replaced", stack.log)
+        assert stack.process.poll() is None
 
 
 def test_a_bad_config_is_refused_before_anything_starts(tmp_path: Path) -> None:
