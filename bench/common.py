@@ -113,15 +113,10 @@ def _tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-MAIN_PART = "main (gunicorn arbiter)"
-"""The local stack's main process: gunicorn's arbiter, which forks the HTTP workers (each also
-running the reconcile scheduler's threads)."""
-
-
 def stack_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds used so far by the local stack, by part: its main process (gunicorn's
-    arbiter), its HTTP workers (which also run the reconcile scheduler), and its redis-server."""
-    usage = {MAIN_PART: _cpu_seconds(pid), "api workers": 0.0, "redis-server": 0.0}
+    """CPU seconds used so far by the local stack, by part: its main process (the reconcile
+    scheduler's threads), its HTTP front (gunicorn's arbiter and workers), and its redis-server."""
+    usage = {"reconcile (scheduler)": _cpu_seconds(pid), "api workers": 0.0, "redis-server": 0.0}
     for child in _children(pid):
         try:
             command = Path(f"/proc/{child}/cmdline").read_bytes()
@@ -146,7 +141,8 @@ def _memory_kb(pid: int) -> tuple[int, int]:
 def stack_memory(pid: int) -> dict[str, dict[str, float]]:
     """Memory of the local stack in MB, by part (see ``stack_cpu``): RSS summed over the part's
     processes, and PSS (which counts pages the forked workers share once), and each process's
-    [RSS, PSS] (``each_mb``). Every process of the tree counts."""
+    [RSS, PSS] (``each_mb``). Every process of the tree counts: the HTTP front is gunicorn's
+    arbiter and, below it, its workers."""
     parts: dict[str, dict[str, Any]] = {}
 
     def add(part: str, process: int) -> None:
@@ -162,7 +158,7 @@ def stack_memory(pid: int) -> dict[str, dict[str, float]]:
         for child in _children(process):
             add_tree(part, child)
 
-    add(MAIN_PART, pid)
+    add("reconcile (scheduler)", pid)
     for child in _children(pid):
         try:
             command = Path(f"/proc/{child}/cmdline").read_bytes()

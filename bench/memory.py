@@ -2,8 +2,8 @@
 
 The pool is filled, then 200 checkouts and returns go through the HTTP workers so every
 process has done its work once; the figures are taken after that, by part and by process
-(bench.common.stack_memory): the stack's main process (gunicorn's arbiter; it never imports the
-app) and its HTTP workers, one of which runs the reconcile scheduler.
+(bench.common.stack_memory): the stack's main process (the reconcile scheduler), gunicorn's
+arbiter forked from it, and the HTTP workers the arbiter forks.
 """
 
 from __future__ import annotations

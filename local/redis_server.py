@@ -20,19 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import redis
+
 from local.processes import die_with_parent, stop_process
-
-
-def answers_ping(port: int) -> bool:
-    """Whether a redis-server on ``port`` answers PING (not while it loads its data). Over a
-    plain socket: the local stack's main process does not import redis-py (docs/performance.md,
-    "Memory (item 6)")."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as connection:
-            connection.sendall(b"PING\r\n")
-            return connection.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 def free_port() -> int:
@@ -84,26 +74,32 @@ class RedisServer:
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=(lambda: die_with_parent(parent)) if self.stop_with_parent else None,
         )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout
-        while not (answers_ping(self.port) and (not migrate or self._switch_to_append_only(deadline))):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.02)
-        return self
-
-    def _switch_to_append_only(self, deadline: float) -> bool:
-        """Turn the append-only file on (Redis writes it from the data loaded) and wait for it."""
-        import redis
-
-        with redis.Redis(port=self.port, socket_connect_timeout=0.2) as client:
-            client.config_set("appendonly", "yes")
-            while time.monotonic() < deadline:
-                info = client.info("persistence")
-                if info.get("aof_enabled") == 1 and not info.get("aof_rewrite_in_progress") \
-                        and not info.get("aof_rewrite_scheduled"):
-                    return True
+        try:
+            while True:
+                try:
+                    if client.ping() and (not migrate or self._switch_to_append_only(client, deadline)):
+                        return self
+                except (redis.ConnectionError, redis.BusyLoadingError):
+                    pass
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"redis-server did not start on port {self.port}")
                 time.sleep(0.02)
+        finally:
+            client.close()
+
+    @staticmethod
+    def _switch_to_append_only(client: redis.Redis, deadline: float) -> bool:
+        """Turn the append-only file on (Redis writes it from the data loaded) and wait for it."""
+        client.config_set("appendonly", "yes")
+        while time.monotonic() < deadline:
+            info = client.info("persistence")
+            if info.get("aof_enabled") == 1 and not info.get("aof_rewrite_in_progress") \
+                    and not info.get("aof_rewrite_scheduled"):
+                return True
+            time.sleep(0.02)
         return False
 
     def kill(self) -> None:

@@ -1,17 +1,11 @@
 """`make run`: the whole service on this machine.
 
-Starts a private redis-server (its own port and data dir) and serves the Chalice app on
-http://127.0.0.1:$PORT with gunicorn and uvicorn (``local.http_front``): this process becomes
-gunicorn's arbiter, which forks the HTTP workers (one per core, each running a few event loops on
-their own threads, each loop serving one request at a time) and replaces one that dies. One of
-the workers also runs every pool's reconcile on a timer (``local.scheduler``); if it dies,
-another takes over. Ctrl-C stops all of it; so does killing this process (its children
-die with it). One stack per state directory: a second one on the same directory refuses to start.
-
-Why this layout (docs/performance.md, "Memory (item 6)"): every Python process costs its
-interpreter and its imports (a forked one counts the pages it shares with its parent too), so
-the stack has no process beside the workers but the arbiter, and the arbiter never imports the
-app (it checks the config in a child that exits).
+Starts a private redis-server (its own port and data dir), serves the Chalice app on
+http://127.0.0.1:$PORT with gunicorn and uvicorn (``local.http_front``: a worker process per
+core, each running a few event loops on their own threads, each loop serving one request at a
+time), and runs every pool's reconcile on a timer. Ctrl-C
+stops all of it; so does killing this process (its children die with it). One stack per state directory: a
+second one on the same directory refuses to start.
 
     python -m local.run [--port 8000] [--workers N] [--threads N] [--config FILE] [--provider dummy|vcsim]
 
@@ -22,27 +16,16 @@ real (simulated) vSphere clones instead of the dummy provider's.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fcntl
-import functools
+import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import threading
-import time
 import traceback
+from multiprocessing.context import ForkProcess
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
-
-from gunicorn.arbiter import Arbiter
-from gunicorn.errors import HaltServer
-
-from local.http_front import CLIENT_TIMEOUT_SECONDS, HttpFront
-from local.redis_server import RedisServer
-
-if TYPE_CHECKING:
-    from local.gateway import AsgiApp
-    from local.scheduler import LocalScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE_DIR = Path(os.environ.get("VMPOOL_STATE_DIR") or ROOT / ".run")
@@ -70,123 +53,21 @@ def _lock_state_dir() -> int:
     return descriptor
 
 
-class _StackArbiter(Arbiter):
-    """gunicorn's arbiter, which also prints the banner once each of the first workers serves
-    (they say so on ``ready_pipe``), or stops the stack if they have not within
-    ``start_timeout`` seconds."""
+def _serve_http(port: int, workers: int, threads: int, parent: int,
+                ready: "multiprocessing.synchronize.Semaphore") -> None:
+    """The HTTP front's process: gunicorn's arbiter, which forks the workers."""
+    from local.processes import die_with_parent
 
-    def __init__(self, front: HttpFront, ready_pipe: int, banner: str, start_timeout: float = 30.0) -> None:
-        super().__init__(front)
-        self._ready_pipe = ready_pipe
-        os.set_blocking(ready_pipe, False)
-        self._starting = self.num_workers
-        self._banner = banner
-        self._start_deadline = time.monotonic() + start_timeout
-
-    def wait_for_signals(self, timeout: float = 1.0) -> list[int]:
-        if self._starting <= 0:
-            return super().wait_for_signals(timeout)
-        signals = super().wait_for_signals(min(timeout, 0.05))
-        with contextlib.suppress(BlockingIOError):
-            self._starting -= len(os.read(self._ready_pipe, 64))
-        if self._starting <= 0:
-            print(self._banner, flush=True)
-        elif time.monotonic() > self._start_deadline:
-            raise HaltServer(f"the HTTP workers did not start on port {self.cfg.address[0][1]}", 1)
-        return signals
-
-
-SCHEDULER_LOCK_NAME = "scheduler.lock"
-
-
-class _SchedulerSeat:
-    """The stack's one reconcile scheduler, run by whichever HTTP worker holds the seat: a lock
-    on a file in the state directory, taken by the first worker to ask; the others wait for it,
-    and when the holder's process ends (the arbiter replaces it) the kernel drops its lock and a
-    waiting worker takes over. Why one and not one per worker, though runs take the pool's lease
-    so two could run safely: a run that finds the lease taken nudges the holder on the pool's
-    wake list, which every scheduler listens to, so two schedulers nudge each other round and
-    round while a pass runs (measured: more CPU per checkout, fewer checkouts/s)."""
-
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-        self._changing = threading.Lock()
-        self._scheduler: LocalScheduler | None = None
-        self._leaving = False
-
-    def take_when_free(self) -> None:
-        """Wait for the seat (a thread of its own), then run the scheduler in this worker."""
-        import app as chalice_app
-        from local.scheduler import LocalScheduler
-
-        descriptor = os.open(STATE_DIR / SCHEDULER_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(descriptor, fcntl.LOCK_EX)  # held until this process ends
-        with self._changing:
-            if not self._leaving:
-                self._scheduler = LocalScheduler(chalice_app.services(), interval_seconds=self._interval)
-                self._scheduler.start()
-
-    def leave(self) -> None:
-        """Stop the scheduler if this worker runs it (the process ends next, giving up the seat)."""
-        with self._changing:
-            self._leaving = True
-            scheduler = self._scheduler
-        if scheduler is not None:
-            scheduler.stop()
-
-
-_seat: _SchedulerSeat | None = None
-"""This HTTP worker's claim on the scheduler (None in the arbiter)."""
-
-
-def _load_app(threads: int) -> AsgiApp:
-    """The app an HTTP worker serves, imported in the worker (the arbiter never imports it)."""
+    die_with_parent(parent)
     import app as chalice_app
     from local.gateway import AsgiApp
+    from local.http_front import CLIENT_TIMEOUT_SECONDS, HttpFront
 
-    return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads)
+    def asgi_app() -> AsgiApp:
+        return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads)
 
-
-def _worker_ready(interval: float, ready_pipe: int) -> None:
-    """In an HTTP worker, once its app is loaded: claim the scheduler's seat (``_SchedulerSeat``),
-    and tell the arbiter this worker serves."""
-    global _seat
-    _seat = _SchedulerSeat(interval)
-    threading.Thread(target=_seat.take_when_free, name="scheduler-seat", daemon=True).start()
-    os.write(ready_pipe, b".")
-
-
-def _leave_worker(error: BaseException | None) -> NoReturn:
-    """An HTTP worker is done (gunicorn's worker code ends it with SystemExit, which reaches
-    here through the arbiter's stack it was forked from): stop its scheduler and exit now, so
-    nothing of ``main``'s (stopping Redis) runs in the worker."""
-    if _seat is not None:
-        _seat.leave()
-    code = error.code if isinstance(error, SystemExit) else 1
-    if code is not None and not isinstance(code, int):
-        print(code, file=sys.stderr)
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code or 0)
-
-
-def _serve(port: int, workers: int, threads: int, interval: float, banner: str) -> None:
-    """Become gunicorn's arbiter, forking the HTTP workers; return when it stops (it ends this
-    process with SystemExit on Ctrl-C or SIGTERM, once its workers are gone)."""
-    ready_read, ready_write = os.pipe()
-    front = HttpFront(functools.partial(_load_app, threads), "127.0.0.1", port, workers,
-                      on_worker_ready=functools.partial(_worker_ready, interval, ready_write))
-    arbiter = _StackArbiter(front, ready_read, banner)
-    arbiter_pid = os.getpid()
-    try:
-        arbiter.run()
-    except BaseException as error:
-        if os.getpid() != arbiter_pid:
-            _leave_worker(error)
-        raise
-    if os.getpid() != arbiter_pid:
-        _leave_worker(None)
+    front = HttpFront(asgi_app, "127.0.0.1", port, workers, on_worker_ready=ready.release)
+    front.run()
 
 
 VCSIM_CONFIG = """\
@@ -253,26 +134,25 @@ def _require_free_port(port: int) -> None:
 CHECKED_CONFIG_NAME = "config.json"
 
 
-def _check_config() -> tuple[int, list[str]]:
-    """Load and validate the config as the app does, in a child process (this one never imports
-    the app), and write its canonical JSON into the state directory for the HTTP workers: they
-    build it as the Lambdas do, without pydantic or PyYAML (7.6 MB a process). (0, the pool
-    names), or (2, []) after printing what is wrong with the config (1 for any other failure)."""
+def _check_config() -> int:
+    """Validate the config named by the environment in a child process, and point the
+    environment at its canonical JSON (written into the state directory, 0600): the stack's
+    processes then build it as the Lambdas do, without pydantic or PyYAML, which only the child
+    imports (7.6 MB in each of the four processes otherwise). 0, or 2 after printing what is
+    wrong with the config (1 for any other failure)."""
     read, write = os.pipe()
     child = os.fork()  # this process has no other thread yet
     if child == 0:
         os.close(read)
         status, answer = 0, ""
         try:
-            from chalicelib.config import ConfigError, canonical_json
+            from chalicelib.config import ConfigError, canonical_json, load
 
             try:
-                import app as chalice_app
-
-                checked = os.open(STATE_DIR / CHECKED_CONFIG_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(checked, "w") as out:  # secrets in the clear, as in the YAML: 0600
-                    out.write(canonical_json(chalice_app.CONFIG))
-                answer = "\n".join(chalice_app.CONFIG.pool_names)
+                checked = canonical_json(load())
+                descriptor = os.open(STATE_DIR / CHECKED_CONFIG_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(descriptor, "w") as out:  # secrets in the clear, as in the YAML: 0600
+                    out.write(checked)
             except ConfigError as error:
                 status, answer = 2, str(error)
         except BaseException:  # noqa: BLE001 - say why, and the stack refuses to start
@@ -289,10 +169,10 @@ def _check_config() -> tuple[int, list[str]]:
     if status != 0:
         if answer:
             print(answer, file=sys.stderr)
-        return status or 1, []
+        return status or 1
     os.environ.pop("VMPOOL_CONFIG", None)  # what it held is in the checked file now
     os.environ["VMPOOL_CONFIG_FILE"] = str(STATE_DIR / CHECKED_CONFIG_NAME)
-    return 0, answer.split("\n") if answer else []
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,36 +190,79 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--provider", choices=("dummy", "vcsim"), default=os.environ.get("PROVIDER", "dummy"))
     args = parser.parse_args(argv)
 
-    _lock_state_dir()  # before anything starts; held (open) until this process and its workers exit
+    from local.redis_server import RedisServer
+
+    _lock_state_dir()  # before anything starts; held (open) until this process exits
     vcsim_process = None
-    redis_server = None
+    if args.provider == "vcsim":
+        vcsim_process, config_file = _start_vcsim()
+        os.environ["VMPOOL_CONFIG_FILE"] = str(config_file)
+    elif args.config:
+        os.environ["VMPOOL_CONFIG_FILE"] = str(Path(args.config).resolve())
+    status = _check_config()  # before anything starts
+    if status:
+        if vcsim_process is not None:
+            from tools.vcsim.launcher import stop_vcsim
+
+            stop_vcsim(vcsim_process)
+        return status
+    redis_server = RedisServer(
+        port=args.redis_port or None, data_dir=STATE_DIR / f"redis-{args.provider}", persist=True,
+        die_with_parent=True,
+    ).start()
+    os.environ["VMPOOL_REDIS_URL"] = redis_server.url
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")
+
+    front: ForkProcess | None = None
+    workers = max(args.workers, 1)
+    scheduler = None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        if args.provider == "vcsim":
-            vcsim_process, config_file = _start_vcsim()
-            os.environ["VMPOOL_CONFIG_FILE"] = str(config_file)
-        elif args.config:
-            os.environ["VMPOOL_CONFIG_FILE"] = str(Path(args.config).resolve())
-        status, pools = _check_config()  # before anything is served
-        if status:
-            return status
+        from chalicelib.config import ConfigError
+
+        try:
+            import app as chalice_app  # the checked config (``_check_config``)
+        except ConfigError as error:
+            print(error, file=sys.stderr)
+            return 2
         _require_free_port(args.port)
-        redis_server = RedisServer(
-            port=args.redis_port or None, data_dir=STATE_DIR / f"redis-{args.provider}", persist=True,
-            die_with_parent=True,
-        ).start()
-        os.environ["VMPOOL_REDIS_URL"] = redis_server.url
-        os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
-        os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")
-        workers = max(args.workers, 1)
-        banner = (f"vmpool: serving http://127.0.0.1:{args.port}/api/v3 with {workers} workers; "
-                  f"redis on port {redis_server.port}; pools: {', '.join(pools)}. Ctrl-C stops.")
-        _serve(args.port, workers, max(args.threads, 1), args.interval, banner)
+        # Forked before the scheduler's threads exist: the front's processes inherit none.
+        context = multiprocessing.get_context("fork")
+        ready = context.Semaphore(0)
+        front = context.Process(target=_serve_http, name="vmpool-http",
+                                args=(args.port, workers, max(args.threads, 1), os.getpid(), ready))
+        front.start()
+        for _ in range(workers):
+            if not ready.acquire(timeout=30):
+                print(f"the HTTP workers did not start on port {args.port}", file=sys.stderr)
+                return 1
+
+        from local.scheduler import LocalScheduler
+
+        scheduler = LocalScheduler(chalice_app.services(), interval_seconds=args.interval)
+        scheduler.start()
+        pools = ", ".join(chalice_app.CONFIG.pool_names)
+        print(f"vmpool: serving http://127.0.0.1:{args.port}/api/v3 with {workers} workers; "
+              f"redis on port {redis_server.port}; pools: {pools}. Ctrl-C stops.", flush=True)
+        while not stop.wait(0.5):
+            if not front.is_alive():
+                print("the HTTP server stopped; stopping", file=sys.stderr)
+                return 1
         return 0
-    except KeyboardInterrupt:  # Ctrl-C before the arbiter took over the signals
+    except KeyboardInterrupt:
         return 0
-    finally:  # in this process only: an HTTP worker leaves through _leave_worker
-        if redis_server is not None:
-            redis_server.stop()
+    finally:
+        if scheduler:
+            scheduler.stop()
+        if front is not None:
+            front.terminate()  # SIGTERM: gunicorn stops its workers (5 s grace for requests)
+            front.join(timeout=10)
+            if front.is_alive():
+                front.kill()
+                front.join()
+        redis_server.stop()
         if vcsim_process is not None:
             from tools.vcsim.launcher import stop_vcsim
 

@@ -57,7 +57,7 @@ def test_local_stack_fills_serves_refills_and_stops_cleanly(tmp_path: Path) -> N
         )
         redis_port = int(banner.group(1))
         processes = descendants(stack.pid)
-        assert len(processes) >= 3, processes  # two HTTP workers (the stack is their arbiter) and redis-server
+        assert len(processes) >= 4, processes  # gunicorn's arbiter, two HTTP workers and redis-server
 
         def pools() -> dict[str, Any]:
             return call("GET", f"{api}/status?view=pools")[1]["pools"]
