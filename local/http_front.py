@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import errno
 import http
 import json
+import logging
 import math
 import os
 import socket
@@ -42,7 +44,6 @@ import threading
 import time
 from typing import Any, Callable, ClassVar
 
-from gunicorn import sock as gunicorn_sockets
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -64,6 +65,8 @@ MAX_HEAD_BYTES = 32 * 1024
 """Most bytes held for one request head while it arrives; more gets 431."""
 MAX_CONNECTIONS = 1000
 """Open connections per worker (gunicorn's ``worker_connections``); the next gets 503 and is closed."""
+
+logger = logging.getLogger("vmpool.http_front")
 
 
 class Refused(Exception):
@@ -187,11 +190,28 @@ def json_error_response(status: int, message: str) -> bytes:
 
 
 class _LoopServer(Server):
-    """uvicorn's server, remembering when its loop last ticked (every 0.1 s while it turns), and
-    asking its ``followers`` (the worker's other loops) to finish when it is asked to."""
+    """uvicorn's server on one event loop of a worker, remembering when its loop last ticked (every
+    0.1 s while it turns) and asking its ``followers`` (the worker's other loops) to finish when
+    it is asked to.
+
+    It opens no asyncio server: the worker's first loop accepts the connections of the worker's
+    listening socket itself and gives each to the loop that holds the fewest (``_hand``), this
+    one included. A loop calls the app inline, so the connections of one loop are served one
+    request after another: spread by the kernel (a socket per loop), 8 connections landed on
+    about 5 of 8 loops, some loops holding 3 while others held none."""
 
     ticked = 0.0
     followers: tuple["_LoopServer", ...] = ()
+    loop: asyncio.AbstractEventLoop | None = None
+    # Connections the accepting loop has given this loop, and how many of those this loop has
+    # taken up: each written by one thread only, so their difference (on their way) needs no lock.
+    handed = 0
+    adopted = 0
+    _listeners: tuple[socket.socket, ...] = ()
+
+    def held(self) -> int:
+        """Connections this loop serves or is about to."""
+        return len(self.server_state.connections) + self.handed - self.adopted
 
     async def on_tick(self, counter: int) -> bool:
         self.ticked = time.monotonic()
@@ -200,11 +220,86 @@ class _LoopServer(Server):
                 follower.should_exit = True
         return await super().on_tick(counter)
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=[])  # no asyncio server: connections come through _hand
+        self.loop = asyncio.get_running_loop()
+        self._listeners = tuple(sockets or ())
+        for listener in self._listeners:
+            listener.setblocking(False)
+            self._listen(listener)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        assert self.loop is not None
+        for listener in self._listeners:
+            self.loop.remove_reader(listener)
+        await super().shutdown(sockets=sockets)
+
+    def _listen(self, listener: socket.socket) -> None:
+        assert self.loop is not None
+        if not self.should_exit:
+            self.loop.add_reader(listener, self._accept, listener)
+
+    def _accept(self, listener: socket.socket) -> None:
+        """Every connection waiting on ``listener`` (as asyncio's own accept does), each handed on."""
+        assert self.loop is not None
+        for _ in range(self.config.backlog):
+            try:
+                connection, _ = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as error:
+                if error.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                # Out of descriptors or memory: the socket stays readable, so stop watching it
+                # for a second instead of spinning (asyncio does the same).
+                logger.warning("accept failed (%s); accepting again in 1 s", error)
+                self.loop.remove_reader(listener)
+                self.loop.call_later(1.0, self._listen, listener)
+                return
+            connection.setblocking(False)
+            self._hand(connection)
+
+    def _hand(self, connection: socket.socket) -> None:
+        """Give ``connection`` to the loop holding the fewest (this one, the accepting loop, last
+        among equals)."""
+        running = [follower for follower in self.followers if follower.loop is not None and follower.started]
+        target = min((*running, self), key=_LoopServer.held)
+        target.handed += 1
+        if target is self:
+            self._adopt(connection)
+            return
+        assert target.loop is not None
+        try:
+            target.loop.call_soon_threadsafe(target._adopt, connection)
+        except RuntimeError:  # that loop has closed (its worker is stopping)
+            target.adopted += 1
+            connection.close()
+
+    def _adopt(self, connection: socket.socket) -> None:
+        """Serve ``connection`` on this loop (called on this loop's thread)."""
+        assert self.loop is not None
+        if self.should_exit:
+            self.adopted += 1
+            connection.close()
+            return
+        task = self.loop.create_task(self.loop.connect_accepted_socket(self._protocol, sock=connection))
+        # Counted as adopted once connection_made has run (the connection is then in
+        # server_state.connections), so held() never undercounts in between.
+        task.add_done_callback(self._adopted)
+
+    def _adopted(self, task: "asyncio.Task[Any]") -> None:
+        self.adopted += 1
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("a connection could not be served: %s", task.exception())
+
+    def _protocol(self) -> asyncio.Protocol:
+        protocol_class: Any = self.config.http_protocol_class
+        return protocol_class(config=self.config, server_state=self.server_state, app_state=self.lifespan.state)
+
 
 class _LoopThread(threading.Thread):
-    """One more event loop of a worker: its own thread, its own listening socket on the port
-    (SO_REUSEPORT: the kernel spreads connections over every loop of every worker), its own
-    uvicorn server calling the app inline."""
+    """One more event loop of a worker: its own thread and uvicorn server calling the app inline,
+    serving the connections the worker's first loop hands it."""
 
     def __init__(self, worker: "OneAppWorker", number: int) -> None:
         super().__init__(name=f"vmpool-http-loop-{number}", daemon=True)
@@ -212,12 +307,11 @@ class _LoopThread(threading.Thread):
         config.callback_notify = None  # the worker's first loop tells the arbiter it is alive
         self.server = _LoopServer(config=config)
         self.server.ticked = time.monotonic()
-        self.sockets = gunicorn_sockets.create_sockets(worker.cfg, worker.log)
         self.worker = worker
 
     def run(self) -> None:
         try:
-            asyncio.run(self.server.serve(sockets=self.sockets))
+            asyncio.run(self.server.serve(sockets=[]))
         finally:  # a loop that died takes its worker down: the arbiter starts a new one
             self.worker.stop_serving()
 
