@@ -37,7 +37,6 @@ import errno
 import http
 import json
 import logging
-import math
 import os
 import socket
 import threading
@@ -63,6 +62,8 @@ MAX_HEADER_FIELD_BYTES = 8190
 """Longest header field (name and value); longer gets 431."""
 MAX_HEAD_BYTES = 32 * 1024
 """Most bytes held for one request head while it arrives; more gets 431."""
+STARTUP_SECONDS = 30
+"""How long a worker's first loop waits for its other loops to start before it accepts anyway."""
 MAX_CONNECTIONS = 1000
 """Open connections per worker (gunicorn's ``worker_connections``); the next gets 503 and is closed."""
 
@@ -86,6 +87,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     _head_bytes = 0
     _header_fields = 0
     _refusal: Refused | None = None
+    over_limit = False
+    """Set by the worker's accepting loop on a connection past the worker's bound: answered 503
+    and closed at once (uvicorn's own check, at each request, would answer in text)."""
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -94,9 +98,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             # gunicorn makes its listening socket with protocol 0, so asyncio does not know it is
             # TCP and leaves Nagle on: a body written after its head would wait for an ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.limit_concurrency is not None and len(self.connections) >= self.limit_concurrency:
-            # limit_concurrency is worker_connections + 1: uvicorn's own check (connections >=
-            # limit, at each request) would answer in text; this one refuses the connection first.
+        if self.over_limit:
             self.connections.discard(self)  # counted no more, though closed only on the next turn
             self._refuse(Refused(503, "too many open connections; try again"))
             return
@@ -202,6 +204,8 @@ class _LoopServer(Server):
 
     ticked = 0.0
     followers: tuple["_LoopServer", ...] = ()
+    max_connections: int | None = None
+    """The worker's bound on open connections, over all its loops (on the accepting loop)."""
     loop: asyncio.AbstractEventLoop | None = None
     # Connections the accepting loop has given this loop, and how many of those this loop has
     # taken up: each written by one thread only, so their difference (on their way) needs no lock.
@@ -221,9 +225,16 @@ class _LoopServer(Server):
         return await super().on_tick(counter)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=[])  # no asyncio server: connections come through _hand
         self.loop = asyncio.get_running_loop()
+        await super().startup(sockets=[])  # no asyncio server: connections come through _hand
         self._listeners = tuple(sockets or ())
+        # Accept once every loop can take connections, so the first ones are spread too (until
+        # then they wait in the listening socket's backlog).
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while self._listeners and not self.should_exit and time.monotonic() < deadline:
+            if all(follower.started for follower in self.followers):
+                break
+            await asyncio.sleep(0.005)
         for listener in self._listeners:
             listener.setblocking(False)
             self._listen(listener)
@@ -262,8 +273,12 @@ class _LoopServer(Server):
     def _hand(self, connection: socket.socket) -> None:
         """Give ``connection`` to the loop holding the fewest (this one, the accepting loop, last
         among equals)."""
-        running = [follower for follower in self.followers if follower.loop is not None and follower.started]
-        target = min((*running, self), key=_LoopServer.held)
+        loops = (*(follower for follower in self.followers if follower.started), self)
+        if self.max_connections is not None and sum(loop.held() for loop in loops) >= self.max_connections:
+            self.handed += 1
+            self._adopt(connection, over_limit=True)
+            return
+        target = min(loops, key=_LoopServer.held)
         target.handed += 1
         if target is self:
             self._adopt(connection)
@@ -275,14 +290,21 @@ class _LoopServer(Server):
             target.adopted += 1
             connection.close()
 
-    def _adopt(self, connection: socket.socket) -> None:
-        """Serve ``connection`` on this loop (called on this loop's thread)."""
+    def _adopt(self, connection: socket.socket, over_limit: bool = False) -> None:
+        """Serve ``connection`` on this loop (called on this loop's thread); one ``over_limit``
+        gets 503."""
         assert self.loop is not None
         if self.should_exit:
             self.adopted += 1
             connection.close()
             return
-        task = self.loop.create_task(self.loop.connect_accepted_socket(self._protocol, sock=connection))
+
+        def protocol() -> asyncio.Protocol:
+            made = self._protocol()
+            made.over_limit = over_limit
+            return made
+
+        task = self.loop.create_task(self.loop.connect_accepted_socket(protocol, sock=connection))
         # Counted as adopted once connection_made has run (the connection is then in
         # server_state.connections), so held() never undercounts in between.
         task.add_done_callback(self._adopted)
@@ -292,7 +314,7 @@ class _LoopServer(Server):
         if not task.cancelled() and task.exception() is not None:
             logger.warning("a connection could not be served: %s", task.exception())
 
-    def _protocol(self) -> asyncio.Protocol:
+    def _protocol(self) -> Any:
         protocol_class: Any = self.config.http_protocol_class
         return protocol_class(config=self.config, server_state=self.server_state, app_state=self.lifespan.state)
 
@@ -311,7 +333,8 @@ class _LoopThread(threading.Thread):
 
     def run(self) -> None:
         try:
-            asyncio.run(self.server.serve(sockets=[]))
+            with asyncio.Runner(loop_factory=self.server.config.get_loop_factory()) as runner:
+                runner.run(self.server.serve(sockets=[]))
         finally:  # a loop that died takes its worker down: the arbiter starts a new one
             self.worker.stop_serving()
 
@@ -341,7 +364,9 @@ class OneAppWorker(UvicornWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.config.limit_concurrency = self.cfg.worker_connections + 1  # see connection_made
+        # The accepting loop bounds the worker's connections (_LoopServer._hand); uvicorn's own
+        # check, per loop at each request, stays above it.
+        self.config.limit_concurrency = self.cfg.worker_connections + 1
         self._loops = []
 
     def init_process(self) -> None:
@@ -352,9 +377,8 @@ class OneAppWorker(UvicornWorker):
         self.config.app = self.wsgi
         self.config.load()
         loops = max(int(getattr(self.wsgi, "threads", 1)), 1)
-        # worker_connections is the worker's bound: shared among its loops.
-        self.config.limit_concurrency = math.ceil(self.cfg.worker_connections / loops) + 1
         self._server = _LoopServer(config=self.config)
+        self._server.max_connections = self.cfg.worker_connections
         self._loops = [_LoopThread(self, number) for number in range(1, loops)]
         self._server.followers = tuple(loop.server for loop in self._loops)
         for loop in self._loops:
