@@ -78,6 +78,43 @@ class Refused(Exception):
         self.status = status
 
 
+class _CoalescingTransport:
+    """A connection's transport that sends what one step of the event loop writes in one
+    ``send``: uvicorn writes an answer's head and body separately, which made two TCP segments
+    and often two wake-ups of the client (a keep-alive client reads the head, then waits for the
+    body). Held writes go out when the answer is complete, when the connection closes, or at the
+    loop's next turn, whichever comes first."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(data)
+
+    def flush(self) -> None:
+        """Send whatever is held."""
+        if self._held:
+            data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+            self._held = []
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:  # anything else: the transport's own
+        return getattr(self._transport, name)
+
+
 class BoundedHttpProtocol(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol on httptools, bounded and answering in JSON (see the module's
     docstring)."""
@@ -93,6 +130,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # gunicorn makes its listening socket with protocol 0, so asyncio does not know it is
@@ -142,6 +180,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._cancel_head_timer()
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        self.transport.flush()  # type: ignore[attr-defined]
+        super().on_response_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
