@@ -3,13 +3,16 @@ through ``local.gateway``.
 
 Chalice keeps the request being served on the app object (``app.current_request``); the
 service's app keeps it per thread (``chalicelib.api.chalice_app.RequestLocalChalice``). Each
-worker here is a process with its own app and a few event loops, each on its own thread with its
-own listening socket on the port (``AsgiApp.threads`` of them; one for an app that is not
-request-local): connections, request heads and bodies are read without blocking anyone (a slow
-client costs a coroutine, not a worker), and each loop then calls the app inline, so a worker
-overlaps its requests' Redis waits across its loops while each thread sees only its own request.
-gunicorn's arbiter shares the port among the workers, restarts one that dies or whose loops are
-stuck, and stops them on SIGTERM or Ctrl-C.
+worker here is a process with its own app, its own listening socket on the port (SO_REUSEPORT:
+the kernel spreads new connections over the workers) and a few event loops, each on its own
+thread (``AsgiApp.threads`` of them; one for an app that is not request-local). The worker's
+first loop accepts its connections and gives each to the loop holding the fewest. Connections,
+request heads and bodies are read without blocking anyone (a slow client costs a coroutine, not a
+worker), and each loop then calls the app inline, so a worker overlaps its requests' Redis waits
+across its loops while each thread sees only its own request; up to as many connections as it
+has loops, a worker serves each on a loop of its own, as a thread per connection would.
+gunicorn's arbiter restarts a worker that dies or whose loops are stuck, and stops them on
+SIGTERM or Ctrl-C.
 
 Why uvicorn's worker (``uvicorn-worker``, on httptools: llhttp, Node's HTTP/1.1 parser, in C)
 and not gunicorn's own asyncio worker: gunicorn parses HTTP in Python, which cost about a third
@@ -19,7 +22,8 @@ CPU per request is that front's or lower. Measured A/B in docs/performance.md.
 What we add to uvicorn:
 
 - event loops on several threads of a worker (``OneAppWorker``), instead of one loop handing
-  requests to a thread pool;
+  requests to a thread pool, and connections handed to the least-loaded loop;
+- one ``send`` per answer (``_CoalescingTransport``), where uvicorn writes head and body apart;
 - the bounds llhttp leaves to its user, as gunicorn has them: request target (414), header
   fields and head size (431), open connections per worker (503), and a deadline for every
   request head (408), not only for idle kept-alive connections;
@@ -383,9 +387,9 @@ class _LoopThread(threading.Thread):
 
 class OneAppWorker(UvicornWorker):
     """A gunicorn worker running uvicorn: as many event loops as the app allows threads
-    (``AsgiApp.threads``), each on its own thread and listening socket, each calling the app
-    inline, one request at a time per loop; bounded as ``BoundedHttpProtocol`` says; dies with
-    the arbiter.
+    (``AsgiApp.threads``), each on its own thread, each calling the app inline, one request at a
+    time per loop, the first one accepting the worker's connections for all (``_LoopServer``);
+    bounded as ``BoundedHttpProtocol`` says; dies with the arbiter.
 
     Why loops and not one loop handing requests to a pool of threads: a hand-off costs two
     thread wake-ups per request (the pool thread, then the loop for the answer), each a wait in
@@ -393,7 +397,8 @@ class OneAppWorker(UvicornWorker):
     connection does, while a slow client still costs only a coroutine."""
 
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
-        "loop": "asyncio",  # uvloop measured no faster here once TCP_NODELAY is set
+        # uvloop (libuv): less CPU per request than asyncio's own loop (docs/performance.md).
+        "loop": "uvloop",
         "http": BoundedHttpProtocol,
         "lifespan": "off",
         "proxy_headers": False,  # the client's address is the socket's: no X-Forwarded-For
