@@ -10,7 +10,8 @@ runtime's Python that sees the zip and the runtime's SDK only (infra/lambda_sand
 - ``reconcile_first_use``: what the tick's or the consumer's first invocation adds after that:
   the reconcile code (``chalicelib.manager.dispatch`` and the pass), which the API never loads.
 - ``vsphere_first_use``: what the consumer's first vSphere pass adds after that
-  (``chalicelib.providers.vsphere``, pyVmomi).
+  (``chalicelib.providers.vsphere.provider``, pyVmomi: the package itself imports nothing, so that
+  the config can import the provider's settings module without pyVmomi).
 - the zip's size, and its largest top-level packages.
 """
 
@@ -33,7 +34,8 @@ CASES = {
     "api": ("dev", "", "import app"),
     "api_traced": ("prod", "", "import app"),
     "reconcile_first_use": ("dev", "import app", "import chalicelib.manager.dispatch"),
-    "vsphere_first_use": ("dev", "import app, chalicelib.manager.dispatch", "import chalicelib.providers.vsphere"),
+    "vsphere_first_use": ("dev", "import app, chalicelib.manager.dispatch",
+                          "import chalicelib.providers.vsphere.provider"),
 }
 
 

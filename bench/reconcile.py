@@ -154,7 +154,7 @@ def vcsim_pool(client: redis.Redis, size: int, steady_runs: int) -> dict[str, An
     import tempfile
     from pathlib import Path
 
-    from chalicelib.providers.vsphere import VSphereProvider
+    from chalicelib.providers.vsphere.provider import VSphereProvider
     from tests.vsphere.vcsim import VcsimServer, vcsim_config
     from tools.vcsim import launcher
 

@@ -1,24 +1,62 @@
-"""Service configuration: vmpooler's YAML, loaded as it is, validated once at start.
+"""Service configuration: vmpooler's YAML, loaded as it is, validated where it is accepted.
 
 vmpooler writes top-level sections as Ruby symbols (``:pools:``); we accept that and the plain
-spelling at every level by dropping leading colons from mapping keys. Every key of vmpooler's
-config is known; unknown keys log a warning instead of failing, so a config that works for
-vmpooler keeps working here. Invalid values fail the load with every problem listed, each naming
-its key path (``pools[2].size: must be an integer >= 0, got "five"``).
+spelling at every level by dropping leading colons from mapping keys. Each section is a frozen
+stdlib dataclass (the value types and their messages: chalicelib/config_fields.py); each provider
+and each DNS plugin owns the dataclass of its own block (chalicelib/providers/settings.py,
+chalicelib/dns/registry.py), and the LDAP block is parsed once into ``LdapSettings``. Every key of
+vmpooler's config is known; unknown keys log a warning instead of failing, so a config that works
+for vmpooler keeps working here. ``parse`` validates with pydantic (imported on first use) and
+fails with every problem listed, each naming its key path (``pools[2].size: must be an integer >=
+0, got "five"``): pydantic's errors are translated into that form, never shown as pydantic writes
+them. What the Lambdas load is the canonical JSON of a validated config (``canonical_json``,
+written by packaging and config-push), built by ``from_canonical`` without pydantic or yaml.
+
+This module keeps real annotations (no ``from __future__ import annotations``): the canonical
+build reads the blocks' type hints, and string annotations would be compiled at every cold start.
 """
 
-from __future__ import annotations
-
+import dataclasses
+import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Mapping, Optional, Sequence
 
-import yaml
+from chalicelib.auth.ldap_settings import LdapSettings
+from chalicelib.auth.secrets import Secret, SecretReference
+from chalicelib.config_fields import (
+    BlockReader,
+    Bool,
+    Ignored,
+    Int0,
+    Int1,
+    Invalid,
+    Port,
+    Seconds,
+    SecretValue,
+    SettingsModel,
+    Str,
+    StrList,
+    TrustedReader,
+    Weights,
+    at_least,
+    bounded,
+    checked_by,
+    given_fields,
+    one_of,
+    regex,
+    show,
+    timezone_name,
+)
+from chalicelib.config_fields import sizing as sizing_block
+from chalicelib.dns.base import DnsConfig, DnsSettings
+from chalicelib.providers.settings import PROVIDER_CLASSES, ProviderKeys, ProviderSettings, settings_model
 
-from chalicelib.providers.failures import FailureKind
+if TYPE_CHECKING:
+    from chalicelib.sizing.settings import SizingSettings
 
 CONFIG_FILE_ENV = "VMPOOL_CONFIG_FILE"
 CONFIG_YAML_ENV = "VMPOOL_CONFIG"
@@ -35,361 +73,176 @@ class ConfigError(ValueError):
         super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
 
 
-# --- value checkers ----------------------------------------------------------------------------
-# Each checker takes the raw YAML value and returns the clean value or raises _Invalid with the
-# human explanation; the loader adds the key path.
+# --- the sections ----------------------------------------------------------------------------
 
 
-class _Invalid(Exception):
-    pass
+@dataclass(frozen=True, kw_only=True)
+class ServiceConfig(SettingsModel):
+    """The ``:config:`` section, with vmpooler's defaults."""
 
-
-Checker = Callable[[Any], Any]
-
-
-def _show(value: Any) -> str:
-    return f'"{value}"' if isinstance(value, str) else repr(value)
-
-
-def integer(minimum: int | None = None, maximum: int | None = None) -> Checker:
-    """An int (or a string of digits, as vmpooler's ``to_i`` accepts) within bounds.
-
-    The message names the rule broken: ``must be an integer >= 0`` for text or a number too
-    small, ``must be an integer <= 10000`` for one too large."""
-    wanted = "an integer" + (f" >= {minimum}" if minimum is not None else "")
-
-    def check(value: Any) -> int:
-        if isinstance(value, bool):
-            raise _Invalid(f"must be {wanted}, got {_show(value)}")
-        if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,18}\s*", value):
-            number = int(value)
-        elif isinstance(value, int):
-            number = value
-        else:
-            raise _Invalid(f"must be {wanted}, got {_show(value)}")
-        if minimum is not None and number < minimum:
-            raise _Invalid(f"must be {wanted}, got {_show(value)}")
-        if maximum is not None and number > maximum:
-            raise _Invalid(f"must be an integer <= {maximum}, got {_show(value)}")
-        return number
-
-    return check
-
-
-def number(minimum: float | None = None) -> Checker:
-    """An int or float (or numeric string) at least ``minimum``."""
-
-    def check(value: Any) -> float:
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            result = float(value)
-        except (TypeError, ValueError):
-            raise _Invalid(f"must be a number, got {_show(value)}") from None
-        if minimum is not None and result < minimum:
-            raise _Invalid(f"must be a number >= {minimum}, got {_show(value)}")
-        return result
-
-    return check
-
-
-def boolean(value: Any) -> bool:
-    """true/false, also as the strings vmpooler configs sometimes carry."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
-        return value.lower() in ("true", "yes")
-    raise _Invalid(f"must be true or false, got {_show(value)}")
-
-
-def string(value: Any) -> str:
-    """A scalar written as text (numbers are accepted and turned into text)."""
-    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise _Invalid(f"must be a string, got {_show(value)}")
-
-
-def string_list(value: Any) -> tuple[str, ...]:
-    """A string or a list of strings (vmpooler accepts both for alias, base, user_object)."""
-    items = value if isinstance(value, list) else [value]
-    return tuple(string(item) for item in items)
-
-
-def mapping(value: Any) -> Mapping[str, Any]:
-    """A YAML mapping, kept as it is."""
-    if not isinstance(value, dict):
-        raise _Invalid(f"must be a mapping, got {_show(value)}")
-    return MappingProxyType(dict(value))
-
-
-def weights(value: Any) -> Mapping[str, float]:
-    """A mapping of names to weights >= 0 (vmpooler's ``backend_weight``)."""
-    if not isinstance(value, dict):
-        raise _Invalid(f"must be a mapping of clone targets to weights, got {_show(value)}")
-    checked: dict[str, float] = {}
-    for name, weight in value.items():
-        try:
-            checked[str(name)] = number(0)(weight)
-        except _Invalid as invalid:
-            raise _Invalid(f"{name}: {invalid}") from None
-    return MappingProxyType(checked)
-
-
-def choice(*options: str) -> Checker:
-    def check(value: Any) -> str:
-        if value not in options:
-            raise _Invalid(f"must be one of {', '.join(options)}, got {_show(value)}")
-        return value
-
-    return check
-
-
-def symbol_choice(*options: str) -> Checker:
-    """Like ``choice``, also accepting Ruby-symbol values (``:ldap``) as vmpooler configs write them."""
-    check_choice = choice(*options)
-
-    def check(value: Any) -> str:
-        return check_choice(value.lstrip(":") if isinstance(value, str) else value)
-
-    return check
-
-
-def regex(value: Any) -> str:
-    text = string(value)
-    try:
-        re.compile(text)
-    except re.error as error:
-        raise _Invalid(f"must be a regular expression ({error})") from None
-    return text
-
-
-def sizing(value: Any) -> Any:
-    """A pool's ``sizing`` block (schedule windows, demand sizing): chalicelib/sizing/settings.py."""
-    from chalicelib.sizing.settings import SizingConfigError, parse_sizing
-
-    try:
-        return parse_sizing(value)
-    except SizingConfigError as error:
-        raise _Invalid(str(error)) from None
-
-
-def timezone_name(value: Any) -> str:
-    """An IANA time zone name (``Europe/Berlin``)."""
-    from chalicelib.sizing.settings import SizingConfigError, check_timezone
-
-    try:
-        return check_timezone(value, "time zone")
-    except SizingConfigError as error:
-        raise _Invalid(str(error).removeprefix("time zone: ")) from None
-
-
-def anything(value: Any) -> Any:
-    return value
-
-
-def secret_value(value: Any) -> Any:
-    """A password: a plain string (as vmpooler writes it) or a reference to AWS Secrets Manager /
-    SSM Parameter Store (``{secret: name[, key: k]}`` / ``{ssm: name}``), resolved at run time.
-    The message names the problem, never the value."""
-    from chalicelib.auth.secrets import SecretConfigError, check_secret_value
-
-    try:
-        return check_secret_value(value)
-    except SecretConfigError as error:
-        raise _Invalid(str(error)) from None
-
-
-@dataclass(frozen=True)
-class Key:
-    """One known key: its checker and default (``REQUIRED`` when it must be given)."""
-
-    check: Checker
-    default: Any = None
-
-
-REQUIRED = object()
-
-# Keys vmpooler reads that we accept but do not act on (logging, graphite, its web dashboard...).
-_IGNORED = Key(anything)
-
-DUMMY_KEYS: dict[str, Key] = {
-    "createvm_max_time": Key(number(0)),
-    "createvm_min_time": Key(number(0)),  # ours: every clone takes at least this long
-    "createvm_fail_percent": Key(number(0)),
-    "createvm_fail_kind": Key(choice(*(kind.value for kind in FailureKind))),
-    "destroyvm_max_time": Key(number(0)),
-    "destroyvm_fail_percent": Key(number(0)),
-    "vmready_fail_percent": Key(number(0)),
-    "getvm_poweroff_percent": Key(number(0)),
-    "getvm_rename_percent": Key(number(0)),
-    "createdisk_max_time": Key(number(0)),
-    "createdisk_fail_percent": Key(number(0)),
-    "createsnapshot_max_time": Key(number(0)),
-    "createsnapshot_fail_percent": Key(number(0)),
-    "revertsnapshot_max_time": Key(number(0)),
-    "revertsnapshot_fail_percent": Key(number(0)),
-    "migratevm_couldmove_percent": Key(number(0)),
-    "migratevm_max_time": Key(number(0)),
-    "migratevm_fail_percent": Key(number(0)),
-    "boot_time": Key(number(0)),
-    "seed": Key(integer()),
-    "filename": _IGNORED,
-}
-
-# Readiness keys, per provider and per pool (vSphere issue).
-READINESS_KEYS: dict[str, Key] = {
-    "ready_check": Key(choice("tcp", "tools", "none")),
-    "ready_port": Key(integer(1, 65535)),
-    "check_hostname": Key(boolean),
-}
-
-SERVICE_KEYS: dict[str, Key] = {
-    "task_limit": Key(integer(1), 10),
-    "timeout": Key(integer(1), 15),
-    "timeout_notification": Key(integer(0), 5),
-    "ready_ttl": Key(integer(1), 60),
-    "vm_lifetime": Key(integer(1), 24),
-    "vm_lifetime_auth": Key(integer(1)),
-    "max_lifetime_upper_limit": Key(integer(1)),
-    "prefix": Key(string, ""),
-    "domain": Key(string),
-    "allowed_tags": Key(string_list, ()),
-    "experimental_features": Key(boolean, False),
-    "purge_unconfigured_resources": Key(boolean, False),
-    "resources_allowlist": Key(string_list, ()),
-    "create_folders": Key(boolean, False),
-    "create_linked_clones": Key(boolean, True),
-    "create_template_delta_disks": Key(boolean, False),
-    "manage_host_selection": Key(boolean, False),
-    "migration_limit": Key(integer(0), 0),
-    "utilization_limit": Key(integer(1, 100), 90),
-    "max_ondemand_instances_per_request": Key(integer(1), 10),
-    "ondemand_clone_limit": Key(integer(1), 10),
-    "ondemand_request_ttl": Key(integer(1), 5),
-    "ondemand_fallback": Key(boolean, False),
-    "max_vm_retries": Key(integer(0), 3),
-    "check_loop_delay_min": Key(number(0.1), 5.0),
-    "clone_poll_interval": Key(number(0.1), 0.25),
-    "check_loop_delay_max": Key(number(0.1), 60.0),
-    "check_loop_delay_decay": Key(number(1.0), 2.0),
-    "token_ttl": Key(integer(1)),
-    "clone_target": Key(string),
-    "backend_weight": Key(weights),
-    "vm_checktime": Key(integer(1), 1),
+    task_limit: Int1 = 10
+    timeout: Int1 = 15
+    timeout_notification: Int0 = 5
+    ready_ttl: Int1 = 60
+    vm_lifetime: Int1 = 24
+    vm_lifetime_auth: Int1 = 0
+    """Unset: vm_lifetime (filled in after validation; 0 is never valid when written)."""
+    max_lifetime_upper_limit: Optional[Int1] = None
+    prefix: Str = ""
+    domain: Optional[Str] = None
+    allowed_tags: StrList = ()
+    experimental_features: Bool = False
+    purge_unconfigured_resources: Bool = False
+    resources_allowlist: StrList = ()
+    create_folders: Bool = False
+    create_linked_clones: Bool = True
+    create_template_delta_disks: Bool = False
+    manage_host_selection: Bool = False
+    migration_limit: Int0 = 0
+    utilization_limit: Annotated[int, bounded(1, 100)] = 90
+    max_ondemand_instances_per_request: Int1 = 10
+    ondemand_clone_limit: Int1 = 10
+    ondemand_request_ttl: Int1 = 5
+    ondemand_fallback: Bool = False
+    max_vm_retries: Int0 = 3
+    check_loop_delay_min: Seconds = 5.0
+    clone_poll_interval: Seconds = 0.25
+    check_loop_delay_max: Seconds = 60.0
+    check_loop_delay_decay: Annotated[float, at_least(1.0)] = 2.0
+    token_ttl: Optional[Int1] = None
+    clone_target: Optional[Str] = None
+    backend_weight: Optional[Weights] = None
+    vm_checktime: Int1 = 1
     # Bounds on what callers can make grow (docs/auth.md, "Limits").
-    "max_tags_per_vm": Key(integer(1, 1000), 32),
-    "max_tag_names_per_day": Key(integer(1, 10000), 50),
-    "max_tag_values_per_day": Key(integer(1, 10000), 100),
-    "max_running_vms_per_user": Key(integer(1), 100),
-    "max_running_vms": Key(integer(1), 1000),
-    "max_ondemand_requests_per_user": Key(integer(1), 10),
-    "max_ondemand_requests": Key(integer(1), 100),
-    "max_tokens_per_user": Key(integer(1), 50),
-    "rate_limiting_enabled": Key(boolean, False),
-    "sizing_timezone": Key(timezone_name, "UTC"),
+    max_tags_per_vm: Annotated[int, bounded(1, 1000)] = 32
+    max_tag_names_per_day: Annotated[int, bounded(1, 10000)] = 50
+    max_tag_values_per_day: Annotated[int, bounded(1, 10000)] = 100
+    max_running_vms_per_user: Int1 = 100
+    max_running_vms: Int1 = 1000
+    max_ondemand_requests_per_user: Int1 = 10
+    max_ondemand_requests: Int1 = 100
+    max_tokens_per_user: Int1 = 50
+    rate_limiting_enabled: Bool = False
+    sizing_timezone: Annotated[str, checked_by(timezone_name)] = "UTC"
+    site_name: Str = "vmpool"
     # Accepted for compatibility; this service has no equivalent.
-    "logfile": _IGNORED,
-    "site_name": Key(string, "vmpool"),
-    "vm_checktime_ready": _IGNORED,
-    "usage_stats": _IGNORED,
-    "request_logger": _IGNORED,
-    "extra_config": _IGNORED,  # merged while loading (merge_extra_configs)
-    "retry_delay": _IGNORED,
-    "host_selection_max_age": _IGNORED,
-    "lifetime_max": _IGNORED,
-}
+    logfile: Ignored = None
+    vm_checktime_ready: Ignored = None
+    usage_stats: Ignored = None
+    request_logger: Ignored = None
+    extra_config: Ignored = None  # merged while loading (merge_extra_configs)
+    retry_delay: Ignored = None
+    host_selection_max_age: Ignored = None
+    lifetime_max: Ignored = None
 
-REDIS_KEYS: dict[str, Key] = {
-    "server": Key(string, "localhost"),
-    "port": Key(integer(1, 65535), 6379),
-    "password": Key(secret_value),
-    "data_ttl": Key(integer(1), 168),
-    "db": Key(integer(0), 0),
-    "tls": Key(boolean, False),
-    "unix_socket": Key(string),
-    "socket_timeout": Key(number(0.01), 2.0),
-    "min_replica_acks": Key(integer(0, 5)),
-    "replica_ack_timeout": Key(integer(1, 10000), 500),
-    "connection_pool_size": _IGNORED,
-    "reconnect_attempts": _IGNORED,
-    "redis_connection_pool_size": _IGNORED,
-    "redis_connection_pool_timeout": _IGNORED,
-}
+    def __post_init__(self) -> None:
+        # Frozen: these two are settled once, here, before anyone reads them (idempotent, so a
+        # config built again from its canonical form is the same).
+        if self.vm_lifetime_auth == 0:
+            object.__setattr__(self, "vm_lifetime_auth", self.vm_lifetime)
+        if self.check_loop_delay_max < self.check_loop_delay_min:
+            object.__setattr__(self, "check_loop_delay_max", self.check_loop_delay_min)
 
-POOL_KEYS: dict[str, Key] = {
-    "name": Key(string, REQUIRED),
-    "size": Key(integer(0, 10000), REQUIRED),
-    "template": Key(string, ""),
-    "folder": Key(string, ""),
-    "alias": Key(string_list, ()),
-    "provider": Key(string),
-    "domain": Key(string),
-    "dns_plugin": Key(string),
-    "timeout": Key(integer(1)),
-    "ready_ttl": Key(integer(1)),
-    "pool": Key(string),
-    "datastore": Key(string),
-    "clone_target": Key(string),
-    "network": Key(string),
-    "datacenter": Key(string),
-    "create_linked_clone": Key(boolean),
-    "ondemand_fallback": Key(boolean),
-    "check_loop_delay_min": Key(number(0.1)),
-    "check_loop_delay_max": Key(number(0.1)),
-    "check_loop_delay_decay": Key(number(1.0)),
-    "clone_limit": Key(integer(1)),
-    "sizing": Key(sizing),
-    "snapshot_mainMem_ioBlockPages": _IGNORED,
-    "snapshot_mainMem_writeThrottle": _IGNORED,
-    "template_hostname": _IGNORED,
-    "ready_schedule": _IGNORED,
-    **DUMMY_KEYS,
-    **READINESS_KEYS,
-}
 
-PROVIDER_KEYS: dict[str, Key] = {
-    "provider_class": Key(choice("vsphere", "dummy")),
-    "server": Key(string),
-    "port": Key(integer(1, 65535)),
-    "username": Key(string),
-    "password": Key(secret_value),
-    "insecure": Key(boolean, False),
-    "ca_bundle": Key(string),
-    "datacenter": Key(string),
-    "connection_pool": _IGNORED,
-    "connect_timeout": Key(number(0.1), 10.0),
-    "call_timeout": Key(number(0.1), 60.0),
-    "host_selection_cache_seconds": Key(number(0), 60.0),
-    **DUMMY_KEYS,
-    **READINESS_KEYS,
-}
+@dataclass(frozen=True, kw_only=True)
+class RedisConfig(SettingsModel):
+    """The ``:redis:`` section."""
 
-AUTH_KEYS: dict[str, Key] = {
-    "provider": Key(symbol_choice("ldap", "dummy"), REQUIRED),
-    "ldap": Key(mapping),
-    "login_attempts_per_user": Key(integer(1), 10),
-    "login_attempts_per_address": Key(integer(1), 50),
-    "login_window_seconds": Key(integer(1), 300),
-    "admins": Key(string_list, ()),
-    "admin_groups": Key(string_list, ()),
-}
+    server: Str = "localhost"
+    port: Port = 6379
+    password: Optional[SecretValue] = field(default=None, repr=False)
+    data_ttl: Int1 = 168
+    db: Int0 = 0
+    tls: Bool = False
+    unix_socket: Optional[Str] = None
+    socket_timeout: Annotated[float, at_least(0.01)] = 2.0
+    min_replica_acks: Optional[Annotated[int, bounded(0, 5)]] = None
+    """Replicas that must have a checkout before it is answered (WAIT); None: 1 in AWS Lambda, 0
+    elsewhere. VMPOOL_REDIS_MIN_REPLICA_ACKS overrides it."""
+    replica_ack_timeout: Annotated[int, bounded(1, 10000)] = 500
+    connection_pool_size: Ignored = None
+    reconnect_attempts: Ignored = None
+    redis_connection_pool_size: Ignored = None
+    redis_connection_pool_timeout: Ignored = None
 
-DNS_KEYS: dict[str, Key] = {
-    "dns_class": Key(string),
-    "domain": Key(string),
-    "check_names": Key(boolean),
-}
+    @property
+    def data_ttl_hours(self) -> int:
+        return self.data_ttl
+
+    @property
+    def replica_ack_timeout_ms(self) -> int:
+        return self.replica_ack_timeout
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolSettings(SettingsModel):
+    """The keys of a ``:pools:`` entry vmpool reads itself; a pool may also set its provider's keys
+    (chalicelib/providers/), which override the provider's."""
+
+    name: Str
+    size: Annotated[int, bounded(0, 10000)]
+    template: Str = ""
+    folder: Str = ""
+    alias: StrList = ()
+    provider: Optional[Str] = None
+    domain: Optional[Str] = None
+    dns_plugin: Optional[Str] = None
+    timeout: Optional[Int1] = None
+    ready_ttl: Optional[Int1] = None
+    pool: Optional[Str] = None
+    datastore: Optional[Str] = None
+    clone_target: Optional[Str] = None
+    network: Optional[Str] = None
+    datacenter: Optional[Str] = None
+    create_linked_clone: Optional[Bool] = None
+    ondemand_fallback: Optional[Bool] = None
+    check_loop_delay_min: Optional[Seconds] = None
+    check_loop_delay_max: Optional[Seconds] = None
+    check_loop_delay_decay: Optional[Annotated[float, at_least(1.0)]] = None
+    clone_limit: Optional[Int1] = None
+    sizing: Optional[Annotated[Any, checked_by(sizing_block, trusted=sizing_block)]] = None
+    """Canonical form: the block as written (``SizingSettings.source``), checked again when built."""
+    snapshot_mainMem_ioBlockPages: Ignored = None
+    snapshot_mainMem_writeThrottle: Ignored = None
+    template_hostname: Ignored = None
+    ready_schedule: Ignored = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthConfig(SettingsModel):
+    """The ``:auth:`` section; ``ldap`` is the ``:ldap:`` block parsed once at load."""
+
+    provider: Annotated[str, one_of("ldap", "dummy")]
+    login_attempts_per_user: Int1 = 10
+    login_attempts_per_address: Int1 = 50
+    login_window_seconds: Int1 = 300
+    admins: StrList = ()
+    admin_groups: StrList = ()
+    ldap: Optional[LdapSettings] = None
+    """The ``:ldap:`` block when provider is ldap (chalicelib/auth/ldap_settings.py)."""
+
 
 RATE_LIMIT_CLASSES = ("global_per_ip", "authenticated", "vm_creation", "vm_deletion")
-RATE_LIMIT_KEYS: dict[str, Key] = {
-    "limit": Key(integer(1)),
-    "period": Key(integer(1, 86400)),
-}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RateLimit(SettingsModel):
+    """One class of ``:rate_limits:``: a request ``limit`` per ``period`` seconds."""
+
+    limit: Optional[Int1] = None
+    period: Optional[Annotated[int, bounded(1, 86400)]] = None
+
 
 TOP_LEVEL_SECTIONS = (
     "config", "redis", "auth", "providers", "pools", "tagfilter", "dns_configs", "rate_limits",
     "graphite", "statsd", "tracing", "pool_names",
 )
+
+SECTION_MODELS: Mapping[str, type[SettingsModel]] = MappingProxyType({
+    "config": ServiceConfig, "redis": RedisConfig, "pools": PoolSettings, "auth": AuthConfig,
+    "dns_configs": DnsSettings,
+})
+"""The model of each section vmpool reads (providers and DNS plugins add theirs)."""
 
 
 # --- typed configuration ----------------------------------------------------------------------
@@ -397,7 +250,9 @@ TOP_LEVEL_SECTIONS = (
 
 @dataclass(frozen=True)
 class PoolConfig:
-    """One pool: what to clone, where, and how many to keep ready."""
+    """One pool: what to clone, where, and how many to keep ready. ``settings`` holds every key
+    given for the pool, validated (PoolSettings and its provider's model); the properties below
+    read them typed."""
 
     name: str
     size: int
@@ -409,73 +264,72 @@ class PoolConfig:
     timeout_minutes: int
     ready_ttl_minutes: int
     settings: Mapping[str, Any]
-    """Every key given for the pool (datastore, network, dummy and readiness keys...)."""
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """A pool key's value, or ``default`` when the pool does not set it."""
-        value = self.settings.get(key)
-        return default if value is None else value
+    def _setting(self, key: str) -> Any:
+        return self.settings.get(key)
+
+    @property
+    def dns_plugin(self) -> str | None:
+        return self._setting("dns_plugin")
+
+    @property
+    def resource_pool(self) -> str | None:
+        """vmpooler's ``pool`` key: the vSphere resource pool."""
+        return self._setting("pool")
+
+    @property
+    def datastore(self) -> str | None:
+        return self._setting("datastore")
+
+    @property
+    def clone_target(self) -> str | None:
+        return self._setting("clone_target")
+
+    @property
+    def network(self) -> str | None:
+        return self._setting("network")
+
+    @property
+    def datacenter(self) -> str | None:
+        return self._setting("datacenter")
+
+    @property
+    def create_linked_clone(self) -> bool | None:
+        return self._setting("create_linked_clone")
+
+    @property
+    def ondemand_fallback(self) -> bool | None:
+        return self._setting("ondemand_fallback")
+
+    @property
+    def check_loop_delay_min(self) -> float | None:
+        return self._setting("check_loop_delay_min")
+
+    @property
+    def clone_limit(self) -> int | None:
+        return self._setting("clone_limit")
+
+    @property
+    def sizing(self) -> "SizingSettings | None":
+        return self._setting("sizing")
 
 
 @dataclass(frozen=True)
 class ProviderConfig:
-    """A provider block of ``:providers:``; ``provider_class`` says which implementation."""
+    """A provider block of ``:providers:``; ``provider_class`` says which implementation and
+    ``settings`` is the block validated with that class's model."""
 
     name: str
     provider_class: str
-    settings: Mapping[str, Any]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        value = self.settings.get(key)
-        return default if value is None else value
+    settings: ProviderSettings
 
     def pool_setting(self, pool: PoolConfig, key: str, default: Any = None) -> Any:
-        """A setting that a pool may override: the pool's value, else the provider's, else default."""
-        return pool.get(key, self.get(key, default))
-
-
-@dataclass(frozen=True)
-class DnsConfig:
-    """A ``:dns_configs:`` entry: which DNS plugin (``dns_class``) manages the records of the
-    pools that name it in ``dns_plugin``, for which domain, with the plugin's own keys."""
-
-    name: str
-    dns_class: str
-    domain: str | None
-    settings: Mapping[str, Any]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        value = self.settings.get(key)
+        """A provider key the pool may override, by name (the dummy provider reads its simulated
+        times and rates by operation): the pool's value, else the provider's, else ``default``."""
+        value = pool.settings.get(key)
+        if value is None:
+            value = getattr(self.settings, key, None)
         return default if value is None else value
-
-
-@dataclass(frozen=True)
-class RedisConfig:
-    server: str
-    port: int
-    password: Any
-    db: int
-    tls: bool
-    unix_socket: str | None
-    socket_timeout: float
-    data_ttl_hours: int
-    min_replica_acks: int | None = None
-    """Replicas that must have a checkout before it is answered (WAIT); None: 1 in AWS Lambda, 0
-    elsewhere. VMPOOL_REDIS_MIN_REPLICA_ACKS overrides it."""
-    replica_ack_timeout_ms: int = 500
-
-
-@dataclass(frozen=True)
-class ServiceConfig:
-    """The ``:config:`` section, with vmpooler's defaults."""
-
-    settings: Mapping[str, Any]
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self.settings[key]
-        except KeyError:
-            raise AttributeError(key) from None
 
 
 @dataclass(frozen=True)
@@ -484,7 +338,7 @@ class Config:
     redis: RedisConfig
     pools: tuple[PoolConfig, ...]
     providers: Mapping[str, ProviderConfig]
-    auth: Mapping[str, Any] | None
+    auth: AuthConfig | None
     tagfilter: Mapping[str, str]
     warnings: tuple[str, ...] = ()
     rate_limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
@@ -528,7 +382,7 @@ class Config:
 
     def dns_for(self, pool: PoolConfig) -> DnsConfig | None:
         """The DNS config the pool's ``dns_plugin`` names (None: the pool's records are not managed)."""
-        name = pool.get("dns_plugin")
+        name = pool.dns_plugin
         return self.dns_configs.get(name) if name else None
 
 
@@ -547,49 +401,19 @@ def _strip_colons(value: Any) -> Any:
     return value
 
 
-class _Reader:
-    """Collects problems and warnings while checking sections against their key tables."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-        self.warnings: list[str] = []
-
-    def section(self, raw: Any, keys: Mapping[str, Key], path: str) -> dict[str, Any]:
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            self.problems.append(f"{path}: must be a mapping, got {_show(raw)}")
-            return {name: (None if key.default is REQUIRED else key.default) for name, key in keys.items()}
-        result: dict[str, Any] = {}
-        for name, key in keys.items():
-            value = raw.get(name)
-            if value is None:
-                if key.default is REQUIRED:
-                    self.problems.append(f"{path}.{name}: is required")
-                    result[name] = None
-                else:
-                    result[name] = key.default
-                continue
-            try:
-                result[name] = key.check(value)
-            except _Invalid as invalid:
-                self.problems.append(f"{path}.{name}: {invalid}")
-                result[name] = None if key.default is REQUIRED else key.default
-        for name in raw:
-            if name not in keys:
-                self.warnings.append(f"{path}.{name}: unknown key, ignored")
-        return result
-
-
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-"""libyaml's safe loader when PyYAML was built with it (the packaged zip is): about 8 times
-faster than the pure-Python one on a config of many pools; the same documents either way."""
-
 
 def _read_document(text: str, source: str) -> dict[str, Any]:
     """One YAML mapping, colon-stripped. Raises ConfigError naming ``source``."""
     try:
-        document = yaml.load(text, Loader=_YAML_LOADER)
+        import yaml
+    except ImportError:
+        raise ConfigError([(f"{source}: a YAML config cannot be read here (no PyYAML): publish it with "
+                           "make config-push or package it, which write its canonical JSON")]) from None
+    # libyaml's safe loader when PyYAML was built with it: about 8 times faster than the
+    # pure-Python one on a config of many pools; the same documents either way.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        document = yaml.load(text, Loader=loader)
     except yaml.YAMLError as error:
         raise ConfigError([f"{source}: not valid YAML: {error}"]) from None
     if document is None:
@@ -604,7 +428,13 @@ def parse(text: str, source: str = "config", base_dir: Path | None = None) -> Co
     (relative paths from ``base_dir``, else the working directory). Raises ConfigError listing
     every problem."""
     document = _read_document(text, source)
-    return build(merge_extra_configs(document, base_dir or Path.cwd()))
+    merged = merge_extra_configs(document, base_dir or Path.cwd())
+    try:
+        return build(merged)
+    except ImportError as error:  # a Lambda package carries no pydantic: it loads canonical JSON
+        raise ConfigError([(f"{source}: a YAML config is validated with pydantic, which is not installed here "
+                           f"({error.name}): publish it with make config-push or package it, which write its "
+                           "canonical JSON")]) from None
 
 
 MAX_EXTRA_CONFIGS = 50
@@ -664,224 +494,337 @@ def _deep_merge(main: Any, extra: Any) -> Any:
     return extra if main is None else main
 
 
-def build(document: Mapping[str, Any]) -> Config:
-    """Validate an already-parsed (colon-stripped) config document."""
-    reader = _Reader()
+def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Config:
+    """Validate an already-parsed (colon-stripped) config document (``reader``: a BlockReader,
+    pydantic; ``TrustedReader`` for the canonical form, from_canonical)."""
+    reader = reader or BlockReader()
     for name in document:
-        if name not in TOP_LEVEL_SECTIONS:
+        if reader.trusted and name not in CANONICAL_SECTIONS:
+            reader.problems.append(f"{name}: not a section of the canonical config")
+        elif not reader.trusted and name not in TOP_LEVEL_SECTIONS:
             reader.warnings.append(f"{name}: unknown section, ignored")
 
-    service = reader.section(document.get("config"), SERVICE_KEYS, "config")
-    if service["vm_lifetime_auth"] is None:
-        service["vm_lifetime_auth"] = service["vm_lifetime"]
-    if service["check_loop_delay_max"] < service["check_loop_delay_min"]:
-        service["check_loop_delay_max"] = service["check_loop_delay_min"]
-
-    redis_raw = reader.section(document.get("redis"), REDIS_KEYS, "redis")
-    redis = RedisConfig(
-        server=redis_raw["server"],
-        port=redis_raw["port"],
-        password=redis_raw["password"],
-        db=redis_raw["db"],
-        tls=redis_raw["tls"],
-        unix_socket=redis_raw["unix_socket"],
-        socket_timeout=redis_raw["socket_timeout"],
-        data_ttl_hours=redis_raw["data_ttl"],
-        min_replica_acks=redis_raw["min_replica_acks"],
-        replica_ack_timeout_ms=redis_raw["replica_ack_timeout"],
-    )
-
+    service = reader.model(document.get("config"), ServiceConfig, "config")
+    redis = reader.model(document.get("redis"), RedisConfig, "redis")
     providers = _read_providers(reader, document.get("providers"))
     dns_configs = _read_dns_configs(reader, document.get("dns_configs"))
     pools = _read_pools(reader, document.get("pools"), service, providers, dns_configs)
-
-    auth = None
-    if document.get("auth") is not None:
-        auth_values = reader.section(document["auth"], AUTH_KEYS, "auth")
-        if auth_values.get("provider") == "ldap":
-            _check_ldap(reader, auth_values.get("ldap"))
-        auth = MappingProxyType(auth_values)
+    auth = _read_auth(reader, document.get("auth"))
 
     tagfilter: dict[str, str] = {}
-    raw_tagfilter = document.get("tagfilter") or {}
-    if not isinstance(raw_tagfilter, dict):
-        reader.problems.append(f"tagfilter: must be a mapping, got {_show(raw_tagfilter)}")
-    else:
-        for tag, pattern in raw_tagfilter.items():
-            try:
-                tagfilter[str(tag)] = regex(pattern)
-            except _Invalid as invalid:
-                reader.problems.append(f"tagfilter.{tag}: {invalid}")
+    raw_tagfilter = reader.mapping(document.get("tagfilter"), "tagfilter") or {}
+    for tag, pattern in raw_tagfilter.items():
+        try:
+            tagfilter[str(tag)] = regex(pattern)
+        except Invalid as error:
+            reader.problems.append(f"tagfilter.{tag}: {error}")
 
     rate_limits = _read_rate_limits(reader, document.get("rate_limits"))
 
-    if reader.problems:
+    if reader.problems or service is None or redis is None:
         raise ConfigError(reader.problems)
     return Config(
-        service=ServiceConfig(MappingProxyType(service)),
+        service=service,
         redis=redis,
         pools=tuple(pools),
         providers=MappingProxyType(providers),
         auth=auth,
         tagfilter=MappingProxyType(tagfilter),
-        warnings=tuple(reader.warnings),
+        warnings=tuple(document.get("warnings") or ()) if reader.trusted else tuple(reader.warnings),
         rate_limits=MappingProxyType(rate_limits),
         dns_configs=MappingProxyType(dns_configs),
     )
 
 
-def _read_rate_limits(reader: _Reader, raw: Any) -> dict[str, Mapping[str, int]]:
+def _read_rate_limits(reader: BlockReader, raw: Any) -> dict[str, Mapping[str, int]]:
     """``:rate_limits:`` as vmpooler reads it: per class, a request ``limit`` per ``period`` seconds."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        reader.problems.append(f"rate_limits: must be a mapping, got {_show(raw)}")
-        return {}
+    block = reader.mapping(raw, "rate_limits")
     limits: dict[str, Mapping[str, int]] = {}
-    for name, block in raw.items():
+    for name, entry in (block or {}).items():
         if name not in RATE_LIMIT_CLASSES:
             reader.warnings.append(f"rate_limits.{name}: unknown class, ignored")
             continue
-        values = reader.section(block, RATE_LIMIT_KEYS, f"rate_limits.{name}")
-        limits[name] = MappingProxyType({key: value for key, value in values.items() if value is not None})
+        values = reader.model(entry, RateLimit, f"rate_limits.{name}")
+        if values is not None:
+            limits[name] = MappingProxyType({key: value for key, value in dataclasses.asdict(values).items()
+                                             if value is not None})
     return limits
 
 
-def _check_ldap(reader: _Reader, raw: Any) -> None:
-    """Refuse an invalid ``:auth: :ldap:`` block at load, not at the first login."""
+def _read_auth(reader: BlockReader, raw: Any) -> AuthConfig | None:
+    """``:auth:``, its ``:ldap:`` block parsed into LdapSettings (at load, not at the first login)."""
+    if raw is None:
+        return None
+    auth = reader.model(raw, AuthConfig, "auth", skip=frozenset({"ldap"}))
+    if auth is None or auth.provider != "ldap":
+        return auth
+    if reader.trusted:  # the canonical form: the block as LdapSettings validated it
+        ldap_settings = reader.model(raw.get("ldap"), LdapSettings, "auth.ldap")
+        return None if ldap_settings is None else dataclasses.replace(auth, ldap=ldap_settings)
     from chalicelib.auth.base import AuthConfigError
-    from chalicelib.auth.ldap import parse_ldap_settings
+    from chalicelib.auth.ldap_settings import parse_ldap_settings
 
     try:
-        parse_ldap_settings(raw)
+        ldap = parse_ldap_settings(raw.get("ldap"))
     except AuthConfigError as error:
         reader.problems.extend(error.problems)
+        return None
+    return dataclasses.replace(auth, ldap=ldap)
 
 
-def _read_providers(reader: _Reader, raw: Any) -> dict[str, ProviderConfig]:
+def _provider_class(name: str, block: Any) -> str:
+    """The class a ``:providers:`` block names (its ``provider_class``, else the block's name)."""
+    written = block.get("provider_class") if isinstance(block, dict) else None
+    return str(written).lstrip(":") if written is not None else name
+
+
+def _read_providers(reader: BlockReader, raw: Any) -> dict[str, ProviderConfig]:
+    """Each block validated with the model its class owns. Keys another class owns are accepted
+    without effect (vmpooler's configs carry them), any other key is warned about."""
     providers: dict[str, ProviderConfig] = {}
-    if raw is None:
+    block_map = reader.mapping(raw, "providers")
+    if not block_map:
         return providers
-    if not isinstance(raw, dict):
-        reader.problems.append(f"providers: must be a mapping, got {_show(raw)}")
-        return providers
-    for name, block in raw.items():
-        settings = reader.section(block, PROVIDER_KEYS, f"providers.{name}")
-        provider_class = settings.pop("provider_class") or str(name)
-        if provider_class not in ("vsphere", "dummy"):
+    others = ProviderKeys()
+    for name, block in block_map.items():
+        path = f"providers.{name}"
+        provider_class = _provider_class(str(name), block)
+        model = settings_model(provider_class)
+        if model is None:
             reader.problems.append(
-                f"providers.{name}.provider_class: must be one of vsphere, dummy, got {_show(provider_class)}"
-            )
-        providers[str(name)] = ProviderConfig(str(name), provider_class, MappingProxyType(settings))
+                f"{path}.provider_class: must be one of {', '.join(PROVIDER_CLASSES)}, got {show(provider_class)}")
+            reader.mapping(block, path)
+            continue
+        settings = reader.model(block, model, path, also_known=others)
+        if settings is not None:
+            providers[str(name)] = ProviderConfig(str(name), provider_class, settings)
     return providers
 
 
-def _read_dns_configs(reader: _Reader, raw: Any) -> dict[str, DnsConfig]:
-    """Each entry checked against DNS_KEYS plus the keys its plugin owns (chalicelib.dns)."""
-    from chalicelib.dns.registry import plugin_keys
+def _read_dns_configs(reader: BlockReader, raw: Any) -> dict[str, DnsConfig]:
+    """Each entry validated with the model its plugin owns (chalicelib/dns/registry.py)."""
+    from chalicelib.dns.registry import settings_model as dns_settings_model
 
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        reader.problems.append(f"dns_configs: must be a mapping, got {_show(raw)}")
-        return {}
     configs: dict[str, DnsConfig] = {}
-    for name, block in raw.items():
+    for name, block in (reader.mapping(raw, "dns_configs") or {}).items():
         path = f"dns_configs.{name}"
         # vmpooler takes the entry's name as its class when dns_class is missing.
         dns_class = str((block or {}).get("dns_class") or name) if isinstance(block, dict) else str(name)
-        own_keys = plugin_keys(dns_class)
-        if own_keys is None:
+        model = dns_settings_model(dns_class)
+        if model is None:
             reader.warnings.append(
-                f"{path}.dns_class: {_show(dns_class)} is not a DNS plugin vmpool ships (route53, "
+                f"{path}.dns_class: {show(dns_class)} is not a DNS plugin vmpool ships (route53, "
                 "dynamic-dns): its pools' records are not managed")
-            own_keys = {}
-        settings = reader.section(block, {**DNS_KEYS, **own_keys}, path)
-        configs[str(name)] = DnsConfig(
-            name=str(name),
-            dns_class=dns_class,
-            domain=settings.pop("domain"),
-            settings=MappingProxyType({k: v for k, v in settings.items() if v is not None and k != "dns_class"}),
-        )
+            model = DnsSettings
+        settings = reader.model(block, model, path)
+        if settings is not None:
+            configs[str(name)] = DnsConfig(name=str(name), dns_class=dns_class, domain=settings.domain,
+                                           settings=settings)
     return configs
 
 
 def _read_pools(
-    reader: _Reader,
+    reader: BlockReader,
     raw: Any,
-    service: Mapping[str, Any],
+    service: ServiceConfig | None,
     providers: dict[str, ProviderConfig],
     dns_configs: Mapping[str, DnsConfig],
 ) -> list[PoolConfig]:
+    """Each pool validated with PoolSettings and its provider's keys with the provider's model;
+    then what needs the whole config: unique names, a provider, a template for vSphere, the
+    domain (the pool's, else its dns_plugin's, else config.domain)."""
     if raw is None:
         return []
     if not isinstance(raw, list):
-        reader.problems.append(f"pools: must be a list of pools, got {_show(raw)}")
+        reader.problems.append(f"pools: must be a list of pools, got {show(raw)}")
         return []
+    owned_by_providers = ProviderKeys()
+    pool_fields = PoolSettings.keys()
     pools: list[PoolConfig] = []
     seen: set[str] = set()
     for index, block in enumerate(raw):
         path = f"pools[{index}]"
-        settings = reader.section(block, POOL_KEYS, path)
-        name = settings["name"]
-        if name is None:
+        settings = reader.model(block, PoolSettings, path, also_known=owned_by_providers)
+        if not isinstance(block, dict):
             continue
-        if not POOL_NAME_PATTERN.match(name):
-            reader.problems.append(f"{path}.name: must match {POOL_NAME_PATTERN.pattern}, got {_show(name)}")
-        if name in seen:
-            reader.problems.append(f"{path}.name: duplicate pool name {_show(name)}")
-        seen.add(name)
-        provider = settings["provider"] or "vsphere"
+        name = _written_string(block.get("name"))
+        if name is not None:
+            if not POOL_NAME_PATTERN.match(name):
+                reader.problems.append(f"{path}.name: must match {POOL_NAME_PATTERN.pattern}, got {show(name)}")
+            if name in seen:
+                reader.problems.append(f"{path}.name: duplicate pool name {show(name)}")
+            seen.add(name)
+        provider = _written_string(block.get("provider")) or "vsphere"
         if provider not in providers:
-            if provider in ("vsphere", "dummy"):
+            if provider in PROVIDER_CLASSES:
                 # vmpooler lets a pool name a provider class without a providers block.
-                providers[provider] = ProviderConfig(provider, provider, MappingProxyType({}))
+                model = settings_model(provider)
+                assert model is not None
+                providers[provider] = ProviderConfig(provider, provider, model())
             else:
-                reader.problems.append(f"{path}.provider: no provider named {_show(provider)} in providers")
-        if providers.get(provider) and providers[provider].provider_class == "vsphere" and not settings["template"]:
+                reader.problems.append(f"{path}.provider: no provider named {show(provider)} in providers")
+        provider_config = providers.get(provider)
+        if provider_config is not None and provider_config.provider_class == "vsphere" and not block.get("template"):
             reader.problems.append(f"{path}.template: is required for a vsphere pool")
-        domain = settings["domain"]
-        if domain is None and settings["dns_plugin"]:
-            dns = dns_configs.get(settings["dns_plugin"])
+        own: dict[str, Any] | None = None
+        if provider_config is not None:
+            # The pool's values of its provider's keys, checked with the provider's model.
+            model = type(provider_config.settings)
+            own_keys = {key: value for key, value in block.items()
+                        if key in model.keys() and key not in pool_fields and key != "provider_class"}
+            own = {}
+            if own_keys:
+                checked = reader.model(own_keys, model, path)
+                own = None if checked is None else {name: getattr(checked, name)
+                                                    for name in given_fields(own_keys, model)}
+        if settings is None or own is None or service is None:
+            continue
+        domain = settings.domain
+        if domain is None and settings.dns_plugin:
+            dns = dns_configs.get(settings.dns_plugin)
             if dns is None:
-                reader.problems.append(f"{path}.dns_plugin: no dns_configs entry named {_show(settings['dns_plugin'])}")
+                reader.problems.append(f"{path}.dns_plugin: no dns_configs entry named {show(settings.dns_plugin)}")
             else:
                 domain = dns.domain
         if domain is None:
-            domain = service["domain"]
+            domain = service.domain
+        # The keys given, as validated (model_dump would turn the sizing block into a dict), and
+        # the three with a default that /config shows.
+        written = {"template": settings.template, "folder": settings.folder, "alias": settings.alias}
+        written.update((name, getattr(settings, name)) for name in given_fields(block, PoolSettings))
+        written.update(own)
+        if isinstance(block.get("alias"), str):
+            written["alias"] = block["alias"]  # vmpooler echoes it as written in /status and /config
         pools.append(
             PoolConfig(
-                name=name,
-                size=settings["size"] if settings["size"] is not None else 0,
-                template=settings["template"],
-                folder=settings["folder"],
+                name=settings.name,
+                size=settings.size,
+                template=settings.template,
+                folder=settings.folder,
                 provider=provider,
-                alias=settings["alias"],
+                alias=settings.alias,
                 domain=domain,
-                timeout_minutes=settings["timeout"] or service["timeout"],
-                ready_ttl_minutes=settings["ready_ttl"] or service["ready_ttl"],
-                settings=MappingProxyType({k: v for k, v in _as_written(settings, block).items() if v is not None}),
+                timeout_minutes=settings.timeout or service.timeout,
+                ready_ttl_minutes=settings.ready_ttl or service.ready_ttl,
+                settings=MappingProxyType(written),
             )
         )
     return pools
 
 
-def _as_written(settings: Mapping[str, Any], block: Any) -> dict[str, Any]:
-    """The pool's checked settings, with ``alias`` kept a string when written as one (vmpooler
-    echoes it as written in /status and /config)."""
-    written = block.get("alias") if isinstance(block, dict) else None
-    return {**settings, "alias": written} if isinstance(written, str) else dict(settings)
+def _written_string(value: Any) -> str | None:
+    """A scalar key as the cross-checks compare it (None when absent or not a scalar)."""
+    if value is None or isinstance(value, (bool, dict, list)):
+        return None
+    return str(value)
+
+
+# --- the canonical form ----------------------------------------------------------------------
+#
+# Where a config is accepted (make run, config-push, packaging, tests) its YAML is validated with
+# pydantic; what the Lambdas load is the canonical JSON of the validated config, written by
+# packaging (infra/packaged_config.py) and config-push, and built without pydantic or yaml
+# (config_fields.TrustedReader): a cold start pays for neither.
+
+CANONICAL_FORMAT_KEY = "vmpool_config_format"
+CANONICAL_FORMAT = 1
+CANONICAL_SECTIONS = frozenset({CANONICAL_FORMAT_KEY, "warnings", "config", "redis", "auth", "providers", "pools",
+                                "tagfilter", "dns_configs", "rate_limits"})
+
+
+def canonical(config: Config) -> dict[str, Any]:
+    """The validated config as a JSON document (``from_canonical`` builds an equal Config): each
+    block's values as validated, under their YAML keys; secrets in the clear (as the YAML holds
+    them), the pools' sizing blocks as written; the warnings of its validation."""
+    return {
+        CANONICAL_FORMAT_KEY: CANONICAL_FORMAT,
+        "config": _block(config.service),
+        "redis": _block(config.redis),
+        "providers": {name: _block(provider.settings) for name, provider in config.providers.items()},
+        "dns_configs": {name: _block(entry.settings) for name, entry in config.dns_configs.items()},
+        "pools": [{key: _plain(value) for key, value in pool.settings.items()} for pool in config.pools],
+        "auth": None if config.auth is None else _block(config.auth),
+        "tagfilter": dict(config.tagfilter),
+        "rate_limits": {name: dict(limit) for name, limit in config.rate_limits.items()},
+        "warnings": list(config.warnings),
+    }
+
+
+def canonical_json(config: Config) -> str:
+    """``canonical(config)`` as JSON text (what packaging and config-push write)."""
+    return json.dumps(canonical(config), separators=(",", ":"), default=str)
+
+
+def _block(settings: SettingsModel) -> dict[str, Any]:
+    keys = {name: key for key, name in type(settings).keys().items()}
+    return {keys[item.name]: _plain(getattr(settings, item.name)) for item in dataclasses.fields(settings)
+            if getattr(settings, item.name) is not None}
+
+
+def _plain(value: Any) -> Any:
+    """A validated value in its canonical JSON form."""
+    from chalicelib.sizing.settings import SizingSettings
+
+    if isinstance(value, Secret):
+        return value.get_secret_value()
+    if isinstance(value, SecretReference):
+        kind = "secret" if value.store == "secretsmanager" else "ssm"
+        return {kind: value.name, **({"key": value.key} if value.key is not None else {})}
+    if isinstance(value, SizingSettings):
+        return value.source
+    if isinstance(value, SettingsModel):
+        return _block(value)
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def from_canonical(document: Any, source: str = "canonical config") -> Config:
+    """Build the config from its canonical form (``canonical``). Raises ConfigError, each problem
+    with its key path, for a document of another format or of the wrong shape (edited by hand)."""
+    if not isinstance(document, dict) or document.get(CANONICAL_FORMAT_KEY) != CANONICAL_FORMAT:
+        found = document.get(CANONICAL_FORMAT_KEY) if isinstance(document, dict) else None
+        raise ConfigError([(f"{source}: not a canonical vmpool config of format {CANONICAL_FORMAT} "
+                           f"({CANONICAL_FORMAT_KEY}: {found!r})")])
+    warnings = document.get("warnings") or []
+    if not isinstance(warnings, list) or not all(isinstance(item, str) for item in warnings):
+        raise ConfigError([f"{source}: warnings: must be a list of strings"])
+    return build(document, TrustedReader())
+
+
+def canonical_document(text: str) -> dict[str, Any] | None:
+    """The canonical document ``text`` holds, or None when it is something else (YAML, or JSON
+    without the format key: a YAML config written as JSON)."""
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) and CANONICAL_FORMAT_KEY in document else None
+
+
+def from_text(text: str, source: str = "config", base_dir: Path | None = None) -> Config:
+    """A config from its canonical JSON (built without pydantic or yaml) or from YAML (validated:
+    ``parse``, which imports PyYAML and pydantic on its first use). Raises ConfigError."""
+    document = canonical_document(text)
+    if document is not None:
+        return from_canonical(document, source)
+    return parse(text, source, base_dir=base_dir)
 
 
 def load(environ: Mapping[str, str] | None = None) -> Config:
-    """Load the config named by the environment: raw YAML in VMPOOL_CONFIG, a file named by
-    VMPOOL_CONFIG_FILE, else the packaged default."""
+    """Load the config named by the environment: VMPOOL_CONFIG (the text), a file named by
+    VMPOOL_CONFIG_FILE, else the packaged default; canonical JSON (what packaging puts in the
+    Lambda zip) or YAML (validated, ``parse``)."""
     environ = os.environ if environ is None else environ
     if environ.get(CONFIG_YAML_ENV):
-        return parse(environ[CONFIG_YAML_ENV], CONFIG_YAML_ENV)
+        return from_text(environ[CONFIG_YAML_ENV], CONFIG_YAML_ENV)
     path = Path(environ.get(CONFIG_FILE_ENV) or DEFAULT_CONFIG_FILE)
     try:
         text = path.read_text()
     except OSError as error:
         raise ConfigError([f"{path}: cannot read: {error.strerror}"]) from None
-    return parse(text, str(path), base_dir=path.parent)
+    return from_text(text, str(path), base_dir=path.parent)

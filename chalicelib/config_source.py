@@ -1,7 +1,11 @@
 """Where the running service reads its config: S3 in AWS, the packaged file otherwise.
 
-Pools change without a code deploy: ``make config-push`` validates the YAML with the start-up
-validator (``config.parse``) and writes it to ``s3://<VMPOOL_CONFIG_BUCKET>/<VMPOOL_CONFIG_KEY>``.
+Pools change without a code deploy: ``make config-push`` validates the YAML (``config.parse``) and
+writes the canonical JSON of the validated config to ``s3://<VMPOOL_CONFIG_BUCKET>/<VMPOOL_CONFIG_KEY>``,
+which a function builds without pydantic or yaml (``config.from_canonical``). A YAML object put
+there by hand is still accepted: it is validated here, on the slow path (pydantic and PyYAML
+imported on that first use, logged), or refused with a log line where the package carries no
+pydantic (the Lambda zip: infra/slim_zip.py), the last good config staying.
 Every function checks the object at most once per ``REFRESH_SECONDS`` (a conditional GET: an
 unchanged object costs a 304 and no parsing) and swaps in the new config when it changed, so
 a push is live everywhere within a minute. A config that fails validation there (pushed by hand,
@@ -19,7 +23,7 @@ import threading
 from typing import Any, Callable, Mapping
 
 from chalicelib.clock import Clock
-from chalicelib.config import Config, ConfigError, parse
+from chalicelib.config import Config, ConfigError, canonical_document, from_canonical, parse
 from chalicelib.observability import logger
 
 CONFIG_BUCKET_ENV = "VMPOOL_CONFIG_BUCKET"
@@ -68,7 +72,12 @@ class ConfigSource:
             return
         text, etag = fetched
         try:
-            config = parse(text, source="s3 config")
+            document = canonical_document(text)
+            if document is not None:
+                config = from_canonical(document, source="s3 config")
+            else:
+                logger.warning("pushed config is YAML, not config-push's canonical JSON: validating it here")
+                config = parse(text, source="s3 config")
         except ConfigError as error:
             logger.error("pushed config is invalid; keeping the last good one", extra={"error": str(error)})
             self._etag = etag  # do not parse the same bad object again

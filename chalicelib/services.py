@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import redis
 
@@ -50,15 +50,16 @@ def configured_secrets(config: Config) -> Iterator[Any]:
     if config.redis.password is not None:
         yield config.redis.password
     for provider in config.providers.values():
-        if provider.get("password") is not None:
-            yield provider.get("password")
+        password = getattr(provider.settings, "password", None)
+        if password is not None:
+            yield password
     for dns_config in config.dns_configs.values():
-        if dns_config.get("tsig_secret") is not None:
-            yield dns_config.get("tsig_secret")
-    ldap = (config.auth or {}).get("ldap") or {}
-    service_account = ldap.get("service_account_hash") if isinstance(ldap, Mapping) else None
-    if isinstance(service_account, Mapping) and service_account.get("password") is not None:
-        yield service_account.get("password")
+        tsig_secret = getattr(dns_config.settings, "tsig_secret", None)
+        if tsig_secret is not None:
+            yield tsig_secret
+    ldap = config.auth.ldap if config.auth is not None else None
+    if ldap is not None and ldap.service_account_password is not None:
+        yield ldap.service_account_password
 
 
 def resolve_and_redact(resolver: SecretResolver, value: Any) -> str | None:
@@ -99,7 +100,7 @@ def redis_client(config: Config, resolver: SecretResolver) -> redis.Redis:
 def demand_sized_pools(config: Config) -> frozenset[str]:
     """Pools whose checkouts and misses are counted for demand sizing (docs/sizing.md)."""
     return frozenset(pool.name for pool in config.pools
-                     if pool.get("sizing") is not None and pool.get("sizing").demand is not None)
+                     if pool.sizing is not None and pool.sizing.demand is not None)
 
 
 class Services:
@@ -219,5 +220,5 @@ class Services:
         """API tokens (hash-only in Redis), expiring after ``config.token_ttl`` hours when set."""
         return TokenStore(
             self.client, self.clock, ttl_hours=self.config.service.token_ttl, prefix=self.store.keys.prefix,
-            max_per_user=int(self.config.service.max_tokens_per_user),
+            max_per_user=self.config.service.max_tokens_per_user,
         )

@@ -1,8 +1,9 @@
 """Publish a stage's pool config without a code deploy (``make config-push STAGE=prod CONFIG=...``).
 
-The YAML is validated by the validator the service runs at start-up (``chalicelib.config.parse``);
-an invalid file is refused with every problem listed and nothing is published. A valid one is
-written to the stage's config bucket (the stack output ``ConfigBucket``), where every function
+The YAML is validated (``chalicelib.config.parse``, pydantic); an invalid file is refused with
+every problem listed and nothing is published. The canonical JSON of a valid one
+(``chalicelib.config.canonical_json``: what a Lambda builds without pydantic or yaml) is written
+to the stage's config bucket (the stack output ``ConfigBucket``), where every function
 picks it up within ``chalicelib.config_source.REFRESH_SECONDS`` (30 s) of its next invocation.
 The bucket is versioned: rolling back is pushing the previous file (or restoring a version).
 
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from chalicelib.config import ConfigError, parse
+from chalicelib.config import ConfigError, canonical_json, parse
 from chalicelib.config_source import DEFAULT_CONFIG_KEY
 from infra.sync_config import STAGES, stack_name
 
@@ -31,10 +32,11 @@ def stack_output(cloudformation: Any, stage: str, key: str) -> str:
 
 
 def push(text: str, bucket: str, s3: Any, source: str = "config") -> str:
-    """Validate and publish; returns the new object's version (or ETag). Raises ConfigError."""
+    """Validate and publish the canonical JSON; returns the new object's version (or ETag).
+    Raises ConfigError."""
     config = parse(text, source)
-    answer = s3.put_object(Bucket=bucket, Key=DEFAULT_CONFIG_KEY, Body=text.encode("utf-8"),
-                           ContentType="application/yaml",
+    answer = s3.put_object(Bucket=bucket, Key=DEFAULT_CONFIG_KEY, Body=canonical_json(config).encode("utf-8"),
+                           ContentType="application/json",
                            Metadata={"pools": str(len(config.pools))})
     return str(answer.get("VersionId") or answer.get("ETag"))
 

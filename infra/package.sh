@@ -42,6 +42,9 @@ for name, value in env.items():
 PY
 )"
 
+# The config file the functions read (the stage's): packaged as the canonical JSON of its validated
+# config (infra/slim_zip.py), so a Lambda imports neither pydantic nor yaml to load it.
+packaged_config="$VMPOOL_CONFIG_FILE"
 if [[ -n "$keep_config" ]]; then export VMPOOL_CONFIG_FILE="$keep_config"; fi
 
 merge="build/merge-template-$stage.json"
@@ -51,6 +54,7 @@ rm -rf "$out"
 AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}" \
     "$python" -c "import sys; from chalice.cli import main; sys.exit(main())" \
     package --stage "$stage" --merge-template "$merge" "$out" >&2
-# Slimmed for Lambda (infra/slim_zip.py): no SDK, no unused library parts, bytecode compiled ahead.
-"$python" -m infra.slim_zip "$out/deployment.zip"
+# Slimmed for Lambda (infra/slim_zip.py): no SDK, no unused library parts, bytecode compiled ahead,
+# the config validated and written as canonical JSON.
+"$python" -m infra.slim_zip "$out/deployment.zip" --config "$packaged_config"
 echo "$out/sam.json"

@@ -9,6 +9,10 @@ What leaves the zip, and why (issue 14: 22.0 MB as Chalice builds it):
   ``tests/infra/test_package.py`` unpacks the slimmed zip and, in a fresh interpreter that sees
   nothing else, imports every module of the app and runs each function's handler, so a part
   that is in use cannot silently go.
+- **pydantic** (``VALIDATION_ONLY``): the config is validated where it is accepted; the packaged
+  config file is validated here and replaced by its canonical JSON (``canonical_config``), which
+  the Lambdas build without pydantic or yaml. A YAML config reaching a Lambda (VMPOOL_CONFIG, or
+  an object put in the config bucket by hand) is refused with a message naming config-push.
 - **What only tools read**: type stubs (``*.pyi``, ``py.typed``, ``*-stubs``), a wheel's
   ``RECORD``/``WHEEL``/``INSTALLER``/``REQUESTED`` (``METADATA`` stays: redis asks
   ``importlib.metadata`` for its version; licences stay).
@@ -26,7 +30,7 @@ What leaves the zip, and why (issue 14: 22.0 MB as Chalice builds it):
 Run by the Lambda Python (the bytecode is for its version; a sourceless module only imports on
 that version, which is the one the template's runtime names, infra/package.sh):
 
-    build/venv-3.13/bin/python -m infra.slim_zip build/package/deployment.zip
+    build/venv-3.13/bin/python -m infra.slim_zip build/package/deployment.zip --config chalicelib/vmpool.yaml
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+VALIDATION_ONLY = ("pydantic", "pydantic_core", "annotated_types", "typing_inspection")
+"""pydantic and what only it uses: the config is validated where it is accepted (packaging, just
+below, and ``make config-push``), and the Lambdas build it from its canonical JSON without
+pydantic (chalicelib/config.py). 2.5 MB zipped, which the 5 MB zip could not hold."""
 
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath", "urllib3", "dateutil", "python_dateutil", "six")
 """Top-level modules and distributions the Lambda Python runtime already has (the AWS SDK)."""
@@ -76,6 +85,9 @@ def dropped(name: str) -> str | None:
     top = name.split("/", 1)[0]
     if any(top in (module, f"{module}.py") or top.startswith(f"{module}-") for module in RUNTIME_PROVIDED):
         return "provided by the Lambda runtime"
+    if any(top in (module, f"{module}.py") or top.startswith((f"{module}-", f"{module}."))
+           for module in VALIDATION_ONLY):
+        return "validation only (the packaged config is validated here, below)"
     if any(name == path or (path.endswith("/") and name.startswith(path)) for path in UNUSED):
         return "unused"
     base = name.rsplit("/", 1)[-1]
@@ -115,6 +127,25 @@ def compile_tree(tree: Path) -> None:
                                     invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
 
 
+def canonical_config(tree: Path, member: str) -> None:
+    """Validate the packaged config file ``member`` (the stage's ``VMPOOL_CONFIG_FILE``) and write
+    its canonical JSON in its place: the Lambdas build it without pydantic or yaml
+    (chalicelib/config.py ``from_text``). JSON is YAML, so the file stays readable as YAML. An
+    invalid config fails the package with every problem listed."""
+    from chalicelib import config as config_module
+
+    path = tree / member
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SystemExit(f"slim_zip: the packaged config {member} is not in the zip: {error.strerror}") from None
+    try:
+        config = config_module.from_text(text, member, base_dir=path.parent)
+    except config_module.ConfigError as error:
+        raise SystemExit(f"slim_zip: the packaged config {member} is not valid:\n{error}") from None
+    path.write_text(config_module.canonical_json(config))
+
+
 def strip_extensions(tree: Path) -> None:
     """Drop the debug symbols of every C extension (``strip --strip-unneeded``)."""
     libraries = sorted(str(p) for p in tree.rglob("*.so*") if p.is_file())
@@ -127,8 +158,9 @@ def strip_extensions(tree: Path) -> None:
     subprocess.run([strip, "--strip-unneeded", *libraries], check=True)
 
 
-def slim(path: Path) -> tuple[int, int]:
-    """Rewrite the zip in place; returns its size before and after."""
+def slim(path: Path, config_member: str | None = None) -> tuple[int, int]:
+    """Rewrite the zip in place (``config_member``: the packaged config, written as canonical JSON);
+    returns its size before and after."""
     before = path.stat().st_size
     with tempfile.TemporaryDirectory() as scratch:
         tree = Path(scratch) / "tree"
@@ -136,6 +168,8 @@ def slim(path: Path) -> tuple[int, int]:
             members = [m for m in archive.infolist() if dropped(m.filename) is None]
             archive.extractall(tree, members)
             modes = {m.filename: m.external_attr for m in members}
+        if config_member:
+            canonical_config(tree, config_member)
         compile_tree(tree)
         strip_extensions(tree)
         slimmed = Path(scratch) / "deployment.zip"
@@ -152,10 +186,10 @@ def slim(path: Path) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m infra.slim_zip DEPLOYMENT_ZIP", file=sys.stderr)
+    if len(args) not in (1, 3) or (len(args) == 3 and args[1] != "--config"):
+        print("usage: python -m infra.slim_zip DEPLOYMENT_ZIP [--config PACKAGED_CONFIG_FILE]", file=sys.stderr)
         return 2
-    before, after = slim(Path(args[0]))
+    before, after = slim(Path(args[0]), args[2] if len(args) == 3 else None)
     print(f"slim_zip: {args[0]}: {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB", file=sys.stderr)
     return 0
 

@@ -245,7 +245,7 @@ def route53_zones(stage: Stage) -> list[str]:
 
     config = config_module.load({config_module.CONFIG_FILE_ENV: str(ROOT / stage.config_file)})
     return sorted({
-        str(entry.get("hosted_zone_id")).split("/")[-1]
+        str(getattr(entry.settings, "hosted_zone_id", "")).split("/")[-1]
         for entry in config.dns_configs.values() if entry.dns_class == "route53"
     })
 

@@ -228,8 +228,10 @@ class Harness:
         return pool
 
     def reconcile(self, name: str, checkpoint: Checkpoint | None = None) -> PassReport:
-        """One pass over the pool, with its provider and DNS plugin, as the reconcile Lambda runs it."""
-        pool = self.pool(name)
+        """One pass over the pool, with its provider and DNS plugin, as the reconcile Lambda runs it
+        (given the pool as configured: the pass applies the runtime overrides it reads)."""
+        pool = self.config.pool(name)
+        assert pool is not None, name
         provider: Provider = self.services.provider(pool.provider)
         return reconcile_pool(self.store, provider, pool, self.clock, self.config.service,
                               checkpoint or no_checkpoint, self.services.dns_plugin(pool))

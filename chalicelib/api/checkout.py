@@ -151,9 +151,10 @@ def fallback_wanted(services: Services, request: ApiRequest, wanted: Mapping[str
         return True
     if asked in ("false", "0", "no"):
         return False
-    default = bool(services.config.service.ondemand_fallback)
+    default = services.config.service.ondemand_fallback
     pools = [services.config.pool(name) for requested in wanted for name in services.config.resolve(requested)]
-    return bool(pools) and all(pool is not None and bool(pool.get("ondemand_fallback", default)) for pool in pools)
+    return bool(pools) and all(
+        pool is not None and (default if pool.ondemand_fallback is None else pool.ondemand_fallback) for pool in pools)
 
 
 def fallback_checkout(
@@ -165,7 +166,7 @@ def fallback_checkout(
         return None
     if services.config.auth is not None and caller is None:
         return None
-    if sum(wanted.values()) > int(services.config.service.max_ondemand_instances_per_request):
+    if sum(wanted.values()) > services.config.service.max_ondemand_instances_per_request:
         return None
     request_id = open_request(services, request, wanted, None, caller)
     return ApiResponse(202, {"ok": True, "request_id": request_id, "ready": False})

@@ -60,7 +60,7 @@ def page(services: Services, request: ApiRequest) -> ApiResponse:
     HTML tags, which are dropped here)."""
     import html  # here: its entity table costs every cold start ~2 ms, and only this page escapes
 
-    site_name = html.escape(TAG.sub("", str(services.config.service.site_name)).strip() or "vmpool")
+    site_name = html.escape(TAG.sub("", services.config.service.site_name).strip() or "vmpool")
     return ApiResponse(200, _template().replace("{{site_name}}", site_name), dict(PAGE_HEADERS))
 
 

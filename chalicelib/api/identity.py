@@ -94,10 +94,12 @@ def required_admin(services: Services, request: ApiRequest) -> Caller | None:
     caller = required_caller(services, request)
     if caller is None:
         return None
-    auth = services.config.auth or {}
-    if canonical_user(caller.user) in {canonical_user(name) for name in auth.get("admins") or ()}:
+    auth = services.config.auth
+    if auth is None:
         return caller
-    groups = tuple(auth.get("admin_groups") or ())
+    if canonical_user(caller.user) in {canonical_user(name) for name in auth.admins}:
+        return caller
+    groups = auth.admin_groups
     if groups:
         try:
             member_of_any = getattr(services.authenticator, "member_of_any", None)

@@ -64,7 +64,7 @@ def _check_wanted(services: Services, wanted: Mapping[str, int]) -> None:
     unknown = [name for name in wanted if not services.config.resolve(name)]
     if unknown:
         raise ApiError(404, {"bad_templates": unknown})
-    maximum = int(services.config.service.max_ondemand_instances_per_request)
+    maximum = services.config.service.max_ondemand_instances_per_request
     if sum(wanted.values()) > maximum:
         raise ApiError(403, {"message": f"requested amount of instances exceeds the maximum {maximum}"})
 

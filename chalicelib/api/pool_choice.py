@@ -27,7 +27,7 @@ def pool_weights(
     found = []
     for name in pools:
         pool = (live or {}).get(name) or config.pool(name)
-        target = (pool.get("clone_target") if pool else None) or config.service.clone_target
+        target = (pool.clone_target if pool else None) or config.service.clone_target
         if target is None or target not in weights:
             return None
         found.append(float(weights[target]))

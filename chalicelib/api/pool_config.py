@@ -111,7 +111,7 @@ def _clear(services: Services, request: ApiRequest, setting: _Setting) -> ApiRes
 def _value(pool: PoolConfig, setting: _Setting) -> Any:
     """The pool's current value of a setting (the clone target may come from ``:config:``)."""
     if setting is _CLONE_TARGET:
-        return pool.get("clone_target")
+        return pool.clone_target
     return getattr(pool, setting.field)
 
 

@@ -144,7 +144,7 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
             tags = _parse_tags(value, config.service.allowed_tags, config.tagfilter, failures)
         else:
             failures.append(f"Unknown argument {shown(key)}.")
-    max_tags = int(config.service.max_tags_per_vm)
+    max_tags = config.service.max_tags_per_vm
     if len(tags) > max_tags:
         failures.append(f"You provided more than {max_tags} tags.")
     if failures:
@@ -157,8 +157,8 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
         if result is ModifyResult.TOO_MANY_TAGS:
             raise ApiError(400, {"failure": [f"A VM carries at most {max_tags} tags."]})
     if tags:
-        services.store.record_tags(day_of(services.clock.now()), tags, int(config.service.max_tag_names_per_day),
-                                   int(config.service.max_tag_values_per_day))
+        services.store.record_tags(day_of(services.clock.now()), tags, config.service.max_tag_names_per_day,
+                                   config.service.max_tag_values_per_day)
     return ok()
 
 

@@ -11,28 +11,28 @@ Framework-free services; the HTTP routes wire them up. Import each from its own 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable
 
 from .base import AuthConfigError, Authenticator
+
+if TYPE_CHECKING:
+    from chalicelib.config import AuthConfig
 
 PROVIDERS = ("ldap", "dummy")
 
 
 def build_authenticator(
-    auth_config: Mapping[str, Any] | None,
+    auth_config: "AuthConfig | None",
     resolve_secret: Callable[[Any], str | None] | None = None,
 ) -> Authenticator | None:
     """The authenticator the ``:auth:`` section asks for, or None when there is no ``:auth:``.
 
-    ``resolve_secret`` turns secret config values (plain or references) into strings; the
-    default is the process-wide Powertools-backed resolver. Raises AuthConfigError."""
+    The section was validated when the config loaded (its LDAP block parsed into LdapSettings
+    there, once). ``resolve_secret`` turns secret config values (plain or references) into
+    strings; the default is the process-wide Powertools-backed resolver."""
     if auth_config is None:
         return None
-    if not isinstance(auth_config, Mapping):
-        raise AuthConfigError(["auth: must be a mapping"])
-    provider = auth_config.get("provider")
-    if isinstance(provider, str):
-        provider = provider.lstrip(":")
+    provider = auth_config.provider
     if provider == "dummy":
         from .dummy import DummyAuthenticator
 
@@ -40,7 +40,10 @@ def build_authenticator(
     if provider == "ldap":
         # Imported here: ldap3 alone costs ~80 ms, and the API Lambda's cold start should pay
         # for it only when the service authenticates with LDAP.
-        from .ldap import LdapAuthenticator, parse_ldap_settings
+        from .ldap import LdapAuthenticator
 
-        return LdapAuthenticator(parse_ldap_settings(auth_config.get("ldap")), resolve_secret)
+        settings = auth_config.ldap
+        if settings is None:
+            raise AuthConfigError(["auth.ldap: is required when auth.provider is ldap"])
+        return LdapAuthenticator(settings, resolve_secret)
     raise AuthConfigError([f"auth.provider: must be one of {', '.join(PROVIDERS)}, got {provider!r}"])

@@ -19,12 +19,15 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from chalicelib.store.keys import DEFAULT_PREFIX, Keys
 from chalicelib.store.scripts import script_source
 
 from .base import canonical_user
+
+if TYPE_CHECKING:
+    from chalicelib.config import AuthConfig
 
 
 def _user_part(user: str) -> str:
@@ -69,20 +72,17 @@ class LoginLimiter:
 
     @classmethod
     def from_config(
-        cls, auth_config: Mapping[str, Any] | None, redis: Any, prefix: str = DEFAULT_PREFIX,
+        cls, auth_config: "AuthConfig | None", redis: Any, prefix: str = DEFAULT_PREFIX,
     ) -> "LoginLimiter":
-        """From the ``:auth:`` section's login_attempts_per_user / _per_address / login_window_seconds."""
-        auth_config = auth_config or {}
-
-        def get(key: str, default: int) -> int:
-            value = auth_config.get(key)
-            return default if value is None else int(value)
-
+        """From the ``:auth:`` section's login_attempts_per_user / _per_address / login_window_seconds
+        (vmpooler's defaults without ``:auth:``)."""
+        if auth_config is None:
+            return cls(redis, prefix=prefix)
         return cls(
             redis,
-            max_per_user=get("login_attempts_per_user", 10),
-            max_per_address=get("login_attempts_per_address", 50),
-            window_seconds=get("login_window_seconds", 300),
+            max_per_user=auth_config.login_attempts_per_user,
+            max_per_address=auth_config.login_attempts_per_address,
+            window_seconds=auth_config.login_window_seconds,
             prefix=prefix,
         )
 

@@ -57,6 +57,10 @@ class Secret:
     def reveal(self) -> str:
         return self._value
 
+    def get_secret_value(self) -> str:
+        """The value (the name pydantic's SecretStr gives it, which callers of the config know)."""
+        return self._value
+
     def __repr__(self) -> str:
         return f"Secret('{REDACTED}')"
 
@@ -181,6 +185,8 @@ class SecretResolver:
             return None
         if isinstance(value, Secret):
             return value.reveal()
+        if isinstance(value, SecretReference):
+            return self.fetch(value, force_fetch=force_fetch)
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -275,6 +281,14 @@ def resolve_secret(value: Any) -> str | None:
 
 
 ResolveSecret = Callable[[Any], "str | None"]
+
+
+def plain_secret(value: Any) -> str | None:
+    """A config secret's value when it is written in the config (no AWS call): references give
+    None. The default where no resolver is injected (tests, local runs without AWS)."""
+    if hasattr(value, "get_secret_value"):
+        return str(value.get_secret_value())
+    return value if isinstance(value, str) else None
 
 
 class RedactingFilter(logging.Filter):

@@ -1,11 +1,10 @@
 """The one interface every DNS plugin implements, and the failures it raises."""
 
-from __future__ import annotations
-
 import abc
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, Optional
 
-from chalicelib.config import DnsConfig
+from chalicelib.config_fields import Bool, SettingsModel, Str
 
 
 class DnsError(Exception):
@@ -28,6 +27,28 @@ class DnsRejected(DnsError):
     metric_key = "rejected"
 
 
+@dataclass(frozen=True, kw_only=True)
+class DnsSettings(SettingsModel):
+    """The keys of a ``:dns_configs:`` entry every plugin has; each plugin's model adds its own."""
+
+    dns_class: Optional[Str] = None
+    domain: Optional[Str] = None
+    check_names: Optional[Bool] = None
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """A ``:dns_configs:`` entry: which DNS plugin (``dns_class``) manages the records of the
+    pools that name it in ``dns_plugin``, for which domain, with the plugin's own settings."""
+
+    name: str
+    dns_class: str
+    domain: str | None
+    settings: DnsSettings
+    """Validated with the plugin's model (``registry.settings_model``); DnsSettings for a class
+    vmpool does not ship."""
+
+
 class DnsPlugin(abc.ABC):
     """Manages the A records of the pools whose ``dns_plugin`` names this ``:dns_configs:`` entry."""
 
@@ -37,7 +58,8 @@ class DnsPlugin(abc.ABC):
     def __init__(self, config: DnsConfig) -> None:
         self.name = config.name
         self.domain = (config.domain or "").strip(".")
-        self.checks_names = bool(config.get("check_names", self.manages_records)) and bool(self.domain)
+        check_names = config.settings.check_names
+        self.checks_names = (self.manages_records if check_names is None else check_names) and bool(self.domain)
         """Whether a new VM name is looked up first and refused when it already resolves."""
 
     def fqdn(self, hostname: str) -> str:

@@ -16,26 +16,29 @@ Updates and lookups go over TCP to the server itself (no caching resolver in bet
 lookup right after an update sees it.
 """
 
-from __future__ import annotations
-
 import socket
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Optional
 
-from chalicelib.config import DnsConfig, Key, choice, integer, number, secret_value, string
-from chalicelib.dns.base import DnsPlugin, DnsRejected, DnsUnavailable
+from chalicelib.config_fields import Port, Seconds, SecretValue, Str, bounded, one_of
+from chalicelib.dns.base import DnsConfig, DnsPlugin, DnsRejected, DnsSettings, DnsUnavailable
 
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1", "hmac-md5")
 
-KEYS: dict[str, Key] = {
-    "server": Key(string),
-    "port": Key(integer(1, 65535), 53),
-    "zone": Key(string),
-    "tsig_key_name": Key(string),
-    "tsig_secret": Key(secret_value),
-    "tsig_algorithm": Key(choice(*TSIG_ALGORITHMS), "hmac-sha256"),
-    "ttl": Key(integer(1, 604800), 60),
-    "timeout": Key(number(0.1), 5.0),
-}
+
+@dataclass(frozen=True, kw_only=True)
+class DynamicDnsSettings(DnsSettings):
+    """A ``dynamic-dns`` entry. Without ``server`` vmpool manages nothing (the VMs register
+    themselves, as in vmpooler); with it, RFC 2136 updates signed with the TSIG key."""
+
+    server: Optional[Str] = None
+    port: Port = 53
+    zone: Optional[Str] = None
+    tsig_key_name: Optional[Str] = None
+    tsig_secret: Optional[SecretValue] = field(default=None, repr=False)
+    tsig_algorithm: Annotated[str, one_of(*TSIG_ALGORITHMS)] = "hmac-sha256"
+    ttl: Annotated[int, bounded(1, 604800)] = 60
+    timeout: Seconds = 5.0
 
 
 class DynamicDns(DnsPlugin):
@@ -46,15 +49,17 @@ class DynamicDns(DnsPlugin):
         import dns.tsigkeyring
 
         super().__init__(config)
-        self.server = str(config.get("server"))
-        self.port = int(config.get("port", 53))
-        self.zone = dns.name.from_text(str(config.get("zone") or self.domain or "."))
-        self.ttl = int(config.get("ttl", 60))
-        self.timeout = float(config.get("timeout", 5.0))
-        key_name = config.get("tsig_key_name")
+        settings = config.settings
+        assert isinstance(settings, DynamicDnsSettings), "the registry builds DynamicDns for dynamic-dns entries only"
+        self.server = str(settings.server)
+        self.port = settings.port
+        self.zone = dns.name.from_text(settings.zone or self.domain or ".")
+        self.ttl = settings.ttl
+        self.timeout = settings.timeout
+        key_name = settings.tsig_key_name
         self._keyring: Any = None
         self._key_name: Any = None
-        self._algorithm = str(config.get("tsig_algorithm", "hmac-sha256"))
+        self._algorithm = settings.tsig_algorithm
         if key_name and tsig_secret:
             self._keyring = dns.tsigkeyring.from_text({str(key_name): tsig_secret})
             self._key_name = dns.name.from_text(str(key_name))

@@ -11,19 +11,22 @@ Each change is one ChangeResourceRecordSets call (UPSERT / DELETE); a lookup is 
 ListResourceRecordSets call starting at the name. Credentials are the Lambda role's.
 """
 
-from __future__ import annotations
+from dataclasses import dataclass
+from typing import Annotated, Any, Optional
 
-from typing import Any
+from chalicelib.config_fields import Seconds, Str, bounded
+from chalicelib.dns.base import DnsConfig, DnsError, DnsPlugin, DnsRejected, DnsSettings, DnsUnavailable
 
-from chalicelib.config import REQUIRED, DnsConfig, Key, integer, number, string
-from chalicelib.dns.base import DnsError, DnsPlugin, DnsRejected, DnsUnavailable
 
-KEYS: dict[str, Key] = {
-    "hosted_zone_id": Key(string, REQUIRED),
-    "ttl": Key(integer(1, 604800), 60),
-    "region": Key(string),
-    "timeout": Key(number(0.1), 5.0),
-}
+@dataclass(frozen=True, kw_only=True)
+class Route53Settings(DnsSettings):
+    """A ``route53`` entry: the hosted zone, the records' TTL, the API's region and timeout."""
+
+    hosted_zone_id: Str
+    ttl: Annotated[int, bounded(1, 604800)] = 60
+    region: Optional[Str] = None
+    timeout: Seconds = 5.0
+
 
 _RETRYABLE_CODES = frozenset({"Throttling", "ThrottlingException", "PriorRequestNotComplete", "ServiceUnavailable"})
 
@@ -33,10 +36,12 @@ class Route53Dns(DnsPlugin):
 
     def __init__(self, config: DnsConfig, client: Any = None) -> None:
         super().__init__(config)
-        self.zone_id = str(config.get("hosted_zone_id")).split("/")[-1]  # "/hostedzone/Z..." or "Z..."
-        self.ttl = int(config.get("ttl", 60))
-        self._region = config.get("region")
-        self._timeout = float(config.get("timeout", 5.0))
+        settings = config.settings
+        assert isinstance(settings, Route53Settings), "the registry builds Route53Dns for route53 entries only"
+        self.zone_id = settings.hosted_zone_id.split("/")[-1]  # "/hostedzone/Z..." or "Z..."
+        self.ttl = settings.ttl
+        self._region = settings.region
+        self._timeout = settings.timeout
         self._client = client
 
     @property
@@ -108,4 +113,4 @@ class Route53Dns(DnsPlugin):
         return [value["Value"] for value in current.get("ResourceRecords", [])] or ["(alias)"]
 
 
-__all__ = ["Route53Dns", "KEYS", "DnsError"]
+__all__ = ["Route53Dns", "Route53Settings", "DnsError"]

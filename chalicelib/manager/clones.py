@@ -33,7 +33,7 @@ def repopulate(context: PassContext) -> None:
     wanted = min(deficit, service.task_limit)
     reserved = store.reserve_clones(
         pool.name, pool.size, service.task_limit, pool.template, pool.domain or "",
-        candidate_names(wanted, service.prefix), context.now, clone_limit=int(pool.get("clone_limit", 0)),
+        candidate_names(wanted, service.prefix), context.now, clone_limit=pool.clone_limit or 0,
     )
     counts["pending"] += len(reserved)
     context.report.clones_short = deficit - len(reserved)

@@ -41,6 +41,7 @@ from chalicelib.providers.failures import Failure, FailureKind
 from chalicelib.sizing.controller import SizeDecision, target_size
 from chalicelib.store import DurationSample, PoolSnapshot, Store, VMRecord
 from chalicelib.store.pool_overrides import PoolOverride, PoolOverrides
+from chalicelib.store.pool_overrides import apply as apply_overrides
 
 Checkpoint = Callable[[str], None]
 """Called with a step's name as the pass reaches it: lets chaos tests kill the pass anywhere."""
@@ -144,7 +145,8 @@ class PassContext:
     def read(cls, store: Store, provider: Provider, pool: PoolConfig, clock: Clock, service: ServiceConfig,
              checkpoint: Checkpoint = no_checkpoint, dns: DnsPlugin | None = None) -> PassContext:
         """Read the pass's inputs, in this order: the inventory, the snapshot, the pool's
-        overrides and its size now. Raises ProviderError or StoreUnavailable (nothing changed yet)."""
+        overrides (applied to ``pool``, the pool as configured) and its size now. Raises
+        ProviderError or StoreUnavailable (nothing changed yet)."""
         now = clock.now()
         inventory_mark, inventory_checked = store.begin_pass(pool.name)
         changes = inventory_view.changes(provider, pool, service, now, inventory_checked)
@@ -156,7 +158,10 @@ class PassContext:
             checkpoint("inventory")
             snapshot, inventory = inventory_view.due_only(store, provider, pool, now, changes.names)
         checkpoint("snapshot")
+        # The one read of the overrides: the template, size and clone target the steps act on
+        # and the reset time they drain by come from the same moment.
         overrides = PoolOverrides(store).get(pool.name)
+        pool = apply_overrides(pool, overrides)
         size_decision = target_size(store, pool, now, service.sizing_timezone)
         pool = size_decision.apply(pool)
         return cls(store=store, provider=provider, dns=dns, clock=clock, service=service, checkpoint=checkpoint,

@@ -24,20 +24,19 @@ gone only when the provider was asked about it in this pass and said it is not t
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
-from chalicelib.config import PoolConfig
+from chalicelib.config import PoolConfig, ServiceConfig
 from chalicelib.providers.base import InventoryChanges, Provider, VMInfo
 from chalicelib.store import PoolSnapshot, Store, VMRecord
 
 
-def changes(provider: Provider, pool: PoolConfig, service: Any, now: float,
+def changes(provider: Provider, pool: PoolConfig, service: ServiceConfig, now: float,
             inventory_checked: str) -> InventoryChanges | None:
     """The provider's token and the VMs changed since the pool's last pass (names None: compare
     the whole inventory), or None when the provider has no token. ``inventory_checked``: the
     pool's mark (``Store.begin_pass``); ``service``: the ServiceConfig (``vm_checktime``)."""
     token, _, compared_at = inventory_checked.partition(" ")
-    period = int(getattr(service, "vm_checktime", 1) or 1) * 60
+    period = service.vm_checktime * 60
     recent = bool(token) and 0 <= now - _seconds(compared_at) < period
     return provider.inventory_changes(pool, token if recent else None)
 

@@ -31,10 +31,10 @@ def serve_requests(context: PassContext) -> None:
         return
     requests = OnDemandStore(context.store)
     service = context.service
-    limit = int(service.ondemand_clone_limit)
+    limit = service.ondemand_clone_limit
     for request_id in requests.open_requests(context.pool.name):
         reservation = requests.reserve(
-            request_id, context.pool.name, limit, int(service.max_vm_retries), context.pool.template,
+            request_id, context.pool.name, limit, service.max_vm_retries, context.pool.template,
             context.pool.domain or "", candidate_names(limit, service.prefix), context.now,
         )
         context.checkpoint("ondemand_reserved")

@@ -96,7 +96,8 @@ def run_pool(
     sampled: int | None = None
     try:
         while True:
-            pool = pool_config or services.pool(pool_name)
+            # As configured: the pass applies the runtime overrides from its own one read of them.
+            pool = pool_config or services.config.pool(pool_name)
             if pool is None:
                 break
             store.clear_wakes(pool_name)
@@ -142,9 +143,9 @@ def check_delay(services: "Services", pool: PoolConfig, result: PassReport) -> f
     while it waits for clones (its own running, or slots held by other pools), so a finished
     clone's slot is reused within that interval; else ``check_loop_delay_min`` (boots,
     destroys). An idle pool is not looked at again before its schedule: no cost added there."""
-    delay = float(pool.get("check_loop_delay_min", services.config.service.check_loop_delay_min))
+    delay = pool.check_loop_delay_min or services.config.service.check_loop_delay_min
     if result.waiting_for_clones:
-        delay = min(delay, float(services.config.service.clone_poll_interval))
+        delay = min(delay, services.config.service.clone_poll_interval)
     if result.clones_started:
         # Clones the provider finishes sooner than the poll (the dummy's instant clones): look
         # when they are done, or a small pool under load refills a batch per poll interval.

@@ -120,7 +120,7 @@ class DummyProvider(Provider):
         self.client = client
         self.clock = clock
         self.keys = Keys(prefix)
-        seed = config.get("seed")
+        seed = getattr(config.settings, "seed", None)
         self._random = random.Random(seed) if seed is not None else random.SystemRandom()
         self._calls = 0
         self._write_vms = client.register_script(_WRITE_VMS)

@@ -6,6 +6,7 @@ from typing import Callable
 
 import redis
 
+from chalicelib.auth.secrets import plain_secret
 from chalicelib.clock import Clock
 from chalicelib.config import Config, ProviderConfig
 from chalicelib.providers.base import Provider
@@ -17,7 +18,7 @@ def build_provider(
     config: Config,
     client: redis.Redis,
     clock: Clock,
-    resolve_secret: Callable[[object], str | None] = lambda value: value if isinstance(value, str) else None,
+    resolve_secret: Callable[[object], str | None] = plain_secret,
     prefix: str = DEFAULT_PREFIX,
 ) -> Provider:
     """The implementation named by ``provider_class``. vSphere is imported only when used, so
@@ -27,7 +28,9 @@ def build_provider(
 
         return DummyProvider(provider, client, clock, prefix=prefix)
     if provider.provider_class == "vsphere":
-        from chalicelib.providers.vsphere import VSphereProvider
+        from chalicelib.providers.vsphere.config import vsphere_settings
+        from chalicelib.providers.vsphere.provider import VSphereProvider
 
-        return VSphereProvider(provider, config.service, clock, password=resolve_secret(provider.get("password")))
+        password = resolve_secret(vsphere_settings(provider.settings).password)
+        return VSphereProvider(provider, config.service, clock, password=password)
     raise ValueError(f"unknown provider class {provider.provider_class!r}")

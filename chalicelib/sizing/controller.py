@@ -148,7 +148,7 @@ class SizeController:
 
     def target(self, pool: PoolConfig, now: float) -> SizeDecision:
         """The pool's size now (``pool`` as configured, its override not yet applied)."""
-        sizing: SizingSettings | None = pool.get("sizing")
+        sizing: SizingSettings | None = pool.sizing
         if sizing is None:
             return SizeDecision(pool.size, CONFIG)
         settings = sizing.demand
@@ -282,7 +282,7 @@ def target_size(store: Store, pool: PoolConfig, now: float, default_timezone: st
     """The reconcile pass's one question: the pool's size now and why. ``pool`` may carry its
     runtime size override; the override is read again here so the reason says so. A pool without
     ``sizing`` costs nothing (no Redis read). Emits the target size and predicted demand."""
-    if pool.get("sizing") is None:
+    if pool.sizing is None:
         return SizeDecision(pool.size, CONFIG)
     controller = SizeController(RedisSizingBackend(store), default_timezone)
     decision = controller.target(_configured(pool), now)
@@ -300,7 +300,7 @@ def current_sizes(store: Store, pools: Sequence[PoolConfig], now: float,
     overrides, states = RedisSizingBackend(store).current(pools)
     result: dict[str, SizeDecision] = {}
     for pool in pools:
-        sizing: SizingSettings | None = pool.get("sizing")
+        sizing: SizingSettings | None = pool.sizing
         override = overrides.get(pool.name)
         if sizing is None:
             result[pool.name] = SizeDecision(pool.size, CONFIG if override is None else OVERRIDE)

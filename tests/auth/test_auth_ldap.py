@@ -8,12 +8,14 @@ import threading
 import time
 
 import pytest
+import yaml
 
 from chalicelib.auth import build_authenticator
 from chalicelib.auth.base import AuthConfigError, AuthUnavailable
 from chalicelib.auth.dummy import DummyAuthenticator
 from chalicelib.auth.ldap import LdapAuthenticator, parse_ldap_settings
-from chalicelib.auth.secrets import SecretUnavailable
+from chalicelib.auth.secrets import SecretReference, SecretUnavailable, plain_secret
+from chalicelib.config import ConfigError, parse
 from tests.auth.slapd import SlapdServer
 from tests.support import free_port
 
@@ -324,13 +326,13 @@ def test_service_account_password_from_a_secret_reference(slapd):
 
     def resolve(value):
         calls.append(value)
-        if value == reference:
+        if value == SecretReference("secretsmanager", "vmpool/ldap", "password"):
             return slapd.service_password
-        return value
+        return plain_secret(value)
 
     auth = with_service_account(slapd, password=reference, resolve=resolve)
     assert auth.authenticate("alice", slapd.password("alice")) is True
-    assert calls == [reference]
+    assert calls == [SecretReference("secretsmanager", "vmpool/ldap", "password")]
 
     def broken(value):
         raise SecretUnavailable("cannot fetch Secrets Manager secret 'vmpool/ldap': AccessDenied")
@@ -390,16 +392,18 @@ def test_vmpooler_style_config_is_understood(slapd):
 def test_factory(slapd, caplog):
     assert build_authenticator(None, None) is None
     with caplog.at_level(logging.WARNING):
-        dummy = build_authenticator({"provider": "dummy"}, None)
+        dummy = build_authenticator(parse("auth: {provider: dummy}\n").auth, None)
     assert isinstance(dummy, DummyAuthenticator)
     assert "development only" in caplog.text
-    ldap = build_authenticator({"provider": "ldap", "ldap": slapd.ldap_config()}, None)
+    ldap = build_authenticator(parse(yaml.safe_dump({"auth": {"provider": "ldap", "ldap": slapd.ldap_config()}})).auth,
+                               None)
     assert isinstance(ldap, LdapAuthenticator)
     assert ldap.authenticate("alice", slapd.password("alice"))
-    with pytest.raises(AuthConfigError, match=r"auth\.ldap"):
-        build_authenticator({"provider": "ldap"}, None)
-    with pytest.raises(AuthConfigError, match=r"auth\.provider"):
-        build_authenticator({"provider": "kerberos"}, None)
+    # A missing LDAP block is refused when the config loads, not at the first login.
+    with pytest.raises(ConfigError, match=r"auth\.ldap: is required when auth\.provider is ldap"):
+        parse("auth: {provider: ldap}\n")
+    with pytest.raises(ConfigError, match=r"auth\.provider: must be one of ldap, dummy"):
+        parse("auth: {provider: kerberos}\n")
 
 
 def test_dummy_follows_vmpooler():

@@ -13,6 +13,8 @@ from chalicelib.auth.basic import LoginOutcome, LoginService, parse_basic_auth
 from chalicelib.auth.dummy import DummyAuthenticator
 from chalicelib.auth.ldap import LdapAuthenticator, parse_ldap_settings
 from chalicelib.auth.ratelimit import LoginLimiter
+from chalicelib.auth.secrets import plain_secret
+from chalicelib.config import parse
 
 
 def basic(user: str, password: str) -> str:
@@ -89,9 +91,9 @@ def test_record_is_atomic_under_concurrency(redis_client):
 
 
 def test_from_config(redis_client):
-    limiter = LoginLimiter.from_config(
-        {"login_attempts_per_user": 4, "login_attempts_per_address": 7, "login_window_seconds": 30}, redis_client
-    )
+    auth = parse("auth: {provider: dummy, login_attempts_per_user: 4, login_attempts_per_address: 7, "
+                 "login_window_seconds: 30}\n").auth
+    limiter = LoginLimiter.from_config(auth, redis_client)
     assert (limiter.max_per_user, limiter.max_per_address, limiter.window_seconds) == (4, 7, 30)
     default = LoginLimiter.from_config(None, redis_client)
     assert (default.max_per_user, default.max_per_address, default.window_seconds) == (10, 50, 300)
@@ -206,7 +208,7 @@ class _Gate:
 def _ldap(slapd):
     ldap = slapd.ldap_config()
     ldap["service_account_hash"] = {"user_dn": slapd.service_dn, "password": slapd.service_password}
-    return LdapAuthenticator(parse_ldap_settings(ldap), lambda value: value)
+    return LdapAuthenticator(parse_ldap_settings(ldap), plain_secret)
 
 
 def test_concurrent_wrong_passwords_reach_ldap_only_up_to_the_limit(redis_client, slapd):

@@ -29,7 +29,7 @@ BODIES: dict[str, Any] = {
 
 def _pool_now(api: Harness) -> tuple[int, str, str | None]:
     pool = api.services.pool(POOL)
-    return pool.size, pool.template, pool.get("clone_target")
+    return pool.size, pool.template, pool.clone_target
 
 
 @pytest.mark.parametrize("route", POOL_CHANGES, ids=lambda route: route.name)

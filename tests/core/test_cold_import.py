@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import pytest
 
 from chalicelib import deferred_imports
+from chalicelib.config import canonical_json, parse
 from local.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,8 +51,35 @@ def test_the_api_cold_import_runs_none_of_the_code_its_requests_never_use() -> N
     # The API's own code only: the tick and the consumer import the reconcile code, a pass the providers.
     assert sorted(m for m in modules if m.startswith("chalicelib.manager.")) == [
         "chalicelib.manager.pool_queue", "chalicelib.manager.refill"]  # the checkout's nudge
-    assert not [m for m in modules if m.startswith("chalicelib.providers.") and m != "chalicelib.providers.failures"]
+    # Of the providers, only the settings models the config validates (the packaged config names the
+    # dummy provider): no provider code, and not the models of providers the config does not use.
+    config_models = {"chalicelib.providers.failures", "chalicelib.providers.settings",
+                     "chalicelib.providers.dummy_config"}
+    assert not [m for m in modules if m.startswith("chalicelib.providers.") and m not in config_models]
     assert "html" not in modules
+
+
+CONFIG_LIBRARIES = ("pydantic", "pydantic_core", "annotated_types", "yaml", "_yaml")
+
+
+def test_the_api_cold_import_of_the_packaged_config_loads_neither_pydantic_nor_yaml(tmp_path: Path) -> None:
+    """What a Lambda loads is canonical JSON (packaging validated the YAML): ``import app``, and a
+    refresh from the config bucket after it, build the config with neither library."""
+    packaged = tmp_path / "vmpool.yaml"
+    packaged.write_text(canonical_json(parse((ROOT / "chalicelib" / "vmpool.yaml").read_text())))
+    pushed = canonical_json(parse((ROOT / "vmpool.yaml.example").read_text()))
+    found = fresh(f"""
+import app
+from chalicelib.clock import FakeClock
+from chalicelib.config_source import ConfigSource
+source = ConfigSource(app.CONFIG, lambda etag: ({pushed!r}, "etag-1"), FakeClock())
+assert source.current().pool_names != app.CONFIG.pool_names, "the pushed config was not loaded"
+""" + REPORT, {"VMPOOL_CONFIG_FILE": str(packaged)})
+
+    assert not [m for m in found["modules"] if m.split(".")[0] in CONFIG_LIBRARIES]
+    # The YAML of the repository, as make run loads it, is validated: pydantic and yaml are loaded.
+    found = fresh("import app\n" + REPORT, {"VMPOOL_CONFIG_FILE": str(ROOT / "chalicelib" / "vmpool.yaml")})
+    assert {"pydantic", "yaml"} <= set(found["modules"])
 
 
 def test_the_first_requests_need_nothing_the_cold_import_left_out(redis_server: RedisServer) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from chalicelib import config as config_module
 from chalicelib.config import ConfigError, parse
+from chalicelib.config_fields import is_ignored
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,23 +129,28 @@ def test_vmpooler_config_loads_with_every_key_of_the_contract() -> None:
     ) == (3.0, 30.0, 1.5)
 
     redis = config.redis
-    assert (redis.server, redis.port, redis.password, redis.data_ttl_hours) == (
+    assert (redis.server, redis.port, redis.password.get_secret_value(), redis.data_ttl_hours) == (
         "redis.example.com", 6380, "redis-secret", 72
     )
+    assert "redis-secret" not in repr(config)  # secrets are Secret (auth/secrets.py): never printed
 
-    assert config.auth is not None and config.auth["provider"] == "ldap"
-    ldap = config.auth["ldap"]
-    assert ldap["host"] == "ldap.example.com" and ldap["port"] == 636
-    assert ldap["base"] == ["ou=users,dc=example,dc=com", "ou=admins,dc=example,dc=com"]
-    assert ldap["user_object"] == ["uid", "cn"] and ldap["encryption"] == "simple_tls"
-    assert ldap["service_account_hash"] == {"user_dn": "cn=svc,dc=example,dc=com", "password": "svc-secret"}
+    # The LDAP block is parsed once, at load, into the settings the authenticator uses.
+    assert config.auth is not None and config.auth.provider == "ldap"
+    ldap = config.auth.ldap
+    assert ldap is not None
+    assert ldap.host == "ldap.example.com" and ldap.port == 636
+    assert ldap.bases == ("ou=users,dc=example,dc=com", "ou=admins,dc=example,dc=com")
+    assert ldap.user_objects == ("uid", "cn") and ldap.encryption == "simple_tls"
+    assert ldap.service_account_dn == "cn=svc,dc=example,dc=com"
+    assert ldap.service_account_password.get_secret_value() == "svc-secret"
 
     vsphere = config.providers["vsphere"]
     assert vsphere.provider_class == "vsphere"
-    assert (vsphere.get("server"), vsphere.get("username"), vsphere.get("password")) == (
+    settings = vsphere.settings
+    assert (settings.server, settings.username, settings.password.get_secret_value()) == (
         "vcenter.example.com", "vmpooler", "vc-secret"
     )
-    assert vsphere.get("insecure") is True and vsphere.get("datacenter") == "DC1"
+    assert settings.insecure is True and settings.datacenter == "DC1"
 
     assert dict(config.tagfilter) == {"url": "(.*)\\/"}
 
@@ -154,9 +161,10 @@ def test_vmpooler_config_loads_with_every_key_of_the_contract() -> None:
         "templates/debian-12-x86_64", "vmpooler/debian-12-x86_64", 5, "vsphere")
     assert debian.alias == ("debian", "linux")
     assert (debian.timeout_minutes, debian.ready_ttl_minutes) == (10, 30)
-    for key, value in {"pool": "cluster1/Resources/ci", "datastore": "vmstorage", "clone_target": "cluster1",
-                       "network": "VM Network", "datacenter": "DC2", "create_linked_clone": True}.items():
-        assert debian.get(key) == value, key
+    for key, value in {"resource_pool": "cluster1/Resources/ci", "datastore": "vmstorage",
+                       "clone_target": "cluster1", "network": "VM Network", "datacenter": "DC2",
+                       "create_linked_clone": True}.items():
+        assert getattr(debian, key) == value, key
     centos = config.pool("centos-9-x86_64")
     assert centos is not None
     assert centos.size == 3 and centos.alias == ("linux",)
@@ -331,7 +339,7 @@ pools:
     assert provider.pool_setting(config.pool("slow"), "createvm_max_time") == 90
     assert provider.pool_setting(config.pool("normal"), "createvm_max_time") == 30
     assert provider.pool_setting(config.pool("normal"), "destroyvm_max_time", 0) == 0
-    assert provider.get("seed") == 7
+    assert provider.settings.seed == 7
 
 
 SMALL = "pools:\n  - {{name: {name}, size: 1, provider: dummy}}\n"
@@ -392,18 +400,72 @@ def test_repository_example_config_loads() -> None:
 NOT_DOCUMENTED = {"getvm_rename_percent"}
 
 
+def _model(name: str) -> Any:
+    """A settings model by where it lives: the service's sections, each provider's, each plugin's."""
+    from chalicelib.dns.base import DnsSettings
+    from chalicelib.providers.dummy_config import DummySettings
+    from chalicelib.providers.vsphere.config import VSphereSettings
+
+    return {"ServiceConfig": config_module.ServiceConfig, "RedisConfig": config_module.RedisConfig,
+            "PoolSettings": config_module.PoolSettings, "AuthConfig": config_module.AuthConfig,
+            "DnsSettings": DnsSettings, "DummySettings": DummySettings, "VSphereSettings": VSphereSettings}[name]
+
+
 @pytest.mark.parametrize(
-    "section", ["SERVICE_KEYS", "REDIS_KEYS", "POOL_KEYS", "PROVIDER_KEYS", "AUTH_KEYS", "DNS_KEYS"]
+    "model", ["ServiceConfig", "RedisConfig", "PoolSettings", "AuthConfig", "DnsSettings", "DummySettings",
+              "VSphereSettings"]
 )
-def test_example_config_documents_every_key_that_does_something(section: str) -> None:
+def test_example_config_documents_every_key_that_does_something(model: str) -> None:
     example = REPO_ROOT / "vmpool.yaml.example"  # a deleted example fails here (FileNotFoundError)
     text = example.read_text()
-    keys = getattr(config_module, section)
+    settings = _model(model)
 
     undocumented = [
-        name for name, key in keys.items()
-        if key is not config_module._IGNORED and name not in NOT_DOCUMENTED
+        name for name in settings.keys()
+        if not is_ignored(settings, settings.keys()[name]) and name not in NOT_DOCUMENTED
         and not re.search(rf"(^|[\s#,:]){re.escape(name)}\s*:", text, re.MULTILINE)
     ]
 
     assert undocumented == []
+
+
+# --- the messages of typical mistakes, word for word (pydantic validates; the words are ours) ----
+
+
+@pytest.mark.parametrize(
+    "text, problems",
+    [
+        ("pools:\n  - {name: p, size: '5 VMs', provider: dummy}\n",
+         ['pools[0].size: must be an integer >= 0, got "5 VMs"']),
+        ("pools:\n  - {size: 2, provider: dummy}\n", ["pools[0].name: is required"]),
+        ("pools:\n  - {name: p, size: 1, provider: xen}\n",
+         ['pools[0].provider: no provider named "xen" in providers']),
+        ("providers:\n  mine: {provider_class: xen}\n",
+         ['providers.mine.provider_class: must be one of vsphere, dummy, got "xen"']),
+        ("config: {task_limit: ten}\npools:\n  - {name: p, size: 1, provider: dummy, createvm_max_time: slow}\n",
+         ['config.task_limit: must be an integer >= 1, got "ten"',
+          'pools[0].createvm_max_time: must be a number, got "slow"']),
+        ("providers:\n  dummy: {boot_time: [1]}\n", ["providers.dummy.boot_time: must be a number, got [1]"]),
+        ("dns_configs:\n  aws: {dns_class: route53, domain: example.com}\n",
+         ["dns_configs.aws.hosted_zone_id: is required"]),
+        ("redis: {password: {vault: x}}\n",
+         [("redis.password: a secret reference must be {secret: <name or ARN>[, key: <json key>]} or "
+           "{ssm: <parameter name>}")]),
+        ("auth: {provider: kerberos}\n", ['auth.provider: must be one of ldap, dummy, got "kerberos"']),
+    ],
+)
+def test_typical_mistakes_read_as_before(text: str, problems: list[str]) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse(text)
+
+    assert raised.value.problems == problems
+
+
+def test_a_secret_never_shows_in_a_message_or_a_repr() -> None:
+    config = parse("redis: {password: hunter2-redis}\nproviders:\n  vsphere: {server: vc, username: u, "
+                   "password: hunter2-vc}\npools:\n  - {name: p, size: 1, template: t}\n")
+    assert "hunter2" not in repr(config) and "hunter2" not in str(config)
+
+    with pytest.raises(ConfigError) as raised:
+        parse("redis: {password: [hunter2-list]}\n")
+    assert raised.value.problems == ["redis.password: must be a string or a secret reference, got list"]

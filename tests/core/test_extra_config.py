@@ -58,7 +58,7 @@ def test_extra_files_add_pools_and_keys_and_the_main_file_wins(tmp_path: Path) -
     # Set in the main file: kept. Only in an extra file: added.
     assert config.service.task_limit == 4 and config.service.vm_lifetime == 7
     dummy = config.providers["dummy"]
-    assert dummy.get("createvm_max_time") == 5 and dummy.get("boot_time") == 2
+    assert dummy.settings.createvm_max_time == 5 and dummy.settings.boot_time == 2
 
 
 def test_a_list_of_files_and_absolute_paths(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import pytest
 
 from chalicelib.config import PoolConfig
+from chalicelib.manager.runner import run_pool
 from chalicelib.providers.base import ProviderError, Started
 from chalicelib.providers.failures import FailureKind
 from chalicelib.store.pool_overrides import PoolOverrides
@@ -47,6 +48,26 @@ def test_a_reset_made_during_a_pass_is_acted_on_by_the_next_pass_not_half_way(wo
     world.clock.advance(1)
     after = world.reconcile("alpha")
     assert set(after.completed) == ready and set(after.completed.values()) == {"pool reset"}
+
+
+def test_a_template_change_and_reset_seen_by_a_pass_are_applied_together(world: Harness) -> None:
+    """The runtime overrides are read once per pass: before, the runner read them for the
+    template and the pass again for the reset time, so a change landing between the two reads
+    drained the pool and refilled it with the old template."""
+    ready = world.hosts("alpha", "ready")
+
+    def operator_switches_the_template(step: str) -> None:
+        if step == "inventory":  # the pass has started; it has not read the overrides yet
+            overrides = PoolOverrides(world.store)
+            overrides.set("template", "alpha", "t2")
+            overrides.reset("alpha", world.clock.now())
+
+    run = run_pool(world.services, "alpha", checkpoint=operator_switches_the_template)
+
+    (report,) = run.passes
+    assert set(report.completed) == ready  # drained: cloned before the reset, of the old template
+    assert len(report.clones_started) == 4
+    assert {world.store.get_vm(host).template for host in report.clones_started} == {"t2"}
 
 
 def test_a_pass_reads_the_pools_counts_once_and_reports_them_as_it_left_the_pool(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timezone
 
 import pytest
@@ -203,8 +204,8 @@ def test_destroy_failure_is_retried_until_it_succeeds(make_world: HarnessFactory
     fill(world)
     (host,) = world.check_out("alpha")
     world.store.move(host, "alpha", "running", "completed", world.clock.now(), reason="returned")
-    world.provider.config = type(world.provider.config)(
-        world.provider.config.name, "dummy", {**world.provider.config.settings, "destroyvm_fail_percent": 100})
+    settings = dataclasses.replace(world.provider.config.settings, destroyvm_fail_percent=100)
+    world.provider.config = dataclasses.replace(world.provider.config, settings=settings)
     world.reconcile("alpha")
     world.clock.advance(21)
     report = world.reconcile("alpha")
@@ -212,8 +213,8 @@ def test_destroy_failure_is_retried_until_it_succeeds(make_world: HarnessFactory
     assert world.store.get_vm(host).raw["destroy_error"] == "dummy: destroy failed (simulated failure)"
     assert world.state_of(host) == "completed"
 
-    world.provider.config = type(world.provider.config)(
-        world.provider.config.name, "dummy", {**world.provider.config.settings, "destroyvm_fail_percent": 0})
+    settings = dataclasses.replace(world.provider.config.settings, destroyvm_fail_percent=0)
+    world.provider.config = dataclasses.replace(world.provider.config, settings=settings)
     world.settle("alpha")
     assert world.state_of(host) == "destroyed"
     assert host not in world.provider_vms("alpha")

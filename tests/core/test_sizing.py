@@ -215,7 +215,7 @@ def test_decisions_are_logged_with_inputs_and_published_as_metrics(
 
 def test_sizing_in_the_example_config_loads() -> None:
     pool = parse((Path(__file__).resolve().parents[2] / "vmpool.yaml.example").read_text()).pools[0]
-    sizing = pool.get("sizing")
+    sizing = pool.sizing
     assert sizing.windows[0].label == "weekdays 07:00-19:00" and sizing.demand.max == 60
 
 

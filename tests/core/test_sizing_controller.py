@@ -75,7 +75,7 @@ WORKDAY = '{schedule: [{days: weekdays, start: "07:00", end: "19:00", size: 40}]
 ])
 def test_schedule_window_sets_the_size_otherwise_the_configured_one(moment: float, size: int, reason: str) -> None:
     pool = pool_with(WORKDAY)
-    decision = decide(pool, pool.get("sizing"), moment, None, None, None)
+    decision = decide(pool, pool.sizing, moment, None, None, None)
     assert (decision.size, decision.reason) == (size, reason)
 
 
@@ -83,18 +83,18 @@ def test_schedule_follows_the_pools_time_zone_then_the_global_one() -> None:
     berlin = pool_with('{timezone: Europe/Berlin, schedule: [{days: mon, start: "07:00", end: "08:00", size: 9}]}')
     utc_pool = pool_with('{schedule: [{days: mon, start: "07:00", end: "08:00", size: 9}]}')
     # 06:30 UTC is 07:30 in Berlin in January (CET, UTC+1).
-    assert current_window(berlin.get("sizing"), at(0, 6.5), "UTC") is not None
-    assert current_window(utc_pool.get("sizing"), at(0, 6.5), "UTC") is None
-    assert current_window(utc_pool.get("sizing"), at(0, 6.5), "Europe/Berlin") is not None
+    assert current_window(berlin.sizing, at(0, 6.5), "UTC") is not None
+    assert current_window(utc_pool.sizing, at(0, 6.5), "UTC") is None
+    assert current_window(utc_pool.sizing, at(0, 6.5), "Europe/Berlin") is not None
     # In July Berlin is UTC+2: 05:30 UTC is 07:30 local.
     july_monday = datetime(2027, 7, 5, 5, 30, tzinfo=timezone.utc).timestamp()
-    assert current_window(berlin.get("sizing"), july_monday, "UTC") is not None
+    assert current_window(berlin.sizing, july_monday, "UTC") is not None
 
 
 def test_window_past_midnight_and_first_window_wins() -> None:
     pool = pool_with('{schedule: [{days: fri, start: "22:00", end: "02:00", size: 12},'
                      ' {days: daily, start: "00:00", end: "24:00", size: 3}]}')
-    sizing = pool.get("sizing")
+    sizing = pool.sizing
     assert current_window(sizing, at(4, 23), None).size == 12  # Friday night
     assert current_window(sizing, at(5, 1.5), None).size == 12  # Saturday 01:30 belongs to Friday's window
     assert current_window(sizing, at(5, 2), None).size == 3
@@ -103,7 +103,7 @@ def test_window_past_midnight_and_first_window_wins() -> None:
 
 def test_override_wins_over_schedule_and_demand() -> None:
     pool = pool_with('{schedule: [{days: daily, start: "00:00", end: "24:00", size: 40}], demand: {max: 50}}')
-    decision = decide(pool, pool.get("sizing"), at(0, 9), None, 2, 30)
+    decision = decide(pool, pool.sizing, at(0, 9), None, 2, 30)
     assert (decision.size, decision.reason) == (2, "override")
 
 

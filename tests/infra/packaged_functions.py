@@ -16,11 +16,14 @@ import uuid
 from typing import Any
 
 LAZY = ("pyVmomi", "ldap3", "aws_xray_sdk", "dns", "redis.asyncio.client", "importlib.metadata._meta",
-        "chalicelib.manager.dispatch", "chalicelib.providers.base")
+        "chalicelib.manager.dispatch", "chalicelib.providers.base", "yaml", "pydantic")
 """Modules the API function's cold import must not load (the first vSphere pass, LDAP login,
 traced stage or DNS update loads its own; the tick and the consumer load the reconcile code;
 redis-py's asyncio client and importlib.metadata wait for a first use that never comes:
-chalicelib/deferred_imports.py)."""
+chalicelib/deferred_imports.py; the packaged config is canonical JSON, read without yaml or
+pydantic, which the zip does not even carry)."""
+
+CONFIG_LIBRARIES = ("yaml", "pydantic")
 
 
 class Context:
@@ -86,6 +89,8 @@ def main(vsphere_pool: str | None = None, dummy_pool: str = "") -> dict[str, Any
             break
         found["later_passes"] = found.get("later_passes", []) + [reconcile(app, dummy_pool)]
 
+    # Every function ran and loaded the config (canonical JSON): neither YAML nor pydantic.
+    found["config_libraries_loaded"] = sorted(name for name in CONFIG_LIBRARIES if name in sys.modules)
     import chalicelib
 
     failed = {}
@@ -95,6 +100,13 @@ def main(vsphere_pool: str | None = None, dummy_pool: str = "") -> dict[str, Any
         except Exception as error:  # noqa: BLE001 - reported, the test names the module
             failed[module.name] = repr(error)
     found["module_import_failures"] = failed
+    from chalicelib.config import ConfigError, from_text
+
+    try:  # a YAML config reaching a Lambda is refused with a message naming config-push
+        from_text("pools: []\n", "VMPOOL_CONFIG")
+        found["yaml_config"] = "accepted"
+    except ConfigError as error:
+        found["yaml_config"] = str(error)
     import redis.utils
     import yaml
 

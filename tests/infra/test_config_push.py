@@ -4,6 +4,7 @@ the new set (moto S3, a real Redis)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
@@ -15,7 +16,7 @@ from moto import mock_aws
 
 import app
 from chalicelib.clock import FakeClock
-from chalicelib.config import parse
+from chalicelib.config import from_canonical, parse
 from chalicelib.config_source import DEFAULT_CONFIG_KEY, REFRESH_SECONDS, ConfigSource, S3Fetch
 from chalicelib.manager.dispatch import Ticker
 from chalicelib.services import Services
@@ -83,6 +84,9 @@ def test_running_functions_pick_up_a_pushed_config_within_the_refresh(s3: Any, t
 
     code, output = push_file(tmp_path, PUSHED, capsys)
     assert code == 0, output
+    published = s3.get_object(Bucket=BUCKET, Key=DEFAULT_CONFIG_KEY)
+    assert published["ContentType"] == "application/json"  # the validated config, canonical: no YAML to parse
+    assert from_canonical(json.loads(published["Body"].read())) == parse(PUSHED)
     clock.advance(REFRESH_SECONDS - 1)
     assert app.services().config.pool_names == ("debian",)  # cached
     clock.advance(1)

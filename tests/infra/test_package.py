@@ -16,6 +16,7 @@ from cfnlint.api import ManualArgs, lint_file
 from moto.server import ThreadedMotoServer
 from packaged import ROOT, Package
 
+from chalicelib.config import canonical_json, from_canonical, parse
 from infra import lambda_sandbox, sync_config
 from infra.sync_config import RESOURCE_FREE_ACTIONS, STAGES
 from infra.template import function_logical_id
@@ -225,6 +226,19 @@ def test_deployment_zip_holds_the_app_and_its_config(package: Package) -> None:
     assert not any(n.startswith(("tests/", "infra/", "local/")) for n in names)
 
 
+def test_the_packaged_config_is_the_canonical_json_of_the_validated_yaml(package: Package) -> None:
+    """The Lambdas read the stage's config file as packaging validated it: canonical JSON, built
+    without pydantic (left out of the zip) or yaml; the same config as the YAML gives."""
+    member = sync_config.STAGES[package.stage].config_file
+    packaged = json.loads(package.zip.read(member))
+    assert packaged["vmpool_config_format"] == 1
+    assert from_canonical(packaged) == parse((ROOT / member).read_text())
+    names = package.zip.namelist()
+    assert not [n for n in names if n.split("/")[0].split("-")[0] in ("pydantic", "pydantic_core",
+                                                                      "annotated_types", "typing_inspection")]
+    assert any(n.startswith("aws_lambda_powertools/") for n in names)  # in the zip: no layer needed
+
+
 def test_deployment_zip_leaves_the_sdk_to_the_runtime_and_ships_bytecode(package: Package) -> None:
     """botocore (16 of 21.6 MB, pulled in by aws-xray-sdk) would shadow the runtime's copy; a
     zip without bytecode compiles every module at each cold start; issue 14 wants < 5 MB."""
@@ -253,6 +267,11 @@ def sandbox(package: Package, tmp_path_factory: pytest.TempPathFactory) -> lambd
                                      tmp_path_factory.mktemp("task-root"))
     except lambda_sandbox.NoLambdaPython as error:
         pytest.skip(str(error))
+
+
+def packaged_form(document: dict[str, Any]) -> str:
+    """A config as packaging and config-push hand it to the Lambdas: validated, canonical JSON."""
+    return canonical_json(parse(json.dumps(document)))
 
 
 def run_packaged(sandbox: lambda_sandbox.Sandbox, stage: str, args: list[str], extra: dict[str, str]) -> Any:
@@ -305,7 +324,7 @@ def test_each_packaged_function_runs_from_the_slimmed_zip(sandbox: lambda_sandbo
                        aws_secret_access_key="test")
     queue_url = sqs.create_queue(QueueName="vmpool-dev-reconcile")["QueueUrl"]
     config = tmp_path / "vmpool.yaml"
-    config.write_text(json.dumps({
+    config.write_text(packaged_form({
         "config": {"create_folders": True, "domain": "example.com"},
         "providers": {"vsphere": {"provider_class": "vsphere", "server": url.split("//")[-1].split("/")[0],
                                   "username": launcher.USERNAME, "password": launcher.PASSWORD,
@@ -318,6 +337,7 @@ def test_each_packaged_function_runs_from_the_slimmed_zip(sandbox: lambda_sandbo
         **aws, "VMPOOL_CONFIG_FILE": str(config), "VMPOOL_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/7",
         "VMPOOL_RECONCILE_QUEUE_URL": queue_url, "VMPOOL_KEY_PREFIX": "sandbox:"})
     assert found["loaded_by_cold_import"] == []
+    assert found["config_libraries_loaded"] == []  # the canonical config: no yaml, no pydantic
     assert found["status_code"] == 200
     assert found["tick"]["messages"] == 2
     queued = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
@@ -326,6 +346,7 @@ def test_each_packaged_function_runs_from_the_slimmed_zip(sandbox: lambda_sandbo
     assert len(found["vsphere_vms"]) == 1 and found["pools"]["vs"]["pending"] + found["pools"]["vs"]["ready"] == 1
     assert found["checkout_status"] == 200
     assert found["module_import_failures"] == {}
+    assert "make config-push" in found["yaml_config"] and "pydantic" in found["yaml_config"]
     assert found["c_extensions"] == {"libyaml": True, "hiredis": True}  # stripped, they still load
     assert found["time_zone"] == "America/Argentina/Buenos_Aires"  # from tzdata, sourceless
 

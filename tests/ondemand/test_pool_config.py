@@ -182,22 +182,22 @@ def test_clone_target_change_reaches_the_pool_the_pass_clones_with(make_stack):
     post = lambda body: stack.answer("POST", "/api/v3/config/clonetarget", body)  # noqa: E731
     assert post({"debian-12": "cluster2", "win-2022": "cluster1"}) == (201, {"ok": True})
     assert post({"debian-12": "cluster2"}) == (200, {"ok": True})
-    # What the reconcile pass hands the provider's clone (vSphere reads pool.get("clone_target")).
-    assert stack.services.pool("debian-12").get("clone_target") == "cluster2"
-    assert stack.services.pool("win-2022").get("clone_target") == "cluster1"
+    # What the reconcile pass hands the provider's clone (vSphere reads pool.clone_target).
+    assert stack.services.pool("debian-12").clone_target == "cluster2"
+    assert stack.services.pool("win-2022").clone_target == "cluster1"
     config = {p["name"]: p for p in stack.answer("GET", "/api/v3/config")[1]["pool_configuration"]}
     assert config["debian-12"]["clone_target"] == "cluster2"
     # Kept in Redis: another process (a new Lambda) sees it.
-    assert Services(stack.services.config, stack.services.client).pool("debian-12").get("clone_target") == "cluster2"
+    assert Services(stack.services.config, stack.services.client).pool("debian-12").clone_target == "cluster2"
 
     assert post({"win-2022": "cluster3"}) == (201, {"ok": True})
     assert stack.answer("DELETE", "/api/v3/config/clonetarget/win-2022") == (
         201, {"ok": True, "clone_target_before_reset": "cluster3", "clone_target_before_overrides": "cluster1"})
     assert stack.answer("DELETE", "/api/v3/config/clonetarget/win-2022") == (
         200, {"ok": True, "clone_target_before_reset": "cluster1", "clone_target_before_overrides": "cluster1"})
-    assert stack.services.pool("win-2022").get("clone_target") == "cluster1"
+    assert stack.services.pool("win-2022").clone_target == "cluster1"
     assert stack.answer("DELETE", "/api/v3/config/clonetarget/debian-12")[1]["clone_target_before_overrides"] is None
-    assert stack.services.pool("debian-12").get("clone_target") is None
+    assert stack.services.pool("debian-12").clone_target is None
 
 
 def test_clone_target_errors(make_stack):

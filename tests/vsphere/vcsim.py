@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 from chalicelib.clock import SystemClock
 from chalicelib.config import Config, PoolConfig, ProviderConfig, ServiceConfig, build
-from chalicelib.providers.vsphere import VSphereProvider
+from chalicelib.providers.vsphere.provider import VSphereProvider
 from tools.vcsim import launcher
 
 TEMPLATE = launcher.TEMPLATE

@@ -147,7 +147,7 @@ def simulate_demand(trace: Trace, pool: PoolConfig, lead_minutes: int, keep_size
     """Replay with the pool's size from the controller the reconcile pass uses."""
     backend = MemoryBackend(lead_seconds=lead_minutes * 60.0)
     controller = SizeController(backend, "UTC")
-    settings = pool.get("sizing").demand
+    settings = pool.sizing.demand
 
     def ready() -> None:
         backend.measured = True  # the first VM ready gives the pool a measured clone+boot time

@@ -1,6 +1,3 @@
-"""vSphere provider (pyVmomi). Only this package imports pyVmomi; importing it loads pyVmomi, so
-the registry imports it lazily and the API Lambdas never pay for it."""
-
-from chalicelib.providers.vsphere.provider import VSphereProvider
-
-__all__ = ["VSphereProvider"]
+"""vSphere provider (pyVmomi). Only ``provider.py`` and the modules it imports load pyVmomi: the
+registry imports it lazily, so the API Lambdas never pay for it, and ``config.py`` (the
+provider's settings) is validated without it."""

@@ -19,6 +19,7 @@ from pyVmomi import vim, vmodl
 from chalicelib.config import PoolConfig, ProviderConfig, ServiceConfig
 from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import inventory, tasks
+from chalicelib.providers.vsphere.config import vsphere_settings
 from chalicelib.providers.vsphere.connection import Connection, describe_fault, fault_kind
 from chalicelib.providers.vsphere.hosts import HostSelector
 
@@ -36,7 +37,7 @@ class CloneRefused(Exception):
 
 def datacenter_of(connection: Connection, config: ProviderConfig, pool: PoolConfig) -> str:
     """The pool's datacenter, else the provider's, else the first one."""
-    return str(config.pool_setting(pool, "datacenter") or inventory.default_datacenter(connection))
+    return pool.datacenter or vsphere_settings(config.settings).datacenter or inventory.default_datacenter(connection)
 
 
 def template_path(datacenter: str, template: str) -> str:
@@ -50,10 +51,10 @@ def template_path(datacenter: str, template: str) -> str:
 def is_linked(pool: PoolConfig, service: ServiceConfig) -> bool:
     """The pool's ``create_linked_clone`` when set (false really means full clones), else the
     global ``create_linked_clones``."""
-    value = pool.settings.get("create_linked_clone")
+    value = pool.create_linked_clone
     if value is not None:
         return bool(value)
-    return bool(getattr(service, "create_linked_clones", True))
+    return service.create_linked_clones
 
 
 def annotation(pool: PoolConfig, now: float) -> str:
@@ -133,22 +134,22 @@ def _start(
     if template is None or not isinstance(template, vim.VirtualMachine):
         raise CloneRefused(f"template {path} not found (vCenter has no VM at that inventory path)",
                            FailureKind.TEMPLATE)
-    create_folders = bool(getattr(service, "create_folders", False))
+    create_folders = service.create_folders
     folder = inventory.ensure_folder(connection, datacenter, pool.folder, create_folders)
     if folder is None:
         hint = "" if create_folders else " (set create_folders: true to create it)"
         raise CloneRefused(f"folder {datacenter}/vm/{pool.folder} not found{hint}", FailureKind.PLACEMENT)
 
     wanted = ["runtime.host", "snapshot.currentSnapshot", "resourcePool"]
-    network_name = pool.get("network")
+    network_name = pool.network
     if network_name:
         wanted.append("config.hardware.device")
     facts = inventory.one(connection, template, wanted) or {}
 
     # Resource pool: the pool's `pool`, else the cluster in `clone_target`, else the template's.
     relocate = vim.vm.RelocateSpec()
-    resource_pool_name = pool.get("pool")
-    clone_target = pool.get("clone_target") or getattr(service, "clone_target", None)
+    resource_pool_name = pool.resource_pool
+    clone_target = pool.clone_target or service.clone_target
     if resource_pool_name:
         found = inventory.find(connection, f"{datacenter}/host/{resource_pool_name}")
         if found is None:
@@ -171,7 +172,7 @@ def _start(
                                FailureKind.PLACEMENT)
         relocate.pool = _resource_pool_of(connection, owner, "the template's host")
 
-    datastore_name = pool.get("datastore")
+    datastore_name = pool.datastore
     if datastore_name:
         datastore = inventory.find(connection, f"{datacenter}/datastore/{datastore_name}")
         if datastore is None:
@@ -179,10 +180,10 @@ def _start(
                                FailureKind.PLACEMENT)
         relocate.datastore = datastore
 
-    if getattr(service, "manage_host_selection", False):
+    if service.manage_host_selection:
         cluster = _cluster_of(connection, relocate.pool)
         if cluster is not None:
-            limit = float(getattr(service, "utilization_limit", 90))
+            limit = service.utilization_limit
             try:
                 host = selector.pick(connection, cluster, (datacenter, cluster._moId), limit)
             except LookupError as none_eligible:

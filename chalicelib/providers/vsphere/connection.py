@@ -24,9 +24,11 @@ from typing import Any, Callable, TypeVar
 
 from pyVmomi import SoapStubAdapter, VmomiSupport, vim, vmodl
 
+from chalicelib.auth.secrets import plain_secret
 from chalicelib.config import ProviderConfig
 from chalicelib.providers.base import ProviderError
 from chalicelib.providers.failures import FailureKind
+from chalicelib.providers.vsphere.config import vsphere_settings
 
 log = logging.getLogger(__name__)
 
@@ -69,22 +71,23 @@ class Endpoint:
     def from_config(cls, config: ProviderConfig, password: str | None) -> "Endpoint":
         """Read server (``host``, ``host:port`` or ``[v6]:port``), port, credentials, TLS and
         timeouts from a provider block."""
-        server = str(config.get("server") or "")
+        settings = vsphere_settings(config.settings)
+        server = settings.server or ""
         if not server:
             raise ProviderError(f"provider {config.name}: no server configured")
-        host, port = split_host_port(server, config.get("port"))
-        username = config.get("username")
+        host, port = split_host_port(server, settings.port)
+        username = settings.username
         if not username:
             raise ProviderError(f"provider {config.name}: no username configured")
         return cls(
             host=host,
             port=port,
-            username=str(username),
-            password=password if password is not None else str(config.get("password") or ""),
-            insecure=bool(config.get("insecure", False)),
-            ca_bundle=config.get("ca_bundle"),
-            connect_timeout=float(config.get("connect_timeout", 10.0)),
-            call_timeout=float(config.get("call_timeout", 60.0)),
+            username=username,
+            password=password if password is not None else (plain_secret(settings.password) or ""),
+            insecure=settings.insecure,
+            ca_bundle=settings.ca_bundle,
+            connect_timeout=settings.connect_timeout,
+            call_timeout=settings.call_timeout,
         )
 
     def ssl_context(self) -> ssl.SSLContext:

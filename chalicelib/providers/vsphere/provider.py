@@ -13,6 +13,7 @@ from chalicelib.providers.base import Migration, Provider, ProviderError, Readin
 from chalicelib.providers.vsphere import clone as clones
 from chalicelib.providers.vsphere import connection as connections
 from chalicelib.providers.vsphere import inventory, migration, purge, readiness, tasks, templates, vms
+from chalicelib.providers.vsphere.config import vsphere_settings
 from chalicelib.providers.vsphere.connection import Connection, Endpoint
 from chalicelib.providers.vsphere.hosts import HostSelector
 
@@ -38,7 +39,7 @@ class VSphereProvider(Provider):
         self.service = service
         self.clock = clock
         self.endpoint = Endpoint.from_config(config, password)
-        self.hosts = HostSelector(clock.now, float(config.get("host_selection_cache_seconds", 60.0)))
+        self.hosts = HostSelector(clock.now, vsphere_settings(config.settings).host_selection_cache_seconds)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -165,7 +166,7 @@ class VSphereProvider(Provider):
     def start_migration(self, pool: PoolConfig, hostname: str) -> Migration | None:
         """Start a vMotion to the least used compatible host of the VM's cluster when its host is
         busier (chalicelib.providers.vsphere.migration); None when it stays."""
-        limit = float(getattr(self.service, "utilization_limit", 90))
+        limit = self.service.utilization_limit
 
         def migrating(connection: Connection) -> Migration | None:
             datacenter = self._datacenter(connection, pool)

@@ -20,6 +20,7 @@ import socket
 
 from chalicelib.config import PoolConfig, ProviderConfig
 from chalicelib.providers.base import Readiness, VMInfo
+from chalicelib.providers.vsphere.config import vsphere_settings
 
 TCP_TIMEOUT_SECONDS = 3.0
 """vmpooler waits 5 s; a pass checks many VMs, and a booted VM answers far faster than this."""
@@ -29,8 +30,9 @@ def check(config: ProviderConfig, pool: PoolConfig, vm: VMInfo) -> Readiness:
     """Apply the pool's readiness rules to one VM."""
     if not vm.powered_on:
         return Readiness(False, "powered off")
-    mode = config.pool_setting(pool, "ready_check", "tcp")
-    if config.pool_setting(pool, "check_hostname", False):
+    settings = vsphere_settings(config.settings).for_pool(pool.settings)
+    mode = settings.ready_check or "tcp"
+    if settings.check_hostname:
         short = (vm.guest_hostname or "").split(".")[0]
         if not vm.guest_hostname:
             return Readiness(False, "guest hostname not reported yet (VMware Tools not running?)")
@@ -44,7 +46,7 @@ def check(config: ProviderConfig, pool: PoolConfig, vm: VMInfo) -> Readiness:
         if not vm.ip:
             return Readiness(False, "VMware Tools running but no IP address reported yet")
         return Readiness(True)
-    port = int(config.pool_setting(pool, "ready_port", 22))
+    port = settings.ready_port or 22
     if pool.domain:
         target = f"{vm.name}.{pool.domain}"
         try:

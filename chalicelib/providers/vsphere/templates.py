@@ -56,7 +56,7 @@ def _with_delta(disk: Any) -> list[Any]:
 def prepare(connection: Connection, config: Any, service: ServiceConfig, pool: PoolConfig) -> str | None:
     """Start adding the delta layer when the option is on, the pool clones linked, and the
     template has no snapshot to link to and flat disks; None when there is nothing to do."""
-    if not getattr(service, "create_template_delta_disks", False) or not clones.is_linked(pool, service):
+    if not service.create_template_delta_disks or not clones.is_linked(pool, service):
         return None
     datacenter = clones.datacenter_of(connection, config, pool)
     path = clones.template_path(datacenter, pool.template)

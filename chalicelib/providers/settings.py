@@ -1,0 +1,75 @@
+"""What every provider's settings model shares, and which model a ``provider_class`` names.
+
+Each provider owns its settings next to its code (``providers/dummy_config.py``,
+``providers/vsphere/config.py``), as Nodepool's drivers own their schemas. A ``:providers:``
+block is validated with its class's model; a pool may set the same keys to override its
+provider's (``ProviderConfig.for_pool``). The models are imported only when a config names their
+class, and none of them imports its provider's client library.
+"""
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, TypeVar
+
+from chalicelib.config_fields import SettingsModel, Str
+
+PROVIDER_CLASSES = ("vsphere", "dummy")
+
+_MODELS = {
+    "dummy": ("chalicelib.providers.dummy_config", "DummySettings"),
+    "vsphere": ("chalicelib.providers.vsphere.config", "VSphereSettings"),
+}
+
+
+Settings = TypeVar("Settings", bound="ProviderSettings")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProviderSettings(SettingsModel):
+    """The keys of a ``:providers:`` block every class has."""
+
+    provider_class: Optional[Str] = None
+
+    def for_pool(self: Settings, pool_settings: Mapping[str, Any]) -> Settings:
+        """These settings with a pool's own values of the same keys over them (``pool_settings``:
+        the pool's validated keys, ``PoolConfig.settings``)."""
+        fields = type(self).field_names()
+        overrides = {key: value for key, value in pool_settings.items()
+                     if key in fields and key != "provider_class" and value is not None}
+        return dataclasses.replace(self, **overrides) if overrides else self
+
+
+def settings_model(provider_class: str) -> type[ProviderSettings] | None:
+    """The settings model of ``provider_class``, or None when vmpool has no such provider."""
+    where = _MODELS.get(provider_class)
+    if where is None:
+        return None
+    model: type[ProviderSettings] = getattr(importlib.import_module(where[0]), where[1])
+    return model
+
+
+class ProviderKeys:
+    """Every key some provider owns, as a container that imports the providers' models on the
+    first key it is asked about (a config whose blocks hold only their own keys never asks, so
+    it loads only the models of the providers it uses)."""
+
+    def __init__(self) -> None:
+        self._keys: frozenset[str] | None = None
+
+    def __contains__(self, key: object) -> bool:
+        if self._keys is None:
+            self._keys = provider_keys()
+        return key in self._keys
+
+
+def provider_keys() -> frozenset[str]:
+    """Every key some provider owns (a pool may set any of them; the ones its provider does not
+    read have no effect, as in vmpooler)."""
+    keys: set[str] = set()
+    for provider_class in PROVIDER_CLASSES:
+        model = settings_model(provider_class)
+        assert model is not None
+        keys.update(model.keys())
+    keys.discard("provider_class")
+    return frozenset(keys)

@@ -1,0 +1,163 @@
+"""The config the Lambdas load: the canonical JSON packaging and config-push write from a
+validated YAML (chalicelib/config.py ``canonical``), built again without pydantic or yaml
+(``from_canonical``, config_fields.TrustedReader). It must give the config the YAML gives, and a
+canonical file edited into the wrong shape must be refused with its key path, never crash."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from chalicelib.clock import FakeClock
+from chalicelib.config import ConfigError, canonical, canonical_json, from_text, load, parse
+from chalicelib.config_source import REFRESH_SECONDS, ConfigSource
+from tests.core.test_config import VMPOOLER_YAML
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SIZED_AND_SECRET = """\
+config: {domain: example.com, backend_weight: {a: 1, b: 2.5}, vm_lifetime: 4}
+redis: {password: {secret: prod/redis, key: token}}
+providers:
+  dummy: {createvm_max_time: 2, createvm_fail_kind: capacity, seed: 7}
+  vs: {provider_class: vsphere, server: vc, username: u, password: hunter2-vc, ready_check: tools}
+dns_configs:
+  aws: {dns_class: route53, domain: aws.example.com, hosted_zone_id: Z1, ttl: 30}
+  dyn: {dns_class: dynamic-dns, server: 10.0.0.1, tsig_key_name: k, tsig_secret: hunter2-tsig}
+  other: {dns_class: gcp, domain: gcp.example.com}
+rate_limits: {vm_creation: {limit: 5, period: 60}, bogus: {limit: 1}}
+tagfilter: {url: '(.*)\\/'}
+pools:
+  - name: p
+    size: '2'
+    provider: dummy
+    alias: linux
+    dns_plugin: aws
+    createvm_fail_percent: 5
+    sizing:
+      timezone: Europe/Berlin
+      schedule: [{days: [mon, tue], start: '08:00', end: '18:00', size: 4}]
+      demand: {min: 1, max: 9}
+  - {name: q, size: 1, provider: vs, template: t, alias: [linux, x], ready_port: 2222, mystery: 1}
+auth:
+  provider: ldap
+  admins: [alice]
+  ldap:
+    host: ldap.example.com
+    base: ['ou=users,dc=example,dc=com']
+    user_object: uid
+    encryption: {method: start_tls, tls_options: {verify_mode: 0}}
+    service_account_hash: {user_dn: 'cn=svc,dc=example,dc=com', password: {ssm: /ldap/pw}}
+"""
+
+SAMPLES: dict[str, Callable[[], str]] = {
+    "vmpool.yaml.example": lambda: (ROOT / "vmpool.yaml.example").read_text(),
+    "packaged chalicelib/vmpool.yaml": lambda: (ROOT / "chalicelib" / "vmpool.yaml").read_text(),
+    "vmpooler's YAML": lambda: VMPOOLER_YAML,
+    "every kind of value": lambda: SIZED_AND_SECRET,
+}
+
+
+@pytest.mark.parametrize("sample", sorted(SAMPLES))
+def test_yaml_validated_then_canonical_json_builds_the_same_config(sample: str) -> None:
+    validated = parse(SAMPLES[sample]())
+    text = canonical_json(validated)
+
+    built = from_text(text, "packaged")
+
+    assert built == validated
+    assert built.warnings == validated.warnings
+    assert canonical_json(built) == text  # stable: a config pushed twice is the same object
+
+
+def test_the_canonical_form_keeps_every_kind_of_value_typed() -> None:
+    built = from_text(canonical_json(parse(SIZED_AND_SECRET)))
+
+    assert built.redis.password is not None and built.redis.password.describe() == (
+        "Secrets Manager secret 'prod/redis' (key 'token')")  # type: ignore[union-attr]
+    vsphere = built.providers["vs"].settings
+    assert vsphere.password.get_secret_value() == "hunter2-vc"  # type: ignore[attr-defined]
+    assert "hunter2" not in repr(built) and "hunter2" not in str(built)
+    pool = built.pools[0]
+    assert (pool.size, pool.alias, pool.domain, pool.settings["alias"]) == (2, ("linux",), "aws.example.com", "linux")
+    assert pool.sizing is not None and pool.sizing.timezone == "Europe/Berlin" and pool.sizing.demand.max == 9
+    assert built.service.backend_weight == {"a": 1.0, "b": 2.5} and built.service.vm_lifetime_auth == 4
+    assert built.auth is not None and built.auth.ldap is not None
+    assert built.auth.ldap.bases == ("ou=users,dc=example,dc=com",) and built.auth.ldap.port == 389
+    assert built.auth.ldap.verify_certificates is False
+    assert built.auth.ldap.service_account_password.describe() == "SSM parameter '/ldap/pw'"  # type: ignore[union-attr]
+    assert dict(built.rate_limits) == {"vm_creation": {"limit": 5, "period": 60}}
+    assert any("mystery" in warning for warning in built.warnings)  # the validation's warnings travel
+
+
+def edited(change: Callable[[dict[str, Any]], None]) -> str:
+    document = canonical(parse(SIZED_AND_SECRET))
+    change(document)
+    return json.dumps(document)
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(document: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = document
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return change
+
+
+@pytest.mark.parametrize("change, problem", [
+    (_set("pools.0.size", "five"), "pools[0].size: must be an integer, got str"),
+    (_set("pools.1.ready_port", "22"), "pools[1].ready_port: must be an integer, got str"),
+    (_set("config.task_limit", True), "config.task_limit: must be an integer, got bool"),
+    (_set("config.allowed_tags", {"a": 1}), "config.allowed_tags: must be a list, got dict"),
+    (_set("config.colour", "blue"), "config.colour: unknown key"),
+    (_set("redis.password", ["x"]), "redis.password: must be a string or a secret reference, got list"),
+    (_set("redis.password", {"vault": "x"}), "redis.password: a secret reference must be"),
+    (_set("pools.0.sizing", {"schedule": "always"}), "pools[0].sizing: schedule: must be a list of windows"),
+    (_set("auth.ldap.service_account_hash", {"user_dn": "cn=x"}),
+     "auth.ldap.service_account_hash.password: is required"),
+    (lambda document: document["pools"][0].pop("name"), "pools[0].name: is required"),
+    (_set("providers.dummy.provider_class", "xen"), 'providers.dummy.provider_class: must be one of vsphere, dummy'),
+    (_set("extra", {}), "extra: not a section of the canonical config"),
+    (_set("vmpool_config_format", 2), "packaged: not a canonical vmpool config of format 1"),
+    (_set("warnings", "none"), "packaged: warnings: must be a list of strings"),
+])
+def test_a_canonical_file_of_the_wrong_shape_is_refused_with_its_key_path(
+        change: Callable[[dict[str, Any]], None], problem: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        from_text(edited(change), "packaged")
+
+    assert any(found.startswith(problem) for found in raised.value.problems), raised.value.problems
+
+
+def test_json_without_the_format_key_is_read_as_the_yaml_it_also_is() -> None:
+    config = from_text(json.dumps({"pools": [{"name": "p", "size": 1, "provider": "dummy"}]}))
+
+    assert config.pool_names == ("p",)
+
+
+def test_load_reads_the_canonical_file_the_environment_names(tmp_path: Path) -> None:
+    packaged = tmp_path / "vmpool.yaml"
+    packaged.write_text(canonical_json(parse(VMPOOLER_YAML)))
+
+    assert load({"VMPOOL_CONFIG_FILE": str(packaged)}) == parse(VMPOOLER_YAML)
+    assert load({"VMPOOL_CONFIG": packaged.read_text()}) == parse(VMPOOLER_YAML)
+
+
+def test_a_wrong_canonical_object_in_the_bucket_keeps_the_last_good_config() -> None:
+    clock = FakeClock()
+    initial = parse("pools: [{name: a, size: 1, provider: dummy}]")
+    good = canonical(parse("pools: [{name: a, size: 1, provider: dummy}, {name: b, size: 2, provider: dummy}]"))
+    objects = iter([json.dumps({**good, "pools": [{"name": "a", "size": "one"}]}), json.dumps(good)])
+    source = ConfigSource(initial, lambda etag: (next(objects), f"etag-{clock.monotonic()}"), clock)
+
+    assert source.current() is initial  # refused: the last good one stays
+    clock.advance(REFRESH_SECONDS)
+    assert source.current().pool_names == ("a", "b")
