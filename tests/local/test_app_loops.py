@@ -4,25 +4,32 @@ hold up the others), and each request still reads only its own data.
 
 A probe app's view holds each request at a two-party barrier before it reads
 ``app.current_request``: two requests that run at once both pass it (overlapped), and each must
-still answer with its own marker. Eight clients on four loops: the kernel spreads their
-connections over the loops' sockets, so some pair shares no loop (all eight on one loop: about
-one run in 16,000).
+still answer with its own marker.
+
+A worker gives each new connection to the loop holding the fewest: as many connections as it
+has loops are each served at once, a request held in the app on one connection holding up no
+other connection's request. (With a listening socket per loop the kernel hashed connections over
+the loops, and some loops served two or three connections one request after another while
+others idled.)
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import urllib.request
 from typing import Any
 
 from chalicelib.api.chalice_app import RequestLocalChalice
 from local.gateway import AsgiApp
-from tests.local.stack import http_front
+from tests.local.stack import http_front, read_answer
 
 probe = RequestLocalChalice(app_name="probe")
 _together = threading.Barrier(2)
 CLIENTS = 8
+LOOPS = 8
+_every_loop = threading.Barrier(LOOPS)
 
 
 @probe.route("/echo")
@@ -54,3 +61,29 @@ def test_a_request_local_app_serves_connections_at_once_each_with_its_own_reques
     assert {marker: answer["marker"] for marker, answer in answers.items()} == {
         f"client-{number}": f"client-{number}" for number in range(CLIENTS)}
     assert any(answer["overlapped"] for answer in answers.values()), answers
+
+
+@probe.route("/every-loop")
+def every_loop() -> dict[str, Any]:
+    """Answers once as many requests as the worker has loops are in the app at the same time
+    (``together``), or after 10 s without them (not together: some request waited for another)."""
+    try:
+        _every_loop.wait(timeout=10.0)
+    except threading.BrokenBarrierError:
+        return {"together": False}
+    return {"together": True}
+
+
+def test_as_many_connections_as_loops_are_each_served_at_once() -> None:
+    connections: list[socket.socket] = []
+    with http_front(lambda: AsgiApp(probe, threads=LOOPS)) as port:
+        try:
+            for _ in range(LOOPS):  # every request is sent before any is answered
+                connection = socket.create_connection(("127.0.0.1", port), timeout=60)
+                connections.append(connection)
+                connection.sendall(b"GET /every-loop HTTP/1.1\r\nHost: x\r\n\r\n")
+            answers = [read_answer(connection) for connection in connections]
+        finally:
+            for connection in connections:
+                connection.close()
+    assert [json.loads(answer.partition(b"\r\n\r\n")[2]) for answer in answers] == [{"together": True}] * LOOPS
