@@ -18,48 +18,25 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import urllib.request
 from typing import Any
 
 from chalicelib.api.chalice_app import RequestLocalChalice
 from local.gateway import AsgiApp
+from tests.local.echo_probe import add_echo_probe, ask_at_once
 from tests.local.stack import http_front, read_answer
 
 probe = RequestLocalChalice(app_name="probe")
-_together = threading.Barrier(2)
+add_echo_probe(probe, hold_seconds=2.0)
 CLIENTS = 8
 LOOPS = 8
 _every_loop = threading.Barrier(LOOPS)
 
 
-@probe.route("/echo")
-def echo() -> dict[str, Any]:
-    try:
-        _together.wait(timeout=2.0)
-        overlapped = True
-    except threading.BrokenBarrierError:
-        _together.reset()
-        overlapped = False
-    request = probe.current_request
-    assert request is not None
-    return {"marker": (request.query_params or {}).get("marker"), "overlapped": overlapped}
-
-
 def test_a_request_local_app_serves_connections_at_once_each_with_its_own_request() -> None:
-    answers: dict[str, Any] = {}
+    markers = [f"client-{number}" for number in range(CLIENTS)]
     with http_front(lambda: AsgiApp(probe, threads=4)) as port:
-
-        def ask(marker: str) -> None:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/echo?marker={marker}", timeout=60) as response:
-                answers[marker] = json.loads(response.read())
-
-        clients = [threading.Thread(target=ask, args=(f"client-{number}",)) for number in range(CLIENTS)]
-        for client in clients:
-            client.start()
-        for client in clients:
-            client.join(timeout=90)
-    assert {marker: answer["marker"] for marker, answer in answers.items()} == {
-        f"client-{number}": f"client-{number}" for number in range(CLIENTS)}
+        answers = ask_at_once(port, markers, timeout=60)
+    assert {marker: answer["marker"] for marker, answer in answers.items()} == {marker: marker for marker in markers}
     assert any(answer["overlapped"] for answer in answers.values()), answers
 
 
