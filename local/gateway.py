@@ -164,8 +164,25 @@ class AsgiApp:
         for raw_name, raw_value in scope["headers"]:
             name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        if int(headers.get("content-length") or 0) > self.max_body:
+        length = int(headers.get("content-length") or 0)
+        if length > self.max_body:
             return json_error(413, f"request body too large (at most {self.max_body} bytes)")
+        body = b""
+        if length or "transfer-encoding" in headers:  # else no body (RFC 9112, 6.3): no deadline to set
+            received = await self._receive_body(receive)
+            if isinstance(received, tuple):
+                return received
+            body = received
+        target = scope.get("raw_path") or scope["path"].encode()
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        client = scope.get("client") or ("", 0)
+        # On this loop's thread: its other connections wait meanwhile (the worker's other loops
+        # do not), and the app sees one request at a time on it.
+        return self.gateway(scope["method"], target.decode("latin-1"), headers, body, client[0])
+
+    async def _receive_body(self, receive: Callable[[], Any]) -> bytes | Response:
+        """The request's body, or the error to answer instead."""
         body = bytearray()
         try:
             async with asyncio.timeout(self.body_timeout):  # the whole body, however it is chunked
@@ -180,10 +197,4 @@ class AsgiApp:
                     more = message.get("more_body", False)
         except TimeoutError:
             return json_error(408, "the request body did not arrive in time")
-        target = scope.get("raw_path") or scope["path"].encode()
-        if scope.get("query_string"):
-            target += b"?" + scope["query_string"]
-        client = scope.get("client") or ("", 0)
-        # On this loop's thread: its other connections wait meanwhile (the worker's other loops
-        # do not), and the app sees one request at a time on it.
-        return self.gateway(scope["method"], target.decode("latin-1"), headers, bytes(body), client[0])
+        return bytes(body)

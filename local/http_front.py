@@ -3,13 +3,16 @@ through ``local.gateway``.
 
 Chalice keeps the request being served on the app object (``app.current_request``); the
 service's app keeps it per thread (``chalicelib.api.chalice_app.RequestLocalChalice``). Each
-worker here is a process with its own app and a few event loops, each on its own thread with its
-own listening socket on the port (``AsgiApp.threads`` of them; one for an app that is not
-request-local): connections, request heads and bodies are read without blocking anyone (a slow
-client costs a coroutine, not a worker), and each loop then calls the app inline, so a worker
-overlaps its requests' Redis waits across its loops while each thread sees only its own request.
-gunicorn's arbiter shares the port among the workers, restarts one that dies or whose loops are
-stuck, and stops them on SIGTERM or Ctrl-C.
+worker here is a process with its own app, its own listening socket on the port (SO_REUSEPORT:
+the kernel spreads new connections over the workers) and a few event loops, each on its own
+thread (``AsgiApp.threads`` of them; one for an app that is not request-local). The worker's
+first loop accepts its connections and gives each to the loop holding the fewest. Connections,
+request heads and bodies are read without blocking anyone (a slow client costs a coroutine, not a
+worker), and each loop then calls the app inline, so a worker overlaps its requests' Redis waits
+across its loops while each thread sees only its own request; up to as many connections as it
+has loops, a worker serves each on a loop of its own, as a thread per connection would.
+gunicorn's arbiter restarts a worker that dies or whose loops are stuck, and stops them on
+SIGTERM or Ctrl-C.
 
 Why uvicorn's worker (``uvicorn-worker``, on httptools: llhttp, Node's HTTP/1.1 parser, in C)
 and not gunicorn's own asyncio worker: gunicorn parses HTTP in Python, which cost about a third
@@ -19,7 +22,8 @@ CPU per request is that front's or lower. Measured A/B in docs/performance.md.
 What we add to uvicorn:
 
 - event loops on several threads of a worker (``OneAppWorker``), instead of one loop handing
-  requests to a thread pool;
+  requests to a thread pool, and connections handed to the least-loaded loop;
+- one ``send`` per answer (``_CoalescingTransport``), where uvicorn writes head and body apart;
 - the bounds llhttp leaves to its user, as gunicorn has them: request target (414), header
   fields and head size (431), open connections per worker (503), and a deadline for every
   request head (408), not only for idle kept-alive connections;
@@ -33,16 +37,16 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import errno
 import http
 import json
-import math
+import logging
 import os
 import socket
 import threading
 import time
 from typing import Any, Callable, ClassVar
 
-from gunicorn import sock as gunicorn_sockets
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -62,8 +66,12 @@ MAX_HEADER_FIELD_BYTES = 8190
 """Longest header field (name and value); longer gets 431."""
 MAX_HEAD_BYTES = 32 * 1024
 """Most bytes held for one request head while it arrives; more gets 431."""
+STARTUP_SECONDS = 30
+"""How long a worker's first loop waits for its other loops to start before it accepts anyway."""
 MAX_CONNECTIONS = 1000
 """Open connections per worker (gunicorn's ``worker_connections``); the next gets 503 and is closed."""
+
+logger = logging.getLogger("vmpool.http_front")
 
 
 class Refused(Exception):
@@ -72,6 +80,43 @@ class Refused(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class _CoalescingTransport:
+    """A connection's transport that sends what one step of the event loop writes in one
+    ``send``: uvicorn writes an answer's head and body separately, which made two TCP segments
+    and often two wake-ups of the client (a keep-alive client reads the head, then waits for the
+    body). Held writes go out when the answer is complete, when the connection closes, or at the
+    loop's next turn, whichever comes first."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(data)
+
+    def flush(self) -> None:
+        """Send whatever is held."""
+        if self._held:
+            data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+            self._held = []
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:  # anything else: the transport's own
+        return getattr(self._transport, name)
 
 
 class BoundedHttpProtocol(HttpToolsProtocol):
@@ -83,17 +128,19 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     _head_bytes = 0
     _header_fields = 0
     _refusal: Refused | None = None
+    over_limit = False
+    """Set by the worker's accepting loop on a connection past the worker's bound: answered 503
+    and closed at once (uvicorn's own check, at each request, would answer in text)."""
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # gunicorn makes its listening socket with protocol 0, so asyncio does not know it is
             # TCP and leaves Nagle on: a body written after its head would wait for an ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.limit_concurrency is not None and len(self.connections) >= self.limit_concurrency:
-            # limit_concurrency is worker_connections + 1: uvicorn's own check (connections >=
-            # limit, at each request) would answer in text; this one refuses the connection first.
+        if self.over_limit:
             self.connections.discard(self)  # counted no more, though closed only on the next turn
             self._refuse(Refused(503, "too many open connections; try again"))
             return
@@ -137,6 +184,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._cancel_head_timer()
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        self.transport.flush()  # type: ignore[attr-defined]
+        super().on_response_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -187,11 +238,30 @@ def json_error_response(status: int, message: str) -> bytes:
 
 
 class _LoopServer(Server):
-    """uvicorn's server, remembering when its loop last ticked (every 0.1 s while it turns), and
-    asking its ``followers`` (the worker's other loops) to finish when it is asked to."""
+    """uvicorn's server on one event loop of a worker, remembering when its loop last ticked (every
+    0.1 s while it turns) and asking its ``followers`` (the worker's other loops) to finish when
+    it is asked to.
+
+    It opens no asyncio server: the worker's first loop accepts the connections of the worker's
+    listening socket itself and gives each to the loop that holds the fewest (``_hand``), this
+    one included. A loop calls the app inline, so the connections of one loop are served one
+    request after another: spread by the kernel (a socket per loop), 8 connections landed on
+    about 5 of 8 loops, some loops holding 3 while others held none."""
 
     ticked = 0.0
     followers: tuple["_LoopServer", ...] = ()
+    max_connections: int | None = None
+    """The worker's bound on open connections, over all its loops (on the accepting loop)."""
+    loop: asyncio.AbstractEventLoop | None = None
+    # Connections the accepting loop has given this loop, and how many of those this loop has
+    # taken up: each written by one thread only, so their difference (on their way) needs no lock.
+    handed = 0
+    adopted = 0
+    _listeners: tuple[socket.socket, ...] = ()
+
+    def held(self) -> int:
+        """Connections this loop serves or is about to."""
+        return len(self.server_state.connections) + self.handed - self.adopted
 
     async def on_tick(self, counter: int) -> bool:
         self.ticked = time.monotonic()
@@ -200,11 +270,104 @@ class _LoopServer(Server):
                 follower.should_exit = True
         return await super().on_tick(counter)
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().startup(sockets=[])  # no asyncio server: connections come through _hand
+        self._listeners = tuple(sockets or ())
+        # Accept once every loop can take connections, so the first ones are spread too (until
+        # then they wait in the listening socket's backlog).
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while self._listeners and not self.should_exit and time.monotonic() < deadline:
+            if all(follower.started for follower in self.followers):
+                break
+            await asyncio.sleep(0.005)
+        for listener in self._listeners:
+            listener.setblocking(False)
+            self._listen(listener)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        assert self.loop is not None
+        for listener in self._listeners:
+            self.loop.remove_reader(listener)
+        await super().shutdown(sockets=sockets)
+
+    def _listen(self, listener: socket.socket) -> None:
+        assert self.loop is not None
+        if not self.should_exit:
+            self.loop.add_reader(listener, self._accept, listener)
+
+    def _accept(self, listener: socket.socket) -> None:
+        """Every connection waiting on ``listener`` (as asyncio's own accept does), each handed on."""
+        assert self.loop is not None
+        for _ in range(self.config.backlog):
+            try:
+                connection, _ = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as error:
+                if error.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                # Out of descriptors or memory: the socket stays readable, so stop watching it
+                # for a second instead of spinning (asyncio does the same).
+                logger.warning("accept failed (%s); accepting again in 1 s", error)
+                self.loop.remove_reader(listener)
+                self.loop.call_later(1.0, self._listen, listener)
+                return
+            connection.setblocking(False)
+            self._hand(connection)
+
+    def _hand(self, connection: socket.socket) -> None:
+        """Give ``connection`` to the loop holding the fewest (this one, the accepting loop, last
+        among equals)."""
+        loops = (*(follower for follower in self.followers if follower.started), self)
+        if self.max_connections is not None and sum(loop.held() for loop in loops) >= self.max_connections:
+            self.handed += 1
+            self._adopt(connection, over_limit=True)
+            return
+        target = min(loops, key=_LoopServer.held)
+        target.handed += 1
+        if target is self:
+            self._adopt(connection)
+            return
+        assert target.loop is not None
+        try:
+            target.loop.call_soon_threadsafe(target._adopt, connection)
+        except RuntimeError:  # that loop has closed (its worker is stopping)
+            target.adopted += 1
+            connection.close()
+
+    def _adopt(self, connection: socket.socket, over_limit: bool = False) -> None:
+        """Serve ``connection`` on this loop (called on this loop's thread); one ``over_limit``
+        gets 503."""
+        assert self.loop is not None
+        if self.should_exit:
+            self.adopted += 1
+            connection.close()
+            return
+
+        def protocol() -> asyncio.Protocol:
+            made = self._protocol()
+            made.over_limit = over_limit
+            return made
+
+        task = self.loop.create_task(self.loop.connect_accepted_socket(protocol, sock=connection))
+        # Counted as adopted once connection_made has run (the connection is then in
+        # server_state.connections), so held() never undercounts in between.
+        task.add_done_callback(self._adopted)
+
+    def _adopted(self, task: "asyncio.Task[Any]") -> None:
+        self.adopted += 1
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("a connection could not be served: %s", task.exception())
+
+    def _protocol(self) -> Any:
+        protocol_class: Any = self.config.http_protocol_class
+        return protocol_class(config=self.config, server_state=self.server_state, app_state=self.lifespan.state)
+
 
 class _LoopThread(threading.Thread):
-    """One more event loop of a worker: its own thread, its own listening socket on the port
-    (SO_REUSEPORT: the kernel spreads connections over every loop of every worker), its own
-    uvicorn server calling the app inline."""
+    """One more event loop of a worker: its own thread and uvicorn server calling the app inline,
+    serving the connections the worker's first loop hands it."""
 
     def __init__(self, worker: "OneAppWorker", number: int) -> None:
         super().__init__(name=f"vmpool-http-loop-{number}", daemon=True)
@@ -212,21 +375,21 @@ class _LoopThread(threading.Thread):
         config.callback_notify = None  # the worker's first loop tells the arbiter it is alive
         self.server = _LoopServer(config=config)
         self.server.ticked = time.monotonic()
-        self.sockets = gunicorn_sockets.create_sockets(worker.cfg, worker.log)
         self.worker = worker
 
     def run(self) -> None:
         try:
-            asyncio.run(self.server.serve(sockets=self.sockets))
+            with asyncio.Runner(loop_factory=self.server.config.get_loop_factory()) as runner:
+                runner.run(self.server.serve(sockets=[]))
         finally:  # a loop that died takes its worker down: the arbiter starts a new one
             self.worker.stop_serving()
 
 
 class OneAppWorker(UvicornWorker):
     """A gunicorn worker running uvicorn: as many event loops as the app allows threads
-    (``AsgiApp.threads``), each on its own thread and listening socket, each calling the app
-    inline, one request at a time per loop; bounded as ``BoundedHttpProtocol`` says; dies with
-    the arbiter.
+    (``AsgiApp.threads``), each on its own thread, each calling the app inline, one request at a
+    time per loop, the first one accepting the worker's connections for all (``_LoopServer``);
+    bounded as ``BoundedHttpProtocol`` says; dies with the arbiter.
 
     Why loops and not one loop handing requests to a pool of threads: a hand-off costs two
     thread wake-ups per request (the pool thread, then the loop for the answer), each a wait in
@@ -234,7 +397,8 @@ class OneAppWorker(UvicornWorker):
     connection does, while a slow client still costs only a coroutine."""
 
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
-        "loop": "asyncio",  # uvloop measured no faster here once TCP_NODELAY is set
+        # uvloop measured no better (docs/performance.md, "Then: connections spread over loops").
+        "loop": "asyncio",
         "http": BoundedHttpProtocol,
         "lifespan": "off",
         "proxy_headers": False,  # the client's address is the socket's: no X-Forwarded-For
@@ -247,7 +411,9 @@ class OneAppWorker(UvicornWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.config.limit_concurrency = self.cfg.worker_connections + 1  # see connection_made
+        # The accepting loop bounds the worker's connections (_LoopServer._hand); uvicorn's own
+        # check, per loop at each request, stays above it.
+        self.config.limit_concurrency = self.cfg.worker_connections + 1
         self._loops = []
 
     def init_process(self) -> None:
@@ -258,9 +424,8 @@ class OneAppWorker(UvicornWorker):
         self.config.app = self.wsgi
         self.config.load()
         loops = max(int(getattr(self.wsgi, "threads", 1)), 1)
-        # worker_connections is the worker's bound: shared among its loops.
-        self.config.limit_concurrency = math.ceil(self.cfg.worker_connections / loops) + 1
         self._server = _LoopServer(config=self.config)
+        self._server.max_connections = self.cfg.worker_connections
         self._loops = [_LoopThread(self, number) for number in range(1, loops)]
         self._server.followers = tuple(loop.server for loop in self._loops)
         for loop in self._loops:

@@ -4,53 +4,63 @@ hold up the others), and each request still reads only its own data.
 
 A probe app's view holds each request at a two-party barrier before it reads
 ``app.current_request``: two requests that run at once both pass it (overlapped), and each must
-still answer with its own marker. Eight clients on four loops: the kernel spreads their
-connections over the loops' sockets, so some pair shares no loop (all eight on one loop: about
-one run in 16,000).
+still answer with its own marker.
+
+A worker gives each new connection to the loop holding the fewest: as many connections as it
+has loops are each served at once, a request held in the app on one connection holding up no
+other connection's request. (With a listening socket per loop the kernel hashed connections over
+the loops, and some loops served two or three connections one request after another while
+others idled.)
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
-import urllib.request
 from typing import Any
 
 from chalicelib.api.chalice_app import RequestLocalChalice
 from local.gateway import AsgiApp
-from tests.local.stack import http_front
+from tests.local.echo_probe import add_echo_probe, ask_at_once
+from tests.local.stack import http_front, read_answer
 
 probe = RequestLocalChalice(app_name="probe")
-_together = threading.Barrier(2)
+add_echo_probe(probe, hold_seconds=2.0)
 CLIENTS = 8
-
-
-@probe.route("/echo")
-def echo() -> dict[str, Any]:
-    try:
-        _together.wait(timeout=2.0)
-        overlapped = True
-    except threading.BrokenBarrierError:
-        _together.reset()
-        overlapped = False
-    request = probe.current_request
-    assert request is not None
-    return {"marker": (request.query_params or {}).get("marker"), "overlapped": overlapped}
+LOOPS = 8
+_every_loop = threading.Barrier(LOOPS)
 
 
 def test_a_request_local_app_serves_connections_at_once_each_with_its_own_request() -> None:
-    answers: dict[str, Any] = {}
+    markers = [f"client-{number}" for number in range(CLIENTS)]
     with http_front(lambda: AsgiApp(probe, threads=4)) as port:
-
-        def ask(marker: str) -> None:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/echo?marker={marker}", timeout=60) as response:
-                answers[marker] = json.loads(response.read())
-
-        clients = [threading.Thread(target=ask, args=(f"client-{number}",)) for number in range(CLIENTS)]
-        for client in clients:
-            client.start()
-        for client in clients:
-            client.join(timeout=90)
-    assert {marker: answer["marker"] for marker, answer in answers.items()} == {
-        f"client-{number}": f"client-{number}" for number in range(CLIENTS)}
+        answers = ask_at_once(port, markers, timeout=60)
+    assert {marker: answer["marker"] for marker, answer in answers.items()} == {marker: marker for marker in markers}
     assert any(answer["overlapped"] for answer in answers.values()), answers
+
+
+@probe.route("/every-loop")
+def every_loop() -> dict[str, Any]:
+    """Answers once as many requests as the worker has loops are in the app at the same time
+    (``together``), or after 10 s without them (not together: some request waited for another)."""
+    try:
+        _every_loop.wait(timeout=10.0)
+    except threading.BrokenBarrierError:
+        return {"together": False}
+    return {"together": True}
+
+
+def test_as_many_connections_as_loops_are_each_served_at_once() -> None:
+    connections: list[socket.socket] = []
+    with http_front(lambda: AsgiApp(probe, threads=LOOPS)) as port:
+        try:
+            for _ in range(LOOPS):  # every request is sent before any is answered
+                connection = socket.create_connection(("127.0.0.1", port), timeout=60)
+                connections.append(connection)
+                connection.sendall(b"GET /every-loop HTTP/1.1\r\nHost: x\r\n\r\n")
+            answers = [read_answer(connection) for connection in connections]
+        finally:
+            for connection in connections:
+                connection.close()
+    assert [json.loads(answer.partition(b"\r\n\r\n")[2]) for answer in answers] == [{"together": True}] * LOOPS

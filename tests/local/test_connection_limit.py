@@ -1,5 +1,7 @@
 """Open connections per HTTP worker are bounded: past the limit a new connection gets a JSON 503
-and is closed, and the connections already open are served as before."""
+and is closed, and the connections already open are served as before. The bound is the worker's,
+whether it serves its app on one event loop (a plain Chalice app) or on several (a request-local
+app)."""
 
 from __future__ import annotations
 
@@ -7,18 +9,26 @@ import json
 import socket
 from typing import Any
 
+import pytest
 from chalice import Chalice
 
+from chalicelib.api.chalice_app import RequestLocalChalice
 from local.gateway import AsgiApp
 from tests.local.stack import http_front, read_answer, wait_for
 
 app = Chalice(app_name="limit")
+request_local_app = RequestLocalChalice(app_name="limit-loops")
 LIMIT = 3
 
 
 @app.route("/hello")
+@request_local_app.route("/hello")
 def hello() -> dict[str, Any]:
     return {"hello": True}
+
+
+ONE_LOOP = lambda: AsgiApp(app)  # noqa: E731
+FOUR_LOOPS = lambda: AsgiApp(request_local_app, threads=4)  # noqa: E731
 
 
 def ask(connection: socket.socket) -> bytes:
@@ -34,9 +44,10 @@ def read_to_close(connection: socket.socket) -> bytes:
     return received
 
 
-def test_connections_past_the_limit_get_a_json_503_and_the_others_are_served() -> None:
+@pytest.mark.parametrize("load_app", [ONE_LOOP, FOUR_LOOPS], ids=["one loop", "four loops"])
+def test_connections_past_the_limit_get_a_json_503_and_the_others_are_served(load_app: Any) -> None:
     opened: list[socket.socket] = []
-    with http_front(lambda: AsgiApp(app), max_connections=LIMIT) as port:
+    with http_front(load_app, max_connections=LIMIT) as port:
         try:
             opened = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(LIMIT)]
             for connection in opened:

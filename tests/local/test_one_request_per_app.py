@@ -11,45 +11,18 @@ the barrier never fills (it times out) and each request reads its own.
 
 from __future__ import annotations
 
-import json
-import threading
-import urllib.request
-from typing import Any
-
 from chalice import Chalice
 
 from local.gateway import AsgiApp
+from tests.local.echo_probe import add_echo_probe, ask_at_once
 from tests.local.stack import http_front
 
 probe = Chalice(app_name="probe")
-_together = threading.Barrier(2)
-
-
-@probe.route("/echo")
-def echo() -> dict[str, Any]:
-    try:
-        _together.wait(timeout=1.0)
-        overlapped = True
-    except threading.BrokenBarrierError:
-        _together.reset()
-        overlapped = False
-    request = probe.current_request
-    assert request is not None
-    return {"marker": (request.query_params or {}).get("marker"), "overlapped": overlapped}
+add_echo_probe(probe, hold_seconds=1.0)
 
 
 def test_two_concurrent_requests_never_share_an_app() -> None:
-    answers: dict[str, Any] = {}
     with http_front(lambda: AsgiApp(probe)) as port:
-
-        def ask(marker: str) -> None:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/echo?marker={marker}", timeout=30) as response:
-                answers[marker] = json.loads(response.read())
-
-        clients = [threading.Thread(target=ask, args=(marker,)) for marker in ("first", "second")]
-        for client in clients:
-            client.start()
-        for client in clients:
-            client.join(timeout=60)
+        answers = ask_at_once(port, ["first", "second"], timeout=30)
     assert answers == {"first": {"marker": "first", "overlapped": False},
                        "second": {"marker": "second", "overlapped": False}}
