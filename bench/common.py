@@ -9,7 +9,7 @@ import os
 import statistics
 import threading
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import redis
 import redis.connection
@@ -140,16 +140,18 @@ def _memory_kb(pid: int) -> tuple[int, int]:
 
 def stack_memory(pid: int) -> dict[str, dict[str, float]]:
     """Memory of the local stack in MB, by part (see ``stack_cpu``): RSS summed over the part's
-    processes, and PSS (which counts pages the forked workers share once). Every process of the
-    tree counts: the HTTP front is gunicorn's arbiter and, below it, its workers."""
-    parts: dict[str, dict[str, float]] = {}
+    processes, and PSS (which counts pages the forked workers share once), and each process's
+    [RSS, PSS] (``each_mb``). Every process of the tree counts: the HTTP front is gunicorn's
+    arbiter and, below it, its workers."""
+    parts: dict[str, dict[str, Any]] = {}
 
     def add(part: str, process: int) -> None:
         rss, pss = _memory_kb(process)
-        entry = parts.setdefault(part, {"processes": 0, "rss_mb": 0.0, "pss_mb": 0.0})
+        entry = parts.setdefault(part, {"processes": 0, "rss_mb": 0.0, "pss_mb": 0.0, "each_mb": []})
         entry["processes"] += 1
         entry["rss_mb"] = round(entry["rss_mb"] + rss / 1024, 1)
         entry["pss_mb"] = round(entry["pss_mb"] + pss / 1024, 1)
+        entry["each_mb"].append([round(rss / 1024, 1), round(pss / 1024, 1)])
 
     def add_tree(part: str, process: int) -> None:
         add(part, process)

@@ -1,7 +1,9 @@
 """Memory of the local stack holding a 2,000-VM pool (issue 14 item 6; vmpooler 3.9.1: 93 MB).
 
 The pool is filled, then 200 checkouts and returns go through the HTTP workers so every
-process has done its work once; the figures are taken after that, by part (bench.common).
+process has done its work once; the figures are taken after that, by part and by process
+(bench.common.stack_memory): the stack's main process (the reconcile scheduler), gunicorn's
+arbiter forked from it, and the HTTP workers the arbiter forks.
 """
 
 from __future__ import annotations
@@ -38,7 +40,4 @@ def _measure(workers: int | None) -> dict[str, Any]:
 def run(quick: bool = False) -> dict[str, Any]:
     """The stack as `make run` starts it (one HTTP worker per core), and with one HTTP worker:
     vmpooler's figure is one process (its API and manager together)."""
-    result = _measure(None)
-    one = _measure(1)
-    return {"cores": CORES, "pool_size": SIZE, **result,
-            "one_worker": {"service_rss_mb": one["service_rss_mb"], "service_pss_mb": one["service_pss_mb"]}}
+    return {"cores": CORES, "pool_size": SIZE, **_measure(None), "one_worker": _measure(1)}

@@ -119,14 +119,14 @@ def table(results: dict[str, Any]) -> list[str]:
                           f" task_limit / clone time ({slow['ideal_vms_per_second']:g} VMs/s)")))
     if "memory" in results:
         m = results["memory"]
-        redis_part = m["parts"].get("redis-server", {})
-        rows.append((f"memory, pool of {m['pool_size']}",
-                     (f"service RSS {m['service_rss_mb']} MB (PSS {m['service_pss_mb']} MB,"
-                      f" workers' shared pages once); redis-server {redis_part.get('rss_mb', 0)} MB")))
-        one = m.get("one_worker")
-        if one:
-            rows.append(("  with one HTTP worker",
-                         f"service RSS {one['service_rss_mb']} MB (PSS {one['service_pss_mb']} MB); vmpooler 93 MB"))
+        shapes = ((f"memory, pool of {m['pool_size']}", m), ("  with one HTTP worker", m.get("one_worker")))
+        for label, figures in shapes:
+            if figures:
+                each = " + ".join(f"{rss:g}" for part, entry in figures["parts"].items() if part != "redis-server"
+                                  for rss, _ in entry.get("each_mb", []))
+                rows.append((label, (f"service RSS {figures['service_rss_mb']} MB ({each}; PSS "
+                                     f"{figures['service_pss_mb']} MB, shared pages once); vmpooler 93 MB")))
+        rows.append(("  redis-server (not counted)", f"{m['parts'].get('redis-server', {}).get('rss_mb', 0)} MB"))
     if "coldstart" in results:
         s = results["coldstart"]
         if "skipped" in s:

@@ -1,6 +1,6 @@
 """The local stack's processes: a SIGKILLed `make run` leaves nothing serving (HTTP workers,
-redis-server), and one state directory serves one stack at a time (a stale lock from a killed
-stack does not block the next one)."""
+redis-server), one state directory serves one stack at a time (a stale lock from a killed
+stack does not block the next one), and a bad config starts nothing."""
 
 from __future__ import annotations
 
@@ -91,3 +91,15 @@ def test_a_killed_http_server_stops_the_stack(tmp_path: Path) -> None:
         wait_for(lambda: not any(alive(pid) for pid in children), 20, "the stack's children to stop")
         assert "the HTTP server stopped" in stack.log()
         assert refuses_connections(stack.port)
+
+
+def test_a_bad_config_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(CONFIG.replace("size: 2", "size: -2"))
+    port, redis_port = free_port(), free_port()
+    run = subprocess.run(stack_command(port, 1, 30) + ["--redis-port", str(redis_port)], cwd=REPO_ROOT,
+                         env=stack_env(config_file, tmp_path / "state"), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run
+    assert "size" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert "redis on port" not in run.stdout
+    assert refuses_connections(redis_port) and refuses_connections(port)
