@@ -219,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Python leaves SIGINT ignored when it starts with it ignored (a background job of a script,
+    # `nohup`): Ctrl-C or `kill -INT` would then stop only gunicorn, and this process would report
+    # its HTTP server lost (exit 1) instead of stopping cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         from chalicelib.config import ConfigError
 

@@ -54,8 +54,9 @@ def stack_env(config_file: Path, state_dir: Path) -> dict[str, str]:
 @contextlib.contextmanager
 def local_stack(tmp_path: Path, config: str, workers: int = 2, interval: float = 30.0,
                 name: str = "stack", env: dict[str, str] | None = None,
-                state_dir: Path | None = None) -> Iterator[RunningStack]:
-    """A running local stack; Ctrl-C (SIGINT to its process group) stops it on the way out."""
+                state_dir: Path | None = None, sigint_ignored: bool = False) -> Iterator[RunningStack]:
+    """A running local stack; Ctrl-C (SIGINT to its process group) stops it on the way out.
+    ``sigint_ignored``: started as a script's background job is, with SIGINT ignored."""
     config_file = tmp_path / f"{name}.yaml"
     config_file.write_text(config)
     state_dir = state_dir or tmp_path / f"{name}-state"
@@ -64,7 +65,8 @@ def local_stack(tmp_path: Path, config: str, workers: int = 2, interval: float =
     with log_path.open("wb") as log:
         process = subprocess.Popen(stack_command(port, workers, interval), cwd=REPO_ROOT,
                                    env={**stack_env(config_file, state_dir), **(env or {})}, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=_ignore_sigint if sigint_ignored else None)
     try:
         def started() -> re.Match[str] | None:
             if process.poll() is not None:
@@ -75,6 +77,10 @@ def local_stack(tmp_path: Path, config: str, workers: int = 2, interval: float =
         yield RunningStack(process, port, int(banner.group(1)), log_path, state_dir)
     finally:
         stop(process)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def stop(process: subprocess.Popen[bytes]) -> int:

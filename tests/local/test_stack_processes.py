@@ -21,6 +21,7 @@ from tests.local.stack import (
     process_parents,
     stack_command,
     stack_env,
+    stop,
     wait_for,
 )
 from tests.support import free_port
@@ -91,6 +92,19 @@ def test_a_killed_http_server_stops_the_stack(tmp_path: Path) -> None:
         wait_for(lambda: not any(alive(pid) for pid in children), 20, "the stack's children to stop")
         assert "the HTTP server stopped" in stack.log()
         assert refuses_connections(stack.port)
+
+
+def test_ctrl_c_stops_a_stack_started_with_sigint_ignored(tmp_path: Path) -> None:
+    """Started as a script's background job (`make run &`, nohup): SIGINT is ignored on entry, and
+    Python keeps it so. Ctrl-C still stops the whole stack cleanly; before, it stopped gunicorn
+    alone and the stack exited 1, reporting its HTTP server lost."""
+    with local_stack(tmp_path, CONFIG, workers=1, sigint_ignored=True) as stack:
+        children = descendants(stack.process.pid)
+        assert children
+        assert stop(stack.process) == 0, stack.log()
+    wait_for(lambda: not any(alive(pid) for pid in children), 20, "the stack's children to stop")
+    assert "vmpool: stopped" in stack.log() and "the HTTP server stopped" not in stack.log()
+    assert refuses_connections(stack.port)
 
 
 def test_a_bad_config_is_refused_before_anything_starts(tmp_path: Path) -> None:
