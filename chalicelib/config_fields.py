@@ -164,12 +164,19 @@ class BlockReader:
         if block is None:
             return None
         keys = model.keys()
-        given = {str(key): value for key, value in block.items() if value is not None and key not in skip}
-        result = self.construct(model, {keys[key]: value for key, value in given.items() if key in keys}, path)
-        for name in given:
-            if name not in keys and name not in also_known:
-                self.warnings.append(f"{path}.{name}: unknown key, ignored")
-        return result
+        values: dict[str, Any] = {}
+        for key, value in block.items():
+            if key in skip or value is None:
+                continue
+            if key in keys:
+                values[keys[key]] = value
+            elif key not in also_known:
+                self.unknown_key(f"{path}.{key}")
+        return self.construct(model, values, path)
+
+    def unknown_key(self, key_path: str) -> None:
+        """A key no model reads: warned about (vmpooler's configs hold keys vmpool has no use for)."""
+        self.warnings.append(f"{key_path}: unknown key, ignored")
 
     def construct(self, model: type[Model], values: dict[str, Any], path: str) -> Model | None:
         """``model(**values)`` validated by pydantic; None and the problems recorded when invalid."""
@@ -214,21 +221,9 @@ class TrustedReader(BlockReader):
 
     trusted = True
 
-    def model(self, raw: Any, model: type[Model], path: str, also_known: Container[str] = frozenset(),
-              skip: frozenset[str] = frozenset()) -> Model | None:
-        block = self.mapping(raw, path)
-        if block is None:
-            return None
-        keys = model.keys()
-        values: dict[str, Any] = {}
-        for key, value in block.items():
-            if key in skip or value is None:
-                continue
-            if key in keys:
-                values[keys[key]] = value
-            elif key not in also_known:
-                self.problems.append(f"{path}.{key}: unknown key")
-        return self.construct(model, values, path)
+    def unknown_key(self, key_path: str) -> None:
+        """A key the canonical form never holds: the file was edited by hand."""
+        self.problems.append(f"{key_path}: unknown key")
 
     def construct(self, model: type[Model], values: dict[str, Any], path: str) -> Model | None:
         try:
