@@ -690,6 +690,8 @@ class Store:
     # --- statistics ---------------------------------------------------------------------------
 
     def record_durations(self, day: str, samples: Sequence[DurationSample]) -> None:
+        """Add ``samples`` (seconds rounded to hundredths) to the day's statistics, in one
+        script call whose cost barely grows with their number (lua/record_durations.lua)."""
         if not samples:
             return
         args: list[Any] = [DAILY_STATS_TTL_SECONDS]
