@@ -115,3 +115,24 @@ def test_finishing_many_clones_frees_their_slots_in_one_command(redis_client: re
     assert store.get_vm("vm-0").clone_end == 500.0 and store.get_vm("vm-2").clone_end == 500.0
     assert not redis_client.exists(store.keys.vm("vm-1"))
     assert commands == {"evalsha": 1, "zrem": 1, "exists": 3, "hset": 2}
+
+
+def test_a_partial_snapshot_looks_up_only_the_changed_vms_it_has_not_listed(redis_client: redis.Redis) -> None:
+    """The provider's changed VMs are looked for in ready and running unless the snapshot lists
+    them already (pending, completed and discovered are listed whole): a pass's new clones and
+    destroys cost no lookup."""
+    store = Store(redis_client)
+    pending_vms(store, ["new-0", "new-1"])
+    redis_client.zadd(store.keys.pool_state(POOL, "completed"), {"old-0": 50.0})
+    redis_client.zadd(store.keys.pool_state(POOL, "ready"), {"ready-0": 900.0, "ready-1": 950.0})
+    redis_client.zadd(store.keys.pool_state(POOL, "running"), {"busy-0": 800.0})
+    store.pool_snapshot_due(POOL, 1000.0, 600.0)  # loads the script
+
+    snapshot: list[object] = []
+    commands = commands_of(redis_client, lambda: snapshot.append(store.pool_snapshot_due(
+        POOL, 1000.0, 600.0, ["new-0", "new-1", "old-0", "ready-1", "busy-0", "gone-0"])))
+
+    (seen,) = snapshot
+    assert seen.members == {"pending": {"new-0": 100.0, "new-1": 100.0}, "ready": {"ready-1": 950.0},
+                            "running": {"busy-0": 800.0}, "completed": {"old-0": 50.0}, "discovered": {}}
+    assert commands["zscore"] == 2 * 3  # ready-1, busy-0 and gone-0, in ready and in running
