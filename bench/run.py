@@ -54,14 +54,25 @@ def table(results: dict[str, Any]) -> list[str]:
                           f" p99 {level['checkout_p99_ms']} ms  delete p50 {level['delete_p50_ms']} ms"
                           f" p99 {level['delete_p99_ms']} ms"
                           f"  {level['redis_commands_per_checkout']} redis cmds/cycle")))
+            rows.append(("  with its refill", (f"{level['sustained_cycles_per_second']:7.0f} cycles/s  (owed "
+                                               f"{level['refill_owed']:.0f} ready VMs at the end, caught up in "
+                                               f"{level['catch_up_seconds']} s)")))
             cpu = ", ".join(f"{part} {used}" for part, used in level["cpu_ms_per_cycle"].items())
             rows.append(("  cpu ms/cycle", cpu))
+            cpu = ", ".join(f"{part} {used}" for part, used in level["cpu_ms_per_cycle_with_refill"].items())
+            rows.append(("  with its refill", cpu))
         small = c.get("small_pool")
         if small:
             refused = sum(count for name, count in small["failures"].items() if name.startswith("checkout"))
             rows.append((f"checkout  8 clients, pool of {small['pool_size']}",
                          (f"{small['cycles_per_second']:7.0f} cycles/s  checkout p50 {small['checkout_p50_ms']} ms"
                           f" p99 {small['checkout_p99_ms']} ms  ({refused} checkouts refused: pool empty)")))
+        steady = c.get("sustained")
+        if steady:
+            refused = sum(count for name, count in steady["failures"].items() if name.startswith("checkout"))
+            rows.append((f"checkout  8 clients, pool of {steady['pool_size']}, {steady['seconds']:g} s",
+                         (f"{steady['cycles_per_second']:7.0f} cycles/s  checkout p50 {steady['checkout_p50_ms']} ms"
+                          f" p99 {steady['checkout_p99_ms']} ms  ({refused} checkouts refused: pool empty)")))
         trips = c["round_trips_per_call"]
         rows.append(("redis round trips", f"checkout {trips['checkout']:g}, delete {trips['delete']:g}"))
     if "reconcile" in results:
