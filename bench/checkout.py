@@ -193,7 +193,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                 # Start every run from a full pool, so no run sees it short.
                 stack.wait_ready(POOL, int(pool_size * 0.9), timeout=600)
                 runs.append(_one_run(stack, clients, seconds))
-            level = {key: median([r[key] for r in runs]) for key in runs[0]
+            level: dict[str, Any] = {key: median([r[key] for r in runs]) for key in runs[0]
                      if isinstance(runs[0][key], (int, float))}
             level["commands"] = runs[-1]["commands"]
             for figure in ("cpu_ms_per_cycle", "cpu_ms_per_cycle_with_refill"):
