@@ -1,6 +1,13 @@
 """Checkout throughput: N HTTP clients (separate processes, keep-alive connections) doing
 checkout + delete cycles against the local stack, on a pool pre-filled so it never runs dry.
 
+Each window's cycles/s counts only the cycles; the refill of the VMs they used may still be
+owed when the window ends (the scheduler shares the cores with the API, and a manager that
+refills slowly owes more). So each run also says what it owed (``refill_owed``: ready VMs
+fewer than at the start), how long the stack took after the window to be back where it started
+(``catch_up_seconds``), the cycles/s counting that time (``sustained_cycles_per_second``: what
+the stack delivers while it keeps its pool full), and the CPU per cycle including it.
+
 Per concurrency level: cycles/s, p50/p99 of each call, and Redis commands per checkout from
 ``INFO commandstats`` deltas over the measured window (every command Redis ran, including the
 ones inside Lua scripts and the reconcile passes refilling the pool meanwhile). Round trips per
@@ -26,9 +33,11 @@ from bench.common import (
     percentile,
     stack_cpu,
 )
+from chalicelib.store.keys import Keys
 from local.stack import Stack, dummy_config, local_stack
 
 POOL = "big"
+CATCH_UP_TIMEOUT_SECONDS = 300.0
 
 
 def _client(port: int, pool: str, start_at: float, stop_at: float, out: "multiprocessing.Queue[Any]") -> None:
@@ -71,8 +80,10 @@ def _one_run(stack: Stack, clients: int, seconds: float, pool: str = POOL) -> di
     for process in processes:
         process.start()
     redis_client = stack.redis
+    ready_key = Keys().pool_state(pool, "ready")
     while time.time() < start_at:
         time.sleep(0.001)
+    ready_before = redis_client.zcard(ready_key)
     before = command_stats(redis_client)
     cpu_before = stack_cpu(stack.process.pid)
     clients_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -82,6 +93,9 @@ def _one_run(stack: Stack, clients: int, seconds: float, pool: str = POOL) -> di
     for process in processes:
         process.join()
     clients_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    refill_owed = max(ready_before - redis_client.zcard(ready_key), 0)
+    catch_up = _catch_up(stack, ready_key, ready_before)
+    cpu_caught_up = stack_cpu(stack.process.pid)
     cpu = {part: cpu_after[part] - cpu_before[part] for part in cpu_after}
     cpu["http clients"] = (clients_after.ru_utime + clients_after.ru_stime
                            - clients_before.ru_utime - clients_before.ru_stime)
@@ -94,8 +108,12 @@ def _one_run(stack: Stack, clients: int, seconds: float, pool: str = POOL) -> di
     commands = command_delta(before, after)
     cycles = len(delete)
     cpu_ms_per_cycle = {part: ms(used / max(cycles, 1)) for part, used in cpu.items()}
+    with_refill = {part: ms((cpu_caught_up[part] - cpu_before[part]) / max(cycles, 1)) for part in cpu_after}
     return {
         "cycles_per_second": cycles / seconds,
+        "sustained_cycles_per_second": cycles / (seconds + catch_up),
+        "refill_owed": refill_owed,
+        "catch_up_seconds": round(catch_up, 2),
         "checkout_p50_ms": ms(percentile(checkout, 0.50)),
         "checkout_p99_ms": ms(percentile(checkout, 0.99)),
         "delete_p50_ms": ms(percentile(delete, 0.50)),
@@ -103,9 +121,21 @@ def _one_run(stack: Stack, clients: int, seconds: float, pool: str = POOL) -> di
         "redis_commands_per_checkout": round(sum(commands.values()) / max(cycles, 1), 2),
         "commands": commands,
         "cpu_ms_per_cycle": cpu_ms_per_cycle,
+        "cpu_ms_per_cycle_with_refill": with_refill,
         "cycles": cycles,
         "failures": failures,
     }
+
+
+def _catch_up(stack: Stack, ready_key: str, ready_before: int) -> float:
+    """Seconds until the pool has as many ready VMs as when the window began (the refill the
+    window's cycles left owed is done)."""
+    started = time.monotonic()
+    while stack.redis.zcard(ready_key) < ready_before:
+        if time.monotonic() - started > CATCH_UP_TIMEOUT_SECONDS:
+            raise RuntimeError(f"the refill did not catch up within {CATCH_UP_TIMEOUT_SECONDS:.0f} s")
+        time.sleep(0.01)
+    return time.monotonic() - started
 
 
 def round_trips(pool_size: int = 50) -> dict[str, float]:
@@ -163,15 +193,16 @@ def run(quick: bool = False) -> dict[str, Any]:
                 # Start every run from a full pool, so no run sees it short.
                 stack.wait_ready(POOL, int(pool_size * 0.9), timeout=600)
                 runs.append(_one_run(stack, clients, seconds))
-            level = {key: median([r[key] for r in runs]) for key in runs[0]
+            level: dict[str, Any] = {key: median([r[key] for r in runs]) for key in runs[0]
                      if isinstance(runs[0][key], (int, float))}
             level["commands"] = runs[-1]["commands"]
-            level["cpu_ms_per_cycle"] = {part: median([r["cpu_ms_per_cycle"][part] for r in runs])
-                                         for part in runs[0]["cpu_ms_per_cycle"]}
+            for figure in ("cpu_ms_per_cycle", "cpu_ms_per_cycle_with_refill"):
+                level[figure] = {part: median([r[figure][part] for r in runs]) for part in runs[0][figure]}
             level["failures"] = {k: sum(r["failures"].get(k, 0) for r in runs)
                                  for r in runs for k in r["failures"]}
             result["levels"][str(clients)] = level
     result["small_pool"] = small_pool(seconds)
+    result["sustained"] = sustained(6.0 if quick else SUSTAINED_SECONDS)
     result["round_trips_per_call"] = _in_subprocess(round_trips)
     return result
 
@@ -188,6 +219,20 @@ def small_pool(seconds: float) -> dict[str, Any]:
         run = _one_run(stack, 8, seconds, pool=SMALL_POOL)
     run.pop("commands")
     return {"pool_size": SMALL_SIZE, "clients": 8, **run}
+
+
+SUSTAINED_POOL, SUSTAINED_SIZE, SUSTAINED_SECONDS = "steady", 1000, 15.0
+
+
+def sustained(seconds: float) -> dict[str, Any]:
+    """8 clients for ``seconds`` on a pool of 1,000 (instant clones, the default task_limit):
+    longer than the pool lasts unless the refill keeps up while the clients run, so cycles/s
+    here is what the stack sustains, and refused checkouts say when its refill fell behind."""
+    with local_stack(dummy_config([(SUSTAINED_POOL, SUSTAINED_SIZE)]), interval=5.0) as stack:
+        stack.wait_ready(SUSTAINED_POOL, SUSTAINED_SIZE, timeout=300)
+        run = _one_run(stack, 8, seconds, pool=SUSTAINED_POOL)
+    run.pop("commands")
+    return {"pool_size": SUSTAINED_SIZE, "clients": 8, "seconds": seconds, **run}
 
 
 def _in_subprocess(function: Any) -> Any:
@@ -208,6 +253,9 @@ def one_level(clients: int, seconds: float, runs: int, pool_size: int, workers: 
             results.append(_one_run(stack, clients, seconds))
     return {"clients": clients, "seconds": seconds, "pool_size": pool_size, "workers": workers,
             "cycles_per_second": [r["cycles_per_second"] for r in results],
+            "sustained_cycles_per_second": [r["sustained_cycles_per_second"] for r in results],
+            "refill_owed": [r["refill_owed"] for r in results],
+            "catch_up_seconds": [r["catch_up_seconds"] for r in results],
             "api_cpu_ms_per_cycle": [r["cpu_ms_per_cycle"]["api workers"] for r in results],
             "scheduler_cpu_ms_per_cycle": [r["cpu_ms_per_cycle"]["reconcile (scheduler)"] for r in results],
             "redis_commands_per_checkout": [r["redis_commands_per_checkout"] for r in results],

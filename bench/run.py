@@ -42,6 +42,13 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
 RESULTS = ROOT / "bench" / "results.json"
 
 
+def _refusing_row(label: str, run: dict[str, Any]) -> tuple[str, str]:
+    """A run on a pool that may run dry: cycles/s, checkout latency, checkouts refused."""
+    refused = sum(count for name, count in run["failures"].items() if name.startswith("checkout"))
+    return (label, (f"{run['cycles_per_second']:7.0f} cycles/s  checkout p50 {run['checkout_p50_ms']} ms"
+                    f" p99 {run['checkout_p99_ms']} ms  ({refused} checkouts refused: pool empty)"))
+
+
 def table(results: dict[str, Any]) -> list[str]:
     """The headline figures, one per line, each with the machine's core count."""
     cores = f"[{CORES} cores]"
@@ -54,14 +61,19 @@ def table(results: dict[str, Any]) -> list[str]:
                           f" p99 {level['checkout_p99_ms']} ms  delete p50 {level['delete_p50_ms']} ms"
                           f" p99 {level['delete_p99_ms']} ms"
                           f"  {level['redis_commands_per_checkout']} redis cmds/cycle")))
+            rows.append(("  with its refill", (f"{level['sustained_cycles_per_second']:7.0f} cycles/s  (owed "
+                                               f"{level['refill_owed']:.0f} ready VMs at the end, caught up in "
+                                               f"{level['catch_up_seconds']} s)")))
             cpu = ", ".join(f"{part} {used}" for part, used in level["cpu_ms_per_cycle"].items())
             rows.append(("  cpu ms/cycle", cpu))
-        small = c.get("small_pool")
+            cpu = ", ".join(f"{part} {used}" for part, used in level["cpu_ms_per_cycle_with_refill"].items())
+            rows.append(("  with its refill", cpu))
+        small, steady = c.get("small_pool"), c.get("sustained")
         if small:
-            refused = sum(count for name, count in small["failures"].items() if name.startswith("checkout"))
-            rows.append((f"checkout  8 clients, pool of {small['pool_size']}",
-                         (f"{small['cycles_per_second']:7.0f} cycles/s  checkout p50 {small['checkout_p50_ms']} ms"
-                          f" p99 {small['checkout_p99_ms']} ms  ({refused} checkouts refused: pool empty)")))
+            rows.append(_refusing_row(f"checkout  8 clients, pool of {small['pool_size']}", small))
+        if steady:
+            rows.append(_refusing_row(f"checkout  8 clients, pool of {steady['pool_size']}, {steady['seconds']:g} s",
+                                      steady))
         trips = c["round_trips_per_call"]
         rows.append(("redis round trips", f"checkout {trips['checkout']:g}, delete {trips['delete']:g}"))
     if "reconcile" in results:
