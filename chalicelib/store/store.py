@@ -593,13 +593,15 @@ class Store:
             updated = run_many(self.client, calls)
         return [host for host, done in zip(fields, updated, strict=True) if done]
 
-    def modify_vm(self, hostname: str, pool: str, fields: Mapping[str, str], max_tags: int,
-                  now: float) -> ModifyResult:
-        """A user's change (lifetime, tags as ``tag:<key>`` fields): each field set on its own in
-        one step, so concurrent changes of different fields all land. Refused whole when the VM
-        would carry more than ``max_tags`` tags. A lifetime change makes the VM due for a pass's
-        look now (a shortened lifetime ends on time)."""
-        args: list[Any] = [max_tags, hostname, repr(now)]
+    def modify_vm(self, seen: VMRecord, fields: Mapping[str, str], max_tags: int, now: float) -> ModifyResult:
+        """A user's change (lifetime, tags as ``tag:<key>`` fields) of the running VM ``seen``
+        (as the caller read it and checked who may change it): each field set on its own in one
+        step, so concurrent changes of different fields all land. NO_VM, nothing changed, when the
+        VM is no longer running for that checkout (returned, or checked out again, since). Refused
+        whole when the VM would carry more than ``max_tags`` tags. A lifetime change makes the VM
+        due for a pass's look now (a shortened lifetime ends on time)."""
+        hostname, pool = seen.name, seen.pool
+        args: list[Any] = [max_tags, hostname, repr(now), seen.raw.get("checkout", ""), seen.raw.get("token_user", "")]
         for name, value in fields.items():
             args += [name, value]
         keys = [self.keys.vm(hostname), self.keys.running_due(pool)]
