@@ -238,3 +238,22 @@ def test_on_demand_vms_are_in_their_tokens_running_list(ldap_api: Harness, slapd
     hosts = sorted(name.split(".")[0] for name in built[POOL]["hostname"])
     assert sorted(ldap_api.call("GET", f"/api/v3/token/{token}").body[token]["vms"]["running"]) == hosts
     assert not set(hosts) & set(ldap_api.call("GET", f"/api/v3/token/{other}").body[other]["vms"]["running"])
+
+
+def test_one_directory_user_under_any_spelling_is_one_user(make_api, ldap_auth, slapd):
+    """The directory matches user names case-insensitively: ALICE logs in as alice. Her tokens,
+    their limit and her VMs are one user's whatever spelling she logs in with (each spelling was a
+    user of its own: 2^5 spellings of 'alice', 2^5 times max_tokens_per_user, and her own VM
+    refused to her under another spelling)."""
+    api = make_api(document(ldap_auth(), config={"max_tokens_per_user": 2}))
+    api.fill(POOL)
+    password = slapd.password("alice")
+    lower, upper = api.new_token("alice", password), api.new_token("ALICE", password)
+    refused = api.call("POST", "/api/v3/token", headers=basic("Alice", password))
+    assert (refused.status, refused.body["ok"]) == (403, False)
+    listed = api.call("GET", "/api/v3/token", headers=basic("aLiCe", password)).body
+    assert len(listed) == 1 + 2
+    vm = api.checkout(POOL, upper)
+    assert api.call("PUT", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": lower}, body={"lifetime": 5}).status == 200
+    assert api.call("DELETE", f"/api/v3/token/{upper}", headers=basic("alice", password)).status == 200
+    assert api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": lower}).status == 200
