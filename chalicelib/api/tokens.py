@@ -101,13 +101,7 @@ def describe_token(services: Services, request: ApiRequest) -> ApiResponse:
 
 def _running_vms(services: Services, record: TokenRecord) -> list[str]:
     """The running VMs that were checked out with this token."""
-    names = []
-    for pool in services.config.pool_names:
-        for hostname in services.store.hostnames(pool, "running"):
-            vm = services.store.get_vm(hostname)
-            if vm is not None and vm.raw.get("token_id") == record.id:
-                names.append(vm.name)
-    return sorted(names)
+    return sorted(services.store.running_with(services.config.pool_names, "token_id", record.id))
 
 
 def delete_token(services: Services, request: ApiRequest) -> ApiResponse:

@@ -338,6 +338,21 @@ class Store:
             values = iter(pipe.execute())
         return {pool: {state: next(values) for state in STATES} for pool in pools}
 
+    def running_with(self, pools: Sequence[str], field_name: str, value: str) -> list[str]:
+        """The running VMs of ``pools`` whose record has ``field_name`` set to ``value``, in two
+        round trips whatever the number of pools and VMs."""
+        with _translate_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for pool in pools:
+                pipe.zrange(self.keys.pool_state(pool, "running"), 0, -1)
+            running = [host for hosts in pipe.execute() for host in hosts]
+            if not running:
+                return []
+            pipe = self.client.pipeline(transaction=False)
+            for host in running:
+                pipe.hget(self.keys.vm(host), field_name)
+            return [host for host, found in zip(running, pipe.execute(), strict=True) if found == value]
+
     def hostnames(self, pool: str, state: str) -> list[str]:
         with _translate_errors():
             return cast("list[str]", self.client.zrange(self.keys.pool_state(pool, state), 0, -1))
