@@ -242,7 +242,7 @@ def test_unknown_route_and_wrong_method_bodies(busy: Harness) -> None:
     assert (reply.status, reply.json) == (404, {"ok": False})
     reply = busy.request("PATCH", "/api/v3/vm")
     assert reply.status == 405
-    assert reply.headers["Allow"] == "GET, POST"
+    assert reply.headers["Allow"] == "GET, HEAD, POST"
 
 
 def test_put_reports_every_problem_at_once(busy: Harness) -> None:
