@@ -11,7 +11,7 @@ import uuid
 from typing import Any, Mapping
 
 from chalicelib import observability as metric
-from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, not_found, whole_number
+from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, not_found, shown, whole_number
 from chalicelib.api.identity import Caller, optional_caller
 from chalicelib.api.limits import quota, quota_error
 from chalicelib.api.pool_choice import live_pools, preference
@@ -48,7 +48,7 @@ def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int])
     config = services.config
     unknown = [name for name in wanted if not config.resolve(name)]
     if unknown:
-        raise not_found(error=f"unknown pool or alias: {', '.join(unknown)}")
+        raise not_found(error=f"unknown pool or alias: {shown(', '.join(unknown), 200)}")
     caller = optional_caller(services, request)
     live = live_pools(services)
     requests = [

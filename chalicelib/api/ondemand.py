@@ -13,7 +13,7 @@ import re
 from typing import Any, Mapping
 
 from chalicelib.api.checkout import REQUEST_NAME_PATTERN, hostnames_by_name, open_request, parse_count
-from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok
+from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok, shown
 from chalicelib.api.identity import Caller, required_caller
 from chalicelib.auth.base import same_user
 from chalicelib.services import Services
@@ -129,5 +129,5 @@ def _owned(services: Services, request: ApiRequest) -> OnDemandRequest:
 def _find(services: Services, request_id: str) -> OnDemandRequest:
     found = OnDemandStore(services.store).get(request_id) if REQUEST_ID_PATTERN.match(request_id) else None
     if found is None:
-        raise ApiError(404, {"message": f"no request found for request_id '{request_id}'"})
+        raise ApiError(404, {"message": f"no request found for request_id '{shown(request_id)}'"})
     return found

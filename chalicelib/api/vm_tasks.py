@@ -8,7 +8,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, not_found, ok, whole_number
+from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, not_found, ok, shown, whole_number
 from chalicelib.api.identity import caller_for_change, required_caller
 from chalicelib.api.vms import find_vm
 from chalicelib.services import Services
@@ -81,6 +81,6 @@ def revert_snapshot(services: Services, request: ApiRequest) -> ApiResponse:
     if current and current.get("kind") == SNAPSHOT:
         queued.add(current.get("snapshot"))
     if snapshot not in record.snapshots and snapshot not in queued:
-        raise ApiError(404, {"error": f"snapshot {snapshot} not found on {record.name}"})
+        raise ApiError(404, {"error": f"snapshot {shown(snapshot)} not found on {record.name}"})
     _queue(services, record, REVERT, snapshot=snapshot)
     return ok(202)
