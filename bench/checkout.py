@@ -257,6 +257,8 @@ def one_level(clients: int, seconds: float, runs: int, pool_size: int, workers: 
             "refill_owed": [r["refill_owed"] for r in results],
             "catch_up_seconds": [r["catch_up_seconds"] for r in results],
             "api_cpu_ms_per_cycle": [r["cpu_ms_per_cycle"]["api workers"] for r in results],
+            "scheduler_cpu_ms_per_cycle": [r["cpu_ms_per_cycle"]["reconcile (scheduler)"] for r in results],
+            "redis_commands_per_checkout": [r["redis_commands_per_checkout"] for r in results],
             "checkout_p50_ms": [r["checkout_p50_ms"] for r in results],
             "checkout_p99_ms": [r["checkout_p99_ms"] for r in results],
             "failures": [r["failures"] for r in results]}

@@ -118,3 +118,11 @@ class RedisRoundTrips:
 
     def __exit__(self, *exc: object) -> None:
         redis.connection.AbstractConnection.send_packed_command = self._original  # type: ignore[method-assign]
+
+
+def redis_commands(client: redis.Redis) -> dict[str, int]:
+    """Every command the Redis server ran since its last ``CONFIG RESETSTAT`` (those of Lua
+    scripts included, the RESETSTAT itself not), by name: exact, whatever the machine's load."""
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): entry["calls"] for name, entry in stats.items()
+            if name != "cmdstat_config|resetstat"}

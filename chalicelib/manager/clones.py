@@ -23,8 +23,10 @@ def repopulate(context: PassContext) -> None:
         return
     pool, service, store = context.pool, context.service, context.store
     counts = context.read_counts()
-    # On-demand VMs being built here are pending but not the pool's: they do not fill its deficit.
-    deficit = pool.size - counts["ready"] - counts["pending"] + OnDemandStore(store).building(pool.name)
+    # On-demand VMs being built here are pending but not the pool's: they do not fill its deficit
+    # (none to look for when nothing is pending).
+    building = OnDemandStore(store).building(pool.name) if counts["pending"] else 0
+    deficit = pool.size - counts["ready"] - counts["pending"] + building
     if deficit <= 0:
         if context.snapshot.wants_clones:
             store.withdraw_clone_demand(pool.name)

@@ -53,7 +53,9 @@ def checked(store: Store, pool: str, now: float, inventory_checked: str, seen: I
     if seen is None:
         return
     compared_at = repr(now) if seen.names is None else inventory_checked.partition(" ")[2]
-    store.mark_inventory_checked(pool, f"{seen.token} {compared_at}")
+    mark = f"{seen.token} {compared_at}"
+    if mark != inventory_checked:  # a pass that saw no change leaves the mark as it found it
+        store.mark_inventory_checked(pool, mark)
 
 
 def list_whole(store: Store, pool: str, snapshot: PoolSnapshot, state: str) -> PoolSnapshot:

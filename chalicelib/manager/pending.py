@@ -79,7 +79,7 @@ def _check_boots(context: PassContext, records: list[VMRecord], ages: dict[str, 
             reasons[hostname] = {"not_ready_reason": readiness.reason}  # GET /vm shows it
     if reasons:
         context.store.update_vms(reasons)
-    _mark_ready(context, ready, ages)
+    _mark_ready(context, ready, ages, {record.name for record in records if record.not_ready_reason})
 
 
 def note_last_boot(context: PassContext) -> None:
@@ -137,13 +137,17 @@ def _clone_finished(context: PassContext, record: VMRecord, statuses: Mapping[st
     return True
 
 
-def _mark_ready(context: PassContext, ready: Mapping[str, VMInfo], ages: Mapping[str, float]) -> None:
+def _mark_ready(context: PassContext, ready: Mapping[str, VMInfo], ages: Mapping[str, float],
+                had_reasons: set[str]) -> None:
     """Move the booted VMs to ready, in one round trip; each move happens only if its VM is
-    still pending (a VM is its pool's only once moved)."""
+    still pending (a VM is its pool's only once moved). The not-ready reason is deleted from
+    the VMs that had one (``had_reasons``): GET /vm shows it on pending VMs only, and a VM
+    ready at its first look never had one, so its record is spared the HDEL."""
     if not ready:
         return
     moved = context.store.move_many(context.pool.name, "pending", "ready", context.now, {
-        hostname: {"ready_at": context.now, "ip": vm.ip, "host": vm.host, "not_ready_reason": None}
+        hostname: {"ready_at": context.now, "ip": vm.ip, "host": vm.host,
+                   **({"not_ready_reason": None} if hostname in had_reasons else {})}
         for hostname, vm in ready.items()
     })
     for hostname in moved:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalicelib.store.store import Store, _encode, _translate_errors
+from chalicelib.store.store import Store, _translate_errors, update_args
 
 QUEUED = "queued"
 STARTED = "started"
@@ -40,14 +40,11 @@ class MigrationStore:
         """Free the VM's slot and end its migration on the record (with ``fields``: the new host,
         ``migrated``, or ``migration_error``), in one transaction."""
         changes: dict[str, Any] = {"migration": None, "migration_task": None, "migration_started": None, **fields}
-        args: list[str] = []
-        for name, value in changes.items():
-            args += [name, _encode(value)]
         keys = self.store.keys
         with _translate_errors():
             pipe = self.store.client.pipeline(transaction=True)
             pipe.zrem(keys.migrating, hostname)
-            self.store.scripts.update(keys=[keys.vm(hostname)], args=args, client=pipe)
+            self.store.scripts.update(keys=[keys.vm(hostname)], args=update_args(changes), client=pipe)
             pipe.execute()
 
     def in_flight(self) -> int:

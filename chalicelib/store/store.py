@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import functools
 import hashlib
+import itertools
 import json
 import secrets
 import time
@@ -37,6 +38,10 @@ REPLICAS_RECHECK_SECONDS = 5.0
 
 LAMBDA_ENV = "AWS_LAMBDA_FUNCTION_NAME"
 MIN_REPLICA_ACKS_ENV = "VMPOOL_REDIS_MIN_REPLICA_ACKS"
+
+MOVE_BATCH = 200
+"""The most VMs one run of lua/move.lua or lua/update.lua changes: a pass changing thousands (a
+pool drained) holds Redis a few milliseconds at a time, not for the whole batch."""
 
 CLONE_DEMAND_TTL_SECONDS = 120.0
 """A short pool's claim on clone slots lapses when its passes stop renewing it for this long
@@ -516,37 +521,37 @@ class Store:
         changed since the mark. ``lifetime_ended`` (the default lifetime in hours): move only if
         the VM's lifetime, as recorded at the time of the move, has ended by ``now``.
         Returns whether it moved."""
-        keys, args = self._move_call(hostname, pool, from_state, to_state, now, nudge, unchanged_since,
-                                     lifetime_ended, fields)
+        keys, args = self._move_call(pool, from_state, to_state, now, {hostname: fields}, nudge, unchanged_since,
+                                     lifetime_ended)
         with _translate_errors():
-            return bool(self.scripts.move(keys=keys, args=args))
+            return bool(self.scripts.move(keys=keys, args=args)[0])
 
     def move_many(self, pool: str, from_state: str, to_state: str, now: float,
                   fields: Mapping[str, Mapping[str, Any]]) -> list[str]:
         """``move`` for each VM of ``fields`` (hostname -> the fields to set on its record), in
-        one round trip: each move is its own script run and checks its own VM, as ``move`` does.
-        Returns the hostnames moved."""
-        calls: list[ScriptCall] = [
-            (self.scripts.move, *self._move_call(host, pool, from_state, to_state, now, False, None, None, changes))
-            for host, changes in fields.items()
-        ]
+        one round trip and one script run per MOVE_BATCH VMs: each VM is checked on its own, as
+        ``move`` does. Returns the hostnames moved."""
+        calls: list[ScriptCall] = [(self.scripts.move, *self._move_call(pool, from_state, to_state, now, batch))
+                                   for batch in _batches(fields)]
         with _translate_errors():
-            moved = run_many(self.client, calls)
+            moved = [done for replies in run_many(self.client, calls) for done in replies]
         return [host for host, done in zip(fields, moved, strict=True) if done]
 
-    def _move_call(self, hostname: str, pool: str, from_state: str, to_state: str, now: float, nudge: bool,
-                   unchanged_since: int | None, lifetime_ended: float | None,
-                   fields: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-        """The KEYS and ARGV of lua/move.lua for one VM of a known pool."""
-        keys = [self.keys.vm(hostname), self.keys.changes, self.keys.cloning,
+    def _move_call(self, pool: str, from_state: str, to_state: str, now: float,
+                   fields: Mapping[str, Mapping[str, Any]], nudge: bool = False, unchanged_since: int | None = None,
+                   lifetime_ended: float | None = None) -> tuple[list[str], list[str]]:
+        """The KEYS and ARGV of lua/move.lua for VMs of a known pool (hostname -> its fields)."""
+        keys = [*(self.keys.vm(hostname) for hostname in fields), self.keys.changes, self.keys.cloning,
                 self.keys.pool_state(pool, from_state), self.keys.pool_state(pool, to_state), self.keys.wake(pool)]
         args: list[str] = [
-            hostname, to_state, repr(now), str(self.data_ttl_seconds), "1" if nudge else "0",
+            to_state, repr(now), str(self.data_ttl_seconds), "1" if nudge else "0",
             "" if unchanged_since is None else str(unchanged_since),
             "" if lifetime_ended is None else repr(float(lifetime_ended)),
             "", "", "",
         ]
-        return keys, args + _field_args(fields)
+        for hostname, changes in fields.items():
+            args += [hostname, *update_args(changes)]
+        return keys, args
 
     def mark_changes(self) -> int:
         """A mark on the counter every state change stamps its VM with (``change_seq``): a VM
@@ -559,11 +564,11 @@ class Store:
         trip. Returns its pool, or None when it is unknown or not running."""
         # The pool comes from the record inside the script: templates name its keys (keys.DERIVED_KEYS).
         keys = [self.keys.vm(hostname), self.keys.changes, self.keys.cloning]
-        args = [hostname, "completed", repr(now), str(self.data_ttl_seconds), "1", "", "",
+        args = ["completed", repr(now), str(self.data_ttl_seconds), "1", "", "",
                 self.keys.pool_state(KEY_PART, "running"), self.keys.pool_state(KEY_PART, "completed"),
-                self.keys.wake(KEY_PART), "reason", reason]
+                self.keys.wake(KEY_PART), hostname, "1", "reason", reason]
         with _translate_errors():
-            pool = self.scripts.move(keys=keys, args=args)
+            (pool,) = self.scripts.move(keys=keys, args=args)
         return str(pool) if pool else None
 
     def reserve_clones(
@@ -596,16 +601,18 @@ class Store:
 
     def update_vm(self, hostname: str, **fields: Any) -> bool:
         """Set fields on an existing record (None deletes a field). False for an unknown VM."""
-        with _translate_errors():
-            return bool(self.scripts.update(keys=[self.keys.vm(hostname)], args=_field_args(fields)))
+        return bool(self.update_vms({hostname: fields}))
 
     def update_vms(self, fields: Mapping[str, Mapping[str, Any]]) -> list[str]:
-        """``update_vm`` for each VM of ``fields`` (hostname -> its fields), in one round trip.
-        Returns the hostnames whose record existed (and was updated)."""
-        calls: list[ScriptCall] = [(self.scripts.update, [self.keys.vm(host)], _field_args(changes))
-                                   for host, changes in fields.items()]
+        """``update_vm`` for each VM of ``fields`` (hostname -> its fields), in one round trip and
+        one script run per MOVE_BATCH VMs. Returns the hostnames whose record existed (and was
+        updated)."""
+        calls: list[ScriptCall] = [
+            (self.scripts.update, [self.keys.vm(host) for host in batch],
+             [arg for changes in batch.values() for arg in update_args(changes)])
+            for batch in _batches(fields)]
         with _translate_errors():
-            updated = run_many(self.client, calls)
+            updated = [done for replies in run_many(self.client, calls) for done in replies]
         return [host for host, done in zip(fields, updated, strict=True) if done]
 
     def modify_vm(self, seen: VMRecord, fields: Mapping[str, str], max_tags: int, now: float) -> ModifyResult:
@@ -707,6 +714,8 @@ class Store:
     # --- statistics ---------------------------------------------------------------------------
 
     def record_durations(self, day: str, samples: Sequence[DurationSample]) -> None:
+        """Add ``samples`` (seconds rounded to hundredths) to the day's statistics, in one
+        script call whose cost barely grows with their number (lua/record_durations.lua)."""
         if not samples:
             return
         args: list[Any] = [DAILY_STATS_TTL_SECONDS]
@@ -751,6 +760,18 @@ class Store:
     def ping(self) -> None:
         with _translate_errors():
             self.client.ping()
+
+
+def _batches(fields: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Mapping[str, Any]]]:
+    """``fields`` (hostname -> its fields) in runs of at most MOVE_BATCH VMs, in order."""
+    items = iter(fields.items())
+    return [dict(batch) for batch in iter(lambda: list(itertools.islice(items, MOVE_BATCH)), [])]
+
+
+def update_args(fields: Mapping[str, Any]) -> list[str]:
+    """One record's part of the arguments of lua/update.lua and lua/move.lua: how many fields
+    follow, then name, value, ... (None as "": the field is deleted)."""
+    return [str(len(fields)), *_field_args(fields)]
 
 
 def _field_args(fields: Mapping[str, Any]) -> list[str]:

@@ -10,6 +10,7 @@ import pytest
 from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
 from chalicelib.timestamps import day_of
 from tests.harness import Harness, HarnessFactory, Killed, assert_consistent, kill_at_step, run_at_once
+from tests.support import redis_commands
 
 # Clones take up to 60 s, boots 30 s more; timeouts are in minutes.
 BASE = """\
@@ -89,6 +90,19 @@ def test_pending_becomes_ready_and_records_durations(make_world: HarnessFactory)
     when = datetime.fromtimestamp(world.clock.now(), timezone.utc).strftime("%Y-%m-%d %H:%M:%S +0000")
     assert world.store.last_boots() == {"alpha": when}
     assert_consistent(world, "alpha")
+
+
+def test_vms_ready_at_their_first_look_are_moved_without_deleting_a_reason_they_never_had(
+        make_world: HarnessFactory) -> None:
+    world = world_with(make_world, pools="  - {name: alpha, size: 4, provider: dummy, boot_time: 0}")
+    world.reconcile("alpha")
+    world.clock.advance(61)  # every clone done and booted: ready at the pass's first look
+    world.client.config_resetstat()
+    report = world.reconcile("alpha")
+
+    assert len(report.became_ready) == 4
+    assert all("not_ready_reason" not in world.store.get_vm(host).raw for host in report.became_ready)
+    assert redis_commands(world.client)["hdel"] == 1  # the pool, full again, withdraws its clone demand
 
 
 # --- leaving service ----------------------------------------------------------------------------

@@ -119,6 +119,17 @@ def test_a_steady_pass_does_the_same_work_at_any_pool_size(make_world: HarnessFa
     assert small_listings == large_listings == []  # nor lists its folder
 
 
+def test_a_steady_pass_writes_nothing_but_its_change_mark(make_world: HarnessFactory) -> None:
+    """Nothing changed, nothing written: the provider's inventory token it compared with is the
+    one the pool's mark already holds, and with nothing pending it does not look for on-demand
+    VMs being built (one ZRANGE less: its snapshot's pending, completed and discovered, the VM
+    tasks, the open requests)."""
+    work, _ = steady_work(bounded_world(make_world, size=5))
+    writes = {"set", "del", "hset", "hdel", "zadd", "zrem", "expire", "incr", "incrby", "lpush", "ltrim"}
+    assert {name.removeprefix("cmdstat_") for name in work} & writes == {"incrby"}  # Store.begin_pass
+    assert work["cmdstat_zrange"] == 5
+
+
 def test_a_vm_deleted_in_the_provider_is_dropped_by_the_next_pass(make_world: HarnessFactory) -> None:
     world = bounded_world(make_world)
     listings = whole_inventories(world)

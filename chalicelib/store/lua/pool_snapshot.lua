@@ -26,8 +26,12 @@ for _, hostname in ipairs(redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', ARGV[2]))
     redis.call('ZREM', KEYS[6], hostname) -- returned or reaped since it was scheduled
   end
 end
-for i = 1, #members[2], 2 do
-  listed[members[2][i]] = true
+-- A VM is in one state at a time: one listed already (the states listed whole, the ready VMs
+-- past ready_ttl, the running VMs due) is not looked for in ready and running.
+for _, state in ipairs({1, 2, 4, 5}) do
+  for i = 1, #members[state], 2 do
+    listed[members[state][i]] = true
+  end
 end
 for i = 4, #ARGV do
   local hostname = ARGV[i]

@@ -1,20 +1,49 @@
 -- Add duration samples to a day's statistics: count, total, min and max, overall and per pool.
 -- KEYS[1] the day's hash; ARGV: ttl_seconds, then triples kind, pool, seconds.
+-- The samples' counts, minima and maxima are gathered here first, so a call costs one HMGET and
+-- one HSET for them whatever the number of samples. Totals stay one HINCRBYFLOAT per sample and
+-- scope, in the samples' order: Redis adds and rounds in its own long double arithmetic, and a
+-- sum made here would differ in the last digits, enough to flip a rounded average (/summary).
 local key, ttl = KEYS[1], tonumber(ARGV[1])
+local scopes, order = {}, {}
 for i = 2, #ARGV, 3 do
   local kind, pool, seconds = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   for _, scope in ipairs({kind, kind .. ':pool:' .. pool}) do
-    redis.call('HINCRBY', key, scope .. ':count', 1)
     redis.call('HINCRBYFLOAT', key, scope .. ':total', seconds)
-    local low = tonumber(redis.call('HGET', key, scope .. ':min'))
-    if low == nil or seconds < low then
-      redis.call('HSET', key, scope .. ':min', seconds)
-    end
-    local high = tonumber(redis.call('HGET', key, scope .. ':max'))
-    if high == nil or seconds > high then
-      redis.call('HSET', key, scope .. ':max', seconds)
+    local batch = scopes[scope]
+    if batch == nil then
+      scopes[scope] = {count = 1, low = seconds, high = seconds}
+      order[#order + 1] = scope
+    else
+      batch.count = batch.count + 1
+      batch.low = math.min(batch.low, seconds)
+      batch.high = math.max(batch.high, seconds)
     end
   end
 end
+local names = {}
+for _, scope in ipairs(order) do
+  names[#names + 1] = scope .. ':count'
+  names[#names + 1] = scope .. ':min'
+  names[#names + 1] = scope .. ':max'
+end
+local current = redis.call('HMGET', key, unpack(names))
+local changes = {}
+for index, scope in ipairs(order) do
+  local batch = scopes[scope]
+  local count, low, high = tonumber(current[index * 3 - 2]), tonumber(current[index * 3 - 1]),
+    tonumber(current[index * 3])
+  changes[#changes + 1] = names[index * 3 - 2]
+  changes[#changes + 1] = string.format('%d', (count or 0) + batch.count)
+  if low == nil or batch.low < low then
+    changes[#changes + 1] = names[index * 3 - 1]
+    changes[#changes + 1] = batch.low
+  end
+  if high == nil or batch.high > high then
+    changes[#changes + 1] = names[index * 3]
+    changes[#changes + 1] = batch.high
+  end
+end
+redis.call('HSET', key, unpack(changes))
 redis.call('EXPIRE', key, ttl)
 return 1

@@ -1,14 +1,28 @@
--- Set fields on a VM's record only if the record still exists (never leave a fragment behind).
--- KEYS[1] the record; ARGV: field, value, ... (an empty value deletes the field).
--- Returns 1 when updated, 0 when there was no record.
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
-end
-for i = 1, #ARGV, 2 do
-  if ARGV[i + 1] == '' then
-    redis.call('HDEL', KEYS[1], ARGV[i])
-  else
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+-- Set fields on VMs' records, each only if its record still exists (never leave a fragment behind).
+-- KEYS: the records; ARGV: per record, how many fields follow, then field, value, ... (an empty
+-- value deletes the field).
+-- Returns per record 1 when updated, 0 when there was no record.
+local results, first = {}, 1
+for index, vm_key in ipairs(KEYS) do
+  local last = first + 2 * tonumber(ARGV[first])
+  results[index] = redis.call('EXISTS', vm_key)
+  if results[index] == 1 then
+    local set, deleted = {}, {}
+    for i = first + 1, last, 2 do
+      if ARGV[i + 1] == '' then
+        deleted[#deleted + 1] = ARGV[i]
+      else
+        set[#set + 1] = ARGV[i]
+        set[#set + 1] = ARGV[i + 1]
+      end
+    end
+    if #set > 0 then
+      redis.call('HSET', vm_key, unpack(set))
+    end
+    if #deleted > 0 then
+      redis.call('HDEL', vm_key, unpack(deleted))
+    end
   end
+  first = last + 1
 end
-return 1
+return results

@@ -1,0 +1,138 @@
+"""The store's batch writes (a pass's moves, record updates, finished clones): each VM is still
+checked on its own, and the batch costs Redis one script run and one write per record, not a
+script run and a write per field (counted by the server: INFO commandstats, exact)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+import redis
+
+from chalicelib.store import Store
+from chalicelib.store import store as store_module
+from tests.support import redis_commands
+
+POOL = "alpha"
+
+
+def pending_vms(store: Store, hostnames: list[str]) -> None:
+    """Records of VMs in the pool's pending set (as reserve_clones leaves them), with a field
+    the move deletes."""
+    for hostname in hostnames:
+        store.client.hset(store.keys.vm(hostname), mapping={
+            "name": hostname, "pool": POOL, "state": "pending", "not_ready_reason": "booting"})
+        store.client.zadd(store.keys.pool_state(POOL, "pending"), {hostname: 100.0})
+        store.client.zadd(store.keys.cloning, {hostname: 100.0})
+
+
+def commands_of(client: redis.Redis, action: Callable[[], object]) -> dict[str, int]:
+    """The commands Redis ran for ``action``."""
+    client.config_resetstat()
+    action()
+    return redis_commands(client)
+
+
+def test_moving_many_vms_is_one_script_run_with_one_write_per_record(redis_client: redis.Redis) -> None:
+    store = Store(redis_client)
+    hosts = [f"vm-{n}" for n in range(6)]
+    pending_vms(store, hosts)
+    store.client.incr(store.keys.changes)
+    store.client.zrem(store.keys.pool_state(POOL, "pending"), "vm-5")  # checked out meanwhile, say
+    store.move("nothing", POOL, "ready", "running", 1.0)  # loads the script; moves nothing
+
+    moved: list[str] = []
+    commands = commands_of(redis_client, lambda: moved.extend(store.move_many(POOL, "pending", "ready", 200.0, {
+        host: {"ready_at": 200.0, "ip": f"10.0.0.{n}", "host": "esx-1", "not_ready_reason": None}
+        for n, host in enumerate(hosts)})))
+
+    assert moved == hosts[:5]  # each VM checked on its own: the one no longer pending stays put
+    for n, host in enumerate(hosts[:5]):
+        record = store.get_vm(host)
+        assert (record.state, record.ready_at, record.ip, record.host) == ("ready", 200.0, f"10.0.0.{n}", "esx-1")
+        assert "not_ready_reason" not in record.raw and record.raw["change_seq"] == "1"
+    assert store.get_vm("vm-5").state == "pending"
+    assert store.state_members(POOL, "ready") == {host: 200.0 for host in hosts[:5]}
+    assert redis_client.zrange(store.keys.cloning, 0, -1) == ["vm-5"]
+    assert commands == {"evalsha": 1, "get": 1, "zrem": 6 + 5, "hset": 5, "hdel": 5, "zadd": 5}
+
+
+def test_a_move_sets_its_fields_after_the_states_own_and_deletes_after_both(redis_client: redis.Redis) -> None:
+    store = Store(redis_client)
+    pending_vms(store, ["vm-0"])
+    assert store.move("vm-0", POOL, "pending", "completed", 300.0, completed_at=299.5, reason="boot timeout",
+                      change_seq=None, not_ready_reason=None)
+    assert store.get_vm("vm-0").raw == {"name": "vm-0", "pool": POOL, "state": "completed",
+                                        "completed_at": "299.5", "reason": "boot timeout"}
+    assert not store.move("vm-0", POOL, "pending", "completed", 301.0, reason="again")  # no longer pending
+
+
+def test_moves_of_a_large_batch_run_in_several_scripts_in_one_round_trip(
+        redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "MOVE_BATCH", 2)
+    store = Store(redis_client)
+    hosts = [f"vm-{n}" for n in range(5)]
+    pending_vms(store, hosts)
+    store.move("nothing", POOL, "ready", "running", 1.0)
+
+    moved: list[str] = []
+    commands = commands_of(redis_client, lambda: moved.extend(
+        store.move_many(POOL, "pending", "destroyed", 400.0, {host: {"destroy_task": None} for host in hosts})))
+
+    assert moved == hosts and commands["evalsha"] == 3
+    assert all(redis_client.ttl(store.keys.vm(host)) > 0 for host in hosts)
+    assert store.counts([POOL])[POOL]["pending"] == 0
+
+
+def test_updating_many_records_is_one_script_run_and_never_creates_a_record(redis_client: redis.Redis) -> None:
+    store = Store(redis_client)
+    pending_vms(store, ["vm-0", "vm-1", "vm-2"])
+    store.update_vms({"vm-9": {"clone_task": "t"}})  # loads the script
+
+    updated: list[str] = []
+    commands = commands_of(redis_client, lambda: updated.extend(store.update_vms({
+        "vm-0": {"clone_task": "task-0", "not_ready_reason": None}, "gone": {"clone_task": "task-x"},
+        "vm-2": {"clone_task": "task-2"}})))
+
+    assert updated == ["vm-0", "vm-2"]
+    assert not redis_client.exists(store.keys.vm("gone"))
+    assert store.get_vm("vm-0").raw == {"name": "vm-0", "pool": POOL, "state": "pending", "clone_task": "task-0"}
+    assert store.get_vm("vm-2").clone_task == "task-2" and store.get_vm("vm-1").clone_task == ""
+    assert commands == {"evalsha": 1, "exists": 3, "hset": 2, "hdel": 1}
+    assert store.update_vm("vm-1", ip="10.0.0.1") and not store.update_vm("gone", ip="10.0.0.2")
+    assert store.get_vm("vm-1").ip == "10.0.0.1" and not redis_client.exists(store.keys.vm("gone"))
+
+
+def test_finishing_many_clones_frees_their_slots_in_one_command(redis_client: redis.Redis) -> None:
+    store = Store(redis_client)
+    pending_vms(store, ["vm-0", "vm-1", "vm-2"])
+    redis_client.delete(store.keys.vm("vm-1"))  # its record is gone (data_ttl): not recreated
+    store.finish_clones(["nothing"], 1.0)
+
+    commands = commands_of(redis_client, lambda: store.finish_clones(["vm-0", "vm-1", "vm-2"], 500.0))
+
+    assert redis_client.zcard(store.keys.cloning) == 0
+    assert store.get_vm("vm-0").clone_end == 500.0 and store.get_vm("vm-2").clone_end == 500.0
+    assert not redis_client.exists(store.keys.vm("vm-1"))
+    assert commands == {"evalsha": 1, "zrem": 1, "exists": 3, "hset": 2}
+
+
+def test_a_partial_snapshot_looks_up_only_the_changed_vms_it_has_not_listed(redis_client: redis.Redis) -> None:
+    """The provider's changed VMs are looked for in ready and running unless the snapshot lists
+    them already (pending, completed and discovered are listed whole): a pass's new clones and
+    destroys cost no lookup."""
+    store = Store(redis_client)
+    pending_vms(store, ["new-0", "new-1"])
+    redis_client.zadd(store.keys.pool_state(POOL, "completed"), {"old-0": 50.0})
+    redis_client.zadd(store.keys.pool_state(POOL, "ready"), {"ready-0": 900.0, "ready-1": 950.0})
+    redis_client.zadd(store.keys.pool_state(POOL, "running"), {"busy-0": 800.0})
+    store.pool_snapshot_due(POOL, 1000.0, 600.0)  # loads the script
+
+    snapshot: list[object] = []
+    commands = commands_of(redis_client, lambda: snapshot.append(store.pool_snapshot_due(
+        POOL, 1000.0, 600.0, ["new-0", "new-1", "old-0", "ready-1", "busy-0", "gone-0"])))
+
+    (seen,) = snapshot
+    assert seen.members == {"pending": {"new-0": 100.0, "new-1": 100.0}, "ready": {"ready-1": 950.0},
+                            "running": {"busy-0": 800.0}, "completed": {"old-0": 50.0}, "discovered": {}}
+    assert commands["zscore"] == 2 * 3  # ready-1, busy-0 and gone-0, in ready and in running
