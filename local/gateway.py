@@ -77,8 +77,12 @@ class Gateway:
         if found is None:
             return 404, {"Content-Type": "application/json"}, NOT_FOUND
         resource, params = found
+        if method == "HEAD" and "GET" in resource.methods:
+            # HEAD is GET without its body (RFC 9110, 9.3.2), as vmpooler's Sinatra answers it
+            # (`curl -I`, monitors): the HTTP server sends the head and drops the body.
+            method = "GET"
         if method not in resource.methods:
-            allowed = ", ".join(sorted(resource.methods))
+            allowed = ", ".join(sorted({*resource.methods, *(("HEAD",) if "GET" in resource.methods else ())}))
             body_text = json.dumps({"ok": False, "error": f"method {method} not allowed; use {allowed}"})
             return 405, {"Content-Type": "application/json", "Allow": allowed}, body_text.encode()
         query = parse_qs(parts.query, keep_blank_values=True)

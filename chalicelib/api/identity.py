@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chalicelib.api.http import ApiError, ApiRequest
-from chalicelib.auth.base import AuthConfigError, AuthUnavailable, canonical_user
+from chalicelib.auth.base import AuthConfigError, AuthUnavailable, canonical_user, same_user
 from chalicelib.auth.basic import WWW_AUTHENTICATE
 from chalicelib.observability import logger
 from chalicelib.services import Services
@@ -71,7 +71,7 @@ def caller_for_change(
     caller = optional_caller(services, request)
     if caller is None and (token_required or record.token_user):
         raise unauthorized("a token is required (X-AUTH-TOKEN)")
-    if record.token_user and caller is not None and caller.user != record.token_user:
+    if record.token_user and caller is not None and not same_user(caller.user, record.token_user):
         raise ApiError(403, {"error": f"VM {record.name} was checked out by another user"})
     return caller
 

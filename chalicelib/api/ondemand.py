@@ -13,8 +13,9 @@ import re
 from typing import Any, Mapping
 
 from chalicelib.api.checkout import REQUEST_NAME_PATTERN, hostnames_by_name, open_request, parse_count
-from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok
+from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok, shown
 from chalicelib.api.identity import Caller, required_caller
+from chalicelib.auth.base import same_user
 from chalicelib.services import Services
 from chalicelib.store.ondemand import DELETED, FAILED, READY, OnDemandRequest, OnDemandStore
 
@@ -120,7 +121,7 @@ def _owned(services: Services, request: ApiRequest) -> OnDemandRequest:
     """The request named in the path, for its owner only when auth is configured."""
     caller = required_caller(services, request)
     ondemand = _find(services, request.params["name"])
-    if caller and ondemand.token_user and caller.user != ondemand.token_user:
+    if caller and ondemand.token_user and not same_user(caller.user, ondemand.token_user):
         raise ApiError(403, {"error": "the request belongs to another user"})
     return ondemand
 
@@ -128,5 +129,5 @@ def _owned(services: Services, request: ApiRequest) -> OnDemandRequest:
 def _find(services: Services, request_id: str) -> OnDemandRequest:
     found = OnDemandStore(services.store).get(request_id) if REQUEST_ID_PATTERN.match(request_id) else None
     if found is None:
-        raise ApiError(404, {"message": f"no request found for request_id '{request_id}'"})
+        raise ApiError(404, {"message": f"no request found for request_id '{shown(request_id)}'"})
     return found

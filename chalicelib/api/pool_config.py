@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok, whole_number
+from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok, shown, whole_number
 from chalicelib.api.identity import required_admin
 from chalicelib.config import PoolConfig
 from chalicelib.services import Services
@@ -167,7 +167,7 @@ def _configured(services: Services, name: str) -> PoolConfig:
     """A pool the handler has checked exists, as configured."""
     pool = services.config.pool(name)
     if pool is None:
-        raise ApiError(404, {"error": f"unknown pool {name}"})
+        raise ApiError(404, {"error": f"unknown pool {shown(name)}"})
     return pool
 
 
@@ -179,7 +179,7 @@ def _now(services: Services, name: str) -> PoolConfig:
 def _known_pool(services: Services, request: ApiRequest) -> str:
     name = request.params["pool"]
     if services.config.pool(name) is None:
-        raise ApiError(404, {"error": f"unknown pool {name}"})
+        raise ApiError(404, {"error": f"unknown pool {shown(name)}"})
     return name
 
 

@@ -159,7 +159,7 @@ def summary(services: Services, request: ApiRequest) -> ApiResponse:
             "tag": _range_tags(days),
         })
     if section not in SECTIONS:
-        raise not_found(error=f"unknown summary section {section}")
+        raise not_found(error=f"unknown summary section {shown(section)}")
     if section == "tag":
         return ApiResponse(200, {
             "tag": _select(_range_tags(days), key),

@@ -17,7 +17,7 @@ from typing import Any
 
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, not_found, ok
 from chalicelib.api.identity import AUTH_UNAVAILABLE, TOKEN_HEADER, auth_unavailable, unauthorized
-from chalicelib.auth.base import AuthConfigError
+from chalicelib.auth.base import AuthConfigError, same_user
 from chalicelib.auth.basic import LoginOutcome, LoginService
 from chalicelib.auth.tokens import DeleteResult, TokenRecord, TooManyTokens, hash_token, is_token_shaped, token_id
 from chalicelib.observability import logger
@@ -89,7 +89,7 @@ def describe_token(services: Services, request: ApiRequest) -> ApiResponse:
         record = services.tokens.lookup(token, touch=False)
         if record is None:
             raise not_found(error="unknown or expired token")
-        if record.user != user:
+        if not same_user(record.user, user):
             raise ApiError(403, {"error": "the token belongs to another user"})
     else:
         record = services.tokens.lookup(token)
@@ -101,13 +101,7 @@ def describe_token(services: Services, request: ApiRequest) -> ApiResponse:
 
 def _running_vms(services: Services, record: TokenRecord) -> list[str]:
     """The running VMs that were checked out with this token."""
-    names = []
-    for pool in services.config.pool_names:
-        for hostname in services.store.hostnames(pool, "running"):
-            vm = services.store.get_vm(hostname)
-            if vm is not None and vm.raw.get("token_id") == record.id:
-                names.append(vm.name)
-    return sorted(names)
+    return sorted(services.store.running_with(services.config.pool_names, "token_id", record.id))
 
 
 def delete_token(services: Services, request: ApiRequest) -> ApiResponse:

@@ -8,12 +8,23 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, ok, whole_number
+from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, not_found, ok, shown, whole_number
 from chalicelib.api.identity import caller_for_change, required_caller
 from chalicelib.api.vms import find_vm
 from chalicelib.services import Services
 from chalicelib.store import VMRecord
-from chalicelib.store.vm_tasks import DISK, REVERT, SNAPSHOT, VMTaskStore, in_flight, new_task
+from chalicelib.store.vm_tasks import (
+    DISK,
+    MAX_DISKS,
+    MAX_QUEUED_TASKS,
+    MAX_SNAPSHOTS,
+    REVERT,
+    SNAPSHOT,
+    EnqueueResult,
+    VMTaskStore,
+    in_flight,
+    new_task,
+)
 
 MAX_DISK_GB = 2048
 
@@ -27,8 +38,18 @@ def _running_vm(services: Services, request: ApiRequest) -> VMRecord:
 
 
 def _queue(services: Services, record: VMRecord, kind: str, **details: Any) -> None:
+    """Queue the task on the VM, within its bounds (store/vm_tasks.py): 429 while too many wait,
+    403 when the VM has as many disks or snapshots as it may."""
     now = services.clock.now()
-    VMTaskStore(services.store).enqueue(record.name, record.pool, new_task(kind, now, **details), now)
+    result = VMTaskStore(services.store).enqueue(record, new_task(kind, now, **details), now)
+    if result is EnqueueResult.NOT_RUNNING:
+        raise not_found(error=f"VM {record.name} is not running")
+    if result is EnqueueResult.QUEUE_FULL:
+        raise ApiError(429, {"error": f"VM {record.name} has {MAX_QUEUED_TASKS} tasks waiting already; "
+                                      "try again when they have run"}, {"Retry-After": "10"})
+    if result is EnqueueResult.LIST_FULL:
+        most = MAX_DISKS if kind == DISK else MAX_SNAPSHOTS
+        raise ApiError(403, {"error": f"a VM may have at most {most} {'added disks' if kind == DISK else 'snapshots'}"})
     services.refill.pools_changed([record.pool])
 
 
@@ -60,6 +81,6 @@ def revert_snapshot(services: Services, request: ApiRequest) -> ApiResponse:
     if current and current.get("kind") == SNAPSHOT:
         queued.add(current.get("snapshot"))
     if snapshot not in record.snapshots and snapshot not in queued:
-        raise ApiError(404, {"error": f"snapshot {snapshot} not found on {record.name}"})
+        raise ApiError(404, {"error": f"snapshot {shown(snapshot)} not found on {record.name}"})
     _queue(services, record, REVERT, snapshot=snapshot)
     return ok(202)

@@ -126,9 +126,13 @@ def describe(services: Services, request: ApiRequest) -> ApiResponse:
 
 
 def modify(services: Services, request: ApiRequest) -> ApiResponse:
-    """PUT /vm/<hostname> with ``lifetime`` and/or ``tags``. Each field is set on its own, so
-    concurrent changes of different tags all land."""
-    record = find_vm(services, request)
+    """PUT /vm/<hostname> with ``lifetime`` and/or ``tags`` of a checked-out VM. Each field is
+    set on its own, so concurrent changes of different tags all land.
+
+    Only a running VM (vmpooler changed any VM it knew): tags put on a ready VM would be on the
+    next user's VM when it is checked out, and a change checked against one owner must not land
+    on a VM handed to another since (the store's script checks both)."""
+    record = find_vm(services, request, running=True)
     body = json_object(request, empty={})
     failures: list[str] = []
     changes: dict[str, str] = {}
@@ -151,9 +155,9 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
         raise ApiError(400, {"failure": failures})
     changes.update({TAG_FIELD_PREFIX + key: value for key, value in tags.items()})
     if changes:
-        result = services.store.modify_vm(record.name, record.pool, changes, max_tags, services.clock.now())
+        result = services.store.modify_vm(record, changes, max_tags, services.clock.now())
         if result is ModifyResult.NO_VM:
-            raise not_found(error=f"VM {record.name} not found")
+            raise not_found(error=f"VM {record.name} is not running")
         if result is ModifyResult.TOO_MANY_TAGS:
             raise ApiError(400, {"failure": [f"A VM carries at most {max_tags} tags."]})
     if tags:

@@ -58,3 +58,8 @@ def canonical_user(username: str) -> str:
     ``bob``), case-folded, without surrounding spaces. One user has one canonical name, whatever
     look-alike spelling a client sends: login limits and admin lists compare these."""
     return unicodedata.normalize("NFKC", username).casefold().strip()
+
+
+def same_user(one: str, other: str) -> bool:
+    """Whether two user names are one user's spellings (compared by their canonical names)."""
+    return canonical_user(one) == canonical_user(other)

@@ -17,7 +17,7 @@ import enum
 import logging
 from dataclasses import dataclass
 
-from .base import Authenticator, AuthUnavailable
+from .base import Authenticator, AuthUnavailable, canonical_user
 from .ratelimit import LoginLimiter
 
 logger = logging.getLogger(__name__)
@@ -99,4 +99,7 @@ class LoginService:
         if self.limiter is not None:
             self.limiter.reset(user)
             self.limiter.refund(None, address)
-        return LoginResult(LoginOutcome.OK, user=user)
+        # The directory matched the name case-insensitively (ALICE logs in as alice): the user
+        # owns tokens and VMs under its canonical name, so every spelling is the one user, with
+        # one set of tokens and one limit.
+        return LoginResult(LoginOutcome.OK, user=canonical_user(user))

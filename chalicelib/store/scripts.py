@@ -74,6 +74,7 @@ class Scripts:
         self.ondemand_reserve = load("ondemand_reserve")
         self.ondemand_deliver = load("ondemand_deliver")
         self.ondemand_end = load("ondemand_end")
+        self.vm_task_enqueue = load("vm_task_enqueue")
         self.vm_task_take = load("vm_task_take")
         self.vm_task_note = load("vm_task_note")
         self.vm_task_finish = load("vm_task_finish")

@@ -343,6 +343,21 @@ class Store:
             values = iter(pipe.execute())
         return {pool: {state: next(values) for state in STATES} for pool in pools}
 
+    def running_with(self, pools: Sequence[str], field_name: str, value: str) -> list[str]:
+        """The running VMs of ``pools`` whose record has ``field_name`` set to ``value``, in two
+        round trips whatever the number of pools and VMs."""
+        with _translate_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for pool in pools:
+                pipe.zrange(self.keys.pool_state(pool, "running"), 0, -1)
+            running = [host for hosts in pipe.execute() for host in hosts]
+            if not running:
+                return []
+            pipe = self.client.pipeline(transaction=False)
+            for host in running:
+                pipe.hget(self.keys.vm(host), field_name)
+            return [host for host, found in zip(running, pipe.execute(), strict=True) if found == value]
+
     def hostnames(self, pool: str, state: str) -> list[str]:
         with _translate_errors():
             return cast("list[str]", self.client.zrange(self.keys.pool_state(pool, state), 0, -1))
@@ -600,13 +615,15 @@ class Store:
             updated = [done for replies in run_many(self.client, calls) for done in replies]
         return [host for host, done in zip(fields, updated, strict=True) if done]
 
-    def modify_vm(self, hostname: str, pool: str, fields: Mapping[str, str], max_tags: int,
-                  now: float) -> ModifyResult:
-        """A user's change (lifetime, tags as ``tag:<key>`` fields): each field set on its own in
-        one step, so concurrent changes of different fields all land. Refused whole when the VM
-        would carry more than ``max_tags`` tags. A lifetime change makes the VM due for a pass's
-        look now (a shortened lifetime ends on time)."""
-        args: list[Any] = [max_tags, hostname, repr(now)]
+    def modify_vm(self, seen: VMRecord, fields: Mapping[str, str], max_tags: int, now: float) -> ModifyResult:
+        """A user's change (lifetime, tags as ``tag:<key>`` fields) of the running VM ``seen``
+        (as the caller read it and checked who may change it): each field set on its own in one
+        step, so concurrent changes of different fields all land. NO_VM, nothing changed, when the
+        VM is no longer running for that checkout (returned, or checked out again, since). Refused
+        whole when the VM would carry more than ``max_tags`` tags. A lifetime change makes the VM
+        due for a pass's look now (a shortened lifetime ends on time)."""
+        hostname, pool = seen.name, seen.pool
+        args: list[Any] = [max_tags, hostname, repr(now), seen.raw.get("checkout", ""), seen.raw.get("token_user", "")]
         for name, value in fields.items():
             args += [name, value]
         keys = [self.keys.vm(hostname), self.keys.running_due(pool)]

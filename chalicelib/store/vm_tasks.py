@@ -9,6 +9,7 @@ appends its reason to ``task_errors``.
 
 from __future__ import annotations
 
+import enum
 import json
 import secrets
 from typing import Any, Mapping, cast
@@ -19,6 +20,23 @@ from chalicelib.store.store import Store, _translate_errors
 DISK = "disk"
 SNAPSHOT = "snapshot"
 REVERT = "revert"
+
+MAX_QUEUED_TASKS = 10
+"""Tasks one VM may have waiting behind the one in flight: a caller cannot queue work without
+end (each a provider task the pools' passes would run for hours)."""
+MAX_DISKS = 16
+"""Disks the API may add to one VM (vSphere takes at most 60 per VM, the template's included)."""
+MAX_SNAPSHOTS = 31
+"""Snapshots one VM may have (vSphere supports chains of at most 32, a linked clone's base included)."""
+
+
+class EnqueueResult(enum.Enum):
+    QUEUED = "queued"
+    NOT_RUNNING = "not_running"
+    """The VM was returned, or checked out again, since the caller read it."""
+    QUEUE_FULL = "queue_full"
+    LIST_FULL = "list_full"
+    """The VM has (or will have, with its tasks) as many disks or snapshots as it may."""
 
 
 def new_task(kind: str, now: float, **details: Any) -> dict[str, Any]:
@@ -51,18 +69,22 @@ class VMTaskStore:
         self.keys = store.keys
         self.scripts = store.scripts
 
-    def enqueue(self, hostname: str, pool: str, task: Mapping[str, Any], now: float) -> None:
-        """Queue a task and nudge the pool's reconcile, in one transaction."""
-        wake = self.keys.wake(pool)
+    def enqueue(self, seen: VMRecord, task: Mapping[str, Any], now: float) -> EnqueueResult:
+        """Queue a task on the running VM ``seen`` (as the caller read it and checked who may
+        change it) and nudge its pool's reconcile, in one step, within the bounds: at most
+        MAX_QUEUED_TASKS waiting, MAX_DISKS added disks, MAX_SNAPSHOTS snapshots (counting those
+        in flight and queued). Nothing is queued when a bound would be passed or the VM is no
+        longer running for that checkout."""
+        list_field, most = {DISK: ("disks", MAX_DISKS), SNAPSHOT: ("snapshots", MAX_SNAPSHOTS)}.get(
+            str(task["kind"]), ("", 0))
+        keys = [self.keys.vm(seen.name), self.keys.vm_tasks(seen.name), self.keys.pool_vm_tasks(seen.pool),
+                self.keys.wake(seen.pool)]
+        args = [seen.name, repr(now), json.dumps(dict(task)), self.store.data_ttl_seconds, MAX_QUEUED_TASKS,
+                list_field, most, seen.raw.get("checkout", "")]
         with _translate_errors():
-            pipe = self.client.pipeline(transaction=True)
-            pipe.rpush(self.keys.vm_tasks(hostname), json.dumps(dict(task)))
-            pipe.expire(self.keys.vm_tasks(hostname), self.store.data_ttl_seconds)
-            pipe.zadd(self.keys.pool_vm_tasks(pool), {hostname: now}, nx=True)
-            pipe.lpush(wake, "1")
-            pipe.ltrim(wake, 0, 0)
-            pipe.expire(wake, 60)
-            pipe.execute()
+            result = int(self.scripts.vm_task_enqueue(keys=keys, args=args))
+        return {1: EnqueueResult.QUEUED, 0: EnqueueResult.NOT_RUNNING, -1: EnqueueResult.QUEUE_FULL}.get(
+            result, EnqueueResult.LIST_FULL)
 
     def queued(self, hostname: str) -> list[dict[str, Any]]:
         """Tasks waiting behind the one in flight, oldest first."""

@@ -34,6 +34,8 @@ POST_VM_CASES: list[Case] = [
     ("POST", "/api/v3/vm", {"pool1": "0"}, 400, "at least 1"),
     ("POST", "/api/v3/vm", {"pool1": 101}, 400, "at most 100"),
     ("POST", "/api/v3/vm", {"pool1": "101"}, 400, "at most 100"),
+    ("POST", "/api/v3/vm", {"pool1": 100, "pool2": 1}, 400, "at most 100 VMs may be checked out in one request"),
+    ("POST", "/api/v3/vm", {"pool1": 60, "linux": 60}, 400, "at most 100 VMs may be checked out in one request"),
     ("POST", "/api/v3/vm", {"pool1": -1}, 400, "valid integer"),
     ("POST", "/api/v3/vm", {"pool1": 1.5}, 400, "valid integer"),
     ("POST", "/api/v3/vm", {"pool1": True}, 400, "valid integer"),
@@ -66,6 +68,7 @@ POST_PATH_CASES: list[Case] = [
     ("POST", "/api/v3/vm/pool1+", None, 400, "pool name"),
     ("POST", "/api/v3/vm/pool1%20", None, 400, "pool name"),
     ("POST", "/api/v3/vm/" + "+".join(["pool1"] * 101), None, 400, "at most 100"),
+    ("POST", "/api/v3/vm/" + "+".join(["pool1", "pool2", "linux"] * 34), None, 400, "at most 100 VMs"),
     ("POST", "/api/v3/vm/pool1+pool1+pool1", None, 503, "pool1"),
     ("POST", "/api/v3/vm/pool2+pool3+pool3", None, 503, "pool3"),
 ]
@@ -239,7 +242,7 @@ def test_unknown_route_and_wrong_method_bodies(busy: Harness) -> None:
     assert (reply.status, reply.json) == (404, {"ok": False})
     reply = busy.request("PATCH", "/api/v3/vm")
     assert reply.status == 405
-    assert reply.headers["Allow"] == "GET, POST"
+    assert reply.headers["Allow"] == "GET, HEAD, POST"
 
 
 def test_put_reports_every_problem_at_once(busy: Harness) -> None:

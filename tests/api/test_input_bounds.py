@@ -76,3 +76,28 @@ def test_numbers_in_other_queries_are_harmless(full: Harness, target: str) -> No
     reply = full.get(target)
     assert reply.status == 200
     assert HUGE not in reply.raw.decode()
+
+
+LONG = "x" * 5000
+"""A path segment of thousands of characters (API Gateway takes paths up to 10 kB)."""
+
+
+@pytest.mark.parametrize(("method", "target", "body", "status"), [
+    ("POST", "/api/v3/vm/{running}/snapshot/" + LONG, None, 404),
+    ("GET", "/api/v3/ondemandvm/" + LONG, None, 404),
+    ("DELETE", "/api/v3/ondemandvm/" + LONG, None, 404),
+    ("GET", "/api/v3/summary/" + LONG, None, 404),
+    ("DELETE", "/api/v3/config/poolsize/" + LONG, None, 404),
+    ("DELETE", "/api/v3/config/pooltemplate/" + LONG, None, 404),
+    ("POST", "/api/v3/vm", {f"{LONG[:90]}{i:04d}": 1 for i in range(90)}, 404),
+], ids=["revert", "ondemand GET", "ondemand DELETE", "summary section", "poolsize clear", "pooltemplate clear",
+        "90 unknown pools"])
+def test_an_error_never_echoes_a_long_value_back(make_stack: Callable[[str], Harness], method: str, target: str,
+                                                  body: Any, status: int) -> None:
+    """Error messages quote at most the start of what was sent (docs/api.md), whatever the route."""
+    stack = make_stack(EXPERIMENTAL_CONFIG)
+    stack.fill("pool2")
+    running = stack.checkout("pool2")
+    reply = stack.request(method, target.format(running=running), body)
+    assert (reply.status, reply.json["ok"]) == (status, False)
+    assert len(reply.raw) < 1000, reply.raw[:300]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from chalicelib.store import ModifyResult
 from tests.auth_api.documents import POOL, document
 from tests.harness import Harness, basic
 
@@ -138,3 +139,36 @@ def test_disks_and_snapshots_only_by_the_owner(ldap_api: Harness, slapd):
         assert (refused.status, refused.body["ok"]) == (403, False)
         accepted = ldap_api.call("POST", f"/api/v3/vm/{vm}/{path}", headers={"X-AUTH-TOKEN": alice})
         assert accepted.status == 202
+
+
+def test_nobody_changes_a_ready_vm_before_its_user_gets_it(ldap_api: Harness, slapd):
+    """Tags or a lifetime put on a ready VM would be on the VM the next user checks out: another
+    user's words on their VM. Only a checked-out VM may be changed."""
+    _, _, bob = tokens(ldap_api, slapd)
+    ready = ldap_api.services.store.hostnames(POOL, "ready")
+    for vm in ready:
+        tagged = ldap_api.call("PUT", f"/api/v3/vm/{vm}", body={"tags": {"owner": "bob"}})
+        assert (tagged.status, tagged.body) == (404, {"ok": False, "error": f"VM {vm} is not running"})
+        longer = ldap_api.call("PUT", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": bob}, body={"lifetime": 40})
+        assert longer.status == 404
+    alice = ldap_api.new_token("alice", slapd.password("alice"))
+    for vm in ldap_api.checkout_vms(POOL, len(ready), alice):
+        described = ldap_api.call("GET", f"/api/v3/vm/{vm}").body[vm]
+        assert (described["tags"], described["lifetime"]) == ({}, 12)
+
+
+def test_a_change_checked_against_one_checkout_never_lands_on_another(ldap_api: Harness, slapd):
+    """The API reads the VM, checks who may change it, then writes: a VM returned meanwhile (and
+    one the next checkout took under the same name) is left as it is."""
+    _, _, bob = tokens(ldap_api, slapd)
+    vm = ldap_api.checkout(POOL, bob)
+    seen_as_bobs = ldap_api.services.store.get_vm(vm)
+    assert ldap_api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": bob}).status == 200
+    store = ldap_api.services.store
+    assert store.modify_vm(seen_as_bobs, {"tag:owner": "bob"}, 32, ldap_api.clock.now()) is ModifyResult.NO_VM
+    assert store.get_vm(vm).tags == {}
+    # The same name checked out again by alice: bob's stale read of it still changes nothing.
+    ldap_api.client.hset(f"vmpool:vm:{vm}", mapping={"state": "running", "token_user": "alice",
+                                                     "checkout": repr(ldap_api.clock.now() + 1)})
+    assert store.modify_vm(seen_as_bobs, {"lifetime": "40"}, 32, ldap_api.clock.now()) is ModifyResult.NO_VM
+    assert store.get_vm(vm).lifetime_hours == 12

@@ -11,6 +11,7 @@ from chalicelib.auth.tokens import TOKEN_PREFIX, iso
 from chalicelib.manager.reconcile import reconcile_pool
 from tests.auth_api.documents import OTHER_POOL, POOL, document
 from tests.harness import Harness, basic, route_target, routes_of
+from tests.support import RedisRoundTrips
 
 WWW_AUTHENTICATE = 'Basic realm="Authentication required"'
 VERSIONS = (3, 2, 1)
@@ -238,3 +239,45 @@ def test_on_demand_vms_are_in_their_tokens_running_list(ldap_api: Harness, slapd
     hosts = sorted(name.split(".")[0] for name in built[POOL]["hostname"])
     assert sorted(ldap_api.call("GET", f"/api/v3/token/{token}").body[token]["vms"]["running"]) == hosts
     assert not set(hosts) & set(ldap_api.call("GET", f"/api/v3/token/{other}").body[other]["vms"]["running"])
+
+
+def test_one_directory_user_under_any_spelling_is_one_user(make_api, ldap_auth, slapd):
+    """The directory matches user names case-insensitively: ALICE logs in as alice. Her tokens,
+    their limit and her VMs are one user's whatever spelling she logs in with (each spelling was a
+    user of its own: 2^5 spellings of 'alice', 2^5 times max_tokens_per_user, and her own VM
+    refused to her under another spelling)."""
+    api = make_api(document(ldap_auth(), config={"max_tokens_per_user": 2}))
+    api.fill(POOL)
+    password = slapd.password("alice")
+    lower, upper = api.new_token("alice", password), api.new_token("ALICE", password)
+    refused = api.call("POST", "/api/v3/token", headers=basic("Alice", password))
+    assert (refused.status, refused.body["ok"]) == (403, False)
+    listed = api.call("GET", "/api/v3/token", headers=basic("aLiCe", password)).body
+    assert len(listed) == 1 + 2
+    vm = api.checkout(POOL, upper)
+    assert api.call("PUT", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": lower}, body={"lifetime": 5}).status == 200
+    assert api.call("DELETE", f"/api/v3/token/{upper}", headers=basic("alice", password)).status == 200
+    assert api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": lower}).status == 200
+
+
+def _token_status_round_trips(make_api, ldap_auth, slapd, pools: int) -> int:
+    """Redis round trips of vmfloaty's `token status` (GET /token/<t>) for a token holding a VM
+    in each of ``pools`` pools."""
+    names = [f"pool{i}" for i in range(pools)]
+    api = make_api(document(ldap_auth(), pools=[
+        {"name": name, "size": 1, "provider": "dummy", "template": f"t/{name}"} for name in names]))
+    api.fill()
+    token = api.new_token("alice", slapd.password("alice"))
+    held = sorted(api.checkout(name, token) for name in names)
+    api.call("GET", f"/api/v3/token/{token}")  # the scripts it runs are loaded from here on
+    with RedisRoundTrips() as sent:
+        reply = api.call("GET", f"/api/v3/token/{token}")
+    assert reply.body[token]["vms"]["running"] == held
+    return sent.count
+
+
+def test_token_status_costs_the_same_round_trips_whatever_the_pools(make_api, ldap_auth, slapd):
+    """It read each pool's running VMs, then each VM's record, one round trip at a time: at
+    1,000 pools and 1,000 VMs, 2,000 round trips for one request anyone holding a token can send."""
+    assert _token_status_round_trips(make_api, ldap_auth, slapd, 2) == _token_status_round_trips(
+        make_api, ldap_auth, slapd, 12)

@@ -24,7 +24,7 @@ from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.base import ProviderError
 from chalicelib.store import StoreUnavailable
 from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
-from chalicelib.store.vm_tasks import VMTaskStore, new_task
+from chalicelib.store.vm_tasks import EnqueueResult, VMTaskStore, new_task
 from tests.chaos.fleet import Fleet, FleetFactory
 from tests.harness import assert_consistent
 
@@ -71,7 +71,8 @@ def busy_fleet(make_fleet: FleetFactory) -> Fleet:
         assert OnDemandStore(world.store).create(fleet.requests[pool], [OnDemandEntry(pool, pool, 1)], now,
                                                  ttl_seconds=7200, lifetime_hours=5)
         for host in sorted(fleet.kept[pool])[:1]:
-            VMTaskStore(world.store).enqueue(host, pool, new_task("disk", now, size_gb=10), now)
+            queued = VMTaskStore(world.store).enqueue(world.store.get_vm(host), new_task("disk", now, size_gb=10), now)
+            assert queued is EnqueueResult.QUEUED
             fleet.disk_on.add(host)
     return fleet
 

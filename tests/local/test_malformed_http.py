@@ -175,3 +175,31 @@ def test_a_large_body_arriving_with_its_head_is_not_taken_for_a_large_head(stack
     assert head.split()[1] == b"200", answer[:500]
     host = json.loads(payload)[POOL]["hostname"]
     assert call("DELETE", f"{stack.api}/vm/{host}") == (200, {"ok": True})
+
+
+@pytest.mark.slow
+def test_head_is_get_without_its_body_and_a_kept_alive_connection_goes_on(stack: RunningStack) -> None:
+    """`curl -I` and monitors send HEAD, which vmpooler (Sinatra) answers wherever GET is: the
+    head of the GET answer, its Content-Length, no body; the next request on the connection is
+    answered. A route without GET still answers 405, naming what it allows."""
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=WAIT) as connection:
+        for path in ("/healthcheck", "/api/v1/vm", f"/api/v3/poolstat?pool={POOL}"):
+            connection.sendall(request(f"GET {path} HTTP/1.1\nHost: x\n"))
+            got = read_answer(connection)
+            connection.sendall(request(f"HEAD {path} HTTP/1.1\nHost: x\n"))
+            connection.sendall(request("GET /healthcheck HTTP/1.1\nHost: x\n"))
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += connection.recv(65536)
+            head, _, rest = received.partition(b"\r\n\r\n")
+            while not rest.endswith(b'{"ok":true}'):  # the next answer, after a head with no body
+                chunk = connection.recv(65536)
+                assert chunk, received + rest
+                rest += chunk
+            got_head, _, got_body = got.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ") and got_head.startswith(b"HTTP/1.1 200 "), head
+            length = f"content-length: {len(got_body)}\r\n".encode()
+            assert length in head.lower() + b"\r\n" and length in got_head.lower() + b"\r\n", (head, got)
+            assert rest.startswith(b"HTTP/1.1 200 "), rest
+    answer = exchange(stack.port, request("HEAD /api/v3/ondemandvm HTTP/1.1\nHost: x\nConnection: close\n"))
+    assert answer.startswith(b"HTTP/1.1 405 ") and b"\r\nallow: post\r\n" in answer.lower(), answer

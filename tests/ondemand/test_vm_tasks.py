@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
+from chalicelib.api import vm_tasks
+from chalicelib.api.http import ApiRequest
+from chalicelib.api.routes import handle
+from chalicelib.store.vm_tasks import (
+    MAX_DISKS,
+    MAX_QUEUED_TASKS,
+    MAX_SNAPSHOTS,
+    SNAPSHOT,
+    EnqueueResult,
+    VMTaskStore,
+    new_task,
+)
 
 
 def checked_out_vm(stack) -> str:
@@ -116,3 +130,42 @@ def test_token_required_when_auth_is_configured(make_stack):
         assert stack.answer("POST", f"/api/v3/vm/{hostname}/{path}") == (
             401, {"ok": False, "error": "a token is required (X-AUTH-TOKEN)"}
         )
+
+
+def test_a_vm_has_a_bounded_number_of_tasks_disks_and_snapshots(make_stack):
+    """A caller looping on POST .../disk/2048 queued provider tasks without end (each a real disk
+    of up to 2 TB): waiting tasks, added disks and snapshots are bounded, in the same Lua step
+    that queues, so requests at once cannot pass a bound together."""
+    stack = make_stack(task_time=60)
+    hostname = checked_out_vm(stack)
+    path = f"/api/v3/vm/{hostname}"
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: handle(stack.services, vm_tasks.add_disk, ApiRequest(
+            "POST", 3, params={"name": hostname, "size": "2048"})).status, range(MAX_QUEUED_TASKS + 5)))
+    assert sorted(statuses) == [202] * MAX_QUEUED_TASKS + [429] * 5
+    assert stack.answer("POST", f"{path}/snapshot") == (429, {
+        "ok": False, "error": f"VM {hostname} has 10 tasks waiting already; try again when they have run"})
+    stack.reconcile("debian-12")  # the first task is in flight: one place free in the queue
+    assert stack.answer("POST", f"{path}/disk/8")[0] == 202
+    # Run them all; disks past MAX_DISKS (counting those queued and in flight) are refused.
+    for _ in range(MAX_DISKS):
+        stack.run_passes("debian-12", seconds=61, passes=1)
+        status, _ = stack.answer("POST", f"{path}/disk/1")
+        if status == 403:
+            break
+    stack.run_passes("debian-12", seconds=61, passes=MAX_QUEUED_TASKS + 2)
+    assert len(vm(stack, hostname)["disk"]) == MAX_DISKS
+    refused = (403, {"ok": False, "error": "a VM may have at most 16 added disks"})
+    assert stack.answer("POST", f"{path}/disk/1") == refused
+    for _ in range(MAX_SNAPSHOTS):
+        assert stack.answer("POST", f"{path}/snapshot")[0] == 202
+        stack.run_passes("debian-12", seconds=61, passes=1)
+    refused = (403, {"ok": False, "error": "a VM may have at most 31 snapshots"})
+    assert stack.answer("POST", f"{path}/snapshot") == refused
+    assert len(vm(stack, hostname)["snapshots"]) == MAX_SNAPSHOTS
+    # A VM returned after the API looked at it gets nothing queued.
+    seen = stack.services.store.get_vm(hostname)
+    assert stack.answer("DELETE", path)[0] == 200
+    store = VMTaskStore(stack.services.store)
+    assert store.enqueue(seen, new_task(SNAPSHOT, 0), 0) is EnqueueResult.NOT_RUNNING
+    assert store.queued(hostname) == []

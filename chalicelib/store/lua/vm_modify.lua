@@ -1,13 +1,17 @@
 -- A user's change to a VM (PUT /vm/<host>): set each field on its own, in one step, so two
--- changes at once both land (no read-modify-write of a shared blob), and only while the record
--- exists. Tags are fields 'tag:<key>'; at most ARGV[1] of them per VM.
+-- changes at once both land (no read-modify-write of a shared blob), and only while the VM is
+-- still checked out by the checkout the API looked at (its ownership was checked against that
+-- one: a VM returned, or handed to someone else, meanwhile is not changed). Tags are fields
+-- 'tag:<key>'; at most ARGV[1] of them per VM.
 -- KEYS[1] the VM's record, KEYS[2] its pool's running_due set; ARGV[1] most tags a VM may carry,
--- ARGV[2] the VM's name, ARGV[3] now; ARGV[4..] field, value, ...
--- Returns 1 when changed, 0 when there is no record, -1 when the VM would carry too many tags
--- (then nothing changed).
+-- ARGV[2] the VM's name, ARGV[3] now, ARGV[4] the record's 'checkout' field as the API read it,
+-- ARGV[5] its 'token_user' ('' for none); ARGV[6..] field, value, ...
+-- Returns 1 when changed, 0 when the VM is no longer running for that checkout, -1 when the VM
+-- would carry too many tags (then nothing changed).
 local key, max_tags = KEYS[1], tonumber(ARGV[1])
-local first_field = 4
-if redis.call('EXISTS', key) == 0 then
+local first_field = 6
+local seen = redis.call('HMGET', key, 'state', 'checkout', 'token_user')
+if seen[1] ~= 'running' or (seen[2] or '') ~= ARGV[4] or (seen[3] or '') ~= ARGV[5] then
   return 0
 end
 local new_tags = 0
