@@ -16,6 +16,12 @@ from chalicelib.store import DayStats
 
 SECTIONS = ("boot", "clone", "tag")
 MAX_DAYS = 366
+ANSWER_BUDGET_BYTES = 4 * 1024 * 1024
+"""What the per-pool figures of a range may take: Lambda answers at most 6 MB (API Gateway's 502
+beyond), and a year of 1,000 pools would be about 90 MB, read from Redis first."""
+BYTES_PER_POOL_DAY = 160
+"""A pool's boot and clone figures of one day, besides four copies of its name (measured: 252
+bytes with a 24-character name)."""
 DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -28,6 +34,13 @@ def _parse_day(name: str, value: str) -> date:
         raise bad_request(f"Invalid date '{value}' for '{name}'.") from None
 
 
+def most_days(services: Services) -> int:
+    """The longest range a summary answers: a year, or fewer days when the pools' figures would
+    not fit ANSWER_BUDGET_BYTES."""
+    per_day = sum(BYTES_PER_POOL_DAY + 4 * len(pool.name) for pool in services.config.pools)
+    return max(1, min(MAX_DAYS, ANSWER_BUDGET_BYTES // max(per_day, 1)))
+
+
 def _days(services: Services, request: ApiRequest) -> list[str]:
     today = datetime.fromtimestamp(services.clock.now(), timezone.utc).date()
     first = _parse_day("from", request.query.get("from") or today.isoformat())
@@ -36,8 +49,11 @@ def _days(services: Services, request: ApiRequest) -> list[str]:
         raise bad_request("Date range is invalid, 'to' cannot come before 'from'.")
     if first > today:
         raise bad_request("Date range is invalid, 'from' must be in the past.")
-    if (last - first).days >= MAX_DAYS:
-        raise bad_request(f"Date range is invalid, at most {MAX_DAYS} days may be asked for.")
+    most = most_days(services)
+    if (last - first).days >= most:
+        pools = len(services.config.pools)
+        raise bad_request(f"Date range is invalid, at most {most} days may be asked for"
+                          + (f" with {pools} pools." if most < MAX_DAYS else "."))
     return [(first + timedelta(days=offset)).isoformat() for offset in range((last - first).days + 1)]
 
 

@@ -8,6 +8,7 @@ from typing import Callable
 
 import pytest
 
+from chalicelib.store import DurationSample
 from chalicelib.timestamps import day_of
 from tests.api.configs import CONFIG_YAML, LDAP_PASSWORD, PROVIDER_PASSWORD, REDIS_PASSWORD
 from tests.harness import Harness
@@ -193,3 +194,34 @@ def test_no_answer_shows_a_secret(make_stack: Callable[[str], Harness]) -> None:
         text = reply.raw.decode()
         for secret in (PROVIDER_PASSWORD, REDIS_PASSWORD, LDAP_PASSWORD, "password", "admin"):
             assert secret not in text, (path, secret)
+
+
+SUMMARY_POOLS = 1000
+LAMBDA_ANSWER_LIMIT = 6 * 1024 * 1024
+"""Lambda's limit on a synchronous invocation's answer: a /summary above it is API Gateway's 502."""
+
+
+def test_a_summary_of_many_pools_is_refused_past_the_days_that_fit_one_answer(
+    make_stack: Callable[..., Harness],
+) -> None:
+    pools = "".join(f"  - {{name: p{n:04d}-with-a-longer-name, size: 1, provider: dummy}}\n"
+                    for n in range(SUMMARY_POOLS))
+    stack = make_stack(":providers:\n  :dummy: {}\n:pools:\n" + pools)
+    today = _today(stack)
+    for back in range(40):
+        day = (today - timedelta(days=back)).isoformat()
+        stack.store.record_durations(day, [DurationSample(kind, pool.name, 12.34 + back)
+                                           for pool in stack.config.pools for kind in ("clone", "boot")])
+    widest = None
+    for days in range(1, 41):
+        first = (today - timedelta(days=days - 1)).isoformat()
+        reply = stack.get(f"/api/v3/summary?from={first}&to={today.isoformat()}")
+        if reply.status == 400:
+            assert "at most" in reply.json["error"] and str(SUMMARY_POOLS) in reply.json["error"]
+            break
+        assert reply.status == 200
+        assert len(reply.raw) < LAMBDA_ANSWER_LIMIT, f"{days} days of {SUMMARY_POOLS} pools: {len(reply.raw):,} bytes"
+        widest = days
+    else:
+        pytest.fail("40 days of 1,000 pools were answered whole")
+    assert widest is not None and widest >= 7, "a week of a large fleet still fits"

@@ -1,7 +1,7 @@
 -- Add duration samples to a day's statistics: count, total, min and max, overall and per pool.
 -- KEYS[1] the day's hash; ARGV: ttl_seconds, then triples kind, pool, seconds.
 -- The samples' counts, minima and maxima are gathered here first, so a call costs one HMGET and
--- one HSET for them whatever the number of samples. Totals stay one HINCRBYFLOAT per sample and
+-- one HSET for them whatever the number of samples (per 500 scopes). Totals stay one HINCRBYFLOAT per sample and
 -- scope, in the samples' order: Redis adds and rounds in its own long double arithmetic, and a
 -- sum made here would differ in the last digits, enough to flip a rounded average (/summary).
 local key, ttl = KEYS[1], tonumber(ARGV[1])
@@ -21,29 +21,35 @@ for i = 2, #ARGV, 3 do
     end
   end
 end
-local names = {}
-for _, scope in ipairs(order) do
-  names[#names + 1] = scope .. ':count'
-  names[#names + 1] = scope .. ':min'
-  names[#names + 1] = scope .. ':max'
-end
-local current = redis.call('HMGET', key, unpack(names))
-local changes = {}
-for index, scope in ipairs(order) do
-  local batch = scopes[scope]
-  local count, low, high = tonumber(current[index * 3 - 2]), tonumber(current[index * 3 - 1]),
-    tonumber(current[index * 3])
-  changes[#changes + 1] = names[index * 3 - 2]
-  changes[#changes + 1] = string.format('%d', (count or 0) + batch.count)
-  if low == nil or batch.low < low then
-    changes[#changes + 1] = names[index * 3 - 1]
-    changes[#changes + 1] = batch.low
+-- Scopes are read and written SCOPES_PER_CALL at a time: Lua's unpack takes a few thousand
+-- values at most, and one call may carry the samples of many pools.
+local SCOPES_PER_CALL = 500
+for first = 1, #order, SCOPES_PER_CALL do
+  local chunk, names = {}, {}
+  for index = first, math.min(first + SCOPES_PER_CALL - 1, #order) do
+    chunk[#chunk + 1] = order[index]
+    names[#names + 1] = order[index] .. ':count'
+    names[#names + 1] = order[index] .. ':min'
+    names[#names + 1] = order[index] .. ':max'
   end
-  if high == nil or batch.high > high then
-    changes[#changes + 1] = names[index * 3]
-    changes[#changes + 1] = batch.high
+  local current = redis.call('HMGET', key, unpack(names))
+  local changes = {}
+  for index, scope in ipairs(chunk) do
+    local batch = scopes[scope]
+    local count, low, high = tonumber(current[index * 3 - 2]), tonumber(current[index * 3 - 1]),
+      tonumber(current[index * 3])
+    changes[#changes + 1] = names[index * 3 - 2]
+    changes[#changes + 1] = string.format('%d', (count or 0) + batch.count)
+    if low == nil or batch.low < low then
+      changes[#changes + 1] = names[index * 3 - 1]
+      changes[#changes + 1] = batch.low
+    end
+    if high == nil or batch.high > high then
+      changes[#changes + 1] = names[index * 3]
+      changes[#changes + 1] = batch.high
+    end
   end
+  redis.call('HSET', key, unpack(changes))
 end
-redis.call('HSET', key, unpack(changes))
 redis.call('EXPIRE', key, ttl)
 return 1
