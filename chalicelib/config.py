@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Annotated, Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Mapping, Optional, Sequence, TypeVar, overload
 
 from chalicelib.auth.ldap_settings import LdapSettings
 from chalicelib.auth.secrets import Secret, SecretReference
@@ -56,7 +56,7 @@ from chalicelib.dns.base import DnsConfig, DnsSettings
 from chalicelib.providers.settings import PROVIDER_CLASSES, ProviderKeys, ProviderSettings, settings_model
 
 if TYPE_CHECKING:
-    from chalicelib.sizing.settings import SizingSettings
+    from chalicelib.sizing.settings import SizingSettings  # noqa: F401 - PoolConfig.sizing names it in a string
 
 CONFIG_FILE_ENV = "VMPOOL_CONFIG_FILE"
 CONFIG_YAML_ENV = "VMPOOL_CONFIG"
@@ -248,10 +248,30 @@ SECTION_MODELS: Mapping[str, type[SettingsModel]] = MappingProxyType({
 # --- typed configuration ----------------------------------------------------------------------
 
 
+SettingType = TypeVar("SettingType")
+
+
+class PoolSetting(Generic[SettingType]):
+    """A pool key read typed from ``PoolConfig.settings`` (None when the pool does not give it):
+    the settings are validated where the config is built, so reading one needs no check."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    @overload
+    def __get__(self, pool: None, owner: type) -> "PoolSetting[SettingType]": ...
+
+    @overload
+    def __get__(self, pool: "PoolConfig", owner: type) -> SettingType: ...
+
+    def __get__(self, pool: "PoolConfig | None", owner: type) -> Any:
+        return self if pool is None else pool.settings.get(self.key)
+
+
 @dataclass(frozen=True)
 class PoolConfig:
     """One pool: what to clone, where, and how many to keep ready. ``settings`` holds every key
-    given for the pool, validated (PoolSettings and its provider's model); the properties below
+    given for the pool, validated (PoolSettings and its provider's model); the attributes below
     read them typed."""
 
     name: str
@@ -265,53 +285,18 @@ class PoolConfig:
     ready_ttl_minutes: int
     settings: Mapping[str, Any]
 
-    def _setting(self, key: str) -> Any:
-        return self.settings.get(key)
-
-    @property
-    def dns_plugin(self) -> str | None:
-        return self._setting("dns_plugin")
-
-    @property
-    def resource_pool(self) -> str | None:
-        """vmpooler's ``pool`` key: the vSphere resource pool."""
-        return self._setting("pool")
-
-    @property
-    def datastore(self) -> str | None:
-        return self._setting("datastore")
-
-    @property
-    def clone_target(self) -> str | None:
-        return self._setting("clone_target")
-
-    @property
-    def network(self) -> str | None:
-        return self._setting("network")
-
-    @property
-    def datacenter(self) -> str | None:
-        return self._setting("datacenter")
-
-    @property
-    def create_linked_clone(self) -> bool | None:
-        return self._setting("create_linked_clone")
-
-    @property
-    def ondemand_fallback(self) -> bool | None:
-        return self._setting("ondemand_fallback")
-
-    @property
-    def check_loop_delay_min(self) -> float | None:
-        return self._setting("check_loop_delay_min")
-
-    @property
-    def clone_limit(self) -> int | None:
-        return self._setting("clone_limit")
-
-    @property
-    def sizing(self) -> "SizingSettings | None":
-        return self._setting("sizing")
+    dns_plugin = PoolSetting[str | None]("dns_plugin")
+    resource_pool = PoolSetting[str | None]("pool")
+    """vmpooler's ``pool`` key: the vSphere resource pool."""
+    datastore = PoolSetting[str | None]("datastore")
+    clone_target = PoolSetting[str | None]("clone_target")
+    network = PoolSetting[str | None]("network")
+    datacenter = PoolSetting[str | None]("datacenter")
+    create_linked_clone = PoolSetting[bool | None]("create_linked_clone")
+    ondemand_fallback = PoolSetting[bool | None]("ondemand_fallback")
+    check_loop_delay_min = PoolSetting[float | None]("check_loop_delay_min")
+    clone_limit = PoolSetting[int | None]("clone_limit")
+    sizing = PoolSetting["SizingSettings | None"]("sizing")
 
 
 @dataclass(frozen=True)
