@@ -129,7 +129,9 @@ def _one_run(stack: Stack, clients: int, seconds: float, pool: str = POOL) -> di
 
 def _catch_up(stack: Stack, ready_key: str, ready_before: int) -> float:
     """Seconds until the pool has as many ready VMs as when the window began (the refill the
-    window's cycles left owed is done)."""
+    window's cycles left owed is done). Not ``Stack.wait_ready``: that looks every 0.2 s, too
+    coarse for catch-ups of tens of milliseconds, and bench.ab runs this against older trees'
+    ``local.stack``, so the finer poll stays here."""
     started = time.monotonic()
     while stack.redis.zcard(ready_key) < ready_before:
         if time.monotonic() - started > CATCH_UP_TIMEOUT_SECONDS:
