@@ -24,7 +24,17 @@ def test_a_long_prefix_still_gets_six_random_characters() -> None:
 
 
 def test_candidates_are_twice_as_many_distinct_names_words_first() -> None:
-    names = candidate_names(50, "ci-")
+    # With a one-character prefix every <adjective>-<noun> fits (at most 14 characters), so the
+    # first candidate is always a word name; a longer prefix would let a long pair fall back to a
+    # random name and make this check depend on the draw.
+    names = candidate_names(50, "v")
     assert len(names) == len(set(names)) == 100
-    assert all(len(name) <= MAX_NAME_LENGTH and name.startswith("ci-") for name in names)
-    assert "-" in names[0][3:]  # a word name: <adjective>-<noun>
+    assert all(len(name) <= MAX_NAME_LENGTH and name.startswith("v") for name in names)
+    assert "-" in names[0][1:]  # a word name: <adjective>-<noun>
+
+
+def test_a_word_name_too_long_for_the_prefix_becomes_a_random_name() -> None:
+    prefix = "ci-pool9-"  # 6 characters left; the shortest pair, "odd-yak", needs 7
+    names = candidate_names(400, prefix)
+    assert len(names) == len(set(names)) == 800
+    assert all(len(name) == MAX_NAME_LENGTH and "-" not in name[len(prefix) :] for name in names)
