@@ -18,6 +18,7 @@ from chalice import ConvertToMiddleware, Rate, Response
 from chalicelib import config as config_module
 from chalicelib import config_source, observability
 from chalicelib.api.chalice_app import RequestLocalChalice
+from chalicelib.api.http import ApiError
 from chalicelib.api.routes import ROUTES, Route, handle, render, request_from_chalice, versioned_paths
 from chalicelib.manager.pool_queue import NUDGE, PoolMessage, PoolQueue, SqsPoolQueue
 from chalicelib.manager.refill import REFILL_QUEUE_ENV
@@ -66,10 +67,15 @@ def services() -> Services:
 
 def _view(route: Route, version: int) -> Callable[..., Response]:
     def view(**params: str) -> Response:
-        request = request_from_chalice(app.current_request, version, params)
-        # Per thread: the local front serves several requests of one process at once.
-        logger.thread_safe_append_keys(correlation_id=request.request_id or None)
-        status, body, headers = render(handle(services(), route.handler, request))
+        try:
+            request = request_from_chalice(app.current_request, version, params)
+        except ApiError as unreadable:  # the event's body is not what it says (bad base64)
+            response = unreadable.response()
+        else:
+            # Per thread: the local front serves several requests of one process at once.
+            logger.thread_safe_append_keys(correlation_id=request.request_id or None)
+            response = handle(services(), route.handler, request)
+        status, body, headers = render(response)
         return Response(body=body, status_code=status, headers=dict(headers))
 
     return view

@@ -63,6 +63,10 @@ class ApiError(Exception):
         self.body = {"ok": False, **(body or {})}
         self.headers = dict(headers or {})
 
+    def response(self) -> ApiResponse:
+        """The answer this error is."""
+        return ApiResponse(self.status, self.body, self.headers)
+
 
 def ok(status: int = 200, **fields: Any) -> ApiResponse:
     return ApiResponse(status, {"ok": True, **fields})

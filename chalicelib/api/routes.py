@@ -9,6 +9,7 @@ as a 500 without a traceback (logged with one).
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -16,7 +17,7 @@ from typing import Any, Callable, Mapping
 import redis
 
 from chalicelib.api import dashboard, ondemand, pool_config, status, summary, tokens, vm_tasks, vms
-from chalicelib.api.http import ApiError, ApiRequest, ApiResponse
+from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request
 from chalicelib.api.limits import check_rate
 from chalicelib.observability import logger
 from chalicelib.services import Services
@@ -118,7 +119,7 @@ def handle(services: Services, handler: Handler, request: ApiRequest) -> ApiResp
             check_rate(services, route.method, route.path, request)
         return handler(services, request)
     except ApiError as error:
-        return ApiResponse(error.status, error.body, error.headers)
+        return error.response()
     except (StoreUnavailable, redis.RedisError) as error:
         logger.warning("state store unavailable", extra={"error": str(error)})
         message = error.public_message if isinstance(error, StoreUnavailable) else StoreUnavailable.public_message
@@ -128,16 +129,43 @@ def handle(services: Services, handler: Handler, request: ApiRequest) -> ApiResp
         return ApiResponse(500, {"ok": False, "error": "internal error", "request_id": request.request_id})
 
 
+def _event_body(event: Mapping[str, Any]) -> bytes:
+    """The body of an API Gateway proxy event as the client sent it. Read here rather than by
+    Chalice, whose ``raw_body`` raises on a body that is not base64 (or text that is not
+    Unicode) and makes it a 500 outside our error handling: a 400 instead."""
+    body = event.get("body")
+    if body is None:
+        return b""
+    if not isinstance(body, str):
+        raise bad_request("Request body must be sent as text or base64")
+    if event.get("isBase64Encoded"):
+        try:
+            return base64.b64decode(body, validate=True)
+        except ValueError:  # binascii.Error: bad characters or padding
+            raise bad_request("Request body is marked base64 but is not valid base64") from None
+    # A lone surrogate (an escape JSON allows) passes through as bytes no UTF-8 decoder accepts:
+    # the body's JSON parse then refuses it as any other bad input.
+    return body.encode("utf-8", "surrogatepass")
+
+
+def _event_query(event: Mapping[str, Any]) -> dict[str, str]:
+    """Each query parameter's last value (``?a=1&a=2`` is ``a=2``, as Chalice's MultiDict)."""
+    values = event.get("multiValueQueryStringParameters") or {}
+    return {name: found[-1] for name, found in values.items() if found}
+
+
 def request_from_chalice(current: Any, version: int, params: Mapping[str, str]) -> ApiRequest:
-    """Our ApiRequest from Chalice's ``app.current_request``."""
+    """Our ApiRequest from Chalice's ``app.current_request``; ApiError (400) for an event whose
+    body cannot be read."""
     context = current.context or {}
+    event = current.to_original_event()
     return ApiRequest(
         method=current.method,
         version=version,
         params=dict(params),
-        query=dict(current.query_params or {}),
+        query=_event_query(event),
         headers={name.lower(): value for name, value in (current.headers or {}).items()},
-        body=current.raw_body or b"",
+        body=_event_body(event),
         source_ip=(context.get("identity") or {}).get("sourceIp", ""),
         request_id=context.get("requestId", ""),
         context_path=context.get("path") or "",

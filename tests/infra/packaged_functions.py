@@ -38,12 +38,15 @@ class Context:
 
 
 def api_event(method: str, resource: str, path: str, params: dict[str, str] | None = None,
-              query: dict[str, str] | None = None) -> dict[str, Any]:
-    """An API Gateway (REST, proxy) event as Lambda hands it to the API function."""
+              query: dict[str, str] | None = None, body: str | None = None, base64_body: bool = False,
+              headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """An API Gateway (REST, proxy) event as Lambda hands it to the API function (``body`` as
+    the event carries it: base64 text when ``base64_body``)."""
     multi = {k: [v] for k, v in (query or {}).items()} or None
-    return {"resource": resource, "path": path, "httpMethod": method, "headers": {}, "multiValueHeaders": {},
+    return {"resource": resource, "path": path, "httpMethod": method, "headers": headers,
+            "multiValueHeaders": {k: [v] for k, v in headers.items()} if headers is not None else None,
             "queryStringParameters": query, "multiValueQueryStringParameters": multi, "pathParameters": params,
-            "stageVariables": None, "body": None, "isBase64Encoded": False,
+            "stageVariables": None, "body": body, "isBase64Encoded": base64_body,
             "requestContext": {"resourcePath": resource, "httpMethod": method, "requestId": str(uuid.uuid4()),
                                "path": path, "identity": {"sourceIp": "10.0.0.1"}}}
 

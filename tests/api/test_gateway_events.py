@@ -1,0 +1,86 @@
+"""The API function invoked with the proxy events an API Gateway REST API delivers, hostile ones
+included: bodies marked base64 (or not Unicode), repeated and empty query keys, null headers and
+parameters, header names in any case, a stage in the path, a body of API Gateway's 10 MB limit.
+Each answer is JSON with ``ok: false`` and a 4xx, or the right answer: never Chalice's own 500,
+and a refused request changes nothing in Redis.
+
+Driven through ``app.app`` itself (not local/gateway.py, which builds only well-formed events)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, Callable
+
+import pytest
+
+import app
+from tests.harness import Harness
+from tests.infra.packaged_functions import Context, api_event
+
+CHECKOUT = ("POST", "/api/v3/vm", "/api/v3/vm")
+
+
+def invoke(event: dict[str, Any]) -> tuple[int, Any]:
+    """(status, JSON body) of the API function's answer to ``event``."""
+    answer = app.app(event, Context())
+    assert answer["headers"].get("Content-Type") == "application/json", answer
+    return answer["statusCode"], json.loads(answer["body"])
+
+
+@pytest.mark.parametrize("body, error", [
+    ("eyJwb29sMSI6ICIxIn0=!", "not valid base64"),  # a character outside the alphabet
+    ("eyJwb29sMSI6ICIxIn0", "not valid base64"),  # padding cut off
+    (base64.b64encode(b'{"pool1": "1"}\xff').decode(), "Invalid JSON"),  # decodes, not UTF-8
+], ids=["bad-character", "bad-padding", "not-utf8"])
+def test_a_base64_body_that_cannot_be_read_is_a_400_and_takes_no_vm(full: Harness, body: str, error: str) -> None:
+    before = full.redis_state()
+    status, answer = invoke(api_event(*CHECKOUT, body=body, base64_body=True))
+    assert (status, answer["ok"]) == (400, False) and error in answer["error"], answer
+    assert full.redis_state() == before
+
+
+def test_a_base64_body_is_read_as_the_client_sent_it(full: Harness) -> None:
+    body = base64.b64encode(json.dumps({"pool1": "1"}).encode()).decode()
+    status, answer = invoke(api_event(*CHECKOUT, body=body, base64_body=True))
+    assert status == 200 and answer["pool1"]["hostname"], answer
+    assert full.count("pool1", "running") == 1
+
+
+@pytest.mark.parametrize("body", [
+    '{"pool1": "\ud800"}',  # a lone surrogate: a JSON escape the Lambda runtime decodes to one
+    12,  # not text at all (a direct invoke; API Gateway always sends a string or null)
+], ids=["lone-surrogate", "number"])
+def test_a_body_that_is_not_text_is_a_400_and_takes_no_vm(full: Harness, body: Any) -> None:
+    before = full.redis_state()
+    status, answer = invoke(api_event(*CHECKOUT, body=body))
+    assert (status, answer["ok"]) == (400, False), answer
+    assert full.redis_state() == before
+
+
+@pytest.mark.parametrize("encode", [str, lambda text: base64.b64encode(text.encode()).decode()],
+                         ids=["text", "base64"])
+def test_a_body_of_api_gateways_10_mb_limit_is_a_413_and_takes_no_vm(full: Harness,
+                                                                     encode: Callable[[str], str]) -> None:
+    before = full.redis_state()
+    body = '{"pool1": "1", "padding": "' + "x" * 10 * 1024 * 1024 + '"}'
+    status, answer = invoke(api_event(*CHECKOUT, body=encode(body), base64_body=encode is not str))
+    assert (status, answer["ok"]) == (413, False) and "too large" in answer["error"], answer
+    assert full.redis_state() == before
+
+
+def test_repeated_query_keys_take_the_last_value_and_an_empty_one_is_absent(full: Harness) -> None:
+    event = api_event("GET", "/api/v3/status", "/api/v3/status", query={"view": "pools"})
+    event["multiValueQueryStringParameters"] = {"view": ["everything", "pools"]}
+    status, answer = invoke(event)
+    assert status == 200 and set(answer) == {"pools", "status"}, answer
+
+    event["multiValueQueryStringParameters"] = {"view": []}  # no value: the whole status
+    status, answer = invoke(event)
+    assert status == 200 and "capacity" in answer, answer
+
+
+def test_null_headers_query_and_path_parameters_are_none_sent(full: Harness) -> None:
+    """What API Gateway's console test (or a client sending nothing) delivers."""
+    status, answer = invoke(api_event("GET", "/api/v3/vm", "/api/v3/vm", headers=None, query=None, params=None))
+    assert (status, sorted(answer)) == (200, ["pool1", "pool2", "pool3"])
