@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
+from chalicelib.config import POOL_NAME_PATTERN
+
 TICK = "tick"
 NUDGE = "nudge"
 FOLLOWUP = "followup"
@@ -19,6 +21,11 @@ DRAIN = "drain"
 
 MAX_DELAY_SECONDS = 900
 """SQS's longest DelaySeconds."""
+MAX_BODY_CHARS = 1024
+"""Longer than any message we send (a pool name of 100 characters, a lease token, a reason);
+SQS carries up to 256 KB, which is not parsed."""
+
+
 @dataclass(frozen=True)
 class PoolMessage:
     """A request to look at one pool. ``lease``: a lease token to release first (a Redis stall
@@ -36,19 +43,26 @@ class PoolMessage:
     @classmethod
     def parse(cls, body: str) -> "PoolMessage | None":
         """The message, or None for a body that is not ours (dropped: retrying it only fills
-        the dead-letter queue)."""
+        the dead-letter queue, and raising would send the rest of its batch back too): longer
+        than any we send, not JSON (nested past the parser's depth included), or naming no pool
+        a config could hold."""
+        if len(body) > MAX_BODY_CHARS:
+            return None
         try:
             fields = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         if not isinstance(fields, dict) or not isinstance(fields.get("pool"), str):
+            return None
+        if not POOL_NAME_PATTERN.match(fields["pool"]):
             return None
         lease, attempt = fields.get("lease"), fields.get("attempt", 0)
         return cls(
             pool=fields["pool"],
             reason=str(fields.get("reason") or NUDGE),
             lease=lease if isinstance(lease, str) else None,
-            attempt=attempt if isinstance(attempt, int) else 0,
+            # A negative count would retry a failing pool forever (MAX_RETRIES counts up to it).
+            attempt=attempt if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt >= 0 else 0,
         )
 
 

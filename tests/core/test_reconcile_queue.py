@@ -112,6 +112,19 @@ def test_the_consumer_reconciles_each_pool_and_drops_what_is_not_ours(services: 
         ("centos", FOLLOWUP, 0.25), ("debian", FOLLOWUP, 0.25)]  # clones running: clone_poll_interval
 
 
+def test_a_poison_message_is_dropped_alone_and_the_rest_of_its_batch_reconciled(
+        services: Services, queue: RecordingQueue, capsys: pytest.CaptureFixture[str]) -> None:
+    """Bodies no sender of ours writes (SQS carries up to 256 KB): nested past the JSON parser's
+    depth (it raised, and the whole batch went back to the queue), a 256 KB pool name (logged
+    whole), 256 KB of text. Each is dropped; the batch's real message is reconciled."""
+    answer = app.reconcile(sqs_event("[" * 5000, json.dumps({"pool": "p" * 256_000}), "x" * 262_144,
+                                     '{"pool": "debian"}'), Context())
+
+    assert answer == {"batchItemFailures": []}
+    assert services.store.counts(["debian"])["debian"]["pending"] == 2
+    assert max(len(line) for line in capsys.readouterr().out.splitlines()) < 4096
+
+
 def test_one_follow_up_per_pool_however_many_passes_run(services: Services, queue: RecordingQueue) -> None:
     app.reconcile(sqs_event('{"pool": "debian", "reason": "tick"}'), Context())
     app.reconcile(sqs_event('{"pool": "debian", "reason": "nudge"}'), Context())  # a checkout meanwhile
@@ -267,7 +280,9 @@ def test_sqs_delays_are_whole_seconds_and_a_short_check_delay_never_becomes_zero
 
 
 def test_queue_messages_round_trip() -> None:
-    message = PoolMessage("a pool", "retry", lease="abc", attempt=2)
+    message = PoolMessage("a-pool", "retry", lease="abc", attempt=2)
     assert PoolMessage.parse(message.body()) == message
     assert PoolMessage.parse('{"pool": "x"}') == PoolMessage("x")
     assert PoolMessage.parse('{"pool": 3}') is None and PoolMessage.parse("nope") is None
+    # A retry count below zero would retry a failing pool without end: counted from 0.
+    assert PoolMessage.parse('{"pool": "x", "attempt": -1000000}') == PoolMessage("x")
