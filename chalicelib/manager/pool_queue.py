@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
@@ -75,14 +76,35 @@ class PoolQueue(Protocol):
         ...
 
 
-class SqsPoolQueue:
-    """The reconcile queue in SQS: batches of 10, each message with its own delay."""
+SEND_ATTEMPTS = 4
+"""Tries of a message SQS turned down for its own reasons (throttled, an internal error)."""
+RETRY_PAUSE_SECONDS = 0.05
+"""The pause before the first retry of those messages, doubled before each next."""
 
-    def __init__(self, queue_url: str, client_factory: Callable[[], Any] | None = None, threads: int = 8) -> None:
+
+class QueueRefused(Exception):
+    """Messages SQS did not take: ``refused`` lists (pool, SQS's error code) of each. The rest of
+    the send went through."""
+
+    def __init__(self, refused: list[tuple[str, str]]) -> None:
+        pools = sorted({pool for pool, _ in refused})
+        super().__init__(f"SQS did not queue {len(refused)} message(s), {refused[0][1]} first; pools: "
+                         + ", ".join(pools[:10]) + (" ..." if len(pools) > 10 else ""))
+        self.refused = refused
+
+
+class SqsPoolQueue:
+    """The reconcile queue in SQS: batches of 10, each message with its own delay. A message SQS
+    turns down for its own reasons (a batch partly throttled) is sent again, alone with the
+    others turned down, after a short pause; what it still refuses raises QueueRefused."""
+
+    def __init__(self, queue_url: str, client_factory: Callable[[], Any] | None = None, threads: int = 8,
+                 pause: Callable[[float], None] = time.sleep) -> None:
         self.queue_url = queue_url
         self._client_factory = client_factory or _default_sqs_client
         self._client: Any = None
         self.threads = threads
+        self._pause = pause
 
     def send(self, messages: Sequence[Delayed]) -> None:
         if not messages:
@@ -91,21 +113,39 @@ class SqsPoolQueue:
             self._client = self._client_factory()
         batches = [messages[start:start + 10] for start in range(0, len(messages), 10)]
         if len(batches) == 1:
-            self._send_batch(batches[0])
-            return
-        # 1,000 pools are 100 calls: in parallel they take a tenth of the time.
-        with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            list(pool.map(self._send_batch, batches))
+            refused = self._send_batch(batches[0])
+        else:
+            # 1,000 pools are 100 calls: in parallel they take a tenth of the time.
+            with ThreadPoolExecutor(max_workers=self.threads) as pool:
+                refused = [item for found in pool.map(self._send_batch, batches) for item in found]
+        if refused:
+            raise QueueRefused(refused)
 
-    def _send_batch(self, batch: Sequence[Delayed]) -> None:
-        # Whole seconds, rounded up: a sub-second check delay must not become 0 (a pass loop).
-        entries = [{"Id": str(index), "MessageBody": message.body(),
-                    "DelaySeconds": max(0, min(math.ceil(delay), MAX_DELAY_SECONDS))}
-                   for index, (message, delay) in enumerate(batch)]
-        answer = self._client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
-        if answer.get("Failed"):
-            raise RuntimeError(f"SQS refused {len(answer['Failed'])} of {len(entries)} messages: "
-                               f"{answer['Failed'][0].get('Code')}")
+    def _send_batch(self, batch: Sequence[Delayed]) -> list[tuple[str, str]]:
+        """Send one batch; (pool, code) of each message SQS would not take."""
+        waiting = dict(enumerate(batch))
+        refused: list[tuple[str, str]] = []
+        code = ""
+        for attempt in range(SEND_ATTEMPTS):
+            if attempt:
+                self._pause(RETRY_PAUSE_SECONDS * 2 ** (attempt - 1))
+            # Whole seconds, rounded up: a sub-second check delay must not become 0 (a pass loop).
+            entries = [{"Id": str(index), "MessageBody": message.body(),
+                        "DelaySeconds": max(0, min(math.ceil(delay), MAX_DELAY_SECONDS))}
+                       for index, (message, delay) in waiting.items()]
+            answer = self._client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            turned_down: dict[int, Delayed] = {}
+            for failure in answer.get("Failed") or []:
+                index = int(failure["Id"])
+                if failure.get("SenderFault"):  # our request was wrong: sending it again changes nothing
+                    refused.append((waiting[index][0].pool, str(failure.get("Code"))))
+                else:
+                    turned_down[index] = waiting[index]
+                    code = str(failure.get("Code"))
+            waiting = turned_down
+            if not waiting:
+                return refused
+        return refused + [(message.pool, code) for message, _ in waiting.values()]
 
 
 def _default_sqs_client() -> Any:

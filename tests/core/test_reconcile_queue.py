@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import boto3
 import pytest
@@ -18,7 +18,7 @@ import app
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
 from chalicelib.manager.dispatch import Ticker, look_at
-from chalicelib.manager.pool_queue import DRAIN, FOLLOWUP, TICK, PoolMessage, SqsPoolQueue
+from chalicelib.manager.pool_queue import DRAIN, FOLLOWUP, TICK, PoolMessage, QueueRefused, SqsPoolQueue
 from chalicelib.manager.refill import SqsRefill
 from chalicelib.manager.runner import run_pool
 from chalicelib.services import Services
@@ -184,35 +184,101 @@ def test_a_failing_pool_is_retried_soon_and_does_not_fail_the_batch(services: Se
     assert services.store.counts(["centos"])["centos"]["pending"] == 1
 
 
-def test_the_tick_fans_out_one_message_per_pool_spread_over_the_minute(services: Services,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+TICK_EVENT = {"version": "0", "id": "e", "detail-type": "Scheduled Event", "source": "aws.events", "account": "1",
+              "time": "2026-01-01T00:00:00Z", "region": "us-east-1", "resources": [], "detail": {}}
+
+
+class SqsAtScale:
+    """moto's SQS behind the tick's queue, recording every entry SQS accepted; ``turn_down``
+    decides, per entry and call, which ones SQS answers as throttled (moto cannot throttle)."""
+
+    def __init__(self, sqs: Any, turn_down: Callable[[dict[str, Any], int], bool] = lambda entry, call: False) -> None:
+        self.sqs = sqs
+        self.url = sqs.create_queue(QueueName="vmpool-dev-reconcile")["QueueUrl"]
+        self.turn_down = turn_down
+        self.accepted: list[dict[str, Any]] = []
+        self.calls = 0
+        self.pauses: list[float] = []
+        self._lock = threading.Lock()
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        with self._lock:
+            self.calls += 1
+            call = self.calls
+        throttled = [entry for entry in Entries if self.turn_down(entry, call)]
+        passed = [entry for entry in Entries if entry not in throttled]
+        answer = self.sqs.send_message_batch(QueueUrl=QueueUrl, Entries=passed) if passed else {}
+        assert not answer.get("Failed"), answer  # moto checks each entry as SQS would
+        with self._lock:
+            self.accepted.extend(passed)
+        return {"Successful": answer.get("Successful", []),
+                "Failed": [{"Id": entry["Id"], "SenderFault": False, "Code": "RequestThrottled"}
+                           for entry in throttled]}
+
+    def queue(self) -> SqsPoolQueue:
+        return SqsPoolQueue(self.url, client_factory=lambda: self, pause=self.pauses.append)
+
+    def pools(self) -> list[str]:
+        return sorted(json.loads(entry["MessageBody"])["pool"] for entry in self.accepted)
+
+
+@pytest.fixture
+def thousand_pools(services: Services, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     pools = "\n".join(f"  - {{name: p{n:04d}, size: 1, provider: dummy}}" for n in range(1000))
     services.use_config(parse(":providers:\n  :dummy: {}\n:pools:\n" + pools))
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     with mock_aws():
-        sqs = boto3.client("sqs")
-        url = sqs.create_queue(QueueName="vmpool-dev-reconcile")["QueueUrl"]
-        sent: list[dict[str, Any]] = []
-        send_batch = sqs.send_message_batch
+        yield [f"p{n:04d}" for n in range(1000)]
 
-        def counted(**request: Any) -> Any:
-            answer = send_batch(**request)  # moto checks the request as SQS would
-            assert not answer.get("Failed"), answer
-            sent.extend(request["Entries"])
-            return answer
 
-        monkeypatch.setattr(sqs, "send_message_batch", counted)
-        monkeypatch.setattr(app, "_queue", SqsPoolQueue(url, client_factory=lambda: sqs))
+def test_the_tick_fans_out_one_message_per_pool_spread_over_the_minute(thousand_pools: list[str],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    sqs = SqsAtScale(boto3.client("sqs"))
+    monkeypatch.setattr(app, "_queue", sqs.queue())
 
-        answer = app.tick({"version": "0", "id": "e", "detail-type": "Scheduled Event", "source": "aws.events",
-                           "account": "1", "time": "2026-01-01T00:00:00Z", "region": "us-east-1",
-                           "resources": [], "detail": {}}, Context())
+    answer = app.tick(TICK_EVENT, Context())
 
     assert answer == {"pools": 1000, "draining": [], "messages": 1000}
-    assert sorted(json.loads(entry["MessageBody"])["pool"] for entry in sent) == [f"p{n:04d}" for n in range(1000)]
-    delays = [entry["DelaySeconds"] for entry in sent]
+    assert sqs.pools() == thousand_pools
+    delays = [entry["DelaySeconds"] for entry in sqs.accepted]
     assert min(delays) == 0 and max(delays) < 60
     assert max(delays.count(second) for second in set(delays)) < 60  # spread: not 1,000 in one second
+    assert sqs.calls == 100  # batches of 10
+
+
+def test_a_tick_partly_throttled_by_sqs_still_queues_every_pool_once(thousand_pools: list[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQS turns down every third entry of each batch on its first two tries: before, the
+    tick raised at the first refused batch and those pools waited for a later tick."""
+    attempts: dict[str, int] = {}
+
+    def throttled(entry: dict[str, Any], call: int) -> bool:
+        pool = json.loads(entry["MessageBody"])["pool"]
+        attempts[pool] = attempts.get(pool, 0) + 1
+        return int(pool[1:]) % 3 == 0 and attempts[pool] <= 2
+
+    sqs = SqsAtScale(boto3.client("sqs"), throttled)
+    monkeypatch.setattr(app, "_queue", sqs.queue())
+
+    answer = app.tick(TICK_EVENT, Context())
+
+    assert answer["messages"] == 1000
+    assert sqs.pools() == thousand_pools  # each once: the accepted ones were not sent again
+    assert sum(sqs.pauses) / 100 < 0.5  # each batch paused under half a second in all: inside the tick's 30 s
+
+
+def test_a_pool_sqs_keeps_refusing_fails_the_tick_by_name_and_the_rest_are_queued(
+        thousand_pools: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tick fails (Lambda's Errors alarm, EventBridge's retry) naming the pool; every other
+    pool is queued."""
+    sqs = SqsAtScale(boto3.client("sqs"), lambda entry, call: '"p0042"' in entry["MessageBody"])
+    monkeypatch.setattr(app, "_queue", sqs.queue())
+
+    with pytest.raises(QueueRefused, match="p0042") as refused:
+        app.tick(TICK_EVENT, Context())
+
+    assert refused.value.refused == [("p0042", "RequestThrottled")]
+    assert sqs.pools() == [pool for pool in thousand_pools if pool != "p0042"]
 
 
 def test_a_pool_removed_from_the_config_drains_and_is_forgotten(services: Services) -> None:
