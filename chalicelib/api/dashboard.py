@@ -14,15 +14,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from chalicelib.api.http import ApiRequest, ApiResponse, bad_request, ok
+from chalicelib.api.http import ANSWER_BUDGET_BYTES, ApiRequest, ApiResponse, bad_request, ok
 from chalicelib.services import Services
 from chalicelib.sizing.controller import current_sizes
-from chalicelib.store.history import PoolHistory, Sample, minute_of, series
+from chalicelib.store.history import PoolHistory, Sample, minute_of
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "dashboard"
 MAX_HISTORY_HOURS = 7 * 24
 MAX_POINTS = 360
 """Points per series in /dashboard/stats/history: enough for a graph, small for the wire."""
+BYTES_PER_POOL_POINT = 4 * 6
+"""One point of a pool's four series in the history's JSON: a count or null and a comma each."""
 FEED_MINUTES = 60
 """vmpooler's feeds show the last hour."""
 PAGE_HEADERS = {
@@ -68,10 +70,10 @@ def _wants_history(request: ApiRequest) -> bool:
     return request.query.get("history", "").lower() not in ("", "false", "0", "no")
 
 
-def _last_hour(services: Services) -> tuple[dict[str, list[Sample]], int]:
-    """Every pool's samples of the last hour, and the first minute of that hour."""
+def _last_hour(services: Services) -> dict[str, list[Sample | None]]:
+    """Every pool's sample of each minute of the last hour (carried forward; None before any)."""
     first = minute_of(services.clock.now()) - FEED_MINUTES + 1
-    return PoolHistory(services.store).read(services.config.pool_names, first, first + FEED_MINUTES), first
+    return PoolHistory(services.store).series(services.config.pool_names, first, FEED_MINUTES, 1)
 
 
 def vmpooler_pool(services: Services, request: ApiRequest) -> ApiResponse:
@@ -82,9 +84,9 @@ def vmpooler_pool(services: Services, request: ApiRequest) -> ApiResponse:
     sizes = current_sizes(services.store, pools, services.clock.now(), services.config.service.sizing_timezone)
     body: dict[str, Any] = {p.name: {"size": sizes[p.name].size, "ready": counts[p.name]["ready"]} for p in pools}
     if _wants_history(request):
-        samples, first = _last_hour(services)
+        samples = _last_hour(services)
         for pool in pools:
-            points = [s.ready for s in series(samples[pool.name], first, FEED_MINUTES, 1) if s is not None]
+            points = [s.ready for s in samples[pool.name] if s is not None]
             body[pool.name]["history"] = points or [counts[pool.name]["ready"]]
     return ApiResponse(200, body)
 
@@ -105,9 +107,9 @@ def vmpooler_running(services: Services, request: ApiRequest) -> ApiResponse:
         entry = body.setdefault(major(name), {"running": 0})
         entry["running"] += counts[name]["running"]
     if _wants_history(request):
-        samples, first = _last_hour(services)
+        samples = _last_hour(services)
         for name in names:
-            points = series(samples[name], first, FEED_MINUTES, 1)
+            points = samples[name]
             history = body[major(name)].setdefault("history", [0] * FEED_MINUTES)
             for index, sample in enumerate(points):
                 history[index] += sample.running if sample else 0
@@ -121,20 +123,23 @@ def _hours(request: ApiRequest) -> int:
     return int(text)
 
 
+def most_points(services: Services) -> int:
+    """Points per series of the history: MAX_POINTS, fewer when every pool's series would not
+    fit ANSWER_BUDGET_BYTES (a week of 1,000 pools at 360 points is 8.6 MB, past Lambda's 6)."""
+    return max(1, min(MAX_POINTS, ANSWER_BUDGET_BYTES // max(len(services.config.pools) * BYTES_PER_POOL_POINT, 1)))
+
+
 def history(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /dashboard/stats/history?hours=1..168: each pool's ready, running, pending and size
-    over the last hours, at most 360 points per series (null before the first sample)."""
+    over the last hours, at most ``most_points`` points per series (null before the first
+    sample); ``step`` says how far apart they are."""
     minutes = _hours(request) * 60
-    step = max(1, -(-minutes // MAX_POINTS))
+    step = max(1, -(-minutes // most_points(services)))
     points = -(-minutes // step)
     last = minute_of(services.clock.now())
     first = last - points * step + 1
-    samples = PoolHistory(services.store).read(services.config.pool_names, first, last)
-    pools: dict[str, Any] = {}
-    for name, found in samples.items():
-        picked = series(found, first, points, step)
-        pools[name] = {
-            field: [getattr(s, field) if s else None for s in picked]
-            for field in ("ready", "running", "pending", "size")
-        }
+    picked = PoolHistory(services.store).series(services.config.pool_names, first, points, step)
+    fields = ("ready", "running", "pending", "size")
+    pools: dict[str, Any] = {name: {field: [getattr(s, field) if s else None for s in samples] for field in fields}
+                             for name, samples in picked.items()}
     return ok(start=first * 60, step=step * 60, points=points, pools=pools)

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 MAX_BODY_BYTES = 64 * 1024
+ANSWER_BUDGET_BYTES = 4 * 1024 * 1024
+"""What an answer that grows with the pools may take: Lambda returns at most 6 MB (API Gateway
+answers 502 beyond), and the JSON of the body is escaped once more inside Lambda's answer."""
 
 MAX_NUMBER_DIGITS = 18
 """The longest whole number any input may spell out. Longer ones are refused before they are

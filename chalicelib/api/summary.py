@@ -10,15 +10,12 @@ import re
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from chalicelib.api.http import ApiRequest, ApiResponse, bad_request, not_found, shown
+from chalicelib.api.http import ANSWER_BUDGET_BYTES, ApiRequest, ApiResponse, bad_request, not_found, shown
 from chalicelib.services import Services
 from chalicelib.store import DayStats
 
 SECTIONS = ("boot", "clone", "tag")
 MAX_DAYS = 366
-ANSWER_BUDGET_BYTES = 4 * 1024 * 1024
-"""What the per-pool figures of a range may take: Lambda answers at most 6 MB (API Gateway's 502
-beyond), and a year of 1,000 pools would be about 90 MB, read from Redis first."""
 BYTES_PER_POOL_DAY = 160
 """A pool's boot and clone figures of one day, besides four copies of its name (measured: 252
 bytes with a 24-character name)."""
@@ -36,7 +33,8 @@ def _parse_day(name: str, value: str) -> date:
 
 def most_days(services: Services) -> int:
     """The longest range a summary answers: a year, or fewer days when the pools' figures would
-    not fit ANSWER_BUDGET_BYTES."""
+    not fit ANSWER_BUDGET_BYTES (a year of 1,000 pools would be about 90 MB, read from Redis
+    first)."""
     per_day = sum(BYTES_PER_POOL_DAY + 4 * len(pool.name) for pool in services.config.pools)
     return max(1, min(MAX_DAYS, ANSWER_BUDGET_BYTES // max(per_day, 1)))
 

@@ -4,7 +4,7 @@ Each pool has one sorted set ``history:<pool>`` scored by the minute (epoch seco
 member is ``<minute>:<ready>:<running>:<pending>:<size>``. The pool's reconcile writes at most one
 sample a minute (the latest of the minute wins), in one MULTI/EXEC that also trims samples older
 than ``KEEP_MINUTES``, so a set never holds more than a week of minutes, and the key expires when
-its pool stops being reconciled.
+its pool stops being reconciled. A graph reads one sample per point, picked in Redis.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from chalicelib.store.store import Store, _translate_errors
 
 KEEP_MINUTES = 7 * 24 * 60
 """Seven days of per-minute samples: at most 10,080 small members per pool."""
+POOLS_PER_CALL = 10
+"""Pools one call of lua/history_points.lua picks points for: at 360 points, 3,600 look-ups,
+a few milliseconds of Redis, so other clients are not held up behind a week of 1,000 pools."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class PoolHistory:
     def __init__(self, store: Store) -> None:
         self.client = store.client
         self.keys = store.keys
+        self.scripts = store.scripts
 
     def record(self, pool: str, sample: Sample) -> None:
         """Keep ``sample`` as the pool's sample of its minute (one round trip)."""
@@ -60,29 +64,20 @@ class PoolHistory:
             pipe.expire(key, KEEP_MINUTES * 60)
             pipe.execute()
 
-    def read(self, pools: Iterable[str], first_minute: int, last_minute: int) -> dict[str, list[Sample]]:
-        """pool -> its samples from ``first_minute`` to ``last_minute``, oldest first."""
+    def series(self, pools: Iterable[str], first_minute: int, points: int,
+               step_minutes: int) -> dict[str, list[Sample | None]]:
+        """pool -> one sample per step from ``first_minute``: the last one taken in the step, else
+        the one before it carried forward (a minute without a pass changed nothing); None before
+        the first. Picked in Redis (lua/history_points.lua), POOLS_PER_CALL pools a call, all
+        calls in one round trip: a week of 1,000 pools moves 360 samples per pool, not 10,080."""
         pools = list(pools)
         if not pools:
             return {}
         with _translate_errors():
             pipe = self.client.pipeline(transaction=False)
-            for pool in pools:
-                pipe.zrangebyscore(self.keys.history(pool), first_minute, last_minute)
-            found = pipe.execute()
-        return {pool: [s for s in (Sample.parse(m) for m in members) if s is not None]
-                for pool, members in zip(pools, found, strict=True)}
-
-
-def series(samples: list[Sample], first_minute: int, points: int, step_minutes: int) -> list[Sample | None]:
-    """One sample per step from ``first_minute``: the last one taken in the step, else the one
-    before it carried forward (a minute without a pass changed nothing); None before the first."""
-    result: list[Sample | None] = []
-    index, last = 0, None
-    for point in range(points):
-        end = first_minute + (point + 1) * step_minutes
-        while index < len(samples) and samples[index].minute < end:
-            last = samples[index]
-            index += 1
-        result.append(last)
-    return result
+            for start in range(0, len(pools), POOLS_PER_CALL):
+                keys = [self.keys.history(pool) for pool in pools[start:start + POOLS_PER_CALL]]
+                self.scripts.history_points(keys=keys, args=[first_minute, step_minutes, points], client=pipe)
+            found = [picked for chunk in pipe.execute() for picked in chunk]
+        return {pool: [Sample.parse(member) if member else None for member in picked]
+                for pool, picked in zip(pools, found, strict=True)}
