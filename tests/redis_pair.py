@@ -152,6 +152,19 @@ class RedisPair:
         self.endpoint.point_at(self.replica.port)
         self.primary, self.replica = self.replica, self.primary
 
+    def swap_with_replicaof(self) -> None:
+        """Roles swapped by hand (REPLICAOF NO ONE on the replica, REPLICAOF on the primary), the
+        endpoint moved: connections opened before still reach the demoted node, now read-only."""
+        old, new = self.client(self.primary), self.client(self.replica)
+        try:
+            new.execute_command("REPLICAOF", "NO", "ONE")
+            old.execute_command("REPLICAOF", "127.0.0.1", self.replica.port)
+        finally:
+            old.close()
+            new.close()
+        self.endpoint.point_at(self.replica.port)
+        self.primary, self.replica = self.replica, self.primary
+
     def stop(self) -> None:
         self.endpoint.close()
         self.link.close()
