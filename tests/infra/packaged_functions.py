@@ -51,11 +51,12 @@ def api_event(method: str, resource: str, path: str, params: dict[str, str] | No
                                "path": path, "identity": {"sourceIp": "10.0.0.1"}}}
 
 
-def reconcile(app: Any, *pools: str) -> dict[str, Any]:
-    """The consumer's answer to a batch of one message per pool."""
-    records = [{"messageId": str(uuid.uuid4()), "receiptHandle": "r", "body": json.dumps({"pool": pool}),
+def reconcile(app: Any, *pools: str, poison: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The consumer's answer to a batch of one message per pool (and the ``poison`` bodies)."""
+    records = [{"messageId": str(uuid.uuid4()), "receiptHandle": "r", "body": body,
                 "attributes": {}, "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:vmpool-dev-reconcile"} for pool in pools]
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:vmpool-dev-reconcile"}
+               for body in [*(json.dumps({"pool": pool}) for pool in pools), *poison]]
     answer: dict[str, Any] = app.reconcile({"Records": records}, Context())
     return answer
 
@@ -71,6 +72,11 @@ def main(vsphere_pool: str | None = None, dummy_pool: str = "") -> dict[str, Any
 
     status = app.app(api_event("GET", "/api/v3/status", "/api/v3/status", query={"view": "pools"}), Context())
     found["status_code"] = status["statusCode"]
+    # Hostile input gets the answers app.py gives it (tests/api/test_gateway_events.py): a body
+    # marked base64 that is not is a 400 JSON.
+    not_base64 = api_event("POST", "/api/v3/vm", "/api/v3/vm", body="{not base64}", base64_body=True)
+    unreadable = app.app(not_base64, Context())
+    found["unreadable_body"] = [unreadable["statusCode"], json.loads(unreadable["body"])["ok"]]
 
     tick = app.tick({"version": "0", "id": "e", "detail-type": "Scheduled Event", "source": "aws.events",
                      "account": "123456789012", "time": "2026-01-01T00:00:00Z", "region": "us-east-1",
@@ -79,7 +85,8 @@ def main(vsphere_pool: str | None = None, dummy_pool: str = "") -> dict[str, Any
 
     # The tick's messages are delayed (each pool by its own offset): the consumer gets them as
     # the event source would, one batch holding both pools.
-    found["reconcile"] = reconcile(app, vsphere_pool, dummy_pool)
+    # With a poison message (nested past the JSON parser's depth): dropped alone.
+    found["reconcile"] = reconcile(app, vsphere_pool, dummy_pool, poison=("[" * 5000,))
 
     services = app.services()
     found["vsphere_vms"] = [vm.name for vm in services.provider("vsphere").list_vms(services.pool(vsphere_pool))]

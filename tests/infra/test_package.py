@@ -315,9 +315,10 @@ def sqs_endpoint() -> Iterator[str]:
 def test_each_packaged_function_runs_from_the_slimmed_zip(sandbox: lambda_sandbox.Sandbox, redis_server: RedisServer,
                                                           vcsim_url: tuple[str, Path], sqs_endpoint: str,
                                                           tmp_path: Path) -> None:
-    """Nothing the code imports was slimmed away: in the sandbox, the API answers, the tick
-    queues every pool, the consumer's passes clone on vSphere (vcsim, through the trimmed
-    pyVmomi) and on the dummy provider, a checkout succeeds, and every module of the app imports."""
+    """Nothing the code imports was slimmed away: in the sandbox, the API answers (a body that is
+    not base64 with a 400), the tick queues every pool, the consumer's passes clone on vSphere
+    (vcsim, through the trimmed pyVmomi) and on the dummy provider (a poison message in their
+    batch dropped alone), a checkout succeeds, and every module of the app imports."""
     url, cert = vcsim_url
     aws = {"AWS_ENDPOINT_URL": sqs_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
     sqs = boto3.client("sqs", region_name="us-east-1", endpoint_url=sqs_endpoint, aws_access_key_id="test",
@@ -339,6 +340,7 @@ def test_each_packaged_function_runs_from_the_slimmed_zip(sandbox: lambda_sandbo
     assert found["loaded_by_cold_import"] == []
     assert found["config_libraries_loaded"] == []  # the canonical config: no yaml, no pydantic
     assert found["status_code"] == 200
+    assert found["unreadable_body"] == [400, False]
     assert found["tick"]["messages"] == 2
     queued = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
     assert int(queued["ApproximateNumberOfMessagesDelayed"]) + int(queued["ApproximateNumberOfMessages"]) >= 2
