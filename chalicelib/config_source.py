@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Mapping
 
+from chalicelib import aws_clients
 from chalicelib.clock import Clock
 from chalicelib.config import Config, ConfigError, canonical_document, from_canonical, parse
 from chalicelib.observability import logger
@@ -112,9 +113,7 @@ class S3Fetch:
 
 
 def _default_s3_client() -> Any:
-    import boto3
-
-    return boto3.client("s3")
+    return aws_clients.client("s3")
 
 
 def from_environment(initial: Config, clock: Clock, environ: Mapping[str, str]) -> ConfigSource | None:

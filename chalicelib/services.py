@@ -32,6 +32,7 @@ from chalicelib.dns.registry import build_dns_plugin
 from chalicelib.manager.refill import REFILL_QUEUE_ENV, NoRefill, RefillTrigger, SqsRefill
 from chalicelib.observability import logger, redact_secrets
 from chalicelib.store import ReplicaAcks, Store, connect
+from chalicelib.store.connection import CredentialsUnavailable
 from chalicelib.store.keys import DEFAULT_PREFIX
 from chalicelib.store.pool_overrides import PoolOverrides
 from chalicelib.store.pool_overrides import apply as apply_override
@@ -83,7 +84,7 @@ class RedisPassword(redis.CredentialProvider):
             password = self._resolve(self._value)
         except (SecretUnavailable, SecretConfigError) as error:
             # A Redis error, so the API answers 503 (the message names the reference only).
-            raise redis.ConnectionError(f"the Redis password is unavailable: {error}") from None
+            raise CredentialsUnavailable(f"the Redis password is unavailable: {error}") from None
         return (password or "",)
 
 

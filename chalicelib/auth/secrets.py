@@ -25,6 +25,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from chalicelib import aws_clients
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_AGE_SECONDS = 300
@@ -167,12 +169,12 @@ class SecretResolver:
                 if self._secrets_provider is None:
                     from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
-                    self._secrets_provider = SecretsProvider()
+                    self._secrets_provider = SecretsProvider(boto_config=aws_clients.boto_config())
                 return self._secrets_provider
             if self._ssm_provider is None:
                 from aws_lambda_powertools.utilities.parameters import SSMProvider
 
-                self._ssm_provider = SSMProvider()
+                self._ssm_provider = SSMProvider(boto_config=aws_clients.boto_config())
             return self._ssm_provider
 
     def __call__(self, value: Any) -> str | None:

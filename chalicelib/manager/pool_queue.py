@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
+from chalicelib import aws_clients
 from chalicelib.config import POOL_NAME_PATTERN
 
 TICK = "tick"
@@ -149,7 +150,4 @@ class SqsPoolQueue:
 
 
 def _default_sqs_client() -> Any:
-    import boto3
-
-    return boto3.client("sqs")
-
+    return aws_clients.client("sqs")

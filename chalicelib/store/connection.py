@@ -39,6 +39,11 @@ class ReplyLost(redis.ConnectionError):
     """The connection failed after the command was sent: it may have run. Never retried."""
 
 
+class CredentialsUnavailable(redis.ConnectionError):
+    """The password to open a connection with could not be had (its secret store did not
+    answer): the command never ran, but asking again at once only waits as long again."""
+
+
 class FailoverEpoch:
     """Counts the failovers a client has seen (``READONLY`` answers); shared by its connections."""
 
@@ -59,7 +64,8 @@ class FailoverEpoch:
 
 class _RetryWhenNotRun(Retry):
     """One immediate retry on a connection error that happened before the command was sent, or
-    on ``READONLY``; never after a reply was lost or on a timeout."""
+    on ``READONLY``; never after a reply was lost, on a timeout, or when the password could not
+    be had."""
 
     def __init__(self) -> None:
         super().__init__(NoBackoff(), 1, supported_errors=(redis.ConnectionError, ReadOnlyError))
@@ -72,7 +78,8 @@ class _RetryWhenNotRun(Retry):
         with_failure_count: bool = False,
     ) -> T:
         def retryable(error: Exception) -> bool:
-            return not isinstance(error, ReplyLost) and (is_retryable is None or is_retryable(error))
+            return (not isinstance(error, (ReplyLost, CredentialsUnavailable))
+                    and (is_retryable is None or is_retryable(error)))
 
         return super().call_with_retry(do, fail, retryable, with_failure_count)
 

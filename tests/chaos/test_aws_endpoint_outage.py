@@ -1,0 +1,115 @@
+"""An AWS endpoint that takes connections and never answers (a VPC endpoint's security group or
+a NAT gone wrong), seen by the API function built as in Lambda (``Services.from_environment``,
+the S3 config source): each request still answers well inside the function's 29 s, as it
+answers any failure of that AWS service. Before, botocore's defaults (60 s per try, several
+tries) held the request until Lambda killed it and API Gateway answered 504: to a checkout
+whose VM was already taken (the refill nudge to SQS), to any request due to refresh the config
+from S3, to any request opening a Redis connection (its password in Secrets Manager)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+import pytest
+
+import app
+from chalicelib import config_source
+from chalicelib.auth import secrets
+from chalicelib.aws_clients import AWS_CALL_BOUND_SECONDS
+from chalicelib.manager.refill import REFILL_QUEUE_ENV
+from chalicelib.services import REDIS_AUTH_SECRET_ENV, Services
+from chalicelib.store import Store
+from local.redis_server import RedisServer
+from tests.infra.packaged_functions import Context, api_event
+
+API_TIMEOUT_SECONDS = 29
+"""The API function's timeout (.chalice/config.json); API Gateway's own limit is the same."""
+CONFIG = """
+:config: {domain: example.com}
+:providers:
+  :dummy: {createvm_max_time: 0, boot_time: 0}
+:pools:
+  - {name: silent, size: 2, provider: dummy}
+"""
+
+
+@pytest.fixture
+def silent_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Every AWS endpoint at one address whose connections are taken (by the kernel's backlog)
+    and never answered."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    for name, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    # The process's secret resolver keeps its AWS client: this test's (bound to the silent
+    # endpoint) must not outlive it.
+    monkeypatch.setattr(secrets, "_default_resolver", None)
+    try:
+        yield url
+    finally:
+        listener.close()
+
+
+def lambda_services(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, **environ: str) -> Services:
+    """The API function's services and config source, built from its environment as in Lambda."""
+    services = Services.from_environment({"VMPOOL_CONFIG": CONFIG, "VMPOOL_REDIS_URL": redis_server.url,
+                                          "VMPOOL_KEY_PREFIX": "silentaws:", **environ})
+    monkeypatch.setattr(app, "_services", services)
+    monkeypatch.setattr(app, "_config", config_source.from_environment(services.config, services.clock, environ))
+    return services
+
+
+def answered_in_time(event: dict[str, Any]) -> tuple[float, int, Any]:
+    """(seconds, status, JSON body) of the API function's answer; fails if Lambda would have
+    killed it first (the invocation is left to finish on its own thread)."""
+    answers: list[dict[str, Any]] = []
+    started = time.monotonic()
+    worker = threading.Thread(target=lambda: answers.append(app.app(event, Context())), daemon=True)
+    worker.start()
+    worker.join(API_TIMEOUT_SECONDS)
+    assert answers, f"no answer within the API function's {API_TIMEOUT_SECONDS} s"
+    return time.monotonic() - started, answers[0]["statusCode"], json.loads(answers[0]["body"])
+
+
+def fill(redis_server: RedisServer) -> None:
+    services = Services.from_environment({"VMPOOL_CONFIG": CONFIG, "VMPOOL_REDIS_URL": redis_server.url,
+                                          "VMPOOL_KEY_PREFIX": "silentaws:"})
+    pool = services.config.pool("silent")
+    assert pool is not None
+    from chalicelib.manager.reconcile import reconcile_pool
+
+    for _ in range(2):
+        reconcile_pool(services.store, services.provider("dummy"), pool, services.clock, services.config.service)
+    assert Store(services.client, prefix="silentaws:").counts(["silent"])["silent"]["ready"] == 2
+
+
+CASES: dict[str, tuple[dict[str, str], Callable[[int, Any], bool]]] = {
+    # The checkout is done when the nudge is sent: the user gets the VM.
+    "sqs": ({REFILL_QUEUE_ENV: "http://sqs.us-east-1.amazonaws.com/1/vmpool-dev-reconcile"},
+            lambda status, body: status == 200 and bool(body["silent"]["hostname"])),
+    # The config is kept as it was: the checkout goes on.
+    "s3": ({config_source.CONFIG_BUCKET_ENV: "vmpool-dev-config"},
+           lambda status, body: status == 200 and bool(body["silent"]["hostname"])),
+    # No Redis connection without its password: 503, as for Redis itself out.
+    "secretsmanager": ({REDIS_AUTH_SECRET_ENV: "vmpool/dev/redis-auth"},
+                       lambda status, body: status == 503 and body["ok"] is False),
+}
+
+
+@pytest.mark.parametrize("service", CASES)
+def test_a_silent_aws_endpoint_costs_a_request_seconds_not_its_timeout(
+        silent_aws: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, service: str) -> None:
+    environ, expected = CASES[service]
+    fill(redis_server)
+    lambda_services(redis_server, monkeypatch, **environ)
+
+    seconds, status, body = answered_in_time(
+        api_event("POST", "/api/v3/vm/{name}", "/api/v3/vm/silent", params={"name": "silent"}))
+
+    assert expected(status, body), (status, body)
+    assert seconds < AWS_CALL_BOUND_SECONDS + 2.0, f"{seconds:.1f} s"
