@@ -37,10 +37,12 @@ DELETE /ondemandvm/:requestid
   tests/ondemand/test_ondemand_requests.py::test_full_life_built_ready_checked_out_and_deleted
 
 Skipped, vmpooler's Redis layout only: 'creates a provisioning request in redis' (its zadd),
-'marks the request hash for expiration in two weeks' (its expire; a client sees a deleted request
-as deleted for as long as ours keeps it), 'deletes the set tracking instances allocated for the
-request' (its del). 'sets a platform string in redis ...' is ported as what a client sees of it:
-the pool a VM is built in.
+'sets a platform string in redis for the request to indicate selected platforms' (its hset of
+``poolone:pool1:1``; what a client sees of it, an alias's request built in the alias's pool and
+answered under the alias, is in test_full_life_built_ready_checked_out_and_deleted), 'marks the
+request hash for expiration in two weeks' (its expire), 'deletes the set tracking instances
+allocated for the request' (its del). The two weighted 'sets the platform string' ``it``s are
+ported as what a client sees of them: the pool the VM is built in.
 
 Deliberately different (docs/auth.md, docs/compatibility-api.md): with ``:auth:`` a request is
 seen and deleted by its owner only
