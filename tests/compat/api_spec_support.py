@@ -26,6 +26,13 @@ DUMMY_PROVIDER = {"provider_class": "dummy", "createvm_max_time": 0, "boot_time"
 JSON_HEADERS = {"Content-Type": "application/json"}
 TEST_REFERENCE = re.compile(r"(tests/[\w/]+\.py)::(test_\w+)")
 
+POOL_CHANGE_POOLS = [
+    {"name": "pool1", "size": 5, "template": "templates/pool1", "clone_target": "default_cluster"},
+    {"name": "pool2", "size": 10},
+]
+"""The pools of config_spec.rb and poolreset.rb (one config, with POOL_CHANGE_CONFIG)."""
+POOL_CHANGE_CONFIG = {"site_name": "test pooler", "vm_lifetime_auth": 2, "experimental_features": True}
+
 
 def vmpooler_stack(make_harness: HarnessFactory, pools: Sequence[Mapping[str, Any]],
                    config: Mapping[str, Any] | None = None, **sections: Any) -> Harness:

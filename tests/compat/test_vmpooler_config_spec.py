@@ -65,19 +65,13 @@ from typing import Any
 import pytest
 
 from chalicelib.api import pool_config
-from tests.compat.api_spec_support import missing_tests, vmpooler_stack
+from tests.compat.api_spec_support import POOL_CHANGE_CONFIG, POOL_CHANGE_POOLS, missing_tests, vmpooler_stack
 from tests.harness import Harness, HarnessFactory, route_target, routes_of
-
-POOLS = [
-    {"name": "pool1", "size": 5, "template": "templates/pool1", "clone_target": "default_cluster"},
-    {"name": "pool2", "size": 10},
-]
-CONFIG = {"site_name": "test pooler", "vm_lifetime_auth": 2, "experimental_features": True}
 
 
 @pytest.fixture
 def pooler(make_harness: HarnessFactory) -> Harness:
-    return vmpooler_stack(make_harness, POOLS, CONFIG)
+    return vmpooler_stack(make_harness, POOL_CHANGE_POOLS, POOL_CHANGE_CONFIG)
 
 
 def configuration(stack: Harness) -> dict[str, dict[str, Any]]:
@@ -128,7 +122,7 @@ def test_config_shows_each_pool_as_the_config_wrote_it(pooler: Harness) -> None:
     reply = pooler.get("/api/v3/config")
     assert reply.status == 200
     assert reply.json == {
-        "pool_configuration": [{**pool, "provider": "dummy", "template_ready": True} for pool in POOLS],
+        "pool_configuration": [{**pool, "provider": "dummy", "template_ready": True} for pool in POOL_CHANGE_POOLS],
         "status": {"ok": True},
     }
 

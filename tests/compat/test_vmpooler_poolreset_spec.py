@@ -30,19 +30,13 @@ import pytest
 
 from chalicelib.api import pool_config
 from chalicelib.api.routes import Route
-from tests.compat.api_spec_support import missing_tests, vmpooler_stack
+from tests.compat.api_spec_support import POOL_CHANGE_CONFIG, POOL_CHANGE_POOLS, missing_tests, vmpooler_stack
 from tests.harness import Harness, HarnessFactory, route_target, routes_of
-
-POOLS = [
-    {"name": "pool1", "size": 5, "template": "templates/pool1", "clone_target": "default_cluster"},
-    {"name": "pool2", "size": 10},
-]
-CONFIG = {"site_name": "test pooler", "vm_lifetime_auth": 2, "experimental_features": True}
 
 
 @pytest.fixture
 def pooler(make_harness: HarnessFactory) -> Harness:
-    return vmpooler_stack(make_harness, POOLS, CONFIG)
+    return vmpooler_stack(make_harness, POOL_CHANGE_POOLS, POOL_CHANGE_CONFIG)
 
 
 def test_every_test_named_in_the_docstring_exists() -> None:
