@@ -2,8 +2,8 @@
 
 Its config: ``max_ondemand_instances_per_request`` 50, ``backend_weight`` {compute1: 5,
 compute2: 0}, pools pool1 (clone target compute1), pool2 (compute2) and pool3 (compute1), all of
-size 0 in domain example.com, aliases poolone -> pool1 and pool2 -> pool1 (an alias with the name
-of another pool), no auth. Each ``it``, and where it is checked:
+size 0 with the domain of dns config 'mock' (example.com), aliases poolone -> pool1 and pool2 ->
+pool1 (an alias with the name of another pool), no auth. Each ``it``, and where it is checked:
 
 POST /ondemandvm
 - 'generates a request_id when none is provided' (201 ``{"ok": true, "request_id": <uuid>}``) and
@@ -57,18 +57,22 @@ import uuid
 import pytest
 
 from tests.compat.api_spec_support import missing_tests, vmpooler_stack
-from tests.harness import HarnessFactory
+from tests.harness import Harness, HarnessFactory
 
 POOLS = [
-    {"name": "pool1", "size": 0, "clone_target": "compute1", "alias": ["poolone", "pool2"]},
-    {"name": "pool2", "size": 0, "clone_target": "compute2"},
-    {"name": "pool3", "size": 0, "clone_target": "compute1"},
+    {"name": "pool1", "size": 0, "clone_target": "compute1", "dns_plugin": "mock", "alias": ["poolone", "pool2"]},
+    {"name": "pool2", "size": 0, "clone_target": "compute2", "dns_plugin": "mock"},
+    {"name": "pool3", "size": 0, "clone_target": "compute1", "dns_plugin": "mock"},
 ]
+DNS_CONFIGS = {"mock": {"dns_class": "mock", "domain": "example.com"}}
+"""The spec's: a class we ship no plugin for gives the pools their domain and manages no record."""
 
 
-def config(weights: dict[str, int]) -> dict[str, object]:
-    return {"site_name": "test pooler", "vm_lifetime_auth": 2, "max_ondemand_instances_per_request": 50,
-            "domain": "example.com", "backend_weight": weights}
+def pooler_weighing(make_harness: HarnessFactory, weights: dict[str, int]) -> Harness:
+    """The spec's service, with its ``backend_weight``."""
+    config = {"site_name": "test pooler", "vm_lifetime_auth": 2, "max_ondemand_instances_per_request": 50,
+              "backend_weight": weights}
+    return vmpooler_stack(make_harness, POOLS, config, dns_configs=DNS_CONFIGS)
 
 
 def test_every_test_named_in_the_docstring_exists() -> None:
@@ -84,7 +88,7 @@ def test_every_test_named_in_the_docstring_exists() -> None:
 def test_a_request_is_built_in_the_pool_backend_weight_chooses(
     make_harness: HarnessFactory, requested: str, weights: dict[str, int]
 ) -> None:
-    pooler = vmpooler_stack(make_harness, POOLS, config(weights))
+    pooler = pooler_weighing(make_harness, weights)
     created = pooler.post("/api/v3/ondemandvm", {requested: "1"})
     assert created.status == 201
     pooler.run_passes()
@@ -97,7 +101,7 @@ def test_a_request_is_built_in_the_pool_backend_weight_chooses(
 
 # it 'returns 404 with message when request is not found' (DELETE)
 def test_deleting_an_unknown_request_is_a_404_naming_it(make_harness: HarnessFactory) -> None:
-    pooler = vmpooler_stack(make_harness, POOLS, config({}))
+    pooler = pooler_weighing(make_harness, {"compute1": 5, "compute2": 0})
     request_id = str(uuid.UUID(int=42))
     assert pooler.answer("DELETE", f"/api/v3/ondemandvm/{request_id}") == (
         404, {"ok": False, "message": f"no request found for request_id '{request_id}'"})
