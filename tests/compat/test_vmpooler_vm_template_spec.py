@@ -19,7 +19,8 @@ POST /vm/:template (test_checkout_from_a_path, one case per ``it``, except:)
 Each "fails when not all requested vms can be allocated..." and its "returns any checked out vms
 to their pools..." twin are one case: the 503, and every ready VM still ready.
 
-Deliberately different, as for vm_spec.rb: a 503 carries an ``error`` beside ``"ok": false``; a
+Fixed to match, as for vm_spec.rb: a refused checkout's 503 is exactly ``{"ok": false}`` (it
+carried an ``error`` naming the short pools). Deliberately different, unseen by a client: a
 failed checkout takes nothing, so there is nothing to give back.
 
 Skipped, internal to vmpooler's Redis: the ready sets the VMs are planted in, the VM hash read
