@@ -21,7 +21,8 @@ POST /vm (test_checkout_from_a_body, one case per ``it``, except:)
 - 'returns the second VM when the first fails to respond': test_a_checked_out_vm_is_never_handed_out_again.
   vmpooler's stub (``open_socket`` raising for the first VM) is dead code there: its checkout no
   longer probes VMs (``fetch_single_vm``), and the first VM is a running one, which no checkout
-  takes. Neither do we probe at checkout: a ready VM that stops answering is the pass's business.
+  takes. Neither do we probe at checkout: the pass takes a ready VM that vanished or powered off
+  out of service (manager/ready.py).
 - '(auth not configured) does not extend VM lifetime if auth token is provided', '(auth
   configured) extends VM lifetime if auth token is provided', '(auth configured) does not extend
   VM lifetime if auth token is not provided': test_checkout_lifetime_follows_the_token.
@@ -67,7 +68,7 @@ DNS_DOMAINS = {"one": "one.example.com", "two": "two.example.com", "three": "thr
 
 def vm_spec_document(ready: Mapping[str, int], *, aliases: bool = True, **options: Any) -> dict[str, Any]:
     """The spec's config, each pool holding ``ready[pool]`` ready VMs (none when not named)."""
-    pools = [
+    pools: list[dict[str, Any]] = [
         {"name": "pool1", "dns_plugin": "one", "alias": ["poolone", "genericpool"]},
         {"name": "pool2", "dns_plugin": "two", "alias": ["genericpool"]},
         {"name": "pool3", "dns_plugin": "three", "alias": ["genericpool"]},
@@ -160,7 +161,8 @@ def test_describe_a_running_vm_as_vmpooler(make_pooler: PoolerFactory) -> None:
     assert info["start_time"] == rfc3339(checked_out_at)
     assert info["end_time"] == rfc3339(checked_out_at + VM_LIFETIME * 3600)
     assert isinstance(info["ip"], str)
-    assert info["host"] == pooler.services.store.get_vm(vm).host != ""
+    record = pooler.services.store.get_vm(vm)
+    assert record is not None and info["host"] == record.host != ""
 
 
 @pytest.mark.parametrize(("auth", "with_token", "lifetime"), LIFETIME_CASES)
