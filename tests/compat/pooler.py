@@ -84,6 +84,21 @@ class Checkout:
     served: Mapping[str, Sequence[str]] | None
 
 
+CHECKOUTS_IN_BOTH_SPECS = [
+    Checkout("returns a single VM", {"pool1": 1}, [("pool1", 1)], {"pool1": ["pool1"]}),
+    Checkout("returns a single VM for an alias", {"pool1": 1}, [("poolone", 1)], {"poolone": ["pool1"]}),
+    Checkout("returns 503 for empty pool referenced by alias", {"pool2": 1}, [("poolone", 1)], None),
+    Checkout("returns multiple VMs", {"pool1": 1, "pool2": 1}, [("pool1", 1), ("pool2", 1)],
+             {"pool1": ["pool1"], "pool2": ["pool2"]}),
+    Checkout("returns multiple VMs even when multiple instances from multiple pools are requested",
+             {"pool1": 2, "pool2": 3}, [("pool1", 2), ("pool2", 3)], {"pool1": ["pool1"] * 2, "pool2": ["pool2"] * 3}),
+    Checkout("fails (and returns any checked out vms to their pools) when not all requested vms can be allocated",
+             {"pool1": 1}, [("pool1", 1), ("pool2", 1)], None),
+]
+"""The checkouts vm_spec.rb (in a body) and vm_template_spec.rb (in the path) both make, in both
+specs' configs (pool1 and pool2, ``poolone`` an alias of pool1)."""
+
+
 def request_checkout(harness: Harness, wanted: Sequence[tuple[str, int]], form: str,
                      headers: Mapping[str, str] | None = None) -> Reply:
     """POST /vm with the counts as strings (as the specs and beaker send them), or POST

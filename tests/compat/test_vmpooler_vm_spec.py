@@ -50,6 +50,7 @@ import pytest
 
 from tests.compat.pooler import (
     BODY,
+    CHECKOUTS_IN_BOTH_SPECS,
     LIFETIME_CASES,
     PATH,
     VM_LIFETIME,
@@ -81,19 +82,11 @@ def vm_spec_document(ready: Mapping[str, int], *, aliases: bool = True, **option
 
 
 CHECKOUTS = [
-    Checkout("returns a single VM", {"pool1": 1}, [("pool1", 1)], {"pool1": ["pool1"]}),
-    Checkout("returns a single VM for an alias", {"pool1": 1}, [("poolone", 1)], {"poolone": ["pool1"]}),
-    Checkout("returns 503 for empty pool referenced by alias", {"pool2": 1}, [("poolone", 1)], None),
-    Checkout("returns multiple VMs", {"pool1": 1, "pool2": 1}, [("pool1", 1), ("pool2", 1)],
-             {"pool1": ["pool1"], "pool2": ["pool2"]}),
+    *CHECKOUTS_IN_BOTH_SPECS,
     Checkout("returns multiple VMs even when multiple instances from the same pool are requested",
              {"pool1": 2, "pool2": 1}, [("pool1", 2), ("pool2", 1)], {"pool1": ["pool1"] * 2, "pool2": ["pool2"]}),
-    Checkout("returns multiple VMs even when multiple instances from multiple pools are requested",
-             {"pool1": 2, "pool2": 3}, [("pool1", 2), ("pool2", 3)], {"pool1": ["pool1"] * 2, "pool2": ["pool2"] * 3}),
     Checkout("returns VMs from multiple backend pools requested by an alias", {"pool1": 1, "pool2": 1, "pool3": 1},
              [("genericpool", 3)], {"genericpool": ["pool1", "pool2", "pool3"]}),
-    Checkout("fails (and returns any checked out vms to their pools) when not all requested vms can be allocated",
-             {"pool1": 1}, [("pool1", 1), ("pool2", 1)], None),
     Checkout("... when requesting multiple instances from a pool", {"pool1": 1}, [("pool1", 2), ("pool2", 1)], None),
     Checkout("fails when not all requested vms can be allocated, when requesting multiple instances from multiple "
              "pools", {"pool1": 1}, [("pool1", 2), ("pool2", 3)], None),

@@ -34,6 +34,7 @@ from typing import Any, Mapping
 import pytest
 
 from tests.compat.pooler import (
+    CHECKOUTS_IN_BOTH_SPECS,
     LIFETIME_CASES,
     PATH,
     Checkout,
@@ -52,15 +53,7 @@ def vm_template_spec_document(ready: Mapping[str, int], **options: Any) -> dict[
 
 
 CHECKOUTS = [
-    Checkout("returns a single VM", {"pool1": 1}, [("pool1", 1)], {"pool1": ["pool1"]}),
-    Checkout("returns a single VM for an alias", {"pool1": 1}, [("poolone", 1)], {"poolone": ["pool1"]}),
-    Checkout("returns 503 for empty pool referenced by alias", {"pool2": 1}, [("poolone", 1)], None),
-    Checkout("returns multiple VMs", {"pool1": 1, "pool2": 1}, [("pool1", 1), ("pool2", 1)],
-             {"pool1": ["pool1"], "pool2": ["pool2"]}),
-    Checkout("returns multiple VMs even when multiple instances from multiple pools are requested",
-             {"pool1": 2, "pool2": 3}, [("pool1", 2), ("pool2", 3)], {"pool1": ["pool1"] * 2, "pool2": ["pool2"] * 3}),
-    Checkout("fails (and returns any checked out vms to their pools) when not all requested vms can be allocated",
-             {"pool1": 1}, [("pool1", 1), ("pool2", 1)], None),
+    *CHECKOUTS_IN_BOTH_SPECS,
     Checkout("... when requesting multiple instances from a pool", {"pool1": 2}, [("pool1", 2), ("pool2", 1)], None),
     Checkout("... when requesting multiple instances from multiple pools", {"pool1": 1, "pool2": 1},
              [("pool1", 2), ("pool2", 3)], None),
