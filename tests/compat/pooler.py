@@ -113,8 +113,8 @@ def check_checkout(harness: Harness, case: Checkout, form: str) -> None:
     """The checkout answers as vmpooler's spec expects. Served: 200 with exactly ``ok`` and one
     ``{"hostname": ...}`` per requested name in request order (a string for one VM, an array for
     several), each VM a ready one of the expected pools, named ``<vm>.<its pool's domain>``, now
-    running. Refused: 503 and exactly ``{"ok": false}``, and every VM that was ready still is (vmpooler: "returns
-    any checked out vms to their pools"); nothing in Redis changed at all."""
+    running. Refused: 503 and exactly ``{"ok": false}``, and every VM that was ready still is
+    (vmpooler: "returns any checked out vms to their pools"); nothing in Redis changed at all."""
     ready_before = {host for pool in harness.config.pool_names for host in harness.ready(pool)}
     state_before = harness.redis_state()
     reply = request_checkout(harness, case.wanted, form)
