@@ -8,9 +8,10 @@ checked out without a token (see "Deliberately different").
 Each ``it`` and where it is checked:
 
 PUT /vm/:hostname
-- 'allows tags to be set', 'skips empty tags', '(tagfilter configured) correctly filters tags':
-  tests/api/test_vm_routes.py::test_tags_are_stored_filtered_and_counted; "doesn't eat tags not
-  matching filter": test_a_tag_the_filter_does_not_match_is_kept (with the matching one beside it).
+- 'allows tags to be set', 'skips empty tags': tests/api/test_vm_routes.py::
+  test_tags_are_stored_filtered_and_counted.
+- '(tagfilter configured) correctly filters tags', "doesn't eat tags not matching filter":
+  test_tagfilter_keeps_the_capture_or_the_whole_value.
 - 'does not set tags if request body format is invalid' (``{"tags":{"tested"}}``, not JSON):
   tests/api/test_errors.py::test_error_answers_and_changes_nothing (``'{"lifetime": '``: 400,
   nothing changed).
@@ -86,7 +87,7 @@ def checked_out_testhost(pooler: Harness) -> str:
     ("foo.com/something.html", "foo.com"),  # 'correctly filters tags'
     ("foo.com", "foo.com"),  # "doesn't eat tags not matching filter"
 ])
-def test_a_tag_the_filter_does_not_match_is_kept(make_pooler: PoolerFactory, sent: str, kept: str) -> None:
+def test_tagfilter_keeps_the_capture_or_the_whole_value(make_pooler: PoolerFactory, sent: str, kept: str) -> None:
     """'(tagfilter configured)': ``url`` filtered by ``(.*)\\/`` keeps what precedes the last
     slash, and a value without one whole."""
     document = vm_hostname_spec_document()
