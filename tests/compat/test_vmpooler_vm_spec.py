@@ -7,10 +7,11 @@ Its config: pool1, pool2, pool3 named by the dns_configs one/two/three (``<vm>.o
 Each ``it`` and where it is checked:
 
 GET /vm/:hostname
-- 'returns correct information on a running vm': test_describe_a_running_vm_as_vmpooler (its
-  ``lifetime`` 0 and ``remaining`` <= 0 come from the spec's config having no ``vm_lifetime``;
-  here the default, 24 hours). The rest of the fields: tests/api/test_vm_routes.py::
-  test_describe_a_running_vm.
+- 'returns correct information on a running vm': test_describe_a_running_vm_as_vmpooler. Its
+  ``lifetime`` 0 and ``remaining`` <= 0 come from the spec's config having no ``vm_lifetime``
+  (here the default, 24 hours), its ``ip`` "" from the stubbed DNS lookup failing and its
+  ``host`` "host1" from the planted record (here the provider's address and host). The rest of
+  the fields: tests/api/test_vm_routes.py::test_describe_a_running_vm.
 
 POST /vm (test_checkout_from_a_body, one case per ``it``, except:)
 - 'fails on nonexistant pools': tests/api/test_errors.py::test_error_answers_and_changes_nothing
