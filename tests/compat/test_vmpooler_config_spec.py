@@ -50,7 +50,7 @@ GET /config
 - 'returns pool configuration when set': test_config_shows_each_pool_as_the_config_wrote_it below
   (fixed: we showed keys the config did not give)
 
-Deliberately different (docs/auth.md, docs/compatibility-api.md): with ``:auth:`` configured
+Deliberately different (docs/auth.md, docs/compatibility.md): with ``:auth:`` configured
 vmpooler lets any valid token change pools; we ask for an administrator's
 (tests/auth_api/test_admins_and_privacy.py::test_a_token_of_a_user_who_is_not_an_admin_cannot_change_pools).
 vmpooler counts an alias as a pool here (and then fails with a 500); we answer 400 naming it.

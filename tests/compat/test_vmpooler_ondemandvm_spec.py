@@ -44,7 +44,7 @@ request hash for expiration in two weeks' (its expire), 'deletes the set trackin
 allocated for the request' (its del). The two weighted 'sets the platform string' ``it``s are
 ported as what a client sees of them: the pool the VM is built in.
 
-Deliberately different (docs/auth.md, docs/compatibility-api.md): with ``:auth:`` a request is
+Deliberately different (docs/auth.md, docs/compatibility.md): with ``:auth:`` a request is
 seen and deleted by its owner only
 (tests/auth_api/test_ownership.py::test_an_ondemand_request_is_deleted_only_by_its_owner), and
 ``max_ondemand_instances_per_request`` bounds the whole request, not each pool of it.
