@@ -131,8 +131,12 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     over_limit = False
     """Set by the worker's accepting loop on a connection past the worker's bound: answered 503
     and closed at once (uvicorn's own check, at each request, would answer in text)."""
+    on_lost: Callable[[], None] | None = None
+    """Called once when the connection is gone (its loop counts it no more)."""
+    made = False
 
     def connection_made(self, transport: Any) -> None:
+        self.made = True
         super().connection_made(transport)
         self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
@@ -149,6 +153,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         super().connection_lost(exc)
+        if self.on_lost is not None:
+            on_lost, self.on_lost = self.on_lost, None
+            on_lost()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -253,15 +260,18 @@ class _LoopServer(Server):
     max_connections: int | None = None
     """The worker's bound on open connections, over all its loops (on the accepting loop)."""
     loop: asyncio.AbstractEventLoop | None = None
-    # Connections the accepting loop has given this loop, and how many of those this loop has
-    # taken up: each written by one thread only, so their difference (on their way) needs no lock.
+    # Connections the accepting loop has given this loop, and how many of those are gone (closed,
+    # or never served): each written by one thread only, so their difference needs no lock. A
+    # connection counts from its hand-off to its loss, once: counting the loop's open connections
+    # beside those on their way counted one being taken up twice for a moment, and a burst of
+    # connections below the bound was refused.
     handed = 0
-    adopted = 0
+    released = 0
     _listeners: tuple[socket.socket, ...] = ()
 
     def held(self) -> int:
         """Connections this loop serves or is about to."""
-        return len(self.server_state.connections) + self.handed - self.adopted
+        return self.handed - self.released
 
     async def on_tick(self, counter: int) -> bool:
         self.ticked = time.monotonic()
@@ -333,7 +343,7 @@ class _LoopServer(Server):
         try:
             target.loop.call_soon_threadsafe(target._adopt, connection)
         except RuntimeError:  # that loop has closed (its worker is stopping)
-            target.adopted += 1
+            target.released += 1
             connection.close()
 
     def _adopt(self, connection: socket.socket, over_limit: bool = False) -> None:
@@ -341,24 +351,29 @@ class _LoopServer(Server):
         gets 503."""
         assert self.loop is not None
         if self.should_exit:
-            self.adopted += 1
+            self.released += 1
             connection.close()
             return
+        made: list[BoundedHttpProtocol] = []
 
         def protocol() -> asyncio.Protocol:
-            made = self._protocol()
-            made.over_limit = over_limit
-            return made
+            made.append(self._protocol())
+            made[0].over_limit = over_limit
+            made[0].on_lost = self._release
+            return made[0]
+
+        def adopted(task: "asyncio.Task[Any]") -> None:
+            failed = task.cancelled() or task.exception() is not None
+            if failed and not (made and made[0].made):  # else its connection_lost releases it
+                self._release()
+            if not task.cancelled() and task.exception() is not None:
+                logger.warning("a connection could not be served: %s", task.exception())
 
         task = self.loop.create_task(self.loop.connect_accepted_socket(protocol, sock=connection))
-        # Counted as adopted once connection_made has run (the connection is then in
-        # server_state.connections), so held() never undercounts in between.
-        task.add_done_callback(self._adopted)
+        task.add_done_callback(adopted)
 
-    def _adopted(self, task: "asyncio.Task[Any]") -> None:
-        self.adopted += 1
-        if not task.cancelled() and task.exception() is not None:
-            logger.warning("a connection could not be served: %s", task.exception())
+    def _release(self) -> None:
+        self.released += 1
 
     def _protocol(self) -> Any:
         protocol_class: Any = self.config.http_protocol_class

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok, shown, whole_number
+from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, not_found, ok, whole_number
 from chalicelib.api.identity import required_admin
 from chalicelib.config import PoolConfig
 from chalicelib.services import Services
@@ -28,13 +28,14 @@ def _allowed(services: Services, request: ApiRequest) -> None:
 
 
 def _payload(request: ApiRequest) -> dict[str, Any]:
-    """The body as an object of pool -> value. Bad JSON is a 400 (vmpooler answered 500)."""
+    """The body as an object of pool -> value. Bad JSON is a 400 (vmpooler answered 500); no
+    body, or ``null``, is vmpooler's "no payload": 404 ``{"ok": false}``."""
     try:
         body = json_body(request)
     except ApiError:
         raise ApiError(400, {"message": "JSON payload could not be parsed"}) from None
     if body is None:
-        raise ApiError(400, {"message": "JSON payload could not be parsed"})
+        raise not_found()
     if not isinstance(body, dict):
         raise bad_request("Request body must be a JSON object")
     return body
@@ -167,7 +168,7 @@ def _configured(services: Services, name: str) -> PoolConfig:
     """A pool the handler has checked exists, as configured."""
     pool = services.config.pool(name)
     if pool is None:
-        raise ApiError(404, {"error": f"unknown pool {shown(name)}"})
+        raise not_found()
     return pool
 
 
@@ -177,9 +178,10 @@ def _now(services: Services, name: str) -> PoolConfig:
 
 
 def _known_pool(services: Services, request: ApiRequest) -> str:
+    """The pool named in the path; an unknown one is vmpooler's bare 404 ``{"ok": false}``."""
     name = request.params["pool"]
     if services.config.pool(name) is None:
-        raise ApiError(404, {"error": f"unknown pool {shown(name)}"})
+        raise not_found()
     return name
 
 

@@ -110,20 +110,25 @@ def total_running(services: Services, request: ApiRequest) -> ApiResponse:
 
 
 def pool_configuration(services: Services, request: ApiRequest) -> ApiResponse:
-    """GET /config: every pool's settings. Only pool keys are shown, and pools hold no secrets."""
+    """GET /config: each pool as the config wrote it, its runtime overrides (size, template,
+    clone target) applied, and ``template_ready``, as vmpooler shows it: keys the config did not
+    give are not made up (vmpooler's clients read ``alias`` or ``template`` as given, and an empty
+    one is truthy in Ruby). Only pool keys are shown, and pools hold no secrets."""
     if not services.config.pools:
         raise not_found(error="no pools configured")
     pools = []
     for pool in services.pools():
-        settings = dict(pool.settings)
-        settings.update(
-            name=pool.name, size=pool.size, template=pool.template, provider=pool.provider,
-            alias=alias_as_written(pool), timeout=pool.timeout_minutes, ready_ttl=pool.ready_ttl_minutes,
-            template_ready=True,
-        )
-        if pool.domain:
-            settings["domain"] = pool.domain
+        settings = {key: value for key, value in pool.settings.items() if key not in UNWRITTEN_WHEN_EMPTY or value}
+        settings.update(name=pool.name, size=pool.size, template_ready=True)
+        if pool.template:
+            settings["template"] = pool.template
+        if pool.alias:
+            settings["alias"] = alias_as_written(pool)
         if "sizing" in settings:
             settings["sizing"] = settings["sizing"].source  # as written in the config
         pools.append(settings)
     return ApiResponse(200, {"pool_configuration": pools, "status": {"ok": True}})
+
+
+UNWRITTEN_WHEN_EMPTY = ("template", "folder", "alias")
+"""Pool keys the config reader always fills (``""``, ``()``) even when the config does not give them."""

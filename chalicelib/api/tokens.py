@@ -70,12 +70,13 @@ def create_token(services: Services, request: ApiRequest) -> ApiResponse:
 
 
 def list_tokens(services: Services, request: ApiRequest) -> ApiResponse:
-    """GET /token: the caller's tokens, by id, with ``created`` and ``last``."""
+    """GET /token: the caller's tokens, by id, with ``created`` and ``last``; a caller with none
+    gets vmpooler's 404 ``{"ok": false}``."""
     user = _basic_user(services, request)
-    body: dict[str, Any] = {"ok": True}
-    for record in services.tokens.list_for_user(user):
-        body[record.id] = record.public()
-    return ApiResponse(200, body)
+    body: dict[str, Any] = {record.id: record.public() for record in services.tokens.list_for_user(user)}
+    if not body:
+        raise not_found()
+    return ApiResponse(200, {"ok": True, **body})
 
 
 def describe_token(services: Services, request: ApiRequest) -> ApiResponse:

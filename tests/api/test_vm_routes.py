@@ -78,8 +78,7 @@ def test_short_of_one_pool_checks_out_nothing(full: Harness) -> None:
     full.post("/api/v3/vm", {"pool3": 1})
     before = full.redis_state()
     reply = full.post("/api/v3/vm", {"pool1": 2, "pool2": 1, "pool3": 1})
-    assert (reply.status, reply.json["ok"]) == (503, False)
-    assert "pool3" in reply.json["error"]
+    assert (reply.status, reply.json) == (503, {"ok": False})
     assert full.redis_state() == before
     assert len(full.ready("pool1")) == 2 and len(full.ready("pool2")) == 2
 

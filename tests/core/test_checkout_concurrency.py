@@ -227,7 +227,7 @@ def test_misses_leave_redis_exactly_as_it_was(services: Services, redis_client: 
     for kind, answer in answers:
         if kind == "http":
             status, body = answer
-            assert status == 503 and body["ok"] is False and "not enough ready VMs" in body["error"]
+            assert (status, body) == (503, {"ok": False})  # vmpooler's bare answer
         else:
             assert not answer.ok and answer.vms == ()
     assert snapshot(redis_client) == before

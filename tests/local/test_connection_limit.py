@@ -72,3 +72,39 @@ def test_connections_past_the_limit_get_a_json_503_and_the_others_are_served(loa
         finally:
             for connection in opened:
                 connection.close()
+
+
+def test_a_connection_counts_once_from_its_hand_off_until_it_is_gone() -> None:
+    """The worker's bound is checked against each loop's count of connections: one being taken
+    up counted twice for a turn of its loop (in the loop's open connections and still on its
+    way), and a burst of connections below the bound got 503 (seen in CI: 3 of 3 allowed)."""
+    import asyncio
+
+    import uvicorn
+
+    from local.http_front import BoundedHttpProtocol, _LoopServer
+
+    config = uvicorn.Config(app=ONE_LOOP(), http=BoundedHttpProtocol, lifespan="off", loop="asyncio")
+    config.load()
+    server = _LoopServer(config=config)
+    counts: list[int] = []
+
+    async def hand_one_and_close_it() -> None:
+        server.lifespan = config.lifespan_class(config)  # as uvicorn's Server._serve makes it
+        await server.startup(sockets=[])  # serving no listener: connections come by hand-off
+        ours, theirs = socket.socketpair()
+        theirs.setblocking(False)
+        server.handed += 1  # as the accepting loop's _hand does
+        server._adopt(theirs)
+        for _ in range(20):  # every turn of the loop while it takes the connection up
+            counts.append(server.held())
+            await asyncio.sleep(0)
+        assert server.server_state.connections, "the connection was not taken up"
+        ours.close()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        counts.append(server.held())
+
+    asyncio.run(hand_one_and_close_it())
+    assert counts[:-1] == [1] * 20, counts
+    assert counts[-1] == 0

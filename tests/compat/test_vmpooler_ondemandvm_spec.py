@@ -1,0 +1,107 @@
+"""vmpooler's spec/integration/api/v3/ondemandvm_spec.rb (/ondemandvm), ported.
+
+Its config: ``max_ondemand_instances_per_request`` 50, ``backend_weight`` {compute1: 5,
+compute2: 0}, pools pool1 (clone target compute1), pool2 (compute2) and pool3 (compute1), all of
+size 0 with the domain of dns config 'mock' (example.com), aliases poolone -> pool1 and pool2 ->
+pool1 (an alias with the name of another pool), no auth. Each ``it``, and where it is checked:
+
+POST /ondemandvm
+- 'generates a request_id when none is provided' (201 ``{"ok": true, "request_id": <uuid>}``) and
+  'uses a configured platform to fulfill a ondemand request' (an alias):
+  tests/ondemand/test_ondemand_requests.py::test_full_life_built_ready_checked_out_and_deleted
+- 'sets the platform string in redis ... using weight' (pool2 is built in pool1, pool2's weight
+  being 0) and, with compute1's weight 0 too, 'sets the platform string ... selected platforms'
+  (pool1 still built in pool1): test_a_request_is_built_in_the_pool_backend_weight_chooses below
+- 'should reject the request with a message' (403, the maximum named):
+  tests/ondemand/test_ondemand_requests.py::test_over_the_limit_is_a_403_naming_the_maximum
+- 'uses the given request_id when provided', 'returns 409 conflict error when the request_id has
+  been used' (``{"ok": false, "request_id", "message"}``):
+  tests/ondemand/test_ondemand_requests.py::test_duplicate_request_id_is_a_409_and_changes_nothing
+- 'sets the token and user' (with auth): the request is its owner's,
+  tests/auth_api/test_admins_and_privacy.py::test_an_ondemand_request_is_seen_by_its_owner_only
+- 'returns the bad template' (404 ``bad_templates``) and 'returns 400 and a message when JSON is
+  invalid': tests/ondemand/test_ondemand_requests.py::test_bad_requests_leave_redis_unchanged
+
+GET /ondemandvm/:requestid
+- 'returns 404 with message when request is not found':
+  tests/ondemand/test_ondemand_requests.py::test_bad_requests_leave_redis_unchanged
+- 'returns 202 while the request is waiting' (ready/pending counts as strings), 'returns 200 with
+  hostnames when the request is ready' (FQDNs, always a list), 'returns a message that the request
+  has been deleted': tests/ondemand/test_ondemand_requests.py::test_full_life_built_ready_checked_out_and_deleted
+- 'returns a message that the request has failed' (naming ondemand_request_ttl):
+  tests/ondemand/test_ondemand_requests.py::test_request_fails_after_its_ttl_and_its_vms_are_destroyed
+
+DELETE /ondemandvm/:requestid
+- 'returns 404 with message when request is not found': test_deleting_an_unknown_request_is_a_404_naming_it below
+- 'returns 200 for a deleted request', 'moves allocated instances to the completed queue':
+  tests/ondemand/test_ondemand_requests.py::test_full_life_built_ready_checked_out_and_deleted
+
+Skipped, vmpooler's Redis layout only: 'creates a provisioning request in redis' (its zadd),
+'sets a platform string in redis for the request to indicate selected platforms' (its hset of
+``poolone:pool1:1``; what a client sees of it, an alias's request built in the alias's pool and
+answered under the alias, is in test_full_life_built_ready_checked_out_and_deleted), 'marks the
+request hash for expiration in two weeks' (its expire), 'deletes the set tracking instances
+allocated for the request' (its del). The two weighted 'sets the platform string' ``it``s are
+ported as what a client sees of them: the pool the VM is built in.
+
+Deliberately different (docs/auth.md, docs/compatibility.md): with ``:auth:`` a request is
+seen and deleted by its owner only
+(tests/auth_api/test_ownership.py::test_an_ondemand_request_is_deleted_only_by_its_owner), and
+``max_ondemand_instances_per_request`` bounds the whole request, not each pool of it.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.compat.api_spec_support import missing_tests, vmpooler_stack
+from tests.harness import Harness, HarnessFactory
+
+POOLS = [
+    {"name": "pool1", "size": 0, "clone_target": "compute1", "dns_plugin": "mock", "alias": ["poolone", "pool2"]},
+    {"name": "pool2", "size": 0, "clone_target": "compute2", "dns_plugin": "mock"},
+    {"name": "pool3", "size": 0, "clone_target": "compute1", "dns_plugin": "mock"},
+]
+DNS_CONFIGS = {"mock": {"dns_class": "mock", "domain": "example.com"}}
+"""The spec's: a class we ship no plugin for gives the pools their domain and manages no record."""
+
+
+def pooler_weighing(make_harness: HarnessFactory, weights: dict[str, int]) -> Harness:
+    """The spec's service, with its ``backend_weight``."""
+    config = {"site_name": "test pooler", "vm_lifetime_auth": 2, "max_ondemand_instances_per_request": 50,
+              "backend_weight": weights}
+    return vmpooler_stack(make_harness, POOLS, config, dns_configs=DNS_CONFIGS)
+
+
+def test_every_test_named_in_the_docstring_exists() -> None:
+    assert missing_tests(__doc__) == []
+
+
+# its 'sets the platform string in redis ... using weight' (requested pool2, built in pool1) and,
+# 'with a backend of 0 weight', '... to indicate the selected platforms' (pool1 built in pool1).
+@pytest.mark.parametrize("requested, weights", [
+    ("pool2", {"compute1": 5, "compute2": 0}),
+    ("pool1", {"compute1": 0, "compute2": 0}),
+], ids=["weighted", "weight-0"])
+def test_a_request_is_built_in_the_pool_backend_weight_chooses(
+    make_harness: HarnessFactory, requested: str, weights: dict[str, int]
+) -> None:
+    pooler = pooler_weighing(make_harness, weights)
+    created = pooler.post("/api/v3/ondemandvm", {requested: "1"})
+    assert created.status == 201
+    pooler.run_passes()
+    shown = pooler.get(f"/api/v3/ondemandvm/{created.json['request_id']}")
+    assert shown.status == 200
+    (hostname,) = shown.json[requested]["hostname"]
+    assert hostname.endswith(".example.com")
+    assert pooler.describe(hostname.split(".")[0])["template"] == "pool1"
+
+
+# it 'returns 404 with message when request is not found' (DELETE)
+def test_deleting_an_unknown_request_is_a_404_naming_it(make_harness: HarnessFactory) -> None:
+    pooler = pooler_weighing(make_harness, {"compute1": 5, "compute2": 0})
+    request_id = str(uuid.UUID(int=42))
+    assert pooler.answer("DELETE", f"/api/v3/ondemandvm/{request_id}") == (
+        404, {"ok": False, "message": f"no request found for request_id '{request_id}'"})
