@@ -245,8 +245,8 @@ def test_runner_publishes_and_samples_the_effective_size(world: Harness, capsys:
     services = Services(world.config, world.client, clock=world.clock)
     run_pool(services, "sched", budget_seconds=0.1)  # Friday 08:00: the window's 4, not the configured 1
     minute = minute_of(world.clock.now())
-    (sample,) = PoolHistory(world.store).read(["sched"], minute, minute)["sched"]
-    assert sample.size == 4
+    (sample,) = PoolHistory(world.store).series(["sched"], minute, 1, 1)["sched"]
+    assert sample is not None and sample.size == 4
     target = [json.loads(line)[m.TARGET_SIZE] for line in capsys.readouterr().out.splitlines()
               if line.startswith("{") and f'"{m.TARGET_SIZE}"' in line]
     assert target == [[4.0]]
