@@ -17,8 +17,8 @@ import redis.connection
 
 from local.redis_server import free_port
 
-__all__ = ["RedisRoundTrips", "clone_failures_by_reason", "counts_by_reason", "emf_documents", "emitted", "eventually", "free_port",
-           "json_lines"]
+__all__ = ["RedisRoundTrips", "clone_failures_by_reason", "counts_by_reason", "emf_documents", "emitted",
+           "eventually", "free_port", "json_lines"]
 
 T = TypeVar("T")
 
