@@ -154,6 +154,24 @@ def test_a_slow_vcenter_ends_the_pass_as_a_timeout_and_the_api_serves_ready_vms(
         server.stop()
 
 
+def test_a_hung_vcenter_costs_a_pass_one_call_timeout_not_one_per_clone(
+        vcsim_dir: Path, make_harness: HarnessFactory) -> None:
+    """vCenter answers the inventory but hangs on clones (as behind a firewall dropping its
+    port mid-pass, or overloaded): the first clone's timeout tells the pass the others would
+    wait as long; they are not sent."""
+    server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / "hung.pem", method_delays={"CloneVM_Task": 1.5})
+    server.start()
+    try:
+        harness = pool_harness(make_harness, server, size=3, service={"task_limit": 3}, provider={"call_timeout": 1})
+        report = harness.reconcile(POOL)
+        failures = list(report.clone_failures.values())
+        assert [failure.kind for failure in failures] == [FailureKind.TIMEOUT] * 3
+        waited = [failure for failure in failures if not failure.message.startswith("not started: ")]
+        assert len(waited) == 1 and "timed out" in waited[0].message, failures
+    finally:
+        server.stop()
+
+
 def test_an_expired_session_logs_in_again_without_showing_the_password(
         vcsim_dir: Path, make_harness: HarnessFactory, caplog: pytest.LogCaptureFixture) -> None:
     server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / "idle.pem", session_idle=0.5)
