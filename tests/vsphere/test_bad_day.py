@@ -204,15 +204,18 @@ def failure_kinds(reports: list[PassReport]) -> set[str]:
     return {failure.kind.value for report in reports for failure in report.clone_failures.values()}
 
 
-@pytest.mark.parametrize(("settings", "service", "reason"), [
-    ({"template": "templates/no-such-template"}, {}, "template"),
-    ({"folder": "vmpool/never-made"}, {"create_folders": False}, "placement"),
-    ({"datastore": "NoSuchDS"}, {}, "placement"),
-    ({"clone_target": "NoSuchCluster"}, {}, "placement"),
+@pytest.mark.parametrize(("settings", "service", "reason", "named"), [
+    ({"template": "templates/no-such-template"}, {}, "template",
+     "template DC0/vm/templates/no-such-template not found"),
+    ({"folder": "vmpool/never-made"}, {"create_folders": False}, "placement",
+     "folder DC0/vm/vmpool/never-made not found (set create_folders: true to create it)"),
+    ({"datastore": "NoSuchDS"}, {}, "placement", "datastore DC0/datastore/NoSuchDS not found"),
+    ({"clone_target": "NoSuchCluster"}, {}, "placement", "clone_target DC0/host/NoSuchCluster not found"),
+    ({"datacenter": "DC9"}, {}, "placement", "datacenter DC9 not found"),
 ])
 def test_a_misconfigured_pool_backs_off_instead_of_a_clone_storm(
         vcsim: VcsimServer, make_harness: HarnessFactory, settings: dict[str, str], service: dict[str, Any],
-        reason: str) -> None:
+        reason: str, named: str) -> None:
     harness = pool_harness(make_harness, vcsim, size=4, service={"task_limit": 4, **service}, **settings)
     reports = passes_for(harness, 5)
     started = [len(report.clones_started) for report in reports]
@@ -220,6 +223,10 @@ def test_a_misconfigured_pool_backs_off_instead_of_a_clone_storm(
     assert started[0] == 4 and max(started[1:]) == 1, started
     assert 2 <= sum(started[1:]) <= 4, started
     assert failure_kinds(reports) == {reason}
+    # GET /vm of a failed VM names what to fix.
+    failed = next(name for report in reports for name in report.clone_failures)
+    record = harness.store.get_vm(failed)
+    assert record is not None and named in (record.reason or ""), record
     assert in_vcsim(harness) == set()
 
 
