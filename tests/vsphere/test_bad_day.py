@@ -116,6 +116,18 @@ def test_vcsim_restarted_empty_drops_ready_vms_and_tells_the_user_of_a_vanished_
     assert taken not in harness.checkout_vms(POOL, 2)
 
 
+def test_vcsim_restarted_empty_with_clones_in_flight_fails_them_honestly_and_refills(
+        slow_clones: VcsimServer, make_harness: HarnessFactory) -> None:
+    harness = pool_harness(make_harness, slow_clones, size=2, service={"task_limit": 2})
+    in_flight = set(harness.reconcile(POOL).clones_started)
+    slow_clones.stop()
+    slow_clones.start()  # the clone tasks and their VMs are gone
+    converge(harness, 2)
+    for name in in_flight:
+        record = harness.store.get_vm(name)
+        assert record is not None and record.state == "destroyed" and "no VM" in (record.reason or ""), record
+
+
 # --- 3. vCenter slow, unreachable, refusing us, our session expired -------------------------------
 
 
