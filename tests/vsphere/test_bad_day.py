@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -164,6 +165,20 @@ def test_a_slow_vcenter_ends_the_pass_as_a_timeout_and_the_api_serves_ready_vms(
         assert harness.checkout(POOL)
     finally:
         server.stop()
+
+
+def test_a_vcenter_address_that_accepts_but_never_answers_fails_the_pass_as_a_timeout(
+        vcsim: VcsimServer, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]) -> None:
+    """A port that takes connections and says nothing (a stuck load balancer, a half-dead
+    vCenter): the pass ends after connect_timeout with a typed failure, it does not hang."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshakes; nobody ever reads
+        config = vcsim_config(vcsim, [{"name": POOL, "size": 1, "folder": "vmpool/silent"}],
+                              provider={"server": f"127.0.0.1:{silent.getsockname()[1]}", "connect_timeout": 1})
+        report = run_pool(Services(config, redis_client, FakeClock()), POOL, 0.0)
+    assert report.failures and "timed out" in report.failures[0]
+    assert counts_by_reason(emf_documents(capsys.readouterr().out), "ReconcileErrors") == {"timeout": 1}
 
 
 def test_a_hung_vcenter_costs_a_pass_one_call_timeout_not_one_per_clone(
