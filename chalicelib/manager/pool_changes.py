@@ -20,6 +20,9 @@ from chalicelib.manager import inventory_view
 from chalicelib.manager.context import PassContext
 from chalicelib.store import VMRecord
 
+DRAINED_STATES = ("pending", "ready")
+"""The states a drain takes VMs from: never a VM in use."""
+
 
 def stale_reason(record: VMRecord, pool: PoolConfig, reset_at: float | None) -> str:
     """Why a ready or pending VM no longer belongs in the pool as it is now ("" if it does)."""
@@ -54,6 +57,8 @@ def drain_and_retire(context: PassContext) -> None:
         if reason:
             # A pending VM this pass made ready is drained from ready.
             state = "ready" if hostname in report.became_ready else record.state
+            if state not in DRAINED_STATES:
+                continue  # checked out since the pass listed it (its record is read later): the user's now
             context.take_out_of_service(hostname, state, reason)
     if check_ready:
         context.store.mark_ready_checked(context.pool.name, mark)

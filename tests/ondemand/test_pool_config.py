@@ -177,6 +177,40 @@ def test_pool_reset_drains_and_refills(make_stack):
         400, {"ok": False, "bad_pools": ["centos"]})
 
 
+@pytest.mark.parametrize("change", [("/poolreset", {"debian-12": "1"}),
+                                    ("/config/pooltemplate", {"debian-12": "templates/debian-12-v2"})],
+                         ids=["reset", "template"])
+def test_a_vm_checked_out_while_a_pass_drains_its_pool_stays_with_its_user(make_stack, monkeypatch, change):
+    """The drain listed the pool's ready VMs; a user checked one out before the drain read their
+    records (the next round trip). Before: the drain moved that VM from the state its record
+    showed (running) to completed, and the next pass destroyed the VM the user had just been
+    handed (7 of 1,006 checkouts racing resets and template changes on the local stack)."""
+    stack = make_stack(size=2)
+    stack.run_passes("debian-12")
+    stack.clock.advance(1)
+    path, body = change
+    assert stack.answer("POST", f"/api/v3{path}", body)[0] == 201
+    store = stack.services.store
+    read_records = store.records
+    ready = set(store.hostnames("debian-12", "ready"))
+    handed: list[str] = []
+
+    def a_user_checks_out_first(hostnames):
+        if not handed and ready <= set(hostnames):
+            handed.append(stack.checkout("debian-12"))
+        return read_records(hostnames)
+
+    monkeypatch.setattr(store, "records", a_user_checks_out_first)
+    report = stack.reconcile("debian-12")
+    monkeypatch.undo()
+    (host,) = handed
+    assert host not in report.completed
+    stack.run_passes("debian-12")
+    assert stack.describe(host)["state"] == "running"
+    assert host in stack.provider_vms("debian-12"), "the VM in use was destroyed"
+    assert stack.answer("DELETE", f"/api/v3/vm/{host}") == (200, {"ok": True})
+
+
 def test_clone_target_change_reaches_the_pool_the_pass_clones_with(make_stack):
     stack = make_stack(extra="    clone_target: cluster1\n")  # on win-2022, the last pool
     post = lambda body: stack.answer("POST", "/api/v3/config/clonetarget", body)  # noqa: E731

@@ -6,6 +6,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
 
 from chalicelib.api import vm_tasks
 from chalicelib.api.http import ApiRequest
@@ -169,3 +170,37 @@ def test_a_vm_has_a_bounded_number_of_tasks_disks_and_snapshots(make_stack):
     store = VMTaskStore(stack.services.store)
     assert store.enqueue(seen, new_task(SNAPSHOT, 0), 0) is EnqueueResult.NOT_RUNNING
     assert store.queued(hostname) == []
+
+
+def test_a_checkout_whose_answer_was_lost_cannot_be_changed_before_it_goes_back(make_stack, monkeypatch):
+    """The checkout script ran but its answer never reached the API (a timeout: 503); the VM waits
+    unconfirmed until a pass returns it to ready. Its user sees it under GET /token/<t>. Before:
+    a tag and a disk could be put on it meanwhile, and the next user was handed that VM with the
+    other user's tag and disk. Now such changes are refused (404) until a checkout is confirmed."""
+    stack = make_stack(size=1, extra="\n:auth:\n  provider: dummy\n")
+    stack.run_passes("debian-12")
+    alice, bob = stack.new_token("alice", "pw-a"), stack.new_token("bob", "pw-b")
+    store = stack.services.store
+    run_checkout = store.scripts.checkout
+
+    def answer_lost(**kwargs):
+        run_checkout(**kwargs)
+        raise redis.exceptions.TimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(store.scripts, "checkout", answer_lost)
+    assert stack.answer("POST", "/api/v3/vm", {"debian-12": 1}, headers={"X-AUTH-TOKEN": alice})[0] == 503
+    monkeypatch.undo()
+    (host,) = stack.answer("GET", f"/api/v3/token/{alice}")[1][alice]["vms"]["running"]
+
+    alice_header = {"X-AUTH-TOKEN": alice}
+    assert stack.answer("PUT", f"/api/v3/vm/{host}", {"tags": {"owner": "alice"}}, headers=alice_header)[0] == 404
+    assert stack.answer("POST", f"/api/v3/vm/{host}/disk/8", headers=alice_header)[0] == 404
+    assert stack.answer("POST", f"/api/v3/vm/{host}/snapshot", headers=alice_header)[0] == 404
+    stack.clock.advance(61)
+    assert host in stack.reconcile("debian-12").returned
+
+    status, body = stack.answer("POST", "/api/v3/vm", {"debian-12": 1}, headers={"X-AUTH-TOKEN": bob})
+    assert (status, body["debian-12"]["hostname"].split(".")[0]) == (200, host)
+    stack.run_passes("debian-12", seconds=61, passes=2)
+    handed = vm(stack, host)
+    assert (handed["tags"], handed["disk"], handed["snapshots"]) == ({}, [], [])

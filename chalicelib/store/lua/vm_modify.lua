@@ -6,12 +6,14 @@
 -- KEYS[1] the VM's record, KEYS[2] its pool's running_due set; ARGV[1] most tags a VM may carry,
 -- ARGV[2] the VM's name, ARGV[3] now, ARGV[4] the record's 'checkout' field as the API read it,
 -- ARGV[5] its 'token_user' ('' for none); ARGV[6..] field, value, ...
--- Returns 1 when changed, 0 when the VM is no longer running for that checkout, -1 when the VM
--- would carry too many tags (then nothing changed).
+-- Returns 1 when changed, 0 when the VM is no longer running for that checkout (or that checkout
+-- was never confirmed), -1 when the VM would carry too many tags (then nothing changed).
 local key, max_tags = KEYS[1], tonumber(ARGV[1])
 local first_field = 6
-local seen = redis.call('HMGET', key, 'state', 'checkout', 'token_user')
-if seen[1] ~= 'running' or (seen[2] or '') ~= ARGV[4] or (seen[3] or '') ~= ARGV[5] then
+local seen = redis.call('HMGET', key, 'state', 'checkout', 'token_user', 'confirm_by')
+-- confirm_by: a checkout whose answer never reached its caller; a pass gives the VM back to
+-- ready, where nothing of this would be the next user's to find.
+if seen[1] ~= 'running' or (seen[2] or '') ~= ARGV[4] or (seen[3] or '') ~= ARGV[5] or seen[4] then
   return 0
 end
 local new_tags = 0

@@ -7,13 +7,15 @@
 -- ARGV: hostname, now, task (JSON), queue ttl seconds, most tasks waiting, list field the task
 -- adds to ('disks', 'snapshots'; '' for none), most items that list may reach counting the tasks
 -- in flight and queued that add to it, the record's 'checkout' field as the API read it.
--- Returns 1 when queued, 0 when the VM is no longer running for that checkout, -1 when its
--- queue is full, -2 when the list would pass its bound (then nothing changed).
+-- Returns 1 when queued, 0 when the VM is no longer running for that checkout (or that checkout
+-- was never confirmed), -1 when its queue is full, -2 when the list would pass its bound (then
+-- nothing changed).
 local vm_key, queue_key, pool_tasks_key, wake_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local hostname, now, task_json, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local max_queued, list_field, max_items, checkout = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]), ARGV[8]
-local seen = redis.call('HMGET', vm_key, 'state', 'checkout', 'task', list_field ~= '' and list_field or 'state')
-if seen[1] ~= 'running' or (seen[2] or '') ~= checkout then
+local seen = redis.call('HMGET', vm_key, 'state', 'checkout', 'task', list_field ~= '' and list_field or 'state',
+  'confirm_by')
+if seen[1] ~= 'running' or (seen[2] or '') ~= checkout or seen[5] then -- confirm_by: see vm_modify.lua
   return 0
 end
 local queued = redis.call('LRANGE', queue_key, 0, -1)
