@@ -17,8 +17,8 @@ import redis.connection
 
 from local.redis_server import free_port
 
-__all__ = ["RedisRoundTrips", "clone_failures_by_reason", "emf_documents", "emitted", "eventually", "free_port",
-           "json_lines"]
+__all__ = ["RedisRoundTrips", "clone_failures_by_reason", "counts_by_reason", "emf_documents", "emitted",
+           "eventually", "free_port", "json_lines"]
 
 T = TypeVar("T")
 
@@ -89,10 +89,15 @@ def emitted(documents: list[dict[str, Any]]) -> dict[tuple[str, tuple[str, ...]]
 
 def clone_failures_by_reason(documents: list[dict[str, Any]]) -> dict[str, float]:
     """The CloneFailures counts published with the ``reason`` dimension, by reason."""
+    return counts_by_reason(documents, "CloneFailures")
+
+
+def counts_by_reason(documents: list[dict[str, Any]], metric: str) -> dict[str, float]:
+    """The counts of ``metric`` published with the ``reason`` dimension, by reason."""
     counts: dict[str, float] = {}
     for document in documents:
-        if "reason" in document and "CloneFailures" in document:
-            values = document["CloneFailures"]
+        if "reason" in document and metric in document:
+            values = document[metric]
             counts[document["reason"]] = counts.get(document["reason"], 0) + sum(
                 values if isinstance(values, list) else [values])
     return counts

@@ -5,15 +5,35 @@ fair share of ``task_limit`` atomically, so two passes at once cannot over-clone
 pending record; only then does the clone start, and its task is recorded on the VM. A pass killed
 in between leaves a pending VM without a task, which the pending step times out
 (``CLONE_START_GRACE_SECONDS``). A name that already resolves in DNS is not cloned.
+
+A pool whose clones keep failing (a template or folder that does not exist, vCenter failing
+every clone task or unreachable) backs off instead of starting task_limit clones every pass: once
+``BACKOFF_AFTER_FAILURES`` clones in a row failed it starts none for ``BACKOFF_FIRST_SECONDS``,
+doubling each time up to ``BACKOFF_MAX_SECONDS``, then one at a time, as a probe, until a clone
+ends well or an operator changes the pool's clone settings (template, folder, clone target...).
+The failures stay counted (CloneFailures by reason) and recorded on the VMs.
 """
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
+
 from chalicelib.manager import dns_records
 from chalicelib.manager.context import PassContext
 from chalicelib.manager.hostnames import candidate_names
+from chalicelib.observability import logger
 from chalicelib.providers.base import ProviderError
 from chalicelib.store.ondemand import OnDemandStore
+from chalicelib.store.records import CloneBackoff
+
+BACKOFF_AFTER_FAILURES = 3
+"""Clones failed in a row (no clone ended well between them) before the pool backs off: a random
+failure now and then never slows a pool down."""
+BACKOFF_FIRST_SECONDS = 30.0
+"""How long a pool whose clones keep failing waits before it tries again (then one clone)."""
+BACKOFF_MAX_SECONDS = 600.0
+"""The longest wait between tries of a pool whose clones keep failing."""
 
 
 def repopulate(context: PassContext) -> None:
@@ -21,6 +41,8 @@ def repopulate(context: PassContext) -> None:
     Nothing while the pool's template is being prepared."""
     if context.clones_held:
         return
+    report = context.report
+    failing = note_clone_outcomes(context, len(report.clone_failures), report.clones_finished)
     pool, service, store = context.pool, context.service, context.store
     counts = context.read_counts()
     # On-demand VMs being built here are pending but not the pool's: they do not fill its deficit
@@ -31,11 +53,20 @@ def repopulate(context: PassContext) -> None:
         if context.snapshot.wants_clones:
             store.withdraw_clone_demand(pool.name)
         return
-    # The script never reserves more than the task limit: no need for more names.
-    wanted = min(deficit, service.task_limit)
+    if failing is None:
+        failing = _backoff(context)
+    if context.now < failing.until:
+        report.clones_backed_off_until = failing.until
+        if context.snapshot.wants_clones:
+            store.withdraw_clone_demand(pool.name)  # its share of task_limit goes to other pools
+        return
+    # The script never reserves more than the task limit: no need for more names. A pool backed
+    # off tries one clone (and claims one slot of the task limit, not its share).
+    probing = failing.backoffs > 0
+    wanted = 1 if probing else min(deficit, service.task_limit)
     reserved = store.reserve_clones(
         pool.name, pool.size, service.task_limit, pool.template, pool.domain or "",
-        candidate_names(wanted, service.prefix), context.now, clone_limit=pool.clone_limit or 0,
+        candidate_names(wanted, service.prefix), context.now, clone_limit=1 if probing else pool.clone_limit or 0,
     )
     counts["pending"] += len(reserved)
     context.report.clones_short = deficit - len(reserved)
@@ -62,7 +93,52 @@ def start_clones(context: PassContext, reserved: list[str]) -> None:
         context.store.update_vms({hostname: {"clone_task": task} for hostname, task in tasks.items()})
         report.clones_started.extend(tasks)
         report.clones_running += len(tasks)
-    for hostname, error in started.items():
-        if isinstance(error, ProviderError):
-            report.clone_failures[hostname] = error.failure
-            context.take_out_of_service(hostname, "pending", f"clone failed to start: {error}", failure=error.kind)
+    refused = {hostname: error for hostname, error in started.items() if isinstance(error, ProviderError)}
+    for hostname, error in refused.items():
+        report.clone_failures[hostname] = error.failure
+        context.take_out_of_service(hostname, "pending", f"clone failed to start: {error}", failure=error.kind)
+    if refused:
+        note_clone_outcomes(context, len(refused), 0)
+
+
+def note_clone_outcomes(context: PassContext, failed: int, succeeded: int) -> CloneBackoff | None:
+    """Keep the pool's clone backoff: a clone that ended well clears it, failed clones add to it
+    (and back the pool off once ``BACKOFF_AFTER_FAILURES`` failed in a row). Returns the backoff
+    as it now is, or None when there was nothing to note (and nothing was read)."""
+    if not (failed or succeeded):
+        return None
+    pool = context.pool.name
+    backoff = _backoff(context)
+    if succeeded:
+        if backoff.failed:
+            context.store.set_clone_backoff(pool, CloneBackoff())
+            if backoff.backoffs:
+                logger.info("clones work again", extra={"pool": pool, "failed_in_a_row": backoff.failed})
+        return CloneBackoff()
+    backoff = replace(backoff, failed=backoff.failed + failed, settings=_clone_settings(context))
+    if backoff.failed >= BACKOFF_AFTER_FAILURES:
+        wait = min(BACKOFF_FIRST_SECONDS * 2 ** backoff.backoffs, BACKOFF_MAX_SECONDS)
+        backoff = replace(backoff, backoffs=backoff.backoffs + 1, until=context.now + wait)
+        kinds = sorted({failure.kind.value for failure in context.report.clone_failures.values()})
+        logger.warning("clones keep failing: backing off", extra={
+            "pool": pool, "failed_in_a_row": backoff.failed, "seconds": wait, "reasons": kinds})
+    context.store.set_clone_backoff(pool, backoff)
+    return backoff
+
+
+def _backoff(context: PassContext) -> CloneBackoff:
+    """The pool's backoff, unless an operator changed its clone settings since it began."""
+    backoff = context.store.clone_backoff(context.pool.name)
+    if backoff.failed and backoff.settings != _clone_settings(context):
+        return CloneBackoff()
+    return backoff
+
+
+def _clone_settings(context: PassContext) -> str:
+    """A fingerprint of what the pool's clones depend on (its template, folder, provider and
+    settings, the service's clone target and create_folders), runtime overrides included."""
+    pool, service = context.pool, context.service
+    settings = (pool.template, pool.folder, pool.provider,
+                sorted((key, repr(value)) for key, value in pool.settings.items()),
+                service.clone_target, service.create_folders)
+    return hashlib.sha256(repr(settings).encode()).hexdigest()[:16]

@@ -80,6 +80,10 @@ class PassReport:
     """Clones the pool still lacks after this pass reserved what its share of task_limit allowed."""
     clones_running: int = 0
     """The pool's clone tasks still running when the pass ended (started by it or before)."""
+    clones_finished: int = 0
+    """Clones this pass saw end well (their VM is in the provider)."""
+    clones_backed_off_until: float | None = None
+    """Its clones keep failing: no burst of clones before this time (manager/clones.py)."""
     followups: int = 0
     """Work a pass soon must look at again: disk/snapshot tasks running, requests waiting."""
     provider_calls: int = 0

@@ -42,6 +42,7 @@ def check_pending(context: PassContext) -> None:
     cloning = [record for record in records if record.clone_end is None]
     statuses = context.provider.task_statuses([record.clone_task for record in cloning if record.clone_task])
     finished = [record for record in cloning if _clone_finished(context, record, statuses, ages[record.name])]
+    context.report.clones_finished = len(finished)
     if finished:
         context.store.finish_clones([record.name for record in finished], context.now)
         context.checkpoint("clone_finished")

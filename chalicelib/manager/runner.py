@@ -109,9 +109,12 @@ def run_pool(
                 # The pass stopped where it was; everything it did is consistent. Try again soon.
                 report.failures.append(str(error))
                 report.look_again_in = RETRY_SECONDS
-                logger.warning("reconcile pass failed", extra={"pool": pool_name, "error": str(error)})
+                reason = failure_reason(error)
+                logger.warning("reconcile pass failed", extra={"pool": pool_name, "error": str(error),
+                                                               "reason": reason})
                 emit(pool_name, {metric.RECONCILE_ERRORS: 1})
                 emit(None, {metric.RECONCILE_ERRORS: 1})
+                emit(None, {metric.RECONCILE_ERRORS: 1}, dimensions={"reason": reason})
                 break
             report.passes.append(result)
             _publish(result, result.size)  # the effective size (docs/sizing.md)
@@ -136,6 +139,15 @@ def run_pool(
             report.unreleased_lease = token
             report.look_again_in = RETRY_SECONDS
     return report
+
+
+def failure_reason(error: ProviderError | StoreUnavailable | LeaseLost) -> str:
+    """The ``reason`` of a pass that failed (the ReconcileErrors metric's dimension): the
+    provider's failure kind (a wrong password is ``permission``, vCenter down ``connection``, slow
+    ``timeout``), else ``redis`` or ``lease``."""
+    if isinstance(error, ProviderError):
+        return error.kind.value
+    return "redis" if isinstance(error, StoreUnavailable) else "lease"
 
 
 def check_delay(services: "Services", pool: PoolConfig, result: PassReport) -> float:

@@ -16,6 +16,9 @@ from typing import Callable, Collection, Mapping, Sequence
 from chalicelib.config import PoolConfig
 from chalicelib.providers.failures import Failure, FailureKind
 
+UNREACHABLE = frozenset({FailureKind.CONNECTION, FailureKind.TIMEOUT})
+"""Failures that say the backend cannot be reached now: the next call would fail the same way."""
+
 
 class ProviderError(Exception):
     """The provider could not do what was asked (the backend is down, refused, timed out).
@@ -141,15 +144,23 @@ class Provider(abc.ABC):
     def clone_vms(self, pool: PoolConfig, hostnames: Sequence[str],
                   on_started: Started = nothing_started) -> dict[str, str | ProviderError]:
         """Start the clones of many VMs: hostname -> task ref, or the ProviderError its ``clone``
-        raised (the others are still started); ``on_started`` is called after each clone that
-        started. This default clones one VM at a time; a provider that can start many in one
-        call (the dummy: one Redis round trip) overrides it."""
+        raised (the others are still started, unless the backend could not be reached or timed
+        out: then they are not tried, each failing as ``not started``, so a pass against a hung
+        backend waits one timeout, not one per clone); ``on_started`` is called after each
+        clone that started. This default clones one VM at a time; a provider that can start many
+        in one call (the dummy: one Redis round trip) overrides it."""
         started: dict[str, str | ProviderError] = {}
+        unreachable: ProviderError | None = None
         for hostname in hostnames:
+            if unreachable is not None:
+                started[hostname] = ProviderError(f"not started: {unreachable}", unreachable.kind)
+                continue
             try:
                 started[hostname] = self.clone(pool, hostname)
             except ProviderError as error:
                 started[hostname] = error
+                if error.kind in UNREACHABLE:
+                    unreachable = error
                 continue
             on_started(hostname)
         return started

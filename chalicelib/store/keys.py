@@ -15,6 +15,8 @@ tests/core/test_key_schema.py holds both sides to this.
                                      its value; a reconcile pass increments it before reading the
                                      provider's inventory, to order that read against the changes
     clone_demand             hash    pool -> "<clone slots wanted> <when>" of the pools short of VMs
+    clone_backoff            hash    pool -> "<failed passes in a row> <no burst before>" of the pools
+                                     whose clones keep failing (manager/clones.py)
     pool:<pool>:ready_checked string the template and reset time every ready VM was last checked against
     pool:<pool>:running_due  zset    running VMs, scored by when a pass must next look at one (its
                                      checkout's confirmation deadline, its lifetime's end); may
@@ -126,6 +128,10 @@ class Keys:
     @property
     def clone_demand(self) -> str:
         return f"{self.prefix}clone_demand"
+
+    @property
+    def clone_backoff(self) -> str:
+        return f"{self.prefix}clone_backoff"
 
     def lease(self, pool: str) -> str:
         return f"{self.prefix}lease:{pool}"

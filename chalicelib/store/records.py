@@ -96,3 +96,27 @@ class VMRecord:
 
     def fqdn(self) -> str:
         return f"{self.name}.{self.domain}" if self.domain else self.name
+
+
+@dataclass(frozen=True)
+class CloneBackoff:
+    """A pool whose clones keep failing (manager/clones.py): the clones failed since the last one
+    that ended well, how many times the pool backed off since, until when it waits, and the
+    fingerprint of the pool's clone settings then (an operator's change ends the backoff)."""
+
+    failed: int = 0
+    backoffs: int = 0
+    until: float = 0.0
+    settings: str = ""
+
+    @classmethod
+    def parse(cls, value: str | None) -> "CloneBackoff":
+        """From its stored form; an empty backoff for None or anything unreadable."""
+        try:
+            failed, backoffs, until, settings = str(value).split(" ", 3)
+            return cls(int(failed), int(backoffs), float(until), settings)
+        except ValueError:
+            return cls()
+
+    def dump(self) -> str:
+        return f"{self.failed} {self.backoffs} {self.until!r} {self.settings}"

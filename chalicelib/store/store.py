@@ -22,7 +22,7 @@ import redis
 from chalicelib.config import RedisConfig
 from chalicelib.sizing import demand as demand_history
 from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, STATES, Keys
-from chalicelib.store.records import VMRecord
+from chalicelib.store.records import CloneBackoff, VMRecord
 from chalicelib.store.scripts import KeyList, ScriptCall, Scripts, run_many
 
 DAILY_STATS_TTL_SECONDS = 400 * 24 * 3600
@@ -598,6 +598,21 @@ class Store:
         """The pool is full: it no longer claims a share of the task limit."""
         with _translate_errors():
             self.client.hdel(self.keys.clone_demand, pool)
+
+    def clone_backoff(self, pool: str) -> CloneBackoff:
+        """The pool's clone backoff (manager/clones.py); ``CloneBackoff()`` when its clones are
+        not failing."""
+        with _translate_errors():
+            value = cast("str | None", self.client.hget(self.keys.clone_backoff, pool))
+        return CloneBackoff.parse(value)
+
+    def set_clone_backoff(self, pool: str, backoff: CloneBackoff) -> None:
+        """Record the pool's clone backoff (an empty one clears it)."""
+        with _translate_errors():
+            if backoff.failed:
+                self.client.hset(self.keys.clone_backoff, pool, backoff.dump())
+            else:
+                self.client.hdel(self.keys.clone_backoff, pool)
 
     def update_vm(self, hostname: str, **fields: Any) -> bool:
         """Set fields on an existing record (None deletes a field). False for an unknown VM."""

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from chalicelib.manager.clones import BACKOFF_AFTER_FAILURES
 from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
 from chalicelib.timestamps import day_of
 from tests.harness import Harness, HarnessFactory, Killed, assert_consistent, kill_at_step, run_at_once
@@ -144,16 +145,15 @@ def test_clone_failure_is_recorded_and_frees_its_slot(make_world: HarnessFactory
     world = world_with(make_world, task_limit=1,
                        pools="  - {name: alpha, size: 1, provider: dummy, createvm_fail_percent: 100}")
     failures: list[str] = []
-    for _ in range(5):
+    for _ in range(BACKOFF_AFTER_FAILURES):  # then the pool backs off (test_clone_backoff.py)
         report = world.reconcile("alpha")
-        # Every pass can start a clone: the failed one never keeps the single slot.
-        assert len(report.clones_started) == 1
-        assert world.store.cloning_count() == 1
+        # The failed clone never keeps the single slot: only a clone just started holds it.
+        assert world.store.cloning_count() == len(report.clones_started) == 1
         failures += list(report.clone_failures)
         world.clock.advance(61)
         assert_consistent(world, "alpha")
 
-    assert len(failures) == 4
+    assert len(failures) == BACKOFF_AFTER_FAILURES - 1
     record = world.store.get_vm(failures[0])
     assert record.reason == "clone failed: dummy: clone failed (simulated failure)"
     assert record.state in ("completed", "destroyed")

@@ -68,6 +68,13 @@ def create_vm(provider: VSphereProvider, folder_path: str, name: str, power_on: 
     provider._run(f"create {folder_path}/{name}", create)
 
 
+def create_folder(provider: VSphereProvider, folder_path: str) -> None:
+    """Create the folders of ``folder_path`` (e.g. ``DC0/vm/vmpool/pool-a``) that are missing."""
+    datacenter, _, folder = folder_path.partition("/vm")
+    provider._run(f"create {folder_path}",
+                  lambda connection: inventory.ensure_folder(connection, datacenter, folder.strip("/"), create=True))
+
+
 def delete_vm(provider: VSphereProvider, vm_path: str) -> None:
     """Power off and destroy the VM at an inventory path, waiting for it."""
 

@@ -35,12 +35,21 @@ class VcsimServer:
     port: int = 0
     host_load_per_vm: float = 0.0
     """> 0: hosts report CPU and memory use growing with their powered-on VMs (percent per VM)."""
+    datacenters: int = 1
+    clone_delay: float = 0.0
+    """Seconds each clone task runs before it ends (0: at once)."""
+    method_delays: dict[str, float] = field(default_factory=dict)
+    """SOAP methods slowed down, by name: seconds."""
+    session_idle: float = 0.0
+    """> 0: sessions idle this many seconds expire."""
     url: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
-        self.process, self.url = launcher.start_vcsim(self.port, self.boot_delay, self.cert_path,
-                                                      host_load_per_vm=self.host_load_per_vm)
+        self.process, self.url = launcher.start_vcsim(
+            self.port, self.boot_delay, self.cert_path, datacenters=self.datacenters,
+            host_load_per_vm=self.host_load_per_vm,
+            clone_delay=self.clone_delay, method_delays=self.method_delays, session_idle=self.session_idle)
         self.port = urlparse(self.url).port or 0
 
     def stop(self) -> None:

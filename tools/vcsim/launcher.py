@@ -13,6 +13,7 @@ import selectors
 import subprocess
 import time
 from pathlib import Path
+from typing import Mapping
 
 HERE = Path(__file__).resolve().parent
 BINARY = HERE / "vcsim"
@@ -24,6 +25,9 @@ FOLDERS = ("vmpool",)
 NO_CLONE_FOLDER = "no-clone-permission"
 """Clones into any folder of this name are refused with NoPermission (the user lacks the clone
 privilege there), so permission failures can be tested."""
+FAIL_CLONE_FOLDER = "failing-clones"
+"""Clone tasks into any folder of this name end in error after making the VM (the debris a failed
+clone can leave in vCenter), so clone failures from vCenter's tasks can be tested."""
 
 
 def build() -> Path:
@@ -46,6 +50,9 @@ def start_vcsim(
     password: str = PASSWORD,
     timeout: float = 30.0,
     host_load_per_vm: float = 0.0,
+    clone_delay: float = 0.0,
+    method_delays: Mapping[str, float] | None = None,
+    session_idle: float = 0.0,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start vcsim on ``host:port`` (0 picks a free port) and wait until it serves.
 
@@ -53,6 +60,10 @@ def start_vcsim(
     self-signed certificate is written to ``cert_path`` when given. Raises RuntimeError when it
     does not come up within ``timeout`` seconds. ``host_load_per_vm`` > 0 makes each powered-on
     VM add that percent of its host's CPU and memory to the host's quick stats.
+
+    A bad day in vCenter: ``clone_delay`` seconds each clone task runs (its VM is in the folder
+    meanwhile); ``method_delays`` slows SOAP methods by name (seconds, e.g.
+    ``{"RetrievePropertiesEx": 2}``); ``session_idle`` > 0 expires sessions idle that long.
     """
     binary = build()
     command = [
@@ -69,6 +80,10 @@ def start_vcsim(
         "-username", username,
         "-password", password,
         "-host-load-per-vm", str(host_load_per_vm),
+        "-fail-clone-folder", FAIL_CLONE_FOLDER,
+        "-clone-delay", f"{clone_delay}s",
+        "-session-idle", f"{session_idle}s",
+        "-method-delay", ",".join(f"{name}={round(seconds * 1000)}" for name, seconds in (method_delays or {}).items()),
     ]
     if cert_path is not None:
         command += ["-cert", str(cert_path)]

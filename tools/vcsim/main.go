@@ -6,6 +6,10 @@
 // Clones into a folder named -no-clone-folder are refused with NoPermission, as vCenter refuses
 // a user without the clone privilege there, so permission failures are testable.
 // With -host-load-per-vm, hosts report CPU and memory use that grows with their powered-on VMs.
+// An operator's bad day: -clone-delay keeps each clone task running that long (the VM is in its
+// folder meanwhile, as vCenter shows a VM being cloned), -fail-clone-folder makes clone tasks into
+// folders of that name end in error after the VM was made (the debris a failed clone can leave),
+// -method-delay slows SOAP methods (a slow vCenter), -session-idle expires idle sessions.
 // It prints "VCSIM_URL=<url>" once it is serving, then runs until killed.
 package main
 
@@ -27,6 +31,7 @@ import (
 	"os"
 	"os/signal"
 	"path"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -50,6 +55,12 @@ type templateVM struct{ simulator.VirtualMachine }
 
 // noCloneFolder names the folders clones into which are refused with NoPermission.
 var noCloneFolder string
+
+// failCloneFolder names the folders clones into which end in a task error, leaving the VM made.
+var failCloneFolder string
+
+// cloneDelay is how long a clone task stays queued/running before it ends.
+var cloneDelay time.Duration
 
 func (t *templateVM) CloneVMTask(ctx *simulator.Context, req *types.CloneVM_Task) soap.HasFault {
 	if folder, ok := simulator.Map.Get(req.Folder).(*simulator.Folder); ok && noCloneFolder != "" && folder.Name == noCloneFolder {
@@ -101,7 +112,41 @@ func (t *templateVM) CloneVMTask(ctx *simulator.Context, req *types.CloneVM_Task
 	if req.Spec.PowerOn {
 		clone.PowerOnVMTask(ctx, &types.PowerOnVM_Task{This: ref})
 	}
+	folder, _ := simulator.Map.Get(req.Folder).(*simulator.Folder)
+	failing := folder != nil && failCloneFolder != "" && folder.Name == failCloneFolder
+	if cloneDelay <= 0 && !failing {
+		return res
+	}
+	// The caller follows this task instead: it ends after cloneDelay, in error when failing.
+	late := simulator.CreateTask(t, "cloneVm", func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
+		if failing {
+			return nil, &types.SystemError{Reason: "vcsim: clone failed (-fail-clone-folder)"}
+		}
+		return ref, nil
+	})
+	finish := func() { simulator.Map.WithLock(late, func() { late.Run() }) }
+	if cloneDelay > 0 {
+		go func() { time.Sleep(cloneDelay); finish() }()
+	} else {
+		finish()
+	}
+	body.Res.Returnval = late.Self
 	return res
+}
+
+// methodDelays parses "Method=ms,Method=ms" into the simulator's per-method delays.
+func methodDelays(spec string) map[string]int {
+	delays := map[string]int{}
+	for _, item := range strings.Split(spec, ",") {
+		name, ms, found := strings.Cut(item, "=")
+		if !found {
+			continue
+		}
+		value, err := strconv.Atoi(ms)
+		check(err)
+		delays[name] = value
+	}
+	return delays
 }
 
 // bootLoop gives powered-on VMs guest info once they have been on for bootDelay, and takes it
@@ -268,7 +313,12 @@ func main() {
 	certPath := flag.String("cert", "", "file to write the server's self-signed certificate (PEM) to")
 	flag.StringVar(&noCloneFolder, "no-clone-folder", "", "name of folders that refuse clones with NoPermission")
 	loadPerVM := flag.Float64("host-load-per-vm", 0, "percent of a host's CPU and memory each powered-on VM uses (0: static host stats)")
+	flag.StringVar(&failCloneFolder, "fail-clone-folder", "", "name of folders whose clone tasks end in error (the VM is left)")
+	flag.DurationVar(&cloneDelay, "clone-delay", 0, "how long each clone task runs before it ends")
+	delays := flag.String("method-delay", "", "comma-separated Method=milliseconds delays of SOAP methods")
+	sessionIdle := flag.Duration("session-idle", 0, "idle time after which a session expires (0: never)")
 	flag.Parse()
+	simulator.SessionIdleTimeout = *sessionIdle
 
 	model := simulator.VPX()
 	model.Datacenter, model.Cluster, model.ClusterHost = *dcs, *clusters, *hosts
@@ -282,6 +332,7 @@ func main() {
 	server := model.Service.NewServer()
 
 	setup(context.Background(), server.URL, *template, strings.Split(*folders, ","))
+	model.DelayConfig.MethodDelay = methodDelays(*delays) // after setup: it is not slowed down
 	go bootLoop(*bootDelay, *guestIP)
 	if *loadPerVM > 0 {
 		go loadLoop(*loadPerVM)

@@ -132,6 +132,10 @@ def _start(
     path = template_path(datacenter, pool.template)
     template = inventory.find(connection, path)
     if template is None or not isinstance(template, vim.VirtualMachine):
+        # Looked for only now: the happy path pays no call for it.
+        if not isinstance(inventory.find(connection, datacenter), vim.Datacenter):
+            raise CloneRefused(f"datacenter {datacenter} not found (the pool's or provider's datacenter)",
+                               FailureKind.PLACEMENT)
         raise CloneRefused(f"template {path} not found (vCenter has no VM at that inventory path)",
                            FailureKind.TEMPLATE)
     create_folders = service.create_folders

@@ -1,0 +1,314 @@
+"""An operator's bad day with vCenter, against our simulator: passes killed around a clone, vCenter
+restarted with its state gone, slow, unreachable or refusing our login, a session expired behind
+our back, pools configured wrong, clone tasks failing in a burst.
+
+Manager time is a FakeClock; what waits on the wall clock is the simulator's own timing (clone
+tasks that run ``clone_delay``, guests that boot after ``boot_delay``, idle sessions expiring).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import redis
+
+from chalicelib.clock import FakeClock
+from chalicelib.manager.context import PassReport
+from chalicelib.manager.runner import run_pool
+from chalicelib.providers.base import ProviderError
+from chalicelib.providers.failures import FailureKind
+from chalicelib.providers.vsphere import connection as connections
+from chalicelib.services import Services
+from tests.harness import Harness, HarnessFactory, Killed, assert_consistent
+from tests.support import counts_by_reason, emf_documents, eventually
+from tests.vsphere import admin
+from tests.vsphere.vcsim import DATACENTER, VcsimServer, vcsim_config
+from tools.vcsim import launcher
+
+POOL = "bad-day"
+
+
+def pool_harness(make_harness: HarnessFactory, server: VcsimServer, service: dict[str, Any] | None = None,
+                 provider: dict[str, Any] | None = None, **settings: Any) -> Harness:
+    """A harness of one pool ``POOL`` (tools readiness) in a folder of its own on ``server``."""
+    settings.setdefault("folder", f"vmpool/bad-{secrets.token_hex(4)}")
+    pool = {"name": POOL, "ready_check": "tools", **settings}
+    return make_harness(vcsim_config(server, [pool], service, provider))
+
+
+def in_vcsim(harness: Harness) -> set[str]:
+    return {vm.name for vm in harness.provider.list_vms(harness.pool(POOL))}
+
+
+def converge(harness: Harness, size: int, timeout: float = 20) -> list[ProviderError]:
+    """Passes a minute apart on the fake clock until the pool has ``size`` ready VMs and nothing in
+    flight (the simulator's clones and boots end on its own clock); the passes that failed, as the
+    runner would have reported them."""
+    failed: list[ProviderError] = []
+
+    def converged() -> bool:
+        harness.clock.advance(60)
+        try:
+            harness.reconcile(POOL)
+        except ProviderError as error:
+            failed.append(error)
+            return False
+        counts = harness.store.counts([POOL])[POOL]
+        return (counts["ready"], counts["pending"], counts["completed"]) == (size, 0, 0)
+
+    eventually(converged, timeout, f"{size} VMs ready and nothing in flight", interval=0.2)
+    assert in_vcsim(harness) == harness.hosts(POOL, "ready")
+    assert harness.store.cloning_count() == 0
+    assert_consistent(harness, POOL, pass_completed=False)  # the folder is compared above
+    return failed
+
+
+@pytest.fixture
+def slow_clones(vcsim_dir: Path) -> Iterator[VcsimServer]:
+    """A simulator whose clone tasks run 1 s (the VM is in its folder meanwhile)."""
+    server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"slow-{secrets.token_hex(3)}.pem", clone_delay=1.0)
+    server.start()
+    yield server
+    server.stop()
+
+
+# --- 1. a pass killed around a clone's start ----------------------------------------------------
+
+
+@pytest.mark.parametrize("killed_at", ["clone_started", "done"])
+def test_a_pass_killed_around_a_clone_start_leaks_and_doubles_nothing(
+        slow_clones: VcsimServer, make_harness: HarnessFactory, killed_at: str) -> None:
+    """``clone_started``: the first clone runs in vCenter but its task is not in Redis, the second
+    never started. ``done``: both tasks recorded, still running when the pass dies."""
+    harness = pool_harness(make_harness, slow_clones, size=2, service={"task_limit": 2})
+
+    def kill(step: str) -> None:
+        if step == killed_at:
+            raise Killed(step)
+
+    with pytest.raises(Killed):
+        harness.reconcile(POOL, kill)
+    assert len(in_vcsim(harness)) == (1 if killed_at == "clone_started" else 2)
+    converge(harness, 2)
+
+
+# --- 2. vCenter restarted, its state gone ---------------------------------------------------------
+
+
+def test_vcsim_restarted_empty_drops_ready_vms_and_tells_the_user_of_a_vanished_one(
+        private_vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
+    harness = pool_harness(make_harness, private_vcsim, size=2)
+    assert converge(harness, 2) == []
+    taken = harness.checkout(POOL)
+    before = harness.hosts(POOL, "ready")
+    private_vcsim.stop()
+    private_vcsim.start()  # a fresh inventory: every VM vanished
+    failed = converge(harness, 2)
+    # At most the first pass, on the socket the old process closed, fails (and says why).
+    assert [error.kind for error in failed] in ([], [FailureKind.CONNECTION]), failed
+    assert not harness.hosts(POOL, "ready") & before
+    assert harness.describe(taken)["state"] == "destroyed"
+    assert taken not in harness.checkout_vms(POOL, 2)
+
+
+def test_vcsim_restarted_empty_with_clones_in_flight_fails_them_honestly_and_refills(
+        slow_clones: VcsimServer, make_harness: HarnessFactory) -> None:
+    harness = pool_harness(make_harness, slow_clones, size=2, service={"task_limit": 2})
+    in_flight = set(harness.reconcile(POOL).clones_started)
+    slow_clones.stop()
+    slow_clones.start()  # the clone tasks and their VMs are gone
+    converge(harness, 2)
+    for name in in_flight:
+        record = harness.store.get_vm(name)
+        assert record is not None and record.state == "destroyed" and "no VM" in (record.reason or ""), record
+
+
+# --- 3. vCenter slow, unreachable, refusing us, our session expired -------------------------------
+
+
+def test_wrong_password_fails_each_pass_as_a_permission_error_and_never_shows_it(
+        vcsim: VcsimServer, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    secret = "wrong-but-secret-4711"
+    config = vcsim_config(vcsim, [{"name": POOL, "size": 2, "folder": "vmpool/wrong-password"}],
+                          provider={"password": secret, "server": f"localhost:{vcsim.port}"})
+    services = Services(config, redis_client, FakeClock())
+    caplog.set_level(logging.DEBUG)
+    reports = [run_pool(services, POOL, 0.0) for _ in range(2)]
+    assert all(report.failures and "refused the login" in report.failures[0] for report in reports)
+    assert counts_by_reason(emf_documents(capsys.readouterr().out), "ReconcileErrors") == {"permission": 2}
+    assert secret not in caplog.text and all(secret not in failure for report in reports for failure in report.failures)
+
+
+def test_a_slow_vcenter_ends_the_pass_as_a_timeout_and_the_api_serves_ready_vms(
+        vcsim_dir: Path, make_harness: HarnessFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / "slow-calls.pem")
+    server.start()
+    try:
+        harness = pool_harness(make_harness, server, size=1, provider={"call_timeout": 1})
+        converge(harness, 1)
+        server.stop()
+        server.method_delays = {"RetrievePropertiesEx": 2.0}  # every inventory read outlasts call_timeout
+        server.start()
+        # A fresh container's connection: the dead socket a restart leaves is another test's subject.
+        connections.drop(harness.provider.endpoint)
+        report = run_pool(harness.services, POOL, 0.0)
+        assert report.failures and "timed out" in report.failures[0]
+        assert counts_by_reason(emf_documents(capsys.readouterr().out), "ReconcileErrors") == {"timeout": 1}
+        # The VM vanished with the restart, but the API does not ask vCenter: it still hands it out.
+        assert harness.checkout(POOL)
+    finally:
+        server.stop()
+
+
+def test_a_vcenter_address_that_accepts_but_never_answers_fails_the_pass_as_a_timeout(
+        vcsim: VcsimServer, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]) -> None:
+    """A port that takes connections and says nothing (a stuck load balancer, a half-dead
+    vCenter): the pass ends after connect_timeout with a typed failure, it does not hang."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshakes; nobody ever reads
+        config = vcsim_config(vcsim, [{"name": POOL, "size": 1, "folder": "vmpool/silent"}],
+                              provider={"server": f"127.0.0.1:{silent.getsockname()[1]}", "connect_timeout": 1})
+        report = run_pool(Services(config, redis_client, FakeClock()), POOL, 0.0)
+    assert report.failures and "timed out" in report.failures[0]
+    assert counts_by_reason(emf_documents(capsys.readouterr().out), "ReconcileErrors") == {"timeout": 1}
+
+
+def test_a_hung_vcenter_costs_a_pass_one_call_timeout_not_one_per_clone(
+        vcsim_dir: Path, make_harness: HarnessFactory) -> None:
+    """vCenter answers the inventory but hangs on clones (as behind a firewall dropping its
+    port mid-pass, or overloaded): the first clone's timeout tells the pass the others would
+    wait as long; they are not sent."""
+    server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / "hung.pem", method_delays={"CloneVM_Task": 1.5})
+    server.start()
+    try:
+        harness = pool_harness(make_harness, server, size=3, service={"task_limit": 3}, provider={"call_timeout": 1})
+        report = harness.reconcile(POOL)
+        failures = list(report.clone_failures.values())
+        assert [failure.kind for failure in failures] == [FailureKind.TIMEOUT] * 3
+        waited = [failure for failure in failures if not failure.message.startswith("not started: ")]
+        assert len(waited) == 1 and "timed out" in waited[0].message, failures
+    finally:
+        server.stop()
+
+
+def test_an_expired_session_logs_in_again_without_showing_the_password(
+        vcsim_dir: Path, make_harness: HarnessFactory, caplog: pytest.LogCaptureFixture) -> None:
+    server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / "idle.pem", session_idle=0.5)
+    server.start()
+    try:
+        harness = pool_harness(make_harness, server, size=1)
+        caplog.set_level(logging.DEBUG)
+        harness.reconcile(POOL)
+        time.sleep(1.2)  # vcsim's own clock: our session, idle for longer than 0.5 s, is gone
+        converge(harness, 1)
+        assert "logging in again" in caplog.text
+        assert launcher.PASSWORD not in caplog.text
+    finally:
+        server.stop()
+
+
+# --- 4. and 5. clones that fail: configured wrong, or failing in vCenter ------------------------------
+
+
+def passes_for(harness: Harness, minutes: int) -> list[PassReport]:
+    """Passes every 10 s for ``minutes`` (fake clock)."""
+    reports = []
+    for _ in range(minutes * 6):
+        reports.append(harness.reconcile(POOL))
+        harness.clock.advance(10)
+    return reports
+
+
+def failure_kinds(reports: list[PassReport]) -> set[str]:
+    return {failure.kind.value for report in reports for failure in report.clone_failures.values()}
+
+
+@pytest.mark.parametrize(("settings", "service", "reason", "named"), [
+    ({"template": "templates/no-such-template"}, {}, "template",
+     "template DC0/vm/templates/no-such-template not found"),
+    ({"folder": "vmpool/never-made"}, {"create_folders": False}, "placement",
+     "folder DC0/vm/vmpool/never-made not found (set create_folders: true to create it)"),
+    ({"datastore": "NoSuchDS"}, {}, "placement", "datastore DC0/datastore/NoSuchDS not found"),
+    ({"clone_target": "NoSuchCluster"}, {}, "placement", "clone_target DC0/host/NoSuchCluster not found"),
+    ({"datacenter": "DC9"}, {}, "placement", "datacenter DC9 not found"),
+])
+def test_a_misconfigured_pool_backs_off_instead_of_a_clone_storm(
+        vcsim: VcsimServer, make_harness: HarnessFactory, settings: dict[str, str], service: dict[str, Any],
+        reason: str, named: str) -> None:
+    harness = pool_harness(make_harness, vcsim, size=4, service={"task_limit": 4, **service}, **settings)
+    reports = passes_for(harness, 5)
+    started = [len(report.clones_started) for report in reports]
+    # Not 30 passes x 4 clones: after the first burst failed, one clone now and then, less often.
+    assert started[0] == 4 and max(started[1:]) == 1, started
+    assert 2 <= sum(started[1:]) <= 4, started
+    assert failure_kinds(reports) == {reason}
+    # GET /vm of a failed VM names what to fix.
+    failed = next(name for report in reports for name in report.clone_failures)
+    record = harness.store.get_vm(failed)
+    assert record is not None and named in (record.reason or ""), record
+    assert in_vcsim(harness) == set()
+
+
+def test_once_the_operator_makes_the_folder_the_backed_off_pool_fills(
+        vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
+    folder = f"vmpool/bad-{secrets.token_hex(4)}"
+    harness = pool_harness(make_harness, vcsim, size=3, service={"task_limit": 3, "create_folders": False},
+                           folder=folder)
+    passes_for(harness, 3)
+    admin.create_folder(harness.provider, f"{DATACENTER}/vm/{folder}")
+    assert converge(harness, 3) == []
+
+
+def test_a_burst_of_failed_clone_tasks_is_cleaned_up_counted_and_bounded(
+        vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
+    folder = f"vmpool/bad-{secrets.token_hex(4)}/{launcher.FAIL_CLONE_FOLDER}"
+    harness = pool_harness(make_harness, vcsim, size=5, service={"task_limit": 3}, folder=folder)
+    first = harness.reconcile(POOL)
+    assert len(first.clones_started) == 3
+    assert len(in_vcsim(harness)) == 3  # vCenter made the VMs, then failed their tasks
+    in_flight = []
+    reports = []
+    for _ in range(12):
+        harness.clock.advance(10)
+        reports.append(harness.reconcile(POOL))
+        in_flight.append(harness.store.cloning_count())
+    assert max(in_flight) <= 3
+    assert failure_kinds(reports) == {"other"}
+    assert set(first.clones_started) <= {name for report in reports for name in report.clone_failures}
+    debris = set(first.clones_started)
+
+    def debris_destroyed() -> bool:
+        harness.reconcile(POOL)
+        return not debris & in_vcsim(harness)
+
+    eventually(debris_destroyed, 10, "the failed clones' VMs to be destroyed in vCenter")
+    assert all(harness.state_of(name) == "destroyed" for name in debris)
+
+
+# --- 4. two datacenters ------------------------------------------------------------------------------
+
+
+def test_two_datacenters_with_the_same_folder_keep_their_vms_apart(
+        vcsim_dir: Path, make_harness: HarnessFactory) -> None:
+    server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / "two-dc.pem", datacenters=2)
+    server.start()
+    try:
+        folder = "vmpool/shared-name"
+        harness = pool_harness(make_harness, server, size=1, folder=folder, datacenter="DC1")
+        admin.create_vm(harness.provider, f"{DATACENTER}/vm/{folder}", "dc0-bystander")
+        converge(harness, 1)
+        for _ in range(3):
+            harness.reconcile(POOL)
+        assert admin.exists(harness.provider, f"{DATACENTER}/vm/{folder}/dc0-bystander")
+        (vm,) = harness.hosts(POOL, "ready")
+        assert admin.exists(harness.provider, f"DC1/vm/{folder}/{vm}")
+    finally:
+        server.stop()
