@@ -26,6 +26,10 @@ import threading
 import traceback
 from multiprocessing.context import ForkProcess
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from local.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE_DIR = Path(os.environ.get("VMPOOL_STATE_DIR") or ROOT / ".run")
@@ -175,6 +179,21 @@ def _check_config() -> int:
     return 0
 
 
+def _restart_if_gone(redis_server: "RedisServer") -> None:
+    """Start the stack's redis-server again, on its port and data, if it has died (a crash, a
+    ``kill -9``, the OOM killer): its append-only file holds every write it acknowledged, so the
+    service resumes where it was instead of answering 503 until someone restarts `make run`."""
+    process = redis_server.process  # None after a failed start: try again
+    if process is not None and process.poll() is None:
+        return
+    code = "?" if process is None else process.returncode
+    print(f"vmpool: redis-server exited ({code}); starting it again", file=sys.stderr, flush=True)
+    try:
+        redis_server.start()
+    except RuntimeError as error:  # its port taken meanwhile, its data unreadable: try again shortly
+        print(f"vmpool: {error}; trying again", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
@@ -254,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             if not front.is_alive():
                 print("the HTTP server stopped; stopping", file=sys.stderr)
                 return 1
+            _restart_if_gone(redis_server)
         return 0
     except KeyboardInterrupt:
         return 0

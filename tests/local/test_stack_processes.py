@@ -117,3 +117,25 @@ def test_a_bad_config_is_refused_before_anything_starts(tmp_path: Path) -> None:
     assert "size" in run.stderr and "Traceback" not in run.stderr, run.stderr
     assert "redis on port" not in run.stdout
     assert refuses_connections(redis_port) and refuses_connections(port)
+
+
+@pytest.mark.slow
+def test_a_killed_redis_server_is_started_again_with_everything_it_acknowledged(tmp_path: Path) -> None:
+    """`kill -9` of the stack's redis-server (a crash, the OOM killer): the stack starts it again
+    on its port and data, and the service carries on where it was; before, every request
+    answered 503 until someone restarted `make run`."""
+    with local_stack(tmp_path, CONFIG, workers=1, interval=0.5) as stack:
+        wait_for(lambda: call("POST", f"{stack.api}/vm/proc-debian")[0] == 200, 30, "a first checkout")
+        assert call("GET", f"{stack.api}/status")[1]["pools"]["proc-debian"]["running"] == 1
+        redis_pid = next(pid for pid in descendants(stack.process.pid)
+                         if b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes())
+        os.kill(redis_pid, signal.SIGKILL)
+        wait_for(lambda: not alive(redis_pid), 10, "redis-server to die")
+
+        # Served again, the VM checked out before the crash still its user's and not handed out again.
+        wait_for(lambda: call("GET", f"{stack.api}/status")[0] == 200, 30, "the service to answer again",
+                 lambda: stack.log())
+        assert call("GET", f"{stack.api}/status")[1]["pools"]["proc-debian"]["running"] == 1
+        wait_for(lambda: call("POST", f"{stack.api}/vm/proc-debian")[0] == 200, 30, "a checkout after the crash")
+        assert stack.process.poll() is None
+        assert "redis-server exited" in stack.log()
