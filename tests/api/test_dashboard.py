@@ -4,7 +4,10 @@ tests/core/test_dashboard_browser.py."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import re
 from typing import Callable
 
 import pytest
@@ -71,6 +74,43 @@ def test_dashboard_page_is_one_self_contained_document(dash: Harness, path: str)
     assert "<script src" not in text and "<link" not in text and "@import" not in text
     assert "/*SCRIPT*/" not in text and "function renderPools" in text
     assert "/*STYLE*/" not in text and ".pools" in text
+
+
+def test_dashboard_headers_let_only_its_own_script_and_style_run(dash: Harness) -> None:
+    """Should a caller's text ever reach the page as markup, the browser runs none of it: the
+    policy names the page's one script and one stylesheet by hash (no 'unsafe-inline', which
+    would run an injected ``<script>`` or ``onerror=``), and no other site may frame the page."""
+    page = raw_get("/dashboard/")
+    text = page.raw.decode()
+    policy = dict(part.strip().split(" ", 1) for part in page.headers["Content-Security-Policy"].split(";"))
+    assert "'unsafe-inline'" not in page.headers["Content-Security-Policy"]
+    scripts = re.findall(r"<script>(.*?)</script>", text, re.S)
+    styles = re.findall(r"<style>(.*?)</style>", text, re.S)
+    assert len(scripts) == len(styles) == 1
+    assert policy["script-src"] == sha256_source(scripts[0]) and policy["style-src"] == sha256_source(styles[0])
+    assert policy["default-src"] == policy["base-uri"] == policy["frame-ancestors"] == "'none'"
+    assert page.headers["X-Frame-Options"] == "DENY" and page.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def sha256_source(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+SCRIPT = "<script>document.title='pwned'</script>"
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", "/api/v3/vm/%3Cscript%3Ealert(1)%3C%2Fscript%3E", b""),
+    ("POST", "/api/v3/vm", json.dumps({SCRIPT: 1}).encode()),
+    ("POST", "/api/v3/ondemandvm", json.dumps({SCRIPT: 1}).encode()),
+    ("GET", "/dashboard/stats/history?hours=%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E", b""),
+    ("GET", "/dashboard/%3Cscript%3E", b""),
+])
+def test_answers_echoing_hostile_input_are_json_never_html(dash: Harness, method: str, path: str,
+                                                           body: bytes) -> None:
+    status, headers, raw = Gateway(app.app)(method, path, {}, body, "127.0.0.1")
+    assert status >= 400 and headers["Content-Type"] == "application/json"
+    assert json.loads(raw)["ok"] is False
 
 
 def test_root_redirect_keeps_the_api_gateway_stage(dash: Harness) -> None:
