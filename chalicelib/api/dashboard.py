@@ -63,8 +63,10 @@ def _template() -> tuple[str, str]:
 
 def home(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /: to the dashboard, as vmpooler. Under the stage the client used (``/prod/``): API
-    Gateway's request context has it, the routed path does not."""
-    return ApiResponse(302, {"ok": True}, {"Location": request.context_path.rstrip("/") + "/dashboard/"})
+    Gateway's request context has it, the routed path does not. Its leading slashes collapsed: a
+    Location of ``//host/dashboard/`` would send the browser to another site."""
+    stage = request.context_path.strip("/")
+    return ApiResponse(302, {"ok": True}, {"Location": ("/" + stage if stage else "") + "/dashboard/"})
 
 
 def healthcheck(services: Services, request: ApiRequest) -> ApiResponse:

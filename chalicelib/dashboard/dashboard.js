@@ -1,7 +1,9 @@
 "use strict";
 // The dashboard: polls the API and redraws in place. No framework, no external files.
 (function () {
-  var BASE = location.pathname.replace(/\/dashboard\/?(index\.html)?$/, "");
+  // The API's prefix (API Gateway's stage), from the page's own path. Leading slashes collapsed:
+  // "//host/dashboard/" would make "//host" a prefix, and every link and fetch another site's.
+  var BASE = location.pathname.replace(/^\/+/, "/").replace(/\/dashboard\/?(index\.html)?$/, "");
   var STATUS_EVERY = 5000, HISTORY_EVERY = 30000, SUMMARY_EVERY = 60000, STALE_AFTER = 20000;
   var state = { status: null, summary: null, history: null, hours: 1, lastOk: 0, failing: false };
   var $ = function (id) { return document.getElementById(id); };

@@ -8,7 +8,7 @@ import base64
 import hashlib
 import json
 import re
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -113,15 +113,25 @@ def test_answers_echoing_hostile_input_are_json_never_html(dash: Harness, method
     assert json.loads(raw)["ok"] is False
 
 
-def test_root_redirect_keeps_the_api_gateway_stage(dash: Harness) -> None:
-    event = {"resource": "/", "path": "/", "httpMethod": "GET", "headers": {}, "multiValueHeaders": {},
-             "queryStringParameters": None, "multiValueQueryStringParameters": None, "pathParameters": None,
-             "stageVariables": None, "body": None, "isBase64Encoded": False,
-             "requestContext": {"resourcePath": "/", "httpMethod": "GET", "requestId": "r1", "path": "/prod/",
-                                "stage": "prod", "identity": {"sourceIp": "192.0.2.1"}}}
-    response = app.app(event, None)
+def root_event(context_path: str) -> dict[str, Any]:
+    """API Gateway's event for GET / as the client sent it to ``context_path``."""
+    return {"resource": "/", "path": "/", "httpMethod": "GET", "headers": {}, "multiValueHeaders": {},
+            "queryStringParameters": None, "multiValueQueryStringParameters": None, "pathParameters": None,
+            "stageVariables": None, "body": None, "isBase64Encoded": False,
+            "requestContext": {"resourcePath": "/", "httpMethod": "GET", "requestId": "r1", "path": context_path,
+                               "stage": "prod", "identity": {"sourceIp": "192.0.2.1"}}}
+
+
+@pytest.mark.parametrize(("context_path", "location"), [
+    ("/prod/", "/prod/dashboard/"),
+    ("/", "/dashboard/"),
+    # Not to another site (a protocol-relative Location), whatever path reaches the handler.
+    ("//evil.example/", "/evil.example/dashboard/"),
+])
+def test_root_redirect_keeps_the_api_gateway_stage(dash: Harness, context_path: str, location: str) -> None:
+    response = app.app(root_event(context_path), None)
     assert response["statusCode"] == 302
-    assert response["headers"]["Location"] == "/prod/dashboard/"
+    assert response["headers"]["Location"] == location
 
 
 def test_vmpooler_pool_feed_in_its_shape_with_history(dash: Harness) -> None:

@@ -43,12 +43,13 @@ CHROMIUM = shutil.which("chromium")
 
 
 @contextmanager
-def local_stack(tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """The local stack on a free port: (its base URL, its Redis port). Stopped with Ctrl-C."""
+def local_stack(tmp_path: Path, config: str = CONFIG) -> Iterator[tuple[str, int]]:
+    """The local stack serving ``config`` on a free port: (its base URL, its Redis port). Stopped
+    with Ctrl-C."""
     port = free_port()
     log_path = tmp_path / "stack.log"
     with log_path.open("w") as log:
-        stack = launch(CONFIG, tmp_path, port, log, "--workers", "1", "--interval", "5")
+        stack = launch(config, tmp_path, port, log, "--workers", "1", "--interval", "5")
     try:
         banner = wait_for(lambda: re.search(r"redis on port (\d+)", log_path.read_text()), 20, "the stack to start")
         yield f"http://127.0.0.1:{port}", int(banner.group(1))
@@ -77,6 +78,7 @@ class PoolRows(HTMLParser):
     and how many points each line of the history graph has, from the DOM."""
 
     TEXT_OF = ("site-name", "alerts", "health")
+    ROW_TEXTS = ("size-reason", "aliases")
 
     def __init__(self) -> None:
         super().__init__()
@@ -95,7 +97,7 @@ class PoolRows(HTMLParser):
             self._row = {"classes": classes}
             self.rows[attributes.get("data-pool") or ""] = self._row
         elif self._row is not None:
-            self._field = next((f for f in ("ready", "size", "pending", "running", "size-reason")
+            self._field = next((f for f in ("ready", "size", "pending", "running", *self.ROW_TEXTS)
                                 if f in classes), None)
         if tag == "polyline" and attributes.get("data-points"):
             self.graph_points[classes[0]] = int(attributes["data-points"] or 0)
@@ -115,7 +117,7 @@ class PoolRows(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         if self._row is not None and self._field:
-            self._row[self._field] = data if self._field == "size-reason" else int(data)
+            self._row[self._field] = data if self._field in self.ROW_TEXTS else int(data)
             self._field = None
         if self._capture:
             self.texts[self._capture] += data
