@@ -4,8 +4,9 @@ Starts a private redis-server (its own port and data dir), serves the Chalice ap
 http://127.0.0.1:$PORT with gunicorn and uvicorn (``local.http_front``: a worker process per
 core, each running a few event loops on their own threads, each loop serving one request at a
 time), and runs every pool's reconcile on a timer. Ctrl-C
-stops all of it; so does killing this process (its children die with it). One stack per state directory: a
-second one on the same directory refuses to start.
+stops all of it; so does killing this process (its children die with it). A redis-server or HTTP
+front that dies is started again. One stack per state directory: a second one on the same
+directory refuses to start.
 
     python -m local.run [--port 8000] [--workers N] [--threads N] [--config FILE] [--provider dummy|vcsim]
 
@@ -23,10 +24,11 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import traceback
-from multiprocessing.context import ForkProcess
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from local.redis_server import RedisServer
@@ -179,6 +181,22 @@ def _check_config() -> int:
     return 0
 
 
+FRONT_STEADY_SECONDS = float(os.environ.get("VMPOOL_FRONT_STEADY_SECONDS", "30"))
+"""An HTTP front that dies sooner than this after it started is not started again (its port
+taken, a broken install): the stack stops and says so instead of restarting it in a loop."""
+
+
+def _start_front(method: str, port: int, workers: int, threads: int) -> tuple[BaseProcess, Any]:
+    """The HTTP front's process (gunicorn's arbiter) started by ``method`` (fork or spawn), and the
+    semaphore each of its workers releases once it serves."""
+    context: Any = multiprocessing.get_context(method)  # typeshed's BaseContext lacks Process
+    ready = context.Semaphore(0)
+    front: BaseProcess = context.Process(target=_serve_http, name="vmpool-http",
+                                         args=(port, workers, threads, os.getpid(), ready))
+    front.start()
+    return front, ready
+
+
 def _restart_if_gone(redis_server: "RedisServer") -> None:
     """Start the stack's redis-server again, on its port and data, if it has died (a crash, a
     ``kill -9``, the OOM killer): its append-only file holds every write it acknowledged, so the
@@ -233,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")
 
-    front: ForkProcess | None = None
+    front: BaseProcess | None = None
     workers = max(args.workers, 1)
     scheduler = None
     stop = threading.Event()
@@ -252,11 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         _require_free_port(args.port)
         # Forked before the scheduler's threads exist: the front's processes inherit none.
-        context = multiprocessing.get_context("fork")
-        ready = context.Semaphore(0)
-        front = context.Process(target=_serve_http, name="vmpool-http",
-                                args=(args.port, workers, max(args.threads, 1), os.getpid(), ready))
-        front.start()
+        front, ready = _start_front("fork", args.port, workers, max(args.threads, 1))
+        front_started = time.monotonic()
         for _ in range(workers):
             if not ready.acquire(timeout=30):
                 print(f"the HTTP workers did not start on port {args.port}", file=sys.stderr)
@@ -271,8 +286,15 @@ def main(argv: list[str] | None = None) -> int:
               f"redis on port {redis_server.port}; pools: {pools}. Ctrl-C stops.", flush=True)
         while not stop.wait(0.5):
             if not front.is_alive():
-                print("the HTTP server stopped; stopping", file=sys.stderr)
-                return 1
+                if time.monotonic() - front_started < FRONT_STEADY_SECONDS:
+                    print("the HTTP server stopped right after it started; stopping", file=sys.stderr)
+                    return 1
+                print(f"vmpool: the HTTP server stopped ({front.exitcode}); starting it again",
+                      file=sys.stderr, flush=True)
+                # A fresh interpreter, not a fork: this process runs the scheduler's threads now,
+                # and a fork would copy whatever locks they hold.
+                front, _ = _start_front("spawn", args.port, workers, max(args.threads, 1))
+                front_started = time.monotonic()
             _restart_if_gone(redis_server)
         return 0
     except KeyboardInterrupt:

@@ -50,7 +50,7 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
                 "running": counts[pool.name]["running"],
                 "pending": counts[pool.name]["pending"],
                 "max": sizes[pool.name].size,
-                "lastBoot": last_boots.get(pool.name, ""),
+                "lastBoot": last_boots.get(pool.name),  # null if never, as vmpooler shows it
                 "size_reason": sizes[pool.name].reason,
             }
             if pool.alias:

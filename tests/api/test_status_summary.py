@@ -42,6 +42,12 @@ def test_status_shows_every_section_sorted(full: Harness) -> None:
     assert "empty" not in body["status"]
 
 
+def test_a_pool_that_never_booted_a_vm_shows_last_boot_null(stack: Harness) -> None:
+    # vmpooler shows null (its lastboot hash has no field); "" is no time either, but a client
+    # checking for null would read it as one.
+    assert stack.get("/api/v3/status").json["pools"]["pool1"]["lastBoot"] is None
+
+
 def test_status_names_empty_pools(stack: Harness) -> None:
     stack.fill("pool1", "pool2")
     status = stack.get("/api/v3/status").json["status"]

@@ -14,6 +14,7 @@ import pytest
 
 from tests.local.stack import (
     REPO_ROOT,
+    RunningStack,
     alive,
     call,
     descendants,
@@ -76,21 +77,40 @@ def test_a_second_stack_on_the_same_state_directory_refuses_before_starting_anyt
         assert call("GET", f"{first.api}/status")[0] == 200  # the first one is untouched
 
 
+def http_arbiter(stack: RunningStack) -> int:
+    """The pid of the stack's gunicorn arbiter (its child that is not redis-server)."""
+    parents = process_parents()
+    return next(pid for pid in descendants(stack.process.pid) if parents.get(pid) == stack.process.pid
+                and b"redis-server" not in Path(f"/proc/{pid}/cmdline").read_bytes())
+
+
 @pytest.mark.slow
-def test_a_killed_http_server_stops_the_stack(tmp_path: Path) -> None:
-    """The arbiter SIGKILLed: its workers exit (they watch their parent), and the stack says so
-    and stops instead of running its scheduler with nothing serving."""
-    with local_stack(tmp_path, CONFIG, workers=2) as stack:
-        children = descendants(stack.process.pid)
-        parents = process_parents()
-        arbiter = next(pid for pid in children if parents.get(pid) == stack.process.pid
-                       and b"redis-server" not in Path(f"/proc/{pid}/cmdline").read_bytes())
+def test_a_killed_http_server_is_started_again(tmp_path: Path) -> None:
+    """The arbiter SIGKILLed: its workers exit (they watch their parent), and the stack starts a
+    new HTTP front on the same port; before, the whole stack stopped (exit 1) until someone ran
+    `make run` again."""
+    with local_stack(tmp_path, CONFIG, workers=2, env={"VMPOOL_FRONT_STEADY_SECONDS": "0"}) as stack:
+        arbiter = http_arbiter(stack)
         workers = descendants(arbiter)
         assert len(workers) == 2, workers
         os.kill(arbiter, signal.SIGKILL)
+        wait_for(lambda: not any(alive(pid) for pid in workers), 20, "the old workers to stop")
+        wait_for(lambda: http_arbiter(stack) != arbiter and call("GET", f"{stack.api}/status")[0] == 200,
+                 60, "a new HTTP front to serve", lambda: stack.log())
+        assert stack.process.poll() is None
+        assert "starting it again" in stack.log()
+
+
+@pytest.mark.slow
+def test_an_http_server_that_dies_right_after_it_started_stops_the_stack(tmp_path: Path) -> None:
+    """A front that dies within FRONT_STEADY_SECONDS of its start (its port taken, a broken
+    install) is not restarted in a loop: the stack says so and stops, taking its workers along."""
+    with local_stack(tmp_path, CONFIG, workers=2) as stack:
+        children = descendants(stack.process.pid)
+        os.kill(http_arbiter(stack), signal.SIGKILL)
         assert stack.process.wait(30) == 1
         wait_for(lambda: not any(alive(pid) for pid in children), 20, "the stack's children to stop")
-        assert "the HTTP server stopped" in stack.log()
+        assert "the HTTP server stopped right after it started" in stack.log()
         assert refuses_connections(stack.port)
 
 
