@@ -69,21 +69,8 @@ local function move(index)
   end
   redis.call('ZREM', cloning_key, hostname)
   change_seq = change_seq or redis.call('GET', changes_key) or '0'
-  -- One HSET: the caller's fields after the state's own (the caller's value wins, as when each
-  -- was set in turn); then one HDEL of the fields whose value is empty.
-  local set, deleted = {'state', to_state, to_state .. '_at', now, 'change_seq', change_seq}, {}
-  for i = first + 2, first + 1 + 2 * tonumber(ARGV[first + 1]), 2 do
-    if ARGV[i + 1] == '' then
-      deleted[#deleted + 1] = ARGV[i]
-    else
-      set[#set + 1] = ARGV[i]
-      set[#set + 1] = ARGV[i + 1]
-    end
-  end
-  redis.call('HSET', vm_key, unpack(set))
-  if #deleted > 0 then
-    redis.call('HDEL', vm_key, unpack(deleted))
-  end
+  write_fields(vm_key, {'state', to_state, to_state .. '_at', now, 'change_seq', change_seq},
+               first + 2, first + 1 + 2 * tonumber(ARGV[first + 1]))
   if to_state == 'destroyed' then
     redis.call('EXPIRE', vm_key, ttl)
   else

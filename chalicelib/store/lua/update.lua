@@ -7,21 +7,7 @@ for index, vm_key in ipairs(KEYS) do
   local last = first + 2 * tonumber(ARGV[first])
   results[index] = redis.call('EXISTS', vm_key)
   if results[index] == 1 then
-    local set, deleted = {}, {}
-    for i = first + 1, last, 2 do
-      if ARGV[i + 1] == '' then
-        deleted[#deleted + 1] = ARGV[i]
-      else
-        set[#set + 1] = ARGV[i]
-        set[#set + 1] = ARGV[i + 1]
-      end
-    end
-    if #set > 0 then
-      redis.call('HSET', vm_key, unpack(set))
-    end
-    if #deleted > 0 then
-      redis.call('HDEL', vm_key, unpack(deleted))
-    end
+    write_fields(vm_key, {}, first + 1, last)
   end
   first = last + 1
 end
