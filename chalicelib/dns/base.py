@@ -1,6 +1,7 @@
 """The one interface every DNS plugin implements, and the failures it raises."""
 
 import abc
+import ipaddress
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
@@ -47,6 +48,16 @@ class DnsConfig:
     settings: DnsSettings
     """Validated with the plugin's model (``registry.settings_model``); DnsSettings for a class
     vmpool does not ship."""
+
+
+def ipv4_address(what: str, ip: str) -> str:
+    """``ip`` as an A record holds it; DnsRejected when it is not an IPv4 address (a guest may
+    report an IPv6 one, or anything: VMware Tools passes on what the guest says)."""
+    try:
+        return str(ipaddress.IPv4Address(ip))
+    except ValueError:
+        shown = ip if len(ip) <= 40 else ip[:40] + "..."
+        raise DnsRejected(f"{what}: {shown or '(empty)'} is not an IPv4 address") from None
 
 
 class DnsPlugin(abc.ABC):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Optional
 
 from chalicelib.config_fields import Port, Seconds, SecretValue, Str, bounded, one_of
-from chalicelib.dns.base import DnsConfig, DnsPlugin, DnsRejected, DnsSettings, DnsUnavailable
+from chalicelib.dns.base import DnsConfig, DnsPlugin, DnsRejected, DnsSettings, DnsUnavailable, ipv4_address
 
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1", "hmac-md5")
 
@@ -105,27 +105,37 @@ class DynamicDns(DnsPlugin):
         return dns.update.UpdateMessage(self.zone, keyring=self._keyring, keyname=self._key_name,
                                         keyalgorithm=self._algorithm)
 
-    def _name(self, hostname: str) -> Any:
+    def _name(self, what: str, hostname: str) -> Any:
+        """The name as dnspython holds it; DnsRejected (never dnspython's own exceptions, which
+        would end the reconcile pass) when it cannot be a DNS name."""
+        import dns.exception
         import dns.name
 
-        return dns.name.from_text(self.fqdn(hostname))
+        try:
+            return dns.name.from_text(self.fqdn(hostname))
+        except dns.exception.DNSException as error:
+            raise DnsRejected(f"dns {what}: not a valid DNS name ({type(error).__name__})") from None
 
     def create_or_replace(self, hostname: str, ip: str) -> None:
+        what = f"create {self.fqdn(hostname)}"
+        address = ipv4_address(f"dns {what}", ip)
         update = self._update()
-        update.replace(self._name(hostname), self.ttl, "A", ip)
-        self._exchange(f"create {self.fqdn(hostname)}", update)
+        update.replace(self._name(what, hostname), self.ttl, "A", address)
+        self._exchange(what, update)
 
     def delete(self, hostname: str) -> None:
+        what = f"delete {self.fqdn(hostname)}"
         update = self._update()
-        update.delete(self._name(hostname), "A")
-        self._exchange(f"delete {self.fqdn(hostname)}", update)
+        update.delete(self._name(what, hostname), "A")
+        self._exchange(what, update)
 
     def addresses(self, hostname: str) -> list[str]:
         import dns.message
         import dns.rdataclass
         import dns.rdatatype
 
-        name = self._name(hostname)
-        response = self._exchange(f"look up {self.fqdn(hostname)}", dns.message.make_query(name, "A"))
+        what = f"look up {self.fqdn(hostname)}"
+        name = self._name(what, hostname)
+        response = self._exchange(what, dns.message.make_query(name, "A"))
         found = response.get_rrset(response.answer, name, dns.rdataclass.IN, dns.rdatatype.A)
         return [item.address for item in found] if found is not None else []

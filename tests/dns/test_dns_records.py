@@ -200,3 +200,28 @@ def test_a_stale_pass_keeps_the_record_of_a_vm_checked_out_after_its_inventory_r
     assert taken == [host] and world.state_of(host) == "running"
     ip = world.store.get_vm(host).ip  # type: ignore[union-attr]
     assert bind.addresses(f"{host}.{bind.zone}") == [ip]
+
+
+def test_a_vm_reporting_an_address_dns_cannot_hold_stays_pending_and_the_others_become_ready(
+        world: Harness, bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # VMware Tools reports what the guest says: an IPv6-only guest (or a user inside it) gives an
+    # address an A record cannot hold. Before, dnspython's SyntaxError ended every pass of the
+    # pool at that VM: no VM of the pool became ready again.
+    provider_class = type(world.provider)
+    new_vm = provider_class._new_vm
+    made: list[str] = []
+
+    def first_vm_reports_ipv6(self: Any, pool: Any, hostname: str, available_at: float) -> dict[str, Any]:
+        vm = new_vm(self, pool, hostname, available_at)
+        if not made:
+            vm["ip"] = "fe80::1"
+        made.append(hostname)
+        return vm
+
+    monkeypatch.setattr(provider_class, "_new_vm", first_vm_reports_ipv6)
+    world.passes("dns", 3)
+    odd = made[0]
+    assert set(ready_vms(world)) == set(made[1:]) and len(made) == 2
+    assert world.hosts("dns", "pending") == {odd}
+    reason = world.store.get_vm(odd).not_ready_reason  # type: ignore[union-attr]
+    assert reason == f"DNS record not created: dns create {odd}.{bind.zone}: fe80::1 is not an IPv4 address"
