@@ -28,12 +28,12 @@ reaches it: chaos tests kill the pass there, and the runner renews its lease the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, TypeVar
 
 from chalicelib import observability as metric
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ServiceConfig
-from chalicelib.dns.base import DnsError, DnsPlugin
+from chalicelib.dns.base import DnsError, DnsPlugin, DnsUnavailable
 from chalicelib.manager import inventory_view
 from chalicelib.observability import emit, logger
 from chalicelib.providers.base import InventoryChanges, Provider, VMInfo
@@ -51,6 +51,8 @@ def no_checkpoint(step: str) -> None:
     """The checkpoint of a pass nobody watches."""
     return None
 
+
+T = TypeVar("T")
 
 Step = Callable[["PassContext"], None]
 """One step of a pass: looks at the context, changes the store conditionally, notes it in the report."""
@@ -144,6 +146,8 @@ class PassContext:
     inventory_changes: InventoryChanges | None = None
     """What the provider said changed since that token (None: it keeps no token; names None:
     this pass compares the whole inventory). See inventory_view."""
+    dns_unavailable: DnsUnavailable | None = None
+    """The first time the DNS service did not answer in this pass (``dns_call``)."""
 
     @classmethod
     def read(cls, store: Store, provider: Provider, pool: PoolConfig, clock: Clock, service: ServiceConfig,
@@ -241,6 +245,20 @@ class PassContext:
 
     # --- DNS records (manager/dns_records.py for the pending side) -----------------------------
 
+    def dns_call(self, what: str, call: Callable[[], T]) -> T:
+        """One call of the pool's DNS plugin, unless the DNS service already did not answer in
+        this pass: then that failure again, without waiting for it once more. A paused or
+        unreachable server (each call waits ``timeout``) costs a pass one wait, not one per VM;
+        the VMs it skips keep their reason and the next pass tries again."""
+        if self.dns_unavailable is not None:
+            raise DnsUnavailable(f"{what}: not sent, the DNS service did not answer earlier in this pass "
+                                 f"({self.dns_unavailable})")
+        try:
+            return call()
+        except DnsUnavailable as error:
+            self.dns_unavailable = error
+            raise
+
     def withdraw_dns(self, record: VMRecord | None) -> None:
         """Delete the A record of a VM leaving service, if vmpool created one. A failure is
         recorded on the VM (and retried while it is destroyed); it never holds the destroy."""
@@ -248,7 +266,7 @@ class PassContext:
         if record is None or plugin is None or not record.raw.get("dns_name"):
             return
         try:
-            plugin.delete(record.name)
+            self.dns_call(f"delete {plugin.fqdn(record.name)}", lambda: plugin.delete(record.name))
         except DnsError as error:
             self.dns_failed(record.name, "record deletion", error)
             self.report.errors.append(f"DNS record of {record.name} not deleted: {error}")

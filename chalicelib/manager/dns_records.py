@@ -14,7 +14,8 @@
 The VM's record notes the published name (``dns_name``) *before* the record is created, so a
 pass killed in between still knows to delete it, and records vmpool did not create are never
 deleted. A DNS failure never fails the pass: each is counted (``DnsFailures`` by reason) and
-logged, and the pass goes on with the next VM.
+logged, and the pass goes on with the next VM. Once the DNS service did not answer, the pass
+sends it nothing more (``PassContext.dns_call``): a paused server costs one ``timeout`` a pass.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def name_in_use(context: PassContext, hostname: str) -> str:
     if plugin is None or not plugin.checks_names:
         return ""
     try:
-        found = plugin.addresses(hostname)
+        found = context.dns_call(f"look up {plugin.fqdn(hostname)}", lambda: plugin.addresses(hostname))
     except DnsError as error:
         context.dns_failed(hostname, "lookup", error)
         return ""
@@ -50,16 +51,17 @@ def check_ready(context: PassContext, record: VMRecord, vm: VMInfo) -> Readiness
     plugin = context.dns
     if plugin is None or not plugin.manages_records:
         return context.provider.check_ready(context.pool, vm)
-    if vm.ip and record.raw.get("dns_published") != vm.ip:
+    ip = vm.ip
+    if ip and record.raw.get("dns_published") != ip:
         fqdn = plugin.fqdn(record.name)
         if record.raw.get("dns_name") != fqdn:
             context.store.update_vm(record.name, dns_name=fqdn)  # before the record: never forgotten
         try:
-            plugin.create_or_replace(record.name, vm.ip)
+            context.dns_call(f"create {fqdn}", lambda: plugin.create_or_replace(record.name, ip))
         except DnsError as error:
             context.dns_failed(record.name, "record creation", error)
             return Readiness(False, f"DNS record not created: {error}")
-        context.store.update_vm(record.name, dns_published=vm.ip)
+        context.store.update_vm(record.name, dns_published=ip)
         context.checkpoint("dns_published")
     readiness = context.provider.check_ready(context.pool, vm)
     if readiness.ready and not vm.ip:

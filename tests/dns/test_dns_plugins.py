@@ -93,7 +93,7 @@ def test_route53_refusals_are_typed(route53: tuple[Any, str]) -> None:
     plugin = plugin_for({"dns_class": "route53", "domain": "vms.example.test", "hosted_zone_id": "ZNOSUCHZONE"})
     with pytest.raises(DnsRejected, match="NoSuchHostedZone"):
         plugin.create_or_replace("r53-c", "10.0.0.1")
-    client, zone = route53
+    _, zone = route53
     plugin = plugin_for({"dns_class": "route53", "domain": "vms.example.test", "hosted_zone_id": zone})
     with pytest.raises(DnsRejected, match="fe80::1 is not an IPv4 address"):
         plugin.create_or_replace("r53-c", "fe80::1")
