@@ -261,7 +261,8 @@ class PassContext:
 
     def withdraw_dns(self, record: VMRecord | None) -> None:
         """Delete the A record of a VM leaving service, if vmpool created one. A failure is
-        recorded on the VM (and retried while it is destroyed); it never holds the destroy."""
+        recorded on the VM (and retried while it is destroyed, then by
+        ``dns_records.delete_left_records`` once it is); it never holds the destroy."""
         plugin = self.dns
         if record is None or plugin is None or not record.raw.get("dns_name"):
             return
@@ -271,8 +272,12 @@ class PassContext:
             self.dns_failed(record.name, "record deletion", error)
             self.report.errors.append(f"DNS record of {record.name} not deleted: {error}")
             self.store.update_vm(record.name, dns_error=f"DNS record not deleted: {error}")
+            # Before the VM can be destroyed and forgotten: later passes delete the record.
+            self.store.note_dns_left(self.pool.name, record.name, self.now)
             return
         self.store.update_vm(record.name, dns_name=None, dns_published=None, dns_error=None)
+        if record.raw.get("dns_error"):
+            self.store.forget_dns_left(self.pool.name, [record.name])
         self.checkpoint("dns_withdrawn")
 
     def dns_failed(self, hostname: str, doing: str, error: DnsError) -> None:

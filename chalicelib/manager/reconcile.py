@@ -21,6 +21,7 @@ from chalicelib.manager import (
     clones,
     completed,
     discovered,
+    dns_records,
     inventory_view,
     migrations,
     ondemand,
@@ -70,6 +71,7 @@ STEPS: tuple[Step, ...] = (
     migrations.run,
     discovered.check_discovered,  # before discover_unknown: a VM found now is judged next pass
     completed.destroy_completed,
+    dns_records.delete_left_records,  # records of VMs destroyed while DNS failed
     discovered.discover_unknown,
     note_inventory_checked,
     pool_changes.drain_and_retire,

@@ -122,6 +122,10 @@ class Keys:
     def running_due(self, pool: str) -> str:
         return f"{self.prefix}pool:{pool}:running_due"
 
+    def dns_left(self, pool: str) -> str:
+        """The pool's VMs whose A record could not be deleted as they left (manager/dns_records.py)."""
+        return f"{self.prefix}pool:{pool}:dns_left"
+
     def inventory_checked(self, pool: str) -> str:
         return f"{self.prefix}pool:{pool}:inventory_checked"
 

@@ -614,6 +614,27 @@ class Store:
             else:
                 self.client.hdel(self.keys.clone_backoff, pool)
 
+    def note_dns_left(self, pool: str, hostname: str, now: float) -> None:
+        """Remember that the VM's A record is still there after a failed delete, so that passes
+        delete it once DNS answers again, whatever became of the VM meanwhile."""
+        key = self.keys.dns_left(pool)
+        with _translate_errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(key, {hostname: now})
+            pipe.expire(key, self.data_ttl_seconds)  # a record past data_ttl is left: see dns_records
+            pipe.execute()
+
+    def dns_left(self, pool: str, limit: int) -> list[str]:
+        """The oldest ``limit`` VMs of ``note_dns_left`` still waiting."""
+        with _translate_errors():
+            return cast("list[str]", self.client.zrange(self.keys.dns_left(pool), 0, limit - 1))
+
+    def forget_dns_left(self, pool: str, hostnames: Sequence[str]) -> None:
+        """Their records are deleted, or no longer ours to delete."""
+        if hostnames:
+            with _translate_errors():
+                self.client.zrem(self.keys.dns_left(pool), *hostnames)
+
     def update_vm(self, hostname: str, **fields: Any) -> bool:
         """Set fields on an existing record (None deletes a field). False for an unknown VM."""
         return bool(self.update_vms({hostname: fields}))

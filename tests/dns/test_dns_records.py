@@ -269,3 +269,36 @@ def test_a_paused_dns_server_costs_a_pass_one_timeout_and_records_converge_when_
     assert len(ready) == 4 and not set(ready) & set(leaving)
     for host, ip in ready.items():
         assert bind.addresses(f"{host}.{bind.zone}") == [ip]
+    for host in leaving:  # destroyed while DNS was paused: their records go once it answers
+        assert world.state_of(host) == "destroyed"
+        assert bind.addresses(f"{host}.{bind.zone}") == []
+
+
+def test_records_of_vms_destroyed_while_the_dns_server_was_killed_are_deleted_when_it_is_back(
+        world: Harness, bind: BindServer) -> None:
+    # Before, a VM destroyed during the outage kept its A record for good ("a record left
+    # behind is refused as a stale name later"): its address, soon another machine's, kept
+    # answering to its name.
+    world.passes("dns", 3)
+    gone = sorted(world.hosts("dns", "ready"))
+    old_ips = ready_vms(world)
+    assert bind.process is not None
+    os.kill(bind.process.pid, signal.SIGKILL)
+    bind.process.wait()
+    for host in gone:
+        world.store.move(host, "dns", "ready", "completed", world.clock.now(), reason="returned by its user")
+    world.passes("dns", 3)
+    assert {world.state_of(host) for host in gone} == {"destroyed"}  # DNS down never holds a destroy
+    bind.start()
+    for host in gone:
+        assert bind.addresses(f"{host}.{bind.zone}") == [old_ips[host]]  # still there, as the outage left it
+    world.passes("dns", 3)
+    for host in gone:
+        assert bind.addresses(f"{host}.{bind.zone}") == []
+        assert "dns_error" not in world.store.get_vm(host).raw  # type: ignore[union-attr]
+    ready = ready_vms(world)
+    assert len(ready) == 2
+    for host, ip in ready.items():
+        assert bind.addresses(f"{host}.{bind.zone}") == [ip]
+    world.passes("dns", 1)
+    assert world.client.exists(world.store.keys.dns_left("dns")) == 0
