@@ -147,6 +147,31 @@ def test_bad_requests_leave_redis_unchanged(make_stack, redis_client):
     assert redis_state(redis_client) == before
 
 
+def test_hostile_bodies_are_refused_with_the_documented_status_and_leave_nothing(make_stack, redis_client):
+    stack = make_stack()
+    before = redis_state(redis_client)
+    too_large = (413, {"ok": False, "error": "Request body too large (at most 65536 bytes)"})
+    # A million-character pool name, 10,000 pools, a 1 MB request_id: over 64 KiB, so refused
+    # before parsing, as every route does (it was a 400 "could not be parsed" here).
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"x" * 1_000_000: 1}) == too_large
+    assert stack.answer("POST", "/api/v3/ondemandvm", {f"pool-{n}": 1 for n in range(10_000)}) == too_large
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1, "request_id": "r" * 1_000_000}) == too_large
+    bad_count = {"ok": False, "error": "VM count must be a valid integer"}
+    for count in (-1, 1.5, "two", True, [1], {"n": 1}, "1e3", " 1"):
+        assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": count}) == (400, bad_count), count
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 10**30}) == (
+        400, {"ok": False, "error": "VM count must be at most 100"})
+    # 10,000 mentions in the path: one count, over the request's maximum.
+    assert stack.answer("POST", "/api/v3/ondemandvm/" + "+".join(["debian"] * 10_000)) == (
+        403, {"ok": False, "message": "requested amount of instances exceeds the maximum 5"})
+    # Aliases add up with their pool's own name; duplicate keys are JSON's last one.
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 3, "linux": 3})[0] == 403
+    for request_id in ("r" * 1_000_000, "a\x00b", "\u00e9t\u00e9"):
+        status, body = stack.answer("GET", "/api/v3/ondemandvm/" + request_id)
+        assert status == 404 and len(body["message"]) < 100
+    assert redis_state(redis_client) == before
+
+
 def test_path_form_and_clone_limit(make_stack):
     stack = make_stack(size=0)
     status, body = stack.answer("POST", "/api/v2/ondemandvm/debian-12+debian-12+debian-12+debian-12+debian-12")
