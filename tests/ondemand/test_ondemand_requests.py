@@ -264,3 +264,29 @@ def test_token_required_when_auth_is_configured(make_stack):
     assert open_requests(stack, "debian-12") == []
     # GET needs its owner's token too (issue 10 #11: vmpooler showed anyone's request).
     assert stack.answer("GET", "/api/v3/ondemandvm/some-id")[0] == 401
+
+
+def test_request_ids_shaped_like_other_keys_touch_nothing_but_their_own_request(make_stack):
+    # Before, the id was pasted into the key names: "open:debian-12" wrote its hash where
+    # debian-12's open-request set lives (the create answered 503 halfway, and from then on
+    # every pass of debian-12 and every request for it was a 503), and "build:vms" was the VM
+    # set of another caller's request "build" (that request's GET and its pool's pass failed).
+    stack = make_stack(size=0)
+    ids = ["open:debian-12", "build", "build:vms", "open", "vms", "a:b:c"]
+    for request_id in ids:
+        status, body = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1, "request_id": request_id})
+        assert (status, body) == (201, {"ok": True, "request_id": request_id})
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1, "request_id": "build:vms"})[0] == 409
+    stack.run_passes("debian-12", passes=4)
+    seen: set[str] = set()
+    for request_id in ids:
+        status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
+        assert status == 200 and body["ready"] is True, (request_id, body)
+        [host] = body["debian"]["hostname"]
+        assert host not in seen  # each request shows exactly its own VM
+        seen.add(host)
+        assert stack.answer("GET", f"/api/v3/vm/{host.split('.')[0]}")[1][host.split(".")[0]]["state"] == "running"
+    assert len(stack.services.store.hostnames("debian-12", "running")) == len(ids)
+    assert stack.answer("DELETE", "/api/v3/ondemandvm/build:vms") == (200, {"ok": True})
+    assert stack.answer("GET", "/api/v3/ondemandvm/build")[1]["ready"] is True
+    assert len(stack.services.store.hostnames("debian-12", "running")) == len(ids) - 1

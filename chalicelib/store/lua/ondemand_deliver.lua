@@ -14,7 +14,7 @@ local id = redis.call('HGET', vm_key, 'request')
 if not id or not redis.call('ZSCORE', pending_key, hostname) then
   return cjson.encode({moved = false, state = ''})
 end
-local key = key_of(request_template, id)
+local key = key_of(request_template, request_part(id))
 local request = redis.call('HMGET', key, 'state', 'entries')
 redis.call('ZREM', pending_key, hostname)
 redis.call('ZREM', cloning_key, hostname)
@@ -32,7 +32,7 @@ redis.call('HSET', vm_key, 'state', 'running', 'running_at', now, 'ready_at', no
 redis.call('HDEL', vm_key, 'not_ready_reason')
 
 local delivered = {}
-for _, member in ipairs(redis.call('ZRANGE', key_of(request_vms_template, id), 0, -1)) do
+for _, member in ipairs(redis.call('ZRANGE', key_of(request_vms_template, request_part(id)), 0, -1)) do
   local vm = redis.call('HMGET', key_of(vm_template, member), 'request', 'request_name', 'delivered_at')
   if vm[1] == id and vm[3] then
     delivered[vm[2]] = (delivered[vm[2]] or 0) + 1

@@ -23,12 +23,12 @@ local function quota_held(quota)
         live = 1
       end
     else
-      local state = redis.call('HGET', key_of(quota.request_template, name), 'state')
+      local state = redis.call('HGET', key_of(quota.request_template, request_part(name)), 'state')
       if state == 'open' then
         live = weight
         open_requests = open_requests + 1
       elseif state == 'ready' then
-        for _, host in ipairs(redis.call('ZRANGE', key_of(quota.request_vms_template, name), 0, -1)) do
+        for _, host in ipairs(redis.call('ZRANGE', key_of(quota.request_vms_template, request_part(name)), 0, -1)) do
           if redis.call('HGET', key_of(quota.vm_template, host), 'state') == 'running' then
             live = live + 1
           end
