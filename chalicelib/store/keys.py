@@ -178,6 +178,11 @@ class Keys:
     def ondemand_open(self, pool: str) -> str:
         return f"{self.prefix}ondemand:open:{pool}"
 
+    @property
+    def ondemand_open_requests(self) -> str:
+        """Every open request (score: the VMs it asks for), for the service's quotas (lua/quota.lua)."""
+        return f"{self.prefix}ondemand:requests:open"
+
     def pool_override(self, setting: str) -> str:
         """``setting`` is ``poolsize``, ``pooltemplate``, ``poolreset`` or ``clonetarget``."""
         return f"{self.prefix}config:{setting}"

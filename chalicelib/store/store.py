@@ -131,26 +131,23 @@ class Quota:
     max_requests: int = 0
     """Open on-demand requests, per owner and in total."""
 
-    def payload(self, keys: Keys, key_list: KeyList, ttl_seconds: int, requests: bool = False) -> dict[str, Any]:
-        """What lua/quota.lua reads, its keys added to ``key_list``; ``requests``: the call
-        counts on-demand requests too (their open sets are needed)."""
+    def payload(self, keys: Keys, key_list: KeyList, ttl_seconds: int) -> dict[str, Any]:
+        """What lua/quota.lua reads, its keys added to ``key_list``."""
         owner = hashlib.sha256(self.owner.encode("utf-8")).hexdigest()[:32]
-        running, open_requests = _quota_keys(keys, tuple(self.pools))
         return {"key": key_list.add(keys.holdings(owner)), "ttl": ttl_seconds, "max_owner_vms": self.max_owner_vms,
                 "max_vms": self.max_vms,
-                "running": [key_list.add(key) for key in running],
-                "open": [key_list.add(key) for key in open_requests] if requests else [],
+                "running": [key_list.add(key) for key in _running_keys(keys, tuple(self.pools))],
+                "open_requests": key_list.add(keys.ondemand_open_requests),
                 "vm_template": keys.vm(KEY_PART), "request_template": keys.ondemand(KEY_PART),
                 "request_vms_template": keys.ondemand_vms(KEY_PART),
                 "max_owner_requests": self.max_owner_requests, "max_requests": self.max_requests}
 
 
 @functools.lru_cache(maxsize=16)
-def _quota_keys(keys: Keys, pools: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The running and open-request sets of every configured pool: the same for every request
-    until the config changes, so named once (a checkout with a quota is given them all)."""
-    return (tuple(keys.pool_state(pool, "running") for pool in pools),
-            tuple(keys.ondemand_open(pool) for pool in pools))
+def _running_keys(keys: Keys, pools: tuple[str, ...]) -> tuple[str, ...]:
+    """The running sets of every configured pool: the same for every request until the config
+    changes, so named once (a checkout with a quota is given them all)."""
+    return tuple(keys.pool_state(pool, "running") for pool in pools)
 
 
 class QuotaExceeded(Exception):

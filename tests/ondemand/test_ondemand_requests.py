@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import pytest
@@ -290,3 +291,63 @@ def test_request_ids_shaped_like_other_keys_touch_nothing_but_their_own_request(
     assert stack.answer("DELETE", "/api/v3/ondemandvm/build:vms") == (200, {"ok": True})
     assert stack.answer("GET", "/api/v3/ondemandvm/build")[1]["ready"] is True
     assert len(stack.services.store.hostnames("debian-12", "running")) == len(ids) - 1
+
+
+AUTH = "\n:auth:\n  provider: dummy\n"
+
+
+def test_the_service_limit_on_open_requests_counts_requests_not_the_pools_they_need(make_stack):
+    # Before, each pool a request needed counted as one open request: one request for two pools
+    # filled max_ondemand_requests 2 and the next caller got a 503.
+    stack = make_stack(size=0, max_ondemand_requests=2)
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1, "win-2022": 1})[0] == 201
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1, "win-2022": 1})[0] == 201
+    status, body = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1})
+    assert (status, body) == (503, {"ok": False, "error": "the service has its maximum of 2 on-demand requests open; "
+                                                          "try again later"})
+
+
+def test_the_service_limit_on_running_vms_counts_the_vms_open_requests_will_run(make_stack):
+    # Before, max_running_vms counted running VMs only: three callers each opened a request for
+    # 5 VMs under a limit of 6, and 15 VMs ran once they were built.
+    stack = make_stack(size=1, max_running_vms=6, extra=AUTH)
+    stack.run_passes()
+    tokens = [stack.new_token(user, "password") for user in ("u1", "u2", "u3")]
+    full = (503, {"ok": False, "error": "the service runs its maximum of 6 VMs; try again later"})
+
+    def create(token: str, count: int):
+        return stack.answer("POST", "/api/v3/ondemandvm", {"debian": count}, headers={"X-AUTH-TOKEN": token})
+
+    assert create(tokens[0], 5)[0] == 201
+    assert create(tokens[1], 5) == full
+    assert create(tokens[1], 1)[0] == 201
+    # The last place is promised to the requests: a checkout from the ready pool waits too.
+    assert stack.answer("POST", "/api/v3/vm", {"win-2022": 1}, headers={"X-AUTH-TOKEN": tokens[2]})[0] == 503
+    stack.run_passes(passes=4)
+    running = [h for pool in ("debian-12", "win-2022") for h in stack.services.store.hostnames(pool, "running")]
+    assert len(running) == 6
+    assert create(tokens[2], 1) == full
+    # Its VMs running now, a ready request counts them once: returning one makes room for one.
+    mine = next(host for host in running if stack.services.store.get_vm(host).raw.get("token_user") == "u1")
+    assert stack.answer("DELETE", f"/api/v3/vm/{mine}", headers={"X-AUTH-TOKEN": tokens[0]})[0] == 200
+    assert create(tokens[2], 1)[0] == 201
+    assert create(tokens[2], 1) == full
+
+
+def test_limits_hold_exactly_when_many_callers_create_at_once(make_stack):
+    stack = make_stack(size=0, max_running_vms=7, max_ondemand_requests=5, extra=AUTH)
+    tokens = [stack.new_token(f"user{n}", "password") for n in range(12)]
+    answers: list[int] = []
+
+    def create(token: str) -> None:
+        answers.append(stack.answer("POST", "/api/v3/ondemandvm", {"debian": 2},
+                                    headers={"X-AUTH-TOKEN": token})[0])
+
+    threads = [threading.Thread(target=create, args=(token,)) for token in tokens]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(answers) == [201] * 3 + [503] * 9  # 3 requests of 2 fit under 7 VMs
+    stack.run_passes("debian-12", passes=4)
+    assert len(stack.services.store.hostnames("debian-12", "running")) == 6

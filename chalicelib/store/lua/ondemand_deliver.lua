@@ -30,6 +30,7 @@ redis.call('HSET', vm_key, 'state', 'running', 'running_at', now, 'ready_at', no
   'checkout', now, 'delivered_at', now, 'ip', ip, 'host', host,
   'change_seq', redis.call('GET', changes_key) or '0')
 redis.call('HDEL', vm_key, 'not_ready_reason')
+redis.call('HINCRBY', key, 'delivered', 1) -- the service's quota counts the VMs still to come (quota.lua)
 
 local delivered = {}
 for _, member in ipairs(redis.call('ZRANGE', key_of(request_vms_template, request_part(id)), 0, -1)) do
