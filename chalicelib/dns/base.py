@@ -5,7 +5,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-from chalicelib.config_fields import Bool, SettingsModel, Str
+from chalicelib.config_fields import Bool, DnsName, SettingsModel, Str
 
 
 class DnsError(Exception):
@@ -33,7 +33,7 @@ class DnsSettings(SettingsModel):
     """The keys of a ``:dns_configs:`` entry every plugin has; each plugin's model adds its own."""
 
     dns_class: Optional[Str] = None
-    domain: Optional[Str] = None
+    domain: Optional[DnsName] = None
     check_names: Optional[Bool] = None
 
 

@@ -20,7 +20,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Optional
 
-from chalicelib.config_fields import Port, Seconds, SecretValue, Str, bounded, one_of
+from chalicelib.config_fields import DnsName, Port, Seconds, SecretValue, Str, bounded, one_of
 from chalicelib.dns.base import DnsConfig, DnsPlugin, DnsRejected, DnsSettings, DnsUnavailable, ipv4_address
 
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1", "hmac-md5")
@@ -33,8 +33,8 @@ class DynamicDnsSettings(DnsSettings):
 
     server: Optional[Str] = None
     port: Port = 53
-    zone: Optional[Str] = None
-    tsig_key_name: Optional[Str] = None
+    zone: Optional[DnsName] = None
+    tsig_key_name: Optional[DnsName] = None
     tsig_secret: Optional[SecretValue] = field(default=None, repr=False)
     tsig_algorithm: Annotated[str, one_of(*TSIG_ALGORITHMS)] = "hmac-sha256"
     ttl: Annotated[int, bounded(1, 604800)] = 60
@@ -60,8 +60,14 @@ class DynamicDns(DnsPlugin):
         self._keyring: Any = None
         self._key_name: Any = None
         self._algorithm = settings.tsig_algorithm
+        self._key_error: str | None = None
         if key_name and tsig_secret:
-            self._keyring = dns.tsigkeyring.from_text({str(key_name): tsig_secret})
+            try:
+                self._keyring = dns.tsigkeyring.from_text({str(key_name): tsig_secret})
+            except (ValueError, TypeError):  # binascii.Error: a secret (from SSM, say) that is not base64
+                # Every call fails with this, so the passes record it and go on; the message never
+                # shows the secret (nor the decoder's words about it).
+                self._key_error = f"dns {self.name}: tsig_secret is not a valid base64 key"
             self._key_name = dns.name.from_text(str(key_name))
         self._address: str | None = None
 
@@ -100,6 +106,8 @@ class DynamicDns(DnsPlugin):
     def _update(self) -> Any:
         import dns.update
 
+        if self._key_error is not None:
+            raise DnsRejected(self._key_error)
         if self._keyring is None:
             return dns.update.UpdateMessage(self.zone)
         return dns.update.UpdateMessage(self.zone, keyring=self._keyring, keyname=self._key_name,
