@@ -4,7 +4,9 @@ resolves, and a DNS outage keeps VMs pending with the reason instead of failing 
 
 from __future__ import annotations
 
+import io
 import itertools
+import json
 import os
 import signal
 from typing import Any, Iterator
@@ -302,3 +304,63 @@ def test_records_of_vms_destroyed_while_the_dns_server_was_killed_are_deleted_wh
         assert bind.addresses(f"{host}.{bind.zone}") == [ip]
     world.passes("dns", 1)
     assert world.client.exists(world.store.keys.dns_left("dns")) == 0
+
+
+def test_tsig_secrets_are_never_in_logs_records_or_answers(
+        make_harness: HarnessFactory, bind: BindServer, log_output: io.StringIO) -> None:
+    wrong_secret = "c2VjcmV0LWJ1dC13cm9uZy1rZXk="
+    world = make_dns_world(make_harness, bind.dns_config(), size=2)
+    world.passes("dns", 3)
+    refused = make_dns_world(make_harness, bind.dns_config(tsig_secret=wrong_secret), size=1)
+    refused.passes("dns", 3)  # every update refused: BADSIG
+    bind.stop()
+    [taken] = world.check_out("dns")
+    world.store.move(taken, "dns", "running", "completed", world.clock.now(), reason="returned by its user")
+    world.passes("dns", 3)  # deletes and creates fail: no server
+    logs = log_output.getvalue()
+    assert "rejected the TSIG key" in logs and "ConnectionRefusedError" in logs  # the failures were logged
+    seen = [logs, json.dumps(world.redis_state()), json.dumps(refused.redis_state())]
+    for host in world.hosts("dns", "pending") | refused.hosts("dns", "pending") | {taken}:
+        seen.append(json.dumps(world.answer("GET", f"/api/v3/vm/{host}")))
+    seen.append(json.dumps(world.answer("GET", "/api/v3/config")))
+    seen.append(json.dumps(world.answer("GET", "/api/v3/status")))
+    for text in seen:
+        assert bind.key_secret not in text and wrong_secret not in text
+        assert bind.key_secret[:12] not in text and wrong_secret[:12] not in text
+
+
+def test_route53_throttling_costs_a_pass_one_call_and_records_converge(
+        make_harness: HarnessFactory, route53: tuple[Any, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from botocore.exceptions import ClientError
+
+    client, zone = route53
+    world = make_dns_world(make_harness, {"dns_class": "route53", "domain": "vms.example.test",
+                                          "hosted_zone_id": zone}, size=3)
+    plugin = dns_of(world)
+    world.passes("dns", 3)
+    leaving = sorted(world.hosts("dns", "ready"))[:2]
+    calls: list[str] = []
+    real = plugin.client._make_api_call  # type: ignore[attr-defined]
+
+    def throttled(operation: str, params: Any) -> Any:
+        calls.append(operation)
+        raise ClientError({"Error": {"Code": "Throttling", "Message": "Rate exceeded"}}, operation)
+
+    monkeypatch.setattr(plugin.client, "_make_api_call", throttled)  # type: ignore[attr-defined]
+    for host in leaving:
+        world.store.move(host, "dns", "ready", "completed", world.clock.now(), reason="returned by its user")
+    for _ in range(2):
+        calls.clear()
+        world.passes("dns", 1)
+        assert len(calls) == 1, calls  # botocore's own retries aside: one call, then nothing more
+    assert {world.state_of(host) for host in leaving} == {"destroyed"}
+    record = world.store.get_vm(leaving[0])
+    assert "Throttling: Rate exceeded" in record.raw["dns_error"]  # type: ignore[union-attr]
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in record.raw["dns_error"]  # type: ignore[union-attr]
+
+    monkeypatch.setattr(plugin.client, "_make_api_call", real)  # type: ignore[attr-defined]
+    world.passes("dns", 3)
+    found = client.list_resource_record_sets(HostedZoneId=zone)["ResourceRecordSets"]
+    records = {r["Name"].rstrip("."): [v["Value"] for v in r["ResourceRecords"]] for r in found if r["Type"] == "A"}
+    assert records == {f"{host}.vms.example.test": [ip] for host, ip in ready_vms(world).items()}
+    assert len(records) == 3 and not {f"{host}.vms.example.test" for host in leaving} & set(records)
