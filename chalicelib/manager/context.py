@@ -54,6 +54,11 @@ def no_checkpoint(step: str) -> None:
 
 T = TypeVar("T")
 
+DNS_SECONDS_PER_PASS = 15.0
+"""The time one pass may wait on its DNS service: a quarter of the reconcile function's 60 s,
+three calls at the plugins' default 5 s timeout. A server that answers slowly, each call just
+within its timeout, would otherwise hold the pass for one wait per VM."""
+
 Step = Callable[["PassContext"], None]
 """One step of a pass: looks at the context, changes the store conditionally, notes it in the report."""
 
@@ -146,8 +151,10 @@ class PassContext:
     inventory_changes: InventoryChanges | None = None
     """What the provider said changed since that token (None: it keeps no token; names None:
     this pass compares the whole inventory). See inventory_view."""
-    dns_unavailable: DnsUnavailable | None = None
-    """The first time the DNS service did not answer in this pass (``dns_call``)."""
+    dns_stopped: str | None = None
+    """Why this pass sends its DNS service nothing more (``dns_call``); None while it may."""
+    dns_seconds: float = 0.0
+    """Time this pass spent waiting on its DNS service."""
 
     @classmethod
     def read(cls, store: Store, provider: Provider, pool: PoolConfig, clock: Clock, service: ServiceConfig,
@@ -246,18 +253,24 @@ class PassContext:
     # --- DNS records (manager/dns_records.py for the pending side) -----------------------------
 
     def dns_call(self, what: str, call: Callable[[], T]) -> T:
-        """One call of the pool's DNS plugin, unless the DNS service already did not answer in
-        this pass: then that failure again, without waiting for it once more. A paused or
-        unreachable server (each call waits ``timeout``) costs a pass one wait, not one per VM;
-        the VMs it skips keep their reason and the next pass tries again."""
-        if self.dns_unavailable is not None:
-            raise DnsUnavailable(f"{what}: not sent, the DNS service did not answer earlier in this pass "
-                                 f"({self.dns_unavailable})")
+        """One call of the pool's DNS plugin, unless this pass already stopped calling it: the
+        DNS service did not answer (a paused or unreachable server: each call waits ``timeout``),
+        or it took ``DNS_SECONDS_PER_PASS`` of the pass (a slow one, each answer just in time).
+        Either costs a pass one wait, or that budget, not one wait per VM; the VMs it skips keep
+        the reason (a DnsUnavailable) and the next pass tries again."""
+        if self.dns_stopped is None and self.dns_seconds >= DNS_SECONDS_PER_PASS:
+            self.dns_stopped = (f"the DNS service took {self.dns_seconds:.0f} s of this pass "
+                                f"(at most {DNS_SECONDS_PER_PASS:g} s a pass)")
+        if self.dns_stopped is not None:
+            raise DnsUnavailable(f"{what}: not sent, {self.dns_stopped}")
+        started = self.clock.monotonic()
         try:
             return call()
         except DnsUnavailable as error:
-            self.dns_unavailable = error
+            self.dns_stopped = f"the DNS service did not answer earlier in this pass ({error})"
             raise
+        finally:
+            self.dns_seconds += self.clock.monotonic() - started
 
     def withdraw_dns(self, record: VMRecord | None) -> None:
         """Delete the A record of a VM leaving service, if vmpool created one. A failure is
