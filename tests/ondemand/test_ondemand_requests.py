@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import threading
 import uuid
+from types import SimpleNamespace
 
 import pytest
 
+from chalicelib import config as config_module
+from chalicelib.manager.dispatch import Ticker, look_at
+from chalicelib.manager.pool_queue import DRAIN, PoolMessage
+from chalicelib.store.fleet import Fleet
 from chalicelib.store.ondemand import OnDemandStore
 from tests.harness import redis_state
+from tests.ondemand.conftest import BASE_CONFIG
 
 SLOW_POOL = """
   - name: slow
@@ -351,3 +357,30 @@ def test_limits_hold_exactly_when_many_callers_create_at_once(make_stack):
     assert sorted(answers) == [201] * 3 + [503] * 9  # 3 requests of 2 fit under 7 VMs
     stack.run_passes("debian-12", passes=4)
     assert len(stack.services.store.hostnames("debian-12", "running")) == 6
+
+
+def test_requests_for_a_pool_removed_from_the_config_fail_and_their_vms_are_destroyed(make_stack):
+    # Before, the removed pool's drain passes went on building the request's VMs, and once the
+    # pool was forgotten nothing served the request or saw it expire: it stayed open (202, and
+    # counted against the on-demand limits) until its record expired days later.
+    stack = make_stack(size=0, extra=SLOW_POOL)
+    services = stack.services
+    status, body = stack.answer("POST", "/api/v3/ondemandvm", {"slow": 2, "debian": 1})
+    assert status == 201
+    request_id = body["request_id"]
+    stack.reconcile("slow")
+    building = [vm.name for vm in OnDemandStore(services.store).get(request_id).vms]
+    assert len(building) == 2 and {stack.state_of(host) for host in building} == {"pending"}
+    queue = SimpleNamespace(send=lambda messages: None)
+    Ticker().tick(services, queue)  # the fleet remembers each pool's settings, to drain it later
+
+    services.use_config(config_module.parse(
+        BASE_CONFIG.format(experimental="true", size=0, task_time=0, clone_fail=0, disk_fail=0)))
+    for _ in range(3):
+        look_at(services, PoolMessage("slow", DRAIN), queue)
+        stack.clock.advance(31)
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
+    assert (status, body["message"]) == (200, "The request failed: its pool slow was removed from the configuration")
+    assert {stack.state_of(host) for host in building} == {"destroyed"}
+    assert open_requests(stack, "slow") == [] and open_requests(stack, "debian-12") == []
+    assert Fleet(services.store).names() == {"debian-12", "win-2022"}  # drained and forgotten
