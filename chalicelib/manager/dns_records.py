@@ -16,8 +16,9 @@
 The VM's record notes the published name (``dns_name``) *before* the record is created, so a
 pass killed in between still knows to delete it, and records vmpool did not create are never
 deleted. A DNS failure never fails the pass: each is counted (``DnsFailures`` by reason) and
-logged, and the pass goes on with the next VM. Once the DNS service did not answer, the pass
-sends it nothing more (``PassContext.dns_call``): a paused server costs one ``timeout`` a pass.
+logged, and the pass goes on with the next VM. Once the DNS service did not answer, or took
+``DNS_SECONDS_PER_PASS`` of the pass, the pass sends it nothing more (``PassContext.dns_call``):
+a paused server costs one ``timeout`` a pass, a slow one that budget.
 """
 
 from __future__ import annotations
@@ -71,7 +72,6 @@ def check_ready(context: PassContext, record: VMRecord, vm: VMInfo) -> Readiness
     if readiness.ready and not vm.ip:
         return Readiness(False, "no IP address to publish in DNS yet")
     return readiness
-
 
 
 LEFT_RECORDS_PER_PASS = 50
