@@ -64,17 +64,18 @@ local function quota_refusal(quota, vms, requests)
   for _, index in ipairs(quota.running) do
     running = running + redis.call('ZCARD', KEYS[index])
   end
-  -- Open requests, each once, and the VMs each still waits for (its delivered ones are running).
-  -- A request no longer open leaves the set here, as a holdings entry does above.
+  -- Open requests, each once, scored by the VMs each still waits for (ondemand_deliver.lua
+  -- counts a delivered VM down: it is running now; it and ondemand_end.lua remove a request that
+  -- is no longer open). A checkout reads the scores only; an on-demand request also drops any
+  -- entry whose request is not open (its record expired unserved), as holdings entries are above.
   local open_key = KEYS[quota.open_requests]
   local open = redis.call('ZRANGE', open_key, 0, -1, 'WITHSCORES')
   for i = 1, #open, 2 do
-    local request = redis.call('HMGET', key_of(quota.request_template, request_part(open[i])), 'state', 'delivered')
-    if request[1] == 'open' then
-      queued = queued + 1
-      running = running + math.max(tonumber(open[i + 1]) - (tonumber(request[2]) or 0), 0)
-    else
+    if requests > 0 and redis.call('HGET', key_of(quota.request_template, request_part(open[i])), 'state') ~= 'open' then
       redis.call('ZREM', open_key, open[i])
+    else
+      queued = queued + 1
+      running = running + math.max(tonumber(open[i + 1]), 0)
     end
   end
   if running + vms > quota.max_vms then
