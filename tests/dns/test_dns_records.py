@@ -370,7 +370,7 @@ def test_a_slow_dns_server_holds_a_pass_for_its_budget_and_the_next_passes_go_on
         make_harness: HarnessFactory, clock: FakeClock, bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
     # Each answer comes 4 s after the question, within the 5 s timeout: before, a pass waited 4 s
     # per VM (8 VMs: 32 s of a 60 s function, and more VMs ran past it).
-    world = make_dns_world(make_harness, bind.dns_config(timeout=5), size=8)
+    world = make_dns_world(make_harness, bind.dns_config(timeout=5), size=8, createvm_max_time=0)
     plugin = dns_of(world)
     create = plugin.create_or_replace
     sent: list[str] = []
