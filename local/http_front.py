@@ -68,6 +68,10 @@ MAX_HEAD_BYTES = 32 * 1024
 """Most bytes held for one request head while it arrives; more gets 431."""
 STARTUP_SECONDS = 30
 """How long a worker's first loop waits for its other loops to start before it accepts anyway."""
+WORKER_TIMEOUT_SECONDS = 30
+"""The arbiter restarts a worker that has not said it is alive for this long (its loops stuck)."""
+HEARTBEAT_SECONDS = 1.0
+"""How often, at most, a worker whose loops turn tells the arbiter it is alive."""
 MAX_CONNECTIONS = 1000
 """Open connections per worker (gunicorn's ``worker_connections``); the next gets 503 and is closed."""
 
@@ -256,6 +260,10 @@ class _LoopServer(Server):
     about 5 of 8 loops, some loops holding 3 while others held none."""
 
     ticked = 0.0
+    heartbeat: Callable[[], None] | None = None
+    """On the worker's first loop: called at every turn of it, to tell the arbiter the worker is
+    alive. (uvicorn's own ``callback_notify`` is asked every tenth turn only: a loop whose turns
+    each run many requests went past the arbiter's timeout and was killed while it served.)"""
     followers: tuple["_LoopServer", ...] = ()
     max_connections: int | None = None
     """The worker's bound on open connections, over all its loops (on the accepting loop)."""
@@ -275,6 +283,8 @@ class _LoopServer(Server):
 
     async def on_tick(self, counter: int) -> bool:
         self.ticked = time.monotonic()
+        if self.heartbeat is not None:
+            self.heartbeat()
         if self.should_exit:  # SIGTERM / SIGINT reach the main thread's server only
             for follower in self.followers:
                 follower.should_exit = True
@@ -423,6 +433,7 @@ class OneAppWorker(UvicornWorker):
 
     _loops: list[_LoopThread]
     _server: Server | None = None
+    _last_heartbeat = 0.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -439,7 +450,9 @@ class OneAppWorker(UvicornWorker):
         self.config.app = self.wsgi
         self.config.load()
         loops = max(int(getattr(self.wsgi, "threads", 1)), 1)
+        self.config.callback_notify = None  # the first loop's heartbeat instead, at every turn
         self._server = _LoopServer(config=self.config)
+        self._server.heartbeat = self._heartbeat
         self._server.max_connections = self.cfg.worker_connections
         self._loops = [_LoopThread(self, number) for number in range(1, loops)]
         self._server.followers = tuple(loop.server for loop in self._loops)
@@ -461,10 +474,15 @@ class OneAppWorker(UvicornWorker):
         if self._server is not None:
             self._server.should_exit = True
 
-    async def callback_notify(self) -> None:
-        # The arbiter restarts a worker that stops notifying: notify only while every loop turns.
-        stalled = time.monotonic() - self.timeout
+    def _heartbeat(self) -> None:
+        """Tell the arbiter this worker is alive (at most once a second), while every loop turns:
+        the arbiter restarts a worker that stops telling it."""
+        now = time.monotonic()
+        if now - self._last_heartbeat < HEARTBEAT_SECONDS:
+            return
+        stalled = now - self.timeout
         if all(loop.server.ticked > stalled for loop in self._loops):
+            self._last_heartbeat = now
             self.notify()
 
 
@@ -472,7 +490,8 @@ class HttpFront(BaseApplication):
     """gunicorn, configured in code, serving the ASGI app that ``load_app`` builds in each worker."""
 
     def __init__(self, load_app: Callable[[], Callable[..., Any]], host: str, port: int, workers: int,
-                 on_worker_ready: Callable[[], None] = lambda: None, max_connections: int = MAX_CONNECTIONS) -> None:
+                 on_worker_ready: Callable[[], None] = lambda: None, max_connections: int = MAX_CONNECTIONS,
+                 worker_timeout: float = WORKER_TIMEOUT_SECONDS) -> None:
         self._load_app = load_app
         self._options: dict[str, Any] = {
             "bind": f"{host}:{port}",
@@ -484,7 +503,7 @@ class HttpFront(BaseApplication):
             "worker_class": f"{__name__}.{OneAppWorker.__name__}",
             "worker_connections": max_connections,
             "keepalive": 5,
-            "timeout": 30,  # the arbiter restarts a worker whose loop is stuck this long
+            "timeout": worker_timeout,
             "graceful_timeout": 5,  # Ctrl-C / SIGTERM: in-flight requests get this long
             "backlog": 512,
             "loglevel": "warning",  # the app logs what matters, as JSON
