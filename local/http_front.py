@@ -49,7 +49,7 @@ from typing import Any, Callable, ClassVar
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
@@ -132,6 +132,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     _head_bytes = 0
     _header_fields = 0
     _refusal: Refused | None = None
+    _deferred: Refused | None = None
+    """A refusal that waits for the answers owed to the requests before it on the connection."""
+    _owed = 0
     over_limit = False
     """Set by the worker's accepting loop on a connection past the worker's bound: answered 503
     and closed at once (uvicorn's own check, at each request, would answer in text)."""
@@ -162,8 +165,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             on_lost()
 
     def data_received(self, data: bytes) -> None:
+        if self._deferred is not None:
+            return  # refused: nothing after the refused request is read, the connection ends
         super().data_received(data)
-        if self._in_head and not self.transport.is_closing():
+        if self._in_head and self._deferred is None and not self.transport.is_closing():
             # Counted after parsing, so a body that arrives with its head is not counted as head
             # (a pipelined request's head that arrives with the previous body counts them both).
             self._head_bytes += len(data)
@@ -199,6 +204,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         self.transport.flush()  # type: ignore[attr-defined]
         super().on_response_complete()
+        if self._deferred is not None:
+            self._owed -= 1
+            if self._owed <= 0:
+                self._answer(self._deferred)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -215,12 +224,36 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         raise refusal
 
     def _refuse(self, refusal: Refused) -> None:
+        """Refuse the request being read, once the requests before it on the connection (whole,
+        pipelined) have their answers: a refusal that closed the connection at once lost those
+        answers while their apps still ran (a checkout took a VM nobody was told of)."""
         self._cancel_head_timer()
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._deferred is not None:
             return
-        if self.cycle is None or self.cycle.response_complete:  # not in the middle of an answer
+        cycle: RequestResponseCycle | None = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_complete:
+            # The refused request is this cycle's own (its body is bad): it is not served.
+            if self.pipeline and self.pipeline[0][0] is cycle:
+                self.pipeline.popleft()  # waiting its turn: never started
+            elif cycle.response_started:  # answered already, or half: nothing more can be said
+                self.transport.close()
+                return
+            else:  # its app waits for the body: it hears the client is gone, and nothing it sends goes out
+                cycle.disconnected = True
+                cycle.message_event.set()
+                cycle = None
+        running = bool(self.pipeline) or (cycle is not None and not cycle.response_complete)
+        self._owed = len(self.pipeline) + running
+        if self._owed:
+            self._deferred = refusal  # answered by on_response_complete after the last one owed
+        else:
+            self._answer(refusal)
+
+    def _answer(self, refusal: Refused) -> None:
+        """Write ``refusal`` as the connection's last answer, and close it."""
+        if not self.transport.is_closing():
             self.transport.write(json_error_response(refusal.status, str(refusal)))
-        self.transport.close()
+            self.transport.close()
 
     def _arm_head_timer(self) -> None:
         self._head_timer = self.loop.call_later(CLIENT_TIMEOUT_SECONDS, self._head_too_slow)
