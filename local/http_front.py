@@ -36,12 +36,14 @@ What we add to uvicorn:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import errno
 import http
 import json
 import logging
 import os
+import resource
 import socket
 import threading
 import time
@@ -74,8 +76,31 @@ HEARTBEAT_SECONDS = 1.0
 """How often, at most, a worker whose loops turn tells the arbiter it is alive."""
 MAX_CONNECTIONS = 1000
 """Open connections per worker (gunicorn's ``worker_connections``); the next gets 503 and is closed."""
+DESCRIPTORS_FOR_THE_APP = 100
+"""Descriptors a worker keeps for everything but its connections (its listening socket, Redis
+connections, the files and logs a request may open); its connections get the rest."""
 
 logger = logging.getLogger("vmpool.http_front")
+
+
+def connection_bound(wanted: int) -> int:
+    """How many connections this process can hold: ``wanted``, or fewer when it may not open that
+    many descriptors (`ulimit -n`, often 1,024) and DESCRIPTORS_FOR_THE_APP besides. The soft
+    limit is raised first, as far as needed and the hard limit allows. Past its descriptors a
+    worker could neither accept a connection (it waited unanswered in the backlog) nor open what
+    a request needs (a 500)."""
+    needed = wanted + DESCRIPTORS_FOR_THE_APP
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):  # refused (a container's own ceiling): keep the limit we have
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - DESCRIPTORS_FOR_THE_APP))
 
 
 class Refused(Exception):
@@ -135,9 +160,6 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     _deferred: Refused | None = None
     """A refusal that waits for the answers owed to the requests before it on the connection."""
     _owed = 0
-    over_limit = False
-    """Set by the worker's accepting loop on a connection past the worker's bound: answered 503
-    and closed at once (uvicorn's own check, at each request, would answer in text)."""
     on_lost: Callable[[], None] | None = None
     """Called once when the connection is gone (its loop counts it no more)."""
     made = False
@@ -151,10 +173,6 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             # gunicorn makes its listening socket with protocol 0, so asyncio does not know it is
             # TCP and leaves Nagle on: a body written after its head would wait for an ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.over_limit:
-            self.connections.discard(self)  # counted no more, though closed only on the next turn
-            self._refuse(Refused(503, "too many open connections; try again"))
-            return
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -281,6 +299,19 @@ def json_error_response(status: int, message: str) -> bytes:
     return head.encode("latin-1") + body
 
 
+TOO_MANY_CONNECTIONS = json_error_response(503, "too many open connections; try again")
+
+
+def _turn_away(connection: socket.socket) -> None:
+    """Answer a connection past the worker's bound with a JSON 503 and close it, before this call
+    returns: it holds no descriptor after (a burst of such connections, each refused on a later
+    turn of the loop, took the descriptors the app needed). uvicorn's own check, at each
+    request, would answer in text."""
+    with contextlib.suppress(OSError):  # the client is gone already: nothing to tell it
+        connection.send(TOO_MANY_CONNECTIONS)
+    connection.close()
+
+
 class _LoopServer(Server):
     """uvicorn's server on one event loop of a worker, remembering when its loop last ticked (every
     0.1 s while it turns) and asking its ``followers`` (the worker's other loops) to finish when
@@ -374,8 +405,7 @@ class _LoopServer(Server):
         among equals)."""
         loops = (*(follower for follower in self.followers if follower.started), self)
         if self.max_connections is not None and sum(loop.held() for loop in loops) >= self.max_connections:
-            self.handed += 1
-            self._adopt(connection, over_limit=True)
+            _turn_away(connection)
             return
         target = min(loops, key=_LoopServer.held)
         target.handed += 1
@@ -389,9 +419,8 @@ class _LoopServer(Server):
             target.released += 1
             connection.close()
 
-    def _adopt(self, connection: socket.socket, over_limit: bool = False) -> None:
-        """Serve ``connection`` on this loop (called on this loop's thread); one ``over_limit``
-        gets 503."""
+    def _adopt(self, connection: socket.socket) -> None:
+        """Serve ``connection`` on this loop (called on this loop's thread)."""
         assert self.loop is not None
         if self.should_exit:
             self.released += 1
@@ -401,7 +430,6 @@ class _LoopServer(Server):
 
         def protocol() -> asyncio.Protocol:
             made.append(self._protocol())
-            made[0].over_limit = over_limit
             made[0].on_lost = self._release
             return made[0]
 
@@ -486,7 +514,7 @@ class OneAppWorker(UvicornWorker):
         self.config.callback_notify = None  # the first loop's heartbeat instead, at every turn
         self._server = _LoopServer(config=self.config)
         self._server.heartbeat = self._heartbeat
-        self._server.max_connections = self.cfg.worker_connections
+        self._server.max_connections = connection_bound(self.cfg.worker_connections)
         self._loops = [_LoopThread(self, number) for number in range(1, loops)]
         self._server.followers = tuple(loop.server for loop in self._loops)
         for loop in self._loops:

@@ -108,3 +108,35 @@ def test_a_connection_counts_once_from_its_hand_off_until_it_is_gone() -> None:
     asyncio.run(hand_one_and_close_it())
     assert counts[:-1] == [1] * 20, counts
     assert counts[-1] == 0
+
+
+OPEN_FILES = 200
+"""The served process's descriptor limit in the next test (soft and hard, as ``ulimit -n 200``)."""
+
+
+def test_a_worker_bounds_its_connections_by_the_descriptors_it_may_open() -> None:
+    """With fewer descriptors allowed than the worker's connection bound (`ulimit -n` below 1,000,
+    a common default is 1,024 and the stack's own descriptors come on top), connections past
+    what it can hold get the JSON 503 and the others are served. Before, the worker accepted
+    until it ran out of descriptors, and every connection after that waited unanswered in the
+    listening socket's backlog (and an app needing a file or a Redis connection answered 500)."""
+    statuses: list[int] = []
+    opened: list[socket.socket] = []
+    with http_front(ONE_LOOP, open_files=OPEN_FILES) as port:
+        try:
+            opened = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(OPEN_FILES + 50)]
+            for connection in opened:
+                try:
+                    connection.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+                    answer = read_answer(connection)
+                except TimeoutError:
+                    raise AssertionError(f"no answer after {len(statuses)} answered: {statuses[-3:]}") from None
+                except (ConnectionResetError, BrokenPipeError):
+                    # Refused and closed before our request was read: the reset may discard its 503.
+                    answer = b"HTTP/1.1 503 (reset)"
+                statuses.append(int(answer.split()[1]))
+        finally:
+            for connection in opened:
+                connection.close()
+    assert set(statuses) == {200, 503}, statuses
+    assert statuses.count(200) >= OPEN_FILES // 4, statuses
