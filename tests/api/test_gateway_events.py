@@ -108,3 +108,16 @@ def test_services_that_cannot_be_built_answer_a_json_503_until_they_can(full: Ha
     assert "Too many" not in answer["error"]  # nothing of the server's inside is shown
     status, answer = invoke(api_event("GET", "/api/v3/status", "/api/v3/status"))
     assert status == 200 and answer["status"]["ok"], answer
+
+
+@pytest.mark.parametrize("method, resource, path, body, status", [
+    ("POST", "/api/v3/vm", "/api/v3/vm", '{"pool1": "1"}', 200),  # a hostname handed to one caller
+    ("POST", "/api/v3/vm", "/api/v3/vm", '{"pool1": ', 400),
+    ("GET", "/api/v3/status", "/api/v3/status", None, 200),
+], ids=["checkout", "error", "status"])
+def test_no_cache_between_the_caller_and_api_gateway_may_keep_an_answer(
+        full: Harness, method: str, resource: str, path: str, body: str | None, status: int) -> None:
+    answer = app.app(api_event(method, resource, path, body=body), Context())
+    assert answer["statusCode"] == status, answer
+    assert answer["headers"]["Cache-Control"] == "no-store", answer["headers"]
+    assert answer["headers"]["X-Content-Type-Options"] == "nosniff", answer["headers"]
