@@ -45,6 +45,7 @@ import logging
 import os
 import resource
 import socket
+import struct
 import threading
 import time
 from typing import Any, Callable, ClassVar
@@ -153,6 +154,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     docstring)."""
 
     _head_timer: asyncio.TimerHandle | None = None
+    _write_timer: asyncio.TimerHandle | None = None
     _in_head = True  # waiting for the first request, or inside a request's line and headers
     _head_bytes = 0
     _header_fields = 0
@@ -177,10 +179,34 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         super().connection_lost(exc)
         if self.on_lost is not None:
             on_lost, self.on_lost = self.on_lost, None
             on_lost()
+
+    def pause_writing(self) -> None:
+        """The client reads slower than we write (asyncio's buffer is past its high mark): it has
+        CLIENT_TIMEOUT_SECONDS to make room, then the connection is dropped. A client that never
+        read held its connection for good: a close waits for the buffer to drain."""
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(CLIENT_TIMEOUT_SECONDS, self._not_reading)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _not_reading(self) -> None:
+        self._write_timer = None
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:  # a reset: the kernel drops the megabytes it still holds for the client
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()  # what it has not read is lost: it was not reading
 
     def data_received(self, data: bytes) -> None:
         if self._deferred is not None:

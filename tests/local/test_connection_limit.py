@@ -140,3 +140,26 @@ def test_a_worker_bounds_its_connections_by_the_descriptors_it_may_open() -> Non
                 connection.close()
     assert set(statuses) == {200, 503}, statuses
     assert statuses.count(200) >= OPEN_FILES // 4, statuses
+
+
+@app.route("/big")
+def big() -> dict[str, Any]:
+    return {"text": "x" * 8_000_000}  # more than the kernel's socket buffers hold
+
+
+def test_a_connection_whose_client_stops_reading_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that asks for answers and never reads them: once the server cannot write for the
+    client timeout, it drops the connection. Before, the connection was held for good (its slot,
+    its coroutine and megabytes of buffered answers; 2,000 such connections made the stack answer
+    every new one 503 until it was restarted), past the keep-alive timeout too: a close waits for
+    the buffer to drain."""
+    import local.http_front
+
+    monkeypatch.setattr(local.http_front, "CLIENT_TIMEOUT_SECONDS", 1.0)  # the forked server's too
+    with http_front(ONE_LOOP) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            connection.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            # Never read: the server's reset shows as the socket's pending error.
+            wait_for(lambda: connection.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), 30,
+                     "the server to drop a connection that does not read")
