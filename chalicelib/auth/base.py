@@ -55,9 +55,14 @@ def acceptable_credentials(username: object, password: object) -> bool:
 
 def canonical_user(username: str) -> str:
     """The name a directory matches for ``username``: NFKC-normalised (a fullwidth ``\uff42ob`` is
-    ``bob``), case-folded, without surrounding spaces. One user has one canonical name, whatever
-    look-alike spelling a client sends: login limits and admin lists compare these."""
-    return unicodedata.normalize("NFKC", username).casefold().strip()
+    ``bob``), lower-cased, without surrounding spaces. One user has one canonical name, whatever
+    look-alike spelling a client sends: tokens, VMs, login limits and admin lists go by it.
+
+    Lower-cased, not case-folded: LDAP's caseIgnoreMatch (OpenLDAP's, Active Directory's) maps
+    each letter to its lower case, so ``stra\u00dfe`` and ``strasse`` are two entries with two
+    passwords, which ``str.casefold`` would make one user. A canonical name may keep apart two
+    spellings the directory merges (a user then has two sets of tokens), never merge two users."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", username).lower()).strip()
 
 
 def same_user(one: str, other: str) -> bool:

@@ -9,7 +9,7 @@ Each attempt is reserved before the directory is asked (``reserve``: check and c
 script): 40 wrong passwords sent at once reach LDAP only as often as the limit allows, not 40
 times. A success gives the address's reservation back; an outage gives both back.
 
-User names are keyed by the name the directory will match: NFKC-normalised and case-folded
+User names are keyed by the name the directory will match: NFKC-normalised and lower-cased
 (a fullwidth ``\uff42ob`` binds as ``bob``, so it shares bob's counter), then hashed (bounded key
 size). IPv6 addresses count per /64, since one client usually holds a whole /64.
 """

@@ -9,6 +9,8 @@ Directory layout (``dc=example,dc=com``)::
 
     cn=svc,dc=example,dc=com                  service account (may search, see users)
     ou=users:   uid=alice, uid=comma\\,user    (uid in the DN)
+                uid=straße, uid=strasse     (two users whose names Unicode case folding merges;
+                                             LDAP keeps them apart)
     ou=people:  cn=bob (uid: bob), cn=carol (uid: carol)   (cn in the DN)
 
 The ``slapd`` session fixture (tests/conftest.py) runs one for every folder that needs it.
@@ -42,6 +44,8 @@ USERS: dict[str, tuple[str, str]] = {
     "comma,user": (f"uid=comma\\,user,{USERS_OU}", "comma-Pass-2"),
     "bob": (f"cn=bob,{PEOPLE_OU}", "bob-Pass-3"),
     "carol": (f"cn=carol,{PEOPLE_OU}", "carol-Pass-4"),
+    "stra\u00dfe": (f"uid=stra\u00dfe,{USERS_OU}", "sharp-s-Pass-5"),
+    "strasse": (f"uid=strasse,{USERS_OU}", "double-s-Pass-6"),
 }
 
 GROUPS_OU = f"ou=groups,{BASE}"

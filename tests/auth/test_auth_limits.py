@@ -29,7 +29,7 @@ def test_per_user_limit(redis_client):
     limiter.record_failure("alice", "10.0.0.2")
     wait = limiter.check("alice", "10.0.0.3")  # the user is over, whatever the address
     assert wait is not None and 1 <= wait <= 60
-    assert limiter.check("Alice ", "10.0.0.3") == wait  # names are case-folded
+    assert limiter.check("Alice ", "10.0.0.3") == wait  # names are lower-cased
     assert limiter.check("bob", "10.0.0.1") is None
     limiter.reset("alice")
     assert limiter.check("alice", "10.0.0.3") is None

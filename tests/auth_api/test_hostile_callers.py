@@ -1,0 +1,38 @@
+"""Callers an outsider would send: directory users whose names look alike, several at once, and
+malformed credentials, over HTTP against the real slapd and redis-server."""
+
+from __future__ import annotations
+
+from tests.auth_api.documents import POOL, document
+from tests.harness import basic
+
+SHARP_S = "stra\u00dfe"
+"""A directory user of its own: LDAP matching (OpenLDAP's, Active Directory's) lower-cases names
+and keeps the sharp s apart from 'ss'; Unicode case folding (str.casefold) makes it 'strasse'."""
+DOUBLE_S = "strasse"
+
+
+def test_two_directory_users_that_case_folding_merges_stay_two_users(make_api, ldap_auth, slapd):
+    """straße and strasse are two entries with two passwords: each got the other's tokens (listed,
+    deleted), VMs and failed-login counter, since both logged in as 'strasse'."""
+    api = make_api(document(ldap_auth(login_attempts_per_user=2)))
+    api.fill(POOL)
+    sharp, double = basic(SHARP_S, slapd.password(SHARP_S)), basic(DOUBLE_S, slapd.password(DOUBLE_S))
+    sharp_token = api.new_token(SHARP_S, slapd.password(SHARP_S))
+    double_token = api.new_token(DOUBLE_S, slapd.password(DOUBLE_S))
+    shown = api.call("GET", f"/api/v3/token/{sharp_token}").body[sharp_token]
+    assert shown["user"] == SHARP_S
+
+    listed = api.call("GET", "/api/v3/token", headers=double).body
+    assert set(listed) == {"ok", api.services.tokens.lookup(double_token, touch=False).id}
+    assert api.call("GET", f"/api/v3/token/{sharp_token}", headers=double).status == 403
+    assert api.call("DELETE", f"/api/v3/token/{sharp_token}", headers=double).status == 403
+
+    vm = api.checkout(POOL, sharp_token)
+    assert api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": double_token}).status == 403
+
+    # Guessing strasse's password does not lock straße out.
+    for attempt in range(2):
+        assert api.call("POST", "/api/v3/token", headers=basic(DOUBLE_S, f"guess-{attempt}")).status == 401
+    assert api.call("POST", "/api/v3/token", headers=sharp).status == 200
+    assert api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": sharp_token}).status == 200
