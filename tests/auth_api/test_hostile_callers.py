@@ -36,3 +36,17 @@ def test_two_directory_users_that_case_folding_merges_stay_two_users(make_api, l
         assert api.call("POST", "/api/v3/token", headers=basic(DOUBLE_S, f"guess-{attempt}")).status == 401
     assert api.call("POST", "/api/v3/token", headers=sharp).status == 200
     assert api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": sharp_token}).status == 200
+
+
+def test_a_token_stored_under_another_spelling_is_revoked_by_its_owner(ldap_api, slapd):
+    """Tokens made before user names were canonical record the name as typed ('ALICE'): alice, who
+    now logs in as 'alice' whatever she types, was told the token 'belongs to another user' (403)
+    and could not revoke it."""
+    alice = basic("alice", slapd.password("alice"))
+    old = ldap_api.services.tokens.create("ALICE")  # as the code before canonical names stored it
+    assert ldap_api.call("GET", f"/api/v3/token/{old}", headers=alice).status == 200
+    assert ldap_api.call("DELETE", f"/api/v3/token/{old}", headers=basic("bob", slapd.password("bob"))).status == 403
+    deleted = ldap_api.call("DELETE", f"/api/v3/token/{old}", headers=alice)
+    assert (deleted.status, deleted.body) == (200, {"ok": True})
+    assert ldap_api.call("GET", f"/api/v3/token/{old}").status == 404
+    assert ldap_api.services.client.smembers("vmpool:user:ALICE:tokens") == set()
