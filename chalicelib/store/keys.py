@@ -44,6 +44,7 @@ tests/core/test_key_schema.py holds both sides to this.
     user:<user>:tokens       set     a user's token hashes
     login:user:<hash>        string  failed logins of a user name (canonical, hashed) in the window
     login:addr:<address>     string  failed logins from a client address (IPv6: its /64)
+    login:<user|addr>:<..>:in_flight string  of those, the attempts still waiting for the directory
     migrating                zset    VMs being migrated to another host, across all pools, by start time
     templates:prepared       hash    <provider>:<template> -> "done", or the task preparing it
     history:<pool>           zset    per-minute samples of the pool's counts (store/history.py)
@@ -183,6 +184,10 @@ class Keys:
 
     def login_address(self, address: str) -> str:
         return f"{self.prefix}login:addr:{address}"
+
+    def login_in_flight(self, counter: str) -> str:
+        """The count of a login counter's attempts still waiting for the directory."""
+        return f"{counter}:in_flight"
 
     def holdings(self, owner_hash: str) -> str:
         return f"{self.prefix}holdings:{owner_hash}"
