@@ -3,7 +3,13 @@ malformed credentials, over HTTP against the real slapd and redis-server."""
 
 from __future__ import annotations
 
-from tests.auth_api.documents import POOL, document
+import json
+from typing import Any
+
+import pytest
+
+import app as chalice_app
+from tests.auth_api.documents import CLIENT_IP, POOL, document
 from tests.harness import basic
 
 SHARP_S = "stra\u00dfe"
@@ -50,3 +56,53 @@ def test_a_token_stored_under_another_spelling_is_revoked_by_its_owner(ldap_api,
     assert (deleted.status, deleted.body) == (200, {"ok": True})
     assert ldap_api.call("GET", f"/api/v3/token/{old}").status == 404
     assert ldap_api.services.client.smembers("vmpool:user:ALICE:tokens") == set()
+
+
+def api_gateway_event(method: str, resource: str, headers: list[tuple[str, str]],
+                      params: dict[str, str] | None = None) -> dict[str, Any]:
+    """API Gateway's proxy event for a request to ``resource`` (a route, its ``params`` filled in)
+    that sent ``headers`` (a name may repeat): as API Gateway does, ``headers`` keeps each name's
+    last value, ``multiValueHeaders`` every value."""
+    path = resource.format(**(params or {}))
+    single: dict[str, str] = {}
+    multi: dict[str, list[str]] = {}
+    for name, value in headers:
+        single[name] = value
+        multi.setdefault(name, []).append(value)
+    return {"resource": resource, "path": path, "httpMethod": method, "headers": single,
+            "multiValueHeaders": multi, "queryStringParameters": None,
+            "multiValueQueryStringParameters": None, "pathParameters": params, "stageVariables": None,
+            "body": None, "isBase64Encoded": False,
+            "requestContext": {"resourcePath": resource, "httpMethod": method, "requestId": "r1", "path": path,
+                               "stage": "prod", "identity": {"sourceIp": CLIENT_IP}}}
+
+
+def lambda_answer(event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    response = chalice_app.app(event, None)
+    body = json.loads(response["body"])
+    assert response["statusCode"] == 200 or body["ok"] is False, body
+    return response["statusCode"], body
+
+
+@pytest.mark.parametrize("order", ["wrong first", "wrong last"])
+def test_several_authorization_headers_are_refused(ldap_api, slapd, order):
+    """A request with two Authorization headers reached the Lambda with the last one only: a proxy
+    or WAF that checked the first let through a login it never saw. Now both are read (joined as
+    HTTP combines repeated fields, as the local front does) and the login is refused."""
+    right = basic("alice", slapd.password("alice"))["Authorization"]
+    wrong = basic("bob", "not-bobs-password")["Authorization"]
+    sent = [right, wrong] if order == "wrong last" else [wrong, right]
+    status, body = lambda_answer(api_gateway_event("POST", "/api/v3/token", [("Authorization", v) for v in sent]))
+    assert (status, body["ok"]) == (401, False)
+    assert ldap_api.services.client.keys("vmpool:token:*") == []
+
+
+def test_several_tokens_in_one_request_are_refused(ldap_api, slapd):
+    """Two X-AUTH-TOKEN headers: the last one was used, whatever the first said."""
+    alice = ldap_api.new_token("alice", slapd.password("alice"))
+    bob = ldap_api.new_token("bob", slapd.password("bob"))
+    vm = ldap_api.checkout(POOL, bob)
+    status, body = lambda_answer(api_gateway_event(
+        "DELETE", "/api/v3/vm/{name}", [("X-AUTH-TOKEN", alice), ("X-AUTH-TOKEN", bob)], {"name": vm}))
+    assert (status, body["ok"]) == (401, False)
+    assert ldap_api.state_of(vm) == "running"
