@@ -4,11 +4,14 @@ malformed credentials, over HTTP against the real slapd and redis-server."""
 from __future__ import annotations
 
 import json
-from typing import Any
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator
 
 import pytest
 
 import app as chalice_app
+from tests.auth.slapd import SlapdServer
 from tests.auth_api.documents import CLIENT_IP, POOL, document
 from tests.harness import basic
 
@@ -106,3 +109,82 @@ def test_several_tokens_in_one_request_are_refused(ldap_api, slapd):
         "DELETE", "/api/v3/vm/{name}", [("X-AUTH-TOKEN", alice), ("X-AUTH-TOKEN", bob)], {"name": vm}))
     assert (status, body["ok"]) == (401, False)
     assert ldap_api.state_of(vm) == "running"
+
+
+USERS_AT_ONCE = ("alice", "bob", "carol", "comma,user", SHARP_S, DOUBLE_S)
+
+
+def test_many_users_at_once_each_get_their_own_token_and_vms(make_api, ldap_auth, slapd):
+    """Six directory users log in, check out and look at their tokens all at once, each from many
+    threads: every token, VM and listing is the caller's own (the app keeps the request it serves
+    per thread; a shared one would hand one caller's identity to another)."""
+    api = make_api(document(ldap_auth(), pools=[
+        {"name": POOL, "size": 24, "provider": "dummy", "template": "t/debian"}]))
+    api.fill(POOL)
+    callers = [user for user in USERS_AT_ONCE for _ in range(4)]
+
+    def log_in_and_check_out(user: str) -> tuple[str, str, str, dict[str, Any]]:
+        token = api.new_token(user, slapd.password(user))
+        vm = api.checkout(POOL, token)
+        listed = api.call("GET", "/api/v3/token", headers=basic(user, slapd.password(user))).body
+        return user, token, vm, listed
+
+    with ThreadPoolExecutor(len(callers)) as pool:
+        results = list(pool.map(log_in_and_check_out, callers))
+    ids: dict[str, set[str]] = {}
+    for user, token, vm, _ in results:
+        record = api.services.tokens.lookup(token, touch=False)
+        assert record is not None and record.user == user
+        assert api.store.get_vm(vm).token_user == user
+        ids.setdefault(user, set()).add(record.id)
+    for user, _, _, listed in results:
+        assert set(listed) - {"ok"} <= ids[user]
+    assert len({vm for _, _, vm, _ in results}) == len(callers)
+
+
+@pytest.fixture
+def private_slapd() -> Iterator[SlapdServer]:
+    """A slapd of the test's own, to stop and kill."""
+    with SlapdServer() as server:
+        yield server
+
+
+def test_a_directory_stopped_or_killed_during_logins_is_503_json_never_a_login(make_api, private_slapd):
+    """SIGSTOP: each login waits receive_timeout for an answer, then 503. SIGKILL while logins are
+    under way: each is a working token or a 503, never a 500 or a 401 counted as a failure."""
+    directory = private_slapd
+    ldap = directory.ldap_config(receive_timeout=1)
+    ldap["service_account_hash"] = {"user_dn": directory.service_dn, "password": directory.service_password}
+    api = make_api(document({"provider": "ldap", "ldap": ldap, "login_attempts_per_user": 3}))
+    users = [user for user in USERS_AT_ONCE for _ in range(3)]
+
+    def log_in(user: str) -> tuple[int, dict[str, Any]]:
+        reply = api.call("POST", "/api/v3/token", headers=basic(user, directory.password(user)))
+        return reply.status, reply.body
+
+    def check(answers: list[tuple[int, dict[str, Any]]]) -> None:
+        for status, body in answers:
+            if status == 200:
+                assert api.call("GET", f"/api/v3/token/{body['token']}").status == 200
+            else:
+                assert (status, body) == (503, {"ok": False, "error": "authentication service unavailable"})
+
+    assert directory.process is not None
+    directory.process.send_signal(signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            stopped = list(pool.map(log_in, USERS_AT_ONCE))
+    finally:
+        directory.process.send_signal(signal.SIGCONT)
+    assert {status for status, _ in stopped} == {503}
+    check(stopped)
+
+    with ThreadPoolExecutor(len(users)) as pool:
+        under_way = [pool.submit(log_in, user) for user in users]
+        directory.process.kill()
+        killed = [future.result() for future in under_way]
+    check(killed)
+    after = [log_in(user) for user in USERS_AT_ONCE]
+    assert {status for status, _ in after} == {503}
+    check(after)
+    assert api.services.client.keys("vmpool:login:*") == []  # outages are not failed logins
