@@ -65,6 +65,16 @@ def canonical_user(username: str) -> str:
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", username).lower()).strip()
 
 
+def login_key(username: str) -> str:
+    """The name failed logins of ``username`` are counted under: coarser than ``canonical_user``,
+    so that no spelling a directory may bind as the same entry gets a counter of its own:
+    case-folded (``\u00df`` as ``ss``) and a dotted capital I as ``i`` (OpenLDAP binds
+    ``al\u0130ce`` as alice). Two users whose names merge here share a counter: at worst one's
+    failures lock the other out for a window, never an attacker more guesses."""
+    folded = canonical_user(username).replace("i\u0307", "i").casefold()
+    return unicodedata.normalize("NFKC", folded)
+
+
 def same_user(one: str, other: str) -> bool:
     """Whether two user names are one user's spellings (compared by their canonical names)."""
     return canonical_user(one) == canonical_user(other)

@@ -13,9 +13,9 @@ all be right: try again in a second). ``settle`` records the answer: a failure s
 success clears the user's failures (not its attempts still in flight) and gives the address its
 attempt back; an outage gives both back.
 
-User names are keyed by the name the directory will match: NFKC-normalised and lower-cased
-(a fullwidth ``\uff42ob`` binds as ``bob``, so it shares bob's counter), then hashed (bounded key
-size). IPv6 addresses count per /64, since one client usually holds a whole /64.
+User names are keyed by ``base.login_key``: NFKC-normalised and case-folded, coarser than the
+directory matches (a fullwidth ``\uff42ob`` binds as ``bob``, so it shares bob's counter), then
+hashed (bounded key size). IPv6 addresses count per /64, since one client usually holds a whole /64.
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ from typing import TYPE_CHECKING, Any
 from chalicelib.store.keys import DEFAULT_PREFIX, Keys
 from chalicelib.store.scripts import script_source
 
-from .base import canonical_user
+from .base import login_key
 
 if TYPE_CHECKING:
     from chalicelib.config import AuthConfig
 
 
 def _user_part(user: str) -> str:
-    return hashlib.sha256(canonical_user(user).encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(login_key(user).encode("utf-8")).hexdigest()[:32]
 
 
 def address_key(address: str | None) -> str | None:

@@ -291,3 +291,15 @@ def test_a_success_keeps_the_attempts_still_in_flight_reserved(redis_client):
         assert limiter.reserve("alice", address) is None
         limiter.settle("alice", address, succeeded=False)
     assert limiter.reserve("alice", "10.0.0.5") == Refusal(60, busy=False)
+
+
+def test_a_dotted_capital_i_shares_the_users_limit(redis_client, slapd):
+    """The directory binds 'al\u0130ce' (a capital I with a dot) as alice, whose failed-login
+    counter it did not share: each i in a name doubled the guesses the limit allowed."""
+    ldap = _ldap(slapd)
+    look_alike = "al\u0130ce"
+    assert ldap.authenticate(look_alike, slapd.password("alice"))  # what makes this matter
+    service = LoginService(ldap, LoginLimiter(redis_client, max_per_user=3, max_per_address=1000))
+    for attempt in range(3):
+        assert service.check("alice", f"wrong-{attempt}", "192.0.2.1").outcome is LoginOutcome.INVALID
+    assert service.check(look_alike, slapd.password("alice"), "192.0.2.2").outcome is LoginOutcome.RATE_LIMITED
