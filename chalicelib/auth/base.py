@@ -60,9 +60,11 @@ def canonical_user(username: str) -> str:
 
     Lower-cased, not case-folded: LDAP's caseIgnoreMatch (OpenLDAP's, Active Directory's) maps
     each letter to its lower case, so ``stra\u00dfe`` and ``strasse`` are two entries with two
-    passwords, which ``str.casefold`` would make one user. A canonical name may keep apart two
-    spellings the directory merges (a user then has two sets of tokens), never merge two users."""
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", username).lower()).strip()
+    passwords, which ``str.casefold`` would make one user. The dotted capital I is lower-cased
+    to ``i``, as the directory does (``str.lower`` gives i and a combining dot). NFKC also maps
+    compatibility letters a directory may keep apart (see docs/auth.md)."""
+    dotless = unicodedata.normalize("NFKC", username.replace("\u0130", "i"))
+    return unicodedata.normalize("NFKC", dotless.lower()).strip()
 
 
 def login_key(username: str) -> str:

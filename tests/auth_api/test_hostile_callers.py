@@ -185,3 +185,13 @@ def test_a_directory_stopped_or_killed_during_logins_is_503_json_never_a_login(m
     assert {status for status, _ in after} == {503}
     check(after)
     assert api.services.client.keys("vmpool:login:*") == []  # outages are not failed logins
+
+
+def test_a_dotted_capital_i_is_the_same_user(ldap_api, slapd):
+    """OpenLDAP binds 'al\u0130ce' as alice (it lower-cases \u0130 to i); her token made under that
+    spelling was another user's: not listed to her, not deletable by her, not counted in her limit."""
+    token = ldap_api.new_token("al\u0130ce", slapd.password("alice"))
+    alice = basic("alice", slapd.password("alice"))
+    assert ldap_api.call("GET", f"/api/v3/token/{token}").body[token]["user"] == "alice"
+    assert len(ldap_api.call("GET", "/api/v3/token", headers=alice).body) == 2
+    assert ldap_api.call("DELETE", f"/api/v3/token/{token}", headers=alice).status == 200
