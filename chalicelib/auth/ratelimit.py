@@ -3,7 +3,7 @@
 Fixed windows: the first attempt starts a window of ``window_seconds``; past ``max_per_user``
 failures for a user name, or ``max_per_address`` from an address, logins are refused until the
 window ends (the API answers 429 with ``Retry-After``). A successful login clears the user's
-counter (not the address's: one valid account must not reset an attacker's address budget).
+failures (not the address's: one valid account must not reset an attacker's address budget).
 
 Each attempt is reserved before the directory is asked (``reserve``: check and count in one
 script): 40 wrong passwords sent at once reach LDAP only as often as the limit allows, not 40

@@ -195,3 +195,19 @@ def test_a_dotted_capital_i_is_the_same_user(ldap_api, slapd):
     assert ldap_api.call("GET", f"/api/v3/token/{token}").body[token]["user"] == "alice"
     assert len(ldap_api.call("GET", "/api/v3/token", headers=alice).body) == 2
     assert ldap_api.call("DELETE", f"/api/v3/token/{token}", headers=alice).status == 200
+
+
+def test_logins_in_flight_at_the_limit_answer_retry_in_a_second(make_api, ldap_auth, slapd):
+    """Two of alice's logins still waiting for the directory fill a limit of 2: a third gets 429
+    with Retry-After: 1 and says so (it was 'too many failed logins' and the whole window), and
+    once those two are in, it goes through."""
+    api = make_api(document(ldap_auth(login_attempts_per_user=2, login_window_seconds=300)))
+    limiter = api.services.logins.limiter
+    for address in ("198.51.100.1", "198.51.100.2"):
+        assert limiter.reserve("alice", address) is None  # a login under way elsewhere
+    refused = api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice")))
+    assert (refused.status, refused.headers["Retry-After"]) == (429, "1")
+    assert refused.body == {"ok": False, "error": "too many logins at once, try again in a moment", "retry_after": 1}
+    for address in ("198.51.100.1", "198.51.100.2"):
+        limiter.settle("alice", address, succeeded=True)
+    assert api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice"))).status == 200
