@@ -56,9 +56,10 @@ def acceptable_credentials(username: object, password: object) -> bool:
 def canonical_user(username: str) -> str:
     """The name a directory matches for ``username``: NFKC-normalised (a fullwidth ``\uff42ob`` is
     ``bob``), lower-cased, without surrounding spaces. One user has one canonical name, whatever
-    look-alike spelling a client sends: tokens, VMs, login limits and admin lists go by it.
+    look-alike spelling a client sends: tokens, VMs and admin lists go by it (failed logins by the
+    coarser ``login_key``).
 
-    Lower-cased, not case-folded: LDAP's caseIgnoreMatch (OpenLDAP's, Active Directory's) maps
+    Lower-cased, not case-folded: LDAP's caseIgnoreMatch (as OpenLDAP implements it) maps
     each letter to its lower case, so ``stra\u00dfe`` and ``strasse`` are two entries with two
     passwords, which ``str.casefold`` would make one user. The dotted capital I is lower-cased
     to ``i``, as the directory does (``str.lower`` gives i and a combining dot). NFKC also maps
