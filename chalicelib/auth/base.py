@@ -36,7 +36,8 @@ def acceptable_credentials(username: object, password: object) -> bool:
 
     Refuses an empty password (an LDAP simple bind with a name and no password is an
     *unauthenticated* bind that many servers, Active Directory included, answer with success),
-    empty or blank user names, surrounding spaces, control characters (NUL included) and absurd lengths."""
+    empty or blank user names, surrounding spaces, control characters (NUL included), lone
+    surrogates (no UTF-8 form) and absurd lengths."""
     if not isinstance(username, str) or not isinstance(password, str):
         return False
     if not password or not username.strip():
@@ -50,6 +51,8 @@ def acceptable_credentials(username: object, password: object) -> bool:
         return False
     if "\x00" in password:
         return False
+    if any("\ud800" <= char <= "\udfff" for char in username + password):
+        return False  # a lone surrogate has no UTF-8 form to send (never from HTTP; from a caller)
     return True
 
 

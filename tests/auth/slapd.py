@@ -11,6 +11,7 @@ Directory layout (``dc=example,dc=com``)::
     ou=users:   uid=alice, uid=comma\\,user    (uid in the DN)
                 uid=straße, uid=strasse     (two users whose names Unicode case folding merges;
                                              LDAP keeps them apart)
+                uid=dana                    (a password of Hebrew and Latin letters)
     ou=people:  cn=bob (uid: bob), cn=carol (uid: carol)   (cn in the DN)
 
 The ``slapd`` session fixture (tests/conftest.py) runs one for every folder that needs it.
@@ -20,6 +21,7 @@ Needs the Debian packages ``slapd`` and ``ldap-utils`` (and ``openssl``).
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
@@ -46,6 +48,7 @@ USERS: dict[str, tuple[str, str]] = {
     "carol": (f"cn=carol,{PEOPLE_OU}", "carol-Pass-4"),
     "stra\u00dfe": (f"uid=stra\u00dfe,{USERS_OU}", "sharp-s-Pass-5"),
     "strasse": (f"uid=strasse,{USERS_OU}", "double-s-Pass-6"),
+    "dana": (f"uid=dana,{USERS_OU}", "\u05e9\u05dc\u05d5\u05dd-dana-7"),
 }
 
 GROUPS_OU = f"ou=groups,{BASE}"
@@ -113,7 +116,7 @@ def _seed_ldif() -> str:
         cn = user if rdn_attr == "cn" else f"{user} cn"
         entries.append(
             f"dn: {dn}\nobjectClass: inetOrgPerson\nuid: {user}\ncn: {cn}\nsn: {user}\n"
-            f"userPassword: {password}\n"
+            f"userPassword:: {base64.b64encode(password.encode()).decode()}\n"
         )
     return "\n".join(entries)
 

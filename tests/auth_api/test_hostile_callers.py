@@ -211,3 +211,35 @@ def test_logins_in_flight_at_the_limit_answer_retry_in_a_second(make_api, ldap_a
     for address in ("198.51.100.1", "198.51.100.2"):
         limiter.settle("alice", address, succeeded=True)
     assert api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice"))).status == 200
+
+
+def test_a_password_of_hebrew_and_latin_letters_logs_in(ldap_api, slapd):
+    """dana's directory password mixes Hebrew and Latin letters. ldap3 ran every password through
+    SASLprep, which refuses such a mix (and control, private-use or other code points) before
+    sending it: dana could never log in, and was told the directory was unavailable (503)."""
+    assert ldap_api.call("POST", "/api/v3/token", headers=basic("dana", slapd.password("dana"))).status == 200
+
+
+@pytest.mark.parametrize("password", ["\ufff9abc", "\u05d0a", "x\u200e", "\ue000pin"])
+def test_an_unsendable_password_is_a_wrong_one_not_an_outage(make_api, ldap_auth, slapd, all_logs, password):
+    """Passwords SASLprep refuses were a 503 'authentication service unavailable', logged as an
+    outage, after a connection, StartTLS, the service account's bind and a search, and given back
+    to the failed-login limiter: a caller could make the directory work without limit. They are
+    sent as typed (UTF-8, as other LDAP clients and vmpooler send them): a wrong password, 401,
+    counted."""
+    api = make_api(document(ldap_auth(login_attempts_per_user=2)))
+    for _ in range(2):
+        reply = api.call("POST", "/api/v3/token", headers=basic("alice", password))
+        assert (reply.status, reply.body["ok"]) == (401, False)
+    assert api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice"))).status == 429
+    assert not [line for line in all_logs.lines if "unavailable" in line]
+
+
+def test_a_password_the_directory_does_not_hold_never_logs_in_by_mapping(ldap_api, slapd):
+    """SASLprep maps some characters to nothing before sending: alice's password with a soft
+    hyphen or a zero-width space inside logged in as alice. The directory compares what it
+    holds."""
+    password = slapd.password("alice")
+    for inserted in ("\u00ad", "\u200b", "\u180b"):
+        typed = password[:3] + inserted + password[3:]
+        assert ldap_api.call("POST", "/api/v3/token", headers=basic("alice", typed)).status == 401
