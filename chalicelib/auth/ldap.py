@@ -229,7 +229,9 @@ class LdapAuthenticator:
             raise AuthUnavailable(f"{self._where} refused the service account")
 
     def _find_user(self, connection: Connection, username: str) -> list[str]:
-        """The DNs of the entries named ``username`` under every base (as the service account)."""
+        """The DN of the one entry named ``username`` under every base and user_object (as the
+        service account); none when no entry or several are (alice's uid and another person's
+        cn: whoever's password matched would be 'alice')."""
         value = escape_filter_chars(username)
         candidates: list[str] = []
         for base in self.settings.bases:
@@ -237,6 +239,9 @@ class LdapAuthenticator:
                 for dn in self._search(connection, base, f"({attribute}={value})", username):
                     if dn not in candidates:
                         candidates.append(dn)
+        if len(candidates) > 1:
+            logger.warning("LDAP entries %s all match %s: ambiguous, ignored", candidates, _identity(username))
+            return []
         return candidates
 
     def _search_and_bind(self, connection: Connection, username: str, password: str) -> bool:

@@ -129,6 +129,8 @@ class SlapdServer:
     ldaps_port: int = field(default_factory=free_port)
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="vmpool-slapd-")))
     process: subprocess.Popen | None = None
+    extra_ldif: str = ""
+    """More entries (LDIF) to seed, for a test's own directory."""
 
     base = BASE
     users_base = USERS_OU
@@ -217,7 +219,7 @@ class SlapdServer:
                 "",
             ])
         )
-        _run([slapadd, "-f", str(conf), "-b", BASE], input=_seed_ldif())
+        _run([slapadd, "-f", str(conf), "-b", BASE], input=_seed_ldif() + "\n" + self.extra_ldif)
         listen = f"ldap://127.0.0.1:{self.port}/ ldaps://127.0.0.1:{self.ldaps_port}/"
         self.log_file = open(self.directory / "slapd.log", "wb")
         self.process = subprocess.Popen(

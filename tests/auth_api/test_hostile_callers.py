@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import pytest
 
 import app as chalice_app
-from tests.auth.slapd import SlapdServer
+from tests.auth.slapd import PEOPLE_OU, SlapdServer
 from tests.auth_api.documents import CLIENT_IP, POOL, document
 from tests.harness import basic
 
@@ -243,3 +243,26 @@ def test_a_password_the_directory_does_not_hold_never_logs_in_by_mapping(ldap_ap
     for inserted in ("\u00ad", "\u200b", "\u180b"):
         typed = password[:3] + inserted + password[3:]
         assert ldap_api.call("POST", "/api/v3/token", headers=basic("alice", typed)).status == 401
+
+
+MALLORY = f"""dn: cn=alice,{PEOPLE_OU}
+objectClass: inetOrgPerson
+uid: mallory
+cn: alice
+sn: mallory
+userPassword: mallory-Pass-8
+"""
+"""Another person, whose common name is alice's user name."""
+
+
+def test_a_name_that_finds_two_entries_logs_in_as_neither(make_api):
+    """With user_object [uid, cn], 'alice' finds alice (uid=alice) and mallory (cn=alice), each
+    search finding one entry. Mallory logged in as 'alice' with her own password: alice's tokens
+    and VMs were hers. A name that finds two entries is ambiguous wherever they are found."""
+    with SlapdServer(extra_ldif=MALLORY) as directory:
+        ldap = directory.ldap_config(user_object=["uid", "cn"])
+        ldap["service_account_hash"] = {"user_dn": directory.service_dn, "password": directory.service_password}
+        api = make_api(document({"provider": "ldap", "ldap": ldap}))
+        assert api.call("POST", "/api/v3/token", headers=basic("alice", "mallory-Pass-8")).status == 401
+        assert api.call("POST", "/api/v3/token", headers=basic("alice", directory.password("alice"))).status == 401
+        assert api.call("POST", "/api/v3/token", headers=basic("mallory", "mallory-Pass-8")).status == 200
