@@ -18,6 +18,7 @@ import redis
 
 from chalicelib.api import dashboard, ondemand, pool_config, status, summary, tokens, vm_tasks, vms
 from chalicelib.api.http import JSON_HEADERS, ApiError, ApiRequest, ApiResponse, bad_request
+from chalicelib.api.identity import TOKEN_HEADER
 from chalicelib.api.limits import check_rate
 from chalicelib.observability import logger
 from chalicelib.services import Services
@@ -167,6 +168,23 @@ def _event_query(event: Mapping[str, Any]) -> dict[str, str]:
     return {name: found[-1] for name, found in values.items() if found}
 
 
+CREDENTIAL_HEADERS = ("authorization", TOKEN_HEADER.lower())
+"""Headers that say who the caller is. API Gateway's event keeps only the last value of a header
+sent several times (``headers``); every value is in ``multiValueHeaders``."""
+
+
+def _event_headers(current: Any, event: Mapping[str, Any]) -> dict[str, str]:
+    """The request's headers, names lower-cased. A credential header sent several times is every
+    value joined with ", " (RFC 9110 5.3, as the local front joins them), which no credential
+    check accepts: with the last value alone, a proxy or WAF that checked the first would let
+    through a login or a token it never saw."""
+    headers = {name.lower(): value for name, value in (current.headers or {}).items()}
+    for name, values in (event.get("multiValueHeaders") or {}).items():
+        if name.lower() in CREDENTIAL_HEADERS and isinstance(values, list) and len(values) > 1:
+            headers[name.lower()] = ", ".join(str(value) for value in values)
+    return headers
+
+
 def request_from_chalice(current: Any, version: int, params: Mapping[str, str]) -> ApiRequest:
     """Our ApiRequest from Chalice's ``app.current_request``; ApiError (400) for an event whose
     body cannot be read."""
@@ -177,7 +195,7 @@ def request_from_chalice(current: Any, version: int, params: Mapping[str, str]) 
         version=version,
         params=dict(params),
         query=_event_query(event),
-        headers={name.lower(): value for name, value in (current.headers or {}).items()},
+        headers=_event_headers(current, event),
         body=_event_body(event),
         source_ip=(context.get("identity") or {}).get("sourceIp", ""),
         request_id=context.get("requestId", ""),
