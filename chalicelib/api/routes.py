@@ -128,6 +128,21 @@ def handle(services: Services, handler: Handler, request: ApiRequest) -> ApiResp
         return ApiResponse(500, {"ok": False, "error": "internal error", "request_id": request.request_id})
 
 
+SERVICES_UNAVAILABLE = "service unavailable; try again"
+
+
+def handle_when_built(build: Callable[[], Services], handler: Handler, request: ApiRequest) -> ApiResponse:
+    """``handle`` with the services ``build`` returns (the process builds them on its first
+    request). Failing to build them (out of descriptors, a secret that could not be fetched) is
+    a 503 in JSON, and the next request tries again; before, it escaped to Chalice's own 500."""
+    try:
+        services = build()
+    except Exception:  # noqa: BLE001 - the client gets JSON; the log gets the traceback
+        logger.exception("services could not be built", extra={"request_id": request.request_id})
+        return ApiResponse(503, {"ok": False, "error": SERVICES_UNAVAILABLE}, {"Retry-After": "1"})
+    return handle(services, handler, request)
+
+
 def _event_body(event: Mapping[str, Any]) -> bytes:
     """The body of an API Gateway proxy event as the client sent it. Read here rather than by
     Chalice, whose ``raw_body`` raises on a body that is not base64 (or text that is not
