@@ -21,6 +21,7 @@ import dataclasses
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from chalicelib import observability as metric
@@ -41,6 +42,7 @@ from chalicelib.observability import emit, logger
 from chalicelib.sizing.controller import current_sizes
 from chalicelib.store import STATES
 from chalicelib.store.fleet import Fleet
+from chalicelib.store.pool_overrides import PoolOverrides
 
 if TYPE_CHECKING:
     from chalicelib.services import Services
@@ -134,7 +136,9 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
             logger.error("removed pool cannot drain: its provider is gone from the config",
                          extra={"pool": message.pool, "provider": settings.provider})
             return None
-        drain = dataclasses.replace(settings, size=0)
+        drain = draining(settings)
+        # An admin's size, template or reset of the pool no longer applies: it is drained.
+        PoolOverrides(services.store).clear(message.pool)
     if message.reason == FOLLOWUP:
         fleet.followup_arrived(message.pool)
     report = run_pool(services, message.pool, budget_seconds, checkpoint, stopping,
@@ -154,6 +158,13 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
         if fleet.claim_followup(message.pool, delay + FOLLOWUP_SLACK_SECONDS):
             queue.send([(PoolMessage(message.pool, FOLLOWUP), delay)])
     return report
+
+
+def draining(pool: PoolConfig) -> PoolConfig:
+    """A pool removed from the config, as its drain passes reconcile it: size 0 whatever its
+    settings sized it by (its ``sizing`` block, recorded as text, is dropped with it)."""
+    settings = MappingProxyType({key: value for key, value in pool.settings.items() if key != "sizing"})
+    return dataclasses.replace(pool, size=0, settings=settings)
 
 
 def _empty(report: RunReport) -> bool:

@@ -21,6 +21,7 @@ SIZE = "poolsize"
 TEMPLATE = "pooltemplate"
 RESET = "poolreset"
 CLONE_TARGET = "clonetarget"
+SETTINGS = (SIZE, TEMPLATE, RESET, CLONE_TARGET)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class PoolOverrides:
             return {}
         with _translate_errors():
             pipe = self.client.pipeline(transaction=False)
-            for setting in (SIZE, TEMPLATE, RESET, CLONE_TARGET):
+            for setting in SETTINGS:
                 pipe.hmget(self.keys.pool_override(setting), pools)
             sizes, templates, resets, clone_targets = pipe.execute()
         return {
@@ -79,6 +80,15 @@ class PoolOverrides:
         configured one."""
         setting = {"size": SIZE, "template": TEMPLATE, "clone_target": CLONE_TARGET}[field]
         self._set(setting, pool, None if value is None else str(value))
+
+    def clear(self, pool: str) -> None:
+        """Drop every override of the pool (it left the config: it drains as nothing but empty,
+        and a pool of that name added later starts as configured), in one round trip."""
+        with _translate_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for setting in SETTINGS:
+                pipe.hdel(self.keys.pool_override(setting), pool)
+            pipe.execute()
 
     def reset(self, pool: str, now: float) -> None:
         """Drain the pool's ready and pending VMs cloned before ``now`` (and so refill it)."""
