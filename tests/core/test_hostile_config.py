@@ -38,3 +38,10 @@ def test_a_time_zone_that_is_not_one_is_refused_with_its_key(zone: str, problem:
     assert problems_of(service) == [f"config.sizing_timezone: {problem}"]
     pool = HEAD + POOL.format(name="a") + "    sizing:\n      timezone: " + json.dumps(zone) + "\n"
     assert problems_of(pool) == [f"pools[0].sizing: timezone: {problem}"]
+
+
+def test_a_long_pool_name_is_refused_without_echoing_it_whole() -> None:
+    name = "a" * 10_000
+    problem, = problems_of(HEAD + POOL.format(name=name))
+    assert problem.startswith("pools[0].name: must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$, got \"aaaa")
+    assert len(problem) < 200
