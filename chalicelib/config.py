@@ -387,8 +387,65 @@ def _strip_colons(value: Any) -> Any:
 
 
 
+MAX_CONFIG_CHARACTERS = 16 * 1024 * 1024
+"""The largest config read: 50 times 1,000 pools of 300 bytes. A 50 MB file of 700,000 pools
+took 5 minutes and 3 GB to load."""
+MAX_DEPTH = 64
+"""Mappings and lists within each other: a config has 8 levels; Python's recursion (and libyaml's
+composer, which crashes the interpreter past some 10,000) must never be what stops a load."""
+MAX_VALUES = 2_000_000
+"""Values in a config once its YAML aliases are expanded (10,000 pools of 100 keys and items
+are 1 million): nine aliases to nine aliases ... nine levels deep would be 387 million."""
+MAX_POOLS = 10_000
+
+
+def _check_size(text: str, source: str) -> None:
+    if len(text) > MAX_CONFIG_CHARACTERS:
+        raise ConfigError([f"{source}: {len(text)} characters, at most {MAX_CONFIG_CHARACTERS}"])
+
+
+def _check_shape(yaml: Any, text: str, loader: type, source: str) -> None:
+    """Refuse YAML nested deeper than MAX_DEPTH or holding more than MAX_VALUES values once its
+    aliases are expanded, from libyaml's events (a flat walk: no recursion, nothing built)
+    before anything is composed. An alias counts the values of the node it names."""
+    sizes: dict[str, int] = {}  # anchor -> values in its node, aliases expanded
+    open_nodes: list[list[Any]] = []  # [values so far, anchor] of each collection being read
+    starts = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+    ends = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+    scalar, alias = yaml.ScalarEvent, yaml.AliasEvent
+    expanded = 0
+    for event in yaml.parse(text, Loader=loader):
+        kind = type(event)
+        if kind is scalar:
+            values, anchor = 1, event.anchor
+            expanded += 1
+        elif kind in starts:
+            if len(open_nodes) >= MAX_DEPTH:
+                raise ConfigError([f"{source}: nested deeper than {MAX_DEPTH} levels"])
+            open_nodes.append([1, event.anchor])
+            expanded += 1
+            continue
+        elif kind in ends:
+            values, anchor = open_nodes.pop()
+        elif kind is alias:
+            values, anchor = sizes.get(event.anchor, 1), None
+            expanded += values
+            if expanded > MAX_VALUES:
+                raise ConfigError([(f"{source}: more than {MAX_VALUES} values once its YAML aliases are "
+                                    "expanded (an alias bomb?)")])
+        else:
+            continue
+        if anchor is not None:
+            sizes[anchor] = values
+        if open_nodes:
+            open_nodes[-1][0] += values
+    if expanded > MAX_VALUES:
+        raise ConfigError([f"{source}: more than {MAX_VALUES} values"])
+
+
 def _read_document(text: str, source: str) -> dict[str, Any]:
     """One YAML mapping, colon-stripped. Raises ConfigError naming ``source``."""
+    _check_size(text, source)
     try:
         import yaml
     except ImportError:
@@ -398,6 +455,7 @@ def _read_document(text: str, source: str) -> dict[str, Any]:
     # pure-Python one on a config of many pools; the same documents either way.
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
+        _check_shape(yaml, text, loader, source)
         document = yaml.load(text, Loader=loader)
     except yaml.YAMLError as error:
         raise ConfigError([f"{source}: not valid YAML: {error}"]) from None
@@ -623,6 +681,9 @@ def _read_pools(
     if not isinstance(raw, list):
         reader.problems.append(f"pools: must be a list of pools, got {show(raw)}")
         return []
+    if len(raw) > MAX_POOLS:
+        reader.problems.append(f"pools: at most {MAX_POOLS} pools, got {len(raw)}")
+        return []
     owned_by_providers = ProviderKeys()
     pool_fields = PoolSettings.keys()
     pools: list[PoolConfig] = []
@@ -776,10 +837,13 @@ def from_canonical(document: Any, source: str = "canonical config") -> Config:
     warnings = document.get("warnings") or []
     if not isinstance(warnings, list) or not all(isinstance(item, str) for item in warnings):
         raise ConfigError([f"{source}: warnings: must be a list of strings"])
-    return build(document, TrustedReader())
+    try:
+        return build(document, TrustedReader())
+    except RecursionError:  # a hand-edited document nested deeper than any config (json allows ~1,000)
+        raise ConfigError([f"{source}: nested deeper than {MAX_DEPTH} levels"]) from None
 
 
-def canonical_document(text: str) -> dict[str, Any] | None:
+def canonical_document(text: str, source: str = "config") -> dict[str, Any] | None:
     """The canonical document ``text`` holds, or None when it is something else (YAML, or JSON
     without the format key: a YAML config written as JSON)."""
     if not text.lstrip().startswith("{"):
@@ -788,13 +852,16 @@ def canonical_document(text: str) -> dict[str, Any] | None:
         document = json.loads(text)
     except ValueError:
         return None
+    except RecursionError:  # JSON nested past the interpreter's limit: no config of ours
+        raise ConfigError([f"{source}: nested deeper than {MAX_DEPTH} levels"]) from None
     return document if isinstance(document, dict) and CANONICAL_FORMAT_KEY in document else None
 
 
 def from_text(text: str, source: str = "config", base_dir: Path | None = None) -> Config:
     """A config from its canonical JSON (built without pydantic or yaml) or from YAML (validated:
     ``parse``, which imports PyYAML and pydantic on its first use). Raises ConfigError."""
-    document = canonical_document(text)
+    _check_size(text, source)
+    document = canonical_document(text, source)
     if document is not None:
         return from_canonical(document, source)
     return parse(text, source, base_dir=base_dir)

@@ -9,7 +9,10 @@ import json
 
 import pytest
 
-from chalicelib.config import ConfigError, from_text
+from chalicelib import config as config_module
+from chalicelib.clock import FakeClock
+from chalicelib.config import ConfigError, from_text, parse
+from chalicelib.config_source import ConfigSource
 
 HEAD = ":providers:\n  :dummy:\n    provider_class: dummy\n:pools:\n"
 POOL = "  - name: {name}\n    size: 1\n    provider: dummy\n"
@@ -20,6 +23,55 @@ def problems_of(text: str) -> list[str]:
     with pytest.raises(ConfigError) as refused:
         from_text(text)
     return refused.value.problems
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """Nine anchored lists of nine aliases to the one before: 9**9 strings once expanded."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_at_once() -> None:
+    # Before: 325 s of CPU and gigabytes expanding 387 million strings, then a config that loaded.
+    assert problems_of(billion_laughs()) == [
+        "config: more than 2000000 values once its YAML aliases are expanded (an alias bomb?)"]
+    # Inside a pool, where a pasted anchor would land.
+    text = HEAD + POOL.format(name="a") + "    alias: *l8\n"
+    assert problems_of(billion_laughs() + text)[0].startswith("config: more than 2000000 values")
+
+
+def test_anchors_and_merge_keys_of_an_ordinary_config_still_load() -> None:
+    text = (":providers:\n  :dummy: {provider_class: dummy}\n:pools:\n"
+            "  - &base {name: a, size: 1, provider: dummy, template: t/a}\n"
+            "  - <<: *base\n    name: b\n")
+    assert [(pool.name, pool.template) for pool in parse(text).pools] == [("a", "t/a"), ("b", "t/a")]
+
+
+@pytest.mark.parametrize("depth", [200, 1000, 100_000])
+def test_deep_nesting_is_refused(depth: int) -> None:
+    # Before: a RecursionError traceback at 1,000 levels, and the interpreter killed by a
+    # segmentation fault (libyaml's composer) at 100,000.
+    flow = HEAD + POOL.format(name="a") + "    alias: " + "[" * depth + "]" * depth + "\n"
+    assert problems_of(flow) == ["config: nested deeper than 64 levels"]
+
+
+def test_deep_nesting_in_canonical_json_is_refused() -> None:
+    document = {config_module.CANONICAL_FORMAT_KEY: config_module.CANONICAL_FORMAT,
+                "pools": [{"name": "a", "size": 1, "provider": "dummy"}]}
+    text = json.dumps(document)[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    assert problems_of(text) == ["config: nested deeper than 64 levels"]
+
+
+def test_a_file_over_16_mib_is_refused_before_it_is_read() -> None:
+    # Before: a 50 MB file of 700,000 pools took 5 minutes and 3.2 GB to load.
+    text = HEAD + "".join(POOL.format(name=f"p{n}") for n in range(16 * 1024 * 1024 // 40))
+    assert problems_of(text) == [f"config: {len(text)} characters, at most 16777216"]
+
+
+def test_more_than_10000_pools_are_refused() -> None:
+    text = HEAD + "".join(POOL.format(name=f"p{n}") for n in range(10_001))
+    assert problems_of(text) == ["pools: at most 10000 pools, got 10001"]
 
 
 NOT_A_ZONE = "must be a time zone name such as Europe/Berlin, got "
@@ -45,3 +97,14 @@ def test_a_long_pool_name_is_refused_without_echoing_it_whole() -> None:
     problem, = problems_of(HEAD + POOL.format(name=name))
     assert problem.startswith("pools[0].name: must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$, got \"aaaa")
     assert len(problem) < 200
+
+
+def test_a_refresh_from_the_bucket_keeps_the_last_good_config_on_a_hostile_one() -> None:
+    good = parse(HEAD + POOL.format(name="a"))
+    hostile = [billion_laughs(), HEAD + POOL.format(name="a") + "    alias: " + "[" * 100_000 + "]" * 100_000,
+               json.dumps({config_module.CANONICAL_FORMAT_KEY: 1, "x": [[[[[[]]]]]] * 2})[:-1]
+               + ', "y": ' + "[" * 5000 + "]" * 5000 + "}"]
+    objects = iter((text, f"etag-{n}") for n, text in enumerate(hostile))
+    source = ConfigSource(good, lambda etag: next(objects), FakeClock(), refresh_seconds=0)
+    for _ in hostile:
+        assert source.current() is good
