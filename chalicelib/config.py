@@ -188,6 +188,7 @@ class PoolSettings(SettingsModel):
     domain: Optional[Str] = None
     dns_plugin: Optional[Str] = None
     timeout: Optional[Int1] = None
+    timeout_notification: Optional[Int0] = None
     ready_ttl: Optional[Int1] = None
     pool: Optional[Str] = None
     datastore: Optional[Str] = None
@@ -296,6 +297,8 @@ class PoolConfig:
     ondemand_fallback = PoolSetting[bool | None]("ondemand_fallback")
     check_loop_delay_min = PoolSetting[float | None]("check_loop_delay_min")
     clone_limit = PoolSetting[int | None]("clone_limit")
+    timeout_notification = PoolSetting[int | None]("timeout_notification")
+    """Minutes before a slow pending VM is warned about (vmpooler's pool key; else config's)."""
     sizing = PoolSetting["SizingSettings | None"]("sizing")
 
 
