@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from chalice import Chalice
 
 from chalicelib.api.chalice_app import RequestLocalChalice
+from chalicelib.api.http import JSON_HEADERS
 
 NOT_FOUND = b'{"ok":false}'
 MAX_BODY_BYTES = 1024 * 1024
@@ -75,7 +76,7 @@ class Gateway:
         parts = urlsplit(target)
         found = self.matcher.match(parts.path)
         if found is None:
-            return 404, {"Content-Type": "application/json"}, NOT_FOUND
+            return 404, dict(JSON_HEADERS), NOT_FOUND
         resource, params = found
         if method == "HEAD" and "GET" in resource.methods:
             # HEAD is GET without its body (RFC 9110, 9.3.2), as vmpooler's Sinatra answers it
@@ -84,7 +85,7 @@ class Gateway:
         if method not in resource.methods:
             allowed = ", ".join(sorted({*resource.methods, *(("HEAD",) if "GET" in resource.methods else ())}))
             body_text = json.dumps({"ok": False, "error": f"method {method} not allowed; use {allowed}"})
-            return 405, {"Content-Type": "application/json", "Allow": allowed}, body_text.encode()
+            return 405, {**JSON_HEADERS, "Allow": allowed}, body_text.encode()
         query = parse_qs(parts.query, keep_blank_values=True)
         event = {
             "resource": resource.path,
@@ -132,7 +133,7 @@ Response = tuple[int, dict[str, str], bytes]
 def json_error(status: int, message: str) -> Response:
     """A JSON error that also closes the connection: the request's body may be unread (413) or
     half there (408), so nothing after it on the connection can be read as a request."""
-    return (status, {"Content-Type": "application/json", "Connection": "close"},
+    return (status, {**JSON_HEADERS, "Connection": "close"},
             json.dumps({"ok": False, "error": message}).encode())
 
 

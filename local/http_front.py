@@ -239,7 +239,8 @@ def json_error_response(status: int, message: str) -> bytes:
     except ValueError:
         reason = "Error"
     body = json.dumps({"ok": False, "error": f"{reason}: {message[:200]}" if message else reason}).encode()
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
+            f"X-Content-Type-Options: nosniff\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n")
     return head.encode("latin-1") + body
 

@@ -329,6 +329,9 @@ class Harness:
         reply = Reply(status, out_headers, raw)
         self.replies.append(reply)
         assert out_headers.get("Content-Type") == "application/json", f"{method} {target}: {out_headers}"
+        # Tokens and live state must not be kept by a cache, nor sniffed as another type.
+        assert out_headers.get("Cache-Control") == "no-store", f"{method} {target}: {out_headers}"
+        assert out_headers.get("X-Content-Type-Options") == "nosniff", f"{method} {target}: {out_headers}"
         SPEC.check(method, target, status, reply.json)
         return reply
 

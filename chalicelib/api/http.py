@@ -23,6 +23,10 @@ TOO_LARGE = 10**MAX_NUMBER_DIGITS
 """What ``whole_number`` answers for a number with more digits: larger than any maximum, so the
 caller's own range check refuses it with its own message."""
 
+JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+"""Every JSON answer: it carries tokens, owners and live pool state, none of which a browser or a
+proxy between the caller and API Gateway may keep (``no-store``) or read as anything but JSON."""
+
 HOSTNAME_PATTERN = re.compile(
     r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$", re.IGNORECASE
 )

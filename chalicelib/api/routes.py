@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 import redis
 
 from chalicelib.api import dashboard, ondemand, pool_config, status, summary, tokens, vm_tasks, vms
-from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request
+from chalicelib.api.http import JSON_HEADERS, ApiError, ApiRequest, ApiResponse, bad_request
 from chalicelib.api.limits import check_rate
 from chalicelib.observability import logger
 from chalicelib.services import Services
@@ -94,8 +94,6 @@ def versioned_paths(route: Route) -> list[tuple[str, int]]:
         if (prefix and route.versioned) or (not prefix and route.unversioned)
     ]
 
-
-JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def render(response: ApiResponse) -> tuple[int, str, dict[str, str]]:

@@ -84,3 +84,16 @@ def test_null_headers_query_and_path_parameters_are_none_sent(full: Harness) -> 
     """What API Gateway's console test (or a client sending nothing) delivers."""
     status, answer = invoke(api_event("GET", "/api/v3/vm", "/api/v3/vm", headers=None, query=None, params=None))
     assert (status, sorted(answer)) == (200, ["pool1", "pool2", "pool3"])
+
+
+@pytest.mark.parametrize("method, resource, path, body, status", [
+    ("POST", "/api/v3/vm", "/api/v3/vm", '{"pool1": "1"}', 200),  # a hostname handed to one caller
+    ("POST", "/api/v3/vm", "/api/v3/vm", '{"pool1": ', 400),
+    ("GET", "/api/v3/status", "/api/v3/status", None, 200),
+], ids=["checkout", "error", "status"])
+def test_no_cache_between_the_caller_and_api_gateway_may_keep_an_answer(
+        full: Harness, method: str, resource: str, path: str, body: str | None, status: int) -> None:
+    answer = app.app(api_event(method, resource, path, body=body), Context())
+    assert answer["statusCode"] == status, answer
+    assert answer["headers"]["Cache-Control"] == "no-store", answer["headers"]
+    assert answer["headers"]["X-Content-Type-Options"] == "nosniff", answer["headers"]
