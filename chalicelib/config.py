@@ -46,6 +46,7 @@ from chalicelib.config_fields import (
     bounded,
     checked_by,
     given_fields,
+    hostname_prefix,
     one_of,
     regex,
     show,
@@ -88,7 +89,7 @@ class ServiceConfig(SettingsModel):
     vm_lifetime_auth: Int1 = 0
     """Unset: vm_lifetime (filled in after validation; 0 is never valid when written)."""
     max_lifetime_upper_limit: Optional[Int1] = None
-    prefix: Str = ""
+    prefix: Annotated[str, checked_by(hostname_prefix)] = ""
     domain: Optional[Str] = None
     allowed_tags: StrList = ()
     experimental_features: Bool = False

@@ -487,6 +487,18 @@ def sizing(value: Any) -> Any:
         invalid(str(error))
 
 
+HOSTNAME_PREFIX = re.compile(r"^([a-z0-9][a-z0-9-]{0,56})?$")
+
+
+def hostname_prefix(value: Any) -> str:
+    """The start of every VM name (``config.prefix``): names are it and at least 6 random
+    characters, read back by the API lower-cased and as a DNS label (at most 63 characters)."""
+    text = string(value)
+    if not HOSTNAME_PREFIX.match(text):
+        invalid(f"must be lower-case letters, digits and '-' (at most 57, not first), got {show(value)}")
+    return text
+
+
 def timezone_name(value: Any) -> str:
     """An IANA time zone name (``Europe/Berlin``)."""
     from chalicelib.sizing.settings import SizingConfigError, check_timezone

@@ -108,3 +108,21 @@ def test_a_refresh_from_the_bucket_keeps_the_last_good_config_on_a_hostile_one()
     source = ConfigSource(good, lambda etag: next(objects), FakeClock(), refresh_seconds=0)
     for _ in hostile:
         assert source.current() is good
+
+
+@pytest.mark.parametrize("prefix", ["CI-", "ci_", "ci:{x}*", "c i", "çi-", "-ci", "c" * 58])
+def test_a_prefix_that_cannot_start_a_hostname_is_refused(prefix: str) -> None:
+    """VM names are the prefix and random characters, and the API reads a hostname lower-cased and
+    as a DNS name: before, a VM named from such a prefix (``CI-dusty-otter``, ``ci_dusty-otter``)
+    could be checked out but never returned, extended or looked at (404 or 400), and a Redis key
+    was built from ``ci:{x}*``."""
+    text = ":config:\n  prefix: " + json.dumps(prefix) + "\n" + HEAD + POOL.format(name="a")
+    shown = f'"{prefix}"'
+    assert problems_of(text) == [
+        f"config.prefix: must be lower-case letters, digits and '-' (at most 57, not first), got {shown}"]
+
+
+@pytest.mark.parametrize("prefix", ["", "ci-", "ci", "vm-2024-", "c" * 57])
+def test_a_prefix_of_a_hostname_loads(prefix: str) -> None:
+    text = ":config:\n  prefix: " + json.dumps(prefix) + "\n" + HEAD + POOL.format(name="a")
+    assert parse(text).service.prefix == prefix
