@@ -635,6 +635,10 @@ def _read_providers(reader: BlockReader, raw: Any) -> dict[str, ProviderConfig]:
     others = ProviderKeys()
     for name, block in block_map.items():
         path = f"providers.{name}"
+        if not POOL_NAME_PATTERN.match(str(name)):  # it names Redis keys (lease:purge:<provider>)
+            reader.problems.append(f"{path}: a provider's name must match {POOL_NAME_PATTERN.pattern}, "
+                                   f"got {show(str(name))}")
+            continue
         provider_class = _provider_class(str(name), block)
         model = settings_model(provider_class)
         if model is None:

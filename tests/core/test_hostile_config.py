@@ -126,3 +126,11 @@ def test_a_prefix_that_cannot_start_a_hostname_is_refused(prefix: str) -> None:
 def test_a_prefix_of_a_hostname_loads(prefix: str) -> None:
     text = ":config:\n  prefix: " + json.dumps(prefix) + "\n" + HEAD + POOL.format(name="a")
     assert parse(text).service.prefix == prefix
+
+
+def test_a_provider_name_that_would_be_part_of_a_redis_key_is_refused() -> None:
+    """Its name is in the provider's purge lease key (and the dummy provider's keys): before,
+    ``a:{b}*`` loaded and put ``:{}*`` into them."""
+    text = ':providers:\n  "a:{b}*": {provider_class: dummy}\n:pools:\n  - {name: p, size: 1, provider: dummy}\n'
+    assert problems_of(text) == [
+        'providers.a:{b}*: a provider\'s name must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$, got "a:{b}*"']
