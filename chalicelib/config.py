@@ -286,6 +286,9 @@ class PoolConfig:
     timeout_minutes: int
     ready_ttl_minutes: int
     settings: Mapping[str, Any]
+    draining: bool = False
+    """A pool removed from the config whose VMs drain (manager/dispatch.py): size 0, and its
+    runtime overrides (kept in Redis for a pool of that name added again) do not apply."""
 
     dns_plugin = PoolSetting[str | None]("dns_plugin")
     resource_pool = PoolSetting[str | None]("pool")

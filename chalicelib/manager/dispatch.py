@@ -42,7 +42,6 @@ from chalicelib.observability import emit, logger
 from chalicelib.sizing.controller import current_sizes
 from chalicelib.store import STATES
 from chalicelib.store.fleet import Fleet
-from chalicelib.store.pool_overrides import PoolOverrides
 
 if TYPE_CHECKING:
     from chalicelib.services import Services
@@ -137,8 +136,6 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
                          extra={"pool": message.pool, "provider": settings.provider})
             return None
         drain = draining(settings)
-        # An admin's size, template or reset of the pool no longer applies: it is drained.
-        PoolOverrides(services.store).clear(message.pool)
     if message.reason == FOLLOWUP:
         fleet.followup_arrived(message.pool)
     report = run_pool(services, message.pool, budget_seconds, checkpoint, stopping,
@@ -161,10 +158,12 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
 
 
 def draining(pool: PoolConfig) -> PoolConfig:
-    """A pool removed from the config, as its drain passes reconcile it: size 0 whatever its
-    settings sized it by (its ``sizing`` block, recorded as text, is dropped with it)."""
+    """A pool removed from the config, as its drain passes reconcile it: size 0 whatever sized it
+    (its ``sizing`` block, recorded as text, is dropped; its runtime overrides are not applied,
+    ``PoolConfig.draining``). They are not deleted: a Lambda whose config is a few seconds older
+    than a push that added the pool may take it for removed."""
     settings = MappingProxyType({key: value for key, value in pool.settings.items() if key != "sizing"})
-    return dataclasses.replace(pool, size=0, settings=settings)
+    return dataclasses.replace(pool, size=0, settings=settings, draining=True)
 
 
 def _empty(report: RunReport) -> bool:

@@ -95,15 +95,6 @@ class PoolOverrides:
             changed = self.scripts.pool_overrides(keys=[self.keys.pool_override(setting)], args=args)
         return [str(pool) for pool in changed]
 
-    def clear(self, pool: str) -> None:
-        """Drop every override of the pool (it left the config: it drains as nothing but empty,
-        and a pool of that name added later starts as configured), in one round trip."""
-        with _translate_errors():
-            pipe = self.client.pipeline(transaction=False)
-            for setting in SETTINGS:
-                pipe.hdel(self.keys.pool_override(setting), pool)
-            pipe.execute()
-
     def reset(self, pool: str, now: float) -> None:
         """Drain the pool's ready and pending VMs cloned before ``now`` (and so refill it)."""
         self.reset_many([pool], now)
