@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -406,9 +407,20 @@ are 1 million): nine aliases to nine aliases ... nine levels deep would be 387 m
 MAX_POOLS = 10_000
 
 
+def read_config_file(path: Path) -> str:
+    """The text of a config file; OSError with ``strerror`` when it cannot be read or is not a
+    regular file (``/dev/zero`` would be read until memory runs out, a named pipe block for
+    ever). Reads at most one character past MAX_CONFIG_CHARACTERS (the size check refuses it)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a named pipe would wait for a writer
+    with open(descriptor, encoding="utf-8") as file:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(0, "not a regular file")
+        return file.read(MAX_CONFIG_CHARACTERS + 1)
+
+
 def _check_size(text: str, source: str) -> None:
     if len(text) > MAX_CONFIG_CHARACTERS:
-        raise ConfigError([f"{source}: {len(text)} characters, at most {MAX_CONFIG_CHARACTERS}"])
+        raise ConfigError([f"{source}: more than {MAX_CONFIG_CHARACTERS} characters"])
 
 
 def _check_shape(yaml: Any, text: str, loader: type, source: str) -> None:
@@ -517,7 +529,7 @@ def merge_extra_configs(document: dict[str, Any], base_dir: Path) -> dict[str, A
     for name in paths:
         path = Path(name) if Path(name).is_absolute() else base_dir / name
         try:
-            text = path.read_text()
+            text = read_config_file(path)
         except OSError as error:
             problems.append(f"config.extra_config: cannot read {path}: {error.strerror}")
             continue
@@ -887,7 +899,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         return from_text(environ[CONFIG_YAML_ENV], CONFIG_YAML_ENV)
     path = Path(environ.get(CONFIG_FILE_ENV) or DEFAULT_CONFIG_FILE)
     try:
-        text = path.read_text()
+        text = read_config_file(path)
     except OSError as error:
         raise ConfigError([f"{path}: cannot read: {error.strerror}"]) from None
     return from_text(text, str(path), base_dir=path.parent)

@@ -66,7 +66,7 @@ def test_deep_nesting_in_canonical_json_is_refused() -> None:
 def test_a_file_over_16_mib_is_refused_before_it_is_read() -> None:
     # Before: a 50 MB file of 700,000 pools took 5 minutes and 3.2 GB to load.
     text = HEAD + "".join(POOL.format(name=f"p{n}") for n in range(16 * 1024 * 1024 // 40))
-    assert problems_of(text) == [f"config: {len(text)} characters, at most 16777216"]
+    assert problems_of(text) == ["config: more than 16777216 characters"]
 
 
 def test_more_than_10000_pools_are_refused() -> None:
