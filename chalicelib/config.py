@@ -868,9 +868,11 @@ def from_canonical(document: Any, source: str = "canonical config") -> Config:
 
 def canonical_document(text: str, source: str = "config") -> dict[str, Any] | None:
     """The canonical document ``text`` holds, or None when it is something else (YAML, or JSON
-    without the format key: a YAML config written as JSON)."""
+    without the format key: a YAML config written as JSON). Raises ConfigError for JSON too
+    large or nested too deep to be any config."""
     if not text.lstrip().startswith("{"):
         return None
+    _check_size(text, source)
     try:
         document = json.loads(text)
     except ValueError:
@@ -883,7 +885,6 @@ def canonical_document(text: str, source: str = "config") -> dict[str, Any] | No
 def from_text(text: str, source: str = "config", base_dir: Path | None = None) -> Config:
     """A config from its canonical JSON (built without pydantic or yaml) or from YAML (validated:
     ``parse``, which imports PyYAML and pydantic on its first use). Raises ConfigError."""
-    _check_size(text, source)
     document = canonical_document(text, source)
     if document is not None:
         return from_canonical(document, source)

@@ -104,6 +104,7 @@ def test_a_refresh_from_the_bucket_keeps_the_last_good_config_on_a_hostile_one()
     hostile = [billion_laughs(), HEAD + POOL.format(name="a") + "    alias: " + "[" * 100_000 + "]" * 100_000,
                json.dumps({config_module.CANONICAL_FORMAT_KEY: 1, "x": [[[[[[]]]]]] * 2})[:-1]
                + ', "y": ' + "[" * 5000 + "]" * 5000 + "}"]
+    hostile.append(json.dumps({config_module.CANONICAL_FORMAT_KEY: 1, "x": "x" * 16 * 1024 * 1024}))
     objects = iter((text, f"etag-{n}") for n, text in enumerate(hostile))
     source = ConfigSource(good, lambda etag: next(objects), FakeClock(), refresh_seconds=0)
     for _ in hostile:
