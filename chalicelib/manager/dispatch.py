@@ -31,6 +31,7 @@ from chalicelib.manager.pool_queue import (
     DRAIN,
     FOLLOWUP,
     MAX_DELAY_SECONDS,
+    NUDGE,
     RETRY,
     TICK,
     Delayed,
@@ -86,11 +87,14 @@ class Ticker:
     def tick(self, services: "Services", queue: PoolQueue) -> TickReport:
         config = services.config
         fleet = Fleet(services.store)
+        known = fleet.names()
         if self._remembered is not config:
             fleet.remember(config.pools)
             self._remembered = config
+        else:  # a configured pool something forgot (a consumer a push behind): recorded again
+            fleet.remember([pool for pool in config.pools if pool.name not in known])
         configured = set(config.pool_names)
-        draining = sorted(fleet.names() - configured)
+        draining = sorted(known - configured)
         messages: list[Delayed] = [(PoolMessage(name, TICK), spread_delay(name, self.spread_seconds))
                                    for name in config.pool_names]
         messages += [(PoolMessage(name, DRAIN), 0) for name in draining]
@@ -126,6 +130,11 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
     fleet = Fleet(services.store)
     drain: PoolConfig | None = None
     if services.config.pool(message.pool) is None:
+        if message.reason in (TICK, NUDGE):
+            # Sent for a pool the sender has configured: this config is older than the sender's
+            # (a push not yet read here); draining would empty a pool just added.
+            logger.info("message for a pool not configured here yet", extra={"pool": message.pool})
+            return None
         settings = fleet.settings(message.pool)
         if settings is None:
             logger.info("message for an unknown pool dropped", extra={"pool": message.pool})

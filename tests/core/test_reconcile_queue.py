@@ -409,3 +409,44 @@ def test_a_removed_pool_with_a_sizing_block_drains(services: Services) -> None:
     _drain(services, queue)
     assert services.store.counts(["centos"])["centos"] == {state: 0 for state in STATES}
     assert "centos" not in Fleet(services.store).names()
+
+
+def test_a_pool_added_by_a_push_is_not_drained_or_forgotten_by_a_consumer_a_push_behind(services: Services) -> None:
+    """The tick's config has the new pool before a consumer's refresh does (up to 30 s). Before,
+    that consumer took the pool's tick message for a removed pool's: it drained it and, the pool
+    still empty, forgot it; the tick records its pools once per config, so when the pool was
+    later removed nothing drained it and its VMs stayed for ever."""
+    queue = RecordingQueue()
+    added = CONFIG + "  - {name: fedora, size: 2, provider: dummy}\n"
+    ahead = Services(parse(added), services.client, clock=services.clock, prefix=services.store.keys.prefix)
+    behind = services  # the old config, without fedora
+    ticker = Ticker()
+    ticker.tick(ahead, queue)
+    assert look_at(behind, PoolMessage("fedora", TICK), queue) is None  # not its pool yet: left alone
+    assert "fedora" in Fleet(services.store).names()
+
+    clock = services.clock
+    assert isinstance(clock, FakeClock)
+    for _ in range(3):
+        look_at(ahead, PoolMessage("fedora", TICK), queue)
+        clock.advance(60)
+    assert services.store.counts(["fedora"])["fedora"]["ready"] == 2
+    ahead.use_config(parse(CONFIG))  # removed again
+    queue.sent.clear()
+    ticker.tick(ahead, queue)
+    assert (PoolMessage("fedora", DRAIN), 0) in queue.sent
+    for _ in range(3):
+        look_at(ahead, PoolMessage("fedora", DRAIN), queue)
+        clock.advance(60)
+    assert services.store.counts(["fedora"])["fedora"] == {state: 0 for state in STATES}
+
+
+def test_the_tick_records_a_configured_pool_it_finds_forgotten(services: Services) -> None:
+    """Whatever forgot it (a consumer a push behind, a hand-edited Redis), a configured pool is
+    recorded again at the next tick, so it can be drained once removed."""
+    queue = RecordingQueue()
+    ticker = Ticker()
+    ticker.tick(services, queue)
+    Fleet(services.store).forget("centos")
+    ticker.tick(services, queue)
+    assert "centos" in Fleet(services.store).names()
