@@ -19,7 +19,7 @@ from chalicelib import config as config_module
 from chalicelib import config_source, observability
 from chalicelib.api.chalice_app import RequestLocalChalice
 from chalicelib.api.http import ApiError
-from chalicelib.api.routes import ROUTES, Route, handle, render, request_from_chalice, versioned_paths
+from chalicelib.api.routes import ROUTES, Route, handle_when_built, render, request_from_chalice, versioned_paths
 from chalicelib.manager.pool_queue import NUDGE, PoolMessage, PoolQueue, SqsPoolQueue
 from chalicelib.manager.refill import REFILL_QUEUE_ENV
 from chalicelib.observability import emit, logger, tracer
@@ -74,7 +74,7 @@ def _view(route: Route, version: int) -> Callable[..., Response]:
         else:
             # Per thread: the local front serves several requests of one process at once.
             logger.thread_safe_append_keys(correlation_id=request.request_id or None)
-            response = handle(services(), route.handler, request)
+            response = handle_when_built(services, route.handler, request)
         status, body, headers = render(response)
         return Response(body=body, status_code=status, headers=dict(headers))
 

@@ -36,20 +36,23 @@ What we add to uvicorn:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import errno
 import http
 import json
 import logging
 import os
+import resource
 import socket
+import struct
 import threading
 import time
 from typing import Any, Callable, ClassVar
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
@@ -68,10 +71,37 @@ MAX_HEAD_BYTES = 32 * 1024
 """Most bytes held for one request head while it arrives; more gets 431."""
 STARTUP_SECONDS = 30
 """How long a worker's first loop waits for its other loops to start before it accepts anyway."""
+WORKER_TIMEOUT_SECONDS = 30
+"""The arbiter restarts a worker that has not said it is alive for this long (its loops stuck)."""
+HEARTBEAT_SECONDS = 1.0
+"""How often, at most, a worker whose loops turn tells the arbiter it is alive."""
 MAX_CONNECTIONS = 1000
 """Open connections per worker (gunicorn's ``worker_connections``); the next gets 503 and is closed."""
+DESCRIPTORS_FOR_THE_APP = 100
+"""Descriptors a worker keeps for everything but its connections (its listening socket, Redis
+connections, the files and logs a request may open); its connections get the rest."""
 
 logger = logging.getLogger("vmpool.http_front")
+
+
+def connection_bound(wanted: int) -> int:
+    """How many connections this process can hold: ``wanted``, or fewer when it may not open that
+    many descriptors (`ulimit -n`, often 1,024) and DESCRIPTORS_FOR_THE_APP besides. The soft
+    limit is raised first, as far as needed and the hard limit allows. Past its descriptors a
+    worker could neither accept a connection (it waited unanswered in the backlog) nor open what
+    a request needs (a 500)."""
+    needed = wanted + DESCRIPTORS_FOR_THE_APP
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):  # refused (a container's own ceiling): keep the limit we have
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - DESCRIPTORS_FOR_THE_APP))
 
 
 class Refused(Exception):
@@ -124,13 +154,14 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     docstring)."""
 
     _head_timer: asyncio.TimerHandle | None = None
+    _write_timer: asyncio.TimerHandle | None = None
     _in_head = True  # waiting for the first request, or inside a request's line and headers
     _head_bytes = 0
     _header_fields = 0
     _refusal: Refused | None = None
-    over_limit = False
-    """Set by the worker's accepting loop on a connection past the worker's bound: answered 503
-    and closed at once (uvicorn's own check, at each request, would answer in text)."""
+    _deferred: Refused | None = None
+    """A refusal that waits for the answers owed to the requests before it on the connection."""
+    _owed = 0
     on_lost: Callable[[], None] | None = None
     """Called once when the connection is gone (its loop counts it no more)."""
     made = False
@@ -144,22 +175,44 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             # gunicorn makes its listening socket with protocol 0, so asyncio does not know it is
             # TCP and leaves Nagle on: a body written after its head would wait for an ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.over_limit:
-            self.connections.discard(self)  # counted no more, though closed only on the next turn
-            self._refuse(Refused(503, "too many open connections; try again"))
-            return
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         super().connection_lost(exc)
         if self.on_lost is not None:
             on_lost, self.on_lost = self.on_lost, None
             on_lost()
 
+    def pause_writing(self) -> None:
+        """The client reads slower than we write (asyncio's buffer is past its high mark): it has
+        CLIENT_TIMEOUT_SECONDS to make room, then the connection is dropped. A client that never
+        read held its connection for good: a close waits for the buffer to drain."""
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(CLIENT_TIMEOUT_SECONDS, self._not_reading)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _not_reading(self) -> None:
+        self._write_timer = None
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:  # a reset: the kernel drops the megabytes it still holds for the client
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()  # what it has not read is lost: it was not reading
+
     def data_received(self, data: bytes) -> None:
+        if self._deferred is not None:
+            return  # refused: nothing after the refused request is read, the connection ends
         super().data_received(data)
-        if self._in_head and not self.transport.is_closing():
+        if self._in_head and self._deferred is None and not self.transport.is_closing():
             # Counted after parsing, so a body that arrives with its head is not counted as head
             # (a pipelined request's head that arrives with the previous body counts them both).
             self._head_bytes += len(data)
@@ -195,6 +248,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         self.transport.flush()  # type: ignore[attr-defined]
         super().on_response_complete()
+        if self._deferred is not None:
+            self._owed -= 1
+            if self._owed <= 0:
+                self._answer(self._deferred)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -211,12 +268,36 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         raise refusal
 
     def _refuse(self, refusal: Refused) -> None:
+        """Refuse the request being read, once the requests before it on the connection (whole,
+        pipelined) have their answers: a refusal that closed the connection at once lost those
+        answers while their apps still ran (a checkout took a VM nobody was told of)."""
         self._cancel_head_timer()
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._deferred is not None:
             return
-        if self.cycle is None or self.cycle.response_complete:  # not in the middle of an answer
+        cycle: RequestResponseCycle | None = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_complete:
+            # The refused request is this cycle's own (its body is bad): it is not served.
+            if self.pipeline and self.pipeline[0][0] is cycle:
+                self.pipeline.popleft()  # waiting its turn: never started
+            elif cycle.response_started:  # answered already, or half: nothing more can be said
+                self.transport.close()
+                return
+            else:  # its app waits for the body: it hears the client is gone, and nothing it sends goes out
+                cycle.disconnected = True
+                cycle.message_event.set()
+                cycle = None
+        running = bool(self.pipeline) or (cycle is not None and not cycle.response_complete)
+        self._owed = len(self.pipeline) + running
+        if self._owed:
+            self._deferred = refusal  # answered by on_response_complete after the last one owed
+        else:
+            self._answer(refusal)
+
+    def _answer(self, refusal: Refused) -> None:
+        """Write ``refusal`` as the connection's last answer, and close it."""
+        if not self.transport.is_closing():
             self.transport.write(json_error_response(refusal.status, str(refusal)))
-        self.transport.close()
+            self.transport.close()
 
     def _arm_head_timer(self) -> None:
         self._head_timer = self.loop.call_later(CLIENT_TIMEOUT_SECONDS, self._head_too_slow)
@@ -245,6 +326,19 @@ def json_error_response(status: int, message: str) -> bytes:
     return head.encode("latin-1") + body
 
 
+TOO_MANY_CONNECTIONS = json_error_response(503, "too many open connections; try again")
+
+
+def _turn_away(connection: socket.socket) -> None:
+    """Answer a connection past the worker's bound with a JSON 503 and close it, before this call
+    returns: it holds no descriptor after (a burst of such connections, each refused on a later
+    turn of the loop, took the descriptors the app needed). uvicorn's own check, at each
+    request, would answer in text."""
+    with contextlib.suppress(OSError):  # the client is gone already: nothing to tell it
+        connection.send(TOO_MANY_CONNECTIONS)
+    connection.close()
+
+
 class _LoopServer(Server):
     """uvicorn's server on one event loop of a worker, remembering when its loop last ticked (every
     0.1 s while it turns) and asking its ``followers`` (the worker's other loops) to finish when
@@ -257,6 +351,10 @@ class _LoopServer(Server):
     about 5 of 8 loops, some loops holding 3 while others held none."""
 
     ticked = 0.0
+    heartbeat: Callable[[], None] | None = None
+    """On the worker's first loop: called at every turn of it, to tell the arbiter the worker is
+    alive. (uvicorn's own ``callback_notify`` is asked every tenth turn only: a loop whose turns
+    each run many requests went past the arbiter's timeout and was killed while it served.)"""
     followers: tuple["_LoopServer", ...] = ()
     max_connections: int | None = None
     """The worker's bound on open connections, over all its loops (on the accepting loop)."""
@@ -276,6 +374,8 @@ class _LoopServer(Server):
 
     async def on_tick(self, counter: int) -> bool:
         self.ticked = time.monotonic()
+        if self.heartbeat is not None:
+            self.heartbeat()
         if self.should_exit:  # SIGTERM / SIGINT reach the main thread's server only
             for follower in self.followers:
                 follower.should_exit = True
@@ -332,8 +432,7 @@ class _LoopServer(Server):
         among equals)."""
         loops = (*(follower for follower in self.followers if follower.started), self)
         if self.max_connections is not None and sum(loop.held() for loop in loops) >= self.max_connections:
-            self.handed += 1
-            self._adopt(connection, over_limit=True)
+            _turn_away(connection)
             return
         target = min(loops, key=_LoopServer.held)
         target.handed += 1
@@ -347,9 +446,8 @@ class _LoopServer(Server):
             target.released += 1
             connection.close()
 
-    def _adopt(self, connection: socket.socket, over_limit: bool = False) -> None:
-        """Serve ``connection`` on this loop (called on this loop's thread); one ``over_limit``
-        gets 503."""
+    def _adopt(self, connection: socket.socket) -> None:
+        """Serve ``connection`` on this loop (called on this loop's thread)."""
         assert self.loop is not None
         if self.should_exit:
             self.released += 1
@@ -359,7 +457,6 @@ class _LoopServer(Server):
 
         def protocol() -> asyncio.Protocol:
             made.append(self._protocol())
-            made[0].over_limit = over_limit
             made[0].on_lost = self._release
             return made[0]
 
@@ -424,6 +521,7 @@ class OneAppWorker(UvicornWorker):
 
     _loops: list[_LoopThread]
     _server: Server | None = None
+    _last_heartbeat = 0.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -440,8 +538,10 @@ class OneAppWorker(UvicornWorker):
         self.config.app = self.wsgi
         self.config.load()
         loops = max(int(getattr(self.wsgi, "threads", 1)), 1)
+        self.config.callback_notify = None  # the first loop's heartbeat instead, at every turn
         self._server = _LoopServer(config=self.config)
-        self._server.max_connections = self.cfg.worker_connections
+        self._server.heartbeat = self._heartbeat
+        self._server.max_connections = connection_bound(self.cfg.worker_connections)
         self._loops = [_LoopThread(self, number) for number in range(1, loops)]
         self._server.followers = tuple(loop.server for loop in self._loops)
         for loop in self._loops:
@@ -462,10 +562,15 @@ class OneAppWorker(UvicornWorker):
         if self._server is not None:
             self._server.should_exit = True
 
-    async def callback_notify(self) -> None:
-        # The arbiter restarts a worker that stops notifying: notify only while every loop turns.
-        stalled = time.monotonic() - self.timeout
+    def _heartbeat(self) -> None:
+        """Tell the arbiter this worker is alive (at most once a second), while every loop turns:
+        the arbiter restarts a worker that stops telling it."""
+        now = time.monotonic()
+        if now - self._last_heartbeat < HEARTBEAT_SECONDS:
+            return
+        stalled = now - self.timeout
         if all(loop.server.ticked > stalled for loop in self._loops):
+            self._last_heartbeat = now
             self.notify()
 
 
@@ -473,7 +578,8 @@ class HttpFront(BaseApplication):
     """gunicorn, configured in code, serving the ASGI app that ``load_app`` builds in each worker."""
 
     def __init__(self, load_app: Callable[[], Callable[..., Any]], host: str, port: int, workers: int,
-                 on_worker_ready: Callable[[], None] = lambda: None, max_connections: int = MAX_CONNECTIONS) -> None:
+                 on_worker_ready: Callable[[], None] = lambda: None, max_connections: int = MAX_CONNECTIONS,
+                 worker_timeout: float = WORKER_TIMEOUT_SECONDS) -> None:
         self._load_app = load_app
         self._options: dict[str, Any] = {
             "bind": f"{host}:{port}",
@@ -485,7 +591,7 @@ class HttpFront(BaseApplication):
             "worker_class": f"{__name__}.{OneAppWorker.__name__}",
             "worker_connections": max_connections,
             "keepalive": 5,
-            "timeout": 30,  # the arbiter restarts a worker whose loop is stuck this long
+            "timeout": worker_timeout,
             "graceful_timeout": 5,  # Ctrl-C / SIGTERM: in-flight requests get this long
             "backlog": 512,
             "loglevel": "warning",  # the app logs what matters, as JSON

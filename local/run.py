@@ -127,10 +127,12 @@ def _start_vcsim() -> tuple[subprocess.Popen[bytes], Path]:
 
 def _require_free_port(port: int) -> None:
     """Workers share the port (SO_REUSEPORT), which would also let them share it with a stale
-    stack still running; refuse to start in that case instead."""
+    stack still running; refuse to start in that case instead. Connections a stopped stack
+    closed (TIME_WAIT for a minute) do not count: SO_REUSEADDR, as gunicorn's own sockets have."""
     import socket
 
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

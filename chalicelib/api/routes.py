@@ -18,6 +18,7 @@ import redis
 
 from chalicelib.api import dashboard, ondemand, pool_config, status, summary, tokens, vm_tasks, vms
 from chalicelib.api.http import JSON_HEADERS, ApiError, ApiRequest, ApiResponse, bad_request
+from chalicelib.api.identity import TOKEN_HEADER
 from chalicelib.api.limits import check_rate
 from chalicelib.observability import logger
 from chalicelib.services import Services
@@ -127,6 +128,21 @@ def handle(services: Services, handler: Handler, request: ApiRequest) -> ApiResp
         return ApiResponse(500, {"ok": False, "error": "internal error", "request_id": request.request_id})
 
 
+SERVICES_UNAVAILABLE = "service unavailable; try again"
+
+
+def handle_when_built(build: Callable[[], Services], handler: Handler, request: ApiRequest) -> ApiResponse:
+    """``handle`` with the services ``build`` returns (the process builds them on its first
+    request). Failing to build them (out of descriptors, a secret that could not be fetched) is
+    a 503 in JSON, and the next request tries again; before, it escaped to Chalice's own 500."""
+    try:
+        services = build()
+    except Exception:  # noqa: BLE001 - the client gets JSON; the log gets the traceback
+        logger.exception("services could not be built", extra={"request_id": request.request_id})
+        return ApiResponse(503, {"ok": False, "error": SERVICES_UNAVAILABLE}, {"Retry-After": "1"})
+    return handle(services, handler, request)
+
+
 def _event_body(event: Mapping[str, Any]) -> bytes:
     """The body of an API Gateway proxy event as the client sent it. Read here rather than by
     Chalice, whose ``raw_body`` raises on a body that is not base64 (or text that is not
@@ -152,6 +168,23 @@ def _event_query(event: Mapping[str, Any]) -> dict[str, str]:
     return {name: found[-1] for name, found in values.items() if found}
 
 
+CREDENTIAL_HEADERS = ("authorization", TOKEN_HEADER.lower())
+"""Headers that say who the caller is. API Gateway's event keeps only the last value of a header
+sent several times (``headers``); every value is in ``multiValueHeaders``."""
+
+
+def _event_headers(current: Any, event: Mapping[str, Any]) -> dict[str, str]:
+    """The request's headers, names lower-cased. A credential header sent several times is every
+    value joined with ", " (RFC 9110 5.3, as the local front joins them), which no credential
+    check accepts: with the last value alone, a proxy or WAF that checked the first would let
+    through a login or a token it never saw."""
+    headers = {name.lower(): value for name, value in (current.headers or {}).items()}
+    for name, values in (event.get("multiValueHeaders") or {}).items():
+        if name.lower() in CREDENTIAL_HEADERS and isinstance(values, list) and len(values) > 1:
+            headers[name.lower()] = ", ".join(str(value) for value in values)
+    return headers
+
+
 def request_from_chalice(current: Any, version: int, params: Mapping[str, str]) -> ApiRequest:
     """Our ApiRequest from Chalice's ``app.current_request``; ApiError (400) for an event whose
     body cannot be read."""
@@ -162,7 +195,7 @@ def request_from_chalice(current: Any, version: int, params: Mapping[str, str]) 
         version=version,
         params=dict(params),
         query=_event_query(event),
-        headers={name.lower(): value for name, value in (current.headers or {}).items()},
+        headers=_event_headers(current, event),
         body=_event_body(event),
         source_ip=(context.get("identity") or {}).get("sourceIp", ""),
         request_id=context.get("requestId", ""),

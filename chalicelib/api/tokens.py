@@ -48,7 +48,7 @@ def _basic_user(services: Services, request: ApiRequest) -> str:
         wait = result.retry_after or 1
         raise ApiError(
             429,
-            {"error": "too many failed logins, try again later", "retry_after": wait},
+            {"error": result.message or "too many failed logins, try again later", "retry_after": wait},
             {"Retry-After": str(wait)},
         )
     if result.outcome is LoginOutcome.UNAVAILABLE:

@@ -36,7 +36,8 @@ def acceptable_credentials(username: object, password: object) -> bool:
 
     Refuses an empty password (an LDAP simple bind with a name and no password is an
     *unauthenticated* bind that many servers, Active Directory included, answer with success),
-    empty or blank user names, surrounding spaces, control characters (NUL included) and absurd lengths."""
+    empty or blank user names, surrounding spaces, control characters (NUL included), lone
+    surrogates (no UTF-8 form) and absurd lengths."""
     if not isinstance(username, str) or not isinstance(password, str):
         return False
     if not password or not username.strip():
@@ -50,14 +51,34 @@ def acceptable_credentials(username: object, password: object) -> bool:
         return False
     if "\x00" in password:
         return False
+    if any("\ud800" <= char <= "\udfff" for char in username + password):
+        return False  # a lone surrogate has no UTF-8 form to send (never from HTTP; from a caller)
     return True
 
 
 def canonical_user(username: str) -> str:
     """The name a directory matches for ``username``: NFKC-normalised (a fullwidth ``\uff42ob`` is
-    ``bob``), case-folded, without surrounding spaces. One user has one canonical name, whatever
-    look-alike spelling a client sends: login limits and admin lists compare these."""
-    return unicodedata.normalize("NFKC", username).casefold().strip()
+    ``bob``), lower-cased, without surrounding spaces. One user has one canonical name, whatever
+    look-alike spelling a client sends: tokens, VMs and admin lists go by it (failed logins by the
+    coarser ``login_key``).
+
+    Lower-cased, not case-folded: LDAP's caseIgnoreMatch (as OpenLDAP implements it) maps
+    each letter to its lower case, so ``stra\u00dfe`` and ``strasse`` are two entries with two
+    passwords, which ``str.casefold`` would make one user. The dotted capital I is lower-cased
+    to ``i``, as the directory does (``str.lower`` gives i and a combining dot). NFKC also maps
+    compatibility letters a directory may keep apart (see docs/auth.md)."""
+    dotless = unicodedata.normalize("NFKC", username.replace("\u0130", "i"))
+    return unicodedata.normalize("NFKC", dotless.lower()).strip()
+
+
+def login_key(username: str) -> str:
+    """The name failed logins of ``username`` are counted under: coarser than ``canonical_user``,
+    so that no spelling a directory may bind as the same entry gets a counter of its own:
+    case-folded (``\u00df`` as ``ss``) and a dotted capital I as ``i`` (OpenLDAP binds
+    ``al\u0130ce`` as alice). Two users whose names merge here share a counter: at worst one's
+    failures lock the other out for a window, never an attacker more guesses."""
+    folded = canonical_user(username).replace("i\u0307", "i").casefold()
+    return unicodedata.normalize("NFKC", folded)
 
 
 def same_user(one: str, other: str) -> bool:

@@ -84,21 +84,26 @@ class LoginService:
         """Reserve an attempt under the limits, then ask the directory: concurrent attempts
         cannot pass the limit together."""
         if self.limiter is not None:
-            wait = self.limiter.reserve(user, address)
-            if wait is not None:
-                logger.warning("login refused, too many failures (retry after %ss)", wait)
-                return LoginResult(LoginOutcome.RATE_LIMITED, retry_after=wait)
+            refusal = self.limiter.reserve(user, address)
+            if refusal is not None:
+                if refusal.busy:
+                    logger.info("login refused, attempts in flight fill the limit (retry after %ss)",
+                                refusal.retry_after)
+                    message = "too many logins at once, try again in a moment"
+                else:
+                    logger.warning("login refused, too many failures (retry after %ss)", refusal.retry_after)
+                    message = "too many failed logins, try again later"
+                return LoginResult(LoginOutcome.RATE_LIMITED, retry_after=refusal.retry_after, message=message)
         try:
             accepted = self.authenticator.authenticate(user, password)
         except AuthUnavailable as error:
             if self.limiter is not None:
-                self.limiter.refund(user, address)  # an outage is not a failed login
+                self.limiter.settle(user, address, succeeded=None)  # an outage is not a failed login
             return LoginResult(LoginOutcome.UNAVAILABLE, message=str(error))
+        if self.limiter is not None:
+            self.limiter.settle(user, address, succeeded=accepted)
         if not accepted:
             return LoginResult(LoginOutcome.INVALID)
-        if self.limiter is not None:
-            self.limiter.reset(user)
-            self.limiter.refund(None, address)
         # The directory matched the name case-insensitively (ALICE logs in as alice): the user
         # owns tokens and VMs under its canonical name, so every spelling is the one user, with
         # one set of tokens and one limit.

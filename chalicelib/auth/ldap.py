@@ -12,7 +12,8 @@ in vmpooler). Certificates are verified (chain and host name) unless ``verify_ce
 ``ca_file`` (a PEM file) or ``ca_data`` (PEM text) name the CA to trust, else the system store.
 
 Safety: user names are escaped in DNs (RFC 4514) and in filters (RFC 4515); an empty password is
-refused before any network traffic (no unauthenticated bind); referrals are not followed; the
+refused before any network traffic (no unauthenticated bind); passwords are sent as their UTF-8
+bytes, not through ldap3's SASLprep (see ``_bind``); referrals are not followed; the
 service-account password is fetched through ``resolve_secret`` on each use (Powertools caches it).
 Backend trouble raises ``AuthUnavailable`` (the API answers 503), never a wrong-password answer.
 """
@@ -184,9 +185,15 @@ class LdapAuthenticator:
         return connection
 
     def _bind(self, connection: Connection, dn: str, password: str) -> bool:
-        """Bind as dn. True on success, False for refused credentials; AuthUnavailable otherwise."""
+        """Bind as dn. True on success, False for refused credentials; AuthUnavailable otherwise.
+
+        The password goes as its UTF-8 bytes, as typed (as vmpooler and OpenLDAP's own tools send
+        it): given a str, ldap3 runs it through SASLprep, which refuses some passwords a directory
+        holds (Hebrew and Latin letters together) and maps others onto another password (a soft
+        hyphen dropped). The directory compares what it holds. Never empty: the callers refuse an
+        empty password first."""
         connection.user = dn
-        connection.password = password
+        connection.password = password.encode("utf-8")
         if connection.bind(read_server_info=False):
             return True
         code = (connection.result or {}).get("result")
@@ -222,7 +229,9 @@ class LdapAuthenticator:
             raise AuthUnavailable(f"{self._where} refused the service account")
 
     def _find_user(self, connection: Connection, username: str) -> list[str]:
-        """The DNs of the entries named ``username`` under every base (as the service account)."""
+        """The DN of the one entry named ``username`` under every base and user_object (as the
+        service account); none when no entry or several are (alice's uid and another person's
+        cn: whoever's password matched would be 'alice')."""
         value = escape_filter_chars(username)
         candidates: list[str] = []
         for base in self.settings.bases:
@@ -230,6 +239,9 @@ class LdapAuthenticator:
                 for dn in self._search(connection, base, f"({attribute}={value})", username):
                     if dn not in candidates:
                         candidates.append(dn)
+        if len(candidates) > 1:
+            logger.warning("LDAP entries %s all match %s: ambiguous, ignored", candidates, _identity(username))
+            return []
         return candidates
 
     def _search_and_bind(self, connection: Connection, username: str, password: str) -> bool:

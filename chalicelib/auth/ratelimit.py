@@ -3,15 +3,19 @@
 Fixed windows: the first attempt starts a window of ``window_seconds``; past ``max_per_user``
 failures for a user name, or ``max_per_address`` from an address, logins are refused until the
 window ends (the API answers 429 with ``Retry-After``). A successful login clears the user's
-counter (not the address's: one valid account must not reset an attacker's address budget).
+failures (not the address's: one valid account must not reset an attacker's address budget).
 
 Each attempt is reserved before the directory is asked (``reserve``: check and count in one
 script): 40 wrong passwords sent at once reach LDAP only as often as the limit allows, not 40
-times. A success gives the address's reservation back; an outage gives both back.
+times. Each counter keeps a count of its attempts still in flight beside it, so a refusal says
+whether failures fill the limit (wait for the window to end) or attempts in flight do (they may
+all be right: try again in a second). ``settle`` records the answer: a failure stays counted; a
+success clears the user's failures (not its attempts still in flight) and gives the address its
+attempt back; an outage gives both back.
 
-User names are keyed by the name the directory will match: NFKC-normalised and case-folded
-(a fullwidth ``\uff42ob`` binds as ``bob``, so it shares bob's counter), then hashed (bounded key
-size). IPv6 addresses count per /64, since one client usually holds a whole /64.
+User names are keyed by ``base.login_key``: NFKC-normalised and case-folded, coarser than the
+directory matches (a fullwidth ``\uff42ob`` binds as ``bob``, so it shares bob's counter), then
+hashed (bounded key size). IPv6 addresses count per /64, since one client usually holds a whole /64.
 """
 
 from __future__ import annotations
@@ -19,19 +23,20 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from chalicelib.store.keys import DEFAULT_PREFIX, Keys
 from chalicelib.store.scripts import script_source
 
-from .base import canonical_user
+from .base import login_key
 
 if TYPE_CHECKING:
     from chalicelib.config import AuthConfig
 
 
 def _user_part(user: str) -> str:
-    return hashlib.sha256(canonical_user(user).encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(login_key(user).encode("utf-8")).hexdigest()[:32]
 
 
 def address_key(address: str | None) -> str | None:
@@ -48,6 +53,23 @@ def address_key(address: str | None) -> str | None:
             return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
     return str(ip)
+
+
+IN_FLIGHT_SECONDS = 120
+"""How long a count of attempts in flight lives after the last one started: longer than any login
+takes (LDAP's timeouts, API Gateway's 29 s), so an attempt whose process died is forgotten."""
+BUSY_RETRY_SECONDS = 1
+"""What a caller refused for attempts still in flight is told to wait."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an attempt may not go ahead now, and for how long."""
+
+    retry_after: int
+    """Seconds to wait."""
+    busy: bool
+    """True when attempts still in flight fill the limit (not failures): they may all succeed."""
 
 
 class LoginLimiter:
@@ -68,7 +90,7 @@ class LoginLimiter:
         self.keys = Keys(prefix)
         self._record = redis.register_script(script_source("login_record"))
         self._reserve = redis.register_script(script_source("login_reserve"))
-        self._refund = redis.register_script(script_source("login_refund"))
+        self._settle = redis.register_script(script_source("login_settle"))
 
     @classmethod
     def from_config(
@@ -95,22 +117,36 @@ class LoginLimiter:
             keys.append((self.keys.login_address(part), self.max_per_address))
         return keys
 
-    def reserve(self, user: str | None, address: str | None) -> int | None:
+    def reserve(self, user: str | None, address: str | None) -> Refusal | None:
         """Count an attempt before it is made, atomically: None when it may go ahead (it now
-        counts as a failure unless given back), else the seconds to wait (nothing counted)."""
+        counts as a failure until ``settle`` says otherwise), else why not (nothing counted)."""
         keys = self._keys(user, address)
         if not keys:
             return None
-        wait_ms = int(self._reserve(keys=[key for key, _ in keys],
-                                    args=[self.window_seconds, *(limit for _, limit in keys)]))
-        return None if wait_ms == 0 else max(1, math.ceil(wait_ms / 1000))
+        counters = [key for key, _ in keys]
+        answer = int(self._reserve(keys=[*counters, *map(self.keys.login_in_flight, counters)],
+                                   args=[self.window_seconds, IN_FLIGHT_SECONDS, *(limit for _, limit in keys)]))
+        if answer == 0:
+            return None
+        if answer < 0:
+            return Refusal(BUSY_RETRY_SECONDS, busy=True)
+        return Refusal(max(1, math.ceil(answer / 1000)), busy=False)
 
-    def refund(self, user: str | None, address: str | None) -> None:
-        """Give back a reservation (the attempt did not fail: the directory was down, or, for
-        the address, the login succeeded)."""
-        keys = self._keys(user, address)
-        if keys:
-            self._refund(keys=[key for key, _ in keys])
+    def settle(self, user: str | None, address: str | None, *, succeeded: bool | None) -> None:
+        """The answer to an attempt ``reserve`` let through: ``succeeded`` True (the user's
+        failures are forgotten, the address gets its attempt back), False (it stays counted), or
+        None (the directory could not answer: both get it back)."""
+        modes = []
+        counters = []
+        if user is not None:
+            counters.append(self.keys.login_user(_user_part(user)))
+            modes.append("failed" if succeeded is False else "clear" if succeeded else "refund")
+        part = address_key(address)
+        if part is not None:
+            counters.append(self.keys.login_address(part))
+            modes.append("failed" if succeeded is False else "refund")
+        if counters:
+            self._settle(keys=[*counters, *map(self.keys.login_in_flight, counters)], args=modes)
 
     def check(self, user: str | None, address: str | None) -> int | None:
         """Seconds to wait before trying again when the user or the address is over its limit,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from chalicelib.auth.base import same_user
 from chalicelib.clock import Clock, SystemClock
 from chalicelib.store.keys import DEFAULT_PREFIX, Keys
 from chalicelib.store.scripts import script_source
@@ -205,7 +206,8 @@ class TokenStore:
         return records
 
     def delete(self, token: str, user: str) -> DeleteResult:
-        """Delete a token if it belongs to user (FORBIDDEN when it is someone else's)."""
+        """Delete a token if it belongs to user, under any spelling of the name (FORBIDDEN when it
+        is someone else's)."""
         if not is_token_shaped(token):
             return DeleteResult.NOT_FOUND
         return self._delete_hash(hash_token(token), user)
@@ -223,6 +225,10 @@ class TokenStore:
     def _delete_hash(self, token_hash: str, user: str) -> DeleteResult:
         key = self._token_key(token_hash)
         owner = self.redis.hget(key, "user")
+        if owner is not None and same_user(owner, user):
+            # A token made before names were canonical records its owner as typed ('ALICE'):
+            # still alice's. The script deletes it only while it is still that owner's.
+            user = owner
         user_key = self._user_key(owner if owner is not None else user)
         result = int(self._delete(keys=[key, user_key], args=[user, token_hash]))
         if result == 1:

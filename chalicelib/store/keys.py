@@ -42,8 +42,9 @@ tests/core/test_key_schema.py holds both sides to this.
     ratelimit:<class>:<who>  string  requests of a client (token id or address) in the window
     token:<sha256>           hash    an API token's user and times (auth/tokens.py)
     user:<user>:tokens       set     a user's token hashes
-    login:user:<hash>        string  failed logins of a user name (canonical, hashed) in the window
-    login:addr:<address>     string  failed logins from a client address (IPv6: its /64)
+    login:user:<hash>        string  failed logins (and attempts in flight) of a user name (login_key, hashed)
+    login:addr:<address>     string  the same from a client address (IPv6: its /64)
+    login:<user|addr>:<..>:in_flight string  of those, the attempts still waiting for the directory
     migrating                zset    VMs being migrated to another host, across all pools, by start time
     templates:prepared       hash    <provider>:<template> -> "done", or the task preparing it
     history:<pool>           zset    per-minute samples of the pool's counts (store/history.py)
@@ -183,6 +184,10 @@ class Keys:
 
     def login_address(self, address: str) -> str:
         return f"{self.prefix}login:addr:{address}"
+
+    def login_in_flight(self, counter: str) -> str:
+        """The count of a login counter's attempts still waiting for the directory."""
+        return f"{counter}:in_flight"
 
     def holdings(self, owner_hash: str) -> str:
         return f"{self.prefix}holdings:{owner_hash}"

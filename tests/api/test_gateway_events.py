@@ -86,6 +86,30 @@ def test_null_headers_query_and_path_parameters_are_none_sent(full: Harness) -> 
     assert (status, sorted(answer)) == (200, ["pool1", "pool2", "pool3"])
 
 
+def test_services_that_cannot_be_built_answer_a_json_503_until_they_can(full: Harness,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first request of a process builds its services (Redis client, Lua scripts read from
+    disk, secrets fetched). When that fails (out of descriptors: `ulimit -n` reached under a
+    burst of connections; a secret that could not be fetched), the request gets our JSON 503
+    and the next one builds them again. Before, it escaped to Chalice: its own 500 body, for
+    every request until the build succeeded."""
+    built = app._services
+    failures = [OSError(24, "Too many open files")]
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return built
+
+    monkeypatch.setattr(app, "_services", None)
+    monkeypatch.setattr(app.Services, "from_environment", build)
+    status, answer = invoke(api_event("GET", "/api/v3/status", "/api/v3/status"))
+    assert (status, answer["ok"]) == (503, False), answer
+    assert "Too many" not in answer["error"]  # nothing of the server's inside is shown
+    status, answer = invoke(api_event("GET", "/api/v3/status", "/api/v3/status"))
+    assert status == 200 and answer["status"]["ok"], answer
+
+
 @pytest.mark.parametrize("method, resource, path, body, status", [
     ("POST", "/api/v3/vm", "/api/v3/vm", '{"pool1": "1"}', 200),  # a hostname handed to one caller
     ("POST", "/api/v3/vm", "/api/v3/vm", '{"pool1": ', 400),

@@ -9,6 +9,9 @@ Directory layout (``dc=example,dc=com``)::
 
     cn=svc,dc=example,dc=com                  service account (may search, see users)
     ou=users:   uid=alice, uid=comma\\,user    (uid in the DN)
+                uid=straße, uid=strasse     (two users whose names Unicode case folding merges;
+                                             LDAP keeps them apart)
+                uid=dana                    (a password of Hebrew and Latin letters)
     ou=people:  cn=bob (uid: bob), cn=carol (uid: carol)   (cn in the DN)
 
 The ``slapd`` session fixture (tests/conftest.py) runs one for every folder that needs it.
@@ -18,6 +21,7 @@ Needs the Debian packages ``slapd`` and ``ldap-utils`` (and ``openssl``).
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
@@ -42,6 +46,9 @@ USERS: dict[str, tuple[str, str]] = {
     "comma,user": (f"uid=comma\\,user,{USERS_OU}", "comma-Pass-2"),
     "bob": (f"cn=bob,{PEOPLE_OU}", "bob-Pass-3"),
     "carol": (f"cn=carol,{PEOPLE_OU}", "carol-Pass-4"),
+    "stra\u00dfe": (f"uid=stra\u00dfe,{USERS_OU}", "sharp-s-Pass-5"),
+    "strasse": (f"uid=strasse,{USERS_OU}", "double-s-Pass-6"),
+    "dana": (f"uid=dana,{USERS_OU}", "\u05e9\u05dc\u05d5\u05dd-dana-7"),
 }
 
 GROUPS_OU = f"ou=groups,{BASE}"
@@ -109,7 +116,7 @@ def _seed_ldif() -> str:
         cn = user if rdn_attr == "cn" else f"{user} cn"
         entries.append(
             f"dn: {dn}\nobjectClass: inetOrgPerson\nuid: {user}\ncn: {cn}\nsn: {user}\n"
-            f"userPassword: {password}\n"
+            f"userPassword:: {base64.b64encode(password.encode()).decode()}\n"
         )
     return "\n".join(entries)
 
@@ -122,6 +129,8 @@ class SlapdServer:
     ldaps_port: int = field(default_factory=free_port)
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="vmpool-slapd-")))
     process: subprocess.Popen | None = None
+    extra_ldif: str = ""
+    """More entries (LDIF) to seed, for a test's own directory."""
 
     base = BASE
     users_base = USERS_OU
@@ -210,7 +219,7 @@ class SlapdServer:
                 "",
             ])
         )
-        _run([slapadd, "-f", str(conf), "-b", BASE], input=_seed_ldif())
+        _run([slapadd, "-f", str(conf), "-b", BASE], input=_seed_ldif() + "\n" + self.extra_ldif)
         listen = f"ldap://127.0.0.1:{self.port}/ ldaps://127.0.0.1:{self.ldaps_port}/"
         self.log_file = open(self.directory / "slapd.log", "wb")
         self.process = subprocess.Popen(

@@ -412,3 +412,9 @@ def test_dummy_follows_vmpooler():
     assert dummy.authenticate("alice", "alice") is False
     assert dummy.authenticate("alice", "") is False
     assert dummy.authenticate("", "x") is False
+
+
+def test_a_password_without_a_utf8_form_is_refused_without_asking_the_server(slapd):
+    auth = with_service_account(slapd, port=free_port())  # nothing listens: no AuthUnavailable
+    assert auth.authenticate("alice", "pass\udc80word") is False
+    assert auth.authenticate("ali\udc80ce", "x") is False

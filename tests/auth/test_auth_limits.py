@@ -12,7 +12,7 @@ from chalicelib.auth.base import AuthUnavailable
 from chalicelib.auth.basic import LoginOutcome, LoginService, parse_basic_auth
 from chalicelib.auth.dummy import DummyAuthenticator
 from chalicelib.auth.ldap import LdapAuthenticator, parse_ldap_settings
-from chalicelib.auth.ratelimit import LoginLimiter
+from chalicelib.auth.ratelimit import LoginLimiter, Refusal
 from chalicelib.auth.secrets import plain_secret
 from chalicelib.config import parse
 
@@ -29,7 +29,7 @@ def test_per_user_limit(redis_client):
     limiter.record_failure("alice", "10.0.0.2")
     wait = limiter.check("alice", "10.0.0.3")  # the user is over, whatever the address
     assert wait is not None and 1 <= wait <= 60
-    assert limiter.check("Alice ", "10.0.0.3") == wait  # names are case-folded
+    assert limiter.check("Alice ", "10.0.0.3") == wait  # names are lower-cased
     assert limiter.check("bob", "10.0.0.1") is None
     limiter.reset("alice")
     assert limiter.check("alice", "10.0.0.3") is None
@@ -250,3 +250,56 @@ def test_a_success_gives_the_address_its_attempt_back(redis_client):
         assert service.check("alice", "pw", "10.0.0.1").ok
     assert not service.check("alice", "alice", "10.0.0.1").ok
     assert service.check("carol", "pw", "10.0.0.1").ok
+
+
+def test_logins_at_once_with_the_right_password_are_not_failed_logins(redis_client, slapd):
+    """Eight CI jobs logging in as bob at once: the limit lets three reach the directory at a time,
+    since any of them could be wrong. The others were told 'too many failed logins' and to wait the
+    whole window (Retry-After: 60), though no login had failed; they are told to retry in a second,
+    and once the three are in, bob has no failure counted."""
+    callers, limit, window = 8, 3, 60
+    gate = _Gate(_ldap(slapd), callers)
+    limiter = LoginLimiter(redis_client, max_per_user=limit, max_per_address=1000, window_seconds=window)
+    service = LoginService(gate, limiter)
+
+    def attempt(index):
+        result = service.check("bob", slapd.password("bob"), f"198.51.100.{index}")
+        if result.outcome is LoginOutcome.RATE_LIMITED:
+            gate.settle()
+        return result
+
+    with ThreadPoolExecutor(callers) as pool:
+        results = list(pool.map(attempt, range(callers)))
+    assert [r.outcome for r in results].count(LoginOutcome.OK) == limit
+    refused = [r for r in results if r.outcome is LoginOutcome.RATE_LIMITED]
+    assert len(refused) == callers - limit
+    assert {r.retry_after for r in refused} == {1}
+    assert limiter.check("bob", "198.51.100.200") is None
+    assert service.check("bob", slapd.password("bob"), "198.51.100.200").ok
+
+
+def test_a_success_keeps_the_attempts_still_in_flight_reserved(redis_client):
+    """A success clears the user's failures, not the reservations of attempts still waiting for
+    the directory: those were wiped, so their failures went uncounted and the limit let more
+    guesses through than it allows."""
+    limiter = LoginLimiter(redis_client, max_per_user=3, max_per_address=1000, window_seconds=60)
+    assert limiter.reserve("alice", "10.0.0.1") is None  # a guess, still waiting for the directory
+    assert limiter.reserve("alice", "10.0.0.2") is None  # alice herself
+    limiter.settle("alice", "10.0.0.2", succeeded=True)
+    limiter.settle("alice", "10.0.0.1", succeeded=False)  # the guess was wrong: it counts
+    for address in ("10.0.0.3", "10.0.0.4"):
+        assert limiter.reserve("alice", address) is None
+        limiter.settle("alice", address, succeeded=False)
+    assert limiter.reserve("alice", "10.0.0.5") == Refusal(60, busy=False)
+
+
+def test_a_dotted_capital_i_shares_the_users_limit(redis_client, slapd):
+    """The directory binds 'al\u0130ce' (a capital I with a dot) as alice, whose failed-login
+    counter it did not share: each i in a name doubled the guesses the limit allowed."""
+    ldap = _ldap(slapd)
+    look_alike = "al\u0130ce"
+    assert ldap.authenticate(look_alike, slapd.password("alice"))  # what makes this matter
+    service = LoginService(ldap, LoginLimiter(redis_client, max_per_user=3, max_per_address=1000))
+    for attempt in range(3):
+        assert service.check("alice", f"wrong-{attempt}", "192.0.2.1").outcome is LoginOutcome.INVALID
+    assert service.check(look_alike, slapd.password("alice"), "192.0.2.2").outcome is LoginOutcome.RATE_LIMITED

@@ -47,7 +47,7 @@ def test_a_token_of_a_user_who_is_not_an_admin_cannot_change_pools(make_api, lda
 
 
 def test_a_listed_admin_changes_pools(make_api, ldap_auth, slapd):
-    api = make_api(document(ldap_auth(admins=["Alice"]), config=EXPERIMENTAL))  # names compare case-folded
+    api = make_api(document(ldap_auth(admins=["Alice"]), config=EXPERIMENTAL))  # names compare lower-cased
     alice = api.new_token("alice", slapd.password("alice"))
     assert api.call("POST", "/api/v3/config/poolsize", headers={"X-AUTH-TOKEN": alice}, body={POOL: "5"}).status == 201
     assert _pool_now(api)[0] == 5

@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -168,9 +169,10 @@ def read_answer(connection: socket.socket) -> bytes:
 
 
 @contextlib.contextmanager
-def http_front(load_app: Callable[[], Any], **options: Any) -> Iterator[int]:
+def http_front(load_app: Callable[[], Any], open_files: int | None = None, **options: Any) -> Iterator[int]:
     """``local.http_front.HttpFront`` with one worker, serving ``load_app()`` in a forked process
-    on a free port (yielded) until the block ends."""
+    on a free port (yielded) until the block ends; ``open_files``: the process's limit of open
+    descriptors (soft and hard), as ``ulimit -n`` would set it."""
     from local.http_front import HttpFront
 
     port = free_port()
@@ -178,6 +180,8 @@ def http_front(load_app: Callable[[], Any], **options: Any) -> Iterator[int]:
     ready = context.Semaphore(0)
 
     def serve() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
         HttpFront(load_app, "127.0.0.1", port, workers=1, on_worker_ready=ready.release, **options).run()
 
     server = context.Process(target=serve)

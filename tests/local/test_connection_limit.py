@@ -108,3 +108,58 @@ def test_a_connection_counts_once_from_its_hand_off_until_it_is_gone() -> None:
     asyncio.run(hand_one_and_close_it())
     assert counts[:-1] == [1] * 20, counts
     assert counts[-1] == 0
+
+
+OPEN_FILES = 200
+"""The served process's descriptor limit in the next test (soft and hard, as ``ulimit -n 200``)."""
+
+
+def test_a_worker_bounds_its_connections_by_the_descriptors_it_may_open() -> None:
+    """With fewer descriptors allowed than the worker's connection bound (`ulimit -n` below 1,000,
+    a common default is 1,024 and the stack's own descriptors come on top), connections past
+    what it can hold get the JSON 503 and the others are served. Before, the worker accepted
+    until it ran out of descriptors, and every connection after that waited unanswered in the
+    listening socket's backlog (and an app needing a file or a Redis connection answered 500)."""
+    statuses: list[int] = []
+    opened: list[socket.socket] = []
+    with http_front(ONE_LOOP, open_files=OPEN_FILES) as port:
+        try:
+            opened = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(OPEN_FILES + 50)]
+            for connection in opened:
+                try:
+                    connection.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+                    answer = read_answer(connection)
+                except TimeoutError:
+                    raise AssertionError(f"no answer after {len(statuses)} answered: {statuses[-3:]}") from None
+                except (ConnectionResetError, BrokenPipeError):
+                    # Refused and closed before our request was read: the reset may discard its 503.
+                    answer = b"HTTP/1.1 503 (reset)"
+                statuses.append(int(answer.split()[1]))
+        finally:
+            for connection in opened:
+                connection.close()
+    assert set(statuses) == {200, 503}, statuses
+    assert statuses.count(200) >= OPEN_FILES // 4, statuses
+
+
+@app.route("/big")
+def big() -> dict[str, Any]:
+    return {"text": "x" * 8_000_000}  # more than the kernel's socket buffers hold
+
+
+def test_a_connection_whose_client_stops_reading_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that asks for answers and never reads them: once the server cannot write for the
+    client timeout, it drops the connection. Before, the connection was held for good (its slot,
+    its coroutine and megabytes of buffered answers; 2,000 such connections made the stack answer
+    every new one 503 until it was restarted), past the keep-alive timeout too: a close waits for
+    the buffer to drain."""
+    import local.http_front
+
+    monkeypatch.setattr(local.http_front, "CLIENT_TIMEOUT_SECONDS", 1.0)  # the forked server's too
+    with http_front(ONE_LOOP) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            connection.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            # Never read: the server's reset shows as the socket's pending error.
+            wait_for(lambda: connection.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), 30,
+                     "the server to drop a connection that does not read")

@@ -203,3 +203,40 @@ def test_head_is_get_without_its_body_and_a_kept_alive_connection_goes_on(stack:
             assert rest.startswith(b"HTTP/1.1 200 "), rest
     answer = exchange(stack.port, request("HEAD /api/v3/ondemandvm HTTP/1.1\nHost: x\nConnection: close\n"))
     assert answer.startswith(b"HTTP/1.1 405 ") and b"\r\nallow: post\r\n" in answer.lower(), answer
+
+
+def answers_in(received: bytes) -> list[tuple[int, bytes, bytes]]:
+    """(status, head, body) of each whole answer in what a connection received."""
+    found = []
+    while received.startswith(b"HTTP/1.1 "):
+        head, _, rest = received.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")))
+        found.append((int(head.split()[1]), head, rest[:length]))
+        received = rest[length:]
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("bad", "status"), [
+    pytest.param(b"GARBAGE\r\n\r\n", 400, id="not HTTP"),
+    pytest.param(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, id="a 9,000-byte target"),
+    pytest.param(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n", 431,
+                 id="a 40 kB head"),
+    pytest.param(b"POST /api/v3/vm HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}xyz", 400,
+                 id="a bad chunk"),
+])
+def test_a_request_pipelined_before_a_malformed_one_is_answered(stack: RunningStack, bad: bytes, status: int) -> None:
+    """A checkout and, in the same write, a request the front refuses: the checkout is answered
+    (its VM is the caller's), then the refusal, then the connection closes. Before, the refusal
+    closed the connection while the checkout ran: no answer, and a VM taken for good."""
+    checkout = request(f"POST /api/v3/vm/{POOL} HTTP/1.1\nHost: x\nContent-Length: 0\n")
+    wait_for(lambda: call("GET", f"{stack.api}/status?view=pools")[1]["pools"][POOL]["ready"] > 0, WAIT,
+             "a ready VM")
+    running = call("GET", f"{stack.api}/status?view=pools")[1]["pools"][POOL]["running"]
+    answers = answers_in(exchange(stack.port, checkout + bad))
+    assert [answer[0] for answer in answers] == [200, status], answers
+    assert json.loads(answers[1][2])["ok"] is False and b"content-type: application/json" in answers[1][1].lower()
+    host = json.loads(answers[0][2])[POOL]["hostname"]
+    assert call("GET", f"{stack.api}/status?view=pools")[1]["pools"][POOL]["running"] == running + 1
+    assert call("DELETE", f"{stack.api}/vm/{host}") == (200, {"ok": True})

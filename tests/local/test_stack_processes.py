@@ -159,3 +159,25 @@ def test_a_killed_redis_server_is_started_again_with_everything_it_acknowledged(
         wait_for(lambda: call("POST", f"{stack.api}/vm/proc-debian")[0] == 200, 30, "a checkout after the crash")
         assert stack.process.poll() is None
         assert "redis-server exited" in stack.log()
+
+
+def test_a_port_left_in_time_wait_by_the_last_stack_is_free_for_the_next() -> None:
+    """`make run` stopped after serving, then started again on its port: the connections the
+    old stack closed linger in TIME_WAIT for a minute. Before, the check that no stale stack
+    still serves the port took them for one ("port ... is in use: is another `make run` still
+    running?"), and the new stack refused to start for that minute."""
+    from local.run import _require_free_port
+
+    port = free_port()
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn's is
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        with pytest.raises(SystemExit, match="in use"):  # still served: refused
+            _require_free_port(port)
+        client = socket.create_connection(("127.0.0.1", port))
+        served, _ = listener.accept()
+        served.close()  # the server closes first, as a stopping stack does: TIME_WAIT on its side
+        assert client.recv(1) == b""
+        client.close()
+    _require_free_port(port)  # nothing serves it any more
