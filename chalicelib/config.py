@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -46,6 +47,7 @@ from chalicelib.config_fields import (
     bounded,
     checked_by,
     given_fields,
+    hostname_prefix,
     one_of,
     regex,
     show,
@@ -88,7 +90,7 @@ class ServiceConfig(SettingsModel):
     vm_lifetime_auth: Int1 = 0
     """Unset: vm_lifetime (filled in after validation; 0 is never valid when written)."""
     max_lifetime_upper_limit: Optional[Int1] = None
-    prefix: Str = ""
+    prefix: Annotated[str, checked_by(hostname_prefix)] = ""
     domain: Optional[Str] = None
     allowed_tags: StrList = ()
     experimental_features: Bool = False
@@ -188,6 +190,7 @@ class PoolSettings(SettingsModel):
     domain: Optional[Str] = None
     dns_plugin: Optional[Str] = None
     timeout: Optional[Int1] = None
+    timeout_notification: Optional[Int0] = None
     ready_ttl: Optional[Int1] = None
     pool: Optional[Str] = None
     datastore: Optional[Str] = None
@@ -284,6 +287,9 @@ class PoolConfig:
     timeout_minutes: int
     ready_ttl_minutes: int
     settings: Mapping[str, Any]
+    draining: bool = False
+    """A pool removed from the config whose VMs drain (manager/dispatch.py): size 0, and its
+    runtime overrides (kept in Redis for a pool of that name added again) do not apply."""
 
     dns_plugin = PoolSetting[str | None]("dns_plugin")
     resource_pool = PoolSetting[str | None]("pool")
@@ -296,6 +302,8 @@ class PoolConfig:
     ondemand_fallback = PoolSetting[bool | None]("ondemand_fallback")
     check_loop_delay_min = PoolSetting[float | None]("check_loop_delay_min")
     clone_limit = PoolSetting[int | None]("clone_limit")
+    timeout_notification = PoolSetting[int | None]("timeout_notification")
+    """Minutes before a slow pending VM is warned about (vmpooler's pool key; else config's)."""
     sizing = PoolSetting["SizingSettings | None"]("sizing")
 
 
@@ -387,8 +395,76 @@ def _strip_colons(value: Any) -> Any:
 
 
 
+MAX_CONFIG_CHARACTERS = 16 * 1024 * 1024
+"""The largest config read: 50 times 1,000 pools of 300 bytes. A 50 MB file of 700,000 pools
+took 5 minutes and 3 GB to load."""
+MAX_DEPTH = 64
+"""Mappings and lists within each other: a config has 8 levels; Python's recursion (and libyaml's
+composer, which crashes the interpreter past some 10,000) must never be what stops a load."""
+MAX_VALUES = 2_000_000
+"""Values in a config once its YAML aliases are expanded (10,000 pools of 100 keys and items
+are 1 million): nine aliases to nine aliases ... nine levels deep would be 387 million."""
+MAX_POOLS = 10_000
+
+
+def read_config_file(path: Path) -> str:
+    """The text of a config file; OSError with ``strerror`` when it cannot be read or is not a
+    regular file (``/dev/zero`` would be read until memory runs out, a named pipe block for
+    ever). Reads at most one character past MAX_CONFIG_CHARACTERS (the size check refuses it)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a named pipe would wait for a writer
+    with open(descriptor, encoding="utf-8") as file:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(0, "not a regular file")
+        return file.read(MAX_CONFIG_CHARACTERS + 1)
+
+
+def _check_size(text: str, source: str) -> None:
+    if len(text) > MAX_CONFIG_CHARACTERS:
+        raise ConfigError([f"{source}: more than {MAX_CONFIG_CHARACTERS} characters"])
+
+
+def _check_shape(yaml: Any, text: str, loader: type, source: str) -> None:
+    """Refuse YAML nested deeper than MAX_DEPTH or holding more than MAX_VALUES values once its
+    aliases are expanded, from libyaml's events (a flat walk: no recursion, nothing built)
+    before anything is composed. An alias counts the values of the node it names."""
+    sizes: dict[str, int] = {}  # anchor -> values in its node, aliases expanded
+    open_nodes: list[list[Any]] = []  # [values so far, anchor] of each collection being read
+    starts = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+    ends = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+    scalar, alias = yaml.ScalarEvent, yaml.AliasEvent
+    expanded = 0
+    for event in yaml.parse(text, Loader=loader):
+        kind = type(event)
+        if kind is scalar:
+            values, anchor = 1, event.anchor
+            expanded += 1
+        elif kind in starts:
+            if len(open_nodes) >= MAX_DEPTH:
+                raise ConfigError([f"{source}: nested deeper than {MAX_DEPTH} levels"])
+            open_nodes.append([1, event.anchor])
+            expanded += 1
+            continue
+        elif kind in ends:
+            values, anchor = open_nodes.pop()
+        elif kind is alias:
+            values, anchor = sizes.get(event.anchor, 1), None
+            expanded += values
+            if expanded > MAX_VALUES:
+                raise ConfigError([(f"{source}: more than {MAX_VALUES} values once its YAML aliases are "
+                                    "expanded (an alias bomb?)")])
+        else:
+            continue
+        if anchor is not None:
+            sizes[anchor] = values
+        if open_nodes:
+            open_nodes[-1][0] += values
+    if expanded > MAX_VALUES:
+        raise ConfigError([f"{source}: more than {MAX_VALUES} values"])
+
+
 def _read_document(text: str, source: str) -> dict[str, Any]:
     """One YAML mapping, colon-stripped. Raises ConfigError naming ``source``."""
+    _check_size(text, source)
     try:
         import yaml
     except ImportError:
@@ -398,6 +474,7 @@ def _read_document(text: str, source: str) -> dict[str, Any]:
     # pure-Python one on a config of many pools; the same documents either way.
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
+        _check_shape(yaml, text, loader, source)
         document = yaml.load(text, Loader=loader)
     except yaml.YAMLError as error:
         raise ConfigError([f"{source}: not valid YAML: {error}"]) from None
@@ -452,7 +529,7 @@ def merge_extra_configs(document: dict[str, Any], base_dir: Path) -> dict[str, A
     for name in paths:
         path = Path(name) if Path(name).is_absolute() else base_dir / name
         try:
-            text = path.read_text()
+            text = read_config_file(path)
         except OSError as error:
             problems.append(f"config.extra_config: cannot read {path}: {error.strerror}")
             continue
@@ -573,6 +650,10 @@ def _read_providers(reader: BlockReader, raw: Any) -> dict[str, ProviderConfig]:
     others = ProviderKeys()
     for name, block in block_map.items():
         path = f"providers.{name}"
+        if not POOL_NAME_PATTERN.match(str(name)):  # it names Redis keys (lease:purge:<provider>)
+            reader.problems.append(f"{path}: a provider's name must match {POOL_NAME_PATTERN.pattern}, "
+                                   f"got {show(str(name))}")
+            continue
         provider_class = _provider_class(str(name), block)
         model = settings_model(provider_class)
         if model is None:
@@ -622,6 +703,9 @@ def _read_pools(
         return []
     if not isinstance(raw, list):
         reader.problems.append(f"pools: must be a list of pools, got {show(raw)}")
+        return []
+    if len(raw) > MAX_POOLS:
+        reader.problems.append(f"pools: at most {MAX_POOLS} pools, got {len(raw)}")
         return []
     owned_by_providers = ProviderKeys()
     pool_fields = PoolSettings.keys()
@@ -776,25 +860,32 @@ def from_canonical(document: Any, source: str = "canonical config") -> Config:
     warnings = document.get("warnings") or []
     if not isinstance(warnings, list) or not all(isinstance(item, str) for item in warnings):
         raise ConfigError([f"{source}: warnings: must be a list of strings"])
-    return build(document, TrustedReader())
+    try:
+        return build(document, TrustedReader())
+    except RecursionError:  # a hand-edited document nested deeper than any config (json allows ~1,000)
+        raise ConfigError([f"{source}: nested deeper than {MAX_DEPTH} levels"]) from None
 
 
-def canonical_document(text: str) -> dict[str, Any] | None:
+def canonical_document(text: str, source: str = "config") -> dict[str, Any] | None:
     """The canonical document ``text`` holds, or None when it is something else (YAML, or JSON
-    without the format key: a YAML config written as JSON)."""
+    without the format key: a YAML config written as JSON). Raises ConfigError for JSON too
+    large or nested too deep to be any config."""
     if not text.lstrip().startswith("{"):
         return None
+    _check_size(text, source)
     try:
         document = json.loads(text)
     except ValueError:
         return None
+    except RecursionError:  # JSON nested past the interpreter's limit: no config of ours
+        raise ConfigError([f"{source}: nested deeper than {MAX_DEPTH} levels"]) from None
     return document if isinstance(document, dict) and CANONICAL_FORMAT_KEY in document else None
 
 
 def from_text(text: str, source: str = "config", base_dir: Path | None = None) -> Config:
     """A config from its canonical JSON (built without pydantic or yaml) or from YAML (validated:
     ``parse``, which imports PyYAML and pydantic on its first use). Raises ConfigError."""
-    document = canonical_document(text)
+    document = canonical_document(text, source)
     if document is not None:
         return from_canonical(document, source)
     return parse(text, source, base_dir=base_dir)
@@ -809,7 +900,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         return from_text(environ[CONFIG_YAML_ENV], CONFIG_YAML_ENV)
     path = Path(environ.get(CONFIG_FILE_ENV) or DEFAULT_CONFIG_FILE)
     try:
-        text = path.read_text()
+        text = read_config_file(path)
     except OSError as error:
         raise ConfigError([f"{path}: cannot read: {error.strerror}"]) from None
     return from_text(text, str(path), base_dir=path.parent)

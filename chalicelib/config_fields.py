@@ -362,9 +362,19 @@ def invalid(problem: str) -> NoReturn:
     raise Invalid(problem)
 
 
+SHOWN_CHARACTERS = 80
+"""What a message quotes of a value at most: a 10,000-character name is named by its start."""
+
+
 def show(value: Any) -> str:
-    """A value as a message quotes it: strings in double quotes, the rest as Python writes them."""
-    return f'"{value}"' if isinstance(value, str) else repr(value)
+    """A value as a message quotes it: strings in double quotes, the rest as Python writes them;
+    cut after SHOWN_CHARACTERS (``"aaaa..."``)."""
+    if isinstance(value, str):
+        return f'"{value}"' if len(value) <= SHOWN_CHARACTERS else f'"{value[:SHOWN_CHARACTERS]}..."'
+    if isinstance(value, (list, dict, tuple)) and len(value) > SHOWN_CHARACTERS:
+        return f"a {type(value).__name__} of {len(value)} items"  # repr would write every one first
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARACTERS else text[:SHOWN_CHARACTERS] + "..."
 
 
 def integer(minimum: int | None = None, maximum: int | None = None) -> Checker:
@@ -490,6 +500,18 @@ def sizing(value: Any) -> Any:
         return parse_sizing(value)
     except SizingConfigError as error:
         invalid(str(error))
+
+
+HOSTNAME_PREFIX = re.compile(r"^([a-z0-9][a-z0-9-]{0,56})?$")
+
+
+def hostname_prefix(value: Any) -> str:
+    """The start of every VM name (``config.prefix``): names are it and at least 6 random
+    characters, read back by the API lower-cased and as a DNS label (at most 63 characters)."""
+    text = string(value)
+    if not HOSTNAME_PREFIX.match(text):
+        invalid(f"must be lower-case letters, digits and '-' (at most 57, not first), got {show(value)}")
+    return text
 
 
 def timezone_name(value: Any) -> str:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from chalicelib.config import ConfigError, canonical_json, parse
+from chalicelib.config import ConfigError, canonical_json, parse, read_config_file
 from chalicelib.config_source import DEFAULT_CONFIG_KEY
 from infra.sync_config import STAGES, stack_name
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
         session = boto3.Session()
     path = Path(args.file)
     try:
-        text = path.read_text()
+        text = read_config_file(path)
     except OSError as error:
         print(f"config-push: cannot read {path}: {error.strerror}", file=sys.stderr)
         return 1

@@ -17,6 +17,8 @@ from chalicelib.store.pool_overrides import PoolOverrides
 MAX_POOL_SIZE = 10000
 """As the config loader allows."""
 MAX_CLONE_TARGET = 255
+MAX_TEMPLATE = 1024
+"""A vSphere inventory path of a dozen folders of the 80 characters a name may have."""
 
 
 def _allowed(services: Services, request: ApiRequest) -> None:
@@ -32,7 +34,9 @@ def _payload(request: ApiRequest) -> dict[str, Any]:
     body, or ``null``, is vmpooler's "no payload": 404 ``{"ok": false}``."""
     try:
         body = json_body(request)
-    except ApiError:
+    except ApiError as error:
+        if error.status == 413:
+            raise
         raise ApiError(400, {"message": "JSON payload could not be parsed"}) from None
     if body is None:
         raise not_found()
@@ -47,8 +51,10 @@ def _size(value: Any) -> int | None:
 
 
 def _template_ok(value: Any) -> bool:
-    """vmpooler's rule: a path with a '/', not at either end."""
-    return isinstance(value, str) and "/" in value and not value.startswith("/") and not value.endswith("/")
+    """vmpooler's rule: a path with a '/', not at either end; and printable text of at most
+    MAX_TEMPLATE characters (every VM the pool clones records its template)."""
+    return (isinstance(value, str) and "/" in value and not value.startswith("/") and not value.endswith("/")
+            and len(value) <= MAX_TEMPLATE and value.isprintable())
 
 
 @dataclass(frozen=True)
@@ -83,14 +89,11 @@ def _override(services: Services, request: ApiRequest, setting: _Setting) -> Api
     invalid = [pool for pool, value in wanted.items() if services.config.pool(pool) is None or value is None]
     if invalid:
         raise ApiError(400, {setting.error_key: invalid})
-    overrides = PoolOverrides(services.store)
-    changed = []
-    for name, value in wanted.items():
-        if value != _value(_now(services, name), setting):
-            configured = _value(_configured(services, name), setting)
-            overrides.set(setting.field, name, None if value == configured else value)
-            changed.append(name)
-    return _changed(services, changed)
+    # Setting a pool back to its configured value removes its override; the script changes every
+    # pool or none, and says which ones it changed (201), from the values as it finds them.
+    stored = {name: None if value == _value(_configured(services, name), setting) else value
+              for name, value in wanted.items()}
+    return _changed(services, PoolOverrides(services.store).set_many(setting.field, stored))
 
 
 def _clear(services: Services, request: ApiRequest, setting: _Setting) -> ApiResponse:
@@ -156,10 +159,7 @@ def reset(services: Services, request: ApiRequest) -> ApiResponse:
     invalid = [pool for pool in body if services.config.pool(pool) is None]
     if invalid:
         raise ApiError(400, {"bad_pools": invalid})
-    overrides = PoolOverrides(services.store)
-    now = services.clock.now()
-    for name in body:
-        overrides.reset(name, now)
+    PoolOverrides(services.store).reset_many(body, services.clock.now())
     _reconcile_now(services, list(body))
     return ok(201)
 

@@ -178,7 +178,8 @@ class PassContext:
         checkpoint("snapshot")
         # The one read of the overrides: the template, size and clone target the steps act on
         # and the reset time they drain by come from the same moment.
-        overrides = PoolOverrides(store).get(pool.name)
+        # A draining pool (removed from the config) has size 0 whatever an admin set.
+        overrides = PoolOverride() if pool.draining else PoolOverrides(store).get(pool.name)
         pool = apply_overrides(pool, overrides)
         size_decision = target_size(store, pool, now, service.sizing_timezone)
         pool = size_decision.apply(pool)

@@ -21,6 +21,7 @@ import dataclasses
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from chalicelib import observability as metric
@@ -30,6 +31,7 @@ from chalicelib.manager.pool_queue import (
     DRAIN,
     FOLLOWUP,
     MAX_DELAY_SECONDS,
+    NUDGE,
     RETRY,
     TICK,
     Delayed,
@@ -85,11 +87,14 @@ class Ticker:
     def tick(self, services: "Services", queue: PoolQueue) -> TickReport:
         config = services.config
         fleet = Fleet(services.store)
+        known = fleet.names()
         if self._remembered is not config:
             fleet.remember(config.pools)
             self._remembered = config
+        else:  # a configured pool something forgot (a consumer a push behind): recorded again
+            fleet.remember([pool for pool in config.pools if pool.name not in known])
         configured = set(config.pool_names)
-        draining = sorted(fleet.names() - configured)
+        draining = sorted(known - configured)
         messages: list[Delayed] = [(PoolMessage(name, TICK), spread_delay(name, self.spread_seconds))
                                    for name in config.pool_names]
         messages += [(PoolMessage(name, DRAIN), 0) for name in draining]
@@ -125,6 +130,11 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
     fleet = Fleet(services.store)
     drain: PoolConfig | None = None
     if services.config.pool(message.pool) is None:
+        if message.reason in (TICK, NUDGE):
+            # Sent for a pool the sender has configured: this config is older than the sender's
+            # (a push not yet read here); draining would empty a pool just added.
+            logger.info("message for a pool not configured here yet", extra={"pool": message.pool})
+            return None
         settings = fleet.settings(message.pool)
         if settings is None:
             logger.info("message for an unknown pool dropped", extra={"pool": message.pool})
@@ -134,7 +144,7 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
             logger.error("removed pool cannot drain: its provider is gone from the config",
                          extra={"pool": message.pool, "provider": settings.provider})
             return None
-        drain = dataclasses.replace(settings, size=0)
+        drain = draining(settings)
     if message.reason == FOLLOWUP:
         fleet.followup_arrived(message.pool)
     report = run_pool(services, message.pool, budget_seconds, checkpoint, stopping,
@@ -154,6 +164,15 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
         if fleet.claim_followup(message.pool, delay + FOLLOWUP_SLACK_SECONDS):
             queue.send([(PoolMessage(message.pool, FOLLOWUP), delay)])
     return report
+
+
+def draining(pool: PoolConfig) -> PoolConfig:
+    """A pool removed from the config, as its drain passes reconcile it: size 0 whatever sized it
+    (its ``sizing`` block, recorded as text, is dropped; its runtime overrides are not applied,
+    ``PoolConfig.draining``). They are not deleted: a Lambda whose config is a few seconds older
+    than a push that added the pool may take it for removed."""
+    settings = MappingProxyType({key: value for key, value in pool.settings.items() if key != "sizing"})
+    return dataclasses.replace(pool, size=0, settings=settings, draining=True)
 
 
 def _empty(report: RunReport) -> bool:

@@ -95,15 +95,18 @@ def _minutes(seconds: float) -> str:
 
 def _notify_slow(context: PassContext, record: VMRecord, age: float) -> None:
     """Log once per VM when a pending VM (cloning or booting) is older than
-    ``timeout_notification`` minutes: the early warning of a broken template or DNS."""
-    service = context.service
-    if age <= service.timeout_notification * 60 or record.raw.get("slow_notified"):
+    ``timeout_notification`` minutes (the pool's, else the service's): the early warning of a
+    broken template or DNS."""
+    notification = context.pool.timeout_notification
+    if notification is None:
+        notification = context.service.timeout_notification
+    if age <= notification * 60 or record.raw.get("slow_notified"):
         return
     if context.store.set_once(record.name, "slow_notified"):
         logger.warning(
             "VM is slow to become ready",
             extra={"pool": context.pool.name, "hostname": record.name, "minutes": round(age / 60, 1),
-                   "timeout_notification": service.timeout_notification,
+                   "timeout_notification": notification,
                    "reason": record.not_ready_reason or ("cloning" if record.clone_end is None else "booting")},
         )
 

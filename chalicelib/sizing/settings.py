@@ -29,6 +29,8 @@ DAY_GROUPS = {
     "everyday": frozenset(range(7)),
 }
 TIME_PATTERN = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$|^24:00$")
+TIMEZONE_PATTERN = re.compile(r"^[A-Za-z0-9_+-]{1,30}(/[A-Za-z0-9_+-]{1,30}){0,3}$")
+"""The shape of an IANA zone name (``America/Argentina/Buenos_Aires``, ``Etc/GMT+5``)."""
 MAX_WINDOWS = 50
 MAX_SIZE = 10000
 
@@ -126,12 +128,16 @@ def _hhmm(minute: int) -> str:
 
 
 def check_timezone(value: Any, path: str = "timezone") -> str:
-    """An IANA time zone name that zoneinfo knows (``Europe/Berlin``, ``UTC``)."""
-    if not isinstance(value, str) or not value:
-        raise SizingConfigError(f"{path}: must be a time zone name such as Europe/Berlin, got {value!r}")
+    """An IANA time zone name that zoneinfo knows (``Europe/Berlin``, ``UTC``). Only the shape of
+    one reaches zoneinfo, which opens it as a file under the zone database: a directory there
+    (``Europe``), a name too long for a file or nested thousands of levels deep would fail with
+    an OSError or a RecursionError instead of this message."""
+    if not isinstance(value, str) or not TIMEZONE_PATTERN.match(value):
+        shown = value if not isinstance(value, str) or len(value) <= 40 else value[:40] + "..."
+        raise SizingConfigError(f"{path}: must be a time zone name such as Europe/Berlin, got {shown!r}")
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise SizingConfigError(f"{path}: unknown time zone {value!r}") from None
     return value
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from chalicelib.config import PoolConfig
 from chalicelib.store.store import Store, _translate_errors
@@ -21,6 +21,7 @@ SIZE = "poolsize"
 TEMPLATE = "pooltemplate"
 RESET = "poolreset"
 CLONE_TARGET = "clonetarget"
+SETTINGS = (SIZE, TEMPLATE, RESET, CLONE_TARGET)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class PoolOverrides:
     def __init__(self, store: Store) -> None:
         self.client = store.client
         self.keys = store.keys
+        self.scripts = store.scripts
 
     def get(self, pool: str) -> PoolOverride:
         return self.all([pool])[pool]
@@ -60,7 +62,7 @@ class PoolOverrides:
             return {}
         with _translate_errors():
             pipe = self.client.pipeline(transaction=False)
-            for setting in (SIZE, TEMPLATE, RESET, CLONE_TARGET):
+            for setting in SETTINGS:
                 pipe.hmget(self.keys.pool_override(setting), pools)
             sizes, templates, resets, clone_targets = pipe.execute()
         return {
@@ -77,17 +79,30 @@ class PoolOverrides:
     def set(self, field: str, pool: str, value: int | str | None) -> None:
         """Override the pool's ``size``, ``template`` or ``clone_target``; None goes back to the
         configured one."""
+        self.set_many(field, {pool: value})
+
+    def set_many(self, field: str, values: Mapping[str, int | str | None]) -> list[str]:
+        """Override ``field`` (``size``, ``template`` or ``clone_target``) of many pools at once,
+        all or none (lua/pool_overrides.lua); None takes a pool back to its configured value.
+        Returns the pools whose override changed."""
         setting = {"size": SIZE, "template": TEMPLATE, "clone_target": CLONE_TARGET}[field]
-        self._set(setting, pool, None if value is None else str(value))
+        args: list[str] = []
+        for pool, value in values.items():
+            args += [pool, "" if value is None else str(value)]
+        if not args:
+            return []
+        with _translate_errors():
+            changed = self.scripts.pool_overrides(keys=[self.keys.pool_override(setting)], args=args)
+        return [str(pool) for pool in changed]
 
     def reset(self, pool: str, now: float) -> None:
         """Drain the pool's ready and pending VMs cloned before ``now`` (and so refill it)."""
-        self._set(RESET, pool, repr(now))
+        self.reset_many([pool], now)
 
-    def _set(self, setting: str, pool: str, value: str | None) -> None:
-        key = self.keys.pool_override(setting)
-        with _translate_errors():
-            if value is None:
-                self.client.hdel(key, pool)
-            else:
-                self.client.hset(key, pool, value)
+    def reset_many(self, pools: Iterable[str], now: float) -> None:
+        """Drain the pools' ready and pending VMs cloned before ``now`` (and so refill them), in
+        one command: every pool or none."""
+        mapping = {pool: repr(now) for pool in pools}
+        if mapping:
+            with _translate_errors():
+                self.client.hset(self.keys.pool_override(RESET), mapping=mapping)  # type: ignore[arg-type]

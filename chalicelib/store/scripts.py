@@ -83,6 +83,7 @@ class Scripts:
         self.vm_task_finish = load("vm_task_finish")
         self.pool_snapshot = load("pool_snapshot")
         self.finish_clones = load("finish_clones")
+        self.pool_overrides = load("pool_overrides")
 
 
 ScriptCall = tuple[_Script, Sequence[str], Sequence[Any]]

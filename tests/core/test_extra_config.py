@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,29 @@ def test_an_extra_pool_is_validated_like_any_other(tmp_path: Path) -> None:
     main = write(tmp_path, "main.yaml", MAIN.format(extra="pools.yaml"))
     with pytest.raises(ConfigError, match='duplicate pool name "main-pool"'):
         load(main)
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_a_file_that_is_not_a_regular_file_is_refused_not_read(tmp_path: Path, special: str) -> None:
+    """Before, ``extra_config: /dev/zero`` read until memory ran out and a named pipe blocked the
+    load for ever (make run, config-push); so did the same as the config file itself."""
+    if special == "fifo":
+        special = str(tmp_path / "fifo")
+        os.mkfifo(special)
+    main = write(tmp_path, "main.yaml", MAIN.format(extra=special))
+    with pytest.raises(ConfigError) as failed:
+        load(main)
+    assert failed.value.problems == [f"config.extra_config: cannot read {special}: not a regular file"]
+    with pytest.raises(ConfigError) as failed:
+        load(Path(special))
+    assert failed.value.problems == [f"{special}: cannot read: not a regular file"]
+
+
+def test_an_extra_file_over_16_mib_is_refused(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    with big.open("w") as out:
+        out.write("# " + "x" * (16 * 1024 * 1024) + "\n")
+    main = write(tmp_path, "main.yaml", MAIN.format(extra="big.yaml"))
+    with pytest.raises(ConfigError) as failed:
+        load(main)
+    assert failed.value.problems == [f"{big}: more than {16 * 1024 * 1024} characters"]

@@ -22,7 +22,9 @@ from chalicelib.manager.pool_queue import DRAIN, FOLLOWUP, TICK, PoolMessage, Qu
 from chalicelib.manager.refill import SqsRefill
 from chalicelib.manager.runner import run_pool
 from chalicelib.services import Services
+from chalicelib.store import STATES
 from chalicelib.store.fleet import Fleet
+from chalicelib.store.pool_overrides import PoolOverrides
 from local.gateway import Gateway
 
 CONFIG = """
@@ -358,3 +360,93 @@ def test_queue_messages_round_trip() -> None:
     assert PoolMessage.parse('{"pool": 3}') is None and PoolMessage.parse("nope") is None
     # A retry count below zero would retry a failing pool without end: counted from 0.
     assert PoolMessage.parse('{"pool": "x", "attempt": -1000000}') == PoolMessage("x")
+
+
+def _fill_and_remove(services: Services, queue: RecordingQueue, removed_block: str, config: str = CONFIG) -> None:
+    """Fill both pools, let the tick record them, then push a config without ``removed_block``."""
+    clock = services.clock
+    assert isinstance(clock, FakeClock)
+    services.use_config(parse(config))
+    for _ in range(4):
+        for pool in ("debian", "centos"):
+            look_at(services, PoolMessage(pool, TICK), queue)
+        clock.advance(60)
+    Ticker().tick(services, queue)
+    assert services.store.counts(["centos"])["centos"]["ready"] > 0
+    services.use_config(parse(config.replace(removed_block, "")))
+
+
+def _drain(services: Services, queue: RecordingQueue, passes: int = 4) -> None:
+    clock = services.clock
+    assert isinstance(clock, FakeClock)
+    for _ in range(passes):
+        look_at(services, PoolMessage("centos", DRAIN), queue)
+        clock.advance(60)
+
+
+def test_a_removed_pool_drains_whatever_runtime_size_or_template_it_was_given(services: Services) -> None:
+    """The overrides an admin set while the pool was configured are not its size any more: the pool
+    drains to nothing and is forgotten (before, its size override kept it refilled for ever). They
+    stay in Redis, as vmpooler keeps them: a Lambda a push behind may see an added pool as removed."""
+    queue = RecordingQueue()
+    overrides = PoolOverrides(services.store)
+    overrides.set("size", "centos", 3)
+    overrides.set("template", "centos", "templates/other")
+    _fill_and_remove(services, queue, "  - {name: centos, size: 1, provider: dummy}\n")
+    _drain(services, queue)
+    assert services.store.counts(["centos"])["centos"] == {state: 0 for state in STATES}
+    assert "centos" not in Fleet(services.store).names()
+    assert overrides.get("centos").size == 3
+
+
+def test_a_removed_pool_with_a_sizing_block_drains(services: Services) -> None:
+    """Its settings as recorded at the tick carry its sizing block; draining it must not fail on
+    it (before, every drain pass raised on the block and the pool's VMs stayed for ever)."""
+    queue = RecordingQueue()
+    sized = ("  - {name: centos, size: 1, provider: dummy, sizing: {demand: {min: 1, max: 3}, "
+             "schedule: [{days: daily, start: '00:00', end: '24:00', size: 2}]}}\n")
+    _fill_and_remove(services, queue, sized, CONFIG.replace("  - {name: centos, size: 1, provider: dummy}\n", sized))
+    _drain(services, queue)
+    assert services.store.counts(["centos"])["centos"] == {state: 0 for state in STATES}
+    assert "centos" not in Fleet(services.store).names()
+
+
+def test_a_pool_added_by_a_push_is_not_drained_or_forgotten_by_a_consumer_a_push_behind(services: Services) -> None:
+    """The tick's config has the new pool before a consumer's refresh does (up to 30 s). Before,
+    that consumer took the pool's tick message for a removed pool's: it drained it and, the pool
+    still empty, forgot it; the tick records its pools once per config, so when the pool was
+    later removed nothing drained it and its VMs stayed for ever."""
+    queue = RecordingQueue()
+    added = CONFIG + "  - {name: fedora, size: 2, provider: dummy}\n"
+    ahead = Services(parse(added), services.client, clock=services.clock, prefix=services.store.keys.prefix)
+    behind = services  # the old config, without fedora
+    ticker = Ticker()
+    ticker.tick(ahead, queue)
+    assert look_at(behind, PoolMessage("fedora", TICK), queue) is None  # not its pool yet: left alone
+    assert "fedora" in Fleet(services.store).names()
+
+    clock = services.clock
+    assert isinstance(clock, FakeClock)
+    for _ in range(3):
+        look_at(ahead, PoolMessage("fedora", TICK), queue)
+        clock.advance(60)
+    assert services.store.counts(["fedora"])["fedora"]["ready"] == 2
+    ahead.use_config(parse(CONFIG))  # removed again
+    queue.sent.clear()
+    ticker.tick(ahead, queue)
+    assert (PoolMessage("fedora", DRAIN), 0) in queue.sent
+    for _ in range(3):
+        look_at(ahead, PoolMessage("fedora", DRAIN), queue)
+        clock.advance(60)
+    assert services.store.counts(["fedora"])["fedora"] == {state: 0 for state in STATES}
+
+
+def test_the_tick_records_a_configured_pool_it_finds_forgotten(services: Services) -> None:
+    """Whatever forgot it (a consumer a push behind, a hand-edited Redis), a configured pool is
+    recorded again at the next tick, so it can be drained once removed."""
+    queue = RecordingQueue()
+    ticker = Ticker()
+    ticker.tick(services, queue)
+    Fleet(services.store).forget("centos")
+    ticker.tick(services, queue)
+    assert "centos" in Fleet(services.store).names()

@@ -45,3 +45,18 @@ def test_one_line_per_slow_vm_once_it_passes_timeout_notification(
     assert all(line["level"] == "WARNING" and line["minutes"] == 6.0 for line in lines)  # the first pass past 5
     # Still pending: a warning, not a failure.
     assert {world.state_of(host) for host in started.values()} == {"pending"}
+
+
+def test_a_pools_own_timeout_notification_wins_over_the_services(
+        make_world: HarnessFactory, log_output: io.StringIO) -> None:
+    """vmpooler reads the pool key too (its example config sets it per pool); vmpool warned
+    "unknown key, ignored" and used the service's."""
+    world = make_world(CONFIG.replace("createvm_max_time: 100000}",
+                                      "createvm_max_time: 100000, timeout_notification: 1}"))
+    started = {pool: world.reconcile(pool).clones_started[0] for pool in ("booting", "cloning")}
+    assert not any("timeout_notification" in warning for warning in world.services.config.warnings)
+    for _ in range(2):
+        world.clock.advance(60)
+        for pool in started:
+            world.reconcile(pool)
+    assert [(line["pool"], line["timeout_notification"]) for line in slow_lines(log_output)] == [("cloning", 1)]

@@ -3,11 +3,19 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+from typing import Any
 
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+import app
 from chalicelib.api import pool_config
 from chalicelib.api.routes import Route
 from chalicelib.services import Services
+from chalicelib.store.pool_overrides import SETTINGS, PoolOverrides
 from tests.harness import route_target, routes_of
 
 BODIES = {
@@ -244,3 +252,75 @@ def test_clone_target_errors(make_stack):
         assert post({"debian-12": bad}) == (400, {"ok": False, "bad_templates": ["debian-12"]}), bad
     assert stack.answer("DELETE", "/api/v3/config/clonetarget/centos")[0] == 404
     assert stack.services.client.hgetall(stack.services.store.keys.pool_override("clonetarget")) == before == {}
+
+
+class DroppingConnection(redis.connection.Connection):
+    """A Redis connection that drops when its countdown (shared by every such connection) runs
+    out: the ``sends_left``-th command (or pipeline) sent from now on never arrives."""
+
+    sends_left = 1_000_000
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        DroppingConnection.sends_left -= 1
+        if DroppingConnection.sends_left < 0:
+            raise redis.ConnectionError("connection dropped by the test")
+        super().send_packed_command(command, check_health)
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/config/poolsize", {"debian-12": "4", "win-2022": "3"}, "size"),
+    ("/config/pooltemplate", {"debian-12": "templates/a", "win-2022": "templates/b"}, "template"),
+    ("/config/clonetarget", {"debian-12": "cluster2", "win-2022": "cluster3"}, "clone_target"),
+    ("/poolreset", {"debian-12": "1", "win-2022": "1"}, "reset_at"),
+], ids=["poolsize", "pooltemplate", "clonetarget", "poolreset"])
+def test_a_change_of_many_pools_cut_short_by_redis_changes_all_of_them_or_none(make_stack, redis_client, path, body,
+                                                                               field):
+    """Redis drops at each command of the request in turn: every pool has changed or none has
+    (a 503 after the change, when the nudge of the pools' passes is what failed: the tick finds
+    them, and the caller's retry answers 200). Before, a drop between two pools left the first
+    one changed and the second not."""
+    stack = make_stack()
+    healthy = stack.services
+    dropping = redis.Redis(connection_pool=redis.ConnectionPool(
+        connection_class=DroppingConnection, decode_responses=True,
+        **{key: redis_client.connection_pool.connection_kwargs[key] for key in ("host", "port")}),
+        retry=Retry(NoBackoff(), 0))
+    try:
+        for sends in range(30):
+            for setting in SETTINGS:
+                healthy.client.delete(healthy.store.keys.pool_override(setting))
+            app._services = Services(healthy.config, dropping, clock=stack.clock, prefix=healthy.store.keys.prefix,
+                                     refill=stack.refill)
+            DroppingConnection.sends_left = sends
+            status, _ = stack.answer("POST", f"/api/v3{path}", body)
+            DroppingConnection.sends_left = 1_000_000
+            dropping.connection_pool.disconnect()
+            changed = [getattr(PoolOverrides(healthy.store).get(pool), field) is not None for pool in body]
+            assert status in (201, 503) and changed in ([False, False], [True, True]), (sends, status, changed)
+            if status == 201:
+                break
+        assert status == 201
+    finally:
+        app._services = healthy
+
+
+def test_a_template_is_printable_text_of_at_most_1024_characters(make_stack):
+    """Before, a 60,000-character template (copied into every VM record the pool clones) and
+    templates with a NUL byte or a line break were accepted."""
+    stack = make_stack()
+    post = lambda body: stack.answer("POST", "/api/v3/config/pooltemplate", body)  # noqa: E731
+    for bad in ("templates/" + "t" * 1015, "templates/a\x00b", "templates/a\nb", "templates/a\u2028b"):
+        assert post({"debian-12": bad}) == (400, {"ok": False, "bad_templates": ["debian-12"]}), bad[:20]
+    assert post({"debian-12": "templates/" + "t" * 1014}) == (201, {"ok": True})
+    assert post({"debian-12": "templates/débian-12"}) == (201, {"ok": True})
+
+
+@pytest.mark.parametrize("route", [route for route in POOL_CHANGES if route.method == "POST"],
+                         ids=lambda route: route.name)
+def test_a_body_over_64_kib_is_a_413(make_stack, route):
+    """Before, it was a 400 saying the JSON could not be parsed."""
+    stack = make_stack()
+    body = json.dumps({f"pool-{n}": "1" for n in range(7000)}).encode()
+    assert stack.answer("POST", route_target(route, {}), raw=body) == (
+        413, {"ok": False, "error": "Request body too large (at most 65536 bytes)"})
+    assert stack.services.pool("debian-12") == stack.services.config.pool("debian-12")

@@ -1,0 +1,137 @@
+"""A config file an operator could paste, however hostile: each is refused with one clear
+ConfigError naming the problem (never a traceback, a crash of the interpreter, minutes of CPU or
+gigabytes of memory), wherever a config is accepted (``parse``: make run, config-push,
+packaging; ``from_text``: what a Lambda reads, and a refresh from the bucket)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chalicelib import config as config_module
+from chalicelib.clock import FakeClock
+from chalicelib.config import ConfigError, from_text, parse
+from chalicelib.config_source import ConfigSource
+
+HEAD = ":providers:\n  :dummy:\n    provider_class: dummy\n:pools:\n"
+POOL = "  - name: {name}\n    size: 1\n    provider: dummy\n"
+
+
+def problems_of(text: str) -> list[str]:
+    """The problems a load of ``text`` reports (it must fail with a ConfigError, nothing else)."""
+    with pytest.raises(ConfigError) as refused:
+        from_text(text)
+    return refused.value.problems
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """Nine anchored lists of nine aliases to the one before: 9**9 strings once expanded."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_at_once() -> None:
+    # Before: 325 s of CPU and gigabytes expanding 387 million strings, then a config that loaded.
+    assert problems_of(billion_laughs()) == [
+        "config: more than 2000000 values once its YAML aliases are expanded (an alias bomb?)"]
+    # Inside a pool, where a pasted anchor would land.
+    text = HEAD + POOL.format(name="a") + "    alias: *l8\n"
+    assert problems_of(billion_laughs() + text)[0].startswith("config: more than 2000000 values")
+
+
+def test_anchors_and_merge_keys_of_an_ordinary_config_still_load() -> None:
+    text = (":providers:\n  :dummy: {provider_class: dummy}\n:pools:\n"
+            "  - &base {name: a, size: 1, provider: dummy, template: t/a}\n"
+            "  - <<: *base\n    name: b\n")
+    assert [(pool.name, pool.template) for pool in parse(text).pools] == [("a", "t/a"), ("b", "t/a")]
+
+
+@pytest.mark.parametrize("depth", [200, 1000, 100_000])
+def test_deep_nesting_is_refused(depth: int) -> None:
+    # Before: a RecursionError traceback at 1,000 levels, and the interpreter killed by a
+    # segmentation fault (libyaml's composer) at 100,000.
+    flow = HEAD + POOL.format(name="a") + "    alias: " + "[" * depth + "]" * depth + "\n"
+    assert problems_of(flow) == ["config: nested deeper than 64 levels"]
+
+
+def test_deep_nesting_in_canonical_json_is_refused() -> None:
+    document = {config_module.CANONICAL_FORMAT_KEY: config_module.CANONICAL_FORMAT,
+                "pools": [{"name": "a", "size": 1, "provider": "dummy"}]}
+    text = json.dumps(document)[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    assert problems_of(text) == ["config: nested deeper than 64 levels"]
+
+
+def test_a_file_over_16_mib_is_refused_before_it_is_read() -> None:
+    # Before: a 50 MB file of 700,000 pools took 5 minutes and 3.2 GB to load.
+    text = HEAD + "".join(POOL.format(name=f"p{n}") for n in range(16 * 1024 * 1024 // 40))
+    assert problems_of(text) == ["config: more than 16777216 characters"]
+
+
+def test_more_than_10000_pools_are_refused() -> None:
+    text = HEAD + "".join(POOL.format(name=f"p{n}") for n in range(10_001))
+    assert problems_of(text) == ["pools: at most 10000 pools, got 10001"]
+
+
+NOT_A_ZONE = "must be a time zone name such as Europe/Berlin, got "
+
+
+@pytest.mark.parametrize("zone, problem", [
+    ("Europe", "unknown time zone 'Europe'"),  # a directory of the zone database
+    ("a" * 10_000, NOT_A_ZONE + "'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...'"),
+    ("a/" * 3000 + "b", NOT_A_ZONE + "'a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/...'"),
+    ("Europe/../Europe/Berlin", NOT_A_ZONE + "'Europe/../Europe/Berlin'"),
+    ("../../etc/passwd", NOT_A_ZONE + "'../../etc/passwd'"),
+], ids=["directory", "long", "deep", "dotdot", "escape"])
+def test_a_time_zone_that_is_not_one_is_refused_with_its_key(zone: str, problem: str) -> None:
+    # Before: IsADirectoryError, OSError (file name too long) and RecursionError tracebacks.
+    service = ":config:\n  sizing_timezone: " + json.dumps(zone) + "\n" + HEAD + POOL.format(name="a")
+    assert problems_of(service) == [f"config.sizing_timezone: {problem}"]
+    pool = HEAD + POOL.format(name="a") + "    sizing:\n      timezone: " + json.dumps(zone) + "\n"
+    assert problems_of(pool) == [f"pools[0].sizing: timezone: {problem}"]
+
+
+def test_a_long_pool_name_is_refused_without_echoing_it_whole() -> None:
+    name = "a" * 10_000
+    problem, = problems_of(HEAD + POOL.format(name=name))
+    assert problem.startswith("pools[0].name: must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$, got \"aaaa")
+    assert len(problem) < 200
+
+
+def test_a_refresh_from_the_bucket_keeps_the_last_good_config_on_a_hostile_one() -> None:
+    good = parse(HEAD + POOL.format(name="a"))
+    hostile = [billion_laughs(), HEAD + POOL.format(name="a") + "    alias: " + "[" * 100_000 + "]" * 100_000,
+               json.dumps({config_module.CANONICAL_FORMAT_KEY: 1, "x": [[[[[[]]]]]] * 2})[:-1]
+               + ', "y": ' + "[" * 5000 + "]" * 5000 + "}"]
+    hostile.append(json.dumps({config_module.CANONICAL_FORMAT_KEY: 1, "x": "x" * 16 * 1024 * 1024}))
+    objects = iter((text, f"etag-{n}") for n, text in enumerate(hostile))
+    source = ConfigSource(good, lambda etag: next(objects), FakeClock(), refresh_seconds=0)
+    for _ in hostile:
+        assert source.current() is good
+
+
+@pytest.mark.parametrize("prefix", ["CI-", "ci_", "ci:{x}*", "c i", "çi-", "-ci", "c" * 58])
+def test_a_prefix_that_cannot_start_a_hostname_is_refused(prefix: str) -> None:
+    """VM names are the prefix and random characters, and the API reads a hostname lower-cased and
+    as a DNS name: before, a VM named from such a prefix (``CI-dusty-otter``, ``ci_dusty-otter``)
+    could be checked out but never returned, extended or looked at (404 or 400), and a Redis key
+    was built from ``ci:{x}*``."""
+    text = ":config:\n  prefix: " + json.dumps(prefix) + "\n" + HEAD + POOL.format(name="a")
+    shown = f'"{prefix}"'
+    assert problems_of(text) == [
+        f"config.prefix: must be lower-case letters, digits and '-' (at most 57, not first), got {shown}"]
+
+
+@pytest.mark.parametrize("prefix", ["", "ci-", "ci", "vm-2024-", "c" * 57])
+def test_a_prefix_of_a_hostname_loads(prefix: str) -> None:
+    text = ":config:\n  prefix: " + json.dumps(prefix) + "\n" + HEAD + POOL.format(name="a")
+    assert parse(text).service.prefix == prefix
+
+
+def test_a_provider_name_that_would_be_part_of_a_redis_key_is_refused() -> None:
+    """Its name is in the provider's purge lease key (and the dummy provider's keys): before,
+    ``a:{b}*`` loaded and put ``:{}*`` into them."""
+    text = ':providers:\n  "a:{b}*": {provider_class: dummy}\n:pools:\n  - {name: p, size: 1, provider: dummy}\n'
+    assert problems_of(text) == [
+        'providers.a:{b}*: a provider\'s name must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$, got "a:{b}*"']
