@@ -477,6 +477,21 @@ def regex(value: Any) -> str:
     return text
 
 
+_DNS_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def dns_name(value: Any) -> str:
+    """A DNS name (a domain, a zone, a TSIG key's name): labels of 1 to 63 letters, digits, ``-``
+    or ``_``, at most 253 characters; a final ``.`` is allowed. Refused at load, it cannot stop
+    the DNS plugin (and the passes using it) at run time."""
+    text = string(value)
+    labels = text[:-1].split(".") if text.endswith(".") and text != "." else text.split(".")
+    if len(text.rstrip(".")) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+        invalid(f"must be a DNS name (labels of 1 to 63 letters, digits, '-' or '_', "
+                f"253 characters at most), got {show(text if len(text) <= 80 else text[:80] + '...')}")
+    return text
+
+
 def sizing(value: Any) -> Any:
     """A pool's ``sizing`` block (schedule windows, demand sizing): chalicelib/sizing/settings.py."""
     from chalicelib.sizing.settings import SizingConfigError, parse_sizing
@@ -561,6 +576,7 @@ Str = Annotated[str, Check(string)]
 StrList = Annotated[tuple[str, ...], Check(string_list)]
 Weights = Annotated[Mapping[str, float], Check(weights)]
 Regex = Annotated[str, Check(regex)]
+DnsName = Annotated[str, Check(dns_name)]
 SecretValue = Annotated[Union[Secret, SecretReference], Check(secret)]
 """A password or token: ``Secret`` (plain) or ``SecretReference`` (resolved at run time)."""
 Ignored = Any

@@ -4,7 +4,9 @@ Helpers (free_port, eventually...) are in tests/support.py."""
 
 from __future__ import annotations
 
+import io
 import itertools
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,6 +18,7 @@ import redis
 import app as chalice_app
 from chalicelib.clock import FakeClock
 from chalicelib.config import Config
+from chalicelib.observability import logger
 from local.redis_server import RedisServer
 from tests.auth.slapd import SlapdServer
 from tests.harness import Harness, HarnessFactory
@@ -44,6 +47,17 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def log_output() -> Iterator[io.StringIO]:
+    """What the service logs, formatted as in Lambda (Powertools' JSON formatter)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logger.registered_formatter)
+    logger.addHandler(handler)
+    yield stream
+    logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")

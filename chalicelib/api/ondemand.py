@@ -29,7 +29,9 @@ def create_from_body(services: Services, request: ApiRequest) -> ApiResponse:
     caller = required_caller(services, request)
     try:
         body = json_body(request)
-    except ApiError:
+    except ApiError as error:
+        if error.status == 413:
+            raise  # over 64 KiB: refused before parsing, as on every route
         raise ApiError(400, UNPARSABLE) from None
     if body is None:
         raise ApiError(404, {"message": "no pool requested"})

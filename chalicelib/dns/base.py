@@ -1,10 +1,11 @@
 """The one interface every DNS plugin implements, and the failures it raises."""
 
 import abc
+import ipaddress
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-from chalicelib.config_fields import Bool, SettingsModel, Str
+from chalicelib.config_fields import Bool, DnsName, SettingsModel, Str
 
 
 class DnsError(Exception):
@@ -32,7 +33,7 @@ class DnsSettings(SettingsModel):
     """The keys of a ``:dns_configs:`` entry every plugin has; each plugin's model adds its own."""
 
     dns_class: Optional[Str] = None
-    domain: Optional[Str] = None
+    domain: Optional[DnsName] = None
     check_names: Optional[Bool] = None
 
 
@@ -47,6 +48,16 @@ class DnsConfig:
     settings: DnsSettings
     """Validated with the plugin's model (``registry.settings_model``); DnsSettings for a class
     vmpool does not ship."""
+
+
+def ipv4_address(what: str, ip: str) -> str:
+    """``ip`` as an A record holds it; DnsRejected when it is not an IPv4 address (a guest may
+    report an IPv6 one, or anything: VMware Tools passes on what the guest says)."""
+    try:
+        return str(ipaddress.IPv4Address(ip))
+    except ValueError:
+        shown = ip if len(ip) <= 40 else ip[:40] + "..."
+        raise DnsRejected(f"{what}: {shown or '(empty)'} is not an IPv4 address") from None
 
 
 class DnsPlugin(abc.ABC):

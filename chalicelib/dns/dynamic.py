@@ -20,8 +20,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Optional
 
-from chalicelib.config_fields import Port, Seconds, SecretValue, Str, bounded, one_of
-from chalicelib.dns.base import DnsConfig, DnsPlugin, DnsRejected, DnsSettings, DnsUnavailable
+from chalicelib.config_fields import DnsName, Port, Seconds, SecretValue, Str, bounded, one_of
+from chalicelib.dns.base import DnsConfig, DnsPlugin, DnsRejected, DnsSettings, DnsUnavailable, ipv4_address
 
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1", "hmac-md5")
 
@@ -33,8 +33,8 @@ class DynamicDnsSettings(DnsSettings):
 
     server: Optional[Str] = None
     port: Port = 53
-    zone: Optional[Str] = None
-    tsig_key_name: Optional[Str] = None
+    zone: Optional[DnsName] = None
+    tsig_key_name: Optional[DnsName] = None
     tsig_secret: Optional[SecretValue] = field(default=None, repr=False)
     tsig_algorithm: Annotated[str, one_of(*TSIG_ALGORITHMS)] = "hmac-sha256"
     ttl: Annotated[int, bounded(1, 604800)] = 60
@@ -60,8 +60,14 @@ class DynamicDns(DnsPlugin):
         self._keyring: Any = None
         self._key_name: Any = None
         self._algorithm = settings.tsig_algorithm
+        self._key_error: str | None = None
         if key_name and tsig_secret:
-            self._keyring = dns.tsigkeyring.from_text({str(key_name): tsig_secret})
+            try:
+                self._keyring = dns.tsigkeyring.from_text({str(key_name): tsig_secret})
+            except (ValueError, TypeError):  # binascii.Error: a secret (from SSM, say) that is not base64
+                # Every call fails with this, so the passes record it and go on; the message never
+                # shows the secret (nor the decoder's words about it).
+                self._key_error = f"dns {self.name}: tsig_secret is not a valid base64 key"
             self._key_name = dns.name.from_text(str(key_name))
         self._address: str | None = None
 
@@ -100,32 +106,44 @@ class DynamicDns(DnsPlugin):
     def _update(self) -> Any:
         import dns.update
 
+        if self._key_error is not None:
+            raise DnsRejected(self._key_error)
         if self._keyring is None:
             return dns.update.UpdateMessage(self.zone)
         return dns.update.UpdateMessage(self.zone, keyring=self._keyring, keyname=self._key_name,
                                         keyalgorithm=self._algorithm)
 
-    def _name(self, hostname: str) -> Any:
+    def _name(self, what: str, hostname: str) -> Any:
+        """The name as dnspython holds it; DnsRejected (never dnspython's own exceptions, which
+        would end the reconcile pass) when it cannot be a DNS name."""
+        import dns.exception
         import dns.name
 
-        return dns.name.from_text(self.fqdn(hostname))
+        try:
+            return dns.name.from_text(self.fqdn(hostname))
+        except dns.exception.DNSException as error:
+            raise DnsRejected(f"dns {what}: not a valid DNS name ({type(error).__name__})") from None
 
     def create_or_replace(self, hostname: str, ip: str) -> None:
+        what = f"create {self.fqdn(hostname)}"
+        address = ipv4_address(f"dns {what}", ip)
         update = self._update()
-        update.replace(self._name(hostname), self.ttl, "A", ip)
-        self._exchange(f"create {self.fqdn(hostname)}", update)
+        update.replace(self._name(what, hostname), self.ttl, "A", address)
+        self._exchange(what, update)
 
     def delete(self, hostname: str) -> None:
+        what = f"delete {self.fqdn(hostname)}"
         update = self._update()
-        update.delete(self._name(hostname), "A")
-        self._exchange(f"delete {self.fqdn(hostname)}", update)
+        update.delete(self._name(what, hostname), "A")
+        self._exchange(what, update)
 
     def addresses(self, hostname: str) -> list[str]:
         import dns.message
         import dns.rdataclass
         import dns.rdatatype
 
-        name = self._name(hostname)
-        response = self._exchange(f"look up {self.fqdn(hostname)}", dns.message.make_query(name, "A"))
+        what = f"look up {self.fqdn(hostname)}"
+        name = self._name(what, hostname)
+        response = self._exchange(what, dns.message.make_query(name, "A"))
         found = response.get_rrset(response.answer, name, dns.rdataclass.IN, dns.rdatatype.A)
         return [item.address for item in found] if found is not None else []

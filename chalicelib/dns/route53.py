@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Optional
 
 from chalicelib.config_fields import Seconds, Str, bounded
-from chalicelib.dns.base import DnsConfig, DnsError, DnsPlugin, DnsRejected, DnsSettings, DnsUnavailable
+from chalicelib.dns.base import (
+    DnsConfig,
+    DnsError,
+    DnsPlugin,
+    DnsRejected,
+    DnsSettings,
+    DnsUnavailable,
+    ipv4_address,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,8 +96,9 @@ class Route53Dns(DnsPlugin):
 
     def create_or_replace(self, hostname: str, ip: str) -> None:
         fqdn = self.fqdn(hostname)
+        address = ipv4_address(f"route53 create {fqdn}", ip)
         self._change(f"create {fqdn}", "UPSERT", {
-            "Name": fqdn, "Type": "A", "TTL": self.ttl, "ResourceRecords": [{"Value": ip}],
+            "Name": fqdn, "Type": "A", "TTL": self.ttl, "ResourceRecords": [{"Value": address}],
         })
 
     def delete(self, hostname: str) -> None:

@@ -28,12 +28,12 @@ reaches it: chaos tests kill the pass there, and the runner renews its lease the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, TypeVar
 
 from chalicelib import observability as metric
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ServiceConfig
-from chalicelib.dns.base import DnsError, DnsPlugin
+from chalicelib.dns.base import DnsError, DnsPlugin, DnsUnavailable
 from chalicelib.manager import inventory_view
 from chalicelib.observability import emit, logger
 from chalicelib.providers.base import InventoryChanges, Provider, VMInfo
@@ -51,6 +51,13 @@ def no_checkpoint(step: str) -> None:
     """The checkpoint of a pass nobody watches."""
     return None
 
+
+T = TypeVar("T")
+
+DNS_SECONDS_PER_PASS = 15.0
+"""The time one pass may wait on its DNS service: a quarter of the reconcile function's 60 s,
+three calls at the plugins' default 5 s timeout. A server that answers slowly, each call just
+within its timeout, would otherwise hold the pass for one wait per VM."""
 
 Step = Callable[["PassContext"], None]
 """One step of a pass: looks at the context, changes the store conditionally, notes it in the report."""
@@ -144,10 +151,17 @@ class PassContext:
     inventory_changes: InventoryChanges | None = None
     """What the provider said changed since that token (None: it keeps no token; names None:
     this pass compares the whole inventory). See inventory_view."""
+    draining: bool = False
+    """The pool was removed from the config: the pass drains it (size 0) until it is forgotten."""
+    dns_stopped: str | None = None
+    """Why this pass sends its DNS service nothing more (``dns_call``); None while it may."""
+    dns_seconds: float = 0.0
+    """Time this pass spent waiting on its DNS service."""
 
     @classmethod
     def read(cls, store: Store, provider: Provider, pool: PoolConfig, clock: Clock, service: ServiceConfig,
-             checkpoint: Checkpoint = no_checkpoint, dns: DnsPlugin | None = None) -> PassContext:
+             checkpoint: Checkpoint = no_checkpoint, dns: DnsPlugin | None = None,
+             draining: bool = False) -> PassContext:
         """Read the pass's inputs, in this order: the inventory, the snapshot, the pool's
         overrides (applied to ``pool``, the pool as configured) and its size now. Raises
         ProviderError or StoreUnavailable (nothing changed yet)."""
@@ -173,7 +187,7 @@ class PassContext:
                    pool=pool, now=now, inventory=inventory, inventory_mark=inventory_mark, snapshot=snapshot,
                    overrides=overrides, size_decision=size_decision,
                    report=PassReport(pool=pool.name, started=now, size=pool.size),
-                   inventory_checked=inventory_checked, inventory_changes=changes)
+                   inventory_checked=inventory_checked, inventory_changes=changes, draining=draining)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -242,20 +256,45 @@ class PassContext:
 
     # --- DNS records (manager/dns_records.py for the pending side) -----------------------------
 
+    def dns_call(self, what: str, call: Callable[[], T]) -> T:
+        """One call of the pool's DNS plugin, unless this pass already stopped calling it: the
+        DNS service did not answer (a paused or unreachable server: each call waits ``timeout``),
+        or it took ``DNS_SECONDS_PER_PASS`` of the pass (a slow one, each answer just in time).
+        Either costs a pass one wait, or that budget, not one wait per VM; the VMs it skips keep
+        the reason (a DnsUnavailable) and the next pass tries again."""
+        if self.dns_stopped is None and self.dns_seconds >= DNS_SECONDS_PER_PASS:
+            self.dns_stopped = (f"the DNS service took {self.dns_seconds:.0f} s of this pass "
+                                f"(at most {DNS_SECONDS_PER_PASS:g} s a pass)")
+        if self.dns_stopped is not None:
+            raise DnsUnavailable(f"{what}: not sent, {self.dns_stopped}")
+        started = self.clock.monotonic()
+        try:
+            return call()
+        except DnsUnavailable as error:
+            self.dns_stopped = f"the DNS service did not answer earlier in this pass ({error})"
+            raise
+        finally:
+            self.dns_seconds += self.clock.monotonic() - started
+
     def withdraw_dns(self, record: VMRecord | None) -> None:
         """Delete the A record of a VM leaving service, if vmpool created one. A failure is
-        recorded on the VM (and retried while it is destroyed); it never holds the destroy."""
+        recorded on the VM (and retried while it is destroyed, then by
+        ``dns_records.delete_left_records`` once it is); it never holds the destroy."""
         plugin = self.dns
         if record is None or plugin is None or not record.raw.get("dns_name"):
             return
         try:
-            plugin.delete(record.name)
+            self.dns_call(f"delete {plugin.fqdn(record.name)}", lambda: plugin.delete(record.name))
         except DnsError as error:
             self.dns_failed(record.name, "record deletion", error)
             self.report.errors.append(f"DNS record of {record.name} not deleted: {error}")
             self.store.update_vm(record.name, dns_error=f"DNS record not deleted: {error}")
+            # Before the VM can be destroyed and forgotten: later passes delete the record.
+            self.store.note_dns_left(self.pool.name, record.name, self.now)
             return
         self.store.update_vm(record.name, dns_name=None, dns_published=None, dns_error=None)
+        if record.raw.get("dns_error"):
+            self.store.forget_dns_left(self.pool.name, [record.name])
         self.checkpoint("dns_withdrawn")
 
     def dns_failed(self, hostname: str, doing: str, error: DnsError) -> None:

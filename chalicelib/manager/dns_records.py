@@ -9,15 +9,21 @@
   that reason. An address already published is not sent again.
 - A VM leaving service has its record deleted before (and while) it is destroyed
   (``PassContext.withdraw_dns``: dropping a VM needs it too). A failure is recorded on the VM
-  and retried while it is being destroyed; it never holds the destroy.
+  and retried while it is being destroyed; it never holds the destroy. A VM destroyed with its
+  record still there is noted (``Store.note_dns_left``) and later passes delete the record
+  (``delete_left_records``), so an outage leaves no record behind once DNS answers again.
 
 The VM's record notes the published name (``dns_name``) *before* the record is created, so a
 pass killed in between still knows to delete it, and records vmpool did not create are never
 deleted. A DNS failure never fails the pass: each is counted (``DnsFailures`` by reason) and
-logged, and the pass goes on with the next VM.
+logged, and the pass goes on with the next VM. Once the DNS service did not answer, or took
+``DNS_SECONDS_PER_PASS`` of the pass, the pass sends it nothing more (``PassContext.dns_call``):
+a paused server costs one ``timeout`` a pass, a slow one that budget.
 """
 
 from __future__ import annotations
+
+import functools
 
 from chalicelib.dns.base import DnsError
 from chalicelib.manager.context import PassContext
@@ -33,7 +39,7 @@ def name_in_use(context: PassContext, hostname: str) -> str:
     if plugin is None or not plugin.checks_names:
         return ""
     try:
-        found = plugin.addresses(hostname)
+        found = context.dns_call(f"look up {plugin.fqdn(hostname)}", lambda: plugin.addresses(hostname))
     except DnsError as error:
         context.dns_failed(hostname, "lookup", error)
         return ""
@@ -50,19 +56,55 @@ def check_ready(context: PassContext, record: VMRecord, vm: VMInfo) -> Readiness
     plugin = context.dns
     if plugin is None or not plugin.manages_records:
         return context.provider.check_ready(context.pool, vm)
-    if vm.ip and record.raw.get("dns_published") != vm.ip:
+    ip = vm.ip
+    if ip and record.raw.get("dns_published") != ip:
         fqdn = plugin.fqdn(record.name)
         if record.raw.get("dns_name") != fqdn:
             context.store.update_vm(record.name, dns_name=fqdn)  # before the record: never forgotten
         try:
-            plugin.create_or_replace(record.name, vm.ip)
+            context.dns_call(f"create {fqdn}", lambda: plugin.create_or_replace(record.name, ip))
         except DnsError as error:
             context.dns_failed(record.name, "record creation", error)
             return Readiness(False, f"DNS record not created: {error}")
-        context.store.update_vm(record.name, dns_published=vm.ip)
+        context.store.update_vm(record.name, dns_published=ip)
         context.checkpoint("dns_published")
     readiness = context.provider.check_ready(context.pool, vm)
     if readiness.ready and not vm.ip:
         return Readiness(False, "no IP address to publish in DNS yet")
     return readiness
 
+
+LEFT_RECORDS_PER_PASS = 50
+"""Records of destroyed VMs one pass deletes at most: an outage's backlog goes in a few passes
+without holding one pass (each delete is a call to the DNS service)."""
+
+
+def delete_left_records(context: PassContext) -> None:
+    """Delete the A records of VMs destroyed while DNS failed. Only a record whose VM is
+    destroyed and still notes it (``dns_name``) is deleted: a VM still being destroyed is left to
+    the completed step, and a name whose record is gone (past ``data_ttl``) or taken by a new VM
+    is forgotten, never deleted from under its new owner."""
+    plugin = context.dns
+    if plugin is None or not plugin.manages_records:
+        return
+    hostnames = context.store.dns_left(context.pool.name, LEFT_RECORDS_PER_PASS)
+    if not hostnames:
+        return
+    records = context.store.records(hostnames)
+    forget: list[str] = []
+    for hostname in hostnames:
+        record = records.get(hostname)
+        if record is not None and record.state == "completed":
+            continue  # withdraw_dns retries it while the VM is destroyed
+        if record is None or record.state != "destroyed" or not record.raw.get("dns_name"):
+            forget.append(hostname)
+            continue
+        try:
+            context.dns_call(f"delete {plugin.fqdn(hostname)}", functools.partial(plugin.delete, hostname))
+        except DnsError as error:
+            context.dns_failed(hostname, "record deletion", error)
+            continue
+        context.store.update_vm(hostname, dns_name=None, dns_published=None, dns_error=None)
+        forget.append(hostname)
+    context.store.forget_dns_left(context.pool.name, forget)
+    context.checkpoint("dns_left_deleted")

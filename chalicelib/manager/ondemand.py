@@ -26,10 +26,16 @@ def expired_message(ttl_minutes: int) -> str:
 def serve_requests(context: PassContext) -> None:
     """Reserve and clone the VMs each open request still lacks in this pool; fail the requests
     that ran out of time or retries (their VMs go to completed). Nothing while the pool's
-    template is being prepared."""
+    template is being prepared. A pool removed from the config builds nothing more: its open
+    requests fail at once (no pass would serve them, nor see them expire, once it is forgotten)."""
+    requests = OnDemandStore(context.store)
+    if context.draining:
+        for request_id in requests.open_requests(context.pool.name):
+            _fail(context, requests, request_id,
+                  f"The request failed: its pool {context.pool.name} was removed from the configuration")
+        return
     if context.clones_held:
         return
-    requests = OnDemandStore(context.store)
     service = context.service
     limit = service.ondemand_clone_limit
     for request_id in requests.open_requests(context.pool.name):

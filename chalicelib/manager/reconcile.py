@@ -21,6 +21,7 @@ from chalicelib.manager import (
     clones,
     completed,
     discovered,
+    dns_records,
     inventory_view,
     migrations,
     ondemand,
@@ -70,6 +71,7 @@ STEPS: tuple[Step, ...] = (
     migrations.run,
     discovered.check_discovered,  # before discover_unknown: a VM found now is judged next pass
     completed.destroy_completed,
+    dns_records.delete_left_records,  # records of VMs destroyed while DNS failed
     discovered.discover_unknown,
     note_inventory_checked,
     pool_changes.drain_and_retire,
@@ -90,13 +92,15 @@ def reconcile_pool(
     service: ServiceConfig,
     checkpoint: Checkpoint = no_checkpoint,
     dns: DnsPlugin | None = None,
+    draining: bool = False,
 ) -> PassReport:
     """Run one pass over ``pool``. Raises ProviderError or StoreUnavailable when the provider or
     Redis fails; whatever was done before that is consistent, and the next pass carries on.
-    ``dns`` manages the pool's DNS records (its ``dns_plugin``); its failures never end the pass."""
+    ``dns`` manages the pool's DNS records (its ``dns_plugin``); its failures never end the pass.
+    ``draining``: the pool was removed from the config (``pool`` is its last settings, size 0)."""
     calls_before = provider.call_count()
     started = clock.monotonic()
-    context = PassContext.read(store, provider, pool, clock, service, checkpoint, dns)
+    context = PassContext.read(store, provider, pool, clock, service, checkpoint, dns, draining)
     for step in STEPS:
         step(context)
     report = context.report

@@ -95,6 +95,18 @@ STATES = ("pending", "ready", "running", "completed", "discovered")
 """States in which a VM sits in its pool's set. ``destroyed`` records only linger for data_ttl."""
 
 
+def request_part(request_id: str) -> str:
+    """An on-demand request's id as its keys hold it. A caller chooses the id (``:`` allowed), so
+    as it is it could name another key: ``open:<pool>`` a pool's open-request set, ``x:vms`` the
+    VM set of request ``x``, ``open`` (its VM set) the open set of a pool named ``vms``. Those ids
+    are escaped, ``~`` (never in an id) then the id with ``:`` as ``|``; every other id, UUIDs
+    included, is its own key part, so keys written before stay where they were. lua/key_of.lua's
+    ``request_part`` is the same rule, for the scripts that derive a request's keys."""
+    if request_id == "open" or ":" in request_id:
+        return "~" + request_id.replace(":", "|")
+    return request_id
+
+
 @dataclass(frozen=True)
 class Keys:
     prefix: str = DEFAULT_PREFIX
@@ -122,6 +134,10 @@ class Keys:
 
     def running_due(self, pool: str) -> str:
         return f"{self.prefix}pool:{pool}:running_due"
+
+    def dns_left(self, pool: str) -> str:
+        """The pool's VMs whose A record could not be deleted as they left (manager/dns_records.py)."""
+        return f"{self.prefix}pool:{pool}:dns_left"
 
     def inventory_checked(self, pool: str) -> str:
         return f"{self.prefix}pool:{pool}:inventory_checked"
@@ -155,13 +171,18 @@ class Keys:
         return f"{self.prefix}daily:{day}"
 
     def ondemand(self, request_id: str) -> str:
-        return f"{self.prefix}ondemand:{request_id}"
+        return f"{self.prefix}ondemand:{request_part(request_id)}"
 
     def ondemand_vms(self, request_id: str) -> str:
-        return f"{self.prefix}ondemand:{request_id}:vms"
+        return f"{self.prefix}ondemand:{request_part(request_id)}:vms"
 
     def ondemand_open(self, pool: str) -> str:
         return f"{self.prefix}ondemand:open:{pool}"
+
+    @property
+    def ondemand_open_requests(self) -> str:
+        """Every open request (score: the VMs it asks for), for the service's quotas (lua/quota.lua)."""
+        return f"{self.prefix}ondemand:requests:open"
 
     def pool_override(self, setting: str) -> str:
         """``setting`` is ``poolsize``, ``pooltemplate``, ``poolreset`` or ``clonetarget``."""

@@ -129,7 +129,7 @@ class OnDemandStore:
             key_list.add(self.keys.ondemand_open(pool))
             key_list.add(self.keys.wake(pool))
         limits = "" if quota is None else json.dumps(
-            quota.payload(self.keys, key_list, self.store.holdings_ttl_seconds, requests=True))
+            quota.payload(self.keys, key_list, self.store.holdings_ttl_seconds))
         args: list[str | int] = [
             request_id, repr(now), self.store.data_ttl_seconds, json.dumps(fields), wanted, limits, len(pools),
         ]
@@ -222,14 +222,16 @@ class OnDemandStore:
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_deliver(
                 keys=[self.keys.vm(hostname), *(self.keys.pool_state(pool, state) for state in ("pending", "running",
-                      "completed")), self.keys.cloning, self.keys.changes, self.keys.running_due(pool)],
+                      "completed")), self.keys.cloning, self.keys.changes, self.keys.running_due(pool),
+                      self.keys.ondemand_open_requests],
                 args=[hostname, repr(now), ip or "", host or "", self.keys.ondemand(KEY_PART),
                       self.keys.ondemand_vms(KEY_PART), self.keys.vm(KEY_PART), self.keys.ondemand_open(KEY_PART)]))
         return bool(answer["moved"]), answer["state"]
 
     def end(self, request_id: str, state: str, message: str, vm_reason: str, now: float) -> Ending:
         """Mark the request ``deleted`` or ``failed`` and send its VMs to completed."""
-        keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.cloning]
+        keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.cloning,
+                self.keys.ondemand_open_requests]
         args: list[str | int] = [
             request_id, state, message, repr(now), vm_reason, self.store.data_ttl_seconds,
             self.keys.ondemand_open(KEY_PART), self.keys.wake(KEY_PART), self.keys.vm(KEY_PART),

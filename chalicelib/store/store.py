@@ -131,26 +131,23 @@ class Quota:
     max_requests: int = 0
     """Open on-demand requests, per owner and in total."""
 
-    def payload(self, keys: Keys, key_list: KeyList, ttl_seconds: int, requests: bool = False) -> dict[str, Any]:
-        """What lua/quota.lua reads, its keys added to ``key_list``; ``requests``: the call
-        counts on-demand requests too (their open sets are needed)."""
+    def payload(self, keys: Keys, key_list: KeyList, ttl_seconds: int) -> dict[str, Any]:
+        """What lua/quota.lua reads, its keys added to ``key_list``."""
         owner = hashlib.sha256(self.owner.encode("utf-8")).hexdigest()[:32]
-        running, open_requests = _quota_keys(keys, tuple(self.pools))
         return {"key": key_list.add(keys.holdings(owner)), "ttl": ttl_seconds, "max_owner_vms": self.max_owner_vms,
                 "max_vms": self.max_vms,
-                "running": [key_list.add(key) for key in running],
-                "open": [key_list.add(key) for key in open_requests] if requests else [],
+                "running": [key_list.add(key) for key in _running_keys(keys, tuple(self.pools))],
+                "open_requests": key_list.add(keys.ondemand_open_requests),
                 "vm_template": keys.vm(KEY_PART), "request_template": keys.ondemand(KEY_PART),
                 "request_vms_template": keys.ondemand_vms(KEY_PART),
                 "max_owner_requests": self.max_owner_requests, "max_requests": self.max_requests}
 
 
 @functools.lru_cache(maxsize=16)
-def _quota_keys(keys: Keys, pools: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The running and open-request sets of every configured pool: the same for every request
-    until the config changes, so named once (a checkout with a quota is given them all)."""
-    return (tuple(keys.pool_state(pool, "running") for pool in pools),
-            tuple(keys.ondemand_open(pool) for pool in pools))
+def _running_keys(keys: Keys, pools: tuple[str, ...]) -> tuple[str, ...]:
+    """The running sets of every configured pool: the same for every request until the config
+    changes, so named once (a checkout with a quota is given them all)."""
+    return tuple(keys.pool_state(pool, "running") for pool in pools)
 
 
 class QuotaExceeded(Exception):
@@ -613,6 +610,27 @@ class Store:
                 self.client.hset(self.keys.clone_backoff, pool, backoff.dump())
             else:
                 self.client.hdel(self.keys.clone_backoff, pool)
+
+    def note_dns_left(self, pool: str, hostname: str, now: float) -> None:
+        """Remember that the VM's A record is still there after a failed delete, so that passes
+        delete it once DNS answers again, whatever became of the VM meanwhile."""
+        key = self.keys.dns_left(pool)
+        with _translate_errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(key, {hostname: now})
+            pipe.expire(key, self.data_ttl_seconds)  # a record past data_ttl is left: see dns_records
+            pipe.execute()
+
+    def dns_left(self, pool: str, limit: int) -> list[str]:
+        """The oldest ``limit`` VMs of ``note_dns_left`` still waiting."""
+        with _translate_errors():
+            return cast("list[str]", self.client.zrange(self.keys.dns_left(pool), 0, limit - 1))
+
+    def forget_dns_left(self, pool: str, hostnames: Sequence[str]) -> None:
+        """Their records are deleted, or no longer ours to delete."""
+        if hostnames:
+            with _translate_errors():
+                self.client.zrem(self.keys.dns_left(pool), *hostnames)
 
     def update_vm(self, hostname: str, **fields: Any) -> bool:
         """Set fields on an existing record (None deletes a field). False for an unknown VM."""

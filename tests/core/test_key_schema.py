@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.store import keys as keys_module
-from chalicelib.store.keys import DEFAULT_PREFIX, DERIVED_KEYS, Keys
+from chalicelib.store.keys import DEFAULT_PREFIX, DERIVED_KEYS, KEY_PART, Keys
 from chalicelib.store.scripts import script_source
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -225,3 +225,30 @@ def test_no_python_code_outside_keys_py_builds_a_key_name():
     assert {"vm:", "pool:", "ondemand:", "token:", "user:", "dummy:"} <= heads
     problems = [problem for path in _python_files() for problem in python_key_builders(path, heads)]
     assert problems == []
+
+
+# --- keys whose part a caller chooses ---------------------------------------------------------
+
+CALLER_REQUEST_IDS = ["build", "build:vms", "open", "open:debian-12", "open:vms", "vms", "~x", "a:b:c",
+                      "f47ac10b-58cc-4372-a567-0e02b2c3d479"]
+
+
+def test_no_request_id_names_a_key_of_another_request_or_pool():
+    keys = Keys()
+    named: dict[str, str] = {}
+    pools = ["debian-12", "vms", "open", "build"]
+    for pool in pools:
+        named[keys.ondemand_open(pool)] = f"open set of {pool}"
+    for request_id in CALLER_REQUEST_IDS:
+        for key, what in ((keys.ondemand(request_id), "request"), (keys.ondemand_vms(request_id), "VM set")):
+            assert key not in named, (request_id, what, named.get(key))
+            named[key] = f"{what} of {request_id}"
+    uuid_id = "f47ac10b-58cc-4372-a567-0e02b2c3d479"
+    assert keys.ondemand(uuid_id) == f"vmpool:ondemand:{uuid_id}"  # keys written before stay where they were
+
+
+def test_scripts_derive_a_request_key_as_keys_py_names_it(redis_client):
+    script = (LUA_DIR / "key_of.lua").read_text() + "\nreturn key_of(ARGV[1], request_part(ARGV[2]))"
+    keys = Keys()
+    for request_id in CALLER_REQUEST_IDS:
+        assert redis_client.eval(script, 0, keys.ondemand_vms(KEY_PART), request_id) == keys.ondemand_vms(request_id)

@@ -83,6 +83,7 @@ zone "{self.zone}" {{
     type primary;
     file "{d}/zone.db";
     allow-update {{ key "{self.key_name}"; }};
+    allow-transfer {{ key "{self.key_name}"; }};
 }};
 """)
         (d / "zone.db").write_text(f"""\
@@ -123,6 +124,25 @@ ns  IN A   127.0.0.1
         answer = dns.query.tcp(dns.message.make_query(fqdn, "A"), "127.0.0.1", port=self.port, timeout=2)
         found = answer.get_rrset(answer.answer, dns.name.from_text(fqdn), dns.rdataclass.IN, dns.rdatatype.A)
         return sorted(item.address for item in found) if found is not None else []
+
+    def clear_records(self) -> None:
+        """Delete every A record but the server's own, so that a test starts from an empty zone
+        (hostnames are drawn from 900 word names: one a test left would be refused as stale)."""
+        import dns.tsigkeyring
+        import dns.update
+        import dns.zone
+
+        keyring = dns.tsigkeyring.from_text({self.key_name: self.key_secret})
+        zone = dns.zone.from_xfr(dns.query.xfr("127.0.0.1", self.zone, port=self.port, keyring=keyring,
+                                               keyname=self.key_name, keyalgorithm="hmac-sha256", timeout=5))
+        update = dns.update.UpdateMessage(self.zone, keyring=keyring, keyname=self.key_name,
+                                          keyalgorithm="hmac-sha256")
+        names = [name for name, node in zone.nodes.items()
+                 if str(name) not in ("@", "ns") and node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.A)]
+        for name in names:
+            update.delete(name, "A")
+        if names:
+            dns.query.tcp(update, "127.0.0.1", port=self.port, timeout=5)
 
     def dns_config(self, name: str = "bind", **overrides: Any) -> dict[str, Any]:
         """A ``:dns_configs:`` entry for this server."""

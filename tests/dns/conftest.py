@@ -19,9 +19,11 @@ def bind_session() -> Iterator[BindServer]:
 
 @pytest.fixture
 def bind(bind_session: BindServer) -> Iterator[BindServer]:
-    """The session's named, started again if a test stopped it."""
+    """The session's named, started again if a test stopped it, its zone without the records
+    earlier tests left."""
     if bind_session.process is None or bind_session.process.poll() is not None:
         bind_session.start()
+    bind_session.clear_records()
     yield bind_session
     if bind_session.process is None:
         bind_session.start()

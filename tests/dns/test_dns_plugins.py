@@ -93,3 +93,47 @@ def test_route53_refusals_are_typed(route53: tuple[Any, str]) -> None:
     plugin = plugin_for({"dns_class": "route53", "domain": "vms.example.test", "hosted_zone_id": "ZNOSUCHZONE"})
     with pytest.raises(DnsRejected, match="NoSuchHostedZone"):
         plugin.create_or_replace("r53-c", "10.0.0.1")
+    _, zone = route53
+    plugin = plugin_for({"dns_class": "route53", "domain": "vms.example.test", "hosted_zone_id": zone})
+    with pytest.raises(DnsRejected, match="fe80::1 is not an IPv4 address"):
+        plugin.create_or_replace("r53-c", "fe80::1")
+
+
+@pytest.mark.parametrize("address", ["fe80::1", "not-an-address", "", "10.0.0.256"])
+def test_an_address_that_is_not_ipv4_is_refused_before_anything_is_sent(bind: BindServer, address: str) -> None:
+    # vSphere reports the guest's own choice of address (VMware Tools): an IPv6 one made
+    # dnspython raise its own SyntaxError, which stopped the pool's reconcile pass every time.
+    plugin = plugin_for(bind.dns_config())
+    with pytest.raises(DnsRejected, match="not an IPv4 address"):
+        plugin.create_or_replace("plugin-d", address)
+    assert bind.addresses(f"plugin-d.{bind.zone}") == []
+
+
+@pytest.mark.parametrize("hostname", ["a" * 64, "a..b", "x." * 130])
+def test_a_name_that_cannot_be_in_dns_is_a_typed_refusal(bind: BindServer, hostname: str) -> None:
+    plugin = plugin_for(bind.dns_config())
+    for call in (lambda: plugin.create_or_replace(hostname, "10.0.0.1"), lambda: plugin.delete(hostname),
+                 lambda: plugin.addresses(hostname)):
+        with pytest.raises(DnsRejected, match="not a valid DNS name"):
+            call()
+
+
+@pytest.mark.parametrize(("key", "value"), [("domain", "vms..example.test"), ("domain", "x" * 64 + ".test"),
+                                            ("domain", "bad domain"), ("zone", "a..b"), ("tsig_key_name", "-key-")])
+def test_a_name_dns_cannot_hold_is_refused_when_the_config_loads(bind: BindServer, key: str, value: str) -> None:
+    # Before, the config loaded and building the plugin raised dnspython's EmptyLabel or
+    # LabelTooLong in every reconcile pass of the pools using it.
+    with pytest.raises(ConfigError, match=f"dns_configs.entry.{key}: must be a DNS name"):
+        plugin_for(bind.dns_config(**{key: value}))
+
+
+@pytest.mark.parametrize("secret", ["not base64!!", "abc"])
+def test_a_tsig_secret_that_is_not_base64_fails_each_update_with_a_typed_refusal(bind: BindServer, secret: str) -> None:
+    # A reference (SSM, Secrets Manager) is read at run time: a value that is not a key is every
+    # update's typed failure, not an exception out of the plugin's constructor, and never shown.
+    plugin = plugin_for(bind.dns_config(tsig_secret=secret))
+    with pytest.raises(DnsRejected, match="tsig_secret is not a valid base64 key") as failure:
+        plugin.create_or_replace("plugin-e", "10.0.0.1")
+    assert secret not in str(failure.value)
+    with pytest.raises(DnsRejected, match="tsig_secret is not a valid base64 key"):
+        plugin.delete("plugin-e")

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+from types import SimpleNamespace
 
 import pytest
 
+from chalicelib import config as config_module
+from chalicelib.manager.dispatch import Ticker, look_at
+from chalicelib.manager.pool_queue import DRAIN, PoolMessage
+from chalicelib.store.fleet import Fleet
 from chalicelib.store.ondemand import OnDemandStore
 from tests.harness import redis_state
+from tests.ondemand.conftest import BASE_CONFIG
 
 SLOW_POOL = """
   - name: slow
@@ -147,6 +154,31 @@ def test_bad_requests_leave_redis_unchanged(make_stack, redis_client):
     assert redis_state(redis_client) == before
 
 
+def test_hostile_bodies_are_refused_with_the_documented_status_and_leave_nothing(make_stack, redis_client):
+    stack = make_stack()
+    before = redis_state(redis_client)
+    too_large = (413, {"ok": False, "error": "Request body too large (at most 65536 bytes)"})
+    # A million-character pool name, 10,000 pools, a 1 MB request_id: over 64 KiB, so refused
+    # before parsing, as every route does (it was a 400 "could not be parsed" here).
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"x" * 1_000_000: 1}) == too_large
+    assert stack.answer("POST", "/api/v3/ondemandvm", {f"pool-{n}": 1 for n in range(10_000)}) == too_large
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1, "request_id": "r" * 1_000_000}) == too_large
+    bad_count = {"ok": False, "error": "VM count must be a valid integer"}
+    for count in (-1, 1.5, "two", True, [1], {"n": 1}, "1e3", " 1"):
+        assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": count}) == (400, bad_count), count
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 10**30}) == (
+        400, {"ok": False, "error": "VM count must be at most 100"})
+    # 10,000 mentions in the path: one count, over the request's maximum.
+    assert stack.answer("POST", "/api/v3/ondemandvm/" + "+".join(["debian"] * 10_000)) == (
+        403, {"ok": False, "message": "requested amount of instances exceeds the maximum 5"})
+    # Aliases add up with their pool's own name; duplicate keys are JSON's last one.
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 3, "linux": 3})[0] == 403
+    for request_id in ("r" * 1_000_000, "a\x00b", "\u00e9t\u00e9"):
+        status, body = stack.answer("GET", "/api/v3/ondemandvm/" + request_id)
+        assert status == 404 and len(body["message"]) < 100
+    assert redis_state(redis_client) == before
+
+
 def test_path_form_and_clone_limit(make_stack):
     stack = make_stack(size=0)
     status, body = stack.answer("POST", "/api/v2/ondemandvm/debian-12+debian-12+debian-12+debian-12+debian-12")
@@ -239,3 +271,116 @@ def test_token_required_when_auth_is_configured(make_stack):
     assert open_requests(stack, "debian-12") == []
     # GET needs its owner's token too (issue 10 #11: vmpooler showed anyone's request).
     assert stack.answer("GET", "/api/v3/ondemandvm/some-id")[0] == 401
+
+
+def test_request_ids_shaped_like_other_keys_touch_nothing_but_their_own_request(make_stack):
+    # Before, the id was pasted into the key names: "open:debian-12" wrote its hash where
+    # debian-12's open-request set lives (the create answered 503 halfway, and from then on
+    # every pass of debian-12 and every request for it was a 503), and "build:vms" was the VM
+    # set of another caller's request "build" (that request's GET and its pool's pass failed).
+    stack = make_stack(size=0)
+    ids = ["open:debian-12", "build", "build:vms", "open", "vms", "a:b:c"]
+    for request_id in ids:
+        status, body = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1, "request_id": request_id})
+        assert (status, body) == (201, {"ok": True, "request_id": request_id})
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1, "request_id": "build:vms"})[0] == 409
+    stack.run_passes("debian-12", passes=4)
+    seen: set[str] = set()
+    for request_id in ids:
+        status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
+        assert status == 200 and body["ready"] is True, (request_id, body)
+        [host] = body["debian"]["hostname"]
+        assert host not in seen  # each request shows exactly its own VM
+        seen.add(host)
+        assert stack.answer("GET", f"/api/v3/vm/{host.split('.')[0]}")[1][host.split(".")[0]]["state"] == "running"
+    assert len(stack.services.store.hostnames("debian-12", "running")) == len(ids)
+    assert stack.answer("DELETE", "/api/v3/ondemandvm/build:vms") == (200, {"ok": True})
+    assert stack.answer("GET", "/api/v3/ondemandvm/build")[1]["ready"] is True
+    assert len(stack.services.store.hostnames("debian-12", "running")) == len(ids) - 1
+
+
+AUTH = "\n:auth:\n  provider: dummy\n"
+
+
+def test_the_service_limit_on_open_requests_counts_requests_not_the_pools_they_need(make_stack):
+    # Before, each pool a request needed counted as one open request: one request for two pools
+    # filled max_ondemand_requests 2 and the next caller got a 503.
+    stack = make_stack(size=0, max_ondemand_requests=2)
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1, "win-2022": 1})[0] == 201
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1, "win-2022": 1})[0] == 201
+    status, body = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1})
+    assert (status, body) == (503, {"ok": False, "error": "the service has its maximum of 2 on-demand requests open; "
+                                                          "try again later"})
+
+
+def test_the_service_limit_on_running_vms_counts_the_vms_open_requests_will_run(make_stack):
+    # Before, max_running_vms counted running VMs only: three callers each opened a request for
+    # 5 VMs under a limit of 6, and 15 VMs ran once they were built.
+    stack = make_stack(size=1, max_running_vms=6, extra=AUTH)
+    stack.run_passes()
+    tokens = [stack.new_token(user, "password") for user in ("u1", "u2", "u3")]
+    full = (503, {"ok": False, "error": "the service runs its maximum of 6 VMs; try again later"})
+
+    def create(token: str, count: int):
+        return stack.answer("POST", "/api/v3/ondemandvm", {"debian": count}, headers={"X-AUTH-TOKEN": token})
+
+    assert create(tokens[0], 5)[0] == 201
+    assert create(tokens[1], 5) == full
+    assert create(tokens[1], 1)[0] == 201
+    # The last place is promised to the requests: a checkout from the ready pool waits too.
+    assert stack.answer("POST", "/api/v3/vm", {"win-2022": 1}, headers={"X-AUTH-TOKEN": tokens[2]})[0] == 503
+    stack.run_passes(passes=4)
+    running = [h for pool in ("debian-12", "win-2022") for h in stack.services.store.hostnames(pool, "running")]
+    assert len(running) == 6
+    assert create(tokens[2], 1) == full
+    # Its VMs running now, a ready request counts them once: returning one makes room for one.
+    mine = next(host for host in running if stack.services.store.get_vm(host).raw.get("token_user") == "u1")
+    assert stack.answer("DELETE", f"/api/v3/vm/{mine}", headers={"X-AUTH-TOKEN": tokens[0]})[0] == 200
+    assert create(tokens[2], 1)[0] == 201
+    assert create(tokens[2], 1) == full
+
+
+def test_limits_hold_exactly_when_many_callers_create_at_once(make_stack):
+    stack = make_stack(size=0, max_running_vms=7, max_ondemand_requests=5, extra=AUTH)
+    tokens = [stack.new_token(f"user{n}", "password") for n in range(12)]
+    answers: list[int] = []
+
+    def create(token: str) -> None:
+        answers.append(stack.answer("POST", "/api/v3/ondemandvm", {"debian": 2},
+                                    headers={"X-AUTH-TOKEN": token})[0])
+
+    threads = [threading.Thread(target=create, args=(token,)) for token in tokens]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(answers) == [201] * 3 + [503] * 9  # 3 requests of 2 fit under 7 VMs
+    stack.run_passes("debian-12", passes=4)
+    assert len(stack.services.store.hostnames("debian-12", "running")) == 6
+
+
+def test_requests_for_a_pool_removed_from_the_config_fail_and_their_vms_are_destroyed(make_stack):
+    # Before, the removed pool's drain passes went on building the request's VMs, and once the
+    # pool was forgotten nothing served the request or saw it expire: it stayed open (202, and
+    # counted against the on-demand limits) until its record expired days later.
+    stack = make_stack(size=0, extra=SLOW_POOL)
+    services = stack.services
+    status, body = stack.answer("POST", "/api/v3/ondemandvm", {"slow": 2, "debian": 1})
+    assert status == 201
+    request_id = body["request_id"]
+    stack.reconcile("slow")
+    building = [vm.name for vm in OnDemandStore(services.store).get(request_id).vms]
+    assert len(building) == 2 and {stack.state_of(host) for host in building} == {"pending"}
+    queue = SimpleNamespace(send=lambda messages: None)
+    Ticker().tick(services, queue)  # the fleet remembers each pool's settings, to drain it later
+
+    services.use_config(config_module.parse(
+        BASE_CONFIG.format(experimental="true", size=0, task_time=0, clone_fail=0, disk_fail=0)))
+    for _ in range(3):
+        look_at(services, PoolMessage("slow", DRAIN), queue)
+        stack.clock.advance(31)
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
+    assert (status, body["message"]) == (200, "The request failed: its pool slow was removed from the configuration")
+    assert {stack.state_of(host) for host in building} == {"destroyed"}
+    assert open_requests(stack, "slow") == [] and open_requests(stack, "debian-12") == []
+    assert Fleet(services.store).names() == {"debian-12", "win-2022"}  # drained and forgotten

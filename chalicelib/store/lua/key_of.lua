@@ -5,3 +5,11 @@ local function key_of(template, part)
   local at = string.find(template, '\0', 1, true)
   return string.sub(template, 1, at - 1) .. part .. string.sub(template, at + 1)
 end
+
+-- The key part of an on-demand request's id: store/keys.py's request_part, the same rule.
+local function request_part(id)
+  if id == 'open' or string.find(id, ':', 1, true) then
+    return '~' .. (string.gsub(id, ':', '|'))
+  end
+  return id
+end

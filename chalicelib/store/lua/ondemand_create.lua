@@ -18,7 +18,7 @@ local refusal = quota_refusal(quota, tonumber(ARGV[5]), 1)
 if refusal ~= nil then
   return refusal
 end
-quota_take(quota, 'od:' .. id, tonumber(ARGV[5]))
+quota_take_request(quota, id, tonumber(ARGV[5]))
 for field, value in pairs(cjson.decode(ARGV[4])) do
   redis.call('HSET', key, field, value)
 end

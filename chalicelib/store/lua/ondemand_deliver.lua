@@ -2,19 +2,21 @@
 -- never through ready, so a plain checkout can never take it. The request becomes ready when
 -- its last VM arrives. A VM whose request ended meanwhile goes to completed instead.
 -- KEYS[1] the VM's record, KEYS[2..4] its pool's pending, running and completed sets, KEYS[5] the
--- cloning set, KEYS[6] the changes counter, KEYS[7] its pool's running_due set.
+-- cloning set, KEYS[6] the changes counter, KEYS[7] its pool's running_due set, KEYS[8] the
+-- service's open requests (keys.ondemand_open_requests).
 -- ARGV: hostname, now, ip, host, then the templates of the keys named by the request the record
 -- names (keys.DERIVED_KEYS): request_template, request_vms_template, vm_template, open_template.
 -- Returns JSON {"moved": bool, "state": the request's state afterwards}
 local vm_key, pending_key, running_key, completed_key, cloning_key, changes_key, running_due_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local open_requests_key = KEYS[8]
 local hostname, now, ip, host = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local request_template, request_vms_template, vm_template, open_template = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local id = redis.call('HGET', vm_key, 'request')
 if not id or not redis.call('ZSCORE', pending_key, hostname) then
   return cjson.encode({moved = false, state = ''})
 end
-local key = key_of(request_template, id)
+local key = key_of(request_template, request_part(id))
 local request = redis.call('HMGET', key, 'state', 'entries')
 redis.call('ZREM', pending_key, hostname)
 redis.call('ZREM', cloning_key, hostname)
@@ -30,9 +32,12 @@ redis.call('HSET', vm_key, 'state', 'running', 'running_at', now, 'ready_at', no
   'checkout', now, 'delivered_at', now, 'ip', ip, 'host', host,
   'change_seq', redis.call('GET', changes_key) or '0')
 redis.call('HDEL', vm_key, 'not_ready_reason')
+if redis.call('ZSCORE', open_requests_key, id) then -- counted by the quotas (quota.lua)
+  redis.call('ZINCRBY', open_requests_key, -1, id) -- one VM fewer to come: it is running
+end
 
 local delivered = {}
-for _, member in ipairs(redis.call('ZRANGE', key_of(request_vms_template, id), 0, -1)) do
+for _, member in ipairs(redis.call('ZRANGE', key_of(request_vms_template, request_part(id)), 0, -1)) do
   local vm = redis.call('HMGET', key_of(vm_template, member), 'request', 'request_name', 'delivered_at')
   if vm[1] == id and vm[3] then
     delivered[vm[2]] = (delivered[vm[2]] or 0) + 1
@@ -45,6 +50,7 @@ for _, entry in ipairs(entries) do
   end
 end
 redis.call('HSET', key, 'state', 'ready', 'ready_at', now)
+redis.call('ZREM', open_requests_key, id)
 for _, entry in ipairs(entries) do
   redis.call('ZREM', key_of(open_template, entry.pool), id)
 end

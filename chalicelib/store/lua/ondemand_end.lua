@@ -2,12 +2,13 @@
 -- building or delivered, to completed to be destroyed. A ready request cannot fail, only be
 -- deleted; ending an ended request changes nothing. The pools' reconciles are nudged to
 -- destroy the VMs at once.
--- KEYS[1] the request, KEYS[2] its VMs, KEYS[3] the cloning set.
+-- KEYS[1] the request, KEYS[2] its VMs, KEYS[3] the cloning set, KEYS[4] the service's open
+-- requests (keys.ondemand_open_requests).
 -- ARGV: request id, new state ("deleted"|"failed"), message, now, VM reason, record ttl, then the
 -- templates of the keys named by the request and its VMs' records (keys.DERIVED_KEYS):
 -- open_template, wake_template, vm_template, pending_template, running_template, completed_template.
 -- Returns JSON {"result": "ended"|"already"|"missing", "state": ..., "pools": [...]}
-local key, vms_key, cloning_key = KEYS[1], KEYS[2], KEYS[3]
+local key, vms_key, cloning_key, open_requests_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, new_state, message, now, reason, ttl =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local open_template, wake_template, vm_template = ARGV[7], ARGV[8], ARGV[9]
@@ -21,6 +22,7 @@ if state == 'deleted' or state == 'failed' or (new_state == 'failed' and state ~
   return cjson.encode({result = 'already', state = state, pools = {}})
 end
 redis.call('HSET', key, 'state', new_state, 'message', message, 'ended_at', now)
+redis.call('ZREM', open_requests_key, id)
 local pools = {}
 for _, entry in ipairs(cjson.decode(request[2])) do
   redis.call('ZREM', key_of(open_template, entry.pool), id)

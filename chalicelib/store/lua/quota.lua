@@ -5,9 +5,12 @@
 -- longer hold anything (a VM returned or destroyed, a request ended) are dropped while counting,
 -- so no other script has to keep the set up to date.
 -- The quota (JSON) names its keys by their KEYS index: 'key' the owner's holdings set, 'running'
--- each pool's running set, 'open' (when requests are counted) each pool's open-request set; and
+-- each pool's running set, 'open_requests' every open request (score: VMs asked for); and
 -- holds the templates of what a holdings entry names: 'vm_template' a VM's record,
 -- 'request_template' a request, 'request_vms_template' a request's VMs (keys.DERIVED_KEYS).
+-- The service's limits count requests, not pools a request needs, and the VMs open requests
+-- will hold besides the running ones: a request's VMs run once built, so a limit that left
+-- them out was passed by as many VMs as open requests asked for.
 
 -- VMs the owner holds now, and its open on-demand requests.
 local function quota_held(quota)
@@ -23,12 +26,12 @@ local function quota_held(quota)
         live = 1
       end
     else
-      local state = redis.call('HGET', key_of(quota.request_template, name), 'state')
+      local state = redis.call('HGET', key_of(quota.request_template, request_part(name)), 'state')
       if state == 'open' then
         live = weight
         open_requests = open_requests + 1
       elseif state == 'ready' then
-        for _, host in ipairs(redis.call('ZRANGE', key_of(quota.request_vms_template, name), 0, -1)) do
+        for _, host in ipairs(redis.call('ZRANGE', key_of(quota.request_vms_template, request_part(name)), 0, -1)) do
           if redis.call('HGET', key_of(quota.vm_template, host), 'state') == 'running' then
             live = live + 1
           end
@@ -61,9 +64,18 @@ local function quota_refusal(quota, vms, requests)
   for _, index in ipairs(quota.running) do
     running = running + redis.call('ZCARD', KEYS[index])
   end
-  if requests > 0 then
-    for _, index in ipairs(quota.open) do
-      queued = queued + redis.call('ZCARD', KEYS[index])
+  -- Open requests, each once, scored by the VMs each still waits for (ondemand_deliver.lua
+  -- counts a delivered VM down: it is running now; it and ondemand_end.lua remove a request that
+  -- is no longer open). A checkout reads the scores only; an on-demand request also drops any
+  -- entry whose request is not open (its record expired unserved), as holdings entries are above.
+  local open_key = KEYS[quota.open_requests]
+  local open = redis.call('ZRANGE', open_key, 0, -1, 'WITHSCORES')
+  for i = 1, #open, 2 do
+    if requests > 0 and redis.call('HGET', key_of(quota.request_template, request_part(open[i])), 'state') ~= 'open' then
+      redis.call('ZREM', open_key, open[i])
+    else
+      queued = queued + 1
+      running = running + math.max(tonumber(open[i + 1]), 0)
     end
   end
   if running + vms > quota.max_vms then
@@ -80,6 +92,15 @@ local function quota_take(quota, member, weight)
   if quota ~= nil then
     redis.call('ZADD', KEYS[quota.key], weight, member)
     redis.call('EXPIRE', KEYS[quota.key], quota.ttl)
+  end
+end
+
+-- Record a new open request (asking for 'weight' VMs): the owner's, and the service's.
+local function quota_take_request(quota, id, weight)
+  if quota ~= nil then
+    quota_take(quota, 'od:' .. id, weight)
+    redis.call('ZADD', KEYS[quota.open_requests], weight, id)
+    redis.call('EXPIRE', KEYS[quota.open_requests], quota.ttl)
   end
 end
 
