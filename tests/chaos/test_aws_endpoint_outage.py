@@ -112,4 +112,6 @@ def test_a_silent_aws_endpoint_costs_a_request_seconds_not_its_timeout(
         api_event("POST", "/api/v3/vm/{name}", "/api/v3/vm/silent", params={"name": "silent"}))
 
     assert expected(status, body), (status, body)
-    assert seconds < AWS_CALL_BOUND_SECONDS + 2.0, f"{seconds:.1f} s"
+    # One bounded call (AWS_CALL_BOUND_SECONDS) and the request's own work, with room for a
+    # loaded CI machine: far below botocore's defaults (no answer within 29 s before).
+    assert seconds < 2 * AWS_CALL_BOUND_SECONDS, f"{seconds:.1f} s"
