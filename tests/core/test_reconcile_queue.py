@@ -307,12 +307,7 @@ def test_a_pool_removed_from_the_config_drains_and_is_forgotten(services: Servic
     in_use = json.loads(body)["centos"]["hostname"].split(".")[0]
 
     services.use_config(parse(CONFIG.replace("  - {name: centos, size: 1, provider: dummy}\n", "")))
-    queue.sent.clear()
-    ticker.tick(services, queue)
-    assert (PoolMessage("centos", DRAIN), 0) in queue.sent
-    for _ in range(3):
-        look_at(services, PoolMessage("centos", DRAIN), queue)
-        clock.advance(60)
+    _tick_drains(services, queue, ticker, "centos")
     counts = services.store.counts(["centos"])["centos"]
     assert (counts["ready"], counts["pending"], counts["running"]) == (0, 0, 1)  # the VM in use stays
     assert [vm.name for vm in services.provider("dummy").list_vms(removed)] == [in_use]
@@ -376,12 +371,21 @@ def _fill_and_remove(services: Services, queue: RecordingQueue, removed_block: s
     services.use_config(parse(config.replace(removed_block, "")))
 
 
-def _drain(services: Services, queue: RecordingQueue, passes: int = 4) -> None:
+def _drain(services: Services, queue: RecordingQueue, passes: int = 4, pool: str = "centos") -> None:
+    """``passes`` drain passes of ``pool``, a minute apart."""
     clock = services.clock
     assert isinstance(clock, FakeClock)
     for _ in range(passes):
-        look_at(services, PoolMessage("centos", DRAIN), queue)
+        look_at(services, PoolMessage(pool, DRAIN), queue)
         clock.advance(60)
+
+
+def _tick_drains(services: Services, queue: RecordingQueue, ticker: Ticker, pool: str, passes: int = 3) -> None:
+    """The tick after ``pool`` left the config queues its drain; then ``passes`` drain passes."""
+    queue.sent.clear()
+    ticker.tick(services, queue)
+    assert (PoolMessage(pool, DRAIN), 0) in queue.sent
+    _drain(services, queue, passes, pool)
 
 
 def test_a_removed_pool_drains_whatever_runtime_size_or_template_it_was_given(services: Services) -> None:
@@ -432,12 +436,7 @@ def test_a_pool_added_by_a_push_is_not_drained_or_forgotten_by_a_consumer_a_push
         clock.advance(60)
     assert services.store.counts(["fedora"])["fedora"]["ready"] == 2
     ahead.use_config(parse(CONFIG))  # removed again
-    queue.sent.clear()
-    ticker.tick(ahead, queue)
-    assert (PoolMessage("fedora", DRAIN), 0) in queue.sent
-    for _ in range(3):
-        look_at(ahead, PoolMessage("fedora", DRAIN), queue)
-        clock.advance(60)
+    _tick_drains(ahead, queue, ticker, "fedora")
     assert services.store.counts(["fedora"])["fedora"] == {state: 0 for state in STATES}
 
 
