@@ -8,6 +8,17 @@ derive a key from data they read inside Redis are listed in ``DERIVED_KEYS`` wit
 they build those keys from a template made here (``KEY_PART``), never from the prefix.
 tests/core/test_key_schema.py holds both sides to this.
 
+No name a caller or a config chooses may spell another key. A name goes into a key as it is only
+where its validator leaves out ``:`` (pool and provider names: config.POOL_NAME_PATTERN; API
+hostnames: api.http.HOSTNAME_PATTERN; a hostname a provider's inventory lists names only its own
+``vm:`` record), or where fixed text around it keeps it apart (``user:<canonical user>:tokens``,
+the one family under ``user:``; ``dummy:<provider>:folder:<folder>``). A request id may hold ``:``,
+so it is escaped (``request_part``); user names in failed-login and holdings keys, and tokens, are
+hashed; a client address is an IPv4 address, an IPv6 /64 or a hash (auth.ratelimit.address_key).
+A prefix with a hash tag (``{vmpool}:``) keeps every key in one cluster slot whatever the names
+hold, since Redis hashes the first ``{...}`` only. test_key_schema.py feeds hostile names to every
+family through these validators.
+
     vm:<hostname>            hash    one VM's record (see records.VMRecord)
     pool:<pool>:<state>      zset    hostnames in a state, scored by when they entered it
     cloning                  zset    hostnames whose clone task is in flight, across all pools

@@ -252,3 +252,104 @@ def test_scripts_derive_a_request_key_as_keys_py_names_it(redis_client):
     keys = Keys()
     for request_id in CALLER_REQUEST_IDS:
         assert redis_client.eval(script, 0, keys.ondemand_vms(KEY_PART), request_id) == keys.ondemand_vms(request_id)
+
+
+# --- every key family against hostile names ------------------------------------------------------
+# Each family is fed the names an outsider could choose, through the validator that really stands
+# before it; no two different (family, name) pairs may name one key. The fragments are the words of
+# other families' keys, so that joined with ``:`` they spell another family's key if a family lets
+# them through unescaped (``pool:x`` as a hostname is ``vmtasks:pool:x``, a pool's task index).
+
+FRAGMENTS = ["x", "debian-12", "pool", "pools", "purge", "open", "vms", "tokens", "token", "user", "addr",
+             "in_flight", "task", "folder", "requests", "ready", "running_due", "ready_checked", "known",
+             "2026-12-03", "1.2.3.4", "fe80::/64", "ip", "ondemand", "vmtasks", "lease", "wake", "~x",
+             "", ":", "{x}", "{", "}", "*", " ", "stra\u00dfe", "\uff42ob", "\u0130", "\x00", "x\n", "a|b",
+             "\u00e9" * 3, "y" * 300]
+HOSTILE_NAMES = sorted({*FRAGMENTS, *(f"{a}:{b}" for a, b in itertools.product(FRAGMENTS[:30], repeat=2)),
+                        *(f"{a}:{b}:{c}" for a, b, c in itertools.product(["pool", "x", "purge"], FRAGMENTS[:12],
+                                                                        ["x", "tokens", "in_flight", "vms"]))})
+DAY = "2026-12-03"
+
+
+def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
+    """Every key family: (name, key) for each hostile name its validator admits."""
+    from chalicelib.api.http import HOSTNAME_PATTERN
+    from chalicelib.api.ondemand import REQUEST_ID_PATTERN
+    from chalicelib.auth.base import canonical_user
+    from chalicelib.auth.ratelimit import _user_part, address_key
+    from chalicelib.auth.tokens import hash_token, token_id
+    from chalicelib.config import POOL_NAME_PATTERN
+    from chalicelib.store.keys import purge_lease_name, quota_owner, rate_limit_client
+    from chalicelib.store.scripts import KeyList
+    from chalicelib.store.store import Quota
+
+    def holdings(owner: str) -> str:
+        key_list = KeyList()
+        return key_list.keys[Quota(owner, 1, 1, ()).payload(keys, key_list, 60)["key"] - 1]
+
+    pools = [name for name in HOSTILE_NAMES if POOL_NAME_PATTERN.match(name)]  # config.py; providers too
+    # A hostname from the API matches HOSTNAME_PATTERN; one a provider's inventory lists (a VM
+    # someone made in the pool's folder) is anything: it only ever names its record (vm:).
+    api_hosts = [name for name in HOSTILE_NAMES if HOSTNAME_PATTERN.match(name)]
+    request_ids = [name for name in HOSTILE_NAMES if REQUEST_ID_PATTERN.match(name)]
+    users = sorted({canonical_user(name) for name in HOSTILE_NAMES} - {""})
+    addresses = sorted({address_key(name) or "unknown" for name in HOSTILE_NAMES})
+    token_hashes = [hash_token(name) for name in HOSTILE_NAMES]
+    families: dict[str, list[tuple[str, str]]] = {
+        "vm": [(h, keys.vm(h)) for h in HOSTILE_NAMES],
+        "vm_tasks": [(h, keys.vm_tasks(h)) for h in api_hosts],
+        "ondemand": [(r, keys.ondemand(r)) for r in request_ids],
+        "ondemand_vms": [(r, keys.ondemand_vms(r)) for r in request_ids],
+        "token": [(t, keys.token(t)) for t in token_hashes],
+        "user_tokens": [(u, keys.user_tokens(u)) for u in users],
+        "login_user": [(u, keys.login_user(_user_part(u))) for u in users],
+        "login_address": [(a, keys.login_address(a)) for a in addresses],
+        "login_user_in_flight": [(u, keys.login_in_flight(keys.login_user(_user_part(u)))) for u in users],
+        "login_address_in_flight": [(a, keys.login_in_flight(keys.login_address(a))) for a in addresses],
+        "holdings": [(o, holdings(o)) for o in {*(quota_owner(u, "") for u in users),
+                                                 *(quota_owner(None, a) for a in addresses)}],
+        "rate_limit": [(f"{c} {w}", keys.rate_limit(c, w))
+                       for c in ("vm_creation", "vm_deletion", "authenticated", "global_per_ip")
+                       for w in {*(rate_limit_client(token_id(t), "") for t in token_hashes),
+                                 *(rate_limit_client(None, a) for a in addresses)}],
+        "purge_lease": [(p, keys.lease(purge_lease_name(p))) for p in pools],
+        "dummy_folder": [(f"{p} {f}", keys.dummy_folder(p, f)) for p in pools[:20] for f in HOSTILE_NAMES],
+        "dummy_task": [(f"{p} {t}", keys.dummy_task(p, t)) for p in pools[:20] for t in HOSTILE_NAMES],
+        "daily": [(DAY, keys.daily(DAY))],
+        "pool_override": [(s, keys.pool_override(s)) for s in ("poolsize", "pooltemplate", "poolreset", "clonetarget")],
+        "fixed": [(name, getattr(keys, name)) for name in ("cloning", "changes", "clone_demand", "clone_backoff",
+                                                          "known_pools", "last_boot", "ondemand_open_requests",
+                                                          "migrating", "templates_prepared", "sizing_state")],
+    }
+    for state in keys_module.STATES:
+        families[f"pool:{state}"] = [(p, keys.pool_state(p, state)) for p in pools]
+    for name in ("ready_checked", "running_due", "dns_left", "inventory_checked", "lease", "wake", "followup",
+                 "ondemand_open", "pool_vm_tasks", "history"):
+        families[name] = [(p, getattr(keys, name)(p)) for p in pools]
+    families["demand"] = [(p, keys.demand(p, DAY)) for p in pools]
+    return families
+
+
+
+def test_no_two_names_of_any_family_share_a_key():
+    keys = Keys()
+    families = _family_keys(keys)
+    owner: dict[str, tuple[str, str]] = {}
+    for family, pairs in families.items():
+        assert pairs, f"no hostile name got through to {family}: the test would prove nothing"
+        for name, key in pairs:
+            taken = owner.setdefault(key, (family, name))
+            assert taken == (family, name), f"{family} {name!r} and {taken[0]} {taken[1]!r} both name {key!r}"
+
+
+def _hash_tag(key: str) -> str:
+    """The part of a key Redis Cluster hashes: the first ``{...}`` holding something, else all of it."""
+    opening = key.find("{")
+    closing = key.find("}", opening + 1) if opening >= 0 else -1
+    return key[opening + 1:closing] if closing > opening + 1 else key
+
+
+def test_with_a_hash_tag_prefix_no_name_moves_a_key_to_another_slot():
+    for pairs in _family_keys(Keys("{vmpool}:")).values():
+        for name, key in pairs:
+            assert _hash_tag(key) == "vmpool", (name, key)
