@@ -65,6 +65,7 @@ CONFIG_YAML_ENV = "VMPOOL_CONFIG"
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("vmpool.yaml")
 
 POOL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+"""Shown as it is in config errors; checked with ``fullmatch`` (``$`` alone would let a final line break through)."""
 
 
 class ConfigError(ValueError):
@@ -650,7 +651,7 @@ def _read_providers(reader: BlockReader, raw: Any) -> dict[str, ProviderConfig]:
     others = ProviderKeys()
     for name, block in block_map.items():
         path = f"providers.{name}"
-        if not POOL_NAME_PATTERN.match(str(name)):  # it names Redis keys (lease:purge:<provider>)
+        if not POOL_NAME_PATTERN.fullmatch(str(name)):  # it names Redis keys (lease:purge:<provider>)
             reader.problems.append(f"{path}: a provider's name must match {POOL_NAME_PATTERN.pattern}, "
                                    f"got {show(str(name))}")
             continue
@@ -718,7 +719,7 @@ def _read_pools(
             continue
         name = _written_string(block.get("name"))
         if name is not None:
-            if not POOL_NAME_PATTERN.match(name):
+            if not POOL_NAME_PATTERN.fullmatch(name):
                 reader.problems.append(f"{path}.name: must match {POOL_NAME_PATTERN.pattern}, got {show(name)}")
             if name in seen:
                 reader.problems.append(f"{path}.name: duplicate pool name {show(name)}")

@@ -477,7 +477,7 @@ def regex(value: Any) -> str:
     return text
 
 
-_DNS_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+_DNS_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
 
 
 def dns_name(value: Any) -> str:
@@ -502,7 +502,7 @@ def sizing(value: Any) -> Any:
         invalid(str(error))
 
 
-HOSTNAME_PREFIX = re.compile(r"^([a-z0-9][a-z0-9-]{0,56})?$")
+HOSTNAME_PREFIX = re.compile(r"^([a-z0-9][a-z0-9-]{0,56})?\Z")
 
 
 def hostname_prefix(value: Any) -> str:

@@ -21,7 +21,7 @@ from chalicelib.store import CheckoutRequest, QuotaExceeded
 from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
 
 MAX_COUNT = 100
-REQUEST_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+REQUEST_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}\Z")
 
 
 def parse_count(count: Any) -> int:

@@ -28,7 +28,7 @@ JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store",
 proxy between the caller and API Gateway may keep (``no-store``) or read as anything but JSON."""
 
 HOSTNAME_PATTERN = re.compile(
-    r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$", re.IGNORECASE
+    r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\Z", re.IGNORECASE
 )
 
 

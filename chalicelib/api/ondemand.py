@@ -19,7 +19,7 @@ from chalicelib.auth.base import same_user
 from chalicelib.services import Services
 from chalicelib.store.ondemand import DELETED, FAILED, READY, OnDemandRequest, OnDemandStore
 
-REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}\Z")
 DELETED_MESSAGE = "The request has been deleted"
 UNPARSABLE = {"message": "JSON payload could not be parsed"}
 

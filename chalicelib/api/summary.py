@@ -19,7 +19,7 @@ MAX_DAYS = 366
 BYTES_PER_POOL_DAY = 160
 """A pool's boot and clone figures of one day, besides four copies of its name (measured: 252
 bytes with a 24-character name)."""
-DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
 
 
 def _parse_day(name: str, value: str) -> date:

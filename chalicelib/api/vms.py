@@ -28,8 +28,8 @@ from chalicelib.store.records import TAG_FIELD_PREFIX
 from chalicelib.store.vm_tasks import task_errors
 from chalicelib.timestamps import day_of
 
-TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
-TAG_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_ \t\r\n\f\v.,@:/-]*$")
+TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+\Z")
+TAG_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_ \t\r\n\f\v.,@:/-]*\Z")
 """vmpooler's characters, and a comma: beaker tags a host's roles as ``agent, master``."""
 MAX_TAG_KEY = 50
 MAX_TAG_VALUE = 255

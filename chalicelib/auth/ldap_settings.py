@@ -39,7 +39,7 @@ from .secrets import Secret, SecretReference
 logger = logging.getLogger(__name__)
 
 ENCRYPTIONS = ("plain", "simple_tls", "start_tls")
-ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,63}$")
+ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,63}\Z")
 
 
 def _valid_dn(value: str) -> bool:

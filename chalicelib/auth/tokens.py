@@ -34,9 +34,9 @@ TOKEN_PREFIX = Keys().token("")
 """How the keys of tokens start under the default prefix."""
 TOKEN_ALPHABET = string.ascii_lowercase + string.digits
 TOKEN_LENGTH = 32
-TOKEN_PATTERN = re.compile(r"^[a-z0-9]{32}$")
+TOKEN_PATTERN = re.compile(r"^[a-z0-9]{32}\Z")
 ID_LENGTH = 16
-ID_PATTERN = re.compile(r"^[0-9a-f]{1,64}$")
+ID_PATTERN = re.compile(r"^[0-9a-f]{1,64}\Z")
 
 class TooManyTokens(Exception):
     """The user has ``max_per_user`` live tokens already; one must be deleted first."""

@@ -56,7 +56,7 @@ class PoolMessage:
             return None
         if not isinstance(fields, dict) or not isinstance(fields.get("pool"), str):
             return None
-        if not POOL_NAME_PATTERN.match(fields["pool"]):
+        if not POOL_NAME_PATTERN.fullmatch(fields["pool"]):
             return None
         lease, attempt = fields.get("lease"), fields.get("attempt", 0)
         return cls(

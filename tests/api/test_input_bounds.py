@@ -101,3 +101,20 @@ def test_an_error_never_echoes_a_long_value_back(make_stack: Callable[[str], Har
     reply = stack.request(method, target.format(running=running), body)
     assert (reply.status, reply.json["ok"]) == (status, False)
     assert len(reply.raw) < 1000, reply.raw[:300]
+
+
+@pytest.mark.parametrize("method, target, body", [
+    ("POST", "/api/v3/ondemandvm", {"pool1": 1, "request_id": "abc\n"}),
+    ("PUT", "/api/v3/vm/{running}", {"tags": {"project\n": "x"}}),
+    ("GET", "/api/v3/summary?from=2026-12-01%0A", None),
+    ("GET", "/api/v3/token/" + "a" * 32 + "%0A", None),
+], ids=["request-id", "tag-key", "date", "token"])
+def test_a_trailing_line_break_is_not_part_of_a_valid_name(full: Harness, method: str, target: str,
+                                                           body: Any) -> None:
+    """Python's ``$`` matches before a final line break: every name pattern ends at ``\\Z`` so
+    that ``abc\\n`` is not taken for ``abc``'s shape (an on-demand request was created under it)."""
+    running = full.checkout("pool1")
+    before = full.redis_state()
+    reply = full.request(method, target.format(running=running), body)
+    assert reply.status in (400, 401, 404), (reply.status, reply.raw)
+    assert full.redis_state() == before

@@ -469,3 +469,14 @@ def test_a_secret_never_shows_in_a_message_or_a_repr() -> None:
     with pytest.raises(ConfigError) as raised:
         parse("redis: {password: [hunter2-list]}\n")
     assert raised.value.problems == ["redis.password: must be a string or a secret reference, got list"]
+
+
+@pytest.mark.parametrize("field", ["pool", "provider"])
+def test_a_name_ending_in_a_line_break_is_refused(field: str) -> None:
+    """``$`` matches before a final line break; a pool or provider name names Redis keys and
+    must be exactly its pattern's shape."""
+    pool_name, provider_name = ('"p1\\n"', "dummy") if field == "pool" else ("p1", '"dummy\\n"')
+    text = f":providers:\n  {provider_name}: {{}}\n:pools:\n  - {{name: {pool_name}, size: 1, provider: dummy}}\n"
+    with pytest.raises(ConfigError) as raised:
+        parse(text)
+    assert "must match" in str(raised.value)
