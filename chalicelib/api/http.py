@@ -138,6 +138,21 @@ def json_body(request: ApiRequest, empty: Any = None) -> Any:
         raise bad_request("Request body too complex") from None
 
 
+UNPARSABLE = {"message": "JSON payload could not be parsed"}
+"""vmpooler's answer (400) to a body that is not JSON, on the routes its clients parse it from."""
+
+
+def vmpooler_json_body(request: ApiRequest) -> Any:
+    """``json_body`` with vmpooler's 400 (``UNPARSABLE``) for a body that cannot be parsed; a body
+    over MAX_BODY_BYTES stays the 413 every route answers, refused before parsing."""
+    try:
+        return json_body(request)
+    except ApiError as error:
+        if error.status == 413:
+            raise
+        raise ApiError(400, UNPARSABLE) from None
+
+
 def json_object(request: ApiRequest, empty: Any = None) -> Any:
     """The body as a JSON object (``empty`` when there is none)."""
     body = json_body(request, empty)

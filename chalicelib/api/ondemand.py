@@ -13,7 +13,7 @@ import re
 from typing import Any, Mapping
 
 from chalicelib.api.checkout import REQUEST_NAME_PATTERN, hostnames_by_name, open_request, parse_count
-from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, ok, shown
+from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, ok, shown, vmpooler_json_body
 from chalicelib.api.identity import Caller, required_caller
 from chalicelib.auth.base import same_user
 from chalicelib.services import Services
@@ -21,18 +21,12 @@ from chalicelib.store.ondemand import DELETED, FAILED, READY, OnDemandRequest, O
 
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}\Z")
 DELETED_MESSAGE = "The request has been deleted"
-UNPARSABLE = {"message": "JSON payload could not be parsed"}
 
 
 def create_from_body(services: Services, request: ApiRequest) -> ApiResponse:
     """POST /ondemandvm with ``{"pool-or-alias": count, ..., "request_id": "optional"}``."""
     caller = required_caller(services, request)
-    try:
-        body = json_body(request)
-    except ApiError as error:
-        if error.status == 413:
-            raise  # over 64 KiB: refused before parsing, as on every route
-        raise ApiError(400, UNPARSABLE) from None
+    body = vmpooler_json_body(request)
     if body is None:
         raise ApiError(404, {"message": "no pool requested"})
     if not isinstance(body, dict):

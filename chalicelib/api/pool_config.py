@@ -8,7 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, json_body, not_found, ok, whole_number
+from chalicelib.api.http import (
+    ApiError,
+    ApiRequest,
+    ApiResponse,
+    bad_request,
+    not_found,
+    ok,
+    vmpooler_json_body,
+    whole_number,
+)
 from chalicelib.api.identity import required_admin
 from chalicelib.config import PoolConfig
 from chalicelib.services import Services
@@ -32,12 +41,7 @@ def _allowed(services: Services, request: ApiRequest) -> None:
 def _payload(request: ApiRequest) -> dict[str, Any]:
     """The body as an object of pool -> value. Bad JSON is a 400 (vmpooler answered 500); no
     body, or ``null``, is vmpooler's "no payload": 404 ``{"ok": false}``."""
-    try:
-        body = json_body(request)
-    except ApiError as error:
-        if error.status == 413:
-            raise
-        raise ApiError(400, {"message": "JSON payload could not be parsed"}) from None
+    body = vmpooler_json_body(request)
     if body is None:
         raise not_found()
     if not isinstance(body, dict):
