@@ -151,8 +151,6 @@ class PassContext:
     inventory_changes: InventoryChanges | None = None
     """What the provider said changed since that token (None: it keeps no token; names None:
     this pass compares the whole inventory). See inventory_view."""
-    draining: bool = False
-    """The pool was removed from the config: the pass drains it (size 0) until it is forgotten."""
     dns_stopped: str | None = None
     """Why this pass sends its DNS service nothing more (``dns_call``); None while it may."""
     dns_seconds: float = 0.0
@@ -160,8 +158,7 @@ class PassContext:
 
     @classmethod
     def read(cls, store: Store, provider: Provider, pool: PoolConfig, clock: Clock, service: ServiceConfig,
-             checkpoint: Checkpoint = no_checkpoint, dns: DnsPlugin | None = None,
-             draining: bool = False) -> PassContext:
+             checkpoint: Checkpoint = no_checkpoint, dns: DnsPlugin | None = None) -> PassContext:
         """Read the pass's inputs, in this order: the inventory, the snapshot, the pool's
         overrides (applied to ``pool``, the pool as configured) and its size now. Raises
         ProviderError or StoreUnavailable (nothing changed yet)."""
@@ -187,9 +184,15 @@ class PassContext:
                    pool=pool, now=now, inventory=inventory, inventory_mark=inventory_mark, snapshot=snapshot,
                    overrides=overrides, size_decision=size_decision,
                    report=PassReport(pool=pool.name, started=now, size=pool.size),
-                   inventory_checked=inventory_checked, inventory_changes=changes, draining=draining)
+                   inventory_checked=inventory_checked, inventory_changes=changes)
 
     # --- reading ------------------------------------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        """The pool was removed from the config: the pass drains it (size 0) until it is
+        forgotten (``PoolConfig.draining``, set by manager/dispatch.py)."""
+        return self.pool.draining
 
     def record(self, hostname: str) -> VMRecord | None:
         """The VM's record as of this pass (None when missing). Ready VMs' records are read only

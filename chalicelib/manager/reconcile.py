@@ -92,15 +92,13 @@ def reconcile_pool(
     service: ServiceConfig,
     checkpoint: Checkpoint = no_checkpoint,
     dns: DnsPlugin | None = None,
-    draining: bool = False,
 ) -> PassReport:
     """Run one pass over ``pool``. Raises ProviderError or StoreUnavailable when the provider or
     Redis fails; whatever was done before that is consistent, and the next pass carries on.
-    ``dns`` manages the pool's DNS records (its ``dns_plugin``); its failures never end the pass.
-    ``draining``: the pool was removed from the config (``pool`` is its last settings, size 0)."""
+    ``dns`` manages the pool's DNS records (its ``dns_plugin``); its failures never end the pass."""
     calls_before = provider.call_count()
     started = clock.monotonic()
-    context = PassContext.read(store, provider, pool, clock, service, checkpoint, dns, draining)
+    context = PassContext.read(store, provider, pool, clock, service, checkpoint, dns)
     for step in STEPS:
         step(context)
     report = context.report
