@@ -1,0 +1,133 @@
+"""vmfloaty 1.9.1 (puppetlabs/vmfloaty, unchanged) against vmpool with ``:auth:``: each test
+replays the requests `floaty` sent to a local stack (recorded by a proxy: method, path, headers,
+body) and checks the answer the way vmfloaty's code reads it (docs/api.md, "What the clients
+send").
+
+vmfloaty sends every call through Faraday with the ``url_encoded`` middleware: a POST or PUT
+carries ``Content-Type: application/x-www-form-urlencoded`` whatever its body (JSON for
+`floaty modify`), the token goes in ``X-AUTH-TOKEN`` and only `floaty token` sends HTTP Basic.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+
+from chalicelib.config import build
+from tests.auth.slapd import SlapdServer
+from tests.harness import Harness, HarnessFactory, Reply, basic
+
+FARADAY_HEADERS = {
+    "User-Agent": "Faraday v1.1.0",
+    "Accept-Encoding": "gzip;q=1.0,deflate;q=0.6,identity;q=0.3",
+    "Accept": "*/*",
+}
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+"""What Faraday's url_encoded middleware puts on every POST and PUT vmfloaty sends."""
+
+URL = "/api/v3"
+"""vmfloaty's ``url:`` (its ~/.vmfloaty.yml); every call is ``<url>/<path>``."""
+
+
+def floaty(api: Harness, method: str, path: str, token: str | None = None, body: str | None = None,
+           headers: dict[str, str] | None = None, url: str = URL) -> Reply:
+    """One request exactly as vmfloaty sends it: ``path`` relative to its ``url``."""
+    sent = dict(FARADAY_HEADERS)
+    if method in ("POST", "PUT"):
+        sent.update(FORM)
+    if token:
+        sent["X-AUTH-TOKEN"] = token
+    sent.update(headers or {})
+    return api.request(method, f"{url}/{path}", body.encode() if body is not None else None, sent)
+
+
+def standardize_hostnames(answer: dict[str, Any]) -> dict[str, list[str]]:
+    """What vmfloaty's Utils.standardize_hostnames makes of a `get` answer (it raises on a body
+    without ``ok``, and on ``false``: what its on-demand wait returns after a timeout)."""
+    body = dict(answer)
+    assert body.pop("ok"), answer
+    domain = body.pop("domain", None)
+    hosts: dict[str, list[str]] = {}
+    for name, value in body.items():
+        if name in ("request_id", "ready"):
+            continue
+        names = value["hostname"]
+        names = names if isinstance(names, list) else [names]
+        hosts[name] = [f"{host}.{domain}" if domain else host for host in names]
+    return hosts
+
+
+def floaty_token(api: Harness, user: str, password: str) -> str:
+    """`floaty token get`: POST token with HTTP Basic; it prints ``token``."""
+    reply = floaty(api, "POST", "token", headers=basic(user, password))
+    assert reply.status == 200 and reply.json["ok"] is True, reply.json
+    return str(reply.json["token"])
+
+
+@pytest.fixture
+def floaty_api(make_harness: HarnessFactory, slapd: SlapdServer) -> Iterator[Harness]:
+    """Pools with a domain, another domain and none; LDAP auth against the test slapd; full."""
+    ldap = slapd.ldap_config()
+    ldap["service_account_hash"] = {"user_dn": slapd.service_dn, "password": slapd.service_password}
+    dummy = {"provider_class": "dummy", "createvm_max_time": 0, "boot_time": 0, "destroyvm_max_time": 0,
+             "createdisk_max_time": 0, "createsnapshot_max_time": 0, "revertsnapshot_max_time": 0}
+    doc = {
+        "config": {"vm_lifetime": 2, "vm_lifetime_auth": 12, "max_lifetime_upper_limit": 168},
+        "providers": {"dummy": dummy},
+        "auth": {"provider": "ldap", "ldap": ldap},
+        "pools": [
+            {"name": "debian-12-x86_64", "alias": ["debian", "linux"], "size": 3, "provider": "dummy",
+             "template": "t/debian", "domain": "example.com"},
+            {"name": "win-2022-x86_64", "alias": ["windows"], "size": 2, "provider": "dummy",
+             "template": "t/win", "domain": "win.example.com"},
+            {"name": "centos-9-x86_64", "alias": ["centos", "linux"], "size": 2, "provider": "dummy",
+             "template": "t/centos"},
+        ],
+    }
+    api = make_harness(build(doc), headers={})
+    api.fill()
+    yield api
+
+
+def test_floaty_get_ondemand_polls_its_request_without_a_token(floaty_api: Harness, slapd: SlapdServer) -> None:
+    """`floaty get --ondemand centos=2 debian`: POST ondemandvm/<names> with the token, then
+    Pooler.check_ondemandvm polls GET ondemandvm/<id> with *no* token every 5 s: 200 is done, 202
+    waits, anything else also waits, for 300 s, after which floaty crashed (``undefined method
+    `delete' for false``). With ``:auth:`` the poll was a 401, so it never worked."""
+    api = floaty_api
+    alice = floaty_token(api, "alice", slapd.password("alice"))
+    created = floaty(api, "POST", "ondemandvm/centos+centos+debian", token=alice)
+    assert created.status == 201, created.json
+    request_id = created.json["request_id"]
+
+    poll = floaty(api, "GET", f"ondemandvm/{request_id}")
+    assert poll.status == 202, poll.json
+    api.run_passes()
+    done = floaty(api, "GET", f"ondemandvm/{request_id}")
+    assert done.status == 200, done.json
+    hosts = standardize_hostnames(done.json)
+    assert sorted(hosts) == ["centos", "debian"]
+    assert len(hosts["centos"]) == 2 and all("." not in host for host in hosts["centos"])
+    assert [host.split(".", 1)[1] for host in hosts["debian"]] == ["example.com"]
+
+    # The id was the service's (a UUID 4 only its owner was told). Another user's token still
+    # may not read it, nor may anyone delete it without the owner's token.
+    bob = floaty_token(api, "bob", slapd.password("bob"))
+    assert floaty(api, "GET", f"ondemandvm/{request_id}", token=bob).status == 403
+    assert floaty(api, "DELETE", f"ondemandvm/{request_id}").status == 401
+    assert floaty(api, "DELETE", f"ondemandvm/{request_id}", token=bob).status == 403
+
+
+def test_a_request_id_the_client_chose_is_read_with_its_owners_token_only(
+    floaty_api: Harness, slapd: SlapdServer
+) -> None:
+    """An id a client chose (``request_id`` in the body) may be guessed: without a token it is a
+    401 whether or not it exists, so nobody learns which ids are taken."""
+    api = floaty_api
+    alice = floaty_token(api, "alice", slapd.password("alice"))
+    body = '{"centos": 1, "request_id": "ci-build-42"}'
+    assert floaty(api, "POST", "ondemandvm", token=alice, body=body).status == 201
+    assert floaty(api, "GET", "ondemandvm/ci-build-42").status == 401
+    assert floaty(api, "GET", "ondemandvm/ci-build-43").status == 401
+    assert floaty(api, "GET", "ondemandvm/ci-build-42", token=alice).status == 202
