@@ -108,10 +108,11 @@ def describe(services: Services, request: ApiRequest) -> ApiResponse:
     info["snapshots"] = list(record.snapshots)
     info["disk"] = list(record.disks)
     info["ip"] = record.ip
-    if request.version == 1:
-        if record.domain:
-            info["domain"] = record.domain  # the VM's own (its pool's), which v1 clients append
+    if request.version == 1 and record.domain:
+        info["domain"] = record.domain  # the VM's own (its pool's), which v1 clients append
     else:
+        # v2/v3; and v1 for a VM without a domain: vmfloaty prints `domain` appended, else `fqdn`
+        # (`floaty list --active` printed an empty name for it before).
         info["fqdn"] = record.fqdn()
     info["host"] = record.host
     info["migrated"] = record.raw.get("migrated") == "true"

@@ -58,9 +58,9 @@ def standardize_hostnames(answer: dict[str, Any]) -> dict[str, list[str]]:
     return hosts
 
 
-def floaty_token(api: Harness, user: str, password: str) -> str:
+def floaty_token(api: Harness, user: str, password: str, url: str = URL) -> str:
     """`floaty token get`: POST token with HTTP Basic; it prints ``token``."""
-    reply = floaty(api, "POST", "token", headers=basic(user, password))
+    reply = floaty(api, "POST", "token", headers=basic(user, password), url=url)
     assert reply.status == 200 and reply.json["ok"] is True, reply.json
     return str(reply.json["token"])
 
@@ -131,3 +131,37 @@ def test_a_request_id_the_client_chose_is_read_with_its_owners_token_only(
     assert floaty(api, "GET", "ondemandvm/ci-build-42").status == 401
     assert floaty(api, "GET", "ondemandvm/ci-build-43").status == 401
     assert floaty(api, "GET", "ondemandvm/ci-build-42", token=alice).status == 202
+
+
+def floaty_list_active(api: Harness, token: str, url: str = URL) -> list[str]:
+    """`floaty list --active`: GET token/<t> for ``vms.running``, then GET vm/<host> for each; the
+    lines Utils.pretty_print_hosts prints (``host.domain`` when the answer has ``domain``, as v1
+    did, else ``fqdn``)."""
+    status = floaty(api, "GET", f"token/{token}", url=url)
+    assert status.status == 200, status.json
+    lines = []
+    for hostname in status.json[token]["vms"]["running"]:
+        data = floaty(api, "GET", f"vm/{hostname}", url=url).json[hostname]
+        tags = [f"{key}: {value}" for key, value in data["tags"].items()]
+        metadata = ", ".join([data["state"], data["template"], f"{data['running']}/{data['lifetime']} hours", *tags])
+        name = f"{hostname}.{data['domain']}" if data.get("domain") else data.get("fqdn") or ""
+        lines.append(f"- {name} ({metadata})")
+    return lines
+
+
+@pytest.mark.parametrize("url", ["/api/v1", "", "/api/v2", "/api/v3"], ids=["v1", "unversioned", "v2", "v3"])
+def test_floaty_list_active_names_every_vm(floaty_api: Harness, slapd: SlapdServer, url: str) -> None:
+    """`floaty list --active` with ``url:`` on v1 or a bare host (old ~/.vmfloaty.yml files)
+    printed ``-  (running, centos-9-x86_64, 0.0/12 hours)`` for a VM of a pool without a domain:
+    v1 had neither ``domain`` nor ``fqdn`` for it."""
+    api = floaty_api
+    alice = floaty_token(api, "alice", slapd.password("alice"), url=url)
+    got = floaty(api, "POST", "vm/debian+centos+windows", token=alice, url=url)
+    assert got.status == 200, got.json
+    hosts = standardize_hostnames(got.json)
+    lines = floaty_list_active(api, alice, url)
+    printed = sorted(line[2:].split(" (")[0] for line in lines)
+    assert printed == sorted(host for names in hosts.values() for host in names)
+    assert [name.split(".", 1)[1:] for name in hosts["debian"] + hosts["windows"]] == [
+        ["example.com"], ["win.example.com"]]
+    assert "." not in hosts["centos"][0]
