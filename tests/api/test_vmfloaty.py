@@ -165,3 +165,33 @@ def test_floaty_list_active_names_every_vm(floaty_api: Harness, slapd: SlapdServ
     assert [name.split(".", 1)[1:] for name in hosts["debian"] + hosts["windows"]] == [
         ["example.com"], ["win.example.com"]]
     assert "." not in hosts["centos"][0]
+
+
+def test_floaty_modify_disk_adds_a_disk(floaty_api: Harness, slapd: SlapdServer) -> None:
+    """`floaty modify <host> --disk 8` sends the disk in the PUT body (vmfloaty looks ``'disk'``
+    up as a string in a hash of symbols, so it never calls POST vm/<host>/disk/8): it was
+    ``400 Unknown argument disk.`` and floaty printed the error (vmpooler never added the disk
+    either). The PUT adds it as the disk route does, with the route's checks, all or nothing."""
+    api = floaty_api
+    alice = floaty_token(api, "alice", slapd.password("alice"))
+    bob = floaty_token(api, "bob", slapd.password("bob"))
+    host = floaty(api, "POST", "vm/debian", token=alice).json["debian"]["hostname"].split(".")[0]
+
+    changed = floaty(api, "PUT", f"vm/{host}", token=alice, body='{"disk":8}')
+    assert changed.status == 200 and changed.json == {"ok": True}, changed.json
+    # `floaty modify <host> --lifetime 20 --disk 4 --tags '{"jira":"CI-1"}'`
+    both = floaty(api, "PUT", f"vm/{host}", token=alice, body='{"lifetime":20,"disk":4,"tags":{"jira":"CI-1"}}')
+    assert both.status == 200 and both.json == {"ok": True}, both.json
+    api.run_passes("debian-12-x86_64", seconds=1)
+    described = floaty(api, "GET", f"vm/{host}").json[host]
+    assert (described["disk"], described["lifetime"], described["tags"]) == (["+8gb", "+4gb"], 20, {"jira": "CI-1"})
+
+    # One bad part changes nothing; the disk needs the owner's token, as POST vm/<host>/disk does.
+    for body in ('{"lifetime":30,"disk":0}', '{"lifetime":30,"disk":4096}', '{"lifetime":30,"disk":"8gb"}'):
+        refused = floaty(api, "PUT", f"vm/{host}", token=alice, body=body)
+        assert refused.status == 400 and refused.json["ok"] is False, (body, refused.json)
+    assert floaty(api, "PUT", f"vm/{host}", body='{"disk":8}').status == 401
+    assert floaty(api, "PUT", f"vm/{host}", token=bob, body='{"disk":8}').status == 403
+    api.run_passes("debian-12-x86_64", seconds=1)
+    described = floaty(api, "GET", f"vm/{host}").json[host]
+    assert (described["disk"], described["lifetime"]) == (["+8gb", "+4gb"], 20)
