@@ -153,6 +153,9 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
     max_tags = config.service.max_tags_per_vm
     if len(tags) > max_tags:
         failures.append(f"You provided more than {max_tags} tags.")
+    elif disk_gb is not None and len(set(record.tags) | set(tags)) > max_tags:
+        # Known before the disk is queued (the script checks again, for changes made since).
+        failures.append(f"A VM carries at most {max_tags} tags.")
     if failures:
         raise ApiError(400, {"failure": failures})
     if disk_gb is not None:

@@ -10,6 +10,7 @@ carries ``Content-Type: application/x-www-form-urlencoded`` whatever its body (J
 
 from __future__ import annotations
 
+import json
 from typing import Any, Iterator
 
 import pytest
@@ -190,6 +191,9 @@ def test_floaty_modify_disk_adds_a_disk(floaty_api: Harness, slapd: SlapdServer)
     for body in ('{"lifetime":30,"disk":0}', '{"lifetime":30,"disk":4096}', '{"lifetime":30,"disk":"8gb"}'):
         refused = floaty(api, "PUT", f"vm/{host}", token=alice, body=body)
         assert refused.status == 400 and refused.json["ok"] is False, (body, refused.json)
+    too_many_tags = {f"t{n}": "x" for n in range(api.config.service.max_tags_per_vm)}
+    refused = floaty(api, "PUT", f"vm/{host}", token=alice, body=json.dumps({"disk": 2, "tags": too_many_tags}))
+    assert refused.status == 400 and refused.json["ok"] is False, refused.json
     assert floaty(api, "PUT", f"vm/{host}", body='{"disk":8}').status == 401
     assert floaty(api, "PUT", f"vm/{host}", token=bob, body='{"disk":8}').status == 403
     api.run_passes("debian-12-x86_64", seconds=1)
