@@ -31,8 +31,10 @@ from chalicelib.store.vm_tasks import DISK, task_errors
 from chalicelib.timestamps import day_of
 
 TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+\Z")
-TAG_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_ \t\r\n\f\v.,@:/-]*\Z")
-"""vmpooler's characters, and a comma: beaker tags a host's roles as ``agent, master``."""
+TAG_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_ \t\r\n\f\v.,@:/?#\[\]!$&'()*+;=%~-]*\Z")
+"""vmpooler's characters (letters, digits, ``_ .@:/-``, whitespace) and every other character a
+URL may hold (RFC 3986: ``,?#[]!$&'()*+;=%~``): beaker tags a host's roles as ``agent, master``
+and ``jenkins_build_url`` with the build's URL, whose matrix axes are ``name=value`` pairs."""
 MAX_TAG_KEY = 50
 MAX_TAG_VALUE = 255
 MAX_LIFETIME_HOURS = 10 * 365 * 24

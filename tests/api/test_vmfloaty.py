@@ -11,13 +11,12 @@ carries ``Content-Type: application/x-www-form-urlencoded`` whatever its body (J
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from chalicelib.config import build
 from tests.auth.slapd import SlapdServer
-from tests.harness import Harness, HarnessFactory, Reply, basic
+from tests.harness import Harness, Reply, basic
 
 FARADAY_HEADERS = {
     "User-Agent": "Faraday v1.1.0",
@@ -66,37 +65,12 @@ def floaty_token(api: Harness, user: str, password: str, url: str = URL) -> str:
     return str(reply.json["token"])
 
 
-@pytest.fixture
-def floaty_api(make_harness: HarnessFactory, slapd: SlapdServer) -> Iterator[Harness]:
-    """Pools with a domain, another domain and none; LDAP auth against the test slapd; full."""
-    ldap = slapd.ldap_config()
-    ldap["service_account_hash"] = {"user_dn": slapd.service_dn, "password": slapd.service_password}
-    dummy = {"provider_class": "dummy", "createvm_max_time": 0, "boot_time": 0, "destroyvm_max_time": 0,
-             "createdisk_max_time": 0, "createsnapshot_max_time": 0, "revertsnapshot_max_time": 0}
-    doc = {
-        "config": {"vm_lifetime": 2, "vm_lifetime_auth": 12, "max_lifetime_upper_limit": 168},
-        "providers": {"dummy": dummy},
-        "auth": {"provider": "ldap", "ldap": ldap},
-        "pools": [
-            {"name": "debian-12-x86_64", "alias": ["debian", "linux"], "size": 3, "provider": "dummy",
-             "template": "t/debian", "domain": "example.com"},
-            {"name": "win-2022-x86_64", "alias": ["windows"], "size": 2, "provider": "dummy",
-             "template": "t/win", "domain": "win.example.com"},
-            {"name": "centos-9-x86_64", "alias": ["centos", "linux"], "size": 2, "provider": "dummy",
-             "template": "t/centos"},
-        ],
-    }
-    api = make_harness(build(doc), headers={})
-    api.fill()
-    yield api
-
-
-def test_floaty_get_ondemand_polls_its_request_without_a_token(floaty_api: Harness, slapd: SlapdServer) -> None:
+def test_floaty_get_ondemand_polls_its_request_without_a_token(client_api: Harness, slapd: SlapdServer) -> None:
     """`floaty get --ondemand centos=2 debian`: POST ondemandvm/<names> with the token, then
     Pooler.check_ondemandvm polls GET ondemandvm/<id> with *no* token every 5 s: 200 is done, 202
     waits, anything else also waits, for 300 s, after which floaty crashed (``undefined method
     `delete' for false``). With ``:auth:`` the poll was a 401, so it never worked."""
-    api = floaty_api
+    api = client_api
     alice = floaty_token(api, "alice", slapd.password("alice"))
     created = floaty(api, "POST", "ondemandvm/centos+centos+debian", token=alice)
     assert created.status == 201, created.json
@@ -121,11 +95,11 @@ def test_floaty_get_ondemand_polls_its_request_without_a_token(floaty_api: Harne
 
 
 def test_a_request_id_the_client_chose_is_read_with_its_owners_token_only(
-    floaty_api: Harness, slapd: SlapdServer
+    client_api: Harness, slapd: SlapdServer
 ) -> None:
     """An id a client chose (``request_id`` in the body) may be guessed: without a token it is a
     401 whether or not it exists, so nobody learns which ids are taken."""
-    api = floaty_api
+    api = client_api
     alice = floaty_token(api, "alice", slapd.password("alice"))
     body = '{"centos": 1, "request_id": "ci-build-42"}'
     assert floaty(api, "POST", "ondemandvm", token=alice, body=body).status == 201
@@ -151,11 +125,11 @@ def floaty_list_active(api: Harness, token: str, url: str = URL) -> list[str]:
 
 
 @pytest.mark.parametrize("url", ["/api/v1", "", "/api/v2", "/api/v3"], ids=["v1", "unversioned", "v2", "v3"])
-def test_floaty_list_active_names_every_vm(floaty_api: Harness, slapd: SlapdServer, url: str) -> None:
+def test_floaty_list_active_names_every_vm(client_api: Harness, slapd: SlapdServer, url: str) -> None:
     """`floaty list --active` with ``url:`` on v1 or a bare host (old ~/.vmfloaty.yml files)
     printed ``-  (running, centos-9-x86_64, 0.0/12 hours)`` for a VM of a pool without a domain:
     v1 had neither ``domain`` nor ``fqdn`` for it."""
-    api = floaty_api
+    api = client_api
     alice = floaty_token(api, "alice", slapd.password("alice"), url=url)
     got = floaty(api, "POST", "vm/debian+centos+windows", token=alice, url=url)
     assert got.status == 200, got.json
@@ -168,12 +142,12 @@ def test_floaty_list_active_names_every_vm(floaty_api: Harness, slapd: SlapdServ
     assert "." not in hosts["centos"][0]
 
 
-def test_floaty_modify_disk_adds_a_disk(floaty_api: Harness, slapd: SlapdServer) -> None:
+def test_floaty_modify_disk_adds_a_disk(client_api: Harness, slapd: SlapdServer) -> None:
     """`floaty modify <host> --disk 8` sends the disk in the PUT body (vmfloaty looks ``'disk'``
     up as a string in a hash of symbols, so it never calls POST vm/<host>/disk/8): it was
     ``400 Unknown argument disk.`` and floaty printed the error (vmpooler never added the disk
     either). The PUT adds it as the disk route does, with the route's checks, all or nothing."""
-    api = floaty_api
+    api = client_api
     alice = floaty_token(api, "alice", slapd.password("alice"))
     bob = floaty_token(api, "bob", slapd.password("bob"))
     host = floaty(api, "POST", "vm/debian", token=alice).json["debian"]["hostname"].split(".")[0]
