@@ -173,3 +173,105 @@ def test_floaty_modify_disk_adds_a_disk(client_api: Harness, slapd: SlapdServer)
     api.run_passes("debian-12-x86_64", seconds=1)
     described = floaty(api, "GET", f"vm/{host}").json[host]
     assert (described["disk"], described["lifetime"]) == (["+8gb", "+4gb"], 20)
+
+
+def floaty_status_lines(api: Harness, verbose: bool = False) -> list[str]:
+    """`floaty status`: GET status; Utils.pretty_print_status draws each pool short of ready VMs
+    (every pool with --verbose) from ``pools.<p>.{ready,pending,max}``, then ``status.message``.
+    A pool whose numbers Ruby cannot use (nil, strings, a negative count) prints as an error."""
+    status = floaty(api, "GET", "status").json
+    pools = {name: pool for name, pool in status["pools"].items() if verbose or pool["ready"] < pool["max"]}
+    lines = []
+    for name, pool in pools.items():
+        ready, pending, most = pool["ready"], pool["pending"], pool["max"]
+        assert all(type(number) is int for number in (ready, pending, most)), pool
+        missing = most - ready - pending
+        lines.append(f"{name} " + "o" * (ready + pending + missing) if missing >= 0 else f"{name} negative argument")
+    return [*lines, status["status"]["message"]]
+
+
+def test_two_floaty_users_at_once(client_api: Harness, slapd: SlapdServer) -> None:
+    """Every vmfloaty command that talks to vmpooler, as alice and bob, in the order a user runs
+    them; each answer read as vmfloaty reads it."""
+    api = client_api
+    alice = floaty_token(api, "alice", slapd.password("alice"))
+    bob = floaty_token(api, "bob", slapd.password("bob"))
+    # `floaty list [filter]`: GET vm, a JSON array of pool names.
+    assert floaty(api, "GET", "vm").json == ["debian-12-x86_64", "win-2022-x86_64", "centos-9-x86_64"]
+    # `floaty status`: every pool full, so only the message.
+    assert floaty_status_lines(api) == ["Battle station fully armed and operational."]
+    assert floaty_status_lines(api, verbose=True)[0] == "debian-12-x86_64 ooo"
+
+    # `floaty get debian=2 windows` (alice) and `floaty get centos` (bob): POST vm/<a>+<a>+<b>.
+    got = floaty(api, "POST", "vm/debian+debian+windows", token=alice)
+    assert got.status == 200, got.json
+    alice_hosts = standardize_hostnames(got.json)
+    assert [len(alice_hosts["debian"]), len(alice_hosts["windows"])] == [2, 1]
+    bob_got = floaty(api, "POST", "vm/centos", token=bob)
+    [bob_host] = standardize_hostnames(bob_got.json)["centos"]
+    assert "." not in bob_host and isinstance(bob_got.json["centos"]["hostname"], str)
+    # `floaty get debian=2` again: only one debian VM is ready, so nothing is checked out.
+    short = floaty(api, "POST", "vm/debian+debian", token=bob)
+    assert (short.status, short.json) == (503, {"ok": False})
+    # `floaty status`: every pool is short of ready VMs now.
+    assert [line.split()[0] for line in floaty_status_lines(api)[:-1]] == [
+        "debian-12-x86_64", "win-2022-x86_64", "centos-9-x86_64"]
+
+    # `floaty token status`: GET token/<t>, nothing but the token in the path.
+    status = floaty(api, "GET", f"token/{alice}").json
+    assert status["ok"] is True and status[alice]["user"] == "alice"
+    alice_short = sorted(host.split(".")[0] for names in alice_hosts.values() for host in names)
+    assert sorted(status[alice]["vms"]["running"]) == alice_short
+    assert floaty(api, "GET", f"token/{bob}").json[bob]["vms"]["running"] == [bob_host]
+    # `floaty list --active`: each of them sees their own VMs only.
+    assert sorted(line[2:].split(" (")[0] for line in floaty_list_active(api, alice)) == sorted(
+        host for names in alice_hosts.values() for host in names)
+    assert floaty_list_active(api, bob) == [f"- {bob_host} (running, centos-9-x86_64, 0.0/12 hours)"]
+
+    # `floaty query <host>`: GET vm/<host>, the answer keyed by the short name; by FQDN too.
+    debian_fqdn = alice_hosts["debian"][0]
+    debian_host = debian_fqdn.split(".")[0]
+    queried = floaty(api, "GET", f"vm/{debian_fqdn}").json
+    assert queried[debian_host]["fqdn"] == debian_fqdn and queried[debian_host]["state"] == "running"
+
+    # `floaty modify <host> --lifetime 24 --tags '{...}'`: PUT vm/<host>, JSON sent as a form.
+    body = '{"lifetime":24,"tags":{"jira":"CI-42","owner":"alice@example.com"}}'
+    assert floaty(api, "PUT", f"vm/{debian_host}", token=alice, body=body).json == {"ok": True}
+    assert floaty(api, "PUT", f"vm/{debian_host}", token=bob, body=body).status == 403
+    assert floaty_list_active(api, bob)[0].endswith("0.0/12 hours)")
+    [line] = [line for line in floaty_list_active(api, alice) if line.startswith(f"- {debian_fqdn} ")]
+    assert line.startswith(f"- {debian_fqdn} (running, debian-12-x86_64, 0.0/24 hours, ")
+    assert "jira: CI-42" in line and "owner: alice@example.com" in line  # in the record's order
+    too_long = floaty(api, "PUT", f"vm/{debian_host}", token=alice, body='{"lifetime":168}')
+    assert too_long.status == 400 and too_long.json["failure"], too_long.json
+
+    # `floaty snapshot <host>`, then `floaty revert <host> <id>`: POSTs with the token.
+    snapshot = floaty(api, "POST", f"vm/{debian_host}/snapshot", token=alice)
+    assert snapshot.status == 202
+    snapshot_id = snapshot.json[debian_host]["snapshot"]
+    assert floaty(api, "POST", f"vm/{debian_host}/snapshot/{snapshot_id}", token=alice).json == {"ok": True}
+    assert floaty(api, "POST", f"vm/{debian_host}/snapshot/{snapshot_id}", token=bob).status == 403
+    assert floaty(api, "POST", f"vm/{debian_host}/snapshot/nosuchsnapshot", token=alice).status == 404
+    api.run_passes("debian-12-x86_64", seconds=1)
+    assert floaty(api, "GET", f"vm/{debian_host}").json[debian_host]["snapshots"] == [snapshot_id]
+
+    # `floaty delete <host>` by the wrong user: an answer without ok, so floaty lists it as failed.
+    assert floaty(api, "DELETE", f"vm/{bob_host}", token=alice).json["ok"] is False
+    # `floaty delete h1,h2` (as typed: FQDN, capitals) and `floaty delete --all`.
+    windows_fqdn = alice_hosts["windows"][0]
+    assert floaty(api, "DELETE", f"vm/{windows_fqdn.upper()}", token=alice).json == {"ok": True}
+    assert floaty(api, "DELETE", f"vm/{debian_fqdn}", token=alice).json == {"ok": True}
+    for host in floaty(api, "GET", f"token/{alice}").json[alice]["vms"]["running"]:
+        assert floaty(api, "DELETE", f"vm/{host}", token=alice).json == {"ok": True}
+    assert "vms" not in floaty(api, "GET", f"token/{alice}").json[alice] or not (
+        floaty(api, "GET", f"token/{alice}").json[alice]["vms"]["running"])
+    assert floaty(api, "GET", f"token/{bob}").json[bob]["vms"]["running"] == [bob_host]
+
+    # `floaty summary`: GET summary, printed as it comes.
+    assert floaty(api, "GET", "summary").json["daily"]
+    # `floaty token delete --token <t>`: DELETE token/<t> with HTTP Basic; only the owner's.
+    assert floaty(api, "DELETE", f"token/{alice}", headers=basic("bob", slapd.password("bob"))).status == 403
+    assert floaty(api, "DELETE", f"token/{alice}", headers=basic("alice", slapd.password("alice"))).json == {
+        "ok": True}
+    gone = floaty(api, "POST", "vm/debian", token=alice)
+    assert gone.status == 401  # floaty: "The token provided could not authenticate to the pooler."
