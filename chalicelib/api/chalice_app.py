@@ -1,9 +1,14 @@
-"""The Chalice app class the service runs: Chalice with its per-request state kept per thread.
+"""The Chalice app class the service runs: Chalice with its per-request state kept per thread,
+answering in JSON an event that is not an API Gateway request.
 
 Chalice stores the request it is serving on the app object (``current_request``,
 ``lambda_context``), so two threads calling one app would read each other's request. In Lambda
 one invocation runs at a time and nothing changes; the local HTTP front serves several requests
 of one process on threads (their Redis waits overlap), and each thread sees only its own.
+
+The API function's event is checked before Chalice reads it (``proxy_event.checked_event``): a
+direct invoke missing a key or holding a value of the wrong type gets a JSON 400 (404, 405)
+instead of an exception out of the function or Chalice's own 500.
 """
 
 from __future__ import annotations
@@ -11,8 +16,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from chalice import Chalice
+from chalice import Chalice, Response
 from chalice.app import Request
+
+from chalicelib.api.http import JSON_HEADERS, ApiError
+from chalicelib.api.proxy_event import checked_event
 
 
 class RequestLocalChalice(Chalice):
@@ -37,3 +45,13 @@ class RequestLocalChalice(Chalice):
     @lambda_context.setter
     def lambda_context(self, context: Any) -> None:
         self._request_state.context = context
+
+    def __call__(self, event: Any, context: Any) -> dict[str, Any]:
+        """The API function: Chalice's routing of the event once it is checked."""
+        try:
+            event = checked_event(event, self.routes)
+        except ApiError as refused:
+            headers: dict[str, str | list[str]] = {**JSON_HEADERS, **refused.headers}
+            answer = Response(body=refused.body, status_code=refused.status, headers=headers)
+            return answer.to_dict(self.api.binary_types)
+        return super().__call__(event, context)
