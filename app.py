@@ -20,7 +20,7 @@ from chalicelib import config_source, observability
 from chalicelib.api.chalice_app import RequestLocalChalice
 from chalicelib.api.http import ApiError
 from chalicelib.api.routes import ROUTES, Route, handle_when_built, render, request_from_chalice, versioned_paths
-from chalicelib.manager.pool_queue import NUDGE, PoolMessage, PoolQueue, SqsPoolQueue
+from chalicelib.manager.pool_queue import NUDGE, PoolMessage, PoolQueue, Received, SqsPoolQueue, received
 from chalicelib.manager.refill import REFILL_QUEUE_ENV
 from chalicelib.observability import emit, logger, tracer
 from chalicelib.services import Services
@@ -119,15 +119,14 @@ def tick(event: Any) -> dict[str, Any]:
     return {"pools": report.configured, "draining": report.draining, "messages": report.messages}
 
 
-def _seconds_queued(records: list[Any]) -> list[float]:
+def _seconds_queued(records: list[Received]) -> list[float]:
     """How long each nudge waited in the queue (SQS stamps when it was sent, in ms)."""
     now_ms = time.time() * 1000
     waits = []
     for record in records:
         message = PoolMessage.parse(record.body)
-        if message is not None and message.reason == NUDGE:
-            sent = float(record.to_dict().get("attributes", {}).get("SentTimestamp", now_ms))
-            waits.append(max(0.0, now_ms - sent) / 1000)
+        if message is not None and message.reason == NUDGE and record.sent_ms is not None:
+            waits.append(max(0.0, now_ms - record.sent_ms) / 1000)
     return waits
 
 
@@ -138,15 +137,14 @@ def reconcile(event: Any) -> dict[str, Any]:
     (the event source mapping has ReportBatchItemFailures), so one pool never fails another."""
     from chalicelib.manager.dispatch import handle_batch
 
-    records = list(event)
+    records = received(event.to_dict())  # whatever the invoke holds: never raises
     emit(None, {}, seconds={observability.REFILL_LATENCY: _seconds_queued(records)})
     context = event.context
 
     def remaining_seconds() -> float:
         return float(context.get_remaining_time_in_millis()) / 1000
 
-    failed = handle_batch(services(), [(r.to_dict()["messageId"], r.body) for r in records], pool_queue(),
-                          remaining_seconds)
+    failed = handle_batch(services(), [(r.message_id, r.body) for r in records], pool_queue(), remaining_seconds)
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
 
 

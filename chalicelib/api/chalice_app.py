@@ -8,7 +8,8 @@ of one process on threads (their Redis waits overlap), and each thread sees only
 
 The API function's event is checked before Chalice reads it (``proxy_event.checked_event``): a
 direct invoke missing a key or holding a value of the wrong type gets a JSON 400 (404, 405)
-instead of an exception out of the function or Chalice's own 500.
+instead of an exception out of the function or Chalice's own 500. A scheduled function runs
+whatever its event holds (``ScheduledEvent``).
 """
 
 from __future__ import annotations
@@ -17,10 +18,29 @@ import threading
 from typing import Any
 
 from chalice import Chalice, Response
-from chalice.app import Request
+from chalice.app import CloudWatchEvent, EventSourceHandler, Request
 
 from chalicelib.api.http import JSON_HEADERS, ApiError
 from chalicelib.api.proxy_event import checked_event
+
+
+class ScheduledEvent(CloudWatchEvent):
+    """EventBridge's scheduled event as Chalice hands it to a ``@schedule`` function, read from
+    whatever the function is invoked with. The tick reads nothing from its event; Chalice's own
+    class raised KeyError for an event missing any of EventBridge's keys (a direct invoke with
+    ``{}``), before the function ran."""
+
+    def _extract_attributes(self, event_dict: Any) -> None:
+        fields = event_dict if isinstance(event_dict, dict) else {}
+        self.version = fields.get("version", "")
+        self.account = fields.get("account", "")
+        self.region = fields.get("region", "")
+        self.detail = fields.get("detail") or {}
+        self.detail_type = fields.get("detail-type", "")
+        self.source = fields.get("source", "")
+        self.time = fields.get("time", "")
+        self.event_id = fields.get("id", "")
+        self.resources = fields.get("resources") or []
 
 
 class RequestLocalChalice(Chalice):
@@ -55,3 +75,9 @@ class RequestLocalChalice(Chalice):
             answer = Response(body=refused.body, status_code=refused.status, headers=headers)
             return answer.to_dict(self.api.binary_types)
         return super().__call__(event, context)
+
+    def _wrap_handler(self, handler_type: str, handler_name: str, user_handler: Any) -> Any:
+        wrapped = super()._wrap_handler(handler_type, handler_name, user_handler)
+        if handler_type == "schedule" and isinstance(wrapped, EventSourceHandler):
+            wrapped.event_class = ScheduledEvent
+        return wrapped

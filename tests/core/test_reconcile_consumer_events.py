@@ -17,7 +17,7 @@ from chalicelib.manager import dispatch
 from chalicelib.manager.dispatch import SAFETY_SECONDS
 from chalicelib.manager.pool_queue import PoolMessage
 from chalicelib.services import Services
-from tests.core.test_reconcile_queue import Context, RecordingQueue, queue, services, sqs_event
+from tests.core.test_reconcile_queue import TICK_EVENT, Context, RecordingQueue, queue, services, sqs_event
 
 __all__ = ["queue", "services"]  # fixtures
 
@@ -98,3 +98,40 @@ def test_passes_stuck_in_earlier_invocations_do_not_starve_later_batches(
         assert sorted(passes.started[len(stuck):]) == ["centos", "debian"]
     finally:
         passes.release.set()
+
+
+@pytest.mark.parametrize("event", [{}, {"Records": None}, {"Records": "x"}, [], "x", None],
+                         ids=["empty", "null-records", "text-records", "list", "text", "null"])
+def test_an_invoke_that_is_not_an_sqs_batch_fails_nothing(services: Services, queue: RecordingQueue,
+                                                          event: Any) -> None:
+    """Before: KeyError or TypeError out of the function (a direct invoke)."""
+    assert app.reconcile(event, Context()) == {"batchItemFailures": []}
+
+
+def test_records_sqs_never_sends_are_dropped_alone(services: Services, queue: RecordingQueue) -> None:
+    """A record without an id (it cannot be reported), with a body that is not text, a send
+    time that is not a number, or that is not an object at all. Before, each raised out of the
+    function, and SQS would have delivered the batch's good message again with them."""
+    event = batch("debian", "centos", "debian", "centos")
+    del event["Records"][0]["messageId"]
+    event["Records"][1]["body"] = None
+    event["Records"][2]["attributes"] = {"SentTimestamp": "yesterday"}
+    event["Records"][2]["body"] = json.dumps({"pool": "debian", "reason": "nudge"})
+    event["Records"].append("not a record")
+
+    assert app.reconcile(event, Context()) == {"batchItemFailures": []}
+    assert services.store.counts(["debian"])["debian"]["pending"] == 2
+
+
+@pytest.mark.parametrize("event", [
+    {}, None, [], "tick", {**TICK_EVENT, "detail": None, "resources": "x", "time": 5},
+    {key: value for key, value in TICK_EVENT.items() if key != "version"},
+], ids=["empty", "null", "list", "text", "odd-values", "no-version"])
+def test_the_tick_runs_whatever_its_scheduled_event_holds(services: Services, queue: RecordingQueue,
+                                                          monkeypatch: pytest.MonkeyPatch, event: Any) -> None:
+    """The tick reads nothing from its event. Before, Chalice's reading of it raised KeyError
+    (TypeError) for an event missing one of EventBridge's keys, before the tick ran."""
+    monkeypatch.setattr(app, "_ticker", None)
+    answer = app.tick(event, Context())
+    assert answer["pools"] == 2 and answer["messages"] == 2
+    assert sorted(message.pool for message, _ in queue.sent) == ["centos", "debian"]
