@@ -76,6 +76,8 @@ def _view(route: Route, version: int) -> Callable[..., Response]:
             logger.thread_safe_append_keys(correlation_id=request.request_id or None)
             response = handle_when_built(services, route.handler, request)
         status, body, headers = render(response)
+        if getattr(app.current_request, "method", "") == "HEAD":  # GET's answer without its body (RFC 9110)
+            body = ""
         return Response(body=body, status_code=status, headers=dict(headers))
 
     return view
@@ -85,10 +87,13 @@ def _view(route: Route, version: int) -> Callable[..., Response]:
 # answers every request with JSON: no 415 from Chalice.
 BODY_CONTENT_TYPES = ["*/*"]
 
+# HEAD wherever GET is, as vmpooler's Sinatra answers it (`curl -I`, monitors): API Gateway
+# answers a method a resource does not declare with its own 404.
 for _route in ROUTES:
     for _path, _version in versioned_paths(_route):
         _suffix = f"v{_version}" if _path.startswith("/api/") else "legacy"
-        app.route(_path, methods=[_route.method], name=f"{_route.name}_{_suffix}",
+        _methods = [_route.method, "HEAD"] if _route.method == "GET" else [_route.method]
+        app.route(_path, methods=_methods, name=f"{_route.name}_{_suffix}",
                   content_types=BODY_CONTENT_TYPES)(_view(_route, _version))
 
 

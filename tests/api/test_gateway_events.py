@@ -213,5 +213,21 @@ def test_a_method_the_resource_does_not_have_is_a_405_json_naming_the_allowed_on
     without our JSON headers."""
     answer = app.app(api_event(method, "/api/v3/vm", "/api/v3/vm"), Context())
     assert answer["statusCode"] == 405 and answer["headers"]["Content-Type"] == "application/json", answer
-    assert answer["headers"]["Allow"] == "GET, POST"
+    assert answer["headers"]["Allow"] == "GET, HEAD, POST"
     assert json.loads(answer["body"])["ok"] is False
+
+
+@pytest.mark.parametrize("resource, path, params", [
+    ("/api/v3/status", "/api/v3/status", None),
+    ("/api/v3/vm/{name}", "/api/v3/vm/nosuchvm", {"name": "nosuchvm"}),
+    ("/dashboard", "/dashboard", None),
+], ids=["status", "not-found", "dashboard-page"])
+def test_head_is_answered_as_get_without_a_body(full: Harness, resource: str, path: str,
+                                                params: dict[str, str] | None) -> None:
+    """As vmpooler's Sinatra answers it (``curl -I``, monitors) and docs/api.md promises. Before,
+    the API function had no HEAD route: API Gateway answered 404 {"ok": false} in AWS."""
+    got = app.app(api_event("GET", resource, path, params=params), Context())
+    head = app.app(api_event("HEAD", resource, path, params=params), Context())
+    assert head["statusCode"] == got["statusCode"] and got["body"], (got, head)
+    assert head["headers"]["Content-Type"] == got["headers"]["Content-Type"]
+    assert head["body"] == ""
