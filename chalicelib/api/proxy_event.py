@@ -81,8 +81,8 @@ def checked_event(event: Any, routes: Mapping[str, Mapping[str, Any]]) -> dict[s
     for key, value in texts:
         if value is not None and not isinstance(value, str):
             raise bad_request(f"The event's requestContext.{key} must be text")
-    resource = context.get("resourcePath", event.get("resource"))
-    method = context.get("httpMethod", event.get("httpMethod"))
+    resource = context.get("resourcePath") or event.get("resource")
+    method = context.get("httpMethod") or event.get("httpMethod")
     if not isinstance(resource, str) or not isinstance(method, str):
         raise bad_request("The event is not an API Gateway proxy request: it names no resource and method")
     methods = routes.get(resource) or {}
