@@ -36,6 +36,7 @@ from chalicelib.config_fields import (
     Int0,
     Int1,
     Invalid,
+    InventoryPath,
     Port,
     Seconds,
     SecretValue,
@@ -114,7 +115,7 @@ class ServiceConfig(SettingsModel):
     check_loop_delay_max: Seconds = 60.0
     check_loop_delay_decay: Annotated[float, at_least(1.0)] = 2.0
     token_ttl: Optional[Int1] = None
-    clone_target: Optional[Str] = None
+    clone_target: Optional[InventoryPath] = None
     backend_weight: Optional[Weights] = None
     vm_checktime: Int1 = 1
     # Bounds on what callers can make grow (docs/auth.md, "Limits").
@@ -185,8 +186,8 @@ class PoolSettings(SettingsModel):
 
     name: Str
     size: Annotated[int, bounded(0, 10000)]
-    template: Str = ""
-    folder: Str = ""
+    template: InventoryPath = ""
+    folder: InventoryPath = ""
     alias: StrList = ()
     provider: Optional[Str] = None
     domain: Optional[DnsName] = None
@@ -194,11 +195,11 @@ class PoolSettings(SettingsModel):
     timeout: Optional[Int1] = None
     timeout_notification: Optional[Int0] = None
     ready_ttl: Optional[Int1] = None
-    pool: Optional[Str] = None
-    datastore: Optional[Str] = None
-    clone_target: Optional[Str] = None
-    network: Optional[Str] = None
-    datacenter: Optional[Str] = None
+    pool: Optional[InventoryPath] = None
+    datastore: Optional[InventoryPath] = None
+    clone_target: Optional[InventoryPath] = None
+    network: Optional[InventoryPath] = None
+    datacenter: Optional[InventoryPath] = None
     create_linked_clone: Optional[Bool] = None
     ondemand_fallback: Optional[Bool] = None
     check_loop_delay_min: Optional[Seconds] = None

@@ -435,6 +435,35 @@ def string(value: Any) -> str:
     invalid(f"must be a string, got {show(value)}")
 
 
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+INVENTORY_NAME_LENGTH = 80
+"""vCenter's limit on the name of a VM, folder or other inventory object."""
+INVENTORY_PATH_PARTS = 32
+"""The deepest inventory path accepted (folders nest far less in practice)."""
+
+
+def inventory_path(value: Any) -> str:
+    """A vSphere inventory path (a pool's ``folder``, ``template``, ``datacenter``, ``pool``...):
+    names separated by ``/``, each 1 to 80 characters without control characters; a ``/`` at
+    either end is dropped. Refused at load: ``vmpool//a`` or a NUL byte used to reach vCenter,
+    where the clones went to one folder and the passes looked in another (every clone leaked)."""
+    text = string(value)
+    quoted = show(text)
+    if _CONTROL_CHARACTERS.search(text):
+        invalid(f"must be an inventory path without control characters (NUL, newline, tab), got {quoted}")
+    path = text.strip("/")
+    parts = path.split("/") if path else []
+    if any(not part for part in parts):
+        invalid(f"must be an inventory path without an empty name ('//'), got {quoted}")
+    if any(len(part) > INVENTORY_NAME_LENGTH for part in parts):
+        invalid(f"must be an inventory path of names of at most {INVENTORY_NAME_LENGTH} characters "
+                f"(vCenter's limit), got {quoted}")
+    if len(parts) > INVENTORY_PATH_PARTS:
+        invalid(f"must be an inventory path of at most {INVENTORY_PATH_PARTS} names, got {quoted}")
+    return path
+
+
 def string_list(value: Any) -> tuple[str, ...]:
     """A string or a list of strings (vmpooler accepts both for alias, base, user_object)."""
     items = value if isinstance(value, list) else [value]
@@ -577,6 +606,7 @@ StrList = Annotated[tuple[str, ...], Check(string_list)]
 Weights = Annotated[Mapping[str, float], Check(weights)]
 Regex = Annotated[str, Check(regex)]
 DnsName = Annotated[str, Check(dns_name)]
+InventoryPath = Annotated[str, Check(inventory_path)]
 SecretValue = Annotated[Union[Secret, SecretReference], Check(secret)]
 """A password or token: ``Secret`` (plain) or ``SecretReference`` (resolved at run time)."""
 Ignored = Any

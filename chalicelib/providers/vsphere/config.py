@@ -1,12 +1,36 @@
 """The vSphere provider's settings: where vCenter is, how to reach it, how a VM counts as ready.
 Readiness keys (``ready_check``, ``ready_port``, ``check_hostname``) may be overridden per pool.
-This module imports no pyVmomi: the config is validated where pyVmomi is never loaded."""
+This module imports no pyVmomi: the config is validated where pyVmomi is never loaded.
 
+Every value is checked at load, so a hostile or mistyped one (``https://vc/sdk``, a port of
+99999, a NUL byte, a million-character datacenter, an endless timeout) is refused with the key
+named, instead of failing each pass with a library's exception."""
+
+import ipaddress
+import math
+import re
 from dataclasses import dataclass, field
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
-from chalicelib.config_fields import Bool, Ignored, Number0, Port, Seconds, SecretValue, Str, one_of
+from chalicelib.config_fields import (
+    Bool,
+    Check,
+    Ignored,
+    InventoryPath,
+    Port,
+    SecretValue,
+    Str,
+    invalid,
+    one_of,
+    show,
+    string,
+)
 from chalicelib.providers.settings import ProviderSettings
+
+HOST_NAME_LENGTH = 253
+USERNAME_LENGTH = 256
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def vsphere_settings(settings: ProviderSettings) -> "VSphereSettings":
@@ -16,20 +40,103 @@ def vsphere_settings(settings: ProviderSettings) -> "VSphereSettings":
     return settings
 
 
+def split_host_port(server: str, port: Any = None) -> tuple[str, int]:
+    """``vc.example.com`` / ``vc.example.com:8443`` / ``[::1]:443`` / ``::1``; an explicit port key
+    wins. Raises ValueError for a port that is not a number."""
+    host, found = server.strip(), None
+    if host.startswith("["):
+        inside, _, rest = host[1:].partition("]")
+        host = inside
+        if rest.startswith(":"):
+            found = rest[1:]
+    elif host.count(":") == 1:
+        host, found = host.split(":")
+    if port is not None:
+        return host, int(port)
+    return host, int(found) if found else 443
+
+
+def _valid_host(host: str) -> bool:
+    """An IP address or a DNS name (internationalized names in their IDNA form or as text)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        ascii_name = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    labels = ascii_name[:-1].split(".") if ascii_name.endswith(".") else ascii_name.split(".")
+    return len(ascii_name) <= HOST_NAME_LENGTH and all(_HOST_LABEL.match(label) for label in labels)
+
+
+def vcenter_server(value: Any) -> str:
+    """vCenter's address as ``server`` takes it: a host name or IP address, optionally with
+    ``:port`` (``[v6]:port`` for IPv6), no scheme, no path."""
+    text = string(value).strip()
+    quoted = show(text)
+    if "/" in text or _CONTROL_CHARACTERS.search(text) or " " in text:
+        invalid(f"must be vCenter's host name or host:port (no https://, no path, no spaces), got {quoted}")
+    try:
+        host, port = split_host_port(text)
+    except ValueError:
+        invalid(f"must be vCenter's host name or host:port with a numeric port, got {quoted}")
+    if not 1 <= port <= 65535:
+        invalid(f"must have a port from 1 to 65535, got {quoted}")
+    if not host or len(host) > HOST_NAME_LENGTH or not _valid_host(host):
+        invalid(f"must be vCenter's host name (labels of letters, digits, '-') or IP address, got {quoted}")
+    return text
+
+
+def username(value: Any) -> str:
+    """A vCenter user name (``user@vsphere.local``, ``DOMAIN\\user``): 1 to 256 characters, no
+    control characters."""
+    text = string(value)
+    if not text or len(text) > USERNAME_LENGTH or _CONTROL_CHARACTERS.search(text):
+        invalid(f"must be a user name of 1 to {USERNAME_LENGTH} characters without control characters, "
+                f"got {show(text)}")
+    return text
+
+
+def seconds_between(minimum: float, maximum: float) -> Check:
+    """A finite number of seconds within bounds (NaN and infinity are refused: a socket given
+    either never times out, or fails every call)."""
+
+    def check(value: Any) -> float:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+        except (TypeError, ValueError):
+            invalid(f"must be a number of seconds, got {show(value)}")
+        if not math.isfinite(number) or not minimum <= number <= maximum:
+            invalid(f"must be a number of seconds from {minimum} to {maximum:g}, got {show(value)}")
+        return number
+
+    return Check(check)
+
+
+VCenterServer = Annotated[str, Check(vcenter_server)]
+UserName = Annotated[str, Check(username)]
+
+
 @dataclass(frozen=True, kw_only=True)
 class VSphereSettings(ProviderSettings):
-    server: Optional[Str] = None
+    server: Optional[VCenterServer] = None
     """vCenter's host name, optionally with ``:port``."""
     port: Optional[Port] = None
-    username: Optional[Str] = None
+    username: Optional[UserName] = None
     password: Optional[SecretValue] = field(default=None, repr=False)
     insecure: Bool = False
     ca_bundle: Optional[Str] = None
-    datacenter: Optional[Str] = None
+    datacenter: Optional[InventoryPath] = None
     connection_pool: Ignored = None
-    connect_timeout: Seconds = 10.0
-    call_timeout: Seconds = 60.0
-    host_selection_cache_seconds: Number0 = 60.0
+    connect_timeout: Annotated[float, seconds_between(0.1, 300)] = 10.0
+    """Reaching vCenter: at most 5 minutes (a pass must end well within its Lambda's 15)."""
+    call_timeout: Annotated[float, seconds_between(0.1, 600)] = 60.0
+    """One SOAP call's socket reads."""
+    host_selection_cache_seconds: Annotated[float, seconds_between(0, 86400)] = 60.0
     ready_check: Optional[Annotated[str, one_of("tcp", "tools", "none")]] = None
     ready_port: Optional[Port] = None
     check_hostname: Optional[Bool] = None

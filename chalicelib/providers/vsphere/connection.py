@@ -28,7 +28,7 @@ from chalicelib.auth.secrets import plain_secret
 from chalicelib.config import ProviderConfig
 from chalicelib.providers.base import ProviderError
 from chalicelib.providers.failures import FailureKind
-from chalicelib.providers.vsphere.config import vsphere_settings
+from chalicelib.providers.vsphere.config import split_host_port, vsphere_settings
 
 log = logging.getLogger(__name__)
 
@@ -98,21 +98,6 @@ class Endpoint:
             context.verify_mode = ssl.CERT_NONE
             return context
         return ssl.create_default_context(cafile=self.ca_bundle)
-
-
-def split_host_port(server: str, port: Any = None) -> tuple[str, int]:
-    """``vc.example.com`` / ``vc.example.com:8443`` / ``[::1]:443``; an explicit port key wins."""
-    host, found = server.strip(), None
-    if host.startswith("["):
-        inside, _, rest = host[1:].partition("]")
-        host = inside
-        if rest.startswith(":"):
-            found = rest[1:]
-    elif host.count(":") == 1:
-        host, found = host.split(":")
-    if port is not None:
-        return host, int(port)
-    return host, int(found) if found else 443
 
 
 def describe_fault(fault: BaseException) -> str:
