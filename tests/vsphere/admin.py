@@ -145,3 +145,63 @@ def vm_details(provider: VSphereProvider, vm_path: str) -> dict[str, Any] | None
 def end_session(provider: VSphereProvider) -> None:
     """Log our shared session out on the vCenter side, as an expiry would."""
     provider._run("log out", lambda connection: connection.logout())
+
+
+def rename(provider: VSphereProvider, path: str, new_name: str) -> None:
+    """Rename the VM or folder at an inventory path, as an admin would in the vSphere client."""
+
+    def renaming(connection: Connection) -> None:
+        found = inventory.find(connection, path)
+        if found is None:
+            raise ProviderError(f"nothing at {path}")
+        _finish(connection, found.Rename_Task(newName=new_name))
+
+    provider._run(f"rename {path}", renaming)
+
+
+def move(provider: VSphereProvider, path: str, folder_path: str) -> None:
+    """Move the VM or folder at an inventory path into the folder at ``folder_path`` (made if
+    missing)."""
+
+    def moving(connection: Connection) -> None:
+        found = inventory.find(connection, path)
+        datacenter, _, folder = folder_path.partition("/vm")
+        target = inventory.ensure_folder(connection, datacenter, folder.strip("/"), create=True)
+        if found is None or target is None:
+            raise ProviderError(f"nothing at {path} or {folder_path}")
+        _finish(connection, target.MoveIntoFolder_Task(list=[found]))
+
+    provider._run(f"move {path}", moving)
+
+
+def power_off(provider: VSphereProvider, vm_path: str) -> None:
+    """Power off the VM at an inventory path."""
+
+    def off(connection: Connection) -> None:
+        vm = inventory.find(connection, vm_path)
+        if vm is None:
+            raise ProviderError(f"no VM at {vm_path}")
+        _finish(connection, vm.PowerOffVM_Task())
+
+    provider._run(f"power off {vm_path}", off)
+
+
+def destroy(provider: VSphereProvider, path: str) -> None:
+    """Destroy whatever is at an inventory path (a folder with everything in it, a template...)."""
+
+    def destroying(connection: Connection) -> None:
+        found = inventory.find(connection, path)
+        if found is None:
+            raise ProviderError(f"nothing at {path}")
+        if isinstance(found, vim.Folder):
+            view = inventory.container_view(connection, found, vim.VirtualMachine, recursive=True)
+            try:
+                inside = inventory.view_contents(connection, view, vim.VirtualMachine, ["runtime.powerState"])
+            finally:
+                inventory.destroy_view(view)
+            for vm in inside:
+                if vm.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn:
+                    _finish(connection, vm["_obj"].PowerOffVM_Task())
+        _finish(connection, found.Destroy_Task())
+
+    provider._run(f"destroy {path}", destroying)

@@ -108,25 +108,93 @@ def destroy_view(view: Any) -> None:
         pass  # the session or the view is already gone: nothing to clean up
 
 
-def folder_view(connection: Connection, path: str) -> Any | None:
-    """A cached container view of the VMs directly in the folder at ``path``; None if no folder.
+def folder_contents(connection: Connection, path: str, paths: Iterable[str]) -> list[dict[str, Any]] | None:
+    """Properties of the VMs directly in the folder at ``path`` (None: no folder there), in one
+    retrieval over a container view cached for the session.
 
-    The view lives as long as the session, so a list costs a single retrieval after the first.
+    A view follows its folder object, not the path: a folder an admin renamed or moved (to keep
+    its VMs, say) would go on being listed as the pool's while the clones went to a new folder at
+    the path, never seen, timing out for ever. So the same retrieval reads the folder's ancestors'
+    names; when they no longer spell ``path`` (or the folder is gone) the path is looked up again.
     """
-    views: dict[str, Any] = connection.cache.setdefault("folder_views", {})
+    for attempt in (1, 2):
+        cached = _folder_view(connection, path)
+        if cached is None:
+            return None
+        folder, view, fresh = cached
+        try:
+            found = _collect(connection, _listing_spec(folder, view, paths))
+        except vmodl.fault.ManagedObjectNotFound:
+            forget_folder_view(connection, path)  # the folder (hence the view) was deleted
+            if attempt == 2:
+                raise
+            continue
+        entities = [_as_dict(content) for content in found]
+        vms = [item for item in entities if isinstance(item["_obj"], vim.VirtualMachine)]
+        if fresh or _path_of(folder, entities) == path:
+            return vms
+        forget_folder_view(connection, path)  # renamed or moved away: what is at the path now?
+    return None
+
+
+def _listing_spec(folder: Any, view: Any, paths: Iterable[str]) -> Any:
+    """The view's VMs with ``paths``, and the name and parent of the folder and its ancestors."""
+    collector = vmodl.query.PropertyCollector
+    through_view = collector.TraversalSpec(name="view", path="view", skip=False, type=type(view))
+    up_folder = collector.TraversalSpec(
+        name="upFolder", path="parent", skip=False, type=vim.Folder,
+        selectSet=[collector.SelectionSpec(name="upFolder"), collector.SelectionSpec(name="upDatacenter")])
+    up_datacenter = collector.TraversalSpec(
+        name="upDatacenter", path="parent", skip=False, type=vim.Datacenter,
+        selectSet=[collector.SelectionSpec(name="upFolder")])
+    return collector.FilterSpec(
+        objectSet=[
+            collector.ObjectSpec(obj=view, skip=True, selectSet=[through_view]),
+            collector.ObjectSpec(obj=folder, skip=False, selectSet=[up_folder, up_datacenter]),
+        ],
+        propSet=[
+            collector.PropertySpec(type=vim.VirtualMachine, pathSet=list(paths)),
+            collector.PropertySpec(type=vim.Folder, pathSet=["name", "parent"]),
+            collector.PropertySpec(type=vim.Datacenter, pathSet=["name", "parent"]),
+        ],
+    )
+
+
+def _path_of(folder: Any, entities: list[dict[str, Any]]) -> str | None:
+    """The inventory path of ``folder`` from its ancestors' names and parents (the root folder,
+    the one without a parent, is not part of a path); None when the chain is incomplete."""
+    by_id = {item["_obj"]._moId: item for item in entities if not isinstance(item["_obj"], vim.VirtualMachine)}
+    names: list[str] = []
+    current = by_id.get(folder._moId)
+    for _ in range(len(by_id)):
+        if current is None:
+            return None
+        parent = current.get("parent")
+        if parent is None:
+            return "/".join(reversed(names))
+        names.append(str(current.get("name", "")))
+        current = by_id.get(parent._moId)
+    return None
+
+
+def _folder_view(connection: Connection, path: str) -> tuple[Any, Any, bool] | None:
+    """The folder at ``path``, a container view of the VMs directly in it (a session object,
+    cached for the session) and whether the view was made now; None if no folder is there."""
+    views: dict[str, tuple[Any, Any]] = connection.cache.setdefault("folder_views", {})
     if path in views:
-        return views[path]
+        folder, view = views[path]
+        return folder, view, False
     folder = find(connection, path)
     if folder is None or not isinstance(folder, vim.Folder):
         return None
-    views[path] = container_view(connection, folder, vim.VirtualMachine, recursive=False)
-    return views[path]
+    views[path] = (folder, container_view(connection, folder, vim.VirtualMachine, recursive=False))
+    return folder, views[path][1], True
 
 
 def forget_folder_view(connection: Connection, path: str) -> None:
-    view = connection.cache.get("folder_views", {}).pop(path, None)
-    if view is not None:
-        destroy_view(view)
+    cached = connection.cache.get("folder_views", {}).pop(path, None)
+    if cached is not None:
+        destroy_view(cached[1])
 
 
 def host_names(connection: Connection, refs: Iterable[Any]) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Sequence, TypeVar
 
-from pyVmomi import vim, vmodl
+from pyVmomi import vim
 
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ProviderConfig, ServiceConfig
@@ -72,18 +72,9 @@ class VSphereProvider(Provider):
 
         def listing(connection: Connection) -> list[VMInfo]:
             path = f"{self._datacenter(connection, pool)}/vm/{pool.folder}".rstrip("/")
-            for attempt in (1, 2):
-                view = inventory.folder_view(connection, path)
-                if view is None:
-                    return []
-                try:
-                    found = inventory.view_contents(connection, view, vim.VirtualMachine, inventory.VM_PROPERTIES)
-                    break
-                except vmodl.fault.ManagedObjectNotFound:
-                    # The folder (hence the view) was deleted: look the path up again.
-                    inventory.forget_folder_view(connection, path)
-                    if attempt == 2:
-                        raise
+            found = inventory.folder_contents(connection, path, inventory.VM_PROPERTIES)
+            if found is None:
+                return []
             names = inventory.host_names(connection, [item.get("runtime.host") for item in found])
             result = []
             for item in found:
