@@ -46,10 +46,11 @@ def in_vcsim(harness: Harness) -> set[str]:
     return {vm.name for vm in harness.provider.list_vms(harness.pool(POOL))}
 
 
-def converge(harness: Harness, size: int, timeout: float = 20) -> list[ProviderError]:
+def converge(harness: Harness, size: int, timeout: float = 20,
+             in_use: frozenset[str] = frozenset()) -> list[ProviderError]:
     """Passes a minute apart on the fake clock until the pool has ``size`` ready VMs and nothing in
     flight (the simulator's clones and boots end on its own clock); the passes that failed, as the
-    runner would have reported them."""
+    runner would have reported them. ``in_use``: VMs checked out that are still in the folder."""
     failed: list[ProviderError] = []
 
     def converged() -> bool:
@@ -63,7 +64,7 @@ def converge(harness: Harness, size: int, timeout: float = 20) -> list[ProviderE
         return (counts["ready"], counts["pending"], counts["completed"]) == (size, 0, 0)
 
     eventually(converged, timeout, f"{size} VMs ready and nothing in flight", interval=0.2)
-    assert in_vcsim(harness) == harness.hosts(POOL, "ready")
+    assert in_vcsim(harness) == harness.hosts(POOL, "ready") | in_use
     assert harness.store.cloning_count() == 0
     assert_consistent(harness, POOL, pass_completed=False)  # the folder is compared above
     return failed

@@ -13,7 +13,7 @@ import secrets
 from tests.harness import Harness, HarnessFactory
 from tests.vsphere import admin
 from tests.vsphere.test_bad_day import POOL, converge, in_vcsim, pool_harness
-from tests.vsphere.vcsim import DATACENTER, VcsimServer
+from tests.vsphere.vcsim import DATACENTER, TEMPLATE, VcsimServer
 
 
 def folder_of(harness: Harness) -> str:
@@ -36,3 +36,76 @@ def test_the_pool_folder_renamed_by_an_admin_is_left_alone_and_the_pool_refills_
     for name in old:  # all still there, in the renamed folder, none destroyed by us
         assert admin.exists(harness.provider, f"{kept}/{name}"), name
     assert taken not in harness.checkout_vms(POOL, 2)
+
+
+def test_vms_renamed_moved_or_powered_off_by_an_admin_are_never_destroyed_or_handed_out_again(
+        vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
+    """Out of the pool's folder (renamed: a new name there is a VM vmpool did not make; moved),
+    a VM is not the pool's any more: the ones in use stay with their users, untouched, until
+    returned; the ready ones are dropped without being destroyed. A checked-out VM powered off by
+    an admin stays checked out and off."""
+    harness = pool_harness(make_harness, vcsim, size=4)
+    converge(harness, 4)
+    folder = folder_of(harness)
+    elsewhere = f"{DATACENTER}/vm/vmpool/elsewhere-{secrets.token_hex(3)}"
+    moved_in_use, powered_off_in_use = harness.checkout_vms(POOL, 2)
+    moved_ready, renamed_ready = sorted(harness.hosts(POOL, "ready"))
+    admin.move(harness.provider, f"{folder}/{moved_in_use}", elsewhere)
+    admin.power_off(harness.provider, f"{folder}/{powered_off_in_use}")
+    admin.move(harness.provider, f"{folder}/{moved_ready}", elsewhere)
+    admin.rename(harness.provider, f"{folder}/{renamed_ready}", f"{renamed_ready}-renamed")
+    converge(harness, 4, in_use=frozenset({powered_off_in_use}))
+    # The renamed one is in the pool's folder under a name vmpool did not give: vmpooler's rule
+    # (a VM in a pool's folder that no state knows is destroyed) applies to it, nothing else.
+    for name in (moved_in_use, moved_ready):
+        assert admin.exists(harness.provider, f"{elsewhere}/{name}"), name
+    details = admin.vm_details(harness.provider, f"{folder}/{powered_off_in_use}")
+    assert details is not None and details["power_state"] == "poweredOff"
+    assert harness.state_of(powered_off_in_use) == "running"
+    handed = set(harness.checkout_vms(POOL, 4))
+    assert not handed & {moved_in_use, powered_off_in_use, moved_ready, renamed_ready}
+    # The moved VM left the pool (GET /vm says destroyed: vmpool will not manage it again), and
+    # vmpool destroys nothing outside its folder; the powered-off one is returned and destroyed.
+    assert harness.describe(moved_in_use)["state"] == "destroyed"
+    assert harness.delete(f"/vm/{moved_in_use}").status == 404
+    assert harness.delete(f"/vm/{powered_off_in_use}").status == 200
+    converge(harness, 4, in_use=frozenset(handed))
+    assert admin.exists(harness.provider, f"{elsewhere}/{moved_in_use}")
+    assert not admin.exists(harness.provider, f"{folder}/{powered_off_in_use}")
+
+
+def test_a_same_named_vm_in_another_folder_is_never_touched(vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
+    harness = pool_harness(make_harness, vcsim, size=1)
+    converge(harness, 1)
+    (name,) = harness.hosts(POOL, "ready")
+    twin_folder = f"{folder_of(harness)}-twin"
+    admin.create_vm(harness.provider, twin_folder, name)
+    harness.checkout(POOL)
+    assert harness.delete(f"/vm/{name}").status == 200
+    converge(harness, 1)
+    assert not admin.exists(harness.provider, f"{folder_of(harness)}/{name}")
+    assert admin.exists(harness.provider, f"{twin_folder}/{name}")
+
+
+def test_the_pool_folder_or_the_template_deleted_by_an_admin(private_vcsim: VcsimServer,
+                                                             make_harness: HarnessFactory) -> None:
+    """The pool's folder destroyed with its VMs: the records of the VMs in use say destroyed and
+    the pool makes a new folder and refills. Then the template deleted: clones fail as
+    ``template`` and back off; the VMs in use are untouched; clone slots all freed."""
+    harness = pool_harness(make_harness, private_vcsim, size=2, service={"task_limit": 2})
+    converge(harness, 2)
+    taken = harness.checkout(POOL)
+    admin.destroy(harness.provider, folder_of(harness))
+    converge(harness, 2)
+    assert harness.describe(taken)["state"] == "destroyed"
+    in_use = harness.checkout(POOL)
+    admin.destroy(harness.provider, f"{DATACENTER}/vm/{TEMPLATE}")
+    reports = []
+    for _ in range(30):
+        harness.clock.advance(10)
+        reports.append(harness.reconcile(POOL))
+    kinds = {failure.kind.value for report in reports for failure in report.clone_failures.values()}
+    assert kinds == {"template"}, kinds
+    assert sum(len(report.clones_started) for report in reports) <= 6
+    assert harness.state_of(in_use) == "running" and admin.exists(harness.provider, f"{folder_of(harness)}/{in_use}")
+    assert harness.store.cloning_count() == 0
