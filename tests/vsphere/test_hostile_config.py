@@ -27,6 +27,8 @@ def document(provider: dict[str, Any] | None = None, pool: dict[str, Any] | None
 @pytest.mark.parametrize(("where", "key", "value", "says"), [
     ("provider", "server", "https://vc.example.com", "no https://"),
     ("provider", "server", "vc.example.com/sdk", "no path"),
+    ("provider", "server", f"https://svc:{SECRET}@vc.example.com/sdk", "without a user or password"),
+    ("provider", "server", f"svc:{SECRET}@vc.example.com", "without a user or password"),
     ("provider", "server", "vc.example.com:99999", "port from 1 to 65535"),
     ("provider", "server", "vc.example.com:0", "port from 1 to 65535"),
     ("provider", "server", "vc.example.com:https", "numeric port"),

@@ -75,7 +75,11 @@ def vcenter_server(value: Any) -> str:
     """vCenter's address as ``server`` takes it: a host name or IP address, optionally with
     ``:port`` (``[v6]:port`` for IPv6), no scheme, no path."""
     text = string(value).strip()
-    quoted = show(text)
+    # "https://user:password@vc": the part before "@" is never quoted back (errors are logged).
+    quoted = show(text) if "@" not in text else show("<hidden>@" + text.rpartition("@")[2])
+    if "@" in text:
+        invalid(f"must be vCenter's host name or host:port, without a user or password (set username "
+                f"and password), got {quoted}")
     if "/" in text or _CONTROL_CHARACTERS.search(text) or " " in text:
         invalid(f"must be vCenter's host name or host:port (no https://, no path, no spaces), got {quoted}")
     try:
