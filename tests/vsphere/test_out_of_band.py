@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import secrets
 
+from chalicelib.providers.vsphere import connection as connections
+from chalicelib.providers.vsphere import inventory
 from tests.harness import Harness, HarnessFactory
 from tests.vsphere import admin
 from tests.vsphere.test_bad_day import POOL, converge, in_vcsim, pool_harness
-from tests.vsphere.vcsim import DATACENTER, TEMPLATE, VcsimServer
+from tests.vsphere.vcsim import DATACENTER, TEMPLATE, VcsimServer, make_setup
 
 
 def folder_of(harness: Harness) -> str:
@@ -109,3 +111,26 @@ def test_the_pool_folder_or_the_template_deleted_by_an_admin(private_vcsim: Vcsi
     assert sum(len(report.clones_started) for report in reports) <= 6
     assert harness.state_of(in_use) == "running" and admin.exists(harness.provider, f"{folder_of(harness)}/{in_use}")
     assert harness.store.cloning_count() == 0
+
+
+def test_a_destroy_read_after_vcenter_reused_the_vm_id_never_destroys_the_vm_now_holding_it(
+        private_vcsim: VcsimServer) -> None:
+    """A destroy recorded on a VM (power off started), then vCenter restarted empty: vcsim, as a
+    vCenter restored from a backup, gives the same VM id to the next VM made, here an admin's
+    powered-off VM in another folder. Reading the old destroy must not destroy that VM."""
+    setup = make_setup(private_vcsim)
+    provider = setup.provider
+    pool = setup.pool(folder="vmpool/reuse-a")
+    admin.create_vm(provider, f"{DATACENTER}/vm/vmpool/reuse-a", "ours")
+    ref = provider.destroy(pool, "ours")
+    assert ref is not None and ref.startswith("destroy:"), ref
+    private_vcsim.stop()
+    private_vcsim.start()
+    connections.drop(provider.endpoint)
+    admin.create_vm(provider, f"{DATACENTER}/vm/vmpool/reuse-b", "admins-vm", power_on=False)
+    moid = provider._run("id", lambda connection: inventory.find(
+        connection, f"{DATACENTER}/vm/vmpool/reuse-b/admins-vm")._moId)
+    assert ref.split(":")[1] == moid  # the premise: the id was reused
+    for _ in range(3):
+        provider.task_status(ref)
+    assert admin.exists(provider, f"{DATACENTER}/vm/vmpool/reuse-b/admins-vm")

@@ -7,8 +7,11 @@ vCenter forgetting old tasks (it keeps finished ones for minutes only), so a ref
 * ``task:<task>`` - a plain vCenter task;
 * ``clone:<task>:<folder>:<name>`` - a clone; if vCenter no longer knows the task, the clone
   succeeded exactly when a VM of that name is in the folder;
-* ``destroy:<vm>:<poweroff task>`` - a destroy that had to power off first: reading its state
-  starts Destroy_Task once the VM is off and reports success when the VM is gone;
+* ``destroy:<vm>:<poweroff task>:<name>`` - a destroy that had to power off first: reading its
+  state starts Destroy_Task once the VM is off and reports success when the VM is gone, or when
+  the id now names a VM of another name (a vCenter restored from a backup, or restarted as vcsim
+  is, gives old ids to new VMs: those are never destroyed for it). Written without ``:<name>``
+  before that check existed;
 * ``migrate:<task>:<vm>:<host>`` - a RelocateVM; if vCenter no longer knows the task, it succeeded
   exactly when the VM is on that host;
 * ``delta:<task>:<vm>:<0|1>`` - a template's delta disks (templates.py): once the reconfigure
@@ -43,8 +46,8 @@ def clone_ref(task: Any, folder: Any, name: str) -> str:
     return f"clone:{task._moId}:{folder._moId}:{name}"
 
 
-def destroy_ref(vm: Any, poweroff_task: Any) -> str:
-    return f"destroy:{vm._moId}:{poweroff_task._moId}"
+def destroy_ref(vm: Any, poweroff_task: Any, name: str) -> str:
+    return f"destroy:{vm._moId}:{poweroff_task._moId}:{name}"
 
 
 def migrate_ref(task: Any, vm: Any, host: Any) -> str:
@@ -127,8 +130,9 @@ def status(connection: Connection, ref: str) -> TaskStatus:
     if kind == "delta":
         return _delta_status(connection, *(rest.split(":", 2) + ["", ""])[:3])
     if kind == "destroy":
-        vm_id, _, poweroff = rest.partition(":")
-        return _destroy_status(connection, vim.VirtualMachine(vm_id, connection.stub), poweroff)
+        vm_id, _, rest = rest.partition(":")
+        poweroff, _, name = rest.partition(":")
+        return _destroy_status(connection, vim.VirtualMachine(vm_id, connection.stub), poweroff, name)
     return TaskStatus(TaskState.ERROR, f"unknown task reference {ref!r}")
 
 
@@ -149,11 +153,12 @@ def _delta_status(connection: Connection, task: str, vm_id: str, was_template: s
     return found or TaskStatus(TaskState.SUCCESS)
 
 
-def _destroy_status(connection: Connection, vm: Any, poweroff: str) -> TaskStatus:
-    """Power-off, then destroy: each read moves the chain one step without waiting."""
-    found = inventory.one(connection, vm, ["runtime.powerState", "recentTask"])
-    if found is None:
-        return TaskStatus(TaskState.SUCCESS)  # the VM is gone: destroyed
+def _destroy_status(connection: Connection, vm: Any, poweroff: str, name: str) -> TaskStatus:
+    """Power-off, then destroy: each read moves the chain one step without waiting. ``name``:
+    the VM's name when the destroy began ('' in references written before it was kept)."""
+    found = inventory.one(connection, vm, ["name", "runtime.powerState", "recentTask"])
+    if found is None or (name and found.get("name") != name):
+        return TaskStatus(TaskState.SUCCESS)  # the VM is gone: destroyed (its id may be another's now)
     if found.get("runtime.powerState") != vim.VirtualMachine.PowerState.poweredOff:
         off = _task_state(connection, poweroff)
         if off is None or off.state is TaskState.ERROR:

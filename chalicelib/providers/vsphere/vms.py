@@ -34,12 +34,12 @@ def require_vm(connection: Connection, datacenter: str, folder: str, hostname: s
 def destroy(connection: Connection, vm: Any) -> str | None:
     """Power off if needed, then destroy; returns a reference whose reads drive the chain, or
     None when the VM vanished meanwhile (nothing left to destroy)."""
-    found = inventory.one(connection, vm, ["runtime.powerState"])
+    found = inventory.one(connection, vm, ["name", "runtime.powerState"])
     if found is None:
         return None
     state = found.get("runtime.powerState")
     if state != vim.VirtualMachine.PowerState.poweredOff:
-        return tasks.destroy_ref(vm, vm.PowerOffVM_Task())
+        return tasks.destroy_ref(vm, vm.PowerOffVM_Task(), str(found.get("name", "")))
     return tasks.plain(vm.Destroy_Task())
 
 
