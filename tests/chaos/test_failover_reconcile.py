@@ -9,6 +9,8 @@ vCenter keeps its own), so it survives the failover as a real one would.
 
 from __future__ import annotations
 
+import json
+
 import redis
 
 from chalicelib.clock import FakeClock
@@ -17,6 +19,7 @@ from chalicelib.manager.reconcile import PassReport, reconcile_pool
 from chalicelib.providers.dummy import DummyProvider
 from chalicelib.services import Services
 from chalicelib.store import CheckoutRequest, ReplicaAcks, connect
+from chalicelib.store.vm_tasks import EnqueueResult, VMTaskStore, new_task
 from tests.redis_pair import RedisPair
 
 POOL = "ha"
@@ -96,3 +99,30 @@ def test_destroys_held_while_no_replica_acknowledges_go_ahead_once_one_does(
 
     assert not leaving & in_hypervisor(services)
     assert services.store.counts([POOL])[POOL]["completed"] == 0
+
+
+def test_a_disk_task_taken_before_a_failover_that_lost_the_take_is_added_once(
+        redis_pair: RedisPair, redis_client: redis.Redis) -> None:
+    services = filled(redis_pair, redis_client)
+    redis_pair.link.release()
+    clock, store = services.clock, services.store
+    hostname = store.checkout([CheckoutRequest(POOL, [POOL], 1)], clock.now(), {"lifetime": "2"}).vms[0].hostname
+    record = store.get_vm(hostname)
+    assert record is not None
+    queued = VMTaskStore(store).enqueue(record, new_task("disk", clock.now(), size_gb=10), clock.now())
+    assert queued is EnqueueResult.QUEUED, queued
+    redis_pair.wait_synced()
+    redis_pair.link.hold()  # the user's request is on the replica; what the pass does next is not
+    reconcile(services)
+    redis_pair.kill_primary_and_promote()
+
+    after = service_on(redis_pair, redis_client, clock)  # the next reconcile function, on the new primary
+    for _ in range(3):
+        clock.advance(30)
+        reconcile(after)
+
+    pool = after.pool(POOL)
+    assert pool is not None
+    in_hypervisor = json.loads(redis_client.hget(after.provider("dummy")._folder_key(pool), hostname) or "{}")
+    disks = in_hypervisor.get("disks")
+    assert disks is not None and len(disks) == 1, f"{hostname} has disks {disks}"
