@@ -9,6 +9,8 @@ leaked, and the pool converges. Manager time is a FakeClock (tests/vsphere/test_
 from __future__ import annotations
 
 import secrets
+import time
+from pathlib import Path
 
 from chalicelib.providers.vsphere import connection as connections
 from chalicelib.providers.vsphere import inventory
@@ -134,3 +136,24 @@ def test_a_destroy_read_after_vcenter_reused_the_vm_id_never_destroys_the_vm_now
     for _ in range(3):
         provider.task_status(ref)
     assert admin.exists(provider, f"{DATACENTER}/vm/vmpool/reuse-b/admins-vm")
+
+
+def test_clones_vcenter_finishes_after_the_pool_gave_up_on_them_leave_nothing_behind(
+        vcsim_dir: Path, make_harness: HarnessFactory) -> None:
+    """Clone tasks running longer than the pool's timeout (1 minute on the fake clock; 3 s in
+    vcsim): given up, their VMs destroyed, their clone slots freed; the tasks ending afterwards
+    leave no stray VM, and the pool fills once clones are quick again."""
+    server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"late-{secrets.token_hex(3)}.pem", clone_delay=3.0)
+    server.start()
+    try:
+        harness = pool_harness(make_harness, server, size=2, service={"task_limit": 2}, timeout=1)
+        first = set(harness.reconcile(POOL).clones_started)
+        assert len(first) == 2
+        harness.clock.advance(120)
+        harness.reconcile(POOL)  # still running after the pool's timeout: given up
+        assert all(harness.state_of(name) in ("completed", "destroyed") for name in first)
+        time.sleep(3.5)  # vcsim's own clock: the given-up tasks end now
+        converge(harness, 2, timeout=40)
+        assert not first & in_vcsim(harness)
+    finally:
+        server.stop()
