@@ -28,8 +28,9 @@ def purge_if_due(services: "Services", provider_name: str) -> list[str]:
     # Held until it expires, never released: that is the interval between purges.
     if services.store.acquire_lease(purge_lease_name(provider_name), PURGE_INTERVAL_SECONDS) is None:
         return []
-    pools = [pool for name in services.config.pool_names
-             if (pool := services.pool(name)) is not None and pool.provider == provider_name]
+    # Every pool, not only this provider's: another provider block may name the same vCenter, and
+    # its pools' folders must be kept too (the provider looks only under its own pools' parents).
+    pools = [pool for name in services.config.pool_names if (pool := services.pool(name)) is not None]
     try:
         removed = services.provider(provider_name).purge_unconfigured(pools, service.resources_allowlist)
     except ProviderError as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import socket
 import time
@@ -343,3 +344,24 @@ def test_server_with_port_and_port_key(vcsim: VcsimServer) -> None:
     assert split_host_port("vc.example.com:8443", 9443) == ("vc.example.com", 9443)
     setup = make_setup(vcsim, server="localhost", port=vcsim.port)
     assert setup.provider.list_vms(setup.pool()) == []
+
+
+def test_purge_never_destroys_the_vms_of_a_pool_whose_folder_holds_another_pools_folder(setup: Setup) -> None:
+    """Pool A in ``nest``, pool B in ``nest/b``: ``nest`` is B's parent, so purge looks in it, but
+    the VMs there are A's (ready or checked out): never destroyed. Pool C in ``nest/c`` uses
+    another provider block on the same vCenter: its folder is kept too. An unconfigured folder
+    there goes."""
+    outer = setup.pool(name="nest-a", folder="nest")
+    inner = setup.pool(name="nest-b", folder="nest/b")
+    other_block = dataclasses.replace(setup.pool(name="nest-c", folder="nest/c"), provider="same-vcenter")
+    provider = setup.provider
+    admin.create_vm(provider, f"{DATACENTER}/vm/nest", "a-in-use")
+    admin.create_vm(provider, f"{DATACENTER}/vm/nest/b", "b-ready")
+    admin.create_vm(provider, f"{DATACENTER}/vm/nest/c", "c-in-use")
+    admin.create_vm(provider, f"{DATACENTER}/vm/nest/stale", "stale-vm")
+
+    removed = provider.purge_unconfigured([outer, inner, other_block], allowlist=[])
+
+    assert removed == ["nest/stale"]
+    for kept in ("nest/a-in-use", "nest/b/b-ready", "nest/c/c-in-use"):
+        assert admin.exists(provider, f"{DATACENTER}/vm/{kept}"), kept

@@ -55,20 +55,25 @@ def purge(
     pools: Sequence[PoolConfig],
     allowlist: Sequence[str],
 ) -> list[str]:
-    """Destroy what is unconfigured under the pools' parent folders; return the removed paths."""
+    """Destroy what is unconfigured under the pools' parent folders; return the removed paths.
+
+    ``pools``: every configured pool. Only this provider's pools' parents are looked at, but every
+    pool's folder is kept, whichever provider block it uses (two blocks may name one vCenter),
+    and the VMs directly in a pool's folder are never purged even where that folder is another
+    pool's parent (``vmpool`` and ``vmpool/b``): they are that pool's, in use or ready."""
     allowed = {entry.strip("/") for entry in allowlist if entry}
+    pool_folders = {pool.folder.strip("/") for pool in pools}
+    every_configured: set[str] = set().union(*(_ancestors(folder) for folder in pool_folders))
     by_datacenter: dict[str, list[PoolConfig]] = {}
     for pool in pools:
         if pool.provider == config.name:
             by_datacenter.setdefault(datacenter_of(connection, config, pool), []).append(pool)
     removed: list[str] = []
     for datacenter, dc_pools in by_datacenter.items():
-        configured: set[str] = set()
         protected: set[str] = set()
         parents: set[str] = set()
         for pool in dc_pools:
             folder = pool.folder.strip("/")
-            configured |= _ancestors(folder)
             template = template_path(datacenter, pool.template)[len(f"{datacenter}/vm/"):]
             protected |= _ancestors(template)
             parent = folder.rpartition("/")[0]
@@ -77,18 +82,22 @@ def purge(
             else:
                 log.warning("pool %s: folder %r is at the vm root; not purging the root", pool.name, folder)
         for parent in sorted(parents):
-            removed += _purge_parent(connection, datacenter, parent, configured | protected, allowed)
+            removed += _purge_parent(connection, datacenter, parent, every_configured | protected, allowed,
+                                     vms_kept=parent in pool_folders)
     return removed
 
 
-def _purge_parent(connection: Connection, datacenter: str, parent: str, keep: set[str], allowed: set[str]) -> list[str]:
+def _purge_parent(connection: Connection, datacenter: str, parent: str, keep: set[str], allowed: set[str],
+                  vms_kept: bool) -> list[str]:
+    """Purge ``parent``'s unconfigured children; its VMs are left alone when ``vms_kept`` (the
+    parent is itself a pool's folder)."""
     folder = inventory.find(connection, f"{datacenter}/vm/{parent}")
     if not isinstance(folder, vim.Folder):
         return []
     children = list((inventory.one(connection, folder, ["childEntity"]) or {}).get("childEntity") or [])
     removed: list[str] = []
     folders = inventory.properties(connection, [c for c in children if isinstance(c, vim.Folder)], ["name"])
-    vms = inventory.properties(
+    vms = [] if vms_kept else inventory.properties(
         connection,
         [c for c in children if isinstance(c, vim.VirtualMachine)],
         ["name", "config.template", "runtime.powerState"],
