@@ -200,6 +200,35 @@ def test_a_hung_vcenter_costs_a_pass_one_call_timeout_not_one_per_clone(
         server.stop()
 
 
+def test_passes_timing_out_on_a_slow_vcenter_take_up_their_session_instead_of_piling_up_new_ones(
+        vcsim_dir: Path, make_harness: HarnessFactory) -> None:
+    """Each pass times out (the folder's view takes longer than call_timeout), which drops the
+    connection. The next pass's connection takes up the same vCenter session: before, each pass
+    logged in anew and left a session behind until vCenter expired it idle (30 minutes), a pile
+    growing with every pool and pass towards vCenter's session limit."""
+    server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / "slow-views.pem",
+                         method_delays={"CreateContainerView": 2.0})
+    server.start()
+    try:
+        harness = pool_harness(make_harness, server, size=1, provider={"call_timeout": 1})
+
+        def sessions() -> int:
+            return int(harness.provider._run("count sessions",
+                                             lambda connection: len(connection.content.sessionManager.sessionList)))
+
+        harness.reconcile(POOL)  # no folder yet (no view to make): it makes it and starts a clone
+        with pytest.raises(ProviderError):
+            harness.reconcile(POOL)
+        before = sessions()
+        for _ in range(4):
+            with pytest.raises(ProviderError) as timed_out:
+                harness.reconcile(POOL)
+            assert timed_out.value.kind is FailureKind.TIMEOUT
+        assert sessions() == before
+    finally:
+        server.stop()
+
+
 def test_an_expired_session_logs_in_again_without_showing_the_password(
         vcsim_dir: Path, make_harness: HarnessFactory, caplog: pytest.LogCaptureFixture) -> None:
     server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / "idle.pem", session_idle=0.5)

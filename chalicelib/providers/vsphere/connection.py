@@ -155,8 +155,11 @@ class Connection:
 
     # -- establishing ------------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Connect and log in, within connect_timeout for reaching the server."""
+    def open(self, session_id: str | None = None) -> None:
+        """Connect and log in, within connect_timeout for reaching the server. ``session_id``:
+        the session of a connection dropped on a transport failure, taken up again when vCenter
+        still has it (a new login each time would leave one session behind per failed pass, up
+        to vCenter's session limit, until they expire idle)."""
         endpoint = self.endpoint
         # Probe first: pyVmomi's own connect has no connect timeout, and a black-holed
         # vCenter address must fail a pass in seconds, not minutes.
@@ -186,7 +189,22 @@ class Connection:
         self.stub = stub
         instance = vim.ServiceInstance("ServiceInstance", stub)
         self.content = instance.RetrieveContent()
-        self.login()
+        if not (session_id and self._resume(session_id)):
+            self.login()
+
+    def _resume(self, session_id: str) -> bool:
+        """Whether the session ``session_id`` is still alive on vCenter (it is then used)."""
+        self.stub.SetSessionId(session_id)
+        try:
+            alive = self.content.sessionManager.currentSession is not None
+        except vmodl.MethodFault:  # NotAuthenticated: it expired meanwhile
+            alive = False
+        if alive:
+            self.cache.clear()
+            self.last_used = time.monotonic()
+        else:
+            self.stub.SetSessionId(None)
+        return alive
 
     def _api_version(self, context: ssl.SSLContext) -> str:
         """The newest API version both pyVmomi and this vCenter speak (vimServiceVersions.xml)."""
@@ -270,6 +288,8 @@ class Connection:
 # --- the module-level cache -----------------------------------------------------------------
 
 _connections: dict[tuple[str, int, str], Connection] = {}
+_dropped_sessions: dict[tuple[str, int, str], str] = {}
+"""The session of each connection dropped on a transport failure, for the next to take up."""
 _calls: dict[tuple[str, int, str], int] = {}
 _lock = threading.RLock()
 
@@ -290,6 +310,8 @@ def drop(endpoint: Endpoint) -> None:
     """Forget the cached connection, so the next use connects afresh."""
     with _lock:
         connection = _connections.pop(endpoint.key, None)
+        if connection is not None and connection.stub is not None and connection.stub.GetSessionId():
+            _dropped_sessions[endpoint.key] = connection.stub.GetSessionId()
     if connection is not None:
         connection.close()
 
@@ -318,7 +340,7 @@ def with_connection(endpoint: Endpoint, operation: Callable[[Connection], T], wh
             if connection is None:
                 connection = Connection(endpoint, _counter(endpoint.key))
                 try:
-                    connection.open()
+                    connection.open(_dropped_sessions.pop(endpoint.key, None))
                 except BaseException:
                     connection.close()
                     raise
