@@ -7,6 +7,7 @@ import dataclasses
 import json
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -365,3 +366,16 @@ def test_purge_never_destroys_the_vms_of_a_pool_whose_folder_holds_another_pools
     assert removed == ["nest/stale"]
     for kept in ("nest/a-in-use", "nest/b/b-ready", "nest/c/c-in-use"):
         assert admin.exists(provider, f"{DATACENTER}/vm/{kept}"), kept
+
+
+@pytest.mark.parametrize(("contents", "says"), [(None, "No such file or directory"), ("not a certificate", "")])
+def test_a_ca_bundle_that_cannot_be_used_is_named_in_the_error(vcsim: VcsimServer, tmp_path: Path,
+                                                               contents: str | None, says: str) -> None:
+    bundle = tmp_path / "ca.pem"
+    if contents is not None:
+        bundle.write_text(contents)
+    setup = make_setup(vcsim, ca_bundle=str(bundle))
+    with pytest.raises(ProviderError) as refused:
+        setup.provider.list_vms(setup.pool())
+    assert f"cannot use ca_bundle {bundle}: {says}" in str(refused.value), refused.value
+    assert refused.value.kind is FailureKind.CONNECTION

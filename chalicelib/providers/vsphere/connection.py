@@ -97,7 +97,11 @@ class Endpoint:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
             return context
-        return ssl.create_default_context(cafile=self.ca_bundle)
+        try:
+            return ssl.create_default_context(cafile=self.ca_bundle)
+        except OSError as error:  # missing, unreadable, not PEM (ssl.SSLError is an OSError)
+            detail = error.strerror or str(error) or type(error).__name__
+            raise ProviderError(f"cannot use ca_bundle {self.ca_bundle}: {detail}", FailureKind.CONNECTION) from None
 
 
 def describe_fault(fault: BaseException) -> str:
