@@ -310,11 +310,14 @@ def _counter(key: tuple[str, int, str]) -> Callable[[], None]:
     return count
 
 
-def drop(endpoint: Endpoint) -> None:
-    """Forget the cached connection, so the next use connects afresh."""
+def drop(endpoint: Endpoint, keep_session: bool = False) -> None:
+    """Forget the cached connection, so the next use connects afresh: logging in again, or, with
+    ``keep_session`` (a transport failure: the socket is in doubt, not the session), taking up
+    the same vCenter session if vCenter still has it."""
     with _lock:
         connection = _connections.pop(endpoint.key, None)
-        if connection is not None and connection.stub is not None and connection.stub.GetSessionId():
+        _dropped_sessions.pop(endpoint.key, None)
+        if keep_session and connection is not None and connection.stub is not None and connection.stub.GetSessionId():
             _dropped_sessions[endpoint.key] = connection.stub.GetSessionId()
     if connection is not None:
         connection.close()
@@ -359,7 +362,7 @@ def with_connection(endpoint: Endpoint, operation: Callable[[Connection], T], wh
             raise ProviderError(scrub(f"{what}: vCenter said {describe_fault(fault)}", endpoint),
                                 fault_kind(fault)) from None
         except TRANSPORT_ERRORS as error:
-            drop(endpoint)
+            drop(endpoint, keep_session=True)
             detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
             kind = FailureKind.TIMEOUT if isinstance(error, TimeoutError) else FailureKind.CONNECTION
             raise ProviderError(
