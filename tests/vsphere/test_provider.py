@@ -375,6 +375,7 @@ def test_a_ca_bundle_that_cannot_be_used_is_named_in_the_error(vcsim: VcsimServe
     if contents is not None:
         bundle.write_text(contents)
     setup = make_setup(vcsim, ca_bundle=str(bundle))
+    connections.drop(setup.provider.endpoint)  # a fresh container: no connection made by another test
     with pytest.raises(ProviderError) as refused:
         setup.provider.list_vms(setup.pool())
     assert f"cannot use ca_bundle {bundle}: {says}" in str(refused.value), refused.value
