@@ -45,8 +45,12 @@ def _lock_state_dir() -> int:
     """Hold an exclusive lock on the state directory for the life of this stack, or refuse.
     flock: the kernel releases it when the holder dies, so a SIGKILLed stack never blocks the
     next start (its children hold it until they have stopped too)."""
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(STATE_DIR / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(STATE_DIR / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:  # read-only, not a directory, no permission: say so, no traceback
+        raise SystemExit(f"cannot use {STATE_DIR} as the state directory: {error.strerror}; "
+                         "set VMPOOL_STATE_DIR to a writable directory") from None
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -54,8 +58,11 @@ def _lock_state_dir() -> int:
         os.close(descriptor)
         raise SystemExit(f"{STATE_DIR} is in use by another `make run` (pid {holder}): stop it first, "
                          "or give this one its own VMPOOL_STATE_DIR") from None
-    os.ftruncate(descriptor, 0)
-    os.write(descriptor, f"{os.getpid()}\n".encode())
+    try:
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()}\n".encode())
+    except OSError as error:  # its file system full
+        raise SystemExit(f"cannot write to the state directory {STATE_DIR}: {error.strerror}") from None
     return descriptor
 
 
@@ -163,6 +170,8 @@ def _check_config() -> int:
                     out.write(checked)
             except ConfigError as error:
                 status, answer = 2, str(error)
+            except OSError as error:  # the state directory full or gone
+                status, answer = 1, f"cannot write {STATE_DIR / CHECKED_CONFIG_NAME}: {error.strerror}"
         except BaseException:  # noqa: BLE001 - say why, and the stack refuses to start
             traceback.print_exc()
             status = 1

@@ -181,3 +181,24 @@ def test_a_port_left_in_time_wait_by_the_last_stack_is_free_for_the_next() -> No
         assert client.recv(1) == b""
         client.close()
     _require_free_port(port)  # nothing serves it any more
+
+
+def run_refused(tmp_path: Path, port: int, redis_port: int, state_dir: Path) -> subprocess.CompletedProcess[str]:
+    """A stack that must refuse to start: its exit, and what it said."""
+    config_file = tmp_path / "refused.yaml"
+    config_file.write_text(CONFIG)
+    return subprocess.run(stack_command(port, 1, 30) + ["--redis-port", str(redis_port)], cwd=REPO_ROOT,
+                          env=stack_env(config_file, state_dir), capture_output=True, text=True, timeout=60)
+
+
+def test_an_unusable_state_directory_is_refused_with_a_message(tmp_path: Path) -> None:
+    """VMPOOL_STATE_DIR naming a file (or a read-only or full file system): before, a Python
+    traceback (FileExistsError, OSError: Read-only file system, No space left on device)."""
+    not_a_directory = tmp_path / "a-file"
+    not_a_directory.write_text("")
+    port, redis_port = free_port(), free_port()
+    run = run_refused(tmp_path, port, redis_port, not_a_directory)
+    assert run.returncode == 1, run
+    assert f"cannot use {not_a_directory} as the state directory" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+    assert refuses_connections(port) and refuses_connections(redis_port)
