@@ -248,16 +248,22 @@ def main(argv: list[str] | None = None) -> int:
     elif args.config:
         os.environ["VMPOOL_CONFIG_FILE"] = str(Path(args.config).resolve())
     status = _check_config()  # before anything starts
+    redis_server = RedisServer(
+        port=args.redis_port or None, data_dir=STATE_DIR / f"redis-{args.provider}", persist=True,
+        die_with_parent=True,
+    )
+    if not status:
+        try:
+            redis_server.start()
+        except RuntimeError as error:  # its port taken by another server, its data unreadable
+            print(f"vmpool: {error}", file=sys.stderr)
+            status = 1
     if status:
         if vcsim_process is not None:
             from tools.vcsim.launcher import stop_vcsim
 
             stop_vcsim(vcsim_process)
         return status
-    redis_server = RedisServer(
-        port=args.redis_port or None, data_dir=STATE_DIR / f"redis-{args.provider}", persist=True,
-        die_with_parent=True,
-    ).start()
     os.environ["VMPOOL_REDIS_URL"] = redis_server.url
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.local.stack import (
     REPO_ROOT,
@@ -202,3 +203,39 @@ def test_an_unusable_state_directory_is_refused_with_a_message(tmp_path: Path) -
     assert f"cannot use {not_a_directory} as the state directory" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
     assert refuses_connections(port) and refuses_connections(redis_port)
+
+
+def test_a_redis_port_held_by_another_server_is_refused_not_shared(tmp_path: Path) -> None:
+    """VMPOOL_LOCAL_REDIS_PORT naming a port another Redis serves (a system one, another stack's):
+    the stack's own redis-server could not bind it, the stack took the other one's PONG for its
+    own, wrote its pools into that Redis, and logged "redis-server exited; starting it again"
+    twice a second for as long as it ran. Now it says the port is taken and starts nothing."""
+    from local.redis_server import RedisServer
+
+    with RedisServer() as foreign:
+        client = redis.Redis(port=foreign.port)
+        client.set("someone-else", "data")
+        port = free_port()
+        run = run_refused(tmp_path, port, foreign.port, tmp_path / "state")
+        assert run.returncode == 1, run
+        assert f"port {foreign.port}" in run.stderr and "Traceback" not in run.stderr, run.stderr
+        assert client.keys("*") == [b"someone-else"]  # nothing of the stack's written there
+        assert refuses_connections(port)
+        client.close()
+
+
+def test_a_free_redis_port_taken_before_redis_binds_it_moves_to_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The free port the stack picked for its Redis taken by another process before redis-server
+    bound it (helpers, tests and stacks pick ports at once): a fresh port, never the other's server."""
+    import local.redis_server as redis_server_module
+    from local.redis_server import RedisServer
+
+    with RedisServer() as foreign:
+        ports = iter([foreign.port])
+        real_free_port = redis_server_module.free_port
+        monkeypatch.setattr(redis_server_module, "free_port", lambda: next(ports, None) or real_free_port())
+        with RedisServer() as ours:
+            assert ours.port != foreign.port
+            client = redis.Redis(port=ours.port)
+            assert client.info("server")["process_id"] == ours.process.pid  # type: ignore[union-attr]
+            client.close()
