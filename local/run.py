@@ -21,6 +21,7 @@ import fcntl
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -132,18 +133,30 @@ def _start_vcsim() -> tuple[subprocess.Popen[bytes], Path]:
     return process, config_file
 
 
-def _require_free_port(port: int) -> None:
-    """Workers share the port (SO_REUSEPORT), which would also let them share it with a stale
-    stack still running; refuse to start in that case instead. Connections a stopped stack
-    closed (TIME_WAIT for a minute) do not count: SO_REUSEADDR, as gunicorn's own sockets have."""
-    import socket
+def _require_free_port(port: int) -> "socket.socket":
+    """Claim ``port`` for this stack for as long as the socket returned stays open, or refuse.
 
+    Workers share the port (SO_REUSEPORT), which would also let them share it with a stale
+    stack still running; refuse to start in that case instead. Connections a stopped stack
+    closed (TIME_WAIT for a minute) do not count: SO_REUSEADDR, as gunicorn's own sockets have.
+    Two stacks started at once would both find the port free before either's workers bind it,
+    and then both serve it, each with its own Redis: the claim (a name in Linux's abstract
+    socket namespace, freed by the kernel when the last process holding it dies) lets one of
+    them through."""
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim.bind(f"\0vmpool-http-127.0.0.1:{port}")
+    except OSError:
+        claim.close()
+        raise SystemExit(f"port {port} is in use by another `make run` starting or running") from None
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
+            claim.close()
             raise SystemExit(f"port {port} is in use: is another `make run` still running?") from None
+    return claim
 
 
 CHECKED_CONFIG_NAME = "config.json"
@@ -269,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")
 
     front: BaseProcess | None = None
+    port_claim: socket.socket | None = None
     workers = max(args.workers, 1)
     scheduler = None
     stop = threading.Event()
@@ -285,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as error:
             print(error, file=sys.stderr)
             return 2
-        _require_free_port(args.port)
+        port_claim = _require_free_port(args.port)  # held (open) until this process exits
         # Forked before the scheduler's threads exist: the front's processes inherit none.
         front, ready = _start_front("fork", args.port, workers, max(args.threads, 1))
         front_started = time.monotonic()
@@ -326,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
                 front.kill()
                 front.join()
         redis_server.stop()
+        if port_claim is not None:
+            port_claim.close()
         if vcsim_process is not None:
             from tools.vcsim.launcher import stop_vcsim
 

@@ -192,16 +192,22 @@ def run_refused(tmp_path: Path, port: int, redis_port: int, state_dir: Path) -> 
                           env=stack_env(config_file, state_dir), capture_output=True, text=True, timeout=60)
 
 
-def test_an_unusable_state_directory_is_refused_with_a_message(tmp_path: Path) -> None:
-    """VMPOOL_STATE_DIR naming a file (or a read-only or full file system): before, a Python
-    traceback (FileExistsError, OSError: Read-only file system, No space left on device)."""
-    not_a_directory = tmp_path / "a-file"
-    not_a_directory.write_text("")
+def test_two_stacks_started_at_once_on_one_port_do_not_both_serve_it(tmp_path: Path) -> None:
+    """Two `make run` started together on one port (different state directories): both found the
+    port free before either's workers bound it (SO_REUSEPORT), and both served it, each with its
+    own Redis: the kernel spread callers over two services with different VMs. A stack now claims
+    the port before its check, and the other refuses."""
+    from local.run import _require_free_port
+
     port, redis_port = free_port(), free_port()
-    run = run_refused(tmp_path, port, redis_port, not_a_directory)
-    assert run.returncode == 1, run
-    assert f"cannot use {not_a_directory} as the state directory" in run.stderr, run.stderr
-    assert "Traceback" not in run.stderr
+    claim = _require_free_port(port)  # a first stack, checked the port, its workers not bound yet
+    try:
+        second = run_refused(tmp_path, port, redis_port, tmp_path / "second-state")
+    finally:
+        if claim is not None:
+            claim.close()
+    assert second.returncode == 1, second
+    assert f"port {port} is in use" in second.stderr and "Traceback" not in second.stderr, second.stderr
     assert refuses_connections(port) and refuses_connections(redis_port)
 
 
@@ -239,3 +245,16 @@ def test_a_free_redis_port_taken_before_redis_binds_it_moves_to_another(monkeypa
             client = redis.Redis(port=ours.port)
             assert client.info("server")["process_id"] == ours.process.pid  # type: ignore[union-attr]
             client.close()
+
+
+def test_an_unusable_state_directory_is_refused_with_a_message(tmp_path: Path) -> None:
+    """VMPOOL_STATE_DIR naming a file (or a read-only or full file system): before, a Python
+    traceback (FileExistsError, OSError: Read-only file system, No space left on device)."""
+    not_a_directory = tmp_path / "a-file"
+    not_a_directory.write_text("")
+    port, redis_port = free_port(), free_port()
+    run = run_refused(tmp_path, port, redis_port, not_a_directory)
+    assert run.returncode == 1, run
+    assert f"cannot use {not_a_directory} as the state directory" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+    assert refuses_connections(port) and refuses_connections(redis_port)
