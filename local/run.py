@@ -251,8 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--provider", choices=("dummy", "vcsim"), default=os.environ.get("PROVIDER", "dummy"))
     args = parser.parse_args(argv)
 
+    from local.processes import die_with_parent
     from local.redis_server import RedisServer
 
+    if os.environ.get("MAKELEVEL"):
+        # Started by `make run`: a SIGKILLed make (an IDE's stop button, a CI job's timeout)
+        # cannot pass anything on, and the stack went on serving, orphaned, with nobody left to
+        # stop it. SIGTERM when make dies: the stack stops as on Ctrl-C. Not when started
+        # another way: `nohup python -m local.run &` outlives its shell on purpose.
+        die_with_parent(os.getppid())
     _lock_state_dir()  # before anything starts; held (open) until this process exits
     vcsim_process = None
     if args.provider == "vcsim":

@@ -4,10 +4,12 @@ stack does not block the next one), and a bad config starts nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -258,3 +260,33 @@ def test_an_unusable_state_directory_is_refused_with_a_message(tmp_path: Path) -
     assert f"cannot use {not_a_directory} as the state directory" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
     assert refuses_connections(port) and refuses_connections(redis_port)
+
+
+@pytest.mark.slow
+def test_sigkill_of_make_above_the_stack_stops_the_stack(tmp_path: Path) -> None:
+    """`make run` SIGKILLed (an IDE's stop button, a CI job's timeout kill the process they
+    started: make): make cannot pass anything on, and the whole stack (scheduler, HTTP workers,
+    redis-server) went on serving, orphaned. It now stops as on Ctrl-C."""
+    makefile = tmp_path / "Makefile"
+    makefile.write_text(f"run:\n\t{sys.executable} -m local.run --port $(PORT) --workers 1 --interval 30\n")
+    config_file = tmp_path / "make.yaml"
+    config_file.write_text(CONFIG)
+    port = free_port()
+    log_path = tmp_path / "make.log"
+    with log_path.open("wb") as log:
+        make = subprocess.Popen(["make", "-s", "-f", str(makefile), "run", f"PORT={port}"], cwd=REPO_ROOT,
+                                env=stack_env(config_file, tmp_path / "state"), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: "redis on port" in log_path.read_text(), 30, "the stack to start", log_path.read_text)
+        stack = descendants(make.pid)
+        assert len(stack) >= 3, stack  # local.run, gunicorn's arbiter, a worker, redis-server
+        make.kill()
+        make.wait()
+        wait_for(lambda: not any(alive(pid) for pid in stack), 20, "the stack to stop",
+                 lambda: f"still alive: {[pid for pid in stack if alive(pid)]}\n{log_path.read_text()}")
+        assert refuses_connections(port)
+        assert "vmpool: stopped" in log_path.read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(make.pid, signal.SIGKILL)
