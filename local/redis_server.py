@@ -45,7 +45,8 @@ class RedisServer:
     """A redis-server child process. Use as a context manager or call start()/stop()."""
 
     def __init__(self, port: int | None = None, data_dir: Path | None = None, persist: bool = False,
-                 replica_of: int | None = None, appendfsync: str = "everysec", die_with_parent: bool = False) -> None:
+                 replica_of: int | None = None, appendfsync: str = "everysec", die_with_parent: bool = False,
+                 pass_fds: tuple[int, ...] = ()) -> None:
         self.port = port or free_port()
         self._port_asked = port is not None
         """The caller named the port: never move to another one. Else a first start that finds
@@ -58,6 +59,9 @@ class RedisServer:
         self.appendfsync = appendfsync
         self.stop_with_parent = die_with_parent
         """SIGTERM the server when the process that started it dies (the local stack's Redis)."""
+        self.pass_fds = pass_fds
+        """Descriptors the server keeps open for as long as it runs (the local stack's lock on its
+        state directory: no second stack starts on the data while this server still writes it)."""
         self.process: subprocess.Popen[bytes] | None = None
         self._started = False
 
@@ -103,7 +107,7 @@ class RedisServer:
             args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         parent = os.getpid()
         process = self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=self.pass_fds,
             preexec_fn=(lambda: die_with_parent(parent)) if self.stop_with_parent else None,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)

@@ -45,7 +45,8 @@ LOCK_NAME = "run.lock"
 def _lock_state_dir() -> int:
     """Hold an exclusive lock on the state directory for the life of this stack, or refuse.
     flock: the kernel releases it when the holder dies, so a SIGKILLed stack never blocks the
-    next start (its children hold it until they have stopped too)."""
+    next start (its children hold it until they have stopped too: redis-server, which writes
+    the data there, is handed it)."""
     try:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(STATE_DIR / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -57,8 +58,8 @@ def _lock_state_dir() -> int:
     except BlockingIOError:
         holder = os.read(descriptor, 32).decode(errors="replace").strip() or "?"
         os.close(descriptor)
-        raise SystemExit(f"{STATE_DIR} is in use by another `make run` (pid {holder}): stop it first, "
-                         "or give this one its own VMPOOL_STATE_DIR") from None
+        raise SystemExit(f"{STATE_DIR} is in use by another `make run` (pid {holder}, or what it started): "
+                         "stop it first, or give this one its own VMPOOL_STATE_DIR") from None
     try:
         os.ftruncate(descriptor, 0)
         os.write(descriptor, f"{os.getpid()}\n".encode())
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         # stop it. SIGTERM when make dies: the stack stops as on Ctrl-C. Not when started
         # another way: `nohup python -m local.run &` outlives its shell on purpose.
         die_with_parent(os.getppid())
-    _lock_state_dir()  # before anything starts; held (open) until this process exits
+    lock = _lock_state_dir()  # before anything starts; held (open) until this process exits
     vcsim_process = None
     if args.provider == "vcsim":
         vcsim_process, config_file = _start_vcsim()
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     status = _check_config()  # before anything starts
     redis_server = RedisServer(
         port=args.redis_port or None, data_dir=STATE_DIR / f"redis-{args.provider}", persist=True,
-        die_with_parent=True,
+        die_with_parent=True, pass_fds=(lock,),  # the lock held until it has stopped writing too
     )
     if not status:
         try:

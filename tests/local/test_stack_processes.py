@@ -290,3 +290,33 @@ def test_sigkill_of_make_above_the_stack_stops_the_stack(tmp_path: Path) -> None
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(make.pid, signal.SIGKILL)
+
+
+def stack_redis(stack: RunningStack) -> int:
+    """The pid of the stack's redis-server."""
+    return next(pid for pid in descendants(stack.process.pid)
+                if b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes())
+
+
+@pytest.mark.slow
+def test_no_second_stack_starts_on_the_data_while_the_old_redis_still_runs(tmp_path: Path) -> None:
+    """A SIGKILLed stack whose redis-server has not exited yet (stopped, busy, slow to flush):
+    the lock on the state directory died with the stack's Python processes, and a new stack
+    started a second redis-server on the same append-only file while the old one still held
+    it. The old server now holds the lock until it has stopped."""
+    with local_stack(tmp_path, CONFIG, workers=1) as stack:
+        old_redis = stack_redis(stack)
+        os.kill(old_redis, signal.SIGSTOP)  # it cannot act on the SIGTERM its parent's death sends
+        try:
+            children = descendants(stack.process.pid) - {old_redis}
+            stack.process.kill()
+            stack.process.wait()
+            wait_for(lambda: not any(alive(pid) for pid in children), 20, "the HTTP front to stop")
+            second = run_refused(tmp_path, free_port(), free_port(), stack.state_dir)
+            assert second.returncode == 1, second
+            assert "in use by another" in second.stderr, second.stderr
+        finally:
+            os.kill(old_redis, signal.SIGCONT)
+        wait_for(lambda: not alive(old_redis), 20, "the old redis-server to stop")
+        with local_stack(tmp_path, CONFIG, workers=1, name="next", state_dir=stack.state_dir) as after:
+            assert call("GET", f"{after.api}/status")[0] == 200
