@@ -124,7 +124,7 @@ def _start_vcsim() -> tuple[subprocess.Popen[bytes], Path]:
     from tools.vcsim import launcher
 
     cert = STATE_DIR / "vcsim.pem"
-    process, url = launcher.start_vcsim(port=0, boot_delay=3.0, cert_path=cert)
+    process, url = launcher.start_vcsim(port=0, boot_delay=3.0, cert_path=cert, die_with_parent=True)
     config_file = STATE_DIR / "vcsim.yaml"
     config_file.write_text(VCSIM_CONFIG.format(
         server=urlsplit(url).netloc, username=launcher.USERNAME, password=launcher.PASSWORD,

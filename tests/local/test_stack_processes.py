@@ -320,3 +320,16 @@ def test_no_second_stack_starts_on_the_data_while_the_old_redis_still_runs(tmp_p
         wait_for(lambda: not alive(old_redis), 20, "the old redis-server to stop")
         with local_stack(tmp_path, CONFIG, workers=1, name="next", state_dir=stack.state_dir) as after:
             assert call("GET", f"{after.api}/status")[0] == 200
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_vcsim_stack_stops_its_simulator_too(tmp_path: Path) -> None:
+    """`make run PROVIDER=vcsim` SIGKILLed: the HTTP front and redis-server stopped with it, the
+    vCenter simulator went on running, orphaned, one more each time."""
+    with local_stack(tmp_path, CONFIG, workers=1, extra_args=["--provider", "vcsim"]) as stack:
+        children = descendants(stack.process.pid)
+        assert any(b"vcsim" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children), children
+        stack.process.kill()
+        stack.process.wait()
+        wait_for(lambda: not any(alive(pid) for pid in children), 20, "the stack's children to stop",
+                 lambda: f"still alive: {[pid for pid in children if alive(pid)]}\n{stack.log()}")
