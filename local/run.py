@@ -237,9 +237,37 @@ def _restart_if_gone(redis_server: "RedisServer") -> None:
         print(f"vmpool: {error}; trying again", file=sys.stderr, flush=True)
 
 
+def _tcp_port(text: str) -> int:
+    """A port to listen on, 1 to 65535. Not 0: each HTTP worker binds the port itself, and each
+    would get a different free one (the banner showing port 0)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a TCP port (1 to 65535)")
+    return port
+
+
+def _tcp_port_or_any(text: str) -> int:
+    """A port, or 0 for a free one."""
+    return 0 if text.strip() == "0" else _tcp_port(text)
+
+
+def _positive_seconds(text: str) -> float:
+    """Seconds between ticks: 0 or less would tick in a busy loop."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument("--port", type=_tcp_port, default=os.environ.get("PORT", "8000"))
     # One worker per core, each running 4 event loops on their own threads (their Redis waits
     # overlap): more workers measured fewer cycles/s here, 2 loops fewer, 6 or 8 no more
     # (docs/performance.md, "The local HTTP front").
@@ -247,8 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "4")),
                         help="event loops (threads) per worker, each serving one request at a time")
     parser.add_argument("--config", default=os.environ.get("VMPOOL_CONFIG_FILE"))
-    parser.add_argument("--redis-port", type=int, default=int(os.environ.get("VMPOOL_LOCAL_REDIS_PORT", "0")))
-    parser.add_argument("--interval", type=float, default=10.0, help="seconds between scheduled passes")
+    parser.add_argument("--redis-port", type=_tcp_port_or_any, default=os.environ.get("VMPOOL_LOCAL_REDIS_PORT", "0"),
+                        help="0 (the default): a free one")
+    parser.add_argument("--interval", type=_positive_seconds, default=10.0, help="seconds between scheduled passes")
     parser.add_argument("--provider", choices=("dummy", "vcsim"), default=os.environ.get("PROVIDER", "dummy"))
     args = parser.parse_args(argv)
 

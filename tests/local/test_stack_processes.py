@@ -333,3 +333,24 @@ def test_sigkill_of_a_vcsim_stack_stops_its_simulator_too(tmp_path: Path) -> Non
         stack.process.wait()
         wait_for(lambda: not any(alive(pid) for pid in children), 20, "the stack's children to stop",
                  lambda: f"still alive: {[pid for pid in children if alive(pid)]}\n{stack.log()}")
+
+
+@pytest.mark.parametrize("arguments, says", [
+    (["--port", "0"], "--port: 0 is not a TCP port"),  # each worker would bind a port of its own
+    (["--port", "70000"], "--port: 70000 is not a TCP port"),  # was a traceback (OverflowError)
+    (["--port", "http"], "--port: http is not a TCP port"),
+    (["--redis-port", "-1"], "--redis-port: -1 is not a TCP port"),
+    (["--interval", "0"], "--interval: 0 is not a positive number"),  # a tick loop that never waits
+])
+def test_bad_command_line_values_are_refused_before_anything_starts(tmp_path: Path, arguments: list[str],
+                                                                    says: str) -> None:
+    """`make run PORT=0` served on a different free port in each worker (the banner said port 0),
+    PORT=70000 was a traceback after redis-server had started, --interval 0 ticked in a busy loop."""
+    config_file = tmp_path / "cli.yaml"
+    config_file.write_text(CONFIG)
+    command = stack_command(free_port(), 1, 30) + arguments  # the last of a repeated option wins
+    run = subprocess.run(command, cwd=REPO_ROOT, env=stack_env(config_file, tmp_path / "state"),
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run
+    assert says in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert not (tmp_path / "state").exists()  # nothing started, nothing written
