@@ -236,8 +236,10 @@ def give_back(services: Services, request: ApiRequest) -> ApiResponse:
     record = find_vm(services, request, running=True)
     caller_for_change(services, request, record)
     now = services.clock.now()
+    # Only while the checkout whose owner was checked still holds it: a checkout never confirmed
+    # goes back to ready once its deadline passes, and the next caller may have taken the VM.
     if not services.store.move(record.name, record.pool, "running", "completed", now, nudge=True,
-                               reason="returned by its user"):
+                               checked_out_as=record, reason="returned by its user"):
         raise not_found(error=f"VM {record.name} is not running")
     return _returned(services, record.pool, record.name)
 

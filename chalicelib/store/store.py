@@ -509,7 +509,7 @@ class Store:
     def move(
         self, hostname: str, pool: str, from_state: str, to_state: str, now: float,
         nudge: bool = False, unchanged_since: int | None = None, lifetime_ended: float | None = None,
-        **fields: Any,
+        checked_out_as: VMRecord | None = None, **fields: Any,
     ) -> bool:
         """Move a VM between states if it is still in ``from_state``; set ``fields`` on its record
         (a value of None deletes the field). ``nudge`` wakes the pool's reconcile in the same step.
@@ -517,9 +517,11 @@ class Store:
         ``unchanged_since`` (a mark from ``mark_changes``): move only if the VM's state has not
         changed since the mark. ``lifetime_ended`` (the default lifetime in hours): move only if
         the VM's lifetime, as recorded at the time of the move, has ended by ``now``.
+        ``checked_out_as`` (the VM as the caller read it): move only while the VM is still
+        checked out by that checkout (its time and owner), not by one that took it since.
         Returns whether it moved."""
         keys, args = self._move_call(pool, from_state, to_state, now, {hostname: fields}, nudge, unchanged_since,
-                                     lifetime_ended)
+                                     lifetime_ended, checked_out_as)
         with _translate_errors():
             return bool(self.scripts.move(keys=keys, args=args)[0])
 
@@ -536,7 +538,8 @@ class Store:
 
     def _move_call(self, pool: str, from_state: str, to_state: str, now: float,
                    fields: Mapping[str, Mapping[str, Any]], nudge: bool = False, unchanged_since: int | None = None,
-                   lifetime_ended: float | None = None) -> tuple[list[str], list[str]]:
+                   lifetime_ended: float | None = None,
+                   checked_out_as: VMRecord | None = None) -> tuple[list[str], list[str]]:
         """The KEYS and ARGV of lua/move.lua for VMs of a known pool (hostname -> its fields)."""
         keys = [*(self.keys.vm(hostname) for hostname in fields), self.keys.changes, self.keys.cloning,
                 self.keys.pool_state(pool, from_state), self.keys.pool_state(pool, to_state), self.keys.wake(pool)]
@@ -544,7 +547,7 @@ class Store:
             to_state, repr(now), str(self.data_ttl_seconds), "1" if nudge else "0",
             "" if unchanged_since is None else str(unchanged_since),
             "" if lifetime_ended is None else repr(float(lifetime_ended)),
-            "", "", "",
+            "", "", "", *_checkout_condition(checked_out_as),
         ]
         for hostname, changes in fields.items():
             args += [hostname, *update_args(changes)]
@@ -563,7 +566,7 @@ class Store:
         keys = [self.keys.vm(hostname), self.keys.changes, self.keys.cloning]
         args = ["completed", repr(now), str(self.data_ttl_seconds), "1", "", "",
                 self.keys.pool_state(KEY_PART, "running"), self.keys.pool_state(KEY_PART, "completed"),
-                self.keys.wake(KEY_PART), hostname, "1", "reason", reason]
+                self.keys.wake(KEY_PART), *_checkout_condition(None), hostname, "1", "reason", reason]
         with _translate_errors():
             (pool,) = self.scripts.move(keys=keys, args=args)
         return str(pool) if pool else None
@@ -799,6 +802,14 @@ def _batches(fields: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Mapping[
     """``fields`` (hostname -> its fields) in runs of at most MOVE_BATCH VMs, in order."""
     items = iter(fields.items())
     return [dict(batch) for batch in iter(lambda: list(itertools.islice(items, MOVE_BATCH)), [])]
+
+
+def _checkout_condition(seen: VMRecord | None) -> list[str]:
+    """lua/move.lua's same_checkout, checkout and token_user: the checkout ``seen`` shows (its
+    time and owner, as a caller read them and checked who may change the VM), or no condition."""
+    if seen is None:
+        return ["", "", ""]
+    return ["1", seen.raw.get("checkout", ""), seen.raw.get("token_user", "")]
 
 
 def update_args(fields: Mapping[str, Any]) -> list[str]:

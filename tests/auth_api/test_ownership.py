@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+
+import redis
+
 from chalicelib.store import ModifyResult
 from tests.auth_api.documents import POOL, document
 from tests.harness import Harness, basic
@@ -172,3 +176,43 @@ def test_a_change_checked_against_one_checkout_never_lands_on_another(ldap_api: 
                                                      "checkout": repr(ldap_api.clock.now() + 1)})
     assert store.modify_vm(seen_as_bobs, {"lifetime": "40"}, 32, ldap_api.clock.now()) is ModifyResult.NO_VM
     assert store.get_vm(vm).lifetime_hours == 12
+
+
+def test_a_return_checked_against_one_checkout_never_returns_the_next(ldap_api: Harness, slapd, monkeypatch):
+    """alice's checkout whose answer was lost waits unconfirmed (she sees the VM under GET
+    /token/<t>). Her DELETE reads the VM as hers; before it moves it (a frozen Lambda, a slow
+    token check), a pass gives the VM back to ready and bob checks it out. Before: her DELETE
+    returned bob's VM (bob had a 200 and the hostname, then "not running"). Now it is a 404 and
+    the VM stays bob's."""
+    alice, _, bob = tokens(ldap_api, slapd)
+    store = ldap_api.services.store
+    run_checkout = store.scripts.checkout
+
+    def answer_lost(**kwargs):
+        run_checkout(**kwargs)
+        raise redis.exceptions.TimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(store.scripts, "checkout", answer_lost)
+    assert ldap_api.call("POST", "/api/v3/vm", body={POOL: 1}, headers={"X-AUTH-TOKEN": alice}).status == 503
+    monkeypatch.undo()
+    (host,) = ldap_api.call("GET", f"/api/v3/token/{alice}").body[alice]["vms"]["running"]
+    ldap_api.checkout_vms(POOL, len(ldap_api.ready(POOL)))  # alice's VM will be the only one ready
+    read = store.get_vm
+    handed: list[str] = []
+
+    def bob_takes_it_meanwhile(hostname: str):
+        seen = read(hostname)
+        monkeypatch.setattr(store, "get_vm", read)
+        ldap_api.clock.advance(61)
+        assert host in ldap_api.reconcile(POOL).returned
+        bobs = threading.Thread(target=lambda: handed.append(ldap_api.checkout(POOL, bob)))
+        bobs.start()
+        bobs.join()
+        return seen
+
+    monkeypatch.setattr(store, "get_vm", bob_takes_it_meanwhile)
+    returned = ldap_api.call("DELETE", f"/api/v3/vm/{host}", headers={"X-AUTH-TOKEN": alice})
+    assert handed == [host]
+    assert (returned.status, returned.body) == (404, {"ok": False, "error": f"VM {host} is not running"})
+    assert state(ldap_api, host) == "running"
+    assert store.get_vm(host).token_user == "bob"
