@@ -68,7 +68,11 @@ def caller_for_change(
     token whatever the VM (lifetime changes). Without ``:auth:`` anyone may, as in vmpooler."""
     if services.config.auth is None:
         return None
-    caller = optional_caller(services, request)
+    return may_change(optional_caller(services, request), record, token_required=token_required)
+
+
+def may_change(caller: Caller | None, record: VMRecord, *, token_required: bool = False) -> Caller | None:
+    """``caller_for_change`` for a caller already known (``optional_caller``, under ``:auth:``)."""
     if caller is None and (token_required or record.token_user):
         raise unauthorized("a token is required (X-AUTH-TOKEN)")
     if record.token_user and caller is not None and not same_user(caller.user, record.token_user):

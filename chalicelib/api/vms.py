@@ -20,7 +20,7 @@ from chalicelib.api.http import (
     shown,
     whole_number,
 )
-from chalicelib.api.identity import caller_for_change
+from chalicelib.api.identity import caller_for_change, may_change, optional_caller
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
 from chalicelib.store import ModifyResult, VMRecord
@@ -133,6 +133,9 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
     next user's VM when it is checked out, and a change checked against one owner must not land
     on a VM handed to another since (the store's script checks both)."""
     record = find_vm(services, request, running=True)
+    # Tags need no token (vmpooler's contract), but a token sent must be a live one (401), as on
+    # every route that reads one.
+    caller = optional_caller(services, request)
     body = json_object(request, empty={})
     failures: list[str] = []
     changes: dict[str, str] = {}
@@ -140,7 +143,8 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
     config = services.config
     for key, value in body.items():
         if key == "lifetime":
-            caller_for_change(services, request, record, token_required=True)
+            if services.config.auth is not None:
+                may_change(caller, record, token_required=True)
             lifetime = _parse_lifetime(value, config.service.max_lifetime_upper_limit, failures)
             if lifetime is not None:
                 changes["lifetime"] = str(lifetime)

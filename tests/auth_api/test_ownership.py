@@ -78,6 +78,20 @@ def test_an_invalid_token_is_401_everywhere_and_takes_nothing(ldap_api: Harness,
     assert state(ldap_api, vm) == "running"
 
 
+
+def test_an_invalid_token_on_a_tag_change_is_401_and_changes_nothing(ldap_api: Harness, slapd):
+    """Tags need no token (vmpooler's contract), but a token sent is checked as everywhere else.
+    Before: `floaty modify <host> --tags ...` with an expired or mistyped token answered 200 and
+    tagged the VM, while the same token was a 401 on every other route that reads one."""
+    for owner in (None, tokens(ldap_api, slapd)[0]):
+        vm = ldap_api.checkout(POOL, owner)
+        for body in ({"tags": {"project": "x"}}, {}):
+            refused = ldap_api.call("PUT", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": "0" * 32}, body=body)
+            assert (refused.status, refused.body) == (401, {"ok": False, "error": "invalid or expired token"})
+            assert refused.headers["WWW-Authenticate"] == WWW_AUTHENTICATE
+        assert ldap_api.call("GET", f"/api/v3/vm/{vm}").body[vm]["tags"] == {}
+        assert ldap_api.call("PUT", f"/api/v3/vm/{vm}", body={"tags": {"project": "y"}}).status == 200
+
 def test_a_valid_token_gives_vm_lifetime_auth(ldap_api: Harness, slapd):
     alice, _, _ = tokens(ldap_api, slapd)
     with_token = ldap_api.checkout(POOL, alice)
