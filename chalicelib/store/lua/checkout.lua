@@ -129,7 +129,7 @@ for index, slot in ipairs(slots) do
     redis.call('HSET', vm_key, field, value)
   end
   result[#result + 1] = {name, pool, hostname}
-  quota_take(checkout.quota, 'vm:' .. hostname, 1)
+  quota_take(checkout.quota, 'vm:' .. hostname .. '@' .. checkout.checkout_id, 1)
 end
 local nudged = {}
 for index = 1, #slots do
