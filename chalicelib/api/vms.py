@@ -16,7 +16,7 @@ from chalicelib.api.http import (
     json_object,
     not_found,
     ok,
-    short_hostname,
+    short_hostnames,
     shown,
     whole_number,
 )
@@ -77,10 +77,11 @@ def checkout_from_path(services: Services, request: ApiRequest) -> ApiResponse:
 def find_vm(services: Services, request: ApiRequest, running: bool = False) -> VMRecord:
     """The VM named in the path (short or FQDN): a 404 when unknown, or when ``running`` is
     asked for and it is not checked out."""
-    hostname = short_hostname(request.params["name"])
-    record = services.store.get_vm(hostname)
+    names = short_hostnames(request.params["name"])
+    record = services.store.get_first_vm(names)
     if record is None or not record.pool:
-        raise not_found(error=f"VM {hostname} not found")
+        raise not_found(error=f"VM {names[-1]} not found")
+    hostname = record.name
     if running and record.state != "running":
         raise not_found(error=f"VM {hostname} is not running")
     return record
@@ -231,7 +232,9 @@ def give_back(services: Services, request: ApiRequest) -> ApiResponse:
     Without ``:auth:`` anyone may return any VM (as in vmpooler): one round trip, no read
     first; the record is read only to say why a VM could not be returned."""
     if services.config.auth is None:
-        hostname = short_hostname(request.params["name"])
+        names = short_hostnames(request.params["name"])
+        # A name in capitals may mean two VMs: the one it names is found first (find_vm).
+        hostname = names[0] if len(names) == 1 else find_vm(services, request).name
         pool = services.store.return_vm(hostname, services.clock.now(), "returned by its user")
         if pool is None:
             find_vm(services, request, running=True)  # the 404 saying why

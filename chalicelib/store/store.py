@@ -244,6 +244,11 @@ class Store:
             data = cast("dict[str, str]", self.client.hgetall(self.keys.vm(hostname)))
         return VMRecord.from_hash(data) if data else None
 
+    def get_first_vm(self, hostnames: Sequence[str]) -> VMRecord | None:
+        """The record of the first of ``hostnames`` the service knows, in one round trip."""
+        found = self.records(hostnames)
+        return next((found[host] for host in hostnames if host in found), None)
+
     def pool_snapshot(self, pool: str, without_records: Sequence[str] = ()) -> PoolSnapshot:
         """All of a pool's VMs (with the time each entered its state) and the records of those
         not in a ``without_records`` state, in two round trips whatever the pool's size. A

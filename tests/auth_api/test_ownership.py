@@ -211,12 +211,12 @@ def test_a_return_checked_against_one_checkout_never_returns_the_next(ldap_api: 
     monkeypatch.undo()
     (host,) = ldap_api.call("GET", f"/api/v3/token/{alice}").body[alice]["vms"]["running"]
     ldap_api.checkout_vms(POOL, len(ldap_api.ready(POOL)))  # alice's VM will be the only one ready
-    read = store.get_vm
+    read = store.get_first_vm
     handed: list[str] = []
 
-    def bob_takes_it_meanwhile(hostname: str):
-        seen = read(hostname)
-        monkeypatch.setattr(store, "get_vm", read)
+    def bob_takes_it_meanwhile(hostnames):
+        seen = read(hostnames)
+        monkeypatch.setattr(store, "get_first_vm", read)
         ldap_api.clock.advance(61)
         assert host in ldap_api.reconcile(POOL).returned
         bobs = threading.Thread(target=lambda: handed.append(ldap_api.checkout(POOL, bob)))
@@ -224,7 +224,7 @@ def test_a_return_checked_against_one_checkout_never_returns_the_next(ldap_api: 
         bobs.join()
         return seen
 
-    monkeypatch.setattr(store, "get_vm", bob_takes_it_meanwhile)
+    monkeypatch.setattr(store, "get_first_vm", bob_takes_it_meanwhile)
     returned = ldap_api.call("DELETE", f"/api/v3/vm/{host}", headers={"X-AUTH-TOKEN": alice})
     assert handed == [host]
     assert (returned.status, returned.body) == (404, {"ok": False, "error": f"VM {host} is not running"})
