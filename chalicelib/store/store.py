@@ -131,10 +131,13 @@ class Quota:
     max_requests: int = 0
     """Open on-demand requests, per owner and in total."""
 
+    def holdings_key(self, keys: Keys) -> str:
+        """The owner's holdings set (named by a hash of the owner)."""
+        return keys.holdings(hashlib.sha256(self.owner.encode("utf-8")).hexdigest()[:32])
+
     def payload(self, keys: Keys, key_list: KeyList, ttl_seconds: int) -> dict[str, Any]:
         """What lua/quota.lua reads, its keys added to ``key_list``."""
-        owner = hashlib.sha256(self.owner.encode("utf-8")).hexdigest()[:32]
-        return {"key": key_list.add(keys.holdings(owner)), "ttl": ttl_seconds, "max_owner_vms": self.max_owner_vms,
+        return {"key": key_list.add(self.holdings_key(keys)), "ttl": ttl_seconds, "max_owner_vms": self.max_owner_vms,
                 "max_vms": self.max_vms,
                 "running": [key_list.add(key) for key in _running_keys(keys, tuple(self.pools))],
                 "open_requests": key_list.add(keys.ondemand_open_requests),
@@ -426,11 +429,12 @@ class Store:
         if not answer["ok"]:
             return CheckoutResult(short=tuple(answer["short"]))
         result = CheckoutResult(vms=tuple(CheckedOut(*entry) for entry in answer["vms"]))
-        self._confirm(checkout_id, result.vms, now)
+        self._confirm(checkout_id, result.vms, now, quota.holdings_key(self.keys) if quota is not None else "")
         return result
 
-    def _confirm(self, checkout_id: str, vms: Sequence[CheckedOut], now: float) -> None:
-        """Confirm a checkout (and wait for the replicas to have it); on any failure, release."""
+    def _confirm(self, checkout_id: str, vms: Sequence[CheckedOut], now: float, holdings: str) -> None:
+        """Confirm a checkout (and wait for the replicas to have it); on any failure, release
+        (``holdings``: the owner's holdings set, "" for none)."""
         replicas, timeout_ms = self._replicas_to_wait_for(), self.replica_acks.timeout_ms
 
         def confirm_and_wait() -> list[Any]:
@@ -451,13 +455,13 @@ class Store:
                     self.scripts.confirm.load_into(self.client)
                     confirmed, *acks = confirm_and_wait()
         except StoreUnavailable:
-            self._release_after_failure(checkout_id, vms, now)
+            self._release_after_failure(checkout_id, vms, now, holdings)
             raise
         if not confirmed:
-            self._release_after_failure(checkout_id, vms, now)
+            self._release_after_failure(checkout_id, vms, now, holdings)
             raise StoreUnavailable("redis: checkout returned to the pool before it was confirmed")
         if acks and int(acks[0]) < replicas:
-            self._release_after_failure(checkout_id, vms, now)
+            self._release_after_failure(checkout_id, vms, now, holdings)
             raise CheckoutNotDurable(f"redis: {acks[0]} of {replicas} replicas acknowledged "
                                      f"the checkout within {timeout_ms} ms")
 
@@ -478,36 +482,40 @@ class Store:
             self._replicas_known_until = time.monotonic() + REPLICAS_RECHECK_SECONDS
         return min(wanted, self._online_replicas)
 
-    def _release_after_failure(self, checkout_id: str, vms: Sequence[CheckedOut], now: float) -> None:
+    def _release_after_failure(self, checkout_id: str, vms: Sequence[CheckedOut], now: float, holdings: str) -> None:
         """Best effort, once (Redis is failing already: each try may cost a socket timeout);
         whatever it cannot release while unconfirmed is returned by a pass after its deadline."""
         try:
-            self._release(checkout_id, [(vm.hostname, vm.pool) for vm in vms], now, unconfirmed_only=False)
+            self._release(checkout_id, [(vm.hostname, vm.pool, holdings) for vm in vms], now, unconfirmed_only=False)
         except StoreUnavailable:
             pass
 
     def release_checkout(self, checkout_id: str, hostnames: Sequence[str], now: float,
                          unconfirmed_only: bool = False) -> list[str]:
         """Return a checkout's VMs to ready (all of them, or only those still unconfirmed past
-        their deadline). Returns the hostnames returned. Two round trips: the VMs' pools are
-        read first, so that the script is given every key it touches."""
+        their deadline). Returns the hostnames returned. Two round trips: the VMs' pools (and
+        their owners' holdings sets) are read first, so that the script is given every key it
+        touches."""
         with _translate_errors():
             pipe = self.client.pipeline(transaction=False)
             for host in hostnames:
-                pipe.hget(self.keys.vm(host), "pool")
-            pools = pipe.execute()
-        return self._release(checkout_id, [(host, pool) for host, pool in zip(hostnames, pools, strict=True) if pool],
+                pipe.hmget(self.keys.vm(host), "pool", "holdings")
+            found = pipe.execute()
+        return self._release(checkout_id, [(host, pool, holdings or "")
+                                           for host, (pool, holdings) in zip(hostnames, found, strict=True) if pool],
                              now, unconfirmed_only)
 
-    def _release(self, checkout_id: str, vms: Sequence[tuple[str, str]], now: float,
+    def _release(self, checkout_id: str, vms: Sequence[tuple[str, str, str]], now: float,
                  unconfirmed_only: bool) -> list[str]:
-        """lua/release.lua over (hostname, pool) pairs; a VM no longer in that pool is left alone."""
+        """lua/release.lua over (hostname, pool, holdings set or "") triples; a VM no longer in
+        that pool is left alone, one released leaves the holdings set."""
         if not vms:
             return []
         keys, args = [self.keys.changes], [repr(now), checkout_id, "1" if unconfirmed_only else "0"]
-        for host, pool in vms:
-            keys += [self.keys.vm(host), self.keys.pool_state(pool, "running"), self.keys.pool_state(pool, "ready")]
-            args += [host, pool]
+        for host, pool, holdings in vms:
+            keys += [self.keys.vm(host), self.keys.pool_state(pool, "running"), self.keys.pool_state(pool, "ready"),
+                     holdings or self.keys.vm(host)]
+            args += [host, pool, "1" if holdings else ""]
         with _translate_errors():
             return cast("list[str]", self.scripts.release(keys=keys, args=args))
 

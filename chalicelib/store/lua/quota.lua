@@ -1,8 +1,7 @@
 -- Shared by checkout.lua and ondemand_create.lua (prepended to them when they are loaded).
 -- What one owner (a token's user, or an anonymous client's address) holds, and whether a new
--- demand fits the limits. The owner's zset lists what it took: 'vm:<hostname>@<checkout id>'
--- (score 1; 'vm:<hostname>' before checkouts named their id) for a checkout, 'od:<request id>'
--- (score: VMs asked for) for an on-demand request. Entries that no
+-- demand fits the limits. The owner's zset lists what it took: 'vm:<hostname>' (score 1) for a
+-- checkout, 'od:<request id>' (score: VMs asked for) for an on-demand request. Entries that no
 -- longer hold anything (a VM returned or destroyed, a request ended) are dropped while counting,
 -- so no other script has to keep the set up to date.
 -- The quota (JSON) names its keys by their KEYS index: 'key' the owner's holdings set, 'running'
@@ -23,11 +22,7 @@ local function quota_held(quota)
     local kind, name = string.sub(member, 1, 3), string.sub(member, 4)
     local live = 0
     if kind == 'vm:' then
-      -- The VM counts while this checkout holds it: one never confirmed goes back to ready at
-      -- its deadline, and whoever takes it next holds it, not this owner.
-      local hostname, checkout_id = string.match(name, '^([^@]*)@?(.*)$')
-      local vm = redis.call('HMGET', key_of(quota.vm_template, hostname), 'state', 'checkout_id')
-      if vm[1] == 'running' and (checkout_id == '' or vm[2] == checkout_id) then
+      if redis.call('HGET', key_of(quota.vm_template, name), 'state') == 'running' then
         live = 1
       end
     else
