@@ -30,7 +30,8 @@ FEEDS = (
 
 def fleet(make_stack: Callable[..., Harness], pools: int) -> Harness:
     lines = "".join(f"  - {{name: p{n:04d}, size: 1, provider: dummy}}\n" for n in range(pools))
-    return make_stack(":config: {experimental_features: true, max_ondemand_requests_per_user: 100}\n:providers:\n  :dummy: {}\n:pools:\n" + lines)
+    return make_stack(":config: {experimental_features: true, max_ondemand_requests_per_user: 100}\n"
+                      ":providers:\n  :dummy: {}\n:pools:\n" + lines)
 
 
 def round_trips(stack: Harness, path: str) -> int:
