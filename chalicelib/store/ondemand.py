@@ -16,13 +16,15 @@ from typing import Iterable, Sequence, cast
 
 from chalicelib.store.keys import KEY_PART
 from chalicelib.store.records import VMRecord
-from chalicelib.store.scripts import KeyList
+from chalicelib.store.scripts import KeyList, ScriptCall, run_many
 from chalicelib.store.store import Quota, QuotaExceeded, Store, _translate_errors
 
 OPEN = "open"
 READY = "ready"
 FAILED = "failed"
 DELETED = "deleted"
+OPEN_SETS_PER_CALL = 1000
+"""Pools' open-request sets one call of lua/union_members.lua reads (OnDemandStore.waiting)."""
 
 
 @dataclass(frozen=True)
@@ -177,11 +179,11 @@ class OnDemandStore:
         """VMs that open requests still wait for and that are not being built yet (/status
         ``queue.requested``: each VM is counted once, here or as pending, ready...). Three round
         trips whatever the number of pools and requests."""
+        keys = [self.keys.ondemand_open(pool) for pool in pools]
+        calls: list[ScriptCall] = [(self.scripts.union_members, keys[start:start + OPEN_SETS_PER_CALL], ())
+                                   for start in range(0, len(keys), OPEN_SETS_PER_CALL)]
         with _translate_errors():
-            pipe = self.client.pipeline(transaction=False)
-            for pool in pools:
-                pipe.zrange(self.keys.ondemand_open(pool), 0, -1)
-            ids = list(dict.fromkeys(request_id for found in pipe.execute() for request_id in found))
+            ids = list(dict.fromkeys(request_id for found in run_many(self.client, calls) for request_id in found))
         return sum(request.waiting for request in self.get_many(ids).values() if request is not None)
 
     def building(self, pool: str) -> int:
