@@ -1,4 +1,4 @@
-"""The dashboard of 1,000 pools in headless Chromium, driven over DevTools (tests/cdp.py): it
+"""The dashboard of 1,000 pools in headless Chromium, driven over DevTools (tools/cdp.py): it
 shows every pool, and it keeps its rows. It rebuilt all of them (20,000 elements) on every poll
 and on every keystroke in the filter: the page froze 0.4-1 s every five seconds, and typing
 "pool-001" took half a second a letter. Time to first paint, memory over ten polls and the
@@ -12,9 +12,9 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.cdp import BrowserPage
 from tests.core.test_dashboard_browser import local_stack
 from tests.local.stack import call, wait_for
+from tools.cdp import BrowserPage
 
 POOLS = 1000
 CONFIG = ("config: {domain: example.com, check_loop_delay_min: 1, task_limit: 2000}\n"
