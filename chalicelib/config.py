@@ -31,6 +31,7 @@ from chalicelib.auth.secrets import Secret, SecretReference
 from chalicelib.config_fields import (
     BlockReader,
     Bool,
+    DnsName,
     Ignored,
     Int0,
     Int1,
@@ -92,7 +93,7 @@ class ServiceConfig(SettingsModel):
     """Unset: vm_lifetime (filled in after validation; 0 is never valid when written)."""
     max_lifetime_upper_limit: Optional[Int1] = None
     prefix: Annotated[str, checked_by(hostname_prefix)] = ""
-    domain: Optional[Str] = None
+    domain: Optional[DnsName] = None
     allowed_tags: StrList = ()
     experimental_features: Bool = False
     purge_unconfigured_resources: Bool = False
@@ -188,7 +189,7 @@ class PoolSettings(SettingsModel):
     folder: Str = ""
     alias: StrList = ()
     provider: Optional[Str] = None
-    domain: Optional[Str] = None
+    domain: Optional[DnsName] = None
     dns_plugin: Optional[Str] = None
     timeout: Optional[Int1] = None
     timeout_notification: Optional[Int0] = None

@@ -49,6 +49,9 @@ _REFUSED_BIND_RESULTS = {
     53,  # unwillingToPerform (disabled account, ...)
 }
 
+# The name of the entry the service-account mode binds as when a user name finds no entry.
+_ABSENT_ENTRY = "vmpool-no-such-user"
+
 __all__ = ["LdapAuthenticator", "LdapSettings", "parse_ldap_settings"]
 
 
@@ -247,9 +250,15 @@ class LdapAuthenticator:
     def _search_and_bind(self, connection: Connection, username: str, password: str) -> bool:
         self._bind_service_account(connection)
         # Every search ran as the service account; now bind as each entry found.
-        for dn in self._find_user(connection, username):
+        found = self._find_user(connection, username)
+        for dn in found:
             if self._bind(connection, dn, password):
                 return True
+        if not found:
+            # No entry has the name (or several have): bind anyway, as an entry that does not
+            # exist, so that the login takes the round trips a wrong password takes and a caller
+            # timing its logins cannot list the names the directory holds. Never a success.
+            self._bind(connection, f"cn={_ABSENT_ENTRY},{self.settings.bases[0]}", password)
         return False
 
     def _search(self, connection: Connection, base: str, search_filter: str, username: str) -> list[str]:

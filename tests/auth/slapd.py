@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -131,6 +132,8 @@ class SlapdServer:
     process: subprocess.Popen | None = None
     extra_ldif: str = ""
     """More entries (LDIF) to seed, for a test's own directory."""
+    log_level: str = "none"
+    """slapd's ``loglevel``: ``stats`` writes every operation to the log (see ``operations``)."""
 
     base = BASE
     users_base = USERS_OU
@@ -206,7 +209,7 @@ class SlapdServer:
                 f"TLSCACertificateFile {self.ca_file}",
                 f"TLSCertificateFile {self.server_cert}",
                 f"TLSCertificateKeyFile {self.server_key}",
-                "loglevel none",
+                f"loglevel {self.log_level}",
                 "database mdb",
                 "maxsize 10485760",
                 f"suffix \"{BASE}\"",
@@ -223,7 +226,7 @@ class SlapdServer:
         listen = f"ldap://127.0.0.1:{self.port}/ ldaps://127.0.0.1:{self.ldaps_port}/"
         self.log_file = open(self.directory / "slapd.log", "wb")
         self.process = subprocess.Popen(
-            [binary, "-f", str(conf), "-h", listen, "-d", "0"],
+            [binary, "-f", str(conf), "-h", listen, "-d", "0" if self.log_level == "none" else self.log_level],
             stdout=self.log_file, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
@@ -235,6 +238,19 @@ class SlapdServer:
                 self.stop()
                 raise RuntimeError(f"slapd did not start on port {self.port}:\n{log[-2000:]}")
             time.sleep(0.05)
+
+    def log_size(self) -> int:
+        """Bytes of the log written so far (mark where an action's operations start)."""
+        return (self.directory / "slapd.log").stat().st_size
+
+    def operations(self, since: int = 0) -> list[str]:
+        """The kinds of the operations the server logged after byte ``since``, in order
+        (``BIND``, ``SRCH``, ``UNBIND``...): needs ``log_level="stats"``."""
+        text = (self.directory / "slapd.log").read_bytes()[since:].decode(errors="replace")
+        kinds: dict[tuple[str, str], str] = {}
+        for match in re.finditer(r"conn=(\d+) op=(\d+) ([A-Z]+)", text):
+            kinds.setdefault((match[1], match[2]), match[3])
+        return list(kinds.values())
 
     def _answers(self) -> bool:
         for port in (self.port, self.ldaps_port):

@@ -98,6 +98,21 @@ def test_service_account_finds_users_by_attribute_whatever_their_dn(slapd):
     assert only_people.authenticate("alice", slapd.password("alice")) is False
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_an_unknown_name_costs_the_directory_what_a_wrong_password_does(mode):
+    # A caller timing its logins must not learn which names exist: a name no entry has (or
+    # several have) makes the server do what a known name with a wrong password makes it do.
+    with SlapdServer(log_level="stats") as slapd:
+        auth = MODES[mode](slapd)
+        seen = {}
+        for name in ("alice", "nobody-here"):
+            start = slapd.log_size()
+            assert auth.authenticate(name, "wrong") is False
+            seen[name] = [kind for kind in slapd.operations(start) if kind in ("BIND", "SRCH")]
+        assert seen["nobody-here"] == seen["alice"]
+        assert seen["alice"].count("BIND") >= 2  # the service account's or every DN tried
+
+
 def test_service_account_ignores_ambiguous_matches(slapd, caplog):
     # Every user entry has objectClass inetOrgPerson: a search on it matches several entries.
     auth = with_service_account(slapd, base=slapd.base, user_object="objectClass")

@@ -129,6 +129,28 @@ def test_a_prefix_of_a_hostname_loads(prefix: str) -> None:
     assert parse(text).service.prefix == prefix
 
 
+@pytest.mark.parametrize("where", ["service", "pool"])
+@pytest.mark.parametrize("domain", ["example .com", "example.com\nX-Injected: 1", "a..b", "-a.com",
+                                    "x" * 64 + ".com", ("a" * 60 + ".") * 5 + "com"],
+                         ids=["space", "line-break", "empty-label", "leading-hyphen", "long-label", "over-253"])
+def test_a_domain_that_is_not_a_dns_name_is_refused(where: str, domain: str) -> None:
+    # Before: it loaded and every checkout answered an fqdn no resolver could look up (a 1 MB
+    # domain went into every answer); with a DNS plugin, every record failed at run time.
+    text = HEAD + POOL.format(name="a")
+    if where == "service":
+        text = f":config:\n  domain: {json.dumps(domain)}\n" + text
+    else:
+        text += f"    domain: {json.dumps(domain)}\n"
+    [problem] = problems_of(text)
+    assert "domain" in problem and "must be a DNS name" in problem
+
+
+def test_a_domain_with_a_final_dot_loads() -> None:
+    pool = POOL.format(name="a") + "    domain: pool.example.com\n"
+    config = parse(":config:\n  domain: example.com.\n" + HEAD + pool)
+    assert (config.service.domain, config.pools[0].domain) == ("example.com.", "pool.example.com")
+
+
 def test_a_provider_name_that_would_be_part_of_a_redis_key_is_refused() -> None:
     """Its name is in the provider's purge lease key (and the dummy provider's keys): before,
     ``a:{b}*`` loaded and put ``:{}*`` into them."""
