@@ -63,7 +63,7 @@ def _read_days(services: Services, days: list[str]) -> list[DayStats]:
             if tag_bytes > ANSWER_BUDGET_BYTES:
                 fits = max(len(found), 1)
                 raise bad_request("Date range is invalid, the tags counted in it would not fit one answer; "
-                                  f"ask for at most {fits} days from {days[0]}.")
+                                  f"ask for at most {fits} day{'s' if fits > 1 else ''} from {days[0]}.")
             found.append(stats)
     return found
 
