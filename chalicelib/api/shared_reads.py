@@ -9,9 +9,11 @@ time, whatever the number of readers.
 
 No caller gets an answer older than its request: one arriving while the feed is being computed
 (whose reads may predate it) waits for that computation to end and shares the next one, which
-starts after it arrived. In AWS a Lambda environment serves one request at a time and nothing is
-ever shared; the local front's threads serve several. Nothing here changes state: it is not a
-lock around a change (those are Lua scripts), only who computes a read.
+starts after it arrived; when that computation failed (Redis out), its failure, seen after they
+arrived, is theirs too, so no caller waits for two failures. In AWS a Lambda environment serves
+one request at a time and nothing is ever shared; the local front's threads serve several.
+Nothing here changes state: it is not a lock around a change (those are Lua scripts), only who
+computes a read.
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ class SharedReads:
             with self._lock:
                 slot.running, slot.next = flight, None
         try:
+            if before is not None and before.error is not None:
+                # The computation before failed (Redis out, say) after these callers arrived: its
+                # failure is theirs too, rather than a second wait as long as the first (a 503
+                # that took two socket timeouts).
+                raise before.error
             flight.answer = _rendered(compute())
         except BaseException as error:  # noqa: BLE001 - every caller sharing it gets the same failure
             flight.error = error
