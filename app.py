@@ -20,7 +20,7 @@ from chalicelib import config_source, observability
 from chalicelib.api.chalice_app import RequestLocalChalice
 from chalicelib.api.http import ApiError
 from chalicelib.api.routes import ROUTES, Route, handle_when_built, render, request_from_chalice, versioned_paths
-from chalicelib.manager.pool_queue import NUDGE, PoolMessage, PoolQueue, SqsPoolQueue
+from chalicelib.manager.pool_queue import NUDGE, PoolMessage, PoolQueue, Received, SqsPoolQueue, received
 from chalicelib.manager.refill import REFILL_QUEUE_ENV
 from chalicelib.observability import emit, logger, tracer
 from chalicelib.services import Services
@@ -76,6 +76,8 @@ def _view(route: Route, version: int) -> Callable[..., Response]:
             logger.thread_safe_append_keys(correlation_id=request.request_id or None)
             response = handle_when_built(services, route.handler, request)
         status, body, headers = render(response)
+        if getattr(app.current_request, "method", "") == "HEAD":  # GET's answer without its body (RFC 9110)
+            body = ""
         return Response(body=body, status_code=status, headers=dict(headers))
 
     return view
@@ -85,10 +87,13 @@ def _view(route: Route, version: int) -> Callable[..., Response]:
 # answers every request with JSON: no 415 from Chalice.
 BODY_CONTENT_TYPES = ["*/*"]
 
+# HEAD wherever GET is, as vmpooler's Sinatra answers it (`curl -I`, monitors): API Gateway
+# answers a method a resource does not declare with its own 404.
 for _route in ROUTES:
     for _path, _version in versioned_paths(_route):
         _suffix = f"v{_version}" if _path.startswith("/api/") else "legacy"
-        app.route(_path, methods=[_route.method], name=f"{_route.name}_{_suffix}",
+        _methods = [_route.method, "HEAD"] if _route.method == "GET" else [_route.method]
+        app.route(_path, methods=_methods, name=f"{_route.name}_{_suffix}",
                   content_types=BODY_CONTENT_TYPES)(_view(_route, _version))
 
 
@@ -119,15 +124,14 @@ def tick(event: Any) -> dict[str, Any]:
     return {"pools": report.configured, "draining": report.draining, "messages": report.messages}
 
 
-def _seconds_queued(records: list[Any]) -> list[float]:
+def _seconds_queued(records: list[Received]) -> list[float]:
     """How long each nudge waited in the queue (SQS stamps when it was sent, in ms)."""
     now_ms = time.time() * 1000
     waits = []
     for record in records:
         message = PoolMessage.parse(record.body)
-        if message is not None and message.reason == NUDGE:
-            sent = float(record.to_dict().get("attributes", {}).get("SentTimestamp", now_ms))
-            waits.append(max(0.0, now_ms - sent) / 1000)
+        if message is not None and message.reason == NUDGE and record.sent_ms is not None:
+            waits.append(max(0.0, now_ms - record.sent_ms) / 1000)
     return waits
 
 
@@ -138,15 +142,14 @@ def reconcile(event: Any) -> dict[str, Any]:
     (the event source mapping has ReportBatchItemFailures), so one pool never fails another."""
     from chalicelib.manager.dispatch import handle_batch
 
-    records = list(event)
+    records = received(event.to_dict())  # whatever the invoke holds: never raises
     emit(None, {}, seconds={observability.REFILL_LATENCY: _seconds_queued(records)})
     context = event.context
 
     def remaining_seconds() -> float:
         return float(context.get_remaining_time_in_millis()) / 1000
 
-    failed = handle_batch(services(), [(r.to_dict()["messageId"], r.body) for r in records], pool_queue(),
-                          remaining_seconds)
+    failed = handle_batch(services(), [(r.message_id, r.body) for r in records], pool_queue(), remaining_seconds)
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
 
 

@@ -32,7 +32,7 @@ fi
 
 # Package with the stage's own environment, so app.py declares the same functions (the stage's
 # reconcile queue, its consumer's concurrency) as the Lambdas will at run time. The pools do not
-# matter: VMPOOL_CONFIG_FILE may name any config (tests package 3, 100 and 1,000 pools).
+# matter: VMPOOL_CONFIG_FILE may name any config (tests package 3, 100, 1,000 and 10,000 pools).
 keep_config="${VMPOOL_CONFIG_FILE:-}"
 eval "$("$python" - "$stage" <<'PY'
 import json, shlex, sys

@@ -47,6 +47,13 @@ XRAY_ACTIONS = ("xray:PutTraceSegments", "xray:PutTelemetryRecords")
 
 RESOURCE_FREE_ACTIONS = frozenset(ENI_ACTIONS + XRAY_ACTIONS)
 
+MAX_INLINE_POLICY_CHARACTERS = 10_240
+"""IAM's limit on a role's inline policies together, whitespace not counted."""
+
+
+class PolicyTooLarge(Exception):
+    """A role's policy IAM would refuse (CloudFormation would fail the deploy minutes in)."""
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -234,7 +241,14 @@ def policy(stage: Stage, role: str) -> dict[str, Any]:
                                      [f"arn:aws:route53:::hostedzone/{zone}" for zone in zones]))
     if stage.tracing:
         statements.append(_statement(XRAY_ACTIONS, "*"))
-    return {"Version": "2012-10-17", "Statement": statements}
+    document = {"Version": "2012-10-17", "Statement": statements}
+    size = len(json.dumps(document, separators=(",", ":")))
+    if size > MAX_INLINE_POLICY_CHARACTERS:
+        raise PolicyTooLarge(
+            f"the {role} role's IAM policy of stage {stage.name} would be {size} characters; IAM takes at most "
+            f"{MAX_INLINE_POLICY_CHARACTERS} per role ({len(zones)} route53 hosted zones in {stage.config_file}: "
+            "use fewer zones, e.g. one zone for several dns_configs entries)")
+    return document
 
 
 def route53_zones(stage: Stage) -> list[str]:
@@ -268,8 +282,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="fail if the files are out of date")
     args = parser.parse_args(argv)
+    try:
+        files = rendered_files()
+    except PolicyTooLarge as error:
+        print(f"sync_config: {error}", file=sys.stderr)
+        return 1
     stale = []
-    for path, content in rendered_files().items():
+    for path, content in files.items():
         current = path.read_text() if path.exists() else None
         if current != content:
             stale.append(path)

@@ -130,12 +130,13 @@ def open_request(
     live = live_pools(services)
     entries = [OnDemandEntry(name, preference(services.config, name, live)[0], count)
                for name, count in wanted.items()]
+    id_generated = request_id is None
     request_id = request_id or str(uuid.uuid4())
     try:
         created = OnDemandStore(services.store).create(
             request_id, entries, services.clock.now(), int(config.ondemand_request_ttl) * 60,
             int(config.vm_lifetime_auth if caller else config.vm_lifetime), caller.user if caller else "",
-            caller.token_id if caller else "", quota(services, request, caller),
+            caller.token_id if caller else "", quota(services, request, caller), id_generated,
         )
     except QuotaExceeded as exceeded:
         raise quota_error(services, exceeded, key="message") from None

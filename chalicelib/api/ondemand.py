@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from chalicelib.api.checkout import REQUEST_NAME_PATTERN, hostnames_by_name, open_request, parse_count
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, ok, shown, vmpooler_json_body
-from chalicelib.api.identity import Caller, required_caller
+from chalicelib.api.identity import TOKEN_HEADER, Caller, required_caller
 from chalicelib.auth.base import same_user
 from chalicelib.services import Services
 from chalicelib.store.ondemand import DELETED, FAILED, READY, OnDemandRequest, OnDemandStore
@@ -82,9 +82,11 @@ def _create(
 
 def show(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /ondemandvm/<id>: 202 with counts while building, 200 with hostnames when ready,
-    200 with a message when it failed or was deleted. With ``:auth:``, only its owner's token
-    may look (401 without one, 403 with another user's)."""
-    ondemand = _owned(services, request)
+    200 with a message when it failed or was deleted. With ``:auth:``, its owner's token may
+    look (403 with another user's); so may a caller with no token when the service drew the id
+    (vmfloaty polls without its token, as vmpooler lets anyone: a UUID 4 only the creator was
+    told is the request's secret). An id the client chose needs the owner's token (401)."""
+    ondemand = _by_drawn_id(services, request) or _owned(services, request)
     answer: dict[str, Any] = {"ok": True, "request_id": ondemand.id, "ready": False}
     if ondemand.state == READY:
         answer["ready"] = True
@@ -120,6 +122,17 @@ def _owned(services: Services, request: ApiRequest) -> OnDemandRequest:
     if caller and ondemand.token_user and not same_user(caller.user, ondemand.token_user):
         raise ApiError(403, {"error": "the request belongs to another user"})
     return ondemand
+
+
+def _by_drawn_id(services: Services, request: ApiRequest) -> OnDemandRequest | None:
+    """With ``:auth:`` and no token sent, the request named in the path when the service drew
+    its id; None otherwise (the caller then needs the owner's token: an unknown id and a chosen
+    one answer the same 401, so nobody learns which ids are taken)."""
+    if services.config.auth is None or request.header(TOKEN_HEADER):
+        return None
+    request_id = request.params["name"]
+    found = OnDemandStore(services.store).get(request_id) if REQUEST_ID_PATTERN.match(request_id) else None
+    return found if found is not None and found.id_generated else None
 
 
 def _find(services: Services, request_id: str) -> OnDemandRequest:

@@ -203,7 +203,7 @@ def request_from_chalice(current: Any, version: int, params: Mapping[str, str]) 
     context = current.context or {}
     event = current.to_original_event()
     return ApiRequest(
-        method=current.method,
+        method="GET" if current.method == "HEAD" else current.method,  # HEAD: GET's answer, its body dropped
         version=version,
         params=dict(params),
         query=_event_query(event),

@@ -10,7 +10,7 @@ from typing import Any
 
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, not_found, ok, shown, whole_number
 from chalicelib.api.identity import caller_for_change, required_caller
-from chalicelib.api.vms import find_vm
+from chalicelib.api.vm_lookup import find_vm
 from chalicelib.services import Services
 from chalicelib.store import VMRecord
 from chalicelib.store.vm_tasks import (
@@ -37,7 +37,7 @@ def _running_vm(services: Services, request: ApiRequest) -> VMRecord:
     return record
 
 
-def _queue(services: Services, record: VMRecord, kind: str, **details: Any) -> None:
+def queue_task(services: Services, record: VMRecord, kind: str, **details: Any) -> None:
     """Queue the task on the VM, within its bounds (store/vm_tasks.py): 429 while too many wait,
     403 when the VM has as many disks or snapshots as it may."""
     now = services.clock.now()
@@ -53,13 +53,19 @@ def _queue(services: Services, record: VMRecord, kind: str, **details: Any) -> N
     services.refill.pools_changed([record.pool])
 
 
+def disk_size(value: Any) -> int | None:
+    """A disk size in GB, 1..2048 (a number or its digits), else None."""
+    size = whole_number(value)
+    return size if size is not None and 1 <= size <= MAX_DISK_GB else None
+
+
 def add_disk(services: Services, request: ApiRequest) -> ApiResponse:
     """POST /vm/<host>/disk/<gb> (1..2048): 202 ``{"<host>": {"disk": "+8gb"}}``."""
     record = _running_vm(services, request)
-    size = whole_number(request.params["size"])
-    if size is None or not 1 <= size <= MAX_DISK_GB:
+    size = disk_size(request.params["size"])
+    if size is None:
         raise bad_request(f"disk size must be a whole number of GB from 1 to {MAX_DISK_GB}")
-    _queue(services, record, DISK, size_gb=size)
+    queue_task(services, record, DISK, size_gb=size)
     return ok(202, **{record.name: {"disk": f"+{size}gb"}})
 
 
@@ -67,7 +73,7 @@ def take_snapshot(services: Services, request: ApiRequest) -> ApiResponse:
     """POST /vm/<host>/snapshot: 202 ``{"<host>": {"snapshot": "<32 chars>"}}``."""
     record = _running_vm(services, request)
     snapshot = secrets.token_hex(16)
-    _queue(services, record, SNAPSHOT, snapshot=snapshot)
+    queue_task(services, record, SNAPSHOT, snapshot=snapshot)
     return ok(202, **{record.name: {"snapshot": snapshot}})
 
 
@@ -82,5 +88,5 @@ def revert_snapshot(services: Services, request: ApiRequest) -> ApiResponse:
         queued.add(current.get("snapshot"))
     if snapshot not in record.snapshots and snapshot not in queued:
         raise ApiError(404, {"error": f"snapshot {shown(snapshot)} not found on {record.name}"})
-    _queue(services, record, REVERT, snapshot=snapshot)
+    queue_task(services, record, REVERT, snapshot=snapshot)
     return ok(202)

@@ -21,16 +21,20 @@ from chalicelib.api.http import (
     whole_number,
 )
 from chalicelib.api.identity import caller_for_change
+from chalicelib.api.vm_lookup import find_vm
+from chalicelib.api.vm_tasks import disk_size, queue_task
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
-from chalicelib.store import ModifyResult, VMRecord
+from chalicelib.store import ModifyResult
 from chalicelib.store.records import TAG_FIELD_PREFIX
-from chalicelib.store.vm_tasks import task_errors
+from chalicelib.store.vm_tasks import DISK, task_errors
 from chalicelib.timestamps import day_of
 
 TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+\Z")
-TAG_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_ \t\r\n\f\v.,@:/-]*\Z")
-"""vmpooler's characters, and a comma: beaker tags a host's roles as ``agent, master``."""
+TAG_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_ \t\r\n\f\v.,@:/?#\[\]!$&'()*+;=%~-]*\Z")
+"""vmpooler's characters (letters, digits, ``_ .@:/-``, whitespace) and every other character a
+URL may hold (RFC 3986: ``,?#[]!$&'()*+;=%~``): beaker tags a host's roles as ``agent, master``
+and ``jenkins_build_url`` with the build's URL, whose matrix axes are ``name=value`` pairs."""
 MAX_TAG_KEY = 50
 MAX_TAG_VALUE = 255
 MAX_LIFETIME_HOURS = 10 * 365 * 24
@@ -74,18 +78,6 @@ def checkout_from_path(services: Services, request: ApiRequest) -> ApiResponse:
 # --- one VM -------------------------------------------------------------------------------------
 
 
-def find_vm(services: Services, request: ApiRequest, running: bool = False) -> VMRecord:
-    """The VM named in the path (short or FQDN): a 404 when unknown, or when ``running`` is
-    asked for and it is not checked out."""
-    hostname = short_hostname(request.params["name"])
-    record = services.store.get_vm(hostname)
-    if record is None or not record.pool:
-        raise not_found(error=f"VM {hostname} not found")
-    if running and record.state != "running":
-        raise not_found(error=f"VM {hostname} is not running")
-    return record
-
-
 def rfc3339(timestamp: float) -> str:
     return datetime.fromtimestamp(int(timestamp), timezone.utc).isoformat()
 
@@ -108,10 +100,11 @@ def describe(services: Services, request: ApiRequest) -> ApiResponse:
     info["snapshots"] = list(record.snapshots)
     info["disk"] = list(record.disks)
     info["ip"] = record.ip
-    if request.version == 1:
-        if record.domain:
-            info["domain"] = record.domain  # the VM's own (its pool's), which v1 clients append
+    if request.version == 1 and record.domain:
+        info["domain"] = record.domain  # the VM's own (its pool's), which v1 clients append
     else:
+        # v2/v3; and v1 for a VM without a domain: vmfloaty prints `domain` appended, else `fqdn`
+        # (`floaty list --active` printed an empty name for it before).
         info["fqdn"] = record.fqdn()
     info["host"] = record.host
     info["migrated"] = record.raw.get("migrated") == "true"
@@ -126,17 +119,22 @@ def describe(services: Services, request: ApiRequest) -> ApiResponse:
 
 
 def modify(services: Services, request: ApiRequest) -> ApiResponse:
-    """PUT /vm/<hostname> with ``lifetime`` and/or ``tags`` of a checked-out VM. Each field is
-    set on its own, so concurrent changes of different tags all land.
+    """PUT /vm/<hostname> with ``lifetime``, ``tags`` and/or ``disk`` of a checked-out VM. Each
+    field is set on its own, so concurrent changes of different tags all land.
 
     Only a running VM (vmpooler changed any VM it knew): tags put on a ready VM would be on the
     next user's VM when it is checked out, and a change checked against one owner must not land
-    on a VM handed to another since (the store's script checks both)."""
+    on a VM handed to another since (the store's script checks both).
+
+    ``disk`` (GB) queues a disk as POST /vm/<host>/disk/<gb> does: `floaty modify --disk 8`
+    sends it here (vmfloaty 1.9.1 never calls the disk route). It is queued before the other
+    changes, so a disk refused (too many queued or added) changes nothing."""
     record = find_vm(services, request, running=True)
     body = json_object(request, empty={})
     failures: list[str] = []
     changes: dict[str, str] = {}
     tags: dict[str, str] = {}
+    disk_gb: int | None = None
     config = services.config
     for key, value in body.items():
         if key == "lifetime":
@@ -144,6 +142,12 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
             lifetime = _parse_lifetime(value, config.service.max_lifetime_upper_limit, failures)
             if lifetime is not None:
                 changes["lifetime"] = str(lifetime)
+        elif key == "disk":
+            caller_for_change(services, request, record, token_required=True)
+            disk_gb = disk_size(value)
+            if disk_gb is None:
+                failures.append(f"You provided a disk size ({shown(value)}) that is not a whole number of GB "
+                                "from 1 to 2048.")
         elif key == "tags":
             tags = _parse_tags(value, config.service.allowed_tags, config.tagfilter, failures)
         else:
@@ -151,8 +155,13 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
     max_tags = config.service.max_tags_per_vm
     if len(tags) > max_tags:
         failures.append(f"You provided more than {max_tags} tags.")
+    elif disk_gb is not None and len(set(record.tags) | set(tags)) > max_tags:
+        # Known before the disk is queued (the script checks again, for changes made since).
+        failures.append(f"A VM carries at most {max_tags} tags.")
     if failures:
         raise ApiError(400, {"failure": failures})
+    if disk_gb is not None:
+        queue_task(services, record, DISK, size_gb=disk_gb)
     changes.update({TAG_FIELD_PREFIX + key: value for key, value in tags.items()})
     if changes:
         result = services.store.modify_vm(record, changes, max_tags, services.clock.now())

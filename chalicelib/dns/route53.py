@@ -11,10 +11,11 @@ Each change is one ChangeResourceRecordSets call (UPSERT / DELETE); a lookup is 
 ListResourceRecordSets call starting at the name. Credentials are the Lambda role's.
 """
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Optional
 
-from chalicelib.config_fields import Seconds, Str, bounded
+from chalicelib.config_fields import Seconds, Str, bounded, checked_by, invalid, show, string
 from chalicelib.dns.base import (
     DnsConfig,
     DnsError,
@@ -25,12 +26,24 @@ from chalicelib.dns.base import (
     ipv4_address,
 )
 
+_HOSTED_ZONE_ID = re.compile(r"^(/hostedzone/)?[A-Z0-9]{1,32}\Z")
+
+
+def hosted_zone_id(value: Any) -> str:
+    """A hosted zone's ID as Route 53 writes it (``Z0123456789ABC`` or ``/hostedzone/Z...``). It
+    is written into the reconcile role's IAM policy (infra/sync_config.py), so nothing else
+    passes: ``*`` there granted every zone of the account."""
+    text = string(value)
+    if not _HOSTED_ZONE_ID.match(text):
+        invalid(f"must be a Route 53 hosted zone ID (upper-case letters and digits), got {show(text[:40])}")
+    return text
+
 
 @dataclass(frozen=True, kw_only=True)
 class Route53Settings(DnsSettings):
     """A ``route53`` entry: the hosted zone, the records' TTL, the API's region and timeout."""
 
-    hosted_zone_id: Str
+    hosted_zone_id: Annotated[str, checked_by(hosted_zone_id)]
     ttl: Annotated[int, bounded(1, 604800)] = 60
     region: Optional[Str] = None
     timeout: Seconds = 5.0

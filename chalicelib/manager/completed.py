@@ -45,6 +45,11 @@ def destroy_completed(context: PassContext) -> None:
             gone.append(record.name)
     if failed:
         store.update_vms(failed)
+    if to_start and not store.writes_replicated():
+        # Their moves to completed may exist on this primary only: a failover now would bring
+        # them back as ready, destroyed, and hand them out. Destroyed next pass instead.
+        context.report.errors.append(f"{len(to_start)} destroys held: no replica acknowledged their moves in time")
+        to_start = []
     started = provider.destroy_vms(context.pool, to_start, lambda hostname: context.checkpoint("destroy_started"))
     tasks = {hostname: {"destroy_task": task} for hostname, task in started.items() if isinstance(task, str)}
     if tasks:

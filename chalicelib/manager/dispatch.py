@@ -182,14 +182,30 @@ def _empty(report: RunReport) -> bool:
 
 # --- a batch (the SQS consumer) ------------------------------------------------------------------
 
+POOL_THREADS = 10
+"""Passes of one batch run at once (SQS hands the consumer at most 10 messages)."""
+
 _executor: ThreadPoolExecutor | None = None
+_given_up: set[Future[Any]] = set()
+"""Passes an earlier invocation stopped waiting for that were already running (they hold one of
+``_executor``'s threads until they end)."""
 
 
 def _pool_threads() -> ThreadPoolExecutor:
-    """Kept for the life of the process: a warm Lambda reuses its threads."""
+    """Kept for the life of the process (a warm Lambda reuses its threads), unless a pass an
+    earlier invocation gave up on still holds one: then the batch gets new threads, and the old
+    ones end with their passes. Ten passes that never end (a backend call without a timeout)
+    would otherwise hold every thread for good, and each later batch would wait, and fail, whole."""
     global _executor
+    still_running = {future for future in _given_up if not future.done()}
+    _given_up.clear()
+    if _executor is not None and still_running:
+        logger.warning("passes of an earlier batch still running: this batch gets new threads",
+                       extra={"running": len(still_running)})
+        _executor.shutdown(wait=False, cancel_futures=True)
+        _executor = None
     if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=10, thread_name_prefix="reconcile")
+        _executor = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="reconcile")
     return _executor
 
 
@@ -211,6 +227,10 @@ def handle_batch(services: "Services", records: Iterable[tuple[str, str]], queue
     failed: list[str] = []
     for future, ids in futures.items():
         if future not in done:
+            # Not started: it never will (its message comes back from SQS), or it would run in a
+            # later invocation's time. Started: the next batch will not wait for its thread.
+            if not future.cancel():
+                _given_up.add(future)
             logger.warning("pool not reconciled in time; its messages return to the queue", extra={"ids": ids})
             failed += ids
         elif future.exception() is not None:

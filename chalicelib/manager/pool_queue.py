@@ -68,6 +68,35 @@ class PoolMessage:
         )
 
 
+@dataclass(frozen=True)
+class Received:
+    """One record of the consumer's SQS event."""
+
+    message_id: str
+    body: str
+    sent_ms: float | None
+    """When SQS received it (its ``SentTimestamp``), None when the record does not say."""
+
+
+def received(event: Any) -> list[Received]:
+    """The records of an SQS event. SQS sends each with a text ``messageId`` and ``body`` and a
+    numeric ``SentTimestamp``; a direct invoke may send anything, and nothing in it may fail the
+    batch: a record without a text id cannot be reported and is left out, a body that is not
+    text is read as an empty one (dropped as not ours), a send time that is not a number as
+    unknown, an event without a list of records as no records."""
+    records = event.get("Records") if isinstance(event, dict) else None
+    found: list[Received] = []
+    for record in records if isinstance(records, list) else []:
+        if not isinstance(record, dict) or not isinstance(record.get("messageId"), str):
+            continue
+        body = record.get("body")
+        attributes = record.get("attributes")
+        sent = attributes.get("SentTimestamp") if isinstance(attributes, dict) else None
+        sent_ms = float(sent) if isinstance(sent, str) and sent.isascii() and sent.isdigit() else None
+        found.append(Received(record["messageId"], body if isinstance(body, str) else "", sent_ms))
+    return found
+
+
 Delayed = tuple[PoolMessage, float]
 
 

@@ -42,7 +42,14 @@ def result_of(task: Mapping[str, Any]) -> tuple[str, str]:
 def run_tasks(context: PassContext) -> None:
     """Advance every VM's disk and snapshot tasks by as much as is done now."""
     tasks = VMTaskStore(context.store)
-    for hostname in tasks.hosts_with_tasks(context.pool.name):
+    hostnames = tasks.hosts_with_tasks(context.pool.name)
+    if hostnames and not context.store.writes_replicated():
+        # A task taken now might exist on this primary only: a failover would hand it to a pass
+        # again, which would start it a second time (a second disk). Taken once a replica is back.
+        context.report.errors.append("disk and snapshot tasks held: no replica acknowledged in time")
+        context.report.followups += 1
+        return
+    for hostname in hostnames:
         record = context.store.get_vm(hostname)
         running = record is not None and record.state == "running" and record.pool == context.pool.name
         for _ in range(MAX_STEPS_PER_VM):

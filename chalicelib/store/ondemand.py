@@ -45,6 +45,8 @@ class OnDemandRequest:
     expires: float
     token_user: str = ""
     message: str = ""
+    id_generated: bool = False
+    """The service drew the id (a UUID 4 only the creator was told), rather than the client."""
     vms: tuple[VMRecord, ...] = field(default=(), repr=False)
     """Every VM reserved for the request that still has a record, in reservation order."""
 
@@ -108,10 +110,12 @@ class OnDemandStore:
         token_user: str = "",
         token_id: str = "",
         quota: Quota | None = None,
+        id_generated: bool = False,
     ) -> bool:
         """Record a new open request and queue it for its pools. False when the id is taken;
         QuotaExceeded (nothing recorded) when it would pass a limit of ``quota``.
-        ``token_user``/``token_id`` are copied onto its VMs, so GET /token/<t> lists them."""
+        ``token_user``/``token_id`` are copied onto its VMs, so GET /token/<t> lists them;
+        ``id_generated`` says the service drew the id (not the client)."""
         fields = {
             "id": request_id,
             "state": OPEN,
@@ -124,6 +128,8 @@ class OnDemandStore:
             fields["token_user"] = token_user
         if token_id:
             fields["token_id"] = token_id
+        if id_generated:
+            fields["id_generated"] = "1"
         pools = sorted({entry.pool for entry in entries})
         wanted = sum(entry.count for entry in entries)
         key_list = KeyList(self.keys.ondemand(request_id))
@@ -259,5 +265,6 @@ def _request(request_id: str, data: dict[str, str], hostnames: Sequence[str],
         expires=float(data.get("expires") or 0),
         token_user=data.get("token_user", ""),
         message=data.get("message", ""),
+        id_generated=data.get("id_generated") == "1",
         vms=tuple(records),
     )

@@ -462,6 +462,25 @@ class Store:
             raise CheckoutNotDurable(f"redis: {acks[0]} of {replicas} replicas acknowledged "
                                      f"the checkout within {timeout_ms} ms")
 
+    def writes_replicated(self) -> bool:
+        """Whether every write Redis has applied so far, from any connection, is on the replicas
+        a checkout waits for (``replica_acks``, within its timeout); True at once when none is
+        asked for or attached. A pass asks before it acts on the hypervisor on the strength of
+        its moves (destroying VMs it moved to completed): a failover that promoted a replica
+        without those moves would put a destroyed VM back in ready, to be handed out."""
+        replicas, timeout_ms = self._replicas_to_wait_for(), self.replica_acks.timeout_ms
+        if not replicas:
+            return True
+        with _translate_errors():
+            # WAIT counts the writes of its own connection: one write on it (the changes counter
+            # only ever goes up) comes after every write Redis applied before, in the one
+            # replication stream, so its acknowledgement covers them all.
+            pipe = self.client.pipeline(transaction=False)
+            pipe.incr(self.keys.changes)
+            pipe.execute_command("WAIT", replicas, timeout_ms)
+            _, acknowledged = pipe.execute()
+        return int(acknowledged) >= replicas
+
     def _replicas_to_wait_for(self) -> int:
         """The replica acknowledgements a checkout needs: as configured, but no more than the
         replicas attached and in sync (looked up every REPLICAS_RECHECK_SECONDS). A primary

@@ -3,12 +3,13 @@ requests sent as JSON."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
-from chalicelib.config import parse
+from chalicelib.config import build, parse
 from tests.api.configs import CONFIG_YAML
+from tests.auth.slapd import SlapdServer
 from tests.harness import Harness, HarnessFactory, SpecOperations, load_spec
 
 
@@ -48,3 +49,30 @@ def full(stack: Harness) -> Harness:
 @pytest.fixture
 def api(stack: Harness) -> Harness:
     return stack
+
+
+@pytest.fixture
+def client_api(make_harness: HarnessFactory, slapd: SlapdServer) -> Iterator[Harness]:
+    """For the real clients' replays (vmfloaty, beaker-vmpooler): pools with a domain, another
+    domain and none (aliases debian, windows, centos; linux for two of them), LDAP auth against
+    the test slapd (alice, bob...), every pool full."""
+    ldap = slapd.ldap_config()
+    ldap["service_account_hash"] = {"user_dn": slapd.service_dn, "password": slapd.service_password}
+    dummy = {"provider_class": "dummy", "createvm_max_time": 0, "boot_time": 0, "destroyvm_max_time": 0,
+             "createdisk_max_time": 0, "createsnapshot_max_time": 0, "revertsnapshot_max_time": 0}
+    doc = {
+        "config": {"vm_lifetime": 2, "vm_lifetime_auth": 12, "max_lifetime_upper_limit": 168},
+        "providers": {"dummy": dummy},
+        "auth": {"provider": "ldap", "ldap": ldap},
+        "pools": [
+            {"name": "debian-12-x86_64", "alias": ["debian", "linux"], "size": 3, "provider": "dummy",
+             "template": "t/debian", "domain": "example.com"},
+            {"name": "win-2022-x86_64", "alias": ["windows"], "size": 2, "provider": "dummy",
+             "template": "t/win", "domain": "win.example.com"},
+            {"name": "centos-9-x86_64", "alias": ["centos", "linux"], "size": 2, "provider": "dummy",
+             "template": "t/centos"},
+        ],
+    }
+    api = make_harness(build(doc), headers={})
+    api.fill()
+    yield api

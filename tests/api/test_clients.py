@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from tests.harness import Harness
+from tests.auth.slapd import SlapdServer
+from tests.harness import Harness, Reply
 
 DEMO_CONFIG = (Path(__file__).resolve().parents[2] / "chalicelib" / "vmpool.yaml").read_text()
 EXAMPLE_CONFIG = (Path(__file__).resolve().parents[2] / "vmpool.yaml.example").read_text()
@@ -53,3 +55,62 @@ def test_vmfloaty_modify_tags_with_the_demo_config(make_stack: Callable[[str], H
 def test_the_example_config_accepts_any_tag(make_stack: Callable[[str], Harness]) -> None:
     example = make_stack(EXAMPLE_CONFIG)
     assert example.config.service.allowed_tags == ()
+
+
+NET_HTTP_HEADERS = {"Accept-Encoding": "gzip;q=1.0,deflate;q=0.6,identity;q=0.3", "Accept": "*/*",
+                    "User-Agent": "Ruby"}
+"""What Ruby's Net::HTTP sends on every request beaker-vmpooler makes; with a body and no type of
+its own it adds ``Content-Type: application/x-www-form-urlencoded``."""
+
+MATRIX_BUILD_URL = ("https://jenkins.example.com/job/platform_puppet-agent_suite-daily/"
+                    "SLAVE_LABEL=beaker,TEST_TARGET=debian12-64a,label=k8s-beaker/12/?view=full#tests")
+"""A Jenkins matrix job's build URL (axis=value pairs, commas), with a query and a fragment."""
+
+
+def beaker(api: Harness, method: str, path: str, body: Any = None, token: str | None = None) -> Reply:
+    """One request as beaker-vmpooler's Net::HTTP sends it to ``pooling_api`` (a bare host)."""
+    headers = dict(NET_HTTP_HEADERS)
+    if body is not None:
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    if token:
+        headers["X-AUTH-TOKEN"] = token
+    return api.request(method, path, json.dumps(body) if body is not None else None, headers)
+
+
+def test_beaker_with_a_token_provisions_tags_adds_disks_and_cleans_up(client_api: Harness, slapd: SlapdServer) -> None:
+    """beaker-vmpooler's whole flow against a service with ``:auth:`` (vmpooler_token in ~/.fog).
+    Its tags carry ``jenkins_build_url``; the URL of a Jenkins matrix job has ``=`` (and a query
+    ``?``, ``&``): those were refused, ``400 Tag value contains invalid characters``, so beaker
+    logged "Failed to tag host" and the VM had none of its tags."""
+    api = client_api
+    token = api.new_token("alice", slapd.password("alice"))
+    # provision: POST <pooling_api>/vm/ {"<template>": "<count>"} with the token.
+    got = beaker(api, "POST", "/vm/", {"debian-12-x86_64": "2", "centos-9-x86_64": "1"}, token)
+    assert got.status == 200 and got.json["ok"] is True, got.json
+    domain = got.json.get("domain")
+    vmhostnames = []
+    for template, count in (("debian-12-x86_64", 2), ("centos-9-x86_64", 1)):
+        names = got.json[template]["hostname"]
+        names = names if isinstance(names, list) else [names]
+        assert len(names) == count
+        vmhostnames += [f"{name}.{domain}" if domain else name for name in names]
+    assert sorted(name.count(".") for name in vmhostnames) == [0, 2, 2]  # centos has no domain
+
+    tags = {**BEAKER_TAGS, "jenkins_build_url": MATRIX_BUILD_URL + "&x=1"}
+    for vmhostname in vmhostnames:
+        short = vmhostname.split(".")[0]
+        # tag: PUT <pooling_api>/vm/<short> {"tags": {...}}, no token; anything but ok is logged.
+        tagged = beaker(api, "PUT", f"/vm/{short}", {"tags": tags})
+        assert tagged.json == {"ok": True}, tagged.json
+        # add_disk: POST <pooling_api>/api/v1/vm/<short>/disk/8 with the token; raises unless ok.
+        disk = beaker(api, "POST", f"/api/v1/vm/{short}/disk/8", token=token)
+        assert disk.status == 202 and disk.json["ok"] is True, disk.json
+    api.run_passes(seconds=1)
+    for vmhostname in vmhostnames:
+        short = vmhostname.split(".")[0]
+        # wait_for_disk: GET <pooling_api>/vm/<short>; disk[index] == "+8gb".
+        described = beaker(api, "GET", f"/vm/{short}").json[short]
+        assert described["disk"] == ["+8gb"] and described["tags"] == tags
+        # cleanup: DELETE <pooling_api>/vm/<vmhostname> (fully qualified) with the token.
+        assert beaker(api, "DELETE", f"/vm/{vmhostname}", token=token).json == {"ok": True}
+        assert api.state_of(short) == "completed"

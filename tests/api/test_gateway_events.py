@@ -121,3 +121,113 @@ def test_no_cache_between_the_caller_and_api_gateway_may_keep_an_answer(
     assert answer["statusCode"] == status, answer
     assert answer["headers"]["Cache-Control"] == "no-store", answer["headers"]
     assert answer["headers"]["X-Content-Type-Options"] == "nosniff", answer["headers"]
+
+
+def _without(event: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {key: value for key, value in event.items() if key not in keys}
+
+
+CHECKOUT_PATH = ("POST", "/api/v3/vm/{name}", "/api/v3/vm/pool1")
+
+
+@pytest.mark.parametrize("event", [
+    # A direct invoke (the Lambda console's test, a script) of a route with a path parameter.
+    api_event(*CHECKOUT_PATH, params=None),
+    _without(api_event(*CHECKOUT_PATH, params={"name": "pool1"}), "pathParameters"),
+    api_event(*CHECKOUT_PATH, params={"other": "pool1"}),
+    api_event(*CHECKOUT_PATH, params={"name": 5}),  # type: ignore[dict-item]
+    api_event(*CHECKOUT_PATH, params="pool1"),  # type: ignore[arg-type]
+], ids=["null", "missing", "other-name", "not-text", "not-a-mapping"])
+def test_an_event_without_the_routes_path_parameters_is_a_400_and_takes_no_vm(full: Harness,
+                                                                              event: dict[str, Any]) -> None:
+    """Before: Chalice's own 500 {"Code": "InternalServerError"} (or a KeyError out of the
+    function: API Gateway's 502) for a direct invoke of a route with a path parameter."""
+    before = full.redis_state()
+    status, answer = invoke(event)
+    assert (status, answer["ok"]) == (400, False), answer
+    assert "'name'" in answer["error"] or "pathParameters" in answer["error"], answer
+    assert full.redis_state() == before
+
+
+@pytest.mark.parametrize("event", [
+    _without(api_event("GET", "/api/v3/vm", "/api/v3/vm"), "headers", "multiValueHeaders"),
+    _without(api_event("GET", "/api/v3/vm", "/api/v3/vm"), "queryStringParameters",
+             "multiValueQueryStringParameters"),
+    _without(api_event("GET", "/api/v3/vm", "/api/v3/vm"), "body", "isBase64Encoded", "stageVariables"),
+    {**api_event("GET", "/api/v3/vm", "/api/v3/vm"), "requestContext": None},
+    _without(api_event("GET", "/api/v3/vm", "/api/v3/vm"), "requestContext"),
+], ids=["no-headers", "no-query", "no-body", "null-request-context", "no-request-context"])
+def test_an_event_missing_keys_api_gateway_always_sends_is_served_from_what_it_has(
+        full: Harness, event: dict[str, Any]) -> None:
+    """A direct invoke may leave out what API Gateway always sends (null when empty). Before: a
+    KeyError or AttributeError out of the function, or Chalice's 500."""
+    status, answer = invoke(event)
+    assert (status, sorted(answer)) == (200, ["pool1", "pool2", "pool3"]), answer
+
+
+def test_headers_and_query_given_only_in_their_multi_value_form_are_read(full: Harness) -> None:
+    event = api_event("GET", "/api/v3/status", "/api/v3/status", headers=None, query=None)
+    event["multiValueHeaders"] = {"Accept": ["*/*"]}
+    event["multiValueQueryStringParameters"] = {"view": ["pools"]}
+    status, answer = invoke(event)
+    assert status == 200 and set(answer) == {"pools", "status"}, answer
+    event = api_event("GET", "/api/v3/status", "/api/v3/status", headers={"Accept": "*/*"})
+    event["queryStringParameters"], event["multiValueQueryStringParameters"] = {"view": "pools"}, None
+    status, answer = invoke(event)
+    assert status == 200 and set(answer) == {"pools", "status"}, answer
+
+
+@pytest.mark.parametrize("change", [
+    {"headers": {"Accept": 5}},
+    {"headers": "Accept: */*"},
+    {"multiValueHeaders": {"Accept": "*/*"}},
+    {"queryStringParameters": {"view": 1}, "multiValueQueryStringParameters": {"view": [1]}},
+    {"multiValueQueryStringParameters": "view=pools"},
+    {"isBase64Encoded": "yes"},
+    {"httpMethod": None, "requestContext": {"resourcePath": "/api/v3/status", "httpMethod": 7}},
+], ids=["header-not-text", "headers-not-a-mapping", "multi-header-not-a-list", "query-not-text",
+        "multi-query-not-a-mapping", "base64-flag-not-a-boolean", "method-not-text"])
+def test_an_event_whose_values_have_the_wrong_types_is_a_400(full: Harness, change: dict[str, Any]) -> None:
+    """Before: our 500 "internal error", Chalice's 500, or an exception out of the function."""
+    status, answer = invoke({**api_event("GET", "/api/v3/status", "/api/v3/status"), **change})
+    assert (status, answer["ok"]) == (400, False) and answer["error"], answer
+
+
+@pytest.mark.parametrize("event", [{}, [], "GET /api/v3/status", None], ids=["empty", "list", "text", "null"])
+def test_an_event_that_is_not_an_api_gateway_request_is_a_400(full: Harness, event: Any) -> None:
+    status, answer = invoke(event)
+    assert (status, answer["ok"]) == (400, False), answer
+
+
+def test_a_resource_the_api_does_not_have_is_a_404_ok_false(full: Harness) -> None:
+    """As API Gateway answers it (infra/template.yaml's gateway responses). Before: Chalice's 405
+    {"Code": "MethodNotAllowedError"}."""
+    status, answer = invoke(api_event("GET", "/api/v3/nothing", "/api/v3/nothing"))
+    assert (status, answer) == (404, {"ok": False})
+
+
+@pytest.mark.parametrize("method", ["PATCH", "OPTIONS", "TRACE", "get", ""])
+def test_a_method_the_resource_does_not_have_is_a_405_json_naming_the_allowed_ones(full: Harness,
+                                                                                   method: str) -> None:
+    """As the local front answers it. Before: Chalice's 405 {"Code": "MethodNotAllowedError"},
+    without our JSON headers."""
+    answer = app.app(api_event(method, "/api/v3/vm", "/api/v3/vm"), Context())
+    assert answer["statusCode"] == 405 and answer["headers"]["Content-Type"] == "application/json", answer
+    assert answer["headers"]["Allow"] == "GET, HEAD, POST"
+    assert json.loads(answer["body"])["ok"] is False
+
+
+@pytest.mark.parametrize("resource, path, params", [
+    ("/api/v3/status", "/api/v3/status", None),
+    ("/api/v3/vm/{name}", "/api/v3/vm/nosuchvm", {"name": "nosuchvm"}),
+    ("/dashboard", "/dashboard", None),
+], ids=["status", "not-found", "dashboard-page"])
+def test_head_is_answered_as_get_without_a_body(full: Harness, resource: str, path: str,
+                                                params: dict[str, str] | None) -> None:
+    """As vmpooler's Sinatra answers it (``curl -I``, monitors) and docs/api.md promises. Before,
+    the API function had no HEAD route: API Gateway answered 404 {"ok": false} in AWS."""
+    got = app.app(api_event("GET", resource, path, params=params), Context())
+    head = app.app(api_event("HEAD", resource, path, params=params), Context())
+    assert head["statusCode"] == got["statusCode"] and got["body"], (got, head)
+    assert head["headers"]["Content-Type"] == got["headers"]["Content-Type"]
+    assert head["body"] == ""

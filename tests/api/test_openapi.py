@@ -26,6 +26,8 @@ def served() -> dict[tuple[str, str], set[str]]:
         prefix = match.group(0) if match else ""
         relative = spec_template(path[len(prefix):])
         for method in methods:
+            if method == "HEAD":  # GET without its body wherever GET is (docs/api.md), not an operation
+                continue
             routes.setdefault((method.upper(), relative), set()).add(prefix)
     return routes
 

@@ -28,6 +28,8 @@ PACKAGED = ":providers:\n  :dummy: {}\n:pools:\n  - {name: debian, size: 1, prov
 PUSHED = PACKAGED + "  - {name: fedora, size: 2, provider: dummy}\n"
 
 
+TICK = {"version": "0", "id": "e", "detail-type": "Scheduled Event", "source": "aws.events", "account": "1",
+        "time": "2026-01-01T00:00:00Z", "region": "us-east-1", "resources": [], "detail": {}}
 CONTEXT = SimpleNamespace(function_name="vmpool-dev-tick", memory_limit_in_mb=512, aws_request_id="t",
                           invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:vmpool-dev-tick")
 
@@ -95,8 +97,7 @@ def test_running_functions_pick_up_a_pushed_config_within_the_refresh(s3: Any, t
     status, _, body = Gateway(app.app)(
         "GET", "/api/v3/status?view=pools", {}, b"", "127.0.0.1")
     assert status == 200 and b"fedora" in body  # the API serves the new pool
-    app.tick({"version": "0", "id": "e", "detail-type": "Scheduled Event", "source": "aws.events", "account": "1",
-              "time": "2026-01-01T00:00:00Z", "region": "us-east-1", "resources": [], "detail": {}}, CONTEXT)
+    app.tick(TICK, CONTEXT)
     assert sorted(message.pool for message, _ in queue.sent) == ["debian", "fedora"]
 
 
@@ -111,3 +112,32 @@ def test_a_bad_object_in_the_bucket_keeps_the_last_good_config(s3: Any) -> None:
     assert source.current().pool_names == ("debian", "fedora")
     clock.advance(REFRESH_SECONDS)
     assert source.current().pool_names == ("debian", "fedora")  # unchanged object: a 304, same config
+
+
+def test_pools_are_added_and_removed_at_1000_pools_by_a_push_alone(s3: Any, tmp_path: Path,
+                                                                  redis_client: redis.Redis,
+                                                                  capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """No deploy: a push of 1,000 pools reaches a warm function, which fans out to every one;
+    a push without one of them drains it."""
+    pools = [f"pool-{n:04d}" for n in range(1000)]
+    thousand = ":providers:\n  :dummy: {}\n:pools:\n" + "".join(
+        f"  - {{name: {name}, size: 1, provider: dummy}}\n" for name in pools)
+    clock = FakeClock()
+    services = Services(parse(PACKAGED), redis_client, clock=clock, prefix="push1000:")
+    monkeypatch.setattr(app, "_services", services)
+    monkeypatch.setattr(app, "_config", ConfigSource(services.config, S3Fetch(BUCKET, DEFAULT_CONFIG_KEY, lambda: s3),
+                                                     clock))
+    queue = Recording()
+    monkeypatch.setattr(app, "_queue", queue)
+    monkeypatch.setattr(app, "_ticker", Ticker())
+
+    for text, expected in ((thousand, pools), (thousand.replace("  - {name: pool-0500, size: 1, provider: dummy}\n",
+                                                                ""), pools)):
+        code, output = push_file(tmp_path, text, capsys)
+        assert code == 0, output
+        clock.advance(REFRESH_SECONDS)
+        queue.sent.clear()
+        report = app.tick(TICK, CONTEXT)
+        assert sorted(message.pool for message, _ in queue.sent) == expected
+    assert report["pools"] == 999 and report["draining"] == ["pool-0500"]

@@ -4,8 +4,12 @@ change records in those hosted zones, and nowhere else."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
+import pytest
+
+from chalicelib.config import ConfigError
 from infra import sync_config
 from infra.sync_config import STAGES
 
@@ -33,3 +37,29 @@ def test_route53_zones_of_the_config_are_granted_to_the_reconcile_role(tmp_path:
     for role in ("api", "tick"):
         assert route53_statements(sync_config.policy(stage, role)) == []
     assert route53_statements(sync_config.policy(STAGES["dev"], "reconcile")) == []  # no route53 entry
+
+
+def _stage_with_zones(tmp_path: Path, *zones: str) -> sync_config.Stage:
+    entries = "\n".join(f"  z{n}: {{dns_class: route53, domain: z{n}.example.com, hosted_zone_id: '{zone}'}}"
+                        for n, zone in enumerate(zones))
+    config = tmp_path / "vmpool.yaml"
+    config.write_text(f"dns_configs:\n{entries}\npools:\n  - {{name: p, size: 1, provider: dummy}}\n")
+    return dataclasses.replace(STAGES["dev"], config_file=str(config))
+
+
+@pytest.mark.parametrize("zone", ["*", "Z1*", "Z1/../*", "z111 ", ""])
+def test_a_hosted_zone_id_that_is_not_one_is_refused_by_the_config(tmp_path: Path, zone: str) -> None:
+    """The zone goes into the reconcile role's IAM policy as it is written: ``*`` granted every
+    zone of the account (a wildcard no test looked for: it is in a resource, not an action)."""
+    stage = _stage_with_zones(tmp_path, zone)
+    with pytest.raises(ConfigError, match="hosted_zone_id"):
+        sync_config.policy(stage, "reconcile")
+
+
+def test_a_policy_over_iams_inline_limit_is_refused_when_the_files_are_written(tmp_path: Path) -> None:
+    """200 route53 entries made a reconcile policy of about 11,600 characters: IAM takes 10,240
+    per role, so the deploy failed in CloudFormation, minutes in, and rolled back."""
+    stage = _stage_with_zones(tmp_path, *(f"Z{n:020d}" for n in range(200)))
+    with pytest.raises(sync_config.PolicyTooLarge, match="10240"):
+        sync_config.policy(stage, "reconcile")
+    assert len(json.dumps(sync_config.policy(STAGES["prod"], "reconcile"), separators=(",", ":"))) < 10_240

@@ -204,6 +204,17 @@ def test_unknown_routes_answer_404_ok_false(package: Package) -> None:
         assert json.loads(responses[kind]["ResponseTemplates"]["application/json"]) == {"ok": False}
 
 
+def test_api_gateway_serves_head_wherever_get_is(package: Package) -> None:
+    """HEAD is GET without its body (docs/api.md). Before, API Gateway had no HEAD method and
+    answered its own 404 {"ok": false} to ``curl -I``."""
+    paths = package.resources["RestAPI"]["Properties"]["DefinitionBody"]["paths"]
+    with_get = sorted(path for path, methods in paths.items() if "get" in methods)
+    assert with_get and [path for path in with_get if "head" not in paths[path]] == []
+    for path in with_get:
+        assert paths[path]["head"]["x-amazon-apigateway-integration"] == (
+            paths[path]["get"]["x-amazon-apigateway-integration"]), path
+
+
 def test_redis_is_encrypted_authenticated_and_fails_over(package: Package) -> None:
     redis = package.resources["Redis"]
     properties = redis["Properties"]

@@ -1,5 +1,6 @@
-"""1,000 pools in one stack: the stage packaged with configs of 3, 100 and 1,000 pools gives the
-same resources, each template lint-clean and inside CloudFormation's limits.
+"""1,000 pools in one stack: the stage packaged with configs of 3, 100, 1,000 and 10,000 pools (the
+config's maximum) gives the same resources, each template lint-clean and inside CloudFormation's
+limits.
 
 Before, each pool had its own function, role, log group, rule, permission and two alarms: 67
 pools passed the 500-resource limit. The code is packaged once (the session's package); the
@@ -14,6 +15,8 @@ from typing import Any, Iterator
 import pytest
 from cfnlint.api import ManualArgs, lint_file
 from packaged import Package, build_package, pools_config
+
+from chalicelib.config import MAX_POOLS
 
 MAX_RESOURCES = 500
 MAX_TEMPLATE_BYTES = 1_000_000  # through S3 (51,200 inline: deploy always uploads it)
@@ -43,7 +46,7 @@ def packages(package: Package, tmp_path_factory: pytest.TempPathFactory) -> Iter
     found = {3: package}
     directory = tmp_path_factory.mktemp("pools")
     generators = []
-    for count in (100, 1000):
+    for count in (100, 1000, MAX_POOLS):
         config = directory / f"pools-{count}.yaml"
         config.write_text(pools_config(count))
         generator = build_package(config, name=f"-{count}-pools")
@@ -54,7 +57,7 @@ def packages(package: Package, tmp_path_factory: pytest.TempPathFactory) -> Iter
         generator.close()
 
 
-@pytest.mark.parametrize("pools", [3, 100, 1000])
+@pytest.mark.parametrize("pools", [3, 100, 1000, MAX_POOLS])
 def test_the_stack_is_lint_clean_and_inside_cloudformation_limits(packages: dict[int, Package], pools: int) -> None:
     package = packages[pools]
     matches = lint_file(Path(package.template_path), config=ManualArgs(regions=["us-east-1"]))
@@ -70,4 +73,28 @@ def test_resources_do_not_depend_on_the_pool_count(packages: dict[int, Package])
     counts = {pools: deployed_resource_count(p.template) for pools, p in packages.items()}
     assert len(set(counts.values())) == 1, counts
     resources = {pools: json.dumps(p.template["Resources"], sort_keys=True) for pools, p in packages.items()}
-    assert resources[3] == resources[100] == resources[1000]
+    assert resources[3] == resources[100] == resources[1000] == resources[MAX_POOLS]
+
+
+MAX_RULES_PER_BUS = 300
+MAX_ENVIRONMENT_BYTES = 4 * 1024
+RESOLVED_BYTES = 200
+"""Room for what an intrinsic function resolves to in AWS (an ARN, a queue URL, the Redis URL)."""
+
+
+@pytest.mark.parametrize("pools", [1000, MAX_POOLS])
+def test_per_resource_limits_hold_whatever_the_pools(packages: dict[int, Package], pools: int) -> None:
+    """One schedule rule, each role's inline policy within IAM's 10,240 characters, each
+    function's environment within Lambda's 4 KB (values the stack fills in counted generously)."""
+    package = packages[pools]
+    functions = package.of_type("AWS::Serverless::Function")
+    events = [e for f in functions.values() for e in f["Properties"].get("Events", {}).values()]
+    assert sum(1 for e in events if e["Type"] == "Schedule") == 1 < MAX_RULES_PER_BUS
+    for name, role in package.of_type("AWS::IAM::Role").items():
+        documents = [p["PolicyDocument"] for p in role["Properties"]["Policies"]]
+        assert sum(len(json.dumps(d, separators=(",", ":"))) for d in documents) < 10_240, name
+    shared = package.template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+    for name, function in functions.items():
+        variables = {**shared, **function["Properties"].get("Environment", {}).get("Variables", {})}
+        size = sum(len(k) + (len(v) if isinstance(v, str) else RESOLVED_BYTES) for k, v in variables.items())
+        assert size < MAX_ENVIRONMENT_BYTES, (name, size)

@@ -1,0 +1,128 @@
+"""The reconcile side across a failover that loses writes.
+
+Replication is asynchronous: a primary that dies with its replica behind takes its last writes
+with it. A checkout is protected by ``WAIT`` (tests/chaos/test_redis_durability.py); these tests
+are about what a reconcile pass does to the hypervisor on the strength of a write the promoted
+replica may never have received. The hypervisor keeps its state on another Redis here (as
+vCenter keeps its own), so it survives the failover as a real one would.
+"""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from chalicelib.clock import FakeClock
+from chalicelib.config import parse
+from chalicelib.manager.reconcile import PassReport, reconcile_pool
+from chalicelib.providers.dummy import DummyProvider
+from chalicelib.services import Services
+from chalicelib.store import CheckoutRequest, ReplicaAcks, connect
+from chalicelib.store.vm_tasks import EnqueueResult, VMTaskStore, new_task
+from tests.redis_pair import RedisPair
+
+POOL = "ha"
+CONFIG = f"""
+:config: {{task_limit: 10, ready_ttl: 1}}
+:redis: {{socket_timeout: 1.0, replica_ack_timeout: 100}}
+:providers:
+  :dummy: {{createvm_max_time: 0, boot_time: 0, destroyvm_max_time: 0}}
+:pools:
+  - {{name: {POOL}, size: 2, provider: dummy}}
+"""
+
+
+def service_on(pair: RedisPair, hypervisor: redis.Redis, clock: FakeClock) -> Services:
+    """One function of the service on the pair's endpoint, waiting for a replica as in AWS; its
+    dummy hypervisor on ``hypervisor`` (neither replicated nor failed over)."""
+    config = parse(CONFIG)
+    services = Services(config, connect(config.redis, url=pair.endpoint.url), clock=clock)
+    services.store.replica_acks = ReplicaAcks(1, 100)
+    services._providers["dummy"] = DummyProvider(config.providers["dummy"], hypervisor, clock, prefix="hypervisor:")
+    return services
+
+
+def reconcile(services: Services) -> PassReport:
+    pool = services.pool(POOL)
+    assert pool is not None
+    return reconcile_pool(services.store, services.provider("dummy"), pool, services.clock, services.config.service)
+
+
+def in_hypervisor(services: Services) -> set[str]:
+    pool = services.pool(POOL)
+    assert pool is not None
+    return {vm.name for vm in services.provider("dummy").list_vms(pool)}
+
+
+def filled(pair: RedisPair, hypervisor: redis.Redis) -> Services:
+    """The pool full, every write on the replica, then the replication link cut (a partition,
+    a replica far behind)."""
+    services = service_on(pair, hypervisor, FakeClock())
+    for _ in range(3):
+        reconcile(services)
+    assert services.store.counts([POOL])[POOL]["ready"] == 2
+    pair.wait_synced()
+    pair.link.hold()
+    return services
+
+
+def test_a_vm_destroyed_on_a_write_the_promoted_replica_lost_is_never_handed_out(
+        redis_pair: RedisPair, redis_client: redis.Redis) -> None:
+    services = filled(redis_pair, redis_client)
+    services.clock.advance(120)  # past ready_ttl: the ready VMs leave service, to be destroyed
+    for _ in range(3):
+        reconcile(services)
+    redis_pair.kill_primary_and_promote()  # the replica never received those moves
+
+    api = service_on(redis_pair, redis_client, services.clock)  # an API function after the failover
+    result = api.store.checkout([CheckoutRequest(POOL, [POOL], 1)], services.clock.now(), {"lifetime": "2"})
+
+    assert result.ok
+    for vm in result.vms:
+        assert vm.hostname in in_hypervisor(services), f"{vm.hostname} was handed out, but a pass had destroyed it"
+
+
+def test_destroys_held_while_no_replica_acknowledges_go_ahead_once_one_does(
+        redis_pair: RedisPair, redis_client: redis.Redis) -> None:
+    services = filled(redis_pair, redis_client)
+    leaving = set(services.store.pool_snapshot(POOL).hostnames("ready"))
+    services.clock.advance(120)
+    reconcile(services)  # ready -> completed
+    held = reconcile(services)
+    assert leaving <= in_hypervisor(services), "destroyed while no replica had the move"
+    assert held.errors and held.work_in_flight
+
+    redis_pair.link.release()
+    for _ in range(3):
+        reconcile(services)
+
+    assert not leaving & in_hypervisor(services)
+    assert services.store.counts([POOL])[POOL]["completed"] == 0
+
+
+def test_a_disk_task_taken_before_a_failover_that_lost_the_take_is_added_once(
+        redis_pair: RedisPair, redis_client: redis.Redis) -> None:
+    services = filled(redis_pair, redis_client)
+    redis_pair.link.release()
+    clock, store = services.clock, services.store
+    hostname = store.checkout([CheckoutRequest(POOL, [POOL], 1)], clock.now(), {"lifetime": "2"}).vms[0].hostname
+    record = store.get_vm(hostname)
+    assert record is not None
+    queued = VMTaskStore(store).enqueue(record, new_task("disk", clock.now(), size_gb=10), clock.now())
+    assert queued is EnqueueResult.QUEUED, queued
+    redis_pair.wait_synced()
+    redis_pair.link.hold()  # the user's request is on the replica; what the pass does next is not
+    reconcile(services)
+    redis_pair.kill_primary_and_promote()
+
+    after = service_on(redis_pair, redis_client, clock)  # the next reconcile function, on the new primary
+    for _ in range(3):
+        clock.advance(30)
+        reconcile(after)
+
+    pool = after.pool(POOL)
+    assert pool is not None
+    in_hypervisor = json.loads(redis_client.hget(after.provider("dummy")._folder_key(pool), hostname) or "{}")
+    disks = in_hypervisor.get("disks")
+    assert disks is not None and len(disks) == 1, f"{hostname} has disks {disks}"
