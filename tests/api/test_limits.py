@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-import redis
-
 from chalicelib.api import vms
 from chalicelib.api.http import ApiRequest
 from chalicelib.api.routes import handle
 from chalicelib.services import Services
 from tests.api.configs import CONFIG_YAML
 from tests.harness import Harness
+from tests.support import checkout_answers_lost
 
 
 def _with(config: str, **keys: object) -> str:
@@ -117,7 +116,7 @@ def test_rate_limits_are_off_unless_enabled(full: Harness) -> None:
 
 
 def test_a_vm_another_owner_took_after_a_lost_checkout_counts_for_that_owner_only(
-        make_stack: Callable[[str], Harness], monkeypatch) -> None:
+        make_stack: Callable[[str], Harness]) -> None:
     """A checkout whose answer was lost leaves its VM unconfirmed; a pass gives it back to ready
     and another client checks it out. Before: the VM still counted against the first client
     (its holdings named the VM, and the VM was running), so with a limit of 1 that client was
@@ -125,15 +124,8 @@ def test_a_vm_another_owner_took_after_a_lost_checkout_counts_for_that_owner_onl
     stack = make_stack(_with(CONFIG_YAML, max_running_vms_per_user=1))
     stack.fill("pool3")
     store = stack.services.store
-    run_checkout = store.scripts.checkout
-
-    def answer_lost(**kwargs):
-        run_checkout(**kwargs)
-        raise redis.exceptions.TimeoutError("Timeout reading from socket")
-
-    monkeypatch.setattr(store.scripts, "checkout", answer_lost)
-    assert stack.post("/api/v3/vm", {"pool3": 1}).status == 503
-    monkeypatch.undo()
+    with checkout_answers_lost(store):
+        assert stack.post("/api/v3/vm", {"pool3": 1}).status == 503
     (lost,) = store.hostnames("pool3", "running")
     stack.clock.advance(61)
     assert lost in stack.reconcile("pool3").returned

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import threading
 
-import redis
-
 from chalicelib.store import ModifyResult
 from tests.auth_api.documents import POOL, document
 from tests.harness import Harness, basic
+from tests.support import checkout_answers_lost
 
 WWW_AUTHENTICATE = 'Basic realm="Authentication required"'
 
@@ -200,15 +199,8 @@ def test_a_return_checked_against_one_checkout_never_returns_the_next(ldap_api: 
     the VM stays bob's."""
     alice, _, bob = tokens(ldap_api, slapd)
     store = ldap_api.services.store
-    run_checkout = store.scripts.checkout
-
-    def answer_lost(**kwargs):
-        run_checkout(**kwargs)
-        raise redis.exceptions.TimeoutError("Timeout reading from socket")
-
-    monkeypatch.setattr(store.scripts, "checkout", answer_lost)
-    assert ldap_api.call("POST", "/api/v3/vm", body={POOL: 1}, headers={"X-AUTH-TOKEN": alice}).status == 503
-    monkeypatch.undo()
+    with checkout_answers_lost(store):
+        assert ldap_api.call("POST", "/api/v3/vm", body={POOL: 1}, headers={"X-AUTH-TOKEN": alice}).status == 503
     (host,) = ldap_api.call("GET", f"/api/v3/token/{alice}").body[alice]["vms"]["running"]
     ldap_api.checkout_vms(POOL, len(ldap_api.ready(POOL)))  # alice's VM will be the only one ready
     read = store.get_first_vm
