@@ -81,11 +81,18 @@ def test_a_second_stack_on_the_same_state_directory_refuses_before_starting_anyt
 
 
 def http_arbiter(stack: RunningStack) -> int | None:
-    """The pid of the stack's gunicorn arbiter (its child that is not redis-server); None between
-    a front's death and the start of the next (the stack looks twice a second)."""
+    """The pid of the stack's gunicorn arbiter (its child that is not redis-server); None in the
+    moments between a killed arbiter and its successor."""
     parents = process_parents()
     return next((pid for pid in descendants(stack.process.pid) if parents.get(pid) == stack.process.pid
                  and b"redis-server" not in Path(f"/proc/{pid}/cmdline").read_bytes()), None)
+
+
+def running_arbiter(stack: RunningStack) -> int:
+    """The pid of the stack's gunicorn arbiter, which must be running."""
+    arbiter = http_arbiter(stack)
+    assert arbiter is not None, stack.log()
+    return arbiter
 
 
 @pytest.mark.slow
@@ -94,8 +101,7 @@ def test_a_killed_http_server_is_started_again(tmp_path: Path) -> None:
     new HTTP front on the same port; before, the whole stack stopped (exit 1) until someone ran
     `make run` again."""
     with local_stack(tmp_path, CONFIG, workers=2, env={"VMPOOL_FRONT_STEADY_SECONDS": "0"}) as stack:
-        arbiter = http_arbiter(stack)
-        assert arbiter is not None
+        arbiter = running_arbiter(stack)
         workers = descendants(arbiter)
         assert len(workers) == 2, workers
         os.kill(arbiter, signal.SIGKILL)
@@ -112,9 +118,7 @@ def test_an_http_server_that_dies_right_after_it_started_stops_the_stack(tmp_pat
     install) is not restarted in a loop: the stack says so and stops, taking its workers along."""
     with local_stack(tmp_path, CONFIG, workers=2) as stack:
         children = descendants(stack.process.pid)
-        arbiter = http_arbiter(stack)
-        assert arbiter is not None
-        os.kill(arbiter, signal.SIGKILL)
+        os.kill(running_arbiter(stack), signal.SIGKILL)
         assert stack.process.wait(30) == 1
         wait_for(lambda: not any(alive(pid) for pid in children), 20, "the stack's children to stop")
         assert "the HTTP server stopped right after it started" in stack.log()
