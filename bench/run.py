@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark, write bench/results.json and print a short table.
 
-    python bench/run.py [--quick] [--only checkout,reconcile,refill,fill,memory,coldstart,fleet,sizing]
+    python bench/run.py [--quick] [--only checkout,reconcile,refill,fill,memory,coldstart,fleet,sizing,feeds]
 
 Targets (issue 7), on this machine: >= 1,500 checkout+delete cycles/s at 8 clients, checkout
 p99 < 5 ms, one Redis round trip per checkout, refill start < 1 s p50, a steady pool's pass in
@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make the repository impo
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
-from bench import checkout, coldstart, fill, fleet, memory, reconcile, refill, sizing
+from bench import checkout, coldstart, feeds, fill, fleet, memory, reconcile, refill, sizing
 from bench.common import CORES, ROOT
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "coldstart": coldstart.run,
     "fleet": fleet.run,
     "sizing": sizing.run,
+    "feeds": feeds.run,
 }
 RESULTS = ROOT / "bench" / "results.json"
 
@@ -154,6 +155,8 @@ def table(results: dict[str, Any]) -> list[str]:
             rows.append(("deployment.zip", f"{s['deployment_zip_bytes'] / 1e6:.2f} MB"))
     if "sizing" in results:
         rows += sizing.table(results["sizing"])
+    if "feeds" in results:
+        rows += feeds.table(results["feeds"])
     width = max(len(name) for name, _ in rows) if rows else 0
     return [f"{name:<{width}}  {value}  {cores}" for name, value in rows]
 

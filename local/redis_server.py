@@ -32,12 +32,25 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _answers(port: int) -> bool:
+    """Whether something accepts connections on ``port`` on loopback."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
 class RedisServer:
     """A redis-server child process. Use as a context manager or call start()/stop()."""
 
     def __init__(self, port: int | None = None, data_dir: Path | None = None, persist: bool = False,
-                 replica_of: int | None = None, appendfsync: str = "everysec", die_with_parent: bool = False) -> None:
+                 replica_of: int | None = None, appendfsync: str = "everysec", die_with_parent: bool = False,
+                 pass_fds: tuple[int, ...] = ()) -> None:
         self.port = port or free_port()
+        self._port_asked = port is not None
+        """The caller named the port: never move to another one. Else a first start that finds
+        the free port taken meanwhile (another process bound it first) tries a fresh one."""
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="vmpool-redis-"))
         self.persist = persist
@@ -46,17 +59,40 @@ class RedisServer:
         self.appendfsync = appendfsync
         self.stop_with_parent = die_with_parent
         """SIGTERM the server when the process that started it dies (the local stack's Redis)."""
+        self.pass_fds = pass_fds
+        """Descriptors the server keeps open for as long as it runs (the local stack's lock on its
+        state directory: no second stack starts on the data while this server still writes it)."""
         self.process: subprocess.Popen[bytes] | None = None
+        self._started = False
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> "RedisServer":
+        """Start redis-server and wait until it answers. It must be ours that answers: whatever
+        else listens on the port (another stack's Redis, a system one) is never taken for it.
+        Raises RuntimeError when it does not start (its port taken, its data unreadable)."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        first_start = self.process is None and not self._started
+        for _ in range(3):
+            if self._start_once(binary, timeout):
+                self._started = True
+                return self
+            if self._port_asked or not first_start:
+                break
+            self.port = free_port()  # ours was taken between free_port() and redis-server's bind
+        why = ("something else listens on it" if _answers(self.port)
+               else f"it exited or did not answer within {timeout:.0f} s; its data: {self.data_dir}")
+        if not self._started:
+            self.stop()  # a directory of its own goes too
+        raise RuntimeError(f"redis-server did not start on port {self.port}: {why}")
+
+    def _start_once(self, binary: str, timeout: float) -> bool:
+        """One redis-server process; whether it serves (else it is stopped)."""
         # A data directory kept by an older version has a snapshot but no append-only file:
         # Redis started with appendonly would ignore the snapshot. Load it, then switch on.
         migrate = (self.persist and (self.data_dir / "dump.rdb").exists()
@@ -70,8 +106,8 @@ class RedisServer:
         if self.replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         parent = os.getpid()
-        self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        process = self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=self.pass_fds,
             preexec_fn=(lambda: die_with_parent(parent)) if self.stop_with_parent else None,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
@@ -79,13 +115,16 @@ class RedisServer:
         try:
             while True:
                 try:
-                    if client.ping() and (not migrate or self._switch_to_append_only(client, deadline)):
-                        return self
+                    # Its own pid in INFO: a Redis already on the port answers PING too.
+                    if client.ping() and client.info("server").get("process_id") == process.pid \
+                            and (not migrate or self._switch_to_append_only(client, deadline)):
+                        return True
                 except (redis.ConnectionError, redis.BusyLoadingError):
                     pass
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"redis-server did not start on port {self.port}")
+                if process.poll() is not None or time.monotonic() > deadline:
+                    stop_process(process)
+                    self.process = None
+                    return False
                 time.sleep(0.02)
         finally:
             client.close()

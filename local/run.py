@@ -21,6 +21,7 @@ import fcntl
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -44,18 +45,26 @@ LOCK_NAME = "run.lock"
 def _lock_state_dir() -> int:
     """Hold an exclusive lock on the state directory for the life of this stack, or refuse.
     flock: the kernel releases it when the holder dies, so a SIGKILLed stack never blocks the
-    next start (its children hold it until they have stopped too)."""
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(STATE_DIR / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    next start (its children hold it until they have stopped too: redis-server, which writes
+    the data there, is handed it)."""
+    try:
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(STATE_DIR / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:  # read-only, not a directory, no permission: say so, no traceback
+        raise SystemExit(f"cannot use {STATE_DIR} as the state directory: {error.strerror}; "
+                         "set VMPOOL_STATE_DIR to a writable directory") from None
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.read(descriptor, 32).decode(errors="replace").strip() or "?"
         os.close(descriptor)
-        raise SystemExit(f"{STATE_DIR} is in use by another `make run` (pid {holder}): stop it first, "
-                         "or give this one its own VMPOOL_STATE_DIR") from None
-    os.ftruncate(descriptor, 0)
-    os.write(descriptor, f"{os.getpid()}\n".encode())
+        raise SystemExit(f"{STATE_DIR} is in use by another `make run` (pid {holder}, or what it started): "
+                         "stop it first, or give this one its own VMPOOL_STATE_DIR") from None
+    try:
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()}\n".encode())
+    except OSError as error:  # its file system full
+        raise SystemExit(f"cannot write to the state directory {STATE_DIR}: {error.strerror}") from None
     return descriptor
 
 
@@ -115,7 +124,7 @@ def _start_vcsim() -> tuple[subprocess.Popen[bytes], Path]:
     from tools.vcsim import launcher
 
     cert = STATE_DIR / "vcsim.pem"
-    process, url = launcher.start_vcsim(port=0, boot_delay=3.0, cert_path=cert)
+    process, url = launcher.start_vcsim(port=0, boot_delay=3.0, cert_path=cert, die_with_parent=True)
     config_file = STATE_DIR / "vcsim.yaml"
     config_file.write_text(VCSIM_CONFIG.format(
         server=urlsplit(url).netloc, username=launcher.USERNAME, password=launcher.PASSWORD,
@@ -125,18 +134,30 @@ def _start_vcsim() -> tuple[subprocess.Popen[bytes], Path]:
     return process, config_file
 
 
-def _require_free_port(port: int) -> None:
-    """Workers share the port (SO_REUSEPORT), which would also let them share it with a stale
-    stack still running; refuse to start in that case instead. Connections a stopped stack
-    closed (TIME_WAIT for a minute) do not count: SO_REUSEADDR, as gunicorn's own sockets have."""
-    import socket
+def _require_free_port(port: int) -> "socket.socket":
+    """Claim ``port`` for this stack for as long as the socket returned stays open, or refuse.
 
+    Workers share the port (SO_REUSEPORT), which would also let them share it with a stale
+    stack still running; refuse to start in that case instead. Connections a stopped stack
+    closed (TIME_WAIT for a minute) do not count: SO_REUSEADDR, as gunicorn's own sockets have.
+    Two stacks started at once would both find the port free before either's workers bind it,
+    and then both serve it, each with its own Redis: the claim (a name in Linux's abstract
+    socket namespace, freed by the kernel when the last process holding it dies) lets one of
+    them through."""
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim.bind(f"\0vmpool-http-127.0.0.1:{port}")
+    except OSError:
+        claim.close()
+        raise SystemExit(f"port {port} is in use by another `make run` starting or running") from None
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
+            claim.close()
             raise SystemExit(f"port {port} is in use: is another `make run` still running?") from None
+    return claim
 
 
 CHECKED_CONFIG_NAME = "config.json"
@@ -163,6 +184,8 @@ def _check_config() -> int:
                     out.write(checked)
             except ConfigError as error:
                 status, answer = 2, str(error)
+            except OSError as error:  # the state directory full or gone
+                status, answer = 1, f"cannot write {STATE_DIR / CHECKED_CONFIG_NAME}: {error.strerror}"
         except BaseException:  # noqa: BLE001 - say why, and the stack refuses to start
             traceback.print_exc()
             status = 1
@@ -214,9 +237,37 @@ def _restart_if_gone(redis_server: "RedisServer") -> None:
         print(f"vmpool: {error}; trying again", file=sys.stderr, flush=True)
 
 
+def _tcp_port(text: str) -> int:
+    """A port to listen on, 1 to 65535. Not 0: each HTTP worker binds the port itself, and each
+    would get a different free one (the banner showing port 0)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a TCP port (1 to 65535)")
+    return port
+
+
+def _tcp_port_or_any(text: str) -> int:
+    """A port, or 0 for a free one."""
+    return 0 if text.strip() == "0" else _tcp_port(text)
+
+
+def _positive_seconds(text: str) -> float:
+    """Seconds between ticks: 0 or less would tick in a busy loop."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument("--port", type=_tcp_port, default=os.environ.get("PORT", "8000"))
     # One worker per core, each running 4 event loops on their own threads (their Redis waits
     # overlap): more workers measured fewer cycles/s here, 2 loops fewer, 6 or 8 no more
     # (docs/performance.md, "The local HTTP front").
@@ -224,14 +275,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "4")),
                         help="event loops (threads) per worker, each serving one request at a time")
     parser.add_argument("--config", default=os.environ.get("VMPOOL_CONFIG_FILE"))
-    parser.add_argument("--redis-port", type=int, default=int(os.environ.get("VMPOOL_LOCAL_REDIS_PORT", "0")))
-    parser.add_argument("--interval", type=float, default=10.0, help="seconds between scheduled passes")
+    parser.add_argument("--redis-port", type=_tcp_port_or_any, default=os.environ.get("VMPOOL_LOCAL_REDIS_PORT", "0"),
+                        help="0 (the default): a free one")
+    parser.add_argument("--interval", type=_positive_seconds, default=10.0, help="seconds between scheduled passes")
     parser.add_argument("--provider", choices=("dummy", "vcsim"), default=os.environ.get("PROVIDER", "dummy"))
     args = parser.parse_args(argv)
 
+    from local.processes import die_with_parent
     from local.redis_server import RedisServer
 
-    _lock_state_dir()  # before anything starts; held (open) until this process exits
+    if os.environ.get("MAKELEVEL"):
+        # Started by `make run`: a SIGKILLed make (an IDE's stop button, a CI job's timeout)
+        # cannot pass anything on, and the stack went on serving, orphaned, with nobody left to
+        # stop it. SIGTERM when make dies: the stack stops as on Ctrl-C. Not when started
+        # another way: `nohup python -m local.run &` outlives its shell on purpose.
+        die_with_parent(os.getppid())
+    lock = _lock_state_dir()  # before anything starts; held (open) until this process exits
     vcsim_process = None
     if args.provider == "vcsim":
         vcsim_process, config_file = _start_vcsim()
@@ -239,21 +298,28 @@ def main(argv: list[str] | None = None) -> int:
     elif args.config:
         os.environ["VMPOOL_CONFIG_FILE"] = str(Path(args.config).resolve())
     status = _check_config()  # before anything starts
+    redis_server = RedisServer(
+        port=args.redis_port or None, data_dir=STATE_DIR / f"redis-{args.provider}", persist=True,
+        die_with_parent=True, pass_fds=(lock,),  # the lock held until it has stopped writing too
+    )
+    if not status:
+        try:
+            redis_server.start()
+        except RuntimeError as error:  # its port taken by another server, its data unreadable
+            print(f"vmpool: {error}", file=sys.stderr)
+            status = 1
     if status:
         if vcsim_process is not None:
             from tools.vcsim.launcher import stop_vcsim
 
             stop_vcsim(vcsim_process)
         return status
-    redis_server = RedisServer(
-        port=args.redis_port or None, data_dir=STATE_DIR / f"redis-{args.provider}", persist=True,
-        die_with_parent=True,
-    ).start()
     os.environ["VMPOOL_REDIS_URL"] = redis_server.url
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")
 
     front: BaseProcess | None = None
+    port_claim: socket.socket | None = None
     workers = max(args.workers, 1)
     scheduler = None
     stop = threading.Event()
@@ -270,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as error:
             print(error, file=sys.stderr)
             return 2
-        _require_free_port(args.port)
+        port_claim = _require_free_port(args.port)  # held (open) until this process exits
         # Forked before the scheduler's threads exist: the front's processes inherit none.
         front, ready = _start_front("fork", args.port, workers, max(args.threads, 1))
         front_started = time.monotonic()
@@ -311,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
                 front.kill()
                 front.join()
         redis_server.stop()
+        if port_claim is not None:
+            port_claim.close()
         if vcsim_process is not None:
             from tools.vcsim.launcher import stop_vcsim
 

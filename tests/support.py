@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, TypeVar
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
 
+import pytest
 import redis.connection
 
 from local.redis_server import free_port
@@ -131,3 +133,18 @@ def redis_commands(client: redis.Redis) -> dict[str, int]:
     stats = client.info("commandstats")
     return {name.removeprefix("cmdstat_"): entry["calls"] for name, entry in stats.items()
             if name != "cmdstat_config|resetstat"}
+
+
+@contextmanager
+def checkout_answers_lost(store: Any) -> Iterator[None]:
+    """Inside: a checkout script runs (its VM is taken) but its answer never reaches the API, as
+    when the socket times out; the API answers 503 and the VM waits unconfirmed."""
+    run_checkout = store.scripts.checkout
+
+    def answer_lost(**kwargs: Any) -> Any:
+        run_checkout(**kwargs)
+        raise redis.exceptions.TimeoutError("Timeout reading from socket")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store.scripts, "checkout", answer_lost)
+        yield

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from chalicelib.api.http import ANSWER_BUDGET_BYTES, ApiRequest, ApiResponse, bad_request, ok
+from chalicelib.api.http import ANSWER_BUDGET_BYTES, ApiRequest, ApiResponse, bad_request, ok, whole_number
 from chalicelib.services import Services
 from chalicelib.sizing.controller import current_sizes
 from chalicelib.store.history import PoolHistory, Sample, minute_of
@@ -136,10 +136,12 @@ def vmpooler_running(services: Services, request: ApiRequest) -> ApiResponse:
 
 
 def _hours(request: ApiRequest) -> int:
-    text = request.query.get("hours") or "1"
-    if not text.isdigit() or not 1 <= int(text) <= MAX_HISTORY_HOURS:
+    # whole_number: ASCII digits only, judged by length past 18 ("²" is a digit to str.isdigit
+    # and no number to int(), and int() refuses more than 4,300 digits: both were 500s).
+    hours = whole_number(request.query.get("hours") or "1")
+    if hours is None or not 1 <= hours <= MAX_HISTORY_HOURS:
         raise bad_request(f"hours must be a whole number from 1 to {MAX_HISTORY_HOURS}")
-    return int(text)
+    return hours
 
 
 def most_points(services: Services) -> int:

@@ -161,13 +161,17 @@ def json_object(request: ApiRequest, empty: Any = None) -> Any:
     return body
 
 
-def short_hostname(raw: str) -> str:
-    """A hostname from a path, short or fully qualified, cut to its first label. Anything that
-    is not a hostname (slashes, ``..``, spaces) is a 400 before any lookup."""
+def short_hostnames(raw: str) -> tuple[str, ...]:
+    """The VM names a hostname from a path (short or fully qualified) may mean: its first label
+    as written, as vmpooler looks it up (a VM made by hand in a pool folder, or named under an
+    upper-case prefix of old, has capitals of its own), then lower-cased, the names the service
+    makes (DNS names ignore case: ``HOST1`` is ``host1``). One name when they are the same.
+    Anything that is not a hostname (slashes, ``..``, spaces) is a 400 before any lookup."""
     if not raw:
         raise bad_request("Hostname is required")
     if len(raw) > 253:
         raise bad_request("Hostname too long")
     if not HOSTNAME_PATTERN.match(raw):
         raise bad_request("Invalid hostname format")
-    return raw.split(".", 1)[0].lower()
+    label = raw.split(".", 1)[0]
+    return tuple(dict.fromkeys((label, label.lower())))

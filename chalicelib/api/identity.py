@@ -66,9 +66,14 @@ def caller_for_change(
 
     A VM checked out with a token needs a token of the same user; ``token_required`` asks for a
     token whatever the VM (lifetime changes). Without ``:auth:`` anyone may, as in vmpooler."""
+    return may_change(services, optional_caller(services, request), record, token_required=token_required)
+
+
+def may_change(services: Services, caller: Caller | None, record: VMRecord, *,
+               token_required: bool = False) -> Caller | None:
+    """``caller_for_change`` for a caller already known (``optional_caller``)."""
     if services.config.auth is None:
         return None
-    caller = optional_caller(services, request)
     if caller is None and (token_required or record.token_user):
         raise unauthorized("a token is required (X-AUTH-TOKEN)")
     if record.token_user and caller is not None and not same_user(caller.user, record.token_user):

@@ -20,6 +20,7 @@ from chalicelib.api import dashboard, ondemand, pool_config, status, summary, to
 from chalicelib.api.http import JSON_HEADERS, ApiError, ApiRequest, ApiResponse, bad_request
 from chalicelib.api.identity import TOKEN_HEADER
 from chalicelib.api.limits import check_rate
+from chalicelib.api.shared_reads import SharedReads
 from chalicelib.observability import logger
 from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable
@@ -41,6 +42,9 @@ class Route:
     """Whether the route also exists without an /api/vN prefix."""
     versioned: bool = True
     """False for the routes that exist only without a prefix (/, /healthcheck, /dashboard)."""
+    feed: bool = False
+    """A read of every pool that does not depend on who asks: callers asking it at once share one
+    computation (api/shared_reads.py)."""
 
 
 ROUTES: list[Route] = [
@@ -50,13 +54,13 @@ ROUTES: list[Route] = [
     Route("describe_vm", "GET", "/vm/{name}", vms.describe, unversioned=True),
     Route("modify_vm", "PUT", "/vm/{name}", vms.modify, unversioned=True),
     Route("return_vm", "DELETE", "/vm/{name}", vms.give_back, unversioned=True),
-    Route("status", "GET", "/status", status.status, unversioned=True),
-    Route("poolstat", "GET", "/poolstat", status.poolstat),
-    Route("totalrunning", "GET", "/totalrunning", status.total_running),
-    Route("summary", "GET", "/summary", summary.summary, unversioned=True),
-    Route("summary_section", "GET", "/summary/{section}", summary.summary, unversioned=True),
-    Route("summary_key", "GET", "/summary/{section}/{key}", summary.summary, unversioned=True),
-    Route("config", "GET", "/config", status.pool_configuration),
+    Route("status", "GET", "/status", status.status, unversioned=True, feed=True),
+    Route("poolstat", "GET", "/poolstat", status.poolstat, feed=True),
+    Route("totalrunning", "GET", "/totalrunning", status.total_running, feed=True),
+    Route("summary", "GET", "/summary", summary.summary, unversioned=True, feed=True),
+    Route("summary_section", "GET", "/summary/{section}", summary.summary, unversioned=True, feed=True),
+    Route("summary_key", "GET", "/summary/{section}/{key}", summary.summary, unversioned=True, feed=True),
+    Route("config", "GET", "/config", status.pool_configuration, feed=True),
     Route("token_list", "GET", "/token", tokens.list_tokens, unversioned=True),
     Route("token_create", "POST", "/token", tokens.create_token, unversioned=True),
     Route("token_describe", "GET", "/token/{token}", tokens.describe_token, unversioned=True),
@@ -76,11 +80,11 @@ ROUTES: list[Route] = [
     Route("healthcheck", "GET", "/healthcheck", dashboard.healthcheck, unversioned=True, versioned=False),
     Route("dashboard", "GET", "/dashboard", dashboard.page, unversioned=True, versioned=False),
     Route("dashboard_pool_stats", "GET", "/dashboard/stats/vmpooler/pool", dashboard.vmpooler_pool,
-          unversioned=True, versioned=False),
+          unversioned=True, versioned=False, feed=True),
     Route("dashboard_running_stats", "GET", "/dashboard/stats/vmpooler/running", dashboard.vmpooler_running,
-          unversioned=True, versioned=False),
+          unversioned=True, versioned=False, feed=True),
     Route("dashboard_history", "GET", "/dashboard/stats/history", dashboard.history,
-          unversioned=True, versioned=False),
+          unversioned=True, versioned=False, feed=True),
     Route("vm_disk", "POST", "/vm/{name}/disk/{size}", vm_tasks.add_disk),
     Route("vm_snapshot", "POST", "/vm/{name}/snapshot", vm_tasks.take_snapshot, unversioned=True),
     Route("vm_revert", "POST", "/vm/{name}/snapshot/{snapshot}", vm_tasks.revert_snapshot, unversioned=True),
@@ -105,6 +109,10 @@ def render(response: ApiResponse) -> tuple[int, str, dict[str, str]]:
     return response.status, json.dumps(response.body, separators=(",", ":")), {**JSON_HEADERS, **response.headers}
 
 
+SHARED_READS = SharedReads()
+"""The feeds being computed in this process, shared by the callers asking them at once."""
+
+
 def _route_of(handler: Handler) -> Route | None:
     return next((route for route in ROUTES if route.handler is handler), None)
 
@@ -116,6 +124,10 @@ def handle(services: Services, handler: Handler, request: ApiRequest) -> ApiResp
         route = _route_of(handler)
         if route is not None:
             check_rate(services, route.method, route.path, request)
+        if route is not None and route.feed:
+            key = (id(services), route.name, request.version, tuple(sorted(request.params.items())),
+                   tuple(sorted(request.query.items())))
+            return SHARED_READS.answer(key, lambda: handler(services, request))
         return handler(services, request)
     except ApiError as error:
         return error.response()

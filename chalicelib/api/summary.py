@@ -39,6 +39,35 @@ def most_days(services: Services) -> int:
     return max(1, min(MAX_DAYS, ANSWER_BUDGET_BYTES // max(per_day, 1)))
 
 
+DAYS_PER_READ = 4
+"""Days of statistics read from Redis at a time while their tags are measured (a day holds at
+most about 1.7 MB of them)."""
+
+
+def _tag_bytes(stats: DayStats) -> int:
+    """About what a day's tag counts take in a summary: each value once in its day and once in the
+    range's totals."""
+    return sum(2 * (len(name) + len(value) + 4) for name, value in stats.values.items() if name.startswith("tag:"))
+
+
+def _read_days(services: Services, days: list[str]) -> list[DayStats]:
+    """The statistics of ``days``, read a few days at a time, refused (400) as soon as their tag
+    counts would not fit ANSWER_BUDGET_BYTES: tags need no token, so anyone may fill a day's
+    with the most names and values it keeps (about 1.7 MB of answer), and a range of such days
+    was API Gateway's 502, or for a year some 600 MB read into one worker."""
+    found: list[DayStats] = []
+    tag_bytes = 0
+    for start in range(0, len(days), DAYS_PER_READ):
+        for stats in services.store.day_stats(days[start:start + DAYS_PER_READ]):
+            tag_bytes += _tag_bytes(stats)
+            if tag_bytes > ANSWER_BUDGET_BYTES:
+                fits = max(len(found), 1)
+                raise bad_request("Date range is invalid, the tags counted in it would not fit one answer; "
+                                  f"ask for at most {fits} day{'s' if fits > 1 else ''} from {days[0]}.")
+            found.append(stats)
+    return found
+
+
 def _days(services: Services, request: ApiRequest) -> list[str]:
     today = datetime.fromtimestamp(services.clock.now(), timezone.utc).date()
     first = _parse_day("from", request.query.get("from") or today.isoformat())
@@ -158,7 +187,7 @@ def _select(figures: dict[str, Any], key: str | None) -> dict[str, Any]:
 
 def summary(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /summary, /summary/<section> and /summary/<section>/<key>."""
-    days = services.store.day_stats(_days(services, request))
+    days = _read_days(services, _days(services, request))
     section = request.params.get("section")
     key = request.params.get("key")
     if section is None:

@@ -16,11 +16,11 @@ from chalicelib.api.http import (
     json_object,
     not_found,
     ok,
-    short_hostname,
+    short_hostnames,
     shown,
     whole_number,
 )
-from chalicelib.api.identity import caller_for_change
+from chalicelib.api.identity import caller_for_change, may_change, optional_caller
 from chalicelib.api.vm_lookup import find_vm
 from chalicelib.api.vm_tasks import disk_size, queue_task
 from chalicelib.observability import emit, logger
@@ -130,6 +130,9 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
     sends it here (vmfloaty 1.9.1 never calls the disk route). It is queued before the other
     changes, so a disk refused (too many queued or added) changes nothing."""
     record = find_vm(services, request, running=True)
+    # Tags need no token (vmpooler's contract), but a token sent must be a live one (401), as on
+    # every route that reads one.
+    caller = optional_caller(services, request)
     body = json_object(request, empty={})
     failures: list[str] = []
     changes: dict[str, str] = {}
@@ -138,12 +141,12 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
     config = services.config
     for key, value in body.items():
         if key == "lifetime":
-            caller_for_change(services, request, record, token_required=True)
+            may_change(services, caller, record, token_required=True)
             lifetime = _parse_lifetime(value, config.service.max_lifetime_upper_limit, failures)
             if lifetime is not None:
                 changes["lifetime"] = str(lifetime)
         elif key == "disk":
-            caller_for_change(services, request, record, token_required=True)
+            may_change(services, caller, record, token_required=True)
             disk_gb = disk_size(value)
             if disk_gb is None:
                 failures.append(f"You provided a disk size ({shown(value)}) that is not a whole number of GB "
@@ -236,7 +239,9 @@ def give_back(services: Services, request: ApiRequest) -> ApiResponse:
     Without ``:auth:`` anyone may return any VM (as in vmpooler): one round trip, no read
     first; the record is read only to say why a VM could not be returned."""
     if services.config.auth is None:
-        hostname = short_hostname(request.params["name"])
+        names = short_hostnames(request.params["name"])
+        # A name in capitals may mean two VMs: the one it names is found first (find_vm).
+        hostname = names[0] if len(names) == 1 else find_vm(services, request).name
         pool = services.store.return_vm(hostname, services.clock.now(), "returned by its user")
         if pool is None:
             find_vm(services, request, running=True)  # the 404 saying why
@@ -245,8 +250,10 @@ def give_back(services: Services, request: ApiRequest) -> ApiResponse:
     record = find_vm(services, request, running=True)
     caller_for_change(services, request, record)
     now = services.clock.now()
+    # Only while the checkout whose owner was checked still holds it: a checkout never confirmed
+    # goes back to ready once its deadline passes, and the next caller may have taken the VM.
     if not services.store.move(record.name, record.pool, "running", "completed", now, nudge=True,
-                               reason="returned by its user"):
+                               checked_out_as=record, reason="returned by its user"):
         raise not_found(error=f"VM {record.name} is not running")
     return _returned(services, record.pool, record.name)
 

@@ -16,13 +16,15 @@ from typing import Iterable, Sequence, cast
 
 from chalicelib.store.keys import KEY_PART
 from chalicelib.store.records import VMRecord
-from chalicelib.store.scripts import KeyList
+from chalicelib.store.scripts import KeyList, ScriptCall, run_many
 from chalicelib.store.store import Quota, QuotaExceeded, Store, _translate_errors
 
 OPEN = "open"
 READY = "ready"
 FAILED = "failed"
 DELETED = "deleted"
+OPEN_SETS_PER_CALL = 1000
+"""Pools' open-request sets one call of lua/union_members.lua reads (OnDemandStore.waiting)."""
 
 
 @dataclass(frozen=True)
@@ -147,32 +149,31 @@ class OnDemandStore:
 
     def get(self, request_id: str) -> OnDemandRequest | None:
         """The request and the records of its VMs, in two round trips."""
+        return self.get_many([request_id])[request_id]
+
+    def get_many(self, request_ids: Sequence[str]) -> dict[str, OnDemandRequest | None]:
+        """Each request (None when unknown) with the records of its VMs, in two round trips
+        whatever their number."""
+        if not request_ids:
+            return {}
         with _translate_errors():
             pipe = self.client.pipeline(transaction=False)
-            pipe.hgetall(self.keys.ondemand(request_id))
-            pipe.zrange(self.keys.ondemand_vms(request_id), 0, -1)
-            data, hostnames = pipe.execute()
-            if not data:
-                return None
-            records: list[VMRecord] = []
-            if hostnames:
+            for request_id in request_ids:
+                pipe.hgetall(self.keys.ondemand(request_id))
+                pipe.zrange(self.keys.ondemand_vms(request_id), 0, -1)
+            found = pipe.execute()
+            hashes = dict(zip(request_ids, found[0::2], strict=True))
+            hostnames = {request_id: names for request_id, names, data
+                         in zip(request_ids, found[1::2], found[0::2], strict=True) if data}
+            wanted = [hostname for names in hostnames.values() for hostname in names]
+            raws: dict[str, dict[str, str]] = {}
+            if wanted:
                 pipe = self.client.pipeline(transaction=False)
-                for hostname in hostnames:
+                for hostname in wanted:
                     pipe.hgetall(self.keys.vm(hostname))
-                records = [VMRecord.from_hash(raw) for raw in pipe.execute()
-                           if raw and raw.get("request") == request_id]
-        return OnDemandRequest(
-            id=request_id,
-            state=data.get("state", ""),
-            entries=tuple(OnDemandEntry(e["name"], e["pool"], int(e["count"]))
-                          for e in json.loads(data.get("entries") or "[]")),
-            created=float(data.get("created") or 0),
-            expires=float(data.get("expires") or 0),
-            token_user=data.get("token_user", ""),
-            message=data.get("message", ""),
-            id_generated=data.get("id_generated") == "1",
-            vms=tuple(records),
-        )
+                raws = dict(zip(wanted, pipe.execute(), strict=True))
+        return {request_id: _request(request_id, hashes[request_id], hostnames.get(request_id, []), raws)
+                for request_id in request_ids}
 
     def open_requests(self, pool: str) -> list[str]:
         """Ids of the requests that may still need VMs from ``pool``, oldest first."""
@@ -182,16 +183,14 @@ class OnDemandStore:
 
     def waiting(self, pools: Iterable[str]) -> int:
         """VMs that open requests still wait for and that are not being built yet (/status
-        ``queue.requested``: each VM is counted once, here or as pending, ready...)."""
-        ids: dict[str, None] = {}
-        for pool in pools:
-            ids.update(dict.fromkeys(self.open_requests(pool)))
-        total = 0
-        for request_id in ids:
-            request = self.get(request_id)
-            if request is not None:
-                total += request.waiting
-        return total
+        ``queue.requested``: each VM is counted once, here or as pending, ready...). Three round
+        trips whatever the number of pools and requests."""
+        keys = [self.keys.ondemand_open(pool) for pool in pools]
+        calls: list[ScriptCall] = [(self.scripts.union_members, keys[start:start + OPEN_SETS_PER_CALL], ())
+                                   for start in range(0, len(keys), OPEN_SETS_PER_CALL)]
+        with _translate_errors():
+            ids = list(dict.fromkeys(request_id for found in run_many(self.client, calls) for request_id in found))
+        return sum(request.waiting for request in self.get_many(ids).values() if request is not None)
 
     def building(self, pool: str) -> int:
         """On-demand VMs of ``pool`` being built (pending)."""
@@ -247,3 +246,25 @@ class OnDemandStore:
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_end(keys=keys, args=args))
         return Ending(answer["result"], answer["state"], tuple(answer.get("pools") or ()))
+
+
+def _request(request_id: str, data: dict[str, str], hostnames: Sequence[str],
+             raws: dict[str, dict[str, str]]) -> OnDemandRequest | None:
+    """The request of hash ``data`` (None when empty), its VMs the records in ``raws`` of
+    ``hostnames`` that still name it."""
+    if not data:
+        return None
+    records = [VMRecord.from_hash(raw) for raw in (raws.get(hostname) for hostname in hostnames)
+               if raw and raw.get("request") == request_id]
+    return OnDemandRequest(
+        id=request_id,
+        state=data.get("state", ""),
+        entries=tuple(OnDemandEntry(e["name"], e["pool"], int(e["count"]))
+                      for e in json.loads(data.get("entries") or "[]")),
+        created=float(data.get("created") or 0),
+        expires=float(data.get("expires") or 0),
+        token_user=data.get("token_user", ""),
+        message=data.get("message", ""),
+        id_generated=data.get("id_generated") == "1",
+        vms=tuple(records),
+    )

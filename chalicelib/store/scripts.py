@@ -66,6 +66,8 @@ class Scripts:
         self.release_lease = load("release_lease")
         self.record_durations = load("record_durations")
         self.history_points = load("history_points")
+        self.state_counts = load("state_counts")
+        self.union_members = load("union_members")
         self.update = load("update")
         self.vm_modify = load("vm_modify")
         self.rate_count = load("rate_count")

@@ -43,6 +43,9 @@ MOVE_BATCH = 200
 """The most VMs one run of lua/move.lua or lua/update.lua changes: a pass changing thousands (a
 pool drained) holds Redis a few milliseconds at a time, not for the whole batch."""
 
+COUNT_POOLS_PER_CALL = 200
+"""Pools one call of lua/state_counts.lua counts (Store.counts)."""
+
 CLONE_DEMAND_TTL_SECONDS = 120.0
 """A short pool's claim on clone slots lapses when its passes stop renewing it for this long
 (its passes died, or it left the config), so the slots go to the pools still asking."""
@@ -131,10 +134,13 @@ class Quota:
     max_requests: int = 0
     """Open on-demand requests, per owner and in total."""
 
+    def holdings_key(self, keys: Keys) -> str:
+        """The owner's holdings set (named by a hash of the owner)."""
+        return keys.holdings(hashlib.sha256(self.owner.encode("utf-8")).hexdigest()[:32])
+
     def payload(self, keys: Keys, key_list: KeyList, ttl_seconds: int) -> dict[str, Any]:
         """What lua/quota.lua reads, its keys added to ``key_list``."""
-        owner = hashlib.sha256(self.owner.encode("utf-8")).hexdigest()[:32]
-        return {"key": key_list.add(keys.holdings(owner)), "ttl": ttl_seconds, "max_owner_vms": self.max_owner_vms,
+        return {"key": key_list.add(self.holdings_key(keys)), "ttl": ttl_seconds, "max_owner_vms": self.max_owner_vms,
                 "max_vms": self.max_vms,
                 "running": [key_list.add(key) for key in _running_keys(keys, tuple(self.pools))],
                 "open_requests": key_list.add(keys.ondemand_open_requests),
@@ -244,6 +250,11 @@ class Store:
             data = cast("dict[str, str]", self.client.hgetall(self.keys.vm(hostname)))
         return VMRecord.from_hash(data) if data else None
 
+    def get_first_vm(self, hostnames: Sequence[str]) -> VMRecord | None:
+        """The record of the first of ``hostnames`` the service knows, in one round trip."""
+        found = self.records(hostnames)
+        return next((found[host] for host in hostnames if host in found), None)
+
     def pool_snapshot(self, pool: str, without_records: Sequence[str] = ()) -> PoolSnapshot:
         """All of a pool's VMs (with the time each entered its state) and the records of those
         not in a ``without_records`` state, in two round trips whatever the pool's size. A
@@ -330,14 +341,17 @@ class Store:
             self.client.set(self.keys.ready_checked(pool), mark)
 
     def counts(self, pools: Iterable[str]) -> dict[str, dict[str, int]]:
-        """pool -> state -> number of VMs, in one round trip."""
+        """pool -> state -> number of VMs, in one round trip: COUNT_POOLS_PER_CALL pools a call
+        of lua/state_counts.lua, every call in one pipeline (a command per pool and state cost
+        the feeds about 60 ms of CPU per 1,000 pools to send and parse; a call holds Redis
+        about a millisecond)."""
         pools = list(pools)
+        keys = [self.keys.pool_state(pool, state) for pool in pools for state in STATES]
+        step = COUNT_POOLS_PER_CALL * len(STATES)
+        calls: list[ScriptCall] = [(self.scripts.state_counts, keys[start:start + step], ())
+                                   for start in range(0, len(keys), step)]
         with _translate_errors():
-            pipe = self.client.pipeline(transaction=False)
-            for pool in pools:
-                for state in STATES:
-                    pipe.zcard(self.keys.pool_state(pool, state))
-            values = iter(pipe.execute())
+            values = iter([count for answer in run_many(self.client, calls) for count in answer])
         return {pool: {state: next(values) for state in STATES} for pool in pools}
 
     def running_with(self, pools: Sequence[str], field_name: str, value: str) -> list[str]:
@@ -421,11 +435,12 @@ class Store:
         if not answer["ok"]:
             return CheckoutResult(short=tuple(answer["short"]))
         result = CheckoutResult(vms=tuple(CheckedOut(*entry) for entry in answer["vms"]))
-        self._confirm(checkout_id, result.vms, now)
+        self._confirm(checkout_id, result.vms, now, quota.holdings_key(self.keys) if quota is not None else "")
         return result
 
-    def _confirm(self, checkout_id: str, vms: Sequence[CheckedOut], now: float) -> None:
-        """Confirm a checkout (and wait for the replicas to have it); on any failure, release."""
+    def _confirm(self, checkout_id: str, vms: Sequence[CheckedOut], now: float, holdings: str) -> None:
+        """Confirm a checkout (and wait for the replicas to have it); on any failure, release
+        (``holdings``: the owner's holdings set, "" for none)."""
         replicas, timeout_ms = self._replicas_to_wait_for(), self.replica_acks.timeout_ms
 
         def confirm_and_wait() -> list[Any]:
@@ -446,13 +461,13 @@ class Store:
                     self.scripts.confirm.load_into(self.client)
                     confirmed, *acks = confirm_and_wait()
         except StoreUnavailable:
-            self._release_after_failure(checkout_id, vms, now)
+            self._release_after_failure(checkout_id, vms, now, holdings)
             raise
         if not confirmed:
-            self._release_after_failure(checkout_id, vms, now)
+            self._release_after_failure(checkout_id, vms, now, holdings)
             raise StoreUnavailable("redis: checkout returned to the pool before it was confirmed")
         if acks and int(acks[0]) < replicas:
-            self._release_after_failure(checkout_id, vms, now)
+            self._release_after_failure(checkout_id, vms, now, holdings)
             raise CheckoutNotDurable(f"redis: {acks[0]} of {replicas} replicas acknowledged "
                                      f"the checkout within {timeout_ms} ms")
 
@@ -492,43 +507,47 @@ class Store:
             self._replicas_known_until = time.monotonic() + REPLICAS_RECHECK_SECONDS
         return min(wanted, self._online_replicas)
 
-    def _release_after_failure(self, checkout_id: str, vms: Sequence[CheckedOut], now: float) -> None:
+    def _release_after_failure(self, checkout_id: str, vms: Sequence[CheckedOut], now: float, holdings: str) -> None:
         """Best effort, once (Redis is failing already: each try may cost a socket timeout);
         whatever it cannot release while unconfirmed is returned by a pass after its deadline."""
         try:
-            self._release(checkout_id, [(vm.hostname, vm.pool) for vm in vms], now, unconfirmed_only=False)
+            self._release(checkout_id, [(vm.hostname, vm.pool, holdings) for vm in vms], now, unconfirmed_only=False)
         except StoreUnavailable:
             pass
 
     def release_checkout(self, checkout_id: str, hostnames: Sequence[str], now: float,
                          unconfirmed_only: bool = False) -> list[str]:
         """Return a checkout's VMs to ready (all of them, or only those still unconfirmed past
-        their deadline). Returns the hostnames returned. Two round trips: the VMs' pools are
-        read first, so that the script is given every key it touches."""
+        their deadline). Returns the hostnames returned. Two round trips: the VMs' pools (and
+        their owners' holdings sets) are read first, so that the script is given every key it
+        touches."""
         with _translate_errors():
             pipe = self.client.pipeline(transaction=False)
             for host in hostnames:
-                pipe.hget(self.keys.vm(host), "pool")
-            pools = pipe.execute()
-        return self._release(checkout_id, [(host, pool) for host, pool in zip(hostnames, pools, strict=True) if pool],
+                pipe.hmget(self.keys.vm(host), "pool", "holdings")
+            found = pipe.execute()
+        return self._release(checkout_id, [(host, pool, holdings or "")
+                                           for host, (pool, holdings) in zip(hostnames, found, strict=True) if pool],
                              now, unconfirmed_only)
 
-    def _release(self, checkout_id: str, vms: Sequence[tuple[str, str]], now: float,
+    def _release(self, checkout_id: str, vms: Sequence[tuple[str, str, str]], now: float,
                  unconfirmed_only: bool) -> list[str]:
-        """lua/release.lua over (hostname, pool) pairs; a VM no longer in that pool is left alone."""
+        """lua/release.lua over (hostname, pool, holdings set or "") triples; a VM no longer in
+        that pool is left alone, one released leaves the holdings set."""
         if not vms:
             return []
         keys, args = [self.keys.changes], [repr(now), checkout_id, "1" if unconfirmed_only else "0"]
-        for host, pool in vms:
-            keys += [self.keys.vm(host), self.keys.pool_state(pool, "running"), self.keys.pool_state(pool, "ready")]
-            args += [host, pool]
+        for host, pool, holdings in vms:
+            keys += [self.keys.vm(host), self.keys.pool_state(pool, "running"), self.keys.pool_state(pool, "ready"),
+                     holdings or self.keys.vm(host)]
+            args += [host, pool, "1" if holdings else ""]
         with _translate_errors():
             return cast("list[str]", self.scripts.release(keys=keys, args=args))
 
     def move(
         self, hostname: str, pool: str, from_state: str, to_state: str, now: float,
         nudge: bool = False, unchanged_since: int | None = None, lifetime_ended: float | None = None,
-        **fields: Any,
+        checked_out_as: VMRecord | None = None, **fields: Any,
     ) -> bool:
         """Move a VM between states if it is still in ``from_state``; set ``fields`` on its record
         (a value of None deletes the field). ``nudge`` wakes the pool's reconcile in the same step.
@@ -536,9 +555,11 @@ class Store:
         ``unchanged_since`` (a mark from ``mark_changes``): move only if the VM's state has not
         changed since the mark. ``lifetime_ended`` (the default lifetime in hours): move only if
         the VM's lifetime, as recorded at the time of the move, has ended by ``now``.
+        ``checked_out_as`` (the VM as the caller read it): move only while the VM is still
+        checked out by that checkout (its time and owner), not by one that took it since.
         Returns whether it moved."""
         keys, args = self._move_call(pool, from_state, to_state, now, {hostname: fields}, nudge, unchanged_since,
-                                     lifetime_ended)
+                                     lifetime_ended, checked_out_as)
         with _translate_errors():
             return bool(self.scripts.move(keys=keys, args=args)[0])
 
@@ -555,7 +576,8 @@ class Store:
 
     def _move_call(self, pool: str, from_state: str, to_state: str, now: float,
                    fields: Mapping[str, Mapping[str, Any]], nudge: bool = False, unchanged_since: int | None = None,
-                   lifetime_ended: float | None = None) -> tuple[list[str], list[str]]:
+                   lifetime_ended: float | None = None,
+                   checked_out_as: VMRecord | None = None) -> tuple[list[str], list[str]]:
         """The KEYS and ARGV of lua/move.lua for VMs of a known pool (hostname -> its fields)."""
         keys = [*(self.keys.vm(hostname) for hostname in fields), self.keys.changes, self.keys.cloning,
                 self.keys.pool_state(pool, from_state), self.keys.pool_state(pool, to_state), self.keys.wake(pool)]
@@ -563,7 +585,7 @@ class Store:
             to_state, repr(now), str(self.data_ttl_seconds), "1" if nudge else "0",
             "" if unchanged_since is None else str(unchanged_since),
             "" if lifetime_ended is None else repr(float(lifetime_ended)),
-            "", "", "",
+            "", "", "", *_checkout_condition(checked_out_as),
         ]
         for hostname, changes in fields.items():
             args += [hostname, *update_args(changes)]
@@ -582,7 +604,7 @@ class Store:
         keys = [self.keys.vm(hostname), self.keys.changes, self.keys.cloning]
         args = ["completed", repr(now), str(self.data_ttl_seconds), "1", "", "",
                 self.keys.pool_state(KEY_PART, "running"), self.keys.pool_state(KEY_PART, "completed"),
-                self.keys.wake(KEY_PART), hostname, "1", "reason", reason]
+                self.keys.wake(KEY_PART), *_checkout_condition(None), hostname, "1", "reason", reason]
         with _translate_errors():
             (pool,) = self.scripts.move(keys=keys, args=args)
         return str(pool) if pool else None
@@ -818,6 +840,14 @@ def _batches(fields: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Mapping[
     """``fields`` (hostname -> its fields) in runs of at most MOVE_BATCH VMs, in order."""
     items = iter(fields.items())
     return [dict(batch) for batch in iter(lambda: list(itertools.islice(items, MOVE_BATCH)), [])]
+
+
+def _checkout_condition(seen: VMRecord | None) -> list[str]:
+    """lua/move.lua's same_checkout, checkout and token_user: the checkout ``seen`` shows (its
+    time and owner, as a caller read them and checked who may change the VM), or no condition."""
+    if seen is None:
+        return ["", "", ""]
+    return ["1", seen.raw.get("checkout", ""), seen.raw.get("token_user", "")]
 
 
 def update_args(fields: Mapping[str, Any]) -> list[str]:

@@ -226,7 +226,8 @@ def test_a_week_of_1000_pools_fits_in_one_lambda_answer(make_stack: Callable[[st
     assert reply.json["points"] * reply.json["step"] >= 168 * 3600
 
 
-@pytest.mark.parametrize("hours", ["0", "169", "x", "1.5", "-1", "9" * 1000])
+@pytest.mark.parametrize("hours", ["0", "169", "x", "1.5", "-1", "9" * 1000,
+                                   pytest.param("1" * 5000, id="5000-digits"), "\u00b2", "%C2%B2", "\u0661"])
 def test_history_range_is_bounded(dash: Harness, hours: str) -> None:
     before = dash.redis_state()
     reply = dash.get(f"/dashboard/stats/history?hours={hours}")

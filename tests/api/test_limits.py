@@ -12,6 +12,7 @@ from chalicelib.api.routes import handle
 from chalicelib.services import Services
 from tests.api.configs import CONFIG_YAML
 from tests.harness import Harness
+from tests.support import checkout_answers_lost
 
 
 def _with(config: str, **keys: object) -> str:
@@ -112,3 +113,27 @@ def test_rate_limits_are_off_unless_enabled(full: Harness) -> None:
     for _ in range(120):
         assert full.get("/api/v3/status").status == 200
     assert full.client.keys("vmpool:ratelimit:*") == []
+
+
+def test_a_vm_another_owner_took_after_a_lost_checkout_counts_for_that_owner_only(
+        make_stack: Callable[[str], Harness]) -> None:
+    """A checkout whose answer was lost leaves its VM unconfirmed; a pass gives it back to ready
+    and another client checks it out. Before: the VM still counted against the first client
+    (its holdings named the VM, and the VM was running), so with a limit of 1 that client was
+    refused (403 "at most 1 VMs") while holding nothing."""
+    stack = make_stack(_with(CONFIG_YAML, max_running_vms_per_user=1))
+    stack.fill("pool3")
+    store = stack.services.store
+    with checkout_answers_lost(store):
+        assert stack.post("/api/v3/vm", {"pool3": 1}).status == 503
+    (lost,) = store.hostnames("pool3", "running")
+    stack.clock.advance(61)
+    assert lost in stack.reconcile("pool3").returned
+    other = ApiRequest("POST", 3, params={"name": "pool3"}, source_ip="203.0.113.5")
+    taken = handle(stack.services, vms.checkout_from_path, other)
+    assert (taken.status, taken.body["pool3"]["hostname"]) == (200, f"{lost}.three.example.com")
+    stack.fill("pool3")
+    assert stack.post("/api/v3/vm", {"pool3": 1}).status == 200
+    stack.fill("pool3")
+    refused = handle(stack.services, vms.checkout_from_path, other)
+    assert refused.status == 403  # the other client holds its one VM

@@ -231,3 +231,30 @@ def test_a_summary_of_many_pools_is_refused_past_the_days_that_fit_one_answer(
     else:
         pytest.fail("40 days of 1,000 pools were answered whole")
     assert widest is not None and widest >= 7, "a week of a large fleet still fits"
+
+
+def record_most_tags(stack: Harness, day: str) -> None:
+    """The most tag statistics one day keeps (max_tag_names_per_day names of
+    max_tag_values_per_day values each, of the longest allowed): what anyone may put there in an
+    afternoon, since tags need no token (about 1.7 MB of /summary a day)."""
+    service = stack.config.service
+    for value in range(service.max_tag_values_per_day):
+        tags = {f"n{name:02d}" + "x" * 47: f"{value:03d}" + "v" * 252 for name in range(service.max_tag_names_per_day)}
+        stack.store.record_tags(day, tags, service.max_tag_names_per_day, service.max_tag_values_per_day)
+
+
+def test_a_summary_whose_tags_would_not_fit_one_answer_is_refused(stack: Harness) -> None:
+    """Four days of full tag statistics were a 7 MB answer (API Gateway's 502 past Lambda's 6 MB),
+    and a year of them 600 MB read into one worker."""
+    today = _today(stack)
+    days = [(today - timedelta(days=back)).isoformat() for back in range(4)]
+    for day in days:
+        record_most_tags(stack, day)
+
+    whole = stack.get(f"/api/v3/summary?from={days[-1]}&to={days[0]}")
+    assert whole.status == 400, len(whole.raw)
+    assert whole.json["error"].startswith("Date range is invalid, the tags counted in it would not fit one answer")
+    one = stack.get(f"/api/v3/summary?from={days[0]}&to={days[0]}")
+    assert one.status == 200 and len(one.json["tag"]) == stack.config.service.max_tag_names_per_day
+    assert len(one.raw) < LAMBDA_ANSWER_LIMIT
+    assert stack.get(f"/api/v3/summary/tag?from={days[-1]}&to={days[0]}").status == 400

@@ -178,3 +178,31 @@ def test_any_content_type_is_read_as_json(full: Harness) -> None:
     assert form.status == 200 and "pool1" in form.json
     odd = full.request("GET", "/api/v3/vm", headers={"Content-Type": "application/xml"})
     assert (odd.status, odd.json) == (200, ["pool1", "pool2", "pool3"])
+
+
+def test_a_vm_whose_own_name_has_capitals_is_found_by_it(full: Harness) -> None:
+    """Names the service makes are lower-case, and the API reads a name in capitals as its
+    lower-case DNS spelling (above). A VM whose own name has capitals (made by hand in the pool
+    folder, so discovered and destroyed; or named under an upper-case prefix before prefixes had
+    to be lower-case) is found by that name, as vmpooler finds it. Before: 404 "VM stray-vm not
+    found" for the VM the pool had just discovered, and a running one could never be returned."""
+    full.provider.create_by_hand(full.pool("pool1"), "Stray-VM")
+    full.reconcile("pool1")
+    reply = full.get("/api/v1/vm/Stray-VM.one.example.com")
+    assert (reply.status, reply.json["Stray-VM"]["state"]) == (200, "discovered")
+    full.clock.advance(1)
+    full.reconcile("pool1")
+    described = full.get("/api/v3/vm/Stray-VM").json["Stray-VM"]
+    assert described["state"] == "destroyed"
+    assert described["reason"] == "found in the pool folder but not created by vmpool"
+    assert full.get("/api/v3/vm/stray-vm").status == 404  # another name
+
+    host = full.checkout("pool2")
+    old_name = f"CI-{host}"  # as a prefix 'CI-' named it
+    full.client.rename(f"vmpool:vm:{host}", f"vmpool:vm:{old_name}")
+    full.client.hset(f"vmpool:vm:{old_name}", "name", old_name)
+    full.client.zrem("vmpool:pool:pool2:running", host)
+    full.client.zadd("vmpool:pool:pool2:running", {old_name: full.clock.now()})
+    assert full.put(f"/api/v3/vm/{old_name}", {"tags": {"project": "x"}}).status == 200
+    assert full.post(f"/api/v3/vm/{old_name}/snapshot").status == 202
+    assert (full.delete(f"/api/v3/vm/{old_name}").status, full.state_of(old_name)) == (200, "completed")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 from chalicelib.store import ModifyResult
 from tests.auth_api.documents import POOL, document
 from tests.harness import Harness, basic
+from tests.support import checkout_answers_lost
 
 WWW_AUTHENTICATE = 'Basic realm="Authentication required"'
 
@@ -73,6 +76,20 @@ def test_an_invalid_token_is_401_everywhere_and_takes_nothing(ldap_api: Harness,
     assert ldap_api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": "0" * 32}).status == 401
     assert state(ldap_api, vm) == "running"
 
+
+
+def test_an_invalid_token_on_a_tag_change_is_401_and_changes_nothing(ldap_api: Harness, slapd):
+    """Tags need no token (vmpooler's contract), but a token sent is checked as everywhere else.
+    Before: `floaty modify <host> --tags ...` with an expired or mistyped token answered 200 and
+    tagged the VM, while the same token was a 401 on every other route that reads one."""
+    for owner in (None, tokens(ldap_api, slapd)[0]):
+        vm = ldap_api.checkout(POOL, owner)
+        for body in ({"tags": {"project": "x"}}, {}):
+            refused = ldap_api.call("PUT", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": "0" * 32}, body=body)
+            assert (refused.status, refused.body) == (401, {"ok": False, "error": "invalid or expired token"})
+            assert refused.headers["WWW-Authenticate"] == WWW_AUTHENTICATE
+        assert ldap_api.call("GET", f"/api/v3/vm/{vm}").body[vm]["tags"] == {}
+        assert ldap_api.call("PUT", f"/api/v3/vm/{vm}", body={"tags": {"project": "y"}}).status == 200
 
 def test_a_valid_token_gives_vm_lifetime_auth(ldap_api: Harness, slapd):
     alice, _, _ = tokens(ldap_api, slapd)
@@ -172,3 +189,36 @@ def test_a_change_checked_against_one_checkout_never_lands_on_another(ldap_api: 
                                                      "checkout": repr(ldap_api.clock.now() + 1)})
     assert store.modify_vm(seen_as_bobs, {"lifetime": "40"}, 32, ldap_api.clock.now()) is ModifyResult.NO_VM
     assert store.get_vm(vm).lifetime_hours == 12
+
+
+def test_a_return_checked_against_one_checkout_never_returns_the_next(ldap_api: Harness, slapd, monkeypatch):
+    """alice's checkout whose answer was lost waits unconfirmed (she sees the VM under GET
+    /token/<t>). Her DELETE reads the VM as hers; before it moves it (a frozen Lambda, a slow
+    token check), a pass gives the VM back to ready and bob checks it out. Before: her DELETE
+    returned bob's VM (bob had a 200 and the hostname, then "not running"). Now it is a 404 and
+    the VM stays bob's."""
+    alice, _, bob = tokens(ldap_api, slapd)
+    store = ldap_api.services.store
+    with checkout_answers_lost(store):
+        assert ldap_api.call("POST", "/api/v3/vm", body={POOL: 1}, headers={"X-AUTH-TOKEN": alice}).status == 503
+    (host,) = ldap_api.call("GET", f"/api/v3/token/{alice}").body[alice]["vms"]["running"]
+    ldap_api.checkout_vms(POOL, len(ldap_api.ready(POOL)))  # alice's VM will be the only one ready
+    read = store.get_first_vm
+    handed: list[str] = []
+
+    def bob_takes_it_meanwhile(hostnames):
+        seen = read(hostnames)
+        monkeypatch.setattr(store, "get_first_vm", read)
+        ldap_api.clock.advance(61)
+        assert host in ldap_api.reconcile(POOL).returned
+        bobs = threading.Thread(target=lambda: handed.append(ldap_api.checkout(POOL, bob)))
+        bobs.start()
+        bobs.join()
+        return seen
+
+    monkeypatch.setattr(store, "get_first_vm", bob_takes_it_meanwhile)
+    returned = ldap_api.call("DELETE", f"/api/v3/vm/{host}", headers={"X-AUTH-TOKEN": alice})
+    assert handed == [host]
+    assert (returned.status, returned.body) == (404, {"ok": False, "error": f"VM {host} is not running"})
+    assert state(ldap_api, host) == "running"
+    assert store.get_vm(host).token_user == "bob"

@@ -55,7 +55,8 @@ def stack_env(config_file: Path, state_dir: Path) -> dict[str, str]:
 @contextlib.contextmanager
 def local_stack(tmp_path: Path, config: str, workers: int = 2, interval: float = 30.0,
                 name: str = "stack", env: dict[str, str] | None = None,
-                state_dir: Path | None = None, sigint_ignored: bool = False) -> Iterator[RunningStack]:
+                state_dir: Path | None = None, sigint_ignored: bool = False,
+                extra_args: list[str] | None = None) -> Iterator[RunningStack]:
     """A running local stack; Ctrl-C (SIGINT to its process group) stops it on the way out.
     ``sigint_ignored``: started as a script's background job is, with SIGINT ignored."""
     config_file = tmp_path / f"{name}.yaml"
@@ -64,7 +65,7 @@ def local_stack(tmp_path: Path, config: str, workers: int = 2, interval: float =
     port = free_port()
     log_path = tmp_path / f"{name}.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(stack_command(port, workers, interval), cwd=REPO_ROOT,
+        process = subprocess.Popen(stack_command(port, workers, interval) + (extra_args or []), cwd=REPO_ROOT,
                                    env={**stack_env(config_file, state_dir), **(env or {})}, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True,
                                    preexec_fn=_ignore_sigint if sigint_ignored else None)

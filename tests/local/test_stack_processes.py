@@ -4,13 +4,16 @@ stack does not block the next one), and a bad config starts nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.local.stack import (
     REPO_ROOT,
@@ -77,11 +80,19 @@ def test_a_second_stack_on_the_same_state_directory_refuses_before_starting_anyt
         assert call("GET", f"{first.api}/status")[0] == 200  # the first one is untouched
 
 
-def http_arbiter(stack: RunningStack) -> int:
-    """The pid of the stack's gunicorn arbiter (its child that is not redis-server)."""
+def http_arbiter(stack: RunningStack) -> int | None:
+    """The pid of the stack's gunicorn arbiter (its child that is not redis-server); None in the
+    moments between a killed arbiter and its successor."""
     parents = process_parents()
-    return next(pid for pid in descendants(stack.process.pid) if parents.get(pid) == stack.process.pid
-                and b"redis-server" not in Path(f"/proc/{pid}/cmdline").read_bytes())
+    return next((pid for pid in descendants(stack.process.pid) if parents.get(pid) == stack.process.pid
+                 and b"redis-server" not in Path(f"/proc/{pid}/cmdline").read_bytes()), None)
+
+
+def running_arbiter(stack: RunningStack) -> int:
+    """The pid of the stack's gunicorn arbiter, which must be running."""
+    arbiter = http_arbiter(stack)
+    assert arbiter is not None, stack.log()
+    return arbiter
 
 
 @pytest.mark.slow
@@ -90,12 +101,12 @@ def test_a_killed_http_server_is_started_again(tmp_path: Path) -> None:
     new HTTP front on the same port; before, the whole stack stopped (exit 1) until someone ran
     `make run` again."""
     with local_stack(tmp_path, CONFIG, workers=2, env={"VMPOOL_FRONT_STEADY_SECONDS": "0"}) as stack:
-        arbiter = http_arbiter(stack)
+        arbiter = running_arbiter(stack)
         workers = descendants(arbiter)
         assert len(workers) == 2, workers
         os.kill(arbiter, signal.SIGKILL)
         wait_for(lambda: not any(alive(pid) for pid in workers), 20, "the old workers to stop")
-        wait_for(lambda: http_arbiter(stack) != arbiter and call("GET", f"{stack.api}/status")[0] == 200,
+        wait_for(lambda: http_arbiter(stack) not in (None, arbiter) and call("GET", f"{stack.api}/status")[0] == 200,
                  60, "a new HTTP front to serve", lambda: stack.log())
         assert stack.process.poll() is None
         assert "starting it again" in stack.log()
@@ -107,7 +118,7 @@ def test_an_http_server_that_dies_right_after_it_started_stops_the_stack(tmp_pat
     install) is not restarted in a loop: the stack says so and stops, taking its workers along."""
     with local_stack(tmp_path, CONFIG, workers=2) as stack:
         children = descendants(stack.process.pid)
-        os.kill(http_arbiter(stack), signal.SIGKILL)
+        os.kill(running_arbiter(stack), signal.SIGKILL)
         assert stack.process.wait(30) == 1
         wait_for(lambda: not any(alive(pid) for pid in children), 20, "the stack's children to stop")
         assert "the HTTP server stopped right after it started" in stack.log()
@@ -181,3 +192,173 @@ def test_a_port_left_in_time_wait_by_the_last_stack_is_free_for_the_next() -> No
         assert client.recv(1) == b""
         client.close()
     _require_free_port(port)  # nothing serves it any more
+
+
+def run_refused(tmp_path: Path, port: int, redis_port: int, state_dir: Path) -> subprocess.CompletedProcess[str]:
+    """A stack that must refuse to start: its exit, and what it said."""
+    config_file = tmp_path / "refused.yaml"
+    config_file.write_text(CONFIG)
+    return subprocess.run(stack_command(port, 1, 30) + ["--redis-port", str(redis_port)], cwd=REPO_ROOT,
+                          env=stack_env(config_file, state_dir), capture_output=True, text=True, timeout=60)
+
+
+def test_two_stacks_started_at_once_on_one_port_do_not_both_serve_it(tmp_path: Path) -> None:
+    """Two `make run` started together on one port (different state directories): both found the
+    port free before either's workers bound it (SO_REUSEPORT), and both served it, each with its
+    own Redis: the kernel spread callers over two services with different VMs. A stack now claims
+    the port before its check, and the other refuses."""
+    from local.run import _require_free_port
+
+    port, redis_port = free_port(), free_port()
+    claim = _require_free_port(port)  # a first stack, checked the port, its workers not bound yet
+    try:
+        second = run_refused(tmp_path, port, redis_port, tmp_path / "second-state")
+    finally:
+        if claim is not None:
+            claim.close()
+    assert second.returncode == 1, second
+    assert f"port {port} is in use" in second.stderr and "Traceback" not in second.stderr, second.stderr
+    assert refuses_connections(port) and refuses_connections(redis_port)
+
+
+def test_a_redis_port_held_by_another_server_is_refused_not_shared(tmp_path: Path) -> None:
+    """VMPOOL_LOCAL_REDIS_PORT naming a port another Redis serves (a system one, another stack's):
+    the stack's own redis-server could not bind it, the stack took the other one's PONG for its
+    own, wrote its pools into that Redis, and logged "redis-server exited; starting it again"
+    twice a second for as long as it ran. Now it says the port is taken and starts nothing."""
+    from local.redis_server import RedisServer
+
+    with RedisServer() as foreign:
+        client = redis.Redis(port=foreign.port)
+        client.set("someone-else", "data")
+        port = free_port()
+        run = run_refused(tmp_path, port, foreign.port, tmp_path / "state")
+        assert run.returncode == 1, run
+        assert f"port {foreign.port}" in run.stderr and "Traceback" not in run.stderr, run.stderr
+        assert client.keys("*") == [b"someone-else"]  # nothing of the stack's written there
+        assert refuses_connections(port)
+        client.close()
+
+
+def test_a_free_redis_port_taken_before_redis_binds_it_moves_to_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The free port the stack picked for its Redis taken by another process before redis-server
+    bound it (helpers, tests and stacks pick ports at once): a fresh port, never the other's server."""
+    import local.redis_server as redis_server_module
+    from local.redis_server import RedisServer
+
+    with RedisServer() as foreign:
+        ports = iter([foreign.port])
+        real_free_port = redis_server_module.free_port
+        monkeypatch.setattr(redis_server_module, "free_port", lambda: next(ports, None) or real_free_port())
+        with RedisServer() as ours:
+            assert ours.port != foreign.port
+            client = redis.Redis(port=ours.port)
+            assert client.info("server")["process_id"] == ours.process.pid  # type: ignore[union-attr]
+            client.close()
+
+
+def test_an_unusable_state_directory_is_refused_with_a_message(tmp_path: Path) -> None:
+    """VMPOOL_STATE_DIR naming a file (or a read-only or full file system): before, a Python
+    traceback (FileExistsError, OSError: Read-only file system, No space left on device)."""
+    not_a_directory = tmp_path / "a-file"
+    not_a_directory.write_text("")
+    port, redis_port = free_port(), free_port()
+    run = run_refused(tmp_path, port, redis_port, not_a_directory)
+    assert run.returncode == 1, run
+    assert f"cannot use {not_a_directory} as the state directory" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+    assert refuses_connections(port) and refuses_connections(redis_port)
+
+
+@pytest.mark.slow
+def test_sigkill_of_make_above_the_stack_stops_the_stack(tmp_path: Path) -> None:
+    """`make run` SIGKILLed (an IDE's stop button, a CI job's timeout kill the process they
+    started: make): make cannot pass anything on, and the whole stack (scheduler, HTTP workers,
+    redis-server) went on serving, orphaned. It now stops as on Ctrl-C."""
+    makefile = tmp_path / "Makefile"
+    makefile.write_text(f"run:\n\t{sys.executable} -m local.run --port $(PORT) --workers 1 --interval 30\n")
+    config_file = tmp_path / "make.yaml"
+    config_file.write_text(CONFIG)
+    port = free_port()
+    log_path = tmp_path / "make.log"
+    with log_path.open("wb") as log:
+        make = subprocess.Popen(["make", "-s", "-f", str(makefile), "run", f"PORT={port}"], cwd=REPO_ROOT,
+                                env=stack_env(config_file, tmp_path / "state"), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: "redis on port" in log_path.read_text(), 30, "the stack to start", log_path.read_text)
+        stack = descendants(make.pid)
+        assert len(stack) >= 3, stack  # local.run, gunicorn's arbiter, a worker, redis-server
+        make.kill()
+        make.wait()
+        wait_for(lambda: not any(alive(pid) for pid in stack), 20, "the stack to stop",
+                 lambda: f"still alive: {[pid for pid in stack if alive(pid)]}\n{log_path.read_text()}")
+        assert refuses_connections(port)
+        assert "vmpool: stopped" in log_path.read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(make.pid, signal.SIGKILL)
+
+
+def stack_redis(stack: RunningStack) -> int:
+    """The pid of the stack's redis-server."""
+    return next(pid for pid in descendants(stack.process.pid)
+                if b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes())
+
+
+@pytest.mark.slow
+def test_no_second_stack_starts_on_the_data_while_the_old_redis_still_runs(tmp_path: Path) -> None:
+    """A SIGKILLed stack whose redis-server has not exited yet (stopped, busy, slow to flush):
+    the lock on the state directory died with the stack's Python processes, and a new stack
+    started a second redis-server on the same append-only file while the old one still held
+    it. The old server now holds the lock until it has stopped."""
+    with local_stack(tmp_path, CONFIG, workers=1) as stack:
+        old_redis = stack_redis(stack)
+        os.kill(old_redis, signal.SIGSTOP)  # it cannot act on the SIGTERM its parent's death sends
+        try:
+            children = descendants(stack.process.pid) - {old_redis}
+            stack.process.kill()
+            stack.process.wait()
+            wait_for(lambda: not any(alive(pid) for pid in children), 20, "the HTTP front to stop")
+            second = run_refused(tmp_path, free_port(), free_port(), stack.state_dir)
+            assert second.returncode == 1, second
+            assert "in use by another" in second.stderr, second.stderr
+        finally:
+            os.kill(old_redis, signal.SIGCONT)
+        wait_for(lambda: not alive(old_redis), 20, "the old redis-server to stop")
+        with local_stack(tmp_path, CONFIG, workers=1, name="next", state_dir=stack.state_dir) as after:
+            assert call("GET", f"{after.api}/status")[0] == 200
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_vcsim_stack_stops_its_simulator_too(tmp_path: Path) -> None:
+    """`make run PROVIDER=vcsim` SIGKILLed: the HTTP front and redis-server stopped with it, the
+    vCenter simulator went on running, orphaned, one more each time."""
+    with local_stack(tmp_path, CONFIG, workers=1, extra_args=["--provider", "vcsim"]) as stack:
+        children = descendants(stack.process.pid)
+        assert any(b"vcsim" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children), children
+        stack.process.kill()
+        stack.process.wait()
+        wait_for(lambda: not any(alive(pid) for pid in children), 20, "the stack's children to stop",
+                 lambda: f"still alive: {[pid for pid in children if alive(pid)]}\n{stack.log()}")
+
+
+@pytest.mark.parametrize("arguments, says", [
+    (["--port", "0"], "--port: 0 is not a TCP port"),  # each worker would bind a port of its own
+    (["--port", "70000"], "--port: 70000 is not a TCP port"),  # was a traceback (OverflowError)
+    (["--port", "http"], "--port: http is not a TCP port"),
+    (["--redis-port", "-1"], "--redis-port: -1 is not a TCP port"),
+    (["--interval", "0"], "--interval: 0 is not a positive number"),  # a tick loop that never waits
+])
+def test_bad_command_line_values_are_refused_before_anything_starts(tmp_path: Path, arguments: list[str],
+                                                                    says: str) -> None:
+    """`make run PORT=0` served on a different free port in each worker (the banner said port 0),
+    PORT=70000 was a traceback after redis-server had started, --interval 0 ticked in a busy loop."""
+    config_file = tmp_path / "cli.yaml"
+    config_file.write_text(CONFIG)
+    command = stack_command(free_port(), 1, 30) + arguments  # the last of a repeated option wins
+    run = subprocess.run(command, cwd=REPO_ROOT, env=stack_env(config_file, tmp_path / "state"),
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run
+    assert says in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert not (tmp_path / "state").exists()  # nothing started, nothing written

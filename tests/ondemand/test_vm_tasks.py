@@ -6,7 +6,6 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import redis
 
 from chalicelib.api import vm_tasks
 from chalicelib.api.http import ApiRequest
@@ -20,6 +19,7 @@ from chalicelib.store.vm_tasks import (
     VMTaskStore,
     new_task,
 )
+from tests.support import checkout_answers_lost
 
 
 def checked_out_vm(stack) -> str:
@@ -172,7 +172,7 @@ def test_a_vm_has_a_bounded_number_of_tasks_disks_and_snapshots(make_stack):
     assert store.queued(hostname) == []
 
 
-def test_a_checkout_whose_answer_was_lost_cannot_be_changed_before_it_goes_back(make_stack, monkeypatch):
+def test_a_checkout_whose_answer_was_lost_cannot_be_changed_before_it_goes_back(make_stack):
     """The checkout script ran but its answer never reached the API (a timeout: 503); the VM waits
     unconfirmed until a pass returns it to ready. Its user sees it under GET /token/<t>. Before:
     a tag and a disk could be put on it meanwhile, and the next user was handed that VM with the
@@ -181,15 +181,8 @@ def test_a_checkout_whose_answer_was_lost_cannot_be_changed_before_it_goes_back(
     stack.run_passes("debian-12")
     alice, bob = stack.new_token("alice", "pw-a"), stack.new_token("bob", "pw-b")
     store = stack.services.store
-    run_checkout = store.scripts.checkout
-
-    def answer_lost(**kwargs):
-        run_checkout(**kwargs)
-        raise redis.exceptions.TimeoutError("Timeout reading from socket")
-
-    monkeypatch.setattr(store.scripts, "checkout", answer_lost)
-    assert stack.answer("POST", "/api/v3/vm", {"debian-12": 1}, headers={"X-AUTH-TOKEN": alice})[0] == 503
-    monkeypatch.undo()
+    with checkout_answers_lost(store):
+        assert stack.answer("POST", "/api/v3/vm", {"debian-12": 1}, headers={"X-AUTH-TOKEN": alice})[0] == 503
     (host,) = stack.answer("GET", f"/api/v3/token/{alice}")[1][alice]["vms"]["running"]
 
     alice_header = {"X-AUTH-TOKEN": alice}

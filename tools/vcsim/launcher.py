@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Mapping
 
+from local import processes
+
 HERE = Path(__file__).resolve().parent
 BINARY = HERE / "vcsim"
 USERNAME = "vmpool"
@@ -53,6 +55,7 @@ def start_vcsim(
     clone_delay: float = 0.0,
     method_delays: Mapping[str, float] | None = None,
     session_idle: float = 0.0,
+    die_with_parent: bool = False,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start vcsim on ``host:port`` (0 picks a free port) and wait until it serves.
 
@@ -64,6 +67,8 @@ def start_vcsim(
     A bad day in vCenter: ``clone_delay`` seconds each clone task runs (its VM is in the folder
     meanwhile); ``method_delays`` slows SOAP methods by name (seconds, e.g.
     ``{"RetrievePropertiesEx": 2}``); ``session_idle`` > 0 expires sessions idle that long.
+    ``die_with_parent``: SIGTERM it when the process that started it dies, even by SIGKILL
+    (the local stack's simulator).
     """
     binary = build()
     command = [
@@ -87,7 +92,9 @@ def start_vcsim(
     ]
     if cert_path is not None:
         command += ["-cert", str(cert_path)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    parent = os.getpid()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               preexec_fn=(lambda: processes.die_with_parent(parent)) if die_with_parent else None)
     assert process.stdout is not None
     selector = selectors.DefaultSelector()
     selector.register(process.stdout, selectors.EVENT_READ)

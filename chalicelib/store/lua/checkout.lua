@@ -129,7 +129,12 @@ for index, slot in ipairs(slots) do
     redis.call('HSET', vm_key, field, value)
   end
   result[#result + 1] = {name, pool, hostname}
-  quota_take(checkout.quota, 'vm:' .. hostname, 1)
+  if checkout.quota ~= nil then
+    quota_take(checkout.quota, 'vm:' .. hostname, 1)
+    -- Whose holdings name it: a checkout never confirmed goes back to ready (release.lua), and
+    -- leaves them then, or it would count for this owner while the next one holds it.
+    redis.call('HSET', vm_key, 'holdings', KEYS[checkout.quota.key])
+  end
 end
 local nudged = {}
 for index = 1, #slots do

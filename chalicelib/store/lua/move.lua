@@ -3,8 +3,8 @@
 -- KEYS: the VMs' records, one per VM; then the changes counter, the cloning set and, when the
 -- caller knows the pool, the pool's from_state set, its to_state set and its wake list.
 -- ARGV: to_state, now, record_ttl_seconds, nudge, unchanged_since, lifetime_ended,
---       from_template, to_template, wake_template, then per VM: its hostname, how many fields
---       follow, and those fields as field, value, ...
+--       from_template, to_template, wake_template, same_checkout, checkout, token_user, then per
+--       VM: its hostname, how many fields follow, and those fields as field, value, ...
 -- to_state "destroyed" takes the VM out of every set and lets its record expire after the ttl.
 -- nudge "1" wakes the pool's reconcile (a move made by the API, such as returning a VM).
 -- The templates ('' when the pool's keys are given) name those three keys for the pool its record
@@ -15,6 +15,10 @@
 --   inventory was read, never of one made ready or checked out after a stale read.
 -- lifetime_ended (the default lifetime in hours, or ''): move only if the VM's checkout time plus
 --   its lifetime, as recorded now (a PUT may have extended it since the pass looked), is past now.
+-- same_checkout ('1' or ''): move only if the VM's 'checkout' and 'token_user' fields are still
+--   checkout and token_user ('' for none): the checkout whose owner the caller checked (DELETE
+--   /vm/<host> with :auth:), not one that took the VM since (a checkout never confirmed goes
+--   back to ready, and the next caller may take it).
 -- A field's empty value deletes it. Every move stamps the VM with the counter's value (change_seq).
 -- Each VM is checked on its own, as if moved alone; one call for many saves their round trips and
 -- their share of the work (one script run, the counter read once, one HSET per record).
@@ -23,7 +27,8 @@
 local to_state, now, ttl, nudge, unchanged_since, lifetime_ended =
   ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 local firsts = {} -- where each VM's arguments begin
-local next_first = 10
+local same_checkout, seen_checkout, seen_owner = ARGV[10] == '1', ARGV[11], ARGV[12]
+local next_first = 13
 while next_first <= #ARGV do
   firsts[#firsts + 1] = next_first
   next_first = next_first + 2 + 2 * tonumber(ARGV[next_first + 1])
@@ -61,6 +66,12 @@ local function move(index)
     end
     local checkout = tonumber(record[1] or '') or tonumber(now)
     if tonumber(now) - checkout < lifetime * 3600 then
+      return 0
+    end
+  end
+  if same_checkout then
+    local record = redis.call('HMGET', vm_key, 'checkout', 'token_user')
+    if (record[1] or '') ~= seen_checkout or (record[2] or '') ~= seen_owner then
       return 0
     end
   end

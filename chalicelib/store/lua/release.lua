@@ -1,17 +1,21 @@
 -- Give the VMs of a checkout nobody received back to their pool's ready set, as if never taken.
 -- Used by the API when it cannot confirm a checkout (it answers 503), and by a reconcile pass for
 -- VMs still unconfirmed past their deadline (the checkout's answer was lost on its way).
--- KEYS[1] the changes counter, then for each VM its record, its pool's running set and ready set.
+-- KEYS[1] the changes counter, then for each VM its record, its pool's running set and ready set,
+-- and the holdings set of the owner that took it (its record's 'holdings'; the record's own key
+-- when it has none).
 -- ARGV: now, checkout_id, unconfirmed_only ('1': only VMs still unconfirmed whose confirm_by is
---       past now), then for each VM (in the order of KEYS) its hostname and pool.
--- A VM whose record names another pool than the caller read is left alone.
+--       past now), then for each VM (in the order of KEYS) its hostname, pool and '1' when its
+--       holdings set is given.
+-- A VM whose record names another pool than the caller read is left alone. A VM released leaves
+-- its owner's holdings (quota.lua): the next checkout may take it, and it is that owner's then.
 -- Returns the hostnames returned to ready.
 local now, checkout_id, unconfirmed_only = ARGV[1], ARGV[2], ARGV[3]
 local change_seq = redis.call('GET', KEYS[1]) or '0'
 local released = {}
-for i = 1, (#KEYS - 1) / 3 do
-  local vm_key, running_key, ready_key = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
-  local hostname, pool = ARGV[2 * i + 2], ARGV[2 * i + 3]
+for i = 1, (#KEYS - 1) / 4 do
+  local vm_key, running_key, ready_key, holdings_key = KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i], KEYS[4 * i + 1]
+  local hostname, pool, held = ARGV[3 * i + 1], ARGV[3 * i + 2], ARGV[3 * i + 3] == '1'
   local vm = redis.call('HMGET', vm_key, 'state', 'checkout_id', 'confirm_by', 'pool', 'ready_at')
   local eligible = vm[1] == 'running' and vm[2] == checkout_id and vm[4] == pool
   if eligible and unconfirmed_only == '1' then
@@ -19,7 +23,11 @@ for i = 1, (#KEYS - 1) / 3 do
   end
   if eligible and redis.call('ZREM', running_key, hostname) == 1 then
     redis.call('ZADD', ready_key, vm[5] or now, hostname)
-    redis.call('HDEL', vm_key, 'checkout', 'checkout_id', 'confirm_by', 'lifetime', 'token_user', 'token_id', 'migration')
+    redis.call('HDEL', vm_key, 'checkout', 'checkout_id', 'confirm_by', 'lifetime', 'token_user', 'token_id', 'migration',
+      'holdings')
+    if held then
+      redis.call('ZREM', holdings_key, 'vm:' .. hostname)
+    end
     redis.call('HSET', vm_key, 'state', 'ready', 'change_seq', change_seq)
     released[#released + 1] = hostname
   end
