@@ -20,6 +20,7 @@ Defining them imports no pydantic: ``Check`` speaks pydantic's duck-typed
 
 import collections.abc
 import dataclasses
+import math
 import re
 import typing
 from types import MappingProxyType, NoneType, UnionType
@@ -403,7 +404,9 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Checker:
 
 
 def number(minimum: float | None = None) -> Checker:
-    """An int or float (or numeric string) at least ``minimum``."""
+    """A finite int or float (or numeric string) at least ``minimum``. NaN and infinity are
+    refused: every such key is a delay, a timeout or a size, and YAML's ``.nan`` compares false
+    with every bound (a scheduler timer of NaN seconds), ``.inf`` never ends."""
 
     def check(value: Any) -> float:
         try:
@@ -412,6 +415,8 @@ def number(minimum: float | None = None) -> Checker:
             result = float(value)
         except (TypeError, ValueError):
             invalid(f"must be a number, got {show(value)}")
+        if not math.isfinite(result):
+            invalid(f"must be a finite number, got {show(value)}")
         if minimum is not None and result < minimum:
             invalid(f"must be a number >= {minimum}, got {show(value)}")
         return result

@@ -151,6 +151,15 @@ def test_a_domain_with_a_final_dot_loads() -> None:
     assert (config.service.domain, config.pools[0].domain) == ("example.com.", "pool.example.com")
 
 
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "'nan'", "'1e999'"])
+@pytest.mark.parametrize("key", ["check_loop_delay_min", "clone_poll_interval"])
+def test_a_delay_that_is_not_a_finite_number_is_refused(key: str, value: str) -> None:
+    # Before: loaded; NaN compares false with every bound, so a NaN delay passed the minimum and
+    # reached the scheduler's timer, and an infinite one never ended.
+    [problem] = problems_of(f":config:\n  {key}: {value}\n" + HEAD + POOL.format(name="a"))
+    assert key in problem and "finite number" in problem
+
+
 def test_a_provider_name_that_would_be_part_of_a_redis_key_is_refused() -> None:
     """Its name is in the provider's purge lease key (and the dummy provider's keys): before,
     ``a:{b}*`` loaded and put ``:{}*`` into them."""
