@@ -403,10 +403,12 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Checker:
     return check
 
 
-def number(minimum: float | None = None) -> Checker:
-    """A finite int or float (or numeric string) at least ``minimum``. NaN and infinity are
-    refused: every such key is a delay, a timeout or a size, and YAML's ``.nan`` compares false
-    with every bound (a scheduler timer of NaN seconds), ``.inf`` never ends."""
+def number(minimum: float | None = None, maximum: float | None = None) -> Checker:
+    """A finite int or float (or numeric string) from ``minimum`` to ``maximum``. NaN and
+    infinity are refused: every such key is a delay, a timeout or a size, and YAML's ``.nan``
+    compares false with every bound (a scheduler timer of NaN seconds), ``.inf`` never ends."""
+    wanted = ("a finite number" + (f" >= {minimum:g}" if minimum is not None and maximum is None else "")
+              + (f" from {minimum:g} to {maximum:g}" if minimum is not None and maximum is not None else ""))
 
     def check(value: Any) -> float:
         try:
@@ -415,10 +417,9 @@ def number(minimum: float | None = None) -> Checker:
             result = float(value)
         except (TypeError, ValueError):
             invalid(f"must be a number, got {show(value)}")
-        if not math.isfinite(result):
-            invalid(f"must be a finite number, got {show(value)}")
-        if minimum is not None and result < minimum:
-            invalid(f"must be a number >= {minimum}, got {show(value)}")
+        if not (math.isfinite(result) and (minimum is None or result >= minimum)
+                and (maximum is None or result <= maximum)):
+            invalid(f"must be {wanted}, got {show(value)}")
         return result
 
     return check

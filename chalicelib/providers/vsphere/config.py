@@ -7,7 +7,6 @@ Every value is checked at load, so a hostile or mistyped one (``https://vc/sdk``
 named, instead of failing each pass with a library's exception."""
 
 import ipaddress
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Optional
@@ -21,6 +20,7 @@ from chalicelib.config_fields import (
     SecretValue,
     Str,
     invalid,
+    number,
     one_of,
     show,
     string,
@@ -106,19 +106,7 @@ def username(value: Any) -> str:
 def seconds_between(minimum: float, maximum: float) -> Check:
     """A finite number of seconds within bounds (NaN and infinity are refused: a socket given
     either never times out, or fails every call)."""
-
-    def check(value: Any) -> float:
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            number = float(value)
-        except (TypeError, ValueError):
-            invalid(f"must be a number of seconds, got {show(value)}")
-        if not math.isfinite(number) or not minimum <= number <= maximum:
-            invalid(f"must be a number of seconds from {minimum} to {maximum:g}, got {show(value)}")
-        return number
-
-    return Check(check)
+    return Check(number(minimum, maximum))
 
 
 VCenterServer = Annotated[str, Check(vcenter_server)]
