@@ -64,8 +64,8 @@ class FailoverEpoch:
 
 class _RetryWhenNotRun(Retry):
     """One immediate retry on a connection error that happened before the command was sent, or
-    on ``READONLY``; never after a reply was lost, on a timeout, or when the password could not
-    be had."""
+    on ``READONLY``; never after a reply was lost, on a timeout, when the password could not
+    be had, or when Redis refused it (asking again gets the same answer)."""
 
     def __init__(self) -> None:
         super().__init__(NoBackoff(), 1, supported_errors=(redis.ConnectionError, ReadOnlyError))
@@ -78,7 +78,8 @@ class _RetryWhenNotRun(Retry):
         with_failure_count: bool = False,
     ) -> T:
         def retryable(error: Exception) -> bool:
-            return (not isinstance(error, (ReplyLost, CredentialsUnavailable))
+            return (not isinstance(error, (ReplyLost, CredentialsUnavailable, redis.AuthenticationError,
+                                           redis.exceptions.AuthorizationError))
                     and (is_retryable is None or is_retryable(error)))
 
         return super().call_with_retry(do, fail, retryable, with_failure_count)
@@ -123,7 +124,9 @@ class _FailoverAware:
         except ReadOnlyError:
             self._failover_epoch.advance(self._opened_in_epoch)
             raise
-        except ReplyLost:
+        except (ReplyLost, redis.AuthenticationError, redis.exceptions.AuthorizationError):
+            # The last two are the server's answers (a wrong password, a user without the
+            # right): a reply that arrived, reported as what it says.
             raise
         except redis.ConnectionError as error:
             if self._sending == 0 and self._command_sent:

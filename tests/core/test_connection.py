@@ -117,3 +117,20 @@ def test_replica_acknowledgements_are_on_in_lambda_unless_set() -> None:
                                            "VMPOOL_REDIS_MIN_REPLICA_ACKS": "0"}).replicas == 0
     configured = parse(":redis: {server: r, min_replica_acks: 2, replica_ack_timeout: 100}").redis
     assert ReplicaAcks.from_config(configured, {}) == ReplicaAcks(2, 100)
+
+
+def test_a_refused_password_is_reported_as_such_not_as_a_lost_reply() -> None:
+    """An operator reading "redis: ReplyLost" looks for a network fault; the server answered, and
+    its answer was that the password is wrong."""
+    from chalicelib.store import Store, StoreUnavailable
+    from local.redis_server import RedisServer
+
+    with RedisServer() as server:
+        redis.Redis(port=server.port).config_set("requirepass", "the-right-one")
+        client = connect(parse(f":redis: {{server: 127.0.0.1, port: {server.port}}}").redis,
+                         password="a-wrong-one")
+
+        with pytest.raises(redis.AuthenticationError):
+            client.ping()
+        with pytest.raises(StoreUnavailable, match="AuthenticationError"):
+            Store(client).counts(["pool"])
