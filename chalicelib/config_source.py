@@ -24,7 +24,14 @@ from typing import Any, Callable, Mapping
 
 from chalicelib import aws_clients
 from chalicelib.clock import Clock
-from chalicelib.config import Config, ConfigError, canonical_document, from_canonical, parse
+from chalicelib.config import (
+    MAX_CONFIG_CHARACTERS,
+    Config,
+    ConfigError,
+    canonical_document,
+    from_canonical,
+    parse,
+)
 from chalicelib.observability import logger
 
 CONFIG_BUCKET_ENV = "VMPOOL_CONFIG_BUCKET"
@@ -33,7 +40,17 @@ DEFAULT_CONFIG_KEY = "config/vmpool.yaml"
 REFRESH_SECONDS = 30.0
 
 Fetch = Callable[[str | None], "tuple[str, str] | None"]
-"""Given the ETag last seen, the (text, ETag) of a newer config, or None when unchanged."""
+"""Given the ETag last seen, the (text, ETag) of a newer config, or None when unchanged; raises
+ObjectRefused for an object that cannot be a config whatever it holds."""
+
+
+class ObjectRefused(ConfigError):
+    """The object is no config (larger than any config, or not UTF-8 text): refused unparsed,
+    and not fetched again until it changes (``etag``)."""
+
+    def __init__(self, problem: str, etag: str) -> None:
+        super().__init__([problem])
+        self.etag = etag
 
 
 class ConfigSource:
@@ -66,6 +83,9 @@ class ConfigSource:
         assert self._fetch is not None
         try:
             fetched = self._fetch(self._etag)
+        except ObjectRefused as error:
+            self._keep_last_good(error, error.etag)
+            return
         except Exception as error:  # noqa: BLE001 - keep serving with the config we have
             logger.warning("config not refreshed", extra={"error": f"{type(error).__name__}: {error}"})
             return
@@ -80,13 +100,16 @@ class ConfigSource:
                 logger.warning("pushed config is YAML, not config-push's canonical JSON: validating it here")
                 config = parse(text, source="s3 config")
         except ConfigError as error:
-            logger.error("pushed config is invalid; keeping the last good one", extra={"error": str(error)})
-            self._etag = etag  # do not parse the same bad object again
+            self._keep_last_good(error, etag)
             return
         for warning in config.warnings:
             logger.warning("config: " + warning)
         self._config, self._etag = config, etag
         logger.info("config loaded", extra={"etag": etag, "pools": len(config.pools)})
+
+    def _keep_last_good(self, error: ConfigError, etag: str) -> None:
+        logger.error("pushed config is invalid; keeping the last good one", extra={"error": str(error)})
+        self._etag = etag  # do not fetch and parse the same bad object again
 
 
 class S3Fetch:
@@ -109,7 +132,19 @@ class S3Fetch:
             if str(error.response.get("Error", {}).get("Code")) in ("304", "NotModified"):
                 return None
             raise
-        return answer["Body"].read().decode("utf-8"), answer["ETag"]
+        body, etag = answer["Body"], answer["ETag"]
+        try:
+            # At most one byte past the largest config: an object of gigabytes (a wrong file
+            # pushed by hand) costs the function no more memory than a config can.
+            data = body.read(MAX_CONFIG_CHARACTERS + 1)
+        finally:
+            body.close()
+        if len(data) > MAX_CONFIG_CHARACTERS:
+            raise ObjectRefused(f"s3 config: more than {MAX_CONFIG_CHARACTERS} bytes", etag)
+        try:
+            return data.decode("utf-8"), etag
+        except UnicodeDecodeError as error:
+            raise ObjectRefused(f"s3 config: not UTF-8 text (byte {error.start})", etag) from None
 
 
 def _default_s3_client() -> Any:

@@ -16,7 +16,7 @@ from moto import mock_aws
 
 import app
 from chalicelib.clock import FakeClock
-from chalicelib.config import from_canonical, parse
+from chalicelib.config import MAX_CONFIG_CHARACTERS, from_canonical, parse
 from chalicelib.config_source import DEFAULT_CONFIG_KEY, REFRESH_SECONDS, ConfigSource, S3Fetch
 from chalicelib.manager.dispatch import Ticker
 from chalicelib.services import Services
@@ -141,3 +141,51 @@ def test_pools_are_added_and_removed_at_1000_pools_by_a_push_alone(s3: Any, tmp_
         report = app.tick(TICK, CONTEXT)
         assert sorted(message.pool for message, _ in queue.sent) == expected
     assert report["pools"] == 999 and report["draining"] == ["pool-0500"]
+
+
+class _CountingS3:
+    """The moto client, counting the bytes each GET's body gave the reader (a GET answered
+    304, the object unchanged, raises and counts nothing)."""
+
+    def __init__(self, s3: Any) -> None:
+        self.s3 = s3
+        self.bytes_read: list[int] = []
+
+    def get_object(self, **options: Any) -> dict[str, Any]:
+        answer = self.s3.get_object(**options)
+        body, counts = answer["Body"], self.bytes_read
+        counts.append(0)
+
+        class Counted:
+            def read(self, size: int = -1) -> bytes:
+                data = body.read(size)
+                counts[-1] += len(data)
+                return data
+
+            def close(self) -> None:
+                body.close()
+
+        return {**answer, "Body": Counted()}
+
+
+@pytest.mark.parametrize("body", [b"# " + b"x" * (MAX_CONFIG_CHARACTERS + 10) + b"\n", b"pools: [\xff\xfe]\n"],
+                         ids=["too-large", "not-utf-8"])
+def test_an_object_no_config_can_be_is_read_once_and_only_as_far_as_the_limit(s3: Any, body: bytes) -> None:
+    """A bucket object larger than any config (or not text) is refused: the function reads no
+    more of it than the largest config, keeps the last good config, and does not download the
+    same object again at every refresh."""
+    clock = FakeClock()
+    initial = parse(PACKAGED)
+    counting = _CountingS3(s3)
+    source = ConfigSource(initial, S3Fetch(BUCKET, DEFAULT_CONFIG_KEY, lambda: counting), clock)
+    s3.put_object(Bucket=BUCKET, Key=DEFAULT_CONFIG_KEY, Body=body)
+
+    assert source.current() is initial
+    assert counting.bytes_read[0] <= MAX_CONFIG_CHARACTERS + 1
+    clock.advance(REFRESH_SECONDS)
+    assert source.current() is initial
+    assert len(counting.bytes_read) == 1  # the same object again: a 304, nothing read
+
+    s3.put_object(Bucket=BUCKET, Key=DEFAULT_CONFIG_KEY, Body=PUSHED.encode())
+    clock.advance(REFRESH_SECONDS)
+    assert source.current().pool_names == ("debian", "fedora")
