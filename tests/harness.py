@@ -412,6 +412,12 @@ def assert_consistent(harness: Harness, name: str, pass_completed: bool = True) 
     for host in harness.client.zrange(harness.store.keys.cloning, 0, -1):
         record = harness.store.get_vm(host)
         assert record is not None and record.state == "pending", f"{host} cloning but {record and record.state}"
+    # The service's running set (what the service-wide quota counts) holds the running VMs, no others.
+    counted = set(harness.client.zrange(harness.store.keys.running, 0, -1))
+    assert harness.hosts(name, "running") <= counted, f"{name}: running VMs not counted by the service"
+    for host in counted:
+        record = harness.store.get_vm(host)
+        assert record is not None and host in harness.hosts(record.pool, "running"), f"{host} counted, not running"
     if pass_completed:
         untracked = harness.provider_vms(name) - set(seen)
         assert not untracked, f"VMs in the provider that no state knows: {untracked}"

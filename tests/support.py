@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import pytest
 import redis.connection
 
+from chalicelib.store.store import RECOUNT
 from local.redis_server import free_port
 
 __all__ = ["RedisRoundTrips", "clone_failures_by_reason", "counts_by_reason", "emf_documents", "emitted",
@@ -142,7 +143,9 @@ def checkout_answers_lost(store: Any) -> Iterator[None]:
     run_checkout = store.scripts.checkout
 
     def answer_lost(**kwargs: Any) -> Any:
-        run_checkout(**kwargs)
+        answer = run_checkout(**kwargs)
+        if json.loads(answer).get("quota") == RECOUNT:
+            return answer  # nothing taken: the store builds the service's running set and runs it again
         raise redis.exceptions.TimeoutError("Timeout reading from socket")
 
     with pytest.MonkeyPatch.context() as patch:

@@ -3,6 +3,8 @@
 - The scheduler's tick (``Ticker.tick``, one EventBridge rule) puts one message per configured
   pool on the queue, spread over the minute, plus one per pool removed from the config that
   still has VMs (it drains: size 0, its VMs destroyed once free, then it is forgotten).
+- The tick also rebuilds the service's running set, what the service-wide quota counts
+  (``recount_running``): any drift a path moving VMs left lasts a minute at most.
 - A checkout or delete puts its pool on the same queue at once (``refill.SqsRefill``).
 - The consumer (``handle_batch``) runs each message's pool once (``runner.run_pool``), every
   pool of a batch in its own thread, and reports each message's outcome on its own: a slow or
@@ -43,6 +45,7 @@ from chalicelib.observability import emit, logger
 from chalicelib.sizing.controller import current_sizes
 from chalicelib.store import STATES
 from chalicelib.store.fleet import Fleet
+from chalicelib.store.store import RunningCount
 
 if TYPE_CHECKING:
     from chalicelib.services import Services
@@ -74,6 +77,7 @@ class TickReport:
     draining: list[str]
     messages: int
     empty: list[str] = dataclasses.field(default_factory=list)
+    running: RunningCount | None = None
 
 
 class Ticker:
@@ -99,8 +103,24 @@ class Ticker:
                                    for name in config.pool_names]
         messages += [(PoolMessage(name, DRAIN), 0) for name in draining]
         queue.send(messages)
+        running = recount_running(services, [*config.pool_names, *draining])
         empty = publish_totals(services)
-        return TickReport(configured=len(configured), draining=draining, messages=len(messages), empty=empty)
+        return TickReport(configured=len(configured), draining=draining, messages=len(messages), empty=empty,
+                          running=running)
+
+
+def recount_running(services: "Services", pools: Iterable[str]) -> RunningCount:
+    """Rebuild the service's running set from the running sets of ``pools`` (every pool the tick
+    knows: configured, or draining) and mark it whole (``Store.recount_running``). The scripts
+    that move VMs keep it exact, so a rebuild that changes it found a path that did not: logged
+    as a warning, to be fixed; its effect on the quota lasted until this tick."""
+    count = services.store.recount_running(pools, services.clock.now())
+    if count.drifted:
+        logger.warning("the service's running count had drifted; rebuilt",
+                       extra={"running": count.running, "added": count.added, "removed": count.removed})
+    elif not count.was_whole:
+        logger.info("the service's running count built", extra={"running": count.running})
+    return count
 
 
 def publish_totals(services: "Services") -> list[str]:

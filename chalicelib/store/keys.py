@@ -22,6 +22,12 @@ family through these validators.
     vm:<hostname>            hash    one VM's record (see records.VMRecord)
     pool:<pool>:<state>      zset    hostnames in a state, scored by when they entered it
     cloning                  zset    hostnames whose clone task is in flight, across all pools
+    running                  zset    every running VM of every pool (the union of the pools' running
+                                     sets, scored alike), kept by the scripts that move VMs, so the
+                                     service-wide quota costs one ZCARD however many pools there are
+    running:counted          string  when ``running`` was last rebuilt from the pools' sets
+                                     (lua/running_recount.lua); missing: it cannot be trusted
+    running:rebuild          zset    scratch of that rebuild, inside its one script (never left)
     changes                  string  counter: every state change stamps its VM (change_seq) with
                                      its value; a reconcile pass increments it before reading the
                                      provider's inventory, to order that read against the changes
@@ -95,6 +101,9 @@ DERIVED_KEYS: Mapping[str, str] = {
     "ondemand_end": "the open sets and wake lists of the request's pools, the records of its VMs and "
                     "their pools' state sets: every VM leaves in the same step as the request ends, so "
                     "none reserved meanwhile is left behind",
+    "running_recount": "the records of the VMs counted running that no running set it was given holds, "
+                       "and the running sets of the pools those records name: a pool the caller's config "
+                       "does not list yet (a push it has not read) keeps its VMs counted",
 }
 """The scripts (lua/<name>.lua) that derive keys from data they read in Redis: which keys, and
 why the caller cannot name them first without weakening the script's atomicity or adding a
@@ -135,6 +144,22 @@ class Keys:
     @property
     def cloning(self) -> str:
         return f"{self.prefix}cloning"
+
+    @property
+    def running(self) -> str:
+        """Every running VM of every pool: what the service-wide quota counts (lua/quota.lua)."""
+        return f"{self.prefix}running"
+
+    @property
+    def running_counted(self) -> str:
+        """Set when ``running`` is rebuilt (lua/running_recount.lua): without it the set may be
+        missing VMs (lost, or never built), so a quota check rebuilds it first."""
+        return f"{self.prefix}running:counted"
+
+    @property
+    def running_rebuild(self) -> str:
+        """Where lua/running_recount.lua builds the new ``running`` (gone when it returns)."""
+        return f"{self.prefix}running:rebuild"
 
     @property
     def changes(self) -> str:

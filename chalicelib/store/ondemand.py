@@ -141,8 +141,8 @@ class OnDemandStore:
         args: list[str | int] = [
             request_id, repr(now), self.store.data_ttl_seconds, json.dumps(fields), wanted, limits, len(pools),
         ]
-        with _translate_errors():
-            answer = self.scripts.ondemand_create(keys=key_list.keys, args=args)
+        answer = self.store.run_counted(quota, now, lambda: self.scripts.ondemand_create(keys=key_list.keys, args=args),
+                                        lambda answer: answer)
         if isinstance(answer, str):
             raise QuotaExceeded(answer)
         return bool(answer)
@@ -229,7 +229,7 @@ class OnDemandStore:
             answer = json.loads(self.scripts.ondemand_deliver(
                 keys=[self.keys.vm(hostname), *(self.keys.pool_state(pool, state) for state in ("pending", "running",
                       "completed")), self.keys.cloning, self.keys.changes, self.keys.running_due(pool),
-                      self.keys.ondemand_open_requests],
+                      self.keys.ondemand_open_requests, self.keys.running],
                 args=[hostname, repr(now), ip or "", host or "", self.keys.ondemand(KEY_PART),
                       self.keys.ondemand_vms(KEY_PART), self.keys.vm(KEY_PART), self.keys.ondemand_open(KEY_PART)]))
         return bool(answer["moved"]), answer["state"]
@@ -237,7 +237,7 @@ class OnDemandStore:
     def end(self, request_id: str, state: str, message: str, vm_reason: str, now: float) -> Ending:
         """Mark the request ``deleted`` or ``failed`` and send its VMs to completed."""
         keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.cloning,
-                self.keys.ondemand_open_requests]
+                self.keys.ondemand_open_requests, self.keys.running]
         args: list[str | int] = [
             request_id, state, message, repr(now), vm_reason, self.store.data_ttl_seconds,
             self.keys.ondemand_open(KEY_PART), self.keys.wake(KEY_PART), self.keys.vm(KEY_PART),

@@ -7,13 +7,14 @@
 --    "fields": {"lifetime": "24", "token_user": "..."},
 --    "quota": {see quota.lua; absent: no limits},
 --    "checkout_id": "<random>", "confirm_by": <epoch seconds>,
---    "changes": <KEYS index>, "vm_template": "<the records of the VMs it pops: keys.DERIVED_KEYS>",
+--    "changes": <KEYS index>, "running": <KEYS index of the service's running set (keys.running)>,
+--    "vm_template": "<the records of the VMs it pops: keys.DERIVED_KEYS>",
 --    "pools": {"p1": {"ready": <KEYS index>, "running": i, "wake": i, "demand": i (demand sizing)}},
 --    "demand": {"minute": 541, "ttl": 777600}}   (only when a requested pool has demand sizing)
 -- One slot per VM wanted; its pools in the order it prefers them (the caller's weighted or
 -- random choice).
 -- Returns JSON: {"ok": true, "vms": [[name, pool, hostname], ...]}, {"ok": false, "short": [names]},
--- or {"ok": false, "quota": "<the limit it would pass>"}.
+-- or {"ok": false, "quota": "<the limit it would pass, or 'recount': see quota.lua>"}.
 -- Each VM taken carries the checkout's id and stays unconfirmed (confirm_by) until the API, having
 -- received this answer, confirms it (confirm.lua). A VM still unconfirmed at confirm_by was taken
 -- by a request whose answer was lost: a reconcile pass returns it to ready (release.lua).
@@ -120,6 +121,7 @@ for index, slot in ipairs(slots) do
   local popped = redis.call('ZPOPMIN', KEYS[pool_keys[pool].ready])
   local hostname = popped[1]
   redis.call('ZADD', KEYS[pool_keys[pool].running], now, hostname)
+  redis.call('ZADD', KEYS[checkout.running], now, hostname) -- what the service's quota counts
   -- The next pass looks at it (its confirmation, migration, lifetime: Store.pool_snapshot_due).
   redis.call('ZADD', KEYS[pool_keys[pool].running_due], now, hostname)
   local vm_key = key_of(checkout.vm_template, hostname)

@@ -1,7 +1,10 @@
 -- Move VMs from one state to another, each only if it is still in the state the caller saw.
 -- This is what keeps a pass from reaping a VM that was checked out after it looked.
--- KEYS: the VMs' records, one per VM; then the changes counter, the cloning set and, when the
--- caller knows the pool, the pool's from_state set, its to_state set and its wake list.
+-- KEYS: the VMs' records, one per VM; then the changes counter, the cloning set, the service's
+-- running set (keys.running) and, when the caller knows the pool, the pool's from_state set, its
+-- to_state set and its wake list.
+-- A VM moved to running joins the service's running set; one moved to any other state leaves it
+-- (whatever it left: a VM is in one state, so one not running is never counted).
 -- ARGV: to_state, now, record_ttl_seconds, nudge, unchanged_since, lifetime_ended,
 --       from_template, to_template, wake_template, same_checkout, checkout, token_user, then per
 --       VM: its hostname, how many fields follow, and those fields as field, value, ...
@@ -34,13 +37,13 @@ while next_first <= #ARGV do
   next_first = next_first + 2 + 2 * tonumber(ARGV[next_first + 1])
 end
 local vms = #firsts
-local changes_key, cloning_key = KEYS[vms + 1], KEYS[vms + 2]
+local changes_key, cloning_key, all_running_key = KEYS[vms + 1], KEYS[vms + 2], KEYS[vms + 3]
 local change_seq = nil
 
 local function move(index)
   local first = firsts[index]
   local vm_key, hostname = KEYS[index], ARGV[first]
-  local from_key, to_key, wake_key = KEYS[vms + 3], KEYS[vms + 4], KEYS[vms + 5]
+  local from_key, to_key, wake_key = KEYS[vms + 4], KEYS[vms + 5], KEYS[vms + 6]
   local moved = 1
   if ARGV[7] ~= '' then
     local pool = redis.call('HGET', vm_key, 'pool')
@@ -79,6 +82,11 @@ local function move(index)
     return 0
   end
   redis.call('ZREM', cloning_key, hostname)
+  if to_state == 'running' then
+    redis.call('ZADD', all_running_key, now, hostname)
+  else
+    redis.call('ZREM', all_running_key, hostname)
+  end
   change_seq = change_seq or redis.call('GET', changes_key) or '0'
   write_fields(vm_key, {'state', to_state, to_state .. '_at', now, 'change_seq', change_seq},
                first + 2, first + 1 + 2 * tonumber(ARGV[first + 1]))

@@ -3,13 +3,14 @@
 -- its last VM arrives. A VM whose request ended meanwhile goes to completed instead.
 -- KEYS[1] the VM's record, KEYS[2..4] its pool's pending, running and completed sets, KEYS[5] the
 -- cloning set, KEYS[6] the changes counter, KEYS[7] its pool's running_due set, KEYS[8] the
--- service's open requests (keys.ondemand_open_requests).
+-- service's open requests (keys.ondemand_open_requests), KEYS[9] the service's running set
+-- (keys.running).
 -- ARGV: hostname, now, ip, host, then the templates of the keys named by the request the record
 -- names (keys.DERIVED_KEYS): request_template, request_vms_template, vm_template, open_template.
 -- Returns JSON {"moved": bool, "state": the request's state afterwards}
 local vm_key, pending_key, running_key, completed_key, cloning_key, changes_key, running_due_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local open_requests_key = KEYS[8]
+local open_requests_key, all_running_key = KEYS[8], KEYS[9]
 local hostname, now, ip, host = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local request_template, request_vms_template, vm_template, open_template = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local id = redis.call('HGET', vm_key, 'request')
@@ -27,6 +28,7 @@ if request[1] ~= 'open' then
   return cjson.encode({moved = false, state = request[1] or 'missing'})
 end
 redis.call('ZADD', running_key, now, hostname)
+redis.call('ZADD', all_running_key, now, hostname) -- what the service's quota counts
 redis.call('ZADD', running_due_key, now, hostname) -- see checkout.lua
 redis.call('HSET', vm_key, 'state', 'running', 'running_at', now, 'ready_at', now,
   'checkout', now, 'delivered_at', now, 'ip', ip, 'host', host,

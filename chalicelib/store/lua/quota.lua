@@ -5,7 +5,9 @@
 -- longer hold anything (a VM returned or destroyed, a request ended) are dropped while counting,
 -- so no other script has to keep the set up to date.
 -- The quota (JSON) names its keys by their KEYS index: 'key' the owner's holdings set, 'running'
--- each pool's running set, 'open_requests' every open request (score: VMs asked for); and
+-- the service's running set (every pool's running VMs, kept by the scripts that move VMs: one
+-- ZCARD however many pools there are), 'counted' the mark running_recount.lua sets when it builds
+-- that set, 'open_requests' every open request (score: VMs asked for); and
 -- holds the templates of what a holdings entry names: 'vm_template' a VM's record,
 -- 'request_template' a request, 'request_vms_template' a request's VMs (keys.DERIVED_KEYS).
 -- The service's limits count requests, not pools a request needs, and the VMs open requests
@@ -48,7 +50,9 @@ local function quota_held(quota)
 end
 
 -- Nil when 'vms' more VMs (and 'requests' more on-demand requests) fit; else which limit they
--- would pass: 'owner_vms', 'owner_requests', 'service_vms' or 'service_requests'.
+-- would pass: 'owner_vms', 'owner_requests', 'service_vms' or 'service_requests'; or 'recount'
+-- when the service's running set is not known to be whole (never built, or lost with its mark):
+-- the caller rebuilds it (running_recount.lua) and asks again, nothing having been taken.
 local function quota_refusal(quota, vms, requests)
   if quota == nil then
     return nil
@@ -60,10 +64,10 @@ local function quota_refusal(quota, vms, requests)
   if requests > 0 and open_requests + requests > quota.max_owner_requests then
     return 'owner_requests'
   end
-  local running, queued = 0, 0
-  for _, index in ipairs(quota.running) do
-    running = running + redis.call('ZCARD', KEYS[index])
+  if redis.call('EXISTS', KEYS[quota.counted]) == 0 then
+    return 'recount'
   end
+  local running, queued = redis.call('ZCARD', KEYS[quota.running]), 0
   -- Open requests, each once, scored by the VMs each still waits for (ondemand_deliver.lua
   -- counts a delivered VM down: it is running now; it and ondemand_end.lua remove a request that
   -- is no longer open). A checkout reads the scores only; an on-demand request also drops any

@@ -1,7 +1,8 @@
 -- Give the VMs of a checkout nobody received back to their pool's ready set, as if never taken.
 -- Used by the API when it cannot confirm a checkout (it answers 503), and by a reconcile pass for
 -- VMs still unconfirmed past their deadline (the checkout's answer was lost on its way).
--- KEYS[1] the changes counter, then for each VM its record, its pool's running set and ready set,
+-- KEYS[1] the changes counter, KEYS[2] the service's running set (keys.running), then for each VM
+-- its record, its pool's running set and ready set,
 -- and the holdings set of the owner that took it (its record's 'holdings'; the record's own key
 -- when it has none).
 -- ARGV: now, checkout_id, unconfirmed_only ('1': only VMs still unconfirmed whose confirm_by is
@@ -12,9 +13,10 @@
 -- Returns the hostnames returned to ready.
 local now, checkout_id, unconfirmed_only = ARGV[1], ARGV[2], ARGV[3]
 local change_seq = redis.call('GET', KEYS[1]) or '0'
+local all_running_key = KEYS[2]
 local released = {}
-for i = 1, (#KEYS - 1) / 4 do
-  local vm_key, running_key, ready_key, holdings_key = KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i], KEYS[4 * i + 1]
+for i = 1, (#KEYS - 2) / 4 do
+  local vm_key, running_key, ready_key, holdings_key = KEYS[4 * i - 1], KEYS[4 * i], KEYS[4 * i + 1], KEYS[4 * i + 2]
   local hostname, pool, held = ARGV[3 * i + 1], ARGV[3 * i + 2], ARGV[3 * i + 3] == '1'
   local vm = redis.call('HMGET', vm_key, 'state', 'checkout_id', 'confirm_by', 'pool', 'ready_at')
   local eligible = vm[1] == 'running' and vm[2] == checkout_id and vm[4] == pool
@@ -23,6 +25,7 @@ for i = 1, (#KEYS - 1) / 4 do
   end
   if eligible and redis.call('ZREM', running_key, hostname) == 1 then
     redis.call('ZADD', ready_key, vm[5] or now, hostname)
+    redis.call('ZREM', all_running_key, hostname)
     redis.call('HDEL', vm_key, 'checkout', 'checkout_id', 'confirm_by', 'lifetime', 'token_user', 'token_id', 'migration',
       'holdings')
     if held then
