@@ -48,6 +48,21 @@ def _size(value: Any) -> int | None:
     return size if size is not None and size <= MAX_SIZE else None
 
 
+def _template(value: Any) -> str | None:
+    """vmpooler's rule, a path with a '/' not at either end, and the rules of a stored template."""
+    if not isinstance(value, str) or "/" not in value or value.strip("/") != value:
+        return None
+    return valid_template(value)
+
+
+def _clone_target(value: Any) -> str | None:
+    """No '/' at either end (the config would drop it: two spellings of one target), and the
+    rules of a stored clone target."""
+    if not isinstance(value, str) or value.strip("/") != value:
+        return None
+    return valid_clone_target(value)
+
+
 @dataclass(frozen=True)
 class _Setting:
     """A pool setting the API may override: how to read a value, and the 400 body's key."""
@@ -63,8 +78,8 @@ class _Setting:
 
 
 _SIZE = _Setting("size", _size, "not_configured", "pool_size")
-_TEMPLATE = _Setting("template", valid_template, "bad_templates", "template")
-_CLONE_TARGET = _Setting("clone_target", valid_clone_target, "bad_templates", "clone_target")
+_TEMPLATE = _Setting("template", _template, "bad_templates", "template")
+_CLONE_TARGET = _Setting("clone_target", _clone_target, "bad_templates", "clone_target")
 
 
 def _override(services: Services, request: ApiRequest, setting: _Setting) -> ApiResponse:

@@ -7,8 +7,8 @@ the pool as it should be now. A reset is a time: the pass drains VMs cloned befo
 target lands in the pool's ``clone_target`` setting, which the vSphere provider's clone reads.
 
 The rules of a value are here, for the API that sets it and for the reads that use it: a stored
-value the API would refuse (stored before a rule, or by another writer) is ignored, so the pool
-keeps its configured one instead of failing every pass.
+value they refuse (stored before a rule, or by another writer) is ignored, so the pool keeps its
+configured one instead of failing every pass.
 """
 
 from __future__ import annotations
@@ -64,22 +64,20 @@ def _inventory_path(value: str) -> bool:
 
 
 def valid_template(value: Any) -> str | None:
-    """A template a pool may be given at runtime, or None: vmpooler's rule (a path with a '/',
-    not at either end), printable text of at most MAX_TEMPLATE characters (every VM the pool clones
-    records it), and the config's rules of an inventory path (no empty, '.' or '..' name, names of
-    at most 80 characters: config_fields.inventory_path)."""
-    if not (isinstance(value, str) and "/" in value and value.strip("/") == value and len(value) <= MAX_TEMPLATE
-            and value.isprintable()):
+    """A template a pool may be given at runtime, or None: printable text of at most
+    MAX_TEMPLATE characters (every VM the pool clones records it) that the config would load as
+    an inventory path (no empty, '.' or '..' name, names of at most 80 characters:
+    config_fields.inventory_path). The API adds vmpooler's own rule (api/pool_config.py)."""
+    if not (isinstance(value, str) and len(value) <= MAX_TEMPLATE and value.isprintable()):
         return None
     return value if _inventory_path(value) else None
 
 
 def valid_clone_target(value: Any) -> str | None:
     """A clone target a pool may be given at runtime (a cluster or host under the datacenter's
-    host folder), or None: printable text of 1 to MAX_CLONE_TARGET characters, no '/' at either
-    end, and the config's rules of an inventory path."""
-    if not (isinstance(value, str) and 0 < len(value) <= MAX_CLONE_TARGET and value.isprintable()
-            and value.strip("/") == value):
+    host folder), or None: printable text of 1 to MAX_CLONE_TARGET characters that the config
+    would load as an inventory path."""
+    if not (isinstance(value, str) and 0 < len(value) <= MAX_CLONE_TARGET and value.isprintable()):
         return None
     return value if _inventory_path(value) else None
 
@@ -116,7 +114,7 @@ class PoolOverrides:
         return self.all([pool])[pool]
 
     def all(self, pools: Iterable[str]) -> dict[str, PoolOverride]:
-        """pool -> its overrides, in one round trip; a stored value the API would refuse is
+        """pool -> its overrides, in one round trip; a stored value that breaks the rules above is
         ignored (none)."""
         pools = list(pools)
         if not pools:
