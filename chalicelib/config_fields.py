@@ -451,9 +451,10 @@ INVENTORY_PATH_PARTS = 32
 
 def inventory_path(value: Any) -> str:
     """A vSphere inventory path (a pool's ``folder``, ``template``, ``datacenter``, ``pool``...):
-    names separated by ``/``, each 1 to 80 characters without control characters; a ``/`` at
-    either end is dropped. Refused at load: ``vmpool//a`` or a NUL byte used to reach vCenter,
-    where the clones went to one folder and the passes looked in another (every clone leaked)."""
+    names separated by ``/``, each 1 to 80 characters without control characters and neither
+    ``.`` nor ``..``; a ``/`` at either end is dropped. Refused at load: ``vmpool//a`` or a NUL
+    byte used to reach vCenter, where the clones went to one folder and the passes looked in
+    another (every clone leaked)."""
     text = string(value)
     quoted = show(text)
     if _CONTROL_CHARACTERS.search(text):
@@ -462,6 +463,9 @@ def inventory_path(value: Any) -> str:
     parts = path.split("/") if path else []
     if any(not part for part in parts):
         invalid(f"must be an inventory path without an empty name ('//'), got {quoted}")
+    if any(part in (".", "..") for part in parts):
+        # vCenter's FindByInventoryPath reads them as names, a reader as "here" and "the parent".
+        invalid(f"must be an inventory path without a '.' or '..' name, got {quoted}")
     if any(len(part) > INVENTORY_NAME_LENGTH for part in parts):
         invalid(f"must be an inventory path of names of at most {INVENTORY_NAME_LENGTH} characters "
                 f"(vCenter's limit), got {quoted}")

@@ -7,6 +7,7 @@ a framework; ``routes.dispatch`` adapts them to Chalice and turns every failure 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -113,6 +114,8 @@ def shown(value: Any, limit: int = 40) -> str:
 
 MAX_JSON_INTEGER_DIGITS = 100
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
 
 def _json_integer(digits: str) -> int:
     """JSON's integer parser, bounded: a 5,000-digit integer is bad input, not a 500."""
@@ -121,21 +124,68 @@ def _json_integer(digits: str) -> int:
     return int(digits)
 
 
+def _json_fraction(text: str) -> float:
+    """JSON's parser of numbers with a fraction or exponent, finite only: Python reads ``1e309``
+    as infinity, which no lifetime, size or tag may be."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {shown(text)} is too large")
+    return number
+
+
+def _json_constant(name: str) -> Any:
+    """``NaN``, ``Infinity`` and ``-Infinity``: Python's json reads them, JSON has no such values."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _json_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members; a name given twice is refused. Python keeps the last value, other
+    parsers (a proxy, a WAF checking the body) the first: each would act on a different request."""
+    members: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in members:
+            raise ValueError(f"the name {shown(name)!r} is given more than once in an object")
+        members[name] = value
+    return members
+
+
 def json_body(request: ApiRequest, empty: Any = None) -> Any:
     """The request body as JSON; ``empty`` when there is none. Bad JSON is a 400, a body over
-    MAX_BODY_BYTES a 413 (before it is parsed)."""
+    MAX_BODY_BYTES a 413 (before it is parsed). JSON is read as RFC 8259 has it, not as Python's
+    json module allows: UTF-8 only (a byte order mark is skipped), no NaN or Infinity, no number
+    too large for a float, no name twice in one object."""
     if len(request.body) > MAX_BODY_BYTES:
         raise too_large(f"Request body too large (at most {MAX_BODY_BYTES} bytes)")
-    text = request.body.strip()
-    if not text:
+    raw = request.body.removeprefix(UTF8_BOM).strip()
+    if not raw:
         return empty
     try:
-        return json.loads(text, parse_int=_json_integer)
-    except (ValueError, UnicodeDecodeError) as error:
+        # Decoded here: given bytes, json.loads also takes UTF-16 and UTF-32, which a proxy or a
+        # WAF reading the body as UTF-8 sees as something else.
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request("Invalid JSON: the body is not UTF-8 text") from None
+    try:
+        body = json.loads(text, parse_int=_json_integer, parse_float=_json_fraction,
+                          parse_constant=_json_constant, object_pairs_hook=_json_members)
+        if not _is_unicode(body):
+            raise ValueError("a string holds half of a UTF-16 surrogate pair (such as \\ud800)")
+    except ValueError as error:
         raise bad_request(f"Invalid JSON: {error}") from None
     except RecursionError:
         # Deeply nested arrays/objects exhaust the decoder's stack: bad input, not a server error.
         raise bad_request("Request body too complex") from None
+    return body
+
+
+def _is_unicode(body: Any) -> bool:
+    """Whether every string of a parsed body is Unicode text. JSON's ``\\ud800`` escape makes a
+    lone surrogate, which no UTF-8 encoder (Redis's client's, a log's) accepts."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 UNPARSABLE = {"message": "JSON payload could not be parsed"}

@@ -21,13 +21,7 @@ from chalicelib.api.http import (
 from chalicelib.api.identity import required_admin
 from chalicelib.config import PoolConfig
 from chalicelib.services import Services
-from chalicelib.store.pool_overrides import PoolOverrides
-
-MAX_POOL_SIZE = 10000
-"""As the config loader allows."""
-MAX_CLONE_TARGET = 255
-MAX_TEMPLATE = 1024
-"""A vSphere inventory path of a dozen folders of the 80 characters a name may have."""
+from chalicelib.store.pool_overrides import MAX_SIZE, PoolOverrides, valid_clone_target, valid_template
 
 
 def _allowed(services: Services, request: ApiRequest) -> None:
@@ -51,14 +45,22 @@ def _payload(request: ApiRequest) -> dict[str, Any]:
 
 def _size(value: Any) -> int | None:
     size = whole_number(value)
-    return size if size is not None and size <= MAX_POOL_SIZE else None
+    return size if size is not None and size <= MAX_SIZE else None
 
 
-def _template_ok(value: Any) -> bool:
-    """vmpooler's rule: a path with a '/', not at either end; and printable text of at most
-    MAX_TEMPLATE characters (every VM the pool clones records its template)."""
-    return (isinstance(value, str) and "/" in value and not value.startswith("/") and not value.endswith("/")
-            and len(value) <= MAX_TEMPLATE and value.isprintable())
+def _template(value: Any) -> str | None:
+    """vmpooler's rule, a path with a '/' not at either end, and the rules of a stored template."""
+    if not isinstance(value, str) or "/" not in value or value.strip("/") != value:
+        return None
+    return valid_template(value)
+
+
+def _clone_target(value: Any) -> str | None:
+    """No '/' at either end (the config would drop it: two spellings of one target), and the
+    rules of a stored clone target."""
+    if not isinstance(value, str) or value.strip("/") != value:
+        return None
+    return valid_clone_target(value)
 
 
 @dataclass(frozen=True)
@@ -75,15 +77,8 @@ class _Setting:
     ``<prefix>_before_overrides`` (the configured one), as vmpooler."""
 
 
-def _clone_target(value: Any) -> str | None:
-    """A cluster (or host) name under the datacenter's host folder: text, bounded."""
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_CLONE_TARGET or not value.isprintable():
-        return None
-    return value if value.strip("/") == value else None
-
-
 _SIZE = _Setting("size", _size, "not_configured", "pool_size")
-_TEMPLATE = _Setting("template", lambda value: value if _template_ok(value) else None, "bad_templates", "template")
+_TEMPLATE = _Setting("template", _template, "bad_templates", "template")
 _CLONE_TARGET = _Setting("clone_target", _clone_target, "bad_templates", "clone_target")
 
 

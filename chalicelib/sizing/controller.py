@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
@@ -29,7 +30,7 @@ from chalicelib.sizing import demand
 from chalicelib.sizing.demand import Forecast, Window
 from chalicelib.sizing.schedule import current_window
 from chalicelib.sizing.settings import DemandSettings, SizingSettings
-from chalicelib.store.pool_overrides import SIZE
+from chalicelib.store.pool_overrides import SIZE, valid_size
 from chalicelib.store.store import Store, _translate_errors
 
 OVERRIDE = "override"
@@ -198,7 +199,7 @@ class RedisSizingBackend:
                 for day in days:
                     pipe.hmget(self.keys.daily(day), [f"{scope}:total", f"{scope}:count"])
             answers = pipe.execute()
-        override = _whole(answers[0])
+        override = valid_size(answers[0])
         if not with_demand:
             return Inputs(override, None, None)
         total = sum(_number(pair[0]) or 0.0 for pair in answers[2:])
@@ -248,18 +249,20 @@ class RedisSizingBackend:
             pipe.hmget(self._size_key, names)
             pipe.hmget(self.keys.sizing_state, names)
             sizes, states = pipe.execute()
-        overrides = {name: _whole(size) for name, size in zip(names, sizes, strict=True)}
+        overrides = {name: valid_size(size) for name, size in zip(names, sizes, strict=True)}
         return overrides, {name: DemandState.from_json(state) for name, state in zip(names, states, strict=True)}
 
 
 def _number(value: Any) -> float | None:
-    """A Redis value as a number; None when absent or not a number (broken history reads as none)."""
+    """A Redis value as a finite number; None when absent or not one (broken history reads as
+    none: ``inf`` or ``nan`` made ``int()`` raise out of the pass)."""
     if value is None:
         return None
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return None
+    return number if math.isfinite(number) else None
 
 
 def _configured(pool: PoolConfig) -> PoolConfig:
@@ -271,11 +274,6 @@ def _configured(pool: PoolConfig) -> PoolConfig:
 def _count(value: Any) -> int:
     """A demand bucket's count: broken or negative values count as none."""
     return max(int(_number(value) or 0), 0)
-
-
-def _whole(value: Any) -> int | None:
-    number = _number(value)
-    return None if number is None else int(number)
 
 
 def target_size(store: Store, pool: PoolConfig, now: float, default_timezone: str | None) -> SizeDecision:

@@ -5,16 +5,22 @@ They live in Redis, so every Lambda sees them and they survive restarts; ``apply
 over the configured pool, which is how ``Services.pool`` hands the reconcile pass and the API
 the pool as it should be now. A reset is a time: the pass drains VMs cloned before it. A clone
 target lands in the pool's ``clone_target`` setting, which the vSphere provider's clone reads.
+
+The rules of a value are here, for the API that sets it and for the reads that use it: a stored
+value they refuse (stored before a rule, or by another writer) is ignored, so the pool keeps its
+configured one instead of failing every pass.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from chalicelib.config import PoolConfig
+from chalicelib.config_fields import Invalid, inventory_path
 from chalicelib.store.store import Store, _translate_errors
 
 SIZE = "poolsize"
@@ -22,6 +28,58 @@ TEMPLATE = "pooltemplate"
 RESET = "poolreset"
 CLONE_TARGET = "clonetarget"
 SETTINGS = (SIZE, TEMPLATE, RESET, CLONE_TARGET)
+
+
+MAX_SIZE = 10000
+"""As the config loader allows."""
+MAX_TEMPLATE = 1024
+"""A vSphere inventory path of a dozen folders of the 80 characters a name may have."""
+MAX_CLONE_TARGET = 255
+
+
+def valid_size(value: str | None) -> int | None:
+    """A stored size: digits, at most MAX_SIZE; None otherwise (the API checks its own input)."""
+    if value is None or not value.isascii() or not value.isdigit() or len(value) > len(str(MAX_SIZE)):
+        return None
+    size = int(value)
+    return size if size <= MAX_SIZE else None
+
+
+def valid_reset(value: str | None) -> float | None:
+    """A stored reset time: a finite number; None otherwise (an infinite one drained every VM in
+    every pass)."""
+    try:
+        reset_at = float(value) if value is not None else math.nan
+    except ValueError:
+        return None
+    return reset_at if math.isfinite(reset_at) else None
+
+
+def _inventory_path(value: str) -> bool:
+    try:
+        inventory_path(value)
+    except Invalid:
+        return False
+    return True
+
+
+def valid_template(value: Any) -> str | None:
+    """A template a pool may be given at runtime, or None: printable text of at most
+    MAX_TEMPLATE characters (every VM the pool clones records it) that the config would load as
+    an inventory path (no empty, '.' or '..' name, names of at most 80 characters:
+    config_fields.inventory_path). The API adds vmpooler's own rule (api/pool_config.py)."""
+    if not (isinstance(value, str) and len(value) <= MAX_TEMPLATE and value.isprintable()):
+        return None
+    return value if _inventory_path(value) else None
+
+
+def valid_clone_target(value: Any) -> str | None:
+    """A clone target a pool may be given at runtime (a cluster or host under the datacenter's
+    host folder), or None: printable text of 1 to MAX_CLONE_TARGET characters that the config
+    would load as an inventory path."""
+    if not (isinstance(value, str) and 0 < len(value) <= MAX_CLONE_TARGET and value.isprintable()):
+        return None
+    return value if _inventory_path(value) else None
 
 
 @dataclass(frozen=True)
@@ -56,7 +114,8 @@ class PoolOverrides:
         return self.all([pool])[pool]
 
     def all(self, pools: Iterable[str]) -> dict[str, PoolOverride]:
-        """pool -> its overrides, in one round trip."""
+        """pool -> its overrides, in one round trip; a stored value that breaks the rules above is
+        ignored (none)."""
         pools = list(pools)
         if not pools:
             return {}
@@ -67,10 +126,10 @@ class PoolOverrides:
             sizes, templates, resets, clone_targets = pipe.execute()
         return {
             pool: PoolOverride(
-                size=int(size) if size is not None else None,
-                template=template,
-                reset_at=float(reset) if reset is not None else None,
-                clone_target=clone_target,
+                size=valid_size(size),
+                template=valid_template(template),
+                reset_at=valid_reset(reset),
+                clone_target=valid_clone_target(clone_target),
             )
             for pool, size, template, reset, clone_target in zip(
                 pools, sizes, templates, resets, clone_targets, strict=True)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import pytest
+
 from chalicelib.manager.reconcile import reconcile_pool
+from chalicelib.sizing.demand import CHECKOUT_FIELD, MINUTES_PER_DAY, SEEN_FIELD, day_and_minute, epoch_minute
 from tests.harness import Harness
 
 # FakeClock starts on Friday 2027-01-15 08:00 UTC.
@@ -80,3 +83,35 @@ def test_vmpooler_pool_feed_shows_the_effective_size(make_stack: Callable[[str],
     stack = make_stack(CONFIG)
     feed = stack.get("/dashboard/stats/vmpooler/pool").json
     assert (feed["sched"]["size"], feed["dem"]["size"], feed["plain"]["size"]) == (3, 2, 2)
+
+
+@pytest.mark.parametrize("stored", ["-1", "2.5", "9" * 5000, "inf", "nan", "three"],
+                         ids=["-1", "2.5", "5000 digits", "inf", "nan", "three"])
+def test_a_stored_size_override_that_is_not_a_size_is_ignored(make_stack: Callable[[str], Harness],
+                                                                stored: str) -> None:
+    """A size override the API would refuse (stored by hand or by an old version) leaves each
+    pool at the size it would have without one. Before, ``-1`` became the pool's size, and the
+    others failed every pass and every /status (``int()`` of them raised: a 500)."""
+    stack = make_stack(CONFIG)
+    stack.client.hset(stack.store.keys.pool_override("poolsize"),
+                      mapping={"sched": stored, "dem": stored, "plain": stored})
+    assert sizes(stack) == {"sched": (3, "schedule weekdays 08:00-09:00"), "dem": (2, "demand"),
+                            "plain": (2, "config")}
+    for pool in ("sched", "dem", "plain"):
+        stack.reconcile(pool)
+    assert stack.count("plain", "pending") + stack.count("plain", "ready") == 2
+
+
+@pytest.mark.parametrize("stored", ["inf", "-inf", "nan", "1e400"])
+def test_demand_history_that_is_not_a_finite_count_is_none(make_stack: Callable[[str], Harness],
+                                                            stored: str) -> None:
+    """Broken history reads as none: before, an infinite count raised out of the pass
+    (``int(float('inf'))``) and /status."""
+    stack = make_stack(CONFIG)
+    now = epoch_minute(stack.clock.now())
+    for days_back in range(9):
+        day, _ = day_and_minute(now - days_back * MINUTES_PER_DAY)
+        fields = {f"{CHECKOUT_FIELD}{minute}": stored for minute in range(MINUTES_PER_DAY)}
+        stack.client.hset(stack.store.keys.demand("dem", day), mapping={SEEN_FIELD: "1", **fields})
+    stack.reconcile("dem")
+    assert sizes(stack)["dem"] == (1, "demand")  # no demand seen: its minimum

@@ -311,7 +311,9 @@ def test_a_template_is_printable_text_of_at_most_1024_characters(make_stack):
     post = lambda body: stack.answer("POST", "/api/v3/config/pooltemplate", body)  # noqa: E731
     for bad in ("templates/" + "t" * 1015, "templates/a\x00b", "templates/a\nb", "templates/a\u2028b"):
         assert post({"debian-12": bad}) == (400, {"ok": False, "bad_templates": ["debian-12"]}), bad[:20]
-    assert post({"debian-12": "templates/" + "t" * 1014}) == (201, {"ok": True})
+    longest = "/".join(["t" * 80] * 12 + ["t" * 52])  # names of at most 80 characters (vCenter's limit)
+    assert len(longest) == 1024
+    assert post({"debian-12": longest}) == (201, {"ok": True})
     assert post({"debian-12": "templates/débian-12"}) == (201, {"ok": True})
 
 
@@ -324,3 +326,61 @@ def test_a_body_over_64_kib_is_a_413(make_stack, route):
     assert stack.answer("POST", route_target(route, {}), raw=body) == (
         413, {"ok": False, "error": "Request body too large (at most 65536 bytes)"})
     assert stack.services.pool("debian-12") == stack.services.config.pool("debian-12")
+
+
+@pytest.mark.parametrize(("path", "bad"), [
+    ("/config/pooltemplate", "templates//debian-12"),
+    ("/config/pooltemplate", "templates/../debian-12"),
+    ("/config/pooltemplate", "./debian-12"),
+    ("/config/pooltemplate", "templates/" + "t" * 81),
+    ("/config/pooltemplate", "t/" * 32 + "t"),
+    ("/config/clonetarget", "cluster//c2"),
+    ("/config/clonetarget", "cluster/../c2"),
+    ("/config/clonetarget", ".."),
+    ("/config/clonetarget", "c" * 81),
+], ids=lambda value: value if len(value) < 30 else f"{value[:12]}...{len(value)}")
+def test_a_runtime_template_or_clone_target_is_held_to_the_configs_inventory_path_rules(make_stack, path, bad):
+    """What the YAML refuses (config_fields.inventory_path: no empty name, no '.' or '..', names of
+    at most 80 characters, at most 32 of them) the API refused neither: ``templates//debian-12``
+    was stored and the pool's every clone looked for a template vCenter does not have."""
+    stack = make_stack()
+    before = stack.redis_state()
+    assert stack.answer("POST", f"/api/v3{path}", {"debian-12": bad}) == (
+        400, {"ok": False, "bad_templates": ["debian-12"]})
+    assert stack.redis_state() == before
+    assert stack.services.pool("debian-12") == stack.services.config.pool("debian-12")
+
+
+@pytest.mark.parametrize(("setting", "stored"), [
+    ("poolsize", "three"),
+    ("poolsize", "-1"),
+    ("poolsize", "9" * 5000),
+    ("poolreset", "soon"),
+    ("poolreset", "inf"),
+    ("poolreset", "nan"),
+    ("pooltemplate", "templates//debian-12"),
+    ("pooltemplate", "templates/" + "t" * 100_000),
+    ("pooltemplate", "templates/a\x00b"),
+    ("clonetarget", "cluster//c2"),
+    ("clonetarget", "c" * 100_000),
+], ids=lambda value: value if len(value) < 30 else f"{value[:12]}...{len(value)}")
+def test_a_hostile_stored_override_is_ignored_and_breaks_no_pass(make_stack, setting, stored):
+    """An override in Redis the API would refuse (one stored before its checks, or by another
+    writer) is ignored: the pool keeps its configured value. Before, a size or reset that is not
+    a number raised out of every pass and every read of the pools (GET /status was a 500), an
+    infinite reset drained every ready VM in every pass, and a hostile template or clone target
+    reached every clone."""
+    stack = make_stack(size=2)
+    stack.run_passes("debian-12")
+    ready = set(stack.services.store.hostnames("debian-12", "ready"))
+    assert len(ready) == 2
+    stack.services.client.hset(stack.services.store.keys.pool_override(setting), "debian-12", stored)
+
+    assert stack.services.pool("debian-12") == stack.services.config.pool("debian-12")
+    report = stack.reconcile("debian-12")
+    assert not report.completed, "the pass drained VMs for an override it should ignore"
+    assert set(stack.services.store.hostnames("debian-12", "ready")) == ready
+    status, answer = stack.answer("GET", "/api/v3/status?view=pools")
+    assert status == 200 and answer["pools"]["debian-12"]["max"] == 2
+    config = {p["name"]: p for p in stack.answer("GET", "/api/v3/config")[1]["pool_configuration"]}
+    assert config["debian-12"]["template"] == "templates/debian-12"

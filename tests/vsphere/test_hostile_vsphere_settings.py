@@ -46,6 +46,8 @@ def document(provider: dict[str, Any] | None = None, pool: dict[str, Any] | None
     ("pool", "folder", "f" * 1_000_000, "at most 80 characters"),
     ("pool", "folder", "vmpool/a\x00b", "control characters"),
     ("pool", "template", "templates/" + "t" * 81, "at most 80 characters"),
+    ("pool", "template", "templates/../t", "'..' name"),
+    ("pool", "folder", "vmpool/./p", "'.' or '..' name"),
     ("pool", "datacenter", "DC0//x", "empty name"),
     ("pool", "clone_target", "C/" * 40, "at most 32 names"),
 ])
