@@ -51,6 +51,44 @@ def test_service_wide_and_reason_metrics_carry_their_own_dimensions(capsys: pyte
     assert found == {(m.CHECKOUTS, ("service",)): [2.0], (m.CLONE_FAILURES, ("reason", "service")): [1.0]}
 
 
+def strict_documents(stdout: str) -> list[dict[str, object]]:
+    """The EMF documents on stdout, parsed as CloudWatch does: NaN and Infinity are not JSON."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    return [json.loads(line, parse_constant=refuse) for line in stdout.splitlines() if '"_aws"' in line]
+
+
+def test_many_samples_are_split_into_documents_cloudwatch_accepts(capsys: pytest.CaptureFixture[str],
+                                                                  recwarn: pytest.WarningsRecorder) -> None:
+    """EMF takes at most 100 values of a metric a document; every sample is still published."""
+    for count in (100, 250):
+        m.emit(None, {m.CLONES_STARTED: 1}, seconds={m.CLONE_DURATION: [float(i) for i in range(count)]})
+        documents = strict_documents(capsys.readouterr().out)
+        assert all(len(document[m.CLONE_DURATION]) <= 100 for document in documents)  # type: ignore[arg-type]
+        assert emitted(documents) == {(m.CLONE_DURATION, ("service",)): [float(i) for i in range(count)],
+                                      (m.CLONES_STARTED, ("service",)): [1.0]}
+    assert not [str(warning.message) for warning in recwarn]  # Powertools' plain-text "no metrics" warning
+
+
+def test_a_sample_that_is_not_a_finite_number_is_left_out(capsys: pytest.CaptureFixture[str]) -> None:
+    m.emit("alpha", {m.READY: float("nan"), m.PENDING: 2}, seconds={m.CLONE_DURATION: [float("inf"), 3.0]})
+    m.emit(None, {m.EMPTY_POOLS: float("-inf")})  # nothing left to publish
+    (document,) = strict_documents(capsys.readouterr().out)
+    assert emitted([document]) == {(m.PENDING, ("pool", "service")): [2.0],
+                                   (m.CLONE_DURATION, ("pool", "service")): [3.0]}
+
+
+def test_nothing_is_printed_while_metrics_are_disabled(capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local stack disables metrics; a pass that saw 150 clones finish printed one anyway
+    (Powertools' own flush at 100 values ignores the switch)."""
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    m.emit(None, {m.CHECKOUTS: 1})
+    m.emit(None, {}, seconds={m.CLONE_DURATION: [1.0] * 150})
+    assert emf_documents(capsys.readouterr().out) == []
+
+
 KINDS_CONFIG = """\
 config: {task_limit: 10}
 providers:
