@@ -32,11 +32,11 @@ from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 from chalicelib.auth.secrets import RedactingFilter
+from chalicelib.logs import SERVICE
 from chalicelib.providers.failures import FailureKind
 
 BASE_NAMESPACE = "vmpool"
 NAMESPACE_ENV = "POWERTOOLS_METRICS_NAMESPACE"
-SERVICE = "vmpool"
 
 
 def namespace_for(stage: str) -> str:
@@ -54,8 +54,8 @@ path logs a secret on purpose)."""
 
 
 def redact_secrets(values: Iterable[Any]) -> None:
-    """Mask these values from now on in the Powertools logger's output and the root handlers'
-    (where the stdlib loggers of chalicelib.auth end up). Idempotent."""
+    """Mask these values from now on in the Powertools logger's output (its children's too:
+    chalicelib.logs) and the root handlers' (where libraries' loggers end up). Idempotent."""
     for value in values:
         REDACTION.add(value)
     handlers = [logger.registered_handler, *logging.getLogger().handlers]
