@@ -178,7 +178,10 @@ def test_a_checkout_miss_is_counted_for_its_pool(redis_client: redis.Redis, cloc
 
 # --- the deployed dashboard and alarms read what the code emits -------------------------------
 
-SEARCH = re.compile(r"\{(?P<schema>[^}]+)\} MetricName=\\?\"(?P<name>\w+)\\?\"")
+QUERY = re.compile(r'^SELECT (?P<function>SUM|MAX)\((?P<name>\w+)\) '
+                   r'FROM SCHEMA\("(?P<namespace>[^"]+)", (?P<dims>[\w, ]+)\) '
+                   r"GROUP BY (?P<group>[\w, ]+) ORDER BY (?P=function)\(\) DESC LIMIT (?P<limit>\d+)$")
+"""A per-pool graph's Metrics Insights query."""
 
 
 def dashboard_references(package: Package) -> set[tuple[str, tuple[str, ...]]]:
@@ -190,10 +193,10 @@ def dashboard_references(package: Package) -> set[tuple[str, tuple[str, ...]]]:
         for row in widget["properties"].get("metrics", []):
             for item in row:
                 if isinstance(item, dict) and "expression" in item:
-                    for match in SEARCH.finditer(item["expression"]):
-                        schema_namespace, *dims = match["schema"].split(",")
-                        if schema_namespace == namespace:
-                            found.add((match["name"], tuple(sorted(dims))))
+                    match = QUERY.match(item["expression"])
+                    assert match, item["expression"]
+                    if match["namespace"] == namespace:
+                        found.add((match["name"], tuple(sorted(match["dims"].split(", ")))))
             if row and row[0] == namespace:
                 plain = [x for x in row if isinstance(x, str)]
                 found.add((plain[1], tuple(sorted(plain[2::2]))))
@@ -220,6 +223,26 @@ def test_dashboard_and_alarms_reference_only_metrics_the_code_emits(package: Pac
         assert dimensions in m.METRICS[name].dimension_sets, (name, dimensions)
     # Everything the code emits is on the dashboard.
     assert {name for name, _ in references} == set(m.METRICS)
+
+
+def test_per_pool_graphs_rank_every_pool_and_draw_the_worst(package: Package) -> None:
+    """At 1,000 pools failing at once, a SEARCH drew an arbitrary 500 of them (its cap, and a
+    graph's), maybe not the worst: each per-pool graph is a Metrics Insights query that ranks
+    every matching metric, grouped by pool, and draws the first few."""
+    (dashboard,) = package.of_type("AWS::CloudWatch::Dashboard").values()
+    body = json.loads(dashboard["Properties"]["DashboardBody"]["Fn::Sub"])
+    per_pool = []
+    for widget in body["widgets"]:
+        expressions = [item["expression"] for row in widget["properties"].get("metrics", [])
+                       for item in row if isinstance(item, dict) and "expression" in item]
+        assert all("SEARCH(" not in expression for expression in expressions)
+        matches = [QUERY.match(expression) for expression in expressions]
+        assert all(matches), expressions
+        per_pool += [match for match in matches if match]
+        assert sum(int(match["limit"]) for match in matches if match) <= 100
+    assert {match["name"] for match in per_pool} == set(m.PER_POOL_METRICS)
+    for match in per_pool:
+        assert "pool" in match["group"].split(", ") and "service" not in match["group"]
 
 
 def test_one_alarm_for_empty_pools_and_lambda_errors_and_throttles(package: Package) -> None:
