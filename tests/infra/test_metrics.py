@@ -5,8 +5,12 @@ and the deployed template to it."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import sys
+import threading
+import time
 
 import pytest
 import redis
@@ -87,6 +91,43 @@ def test_nothing_is_printed_while_metrics_are_disabled(capsys: pytest.CaptureFix
     m.emit(None, {m.CHECKOUTS: 1})
     m.emit(None, {}, seconds={m.CLONE_DURATION: [1.0] * 150})
     assert emf_documents(capsys.readouterr().out) == []
+
+
+class UnbufferedStdout(io.StringIO):
+    """stdout as in Lambda: each write goes out at once, in a system call that lets other
+    threads run meanwhile."""
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        time.sleep(0)  # releases the GIL, as the system call does
+        return written
+
+
+def test_threads_emitting_and_logging_at_once_write_whole_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reconcile consumer runs a batch's pools in threads, each publishing and logging at
+    the end of its pass: every EMF document and log line is a line of its own (two on one line
+    are one CloudWatch cannot parse, and both are lost)."""
+    stdout = UnbufferedStdout()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    handler = m.logger.registered_handler
+    previous = handler.setStream(stdout)
+
+    def pass_end() -> None:
+        for _ in range(50):
+            m.emit("alpha", {m.CLONE_FAILURES: 1})
+            m.logger.info("reconcile pass", extra={"pool": "alpha"})
+
+    threads = [threading.Thread(target=pass_end) for _ in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        handler.setStream(previous)
+    records = [json.loads(line) for line in stdout.getvalue().splitlines()]
+    assert sum("_aws" in record for record in records) == 200
+    assert sum(record.get("message") == "reconcile pass" for record in records) == 200
 
 
 KINDS_CONFIG = """\
