@@ -115,7 +115,7 @@ def test_threads_emitting_and_logging_at_once_write_whole_lines(monkeypatch: pyt
     def pass_end() -> None:
         for _ in range(50):
             m.emit("alpha", {m.CLONE_FAILURES: 1})
-            m.logger.info("reconcile pass", extra={"pool": "alpha"})
+            m.logger.warning("reconcile pass failed", extra={"pool": "alpha"})
 
     threads = [threading.Thread(target=pass_end) for _ in range(4)]
     try:
@@ -127,7 +127,7 @@ def test_threads_emitting_and_logging_at_once_write_whole_lines(monkeypatch: pyt
         handler.setStream(previous)
     records = [json.loads(line) for line in stdout.getvalue().splitlines()]
     assert sum("_aws" in record for record in records) == 200
-    assert sum(record.get("message") == "reconcile pass" for record in records) == 200
+    assert sum(record.get("message") == "reconcile pass failed" for record in records) == 200
 
 
 KINDS_CONFIG = """\
