@@ -20,21 +20,25 @@ generated from the same constants, so a renamed metric cannot leave a dashboard 
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 from chalicelib.auth.secrets import RedactingFilter
+from chalicelib.logs import SERVICE
 from chalicelib.providers.failures import FailureKind
 
 BASE_NAMESPACE = "vmpool"
 NAMESPACE_ENV = "POWERTOOLS_METRICS_NAMESPACE"
-SERVICE = "vmpool"
 
 
 def namespace_for(stage: str) -> str:
@@ -52,8 +56,8 @@ path logs a secret on purpose)."""
 
 
 def redact_secrets(values: Iterable[Any]) -> None:
-    """Mask these values from now on in the Powertools logger's output and the root handlers'
-    (where the stdlib loggers of chalicelib.auth end up). Idempotent."""
+    """Mask these values from now on in the Powertools logger's output (its children's too:
+    chalicelib.logs) and the root handlers' (where libraries' loggers end up). Idempotent."""
     for value in values:
         REDACTION.add(value)
     handlers = [logger.registered_handler, *logging.getLogger().handlers]
@@ -185,32 +189,67 @@ Values = Union[float, Sequence[float]]
 
 def emit(pool: str | None, counts: Mapping[str, Values], unit: MetricUnit = MetricUnit.Count,
          seconds: Mapping[str, Values] | None = None, dimensions: Mapping[str, str] | None = None) -> None:
-    """Publish metrics for one pool (or service-wide when ``pool`` is None) as one EMF document.
+    """Publish metrics for one pool (or service-wide when ``pool`` is None) as EMF documents.
 
     A value may be a list: EMF carries every sample (a pass that saw three clones finish
-    publishes three clone durations). ``dimensions`` adds dimensions beyond ``pool``/``service``.
-    A metric missing from ``METRICS`` (or emitted with dimensions it does not declare) is still
-    published, with a warning: the dashboard would not show it.
+    publishes three clone durations), at most ``SAMPLES_PER_DOCUMENT`` of a metric a document.
+    ``dimensions`` adds dimensions beyond ``pool``/``service``. A metric missing from ``METRICS``
+    (or emitted with dimensions it does not declare) is still published, with a warning: the
+    dashboard would not show it. A sample that is not a finite number is left out, with a
+    warning: CloudWatch drops the whole document of a value JSON cannot carry (NaN, Infinity).
+    Nothing is printed while ``POWERTOOLS_METRICS_DISABLED`` is set (the local stack).
     """
-    metrics = _thread_metrics()
+    if is_metrics_disabled():
+        return
     names = dict(dimensions or {})
     if pool is not None:
         names["pool"] = pool
-    for dimension, label in names.items():
-        metrics.add_dimension(name=dimension, value=label)
     dimension_set = tuple(sorted([*names, "service"]))
-    published = False
+    columns: list[tuple[str, MetricUnit, list[float]]] = []
     for metric_unit, series in ((unit, counts), (MetricUnit.Seconds, seconds or {})):
         for name, value in series.items():
             spec = METRICS.get(name)
             if spec is None or dimension_set not in spec.dimension_sets:
                 logger.warning("metric not in observability.METRICS", extra={"metric": name,
                                                                              "dimensions": dimension_set})
-            for sample in _samples(value):
+            samples = _samples(value)
+            finite = [float(sample) for sample in samples if math.isfinite(sample)]
+            if len(finite) < len(samples):
+                logger.warning("metric samples that are not finite numbers left out",
+                               extra={"metric": name, "left_out": len(samples) - len(finite)})
+            if finite:
+                columns.append((name, metric_unit, finite))
+    longest = max((len(values) for _, _, values in columns), default=0)
+    for start in range(0, longest, SAMPLES_PER_DOCUMENT):
+        metrics = _thread_metrics()
+        for dimension, label in names.items():
+            metrics.add_dimension(name=dimension, value=label)
+        for name, metric_unit, values in columns:
+            for sample in values[start:start + SAMPLES_PER_DOCUMENT]:
                 metrics.add_metric(name=name, unit=metric_unit, value=sample)
-                published = True
-    if published:
-        metrics.flush_metrics()
+        document = metrics.serialize_metric_set()
+        metrics.clear_metrics()
+        _write_line(json.dumps(document, separators=(",", ":")))
+
+
+def _write_line(text: str) -> None:
+    """One line on stdout in one write, under the lock of the log handler that writes there too.
+    Powertools prints a document and its newline in two writes: the reconcile consumer's threads
+    (a batch's pools at once) interleaved them with each other's and with log lines, two JSON
+    documents on one line, and CloudWatch dropped what it could not parse (a tenth of the
+    documents with eight threads busy)."""
+    handler = logger.registered_handler
+    handler.acquire()
+    try:
+        sys.stdout.write(text + "\n")
+    finally:
+        handler.release()
+
+
+SAMPLES_PER_DOCUMENT = 99
+"""EMF takes at most 100 values of a metric in one document. Powertools prints a document by
+itself the moment one of its metrics holds 100 values (with ``print``, even with
+POWERTOOLS_METRICS_DISABLED): so ``emit`` never lets a document reach 100."""
 
 
 _per_thread = threading.local()
@@ -229,7 +268,7 @@ def _thread_metrics() -> EphemeralMetrics:
     return metrics
 
 
-def _samples(value: Values) -> Iterable[float]:
+def _samples(value: Values) -> Sequence[float]:
     return [value] if isinstance(value, (int, float)) else value
 
 

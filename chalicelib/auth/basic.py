@@ -14,13 +14,14 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import logging
 from dataclasses import dataclass
+
+from chalicelib.logs import module_logger
 
 from .base import Authenticator, AuthUnavailable, canonical_user
 from .ratelimit import LoginLimiter
 
-logger = logging.getLogger(__name__)
+logger = module_logger(__name__)
 
 WWW_AUTHENTICATE = 'Basic realm="Authentication required"'
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hmac
-import logging
+
+from chalicelib.logs import module_logger
 
 from .base import acceptable_credentials
 
-logger = logging.getLogger(__name__)
+logger = module_logger(__name__)
 
 
 class DummyAuthenticator:

@@ -20,7 +20,6 @@ Backend trouble raises ``AuthUnavailable`` (the API answers 503), never a wrong-
 
 from __future__ import annotations
 
-import logging
 import math
 import ssl
 from contextlib import contextmanager
@@ -31,11 +30,13 @@ from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn
 
+from chalicelib.logs import module_logger
+
 from .base import AuthConfigError, AuthUnavailable, acceptable_credentials
 from .ldap_settings import LdapSettings, parse_ldap_settings
 from .secrets import SecretConfigError, SecretUnavailable
 
-logger = logging.getLogger(__name__)
+logger = module_logger(__name__)
 
 # Bind results that mean "these credentials are not valid" (the user gets 401). Anything else
 # (busy, unavailable, confidentiality required, protocol errors...) means the backend cannot answer.

@@ -12,7 +12,6 @@ Every problem is reported at once with its key path; unknown keys are logged and
 vmpooler config keeps working. Secrets are never put into a message.
 """
 
-import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -32,11 +31,12 @@ from chalicelib.config_fields import (
     secret,
     show,
 )
+from chalicelib.logs import module_logger
 
 from .base import AuthConfigError
 from .secrets import Secret, SecretReference
 
-logger = logging.getLogger(__name__)
+logger = module_logger(__name__)
 
 ENCRYPTIONS = ("plain", "simple_tls", "start_tls")
 ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,63}\Z")

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from chalicelib import aws_clients
+from chalicelib.logs import module_logger
 
-logger = logging.getLogger(__name__)
+logger = module_logger(__name__)
 
 DEFAULT_MAX_AGE_SECONDS = 300
 REDACTED = "**********"

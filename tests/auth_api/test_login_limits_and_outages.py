@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.auth_api.documents import POOL, document
 from tests.harness import basic
-from tests.support import free_port
+from tests.support import free_port, json_lines
 
 
 def test_failed_logins_per_user_are_limited_with_retry_after(make_api, ldap_auth, slapd):
@@ -56,6 +56,22 @@ def test_ldap_down_is_503_json_and_not_a_failed_login(make_api, ldap_auth, slapd
     # Outages do not count: after three of them, alice is not locked out (limit 1).
     assert api.services.client.keys("vmpool:login:*") == []
     assert any("unreachable" in line for line in all_logs.lines)
+
+
+def test_the_ldap_outage_is_a_json_line_of_the_request_that_met_it(make_api, ldap_auth, slapd, log_output):
+    """The authenticator's own lines (chalicelib.auth, no Powertools there) are the service's JSON
+    lines with the request's correlation id, as the API's are: under the root logger they were
+    Lambda's plain text, which no Logs Insights query on the JSON fields finds."""
+    auth = ldap_auth()
+    auth["ldap"]["port"] = free_port()  # nothing listens there
+    api = make_api(document(auth))
+    assert api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice"))).status == 503
+    records = json_lines(log_output.getvalue())
+    (outage,) = [record for record in records if "unreachable" in record["message"]]
+    (answer,) = [record for record in records if record["message"] == "authentication service unavailable"]
+    assert outage["level"] == "ERROR" and outage["correlation_id"]
+    assert outage["correlation_id"] == answer["correlation_id"]
+    assert slapd.password("alice") not in log_output.getvalue()
 
 
 def test_tokens_keep_working_while_ldap_is_down(make_api, ldap_auth, slapd):

@@ -5,8 +5,12 @@ and the deployed template to it."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import sys
+import threading
+import time
 
 import pytest
 import redis
@@ -49,6 +53,81 @@ def test_service_wide_and_reason_metrics_carry_their_own_dimensions(capsys: pyte
     m.emit(None, {m.CLONE_FAILURES: 1}, dimensions={"reason": "timeout"})
     found = emitted(emf_documents(capsys.readouterr().out))
     assert found == {(m.CHECKOUTS, ("service",)): [2.0], (m.CLONE_FAILURES, ("reason", "service")): [1.0]}
+
+
+def strict_documents(stdout: str) -> list[dict[str, object]]:
+    """The EMF documents on stdout, parsed as CloudWatch does: NaN and Infinity are not JSON."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    return [json.loads(line, parse_constant=refuse) for line in stdout.splitlines() if '"_aws"' in line]
+
+
+def test_many_samples_are_split_into_documents_cloudwatch_accepts(capsys: pytest.CaptureFixture[str],
+                                                                  recwarn: pytest.WarningsRecorder) -> None:
+    """EMF takes at most 100 values of a metric a document; every sample is still published."""
+    for count in (100, 250):
+        m.emit(None, {m.CLONES_STARTED: 1}, seconds={m.CLONE_DURATION: [float(i) for i in range(count)]})
+        documents = strict_documents(capsys.readouterr().out)
+        assert all(len(document[m.CLONE_DURATION]) <= 100 for document in documents)  # type: ignore[arg-type]
+        assert emitted(documents) == {(m.CLONE_DURATION, ("service",)): [float(i) for i in range(count)],
+                                      (m.CLONES_STARTED, ("service",)): [1.0]}
+    assert not [str(warning.message) for warning in recwarn]  # Powertools' plain-text "no metrics" warning
+
+
+def test_a_sample_that_is_not_a_finite_number_is_left_out(capsys: pytest.CaptureFixture[str]) -> None:
+    m.emit("alpha", {m.READY: float("nan"), m.PENDING: 2}, seconds={m.CLONE_DURATION: [float("inf"), 3.0]})
+    m.emit(None, {m.EMPTY_POOLS: float("-inf")})  # nothing left to publish
+    (document,) = strict_documents(capsys.readouterr().out)
+    assert emitted([document]) == {(m.PENDING, ("pool", "service")): [2.0],
+                                   (m.CLONE_DURATION, ("pool", "service")): [3.0]}
+
+
+def test_nothing_is_printed_while_metrics_are_disabled(capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local stack disables metrics; a pass that saw 150 clones finish printed one anyway
+    (Powertools' own flush at 100 values ignores the switch)."""
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    m.emit(None, {m.CHECKOUTS: 1})
+    m.emit(None, {}, seconds={m.CLONE_DURATION: [1.0] * 150})
+    assert emf_documents(capsys.readouterr().out) == []
+
+
+class UnbufferedStdout(io.StringIO):
+    """stdout as in Lambda: each write goes out at once, in a system call that lets other
+    threads run meanwhile."""
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        time.sleep(0)  # releases the GIL, as the system call does
+        return written
+
+
+def test_threads_emitting_and_logging_at_once_write_whole_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reconcile consumer runs a batch's pools in threads, each publishing and logging at
+    the end of its pass: every EMF document and log line is a line of its own (two on one line
+    are one CloudWatch cannot parse, and both are lost)."""
+    stdout = UnbufferedStdout()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    handler = m.logger.registered_handler
+    previous = handler.setStream(stdout)
+
+    def pass_end() -> None:
+        for _ in range(50):
+            m.emit("alpha", {m.CLONE_FAILURES: 1})
+            m.logger.warning("reconcile pass failed", extra={"pool": "alpha"})
+
+    threads = [threading.Thread(target=pass_end) for _ in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        handler.setStream(previous)
+    records = [json.loads(line) for line in stdout.getvalue().splitlines()]
+    assert sum("_aws" in record for record in records) == 200
+    assert sum(record.get("message") == "reconcile pass failed" for record in records) == 200
 
 
 KINDS_CONFIG = """\
@@ -140,7 +219,10 @@ def test_a_checkout_miss_is_counted_for_its_pool(redis_client: redis.Redis, cloc
 
 # --- the deployed dashboard and alarms read what the code emits -------------------------------
 
-SEARCH = re.compile(r"\{(?P<schema>[^}]+)\} MetricName=\\?\"(?P<name>\w+)\\?\"")
+QUERY = re.compile(r'^SELECT (?P<function>SUM|MAX)\((?P<name>\w+)\) '
+                   r'FROM SCHEMA\("(?P<namespace>[^"]+)", (?P<dims>[\w, ]+)\) '
+                   r"GROUP BY (?P<group>[\w, ]+) ORDER BY (?P=function)\(\) DESC LIMIT (?P<limit>\d+)$")
+"""A per-pool graph's Metrics Insights query."""
 
 
 def dashboard_references(package: Package) -> set[tuple[str, tuple[str, ...]]]:
@@ -152,10 +234,10 @@ def dashboard_references(package: Package) -> set[tuple[str, tuple[str, ...]]]:
         for row in widget["properties"].get("metrics", []):
             for item in row:
                 if isinstance(item, dict) and "expression" in item:
-                    for match in SEARCH.finditer(item["expression"]):
-                        schema_namespace, *dims = match["schema"].split(",")
-                        if schema_namespace == namespace:
-                            found.add((match["name"], tuple(sorted(dims))))
+                    match = QUERY.match(item["expression"])
+                    assert match, item["expression"]
+                    if match["namespace"] == namespace:
+                        found.add((match["name"], tuple(sorted(match["dims"].split(", ")))))
             if row and row[0] == namespace:
                 plain = [x for x in row if isinstance(x, str)]
                 found.add((plain[1], tuple(sorted(plain[2::2]))))
@@ -182,6 +264,26 @@ def test_dashboard_and_alarms_reference_only_metrics_the_code_emits(package: Pac
         assert dimensions in m.METRICS[name].dimension_sets, (name, dimensions)
     # Everything the code emits is on the dashboard.
     assert {name for name, _ in references} == set(m.METRICS)
+
+
+def test_per_pool_graphs_rank_every_pool_and_draw_the_worst(package: Package) -> None:
+    """At 1,000 pools failing at once, a SEARCH drew an arbitrary 500 of them (its cap, and a
+    graph's), maybe not the worst: each per-pool graph is a Metrics Insights query that ranks
+    every matching metric, grouped by pool, and draws the first few."""
+    (dashboard,) = package.of_type("AWS::CloudWatch::Dashboard").values()
+    body = json.loads(dashboard["Properties"]["DashboardBody"]["Fn::Sub"])
+    per_pool = []
+    for widget in body["widgets"]:
+        expressions = [item["expression"] for row in widget["properties"].get("metrics", [])
+                       for item in row if isinstance(item, dict) and "expression" in item]
+        assert all("SEARCH(" not in expression for expression in expressions)
+        matches = [QUERY.match(expression) for expression in expressions]
+        assert all(matches), expressions
+        per_pool += [match for match in matches if match]
+        assert sum(int(match["limit"]) for match in matches if match) <= 100
+    assert {match["name"] for match in per_pool} == set(m.PER_POOL_METRICS)
+    for match in per_pool:
+        assert "pool" in match["group"].split(", ") and "service" not in match["group"]
 
 
 def test_one_alarm_for_empty_pools_and_lambda_errors_and_throttles(package: Package) -> None:

@@ -13,7 +13,6 @@ cached connection, so the next call starts afresh instead of hanging on a dead s
 from __future__ import annotations
 
 import http.client
-import logging
 import socket
 import ssl
 import threading
@@ -26,11 +25,12 @@ from pyVmomi import SoapStubAdapter, VmomiSupport, vim, vmodl
 
 from chalicelib.auth.secrets import plain_secret
 from chalicelib.config import ProviderConfig
+from chalicelib.logs import module_logger
 from chalicelib.providers.base import ProviderError
 from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere.config import split_host_port, vsphere_settings
 
-log = logging.getLogger(__name__)
+log = module_logger(__name__)
 
 SESSION_CHECK_AFTER_IDLE_SECONDS = 300.0
 """A session unused for this long is checked before use (vCenter's default idle expiry is 30

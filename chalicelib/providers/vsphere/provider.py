@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable, Sequence, TypeVar
 
 from pyVmomi import vim
 
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ProviderConfig, ServiceConfig
+from chalicelib.logs import module_logger
 from chalicelib.providers.base import Migration, Provider, ProviderError, Readiness, TaskStatus, VMInfo
 from chalicelib.providers.vsphere import clone as clones
 from chalicelib.providers.vsphere import connection as connections
@@ -17,7 +17,7 @@ from chalicelib.providers.vsphere.config import vsphere_settings
 from chalicelib.providers.vsphere.connection import Connection, Endpoint
 from chalicelib.providers.vsphere.hosts import HostSelector
 
-log = logging.getLogger(__name__)
+log = module_logger(__name__)
 
 T = TypeVar("T")
 

@@ -9,19 +9,19 @@ template or a pool's template path is removed.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any, Iterable, Sequence
 
 from pyVmomi import vim
 
 from chalicelib.config import PoolConfig, ProviderConfig
+from chalicelib.logs import module_logger
 from chalicelib.providers.base import TaskState
 from chalicelib.providers.vsphere import inventory, tasks
 from chalicelib.providers.vsphere.clone import datacenter_of, template_path
 from chalicelib.providers.vsphere.connection import Connection
 
-log = logging.getLogger(__name__)
+log = module_logger(__name__)
 
 
 def _ancestors(path: str) -> set[str]:
