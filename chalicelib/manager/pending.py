@@ -14,6 +14,7 @@ from typing import Mapping
 
 from chalicelib.manager import dns_records, ondemand
 from chalicelib.manager.context import PassContext
+from chalicelib.manager.placement import describe
 from chalicelib.observability import logger
 from chalicelib.providers.base import TaskState, TaskStatus, VMInfo
 from chalicelib.store import DurationSample, VMRecord
@@ -34,7 +35,7 @@ def check_pending(context: PassContext) -> None:
         record = context.record(hostname)
         if record is None:
             context.drop(hostname, "pending", "record missing")
-        else:
+        elif not _left_behind(context, record):
             records.append(record)
     ages = {record.name: context.now - (record.clone_start or context.now) for record in records}
     for record in records:
@@ -49,6 +50,17 @@ def check_pending(context: PassContext) -> None:
     done = {record.name for record in finished}
     booting = [record for record in records if record.clone_end is not None or record.name in done]
     _check_boots(context, booting, ages)
+
+
+def _left_behind(context: PassContext, record: VMRecord) -> bool:
+    """Whether the VM was made where its pool no longer makes VMs (manager/placement.py): then it
+    leaves service now, to be destroyed there, and the pool clones its replacement in the new
+    place. Not a clone failure: the pool does not back off for it."""
+    placement = context.elsewhere(record)
+    if placement is None:
+        return False
+    context.take_out_of_service(record.name, "pending", f"its pool moved from {describe(placement)}")
+    return True
 
 
 def _check_boots(context: PassContext, records: list[VMRecord], ages: dict[str, float]) -> None:
