@@ -19,8 +19,9 @@ conditional GET per function per 30 s costs about $0.02 a month per warm functio
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from chalicelib import aws_clients
 from chalicelib.clock import Clock
@@ -32,8 +33,18 @@ CONFIG_KEY_ENV = "VMPOOL_CONFIG_KEY"
 DEFAULT_CONFIG_KEY = "config/vmpool.yaml"
 REFRESH_SECONDS = 30.0
 
-Fetch = Callable[[str | None], "tuple[str, str] | None"]
-"""Given the ETag last seen, the (text, ETag) of a newer config, or None when unchanged."""
+class Fetched(NamedTuple):
+    """A config object fetched: its text, its ETag and when it was written (epoch seconds; 0
+    when unknown), which becomes the config's ``generation``."""
+
+    text: str
+    etag: str
+    modified: float = 0.0
+
+
+Fetch = Callable[[str | None], "Fetched | tuple[str, str] | None"]
+"""Given the ETag last seen, the newer config object (``Fetched`` or its text and ETag), or None
+when unchanged."""
 
 
 class ConfigSource:
@@ -71,7 +82,7 @@ class ConfigSource:
             return
         if fetched is None:
             return
-        text, etag = fetched
+        text, etag, modified = Fetched(*fetched)
         try:
             document = canonical_document(text)
             if document is not None:
@@ -85,8 +96,8 @@ class ConfigSource:
             return
         for warning in config.warnings:
             logger.warning("config: " + warning)
-        self._config, self._etag = config, etag
-        logger.info("config loaded", extra={"etag": etag, "pools": len(config.pools)})
+        self._config, self._etag = dataclasses.replace(config, generation=modified), etag
+        logger.info("config loaded", extra={"etag": etag, "pools": len(config.pools), "generation": modified})
 
 
 class S3Fetch:
@@ -97,7 +108,7 @@ class S3Fetch:
         self._client_factory = client_factory or _default_s3_client
         self._client: Any = None
 
-    def __call__(self, etag: str | None) -> tuple[str, str] | None:
+    def __call__(self, etag: str | None) -> Fetched | None:
         from botocore.exceptions import ClientError
 
         if self._client is None:
@@ -109,7 +120,9 @@ class S3Fetch:
             if str(error.response.get("Error", {}).get("Code")) in ("304", "NotModified"):
                 return None
             raise
-        return answer["Body"].read().decode("utf-8"), answer["ETag"]
+        modified = answer.get("LastModified")
+        return Fetched(answer["Body"].read().decode("utf-8"), answer["ETag"],
+                       modified.timestamp() if modified is not None else 0.0)
 
 
 def _default_s3_client() -> Any:

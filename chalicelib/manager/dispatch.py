@@ -88,7 +88,11 @@ class Ticker:
         config = services.config
         fleet = Fleet(services.store)
         known = fleet.names()
-        if self._remembered is not config:
+        if not newest_config(services):
+            # A push behind: its pools' settings must not overwrite the newer config's.
+            logger.info("tick's config older than another function's: pools not recorded",
+                        extra={"generation": config.generation})
+        elif self._remembered is not config:
             fleet.remember(config.pools)
             self._remembered = config
         else:  # a configured pool something forgot (a consumer a push behind): recorded again
@@ -128,6 +132,15 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
     flight, a retry after a failure). None when the pool is neither configured nor draining.
     Raises StoreUnavailable when Redis fails outside the run (the message is delivered again)."""
     fleet = Fleet(services.store)
+    if not newest_config(services):
+        # A push this function has not read yet (each reads the bucket at most every 30 s): its
+        # passes would undo the newer config's (a template drained back and forth, clones of an
+        # old size destroyed by the new one). The pool is left to a function that has read it.
+        logger.info("config older than another function's: pool left to it", extra={
+            "pool": message.pool, "generation": services.config.generation})
+        if message.attempt < MAX_RETRIES or message.lease:
+            queue.send([(PoolMessage(message.pool, RETRY, message.lease, message.attempt + 1), RETRY_SECONDS)])
+        return None
     drain: PoolConfig | None = None
     if services.config.pool(message.pool) is None:
         if message.reason in (TICK, NUDGE):
@@ -164,6 +177,14 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
         if fleet.claim_followup(message.pool, delay + FOLLOWUP_SLACK_SECONDS):
             queue.send([(PoolMessage(message.pool, FOLLOWUP), delay)])
     return report
+
+
+def newest_config(services: "Services") -> bool:
+    """Whether this function's config is the newest any function runs passes with (noted in
+    Redis: config.Config.generation). Always true for a config read from a file (generation 0:
+    the local stack, a function without the S3 config), which no other config overlaps."""
+    generation = services.config.generation
+    return not generation or services.store.config_is_newest(generation)
 
 
 def draining(pool: PoolConfig) -> PoolConfig:

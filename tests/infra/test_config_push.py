@@ -93,6 +93,8 @@ def test_running_functions_pick_up_a_pushed_config_within_the_refresh(s3: Any, t
     assert app.services().config.pool_names == ("debian",)  # cached
     clock.advance(1)
     assert app.services().config.pool_names == ("debian", "fedora")  # within the refresh
+    # Ordered by when S3 wrote it: a function a push behind leaves the pools to this one.
+    assert app.services().config.generation == published["LastModified"].timestamp() > 0
 
     status, _, body = Gateway(app.app)(
         "GET", "/api/v3/status?view=pools", {}, b"", "127.0.0.1")
