@@ -56,6 +56,10 @@ MAX_RETRIES = 5
 """Retries after a failed pass before the next tick takes over (bounds messages in an outage)."""
 RUN_BUDGET_SECONDS = 5.0
 """Time a run may spend on extra passes when its pool is nudged meanwhile."""
+NEWEST_CONFIG_SECONDS = 90.0
+"""How long the newest config stays the newest once no reconcile function runs with it: three
+times the functions' refresh (config_source.REFRESH_SECONDS), so it outlasts any overlap after a
+push, yet a push undone by deleting its S3 version holds the pools up for no longer than this."""
 SAFETY_SECONDS = 5.0
 """Time kept back from the invocation's remaining time: reporting and returning."""
 
@@ -184,7 +188,8 @@ def newest_config(services: "Services") -> bool:
     Redis: config.Config.generation). Always true for a config read from a file (generation 0:
     the local stack, a function without the S3 config), which no other config overlaps."""
     generation = services.config.generation
-    return not generation or services.store.config_is_newest(generation)
+    return not generation or services.store.config_is_newest(generation, services.clock.now(),
+                                                             NEWEST_CONFIG_SECONDS)
 
 
 def draining(pool: PoolConfig) -> PoolConfig:

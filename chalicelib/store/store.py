@@ -318,11 +318,12 @@ class Store:
             mark, checked = pipe.execute()
         return int(mark), checked or ""
 
-    def config_is_newest(self, generation: float) -> bool:
+    def config_is_newest(self, generation: float, now: float, ttl_seconds: float) -> bool:
         """Note the generation of the config this function runs with; whether no function has
-        run with a newer one (lua/config_generation.lua)."""
+        run with a newer one within ``ttl_seconds`` (lua/config_generation.lua)."""
         with _translate_errors():
-            return bool(self.scripts.config_generation(keys=[self.keys.config_generation], args=[repr(generation)]))
+            return bool(self.scripts.config_generation(keys=[self.keys.config_generation],
+                                                       args=[repr(generation), repr(now), repr(ttl_seconds)]))
 
     def mark_inventory_checked(self, pool: str, checked: str) -> None:
         """Note the provider's inventory token the pool's VMs were compared with, and when the

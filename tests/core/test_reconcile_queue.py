@@ -18,7 +18,7 @@ from moto import mock_aws
 import app
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
-from chalicelib.manager.dispatch import Ticker, look_at
+from chalicelib.manager.dispatch import NEWEST_CONFIG_SECONDS, Ticker, look_at
 from chalicelib.manager.pool_queue import DRAIN, FOLLOWUP, TICK, PoolMessage, QueueRefused, SqsPoolQueue
 from chalicelib.manager.refill import SqsRefill
 from chalicelib.manager.runner import run_pool
@@ -496,3 +496,23 @@ def test_a_function_a_push_behind_leaves_the_pool_to_the_newer_config(services: 
     assert {template for _, template in by_state["ready"]} == {"t/b"} and len(by_state["ready"]) == 3
     gone = by_state.get("completed", set()) | by_state.get("destroyed", set())
     assert gone == {(host, "t/a") for host in first}  # only the old template's VMs went, once
+
+
+def test_a_push_undone_by_deleting_its_version_holds_the_pools_up_for_a_moment_only(services: Services) -> None:
+    """docs/deploy.md's rollback may delete the newest object version: every function then reads
+    the older config again. The newer generation, no longer used, gives way after
+    NEWEST_CONFIG_SECONDS; the older config is reconciled again."""
+    clock = services.clock
+    assert isinstance(clock, FakeClock)
+    queue = RecordingQueue()
+    newer = Services(dataclasses.replace(parse(CONFIG), generation=200.0), services.client, clock=clock,
+                     prefix=services.store.keys.prefix)
+    older = Services(dataclasses.replace(parse(CONFIG), generation=100.0), services.client, clock=clock,
+                     prefix=services.store.keys.prefix)
+    assert look_at(newer, PoolMessage("centos", TICK), queue) is not None
+    clock.advance(NEWEST_CONFIG_SECONDS)
+    assert look_at(older, PoolMessage("centos", TICK), queue) is None  # the push may still be read
+    clock.advance(1)
+    assert look_at(older, PoolMessage("centos", TICK), queue) is not None  # nobody runs it any more
+    assert look_at(newer, PoolMessage("centos", TICK), queue) is not None  # a newer one always runs
+    assert look_at(older, PoolMessage("centos", TICK), queue) is None
