@@ -15,7 +15,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence, cast
+from typing import Any, Collection, Iterable, Mapping, Sequence, cast
 
 import redis
 
@@ -317,6 +317,12 @@ class Store:
             pipe.get(self.keys.inventory_checked(pool))
             mark, checked = pipe.execute()
         return int(mark), checked or ""
+
+    def tracked(self, hostnames: Collection[str]) -> set[str]:
+        """Of ``hostnames``, the VMs with a record in a state other than destroyed (one round
+        trip): what a purge must leave alone (Provider.purge_unconfigured)."""
+        records = self.records(list(hostnames))
+        return {name for name, record in records.items() if record.state != "destroyed"}
 
     def config_is_newest(self, generation: float, now: float, ttl_seconds: float) -> bool:
         """Note the generation of the config this function runs with; whether no function has
