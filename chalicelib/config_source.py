@@ -24,9 +24,10 @@ import threading
 from typing import Any, Callable, Mapping, NamedTuple
 
 from chalicelib import aws_clients
+from chalicelib import observability as metric
 from chalicelib.clock import Clock
 from chalicelib.config import Config, ConfigError, canonical_document, from_canonical, parse
-from chalicelib.observability import logger
+from chalicelib.observability import emit, logger
 
 CONFIG_BUCKET_ENV = "VMPOOL_CONFIG_BUCKET"
 CONFIG_KEY_ENV = "VMPOOL_CONFIG_KEY"
@@ -92,6 +93,7 @@ class ConfigSource:
                 config = parse(text, source="s3 config")
         except ConfigError as error:
             logger.error("pushed config is invalid; keeping the last good one", extra={"error": str(error)})
+            emit(None, {metric.CONFIG_REJECTED: 1})  # once per function and object, not per request
             self._etag = etag  # do not parse the same bad object again
             return
         for warning in config.warnings:
