@@ -322,6 +322,14 @@ def test_a_pool_removed_from_the_config_drains_and_is_forgotten(services: Servic
     queue.sent.clear()
     ticker.tick(services, queue)
     assert [m.pool for m, _ in queue.sent] == ["debian"]  # drained and forgotten
+    # Nothing of it stays in Redis for good (before: its marks and its fields of the service's
+    # hashes, one set per pool ever removed), but the overrides vmpooler keeps too and what expires.
+    client, keys = services.client, services.store.keys
+    kept = [key for key in client.keys(f"{keys.prefix}*centos*")
+            if client.ttl(key) < 0 and ":dummy:" not in key]  # the dummy's own folder marks aside
+    assert kept == []
+    for fields in (keys.clone_demand, keys.clone_backoff, keys.last_boot, keys.sizing_state, keys.known_pools):
+        assert not client.hexists(fields, "centos"), fields
 
 
 def test_a_removed_pool_whose_provider_is_gone_is_reported_not_failed(services: Services) -> None:
