@@ -166,7 +166,8 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
         fleet.followup_arrived(message.pool)
     report = run_pool(services, message.pool, budget_seconds, checkpoint, stopping,
                       stale_lease=message.lease, pool_config=drain)
-    if drain is not None and report.passes and not report.failures and _empty(report):
+    if drain is not None and report.passes and not report.failures and _empty(report) \
+            and not _dns_records_left(services, drain):
         fleet.forget(message.pool)
         logger.info("removed pool drained and forgotten", extra={"pool": message.pool})
         return report
@@ -199,6 +200,16 @@ def draining(pool: PoolConfig) -> PoolConfig:
     than a push that added the pool may take it for removed."""
     settings = MappingProxyType({key: value for key, value in pool.settings.items() if key != "sizing"})
     return dataclasses.replace(pool, size=0, settings=settings, draining=True)
+
+
+def _dns_records_left(services: "Services", pool: PoolConfig) -> bool:
+    """Whether the pool's DNS plugin still has records of destroyed VMs to delete (the DNS
+    service failed as they left): its drain passes delete them once it answers; forgotten, the
+    pool would leave them in the zone for good."""
+    plugin = services.dns_plugin(pool)
+    if plugin is None or not plugin.manages_records:
+        return False
+    return bool(services.store.dns_left(pool.name, 1))
 
 
 def _empty(report: RunReport) -> bool:

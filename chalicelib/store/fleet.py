@@ -65,7 +65,8 @@ class Fleet:
         with _translate_errors():
             pipe = self.client.pipeline(transaction=True)
             pipe.hdel(keys.known_pools, pool)
-            pipe.delete(keys.ready_checked(pool), keys.inventory_checked(pool), keys.running_due(pool))
+            pipe.delete(keys.ready_checked(pool), keys.inventory_checked(pool), keys.running_due(pool),
+                        keys.dns_left(pool))  # records its DNS plugin, gone from the config, cannot delete
             for fields in (keys.clone_demand, keys.clone_backoff, keys.last_boot, keys.sizing_state):
                 pipe.hdel(fields, pool)
             pipe.execute()
