@@ -8,8 +8,8 @@ the ready and pending ones were forgotten without being destroyed.
 
 Each clone's record now keeps its ``placement`` (the three settings, as text). A VM whose
 placement differs from its pool's is *elsewhere*: it is never dropped for missing from the
-pool's inventory; a ready or pending one leaves service at once (the pool clones its
-replacement in the new place); a running one stays its user's until returned or its lifetime
+pool's inventory; a ready one leaves service at once, a pending one once its clone is done
+(the pool clones their replacements in the new place); a running one stays its user's until returned or its lifetime
 ends; and each is destroyed (and its tasks followed) through the provider and folder it was made
 in. A record without a placement (written before this existed) counts as the pool's.
 """

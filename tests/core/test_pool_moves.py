@@ -115,3 +115,20 @@ def test_vms_made_with_a_provider_since_removed_from_the_config_are_kept_and_sai
     harness.services.use_config(parse(CONFIG.replace(*MOVES["provider"])))  # the old block is back
     passes(harness, 2)
     assert vms_in(harness, "dummy", "f/one") == set() and harness.count("p", "completed") == 0
+
+
+def test_a_clone_in_flight_in_the_old_place_is_destroyed_once_it_is_done(make_harness: HarnessFactory) -> None:
+    """A destroy started while the clone still runs finds nothing to destroy, and the clone then
+    lands in a folder no pass looks at any more: the VM waits for its clone, then goes."""
+    slow = CONFIG.replace("createvm_max_time: 0, boot_time: 30", "createvm_min_time: 90, createvm_max_time: 90, "
+                          "boot_time: 30", 1)
+    harness = make_harness(parse(slow))
+    harness.reconcile("p")
+    cloning = harness.hosts("p", "pending")
+    assert len(cloning) == 3
+    harness.services.use_config(parse(slow.replace(*MOVES["folder"])))
+    passes(harness, 2)  # 62 s: the old clones still run
+    assert cloning <= harness.hosts("p", "pending")
+    passes(harness, 4)
+    assert {harness.state_of(host) for host in cloning} == {"destroyed"}
+    assert vms_in(harness, "dummy", "f/one") == set()
