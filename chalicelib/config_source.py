@@ -19,10 +19,12 @@ conditional GET per function per 30 s costs about $0.02 a month per warm functio
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from chalicelib import aws_clients
+from chalicelib import observability as metric
 from chalicelib.clock import Clock
 from chalicelib.config import (
     MAX_CONFIG_CHARACTERS,
@@ -32,16 +34,26 @@ from chalicelib.config import (
     from_canonical,
     parse,
 )
-from chalicelib.observability import logger
+from chalicelib.observability import emit, logger
 
 CONFIG_BUCKET_ENV = "VMPOOL_CONFIG_BUCKET"
 CONFIG_KEY_ENV = "VMPOOL_CONFIG_KEY"
 DEFAULT_CONFIG_KEY = "config/vmpool.yaml"
 REFRESH_SECONDS = 30.0
 
-Fetch = Callable[[str | None], "tuple[str, str] | None"]
-"""Given the ETag last seen, the (text, ETag) of a newer config, or None when unchanged; raises
-ObjectRefused for an object that cannot be a config whatever it holds."""
+
+class Fetched(NamedTuple):
+    """A config object fetched: its text, its ETag and when it was written (epoch seconds; 0
+    when unknown), which becomes the config's ``generation``."""
+
+    text: str
+    etag: str
+    modified: float = 0.0
+
+
+Fetch = Callable[[str | None], "Fetched | tuple[str, str] | None"]
+"""Given the ETag last seen, the newer config object (``Fetched`` or its text and ETag), or None
+when unchanged."""
 
 
 class ObjectRefused(ConfigError):
@@ -91,7 +103,7 @@ class ConfigSource:
             return
         if fetched is None:
             return
-        text, etag = fetched
+        text, etag, modified = Fetched(*fetched)
         try:
             document = canonical_document(text)
             if document is not None:
@@ -104,11 +116,12 @@ class ConfigSource:
             return
         for warning in config.warnings:
             logger.warning("config: " + warning)
-        self._config, self._etag = config, etag
-        logger.info("config loaded", extra={"etag": etag, "pools": len(config.pools)})
+        self._config, self._etag = dataclasses.replace(config, generation=modified), etag
+        logger.info("config loaded", extra={"etag": etag, "pools": len(config.pools), "generation": modified})
 
     def _keep_last_good(self, error: ConfigError, etag: str) -> None:
         logger.error("pushed config is invalid; keeping the last good one", extra={"error": str(error)})
+        emit(None, {metric.CONFIG_REJECTED: 1})  # once per function and object, not per request
         self._etag = etag  # do not fetch and parse the same bad object again
 
 
@@ -120,7 +133,7 @@ class S3Fetch:
         self._client_factory = client_factory or _default_s3_client
         self._client: Any = None
 
-    def __call__(self, etag: str | None) -> tuple[str, str] | None:
+    def __call__(self, etag: str | None) -> Fetched | None:
         from botocore.exceptions import ClientError
 
         if self._client is None:
@@ -142,9 +155,11 @@ class S3Fetch:
         if len(data) > MAX_CONFIG_CHARACTERS:
             raise ObjectRefused(f"s3 config: more than {MAX_CONFIG_CHARACTERS} bytes", etag)
         try:
-            return data.decode("utf-8"), etag
+            text = data.decode("utf-8")
         except UnicodeDecodeError as error:
             raise ObjectRefused(f"s3 config: not UTF-8 text (byte {error.start})", etag) from None
+        modified = answer.get("LastModified")
+        return Fetched(text, etag, modified.timestamp() if modified is not None else 0.0)
 
 
 def _default_s3_client() -> Any:

@@ -128,6 +128,8 @@ CHECKOUT_MISSES = "CheckoutMisses"
 DELETES = "Deletes"
 # Reconcile queue consumer (service-wide): how long a checkout's nudge waited in the queue.
 REFILL_LATENCY = "RefillLatency"
+# Any function (service-wide): a config pushed to S3 refused, the last good one kept.
+CONFIG_REJECTED = "ConfigRejected"
 
 POOL_DIMENSIONS = ("pool", "service")
 SERVICE_DIMENSIONS = ("service",)
@@ -177,6 +179,7 @@ METRICS: dict[str, MetricSpec] = {
         _spec(CHECKOUT_MISSES, _COUNT, POOL_DIMENSIONS, SERVICE_DIMENSIONS),
         _spec(DELETES, _COUNT, SERVICE_DIMENSIONS),
         _spec(REFILL_LATENCY, _SECONDS, SERVICE_DIMENSIONS),
+        _spec(CONFIG_REJECTED, _COUNT, SERVICE_DIMENSIONS),
     )
 }
 

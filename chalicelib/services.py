@@ -175,6 +175,11 @@ class Services:
         overrides = PoolOverrides(self.store).all(self.config.pool_names)
         return tuple(apply_override(pool, overrides[pool.name]) for pool in self.config.pools)
 
+    def configured_provider(self, name: str) -> Provider | None:
+        """The named provider, or None when the config has no such provider block (a pool's VMs
+        made with a provider since removed from the config)."""
+        return self.provider(name) if name in self.config.providers else None
+
     def provider(self, name: str) -> Provider:
         """The named provider, built on first use and kept (its connections too)."""
         # Imported here: only the reconcile functions reach a provider, so the API's cold import

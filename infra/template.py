@@ -307,6 +307,7 @@ def dashboard(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
                     "filter message = 'reconcile pass' | stats count(*) as passes by pool "
                     "| sort passes desc | limit 20"),
         _widget("vCenter calls", service(m.PROVIDER_CALLS)),
+        _widget("Config pushes refused (last good config kept)", service(m.CONFIG_REJECTED)),
         _widget("Lambda errors", per_function("Errors")),
         _widget("Lambda throttles", per_function("Throttles")),
         _widget("Lambda duration max (ms)", per_function("Duration"), stat="Maximum"),

@@ -22,6 +22,7 @@ from dataclasses import replace
 from chalicelib.manager import dns_records
 from chalicelib.manager.context import PassContext
 from chalicelib.manager.hostnames import candidate_names
+from chalicelib.manager.placement import PLACEMENT_FIELD, placement_of
 from chalicelib.observability import logger
 from chalicelib.providers.base import ProviderError
 from chalicelib.store.ondemand import OnDemandStore
@@ -90,7 +91,9 @@ def start_clones(context: PassContext, reserved: list[str]) -> None:
     started = context.provider.clone_vms(context.pool, names, lambda hostname: context.checkpoint("clone_started"))
     tasks = {hostname: task for hostname, task in started.items() if isinstance(task, str)}
     if tasks:
-        context.store.update_vms({hostname: {"clone_task": task} for hostname, task in tasks.items()})
+        placement = placement_of(context.pool)  # where it is made: reached there if the pool moves
+        context.store.update_vms({hostname: {"clone_task": task, PLACEMENT_FIELD: placement}
+                                  for hostname, task in tasks.items()})
         report.clones_started.extend(tasks)
         report.clones_running += len(tasks)
     refused = {hostname: error for hostname, error in started.items() if isinstance(error, ProviderError)}

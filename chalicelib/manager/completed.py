@@ -12,22 +12,46 @@ from __future__ import annotations
 
 from typing import Any
 
+from chalicelib.config import PoolConfig
 from chalicelib.manager.context import PassContext
-from chalicelib.providers.base import ProviderError, TaskState
+from chalicelib.providers.base import Provider, ProviderError, TaskState
 from chalicelib.store import VMRecord
 
 
 def destroy_completed(context: PassContext) -> None:
-    """Start destroying completed VMs; forget them once the provider says they are gone."""
-    store, provider = context.store, context.provider
-    records: list[VMRecord] = []
+    """Start destroying completed VMs; forget them once the provider says they are gone. A VM
+    made where its pool no longer makes VMs is destroyed there (manager/placement.py)."""
+    groups: dict[str, tuple[Provider, PoolConfig, list[VMRecord]]] = {}
     for hostname in context.snapshot.hostnames("completed"):
         record = context.record(hostname)
         if record is None:
             context.drop(hostname, "completed", "record missing")
             continue
         context.withdraw_dns(record)
-        records.append(record)
+        reached = context.reach(record)
+        if reached is None:
+            context.report.errors.append(
+                f"destroy {hostname}: the provider it was made with is no longer configured")
+            continue
+        provider, pool = reached
+        groups.setdefault(context.elsewhere(record) or "", (provider, pool, []))[2].append(record)
+    replicated: bool | None = None
+    for placement, (provider, pool, records) in groups.items():
+        if any(not record.destroy_task for record in records) and replicated is None:
+            replicated = context.store.writes_replicated()
+        try:
+            _destroy(context, provider, pool, records, replicated is not False)
+        except ProviderError as error:
+            if not placement:
+                raise  # the pool's own provider is failing: the pass stops here, as at any failed call
+            # Where the pool was before: its failure must not hold the pool's refill in the new place.
+            context.report.errors.append(f"destroy in the pool's former place failed: {error}")
+
+
+def _destroy(context: PassContext, provider: Provider, pool: PoolConfig, records: list[VMRecord],
+             replicated: bool) -> None:
+    """Follow and start the destroys of ``records``, all reached through ``provider`` and ``pool``."""
+    store = context.store
     statuses = provider.task_statuses([record.destroy_task for record in records if record.destroy_task])
     gone: list[str] = []
     failed: dict[str, dict[str, Any]] = {}
@@ -45,19 +69,19 @@ def destroy_completed(context: PassContext) -> None:
             gone.append(record.name)
     if failed:
         store.update_vms(failed)
-    if to_start and not store.writes_replicated():
+    if to_start and not replicated:
         # Their moves to completed may exist on this primary only: a failover now would bring
         # them back as ready, destroyed, and hand them out. Destroyed next pass instead.
         context.report.errors.append(f"{len(to_start)} destroys held: no replica acknowledged their moves in time")
         to_start = []
-    started = provider.destroy_vms(context.pool, to_start, lambda hostname: context.checkpoint("destroy_started"))
+    started = provider.destroy_vms(pool, to_start, lambda hostname: context.checkpoint("destroy_started"))
     tasks = {hostname: {"destroy_task": task} for hostname, task in started.items() if isinstance(task, str)}
     if tasks:
         store.update_vms(tasks)
     _finish_destroys(context, gone + [hostname for hostname, task in started.items() if task is None])
     refused = [error for error in started.values() if isinstance(error, ProviderError)]
     if refused:
-        raise refused[0]  # the provider is failing: the pass stops here, as at any failed call
+        raise refused[0]
 
 
 def _finish_destroys(context: PassContext, hostnames: list[str]) -> None:

@@ -35,6 +35,7 @@ from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ServiceConfig
 from chalicelib.dns.base import DnsError, DnsPlugin, DnsUnavailable
 from chalicelib.manager import inventory_view
+from chalicelib.manager.placement import PLACEMENT_FIELD, describe, placed_pool, placement_of
 from chalicelib.observability import emit, logger
 from chalicelib.providers.base import InventoryChanges, Provider, VMInfo
 from chalicelib.providers.failures import Failure, FailureKind
@@ -58,6 +59,10 @@ DNS_SECONDS_PER_PASS = 15.0
 """The time one pass may wait on its DNS service: a quarter of the reconcile function's 60 s,
 three calls at the plugins' default 5 s timeout. A server that answers slowly, each call just
 within its timeout, would otherwise hold the pass for one wait per VM."""
+
+ProviderLookup = Callable[[str], Provider | None]
+"""A configured provider by name (None when the config has no such provider): how a pass reaches
+VMs its pool made through another provider before it was moved (manager/placement.py)."""
 
 Step = Callable[["PassContext"], None]
 """One step of a pass: looks at the context, changes the store conditionally, notes it in the report."""
@@ -155,10 +160,13 @@ class PassContext:
     """Why this pass sends its DNS service nothing more (``dns_call``); None while it may."""
     dns_seconds: float = 0.0
     """Time this pass spent waiting on its DNS service."""
+    providers: ProviderLookup | None = None
+    """The configured providers, for VMs made elsewhere (``reach``); None: only ``provider``."""
 
     @classmethod
     def read(cls, store: Store, provider: Provider, pool: PoolConfig, clock: Clock, service: ServiceConfig,
-             checkpoint: Checkpoint = no_checkpoint, dns: DnsPlugin | None = None) -> PassContext:
+             checkpoint: Checkpoint = no_checkpoint, dns: DnsPlugin | None = None,
+             providers: ProviderLookup | None = None) -> PassContext:
         """Read the pass's inputs, in this order: the inventory, the snapshot, the pool's
         overrides (applied to ``pool``, the pool as configured) and its size now. Raises
         ProviderError or StoreUnavailable (nothing changed yet)."""
@@ -184,7 +192,7 @@ class PassContext:
                    pool=pool, now=now, inventory=inventory, inventory_mark=inventory_mark, snapshot=snapshot,
                    overrides=overrides, size_decision=size_decision,
                    report=PassReport(pool=pool.name, started=now, size=pool.size),
-                   inventory_checked=inventory_checked, inventory_changes=changes)
+                   inventory_checked=inventory_checked, inventory_changes=changes, providers=providers)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -206,6 +214,29 @@ class PassContext:
         missing = [host for host in hostnames if host not in self.snapshot.loaded and host not in self.late_records]
         found = self.store.records(missing)
         self.late_records.update({host: found.get(host) for host in missing})
+
+    def elsewhere(self, record: VMRecord) -> str | None:
+        """Where the VM was made, when that is not where the pool makes VMs now (its provider,
+        folder or datacenter changed since: manager/placement.py); None when it is the pool's."""
+        placement = record.raw.get(PLACEMENT_FIELD)
+        if not placement or placement == placement_of(self.pool):
+            return None
+        return placement
+
+    def reach(self, record: VMRecord) -> tuple[Provider, PoolConfig] | None:
+        """The provider and the pool's settings through which the VM is destroyed and its tasks
+        followed: the pool's own, or those of the place it was made in (None when that provider
+        is no longer configured: nothing can reach the VM)."""
+        placement = self.elsewhere(record)
+        if placement is None:
+            return self.provider, self.pool
+        pool = placed_pool(self.pool, placement)
+        if pool is None:
+            return None
+        if pool.provider == self.pool.provider:
+            return self.provider, pool
+        provider = self.providers(pool.provider) if self.providers is not None else None
+        return (provider, pool) if provider is not None else None
 
     def read_counts(self) -> dict[str, int]:
         """The pool's VM counts by state: read from the store the first time (once a pass),
@@ -241,6 +272,13 @@ class PassContext:
         record = self.record(hostname)
         if gone and record is not None and int(record.raw.get("change_seq") or 0) >= self.inventory_mark:
             self.checkpoint("dropped")
+            return
+        placement = self.elsewhere(record) if gone and record is not None else None
+        if placement is not None:
+            # Missing because the pool now looks elsewhere, not because it is gone: one not in
+            # use leaves service (destroyed where it was made); one in use stays its user's.
+            if from_state != "running":
+                self.take_out_of_service(hostname, from_state, f"its pool moved from {describe(placement)}")
             return
         self.withdraw_dns(record)
         if self.store.move(hostname, self.pool.name, from_state, "destroyed", self.now,

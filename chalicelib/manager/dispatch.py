@@ -59,6 +59,10 @@ MAX_RETRIES = 5
 """Retries after a failed pass before the next tick takes over (bounds messages in an outage)."""
 RUN_BUDGET_SECONDS = 5.0
 """Time a run may spend on extra passes when its pool is nudged meanwhile."""
+NEWEST_CONFIG_SECONDS = 90.0
+"""How long the newest config stays the newest once no reconcile function runs with it: three
+times the functions' refresh (config_source.REFRESH_SECONDS), so it outlasts any overlap after a
+push, yet a push undone by deleting its S3 version holds the pools up for no longer than this."""
 SAFETY_SECONDS = 5.0
 """Time kept back from the invocation's remaining time: reporting and returning."""
 
@@ -92,7 +96,11 @@ class Ticker:
         config = services.config
         fleet = Fleet(services.store)
         known = fleet.names()
-        if self._remembered is not config:
+        if not newest_config(services):
+            # A push behind: its pools' settings must not overwrite the newer config's.
+            logger.info("tick's config older than another function's: pools not recorded",
+                        extra={"generation": config.generation})
+        elif self._remembered is not config:
             fleet.remember(config.pools)
             self._remembered = config
         else:  # a configured pool something forgot (a consumer a push behind): recorded again
@@ -148,6 +156,15 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
     flight, a retry after a failure). None when the pool is neither configured nor draining.
     Raises StoreUnavailable when Redis fails outside the run (the message is delivered again)."""
     fleet = Fleet(services.store)
+    if not newest_config(services):
+        # A push this function has not read yet (each reads the bucket at most every 30 s): its
+        # passes would undo the newer config's (a template drained back and forth, clones of an
+        # old size destroyed by the new one). The pool is left to a function that has read it.
+        logger.info("config older than another function's: pool left to it", extra={
+            "pool": message.pool, "generation": services.config.generation})
+        if message.attempt < MAX_RETRIES or message.lease:
+            queue.send([(PoolMessage(message.pool, RETRY, message.lease, message.attempt + 1), RETRY_SECONDS)])
+        return None
     drain: PoolConfig | None = None
     if services.config.pool(message.pool) is None:
         if message.reason in (TICK, NUDGE):
@@ -169,7 +186,8 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
         fleet.followup_arrived(message.pool)
     report = run_pool(services, message.pool, budget_seconds, checkpoint, stopping,
                       stale_lease=message.lease, pool_config=drain)
-    if drain is not None and report.passes and not report.failures and _empty(report):
+    if drain is not None and report.passes and not report.failures and _empty(report) \
+            and not _dns_records_left(services, drain):
         fleet.forget(message.pool)
         logger.info("removed pool drained and forgotten", extra={"pool": message.pool})
         return report
@@ -186,6 +204,15 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
     return report
 
 
+def newest_config(services: "Services") -> bool:
+    """Whether this function's config is the newest any function runs passes with (noted in
+    Redis: config.Config.generation). Always true for a config read from a file (generation 0:
+    the local stack, a function without the S3 config), which no other config overlaps."""
+    generation = services.config.generation
+    return not generation or services.store.config_is_newest(generation, services.clock.now(),
+                                                             NEWEST_CONFIG_SECONDS)
+
+
 def draining(pool: PoolConfig) -> PoolConfig:
     """A pool removed from the config, as its drain passes reconcile it: size 0 whatever sized it
     (its ``sizing`` block, recorded as text, is dropped; its runtime overrides are not applied,
@@ -193,6 +220,16 @@ def draining(pool: PoolConfig) -> PoolConfig:
     than a push that added the pool may take it for removed."""
     settings = MappingProxyType({key: value for key, value in pool.settings.items() if key != "sizing"})
     return dataclasses.replace(pool, size=0, settings=settings, draining=True)
+
+
+def _dns_records_left(services: "Services", pool: PoolConfig) -> bool:
+    """Whether the pool's DNS plugin still has records of destroyed VMs to delete (the DNS
+    service failed as they left): its drain passes delete them once it answers; forgotten, the
+    pool would leave them in the zone for good."""
+    plugin = services.dns_plugin(pool)
+    if plugin is None or not plugin.manages_records:
+        return False
+    return bool(services.store.dns_left(pool.name, 1))
 
 
 def _empty(report: RunReport) -> bool:

@@ -41,7 +41,9 @@ def run(context: PassContext) -> None:
             context.store.update_vm(hostname, host=vm.host)  # moved outside vmpool
         if not state:
             continue
-        if record.state != "running" or record.pool != context.pool.name:
+        if record.state != "running" or record.pool != context.pool.name or context.elsewhere(record):
+            # Left running, or made where its pool no longer makes VMs (manager/placement.py):
+            # this pass's provider cannot move it.
             migrations.finish(hostname)
         elif state == STARTED:
             _follow(context, migrations, record)

@@ -14,8 +14,9 @@ from typing import Mapping
 
 from chalicelib.manager import dns_records, ondemand
 from chalicelib.manager.context import PassContext
+from chalicelib.manager.placement import describe
 from chalicelib.observability import logger
-from chalicelib.providers.base import TaskState, TaskStatus, VMInfo
+from chalicelib.providers.base import ProviderError, TaskState, TaskStatus, VMInfo
 from chalicelib.store import DurationSample, VMRecord
 from chalicelib.timestamps import ruby_time
 
@@ -34,7 +35,7 @@ def check_pending(context: PassContext) -> None:
         record = context.record(hostname)
         if record is None:
             context.drop(hostname, "pending", "record missing")
-        else:
+        elif not _left_behind(context, record):
             records.append(record)
     ages = {record.name: context.now - (record.clone_start or context.now) for record in records}
     for record in records:
@@ -49,6 +50,29 @@ def check_pending(context: PassContext) -> None:
     done = {record.name for record in finished}
     booting = [record for record in records if record.clone_end is not None or record.name in done]
     _check_boots(context, booting, ages)
+
+
+def _left_behind(context: PassContext, record: VMRecord) -> bool:
+    """Whether the VM was made where its pool no longer makes VMs (manager/placement.py): then it
+    leaves service, to be destroyed there, and the pool clones its replacement in the new place.
+    Not a clone failure: the pool does not back off for it. Not while its clone still runs (up to
+    the pool's timeout): a destroy would find nothing yet, and the clone would then land in a
+    folder no pass lists any more."""
+    placement = context.elsewhere(record)
+    if placement is None:
+        return False
+    age = context.now - (record.clone_start or context.now)
+    if record.clone_end is None and record.clone_task and age <= context.pool.timeout_minutes * 60:
+        reached = context.reach(record)
+        try:
+            cloning = reached is not None and reached[0].task_status(record.clone_task).state is TaskState.RUNNING
+        except ProviderError:
+            cloning = True  # the former place does not answer: asked again next pass
+        if cloning:
+            context.report.followups += 1
+            return True
+    context.take_out_of_service(record.name, "pending", f"its pool moved from {describe(placement)}")
+    return True
 
 
 def _check_boots(context: PassContext, records: list[VMRecord], ages: dict[str, float]) -> None:

@@ -32,7 +32,8 @@ def purge_if_due(services: "Services", provider_name: str) -> list[str]:
     # its pools' folders must be kept too (the provider looks only under its own pools' parents).
     pools = [pool for name in services.config.pool_names if (pool := services.pool(name)) is not None]
     try:
-        removed = services.provider(provider_name).purge_unconfigured(pools, service.resources_allowlist)
+        removed = services.provider(provider_name).purge_unconfigured(pools, service.resources_allowlist,
+                                                                      services.store.tracked)
     except ProviderError as error:
         logger.warning("purge failed", extra={"provider": provider_name, "error": str(error)})
         return []

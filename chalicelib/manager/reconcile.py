@@ -32,7 +32,7 @@ from chalicelib.manager import (
     templates,
     vm_tasks,
 )
-from chalicelib.manager.context import Checkpoint, PassContext, PassReport, Step, no_checkpoint
+from chalicelib.manager.context import Checkpoint, PassContext, PassReport, ProviderLookup, Step, no_checkpoint
 from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
 from chalicelib.providers.base import Provider
 from chalicelib.store import Store
@@ -92,13 +92,15 @@ def reconcile_pool(
     service: ServiceConfig,
     checkpoint: Checkpoint = no_checkpoint,
     dns: DnsPlugin | None = None,
+    providers: ProviderLookup | None = None,
 ) -> PassReport:
     """Run one pass over ``pool``. Raises ProviderError or StoreUnavailable when the provider or
     Redis fails; whatever was done before that is consistent, and the next pass carries on.
-    ``dns`` manages the pool's DNS records (its ``dns_plugin``); its failures never end the pass."""
+    ``dns`` manages the pool's DNS records (its ``dns_plugin``); its failures never end the pass.
+    ``providers`` reaches VMs the pool made with another provider before it moved (placement.py)."""
     calls_before = provider.call_count()
     started = clock.monotonic()
-    context = PassContext.read(store, provider, pool, clock, service, checkpoint, dns)
+    context = PassContext.read(store, provider, pool, clock, service, checkpoint, dns, providers)
     for step in STEPS:
         step(context)
     report = context.report

@@ -104,7 +104,7 @@ def run_pool(
             try:
                 result = reconcile_pool(store, services.provider(pool.provider), pool, clock,
                                         services.config.service, _renewing(services, pool_name, token, checkpoint),
-                                        dns=services.dns_plugin(pool))
+                                        dns=services.dns_plugin(pool), providers=services.configured_provider)
             except (ProviderError, StoreUnavailable, LeaseLost) as error:
                 # The pass stopped where it was; everything it did is consistent. Try again soon.
                 report.failures.append(str(error))

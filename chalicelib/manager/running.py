@@ -31,7 +31,9 @@ def check_running(context: PassContext) -> None:
             # Checked again in the move: the user may have extended the lifetime since.
             context.take_out_of_service(hostname, "running", f"lifetime of {lifetime_hours} hours expired",
                                         lifetime_ended=default_lifetime)
-        elif hostname not in context.inventory:
+        elif hostname not in context.inventory and not context.elsewhere(record):
+            # A VM made where its pool no longer looks (manager/placement.py) is not in this
+            # inventory; it stays its user's.
             context.drop(hostname, "running", "gone from the provider while running", gone=True)
         else:
             next_look[hostname] = inventory_view.next_look(record, context.now, checked_out + lifetime_hours * 3600)

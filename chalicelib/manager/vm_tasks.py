@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from chalicelib.config import PoolConfig
 from chalicelib.manager.context import PassContext
-from chalicelib.providers.base import ProviderError, TaskState
+from chalicelib.providers.base import Provider, ProviderError, TaskState
 from chalicelib.store.vm_tasks import DISK, REVERT, SNAPSHOT, VMTaskStore
 
 TASK_START_GRACE_SECONDS = 120.0
@@ -52,22 +53,28 @@ def run_tasks(context: PassContext) -> None:
     for hostname in hostnames:
         record = context.store.get_vm(hostname)
         running = record is not None and record.state == "running" and record.pool == context.pool.name
+        # The VM may have been made where its pool no longer makes VMs (manager/placement.py).
+        reached = context.reach(record) if record is not None and running else None
         for _ in range(MAX_STEPS_PER_VM):
             task, new = tasks.take(hostname, context.pool.name, context.now)
             if task is None:
                 break
             if not running:
                 tasks.finish(hostname, task["id"], error=f"{describe(task)} failed: the VM is no longer running")
+            elif reached is None:
+                tasks.finish(hostname, task["id"], error=f"{describe(task)} failed: the provider the VM "
+                                                         "was made with is no longer configured")
             elif new:
-                _start(context, tasks, hostname, task)
-            elif not _follow(context, tasks, hostname, task):
+                _start(reached, context, tasks, hostname, task)
+            elif not _follow(reached[0], context, tasks, hostname, task):
                 context.report.followups += 1
                 break
             context.checkpoint("vm_task")
 
 
-def _start(context: PassContext, tasks: VMTaskStore, hostname: str, task: Mapping[str, Any]) -> None:
-    provider, pool = context.provider, context.pool
+def _start(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: VMTaskStore, hostname: str,
+           task: Mapping[str, Any]) -> None:
+    provider, pool = reached
     try:
         if task["kind"] == DISK:
             ref = provider.add_disk(pool, hostname, int(task["size_gb"]))
@@ -84,14 +91,15 @@ def _start(context: PassContext, tasks: VMTaskStore, hostname: str, task: Mappin
     tasks.note_started(hostname, task["id"], ref)
 
 
-def _follow(context: PassContext, tasks: VMTaskStore, hostname: str, task: Mapping[str, Any]) -> bool:
+def _follow(provider: Provider, context: PassContext, tasks: VMTaskStore, hostname: str,
+            task: Mapping[str, Any]) -> bool:
     """Check a task in flight. Returns True when it finished (either way)."""
     if not task.get("ref"):
         if context.now - float(task.get("started") or 0) <= TASK_START_GRACE_SECONDS:
             return False
         tasks.finish(hostname, task["id"], error=f"{describe(task)} was never started (its pass was interrupted)")
         return True
-    status = context.provider.task_status(str(task["ref"]))
+    status = provider.task_status(str(task["ref"]))
     if status.state is TaskState.RUNNING:
         return False
     if status.state is TaskState.ERROR:

@@ -112,6 +112,17 @@ def nothing_started(hostname: str) -> None:
     return None
 
 
+Tracked = Callable[[Collection[str]], Collection[str]]
+"""Of the VM names given, those vmpool tracks (in any state but destroyed): a purge never
+destroys them, though their folder is no longer configured (a removed pool still draining, the
+folder a pool moved from: a VM there may be checked out)."""
+
+
+def nothing_tracked(names: Collection[str]) -> Collection[str]:
+    """The ``Tracked`` of a caller that tracks no VM."""
+    return ()
+
+
 class Provider(abc.ABC):
     """A place VMs come from. One instance serves every pool that names it."""
 
@@ -230,9 +241,11 @@ class Provider(abc.ABC):
         Never waits for the move: the returned task is followed with ``task_status``."""
         return None
 
-    def purge_unconfigured(self, pools: Sequence[PoolConfig], allowlist: Sequence[str]) -> list[str]:
-        """Destroy VMs and folders under the pools' parent folders that no pool configures.
-        Returns what was removed. Providers without folders have nothing to purge."""
+    def purge_unconfigured(self, pools: Sequence[PoolConfig], allowlist: Sequence[str],
+                           tracked: Tracked = nothing_tracked) -> list[str]:
+        """Destroy VMs and folders under the pools' parent folders that no pool configures,
+        except the VMs ``tracked`` names and the folders holding one. Returns what was removed.
+        Providers without folders have nothing to purge."""
         return []
 
     def call_count(self) -> int:

@@ -57,8 +57,19 @@ class Fleet:
                 self.client.hset(self.keys.known_pools, mapping=dict(mapping))  # type: ignore[arg-type]
 
     def forget(self, pool: str) -> None:
+        """The pool is drained: drop it, and what passes kept about it (marks, its share of the
+        task limit, its backoff, last boot, demand size), so pools removed over the years leave
+        nothing behind. Its runtime overrides stay (a pool of that name pushed back gets them,
+        as in vmpooler); its history and daily stats expire by themselves."""
+        keys = self.keys
         with _translate_errors():
-            self.client.hdel(self.keys.known_pools, pool)
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hdel(keys.known_pools, pool)
+            pipe.delete(keys.ready_checked(pool), keys.inventory_checked(pool), keys.running_due(pool),
+                        keys.dns_left(pool))  # records its DNS plugin, gone from the config, cannot delete
+            for fields in (keys.clone_demand, keys.clone_backoff, keys.last_boot, keys.sizing_state):
+                pipe.hdel(fields, pool)
+            pipe.execute()
 
     def claim_followup(self, pool: str, ttl_seconds: float) -> bool:
         """Whether the caller may queue the pool's follow-up (no other one is queued)."""

@@ -44,6 +44,9 @@ family through these validators.
     wake:<pool>              list    nudges for the pool's reconcile (checkout, delete, request)
     followup:<pool>          string  a delayed follow-up pass of the pool is queued (store/fleet.py)
     pools:known              hash    pool -> its last configured settings, to drain it once removed
+    config_generation        string  "<generation> <time>": the newest pushed config (when S3 wrote it)
+                                     a reconcile function ran with, and when it last did: a
+                                     function a push behind leaves the pools alone
     lastboot                 hash    pool -> time of its last VM becoming ready
     daily:<YYYY-MM-DD>       hash    that day's clone/boot durations and tag counts
     ondemand:<id>            hash    an on-demand request (store/ondemand.py)
@@ -198,6 +201,10 @@ class Keys:
     @property
     def known_pools(self) -> str:
         return f"{self.prefix}pools:known"
+
+    @property
+    def config_generation(self) -> str:
+        return f"{self.prefix}config_generation"
 
     @property
     def last_boot(self) -> str:

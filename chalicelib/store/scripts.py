@@ -87,6 +87,7 @@ class Scripts:
         self.finish_clones = load("finish_clones")
         self.pool_overrides = load("pool_overrides")
         self.running_recount = load("running_recount")
+        self.config_generation = load("config_generation")
 
 
 ScriptCall = tuple[_Script, Sequence[str], Sequence[Any]]

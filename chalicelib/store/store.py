@@ -14,7 +14,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence, cast
+from typing import Any, Callable, Collection, Iterable, Mapping, Sequence, cast
 
 import redis
 
@@ -332,6 +332,19 @@ class Store:
             pipe.get(self.keys.inventory_checked(pool))
             mark, checked = pipe.execute()
         return int(mark), checked or ""
+
+    def tracked(self, hostnames: Collection[str]) -> set[str]:
+        """Of ``hostnames``, the VMs with a record in a state other than destroyed (one round
+        trip): what a purge must leave alone (Provider.purge_unconfigured)."""
+        records = self.records(list(hostnames))
+        return {name for name, record in records.items() if record.state != "destroyed"}
+
+    def config_is_newest(self, generation: float, now: float, ttl_seconds: float) -> bool:
+        """Note the generation of the config this function runs with; whether no function has
+        run with a newer one within ``ttl_seconds`` (lua/config_generation.lua)."""
+        with _translate_errors():
+            return bool(self.scripts.config_generation(keys=[self.keys.config_generation],
+                                                       args=[repr(generation), repr(now), repr(ttl_seconds)]))
 
     def mark_inventory_checked(self, pool: str, checked: str) -> None:
         """Note the provider's inventory token the pool's VMs were compared with, and when the

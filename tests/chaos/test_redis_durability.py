@@ -24,6 +24,7 @@ from chalicelib.services import Services
 from chalicelib.store import CheckoutNotDurable, CheckoutRequest, ReplicaAcks, Store, connect
 from local.redis_server import RedisServer
 from tests.chaos.api_load import CheckoutLoad, Reply
+from tests.harness import HarnessFactory
 from tests.redis_pair import RedisPair
 
 POOL = "ha"
@@ -184,3 +185,34 @@ def test_after_a_failover_each_pooled_connection_reconnects_once(redis_pair: Red
         store.checkout([CheckoutRequest(POOL, [POOL], 1)], 0.0, {"lifetime": "2"})
 
     assert RedisPair.client(redis_pair.primary).info("stats")["total_connections_received"] - opened <= 2
+
+
+def test_a_redis_restarted_empty_never_hands_out_the_vms_it_forgot(make_harness: HarnessFactory) -> None:
+    """Redis without its data (no persistence, a flushed or replaced node) while VMs exist and
+    one is checked out: the provider's VMs are strangers then. They are recorded as discovered
+    and taken out of service by the next pass, as vmpooler does, never made ready: no caller is
+    handed the VM its user still has (its user loses it: docs/reliability.md). The pool refills
+    with new clones."""
+    harness = make_harness(parse("""
+:config: {domain: example.com}
+:providers:
+  :dummy: {createvm_max_time: 0, boot_time: 5, destroyvm_max_time: 0}
+:pools:
+  - {name: a, size: 3, provider: dummy}
+"""))
+    harness.fill("a", seconds=6)
+    in_use = harness.checkout("a")
+    before = harness.provider_vms("a")
+    for key in harness.client.keys("*"):
+        if ":dummy:" not in key:  # the provider's VMs stay; everything vmpool knew is gone
+            harness.client.delete(key)
+    assert harness.get(f"/api/v3/vm/{in_use}").status == 404
+    handed: list[str] = []
+    for _ in range(4):
+        harness.clock.advance(6)
+        harness.reconcile("a")
+        reply = harness.post("/api/v3/vm", {"a": 1})
+        if reply.status == 200:
+            handed.append(reply.json["a"]["hostname"].split(".")[0])
+    assert len(handed) == 3 and not set(handed) & before
+    assert harness.provider_vms("a").isdisjoint(before)  # none left running unmanaged either

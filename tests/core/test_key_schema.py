@@ -320,7 +320,8 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
         "fixed": [(name, getattr(keys, name)) for name in ("cloning", "changes", "clone_demand", "clone_backoff",
                                                           "known_pools", "last_boot", "ondemand_open_requests",
                                                           "migrating", "templates_prepared", "sizing_state",
-                                                          "running", "running_counted", "running_rebuild")],
+                                                          "running", "running_counted", "running_rebuild",
+                                                          "config_generation")],
     }
     for state in keys_module.STATES:
         families[f"pool:{state}"] = [(p, keys.pool_state(p, state)) for p in pools]

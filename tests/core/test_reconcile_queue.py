@@ -4,6 +4,7 @@ on its own (moto for SQS and S3, a real Redis)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -17,7 +18,7 @@ from moto import mock_aws
 import app
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
-from chalicelib.manager.dispatch import Ticker, look_at
+from chalicelib.manager.dispatch import NEWEST_CONFIG_SECONDS, Ticker, look_at
 from chalicelib.manager.pool_queue import DRAIN, FOLLOWUP, TICK, PoolMessage, QueueRefused, SqsPoolQueue
 from chalicelib.manager.refill import SqsRefill
 from chalicelib.manager.runner import run_pool
@@ -321,6 +322,14 @@ def test_a_pool_removed_from_the_config_drains_and_is_forgotten(services: Servic
     queue.sent.clear()
     ticker.tick(services, queue)
     assert [m.pool for m, _ in queue.sent] == ["debian"]  # drained and forgotten
+    # Nothing of it stays in Redis for good (before: its marks and its fields of the service's
+    # hashes, one set per pool ever removed), but the overrides vmpooler keeps too and what expires.
+    client, keys = services.client, services.store.keys
+    kept = [key for key in client.keys(f"{keys.prefix}*centos*")
+            if client.ttl(key) < 0 and ":dummy:" not in key]  # the dummy's own folder marks aside
+    assert kept == []
+    for fields in (keys.clone_demand, keys.clone_backoff, keys.last_boot, keys.sizing_state, keys.known_pools):
+        assert not client.hexists(fields, "centos"), fields
 
 
 def test_a_removed_pool_whose_provider_is_gone_is_reported_not_failed(services: Services) -> None:
@@ -449,3 +458,69 @@ def test_the_tick_records_a_configured_pool_it_finds_forgotten(services: Service
     Fleet(services.store).forget("centos")
     ticker.tick(services, queue)
     assert "centos" in Fleet(services.store).names()
+
+
+def test_a_function_a_push_behind_leaves_the_pool_to_the_newer_config(services: Services) -> None:
+    """Each function reads a push within 30 s, so for a while functions of the old and the new
+    config reconcile the same pool. Before, they undid each other's work: the old one drained the
+    new template's VMs (pending and ready) and cloned its own, which the new one drained in turn
+    (in one minute of overlap, 76 VMs of a pool of 4 taken out of service). Now the older
+    function leaves the pool to the newer one (its message comes back later) and records none
+    of its pools' settings."""
+    template_a = CONFIG.replace("{name: centos, size: 1, provider: dummy}",
+                                "{name: centos, size: 3, provider: dummy, template: t/a}")
+    old = Services(dataclasses.replace(parse(template_a), generation=100.0), services.client,
+                   clock=services.clock, prefix=services.store.keys.prefix)
+    new = Services(dataclasses.replace(parse(template_a.replace("t/a", "t/b")), generation=200.0),
+                   services.client, clock=services.clock, prefix=services.store.keys.prefix)
+    clock = services.clock
+    assert isinstance(clock, FakeClock)
+    queue = RecordingQueue()
+    for _ in range(4):  # the old config alone: the pool fills
+        look_at(old, PoolMessage("centos", TICK), queue)
+        clock.advance(31)
+    first = set(services.store.hostnames("centos", "ready"))
+    assert len(first) == 3
+
+    for _ in range(8):  # the push: both configs at once
+        for functions_config in (new, old):
+            queue.sent.clear()
+            report = look_at(functions_config, PoolMessage("centos", TICK), queue)
+            if functions_config is old:
+                assert report is None
+                assert [(m.pool, m.reason) for m, _ in queue.sent] == [("centos", "retry")]
+            clock.advance(4)
+        for ticking in (new, old):
+            Ticker().tick(ticking, queue)
+    settings = Fleet(services.store).settings("centos")
+    assert settings is not None and settings.template == "t/b"  # as the newer config has it
+
+    records = [services.store.get_vm(key.split("vm:", 1)[1])
+               for key in services.client.keys(services.store.keys.vm("*"))]
+    by_state: dict[str, set[tuple[str, str]]] = {}
+    for record in records:
+        assert record is not None
+        by_state.setdefault(record.state, set()).add((record.name, record.template))
+    assert {template for _, template in by_state["ready"]} == {"t/b"} and len(by_state["ready"]) == 3
+    gone = by_state.get("completed", set()) | by_state.get("destroyed", set())
+    assert gone == {(host, "t/a") for host in first}  # only the old template's VMs went, once
+
+
+def test_a_push_undone_by_deleting_its_version_holds_the_pools_up_for_a_moment_only(services: Services) -> None:
+    """docs/deploy.md's rollback may delete the newest object version: every function then reads
+    the older config again. The newer generation, no longer used, gives way after
+    NEWEST_CONFIG_SECONDS; the older config is reconciled again."""
+    clock = services.clock
+    assert isinstance(clock, FakeClock)
+    queue = RecordingQueue()
+    newer = Services(dataclasses.replace(parse(CONFIG), generation=200.0), services.client, clock=clock,
+                     prefix=services.store.keys.prefix)
+    older = Services(dataclasses.replace(parse(CONFIG), generation=100.0), services.client, clock=clock,
+                     prefix=services.store.keys.prefix)
+    assert look_at(newer, PoolMessage("centos", TICK), queue) is not None
+    clock.advance(NEWEST_CONFIG_SECONDS)
+    assert look_at(older, PoolMessage("centos", TICK), queue) is None  # the push may still be read
+    clock.advance(1)
+    assert look_at(older, PoolMessage("centos", TICK), queue) is not None  # nobody runs it any more
+    assert look_at(newer, PoolMessage("centos", TICK), queue) is not None  # a newer one always runs
+    assert look_at(older, PoolMessage("centos", TICK), queue) is None

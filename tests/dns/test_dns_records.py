@@ -4,11 +4,13 @@ resolves, and a DNS outage keeps VMs pending with the reason instead of failing 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import json
 import os
 import signal
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
@@ -19,7 +21,10 @@ from chalicelib.config import parse
 from chalicelib.dns.base import DnsPlugin
 from chalicelib.dns.registry import build_dns_plugin
 from chalicelib.manager import clones
+from chalicelib.manager.dispatch import Ticker, look_at
+from chalicelib.manager.pool_queue import DRAIN, PoolMessage
 from chalicelib.manager.reconcile import reconcile_pool
+from chalicelib.store.fleet import Fleet
 from tests.dns.bind import BindServer
 from tests.harness import Harness, HarnessFactory
 
@@ -395,3 +400,33 @@ def test_a_slow_dns_server_holds_a_pass_for_its_budget_and_the_next_passes_go_on
     assert len(ready_vms(world)) == 8
     for host, ip in ready_vms(world).items():
         assert bind.addresses(f"{host}.{bind.zone}") == [ip]
+
+
+def test_a_removed_pool_is_forgotten_only_once_its_left_records_are_deleted(
+        world: Harness, bind: BindServer) -> None:
+    # Before, a pool removed from the config while its DNS server was down drained, was
+    # forgotten as soon as it had no VM, and the records of its VMs stayed in the zone for good.
+    world.passes("dns", 3)
+    gone = sorted(world.hosts("dns", "ready"))
+    assert len(gone) == 2
+    queue = SimpleNamespace(send=lambda messages: None)
+    Ticker().tick(world.services, queue)  # the pool is known, so it can be drained
+    assert bind.process is not None
+    os.kill(bind.process.pid, signal.SIGKILL)
+    bind.process.wait()
+    config = world.services.config
+    world.services.use_config(dataclasses.replace(config, pools=()))
+
+    def drain(passes: int) -> None:
+        for _ in range(passes):
+            look_at(world.services, PoolMessage("dns", DRAIN), queue)
+            world.clock.advance(31)
+
+    drain(4)
+    assert {world.state_of(host) for host in gone} == {"destroyed"}
+    assert "dns" in Fleet(world.store).names()  # its records are still to delete
+    bind.start()
+    drain(2)
+    for host in gone:
+        assert bind.addresses(f"{host}.{bind.zone}") == []
+    assert "dns" not in Fleet(world.store).names()

@@ -22,6 +22,7 @@ from chalicelib.manager.dispatch import Ticker
 from chalicelib.services import Services
 from infra import config_push
 from local.gateway import Gateway
+from tests.support import emf_documents, emitted
 
 BUCKET = "vmpool-dev-config-123456789012-us-east-1"
 PACKAGED = ":providers:\n  :dummy: {}\n:pools:\n  - {name: debian, size: 1, provider: dummy}\n"
@@ -93,6 +94,8 @@ def test_running_functions_pick_up_a_pushed_config_within_the_refresh(s3: Any, t
     assert app.services().config.pool_names == ("debian",)  # cached
     clock.advance(1)
     assert app.services().config.pool_names == ("debian", "fedora")  # within the refresh
+    # Ordered by when S3 wrote it: a function a push behind leaves the pools to this one.
+    assert app.services().config.generation == published["LastModified"].timestamp() > 0
 
     status, _, body = Gateway(app.app)(
         "GET", "/api/v3/status?view=pools", {}, b"", "127.0.0.1")
@@ -101,12 +104,17 @@ def test_running_functions_pick_up_a_pushed_config_within_the_refresh(s3: Any, t
     assert sorted(message.pool for message, _ in queue.sent) == ["debian", "fedora"]
 
 
-def test_a_bad_object_in_the_bucket_keeps_the_last_good_config(s3: Any) -> None:
+def test_a_bad_object_in_the_bucket_keeps_the_last_good_config(s3: Any, capsys: pytest.CaptureFixture[str]) -> None:
     clock = FakeClock()
     initial = parse(PACKAGED)
     source = ConfigSource(initial, S3Fetch(BUCKET, DEFAULT_CONFIG_KEY, lambda: s3), clock)
     s3.put_object(Bucket=BUCKET, Key=DEFAULT_CONFIG_KEY, Body=b"pools: [this is: not: valid")
+    capsys.readouterr()
     assert source.current() is initial
+    clock.advance(REFRESH_SECONDS)
+    assert source.current() is initial  # the same bad object: not parsed, nor counted, again
+    # Counted once, for an alarm (before, a log line alone said so).
+    assert emitted(emf_documents(capsys.readouterr().out))[("ConfigRejected", ("service",))] == [1.0]
     s3.put_object(Bucket=BUCKET, Key=DEFAULT_CONFIG_KEY, Body=PUSHED.encode())
     clock.advance(REFRESH_SECONDS)
     assert source.current().pool_names == ("debian", "fedora")

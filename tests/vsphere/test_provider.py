@@ -368,6 +368,25 @@ def test_purge_never_destroys_the_vms_of_a_pool_whose_folder_holds_another_pools
         assert admin.exists(provider, f"{DATACENTER}/vm/{kept}"), kept
 
 
+def test_purge_never_destroys_a_vm_vmpool_tracks_nor_the_folder_holding_it(setup: Setup) -> None:
+    """A removed pool's folder while it drains, or the folder a pool moved from, is no longer
+    configured, but a VM its user has checked out may be there: it and its folder stay (before,
+    the folder was destroyed whole, the VM in use with it). What vmpool does not track goes."""
+    kept = setup.pool(name="left-keep", folder="left/keep")
+    provider = setup.provider
+    admin.create_vm(provider, f"{DATACENTER}/vm/left/removed", "in-use")
+    admin.create_vm(provider, f"{DATACENTER}/vm/left/removed", "stranger")
+    admin.create_vm(provider, f"{DATACENTER}/vm/left", "loose-in-use")
+    admin.create_vm(provider, f"{DATACENTER}/vm/left/stale", "stale-vm")
+
+    removed = provider.purge_unconfigured([kept], allowlist=[],
+                                          tracked=lambda names: {name for name in names if "in-use" in name})
+
+    assert removed == ["left/stale"]
+    for still in ("left/removed/in-use", "left/removed/stranger", "left/loose-in-use"):
+        assert admin.exists(provider, f"{DATACENTER}/vm/{still}"), still
+
+
 @pytest.mark.parametrize(("contents", "says"), [(None, "No such file or directory"), ("not a certificate", "")])
 def test_a_ca_bundle_that_cannot_be_used_is_named_in_the_error(vcsim: VcsimServer, tmp_path: Path,
                                                                contents: str | None, says: str) -> None:

@@ -146,3 +146,30 @@ def test_vcsim_stopped_mid_run_fails_cleanly_then_converges(
     private_vcsim.start()  # a fresh simulator: the clones are gone
     until(harness, "ready", 2)
     assert set(harness.store.hostnames(POOL, "ready")) == in_vcsim(harness)
+
+
+def test_a_pool_moved_to_another_folder_keeps_the_vm_in_use_and_empties_the_old_folder(
+        make_harness: HarnessFactory, vcsim: VcsimServer) -> None:
+    """manager/placement.py on vCenter: after the push, the ready VM of the old folder is
+    destroyed there and the pool fills in the new one; the VM checked out stays running in the
+    old folder, its user's, until returned; then it is destroyed there too."""
+    old_folder = f"vmpool/moved-{secrets.token_hex(4)}"
+    new_folder = f"vmpool/moved-{secrets.token_hex(4)}"
+    pool = {"name": POOL, "ready_check": "tools", "size": 2}
+    harness = make_harness(vcsim_config(vcsim, [{**pool, "folder": old_folder}]))
+    harness.reconcile(POOL)
+    until(harness, "ready", 2)
+    in_use = harness.checkout(POOL)
+    [left_ready] = harness.ready(POOL)
+
+    harness.services.use_config(vcsim_config(vcsim, [{**pool, "folder": new_folder}]))
+    until(harness, "ready", 2)
+    assert harness.state_of(in_use) == "running" and harness.describe(in_use)["state"] == "running"
+    assert set(harness.ready(POOL)) == in_vcsim(harness)  # the new folder
+    eventually(lambda: harness.reconcile(POOL) and not admin.exists(
+        harness.provider, f"{DATACENTER}/vm/{old_folder}/{left_ready}"), 10, "the old ready VM destroyed")
+    assert admin.exists(harness.provider, f"{DATACENTER}/vm/{old_folder}/{in_use}")
+
+    assert harness.delete(f"/api/v3/vm/{in_use}").status == 200
+    eventually(lambda: harness.reconcile(POOL) and harness.state_of(in_use) == "destroyed", 10, "returned VM gone")
+    assert not admin.exists(harness.provider, f"{DATACENTER}/vm/{old_folder}/{in_use}")

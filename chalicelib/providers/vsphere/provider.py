@@ -9,7 +9,16 @@ from pyVmomi import vim
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ProviderConfig, ServiceConfig
 from chalicelib.logs import module_logger
-from chalicelib.providers.base import Migration, Provider, ProviderError, Readiness, TaskStatus, VMInfo
+from chalicelib.providers.base import (
+    Migration,
+    Provider,
+    ProviderError,
+    Readiness,
+    TaskStatus,
+    Tracked,
+    VMInfo,
+    nothing_tracked,
+)
 from chalicelib.providers.vsphere import clone as clones
 from chalicelib.providers.vsphere import connection as connections
 from chalicelib.providers.vsphere import inventory, migration, purge, readiness, tasks, templates, vms
@@ -166,11 +175,13 @@ class VSphereProvider(Provider):
 
         return self._run(f"migrate {hostname}", migrating)
 
-    def purge_unconfigured(self, pools: Sequence[PoolConfig], allowlist: Sequence[str]) -> list[str]:
-        """Destroy unconfigured folders and VMs under this provider's pools' parent folders."""
+    def purge_unconfigured(self, pools: Sequence[PoolConfig], allowlist: Sequence[str],
+                           tracked: Tracked = nothing_tracked) -> list[str]:
+        """Destroy unconfigured folders and VMs under this provider's pools' parent folders,
+        except the VMs vmpool tracks and the folders holding one."""
         return self._run(
             "purge unconfigured resources",
-            lambda connection: purge.purge(connection, self.config, pools, allowlist),
+            lambda connection: purge.purge(connection, self.config, pools, allowlist, tracked),
         )
 
     def call_count(self) -> int:

@@ -16,7 +16,7 @@ from pyVmomi import vim
 
 from chalicelib.config import PoolConfig, ProviderConfig
 from chalicelib.logs import module_logger
-from chalicelib.providers.base import TaskState
+from chalicelib.providers.base import TaskState, Tracked, nothing_tracked
 from chalicelib.providers.vsphere import inventory, tasks
 from chalicelib.providers.vsphere.clone import datacenter_of, template_path
 from chalicelib.providers.vsphere.connection import Connection
@@ -54,13 +54,16 @@ def purge(
     config: ProviderConfig,
     pools: Sequence[PoolConfig],
     allowlist: Sequence[str],
+    tracked: Tracked = nothing_tracked,
 ) -> list[str]:
     """Destroy what is unconfigured under the pools' parent folders; return the removed paths.
 
     ``pools``: every configured pool. Only this provider's pools' parents are looked at, but every
     pool's folder is kept, whichever provider block it uses (two blocks may name one vCenter),
     and the VMs directly in a pool's folder are never purged even where that folder is another
-    pool's parent (``vmpool`` and ``vmpool/b``): they are that pool's, in use or ready."""
+    pool's parent (``vmpool`` and ``vmpool/b``): they are that pool's, in use or ready. Nor is a
+    VM ``tracked`` names, nor a folder holding one: a removed pool's folder while it drains, the
+    folder a pool moved from (manager/placement.py), may hold a VM its user has checked out."""
     allowed = {entry.strip("/") for entry in allowlist if entry}
     pool_folders = {pool.folder.strip("/") for pool in pools}
     every_configured: set[str] = set().union(*(_ancestors(folder) for folder in pool_folders))
@@ -83,12 +86,12 @@ def purge(
                 log.warning("pool %s: folder %r is at the vm root; not purging the root", pool.name, folder)
         for parent in sorted(parents):
             removed += _purge_parent(connection, datacenter, parent, every_configured | protected, allowed,
-                                     vms_kept=parent in pool_folders)
+                                     vms_kept=parent in pool_folders, tracked=tracked)
     return removed
 
 
 def _purge_parent(connection: Connection, datacenter: str, parent: str, keep: set[str], allowed: set[str],
-                  vms_kept: bool) -> list[str]:
+                  vms_kept: bool, tracked: Tracked = nothing_tracked) -> list[str]:
     """Purge ``parent``'s unconfigured children; its VMs are left alone when ``vms_kept`` (the
     parent is itself a pool's folder)."""
     folder = inventory.find(connection, f"{datacenter}/vm/{parent}")
@@ -102,9 +105,13 @@ def _purge_parent(connection: Connection, datacenter: str, parent: str, keep: se
         [c for c in children if isinstance(c, vim.VirtualMachine)],
         ["name", "config.template", "runtime.powerState"],
     )
+    in_use = set(tracked([str(vm.get("name")) for vm in vms]))
     for vm in vms:
         relative = f"{parent}/{vm.get('name')}"
         if vm.get("config.template") or relative in keep or relative in allowed or vm.get("name") in allowed:
+            continue
+        if vm.get("name") in in_use:
+            log.info("not purging %s/vm/%s: vmpool tracks it", datacenter, relative)
             continue
         _power_off_all(connection, [vm])
         vm["_obj"].Destroy_Task()
@@ -122,6 +129,9 @@ def _purge_parent(connection: Connection, datacenter: str, parent: str, keep: se
             inventory.destroy_view(view)
         if any(vm.get("config.template") for vm in inside):
             log.warning("not purging %s/vm/%s: it holds a template", datacenter, relative)
+            continue
+        if tracked([str(vm.get("name")) for vm in inside]):
+            log.info("not purging %s/vm/%s: it holds VMs vmpool tracks", datacenter, relative)
             continue
         _power_off_all(connection, inside)
         child["_obj"].Destroy_Task()
