@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
@@ -29,7 +30,7 @@ from chalicelib.sizing import demand
 from chalicelib.sizing.demand import Forecast, Window
 from chalicelib.sizing.schedule import current_window
 from chalicelib.sizing.settings import DemandSettings, SizingSettings
-from chalicelib.store.pool_overrides import SIZE
+from chalicelib.store.pool_overrides import SIZE, stored_size
 from chalicelib.store.store import Store, _translate_errors
 
 OVERRIDE = "override"
@@ -70,13 +71,18 @@ class DemandState:
 
     @classmethod
     def from_json(cls, text: str | None) -> "DemandState | None":
-        """The stored state; None when absent or unreadable (then the pool starts afresh)."""
+        """The stored state; None when absent or unreadable, a size or time that is not a finite
+        number included (then the pool starts afresh)."""
         if not text:
             return None
         try:
             data = json.loads(text)
-            return cls(int(data["size"]), float(data["changed_at"]), str(data.get("direction", "")),
-                       None if data.get("predicted") is None else float(data["predicted"]))
+            size, changed_at = float(data["size"]), float(data["changed_at"])
+            predicted = None if data.get("predicted") is None else float(data["predicted"])
+            if not (math.isfinite(size) and math.isfinite(changed_at)):
+                return None
+            return cls(int(size), changed_at, str(data.get("direction", "")),
+                       predicted if predicted is not None and math.isfinite(predicted) else None)
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
 
@@ -198,13 +204,13 @@ class RedisSizingBackend:
                 for day in days:
                     pipe.hmget(self.keys.daily(day), [f"{scope}:total", f"{scope}:count"])
             answers = pipe.execute()
-        override = _whole(answers[0])
+        override = stored_size(answers[0])
         if not with_demand:
             return Inputs(override, None, None)
         total = sum(_number(pair[0]) or 0.0 for pair in answers[2:])
         count = sum(_number(pair[1]) or 0.0 for pair in answers[2:])
         return Inputs(override, DemandState.from_json(answers[1]),
-                      total / count if count else None)
+                      total / count if count >= 1 else None)
 
     def demand(self, pool: str, windows: Sequence[Window]) -> list[list[int] | None]:
         plan: list[list[tuple[str, range]]] = [window.segments() for window in windows]
@@ -248,18 +254,20 @@ class RedisSizingBackend:
             pipe.hmget(self._size_key, names)
             pipe.hmget(self.keys.sizing_state, names)
             sizes, states = pipe.execute()
-        overrides = {name: _whole(size) for name, size in zip(names, sizes, strict=True)}
+        overrides = {name: stored_size(size) for name, size in zip(names, sizes, strict=True)}
         return overrides, {name: DemandState.from_json(state) for name, state in zip(names, states, strict=True)}
 
 
 def _number(value: Any) -> float | None:
-    """A Redis value as a number; None when absent or not a number (broken history reads as none)."""
+    """A Redis value as a finite number; None when absent, not a number, NaN or infinite (broken
+    history reads as none)."""
     if value is None:
         return None
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return None
+    return number if math.isfinite(number) else None
 
 
 def _configured(pool: PoolConfig) -> PoolConfig:
@@ -268,14 +276,14 @@ def _configured(pool: PoolConfig) -> PoolConfig:
     return pool if size is None else dataclasses.replace(pool, size=int(size))
 
 
+MAX_MINUTE_COUNT = 1_000_000
+"""The most VMs one minute's bucket counts. A pool is at most ``MAX_SIZE`` VMs, so a bigger count
+(only a broken one) changes no size; bounded, sums of many stay within a float."""
+
+
 def _count(value: Any) -> int:
     """A demand bucket's count: broken or negative values count as none."""
-    return max(int(_number(value) or 0), 0)
-
-
-def _whole(value: Any) -> int | None:
-    number = _number(value)
-    return None if number is None else int(number)
+    return min(max(int(_number(value) or 0), 0), MAX_MINUTE_COUNT)
 
 
 def target_size(store: Store, pool: PoolConfig, now: float, default_timezone: str | None) -> SizeDecision:

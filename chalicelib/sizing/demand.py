@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Sequence
 
-from chalicelib.sizing.settings import DemandSettings
+from chalicelib.sizing.settings import MAX_LEAD_TIME_MINUTES, DemandSettings
 
 MINUTES_PER_DAY = 1440
 WEEK_MINUTES = 7 * MINUTES_PER_DAY
@@ -65,9 +65,14 @@ class Window:
 
 
 def lead_minutes(measured_seconds: float | None, settings: DemandSettings) -> int:
-    """Whole minutes a replacement takes: the measured clone+boot time, else the setting."""
-    seconds = measured_seconds if measured_seconds and measured_seconds > 0 else settings.lead_time_minutes * 60
-    return max(1, math.ceil(seconds / 60))
+    """Whole minutes a replacement takes: the measured clone+boot time, else the setting; at most
+    ``MAX_LEAD_TIME_MINUTES``. The history read grows with the lead (``horizon_minutes``): a
+    measured average that is absurd (a boot timed across a clock jump, a total broken in Redis)
+    must not make a pass read years of minutes."""
+    seconds = settings.lead_time_minutes * 60
+    if measured_seconds is not None and math.isfinite(measured_seconds) and measured_seconds > 0:
+        seconds = measured_seconds
+    return max(1, min(math.ceil(seconds / 60), MAX_LEAD_TIME_MINUTES))
 
 
 def horizon_minutes(settings: DemandSettings, lead: int) -> int:

@@ -33,6 +33,8 @@ TIMEZONE_PATTERN = re.compile(r"^[A-Za-z0-9_+-]{1,30}(/[A-Za-z0-9_+-]{1,30}){0,3
 """The shape of an IANA zone name (``America/Argentina/Buenos_Aires``, ``Etc/GMT+5``)."""
 MAX_WINDOWS = 50
 MAX_SIZE = 10000
+MAX_LEAD_TIME_MINUTES = 240
+"""The longest clone + boot time sizing plans for, configured (``lead_time``) or measured."""
 
 
 class SizingConfigError(ValueError):
@@ -191,7 +193,8 @@ def _demand(raw: Any, path: str) -> DemandSettings | None:
         drain_grace_minutes=_int(raw.get("drain_grace", defaults.drain_grace_minutes), f"{path}.drain_grace", 0, 1440),
         recent_minutes=_int(raw.get("recent_minutes", defaults.recent_minutes), f"{path}.recent_minutes", 1, 120),
         safety=_number(raw.get("safety", defaults.safety), f"{path}.safety", 0, 10),
-        lead_time_minutes=_number(raw.get("lead_time", defaults.lead_time_minutes), f"{path}.lead_time", 0.1, 240),
+        lead_time_minutes=_number(raw.get("lead_time", defaults.lead_time_minutes), f"{path}.lead_time", 0.1,
+                                  MAX_LEAD_TIME_MINUTES),
     )
 
 

@@ -10,11 +10,13 @@ target lands in the pool's ``clone_target`` setting, which the vSphere provider'
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from chalicelib.config import PoolConfig
+from chalicelib.sizing.settings import MAX_SIZE
 from chalicelib.store.store import Store, _translate_errors
 
 SIZE = "poolsize"
@@ -22,6 +24,29 @@ TEMPLATE = "pooltemplate"
 RESET = "poolreset"
 CLONE_TARGET = "clonetarget"
 SETTINGS = (SIZE, TEMPLATE, RESET, CLONE_TARGET)
+
+
+def stored_size(value: Any) -> int | None:
+    """A stored size override: a whole number from 0 to ``MAX_SIZE`` (what POST /config/poolsize
+    stores); None when absent or unreadable (``nan``, ``1e400``, text written into Redis by
+    hand), so the pool keeps the size it would have without one instead of every pass of it,
+    and /status, failing."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number) or number != int(number) or not 0 <= number <= MAX_SIZE:
+        return None
+    return int(number)
+
+
+def _stored_time(value: Any) -> float | None:
+    """A stored reset time; None when absent or unreadable."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True)
@@ -67,9 +92,9 @@ class PoolOverrides:
             sizes, templates, resets, clone_targets = pipe.execute()
         return {
             pool: PoolOverride(
-                size=int(size) if size is not None else None,
+                size=stored_size(size),
                 template=template,
-                reset_at=float(reset) if reset is not None else None,
+                reset_at=_stored_time(reset),
                 clone_target=clone_target,
             )
             for pool, size, template, reset, clone_target in zip(

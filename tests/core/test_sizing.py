@@ -258,3 +258,36 @@ def test_runner_publishes_and_samples_the_effective_size(world: Harness, capsys:
                 if line.startswith("{") and f'"{m.CAPACITY}"' in line]
     sizes = current_sizes(services.store, services.pools(), world.clock.now(), None)
     assert capacity == [[4.0 + sizes["dem"].size + sizes["plain"].size]]  # not sched's configured 1
+
+
+def _write_broken(world: Harness, where: str, value: str) -> None:
+    """Write ``value`` where a pass of the demand pool reads a number."""
+    keys = world.store.keys
+    day, minute = day_and_minute(epoch_minute(world.clock.now()))
+    if where == "bucket":
+        world.client.hset(keys.demand("dem", day), mapping={"seen": "1", f"c{minute}": value, f"m{minute}": value})
+    elif where == "state":
+        world.client.hset(keys.sizing_state, "dem", value)
+    elif where == "lead":
+        world.client.hset(keys.daily(day), mapping={"boot:pool:dem:total": value, "boot:pool:dem:count": "1"})
+    else:
+        world.client.hset(keys.pool_override("poolsize"), "dem", value)
+
+
+@pytest.mark.parametrize("where, value", [
+    ("bucket", "nan"), ("bucket", "inf"), ("bucket", "1e400"),
+    ("state", '{"size": Infinity, "changed_at": 1, "direction": "up"}'),
+    ("state", '{"size": 3, "changed_at": NaN, "direction": "up", "predicted": Infinity}'),
+    ("lead", "1e300"),
+    ("override", "nan"), ("override", "1e400"), ("override", "2.5"),
+])
+def test_numbers_broken_in_redis_never_break_the_pass_nor_status(world: Harness, where: str, value: str) -> None:
+    # NaN, infinities and absurd values (a hand edit, a bad write) read as no value: the pool is
+    # sized as without them, every pass still runs, and /status answers.
+    _write_broken(world, where, value)
+    settle(world, "dem")
+    assert 1 <= world.count("dem", "ready") <= 30
+    reply = world.get("/api/v3/status?view=pools")
+    assert reply.status == 200
+    shown = reply.json["pools"]["dem"]
+    assert shown["size_reason"] == "demand" and 1 <= shown["max"] <= 30

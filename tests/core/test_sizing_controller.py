@@ -190,6 +190,8 @@ def test_broken_stored_state_starts_afresh() -> None:
     assert DemandState.from_json("not json") is None
     assert DemandState.from_json('{"size": "many"}') is None
     assert DemandState.from_json('{"changed_at": 1}') is None
+    assert DemandState.from_json('{"size": Infinity, "changed_at": 1}') is None
+    assert DemandState.from_json('{"size": 4, "changed_at": NaN}') is None
     assert DemandState.from_json(DemandState(4, 1.0, "up", 2.5).to_json()) == DemandState(4, 1.0, "up", 2.5)
 
 
