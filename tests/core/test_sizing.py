@@ -278,7 +278,7 @@ def _write_broken(world: Harness, where: str, value: str) -> None:
     ("bucket", "nan"), ("bucket", "inf"), ("bucket", "1e400"),
     ("state", '{"size": Infinity, "changed_at": 1, "direction": "up"}'),
     ("state", '{"size": 3, "changed_at": NaN, "direction": "up", "predicted": Infinity}'),
-    ("lead", "1e300"),
+    ("lead", "inf"), ("lead", "1e300"),
     ("override", "nan"), ("override", "1e400"), ("override", "2.5"),
 ])
 def test_numbers_broken_in_redis_never_break_the_pass_nor_status(world: Harness, where: str, value: str) -> None:
