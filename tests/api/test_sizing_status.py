@@ -80,3 +80,20 @@ def test_vmpooler_pool_feed_shows_the_effective_size(make_stack: Callable[[str],
     stack = make_stack(CONFIG)
     feed = stack.get("/dashboard/stats/vmpooler/pool").json
     assert (feed["sched"]["size"], feed["dem"]["size"], feed["plain"]["size"]) == (3, 2, 2)
+
+
+def test_an_override_to_the_configured_size_holds_against_schedule_and_demand(
+        make_stack: Callable[[str], Harness]) -> None:
+    # Friday 08:00: the window sizes sched 3 (configured 1), demand sizes dem 2 (configured 4).
+    # An administrator asks for the configured sizes: that is an override like any other.
+    stack = make_stack(CONFIG)
+    reply = stack.post("/api/v3/config/poolsize", {"sched": "1", "dem": "4", "plain": "2"})
+    assert reply.status == 201
+    assert sizes(stack) == {"sched": (1, "override"), "dem": (4, "override"), "plain": (2, "config")}
+    assert stack.post("/api/v3/config/poolsize", {"sched": "1"}).status == 200  # already so
+    pool = stack.services.pool("sched")
+    report = reconcile_pool(stack.services.store, stack.services.provider("dummy"), pool, stack.clock,
+                            stack.config.service)
+    assert report.size == 1
+    assert stack.delete("/api/v3/config/poolsize/sched").status == 201
+    assert sizes(stack)["sched"] == (3, "schedule weekdays 08:00-09:00")
