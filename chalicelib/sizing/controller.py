@@ -120,7 +120,9 @@ def hold_for_cooldown(previous: DemandState | None, wanted: int, now: float, coo
     if wanted == previous.size:
         return previous
     direction = "up" if wanted > previous.size else "down"
-    cooling = now - previous.changed_at < cooldown_seconds
+    # A change stamped in the future (by a process whose clock runs ahead, or before this one's
+    # was set back) cools for a cooldown around its stamp, not until this clock reaches it.
+    cooling = abs(now - previous.changed_at) < cooldown_seconds
     if cooling and (direction == "down" or previous.direction == "down"):
         return previous
     return DemandState(wanted, now, direction)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from chalicelib import observability as m
+from chalicelib.clock import FakeClock
 from chalicelib.config import parse
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.services import Services, demand_sized_pools
@@ -291,3 +292,30 @@ def test_numbers_broken_in_redis_never_break_the_pass_nor_status(world: Harness,
     assert reply.status == 200
     shown = reply.json["pools"]["dem"]
     assert shown["size_reason"] == "demand" and 1 <= shown["max"] <= 30
+
+
+def test_a_decision_stamped_by_a_clock_running_ahead_holds_the_pool_no_longer_than_a_cooldown(
+        world: Harness) -> None:
+    settle(world, "dem")
+
+    def burst(minutes: int) -> None:
+        for _ in range(minutes):
+            take(world, "dem", 5)
+            world.clock.advance(60)
+            world.reconcile("dem")
+
+    def demand_state() -> dict[str, Any]:
+        return dict(json.loads(world.client.hget(world.store.keys.sizing_state, "dem")))
+
+    burst(3)
+    assert demand_state()["direction"] == "up"
+    # A pass on a process whose clock runs an hour ahead sees no recent demand and shrinks the
+    # pool's demand size, stamping the change an hour in the future.
+    ahead = FakeClock(world.clock.now() + 3600)
+    reconcile_pool(world.store, world.provider, world.pool("dem"), ahead, world.config.service)
+    assert demand_state()["direction"] == "down"
+    # Back on the right time, the burst goes on: the pool grows again once a cooldown (10
+    # minutes) has passed as this clock sees it, not an hour and ten minutes later.
+    burst(11)
+    assert demand_state()["size"] > 10
+    assert world.count("dem", "ready") + world.count("dem", "pending") > 10

@@ -175,6 +175,9 @@ def test_cooldown_rule() -> None:
     down = DemandState(5, changed_at=1000.0, direction="down")
     assert hold_for_cooldown(down, 8, 1100.0, 600).size == 5  # a reversal waits too
     assert hold_for_cooldown(down, 8, 1600.0, 600).size == 8
+    ahead = DemandState(5, changed_at=1000.0 + 3600, direction="down")  # stamped by a clock an hour ahead
+    assert hold_for_cooldown(ahead, 8, 1000.0 + 3600 - 599, 600).size == 5
+    assert hold_for_cooldown(ahead, 8, 1000.0, 600).size == 8
 
 
 def test_missing_history_keeps_the_configured_size_and_never_goes_below_min() -> None:
