@@ -107,21 +107,38 @@ def _time(value: Any, path: str) -> int:
     return int(hours) * 60 + int(minutes)
 
 
+FULL_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _day(name: str) -> int | None:
+    """A day (0 = Monday) from its name: the full name (``sunday``, ``sundays``) or its first
+    three letters or more (``mon``, ``tues``, ``thurs``); None for anything else (``monkey``,
+    ``satan``): a typo must fail the load, not size the pool on some other day."""
+    if name.endswith("s") and name[:-1] in FULL_DAY_NAMES:
+        name = name[:-1]
+    if len(name) < 3:
+        return None
+    return next((day for day, full in enumerate(FULL_DAY_NAMES) if full.startswith(name)), None)
+
+
 def _days(value: Any, path: str) -> frozenset[int]:
     names = value if isinstance(value, list) else str(value).replace(" ", "").split(",")
     days: set[int] = set()
     for name in names:
         text = str(name).lower()
+        first, _, last = text.partition("-")
+        ends = (_day(first), _day(last)) if last else (None, None)
         if text in DAY_GROUPS:
             days |= DAY_GROUPS[text]
-        elif "-" in text and all(part[:3] in DAY_NAMES for part in text.split("-", 1)):
-            first, last = (DAY_NAMES.index(part[:3]) for part in text.split("-", 1))
-            days |= {(first + offset) % 7 for offset in range((last - first) % 7 + 1)}
-        elif text[:3] in DAY_NAMES:
-            days.add(DAY_NAMES.index(text[:3]))
+        elif ends[0] is not None and ends[1] is not None:
+            days |= {(ends[0] + offset) % 7 for offset in range((ends[1] - ends[0]) % 7 + 1)}
+        elif (day := _day(text)) is not None:
+            days.add(day)
         else:
             raise SizingConfigError(
                 f"{path}: must name days (weekdays, weekends, daily, mon..sun, mon-fri), got {name!r}")
+    if not days:
+        raise SizingConfigError(f"{path}: must name at least one day")
     return frozenset(days)
 
 

@@ -4,6 +4,7 @@ cooldown and the safety floors, on the controller the reconcile pass and the rep
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import datetime, timezone
 
 import pytest
@@ -40,6 +41,17 @@ def at(day: int, hour: float) -> float:
      'pools[0].sizing: schedule[0].start: must be a time HH:MM, got \'7am\''),
     ('{schedule: [{days: workdays, start: "07:00", end: "19:00", size: 40}]}',
      "pools[0].sizing: schedule[0].days: must name days"),
+    # A typo fails the load rather than sizing the pool on some other day (mon..., sat..., sun...).
+    ('{schedule: [{days: monkey, start: "07:00", end: "19:00", size: 40}]}',
+     "pools[0].sizing: schedule[0].days: must name days"),
+    ('{schedule: [{days: satan, start: "07:00", end: "19:00", size: 40}]}',
+     "pools[0].sizing: schedule[0].days: must name days"),
+    ('{schedule: [{days: "mon-", start: "07:00", end: "19:00", size: 40}]}',
+     "pools[0].sizing: schedule[0].days: must name days"),
+    ('{schedule: [{days: "tue-fir", start: "07:00", end: "19:00", size: 40}]}',
+     "pools[0].sizing: schedule[0].days: must name days"),
+    ('{schedule: [{days: [], start: "07:00", end: "19:00", size: 40}]}',
+     "pools[0].sizing: schedule[0].days: must name at least one day"),
     ('{schedule: [{start: "07:00", end: "19:00"}]}', "pools[0].sizing: schedule[0].size: is required"),
     ('{timezone: Mars/Olympus}', "pools[0].sizing: timezone: unknown time zone 'Mars/Olympus'"),
     ('{demand: {min: 5, max: 2}}', "pools[0].sizing: demand.max: must be at least min (5), got 2"),
@@ -61,6 +73,16 @@ def test_unknown_global_time_zone_fails_the_load() -> None:
 
 
 # --- schedule ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("days, expected", [
+    ("weekdays", {0, 1, 2, 3, 4}), ("Monday", {0}), ("tues", {1}), ("thurs", {3}), ("Sundays", {6}),
+    ("fri-mon", {4, 5, 6, 0}), ("mon - wed, sat", {0, 1, 2, 5}), (["sat", "sunday"], {5, 6}),
+])
+def test_days_spelled_as_people_do(days: object, expected: set[int]) -> None:
+    pool = pool_with(f'{{schedule: [{{days: {json.dumps(days)}, start: "07:00", end: "19:00", size: 4}}]}}')
+    assert pool.sizing.windows[0].days == expected
+
 
 
 WORKDAY = '{schedule: [{days: weekdays, start: "07:00", end: "19:00", size: 40}]}'
