@@ -106,7 +106,10 @@ class SizingBackend(Protocol):
         the service has no record of."""
         ...
 
-    def save(self, pool: str, now: float, state: DemandState) -> None: ...
+    def save(self, pool: str, now: float, state: DemandState) -> DemandState:
+        """Keep ``state`` unless another decision was saved since ``load``; returns the one that
+        stands (and marks the day as one the service ran on)."""
+        ...
 
 
 def _clamp(value: int, settings: DemandSettings) -> int:
@@ -172,7 +175,7 @@ class SizeController:
             wanted = max(wanted, _clamp(pool.size, settings))  # no history: never below the configured size
         state = hold_for_cooldown(inputs.previous, wanted, now, settings.cooldown_minutes * 60.0)
         state = dataclasses.replace(state, predicted=found.expected)
-        self.backend.save(pool.name, now, state)
+        state = self.backend.save(pool.name, now, state)
         self.last_forecast = found
         decision = decide(pool, sizing, now, self.default_timezone, None, state.size, found.expected)
         previous_size = inputs.previous.size if inputs.previous else None
@@ -193,6 +196,8 @@ class RedisSizingBackend:
         self.store = store
         self.keys = store.keys
         self._size_key = self.keys.pool_override(SIZE)
+        self._loaded: dict[str, str] = {}
+        """pool -> its decision as ``load`` read it ('' when none): what ``save`` expects to replace."""
 
     def load(self, pool: str, now: float, with_demand: bool) -> Inputs:
         today = demand.epoch_minute(now)
@@ -211,6 +216,7 @@ class RedisSizingBackend:
             return Inputs(override, None, None)
         total = sum(_number(pair[0]) or 0.0 for pair in answers[2:])
         count = sum(_number(pair[1]) or 0.0 for pair in answers[2:])
+        self._loaded[pool] = answers[1] or ""
         return Inputs(override, DemandState.from_json(answers[1]),
                       total / count if count >= 1 else None)
 
@@ -236,15 +242,21 @@ class RedisSizingBackend:
             result.append(counts if known else None)
         return result
 
-    def save(self, pool: str, now: float, state: DemandState) -> None:
+    def save(self, pool: str, now: float, state: DemandState) -> DemandState:
+        """Keep ``state`` unless another pass saved a decision since ``load`` read one
+        (lua/sizing_save.lua); then that one stands, if readable. Marks today as seen."""
         day, _ = demand.day_and_minute(demand.epoch_minute(now))
-        today = self.keys.demand(pool, day)
         with _translate_errors():
-            pipe = self.store.client.pipeline(transaction=False)
-            pipe.hset(self.keys.sizing_state, pool, state.to_json())
-            pipe.hset(today, demand.SEEN_FIELD, "1")
-            pipe.expire(today, demand.HISTORY_TTL_SECONDS)
-            pipe.execute()
+            saved, stored = self.store.scripts.sizing_save(
+                keys=[self.keys.sizing_state, self.keys.demand(pool, day)],
+                args=[pool, self._loaded.get(pool, ""), state.to_json(), demand.SEEN_FIELD,
+                      demand.HISTORY_TTL_SECONDS])
+        if int(saved):
+            self._loaded[pool] = state.to_json()
+            return state
+        newer = DemandState.from_json(stored)
+        self._loaded[pool] = stored or ""
+        return state if newer is None else newer
 
     def current(self, pools: Sequence[PoolConfig]) -> tuple[dict[str, int | None], dict[str, DemandState | None]]:
         """Overrides and stored demand states of ``pools``, in one round trip (for /status)."""

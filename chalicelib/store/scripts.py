@@ -86,6 +86,7 @@ class Scripts:
         self.pool_snapshot = load("pool_snapshot")
         self.finish_clones = load("finish_clones")
         self.pool_overrides = load("pool_overrides")
+        self.sizing_save = load("sizing_save")
 
 
 ScriptCall = tuple[_Script, Sequence[str], Sequence[Any]]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pytest
 
@@ -16,8 +16,8 @@ from chalicelib.clock import FakeClock
 from chalicelib.config import parse
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.services import Services, demand_sized_pools
-from chalicelib.sizing.controller import current_sizes
-from chalicelib.sizing.demand import HISTORY_TTL_SECONDS, day_and_minute, epoch_minute
+from chalicelib.sizing.controller import RedisSizingBackend, SizeController, current_sizes
+from chalicelib.sizing.demand import HISTORY_TTL_SECONDS, Window, day_and_minute, epoch_minute
 from chalicelib.store import CheckoutRequest
 from chalicelib.store.pool_overrides import PoolOverrides
 from tests.harness import Harness, HarnessFactory
@@ -319,3 +319,30 @@ def test_a_decision_stamped_by_a_clock_running_ahead_holds_the_pool_no_longer_th
     burst(11)
     assert demand_state()["size"] > 10
     assert world.count("dem", "ready") + world.count("dem", "pending") > 10
+
+
+def test_a_stale_pass_does_not_overwrite_the_decision_a_newer_pass_saved(world: Harness) -> None:
+    # Two passes of one pool at once (one paused past its lease): the stale one read the demand
+    # before a burst, the newer one saw the burst and grew the pool. The stale shrink must not
+    # replace that growth: it would hold the pool small through the burst for a cooldown.
+    settle(world, "dem")
+    for _ in range(3):
+        take(world, "dem", 5)
+        world.clock.advance(60)
+        world.reconcile("dem")
+    world.clock.advance(11 * 60)  # quiet for longer than the recent window and the cooldown
+    grown: list[int] = []
+
+    class BurstDuringTheRead(RedisSizingBackend):
+        def demand(self, pool: str, windows: Sequence[Window]) -> list[list[int] | None]:
+            counts = super().demand(pool, windows)  # no recent demand: this pass will shrink
+            take(world, "dem", 100)  # the burst; the newer pass sees it and grows
+            world.reconcile("dem")
+            grown.append(int(json.loads(world.client.hget(world.store.keys.sizing_state, "dem"))["size"]))
+            return counts
+
+    stale = SizeController(BurstDuringTheRead(world.store), "UTC").target(world.config.pool("dem"), world.clock.now())
+    assert stale.size == grown[0] > 10  # the newer decision stands, in this pass too
+    world.clock.advance(60)
+    world.reconcile("dem")
+    assert json.loads(world.client.hget(world.store.keys.sizing_state, "dem"))["size"] >= grown[0]

@@ -84,9 +84,10 @@ class MemoryBackend:
             result.append([self.counts.get(minute, 0) for minute in minutes] if known else None)
         return result
 
-    def save(self, pool: str, now: float, state: DemandState) -> None:
+    def save(self, pool: str, now: float, state: DemandState) -> DemandState:
         self.state = state
         self.seen_days.add(demand.day_and_minute(demand.epoch_minute(now))[0])
+        return state
 
 
 @dataclass
