@@ -113,6 +113,37 @@ def test_schedule_follows_the_pools_time_zone_then_the_global_one() -> None:
     assert current_window(berlin.sizing, july_monday, "UTC") is not None
 
 
+def utc(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+
+
+@pytest.mark.parametrize("zone, window, moment, covered", [
+    # Berlin springs forward on Sunday 2027-03-28 02:00 -> 03:00 (01:00 UTC): a window in the gap
+    # does not apply, one starting in it applies from the gap's end, for its wall-clock length.
+    ("Europe/Berlin", "sun 02:30-02:45", "2027-03-28 00:59", False),
+    ("Europe/Berlin", "sun 02:30-02:45", "2027-03-28 01:00", False),
+    ("Europe/Berlin", "sun 02:30-03:30", "2027-03-28 01:00", True),
+    ("Europe/Berlin", "sun 02:30-03:30", "2027-03-28 01:30", False),
+    # ... and falls back on 2027-10-31 03:00 -> 02:00: the repeated hour is covered twice.
+    ("Europe/Berlin", "sun 02:30-02:45", "2027-10-31 00:35", True),
+    ("Europe/Berlin", "sun 02:30-02:45", "2027-10-31 01:35", True),
+    # Lord Howe moves 30 minutes: 02:00 -> 02:30 on 2027-10-03 (15:30 UTC the day before).
+    ("Australia/Lord_Howe", "sun 01:30-02:15", "2027-10-02 15:25", True),
+    ("Australia/Lord_Howe", "sun 01:30-02:15", "2027-10-02 15:30", False),
+    ("Australia/Lord_Howe", "sun 02:30-03:00", "2027-10-02 15:30", True),
+    # Sao Paulo's DST began at midnight (2018-11-04 00:00 -> 01:00): a Saturday-night window past
+    # midnight ends with the Saturday.
+    ("America/Sao_Paulo", "sat 22:00-00:30", "2018-11-04 02:59", True),
+    ("America/Sao_Paulo", "sat 22:00-00:30", "2018-11-04 03:00", False),
+])
+def test_windows_are_wall_clock_times_across_daylight_saving_changes(
+        zone: str, window: str, moment: str, covered: bool) -> None:
+    days, times = window.split()
+    start, end = times.split("-")
+    pool = pool_with(f'{{timezone: {zone}, schedule: [{{days: {days}, start: "{start}", end: "{end}", size: 9}}]}}')
+    assert (current_window(pool.sizing, utc(moment), None) is not None) is covered
+
+
 def test_window_past_midnight_and_first_window_wins() -> None:
     pool = pool_with('{schedule: [{days: fri, start: "22:00", end: "02:00", size: 12},'
                      ' {days: daily, start: "00:00", end: "24:00", size: 3}]}')
