@@ -99,7 +99,11 @@ class Inputs:
 class SizingBackend(Protocol):
     """Where a controller reads its inputs and keeps its state: Redis, or the simulator's memory."""
 
-    def load(self, pool: str, now: float, with_demand: bool) -> Inputs: ...
+    def load(self, pool: str, now: float, with_demand: bool) -> Inputs:
+        """The pass's inputs. With demand: first marks today as a day the service ran on (this
+        pass runs today), so the recent window of the first pass after midnight UTC reads the
+        minutes before it as they are, not as unknown."""
+        ...
 
     def demand(self, pool: str, windows: Sequence[Window]) -> list[list[int] | None]:
         """Per-minute demand (checkouts + misses) in each window; None for a window with a day
@@ -108,7 +112,7 @@ class SizingBackend(Protocol):
 
     def save(self, pool: str, now: float, state: DemandState) -> DemandState:
         """Keep ``state`` unless another decision was saved since ``load``; returns the one that
-        stands (and marks the day as one the service ran on)."""
+        stands."""
         ...
 
 
@@ -207,6 +211,8 @@ class RedisSizingBackend:
             pipe = self.store.client.pipeline(transaction=False)
             pipe.hget(self._size_key, pool)
             if with_demand:
+                pipe.hset(self.keys.demand(pool, days[0]), demand.SEEN_FIELD, "1")
+                pipe.expire(self.keys.demand(pool, days[0]), demand.HISTORY_TTL_SECONDS)
                 pipe.hget(self.keys.sizing_state, pool)
                 for day in days:
                     pipe.hmget(self.keys.daily(day), [f"{scope}:total", f"{scope}:count"])
@@ -214,10 +220,11 @@ class RedisSizingBackend:
         override = stored_size(answers[0])
         if not with_demand:
             return Inputs(override, None, None)
-        total = sum(_number(pair[0]) or 0.0 for pair in answers[2:])
-        count = sum(_number(pair[1]) or 0.0 for pair in answers[2:])
-        self._loaded[pool] = answers[1] or ""
-        return Inputs(override, DemandState.from_json(answers[1]),
+        stored_state, boot_figures = answers[3], answers[4:]
+        total = sum(_number(pair[0]) or 0.0 for pair in boot_figures)
+        count = sum(_number(pair[1]) or 0.0 for pair in boot_figures)
+        self._loaded[pool] = stored_state or ""
+        return Inputs(override, DemandState.from_json(stored_state),
                       total / count if count >= 1 else None)
 
     def demand(self, pool: str, windows: Sequence[Window]) -> list[list[int] | None]:
@@ -244,13 +251,10 @@ class RedisSizingBackend:
 
     def save(self, pool: str, now: float, state: DemandState) -> DemandState:
         """Keep ``state`` unless another pass saved a decision since ``load`` read one
-        (lua/sizing_save.lua); then that one stands, if readable. Marks today as seen."""
-        day, _ = demand.day_and_minute(demand.epoch_minute(now))
+        (lua/sizing_save.lua); then that one stands, if readable."""
         with _translate_errors():
             saved, stored = self.store.scripts.sizing_save(
-                keys=[self.keys.sizing_state, self.keys.demand(pool, day)],
-                args=[pool, self._loaded.get(pool, ""), state.to_json(), demand.SEEN_FIELD,
-                      demand.HISTORY_TTL_SECONDS])
+                keys=[self.keys.sizing_state], args=[pool, self._loaded.get(pool, ""), state.to_json()])
         if int(saved):
             self._loaded[pool] = state.to_json()
             return state

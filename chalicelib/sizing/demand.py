@@ -5,8 +5,9 @@ per-minute bucket: hash ``demand:<pool>:<UTC day>``, fields ``c<minute of day>``
 and ``m<minute of day>`` (VMs asked for in vain), kept ``HISTORY_TTL_SECONDS``: today and the
 same weekday a week ago, a bounded 9 days at most 2 * 1440 fields each. The checkout script does
 the counting in the same step as the checkout (store/lua/checkout.lua). The reconcile pass sets
-the field ``seen`` on today's hash, so a day the service ran with no checkout at all reads as a
-day of zero demand, and a day it did not run (or history lost with a Redis failover) as unknown.
+the field ``seen`` on today's hash before it reads the history, so a day the service ran with no
+checkout at all reads as a day of zero demand, and a day it did not run (or history lost with a
+Redis failover) as unknown.
 Bounded: a few small hashes per pool, whatever callers do (misses count into existing fields).
 
 The forecast (pure): the pool must cover, from its ready VMs, whatever is checked out while a

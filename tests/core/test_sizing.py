@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -346,3 +347,21 @@ def test_a_stale_pass_does_not_overwrite_the_decision_a_newer_pass_saved(world: 
     world.clock.advance(60)
     world.reconcile("dem")
     assert json.loads(world.client.hget(world.store.keys.sizing_state, "dem"))["size"] >= grown[0]
+
+
+def test_steady_demand_keeps_its_size_across_midnight_utc(world: Harness) -> None:
+    # The demand history is kept per UTC day. The first pass after midnight must still see the
+    # last minutes' demand: reading them as unknown (today not yet marked as a day the service
+    # ran) shrank the pool, and the cooldown then held the shrink for 10 minutes of steady load.
+    settle(world, "dem")
+    world.clock.advance(16 * 3600 - 25 * 60)  # Friday 23:35 UTC or so
+    sizes: dict[str, int] = {}
+    for _ in range(40):
+        take(world, "dem", 2)
+        world.clock.advance(60)
+        world.reconcile("dem")
+        state = json.loads(world.client.hget(world.store.keys.sizing_state, "dem"))
+        sizes[datetime.fromtimestamp(world.clock.now(), timezone.utc).strftime("%H:%M")] = state["size"]
+    before = sizes["23:59"]
+    assert before > 2
+    assert min(size for minute, size in sizes.items() if minute < "01") >= before, sizes
