@@ -365,3 +365,16 @@ def test_steady_demand_keeps_its_size_across_midnight_utc(world: Harness) -> Non
     before = sizes["23:59"]
     assert before > 2
     assert min(size for minute, size in sizes.items() if minute < "01") >= before, sizes
+
+
+@pytest.mark.parametrize("broken", ["not a number", "1.5", "99999999999999999999"])
+def test_a_demand_count_broken_in_redis_does_not_fail_checkouts(world: Harness, broken: str) -> None:
+    # The checkout script counts demand in the same step: a bucket it cannot add to must not
+    # turn every checkout of the pool in that minute into an error.
+    settle(world, "dem")
+    day, minute = day_and_minute(epoch_minute(world.clock.now()))
+    world.client.hset(world.store.keys.demand("dem", day), mapping={f"c{minute}": broken, f"m{minute}": broken})
+    assert take(world, "dem", 1)
+    assert not take(world, "dem", 5)  # a miss is counted too
+    counts = bucket(world, "dem")
+    assert (counts[f"c{minute}"], counts[f"m{minute}"]) == ("1", "5")
