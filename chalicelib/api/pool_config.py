@@ -90,7 +90,7 @@ def _override(services: Services, request: ApiRequest, setting: _Setting) -> Api
         raise ApiError(400, {setting.error_key: invalid})
     # Setting a pool back to its configured value removes its override; the script changes every
     # pool or none, and says which ones it changed (201), from the values as it finds them.
-    stored = {name: None if value == _value(_configured(services, name), setting) else value
+    stored = {name: None if _as_configured(_configured(services, name), setting, value) else value
               for name, value in wanted.items()}
     return _changed(services, PoolOverrides(services.store).set_many(setting.field, stored))
 
@@ -109,6 +109,16 @@ def _clear(services: Services, request: ApiRequest, setting: _Setting) -> ApiRes
     answer = _changed(services, [name])
     answer.body.update(before)
     return answer
+
+
+def _as_configured(pool: PoolConfig, setting: _Setting, value: Any) -> bool:
+    """Whether ``value`` is what the pool has without an override (then setting it removes the
+    override, as vmpooler). A pool with a ``sizing`` block has no such size: its schedule or
+    demand sizes it, not ``size``; any size asked for it is kept as an override, else asking for
+    its configured ``size`` during a window would change nothing."""
+    if setting is _SIZE and pool.sizing is not None:
+        return False
+    return bool(value == _value(pool, setting))
 
 
 def _value(pool: PoolConfig, setting: _Setting) -> Any:

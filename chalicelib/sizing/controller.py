@@ -71,13 +71,18 @@ class DemandState:
 
     @classmethod
     def from_json(cls, text: str | None) -> "DemandState | None":
-        """The stored state; None when absent or unreadable (then the pool starts afresh)."""
+        """The stored state; None when absent or unreadable, a size or time that is not a finite
+        number included (then the pool starts afresh)."""
         if not text:
             return None
         try:
             data = json.loads(text)
-            return cls(int(data["size"]), float(data["changed_at"]), str(data.get("direction", "")),
-                       None if data.get("predicted") is None else float(data["predicted"]))
+            size, changed_at = float(data["size"]), float(data["changed_at"])
+            predicted = None if data.get("predicted") is None else float(data["predicted"])
+            if not (math.isfinite(size) and math.isfinite(changed_at)):
+                return None
+            return cls(int(size), changed_at, str(data.get("direction", "")),
+                       predicted if predicted is not None and math.isfinite(predicted) else None)
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
 
@@ -94,14 +99,21 @@ class Inputs:
 class SizingBackend(Protocol):
     """Where a controller reads its inputs and keeps its state: Redis, or the simulator's memory."""
 
-    def load(self, pool: str, now: float, with_demand: bool) -> Inputs: ...
+    def load(self, pool: str, now: float, with_demand: bool) -> Inputs:
+        """The pass's inputs. With demand: first marks today as a day the service ran on (this
+        pass runs today), so the recent window of the first pass after midnight UTC reads the
+        minutes before it as they are, not as unknown."""
+        ...
 
     def demand(self, pool: str, windows: Sequence[Window]) -> list[list[int] | None]:
         """Per-minute demand (checkouts + misses) in each window; None for a window with a day
         the service has no record of."""
         ...
 
-    def save(self, pool: str, now: float, state: DemandState) -> None: ...
+    def save(self, pool: str, now: float, state: DemandState) -> DemandState:
+        """Keep ``state`` unless another decision was saved since ``load``; returns the one that
+        stands."""
+        ...
 
 
 def _clamp(value: int, settings: DemandSettings) -> int:
@@ -115,7 +127,9 @@ def hold_for_cooldown(previous: DemandState | None, wanted: int, now: float, coo
     if wanted == previous.size:
         return previous
     direction = "up" if wanted > previous.size else "down"
-    cooling = now - previous.changed_at < cooldown_seconds
+    # A change stamped in the future (by a process whose clock runs ahead, or before this one's
+    # was set back) cools for a cooldown around its stamp, not until this clock reaches it.
+    cooling = abs(now - previous.changed_at) < cooldown_seconds
     if cooling and (direction == "down" or previous.direction == "down"):
         return previous
     return DemandState(wanted, now, direction)
@@ -165,7 +179,7 @@ class SizeController:
             wanted = max(wanted, _clamp(pool.size, settings))  # no history: never below the configured size
         state = hold_for_cooldown(inputs.previous, wanted, now, settings.cooldown_minutes * 60.0)
         state = dataclasses.replace(state, predicted=found.expected)
-        self.backend.save(pool.name, now, state)
+        state = self.backend.save(pool.name, now, state)
         self.last_forecast = found
         decision = decide(pool, sizing, now, self.default_timezone, None, state.size, found.expected)
         previous_size = inputs.previous.size if inputs.previous else None
@@ -186,6 +200,8 @@ class RedisSizingBackend:
         self.store = store
         self.keys = store.keys
         self._size_key = self.keys.pool_override(SIZE)
+        self._loaded: dict[str, str] = {}
+        """pool -> its decision as ``load`` read it ('' when none): what ``save`` expects to replace."""
 
     def load(self, pool: str, now: float, with_demand: bool) -> Inputs:
         today = demand.epoch_minute(now)
@@ -195,6 +211,8 @@ class RedisSizingBackend:
             pipe = self.store.client.pipeline(transaction=False)
             pipe.hget(self._size_key, pool)
             if with_demand:
+                pipe.hset(self.keys.demand(pool, days[0]), demand.SEEN_FIELD, "1")
+                pipe.expire(self.keys.demand(pool, days[0]), demand.HISTORY_TTL_SECONDS)
                 pipe.hget(self.keys.sizing_state, pool)
                 for day in days:
                     pipe.hmget(self.keys.daily(day), [f"{scope}:total", f"{scope}:count"])
@@ -202,10 +220,12 @@ class RedisSizingBackend:
         override = valid_size(answers[0])
         if not with_demand:
             return Inputs(override, None, None)
-        total = sum(_number(pair[0]) or 0.0 for pair in answers[2:])
-        count = sum(_number(pair[1]) or 0.0 for pair in answers[2:])
-        return Inputs(override, DemandState.from_json(answers[1]),
-                      total / count if count else None)
+        stored_state, boot_figures = answers[3], answers[4:]
+        total = sum(_number(pair[0]) or 0.0 for pair in boot_figures)
+        count = sum(_number(pair[1]) or 0.0 for pair in boot_figures)
+        self._loaded[pool] = stored_state or ""
+        return Inputs(override, DemandState.from_json(stored_state),
+                      total / count if count >= 1 else None)
 
     def demand(self, pool: str, windows: Sequence[Window]) -> list[list[int] | None]:
         plan: list[list[tuple[str, range]]] = [window.segments() for window in windows]
@@ -229,15 +249,18 @@ class RedisSizingBackend:
             result.append(counts if known else None)
         return result
 
-    def save(self, pool: str, now: float, state: DemandState) -> None:
-        day, _ = demand.day_and_minute(demand.epoch_minute(now))
-        today = self.keys.demand(pool, day)
+    def save(self, pool: str, now: float, state: DemandState) -> DemandState:
+        """Keep ``state`` unless another pass saved a decision since ``load`` read one
+        (lua/sizing_save.lua); then that one stands, if readable."""
         with _translate_errors():
-            pipe = self.store.client.pipeline(transaction=False)
-            pipe.hset(self.keys.sizing_state, pool, state.to_json())
-            pipe.hset(today, demand.SEEN_FIELD, "1")
-            pipe.expire(today, demand.HISTORY_TTL_SECONDS)
-            pipe.execute()
+            saved, stored = self.store.scripts.sizing_save(
+                keys=[self.keys.sizing_state], args=[pool, self._loaded.get(pool, ""), state.to_json()])
+        if int(saved):
+            self._loaded[pool] = state.to_json()
+            return state
+        newer = DemandState.from_json(stored)
+        self._loaded[pool] = stored or ""
+        return state if newer is None else newer
 
     def current(self, pools: Sequence[PoolConfig]) -> tuple[dict[str, int | None], dict[str, DemandState | None]]:
         """Overrides and stored demand states of ``pools``, in one round trip (for /status)."""
@@ -254,8 +277,8 @@ class RedisSizingBackend:
 
 
 def _number(value: Any) -> float | None:
-    """A Redis value as a finite number; None when absent or not one (broken history reads as
-    none: ``inf`` or ``nan`` made ``int()`` raise out of the pass)."""
+    """A Redis value as a finite number; None when absent, not a number, NaN or infinite (broken
+    history reads as none)."""
     if value is None:
         return None
     try:
@@ -271,9 +294,14 @@ def _configured(pool: PoolConfig) -> PoolConfig:
     return pool if size is None else dataclasses.replace(pool, size=int(size))
 
 
+MAX_MINUTE_COUNT = 1_000_000
+"""The most VMs one minute's bucket counts. A pool is at most ``MAX_SIZE`` VMs, so a bigger count
+(only a broken one) changes no size; bounded, sums of many stay within a float."""
+
+
 def _count(value: Any) -> int:
     """A demand bucket's count: broken or negative values count as none."""
-    return max(int(_number(value) or 0), 0)
+    return min(max(int(_number(value) or 0), 0), MAX_MINUTE_COUNT)
 
 
 def target_size(store: Store, pool: PoolConfig, now: float, default_timezone: str | None) -> SizeDecision:

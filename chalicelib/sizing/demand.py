@@ -5,8 +5,9 @@ per-minute bucket: hash ``demand:<pool>:<UTC day>``, fields ``c<minute of day>``
 and ``m<minute of day>`` (VMs asked for in vain), kept ``HISTORY_TTL_SECONDS``: today and the
 same weekday a week ago, a bounded 9 days at most 2 * 1440 fields each. The checkout script does
 the counting in the same step as the checkout (store/lua/checkout.lua). The reconcile pass sets
-the field ``seen`` on today's hash, so a day the service ran with no checkout at all reads as a
-day of zero demand, and a day it did not run (or history lost with a Redis failover) as unknown.
+the field ``seen`` on today's hash before it reads the history, so a day the service ran with no
+checkout at all reads as a day of zero demand, and a day it did not run (or history lost with a
+Redis failover) as unknown.
 Bounded: a few small hashes per pool, whatever callers do (misses count into existing fields).
 
 The forecast (pure): the pool must cover, from its ready VMs, whatever is checked out while a
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Sequence
 
-from chalicelib.sizing.settings import DemandSettings
+from chalicelib.sizing.settings import MAX_LEAD_TIME_MINUTES, DemandSettings
 
 MINUTES_PER_DAY = 1440
 WEEK_MINUTES = 7 * MINUTES_PER_DAY
@@ -65,9 +66,14 @@ class Window:
 
 
 def lead_minutes(measured_seconds: float | None, settings: DemandSettings) -> int:
-    """Whole minutes a replacement takes: the measured clone+boot time, else the setting."""
-    seconds = measured_seconds if measured_seconds and measured_seconds > 0 else settings.lead_time_minutes * 60
-    return max(1, math.ceil(seconds / 60))
+    """Whole minutes a replacement takes: the measured clone+boot time, else the setting; at most
+    ``MAX_LEAD_TIME_MINUTES``. The history read grows with the lead (``horizon_minutes``): a
+    measured average that is absurd (a boot timed across a clock jump, a total broken in Redis)
+    must not make a pass read years of minutes."""
+    seconds = settings.lead_time_minutes * 60
+    if measured_seconds is not None and math.isfinite(measured_seconds) and measured_seconds > 0:
+        seconds = measured_seconds
+    return max(1, min(math.ceil(seconds / 60), MAX_LEAD_TIME_MINUTES))
 
 
 def horizon_minutes(settings: DemandSettings, lead: int) -> int:

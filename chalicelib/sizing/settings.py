@@ -33,6 +33,8 @@ TIMEZONE_PATTERN = re.compile(r"^[A-Za-z0-9_+-]{1,30}(/[A-Za-z0-9_+-]{1,30}){0,3
 """The shape of an IANA zone name (``America/Argentina/Buenos_Aires``, ``Etc/GMT+5``)."""
 MAX_WINDOWS = 50
 MAX_SIZE = 10000
+MAX_LEAD_TIME_MINUTES = 240
+"""The longest clone + boot time sizing plans for, configured (``lead_time``) or measured."""
 
 
 class SizingConfigError(ValueError):
@@ -105,21 +107,38 @@ def _time(value: Any, path: str) -> int:
     return int(hours) * 60 + int(minutes)
 
 
+FULL_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _day(name: str) -> int | None:
+    """A day (0 = Monday) from its name: the full name (``sunday``, ``sundays``) or its first
+    three letters or more (``mon``, ``tues``, ``thurs``); None for anything else (``monkey``,
+    ``satan``): a typo must fail the load, not size the pool on some other day."""
+    if name.endswith("s") and name[:-1] in FULL_DAY_NAMES:
+        name = name[:-1]
+    if len(name) < 3:
+        return None
+    return next((day for day, full in enumerate(FULL_DAY_NAMES) if full.startswith(name)), None)
+
+
 def _days(value: Any, path: str) -> frozenset[int]:
     names = value if isinstance(value, list) else str(value).replace(" ", "").split(",")
     days: set[int] = set()
     for name in names:
         text = str(name).lower()
+        first, _, last = text.partition("-")
+        ends = (_day(first), _day(last)) if last else (None, None)
         if text in DAY_GROUPS:
             days |= DAY_GROUPS[text]
-        elif "-" in text and all(part[:3] in DAY_NAMES for part in text.split("-", 1)):
-            first, last = (DAY_NAMES.index(part[:3]) for part in text.split("-", 1))
-            days |= {(first + offset) % 7 for offset in range((last - first) % 7 + 1)}
-        elif text[:3] in DAY_NAMES:
-            days.add(DAY_NAMES.index(text[:3]))
+        elif ends[0] is not None and ends[1] is not None:
+            days |= {(ends[0] + offset) % 7 for offset in range((ends[1] - ends[0]) % 7 + 1)}
+        elif (day := _day(text)) is not None:
+            days.add(day)
         else:
             raise SizingConfigError(
                 f"{path}: must name days (weekdays, weekends, daily, mon..sun, mon-fri), got {name!r}")
+    if not days:
+        raise SizingConfigError(f"{path}: must name at least one day")
     return frozenset(days)
 
 
@@ -191,7 +210,8 @@ def _demand(raw: Any, path: str) -> DemandSettings | None:
         drain_grace_minutes=_int(raw.get("drain_grace", defaults.drain_grace_minutes), f"{path}.drain_grace", 0, 1440),
         recent_minutes=_int(raw.get("recent_minutes", defaults.recent_minutes), f"{path}.recent_minutes", 1, 120),
         safety=_number(raw.get("safety", defaults.safety), f"{path}.safety", 0, 10),
-        lead_time_minutes=_number(raw.get("lead_time", defaults.lead_time_minutes), f"{path}.lead_time", 0.1, 240),
+        lead_time_minutes=_number(raw.get("lead_time", defaults.lead_time_minutes), f"{path}.lead_time", 0.1,
+                                  MAX_LEAD_TIME_MINUTES),
     )
 
 

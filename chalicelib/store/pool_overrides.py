@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 
 from chalicelib.config import PoolConfig
 from chalicelib.config_fields import Invalid, inventory_path
+from chalicelib.sizing.settings import MAX_SIZE
 from chalicelib.store.store import Store, _translate_errors
 
 SIZE = "poolsize"
@@ -30,8 +31,6 @@ CLONE_TARGET = "clonetarget"
 SETTINGS = (SIZE, TEMPLATE, RESET, CLONE_TARGET)
 
 
-MAX_SIZE = 10000
-"""As the config loader allows."""
 MAX_TEMPLATE = 1024
 """A vSphere inventory path of a dozen folders of the 80 characters a name may have."""
 MAX_CLONE_TARGET = 255

@@ -115,3 +115,20 @@ def test_demand_history_that_is_not_a_finite_count_is_none(make_stack: Callable[
         stack.client.hset(stack.store.keys.demand("dem", day), mapping={SEEN_FIELD: "1", **fields})
     stack.reconcile("dem")
     assert sizes(stack)["dem"] == (1, "demand")  # no demand seen: its minimum
+
+
+def test_an_override_to_the_configured_size_holds_against_schedule_and_demand(
+        make_stack: Callable[[str], Harness]) -> None:
+    # Friday 08:00: the window sizes sched 3 (configured 1), demand sizes dem 2 (configured 4).
+    # An administrator asks for the configured sizes: that is an override like any other.
+    stack = make_stack(CONFIG)
+    reply = stack.post("/api/v3/config/poolsize", {"sched": "1", "dem": "4", "plain": "2"})
+    assert reply.status == 201
+    assert sizes(stack) == {"sched": (1, "override"), "dem": (4, "override"), "plain": (2, "config")}
+    assert stack.post("/api/v3/config/poolsize", {"sched": "1"}).status == 200  # already so
+    pool = stack.services.pool("sched")
+    report = reconcile_pool(stack.services.store, stack.services.provider("dummy"), pool, stack.clock,
+                            stack.config.service)
+    assert report.size == 1
+    assert stack.delete("/api/v3/config/poolsize/sched").status == 201
+    assert sizes(stack)["sched"] == (3, "schedule weekdays 08:00-09:00")

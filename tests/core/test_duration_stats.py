@@ -4,6 +4,9 @@ for the totals, which Redis itself adds sample by sample."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import redis
 
 from chalicelib.api.summary import day_metrics
@@ -66,3 +69,23 @@ def test_a_call_with_many_samples_costs_the_commands_of_one_but_for_the_totals(
 
     assert one.pop("hincrbyfloat") == 2 * 2 and many.pop("hincrbyfloat") == 2 * 40  # overall and per pool
     assert many == one == {"evalsha": 1, "hmget": 1, "hset": 1, "expire": 1}
+
+
+@pytest.mark.parametrize("figure", ["total", "count", "min", "max"])
+@pytest.mark.parametrize("broken", ["inf", "nan", "-inf", "not a number"])
+def test_a_figure_broken_in_redis_starts_again_instead_of_failing_every_pass(
+        redis_client: redis.Redis, figure: str, broken: str) -> None:
+    # A pass records its durations near its end: a figure HINCRBYFLOAT cannot add to would fail
+    # every pass of every pool that saw a VM boot, for the rest of the day (demand sizing reads
+    # the boot average as its lead time).
+    store = Store(redis_client)
+    store.record_durations(DAY, [DurationSample("boot", "alpha", 40.0)])
+    redis_client.hset(store.keys.daily(DAY), f"boot:pool:alpha:{figure}", broken)
+
+    store.record_durations(DAY, [DurationSample("boot", "alpha", 20.0)])
+
+    (stats,) = store.day_stats([DAY])
+    figures = {name: float(stats.values[f"boot:pool:alpha:{name}"]) for name in ("total", "count", "min", "max")}
+    assert all(math.isfinite(value) for value in figures.values()), figures
+    assert figures[figure] == {"total": 20.0, "count": 1.0, "min": 20.0, "max": 20.0}[figure]
+    assert float(stats.values["boot:total"]) == 60.0  # the other scopes carry on

@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pytest
 
 from chalicelib import observability as m
+from chalicelib.clock import FakeClock
 from chalicelib.config import parse
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.services import Services, demand_sized_pools
-from chalicelib.sizing.controller import current_sizes
-from chalicelib.sizing.demand import HISTORY_TTL_SECONDS, day_and_minute, epoch_minute
+from chalicelib.sizing.controller import RedisSizingBackend, SizeController, current_sizes
+from chalicelib.sizing.demand import HISTORY_TTL_SECONDS, Window, day_and_minute, epoch_minute
 from chalicelib.store import CheckoutRequest
 from chalicelib.store.pool_overrides import PoolOverrides
 from tests.harness import Harness, HarnessFactory
@@ -258,3 +260,121 @@ def test_runner_publishes_and_samples_the_effective_size(world: Harness, capsys:
                 if line.startswith("{") and f'"{m.CAPACITY}"' in line]
     sizes = current_sizes(services.store, services.pools(), world.clock.now(), None)
     assert capacity == [[4.0 + sizes["dem"].size + sizes["plain"].size]]  # not sched's configured 1
+
+
+def _write_broken(world: Harness, where: str, value: str) -> None:
+    """Write ``value`` where a pass of the demand pool reads a number."""
+    keys = world.store.keys
+    day, minute = day_and_minute(epoch_minute(world.clock.now()))
+    if where == "bucket":
+        world.client.hset(keys.demand("dem", day), mapping={"seen": "1", f"c{minute}": value, f"m{minute}": value})
+    elif where == "state":
+        world.client.hset(keys.sizing_state, "dem", value)
+    elif where == "lead":
+        world.client.hset(keys.daily(day), mapping={"boot:pool:dem:total": value, "boot:pool:dem:count": "1"})
+    else:
+        world.client.hset(keys.pool_override("poolsize"), "dem", value)
+
+
+@pytest.mark.parametrize("where, value", [
+    ("bucket", "nan"), ("bucket", "inf"), ("bucket", "1e400"),
+    ("state", '{"size": Infinity, "changed_at": 1, "direction": "up"}'),
+    ("state", '{"size": 3, "changed_at": NaN, "direction": "up", "predicted": Infinity}'),
+    ("lead", "inf"), ("lead", "1e300"),
+    ("override", "nan"), ("override", "1e400"), ("override", "2.5"),
+])
+def test_numbers_broken_in_redis_never_break_the_pass_nor_status(world: Harness, where: str, value: str) -> None:
+    # NaN, infinities and absurd values (a hand edit, a bad write) read as no value: the pool is
+    # sized as without them, every pass still runs, and /status answers.
+    _write_broken(world, where, value)
+    settle(world, "dem")
+    assert 1 <= world.count("dem", "ready") <= 30
+    reply = world.get("/api/v3/status?view=pools")
+    assert reply.status == 200
+    shown = reply.json["pools"]["dem"]
+    assert shown["size_reason"] == "demand" and 1 <= shown["max"] <= 30
+
+
+def test_a_decision_stamped_by_a_clock_running_ahead_holds_the_pool_no_longer_than_a_cooldown(
+        world: Harness) -> None:
+    settle(world, "dem")
+
+    def burst(minutes: int) -> None:
+        for _ in range(minutes):
+            take(world, "dem", 5)
+            world.clock.advance(60)
+            world.reconcile("dem")
+
+    def demand_state() -> dict[str, Any]:
+        return dict(json.loads(world.client.hget(world.store.keys.sizing_state, "dem")))
+
+    burst(3)
+    assert demand_state()["direction"] == "up"
+    # A pass on a process whose clock runs an hour ahead sees no recent demand and shrinks the
+    # pool's demand size, stamping the change an hour in the future.
+    ahead = FakeClock(world.clock.now() + 3600)
+    reconcile_pool(world.store, world.provider, world.pool("dem"), ahead, world.config.service)
+    assert demand_state()["direction"] == "down"
+    # Back on the right time, the burst goes on: the pool grows again once a cooldown (10
+    # minutes) has passed as this clock sees it, not an hour and ten minutes later.
+    burst(11)
+    assert demand_state()["size"] > 10
+    assert world.count("dem", "ready") + world.count("dem", "pending") > 10
+
+
+def test_a_stale_pass_does_not_overwrite_the_decision_a_newer_pass_saved(world: Harness) -> None:
+    # Two passes of one pool at once (one paused past its lease): the stale one read the demand
+    # before a burst, the newer one saw the burst and grew the pool. The stale shrink must not
+    # replace that growth: it would hold the pool small through the burst for a cooldown.
+    settle(world, "dem")
+    for _ in range(3):
+        take(world, "dem", 5)
+        world.clock.advance(60)
+        world.reconcile("dem")
+    world.clock.advance(11 * 60)  # quiet for longer than the recent window and the cooldown
+    grown: list[int] = []
+
+    class BurstDuringTheRead(RedisSizingBackend):
+        def demand(self, pool: str, windows: Sequence[Window]) -> list[list[int] | None]:
+            counts = super().demand(pool, windows)  # no recent demand: this pass will shrink
+            take(world, "dem", 100)  # the burst; the newer pass sees it and grows
+            world.reconcile("dem")
+            grown.append(int(json.loads(world.client.hget(world.store.keys.sizing_state, "dem"))["size"]))
+            return counts
+
+    stale = SizeController(BurstDuringTheRead(world.store), "UTC").target(world.config.pool("dem"), world.clock.now())
+    assert stale.size == grown[0] > 10  # the newer decision stands, in this pass too
+    world.clock.advance(60)
+    world.reconcile("dem")
+    assert json.loads(world.client.hget(world.store.keys.sizing_state, "dem"))["size"] >= grown[0]
+
+
+def test_steady_demand_keeps_its_size_across_midnight_utc(world: Harness) -> None:
+    # The demand history is kept per UTC day. The first pass after midnight must still see the
+    # last minutes' demand: reading them as unknown (today not yet marked as a day the service
+    # ran) shrank the pool, and the cooldown then held the shrink for 10 minutes of steady load.
+    settle(world, "dem")
+    world.clock.advance(16 * 3600 - 25 * 60)  # Friday 23:35 UTC or so
+    sizes: dict[str, int] = {}
+    for _ in range(40):
+        take(world, "dem", 2)
+        world.clock.advance(60)
+        world.reconcile("dem")
+        state = json.loads(world.client.hget(world.store.keys.sizing_state, "dem"))
+        sizes[datetime.fromtimestamp(world.clock.now(), timezone.utc).strftime("%H:%M")] = state["size"]
+    before = sizes["23:59"]
+    assert before > 2
+    assert min(size for minute, size in sizes.items() if minute < "01") >= before, sizes
+
+
+@pytest.mark.parametrize("broken", ["not a number", "1.5", "99999999999999999999"])
+def test_a_demand_count_broken_in_redis_does_not_fail_checkouts(world: Harness, broken: str) -> None:
+    # The checkout script counts demand in the same step: a bucket it cannot add to must not
+    # turn every checkout of the pool in that minute into an error.
+    settle(world, "dem")
+    day, minute = day_and_minute(epoch_minute(world.clock.now()))
+    world.client.hset(world.store.keys.demand("dem", day), mapping={f"c{minute}": broken, f"m{minute}": broken})
+    assert take(world, "dem", 1)
+    assert not take(world, "dem", 5)  # a miss is counted too
+    counts = bucket(world, "dem")
+    assert (counts[f"c{minute}"], counts[f"m{minute}"]) == ("1", "5")

@@ -4,6 +4,7 @@ cooldown and the safety floors, on the controller the reconcile pass and the rep
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import datetime, timezone
 
 import pytest
@@ -40,6 +41,17 @@ def at(day: int, hour: float) -> float:
      'pools[0].sizing: schedule[0].start: must be a time HH:MM, got \'7am\''),
     ('{schedule: [{days: workdays, start: "07:00", end: "19:00", size: 40}]}',
      "pools[0].sizing: schedule[0].days: must name days"),
+    # A typo fails the load rather than sizing the pool on some other day (mon..., sat..., sun...).
+    ('{schedule: [{days: monkey, start: "07:00", end: "19:00", size: 40}]}',
+     "pools[0].sizing: schedule[0].days: must name days"),
+    ('{schedule: [{days: satan, start: "07:00", end: "19:00", size: 40}]}',
+     "pools[0].sizing: schedule[0].days: must name days"),
+    ('{schedule: [{days: "mon-", start: "07:00", end: "19:00", size: 40}]}',
+     "pools[0].sizing: schedule[0].days: must name days"),
+    ('{schedule: [{days: "tue-fir", start: "07:00", end: "19:00", size: 40}]}',
+     "pools[0].sizing: schedule[0].days: must name days"),
+    ('{schedule: [{days: [], start: "07:00", end: "19:00", size: 40}]}',
+     "pools[0].sizing: schedule[0].days: must name at least one day"),
     ('{schedule: [{start: "07:00", end: "19:00"}]}', "pools[0].sizing: schedule[0].size: is required"),
     ('{timezone: Mars/Olympus}', "pools[0].sizing: timezone: unknown time zone 'Mars/Olympus'"),
     ('{demand: {min: 5, max: 2}}', "pools[0].sizing: demand.max: must be at least min (5), got 2"),
@@ -61,6 +73,16 @@ def test_unknown_global_time_zone_fails_the_load() -> None:
 
 
 # --- schedule ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("days, expected", [
+    ("weekdays", {0, 1, 2, 3, 4}), ("Monday", {0}), ("tues", {1}), ("thurs", {3}), ("Sundays", {6}),
+    ("fri-mon", {4, 5, 6, 0}), ("mon - wed, sat", {0, 1, 2, 5}), (["sat", "sunday"], {5, 6}),
+])
+def test_days_spelled_as_people_do(days: object, expected: set[int]) -> None:
+    pool = pool_with(f'{{schedule: [{{days: {json.dumps(days)}, start: "07:00", end: "19:00", size: 4}}]}}')
+    assert pool.sizing.windows[0].days == expected
+
 
 
 WORKDAY = '{schedule: [{days: weekdays, start: "07:00", end: "19:00", size: 40}]}'
@@ -89,6 +111,37 @@ def test_schedule_follows_the_pools_time_zone_then_the_global_one() -> None:
     # In July Berlin is UTC+2: 05:30 UTC is 07:30 local.
     july_monday = datetime(2027, 7, 5, 5, 30, tzinfo=timezone.utc).timestamp()
     assert current_window(berlin.sizing, july_monday, "UTC") is not None
+
+
+def utc(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+
+
+@pytest.mark.parametrize("zone, window, moment, covered", [
+    # Berlin springs forward on Sunday 2027-03-28 02:00 -> 03:00 (01:00 UTC): a window in the gap
+    # does not apply, one starting in it applies from the gap's end, for its wall-clock length.
+    ("Europe/Berlin", "sun 02:30-02:45", "2027-03-28 00:59", False),
+    ("Europe/Berlin", "sun 02:30-02:45", "2027-03-28 01:00", False),
+    ("Europe/Berlin", "sun 02:30-03:30", "2027-03-28 01:00", True),
+    ("Europe/Berlin", "sun 02:30-03:30", "2027-03-28 01:30", False),
+    # ... and falls back on 2027-10-31 03:00 -> 02:00: the repeated hour is covered twice.
+    ("Europe/Berlin", "sun 02:30-02:45", "2027-10-31 00:35", True),
+    ("Europe/Berlin", "sun 02:30-02:45", "2027-10-31 01:35", True),
+    # Lord Howe moves 30 minutes: 02:00 -> 02:30 on 2027-10-03 (15:30 UTC the day before).
+    ("Australia/Lord_Howe", "sun 01:30-02:15", "2027-10-02 15:25", True),
+    ("Australia/Lord_Howe", "sun 01:30-02:15", "2027-10-02 15:30", False),
+    ("Australia/Lord_Howe", "sun 02:30-03:00", "2027-10-02 15:30", True),
+    # Sao Paulo's DST began at midnight (2018-11-04 00:00 -> 01:00): a Saturday-night window past
+    # midnight ends with the Saturday.
+    ("America/Sao_Paulo", "sat 22:00-00:30", "2018-11-04 02:59", True),
+    ("America/Sao_Paulo", "sat 22:00-00:30", "2018-11-04 03:00", False),
+])
+def test_windows_are_wall_clock_times_across_daylight_saving_changes(
+        zone: str, window: str, moment: str, covered: bool) -> None:
+    days, times = window.split()
+    start, end = times.split("-")
+    pool = pool_with(f'{{timezone: {zone}, schedule: [{{days: {days}, start: "{start}", end: "{end}", size: 9}}]}}')
+    assert (current_window(pool.sizing, utc(moment), None) is not None) is covered
 
 
 def test_window_past_midnight_and_first_window_wins() -> None:
@@ -175,6 +228,9 @@ def test_cooldown_rule() -> None:
     down = DemandState(5, changed_at=1000.0, direction="down")
     assert hold_for_cooldown(down, 8, 1100.0, 600).size == 5  # a reversal waits too
     assert hold_for_cooldown(down, 8, 1600.0, 600).size == 8
+    ahead = DemandState(5, changed_at=1000.0 + 3600, direction="down")  # stamped by a clock an hour ahead
+    assert hold_for_cooldown(ahead, 8, 1000.0 + 3600 - 599, 600).size == 5
+    assert hold_for_cooldown(ahead, 8, 1000.0, 600).size == 8
 
 
 def test_missing_history_keeps_the_configured_size_and_never_goes_below_min() -> None:
@@ -190,6 +246,8 @@ def test_broken_stored_state_starts_afresh() -> None:
     assert DemandState.from_json("not json") is None
     assert DemandState.from_json('{"size": "many"}') is None
     assert DemandState.from_json('{"changed_at": 1}') is None
+    assert DemandState.from_json('{"size": Infinity, "changed_at": 1}') is None
+    assert DemandState.from_json('{"size": 4, "changed_at": NaN}') is None
     assert DemandState.from_json(DemandState(4, 1.0, "up", 2.5).to_json()) == DemandState(4, 1.0, "up", 2.5)
 
 

@@ -74,6 +74,8 @@ class MemoryBackend:
             self.counts[minute] = self.counts.get(minute, 0) + count
 
     def load(self, pool: str, now: float, with_demand: bool) -> Inputs:
+        if with_demand:
+            self.seen_days.add(demand.day_and_minute(demand.epoch_minute(now))[0])
         return Inputs(None, self.state, self.lead_seconds if self.measured else None)
 
     def demand(self, pool: str, windows: Sequence[demand.Window]) -> list[list[int] | None]:
@@ -84,9 +86,9 @@ class MemoryBackend:
             result.append([self.counts.get(minute, 0) for minute in minutes] if known else None)
         return result
 
-    def save(self, pool: str, now: float, state: DemandState) -> None:
+    def save(self, pool: str, now: float, state: DemandState) -> DemandState:
         self.state = state
-        self.seen_days.add(demand.day_and_minute(demand.epoch_minute(now))[0])
+        return state
 
 
 @dataclass

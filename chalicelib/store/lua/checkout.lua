@@ -28,12 +28,18 @@ local demand = checkout.demand
 local pool_keys = checkout.pools
 
 -- Count VMs checked out ('c') or asked for in vain ('m') in the pool's bucket for this minute.
+-- A bucket HINCRBY cannot add to (text or a number past 64 bits, written by hand) starts again
+-- from this count: an error here, after the VMs were taken (a script is not rolled back), would
+-- answer the caller an error for VMs checked out in its name.
 local function count_demand(pool, kind, count)
   if demand == nil or pool_keys[pool].demand == nil then
     return false
   end
-  local key = KEYS[pool_keys[pool].demand]
-  redis.call('HINCRBY', key, kind .. demand.minute, count)
+  local key, field = KEYS[pool_keys[pool].demand], kind .. demand.minute
+  local added = redis.pcall('HINCRBY', key, field, count)
+  if type(added) == 'table' and added.err then
+    redis.call('HSET', key, field, count)
+  end
   redis.call('EXPIRE', key, demand.ttl)
   return true
 end

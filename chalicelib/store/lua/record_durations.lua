@@ -4,12 +4,26 @@
 -- one HSET for them whatever the number of samples (per 500 scopes). Totals stay one HINCRBYFLOAT per sample and
 -- scope, in the samples' order: Redis adds and rounds in its own long double arithmetic, and a
 -- sum made here would differ in the last digits, enough to flip a rounded average (/summary).
+-- A figure that is not a finite number (text, nan, inf written into Redis by hand) starts again
+-- from these samples: otherwise HINCRBYFLOAT would fail every pass that records a duration.
 local key, ttl = KEYS[1], tonumber(ARGV[1])
+
+local function finite(value)
+  local number = tonumber(value)
+  if number == nil or number ~= number or number == math.huge or number == -math.huge then
+    return nil
+  end
+  return number
+end
+
 local scopes, order = {}, {}
 for i = 2, #ARGV, 3 do
   local kind, pool, seconds = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   for _, scope in ipairs({kind, kind .. ':pool:' .. pool}) do
-    redis.call('HINCRBYFLOAT', key, scope .. ':total', seconds)
+    local added = redis.pcall('HINCRBYFLOAT', key, scope .. ':total', seconds)
+    if type(added) == 'table' and added.err then
+      redis.call('HSET', key, scope .. ':total', seconds)
+    end
     local batch = scopes[scope]
     if batch == nil then
       scopes[scope] = {count = 1, low = seconds, high = seconds}
@@ -36,8 +50,8 @@ for first = 1, #order, SCOPES_PER_CALL do
   local changes = {}
   for index, scope in ipairs(chunk) do
     local batch = scopes[scope]
-    local count, low, high = tonumber(current[index * 3 - 2]), tonumber(current[index * 3 - 1]),
-      tonumber(current[index * 3])
+    local count, low, high = finite(current[index * 3 - 2]), finite(current[index * 3 - 1]),
+      finite(current[index * 3])
     changes[#changes + 1] = names[index * 3 - 2]
     changes[#changes + 1] = string.format('%d', (count or 0) + batch.count)
     if low == nil or batch.low < low then
