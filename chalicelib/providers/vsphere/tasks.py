@@ -14,8 +14,10 @@ vCenter forgetting old tasks (it keeps finished ones for minutes only), so a ref
   before that check existed;
 * ``migrate:<task>:<vm>:<host>`` - a RelocateVM; if vCenter no longer knows the task, it succeeded
   exactly when the VM is on that host;
-* ``delta:<task>:<vm>:<0|1>`` - a template's delta disks (templates.py): once the reconfigure
-  is done, the VM is marked as a template again when it was one (1);
+* ``template:<vm>:<0|1>:<path>`` - a template's delta disks: read by templates.py, not here;
+* ``delta:<task>:<vm>:<0|1>`` - the same, as written before the VM's identity was kept: it reads
+  as an ERROR of kind ``template`` (nothing is done to a VM it cannot tell is the template), and
+  the manager plans the preparation again;
 * ``failed:<kind>:<message>`` - an operation that could not be started (template or folder
   missing): it reads as an ERROR carrying the failure's kind and message, the same way a vCenter
   fault does. (``failed:<message>``, written before kinds existed, reads as kind ``other``.)
@@ -54,10 +56,6 @@ def migrate_ref(task: Any, vm: Any, host: Any) -> str:
     return f"migrate:{task._moId}:{vm._moId}:{host._moId}"
 
 
-def delta_ref(task: Any, vm: Any, was_template: bool) -> str:
-    return f"delta:{task._moId}:{vm._moId}:{int(was_template)}"
-
-
 def failed_ref(message: str, kind: FailureKind) -> str:
     """A reference to an operation that could not start; its status is the ERROR, kind included."""
     return f"failed:{kind.value}:" + base64.urlsafe_b64encode(message.encode()).decode()
@@ -72,15 +70,22 @@ def _failed_status(rest: str) -> TaskStatus:
     return TaskStatus(TaskState.ERROR, message, FailureKind.parse(kind))
 
 
-def _task_state(connection: Connection, moid: str) -> TaskStatus | None:
-    """A task's state, or None when vCenter no longer knows the task."""
-    task = vim.Task(moid, connection.stub)
+def _task_info(connection: Connection, moid: str) -> dict[str, Any] | None:
+    """A task's state, error and description, or None when vCenter no longer knows it."""
     try:
-        found = inventory.one(connection, task, TASK_INFO)
+        found = inventory.one(connection, vim.Task(moid, connection.stub), TASK_INFO)
     except vmodl.fault.ManagedObjectNotFound:
-        found = None
-    if found is None or "info.state" not in found:
         return None
+    return found if found is not None and "info.state" in found else None
+
+
+def task_state(connection: Connection, moid: str) -> TaskStatus | None:
+    """A task's state, or None when vCenter no longer knows the task."""
+    found = _task_info(connection, moid)
+    return None if found is None else _state_of(found)
+
+
+def _state_of(found: dict[str, Any]) -> TaskStatus:
     state = found["info.state"]
     if state == vim.TaskInfo.State.success:
         return TaskStatus(TaskState.SUCCESS)
@@ -98,11 +103,11 @@ def status(connection: Connection, ref: str) -> TaskStatus:
     if kind == "failed":
         return _failed_status(rest)
     if kind == "task":
-        found = _task_state(connection, rest)
+        found = task_state(connection, rest)
         return found or TaskStatus(TaskState.ERROR, f"vCenter no longer knows task {rest}")
     if kind == "clone":
         task, folder, name = (rest.split(":", 2) + ["", ""])[:3]
-        found = _task_state(connection, task)
+        found = task_state(connection, task)
         if found is not None:
             return found
         # The task expired from vCenter: the VM's presence tells how the clone ended.
@@ -116,7 +121,7 @@ def status(connection: Connection, ref: str) -> TaskStatus:
         return TaskStatus(TaskState.ERROR, f"clone task {task} expired in vCenter and no VM {name} exists")
     if kind == "migrate":
         task, vm_id, host_id = (rest.split(":", 2) + ["", ""])[:3]
-        found = _task_state(connection, task)
+        found = task_state(connection, task)
         if found is not None:
             return found
         try:
@@ -128,29 +133,13 @@ def status(connection: Connection, ref: str) -> TaskStatus:
             return TaskStatus(TaskState.SUCCESS)
         return TaskStatus(TaskState.ERROR, f"migration task {task} expired in vCenter and the VM is not on {host_id}")
     if kind == "delta":
-        return _delta_status(connection, *(rest.split(":", 2) + ["", ""])[:3])
+        return TaskStatus(TaskState.ERROR, "a template preparation recorded by an older vmpool: prepared again",
+                          FailureKind.TEMPLATE)
     if kind == "destroy":
         vm_id, _, rest = rest.partition(":")
         poweroff, _, name = rest.partition(":")
         return _destroy_status(connection, vim.VirtualMachine(vm_id, connection.stub), poweroff, name)
     return TaskStatus(TaskState.ERROR, f"unknown task reference {ref!r}")
-
-
-def _delta_status(connection: Connection, task: str, vm_id: str, was_template: str) -> TaskStatus:
-    """The reconfigure's state; once it is over, a template made a VM for it is one again."""
-    found = _task_state(connection, task)
-    if found is not None and found.state is TaskState.RUNNING:
-        return found
-    vm = vim.VirtualMachine(vm_id, connection.stub)
-    facts = inventory.one(connection, vm, ["config.template"])
-    if facts is None:
-        return TaskStatus(TaskState.ERROR, "the template is gone")
-    if was_template == "1" and not facts.get("config.template"):
-        try:
-            vm.MarkAsTemplate()
-        except vmodl.MethodFault as fault:
-            return TaskStatus(TaskState.ERROR, f"could not mark it as a template again: {describe_fault(fault)}")
-    return found or TaskStatus(TaskState.SUCCESS)
 
 
 def _destroy_status(connection: Connection, vm: Any, poweroff: str, name: str) -> TaskStatus:
@@ -160,7 +149,7 @@ def _destroy_status(connection: Connection, vm: Any, poweroff: str, name: str) -
     if found is None or (name and found.get("name") != name):
         return TaskStatus(TaskState.SUCCESS)  # the VM is gone: destroyed (its id may be another's now)
     if found.get("runtime.powerState") != vim.VirtualMachine.PowerState.poweredOff:
-        off = _task_state(connection, poweroff)
+        off = task_state(connection, poweroff)
         if off is None or off.state is TaskState.ERROR:
             return TaskStatus(TaskState.ERROR, f"power off failed: {off.error if off else 'task expired'}")
         return TaskStatus(TaskState.RUNNING)

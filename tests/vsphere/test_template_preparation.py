@@ -1,0 +1,98 @@
+"""Template preparation (``create_template_delta_disks``) when vCenter forgets or reuses ids, or
+our session ends at the worst moment, against our simulator.
+
+vcsim, as a vCenter restored from a backup, restarts with its state gone and hands out the same
+managed object ids again (``vm-N``, ``task-N``): a record read after that must never act on, or
+wait for, whatever now holds the id.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import redis
+
+from chalicelib.clock import FakeClock
+from chalicelib.config import PoolConfig
+from chalicelib.manager.reconcile import PassReport, reconcile_pool
+from chalicelib.providers.vsphere import connection as connections
+from chalicelib.store import Store
+from tests.vsphere import admin
+from tests.vsphere.vcsim import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup
+
+TEMPLATE_PATH = f"{DATACENTER}/vm/{TEMPLATE}"
+OPTION = {"create_template_delta_disks": True}
+
+
+def restart_empty(server: VcsimServer, setup: Setup) -> None:
+    """vCenter restarted with its state gone; our next call logs in afresh."""
+    server.stop()
+    server.start()
+    connections.drop(setup.provider.endpoint)
+
+
+def run(setup: Setup, store: Store, pool: PoolConfig, clock: FakeClock) -> PassReport:
+    clock.advance(60)
+    return reconcile_pool(store, setup.provider, pool, clock, setup.service)
+
+
+# --- a preparation read after vCenter gave the template's id to another VM --------------------------
+
+
+def test_a_preparation_read_after_vcenter_reused_the_template_id_never_touches_the_vm_now_holding_it(
+        private_vcsim: VcsimServer) -> None:
+    """A template being prepared (made a VM for its reconfigure), then vCenter restarted empty:
+    the next VM made, an admin's plain VM, gets the template's old id. Reading the preparation
+    must neither mark that VM a template nor give it a delta layer."""
+    setup = make_setup(private_vcsim, service=OPTION)
+    provider = setup.provider
+    template_id = admin.copy_vm(provider, TEMPLATE_PATH, f"{DATACENTER}/vm/templates", "prepared", template=True)
+    ref = provider.prepare_template(setup.pool(template="templates/prepared"))
+    assert ref is not None
+    restart_empty(private_vcsim, setup)
+    for attempt in range(5):
+        admins_vm = f"{DATACENTER}/vm/vmpool/admins-vm-{attempt}"
+        if admin.copy_vm(provider, TEMPLATE_PATH, f"{DATACENTER}/vm/vmpool", f"admins-vm-{attempt}",
+                         template=False) == template_id:
+            break
+    else:
+        pytest.fail(f"the premise: vCenter gives {template_id} to another VM")
+    for _ in range(3):
+        provider.task_status(ref)
+    assert admin.template_state(provider, admins_vm) == (False, [0])
+
+
+# --- our session ends in the middle of a preparation --------------------------------------------
+
+
+@pytest.fixture
+def expiring_mid_preparation(vcsim_dir: Path) -> Iterator[VcsimServer]:
+    """Sessions idle 1 s expire, and making a template a VM takes 2.5 s: the session ends between
+    that and the reconfigure that follows it."""
+    server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"expiring-{secrets.token_hex(3)}.pem",
+                         method_delays={"MarkAsVirtualMachine": 2.5}, session_idle=1.0)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_session_ending_mid_preparation_leaves_a_template_and_no_clone_of_a_half_made_one(
+        expiring_mid_preparation: VcsimServer, redis_client: redis.Redis) -> None:
+    """The template was made a VM, then the session expired before the reconfigure: the passes
+    that follow finish the preparation (one delta layer, a template again) before any clone."""
+    setup = make_setup(expiring_mid_preparation, service=OPTION)
+    store, clock, pool = Store(redis_client), FakeClock(), setup.pool(size=2)
+    before = admin.template_state(setup.provider, TEMPLATE_PATH)
+    assert before is not None and before[0] and set(before[1]) == {0}
+    started: list[str] = []
+    for _ in range(4):
+        report = run(setup, store, pool, clock)
+        if not started:
+            assert report.clones_started == [] or admin.template_state(setup.provider, TEMPLATE_PATH) == (
+                True, [1] * len(before[1])), "cloned from a template being prepared"
+        started += report.clones_started
+    assert admin.template_state(setup.provider, TEMPLATE_PATH) == (True, [1] * len(before[1]))
+    assert len(started) == 2
