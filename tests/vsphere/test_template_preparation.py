@@ -1,5 +1,5 @@
-"""Template preparation (``create_template_delta_disks``) when vCenter forgets or reuses ids, or
-our session ends at the worst moment, against our simulator.
+"""Template preparation (``create_template_delta_disks``) and clone tasks when vCenter forgets or
+reuses ids, or our session ends at the worst moment, against our simulator.
 
 vcsim, as a vCenter restored from a backup, restarts with its state gone and hands out the same
 managed object ids again (``vm-N``, ``task-N``): a record read after that must never act on, or
@@ -18,6 +18,7 @@ import redis
 from chalicelib.clock import FakeClock
 from chalicelib.config import PoolConfig
 from chalicelib.manager.reconcile import PassReport, reconcile_pool
+from chalicelib.providers.base import TaskState
 from chalicelib.providers.vsphere import connection as connections
 from chalicelib.store import Store
 from tests.vsphere import admin
@@ -96,3 +97,35 @@ def test_a_session_ending_mid_preparation_leaves_a_template_and_no_clone_of_a_ha
         started += report.clones_started
     assert admin.template_state(setup.provider, TEMPLATE_PATH) == (True, [1] * len(before[1]))
     assert len(started) == 2
+
+
+# --- a clone task id vCenter gave to another task -----------------------------------------------------
+
+
+@pytest.fixture
+def long_clones(vcsim_dir: Path) -> Iterator[VcsimServer]:
+    """Clone tasks that run 60 s (nobody waits for them)."""
+    server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"long-{secrets.token_hex(3)}.pem", clone_delay=60)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_clone_task_id_vcenter_gave_to_another_task_reads_as_the_clone_gone(long_clones: VcsimServer) -> None:
+    """A clone recorded, vCenter restarted empty, and another pool's clone got the clone task's
+    id: reading the first clone must say it is gone (its VM is not there), not "running" until
+    the pool's clone timeout."""
+    setup = make_setup(long_clones)
+    provider = setup.provider
+    ref = provider.clone(setup.pool(), "lost-clone")
+    assert ref.startswith("clone:"), ref
+    task_id = ref.split(":")[1]
+    restart_empty(long_clones, setup)
+    other = setup.pool()
+    for attempt in range(5):
+        if provider.clone(other, f"other-{attempt}").split(":")[1] == task_id:
+            break
+    else:
+        pytest.fail(f"the premise: vCenter gives {task_id} to another clone")
+    status = provider.task_status(ref)
+    assert status.state is TaskState.ERROR and "lost-clone" in (status.error or ""), status

@@ -5,8 +5,12 @@ invocation can read them. A few operations need more than one vCenter task or mu
 vCenter forgetting old tasks (it keeps finished ones for minutes only), so a reference is one of:
 
 * ``task:<task>`` - a plain vCenter task;
-* ``clone:<task>:<folder>:<name>`` - a clone; if vCenter no longer knows the task, the clone
-  succeeded exactly when a VM of that name is in the folder;
+* ``clone:<task>:<folder>:<name>:q<queued>`` - a clone; ``queued`` is when vCenter queued the
+  task (microseconds since 1970, vCenter's clock): a task of that id queued at another time is
+  another task (vCenter restarted, or restored from a backup, hands out old task ids again). If
+  vCenter no longer knows the task, or the id is another task's, the clone succeeded exactly when
+  a VM of that name is in the folder. (Written without ``:q<queued>`` before that check existed:
+  the id is then trusted);
 * ``destroy:<vm>:<poweroff task>:<name>`` - a destroy that had to power off first: reading its
   state starts Destroy_Task once the VM is off and reports success when the VM is gone, or when
   the id now names a VM of another name (a vCenter restored from a backup, or restarted as vcsim
@@ -28,6 +32,7 @@ Reading a state never waits.
 from __future__ import annotations
 
 import base64
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pyVmomi import vim, vmodl
@@ -38,14 +43,26 @@ from chalicelib.providers.vsphere import inventory
 from chalicelib.providers.vsphere.connection import Connection, describe_fault, fault_kind
 
 TASK_INFO = ("info.state", "info.error", "info.descriptionId")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def plain(task: Any) -> str:
     return f"task:{task._moId}"
 
 
-def clone_ref(task: Any, folder: Any, name: str) -> str:
-    return f"clone:{task._moId}:{folder._moId}:{name}"
+def clone_ref(connection: Connection, task: Any, folder: Any, name: str) -> str:
+    """The clone's reference, with the time vCenter queued its task (one call)."""
+    found = _task_info(connection, task._moId) or {}
+    return f"clone:{task._moId}:{folder._moId}:{name}:q{_stamp(found.get('info.queueTime'))}"
+
+
+def _stamp(moment: Any) -> str:
+    """A task's queue time as whole microseconds since 1970 ('' when vCenter gave none)."""
+    if not isinstance(moment, datetime):
+        return ""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return str((moment - _EPOCH) // timedelta(microseconds=1))
 
 
 def destroy_ref(vm: Any, poweroff_task: Any, name: str) -> str:
@@ -71,9 +88,9 @@ def _failed_status(rest: str) -> TaskStatus:
 
 
 def _task_info(connection: Connection, moid: str) -> dict[str, Any] | None:
-    """A task's state, error and description, or None when vCenter no longer knows it."""
+    """A task's state, error, description and queue time, or None when vCenter no longer knows it."""
     try:
-        found = inventory.one(connection, vim.Task(moid, connection.stub), TASK_INFO)
+        found = inventory.one(connection, vim.Task(moid, connection.stub), (*TASK_INFO, "info.queueTime"))
     except vmodl.fault.ManagedObjectNotFound:
         return None
     return found if found is not None and "info.state" in found else None
@@ -106,19 +123,7 @@ def status(connection: Connection, ref: str) -> TaskStatus:
         found = task_state(connection, rest)
         return found or TaskStatus(TaskState.ERROR, f"vCenter no longer knows task {rest}")
     if kind == "clone":
-        task, folder, name = (rest.split(":", 2) + ["", ""])[:3]
-        found = task_state(connection, task)
-        if found is not None:
-            return found
-        # The task expired from vCenter: the VM's presence tells how the clone ended.
-        child = vim.Folder(folder, connection.stub)
-        try:
-            vm = connection.content.searchIndex.FindChild(child, name)
-        except vmodl.fault.ManagedObjectNotFound:
-            vm = None
-        if vm is not None:
-            return TaskStatus(TaskState.SUCCESS)
-        return TaskStatus(TaskState.ERROR, f"clone task {task} expired in vCenter and no VM {name} exists")
+        return _clone_status(connection, *(rest.split(":", 3) + ["", "", ""])[:4])
     if kind == "migrate":
         task, vm_id, host_id = (rest.split(":", 2) + ["", ""])[:3]
         found = task_state(connection, task)
@@ -140,6 +145,23 @@ def status(connection: Connection, ref: str) -> TaskStatus:
         poweroff, _, name = rest.partition(":")
         return _destroy_status(connection, vim.VirtualMachine(vm_id, connection.stub), poweroff, name)
     return TaskStatus(TaskState.ERROR, f"unknown task reference {ref!r}")
+
+
+def _clone_status(connection: Connection, task: str, folder: str, name: str, queued: str) -> TaskStatus:
+    """The clone task's state while vCenter knows it as our task; after that, whether its VM is
+    there. ``queued``: ``q<microseconds>`` ('' in references written before it was kept)."""
+    found = _task_info(connection, task)
+    if found is not None and (not queued or queued == f"q{_stamp(found.get('info.queueTime'))}"):
+        return _state_of(found)
+    # The task expired from vCenter, or its id is another task's now: the VM tells how it ended.
+    try:
+        vm = connection.content.searchIndex.FindChild(vim.Folder(folder, connection.stub), name)
+    except vmodl.fault.ManagedObjectNotFound:
+        vm = None
+    if vm is not None:
+        return TaskStatus(TaskState.SUCCESS)
+    gone = "expired in vCenter" if found is None else "is another task now (vCenter restarted?)"
+    return TaskStatus(TaskState.ERROR, f"clone task {task} {gone} and no VM {name} exists")
 
 
 def _destroy_status(connection: Connection, vm: Any, poweroff: str, name: str) -> TaskStatus:
