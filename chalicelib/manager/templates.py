@@ -8,7 +8,9 @@ read says it is over. The reference is recorded before vCenter changes, so a pas
 point leaves a preparation the next pass finishes. Passes of pools sharing a template read it
 one at a time (a lease in Redis): two reads at once would convert and reconfigure the template
 twice. Done once per provider and template (a new template from POST /config/pooltemplate is
-prepared again). A preparation that fails is logged and clones go on without it, as in vmpooler;
+prepared again). A pool that does not need it (vSphere: one cloning full) never plans it, so
+another pool on the template still gets it; while one is under way it helps it on and waits for
+it like the others. A preparation that fails is logged and clones go on without it, as in vmpooler;
 one whose template was removed or replaced meanwhile is planned again on the next pass.
 """
 
@@ -39,24 +41,30 @@ def ready_for_clones(context: PassContext) -> bool:
     pool = context.pool
     templates = TemplateStore(context.store)
     key = f"{pool.provider}:{pool.template}"
-    if templates.state(key) == DONE:
+    state = templates.state(key)
+    if state == DONE:
         return True
+    needs = context.provider.clones_need_prepared_template(pool)
+    if not state and not needs:
+        return True  # nothing under way, and this pool would not plan it (a full clone needs no layer)
     lease = template_lease_name(pool.provider, pool.template)
     token = context.store.acquire_lease(lease, LEASE_SECONDS)
     if token is None:  # another pool's pass is at it
         context.report.followups += 1
         return False
     try:
-        return _advance(context, templates, key)
+        return _advance(context, templates, key, needs)
     finally:
         context.store.release_lease(lease, token)
 
 
-def _advance(context: PassContext, templates: TemplateStore, key: str) -> bool:
+def _advance(context: PassContext, templates: TemplateStore, key: str, may_plan: bool) -> bool:
+    """Under the template's lease: plan the preparation (when ``may_plan``) or read the one
+    recorded, moving it on; whether the pool may clone now."""
     pool = context.pool
     fields = {"pool": pool.name, "template": pool.template}
     state = templates.state(key)  # again: the lease's previous holder may have moved it on
-    if state == DONE:
+    if state == DONE or (not state and not may_plan):
         return True
     if not state:
         try:

@@ -220,6 +220,12 @@ class Provider(abc.ABC):
         read cannot finish. Idempotent: asked again once the task is done, it needs nothing."""
         return None
 
+    def clones_need_prepared_template(self, pool: PoolConfig) -> bool:
+        """Whether the pool's clones need what ``prepare_template`` does. A pool that does not
+        (vSphere: one cloning full) never plans a preparation, so that another pool on the same
+        template still gets it."""
+        return True
+
     def clone_seconds(self, pool: PoolConfig) -> float | None:
         """How long the pool's clones take at most, when the provider knows (None: it does not).
         A pass that started clones looks again after this when it is shorter than

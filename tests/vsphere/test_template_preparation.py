@@ -129,3 +129,20 @@ def test_a_clone_task_id_vcenter_gave_to_another_task_reads_as_the_clone_gone(lo
         pytest.fail(f"the premise: vCenter gives {task_id} to another clone")
     status = provider.task_status(ref)
     assert status.state is TaskState.ERROR and "lost-clone" in (status.error or ""), status
+
+
+# --- pools sharing a template -------------------------------------------------------------------------
+
+
+def test_a_full_clone_pool_on_the_template_does_not_spare_a_linked_pool_its_preparation(
+        private_vcsim: VcsimServer, redis_client: redis.Redis) -> None:
+    """Two pools on one template, the first cloning full (it needs no delta layer), the second
+    linked: the second's clones still get the layer, and the full pool's own clones go on."""
+    setup = make_setup(private_vcsim, service=OPTION)
+    store, clock = Store(redis_client), FakeClock()
+    full, linked = setup.pool(size=1, create_linked_clone=False), setup.pool(size=1)
+    assert len(run(setup, store, full, clock).clones_started) == 1
+    started = [name for _ in range(3) for name in run(setup, store, linked, clock).clones_started]
+    layers = admin.template_state(setup.provider, TEMPLATE_PATH)
+    assert layers is not None and layers[0] and set(layers[1]) == {1}, layers
+    assert len(started) == 1

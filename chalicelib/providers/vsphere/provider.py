@@ -157,6 +157,10 @@ class VSphereProvider(Provider):
             lambda connection: templates.prepare(connection, self.config, self.service, pool),
         )
 
+    def clones_need_prepared_template(self, pool: PoolConfig) -> bool:
+        """Only linked clones use the template's delta disk layer."""
+        return clones.is_linked(pool, self.service)
+
     def start_migration(self, pool: PoolConfig, hostname: str) -> Migration | None:
         """Start a vMotion to the least used compatible host of the VM's cluster when its host is
         busier (chalicelib.providers.vsphere.migration); None when it stays."""
