@@ -8,7 +8,9 @@ read says it is over. The reference is recorded before vCenter changes, so a pas
 point leaves a preparation the next pass finishes. Passes of pools sharing a template read it
 one at a time (a lease in Redis): two reads at once would convert and reconfigure the template
 twice. Done once per provider and template (a new template from POST /config/pooltemplate is
-prepared again). A pool that does not need it (vSphere: one cloning full) never plans it, so
+prepared again; a pass also reads on the provider's preparations that no pool reads any more,
+such as the one of a template a pool left while it was being prepared). A pool that does not
+need it (vSphere: one cloning full) never plans it, so
 another pool on the template still gets it; while one is under way it helps it on and waits for
 it like the others. A preparation that fails is logged and clones go on without it, as in vmpooler;
 one whose template was removed or replaced meanwhile is planned again on the next pass.
@@ -27,6 +29,9 @@ LEASE_SECONDS = 60.0
 """How long a pass may advance a template's preparation before another pass may take over (a
 pass killed holding it delays the others this long at most)."""
 
+OTHERS_PER_PASS = 3
+"""How many preparations of other templates a pass reads on at most (``_advance_others``)."""
+
 
 def prepare_template(context: PassContext) -> None:
     """The step: hold this pass's clones (on-demand ones too) while the template is prepared."""
@@ -35,35 +40,63 @@ def prepare_template(context: PassContext) -> None:
 
 def ready_for_clones(context: PassContext) -> bool:
     """Whether the pool's template is ready to be cloned; plans, records and advances its
-    preparation."""
+    preparation, and moves on the provider's other preparations under way."""
     if not getattr(context.service, "create_template_delta_disks", False):
         return True
     pool = context.pool
     templates = TemplateStore(context.store)
-    key = f"{pool.provider}:{pool.template}"
-    state = templates.state(key)
+    recorded = templates.all()
+    _advance_others(context, templates, recorded)
+    state = recorded.get(_key(pool.provider, pool.template))
     if state == DONE:
         return True
     needs = context.provider.clones_need_prepared_template(pool)
     if not state and not needs:
         return True  # nothing under way, and this pool would not plan it (a full clone needs no layer)
-    lease = template_lease_name(pool.provider, pool.template)
+    ready = _leased(context, templates, pool.template, needs)
+    return bool(ready)
+
+
+def _key(provider: str, template: str) -> str:
+    return f"{provider}:{template}"
+
+
+def _advance_others(context: PassContext, templates: TemplateStore, recorded: dict[str, str]) -> None:
+    """Read on the provider's preparations of templates other than the pool's: one whose pool
+    took another template (POST /config/pooltemplate) is read by nobody else, and would leave
+    its template a VM. A few a pass; their failures are logged, never this pass's."""
+    provider = context.pool.provider
+    own = _key(provider, context.pool.template)
+    others = [key[len(provider) + 1:] for key, state in recorded.items()
+              if key.startswith(f"{provider}:") and key != own and state != DONE]
+    for template in others[:OTHERS_PER_PASS]:
+        try:
+            _leased(context, templates, template, may_plan=False)
+        except ProviderError as error:
+            logger.warning("template preparation could not be read", extra={
+                "pool": context.pool.name, "template": template, "error": str(error)})
+
+
+def _leased(context: PassContext, templates: TemplateStore, template: str, may_plan: bool) -> bool | None:
+    """``_advance`` under the template's lease; None when another pass holds it (the pool waits)."""
+    lease = template_lease_name(context.pool.provider, template)
     token = context.store.acquire_lease(lease, LEASE_SECONDS)
     if token is None:  # another pool's pass is at it
         context.report.followups += 1
-        return False
+        return None
     try:
-        return _advance(context, templates, key, needs)
+        return _advance(context, templates, template, may_plan)
     finally:
         context.store.release_lease(lease, token)
 
 
-def _advance(context: PassContext, templates: TemplateStore, key: str, may_plan: bool) -> bool:
-    """Under the template's lease: plan the preparation (when ``may_plan``) or read the one
-    recorded, moving it on; whether the pool may clone now."""
+def _advance(context: PassContext, templates: TemplateStore, template: str, may_plan: bool) -> bool:
+    """Plan the template's preparation (when ``may_plan``: it is the pool's own) or read the one
+    recorded, moving it on; whether it is over (the pool may clone)."""
     pool = context.pool
-    fields = {"pool": pool.name, "template": pool.template}
-    state = templates.state(key)  # again: the lease's previous holder may have moved it on
+    key = _key(pool.provider, template)
+    fields = {"pool": pool.name, "template": template}
+    state = templates.state(key)  # again, under the lease: its previous holder may have moved it on
     if state == DONE or (not state and not may_plan):
         return True
     if not state:

@@ -18,6 +18,12 @@ class TemplateStore:
             value = self.store.client.hget(self.store.keys.templates_prepared, template_key)
         return None if value is None else str(value)
 
+    def all(self) -> dict[str, str]:
+        """Every template's state, by ``<provider>:<template>``."""
+        with _translate_errors():
+            found = self.store.client.hgetall(self.store.keys.templates_prepared)
+        return {str(key): str(value) for key, value in found.items()}
+
     def started(self, template_key: str, task_ref: str) -> bool:
         """Record the preparing task unless another pass recorded one first."""
         with _translate_errors():

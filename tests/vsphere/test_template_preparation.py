@@ -21,6 +21,7 @@ from chalicelib.manager.reconcile import PassReport, reconcile_pool
 from chalicelib.providers.base import TaskState
 from chalicelib.providers.vsphere import connection as connections
 from chalicelib.store import Store
+from chalicelib.store.pool_overrides import PoolOverrides
 from tests.vsphere import admin
 from tests.vsphere.vcsim import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup
 
@@ -146,3 +147,21 @@ def test_a_full_clone_pool_on_the_template_does_not_spare_a_linked_pool_its_prep
     layers = admin.template_state(setup.provider, TEMPLATE_PATH)
     assert layers is not None and layers[0] and set(layers[1]) == {1}, layers
     assert len(started) == 1
+
+
+def test_a_template_changed_while_being_prepared_is_still_made_a_template_again(
+        private_vcsim: VcsimServer, redis_client: redis.Redis) -> None:
+    """POST /config/pooltemplate while the pool's template was a VM for its reconfigure: the pool
+    moves on to the new template, and the old one is still finished (a template again, with its
+    layer) rather than left a VM that nobody's preparation reads any more."""
+    setup = make_setup(private_vcsim, service=OPTION)
+    store, clock, pool = Store(redis_client), FakeClock(), setup.pool(size=1)
+    admin.copy_vm(setup.provider, TEMPLATE_PATH, f"{DATACENTER}/vm/templates", "next", template=True)
+    held = run(setup, store, pool, clock)
+    assert held.clones_started == [] and admin.template_state(setup.provider, TEMPLATE_PATH) == (False, [1])
+    PoolOverrides(store).set("template", pool.name, "templates/next")
+    started = [name for _ in range(3) for name in run(setup, store, pool, clock).clones_started]
+    assert len(started) == 1
+    assert admin.template_state(setup.provider, TEMPLATE_PATH) == (True, [1])
+    # (Its disks are not compared: vcsim's clone resets the parent of a plain copy's disks.)
+    assert (admin.template_state(setup.provider, f"{DATACENTER}/vm/templates/next") or (False,))[0]
