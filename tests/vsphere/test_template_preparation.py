@@ -19,9 +19,11 @@ from chalicelib.clock import FakeClock
 from chalicelib.config import PoolConfig
 from chalicelib.manager.reconcile import PassReport, reconcile_pool
 from chalicelib.providers.base import TaskState
+from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import connection as connections
 from chalicelib.store import Store
 from chalicelib.store.pool_overrides import PoolOverrides
+from chalicelib.store.templates import DONE, TemplateStore
 from tests.vsphere import admin
 from tests.vsphere.vcsim import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup
 
@@ -165,3 +167,20 @@ def test_a_template_changed_while_being_prepared_is_still_made_a_template_again(
     assert admin.template_state(setup.provider, TEMPLATE_PATH) == (True, [1])
     # (Its disks are not compared: vcsim's clone resets the parent of a plain copy's disks.)
     assert (admin.template_state(setup.provider, f"{DATACENTER}/vm/templates/next") or (False,))[0]
+
+
+def test_a_template_deleted_while_being_prepared_ends_the_preparation_and_the_pool_backs_off(
+        private_vcsim: VcsimServer, redis_client: redis.Redis) -> None:
+    """An admin deletes the template while it is a VM for its reconfigure: the preparation ends
+    without acting on anything else, no pass fails, and the pool's clones fail as ``template``."""
+    setup = make_setup(private_vcsim, service=OPTION)
+    store, clock = Store(redis_client), FakeClock()
+    admin.copy_vm(setup.provider, TEMPLATE_PATH, f"{DATACENTER}/vm/templates", "doomed", template=True)
+    pool = setup.pool(size=1, template="templates/doomed")
+    assert run(setup, store, pool, clock).clones_started == []
+    admin.destroy(setup.provider, f"{DATACENTER}/vm/templates/doomed")
+    reports = [run(setup, store, pool, clock) for _ in range(3)]
+    assert TemplateStore(store).state(f"vsphere:{pool.template}") == DONE
+    assert sum(len(report.clones_started) for report in reports) >= 1
+    record = store.get_vm(next(name for report in reports for name in report.clones_started))
+    assert record is not None and record.failure == FailureKind.TEMPLATE.value, record
