@@ -8,6 +8,7 @@ wait for, whatever now holds the id.
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
 from typing import Iterator
@@ -24,7 +25,9 @@ from chalicelib.providers.vsphere import connection as connections
 from chalicelib.store import Store
 from chalicelib.store.pool_overrides import PoolOverrides
 from chalicelib.store.templates import DONE, TemplateStore
+from tests.harness import HarnessFactory
 from tests.vsphere import admin
+from tests.vsphere.test_bad_day import POOL, converge, pool_harness
 from tests.vsphere.vcsim import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup
 
 TEMPLATE_PATH = f"{DATACENTER}/vm/{TEMPLATE}"
@@ -184,3 +187,36 @@ def test_a_template_deleted_while_being_prepared_ends_the_preparation_and_the_po
     assert sum(len(report.clones_started) for report in reports) >= 1
     record = store.get_vm(next(name for report in reports for name in report.clones_started))
     assert record is not None and record.failure == FailureKind.TEMPLATE.value, record
+
+
+# --- the template changed while clones are in flight ------------------------------------------------
+
+
+@pytest.fixture
+def one_second_clones(vcsim_dir: Path) -> Iterator[VcsimServer]:
+    """Clone tasks that run 1 s (the VM is in its folder meanwhile)."""
+    server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"second-{secrets.token_hex(3)}.pem", clone_delay=1)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_template_changed_with_clones_in_flight_refills_from_the_new_one_and_leaks_nothing(
+        one_second_clones: VcsimServer, make_harness: HarnessFactory) -> None:
+    """POST /config/pooltemplate while the pool's clone tasks run: the clones of the old template
+    are drained (destroyed once vCenter is done with them), the pool refills from the new one,
+    and nothing is left in the folder but the pool's ready VMs. (The old template is an admin's
+    copy: vcsim powers on only the clones of its own template.)"""
+    harness = pool_harness(make_harness, one_second_clones, size=2, template="templates/older",
+                           service={"task_limit": 2, "experimental_features": True})
+    admin.copy_vm(harness.provider, TEMPLATE_PATH, f"{DATACENTER}/vm/templates", "older", template=True)
+    old = set(harness.reconcile(POOL).clones_started)
+    assert len(old) == 2
+    reply = harness.post("/api/v3/config/pooltemplate", {POOL: TEMPLATE})
+    assert reply.status == 201, reply.raw
+    converge(harness, 2)
+    ready = harness.hosts(POOL, "ready")
+    assert not ready & old
+    for name in ready:
+        details = admin.vm_details(harness.provider, f"{DATACENTER}/vm/{harness.pool(POOL).folder}/{name}")
+        assert details is not None and json.loads(details["annotation"])["template"] == TEMPLATE
