@@ -8,12 +8,12 @@ read says it is over. The reference is recorded before vCenter changes, so a pas
 point leaves a preparation the next pass finishes. Passes of pools sharing a template read it
 one at a time (a lease in Redis): two reads at once would convert and reconfigure the template
 twice. Done once per provider and template (a new template from POST /config/pooltemplate is
-prepared again; a pass also reads on the provider's preparations that no pool reads any more,
-such as the one of a template a pool left while it was being prepared). A pool that does not
-need it (vSphere: one cloning full) never plans it, so
-another pool on the template still gets it; while one is under way it helps it on and waits for
-it like the others. A preparation that fails is logged and clones go on without it, as in vmpooler;
-one whose template was removed or replaced meanwhile is planned again on the next pass.
+prepared again). A pass also reads on a few of the provider's other preparations under way: the
+one of a template a pool left while it was being prepared is read by nobody else. A pool that
+does not need it (vSphere: one cloning full) never plans it, so another pool on the template
+still gets it; while one is under way it helps it on and waits for it like the others. A
+preparation that fails is logged and clones go on without it, as in vmpooler; one whose template
+was removed or replaced meanwhile is planned again on the next pass.
 """
 
 from __future__ import annotations
