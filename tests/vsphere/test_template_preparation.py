@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -220,3 +222,30 @@ def test_a_template_changed_with_clones_in_flight_refills_from_the_new_one_and_l
     for name in ready:
         details = admin.vm_details(harness.provider, f"{DATACENTER}/vm/{harness.pool(POOL).folder}/{name}")
         assert details is not None and json.loads(details["annotation"])["template"] == TEMPLATE
+
+
+def test_pools_sharing_a_template_passing_at_once_prepare_it_once(
+        private_vcsim: VcsimServer, redis_client: redis.Redis) -> None:
+    """Four pools on one template, their first passes at the same moment (each its own
+    provider object, as separate Lambdas have): one delta layer, a template again, every pool
+    filled, no pass failed. (Each pool passes again at once when held: the lease is free soon.)"""
+    store = Store(redis_client)
+    setups = [make_setup(private_vcsim, service=OPTION) for _ in range(4)]
+    pools = [setup.pool(size=1) for setup in setups]
+    clocks = [FakeClock() for _ in setups]
+    barrier = threading.Barrier(len(setups))
+
+    def passes(index: int) -> list[str]:
+        barrier.wait()
+        setup, pool, clock = setups[index], pools[index], clocks[index]
+        started: list[str] = []
+        for _ in range(30):  # a pass held while another holds the template's lease comes back
+            started += run(setup, store, pool, clock).clones_started
+            if started:
+                break
+        return started
+
+    with ThreadPoolExecutor(len(setups)) as executor:
+        started = list(executor.map(passes, range(len(setups))))
+    assert admin.template_state(setups[0].provider, TEMPLATE_PATH) == (True, [1])
+    assert [len(names) for names in started] == [1] * len(setups)
