@@ -1,5 +1,7 @@
-"""Template preparation (``create_template_delta_disks``) and clone tasks when vCenter forgets or
-reuses ids, or our session ends at the worst moment, against our simulator.
+"""Templates and clone tasks on vCenter's bad days, against our simulator: template preparation
+(``create_template_delta_disks``) and clone tasks when vCenter forgets or reuses ids or our
+session ends at the worst moment, templates shared, changed, deleted while in use, vCenter
+paused mid clone.
 
 vcsim, as a vCenter restored from a backup, restarts with its state gone and hands out the same
 managed object ids again (``vm-N``, ``task-N``): a record read after that must never act on, or
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +24,7 @@ import redis
 from chalicelib.clock import FakeClock
 from chalicelib.config import PoolConfig
 from chalicelib.manager.reconcile import PassReport, reconcile_pool
-from chalicelib.providers.base import TaskState
+from chalicelib.providers.base import ProviderError, TaskState
 from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import connection as connections
 from chalicelib.store import Store
@@ -249,3 +252,28 @@ def test_pools_sharing_a_template_passing_at_once_prepare_it_once(
         started = list(executor.map(passes, range(len(setups))))
     assert admin.template_state(setups[0].provider, TEMPLATE_PATH) == (True, [1])
     assert [len(names) for names in started] == [1] * len(setups)
+
+
+# --- vCenter paused in the middle of clones ------------------------------------------------------------
+
+
+def test_vcenter_paused_mid_clone_fails_passes_as_timeouts_then_converges_without_leaks(
+        one_second_clones: VcsimServer, make_harness: HarnessFactory) -> None:
+    """vcsim SIGSTOPped while the pool's clone tasks run (a vCenter frozen by its storage, a VM
+    of it suspended): each pass ends as a timeout instead of hanging, and once it runs again the
+    pool converges with neither a lost nor a doubled VM."""
+    harness = pool_harness(make_harness, one_second_clones, size=2, service={"task_limit": 2},
+                           provider={"call_timeout": 1, "connect_timeout": 1})
+    assert len(harness.reconcile(POOL).clones_started) == 2
+    process = one_second_clones.process
+    assert process is not None
+    process.send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(2):
+            harness.clock.advance(60)
+            with pytest.raises(ProviderError) as paused:
+                harness.reconcile(POOL)
+            assert paused.value.kind in (FailureKind.TIMEOUT, FailureKind.CONNECTION), paused.value
+    finally:
+        process.send_signal(signal.SIGCONT)
+    converge(harness, 2)
