@@ -277,3 +277,25 @@ def test_vcenter_paused_mid_clone_fails_passes_as_timeouts_then_converges_withou
     finally:
         process.send_signal(signal.SIGCONT)
     converge(harness, 2)
+
+
+def test_a_disk_task_id_vcenter_gave_to_another_task_does_not_read_as_the_disk_added(
+        private_vcsim: VcsimServer) -> None:
+    """A disk added to a VM (its task recorded for the user's GET /vm), vCenter restarted empty,
+    and the same id given to another VM's disk task: reading ours must not say the disk was added."""
+    setup = make_setup(private_vcsim)
+    provider = setup.provider
+    pool = setup.pool(folder="vmpool/disk-a")
+    admin.copy_vm(provider, TEMPLATE_PATH, f"{DATACENTER}/vm/vmpool/disk-a", "ours", template=False)
+    ref = provider.add_disk(pool, "ours", 1)
+    task_id = ref.split(":")[1]
+    restart_empty(private_vcsim, setup)
+    other = setup.pool(folder="vmpool/disk-b")
+    for attempt in range(5):
+        admin.copy_vm(provider, TEMPLATE_PATH, f"{DATACENTER}/vm/vmpool/disk-b", f"theirs-{attempt}",
+                      template=False)
+        if provider.add_disk(other, f"theirs-{attempt}", 1).split(":")[1] == task_id:
+            break
+    else:
+        pytest.fail(f"the premise: vCenter gives {task_id} to another disk task")
+    assert provider.task_status(ref).state is TaskState.ERROR

@@ -138,7 +138,7 @@ class VSphereProvider(Provider):
         """Start a snapshot named ``snapshot_name``."""
         return self._run(
             f"snapshot {hostname}",
-            lambda connection: vms.create_snapshot(self._vm(connection, pool, hostname), snapshot_name),
+            lambda connection: vms.create_snapshot(connection, self._vm(connection, pool, hostname), snapshot_name),
         )
 
     def revert_snapshot(self, pool: PoolConfig, hostname: str, snapshot_name: str) -> str:

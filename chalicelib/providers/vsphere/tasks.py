@@ -4,13 +4,15 @@ vCenter task morefs (``task-123``) are server-wide and outlive our session, so a
 invocation can read them. A few operations need more than one vCenter task or must survive
 vCenter forgetting old tasks (it keeps finished ones for minutes only), so a reference is one of:
 
-* ``task:<task>`` - a plain vCenter task;
-* ``clone:<task>:<folder>:<name>:q<queued>`` - a clone; ``queued`` is when vCenter queued the
-  task (microseconds since 1970, vCenter's clock): a task of that id queued at another time is
-  another task (vCenter restarted, or restored from a backup, hands out old task ids again). If
-  vCenter no longer knows the task, or the id is another task's, the clone succeeded exactly when
-  a VM of that name is in the folder. (Written without ``:q<queued>`` before that check existed:
-  the id is then trusted);
+* ``task:<task>:q<queued>`` - a plain vCenter task; ``queued`` is when vCenter queued it
+  (microseconds since 1970, vCenter's clock), read once when it starts: a task of that id queued
+  at another time is another task (vCenter restarted, or restored from a backup, hands out old
+  task ids again), read as one vCenter no longer knows. ``task:<task>`` (written before, and by
+  the purge, which reads its tasks at once) trusts the id;
+* ``clone:<task>:<folder>:<name>:q<queued>`` - a clone (``queued`` as above). If vCenter no
+  longer knows the task, or the id is another task's, the clone succeeded exactly when a VM of
+  that name is in the folder. (Written without ``:q<queued>`` before that check existed: the id
+  is then trusted);
 * ``destroy:<vm>:<poweroff task>:<name>`` - a destroy that had to power off first: reading its
   state starts Destroy_Task once the VM is off and reports success when the VM is gone, or when
   the id now names a VM of another name (a vCenter restored from a backup, or restarted as vcsim
@@ -47,13 +49,23 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def plain(task: Any) -> str:
+    """A task read within the call that started it (its id cannot have been handed out again)."""
     return f"task:{task._moId}"
+
+
+def recorded(connection: Connection, task: Any) -> str:
+    """A task's reference for a later pass, with the time vCenter queued it (one call)."""
+    return f"task:{task._moId}:{_queued(connection, task)}"
 
 
 def clone_ref(connection: Connection, task: Any, folder: Any, name: str) -> str:
     """The clone's reference, with the time vCenter queued its task (one call)."""
+    return f"clone:{task._moId}:{folder._moId}:{name}:{_queued(connection, task)}"
+
+
+def _queued(connection: Connection, task: Any) -> str:
     found = _task_info(connection, task._moId) or {}
-    return f"clone:{task._moId}:{folder._moId}:{name}:q{_stamp(found.get('info.queueTime'))}"
+    return f"q{_stamp(found.get('info.queueTime'))}"
 
 
 def _stamp(moment: Any) -> str:
@@ -102,6 +114,17 @@ def task_state(connection: Connection, moid: str) -> TaskStatus | None:
     return None if found is None else _state_of(found)
 
 
+def _recorded_state(connection: Connection, moid: str, queued: str) -> tuple[TaskStatus | None, bool]:
+    """The state of the task recorded as ``moid`` queued at ``queued`` ('' : not kept), or None
+    when vCenter no longer knows it; and whether the id names another task now."""
+    found = _task_info(connection, moid)
+    if found is None:
+        return None, False
+    if queued and queued != f"q{_stamp(found.get('info.queueTime'))}":
+        return None, True
+    return _state_of(found), False
+
+
 def _state_of(found: dict[str, Any]) -> TaskStatus:
     state = found["info.state"]
     if state == vim.TaskInfo.State.success:
@@ -120,8 +143,11 @@ def status(connection: Connection, ref: str) -> TaskStatus:
     if kind == "failed":
         return _failed_status(rest)
     if kind == "task":
-        found = task_state(connection, rest)
-        return found or TaskStatus(TaskState.ERROR, f"vCenter no longer knows task {rest}")
+        task, _, queued = rest.partition(":")
+        found, reused = _recorded_state(connection, task, queued)
+        gone = f"task {task} is another task now (vCenter restarted?)" if reused \
+            else f"vCenter no longer knows task {task}"
+        return found or TaskStatus(TaskState.ERROR, gone)
     if kind == "clone":
         return _clone_status(connection, *(rest.split(":", 3) + ["", "", ""])[:4])
     if kind == "migrate":
@@ -150,9 +176,9 @@ def status(connection: Connection, ref: str) -> TaskStatus:
 def _clone_status(connection: Connection, task: str, folder: str, name: str, queued: str) -> TaskStatus:
     """The clone task's state while vCenter knows it as our task; after that, whether its VM is
     there. ``queued``: ``q<microseconds>`` ('' in references written before it was kept)."""
-    found = _task_info(connection, task)
-    if found is not None and (not queued or queued == f"q{_stamp(found.get('info.queueTime'))}"):
-        return _state_of(found)
+    found, reused = _recorded_state(connection, task, queued)
+    if found is not None:
+        return found
     # The task expired from vCenter, or its id is another task's now: the VM tells how it ended.
     try:
         vm = connection.content.searchIndex.FindChild(vim.Folder(folder, connection.stub), name)
@@ -160,7 +186,7 @@ def _clone_status(connection: Connection, task: str, folder: str, name: str, que
         vm = None
     if vm is not None:
         return TaskStatus(TaskState.SUCCESS)
-    gone = "expired in vCenter" if found is None else "is another task now (vCenter restarted?)"
+    gone = "is another task now (vCenter restarted?)" if reused else "expired in vCenter"
     return TaskStatus(TaskState.ERROR, f"clone task {task} {gone} and no VM {name} exists")
 
 
