@@ -2,10 +2,18 @@
 ``prepare_template`` does: with ``create_template_delta_disks``, vSphere templates get a delta
 disk layer once (chalicelib/providers/vsphere/templates.py), so linked clones share their disks.
 
-The provider starts the preparation and returns its task; the pass records it and holds this
-pool's clones until a later pass sees it finished. Done once per provider and template (a new
-template from POST /config/pooltemplate is prepared again). A preparation that fails is logged
-and clones go on without it, as in vmpooler.
+The provider plans the preparation and returns its reference without changing anything; the
+pass records it, then reads it, and each read moves it on. This pool's clones are held until a
+read says it is over. The reference is recorded before vCenter changes, so a pass killed at any
+point leaves a preparation the next pass finishes. Passes of pools sharing a template read it
+one at a time (a lease in Redis): two reads at once would convert and reconfigure the template
+twice. Done once per provider and template (a new template from POST /config/pooltemplate is
+prepared again). A pass also reads on a few of the provider's other preparations under way: the
+one of a template a pool left while it was being prepared is read by nobody else. A pool that
+does not need it (vSphere: one cloning full) never plans it, so another pool on the template
+still gets it; while one is under way it helps it on and waits for it like the others. A
+preparation that fails is logged and clones go on without it, as in vmpooler; one whose template
+was removed or replaced meanwhile is planned again on the next pass.
 """
 
 from __future__ import annotations
@@ -13,7 +21,16 @@ from __future__ import annotations
 from chalicelib.manager.context import PassContext
 from chalicelib.observability import logger
 from chalicelib.providers.base import ProviderError, TaskState
+from chalicelib.providers.failures import FailureKind
+from chalicelib.store.keys import template_lease_name
 from chalicelib.store.templates import DONE, TemplateStore
+
+LEASE_SECONDS = 60.0
+"""How long a pass may advance a template's preparation before another pass may take over (a
+pass killed holding it delays the others this long at most)."""
+
+OTHERS_PER_PASS = 3
+"""How many preparations of other templates a pass reads on at most (``_advance_others``)."""
 
 
 def prepare_template(context: PassContext) -> None:
@@ -22,31 +39,87 @@ def prepare_template(context: PassContext) -> None:
 
 
 def ready_for_clones(context: PassContext) -> bool:
-    """Whether the pool's template is ready to be cloned; starts or follows its preparation."""
+    """Whether the pool's template is ready to be cloned; plans, records and advances its
+    preparation, and moves on the provider's other preparations under way."""
     if not getattr(context.service, "create_template_delta_disks", False):
         return True
     pool = context.pool
     templates = TemplateStore(context.store)
-    key = f"{pool.provider}:{pool.template}"
-    state = templates.state(key)
+    recorded = templates.all()
+    _advance_others(context, templates, recorded)
+    state = recorded.get(_key(pool.provider, pool.template))
     if state == DONE:
         return True
-    fields = {"pool": pool.name, "template": pool.template}
+    needs = context.provider.clones_need_prepared_template(pool)
+    if not state and not needs:
+        return True  # nothing under way, and this pool would not plan it (a full clone needs no layer)
+    ready = _leased(context, templates, pool.template, needs)
+    return bool(ready)
+
+
+def _key(provider: str, template: str) -> str:
+    return f"{provider}:{template}"
+
+
+def _advance_others(context: PassContext, templates: TemplateStore, recorded: dict[str, str]) -> None:
+    """Read on the provider's preparations of templates other than the pool's: one whose pool
+    took another template (POST /config/pooltemplate) is read by nobody else, and would leave
+    its template a VM. A few a pass; their failures are logged, never this pass's."""
+    provider = context.pool.provider
+    own = _key(provider, context.pool.template)
+    others = [key[len(provider) + 1:] for key, state in recorded.items()
+              if key.startswith(f"{provider}:") and key != own and state != DONE]
+    for template in others[:OTHERS_PER_PASS]:
+        try:
+            _leased(context, templates, template, may_plan=False)
+        except ProviderError as error:
+            logger.warning("template preparation could not be read", extra={
+                "pool": context.pool.name, "template": template, "error": str(error)})
+
+
+def _leased(context: PassContext, templates: TemplateStore, template: str, may_plan: bool) -> bool | None:
+    """``_advance`` under the template's lease; None when another pass holds it (the pool waits)."""
+    lease = template_lease_name(context.pool.provider, template)
+    token = context.store.acquire_lease(lease, LEASE_SECONDS)
+    if token is None:  # another pool's pass is at it
+        context.report.followups += 1
+        return None
+    try:
+        return _advance(context, templates, template, may_plan)
+    finally:
+        context.store.release_lease(lease, token)
+
+
+def _advance(context: PassContext, templates: TemplateStore, template: str, may_plan: bool) -> bool:
+    """Plan the template's preparation (when ``may_plan``: it is the pool's own) or read the one
+    recorded, moving it on; whether it is over (the pool may clone)."""
+    pool = context.pool
+    key = _key(pool.provider, template)
+    fields = {"pool": pool.name, "template": template}
+    state = templates.state(key)  # again, under the lease: its previous holder may have moved it on
+    if state == DONE or (not state and not may_plan):
+        return True
     if not state:
         try:
-            task = context.provider.prepare_template(pool)
+            planned = context.provider.prepare_template(pool)
         except ProviderError as error:
             logger.warning("template preparation failed to start; clones go on", extra={**fields, "error": str(error)})
             return True
-        if task is None:
+        if planned is None:
             templates.done(key)
             return True
-        templates.started(key, task)
+        templates.started(key, planned)
         logger.info("template delta disks being created", extra=fields)
-        context.report.followups += 1
-        return False
+        state = planned
     status = context.provider.task_status(state)
     if status.state is TaskState.RUNNING:
+        context.report.followups += 1
+        return False
+    if status.state is TaskState.ERROR and status.kind is FailureKind.TEMPLATE:
+        # Removed or replaced while being prepared: what is at the path now is planned afresh.
+        logger.warning("template changed while being prepared; prepared again",
+                       extra={**fields, "error": status.error})
+        templates.forget(key, state)
         context.report.followups += 1
         return False
     if status.state is TaskState.ERROR:
@@ -54,5 +127,5 @@ def ready_for_clones(context: PassContext) -> bool:
                        extra={**fields, "error": status.error})
     else:
         logger.info("template delta disks created", extra=fields)
-    templates.done(key)
+    templates.finish(key, state)
     return True

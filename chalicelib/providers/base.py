@@ -224,10 +224,18 @@ class Provider(abc.ABC):
         """Start reverting to the snapshot named ``snapshot_name``; return a task ref."""
 
     def prepare_template(self, pool: PoolConfig) -> str | None:
-        """Start what the pool's template needs before it is cloned (vSphere: delta disks when
-        ``create_template_delta_disks``); a task ref, or None when it needs nothing. Idempotent:
-        asked again once the task is done, it needs nothing."""
+        """What the pool's template needs before it is cloned (vSphere: delta disks when
+        ``create_template_delta_disks``): a task ref, or None when it needs nothing. The manager
+        records the ref before reading it with ``task_status``; a provider may do the work in
+        those reads rather than here, so that a pass killed in between leaves nothing the next
+        read cannot finish. Idempotent: asked again once the task is done, it needs nothing."""
         return None
+
+    def clones_need_prepared_template(self, pool: PoolConfig) -> bool:
+        """Whether the pool's clones need what ``prepare_template`` does. A pool that does not
+        (vSphere: one cloning full) never plans a preparation, so that another pool on the same
+        template still gets it."""
+        return True
 
     def clone_seconds(self, pool: PoolConfig) -> float | None:
         """How long the pool's clones take at most, when the provider knows (None: it does not).

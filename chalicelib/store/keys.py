@@ -71,12 +71,14 @@ family through these validators.
     demand:<pool>:<YYYY-MM-DD> hash  per-minute checkouts/misses of a demand-sized pool (sizing/demand.py)
     sizing:state             hash    pool -> its demand size and when it last changed (sizing/controller.py)
     lease:purge:<provider>   string  who purges the provider's unconfigured resources (manager/purge.py)
+    lease:template:<provider>:<template hash> string  which pass advances a template's preparation
     dummy:<provider>:folder:<folder> hash  the dummy provider's VMs in a folder (providers/dummy.py)
     dummy:<provider>:task:<ref>      string one of the dummy provider's tasks
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -288,6 +290,12 @@ class Keys:
 def purge_lease_name(provider: str) -> str:
     """What ``Store.acquire_lease`` takes for the provider's purge lease (``lease:purge:<provider>``)."""
     return f"purge:{provider}"
+
+
+def template_lease_name(provider: str, template: str) -> str:
+    """What ``Store.acquire_lease`` takes for the lease on preparing a provider's template
+    (``lease:template:<provider>:<hash>``): a template path may hold ``:``, so it is hashed."""
+    return f"template:{provider}:{hashlib.sha256(template.encode()).hexdigest()[:32]}"
 
 
 def quota_owner(user: str | None, address: str) -> str:

@@ -73,6 +73,7 @@ class Scripts:
         self.rate_count = load("rate_count")
         self.record_tags = load("record_tags")
         self.set_once = load("set_once")
+        self.replace_field = load("replace_field")
         self.migration_slot = load("migration_slot")
         self.discover = load("discover")
         self.ondemand_create = load("ondemand_create")

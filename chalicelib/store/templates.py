@@ -18,6 +18,12 @@ class TemplateStore:
             value = self.store.client.hget(self.store.keys.templates_prepared, template_key)
         return None if value is None else str(value)
 
+    def all(self) -> dict[str, str]:
+        """Every template's state, by ``<provider>:<template>``."""
+        with _translate_errors():
+            found = self.store.client.hgetall(self.store.keys.templates_prepared)
+        return {str(key): str(value) for key, value in found.items()}
+
     def started(self, template_key: str, task_ref: str) -> bool:
         """Record the preparing task unless another pass recorded one first."""
         with _translate_errors():
@@ -26,3 +32,16 @@ class TemplateStore:
     def done(self, template_key: str) -> None:
         with _translate_errors():
             self.store.client.hset(self.store.keys.templates_prepared, template_key, DONE)
+
+    def finish(self, template_key: str, task_ref: str) -> bool:
+        """Record the template prepared, if ``task_ref`` is still the preparation recorded."""
+        return self._replace(template_key, task_ref, DONE)
+
+    def forget(self, template_key: str, task_ref: str) -> bool:
+        """Drop the preparation ``task_ref`` (if still recorded) so the next pass plans afresh."""
+        return self._replace(template_key, task_ref, "")
+
+    def _replace(self, template_key: str, expected: str, value: str) -> bool:
+        with _translate_errors():
+            return bool(self.store.scripts.replace_field(
+                keys=[self.store.keys.templates_prepared], args=[template_key, expected, value]))

@@ -151,7 +151,8 @@ def _key_heads() -> set[str]:
     part = "\x01"
     functions = [member for name, member in inspect.getmembers(Keys(""), inspect.ismethod)
                  if not name.startswith("_")]
-    functions += [keys_module.purge_lease_name, keys_module.quota_owner, keys_module.rate_limit_client]
+    functions += [keys_module.purge_lease_name, keys_module.template_lease_name, keys_module.quota_owner,
+                  keys_module.rate_limit_client]
     names = []
     for function in functions:
         count = len(inspect.signature(function).parameters)
@@ -279,7 +280,7 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
     from chalicelib.auth.ratelimit import _user_part, address_key
     from chalicelib.auth.tokens import hash_token, token_id
     from chalicelib.config import POOL_NAME_PATTERN
-    from chalicelib.store.keys import purge_lease_name, quota_owner, rate_limit_client
+    from chalicelib.store.keys import purge_lease_name, quota_owner, rate_limit_client, template_lease_name
     from chalicelib.store.scripts import KeyList
     from chalicelib.store.store import Quota
 
@@ -313,6 +314,8 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
                        for w in {*(rate_limit_client(token_id(t), "") for t in token_hashes),
                                  *(rate_limit_client(None, a) for a in addresses)}],
         "purge_lease": [(p, keys.lease(purge_lease_name(p))) for p in pools],
+        "template_lease": [(f"{p} {t}", keys.lease(template_lease_name(p, t)))
+                           for p in pools[:20] for t in HOSTILE_NAMES],
         "dummy_folder": [(f"{p} {f}", keys.dummy_folder(p, f)) for p in pools[:20] for f in HOSTILE_NAMES],
         "dummy_task": [(f"{p} {t}", keys.dummy_task(p, t)) for p in pools[:20] for t in HOSTILE_NAMES],
         "daily": [(DAY, keys.daily(DAY))],

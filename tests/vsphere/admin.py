@@ -205,3 +205,48 @@ def destroy(provider: VSphereProvider, path: str) -> None:
         _finish(connection, found.Destroy_Task())
 
     provider._run(f"destroy {path}", destroying)
+
+
+def copy_vm(provider: VSphereProvider, source_path: str, folder_path: str, name: str, template: bool) -> str:
+    """Clone the VM or template at ``source_path`` into ``folder_path`` (made if missing) as
+    ``name``, powered off, its disks flat, and mark the copy a template when ``template``, as an
+    admin making a new template does. Returns the copy's managed object id."""
+
+    def copying(connection: Connection) -> str:
+        source = inventory.find(connection, source_path)
+        datacenter, _, folder = folder_path.partition("/vm")
+        target = inventory.ensure_folder(connection, datacenter, folder.strip("/"), create=True)
+        if source is None or target is None:
+            raise ProviderError(f"nothing at {source_path} or {folder_path}")
+        dc = inventory.find(connection, datacenter)
+        host_folder = (inventory.one(connection, dc, ["hostFolder"]) or {})["hostFolder"]
+        computes = (inventory.one(connection, host_folder, ["childEntity"]) or {})["childEntity"]
+        pool = (inventory.one(connection, computes[0], ["resourcePool"]) or {})["resourcePool"]
+        spec = vim.vm.CloneSpec(location=vim.vm.RelocateSpec(pool=pool), powerOn=False, template=False)
+        copy = _finish(connection, source.CloneVM_Task(folder=target, name=name, spec=spec))
+        if template:
+            copy.MarkAsTemplate()
+        return str(copy._moId)
+
+    return provider._run(f"copy {source_path} to {folder_path}/{name}", copying)
+
+
+def template_state(provider: VSphereProvider, path: str) -> tuple[bool, list[int]] | None:
+    """Whether the VM at ``path`` is a template, and for each of its disks how many backings
+    stand behind its own (0: flat; 1: one delta layer); None when nothing is there."""
+
+    def read(connection: Connection) -> tuple[bool, list[int]] | None:
+        found = inventory.find(connection, path)
+        if found is None:
+            return None
+        facts = inventory.one(connection, found, ["config.template", "config.hardware.device"]) or {}
+        depths = []
+        for disk in facts.get("config.hardware.device") or []:
+            if isinstance(disk, vim.vm.device.VirtualDisk):
+                depth, backing = 0, disk.backing
+                while getattr(backing, "parent", None) is not None:
+                    depth, backing = depth + 1, backing.parent
+                depths.append(depth)
+        return bool(facts.get("config.template")), depths
+
+    return provider._run(f"inspect {path}", read)

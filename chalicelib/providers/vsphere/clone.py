@@ -208,4 +208,4 @@ def _start(
     if linked and facts.get("snapshot.currentSnapshot") is not None:
         spec.snapshot = facts["snapshot.currentSnapshot"]
     task = template.CloneVM_Task(folder=folder, name=hostname, spec=spec)
-    return tasks.clone_ref(task, folder, hostname)
+    return tasks.clone_ref(connection, task, folder, hostname)

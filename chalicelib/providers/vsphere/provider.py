@@ -118,8 +118,10 @@ class VSphereProvider(Provider):
         )
 
     def task_status(self, task_ref: str) -> TaskStatus:
-        """Read a task's state now; never waits. Destroy chains advance on each read."""
-        return self._run(f"read task {task_ref}", lambda connection: tasks.status(connection, task_ref))
+        """Read a task's state now; never waits. Destroy chains and template preparations
+        advance on each read."""
+        read = templates.status if templates.is_ref(task_ref) else tasks.status
+        return self._run(f"read task {task_ref}", lambda connection: read(connection, task_ref))
 
     def destroy(self, pool: PoolConfig, hostname: str) -> str | None:
         """Power off (if on) and destroy, without waiting; None when there is no such VM."""
@@ -145,7 +147,7 @@ class VSphereProvider(Provider):
         """Start a snapshot named ``snapshot_name``."""
         return self._run(
             f"snapshot {hostname}",
-            lambda connection: vms.create_snapshot(self._vm(connection, pool, hostname), snapshot_name),
+            lambda connection: vms.create_snapshot(connection, self._vm(connection, pool, hostname), snapshot_name),
         )
 
     def revert_snapshot(self, pool: PoolConfig, hostname: str, snapshot_name: str) -> str:
@@ -156,12 +158,17 @@ class VSphereProvider(Provider):
         )
 
     def prepare_template(self, pool: PoolConfig) -> str | None:
-        """Start giving the template its delta disk layer (``create_template_delta_disks``; see
-        chalicelib.providers.vsphere.templates); None when it needs nothing."""
+        """A reference whose reads give the template its delta disk layer
+        (``create_template_delta_disks``; see chalicelib.providers.vsphere.templates); None when
+        it needs nothing. Changes nothing in vCenter itself."""
         return self._run(
             f"prepare template {pool.template}",
             lambda connection: templates.prepare(connection, self.config, self.service, pool),
         )
+
+    def clones_need_prepared_template(self, pool: PoolConfig) -> bool:
+        """Only linked clones use the template's delta disk layer."""
+        return clones.is_linked(pool, self.service)
 
     def start_migration(self, pool: PoolConfig, hostname: str) -> Migration | None:
         """Start a vMotion to the least used compatible host of the VM's cluster when its host is

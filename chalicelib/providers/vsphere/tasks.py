@@ -4,9 +4,15 @@ vCenter task morefs (``task-123``) are server-wide and outlive our session, so a
 invocation can read them. A few operations need more than one vCenter task or must survive
 vCenter forgetting old tasks (it keeps finished ones for minutes only), so a reference is one of:
 
-* ``task:<task>`` - a plain vCenter task;
-* ``clone:<task>:<folder>:<name>`` - a clone; if vCenter no longer knows the task, the clone
-  succeeded exactly when a VM of that name is in the folder;
+* ``task:<task>:q<queued>`` - a plain vCenter task; ``queued`` is when vCenter queued it
+  (microseconds since 1970, vCenter's clock), read once when it starts: a task of that id queued
+  at another time is another task (vCenter restarted, or restored from a backup, hands out old
+  task ids again), read as one vCenter no longer knows. ``task:<task>`` (written before, and by
+  the purge, which reads its tasks at once) trusts the id;
+* ``clone:<task>:<folder>:<name>:q<queued>`` - a clone (``queued`` as above). If vCenter no
+  longer knows the task, or the id is another task's, the clone succeeded exactly when a VM of
+  that name is in the folder. (Written without ``:q<queued>`` before that check existed: the id
+  is then trusted);
 * ``destroy:<vm>:<poweroff task>:<name>`` - a destroy that had to power off first: reading its
   state starts Destroy_Task once the VM is off and reports success when the VM is gone, or when
   the id now names a VM of another name (a vCenter restored from a backup, or restarted as vcsim
@@ -14,8 +20,10 @@ vCenter forgetting old tasks (it keeps finished ones for minutes only), so a ref
   before that check existed;
 * ``migrate:<task>:<vm>:<host>`` - a RelocateVM; if vCenter no longer knows the task, it succeeded
   exactly when the VM is on that host;
-* ``delta:<task>:<vm>:<0|1>`` - a template's delta disks (templates.py): once the reconfigure
-  is done, the VM is marked as a template again when it was one (1);
+* ``template:<vm>:<0|1>:<path>`` - a template's delta disks: read by templates.py, not here;
+* ``delta:<task>:<vm>:<0|1>`` - the same, as written before the VM's identity was kept: it reads
+  as an ERROR of kind ``template`` (nothing is done to a VM it cannot tell is the template), and
+  the manager plans the preparation again;
 * ``failed:<kind>:<message>`` - an operation that could not be started (template or folder
   missing): it reads as an ERROR carrying the failure's kind and message, the same way a vCenter
   fault does. (``failed:<message>``, written before kinds existed, reads as kind ``other``.)
@@ -26,6 +34,7 @@ Reading a state never waits.
 from __future__ import annotations
 
 import base64
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pyVmomi import vim, vmodl
@@ -36,14 +45,36 @@ from chalicelib.providers.vsphere import inventory
 from chalicelib.providers.vsphere.connection import Connection, describe_fault, fault_kind
 
 TASK_INFO = ("info.state", "info.error", "info.descriptionId")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def plain(task: Any) -> str:
+    """A task read within the call that started it (its id cannot have been handed out again)."""
     return f"task:{task._moId}"
 
 
-def clone_ref(task: Any, folder: Any, name: str) -> str:
-    return f"clone:{task._moId}:{folder._moId}:{name}"
+def recorded(connection: Connection, task: Any) -> str:
+    """A task's reference for a later pass, with the time vCenter queued it (one call)."""
+    return f"task:{task._moId}:{_queued(connection, task)}"
+
+
+def clone_ref(connection: Connection, task: Any, folder: Any, name: str) -> str:
+    """The clone's reference, with the time vCenter queued its task (one call)."""
+    return f"clone:{task._moId}:{folder._moId}:{name}:{_queued(connection, task)}"
+
+
+def _queued(connection: Connection, task: Any) -> str:
+    found = _task_info(connection, task._moId) or {}
+    return f"q{_stamp(found.get('info.queueTime'))}"
+
+
+def _stamp(moment: Any) -> str:
+    """A task's queue time as whole microseconds since 1970 ('' when vCenter gave none)."""
+    if not isinstance(moment, datetime):
+        return ""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return str((moment - _EPOCH) // timedelta(microseconds=1))
 
 
 def destroy_ref(vm: Any, poweroff_task: Any, name: str) -> str:
@@ -52,10 +83,6 @@ def destroy_ref(vm: Any, poweroff_task: Any, name: str) -> str:
 
 def migrate_ref(task: Any, vm: Any, host: Any) -> str:
     return f"migrate:{task._moId}:{vm._moId}:{host._moId}"
-
-
-def delta_ref(task: Any, vm: Any, was_template: bool) -> str:
-    return f"delta:{task._moId}:{vm._moId}:{int(was_template)}"
 
 
 def failed_ref(message: str, kind: FailureKind) -> str:
@@ -72,15 +99,33 @@ def _failed_status(rest: str) -> TaskStatus:
     return TaskStatus(TaskState.ERROR, message, FailureKind.parse(kind))
 
 
-def _task_state(connection: Connection, moid: str) -> TaskStatus | None:
-    """A task's state, or None when vCenter no longer knows the task."""
-    task = vim.Task(moid, connection.stub)
+def _task_info(connection: Connection, moid: str) -> dict[str, Any] | None:
+    """A task's state, error, description and queue time, or None when vCenter no longer knows it."""
     try:
-        found = inventory.one(connection, task, TASK_INFO)
+        found = inventory.one(connection, vim.Task(moid, connection.stub), (*TASK_INFO, "info.queueTime"))
     except vmodl.fault.ManagedObjectNotFound:
-        found = None
-    if found is None or "info.state" not in found:
         return None
+    return found if found is not None and "info.state" in found else None
+
+
+def task_state(connection: Connection, moid: str) -> TaskStatus | None:
+    """A task's state, or None when vCenter no longer knows the task."""
+    found = _task_info(connection, moid)
+    return None if found is None else _state_of(found)
+
+
+def _recorded_state(connection: Connection, moid: str, queued: str) -> tuple[TaskStatus | None, bool]:
+    """The state of the task recorded as ``moid`` queued at ``queued`` ('' : not kept), or None
+    when vCenter no longer knows it; and whether the id names another task now."""
+    found = _task_info(connection, moid)
+    if found is None:
+        return None, False
+    if queued and queued != f"q{_stamp(found.get('info.queueTime'))}":
+        return None, True
+    return _state_of(found), False
+
+
+def _state_of(found: dict[str, Any]) -> TaskStatus:
     state = found["info.state"]
     if state == vim.TaskInfo.State.success:
         return TaskStatus(TaskState.SUCCESS)
@@ -98,25 +143,16 @@ def status(connection: Connection, ref: str) -> TaskStatus:
     if kind == "failed":
         return _failed_status(rest)
     if kind == "task":
-        found = _task_state(connection, rest)
-        return found or TaskStatus(TaskState.ERROR, f"vCenter no longer knows task {rest}")
+        task, _, queued = rest.partition(":")
+        found, reused = _recorded_state(connection, task, queued)
+        gone = f"task {task} is another task now (vCenter restarted?)" if reused \
+            else f"vCenter no longer knows task {task}"
+        return found or TaskStatus(TaskState.ERROR, gone)
     if kind == "clone":
-        task, folder, name = (rest.split(":", 2) + ["", ""])[:3]
-        found = _task_state(connection, task)
-        if found is not None:
-            return found
-        # The task expired from vCenter: the VM's presence tells how the clone ended.
-        child = vim.Folder(folder, connection.stub)
-        try:
-            vm = connection.content.searchIndex.FindChild(child, name)
-        except vmodl.fault.ManagedObjectNotFound:
-            vm = None
-        if vm is not None:
-            return TaskStatus(TaskState.SUCCESS)
-        return TaskStatus(TaskState.ERROR, f"clone task {task} expired in vCenter and no VM {name} exists")
+        return _clone_status(connection, *(rest.split(":", 3) + ["", "", ""])[:4])
     if kind == "migrate":
         task, vm_id, host_id = (rest.split(":", 2) + ["", ""])[:3]
-        found = _task_state(connection, task)
+        found = task_state(connection, task)
         if found is not None:
             return found
         try:
@@ -128,7 +164,8 @@ def status(connection: Connection, ref: str) -> TaskStatus:
             return TaskStatus(TaskState.SUCCESS)
         return TaskStatus(TaskState.ERROR, f"migration task {task} expired in vCenter and the VM is not on {host_id}")
     if kind == "delta":
-        return _delta_status(connection, *(rest.split(":", 2) + ["", ""])[:3])
+        return TaskStatus(TaskState.ERROR, "a template preparation recorded by an older vmpool: prepared again",
+                          FailureKind.TEMPLATE)
     if kind == "destroy":
         vm_id, _, rest = rest.partition(":")
         poweroff, _, name = rest.partition(":")
@@ -136,21 +173,21 @@ def status(connection: Connection, ref: str) -> TaskStatus:
     return TaskStatus(TaskState.ERROR, f"unknown task reference {ref!r}")
 
 
-def _delta_status(connection: Connection, task: str, vm_id: str, was_template: str) -> TaskStatus:
-    """The reconfigure's state; once it is over, a template made a VM for it is one again."""
-    found = _task_state(connection, task)
-    if found is not None and found.state is TaskState.RUNNING:
+def _clone_status(connection: Connection, task: str, folder: str, name: str, queued: str) -> TaskStatus:
+    """The clone task's state while vCenter knows it as our task; after that, whether its VM is
+    there. ``queued``: ``q<microseconds>`` ('' in references written before it was kept)."""
+    found, reused = _recorded_state(connection, task, queued)
+    if found is not None:
         return found
-    vm = vim.VirtualMachine(vm_id, connection.stub)
-    facts = inventory.one(connection, vm, ["config.template"])
-    if facts is None:
-        return TaskStatus(TaskState.ERROR, "the template is gone")
-    if was_template == "1" and not facts.get("config.template"):
-        try:
-            vm.MarkAsTemplate()
-        except vmodl.MethodFault as fault:
-            return TaskStatus(TaskState.ERROR, f"could not mark it as a template again: {describe_fault(fault)}")
-    return found or TaskStatus(TaskState.SUCCESS)
+    # The task expired from vCenter, or its id is another task's now: the VM tells how it ended.
+    try:
+        vm = connection.content.searchIndex.FindChild(vim.Folder(folder, connection.stub), name)
+    except vmodl.fault.ManagedObjectNotFound:
+        vm = None
+    if vm is not None:
+        return TaskStatus(TaskState.SUCCESS)
+    gone = "is another task now (vCenter restarted?)" if reused else "expired in vCenter"
+    return TaskStatus(TaskState.ERROR, f"clone task {task} {gone} and no VM {name} exists")
 
 
 def _destroy_status(connection: Connection, vm: Any, poweroff: str, name: str) -> TaskStatus:
@@ -160,7 +197,7 @@ def _destroy_status(connection: Connection, vm: Any, poweroff: str, name: str) -
     if found is None or (name and found.get("name") != name):
         return TaskStatus(TaskState.SUCCESS)  # the VM is gone: destroyed (its id may be another's now)
     if found.get("runtime.powerState") != vim.VirtualMachine.PowerState.poweredOff:
-        off = _task_state(connection, poweroff)
+        off = task_state(connection, poweroff)
         if off is None or off.state is TaskState.ERROR:
             return TaskStatus(TaskState.ERROR, f"power off failed: {off.error if off else 'task expired'}")
         return TaskStatus(TaskState.RUNNING)

@@ -40,7 +40,7 @@ def destroy(connection: Connection, vm: Any) -> str | None:
     state = found.get("runtime.powerState")
     if state != vim.VirtualMachine.PowerState.poweredOff:
         return tasks.destroy_ref(vm, vm.PowerOffVM_Task(), str(found.get("name", "")))
-    return tasks.plain(vm.Destroy_Task())
+    return tasks.recorded(connection, vm.Destroy_Task())
 
 
 def add_disk(connection: Connection, vm: Any, size_gb: int) -> str:
@@ -69,12 +69,13 @@ def add_disk(connection: Connection, vm: Any, size_gb: int) -> str:
         fileOperation=vim.vm.device.VirtualDeviceSpec.FileOperation.create,
         device=disk,
     )
-    return tasks.plain(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=[change])))
+    return tasks.recorded(connection, vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=[change])))
 
 
-def create_snapshot(vm: Any, name: str) -> str:
+def create_snapshot(connection: Connection, vm: Any, name: str) -> str:
     """A snapshot with memory, quiesced when Tools can (vmpooler's settings)."""
-    return tasks.plain(vm.CreateSnapshot_Task(name=name, description="vmpool", memory=True, quiesce=True))
+    return tasks.recorded(connection, vm.CreateSnapshot_Task(name=name, description="vmpool", memory=True,
+                                                             quiesce=True))
 
 
 def _walk(snapshots: list[Any]) -> Iterator[Any]:
@@ -88,7 +89,7 @@ def revert_snapshot(connection: Connection, vm: Any, name: str) -> str:
     info = found.get("snapshot")
     for item in _walk(list(info.rootSnapshotList or []) if info is not None else []):
         if item.name == name:
-            return tasks.plain(item.snapshot.RevertToSnapshot_Task())
+            return tasks.recorded(connection, item.snapshot.RevertToSnapshot_Task())
     raise LookupError(f"snapshot {name} not found on the VM")
 
 
