@@ -80,19 +80,15 @@ def vcsim_dir() -> Iterator[Path]:
 def vcsim(vcsim_dir: Path) -> Iterator[VcsimServer]:
     """One simulator for the session: DC0, cluster DC0_C0 with hosts DC0_C0_H0..2, template
     DC0/vm/templates/vmpool-template, folder DC0/vm/vmpool; guests boot after 1 s."""
-    server = VcsimServer(boot_delay=1.0, cert_path=vcsim_dir / "session.pem")
-    server.start()
-    yield server
-    server.stop()
+    with VcsimServer(boot_delay=1.0, cert_path=vcsim_dir / "session.pem") as server:
+        yield server
 
 
 @pytest.fixture
 def private_vcsim(vcsim_dir: Path) -> Iterator[VcsimServer]:
     """A simulator of its own, for tests that stop and restart it."""
-    server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"private-{next(_counter)}.pem")
-    server.start()
-    yield server
-    server.stop()
+    with VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"private-{next(_counter)}.pem") as server:
+        yield server
 
 
 _counter = itertools.count()

@@ -73,10 +73,9 @@ def converge(harness: Harness, size: int, timeout: float = 20,
 @pytest.fixture
 def slow_clones(vcsim_dir: Path) -> Iterator[VcsimServer]:
     """A simulator whose clone tasks run 1 s (the VM is in its folder meanwhile)."""
-    server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"slow-{secrets.token_hex(3)}.pem", clone_delay=1.0)
-    server.start()
-    yield server
-    server.stop()
+    with VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"slow-{secrets.token_hex(3)}.pem",
+                     clone_delay=1.0) as server:
+        yield server
 
 
 # --- 1. a pass killed around a clone's start ----------------------------------------------------

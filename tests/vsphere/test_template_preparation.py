@@ -84,11 +84,9 @@ def test_a_preparation_read_after_vcenter_reused_the_template_id_never_touches_t
 def expiring_mid_preparation(vcsim_dir: Path) -> Iterator[VcsimServer]:
     """Sessions idle 1 s expire, and making a template a VM takes 2.5 s: the session ends between
     that and the reconfigure that follows it."""
-    server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"expiring-{secrets.token_hex(3)}.pem",
-                         method_delays={"MarkAsVirtualMachine": 2.5}, session_idle=1.0)
-    server.start()
-    yield server
-    server.stop()
+    with VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"expiring-{secrets.token_hex(3)}.pem",
+                     method_delays={"MarkAsVirtualMachine": 2.5}, session_idle=1.0) as server:
+        yield server
 
 
 def test_a_session_ending_mid_preparation_leaves_a_template_and_no_clone_of_a_half_made_one(
@@ -116,10 +114,9 @@ def test_a_session_ending_mid_preparation_leaves_a_template_and_no_clone_of_a_ha
 @pytest.fixture
 def long_clones(vcsim_dir: Path) -> Iterator[VcsimServer]:
     """Clone tasks that run 60 s (nobody waits for them)."""
-    server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"long-{secrets.token_hex(3)}.pem", clone_delay=60)
-    server.start()
-    yield server
-    server.stop()
+    with VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"long-{secrets.token_hex(3)}.pem",
+                     clone_delay=60) as server:
+        yield server
 
 
 def test_a_clone_task_id_vcenter_gave_to_another_task_reads_as_the_clone_gone(long_clones: VcsimServer) -> None:
@@ -200,10 +197,9 @@ def test_a_template_deleted_while_being_prepared_ends_the_preparation_and_the_po
 @pytest.fixture
 def one_second_clones(vcsim_dir: Path) -> Iterator[VcsimServer]:
     """Clone tasks that run 1 s (the VM is in its folder meanwhile)."""
-    server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"second-{secrets.token_hex(3)}.pem", clone_delay=1)
-    server.start()
-    yield server
-    server.stop()
+    with VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"second-{secrets.token_hex(3)}.pem",
+                     clone_delay=1) as server:
+        yield server
 
 
 def test_a_template_changed_with_clones_in_flight_refills_from_the_new_one_and_leaks_nothing(

@@ -18,10 +18,8 @@ from tests.vsphere.vcsim import VcsimServer, vcsim_config
 
 
 def loaded_vcsim(directory: Path, percent: float) -> Iterator[VcsimServer]:
-    server = VcsimServer(boot_delay=0.2, cert_path=directory / f"loaded-{percent}.pem", host_load_per_vm=percent)
-    server.start()
-    yield server
-    server.stop()
+    with VcsimServer(boot_delay=0.2, cert_path=directory / f"loaded-{percent}.pem", host_load_per_vm=percent) as server:
+        yield server
 
 
 @pytest.fixture

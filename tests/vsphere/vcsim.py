@@ -57,6 +57,14 @@ class VcsimServer:
             launcher.stop_vcsim(self.process)
             self.process = None
 
+    def __enter__(self) -> "VcsimServer":
+        """Started for a ``with`` block (a fixture's ``yield``), stopped when it ends."""
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     @property
     def server(self) -> str:
         return f"127.0.0.1:{self.port}"
