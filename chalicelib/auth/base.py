@@ -37,7 +37,8 @@ def acceptable_credentials(username: object, password: object) -> bool:
     Refuses an empty password (an LDAP simple bind with a name and no password is an
     *unauthenticated* bind that many servers, Active Directory included, answer with success),
     empty or blank user names, surrounding spaces, control characters (NUL included), lone
-    surrogates (no UTF-8 form) and absurd lengths."""
+    surrogates (no UTF-8 form), names without one canonical name (``has_one_canonical_name``) and
+    absurd lengths."""
     if not isinstance(username, str) or not isinstance(password, str):
         return False
     if not password or not username.strip():
@@ -53,22 +54,36 @@ def acceptable_credentials(username: object, password: object) -> bool:
         return False
     if any("\ud800" <= char <= "\udfff" for char in username + password):
         return False  # a lone surrogate has no UTF-8 form to send (never from HTTP; from a caller)
+    if not has_one_canonical_name(username):
+        return False  # another entry's spelling to vmpool ('ali\u2102e' would be alice)
     return True
 
 
 def canonical_user(username: str) -> str:
-    """The name a directory matches for ``username``: NFKC-normalised (a fullwidth ``\uff42ob`` is
-    ``bob``), lower-cased, without surrounding spaces. One user has one canonical name, whatever
-    look-alike spelling a client sends: tokens, VMs and admin lists go by it (failed logins by the
-    coarser ``login_key``).
+    """The name a directory matches for ``username``: each letter lower-cased, then
+    NFKC-normalised (a fullwidth ``\uff42ob`` is ``bob``), without surrounding spaces. One user has
+    one canonical name, whatever look-alike spelling a client sends: tokens, VMs and admin lists
+    go by it (failed logins by the coarser ``login_key``).
 
-    Lower-cased, not case-folded: LDAP's caseIgnoreMatch (as OpenLDAP implements it) maps
-    each letter to its lower case, so ``stra\u00dfe`` and ``strasse`` are two entries with two
-    passwords, which ``str.casefold`` would make one user. The dotted capital I is lower-cased
-    to ``i``, as the directory does (``str.lower`` gives i and a combining dot). NFKC also maps
-    compatibility letters a directory may keep apart (see docs/auth.md)."""
-    dotless = unicodedata.normalize("NFKC", username.replace("\u0130", "i"))
-    return unicodedata.normalize("NFKC", dotless.lower()).strip()
+    In the order and the way OpenLDAP's caseIgnoreMatch does it: each letter to its lower case,
+    on its own (``str.lower`` gives a capital sigma at the end of a word the final form
+    ``\u03c2``, another name to the directory), then compatibility mappings (``\u2102`` has no
+    lower case and stays a capital C: lower-casing after NFKC made ``ali\u2102e``, another entry,
+    ``alice``). Lower-cased, not case-folded: ``stra\u00dfe`` and ``strasse`` are two entries with
+    two passwords, which ``str.casefold`` would make one user. The dotted capital I is lower-cased
+    to ``i``, as the directory does (``str.lower`` gives i and a combining dot). A name whose
+    canonical name is not its own canonical name (``ali\u2102e``) has no spelling that is one user
+    to vmpool and to the directory alike: ``acceptable_credentials`` refuses it."""
+    lowered = "".join(char.lower() for char in username.replace("\u0130", "i"))
+    return unicodedata.normalize("NFKC", lowered).strip()
+
+
+def has_one_canonical_name(username: str) -> bool:
+    """Whether ``username``'s canonical name is a spelling of the same user (``alice``) and not of
+    another (``ali\u2102e`` gives ``aliCe``, a spelling of alice, while the directory keeps the
+    two entries apart)."""
+    canonical = canonical_user(username)
+    return canonical_user(canonical) == canonical
 
 
 def login_key(username: str) -> str:

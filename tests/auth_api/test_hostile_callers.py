@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import pytest
 
 import app as chalice_app
-from tests.auth.slapd import PEOPLE_OU, SlapdServer
+from tests.auth.slapd import PEOPLE_OU, USERS_OU, SlapdServer
 from tests.auth_api.documents import CLIENT_IP, POOL, document
 from tests.harness import basic
 
@@ -266,3 +266,71 @@ def test_a_name_that_finds_two_entries_logs_in_as_neither(make_api):
         assert api.call("POST", "/api/v3/token", headers=basic("alice", "mallory-Pass-8")).status == 401
         assert api.call("POST", "/api/v3/token", headers=basic("alice", directory.password("alice"))).status == 401
         assert api.call("POST", "/api/v3/token", headers=basic("mallory", "mallory-Pass-8")).status == 200
+
+
+def _person(uid: str, password: str) -> str:
+    return f"""dn: uid={uid},{USERS_OU}
+objectClass: inetOrgPerson
+uid: {uid}
+cn: {uid}
+sn: {uid}
+userPassword: {password}
+"""
+
+
+DOUBLE_STRUCK = "ali\u2102e"
+"""'ali\u2102e': OpenLDAP lower-cases each letter, then applies compatibility mappings, so \u2102
+(no lower case) becomes a capital C and the entry stays apart from alice. NFKC first, then lower
+case (vmpool's canonical name) made it 'alice'."""
+SIGMA, FINAL_SIGMA = "\u03bf\u03b4\u03bf\u03c3", "\u03bf\u03b4\u03bf\u03c2"
+"""Two Greek entries, one ending in \u03c3 and one in the final form \u03c2, which OpenLDAP keeps
+apart; '\u039f\u0394\u039f\u03a3' binds as the first (\u03a3 lower-cases to \u03c3), while Python's
+str.lower gives a final \u03c2 at the end of a word: the second's name."""
+LOOK_ALIKES = {DOUBLE_STRUCK: "double-struck-Pass-9", SIGMA: "sigma-Pass-10", FINAL_SIGMA: "final-sigma-Pass-11"}
+
+
+@pytest.fixture(scope="module")
+def look_alike_directory() -> Iterator[SlapdServer]:
+    """The test directory with entries whose names look like others' but are other people."""
+    with SlapdServer(extra_ldif="\n".join(_person(uid, password) for uid, password in LOOK_ALIKES.items())) as server:
+        yield server
+
+
+def _look_alike_api(make_api, directory: SlapdServer):
+    ldap = directory.ldap_config()
+    ldap["service_account_hash"] = {"user_dn": directory.service_dn, "password": directory.service_password}
+    return make_api(document({"provider": "ldap", "ldap": ldap}))
+
+
+def test_an_entry_the_directory_keeps_apart_from_alice_never_logs_in_as_alice(make_api, look_alike_directory):
+    """The holder of 'ali\u2102e' logged in with her own password and was vmpool's 'alice': alice's
+    tokens (listed, deleted), VMs and admin rights. No spelling of such a name is one user for
+    vmpool and the directory alike, so it does not log in."""
+    api = _look_alike_api(make_api, look_alike_directory)
+    alice_token = api.new_token("alice", look_alike_directory.password("alice"))
+    mallory = basic(DOUBLE_STRUCK, LOOK_ALIKES[DOUBLE_STRUCK])
+    assert api.call("GET", "/api/v3/token", headers=mallory).status == 401
+    assert api.call("DELETE", f"/api/v3/token/{alice_token}", headers=mallory).status == 401
+    assert api.call("POST", "/api/v3/token", headers=mallory).status == 401
+    assert api.call("GET", f"/api/v3/token/{alice_token}").status == 200  # still alice's, still alive
+
+
+def test_a_capital_sigma_logs_in_as_the_entry_it_binds(make_api, look_alike_directory):
+    """'\u039f\u0394\u039f\u03a3' binds as \u03bf\u03b4\u03bf\u03c3, but str.lower made it
+    \u03bf\u03b4\u03bf\u03c2, another entry's name: its holder listed and deleted the other's tokens."""
+    api = _look_alike_api(make_api, look_alike_directory)
+    other_token = api.new_token(FINAL_SIGMA, LOOK_ALIKES[FINAL_SIGMA])
+    upper = basic(SIGMA.upper(), LOOK_ALIKES[SIGMA])
+    assert api.call("GET", "/api/v3/token", headers=upper).status == 404  # none of its own
+    assert api.call("DELETE", f"/api/v3/token/{other_token}", headers=upper).status == 403
+    mine = api.new_token(SIGMA.upper(), LOOK_ALIKES[SIGMA])
+    assert api.call("GET", f"/api/v3/token/{mine}").body[mine]["user"] == SIGMA
+    assert set(api.call("GET", "/api/v3/token", headers=basic(SIGMA, LOOK_ALIKES[SIGMA])).body) == {
+        "ok", api.services.tokens.lookup(mine, touch=False).id}
+
+
+def test_a_name_without_one_canonical_spelling_is_refused_by_every_provider(make_api):
+    """The dummy provider too: ali\u2102e and alice were one user."""
+    api = make_api(document({"provider": "dummy"}))
+    assert api.call("POST", "/api/v3/token", headers=basic(DOUBLE_STRUCK, "anything")).status == 401
+    assert api.call("POST", "/api/v3/token", headers=basic("\uff41lice", "anything")).status == 200
