@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Protocol, runtime_checkable
 
@@ -59,11 +60,16 @@ def acceptable_credentials(username: object, password: object) -> bool:
     return True
 
 
+_SPACES = re.compile("[\u0020\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
+"""A run of space separators (Unicode's category Zs: the space, the no-break, em, ideographic
+spaces...)."""
+
+
 def canonical_user(username: str) -> str:
     """The name a directory matches for ``username``: each letter lower-cased, then
-    NFKC-normalised (a fullwidth ``\uff42ob`` is ``bob``), without surrounding spaces. One user has
-    one canonical name, whatever look-alike spelling a client sends: tokens, VMs and admin lists
-    go by it (failed logins by the coarser ``login_key``).
+    NFKC-normalised (a fullwidth ``\uff42ob`` is ``bob``), each run of spaces one space, without
+    surrounding spaces. One user has one canonical name, whatever look-alike spelling a client
+    sends: tokens, VMs and admin lists go by it (failed logins by the coarser ``login_key``).
 
     In the order and the way OpenLDAP's caseIgnoreMatch does it: each letter to its lower case,
     on its own (``str.lower`` gives a capital sigma at the end of a word the final form
@@ -77,7 +83,10 @@ def canonical_user(username: str) -> str:
     # str.lower letter by letter: its one rule that looks at context is the final sigma, and a
     # capital sigma made a small one first never meets it (a loop over letters is 50 times slower).
     lowered = username.replace("\u0130", "i").replace("\u03a3", "\u03c3").lower()
-    return unicodedata.normalize("NFKC", lowered).strip()
+    normalized = unicodedata.normalize("NFKC", lowered)
+    # Any run of space separators is one space, as the directory matches them (RFC 4518's
+    # insignificant space handling): 'john  doe' binds as 'john doe'.
+    return " ".join(_SPACES.split(normalized)).strip()
 
 
 def has_one_canonical_name(username: str) -> bool:

@@ -286,7 +286,10 @@ SIGMA, FINAL_SIGMA = "\u03bf\u03b4\u03bf\u03c3", "\u03bf\u03b4\u03bf\u03c2"
 """Two Greek entries, one ending in \u03c3 and one in the final form \u03c2, which OpenLDAP keeps
 apart; '\u039f\u0394\u039f\u03a3' binds as the first (\u03a3 lower-cases to \u03c3), while Python's
 str.lower gives a final \u03c2 at the end of a word: the second's name."""
-LOOK_ALIKES = {DOUBLE_STRUCK: "double-struck-Pass-9", SIGMA: "sigma-Pass-10", FINAL_SIGMA: "final-sigma-Pass-11"}
+SPACED = "john doe"
+"""A name with a space: OpenLDAP matches any run of spaces in it as one (RFC 4518)."""
+LOOK_ALIKES = {DOUBLE_STRUCK: "double-struck-Pass-9", SIGMA: "sigma-Pass-10", FINAL_SIGMA: "final-sigma-Pass-11",
+               SPACED: "john-Pass-12"}
 
 
 @pytest.fixture(scope="module")
@@ -296,10 +299,10 @@ def look_alike_directory() -> Iterator[SlapdServer]:
         yield server
 
 
-def _look_alike_api(make_api, directory: SlapdServer):
+def _look_alike_api(make_api, directory: SlapdServer, **auth: Any):
     ldap = directory.ldap_config()
     ldap["service_account_hash"] = {"user_dn": directory.service_dn, "password": directory.service_password}
-    return make_api(document({"provider": "ldap", "ldap": ldap}))
+    return make_api(document({"provider": "ldap", "ldap": ldap, **auth}, config={"max_tokens_per_user": 2}))
 
 
 def test_an_entry_the_directory_keeps_apart_from_alice_never_logs_in_as_alice(make_api, look_alike_directory):
@@ -334,3 +337,22 @@ def test_a_name_without_one_canonical_spelling_is_refused_by_every_provider(make
     api = make_api(document({"provider": "dummy"}))
     assert api.call("POST", "/api/v3/token", headers=basic(DOUBLE_STRUCK, "anything")).status == 401
     assert api.call("POST", "/api/v3/token", headers=basic("\uff41lice", "anything")).status == 200
+
+
+def test_every_run_of_spaces_in_a_name_is_one_user(make_api, look_alike_directory):
+    """OpenLDAP binds 'john  doe' (any run of spaces, up to the 256 characters of a name) as
+    'john doe', but each run was a vmpool user of its own: a failed-login counter each (about
+    250 times the guesses allowed at john's password), and a token limit, VM quota and request
+    rate each."""
+    api = _look_alike_api(make_api, look_alike_directory, login_attempts_per_user=3)
+    password = LOOK_ALIKES[SPACED]
+    spellings = ["john doe", "john  doe", "john   doe", "john \u3000 doe"]
+    first, second = api.new_token(spellings[0], password), api.new_token(spellings[1], password)
+    refused = api.call("POST", "/api/v3/token", headers=basic(spellings[2], password))
+    assert (refused.status, refused.body["ok"]) == (403, False)  # max_tokens_per_user: 2, whatever the spacing
+    for token in (first, second):
+        assert api.call("GET", f"/api/v3/token/{token}").body[token]["user"] == SPACED
+    assert len(api.call("GET", "/api/v3/token", headers=basic(spellings[3], password)).body) == 1 + 2
+    for spelling in spellings[:3]:
+        assert api.call("POST", "/api/v3/token", headers=basic(spelling, "guess")).status == 401
+    assert api.call("POST", "/api/v3/token", headers=basic(spellings[3], "guess")).status == 429
