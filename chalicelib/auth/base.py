@@ -90,11 +90,35 @@ def canonical_user(username: str) -> str:
 
 
 def has_one_canonical_name(username: str) -> bool:
-    """Whether ``username``'s canonical name is a spelling of the same user (``alice``) and not of
-    another (``ali\u2102e`` gives ``aliCe``, a spelling of alice, while the directory keeps the
-    two entries apart)."""
+    """Whether ``username`` has one canonical name that every directory matches as vmpool does:
+    its canonical name is a spelling of the same user (``ali\u2102e`` gives ``aliCe``, a spelling
+    of alice, while the directory keeps the two entries apart), and each of its characters is
+    one that directories map alike (``_mapped_alike``)."""
+    if not all(_mapped_alike(char) for char in set(username)):
+        return False
     canonical = canonical_user(username)
     return canonical_user(canonical) == canonical
+
+
+_UNICODE_3_2_CASED = frozenset({"Lu", "Ll", "Lt"})
+
+
+def _mapped_alike(char: str) -> bool:
+    """Whether directories map ``char`` as canonical_user does, so that it never makes two of
+    their entries one vmpool user. Directories match names with Unicode tables of their own age
+    and coverage: OpenLDAP's are Unicode 3.2's, and map some compatibility characters to plain
+    letters (fullwidth, circled small, mathematical bold) but not others (modifier letters,
+    mathematical sans-serif and digits, CJK compatibility ideographs), and lower-case no letter
+    given a case after 3.2 (a capital sharp s, a circled capital). Python's tables map them all,
+    so each such character made an entry the directory keeps apart another user's spelling. Kept:
+    letters cased in Unicode 3.2, characters no normalisation changes, the fullwidth forms of
+    ASCII and the space separators (every directory maps those)."""
+    if "\uff01" <= char <= "\uff5e" or _SPACES.fullmatch(char):
+        return True
+    if ord(char) > 0xFFFF or unicodedata.normalize("NFKC", char) != char:
+        return False
+    cased = char.lower() != char or char.upper() != char
+    return not cased or unicodedata.ucd_3_2_0.category(char) in _UNICODE_3_2_CASED
 
 
 def login_key(username: str) -> str:
