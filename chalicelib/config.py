@@ -67,6 +67,10 @@ CONFIG_YAML_ENV = "VMPOOL_CONFIG"
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("vmpool.yaml")
 
 POOL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+MAX_TOKEN_TTL_HOURS = 876_000
+"""About 100 years: a token's expiry is shown as a date, and a datetime ends with the year 9999
+(token_ttl: 100000000 loaded, and every use of every token was a 500). Without token_ttl tokens
+never expire."""
 """Shown as it is in config errors; checked with ``fullmatch`` (``$`` alone would let a final line break through)."""
 
 
@@ -114,7 +118,7 @@ class ServiceConfig(SettingsModel):
     clone_poll_interval: Seconds = 0.25
     check_loop_delay_max: Seconds = 60.0
     check_loop_delay_decay: Annotated[float, at_least(1.0)] = 2.0
-    token_ttl: Optional[Int1] = None
+    token_ttl: Optional[Annotated[int, bounded(1, MAX_TOKEN_TTL_HOURS)]] = None
     clone_target: Optional[InventoryPath] = None
     backend_weight: Optional[Weights] = None
     vm_checktime: Int1 = 1

@@ -3,8 +3,8 @@
 - Quotas: VMs one owner holds (checkouts and on-demand), VMs running in total, open on-demand
   requests per owner and in total. The owner is the token's user (its canonical name), else the
   anonymous client's address. Checked in the scripts that take the VMs (store/lua/quota.lua).
-- Request rates: vmpooler's ``rate_limiting_enabled`` and ``rate_limits`` (per token when a valid
-  one is sent, else per client address; VM creation and deletion counted on their own), a fixed
+- Request rates: vmpooler's ``rate_limiting_enabled`` and ``rate_limits`` (per user when a valid
+  token is sent, else per client address; VM creation and deletion counted on their own), a fixed
   window per client in Redis, so every API process and Lambda shares it. Past the limit: 429 with
   ``Retry-After``.
 """
@@ -75,14 +75,14 @@ class RateClass:
     period: int
 
 
-def rate_class(services: Services, method: str, path: str, request: ApiRequest) -> RateClass:
-    """vmpooler's classes: a POST to a VM path creates, a DELETE deletes, a request with a token
-    is ``authenticated``, anything else ``global_per_ip``."""
+def rate_class(services: Services, method: str, path: str, authenticated: bool) -> RateClass:
+    """vmpooler's classes: a POST to a VM path creates, a DELETE deletes, a request with a valid
+    token is ``authenticated``, anything else ``global_per_ip``."""
     if method == "POST" and "/vm" in path:
         name = "vm_creation"
     elif method == "DELETE" and "/vm" in path:
         name = "vm_deletion"
-    elif request.header(TOKEN_HEADER):
+    elif authenticated:
         name = "authenticated"
     else:
         name = "global_per_ip"
@@ -90,15 +90,13 @@ def rate_class(services: Services, method: str, path: str, request: ApiRequest) 
     return RateClass(name, int(settings["limit"]), int(settings["period"]))
 
 
-def _client(services: Services, request: ApiRequest) -> str:
-    """The token's id when a valid token is sent (auth configured), else the client address: a
-    made-up token never buys a fresh budget."""
+def _token_user(services: Services, request: ApiRequest) -> str | None:
+    """The canonical user of the valid token the request sends (auth configured), else None."""
     token = request.header(TOKEN_HEADER)
-    if token and services.config.auth is not None:
-        record = services.tokens.lookup(token.strip(), touch=False)
-        if record is not None:
-            return rate_limit_client(record.id, "")
-    return rate_limit_client(None, address_key(request.source_ip) or "unknown")
+    if not token or services.config.auth is None:
+        return None
+    record = services.tokens.lookup(token.strip(), touch=False)
+    return canonical_user(record.user) if record is not None else None
 
 
 def check_rate(services: Services, method: str, path: str, request: ApiRequest) -> None:
@@ -106,8 +104,13 @@ def check_rate(services: Services, method: str, path: str, request: ApiRequest) 
     unless ``rate_limiting_enabled``."""
     if not services.config.service.rate_limiting_enabled:
         return
-    rate = rate_class(services, method, path, request)
-    key = services.store.keys.rate_limit(rate.name, _client(services, request))
+    # Who is counted: the user of a valid token (every token of one user is one client), else the
+    # address. A header anyone can make up (a token that is not valid, or any token without
+    # :auth:) changes neither the client nor its class: it buys no budget of its own.
+    user = _token_user(services, request)
+    rate = rate_class(services, method, path, authenticated=user is not None)
+    client = rate_limit_client(user, address_key(request.source_ip) or "unknown")
+    key = services.store.keys.rate_limit(rate.name, client)
     count, left_ms = services.store.count_request(key, rate.period)
     if int(count) <= rate.limit:
         return

@@ -5,7 +5,7 @@
   credentials, 429 with ``Retry-After`` past the limit, 503 when the directory is down.
 - ``GET /token`` lists only the caller's tokens, each under its id (Redis holds no token).
 - ``GET /token/<t>``: the token in the path is proof enough (vmfloaty sends nothing else); with
-  Basic credentials only the token's owner gets an answer (403 otherwise).
+  Basic credentials only the token's owner gets an answer (403 otherwise). A read: ``last`` stays.
 - ``DELETE /token/<t>`` needs the owner's Basic credentials (another user: 403). ``<t>`` may be
   the token or the id ``GET /token`` lists, so a lost token can still be revoked.
 - Without ``:auth:`` every token route answers 404, as in vmpooler.
@@ -93,7 +93,8 @@ def describe_token(services: Services, request: ApiRequest) -> ApiResponse:
         if not same_user(record.user, user):
             raise ApiError(403, {"error": "the token belongs to another user"})
     else:
-        record = services.tokens.lookup(token)
+        # A read, not a use: ``last`` says when the token last did something (as in vmpooler).
+        record = services.tokens.lookup(token, touch=False)
         if record is None:
             raise not_found(error="unknown or expired token")
     info = {"user": record.user, **record.public(), "vms": {"running": _running_vms(services, record)}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Protocol, runtime_checkable
 
@@ -37,7 +38,8 @@ def acceptable_credentials(username: object, password: object) -> bool:
     Refuses an empty password (an LDAP simple bind with a name and no password is an
     *unauthenticated* bind that many servers, Active Directory included, answer with success),
     empty or blank user names, surrounding spaces, control characters (NUL included), lone
-    surrogates (no UTF-8 form) and absurd lengths."""
+    surrogates (no UTF-8 form), names without one canonical name (``has_one_canonical_name``) and
+    absurd lengths."""
     if not isinstance(username, str) or not isinstance(password, str):
         return False
     if not password or not username.strip():
@@ -53,22 +55,70 @@ def acceptable_credentials(username: object, password: object) -> bool:
         return False
     if any("\ud800" <= char <= "\udfff" for char in username + password):
         return False  # a lone surrogate has no UTF-8 form to send (never from HTTP; from a caller)
+    if not has_one_canonical_name(username):
+        return False  # another entry's spelling to vmpool ('ali\u2102e' would be alice)
     return True
 
 
-def canonical_user(username: str) -> str:
-    """The name a directory matches for ``username``: NFKC-normalised (a fullwidth ``\uff42ob`` is
-    ``bob``), lower-cased, without surrounding spaces. One user has one canonical name, whatever
-    look-alike spelling a client sends: tokens, VMs and admin lists go by it (failed logins by the
-    coarser ``login_key``).
+_SPACES = re.compile("[\u0020\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
+"""A run of space separators (Unicode's category Zs: the space, the no-break, em, ideographic
+spaces...)."""
 
-    Lower-cased, not case-folded: LDAP's caseIgnoreMatch (as OpenLDAP implements it) maps
-    each letter to its lower case, so ``stra\u00dfe`` and ``strasse`` are two entries with two
-    passwords, which ``str.casefold`` would make one user. The dotted capital I is lower-cased
-    to ``i``, as the directory does (``str.lower`` gives i and a combining dot). NFKC also maps
-    compatibility letters a directory may keep apart (see docs/auth.md)."""
-    dotless = unicodedata.normalize("NFKC", username.replace("\u0130", "i"))
-    return unicodedata.normalize("NFKC", dotless.lower()).strip()
+
+def canonical_user(username: str) -> str:
+    """The name a directory matches for ``username``: each letter lower-cased, then
+    NFKC-normalised (a fullwidth ``\uff42ob`` is ``bob``), each run of spaces one space, without
+    surrounding spaces. One user has one canonical name, whatever look-alike spelling a client
+    sends: tokens, VMs and admin lists go by it (failed logins by the coarser ``login_key``).
+
+    In the order and the way OpenLDAP's caseIgnoreMatch does it: each letter to its lower case,
+    on its own (``str.lower`` gives a capital sigma at the end of a word the final form
+    ``\u03c2``, another name to the directory), then compatibility mappings (``\u2102`` has no
+    lower case and stays a capital C: lower-casing after NFKC made ``ali\u2102e``, another entry,
+    ``alice``). Lower-cased, not case-folded: ``stra\u00dfe`` and ``strasse`` are two entries with
+    two passwords, which ``str.casefold`` would make one user. The dotted capital I is lower-cased
+    to ``i``, as the directory does (``str.lower`` gives i and a combining dot). A name whose
+    canonical name is not its own canonical name (``ali\u2102e``) has no spelling that is one user
+    to vmpool and to the directory alike: ``acceptable_credentials`` refuses it."""
+    # str.lower letter by letter: its one rule that looks at context is the final sigma, and a
+    # capital sigma made a small one first never meets it (a loop over letters is 50 times slower).
+    lowered = username.replace("\u0130", "i").replace("\u03a3", "\u03c3").lower()
+    normalized = unicodedata.normalize("NFKC", lowered)
+    # Any run of space separators is one space, as the directory matches them (RFC 4518's
+    # insignificant space handling): 'john  doe' binds as 'john doe'.
+    return " ".join(_SPACES.split(normalized)).strip()
+
+
+def has_one_canonical_name(username: str) -> bool:
+    """Whether ``username`` has one canonical name that every directory matches as vmpool does:
+    its canonical name is a spelling of the same user (``ali\u2102e`` gives ``aliCe``, a spelling
+    of alice, while the directory keeps the two entries apart), and each of its characters is
+    one that directories map alike (``_mapped_alike``)."""
+    if not all(_mapped_alike(char) for char in set(username)):
+        return False
+    canonical = canonical_user(username)
+    return canonical_user(canonical) == canonical
+
+
+_UNICODE_3_2_CASED = frozenset({"Lu", "Ll", "Lt"})
+
+
+def _mapped_alike(char: str) -> bool:
+    """Whether directories map ``char`` as canonical_user does, so that it never makes two of
+    their entries one vmpool user. Directories match names with Unicode tables of their own age
+    and coverage: OpenLDAP's are Unicode 3.2's, and map some compatibility characters to plain
+    letters (fullwidth, circled small, mathematical bold) but not others (modifier letters,
+    mathematical sans-serif and digits, CJK compatibility ideographs), and lower-case no letter
+    given a case after 3.2 (a capital sharp s, a circled capital). Python's tables map them all,
+    so each such character made an entry the directory keeps apart another user's spelling. Kept:
+    letters cased in Unicode 3.2, characters no normalisation changes, the fullwidth forms of
+    ASCII and the space separators (every directory maps those)."""
+    if "\uff01" <= char <= "\uff5e" or _SPACES.fullmatch(char):
+        return True
+    if ord(char) > 0xFFFF or unicodedata.normalize("NFKC", char) != char:
+        return False
+    cased = char.lower() != char or char.upper() != char
+    return not cased or unicodedata.ucd_3_2_0.category(char) in _UNICODE_3_2_CASED
 
 
 def login_key(username: str) -> str:

@@ -294,39 +294,80 @@ def plain_secret(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+"""What every LogRecord has; anything else on a record is a field given as ``extra``."""
+
+
 class RedactingFilter(logging.Filter):
     """A logging filter that replaces known secret values in log records with ``**********``.
 
     Defence in depth: attach it to handlers (``handler.addFilter(RedactingFilter(values))``) with
-    every configured secret. Values shorter than 4 characters are not redacted (too many false hits).
+    every configured secret. It masks the message, every field given as ``extra`` (nested in
+    lists and mappings too), and the exception: a record whose traceback shows a secret keeps its
+    masked text (``exc_text``, and ``exception``/``exception_name``, which Powertools' JSON
+    formatter prefers) instead of the exception itself, from which Powertools would rebuild the
+    text and its ``stack_trace``. Values are masked as written and as ``repr`` shows them (a
+    KeyError's message). Values shorter than 4 characters are not redacted (too many false hits).
     """
 
     def __init__(self, values: Any = ()) -> None:
         super().__init__()
         self._values: set[str] = set()
+        self._forms: list[str] = []
         for value in values:
             self.add(value)
 
     def add(self, value: Any) -> None:
         if isinstance(value, Secret):
             value = value.reveal()
-        if isinstance(value, str) and len(value) >= 4:
+        if isinstance(value, str) and len(value) >= 4 and value not in self._values:
             self._values.add(value)
+            forms = {form for known in self._values for form in (known, repr(known)[1:-1])}
+            self._forms = sorted(forms, key=len, reverse=True)
+
+    def _redact(self, text: str) -> str:
+        for form in self._forms:
+            if form in text:
+                text = text.replace(form, REDACTED)
+        return text
+
+    def _scrub(self, value: Any) -> Any:
+        """``value`` with every secret masked; the very object when it shows none."""
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        if isinstance(value, str):
+            return self._redact(value)
+        if isinstance(value, Mapping):
+            scrubbed = {key: self._scrub(item) for key, item in value.items()}
+            changed = any(scrubbed[key] is not item for key, item in value.items())
+            return scrubbed if changed else value
+        if isinstance(value, (list, tuple, set, frozenset)):
+            items = [self._scrub(item) for item in value]
+            return items if any(new is not old for new, old in zip(items, value, strict=True)) else value
+        text = str(value)  # what a JSON formatter writes for any other object
+        redacted = self._redact(text)
+        return redacted if redacted != text else value
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._values:
+        if not self._forms:
             return True
         message = record.getMessage()
-        redacted = message
-        for value in sorted(self._values, key=len, reverse=True):
-            if value in redacted:
-                redacted = redacted.replace(value, REDACTED)
-        if redacted != message or record.exc_info:
-            if record.exc_info and not record.exc_text:
-                record.exc_text = logging.Formatter().formatException(record.exc_info)
-            if record.exc_text:
-                for value in self._values:
-                    record.exc_text = record.exc_text.replace(value, REDACTED)
+        redacted = self._redact(message)
+        if redacted != message:
             record.msg, record.args = redacted, None
+        for key, value in list(vars(record).items()):
+            if key not in _RECORD_ATTRIBUTES:
+                scrubbed = self._scrub(value)
+                if scrubbed is not value:
+                    setattr(record, key, scrubbed)
+        if record.exc_info and record.exc_info[0] is not None:
+            text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+            masked = self._redact(text)
+            if masked != text:
+                record.exc_text = masked
+                # The fields Powertools' JSON formatter writes in preference to exc_info's.
+                record.__dict__.update(exception=masked, exception_name=record.exc_info[0].__name__)
+                record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = self._redact(record.exc_text)
         return True
-

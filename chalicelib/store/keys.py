@@ -13,8 +13,8 @@ where its validator leaves out ``:`` (pool and provider names: config.POOL_NAME_
 hostnames: api.http.HOSTNAME_PATTERN; a hostname a provider's inventory lists names only its own
 ``vm:`` record), or where fixed text around it keeps it apart (``user:<canonical user>:tokens``,
 the one family under ``user:``; ``dummy:<provider>:folder:<folder>``). A request id may hold ``:``,
-so it is escaped (``request_part``); user names in failed-login and holdings keys, and tokens, are
-hashed; a client address is an IPv4 address, an IPv6 /64 or a hash (auth.ratelimit.address_key).
+so it is escaped (``request_part``); user names in failed-login, holdings and rate-limit keys, and tokens,
+are hashed; a client address is an IPv4 address, an IPv6 /64 or a hash (auth.ratelimit.address_key).
 A prefix with a hash tag (``{vmpool}:``) keeps every key in one cluster slot whatever the names
 hold, since Redis hashes the first ``{...}`` only. test_key_schema.py feeds hostile names to every
 family through these validators.
@@ -59,7 +59,7 @@ family through these validators.
     vmtasks:<hostname>       list    disk/snapshot tasks queued for a VM (store/vm_tasks.py)
     vmtasks:pool:<pool>      zset    VMs of the pool with queued or running tasks
     holdings:<owner hash>    zset    what one owner holds: checked-out VMs and on-demand requests
-    ratelimit:<class>:<who>  string  requests of a client (token id or address) in the window
+    ratelimit:<class>:<who>  string  requests of a client (a token's user, hashed, or an address) in the window
     token:<sha256>           hash    an API token's user and times (auth/tokens.py)
     user:<user>:tokens       set     a user's token hashes
     login:user:<hash>        string  failed logins (and attempts in flight) of a user name (login_key, hashed)
@@ -304,7 +304,9 @@ def quota_owner(user: str | None, address: str) -> str:
     return f"user:{user}" if user is not None else f"addr:{address}"
 
 
-def rate_limit_client(token_id: str | None, address: str) -> str:
-    """The ``<who>`` of ``ratelimit:<class>:<who>``: ``token:<id>`` for a valid token, else
-    ``ip:<address>``."""
-    return f"token:{token_id}" if token_id is not None else f"ip:{address}"
+def rate_limit_client(user: str | None, address: str) -> str:
+    """The ``<who>`` of ``ratelimit:<class>:<who>``: ``user:<hash of the canonical user>`` for a
+    valid token's user (every token of one user is one client), else ``ip:<address>``."""
+    if user is None:
+        return f"ip:{address}"
+    return f"user:{hashlib.sha256(user.encode('utf-8')).hexdigest()[:32]}"

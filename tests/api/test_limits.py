@@ -109,6 +109,16 @@ def test_the_window_ends(make_stack: Callable[[str], Harness]) -> None:
     assert stack.get("/api/v3/status").status == 200
 
 
+def test_without_auth_a_token_is_ignored_by_the_rate_limits(make_stack: Callable[[str], Harness]) -> None:
+    """Without ``:auth:`` tokens are ignored, by the rate limits too: any X-AUTH-TOKEN made a
+    request ``authenticated`` (500 a minute by default against 100), a budget for a header."""
+    stack = make_stack(RATE_LIMITED)
+    for _ in range(5):
+        assert stack.get("/api/v3/status").status == 200
+    limited = stack.get("/api/v3/status", headers={"X-AUTH-TOKEN": "a" * 32})
+    assert limited.status == 429 and limited.headers["X-RateLimit-Limit"] == "5"
+
+
 def test_rate_limits_are_off_unless_enabled(full: Harness) -> None:
     for _ in range(120):
         assert full.get("/api/v3/status").status == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import socket
 import threading
@@ -16,7 +17,7 @@ from chalicelib.auth.dummy import DummyAuthenticator
 from chalicelib.auth.ldap import LdapAuthenticator, parse_ldap_settings
 from chalicelib.auth.secrets import SecretReference, SecretUnavailable, plain_secret
 from chalicelib.config import ConfigError, parse
-from tests.auth.slapd import SlapdServer
+from tests.auth.slapd import USERS_OU, SlapdServer
 from tests.support import free_port
 
 ALL_USERS = ("alice", "comma,user", "bob", "carol")
@@ -433,3 +434,39 @@ def test_a_password_without_a_utf8_form_is_refused_without_asking_the_server(sla
     auth = with_service_account(slapd, port=free_port())  # nothing listens: no AuthUnavailable
     assert auth.authenticate("alice", "pass\udc80word") is False
     assert auth.authenticate("ali\udc80ce", "x") is False
+
+
+# Letters and look-alikes that directories map in different ways: case (old and new to Unicode),
+# compatibility characters OpenLDAP maps and some it does not, canonical singletons, spaces.
+LOOK_ALIKE_LETTERS = (
+    "a", "A", "c", "C", "1", "s", "\u00df", "\u1e9e", "\u0130", "i", "\u03a3", "\u03c3", "\u03c2",
+    "\u2102", "\u1d9c", "\u1d43", "\u24b6", "\u24d0", "\U0001d41a", "\U0001d622", "\U0001d7cf",
+    "\uff41", "\uff21", "\uff43", "\u212a", "k", "\ufad2", "\u3b9d", "\u2c6f", "\u0250", "\u2c6d",
+    "\u0251", "\u30bf", "\uff80", "\u00e9", "e\u0301", "\u01c4", "\u01c6", "d\u017e", " ", "  ",
+    "\u3000", "\u00a0",
+)
+
+
+def test_vmpool_merges_two_spellings_exactly_when_the_directory_does():
+    """For every name that logs in (acceptable_credentials) and every entry, the directory matches
+    the name to the entry exactly when their canonical names are equal: never one person another
+    (a merge), never one person two vmpool users (a split). Merges were account takeovers
+    (ali\u2102e, ali\u1d9ce as alice); splits multiplied one user's limits (john  doe)."""
+    from ldap3 import Connection, Server
+    from ldap3.utils.conv import escape_filter_chars
+
+    from chalicelib.auth.base import acceptable_credentials, canonical_user
+
+    names = sorted({f"q{letter}z" for letter in LOOK_ALIKE_LETTERS})
+    entries = "\n".join(f"dn: cn=entry{index},{USERS_OU}\nobjectClass: inetOrgPerson\ncn: entry{index}\nsn: x\n"
+                        f"uid:: {base64.b64encode(name.encode()).decode()}\n" for index, name in enumerate(names))
+    accepted = [name for name in names if acceptable_credentials(name, "x")]
+    assert "qaz" in accepted
+    with SlapdServer(extra_ldif=entries) as directory:
+        connection = Connection(Server(directory.url), directory.service_dn, directory.service_password,
+                                auto_bind=True)
+        for typed in accepted:
+            connection.search(USERS_OU, f"(uid={escape_filter_chars(typed)})", attributes=["cn"])
+            matched = {names[int(str(entry.cn).removeprefix("entry"))] for entry in connection.entries}
+            same = {name for name in accepted if canonical_user(name) == canonical_user(typed)}
+            assert matched & set(accepted) == same, typed

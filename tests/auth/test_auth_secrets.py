@@ -168,3 +168,34 @@ def test_redacting_filter():
     text = "\n".join(records)
     assert "vsphere-Pa55" not in text and "ldap-Pa55" not in text
     assert "**********" in text and "ab is too short" in text
+
+
+def test_the_redacting_filter_masks_the_json_lines_lambda_writes(log_output):
+    """The service's log lines are Powertools JSON: fields given as ``extra`` (``"error":
+    str(error)`` in "reconcile pass failed", "state store unavailable"...), the ``exception``
+    text and the ``stack_trace`` Powertools builds from the exception itself. The filter masked
+    the message alone: a secret in any of the others went out whole."""
+    from chalicelib.observability import logger
+
+    secret = 'vsphere-"Pa55\u00e9'  # a quote and a letter JSON may escape
+    (handler,) = [h for h in logger.handlers if getattr(h, "stream", None) is log_output]
+    redaction = RedactingFilter([secret])
+    handler.addFilter(redaction)
+    try:
+        logger.warning("reconcile pass failed", extra={"error": f"login refused for {secret}",
+                                                        "details": {"tried": [secret]}})
+        try:
+            try:
+                raise KeyError(secret)
+            except KeyError as cause:
+                raise RuntimeError(f"cannot log in with {secret}") from cause
+        except RuntimeError:
+            logger.exception("unhandled error")
+    finally:
+        handler.removeFilter(redaction)
+    lines = [json.loads(line) for line in log_output.getvalue().splitlines()]
+    assert len(lines) == 2
+    text = json.dumps(lines, ensure_ascii=False)
+    assert "Pa55" not in text
+    assert lines[0]["error"] == "login refused for **********"
+    assert lines[1]["exception_name"] == "RuntimeError" and "cannot log in with **********" in lines[1]["exception"]

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import pytest
 
 import app as chalice_app
-from tests.auth.slapd import PEOPLE_OU, SlapdServer
+from tests.auth.slapd import PEOPLE_OU, USERS_OU, SlapdServer
 from tests.auth_api.documents import CLIENT_IP, POOL, document
 from tests.harness import basic
 
@@ -266,3 +266,100 @@ def test_a_name_that_finds_two_entries_logs_in_as_neither(make_api):
         assert api.call("POST", "/api/v3/token", headers=basic("alice", "mallory-Pass-8")).status == 401
         assert api.call("POST", "/api/v3/token", headers=basic("alice", directory.password("alice"))).status == 401
         assert api.call("POST", "/api/v3/token", headers=basic("mallory", "mallory-Pass-8")).status == 200
+
+
+def _person(uid: str, password: str) -> str:
+    return f"""dn: uid={uid},{USERS_OU}
+objectClass: inetOrgPerson
+uid: {uid}
+cn: {uid}
+sn: {uid}
+userPassword: {password}
+"""
+
+
+DOUBLE_STRUCK = "ali\u2102e"
+"""'ali\u2102e': OpenLDAP lower-cases each letter, then applies compatibility mappings, so \u2102
+(no lower case) becomes a capital C and the entry stays apart from alice. NFKC first, then lower
+case (vmpool's canonical name) made it 'alice'."""
+MODIFIER = "ali\u1d9ce"
+"""'ali\u1d9ce' (a modifier letter small c): Unicode 4.0, after OpenLDAP's tables, which keep it
+apart from c; NFKC maps it to c."""
+SIGMA, FINAL_SIGMA = "\u03bf\u03b4\u03bf\u03c3", "\u03bf\u03b4\u03bf\u03c2"
+"""Two Greek entries, one ending in \u03c3 and one in the final form \u03c2, which OpenLDAP keeps
+apart; '\u039f\u0394\u039f\u03a3' binds as the first (\u03a3 lower-cases to \u03c3), while Python's
+str.lower gives a final \u03c2 at the end of a word: the second's name."""
+SPACED = "john doe"
+"""A name with a space: OpenLDAP matches any run of spaces in it as one (RFC 4518)."""
+LOOK_ALIKES = {DOUBLE_STRUCK: "double-struck-Pass-9", MODIFIER: "modifier-Pass-13", SIGMA: "sigma-Pass-10",
+               FINAL_SIGMA: "final-sigma-Pass-11", SPACED: "john-Pass-12"}
+
+
+@pytest.fixture(scope="module")
+def look_alike_directory() -> Iterator[SlapdServer]:
+    """The test directory with entries whose names look like others' but are other people."""
+    with SlapdServer(extra_ldif="\n".join(_person(uid, password) for uid, password in LOOK_ALIKES.items())) as server:
+        yield server
+
+
+def _look_alike_api(make_api, directory: SlapdServer, **auth: Any):
+    ldap = directory.ldap_config()
+    ldap["service_account_hash"] = {"user_dn": directory.service_dn, "password": directory.service_password}
+    return make_api(document({"provider": "ldap", "ldap": ldap, **auth}, config={"max_tokens_per_user": 2}))
+
+
+@pytest.mark.parametrize("name", [DOUBLE_STRUCK, MODIFIER])
+def test_an_entry_the_directory_keeps_apart_from_alice_never_logs_in_as_alice(make_api, look_alike_directory, name):
+    """The holder of 'ali\u2102e' or 'ali\u1d9ce' logged in with her own password and was vmpool's
+    'alice': alice's tokens (listed, deleted), VMs and admin rights. No spelling of such a name is
+    one user for vmpool and the directory alike, so it does not log in."""
+    api = _look_alike_api(make_api, look_alike_directory)
+    alice_token = api.new_token("alice", look_alike_directory.password("alice"))
+    mallory = basic(name, LOOK_ALIKES[name])
+    assert api.call("GET", "/api/v3/token", headers=mallory).status == 401
+    assert api.call("DELETE", f"/api/v3/token/{alice_token}", headers=mallory).status == 401
+    assert api.call("POST", "/api/v3/token", headers=mallory).status == 401
+    assert api.call("GET", f"/api/v3/token/{alice_token}").status == 200  # still alice's, still alive
+
+
+def test_a_capital_sigma_logs_in_as_the_entry_it_binds(make_api, look_alike_directory):
+    """'\u039f\u0394\u039f\u03a3' binds as \u03bf\u03b4\u03bf\u03c3, but str.lower made it
+    \u03bf\u03b4\u03bf\u03c2, another entry's name: its holder listed and deleted the other's tokens."""
+    api = _look_alike_api(make_api, look_alike_directory)
+    other_token = api.new_token(FINAL_SIGMA, LOOK_ALIKES[FINAL_SIGMA])
+    upper = basic(SIGMA.upper(), LOOK_ALIKES[SIGMA])
+    assert api.call("GET", "/api/v3/token", headers=upper).status == 404  # none of its own
+    assert api.call("DELETE", f"/api/v3/token/{other_token}", headers=upper).status == 403
+    mine = api.new_token(SIGMA.upper(), LOOK_ALIKES[SIGMA])
+    assert api.call("GET", f"/api/v3/token/{mine}").body[mine]["user"] == SIGMA
+    assert set(api.call("GET", "/api/v3/token", headers=basic(SIGMA, LOOK_ALIKES[SIGMA])).body) == {
+        "ok", api.services.tokens.lookup(mine, touch=False).id}
+
+
+def test_a_name_without_one_canonical_spelling_is_refused_by_every_provider(make_api):
+    """The dummy provider too: ali\u2102e and alice were one user. Fullwidth letters and spaces,
+    which every directory maps, still log in as their plain spelling."""
+    api = make_api(document({"provider": "dummy"}))
+    for name in (DOUBLE_STRUCK, MODIFIER, "\u24d0lice", "q\U0001d7cfz", "\u1e9e"):
+        assert api.call("POST", "/api/v3/token", headers=basic(name, "anything")).status == 401, name
+    token = api.new_token("\uff41lice", "anything")
+    assert api.call("GET", f"/api/v3/token/{token}").body[token]["user"] == "alice"
+
+
+def test_every_run_of_spaces_in_a_name_is_one_user(make_api, look_alike_directory):
+    """OpenLDAP binds 'john  doe' (any run of spaces, up to the 256 characters of a name) as
+    'john doe', but each run was a vmpool user of its own: a failed-login counter each (about
+    250 times the guesses allowed at john's password), and a token limit, VM quota and request
+    rate each."""
+    api = _look_alike_api(make_api, look_alike_directory, login_attempts_per_user=3)
+    password = LOOK_ALIKES[SPACED]
+    spellings = ["john doe", "john  doe", "john   doe", "john \u3000 doe"]
+    first, second = api.new_token(spellings[0], password), api.new_token(spellings[1], password)
+    refused = api.call("POST", "/api/v3/token", headers=basic(spellings[2], password))
+    assert (refused.status, refused.body["ok"]) == (403, False)  # max_tokens_per_user: 2, whatever the spacing
+    for token in (first, second):
+        assert api.call("GET", f"/api/v3/token/{token}").body[token]["user"] == SPACED
+    assert len(api.call("GET", "/api/v3/token", headers=basic(spellings[3], password)).body) == 1 + 2
+    for spelling in spellings[:3]:
+        assert api.call("POST", "/api/v3/token", headers=basic(spelling, "guess")).status == 401
+    assert api.call("POST", "/api/v3/token", headers=basic(spellings[3], "guess")).status == 429

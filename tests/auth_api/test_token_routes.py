@@ -282,3 +282,20 @@ def test_token_status_costs_the_same_round_trips_whatever_the_pools(make_api, ld
     1,000 pools and 1,000 VMs, 2,000 round trips for one request anyone holding a token can send."""
     assert _token_status_round_trips(make_api, ldap_auth, slapd, 2) == _token_status_round_trips(
         make_api, ldap_auth, slapd, 12)
+
+
+def test_reading_a_tokens_status_is_not_a_use_of_it(ldap_api: Harness, slapd):
+    """GET /token/<t> is a read: vmfloaty's `token status` (or a script polling it) moved `last`,
+    so a token nothing had used for months looked in use to whoever revokes idle ones, and the
+    owner's own read with Basic credentials left it alone. vmpooler's does not touch it either."""
+    alice = basic("alice", slapd.password("alice"))
+    token = ldap_api.new_token("alice", slapd.password("alice"))
+    created = iso(ldap_api.clock.now())
+    for headers in ({}, {"X-AUTH-TOKEN": token}, alice):
+        ldap_api.clock.advance(3600)
+        shown = ldap_api.call("GET", f"/api/v3/token/{token}", headers=headers)
+        assert shown.status == 200 and shown.body[token]["last"] == created
+    assert ldap_api.call("GET", "/api/v3/token", headers=alice).body[token_id(token)]["last"] == created
+    ldap_api.clock.advance(60)
+    ldap_api.checkout(POOL, token)  # a use
+    assert ldap_api.call("GET", f"/api/v3/token/{token}").body[token]["last"] == iso(ldap_api.clock.now())

@@ -166,3 +166,10 @@ def test_a_provider_name_that_would_be_part_of_a_redis_key_is_refused() -> None:
     text = ':providers:\n  "a:{b}*": {provider_class: dummy}\n:pools:\n  - {name: p, size: 1, provider: dummy}\n'
     assert problems_of(text) == [
         'providers.a:{b}*: a provider\'s name must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$, got "a:{b}*"']
+
+
+def test_a_token_ttl_past_any_date_is_refused() -> None:
+    """token_ttl: 100000000 (hours) loaded; a token's expiry, a date past the year 9999, was a
+    500 at every use of every token (listing, GET /token/<t>, any VM route with the token)."""
+    [problem] = problems_of(":config:\n  token_ttl: 100000000\n" + HEAD + POOL.format(name="a"))
+    assert "token_ttl" in problem and "876000" in problem

@@ -1,0 +1,49 @@
+"""Request rates (``rate_limiting_enabled``) with distinct identities over HTTP: who a request is
+counted against, with a real slapd and redis-server behind the tokens."""
+
+from __future__ import annotations
+
+from tests.auth_api.documents import document
+from tests.harness import Harness, basic
+
+RATES = {"global_per_ip": {"limit": 3, "period": 60}, "authenticated": {"limit": 4, "period": 60}}
+
+
+def _rated_api(make_api, ldap_auth) -> Harness:
+    return make_api(document(ldap_auth(), config={"rate_limiting_enabled": True}, rate_limits=RATES))
+
+
+def test_a_made_up_token_buys_no_budget_of_its_own(make_api, ldap_auth):
+    """An anonymous client past ``global_per_ip`` sent any X-AUTH-TOKEN and was counted as
+    ``authenticated`` (vmpooler's 500 a minute against 100), under its address: a fresh budget
+    for a header anyone can make up, and another for each made-up value's class."""
+    api = _rated_api(make_api, ldap_auth)
+    for _ in range(3):
+        assert api.call("GET", "/api/v3/status").status == 200
+    assert api.call("GET", "/api/v3/status").status == 429
+    for made_up in ("x", "0" * 32, "a" * 32):
+        limited = api.call("GET", "/api/v3/status", headers={"X-AUTH-TOKEN": made_up})
+        assert limited.status == 429, limited.raw
+        assert limited.headers["X-RateLimit-Limit"] == "3"
+    # Another address has its own budget, made-up token or not.
+    assert api.call("GET", "/api/v3/status", headers={"X-AUTH-TOKEN": "x"}, client_ip="198.51.100.7").status != 429
+
+
+def test_a_users_tokens_share_one_budget(make_api, ldap_auth, slapd):
+    """Counted per token, each of a user's ``max_tokens_per_user`` tokens (50 by default) was a
+    budget of its own: 50 times ``authenticated``'s limit for whoever made 50 tokens."""
+    api = _rated_api(make_api, ldap_auth)
+
+    def new_token(user: str) -> str:  # from elsewhere: POST /token counts against its address
+        return str(api.call("POST", "/api/v3/token", headers=basic(user, slapd.password(user)),
+                            client_ip="198.51.100.8").body["token"])
+
+    first, second, bob = new_token("alice"), new_token("alice"), new_token("bob")
+    for _ in range(4):
+        assert api.call("GET", "/api/v3/status", headers={"X-AUTH-TOKEN": first}).status == 200
+    for token in (first, second):
+        limited = api.call("GET", "/api/v3/status", headers={"X-AUTH-TOKEN": token})
+        assert limited.status == 429 and limited.headers["X-RateLimit-Limit"] == "4"
+    # Another user, and the address without a token, are other clients.
+    assert api.call("GET", "/api/v3/status", headers={"X-AUTH-TOKEN": bob}).status == 200
+    assert api.call("GET", "/api/v3/status").status == 200
