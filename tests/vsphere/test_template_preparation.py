@@ -295,3 +295,29 @@ def test_a_disk_task_id_vcenter_gave_to_another_task_does_not_read_as_the_disk_a
     else:
         pytest.fail(f"the premise: vCenter gives {task_id} to another disk task")
     assert provider.task_status(ref).state is TaskState.ERROR
+
+
+def test_a_migration_task_id_vcenter_gave_to_another_task_does_not_read_as_the_vm_moved(
+        private_vcsim: VcsimServer) -> None:
+    """A checked-out VM's migration started (its task recorded for the next pass), vCenter
+    restarted empty, and the same id given to another VM's disk task: reading the migration must
+    not say the VM moved (the pass would record a host and ``migrated`` that are not true)."""
+    setup = make_setup(private_vcsim)
+    provider = setup.provider
+    pool = setup.pool()
+    admin.wait_task(provider, provider.clone(pool, "moving"))
+    [placed] = [vm.host for vm in provider.list_vms(pool)]
+    assert placed is not None
+    admin.set_maintenance(provider, placed, True)  # its host is not eligible: it moves
+    moving = provider.start_migration(pool, "moving")
+    assert moving is not None and moving.to_host != placed, moving
+    task_id = moving.task_ref.split(":")[1]
+    restart_empty(private_vcsim, setup)
+    admin.copy_vm(provider, TEMPLATE_PATH, f"{DATACENTER}/vm/vmpool/other", "theirs", template=False)
+    other = setup.pool(folder="vmpool/other")
+    for _ in range(20):
+        if provider.add_disk(other, "theirs", 1).split(":")[1] == task_id:
+            break
+    else:
+        pytest.fail(f"the premise: vCenter gives {task_id} to another disk task")
+    assert provider.task_status(moving.task_ref).state is TaskState.ERROR

@@ -45,4 +45,4 @@ def start(connection: Connection, selector: HostSelector, datacenter: str, limit
         return None
     task = vm.RelocateVM_Task(spec=vim.vm.RelocateSpec(host=target.ref))
     from_host = current.name if current is not None else placed._moId
-    return Migration(tasks.migrate_ref(task, vm, target.ref), from_host, target.name)
+    return Migration(tasks.migrate_ref(connection, task, vm, target.ref), from_host, target.name)

@@ -18,8 +18,9 @@ vCenter forgetting old tasks (it keeps finished ones for minutes only), so a ref
   the id now names a VM of another name (a vCenter restored from a backup, or restarted as vcsim
   is, gives old ids to new VMs: those are never destroyed for it). Written without ``:<name>``
   before that check existed;
-* ``migrate:<task>:<vm>:<host>`` - a RelocateVM; if vCenter no longer knows the task, it succeeded
-  exactly when the VM is on that host;
+* ``migrate:<task>:<vm>:<host>:q<queued>`` - a RelocateVM (``queued`` as above); if vCenter no
+  longer knows the task, or the id is another task's, it succeeded exactly when the VM is on that
+  host. (Written without ``:q<queued>`` before that check existed: the id is then trusted);
 * ``template:<vm>:<0|1>:<path>`` - a template's delta disks: read by templates.py, not here;
 * ``delta:<task>:<vm>:<0|1>`` - the same, as written before the VM's identity was kept: it reads
   as an ERROR of kind ``template`` (nothing is done to a VM it cannot tell is the template), and
@@ -81,8 +82,9 @@ def destroy_ref(vm: Any, poweroff_task: Any, name: str) -> str:
     return f"destroy:{vm._moId}:{poweroff_task._moId}:{name}"
 
 
-def migrate_ref(task: Any, vm: Any, host: Any) -> str:
-    return f"migrate:{task._moId}:{vm._moId}:{host._moId}"
+def migrate_ref(connection: Connection, task: Any, vm: Any, host: Any) -> str:
+    """The migration's reference, with the time vCenter queued its task (one call)."""
+    return f"migrate:{task._moId}:{vm._moId}:{host._moId}:{_queued(connection, task)}"
 
 
 def failed_ref(message: str, kind: FailureKind) -> str:
@@ -151,18 +153,7 @@ def status(connection: Connection, ref: str) -> TaskStatus:
     if kind == "clone":
         return _clone_status(connection, *(rest.split(":", 3) + ["", "", ""])[:4])
     if kind == "migrate":
-        task, vm_id, host_id = (rest.split(":", 2) + ["", ""])[:3]
-        found = task_state(connection, task)
-        if found is not None:
-            return found
-        try:
-            placed = inventory.one(connection, vim.VirtualMachine(vm_id, connection.stub), ["runtime.host"]) or {}
-        except vmodl.fault.ManagedObjectNotFound:
-            placed = {}
-        host = placed.get("runtime.host")
-        if host is not None and host._moId == host_id:
-            return TaskStatus(TaskState.SUCCESS)
-        return TaskStatus(TaskState.ERROR, f"migration task {task} expired in vCenter and the VM is not on {host_id}")
+        return _migrate_status(connection, *(rest.split(":", 3) + ["", "", ""])[:4])
     if kind == "delta":
         return TaskStatus(TaskState.ERROR, "a template preparation recorded by an older vmpool: prepared again",
                           FailureKind.TEMPLATE)
@@ -188,6 +179,23 @@ def _clone_status(connection: Connection, task: str, folder: str, name: str, que
         return TaskStatus(TaskState.SUCCESS)
     gone = "is another task now (vCenter restarted?)" if reused else "expired in vCenter"
     return TaskStatus(TaskState.ERROR, f"clone task {task} {gone} and no VM {name} exists")
+
+
+def _migrate_status(connection: Connection, task: str, vm_id: str, host_id: str, queued: str) -> TaskStatus:
+    """The RelocateVM task's state while vCenter knows it as our task; after that, whether the VM
+    is on the target host. ``queued``: ``q<microseconds>`` ('' in references written before)."""
+    found, reused = _recorded_state(connection, task, queued)
+    if found is not None:
+        return found
+    try:
+        placed = inventory.one(connection, vim.VirtualMachine(vm_id, connection.stub), ["runtime.host"]) or {}
+    except vmodl.fault.ManagedObjectNotFound:
+        placed = {}
+    host = placed.get("runtime.host")
+    if host is not None and host._moId == host_id:
+        return TaskStatus(TaskState.SUCCESS)
+    gone = "is another task now (vCenter restarted?)" if reused else "expired in vCenter"
+    return TaskStatus(TaskState.ERROR, f"migration task {task} {gone} and the VM is not on {host_id}")
 
 
 def _destroy_status(connection: Connection, vm: Any, poweroff: str, name: str) -> TaskStatus:
