@@ -4,7 +4,8 @@
   pool on the queue, spread over the minute, plus one per pool removed from the config that
   still has VMs (it drains: size 0, its VMs destroyed once free, then it is forgotten).
 - The tick also rebuilds the service's running set, what the service-wide quota counts
-  (``recount_running``): any drift a path moving VMs left lasts a minute at most.
+  (``recount_running``): any drift a path moving VMs left lasts a minute at most; and drops the
+  records of prepared templates no pool uses any more (``templates.forget_unused``).
 - A checkout or delete puts its pool on the same queue at once (``refill.SqsRefill``).
 - The consumer (``handle_batch``) runs each message's pool once (``runner.run_pool``), every
   pool of a batch in its own thread, and reports each message's outcome on its own: a slow or
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from chalicelib import observability as metric
 from chalicelib.config import Config, PoolConfig
+from chalicelib.manager import templates
 from chalicelib.manager.context import Checkpoint, no_checkpoint
 from chalicelib.manager.pool_queue import (
     DRAIN,
@@ -96,7 +98,8 @@ class Ticker:
         config = services.config
         fleet = Fleet(services.store)
         known = fleet.names()
-        if not newest_config(services):
+        newest = newest_config(services)
+        if not newest:
             # A push behind: its pools' settings must not overwrite the newer config's.
             logger.info("tick's config older than another function's: pools not recorded",
                         extra={"generation": config.generation})
@@ -113,6 +116,8 @@ class Ticker:
         queue.send(messages)
         running = recount_running(services, [*config.pool_names, *draining])
         empty = publish_totals(services)
+        if newest:  # a push behind would drop what the newer config's pools use
+            templates.forget_unused(services.store, services.pools())
         return TickReport(configured=len(configured), draining=draining, messages=len(messages), empty=empty,
                           running=running)
 

@@ -18,12 +18,16 @@ was removed or replaced meanwhile is planned again on the next pass.
 
 from __future__ import annotations
 
+from typing import Iterable
+
+from chalicelib.config import PoolConfig
 from chalicelib.manager.context import PassContext
 from chalicelib.observability import logger
 from chalicelib.providers.base import ProviderError, TaskState
 from chalicelib.providers.failures import FailureKind
+from chalicelib.store import Store
 from chalicelib.store.keys import template_lease_name
-from chalicelib.store.templates import DONE, TemplateStore
+from chalicelib.store.templates import DONE, TemplateStore, template_key
 
 LEASE_SECONDS = 60.0
 """How long a pass may advance a template's preparation before another pass may take over (a
@@ -47,7 +51,7 @@ def ready_for_clones(context: PassContext) -> bool:
     templates = TemplateStore(context.store)
     recorded = templates.all()
     _advance_others(context, templates, recorded)
-    state = recorded.get(_key(pool.provider, pool.template))
+    state = recorded.get(template_key(pool.provider, pool.template))
     if state == DONE:
         return True
     needs = context.provider.clones_need_prepared_template(pool)
@@ -57,8 +61,19 @@ def ready_for_clones(context: PassContext) -> bool:
     return bool(ready)
 
 
-def _key(provider: str, template: str) -> str:
-    return f"{provider}:{template}"
+def forget_unused(store: Store, pools: Iterable[PoolConfig]) -> list[str]:
+    """Drop the records of templates prepared that none of ``pools`` (every configured pool, its
+    overrides applied) uses now: each template an admin ever set (POST /config/pooltemplate) left
+    one, for good, and every pass reads them all. A preparation under way is kept (a pass reads it
+    on, ``_advance_others``, and then it is dropped). A template used again is planned again:
+    the provider finds it prepared and it needs nothing. The ``<provider>:<template>`` dropped."""
+    templates = TemplateStore(store)
+    in_use = {template_key(pool.provider, pool.template) for pool in pools}
+    unused = [key for key, state in templates.all().items() if state == DONE and key not in in_use]
+    dropped = templates.forget_done(unused)
+    if dropped:
+        logger.info("records of templates no pool uses dropped", extra={"templates": len(dropped)})
+    return dropped
 
 
 def _advance_others(context: PassContext, templates: TemplateStore, recorded: dict[str, str]) -> None:
@@ -66,7 +81,7 @@ def _advance_others(context: PassContext, templates: TemplateStore, recorded: di
     took another template (POST /config/pooltemplate) is read by nobody else, and would leave
     its template a VM. A few a pass; their failures are logged, never this pass's."""
     provider = context.pool.provider
-    own = _key(provider, context.pool.template)
+    own = template_key(provider, context.pool.template)
     others = [key[len(provider) + 1:] for key, state in recorded.items()
               if key.startswith(f"{provider}:") and key != own and state != DONE]
     for template in others[:OTHERS_PER_PASS]:
@@ -94,7 +109,7 @@ def _advance(context: PassContext, templates: TemplateStore, template: str, may_
     """Plan the template's preparation (when ``may_plan``: it is the pool's own) or read the one
     recorded, moving it on; whether it is over (the pool may clone)."""
     pool = context.pool
-    key = _key(pool.provider, template)
+    key = template_key(pool.provider, template)
     fields = {"pool": pool.name, "template": template}
     state = templates.state(key)  # again, under the lease: its previous holder may have moved it on
     if state == DONE or (not state and not may_plan):

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
+from chalicelib.store.scripts import run_many
 from chalicelib.store.store import Store, _translate_errors
 
 DONE = "done"
+
+
+def template_key(provider: str, template: str) -> str:
+    """A template's field in ``templates:prepared``: ``<provider>:<template>``."""
+    return f"{provider}:{template}"
 
 
 class TemplateStore:
@@ -40,6 +48,16 @@ class TemplateStore:
     def forget(self, template_key: str, task_ref: str) -> bool:
         """Drop the preparation ``task_ref`` (if still recorded) so the next pass plans afresh."""
         return self._replace(template_key, task_ref, "")
+
+    def forget_done(self, template_keys: Iterable[str]) -> list[str]:
+        """Drop these templates' records that still say done (a preparation recorded meanwhile
+        stays); the ones dropped. One round trip."""
+        keys = list(template_keys)
+        calls = [(self.store.scripts.replace_field, [self.store.keys.templates_prepared], [key, DONE, ""])
+                 for key in keys]
+        with _translate_errors():
+            replies = run_many(self.store.client, calls)
+        return [key for key, dropped in zip(keys, replies, strict=True) if dropped]
 
     def _replace(self, template_key: str, expected: str, value: str) -> bool:
         with _translate_errors():

@@ -14,8 +14,11 @@ from redis.retry import Retry
 import app
 from chalicelib.api import pool_config
 from chalicelib.api.routes import Route
+from chalicelib.manager.dispatch import Ticker
+from chalicelib.manager.pool_queue import Delayed
 from chalicelib.services import Services
 from chalicelib.store.pool_overrides import SETTINGS, PoolOverrides
+from chalicelib.store.templates import TemplateStore
 from tests.harness import route_target, routes_of
 
 BODIES = {
@@ -154,6 +157,44 @@ def test_template_change_drains_and_refills_from_the_new_template(make_stack):
     report = stack.reconcile("debian-12")
     assert set(report.completed) == set(new_ready)
     assert set(report.completed.values()) == {"pool template changed to templates/debian-12"}
+
+
+class DroppedQueue:
+    """The reconcile queue, for a test that runs the passes itself."""
+
+    def send(self, messages: list[Delayed]) -> None:
+        pass
+
+
+def test_templates_set_over_time_do_not_grow_what_redis_keeps_or_what_a_pass_reads(make_stack):
+    """POST /config/pooltemplate with 1,000 distinct templates over time, a pass after each and
+    the scheduler's tick every tenth: the templates recorded prepared (create_template_delta_disks;
+    every pass reads them all) are at most the ones set since the last tick, and after a tick only
+    the one in use. Before: one more for good with each template ever set."""
+    stack = make_stack(size=0, create_template_delta_disks="true")
+    prepared, ticker, most = stack.store.keys.templates_prepared, Ticker(), 0
+    for number in range(1000):
+        template = {"debian-12": f"templates/debian-12-build{number}"}
+        assert stack.answer("POST", "/api/v3/config/pooltemplate", template) == (201, {"ok": True})
+        most = max(most, stack.client.hlen(prepared))  # what the pass reads
+        stack.reconcile("debian-12")
+        if number % 10 == 9:
+            ticker.tick(stack.services, DroppedQueue())
+    assert most <= 10
+    assert stack.client.hkeys(prepared) == ["dummy:templates/debian-12-build999"]
+
+
+def test_the_tick_keeps_a_preparation_under_way_of_a_template_no_pool_uses(make_stack):
+    """A template left while it was being prepared: its preparation stays recorded for the passes
+    that finish it (else it would stay half made); prepared ones no pool uses are dropped."""
+    stack = make_stack(size=0, create_template_delta_disks="true")
+    templates = TemplateStore(stack.store)
+    templates.started("dummy:templates/left-mid-preparation", "task:task-7")
+    templates.done("dummy:templates/left")
+    templates.done("dummy:templates/debian-12")
+    Ticker().tick(stack.services, DroppedQueue())
+    assert templates.all() == {"dummy:templates/left-mid-preparation": "task:task-7",
+                               "dummy:templates/debian-12": "done"}
 
 
 def test_template_errors(make_stack):
