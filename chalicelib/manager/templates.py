@@ -54,9 +54,11 @@ def ready_for_clones(context: PassContext) -> bool:
     state = recorded.get(template_key(pool.provider, pool.template))
     if state == DONE:
         return True
-    needs = context.provider.clones_need_prepared_template(pool)
+    needs = context.provider.clones_need_prepared_template(pool) and not pool.draining
     if not state and not needs:
-        return True  # nothing under way, and this pool would not plan it (a full clone needs no layer)
+        # Nothing under way, and this pool would not plan it: a full clone needs no layer, and a
+        # pool removed from the config clones nothing (its template, no pool's now, the tick drops).
+        return True
     ready = _leased(context, templates, pool.template, needs)
     return bool(ready)
 

@@ -14,12 +14,14 @@ from redis.retry import Retry
 import app
 from chalicelib.api import pool_config
 from chalicelib.api.routes import Route
-from chalicelib.manager.dispatch import Ticker
-from chalicelib.manager.pool_queue import Delayed
+from chalicelib.config import parse
+from chalicelib.manager.dispatch import Ticker, look_at
+from chalicelib.manager.pool_queue import DRAIN, Delayed, PoolMessage
 from chalicelib.services import Services
 from chalicelib.store.pool_overrides import SETTINGS, PoolOverrides
 from chalicelib.store.templates import TemplateStore
 from tests.harness import route_target, routes_of
+from tests.ondemand.conftest import BASE_CONFIG
 
 BODIES = {
     "config_poolsize": {"debian-12": "3"},
@@ -195,6 +197,21 @@ def test_the_tick_keeps_a_preparation_under_way_of_a_template_no_pool_uses(make_
     Ticker().tick(stack.services, DroppedQueue())
     assert templates.all() == {"dummy:templates/left-mid-preparation": "task:task-7",
                                "dummy:templates/debian-12": "done"}
+
+
+def test_a_removed_pool_draining_does_not_record_its_template_again(make_stack):
+    """A pool removed from the config: its template, which no pool uses now, is dropped by the
+    tick, and its drain passes (which clone nothing) do not plan and record it again each time."""
+    stack, ticker = make_stack(size=0, create_template_delta_disks="true"), Ticker()
+    ticker.tick(stack.services, DroppedQueue())
+    stack.reconcile("win-2022")
+    text = BASE_CONFIG.format(experimental="true", size=0, task_time=0, clone_fail=0, disk_fail=0).replace(
+        ":config:\n", ":config:\n  create_template_delta_disks: true\n")
+    stack.services.use_config(parse(text[:text.index("  - name: win-2022")]))
+    ticker.tick(stack.services, DroppedQueue())  # win-2022 drains from now on
+    reports = [look_at(stack.services, PoolMessage("win-2022", DRAIN), DroppedQueue()) for _ in range(2)]
+    assert all(report is not None and report.passes for report in reports)
+    assert "dummy:templates/win-2022" not in TemplateStore(stack.store).all()
 
 
 def test_template_errors(make_stack):
