@@ -118,3 +118,26 @@ def test_a_trailing_line_break_is_not_part_of_a_valid_name(full: Harness, method
     reply = full.request(method, target.format(running=running), body)
     assert reply.status in (400, 401, 404), (reply.status, reply.raw)
     assert full.redis_state() == before
+
+
+def test_the_longest_lifetime_the_config_allows_is_shown_and_kept(make_stack: Callable[[str], Harness]) -> None:
+    """The config's cap on lifetimes (876000 hours, about 100 years) keeps a VM's end time a date:
+    a VM checked out for that long, or extended to just under the upper limit, is described, counted
+    and left running by a pass; a lifetime at the limit is refused and changes nothing."""
+    text = CONFIG_YAML.replace("  vm_lifetime: 2\n  max_lifetime_upper_limit: 168\n",
+                               "  vm_lifetime: 876000\n  max_lifetime_upper_limit: 876000\n")
+    stack = make_stack(text)
+    stack.fill("pool1")
+    kept, extended = stack.checkout("pool1"), stack.checkout("pool1")
+    assert stack.put(f"/api/v3/vm/{extended}", {"lifetime": 875999}).status == 200
+    before = stack.redis_state()
+    refused = stack.put(f"/api/v3/vm/{extended}", {"lifetime": 876000})
+    assert (refused.status, stack.redis_state()) == (400, before)
+    for host, hours in ((kept, 876000), (extended, 875999)):
+        described = stack.describe(host)
+        assert (described["lifetime"], described["state"]) == (hours, "running")
+        assert described["end_time"] > "2126"
+    assert stack.get("/api/v3/status").status == 200
+    assert stack.get("/api/v3/summary").status == 200
+    assert stack.reconcile("pool1").errors == []
+    assert stack.hosts("pool1", "running") == {kept, extended}
