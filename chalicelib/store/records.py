@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+
+def finite_number(value: Any) -> float | None:
+    """A Redis value as a finite number; None when absent, not a number, NaN or infinite (a
+    figure broken in Redis, by hand or by a bug, reads as none instead of failing its readers)."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _float(value: str | None) -> float | None:
