@@ -141,3 +141,24 @@ def test_the_longest_lifetime_the_config_allows_is_shown_and_kept(make_stack: Ca
     assert stack.get("/api/v3/summary").status == 200
     assert stack.reconcile("pool1").errors == []
     assert stack.hosts("pool1", "running") == {kept, extended}
+
+
+@pytest.mark.parametrize(("stored", "shown", "after_3_hours"), [
+    ("nan", 2, "destroyed"), ("junk", 2, "destroyed"), ("0", 2, "destroyed"),
+    ("inf", 876000, "running"), ("100000000", 876000, "running"),
+])
+def test_a_lifetime_broken_in_redis_fails_neither_the_vm_nor_its_pool(
+        make_stack: Callable[[str], Harness], stored: str, shown: int, after_3_hours: str) -> None:
+    """A VM's recorded lifetime written by hand (``nan``, text), or before lifetimes were capped
+    (100000000 hours): every pass of its pool raised (``int(nan)``) and GET /vm/<host> was a 500
+    (its end time past the year 9999). It reads as the configured lifetime (2 hours) when it is
+    no number, as the cap when it is past it; the pool's passes go on."""
+    stack = make_stack(CONFIG_YAML)
+    stack.fill("pool1")
+    host, other = stack.checkout("pool1"), stack.checkout("pool1")
+    stack.client.hset(stack.store.keys.vm(host), "lifetime", stored)
+    assert stack.describe(host)["lifetime"] == shown
+    assert stack.reconcile("pool1").errors == []
+    stack.clock.advance(3 * 3600)
+    stack.run_passes("pool1")
+    assert (stack.state_of(host), stack.state_of(other)) == (after_3_hours, "destroyed")
