@@ -67,11 +67,13 @@ CONFIG_YAML_ENV = "VMPOOL_CONFIG"
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("vmpool.yaml")
 
 POOL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-MAX_TOKEN_TTL_HOURS = 876_000
-"""About 100 years: a token's expiry is shown as a date, and a datetime ends with the year 9999
-(token_ttl: 100000000 loaded, and every use of every token was a 500). Without token_ttl tokens
-never expire."""
 """Shown as it is in config errors; checked with ``fullmatch`` (``$`` alone would let a final line break through)."""
+MAX_HOURS = 876_000
+"""About 100 years, the most of any span of hours in the config (token_ttl, vm_lifetime,
+vm_lifetime_auth, max_lifetime_upper_limit): a token's expiry and a VM's end time are shown as
+dates, and a datetime ends with the year 9999 (token_ttl: 100000000 loaded, and every use of every
+token was a 500; vm_lifetime: 100000000 made GET /vm/<host> of every VM checked out a 500)."""
+Hours = Annotated[int, bounded(1, MAX_HOURS)]
 
 
 class ConfigError(ValueError):
@@ -93,10 +95,10 @@ class ServiceConfig(SettingsModel):
     timeout: Int1 = 15
     timeout_notification: Int0 = 5
     ready_ttl: Int1 = 60
-    vm_lifetime: Int1 = 24
-    vm_lifetime_auth: Int1 = 0
+    vm_lifetime: Hours = 24
+    vm_lifetime_auth: Hours = 0
     """Unset: vm_lifetime (filled in after validation; 0 is never valid when written)."""
-    max_lifetime_upper_limit: Optional[Int1] = None
+    max_lifetime_upper_limit: Optional[Hours] = None
     prefix: Annotated[str, checked_by(hostname_prefix)] = ""
     domain: Optional[DnsName] = None
     allowed_tags: StrList = ()
@@ -118,7 +120,7 @@ class ServiceConfig(SettingsModel):
     clone_poll_interval: Seconds = 0.25
     check_loop_delay_max: Seconds = 60.0
     check_loop_delay_decay: Annotated[float, at_least(1.0)] = 2.0
-    token_ttl: Optional[Annotated[int, bounded(1, MAX_TOKEN_TTL_HOURS)]] = None
+    token_ttl: Optional[Hours] = None
     clone_target: Optional[InventoryPath] = None
     backend_weight: Optional[Weights] = None
     vm_checktime: Int1 = 1

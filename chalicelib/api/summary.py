@@ -150,8 +150,9 @@ def _range_metrics(days: list[DayStats], kind: str) -> dict[str, Any]:
         duration["pool"][pool] = {
             "total": _number(pool_total),
             "average": _number(round(pool_total / pool_samples, 1)) if pool_samples else 0,
-            "min": min(f["min"] for f in figures),
-            "max": max(f["max"] for f in figures),
+            # default: a pool whose count is broken in Redis on every day has figures but no samples
+            "min": min((f["min"] for f in figures), default=0),
+            "max": max((f["max"] for f in figures), default=0),
         }
         count["pool"][pool] = {"total": pool_samples}
     return {"duration": duration, "count": count}
@@ -159,13 +160,14 @@ def _range_metrics(days: list[DayStats], kind: str) -> dict[str, Any]:
 
 def _day_tags(stats: DayStats) -> dict[str, dict[str, int]]:
     tags: dict[str, dict[str, int]] = {}
-    for name, value in stats.values.items():
+    for name in stats.values:
         if not name.startswith("tag:"):
             continue
         tag, _, tag_value = name[4:].partition(":")
         entry = tags.setdefault(tag, {"total": 0})
-        entry[tag_value] = entry.get(tag_value, 0) + int(value)
-        entry["total"] += int(value)
+        count = int(stats.number(name))
+        entry[tag_value] = entry.get(tag_value, 0) + count
+        entry["total"] += count
     return tags
 
 

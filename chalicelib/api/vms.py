@@ -38,8 +38,8 @@ and ``jenkins_build_url`` with the build's URL, whose matrix axes are ``name=val
 MAX_TAG_KEY = 50
 MAX_TAG_VALUE = 255
 MAX_LIFETIME_HOURS = 10 * 365 * 24
-"""The ceiling when ``max_lifetime_upper_limit`` is not configured: beyond it a VM's end time
-is no longer a date (GET /vm would fail), and nobody needs a CI VM for over ten years."""
+"""The ceiling when ``max_lifetime_upper_limit`` is not configured: nobody needs a CI VM for over
+ten years. A configured limit is at most ``config.MAX_HOURS``, which keeps a VM's end time a date."""
 
 
 def list_pools(services: Services, request: ApiRequest) -> ApiResponse:

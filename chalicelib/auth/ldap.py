@@ -50,6 +50,9 @@ _REFUSED_BIND_RESULTS = {
     53,  # unwillingToPerform (disabled account, ...)
 }
 
+_CASE_IGNORE_IA5_MATCH = "1.3.6.1.4.1.1466.109.114.2"
+"""caseIgnoreIA5Match (RFC 4517), for memberUid: an IA5 string whose own rule is case-exact."""
+
 # The name of the entry the service-account mode binds as when a user name finds no entry.
 _ABSENT_ENTRY = "vmpool-no-such-user"
 
@@ -121,7 +124,8 @@ class LdapAuthenticator:
 
     def member_of_any(self, username: str, groups: Sequence[str]) -> bool:
         """Whether the user is a member of one of ``groups`` (group DNs): a group entry lists
-        the user's DN in ``member`` or ``uniqueMember``, or the name in ``memberUid``. Needs the
+        the user's DN in ``member`` or ``uniqueMember``, or the name in ``memberUid`` (in any
+        case: vmpool's names are lower-cased, the directory's may have capitals). Needs the
         service account (to find the user's entry and read the groups); False without one.
         Raises AuthUnavailable when the directory cannot answer."""
         if not self.settings.uses_service_account or not acceptable_credentials(username, "-"):
@@ -130,7 +134,12 @@ class LdapAuthenticator:
             self._bind_service_account(connection)
             dns = [escape_filter_chars(dn) for dn in self._find_user(connection, username)]
             wanted = "".join(f"(member={dn})(uniqueMember={dn})" for dn in dns)
-            search_filter = f"(|{wanted}(memberUid={escape_filter_chars(username)}))"
+            name = escape_filter_chars(username)
+            # memberUid matches case-exactly (RFC 2307: caseExactIA5Match), and vmpool's user names
+            # are lower-cased: an admin listed as memberUid 'Alice' was no admin. Its case-ignoring
+            # rule is asked for by OID; a directory that does not know it finds that part undefined
+            # (RFC 4511 4.5.1.7.7), and the exact match still holds there.
+            search_filter = f"(|{wanted}(memberUid={name})(memberUid:{_CASE_IGNORE_IA5_MATCH}:={name}))"
             for group in groups:
                 connection.search(group, search_filter, search_scope=BASE, attributes=[], size_limit=1,
                                   time_limit=max(1, int(self.settings.receive_timeout)))

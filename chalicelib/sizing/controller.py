@@ -31,6 +31,7 @@ from chalicelib.sizing.demand import Forecast, Window
 from chalicelib.sizing.schedule import current_window
 from chalicelib.sizing.settings import DemandSettings, SizingSettings
 from chalicelib.store.pool_overrides import SIZE, valid_size
+from chalicelib.store.records import finite_number
 from chalicelib.store.store import Store, _translate_errors
 
 OVERRIDE = "override"
@@ -221,8 +222,8 @@ class RedisSizingBackend:
         if not with_demand:
             return Inputs(override, None, None)
         stored_state, boot_figures = answers[3], answers[4:]
-        total = sum(_number(pair[0]) or 0.0 for pair in boot_figures)
-        count = sum(_number(pair[1]) or 0.0 for pair in boot_figures)
+        total = sum(finite_number(pair[0]) or 0.0 for pair in boot_figures)
+        count = sum(finite_number(pair[1]) or 0.0 for pair in boot_figures)
         self._loaded[pool] = stored_state or ""
         return Inputs(override, DemandState.from_json(stored_state),
                       total / count if count >= 1 else None)
@@ -276,18 +277,6 @@ class RedisSizingBackend:
         return overrides, {name: DemandState.from_json(state) for name, state in zip(names, states, strict=True)}
 
 
-def _number(value: Any) -> float | None:
-    """A Redis value as a finite number; None when absent, not a number, NaN or infinite (broken
-    history reads as none)."""
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _configured(pool: PoolConfig) -> PoolConfig:
     """The pool with its configured size (its runtime override, if any, taken off)."""
     size = pool.settings.get("size")
@@ -301,7 +290,7 @@ MAX_MINUTE_COUNT = 1_000_000
 
 def _count(value: Any) -> int:
     """A demand bucket's count: broken or negative values count as none."""
-    return min(max(int(_number(value) or 0), 0), MAX_MINUTE_COUNT)
+    return min(max(int(finite_number(value) or 0), 0), MAX_MINUTE_COUNT)
 
 
 def target_size(store: Store, pool: PoolConfig, now: float, default_timezone: str | None) -> SizeDecision:

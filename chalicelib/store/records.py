@@ -3,12 +3,42 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+from chalicelib.config import MAX_HOURS
+
+
+def finite_number(value: Any) -> float | None:
+    """A Redis value as a finite number; None when absent, not a number, NaN or infinite (a
+    figure broken in Redis, by hand or by a bug, reads as none instead of failing its readers)."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _float(value: str | None) -> float | None:
     return float(value) if value not in (None, "") else None
+
+
+def _lifetime(value: str | None) -> int | None:
+    """A VM's lifetime in hours as recorded; None (the configured one) when absent, not a number
+    or under an hour. Past ``MAX_HOURS`` (only a record written before that cap, or by hand:
+    ``inf``) it reads as ``MAX_HOURS``: its end time stays a date, and the VM still outlives
+    anyone looking (move.lua, which keeps the VM, agrees). Before, ``nan`` or text failed every
+    pass of the VM's pool and its GET /vm; a lifetime past the year 9999 failed its GET /vm."""
+    try:
+        hours = float(value) if value else math.nan
+    except ValueError:
+        return None
+    if hours > MAX_HOURS:
+        return MAX_HOURS
+    return int(hours) if hours >= 1 else None
 
 
 def _json(value: str | None, empty: Any) -> Any:
@@ -67,7 +97,6 @@ class VMRecord:
     @classmethod
     def from_hash(cls, data: Mapping[str, str]) -> "VMRecord":
         state = data.get("state", "")
-        lifetime = data.get("lifetime")
         return cls(
             name=data.get("name", ""),
             pool=data.get("pool", ""),
@@ -78,7 +107,7 @@ class VMRecord:
             clone_end=_float(data.get("clone_end")),
             ready_at=_float(data.get("ready_at")),
             checkout=_float(data.get("checkout")),
-            lifetime_hours=int(float(lifetime)) if lifetime else None,
+            lifetime_hours=_lifetime(data.get("lifetime")),
             token_user=data.get("token_user", ""),
             tags=_tags(data),
             disks=tuple(_json(data.get("disks"), [])),

@@ -21,7 +21,7 @@ import redis
 from chalicelib.config import RedisConfig
 from chalicelib.sizing import demand as demand_history
 from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, STATES, Keys
-from chalicelib.store.records import CloneBackoff, VMRecord
+from chalicelib.store.records import CloneBackoff, VMRecord, finite_number
 from chalicelib.store.scripts import KeyList, ScriptCall, Scripts, run_many
 
 DAILY_STATS_TTL_SECONDS = 400 * 24 * 3600
@@ -235,8 +235,9 @@ class DayStats:
     values: dict[str, str] = field(default_factory=dict)
 
     def number(self, field_name: str) -> float:
-        value = self.values.get(field_name)
-        return float(value) if value else 0.0
+        """A figure of the day; 0.0 when absent or broken in Redis (``nan``, ``inf``, text: /summary
+        and /status were a 500 on them)."""
+        return finite_number(self.values.get(field_name)) or 0.0
 
 
 class Store:

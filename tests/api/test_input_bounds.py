@@ -118,3 +118,47 @@ def test_a_trailing_line_break_is_not_part_of_a_valid_name(full: Harness, method
     reply = full.request(method, target.format(running=running), body)
     assert reply.status in (400, 401, 404), (reply.status, reply.raw)
     assert full.redis_state() == before
+
+
+def test_the_longest_lifetime_the_config_allows_is_shown_and_kept(make_stack: Callable[[str], Harness]) -> None:
+    """The config's cap on lifetimes (876000 hours, about 100 years) keeps a VM's end time a date:
+    a VM checked out for that long, or extended to just under the upper limit, is described, counted
+    and left running by a pass; a lifetime at the limit is refused and changes nothing."""
+    text = CONFIG_YAML.replace("  vm_lifetime: 2\n  max_lifetime_upper_limit: 168\n",
+                               "  vm_lifetime: 876000\n  max_lifetime_upper_limit: 876000\n")
+    stack = make_stack(text)
+    stack.fill("pool1")
+    kept, extended = stack.checkout("pool1"), stack.checkout("pool1")
+    assert stack.put(f"/api/v3/vm/{extended}", {"lifetime": 875999}).status == 200
+    before = stack.redis_state()
+    refused = stack.put(f"/api/v3/vm/{extended}", {"lifetime": 876000})
+    assert (refused.status, stack.redis_state()) == (400, before)
+    for host, hours in ((kept, 876000), (extended, 875999)):
+        described = stack.describe(host)
+        assert (described["lifetime"], described["state"]) == (hours, "running")
+        assert described["end_time"] > "2126"
+    assert stack.get("/api/v3/status").status == 200
+    assert stack.get("/api/v3/summary").status == 200
+    assert stack.reconcile("pool1").errors == []
+    assert stack.hosts("pool1", "running") == {kept, extended}
+
+
+@pytest.mark.parametrize(("stored", "shown", "after_3_hours"), [
+    ("nan", 2, "destroyed"), ("junk", 2, "destroyed"), ("0", 2, "destroyed"),
+    ("inf", 876000, "running"), ("100000000", 876000, "running"),
+])
+def test_a_lifetime_broken_in_redis_fails_neither_the_vm_nor_its_pool(
+        make_stack: Callable[[str], Harness], stored: str, shown: int, after_3_hours: str) -> None:
+    """A VM's recorded lifetime written by hand (``nan``, text), or before lifetimes were capped
+    (100000000 hours): every pass of its pool raised (``int(nan)``) and GET /vm/<host> was a 500
+    (its end time past the year 9999). It reads as the configured lifetime (2 hours) when it is
+    no number, as the cap when it is past it; the pool's passes go on."""
+    stack = make_stack(CONFIG_YAML)
+    stack.fill("pool1")
+    host, other = stack.checkout("pool1"), stack.checkout("pool1")
+    stack.client.hset(stack.store.keys.vm(host), "lifetime", stored)
+    assert stack.describe(host)["lifetime"] == shown
+    assert stack.reconcile("pool1").errors == []
+    stack.clock.advance(3 * 3600)
+    stack.run_passes("pool1")
+    assert (stack.state_of(host), stack.state_of(other)) == (after_3_hours, "destroyed")

@@ -258,3 +258,44 @@ def test_a_summary_whose_tags_would_not_fit_one_answer_is_refused(stack: Harness
     assert one.status == 200 and len(one.json["tag"]) == stack.config.service.max_tag_names_per_day
     assert len(one.raw) < LAMBDA_ANSWER_LIMIT
     assert stack.get(f"/api/v3/summary/tag?from={days[-1]}&to={days[0]}").status == 400
+
+
+
+BROKEN_FIGURES: dict[str, Callable[[dict], object]] = {
+    "boot:min": lambda body: body["daily"][0]["boot"]["duration"]["min"],
+    "boot:max": lambda body: body["daily"][0]["boot"]["duration"]["max"],
+    "boot:total": lambda body: body["daily"][0]["boot"]["duration"]["total"],
+    "boot:pool:pool1:count": lambda body: body["daily"][0]["boot"]["count"]["pool"]["pool1"]["total"],
+    "boot:pool:pool1:max": lambda body: body["daily"][0]["boot"]["duration"]["pool"]["pool1"]["max"],
+    "tag:project:ci": lambda body: body["tag"]["project"].get("ci", 0),
+}
+"""A figure of today's statistics, and where /summary shows it."""
+
+
+@pytest.mark.parametrize("broken", ["nan", "-inf", "not a number"])
+@pytest.mark.parametrize("figure", list(BROKEN_FIGURES))
+def test_a_figure_broken_in_redis_reads_as_absent(full: Harness, figure: str, broken: str) -> None:
+    """A duration or tag count written into Redis by hand as ``nan``, ``inf`` or text: /summary
+    and /status (the dashboard's feeds) were a 500 (``int(nan)``); the broken figure now reads as
+    none (0), and the others are still shown."""
+    host = full.checkout("pool1")
+    full.put(f"/api/v3/vm/{host}", {"tags": {"project": "ci", "owner": "me"}})
+    full.client.hset(full.store.keys.daily(day_of(full.clock.now())), figure, broken)
+    summary = full.get("/api/v3/summary")
+    status = full.get("/api/v3/status")
+    assert (summary.status, status.status) == (200, 200), (summary.raw[:300], status.raw[:300])
+    assert BROKEN_FIGURES[figure](summary.json) == 0
+    assert summary.json["daily"][0]["boot"]["count"]["total"] == 5 == status.json["boot"]["count"]["total"]
+    assert summary.json["daily"][0]["clone"]["count"]["total"] == 5
+    assert summary.json["tag"]["owner"] == {"me": 1, "total": 1}
+    for section in ("boot", "tag"):
+        assert full.get(f"/api/v3/summary/{section}").status == 200
+
+
+def test_a_broken_count_of_samples_reads_as_none(full: Harness) -> None:
+    """``boot:count`` broken: the day shows no boots (its average, over no samples, is 0)."""
+    full.client.hset(full.store.keys.daily(day_of(full.clock.now())), "boot:count", "nan")
+    summary, status = full.get("/api/v3/summary"), full.get("/api/v3/status")
+    assert (summary.status, status.status) == (200, 200)
+    assert summary.json["daily"][0]["boot"]["count"] == {"total": 0} == status.json["boot"]["count"]
+    assert status.json["boot"]["duration"]["average"] == 0

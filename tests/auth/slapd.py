@@ -13,6 +13,8 @@ Directory layout (``dc=example,dc=com``)::
                                              LDAP keeps them apart)
                 uid=dana                    (a password of Hebrew and Latin letters)
     ou=people:  cn=bob (uid: bob), cn=carol (uid: carol)   (cn in the DN)
+    ou=groups:  cn=vmpool-admins (groupOfNames: carol's DN),
+                cn=vmpool-posix-admins (posixGroup: memberUid Alice)
 
 The ``slapd`` session fixture (tests/conftest.py) runs one for every folder that needs it.
 
@@ -54,6 +56,9 @@ USERS: dict[str, tuple[str, str]] = {
 
 GROUPS_OU = f"ou=groups,{BASE}"
 ADMIN_GROUP = f"cn=vmpool-admins,{GROUPS_OU}"
+POSIX_ADMIN_GROUP = f"cn=vmpool-posix-admins,{GROUPS_OU}"
+"""An RFC 2307 group naming its member ``Alice`` (memberUid matches case-exactly; alice's uid is
+lower-case, and vmpool's user names are)."""
 """A groupOfNames whose only member is carol."""
 
 SLAPD_BINARY_CANDIDATES = ("/usr/sbin/slapd", "/usr/lib/slapd")
@@ -109,6 +114,8 @@ def _seed_ldif() -> str:
         f"dn: {PEOPLE_OU}\nobjectClass: organizationalUnit\nou: people\n",
         f"dn: {GROUPS_OU}\nobjectClass: organizationalUnit\nou: groups\n",
         f"dn: {ADMIN_GROUP}\nobjectClass: groupOfNames\ncn: vmpool-admins\nmember: {USERS['carol'][0]}\n",
+        (f"dn: {POSIX_ADMIN_GROUP}\nobjectClass: posixGroup\ncn: vmpool-posix-admins\ngidNumber: 5000\n"
+         "memberUid: Alice\n"),
         (f"dn: {SERVICE_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n"
          f"cn: svc\nuserPassword: {SERVICE_PASSWORD}\n"),
     ]
@@ -142,6 +149,7 @@ class SlapdServer:
     service_password = SERVICE_PASSWORD
     users = USERS
     admin_group = ADMIN_GROUP
+    posix_admin_group = POSIX_ADMIN_GROUP
 
     @property
     def host(self) -> str:

@@ -63,6 +63,17 @@ def test_members_of_an_admin_group_change_pools(make_api, ldap_auth, slapd):
     assert _pool_now(api)[0] == 4
 
 
+def test_a_member_listed_by_memberuid_with_capitals_changes_pools(make_api, ldap_auth, slapd):
+    """The RFC 2307 group lists ``memberUid: Alice``; vmpool lower-cases user names, and memberUid
+    matches case-exactly: alice was refused as no administrator (403)."""
+    api = make_api(document(ldap_auth(admin_groups=[slapd.posix_admin_group]), config=EXPERIMENTAL))
+    alice = api.new_token("Alice", slapd.password("alice"))
+    bob = api.new_token("bob", slapd.password("bob"))
+    assert api.call("POST", "/api/v3/config/poolsize", headers={"X-AUTH-TOKEN": bob}, body={POOL: "4"}).status == 403
+    assert api.call("POST", "/api/v3/config/poolsize", headers={"X-AUTH-TOKEN": alice}, body={POOL: "4"}).status == 201
+    assert _pool_now(api)[0] == 4
+
+
 def test_without_admins_configured_nobody_changes_pools(make_api, ldap_auth, slapd):
     api = make_api(document(ldap_auth(), config=EXPERIMENTAL))
     alice = api.new_token("alice", slapd.password("alice"))

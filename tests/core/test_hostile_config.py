@@ -173,3 +173,12 @@ def test_a_token_ttl_past_any_date_is_refused() -> None:
     500 at every use of every token (listing, GET /token/<t>, any VM route with the token)."""
     [problem] = problems_of(":config:\n  token_ttl: 100000000\n" + HEAD + POOL.format(name="a"))
     assert "token_ttl" in problem and "876000" in problem
+
+
+@pytest.mark.parametrize("key", ["vm_lifetime", "vm_lifetime_auth", "max_lifetime_upper_limit"])
+def test_a_lifetime_past_any_date_is_refused(key: str) -> None:
+    """vm_lifetime: 100000000 (hours) loaded; GET /vm/<host> of every VM checked out was a 500
+    (its end time, a date past the year 9999). max_lifetime_upper_limit as large let a PUT of such
+    a lifetime through, with the same 500 after it."""
+    [problem] = problems_of(f":config:\n  {key}: 100000000\n" + HEAD + POOL.format(name="a"))
+    assert key in problem and "876000" in problem
