@@ -130,6 +130,9 @@ DELETES = "Deletes"
 REFILL_LATENCY = "RefillLatency"
 # Any function (service-wide): a config pushed to S3 refused, the last good one kept.
 CONFIG_REJECTED = "ConfigRejected"
+# The scheduler's tick (service-wide): VMs its rebuild of the service's running set added or
+# removed, a path that moved VMs without keeping the set (a bug; the quota was off until then).
+RUNNING_COUNT_DRIFT = "RunningCountDrift"
 
 POOL_DIMENSIONS = ("pool", "service")
 SERVICE_DIMENSIONS = ("service",)
@@ -180,6 +183,7 @@ METRICS: dict[str, MetricSpec] = {
         _spec(DELETES, _COUNT, SERVICE_DIMENSIONS),
         _spec(REFILL_LATENCY, _SECONDS, SERVICE_DIMENSIONS),
         _spec(CONFIG_REJECTED, _COUNT, SERVICE_DIMENSIONS),
+        _spec(RUNNING_COUNT_DRIFT, _COUNT, SERVICE_DIMENSIONS),
     )
 }
 

@@ -308,6 +308,8 @@ def dashboard(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
                     "| sort passes desc | limit 20"),
         _widget("vCenter calls", service(m.PROVIDER_CALLS)),
         _widget("Config pushes refused (last good config kept)", service(m.CONFIG_REJECTED)),
+        _widget("Running count drift (VMs the tick's rebuild corrected; should stay 0)",
+                service(m.RUNNING_COUNT_DRIFT)),
         _widget("Lambda errors", per_function("Errors")),
         _widget("Lambda throttles", per_function("Throttles")),
         _widget("Lambda duration max (ms)", per_function("Duration"), stat="Maximum"),

@@ -126,11 +126,13 @@ def recount_running(services: "Services", pools: Iterable[str]) -> RunningCount:
     """Rebuild the service's running set from the running sets of ``pools`` (every pool the tick
     knows: configured, or draining) and mark it whole (``Store.recount_running``). The scripts
     that move VMs keep it exact, so a rebuild that changes it found a path that did not: logged
-    as a warning, to be fixed; its effect on the quota lasted until this tick."""
+    as a warning and counted (``RunningCountDrift``), to be fixed; its effect on the quota lasted
+    until this tick."""
     count = services.store.recount_running(pools, services.clock.now())
     if count.drifted:
         logger.warning("the service's running count had drifted; rebuilt",
                        extra={"running": count.running, "added": count.added, "removed": count.removed})
+        emit(None, {metric.RUNNING_COUNT_DRIFT: count.added + count.removed})
     elif not count.was_whole:
         logger.info("the service's running count built", extra={"running": count.running})
     return count
