@@ -23,7 +23,9 @@ def finite_number(value: Any) -> float | None:
 
 
 def _float(value: str | None) -> float | None:
-    return float(value) if value not in (None, "") else None
+    """A recorded time; None when absent or broken (text, NaN or infinite, written by hand): one
+    VM's broken field must not fail its pool's passes or its GET /vm."""
+    return finite_number(value) if value != "" else None
 
 
 def _lifetime(value: str | None) -> int | None:

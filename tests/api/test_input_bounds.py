@@ -162,3 +162,23 @@ def test_a_lifetime_broken_in_redis_fails_neither_the_vm_nor_its_pool(
     stack.clock.advance(3 * 3600)
     stack.run_passes("pool1")
     assert (stack.state_of(host), stack.state_of(other)) == (after_3_hours, "destroyed")
+
+
+@pytest.mark.parametrize("stored", ["nan", "inf", "junk"])
+@pytest.mark.parametrize("field", ["checkout", "clone_start", "clone_end", "ready_at", "running_at"])
+def test_a_time_broken_in_redis_fails_neither_the_vm_nor_its_pool(
+        make_stack: Callable[[str], Harness], field: str, stored: str) -> None:
+    """A time of a VM's record written by hand (``nan``, ``inf``, text): GET /vm/<host> of it was
+    a 500 and its pool's passes raised, as a broken lifetime did. It reads as absent; the VM stays
+    its user's, and the pool's other VMs are looked after as before."""
+    stack = make_stack(CONFIG_YAML)
+    stack.fill("pool1")
+    host, other = stack.checkout("pool1"), stack.checkout("pool1")
+    stack.client.hset(stack.store.keys.vm(host), field, stored)
+    assert stack.get(f"/api/v3/vm/{host}").status == 200
+    assert stack.reconcile("pool1").errors == []
+    assert stack.state_of(host) == "running"
+    assert stack.delete(f"/api/v3/vm/{other}").status == 200
+    stack.run_passes("pool1")
+    assert stack.state_of(other) == "destroyed"
+    assert stack.delete(f"/api/v3/vm/{host}").status == 200
