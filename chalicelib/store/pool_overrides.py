@@ -14,7 +14,6 @@ configured one instead of failing every pass.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
@@ -22,6 +21,7 @@ from typing import Any, Iterable, Mapping
 from chalicelib.config import PoolConfig
 from chalicelib.config_fields import Invalid, inventory_path
 from chalicelib.sizing.settings import MAX_SIZE
+from chalicelib.store.records import finite_number
 from chalicelib.store.store import Store, _translate_errors
 
 SIZE = "poolsize"
@@ -42,16 +42,6 @@ def valid_size(value: str | None) -> int | None:
         return None
     size = int(value)
     return size if size <= MAX_SIZE else None
-
-
-def valid_reset(value: str | None) -> float | None:
-    """A stored reset time: a finite number; None otherwise (an infinite one drained every VM in
-    every pass)."""
-    try:
-        reset_at = float(value) if value is not None else math.nan
-    except ValueError:
-        return None
-    return reset_at if math.isfinite(reset_at) else None
 
 
 def _inventory_path(value: str) -> bool:
@@ -127,7 +117,7 @@ class PoolOverrides:
             pool: PoolOverride(
                 size=valid_size(size),
                 template=valid_template(template),
-                reset_at=valid_reset(reset),
+                reset_at=finite_number(reset),  # an infinite one drained every VM in every pass
                 clone_target=valid_clone_target(clone_target),
             )
             for pool, size, template, reset, clone_target in zip(

@@ -11,8 +11,9 @@ from chalicelib.config import MAX_HOURS
 
 
 def finite_number(value: Any) -> float | None:
-    """A Redis value as a finite number; None when absent, not a number, NaN or infinite (a
-    figure broken in Redis, by hand or by a bug, reads as none instead of failing its readers)."""
+    """A Redis value as a finite number; None when absent, empty, not a number, NaN or infinite
+    (a figure or a record's time broken in Redis, by hand or by a bug, reads as none instead of
+    failing its readers: one VM's broken field must not fail its pool's passes)."""
     if value is None:
         return None
     try:
@@ -20,12 +21,6 @@ def finite_number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
-
-
-def _float(value: str | None) -> float | None:
-    """A recorded time; None when absent or broken (text, NaN or infinite, written by hand): one
-    VM's broken field must not fail its pool's passes or its GET /vm."""
-    return finite_number(value) if value != "" else None
 
 
 def _lifetime(value: str | None) -> int | None:
@@ -105,10 +100,10 @@ class VMRecord:
             state=state,
             template=data.get("template", ""),
             domain=data.get("domain", ""),
-            clone_start=_float(data.get("clone_start")),
-            clone_end=_float(data.get("clone_end")),
-            ready_at=_float(data.get("ready_at")),
-            checkout=_float(data.get("checkout")),
+            clone_start=finite_number(data.get("clone_start")),
+            clone_end=finite_number(data.get("clone_end")),
+            ready_at=finite_number(data.get("ready_at")),
+            checkout=finite_number(data.get("checkout")),
             lifetime_hours=_lifetime(data.get("lifetime")),
             token_user=data.get("token_user", ""),
             tags=_tags(data),
@@ -121,7 +116,7 @@ class VMRecord:
             reason=data.get("reason", ""),
             not_ready_reason=data.get("not_ready_reason", ""),
             failure=data.get("failure", ""),
-            state_since=_float(data.get(f"{state}_at")),
+            state_since=finite_number(data.get(f"{state}_at")),
             raw=dict(data),
         )
 
