@@ -21,7 +21,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol, Sequence, cast
 
 from chalicelib import observability as metric
 from chalicelib.config import PoolConfig
@@ -252,13 +252,15 @@ class RedisSizingBackend:
 
     def save(self, pool: str, now: float, state: DemandState) -> DemandState:
         """Keep ``state`` unless another pass saved a decision since ``load`` read one
-        (lua/sizing_save.lua); then that one stands, if readable."""
+        (lua/replace_field.lua); then that one stands, if readable."""
         with _translate_errors():
-            saved, stored = self.store.scripts.sizing_save(
+            saved = self.store.scripts.replace_field(
                 keys=[self.keys.sizing_state], args=[pool, self._loaded.get(pool, ""), state.to_json()])
-        if int(saved):
-            self._loaded[pool] = state.to_json()
-            return state
+            if int(saved):
+                self._loaded[pool] = state.to_json()
+                return state
+            # Read only when another pass saved meanwhile (the client decodes replies to str).
+            stored = cast("str | None", self.store.client.hget(self.keys.sizing_state, pool))
         newer = DemandState.from_json(stored)
         self._loaded[pool] = stored or ""
         return state if newer is None else newer

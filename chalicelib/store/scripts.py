@@ -89,7 +89,6 @@ class Scripts:
         self.pool_overrides = load("pool_overrides")
         self.running_recount = load("running_recount")
         self.config_generation = load("config_generation")
-        self.sizing_save = load("sizing_save")
 
 
 ScriptCall = tuple[_Script, Sequence[str], Sequence[Any]]
