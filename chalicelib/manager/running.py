@@ -11,6 +11,7 @@ from chalicelib.manager import inventory_view
 from chalicelib.manager.context import PassContext
 from chalicelib.observability import logger
 from chalicelib.store import VMRecord
+from chalicelib.store.records import finite_number
 
 
 def check_running(context: PassContext) -> None:
@@ -26,7 +27,7 @@ def check_running(context: PassContext) -> None:
         if _return_unconfirmed(context, record):
             continue
         lifetime_hours = record.lifetime_hours or default_lifetime
-        checked_out = record.checkout or context.now
+        checked_out = lifetime_start(context, record)
         if context.now - checked_out >= lifetime_hours * 3600:
             # Checked again in the move: the user may have extended the lifetime since.
             context.take_out_of_service(hostname, "running", f"lifetime of {lifetime_hours} hours expired",
@@ -38,6 +39,19 @@ def check_running(context: PassContext) -> None:
         else:
             next_look[hostname] = inventory_view.next_look(record, context.now, checked_out + lifetime_hours * 3600)
     context.store.schedule_running(context.pool.name, next_look)
+
+
+def lifetime_start(context: PassContext, record: VMRecord) -> float:
+    """When the running VM's lifetime began: its checkout. When that time is unreadable (text,
+    nan or inf written in Redis by hand or a bug: ``VMRecord.checkout`` is None), the time it
+    entered running (its score in the pool's running set, written by every path into running;
+    move.lua counts from the same), so its lifetime still ends. Without either, now: it is
+    never reaped on a guess (a VM in use is never destroyed early)."""
+    entered = finite_number(context.snapshot.members.get("running", {}).get(record.name))
+    for start in (record.checkout, entered):
+        if start is not None:
+            return start
+    return context.now
 
 
 def _return_unconfirmed(context: PassContext, record: VMRecord) -> bool:

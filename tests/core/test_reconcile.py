@@ -213,6 +213,40 @@ def test_lifetime_defaults_to_the_services_vm_lifetime(world: Harness) -> None:
     assert world.reconcile("alpha").completed[host] == "lifetime of 2 hours expired"
 
 
+@pytest.mark.parametrize("stored", ["junk", "nan", "inf", "-inf", ""])
+def test_a_vm_whose_checkout_time_is_unreadable_is_reaped_a_lifetime_after_it_entered_running(
+        world: Harness, stored: str) -> None:
+    """Its checkout time broken in Redis (by hand or a bug): it kept running for good, never
+    reaped by lifetime, and the move's own check (move.lua) read ``nan`` as a time, so a move
+    asked to reap it did so at once. Both now count its lifetime from when it entered running."""
+    fill(world)
+    (host,) = world.check_out("alpha", lifetime_hours=1)
+    world.client.hset(world.store.keys.vm(host), "checkout", stored)
+    world.clock.advance(1800)
+    assert host not in world.reconcile("alpha").completed
+    assert not world.store.move(host, "alpha", "running", "completed", world.clock.now(), lifetime_ended=2)
+
+    world.clock.advance(1799)
+    assert host not in world.reconcile("alpha").completed
+    world.clock.advance(1)
+    assert world.reconcile("alpha").completed[host] == "lifetime of 1 hours expired"
+
+
+@pytest.mark.parametrize("entered", ["inf", "-inf"])
+def test_a_vm_in_use_with_no_readable_time_is_never_reaped(world: Harness, entered: str) -> None:
+    """Neither its checkout time nor when it entered running is a time (both written by hand):
+    nothing says its lifetime is over, so it stays its user's."""
+    fill(world)
+    (host,) = world.check_out("alpha", lifetime_hours=1)
+    world.client.hset(world.store.keys.vm(host), "checkout", "junk")
+    world.client.zadd(world.store.keys.pool_state("alpha", "running"), {host: float(entered)}, xx=True)
+    for _ in range(3):
+        world.clock.advance(3600)
+        assert host not in world.reconcile("alpha").completed
+    assert not world.store.move(host, "alpha", "running", "completed", world.clock.now(), lifetime_ended=2)
+    assert world.state_of(host) == "running"
+
+
 def test_destroy_failure_is_retried_until_it_succeeds(make_world: HarnessFactory) -> None:
     world = world_with(make_world, pools="  - {name: alpha, size: 1, provider: dummy}")
     fill(world)

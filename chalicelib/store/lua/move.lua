@@ -18,6 +18,8 @@
 --   inventory was read, never of one made ready or checked out after a stale read.
 -- lifetime_ended (the default lifetime in hours, or ''): move only if the VM's checkout time plus
 --   its lifetime, as recorded now (a PUT may have extended it since the pass looked), is past now.
+--   A checkout time unreadable in Redis counts from when the VM entered from_state (its score
+--   there), as manager/running.py does; without either the lifetime never ends.
 -- same_checkout ('1' or ''): move only if the VM's 'checkout' and 'token_user' fields are still
 --   checkout and token_user ('' for none): the checkout whose owner the caller checked (DELETE
 --   /vm/<host> with :auth:), not one that took the VM since (a checkout never confirmed goes
@@ -40,6 +42,16 @@ local vms = #firsts
 local changes_key, cloning_key, all_running_key = KEYS[vms + 1], KEYS[vms + 2], KEYS[vms + 3]
 local change_seq = nil
 
+-- A time as a finite number; nil when absent or unreadable (text, or nan or inf written by
+-- hand), as store.records.finite_number reads it: Lua's tonumber reads 'nan' and 'inf'.
+local function finite(text)
+  local number = tonumber(text or '')
+  if number and number == number and number > -math.huge and number < math.huge then
+    return number
+  end
+  return nil
+end
+
 local function move(index)
   local first = firsts[index]
   local vm_key, hostname = KEYS[index], ARGV[first]
@@ -61,14 +73,17 @@ local function move(index)
       return 0
     end
   end
-  if lifetime_ended ~= '' and redis.call('ZSCORE', from_key, hostname) then
+  local entered = lifetime_ended ~= '' and redis.call('ZSCORE', from_key, hostname)
+  if entered then
     local record = redis.call('HMGET', vm_key, 'checkout', 'lifetime')
     local lifetime = math.floor(tonumber(record[2] or '') or 0)
-    if lifetime <= 0 then
+    if not (lifetime > 0) then -- nan too
       lifetime = tonumber(lifetime_ended)
     end
-    local checkout = tonumber(record[1] or '') or tonumber(now)
-    if tonumber(now) - checkout < lifetime * 3600 then
+    -- The lifetime counts from the checkout; from the time the VM entered from_state (its score)
+    -- when the checkout time is unreadable; never ends when neither is readable.
+    local started = finite(record[1]) or finite(entered) or tonumber(now)
+    if tonumber(now) - started < lifetime * 3600 then
       return 0
     end
   end
