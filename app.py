@@ -120,8 +120,10 @@ def tick(event: Any) -> dict[str, Any]:
         _ticker = Ticker()
     report = _ticker.tick(services(), pool_queue())
     logger.info("tick", extra={"pools": report.configured, "draining": report.draining, "messages": report.messages,
-                               "empty": report.empty[:100], "empty_count": len(report.empty)})
-    return {"pools": report.configured, "draining": report.draining, "messages": report.messages}
+                               "empty": report.empty[:100], "empty_count": len(report.empty),
+                               "not_queued_count": len(report.not_queued)})
+    return {"pools": report.configured, "draining": report.draining, "messages": report.messages,
+            "not_queued": report.not_queued[:100]}
 
 
 def _seconds_queued(records: list[Received]) -> list[float]:

@@ -133,6 +133,9 @@ CONFIG_REJECTED = "ConfigRejected"
 # The scheduler's tick (service-wide): VMs its rebuild of the service's running set added or
 # removed, a path that moved VMs without keeping the set (a bug; the quota was off until then).
 RUNNING_COUNT_DRIFT = "RunningCountDrift"
+# The scheduler's tick (service-wide): pools whose message SQS did not take (after the retries the
+# tick's time allowed); they wait for the next tick.
+POOLS_NOT_QUEUED = "PoolsNotQueued"
 
 POOL_DIMENSIONS = ("pool", "service")
 SERVICE_DIMENSIONS = ("service",)
@@ -184,6 +187,7 @@ METRICS: dict[str, MetricSpec] = {
         _spec(REFILL_LATENCY, _SECONDS, SERVICE_DIMENSIONS),
         _spec(CONFIG_REJECTED, _COUNT, SERVICE_DIMENSIONS),
         _spec(RUNNING_COUNT_DRIFT, _COUNT, SERVICE_DIMENSIONS),
+        _spec(POOLS_NOT_QUEUED, _COUNT, SERVICE_DIMENSIONS),
     )
 }
 

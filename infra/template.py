@@ -170,6 +170,14 @@ def alarms(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
         Period=300, EvaluationPeriods=1, Threshold=3, ComparisonOperator="GreaterThanOrEqualToThreshold",
         TreatMissingData="notBreaching")
 
+    found["PoolsNotQueuedAlarm"] = _alarm(
+        f"{prefix}-pools-not-queued",
+        "3+ ticks in 5 minutes could not put some pool's message on the reconcile queue (SQS throttling, "
+        "timing out or refusing). The tick's error log line names the pools and SQS's codes.",
+        Namespace=namespace, MetricName=m.POOLS_NOT_QUEUED, Dimensions=service, Statistic="SampleCount",
+        Period=300, EvaluationPeriods=1, Threshold=3, ComparisonOperator="GreaterThanOrEqualToThreshold",
+        TreatMissingData="notBreaching")
+
     def stat(metric_id: str, name: str) -> dict[str, Any]:
         return {"Id": metric_id, "ReturnData": False, "MetricStat": {
             "Metric": {"Namespace": namespace, "MetricName": name, "Dimensions": service},
@@ -310,6 +318,8 @@ def dashboard(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
         _widget("Config pushes refused (last good config kept)", service(m.CONFIG_REJECTED)),
         _widget("Running count drift (VMs the tick's rebuild corrected; should stay 0)",
                 service(m.RUNNING_COUNT_DRIFT)),
+        _widget("Pools the tick could not queue (SQS refused or timed out; should stay 0)",
+                service(m.POOLS_NOT_QUEUED)),
         _widget("Lambda errors", per_function("Errors")),
         _widget("Lambda throttles", per_function("Throttles")),
         _widget("Lambda duration max (ms)", per_function("Duration"), stat="Maximum"),

@@ -25,7 +25,7 @@ import zlib
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from chalicelib import observability as metric
 from chalicelib.config import Config, PoolConfig
@@ -41,6 +41,7 @@ from chalicelib.manager.pool_queue import (
     Delayed,
     PoolMessage,
     PoolQueue,
+    QueueRefused,
 )
 from chalicelib.manager.runner import RETRY_SECONDS, RunReport, run_pool
 from chalicelib.observability import emit, logger
@@ -84,6 +85,8 @@ class TickReport:
     messages: int
     empty: list[str] = dataclasses.field(default_factory=list)
     running: RunningCount | None = None
+    not_queued: list[str] = dataclasses.field(default_factory=list)
+    """Pools whose message the queue did not take (``QueueRefused``): the next tick sends them."""
 
 
 class Ticker:
@@ -113,13 +116,30 @@ class Ticker:
         messages: list[Delayed] = [(PoolMessage(name, TICK), spread_delay(name, self.spread_seconds))
                                    for name in config.pool_names]
         messages += [(PoolMessage(name, DRAIN), 0) for name in draining]
-        queue.send(messages)
+        not_queued = send_all(queue, messages)
         running = recount_running(services, [*config.pool_names, *draining])
         empty = publish_totals(services)
         if newest:  # a push behind would drop what the newer config's pools use
             templates.forget_unused(services.store, services.pools())
-        return TickReport(configured=len(configured), draining=draining, messages=len(messages), empty=empty,
-                          running=running)
+        return TickReport(configured=len(configured), draining=draining, messages=len(messages) - len(not_queued),
+                          empty=empty, running=running, not_queued=not_queued)
+
+
+def send_all(queue: PoolQueue, messages: Sequence[Delayed]) -> list[str]:
+    """Queue the tick's messages; the pools the queue did not take, named in an error log line
+    and counted (``PoolsNotQueued``). The tick goes on: before, the first refusal raised out of
+    it, so it skipped its running count, its gauges and its template clean-up, and EventBridge's
+    retry sent every pool again. The pools left out are sent by the next tick, a minute later."""
+    try:
+        queue.send(messages)
+    except QueueRefused as error:
+        pools = sorted({pool for pool, _ in error.refused})
+        codes = sorted({code for _, code in error.refused})
+        logger.error("pools not queued by this tick: SQS did not take their messages; the next tick sends them",
+                     extra={"not_queued": pools[:100], "not_queued_count": len(pools), "codes": codes[:10]})
+        emit(None, {metric.POOLS_NOT_QUEUED: len(pools)})
+        return pools
+    return []
 
 
 def recount_running(services: "Services", pools: Iterable[str]) -> RunningCount:

@@ -107,9 +107,18 @@ class PoolQueue(Protocol):
 
 
 SEND_ATTEMPTS = 4
-"""Tries of a message SQS turned down for its own reasons (throttled, an internal error)."""
+"""Tries of a message SQS turned down for its own reasons (throttled, an internal error), or
+whose whole call failed (timed out, throttled: after botocore's own retries)."""
 RETRY_PAUSE_SECONDS = 0.05
 """The pause before the first retry of those messages, doubled before each next."""
+SEND_BUDGET_SECONDS = 10.0
+"""How long one send goes on starting calls (its batches' first tries and their retries); a call
+started ends within ``aws_clients.AWS_CALL_BOUND_SECONDS``, so a send returns within 17 s. The
+tick's 1,000 pools (100 calls) take about a second; with SQS timing out, the tick's send stops
+there, inside the tick's 30 s with time for the rest of its work, and reports what it did not
+send."""
+NOT_SENT = "NotSent"
+"""The code of a message refused without a try: the send's time had run out."""
 
 
 class QueueRefused(Exception):
@@ -125,16 +134,23 @@ class QueueRefused(Exception):
 
 class SqsPoolQueue:
     """The reconcile queue in SQS: batches of 10, each message with its own delay. A message SQS
-    turns down for its own reasons (a batch partly throttled) is sent again, alone with the
-    others turned down, after a short pause; what it still refuses raises QueueRefused."""
+    turns down for its own reasons (a batch partly throttled), or a batch whose whole call failed
+    (timed out, throttled), is sent again, alone with the others turned down, after a short
+    pause, while the send's ``budget_seconds`` last; what SQS still refuses, or what was not
+    tried in that time, raises QueueRefused once every batch had its turn (one batch's failure
+    never keeps the next from being sent). A call that timed out may have queued its messages:
+    sent again, a pool gets two looks, harmless under its lease."""
 
     def __init__(self, queue_url: str, client_factory: Callable[[], Any] | None = None, threads: int = 8,
-                 pause: Callable[[float], None] = time.sleep) -> None:
+                 pause: Callable[[float], None] = time.sleep, budget_seconds: float = SEND_BUDGET_SECONDS,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.queue_url = queue_url
         self._client_factory = client_factory or _default_sqs_client
         self._client: Any = None
         self.threads = threads
         self._pause = pause
+        self.budget_seconds = budget_seconds
+        self._monotonic = monotonic
 
     def send(self, messages: Sequence[Delayed]) -> None:
         if not messages:
@@ -142,28 +158,38 @@ class SqsPoolQueue:
         if self._client is None:
             self._client = self._client_factory()
         batches = [messages[start:start + 10] for start in range(0, len(messages), 10)]
+        deadline = self._monotonic() + self.budget_seconds
         if len(batches) == 1:
-            refused = self._send_batch(batches[0])
+            refused = self._send_batch(batches[0], deadline)
         else:
             # 1,000 pools are 100 calls: in parallel they take a tenth of the time.
             with ThreadPoolExecutor(max_workers=self.threads) as pool:
-                refused = [item for found in pool.map(self._send_batch, batches) for item in found]
+                refused = [item for found in pool.map(lambda batch: self._send_batch(batch, deadline), batches)
+                           for item in found]
         if refused:
             raise QueueRefused(refused)
 
-    def _send_batch(self, batch: Sequence[Delayed]) -> list[tuple[str, str]]:
-        """Send one batch; (pool, code) of each message SQS would not take."""
+    def _send_batch(self, batch: Sequence[Delayed], deadline: float) -> list[tuple[str, str]]:
+        """Send one batch, trying only before ``deadline`` (the send's monotonic time); (pool,
+        code) of each message SQS would not take or that was not tried."""
         waiting = dict(enumerate(batch))
         refused: list[tuple[str, str]] = []
-        code = ""
+        code = NOT_SENT
         for attempt in range(SEND_ATTEMPTS):
-            if attempt:
-                self._pause(RETRY_PAUSE_SECONDS * 2 ** (attempt - 1))
+            pause = RETRY_PAUSE_SECONDS * 2 ** (attempt - 1) if attempt else 0.0
+            if self._monotonic() + pause >= deadline:
+                break
+            if pause:
+                self._pause(pause)
             # Whole seconds, rounded up: a sub-second check delay must not become 0 (a pass loop).
             entries = [{"Id": str(index), "MessageBody": message.body(),
                         "DelaySeconds": max(0, min(math.ceil(delay), MAX_DELAY_SECONDS))}
                        for index, (message, delay) in waiting.items()]
-            answer = self._client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            try:
+                answer = self._client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            except Exception as error:  # noqa: BLE001 - what is not an AWS failure is raised again
+                code = _aws_failure_code(error)  # the whole batch stays waiting
+                continue
             turned_down: dict[int, Delayed] = {}
             for failure in answer.get("Failed") or []:
                 index = int(failure["Id"])
@@ -176,6 +202,19 @@ class SqsPoolQueue:
             if not waiting:
                 return refused
         return refused + [(message.pool, code) for message, _ in waiting.values()]
+
+
+def _aws_failure_code(error: Exception) -> str:
+    """The code of a failed AWS call (SQS's error code, or the kind of failure when SQS did not
+    answer: ``ReadTimeoutError``, ``EndpointConnectionError``); any other exception is a bug of
+    ours, raised again."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(error, ClientError):
+        return str(error.response.get("Error", {}).get("Code") or type(error).__name__)
+    if isinstance(error, BotoCoreError):
+        return type(error).__name__
+    raise error
 
 
 def _default_sqs_client() -> Any:

@@ -31,11 +31,16 @@ class NoRefill:
         return None
 
 
+NUDGE_SEND_SECONDS = 1.0
+"""How long a nudge goes on trying (``SqsPoolQueue.budget_seconds``): SQS's quick refusals are
+tried again, a call that timed out is not (the API's answer would wait for it)."""
+
+
 class SqsRefill:
     """One message per pool on the reconcile queue, with no delay."""
 
     def __init__(self, queue_url: str, client_factory: Callable[[], Any] | None = None) -> None:
-        self.queue = SqsPoolQueue(queue_url, client_factory)
+        self.queue = SqsPoolQueue(queue_url, client_factory, budget_seconds=NUDGE_SEND_SECONDS)
 
     def pools_changed(self, pools: Iterable[str]) -> None:
         messages = [(PoolMessage(pool, NUDGE), 0.0) for pool in sorted(set(pools))]

@@ -5,6 +5,7 @@ on its own (moto for SQS and S3, a real Redis)."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import threading
 import time
@@ -13,13 +14,24 @@ from typing import Any, Callable, Iterator
 import boto3
 import pytest
 import redis
+from botocore.exceptions import ClientError, ReadTimeoutError
 from moto import mock_aws
 
 import app
+from chalicelib.aws_clients import AWS_CALL_BOUND_SECONDS
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
 from chalicelib.manager.dispatch import NEWEST_CONFIG_SECONDS, Ticker, look_at
-from chalicelib.manager.pool_queue import DRAIN, FOLLOWUP, TICK, PoolMessage, QueueRefused, SqsPoolQueue
+from chalicelib.manager.pool_queue import (
+    DRAIN,
+    FOLLOWUP,
+    NOT_SENT,
+    SEND_BUDGET_SECONDS,
+    TICK,
+    PoolMessage,
+    QueueRefused,
+    SqsPoolQueue,
+)
 from chalicelib.manager.refill import SqsRefill
 from chalicelib.manager.runner import run_pool
 from chalicelib.services import Services
@@ -27,6 +39,7 @@ from chalicelib.store import STATES
 from chalicelib.store.fleet import Fleet
 from chalicelib.store.pool_overrides import PoolOverrides
 from local.gateway import Gateway
+from tests.support import emf_documents, emitted, json_lines
 
 CONFIG = """
 :config:
@@ -195,14 +208,17 @@ class SqsAtScale:
     """SQS behind the tick's queue, recording every entry it accepted: moto's (which checks each
     request as SQS would, slowly: 20 s for 1,000 delayed messages) or, with ``sqs`` None, one
     that takes every entry; ``turn_down`` decides, per entry and call, which ones SQS answers as
-    throttled (moto cannot throttle)."""
+    throttled (moto cannot throttle); ``fail`` the exception, if any, a whole call raises as
+    botocore does (a timeout, a throttled request), per batch of entries and call."""
 
     def __init__(self, sqs: Any | None,
-                 turn_down: Callable[[dict[str, Any], int], bool] = lambda entry, call: False) -> None:
+                 turn_down: Callable[[dict[str, Any], int], bool] = lambda entry, call: False,
+                 fail: Callable[[list[dict[str, Any]], int], Exception | None] = lambda entries, call: None) -> None:
         self.sqs = sqs
         self.url = (sqs.create_queue(QueueName="vmpool-dev-reconcile")["QueueUrl"] if sqs is not None
                     else "https://sqs.us-east-1.amazonaws.com/123456789012/vmpool-dev-reconcile")
         self.turn_down = turn_down
+        self.fail = fail
         self.accepted: list[dict[str, Any]] = []
         self.calls = 0
         self.pauses: list[float] = []
@@ -212,6 +228,9 @@ class SqsAtScale:
         with self._lock:
             self.calls += 1
             call = self.calls
+        failure = self.fail(Entries, call)
+        if failure is not None:
+            raise failure
         throttled = [entry for entry in Entries if self.turn_down(entry, call)]
         passed = [entry for entry in Entries if entry not in throttled]
         answer: dict[str, Any] = {"Successful": [{"Id": entry["Id"]} for entry in passed]}
@@ -225,7 +244,9 @@ class SqsAtScale:
                            for entry in throttled]}
 
     def queue(self) -> SqsPoolQueue:
-        return SqsPoolQueue(self.url, client_factory=lambda: self, pause=self.pauses.append)
+        # moto takes 20 s for the 100 calls SQS answers in about one: a budget to match.
+        budget = SEND_BUDGET_SECONDS * (20 if self.sqs is not None else 1)
+        return SqsPoolQueue(self.url, client_factory=lambda: self, pause=self.pauses.append, budget_seconds=budget)
 
     def pools(self) -> list[str]:
         return sorted(json.loads(entry["MessageBody"])["pool"] for entry in self.accepted)
@@ -247,7 +268,7 @@ def test_the_tick_fans_out_one_message_per_pool_spread_over_the_minute(thousand_
 
     answer = app.tick(TICK_EVENT, Context())
 
-    assert answer == {"pools": 1000, "draining": [], "messages": 1000}
+    assert answer == {"pools": 1000, "draining": [], "messages": 1000, "not_queued": []}
     assert sqs.pools() == thousand_pools
     delays = [entry["DelaySeconds"] for entry in sqs.accepted]
     assert min(delays) == 0 and max(delays) < 60
@@ -276,18 +297,101 @@ def test_a_tick_partly_throttled_by_sqs_still_queues_every_pool_once(thousand_po
     assert sum(sqs.pauses) / 100 < 0.5  # each batch paused under half a second in all: inside the tick's 30 s
 
 
-def test_a_pool_sqs_keeps_refusing_fails_the_tick_by_name_and_the_rest_are_queued(
-        thousand_pools: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The tick fails (Lambda's Errors alarm, EventBridge's retry) naming the pool; every other
-    pool is queued."""
+def _pools_of(entries: list[dict[str, Any]]) -> set[str]:
+    return {json.loads(entry["MessageBody"])["pool"] for entry in entries}
+
+
+def test_a_pool_sqs_keeps_refusing_is_reported_by_name_and_the_tick_does_the_rest(
+        thousand_pools: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        log_output: io.StringIO) -> None:
+    """The tick names the pool (its log line and answer) and counts it (``PoolsNotQueued``, the
+    alarm's metric); every other pool is queued and the tick's other work done. Before, it raised
+    before its running count and gauges."""
     sqs = SqsAtScale(None, lambda entry, call: '"p0042"' in entry["MessageBody"])
     monkeypatch.setattr(app, "_queue", sqs.queue())
+    capsys.readouterr()
 
-    with pytest.raises(QueueRefused, match="p0042") as refused:
-        app.tick(TICK_EVENT, Context())
+    answer = app.tick(TICK_EVENT, Context())
 
-    assert refused.value.refused == [("p0042", "RequestThrottled")]
+    assert (answer["messages"], answer["not_queued"]) == (999, ["p0042"])
     assert sqs.pools() == [pool for pool in thousand_pools if pool != "p0042"]
+    metrics = emitted(emf_documents(capsys.readouterr().out))
+    assert metrics[("PoolsNotQueued", ("service",))] == [1.0]
+    assert metrics[("Capacity", ("service",))] == [1000.0]  # the gauges were published
+    (line,) = [line for line in json_lines(log_output.getvalue()) if line["message"].startswith("pools not queued")]
+    assert (line["not_queued"], line["codes"], line["level"]) == (["p0042"], ["RequestThrottled"], "ERROR")
+
+
+def test_a_batch_whose_call_times_out_or_is_throttled_is_sent_again_and_the_batches_after_it_are_sent(
+        thousand_pools: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SendMessageBatch`` raising (botocore's read timeout after its own retries, a throttled
+    request) for one batch on its first tries: before, the exception left the tick (no pool of
+    that batch queued, no running count, no gauges). The batch is sent again; SQS (moto) took
+    one message per pool."""
+    def fail(entries: list[dict[str, Any]], call: int) -> Exception | None:
+        pools = _pools_of(entries)
+        attempts[frozenset(pools)] = attempts.get(frozenset(pools), 0) + 1
+        if "p0042" in pools and attempts[frozenset(pools)] <= 2:
+            return ReadTimeoutError(endpoint_url="https://sqs.us-east-1.amazonaws.com/")
+        if "p0500" in pools and attempts[frozenset(pools)] == 1:
+            return ClientError({"Error": {"Code": "RequestThrottled", "Message": "slow down"}}, "SendMessageBatch")
+        return None
+
+    attempts: dict[frozenset[str], int] = {}
+    sqs = SqsAtScale(boto3.client("sqs"), fail=fail)
+    monkeypatch.setattr(app, "_queue", sqs.queue())
+
+    answer = app.tick(TICK_EVENT, Context())
+
+    assert (answer["messages"], answer["not_queued"]) == (1000, [])
+    assert sqs.pools() == thousand_pools  # each once, as moto took it
+
+
+def test_a_batch_sqs_never_answers_is_reported_and_the_send_ends_within_its_time(
+        thousand_pools: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQS that never answers one batch (each call times out after botocore's 7 s): the other
+    batches are queued, the batch's pools reported with the failure."""
+    timeout = ReadTimeoutError(endpoint_url="https://sqs.us-east-1.amazonaws.com/")
+    sqs = SqsAtScale(None, fail=lambda entries, call: timeout if "p0042" in _pools_of(entries) else None)
+    queue = sqs.queue()
+
+    with pytest.raises(QueueRefused) as refused:
+        queue.send([(PoolMessage(pool, TICK), 0) for pool in thousand_pools])
+
+    assert sorted(refused.value.refused) == [(f"p00{n}", "ReadTimeoutError") for n in range(40, 50)]
+    assert sqs.pools() == [pool for pool in thousand_pools if not pool.startswith("p004")]
+
+
+def test_a_send_to_an_sqs_that_never_answers_stops_trying_within_its_budget(thousand_pools: list[str]) -> None:
+    """Every call times out (7 s each, on a fake clock): the send stops starting calls after its
+    budget and reports every pool, tried or not, instead of running past the tick's 30 s
+    (100 batches of 4 tries, 8 at a time, would take 350 s)."""
+    now = [0.0]
+
+    def never_answers(entries: list[dict[str, Any]], call: int) -> Exception:
+        now[0] += AWS_CALL_BOUND_SECONDS
+        return ReadTimeoutError(endpoint_url="https://sqs.us-east-1.amazonaws.com/")
+
+    sqs = SqsAtScale(None, fail=never_answers)
+    queue = SqsPoolQueue(sqs.url, client_factory=lambda: sqs, threads=1, pause=sqs.pauses.append,
+                         monotonic=lambda: now[0] + sum(sqs.pauses))
+
+    with pytest.raises(QueueRefused) as refused:
+        queue.send([(PoolMessage(pool, TICK), 0) for pool in thousand_pools])
+
+    assert sorted(pool for pool, _ in refused.value.refused) == thousand_pools
+    codes = {code for _, code in refused.value.refused}
+    assert codes == {"ReadTimeoutError", NOT_SENT}
+    assert now[0] + sum(sqs.pauses) <= SEND_BUDGET_SECONDS + AWS_CALL_BOUND_SECONDS
+    assert sqs.calls == 2
+
+
+def test_a_bug_in_the_send_is_not_taken_for_an_sqs_failure() -> None:
+    """Only AWS failures are retried and reported as refusals; anything else is ours and raised."""
+    sqs = SqsAtScale(None, fail=lambda entries, call: TypeError("a bug"))
+    with pytest.raises(TypeError):
+        sqs.queue().send([(PoolMessage("a", TICK), 0)])
+    assert sqs.calls == 1
 
 
 def test_a_pool_removed_from_the_config_drains_and_is_forgotten(services: Services) -> None:
