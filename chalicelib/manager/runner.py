@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from chalicelib import observability as metric
 from chalicelib.config import PoolConfig
-from chalicelib.manager.context import Checkpoint, PassReport, no_checkpoint
+from chalicelib.manager.context import Checkpoint, PassReport, ProviderLookup, no_checkpoint
 from chalicelib.manager.purge import purge_if_due
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.observability import emit, logger
-from chalicelib.providers.base import ProviderError
+from chalicelib.providers.base import Provider, ProviderError
 from chalicelib.store import StoreUnavailable
 from chalicelib.store.history import PoolHistory, Sample, minute_of
 
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 LEASE_SECONDS = 60.0
 """Longer than a pass normally takes; a long pass renews it at its steps (``LEASE_RENEW_SECONDS``)."""
 LEASE_RENEW_SECONDS = 15.0
+SLOW_CALL_SECONDS = 1.0
+"""A provider call that took this long ends with the lease checked (``FencedProvider``)."""
 RETRY_SECONDS = 2.0
 """How soon to look again after Redis or the provider failed a pass."""
 
@@ -101,10 +103,11 @@ def run_pool(
             if pool is None:
                 break
             store.clear_wakes(pool_name)
+            lease = RunLease(services, pool_name, token)
             try:
-                result = reconcile_pool(store, services.provider(pool.provider), pool, clock,
-                                        services.config.service, _renewing(services, pool_name, token, checkpoint),
-                                        dns=services.dns_plugin(pool), providers=services.configured_provider)
+                result = reconcile_pool(store, lease.fenced(services.provider(pool.provider)), pool, clock,
+                                        services.config.service, lease.renewing(checkpoint),
+                                        dns=services.dns_plugin(pool), providers=lease.fenced_lookup())
             except (ProviderError, StoreUnavailable, LeaseLost) as error:
                 # The pass stopped where it was; everything it did is consistent. Try again soon.
                 report.failures.append(str(error))
@@ -115,6 +118,8 @@ def run_pool(
                 emit(pool_name, {metric.RECONCILE_ERRORS: 1})
                 emit(None, {metric.RECONCILE_ERRORS: 1})
                 emit(None, {metric.RECONCILE_ERRORS: 1}, dimensions={"reason": reason})
+                if isinstance(error, LeaseLost):
+                    return report  # another run has the pool: nothing more of this one's
                 break
             report.passes.append(result)
             _publish(result, result.size)  # the effective size (docs/sizing.md)
@@ -167,20 +172,82 @@ def check_delay(services: "Services", pool: PoolConfig, result: PassReport) -> f
     return delay
 
 
-def _renewing(services: "Services", pool_name: str, token: str, checkpoint: Checkpoint) -> Checkpoint:
-    """The pass's checkpoint, renewing the lease at a step when it was last renewed a while ago."""
-    clock, store = services.clock, services.store
-    renewed_at = clock.monotonic()
+class RunLease:
+    """A pass's hold on its pool's lease. Renewed at the pass's steps once it was last renewed
+    ``LEASE_RENEW_SECONDS`` ago, and checked after every provider call that took
+    ``SLOW_CALL_SECONDS`` or more (``fenced``); either raises LeaseLost when another run holds it
+    or it expired, and the pass stops there.
 
-    def step(name: str) -> None:
-        nonlocal renewed_at
-        checkpoint(name)
-        if clock.monotonic() - renewed_at >= LEASE_RENEW_SECONDS:
-            if not store.renew_lease(pool_name, token, LEASE_SECONDS):
-                raise LeaseLost(f"lease of pool {pool_name} expired during the pass")
-            renewed_at = clock.monotonic()
+    Why after slow calls: a call that hangs (vCenter that never answers; the Lambda frozen between
+    invocations with the call in flight) may return minutes later in a thread the consumer gave up
+    on, once the lease expired and another run took the pool over. Without the check, the pass
+    went on to its next step with what it had read before the hang, writing its decisions (clone
+    tasks on records, moves, the inventory mark) over the other run's. Time is measured by both
+    the monotonic and the wall clock: whichever saw the pause says so."""
 
-    return step
+    def __init__(self, services: "Services", pool_name: str, token: str) -> None:
+        self._store, self._clock = services.store, services.clock
+        self._services = services
+        self.pool_name, self.token = pool_name, token
+        self._mark()
+
+    def _mark(self) -> None:
+        self._renewed = (self._clock.monotonic(), self._clock.now())
+
+    def _since(self, mark: tuple[float, float]) -> float:
+        return max(self._clock.monotonic() - mark[0], self._clock.now() - mark[1])
+
+    def renew(self) -> None:
+        """Renew the lease now; LeaseLost when it is no longer ours."""
+        if not self._store.renew_lease(self.pool_name, self.token, LEASE_SECONDS):
+            raise LeaseLost(f"lease of pool {self.pool_name} expired during the pass")
+        self._mark()
+
+    def renewing(self, checkpoint: Checkpoint) -> Checkpoint:
+        """The pass's checkpoint, renewing the lease at a step when it was last renewed a while ago."""
+        def step(name: str) -> None:
+            checkpoint(name)
+            if self._since(self._renewed) >= LEASE_RENEW_SECONDS:
+                self.renew()
+
+        return step
+
+    def fenced(self, provider: Provider) -> Provider:
+        """``provider`` with each call's end checked against the lease when the call was slow."""
+        return cast(Provider, FencedProvider(provider, self))
+
+    def fenced_lookup(self) -> ProviderLookup:
+        """The configured providers (``Services.configured_provider``), each fenced."""
+        def lookup(name: str) -> Provider | None:
+            provider = self._services.configured_provider(name)
+            return self.fenced(provider) if provider is not None else None
+
+        return lookup
+
+    def checked(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        """``call``, renewing the lease when it returns (or raises) after ``SLOW_CALL_SECONDS``."""
+        def checked_call(*args: Any, **kwargs: Any) -> Any:
+            started = (self._clock.monotonic(), self._clock.now())
+            try:
+                return call(*args, **kwargs)
+            finally:
+                if self._since(started) >= SLOW_CALL_SECONDS:
+                    self.renew()
+
+        return checked_call
+
+
+class FencedProvider:
+    """A provider whose slow calls end with the run's lease checked (``RunLease``): what such a
+    call returns is used only while the pool is still this run's."""
+
+    def __init__(self, provider: Provider, lease: RunLease) -> None:
+        self._provider = provider
+        self._lease = lease
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._provider, name)
+        return self._lease.checked(attribute) if callable(attribute) else attribute
 
 
 def _sample(services: "Services", result: PassReport, size: int, sampled: int | None) -> int | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any, Iterator
 
 import pytest
@@ -16,8 +17,10 @@ import app
 from chalicelib.manager import dispatch
 from chalicelib.manager.dispatch import SAFETY_SECONDS
 from chalicelib.manager.pool_queue import PoolMessage
+from chalicelib.manager.runner import LEASE_SECONDS
 from chalicelib.services import Services
 from tests.core.test_reconcile_queue import TICK_EVENT, Context, RecordingQueue, queue, services, sqs_event
+from tests.harness import redis_state
 
 __all__ = ["queue", "services"]  # fixtures
 
@@ -135,3 +138,43 @@ def test_the_tick_runs_whatever_its_scheduled_event_holds(services: Services, qu
     answer = app.tick(event, Context())
     assert answer["pools"] == 2 and answer["messages"] == 2
     assert sorted(message.pool for message, _ in queue.sent) == ["centos", "debian"]
+
+
+def test_a_pass_stuck_in_a_provider_call_writes_nothing_once_another_run_has_its_pool(
+        services: Services, queue: RecordingQueue, fresh_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A provider call whose answer does not come (vCenter started the clones, then stopped
+    answering): the consumer reports the pool's message failed and returns inside its time. The
+    pass's thread stays in the call; its lease expires and another run takes the pool over. When
+    the answer comes at last (in AWS: the frozen container thawed for a later invocation), the
+    pass stops there. Before, it went on with what it read before the hang and wrote its
+    decisions (the clone tasks on the records, its inventory mark) over the other run's."""
+    provider = services.provider("dummy")
+    clone_vms = provider.clone_vms
+    answered, release = threading.Event(), threading.Event()
+
+    def clones_whose_answer_hangs(*args: Any, **kwargs: Any) -> Any:
+        started = clone_vms(*args, **kwargs)
+        answered.set()
+        release.wait(60)
+        return started
+
+    monkeypatch.setattr(provider, "clone_vms", clones_whose_answer_hangs)
+    event = batch("debian")
+    invoked = time.monotonic()
+    try:
+        answer = app.reconcile(event, Context(remaining_ms=int((SAFETY_SECONDS + 3) * 1000)))
+        assert time.monotonic() - invoked < 3 + 1  # its time, less what it keeps to answer
+        assert failed_pools(answer, event) == ["debian"]
+        assert answered.is_set()
+        (stuck,) = [future for future in dispatch._given_up if not future.done()]
+
+        services.clock.advance(LEASE_SECONDS + 1)  # the lease's TTL in Redis is real time: expired by hand
+        lease_key = services.store.keys.lease("debian")
+        services.client.delete(lease_key)
+        other = services.store.acquire_lease("debian", LEASE_SECONDS)
+        before = redis_state(services.client)
+    finally:
+        release.set()
+    stuck.result(timeout=30)
+    assert redis_state(services.client) == before
+    assert services.client.get(lease_key) == other
