@@ -28,6 +28,7 @@ import dataclasses
 from chalicelib.config import PoolConfig, ServiceConfig
 from chalicelib.providers.base import InventoryChanges, Provider, VMInfo
 from chalicelib.store import PoolSnapshot, Store, VMRecord
+from chalicelib.store.records import finite_number
 
 
 def changes(provider: Provider, pool: PoolConfig, service: ServiceConfig, now: float,
@@ -70,8 +71,8 @@ def next_look(record: VMRecord, now: float, lifetime_end: float) -> float:
     checkout's confirmation deadline if sooner, the next pass while it has a migration."""
     if record.raw.get("migration"):
         return now
-    deadline = record.raw.get("confirm_by")
-    return min(lifetime_end, float(deadline)) if deadline else lifetime_end
+    deadline = finite_number(record.raw.get("confirm_by"))
+    return min(lifetime_end, deadline) if deadline is not None else lifetime_end
 
 
 def _seconds(text: str) -> float:

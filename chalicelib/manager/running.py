@@ -57,8 +57,9 @@ def lifetime_start(context: PassContext, record: VMRecord) -> float:
 def _return_unconfirmed(context: PassContext, record: VMRecord) -> bool:
     """A VM whose checkout was never confirmed by its deadline: the request that took it
     answered 503 (its answer from Redis was lost), so nobody has it. Back to ready."""
-    deadline = record.raw.get("confirm_by")
-    if not deadline or float(deadline) > context.now:
+    deadline = finite_number(record.raw.get("confirm_by"))
+    # An unreadable deadline (broken in Redis by hand) reads as none: the VM stays its user's.
+    if deadline is None or deadline > context.now:
         return False
     returned = context.store.release_checkout(record.raw.get("checkout_id", ""), [record.name], context.now,
                                               unconfirmed_only=True)

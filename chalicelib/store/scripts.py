@@ -14,9 +14,10 @@ from chalicelib.store.keys import DERIVED_KEYS
 _LUA_DIR = Path(__file__).with_name("lua")
 
 SHARED: dict[str, tuple[str, ...]] = {"checkout": ("quota",), "ondemand_create": ("quota",),
-                                      "move": ("record_fields",), "update": ("record_fields",)}
-"""Scripts run with the functions of other files (lua/quota.lua, lua/record_fields.lua) before
-their own text."""
+                                      "move": ("record_fields", "finite"), "update": ("record_fields",),
+                                      "release": ("finite",)}
+"""Scripts run with the functions of other files (lua/quota.lua, lua/record_fields.lua,
+lua/finite.lua) before their own text."""
 
 
 def script_source(name: str) -> str:

@@ -247,6 +247,25 @@ def test_a_vm_in_use_with_no_readable_time_is_never_reaped(world: Harness, enter
     assert world.state_of(host) == "running"
 
 
+@pytest.mark.parametrize("stored", ["junk", "nan", "-inf", "inf"])
+def test_a_confirmation_deadline_broken_in_redis_neither_fails_the_pool_nor_returns_the_vm(
+        world: Harness, stored: str) -> None:
+    """A running VM's ``confirm_by`` written by hand: text raised out of every pass of its pool
+    (``float()``), and ``-inf`` returned the VM in use to ready, for the next user (release.lua
+    read it as a time). It reads as no deadline: the VM stays its user's, the pool is looked
+    after, and the lifetime still ends."""
+    fill(world)
+    (host,) = world.check_out("alpha", lifetime_hours=1)
+    world.client.hset(world.store.keys.vm(host), "confirm_by", stored)
+    for _ in range(3):
+        world.clock.advance(1000)
+        report = world.reconcile("alpha")
+        assert report.errors == [] and host not in report.returned
+    assert world.state_of(host) == "running"
+    world.clock.advance(600)
+    assert world.reconcile("alpha").completed[host] == "lifetime of 1 hours expired"
+
+
 def test_destroy_failure_is_retried_until_it_succeeds(make_world: HarnessFactory) -> None:
     world = world_with(make_world, pools="  - {name: alpha, size: 1, provider: dummy}")
     fill(world)

@@ -42,16 +42,6 @@ local vms = #firsts
 local changes_key, cloning_key, all_running_key = KEYS[vms + 1], KEYS[vms + 2], KEYS[vms + 3]
 local change_seq = nil
 
--- A time as a finite number; nil when absent or unreadable (text, or nan or inf written by
--- hand), as store.records.finite_number reads it: Lua's tonumber reads 'nan' and 'inf'.
-local function finite(text)
-  local number = tonumber(text or '')
-  if number and number == number and number > -math.huge and number < math.huge then
-    return number
-  end
-  return nil
-end
-
 local function move(index)
   local first = firsts[index]
   local vm_key, hostname = KEYS[index], ARGV[first]

@@ -21,7 +21,10 @@ for i = 1, (#KEYS - 2) / 4 do
   local vm = redis.call('HMGET', vm_key, 'state', 'checkout_id', 'confirm_by', 'pool', 'ready_at')
   local eligible = vm[1] == 'running' and vm[2] == checkout_id and vm[4] == pool
   if eligible and unconfirmed_only == '1' then
-    eligible = vm[3] and tonumber(vm[3]) <= tonumber(now)
+    -- A deadline unreadable (broken by hand: text made this script fail, -inf returned a VM in
+    -- use) reads as none, as the pass reads it (manager/running.py): the VM stays its user's.
+    local deadline = finite(vm[3])
+    eligible = deadline ~= nil and deadline <= tonumber(now)
   end
   if eligible and redis.call('ZREM', running_key, hostname) == 1 then
     redis.call('ZADD', ready_key, vm[5] or now, hostname)
