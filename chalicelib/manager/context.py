@@ -43,6 +43,7 @@ from chalicelib.sizing.controller import SizeDecision, target_size
 from chalicelib.store import DurationSample, PoolSnapshot, Store, VMRecord
 from chalicelib.store.pool_overrides import PoolOverride, PoolOverrides
 from chalicelib.store.pool_overrides import apply as apply_overrides
+from chalicelib.store.records import finite_number
 
 Checkpoint = Callable[[str], None]
 """Called with a step's name as the pass reaches it: lets chaos tests kill the pass anywhere."""
@@ -270,7 +271,8 @@ class PassContext:
         a later pass looks again. Checked on the snapshot before its DNS record is withdrawn,
         and again in the move."""
         record = self.record(hostname)
-        if gone and record is not None and int(record.raw.get("change_seq") or 0) >= self.inventory_mark:
+        # A stamp broken in Redis reads as never stamped (as move.lua reads it): the VM is dropped.
+        if gone and record is not None and (finite_number(record.raw.get("change_seq")) or 0) >= self.inventory_mark:
             self.checkpoint("dropped")
             return
         placement = self.elsewhere(record) if gone and record is not None else None

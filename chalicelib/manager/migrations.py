@@ -22,6 +22,7 @@ from chalicelib.observability import emit, logger
 from chalicelib.providers.base import ProviderError, TaskState
 from chalicelib.store import VMRecord
 from chalicelib.store.migrations import QUEUED, STARTED, MigrationStore
+from chalicelib.store.records import finite_number
 
 MIGRATION_START_GRACE_SECONDS = 120.0
 """How long a taken slot may wait for its task to be recorded before the pass decides the pass
@@ -86,7 +87,7 @@ def _start(context: PassContext, migrations: MigrationStore, record: VMRecord, l
 def _follow(context: PassContext, migrations: MigrationStore, record: VMRecord) -> None:
     task = record.raw.get("migration_task")
     if not task:
-        started = float(record.raw.get("migration_started") or 0)
+        started = finite_number(record.raw.get("migration_started")) or 0.0
         if context.now - started > MIGRATION_START_GRACE_SECONDS:
             _failed(context, migrations, record, "migration was never started (its pass was interrupted)")
         else:
@@ -100,7 +101,7 @@ def _follow(context: PassContext, migrations: MigrationStore, record: VMRecord) 
         _failed(context, migrations, record, f"migration failed: {status.error or 'unknown error'}")
         return
     target = record.raw.get("migration_to") or record.host
-    seconds = context.now - float(record.raw.get("migration_started") or context.now)
+    seconds = context.now - (finite_number(record.raw.get("migration_started")) or context.now)
     migrations.finish(record.name, host=target, migrated="true", migration_error=None)
     emit(context.pool.name, {metric.MIGRATIONS: 1})
     logger.info("VM migrated", extra={"pool": context.pool.name, "hostname": record.name,

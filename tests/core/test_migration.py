@@ -130,3 +130,25 @@ def test_a_pass_killed_after_taking_a_slot_frees_it_after_the_grace(
     assert any("never started" in error for error in report.errors)
     assert world.migrations_in_flight() == 0 and migration(world, host) is None
     assert world.describe(host)["migrated"] is False
+
+
+@pytest.mark.parametrize("stored", ["junk", "nan"])
+def test_a_migration_start_time_broken_in_redis_fails_neither_the_pass_nor_the_vm(
+        make_harness: HarnessFactory, stored: str) -> None:
+    """A slot taken by a killed pass whose ``migration_started`` was then written by hand:
+    ``float()`` of it raised out of every pass of the pool. It reads as long ago, so the slot is
+    freed as one never started, and the VM stays its user's where it is."""
+    world = stack(make_harness, limit=1, dummy=", migratevm_couldmove_percent: 100")
+    world.fill("mig")
+    [host] = world.checkout_vms("mig", 1)
+
+    def die_after_the_slot(step: str) -> None:
+        if step == "migration_slot":
+            raise Killed(step)
+
+    with pytest.raises(Killed):
+        world.reconcile("mig", die_after_the_slot)
+    world.client.hset(world.store.keys.vm(host), "migration_started", stored)
+    report = world.reconcile("mig")
+    assert any("never started" in error for error in report.errors)
+    assert world.migrations_in_flight() == 0 and world.state_of(host) == "running"

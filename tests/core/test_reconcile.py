@@ -327,6 +327,24 @@ def test_tracked_vm_deleted_by_hand_is_dropped_and_replaced(world: Harness) -> N
     assert world.count("alpha", "ready") == 3
 
 
+@pytest.mark.parametrize("stored", ["junk", "nan", "inf"])
+def test_a_vm_whose_change_stamp_is_broken_in_redis_is_dropped_when_gone(world: Harness, stored: str) -> None:
+    """A VM's ``change_seq`` (the stamp the stale-pass check compares with the inventory mark)
+    written by hand: ``int()`` of it raised out of every pass of the pool once the VM was gone
+    from the provider. It reads as never stamped, as move.lua reads it, so the VM is dropped and
+    replaced."""
+    ready = fill(world)
+    gone = sorted(ready)[0]
+    world.client.hset(world.store.keys.vm(gone), "change_seq", stored)
+    world.provider.delete_by_hand(world.pool("alpha"), gone)
+
+    report = world.reconcile("alpha")
+
+    assert report.errors == [] and report.dropped == [gone]
+    world.settle("alpha")
+    assert world.count("alpha", "ready") == 3
+
+
 def test_checked_out_vm_is_never_reaped_as_discovered(world: Harness) -> None:
     ready = fill(world)
     taken: list[str] = []

@@ -58,7 +58,8 @@ local function move(index)
     wake_key = key_of(ARGV[9], pool)
   end
   if unchanged_since ~= '' and redis.call('ZSCORE', from_key, hostname) then
-    local changed = tonumber(redis.call('HGET', vm_key, 'change_seq') or '0') or 0
+    -- A stamp broken in Redis (text, nan, inf) reads as never stamped, as context.drop reads it.
+    local changed = finite(redis.call('HGET', vm_key, 'change_seq')) or 0
     if changed >= tonumber(unchanged_since) then
       return 0
     end
