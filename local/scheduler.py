@@ -26,6 +26,10 @@ from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable
 
 WORKERS = 8
+HELD_ELSEWHERE_SECONDS = 1.0
+"""How soon a pool whose lease another process holds is tried again when nudged. Each try nudges
+the holder through the pool's wake list, which this scheduler's own listener pops too: without a
+pause the two spun (a try, a nudge, a try...) for as long as the lease was held, most of a core."""
 
 
 def merged(first: PoolMessage, second: PoolMessage) -> PoolMessage:
@@ -93,6 +97,8 @@ class LocalScheduler:
         self._threads: list[threading.Thread] = []
         self._running: set[str] = set()
         self._again: dict[str, PoolMessage] = {}
+        self._held_elsewhere: dict[str, float] = {}
+        """Pool -> until when a nudge for it waits (its lease was held by another process)."""
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -131,7 +137,10 @@ class LocalScheduler:
                 self._stopping.wait(1.0)
                 continue
             if popped:
-                self.queue.send([(PoolMessage(pools[str(popped[0])], NUDGE), 0.0)])
+                pool = pools[str(popped[0])]
+                with self._lock:
+                    wait = self._held_elsewhere.get(pool, 0.0) - time.monotonic()
+                self.queue.send([(PoolMessage(pool, NUDGE), max(wait, 0.0))])
 
     def _work(self) -> None:
         while not self._stopping.is_set():
@@ -146,7 +155,13 @@ class LocalScheduler:
                     continue
                 self._running.add(message.pool)
             try:
-                look_at(self.services, message, self.queue, self.budget_seconds, stopping=self._stopping.is_set)
+                report = look_at(self.services, message, self.queue, self.budget_seconds,
+                                 stopping=self._stopping.is_set)
+                with self._lock:
+                    if report is not None and not report.leased and not report.failures:
+                        self._held_elsewhere[message.pool] = time.monotonic() + HELD_ELSEWHERE_SECONDS
+                    else:
+                        self._held_elsewhere.pop(message.pool, None)
             except StoreUnavailable as error:
                 logger.warning("reconcile skipped: redis unavailable",
                                extra={"pool": message.pool, "error": str(error)})
