@@ -8,6 +8,12 @@ queue is in-process (``LocalQueue``): one pending message per pool, the earliest
 The API (in its own processes) nudges a pool through Redis after a checkout or delete (the
 store pushes onto the pool's wake list); a listener thread turns each nudge into a message at
 once, as the API's SQS message does in AWS.
+
+A stack SIGKILLed mid-pass leaves its pools' leases in Redis (its append-only file keeps them)
+for up to ``runner.LEASE_SECONDS``: the stack started next on the same state directory releases
+those whose holder (named in the token, ``store.leases``) is a process of this machine that is
+no longer alive, and the follow-up markers of the queue that died with it, before its first
+tick. Its pools serve again within seconds, not a minute.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import socket
 import threading
 import time
 from typing import Sequence
@@ -24,6 +31,10 @@ from chalicelib.manager.pool_queue import FOLLOWUP, NUDGE, Delayed, PoolMessage
 from chalicelib.observability import logger
 from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable
+from chalicelib.store.fleet import Fleet
+from chalicelib.store.keys import template_lease_name
+from chalicelib.store.leases import lease_holder
+from local.processes import process_alive
 
 WORKERS = 8
 HELD_ELSEWHERE_SECONDS = 1.0
@@ -102,6 +113,10 @@ class LocalScheduler:
         self._lock = threading.Lock()
 
     def start(self) -> None:
+        try:
+            self.release_what_the_dead_left()
+        except StoreUnavailable as error:  # the leases expire on their own
+            logger.warning("leases of a stopped scheduler not checked: redis unavailable", extra={"error": str(error)})
         workers = min(WORKERS, max(len(self.services.config.pool_names), 1))
         targets = [(self._tick_loop, "tick"), (self._listen_for_nudges, "nudges")]
         targets += [(self._work, f"reconcile-{n}") for n in range(workers)]
@@ -109,6 +124,26 @@ class LocalScheduler:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def release_what_the_dead_left(self) -> list[str]:
+        """Release the pool and template leases held by a process of this machine that is no
+        longer alive (this stack's predecessor on its Redis, SIGKILLed mid-pass) and clear every
+        pool's follow-up marker (the follow-ups were in that process's queue); return the leases
+        released. A lease of a live process, or of another machine, is left to expire."""
+        store, fleet, host = self.services.store, Fleet(self.services.store), socket.gethostname()
+        pools = sorted({*self.services.config.pool_names, *fleet.names()})
+        templates = {template_lease_name(pool.provider, pool.template)
+                     for pool in self.services.pools() if pool.template}
+        released = []
+        for name, token in store.lease_tokens([*pools, *sorted(templates)]).items():
+            holder = lease_holder(token)
+            if holder is not None and holder.host == host and not process_alive(holder.pid):
+                store.release_lease(name, token)
+                released.append(name)
+        fleet.followups_lost(pools)
+        if released:
+            logger.info("released the leases of a stopped scheduler", extra={"leases": released})
+        return released
 
     def stop(self) -> None:
         self._stopping.set()

@@ -1,21 +1,31 @@
-"""The local stack's scheduler when another process holds a pool's lease: the pool is not tried
-in a busy loop meanwhile."""
+"""The local stack SIGKILLed mid-pass and started again on its state directory: its pools serve
+again within seconds (not after the dead stack's leases expire, a minute), with exactly the VMs
+they had in vCenter and their DNS records; a pool another live process holds is not tried in a
+busy loop meanwhile."""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import redis
+import yaml
+from pyVim.connect import Disconnect, SmartConnect
+from pyVmomi import vim
 
 from chalicelib.store.keys import Keys
+from tests.dns.bind import BindServer
 from tests.local.stack import RunningStack, call, local_stack, wait_for
 from tests.support import redis_commands
+from tests.vsphere.vcsim import VcsimServer
+from tools.vcsim import launcher
 
 KEYS = Keys()
 LEASE_SECONDS_LEFT = 40_000
@@ -54,6 +64,39 @@ def dead_pid() -> int:
 
 
 @pytest.mark.slow
+def test_a_dead_stacks_leases_are_released_at_the_restart_and_a_live_holders_are_kept(tmp_path: Path) -> None:
+    """`kill -9` of the stack while it held pool leases (its append-only file keeps them): the
+    stack started next on the state directory waited up to 60 s, the lease's time, before its
+    first pass of those pools. Leases name their holder now; the restarted stack releases those
+    of a process of this machine that is gone, and only those."""
+    host = socket.gethostname()
+    with local_stack(tmp_path, DUMMY_CONFIG, workers=1, interval=30) as stack:
+        store = client(stack)
+        for pool in ("left-by-dead", "held-by-live", "held-elsewhere"):
+            wait_for(lambda pool=pool: len(ready(store, pool)) == 2, 30, f"{pool} to fill", stack.log)
+        # The leases as a pass of each holder would leave them, then a checkout each (a VM the
+        # pool's next pass makes again).
+        leases = {"left-by-dead": f"{host}:{dead_pid()}:0123456789abcdef",
+                  "held-by-live": f"{host}:{os.getpid()}:0123456789abcdef",
+                  "held-elsewhere": "another-machine:1:0123456789abcdef"}
+        for pool, token in leases.items():
+            store.set(KEYS.lease(pool), token, px=120_000)
+            assert call("POST", f"{stack.api}/vm/{pool}")[0] == 200
+        time.sleep(1.5)  # appendfsync everysec: the leases reach the append-only file
+        state_dir = stack.state_dir
+        kill_stack(stack)
+
+    with local_stack(tmp_path, DUMMY_CONFIG, workers=1, interval=30, name="again", state_dir=state_dir) as again:
+        store = client(again)
+        # The pool whose lease a dead process held refills at once (its checkout left one to make).
+        wait_for(lambda: len(ready(store, "left-by-dead")) == 2, 15, "the dead holder's pool to refill", again.log)
+        assert store.get(KEYS.lease("held-by-live")) == leases["held-by-live"]
+        assert store.get(KEYS.lease("held-elsewhere")) == leases["held-elsewhere"]
+        assert len(ready(store, "held-by-live")) == 1 and len(ready(store, "held-elsewhere")) == 1
+
+
+
+@pytest.mark.slow
 def test_a_pool_another_process_holds_is_tried_once_a_second_not_in_a_loop(tmp_path: Path) -> None:
     """A pool whose lease another live process holds (a second scheduler on the Redis, or one
     paused): each try nudges the holder through the pool's wake list, which the stack's own
@@ -73,3 +116,66 @@ def test_a_pool_another_process_holds_is_tried_once_a_second_not_in_a_loop(tmp_p
         # Once the holder lets go, the pool is looked at within about a second.
         store.delete(KEYS.lease("held-by-live"))
         wait_for(lambda: len(ready(store, "held-by-live")) == 2, 10, "the released pool to refill", stack.log)
+
+
+def vms_in_folders(server: VcsimServer) -> dict[str, list[str]]:
+    """Folder name -> names of the VMs in it (templates aside), as vCenter lists them."""
+    context = ssl.create_default_context(cafile=str(server.cert_path))
+    instance = SmartConnect(host="127.0.0.1", port=server.port, user=launcher.USERNAME, pwd=launcher.PASSWORD,
+                            sslContext=context)
+    try:
+        content = instance.RetrieveContent()
+        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+        found: dict[str, list[str]] = {}
+        for machine in view.view:
+            if not machine.config.template:
+                found.setdefault(machine.parent.name, []).append(machine.name)
+        return {folder: sorted(names) for folder, names in found.items()}
+    finally:
+        Disconnect(instance)
+
+
+@pytest.fixture
+def slow_clones(vcsim_dir: Path) -> Iterator[VcsimServer]:
+    """A vCenter of its own (it outlives the stack, as a real one does) whose clone calls take a
+    second each, so a pass filling a pool holds its lease long enough to be killed mid-pass."""
+    with VcsimServer(boot_delay=0.5, cert_path=vcsim_dir / "restart.pem",
+                     method_delays={"CloneVM_Task": 1.0}) as server:
+        yield server
+
+
+@pytest.mark.slow
+def test_a_vsphere_stack_killed_mid_clone_serves_again_within_seconds_with_exactly_its_vms(
+        tmp_path: Path, slow_clones: VcsimServer) -> None:
+    with BindServer() as bind:
+        config = yaml.safe_dump({
+            "config": {"domain": "example.com", "create_folders": True, "check_loop_delay_min": 0.5},
+            "providers": {"vsphere": {"provider_class": "vsphere", "server": slow_clones.server,
+                                      "username": launcher.USERNAME, "password": launcher.PASSWORD,
+                                      "ca_bundle": str(slow_clones.cert_path), "ready_check": "tools"}},
+            "dns_configs": {"zone": bind.dns_config()},
+            "pools": [{"name": "restarted", "template": launcher.TEMPLATE, "folder": "vmpool/restarted",
+                       "size": 3, "provider": "vsphere", "dns_plugin": "zone"}],
+        })
+        with local_stack(tmp_path, config, workers=1, interval=30) as stack:
+            store = client(stack)
+            lease = KEYS.lease("restarted")
+            wait_for(lambda: store.pttl(lease) > LEASE_SECONDS_LEFT, 30, "a pass of the pool", stack.log)
+            kill_stack(stack)  # mid-pass: its clones asked for one by one, a second each
+            state_dir = stack.state_dir
+
+        with local_stack(tmp_path, config, workers=1, interval=30, name="again", state_dir=state_dir) as again:
+            store = client(again)
+            started = time.monotonic()
+            wait_for(lambda: len(ready(store, "restarted")) == 3, 30, "the pool to fill again", again.log)
+            assert time.monotonic() - started < 30
+
+            def converged() -> bool:
+                unsettled = sum(store.zcard(KEYS.pool_state("restarted", state))
+                                for state in ("pending", "completed", "discovered"))
+                return not unsettled and vms_in_folders(slow_clones).get("restarted") == ready(store, "restarted")
+
+            # No clone of the killed pass left behind, none twice under one name.
+            wait_for(converged, 60, "vCenter to hold exactly the pool's VMs", again.log)
+            for host in ready(store, "restarted"):
+                assert bind.addresses(f"{host}.{bind.zone}") == ["127.0.0.1"], host
