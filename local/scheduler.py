@@ -13,7 +13,8 @@ A stack SIGKILLed mid-pass leaves its pools' leases in Redis (its append-only fi
 for up to ``runner.LEASE_SECONDS``: the stack started next on the same state directory releases
 those whose holder (named in the token, ``store.leases``) is a process of this machine that is
 no longer alive, and the follow-up markers of the queue that died with it, before its first
-tick. Its pools serve again within seconds, not a minute.
+tick. Its pools serve again within seconds, not a minute. Disk and snapshot tasks such a process
+took and never started fail then too (visibly, in ``task_errors``), not two minutes later.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from typing import Sequence
 
 from chalicelib.manager.dispatch import Ticker, look_at
 from chalicelib.manager.pool_queue import FOLLOWUP, NUDGE, Delayed, PoolMessage
+from chalicelib.manager.vm_tasks import fail_unstarted
 from chalicelib.observability import logger
 from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable
 from chalicelib.store.fleet import Fleet
 from chalicelib.store.keys import template_lease_name
-from chalicelib.store.leases import lease_holder
+from chalicelib.store.leases import LeaseHolder, lease_holder
 from local.processes import process_alive
 
 WORKERS = 8
@@ -127,22 +129,31 @@ class LocalScheduler:
 
     def release_what_the_dead_left(self) -> list[str]:
         """Release the pool and template leases held by a process of this machine that is no
-        longer alive (this stack's predecessor on its Redis, SIGKILLed mid-pass) and clear every
-        pool's follow-up marker (the follow-ups were in that process's queue); return the leases
-        released. A lease of a live process, or of another machine, is left to expire."""
+        longer alive (this stack's predecessor on its Redis, SIGKILLed mid-pass), clear every
+        pool's follow-up marker (the follow-ups were in that process's queue) and fail the disk
+        and snapshot tasks such a process took but never started; return the leases released.
+        A lease or task of a live process, or of another machine, is left to its timeout."""
         store, fleet, host = self.services.store, Fleet(self.services.store), socket.gethostname()
+
+        def gone(holder: LeaseHolder) -> bool:
+            return holder.host == host and not process_alive(holder.pid)
+
         pools = sorted({*self.services.config.pool_names, *fleet.names()})
         templates = {template_lease_name(pool.provider, pool.template)
                      for pool in self.services.pools() if pool.template}
         released = []
         for name, token in store.lease_tokens([*pools, *sorted(templates)]).items():
             holder = lease_holder(token)
-            if holder is not None and holder.host == host and not process_alive(holder.pid):
+            if holder is not None and gone(holder):
                 store.release_lease(name, token)
                 released.append(name)
         fleet.followups_lost(pools)
         if released:
             logger.info("released the leases of a stopped scheduler", extra={"leases": released})
+        unstarted = fail_unstarted(store, pools, gone)
+        if unstarted:
+            logger.info("failed the disk and snapshot tasks a stopped scheduler took but never started",
+                        extra={"vms": unstarted})
         return released
 
     def stop(self) -> None:

@@ -5,6 +5,7 @@ busy loop meanwhile."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -12,7 +13,7 @@ import ssl
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import redis
@@ -179,3 +180,46 @@ def test_a_vsphere_stack_killed_mid_clone_serves_again_within_seconds_with_exact
             wait_for(converged, 60, "vCenter to hold exactly the pool's VMs", again.log)
             for host in ready(store, "restarted"):
                 assert bind.addresses(f"{host}.{bind.zone}") == ["127.0.0.1"], host
+
+
+TASKS_CONFIG = (
+    "config: {domain: example.com, check_loop_delay_min: 0.2}\n"
+    "providers:\n  dummy: {provider_class: dummy, createvm_max_time: 0, boot_time: 0, destroyvm_max_time: 0}\n"
+    "pools:\n  - {name: tasks, size: 1, provider: dummy}\n"
+)
+
+
+@pytest.mark.slow
+def test_a_task_the_dead_stack_took_but_never_started_fails_at_the_restart_and_the_next_one_runs(
+        tmp_path: Path) -> None:
+    """A stack SIGKILLed between taking a VM's disk task and starting it on the provider: the next
+    stack on the state directory left it in flight for two minutes (the grace for a paused pass
+    still about to start it), and the snapshot its user queued after it waited as long. The
+    process that took it is known dead there: the task fails at the restart, visibly."""
+    with local_stack(tmp_path, TASKS_CONFIG, workers=1, interval=30) as stack:
+        store = client(stack)
+        wait_for(lambda: ready(store, "tasks"), 30, "a ready VM", stack.log)
+        status, body = call("POST", f"{stack.api}/vm/tasks")
+        assert status == 200, body
+        host = body["tasks"]["hostname"].split(".")[0]
+        # What the killed pass left: the task taken (by a process now gone), no provider ref yet.
+        now = time.time()
+        store.hset(KEYS.vm(host), "task", json.dumps({
+            "id": "0123456789abcdef", "kind": "disk", "size_gb": 8, "queued": now, "started": now,
+            "taker": f"{socket.gethostname()}:{dead_pid()}"}))
+        store.zadd(KEYS.pool_vm_tasks("tasks"), {host: now})
+        status, body = call("POST", f"{stack.api}/vm/{host}/snapshot")
+        assert status == 202, body
+        snapshot = body[host]["snapshot"]
+        time.sleep(1.5)  # appendfsync everysec
+        assert store.hget(KEYS.vm(host), "task")  # still waiting for its provider ref
+        state_dir = stack.state_dir
+        kill_stack(stack)
+
+    with local_stack(tmp_path, TASKS_CONFIG, workers=1, interval=30, name="again", state_dir=state_dir) as again:
+        def vm() -> dict[str, Any]:
+            return dict(call("GET", f"{again.api}/vm/{host}")[1][host])
+
+        wait_for(lambda: snapshot in vm()["snapshots"], 20, "the queued snapshot to be taken", again.log)
+        assert vm()["task_errors"] == ["disk +8gb was never started (its pass was interrupted)"]
+        assert vm()["disk"] == [] and vm()["state"] == "running"
