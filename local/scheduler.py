@@ -14,7 +14,8 @@ for up to ``runner.LEASE_SECONDS``: the stack started next on the same state dir
 those whose holder (named in the token, ``store.leases``) is a process of this machine that is
 no longer alive, and the follow-up markers of the queue that died with it, before its first
 tick. Its pools serve again within seconds, not a minute. Disk and snapshot tasks such a process
-took and never started fail then too (visibly, in ``task_errors``), not two minutes later.
+took and never started fail then too (visibly, in ``task_errors``), and clones it reserved and
+never started give their place in the pool back, not two minutes later.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from typing import Sequence
 
 from chalicelib.manager.dispatch import Ticker, look_at
+from chalicelib.manager.pending import abandon_unstarted_clones
 from chalicelib.manager.pool_queue import FOLLOWUP, NUDGE, Delayed, PoolMessage
 from chalicelib.manager.vm_tasks import fail_unstarted
 from chalicelib.observability import logger
@@ -130,8 +132,9 @@ class LocalScheduler:
     def release_what_the_dead_left(self) -> list[str]:
         """Release the pool and template leases held by a process of this machine that is no
         longer alive (this stack's predecessor on its Redis, SIGKILLed mid-pass), clear every
-        pool's follow-up marker (the follow-ups were in that process's queue) and fail the disk
-        and snapshot tasks such a process took but never started; return the leases released.
+        pool's follow-up marker (the follow-ups were in that process's queue), fail the disk and
+        snapshot tasks such a process took but never started and give up the clones it reserved
+        but never started; return the leases released.
         A lease or task of a live process, or of another machine, is left to its timeout."""
         store, fleet, host = self.services.store, Fleet(self.services.store), socket.gethostname()
 
@@ -154,6 +157,10 @@ class LocalScheduler:
         if unstarted:
             logger.info("failed the disk and snapshot tasks a stopped scheduler took but never started",
                         extra={"vms": unstarted})
+        abandoned = abandon_unstarted_clones(store, pools, gone)
+        if abandoned:
+            logger.info("clones a stopped scheduler reserved but never started are given up",
+                        extra={"vms": abandoned})
         return released
 
     def stop(self) -> None:

@@ -21,7 +21,7 @@ import redis
 from chalicelib.config import RedisConfig
 from chalicelib.sizing import demand as demand_history
 from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, STATES, Keys
-from chalicelib.store.leases import lease_token
+from chalicelib.store.leases import holder_label, lease_token
 from chalicelib.store.records import CloneBackoff, VMRecord, finite_number
 from chalicelib.store.scripts import KeyList, ScriptCall, Scripts, run_many
 
@@ -690,7 +690,7 @@ class Store:
                 keys=[self.keys.pool_state(pool, "ready"), self.keys.pool_state(pool, "pending"),
                       self.keys.clone_demand, self.keys.cloning, *(self.keys.vm(host) for host in candidates)],
                 args=[pool, size, task_limit, repr(now), template, domain, clone_limit,
-                      repr(CLONE_DEMAND_TTL_SECONDS), self.keys.vm(KEY_PART), *candidates]
+                      repr(CLONE_DEMAND_TTL_SECONDS), self.keys.vm(KEY_PART), holder_label(), *candidates]
             )
 
     def withdraw_clone_demand(self, pool: str) -> None:
