@@ -32,3 +32,22 @@ def die_with_parent(expected_parent: int, sig: int = signal.SIGTERM) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
     if os.getppid() != expected_parent:
         os.kill(os.getpid(), sig)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a zombie, dead but not yet reaped by its
+    parent, does not)."""
+    if not os.path.isdir("/proc/self"):  # not Linux: ask the kernel (a zombie counts as alive)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's
+            return True
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as status:
+            stat = status.read()
+    except OSError:
+        return False
+    return stat.rsplit(b")", 1)[-1].split()[:1] != [b"Z"]

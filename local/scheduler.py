@@ -8,6 +8,14 @@ queue is in-process (``LocalQueue``): one pending message per pool, the earliest
 The API (in its own processes) nudges a pool through Redis after a checkout or delete (the
 store pushes onto the pool's wake list); a listener thread turns each nudge into a message at
 once, as the API's SQS message does in AWS.
+
+A stack SIGKILLed mid-pass leaves its pools' leases in Redis (its append-only file keeps them)
+for up to ``runner.LEASE_SECONDS``: the stack started next on the same state directory releases
+those whose holder (named in the token, ``store.leases``) is a process of this machine that is
+no longer alive, and the follow-up markers of the queue that died with it, before its first
+tick. Its pools serve again within seconds, not a minute. Disk and snapshot tasks such a process
+took and never started fail then too (visibly, in ``task_errors``), and clones it reserved and
+never started give their place in the pool back, not two minutes later.
 """
 
 from __future__ import annotations
@@ -15,17 +23,28 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import socket
 import threading
 import time
 from typing import Sequence
 
 from chalicelib.manager.dispatch import Ticker, look_at
+from chalicelib.manager.pending import abandon_unstarted_clones
 from chalicelib.manager.pool_queue import FOLLOWUP, NUDGE, Delayed, PoolMessage
+from chalicelib.manager.vm_tasks import fail_unstarted
 from chalicelib.observability import logger
 from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable
+from chalicelib.store.fleet import Fleet
+from chalicelib.store.keys import template_lease_name
+from chalicelib.store.leases import LeaseHolder, lease_holder
+from local.processes import process_alive
 
 WORKERS = 8
+HELD_ELSEWHERE_SECONDS = 1.0
+"""How soon a pool whose lease another process holds is tried again when nudged. Each try nudges
+the holder through the pool's wake list, which this scheduler's own listener pops too: without a
+pause the two spun (a try, a nudge, a try...) for as long as the lease was held, most of a core."""
 
 
 def merged(first: PoolMessage, second: PoolMessage) -> PoolMessage:
@@ -93,9 +112,15 @@ class LocalScheduler:
         self._threads: list[threading.Thread] = []
         self._running: set[str] = set()
         self._again: dict[str, PoolMessage] = {}
+        self._held_elsewhere: dict[str, float] = {}
+        """Pool -> until when a nudge for it waits (its lease was held by another process)."""
         self._lock = threading.Lock()
 
     def start(self) -> None:
+        try:
+            self.release_what_the_dead_left()
+        except StoreUnavailable as error:  # the leases expire on their own
+            logger.warning("leases of a stopped scheduler not checked: redis unavailable", extra={"error": str(error)})
         workers = min(WORKERS, max(len(self.services.config.pool_names), 1))
         targets = [(self._tick_loop, "tick"), (self._listen_for_nudges, "nudges")]
         targets += [(self._work, f"reconcile-{n}") for n in range(workers)]
@@ -103,6 +128,40 @@ class LocalScheduler:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def release_what_the_dead_left(self) -> list[str]:
+        """Release the pool and template leases held by a process of this machine that is no
+        longer alive (this stack's predecessor on its Redis, SIGKILLed mid-pass), clear every
+        pool's follow-up marker (the follow-ups were in that process's queue), fail the disk and
+        snapshot tasks such a process took but never started and give up the clones it reserved
+        but never started; return the leases released.
+        A lease or task of a live process, or of another machine, is left to its timeout."""
+        store, fleet, host = self.services.store, Fleet(self.services.store), socket.gethostname()
+
+        def gone(holder: LeaseHolder) -> bool:
+            return holder.host == host and not process_alive(holder.pid)
+
+        pools = sorted({*self.services.config.pool_names, *fleet.names()})
+        templates = {template_lease_name(pool.provider, pool.template)
+                     for pool in self.services.pools() if pool.template}
+        released = []
+        for name, token in store.lease_tokens([*pools, *sorted(templates)]).items():
+            holder = lease_holder(token)
+            if holder is not None and gone(holder):
+                store.release_lease(name, token)
+                released.append(name)
+        fleet.followups_lost(pools)
+        if released:
+            logger.info("released the leases of a stopped scheduler", extra={"leases": released})
+        unstarted = fail_unstarted(store, pools, gone)
+        if unstarted:
+            logger.info("failed the disk and snapshot tasks a stopped scheduler took but never started",
+                        extra={"vms": unstarted})
+        abandoned = abandon_unstarted_clones(store, pools, gone)
+        if abandoned:
+            logger.info("clones a stopped scheduler reserved but never started are given up",
+                        extra={"vms": abandoned})
+        return released
 
     def stop(self) -> None:
         self._stopping.set()
@@ -131,7 +190,10 @@ class LocalScheduler:
                 self._stopping.wait(1.0)
                 continue
             if popped:
-                self.queue.send([(PoolMessage(pools[str(popped[0])], NUDGE), 0.0)])
+                pool = pools[str(popped[0])]
+                with self._lock:
+                    wait = self._held_elsewhere.get(pool, 0.0) - time.monotonic()
+                self.queue.send([(PoolMessage(pool, NUDGE), max(wait, 0.0))])
 
     def _work(self) -> None:
         while not self._stopping.is_set():
@@ -146,7 +208,13 @@ class LocalScheduler:
                     continue
                 self._running.add(message.pool)
             try:
-                look_at(self.services, message, self.queue, self.budget_seconds, stopping=self._stopping.is_set)
+                report = look_at(self.services, message, self.queue, self.budget_seconds,
+                                 stopping=self._stopping.is_set)
+                with self._lock:
+                    if report is not None and not report.leased and not report.failures:
+                        self._held_elsewhere[message.pool] = time.monotonic() + HELD_ELSEWHERE_SECONDS
+                    else:
+                        self._held_elsewhere.pop(message.pool, None)
             except StoreUnavailable as error:
                 logger.warning("reconcile skipped: redis unavailable",
                                extra={"pool": message.pool, "error": str(error)})

@@ -10,19 +10,42 @@ slower than ``timeout_notification`` is logged once.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Iterable, Mapping
 
 from chalicelib.manager import dns_records, ondemand
 from chalicelib.manager.context import PassContext
 from chalicelib.manager.placement import describe
 from chalicelib.observability import logger
 from chalicelib.providers.base import ProviderError, TaskState, TaskStatus, VMInfo
-from chalicelib.store import DurationSample, VMRecord
+from chalicelib.store import DurationSample, Store, VMRecord
+from chalicelib.store.leases import LeaseHolder, labelled_holder
 from chalicelib.timestamps import ruby_time
 
 CLONE_START_GRACE_SECONDS = 120.0
 """How long a reserved name may wait for its clone task to be recorded before the pass decides
 the pass that reserved it died in between (longer than any pass takes between the two steps)."""
+RESERVER_GONE = "reserver_gone"
+"""A pending VM's record field: the process that reserved it (its ``reserver``) is known dead
+(``abandon_unstarted_clones``), so the grace above is not waited for."""
+
+
+def abandon_unstarted_clones(store: Store, pools: Iterable[str],
+                             reserver_gone: Callable[[LeaseHolder], bool]) -> list[str]:
+    """Mark the pools' pending VMs whose clone a process now gone reserved and never started
+    (``reserver_gone``: the local stack started again knows its predecessor is dead): their next
+    pass keeps one the provider has (the clone call reached it) and takes the others out of
+    service, instead of holding their place in the pool for ``CLONE_START_GRACE_SECONDS``.
+    Returns the hostnames marked."""
+    marked = []
+    for pool in pools:
+        hostnames = store.hostnames(pool, "pending")
+        for hostname, record in store.records(hostnames).items():
+            reserver = labelled_holder(record.raw.get("reserver", ""))
+            if record.clone_task or reserver is None or not reserver_gone(reserver):
+                continue
+            if store.set_once(hostname, RESERVER_GONE):
+                marked.append(hostname)
+    return marked
 
 
 def check_pending(context: PassContext) -> None:
@@ -143,7 +166,7 @@ def _clone_finished(context: PassContext, record: VMRecord, statuses: Mapping[st
         if hostname in context.inventory:
             # The pass that started the clone died before recording its task; the VM exists.
             return True
-        if age > CLONE_START_GRACE_SECONDS:
+        if age > CLONE_START_GRACE_SECONDS or record.raw.get(RESERVER_GONE):
             context.take_out_of_service(hostname, "pending", "clone was never started (its pass was interrupted)")
         return False
     status = statuses[record.clone_task]

@@ -15,7 +15,6 @@ Without that, a 5-second stall left every pool's lease held until it expired (is
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, cast
 
@@ -28,6 +27,7 @@ from chalicelib.observability import emit, logger
 from chalicelib.providers.base import Provider, ProviderError
 from chalicelib.store import StoreUnavailable
 from chalicelib.store.history import PoolHistory, Sample, minute_of
+from chalicelib.store.leases import lease_token
 
 if TYPE_CHECKING:
     from chalicelib.services import Services
@@ -59,10 +59,6 @@ class RunReport:
     release): pass it as ``stale_lease`` to the retry."""
 
 
-def new_lease_token() -> str:
-    return secrets.token_hex(8)
-
-
 def run_pool(
     services: "Services",
     pool_name: str,
@@ -76,7 +72,7 @@ def run_pool(
     the services' clock), if nobody else is. ``stopping`` ends the run early (local shutdown);
     ``pool_config`` replaces the configured pool (draining a pool removed from the config)."""
     store, clock = services.store, services.clock
-    token = new_lease_token()
+    token = lease_token()
     try:
         if stale_lease:
             store.release_lease(pool_name, stale_lease)

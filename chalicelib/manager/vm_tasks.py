@@ -8,12 +8,14 @@ or snapshot on the VM, or why it failed. The pass never waits for a task.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from chalicelib.config import PoolConfig
 from chalicelib.manager.context import PassContext
 from chalicelib.providers.base import Provider, ProviderError, TaskState
-from chalicelib.store.vm_tasks import DISK, REVERT, SNAPSHOT, VMTaskStore
+from chalicelib.store.leases import LeaseHolder, labelled_holder
+from chalicelib.store.store import Store
+from chalicelib.store.vm_tasks import DISK, REVERT, SNAPSHOT, VMTaskStore, in_flight
 
 TASK_START_GRACE_SECONDS = 120.0
 """How long a taken task may wait for its provider ref before the pass decides the pass that
@@ -91,13 +93,36 @@ def _start(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: VM
     tasks.note_started(hostname, task["id"], ref)
 
 
+def fail_unstarted(store: Store, pools: Iterable[str], taker_gone: Callable[[LeaseHolder], bool]) -> list[str]:
+    """Fail at once the in-flight tasks of the pools' VMs that a process now gone took and never
+    started on the provider (``taker_gone``: the local stack started again knows its predecessor
+    is dead), as a pass does only ``TASK_START_GRACE_SECONDS`` after the take (the taker might be
+    a pass paused just before starting it); the VMs' later tasks run on their next pass instead
+    of waiting that long. Returns the hostnames whose task failed."""
+    tasks, failed = VMTaskStore(store), []
+    for pool in pools:
+        for hostname in tasks.hosts_with_tasks(pool):
+            record = store.get_vm(hostname)
+            task = in_flight(record) if record is not None else None
+            taker = labelled_holder(str(task.get("taker") or "")) if task is not None else None
+            if task is None or task.get("ref") or taker is None or not taker_gone(taker):
+                continue
+            if tasks.finish(hostname, str(task["id"]), error=_never_started(task)):
+                failed.append(hostname)
+    return failed
+
+
+def _never_started(task: Mapping[str, Any]) -> str:
+    return f"{describe(task)} was never started (its pass was interrupted)"
+
+
 def _follow(provider: Provider, context: PassContext, tasks: VMTaskStore, hostname: str,
             task: Mapping[str, Any]) -> bool:
     """Check a task in flight. Returns True when it finished (either way)."""
     if not task.get("ref"):
         if context.now - float(task.get("started") or 0) <= TASK_START_GRACE_SECONDS:
             return False
-        tasks.finish(hostname, task["id"], error=f"{describe(task)} was never started (its pass was interrupted)")
+        tasks.finish(hostname, task["id"], error=_never_started(task))
         return True
     status = provider.task_status(str(task["ref"]))
     if status.state is TaskState.RUNNING:

@@ -81,3 +81,11 @@ class Fleet:
         """The queued follow-up is being handled: the next pass may queue another."""
         with _translate_errors():
             self.client.delete(self.keys.followup(pool))
+
+    def followups_lost(self, pools: Iterable[str]) -> None:
+        """The queue that held the pools' follow-ups is gone (a local stack killed with its
+        in-process queue): the next pass of each may queue one again (one round trip)."""
+        keys = [self.keys.followup(pool) for pool in pools]
+        if keys:
+            with _translate_errors():
+                self.client.delete(*keys)

@@ -21,6 +21,7 @@ import redis
 from chalicelib.config import RedisConfig
 from chalicelib.sizing import demand as demand_history
 from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, STATES, Keys
+from chalicelib.store.leases import holder_label, lease_token
 from chalicelib.store.records import CloneBackoff, VMRecord, finite_number
 from chalicelib.store.scripts import KeyList, ScriptCall, Scripts, run_many
 
@@ -689,7 +690,7 @@ class Store:
                 keys=[self.keys.pool_state(pool, "ready"), self.keys.pool_state(pool, "pending"),
                       self.keys.clone_demand, self.keys.cloning, *(self.keys.vm(host) for host in candidates)],
                 args=[pool, size, task_limit, repr(now), template, domain, clone_limit,
-                      repr(CLONE_DEMAND_TTL_SECONDS), self.keys.vm(KEY_PART), *candidates]
+                      repr(CLONE_DEMAND_TTL_SECONDS), self.keys.vm(KEY_PART), holder_label(), *candidates]
             )
 
     def withdraw_clone_demand(self, pool: str) -> None:
@@ -798,10 +799,19 @@ class Store:
 
         A caller that passes its own ``token`` knows it even when this raises: a SET sent just
         before Redis stalled may still be applied, and the token is what releases it."""
-        token = token or secrets.token_hex(8)
+        token = token or lease_token()
         with _translate_errors():
             taken = self.client.set(self.keys.lease(pool), token, nx=True, px=int(ttl_seconds * 1000))
         return token if taken else None
+
+    def lease_tokens(self, names: Sequence[str]) -> dict[str, str]:
+        """The token of each named lease that is held now (one round trip): whose it is
+        (``leases.lease_holder``)."""
+        if not names:
+            return {}
+        with _translate_errors():
+            tokens = self.client.mget([self.keys.lease(name) for name in names])
+        return {name: str(token) for name, token in zip(names, tokens, strict=True) if token is not None}
 
     def renew_lease(self, pool: str, token: str, ttl_seconds: float) -> bool:
         with _translate_errors():

@@ -14,6 +14,7 @@ import json
 import secrets
 from typing import Any, Mapping, cast
 
+from chalicelib.store.leases import holder_label
 from chalicelib.store.records import VMRecord
 from chalicelib.store.store import Store, _translate_errors
 
@@ -102,7 +103,7 @@ class VMTaskStore:
         with _translate_errors():
             answer = json.loads(self.scripts.vm_task_take(
                 keys=[self.keys.vm(hostname), self.keys.vm_tasks(hostname), self.keys.pool_vm_tasks(pool)],
-                args=[hostname, repr(now)]))
+                args=[hostname, repr(now), holder_label()]))
         return answer.get("task"), bool(answer.get("new"))
 
     def note_started(self, hostname: str, task_id: str, ref: str) -> bool:

@@ -14,13 +14,14 @@
 -- KEYS[1] the pool's ready set, KEYS[2] its pending set, KEYS[3] clone_demand, KEYS[4] the cloning
 -- set, KEYS[5..] the records of the candidate hostnames.
 -- ARGV: pool, size, task_limit, now, template, domain, clone_limit (0: none), demand_ttl,
---       vm_template (the records of VMs pending or cloning: keys.DERIVED_KEYS), then the candidate
---       hostnames, in the order of their records.
+--       vm_template (the records of VMs pending or cloning: keys.DERIVED_KEYS), reserver (the
+--       process reserving, which starts the clones: store/leases.py holder_label), then the
+--       candidate hostnames, in the order of their records.
 -- Returns the hostnames reserved (each now has a pending record and a place in the cloning set).
 local ready_key, pending_key, demand_key, cloning_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local pool, size, task_limit, now, template, domain, clone_limit, demand_ttl, vm_template =
+local pool, size, task_limit, now, template, domain, clone_limit, demand_ttl, vm_template, reserver =
   ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6],
-  tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+  tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10]
 -- VMs built for on-demand requests (their record names the request) are not the pool's: they
 -- neither fill its deficit nor use the task limit, which has ondemand_clone_limit beside it.
 local function own(hostnames)
@@ -84,10 +85,10 @@ for i = 5, #KEYS do
   if #reserved >= wanted then
     break
   end
-  local vm_key, hostname = KEYS[i], ARGV[i + 5]
+  local vm_key, hostname = KEYS[i], ARGV[i + 6]
   if redis.call('EXISTS', vm_key) == 0 then
     redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,
-      'domain', domain, 'state', 'pending', 'clone_start', now, 'pending_at', now)
+      'domain', domain, 'state', 'pending', 'clone_start', now, 'pending_at', now, 'reserver', reserver)
     redis.call('ZADD', pending_key, now, hostname)
     redis.call('ZADD', cloning_key, now, hostname)
     reserved[#reserved + 1] = hostname

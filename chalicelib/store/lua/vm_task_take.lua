@@ -1,10 +1,10 @@
 -- Take the next queued disk/snapshot task of a VM unless one is in flight: popping it and
 -- recording it on the VM in one step is what lets only one pass start it.
 -- KEYS[1] the VM's record, KEYS[2] its task queue, KEYS[3] its pool's set of VMs with tasks.
--- ARGV: hostname, now
+-- ARGV: hostname, now, taker (the process taking it: store/leases.py holder_label)
 -- Returns JSON {"task": <in-flight task> or absent, "new": true when just taken}
 local vm_key, queue_key, pool_tasks_key = KEYS[1], KEYS[2], KEYS[3]
-local hostname, now = ARGV[1], tonumber(ARGV[2])
+local hostname, now, taker = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local current = redis.call('HGET', vm_key, 'task')
 if current then
   return cjson.encode({task = cjson.decode(current), new = false})
@@ -17,5 +17,6 @@ if not raw or redis.call('EXISTS', vm_key) == 0 then
 end
 local task = cjson.decode(raw)
 task.started = now
+task.taker = taker
 redis.call('HSET', vm_key, 'task', cjson.encode(task))
 return cjson.encode({task = task, new = true})
