@@ -14,9 +14,10 @@ from chalicelib.store.keys import DERIVED_KEYS
 _LUA_DIR = Path(__file__).with_name("lua")
 
 SHARED: dict[str, tuple[str, ...]] = {"checkout": ("quota",), "ondemand_create": ("quota",),
-                                      "move": ("record_fields",), "update": ("record_fields",)}
-"""Scripts run with the functions of other files (lua/quota.lua, lua/record_fields.lua) before
-their own text."""
+                                      "move": ("record_fields",), "update": ("record_fields",),
+                                      "vm_task_enqueue": ("vm_task_queue",), "vm_modify": ("vm_task_queue",)}
+"""Scripts run with the functions of other files (lua/quota.lua, lua/record_fields.lua,
+lua/vm_task_queue.lua) before their own text."""
 
 
 def script_source(name: str) -> str:
