@@ -14,8 +14,10 @@ those it has, tokens whole, VM changes applied whole or not at all.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -33,9 +35,10 @@ from chalicelib.store.store import UNCONFIRMED_SECONDS
 from tests.api.test_input_bounds import EXPERIMENTAL_CONFIG
 from tests.harness import Harness, HarnessFactory, Reply, assert_consistent, basic, restore, snapshot
 
-CONFIG = EXPERIMENTAL_CONFIG.replace(":pools:", ":auth:\n  provider: dummy\n  admins: [root]\n:pools:", 1)
-"""The API tests' three dummy pools, with dummy auth (``root`` an administrator) and the
-experimental routes (/ondemandvm, /config/*, /poolreset)."""
+CONFIG = EXPERIMENTAL_CONFIG.replace(":pools:", ":auth:\n  provider: dummy\n  admins: [root]\n:pools:", 1).replace(
+    ":config:\n", ":config:\n  max_tags_per_vm: 2\n", 1)
+"""The API tests' three dummy pools, with dummy auth (``root`` an administrator), the
+experimental routes (/ondemandvm, /config/*, /poolreset) and two tags a VM."""
 
 ALICE, ROOT = basic("alice", "alice-pw"), basic("root", "root-pw")
 
@@ -45,21 +48,47 @@ class Died(BaseException):
 
 
 @contextmanager
-def redis_operations(die_after: int | None = None) -> Iterator[list[int]]:
-    """Count what this process writes to Redis (one per command, pipeline or script run) in
-    ``[0]``; with ``die_after``, every write after that many raises Died (nothing reaches Redis)."""
-    sent = [0]
+def redis_operations(die_after: int | None = None, between: tuple[int, Callable[[], object]] | None = None,
+                     ) -> Iterator[list[int]]:
+    """Count what this thread's request writes to Redis (one per command, pipeline or script
+    run) in ``[0]``. With ``die_after``, every write after that many raises Died (nothing reaches
+    Redis). With ``between`` (N, action), ``action`` runs whole in another thread (another
+    caller, its writes not counted) right after the N-th write, before the next."""
+    sent, fired = [0], [between is None]
     original = redis.connection.AbstractConnection.send_packed_command
+    counting = threading.get_ident()
+
+    def run_between() -> None:
+        assert between is not None
+        fired[0] = True
+        errors: list[BaseException] = []
+
+        def other() -> None:
+            try:
+                between[1]()
+            except BaseException as error:  # noqa: BLE001 - re-raised below
+                errors.append(error)
+
+        worker = threading.Thread(target=other)
+        worker.start()
+        worker.join()
+        if errors:
+            raise errors[0]
 
     def sending(connection: object, command: object, check_health: bool = True) -> None:
-        if die_after is not None and sent[0] >= die_after:
-            raise Died(f"after Redis operation {die_after}")
-        sent[0] += 1
+        if threading.get_ident() == counting:
+            if not fired[0] and between is not None and sent[0] == between[0]:
+                run_between()
+            if die_after is not None and sent[0] >= die_after:
+                raise Died(f"after Redis operation {die_after}")
+            sent[0] += 1
         original(connection, command, check_health)  # type: ignore[arg-type]
 
     redis.connection.AbstractConnection.send_packed_command = sending  # type: ignore[method-assign]
     try:
         yield sent
+        if not fired[0]:
+            run_between()  # after the request's last write
     finally:
         redis.connection.AbstractConnection.send_packed_command = original  # type: ignore[method-assign]
 
@@ -71,6 +100,7 @@ class World:
 
     alice_token: str
     root_token: str
+    bob_token: str
     mine: str
     snapshot_id: str
     request_id: str
@@ -84,14 +114,14 @@ class Case:
     """With ``{mine}``, ``{snapshot}``, ``{request}``, ``{alice_token}`` filled from the World."""
     body: Any = None
     who: str = "alice"
-    """alice / root: their token; alice-basic: alice's Basic credentials; anonymous: nothing."""
+    """alice / bob / root: their token; alice-basic: alice's Basic credentials; anonymous: nothing."""
     done: int | None = None
     """The retry's answer when the killed request had done its work: the VM returned already
     (404), the request id taken (409), the setting already so (200)."""
 
     def headers(self, world: World) -> dict[str, str]:
         return {"alice": {"X-AUTH-TOKEN": world.alice_token}, "root": {"X-AUTH-TOKEN": world.root_token},
-                "alice-basic": ALICE, "anonymous": {}}[self.who]
+                "bob": {"X-AUTH-TOKEN": world.bob_token}, "alice-basic": ALICE, "anonymous": {}}[self.who]
 
     def path(self, world: World) -> str:
         return self.target.format(mine=world.mine, snapshot=world.snapshot_id, request=world.request_id,
@@ -133,6 +163,7 @@ def build_world(harness: Harness) -> World:
     harness.fill()
     alice_token = harness.new_token("alice", "alice-pw")
     root_token = harness.new_token("root", "root-pw")
+    bob_token = harness.new_token("bob", "bob-pw")
     mine = harness.checkout("pool1", alice_token)
     reply = harness.post(f"/api/v3/vm/{mine}/snapshot", headers={"X-AUTH-TOKEN": alice_token})
     assert reply.status == 202, reply.raw
@@ -144,7 +175,7 @@ def build_world(harness: Harness) -> World:
     request_id = reply.json["request_id"]
     harness.run_passes()
     assert snapshot_id in harness.describe(mine)["snapshots"]
-    return World(alice_token, root_token, mine, snapshot_id, request_id)
+    return World(alice_token, root_token, bob_token, mine, snapshot_id, request_id)
 
 
 # --- the invariants ------------------------------------------------------------------------------
@@ -236,19 +267,26 @@ def make_service(make_harness: HarnessFactory) -> Callable[[], Harness]:
     return make
 
 
+def saved_world(make_service: Callable[[], Harness], client: redis.Redis) -> tuple[World, Callable[[], Harness]]:
+    """The World built once, and what puts it back (Redis and the clock) for the next run, in a
+    new process (new services)."""
+    first = make_service()
+    world = build_world(first)
+    saved, start = snapshot(client), first.clock.now()
+
+    def reset() -> Harness:
+        restore(client, saved)
+        first.clock.advance(start - first.clock.now())
+        return make_service()
+
+    return world, reset
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_a_request_killed_after_any_redis_operation_leaves_nothing_half_done(
         make_service: Callable[[], Harness], redis_client: redis.Redis, name: str) -> None:
     case = CASES[name]
-    first = make_service()
-    world = build_world(first)
-    saved, start = snapshot(redis_client), first.clock.now()
-
-    def reset() -> Harness:
-        restore(redis_client, saved)
-        first.clock.advance(start - first.clock.now())
-        return make_service()
-
+    world, reset = saved_world(make_service, redis_client)
     case.send(reset(), world)  # loads every script the route runs into Redis
     healthy = reset()
     with redis_operations() as sent:
@@ -302,3 +340,84 @@ def test_every_state_changing_route_is_killed_at_every_step() -> None:
         pattern = re.compile("^" + re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(route.path)) + "$")
         if route.method != "GET":
             assert any(method == route.method and pattern.match(target) for method, target in sent), route.name
+
+
+# --- the second request of a race, between any two of the first's operations ---------------------
+
+
+def disk_and_tag(harness: Harness, world: World) -> tuple[bool, bool]:
+    """Whether the VM in use has a disk queued, and the tag ``project``."""
+    tasks = harness.client.lrange(harness.store.keys.vm_tasks(world.mine), 0, -1)
+    record = harness.client.hgetall(harness.store.keys.vm(world.mine))
+    return any(json.loads(task)["kind"] == "disk" for task in tasks), "tag:project" in record
+
+
+def whole_change(harness: Harness, world: World, first: Reply, second: Reply) -> None:
+    """A PUT with a disk and a tag: both done (200) or neither (a 4xx)."""
+    done = (True, True) if first.status == 200 else (False, False)
+    assert disk_and_tag(harness, world) == done, (first.status, first.raw)
+
+
+def one_owner(harness: Harness, world: World, first: Reply, second: Reply) -> None:
+    """Two callers for the last VM: one has it, and it is recorded as his; the other a 503."""
+    assert sorted([first.status, second.status]) == [200, 503], (first.raw, second.raw)
+    (winner,) = [reply for reply in (first, second) if reply.status == 200]
+    (host,) = checked_out(winner)
+    user = "alice" if winner is first else "bob"
+    assert harness.client.hget(harness.store.keys.vm(host), "token_user") == user
+
+
+def returned_stays_returned(harness: Harness, world: World, first: Reply, second: Reply) -> None:
+    """The VM returned is not running, whatever the other request did meanwhile."""
+    assert harness.state_of(world.mine) != "running"
+
+
+def no_check(harness: Harness, world: World, first: Reply, second: Reply) -> None:
+    return None
+
+
+RACES: dict[str, tuple[Case, Case, Callable[[Harness, World, Reply, Reply], None]]] = {
+    "disk_and_tag_while_tags_fill": (
+        Case("PUT", "/api/v3/vm/{mine}", {"disk": 8, "tags": {"project": "a"}}),
+        Case("PUT", "/api/v3/vm/{mine}", {"tags": {"owner": "b", "url": "c"}}, who="anonymous"), whole_change),
+    "last_vm_two_callers": (Case("POST", "/api/v3/vm/pool3"), Case("POST", "/api/v3/vm/pool3", who="bob"), one_owner),
+    "lifetime_while_returned": (Case("PUT", "/api/v3/vm/{mine}", {"lifetime": 40}), CASES["return"],
+                                returned_stays_returned),
+    "returned_while_lifetime": (CASES["return"], Case("PUT", "/api/v3/vm/{mine}", {"lifetime": 40}),
+                                returned_stays_returned),
+    "disk_while_returned": (CASES["disk"], CASES["return"], returned_stays_returned),
+    "checkout_while_token_deleted": (CASES["checkout_body"], CASES["token_delete"], no_check),
+    "ondemand_while_deleted": (CASES["ondemand_show"], CASES["ondemand_delete"], no_check),
+    "checkout_while_pool_reset": (CASES["checkout_anonymous"], CASES["poolreset"], no_check),
+    "poolsize_while_cleared": (CASES["poolsize"], Case("DELETE", "/api/v3/config/poolsize/pool1", who="root"),
+                               no_check),
+}
+
+
+@pytest.mark.parametrize("name", RACES)
+def test_a_second_request_between_any_two_operations_of_the_first(
+        make_service: Callable[[], Harness], redis_client: redis.Redis, name: str) -> None:
+    first_case, second_case, check = RACES[name]
+    world, reset = saved_world(make_service, redis_client)
+    first_case.send(reset(), world)  # loads every script the route runs into Redis
+    healthy = reset()
+    with redis_operations() as sent:
+        first_case.send(healthy, world)
+    total = sent[0]
+    for between in range(total + 1):
+        where = (f"{second_case.method} {second_case.target} after operation {between} of {total} of "
+                 f"{first_case.method} {first_case.target}")
+        harness = reset()
+        answers: list[Reply] = []
+        second_request = functools.partial(lambda h, out: out.append(second_case.send(h, world)), harness, answers)
+        with redis_operations(between=(between, second_request)):
+            first = first_case.send(harness, world)
+        (second,) = answers
+        assert 500 not in (first.status, second.status), f"{where}: {first.raw!r} {second.raw!r}"
+        try:
+            check(harness, world, first, second)
+        except AssertionError as error:
+            raise AssertionError(f"{where}: {error}") from None
+        harness.clock.advance(UNCONFIRMED_SECONDS + 1)
+        harness.run_passes()
+        assert_whole(harness, where)
