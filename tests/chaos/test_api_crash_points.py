@@ -217,6 +217,26 @@ def assert_whole(harness: Harness, where: str) -> None:
             assert host in holdings(harness, "alice"), f"{where}: alice's {host} is not in her holdings"
 
 
+def assert_requests_end(harness: Harness, where: str) -> None:
+    """Past their time to live and a few passes on: no on-demand request is open any more, none
+    is listed as open, and no VM runs for a request that did not end ready."""
+    harness.clock.advance(harness.config.service.ondemand_request_ttl * 60 + 1)
+    harness.run_passes()
+    keys, client = harness.store.keys, harness.client
+    states = {key.removeprefix(keys.ondemand("")): client.hget(key, "state")
+              for key in client.scan_iter(keys.ondemand("*")) if client.type(key) == "hash"}
+    assert "open" not in states.values(), f"{where}: requests still open: {states}"
+    listed = set(client.zrange(keys.ondemand_open_requests, 0, -1))
+    for pool in harness.config.pool_names:
+        listed |= set(client.zrange(keys.ondemand_open(pool), 0, -1))
+    assert not listed, f"{where}: ended requests listed as open: {listed}"
+    for host, record in vm_records(harness).items():
+        request = record.get("request")
+        if request and record.get("state") in ("running", "pending", "ready"):
+            assert states.get(request) == "ready" and record.get("state") == "running", \
+                f"{where}: {host} is {record.get('state')} for request {request} ({states.get(request)})"
+
+
 def holdings(harness: Harness, user: str) -> set[str]:
     """The VMs the user's quota counts as held ('vm:<host>' entries of the holdings set)."""
     owner = quota_owner(canonical_user(user), "")
@@ -316,6 +336,7 @@ def test_a_request_killed_after_any_redis_operation_leaves_nothing_half_done(
         after_crash.clock.advance(UNCONFIRMED_SECONDS + 1)
         after_crash.run_passes()
         assert_whole(after_crash, where)
+        assert_requests_end(after_crash, where)
         if user is not None and case.method == "POST" and checked_out(expected):
             # What the caller holds is what it was told, but for a checkout answered whose
             # answer was lost (docs/reliability.md: the caller cannot know it).
@@ -421,3 +442,4 @@ def test_a_second_request_between_any_two_operations_of_the_first(
         harness.clock.advance(UNCONFIRMED_SECONDS + 1)
         harness.run_passes()
         assert_whole(harness, where)
+        assert_requests_end(harness, where)
