@@ -172,6 +172,24 @@ def redis_state(client: redis.Redis) -> dict[str, Any]:
     return state
 
 
+Snapshot = dict[str, tuple[bytes, int]]
+"""Every key's serialized value and time to live in milliseconds (0: none)."""
+
+
+def snapshot(client: redis.Redis) -> Snapshot:
+    """Every key of the database, to ``restore`` when a test runs many times from one state."""
+    raw = redis.Redis(connection_pool=client.connection_pool)
+    return {key: (raw.execute_command("DUMP", key, NEVER_DECODE=True), max(raw.pttl(key), 0))
+            for key in raw.keys("*")}
+
+
+def restore(client: redis.Redis, saved: Snapshot) -> None:
+    """The database exactly as ``snapshot`` saved it (the scripts Redis has loaded stay)."""
+    client.flushall()
+    for key, (value, ttl) in saved.items():
+        client.restore(key, ttl, value)
+
+
 class RecordingRefill:
     """The refill trigger: remembers which pools the API asked to reconcile at once."""
 

@@ -41,7 +41,14 @@ def queue_task(services: Services, record: VMRecord, kind: str, **details: Any) 
     """Queue the task on the VM, within its bounds (store/vm_tasks.py): 429 while too many wait,
     403 when the VM has as many disks or snapshots as it may."""
     now = services.clock.now()
-    result = VMTaskStore(services.store).enqueue(record, new_task(kind, now, **details), now)
+    refuse_unless_queued(record, kind, VMTaskStore(services.store).enqueue(record, new_task(kind, now, **details), now))
+    services.refill.pools_changed([record.pool])
+
+
+def refuse_unless_queued(record: VMRecord, kind: str, result: EnqueueResult) -> None:
+    """The answer to a task that was not queued (nothing when it was): 404 when the VM is no
+    longer running, 429 while too many tasks wait, 403 when the VM has as many disks or
+    snapshots as it may."""
     if result is EnqueueResult.NOT_RUNNING:
         raise not_found(error=f"VM {record.name} is not running")
     if result is EnqueueResult.QUEUE_FULL:
@@ -50,7 +57,6 @@ def queue_task(services: Services, record: VMRecord, kind: str, **details: Any) 
     if result is EnqueueResult.LIST_FULL:
         most = MAX_DISKS if kind == DISK else MAX_SNAPSHOTS
         raise ApiError(403, {"error": f"a VM may have at most {most} {'added disks' if kind == DISK else 'snapshots'}"})
-    services.refill.pools_changed([record.pool])
 
 
 def disk_size(value: Any) -> int | None:

@@ -22,12 +22,12 @@ from chalicelib.api.http import (
 )
 from chalicelib.api.identity import caller_for_change, may_change, optional_caller
 from chalicelib.api.vm_lookup import find_vm
-from chalicelib.api.vm_tasks import disk_size, queue_task
+from chalicelib.api.vm_tasks import disk_size, refuse_unless_queued
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
 from chalicelib.store import ModifyResult
 from chalicelib.store.records import TAG_FIELD_PREFIX
-from chalicelib.store.vm_tasks import DISK, task_errors
+from chalicelib.store.vm_tasks import DISK, EnqueueResult, VMTaskStore, new_task, task_errors
 from chalicelib.timestamps import day_of
 
 TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+\Z")
@@ -127,8 +127,9 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
     on a VM handed to another since (the store's script checks both).
 
     ``disk`` (GB) queues a disk as POST /vm/<host>/disk/<gb> does: `floaty modify --disk 8`
-    sends it here (vmfloaty 1.9.1 never calls the disk route). It is queued before the other
-    changes, so a disk refused (too many queued or added) changes nothing."""
+    sends it here (vmfloaty 1.9.1 never calls the disk route). It is queued in the step that
+    makes the other changes: a disk refused (too many queued or added) changes nothing, and a
+    request killed half way leaves all of it done or none."""
     record = find_vm(services, request, running=True)
     # Tags need no token (vmpooler's contract), but a token sent must be a live one (401), as on
     # every route that reads one.
@@ -163,15 +164,22 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
         failures.append(f"A VM carries at most {max_tags} tags.")
     if failures:
         raise ApiError(400, {"failure": failures})
-    if disk_gb is not None:
-        queue_task(services, record, DISK, size_gb=disk_gb)
     changes.update({TAG_FIELD_PREFIX + key: value for key, value in tags.items()})
-    if changes:
-        result = services.store.modify_vm(record, changes, max_tags, services.clock.now())
+    now = services.clock.now()
+    # The disk is queued in the step that makes the other changes: a request killed (or refused
+    # by a bound) half way never leaves a disk queued without the rest, nor the reverse.
+    disk = None if disk_gb is None else VMTaskStore(services.store).queueing(
+        record, new_task(DISK, now, size_gb=disk_gb), now)
+    if changes or disk:
+        result = services.store.modify_vm(record, changes, max_tags, now, disk)
         if result is ModifyResult.NO_VM:
             raise not_found(error=f"VM {record.name} is not running")
         if result is ModifyResult.TOO_MANY_TAGS:
             raise ApiError(400, {"failure": [f"A VM carries at most {max_tags} tags."]})
+        if result in (ModifyResult.QUEUE_FULL, ModifyResult.LIST_FULL):
+            refuse_unless_queued(record, DISK, EnqueueResult(result.value))
+    if disk:
+        services.refill.pools_changed([record.pool])
     if tags:
         services.store.record_tags(day_of(services.clock.now()), tags, config.service.max_tag_names_per_day,
                                    config.service.max_tag_values_per_day)

@@ -15,9 +15,10 @@ _LUA_DIR = Path(__file__).with_name("lua")
 
 SHARED: dict[str, tuple[str, ...]] = {"checkout": ("quota",), "ondemand_create": ("quota",),
                                       "move": ("record_fields", "finite"), "update": ("record_fields",),
-                                      "release": ("finite",)}
+                                      "release": ("finite",),
+                                      "vm_task_enqueue": ("vm_task_queue",), "vm_modify": ("vm_task_queue",)}
 """Scripts run with the functions of other files (lua/quota.lua, lua/record_fields.lua,
-lua/finite.lua) before their own text."""
+lua/finite.lua, lua/vm_task_queue.lua) before their own text."""
 
 
 def script_source(name: str) -> str:

@@ -185,6 +185,24 @@ class ModifyResult(enum.Enum):
     CHANGED = "changed"
     NO_VM = "no_vm"
     TOO_MANY_TAGS = "too_many_tags"
+    QUEUE_FULL = "queue_full"
+    """The VM has as many tasks waiting as it may (the task asked for with the change)."""
+    LIST_FULL = "list_full"
+    """The VM has (or will have, with its tasks) as many disks or snapshots as it may."""
+
+
+@dataclass(frozen=True)
+class TaskQueueing:
+    """A task to queue on a VM within its bounds, as lua/vm_task_queue.lua reads it (built by
+    ``VMTaskStore.queueing``): its keys (the VM's task queue, its pool's set of VMs with tasks,
+    the pool's wake list) and the rest of what the script reads."""
+
+    keys: tuple[str, str, str]
+    payload: Mapping[str, Any]
+
+    def argument(self, first_key: int) -> str:
+        """The queue's JSON for a script given ``keys`` from its ``KEYS[first_key]`` on."""
+        return json.dumps({**self.payload, "tasks": first_key, "pool_tasks": first_key + 1, "wake": first_key + 2})
 
 
 @dataclass(frozen=True)
@@ -750,21 +768,28 @@ class Store:
             updated = [done for replies in run_many(self.client, calls) for done in replies]
         return [host for host, done in zip(fields, updated, strict=True) if done]
 
-    def modify_vm(self, seen: VMRecord, fields: Mapping[str, str], max_tags: int, now: float) -> ModifyResult:
+    def modify_vm(self, seen: VMRecord, fields: Mapping[str, str], max_tags: int, now: float,
+                  task: TaskQueueing | None = None) -> ModifyResult:
         """A user's change (lifetime, tags as ``tag:<key>`` fields) of the running VM ``seen``
         (as the caller read it and checked who may change it): each field set on its own in one
         step, so concurrent changes of different fields all land. NO_VM, nothing changed, when the
         VM is no longer running for that checkout (returned, or checked out again, since). Refused
         whole when the VM would carry more than ``max_tags`` tags. A lifetime change makes the VM
-        due for a pass's look now (a shortened lifetime ends on time)."""
+        due for a pass's look now (a shortened lifetime ends on time). ``task`` (a disk asked for
+        in the same change) is queued in the same step, within its bounds (else refused whole):
+        the change is never made without it, nor it without the change."""
         hostname, pool = seen.name, seen.pool
-        args: list[Any] = [max_tags, hostname, repr(now), seen.raw.get("checkout", ""), seen.raw.get("token_user", "")]
+        keys = [self.keys.vm(hostname), self.keys.running_due(pool)]
+        args: list[Any] = [max_tags, hostname, repr(now), seen.raw.get("checkout", ""), seen.raw.get("token_user", ""),
+                           task.argument(len(keys) + 1) if task else ""]
+        if task:
+            keys += task.keys
         for name, value in fields.items():
             args += [name, value]
-        keys = [self.keys.vm(hostname), self.keys.running_due(pool)]
         with _translate_errors():
             result = int(self.scripts.vm_modify(keys=keys, args=args))
-        return {1: ModifyResult.CHANGED, 0: ModifyResult.NO_VM}.get(result, ModifyResult.TOO_MANY_TAGS)
+        return {1: ModifyResult.CHANGED, 0: ModifyResult.NO_VM, -1: ModifyResult.TOO_MANY_TAGS,
+                -2: ModifyResult.QUEUE_FULL}.get(result, ModifyResult.LIST_FULL)
 
     def set_once(self, hostname: str, field_name: str, value: str = "1") -> bool:
         """Set a field on an existing record unless it is set already. True for the one caller

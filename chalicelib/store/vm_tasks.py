@@ -16,7 +16,7 @@ from typing import Any, Mapping, cast
 
 from chalicelib.store.leases import holder_label
 from chalicelib.store.records import VMRecord
-from chalicelib.store.store import Store, _translate_errors
+from chalicelib.store.store import Store, TaskQueueing, _translate_errors
 
 DISK = "disk"
 SNAPSHOT = "snapshot"
@@ -76,16 +76,25 @@ class VMTaskStore:
         MAX_QUEUED_TASKS waiting, MAX_DISKS added disks, MAX_SNAPSHOTS snapshots (counting those
         in flight and queued). Nothing is queued when a bound would be passed or the VM is no
         longer running for that checkout."""
-        list_field, most = {DISK: ("disks", MAX_DISKS), SNAPSHOT: ("snapshots", MAX_SNAPSHOTS)}.get(
-            str(task["kind"]), ("", 0))
-        keys = [self.keys.vm(seen.name), self.keys.vm_tasks(seen.name), self.keys.pool_vm_tasks(seen.pool),
-                self.keys.wake(seen.pool)]
-        args = [seen.name, repr(now), json.dumps(dict(task)), self.store.data_ttl_seconds, MAX_QUEUED_TASKS,
-                list_field, most, seen.raw.get("checkout", "")]
+        queueing = self.queueing(seen, task, now)
+        keys = [self.keys.vm(seen.name), *queueing.keys]
+        args = [queueing.argument(2), seen.raw.get("checkout", "")]
         with _translate_errors():
             result = int(self.scripts.vm_task_enqueue(keys=keys, args=args))
         return {1: EnqueueResult.QUEUED, 0: EnqueueResult.NOT_RUNNING, -1: EnqueueResult.QUEUE_FULL}.get(
             result, EnqueueResult.LIST_FULL)
+
+    def queueing(self, seen: VMRecord, task: Mapping[str, Any], now: float) -> TaskQueueing:
+        """The task, on the VM ``seen``, as the scripts that queue it read it (within the bounds
+        ``enqueue`` says): for ``enqueue``, and for ``Store.modify_vm`` (a disk asked for in a
+        PUT /vm/<host>, queued in the same step as the PUT's other changes)."""
+        list_field, most = {DISK: ("disks", MAX_DISKS), SNAPSHOT: ("snapshots", MAX_SNAPSHOTS)}.get(
+            str(task["kind"]), ("", 0))
+        return TaskQueueing(
+            (self.keys.vm_tasks(seen.name), self.keys.pool_vm_tasks(seen.pool), self.keys.wake(seen.pool)),
+            {"hostname": seen.name, "now": repr(now), "task": json.dumps(dict(task)),
+             "ttl": self.store.data_ttl_seconds, "max_queued": MAX_QUEUED_TASKS, "list_field": list_field,
+             "max_items": most})
 
     def queued(self, hostname: str) -> list[dict[str, Any]]:
         """Tasks waiting behind the one in flight, oldest first."""

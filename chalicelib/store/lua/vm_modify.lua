@@ -2,14 +2,18 @@
 -- changes at once both land (no read-modify-write of a shared blob), and only while the VM is
 -- still checked out by the checkout the API looked at (its ownership was checked against that
 -- one: a VM returned, or handed to someone else, meanwhile is not changed). Tags are fields
--- 'tag:<key>'; at most ARGV[1] of them per VM.
--- KEYS[1] the VM's record, KEYS[2] its pool's running_due set; ARGV[1] most tags a VM may carry,
--- ARGV[2] the VM's name, ARGV[3] now, ARGV[4] the record's 'checkout' field as the API read it,
--- ARGV[5] its 'token_user' ('' for none); ARGV[6..] field, value, ...
+-- 'tag:<key>'; at most ARGV[1] of them per VM. A disk asked for in the same PUT is queued in the
+-- same step (lua/vm_task_queue.lua): the fields and the disk land together or not at all, so a
+-- request killed or refused half way leaves no disk queued without the rest.
+-- KEYS[1] the VM's record, KEYS[2] its pool's running_due set, KEYS[3..5] the task's keys when
+-- one is queued; ARGV[1] most tags a VM may carry, ARGV[2] the VM's name, ARGV[3] now, ARGV[4]
+-- the record's 'checkout' field as the API read it, ARGV[5] its 'token_user' ('' for none),
+-- ARGV[6] the task's queue (JSON; '' for none), ARGV[7..] field, value, ...
 -- Returns 1 when changed, 0 when the VM is no longer running for that checkout (or that checkout
--- was never confirmed), -1 when the VM would carry too many tags (then nothing changed).
+-- was never confirmed), -1 when the VM would carry too many tags, -2 when its task queue is
+-- full, -3 when the task's list would pass its bound (then nothing changed).
 local key, max_tags = KEYS[1], tonumber(ARGV[1])
-local first_field = 6
+local first_field = 7
 local seen = redis.call('HMGET', key, 'state', 'checkout', 'token_user', 'confirm_by')
 -- confirm_by: a checkout whose answer never reached its caller; a pass gives the VM back to
 -- ready, where nothing of this would be the next user's to find.
@@ -33,6 +37,16 @@ if new_tags > 0 then
     return -1
   end
 end
+local queue = nil
+if ARGV[6] ~= '' then
+  queue = cjson.decode(ARGV[6])
+  local refusal = task_refusal(queue)
+  if refusal == 'queue_full' then
+    return -2
+  elseif refusal == 'list_full' then
+    return -3
+  end
+end
 local lifetime_changed = false
 for i = first_field, #ARGV, 2 do
   redis.call('HSET', key, ARGV[i], ARGV[i + 1])
@@ -43,5 +57,8 @@ if lifetime_changed then
   -- lifetime ends on time (the pass schedules the next look from the new lifetime). XX: only a
   -- VM a pass looks after (running); LT: never later than already due.
   redis.call('ZADD', KEYS[2], 'XX', 'LT', ARGV[3], ARGV[2])
+end
+if queue then
+  task_push(queue)
 end
 return 1
