@@ -459,3 +459,88 @@ def run_at_once(action: Callable[[], object], threads: int) -> None:
     for worker in workers:
         worker.join()
     assert errors == [], errors
+
+
+# --- a process killed after any Redis command ----------------------------------------------------
+
+
+class Died(BaseException):
+    """The process is gone: not an Exception, so nothing in the service catches it, and a
+    ``finally:`` that tries to write meets the same end."""
+
+
+class Fuse:
+    """Counts the Redis round trips (a command, a pipeline, a script) of the clients it is wired
+    into (``fused_services``) and stops the process after its ``die_after``-th: every later one
+    raises ``Died`` before anything is sent. ``pause_after``/``meanwhile``: after that round trip,
+    once, ``meanwhile()`` runs (another pass, a user) before the next one is sent, as a process
+    frozen there and resumed would see it."""
+
+    def __init__(self, die_after: int | None = None, pause_after: int | None = None,
+                 meanwhile: Callable[[], None] | None = None) -> None:
+        self.sent = 0
+        self.die_after = die_after
+        self.pause_after = pause_after
+        self.meanwhile = meanwhile
+        self.dead = False
+
+    def before_send(self) -> None:
+        if self.dead or (self.die_after is not None and self.sent >= self.die_after):
+            self.dead = True
+            raise Died(f"killed after round trip {self.sent}")
+        if self.sent == self.pause_after and self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+        self.sent += 1
+
+
+class _FusedConnection(redis.Connection):
+    """A connection whose round trips go through a Fuse (opening it, its handshake and its
+    health check's PING are part of the round trip that needed them)."""
+
+    def __init__(self, *args: Any, fuse: Fuse, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fuse = fuse
+        self._sending = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if self._sending == 0:
+            self._fuse.before_send()
+        self._sending += 1
+        try:
+            super().send_packed_command(command, check_health)
+        finally:
+            self._sending -= 1
+
+    def on_connect_check_health(self, check_health: bool = True) -> None:
+        self._sending += 1  # the handshake: HELLO, CLIENT SETINFO
+        try:
+            super().on_connect_check_health(check_health)
+        finally:
+            self._sending -= 1
+
+
+def fused_services(harness: Harness, fuse: Fuse, config: Config | None = None) -> Services:
+    """Another process of the harness's service (a reconcile Lambda): its own Redis client,
+    whose store and dummy provider both go through ``fuse``; the same clock and key prefix."""
+    kwargs = harness.client.connection_pool.connection_kwargs
+    client = redis.Redis(connection_pool=redis.ConnectionPool(
+        connection_class=_FusedConnection, fuse=fuse, host=kwargs.get("host", "localhost"),
+        port=kwargs.get("port", 6379), decode_responses=True))
+    return Services(config or harness.config, client, clock=harness.clock, prefix=harness.store.keys.prefix)
+
+
+SavedState = dict[str, tuple[bytes, int]]
+
+
+def save_state(client: redis.Redis) -> SavedState:
+    """Every key's serialized value and time to live, to start again from (``restore_state``)."""
+    raw = redis.Redis(connection_pool=client.connection_pool)
+    return {key: (raw.execute_command("DUMP", key, NEVER_DECODE=True), max(raw.pttl(key), 0))
+            for key in raw.keys("*")}
+
+
+def restore_state(client: redis.Redis, saved: SavedState) -> None:
+    client.flushall()
+    for key, (value, ttl) in saved.items():
+        client.restore(key, ttl, value)

@@ -26,7 +26,7 @@ from chalicelib.store import StoreUnavailable
 from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
 from chalicelib.store.vm_tasks import EnqueueResult, VMTaskStore, new_task
 from tests.chaos.fleet import Fleet, FleetFactory
-from tests.harness import assert_consistent
+from tests.harness import assert_consistent, restore_state, save_state
 
 
 class Crash(BaseException):
@@ -116,9 +116,6 @@ FAULTS: dict[str, Fault] = {"crash": crash, "redis": redis_drops, "provider": pr
                             "overlap": overlapping_passes}
 
 
-Snapshot = dict[str, tuple[bytes, int]]
-
-
 def fault_at_checkpoint(fault: Fault, fleet: Fleet, fault_at: int, reached: list[str]) -> Callable[[str], None]:
     """A checkpoint that records every step it reaches in ``reached`` and makes ``fault`` at the
     ``fault_at``-th (counting from 0)."""
@@ -131,30 +128,17 @@ def fault_at_checkpoint(fault: Fault, fleet: Fleet, fault_at: int, reached: list
     return checkpoint
 
 
-def snapshot(client: redis.Redis) -> Snapshot:
-    """Every key's serialized value and time to live: the busy fleet is built once per test."""
-    raw = redis.Redis(connection_pool=client.connection_pool)
-    return {key: (raw.execute_command("DUMP", key, NEVER_DECODE=True), max(raw.pttl(key), 0))
-            for key in raw.keys("*")}
-
-
-def restore(client: redis.Redis, saved: Snapshot) -> None:
-    client.flushall()
-    for key, (value, ttl) in saved.items():
-        client.restore(key, ttl, value)
-
-
 @pytest.mark.parametrize("kind", FAULTS)
 def test_fault_at_every_step_of_every_pool_converges(make_fleet: FleetFactory, redis_client: redis.Redis,
                                                      kind: str) -> None:
     busy = busy_fleet(make_fleet)
-    busy_fleet_state = snapshot(redis_client)
+    busy_fleet_state = save_state(redis_client)
     restore_point = busy.world.clock.now()
     steps: list[str] = []
     busy.round(steps.append)
     fault = FAULTS[kind]
     for fault_at, step in enumerate(steps):
-        restore(redis_client, busy_fleet_state)
+        restore_state(redis_client, busy_fleet_state)
         busy.world.clock.advance(restore_point - busy.world.clock.now())
         fleet = Fleet(busy.services, busy.world, {pool: set(kept) for pool, kept in busy.kept.items()},
                       set(busy.strays), dict(busy.requests), set(busy.disk_on))

@@ -1,0 +1,267 @@
+"""A reconcile Lambda SIGKILLed after every single Redis round trip it makes, and two passes
+interleaved at every one of them.
+
+tests/chaos/test_faults_at_every_step.py stops runs at the pass's named checkpoints, between
+steps and batches. A Lambda killed by its timeout or a crash stops anywhere: here each scenario's
+run (``run_pool``: lease, pass, history sample, purge, release) is counted in round trips to
+Redis, where the dummy provider keeps its VMs and tasks too, so every provider call is a round
+trip of its own. For each N the run dies right after its N-th: from then on every command of
+that process raises before it is sent (``Fuse``), ``finally:`` blocks included. Then its lease
+runs out, ordinary runs go on with the clock, and the pools must come back whole: every VM in one
+state, the service's running set the pools' running VMs, no VM in use destroyed or its lifetime
+cut short, nothing left in the provider that no pool tracks, no clone slot held, the pools full.
+
+The interleavings pause a bare pass (no lease: two passes at once, as after a lease expired)
+after its k-th round trip, run another whole run of the pool and a user's checkout and return
+through the API, then let it go on, for every k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+import redis
+
+from chalicelib.config import parse
+from chalicelib.manager.reconcile import reconcile_pool
+from chalicelib.manager.runner import run_pool
+from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
+from chalicelib.store.pool_overrides import PoolOverrides
+from tests.chaos.fleet import Fleet
+from tests.harness import (
+    PREFIX,
+    Died,
+    Fuse,
+    HarnessFactory,
+    assert_consistent,
+    fused_services,
+    restore_state,
+    save_state,
+)
+
+CONFIG = """\
+config: {task_limit: 2, timeout: 5, ready_ttl: 10, vm_lifetime: 2, prefix: "ci-", domain: example.com,
+         check_loop_delay_min: 1}
+redis: {data_ttl: 1}
+providers:
+  dummy: {provider_class: dummy, seed: 7, createvm_max_time: 60, boot_time: 30, destroyvm_max_time: 20}
+pools:
+  - {name: alpha, size: 3, provider: dummy}
+  - {name: beta, size: 2, provider: dummy}
+"""
+"""Two small pools sharing two clone slots: the killed run is alpha's."""
+
+POOL = "alpha"
+NEW_TEMPLATE = "templates/alpha-v2"
+
+
+@pytest.fixture
+def fleet(make_harness: HarnessFactory) -> Fleet:
+    world = make_harness(parse(CONFIG))
+    return Fleet(world.services, world)
+
+
+def check_out(fleet: Fleet, lifetime_hours: int = 5) -> str:
+    """A VM of the pool checked out for a while: it must still be running at the end."""
+    (host,) = fleet.world.check_out(POOL, 1, lifetime_hours=lifetime_hours)
+    fleet.kept.setdefault(POOL, set()).add(host)
+    return host
+
+
+def give_back(fleet: Fleet, host: str) -> None:
+    """What DELETE /vm/<host> does for its user (through the API)."""
+    assert fleet.world.delete(f"/api/v3/vm/{host}").status == 200
+    fleet.kept[POOL].discard(host)
+
+
+# --- the scenarios: the state the killed run starts from ------------------------------------------
+
+
+def filling(fleet: Fleet) -> None:
+    """An empty pool: the run reserves clone slots and starts clones."""
+
+
+def steady(fleet: Fleet) -> None:
+    """A full pool with nothing to do but look."""
+    fleet.converge()
+
+
+def churn(fleet: Fleet) -> None:
+    """VMs in use, one given back (a destroy to start), clones finished (to make ready), a VM
+    made by hand to discover, a deficit to refill."""
+    fleet.converge()
+    check_out(fleet)
+    give_back(fleet, check_out(fleet))
+    fleet.round()  # destroy and refill started
+    fleet.world.clock.advance(100)  # clones done and booted, destroy done
+    check_out(fleet)
+    fleet.world.provider.create_by_hand(fleet.world.pool(POOL), "stray-alpha")
+    fleet.strays.add("stray-alpha")
+
+
+def lifetime_ends(fleet: Fleet) -> None:
+    """One VM in use past its lifetime, one within it; ready VMs past ready_ttl."""
+    fleet.converge()
+    check_out(fleet, lifetime_hours=1)
+    fleet.kept[POOL].clear()  # its lifetime ends: it must be gone at the end
+    check_out(fleet, lifetime_hours=5)
+    fleet.world.clock.advance(3601)
+
+
+def on_demand(fleet: Fleet) -> None:
+    """A full pool and an on-demand request of one VM of it to build."""
+    fleet.converge()
+    fleet.requests[POOL] = "od-alpha"
+    now = fleet.world.clock.now()
+    assert OnDemandStore(fleet.world.store).create("od-alpha", [OnDemandEntry(POOL, POOL, 1)], now,
+                                                   ttl_seconds=7200, lifetime_hours=5)
+
+
+def template_changed(fleet: Fleet) -> None:
+    """A VM in use and the pool's template changed: its ready VMs drain and are cloned again."""
+    fleet.converge()
+    check_out(fleet)
+    PoolOverrides(fleet.world.store).set("template", POOL, NEW_TEMPLATE)
+
+
+def pool_reset(fleet: Fleet) -> None:
+    """Clones in flight, then POST /poolreset: ready and pending VMs drain."""
+    fleet.converge()
+    check_out(fleet)
+    fleet.round()  # a clone started for the VM taken
+    PoolOverrides(fleet.world.store).reset_many([POOL], fleet.world.clock.now())
+    fleet.world.clock.advance(1)
+
+
+SCENARIOS: dict[str, Callable[[Fleet], None]] = {
+    "filling": filling, "steady": steady, "churn": churn, "lifetime": lifetime_ends,
+    "on_demand": on_demand, "template": template_changed, "reset": pool_reset,
+}
+
+
+# --- what must hold ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Start:
+    """A scenario's state, to start each run from: Redis, the clock, what the fleet expects."""
+
+    saved: dict[str, tuple[bytes, int]]
+    now: float
+    kept: dict[str, set[str]]
+    strays: set[str]
+    requests: dict[str, str]
+
+    @classmethod
+    def of(cls, fleet: Fleet) -> "Start":
+        fleet.kept.setdefault(POOL, set())
+        for pool in fleet.pools:
+            fleet.kept.setdefault(pool, set())
+        return cls(save_state(fleet.world.client), fleet.world.clock.now(),
+                   {pool: set(hosts) for pool, hosts in fleet.kept.items()}, set(fleet.strays),
+                   dict(fleet.requests))
+
+    def again(self, fleet: Fleet) -> Fleet:
+        """The fleet back at this state."""
+        restore_state(fleet.world.client, self.saved)
+        fleet.world.clock.advance(self.now - fleet.world.clock.now())
+        return Fleet(fleet.services, fleet.world, {pool: set(hosts) for pool, hosts in self.kept.items()},
+                     set(self.strays), dict(self.requests))
+
+
+def leases_run_out(client: redis.Redis) -> None:
+    """The dead run's leases expire (their TTL is Redis's real time, not the fake clock's)."""
+    for key in client.keys(f"{PREFIX}lease:*"):
+        client.delete(key)
+
+
+def assert_whole(fleet: Fleet, where: str) -> None:
+    """Consistent the moment the run died; whole once ordinary runs went on."""
+    for pool in fleet.pools:
+        assert_consistent(fleet.world, pool, pass_completed=False)
+    leases_run_out(fleet.world.client)
+    fleet.converge()
+    fleet.assert_converged(where)
+    template = fleet.world.pool(POOL).template
+    for host in fleet.world.hosts(POOL, "ready"):
+        assert fleet.world.store.get_vm(host).template == template, f"{where}: {host} of an old template"
+
+
+def killed_run(fleet: Fleet, die_after: int | None) -> int:
+    """Alpha's reconcile run in a process of its own, killed after ``die_after`` round trips
+    (None: not killed). Returns the round trips it made."""
+    fuse = Fuse(die_after=die_after)
+    services = fused_services(fleet.world, fuse)
+    try:
+        run_pool(services, POOL, 0.0)
+    except Died:
+        assert die_after is not None and fuse.sent == die_after
+    else:
+        assert die_after is None, f"the run made {fuse.sent} round trips and lived"
+    finally:
+        services.client.close()
+    return fuse.sent
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_a_run_killed_after_any_round_trip_converges(fleet: Fleet, scenario: str) -> None:
+    SCENARIOS[scenario](fleet)
+    start = Start.of(fleet)
+    killed_run(start.again(fleet), None)  # loads the Lua scripts the session's Redis lacks
+    total = killed_run(start.again(fleet), None)
+    assert total > 3, total
+    for die_after in range(1, total):
+        where = f"{scenario}: killed after round trip {die_after} of {total}"
+        fleet = start.again(fleet)
+        killed_run(fleet, die_after)
+        assert_whole(fleet, where)
+    assert_whole(start.again(fleet), f"{scenario}: not killed")
+
+
+# --- two passes at once -----------------------------------------------------------------------------
+
+
+def stale_pass(fleet: Fleet, pause_after: int | None, meanwhile: Callable[[], None]) -> int:
+    """A bare pass of alpha (no lease: another runs at once) paused after ``pause_after`` round
+    trips while ``meanwhile`` runs. Returns its round trips."""
+    fuse = Fuse(pause_after=pause_after, meanwhile=meanwhile)
+    services = fused_services(fleet.world, fuse)
+    pool = services.config.pool(POOL)
+    assert pool is not None
+    try:
+        reconcile_pool(services.store, services.provider(pool.provider), pool, services.clock,
+                       services.config.service, providers=services.configured_provider)
+    finally:
+        services.client.close()
+    assert pause_after is None or fuse.meanwhile is None, "the pass ended before its pause"
+    return fuse.sent
+
+
+def another_run_and_users(fleet: Fleet) -> Callable[[], None]:
+    """What happens while the stale pass is paused: the clock moves on (clones, boots and
+    destroys in flight finish), another invocation runs alpha whole, a user checks a VM out and
+    another gives one back, through the API."""
+
+    def meanwhile() -> None:
+        fleet.world.clock.advance(100)
+        assert fleet.run(POOL).leased
+        if fleet.world.count(POOL, "ready"):
+            fleet.kept[POOL].add(fleet.world.checkout(POOL))
+        if len(fleet.kept[POOL]) > 1:
+            give_back(fleet, sorted(fleet.kept[POOL])[0])
+
+    return meanwhile
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_a_pass_paused_at_any_round_trip_while_another_runs_converges(fleet: Fleet, scenario: str) -> None:
+    SCENARIOS[scenario](fleet)
+    start = Start.of(fleet)
+    stale_pass(start.again(fleet), None, lambda: None)  # loads the Lua scripts the session's Redis lacks
+    total = stale_pass(start.again(fleet), None, lambda: None)
+    for pause_after in range(total):
+        fleet = start.again(fleet)
+        stale_pass(fleet, pause_after, another_run_and_users(fleet))
+        assert_whole(fleet, f"{scenario}: paused after round trip {pause_after} of {total}")
