@@ -29,6 +29,7 @@ from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.manager.runner import run_pool
 from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
 from chalicelib.store.pool_overrides import PoolOverrides
+from chalicelib.store.vm_tasks import EnqueueResult, VMTaskStore, new_task
 from tests.chaos.fleet import Fleet
 from tests.harness import (
     PREFIX,
@@ -90,15 +91,17 @@ def steady(fleet: Fleet) -> None:
 
 def churn(fleet: Fleet) -> None:
     """VMs in use, one given back (a destroy to start), clones finished (to make ready), a VM
-    made by hand to discover, a deficit to refill."""
+    made by hand to discover, a VM in use deleted by hand (to drop), a deficit to refill."""
     fleet.converge()
     check_out(fleet)
     give_back(fleet, check_out(fleet))
     fleet.round()  # destroy and refill started
     fleet.world.clock.advance(100)  # clones done and booted, destroy done
-    check_out(fleet)
     fleet.world.provider.create_by_hand(fleet.world.pool(POOL), "stray-alpha")
     fleet.strays.add("stray-alpha")
+    deleted = check_out(fleet) if fleet.world.count(POOL, "ready") else sorted(fleet.kept[POOL])[0]
+    fleet.world.provider.delete_by_hand(fleet.world.pool(POOL), deleted)  # a VM in use to drop
+    fleet.kept[POOL].discard(deleted)
 
 
 def lifetime_ends(fleet: Fleet) -> None:
@@ -108,6 +111,17 @@ def lifetime_ends(fleet: Fleet) -> None:
     fleet.kept[POOL].clear()  # its lifetime ends: it must be gone at the end
     check_out(fleet, lifetime_hours=5)
     fleet.world.clock.advance(3601)
+
+
+def disk_task(fleet: Fleet) -> None:
+    """A disk to add to a VM in use (POST /vm/<host>/disk/<size>), queued."""
+    fleet.converge()
+    host = check_out(fleet)
+    now = fleet.world.clock.now()
+    queued = VMTaskStore(fleet.world.store).enqueue(fleet.world.store.get_vm(host),
+                                                    new_task("disk", now, size_gb=10), now)
+    assert queued is EnqueueResult.QUEUED
+    fleet.disk_on.add(host)
 
 
 def on_demand(fleet: Fleet) -> None:
@@ -137,7 +151,7 @@ def pool_reset(fleet: Fleet) -> None:
 
 SCENARIOS: dict[str, Callable[[Fleet], None]] = {
     "filling": filling, "steady": steady, "churn": churn, "lifetime": lifetime_ends,
-    "on_demand": on_demand, "template": template_changed, "reset": pool_reset,
+    "disk": disk_task, "on_demand": on_demand, "template": template_changed, "reset": pool_reset,
 }
 
 
@@ -153,6 +167,7 @@ class Start:
     kept: dict[str, set[str]]
     strays: set[str]
     requests: dict[str, str]
+    disk_on: set[str]
 
     @classmethod
     def of(cls, fleet: Fleet) -> "Start":
@@ -161,14 +176,14 @@ class Start:
             fleet.kept.setdefault(pool, set())
         return cls(save_state(fleet.world.client), fleet.world.clock.now(),
                    {pool: set(hosts) for pool, hosts in fleet.kept.items()}, set(fleet.strays),
-                   dict(fleet.requests))
+                   dict(fleet.requests), set(fleet.disk_on))
 
     def again(self, fleet: Fleet) -> Fleet:
         """The fleet back at this state."""
         restore_state(fleet.world.client, self.saved)
         fleet.world.clock.advance(self.now - fleet.world.clock.now())
         return Fleet(fleet.services, fleet.world, {pool: set(hosts) for pool, hosts in self.kept.items()},
-                     set(self.strays), dict(self.requests))
+                     set(self.strays), dict(self.requests), set(self.disk_on))
 
 
 def leases_run_out(client: redis.Redis) -> None:
@@ -239,29 +254,42 @@ def stale_pass(fleet: Fleet, pause_after: int | None, meanwhile: Callable[[], No
     return fuse.sent
 
 
-def another_run_and_users(fleet: Fleet) -> Callable[[], None]:
-    """What happens while the stale pass is paused: the clock moves on (clones, boots and
-    destroys in flight finish), another invocation runs alpha whole, a user checks a VM out and
-    another gives one back, through the API."""
+def users_act(fleet: Fleet) -> None:
+    """Users, through the API: one extends the lifetime of a VM whose lifetime ended (it must
+    then stay), one checks a VM out, one gives one back."""
+    now = fleet.world.clock.now()
+    for host in sorted(fleet.world.hosts(POOL, "running") & fleet.world.provider_vms(POOL)):
+        record = fleet.world.store.get_vm(host)
+        if record.checkout is None or record.checkout + (record.lifetime_hours or 0) * 3600 > now:
+            continue  # its lifetime has not ended
+        assert fleet.world.put(f"/api/v3/vm/{host}", {"lifetime": 10}).status == 200
+        fleet.kept[POOL].add(host)
+    if fleet.world.count(POOL, "ready"):
+        fleet.kept[POOL].add(fleet.world.checkout(POOL))
+    returnable = sorted(fleet.kept[POOL] - fleet.disk_on)
+    if len(returnable) > 1:
+        give_back(fleet, returnable[0])
 
-    def meanwhile() -> None:
-        fleet.world.clock.advance(100)
-        assert fleet.run(POOL).leased
-        if fleet.world.count(POOL, "ready"):
-            fleet.kept[POOL].add(fleet.world.checkout(POOL))
-        if len(fleet.kept[POOL]) > 1:
-            give_back(fleet, sorted(fleet.kept[POOL])[0])
 
-    return meanwhile
+def another_run(fleet: Fleet) -> None:
+    """The clock moves on (clones, boots and destroys in flight finish), another invocation
+    runs alpha whole, then users act."""
+    fleet.world.clock.advance(100)
+    assert fleet.run(POOL).leased
+    users_act(fleet)
 
 
+MEANWHILE: dict[str, Callable[[Fleet], None]] = {"users": users_act, "another_run": another_run}
+
+
+@pytest.mark.parametrize("meanwhile", MEANWHILE)
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_a_pass_paused_at_any_round_trip_while_another_runs_converges(fleet: Fleet, scenario: str) -> None:
+def test_a_pass_paused_at_any_round_trip_converges(fleet: Fleet, scenario: str, meanwhile: str) -> None:
     SCENARIOS[scenario](fleet)
     start = Start.of(fleet)
     stale_pass(start.again(fleet), None, lambda: None)  # loads the Lua scripts the session's Redis lacks
     total = stale_pass(start.again(fleet), None, lambda: None)
     for pause_after in range(total):
         fleet = start.again(fleet)
-        stale_pass(fleet, pause_after, another_run_and_users(fleet))
-        assert_whole(fleet, f"{scenario}: paused after round trip {pause_after} of {total}")
+        stale_pass(fleet, pause_after, lambda fleet=fleet: MEANWHILE[meanwhile](fleet))  # type: ignore[misc]
+        assert_whole(fleet, f"{scenario}: paused after round trip {pause_after} of {total}, {meanwhile}")
