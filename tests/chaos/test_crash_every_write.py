@@ -25,8 +25,13 @@ import pytest
 import redis
 
 from chalicelib.config import parse
+from chalicelib.manager.dispatch import Ticker, look_at
+from chalicelib.manager.pool_queue import DRAIN, Delayed, PoolMessage
 from chalicelib.manager.reconcile import reconcile_pool
-from chalicelib.manager.runner import run_pool
+from chalicelib.manager.runner import RunReport, run_pool
+from chalicelib.services import Services
+from chalicelib.store import STATES
+from chalicelib.store.fleet import Fleet as FleetRecord
 from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
 from chalicelib.store.pool_overrides import PoolOverrides
 from chalicelib.store.vm_tasks import EnqueueResult, VMTaskStore, new_task
@@ -35,6 +40,7 @@ from tests.harness import (
     PREFIX,
     Died,
     Fuse,
+    Harness,
     HarnessFactory,
     assert_consistent,
     fused_services,
@@ -55,6 +61,8 @@ pools:
 """Two small pools sharing two clone slots: the killed run is alpha's."""
 
 POOL = "alpha"
+REMOVED = "beta"
+"""The pool removed from the config in the drain test."""
 NEW_TEMPLATE = "templates/alpha-v2"
 
 
@@ -293,3 +301,80 @@ def test_a_pass_paused_at_any_round_trip_converges(fleet: Fleet, scenario: str, 
         fleet = start.again(fleet)
         stale_pass(fleet, pause_after, lambda fleet=fleet: MEANWHILE[meanwhile](fleet))  # type: ignore[misc]
         assert_whole(fleet, f"{scenario}: paused after round trip {pause_after} of {total}, {meanwhile}")
+
+
+# --- a removed pool draining --------------------------------------------------------------------------
+
+
+class NoQueue:
+    """The reconcile queue, for a test that runs the passes itself."""
+
+    def send(self, messages: list[Delayed]) -> None:
+        pass
+
+
+def assert_states_consistent(world: Harness, pool: str) -> None:
+    """Every VM of the pool in one state, with its record saying so; those running counted."""
+    seen: dict[str, str] = {}
+    for state in STATES:
+        for host in world.hosts(pool, state):
+            assert host not in seen, f"{host} is both {seen[host]} and {state}"
+            seen[host] = state
+            record = world.store.get_vm(host)
+            assert record is not None and (record.state, record.pool) == (state, pool), f"{host}: {record}"
+    assert world.hosts(pool, "running") <= set(world.client.zrange(world.store.keys.running, 0, -1))
+
+
+def drain_run(services: Services) -> RunReport | None:
+    """One drain message of the removed pool beta, as the reconcile queue's consumer runs it."""
+    return look_at(services, PoolMessage(REMOVED, DRAIN), NoQueue())
+
+
+def test_a_drain_run_killed_after_any_round_trip_converges(fleet: Fleet) -> None:
+    """Beta is removed from the config with a VM in use: a drain run killed after any round trip
+    leaves the next ones to destroy its free VMs, keep the one in use for its lifetime, then
+    destroy it and forget the pool."""
+    fleet.converge()
+    world = fleet.world
+    (in_use,) = world.check_out(REMOVED, 1, lifetime_hours=5)
+    folder = world.provider._folder_key(world.pool(REMOVED))
+
+    def in_provider() -> set[str]:
+        return set(world.client.hkeys(folder))
+
+    Ticker().tick(world.services, NoQueue())  # beta's settings are known
+    world.services.use_config(parse(CONFIG[:CONFIG.index("  - {name: beta")]))
+    start = Start.of(fleet)
+    for _ in range(2):  # the first loads the Lua scripts the session's Redis lacks
+        fleet = start.again(fleet)
+        fuse = Fuse()
+        drain_run(fused_services(world, fuse))
+    total = fuse.sent
+    assert total > 3, total
+    for die_after in range(1, total + 1):
+        where = f"drain: killed after round trip {die_after} of {total}"
+        fleet = start.again(fleet)
+        services = fused_services(world, Fuse(die_after=die_after))
+        try:
+            drain_run(services)
+        except Died:
+            pass
+        finally:
+            services.client.close()
+        assert_states_consistent(world, REMOVED)
+        leases_run_out(world.client)
+        for _ in range(10):  # free VMs destroyed, the one in use kept
+            world.clock.advance(90)
+            drain_run(world.services)
+        assert world.hosts(REMOVED, "running") == {in_use}, where
+        assert in_provider() == {in_use}, f"{where}: {world.store.counts([REMOVED])}"
+        world.clock.advance(5 * 3600)  # its lifetime ends: destroyed, the pool forgotten
+        for _ in range(10):
+            world.clock.advance(90)
+            drain_run(world.services)
+        assert in_provider() == set(), where
+        assert all(not world.hosts(REMOVED, state) for state in STATES), where
+        assert FleetRecord(world.store).settings(REMOVED) is None, f"{where}: beta is not forgotten"
+        assert world.store.cloning_count() == 0, where
+        fleet.converge()
+        fleet.assert_converged(where)
