@@ -520,14 +520,56 @@ class _FusedConnection(redis.Connection):
             self._sending -= 1
 
 
-def fused_services(harness: Harness, fuse: Fuse, config: Config | None = None) -> Services:
-    """Another process of the harness's service (a reconcile Lambda): its own Redis client,
-    whose store and dummy provider both go through ``fuse``; the same clock and key prefix."""
-    kwargs = harness.client.connection_pool.connection_kwargs
-    client = redis.Redis(connection_pool=redis.ConnectionPool(
-        connection_class=_FusedConnection, fuse=fuse, host=kwargs.get("host", "localhost"),
-        port=kwargs.get("port", 6379), decode_responses=True))
-    return Services(config or harness.config, client, clock=harness.clock, prefix=harness.store.keys.prefix)
+class _FusedProvider:
+    """A provider whose every call goes through a Fuse first: for providers that keep nothing in
+    Redis (vSphere), each call that may reach the backend is one step the process may die after."""
+
+    _LOCAL = frozenset({"call_count", "clone_seconds"})
+    """Calls that only read the provider's own settings or counters."""
+
+    def __init__(self, provider: Provider, fuse: Fuse) -> None:
+        self._provider = provider
+        self._fuse = fuse
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._provider, name)
+        if not callable(value) or name.startswith("_") or name in self._LOCAL:
+            return value
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._fuse.before_send()
+            return value(*args, **kwargs)
+
+        return call
+
+
+class _FusedServices(Services):
+    def __init__(self, *args: Any, fuse: Fuse, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fuse = fuse
+        self._fused: dict[str, Any] = {}
+
+    def provider(self, name: str) -> Provider:
+        if name not in self._fused:
+            self._fused[name] = _FusedProvider(super().provider(name), self._fuse)
+        return self._fused[name]  # type: ignore[no-any-return]
+
+
+def fused_services(harness: Harness, fuse: Fuse | None, provider_fuse: Fuse | None = None) -> Services:
+    """Another process of the harness's service (a reconcile Lambda), with the same config, clock
+    and key prefix. ``fuse``: it has its own Redis client, whose commands (the store's, and the
+    dummy provider's, which keeps its VMs in Redis) go through that fuse. ``provider_fuse``: every
+    call to a provider goes through that fuse first (a provider not kept in Redis)."""
+    client = harness.client
+    if fuse is not None:
+        kwargs = harness.client.connection_pool.connection_kwargs
+        client = redis.Redis(connection_pool=redis.ConnectionPool(
+            connection_class=_FusedConnection, fuse=fuse, host=kwargs.get("host", "localhost"),
+            port=kwargs.get("port", 6379), decode_responses=True))
+    if provider_fuse is not None:
+        return _FusedServices(harness.config, client, clock=harness.clock, prefix=harness.store.keys.prefix,
+                              fuse=provider_fuse)
+    return Services(harness.config, client, clock=harness.clock, prefix=harness.store.keys.prefix)
 
 
 SavedState = dict[str, tuple[bytes, int]]

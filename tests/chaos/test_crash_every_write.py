@@ -18,6 +18,7 @@ through the API, then let it go on, for every k.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,6 +27,7 @@ import redis
 
 from chalicelib.config import parse
 from chalicelib.manager.dispatch import Ticker, look_at
+from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
 from chalicelib.manager.pool_queue import DRAIN, Delayed, PoolMessage
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.manager.runner import RunReport, run_pool
@@ -47,6 +49,8 @@ from tests.harness import (
     restore_state,
     save_state,
 )
+from tests.support import eventually
+from tests.vsphere.vcsim import VcsimServer, vcsim_config
 
 CONFIG = """\
 config: {task_limit: 2, timeout: 5, ready_ttl: 10, vm_lifetime: 2, prefix: "ci-", domain: example.com,
@@ -378,3 +382,69 @@ def test_a_drain_run_killed_after_any_round_trip_converges(fleet: Fleet) -> None
         assert world.store.cloning_count() == 0, where
         fleet.converge()
         fleet.assert_converged(where)
+
+
+# --- the vSphere provider on vcsim ------------------------------------------------------------------
+
+
+def full_and_idle(world: Harness, where: str, size: int = 2) -> None:
+    """Run the pool (the clock moving on) until it is full and a run finds nothing in flight."""
+
+    def check() -> bool:
+        world.clock.advance(30)
+        report = run_pool(world.services, POOL, 0.0)
+        assert report.leased and not report.failures, f"{where}: {report}"
+        return world.count(POOL, "ready") == size and not any(each.work_in_flight for each in report.passes)
+
+    eventually(check, 30, f"{where}: the pool full")
+
+
+@pytest.mark.parametrize("scenario", ["filling", "churn"])
+def test_a_vsphere_run_killed_after_any_provider_call_converges(make_harness: HarnessFactory,
+                                                                vcsim: VcsimServer, scenario: str) -> None:
+    """A vSphere pool on vcsim, empty (filling) or full with a VM in use and one given back
+    (churn): the run killed after each call it makes to vCenter, and after each clone it starts
+    in a batch (Redis is enumerated above, with the dummy). vCenter cannot be rolled back, so
+    each kill gets a pool in a folder of its own; the guests boot on vcsim's wall clock."""
+
+    def scenario_pool() -> tuple[Harness, set[str]]:
+        folder = f"vmpool/crash-{secrets.token_hex(4)}"
+        world = make_harness(vcsim_config(vcsim, [{"name": POOL, "size": 2, "folder": folder, "ready_check": "tools"}],
+                                          service={"task_limit": 2}))
+        world.client.flushall()
+        if scenario == "filling":
+            return world, set()
+        full_and_idle(world, scenario)
+        kept, returned = world.check_out(POOL, 2, lifetime_hours=5)
+        assert world.delete(f"/api/v3/vm/{returned}").status == 200
+        return world, {kept}
+
+    def killed_run(world: Harness, die_after: int | None) -> int:
+        fuse = Fuse(die_after=die_after)
+
+        def checkpoint(step: str) -> None:
+            fuse.before_send()  # a step of the pass: after a clone of a batch, a destroy...
+
+        try:
+            run_pool(fused_services(world, None, provider_fuse=fuse), POOL, 0.0, checkpoint)
+        except Died:
+            assert die_after is not None and fuse.sent == die_after
+        else:
+            assert die_after is None, f"the run made {fuse.sent} provider calls and lived"
+        return fuse.sent
+
+    total = killed_run(scenario_pool()[0], None)
+    assert total > 2, total
+    for die_after in range(1, total):
+        where = f"vsphere {scenario}: killed after provider call or step {die_after} of {total}"
+        world, kept = scenario_pool()
+        killed_run(world, die_after)
+        assert_consistent(world, POOL, pass_completed=False)
+        leases_run_out(world.client)
+        world.clock.advance(CLONE_START_GRACE_SECONDS + 1)
+        full_and_idle(world, where)
+        assert_consistent(world, POOL, pass_completed=False)
+        assert world.hosts(POOL, "running") == kept, where
+        in_vcsim = {vm.name for vm in world.provider.list_vms(world.pool(POOL))}
+        assert in_vcsim == world.hosts(POOL, "ready") | kept, f"{where}: {in_vcsim} in vCenter"
+        assert world.store.cloning_count() == 0, where
