@@ -30,6 +30,7 @@ import app as chalice_app
 from chalicelib.api.routes import ROUTES, Route, versioned_paths
 from chalicelib.clock import FakeClock
 from chalicelib.config import Config, PoolConfig
+from chalicelib.dns.base import DnsPlugin
 from chalicelib.manager.context import Checkpoint, PassReport, no_checkpoint
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.base import Provider
@@ -520,19 +521,20 @@ class _FusedConnection(redis.Connection):
             self._sending -= 1
 
 
-class _FusedProvider:
-    """A provider whose every call goes through a Fuse first: for providers that keep nothing in
-    Redis (vSphere), each call that may reach the backend is one step the process may die after."""
+class _FusedCalls:
+    """A provider or DNS plugin whose every call goes through a Fuse first: for backends that keep
+    nothing in Redis (vSphere, a DNS server), each call that may reach them is one step the
+    process may die after."""
 
-    _LOCAL = frozenset({"call_count", "clone_seconds"})
-    """Calls that only read the provider's own settings or counters."""
+    _LOCAL = frozenset({"call_count", "clone_seconds", "fqdn"})
+    """Calls that only read the object's own settings or counters."""
 
-    def __init__(self, provider: Provider, fuse: Fuse) -> None:
-        self._provider = provider
+    def __init__(self, backend: Any, fuse: Fuse) -> None:
+        self._backend = backend
         self._fuse = fuse
 
     def __getattr__(self, name: str) -> Any:
-        value = getattr(self._provider, name)
+        value = getattr(self._backend, name)
         if not callable(value) or name.startswith("_") or name in self._LOCAL:
             return value
 
@@ -544,31 +546,40 @@ class _FusedProvider:
 
 
 class _FusedServices(Services):
+    """Services whose providers and DNS plugins are called through a Fuse."""
+
     def __init__(self, *args: Any, fuse: Fuse, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._fuse = fuse
-        self._fused: dict[str, Any] = {}
+        self._fused: dict[int, Any] = {}
+
+    def _through_fuse(self, backend: Any) -> Any:
+        if id(backend) not in self._fused:
+            self._fused[id(backend)] = _FusedCalls(backend, self._fuse)
+        return self._fused[id(backend)]
 
     def provider(self, name: str) -> Provider:
-        if name not in self._fused:
-            self._fused[name] = _FusedProvider(super().provider(name), self._fuse)
-        return self._fused[name]  # type: ignore[no-any-return]
+        return self._through_fuse(super().provider(name))  # type: ignore[no-any-return]
+
+    def dns_plugin(self, pool: PoolConfig) -> DnsPlugin | None:
+        plugin = super().dns_plugin(pool)
+        return None if plugin is None else self._through_fuse(plugin)  # type: ignore[no-any-return]
 
 
-def fused_services(harness: Harness, fuse: Fuse | None, provider_fuse: Fuse | None = None) -> Services:
+def fused_services(harness: Harness, fuse: Fuse | None, backend_fuse: Fuse | None = None) -> Services:
     """Another process of the harness's service (a reconcile Lambda), with the same config, clock
     and key prefix. ``fuse``: it has its own Redis client, whose commands (the store's, and the
-    dummy provider's, which keeps its VMs in Redis) go through that fuse. ``provider_fuse``: every
-    call to a provider goes through that fuse first (a provider not kept in Redis)."""
+    dummy provider's, which keeps its VMs in Redis) go through that fuse. ``backend_fuse``: every
+    call to a provider or a DNS plugin goes through that fuse first (a backend not kept in Redis)."""
     client = harness.client
     if fuse is not None:
         kwargs = harness.client.connection_pool.connection_kwargs
         client = redis.Redis(connection_pool=redis.ConnectionPool(
             connection_class=_FusedConnection, fuse=fuse, host=kwargs.get("host", "localhost"),
             port=kwargs.get("port", 6379), decode_responses=True))
-    if provider_fuse is not None:
+    if backend_fuse is not None:
         return _FusedServices(harness.config, client, clock=harness.clock, prefix=harness.store.keys.prefix,
-                              fuse=provider_fuse)
+                              fuse=backend_fuse)
     return Services(harness.config, client, clock=harness.clock, prefix=harness.store.keys.prefix)
 
 

@@ -24,6 +24,7 @@ from typing import Callable
 
 import pytest
 import redis
+import yaml
 
 from chalicelib.config import parse
 from chalicelib.manager.dispatch import Ticker, look_at
@@ -38,6 +39,7 @@ from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
 from chalicelib.store.pool_overrides import PoolOverrides
 from chalicelib.store.vm_tasks import EnqueueResult, VMTaskStore, new_task
 from tests.chaos.fleet import Fleet
+from tests.dns.bind import BindServer
 from tests.harness import (
     PREFIX,
     Died,
@@ -293,9 +295,13 @@ def another_run(fleet: Fleet) -> None:
 
 MEANWHILE: dict[str, Callable[[Fleet], None]] = {"users": users_act, "another_run": another_run}
 
+INTERLEAVINGS = [*((scenario, "another_run") for scenario in SCENARIOS),
+                 *((scenario, "users") for scenario in ("steady", "lifetime", "template", "reset"))]
+"""Another run (then users) meanwhile in every scenario; users alone where the paused pass read
+VMs a user may take or keep meanwhile: ready ones it may drain, one whose lifetime ended."""
 
-@pytest.mark.parametrize("meanwhile", MEANWHILE)
-@pytest.mark.parametrize("scenario", SCENARIOS)
+
+@pytest.mark.parametrize(("scenario", "meanwhile"), INTERLEAVINGS)
 def test_a_pass_paused_at_any_round_trip_converges(fleet: Fleet, scenario: str, meanwhile: str) -> None:
     SCENARIOS[scenario](fleet)
     start = Start.of(fleet)
@@ -401,7 +407,7 @@ def full_and_idle(world: Harness, where: str, size: int = 2) -> None:
 
 @pytest.mark.parametrize("scenario", ["filling", "churn"])
 def test_a_vsphere_run_killed_after_any_provider_call_converges(make_harness: HarnessFactory,
-                                                                vcsim: VcsimServer, scenario: str) -> None:
+                                                                private_vcsim: VcsimServer, scenario: str) -> None:
     """A vSphere pool on vcsim, empty (filling) or full with a VM in use and one given back
     (churn): the run killed after each call it makes to vCenter, and after each clone it starts
     in a batch (Redis is enumerated above, with the dummy). vCenter cannot be rolled back, so
@@ -409,8 +415,8 @@ def test_a_vsphere_run_killed_after_any_provider_call_converges(make_harness: Ha
 
     def scenario_pool() -> tuple[Harness, set[str]]:
         folder = f"vmpool/crash-{secrets.token_hex(4)}"
-        world = make_harness(vcsim_config(vcsim, [{"name": POOL, "size": 2, "folder": folder, "ready_check": "tools"}],
-                                          service={"task_limit": 2}))
+        pool = {"name": POOL, "size": 2, "folder": folder, "ready_check": "tools"}
+        world = make_harness(vcsim_config(private_vcsim, [pool], service={"task_limit": 2}))
         world.client.flushall()
         if scenario == "filling":
             return world, set()
@@ -426,7 +432,7 @@ def test_a_vsphere_run_killed_after_any_provider_call_converges(make_harness: Ha
             fuse.before_send()  # a step of the pass: after a clone of a batch, a destroy...
 
         try:
-            run_pool(fused_services(world, None, provider_fuse=fuse), POOL, 0.0, checkpoint)
+            run_pool(fused_services(world, None, backend_fuse=fuse), POOL, 0.0, checkpoint)
         except Died:
             assert die_after is not None and fuse.sent == die_after
         else:
@@ -448,3 +454,72 @@ def test_a_vsphere_run_killed_after_any_provider_call_converges(make_harness: Ha
         in_vcsim = {vm.name for vm in world.provider.list_vms(world.pool(POOL))}
         assert in_vcsim == world.hosts(POOL, "ready") | kept, f"{where}: {in_vcsim} in vCenter"
         assert world.store.cloning_count() == 0, where
+
+
+# --- DNS records (a real BIND) -----------------------------------------------------------------------
+
+
+def zone_records(bind: BindServer) -> dict[str, list[str]]:
+    """Every A record of the zone but the server's own: name -> addresses."""
+    import dns.query
+    import dns.rdataclass
+    import dns.rdatatype
+    import dns.tsigkeyring
+    import dns.zone
+
+    keyring = dns.tsigkeyring.from_text({bind.key_name: bind.key_secret})
+    zone = dns.zone.from_xfr(dns.query.xfr("127.0.0.1", bind.zone, port=bind.port, keyring=keyring,
+                                           keyname=bind.key_name, keyalgorithm="hmac-sha256", timeout=5))
+    records = {}
+    for name, node in zone.nodes.items():
+        found = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.A)
+        if found is not None and str(name) not in ("@", "ns"):
+            records[str(name)] = sorted(item.address for item in found)
+    return records
+
+
+def test_a_run_with_dns_records_killed_after_any_call_converges(fleet: Fleet, bind: BindServer) -> None:
+    """Churn in a pool whose VMs have A records in BIND: the run killed after each Redis round
+    trip and each call to the DNS server; in the end the records are the VMs', no others."""
+    document = yaml.safe_load(CONFIG)
+    document["dns_configs"] = {"zone": bind.dns_config()}
+    document["pools"][0]["dns_plugin"] = "zone"
+    config = parse(yaml.safe_dump(document))
+
+    world = fleet.world
+    world.services.use_config(config)
+    churn(fleet)
+    start, records = Start.of(fleet), zone_records(bind)
+    plugin = world.services.dns_plugin(world.pool(POOL))
+    assert plugin is not None and records
+
+    def again() -> Fleet:
+        bind.clear_records()
+        for name, (address,) in records.items():
+            plugin.create_or_replace(name, address)
+        return start.again(fleet)
+
+    def killed_run(current: Fleet, die_after: int | None) -> int:
+        fuse = Fuse(die_after=die_after)
+        services = fused_services(current.world, fuse, backend_fuse=fuse)
+        try:
+            run_pool(services, POOL, 0.0)
+        except Died:
+            assert die_after is not None and fuse.sent == die_after
+        else:
+            assert die_after is None, f"the run made {fuse.sent} calls and lived"
+        finally:
+            services.client.close()
+        return fuse.sent
+
+    killed_run(again(), None)  # loads the Lua scripts the session's Redis lacks
+    total = killed_run(again(), None)
+    assert total > 3, total
+    for die_after in range(1, total):
+        where = f"dns: killed after call {die_after} of {total}"
+        current = again()
+        killed_run(current, die_after)
+        assert_whole(current, where)
+        expected = {host: [world.store.get_vm(host).ip]
+                    for host in world.hosts(POOL, "ready") | world.hosts(POOL, "running")}
+        assert zone_records(bind) == expected, where
