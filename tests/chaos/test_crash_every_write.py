@@ -147,6 +147,19 @@ def on_demand(fleet: Fleet) -> None:
                                                    ttl_seconds=7200, lifetime_hours=5)
 
 
+def on_demand_cancelled(fleet: Fleet) -> None:
+    """An on-demand request whose clones are in flight, deleted by its user (DELETE /ondemandvm)."""
+    on_demand(fleet)
+    fleet.round()  # its clone started
+    cancel(fleet)
+
+
+def cancel(fleet: Fleet) -> None:
+    """The user deletes the on-demand request, through the API: its VMs are to be destroyed."""
+    if POOL in fleet.requests:
+        assert fleet.world.delete(f"/api/v3/ondemandvm/{fleet.requests.pop(POOL)}").status == 200
+
+
 def template_changed(fleet: Fleet) -> None:
     """A VM in use and the pool's template changed: its ready VMs drain and are cloned again."""
     fleet.converge()
@@ -165,7 +178,8 @@ def pool_reset(fleet: Fleet) -> None:
 
 SCENARIOS: dict[str, Callable[[Fleet], None]] = {
     "filling": filling, "steady": steady, "churn": churn, "lifetime": lifetime_ends,
-    "disk": disk_task, "on_demand": on_demand, "template": template_changed, "reset": pool_reset,
+    "disk": disk_task, "on_demand": on_demand, "cancelled": on_demand_cancelled, "template": template_changed,
+    "reset": pool_reset,
 }
 
 
@@ -293,10 +307,19 @@ def another_run(fleet: Fleet) -> None:
     users_act(fleet)
 
 
-MEANWHILE: dict[str, Callable[[Fleet], None]] = {"users": users_act, "another_run": another_run}
+def another_run_and_cancel(fleet: Fleet) -> None:
+    """Another run builds the on-demand request further, then its user deletes it."""
+    fleet.world.clock.advance(100)
+    assert fleet.run(POOL).leased
+    cancel(fleet)
+
+
+MEANWHILE: dict[str, Callable[[Fleet], None]] = {"users": users_act, "another_run": another_run, "cancel": cancel,
+                                                 "another_run_and_cancel": another_run_and_cancel}
 
 INTERLEAVINGS = [*((scenario, "another_run") for scenario in SCENARIOS),
-                 *((scenario, "users") for scenario in ("steady", "lifetime", "template", "reset"))]
+                 *((scenario, "users") for scenario in ("steady", "lifetime", "template", "reset")),
+                 ("on_demand", "cancel"), ("on_demand", "another_run_and_cancel")]
 """Another run (then users) meanwhile in every scenario; users alone where the paused pass read
 VMs a user may take or keep meanwhile: ready ones it may drain, one whose lifetime ended."""
 
