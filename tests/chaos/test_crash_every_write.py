@@ -26,6 +26,7 @@ import pytest
 import redis
 import yaml
 
+import app as chalice_app
 from chalicelib.config import parse
 from chalicelib.manager.dispatch import Ticker, look_at
 from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
@@ -546,3 +547,46 @@ def test_a_run_with_dns_records_killed_after_any_call_converges(fleet: Fleet, bi
         expected = {host: [world.store.get_vm(host).ip]
                     for host in world.hosts(POOL, "ready") | world.hosts(POOL, "running")}
         assert zone_records(bind) == expected, where
+
+
+# --- the API killed mid-request ------------------------------------------------------------------------
+
+
+def checkout_request(fleet: Fleet) -> None:
+    """POST /vm {"alpha": 1}: the caller never hears back, so the VM is not theirs to keep."""
+    fleet.world.post("/api/v3/vm", {POOL: 1})
+
+
+def test_a_checkout_killed_after_any_round_trip_converges(fleet: Fleet) -> None:
+    """The API's process killed after each round trip of a checkout (a Lambda's timeout, an
+    out-of-memory kill): the pool comes back whole, the VM whose checkout was never answered goes
+    back to ready, nothing leaks. (A return, DELETE /vm/<host>, is one round trip: nothing to
+    enumerate.)"""
+    fleet.converge()
+    check_out(fleet)
+    start = Start.of(fleet)
+    world = fleet.world
+
+    def killed_request(current: Fleet, die_after: int | None) -> int:
+        fuse = Fuse(die_after=die_after)
+        services = fused_services(world, fuse)
+        chalice_app._services = services
+        try:
+            checkout_request(current)
+        except Died:
+            assert die_after is not None and fuse.sent == die_after
+        else:
+            assert die_after is None, f"the request made {fuse.sent} round trips and lived"
+        finally:
+            chalice_app._services = world.services
+            services.client.close()
+        return fuse.sent
+
+    killed_request(start.again(fleet), None)  # loads the Lua scripts the session's Redis lacks
+    total = killed_request(start.again(fleet), None)
+    assert total > 2, total
+    for die_after in range(1, total):
+        where = f"checkout: the API killed after round trip {die_after} of {total}"
+        current = start.again(fleet)
+        killed_request(current, die_after)
+        assert_whole(current, where)
