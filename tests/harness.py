@@ -494,6 +494,10 @@ class Fuse:
             meanwhile()
         self.sent += 1
 
+    def step(self, name: str) -> None:
+        """A reconcile checkpoint (after each VM of a batch, each step): one more point to die at."""
+        self.before_send()
+
 
 class _FusedConnection(redis.Connection):
     """A connection whose round trips go through a Fuse (opening it, its handshake and its
