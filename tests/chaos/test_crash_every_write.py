@@ -47,6 +47,7 @@ from tests.harness import (
     Fuse,
     Harness,
     HarnessFactory,
+    SavedState,
     assert_consistent,
     fused_services,
     restore_state,
@@ -191,7 +192,7 @@ SCENARIOS: dict[str, Callable[[Fleet], None]] = {
 class Start:
     """A scenario's state, to start each run from: Redis, the clock, what the fleet expects."""
 
-    saved: dict[str, tuple[bytes, int]]
+    saved: SavedState
     now: float
     kept: dict[str, set[str]]
     strays: set[str]
@@ -200,7 +201,6 @@ class Start:
 
     @classmethod
     def of(cls, fleet: Fleet) -> "Start":
-        fleet.kept.setdefault(POOL, set())
         for pool in fleet.pools:
             fleet.kept.setdefault(pool, set())
         return cls(save_state(fleet.world.client), fleet.world.clock.now(),
