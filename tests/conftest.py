@@ -1,5 +1,5 @@
 """Fixtures shared by every test folder: a real redis-server, a fake clock, and the real servers
-several folders need (slapd, vcsim), and ``make_harness`` (the service in-process: tests/harness.py).
+several folders need (slapd, vcsim, BIND), and ``make_harness`` (the service in-process: tests/harness.py).
 Helpers (free_port, eventually...) are in tests/support.py."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from chalicelib.config import Config
 from chalicelib.observability import logger
 from local.redis_server import RedisServer
 from tests.auth.slapd import SlapdServer
+from tests.dns.bind import BindServer
 from tests.harness import Harness, HarnessFactory
 from tests.redis_pair import RedisPair
 from tests.redis_pair import redis_pair as redis_pair_of_servers
@@ -92,6 +93,25 @@ def private_vcsim(vcsim_dir: Path) -> Iterator[VcsimServer]:
 
 
 _counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def bind_session() -> Iterator[BindServer]:
+    """One real BIND 9 (named) for the session, its zone updated with TSIG (tests/dns/bind.py)."""
+    with BindServer() as server:
+        yield server
+
+
+@pytest.fixture
+def bind(bind_session: BindServer) -> Iterator[BindServer]:
+    """The session's named, started again if a test stopped it, its zone without the records
+    earlier tests left."""
+    if bind_session.process is None or bind_session.process.poll() is not None:
+        bind_session.start()
+    bind_session.clear_records()
+    yield bind_session
+    if bind_session.process is None:
+        bind_session.start()
 
 
 @pytest.fixture

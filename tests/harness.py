@@ -30,6 +30,7 @@ import app as chalice_app
 from chalicelib.api.routes import ROUTES, Route, versioned_paths
 from chalicelib.clock import FakeClock
 from chalicelib.config import Config, PoolConfig
+from chalicelib.dns.base import DnsPlugin
 from chalicelib.manager.context import Checkpoint, PassReport, no_checkpoint
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.base import Provider
@@ -170,24 +171,6 @@ def redis_state(client: redis.Redis) -> dict[str, Any]:
             value = None
         state[key] = (kind, value, client.ttl(key) > 0)
     return state
-
-
-Snapshot = dict[str, tuple[bytes, int]]
-"""Every key's serialized value and time to live in milliseconds (0: none)."""
-
-
-def snapshot(client: redis.Redis) -> Snapshot:
-    """Every key of the database, to ``restore`` when a test runs many times from one state."""
-    raw = redis.Redis(connection_pool=client.connection_pool)
-    return {key: (raw.execute_command("DUMP", key, NEVER_DECODE=True), max(raw.pttl(key), 0))
-            for key in raw.keys("*")}
-
-
-def restore(client: redis.Redis, saved: Snapshot) -> None:
-    """The database exactly as ``snapshot`` saved it (the scripts Redis has loaded stay)."""
-    client.flushall()
-    for key, (value, ttl) in saved.items():
-        client.restore(key, ttl, value)
 
 
 class RecordingRefill:
@@ -477,3 +460,146 @@ def run_at_once(action: Callable[[], object], threads: int) -> None:
     for worker in workers:
         worker.join()
     assert errors == [], errors
+
+
+# --- a process killed after any Redis command ----------------------------------------------------
+
+
+class Died(BaseException):
+    """The process is gone: not an Exception, so nothing in the service catches it, and a
+    ``finally:`` that tries to write meets the same end."""
+
+
+class Fuse:
+    """Counts the Redis round trips (a command, a pipeline, a script) of the clients it is wired
+    into (``fused_services``) and stops the process after its ``die_after``-th: every later one
+    raises ``Died`` before anything is sent. ``pause_after``/``meanwhile``: after that round trip,
+    once, ``meanwhile()`` runs (another pass, a user) before the next one is sent, as a process
+    frozen there and resumed would see it."""
+
+    def __init__(self, die_after: int | None = None, pause_after: int | None = None,
+                 meanwhile: Callable[[], None] | None = None) -> None:
+        self.sent = 0
+        self.die_after = die_after
+        self.pause_after = pause_after
+        self.meanwhile = meanwhile
+        self.dead = False
+
+    def before_send(self) -> None:
+        if self.dead or (self.die_after is not None and self.sent >= self.die_after):
+            self.dead = True
+            raise Died(f"killed after round trip {self.sent}")
+        if self.sent == self.pause_after and self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+        self.sent += 1
+
+    def step(self, name: str) -> None:
+        """A reconcile checkpoint (after each VM of a batch, each step): one more point to die at."""
+        self.before_send()
+
+
+class _FusedConnection(redis.Connection):
+    """A connection whose round trips go through a Fuse (opening it, its handshake and its
+    health check's PING are part of the round trip that needed them)."""
+
+    def __init__(self, *args: Any, fuse: Fuse, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fuse = fuse
+        self._sending = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if self._sending == 0:
+            self._fuse.before_send()
+        self._sending += 1
+        try:
+            super().send_packed_command(command, check_health)
+        finally:
+            self._sending -= 1
+
+    def on_connect_check_health(self, check_health: bool = True) -> None:
+        self._sending += 1  # the handshake: HELLO, CLIENT SETINFO
+        try:
+            super().on_connect_check_health(check_health)
+        finally:
+            self._sending -= 1
+
+
+class _FusedCalls:
+    """A provider or DNS plugin whose every call goes through a Fuse first: for backends that keep
+    nothing in Redis (vSphere, a DNS server), each call that may reach them is one step the
+    process may die after."""
+
+    _LOCAL = frozenset({"call_count", "clone_seconds", "fqdn"})
+    """Calls that only read the object's own settings or counters."""
+
+    def __init__(self, backend: Any, fuse: Fuse) -> None:
+        self._backend = backend
+        self._fuse = fuse
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._backend, name)
+        if not callable(value) or name.startswith("_") or name in self._LOCAL:
+            return value
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._fuse.before_send()
+            return value(*args, **kwargs)
+
+        return call
+
+
+class _FusedServices(Services):
+    """Services whose providers and DNS plugins are called through a Fuse."""
+
+    def __init__(self, *args: Any, fuse: Fuse, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fuse = fuse
+        self._fused: dict[int, Any] = {}
+
+    def _through_fuse(self, backend: Any) -> Any:
+        if id(backend) not in self._fused:
+            self._fused[id(backend)] = _FusedCalls(backend, self._fuse)
+        return self._fused[id(backend)]
+
+    def provider(self, name: str) -> Provider:
+        return self._through_fuse(super().provider(name))  # type: ignore[no-any-return]
+
+    def dns_plugin(self, pool: PoolConfig) -> DnsPlugin | None:
+        plugin = super().dns_plugin(pool)
+        return None if plugin is None else self._through_fuse(plugin)  # type: ignore[no-any-return]
+
+
+def fused_services(harness: Harness, fuse: Fuse | None, backend_fuse: Fuse | None = None) -> Services:
+    """Another process of the harness's service (a reconcile Lambda), with the same config, clock
+    and key prefix. ``fuse``: it has its own Redis client, whose commands (the store's, and the
+    dummy provider's, which keeps its VMs in Redis) go through that fuse. ``backend_fuse``: every
+    call to a provider or a DNS plugin goes through that fuse first (a backend not kept in Redis)."""
+    client = harness.client
+    if fuse is not None:
+        kwargs = harness.client.connection_pool.connection_kwargs
+        client = redis.Redis(connection_pool=redis.ConnectionPool(
+            connection_class=_FusedConnection, fuse=fuse, host=kwargs.get("host", "localhost"),
+            port=kwargs.get("port", 6379), decode_responses=True))
+    if backend_fuse is not None:
+        return _FusedServices(harness.config, client, clock=harness.clock, prefix=harness.store.keys.prefix,
+                              fuse=backend_fuse)
+    return Services(harness.config, client, clock=harness.clock, prefix=harness.store.keys.prefix)
+
+
+SavedState = dict[str, tuple[bytes, int]]
+"""Every key's serialized value and time to live in milliseconds (0: none)."""
+
+
+def save_state(client: redis.Redis) -> SavedState:
+    """Every key of the database, to ``restore_state`` when a test runs many times from one state."""
+    raw = redis.Redis(connection_pool=client.connection_pool)
+    return {key: (raw.execute_command("DUMP", key, NEVER_DECODE=True), max(raw.pttl(key), 0))
+            for key in raw.keys("*")}
+
+
+def restore_state(client: redis.Redis, saved: SavedState) -> None:
+    """The database exactly as ``save_state`` saved it (the scripts Redis has loaded stay)."""
+    client.flushall()
+    for key, (value, ttl) in saved.items():
+        client.restore(key, ttl, value)

@@ -33,7 +33,7 @@ from chalicelib.store import Quota
 from chalicelib.store.keys import quota_owner
 from chalicelib.store.store import UNCONFIRMED_SECONDS
 from tests.api.test_input_bounds import EXPERIMENTAL_CONFIG
-from tests.harness import Harness, HarnessFactory, Reply, assert_consistent, basic, restore, snapshot
+from tests.harness import Harness, HarnessFactory, Reply, assert_consistent, basic, restore_state, save_state
 
 CONFIG = EXPERIMENTAL_CONFIG.replace(":pools:", ":auth:\n  provider: dummy\n  admins: [root]\n:pools:", 1).replace(
     ":config:\n", ":config:\n  max_tags_per_vm: 2\n", 1)
@@ -295,10 +295,10 @@ def saved_world(make_service: Callable[[], Harness], client: redis.Redis,
     world = build_world(first)
     if setup is not None:
         setup(first, world)
-    saved, start = snapshot(client), first.clock.now()
+    saved, start = save_state(client), first.clock.now()
 
     def reset() -> Harness:
-        restore(client, saved)
+        restore_state(client, saved)
         first.clock.advance(start - first.clock.now())
         return make_service()
 

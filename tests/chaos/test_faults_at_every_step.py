@@ -26,7 +26,7 @@ from chalicelib.store import StoreUnavailable
 from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
 from chalicelib.store.vm_tasks import EnqueueResult, VMTaskStore, new_task
 from tests.chaos.fleet import Fleet, FleetFactory
-from tests.harness import assert_consistent, restore, snapshot
+from tests.harness import assert_consistent, restore_state, save_state
 
 
 class Crash(BaseException):
@@ -132,13 +132,13 @@ def fault_at_checkpoint(fault: Fault, fleet: Fleet, fault_at: int, reached: list
 def test_fault_at_every_step_of_every_pool_converges(make_fleet: FleetFactory, redis_client: redis.Redis,
                                                      kind: str) -> None:
     busy = busy_fleet(make_fleet)
-    busy_fleet_state = snapshot(redis_client)
+    busy_fleet_state = save_state(redis_client)
     restore_point = busy.world.clock.now()
     steps: list[str] = []
     busy.round(steps.append)
     fault = FAULTS[kind]
     for fault_at, step in enumerate(steps):
-        restore(redis_client, busy_fleet_state)
+        restore_state(redis_client, busy_fleet_state)
         busy.world.clock.advance(restore_point - busy.world.clock.now())
         fleet = Fleet(busy.services, busy.world, {pool: set(kept) for pool, kept in busy.kept.items()},
                       set(busy.strays), dict(busy.requests), set(busy.disk_on))

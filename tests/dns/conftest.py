@@ -1,4 +1,4 @@
-"""DNS fixtures: a real BIND 9 server (``bind``) and moto's Route 53 (``route53``)."""
+"""DNS fixtures: moto's Route 53 (``route53``); the real BIND 9 server (``bind``) is in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -7,26 +7,6 @@ from typing import Any, Iterator
 import boto3
 import pytest
 from moto import mock_aws
-
-from tests.dns.bind import BindServer
-
-
-@pytest.fixture(scope="session")
-def bind_session() -> Iterator[BindServer]:
-    with BindServer() as server:
-        yield server
-
-
-@pytest.fixture
-def bind(bind_session: BindServer) -> Iterator[BindServer]:
-    """The session's named, started again if a test stopped it, its zone without the records
-    earlier tests left."""
-    if bind_session.process is None or bind_session.process.poll() is not None:
-        bind_session.start()
-    bind_session.clear_records()
-    yield bind_session
-    if bind_session.process is None:
-        bind_session.start()
 
 
 @pytest.fixture
