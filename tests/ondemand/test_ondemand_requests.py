@@ -12,6 +12,7 @@ from chalicelib import config as config_module
 from chalicelib.api.ondemand import DELETED_MESSAGE
 from chalicelib.manager.dispatch import Ticker, look_at
 from chalicelib.manager.pool_queue import DRAIN, PoolMessage
+from chalicelib.providers.base import TaskState, TaskStatus
 from chalicelib.store.fleet import Fleet
 from chalicelib.store.ondemand import REQUESTS_KEPT_PER_OWNER, OnDemandStore
 from tests.harness import redis_state
@@ -433,3 +434,29 @@ def test_what_one_caller_keeps_in_redis_by_opening_and_deleting_requests_is_boun
     # ...and both still count against the owner's limit of 3 VMs.
     assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 2}, headers=mine)[0] == 403
     assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1}, headers=mine)[0] == 201
+
+
+def test_a_request_fails_at_its_ttl_while_its_pools_template_is_still_being_prepared(make_stack, monkeypatch):
+    # Before, a pass whose pool's template was being prepared (create_template_delta_disks) left
+    # the pool's open requests alone: one whose preparation hung (a vCenter task that never
+    # ends) stayed open, 202 to its poller and counted by the on-demand limits, for data_ttl.
+    stack = make_stack(size=0, create_template_delta_disks="true")
+    provider = stack.services.provider("dummy")
+    statuses = provider.task_statuses
+
+    def hung(refs):
+        known = statuses([ref for ref in refs if ref != "prepare-hung"])
+        return {ref: known.get(ref, TaskStatus(TaskState.RUNNING)) for ref in refs}
+
+    monkeypatch.setattr(provider, "prepare_template", lambda pool: "prepare-hung")
+    monkeypatch.setattr(provider, "task_statuses", hung)
+    request_id = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 2})[1]["request_id"]
+    stack.reconcile("debian-12")
+    assert stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")[0] == 202
+    assert OnDemandStore(stack.services.store).get(request_id).vms == ()  # nothing cloned meanwhile
+    stack.clock.advance(5 * 60 + 1)
+    stack.reconcile("debian-12")
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
+    assert (status, body["message"]) == (
+        200, "The request failed to provision instances within the configured ondemand_request_ttl '5'")
+    assert open_requests(stack, "debian-12") == []
