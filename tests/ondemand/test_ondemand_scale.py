@@ -4,24 +4,18 @@ VMs, every VM of a deleted request is destroyed, and the counts everyone reads a
 
 from __future__ import annotations
 
-import re
 import threading
 
-from chalicelib import config as config_module
 from chalicelib.store.ondemand import OnDemandStore
 from tests.harness import assert_consistent
-from tests.ondemand.conftest import BASE_CONFIG
 
 AUTH = "\n:auth:\n  provider: dummy\n"
 USERS = 60
 BODIES = [{"debian": 1, "win-2022": 1}, {"linux": 2}, {"windows": 1}, {"debian-12": 1, "windows": 2}]
 
 
-def test_many_users_at_once_get_exactly_their_own_vms_and_deleted_requests_leave_nothing(make_harness):
-    text = BASE_CONFIG.format(experimental="true", size=1, task_time=0, clone_fail=0, disk_fail=0) + AUTH
-    for setting, value in (("ondemand_clone_limit", 20), ("ondemand_request_ttl", 60), ("task_limit", 20)):
-        text = re.sub(rf"(?m)^  {setting}: .*$", f"  {setting}: {value}", text)
-    stack = make_harness(config_module.parse(text))
+def test_many_users_at_once_get_exactly_their_own_vms_and_deleted_requests_leave_nothing(make_stack):
+    stack = make_stack(size=1, ondemand_clone_limit=20, ondemand_request_ttl=60, task_limit=20, extra=AUTH)
     tokens = [stack.new_token(f"user{n}", "password") for n in range(USERS)]
     requests: dict[int, str] = {}
     answers: list[int] = []
