@@ -25,19 +25,18 @@ def expired_message(ttl_minutes: int) -> str:
 
 def serve_requests(context: PassContext) -> None:
     """Reserve and clone the VMs each open request still lacks in this pool; fail the requests
-    that ran out of time or retries (their VMs go to completed). Nothing while the pool's
-    template is being prepared. A pool removed from the config builds nothing more: its open
-    requests fail at once (no pass would serve them, nor see them expire, once it is forgotten)."""
+    that ran out of time or retries (their VMs go to completed). Nothing is cloned while the
+    pool's template is being prepared, but requests still fail at their ttl (a preparation may
+    hang). A pool removed from the config builds nothing more: its open requests fail at once
+    (no pass would serve them, nor see them expire, once it is forgotten)."""
     requests = OnDemandStore(context.store)
     if context.draining:
         for request_id in requests.open_requests(context.pool.name):
             _fail(context, requests, request_id,
                   f"The request failed: its pool {context.pool.name} was removed from the configuration")
         return
-    if context.clones_held:
-        return
     service = context.service
-    limit = service.ondemand_clone_limit
+    limit = 0 if context.clones_held else service.ondemand_clone_limit  # 0: the script only checks
     for request_id in requests.open_requests(context.pool.name):
         reservation = requests.reserve(
             request_id, context.pool.name, limit, service.max_vm_retries, context.pool.template,
@@ -50,7 +49,7 @@ def serve_requests(context: PassContext) -> None:
             _fail(context, requests, request_id,
                   f"The request failed: {reservation.failed} attempts to build its VMs failed "
                   f"(max_vm_retries {service.max_vm_retries})")
-        elif reservation.state == "open":
+        elif reservation.state == "open" and limit:
             clones.start_clones(context, list(reservation.reserved))
             context.report.followups += 1  # look again soon: VMs to hand over or slots to wait for
 

@@ -60,6 +60,8 @@ family through these validators.
     vmtasks:<hostname>       list    disk/snapshot tasks queued for a VM (store/vm_tasks.py)
     vmtasks:pool:<pool>      zset    VMs of the pool with queued or running tasks
     holdings:<owner hash>    zset    what one owner holds: checked-out VMs and on-demand requests
+    requests:<owner hash>    zset    the on-demand requests one owner opened and Redis still keeps, by
+                                     creation time (store/ondemand.REQUESTS_KEPT_PER_OWNER)
     ratelimit:<class>:<who>  string  requests of a client (a token's user, hashed, or an address) in the window
     token:<sha256>           hash    an API token's user and times (auth/tokens.py)
     user:<user>:tokens       set     a user's token hashes
@@ -95,7 +97,9 @@ DERIVED_KEYS: Mapping[str, str] = {
                 "inside the step that takes it (naming them first would cost the read a round trip and "
                 "let two requests plan on the same VM); and, through quota.lua, what the owner holds",
     "ondemand_create": "through quota.lua, the records of what the owner holds: the holdings set names "
-                       "them, and reading it first would let two requests pass the owner's limit together",
+                       "them, and reading it first would let two requests pass the owner's limit together; "
+                       "and the records and VM sets of the owner's oldest requests, which it forgets once "
+                       "they have ended (the owner's requests set names them)",
     "move": "only when given no pool (DELETE /vm/<hostname>: one round trip, no read first): the state "
             "sets and wake list of the pool the VM's record names",
     "reserve_clones": "the records of the VMs in the pool's pending set and in the cloning set: they are "
@@ -258,6 +262,9 @@ class Keys:
 
     def holdings(self, owner_hash: str) -> str:
         return f"{self.prefix}holdings:{owner_hash}"
+
+    def owner_requests(self, owner_hash: str) -> str:
+        return f"{self.prefix}requests:{owner_hash}"
 
     def rate_limit(self, request_class: str, client: str) -> str:
         return f"{self.prefix}ratelimit:{request_class}:{client}"

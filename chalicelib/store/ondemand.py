@@ -25,6 +25,10 @@ FAILED = "failed"
 DELETED = "deleted"
 OPEN_SETS_PER_CALL = 1000
 """Pools' open-request sets one call of lua/union_members.lua reads (OnDemandStore.waiting)."""
+REQUESTS_KEPT_PER_OWNER = 100
+"""Ended (deleted or failed) requests an owner's GET may still see: when the owner opens another,
+the oldest beyond these are forgotten (lua/ondemand_create.lua). What a caller keeps in Redis by
+opening and deleting requests is bounded by it, not by how fast it can send them."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,9 @@ class OnDemandStore:
         id_generated: bool = False,
     ) -> bool:
         """Record a new open request and queue it for its pools. False when the id is taken;
-        QuotaExceeded (nothing recorded) when it would pass a limit of ``quota``.
+        QuotaExceeded (nothing recorded) when it would pass a limit of ``quota``. With a quota, the
+        request joins its owner's kept requests, and the oldest beyond REQUESTS_KEPT_PER_OWNER
+        that have ended are forgotten.
         ``token_user``/``token_id`` are copied onto its VMs, so GET /token/<t> lists them;
         ``id_generated`` says the service drew the id (not the client)."""
         fields = {
@@ -138,8 +144,11 @@ class OnDemandStore:
             key_list.add(self.keys.wake(pool))
         limits = "" if quota is None else json.dumps(
             quota.payload(self.keys, key_list, self.store.holdings_ttl_seconds))
+        owner_requests = 0 if quota is None else key_list.add(quota.requests_key(self.keys))
         args: list[str | int] = [
             request_id, repr(now), self.store.data_ttl_seconds, json.dumps(fields), wanted, limits, len(pools),
+            owner_requests, REQUESTS_KEPT_PER_OWNER, self.keys.ondemand(KEY_PART), self.keys.ondemand_vms(KEY_PART),
+            self.keys.vm(KEY_PART),
         ]
         answer = self.store.run_counted(quota, now, lambda: self.scripts.ondemand_create(keys=key_list.keys, args=args),
                                         lambda answer: answer)

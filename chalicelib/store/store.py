@@ -137,7 +137,14 @@ class Quota:
 
     def holdings_key(self, keys: Keys) -> str:
         """The owner's holdings set (named by a hash of the owner)."""
-        return keys.holdings(hashlib.sha256(self.owner.encode("utf-8")).hexdigest()[:32])
+        return keys.holdings(self._owner_hash())
+
+    def requests_key(self, keys: Keys) -> str:
+        """The set of the owner's on-demand requests Redis keeps (named by a hash of the owner)."""
+        return keys.owner_requests(self._owner_hash())
+
+    def _owner_hash(self) -> str:
+        return hashlib.sha256(self.owner.encode("utf-8")).hexdigest()[:32]
 
     def payload(self, keys: Keys, key_list: KeyList, ttl_seconds: int) -> dict[str, Any]:
         """What lua/quota.lua reads, its keys added to ``key_list``."""

@@ -295,6 +295,7 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
     request_ids = [name for name in HOSTILE_NAMES if REQUEST_ID_PATTERN.match(name)]
     users = sorted({canonical_user(name) for name in HOSTILE_NAMES} - {""})
     addresses = sorted({address_key(name) or "unknown" for name in HOSTILE_NAMES})
+    owners = {*(quota_owner(u, "") for u in users), *(quota_owner(None, a) for a in addresses)}
     token_hashes = [hash_token(name) for name in HOSTILE_NAMES]
     families: dict[str, list[tuple[str, str]]] = {
         "vm": [(h, keys.vm(h)) for h in HOSTILE_NAMES],
@@ -307,8 +308,8 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
         "login_address": [(a, keys.login_address(a)) for a in addresses],
         "login_user_in_flight": [(u, keys.login_in_flight(keys.login_user(_user_part(u)))) for u in users],
         "login_address_in_flight": [(a, keys.login_in_flight(keys.login_address(a))) for a in addresses],
-        "holdings": [(o, holdings(o)) for o in {*(quota_owner(u, "") for u in users),
-                                                 *(quota_owner(None, a) for a in addresses)}],
+        "holdings": [(o, holdings(o)) for o in owners],
+        "owner_requests": [(o, Quota(o, 1, 1, ()).requests_key(keys)) for o in owners],
         "rate_limit": [(f"{c} {w}", keys.rate_limit(c, w))
                        for c in ("vm_creation", "vm_deletion", "authenticated", "global_per_ip")
                        for w in {*(rate_limit_client(token_id(t), "") for t in token_hashes),

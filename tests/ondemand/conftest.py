@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import pytest
@@ -50,14 +51,17 @@ BASE_CONFIG = """
 @pytest.fixture
 def make_stack(make_harness: HarnessFactory) -> Callable[..., Harness]:
     """Build the service with a config: ``make_stack(experimental=True, size=2, ...)``; other
-    keyword arguments are keys of ``:config:`` (``max_running_vms=6``)."""
+    keyword arguments are keys of ``:config:`` (``max_running_vms=6``, ``ondemand_clone_limit=20``)."""
 
     def build(experimental: bool = True, size: int = 2, task_time: float = 0, clone_fail: float = 0,
               disk_fail: float = 0, extra: str = "", **settings: object) -> Harness:
         text = BASE_CONFIG.format(experimental=str(experimental).lower(), size=size, task_time=task_time,
                                   clone_fail=clone_fail, disk_fail=disk_fail) + extra
-        lines = "".join(f"  {key}: {value}\n" for key, value in settings.items())  # more :config: keys
-        text = text.replace(":config:\n", ":config:\n" + lines, 1)
+        for key, value in settings.items():  # :config: keys, the base's own replaced (YAML keeps the last)
+            line = f"  {key}: {value}"
+            text, replaced = re.subn(rf"(?m)^  {re.escape(key)}: .*$", line, text, count=1)
+            if not replaced:
+                text = text.replace(":config:\n", f":config:\n{line}\n", 1)
         return make_harness(config_module.parse(text))
 
     return build

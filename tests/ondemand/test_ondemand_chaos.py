@@ -79,3 +79,36 @@ def test_many_passes_at_once_build_a_request_once(make_stack):
         stack.clock.advance(31)
     stack.run_passes("debian-12")
     assert_converged(stack, checked_out, request_id, "concurrent passes")
+
+
+@pytest.mark.parametrize("first", ["debian-12", "win-2022", "both at once"])
+def test_a_request_expiring_as_its_last_vms_boot_is_ready_with_all_or_failed_with_none(make_stack, first):
+    """Its VMs in two pools booted, the request's ttl passed before either pool's pass handed them
+    over: whichever pass comes first, or both at once, the request ends ready with every VM
+    running for it, or failed with every VM destroyed; never part of each. (One pass first: it
+    hands its VM over, then finds the request expired, and fails it; both at once: each hands its
+    VMs over before either looks at the time, and it is ready.)"""
+    stack = make_stack(size=0)
+    request_id = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1, "win-2022": 2})[1]["request_id"]
+    stack.reconcile("debian-12")
+    stack.reconcile("win-2022")
+    stack.clock.advance(5 * 60 + 1)  # booted (30 s) and past ondemand_request_ttl (5 minutes)
+    if first == "both at once":
+        pools = iter(["debian-12", "win-2022"] * 3)
+        run_at_once(lambda: stack.reconcile(next(pools)), threads=6)
+    else:
+        stack.reconcile(first)
+    stack.run_passes(passes=2)
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
+    assert status == 200
+    vms = OnDemandStore(stack.services.store).get(request_id).vms
+    states = {vm.name: stack.state_of(vm.name) for vm in vms}
+    if body["ready"]:
+        hosts = {host.split(".")[0] for name in ("debian", "win-2022") for host in body[name]["hostname"]}
+        assert len(hosts) == 3 and {states[host] for host in hosts} == {"running"}, (first, states)
+    else:
+        assert body["message"].startswith("The request failed"), body
+        assert set(states.values()) == {"destroyed"}, (first, states)
+    for pool in ("debian-12", "win-2022"):
+        extra = stack.provider_vms(pool) - stack.hosts(pool, "running") - stack.hosts(pool, "ready")
+        assert extra == set(), [(h, stack.services.store.get_vm(h)) for h in extra]

@@ -9,10 +9,12 @@ from types import SimpleNamespace
 import pytest
 
 from chalicelib import config as config_module
+from chalicelib.api.ondemand import DELETED_MESSAGE
 from chalicelib.manager.dispatch import Ticker, look_at
 from chalicelib.manager.pool_queue import DRAIN, PoolMessage
+from chalicelib.providers.base import TaskState, TaskStatus
 from chalicelib.store.fleet import Fleet
-from chalicelib.store.ondemand import OnDemandStore
+from chalicelib.store.ondemand import REQUESTS_KEPT_PER_OWNER, OnDemandStore
 from tests.harness import redis_state
 from tests.ondemand.conftest import BASE_CONFIG
 
@@ -384,3 +386,77 @@ def test_requests_for_a_pool_removed_from_the_config_fail_and_their_vms_are_dest
     assert {stack.state_of(host) for host in building} == {"destroyed"}
     assert open_requests(stack, "slow") == [] and open_requests(stack, "debian-12") == []
     assert Fleet(services.store).names() == {"debian-12", "win-2022"}  # drained and forgotten
+
+
+def request_records(stack) -> int:
+    """Requests Redis holds a record of (their hashes)."""
+    keys = stack.services.store.keys
+    return sum(1 for key in stack.services.client.scan_iter(keys.ondemand("*"))
+               if stack.services.client.type(key) == "hash")
+
+
+def test_what_one_caller_keeps_in_redis_by_opening_and_deleting_requests_is_bounded(make_stack):
+    # Before, every request ended (deleted or failed) kept its record for data_ttl (7 days): one
+    # client creating and deleting requests in a loop (about 160 a second against `make run`)
+    # added a kilobyte each, some 14 GB a day. An owner keeps its newest REQUESTS_KEPT_PER_OWNER
+    # ended requests; the older ones are forgotten (404), never one that is open or holds VMs.
+    stack = make_stack(size=0, max_running_vms_per_user=3, extra=AUTH)
+    token, other = stack.new_token("churner", "password"), stack.new_token("bystander", "password")
+    mine = {"X-AUTH-TOKEN": token}
+    status, body = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1}, headers=mine)
+    held = body["request_id"]
+    stack.run_passes("debian-12")
+    assert stack.answer("GET", f"/api/v3/ondemandvm/{held}", headers=mine)[1]["ready"] is True
+    status, body = stack.answer("POST", "/api/v3/ondemandvm", {"win-2022": 1}, headers=mine)
+    still_open = body["request_id"]
+    theirs = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1}, headers={"X-AUTH-TOKEN": other})[1]
+    stack.answer("DELETE", f"/api/v3/ondemandvm/{theirs['request_id']}", headers={"X-AUTH-TOKEN": other})
+
+    ended: list[str] = []
+    for _ in range(3 * REQUESTS_KEPT_PER_OWNER):
+        stack.clock.advance(0.01)  # kept by creation time
+        status, body = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1}, headers=mine)
+        assert status == 201, body
+        ended.append(body["request_id"])
+        assert stack.answer("DELETE", f"/api/v3/ondemandvm/{ended[-1]}", headers=mine)[0] == 200
+    assert request_records(stack) == REQUESTS_KEPT_PER_OWNER + 1  # and the bystander's
+    # The newest ended requests still answer; the oldest are forgotten.
+    assert stack.answer("GET", f"/api/v3/ondemandvm/{ended[-1]}", headers=mine)[1]["message"] == DELETED_MESSAGE
+    assert stack.answer("GET", f"/api/v3/ondemandvm/{ended[0]}", headers=mine)[0] == 404
+    # Another owner's ended request, the open one and the one holding a running VM stay whole.
+    assert stack.answer("GET", f"/api/v3/ondemandvm/{theirs['request_id']}",
+                        headers={"X-AUTH-TOKEN": other})[1]["message"] == DELETED_MESSAGE
+    assert stack.answer("GET", f"/api/v3/ondemandvm/{still_open}", headers=mine)[0] == 202
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{held}", headers=mine)
+    assert status == 200 and body["ready"] is True
+    host = body["debian"]["hostname"][0].split(".")[0]
+    assert stack.state_of(host) == "running"
+    # ...and both still count against the owner's limit of 3 VMs.
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 2}, headers=mine)[0] == 403
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1}, headers=mine)[0] == 201
+
+
+def test_a_request_fails_at_its_ttl_while_its_pools_template_is_still_being_prepared(make_stack, monkeypatch):
+    # Before, a pass whose pool's template was being prepared (create_template_delta_disks) left
+    # the pool's open requests alone: one whose preparation hung (a vCenter task that never
+    # ends) stayed open, 202 to its poller and counted by the on-demand limits, for data_ttl.
+    stack = make_stack(size=0, create_template_delta_disks="true")
+    provider = stack.services.provider("dummy")
+    statuses = provider.task_statuses
+
+    def hung(refs):
+        known = statuses([ref for ref in refs if ref != "prepare-hung"])
+        return {ref: known.get(ref, TaskStatus(TaskState.RUNNING)) for ref in refs}
+
+    monkeypatch.setattr(provider, "prepare_template", lambda pool: "prepare-hung")
+    monkeypatch.setattr(provider, "task_statuses", hung)
+    request_id = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 2})[1]["request_id"]
+    stack.reconcile("debian-12")
+    assert stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")[0] == 202
+    assert OnDemandStore(stack.services.store).get(request_id).vms == ()  # nothing cloned meanwhile
+    stack.clock.advance(5 * 60 + 1)
+    stack.reconcile("debian-12")
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
+    assert (status, body["message"]) == (
+        200, "The request failed to provision instances within the configured ondemand_request_ttl '5'")
+    assert open_requests(stack, "debian-12") == []

@@ -1,9 +1,11 @@
 -- Create an on-demand request unless its id is taken (a duplicate is the client's 409), and
 -- nudge the reconcile of each pool that builds it, in the same step.
 -- KEYS[1] the request, then for each of the n pools to build in its open-request set and its wake
--- list (KEYS[2], KEYS[3], ...); then quota.lua's keys.
+-- list (KEYS[2], KEYS[3], ...); then quota.lua's keys and the owner's requests set.
 -- ARGV: request id, now, record ttl seconds, JSON {field: value}, VMs asked for,
--- JSON quota (see quota.lua; '' for none), n.
+-- JSON quota (see quota.lua; '' for none), n, the index in KEYS of the owner's requests set (0 for
+-- none), how many of them to keep, then the templates of the keys named by the requests it
+-- lists (keys.DERIVED_KEYS): request_template, request_vms_template, vm_template.
 -- Returns 1 when created, 0 when a request with that id exists, or the limit it would pass.
 local id, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local key = KEYS[1]
@@ -29,5 +31,48 @@ for i = 1, tonumber(ARGV[7]) do
   redis.call('LPUSH', wake_key, '1')
   redis.call('LTRIM', wake_key, 0, 0)
   redis.call('EXPIRE', wake_key, 60)
+end
+
+-- Whether the request 'old' (its key part) still matters to its owner's limits: open, or ready
+-- with a VM of it running.
+local request_template, request_vms_template, vm_template = ARGV[10], ARGV[11], ARGV[12]
+local function holding(old)
+  local state = redis.call('HGET', key_of(request_template, old), 'state')
+  if state == 'open' then
+    return true
+  end
+  if state ~= 'ready' then
+    return false
+  end
+  for _, host in ipairs(redis.call('ZRANGE', key_of(request_vms_template, old), 0, -1)) do
+    if redis.call('HGET', key_of(vm_template, host), 'state') == 'running' then
+      return true
+    end
+  end
+  return false
+end
+
+-- The owner keeps its newest requests only: each one it opens forgets its oldest that ended
+-- beyond the number kept, so what a caller keeps in Redis is bounded however fast it opens and
+-- deletes requests. The ones still holding something are kept, bounded by the owner's limits.
+local owned_index = tonumber(ARGV[8])
+if owned_index > 0 then
+  local owned, kept = KEYS[owned_index], tonumber(ARGV[9])
+  redis.call('ZADD', owned, now, id)
+  redis.call('EXPIRE', owned, ttl)
+  local excess = redis.call('ZCARD', owned) - kept
+  if excess > 0 then
+    for _, old_id in ipairs(redis.call('ZRANGE', owned, 0, -1)) do
+      if excess == 0 then
+        break
+      end
+      local old = request_part(old_id)
+      if not holding(old) then
+        redis.call('DEL', key_of(request_template, old), key_of(request_vms_template, old))
+        redis.call('ZREM', owned, old_id)
+        excess = excess - 1
+      end
+    end
+  end
 end
 return 1
