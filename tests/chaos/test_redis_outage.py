@@ -116,10 +116,16 @@ class Service:
 
 
 @pytest.fixture(params=["config", "url"])
-def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]:
+def service(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
     """The API and the scheduler on a Redis of their own, on a fixed port that outlives it.
     Built the way a Lambda builds them, with the Redis client from the config's ``:redis:``
-    block (as in AWS) or from VMPOOL_REDIS_URL (as in the local stack)."""
+    block (as in AWS) or from VMPOOL_REDIS_URL (as in the local stack).
+
+    Without EMF metrics, as the local stack runs: the scheduler's threads run from setup to
+    teardown, and pytest captures stdout only within each phase, so a metric printed in
+    between (the first tick as setup ends, any pass while a failure's report is written) went
+    to the terminal."""
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
     server = RedisServer(port=free_port(), data_dir=tmp_path / "redis", persist=True).start()
     environ = {"VMPOOL_CONFIG": CONFIG.replace("{port}", str(server.port))}
     if request.param == "url":
@@ -137,12 +143,13 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]
     try:
         yield Service(server, services, http_server.server_address[1])
     finally:
-        scheduler.stop()
+        stopped = scheduler.stop()
         http_server.shutdown()
         http_server.server_close()
         app._services = saved
         client.close()
         server.stop()
+    assert stopped, "the scheduler's threads outlived the test"
 
 
 def _until_healthy(load: Load, since: float, timeout: float) -> float:
