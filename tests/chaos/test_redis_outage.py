@@ -41,6 +41,10 @@ CONFIG = f"""
 POOL = "outage"
 IN_FLIGHT_BOUND = 4.0
 """redis-py 8 retries a command whose connection broke 10 times, backing off up to 1 s."""
+SLACK = 1.0
+"""What a busy machine may add to a request's time, at least; twice the slowest answer while
+Redis was up when that is more. The bounds were fixed before: a 2-core machine at load 11 took
+1.4 and 1.7 s to answer a 503 that costs milliseconds (2 failures in 48 restarted runs)."""
 
 
 @dataclass
@@ -161,6 +165,11 @@ def _until_healthy(load: Load, since: float, timeout: float) -> float:
     return time.monotonic() - since
 
 
+def _slack(replies: list[Reply]) -> float:
+    """What the machine adds to a request now: SLACK, or twice the slowest of ``replies``."""
+    return max([SLACK, *(2 * reply.seconds for reply in replies)])
+
+
 def _assert_clean_outage(replies: list[Reply], bound: float) -> None:
     assert replies, "no request was answered while Redis was down"
     for reply in replies:
@@ -174,8 +183,13 @@ def _assert_clean_outage(replies: list[Reply], bound: float) -> None:
 def test_api_answers_503_quickly_while_redis_is_out_and_recovers_without_a_restart(
         service: Service, outage: str) -> None:
     with Load(service.port) as load:
-        time.sleep(0.5)
-        assert any(r.status == 200 for r in load.replies), "the service never worked"
+        time.sleep(1.0)
+        healthy = [r for r in list(load.replies) if r.status == 200]
+        assert healthy, "the service never worked"
+        slack = _slack(healthy)
+        # Each request sent while Redis was out answers within this (a refused connection costs
+        # nothing, a frozen Redis one socket timeout) plus what the machine adds.
+        bound = slack if outage == "restarted" else SOCKET_TIMEOUT + slack
         process = service.redis_server.process
         assert process is not None
         if outage == "restarted":
@@ -183,9 +197,10 @@ def test_api_answers_503_quickly_while_redis_is_out_and_recovers_without_a_resta
         else:
             process.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
         down_from = time.monotonic()
-        # Frozen: long enough that clients caught in flight (up to IN_FLIGHT_BOUND) still send
-        # requests inside the outage window checked below (it was one socket timeout: flaky).
-        time.sleep(4.0 if outage == "restarted" else IN_FLIGHT_BOUND + 2 * SOCKET_TIMEOUT + 1.0)
+        # Long enough that requests are sent inside the window checked below, [down_from,
+        # down_until - bound]; frozen: after clients caught in flight (up to IN_FLIGHT_BOUND)
+        # are answered (it was one socket timeout: flaky).
+        time.sleep(bound + 3.0 if outage == "restarted" else IN_FLIGHT_BOUND + bound + 1.5)
         down_until = time.monotonic()
         if outage == "restarted":
             service.redis_server.start()  # same port, same data
@@ -198,13 +213,13 @@ def test_api_answers_503_quickly_while_redis_is_out_and_recovers_without_a_resta
     assert load.errors == []
     assert not [r for r in load.replies if r.status >= 500 and r.status != 503], "a 5xx other than 503"
     # Requests sent while Redis was out: 503 JSON, each within the client's socket timeout.
-    bound = 1.0 if outage == "restarted" else SOCKET_TIMEOUT + 1.0
     _assert_clean_outage(load.between(down_from, down_until - bound), bound)
     # Requests caught in flight when Redis went away: redis-py retries them (up to ~2.3 s of
     # backoff), then they answer, whichever way; none hangs.
+    busy = slack - SLACK  # what the machine adds beyond what the fixed bounds allow for
     for reply in load.between(down_from - 0.5, down_from):
-        assert reply.seconds < IN_FLIGHT_BOUND, f"{reply.call} in flight took {reply.seconds:.2f} s"
-    assert recovery < 5.0
+        assert reply.seconds < IN_FLIGHT_BOUND + busy, f"{reply.call} in flight took {reply.seconds:.2f} s"
+    assert recovery < 5.0 + busy
     # Once back, the same process serves checkouts again and the pool's data survived.
     recent = load.between(back + recovery, time.monotonic())
     failed = [(r.call, r.status, r.body) for r in recent if r.status != 200]
