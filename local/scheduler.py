@@ -45,6 +45,9 @@ HELD_ELSEWHERE_SECONDS = 1.0
 """How soon a pool whose lease another process holds is tried again when nudged. Each try nudges
 the holder through the pool's wake list, which this scheduler's own listener pops too: without a
 pause the two spun (a try, a nudge, a try...) for as long as the lease was held, most of a core."""
+STOP_SECONDS = 60.0
+"""How long ``LocalScheduler.stop`` waits for a pass in progress: longer than a pass takes on
+a loaded machine, short enough that Ctrl-C of `make run` does not seem to hang."""
 
 
 def merged(first: PoolMessage, second: PoolMessage) -> PoolMessage:
@@ -163,10 +166,20 @@ class LocalScheduler:
                         extra={"vms": abandoned})
         return released
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_SECONDS) -> bool:
+        """Stop ticking and reconciling, and wait up to ``timeout`` seconds in all for the
+        threads to end (a pass in progress is finished first, no new one starts). Returns
+        whether they all did: one still running goes on using the services, and printing their
+        metrics, after the caller has closed them (before, stop gave each thread 5 s and went
+        on: a pass slower than that on a loaded machine ran on into the next test)."""
         self._stopping.set()
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout=5)
+            thread.join(max(deadline - time.monotonic(), 0.0))
+        running = [thread.name for thread in self._threads if thread.is_alive()]
+        if running:
+            logger.warning("scheduler threads still running after stop", extra={"threads": running})
+        return not running
 
     def _tick_loop(self) -> None:
         while not self._stopping.is_set():

@@ -41,6 +41,10 @@ CONFIG = f"""
 POOL = "outage"
 IN_FLIGHT_BOUND = 4.0
 """redis-py 8 retries a command whose connection broke 10 times, backing off up to 1 s."""
+SLACK = 1.0
+"""What a busy machine may add to a request's time, at least; twice the slowest answer while
+Redis was up when that is more. The bounds were fixed before: a 2-core machine at load 11 took
+1.4 and 1.7 s to answer a 503 that costs milliseconds (2 failures in 48 restarted runs)."""
 
 
 @dataclass
@@ -116,10 +120,16 @@ class Service:
 
 
 @pytest.fixture(params=["config", "url"])
-def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]:
+def service(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
     """The API and the scheduler on a Redis of their own, on a fixed port that outlives it.
     Built the way a Lambda builds them, with the Redis client from the config's ``:redis:``
-    block (as in AWS) or from VMPOOL_REDIS_URL (as in the local stack)."""
+    block (as in AWS) or from VMPOOL_REDIS_URL (as in the local stack).
+
+    Without EMF metrics, as the local stack runs: the scheduler's threads run from setup to
+    teardown, and pytest captures stdout only within each phase, so a metric printed in
+    between (the first tick as setup ends, any pass while a failure's report is written) went
+    to the terminal."""
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
     server = RedisServer(port=free_port(), data_dir=tmp_path / "redis", persist=True).start()
     environ = {"VMPOOL_CONFIG": CONFIG.replace("{port}", str(server.port))}
     if request.param == "url":
@@ -137,12 +147,13 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]
     try:
         yield Service(server, services, http_server.server_address[1])
     finally:
-        scheduler.stop()
+        stopped = scheduler.stop()
         http_server.shutdown()
         http_server.server_close()
         app._services = saved
         client.close()
         server.stop()
+    assert stopped, "the scheduler's threads outlived the test"
 
 
 def _until_healthy(load: Load, since: float, timeout: float) -> float:
@@ -152,6 +163,27 @@ def _until_healthy(load: Load, since: float, timeout: float) -> float:
 
     eventually(checked_out, timeout - (time.monotonic() - since), "a successful checkout after Redis came back")
     return time.monotonic() - since
+
+
+def _story(load: Load, services: Services, failed: Reply, down_from: float) -> str:
+    """A failed reply, every reply naming its VM (times from the outage's start) and the VM's
+    record now: who moved it, and when (it failed once, a DELETE's 404 'not running', unexplained)."""
+    lines = [f"{failed.call}: {failed.status} {failed.body}"]
+    host = failed.call.rsplit("/", 1)[-1].split(".")[0]
+    if failed.call.startswith("POST"):
+        return lines[0]
+    for reply in list(load.replies):
+        if host in reply.call or host in json.dumps(reply.body):
+            lines.append(f"  {reply.started - down_from:+.3f} s ({reply.seconds:.3f} s) {reply.call}: "
+                         f"{reply.status} {reply.body}")
+    record = services.store.get_first_vm([host])
+    lines.append(f"  its record: {dict(record.raw) if record else None}")
+    return "\n".join(lines)
+
+
+def _slack(replies: list[Reply]) -> float:
+    """What the machine adds to a request now: SLACK, or twice the slowest of ``replies``."""
+    return max([SLACK, *(2 * reply.seconds for reply in replies)])
 
 
 def _assert_clean_outage(replies: list[Reply], bound: float) -> None:
@@ -167,8 +199,13 @@ def _assert_clean_outage(replies: list[Reply], bound: float) -> None:
 def test_api_answers_503_quickly_while_redis_is_out_and_recovers_without_a_restart(
         service: Service, outage: str) -> None:
     with Load(service.port) as load:
-        time.sleep(0.5)
-        assert any(r.status == 200 for r in load.replies), "the service never worked"
+        time.sleep(1.0)
+        healthy = [r for r in list(load.replies) if r.status == 200]
+        assert healthy, "the service never worked"
+        slack = _slack(healthy)
+        # Each request sent while Redis was out answers within this (a refused connection costs
+        # nothing, a frozen Redis one socket timeout) plus what the machine adds.
+        bound = slack if outage == "restarted" else SOCKET_TIMEOUT + slack
         process = service.redis_server.process
         assert process is not None
         if outage == "restarted":
@@ -176,9 +213,10 @@ def test_api_answers_503_quickly_while_redis_is_out_and_recovers_without_a_resta
         else:
             process.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
         down_from = time.monotonic()
-        # Frozen: long enough that clients caught in flight (up to IN_FLIGHT_BOUND) still send
-        # requests inside the outage window checked below (it was one socket timeout: flaky).
-        time.sleep(4.0 if outage == "restarted" else IN_FLIGHT_BOUND + 2 * SOCKET_TIMEOUT + 1.0)
+        # Long enough that requests are sent inside the window checked below, [down_from,
+        # down_until - bound]; frozen: after clients caught in flight (up to IN_FLIGHT_BOUND)
+        # are answered (it was one socket timeout: flaky).
+        time.sleep(bound + 3.0 if outage == "restarted" else IN_FLIGHT_BOUND + bound + 1.5)
         down_until = time.monotonic()
         if outage == "restarted":
             service.redis_server.start()  # same port, same data
@@ -191,16 +229,16 @@ def test_api_answers_503_quickly_while_redis_is_out_and_recovers_without_a_resta
     assert load.errors == []
     assert not [r for r in load.replies if r.status >= 500 and r.status != 503], "a 5xx other than 503"
     # Requests sent while Redis was out: 503 JSON, each within the client's socket timeout.
-    bound = 1.0 if outage == "restarted" else SOCKET_TIMEOUT + 1.0
     _assert_clean_outage(load.between(down_from, down_until - bound), bound)
     # Requests caught in flight when Redis went away: redis-py retries them (up to ~2.3 s of
     # backoff), then they answer, whichever way; none hangs.
+    busy = slack - SLACK  # what the machine adds beyond what the fixed bounds allow for
     for reply in load.between(down_from - 0.5, down_from):
-        assert reply.seconds < IN_FLIGHT_BOUND, f"{reply.call} in flight took {reply.seconds:.2f} s"
-    assert recovery < 5.0
+        assert reply.seconds < IN_FLIGHT_BOUND + busy, f"{reply.call} in flight took {reply.seconds:.2f} s"
+    assert recovery < 5.0 + busy
     # Once back, the same process serves checkouts again and the pool's data survived.
     recent = load.between(back + recovery, time.monotonic())
-    failed = [(r.call, r.status, r.body) for r in recent if r.status != 200]
-    assert recent and not failed, failed
+    failed = [r for r in recent if r.status != 200]
+    assert recent and not failed, "\n".join(_story(load, service.services, r, down_from) for r in failed)
     counts = service.services.store.counts([POOL])[POOL]
     assert counts["ready"] + counts["pending"] > 0

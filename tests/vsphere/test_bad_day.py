@@ -139,6 +139,9 @@ def test_wrong_password_fails_each_pass_as_a_permission_error_and_never_shows_it
     config = vcsim_config(vcsim, [{"name": POOL, "size": 2, "folder": "vmpool/wrong-password"}],
                           provider={"password": secret, "server": f"localhost:{vcsim.port}"})
     services = Services(config, redis_client, FakeClock())
+    # No session left from another test: the process keeps one per (host, port, user), and a
+    # password takes effect at its next login (test_provider.py's tests log in as localhost too).
+    connections.drop(connections.Endpoint("localhost", vcsim.port, launcher.USERNAME, password=""))
     caplog.set_level(logging.DEBUG)
     reports = [run_pool(services, POOL, 0.0) for _ in range(2)]
     assert all(report.failures and "refused the login" in report.failures[0] for report in reports)
