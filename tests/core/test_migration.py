@@ -31,6 +31,12 @@ def migration(world: Harness, hostname: str) -> str | None:
     return record.raw.get("migration")
 
 
+def die_after_the_slot(step: str) -> None:
+    """A checkpoint that kills the pass once it took a migration slot, before it starts one."""
+    if step == "migration_slot":
+        raise Killed(step)
+
+
 def test_checked_out_vms_move_one_at_a_time_and_get_tells_the_truth(
         make_harness: HarnessFactory) -> None:
     world = stack(make_harness, limit=1,
@@ -116,10 +122,6 @@ def test_a_pass_killed_after_taking_a_slot_frees_it_after_the_grace(
     world.fill("mig")
     [host] = world.checkout_vms("mig", 1)
 
-    def die_after_the_slot(step: str) -> None:
-        if step == "migration_slot":
-            raise Killed(step)
-
     with pytest.raises(Killed):
         world.reconcile("mig", die_after_the_slot)
     assert world.migrations_in_flight() == 1 and migration(world, host) == "started"
@@ -141,10 +143,6 @@ def test_a_migration_start_time_broken_in_redis_fails_neither_the_pass_nor_the_v
     world = stack(make_harness, limit=1, dummy=", migratevm_couldmove_percent: 100")
     world.fill("mig")
     [host] = world.checkout_vms("mig", 1)
-
-    def die_after_the_slot(step: str) -> None:
-        if step == "migration_slot":
-            raise Killed(step)
 
     with pytest.raises(Killed):
         world.reconcile("mig", die_after_the_slot)
