@@ -13,6 +13,8 @@ import threading
 import time
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from chalicelib.clock import FakeClock
 from chalicelib.config import Config, parse
@@ -21,8 +23,9 @@ from chalicelib.providers.dummy import DummyProvider
 from chalicelib.store import CheckoutRequest, Store, StoreUnavailable, connect
 from chalicelib.store.store import UNCONFIRMED_SECONDS
 from local.redis_server import RedisServer
+from tests.support import eventually
 
-BUSY_SECONDS = 1.0
+BUSY_SECONDS = 2.0
 SOCKET_TIMEOUT = 0.2
 BUSY_SCRIPT = """
 local t0 = redis.call('TIME')
@@ -54,13 +57,29 @@ def _slow_pool(redis_server: RedisServer, redis_client: redis.Redis) -> tuple[Co
     return config, clock, store, provider
 
 
+def _redis_is_busy(port: int) -> bool:
+    """True once Redis no longer answers a PING within the checkout's socket timeout: the busy
+    script holds it (the PING is answered once the script ends). No retry: redis-py's default
+    one would reconnect and wait again, until the script ends."""
+    probe = redis.Redis(port=port, socket_timeout=SOCKET_TIMEOUT, retry=Retry(NoBackoff(), 0))
+    try:
+        probe.ping()
+        return False
+    except redis.TimeoutError:
+        return True
+    finally:
+        probe.close()
+
+
 def test_a_checkout_that_timed_out_runs_at_most_once_and_its_vm_comes_back(
         redis_server: RedisServer, redis_client: redis.Redis) -> None:
     config, clock, store, provider = _slow_pool(redis_server, redis_client)
     busy = threading.Thread(target=lambda: redis.Redis(port=redis_server.port).eval(
         BUSY_SCRIPT, 0, int(BUSY_SECONDS * 1_000_000)))
     busy.start()
-    time.sleep(0.1)  # the busy script is running: Redis answers nobody until it ends
+    # Not a fixed sleep: on a loaded machine the thread may not have sent the script yet, and a
+    # checkout that runs first succeeds. Redis answers nobody while the script runs.
+    eventually(lambda: _redis_is_busy(redis_server.port), 10, "the busy script to hold Redis")
     started = time.monotonic()
     try:
         store.checkout([CheckoutRequest("slow", ["slow"], 1)], clock.now(), {"lifetime": "2"})
@@ -69,11 +88,14 @@ def test_a_checkout_that_timed_out_runs_at_most_once_and_its_vm_comes_back(
         raised = True
     took = time.monotonic() - started
     busy.join()
-    time.sleep(0.2)  # whatever was queued behind the busy script has run by now
 
     assert raised, "the checkout answered although Redis was busy for longer than the timeout"
-    assert took < SOCKET_TIMEOUT + 0.5, f"the failed checkout took {took:.2f} s"
-    taken = store.hostnames("slow", "running")
+    # Well under the busy script's time: the checkout gave up on its own socket timeout instead
+    # of waiting for Redis (the retries that could add up to it are counted below).
+    assert took < BUSY_SECONDS / 2, f"the failed checkout took {took:.2f} s"
+    # The checkout queued behind the busy script runs once Redis gets to it; any retry was sent
+    # before the checkout raised, so it is queued ahead of this poll and has run too.
+    taken = eventually(lambda: store.hostnames("slow", "running"), 10, "the queued checkout to run")
     assert len(taken) == 1, f"the checkout queued behind the busy script took {len(taken)} VMs"
 
     # The request answered 503, so nobody has the VM it took: within a minute a pass returns it
