@@ -12,7 +12,7 @@ from typing import Any
 from pyVmomi import vim
 
 from chalicelib.providers.base import ProviderError, TaskState, TaskStatus
-from chalicelib.providers.vsphere import inventory, tasks, vms
+from chalicelib.providers.vsphere import hosts, inventory, tasks, vms
 from chalicelib.providers.vsphere.connection import Connection
 from chalicelib.providers.vsphere.provider import VSphereProvider
 from tests.support import eventually
@@ -108,6 +108,16 @@ def set_maintenance(provider: VSphereProvider, host_name: str, on: bool) -> None
         _finish(connection, task)
 
     provider._run(f"maintenance {host_name}", switch)
+
+
+def host_cpu_percent(provider: VSphereProvider) -> dict[str, float]:
+    """Each host's CPU use in percent, as host selection reads it (by host name)."""
+
+    def read(connection: Connection) -> dict[str, float]:
+        surveyed = hosts.survey(connection, connection.content.rootFolder, limit=100.0)
+        return {host.name: host.cpu_percent for host in surveyed}
+
+    return provider._run("host CPU use", read)
 
 
 def host_names(provider: VSphereProvider) -> list[str]:

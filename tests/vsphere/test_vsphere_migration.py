@@ -5,7 +5,6 @@ and GET /vm shows where each VM really is."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -41,16 +40,26 @@ def stack_on(server: VcsimServer, make_harness: HarnessFactory, size: int) -> Ha
     return make_harness(config, prefix="vmig:")
 
 
-def fill(stack: Harness) -> dict[str, str | None]:
+def fill(stack: Harness, server: VcsimServer) -> dict[str, str | None]:
     """Reconcile until the pool is full (its guests boot on the simulator's wall clock); where
-    its VMs are once the simulator's host stats follow them."""
+    its VMs are once the simulator's host stats follow them (it updates them every 0.1 s, on its
+    own clock: a loaded machine can take longer)."""
     def full_after_a_pass() -> bool:
         stack.reconcile("mig")
         return stack.count("mig", "ready") == stack.pool("mig").size
 
     eventually(full_after_a_pass, 10, "the pool to fill")
-    time.sleep(0.5)  # the simulator's host stats follow its VMs every 0.1 s
-    return where(stack)
+    placed = where(stack)
+
+    def stats_follow_the_vms() -> bool:
+        cpu = admin.host_cpu_percent(stack.provider)
+        idle = min(cpu.values())  # a host none of the pool's VMs is on: the simulator's static figure
+        # 0.1: the simulator rounds its figures down to whole MHz
+        return all(cpu[host] >= idle + server.host_load_per_vm * list(placed.values()).count(host) - 0.1
+                   for host in set(placed.values()) if host is not None)
+
+    eventually(stats_follow_the_vms, 10, "the simulator's host stats to follow the VMs")
+    return placed
 
 
 def where(stack: Harness) -> dict[str, str | None]:
@@ -59,7 +68,7 @@ def where(stack: Harness) -> dict[str, str | None]:
 
 def test_checked_out_vms_move_off_the_busy_host(busy_vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
     stack = stack_on(busy_vcsim, make_harness, size=3)
-    first_three = fill(stack)
+    first_three = fill(stack, busy_vcsim)
     busy = set(first_three.values())
     assert len(busy) == 1  # vcsim puts every clone on the template's host
     busy_host = busy.pop()
@@ -86,7 +95,7 @@ def test_checked_out_vms_move_off_the_busy_host(busy_vcsim: VcsimServer, make_ha
 def test_a_small_difference_is_not_worth_a_vmotion_but_an_ineligible_host_is_left(
         light_vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
     stack = stack_on(light_vcsim, make_harness, size=2)
-    placed = fill(stack)
+    placed = fill(stack, light_vcsim)
     [host_name] = set(placed.values())
     [first] = stack.checkout_vms("mig", 1)
     for _ in range(3):
