@@ -40,7 +40,10 @@ CONFIG = f"""
 """
 POOL = "outage"
 IN_FLIGHT_BOUND = 4.0
-"""redis-py 8 retries a command whose connection broke 10 times, backing off up to 1 s."""
+"""A request caught in flight by the outage waits at most one socket timeout (1.5 s) on the
+command it is in, then answers 503: chalicelib/store/connection.py never retries a timeout (the
+command may have run) and retries a refused or broken-before-sending connection once, at once.
+The rest (2.5 s) is room for the work the request did before, on a busy machine."""
 SLACK = 1.0
 """What a busy machine may add to a request's time, at least; twice the slowest answer while
 Redis was up when that is more. The bounds were fixed before: a 2-core machine at load 11 took
