@@ -29,6 +29,7 @@ import time
 from typing import Sequence
 
 from chalicelib.manager.dispatch import Ticker, look_at
+from chalicelib.manager.migrations import abandon_unstarted as abandon_unstarted_migrations
 from chalicelib.manager.pending import abandon_unstarted_clones
 from chalicelib.manager.pool_queue import FOLLOWUP, NUDGE, Delayed, PoolMessage
 from chalicelib.manager.vm_tasks import fail_unstarted
@@ -136,8 +137,9 @@ class LocalScheduler:
         """Release the pool and template leases held by a process of this machine that is no
         longer alive (this stack's predecessor on its Redis, SIGKILLed mid-pass), clear every
         pool's follow-up marker (the follow-ups were in that process's queue), fail the disk and
-        snapshot tasks such a process took but never started and give up the clones it reserved
-        but never started; return the leases released.
+        snapshot tasks such a process took but never started and give up the clones (for the
+        pools or for on-demand requests) it reserved and the migrations it took a slot for but
+        never started; return the leases released.
         A lease or task of a live process, or of another machine, is left to its timeout."""
         store, fleet, host = self.services.store, Fleet(self.services.store), socket.gethostname()
 
@@ -164,6 +166,10 @@ class LocalScheduler:
         if abandoned:
             logger.info("clones a stopped scheduler reserved but never started are given up",
                         extra={"vms": abandoned})
+        moves = abandon_unstarted_migrations(store, pools, gone)
+        if moves:
+            logger.info("migrations a stopped scheduler took a slot for but never started are given up",
+                        extra={"vms": moves})
         return released
 
     def stop(self, timeout: float = STOP_SECONDS) -> bool:

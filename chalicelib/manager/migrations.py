@@ -16,17 +16,38 @@ pass's inventory says where each VM is. The pass never waits for a migration.
 
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 from chalicelib import observability as metric
 from chalicelib.manager.context import PassContext
 from chalicelib.observability import emit, logger
 from chalicelib.providers.base import ProviderError, TaskState
-from chalicelib.store import VMRecord
-from chalicelib.store.migrations import QUEUED, STARTED, MigrationStore
+from chalicelib.store import Store, VMRecord
+from chalicelib.store.leases import LeaseHolder, labelled_holder
+from chalicelib.store.migrations import QUEUED, STARTED, TAKER_GONE, MigrationStore
 from chalicelib.store.records import finite_number
 
 MIGRATION_START_GRACE_SECONDS = 120.0
 """How long a taken slot may wait for its task to be recorded before the pass decides the pass
 that took it died in between (the migration then ends without a move, visibly)."""
+
+
+def abandon_unstarted(store: Store, pools: Iterable[str], taker_gone: Callable[[LeaseHolder], bool]) -> list[str]:
+    """Mark the migrations of the pools' running VMs whose slot a process now gone took and
+    never started on the provider (``taker_gone``: the local stack started again knows its
+    predecessor is dead): their next pass ends them and frees the slot, instead of holding it
+    for ``MIGRATION_START_GRACE_SECONDS`` while other checked-out VMs wait for one. Returns the
+    hostnames marked."""
+    marked = []
+    for pool in pools:
+        for hostname, record in store.records(store.hostnames(pool, "running")).items():
+            taker = labelled_holder(record.raw.get("migration_taker", ""))
+            if (record.raw.get("migration") != STARTED or record.raw.get("migration_task")
+                    or taker is None or not taker_gone(taker)):
+                continue
+            if store.set_once(hostname, TAKER_GONE):
+                marked.append(hostname)
+    return marked
 
 
 def run(context: PassContext) -> None:
@@ -88,7 +109,7 @@ def _follow(context: PassContext, migrations: MigrationStore, record: VMRecord) 
     task = record.raw.get("migration_task")
     if not task:
         started = finite_number(record.raw.get("migration_started")) or 0.0
-        if context.now - started > MIGRATION_START_GRACE_SECONDS:
+        if context.now - started > MIGRATION_START_GRACE_SECONDS or record.raw.get(TAKER_GONE):
             _failed(context, migrations, record, "migration was never started (its pass was interrupted)")
         else:
             context.report.followups += 1

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from chalicelib.store.leases import holder_label
 from chalicelib.store.store import Store, _translate_errors, update_args
 
 QUEUED = "queued"
 STARTED = "started"
+TAKER_GONE = "migration_taker_gone"
+"""A record field: the process that took the VM's slot (its ``migration_taker``) is known dead
+(manager/migrations.abandon_unstarted), so the start grace is not waited for."""
 
 STALE_SLOT_SECONDS = 3600.0
 """Far longer than a vMotion of a CI VM takes."""
@@ -33,13 +37,14 @@ class MigrationStore:
         with _translate_errors():
             return str(self.store.scripts.migration_slot(
                 keys=[keys.migrating, keys.vm(hostname)],
-                args=[hostname, limit, repr(now), repr(now - STALE_SLOT_SECONDS)],
+                args=[hostname, limit, repr(now), repr(now - STALE_SLOT_SECONDS), holder_label()],
             ))
 
     def finish(self, hostname: str, **fields: Any) -> None:
         """Free the VM's slot and end its migration on the record (with ``fields``: the new host,
         ``migrated``, or ``migration_error``), in one transaction."""
-        changes: dict[str, Any] = {"migration": None, "migration_task": None, "migration_started": None, **fields}
+        changes: dict[str, Any] = {"migration": None, "migration_task": None, "migration_started": None,
+                                   "migration_taker": None, TAKER_GONE: None, **fields}
         keys = self.store.keys
         with _translate_errors():
             pipe = self.store.client.pipeline(transaction=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence, cast
 
 from chalicelib.store.keys import KEY_PART
+from chalicelib.store.leases import holder_label
 from chalicelib.store.records import VMRecord
 from chalicelib.store.scripts import KeyList, ScriptCall, run_many
 from chalicelib.store.store import Quota, QuotaExceeded, Store, _translate_errors
@@ -227,7 +228,7 @@ class OnDemandStore:
         keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.ondemand_open(pool),
                 self.keys.cloning, self.keys.pool_state(pool, "pending"), *(self.keys.vm(host) for host in candidates)]
         args: list[str | int] = [request_id, pool, clone_limit, max_retries, repr(now), template, domain,
-                                 self.store.data_ttl_seconds, self.keys.vm(KEY_PART), *candidates]
+                                 self.store.data_ttl_seconds, self.keys.vm(KEY_PART), holder_label(), *candidates]
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_reserve(keys=keys, args=args))
         return Reservation(answer["state"], tuple(answer.get("reserved") or ()), int(answer.get("failed") or 0))

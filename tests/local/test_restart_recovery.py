@@ -24,6 +24,8 @@ from pyVmomi import vim
 
 from chalicelib.store import Store
 from chalicelib.store.keys import Keys
+from chalicelib.store.migrations import MigrationStore
+from chalicelib.store.ondemand import OnDemandStore
 from tests.dns.bind import BindServer
 from tests.local.stack import RunningStack, call, local_stack, wait_for
 from tests.support import redis_commands
@@ -267,3 +269,96 @@ def test_a_clone_the_dead_stack_reserved_but_never_started_gives_its_place_back_
         store = client(again)
         wait_for(lambda: ready(store, "tasks"), 20, "the pool to refill", again.log)
         assert "never-cloned" not in store.zrange(KEYS.pool_state("tasks", "pending"), 0, -1)
+
+
+def dead_lease(store: redis.Redis, pool: str) -> None:
+    """The pool's lease as a pass killed mid-pass leaves it (its holder, of this machine, gone):
+    the stack's own passes of the pool wait while the test plays that pass."""
+    store.set(KEYS.lease(pool), f"{socket.gethostname()}:{dead_pid()}:0123456789abcdef", px=120_000)
+
+
+def in_a_process_that_dies(target: Any, *args: Any) -> None:
+    """Run ``target(*args)`` in a child process that then exits, as a pass SIGKILLed right after."""
+    child = multiprocessing.get_context("fork").Process(target=target, args=args)
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+
+
+def _reserve_for_request(redis_port: int, request_id: str, pool: str, hostname: str) -> None:
+    store = Store(redis.Redis(port=redis_port, decode_responses=True))
+    made = store.get_vm(store.hostnames(pool, "ready")[0])
+    assert made is not None
+    reservation = OnDemandStore(store).reserve(request_id, pool, 5, 3, made.raw["template"],
+                                               made.raw.get("domain", ""), [hostname], time.time())
+    assert reservation.reserved == (hostname,)
+
+
+@pytest.mark.slow
+def test_a_clone_the_dead_stack_reserved_for_an_ondemand_request_but_never_started_is_replaced_at_the_restart(
+        tmp_path: Path) -> None:
+    """A stack SIGKILLed between reserving a clone for an on-demand request and asking the
+    provider for it: the request's VM slot was held two minutes after the restart (the grace for
+    a pass still about to start it), so the request was not ready that long. Its reserver is
+    known dead at the restart: the clone is replaced at once, not counted as a failed attempt."""
+    with local_stack(tmp_path, TASKS_CONFIG, workers=1, interval=30) as stack:
+        store = client(stack)
+        wait_for(lambda: ready(store, "tasks"), 30, "a ready VM", stack.log)
+        dead_lease(store, "tasks")
+        status, body = call("POST", f"{stack.api}/ondemandvm", {"tasks": 1})
+        assert status == 201, body
+        request_id = body["request_id"]
+        in_a_process_that_dies(_reserve_for_request, stack.redis_port, request_id, "tasks", "never-cloned")
+        time.sleep(1.5)  # appendfsync everysec
+        state_dir = stack.state_dir
+        kill_stack(stack)
+
+    with local_stack(tmp_path, TASKS_CONFIG, workers=1, interval=30, name="again", state_dir=state_dir) as again:
+        wait_for(lambda: call("GET", f"{again.api}/ondemandvm/{request_id}")[0] == 200, 20,
+                 "the request to be ready", again.log)
+        body = call("GET", f"{again.api}/ondemandvm/{request_id}")[1]
+        assert body["ready"] is True and len(body["tasks"]["hostname"]) == 1
+        assert not body["tasks"]["hostname"][0].startswith("never-cloned")
+
+
+MIGRATION_CONFIG = (
+    "config: {domain: example.com, check_loop_delay_min: 0.2, migration_limit: 1}\n"
+    "providers:\n  dummy: {provider_class: dummy, createvm_max_time: 0, boot_time: 0, destroyvm_max_time: 0,"
+    " migratevm_couldmove_percent: 100, migratevm_max_time: 0}\n"
+    "pools:\n  - {name: moves, size: 2, provider: dummy}\n"
+)
+
+
+def _take_migration_slot(redis_port: int, hostname: str) -> None:
+    store = Store(redis.Redis(port=redis_port, decode_responses=True))
+    assert MigrationStore(store).take_slot(hostname, 1, time.time()) == "started"
+
+
+@pytest.mark.slow
+def test_a_migration_slot_the_dead_stack_took_but_never_started_is_freed_at_the_restart(tmp_path: Path) -> None:
+    """A stack SIGKILLed between taking a migration slot for a checked-out VM and asking the
+    provider for the move: the slot (one of ``migration_limit``, service-wide) was held two
+    minutes after the restart (the grace for a pass still about to start it), so no VM checked
+    out meanwhile moved off its busy host that long. Its taker is known dead at the restart."""
+    with local_stack(tmp_path, MIGRATION_CONFIG, workers=1, interval=30) as stack:
+        store = client(stack)
+        wait_for(lambda: len(ready(store, "moves")) == 2, 30, "the pool to fill", stack.log)
+        dead_lease(store, "moves")
+        status, body = call("POST", f"{stack.api}/vm/moves")
+        assert status == 200, body
+        first = body["moves"]["hostname"].split(".")[0]
+        in_a_process_that_dies(_take_migration_slot, stack.redis_port, first)
+        time.sleep(1.5)  # appendfsync everysec
+        state_dir = stack.state_dir
+        kill_stack(stack)
+
+    with local_stack(tmp_path, MIGRATION_CONFIG, workers=1, interval=30, name="again", state_dir=state_dir) as again:
+        def vm(hostname: str) -> dict[str, Any]:
+            return dict(call("GET", f"{again.api}/vm/{hostname}")[1][hostname])
+
+        wait_for(lambda: ready(client(again), "moves"), 20, "a ready VM", again.log)
+        status, body = call("POST", f"{again.api}/vm/moves")
+        assert status == 200, body
+        second = body["moves"]["hostname"].split(".")[0]
+        wait_for(lambda: vm(second)["migrated"], 20, "the VM checked out after the restart to move", again.log)
+        assert vm(first)["state"] == "running" and not vm(first)["migrated"]

@@ -1,10 +1,12 @@
 -- Take one of the service-wide migration slots for a checked-out VM, if one is free.
 -- KEYS[1] migrating (zset: hostname -> start time), KEYS[2] the VM's record.
--- ARGV[1] hostname, ARGV[2] migration_limit, ARGV[3] now, ARGV[4] forget slots started before this.
+-- ARGV[1] hostname, ARGV[2] migration_limit, ARGV[3] now, ARGV[4] forget slots started before this,
+-- ARGV[5] the process taking it, which starts the move (store/leases.py holder_label): a restarted
+-- local stack knows one its dead predecessor took (manager/migrations.abandon_unstarted).
 -- Returns 'started' (slot taken; the record says migration=started), 'limit' (all slots busy: the
 -- VM stays queued), or 'gone' (the VM is no longer running or no longer queued for migration).
 local migrating, record = KEYS[1], KEYS[2]
-local hostname, limit, now, stale_before = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local hostname, limit, now, stale_before, taker = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 -- A slot whose pass died and whose VM left every pool would otherwise be held forever.
 redis.call('ZREMRANGEBYSCORE', migrating, '-inf', '(' .. stale_before)
 local state, migration = unpack(redis.call('HMGET', record, 'state', 'migration'))
@@ -15,5 +17,5 @@ if redis.call('ZSCORE', migrating, hostname) == false and redis.call('ZCARD', mi
   return 'limit'
 end
 redis.call('ZADD', migrating, now, hostname)
-redis.call('HSET', record, 'migration', 'started', 'migration_started', now)
+redis.call('HSET', record, 'migration', 'started', 'migration_started', now, 'migration_taker', taker)
 return 'started'

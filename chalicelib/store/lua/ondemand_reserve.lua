@@ -4,18 +4,21 @@
 -- A VM of the request that left without being delivered (clone error, boot timeout) is a
 -- failed attempt; a replacement is reserved until more than max_retries attempts failed. A name
 -- whose clone never started (the pass that reserved it was interrupted) is replaced without
--- counting: that was our failure, not the provider's.
+-- counting: that was our failure, not the provider's. Each reserved name's record names its
+-- reserver, as reserve_clones.lua does, so a restarted local stack knows one its dead
+-- predecessor reserved (manager/pending.abandon_unstarted_clones).
 -- KEYS[1] the request, KEYS[2] its VMs, KEYS[3] the pool's open-request set, KEYS[4] the cloning
 -- set, KEYS[5] the pool's pending set, KEYS[6..] the records of the candidate hostnames.
 -- ARGV: request id, pool, clone_limit, max_retries, now, template, domain, record ttl seconds,
 --       vm_template (the records of the request's VMs and of the VMs cloning: keys.DERIVED_KEYS),
+--       reserver (the process reserving, which starts the clones: store/leases.py holder_label),
 --       then the candidate hostnames, in the order of their records.
 -- Returns JSON {"state": "open"|"expired"|"retries_exhausted"|<closed state>, "reserved": [...],
 --               "failed": n}
 local key, vms_key, open_key, cloning_key, pending_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, pool = ARGV[1], ARGV[2]
 local clone_limit, max_retries, now = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local template, domain, ttl, vm_template = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
+local template, domain, ttl, vm_template, reserver = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
 local request = redis.call('HMGET', key, 'state', 'entries', 'expires', 'lifetime', 'token_user', 'token_id')
 if request[1] ~= 'open' then
   redis.call('ZREM', open_key, id)
@@ -56,12 +59,12 @@ for _, entry in ipairs(cjson.decode(request[2])) do
   if entry.pool == pool then
     local need = entry.count - (delivered[entry.name] or 0) - (building[entry.name] or 0)
     while need > 0 and slots > 0 and candidate <= #KEYS do
-      local vm_key, hostname = KEYS[candidate], ARGV[candidate + 4]
+      local vm_key, hostname = KEYS[candidate], ARGV[candidate + 5]
       candidate = candidate + 1
       if redis.call('EXISTS', vm_key) == 0 then
         redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,
           'domain', domain, 'state', 'pending', 'clone_start', now, 'pending_at', now,
-          'request', id, 'request_name', entry.name, 'lifetime', request[4])
+          'request', id, 'request_name', entry.name, 'lifetime', request[4], 'reserver', reserver)
         if request[5] then
           redis.call('HSET', vm_key, 'token_user', request[5])
         end
