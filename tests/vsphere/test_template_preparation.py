@@ -24,13 +24,15 @@ import redis
 from chalicelib.clock import FakeClock
 from chalicelib.config import PoolConfig
 from chalicelib.manager.reconcile import PassReport, reconcile_pool
-from chalicelib.providers.base import ProviderError, TaskState
+from chalicelib.providers.base import ProviderError, TaskState, TaskStatus
 from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import connection as connections
+from chalicelib.providers.vsphere import templates
 from chalicelib.store import Store
 from chalicelib.store.pool_overrides import PoolOverrides
 from chalicelib.store.templates import DONE, TemplateStore
 from tests.harness import HarnessFactory
+from tests.support import counts_by_reason, emf_documents
 from tests.vsphere import admin
 from tests.vsphere.test_bad_day import POOL, converge, pool_harness
 from tests.vsphere.vcsim import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup
@@ -189,6 +191,38 @@ def test_a_template_deleted_while_being_prepared_ends_the_preparation_and_the_po
     assert sum(len(report.clones_started) for report in reports) >= 1
     record = store.get_vm(next(name for report in reports for name in report.clones_started))
     assert record is not None and record.failure == FailureKind.TEMPLATE.value, record
+
+
+def test_a_preparation_vcenter_never_ends_holds_the_pool_only_until_the_clone_timeout(
+        private_vcsim: VcsimServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """vCenter's task on the template never ends (stuck, ours or an admin's): the pool's clones
+    are held for ``timeout`` minutes at most, then it refills from the template as it is, the
+    give-up logged and counted once; when vCenter is done at last, the preparation is still
+    finished (a template with its layer) and recorded done."""
+    setup = make_setup(private_vcsim, service={**OPTION, "timeout": 5})
+    store, clock, pool = Store(redis_client), FakeClock(), setup.pool(size=1)
+    real_status, stuck = setup.provider.task_status, [True]
+
+    def task_status(ref: str) -> TaskStatus:
+        return TaskStatus(TaskState.RUNNING) if stuck and templates.is_ref(ref) else real_status(ref)
+
+    monkeypatch.setattr(setup.provider, "task_status", task_status)
+    assert run(setup, store, pool, clock).clones_started == []
+    planned_at = clock.now()
+    started: list[str] = []
+    while not started and clock.now() - planned_at < 15 * 60:
+        started += run(setup, store, pool, clock).clones_started
+        assert not started or clock.now() - planned_at >= 5 * 60, "gave up before the timeout"
+    assert len(started) == 1, "the pool's refill still held after its timeout"
+    started += [name for _ in range(2) for name in run(setup, store, pool, clock).clones_started]
+    assert len(started) == 1
+    assert counts_by_reason(emf_documents(capsys.readouterr().out), "TemplatePreparationFailures") == {"timeout": 1}
+    stuck.clear()  # vCenter is done with the template at last
+    for _ in range(3):
+        run(setup, store, pool, clock)
+    assert admin.template_state(setup.provider, TEMPLATE_PATH) == (True, [1])
+    assert TemplateStore(store).state(f"vsphere:{pool.template}") == DONE
 
 
 # --- the template changed while clones are in flight ------------------------------------------------
