@@ -139,8 +139,10 @@ def _advance(context: PassContext, templates: TemplateStore, template: str, may_
     underway = templates.underway(key, state, context.now)
     status = context.provider.task_status(state)
     if status.state is TaskState.RUNNING:
+        if _timed_out(context, templates, key, underway):
+            return True  # not a follow-up: a task that never ends would keep the pool's passes looping
         context.report.followups += 1
-        return _timed_out(context, templates, key, underway)
+        return False
     if status.state is TaskState.ERROR and status.kind is FailureKind.TEMPLATE:
         # Removed or replaced while being prepared: what is at the path now is planned afresh.
         logger.warning("template changed while being prepared; prepared again",
