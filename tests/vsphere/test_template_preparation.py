@@ -287,6 +287,37 @@ def test_pools_sharing_a_template_passing_at_once_prepare_it_once(
     assert [len(names) for names in started] == [1] * len(setups)
 
 
+def test_pools_sharing_a_template_vcenter_never_prepares_give_it_up_once_and_all_refill(
+        private_vcsim: VcsimServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Three pools on one template whose preparation never ends, their passes at the same moment
+    once it has outlasted the clone timeout: the give-up is counted once and every pool fills."""
+    store, clock = Store(redis_client), FakeClock()
+    setups = [make_setup(private_vcsim, service={**OPTION, "timeout": 5}) for _ in range(3)]
+    for setup in setups:
+        monkeypatch.setattr(setup.provider, "task_status", lambda ref, real=setup.provider.task_status: (
+            TaskStatus(TaskState.RUNNING) if templates.is_ref(ref) else real(ref)))
+    pools = [setup.pool(size=1) for setup in setups]
+    assert reconcile_pool(store, setups[0].provider, pools[0], clock, setups[0].service).clones_started == []
+    clock.advance(5 * 60)
+    barrier = threading.Barrier(len(setups))
+
+    def passes(index: int) -> list[str]:
+        barrier.wait()
+        started: list[str] = []
+        for _ in range(30):  # a pass held while another holds the lease, before the give-up, comes back
+            started += reconcile_pool(store, setups[index].provider, pools[index], clock,
+                                      setups[index].service).clones_started
+            if started:
+                break
+        return started
+
+    with ThreadPoolExecutor(len(setups)) as executor:
+        started = list(executor.map(passes, range(len(setups))))
+    assert [len(names) for names in started] == [1] * len(setups)
+    assert counts_by_reason(emf_documents(capsys.readouterr().out), "TemplatePreparationFailures") == {"timeout": 1}
+
+
 # --- vCenter paused in the middle of clones ------------------------------------------------------------
 
 
