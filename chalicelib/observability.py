@@ -9,7 +9,8 @@ pool would cost $0.30 a month per pool and metric, more than the pool's Lambda t
 and timings are service-wide (the tick publishes the totals and the number of empty pools once a
 minute), and the few metrics with a ``pool`` dimension are published only when their event
 happens for that pool: ``CheckoutMisses`` (a checkout found no ready VM), ``CloneFailures``,
-``ReconcileErrors``, ``DnsFailures``, ``Migrations`` and ``MigrationFailures``. A quiet pool adds
+``ReconcileErrors``, ``DnsFailures``, ``Migrations``, ``MigrationFailures`` and
+``TemplatePreparationFailures``. A quiet pool adds
 no metric at all; per-pool counts are in the logs (the ``reconcile pass`` and ``tick`` lines)
 for Logs Insights.
 
@@ -119,6 +120,7 @@ RECONCILE_ERRORS = "ReconcileErrors"
 DNS_FAILURES = "DnsFailures"
 MIGRATIONS = "Migrations"
 MIGRATION_FAILURES = "MigrationFailures"
+TEMPLATE_PREPARATION_FAILURES = "TemplatePreparationFailures"
 # Pools with a ``sizing`` block, each reconcile pass (docs/sizing.md).
 TARGET_SIZE = "TargetSize"
 PREDICTED_DEMAND = "PredictedDemand"
@@ -179,6 +181,8 @@ METRICS: dict[str, MetricSpec] = {
         _spec(DNS_FAILURES, _COUNT, POOL_REASON_DIMENSIONS),
         _spec(MIGRATIONS, _COUNT, POOL_DIMENSIONS),
         _spec(MIGRATION_FAILURES, _COUNT, POOL_DIMENSIONS),
+        # create_template_delta_disks: a preparation failed or outlasted the clone timeout.
+        _spec(TEMPLATE_PREPARATION_FAILURES, _COUNT, POOL_REASON_DIMENSIONS),
         _spec(TARGET_SIZE, _COUNT, POOL_DIMENSIONS),
         _spec(PREDICTED_DEMAND, _COUNT, POOL_DIMENSIONS),
         _spec(CHECKOUTS, _COUNT, SERVICE_DIMENSIONS),

@@ -304,6 +304,8 @@ def dashboard(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
         _by_pool(stage, "Clone failures by pool", m.CLONE_FAILURES),
         _by_pool(stage, "DNS failures by pool and reason, migrations by pool", m.DNS_FAILURES, m.MIGRATIONS,
                  m.MIGRATION_FAILURES),
+        _by_pool(stage, "Template preparations failed or timed out, by pool and reason",
+                 m.TEMPLATE_PREPARATION_FAILURES),
         _widget("Clones started and failed, VMs destroyed",
                 service(m.CLONES_STARTED, m.CLONE_FAILURES, m.VMS_DESTROYED)),
         _widget("Clone and boot time p90 (s)", service(m.CLONE_DURATION, m.BOOT_DURATION, stat="p90"), stat="p90"),

@@ -13,21 +13,26 @@ one of a template a pool left while it was being prepared is read by nobody else
 does not need it (vSphere: one cloning full) never plans it, so another pool on the template
 still gets it; while one is under way it helps it on and waits for it like the others. A
 preparation that fails is logged and clones go on without it, as in vmpooler; one whose template
-was removed or replaced meanwhile is planned again on the next pass.
+was removed or replaced meanwhile is planned again on the next pass. One still under way after
+the service's clone ``timeout`` (a vCenter task that never ends, ours or an admin's on the
+template) is given up the same way: logged and counted once, and the clones stop waiting for it;
+the passes still read it on, so it is finished (the template a template again) and recorded
+done if vCenter ends it at last.
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
+from chalicelib import observability as metric
 from chalicelib.config import PoolConfig
 from chalicelib.manager.context import PassContext
-from chalicelib.observability import logger
+from chalicelib.observability import emit, logger
 from chalicelib.providers.base import ProviderError, TaskState
 from chalicelib.providers.failures import FailureKind
 from chalicelib.store import Store
 from chalicelib.store.keys import template_lease_name
-from chalicelib.store.templates import DONE, TemplateStore, template_key
+from chalicelib.store.templates import DONE, TemplateStore, Underway, template_key
 
 LEASE_SECONDS = 60.0
 """How long a pass may advance a template's preparation before another pass may take over (a
@@ -60,7 +65,9 @@ def ready_for_clones(context: PassContext) -> bool:
         # pool removed from the config clones nothing (its template, no pool's now, the tick drops).
         return True
     ready = _leased(context, templates, pool.template, needs)
-    return bool(ready)
+    if ready is None:  # another pass is at it: still, clones wait no longer for one given up
+        return bool(state) and templates.given_up(template_key(pool.provider, pool.template), state or "")
+    return ready
 
 
 def forget_unused(store: Store, pools: Iterable[PoolConfig]) -> list[str]:
@@ -73,6 +80,7 @@ def forget_unused(store: Store, pools: Iterable[PoolConfig]) -> list[str]:
     in_use = {template_key(pool.provider, pool.template) for pool in pools}
     unused = [key for key, state in templates.all().items() if state == DONE and key not in in_use]
     dropped = templates.forget_done(unused)
+    templates.forget_stale_underway()
     if dropped:
         logger.info("records of templates no pool uses dropped", extra={"templates": len(dropped)})
     return dropped
@@ -128,21 +136,47 @@ def _advance(context: PassContext, templates: TemplateStore, template: str, may_
         templates.started(key, planned)
         logger.info("template delta disks being created", extra=fields)
         state = planned
+    underway = templates.underway(key, state, context.now)
     status = context.provider.task_status(state)
     if status.state is TaskState.RUNNING:
+        if _timed_out(context, templates, key, underway):
+            return True  # not a follow-up: a task that never ends would keep the pool's passes looping
         context.report.followups += 1
         return False
     if status.state is TaskState.ERROR and status.kind is FailureKind.TEMPLATE:
         # Removed or replaced while being prepared: what is at the path now is planned afresh.
         logger.warning("template changed while being prepared; prepared again",
                        extra={**fields, "error": status.error})
-        templates.forget(key, state)
+        if templates.forget(key, state):
+            templates.ended(key, underway)
         context.report.followups += 1
         return False
     if status.state is TaskState.ERROR:
         logger.warning("template delta disks could not be created; clones go on without them",
                        extra={**fields, "error": status.error})
+        if not underway.given_up:  # one given up was counted then
+            emit(pool.name, {metric.TEMPLATE_PREPARATION_FAILURES: 1}, dimensions={"reason": status.kind.value})
     else:
         logger.info("template delta disks created", extra=fields)
-    templates.finish(key, state)
+    if templates.finish(key, state):
+        templates.ended(key, underway)
+    return True
+
+
+def _timed_out(context: PassContext, templates: TemplateStore, key: str, underway: Underway) -> bool:
+    """Whether the clones stop waiting for a preparation still under way: once it has been under
+    way the service's clone ``timeout`` (a vCenter task that never ends would hold the pool's
+    refill for ever). Given up once, logged and counted; it stays recorded, read on, and is
+    recorded done if it ends."""
+    if underway.given_up:
+        return True
+    timeout = context.service.timeout * 60
+    if context.now - underway.since < timeout:
+        return False
+    if templates.give_up(key, underway):
+        logger.error("template preparation still under way after the clone timeout; clones go on without it",
+                     extra={"pool": context.pool.name, "template": key.split(":", 1)[1],
+                            "minutes": round((context.now - underway.since) / 60, 1)})
+        emit(context.pool.name, {metric.TEMPLATE_PREPARATION_FAILURES: 1},
+             dimensions={"reason": FailureKind.TIMEOUT.value})
     return True

@@ -70,6 +70,8 @@ family through these validators.
     login:<user|addr>:<..>:in_flight string  of those, the attempts still waiting for the directory
     migrating                zset    VMs being migrated to another host, across all pools, by start time
     templates:prepared       hash    <provider>:<template> -> "done", or the task preparing it
+    templates:preparing      hash    <provider>:<template> -> since when the task preparing it is under way,
+                                     and whether the pool's clones stopped waiting for it (store/templates.py)
     history:<pool>           zset    per-minute samples of the pool's counts (store/history.py)
     demand:<pool>:<YYYY-MM-DD> hash  per-minute checkouts/misses of a demand-sized pool (sizing/demand.py)
     sizing:state             hash    pool -> its demand size and when it last changed (sizing/controller.py)
@@ -276,6 +278,10 @@ class Keys:
     @property
     def templates_prepared(self) -> str:
         return f"{self.prefix}templates:prepared"
+
+    @property
+    def templates_preparing(self) -> str:
+        return f"{self.prefix}templates:preparing"
 
     def history(self, pool: str) -> str:
         return f"{self.prefix}history:{pool}"

@@ -24,13 +24,15 @@ import redis
 from chalicelib.clock import FakeClock
 from chalicelib.config import PoolConfig
 from chalicelib.manager.reconcile import PassReport, reconcile_pool
-from chalicelib.providers.base import ProviderError, TaskState
+from chalicelib.providers.base import ProviderError, TaskState, TaskStatus
 from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import connection as connections
+from chalicelib.providers.vsphere import templates
 from chalicelib.store import Store
 from chalicelib.store.pool_overrides import PoolOverrides
 from chalicelib.store.templates import DONE, TemplateStore
 from tests.harness import HarnessFactory
+from tests.support import counts_by_reason, emf_documents
 from tests.vsphere import admin
 from tests.vsphere.test_bad_day import POOL, converge, pool_harness
 from tests.vsphere.vcsim import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup
@@ -191,6 +193,41 @@ def test_a_template_deleted_while_being_prepared_ends_the_preparation_and_the_po
     assert record is not None and record.failure == FailureKind.TEMPLATE.value, record
 
 
+def test_a_preparation_vcenter_never_ends_holds_the_pool_only_until_the_clone_timeout(
+        private_vcsim: VcsimServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """vCenter's task on the template never ends (stuck, ours or an admin's): the pool's clones
+    are held for ``timeout`` minutes at most, then it refills from the template as it is, the
+    give-up logged and counted once, and the pool not looked at again soon for it; when vCenter
+    is done at last, the preparation is still finished (a template with its layer) and recorded
+    done."""
+    setup = make_setup(private_vcsim, service={**OPTION, "timeout": 5})
+    store, clock, pool = Store(redis_client), FakeClock(), setup.pool(size=1)
+    real_status, stuck = setup.provider.task_status, [True]
+
+    def task_status(ref: str) -> TaskStatus:
+        return TaskStatus(TaskState.RUNNING) if stuck and templates.is_ref(ref) else real_status(ref)
+
+    monkeypatch.setattr(setup.provider, "task_status", task_status)
+    assert run(setup, store, pool, clock).clones_started == []
+    planned_at = clock.now()
+    started: list[str] = []
+    while not started and clock.now() - planned_at < 15 * 60:
+        started += run(setup, store, pool, clock).clones_started
+        assert not started or clock.now() - planned_at >= 5 * 60, "gave up before the timeout"
+    assert len(started) == 1, "the pool's refill still held after its timeout"
+    later = [run(setup, store, pool, clock) for _ in range(2)]
+    assert [name for report in later for name in report.clones_started] == []
+    # Read on by every pass, but not a follow-up: the task that never ends would loop the passes.
+    assert all(report.followups == 0 for report in later)
+    assert counts_by_reason(emf_documents(capsys.readouterr().out), "TemplatePreparationFailures") == {"timeout": 1}
+    stuck.clear()  # vCenter is done with the template at last
+    for _ in range(3):
+        run(setup, store, pool, clock)
+    assert admin.template_state(setup.provider, TEMPLATE_PATH) == (True, [1])
+    assert TemplateStore(store).state(f"vsphere:{pool.template}") == DONE
+
+
 # --- the template changed while clones are in flight ------------------------------------------------
 
 
@@ -248,6 +285,37 @@ def test_pools_sharing_a_template_passing_at_once_prepare_it_once(
         started = list(executor.map(passes, range(len(setups))))
     assert admin.template_state(setups[0].provider, TEMPLATE_PATH) == (True, [1])
     assert [len(names) for names in started] == [1] * len(setups)
+
+
+def test_pools_sharing_a_template_vcenter_never_prepares_give_it_up_once_and_all_refill(
+        private_vcsim: VcsimServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Three pools on one template whose preparation never ends, their passes at the same moment
+    once it has outlasted the clone timeout: the give-up is counted once and every pool fills."""
+    store, clock = Store(redis_client), FakeClock()
+    setups = [make_setup(private_vcsim, service={**OPTION, "timeout": 5}) for _ in range(3)]
+    for setup in setups:
+        monkeypatch.setattr(setup.provider, "task_status", lambda ref, real=setup.provider.task_status: (
+            TaskStatus(TaskState.RUNNING) if templates.is_ref(ref) else real(ref)))
+    pools = [setup.pool(size=1) for setup in setups]
+    assert reconcile_pool(store, setups[0].provider, pools[0], clock, setups[0].service).clones_started == []
+    clock.advance(5 * 60)
+    barrier = threading.Barrier(len(setups))
+
+    def passes(index: int) -> list[str]:
+        barrier.wait()
+        started: list[str] = []
+        for _ in range(30):  # a pass held while another holds the lease, before the give-up, comes back
+            started += reconcile_pool(store, setups[index].provider, pools[index], clock,
+                                      setups[index].service).clones_started
+            if started:
+                break
+        return started
+
+    with ThreadPoolExecutor(len(setups)) as executor:
+        started = list(executor.map(passes, range(len(setups))))
+    assert [len(names) for names in started] == [1] * len(setups)
+    assert counts_by_reason(emf_documents(capsys.readouterr().out), "TemplatePreparationFailures") == {"timeout": 1}
 
 
 # --- vCenter paused in the middle of clones ------------------------------------------------------------
