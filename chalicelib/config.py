@@ -440,7 +440,9 @@ def _check_size(text: str, source: str) -> None:
 def _check_shape(yaml: Any, text: str, loader: type, source: str) -> None:
     """Refuse YAML nested deeper than MAX_DEPTH or holding more than MAX_VALUES values once its
     aliases are expanded, from libyaml's events (a flat walk: no recursion, nothing built)
-    before anything is composed. An alias counts the values of the node it names."""
+    before anything is composed. An alias counts the values of the node it names; an alias
+    inside the node it names (``&x [*x]``: a list that contains itself) is refused: every walk of
+    the document would recurse for ever."""
     sizes: dict[str, int] = {}  # anchor -> values in its node, aliases expanded
     open_nodes: list[list[Any]] = []  # [values so far, anchor] of each collection being read
     starts = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
@@ -461,6 +463,9 @@ def _check_shape(yaml: Any, text: str, loader: type, source: str) -> None:
         elif kind in ends:
             values, anchor = open_nodes.pop()
         elif kind is alias:
+            if any(node[1] == event.anchor for node in open_nodes):  # at most MAX_DEPTH
+                raise ConfigError([(f"{source}: line {event.start_mark.line + 1}: a YAML alias inside the "
+                                    "value it names (a value that contains itself)")])
             values, anchor = sizes.get(event.anchor, 1), None
             expanded += values
             if expanded > MAX_VALUES:
