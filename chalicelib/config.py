@@ -499,7 +499,7 @@ def _read_document(text: str, source: str, reader: BlockReader) -> dict[str, Any
         try:
             root = loader.get_single_node()
             if root is not None:
-                _duplicate_keys(yaml, root, source, reader)
+                _duplicate_keys(yaml, loader, root, source, reader)
             document = None if root is None else loader.construct_document(root)
         finally:
             loader.dispose()
@@ -519,7 +519,7 @@ IGNORED_SECTIONS = frozenset({"graphite", "statsd", "tracing", "pool_names"})
 """Sections of vmpooler's config that vmpool reads nothing from."""
 
 
-def _duplicate_keys(yaml: Any, root: Any, source: str, reader: BlockReader) -> None:
+def _duplicate_keys(yaml: Any, loader: Any, root: Any, source: str, reader: BlockReader) -> None:
     """Each key written twice in one mapping of the composed document (after colon-stripping:
     ``:size:`` and ``size:`` are the same key), which YAML loaders (PyYAML, and Ruby's Psych for
     vmpooler) keep silently, the last one winning. Refused, naming the key's path and both lines,
@@ -527,12 +527,13 @@ def _duplicate_keys(yaml: Any, root: Any, source: str, reader: BlockReader) -> N
     same value twice) or in a section vmpool ignores, so a config vmpooler accepts keeps loading
     where it can. Merge keys (``<<: *base``) are not duplicates: the mapping's own keys override
     what they merge, as YAML means. A flat walk over nodes (aliases visited once), before anything
-    is constructed."""
+    is constructed (but keys that are not strings: ``true`` and ``True``, ``1`` and ``0x1`` are
+    one key each)."""
     merge_tag = "tag:yaml.org,2002:merge"
     string_tag = "tag:yaml.org,2002:str"
     refused: list[str] = []
     warned: list[str] = []
-    budget = [MAX_VALUES]  # node comparisons left: a recursive alias compared with another ends
+    budget = [MAX_VALUES]  # node comparisons left, however many values are written twice
     visited: set[int] = set()
     pending: list[tuple[Any, str]] = [(root, "")]
     while pending:
@@ -552,8 +553,9 @@ def _duplicate_keys(yaml: Any, root: Any, source: str, reader: BlockReader) -> N
             if key_node.tag == merge_tag:
                 pending.append((value_node, path))
                 continue
-            name = key_node.value.lstrip(":") if key_node.tag == string_tag else key_node.value
-            shown = name if len(name) <= SHOWN_CHARACTERS else name[:SHOWN_CHARACTERS] + "..."
+            written = key_node.value.lstrip(":") if key_node.tag == string_tag else key_node.value
+            shown = written if len(written) <= SHOWN_CHARACTERS else written[:SHOWN_CHARACTERS] + "..."
+            name = written if key_node.tag == string_tag else repr(loader.construct_object(key_node))
             key_path = f"{path}.{shown}" if path else shown
             line = key_node.start_mark.line + 1
             earlier = first.get((key_node.tag, name))
@@ -561,7 +563,7 @@ def _duplicate_keys(yaml: Any, root: Any, source: str, reader: BlockReader) -> N
                 first[(key_node.tag, name)] = (line, value_node)
                 pending.append((value_node, key_path))
                 continue
-            section = (path or name).split(".", 1)[0].split("[", 1)[0]
+            section = (path or written).split(".", 1)[0].split("[", 1)[0]
             where = f"written twice, at lines {earlier[0]} and {line} of {source}"
             if _same_node(yaml, earlier[1], value_node, budget):
                 warned.append(f"{key_path}: {where}, with the same value: one is enough")

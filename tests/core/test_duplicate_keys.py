@@ -110,3 +110,12 @@ def test_a_key_written_twice_in_an_extra_config_file_names_that_file(tmp_path: P
     problems = problems_of(text, base_dir=tmp_path)
     assert problems == [(f"pools[0].size: written twice, at lines 3 and 4 of {tmp_path / 'pools.yaml'}; the one "
                         "at line 3 would be ignored: remove one of them")]
+
+
+def test_keys_written_differently_that_load_as_one_are_one_key() -> None:
+    # true and True are one boolean, 1 and 0x1 one integer: PyYAML kept the last of each.
+    problems = problems_of(HEAD + "  - {name: a, size: 1, provider: dummy}\n:tagfilter:\n"
+                           "  true: a\n  True: b\n  1: x\n  0x1: y\n")
+    assert [problem.split(";")[0] for problem in problems] == [
+        "tagfilter.True: written twice, at lines 7 and 8 of vmpool.yaml",
+        "tagfilter.0x1: written twice, at lines 9 and 10 of vmpool.yaml"]
