@@ -115,6 +115,9 @@ def test_a_refresh_from_the_bucket_keeps_the_last_good_config_on_a_hostile_one()
                json.dumps({config_module.CANONICAL_FORMAT_KEY: 1, "x": [[[[[[]]]]]] * 2})[:-1]
                + ', "y": ' + "[" * 5000 + "]" * 5000 + "}"]
     hostile.append(json.dumps({config_module.CANONICAL_FORMAT_KEY: 1, "x": "x" * 16 * 1024 * 1024}))
+    # A YAML object put there by hand: a value that contains itself (before, a RecursionError out
+    # of every function's refresh), a pool's size written twice (before, the last one served).
+    hostile += [HEAD + POOL.format(name="a") + "    alias: &x [*x]\n", HEAD + POOL.format(name="a") + "    size: 5\n"]
     objects = iter((text, f"etag-{n}") for n, text in enumerate(hostile))
     source = ConfigSource(good, lambda etag: next(objects), FakeClock(), refresh_seconds=0)
     for _ in hostile:
