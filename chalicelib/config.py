@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Generic, Mapping, Optional, Se
 from chalicelib.auth.ldap_settings import LdapSettings
 from chalicelib.auth.secrets import Secret, SecretReference
 from chalicelib.config_fields import (
+    SHOWN_CHARACTERS,
     BlockReader,
     Bool,
     DnsName,
@@ -439,7 +440,9 @@ def _check_size(text: str, source: str) -> None:
 def _check_shape(yaml: Any, text: str, loader: type, source: str) -> None:
     """Refuse YAML nested deeper than MAX_DEPTH or holding more than MAX_VALUES values once its
     aliases are expanded, from libyaml's events (a flat walk: no recursion, nothing built)
-    before anything is composed. An alias counts the values of the node it names."""
+    before anything is composed. An alias counts the values of the node it names; an alias
+    inside the node it names (``&x [*x]``: a list that contains itself) is refused: every walk of
+    the document would recurse for ever."""
     sizes: dict[str, int] = {}  # anchor -> values in its node, aliases expanded
     open_nodes: list[list[Any]] = []  # [values so far, anchor] of each collection being read
     starts = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
@@ -460,6 +463,9 @@ def _check_shape(yaml: Any, text: str, loader: type, source: str) -> None:
         elif kind in ends:
             values, anchor = open_nodes.pop()
         elif kind is alias:
+            if any(node[1] == event.anchor for node in open_nodes):  # at most MAX_DEPTH
+                raise ConfigError([(f"{source}: line {event.start_mark.line + 1}: a YAML alias inside the "
+                                    "value it names (a value that contains itself)")])
             values, anchor = sizes.get(event.anchor, 1), None
             expanded += values
             if expanded > MAX_VALUES:
@@ -475,8 +481,9 @@ def _check_shape(yaml: Any, text: str, loader: type, source: str) -> None:
         raise ConfigError([f"{source}: more than {MAX_VALUES} values"])
 
 
-def _read_document(text: str, source: str) -> dict[str, Any]:
-    """One YAML mapping, colon-stripped. Raises ConfigError naming ``source``."""
+def _read_document(text: str, source: str, reader: BlockReader) -> dict[str, Any]:
+    """One YAML mapping, colon-stripped. Raises ConfigError naming ``source``; a key written
+    twice in one mapping adds a problem or a warning to ``reader`` (``_duplicate_keys``)."""
     _check_size(text, source)
     try:
         import yaml
@@ -485,10 +492,17 @@ def _read_document(text: str, source: str) -> dict[str, Any]:
                            "make config-push or package it, which write its canonical JSON")]) from None
     # libyaml's safe loader when PyYAML was built with it: about 8 times faster than the
     # pure-Python one on a config of many pools; the same documents either way.
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    loader_class = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        _check_shape(yaml, text, loader, source)
-        document = yaml.load(text, Loader=loader)
+        _check_shape(yaml, text, loader_class, source)
+        loader = loader_class(text)
+        try:
+            root = loader.get_single_node()
+            if root is not None:
+                _duplicate_keys(yaml, loader, root, source, reader)
+            document = None if root is None else loader.construct_document(root)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as error:
         raise ConfigError([f"{source}: not valid YAML: {error}"]) from None
     if document is None:
@@ -498,14 +512,109 @@ def _read_document(text: str, source: str) -> dict[str, Any]:
     return _strip_colons(document)
 
 
+MAX_REPORTED_DUPLICATES = 10
+"""Keys written twice reported one by one; the rest are counted in one line (a key pasted
+100,000 times is one problem, not 100,000)."""
+IGNORED_SECTIONS = frozenset({"graphite", "statsd", "tracing", "pool_names"})
+"""Sections of vmpooler's config that vmpool reads nothing from."""
+
+
+def _duplicate_keys(yaml: Any, loader: Any, root: Any, source: str, reader: BlockReader) -> None:
+    """Each key written twice in one mapping of the composed document (after colon-stripping:
+    ``:size:`` and ``size:`` are the same key), which YAML loaders (PyYAML, and Ruby's Psych for
+    vmpooler) keep silently, the last one winning. Refused, naming the key's path and both lines,
+    where one value would be lost in a section vmpool reads; a warning where nothing is lost (the
+    same value twice) or in a section vmpool ignores, so a config vmpooler accepts keeps loading
+    where it can. Merge keys (``<<: *base``) are not duplicates: the mapping's own keys override
+    what they merge, as YAML means. A flat walk over nodes (aliases visited once), before anything
+    is constructed (but keys that are not strings: ``true`` and ``True``, ``1`` and ``0x1`` are
+    one key each)."""
+    merge_tag = "tag:yaml.org,2002:merge"
+    string_tag = "tag:yaml.org,2002:str"
+    refused: list[str] = []
+    warned: list[str] = []
+    budget = [MAX_VALUES]  # node comparisons left, however many values are written twice
+    visited: set[int] = set()
+    pending: list[tuple[Any, str]] = [(root, "")]
+    while pending:
+        node, path = pending.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            pending.extend((item, f"{path}[{index}]") for index, item in enumerate(node.value))
+            continue
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        first: dict[tuple[str, str], tuple[int, Any]] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            if key_node.tag == merge_tag:
+                pending.append((value_node, path))
+                continue
+            written = key_node.value.lstrip(":") if key_node.tag == string_tag else key_node.value
+            shown = written if len(written) <= SHOWN_CHARACTERS else written[:SHOWN_CHARACTERS] + "..."
+            name = written if key_node.tag == string_tag else repr(loader.construct_object(key_node))
+            key_path = f"{path}.{shown}" if path else shown
+            line = key_node.start_mark.line + 1
+            earlier = first.get((key_node.tag, name))
+            if earlier is None:
+                first[(key_node.tag, name)] = (line, value_node)
+                pending.append((value_node, key_path))
+                continue
+            section = (path or written).split(".", 1)[0].split("[", 1)[0]
+            where = f"written twice, at lines {earlier[0]} and {line} of {source}"
+            if _same_node(yaml, earlier[1], value_node, budget):
+                warned.append(f"{key_path}: {where}, with the same value: one is enough")
+            elif section in IGNORED_SECTIONS or section not in TOP_LEVEL_SECTIONS:
+                warned.append(f"{key_path}: {where}, in a section vmpool ignores: the last one would be used")
+            else:
+                refused.append(f"{key_path}: {where}; the one at line {earlier[0]} would be ignored: "
+                               "remove one of them")
+    for found, into in ((refused, reader.problems), (warned, reader.warnings)):
+        into.extend(found[:MAX_REPORTED_DUPLICATES])
+        if len(found) > MAX_REPORTED_DUPLICATES:
+            into.append(f"{source}: {len(found) - MAX_REPORTED_DUPLICATES} more keys written twice")
+
+
+def _same_node(yaml: Any, one: Any, other: Any, budget: list[int]) -> bool:
+    """Whether two YAML nodes hold the same value (False when ``budget``, the comparisons left,
+    runs out: values past any config's size). A pair met again (recursive aliases) is not
+    compared twice."""
+    pairs = [(one, other)]
+    compared: set[tuple[int, int]] = set()
+    while pairs:
+        budget[0] -= 1
+        if budget[0] < 0:
+            return False
+        left, right = pairs.pop()
+        if left is right or (id(left), id(right)) in compared:
+            continue
+        compared.add((id(left), id(right)))
+        if type(left) is not type(right) or left.tag != right.tag or (
+                not isinstance(left, yaml.ScalarNode) and len(left.value) != len(right.value)):
+            return False
+        if isinstance(left, yaml.ScalarNode):
+            if left.value != right.value:
+                return False
+        elif isinstance(left, yaml.MappingNode):
+            for (left_key, left_value), (right_key, right_value) in zip(left.value, right.value, strict=True):
+                pairs += [(left_key, right_key), (left_value, right_value)]
+        else:
+            pairs.extend(zip(left.value, right.value, strict=True))
+    return True
+
+
 def parse(text: str, source: str = "config", base_dir: Path | None = None) -> Config:
     """Parse and validate YAML text, merging the files its ``config.extra_config`` lists
     (relative paths from ``base_dir``, else the working directory). Raises ConfigError listing
     every problem."""
-    document = _read_document(text, source)
-    merged = merge_extra_configs(document, base_dir or Path.cwd())
+    reader = BlockReader()
+    document = _read_document(text, source, reader)
+    merged = merge_extra_configs(document, base_dir or Path.cwd(), reader)
     try:
-        return build(merged)
+        return build(merged, reader)
     except ImportError as error:  # a Lambda package carries no pydantic: it loads canonical JSON
         raise ConfigError([(f"{source}: a YAML config is validated with pydantic, which is not installed here "
                            f"({error.name}): publish it with make config-push or package it, which write its "
@@ -527,14 +636,16 @@ def extra_config_paths(document: Mapping[str, Any]) -> list[str]:
     return [str(item).strip() for item in items if str(item).strip()]
 
 
-def merge_extra_configs(document: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+def merge_extra_configs(document: dict[str, Any], base_dir: Path, reader: BlockReader | None = None) -> dict[str, Any]:
     """vmpooler's ``extra_config``: each listed YAML file is deep-merged into the main document.
 
     As vmpooler's deep_merge does it, the main document wins: a value it sets is kept, keys it
     lacks are added from the extra file, mappings merge key by key and lists are joined (the extra
     file's items that are not already there are appended: a file of extra ``pools`` adds pools).
-    Extra files are read in order; their own ``extra_config`` is not followed.
+    Extra files are read in order; their own ``extra_config`` is not followed. Keys written
+    twice in them add problems or warnings to ``reader``.
     """
+    reader = reader or BlockReader()
     paths = extra_config_paths(document)
     if len(paths) > MAX_EXTRA_CONFIGS:
         raise ConfigError([f"config.extra_config: at most {MAX_EXTRA_CONFIGS} files, got {len(paths)}"])
@@ -547,7 +658,7 @@ def merge_extra_configs(document: dict[str, Any], base_dir: Path) -> dict[str, A
             problems.append(f"config.extra_config: cannot read {path}: {error.strerror}")
             continue
         try:
-            extra = _read_document(text, str(path))
+            extra = _read_document(text, str(path), reader)
         except ConfigError as error:
             problems.extend(error.problems)
             continue

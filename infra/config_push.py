@@ -33,8 +33,12 @@ def stack_output(cloudformation: Any, stage: str, key: str) -> str:
 
 def push(text: str, bucket: str, s3: Any, source: str = "config") -> str:
     """Validate and publish the canonical JSON; returns the new object's version (or ETag).
-    Raises ConfigError."""
+    Raises ConfigError. The validation's warnings (unknown keys, a key written twice with one
+    value) are printed to stderr; they travel in the canonical JSON too, and every function logs
+    them when it loads it."""
     config = parse(text, source)
+    for warning in config.warnings:
+        print(f"config-push: warning: {warning}", file=sys.stderr)
     answer = s3.put_object(Bucket=bucket, Key=DEFAULT_CONFIG_KEY, Body=canonical_json(config).encode("utf-8"),
                            ContentType="application/json",
                            Metadata={"pools": str(len(config.pools))})

@@ -143,6 +143,8 @@ def canonical_config(tree: Path, member: str) -> None:
         config = config_module.from_text(text, member, base_dir=path.parent)
     except config_module.ConfigError as error:
         raise SystemExit(f"slim_zip: the packaged config {member} is not valid:\n{error}") from None
+    for warning in config.warnings:  # logged again by every function that loads it
+        print(f"slim_zip: warning: {member}: {warning}", file=sys.stderr)
     path.write_text(config_module.canonical_json(config))
 
 

@@ -178,7 +178,10 @@ def _check_config() -> int:
             from chalicelib.config import ConfigError, canonical_json, load
 
             try:
-                checked = canonical_json(load())
+                config = load()
+                for warning in config.warnings:  # at start, where it is seen; each process logs them too
+                    print(f"vmpool: config warning: {warning}", file=sys.stderr)
+                checked = canonical_json(config)
                 descriptor = os.open(STATE_DIR / CHECKED_CONFIG_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(descriptor, "w") as out:  # secrets in the clear, as in the YAML: 0600
                     out.write(checked)

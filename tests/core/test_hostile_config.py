@@ -48,6 +48,16 @@ def test_anchors_and_merge_keys_of_an_ordinary_config_still_load() -> None:
     assert [(pool.name, pool.template) for pool in parse(text).pools] == [("a", "t/a"), ("b", "t/a")]
 
 
+@pytest.mark.parametrize("value", ["&x [*x]", "&x {a: *x}", "&x [1, [2, *x]]"])
+def test_a_value_that_contains_itself_is_refused(value: str) -> None:
+    # Before: a RecursionError traceback (colon-stripping walked the self-containing list for ever).
+    assert problems_of(HEAD + POOL.format(name="a") + f"    alias: {value}\n") == [
+        "config: line 8: a YAML alias inside the value it names (a value that contains itself)"]
+    # In a section vmpool ignores, too, and when it is a key written twice.
+    assert problems_of(HEAD + POOL.format(name="a") + ":statsd:\n  x: &x [*x]\n  x: &y [*y]\n")[0].startswith(
+        "config: line 9: a YAML alias inside")
+
+
 @pytest.mark.parametrize("depth", [200, 1000, 100_000])
 def test_deep_nesting_is_refused(depth: int) -> None:
     # Before: a RecursionError traceback at 1,000 levels, and the interpreter killed by a
@@ -105,6 +115,9 @@ def test_a_refresh_from_the_bucket_keeps_the_last_good_config_on_a_hostile_one()
                json.dumps({config_module.CANONICAL_FORMAT_KEY: 1, "x": [[[[[[]]]]]] * 2})[:-1]
                + ', "y": ' + "[" * 5000 + "]" * 5000 + "}"]
     hostile.append(json.dumps({config_module.CANONICAL_FORMAT_KEY: 1, "x": "x" * 16 * 1024 * 1024}))
+    # A YAML object put there by hand: a value that contains itself (before, a RecursionError out
+    # of every function's refresh), a pool's size written twice (before, the last one served).
+    hostile += [HEAD + POOL.format(name="a") + "    alias: &x [*x]\n", HEAD + POOL.format(name="a") + "    size: 5\n"]
     objects = iter((text, f"etag-{n}") for n, text in enumerate(hostile))
     source = ConfigSource(good, lambda etag: next(objects), FakeClock(), refresh_seconds=0)
     for _ in hostile:

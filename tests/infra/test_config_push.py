@@ -197,3 +197,27 @@ def test_an_object_no_config_can_be_is_read_once_and_only_as_far_as_the_limit(s3
     s3.put_object(Bucket=BUCKET, Key=DEFAULT_CONFIG_KEY, Body=PUSHED.encode())
     clock.advance(REFRESH_SECONDS)
     assert source.current().pool_names == ("debian", "fedora")
+
+
+def test_config_push_refuses_a_key_written_twice_naming_its_lines(s3: Any, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Before, the last `size:` won silently and the config was published."""
+    code, output = push_file(tmp_path, PACKAGED.replace("size: 1,", "size: 1, template: t/a, size: 10,"), capsys)
+    assert code == 1
+    assert f"pools[0].size: written twice, at lines 4 and 4 of {tmp_path / 'vmpool.yaml'}" in output, output
+    assert "nothing published" in output
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
+
+
+def test_a_key_written_twice_with_one_value_is_pushed_and_warned_about_by_the_push_and_every_function(
+        s3: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    code, output = push_file(tmp_path, PUSHED + ":statsd:\n  port: 8125\n  :port: 8126\n", capsys)
+    assert code == 0, output
+    warning = (f"statsd.port: written twice, at lines 7 and 8 of {tmp_path / 'vmpool.yaml'}, in a section "
+               "vmpool ignores: the last one would be used")
+    assert f"config-push: warning: {warning}\n" in output
+    # A function picking it up logs it (a JSON line of the Powertools logger).
+    source = ConfigSource(parse(PACKAGED), S3Fetch(BUCKET, DEFAULT_CONFIG_KEY, lambda: s3), FakeClock())
+    assert source.current().pool_names == ("debian", "fedora")
+    assert [(record.name, record.levelname) for record in caplog.records
+            if record.getMessage() == f"config: {warning}"] == [("vmpool", "WARNING")]

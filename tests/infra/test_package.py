@@ -367,3 +367,23 @@ def test_each_packaged_function_runs_from_the_slimmed_zip(sandbox: lambda_sandbo
 def test_stages_with_tracing_ship_the_xray_sdk(package: Package) -> None:
     assert any(stage.tracing for stage in STAGES.values())
     assert any(name.startswith("aws_xray_sdk/") for name in package.zip.namelist())
+
+
+def test_packaging_refuses_a_config_with_a_key_written_twice_and_warns_of_a_harmless_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What packaging does to the stage's config (slim_zip.canonical_config): before, the last
+    `size:` of the pool won silently and was packaged."""
+    from infra import slim_zip
+
+    config = ":providers:\n  :dummy: {}\n:pools:\n  - name: a\n    provider: dummy\n    size: 1\n    size: SIZE\n"
+    (tmp_path / "vmpool.yaml").write_text(config.replace("SIZE", "10"))
+    with pytest.raises(SystemExit) as refused:
+        slim_zip.canonical_config(tmp_path, "vmpool.yaml")
+    assert "pools[0].size: written twice, at lines 6 and 7 of vmpool.yaml" in str(refused.value)
+    assert (tmp_path / "vmpool.yaml").read_text() == config.replace("SIZE", "10")  # nothing written
+
+    (tmp_path / "vmpool.yaml").write_text(config.replace("SIZE", "1"))
+    slim_zip.canonical_config(tmp_path, "vmpool.yaml")
+    warning = "pools[0].size: written twice, at lines 6 and 7 of vmpool.yaml, with the same value: one is enough"
+    assert f"slim_zip: warning: vmpool.yaml: {warning}\n" in capsys.readouterr().err
+    assert json.loads((tmp_path / "vmpool.yaml").read_text())["warnings"] == [warning]  # each function logs it

@@ -5,6 +5,7 @@ stack does not block the next one), and a bad config starts nothing."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -341,6 +342,32 @@ def test_sigkill_of_a_vcsim_stack_stops_its_simulator_too(tmp_path: Path) -> Non
         stack.process.wait()
         wait_for(lambda: not any(alive(pid) for pid in children), 20, "the stack's children to stop",
                  lambda: f"still alive: {[pid for pid in children if alive(pid)]}\n{stack.log()}")
+
+
+def test_a_key_written_twice_is_refused_before_anything_starts_naming_its_lines(tmp_path: Path) -> None:
+    """Before, the pool's last `size:` won silently and the stack served it."""
+    config_file = tmp_path / "twice.yaml"
+    config_file.write_text(CONFIG.replace("size: 2,", "size: 2, size: 20,"))
+    port, redis_port = free_port(), free_port()
+    run = subprocess.run(stack_command(port, 1, 30) + ["--redis-port", str(redis_port)], cwd=REPO_ROOT,
+                         env=stack_env(config_file, tmp_path / "state"), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run
+    assert f"pools[0].size: written twice, at lines 5 and 5 of {config_file}" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and "redis on port" not in run.stdout
+    assert refuses_connections(redis_port) and refuses_connections(port)
+
+
+def test_a_key_written_twice_with_one_value_starts_with_a_warning_at_start_and_in_the_logs(tmp_path: Path) -> None:
+    config = CONFIG.replace("size: 2,", "size: 2, size: 2,")
+    with local_stack(tmp_path, config, workers=1) as stack:
+        warning = (f"pools[0].size: written twice, at lines 5 and 5 of {tmp_path / 'stack.yaml'}, with the "
+                   "same value: one is enough")
+        assert f"vmpool: config warning: {warning}\n" in stack.log()
+        assert call("GET", f"{stack.api}/status")[0] == 200
+        # The processes serving it log it too, as JSON lines.
+        wait_for(lambda: any(json.loads(line).get("message") == f"config: {warning}"
+                             for line in stack.log().splitlines() if line.startswith("{")),
+                 20, "a JSON log line of the warning", stack.log)
 
 
 @pytest.mark.parametrize("arguments, says", [
