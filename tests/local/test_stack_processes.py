@@ -139,16 +139,22 @@ def test_ctrl_c_stops_a_stack_started_with_sigint_ignored(tmp_path: Path) -> Non
     assert refuses_connections(stack.port)
 
 
-def test_a_bad_config_is_refused_before_anything_starts(tmp_path: Path) -> None:
-    config_file = tmp_path / "bad.yaml"
-    config_file.write_text(CONFIG.replace("size: 2", "size: -2"))
+def start_refused(tmp_path: Path, config: str) -> subprocess.CompletedProcess[str]:
+    """``local.run`` started with ``config`` (written to tmp_path/vmpool.yaml): it must exit 2."""
+    config_file = tmp_path / "vmpool.yaml"
+    config_file.write_text(config)
     port, redis_port = free_port(), free_port()
     run = subprocess.run(stack_command(port, 1, 30) + ["--redis-port", str(redis_port)], cwd=REPO_ROOT,
                          env=stack_env(config_file, tmp_path / "state"), capture_output=True, text=True, timeout=60)
     assert run.returncode == 2, run
-    assert "size" in run.stderr and "Traceback" not in run.stderr, run.stderr
-    assert "redis on port" not in run.stdout
-    assert refuses_connections(redis_port) and refuses_connections(port)
+    assert "redis on port" not in run.stdout and "Traceback" not in run.stderr, run
+    assert refuses_connections(redis_port) and refuses_connections(port)  # nothing was started
+    return run
+
+
+def test_a_bad_config_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    run = start_refused(tmp_path, CONFIG.replace("size: 2", "size: -2"))
+    assert "size" in run.stderr, run.stderr
 
 
 @pytest.mark.slow
@@ -346,15 +352,8 @@ def test_sigkill_of_a_vcsim_stack_stops_its_simulator_too(tmp_path: Path) -> Non
 
 def test_a_key_written_twice_is_refused_before_anything_starts_naming_its_lines(tmp_path: Path) -> None:
     """Before, the pool's last `size:` won silently and the stack served it."""
-    config_file = tmp_path / "twice.yaml"
-    config_file.write_text(CONFIG.replace("size: 2,", "size: 2, size: 20,"))
-    port, redis_port = free_port(), free_port()
-    run = subprocess.run(stack_command(port, 1, 30) + ["--redis-port", str(redis_port)], cwd=REPO_ROOT,
-                         env=stack_env(config_file, tmp_path / "state"), capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2, run
-    assert f"pools[0].size: written twice, at lines 5 and 5 of {config_file}" in run.stderr, run.stderr
-    assert "Traceback" not in run.stderr and "redis on port" not in run.stdout
-    assert refuses_connections(redis_port) and refuses_connections(port)
+    run = start_refused(tmp_path, CONFIG.replace("size: 2,", "size: 2, size: 20,"))
+    assert f"pools[0].size: written twice, at lines 5 and 5 of {tmp_path / 'vmpool.yaml'}" in run.stderr, run.stderr
 
 
 def test_a_key_written_twice_with_one_value_starts_with_a_warning_at_start_and_in_the_logs(tmp_path: Path) -> None:
