@@ -20,8 +20,9 @@ import redis
 
 from chalicelib import config as config_module
 from chalicelib.auth import build_authenticator
-from chalicelib.auth.base import Authenticator
+from chalicelib.auth.base import Authenticator, UserDirectory
 from chalicelib.auth.basic import LoginService
+from chalicelib.auth.directory_check import DirectoryCheck
 from chalicelib.auth.ratelimit import LoginLimiter
 from chalicelib.auth.secrets import SecretConfigError, SecretResolver, SecretUnavailable, default_resolver
 from chalicelib.auth.tokens import TokenStore
@@ -220,6 +221,22 @@ class Services:
             return None
         limiter = LoginLimiter.from_config(self.config.auth, self.client, prefix=self.store.keys.prefix)
         return LoginService(authenticator, limiter)
+
+    @cached_property
+    def directory_check(self) -> DirectoryCheck:
+        """Whether a token's user is still in the directory (asked every
+        ``auth.directory_check_minutes``); off without ``:auth:`` or a directory to ask."""
+        auth = self.config.auth
+        authenticator = self.authenticator if auth is not None else None
+        lookup = None
+        if isinstance(authenticator, UserDirectory) and authenticator.looks_up_users:
+            lookup = authenticator.has_user
+        return DirectoryCheck(
+            self.client, self.clock, lookup,
+            interval_minutes=auth.directory_check_minutes if auth is not None else 0,
+            grace_minutes=auth.directory_outage_grace_minutes if auth is not None else 0,
+            prefix=self.store.keys.prefix,
+        )
 
     @cached_property
     def tokens(self) -> TokenStore:

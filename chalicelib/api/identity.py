@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from chalicelib.api.http import ApiError, ApiRequest
 from chalicelib.auth.base import AuthConfigError, AuthUnavailable, canonical_user, same_user
 from chalicelib.auth.basic import WWW_AUTHENTICATE
+from chalicelib.auth.directory_check import Standing
 from chalicelib.observability import logger
 from chalicelib.services import Services
 from chalicelib.store import VMRecord
@@ -42,9 +43,19 @@ def optional_caller(services: Services, request: ApiRequest) -> Caller | None:
     token = request.header(TOKEN_HEADER)
     if not token:
         return None
-    record = services.tokens.lookup(token.strip())
+    record = services.tokens.lookup(token.strip(), touch=False)
     if record is None:
         raise unauthorized("invalid or expired token")
+    # The user may have left since the token was made: the directory is asked every few minutes.
+    try:
+        standing = services.directory_check.standing(record.user, record.created_at)
+    except AuthConfigError as error:
+        raise auth_unavailable(error) from None
+    if standing is Standing.REMOVED:
+        raise unauthorized("the token's user is no longer in the directory")
+    if standing is Standing.UNKNOWN:
+        raise auth_unavailable(AuthUnavailable("the directory cannot say whether the token's user is still there"))
+    record = services.tokens.touch(record)
     return Caller(record.user, record.id)
 
 

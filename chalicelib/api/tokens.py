@@ -43,6 +43,7 @@ def _basic_user(services: Services, request: ApiRequest) -> str:
     """The user whose HTTP Basic credentials came with the request; 401/429/503 otherwise."""
     result = _login_service(services).login(request.header("Authorization"), request.source_ip or None)
     if result.outcome is LoginOutcome.OK and result.user is not None:
+        services.directory_check.logged_in(result.user)  # the directory has just found the user
         return result.user
     if result.outcome is LoginOutcome.RATE_LIMITED:
         wait = result.retry_after or 1

@@ -32,6 +32,20 @@ class Authenticator(Protocol):
         ...
 
 
+@runtime_checkable
+class UserDirectory(Protocol):
+    """An authenticator that can say whether a user is still there without their password."""
+
+    @property
+    def looks_up_users(self) -> bool:
+        """Whether ``has_user`` can ask (LDAP: only with a service account)."""
+        ...
+
+    def has_user(self, username: str) -> bool:
+        """Whether the directory still has the user. Raises AuthUnavailable when it cannot tell."""
+        ...
+
+
 def acceptable_credentials(username: object, password: object) -> bool:
     """Credentials worth sending to a backend at all.
 

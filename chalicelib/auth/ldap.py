@@ -122,6 +122,25 @@ class LdapAuthenticator:
             logger.info("LDAP login refused for %s", _identity(username))
         return accepted
 
+    @property
+    def looks_up_users(self) -> bool:
+        """Whether ``has_user`` can ask the directory: only with the service account (a direct
+        bind needs the user's password, and the directory may refuse anonymous reads)."""
+        return self.settings.uses_service_account
+
+    def has_user(self, username: str) -> bool:
+        """Whether ``username`` still names one entry the user could log in as: found under the
+        configured bases by the configured user_objects, as a login finds it (none or several:
+        False). One service-account bind and the searches, no bind as the user. Raises
+        AuthUnavailable when the directory cannot answer, or without a service account."""
+        if not self.looks_up_users:
+            raise AuthUnavailable("looking up users needs service_account_hash")
+        if not acceptable_credentials(username, "-"):
+            return False
+        with self._session("user check") as connection:
+            self._bind_service_account(connection)
+            return len(self._find_user(connection, username)) == 1
+
     def member_of_any(self, username: str, groups: Sequence[str]) -> bool:
         """Whether the user is a member of one of ``groups`` (group DNs): a group entry lists
         the user's DN in ``member`` or ``uniqueMember``, or the name in ``memberUid`` (in any

@@ -62,6 +62,11 @@ class TokenRecord:
     last: str
     expires: str | None = None
 
+    @property
+    def created_at(self) -> float | None:
+        """When the token was made (epoch seconds): its user had just logged in."""
+        return _parse_iso(self.created)
+
     def public(self) -> dict[str, Any]:
         """The ``{"created", "last"}`` body vmpooler shows (plus ``expires`` when set)."""
         body: dict[str, Any] = {"created": self.created, "last": self.last}
@@ -180,10 +185,13 @@ class TokenStore:
             if fields.get("user"):
                 self._delete(keys=[key, self._user_key(fields["user"])], args=[fields["user"], token_hash])
             return None
-        if touch:
-            now = iso(self.clock.now())
-            if self._touch(keys=[key], args=[now]):
-                record = TokenRecord(record.id, record.token_hash, record.user, record.created, now, record.expires)
+        return self.touch(record) if touch else record
+
+    def touch(self, record: TokenRecord) -> TokenRecord:
+        """The token used now: its ``last`` set to now (unless it was deleted meanwhile)."""
+        now = iso(self.clock.now())
+        if self._touch(keys=[self._token_key(record.token_hash)], args=[now]):
+            return TokenRecord(record.id, record.token_hash, record.user, record.created, now, record.expires)
         return record
 
     def list_for_user(self, user: str) -> list[TokenRecord]:

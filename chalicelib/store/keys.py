@@ -13,8 +13,9 @@ where its validator leaves out ``:`` (pool and provider names: config.POOL_NAME_
 hostnames: api.http.HOSTNAME_PATTERN; a hostname a provider's inventory lists names only its own
 ``vm:`` record), or where fixed text around it keeps it apart (``user:<canonical user>:tokens``,
 the one family under ``user:``; ``dummy:<provider>:folder:<folder>``). A request id may hold ``:``,
-so it is escaped (``request_part``); user names in failed-login, holdings and rate-limit keys, and tokens,
-are hashed; a client address is an IPv4 address, an IPv6 /64 or a hash (auth.ratelimit.address_key).
+so it is escaped (``request_part``); user names in failed-login, holdings, rate-limit and directory
+check keys, and tokens, are hashed; a client address is an IPv4 address, an IPv6 /64 or a hash
+(auth.ratelimit.address_key).
 A prefix with a hash tag (``{vmpool}:``) keeps every key in one cluster slot whatever the names
 hold, since Redis hashes the first ``{...}`` only. test_key_schema.py feeds hostile names to every
 family through these validators.
@@ -65,6 +66,8 @@ family through these validators.
     ratelimit:<class>:<who>  string  requests of a client (a token's user, hashed, or an address) in the window
     token:<sha256>           hash    an API token's user and times (auth/tokens.py)
     user:<user>:tokens       set     a user's token hashes
+    dircheck:<user hash>     hash    the directory's last answer on whether a token's user is still
+                                     there (auth/directory_check.py), expiring when no longer useful
     login:user:<hash>        string  failed logins (and attempts in flight) of a user name (login_key, hashed)
     login:addr:<address>     string  the same from a client address (IPv6: its /64)
     login:<user|addr>:<..>:in_flight string  of those, the attempts still waiting for the directory
@@ -251,6 +254,10 @@ class Keys:
 
     def user_tokens(self, user: str) -> str:
         return f"{self.prefix}user:{user}:tokens"
+
+    def directory_check(self, user_hash: str) -> str:
+        """The directory's last answer about a user (``directory_check.user_hash`` of the name)."""
+        return f"{self.prefix}dircheck:{user_hash}"
 
     def login_user(self, user_hash: str) -> str:
         return f"{self.prefix}login:user:{user_hash}"

@@ -33,6 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from local.processes import stop_process
 from tests.support import free_port
@@ -42,6 +43,9 @@ USERS_OU = f"ou=users,{BASE}"
 PEOPLE_OU = f"ou=people,{BASE}"
 SERVICE_DN = f"cn=svc,{BASE}"
 SERVICE_PASSWORD = "svc-Secret-42"
+ROOT_DN = f"cn=admin,{BASE}"
+ROOT_PASSWORD = "root-Secret-43"
+"""The directory's administrator: tests add and remove entries as it (``add_user``, ``remove``)."""
 
 # user name -> (DN, password). The user name is what a client types (uid for every entry).
 USERS: dict[str, tuple[str, str]] = {
@@ -221,7 +225,8 @@ class SlapdServer:
                 "database mdb",
                 "maxsize 10485760",
                 f"suffix \"{BASE}\"",
-                f"rootdn \"cn=admin,{BASE}\"",
+                f"rootdn \"{ROOT_DN}\"",
+                f"rootpw {ROOT_PASSWORD}",
                 f"directory {data}",
                 # Passwords: only for binding. Everything else: bound users only (no anonymous
                 # search, so the service-account mode really needs its account).
@@ -246,6 +251,30 @@ class SlapdServer:
                 self.stop()
                 raise RuntimeError(f"slapd did not start on port {self.port}:\n{log[-2000:]}")
             time.sleep(0.05)
+
+    def _as_administrator(self) -> Any:
+        from ldap3 import Connection, Server
+
+        return Connection(Server(self.host, port=self.port), user=ROOT_DN, password=ROOT_PASSWORD,
+                          auto_bind=True, raise_exceptions=True)
+
+    def add_user(self, user: str, password: str, base: str = USERS_OU) -> str:
+        """A new entry ``uid=<user>,<base>`` (for a test that removes it again); its DN."""
+        dn = f"uid={user},{base}"
+        with self._as_administrator() as connection:
+            connection.add(dn, ["inetOrgPerson"], {"uid": user, "cn": f"{user} cn", "sn": user,
+                                                   "userPassword": password})
+        return dn
+
+    def remove(self, dn: str) -> None:
+        """Delete an entry, as an operator removing a departed user does (gone already: nothing)."""
+        from ldap3.core.exceptions import LDAPNoSuchObjectResult
+
+        with self._as_administrator() as connection:
+            try:
+                connection.delete(dn)
+            except LDAPNoSuchObjectResult:
+                pass
 
     def log_size(self) -> int:
         """Bytes of the log written so far (mark where an action's operations start)."""

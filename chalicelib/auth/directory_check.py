@@ -1,0 +1,139 @@
+"""Whether a token's user is still in the directory, asked at most every few minutes.
+
+A token proves that its user logged in once. An operator who removes a departed employee from
+LDAP (or moves the entry out of the configured bases) expects the tokens to stop working too:
+so each use of a token looks at the directory's last answer about its user, kept in Redis
+(``dircheck:<user hash>``, store/keys.py), and asks the directory again once that answer is
+``directory_check_minutes`` old. No request binds as the user; a check is one service-account bind
+and the searches a login makes, shared by every API process through Redis.
+
+When the directory cannot answer, the last answer stands: a user found (or whose token was
+made: a login finds the user) within the last ``directory_outage_grace_minutes`` keeps working
+(CI jobs holding tokens do not stop with LDAP), a user found missing stays refused. Past the
+grace, or with no answer to go by, the token cannot be vouched for and the API answers 503
+(never 401: nobody said the user was removed).
+A failed question is asked again after ``RETRY_SECONDS`` only, so an outage does not make every
+request wait for the directory's timeout.
+
+A successful login records the user as present (the directory has just said so).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from typing import Any, Callable
+
+from chalicelib.clock import Clock
+from chalicelib.logs import module_logger
+from chalicelib.store.keys import DEFAULT_PREFIX, Keys
+from chalicelib.store.scripts import script_source
+
+from .base import AuthUnavailable
+
+logger = module_logger(__name__)
+
+RETRY_SECONDS = 60.0
+"""After the directory failed to answer about a user, how long the last answer is used before
+asking again (while within the grace)."""
+
+
+class Standing(enum.Enum):
+    """What the directory (or its last answer) says about a token's user."""
+
+    PRESENT = "present"
+    REMOVED = "removed"
+    UNKNOWN = "unknown"
+    """No answer to go by: the directory cannot answer, and its last good answer is older than
+    the grace (or there is none)."""
+
+
+def user_hash(user: str) -> str:
+    """The part of the record's key naming ``user`` (a name may hold ``:``; hashed, as in the
+    other per-user keys)."""
+    return hashlib.sha256(user.encode("utf-8")).hexdigest()[:32]
+
+
+def _seconds(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+class DirectoryCheck:
+    """Looks a token's user up in the directory at most every ``interval_minutes``.
+
+    ``lookup`` answers whether the directory still has the user (raising AuthUnavailable when
+    it cannot tell); None, or an interval of 0, turns the check off (every user is PRESENT)."""
+
+    def __init__(self, redis: Any, clock: Clock, lookup: Callable[[str], bool] | None, *,
+                 interval_minutes: int, grace_minutes: int, prefix: str = DEFAULT_PREFIX) -> None:
+        self.redis = redis
+        self.clock = clock
+        self.lookup = lookup if interval_minutes > 0 else None
+        self.interval = interval_minutes * 60.0
+        self.grace = grace_minutes * 60.0
+        self.keys = Keys(prefix)
+        self._answer = redis.register_script(script_source("directory_answer"))
+
+    @property
+    def enabled(self) -> bool:
+        return self.lookup is not None
+
+    def _key(self, user: str) -> str:
+        return self.keys.directory_check(user_hash(user))
+
+    @property
+    def _record_ttl(self) -> int:
+        """A record is of use while its answer is fresh or, for a present user, within the grace."""
+        return max(60, int(self.interval + self.grace))
+
+    def _record(self, user: str, asked: float, present: bool | None) -> None:
+        flag = "" if present is None else "1" if present else "0"
+        self._answer(keys=[self._key(user)], args=[repr(asked), flag, self._record_ttl])
+
+    def logged_in(self, user: str) -> None:
+        """The directory has just accepted ``user``'s password: it is there."""
+        if self.enabled:
+            self._record(user, self.clock.now(), True)
+
+    def standing(self, user: str, logged_in_at: float | None = None) -> Standing:
+        """PRESENT, REMOVED or UNKNOWN (see the module doc). ``logged_in_at``: when the user is
+        known to have logged in (the token's creation), an answer as good as a lookup's. Redis
+        errors propagate (503)."""
+        if self.lookup is None:
+            return Standing.PRESENT
+        now = self.clock.now()
+        fields = self.redis.hgetall(self._key(user))
+        asked, good, failed = (_seconds(fields.get(name)) for name in ("asked", "good", "failed"))
+        present = fields.get("present")
+        if logged_in_at is not None and (good is None or logged_in_at > good):
+            good = logged_in_at
+
+        def last_answer() -> Standing:
+            if present == "0":
+                return Standing.REMOVED
+            if good is not None and now - good <= self.grace:
+                return Standing.PRESENT
+            return Standing.UNKNOWN
+
+        if asked is not None and present in ("0", "1") and now - asked < self.interval:
+            return Standing.PRESENT if present == "1" else Standing.REMOVED
+        if failed is not None and now - failed < RETRY_SECONDS:
+            return last_answer()
+        try:
+            found = self.lookup(user)
+        except AuthUnavailable as error:
+            self._record(user, now, None)
+            standing = last_answer()
+            logger.warning("directory check of a token's user failed; %s",
+                           "the last answer stands" if standing is not Standing.UNKNOWN else "no answer to go by",
+                           extra={"user": user, "error": str(error)})
+            return standing
+        self._record(user, now, found)
+        if not found:
+            logger.warning("a token's user is no longer in the directory: its tokens are refused",
+                           extra={"user": user})
+        return Standing.PRESENT if found else Standing.REMOVED

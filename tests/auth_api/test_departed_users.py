@@ -1,0 +1,159 @@
+"""Tokens of a user removed from the directory stop working within ``directory_check_minutes``;
+a directory outage keeps the last answer for ``directory_outage_grace_minutes``, then is a 503.
+
+Real slapd (entries added and removed as its administrator), real redis-server, the app through
+local/gateway.py; the minutes pass on the fake clock."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tests.auth.slapd import SlapdServer
+from tests.auth_api.documents import POOL, document
+from tests.harness import Harness, HarnessFactory, basic
+
+UNAVAILABLE = {"ok": False, "error": "authentication service unavailable"}
+
+
+@pytest.fixture
+def leaver(slapd: SlapdServer) -> Iterator[tuple[str, str]]:
+    """A user of the test's own in the shared directory: (name, password); removed afterwards."""
+    name, password = f"leaver{secrets.token_hex(4)}", secrets.token_urlsafe(12)
+    dn = slapd.add_user(name, password)
+    yield name, password
+    slapd.remove(dn)
+
+
+def counting_lookups(api: Harness) -> list[str]:
+    """The users the directory is asked about (the real lookup still runs)."""
+    asked: list[str] = []
+    check = api.services.directory_check
+    lookup = check.lookup
+    assert lookup is not None
+
+    def counted(user: str) -> bool:
+        asked.append(user)
+        return lookup(user)
+
+    check.lookup = counted
+    return asked
+
+
+def test_a_removed_users_tokens_answer_401_within_the_check_interval(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    api = make_api(document(ldap_auth(directory_check_minutes=10)))
+    api.fill(POOL)
+    asked = counting_lookups(api)
+    name, password = leaver
+    token = api.new_token(name, password)
+    alice_token = api.new_token("alice", slapd.password("alice"))
+    headers = {"X-AUTH-TOKEN": token}
+    mine = api.checkout(POOL, token)
+    assert asked == []  # the login has just found the user: no question per request
+
+    slapd.remove(f"uid={name},{slapd.users_base}")
+    # Within the interval the last answer stands (no LDAP per request)...
+    api.clock.advance(9 * 60)
+    assert api.call("PUT", f"/api/v3/vm/{mine}", headers=headers, body={"lifetime": 3}).status == 200
+    assert asked == []
+    # ...and once it is 10 minutes old, the directory is asked again, once, and every use is refused.
+    api.clock.advance(60)
+    for method, path, body in (("POST", f"/api/v3/vm/{POOL}", None), ("PUT", f"/api/v3/vm/{mine}", {"lifetime": 4}),
+                               ("DELETE", f"/api/v3/vm/{mine}", None), ("POST", "/api/v3/ondemandvm", {POOL: 1}),
+                               ("POST", f"/api/v3/vm/{mine}/snapshot", None)):
+        reply = api.call(method, path, headers=headers, body=body)
+        assert reply.status == 401, (method, path, reply.body)
+        assert reply.body == {"ok": False, "error": "the token's user is no longer in the directory"}
+    assert asked == [name]
+    assert api.state_of(mine) == "running" and api.describe(mine)["lifetime"] == 3
+    # Other users are not affected; the removed user cannot log in for a new token either.
+    assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": alice_token}).status == 200
+    assert api.call("POST", "/api/v3/token", headers=basic(name, password)).status == 401
+
+
+def test_a_user_back_in_the_directory_is_let_in_at_the_next_check(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    api = make_api(document(ldap_auth(directory_check_minutes=5)))
+    api.fill(POOL)
+    name, password = leaver
+    token = api.new_token(name, password)
+    dn = f"uid={name},{slapd.users_base}"
+    slapd.remove(dn)
+    api.clock.advance(5 * 60)
+    assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 401
+    slapd.add_user(name, password)  # removed by mistake, put back
+    assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 401
+    api.clock.advance(5 * 60)
+    assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 200
+
+
+@pytest.fixture
+def private_slapd() -> Iterator[SlapdServer]:
+    """A slapd of the test's own, to stop."""
+    with SlapdServer() as server:
+        yield server
+
+
+def test_a_directory_outage_keeps_the_last_answer_for_the_grace_then_503(
+        make_api: HarnessFactory, private_slapd: SlapdServer) -> None:
+    directory = private_slapd
+    ldap = directory.ldap_config(receive_timeout=1)
+    ldap["service_account_hash"] = {"user_dn": directory.service_dn, "password": directory.service_password}
+    api = make_api(document({"provider": "ldap", "ldap": ldap, "directory_check_minutes": 10,
+                             "directory_outage_grace_minutes": 60}))
+    api.fill(POOL)
+    gone = directory.add_user("gone", "gone-Pass-9")
+    token = api.new_token("alice", directory.password("alice"))
+    gone_token = api.new_token("gone", "gone-Pass-9")
+    directory.remove(gone)
+    mine = api.checkout(POOL, token)
+
+    def use(token: str) -> int:
+        return api.call("PUT", f"/api/v3/vm/{mine}", headers={"X-AUTH-TOKEN": token}, body={"lifetime": 3}).status
+
+    api.clock.advance(10 * 60)
+    assert use(gone_token) == 401
+    assert use(token) == 200
+
+    assert directory.process is not None
+    directory.process.send_signal(signal.SIGSTOP)
+    try:
+        # Alice was found just now: her token works through the outage for an hour.
+        for minutes in (11, 30, 18):
+            api.clock.advance(minutes * 60)
+            assert use(token) == 200
+            # The user found missing stays refused.
+            assert use(gone_token) == 401
+        # Past the grace nobody can vouch for her: 503, never a 401 (nobody said she left) nor a 500.
+        api.clock.advance(2 * 60)
+        for _ in range(2):
+            reply = api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token})
+            assert (reply.status, reply.body) == (503, UNAVAILABLE)
+            assert reply.headers["Retry-After"] == "5"
+        assert api.state_of(api.ready(POOL)[0]) == "ready"
+    finally:
+        directory.process.send_signal(signal.SIGCONT)
+    # The directory back: the next question (a minute after the failed one) lets her in.
+    api.clock.advance(61)
+    assert use(token) == 200
+
+
+def test_without_a_service_account_or_with_checks_off_tokens_are_not_rechecked(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """Direct bind has no way to look a user up without the password (the directory may refuse
+    anonymous reads, as this one does): tokens live until deleted or expired, as before."""
+    name, password = leaver
+    apis = [make_api(document(auth)) for auth in (ldap_auth(direct=True), ldap_auth(directory_check_minutes=0))]
+    tokens = [api.new_token(name, password) for api in apis]
+    slapd.remove(f"uid={name},{slapd.users_base}")
+    for api, token in zip(apis, tokens, strict=True):
+        api.fill(POOL)
+        api.clock.advance(24 * 3600)
+        assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 200
