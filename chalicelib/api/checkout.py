@@ -65,7 +65,8 @@ def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int])
         fields["token_id"] = caller.token_id
     now = services.clock.now()
     try:
-        result = services.store.checkout(requests, now, fields, quota(services, request, caller))
+        result = services.store.checkout(requests, now, fields, quota(services, request, caller),
+                                         caller.token_key if caller else "")
     except QuotaExceeded as exceeded:
         raise quota_error(services, exceeded) from None
     if not result.ok:
@@ -137,6 +138,7 @@ def open_request(
             request_id, entries, services.clock.now(), int(config.ondemand_request_ttl) * 60,
             int(config.vm_lifetime_auth if caller else config.vm_lifetime), caller.user if caller else "",
             caller.token_id if caller else "", quota(services, request, caller), id_generated,
+            caller.token_key if caller else "",
         )
     except QuotaExceeded as exceeded:
         raise quota_error(services, exceeded, key="message") from None

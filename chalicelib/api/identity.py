@@ -29,6 +29,9 @@ class Caller:
     user: str
     token_id: str = ""
     """The token's id (first 16 hex of its SHA-256): recorded on VMs, never the token itself."""
+    token_key: str = ""
+    """The Redis key of the token's record: the step that makes a change it asked for refuses the
+    change once the token is gone (deleted since it was checked; lua/token_live.lua)."""
 
 
 def unauthorized(message: str) -> ApiError:
@@ -56,7 +59,7 @@ def optional_caller(services: Services, request: ApiRequest) -> Caller | None:
     if standing is Standing.UNKNOWN:
         raise auth_unavailable(AuthUnavailable("the directory cannot say whether the token's user is still there"))
     record = services.tokens.touch(record)
-    return Caller(record.user, record.id)
+    return Caller(record.user, record.id, services.store.keys.token(record.token_hash))
 
 
 def required_caller(services: Services, request: ApiRequest) -> Caller | None:

@@ -86,7 +86,7 @@ def show(services: Services, request: ApiRequest) -> ApiResponse:
     look (403 with another user's); so may a caller with no token when the service drew the id
     (vmfloaty polls without its token, as vmpooler lets anyone: a UUID 4 only the creator was
     told is the request's secret). An id the client chose needs the owner's token (401)."""
-    ondemand = _by_drawn_id(services, request) or _owned(services, request)
+    ondemand = _by_drawn_id(services, request) or _owned(services, request, required_caller(services, request))
     answer: dict[str, Any] = {"ok": True, "request_id": ondemand.id, "ready": False}
     if ondemand.state == READY:
         answer["ready"] = True
@@ -108,16 +108,17 @@ def show(services: Services, request: ApiRequest) -> ApiResponse:
 
 def delete(services: Services, request: ApiRequest) -> ApiResponse:
     """DELETE /ondemandvm/<id>: the request ends and its VMs go to completed."""
-    ondemand = _owned(services, request)
+    caller = required_caller(services, request)
+    ondemand = _owned(services, request, caller)
     ending = OnDemandStore(services.store).end(
-        ondemand.id, DELETED, DELETED_MESSAGE, f"on-demand request {ondemand.id} was deleted", services.clock.now())
+        ondemand.id, DELETED, DELETED_MESSAGE, f"on-demand request {ondemand.id} was deleted", services.clock.now(),
+        caller.token_key if caller else "")
     services.refill.pools_changed(ending.pools)  # nothing when it had ended already
     return ok()
 
 
-def _owned(services: Services, request: ApiRequest) -> OnDemandRequest:
-    """The request named in the path, for its owner only when auth is configured."""
-    caller = required_caller(services, request)
+def _owned(services: Services, request: ApiRequest, caller: Caller | None) -> OnDemandRequest:
+    """The request named in the path, for its owner (``caller``) only when auth is configured."""
     ondemand = _find(services, request.params["name"])
     if caller and ondemand.token_user and not same_user(caller.user, ondemand.token_user):
         raise ApiError(403, {"error": "the request belongs to another user"})

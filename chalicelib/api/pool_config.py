@@ -24,12 +24,14 @@ from chalicelib.services import Services
 from chalicelib.store.pool_overrides import MAX_SIZE, PoolOverrides, valid_clone_target, valid_template
 
 
-def _allowed(services: Services, request: ApiRequest) -> None:
+def _allowed(services: Services, request: ApiRequest) -> str:
     """405 unless experimental_features is on; then, when auth is configured, an administrator's
-    token (401 without a token, 403 for anyone else)."""
+    token (401 without a token, 403 for anyone else). The record of that token, for the change's
+    step to check it is still there ("" without ``:auth:``)."""
     if not services.config.service.experimental_features:
         raise ApiError(405)
-    required_admin(services, request)
+    caller = required_admin(services, request)
+    return caller.token_key if caller else ""
 
 
 def _payload(request: ApiRequest) -> dict[str, Any]:
@@ -83,7 +85,7 @@ _CLONE_TARGET = _Setting("clone_target", _clone_target, "bad_templates", "clone_
 
 
 def _override(services: Services, request: ApiRequest, setting: _Setting) -> ApiResponse:
-    _allowed(services, request)
+    token_key = _allowed(services, request)
     wanted = {pool: setting.parse(value) for pool, value in _payload(request).items()}
     invalid = [pool for pool, value in wanted.items() if services.config.pool(pool) is None or value is None]
     if invalid:
@@ -92,11 +94,11 @@ def _override(services: Services, request: ApiRequest, setting: _Setting) -> Api
     # pool or none, and says which ones it changed (201), from the values as it finds them.
     stored = {name: None if _as_configured(_configured(services, name), setting, value) else value
               for name, value in wanted.items()}
-    return _changed(services, PoolOverrides(services.store).set_many(setting.field, stored))
+    return _changed(services, PoolOverrides(services.store).set_many(setting.field, stored, token_key))
 
 
 def _clear(services: Services, request: ApiRequest, setting: _Setting) -> ApiResponse:
-    _allowed(services, request)
+    token_key = _allowed(services, request)
     name = _known_pool(services, request)
     before = {
         f"{setting.answer_prefix}_before_reset": _value(_now(services, name), setting),
@@ -105,7 +107,7 @@ def _clear(services: Services, request: ApiRequest, setting: _Setting) -> ApiRes
     overrides = PoolOverrides(services.store)
     if getattr(overrides.get(name), setting.field) is None:
         return ok(**before)
-    overrides.set(setting.field, name, None)
+    overrides.set(setting.field, name, None, token_key)
     answer = _changed(services, [name])
     answer.body.update(before)
     return answer
@@ -163,12 +165,12 @@ def clear_clone_target(services: Services, request: ApiRequest) -> ApiResponse:
 def reset(services: Services, request: ApiRequest) -> ApiResponse:
     """POST /poolreset ``{"pool": "1"}``: drain the pools' ready and pending VMs and refill
     them. 400 ``bad_pools`` lists unknown pools. Always 201, as vmpooler."""
-    _allowed(services, request)
+    token_key = _allowed(services, request)
     body = _payload(request)
     invalid = [pool for pool in body if services.config.pool(pool) is None]
     if invalid:
         raise ApiError(400, {"bad_pools": invalid})
-    PoolOverrides(services.store).reset_many(body, services.clock.now())
+    PoolOverrides(services.store).reset_many(body, services.clock.now(), token_key)
     _reconcile_now(services, list(body))
     return ok(201)
 

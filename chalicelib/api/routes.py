@@ -18,12 +18,12 @@ import redis
 
 from chalicelib.api import dashboard, ondemand, pool_config, status, summary, tokens, vm_tasks, vms
 from chalicelib.api.http import JSON_HEADERS, ApiError, ApiRequest, ApiResponse, bad_request
-from chalicelib.api.identity import TOKEN_HEADER
+from chalicelib.api.identity import TOKEN_HEADER, unauthorized
 from chalicelib.api.limits import check_rate
 from chalicelib.api.shared_reads import SharedReads
 from chalicelib.observability import logger
 from chalicelib.services import Services
-from chalicelib.store import StoreUnavailable
+from chalicelib.store import StoreUnavailable, TokenGone
 
 Handler = Callable[[Services, ApiRequest], ApiResponse]
 
@@ -131,6 +131,9 @@ def handle(services: Services, handler: Handler, request: ApiRequest) -> ApiResp
         return handler(services, request)
     except ApiError as error:
         return error.response()
+    except TokenGone:
+        # Deleted (or expired) after it was checked, before the change's step: nothing changed.
+        return unauthorized("invalid or expired token").response()
     except (StoreUnavailable, redis.RedisError) as error:
         logger.warning("state store unavailable", extra={"error": str(error)})
         message = error.public_message if isinstance(error, StoreUnavailable) else StoreUnavailable.public_message

@@ -29,19 +29,22 @@ from chalicelib.store.vm_tasks import (
 MAX_DISK_GB = 2048
 
 
-def _running_vm(services: Services, request: ApiRequest) -> VMRecord:
-    """The checked-out VM named in the path, its caller allowed to change it."""
+def _running_vm(services: Services, request: ApiRequest) -> tuple[VMRecord, str]:
+    """The checked-out VM named in the path, its caller allowed to change it, and the record of
+    the caller's token ("" without ``:auth:``)."""
     required_caller(services, request)
     record = find_vm(services, request, running=True)
-    caller_for_change(services, request, record)
-    return record
+    caller = caller_for_change(services, request, record)
+    return record, caller.token_key if caller else ""
 
 
-def queue_task(services: Services, record: VMRecord, kind: str, **details: Any) -> None:
+def queue_task(services: Services, record: VMRecord, kind: str, token_key: str, **details: Any) -> None:
     """Queue the task on the VM, within its bounds (store/vm_tasks.py): 429 while too many wait,
-    403 when the VM has as many disks or snapshots as it may."""
+    403 when the VM has as many disks or snapshots as it may; nothing once the caller's token
+    (``token_key``) is gone."""
     now = services.clock.now()
-    refuse_unless_queued(record, kind, VMTaskStore(services.store).enqueue(record, new_task(kind, now, **details), now))
+    queued = VMTaskStore(services.store).enqueue(record, new_task(kind, now, **details), now, token_key)
+    refuse_unless_queued(record, kind, queued)
     services.refill.pools_changed([record.pool])
 
 
@@ -67,25 +70,25 @@ def disk_size(value: Any) -> int | None:
 
 def add_disk(services: Services, request: ApiRequest) -> ApiResponse:
     """POST /vm/<host>/disk/<gb> (1..2048): 202 ``{"<host>": {"disk": "+8gb"}}``."""
-    record = _running_vm(services, request)
+    record, token_key = _running_vm(services, request)
     size = disk_size(request.params["size"])
     if size is None:
         raise bad_request(f"disk size must be a whole number of GB from 1 to {MAX_DISK_GB}")
-    queue_task(services, record, DISK, size_gb=size)
+    queue_task(services, record, DISK, token_key, size_gb=size)
     return ok(202, **{record.name: {"disk": f"+{size}gb"}})
 
 
 def take_snapshot(services: Services, request: ApiRequest) -> ApiResponse:
     """POST /vm/<host>/snapshot: 202 ``{"<host>": {"snapshot": "<32 chars>"}}``."""
-    record = _running_vm(services, request)
+    record, token_key = _running_vm(services, request)
     snapshot = secrets.token_hex(16)
-    queue_task(services, record, SNAPSHOT, snapshot=snapshot)
+    queue_task(services, record, SNAPSHOT, token_key, snapshot=snapshot)
     return ok(202, **{record.name: {"snapshot": snapshot}})
 
 
 def revert_snapshot(services: Services, request: ApiRequest) -> ApiResponse:
     """POST /vm/<host>/snapshot/<id>: 202 when the VM has (or is taking) that snapshot."""
-    record = _running_vm(services, request)
+    record, token_key = _running_vm(services, request)
     snapshot = request.params["snapshot"]
     queued = {task.get("snapshot") for task in VMTaskStore(services.store).queued(record.name)
               if task.get("kind") == SNAPSHOT}
@@ -94,5 +97,5 @@ def revert_snapshot(services: Services, request: ApiRequest) -> ApiResponse:
         queued.add(current.get("snapshot"))
     if snapshot not in record.snapshots and snapshot not in queued:
         raise ApiError(404, {"error": f"snapshot {shown(snapshot)} not found on {record.name}"})
-    queue_task(services, record, REVERT, snapshot=snapshot)
+    queue_task(services, record, REVERT, token_key, snapshot=snapshot)
     return ok(202)

@@ -171,7 +171,7 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
     disk = None if disk_gb is None else VMTaskStore(services.store).queueing(
         record, new_task(DISK, now, size_gb=disk_gb), now)
     if changes or disk:
-        result = services.store.modify_vm(record, changes, max_tags, now, disk)
+        result = services.store.modify_vm(record, changes, max_tags, now, disk, caller.token_key if caller else "")
         if result is ModifyResult.NO_VM:
             raise not_found(error=f"VM {record.name} is not running")
         if result is ModifyResult.TOO_MANY_TAGS:
@@ -256,12 +256,13 @@ def give_back(services: Services, request: ApiRequest) -> ApiResponse:
             raise not_found(error=f"VM {hostname} is not running")
         return _returned(services, pool, hostname)
     record = find_vm(services, request, running=True)
-    caller_for_change(services, request, record)
+    caller = caller_for_change(services, request, record)
     now = services.clock.now()
     # Only while the checkout whose owner was checked still holds it: a checkout never confirmed
     # goes back to ready once its deadline passes, and the next caller may have taken the VM.
     if not services.store.move(record.name, record.pool, "running", "completed", now, nudge=True,
-                               checked_out_as=record, reason="returned by its user"):
+                               checked_out_as=record, token_key=caller.token_key if caller else "",
+                               reason="returned by its user"):
         raise not_found(error=f"VM {record.name} is not running")
     return _returned(services, record.pool, record.name)
 

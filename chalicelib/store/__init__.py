@@ -17,10 +17,11 @@ from chalicelib.store.store import (
     ReplicaAcks,
     Store,
     StoreUnavailable,
+    TokenGone,
 )
 
 __all__ = [
     "STATES", "Keys", "VMRecord", "CheckedOut", "CheckoutNotDurable", "CheckoutRequest", "CheckoutResult", "DayStats",
     "DurationSample", "ModifyResult", "PoolSnapshot", "Quota", "QuotaExceeded", "ReplicaAcks", "Store",
-    "StoreUnavailable", "connect",
+    "StoreUnavailable", "TokenGone", "connect",
 ]

@@ -18,7 +18,7 @@ from chalicelib.store.keys import KEY_PART
 from chalicelib.store.leases import holder_label
 from chalicelib.store.records import VMRecord
 from chalicelib.store.scripts import KeyList, ScriptCall, run_many
-from chalicelib.store.store import Quota, QuotaExceeded, Store, _translate_errors
+from chalicelib.store.store import Quota, QuotaExceeded, Store, TokenGone, _translate_errors, token_index
 
 OPEN = "open"
 READY = "ready"
@@ -116,13 +116,15 @@ class OnDemandStore:
         token_id: str = "",
         quota: Quota | None = None,
         id_generated: bool = False,
+        token_key: str = "",
     ) -> bool:
         """Record a new open request and queue it for its pools. False when the id is taken;
         QuotaExceeded (nothing recorded) when it would pass a limit of ``quota``. With a quota, the
         request joins its owner's kept requests, and the oldest beyond REQUESTS_KEPT_PER_OWNER
         that have ended are forgotten.
         ``token_user``/``token_id`` are copied onto its VMs, so GET /token/<t> lists them;
-        ``id_generated`` says the service drew the id (not the client)."""
+        ``id_generated`` says the service drew the id (not the client). TokenGone (nothing
+        recorded) when ``token_key``, the record of the token the request was made with, is gone."""
         fields = {
             "id": request_id,
             "state": OPEN,
@@ -149,12 +151,14 @@ class OnDemandStore:
         args: list[str | int] = [
             request_id, repr(now), self.store.data_ttl_seconds, json.dumps(fields), wanted, limits, len(pools),
             owner_requests, REQUESTS_KEPT_PER_OWNER, self.keys.ondemand(KEY_PART), self.keys.ondemand_vms(KEY_PART),
-            self.keys.vm(KEY_PART),
+            self.keys.vm(KEY_PART), key_list.add(token_key) if token_key else 0,
         ]
         answer = self.store.run_counted(quota, now, lambda: self.scripts.ondemand_create(keys=key_list.keys, args=args),
                                         lambda answer: answer)
         if isinstance(answer, str):
             raise QuotaExceeded(answer)
+        if answer == -1:
+            raise TokenGone()
         return bool(answer)
 
     def get(self, request_id: str) -> OnDemandRequest | None:
@@ -244,8 +248,11 @@ class OnDemandStore:
                       self.keys.ondemand_vms(KEY_PART), self.keys.vm(KEY_PART), self.keys.ondemand_open(KEY_PART)]))
         return bool(answer["moved"]), answer["state"]
 
-    def end(self, request_id: str, state: str, message: str, vm_reason: str, now: float) -> Ending:
-        """Mark the request ``deleted`` or ``failed`` and send its VMs to completed."""
+    def end(self, request_id: str, state: str, message: str, vm_reason: str, now: float,
+            token_key: str = "") -> Ending:
+        """Mark the request ``deleted`` or ``failed`` and send its VMs to completed. TokenGone
+        (nothing changed) when ``token_key``, the record of the token the end was asked with, is
+        gone."""
         keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.cloning,
                 self.keys.ondemand_open_requests, self.keys.running]
         args: list[str | int] = [
@@ -253,8 +260,11 @@ class OnDemandStore:
             self.keys.ondemand_open(KEY_PART), self.keys.wake(KEY_PART), self.keys.vm(KEY_PART),
             *(self.keys.pool_state(KEY_PART, vm_state) for vm_state in ("pending", "running", "completed")),
         ]
+        args.append(token_index(keys, token_key))
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_end(keys=keys, args=args))
+        if answer["result"] == "token_gone":
+            raise TokenGone()
         return Ending(answer["result"], answer["state"], tuple(answer.get("pools") or ()))
 
 

@@ -22,7 +22,7 @@ from chalicelib.config import PoolConfig
 from chalicelib.config_fields import Invalid, inventory_path
 from chalicelib.sizing.settings import MAX_SIZE
 from chalicelib.store.records import finite_number
-from chalicelib.store.store import Store, _translate_errors
+from chalicelib.store.store import Store, TokenGone, _translate_errors, token_index
 
 SIZE = "poolsize"
 TEMPLATE = "pooltemplate"
@@ -124,33 +124,37 @@ class PoolOverrides:
                 pools, sizes, templates, resets, clone_targets, strict=True)
         }
 
-    def set(self, field: str, pool: str, value: int | str | None) -> None:
+    def set(self, field: str, pool: str, value: int | str | None, token_key: str = "") -> None:
         """Override the pool's ``size``, ``template`` or ``clone_target``; None goes back to the
         configured one."""
-        self.set_many(field, {pool: value})
+        self.set_many(field, {pool: value}, token_key)
 
-    def set_many(self, field: str, values: Mapping[str, int | str | None]) -> list[str]:
+    def set_many(self, field: str, values: Mapping[str, int | str | None], token_key: str = "") -> list[str]:
         """Override ``field`` (``size``, ``template`` or ``clone_target``) of many pools at once,
         all or none (lua/pool_overrides.lua); None takes a pool back to its configured value.
-        Returns the pools whose override changed."""
+        Returns the pools whose override changed. TokenGone (nothing changed) when
+        ``token_key``, the record of the token the change was asked with, is gone."""
         setting = {"size": SIZE, "template": TEMPLATE, "clone_target": CLONE_TARGET}[field]
-        args: list[str] = []
-        for pool, value in values.items():
-            args += [pool, "" if value is None else str(value)]
+        return self._set(setting, {pool: "" if value is None else str(value) for pool, value in values.items()},
+                         token_key)
+
+    def _set(self, setting: str, values: Mapping[str, str], token_key: str) -> list[str]:
+        args = [part for pool, value in values.items() for part in (pool, value)]
         if not args:
             return []
+        keys = [self.keys.pool_override(setting)]
+        token_index(keys, token_key)
         with _translate_errors():
-            changed = self.scripts.pool_overrides(keys=[self.keys.pool_override(setting)], args=args)
+            changed = self.scripts.pool_overrides(keys=keys, args=args)
+        if changed == -1:
+            raise TokenGone()
         return [str(pool) for pool in changed]
 
     def reset(self, pool: str, now: float) -> None:
         """Drain the pool's ready and pending VMs cloned before ``now`` (and so refill it)."""
         self.reset_many([pool], now)
 
-    def reset_many(self, pools: Iterable[str], now: float) -> None:
+    def reset_many(self, pools: Iterable[str], now: float, token_key: str = "") -> None:
         """Drain the pools' ready and pending VMs cloned before ``now`` (and so refill them), in
-        one command: every pool or none."""
-        mapping = {pool: repr(now) for pool in pools}
-        if mapping:
-            with _translate_errors():
-                self.client.hset(self.keys.pool_override(RESET), mapping=mapping)  # type: ignore[arg-type]
+        one step: every pool or none (TokenGone, none, when ``token_key`` is gone: ``set_many``)."""
+        self._set(RESET, {pool: repr(now) for pool in pools}, token_key)

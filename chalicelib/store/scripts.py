@@ -13,12 +13,14 @@ from chalicelib.store.keys import DERIVED_KEYS
 
 _LUA_DIR = Path(__file__).with_name("lua")
 
-SHARED: dict[str, tuple[str, ...]] = {"checkout": ("quota",), "ondemand_create": ("quota",),
-                                      "move": ("record_fields", "finite"), "update": ("record_fields",),
-                                      "release": ("finite",),
-                                      "vm_task_enqueue": ("vm_task_queue",), "vm_modify": ("vm_task_queue",)}
+SHARED: dict[str, tuple[str, ...]] = {"checkout": ("quota", "token_live"), "ondemand_create": ("quota", "token_live"),
+                                      "move": ("record_fields", "finite", "token_live"),
+                                      "update": ("record_fields",), "release": ("finite",),
+                                      "vm_task_enqueue": ("vm_task_queue", "token_live"),
+                                      "vm_modify": ("vm_task_queue", "token_live"),
+                                      "ondemand_end": ("token_live",), "pool_overrides": ("token_live",)}
 """Scripts run with the functions of other files (lua/quota.lua, lua/record_fields.lua,
-lua/finite.lua, lua/vm_task_queue.lua) before their own text."""
+lua/finite.lua, lua/vm_task_queue.lua, lua/token_live.lua) before their own text."""
 
 
 def script_source(name: str) -> str:

@@ -179,6 +179,20 @@ class RunningCount:
         return self.was_whole and bool(self.added or self.removed)
 
 
+class TokenGone(Exception):
+    """The token a change was asked with was deleted (or expired) after the API checked it and
+    before the change's step ran: nothing changed (lua/token_live.lua). The API answers 401."""
+
+
+def token_index(keys: list[str], token_key: str) -> int:
+    """Append ``token_key`` (the record of the token a change was asked with; "" for none) to a
+    script's ``keys``: its index there, as lua/token_live.lua takes it (0 for none)."""
+    if not token_key:
+        return 0
+    keys.append(token_key)
+    return len(keys)
+
+
 class QuotaExceeded(Exception):
     """A request would pass a limit of ``Quota``; ``limit`` says which: ``owner_vms``,
     ``owner_requests``, ``service_vms`` or ``service_requests``. Nothing was changed."""
@@ -443,12 +457,13 @@ class Store:
 
     def checkout(
         self, requests: Sequence[CheckoutRequest], now: float, fields: Mapping[str, str],
-        quota: Quota | None = None,
+        quota: Quota | None = None, token_key: str = "",
     ) -> CheckoutResult:
         """Take every requested VM or none, in one round trip; on success the pools taken from
         are nudged to refill in the same step, and demand-sized pools count the minute's demand
         (misses too). Raises QuotaExceeded (nothing taken) when the VMs
-        would pass a limit of ``quota``.
+        would pass a limit of ``quota``, TokenGone (nothing taken) when ``token_key`` (the record
+        of the token the checkout was asked with) is gone.
 
         The VMs taken are the caller's only once confirmed, in a second round trip made after
         the script's answer arrived (with ``WAIT`` when replica acknowledgements are required).
@@ -484,11 +499,15 @@ class Store:
             checkout["quota"] = quota.payload(self.keys, key_list, self.holdings_ttl_seconds)
         if tracked:
             checkout["demand"] = {"minute": minute, "ttl": demand_history.HISTORY_TTL_SECONDS}
+        if token_key:
+            checkout["token"] = key_list.add(token_key)
         args = [repr(now), json.dumps(checkout)]
         answer = self.run_counted(quota, now, lambda: json.loads(self.scripts.checkout(keys=key_list.keys, args=args)),
                                   lambda answer: answer.get("quota"))
         if answer.get("quota"):
             raise QuotaExceeded(answer["quota"])
+        if answer.get("token"):
+            raise TokenGone()
         if not answer["ok"]:
             return CheckoutResult(short=tuple(answer["short"]))
         result = CheckoutResult(vms=tuple(CheckedOut(*entry) for entry in answer["vms"]))
@@ -632,7 +651,7 @@ class Store:
     def move(
         self, hostname: str, pool: str, from_state: str, to_state: str, now: float,
         nudge: bool = False, unchanged_since: int | None = None, lifetime_ended: float | None = None,
-        checked_out_as: VMRecord | None = None, **fields: Any,
+        checked_out_as: VMRecord | None = None, token_key: str = "", **fields: Any,
     ) -> bool:
         """Move a VM between states if it is still in ``from_state``; set ``fields`` on its record
         (a value of None deletes the field). ``nudge`` wakes the pool's reconcile in the same step.
@@ -642,11 +661,15 @@ class Store:
         the VM's lifetime, as recorded at the time of the move, has ended by ``now``.
         ``checked_out_as`` (the VM as the caller read it): move only while the VM is still
         checked out by that checkout (its time and owner), not by one that took it since.
-        Returns whether it moved."""
+        ``token_key`` (the record of the token the move was asked with): TokenGone, nothing
+        moved, when it is gone. Returns whether it moved."""
         keys, args = self._move_call(pool, from_state, to_state, now, {hostname: fields}, nudge, unchanged_since,
-                                     lifetime_ended, checked_out_as)
+                                     lifetime_ended, checked_out_as, token_key)
         with _translate_errors():
-            return bool(self.scripts.move(keys=keys, args=args)[0])
+            (moved,) = self.scripts.move(keys=keys, args=args)
+        if moved == -1:
+            raise TokenGone()
+        return bool(moved)
 
     def move_many(self, pool: str, from_state: str, to_state: str, now: float,
                   fields: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -662,7 +685,7 @@ class Store:
     def _move_call(self, pool: str, from_state: str, to_state: str, now: float,
                    fields: Mapping[str, Mapping[str, Any]], nudge: bool = False, unchanged_since: int | None = None,
                    lifetime_ended: float | None = None,
-                   checked_out_as: VMRecord | None = None) -> tuple[list[str], list[str]]:
+                   checked_out_as: VMRecord | None = None, token_key: str = "") -> tuple[list[str], list[str]]:
         """The KEYS and ARGV of lua/move.lua for VMs of a known pool (hostname -> its fields)."""
         keys = [*(self.keys.vm(hostname) for hostname in fields), self.keys.changes, self.keys.cloning,
                 self.keys.running, self.keys.pool_state(pool, from_state), self.keys.pool_state(pool, to_state),
@@ -671,7 +694,7 @@ class Store:
             to_state, repr(now), str(self.data_ttl_seconds), "1" if nudge else "0",
             "" if unchanged_since is None else str(unchanged_since),
             "" if lifetime_ended is None else repr(float(lifetime_ended)),
-            "", "", "", *_checkout_condition(checked_out_as),
+            "", "", "", *_checkout_condition(checked_out_as), str(token_index(keys, token_key)),
         ]
         for hostname, changes in fields.items():
             args += [hostname, *update_args(changes)]
@@ -690,7 +713,7 @@ class Store:
         keys = [self.keys.vm(hostname), self.keys.changes, self.keys.cloning, self.keys.running]
         args = ["completed", repr(now), str(self.data_ttl_seconds), "1", "", "",
                 self.keys.pool_state(KEY_PART, "running"), self.keys.pool_state(KEY_PART, "completed"),
-                self.keys.wake(KEY_PART), *_checkout_condition(None), hostname, "1", "reason", reason]
+                self.keys.wake(KEY_PART), *_checkout_condition(None), "0", hostname, "1", "reason", reason]
         with _translate_errors():
             (pool,) = self.scripts.move(keys=keys, args=args)
         return str(pool) if pool else None
@@ -776,7 +799,7 @@ class Store:
         return [host for host, done in zip(fields, updated, strict=True) if done]
 
     def modify_vm(self, seen: VMRecord, fields: Mapping[str, str], max_tags: int, now: float,
-                  task: TaskQueueing | None = None) -> ModifyResult:
+                  task: TaskQueueing | None = None, token_key: str = "") -> ModifyResult:
         """A user's change (lifetime, tags as ``tag:<key>`` fields) of the running VM ``seen``
         (as the caller read it and checked who may change it): each field set on its own in one
         step, so concurrent changes of different fields all land. NO_VM, nothing changed, when the
@@ -784,17 +807,21 @@ class Store:
         whole when the VM would carry more than ``max_tags`` tags. A lifetime change makes the VM
         due for a pass's look now (a shortened lifetime ends on time). ``task`` (a disk asked for
         in the same change) is queued in the same step, within its bounds (else refused whole):
-        the change is never made without it, nor it without the change."""
+        the change is never made without it, nor it without the change. TokenGone, nothing
+        changed, when ``token_key`` (the record of the token the change was asked with) is gone."""
         hostname, pool = seen.name, seen.pool
         keys = [self.keys.vm(hostname), self.keys.running_due(pool)]
         args: list[Any] = [max_tags, hostname, repr(now), seen.raw.get("checkout", ""), seen.raw.get("token_user", ""),
                            task.argument(len(keys) + 1) if task else ""]
         if task:
             keys += task.keys
+        args.append(token_index(keys, token_key))
         for name, value in fields.items():
             args += [name, value]
         with _translate_errors():
             result = int(self.scripts.vm_modify(keys=keys, args=args))
+        if result == -4:
+            raise TokenGone()
         return {1: ModifyResult.CHANGED, 0: ModifyResult.NO_VM, -1: ModifyResult.TOO_MANY_TAGS,
                 -2: ModifyResult.QUEUE_FULL}.get(result, ModifyResult.LIST_FULL)
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping, cast
 
 from chalicelib.store.leases import holder_label
 from chalicelib.store.records import VMRecord
-from chalicelib.store.store import Store, TaskQueueing, _translate_errors
+from chalicelib.store.store import Store, TaskQueueing, TokenGone, _translate_errors, token_index
 
 DISK = "disk"
 SNAPSHOT = "snapshot"
@@ -70,17 +70,21 @@ class VMTaskStore:
         self.keys = store.keys
         self.scripts = store.scripts
 
-    def enqueue(self, seen: VMRecord, task: Mapping[str, Any], now: float) -> EnqueueResult:
+    def enqueue(self, seen: VMRecord, task: Mapping[str, Any], now: float, token_key: str = "") -> EnqueueResult:
         """Queue a task on the running VM ``seen`` (as the caller read it and checked who may
         change it) and nudge its pool's reconcile, in one step, within the bounds: at most
         MAX_QUEUED_TASKS waiting, MAX_DISKS added disks, MAX_SNAPSHOTS snapshots (counting those
         in flight and queued). Nothing is queued when a bound would be passed or the VM is no
-        longer running for that checkout."""
+        longer running for that checkout; TokenGone when ``token_key`` (the record of the token
+        the task was asked with) is gone."""
         queueing = self.queueing(seen, task, now)
         keys = [self.keys.vm(seen.name), *queueing.keys]
         args = [queueing.argument(2), seen.raw.get("checkout", "")]
+        args.append(str(token_index(keys, token_key)))
         with _translate_errors():
             result = int(self.scripts.vm_task_enqueue(keys=keys, args=args))
+        if result == -3:
+            raise TokenGone()
         return {1: EnqueueResult.QUEUED, 0: EnqueueResult.NOT_RUNNING, -1: EnqueueResult.QUEUE_FULL}.get(
             result, EnqueueResult.LIST_FULL)
 

@@ -33,7 +33,16 @@ from chalicelib.store import Quota
 from chalicelib.store.keys import quota_owner
 from chalicelib.store.store import UNCONFIRMED_SECONDS
 from tests.api.test_input_bounds import EXPERIMENTAL_CONFIG
-from tests.harness import Harness, HarnessFactory, Reply, assert_consistent, basic, restore_state, save_state
+from tests.harness import (
+    Harness,
+    HarnessFactory,
+    Reply,
+    assert_consistent,
+    basic,
+    redis_state,
+    restore_state,
+    save_state,
+)
 
 CONFIG = EXPERIMENTAL_CONFIG.replace(":pools:", ":auth:\n  provider: dummy\n  admins: [root]\n:pools:", 1).replace(
     ":config:\n", ":config:\n  max_tags_per_vm: 2\n", 1)
@@ -111,21 +120,24 @@ class World:
 class Case:
     method: str
     target: str
-    """With ``{mine}``, ``{snapshot}``, ``{request}``, ``{alice_token}`` filled from the World."""
+    """With ``{mine}``, ``{snapshot}``, ``{request}``, ``{alice_token}``, ``{root_token}`` filled
+    from the World."""
     body: Any = None
     who: str = "alice"
-    """alice / bob / root: their token; alice-basic: alice's Basic credentials; anonymous: nothing."""
+    """alice / bob / root: their token; alice-basic, root-basic: their Basic credentials;
+    anonymous: nothing."""
     done: int | None = None
     """The retry's answer when the killed request had done its work: the VM returned already
     (404), the request id taken (409), the setting already so (200)."""
 
     def headers(self, world: World) -> dict[str, str]:
         return {"alice": {"X-AUTH-TOKEN": world.alice_token}, "root": {"X-AUTH-TOKEN": world.root_token},
-                "bob": {"X-AUTH-TOKEN": world.bob_token}, "alice-basic": ALICE, "anonymous": {}}[self.who]
+                "bob": {"X-AUTH-TOKEN": world.bob_token}, "alice-basic": ALICE, "root-basic": ROOT,
+                "anonymous": {}}[self.who]
 
     def path(self, world: World) -> str:
         return self.target.format(mine=world.mine, snapshot=world.snapshot_id, request=world.request_id,
-                                  alice_token=world.alice_token)
+                                  alice_token=world.alice_token, root_token=world.root_token)
 
     def send(self, harness: Harness, world: World) -> Reply:
         return harness.request(self.method, self.path(world), self.body, self.headers(world))
@@ -496,3 +508,52 @@ def test_a_second_request_between_any_two_operations_of_the_first(
         harness.run_passes()
         assert_whole(harness, where)
         assert_requests_end(harness, where)
+
+
+# --- a token deleted while a request made with it is under way ------------------------------------
+
+TOKEN_CHANGES = [name for name, case in CASES.items() if case.who in ("alice", "root") and case.method != "GET"]
+"""Every state change made with a token."""
+TOKEN_KEYS = ("token:", "user:", "ratelimit:", "login:", "dircheck:")
+"""The keys of tokens and of who called (a request's token use, its rate): not the state it changes."""
+
+
+def state_besides_tokens(harness: Harness) -> dict[str, Any]:
+    prefix = harness.store.keys.prefix
+    return {key: value for key, value in redis_state(harness.client).items()
+            if not key.removeprefix(prefix).startswith(TOKEN_KEYS)}
+
+
+@pytest.mark.parametrize("name", TOKEN_CHANGES)
+def test_no_change_lands_once_its_token_is_deleted(
+        make_service: Callable[[], Harness], redis_client: redis.Redis, name: str) -> None:
+    """``DELETE /token/<t>`` between any two Redis operations of a request made with the token:
+    when nothing had changed yet as the delete answered, nothing changes afterwards either, and
+    the request is a 401 (it authenticated before the delete; its change landed after)."""
+    case = CASES[name]
+    deleting = Case("DELETE", f"/api/v3/token/{{{case.who}_token}}", who=f"{case.who}-basic")
+    world, reset = saved_world(make_service, redis_client)
+    case.send(reset(), world)  # loads every script the route runs into Redis
+    healthy = reset()
+    untouched = state_besides_tokens(healthy)
+    with redis_operations() as sent:
+        case.send(healthy, world)
+    total = sent[0]
+    changes = state_besides_tokens(healthy) != untouched  # some change nothing (a setting as it is)
+    for between in range(total + 1):
+        where = f"{case.method} {case.target}: its token deleted after operation {between} of {total}"
+        harness = reset()
+        seen: dict[str, Any] = {}
+
+        def delete_token(harness: Harness = harness, seen: dict[str, Any] = seen) -> None:
+            seen["before"] = state_besides_tokens(harness)
+            seen["reply"] = deleting.send(harness, world)
+
+        with redis_operations(between=(between, delete_token)):
+            first = case.send(harness, world)
+        assert seen["reply"].status == 200, f"{where}: the delete answered {seen['reply'].raw!r}"
+        if seen["before"] == untouched:
+            after = state_besides_tokens(harness)
+            changed = sorted(key for key in set(after) | set(untouched) if after.get(key) != untouched.get(key))
+            assert not changed, f"{where}: {changed} changed after the delete ({first.status} {first.raw!r})"
+            assert first.status == 401 or not changes, f"{where}: answered {first.status} {first.raw!r}"

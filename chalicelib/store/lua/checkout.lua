@@ -10,11 +10,13 @@
 --    "changes": <KEYS index>, "running": <KEYS index of the service's running set (keys.running)>,
 --    "vm_template": "<the records of the VMs it pops: keys.DERIVED_KEYS>",
 --    "pools": {"p1": {"ready": <KEYS index>, "running": i, "wake": i, "demand": i (demand sizing)}},
---    "demand": {"minute": 541, "ttl": 777600}}   (only when a requested pool has demand sizing)
+--    "demand": {"minute": 541, "ttl": 777600},   (only when a requested pool has demand sizing)
+--    "token": <KEYS index of the record of the token the checkout was asked with (absent: none)>}
 -- One slot per VM wanted; its pools in the order it prefers them (the caller's weighted or
 -- random choice).
 -- Returns JSON: {"ok": true, "vms": [[name, pool, hostname], ...]}, {"ok": false, "short": [names]},
--- or {"ok": false, "quota": "<the limit it would pass, or 'recount': see quota.lua>"}.
+-- {"ok": false, "quota": "<the limit it would pass, or 'recount': see quota.lua>"}, or
+-- {"ok": false, "token": "gone"} when the token was deleted since the API checked it (lua/token_live.lua).
 -- Each VM taken carries the checkout's id and stays unconfirmed (confirm_by) until the API, having
 -- received this answer, confirms it (confirm.lua). A VM still unconfirmed at confirm_by was taken
 -- by a request whose answer was lost: a reconcile pass returns it to ready (release.lua).
@@ -26,6 +28,9 @@ local checkout = cjson.decode(ARGV[2])
 local slots = checkout.slots
 local demand = checkout.demand
 local pool_keys = checkout.pools
+if token_gone(checkout.token) then
+  return cjson.encode({ok = false, token = 'gone'})
+end
 
 -- Count VMs checked out ('c') or asked for in vain ('m') in the pool's bucket for this minute.
 -- A bucket HINCRBY cannot add to (text or a number past 64 bits, written by hand) starts again

@@ -6,8 +6,8 @@
 -- A VM moved to running joins the service's running set; one moved to any other state leaves it
 -- (whatever it left: a VM is in one state, so one not running is never counted).
 -- ARGV: to_state, now, record_ttl_seconds, nudge, unchanged_since, lifetime_ended,
---       from_template, to_template, wake_template, same_checkout, checkout, token_user, then per
---       VM: its hostname, how many fields follow, and those fields as field, value, ...
+--       from_template, to_template, wake_template, same_checkout, checkout, token_user, token,
+--       then per VM: its hostname, how many fields follow, and those fields as field, value, ...
 -- to_state "destroyed" takes the VM out of every set and lets its record expire after the ttl.
 -- nudge "1" wakes the pool's reconcile (a move made by the API, such as returning a VM).
 -- The templates ('' when the pool's keys are given) name those three keys for the pool its record
@@ -24,6 +24,9 @@
 --   checkout and token_user ('' for none): the checkout whose owner the caller checked (DELETE
 --   /vm/<host> with :auth:), not one that took the VM since (a checkout never confirmed goes
 --   back to ready, and the next caller may take it).
+-- token (the index in KEYS of the record of the token the move was asked with, or 0 for none:
+--   lua/token_live.lua): when the token was deleted since the API checked it, nothing moves and
+--   every VM's answer is -1.
 -- A field's empty value deletes it. Every move stamps the VM with the counter's value (change_seq).
 -- Each VM is checked on its own, as if moved alone; one call for many saves their round trips and
 -- their share of the work (one script run, the counter read once, one HSET per record).
@@ -33,7 +36,7 @@ local to_state, now, ttl, nudge, unchanged_since, lifetime_ended =
   ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 local firsts = {} -- where each VM's arguments begin
 local same_checkout, seen_checkout, seen_owner = ARGV[10] == '1', ARGV[11], ARGV[12]
-local next_first = 13
+local next_first = 14
 while next_first <= #ARGV do
   firsts[#firsts + 1] = next_first
   next_first = next_first + 2 + 2 * tonumber(ARGV[next_first + 1])
@@ -110,7 +113,8 @@ local function move(index)
 end
 
 local results = {}
+local gone = token_gone(ARGV[13])
 for index = 1, vms do
-  results[index] = move(index)
+  results[index] = gone and -1 or move(index)
 end
 return results

@@ -5,10 +5,15 @@
 -- ARGV: request id, now, record ttl seconds, JSON {field: value}, VMs asked for,
 -- JSON quota (see quota.lua; '' for none), n, the index in KEYS of the owner's requests set (0 for
 -- none), how many of them to keep, then the templates of the keys named by the requests it
--- lists (keys.DERIVED_KEYS): request_template, request_vms_template, vm_template.
--- Returns 1 when created, 0 when a request with that id exists, or the limit it would pass.
+-- lists (keys.DERIVED_KEYS): request_template, request_vms_template, vm_template; then the index
+-- in KEYS of the record of the token the request was made with (0 for none: lua/token_live.lua).
+-- Returns 1 when created, 0 when a request with that id exists, -1 when the token was deleted
+-- since the API checked it, or the limit it would pass.
 local id, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local key = KEYS[1]
+if token_gone(ARGV[13]) then
+  return -1
+end
 if redis.call('EXISTS', key) == 1 then
   return 0
 end

@@ -6,14 +6,20 @@
 -- requests (keys.ondemand_open_requests), KEYS[5] the service's running set (keys.running).
 -- ARGV: request id, new state ("deleted"|"failed"), message, now, VM reason, record ttl, then the
 -- templates of the keys named by the request and its VMs' records (keys.DERIVED_KEYS):
--- open_template, wake_template, vm_template, pending_template, running_template, completed_template.
--- Returns JSON {"result": "ended"|"already"|"missing", "state": ..., "pools": [...]}
+-- open_template, wake_template, vm_template, pending_template, running_template, completed_template;
+-- then the index in KEYS of the record of the token the end was asked with (0 for none:
+-- lua/token_live.lua).
+-- Returns JSON {"result": "ended"|"already"|"missing"|"token_gone", "state": ..., "pools": [...]}
+-- ("token_gone": the token was deleted since the API checked it; nothing changed).
 local key, vms_key, cloning_key, open_requests_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local all_running_key = KEYS[5]
 local id, new_state, message, now, reason, ttl =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local open_template, wake_template, vm_template = ARGV[7], ARGV[8], ARGV[9]
 local state_templates = {pending = ARGV[10], running = ARGV[11], completed = ARGV[12]}
+if token_gone(ARGV[13]) then
+  return cjson.encode({result = 'token_gone', state = '', pools = {}})
+end
 local request = redis.call('HMGET', key, 'state', 'entries')
 local state = request[1]
 if not state then

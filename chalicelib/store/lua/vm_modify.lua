@@ -8,12 +8,17 @@
 -- KEYS[1] the VM's record, KEYS[2] its pool's running_due set, KEYS[3..5] the task's keys when
 -- one is queued; ARGV[1] most tags a VM may carry, ARGV[2] the VM's name, ARGV[3] now, ARGV[4]
 -- the record's 'checkout' field as the API read it, ARGV[5] its 'token_user' ('' for none),
--- ARGV[6] the task's queue (JSON; '' for none), ARGV[7..] field, value, ...
+-- ARGV[6] the task's queue (JSON; '' for none), ARGV[7] the index in KEYS of the record of the
+-- token the change was asked with (0 for none: lua/token_live.lua), ARGV[8..] field, value, ...
 -- Returns 1 when changed, 0 when the VM is no longer running for that checkout (or that checkout
 -- was never confirmed), -1 when the VM would carry too many tags, -2 when its task queue is
--- full, -3 when the task's list would pass its bound (then nothing changed).
+-- full, -3 when the task's list would pass its bound, -4 when the token was deleted since the
+-- API checked it (then nothing changed).
 local key, max_tags = KEYS[1], tonumber(ARGV[1])
-local first_field = 7
+local first_field = 8
+if token_gone(ARGV[7]) then
+  return -4
+end
 local seen = redis.call('HMGET', key, 'state', 'checkout', 'token_user', 'confirm_by')
 -- confirm_by: a checkout whose answer never reached its caller; a pass gives the VM back to
 -- ready, where nothing of this would be the next user's to find.
