@@ -162,6 +162,14 @@ class Services:
             return
         if config.providers != self.config.providers:
             self._providers = {}
+        # Built from the config on first use: built again from the new one when it changed (a
+        # raised token_ttl, a new directory), else a warm process kept serving the old settings.
+        if config.auth != self.config.auth:
+            for built in ("authenticator", "logins", "directory_check"):
+                self.__dict__.pop(built, None)
+        if (config.service.token_ttl, config.service.max_tokens_per_user) != (
+                self.config.service.token_ttl, self.config.service.max_tokens_per_user):
+            self.__dict__.pop("tokens", None)
         self.config = config
 
     def pool(self, name: str) -> PoolConfig | None:

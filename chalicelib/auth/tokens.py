@@ -12,6 +12,10 @@ in listings by its ``id``: the first 16 hex characters of its SHA-256
 
 With ``ttl_hours`` a token expires that many hours after it was created: the Redis key gets an
 expiry, and ``lookup`` also checks the age against the clock (so a fake clock works in tests).
+The ttl is the one configured now, for every token: raising ``token_ttl`` extends the tokens
+made before, lowering it shortens them, removing it makes them live until deleted. Each use sets
+the key's expiry again, and ``align_expiries`` (the scheduler's tick) sets every token's once a
+config with another ttl is in effect, so an unused token's key does not vanish on the old ttl.
 """
 
 from __future__ import annotations
@@ -168,6 +172,47 @@ class TokenStore:
             expires=expires,
         )
 
+    def _seconds_left(self, created: str) -> int:
+        """Seconds until a token made at ``created`` (ISO-8601) expires under the ttl in effect:
+        at least 1 (an expired token's key goes at once), 0 when tokens do not expire."""
+        if self.ttl_seconds is None:
+            return 0
+        created_at = _parse_iso(created)
+        if created_at is None:
+            return 1
+        return max(1, int(created_at + self.ttl_seconds - self.clock.now()))
+
+    def align_expiries(self, batch: int = 500) -> int:
+        """Set every token's Redis expiry for the ttl in effect, once per ttl (``tokens:ttl``
+        records the one they were last set for): a token not used since ``token_ttl`` was raised
+        would otherwise vanish on the old one (and one made under a ttl since removed would still
+        expire). Idempotent, so a tick killed half way is finished by the next. Returns how many
+        token records it set."""
+        wanted = "none" if self.ttl_seconds is None else repr(self.ttl_seconds)
+        if self.redis.get(self.keys.tokens_ttl) == wanted:
+            return 0
+        set_count = 0
+        keys = list(self.redis.scan_iter(match=self._token_key("*"), count=1000))
+        for start in range(0, len(keys), batch):
+            chunk = keys[start:start + batch]
+            pipe = self.redis.pipeline(transaction=False)
+            for key in chunk:
+                pipe.hget(key, "created")
+            created = pipe.execute()
+            pipe = self.redis.pipeline(transaction=False)
+            for key, made in zip(chunk, created, strict=True):
+                if made is None:
+                    continue  # deleted meanwhile (or not a token record)
+                seconds = self._seconds_left(made)
+                if seconds:
+                    pipe.expire(key, seconds)
+                else:
+                    pipe.persist(key)
+                set_count += 1
+            pipe.execute()
+        self.redis.set(self.keys.tokens_ttl, wanted)
+        return set_count
+
     def lookup(self, token: str, *, touch: bool = True) -> TokenRecord | None:
         """The record of a valid token (and ``last`` set to now), or None.
 
@@ -188,9 +233,10 @@ class TokenStore:
         return self.touch(record) if touch else record
 
     def touch(self, record: TokenRecord) -> TokenRecord:
-        """The token used now: its ``last`` set to now (unless it was deleted meanwhile)."""
+        """The token used now: its ``last`` set to now, its expiry to the ttl in effect (unless it
+        was deleted meanwhile)."""
         now = iso(self.clock.now())
-        if self._touch(keys=[self._token_key(record.token_hash)], args=[now]):
+        if self._touch(keys=[self._token_key(record.token_hash)], args=[now, self._seconds_left(record.created)]):
             return TokenRecord(record.id, record.token_hash, record.user, record.created, now, record.expires)
         return record
 

@@ -121,6 +121,7 @@ class Ticker:
         empty = publish_totals(services)
         if newest:  # a push behind would drop what the newer config's pools use
             templates.forget_unused(services.store, services.pools())
+            services.tokens.align_expiries()  # token_ttl changed: every token's expiry follows it
         return TickReport(configured=len(configured), draining=draining, messages=len(messages) - len(not_queued),
                           empty=empty, running=running, not_queued=not_queued)
 

@@ -65,6 +65,8 @@ family through these validators.
                                      creation time (store/ondemand.REQUESTS_KEPT_PER_OWNER)
     ratelimit:<class>:<who>  string  requests of a client (a token's user, hashed, or an address) in the window
     token:<sha256>           hash    an API token's user and times (auth/tokens.py)
+    tokens:ttl               string  the token_ttl the tokens' expiries were last set for ("none":
+                                     no expiry); another config's sets them again (auth/tokens.py)
     user:<user>:tokens       set     a user's token hashes
     dircheck:<user hash>     hash    the directory's last answer on whether a token's user is still
                                      there (auth/directory_check.py), expiring when no longer useful
@@ -251,6 +253,10 @@ class Keys:
 
     def token(self, token_hash: str) -> str:
         return f"{self.prefix}token:{token_hash}"
+
+    @property
+    def tokens_ttl(self) -> str:
+        return f"{self.prefix}tokens:ttl"
 
     def user_tokens(self, user: str) -> str:
         return f"{self.prefix}user:{user}:tokens"

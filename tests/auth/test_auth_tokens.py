@@ -120,9 +120,9 @@ def test_delete_by_listed_id(store):
 def test_a_deleted_token_is_not_resurrected_by_a_late_touch(store, redis_client):
     token = store.create("alice")
     key = f"vmpool:token:{hash_token(token)}"
-    assert store._touch(keys=[key], args=["x"]) == 1
+    assert store._touch(keys=[key], args=["x", 0]) == 1
     store.delete(token, "alice")
-    assert store._touch(keys=[key], args=["x"]) == 0
+    assert store._touch(keys=[key], args=["x", 0]) == 0
     assert not redis_client.exists(key)
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import pytest
 
 from chalicelib.api import tokens
 from chalicelib.auth.tokens import TOKEN_PREFIX, iso
+from chalicelib.config import build
+from chalicelib.manager.dispatch import Ticker
 from chalicelib.manager.reconcile import reconcile_pool
 from tests.auth_api.documents import OTHER_POOL, POOL, document
 from tests.harness import Harness, basic, route_target, routes_of
@@ -299,3 +302,46 @@ def test_reading_a_tokens_status_is_not_a_use_of_it(ldap_api: Harness, slapd):
     ldap_api.clock.advance(60)
     ldap_api.checkout(POOL, token)  # a use
     assert ldap_api.call("GET", f"/api/v3/token/{token}").body[token]["last"] == iso(ldap_api.clock.now())
+
+
+class _NoQueue:
+    """The reconcile queue, for a tick whose passes nobody runs."""
+
+    def send(self, messages: list[Any]) -> None:
+        pass
+
+
+def test_a_changed_token_ttl_applies_to_the_tokens_made_before(make_api, ldap_auth, slapd):
+    """token_ttl is the life of every token, the ones made before a change too: raised, an
+    existing token lives longer (its Redis key included, used or not); lowered, tokens older than
+    it expire at once; removed, they live until deleted. Pushed while the service runs."""
+    alice = basic("alice", slapd.password("alice"))
+    auth = ldap_auth()
+    api = make_api(document(auth, config={"token_ttl": 1}))
+    api.fill(POOL)
+    created = api.clock.now()
+    used, idle = api.new_token("alice", slapd.password("alice")), api.new_token("alice", slapd.password("alice"))
+    keys = {token: api.services.store.keys.token(hashlib.sha256(token.encode()).hexdigest()) for token in (used, idle)}
+
+    def expiry(token: str) -> int:
+        return api.client.ttl(keys[token])
+
+    assert 3590 <= expiry(idle) <= 3600
+    api.services.use_config(build(document(auth, config={"token_ttl": 3})))  # raised while running
+    Ticker().tick(api.services, _NoQueue())
+    listed = api.call("GET", "/api/v3/token", headers=alice).body
+    assert listed[token_id(idle)]["expires"] == iso(created + 3 * 3600)
+    assert 3 * 3600 - 10 <= expiry(idle) <= 3 * 3600  # not used since: Redis keeps it too
+    api.clock.advance(2 * 3600)
+    assert api.call("PUT", f"/api/v3/vm/{api.checkout(POOL, used)}", headers={"X-AUTH-TOKEN": used},
+                    body={"lifetime": 3}).status == 200
+    assert 3600 - 10 <= expiry(used) <= 3600  # a use sets it from the ttl in effect too
+
+    api.services.use_config(build(document(auth)))  # removed: until deleted
+    Ticker().tick(api.services, _NoQueue())
+    assert expiry(idle) == -1 and expiry(used) == -1
+    assert "expires" not in api.call("GET", "/api/v3/token", headers=alice).body[token_id(idle)]
+
+    api.services.use_config(build(document(auth, config={"token_ttl": 1})))  # lowered: both are older
+    assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": used}).status == 401
+    assert api.call("GET", "/api/v3/token", headers=alice).status == 404
