@@ -20,7 +20,7 @@ import redis
 
 from chalicelib import config as config_module
 from chalicelib.auth import build_authenticator
-from chalicelib.auth.base import Authenticator, UserDirectory
+from chalicelib.auth.base import Authenticator, AuthUnavailable, UserDirectory
 from chalicelib.auth.basic import LoginService
 from chalicelib.auth.directory_check import DirectoryCheck
 from chalicelib.auth.ratelimit import LoginLimiter
@@ -235,16 +235,25 @@ class Services:
         """Whether a token's user is still in the directory (asked every
         ``auth.directory_check_minutes``); off without ``:auth:`` or a directory to ask."""
         auth = self.config.auth
-        authenticator = self.authenticator if auth is not None else None
         lookup = None
-        if isinstance(authenticator, UserDirectory) and authenticator.looks_up_users:
-            lookup = authenticator.has_user
+        if auth is not None and auth.ldap is not None and auth.ldap.uses_service_account:
+            # The authenticator (ldap3, ~80 ms to import) is built at the first question, not for
+            # requests the last answer serves.
+            lookup = self._has_user
         return DirectoryCheck(
             self.client, self.clock, lookup,
             interval_minutes=auth.directory_check_minutes if auth is not None else 0,
             grace_minutes=auth.directory_outage_grace_minutes if auth is not None else 0,
             prefix=self.store.keys.prefix,
         )
+
+    def _has_user(self, user: str) -> bool:
+        """Whether the ``:auth:`` directory still has ``user`` (AuthUnavailable when it cannot
+        tell, or cannot look users up)."""
+        authenticator = self.authenticator
+        if not isinstance(authenticator, UserDirectory) or not authenticator.looks_up_users:
+            raise AuthUnavailable("the authentication provider cannot look users up")
+        return authenticator.has_user(user)
 
     @cached_property
     def tokens(self) -> TokenStore:

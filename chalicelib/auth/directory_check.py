@@ -29,7 +29,7 @@ from chalicelib.logs import module_logger
 from chalicelib.store.keys import DEFAULT_PREFIX, Keys
 from chalicelib.store.scripts import script_source
 
-from .base import AuthUnavailable
+from .base import AuthConfigError, AuthUnavailable
 
 logger = module_logger(__name__)
 
@@ -125,7 +125,7 @@ class DirectoryCheck:
             return last_answer()
         try:
             found = self.lookup(user)
-        except AuthUnavailable as error:
+        except (AuthUnavailable, AuthConfigError) as error:  # an unreadable CA file: an outage too
             self._record(user, now, None)
             standing = last_answer()
             logger.warning("directory check of a token's user failed; %s",
