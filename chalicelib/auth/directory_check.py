@@ -13,7 +13,9 @@ made: a login finds the user) within the last ``directory_outage_grace_minutes``
 grace, or with no answer to go by, the token cannot be vouched for and the API answers 503
 (never 401: nobody said the user was removed).
 A failed question is asked again after ``RETRY_SECONDS`` only, so an outage does not make every
-request wait for the directory's timeout.
+request wait for the directory's timeout; and when an answer gets old, one request claims the
+question (``CLAIM_SECONDS``) while the user's other requests go by the last answer, so a user's
+many requests at once do not each bind to the directory.
 
 A successful login records the user as present (the directory has just said so).
 """
@@ -36,6 +38,11 @@ logger = module_logger(__name__)
 RETRY_SECONDS = 60.0
 """After the directory failed to answer about a user, how long the last answer is used before
 asking again (while within the grace)."""
+
+
+CLAIM_SECONDS = 30.0
+"""How long one request's claim on asking the directory about a user holds (others go by the last
+answer meanwhile); past it, a claimant killed mid-question is replaced."""
 
 
 class Standing(enum.Enum):
@@ -77,6 +84,7 @@ class DirectoryCheck:
         self.grace = grace_minutes * 60.0
         self.keys = Keys(prefix)
         self._answer = redis.register_script(script_source("directory_answer"))
+        self._claim = redis.register_script(script_source("directory_claim"))
 
     @property
     def enabled(self) -> bool:
@@ -123,6 +131,10 @@ class DirectoryCheck:
             return Standing.PRESENT if present == "1" else Standing.REMOVED
         if failed is not None and now - failed < RETRY_SECONDS:
             return last_answer()
+        if present in ("0", "1") and not self._claim(keys=[self._key(user)],
+                                                      args=[repr(now), CLAIM_SECONDS, self._record_ttl]):
+            # Another request is asking right now: its answer comes in a moment.
+            return Standing.PRESENT if present == "1" else Standing.REMOVED
         try:
             found = self.lookup(user)
         except (AuthUnavailable, AuthConfigError) as error:  # an unreadable CA file: an outage too

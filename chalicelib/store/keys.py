@@ -69,7 +69,8 @@ family through these validators.
                                      no expiry); another config's sets them again (auth/tokens.py)
     user:<user>:tokens       set     a user's token hashes
     dircheck:<user hash>     hash    the directory's last answer on whether a token's user is still
-                                     there (auth/directory_check.py), expiring when no longer useful
+                                     there, and who is asking again (auth/directory_check.py),
+                                     expiring when no longer useful
     login:user:<hash>        string  failed logins (and attempts in flight) of a user name (login_key, hashed)
     login:addr:<address>     string  the same from a client address (IPv6: its /64)
     login:<user|addr>:<..>:in_flight string  of those, the attempts still waiting for the directory

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -74,6 +75,36 @@ def test_a_removed_users_tokens_answer_401_within_the_check_interval(
     # Other users are not affected; the removed user cannot log in for a new token either.
     assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": alice_token}).status == 200
     assert api.call("POST", "/api/v3/token", headers=basic(name, password)).status == 401
+
+
+def test_a_users_requests_at_once_ask_the_directory_once(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """A CI fleet of one user: when the answer gets old, one of its requests asks the directory,
+    the others go by the last answer meanwhile (each asked: 20 binds at once, every interval)."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10)))
+    api.fill(POOL)
+    name, password = leaver
+    token = api.new_token(name, password)
+    mine = api.checkout(POOL, token)
+    asked = counting_lookups(api)
+
+    def use(_: int) -> int:
+        return api.call("PUT", f"/api/v3/vm/{mine}", headers={"X-AUTH-TOKEN": token}, body={"lifetime": 3}).status
+
+    api.clock.advance(10 * 60)
+    with ThreadPoolExecutor(20) as pool:
+        assert set(pool.map(use, range(40))) == {200}
+    assert asked == [name]
+    slapd.remove(f"uid={name},{slapd.users_base}")
+    api.clock.advance(10 * 60)
+    with ThreadPoolExecutor(20) as pool:
+        statuses = list(pool.map(use, range(40)))
+    assert asked == [name, name]
+    # Those that went by the last answer while the question was out were let in (seconds late);
+    # from the answer on, every use is refused.
+    assert 401 in statuses and set(statuses) <= {200, 401}
+    assert use(0) == 401
 
 
 def test_a_user_back_in_the_directory_is_let_in_at_the_next_check(
