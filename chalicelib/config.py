@@ -234,7 +234,7 @@ class AuthConfig(SettingsModel):
     directory_check_minutes: Annotated[int, bounded(0, 1440)] = 10
     """How old the directory's answer on a token's user may be before a use of the token asks
     again (auth/directory_check.py); 0: never asked (tokens live until deleted or expired)."""
-    directory_outage_grace_minutes: Annotated[int, bounded(0, 10080)] = 240
+    directory_outage_grace_minutes: Annotated[int, bounded(0, 10080)] = 10080
     """While the directory cannot answer, how long since a user was last found its tokens keep
     working; past it they answer 503."""
     ldap: Optional[LdapSettings] = None
