@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from chalicelib import observability as metric
+from chalicelib.aws_clients import AWS_CALL_BOUND_SECONDS
 from chalicelib.config import Config, PoolConfig
 from chalicelib.manager import templates
 from chalicelib.manager.context import Checkpoint, no_checkpoint
@@ -68,6 +69,12 @@ times the functions' refresh (config_source.REFRESH_SECONDS), so it outlasts any
 push, yet a push undone by deleting its S3 version holds the pools up for no longer than this."""
 SAFETY_SECONDS = 5.0
 """Time kept back from the invocation's remaining time: reporting and returning."""
+TICK_AFTER_SEND_SECONDS = 5.0
+"""Time the tick keeps back after its send: its running count, gauges and template clean-up (a
+few Redis round trips each), its log line and its answer."""
+TICK_SEND_MAX_SECONDS = 40.0
+"""The longest a tick's send goes on starting calls, whatever the function's timeout: a send
+never runs into the next tick's minute."""
 
 
 def spread_delay(pool: str, spread_seconds: int = TICK_SPREAD_SECONDS) -> int:
@@ -97,7 +104,11 @@ class Ticker:
         self.spread_seconds = spread_seconds
         self._remembered: Config | None = None
 
-    def tick(self, services: "Services", queue: PoolQueue) -> TickReport:
+    def tick(self, services: "Services", queue: PoolQueue,
+             remaining_seconds: Callable[[], float] | None = None) -> TickReport:
+        """Queue every pool's message, then recount, publish the gauges and clean up.
+        ``remaining_seconds``: the invocation's time left; the send then stops starting calls in
+        time for the rest (``tick_send_budget``). None (the local scheduler): the queue's own."""
         config = services.config
         fleet = Fleet(services.store)
         known = fleet.names()
@@ -116,7 +127,8 @@ class Ticker:
         messages: list[Delayed] = [(PoolMessage(name, TICK), spread_delay(name, self.spread_seconds))
                                    for name in config.pool_names]
         messages += [(PoolMessage(name, DRAIN), 0) for name in draining]
-        not_queued = send_all(queue, messages)
+        budget = tick_send_budget(remaining_seconds()) if remaining_seconds is not None else None
+        not_queued = send_all(queue, messages, budget)
         running = recount_running(services, [*config.pool_names, *draining])
         empty = publish_totals(services)
         if newest:  # a push behind would drop what the newer config's pools use
@@ -125,13 +137,28 @@ class Ticker:
                           empty=empty, running=running, not_queued=not_queued)
 
 
-def send_all(queue: PoolQueue, messages: Sequence[Delayed]) -> list[str]:
-    """Queue the tick's messages; the pools the queue did not take, named in an error log line
-    and counted (``PoolsNotQueued``). The tick goes on: before, the first refusal raised out of
-    it, so it skipped its running count, its gauges and its template clean-up, and EventBridge's
-    retry sent every pool again. The pools left out are sent by the next tick, a minute later."""
+def tick_send_budget(remaining: float) -> float:
+    """How long the tick's send may go on starting calls when the invocation has ``remaining``
+    seconds left: what is left once a call started last has ended
+    (``aws_clients.AWS_CALL_BOUND_SECONDS``) and the tick's work after the send is done
+    (``TICK_AFTER_SEND_SECONDS``); at most ``TICK_SEND_MAX_SECONDS``, never below 0. A fixed
+    10 s let a tick with a short timeout be killed in the middle of its send (no running count,
+    no gauges, and EventBridge's retry of the failed tick sent every pool again), and gave up on
+    the last of many pools while a 30 s tick had time to send them."""
+    return max(0.0, min(TICK_SEND_MAX_SECONDS, remaining - AWS_CALL_BOUND_SECONDS - TICK_AFTER_SEND_SECONDS))
+
+
+def send_all(queue: PoolQueue, messages: Sequence[Delayed], budget_seconds: float | None = None) -> list[str]:
+    """Queue the tick's messages (trying for ``budget_seconds``, None: the queue's own); the pools
+    the queue did not take, named in an error log line and counted (``PoolsNotQueued``). The tick
+    goes on: before, the first refusal raised out of it, so it skipped its running count, its
+    gauges and its template clean-up, and EventBridge's retry sent every pool again. The pools
+    left out are sent by the next tick, a minute later."""
     try:
-        queue.send(messages)
+        if budget_seconds is None:
+            queue.send(messages)
+        else:
+            queue.send(messages, budget_seconds=budget_seconds)
     except QueueRefused as error:
         pools = sorted({pool for pool, _ in error.refused})
         codes = sorted({code for _, code in error.refused})
