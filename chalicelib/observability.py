@@ -265,8 +265,9 @@ METRICS: dict[str, MetricSpec] = {
         _spec(DNS_FAILURES, _COUNT, POOL_REASON_DIMENSIONS),
         _spec(MIGRATIONS, _COUNT, POOL_DIMENSIONS),
         _spec(MIGRATION_FAILURES, _COUNT, POOL_DIMENSIONS),
-        # create_template_delta_disks: a preparation failed or outlasted the clone timeout.
-        _spec(TEMPLATE_PREPARATION_FAILURES, _COUNT, POOL_REASON_DIMENSIONS),
+        # create_template_delta_disks: a preparation failed or outlasted the clone timeout. Per
+        # pool and reason for the dashboard, service-wide for the alarm.
+        _spec(TEMPLATE_PREPARATION_FAILURES, _COUNT, POOL_REASON_DIMENSIONS, SERVICE_DIMENSIONS),
         _spec(TARGET_SIZE, _COUNT, POOL_DIMENSIONS),
         _spec(PREDICTED_DEMAND, _COUNT, POOL_DIMENSIONS),
         _spec(CHECKOUTS, _COUNT, SERVICE_DIMENSIONS),
