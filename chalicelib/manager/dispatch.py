@@ -69,6 +69,13 @@ times the functions' refresh (config_source.REFRESH_SECONDS), so it outlasts any
 push, yet a push undone by deleting its S3 version holds the pools up for no longer than this."""
 SAFETY_SECONDS = 5.0
 """Time kept back from the invocation's remaining time: reporting and returning."""
+STEP_SECONDS = 2.0
+"""What a step of a pass is given to end (steps take milliseconds; one waiting on vCenter longer
+is waited for only until the consumer stops waiting, as before)."""
+PASS_STOP_SECONDS = SAFETY_SECONDS + STEP_SECONDS
+"""A consumer's pass starts no step once its invocation has less than this left: time for the
+step under way to end, the lease's release and the pool's follow-up to be queued, before the
+consumer stops waiting (``SAFETY_SECONDS`` left)."""
 TICK_AFTER_SEND_SECONDS = 5.0
 """Time the tick keeps back after its send: its running count, gauges and template clean-up (a
 few Redis round trips each), its log line and its answer."""
@@ -205,10 +212,12 @@ def publish_totals(services: "Services") -> list[str]:
 
 def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
             budget_seconds: float = RUN_BUDGET_SECONDS, checkpoint: Checkpoint = no_checkpoint,
-            stopping: Callable[[], bool] = lambda: False) -> RunReport | None:
+            stopping: Callable[[], bool] = lambda: False,
+            out_of_time: Callable[[], bool] = lambda: False) -> RunReport | None:
     """Run the message's pool once and queue what comes next (a follow-up while work is in
-    flight, a retry after a failure). None when the pool is neither configured nor draining.
-    Raises StoreUnavailable when Redis fails outside the run (the message is delivered again)."""
+    flight or after a pass ``out_of_time`` stopped, a retry after a failure). None when the pool
+    is neither configured nor draining. Raises StoreUnavailable when Redis fails outside the run
+    (the message is delivered again)."""
     fleet = Fleet(services.store)
     if not newest_config(services):
         # A push this function has not read yet (each reads the bucket at most every 30 s): its
@@ -239,9 +248,9 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
     if message.reason == FOLLOWUP:
         fleet.followup_arrived(message.pool)
     report = run_pool(services, message.pool, budget_seconds, checkpoint, stopping,
-                      stale_lease=message.lease, pool_config=drain)
-    if drain is not None and report.passes and not report.failures and _empty(report) \
-            and not _dns_records_left(services, drain):
+                      stale_lease=message.lease, pool_config=drain, out_of_time=out_of_time)
+    if drain is not None and report.passes and not report.failures and report.stopped_before is None \
+            and _empty(report) and not _dns_records_left(services, drain):
         fleet.forget(message.pool)
         logger.info("removed pool drained and forgotten", extra={"pool": message.pool})
         return report
@@ -330,10 +339,15 @@ def handle_batch(services: "Services", records: Iterable[tuple[str, str]], queue
         if message is not None:
             by_pool.setdefault(message.pool, []).append((message_id, message))
     budget = max(min(RUN_BUDGET_SECONDS, remaining_seconds() - 2 * SAFETY_SECONDS), 0.0)
+
+    def out_of_time() -> bool:
+        return remaining_seconds() < PASS_STOP_SECONDS
+
     futures: dict[Future[Any], list[str]] = {}
     for messages in by_pool.values():
         ids = [message_id for message_id, _ in messages]
-        futures[_pool_threads().submit(_look_at_all, services, [m for _, m in messages], queue, budget)] = ids
+        futures[_pool_threads().submit(_look_at_all, services, [m for _, m in messages], queue, budget,
+                                       out_of_time)] = ids
     done, _ = wait(futures, timeout=max(remaining_seconds() - SAFETY_SECONDS, 0.0))
     failed: list[str] = []
     for future, ids in futures.items():
@@ -350,10 +364,11 @@ def handle_batch(services: "Services", records: Iterable[tuple[str, str]], queue
     return failed
 
 
-def _look_at_all(services: "Services", messages: list[PoolMessage], queue: PoolQueue, budget: float) -> None:
+def _look_at_all(services: "Services", messages: list[PoolMessage], queue: PoolQueue, budget: float,
+                 out_of_time: Callable[[], bool]) -> None:
     """Several messages for one pool: one run (releasing every stale lease they carry)."""
     first = max(messages, key=lambda m: (m.reason == FOLLOWUP, m.lease is not None))
     for other in messages:
         if other.lease and other is not first:
             services.store.release_lease(other.pool, other.lease)
-    look_at(services, first, queue, budget)
+    look_at(services, first, queue, budget, out_of_time=out_of_time)

@@ -21,8 +21,10 @@ import app
 from chalicelib.aws_clients import AWS_CALL_BOUND_SECONDS
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
+from chalicelib.manager import dispatch
 from chalicelib.manager.dispatch import (
     NEWEST_CONFIG_SECONDS,
+    PASS_STOP_SECONDS,
     TICK_AFTER_SEND_SECONDS,
     TICK_SEND_MAX_SECONDS,
     Ticker,
@@ -171,9 +173,11 @@ def test_a_slow_pool_does_not_hold_up_the_batch_and_is_reported_alone(services: 
         return list_vms(pool)
 
     monkeypatch.setattr(provider, "list_vms", hanging_for_debian)
-    # 5.5 s left: the consumer keeps 5 s back, so it waits half a second for the batch.
+    # Time for the passes to start their steps (PASS_STOP_SECONDS) and half a second more: the
+    # consumer keeps SAFETY_SECONDS back, so it waits 2.5 s for the batch.
+    remaining_ms = int((PASS_STOP_SECONDS + 0.5) * 1000)
     try:
-        answer = app.reconcile(sqs_event('{"pool": "debian"}', '{"pool": "centos"}'), Context(remaining_ms=5_500))
+        answer = app.reconcile(sqs_event('{"pool": "debian"}', '{"pool": "centos"}'), Context(remaining_ms))
     finally:
         release.set()
 
@@ -251,12 +255,24 @@ class SqsAtScale:
                            for entry in throttled]}
 
     def queue(self) -> SqsPoolQueue:
-        # moto takes 20 s for the 100 calls SQS answers in about one: a budget to match.
-        budget = SEND_BUDGET_SECONDS * (20 if self.sqs is not None else 1)
+        budget = MOTO_SEND_SECONDS if self.sqs is not None else SEND_BUDGET_SECONDS
         return SqsPoolQueue(self.url, client_factory=lambda: self, pause=self.pauses.append, budget_seconds=budget)
 
     def pools(self) -> list[str]:
         return sorted(json.loads(entry["MessageBody"])["pool"] for entry in self.accepted)
+
+
+MOTO_SEND_SECONDS = SEND_BUDGET_SECONDS * 20
+"""moto takes 20 s for the 100 calls SQS answers in about one (more on a loaded machine): a send
+budget to match."""
+
+
+def tick_with_time_for_moto(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """``app.tick`` given the time moto needs (the tick's send takes its time from the
+    invocation's, at most ``TICK_SEND_MAX_SECONDS``)."""
+    monkeypatch.setattr(dispatch, "TICK_SEND_MAX_SECONDS", MOTO_SEND_SECONDS)
+    seconds = MOTO_SEND_SECONDS + AWS_CALL_BOUND_SECONDS + TICK_AFTER_SEND_SECONDS
+    return app.tick(TICK_EVENT, Context(remaining_ms=int(seconds * 1000)))
 
 
 @pytest.fixture
@@ -273,7 +289,7 @@ def test_the_tick_fans_out_one_message_per_pool_spread_over_the_minute(thousand_
     sqs = SqsAtScale(boto3.client("sqs"))
     monkeypatch.setattr(app, "_queue", sqs.queue())
 
-    answer = app.tick(TICK_EVENT, Context())
+    answer = tick_with_time_for_moto(monkeypatch)
 
     assert answer == {"pools": 1000, "draining": [], "messages": 1000, "not_queued": []}
     assert sqs.pools() == thousand_pools
@@ -348,7 +364,7 @@ def test_a_batch_whose_call_times_out_or_is_throttled_is_sent_again_and_the_batc
     sqs = SqsAtScale(boto3.client("sqs"), fail=fail)
     monkeypatch.setattr(app, "_queue", sqs.queue())
 
-    answer = app.tick(TICK_EVENT, Context())
+    answer = tick_with_time_for_moto(monkeypatch)
 
     assert (answer["messages"], answer["not_queued"]) == (1000, [])
     assert sqs.pools() == thousand_pools  # each once, as moto took it
