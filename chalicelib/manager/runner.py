@@ -143,7 +143,7 @@ def run_pool(
                 report.look_again_in = check_delay(services, pool, result)
             break
         if pool is not None and not stopping() and report.stopped_before is None and not out_of_time():
-            purge_if_due(services, pool.provider)
+            purge_if_due(services, pool.provider, out_of_time)
     except StoreUnavailable as error:
         report.failures.append(str(error))
         report.look_again_in = RETRY_SECONDS
