@@ -118,7 +118,12 @@ def tick(event: Any) -> dict[str, Any]:
 
     if _ticker is None:
         _ticker = Ticker()
-    report = _ticker.tick(services(), pool_queue())
+    context = event.context
+
+    def remaining_seconds() -> float:
+        return float(context.get_remaining_time_in_millis()) / 1000
+
+    report = _ticker.tick(services(), pool_queue(), remaining_seconds)
     logger.info("tick", extra={"pools": report.configured, "draining": report.draining, "messages": report.messages,
                                "empty": report.empty[:100], "empty_count": len(report.empty),
                                "not_queued_count": len(report.not_queued)})

@@ -31,7 +31,7 @@ class CountingQueue:
     def __init__(self) -> None:
         self.messages: list[tuple[PoolMessage, float]] = []
 
-    def send(self, messages: Any) -> None:
+    def send(self, messages: Any, budget_seconds: float | None = None) -> None:
         self.messages.extend(messages)
 
 

@@ -5,7 +5,9 @@ through that logger's handler as JSON, with the request's correlation id and the
 ``POWERTOOLS_LOG_LEVEL``; Powertools keeps its children's lines off the root logger's handlers, so
 none is written twice. A module logger under the root (``logging.getLogger(__name__)``) wrote
 through Lambda's runtime handler instead: plain text (``[ERROR] <time> <request id> message``)
-that no Logs Insights query on the JSON fields finds, and nothing below WARNING.
+that no Logs Insights query on the JSON fields finds, and nothing below WARNING. Libraries'
+loggers (urllib3, botocore, pyVmomi, redis-py) are routed to the same handler, their credentials
+masked: ``observability.route_library_logs``.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import threading
 from dataclasses import dataclass
@@ -65,6 +66,89 @@ def redact_secrets(values: Iterable[Any]) -> None:
     for handler in handlers:
         if REDACTION not in handler.filters:
             handler.addFilter(REDACTION)
+
+
+# --- libraries' own loggers -----------------------------------------------------------------------
+
+LIBRARY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "pyVmomi", "redis", "ldap3")
+"""Libraries whose loggers write through the service's JSON handler (``route_library_logs``)."""
+
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"<>]+@")
+_QUERY_VALUE = re.compile(r"([?&][^=&#\s'\"<>?]+=)[^&#\s'\"<>]+")
+_SECRET_ELEMENT = re.compile(
+    r"(?is)(<(?:[\w.-]+:)?(password|passwd|pwd|secret|token|sessionCookie|credential)\b[^>]*>)(.*?)(</(?:[\w.-]+:)?\2\s*>)")
+WIRE_MASK = "**********"
+
+
+def mask_wire_secrets(text: str) -> str:
+    """``text`` with what a library's line may carry of a credential masked: a URL's
+    ``user:password@``, every query value (a presigned URL's signature, a token passed as a
+    parameter) and the content of SOAP/XML elements named like a password, secret or token."""
+    text = _URL_USERINFO.sub(lambda match: f"{match[1]}{WIRE_MASK}@", text)
+    text = _QUERY_VALUE.sub(lambda match: f"{match[1]}{WIRE_MASK}", text)
+    return _SECRET_ELEMENT.sub(lambda match: f"{match[1]}{WIRE_MASK}{match[4]}", text)
+
+
+class LibraryRecords(logging.Filter):
+    """What a library may write: INFO and above (its DEBUG is its wire log: botocore's response
+    bodies, which for GetSecretValue are the secret, and pyVmomi's SOAP bodies, which for Login
+    hold the password), its message and exception with ``mask_wire_secrets`` applied."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.INFO:
+            return False
+        message = record.getMessage()
+        masked = mask_wire_secrets(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and record.exc_info[0] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            masked = mask_wire_secrets(text)
+            if masked != text:
+                # The fields Powertools' JSON formatter writes in preference to exc_info's.
+                record.__dict__.update(exception=masked, exception_name=record.exc_info[0].__name__)
+                record.exc_text, record.exc_info = masked, None
+        return True
+
+
+class _ServiceHandler(logging.Handler):
+    """Hands a library's record to the service's logger (``vmpool``), named by the library's
+    logger (the ``logger`` key): its handler's JSON formatter (service, correlation id, level,
+    timestamp), secret mask (``REDACTION``) and lock, which the metrics' EMF lines share
+    (``_write_line``): a library's line never splits another line."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.addFilter(LibraryRecords())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        record.logger = record.name
+        # The service logger's own handlers only: handed to the logger, the record would go on
+        # to the root logger's handlers, which pass every name but the service's.
+        for handler in logging.getLogger(SERVICE).handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+
+
+LIBRARY_HANDLER = _ServiceHandler()
+
+
+def route_library_logs(level: int | str | None = None) -> None:
+    """Send the libraries' loggers (``LIBRARY_LOGGERS``) through the service's JSON handler at
+    ``level`` (the service logger's, from ``POWERTOOLS_LOG_LEVEL``), never below INFO; not on to
+    the root logger, whose handler in Lambda writes plain text (``[WARNING] <time> <request id>
+    message``) that Logs Insights cannot parse into fields. Idempotent."""
+    wanted = logging.getLevelName(level) if isinstance(level, str) else level
+    floor = max(int(wanted if isinstance(wanted, int) else logger.log_level), logging.INFO)
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        if LIBRARY_HANDLER not in library.handlers:
+            library.addHandler(LIBRARY_HANDLER)
+        library.setLevel(floor)
+        library.propagate = False
+
+
+route_library_logs()
 
 
 
@@ -181,8 +265,9 @@ METRICS: dict[str, MetricSpec] = {
         _spec(DNS_FAILURES, _COUNT, POOL_REASON_DIMENSIONS),
         _spec(MIGRATIONS, _COUNT, POOL_DIMENSIONS),
         _spec(MIGRATION_FAILURES, _COUNT, POOL_DIMENSIONS),
-        # create_template_delta_disks: a preparation failed or outlasted the clone timeout.
-        _spec(TEMPLATE_PREPARATION_FAILURES, _COUNT, POOL_REASON_DIMENSIONS),
+        # create_template_delta_disks: a preparation failed or outlasted the clone timeout. Per
+        # pool and reason for the dashboard, service-wide for the alarm.
+        _spec(TEMPLATE_PREPARATION_FAILURES, _COUNT, POOL_REASON_DIMENSIONS, SERVICE_DIMENSIONS),
         _spec(TARGET_SIZE, _COUNT, POOL_DIMENSIONS),
         _spec(PREDICTED_DEMAND, _COUNT, POOL_DIMENSIONS),
         _spec(CHECKOUTS, _COUNT, SERVICE_DIMENSIONS),

@@ -178,6 +178,15 @@ def alarms(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
         Period=300, EvaluationPeriods=1, Threshold=3, ComparisonOperator="GreaterThanOrEqualToThreshold",
         TreatMissingData="notBreaching")
 
+    found["TemplatePreparationFailuresAlarm"] = _alarm(
+        f"{prefix}-template-preparation-failures",
+        "A template's preparation (create_template_delta_disks) failed or was still under way after the "
+        "clone timeout: its pool clones from the template as it is (full copies, slower). The warning or "
+        "error log line names the pool and template; the dashboard's graph gives the reason.",
+        Namespace=namespace, MetricName=m.TEMPLATE_PREPARATION_FAILURES, Dimensions=service, Statistic="Sum",
+        Period=300, EvaluationPeriods=1, Threshold=1, ComparisonOperator="GreaterThanOrEqualToThreshold",
+        TreatMissingData="notBreaching")
+
     def stat(metric_id: str, name: str) -> dict[str, Any]:
         return {"Id": metric_id, "ReturnData": False, "MetricStat": {
             "Metric": {"Namespace": namespace, "MetricName": name, "Dimensions": service},

@@ -68,7 +68,7 @@ class LocalQueue:
         self._order = itertools.count()
         self._changed = threading.Condition()
 
-    def send(self, messages: Sequence[Delayed]) -> None:
+    def send(self, messages: Sequence[Delayed], budget_seconds: float | None = None) -> None:
         now = time.monotonic()
         with self._changed:
             for message, delay in messages:

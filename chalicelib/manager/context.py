@@ -103,6 +103,9 @@ class PassReport:
     duration_seconds: float = 0.0
     size: int = 0
     """The pool's effective size in this pass (schedule, demand, override or config)."""
+    stopped_before: str | None = None
+    """The step the pass stopped before, its invocation's time nearly out; None for a whole pass
+    (only a whole pass's ``counts`` are the pool's)."""
 
     @property
     def waiting_for_clones(self) -> bool:

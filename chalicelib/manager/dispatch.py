@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from chalicelib import observability as metric
+from chalicelib.aws_clients import AWS_CALL_BOUND_SECONDS
 from chalicelib.config import Config, PoolConfig
 from chalicelib.manager import templates
 from chalicelib.manager.context import Checkpoint, no_checkpoint
@@ -68,6 +69,19 @@ times the functions' refresh (config_source.REFRESH_SECONDS), so it outlasts any
 push, yet a push undone by deleting its S3 version holds the pools up for no longer than this."""
 SAFETY_SECONDS = 5.0
 """Time kept back from the invocation's remaining time: reporting and returning."""
+STEP_SECONDS = 2.0
+"""What a step of a pass is given to end (steps take milliseconds; one waiting on vCenter longer
+is waited for only until the consumer stops waiting, as before)."""
+PASS_STOP_SECONDS = SAFETY_SECONDS + STEP_SECONDS
+"""A consumer's pass starts no step once its invocation has less than this left: time for the
+step under way to end, the lease's release and the pool's follow-up to be queued, before the
+consumer stops waiting (``SAFETY_SECONDS`` left)."""
+TICK_AFTER_SEND_SECONDS = 5.0
+"""Time the tick keeps back after its send: its running count, gauges and template clean-up (a
+few Redis round trips each), its log line and its answer."""
+TICK_SEND_MAX_SECONDS = 40.0
+"""The longest a tick's send goes on starting calls, whatever the function's timeout: a send
+never runs into the next tick's minute."""
 
 
 def spread_delay(pool: str, spread_seconds: int = TICK_SPREAD_SECONDS) -> int:
@@ -97,7 +111,11 @@ class Ticker:
         self.spread_seconds = spread_seconds
         self._remembered: Config | None = None
 
-    def tick(self, services: "Services", queue: PoolQueue) -> TickReport:
+    def tick(self, services: "Services", queue: PoolQueue,
+             remaining_seconds: Callable[[], float] | None = None) -> TickReport:
+        """Queue every pool's message, then recount, publish the gauges and clean up.
+        ``remaining_seconds``: the invocation's time left; the send then stops starting calls in
+        time for the rest (``tick_send_budget``). None (the local scheduler): the queue's own."""
         config = services.config
         fleet = Fleet(services.store)
         known = fleet.names()
@@ -116,7 +134,8 @@ class Ticker:
         messages: list[Delayed] = [(PoolMessage(name, TICK), spread_delay(name, self.spread_seconds))
                                    for name in config.pool_names]
         messages += [(PoolMessage(name, DRAIN), 0) for name in draining]
-        not_queued = send_all(queue, messages)
+        budget = tick_send_budget(remaining_seconds()) if remaining_seconds is not None else None
+        not_queued = send_all(queue, messages, budget)
         running = recount_running(services, [*config.pool_names, *draining])
         empty = publish_totals(services)
         if newest:  # a push behind would drop what the newer config's pools use
@@ -126,13 +145,28 @@ class Ticker:
                           empty=empty, running=running, not_queued=not_queued)
 
 
-def send_all(queue: PoolQueue, messages: Sequence[Delayed]) -> list[str]:
-    """Queue the tick's messages; the pools the queue did not take, named in an error log line
-    and counted (``PoolsNotQueued``). The tick goes on: before, the first refusal raised out of
-    it, so it skipped its running count, its gauges and its template clean-up, and EventBridge's
-    retry sent every pool again. The pools left out are sent by the next tick, a minute later."""
+def tick_send_budget(remaining: float) -> float:
+    """How long the tick's send may go on starting calls when the invocation has ``remaining``
+    seconds left: what is left once a call started last has ended
+    (``aws_clients.AWS_CALL_BOUND_SECONDS``) and the tick's work after the send is done
+    (``TICK_AFTER_SEND_SECONDS``); at most ``TICK_SEND_MAX_SECONDS``, never below 0. A fixed
+    10 s let a tick with a short timeout be killed in the middle of its send (no running count,
+    no gauges, and EventBridge's retry of the failed tick sent every pool again), and gave up on
+    the last of many pools while a 30 s tick had time to send them."""
+    return max(0.0, min(TICK_SEND_MAX_SECONDS, remaining - AWS_CALL_BOUND_SECONDS - TICK_AFTER_SEND_SECONDS))
+
+
+def send_all(queue: PoolQueue, messages: Sequence[Delayed], budget_seconds: float | None = None) -> list[str]:
+    """Queue the tick's messages (trying for ``budget_seconds``, None: the queue's own); the pools
+    the queue did not take, named in an error log line and counted (``PoolsNotQueued``). The tick
+    goes on: before, the first refusal raised out of it, so it skipped its running count, its
+    gauges and its template clean-up, and EventBridge's retry sent every pool again. The pools
+    left out are sent by the next tick, a minute later."""
     try:
-        queue.send(messages)
+        if budget_seconds is None:
+            queue.send(messages)
+        else:
+            queue.send(messages, budget_seconds=budget_seconds)
     except QueueRefused as error:
         pools = sorted({pool for pool, _ in error.refused})
         codes = sorted({code for _, code in error.refused})
@@ -179,10 +213,12 @@ def publish_totals(services: "Services") -> list[str]:
 
 def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
             budget_seconds: float = RUN_BUDGET_SECONDS, checkpoint: Checkpoint = no_checkpoint,
-            stopping: Callable[[], bool] = lambda: False) -> RunReport | None:
+            stopping: Callable[[], bool] = lambda: False,
+            out_of_time: Callable[[], bool] = lambda: False) -> RunReport | None:
     """Run the message's pool once and queue what comes next (a follow-up while work is in
-    flight, a retry after a failure). None when the pool is neither configured nor draining.
-    Raises StoreUnavailable when Redis fails outside the run (the message is delivered again)."""
+    flight or after a pass ``out_of_time`` stopped, a retry after a failure). None when the pool
+    is neither configured nor draining. Raises StoreUnavailable when Redis fails outside the run
+    (the message is delivered again)."""
     fleet = Fleet(services.store)
     if not newest_config(services):
         # A push this function has not read yet (each reads the bucket at most every 30 s): its
@@ -213,9 +249,9 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
     if message.reason == FOLLOWUP:
         fleet.followup_arrived(message.pool)
     report = run_pool(services, message.pool, budget_seconds, checkpoint, stopping,
-                      stale_lease=message.lease, pool_config=drain)
-    if drain is not None and report.passes and not report.failures and _empty(report) \
-            and not _dns_records_left(services, drain):
+                      stale_lease=message.lease, pool_config=drain, out_of_time=out_of_time)
+    if drain is not None and report.passes and not report.failures and report.stopped_before is None \
+            and _empty(report) and not _dns_records_left(services, drain):
         fleet.forget(message.pool)
         logger.info("removed pool drained and forgotten", extra={"pool": message.pool})
         return report
@@ -304,10 +340,15 @@ def handle_batch(services: "Services", records: Iterable[tuple[str, str]], queue
         if message is not None:
             by_pool.setdefault(message.pool, []).append((message_id, message))
     budget = max(min(RUN_BUDGET_SECONDS, remaining_seconds() - 2 * SAFETY_SECONDS), 0.0)
+
+    def out_of_time() -> bool:
+        return remaining_seconds() < PASS_STOP_SECONDS
+
     futures: dict[Future[Any], list[str]] = {}
     for messages in by_pool.values():
         ids = [message_id for message_id, _ in messages]
-        futures[_pool_threads().submit(_look_at_all, services, [m for _, m in messages], queue, budget)] = ids
+        futures[_pool_threads().submit(_look_at_all, services, [m for _, m in messages], queue, budget,
+                                       out_of_time)] = ids
     done, _ = wait(futures, timeout=max(remaining_seconds() - SAFETY_SECONDS, 0.0))
     failed: list[str] = []
     for future, ids in futures.items():
@@ -324,10 +365,11 @@ def handle_batch(services: "Services", records: Iterable[tuple[str, str]], queue
     return failed
 
 
-def _look_at_all(services: "Services", messages: list[PoolMessage], queue: PoolQueue, budget: float) -> None:
+def _look_at_all(services: "Services", messages: list[PoolMessage], queue: PoolQueue, budget: float,
+                 out_of_time: Callable[[], bool]) -> None:
     """Several messages for one pool: one run (releasing every stale lease they carry)."""
     first = max(messages, key=lambda m: (m.reason == FOLLOWUP, m.lease is not None))
     for other in messages:
         if other.lease and other is not first:
             services.store.release_lease(other.pool, other.lease)
-    look_at(services, first, queue, budget)
+    look_at(services, first, queue, budget, out_of_time=out_of_time)

@@ -101,8 +101,9 @@ Delayed = tuple[PoolMessage, float]
 
 
 class PoolQueue(Protocol):
-    def send(self, messages: Sequence[Delayed]) -> None:
-        """Queue each message after its delay (seconds). Raises on failure."""
+    def send(self, messages: Sequence[Delayed], budget_seconds: float | None = None) -> None:
+        """Queue each message after its delay (seconds). Raises on failure. ``budget_seconds``:
+        how long the send may go on starting calls (None: the queue's own)."""
         ...
 
 
@@ -112,11 +113,10 @@ whose whole call failed (timed out, throttled: after botocore's own retries)."""
 RETRY_PAUSE_SECONDS = 0.05
 """The pause before the first retry of those messages, doubled before each next."""
 SEND_BUDGET_SECONDS = 10.0
-"""How long one send goes on starting calls (its batches' first tries and their retries); a call
-started ends within ``aws_clients.AWS_CALL_BOUND_SECONDS``, so a send returns within 17 s. The
-tick's 1,000 pools (100 calls) take about a second; with SQS timing out, the tick's send stops
-there, inside the tick's 30 s with time for the rest of its work, and reports what it did not
-send."""
+"""How long one send goes on starting calls (its batches' first tries and their retries), unless
+its caller gives its own budget (the tick derives one from its invocation's remaining time:
+dispatch.tick_send_budget); a call started ends within ``aws_clients.AWS_CALL_BOUND_SECONDS``, so
+a send returns within 17 s."""
 NOT_SENT = "NotSent"
 """The code of a message refused without a try: the send's time had run out."""
 
@@ -152,13 +152,13 @@ class SqsPoolQueue:
         self.budget_seconds = budget_seconds
         self._monotonic = monotonic
 
-    def send(self, messages: Sequence[Delayed]) -> None:
+    def send(self, messages: Sequence[Delayed], budget_seconds: float | None = None) -> None:
         if not messages:
             return
         if self._client is None:
             self._client = self._client_factory()
         batches = [messages[start:start + 10] for start in range(0, len(messages), 10)]
-        deadline = self._monotonic() + self.budget_seconds
+        deadline = self._monotonic() + (self.budget_seconds if budget_seconds is None else budget_seconds)
         if len(batches) == 1:
             refused = self._send_batch(batches[0], deadline)
         else:

@@ -14,6 +14,8 @@ it by mistake.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ServiceConfig
 from chalicelib.dns.base import DnsPlugin
@@ -93,15 +95,21 @@ def reconcile_pool(
     checkpoint: Checkpoint = no_checkpoint,
     dns: DnsPlugin | None = None,
     providers: ProviderLookup | None = None,
+    out_of_time: Callable[[], bool] = lambda: False,
 ) -> PassReport:
     """Run one pass over ``pool``. Raises ProviderError or StoreUnavailable when the provider or
     Redis fails; whatever was done before that is consistent, and the next pass carries on.
     ``dns`` manages the pool's DNS records (its ``dns_plugin``); its failures never end the pass.
-    ``providers`` reaches VMs the pool made with another provider before it moved (placement.py)."""
+    ``providers`` reaches VMs the pool made with another provider before it moved (placement.py).
+    ``out_of_time``, asked before each step: when true the pass stops there (``stopped_before``),
+    as one killed between two steps would, and the next pass carries on."""
     calls_before = provider.call_count()
     started = clock.monotonic()
     context = PassContext.read(store, provider, pool, clock, service, checkpoint, dns, providers)
     for step in STEPS:
+        if out_of_time():
+            context.report.stopped_before = getattr(step, "__name__", repr(step))
+            break
         step(context)
     report = context.report
     report.provider_calls = provider.call_count() - calls_before

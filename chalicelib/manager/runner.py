@@ -57,6 +57,9 @@ class RunReport:
     unreleased_lease: str | None = None
     """A lease token this run may still hold in Redis (the stall ate the SET's reply or the
     release): pass it as ``stale_lease`` to the retry."""
+    stopped_before: str | None = None
+    """The step its last pass stopped before, the invocation's time nearly out (that pass is not
+    in ``passes``: its counts are not the pool's); ``look_again_in`` is 0."""
 
 
 def run_pool(
@@ -67,10 +70,13 @@ def run_pool(
     stopping: Callable[[], bool] = lambda: False,
     stale_lease: str | None = None,
     pool_config: PoolConfig | None = None,
+    out_of_time: Callable[[], bool] = lambda: False,
 ) -> RunReport:
     """Reconcile one pool once (more passes only while nudged and within ``budget_seconds`` on
     the services' clock), if nobody else is. ``stopping`` ends the run early (local shutdown);
-    ``pool_config`` replaces the configured pool (draining a pool removed from the config)."""
+    ``pool_config`` replaces the configured pool (draining a pool removed from the config);
+    ``out_of_time`` (the invocation's time nearly out) stops the pass before its next step, the
+    lease released and the pool to be looked at again at once (``look_again_in`` 0)."""
     store, clock = services.store, services.clock
     token = lease_token()
     try:
@@ -103,7 +109,8 @@ def run_pool(
             try:
                 result = reconcile_pool(store, lease.fenced(services.provider(pool.provider)), pool, clock,
                                         services.config.service, lease.renewing(checkpoint),
-                                        dns=services.dns_plugin(pool), providers=lease.fenced_lookup())
+                                        dns=services.dns_plugin(pool), providers=lease.fenced_lookup(),
+                                        out_of_time=out_of_time)
             except (ProviderError, StoreUnavailable, LeaseLost) as error:
                 # The pass stopped where it was; everything it did is consistent. Try again soon.
                 report.failures.append(str(error))
@@ -117,8 +124,15 @@ def run_pool(
                 if isinstance(error, LeaseLost):
                     return report  # another run has the pool: nothing more of this one's
                 break
-            report.passes.append(result)
             _publish(result, result.size)  # the effective size (docs/sizing.md)
+            if result.stopped_before is not None:
+                # Killed by Lambda's timeout instead, the pass would have held the pool's lease
+                # (frozen with its thread) until the lease expired, and failed its whole batch.
+                logger.info("reconcile pass stopped: the invocation's time is nearly out; the pool is looked at "
+                            "again at once", extra={"pool": pool_name, "before": result.stopped_before})
+                report.stopped_before, report.look_again_in = result.stopped_before, 0.0
+                break
+            report.passes.append(result)
             sampled = _sample(services, result, result.size, sampled)
             nudged = store.take_wake(pool_name)
             if nudged and not stopping() and clock.monotonic() < deadline:
@@ -128,8 +142,8 @@ def run_pool(
             elif result.work_in_flight:
                 report.look_again_in = check_delay(services, pool, result)
             break
-        if pool is not None and not stopping():
-            purge_if_due(services, pool.provider)
+        if pool is not None and not stopping() and report.stopped_before is None and not out_of_time():
+            purge_if_due(services, pool.provider, out_of_time)
     except StoreUnavailable as error:
         report.failures.append(str(error))
         report.look_again_in = RETRY_SECONDS

@@ -155,12 +155,19 @@ def _advance(context: PassContext, templates: TemplateStore, template: str, may_
         logger.warning("template delta disks could not be created; clones go on without them",
                        extra={**fields, "error": status.error})
         if not underway.given_up:  # one given up was counted then
-            emit(pool.name, {metric.TEMPLATE_PREPARATION_FAILURES: 1}, dimensions={"reason": status.kind.value})
+            count_failure(pool.name, status.kind.value)
     else:
         logger.info("template delta disks created", extra=fields)
     if templates.finish(key, state):
         templates.ended(key, underway)
     return True
+
+
+def count_failure(pool: str, reason: str) -> None:
+    """Count a preparation given up (``TemplatePreparationFailures``): by pool and reason for the
+    dashboard, service-wide for the alarm (``template-preparation-failures``)."""
+    emit(pool, {metric.TEMPLATE_PREPARATION_FAILURES: 1}, dimensions={"reason": reason})
+    emit(None, {metric.TEMPLATE_PREPARATION_FAILURES: 1})
 
 
 def _timed_out(context: PassContext, templates: TemplateStore, key: str, underway: Underway) -> bool:
@@ -177,6 +184,5 @@ def _timed_out(context: PassContext, templates: TemplateStore, key: str, underwa
         logger.error("template preparation still under way after the clone timeout; clones go on without it",
                      extra={"pool": context.pool.name, "template": key.split(":", 1)[1],
                             "minutes": round((context.now - underway.since) / 60, 1)})
-        emit(context.pool.name, {metric.TEMPLATE_PREPARATION_FAILURES: 1},
-             dimensions={"reason": FailureKind.TIMEOUT.value})
+        count_failure(context.pool.name, FailureKind.TIMEOUT.value)
     return True

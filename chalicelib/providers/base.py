@@ -123,6 +123,11 @@ def nothing_tracked(names: Collection[str]) -> Collection[str]:
     return ()
 
 
+def never() -> bool:
+    """The ``out_of_time`` of a caller whose time does not run out (tests, the local stack)."""
+    return False
+
+
 class Provider(abc.ABC):
     """A place VMs come from. One instance serves every pool that names it."""
 
@@ -250,10 +255,12 @@ class Provider(abc.ABC):
         return None
 
     def purge_unconfigured(self, pools: Sequence[PoolConfig], allowlist: Sequence[str],
-                           tracked: Tracked = nothing_tracked) -> list[str]:
+                           tracked: Tracked = nothing_tracked,
+                           out_of_time: Callable[[], bool] = never) -> list[str]:
         """Destroy VMs and folders under the pools' parent folders that no pool configures,
         except the VMs ``tracked`` names and the folders holding one. Returns what was removed.
-        Providers without folders have nothing to purge."""
+        Stops before its next removal once ``out_of_time`` (its invocation's time nearly out):
+        the next purge goes on. Providers without folders have nothing to purge."""
         return []
 
     def call_count(self) -> int:

@@ -343,7 +343,7 @@ def test_a_pass_paused_at_any_round_trip_converges(fleet: Fleet, scenario: str, 
 class NoQueue:
     """The reconcile queue, for a test that runs the passes itself."""
 
-    def send(self, messages: list[Delayed]) -> None:
+    def send(self, messages: list[Delayed], budget_seconds: float | None = None) -> None:
         pass
 
 

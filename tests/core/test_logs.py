@@ -59,3 +59,67 @@ def test_every_module_logs_through_the_service_logger() -> None:
                           timeout=120, cwd=ROOT, env={**os.environ, "POWERTOOLS_METRICS_DISABLED": "true"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == []
+
+
+LAMBDA_RUNTIME_WITH_LIBRARY_LINES = """
+import logging, socket, sys
+# What Lambda's Python runtime sets up before it imports the handler: a plain-text handler on the
+# root logger (``[LEVEL] time request-id message``).
+logging.basicConfig(stream=sys.stdout, level=logging.WARNING,
+                    format="[%(levelname)s]\\t%(asctime)s\\t%(message)s")
+import app  # noqa: F401 - the functions' entry point
+import urllib3
+
+with socket.socket() as closed:  # a port nothing listens on: urllib3 warns as it retries
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+try:
+    urllib3.PoolManager().request("GET", f"http://vmpool:{PASSWORD}@127.0.0.1:{port}/sdk?password={PASSWORD}",
+                                  retries=urllib3.Retry(1, backoff_factor=0))
+except urllib3.exceptions.MaxRetryError:
+    pass
+logging.getLogger("redis.connection").warning("reconnecting to rediss://:%s@redis.example.com:6379/0", PASSWORD)
+soap = f"<soapenv:Body><Login><userName>root</userName><password>{PASSWORD}</password></Login></soapenv:Body>"
+logging.getLogger("pyVmomi.SoapAdapter").debug("request body %s", soap)
+logging.getLogger("pyVmomi.SoapAdapter").warning("fault answering %s", soap)
+"""
+
+
+def _lambda_lines(level: str, password: str) -> tuple[str, list[dict[str, str]]]:
+    script = f"PASSWORD = {password!r}\n" + LAMBDA_RUNTIME_WITH_LIBRARY_LINES
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": level})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout + done.stderr, json_lines(done.stdout)
+
+
+def test_a_librarys_warning_is_one_json_line_of_the_service_without_its_credentials() -> None:
+    """urllib3 retrying a vCenter URL, redis-py naming its URL, pyVmomi quoting a SOAP body: in
+    Lambda these went to the runtime's plain-text handler (``[WARNING] ...``), which Logs
+    Insights cannot split into fields, with the URL's password in it. Each is now one JSON line
+    of the service, its logger named, the password masked."""
+    password = "Hunter2-wire-secret"
+    output, lines = _lambda_lines("INFO", password)
+
+    assert all(line.startswith("{") for line in output.splitlines() if line.strip()), output
+    assert password not in output
+    retries = [line for line in lines if line.get("logger") == "urllib3.connectionpool"]
+    assert len(retries) == 1, lines
+    assert (retries[0]["level"], retries[0]["service"]) == ("WARNING", "vmpool")
+    assert "Retrying" in retries[0]["message"] and "/sdk?password=" in retries[0]["message"]
+    (redis_line,) = [line for line in lines if line.get("logger") == "redis.connection"]
+    assert "@redis.example.com:6379/0" in redis_line["message"]
+    (soap_line,) = [line for line in lines if line.get("logger") == "pyVmomi.SoapAdapter"]
+    assert soap_line["level"] == "WARNING" and "<userName>root</userName><password>" in soap_line["message"]
+
+
+def test_a_librarys_wire_log_is_never_written_even_at_debug() -> None:
+    """At ``POWERTOOLS_LOG_LEVEL=DEBUG`` the service's own lines are all written, but not the
+    libraries' DEBUG: it is their wire log (pyVmomi's SOAP bodies, botocore's response bodies,
+    a GetSecretValue's being the secret)."""
+    password = "Hunter2-wire-secret"
+    output, lines = _lambda_lines("DEBUG", password)
+
+    assert password not in output
+    assert not [line for line in lines if line["level"] == "DEBUG" and "logger" in line], lines
+    assert [line["level"] for line in lines if line.get("logger") == "pyVmomi.SoapAdapter"] == ["WARNING"]

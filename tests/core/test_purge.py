@@ -3,14 +3,14 @@ interval per provider, and never when the setting is off."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import redis
 
 from chalicelib.clock import FakeClock
 from chalicelib.config import PoolConfig, parse
 from chalicelib.manager.runner import run_pool
-from chalicelib.providers.base import Tracked, nothing_tracked
+from chalicelib.providers.base import Tracked, never, nothing_tracked
 from chalicelib.providers.dummy import DummyProvider
 from chalicelib.services import Services
 
@@ -27,15 +27,17 @@ CONFIG = """
 
 
 class PurgeRecorder(DummyProvider):
-    """The dummy provider, noting each purge it is asked for."""
+    """The dummy provider, noting each purge it is asked for; ``during`` runs in each."""
 
     purges: list[tuple[list[str], list[str]]]
     tracked: Tracked
+    during: Callable[[], None] = staticmethod(lambda: None)
 
     def purge_unconfigured(self, pools: Sequence[PoolConfig], allowlist: Sequence[str],
-                           tracked: Tracked = nothing_tracked) -> list[str]:
+                           tracked: Tracked = nothing_tracked, out_of_time: Callable[[], bool] = never) -> list[str]:
         self.purges.append(([pool.name for pool in pools], list(allowlist)))
         self.tracked = tracked
+        self.during()
         return ["vmpool/stale-folder"]
 
 
@@ -73,3 +75,23 @@ def test_the_purge_leaves_alone_the_vms_vmpool_tracks(redis_client: redis.Redis)
     assert store.move("went", "gone-pool", "discovered", "destroyed", now)
     run_pool(services, "alpha", budget_seconds=0)
     assert set(provider.tracked(["in-use", "went", "never-known"])) == {"in-use"}
+
+
+def test_a_purge_its_invocations_time_ran_out_in_is_taken_up_by_the_next_pass(redis_client: redis.Redis) -> None:
+    """The reconcile invocation's time runs out while its purge powers off and destroys (the
+    provider stops before its next removal): the purge hands its turn back, and the next pass of
+    any of the provider's pools goes on with it. Before, the rest waited for the next interval
+    (15 minutes); a pass whose invocation has no time left starts no purge."""
+    services, provider = services_with(True, redis_client)
+    time_out = [False]
+    provider.during = lambda: time_out.__setitem__(0, True)
+
+    run_pool(services, "alpha", budget_seconds=0, out_of_time=lambda: time_out[0])
+    assert len(provider.purges) == 1
+    run_pool(services, "beta", budget_seconds=0, out_of_time=lambda: time_out[0])  # no time: no purge
+    assert len(provider.purges) == 1
+
+    provider.during = lambda: None
+    run_pool(services, "beta", budget_seconds=0)
+    run_pool(services, "alpha", budget_seconds=0)
+    assert len(provider.purges) == 2  # then its interval again

@@ -14,12 +14,21 @@ from typing import Any, Iterator
 import pytest
 
 import app
+from chalicelib.clock import FakeClock
 from chalicelib.manager import dispatch
 from chalicelib.manager.dispatch import SAFETY_SECONDS
-from chalicelib.manager.pool_queue import PoolMessage
+from chalicelib.manager.pool_queue import FOLLOWUP, PoolMessage
 from chalicelib.manager.runner import LEASE_SECONDS
 from chalicelib.services import Services
-from tests.core.test_reconcile_queue import TICK_EVENT, Context, RecordingQueue, queue, services, sqs_event
+from tests.core.test_reconcile_queue import (
+    TICK_EVENT,
+    ClockedContext,
+    Context,
+    RecordingQueue,
+    queue,
+    services,
+    sqs_event,
+)
 from tests.harness import redis_state
 
 __all__ = ["queue", "services"]  # fixtures
@@ -178,3 +187,47 @@ def test_a_pass_stuck_in_a_provider_call_writes_nothing_once_another_run_has_its
     stuck.result(timeout=30)
     assert redis_state(services.client) == before
     assert services.client.get(lease_key) == other
+
+
+def test_a_pass_whose_invocation_runs_out_of_time_stops_before_its_next_step_and_is_queued_again(
+        services: Services, queue: RecordingQueue, fresh_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """vCenter answers the pass's inventory read 54 s into the consumer's 60 s (on a fake clock
+    the invocation's remaining time follows). Before, the pass went on to its steps with 6 s
+    left (clones started, more vCenter calls) and ran into the invocation's end: Lambda killed it
+    mid-way, the batch failed whole, and the frozen pass kept the pool's lease until it expired.
+    The pass now starts no step with less than ``PASS_STOP_SECONDS`` left: it releases its lease,
+    queues the pool again at once and its message is done; the next invocation does the work."""
+    clock = services.clock
+    assert isinstance(clock, FakeClock)
+    invocations = [ClockedContext(clock, timeout=60)]
+    provider = services.provider("dummy")
+    slow, clones_started_with = [54.0], []
+
+    def first_call_slow(call: Any) -> Any:
+        def slow_once(*args: Any, **kwargs: Any) -> Any:
+            if slow:
+                clock.advance(slow.pop())
+            return call(*args, **kwargs)
+
+        return slow_once
+
+    for name in ("inventory_changes", "list_vms"):  # whichever the pass reads its inventory with
+        monkeypatch.setattr(provider, name, first_call_slow(getattr(provider, name)))
+    clone_vms = provider.clone_vms
+
+    def clones_timed(*args: Any, **kwargs: Any) -> Any:
+        clones_started_with.append(invocations[-1].get_remaining_time_in_millis() / 1000)
+        return clone_vms(*args, **kwargs)
+
+    monkeypatch.setattr(provider, "clone_vms", clones_timed)
+
+    assert app.reconcile(batch("debian"), invocations[-1]) == {"batchItemFailures": []}
+
+    assert clones_started_with == []
+    assert queue.sent == [(PoolMessage("debian", FOLLOWUP), 0)]
+    assert services.client.get(services.store.keys.lease("debian")) is None
+    invocations.append(ClockedContext(clock, timeout=60))
+    followup = sqs_event(PoolMessage("debian", FOLLOWUP).body())
+    assert app.reconcile(followup, invocations[-1]) == {"batchItemFailures": []}
+    assert clones_started_with == [60.0]
+    assert services.store.counts(["debian"])["debian"]["pending"] == 2

@@ -21,7 +21,16 @@ import app
 from chalicelib.aws_clients import AWS_CALL_BOUND_SECONDS
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
-from chalicelib.manager.dispatch import NEWEST_CONFIG_SECONDS, Ticker, look_at
+from chalicelib.manager import dispatch
+from chalicelib.manager.dispatch import (
+    NEWEST_CONFIG_SECONDS,
+    PASS_STOP_SECONDS,
+    TICK_AFTER_SEND_SECONDS,
+    TICK_SEND_MAX_SECONDS,
+    Ticker,
+    look_at,
+    tick_send_budget,
+)
 from chalicelib.manager.pool_queue import (
     DRAIN,
     FOLLOWUP,
@@ -72,7 +81,7 @@ class RecordingQueue:
     def __init__(self) -> None:
         self.sent: list[tuple[PoolMessage, float]] = []
 
-    def send(self, messages: list[tuple[PoolMessage, float]]) -> None:
+    def send(self, messages: list[tuple[PoolMessage, float]], budget_seconds: float | None = None) -> None:
         self.sent.extend(messages)
 
 
@@ -164,9 +173,11 @@ def test_a_slow_pool_does_not_hold_up_the_batch_and_is_reported_alone(services: 
         return list_vms(pool)
 
     monkeypatch.setattr(provider, "list_vms", hanging_for_debian)
-    # 5.5 s left: the consumer keeps 5 s back, so it waits half a second for the batch.
+    # Time for the passes to start their steps (PASS_STOP_SECONDS) and half a second more: the
+    # consumer keeps SAFETY_SECONDS back, so it waits 2.5 s for the batch.
+    remaining_ms = int((PASS_STOP_SECONDS + 0.5) * 1000)
     try:
-        answer = app.reconcile(sqs_event('{"pool": "debian"}', '{"pool": "centos"}'), Context(remaining_ms=5_500))
+        answer = app.reconcile(sqs_event('{"pool": "debian"}', '{"pool": "centos"}'), Context(remaining_ms))
     finally:
         release.set()
 
@@ -244,12 +255,24 @@ class SqsAtScale:
                            for entry in throttled]}
 
     def queue(self) -> SqsPoolQueue:
-        # moto takes 20 s for the 100 calls SQS answers in about one: a budget to match.
-        budget = SEND_BUDGET_SECONDS * (20 if self.sqs is not None else 1)
+        budget = MOTO_SEND_SECONDS if self.sqs is not None else SEND_BUDGET_SECONDS
         return SqsPoolQueue(self.url, client_factory=lambda: self, pause=self.pauses.append, budget_seconds=budget)
 
     def pools(self) -> list[str]:
         return sorted(json.loads(entry["MessageBody"])["pool"] for entry in self.accepted)
+
+
+MOTO_SEND_SECONDS = SEND_BUDGET_SECONDS * 20
+"""moto takes 20 s for the 100 calls SQS answers in about one (more on a loaded machine): a send
+budget to match."""
+
+
+def tick_with_time_for_moto(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """``app.tick`` given the time moto needs (the tick's send takes its time from the
+    invocation's, at most ``TICK_SEND_MAX_SECONDS``)."""
+    monkeypatch.setattr(dispatch, "TICK_SEND_MAX_SECONDS", MOTO_SEND_SECONDS)
+    seconds = MOTO_SEND_SECONDS + AWS_CALL_BOUND_SECONDS + TICK_AFTER_SEND_SECONDS
+    return app.tick(TICK_EVENT, Context(remaining_ms=int(seconds * 1000)))
 
 
 @pytest.fixture
@@ -266,7 +289,7 @@ def test_the_tick_fans_out_one_message_per_pool_spread_over_the_minute(thousand_
     sqs = SqsAtScale(boto3.client("sqs"))
     monkeypatch.setattr(app, "_queue", sqs.queue())
 
-    answer = app.tick(TICK_EVENT, Context())
+    answer = tick_with_time_for_moto(monkeypatch)
 
     assert answer == {"pools": 1000, "draining": [], "messages": 1000, "not_queued": []}
     assert sqs.pools() == thousand_pools
@@ -341,7 +364,7 @@ def test_a_batch_whose_call_times_out_or_is_throttled_is_sent_again_and_the_batc
     sqs = SqsAtScale(boto3.client("sqs"), fail=fail)
     monkeypatch.setattr(app, "_queue", sqs.queue())
 
-    answer = app.tick(TICK_EVENT, Context())
+    answer = tick_with_time_for_moto(monkeypatch)
 
     assert (answer["messages"], answer["not_queued"]) == (1000, [])
     assert sqs.pools() == thousand_pools  # each once, as moto took it
@@ -384,6 +407,78 @@ def test_a_send_to_an_sqs_that_never_answers_stops_trying_within_its_budget(thou
     assert codes == {"ReadTimeoutError", NOT_SENT}
     assert now[0] + sum(sqs.pauses) <= SEND_BUDGET_SECONDS + AWS_CALL_BOUND_SECONDS
     assert sqs.calls == 2
+
+
+class ClockedContext(Context):
+    """A Lambda context whose time runs out on a fake clock, ``timeout`` seconds after it starts."""
+
+    def __init__(self, clock: FakeClock, timeout: float) -> None:
+        super().__init__()
+        self.clock, self.ends = clock, clock.monotonic() + timeout
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.ends - self.clock.monotonic()) * 1000))
+
+
+def _tick_queue(sqs: SqsAtScale, clock: FakeClock) -> SqsPoolQueue:
+    """The tick's queue on the fake clock: one call at a time, each pause a move of the clock."""
+    return SqsPoolQueue(sqs.url, client_factory=lambda: sqs, threads=1, pause=clock.advance,
+                        monotonic=clock.monotonic)
+
+
+def test_a_tick_with_a_short_timeout_stops_sending_in_time_for_the_rest_of_its_work(
+        thousand_pools: list[str], services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQS never answers (each call times out after 7 s) and the tick function has 14 s: before,
+    its send tried for a fixed 10 s, the last call ending 14 s in, and Lambda killed the tick
+    there (no running count, no gauges, and EventBridge's retry of the failed tick sent every
+    pool again). The send's time now comes from the invocation's: it stops in time for the
+    rest of the tick, which reports the pools it did not queue."""
+    clock = services.clock
+    assert isinstance(clock, FakeClock)
+
+    def never_answers(entries: list[dict[str, Any]], call: int) -> Exception:
+        clock.advance(AWS_CALL_BOUND_SECONDS)
+        return ReadTimeoutError(endpoint_url="https://sqs.us-east-1.amazonaws.com/")
+
+    sqs = SqsAtScale(None, fail=never_answers)
+    monkeypatch.setattr(app, "_queue", _tick_queue(sqs, clock))
+    context = ClockedContext(clock, timeout=14)
+
+    answer = app.tick(TICK_EVENT, context)
+
+    assert context.get_remaining_time_in_millis() >= TICK_AFTER_SEND_SECONDS * 1000
+    assert answer["messages"] == 0 and answer["not_queued"] == thousand_pools[:100]
+
+
+def test_a_tick_with_time_to_spare_queues_every_pool_through_a_slow_sqs(
+        thousand_pools: list[str], services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQS answers each call in 150 ms, one call at a time: the 1,000 pools' 100 calls take 15 s,
+    inside the tick's 30 s. Before, the send gave up after a fixed 10 s and a third of the pools
+    waited for the next tick (which gave up on the same ones)."""
+    clock = services.clock
+    assert isinstance(clock, FakeClock)
+
+    def slow(entries: list[dict[str, Any]], call: int) -> None:
+        clock.advance(0.15)
+
+    sqs = SqsAtScale(None, fail=slow)
+    monkeypatch.setattr(app, "_queue", _tick_queue(sqs, clock))
+    context = ClockedContext(clock, timeout=30)
+
+    answer = app.tick(TICK_EVENT, context)
+
+    assert (answer["messages"], answer["not_queued"]) == (1000, [])
+    assert sqs.pools() == thousand_pools
+    assert context.get_remaining_time_in_millis() >= TICK_AFTER_SEND_SECONDS * 1000
+
+
+def test_the_ticks_send_time_is_bounded_whatever_the_functions_timeout() -> None:
+    """A tick given 15 minutes never sends into the next tick's minute; one given too little to
+    wait for a call's end starts none."""
+    assert tick_send_budget(900) == TICK_SEND_MAX_SECONDS < 60
+    assert tick_send_budget(AWS_CALL_BOUND_SECONDS + TICK_AFTER_SEND_SECONDS) == 0
+    assert tick_send_budget(-1) == 0
+    assert tick_send_budget(30) == 30 - AWS_CALL_BOUND_SECONDS - TICK_AFTER_SEND_SECONDS
 
 
 def test_a_bug_in_the_send_is_not_taken_for_an_sqs_failure() -> None:

@@ -47,7 +47,7 @@ class RecordingQueue:
     def __init__(self) -> None:
         self.sent: list[tuple[PoolMessage, float]] = []
 
-    def send(self, messages: list[tuple[PoolMessage, float]]) -> None:
+    def send(self, messages: list[tuple[PoolMessage, float]], budget_seconds: float | None = None) -> None:
         self.sent.extend(messages)
 
 

@@ -32,14 +32,15 @@ PUSHED = PACKAGED + "  - {name: fedora, size: 2, provider: dummy}\n"
 TICK = {"version": "0", "id": "e", "detail-type": "Scheduled Event", "source": "aws.events", "account": "1",
         "time": "2026-01-01T00:00:00Z", "region": "us-east-1", "resources": [], "detail": {}}
 CONTEXT = SimpleNamespace(function_name="vmpool-dev-tick", memory_limit_in_mb=512, aws_request_id="t",
-                          invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:vmpool-dev-tick")
+                          invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:vmpool-dev-tick",
+                          get_remaining_time_in_millis=lambda: 30_000)
 
 
 class Recording:
     def __init__(self) -> None:
         self.sent: list[Any] = []
 
-    def send(self, messages: list[Any]) -> None:
+    def send(self, messages: list[Any], budget_seconds: float | None = None) -> None:
         self.sent.extend(messages)
 
 

@@ -297,3 +297,17 @@ def test_one_alarm_for_empty_pools_and_lambda_errors_and_throttles(package: Pack
         functions = {q["MetricStat"]["Metric"]["Dimensions"][0]["Value"]["Ref"] for q in queries if "MetricStat" in q}
         assert functions == {"APIHandler", "Tick", "Reconcile"}
         assert {q["MetricStat"]["Metric"]["MetricName"] for q in queries if "MetricStat" in q} == {metric}
+
+
+def test_a_template_preparation_given_up_raises_an_alarm(package: Package) -> None:
+    """``TemplatePreparationFailures`` (a preparation failed, or a vCenter task on the template
+    never ended) was graphed but raised no alarm: the pool went on cloning full copies, slower,
+    unnoticed. The alarm reads its service-wide series, which the code publishes with each
+    per-pool one (tests/vsphere/test_template_preparation.py)."""
+    alarms = {a["Properties"]["AlarmName"]: a["Properties"] for a in package.of_type("AWS::CloudWatch::Alarm").values()}
+    alarm = alarms[f"vmpool-{package.stage}-template-preparation-failures"]
+    namespace = m.namespace_for(package.stage)
+    assert (alarm["Namespace"], alarm["MetricName"]) == (namespace, m.TEMPLATE_PREPARATION_FAILURES)
+    assert [d["Name"] for d in alarm["Dimensions"]] == ["service"]
+    assert ("service",) in m.METRICS[m.TEMPLATE_PREPARATION_FAILURES].dimension_sets
+    assert (alarm["Statistic"], alarm["Threshold"], alarm["TreatMissingData"]) == ("Sum", 1, "notBreaching")

@@ -164,7 +164,7 @@ def test_template_change_drains_and_refills_from_the_new_template(make_stack):
 class DroppedQueue:
     """The reconcile queue, for a test that runs the passes itself."""
 
-    def send(self, messages: list[Delayed]) -> None:
+    def send(self, messages: list[Delayed], budget_seconds: float | None = None) -> None:
         pass
 
 

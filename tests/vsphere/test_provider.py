@@ -215,6 +215,32 @@ def test_purge_removes_unconfigured_under_parents_only(setup: Setup) -> None:
     assert admin.exists(provider, f"{DATACENTER}/vm/{TEMPLATE}")
 
 
+def test_a_purge_stops_before_its_next_removal_once_its_invocations_time_is_out(setup: Setup) -> None:
+    """Stray VMs under a pool's parent, the reconcile invocation's time running out after the
+    first is gone (``out_of_time`` is asked before and after each VM's power-off): the purge
+    stops there and says what went; the next purge removes the rest. Before, it went on to the
+    end whatever the time (powering off and destroying one VM after another), and Lambda killed
+    it mid-way."""
+    pool = setup.pool(name="short-keep", folder="shortparent/short-keep")
+    provider = setup.provider
+    strays = [f"shortparent/stray-{n}" for n in range(3)]
+    for path in strays:
+        admin.create_vm(provider, f"{DATACENTER}/vm/shortparent", path.rpartition("/")[2], power_on=False)
+    asked = []
+
+    def out_of_time() -> bool:
+        asked.append(True)
+        return len(asked) > 2  # from the question before the second VM on
+
+    removed = provider.purge_unconfigured([pool], allowlist=[], out_of_time=out_of_time)
+
+    assert len(removed) == 1 and removed[0] in strays
+    eventually(lambda: not admin.exists(provider, f"{DATACENTER}/vm/{removed[0]}"), 10, "vcsim to destroy it")
+    left = [path for path in strays if path not in removed]
+    assert all(admin.exists(provider, f"{DATACENTER}/vm/{path}") for path in left)
+    assert sorted(provider.purge_unconfigured([pool], allowlist=[])) == left
+
+
 def test_purge_never_purges_the_vm_root(setup: Setup) -> None:
     pool = setup.pool(name="rootpool", folder="rootpool")
     assert setup.provider.purge_unconfigured([pool], allowlist=[]) == []

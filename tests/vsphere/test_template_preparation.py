@@ -32,7 +32,7 @@ from chalicelib.store import Store
 from chalicelib.store.pool_overrides import PoolOverrides
 from chalicelib.store.templates import DONE, TemplateStore
 from tests.harness import HarnessFactory
-from tests.support import counts_by_reason, emf_documents
+from tests.support import counts_by_reason, emf_documents, emitted
 from tests.vsphere import admin
 from tests.vsphere.test_bad_day import POOL, converge, pool_harness
 from tests.vsphere.vcsim import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup
@@ -220,7 +220,10 @@ def test_a_preparation_vcenter_never_ends_holds_the_pool_only_until_the_clone_ti
     assert [name for report in later for name in report.clones_started] == []
     # Read on by every pass, but not a follow-up: the task that never ends would loop the passes.
     assert all(report.followups == 0 for report in later)
-    assert counts_by_reason(emf_documents(capsys.readouterr().out), "TemplatePreparationFailures") == {"timeout": 1}
+    documents = emf_documents(capsys.readouterr().out)
+    assert counts_by_reason(documents, "TemplatePreparationFailures") == {"timeout": 1}
+    # Service-wide too: the template-preparation-failures alarm's series.
+    assert emitted(documents)[("TemplatePreparationFailures", ("service",))] == [1.0]
     stuck.clear()  # vCenter is done with the template at last
     for _ in range(3):
         run(setup, store, pool, clock)

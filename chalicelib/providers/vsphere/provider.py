@@ -17,6 +17,7 @@ from chalicelib.providers.base import (
     TaskStatus,
     Tracked,
     VMInfo,
+    never,
     nothing_tracked,
 )
 from chalicelib.providers.vsphere import clone as clones
@@ -183,12 +184,14 @@ class VSphereProvider(Provider):
         return self._run(f"migrate {hostname}", migrating)
 
     def purge_unconfigured(self, pools: Sequence[PoolConfig], allowlist: Sequence[str],
-                           tracked: Tracked = nothing_tracked) -> list[str]:
+                           tracked: Tracked = nothing_tracked,
+                           out_of_time: Callable[[], bool] = never) -> list[str]:
         """Destroy unconfigured folders and VMs under this provider's pools' parent folders,
-        except the VMs vmpool tracks and the folders holding one."""
+        except the VMs vmpool tracks and the folders holding one; stop before the next removal
+        once ``out_of_time``."""
         return self._run(
             "purge unconfigured resources",
-            lambda connection: purge.purge(connection, self.config, pools, allowlist, tracked),
+            lambda connection: purge.purge(connection, self.config, pools, allowlist, tracked, out_of_time),
         )
 
     def call_count(self) -> int:

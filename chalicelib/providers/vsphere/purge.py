@@ -10,13 +10,13 @@ template or a pool's template path is removed.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from pyVmomi import vim
 
 from chalicelib.config import PoolConfig, ProviderConfig
 from chalicelib.logs import module_logger
-from chalicelib.providers.base import TaskState, Tracked, nothing_tracked
+from chalicelib.providers.base import TaskState, Tracked, never, nothing_tracked
 from chalicelib.providers.vsphere import inventory, tasks
 from chalicelib.providers.vsphere.clone import datacenter_of, template_path
 from chalicelib.providers.vsphere.connection import Connection
@@ -29,24 +29,33 @@ def _ancestors(path: str) -> set[str]:
     return {"/".join(parts[: i + 1]) for i in range(len(parts))}
 
 
-def _wait(connection: Connection, refs: Iterable[str]) -> None:
-    """Wait (bounded by call_timeout) for power-off tasks: a folder with running VMs in it
-    cannot be destroyed. Purge is rare and small, so this wait is acceptable here."""
+def _wait(connection: Connection, refs: Iterable[str], out_of_time: Callable[[], bool]) -> None:
+    """Wait (bounded by call_timeout, and by the invocation's time) for power-off tasks: a
+    folder with running VMs in it cannot be destroyed. Purge is rare and small, so this wait is
+    acceptable here."""
     pending = list(refs)
     deadline = time.monotonic() + connection.endpoint.call_timeout
-    while pending and time.monotonic() < deadline:
+    while pending and time.monotonic() < deadline and not out_of_time():
         pending = [ref for ref in pending if tasks.status(connection, ref).state is TaskState.RUNNING]
         if pending:
             time.sleep(0.5)
 
 
-def _power_off_all(connection: Connection, vms: list[dict[str, Any]]) -> None:
+def _power_off_all(connection: Connection, vms: list[dict[str, Any]], out_of_time: Callable[[], bool]) -> None:
     started = [
         tasks.plain(vm["_obj"].PowerOffVM_Task())
         for vm in vms
         if vm.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn
     ]
-    _wait(connection, started)
+    _wait(connection, started, out_of_time)
+
+
+class _Stopped(Exception):
+    """The invocation's time is nearly out: the purge stops before its next removal."""
+
+    def __init__(self, removed: list[str]) -> None:
+        super().__init__("purge stopped: the invocation's time is nearly out")
+        self.removed = removed
 
 
 def purge(
@@ -55,8 +64,12 @@ def purge(
     pools: Sequence[PoolConfig],
     allowlist: Sequence[str],
     tracked: Tracked = nothing_tracked,
+    out_of_time: Callable[[], bool] = never,
 ) -> list[str]:
     """Destroy what is unconfigured under the pools' parent folders; return the removed paths.
+    Stops before its next removal once ``out_of_time`` (a VM being powered off is left for the
+    next purge): a purge of many powered-on VMs outlasted a reconcile invocation, which Lambda
+    killed mid-way, its pool's lease held and its batch failed.
 
     ``pools``: every configured pool. Only this provider's pools' parents are looked at, but every
     pool's folder is kept, whichever provider block it uses (two blocks may name one vCenter),
@@ -85,15 +98,22 @@ def purge(
             else:
                 log.warning("pool %s: folder %r is at the vm root; not purging the root", pool.name, folder)
         for parent in sorted(parents):
-            removed += _purge_parent(connection, datacenter, parent, every_configured | protected, allowed,
-                                     vms_kept=parent in pool_folders, tracked=tracked)
+            try:
+                removed += _purge_parent(connection, datacenter, parent, every_configured | protected, allowed,
+                                         vms_kept=parent in pool_folders, tracked=tracked, out_of_time=out_of_time)
+            except _Stopped as stopped:
+                removed += stopped.removed
+                log.info("purge stopped: the invocation's time is nearly out; the next purge goes on (%d removed)",
+                         len(removed))
+                return removed
     return removed
 
 
 def _purge_parent(connection: Connection, datacenter: str, parent: str, keep: set[str], allowed: set[str],
-                  vms_kept: bool, tracked: Tracked = nothing_tracked) -> list[str]:
+                  vms_kept: bool, tracked: Tracked = nothing_tracked,
+                  out_of_time: Callable[[], bool] = never) -> list[str]:
     """Purge ``parent``'s unconfigured children; its VMs are left alone when ``vms_kept`` (the
-    parent is itself a pool's folder)."""
+    parent is itself a pool's folder). Raises _Stopped (with what went) once ``out_of_time``."""
     folder = inventory.find(connection, f"{datacenter}/vm/{parent}")
     if not isinstance(folder, vim.Folder):
         return []
@@ -113,13 +133,19 @@ def _purge_parent(connection: Connection, datacenter: str, parent: str, keep: se
         if vm.get("name") in in_use:
             log.info("not purging %s/vm/%s: vmpool tracks it", datacenter, relative)
             continue
-        _power_off_all(connection, [vm])
+        if out_of_time():
+            raise _Stopped(removed)
+        _power_off_all(connection, [vm], out_of_time)
+        if out_of_time():
+            raise _Stopped(removed)
         vm["_obj"].Destroy_Task()
         removed.append(relative)
     for child in folders:
         relative = f"{parent}/{child.get('name')}"
         if relative in keep or relative in allowed or child.get("name") in allowed:
             continue
+        if out_of_time():
+            raise _Stopped(removed)
         view = inventory.container_view(connection, child["_obj"], vim.VirtualMachine, recursive=True)
         try:
             inside = inventory.view_contents(
@@ -133,7 +159,9 @@ def _purge_parent(connection: Connection, datacenter: str, parent: str, keep: se
         if tracked([str(vm.get("name")) for vm in inside]):
             log.info("not purging %s/vm/%s: it holds VMs vmpool tracks", datacenter, relative)
             continue
-        _power_off_all(connection, inside)
+        _power_off_all(connection, inside, out_of_time)
+        if out_of_time():
+            raise _Stopped(removed)
         child["_obj"].Destroy_Task()
         removed.append(relative)
     if removed:
