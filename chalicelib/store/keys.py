@@ -53,6 +53,9 @@ family through these validators.
     ondemand:<id>            hash    an on-demand request (store/ondemand.py)
     ondemand:<id>:vms        zset    every VM ever reserved for the request, by reservation time
     ondemand:open:<pool>     zset    open requests with VMs to build in the pool, by creation time
+    ondemand:requests:kept   zset    "<owner hash> <id>" of every request Redis keeps, by creation time (or
+                                     when last found still holding VMs): the service's bound on them
+                                     (config max_ondemand_requests_kept, lua/ondemand_create.lua)
     config:poolsize          hash    pool -> size set at runtime (store/pool_overrides.py)
     config:pooltemplate      hash    pool -> template set at runtime
     config:poolreset         hash    pool -> when it was last reset (VMs cloned before are drained)
@@ -101,7 +104,9 @@ DERIVED_KEYS: Mapping[str, str] = {
     "ondemand_create": "through quota.lua, the records of what the owner holds: the holdings set names "
                        "them, and reading it first would let two requests pass the owner's limit together; "
                        "and the records and VM sets of the owner's oldest requests, which it forgets once "
-                       "they have ended (the owner's requests set names them)",
+                       "they have ended (the owner's requests set names them); and those of the service's "
+                       "oldest requests past its bound, with their owners' requests and holdings sets (the "
+                       "service's kept set names them): any owner's, so they cannot be named first",
     "move": "only when given no pool (DELETE /vm/<hostname>: one round trip, no read first): the state "
             "sets and wake list of the pool the VM's record names",
     "reserve_clones": "the records of the VMs in the pool's pending set and in the cloning set: they are "
@@ -235,6 +240,12 @@ class Keys:
     def ondemand_open_requests(self) -> str:
         """Every open request (score: the VMs it asks for), for the service's quotas (lua/quota.lua)."""
         return f"{self.prefix}ondemand:requests:open"
+
+    @property
+    def ondemand_kept_requests(self) -> str:
+        """Every request Redis keeps, whoever owns it: the oldest that hold nothing are forgotten
+        past the service's bound (lua/ondemand_create.lua)."""
+        return f"{self.prefix}ondemand:requests:kept"
 
     def pool_override(self, setting: str) -> str:
         """``setting`` is ``poolsize``, ``pooltemplate``, ``poolreset`` or ``clonetarget``."""

@@ -134,16 +134,20 @@ class Quota:
     max_owner_requests: int = 0
     max_requests: int = 0
     """Open on-demand requests, per owner and in total."""
+    max_kept_requests: int = 10000
+    """On-demand requests Redis keeps in total, ended ones included (lua/ondemand_create.lua)."""
 
     def holdings_key(self, keys: Keys) -> str:
         """The owner's holdings set (named by a hash of the owner)."""
-        return keys.holdings(self._owner_hash())
+        return keys.holdings(self.owner_hash)
 
     def requests_key(self, keys: Keys) -> str:
         """The set of the owner's on-demand requests Redis keeps (named by a hash of the owner)."""
-        return keys.owner_requests(self._owner_hash())
+        return keys.owner_requests(self.owner_hash)
 
-    def _owner_hash(self) -> str:
+    @property
+    def owner_hash(self) -> str:
+        """What names the owner in its keys (hex: never a space or ``:``)."""
         return hashlib.sha256(self.owner.encode("utf-8")).hexdigest()[:32]
 
     def payload(self, keys: Keys, key_list: KeyList, ttl_seconds: int) -> dict[str, Any]:

@@ -323,8 +323,8 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
         "pool_override": [(s, keys.pool_override(s)) for s in ("poolsize", "pooltemplate", "poolreset", "clonetarget")],
         "fixed": [(name, getattr(keys, name)) for name in ("cloning", "changes", "clone_demand", "clone_backoff",
                                                           "known_pools", "last_boot", "ondemand_open_requests",
-                                                          "migrating", "templates_prepared", "templates_preparing",
-                                                          "sizing_state",
+                                                          "ondemand_kept_requests", "migrating", "templates_prepared",
+                                                          "templates_preparing", "sizing_state",
                                                           "running", "running_counted", "running_rebuild",
                                                           "config_generation")],
     }
