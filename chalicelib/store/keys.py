@@ -44,6 +44,8 @@ family through these validators.
                                      store/leases.py)
     wake:<pool>              list    nudges for the pool's reconcile (checkout, delete, request)
     followup:<pool>          string  a delayed follow-up pass of the pool is queued (store/fleet.py)
+    nudged:<pool>:<window>   string  the API's changes of the pool in that window of the clock (its number):
+                                     the first two put the pool on the reconcile queue (manager/refill.py)
     pools:known              hash    pool -> its last configured settings, to drain it once removed
     config_generation        string  "<generation> <time>": the newest pushed config (when S3 wrote it)
                                      a reconcile function ran with, and when it last did: a
@@ -211,6 +213,10 @@ class Keys:
 
     def followup(self, pool: str) -> str:
         return f"{self.prefix}followup:{pool}"
+
+    def nudged(self, pool: str, window: int) -> str:
+        """Changes the API made to the pool in the clock's window number ``window`` (manager/refill.py)."""
+        return f"{self.prefix}nudged:{pool}:{window}"
 
     @property
     def known_pools(self) -> str:

@@ -334,6 +334,7 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
                  "ondemand_open", "pool_vm_tasks", "history"):
         families[name] = [(p, getattr(keys, name)(p)) for p in pools]
     families["demand"] = [(p, keys.demand(p, DAY)) for p in pools]
+    families["nudged"] = [(p, keys.nudged(p, 1_796_256_000)) for p in pools]
     return families
 
 
