@@ -65,6 +65,8 @@ family through these validators.
     vmtasks:<hostname>       list    disk/snapshot tasks queued for a VM (store/vm_tasks.py)
     vmtasks:pool:<pool>      zset    VMs of the pool with queued or running tasks
     holdings:<owner hash>    zset    what one owner holds: checked-out VMs and on-demand requests
+    holders                  zset    the owners' hashes with a holdings set, by when each last took
+                                     something: past store.HOLDERS_KEPT, takes drop those holding nothing
     requests:<owner hash>    zset    the on-demand requests one owner opened and Redis still keeps, by
                                      creation time (store/ondemand.REQUESTS_KEPT_PER_OWNER)
     ratelimit:<class>:<who>  string  requests of a client (a token's user, hashed, or an address) in the window
@@ -102,13 +104,16 @@ ready set): ``keys.vm(KEY_PART)`` is the template the script fills with ``key_of
 DERIVED_KEYS: Mapping[str, str] = {
     "checkout": "the records of the VMs it pops from the ready sets: which VM is next is known only "
                 "inside the step that takes it (naming them first would cost the read a round trip and "
-                "let two requests plan on the same VM); and, through quota.lua, what the owner holds",
+                "let two requests plan on the same VM); and, through quota.lua, what the owner holds, "
+                "and the holdings sets of the owners that took something longest ago, and what they "
+                "name (the service's holders set names them)",
     "ondemand_create": "through quota.lua, the records of what the owner holds: the holdings set names "
                        "them, and reading it first would let two requests pass the owner's limit together; "
                        "and the records and VM sets of the owner's oldest requests, which it forgets once "
                        "they have ended (the owner's requests set names them); and those of the service's "
                        "oldest requests past its bound, with their owners' requests and holdings sets (the "
-                       "service's kept set names them): any owner's, so they cannot be named first",
+                       "service's kept set names them): any owner's, so they cannot be named first; and, "
+                       "through quota.lua, the holdings sets of the owners that took something longest ago",
     "move": "only when given no pool (DELETE /vm/<hostname>: one round trip, no read first): the state "
             "sets and wake list of the pool the VM's record names",
     "reserve_clones": "the records of the VMs in the pool's pending set and in the cloning set: they are "
@@ -281,6 +286,11 @@ class Keys:
 
     def holdings(self, owner_hash: str) -> str:
         return f"{self.prefix}holdings:{owner_hash}"
+
+    @property
+    def holders(self) -> str:
+        """The owners with a holdings set (lua/quota.lua, quota_sweep)."""
+        return f"{self.prefix}holders"
 
     def owner_requests(self, owner_hash: str) -> str:
         return f"{self.prefix}requests:{owner_hash}"

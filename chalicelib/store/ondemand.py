@@ -149,7 +149,7 @@ class OnDemandStore:
             key_list.add(self.keys.ondemand_open(pool))
             key_list.add(self.keys.wake(pool))
         limits = "" if quota is None else json.dumps(
-            quota.payload(self.keys, key_list, self.store.holdings_ttl_seconds))
+            quota.payload(self.keys, key_list, self.store.holdings_ttl_seconds, now))
         owner_requests = 0 if quota is None else key_list.add(quota.requests_key(self.keys))
         args: list[str | int] = [
             request_id, repr(now), self.store.data_ttl_seconds, json.dumps(fields), wanted, limits, len(pools),
