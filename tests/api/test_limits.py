@@ -99,6 +99,18 @@ def test_what_many_anonymous_clients_keep_in_redis_by_checking_out_and_returning
     assert refused.status == 403 and "at most 1 VMs" in refused.json["error"]
 
 
+def test_a_forwarded_for_header_buys_no_owner_of_its_own(make_stack: Callable[[str], Harness]) -> None:
+    """The owner is API Gateway's sourceIp (the local front: the socket's peer), never an address a
+    header names: with one, every request would be a new owner with budgets of its own."""
+    stack = make_stack(_with(CONFIG_YAML, max_ondemand_requests_per_user=1))
+    assert stack.call("POST", "/api/v3/ondemandvm", body={"pool3": 1}, client_ip="198.51.100.20",
+                      headers={"X-Forwarded-For": "203.0.113.1"}).status == 201
+    for index, header in enumerate(("X-Forwarded-For", "X-Real-IP", "Forwarded", "True-Client-IP")):
+        refused = stack.call("POST", "/api/v3/ondemandvm", body={"pool3": 1}, client_ip="198.51.100.20",
+                             headers={header: f"203.0.113.{index + 2}"})
+        assert refused.status == 403 and "at most 1 on-demand requests" in refused.json["message"]
+
+
 RATE_LIMITED = (_with(CONFIG_YAML, rate_limiting_enabled="true")
                 + ":rate_limits:\n  vm_creation: {limit: 3, period: 60}\n  global_per_ip: {limit: 5, period: 30}\n")
 
