@@ -133,6 +133,7 @@ class ServiceConfig(SettingsModel):
     max_running_vms: Int1 = 1000
     max_ondemand_requests_per_user: Int1 = 10
     max_ondemand_requests: Int1 = 100
+    max_ondemand_requests_kept: Int1 = 10000
     max_tokens_per_user: Int1 = 50
     rate_limiting_enabled: Bool = False
     sizing_timezone: Annotated[str, checked_by(timezone_name)] = "UTC"

@@ -152,7 +152,7 @@ class Services:
         services = cls(config, client, prefix=environ.get(KEY_PREFIX_ENV, DEFAULT_PREFIX), secrets=resolver)
         services.store.replica_acks = ReplicaAcks.from_config(config.redis, environ)  # Lambda: 1 by default
         if environ.get(REFILL_QUEUE_ENV):
-            services.refill = SqsRefill(environ[REFILL_QUEUE_ENV])
+            services.refill = SqsRefill(environ[REFILL_QUEUE_ENV], store=services.store, clock=services.clock)
         return services
 
     def use_config(self, config: Config) -> None:

@@ -36,6 +36,7 @@ def quota(services: Services, request: ApiRequest, caller: Caller | None) -> Quo
         pools=services.config.pool_names,
         max_owner_requests=int(config.max_ondemand_requests_per_user),
         max_requests=int(config.max_ondemand_requests),
+        max_kept_requests=int(config.max_ondemand_requests_kept),
     )
 
 

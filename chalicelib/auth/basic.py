@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from chalicelib.logs import module_logger
 
-from .base import Authenticator, AuthUnavailable, canonical_user
+from .base import Authenticator, AuthUnavailable, acceptable_credentials, canonical_user
 from .ratelimit import LoginLimiter
 
 logger = module_logger(__name__)
@@ -83,7 +83,14 @@ class LoginService:
 
     def check(self, user: str, password: str, address: str | None = None) -> LoginResult:
         """Reserve an attempt under the limits, then ask the directory: concurrent attempts
-        cannot pass the limit together."""
+        cannot pass the limit together. Credentials no directory is asked about (an empty
+        password, a control character in the name...: ``acceptable_credentials``) are refused
+        without being counted: they guess nothing, and each counted one kept a counter of its
+        user name in Redis for the login window. Those cost no directory round trip, so a caller
+        with many addresses (50 each per window; an IPv6 /48 holds 65,536 /64s) sent them as fast
+        as the API answers: 750 a second in one process, 200 bytes each for 5 minutes."""
+        if not acceptable_credentials(user, password):
+            return LoginResult(LoginOutcome.INVALID)
         if self.limiter is not None:
             refusal = self.limiter.reserve(user, address)
             if refusal is not None:

@@ -4,15 +4,21 @@ Two parts. The store's checkout and return scripts push a nudge onto the pool's 
 same atomic step: a run already reconciling the pool sees it when its pass ends and looks again
 at once (and the local scheduler turns it into a run). In AWS the API also puts the pool on the
 reconcile queue (``SqsRefill``), the same queue the schedule's tick fans out to, whose consumer
-runs the pool's pass (chalicelib/manager/dispatch.py).
+runs the pool's pass (chalicelib/manager/dispatch.py). At most twice a window
+(``NUDGE_WINDOW_SECONDS``) per pool, however many requests change it: each message is a function
+invocation and a pass, which reads the provider's inventory.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable, Protocol
 
-from chalicelib.manager.pool_queue import NUDGE, PoolMessage, SqsPoolQueue
+from chalicelib.clock import Clock, SystemClock
+from chalicelib.manager.pool_queue import NUDGE, Delayed, PoolMessage, SqsPoolQueue
 from chalicelib.observability import logger
+from chalicelib.store.fleet import Fleet
+from chalicelib.store.store import Store
 
 REFILL_QUEUE_ENV = "VMPOOL_RECONCILE_QUEUE_URL"
 """The reconcile queue's URL: the API's nudges and the tick's messages go there."""
@@ -36,15 +42,44 @@ NUDGE_SEND_SECONDS = 1.0
 tried again, a call that timed out is not (the API's answer would wait for it)."""
 
 
-class SqsRefill:
-    """One message per pool on the reconcile queue, with no delay."""
+NUDGE_WINDOW_SECONDS = 1
+"""Per pool and window of the clock this long, the API's first change puts the pool on the
+queue at once and its second when the window ends (that pass sees every change of the window);
+the others add nothing. Before, every change sent a message: a client opening and deleting
+on-demand requests in a loop started two reconcile functions (and, once the pool's lease was
+free, two passes reading the provider's inventory) per loop, however fast it went."""
 
-    def __init__(self, queue_url: str, client_factory: Callable[[], Any] | None = None) -> None:
+
+class SqsRefill:
+    """A message per changed pool on the reconcile queue: at once, or when the window ends, or
+    none when one is queued for then already (``NUDGE_WINDOW_SECONDS``; counted in Redis with
+    ``store``, so every API process shares the count; without it, every change at once)."""
+
+    def __init__(self, queue_url: str, client_factory: Callable[[], Any] | None = None,
+                 store: Store | None = None, clock: Clock | None = None) -> None:
         self.queue = SqsPoolQueue(queue_url, client_factory, budget_seconds=NUDGE_SEND_SECONDS)
+        self.store = store
+        self.clock = clock or SystemClock()
 
     def pools_changed(self, pools: Iterable[str]) -> None:
-        messages = [(PoolMessage(pool, NUDGE), 0.0) for pool in sorted(set(pools))]
+        try:
+            messages = self._nudges(sorted(set(pools)))
+        except Exception as error:  # noqa: BLE001 - Redis out of reach: nudge each pool, as before
+            logger.warning("refill requests not counted", extra={"error": type(error).__name__})
+            messages = [(PoolMessage(pool, NUDGE), 0.0) for pool in sorted(set(pools))]
         try:
             self.queue.send(messages)
         except Exception as error:  # noqa: BLE001 - a lost nudge only delays refill to the tick
             logger.warning("refill request not sent", extra={"error": type(error).__name__})
+
+    def _nudges(self, pools: list[str]) -> list[Delayed]:
+        """The messages for the changed ``pools``: the first change of a pool in the window goes
+        at once, the second when the window ends, the others none."""
+        if self.store is None or not pools:
+            return [(PoolMessage(pool, NUDGE), 0.0) for pool in pools]
+        now = self.clock.now()
+        window = math.floor(now / NUDGE_WINDOW_SECONDS)
+        counts = Fleet(self.store).count_nudges(pools, window, 2 * NUDGE_WINDOW_SECONDS)
+        window_end = (window + 1) * NUDGE_WINDOW_SECONDS - now
+        return [(PoolMessage(pool, NUDGE), 0.0 if count == 1 else window_end)
+                for pool, count in zip(pools, counts, strict=True) if count <= 2]

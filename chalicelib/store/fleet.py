@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from chalicelib.config import PoolConfig
+from chalicelib.store.scripts import ScriptCall, run_many
 from chalicelib.store.store import Store, _translate_errors
 
 
@@ -37,6 +38,7 @@ class Fleet:
     def __init__(self, store: Store) -> None:
         self.client = store.client
         self.keys = store.keys
+        self.scripts = store.scripts
 
     def names(self) -> set[str]:
         """Every pool known to the scheduler (configured now or drained since)."""
@@ -89,3 +91,11 @@ class Fleet:
         if keys:
             with _translate_errors():
                 self.client.delete(*keys)
+
+    def count_nudges(self, pools: Sequence[str], window: int, ttl_seconds: int) -> list[int]:
+        """Count a change of each pool in the clock's window number ``window``: each pool's
+        changes in that window so far, this one included (one round trip)."""
+        calls: list[ScriptCall] = [(self.scripts.rate_count, [self.keys.nudged(pool, window)], [ttl_seconds])
+                                   for pool in pools]
+        with _translate_errors():
+            return [int(count) for count, _ in run_many(self.client, calls)]

@@ -45,6 +45,8 @@ family through these validators.
                                      store/leases.py)
     wake:<pool>              list    nudges for the pool's reconcile (checkout, delete, request)
     followup:<pool>          string  a delayed follow-up pass of the pool is queued (store/fleet.py)
+    nudged:<pool>:<window>   string  the API's changes of the pool in that window of the clock (its number):
+                                     the first two put the pool on the reconcile queue (manager/refill.py)
     pools:known              hash    pool -> its last configured settings, to drain it once removed
     config_generation        string  "<generation> <time>": the newest pushed config (when S3 wrote it)
                                      a reconcile function ran with, and when it last did: a
@@ -54,6 +56,9 @@ family through these validators.
     ondemand:<id>            hash    an on-demand request (store/ondemand.py)
     ondemand:<id>:vms        zset    every VM ever reserved for the request, by reservation time
     ondemand:open:<pool>     zset    open requests with VMs to build in the pool, by creation time
+    ondemand:requests:kept   zset    "<owner hash> <id>" of every request Redis keeps, by creation time (or
+                                     when last found still holding VMs): the service's bound on them
+                                     (config max_ondemand_requests_kept, lua/ondemand_create.lua)
     config:poolsize          hash    pool -> size set at runtime (store/pool_overrides.py)
     config:pooltemplate      hash    pool -> template set at runtime
     config:poolreset         hash    pool -> when it was last reset (VMs cloned before are drained)
@@ -61,6 +66,8 @@ family through these validators.
     vmtasks:<hostname>       list    disk/snapshot tasks queued for a VM (store/vm_tasks.py)
     vmtasks:pool:<pool>      zset    VMs of the pool with queued or running tasks
     holdings:<owner hash>    zset    what one owner holds: checked-out VMs and on-demand requests
+    holders                  zset    the owners' hashes with a holdings set, by when each last took
+                                     something: past store.HOLDERS_KEPT, takes drop those holding nothing
     requests:<owner hash>    zset    the on-demand requests one owner opened and Redis still keeps, by
                                      creation time (store/ondemand.REQUESTS_KEPT_PER_OWNER)
     ratelimit:<class>:<who>  string  requests of a client (a token's user, hashed, or an address) in the window
@@ -103,11 +110,16 @@ ready set): ``keys.vm(KEY_PART)`` is the template the script fills with ``key_of
 DERIVED_KEYS: Mapping[str, str] = {
     "checkout": "the records of the VMs it pops from the ready sets: which VM is next is known only "
                 "inside the step that takes it (naming them first would cost the read a round trip and "
-                "let two requests plan on the same VM); and, through quota.lua, what the owner holds",
+                "let two requests plan on the same VM); and, through quota.lua, what the owner holds, "
+                "and the holdings sets of the owners that took something longest ago, and what they "
+                "name (the service's holders set names them)",
     "ondemand_create": "through quota.lua, the records of what the owner holds: the holdings set names "
                        "them, and reading it first would let two requests pass the owner's limit together; "
                        "and the records and VM sets of the owner's oldest requests, which it forgets once "
-                       "they have ended (the owner's requests set names them)",
+                       "they have ended (the owner's requests set names them); and those of the service's "
+                       "oldest requests past its bound, with their owners' requests and holdings sets (the "
+                       "service's kept set names them): any owner's, so they cannot be named first; and, "
+                       "through quota.lua, the holdings sets of the owners that took something longest ago",
     "move": "only when given no pool (DELETE /vm/<hostname>: one round trip, no read first): the state "
             "sets and wake list of the pool the VM's record names",
     "reserve_clones": "the records of the VMs in the pool's pending set and in the cloning set: they are "
@@ -213,6 +225,10 @@ class Keys:
     def followup(self, pool: str) -> str:
         return f"{self.prefix}followup:{pool}"
 
+    def nudged(self, pool: str, window: int) -> str:
+        """Changes the API made to the pool in the clock's window number ``window`` (manager/refill.py)."""
+        return f"{self.prefix}nudged:{pool}:{window}"
+
     @property
     def known_pools(self) -> str:
         return f"{self.prefix}pools:known"
@@ -241,6 +257,12 @@ class Keys:
     def ondemand_open_requests(self) -> str:
         """Every open request (score: the VMs it asks for), for the service's quotas (lua/quota.lua)."""
         return f"{self.prefix}ondemand:requests:open"
+
+    @property
+    def ondemand_kept_requests(self) -> str:
+        """Every request Redis keeps, whoever owns it: the oldest that hold nothing are forgotten
+        past the service's bound (lua/ondemand_create.lua)."""
+        return f"{self.prefix}ondemand:requests:kept"
 
     def pool_override(self, setting: str) -> str:
         """``setting`` is ``poolsize``, ``pooltemplate``, ``poolreset`` or ``clonetarget``."""
@@ -278,6 +300,11 @@ class Keys:
 
     def holdings(self, owner_hash: str) -> str:
         return f"{self.prefix}holdings:{owner_hash}"
+
+    @property
+    def holders(self) -> str:
+        """The owners with a holdings set (lua/quota.lua, quota_sweep)."""
+        return f"{self.prefix}holders"
 
     def owner_requests(self, owner_hash: str) -> str:
         return f"{self.prefix}requests:{owner_hash}"

@@ -30,6 +30,10 @@ REQUESTS_KEPT_PER_OWNER = 100
 """Ended (deleted or failed) requests an owner's GET may still see: when the owner opens another,
 the oldest beyond these are forgotten (lua/ondemand_create.lua). What a caller keeps in Redis by
 opening and deleting requests is bounded by it, not by how fast it can send them."""
+REQUESTS_KEPT_IN_TOTAL = 10000
+"""Requests Redis keeps, whoever owns them, unless the quota says otherwise
+(``Quota.max_kept_requests``, config ``max_ondemand_requests_kept``): a caller with many
+addresses or user names is many owners."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,8 @@ class OnDemandStore:
         """Record a new open request and queue it for its pools. False when the id is taken;
         QuotaExceeded (nothing recorded) when it would pass a limit of ``quota``. With a quota, the
         request joins its owner's kept requests, and the oldest beyond REQUESTS_KEPT_PER_OWNER
-        that have ended are forgotten.
+        that have ended are forgotten; so are the service's oldest that hold nothing beyond
+        ``quota.max_kept_requests`` (REQUESTS_KEPT_IN_TOTAL without a quota), whoever owns them.
         ``token_user``/``token_id`` are copied onto its VMs, so GET /token/<t> lists them;
         ``id_generated`` says the service drew the id (not the client). TokenGone (nothing
         recorded) when ``token_key``, the record of the token the request was made with, is gone."""
@@ -146,12 +151,15 @@ class OnDemandStore:
             key_list.add(self.keys.ondemand_open(pool))
             key_list.add(self.keys.wake(pool))
         limits = "" if quota is None else json.dumps(
-            quota.payload(self.keys, key_list, self.store.holdings_ttl_seconds))
+            quota.payload(self.keys, key_list, self.store.holdings_ttl_seconds, now))
         owner_requests = 0 if quota is None else key_list.add(quota.requests_key(self.keys))
         args: list[str | int] = [
             request_id, repr(now), self.store.data_ttl_seconds, json.dumps(fields), wanted, limits, len(pools),
             owner_requests, REQUESTS_KEPT_PER_OWNER, self.keys.ondemand(KEY_PART), self.keys.ondemand_vms(KEY_PART),
-            self.keys.vm(KEY_PART), key_list.add(token_key) if token_key else 0,
+            self.keys.vm(KEY_PART), key_list.add(self.keys.ondemand_kept_requests),
+            REQUESTS_KEPT_IN_TOTAL if quota is None else quota.max_kept_requests,
+            "" if quota is None else quota.owner_hash, self.keys.holdings(KEY_PART), self.keys.owner_requests(KEY_PART),
+            key_list.add(token_key) if token_key else 0,
         ]
         answer = self.store.run_counted(quota, now, lambda: self.scripts.ondemand_create(keys=key_list.keys, args=args),
                                         lambda answer: answer)

@@ -118,6 +118,11 @@ class CheckoutResult:
         return not self.short
 
 
+HOLDERS_KEPT = 10000
+"""Owners' holdings sets the service keeps before each take looks for ones holding nothing any
+more (lua/quota.lua, quota_sweep): a caller with many addresses is many owners."""
+
+
 @dataclass(frozen=True)
 class Quota:
     """Limits on what one owner, and everyone together, may hold: checked in the script that
@@ -134,21 +139,27 @@ class Quota:
     max_owner_requests: int = 0
     max_requests: int = 0
     """Open on-demand requests, per owner and in total."""
+    max_kept_requests: int = 10000
+    """On-demand requests Redis keeps in total, ended ones included (lua/ondemand_create.lua)."""
 
     def holdings_key(self, keys: Keys) -> str:
         """The owner's holdings set (named by a hash of the owner)."""
-        return keys.holdings(self._owner_hash())
+        return keys.holdings(self.owner_hash)
 
     def requests_key(self, keys: Keys) -> str:
         """The set of the owner's on-demand requests Redis keeps (named by a hash of the owner)."""
-        return keys.owner_requests(self._owner_hash())
+        return keys.owner_requests(self.owner_hash)
 
-    def _owner_hash(self) -> str:
+    @property
+    def owner_hash(self) -> str:
+        """What names the owner in its keys (hex: never a space or ``:``)."""
         return hashlib.sha256(self.owner.encode("utf-8")).hexdigest()[:32]
 
-    def payload(self, keys: Keys, key_list: KeyList, ttl_seconds: int) -> dict[str, Any]:
+    def payload(self, keys: Keys, key_list: KeyList, ttl_seconds: int, now: float) -> dict[str, Any]:
         """What lua/quota.lua reads, its keys added to ``key_list``."""
         return {"key": key_list.add(self.holdings_key(keys)), "ttl": ttl_seconds, "max_owner_vms": self.max_owner_vms,
+                "holders": key_list.add(keys.holders), "owner_hash": self.owner_hash, "now": now,
+                "max_holders": HOLDERS_KEPT, "holdings_template": keys.holdings(KEY_PART),
                 "max_vms": self.max_vms, "running": key_list.add(keys.running),
                 "counted": key_list.add(keys.running_counted),
                 "open_requests": key_list.add(keys.ondemand_open_requests),
@@ -496,7 +507,7 @@ class Store:
             "pools": pool_keys,
         }
         if quota is not None:
-            checkout["quota"] = quota.payload(self.keys, key_list, self.holdings_ttl_seconds)
+            checkout["quota"] = quota.payload(self.keys, key_list, self.holdings_ttl_seconds, now)
         if tracked:
             checkout["demand"] = {"minute": minute, "ttl": demand_history.HISTORY_TTL_SECONDS}
         if token_key:

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from typing import Callable
 
+import pytest
+
 from chalicelib.api import vms
 from chalicelib.api.http import ApiRequest
 from chalicelib.api.routes import handle
 from chalicelib.services import Services
+from chalicelib.store import store as store_module
 from tests.api.configs import CONFIG_YAML
 from tests.harness import Harness
 from tests.support import checkout_answers_lost
@@ -67,6 +70,45 @@ def test_on_demand_requests_are_bounded_per_client_and_in_total(make_stack: Call
     third = ApiRequest("POST", 3, params={"name": "pool3"}, source_ip="203.0.113.6")
     refused_total = handle(stack.services, ondemand.create_from_path, third)
     assert refused_total.status == 503
+
+
+def test_what_many_anonymous_clients_keep_in_redis_by_checking_out_and_returning_is_bounded(
+        make_stack: Callable[[str], Harness], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, each owner that took a VM kept its holdings set for 400 days after giving it back
+    (its entries are dropped only as that owner counts them again), and an anonymous owner is an
+    address (IPv6: its /64): one caller with a /48 is 65,536 owners. Past HOLDERS_KEPT owners,
+    each checkout drops the sets of the owners that took something longest ago and hold nothing
+    now; an owner still holding a VM keeps its set, and its quota."""
+    monkeypatch.setattr(store_module, "HOLDERS_KEPT", 10)
+    stack = make_stack(_with(CONFIG_YAML.replace("size: 2", "size: 30", 1), max_running_vms_per_user=1))
+    client, keys = stack.services.client, stack.services.store.keys
+    stack.fill("pool1")
+    assert stack.call("POST", "/api/v3/vm/pool1", client_ip="198.51.100.7").status == 200
+    for round_ in range(2):
+        stack.fill("pool1")
+        for index in range(25):
+            address = f"2001:db8:66:{100 * round_ + index:x}::1"
+            stack.clock.advance(1)
+            reply = stack.call("POST", "/api/v3/vm/pool1", client_ip=address)
+            assert reply.status == 200, reply.json
+            host = reply.json["pool1"]["hostname"].split(".")[0]
+            assert stack.call("DELETE", f"/api/v3/vm/{host}", client_ip=address).status == 200
+    assert len(list(client.scan_iter(keys.holdings("*")))) <= 10 + 1  # and the bystander's
+    # The bystander still holds its VM: its set is kept, and its quota of 1 still counts it.
+    refused = stack.call("POST", "/api/v3/vm/pool1", client_ip="198.51.100.7")
+    assert refused.status == 403 and "at most 1 VMs" in refused.json["error"]
+
+
+def test_a_forwarded_for_header_buys_no_owner_of_its_own(make_stack: Callable[[str], Harness]) -> None:
+    """The owner is API Gateway's sourceIp (the local front: the socket's peer), never an address a
+    header names: with one, every request would be a new owner with budgets of its own."""
+    stack = make_stack(_with(CONFIG_YAML, max_ondemand_requests_per_user=1))
+    assert stack.call("POST", "/api/v3/ondemandvm", body={"pool3": 1}, client_ip="198.51.100.20",
+                      headers={"X-Forwarded-For": "203.0.113.1"}).status == 201
+    for index, header in enumerate(("X-Forwarded-For", "X-Real-IP", "Forwarded", "True-Client-IP")):
+        refused = stack.call("POST", "/api/v3/ondemandvm", body={"pool3": 1}, client_ip="198.51.100.20",
+                             headers={header: f"203.0.113.{index + 2}"})
+        assert refused.status == 403 and "at most 1 on-demand requests" in refused.json["message"]
 
 
 RATE_LIMITED = (_with(CONFIG_YAML, rate_limiting_enabled="true")

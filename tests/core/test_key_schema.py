@@ -286,7 +286,7 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
 
     def holdings(owner: str) -> str:
         key_list = KeyList()
-        return key_list.keys[Quota(owner, 1, 1, ()).payload(keys, key_list, 60)["key"] - 1]
+        return key_list.keys[Quota(owner, 1, 1, ()).payload(keys, key_list, 60, 0)["key"] - 1]
 
     pools = [name for name in HOSTILE_NAMES if POOL_NAME_PATTERN.match(name)]  # config.py; providers too
     # A hostname from the API matches HOSTNAME_PATTERN; one a provider's inventory lists (a VM
@@ -323,8 +323,8 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
         "pool_override": [(s, keys.pool_override(s)) for s in ("poolsize", "pooltemplate", "poolreset", "clonetarget")],
         "fixed": [(name, getattr(keys, name)) for name in ("cloning", "changes", "clone_demand", "clone_backoff",
                                                           "known_pools", "last_boot", "ondemand_open_requests",
-                                                          "migrating", "templates_prepared", "templates_preparing",
-                                                          "sizing_state",
+                                                          "ondemand_kept_requests", "holders", "migrating",
+                                                          "templates_prepared", "templates_preparing", "sizing_state",
                                                           "running", "running_counted", "running_rebuild",
                                                           "config_generation")],
     }
@@ -334,6 +334,7 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
                  "ondemand_open", "pool_vm_tasks", "history"):
         families[name] = [(p, getattr(keys, name)(p)) for p in pools]
     families["demand"] = [(p, keys.demand(p, DAY)) for p in pools]
+    families["nudged"] = [(p, keys.nudged(p, 1_796_256_000)) for p in pools]
     return families
 
 

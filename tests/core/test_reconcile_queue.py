@@ -124,6 +124,42 @@ def test_a_checkout_puts_its_pool_on_the_reconcile_queue(services: Services, mon
         assert [json.loads(m["Body"]) for m in messages] == [{"pool": "debian", "reason": "nudge"}]
 
 
+class RecordingSqs:
+    """An SQS client that takes every message and remembers what it was sent."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        self.entries.extend(Entries)
+        return {"Successful": [{"Id": entry["Id"]} for entry in Entries], "Failed": []}
+
+
+def test_a_loop_of_on_demand_requests_puts_their_pool_on_the_queue_twice_a_second_at_most(
+        services: Services) -> None:
+    # Before, every create and every delete sent its pool to the reconcile queue: a client
+    # opening and deleting requests in a loop started two reconcile functions per loop (each a
+    # pass reading the provider's inventory once the pool's lease was free), as fast as it went.
+    sqs = RecordingSqs()
+    services.refill = SqsRefill("https://sqs.example/q", client_factory=lambda: sqs, store=services.store,
+                                clock=services.clock)
+    gateway = Gateway(app.app)
+    services.clock.advance(0.25)
+    for loop in range(50):
+        status, _, body = gateway("POST", "/api/v3/ondemandvm/debian", {}, b"", f"2001:db8:5:{loop:x}::1")
+        assert status == 201, body
+        request_id = json.loads(body)["request_id"]
+        assert gateway("DELETE", f"/api/v3/ondemandvm/{request_id}", {}, b"", f"2001:db8:5:{loop:x}::1")[0] == 200
+    sent = [(json.loads(entry["MessageBody"]), entry["DelaySeconds"]) for entry in sqs.entries]
+    # One at once, one when the second ends: that pass sees every change of the second.
+    assert sent == [({"pool": "debian", "reason": "nudge"}, 0), ({"pool": "debian", "reason": "nudge"}, 1)]
+    services.clock.advance(1)
+    assert gateway("POST", "/api/v3/ondemandvm/centos", {}, b"", "203.0.113.9")[0] == 201
+    assert gateway("POST", "/api/v3/ondemandvm/debian", {}, b"", "203.0.113.9")[0] == 201
+    assert [(json.loads(entry["MessageBody"])["pool"], entry["DelaySeconds"]) for entry in sqs.entries[2:]] == [
+        ("centos", 0), ("debian", 0)]  # a new second, and another pool, are nudged at once
+
+
 def test_the_consumer_reconciles_each_pool_and_drops_what_is_not_ours(services: Services,
                                                                        queue: RecordingQueue) -> None:
     answer = app.reconcile(sqs_event('{"pool": "debian"}', "not json", '{"pool": "nosuchpool"}', "[1]",

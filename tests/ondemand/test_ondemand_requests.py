@@ -436,6 +436,53 @@ def test_what_one_caller_keeps_in_redis_by_opening_and_deleting_requests_is_boun
     assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1}, headers=mine)[0] == 201
 
 
+def test_what_many_callers_keep_in_redis_by_opening_and_deleting_requests_is_bounded(make_stack):
+    # Before, the bound was per owner only, and an anonymous owner is an address (IPv6: its /64):
+    # a caller with a /48 (65,536 /64s) opening and deleting requests left a record (424 bytes,
+    # kept 7 days), its /64's requests set (168 bytes, 7 days) and holdings set (168 bytes, 400
+    # days) per request: 2,000 /64s grew Redis by 2.3 MB, at ~430 requests a second in-process
+    # some 16 GB a day. The service keeps max_ondemand_requests_kept requests in total; past it
+    # the oldest that hold nothing are forgotten with their owners' sets, whoever owns them, never
+    # one that is open or holds a running VM.
+    stack = make_stack(size=0, max_ondemand_requests_kept=40, max_ondemand_requests_per_user=1)
+    client, keys = stack.services.client, stack.services.store.keys
+    held = stack.call("POST", "/api/v3/ondemandvm", body={"debian": 1}, client_ip="198.51.100.7").json["request_id"]
+    stack.run_passes("debian-12")
+    still_open = stack.call("POST", "/api/v3/ondemandvm", body={"win-2022": 1},
+                            client_ip="198.51.100.8").json["request_id"]
+
+    def churn(first: int, count: int) -> list[str]:
+        ids = []
+        for index in range(first, first + count):
+            address = f"2001:db8:77:{index:x}::1"  # one /64 each
+            stack.clock.advance(0.01)
+            reply = stack.call("POST", "/api/v3/ondemandvm", body={"debian": 1}, client_ip=address)
+            assert reply.status == 201, reply.json
+            ids.append(reply.json["request_id"])
+            assert stack.call("DELETE", f"/api/v3/ondemandvm/{ids[-1]}", client_ip=address).status == 200
+        return ids
+
+    churn(0, 100)
+    size = client.dbsize()
+    ended = churn(100, 300)
+    assert client.dbsize() <= size  # 300 owners more, nothing more kept
+    assert request_records(stack) <= 40
+    owner_sets = [key for prefix in (keys.holdings(""), keys.owner_requests(""))
+                  for key in client.scan_iter(prefix + "*")]
+    assert len(owner_sets) <= 2 * 40
+    # The newest ended requests still answer; the oldest are forgotten.
+    assert stack.call("GET", f"/api/v3/ondemandvm/{ended[-1]}").json["message"] == DELETED_MESSAGE
+    assert stack.call("GET", f"/api/v3/ondemandvm/{ended[0]}").status == 404
+    # The open request and the one holding a running VM stay whole, and still count.
+    assert stack.call("GET", f"/api/v3/ondemandvm/{still_open}").status == 202
+    reply = stack.call("GET", f"/api/v3/ondemandvm/{held}")
+    assert reply.status == 200 and reply.json["ready"] is True
+    assert stack.state_of(reply.json["debian"]["hostname"][0].split(".")[0]) == "running"
+    assert stack.answer("GET", "/api/v3/status?view=queue")[1]["queue"]["requested"] == 1
+    refused = stack.call("POST", "/api/v3/ondemandvm", body={"debian": 1}, client_ip="198.51.100.8")
+    assert refused.status == 403  # the owner's limit still counts its open request
+
+
 def test_a_request_fails_at_its_ttl_while_its_pools_template_is_still_being_prepared(make_stack, monkeypatch):
     # Before, a pass whose pool's template was being prepared (create_template_delta_disks) left
     # the pool's open requests alone: one whose preparation hung (a vCenter task that never

@@ -6,12 +6,14 @@
 -- JSON quota (see quota.lua; '' for none), n, the index in KEYS of the owner's requests set (0 for
 -- none), how many of them to keep, then the templates of the keys named by the requests it
 -- lists (keys.DERIVED_KEYS): request_template, request_vms_template, vm_template; then the index
--- in KEYS of the record of the token the request was made with (0 for none: lua/token_live.lua).
+-- in KEYS of the service's kept set, how many requests the service keeps, the owner's hash ('' for
+-- none), the templates of an owner's holdings and requests sets, and the index in KEYS of the
+-- record of the token the request was made with (0 for none: lua/token_live.lua).
 -- Returns 1 when created, 0 when a request with that id exists, -1 when the token was deleted
 -- since the API checked it, or the limit it would pass.
 local id, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local key = KEYS[1]
-if token_gone(ARGV[13]) then
+if token_gone(ARGV[18]) then
   return -1
 end
 if redis.call('EXISTS', key) == 1 then
@@ -60,6 +62,8 @@ end
 -- The owner keeps its newest requests only: each one it opens forgets its oldest that ended
 -- beyond the number kept, so what a caller keeps in Redis is bounded however fast it opens and
 -- deletes requests. The ones still holding something are kept, bounded by the owner's limits.
+local kept_key, kept_in_total, owner = KEYS[tonumber(ARGV[13])], tonumber(ARGV[14]), ARGV[15]
+local holdings_template, owned_template = ARGV[16], ARGV[17]
 local owned_index = tonumber(ARGV[8])
 if owned_index > 0 then
   local owned, kept = KEYS[owned_index], tonumber(ARGV[9])
@@ -75,8 +79,43 @@ if owned_index > 0 then
       if not holding(old) then
         redis.call('DEL', key_of(request_template, old), key_of(request_vms_template, old))
         redis.call('ZREM', owned, old_id)
+        redis.call('ZREM', kept_key, owner .. ' ' .. old_id)
         excess = excess - 1
       end
+    end
+  end
+end
+
+-- The service keeps its newest requests only, whoever owns them: a caller with many addresses (an
+-- IPv6 /48 holds 65,536 /64s, each an owner) or user names is many owners, each keeping its own,
+-- so the owners' bound alone is no bound. Past the service's, the oldest that hold nothing are
+-- forgotten with their place in their owner's sets (the member names the owner, so a record that
+-- expired meanwhile is still cleared from them). One found still holding (open, or VMs running)
+-- is looked at again after the others: the quotas bound how many there are, and no create walks
+-- them all.
+redis.call('ZADD', kept_key, now, owner .. ' ' .. id)
+redis.call('EXPIRE', kept_key, ttl)
+-- At most 100 forgotten per request, so a bound lowered by a config push costs no create a long
+-- script: the excess goes over the next creates.
+local excess = math.min(redis.call('ZCARD', kept_key) - kept_in_total, 100)
+if excess > 0 then
+  for _, member in ipairs(redis.call('ZRANGE', kept_key, 0, excess + 15)) do
+    if excess == 0 then
+      break
+    end
+    local at = string.find(member, ' ', 1, true)
+    local old_owner, old_id = string.sub(member, 1, at - 1), string.sub(member, at + 1)
+    local old = request_part(old_id)
+    if holding(old) then
+      redis.call('ZADD', kept_key, now, member)
+    else
+      redis.call('DEL', key_of(request_template, old), key_of(request_vms_template, old))
+      redis.call('ZREM', kept_key, member)
+      if old_owner ~= '' then
+        redis.call('ZREM', key_of(owned_template, old_owner), old_id)
+        redis.call('ZREM', key_of(holdings_template, old_owner), 'od:' .. old_id)
+      end
+      excess = excess - 1
     end
   end
 end

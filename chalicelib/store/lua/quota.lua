@@ -4,20 +4,27 @@
 -- checkout, 'od:<request id>' (score: VMs asked for) for an on-demand request. Entries that no
 -- longer hold anything (a VM returned or destroyed, a request ended) are dropped while counting,
 -- so no other script has to keep the set up to date.
--- The quota (JSON) names its keys by their KEYS index: 'key' the owner's holdings set, 'running'
+-- The quota (JSON) names its keys by their KEYS index: 'key' the owner's holdings set, 'holders'
+-- the service's set of owners' hashes with a holdings set (by when each last took something), 'running'
 -- the service's running set (every pool's running VMs, kept by the scripts that move VMs: one
 -- ZCARD however many pools there are), 'counted' the mark running_recount.lua sets when it builds
 -- that set, 'open_requests' every open request (score: VMs asked for); and
--- holds the templates of what a holdings entry names: 'vm_template' a VM's record,
+-- holds the owner's hash ('owner_hash'), 'now', how many owners' sets the service keeps before it
+-- looks for ones holding nothing ('max_holders'), the template of an owner's holdings set
+-- ('holdings_template'), and the templates of what a holdings entry names: 'vm_template' a VM's record,
 -- 'request_template' a request, 'request_vms_template' a request's VMs (keys.DERIVED_KEYS).
 -- The service's limits count requests, not pools a request needs, and the VMs open requests
 -- will hold besides the running ones: a request's VMs run once built, so a limit that left
 -- them out was passed by as many VMs as open requests asked for.
 
--- VMs the owner holds now, and its open on-demand requests.
-local function quota_held(quota)
+-- VMs the owner holds now, and its open on-demand requests; or those of the owner whose hash is
+-- 'owner' (quota_sweep).
+local function quota_held(quota, owner)
   local held, open_requests = 0, 0
   local holdings_key = KEYS[quota.key]
+  if owner ~= nil then
+    holdings_key = key_of(quota.holdings_template, owner)
+  end
   local entries = redis.call('ZRANGE', holdings_key, 0, -1, 'WITHSCORES')
   for i = 1, #entries, 2 do
     local member, weight = entries[i], tonumber(entries[i + 1])
@@ -91,11 +98,41 @@ local function quota_refusal(quota, vms, requests)
   return nil
 end
 
+-- An owner's holdings set outlives what it holds (its entries are dropped only as the owner
+-- counts them again), and a caller with many addresses is many owners: each address that took one
+-- VM and returned it left a set for the sets' ttl (400 days). Past 'max_holders' owners, each take
+-- looks at the two that took something longest ago: a set holding nothing any more is gone
+-- (quota_held drops its dead entries, and Redis an empty set), one still holding goes to the back.
+local function quota_sweep(quota)
+  local holders_key = KEYS[quota.holders]
+  local added = redis.call('ZADD', holders_key, quota.now, quota.owner_hash)
+  redis.call('EXPIRE', holders_key, quota.ttl)
+  if added == 0 then
+    return -- an owner the set lists already: it did not grow
+  end
+  local excess = redis.call('ZCARD', holders_key) - quota.max_holders
+  if excess <= 0 then
+    return
+  end
+  for _, owner in ipairs(redis.call('ZRANGE', holders_key, 0, math.min(excess, 2) - 1)) do
+    if owner ~= quota.owner_hash then
+      quota_held(quota, owner)
+      local holdings_key = key_of(quota.holdings_template, owner)
+      if redis.call('EXISTS', holdings_key) == 1 then
+        redis.call('ZADD', holders_key, quota.now, owner)
+      else
+        redis.call('ZREM', holders_key, owner)
+      end
+    end
+  end
+end
+
 -- Record what the owner took ('vm:<host>' or 'od:<id>', weighing 'weight' VMs).
 local function quota_take(quota, member, weight)
   if quota ~= nil then
     redis.call('ZADD', KEYS[quota.key], weight, member)
     redis.call('EXPIRE', KEYS[quota.key], quota.ttl)
+    quota_sweep(quota)
   end
 end
 
