@@ -25,8 +25,9 @@ What we add to uvicorn:
   requests to a thread pool, and connections handed to the least-loaded loop;
 - one ``send`` per answer (``_CoalescingTransport``), where uvicorn writes head and body apart;
 - the bounds llhttp leaves to its user, as gunicorn has them: request target (414), header
-  fields and head size (431), open connections per worker (503), and a deadline for every
-  request head (408), not only for idle kept-alive connections;
+  fields and head size (431), open connections per worker (the oldest slow or idle connection
+  makes way for a new one; 503 when every one has a request in the app), and a deadline for
+  every request head (408), not only for idle kept-alive connections;
 - TCP_NODELAY on every connection (gunicorn's socket hides from asyncio that it is TCP);
 - error answers in JSON like the app's, instead of text;
 - workers and the arbiter die with their parent (PR_SET_PDEATHSIG), so a SIGKILLed
@@ -165,11 +166,16 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     on_lost: Callable[[], None] | None = None
     """Called once when the connection is gone (its loop counts it no more)."""
     made = False
+    idle: dict["BoundedHttpProtocol", None] | None = None
+    """Its loop's connections that have no whole request in the app (``_LoopServer.idle``),
+    oldest first: this one is in it from its start, and again after each answer, until the next
+    request is wholly read."""
 
     def connection_made(self, transport: Any) -> None:
         self.made = True
         super().connection_made(transport)
         self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+        self._now_idle()
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # gunicorn makes its listening socket with protocol 0, so asyncio does not know it is
@@ -178,6 +184,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._now_busy()
         self._cancel_head_timer()
         if self._write_timer is not None:
             self._write_timer.cancel()
@@ -247,15 +254,42 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         self.transport.flush()  # type: ignore[attr-defined]
-        super().on_response_complete()
+        super().on_response_complete()  # starts the next pipelined request, if one waits
+        if not self.pipeline and (self.cycle is None or self.cycle.response_complete):
+            self._now_idle()
         if self._deferred is not None:
             self._owed -= 1
             if self._owed <= 0:
                 self._answer(self._deferred)
 
     def on_message_complete(self) -> None:
+        self._now_busy()  # the whole request is read: the app runs it
         super().on_message_complete()
         self._in_head = False  # until the next request's first byte; idle, uvicorn's keep-alive applies
+
+    def _now_idle(self) -> None:
+        if self.idle is not None:
+            self.idle.pop(self, None)
+            self.idle[self] = None  # last: the newest
+
+    def _now_busy(self) -> None:
+        if self.idle is not None:
+            self.idle.pop(self, None)
+
+    def evict(self) -> None:
+        """Give this connection's place to a new one (its worker is at its bound of connections):
+        called only while no whole request of it is in the app. A request half read (its head or
+        its body) is refused with a 503; a kept-alive connection between requests is closed as
+        its keep-alive timeout would; one whose client does not read what it was sent is reset."""
+        self._now_busy()
+        if self.transport.is_closing():
+            return
+        if self.transport.get_write_buffer_size():
+            self._not_reading()
+        elif self._in_head or (self.cycle is not None and not self.cycle.response_complete):
+            self._refuse(Refused(503, "too many open connections; try again"))
+        else:
+            self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to whatever httptools refuses, our Refused raised in a callback included."""
@@ -366,11 +400,26 @@ class _LoopServer(Server):
     # connections below the bound was refused.
     handed = 0
     released = 0
+    # Of the idle connections (``idle``), how many the accepting loop has asked this loop to
+    # close for a new one, and how many it has closed: one writer each, as above.
+    evictions_asked = 0
+    evictions_done = 0
+    idle: dict[BoundedHttpProtocol, None]
+    """This loop's connections with no whole request in the app, oldest first (each connection
+    keeps itself in it, on this loop's thread)."""
     _listeners: tuple[socket.socket, ...] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.idle = {}
 
     def held(self) -> int:
         """Connections this loop serves or is about to."""
         return self.handed - self.released
+
+    def spare(self) -> int:
+        """Idle connections this loop could still close for a new one."""
+        return len(self.idle) - (self.evictions_asked - self.evictions_done)
 
     async def on_tick(self, counter: int) -> bool:
         self.ticked = time.monotonic()
@@ -429,26 +478,48 @@ class _LoopServer(Server):
 
     def _hand(self, connection: socket.socket) -> None:
         """Give ``connection`` to the loop holding the fewest (this one, the accepting loop, last
-        among equals)."""
+        among equals). At the worker's bound, to the loop with the most idle connections, which
+        closes its oldest idle one for it; with none idle anywhere, the new one is turned away.
+
+        Why a bound per worker and not per client is enough: a place is held for good only by a
+        request in the app. Connections that send nothing, or a head or a body a byte a second
+        (slowloris), or sit kept alive between requests, hold one only until a new connection
+        needs it, so a client opening thousands of them no longer turns every other caller away
+        with 503 (behind one address, 127.0.0.1, a bound per client would have counted everyone
+        as that client)."""
         loops = (*(follower for follower in self.followers if follower.started), self)
-        if self.max_connections is not None and sum(loop.held() for loop in loops) >= self.max_connections:
-            _turn_away(connection)
-            return
-        target = min(loops, key=_LoopServer.held)
+        evict = self.max_connections is not None and sum(loop.held() for loop in loops) >= self.max_connections
+        if evict:
+            target = max(loops, key=_LoopServer.spare)
+            if target.spare() <= 0:
+                _turn_away(connection)
+                return
+            target.evictions_asked += 1
+        else:
+            target = min(loops, key=_LoopServer.held)
         target.handed += 1
         if target is self:
-            self._adopt(connection)
+            self._adopt(connection, evict)
             return
         assert target.loop is not None
         try:
-            target.loop.call_soon_threadsafe(target._adopt, connection)
+            target.loop.call_soon_threadsafe(target._adopt, connection, evict)
         except RuntimeError:  # that loop has closed (its worker is stopping)
             target.released += 1
             connection.close()
 
-    def _adopt(self, connection: socket.socket) -> None:
-        """Serve ``connection`` on this loop (called on this loop's thread)."""
+    def _adopt(self, connection: socket.socket, evict: bool = False) -> None:
+        """Serve ``connection`` on this loop (called on this loop's thread); ``evict``: in place
+        of this loop's oldest idle connection."""
         assert self.loop is not None
+        if evict:
+            self.evictions_done += 1
+            oldest = next(iter(self.idle), None)
+            if oldest is None:  # busy since it was asked: the new connection is the one refused
+                self.released += 1
+                _turn_away(connection)
+                return
+            oldest.evict()
         if self.should_exit:
             self.released += 1
             connection.close()
@@ -458,6 +529,7 @@ class _LoopServer(Server):
         def protocol() -> asyncio.Protocol:
             made.append(self._protocol())
             made[0].on_lost = self._release
+            made[0].idle = self.idle
             return made[0]
 
         def adopted(task: "asyncio.Task[Any]") -> None:
