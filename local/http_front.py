@@ -247,10 +247,35 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        refusal = self._head_refusal()
+        if refusal is not None:
+            self._stop_parsing(refusal)
         self._in_head = False
         self._head_bytes = 0
         self._cancel_head_timer()
         super().on_headers_complete()
+
+    def _head_refusal(self) -> Refused | None:
+        """What RFC 9112 and 9110 say to answer a whole head that llhttp lets through, if anything:
+        a version other than HTTP/1.0 or 1.1 (505; llhttp reads a line without one as 0.9 and
+        takes 2.0), an HTTP/1.1 request without one Host or any with two (400), a transfer coding
+        other than chunked (501: ``gzip, chunked`` was read as chunked and the gzip dropped), an
+        expectation other than 100-continue (417)."""
+        version = self.parser.get_http_version()
+        if version not in ("1.0", "1.1"):
+            return Refused(505, f"HTTP/{version} is not served; use HTTP/1.1")
+        hosts = sum(name == b"host" for name, _ in self.headers)
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            return Refused(400, "an HTTP/1.1 request needs exactly one Host header")
+        for name, value in self.headers:
+            if name == b"transfer-encoding":
+                codings = {coding.strip().lower() for coding in value.split(b",")} - {b"chunked"}
+                if codings:
+                    listed = b", ".join(sorted(codings)).decode("latin-1")
+                    return Refused(501, f"transfer coding {listed} is not supported; only chunked")
+            elif name == b"expect" and value.strip().lower() != b"100-continue":
+                return Refused(417, "only Expect: 100-continue is supported")
+        return None
 
     def on_response_complete(self) -> None:
         self.transport.flush()  # type: ignore[attr-defined]
