@@ -51,6 +51,7 @@ import threading
 import time
 from typing import Any, Callable, ClassVar
 
+import httptools
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -218,7 +219,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._deferred is not None:
             return  # refused: nothing after the refused request is read, the connection ends
-        super().data_received(data)
+        self._unset_keepalive_if_required()
+        self._parse(data)
         if self._in_head and self._deferred is None and not self.transport.is_closing():
             # Counted after parsing, so a body that arrives with its head is not counted as head
             # (a pipelined request's head that arrives with the previous body counts them both).
@@ -227,6 +229,24 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 self._refuse(Refused(431, f"request head larger than {MAX_HEAD_BYTES} bytes"))
             elif self._head_timer is None:  # a kept-alive connection's next request has begun
                 self._arm_head_timer()
+
+    def _parse(self, data: bytes) -> None:
+        """uvicorn's parsing of what arrived, but for a request asking for an Upgrade (h2c,
+        websocket; CONNECT too): llhttp stops at its end and hands the rest over as the new
+        protocol's, which uvicorn dropped; a request pipelined after it was never answered (and
+        what came in a later read was parsed as HTTP again). We upgrade to nothing: the request
+        is served as the HTTP/1.1 request it also is, and what follows is the next request."""
+        while True:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as upgrade:
+                data = data[upgrade.args[0]:]
+                if data and not self.transport.is_closing():
+                    continue
+            except httptools.HttpParserError:
+                self.logger.warning("Invalid HTTP request received.")
+                self.send_400_response("Invalid HTTP request received.")
+            return
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -260,8 +280,15 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         a version other than HTTP/1.0 or 1.1 (505; llhttp reads a line without one as 0.9 and
         takes 2.0), an HTTP/1.1 request without one Host or any with two (400), a transfer coding
         other than chunked (501: ``gzip, chunked`` was read as chunked and the gzip dropped), an
-        expectation other than 100-continue (417)."""
+        expectation other than 100-continue (417), a body with a request asking for an Upgrade
+        (400)."""
         version = self.parser.get_http_version()
+        has_body = any(name == b"transfer-encoding" or (name == b"content-length" and int(value))
+                       for name, value in self.headers)
+        if has_body and self.parser.should_upgrade():
+            # llhttp would hand the body over as the upgraded protocol's: unread, it was parsed as
+            # the next request (a request smuggled in the body of an h2c upgrade)
+            return Refused(400, "a request asking for an Upgrade may not have a body here")
         if version not in ("1.0", "1.1"):
             return Refused(505, f"HTTP/{version} is not served; use HTTP/1.1")
         hosts = sum(name == b"host" for name, _ in self.headers)
@@ -611,6 +638,7 @@ class OneAppWorker(UvicornWorker):
         "loop": "asyncio",
         "http": BoundedHttpProtocol,
         "lifespan": "off",
+        "ws": "none",  # no WebSocket upgrade, whatever is installed: the app serves HTTP only
         "proxy_headers": False,  # the client's address is the socket's: no X-Forwarded-For
         "server_header": False,
         "timeout_graceful_shutdown": 5,

@@ -4,6 +4,7 @@ a timeout), a 500, a traceback in the log, a VM taken, or its body read as the n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from typing import Iterator
@@ -247,4 +248,53 @@ def test_a_request_pipelined_before_a_malformed_one_is_answered(stack: RunningSt
     assert json.loads(answers[1][2])["ok"] is False and b"content-type: application/json" in answers[1][1].lower()
     host = json.loads(answers[0][2])[POOL]["hostname"]
     assert call("GET", f"{stack.api}/status?view=pools")[1]["pools"][POOL]["running"] == running + 1
+    assert call("DELETE", f"{stack.api}/vm/{host}") == (200, {"ok": True})
+
+
+UPGRADES = [
+    pytest.param("Connection: Upgrade, HTTP2-Settings\nUpgrade: h2c\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\n",
+                 id="h2c (curl --http2)"),
+    pytest.param("Connection: Upgrade\nUpgrade: websocket\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n"
+                 "Sec-WebSocket-Version: 13\n", id="websocket"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("upgrade", UPGRADES)
+def test_a_request_asking_for_an_upgrade_is_served_as_http_and_so_is_the_next_one(stack: RunningStack,
+                                                                                  upgrade: str) -> None:
+    """We upgrade to nothing: the request is answered as the HTTP/1.1 request it also is, and a
+    request pipelined after it is the next request. Before, llhttp handed everything after the
+    upgrade request to the new protocol and uvicorn dropped it: the second request was never
+    answered, the connection closed at the keep-alive timeout."""
+    first = request(f"GET /api/v3/status HTTP/1.1\nHost: x\n{upgrade}")
+    second = request("GET /healthcheck HTTP/1.1\nHost: x\nConnection: close\n")
+    answers = answers_in(exchange(stack.port, first + second))
+    assert [answer[0] for answer in answers] == [200, 200], answers
+    assert json.loads(answers[1][2]) == {"ok": True}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("upgrade", UPGRADES)
+def test_the_body_of_a_request_asking_for_an_upgrade_is_never_run_as_a_request(stack: RunningStack,
+                                                                              upgrade: str) -> None:
+    """llhttp does not read the body of a request asking for an Upgrade (it would be the new
+    protocol's). Before, what arrived after that request's head was parsed as the next request:
+    a DELETE sent as the body of an h2c upgrade ran. Now such a request is a 400 and the
+    connection closes."""
+    status, body = eventually(lambda: (answer := call("POST", f"{stack.api}/vm/{POOL}"))[0] == 200 and answer,
+                              timeout=WAIT, what=f"a ready VM in {POOL}")
+    host = body[POOL]["hostname"]
+    smuggled = f"DELETE /api/v3/vm/{host} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    head = request(f"POST /api/v3/vm HTTP/1.1\nHost: x\n{upgrade}Content-Length: {len(smuggled)}\n")
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=WAIT) as connection:
+        connection.sendall(head)
+        answer = read_answer(connection)  # the head alone is answered: the body comes after
+        with contextlib.suppress(OSError):  # closed already, as it should be
+            connection.sendall(smuggled)
+            while connection.recv(65536):
+                pass
+    status, details = call("GET", f"{stack.api}/vm/{host}")
+    assert status == 200 and details[host.split(".")[0]]["state"] == "running", details
+    assert_refused(answer, 400)
     assert call("DELETE", f"{stack.api}/vm/{host}") == (200, {"ok": True})
