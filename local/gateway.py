@@ -13,16 +13,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import re
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
 from chalice import Chalice
 
 from chalicelib.api.chalice_app import RequestLocalChalice
 from chalicelib.api.http import JSON_HEADERS
+
+logger = logging.getLogger("vmpool.gateway")
 
 NOT_FOUND = b'{"ok":false}'
 MAX_BODY_BYTES = 1024 * 1024
@@ -73,8 +76,11 @@ class Gateway:
     def __call__(
         self, method: str, target: str, headers: dict[str, str], body: bytes, client_ip: str
     ) -> tuple[int, dict[str, str], bytes]:
-        parts = urlsplit(target)
-        found = self.matcher.match(parts.path)
+        # The request target as the HTTP server read it (origin-form), split by hand: urlsplit
+        # reads a path beginning with "//" as a host and a path (GET //x/api/v3/config served
+        # /api/v3/config, past any proxy rule on the path's prefix) and raises on "//[" (a 500).
+        path, _, query_string = target.partition("#")[0].partition("?")
+        found = self.matcher.match(path)
         if found is None:
             return 404, dict(JSON_HEADERS), NOT_FOUND
         resource, params = found
@@ -86,10 +92,10 @@ class Gateway:
             allowed = ", ".join(sorted({*resource.methods, *(("HEAD",) if "GET" in resource.methods else ())}))
             body_text = json.dumps({"ok": False, "error": f"method {method} not allowed; use {allowed}"})
             return 405, {**JSON_HEADERS, "Allow": allowed}, body_text.encode()
-        query = parse_qs(parts.query, keep_blank_values=True)
+        query = parse_qs(query_string, keep_blank_values=True)
         event = {
             "resource": resource.path,
-            "path": parts.path,
+            "path": path,
             "httpMethod": method,
             "headers": headers,
             "multiValueHeaders": {name: [value] for name, value in headers.items()},
@@ -101,7 +107,7 @@ class Gateway:
                 "resourcePath": resource.path,
                 "httpMethod": method,
                 "requestId": str(uuid.uuid4()),
-                "path": parts.path,
+                "path": path,
                 "identity": {"sourceIp": client_ip},
             },
             "body": base64.b64encode(body).decode() if body else None,
@@ -158,7 +164,11 @@ class AsgiApp:
     async def __call__(self, scope: dict[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
         if scope["type"] != "http":
             return
-        status, headers, data = await self._respond(scope, receive)
+        try:
+            status, headers, data = await self._respond(scope, receive)
+        except Exception:  # a bug of ours: the client gets JSON (not uvicorn's text), the log the traceback
+            logger.exception("the local gateway failed a request")
+            status, headers, data = json_error(500, "internal error")
         await send({"type": "http.response.start", "status": status,
                     "headers": [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
                     + [(b"content-length", str(len(data)).encode())]})

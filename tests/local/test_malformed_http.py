@@ -104,6 +104,9 @@ MANY_CHUNKS = b"".join(b"10000\r\n" + b"[" * 0x10000 + b"\r\n" for _ in range(32
     ("no version (HTTP/0.9)", b"GET /api/v3/status\r\n\r\n", (505,)),
     ("gzip, chunked", request(POST + "Transfer-Encoding: gzip, chunked\n", b"2\r\n{}\r\n0\r\n\r\n"), (501,)),
     ("an expectation not 100-continue", request(POST + "Expect: 200-ok\nContent-Length: 0\n"), (417,)),
+    # A path beginning "//" is a path, not a host and a path: not found, not /api/v3/vm/{POOL}.
+    ("a path beginning //host", request(f"POST //x/api/v3/vm/{POOL} HTTP/1.1\nHost: x\nContent-Length: 0\n"), (404,)),
+    ("a path beginning //[", request("GET //[/api/v3/status HTTP/1.1\nHost: x\nConnection: close\n"), (404,)),
 ])
 def test_malformed_request_gets_a_json_4xx_or_a_clean_close(stack: RunningStack, name: str, raw: bytes,
                                                               allowed: tuple[int, ...]) -> None:
