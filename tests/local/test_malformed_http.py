@@ -95,6 +95,10 @@ MANY_CHUNKS = b"".join(b"10000\r\n" + b"[" * 0x10000 + b"\r\n" for _ in range(32
      (400, 431)),
     ("2 MB body", request(POST + "Content-Length: 2000000\n", b"{" * 2_000_000), (413,)),
     ("2 MB chunked body", request(POST + CHUNKED, MANY_CHUNKS), (413,)),
+    # Over the API's 64 KiB and never finished: refused at once, not read until the deadline (a
+    # body in 1-byte chunks cost the front a parser callback a byte, up to 1 MiB of them).
+    ("70 kB of 1-byte chunks, then nothing", request(POST + CHUNKED, b"1\r\n{\r\n" * 70_000), (413,)),
+    ("a Content-Length over 64 KiB, then nothing", request(POST + "Content-Length: 70000\n"), (413,)),
     ("not HTTP at all", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64, (400, 408)),
     ("half a request line, then nothing", b"GET /api/v3/sta", (408,)),
     ("headers that never end", b"GET /api/v3/status HTTP/1.1\r\nHost: x\r\n", (408,)),
