@@ -99,6 +99,7 @@ MANY_CHUNKS = b"".join(b"10000\r\n" + b"[" * 0x10000 + b"\r\n" for _ in range(32
     # body in 1-byte chunks cost the front a parser callback a byte, up to 1 MiB of them).
     ("70 kB of 1-byte chunks, then nothing", request(POST + CHUNKED, b"1\r\n{\r\n" * 70_000), (413,)),
     ("a Content-Length over 64 KiB, then nothing", request(POST + "Content-Length: 70000\n"), (413,)),
+    ("1,025 chunks", request(POST + CHUNKED, b"1\r\n \r\n" * 1025 + b"0\r\n\r\n"), (413,)),
     ("not HTTP at all", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64, (400, 408)),
     ("half a request line, then nothing", b"GET /api/v3/sta", (408,)),
     ("headers that never end", b"GET /api/v3/status HTTP/1.1\r\nHost: x\r\n", (408,)),
@@ -135,6 +136,21 @@ def test_chunked_body_is_read_as_the_body(stack: RunningStack) -> None:
     answer = exchange(stack.port, raw)
     head, _, payload = answer.partition(b"\r\n\r\n")
     assert head.split()[1] == b"200", answer
+    host = json.loads(payload)[POOL]["hostname"]
+    assert call("DELETE", f"{stack.api}/vm/{host}") == (200, {"ok": True})
+
+
+@pytest.mark.slow
+def test_a_body_in_a_thousand_chunks_is_read_as_the_body(stack: RunningStack) -> None:
+    """Below the bound on chunks (1,024), however small they are: a client writing its JSON a
+    piece at a time."""
+    body = b'{"%s": "1"' % POOL.encode() + b" " * (999 - len(POOL) - 9) + b"}"
+    chunks = b"".join(b"1\r\n%c\r\n" % byte for byte in body)
+    raw = request("POST /api/v3/vm HTTP/1.1\nHost: x\nConnection: close\nTransfer-Encoding: chunked\n",
+                  chunks + b"0\r\n\r\n")
+    answer = exchange(stack.port, raw)
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"200", answer[:500]
     host = json.loads(payload)[POOL]["hostname"]
     assert call("DELETE", f"{stack.api}/vm/{host}") == (200, {"ok": True})
 
