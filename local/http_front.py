@@ -25,9 +25,11 @@ What we add to uvicorn:
   requests to a thread pool, and connections handed to the least-loaded loop;
 - one ``send`` per answer (``_CoalescingTransport``), where uvicorn writes head and body apart;
 - the bounds llhttp leaves to its user, as gunicorn has them: request target (414), header
-  fields and head size (431), chunks in a body (413), open connections per worker (the oldest slow or idle connection
-  makes way for a new one; 503 when every one has a request in the app), and a deadline for
-  every request head (408), not only for idle kept-alive connections;
+  fields and head size (431), chunks in a body (413), open connections per worker (the oldest
+  slow or idle connection makes way for a new one; 503 when every one has a request in the
+  app), and a deadline for every request head (408), not only for idle kept-alive connections;
+- the answers RFC 9112 asks for that llhttp leaves to its user (Host, HTTP version, transfer
+  codings, Expect), and an Upgrade request served as the HTTP/1.1 request it also is;
 - TCP_NODELAY on every connection (gunicorn's socket hides from asyncio that it is TCP);
 - error answers in JSON like the app's, instead of text;
 - workers and the arbiter die with their parent (PR_SET_PDEATHSIG), so a SIGKILLed
@@ -246,8 +248,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserUpgrade as upgrade:
-                data = data[upgrade.args[0]:]
-                if data and not self.transport.is_closing():
+                rest = data[upgrade.args[0]:]
+                if 0 < len(rest) < len(data) and not self.transport.is_closing():  # shorter each time
+                    data = rest
                     continue
             except httptools.HttpParserError:
                 self.logger.warning("Invalid HTTP request received.")
