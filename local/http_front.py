@@ -25,8 +25,11 @@ What we add to uvicorn:
   requests to a thread pool, and connections handed to the least-loaded loop;
 - one ``send`` per answer (``_CoalescingTransport``), where uvicorn writes head and body apart;
 - the bounds llhttp leaves to its user, as gunicorn has them: request target (414), header
-  fields and head size (431), open connections per worker (503), and a deadline for every
-  request head (408), not only for idle kept-alive connections;
+  fields and head size (431), chunks in a body (413), open connections per worker (the oldest
+  slow or idle connection makes way for a new one; 503 when every one has a request in the
+  app), and a deadline for every request head (408), not only for idle kept-alive connections;
+- the answers RFC 9112 asks for that llhttp leaves to its user (Host, HTTP version, transfer
+  codings, Expect), and an Upgrade request served as the HTTP/1.1 request it also is;
 - TCP_NODELAY on every connection (gunicorn's socket hides from asyncio that it is TCP);
 - error answers in JSON like the app's, instead of text;
 - workers and the arbiter die with their parent (PR_SET_PDEATHSIG), so a SIGKILLed
@@ -50,6 +53,7 @@ import threading
 import time
 from typing import Any, Callable, ClassVar
 
+import httptools
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -69,6 +73,11 @@ MAX_HEADER_FIELD_BYTES = 8190
 """Longest header field (name and value); longer gets 431."""
 MAX_HEAD_BYTES = 32 * 1024
 """Most bytes held for one request head while it arrives; more gets 431."""
+MAX_CHUNKS = 1024
+"""Most chunks in one chunked request body; more gets 413. A chunk costs a parser callback or
+two whatever its size: 64 KiB (the API's limit) in 1-byte chunks held a loop for tens of ms a
+read, and 4 clients sending such bodies over and over took a checkout's p50 from 15 to 117 ms
+(41 ms with this bound). Real clients send a body in a few chunks (64 bytes each at 1,024)."""
 STARTUP_SECONDS = 30
 """How long a worker's first loop waits for its other loops to start before it accepts anyway."""
 WORKER_TIMEOUT_SECONDS = 30
@@ -157,6 +166,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     _write_timer: asyncio.TimerHandle | None = None
     _in_head = True  # waiting for the first request, or inside a request's line and headers
     _head_bytes = 0
+    _chunks = 0
     _header_fields = 0
     _refusal: Refused | None = None
     _deferred: Refused | None = None
@@ -165,11 +175,16 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     on_lost: Callable[[], None] | None = None
     """Called once when the connection is gone (its loop counts it no more)."""
     made = False
+    idle: dict["BoundedHttpProtocol", None] | None = None
+    """Its loop's connections that have no whole request in the app (``_LoopServer.idle``),
+    oldest first: this one is in it from its start, and again after each answer, until the next
+    request is wholly read."""
 
     def connection_made(self, transport: Any) -> None:
         self.made = True
         super().connection_made(transport)
         self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+        self._now_idle()
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # gunicorn makes its listening socket with protocol 0, so asyncio does not know it is
@@ -178,6 +193,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._now_busy()
         self._cancel_head_timer()
         if self._write_timer is not None:
             self._write_timer.cancel()
@@ -211,7 +227,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._deferred is not None:
             return  # refused: nothing after the refused request is read, the connection ends
-        super().data_received(data)
+        self._unset_keepalive_if_required()
+        self._parse(data)
         if self._in_head and self._deferred is None and not self.transport.is_closing():
             # Counted after parsing, so a body that arrives with its head is not counted as head
             # (a pipelined request's head that arrives with the previous body counts them both).
@@ -220,6 +237,25 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 self._refuse(Refused(431, f"request head larger than {MAX_HEAD_BYTES} bytes"))
             elif self._head_timer is None:  # a kept-alive connection's next request has begun
                 self._arm_head_timer()
+
+    def _parse(self, data: bytes) -> None:
+        """uvicorn's parsing of what arrived, but for a request asking for an Upgrade (h2c,
+        websocket; CONNECT too): llhttp stops at its end and hands the rest over as the new
+        protocol's, which uvicorn dropped; a request pipelined after it was never answered (and
+        what came in a later read was parsed as HTTP again). We upgrade to nothing: the request
+        is served as the HTTP/1.1 request it also is, and what follows is the next request."""
+        while True:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as upgrade:
+                rest = data[upgrade.args[0]:]
+                if 0 < len(rest) < len(data) and not self.transport.is_closing():  # shorter each time
+                    data = rest
+                    continue
+            except httptools.HttpParserError:
+                self.logger.warning("Invalid HTTP request received.")
+                self.send_400_response("Invalid HTTP request received.")
+            return
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -239,23 +275,88 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self._stop_parsing(Refused(431, f"a header field longer than {MAX_HEADER_FIELD_BYTES} bytes"))
         super().on_header(name, value)
 
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+        if self._chunks > MAX_CHUNKS:
+            self._stop_parsing(Refused(413, f"request body in more than {MAX_CHUNKS} chunks"))
+
     def on_headers_complete(self) -> None:
+        self._chunks = 0
+        refusal = self._head_refusal()
+        if refusal is not None:
+            self._stop_parsing(refusal)
         self._in_head = False
         self._head_bytes = 0
         self._cancel_head_timer()
         super().on_headers_complete()
 
+    def _head_refusal(self) -> Refused | None:
+        """What RFC 9112 and 9110 say to answer a whole head that llhttp lets through, if anything:
+        a version other than HTTP/1.0 or 1.1 (505; llhttp reads a line without one as 0.9 and
+        takes 2.0), an HTTP/1.1 request without one Host or any with two (400), a transfer coding
+        other than chunked (501: ``gzip, chunked`` was read as chunked and the gzip dropped), an
+        expectation other than 100-continue (417), a body with a request asking for an Upgrade
+        (400)."""
+        version = self.parser.get_http_version()
+        has_body = any(name == b"transfer-encoding" or (name == b"content-length" and int(value))
+                       for name, value in self.headers)
+        if has_body and self.parser.should_upgrade():
+            # llhttp would hand the body over as the upgraded protocol's: unread, it was parsed as
+            # the next request (a request smuggled in the body of an h2c upgrade)
+            return Refused(400, "a request asking for an Upgrade may not have a body here")
+        if version not in ("1.0", "1.1"):
+            return Refused(505, f"HTTP/{version} is not served; use HTTP/1.1")
+        hosts = sum(name == b"host" for name, _ in self.headers)
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            return Refused(400, "an HTTP/1.1 request needs exactly one Host header")
+        for name, value in self.headers:
+            if name == b"transfer-encoding":
+                codings = {coding.strip().lower() for coding in value.split(b",")} - {b"chunked"}
+                if codings:
+                    listed = b", ".join(sorted(codings)).decode("latin-1")
+                    return Refused(501, f"transfer coding {listed} is not supported; only chunked")
+            elif name == b"expect" and value.strip().lower() != b"100-continue":
+                return Refused(417, "only Expect: 100-continue is supported")
+        return None
+
     def on_response_complete(self) -> None:
         self.transport.flush()  # type: ignore[attr-defined]
-        super().on_response_complete()
+        super().on_response_complete()  # starts the next pipelined request, if one waits
+        if not self.pipeline and (self.cycle is None or self.cycle.response_complete):
+            self._now_idle()
         if self._deferred is not None:
             self._owed -= 1
             if self._owed <= 0:
                 self._answer(self._deferred)
 
     def on_message_complete(self) -> None:
+        self._now_busy()  # the whole request is read: the app runs it
         super().on_message_complete()
         self._in_head = False  # until the next request's first byte; idle, uvicorn's keep-alive applies
+
+    def _now_idle(self) -> None:
+        if self.idle is not None:
+            self.idle.pop(self, None)
+            self.idle[self] = None  # last: the newest
+
+    def _now_busy(self) -> None:
+        if self.idle is not None:
+            self.idle.pop(self, None)
+
+    def evict(self) -> None:
+        """Give this connection's place to a new one (its worker is at its bound of connections):
+        called only while no whole request of it is in the app. A request half read (its head or
+        its body) is refused with a 503; a kept-alive connection between requests is closed as
+        its keep-alive timeout would; one whose client does not read what it was sent is reset."""
+        self._now_busy()
+        if self.transport.is_closing():
+            return
+        if self.transport.get_write_buffer_size():
+            self._not_reading()
+        elif self._in_head or (self.cycle is not None and not self.cycle.response_complete):
+            self._refuse(Refused(503, "too many open connections; try again"))
+        else:
+            self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to whatever httptools refuses, our Refused raised in a callback included."""
@@ -366,11 +467,26 @@ class _LoopServer(Server):
     # connections below the bound was refused.
     handed = 0
     released = 0
+    # Of the idle connections (``idle``), how many the accepting loop has asked this loop to
+    # close for a new one, and how many it has closed: one writer each, as above.
+    evictions_asked = 0
+    evictions_done = 0
+    idle: dict[BoundedHttpProtocol, None]
+    """This loop's connections with no whole request in the app, oldest first (each connection
+    keeps itself in it, on this loop's thread)."""
     _listeners: tuple[socket.socket, ...] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.idle = {}
 
     def held(self) -> int:
         """Connections this loop serves or is about to."""
         return self.handed - self.released
+
+    def spare(self) -> int:
+        """Idle connections this loop could still close for a new one."""
+        return len(self.idle) - (self.evictions_asked - self.evictions_done)
 
     async def on_tick(self, counter: int) -> bool:
         self.ticked = time.monotonic()
@@ -429,26 +545,48 @@ class _LoopServer(Server):
 
     def _hand(self, connection: socket.socket) -> None:
         """Give ``connection`` to the loop holding the fewest (this one, the accepting loop, last
-        among equals)."""
+        among equals). At the worker's bound, to the loop with the most idle connections, which
+        closes its oldest idle one for it; with none idle anywhere, the new one is turned away.
+
+        Why a bound per worker and not per client is enough: a place is held for good only by a
+        request in the app. Connections that send nothing, or a head or a body a byte a second
+        (slowloris), or sit kept alive between requests, hold one only until a new connection
+        needs it, so a client opening thousands of them no longer turns every other caller away
+        with 503 (behind one address, 127.0.0.1, a bound per client would have counted everyone
+        as that client)."""
         loops = (*(follower for follower in self.followers if follower.started), self)
-        if self.max_connections is not None and sum(loop.held() for loop in loops) >= self.max_connections:
-            _turn_away(connection)
-            return
-        target = min(loops, key=_LoopServer.held)
+        evict = self.max_connections is not None and sum(loop.held() for loop in loops) >= self.max_connections
+        if evict:
+            target = max(loops, key=_LoopServer.spare)
+            if target.spare() <= 0:
+                _turn_away(connection)
+                return
+            target.evictions_asked += 1
+        else:
+            target = min(loops, key=_LoopServer.held)
         target.handed += 1
         if target is self:
-            self._adopt(connection)
+            self._adopt(connection, evict)
             return
         assert target.loop is not None
         try:
-            target.loop.call_soon_threadsafe(target._adopt, connection)
+            target.loop.call_soon_threadsafe(target._adopt, connection, evict)
         except RuntimeError:  # that loop has closed (its worker is stopping)
             target.released += 1
             connection.close()
 
-    def _adopt(self, connection: socket.socket) -> None:
-        """Serve ``connection`` on this loop (called on this loop's thread)."""
+    def _adopt(self, connection: socket.socket, evict: bool = False) -> None:
+        """Serve ``connection`` on this loop (called on this loop's thread); ``evict``: in place
+        of this loop's oldest idle connection."""
         assert self.loop is not None
+        if evict:
+            self.evictions_done += 1
+            oldest = next(iter(self.idle), None)
+            if oldest is None:  # busy since it was asked: the new connection is the one refused
+                self.released += 1
+                _turn_away(connection)
+                return
+            oldest.evict()
         if self.should_exit:
             self.released += 1
             connection.close()
@@ -458,6 +596,7 @@ class _LoopServer(Server):
         def protocol() -> asyncio.Protocol:
             made.append(self._protocol())
             made[0].on_lost = self._release
+            made[0].idle = self.idle
             return made[0]
 
         def adopted(task: "asyncio.Task[Any]") -> None:
@@ -514,6 +653,7 @@ class OneAppWorker(UvicornWorker):
         "loop": "asyncio",
         "http": BoundedHttpProtocol,
         "lifespan": "off",
+        "ws": "none",  # no WebSocket upgrade, whatever is installed: the app serves HTTP only
         "proxy_headers": False,  # the client's address is the socket's: no X-Forwarded-For
         "server_header": False,
         "timeout_graceful_shutdown": 5,

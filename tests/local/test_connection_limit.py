@@ -1,13 +1,15 @@
-"""Open connections per HTTP worker are bounded: past the limit a new connection gets a JSON 503
-and is closed, and the connections already open are served as before. The bound is the worker's,
-whether it serves its app on one event loop (a plain Chalice app) or on several (a request-local
-app)."""
+"""Open connections per HTTP worker are bounded. At the bound a new connection takes the place of
+the oldest connection with no request in the app (sending nothing, half a head or half a body,
+or kept alive between requests); only when every connection has a request in the app does the
+new one get a JSON 503 and is closed. The bound is the worker's, whether it serves its app on
+one event loop (a plain Chalice app) or on several (a request-local app)."""
 
 from __future__ import annotations
 
 import json
+import select
 import socket
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from chalice import Chalice
@@ -31,6 +33,23 @@ ONE_LOOP = lambda: AsgiApp(app)  # noqa: E731
 FOUR_LOOPS = lambda: AsgiApp(request_local_app, threads=4)  # noqa: E731
 
 
+class HoldingApp:
+    """``inner``, and ``GET /hold``: the head of a 200 at once, then nothing more until the client
+    hangs up (a request in the app for as long as the test wants, without holding up its loop)."""
+
+    def __init__(self, inner: AsgiApp) -> None:
+        self.inner = inner
+        self.threads = inner.threads
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
+        if scope["type"] == "http" and scope["path"] == "/hold":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1")]})
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            return
+        await self.inner(scope, receive, send)
+
+
 def ask(connection: socket.socket) -> bytes:
     """GET /hello on a kept-alive connection; the whole answer."""
     connection.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -44,24 +63,26 @@ def read_to_close(connection: socket.socket) -> bytes:
     return received
 
 
+def assert_json_503(answer: bytes) -> None:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503"), answer
+    assert b"content-type: application/json" in head.lower(), answer
+    assert json.loads(body)["ok"] is False
+
+
 @pytest.mark.parametrize("load_app", [ONE_LOOP, FOUR_LOOPS], ids=["one loop", "four loops"])
-def test_connections_past_the_limit_get_a_json_503_and_the_others_are_served(load_app: Any) -> None:
+def test_connections_past_the_limit_each_with_a_request_in_the_app_get_a_json_503(load_app: Any) -> None:
     opened: list[socket.socket] = []
-    with http_front(load_app, max_connections=LIMIT) as port:
+    with http_front(lambda: HoldingApp(load_app()), max_connections=LIMIT) as port:
         try:
             opened = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(LIMIT)]
-            for connection in opened:
-                assert ask(connection).startswith(b"HTTP/1.1 200")
+            for connection in opened:  # each in the app once its answer has begun
+                connection.sendall(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert connection.recv(65536).startswith(b"HTTP/1.1 200")
 
             with socket.create_connection(("127.0.0.1", port), timeout=10) as one_too_many:
-                answer = read_to_close(one_too_many)
-            head, _, body = answer.partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 503"), answer
-            assert b"content-type: application/json" in head.lower(), answer
-            assert json.loads(body)["ok"] is False
+                assert_json_503(read_to_close(one_too_many))
 
-            for connection in opened:  # the open ones go on being served
-                assert ask(connection).startswith(b"HTTP/1.1 200")
             opened.pop().close()  # one fewer: a new connection is served again, once the worker has seen the close
 
             def served() -> bool:
@@ -69,6 +90,51 @@ def test_connections_past_the_limit_get_a_json_503_and_the_others_are_served(loa
                     return ask(next_one).startswith(b"HTTP/1.1 200")
 
             wait_for(served, 10, "a connection to be served after one closed")
+        finally:
+            for connection in opened:
+                connection.close()
+
+
+@pytest.mark.parametrize("load_app", [ONE_LOOP, FOUR_LOOPS], ids=["one loop", "four loops"])
+@pytest.mark.parametrize(("idle", "rest"), [
+    pytest.param(b"", b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", id="kept alive"),
+    pytest.param(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Slow: 1", b"\r\n\r\n", id="half a head"),
+    pytest.param(b"GET /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345", b"67890",
+                 id="half a body"),
+])
+def test_at_the_limit_a_new_connection_takes_the_place_of_the_oldest_with_no_request_in_the_app(
+        load_app: Any, idle: bytes, rest: bytes) -> None:
+    """A client holding every place of a worker with connections that send their requests a
+    byte at a time (slowloris), or keep them alive and send nothing, no longer keeps everyone
+    else out: before, every new connection got 503 while it held them."""
+    opened: list[socket.socket] = []
+    with http_front(load_app, max_connections=LIMIT) as port:
+        try:
+            opened = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(LIMIT)]
+            for connection in opened:  # served, then idle in the way the case says
+                assert ask(connection).startswith(b"HTTP/1.1 200")
+                connection.sendall(idle)
+
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as newcomer:
+                assert ask(newcomer).startswith(b"HTTP/1.1 200")
+
+                # The place was made before the newcomer was served: one connection has heard.
+                heard, _, _ = select.select(opened, [], [], 10)
+                assert len(heard) == 1, heard
+                evicted = heard[0]
+                if load_app is ONE_LOOP:  # one loop's connections: the oldest goes
+                    assert evicted is opened[0]
+                try:
+                    answer = read_to_close(evicted)
+                except ConnectionResetError:  # closed before the worker read what it had sent
+                    answer = b""
+                if answer:  # a request begun gets a 503; a connection between requests just closes
+                    assert_json_503(answer)
+                for connection in opened:
+                    if connection is not evicted:
+                        connection.sendall(rest)
+                        assert read_answer(connection).startswith(b"HTTP/1.1 200")
+                assert ask(newcomer).startswith(b"HTTP/1.1 200")
         finally:
             for connection in opened:
                 connection.close()

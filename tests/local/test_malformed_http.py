@@ -1,9 +1,10 @@
-"""Malformed and abusive HTTP against the real local stack: each gets a JSON 4xx or a clean close,
-never a hang (every socket here has a timeout), a 5xx, a traceback in the log, or its body read
-as the next request."""
+"""Malformed and abusive HTTP against the real local stack: each gets a JSON 4xx (or the 501 or
+505 for what the front does not implement) or a clean close, never a hang (every socket here has
+a timeout), a 500, a traceback in the log, a VM taken, or its body read as the next request."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from typing import Iterator
@@ -94,13 +95,29 @@ MANY_CHUNKS = b"".join(b"10000\r\n" + b"[" * 0x10000 + b"\r\n" for _ in range(32
      (400, 431)),
     ("2 MB body", request(POST + "Content-Length: 2000000\n", b"{" * 2_000_000), (413,)),
     ("2 MB chunked body", request(POST + CHUNKED, MANY_CHUNKS), (413,)),
+    # Over the API's 64 KiB and never finished: refused at once, not read until the deadline (a
+    # body in 1-byte chunks cost the front a parser callback a byte, up to 1 MiB of them).
+    ("70 kB of 1-byte chunks, then nothing", request(POST + CHUNKED, b"1\r\n{\r\n" * 70_000), (413,)),
+    ("a Content-Length over 64 KiB, then nothing", request(POST + "Content-Length: 70000\n"), (413,)),
+    ("1,025 chunks", request(POST + CHUNKED, b"1\r\n \r\n" * 1025 + b"0\r\n\r\n"), (413,)),
     ("not HTTP at all", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64, (400, 408)),
     ("half a request line, then nothing", b"GET /api/v3/sta", (408,)),
     ("headers that never end", b"GET /api/v3/status HTTP/1.1\r\nHost: x\r\n", (408,)),
+    ("HTTP/1.1 without Host", request(f"POST /api/v3/vm/{POOL} HTTP/1.1\nContent-Length: 0\n"), (400,)),
+    ("two Hosts", request(f"POST /api/v3/vm/{POOL} HTTP/1.1\nHost: a\nHost: b\nContent-Length: 0\n"), (400,)),
+    ("HTTP/2.0 request line", request(f"POST /api/v3/vm/{POOL} HTTP/2.0\nHost: x\nContent-Length: 0\n"), (505,)),
+    ("no version (HTTP/0.9)", b"GET /api/v3/status\r\n\r\n", (505,)),
+    ("gzip, chunked", request(POST + "Transfer-Encoding: gzip, chunked\n", b"2\r\n{}\r\n0\r\n\r\n"), (501,)),
+    ("an expectation not 100-continue", request(POST + "Expect: 200-ok\nContent-Length: 0\n"), (417,)),
+    # A path beginning "//" is a path, not a host and a path: not found, not /api/v3/vm/{POOL}.
+    ("a path beginning //host", request(f"POST //x/api/v3/vm/{POOL} HTTP/1.1\nHost: x\nContent-Length: 0\n"), (404,)),
+    ("a path beginning //[", request("GET //[/api/v3/status HTTP/1.1\nHost: x\nConnection: close\n"), (404,)),
 ])
 def test_malformed_request_gets_a_json_4xx_or_a_clean_close(stack: RunningStack, name: str, raw: bytes,
                                                               allowed: tuple[int, ...]) -> None:
+    running = call("GET", f"{stack.api}/status?view=pools")[1]["pools"][POOL]["running"]
     assert_refused(exchange(stack.port, raw), *allowed)
+    assert call("GET", f"{stack.api}/status?view=pools")[1]["pools"][POOL]["running"] == running  # no VM taken
 
 
 @pytest.mark.slow
@@ -119,6 +136,21 @@ def test_chunked_body_is_read_as_the_body(stack: RunningStack) -> None:
     answer = exchange(stack.port, raw)
     head, _, payload = answer.partition(b"\r\n\r\n")
     assert head.split()[1] == b"200", answer
+    host = json.loads(payload)[POOL]["hostname"]
+    assert call("DELETE", f"{stack.api}/vm/{host}") == (200, {"ok": True})
+
+
+@pytest.mark.slow
+def test_a_body_in_a_thousand_chunks_is_read_as_the_body(stack: RunningStack) -> None:
+    """Below the bound on chunks (1,024), however small they are: a client writing its JSON a
+    piece at a time."""
+    body = b'{"%s": "1"' % POOL.encode() + b" " * (999 - len(POOL) - 9) + b"}"
+    chunks = b"".join(b"1\r\n%c\r\n" % byte for byte in body)
+    raw = request("POST /api/v3/vm HTTP/1.1\nHost: x\nConnection: close\nTransfer-Encoding: chunked\n",
+                  chunks + b"0\r\n\r\n")
+    answer = exchange(stack.port, raw)
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"200", answer[:500]
     host = json.loads(payload)[POOL]["hostname"]
     assert call("DELETE", f"{stack.api}/vm/{host}") == (200, {"ok": True})
 
@@ -239,4 +271,53 @@ def test_a_request_pipelined_before_a_malformed_one_is_answered(stack: RunningSt
     assert json.loads(answers[1][2])["ok"] is False and b"content-type: application/json" in answers[1][1].lower()
     host = json.loads(answers[0][2])[POOL]["hostname"]
     assert call("GET", f"{stack.api}/status?view=pools")[1]["pools"][POOL]["running"] == running + 1
+    assert call("DELETE", f"{stack.api}/vm/{host}") == (200, {"ok": True})
+
+
+UPGRADES = [
+    pytest.param("Connection: Upgrade, HTTP2-Settings\nUpgrade: h2c\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\n",
+                 id="h2c (curl --http2)"),
+    pytest.param("Connection: Upgrade\nUpgrade: websocket\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n"
+                 "Sec-WebSocket-Version: 13\n", id="websocket"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("upgrade", UPGRADES)
+def test_a_request_asking_for_an_upgrade_is_served_as_http_and_so_is_the_next_one(stack: RunningStack,
+                                                                                  upgrade: str) -> None:
+    """We upgrade to nothing: the request is answered as the HTTP/1.1 request it also is, and a
+    request pipelined after it is the next request. Before, llhttp handed everything after the
+    upgrade request to the new protocol and uvicorn dropped it: the second request was never
+    answered, the connection closed at the keep-alive timeout."""
+    first = request(f"GET /api/v3/status HTTP/1.1\nHost: x\n{upgrade}")
+    second = request("GET /healthcheck HTTP/1.1\nHost: x\nConnection: close\n")
+    answers = answers_in(exchange(stack.port, first + second))
+    assert [answer[0] for answer in answers] == [200, 200], answers
+    assert json.loads(answers[1][2]) == {"ok": True}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("upgrade", UPGRADES)
+def test_the_body_of_a_request_asking_for_an_upgrade_is_never_run_as_a_request(stack: RunningStack,
+                                                                              upgrade: str) -> None:
+    """llhttp does not read the body of a request asking for an Upgrade (it would be the new
+    protocol's). Before, what arrived after that request's head was parsed as the next request:
+    a DELETE sent as the body of an h2c upgrade ran. Now such a request is a 400 and the
+    connection closes."""
+    status, body = eventually(lambda: (answer := call("POST", f"{stack.api}/vm/{POOL}"))[0] == 200 and answer,
+                              timeout=WAIT, what=f"a ready VM in {POOL}")
+    host = body[POOL]["hostname"]
+    smuggled = f"DELETE /api/v3/vm/{host} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    head = request(f"POST /api/v3/vm HTTP/1.1\nHost: x\n{upgrade}Content-Length: {len(smuggled)}\n")
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=WAIT) as connection:
+        connection.sendall(head)
+        answer = read_answer(connection)  # the head alone is answered: the body comes after
+        with contextlib.suppress(OSError):  # closed already, as it should be
+            connection.sendall(smuggled)
+            while connection.recv(65536):
+                pass
+    status, details = call("GET", f"{stack.api}/vm/{host}")
+    assert status == 200 and details[host.split(".")[0]]["state"] == "running", details
+    assert_refused(answer, 400)
     assert call("DELETE", f"{stack.api}/vm/{host}") == (200, {"ok": True})

@@ -24,6 +24,7 @@ from tests.local.stack import (
     descendants,
     local_stack,
     process_parents,
+    read_answer,
     stack_command,
     stack_env,
     stop,
@@ -111,6 +112,59 @@ def test_a_killed_http_server_is_started_again(tmp_path: Path) -> None:
                  60, "a new HTTP front to serve", lambda: stack.log())
         assert stack.process.poll() is None
         assert "starting it again" in stack.log()
+
+
+def worker_serving(connection: socket.socket, port: int, workers: set[int]) -> int:
+    """The HTTP worker holding the server's end of ``connection`` (from /proc: the socket's
+    inode in /proc/net/tcp, then the worker with a descriptor on it)."""
+    client_port = connection.getsockname()[1]
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if int(local.split(":")[1], 16) == port and int(remote.split(":")[1], 16) == client_port:
+            link = f"socket:[{inode}]"
+            for pid in workers:
+                with contextlib.suppress(OSError):
+                    if any(os.readlink(f"/proc/{pid}/fd/{fd}") == link for fd in os.listdir(f"/proc/{pid}/fd")):
+                        return pid
+    raise AssertionError(f"no worker holds the connection from port {client_port}")
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_request_is_replaced_and_only_its_own_connections_fail(tmp_path: Path) -> None:
+    """SIGKILL of one HTTP worker while every connection is halfway through a request: the
+    connections it held end (a reset or a close, never an answer), the other worker's finish
+    their requests and are answered, and the arbiter starts a new worker that serves."""
+    with local_stack(tmp_path, CONFIG, workers=2) as stack:
+        arbiter = running_arbiter(stack)
+        workers = descendants(arbiter)
+        assert len(workers) == 2, workers
+        connections = [socket.create_connection(("127.0.0.1", stack.port), timeout=10) for _ in range(16)]
+        try:
+            for connection in connections:  # each taken up by a worker
+                connection.sendall(b"GET /api/v3/status HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert read_answer(connection).startswith(b"HTTP/1.1 200")
+            owners = [worker_serving(connection, stack.port, workers) for connection in connections]
+            killed = owners[0]
+            assert set(owners) == workers, owners  # 16 connections, each worker some (1 in 2^15 not)
+            for connection in connections:
+                connection.sendall(b"GET /api/v3/status HTTP/1.1\r\nHost: x\r\n")  # the head's end to come
+            os.kill(killed, signal.SIGKILL)
+            wait_for(lambda: not alive(killed), 10, "the worker to die")
+            for connection, owner in zip(connections, owners, strict=True):
+                if owner == killed:
+                    with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                        connection.sendall(b"\r\n")
+                        assert connection.recv(65536) == b""
+                else:
+                    connection.sendall(b"\r\n")
+                    assert read_answer(connection).startswith(b"HTTP/1.1 200")
+            wait_for(lambda: len(descendants(arbiter) - {killed}) == 2, 30, "a new worker", stack.log)
+            assert [call("GET", f"{stack.api}/status")[0] for _ in range(20)] == [200] * 20
+        finally:
+            for connection in connections:
+                connection.close()
+        assert "Traceback" not in stack.log()
 
 
 @pytest.mark.slow
