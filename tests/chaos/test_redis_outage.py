@@ -26,6 +26,7 @@ import pytest
 import app
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.services import Services
+from chalicelib.store import StoreUnavailable
 from local.redis_server import RedisServer
 from local.scheduler import LocalScheduler
 from tests.in_process_http import make_server
@@ -177,7 +178,7 @@ def _story(load: Load, services: Services, failed: Reply, down_from: float) -> s
     record now: who moved it, and when (it failed once, a DELETE's 404 'not running', unexplained)."""
     lines = [f"{failed.call}: {failed.status} {failed.body}"]
     host = failed.call.rsplit("/", 1)[-1].split(".")[0]
-    if failed.call.startswith("POST"):
+    if failed.call.startswith("POST") or "/vm/" not in failed.call:
         return lines[0]
     for reply in list(load.replies):
         if host in reply.call or host in json.dumps(reply.body):
@@ -220,6 +221,15 @@ def _assert_clean_outage(replies: list[Reply], redis_back: float, bound: float) 
                                  f"{typical:.2f} s or more (the slowest {seconds[-1]:.2f} s)")
 
 
+def _timeouts_logged(caplog: pytest.LogCaptureFixture, since: float) -> int:
+    """How many requests the API answered 503 because Redis did not answer within the socket
+    timeout, since ``since`` (time.monotonic)."""
+    since_wall = time.time() - (time.monotonic() - since)
+    return sum(1 for record in caplog.records
+               if record.created >= since_wall and record.getMessage() == "state store unavailable"
+               and "TimeoutError" in str(getattr(record, "error", "")))
+
+
 class HeldUntilBack:
     """Wraps the store's ``checkout``: once ``armed``, the first checkout waits for ``release``
     before it reaches Redis. It stands for what a loaded machine does to a request now and then:
@@ -234,6 +244,8 @@ class HeldUntilBack:
         self._lock = threading.Lock()
         self.hostname: str | None = None
         """The VM the held checkout took, once Redis was back."""
+        self.failure: str | None = None
+        """Why it failed instead (Redis, back, slower than the socket timeout on a loaded machine)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
@@ -243,14 +255,18 @@ class HeldUntilBack:
         if not first:
             return self.original(*args, **kwargs)
         assert self.release.wait(30)
-        result = self.original(*args, **kwargs)
+        try:
+            result = self.original(*args, **kwargs)
+        except StoreUnavailable as error:
+            self.failure = str(error)
+            raise
         self.hostname = result.vms[0].hostname if result.vms else None
         return result
 
 
 @pytest.mark.parametrize("outage", ["restarted", "frozen"])
 def test_api_answers_503_quickly_while_redis_is_out_and_recovers_without_a_restart(
-        service: Service, outage: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        service: Service, outage: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     held = HeldUntilBack(service.services.store.checkout)
     monkeypatch.setattr(service.services.store, "checkout", held)
     with Load(service.port) as load:
@@ -295,7 +311,10 @@ def test_api_answers_503_quickly_while_redis_is_out_and_recovers_without_a_resta
     held_reply = [(r.status, r.started < down_until < r.started + r.seconds) for r in load.replies
                   if r.call.startswith("POST") and r.body and r.body.get(POOL, {}).get("hostname", "")
                   .split(".")[0] == held.hostname]
-    assert held_reply == [(200, True)], (held.hostname, held_reply)
+    if held.failure is None:
+        assert held_reply == [(200, True)], (held.hostname, held_reply)
+    else:
+        assert "TimeoutError" in held.failure, held.failure
     # Requests caught in flight when Redis went away answer, whichever way: within one socket
     # timeout when answered while Redis was still out (connection.py never retries a timeout).
     busy = slack - SLACK  # what the machine adds beyond what the fixed bounds allow for
@@ -303,9 +322,16 @@ def test_api_answers_503_quickly_while_redis_is_out_and_recovers_without_a_resta
         if reply.started + reply.seconds < down_until:
             assert reply.seconds < IN_FLIGHT_BOUND + busy, f"{reply.call} in flight took {reply.seconds:.2f} s"
     assert recovery < 5.0 + busy
-    # Once back, the same process serves checkouts again and the pool's data survived.
-    recent = load.between(back + recovery, time.monotonic())
-    failed = [r for r in recent if r.status != 200]
+    # Once back, the same process serves checkouts again and the pool's data survived: every
+    # answer a 200, or a 503 when Redis, back, took longer than the socket timeout to answer (a
+    # loaded machine starves it too: 3.3 s after a frozen Redis resumed at load 19), never one
+    # from the outage (a connection it broke, kept in the pool).
+    recovered_at = back + recovery
+    recent = load.between(recovered_at, time.monotonic())
+    unavailable = [r for r in recent if r.status == 503 and "unavailable" in (r.body or {}).get("error", "")]
+    failed = [r for r in recent if r.status != 200 and r not in unavailable]
     assert recent and not failed, "\n".join(_story(load, service.services, r, down_from) for r in failed)
+    assert len(unavailable) <= _timeouts_logged(caplog, since=recovered_at), \
+        "\n".join(_story(load, service.services, r, down_from) for r in unavailable)
     counts = service.services.store.counts([POOL])[POOL]
     assert counts["ready"] + counts["pending"] > 0
