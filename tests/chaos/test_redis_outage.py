@@ -1,6 +1,9 @@
 """Redis stopped (or frozen) while HTTP clients hammer the API and the scheduler reconciles: every
-request answers quickly with a 503 JSON error (never a 500, never a hang), and once Redis is back
-on the same port the same service answers 200 again, with no restart.
+request answered while Redis is out is a 503 JSON error, typically at once (never a 500, never a
+hang), and once Redis is back on the same port the same service answers 200 again, with no
+restart. A request the machine gets to only once Redis is back is served (a checkout held until
+then stands for it in every run: on a loaded machine one once failed the test as a "200 while
+Redis was down").
 
 The service runs in this process exactly as one worker of the local stack does: the Chalice app
 behind ``local.gateway``'s threaded HTTP server, and ``LocalScheduler`` reconciling every pool.
@@ -10,18 +13,20 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 import app
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.services import Services
+from chalicelib.store import StoreUnavailable
 from local.redis_server import RedisServer
 from local.scheduler import LocalScheduler
 from tests.in_process_http import make_server
@@ -173,7 +178,7 @@ def _story(load: Load, services: Services, failed: Reply, down_from: float) -> s
     record now: who moved it, and when (it failed once, a DELETE's 404 'not running', unexplained)."""
     lines = [f"{failed.call}: {failed.status} {failed.body}"]
     host = failed.call.rsplit("/", 1)[-1].split(".")[0]
-    if failed.call.startswith("POST"):
+    if failed.call.startswith("POST") or "/vm/" not in failed.call:
         return lines[0]
     for reply in list(load.replies):
         if host in reply.call or host in json.dumps(reply.body):
@@ -189,25 +194,88 @@ def _slack(replies: list[Reply]) -> float:
     return max([SLACK, *(2 * reply.seconds for reply in replies)])
 
 
-def _assert_clean_outage(replies: list[Reply], bound: float) -> None:
+def _kind(call: str) -> str:
+    """The route a call is to: the method and the path without a VM's name."""
+    return re.sub(r"/vm/[^/]+$", "/vm/<name>", call)
+
+
+def _assert_clean_outage(replies: list[Reply], redis_back: float, bound: float) -> None:
+    """``replies``: to the requests sent while Redis was out. Each one answered before Redis
+    was back is a 503 JSON error. One answered later may be a 200: the machine got to it only
+    once Redis was back, and read its data then (see HeldUntilBack). Half the answers of each
+    route come within ``bound``: a loaded machine holds a request now and then for seconds
+    (every thread of this process, 2.5 s at load 14), so a bound on the slowest failed 13 runs
+    in 145 at load 12-17 (the slowest 4.3 s; half took under 0.07 s in every run); the
+    regressions the bound is for (a socket timeout or retries with backoff on every request)
+    slow them all."""
     assert replies, "no request was answered while Redis was down"
     for reply in replies:
-        assert reply.status == 503, f"{reply.call}: {reply.status} {reply.body} while Redis was down"
-        assert reply.body is not None and reply.body.get("ok") is False, f"{reply.call}: not a JSON error"
-        assert "unavailable" in reply.body.get("error", ""), reply.body
-        assert reply.seconds < bound, f"{reply.call} took {reply.seconds:.2f} s while Redis was down"
+        if reply.started + reply.seconds < redis_back:
+            assert reply.status == 503, f"{reply.call}: {reply.status} {reply.body} while Redis was down"
+            assert reply.body is not None and reply.body.get("ok") is False, f"{reply.call}: not a JSON error"
+            assert "unavailable" in reply.body.get("error", ""), reply.body
+    for kind in sorted({_kind(reply.call) for reply in replies}):
+        seconds = sorted(reply.seconds for reply in replies if _kind(reply.call) == kind)
+        typical = seconds[len(seconds) // 2]
+        assert typical < bound, (f"{kind}: half of {len(seconds)} answers while Redis was down took "
+                                 f"{typical:.2f} s or more (the slowest {seconds[-1]:.2f} s)")
+
+
+def _timeouts_logged(caplog: pytest.LogCaptureFixture, since: float) -> int:
+    """How many requests the API answered 503 because Redis did not answer within the socket
+    timeout, since ``since`` (time.monotonic)."""
+    since_wall = time.time() - (time.monotonic() - since)
+    return sum(1 for record in caplog.records
+               if record.created >= since_wall and record.getMessage() == "state store unavailable"
+               and "TimeoutError" in str(getattr(record, "error", "")))
+
+
+class HeldUntilBack:
+    """Wraps the store's ``checkout``: once ``armed``, the first checkout waits for ``release``
+    before it reaches Redis. It stands for what a loaded machine does to a request now and then:
+    the request arrives while Redis is out, and its thread runs again only after Redis is back
+    (a 2-core machine at load 14 held every thread of this process for 2.5 s at once)."""
+
+    def __init__(self, original: Callable[..., Any]) -> None:
+        self.original = original
+        self.armed = threading.Event()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self.hostname: str | None = None
+        """The VM the held checkout took, once Redis was back."""
+        self.failure: str | None = None
+        """Why it failed instead (Redis, back, slower than the socket timeout on a loaded machine)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            first = self.armed.is_set() and not self.entered.is_set()
+            if first:
+                self.entered.set()
+        if not first:
+            return self.original(*args, **kwargs)
+        assert self.release.wait(30)
+        try:
+            result = self.original(*args, **kwargs)
+        except StoreUnavailable as error:
+            self.failure = str(error)
+            raise
+        self.hostname = result.vms[0].hostname if result.vms else None
+        return result
 
 
 @pytest.mark.parametrize("outage", ["restarted", "frozen"])
 def test_api_answers_503_quickly_while_redis_is_out_and_recovers_without_a_restart(
-        service: Service, outage: str) -> None:
+        service: Service, outage: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    held = HeldUntilBack(service.services.store.checkout)
+    monkeypatch.setattr(service.services.store, "checkout", held)
     with Load(service.port) as load:
         time.sleep(1.0)
         healthy = [r for r in list(load.replies) if r.status == 200]
         assert healthy, "the service never worked"
         slack = _slack(healthy)
-        # Each request sent while Redis was out answers within this (a refused connection costs
-        # nothing, a frozen Redis one socket timeout) plus what the machine adds.
+        # The typical request sent while Redis was out answers within this (a refused connection
+        # costs nothing, a frozen Redis one socket timeout) plus what the machine adds.
         bound = slack if outage == "restarted" else SOCKET_TIMEOUT + slack
         process = service.redis_server.process
         assert process is not None
@@ -216,32 +284,54 @@ def test_api_answers_503_quickly_while_redis_is_out_and_recovers_without_a_resta
         else:
             process.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
         down_from = time.monotonic()
+        held.armed.set()
         # Long enough that requests are sent inside the window checked below, [down_from,
         # down_until - bound]; frozen: after clients caught in flight (up to IN_FLIGHT_BOUND)
         # are answered (it was one socket timeout: flaky).
         time.sleep(bound + 3.0 if outage == "restarted" else IN_FLIGHT_BOUND + bound + 1.5)
         down_until = time.monotonic()
-        if outage == "restarted":
-            service.redis_server.start()  # same port, same data
-        else:
-            process.send_signal(signal.SIGCONT)
+        try:
+            if outage == "restarted":
+                service.redis_server.start()  # same port, same data
+            else:
+                process.send_signal(signal.SIGCONT)
+        finally:
+            held.release.set()  # the held checkout reaches Redis only now
         back = time.monotonic()
+        assert held.entered.is_set(), "no checkout was sent while Redis was down"
         recovery = _until_healthy(load, back, timeout=10.0)
         time.sleep(0.3)
 
-    assert load.errors == []
+    assert load.errors == []  # a request unanswered within the clients' 10 s timeout: a hang
     assert not [r for r in load.replies if r.status >= 500 and r.status != 503], "a 5xx other than 503"
-    # Requests sent while Redis was out: 503 JSON, each within the client's socket timeout.
-    _assert_clean_outage(load.between(down_from, down_until - bound), bound)
-    # Requests caught in flight when Redis went away: redis-py retries them (up to ~2.3 s of
-    # backoff), then they answer, whichever way; none hangs.
+    # Requests sent while Redis was out: 503 JSON while it was, typically within the bound.
+    _assert_clean_outage(load.between(down_from, down_until - bound), down_until, bound)
+    # The checkout the machine got to only once Redis was back (sent while it was out, or in
+    # flight as it went) was served by the Redis back: once failed as a "200 while Redis was down".
+    held_reply = [(r.status, r.started < down_until < r.started + r.seconds) for r in load.replies
+                  if r.call.startswith("POST") and r.body and r.body.get(POOL, {}).get("hostname", "")
+                  .split(".")[0] == held.hostname]
+    if held.failure is None:
+        assert held_reply == [(200, True)], (held.hostname, held_reply)
+    else:
+        assert "TimeoutError" in held.failure, held.failure
+    # Requests caught in flight when Redis went away answer, whichever way: within one socket
+    # timeout when answered while Redis was still out (connection.py never retries a timeout).
     busy = slack - SLACK  # what the machine adds beyond what the fixed bounds allow for
     for reply in load.between(down_from - 0.5, down_from):
-        assert reply.seconds < IN_FLIGHT_BOUND + busy, f"{reply.call} in flight took {reply.seconds:.2f} s"
+        if reply.started + reply.seconds < down_until:
+            assert reply.seconds < IN_FLIGHT_BOUND + busy, f"{reply.call} in flight took {reply.seconds:.2f} s"
     assert recovery < 5.0 + busy
-    # Once back, the same process serves checkouts again and the pool's data survived.
-    recent = load.between(back + recovery, time.monotonic())
-    failed = [r for r in recent if r.status != 200]
+    # Once back, the same process serves checkouts again and the pool's data survived: every
+    # answer a 200, or a 503 when Redis, back, took longer than the socket timeout to answer (a
+    # loaded machine starves it too: 3.3 s after a frozen Redis resumed at load 19), never one
+    # from the outage (a connection it broke, kept in the pool).
+    recovered_at = back + recovery
+    recent = load.between(recovered_at, time.monotonic())
+    unavailable = [r for r in recent if r.status == 503 and "unavailable" in (r.body or {}).get("error", "")]
+    failed = [r for r in recent if r.status != 200 and r not in unavailable]
     assert recent and not failed, "\n".join(_story(load, service.services, r, down_from) for r in failed)
+    assert len(unavailable) <= _timeouts_logged(caplog, since=recovered_at), \
+        "\n".join(_story(load, service.services, r, down_from) for r in unavailable)
     counts = service.services.store.counts([POOL])[POOL]
     assert counts["ready"] + counts["pending"] > 0
