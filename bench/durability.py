@@ -110,6 +110,7 @@ def main() -> None:
         ("lone redis, no persistence", lambda: lone(None, size)),
         ("lone redis, appendfsync everysec", lambda: lone("everysec", size)),
         ("lone redis, appendfsync always", lambda: lone("always", size)),
+        ("lone redis, appendfsync no", lambda: lone("no", size)),
         ("primary+replica, no WAIT", lambda: paired(0, size)),
         ("primary+replica, WAIT 1", lambda: paired(1, size)),
     ]

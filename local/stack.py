@@ -57,6 +57,11 @@ class Stack:
             time.sleep(0.2)
 
 
+PORT_TRIES = 3
+"""Starts on another port when the one chosen was taken before the stack bound it (any process of
+the machine may take a free port meanwhile: an outgoing connection gets one as its own)."""
+
+
 @contextlib.contextmanager
 def local_stack(config_yaml: str, workers: int | None = None, interval: float = 10.0,
                 env: dict[str, str] | None = None) -> Iterator[Stack]:
@@ -64,45 +69,59 @@ def local_stack(config_yaml: str, workers: int | None = None, interval: float = 
     workdir = Path(tempfile.mkdtemp(prefix="vmpool-bench-"))
     config_file = workdir / "vmpool.yaml"
     config_file.write_text(config_yaml)
-    port, redis_port = free_port(), free_port()
-    # local.run keeps its Redis data under .run/ (shared with `make run`); a bench stack gets a
-    # state directory of its own so it neither loads nor overwrites anyone's data.
-    launcher = ("import sys; from pathlib import Path; import local.run as run; "
-                f"run.STATE_DIR = Path({str(workdir)!r}); sys.exit(run.main(sys.argv[1:]))")
-    command = [sys.executable, "-c", launcher, "--port", str(port), "--config", str(config_file),
-               "--redis-port", str(redis_port), "--interval", str(interval)]
-    if workers:
-        command += ["--workers", str(workers)]
-    environment = {**os.environ, "POWERTOOLS_LOG_LEVEL": "WARNING", **(env or {})}
-    log = (workdir / "stderr.log").open("w")
-    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE,
-                               stderr=log, text=True)
+    log_path = workdir / "stderr.log"
+    process: subprocess.Popen[str] | None = None
     try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + 60
-        for line in process.stdout:
-            found = re.search(r"redis on port (\d+)", line)
-            if found:
-                redis_port = int(found.group(1))
+        for attempt in range(1, PORT_TRIES + 1):
+            port = free_port()
+            # local.run keeps its Redis data under .run/ (shared with `make run`); a bench stack gets
+            # a state directory of its own so it neither loads nor overwrites anyone's data. Its Redis
+            # on a free port it picks itself (and picks again if that one is taken meanwhile).
+            launcher = ("import sys; from pathlib import Path; import local.run as run; "
+                        f"run.STATE_DIR = Path({str(workdir)!r}); sys.exit(run.main(sys.argv[1:]))")
+            command = [sys.executable, "-c", launcher, "--port", str(port), "--config", str(config_file),
+                       "--interval", str(interval)]
+            if workers:
+                command += ["--workers", str(workers)]
+            environment = {**os.environ, "POWERTOOLS_LOG_LEVEL": "WARNING", **(env or {})}
+            with log_path.open("w") as log:
+                process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE,
+                                           stderr=log, text=True)
+            redis_port = _banner(process)
+            if redis_port is not None:
                 break
-            if time.monotonic() > deadline:
-                raise RuntimeError("the local stack did not start")
-        else:
-            tail = (workdir / "stderr.log").read_text()[-2000:]
-            raise RuntimeError(f"the local stack exited before serving: {tail}")
+            tail = log_path.read_text()[-2000:]
+            if attempt == PORT_TRIES or f"port {port} is in use" not in tail:
+                raise RuntimeError(f"the local stack exited before serving: {tail}")
+        assert process is not None and redis_port is not None
         # Keep draining its output so it never blocks on a full pipe.
         threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # type: ignore[union-attr]
         yield Stack(process, port, redis_port)
     finally:
-        if process.poll() is None:
+        if process is not None and process.poll() is None:
             process.send_signal(signal.SIGINT)
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        log.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _banner(process: subprocess.Popen[str]) -> int | None:
+    """The port of the stack's Redis, from the line it prints once it serves; None if it exits
+    before. RuntimeError if it has printed nothing such within 60 s."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + 60
+    for line in process.stdout:
+        found = re.search(r"redis on port (\d+)", line)
+        if found:
+            return int(found.group(1))
+        if time.monotonic() > deadline:
+            raise RuntimeError("the local stack did not start")
+    process.stdout.close()
+    process.wait()
+    return None
 
 
 def dummy_config(pools: Sequence[tuple[str, int]], task_limit: int = 100_000,

@@ -52,6 +52,13 @@ def stack_env(config_file: Path, state_dir: Path) -> dict[str, str]:
     return env
 
 
+PORT_TRIES = 3
+"""Starts of a stack whose HTTP port was taken meanwhile. free_port() finds a port nothing uses,
+but any process of the machine may take it before the stack binds it (an outgoing connection
+gets one of these ports as its own): the stack then refuses, "port N is in use", and is started
+again on another. Tests of that refusal start their stack themselves (``run_refused``)."""
+
+
 @contextlib.contextmanager
 def local_stack(tmp_path: Path, config: str, workers: int = 2, interval: float = 30.0,
                 name: str = "stack", env: dict[str, str] | None = None,
@@ -62,23 +69,37 @@ def local_stack(tmp_path: Path, config: str, workers: int = 2, interval: float =
     config_file = tmp_path / f"{name}.yaml"
     config_file.write_text(config)
     state_dir = state_dir or tmp_path / f"{name}-state"
-    port = free_port()
     log_path = tmp_path / f"{name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(stack_command(port, workers, interval) + (extra_args or []), cwd=REPO_ROOT,
-                                   env={**stack_env(config_file, state_dir), **(env or {})}, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True,
-                                   preexec_fn=_ignore_sigint if sigint_ignored else None)
+    for attempt in range(1, PORT_TRIES + 1):
+        port = free_port()
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(stack_command(port, workers, interval) + (extra_args or []), cwd=REPO_ROOT,
+                                       env={**stack_env(config_file, state_dir), **(env or {})}, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True,
+                                       preexec_fn=_ignore_sigint if sigint_ignored else None)
+        try:
+            banner = _banner(process, log_path)
+        except AssertionError:
+            stop(process)
+            if attempt < PORT_TRIES and f"port {port} is in use" in log_path.read_text(errors="replace"):
+                continue  # taken between free_port() and the stack's bind: another port
+            raise
+        break
     try:
-        def started() -> re.Match[str] | None:
-            if process.poll() is not None:
-                raise AssertionError(f"the stack exited ({process.returncode}):\n{log_path.read_text()}")
-            return re.search(r"redis on port (\d+)", log_path.read_text())
-
-        banner = wait_for(started, 30, "the stack to start", lambda: log_path.read_text())
         yield RunningStack(process, port, int(banner.group(1)), log_path, state_dir)
     finally:
         stop(process)
+
+
+def _banner(process: subprocess.Popen[bytes], log_path: Path) -> re.Match[str]:
+    """The line a stack prints once it serves (its Redis port in it); AssertionError if it exits
+    first or has not printed it within 30 s."""
+    def started() -> re.Match[str] | None:
+        if process.poll() is not None:
+            raise AssertionError(f"the stack exited ({process.returncode}):\n{log_path.read_text()}")
+        return re.search(r"redis on port (\d+)", log_path.read_text())
+
+    return wait_for(started, 30, "the stack to start", lambda: log_path.read_text())
 
 
 def _ignore_sigint() -> None:

@@ -87,7 +87,6 @@ def test_a_dead_stacks_leases_are_released_at_the_restart_and_a_live_holders_are
         for pool, token in leases.items():
             store.set(KEYS.lease(pool), token, px=120_000)
             assert call("POST", f"{stack.api}/vm/{pool}")[0] == 200
-        time.sleep(1.5)  # appendfsync everysec: the leases reach the append-only file
         state_dir = stack.state_dir
         kill_stack(stack)
 
@@ -215,7 +214,6 @@ def test_a_task_the_dead_stack_took_but_never_started_fails_at_the_restart_and_t
         status, body = call("POST", f"{stack.api}/vm/{host}/snapshot")
         assert status == 202, body
         snapshot = body[host]["snapshot"]
-        time.sleep(1.5)  # appendfsync everysec
         assert store.hget(KEYS.vm(host), "task")  # still waiting for its provider ref
         state_dir = stack.state_dir
         kill_stack(stack)
@@ -260,7 +258,6 @@ def test_a_clone_the_dead_stack_reserved_but_never_started_gives_its_place_back_
         reserve_and_die(stack.redis_port, "tasks", "never-cloned")
         status, body = call("POST", f"{stack.api}/vm/tasks")  # the pool's one VM: it needs another
         assert status == 200, body
-        time.sleep(1.5)  # appendfsync everysec
         assert not ready(store, "tasks")  # the reserved clone counts as the pool's one VM to come
         state_dir = stack.state_dir
         kill_stack(stack)
@@ -309,7 +306,6 @@ def test_a_clone_the_dead_stack_reserved_for_an_ondemand_request_but_never_start
         assert status == 201, body
         request_id = body["request_id"]
         in_a_process_that_dies(_reserve_for_request, stack.redis_port, request_id, "tasks", "never-cloned")
-        time.sleep(1.5)  # appendfsync everysec
         state_dir = stack.state_dir
         kill_stack(stack)
 
@@ -348,7 +344,6 @@ def test_a_migration_slot_the_dead_stack_took_but_never_started_is_freed_at_the_
         assert status == 200, body
         first = body["moves"]["hostname"].split(".")[0]
         in_a_process_that_dies(_take_migration_slot, stack.redis_port, first)
-        time.sleep(1.5)  # appendfsync everysec
         state_dir = stack.state_dir
         kill_stack(stack)
 
