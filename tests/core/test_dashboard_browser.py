@@ -5,10 +5,7 @@ docs/dashboard.png)."""
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import signal
 import struct
 import subprocess
 import time
@@ -22,8 +19,8 @@ import redis
 
 from chalicelib.store import Store
 from chalicelib.store.history import PoolHistory, Sample, minute_of
-from local.redis_server import free_port
-from tests.core.test_local_stack import REPO_ROOT, call, launch, wait_for
+from tests.core.test_local_stack import REPO_ROOT, call, wait_for
+from tests.local.stack import local_stack as running_stack
 
 CONFIG = """\
 config: {domain: example.com, check_loop_delay_min: 0.2, task_limit: 10, site_name: "<b>CI pools</b> (staging)"}
@@ -46,20 +43,8 @@ CHROMIUM = shutil.which("chromium")
 def local_stack(tmp_path: Path, config: str = CONFIG) -> Iterator[tuple[str, int]]:
     """The local stack serving ``config`` on a free port: (its base URL, its Redis port). Stopped
     with Ctrl-C."""
-    port = free_port()
-    log_path = tmp_path / "stack.log"
-    with log_path.open("w") as log:
-        stack = launch(config, tmp_path, port, log, "--workers", "1", "--interval", "5")
-    try:
-        banner = wait_for(lambda: re.search(r"redis on port (\d+)", log_path.read_text()), 20, "the stack to start")
-        yield f"http://127.0.0.1:{port}", int(banner.group(1))
-    finally:
-        os.killpg(stack.pid, signal.SIGINT)
-        try:
-            stack.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(stack.pid, signal.SIGKILL)
-            stack.wait()
+    with running_stack(tmp_path, config, workers=1, interval=5) as stack:
+        yield f"http://127.0.0.1:{stack.port}", stack.redis_port
 
 
 def chromium(url: str, profile: Path, *extra: str, budget_ms: int = 4000) -> str:

@@ -3,22 +3,16 @@ once, takes the VM back, and Ctrl-C stops every process it started."""
 
 from __future__ import annotations
 
-import os
-import re
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
-from local.redis_server import free_port
-from tests.local.stack import REPO_ROOT, alive, call, descendants, stack_env, wait_for
+from tests.local.stack import REPO_ROOT, alive, call, descendants, local_stack, stop, wait_for
 
-__all__ = ["REPO_ROOT", "call", "launch", "wait_for"]  # the dashboard's browser test starts the stack here too
+__all__ = ["REPO_ROOT", "call", "wait_for"]  # the dashboard's tests use these too
 
 # Fast dummy clones; the pool names are the test's own so a developer's stack state is untouched.
 CONFIG = """\
@@ -38,38 +32,18 @@ REFILL_BOUND = 5.0
 still far below the tick."""
 
 
-def launch(config: str, tmp_path: Path, port: int, log: IO[str], *args: str) -> subprocess.Popen[bytes]:
-    """`python -m local.run` on ``port`` with ``config``, in its own session (so its whole process
-    group can be stopped), its state under ``tmp_path``, its output in ``log``."""
-    config_file = tmp_path / "vmpool.yaml"
-    config_file.write_text(config)
-    return subprocess.Popen(
-        [sys.executable, "-m", "local.run", "--port", str(port), *args],
-        cwd=REPO_ROOT, env=stack_env(config_file, tmp_path / "state"), stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
 @pytest.mark.slow
 def test_local_stack_fills_serves_refills_and_stops_cleanly(tmp_path: Path) -> None:
-    port = free_port()
-    log = (tmp_path / "stack.log").open("w+")
-    stack = launch(CONFIG, tmp_path, port, log, "--workers", "2", "--interval", str(SCHEDULE_INTERVAL))
-    api = f"http://127.0.0.1:{port}/api/v3"
-    try:
-        banner = wait_for(
-            lambda: re.search(r"redis on port (\d+)", Path(log.name).read_text()), 20, "the stack to start"
-        )
-        redis_port = int(banner.group(1))
-        processes = descendants(stack.pid)
+    with local_stack(tmp_path, CONFIG, workers=2, interval=SCHEDULE_INTERVAL) as stack:
+        processes = descendants(stack.process.pid)
         assert len(processes) >= 4, processes  # gunicorn's arbiter, two HTTP workers and redis-server
 
         def pools() -> dict[str, Any]:
-            return call("GET", f"{api}/status?view=pools")[1]["pools"]
+            return call("GET", f"{stack.api}/status?view=pools")[1]["pools"]
 
         wait_for(lambda: all(p["ready"] == p["max"] for p in pools().values()), 15, "the pools to fill")
 
-        status, body = call("POST", f"{api}/vm", {"e2e-linux": "1"})
+        status, body = call("POST", f"{stack.api}/vm", {"e2e-linux": "1"})
         assert status == 200 and body["ok"] is True, body
         fqdn = body["e2e-linux"]["hostname"]
         assert fqdn.endswith(".example.com")
@@ -80,26 +54,18 @@ def test_local_stack_fills_serves_refills_and_stops_cleanly(tmp_path: Path) -> N
         assert time.monotonic() - checked_out < REFILL_BOUND
         assert sum(p["running"] for p in pools().values()) == 1
 
-        status, body = call("DELETE", f"{api}/vm/{fqdn}")
+        status, body = call("DELETE", f"{stack.api}/vm/{fqdn}")
         assert (status, body) == (200, {"ok": True})
         wait_for(lambda: sum(p["running"] for p in pools().values()) == 0, 5, "the returned VM to leave running")
         wait_for(lambda: all(p["ready"] == p["max"] for p in pools().values()), 10, "the pools to be full again")
-    finally:
-        os.killpg(stack.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
-        try:
-            returncode = stack.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(stack.pid, signal.SIGKILL)
-            stack.wait()
-            raise
-        output = Path(log.name).read_text()
-        log.close()
+        returncode = stop(stack.process)  # Ctrl-C: the whole foreground process group
+    output = stack.log()
 
     assert returncode == 0, output
     assert "vmpool: stopped" in output
     survivors = {pid for pid in processes if alive(pid)}
     assert survivors == set(), output
     with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", redis_port), timeout=1).close()
+        socket.create_connection(("127.0.0.1", stack.redis_port), timeout=1).close()
     with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        socket.create_connection(("127.0.0.1", stack.port), timeout=1).close()

@@ -273,6 +273,22 @@ def test_a_bench_or_fuzz_stack_whose_port_was_taken_after_it_was_chosen_starts_o
         assert call("GET", f"http://127.0.0.1:{stack.port}/api/v3/status")[0] == 200
 
 
+@pytest.mark.slow
+def test_the_dashboard_tests_stack_whose_port_was_taken_after_it_was_chosen_starts_on_another(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for the stack the dashboard's browser tests start (and tests/core/test_local_stack.py
+    and tests/infra/test_smoke.py, which chose their port the same way): they start theirs with
+    this harness now. Before, each picked its port itself, with free_port() of its own module."""
+    import tests.core.test_dashboard_browser as dashboard
+    import tests.local.stack as harness
+
+    with first_port_taken(harness, monkeypatch) as taken:
+        monkeypatch.setattr(dashboard, "free_port", lambda: taken, raising=False)  # its own choice, before
+        with dashboard.local_stack(tmp_path, CONFIG) as (base, _):
+            assert base != f"http://127.0.0.1:{taken}"
+            assert call("GET", f"{base}/api/v3/status")[0] == 200
+
+
 def test_a_port_left_in_time_wait_by_the_last_stack_is_free_for_the_next() -> None:
     """`make run` stopped after serving, then started again on its port: the connections the
     old stack closed linger in TIME_WAIT for a minute. Before, the check that no stale stack
