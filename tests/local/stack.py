@@ -13,15 +13,17 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from tests.support import eventually, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 
 
 @dataclass
@@ -53,10 +55,26 @@ def stack_env(config_file: Path, state_dir: Path) -> dict[str, str]:
 
 
 PORT_TRIES = 3
-"""Starts of a stack whose HTTP port was taken meanwhile. free_port() finds a port nothing uses,
-but any process of the machine may take it before the stack binds it (an outgoing connection
-gets one of these ports as its own): the stack then refuses, "port N is in use", and is started
-again on another. Tests of that refusal start their stack themselves (``run_refused``)."""
+"""Starts of a server whose port was taken meanwhile. free_port() finds a port nothing uses,
+but any process of the machine may take it before the server binds it (an outgoing connection
+gets one of these ports as its own): the server then refuses (the stack: "port N is in use"),
+and is started again on another. Tests of that refusal start their server themselves
+(``run_refused``)."""
+
+
+def on_a_free_port(start: Callable[[int], T], taken: Callable[[int], bool]) -> tuple[int, T]:
+    """``start(port)`` on a free port: the port and what it returned. When it fails
+    (AssertionError; it has stopped what it started) and ``taken(port)`` says it was refused
+    because another process took the port after free_port() chose it, again on a fresh port
+    (PORT_TRIES in all)."""
+    for attempt in range(1, PORT_TRIES + 1):
+        port = free_port()
+        try:
+            return port, start(port)
+        except AssertionError:
+            if attempt == PORT_TRIES or not taken(port):
+                raise
+    raise AssertionError("unreachable: the last try returns or raises")
 
 
 @contextlib.contextmanager
@@ -70,21 +88,21 @@ def local_stack(tmp_path: Path, config: str, workers: int = 2, interval: float =
     config_file.write_text(config)
     state_dir = state_dir or tmp_path / f"{name}-state"
     log_path = tmp_path / f"{name}.log"
-    for attempt in range(1, PORT_TRIES + 1):
-        port = free_port()
+
+    def start(port: int) -> tuple[subprocess.Popen[bytes], re.Match[str]]:
         with log_path.open("wb") as log:
             process = subprocess.Popen(stack_command(port, workers, interval) + (extra_args or []), cwd=REPO_ROOT,
                                        env={**stack_env(config_file, state_dir), **(env or {})}, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True,
                                        preexec_fn=_ignore_sigint if sigint_ignored else None)
         try:
-            banner = _banner(process, log_path)
+            return process, _banner(process, log_path)
         except AssertionError:
             stop(process)
-            if attempt < PORT_TRIES and f"port {port} is in use" in log_path.read_text(errors="replace"):
-                continue  # taken between free_port() and the stack's bind: another port
             raise
-        break
+
+    port, (process, banner) = on_a_free_port(
+        start, lambda port: f"port {port} is in use" in log_path.read_text(errors="replace"))
     try:
         yield RunningStack(process, port, int(banner.group(1)), log_path, state_dir)
     finally:
@@ -194,23 +212,55 @@ def read_answer(connection: socket.socket) -> bytes:
 def http_front(load_app: Callable[[], Any], open_files: int | None = None, **options: Any) -> Iterator[int]:
     """``local.http_front.HttpFront`` with one worker, serving ``load_app()`` in a forked process
     on a free port (yielded) until the block ends; ``open_files``: the process's limit of open
-    descriptors (soft and hard), as ``ulimit -n`` would set it."""
+    descriptors (soft and hard), as ``ulimit -n`` would set it. Its log (gunicorn's, on stderr)
+    is read to see whether it refused a port taken meanwhile, and is copied to the test's
+    stderr at the end."""
     from local.http_front import HttpFront
 
-    port = free_port()
     context = multiprocessing.get_context("fork")
-    ready = context.Semaphore(0)
+    with tempfile.TemporaryDirectory(prefix="vmpool-front-") as workdir:
+        log_path = Path(workdir) / "front.log"
+        log_path.touch()
 
-    def serve() -> None:
-        if open_files is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
-        HttpFront(load_app, "127.0.0.1", port, workers=1, on_worker_ready=ready.release, **options).run()
+        def refused(port: int) -> bool:
+            """gunicorn's worker could not bind ``port``: something else listens on it. (It tries
+            again for 5 s, then the arbiter starts another worker that tries again: not waited for.)"""
+            return f"Connection in use: ('127.0.0.1', {port})" in log_path.read_text(errors="replace")
 
-    server = context.Process(target=serve)
-    server.start()
-    try:
-        assert ready.acquire(timeout=30), "the HTTP front did not start"
-        yield port
-    finally:
-        server.terminate()
-        server.join(timeout=15)
+        def start(port: int) -> multiprocessing.process.BaseProcess:
+            ready = context.Semaphore(0)
+
+            def serve() -> None:
+                with log_path.open("ab") as log:
+                    os.dup2(log.fileno(), sys.stderr.fileno())
+                if open_files is not None:
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+                HttpFront(load_app, "127.0.0.1", port, workers=1, on_worker_ready=ready.release, **options).run()
+
+            server = context.Process(target=serve)
+            server.start()
+
+            def started() -> bool:
+                if server.exitcode is not None or refused(port):
+                    raise AssertionError(f"the HTTP front exited or refused its port ({server.exitcode}):\n"
+                                         f"{log_path.read_text()}")
+                return ready.acquire(timeout=0.1)
+
+            try:
+                wait_for(started, 30, "the HTTP front to start", log_path.read_text)
+            except AssertionError:
+                _stop_front(server)
+                raise
+            return server
+
+        port, server = on_a_free_port(start, refused)
+        try:
+            yield port
+        finally:
+            _stop_front(server)
+            sys.stderr.write(log_path.read_text(errors="replace"))
+
+
+def _stop_front(server: multiprocessing.process.BaseProcess) -> None:
+    server.terminate()
+    server.join(timeout=15)

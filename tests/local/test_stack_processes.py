@@ -289,6 +289,24 @@ def test_the_dashboard_tests_stack_whose_port_was_taken_after_it_was_chosen_star
             assert call("GET", f"{base}/api/v3/status")[0] == 200
 
 
+@pytest.mark.slow
+def test_an_http_front_whose_port_was_taken_after_it_was_chosen_starts_on_another(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for ``http_front`` (the HTTP front's own tests): gunicorn refuses a taken port
+    ("Connection in use", then exits after 5 tries 1 s apart); before, the test then failed after
+    waiting 30 s for a worker that never came."""
+    from chalice import Chalice
+
+    import tests.local.stack as harness
+    from local.gateway import AsgiApp
+
+    app = Chalice(app_name="front")
+    app.route("/")(lambda: {"served": True})
+    with first_port_taken(harness, monkeypatch) as taken, harness.http_front(lambda: AsgiApp(app)) as port:
+        assert port != taken
+        assert call("GET", f"http://127.0.0.1:{port}/") == (200, {"served": True})
+
+
 def test_a_port_left_in_time_wait_by_the_last_stack_is_free_for_the_next() -> None:
     """`make run` stopped after serving, then started again on its port: the connections the
     old stack closed linger in TIME_WAIT for a minute. Before, the check that no stale stack
