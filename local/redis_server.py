@@ -16,6 +16,7 @@ minute on a crash, and the same VMs were handed out again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -31,6 +32,11 @@ from local.processes import die_with_parent, stop_process
 APPEND_FSYNC = "no"
 """Redis's ``appendfsync`` for a persistent server: the kernel writes the file to disk on its own
 (within about 30 s), Redis never holds a write back (see the module's docstring)."""
+
+
+LOG_BYTES = 1_000_000
+"""A redis-server log larger than this when the server starts is moved to ``<name>.1`` (replacing
+the one before): Redis never rotates its log itself, and a stack runs for months."""
 
 
 def free_port() -> int:
@@ -54,7 +60,7 @@ class RedisServer:
 
     def __init__(self, port: int | None = None, data_dir: Path | None = None, persist: bool = False,
                  replica_of: int | None = None, appendfsync: str = APPEND_FSYNC, die_with_parent: bool = False,
-                 pass_fds: tuple[int, ...] = ()) -> None:
+                 pass_fds: tuple[int, ...] = (), log_file: Path | None = None) -> None:
         self.port = port or free_port()
         self._port_asked = port is not None
         """The caller named the port: never move to another one. Else a first start that finds
@@ -70,6 +76,9 @@ class RedisServer:
         self.pass_fds = pass_fds
         """Descriptors the server keeps open for as long as it runs (the local stack's lock on its
         state directory: no second stack starts on the data while this server still writes it)."""
+        self.log_file = log_file
+        """Where the server logs at notice level (its starts, loads, AOF rewrites, warnings, a
+        crash's report); None: nowhere, warnings only."""
         self.process: subprocess.Popen[bytes] | None = None
         self._started = False
 
@@ -99,6 +108,13 @@ class RedisServer:
             self.stop()  # a directory of its own goes too
         raise RuntimeError(f"redis-server did not start on port {self.port}: {why}")
 
+    @staticmethod
+    def _rotate_log(log_file: Path) -> None:
+        """Keep the log bounded (two files of about LOG_BYTES) across starts."""
+        with contextlib.suppress(FileNotFoundError):
+            if log_file.stat().st_size > LOG_BYTES:
+                log_file.replace(log_file.with_name(log_file.name + ".1"))
+
     def _start_once(self, binary: str, timeout: float) -> bool:
         """One redis-server process; whether it serves (else it is stopped)."""
         # A data directory kept by an older version has a snapshot but no append-only file:
@@ -109,8 +125,14 @@ class RedisServer:
             binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
             "--save", "", "--appendonly", "yes" if self.persist and not migrate else "no",
             "--appendfsync", self.appendfsync,
-            "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning",
+            "--protected-mode", "yes", "--daemonize", "no",
         ]
+        if self.log_file is not None:
+            self._rotate_log(self.log_file)
+            # Absolute: redis-server resolves it after changing to its --dir.
+            args += ["--loglevel", "notice", "--logfile", str(self.log_file.resolve())]
+        else:
+            args += ["--loglevel", "warning"]
         if self.replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         parent = os.getpid()

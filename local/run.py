@@ -304,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     redis_server = RedisServer(
         port=args.redis_port or None, data_dir=STATE_DIR / f"redis-{args.provider}", persist=True,
         die_with_parent=True, pass_fds=(lock,),  # the lock held until it has stopped writing too
+        log_file=STATE_DIR / f"redis-{args.provider}.log",
     )
     if not status:
         try:

@@ -232,6 +232,35 @@ def test_a_killed_redis_server_is_started_again_with_everything_it_acknowledged(
         wait_for(lambda: call("POST", f"{stack.api}/vm/proc-debian")[0] == 200, 30, "a checkout after the crash")
         assert stack.process.poll() is None
         assert "redis-server exited" in stack.log()
+        # Its own log in the state directory tells both starts (and what it found on disk).
+        redis_log = (stack.state_dir / "redis-dummy.log").read_text()
+        assert redis_log.count("Ready to accept connections") == 2, redis_log
+
+
+def test_the_stacks_redis_log_is_bounded_across_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis never rotates its log: a stack's redis-server finding its log over LOG_BYTES at a start
+    moves it aside (replacing the one moved before), so two files of about that size at most."""
+    import local.redis_server as redis_server_module
+
+    monkeypatch.setattr(redis_server_module, "LOG_BYTES", 200)
+    log_file = tmp_path / "redis.log"
+    log_file.write_text("an old start\n" * 20)
+    (tmp_path / "redis.log.1").write_text("an older one\n")
+    server = redis_server_module.RedisServer(data_dir=tmp_path / "data", log_file=log_file)
+    try:
+        server.start()
+        assert (tmp_path / "redis.log.1").read_text() == "an old start\n" * 20
+        assert log_file.read_text().count("Ready to accept connections") == 1
+        server.stop()
+        server.start()  # its first start's log is over the bound too: moved aside, replacing the old one
+        assert (tmp_path / "redis.log.1").read_text().count("Ready to accept connections") == 1
+        assert log_file.read_text().count("Ready to accept connections") == 1
+        server.stop()
+        monkeypatch.setattr(redis_server_module, "LOG_BYTES", 1_000_000)
+        server.start()  # under the bound: it carries on in the same file
+        assert log_file.read_text().count("Ready to accept connections") == 2
+    finally:
+        server.stop()
 
 
 @contextlib.contextmanager
