@@ -11,7 +11,6 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import app
-from local.redis_server import free_port
 from tests.api.test_dashboard import CONFIG, POOLS, tick
 from tests.core.test_dashboard_browser import PoolRows, chromium
 from tests.harness import Harness
@@ -46,8 +45,8 @@ def served(make_stack: Callable[[str], Harness]) -> Iterator[tuple[Harness, str,
     for _ in range(3):
         tick(stack)
         stack.clock.advance(60)
-    port = free_port()
-    server = make_server(app.app, "127.0.0.1", port)
+    server = make_server(app.app, "127.0.0.1", 0)  # a port the kernel picks: nothing can take it first
+    port = server.server_port
     handler = server.RequestHandlerClass
     counting = OneAtATime(handler.gateway, lambda: stack.post("/api/v3/vm", {"debian": 2}))  # type: ignore[attr-defined]
     handler.gateway = counting  # type: ignore[attr-defined]

@@ -30,7 +30,7 @@ from chalicelib.store import StoreUnavailable
 from local.redis_server import RedisServer
 from local.scheduler import LocalScheduler
 from tests.in_process_http import make_server
-from tests.support import eventually, free_port
+from tests.support import eventually
 
 SOCKET_TIMEOUT = 1.5
 """The Redis client's socket timeout (config redis.socket_timeout): what a frozen Redis costs."""
@@ -138,7 +138,8 @@ def service(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.
     between (the first tick as setup ends, any pass while a failure's report is written) went
     to the terminal."""
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
-    server = RedisServer(port=free_port(), data_dir=tmp_path / "redis", persist=True).start()
+    # A free port it picks itself, and picks again if another process takes it before it binds.
+    server = RedisServer(data_dir=tmp_path / "redis", persist=True).start()
     environ = {"VMPOOL_CONFIG": CONFIG.replace("{port}", str(server.port))}
     if request.param == "url":
         environ["VMPOOL_REDIS_URL"] = server.url
@@ -148,7 +149,7 @@ def service(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.
     for _ in range(2):  # clones start, then they are ready
         reconcile_pool(services.store, services.provider("dummy"), pool, services.clock, config.service)
     saved, app._services = app._services, services
-    http_server = make_server(app.app, "127.0.0.1", free_port())
+    http_server = make_server(app.app, "127.0.0.1", 0)  # a port the kernel picks
     threading.Thread(target=http_server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
     scheduler = LocalScheduler(services, interval_seconds=0.5, budget_seconds=2.0)
     scheduler.start()
