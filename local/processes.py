@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Callable, TypeVar
 
 
 def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
@@ -51,3 +52,28 @@ def process_alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(b")", 1)[-1].split()[:1] != [b"Z"]
+
+
+T = TypeVar("T")
+
+PORT_TRIES = 3
+"""Starts of a server whose port was taken meanwhile. free_port() finds a port nothing uses,
+but any process of the machine may take it before the server binds it (an outgoing connection
+gets one of these ports as its own): the server then refuses (the stack: "port N is in use"),
+and is started again on another. Tests of that refusal start their server themselves."""
+
+
+def on_a_free_port(choose_port: Callable[[], int], start: Callable[[int], T],
+                   taken: Callable[[int], bool]) -> tuple[int, T]:
+    """``start(port)`` on a port ``choose_port()`` finds free: the port and what it returned. When
+    it fails (raises, having stopped what it started) and ``taken(port)`` says it was refused
+    because another process took the port after it was chosen, again on a fresh port
+    (PORT_TRIES in all); any other failure is raised at once."""
+    for attempt in range(1, PORT_TRIES + 1):
+        port = choose_port()
+        try:
+            return port, start(port)
+        except Exception:
+            if attempt == PORT_TRIES or not taken(port):
+                raise
+    raise AssertionError("unreachable: the last try returns or raises")

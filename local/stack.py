@@ -25,6 +25,7 @@ from typing import Iterator, Sequence
 import redis
 
 from chalicelib.store.keys import Keys
+from local.processes import on_a_free_port
 from local.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,55 +58,61 @@ class Stack:
             time.sleep(0.2)
 
 
-PORT_TRIES = 3
-"""Starts on another port when the one chosen was taken before the stack bound it (any process of
-the machine may take a free port meanwhile: an outgoing connection gets one as its own)."""
-
-
 @contextlib.contextmanager
 def local_stack(config_yaml: str, workers: int | None = None, interval: float = 10.0,
                 env: dict[str, str] | None = None) -> Iterator[Stack]:
-    """Start the local stack on free ports with ``config_yaml``; stop it (SIGINT) on exit."""
+    """Start the local stack on free ports with ``config_yaml``; stop it (SIGINT) on exit. Started
+    again on another port if its own was taken before it bound it (``on_a_free_port``)."""
     workdir = Path(tempfile.mkdtemp(prefix="vmpool-bench-"))
     config_file = workdir / "vmpool.yaml"
     config_file.write_text(config_yaml)
     log_path = workdir / "stderr.log"
+
+    def start(port: int) -> tuple[subprocess.Popen[str], int]:
+        # local.run keeps its Redis data under .run/ (shared with `make run`); a bench stack gets
+        # a state directory of its own so it neither loads nor overwrites anyone's data. Its Redis
+        # on a free port it picks itself (and picks again if that one is taken meanwhile).
+        launcher = ("import sys; from pathlib import Path; import local.run as run; "
+                    f"run.STATE_DIR = Path({str(workdir)!r}); sys.exit(run.main(sys.argv[1:]))")
+        command = [sys.executable, "-c", launcher, "--port", str(port), "--config", str(config_file),
+                   "--interval", str(interval)]
+        if workers:
+            command += ["--workers", str(workers)]
+        environment = {**os.environ, "POWERTOOLS_LOG_LEVEL": "WARNING", **(env or {})}
+        with log_path.open("w") as log:
+            process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE,
+                                       stderr=log, text=True)
+        try:
+            redis_port = _banner(process)
+        except RuntimeError:
+            _stop(process)
+            raise
+        if redis_port is None:
+            raise RuntimeError(f"the local stack exited before serving: {log_path.read_text()[-2000:]}")
+        return process, redis_port
+
     process: subprocess.Popen[str] | None = None
     try:
-        for attempt in range(1, PORT_TRIES + 1):
-            port = free_port()
-            # local.run keeps its Redis data under .run/ (shared with `make run`); a bench stack gets
-            # a state directory of its own so it neither loads nor overwrites anyone's data. Its Redis
-            # on a free port it picks itself (and picks again if that one is taken meanwhile).
-            launcher = ("import sys; from pathlib import Path; import local.run as run; "
-                        f"run.STATE_DIR = Path({str(workdir)!r}); sys.exit(run.main(sys.argv[1:]))")
-            command = [sys.executable, "-c", launcher, "--port", str(port), "--config", str(config_file),
-                       "--interval", str(interval)]
-            if workers:
-                command += ["--workers", str(workers)]
-            environment = {**os.environ, "POWERTOOLS_LOG_LEVEL": "WARNING", **(env or {})}
-            with log_path.open("w") as log:
-                process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE,
-                                           stderr=log, text=True)
-            redis_port = _banner(process)
-            if redis_port is not None:
-                break
-            tail = log_path.read_text()[-2000:]
-            if attempt == PORT_TRIES or f"port {port} is in use" not in tail:
-                raise RuntimeError(f"the local stack exited before serving: {tail}")
-        assert process is not None and redis_port is not None
+        port, (process, redis_port) = on_a_free_port(
+            lambda: free_port(), start, lambda port: f"port {port} is in use" in log_path.read_text())
         # Keep draining its output so it never blocks on a full pipe.
         threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # type: ignore[union-attr]
         yield Stack(process, port, redis_port)
     finally:
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            _stop(process)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    """SIGINT (Ctrl-C); SIGKILL if it has not stopped within 30 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _banner(process: subprocess.Popen[str]) -> int | None:

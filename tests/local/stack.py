@@ -18,12 +18,12 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator
 
+from local.processes import on_a_free_port
 from tests.support import eventually, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
 
 
 @dataclass
@@ -54,29 +54,6 @@ def stack_env(config_file: Path, state_dir: Path) -> dict[str, str]:
     return env
 
 
-PORT_TRIES = 3
-"""Starts of a server whose port was taken meanwhile. free_port() finds a port nothing uses,
-but any process of the machine may take it before the server binds it (an outgoing connection
-gets one of these ports as its own): the server then refuses (the stack: "port N is in use"),
-and is started again on another. Tests of that refusal start their server themselves
-(``run_refused``)."""
-
-
-def on_a_free_port(start: Callable[[int], T], taken: Callable[[int], bool]) -> tuple[int, T]:
-    """``start(port)`` on a free port: the port and what it returned. When it fails
-    (AssertionError; it has stopped what it started) and ``taken(port)`` says it was refused
-    because another process took the port after free_port() chose it, again on a fresh port
-    (PORT_TRIES in all)."""
-    for attempt in range(1, PORT_TRIES + 1):
-        port = free_port()
-        try:
-            return port, start(port)
-        except AssertionError:
-            if attempt == PORT_TRIES or not taken(port):
-                raise
-    raise AssertionError("unreachable: the last try returns or raises")
-
-
 @contextlib.contextmanager
 def local_stack(tmp_path: Path, config: str, workers: int = 2, interval: float = 30.0,
                 name: str = "stack", env: dict[str, str] | None = None,
@@ -102,7 +79,7 @@ def local_stack(tmp_path: Path, config: str, workers: int = 2, interval: float =
             raise
 
     port, (process, banner) = on_a_free_port(
-        start, lambda port: f"port {port} is in use" in log_path.read_text(errors="replace"))
+        lambda: free_port(), start, lambda port: f"port {port} is in use" in log_path.read_text(errors="replace"))
     try:
         yield RunningStack(process, port, int(banner.group(1)), log_path, state_dir)
     finally:
@@ -253,7 +230,7 @@ def http_front(load_app: Callable[[], Any], open_files: int | None = None, **opt
                 raise
             return server
 
-        port, server = on_a_free_port(start, refused)
+        port, server = on_a_free_port(lambda: free_port(), start, refused)  # free_port: patched in tests
         try:
             yield port
         finally:
