@@ -20,17 +20,16 @@ from moto.server import ThreadedMotoServer
 from packaged import ROOT, Package
 
 from infra import deploy
+from local.redis_server import free_port
 
 BUCKET = "my-deploy-bucket"
 
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.Session]:
-    # Port 0: the server binds a port the kernel picks, so no other process can take it between
-    # the choice and the bind (start() would then wait for ever: moto does not report the failure).
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
-    port = server.get_host_and_port()[1]
     for name, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
                         "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(name, value)

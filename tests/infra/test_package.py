@@ -20,7 +20,7 @@ from chalicelib.config import canonical_json, from_canonical, parse
 from infra import lambda_sandbox, sync_config
 from infra.sync_config import RESOURCE_FREE_ACTIONS, STAGES
 from infra.template import function_logical_id
-from local.redis_server import RedisServer
+from local.redis_server import RedisServer, free_port
 from tools.vcsim import launcher
 
 FUNCTIONS_SCRIPT = Path(__file__).with_name("packaged_functions.py")
@@ -314,7 +314,7 @@ def vcsim_url(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 @pytest.fixture
 def sqs_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)  # a port the kernel picks: see test_deploy_script.py
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
     server.start()
     try:
         host, port = server.get_host_and_port()
