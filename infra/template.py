@@ -164,28 +164,28 @@ def alarms(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
         Namespace=namespace, MetricName=m.EMPTY_POOLS, Dimensions=service,
         Statistic="Minimum", Period=60, EvaluationPeriods={"Ref": "PoolEmptyMinutes"},
         Threshold=1, ComparisonOperator="GreaterThanOrEqualToThreshold", TreatMissingData="breaching")
-    found["ReconcileErrorsAlarm"] = _alarm(
-        f"{prefix}-reconcile-errors", "Reconcile passes failed (provider or Redis errors) 3+ times in 5 minutes.",
-        Namespace=namespace, MetricName=m.RECONCILE_ERRORS, Dimensions=service, Statistic="Sum",
-        Period=300, EvaluationPeriods=1, Threshold=3, ComparisonOperator="GreaterThanOrEqualToThreshold",
-        TreatMissingData="notBreaching")
+    def service_count_alarm(name: str, description: str, metric: str, statistic: str,
+                            threshold: int) -> dict[str, Any]:
+        """Service-wide events counted over 5 minutes; no data means none happened."""
+        return _alarm(f"{prefix}-{name}", description, Namespace=namespace, MetricName=metric,
+                      Dimensions=service, Statistic=statistic, Period=300, EvaluationPeriods=1,
+                      Threshold=threshold, ComparisonOperator="GreaterThanOrEqualToThreshold",
+                      TreatMissingData="notBreaching")
 
-    found["PoolsNotQueuedAlarm"] = _alarm(
-        f"{prefix}-pools-not-queued",
+    found["ReconcileErrorsAlarm"] = service_count_alarm(
+        "reconcile-errors", "Reconcile passes failed (provider or Redis errors) 3+ times in 5 minutes.",
+        m.RECONCILE_ERRORS, "Sum", 3)
+    found["PoolsNotQueuedAlarm"] = service_count_alarm(
+        "pools-not-queued",
         "3+ ticks in 5 minutes could not put some pool's message on the reconcile queue (SQS throttling, "
         "timing out or refusing). The tick's error log line names the pools and SQS's codes.",
-        Namespace=namespace, MetricName=m.POOLS_NOT_QUEUED, Dimensions=service, Statistic="SampleCount",
-        Period=300, EvaluationPeriods=1, Threshold=3, ComparisonOperator="GreaterThanOrEqualToThreshold",
-        TreatMissingData="notBreaching")
-
-    found["TemplatePreparationFailuresAlarm"] = _alarm(
-        f"{prefix}-template-preparation-failures",
+        m.POOLS_NOT_QUEUED, "SampleCount", 3)
+    found["TemplatePreparationFailuresAlarm"] = service_count_alarm(
+        "template-preparation-failures",
         "A template's preparation (create_template_delta_disks) failed or was still under way after the "
         "clone timeout: its pool clones from the template as it is (full copies, slower). The warning or "
         "error log line names the pool and template; the dashboard's graph gives the reason.",
-        Namespace=namespace, MetricName=m.TEMPLATE_PREPARATION_FAILURES, Dimensions=service, Statistic="Sum",
-        Period=300, EvaluationPeriods=1, Threshold=1, ComparisonOperator="GreaterThanOrEqualToThreshold",
-        TreatMissingData="notBreaching")
+        m.TEMPLATE_PREPARATION_FAILURES, "Sum", 1)
 
     def stat(metric_id: str, name: str) -> dict[str, Any]:
         return {"Id": metric_id, "ReturnData": False, "MetricStat": {
