@@ -29,6 +29,7 @@ from typing import Any, Callable
 from chalicelib.clock import Clock
 from chalicelib.logs import module_logger
 from chalicelib.store.keys import DEFAULT_PREFIX, Keys
+from chalicelib.store.records import finite_number
 from chalicelib.store.scripts import script_source
 
 from .base import AuthConfigError, AuthUnavailable
@@ -59,14 +60,6 @@ def user_hash(user: str) -> str:
     """The part of the record's key naming ``user`` (a name may hold ``:``; hashed, as in the
     other per-user keys)."""
     return hashlib.sha256(user.encode("utf-8")).hexdigest()[:32]
-
-
-def _seconds(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if number == number and abs(number) != float("inf") else None
 
 
 class DirectoryCheck:
@@ -115,7 +108,7 @@ class DirectoryCheck:
             return Standing.PRESENT
         now = self.clock.now()
         fields = self.redis.hgetall(self._key(user))
-        asked, good, failed = (_seconds(fields.get(name)) for name in ("asked", "good", "failed"))
+        asked, good, failed = (finite_number(fields.get(name)) for name in ("asked", "good", "failed"))
         present = fields.get("present")
         if logged_in_at is not None and (good is None or logged_in_at > good):
             good = logged_in_at
