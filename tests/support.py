@@ -1,6 +1,7 @@
 """Helpers every test folder may use (fixtures shared by several folders are in tests/conftest.py).
 
     free_port()                      a loopback port nothing listens on
+    port_in_use(port)                whether another socket holds a loopback port
     eventually(check, timeout, what) poll a condition another process makes true on the wall clock
     emf_documents(stdout)            the CloudWatch EMF documents among printed lines
     json_lines(text)                 the structured log records among printed lines
@@ -9,7 +10,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
@@ -21,9 +24,20 @@ from chalicelib.store.store import RECOUNT
 from local.redis_server import free_port
 
 __all__ = ["RedisRoundTrips", "clone_failures_by_reason", "counts_by_reason", "emf_documents", "emitted",
-           "eventually", "free_port", "json_lines"]
+           "eventually", "free_port", "port_in_use", "json_lines"]
 
 T = TypeVar("T")
+
+
+def port_in_use(port: int) -> bool:
+    """Whether some socket holds TCP ``port`` on loopback (it cannot be bound): after a server that
+    exited at start, whether another process took its port after it was chosen."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            return error.errno == errno.EADDRINUSE
+    return False
 
 
 def eventually(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05,

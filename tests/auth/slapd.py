@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from local.processes import stop_process
-from tests.support import free_port
+from local.processes import PORT_TRIES, stop_process
+from tests.support import free_port, port_in_use
 
 BASE = "dc=example,dc=com"
 USERS_OU = f"ou=users,{BASE}"
@@ -236,6 +236,25 @@ class SlapdServer:
             ])
         )
         _run([slapadd, "-f", str(conf), "-b", BASE], input=_seed_ldif() + "\n" + self.extra_ldif)
+        # Its ports were free when chosen, but another process may take one before slapd binds
+        # it: slapd then exits (saying nothing at log level none), and it starts on fresh ones.
+        for attempt in range(1, PORT_TRIES + 1):
+            try:
+                self._launch(binary, conf, timeout)
+                return self
+            except RuntimeError:
+                stop_process(self.process)
+                self.process = None
+                self.log_file.close()
+                if attempt == PORT_TRIES or not any(map(port_in_use, (self.port, self.ldaps_port))):
+                    self.stop()
+                    raise
+                self.port, self.ldaps_port = free_port(), free_port()
+        raise AssertionError("unreachable: the last try returns or raises")
+
+    def _launch(self, binary: str, conf: Path, timeout: float) -> None:
+        """slapd on this server's ports, answering on both; RuntimeError with its log if it exits
+        or does not answer within ``timeout``."""
         listen = f"ldap://127.0.0.1:{self.port}/ ldaps://127.0.0.1:{self.ldaps_port}/"
         self.log_file = open(self.directory / "slapd.log", "wb")
         self.process = subprocess.Popen(
@@ -244,11 +263,10 @@ class SlapdServer:
         )
         deadline = time.monotonic() + timeout
         while True:
-            if self._answers():
-                return self
+            if self._answers() and self.process.poll() is None:
+                return
             if self.process.poll() is not None or time.monotonic() > deadline:
                 log = (self.directory / "slapd.log").read_text(errors="replace")
-                self.stop()
                 raise RuntimeError(f"slapd did not start on port {self.port}:\n{log[-2000:]}")
             time.sleep(0.05)
 

@@ -29,7 +29,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from local.processes import stop_process
+from local.processes import PORT_TRIES, stop_process
 
 NAMED = "/usr/sbin/named"
 ZONE = "vms.example.test"
@@ -49,6 +49,10 @@ def free_port() -> int:
             return port
 
 
+class _PortTaken(RuntimeError):
+    """named could not bind its port: another process holds it."""
+
+
 class BindServer:
     """named in the foreground with its own directory, config and zone."""
 
@@ -59,6 +63,7 @@ class BindServer:
         self.key_name = KEY_NAME
         self.key_secret = base64.b64encode(secrets.token_bytes(32)).decode()
         self.process: subprocess.Popen[bytes] | None = None
+        self._started = False
         self._write_files()
 
     def _write_files(self) -> None:
@@ -94,14 +99,33 @@ ns  IN A   127.0.0.1
 """)
 
     def start(self, timeout: float = 20.0) -> None:
-        """Start named and wait until it answers for the zone."""
+        """Start named and wait until it answers for the zone. At its first start, again on a fresh
+        port if another process took this one after it was chosen (named then serves without it,
+        saying "address in use"); a restart keeps its port, as its callers expect."""
+        first = not self._started
+        for attempt in range(1, PORT_TRIES + 1):
+            try:
+                self._launch(timeout)
+                self._started = True
+                return
+            except _PortTaken:
+                if not first or attempt == PORT_TRIES:
+                    raise
+                self.port = free_port()
+                self._write_files()
+
+    def _launch(self, timeout: float) -> None:
+        """named on this server's port, answering for the zone; RuntimeError with its log if not
+        within ``timeout`` (_PortTaken if its port was in use)."""
+        log_path = self.directory / "named.log"
+        since = log_path.stat().st_size if log_path.exists() else 0  # a restart's log follows the last's
         self.process = subprocess.Popen(
             [NAMED, "-g", "-c", str(self.directory / "named.conf"), "-n", "1"],
-            stdout=subprocess.DEVNULL, stderr=open(self.directory / "named.log", "ab"),
+            stdout=subprocess.DEVNULL, stderr=open(log_path, "ab"),
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if self.process.poll() is not None or b"address in use" in log_path.read_bytes()[since:]:
                 break
             try:
                 answer = dns.query.tcp(dns.message.make_query(self.zone, "SOA"), "127.0.0.1",
@@ -111,9 +135,10 @@ ns  IN A   127.0.0.1
             except (OSError, dns.exception.DNSException):
                 pass
             time.sleep(0.1)
-        log = (self.directory / "named.log").read_text(errors="replace")[-2000:]
+        log = log_path.read_bytes()[since:].decode(errors="replace")[-2000:]
         self.stop()
-        raise RuntimeError(f"named did not start on port {self.port}:\n{log}")
+        failure = _PortTaken if "address in use" in log else RuntimeError
+        raise failure(f"named did not start on port {self.port}:\n{log}")
 
     def stop(self) -> None:
         stop_process(self.process)

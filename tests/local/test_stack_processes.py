@@ -336,6 +336,48 @@ def test_an_http_front_whose_port_was_taken_after_it_was_chosen_starts_on_anothe
         assert call("GET", f"http://127.0.0.1:{port}/") == (200, {"served": True})
 
 
+def test_a_directory_whose_port_was_taken_after_it_was_chosen_starts_on_another() -> None:
+    """The LDAP tests' slapd (tests/auth/slapd.py) binds ports chosen free earlier. When one was
+    taken meanwhile, slapd exited and the fixture failed after its timeout, or (only the other
+    port free) took the taker for its slapd. It now starts on fresh ports and really answers."""
+    from ldap3 import Connection, Server
+
+    from tests.auth.slapd import USERS, SlapdServer
+
+    with socket.socket() as taker:
+        taker.bind(("127.0.0.1", 0))
+        taker.listen()
+        taken = taker.getsockname()[1]
+        with SlapdServer(port=taken) as directory:
+            assert directory.port != taken
+            user = next(iter(USERS))
+            with Connection(Server(directory.host, port=directory.port), user=directory.dn(user),
+                            password=directory.password(user)) as bound:
+                assert bound.bound
+
+
+def test_a_dns_server_whose_port_was_taken_after_it_was_chosen_starts_on_another(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for the DNS tests' named (tests/dns/bind.py), which went on serving without the
+    taken port ("address in use") until its start timed out 20 s later. A restart keeps its port."""
+    import tests.dns.bind as bind
+
+    with socket.socket() as taker:
+        taker.bind(("127.0.0.1", 0))
+        taker.listen()
+        taken = taker.getsockname()[1]
+        chosen = iter([taken])
+        monkeypatch.setattr(bind, "free_port", lambda fresh=bind.free_port: next(chosen, 0) or fresh())
+        with bind.BindServer() as server:
+            assert server.port != taken
+            assert server.addresses(f"ns.{server.zone}") == ["127.0.0.1"]
+            port = server.port
+            server.stop()
+            server.start()
+            assert server.port == port
+            assert server.addresses(f"ns.{server.zone}") == ["127.0.0.1"]
+
+
 def test_a_port_left_in_time_wait_by_the_last_stack_is_free_for_the_next() -> None:
     """`make run` stopped after serving, then started again on its port: the connections the
     old stack closed linger in TIME_WAIT for a minute. Before, the check that no stale stack
