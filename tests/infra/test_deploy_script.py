@@ -16,30 +16,24 @@ from typing import Any, Iterator
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
+from moto_endpoint import moto_endpoint
 from packaged import ROOT, Package
 
 from infra import deploy
-from local.redis_server import free_port
 
 BUCKET = "my-deploy-bucket"
 
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.Session]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    for name, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-                        "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    session = boto3.Session()
-    session.client("s3").create_bucket(Bucket=BUCKET)
-    try:
+    with moto_endpoint() as url:
+        for name, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "test",
+                            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        session = boto3.Session()
+        session.client("s3").create_bucket(Bucket=BUCKET)
         yield session
-    finally:
-        server.stop()
 
 
 def test_deploy_uploads_code_and_template_and_runs_a_change_set(aws: boto3.Session, package: Package,

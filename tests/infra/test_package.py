@@ -13,14 +13,14 @@ from typing import Any, Iterator
 import boto3
 import pytest
 from cfnlint.api import ManualArgs, lint_file
-from moto.server import ThreadedMotoServer
+from moto_endpoint import moto_endpoint
 from packaged import ROOT, Package
 
 from chalicelib.config import canonical_json, from_canonical, parse
 from infra import lambda_sandbox, sync_config
 from infra.sync_config import RESOURCE_FREE_ACTIONS, STAGES
 from infra.template import function_logical_id
-from local.redis_server import RedisServer, free_port
+from local.redis_server import RedisServer
 from tools.vcsim import launcher
 
 FUNCTIONS_SCRIPT = Path(__file__).with_name("packaged_functions.py")
@@ -314,13 +314,8 @@ def vcsim_url(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 @pytest.fixture
 def sqs_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_endpoint() as url:
+        yield url
 
 
 def test_each_packaged_function_runs_from_the_slimmed_zip(sandbox: lambda_sandbox.Sandbox, redis_server: RedisServer,
