@@ -10,7 +10,15 @@ import re
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from chalicelib.api.http import ANSWER_BUDGET_BYTES, ApiRequest, ApiResponse, bad_request, not_found, shown
+from chalicelib.api.http import (
+    ANSWER_BUDGET_BYTES,
+    ApiRequest,
+    ApiResponse,
+    bad_request,
+    json_length,
+    not_found,
+    shown,
+)
 from chalicelib.services import Services
 from chalicelib.store import DayStats
 
@@ -46,8 +54,10 @@ most about 1.7 MB of them)."""
 
 def _tag_bytes(stats: DayStats) -> int:
     """About what a day's tag counts take in a summary: each value once in its day and once in the
-    range's totals."""
-    return sum(2 * (len(name) + len(value) + 4) for name, value in stats.values.items() if name.startswith("tag:"))
+    range's totals, as JSON writes it (a value of control characters takes up to six times its
+    length there: counted by its length, one day of them was a 15 MB answer)."""
+    return sum(2 * (json_length(name) + len(value) + 4) for name, value in stats.values.items()
+               if name.startswith("tag:"))
 
 
 def _read_days(services: Services, days: list[str]) -> list[DayStats]:
