@@ -169,16 +169,17 @@ def _range_metrics(days: list[DayStats], kind: str) -> dict[str, Any]:
 
 
 def _day_tags(stats: DayStats) -> dict[str, dict[str, int]]:
-    tags: dict[str, dict[str, int]] = {}
+    """Each tag's count of each value, and ``total``, the tag's count of all its values. A value
+    a caller wrote as ``total`` is counted in that total only: vmpooler's shape has no other place
+    for it (it was counted twice in the total before)."""
+    values: dict[str, dict[str, int]] = {}
     for name in stats.values:
         if not name.startswith("tag:"):
             continue
         tag, _, tag_value = name[4:].partition(":")
-        entry = tags.setdefault(tag, {"total": 0})
-        count = int(stats.number(name))
-        entry[tag_value] = entry.get(tag_value, 0) + count
-        entry["total"] += count
-    return tags
+        counts = values.setdefault(tag, {})
+        counts[tag_value] = counts.get(tag_value, 0) + int(stats.number(name))
+    return {tag: {**counts, "total": sum(counts.values())} for tag, counts in values.items()}
 
 
 def _range_tags(days: list[DayStats]) -> dict[str, dict[str, int]]:

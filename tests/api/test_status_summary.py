@@ -165,6 +165,17 @@ def test_summary_tag_section_and_key(full: Harness) -> None:
     assert list(only["daily"][0]["tag"]) == ["owner"]
 
 
+def test_a_tag_value_written_as_total_leaves_the_total_true(full: Harness) -> None:
+    """``total`` is a value like any other to a caller, and shares its key with the tag's total
+    in vmpooler's shape: one VM tagged ``project: total`` and two ``project: ci`` made the day's
+    total 4 (the ``total`` value counted twice). The total stays the number of values counted."""
+    for pool, project in (("pool1", "total"), ("pool2", "ci"), ("pool2", "ci")):
+        assert full.put(f"/api/v3/vm/{full.checkout(pool)}", {"tags": {"project": project}}).status == 200
+    body = full.get("/api/v3/summary/tag").json
+    assert body["tag"]["project"] == {"ci": 2, "total": 3} == body["daily"][0]["tag"]["project"]
+    assert full.get("/api/v3/summary").json["tag"]["project"]["total"] == 3
+
+
 # --- /config ------------------------------------------------------------------------------------
 
 SECRETS_YAML = CONFIG_YAML.replace(":pools:", f"""
