@@ -71,8 +71,10 @@ def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int])
         raise quota_error(services, exceeded) from None
     if not result.ok:
         emit(None, {metric.CHECKOUT_MISSES: 1})
-        for short in result.short:
-            emit(short, {metric.CHECKOUT_MISSES: 1})
+        # Per pool, each pool a name that missed is served from once: the name asked for may be
+        # an alias, which is no pool to graph or to grow.
+        for missed in dict.fromkeys(pool for short in result.short for pool in config.resolve(short)):
+            emit(missed, {metric.CHECKOUT_MISSES: 1})
         fallback = fallback_checkout(services, request, wanted, caller)
         if fallback is not None:
             return fallback

@@ -112,6 +112,13 @@ def shown(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def json_length(text: str) -> int:
+    """The characters ``text`` takes in a JSON answer, its quotes left out: a line break, tab or
+    form feed takes two (``\\n``), a vertical tab or another control character six
+    (``\\u000b``), a quote or backslash two."""
+    return len(json.dumps(text)) - 2
+
+
 MAX_JSON_INTEGER_DIGITS = 100
 
 UTF8_BOM = b"\xef\xbb\xbf"

@@ -10,7 +10,15 @@ import re
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from chalicelib.api.http import ANSWER_BUDGET_BYTES, ApiRequest, ApiResponse, bad_request, not_found, shown
+from chalicelib.api.http import (
+    ANSWER_BUDGET_BYTES,
+    ApiRequest,
+    ApiResponse,
+    bad_request,
+    json_length,
+    not_found,
+    shown,
+)
 from chalicelib.services import Services
 from chalicelib.store import DayStats
 
@@ -46,8 +54,10 @@ most about 1.7 MB of them)."""
 
 def _tag_bytes(stats: DayStats) -> int:
     """About what a day's tag counts take in a summary: each value once in its day and once in the
-    range's totals."""
-    return sum(2 * (len(name) + len(value) + 4) for name, value in stats.values.items() if name.startswith("tag:"))
+    range's totals, as JSON writes it (a value of control characters takes up to six times its
+    length there: counted by its length, one day of them was a 15 MB answer)."""
+    return sum(2 * (json_length(name) + len(value) + 4) for name, value in stats.values.items()
+               if name.startswith("tag:"))
 
 
 def _read_days(services: Services, days: list[str]) -> list[DayStats]:
@@ -159,16 +169,17 @@ def _range_metrics(days: list[DayStats], kind: str) -> dict[str, Any]:
 
 
 def _day_tags(stats: DayStats) -> dict[str, dict[str, int]]:
-    tags: dict[str, dict[str, int]] = {}
+    """Each tag's count of each value, and ``total``, the tag's count of all its values. A value
+    a caller wrote as ``total`` is counted in that total only: vmpooler's shape has no other place
+    for it (it was counted twice in the total before)."""
+    values: dict[str, dict[str, int]] = {}
     for name in stats.values:
         if not name.startswith("tag:"):
             continue
         tag, _, tag_value = name[4:].partition(":")
-        entry = tags.setdefault(tag, {"total": 0})
-        count = int(stats.number(name))
-        entry[tag_value] = entry.get(tag_value, 0) + count
-        entry["total"] += count
-    return tags
+        counts = values.setdefault(tag, {})
+        counts[tag_value] = counts.get(tag_value, 0) + int(stats.number(name))
+    return {tag: {**counts, "total": sum(counts.values())} for tag, counts in values.items()}
 
 
 def _range_tags(days: list[DayStats]) -> dict[str, dict[str, int]]:

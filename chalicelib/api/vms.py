@@ -13,6 +13,7 @@ from chalicelib.api.http import (
     ApiRequest,
     ApiResponse,
     bad_request,
+    json_length,
     json_object,
     not_found,
     ok,
@@ -37,6 +38,8 @@ URL may hold (RFC 3986: ``,?#[]!$&'()*+;=%~``): beaker tags a host's roles as ``
 and ``jenkins_build_url`` with the build's URL, whose matrix axes are ``name=value`` pairs."""
 MAX_TAG_KEY = 50
 MAX_TAG_VALUE = 255
+"""The longest tag value as JSON shows it (``json_length``): /summary shows each value a day
+counted, and its budget (a day of tags fits one answer) holds only if no value is longer there."""
 MAX_LIFETIME_HOURS = 10 * 365 * 24
 """The ceiling when ``max_lifetime_upper_limit`` is not configured: nobody needs a CI VM for over
 ten years. A configured limit is at most ``config.MAX_HOURS``, which keeps a VM's end time a date."""
@@ -222,6 +225,10 @@ def _parse_tags(
             failures.append("Tag value too long")
         elif not TAG_VALUE_PATTERN.match(str(tag_value)):
             failures.append("Tag value contains invalid characters")
+        elif json_length(str(tag_value)) > MAX_TAG_VALUE:
+            # Whitespace escaped: a vertical tab takes six characters (\u000b) of every answer
+            # showing the value.
+            failures.append("Tag value too long")
         else:
             tags[key] = _filter_tag(str(tag_value), tagfilter.get(key))
     if allowed:

@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 from typing import Callable
 
 import pytest
 
+from chalicelib.api.vms import MAX_TAG_VALUE
 from chalicelib.store import DurationSample
 from chalicelib.timestamps import day_of
 from tests.api.configs import CONFIG_YAML, LDAP_PASSWORD, PROVIDER_PASSWORD, REDIS_PASSWORD
-from tests.harness import Harness
+from tests.harness import Harness, Reply
 
 OK_MESSAGE = "Battle station fully armed and operational."
 
@@ -163,6 +165,17 @@ def test_summary_tag_section_and_key(full: Harness) -> None:
     assert list(only["daily"][0]["tag"]) == ["owner"]
 
 
+def test_a_tag_value_written_as_total_leaves_the_total_true(full: Harness) -> None:
+    """``total`` is a value like any other to a caller, and shares its key with the tag's total
+    in vmpooler's shape: one VM tagged ``project: total`` and two ``project: ci`` made the day's
+    total 4 (the ``total`` value counted twice). The total stays the number of values counted."""
+    for pool, project in (("pool1", "total"), ("pool2", "ci"), ("pool2", "ci")):
+        assert full.put(f"/api/v3/vm/{full.checkout(pool)}", {"tags": {"project": project}}).status == 200
+    body = full.get("/api/v3/summary/tag").json
+    assert body["tag"]["project"] == {"ci": 2, "total": 3} == body["daily"][0]["tag"]["project"]
+    assert full.get("/api/v3/summary").json["tag"]["project"]["total"] == 3
+
+
 # --- /config ------------------------------------------------------------------------------------
 
 SECRETS_YAML = CONFIG_YAML.replace(":pools:", f"""
@@ -259,6 +272,68 @@ def test_a_summary_whose_tags_would_not_fit_one_answer_is_refused(stack: Harness
     assert len(one.raw) < LAMBDA_ANSWER_LIMIT
     assert stack.get(f"/api/v3/summary/tag?from={days[-1]}&to={days[0]}").status == 400
 
+
+
+ANY_TAG_CONFIG = """\
+config: {domain: example.com}
+providers:
+  dummy: {provider_class: dummy, createvm_max_time: 0, boot_time: 0}
+pools:
+  - {name: pool1, size: 2, provider: dummy}
+"""
+"""No ``allowed_tags``: any caller may tag a running VM with any name (the demo config's way)."""
+
+
+def lambda_answer_bytes(reply: Reply) -> int:
+    """What the answer takes in Lambda's payload to API Gateway: its body escaped once more, as a
+    JSON string."""
+    return len(json.dumps(reply.raw.decode()))
+
+
+def test_tag_values_of_control_characters_cannot_swell_a_day_past_one_answer(
+    make_stack: Callable[..., Harness],
+) -> None:
+    """A tag value may hold whitespace (vmpooler's ``\\s``), and a vertical tab is one of a
+    value's 255 characters but six in JSON (``\\u000b``). Two VMs tagged through PUT /vm/<host>
+    (no token needed) filled one day with such values: /summary was 15 MB, past Lambda's 6 MB (API
+    Gateway's 502 for every caller and the dashboard until the day's statistics expire). A value
+    is now measured as JSON shows it."""
+    stack = make_stack(ANY_TAG_CONFIG)
+    stack.fill()
+    service = stack.config.service
+    names = [f"n{name:02d}" + "x" * 47 for name in range(service.max_tag_names_per_day)]
+    hosts = [stack.checkout("pool1"), stack.checkout("pool1")]
+    per_host = (names[:service.max_tags_per_vm], names[service.max_tags_per_vm:])
+
+    refused = stack.put(f"/api/v3/vm/{hosts[0]}", {"tags": {names[0]: "000" + "\v" * 252}})
+    assert (refused.status, refused.json["failure"]) == (400, ["Tag value too long"])
+    assert stack.describe(hosts[0])["tags"] == {}
+    longest = "\v" * ((MAX_TAG_VALUE - 3) // 6)  # with three digits, 255 characters of JSON
+    for value in range(service.max_tag_values_per_day):
+        for host, tag_names in zip(hosts, per_host, strict=True):
+            tagged = stack.put(f"/api/v3/vm/{host}", {"tags": {name: f"{value:03d}{longest}" for name in tag_names}})
+            assert tagged.status == 200, tagged.raw
+
+    summary = stack.get("/api/v3/summary")
+    assert summary.status == 200
+    assert len(summary.json["tag"]) == service.max_tag_names_per_day
+    assert all(len(values) == service.max_tag_values_per_day + 1 for values in summary.json["tag"].values())
+    assert lambda_answer_bytes(summary) < LAMBDA_ANSWER_LIMIT
+
+
+def test_a_day_whose_tags_are_longer_as_json_is_measured_as_json(stack: Harness) -> None:
+    """Tag statistics recorded before values were measured as JSON (a day keeps them a while):
+    /summary measured their names and values by their length as written and answered 15 MB; now
+    a range they do not fit in is refused, as any other."""
+    service = stack.config.service
+    today = _today(stack).isoformat()
+    for value in range(service.max_tag_values_per_day):
+        tags = {f"n{name:02d}": f"{value:03d}" + "\v" * 252 for name in range(service.max_tag_names_per_day)}
+        stack.store.record_tags(today, tags, service.max_tag_names_per_day, service.max_tag_values_per_day)
+
+    summary = stack.get("/api/v3/summary")
+    assert summary.status == 400, lambda_answer_bytes(summary)
+    assert summary.json["error"].startswith("Date range is invalid, the tags counted in it would not fit one answer")
 
 
 BROKEN_FIGURES: dict[str, Callable[[dict], object]] = {

@@ -4,12 +4,14 @@ Insights): the API's checkout and return, and the manager's moves, each name the
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from chalicelib.config import parse
+from chalicelib.manager.runner import run_pool
 from tests.harness import HarnessFactory
 from tests.support import json_lines
 
@@ -42,6 +44,34 @@ def test_api_and_manager_logs_carry_pool_hostname_and_correlation_id(
     assert checked_out["correlation_id"] and returned["correlation_id"]
     assert checked_out["correlation_id"] != returned["correlation_id"]
 
+
+
+def test_a_pass_draining_a_whole_pool_writes_a_bounded_line(
+        make_harness: HarnessFactory, log_output: io.StringIO) -> None:
+    """POST /config/pooltemplate (or /poolreset) drains a pool in one pass. Its ``reconcile pass``
+    line named every VM with its reason, each naming the template: a pool of 400 given a
+    1,024-character template was a 407 KB line (10 MB at 10,000 VMs), past what CloudWatch Logs
+    keeps as one event. It names the first VMs and counts the rest; each VM still has its line."""
+    config = (":config:\n  domain: example.com\n  experimental_features: true\n  task_limit: 400\n"
+              ":providers:\n  :dummy: {createvm_max_time: 0, boot_time: 0}\n"
+              ":pools:\n  - {name: big, size: 400, provider: dummy, template: templates/big}\n")
+    harness = make_harness(parse(config), prefix="logtest-drain:", headers={"Content-Type": "application/json"})
+    harness.fill("big")
+    template = "templates/" + "/".join(["t" * 80] * 12)
+    assert harness.post("/api/v3/config/pooltemplate", {"big": template}).status == 201
+    log_output.seek(0)
+    log_output.truncate()
+    harness.clock.advance(1)
+    run_pool(harness.services, "big")
+
+    lines = log_output.getvalue().splitlines()
+    (line,) = [line for line in lines if '"message":"reconcile pass"' in line]
+    assert len(line) < 32 * 1024, len(line)
+    logged = json.loads(line)
+    assert logged["completed"] == 400 and 0 < len(logged["reasons"]) < 400
+    assert set(logged["reasons"].values()) == {f"pool template changed to {template}"}
+    taken = [record for record in json_lines("\n".join(lines)) if record["message"] == "VM taken out of service"]
+    assert len(taken) == 400
 
 
 LOGGERS_OF_EVERY_MODULE = """

@@ -217,6 +217,28 @@ def test_a_checkout_miss_is_counted_for_its_pool(redis_client: redis.Redis, cloc
     assert found[(m.CHECKOUT_MISSES, ("service",))] == [1.0]
 
 
+
+def test_a_checkout_miss_by_alias_is_counted_for_the_pools_it_names(redis_client: redis.Redis, clock: FakeClock,
+                                                                    capsys: pytest.CaptureFixture[str],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``pool`` dimension of a miss was the name the caller asked for: an alias (``any``)
+    graphed as a pool of its own, naming no pool to grow. Each pool it names is counted once,
+    also when the request named it too."""
+    import app
+    from local.gateway import Gateway
+
+    config = CONFIG.replace("{name: alpha, size: 2,", "{name: alpha, size: 2, alias: [any],").replace(
+        "{name: broken, size: 1,", "{name: broken, size: 1, alias: [any],")
+    services = Services(parse(config), redis_client, clock=clock, prefix="vmpool:")
+    monkeypatch.setattr(app, "_services", services)
+    monkeypatch.setattr(app, "_config", None)
+    status, _, _ = Gateway(app.app)("POST", "/api/v3/vm", {}, b'{"any": 1, "alpha": 1}', "127.0.0.1")
+    assert status == 503
+    documents = emf_documents(capsys.readouterr().out)
+    missed = [document["pool"] for document in documents
+              if m.CHECKOUT_MISSES in document and "pool" in document["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]]
+    assert sorted(missed) == ["alpha", "broken"]
+
 # --- the deployed dashboard and alarms read what the code emits -------------------------------
 
 QUERY = re.compile(r'^SELECT (?P<function>SUM|MAX)\((?P<name>\w+)\) '
