@@ -85,7 +85,7 @@ class SpecOperations:
         self._patterns.sort(key=lambda entry: -entry[0])
 
     def operation(self, method: str, target: str) -> tuple[str, dict[str, Any]] | None:
-        full_path = target.split("?", 1)[0]
+        full_path = re.sub("^//+", "/", target.split("?", 1)[0])  # routed as the gateway routes it
         path = VERSION_PREFIX.sub("", full_path)
         for _, spec_path, pattern in self._patterns:
             if pattern.match(path):

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
+
 from tests.auth.slapd import SlapdServer
 from tests.harness import Harness, Reply
 
@@ -67,8 +69,19 @@ MATRIX_BUILD_URL = ("https://jenkins.example.com/job/platform_puppet-agent_suite
 """A Jenkins matrix job's build URL (axis=value pairs, commas), with a query and a fragment."""
 
 
+POOLING_API_PATHS = [
+    pytest.param("", id="pooling_api without a trailing slash"),
+    pytest.param("/", id="pooling_api with a trailing slash (beaker-hostgenerator's default)"),
+]
+"""The path of beaker's ``pooling_api`` (a bare host). beaker-hostgenerator writes it with a
+trailing slash (``pooling_api: http://vmpooler.delivery.puppetlabs.net/``) and beaker appends
+``/vm/...`` to it as a string, so every request of a generated hosts file begins ``//``:
+vmpooler's Rack::Protection routed ``//vm/`` as ``/vm/``, and so does API Gateway."""
+
+
 def beaker(api: Harness, method: str, path: str, body: Any = None, token: str | None = None) -> Reply:
-    """One request as beaker-vmpooler's Net::HTTP sends it to ``pooling_api`` (a bare host)."""
+    """One request as beaker-vmpooler's Net::HTTP sends it to ``pooling_api`` (a bare host):
+    ``path`` is ``pooling_api``'s path followed by what beaker appends."""
     headers = dict(NET_HTTP_HEADERS)
     if body is not None:
         headers["Content-Type"] = "application/x-www-form-urlencoded"
@@ -77,15 +90,19 @@ def beaker(api: Harness, method: str, path: str, body: Any = None, token: str | 
     return api.request(method, path, json.dumps(body) if body is not None else None, headers)
 
 
-def test_beaker_with_a_token_provisions_tags_adds_disks_and_cleans_up(client_api: Harness, slapd: SlapdServer) -> None:
+@pytest.mark.parametrize("base", POOLING_API_PATHS)
+def test_beaker_with_a_token_provisions_tags_adds_disks_and_cleans_up(client_api: Harness, slapd: SlapdServer,
+                                                                       base: str) -> None:
     """beaker-vmpooler's whole flow against a service with ``:auth:`` (vmpooler_token in ~/.fog).
     Its tags carry ``jenkins_build_url``; the URL of a Jenkins matrix job has ``=`` (and a query
     ``?``, ``&``): those were refused, ``400 Tag value contains invalid characters``, so beaker
-    logged "Failed to tag host" and the VM had none of its tags."""
+    logged "Failed to tag host" and the VM had none of its tags. With ``pooling_api`` ending in
+    ``/`` every request was a 404 ``{"ok": false}``: beaker retried its provision until its
+    timeout and gave up."""
     api = client_api
     token = api.new_token("alice", slapd.password("alice"))
     # provision: POST <pooling_api>/vm/ {"<template>": "<count>"} with the token.
-    got = beaker(api, "POST", "/vm/", {"debian-12-x86_64": "2", "centos-9-x86_64": "1"}, token)
+    got = beaker(api, "POST", f"{base}/vm/", {"debian-12-x86_64": "2", "centos-9-x86_64": "1"}, token)
     assert got.status == 200 and got.json["ok"] is True, got.json
     domain = got.json.get("domain")
     vmhostnames = []
@@ -100,17 +117,17 @@ def test_beaker_with_a_token_provisions_tags_adds_disks_and_cleans_up(client_api
     for vmhostname in vmhostnames:
         short = vmhostname.split(".")[0]
         # tag: PUT <pooling_api>/vm/<short> {"tags": {...}}, no token; anything but ok is logged.
-        tagged = beaker(api, "PUT", f"/vm/{short}", {"tags": tags})
+        tagged = beaker(api, "PUT", f"{base}/vm/{short}", {"tags": tags})
         assert tagged.json == {"ok": True}, tagged.json
         # add_disk: POST <pooling_api>/api/v1/vm/<short>/disk/8 with the token; raises unless ok.
-        disk = beaker(api, "POST", f"/api/v1/vm/{short}/disk/8", token=token)
+        disk = beaker(api, "POST", f"{base}/api/v1/vm/{short}/disk/8", token=token)
         assert disk.status == 202 and disk.json["ok"] is True, disk.json
     api.run_passes(seconds=1)
     for vmhostname in vmhostnames:
         short = vmhostname.split(".")[0]
         # wait_for_disk: GET <pooling_api>/vm/<short>; disk[index] == "+8gb".
-        described = beaker(api, "GET", f"/vm/{short}").json[short]
+        described = beaker(api, "GET", f"{base}/vm/{short}").json[short]
         assert described["disk"] == ["+8gb"] and described["tags"] == tags
         # cleanup: DELETE <pooling_api>/vm/<vmhostname> (fully qualified) with the token.
-        assert beaker(api, "DELETE", f"/vm/{vmhostname}", token=token).json == {"ok": True}
+        assert beaker(api, "DELETE", f"{base}/vm/{vmhostname}", token=token).json == {"ok": True}
         assert api.state_of(short) == "completed"

@@ -213,6 +213,8 @@ def test_no_answer_shows_a_secret(make_stack: Callable[[str], Harness]) -> None:
         text = reply.raw.decode()
         for secret in (PROVIDER_PASSWORD, REDIS_PASSWORD, LDAP_PASSWORD, "password", "admin"):
             assert secret not in text, (path, secret)
+    # vmpooler's GET /full_config answers all of them to anyone; it is no route here.
+    assert stack.answer("GET", "/api/v3/full_config") == (404, {"ok": False})
 
 
 SUMMARY_POOLS = 1000
