@@ -50,13 +50,17 @@ def optional_caller(services: Services, request: ApiRequest) -> Caller | None:
     if record is None:
         raise unauthorized("invalid or expired token")
     # The user may have left since the token was made: the directory is asked every few minutes.
-    standing = services.directory_check.standing(record.user, record.created_at)
+    refuse_unless_present(services.directory_check.standing(record.user, record.created_at))
+    record = services.tokens.touch(record)
+    return Caller(record.user, record.id, services.store.keys.token(record.token_hash))
+
+
+def refuse_unless_present(standing: Standing) -> None:
+    """401 for a token whose user the directory no longer has, 503 when it cannot say."""
     if standing is Standing.REMOVED:
         raise unauthorized("the token's user is no longer in the directory")
     if standing is Standing.UNKNOWN:
         raise auth_unavailable(AuthUnavailable("the directory cannot say whether the token's user is still there"))
-    record = services.tokens.touch(record)
-    return Caller(record.user, record.id, services.store.keys.token(record.token_hash))
 
 
 def required_caller(services: Services, request: ApiRequest) -> Caller | None:

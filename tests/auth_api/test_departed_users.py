@@ -18,6 +18,7 @@ from tests.auth_api.documents import POOL, document
 from tests.harness import Harness, HarnessFactory, basic
 
 UNAVAILABLE = {"ok": False, "error": "authentication service unavailable"}
+GONE = {"ok": False, "error": "the token's user is no longer in the directory"}
 
 
 @pytest.fixture
@@ -188,3 +189,30 @@ def test_without_a_service_account_or_with_checks_off_tokens_are_not_rechecked(
         api.fill(POOL)
         api.clock.advance(24 * 3600)
         assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 200
+
+
+def test_a_removed_users_token_status_is_401_like_every_use_of_the_token(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """GET /token/<t> takes the token in the path as its credential (vmfloaty's `token status`):
+    a removed user's token still answered 200 there, with the user's running VMs, while it was a
+    401 on every other route. Basic credentials of the removed user are refused by the directory."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10)))
+    api.fill(POOL)
+    name, password = leaver
+    token = api.new_token(name, password)
+    mine = api.checkout(POOL, token)
+    slapd.remove(f"uid={name},{slapd.users_base}")
+    api.clock.advance(10 * 60)
+    for headers in ({}, {"X-AUTH-TOKEN": token}):
+        for version in (3, 1):
+            reply = api.call("GET", f"/api/v{version}/token/{token}", headers=headers)
+            assert (reply.status, reply.body) == (401, GONE), (headers, version)
+            assert mine not in reply.raw.decode() and name not in reply.raw.decode()
+    for method, path in (("GET", "/api/v3/token"), ("POST", "/api/v3/token"), ("GET", f"/api/v3/token/{token}"),
+                         ("DELETE", f"/api/v3/token/{token}")):
+        assert api.call(method, path, headers=basic(name, password)).status == 401, (method, path)
+    # Put back, the user is answered again at the next check.
+    slapd.add_user(name, password)
+    api.clock.advance(10 * 60)
+    assert api.call("GET", f"/api/v3/token/{token}").body[token]["vms"] == {"running": [mine]}
