@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from chalicelib.api.http import ApiError, ApiRequest
-from chalicelib.api.identity import TOKEN_HEADER, Caller
+from chalicelib.api.identity import Caller, token_check
 from chalicelib.auth.base import canonical_user
 from chalicelib.auth.ratelimit import address_key
 from chalicelib.services import Services
@@ -93,11 +93,10 @@ def rate_class(services: Services, method: str, path: str, authenticated: bool) 
 
 def _token_user(services: Services, request: ApiRequest) -> str | None:
     """The canonical user of the valid token the request sends (auth configured), else None."""
-    token = request.header(TOKEN_HEADER)
-    if not token or services.config.auth is None:
+    check = token_check(services, request)
+    if check is None or check.record is None:
         return None
-    record = services.tokens.lookup(token.strip(), touch=False)
-    return canonical_user(record.user) if record is not None else None
+    return canonical_user(check.record.user)
 
 
 def check_rate(services: Services, method: str, path: str, request: ApiRequest) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.auth.slapd import SlapdServer
-from tests.auth_api.documents import POOL, document
+from tests.auth_api.documents import OTHER_POOL, POOL, document
 from tests.harness import Harness, HarnessFactory, basic
 
 UNAVAILABLE = {"ok": False, "error": "authentication service unavailable"}
@@ -216,3 +216,43 @@ def test_a_removed_users_token_status_is_401_like_every_use_of_the_token(
     slapd.add_user(name, password)
     api.clock.advance(10 * 60)
     assert api.call("GET", f"/api/v3/token/{token}").body[token]["vms"] == {"running": [mine]}
+
+
+def test_each_request_checks_its_token_once(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer) -> None:
+    """The rate limit looked the token up, then the handler again; the disk and snapshot routes
+    checked it twice more (required_caller, then caller_for_change): up to three reads of the
+    token, three of its user's directory record and two writes of ``last`` for one request. Once
+    each now; the change's script still refuses a token deleted meanwhile (lua/token_live.lua)."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10), config={"rate_limiting_enabled": True}))
+    api.fill(POOL)
+    token = api.new_token("alice", slapd.password("alice"))
+    mine = api.checkout(POOL, token)
+    calls: list[str] = []
+    for owner, name in ((api.services.tokens, "lookup"), (api.services.tokens, "touch"),
+                        (api.services.directory_check, "standing")):
+        original = getattr(owner, name)
+
+        def counted(*args: Any, _name: str = name, _original: Any = original, **kwargs: Any) -> Any:
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        setattr(owner, name, counted)
+    headers = {"X-AUTH-TOKEN": token}
+
+    def checked_once(method: str, path: str, body: Any = None) -> Any:
+        calls.clear()
+        reply = api.call(method, path, headers=headers, body=body)
+        assert reply.status in (200, 201, 202), (method, path, reply.body)
+        assert sorted(calls) == ["lookup", "standing", "touch"], (method, path, calls)
+        return reply.body
+
+    snapshot = checked_once("POST", f"/api/v3/vm/{mine}/snapshot")[mine]["snapshot"]
+    checked_once("POST", f"/api/v3/vm/{mine}/snapshot/{snapshot}")
+    checked_once("POST", f"/api/v3/vm/{mine}/disk/8")
+    checked_once("PUT", f"/api/v3/vm/{mine}", {"lifetime": 3})
+    checked_once("POST", f"/api/v3/vm/{POOL}")
+    request_id = checked_once("POST", "/api/v3/ondemandvm", {OTHER_POOL: 1})["request_id"]
+    checked_once("GET", f"/api/v3/ondemandvm/{request_id}")
+    checked_once("DELETE", f"/api/v3/ondemandvm/{request_id}")
+    checked_once("DELETE", f"/api/v3/vm/{mine}")
