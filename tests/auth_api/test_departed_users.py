@@ -183,6 +183,9 @@ def test_without_a_service_account_or_with_checks_off_tokens_are_not_rechecked(
     anonymous reads, as this one does): tokens live until deleted or expired, as before."""
     name, password = leaver
     apis = [make_api(document(auth)) for auth in (ldap_auth(direct=True), ldap_auth(directory_check_minutes=0))]
+    # The operator of the direct-bind service is told at load (tests/core/test_config.py).
+    assert [[w for w in api.config.warnings if w.startswith("auth.directory_check_minutes")] != []
+            for api in apis] == [True, False]
     tokens = [api.new_token(name, password) for api in apis]
     slapd.remove(f"uid={name},{slapd.users_base}")
     for api, token in zip(apis, tokens, strict=True):
