@@ -163,4 +163,6 @@ def reconcile(event: Any) -> dict[str, Any]:
 app.register_middleware(ConvertToMiddleware(logger.inject_lambda_context), "scheduled")
 app.register_middleware(ConvertToMiddleware(logger.inject_lambda_context), "sqs")
 # Tracing (a no-op unless the stage enables it): every kind of invocation, cold starts annotated.
-app.register_middleware(ConvertToMiddleware(tracer.capture_lambda_handler), "all")
+# Without the handlers' answers: Powertools records them in the trace by default, and the API's
+# carry tokens (POST /token, GET /token/<t>) that would sit there in clear.
+app.register_middleware(ConvertToMiddleware(tracer.capture_lambda_handler(capture_response=False)), "all")

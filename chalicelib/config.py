@@ -703,6 +703,8 @@ def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Con
     dns_configs = _read_dns_configs(reader, document.get("dns_configs"))
     pools = _read_pools(reader, document.get("pools"), service, providers, dns_configs)
     auth = _read_auth(reader, document.get("auth"))
+    if not reader.trusted and auth is not None and service is not None:
+        reader.warnings.extend(_unchecked_token_warnings(auth, service))
 
     tagfilter: dict[str, str] = {}
     raw_tagfilter = reader.mapping(document.get("tagfilter"), "tagfilter") or {}
@@ -763,6 +765,19 @@ def _read_auth(reader: BlockReader, raw: Any) -> AuthConfig | None:
         reader.problems.extend(error.problems)
         return None
     return dataclasses.replace(auth, ldap=ldap)
+
+
+def _unchecked_token_warnings(auth: AuthConfig, service: ServiceConfig) -> list[str]:
+    """What the operator is told when tokens of users removed from the directory cannot stop:
+    direct bind (no service account) cannot look a user up without the password, so nothing
+    re-checks a token's user, and without ``token_ttl`` nothing ends the token either."""
+    ldap = auth.ldap
+    if ldap is None or ldap.uses_service_account or auth.directory_check_minutes == 0 or service.token_ttl:
+        return []
+    return [("auth.directory_check_minutes: tokens are not re-checked in direct-bind mode (no "
+             "auth.ldap.service_account_hash to look users up): a user removed from the directory keeps "
+             "their tokens until they are deleted. Set service_account_hash, or config.token_ttl to end "
+             "every token after that many hours (directory_check_minutes: 0 says you know)")]
 
 
 def _provider_class(name: str, block: Any) -> str:

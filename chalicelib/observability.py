@@ -155,8 +155,10 @@ route_library_logs()
 class _NoTracer:
     """Stands in for Powertools' Tracer where tracing is off: decorators return the function."""
 
-    def capture_lambda_handler(self, handler: Callable[..., Any]) -> Callable[..., Any]:
-        return handler
+    def capture_lambda_handler(self, handler: Callable[..., Any] | None = None,
+                               **options: Any) -> Callable[..., Any]:
+        """The handler itself; called with options only (as Tracer's), the decorator."""
+        return handler if handler is not None else self.capture_lambda_handler
 
     def capture_method(self, method: Callable[..., Any]) -> Callable[..., Any]:
         return method

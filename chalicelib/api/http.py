@@ -48,6 +48,9 @@ class ApiRequest:
     request_id: str = ""
     context_path: str = ""
     """The path as the client sent it, with API Gateway's stage (``/prod/...``) when it has one."""
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """What handling this request works out once and reads again (the check of its token, which
+    the rate limit and the handler both need: api/identity.py). This request's alone."""
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())

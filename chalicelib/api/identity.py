@@ -17,6 +17,7 @@ from chalicelib.api.http import ApiError, ApiRequest
 from chalicelib.auth.base import AuthConfigError, AuthUnavailable, canonical_user, same_user
 from chalicelib.auth.basic import WWW_AUTHENTICATE
 from chalicelib.auth.directory_check import Standing
+from chalicelib.auth.tokens import TokenRecord
 from chalicelib.observability import logger
 from chalicelib.services import Services
 from chalicelib.store import VMRecord
@@ -39,24 +40,57 @@ def unauthorized(message: str) -> ApiError:
     return ApiError(401, {"error": message}, {"WWW-Authenticate": WWW_AUTHENTICATE})
 
 
-def optional_caller(services: Services, request: ApiRequest) -> Caller | None:
-    """The caller when a valid token is given; None without one. An invalid token is a 401."""
+@dataclass(frozen=True)
+class TokenCheck:
+    """What the request's ``X-AUTH-TOKEN`` is worth: looked up in Redis and its user's standing in
+    the directory, once per request (the rate limit and the handler both ask)."""
+
+    record: TokenRecord | None
+    """None: not a live token."""
+    standing: Standing | None = None
+    """What the directory says about the token's user (None without a record)."""
+
+
+def token_check(services: Services, request: ApiRequest) -> TokenCheck | None:
+    """The check of the request's token; None without ``:auth:`` or without a token. Made once
+    per request: a second look would cost the round trips again and could answer otherwise."""
     if services.config.auth is None:
         return None
     token = request.header(TOKEN_HEADER)
     if not token:
         return None
-    record = services.tokens.lookup(token.strip(), touch=False)
-    if record is None:
-        raise unauthorized("invalid or expired token")
-    # The user may have left since the token was made: the directory is asked every few minutes.
-    standing = services.directory_check.standing(record.user, record.created_at)
+    if "token_check" not in request.memo:
+        record = services.tokens.lookup(token.strip(), touch=False)
+        # The user may have left since the token was made: the directory is asked every few minutes.
+        standing = None if record is None else services.directory_check.standing(record.user, record.created_at)
+        request.memo["token_check"] = TokenCheck(record, standing)
+    check: TokenCheck = request.memo["token_check"]
+    return check
+
+
+def refuse_unless_present(standing: Standing) -> None:
+    """401 for a token whose user the directory no longer has, 503 when it cannot say."""
     if standing is Standing.REMOVED:
         raise unauthorized("the token's user is no longer in the directory")
     if standing is Standing.UNKNOWN:
         raise auth_unavailable(AuthUnavailable("the directory cannot say whether the token's user is still there"))
-    record = services.tokens.touch(record)
-    return Caller(record.user, record.id, services.store.keys.token(record.token_hash))
+
+
+def optional_caller(services: Services, request: ApiRequest) -> Caller | None:
+    """The caller when a valid token is given; None without one. An invalid token, or one whose
+    user has left the directory, is a 401. The token's use is recorded once per request."""
+    check = token_check(services, request)
+    if check is None:
+        return None
+    if "caller" not in request.memo:
+        if check.record is None:
+            raise unauthorized("invalid or expired token")
+        assert check.standing is not None
+        refuse_unless_present(check.standing)
+        record = services.tokens.touch(check.record)
+        request.memo["caller"] = Caller(record.user, record.id, services.store.keys.token(record.token_hash))
+    caller: Caller = request.memo["caller"]
+    return caller
 
 
 def required_caller(services: Services, request: ApiRequest) -> Caller | None:

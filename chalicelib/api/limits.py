@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from chalicelib.api.http import ApiError, ApiRequest
-from chalicelib.api.identity import TOKEN_HEADER, Caller
+from chalicelib.api.identity import Caller, token_check
 from chalicelib.auth.base import canonical_user
+from chalicelib.auth.directory_check import Standing
 from chalicelib.auth.ratelimit import address_key
 from chalicelib.services import Services
 from chalicelib.store import Quota, QuotaExceeded
@@ -92,12 +93,14 @@ def rate_class(services: Services, method: str, path: str, authenticated: bool) 
 
 
 def _token_user(services: Services, request: ApiRequest) -> str | None:
-    """The canonical user of the valid token the request sends (auth configured), else None."""
-    token = request.header(TOKEN_HEADER)
-    if not token or services.config.auth is None:
+    """The canonical user of the valid token the request sends (auth configured), else None. A
+    token whose user the directory no longer has is not valid: the request is the address's.
+    One the directory cannot vouch for during an outage is still its user's (nobody said the
+    user left; the handler answers 503 where the token matters)."""
+    check = token_check(services, request)
+    if check is None or check.record is None or check.standing is Standing.REMOVED:
         return None
-    record = services.tokens.lookup(token.strip(), touch=False)
-    return canonical_user(record.user) if record is not None else None
+    return canonical_user(check.record.user)
 
 
 def check_rate(services: Services, method: str, path: str, request: ApiRequest) -> None:

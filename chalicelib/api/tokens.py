@@ -6,6 +6,7 @@
 - ``GET /token`` lists only the caller's tokens, each under its id (Redis holds no token).
 - ``GET /token/<t>``: the token in the path is proof enough (vmfloaty sends nothing else); with
   Basic credentials only the token's owner gets an answer (403 otherwise). A read: ``last`` stays.
+  A token whose user has left the directory is a 401 here too, as on every route.
 - ``DELETE /token/<t>`` needs the owner's Basic credentials (another user: 403). ``<t>`` may be
   the token or the id ``GET /token`` lists, so a lost token can still be revoked.
 - Without ``:auth:`` every token route answers 404, as in vmpooler.
@@ -16,7 +17,13 @@ from __future__ import annotations
 from typing import Any
 
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, not_found, ok
-from chalicelib.api.identity import AUTH_UNAVAILABLE, TOKEN_HEADER, auth_unavailable, unauthorized
+from chalicelib.api.identity import (
+    AUTH_UNAVAILABLE,
+    TOKEN_HEADER,
+    auth_unavailable,
+    refuse_unless_present,
+    unauthorized,
+)
 from chalicelib.auth.base import AuthConfigError, same_user
 from chalicelib.auth.basic import LoginOutcome, LoginService
 from chalicelib.auth.tokens import DeleteResult, TokenRecord, TooManyTokens, hash_token, is_token_shaped, token_id
@@ -98,6 +105,9 @@ def describe_token(services: Services, request: ApiRequest) -> ApiResponse:
         record = services.tokens.lookup(token, touch=False)
         if record is None:
             raise not_found(error="unknown or expired token")
+        # The token is the credential here: worth no more than on any other route once its user
+        # has left the directory (before, it still showed the user's VMs).
+        refuse_unless_present(services.directory_check.standing(record.user, record.created_at))
     info = {"user": record.user, **record.public(), "vms": {"running": _running_vms(services, record)}}
     return ApiResponse(200, {"ok": True, token: info})
 

@@ -9,7 +9,7 @@ import secrets
 from typing import Any
 
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, not_found, ok, shown, whole_number
-from chalicelib.api.identity import caller_for_change, required_caller
+from chalicelib.api.identity import may_change, required_caller
 from chalicelib.api.vm_lookup import find_vm
 from chalicelib.services import Services
 from chalicelib.store import VMRecord
@@ -32,9 +32,9 @@ MAX_DISK_GB = 2048
 def _running_vm(services: Services, request: ApiRequest) -> tuple[VMRecord, str]:
     """The checked-out VM named in the path, its caller allowed to change it, and the record of
     the caller's token ("" without ``:auth:``)."""
-    required_caller(services, request)
+    caller = required_caller(services, request)
     record = find_vm(services, request, running=True)
-    caller = caller_for_change(services, request, record)
+    may_change(services, caller, record)
     return record, caller.token_key if caller else ""
 
 

@@ -133,8 +133,11 @@ class TokenStore:
             raise ValueError("a token needs a user")
         user_key = self._user_key(user)
         # The script counts the user's live tokens: it is given the records of those it may
-        # have to forget (read first: a script touches only the keys it is given).
-        held = sorted(self.redis.smembers(user_key)) if self.max_per_user > 0 else []
+        # have to forget (read first: a script touches only the keys it is given). Read as
+        # GET /token lists them, which forgets the tokens past the ttl in effect whose keys Redis
+        # still holds (token_ttl lowered, until the tick sets their expiries): counted, they
+        # refused a user the tokens GET /token did not show.
+        held = sorted(record.token_hash for record in self.list_for_user(user)) if self.max_per_user > 0 else []
         while True:
             token = "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_LENGTH))
             token_hash = hash_token(token)

@@ -14,10 +14,11 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.auth.slapd import SlapdServer
-from tests.auth_api.documents import POOL, document
+from tests.auth_api.documents import OTHER_POOL, POOL, document
 from tests.harness import Harness, HarnessFactory, basic
 
 UNAVAILABLE = {"ok": False, "error": "authentication service unavailable"}
+GONE = {"ok": False, "error": "the token's user is no longer in the directory"}
 
 
 @pytest.fixture
@@ -182,9 +183,79 @@ def test_without_a_service_account_or_with_checks_off_tokens_are_not_rechecked(
     anonymous reads, as this one does): tokens live until deleted or expired, as before."""
     name, password = leaver
     apis = [make_api(document(auth)) for auth in (ldap_auth(direct=True), ldap_auth(directory_check_minutes=0))]
+    # The operator of the direct-bind service is told at load (tests/core/test_config.py).
+    assert [[w for w in api.config.warnings if w.startswith("auth.directory_check_minutes")] != []
+            for api in apis] == [True, False]
     tokens = [api.new_token(name, password) for api in apis]
     slapd.remove(f"uid={name},{slapd.users_base}")
     for api, token in zip(apis, tokens, strict=True):
         api.fill(POOL)
         api.clock.advance(24 * 3600)
         assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 200
+
+
+def test_a_removed_users_token_status_is_401_like_every_use_of_the_token(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """GET /token/<t> takes the token in the path as its credential (vmfloaty's `token status`):
+    a removed user's token still answered 200 there, with the user's running VMs, while it was a
+    401 on every other route. Basic credentials of the removed user are refused by the directory."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10)))
+    api.fill(POOL)
+    name, password = leaver
+    token = api.new_token(name, password)
+    mine = api.checkout(POOL, token)
+    slapd.remove(f"uid={name},{slapd.users_base}")
+    api.clock.advance(10 * 60)
+    for headers in ({}, {"X-AUTH-TOKEN": token}):
+        for version in (3, 1):
+            reply = api.call("GET", f"/api/v{version}/token/{token}", headers=headers)
+            assert (reply.status, reply.body) == (401, GONE), (headers, version)
+            assert mine not in reply.raw.decode() and name not in reply.raw.decode()
+    for method, path in (("GET", "/api/v3/token"), ("POST", "/api/v3/token"), ("GET", f"/api/v3/token/{token}"),
+                         ("DELETE", f"/api/v3/token/{token}")):
+        assert api.call(method, path, headers=basic(name, password)).status == 401, (method, path)
+    # Put back, the user is answered again at the next check.
+    slapd.add_user(name, password)
+    api.clock.advance(10 * 60)
+    assert api.call("GET", f"/api/v3/token/{token}").body[token]["vms"] == {"running": [mine]}
+
+
+def test_each_request_checks_its_token_once(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer) -> None:
+    """The rate limit looked the token up, then the handler again; the disk and snapshot routes
+    checked it twice more (required_caller, then caller_for_change): up to three reads of the
+    token, three of its user's directory record and two writes of ``last`` for one request. Once
+    each now; the change's script still refuses a token deleted meanwhile (lua/token_live.lua)."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10), config={"rate_limiting_enabled": True}))
+    api.fill(POOL)
+    token = api.new_token("alice", slapd.password("alice"))
+    mine = api.checkout(POOL, token)
+    calls: list[str] = []
+    for owner, name in ((api.services.tokens, "lookup"), (api.services.tokens, "touch"),
+                        (api.services.directory_check, "standing")):
+        original = getattr(owner, name)
+
+        def counted(*args: Any, _name: str = name, _original: Any = original, **kwargs: Any) -> Any:
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        setattr(owner, name, counted)
+    headers = {"X-AUTH-TOKEN": token}
+
+    def checked_once(method: str, path: str, body: Any = None) -> Any:
+        calls.clear()
+        reply = api.call(method, path, headers=headers, body=body)
+        assert reply.status in (200, 201, 202), (method, path, reply.body)
+        assert sorted(calls) == ["lookup", "standing", "touch"], (method, path, calls)
+        return reply.body
+
+    snapshot = checked_once("POST", f"/api/v3/vm/{mine}/snapshot")[mine]["snapshot"]
+    checked_once("POST", f"/api/v3/vm/{mine}/snapshot/{snapshot}")
+    checked_once("POST", f"/api/v3/vm/{mine}/disk/8")
+    checked_once("PUT", f"/api/v3/vm/{mine}", {"lifetime": 3})
+    checked_once("POST", f"/api/v3/vm/{POOL}")
+    request_id = checked_once("POST", "/api/v3/ondemandvm", {OTHER_POOL: 1})["request_id"]
+    checked_once("GET", f"/api/v3/ondemandvm/{request_id}")
+    checked_once("DELETE", f"/api/v3/ondemandvm/{request_id}")
+    checked_once("DELETE", f"/api/v3/vm/{mine}")

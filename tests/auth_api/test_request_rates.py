@@ -3,8 +3,10 @@ counted against, with a real slapd and redis-server behind the tokens."""
 
 from __future__ import annotations
 
-from tests.auth_api.documents import document
-from tests.harness import Harness, basic
+import secrets
+
+from tests.auth_api.documents import CLIENT_IP, POOL, document
+from tests.harness import Harness, Reply, basic
 
 RATES = {"global_per_ip": {"limit": 3, "period": 60}, "authenticated": {"limit": 4, "period": 60}}
 
@@ -47,3 +49,36 @@ def test_a_users_tokens_share_one_budget(make_api, ldap_auth, slapd):
     # Another user, and the address without a token, are other clients.
     assert api.call("GET", "/api/v3/status", headers={"X-AUTH-TOKEN": bob}).status == 200
     assert api.call("GET", "/api/v3/status").status == 200
+
+
+def test_a_removed_users_token_buys_no_budget_and_leaves_the_users_count_alone(make_api, ldap_auth, slapd):
+    """A token whose user the directory no longer has is refused (401) like a made-up one, but
+    it still counted as ``authenticated`` under its user: 500 a minute for a departed user's
+    token against the address's 100, and each refusal written to the user's counter. It is now
+    counted as a request without a valid token: under ``global_per_ip`` for its address (refused
+    requests count), and the user's counters are left as they were."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10), config={"rate_limiting_enabled": True},
+                            rate_limits=RATES))
+    api.fill(POOL)
+    name, password = f"leaver{secrets.token_hex(4)}", secrets.token_urlsafe(12)
+    dn = slapd.add_user(name, password)
+    try:
+        token = str(api.call("POST", "/api/v3/token", headers=basic(name, password),
+                             client_ip="198.51.100.8").body["token"])
+        mine = api.checkout(POOL, token)
+    finally:
+        slapd.remove(dn)
+    api.clock.advance(10 * 60)
+
+    def use() -> Reply:
+        return api.call("PUT", f"/api/v3/vm/{mine}", headers={"X-AUTH-TOKEN": token}, body={"lifetime": 3})
+
+    assert use().status == 401  # the directory is asked: the user is gone
+    before = api.redis_state()
+    assert use().status == 401
+    after = api.redis_state()
+    changed = {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
+    assert changed == {f"vmpool:ratelimit:global_per_ip:ip:{CLIENT_IP}"}
+    assert use().status == 401
+    limited = use()
+    assert limited.status == 429 and limited.headers["X-RateLimit-Limit"] == "3"

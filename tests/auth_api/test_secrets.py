@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any, Iterator
 
 import boto3
@@ -24,6 +30,7 @@ from tests.support import free_port
 from tests.vsphere.vcsim import TEMPLATE, VcsimServer
 from tools.vcsim import launcher
 
+ROOT = Path(__file__).resolve().parents[2]
 REDIS_PASSWORD = "redis-AUTH-t0ken-8f3a"
 VSPHERE_PASSWORD = "vsphere-Secret-Pa55-71c2"
 POOL_KEY_SECRET = "pool-level-Secret-0d9e"
@@ -255,3 +262,51 @@ def test_in_aws_the_redis_auth_token_comes_from_its_secret_not_the_environment(l
     with pytest.raises(StoreUnavailable):
         without_secret.store.ping()
     assert not [line for line in all_logs.lines if REDIS_PASSWORD in line]
+
+
+TRACED_TOKEN_ROUTES = """
+import base64, json
+from tests.infra.packaged_functions import Context, api_event
+import app
+login = {"Authorization": "Basic " + base64.b64encode(b"alice:alice-Pass-1").decode()}
+made = app.app(api_event("POST", "/api/v3/token", "/api/v3/token", headers=login), Context())
+token = json.loads(made["body"])["token"]
+path = "/api/v3/token/" + token
+shown = app.app(api_event("GET", "/api/v3/token/{token}", path, params={"token": token}), Context())
+print(json.dumps({"token": token, "statuses": [made["statusCode"], shown["statusCode"]],
+                  "tracer": type(app.tracer).__name__}))
+"""
+
+
+def test_no_token_is_written_to_the_traces(redis_server: RedisServer, tmp_path: Path) -> None:
+    """A stage with tracing (prod) recorded each API answer in its X-Ray trace (Powertools'
+    capture_lambda_handler keeps the handler's response as metadata): every token POST /token made,
+    and every token GET /token/<t> showed, sat in clear in the traces, for anyone allowed to read
+    them. Run as the API Lambda with tracing on, an X-Ray daemon's port listening: the traces
+    still go out, without the token."""
+    daemon = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    daemon.bind(("127.0.0.1", 0))
+    daemon.settimeout(1)
+    config = {"auth": {"provider": "dummy"}, "providers": {"dummy": {}},
+              "pools": [{"name": "p", "size": 1, "provider": "dummy"}]}
+    environ = {**os.environ, "LAMBDA_TASK_ROOT": str(tmp_path), "POWERTOOLS_TRACE_DISABLED": "false",
+               "_X_AMZN_TRACE_ID": "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1",
+               "AWS_XRAY_DAEMON_ADDRESS": f"127.0.0.1:{daemon.getsockname()[1]}", "AWS_REGION": "us-east-1",
+               "VMPOOL_CONFIG": json.dumps(config), "VMPOOL_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/5",
+               "VMPOOL_KEY_PREFIX": f"traces-{os.getpid()}:"}
+    try:
+        run = subprocess.run([sys.executable, "-c", TRACED_TOKEN_ROUTES], env=environ, cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-3000:]
+        *logs, last = run.stdout.strip().splitlines()
+        found = json.loads(last)
+        sent: list[str] = []
+        with contextlib.suppress(socket.timeout):
+            while True:
+                sent.append(daemon.recv(65536).decode())
+    finally:
+        daemon.close()
+    assert found["statuses"] == [200, 200] and found["tracer"] == "Tracer"
+    assert any('"## ' in segment for segment in sent)  # the handlers' subsegments went out
+    assert [segment for segment in sent if found["token"] in segment] == []
+    assert [line for line in logs if found["token"] in line] == []

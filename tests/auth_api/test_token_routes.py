@@ -345,3 +345,21 @@ def test_a_changed_token_ttl_applies_to_the_tokens_made_before(make_api, ldap_au
     api.services.use_config(build(document(auth, config={"token_ttl": 1})))  # lowered: both are older
     assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": used}).status == 401
     assert api.call("GET", "/api/v3/token", headers=alice).status == 404
+
+
+def test_tokens_past_the_ttl_free_their_place_under_the_limit_at_once(make_api, ldap_auth, slapd):
+    """``max_tokens_per_user`` counts live tokens only, but the count went by what Redis still
+    held: when ``token_ttl`` is lowered (the lever after a leak), the tokens older than the new
+    ttl stop at once while their keys live on until the scheduler's tick sets their expiries, and
+    a user at the limit was refused a new token ("delete one first") that GET /token did not even
+    list. Here the clock passes the ttl before Redis's expiry does."""
+    api = make_api(document(ldap_auth(), config={"max_tokens_per_user": 3, "token_ttl": 1}))
+    password = slapd.password("alice")
+    old = [api.new_token("alice", password) for _ in range(3)]
+    api.clock.advance(3600)
+    made = api.call("POST", "/api/v3/token", headers=basic("alice", password))
+    assert made.status == 200, made.body
+    for token in old:
+        assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 401
+    assert set(api.call("GET", "/api/v3/token", headers=basic("alice", password)).body) == {
+        "ok", token_id(made.body["token"])}

@@ -480,3 +480,31 @@ def test_a_name_ending_in_a_line_break_is_refused(field: str) -> None:
     with pytest.raises(ConfigError) as raised:
         parse(text)
     assert "must match" in str(raised.value)
+
+
+DIRECT_BIND = "auth: {provider: ldap, ldap: {host: ldap.example.com, base: 'ou=users,dc=example,dc=com'%s}%s}\n"
+SERVICE_ACCOUNT = ", service_account_hash: {user_dn: 'cn=svc,dc=example,dc=com', password: pw}"
+
+
+@pytest.mark.parametrize(
+    ("auth", "config", "warned"),
+    [
+        (DIRECT_BIND % ("", ""), "", True),
+        (DIRECT_BIND % ("", ", directory_check_minutes: 5"), "", True),
+        (DIRECT_BIND % ("", ""), "config: {token_ttl: 24}\n", False),
+        (DIRECT_BIND % ("", ", directory_check_minutes: 0"), "", False),
+        (DIRECT_BIND % (SERVICE_ACCOUNT, ""), "", False),
+        ("auth: {provider: dummy}\n", "", False),
+    ],
+    ids=["direct-bind", "direct-bind-checks-asked", "token-ttl", "checks-off", "service-account", "dummy"],
+)
+def test_a_direct_bind_config_whose_tokens_nothing_rechecks_loads_with_a_warning(
+        auth: str, config: str, warned: bool) -> None:
+    """Direct bind cannot look a user up, so a user removed from the directory kept their tokens
+    for ever with the checks configured (by default) and not a word said: the operator is told at
+    load, and told how to make it stop (a service account, token_ttl, or checks off to say so)."""
+    loaded = parse(auth + config + "pools: [{name: p, size: 1, provider: dummy}]\n")
+    warnings = [warning for warning in loaded.warnings if warning.startswith("auth.directory_check_minutes")]
+    assert len(warnings) == (1 if warned else 0), loaded.warnings
+    if warned:
+        assert "service_account_hash" in warnings[0] and "token_ttl" in warnings[0]
