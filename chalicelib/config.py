@@ -426,6 +426,12 @@ MAX_VALUES = 2_000_000
 """Values in a config once its YAML aliases are expanded (10,000 pools of 100 keys and items
 are 1 million): nine aliases to nine aliases ... nine levels deep would be 387 million."""
 MAX_POOLS = 10_000
+MAX_TAG_COUNTS_PER_DAY = 6_400
+"""Most tag counts one day's statistics may hold: (max_tag_names_per_day + 1) x
+(max_tag_values_per_day + 1), the ``(other)`` name and values included. /summary answers within
+4 MiB (api.http.ANSWER_BUDGET_BYTES) and a count takes up to about 650 bytes there (a 50-character
+name, a value of 255 characters of JSON, in the day and in the range's totals): a day holding more
+would be refused, every day, as a range too long for one answer. The defaults hold 5,151."""
 
 
 def read_config_file(path: Path) -> str:
@@ -698,6 +704,8 @@ def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Con
             reader.warnings.append(f"{name}: unknown section, ignored")
 
     service = reader.model(document.get("config"), ServiceConfig, "config")
+    if service is not None:
+        reader.problems.extend(_tag_count_problems(service))
     redis = reader.model(document.get("redis"), RedisConfig, "redis")
     providers = _read_providers(reader, document.get("providers"))
     dns_configs = _read_dns_configs(reader, document.get("dns_configs"))
@@ -729,6 +737,16 @@ def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Con
         rate_limits=MappingProxyType(rate_limits),
         dns_configs=MappingProxyType(dns_configs),
     )
+
+
+def _tag_count_problems(service: ServiceConfig) -> list[str]:
+    """Whether a day's tag counts, at their most, fit one /summary answer (MAX_TAG_COUNTS_PER_DAY)."""
+    names, values = service.max_tag_names_per_day, service.max_tag_values_per_day
+    if (names + 1) * (values + 1) <= MAX_TAG_COUNTS_PER_DAY:
+        return []
+    return [(f"config.max_tag_names_per_day ({names}) and config.max_tag_values_per_day ({values}): a day "
+            f"would count up to {(names + 1) * (values + 1)} tags with '(other)', more than one /summary "
+            f"answer holds; (names + 1) x (values + 1) must be at most {MAX_TAG_COUNTS_PER_DAY}")]
 
 
 def _read_rate_limits(reader: BlockReader, raw: Any) -> dict[str, Mapping[str, int]]:

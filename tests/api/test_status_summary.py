@@ -376,3 +376,24 @@ def test_a_broken_count_of_samples_reads_as_none(full: Harness) -> None:
     assert (summary.status, status.status) == (200, 200)
     assert summary.json["daily"][0]["boot"]["count"] == {"total": 0} == status.json["boot"]["count"]
     assert status.json["boot"]["duration"]["average"] == 0
+
+
+def test_a_day_filled_to_the_most_tags_the_config_allows_fits_one_summary(make_stack: Callable[..., Harness]) -> None:
+    """max_tag_names_per_day and max_tag_values_per_day each took up to 10,000: at 100 x 100 a
+    day of the longest names and values was refused as a range too long for one answer, so
+    today's /summary answered 400 all day. A config whose day may not fit is now refused at load
+    (tests/core/test_config.py); at the most it accepts, a full day of the longest tags fits."""
+    names, values = 63, 99  # (63 + 1) x (99 + 1) = MAX_TAG_COUNTS_PER_DAY
+    stack = make_stack(ANY_TAG_CONFIG.replace(
+        "{domain: example.com}",
+        f"{{domain: example.com, max_tag_names_per_day: {names}, max_tag_values_per_day: {values}}}"))
+    today = _today(stack).isoformat()
+    longest = "\v" * ((MAX_TAG_VALUE - 3) // 6)  # with three digits, 255 characters of JSON
+    for value in range(values + 1):  # the last is counted as '(other)'
+        tags = {f"n{name:03d}" + "x" * 46: f"{value:03d}{longest}" for name in range(names + 1)}
+        stack.store.record_tags(today, tags, names, values)
+
+    summary = stack.get("/api/v3/summary")
+    assert summary.status == 200, summary.raw[:300]
+    assert len(summary.json["tag"]) == names + 1
+    assert lambda_answer_bytes(summary) < LAMBDA_ANSWER_LIMIT

@@ -508,3 +508,18 @@ def test_a_direct_bind_config_whose_tokens_nothing_rechecks_loads_with_a_warning
     assert len(warnings) == (1 if warned else 0), loaded.warnings
     if warned:
         assert "service_account_hash" in warnings[0] and "token_ttl" in warnings[0]
+
+
+def test_tag_bounds_whose_day_would_not_fit_one_summary_are_refused() -> None:
+    """Each of the two took up to 10,000, but a day counting 100 x 100 of the longest tags no longer
+    fits one /summary answer, which then refused today's statistics all day: such a config is now
+    refused at load, saying why (the day at the most it accepts: tests/api/test_status_summary.py)."""
+    pools = "pools: [{name: p, size: 1, provider: dummy}]\n"
+    with pytest.raises(ConfigError) as raised:
+        parse("config: {max_tag_names_per_day: 100, max_tag_values_per_day: 100}\n" + pools)
+    assert raised.value.problems == [
+        ("config.max_tag_names_per_day (100) and config.max_tag_values_per_day (100): a day would count up to "
+        "10201 tags with '(other)', more than one /summary answer holds; (names + 1) x (values + 1) must be at "
+        "most 6400")]
+    accepted = parse("config: {max_tag_names_per_day: 63, max_tag_values_per_day: 99}\n" + pools)
+    assert (accepted.service.max_tag_names_per_day, accepted.service.max_tag_values_per_day) == (63, 99)
