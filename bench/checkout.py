@@ -199,7 +199,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     repeats = 1 if quick else 3
     levels = (1, 8) if quick else (1, 8, 32)
     result: dict[str, Any] = {"cores": CORES, "pool_size": pool_size, "seconds_per_run": seconds,
-                              "runs": repeats, "levels": {}}
+                              "runs": repeats, "http_client": "lean", "levels": {}}
     with local_stack(dummy_config([(POOL, pool_size)]), interval=5.0) as stack:
         result["fill_seconds"] = round(stack.wait_ready(POOL, pool_size, timeout=600), 1)
         for clients in levels:
@@ -281,6 +281,30 @@ def one_level(clients: int, seconds: float, runs: int, pool_size: int, workers: 
             "failures": [r["failures"] for r in results]}
 
 
+def compare_clients(rounds: int, seconds: float, pool_size: int) -> dict[str, Any]:
+    """The benchmark's two HTTP clients on one stack, windows alternating (lean first in even
+    rounds, stdlib first in odd ones): what each costs per cycle, and what the stack does with
+    the CPU the cheaper one leaves it. Prints each window; returns the medians."""
+    import os
+
+    runs: dict[str, list[dict[str, Any]]] = {"lean": [], "stdlib": []}
+    with local_stack(dummy_config([(POOL, pool_size)]), interval=5.0) as stack:
+        stack.wait_ready(POOL, pool_size, timeout=600)
+        for round_number in range(rounds):
+            for http in ("lean", "stdlib") if round_number % 2 == 0 else ("stdlib", "lean"):
+                stack.wait_ready(POOL, pool_size, timeout=600)
+                run = _one_run(stack, 8, seconds, http=http)
+                runs[http].append(run)
+                cpu = ", ".join(f"{part} {used}" for part, used in run["cpu_ms_per_cycle"].items())
+                print(f"load {os.getloadavg()[0]:4.1f} round {round_number} {http:6} {run['cycles_per_second']:5.0f} "
+                      f"cycles/s, p99 {run['checkout_p99_ms']:6.2f} ms, cpu ms/cycle: {cpu}", flush=True)
+    return {http: {"cycles_per_second": median([r["cycles_per_second"] for r in http_runs]),
+                   "checkout_p99_ms": median([r["checkout_p99_ms"] for r in http_runs]),
+                   "cpu_ms_per_cycle": {part: median([r["cpu_ms_per_cycle"][part] for r in http_runs])
+                                        for part in http_runs[0]["cpu_ms_per_cycle"]}}
+            for http, http_runs in runs.items()}
+
+
 if __name__ == "__main__":
     import argparse
     import os
@@ -293,6 +317,12 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=None, help="local.run --workers (default: its own)")
     parser.add_argument("--http", choices=("lean", "stdlib"), default="lean",
                         help="the clients' HTTP: bench.http_client (default) or http.client")
+    parser.add_argument("--compare-http", action="store_true",
+                        help="alternate windows of both clients on one stack (--runs rounds)")
     options = parser.parse_args()
+    if options.compare_http:
+        medians = compare_clients(options.runs, options.seconds, options.pool)
+        print(json.dumps({**medians, "load_average": os.getloadavg()}))
+        raise SystemExit(0)
     figures = one_level(options.clients, options.seconds, options.runs, options.pool, options.workers, options.http)
     print(json.dumps({**figures, "load_average": os.getloadavg()}))
