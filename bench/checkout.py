@@ -21,7 +21,7 @@ import json
 import multiprocessing
 import resource
 import time
-from typing import Any
+from typing import Any, Callable
 
 from bench.common import (
     CORES,
@@ -69,7 +69,7 @@ def _client(port: int, pool: str, start_at: float, stop_at: float, out: "multipr
     out.put({"checkout": checkout, "delete": delete, "failures": failures})
 
 
-def _requester(port: int, http: str) -> Any:
+def _requester(port: int, http: str) -> Callable[[str, str], tuple[int, bytes]]:
     """A function sending one request on a kept-alive connection: (status, body)."""
     if http == "lean":
         return KeepAliveClient("127.0.0.1", port).request
