@@ -16,12 +16,12 @@ call are measured separately, in process (``round_trips``), where nothing else t
 
 from __future__ import annotations
 
-import http.client
+import http.client as http_client
 import json
 import multiprocessing
 import resource
 import time
-from typing import Any
+from typing import Any, Callable
 
 from bench.common import (
     CORES,
@@ -33,6 +33,7 @@ from bench.common import (
     percentile,
     stack_cpu,
 )
+from bench.http_client import KeepAliveClient
 from chalicelib.store.keys import Keys
 from local.stack import Stack, dummy_config, local_stack
 
@@ -40,9 +41,12 @@ POOL = "big"
 CATCH_UP_TIMEOUT_SECONDS = 300.0
 
 
-def _client(port: int, pool: str, start_at: float, stop_at: float, out: "multiprocessing.Queue[Any]") -> None:
-    """One client: cycles until ``stop_at``; reports per-call latencies and failures."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+def _client(port: int, pool: str, start_at: float, stop_at: float, out: "multiprocessing.Queue[Any]",
+            http: str = "lean") -> None:
+    """One client: cycles until ``stop_at``; reports per-call latencies and failures. ``http``:
+    ``lean`` (bench.http_client, the default) or ``stdlib`` (``http.client``, what the figures
+    before issue 14's CPU round used)."""
+    request = _requester(port, http)
     checkout: list[float] = []
     delete: list[float] = []
     failures: dict[str, int] = {}
@@ -50,32 +54,41 @@ def _client(port: int, pool: str, start_at: float, stop_at: float, out: "multipr
         time.sleep(0.001)
     while time.time() < stop_at:
         began = time.perf_counter()
-        connection.request("POST", f"/api/v3/vm/{pool}", body=b"")
-        response = connection.getresponse()
-        body = response.read()
+        status, body = request("POST", f"/api/v3/vm/{pool}")
         took = time.perf_counter() - began
-        if response.status != 200:
-            failures[f"checkout {response.status}"] = failures.get(f"checkout {response.status}", 0) + 1
+        if status != 200:
+            failures[f"checkout {status}"] = failures.get(f"checkout {status}", 0) + 1
             continue
         checkout.append(took)
         hostname = json.loads(body)[pool]["hostname"]
         began = time.perf_counter()
-        connection.request("DELETE", f"/api/v3/vm/{hostname}")
-        response = connection.getresponse()
-        response.read()
+        status, _ = request("DELETE", f"/api/v3/vm/{hostname}")
         delete.append(time.perf_counter() - began)
-        if response.status != 200:
-            failures[f"delete {response.status}"] = failures.get(f"delete {response.status}", 0) + 1
-    connection.close()
+        if status != 200:
+            failures[f"delete {status}"] = failures.get(f"delete {status}", 0) + 1
     out.put({"checkout": checkout, "delete": delete, "failures": failures})
 
 
-def _one_run(stack: Stack, clients: int, seconds: float, pool: str = POOL) -> dict[str, Any]:
+def _requester(port: int, http: str) -> Callable[[str, str], tuple[int, bytes]]:
+    """A function sending one request on a kept-alive connection: (status, body)."""
+    if http == "lean":
+        return KeepAliveClient("127.0.0.1", port).request
+    connection = http_client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def request(method: str, path: str) -> tuple[int, bytes]:
+        connection.request(method, path, body=b"")
+        response = connection.getresponse()
+        return response.status, response.read()
+
+    return request
+
+
+def _one_run(stack: Stack, clients: int, seconds: float, pool: str = POOL, http: str = "lean") -> dict[str, Any]:
     context = multiprocessing.get_context("fork")
     queue: "multiprocessing.Queue[Any]" = context.Queue()
     start_at = time.time() + 0.5 + 0.02 * clients  # every client connected and waiting
     stop_at = start_at + seconds
-    processes = [context.Process(target=_client, args=(stack.port, pool, start_at, stop_at, queue))
+    processes = [context.Process(target=_client, args=(stack.port, pool, start_at, stop_at, queue, http))
                  for _ in range(clients)]
     for process in processes:
         process.start()
@@ -186,7 +199,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     repeats = 1 if quick else 3
     levels = (1, 8) if quick else (1, 8, 32)
     result: dict[str, Any] = {"cores": CORES, "pool_size": pool_size, "seconds_per_run": seconds,
-                              "runs": repeats, "levels": {}}
+                              "runs": repeats, "http_client": "lean", "levels": {}}
     with local_stack(dummy_config([(POOL, pool_size)]), interval=5.0) as stack:
         result["fill_seconds"] = round(stack.wait_ready(POOL, pool_size, timeout=600), 1)
         for clients in levels:
@@ -244,7 +257,8 @@ def _in_subprocess(function: Any) -> Any:
         return pool.apply(function)
 
 
-def one_level(clients: int, seconds: float, runs: int, pool_size: int, workers: int | None = None) -> dict[str, Any]:
+def one_level(clients: int, seconds: float, runs: int, pool_size: int, workers: int | None = None,
+              http: str = "lean") -> dict[str, Any]:
     """One concurrency level only, each run's figures (for A/B comparisons of two checkouts of
     the repository, run alternately: see docs/performance.md)."""
     with local_stack(dummy_config([(POOL, pool_size)]), workers=workers, interval=5.0) as stack:
@@ -252,18 +266,43 @@ def one_level(clients: int, seconds: float, runs: int, pool_size: int, workers: 
         results = []
         for _ in range(runs):
             stack.wait_ready(POOL, int(pool_size * 0.9), timeout=600)
-            results.append(_one_run(stack, clients, seconds))
-    return {"clients": clients, "seconds": seconds, "pool_size": pool_size, "workers": workers,
+            results.append(_one_run(stack, clients, seconds, http=http))
+    return {"clients": clients, "http": http, "seconds": seconds, "pool_size": pool_size, "workers": workers,
             "cycles_per_second": [r["cycles_per_second"] for r in results],
             "sustained_cycles_per_second": [r["sustained_cycles_per_second"] for r in results],
             "refill_owed": [r["refill_owed"] for r in results],
             "catch_up_seconds": [r["catch_up_seconds"] for r in results],
             "api_cpu_ms_per_cycle": [r["cpu_ms_per_cycle"]["api workers"] for r in results],
+            "client_cpu_ms_per_cycle": [r["cpu_ms_per_cycle"]["http clients"] for r in results],
             "scheduler_cpu_ms_per_cycle": [r["cpu_ms_per_cycle"]["reconcile (scheduler)"] for r in results],
             "redis_commands_per_checkout": [r["redis_commands_per_checkout"] for r in results],
             "checkout_p50_ms": [r["checkout_p50_ms"] for r in results],
             "checkout_p99_ms": [r["checkout_p99_ms"] for r in results],
             "failures": [r["failures"] for r in results]}
+
+
+def compare_clients(rounds: int, seconds: float, pool_size: int) -> dict[str, Any]:
+    """The benchmark's two HTTP clients on one stack, windows alternating (lean first in even
+    rounds, stdlib first in odd ones): what each costs per cycle, and what the stack does with
+    the CPU the cheaper one leaves it. Prints each window; returns the medians."""
+    import os
+
+    runs: dict[str, list[dict[str, Any]]] = {"lean": [], "stdlib": []}
+    with local_stack(dummy_config([(POOL, pool_size)]), interval=5.0) as stack:
+        stack.wait_ready(POOL, pool_size, timeout=600)
+        for round_number in range(rounds):
+            for http in ("lean", "stdlib") if round_number % 2 == 0 else ("stdlib", "lean"):
+                stack.wait_ready(POOL, pool_size, timeout=600)
+                run = _one_run(stack, 8, seconds, http=http)
+                runs[http].append(run)
+                cpu = ", ".join(f"{part} {used}" for part, used in run["cpu_ms_per_cycle"].items())
+                print(f"load {os.getloadavg()[0]:4.1f} round {round_number} {http:6} {run['cycles_per_second']:5.0f} "
+                      f"cycles/s, p99 {run['checkout_p99_ms']:6.2f} ms, cpu ms/cycle: {cpu}", flush=True)
+    return {http: {"cycles_per_second": median([r["cycles_per_second"] for r in http_runs]),
+                   "checkout_p99_ms": median([r["checkout_p99_ms"] for r in http_runs]),
+                   "cpu_ms_per_cycle": {part: median([r["cpu_ms_per_cycle"][part] for r in http_runs])
+                                        for part in http_runs[0]["cpu_ms_per_cycle"]}}
+            for http, http_runs in runs.items()}
 
 
 if __name__ == "__main__":
@@ -276,6 +315,14 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--pool", type=int, default=6000)
     parser.add_argument("--workers", type=int, default=None, help="local.run --workers (default: its own)")
+    parser.add_argument("--http", choices=("lean", "stdlib"), default="lean",
+                        help="the clients' HTTP: bench.http_client (default) or http.client")
+    parser.add_argument("--compare-http", action="store_true",
+                        help="alternate windows of both clients on one stack (--runs rounds)")
     options = parser.parse_args()
-    figures = one_level(options.clients, options.seconds, options.runs, options.pool, options.workers)
+    if options.compare_http:
+        medians = compare_clients(options.runs, options.seconds, options.pool)
+        print(json.dumps({**medians, "load_average": os.getloadavg()}))
+        raise SystemExit(0)
+    figures = one_level(options.clients, options.seconds, options.runs, options.pool, options.workers, options.http)
     print(json.dumps({**figures, "load_average": os.getloadavg()}))

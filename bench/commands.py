@@ -13,14 +13,21 @@ commandstats``), the dummy provider's included: its VMs live in the same Redis.
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
+
+import redis
 
 from bench.checkout import POOL, _one_run
 from bench.common import command_delta, command_stats
+from chalicelib.providers import dummy
 from chalicelib.store.keys import STATES, Keys
+from chalicelib.store.scripts import script_source
 from local.stack import Stack, dummy_config, local_stack
 
 SETTLE_POLL_SECONDS = 2.5
@@ -47,16 +54,71 @@ def settle(stack: Stack, size: int, timeout: float = 300.0) -> int:
     raise RuntimeError(f"pool {POOL} did not settle in {timeout:.0f} s")
 
 
-def commands_per_cycle(clients: int, seconds: float, runs: int, pool_size: int) -> dict[str, Any]:
-    """Each run's commands per cycle, in all and by command (``settle``'s own reads left out)."""
+def script_names() -> dict[str, str]:
+    """The SHA1 of every script the local stack runs, to its name: the store's (lua/*.lua, as
+    loaded) and the dummy provider's."""
+    names = {hashlib.sha1(text.encode()).hexdigest(): f"dummy {name.strip('_').lower()}"
+             for name, text in vars(dummy).items() if name in ("_WRITE_VMS", "_START_IF_PRESENT")}
+    lua = Path(script_source.__code__.co_filename).with_name("lua")
+    for path in lua.glob("*.lua"):
+        names[hashlib.sha1(script_source(path.stem).encode()).hexdigest()] = path.stem
+    return names
+
+
+def script_time(entries: list[dict[str, Any]], cycles: int) -> dict[str, dict[str, float]]:
+    """Redis's own time (SLOWLOG durations, microseconds) in each script, per cycle and per call,
+    the commands the script runs included. (The slowlog lists those too, with the caller's
+    address: a plain command cannot be told from one a script ran, so only scripts are given.)"""
+    names = script_names()
+    took: dict[str, list[int]] = collections.defaultdict(list)
+    for entry in entries:
+        command = entry["command"]
+        words = (command.decode("latin-1") if isinstance(command, bytes) else command).split(" ", 2)
+        if words[0].upper() in ("EVALSHA", "EVAL") and len(words) > 1:
+            took[names.get(words[1], words[1][:12])].append(int(entry["duration"]))
+    return {name: {"us_per_cycle": round(sum(durations) / max(cycles, 1), 1), "calls_per_cycle":
+                   round(len(durations) / max(cycles, 1), 2), "us_per_call": round(sum(durations) / len(durations), 1)}
+            for name, durations in sorted(took.items(), key=lambda item: -sum(item[1]))}
+
+
+def _redis_cpu_seconds(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+SLOWLOG_ENTRIES = 1_000_000
+
+
+def _slowlog_everything(client: redis.Redis, on: bool) -> None:
+    client.config_set("slowlog-log-slower-than", 0 if on else 10_000)
+    client.config_set("slowlog-max-len", SLOWLOG_ENTRIES if on else 128)
+    client.slowlog_reset()
+
+
+def commands_per_cycle(clients: int, seconds: float, runs: int, pool_size: int,
+                       redis_time: bool = False) -> dict[str, Any]:
+    """Each run's commands per cycle, in all and by command (``settle``'s own reads left out);
+    with ``redis_time``, redis-server's CPU per cycle and the time of each script in it
+    (``script_time``; SLOWLOG logs every command meanwhile, which costs Redis about a microsecond
+    a command)."""
     results = []
     with local_stack(dummy_config([(POOL, pool_size)]), interval=5.0) as stack:
         stack.wait_ready(POOL, pool_size, timeout=600)
         settle(stack, pool_size)
         for _ in range(runs):
+            if redis_time:
+                _slowlog_everything(stack.redis, True)
+            cpu_before = _redis_cpu_seconds(stack.redis)
             before = command_stats(stack.redis)
             run = _one_run(stack, clients, seconds)
             looks = settle(stack, pool_size)
+            timed: dict[str, Any] = {}
+            if redis_time:
+                cycles = max(run["cycles"], 1)
+                used = _redis_cpu_seconds(stack.redis) - cpu_before
+                timed = {"redis_cpu_us_per_cycle": round(used * 1e6 / cycles, 1),
+                         "scripts": script_time(stack.redis.slowlog_get(SLOWLOG_ENTRIES), cycles)}
+                _slowlog_everything(stack.redis, False)
             commands = command_delta(before, command_stats(stack.redis))
             commands.pop("info", None)  # the readings'
             commands["zcard"] = commands.get("zcard", 0) - looks * len(STATES)
@@ -64,7 +126,8 @@ def commands_per_cycle(clients: int, seconds: float, runs: int, pool_size: int) 
             results.append({"cycles": run["cycles"], "cycles_per_second": round(run["cycles_per_second"]),
                             "redis_commands_per_cycle": round(sum(commands.values()) / cycles, 2),
                             "by_command": {name: round(calls / cycles, 2) for name, calls in
-                                           sorted(commands.items(), key=lambda item: -item[1]) if calls}})
+                                           sorted(commands.items(), key=lambda item: -item[1]) if calls},
+                            **({"redis_time": timed} if redis_time else {})})
     return {"clients": clients, "seconds": seconds, "pool_size": pool_size, "runs": results}
 
 
@@ -76,6 +139,8 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--pool", type=int, default=600)
+    parser.add_argument("--redis-time", action="store_true",
+                        help="redis-server's CPU per cycle, and the time of each script in it (SLOWLOG)")
     options = parser.parse_args()
-    figures = commands_per_cycle(options.clients, options.seconds, options.runs, options.pool)
+    figures = commands_per_cycle(options.clients, options.seconds, options.runs, options.pool, options.redis_time)
     print(json.dumps({**figures, "load_average": os.getloadavg()}))

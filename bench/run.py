@@ -78,6 +78,9 @@ def table(results: dict[str, Any]) -> list[str]:
                                       steady))
         trips = c["round_trips_per_call"]
         rows.append(("redis round trips", f"checkout {trips['checkout']:g}, delete {trips['delete']:g}"))
+        client = ("bench/http_client.py, keep-alive" if c.get("http_client") == "lean"
+                  else "http.client, keep-alive")
+        rows.append(("checkout clients' HTTP", client))
     if "reconcile" in results:
         r = results["reconcile"]
         pools = r["dummy_100x50"]

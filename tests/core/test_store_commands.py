@@ -138,3 +138,26 @@ def test_a_partial_snapshot_looks_up_only_the_changed_vms_it_has_not_listed(redi
     assert seen.members == {"pending": {"new-0": 100.0, "new-1": 100.0}, "ready": {"ready-1": 950.0},
                             "running": {"busy-0": 800.0}, "completed": {"old-0": 50.0}, "discovered": {}}
     assert commands["zscore"] == 2 * 3  # ready-1, busy-0 and gone-0, in ready and in running
+
+
+def test_a_reservation_reads_each_clone_in_flights_record_once(redis_client: redis.Redis) -> None:
+    """A pending VM is in the cloning set too while its clone runs: reserve_clones read its
+    record twice (whether it is an on-demand VM's, then its pool), hundreds of times a pass in a
+    burst. The counts it makes from them are the same."""
+    store = Store(redis_client)
+    pending_vms(store, [f"vm-{n}" for n in range(4)])  # the pool's own clones in flight
+    pending_vms(store, ["od-0"])  # an on-demand request's: neither fills the pool nor uses its slots
+    store.client.hset(store.keys.vm("od-0"), "request", "req-1")
+    store.client.hset(store.keys.vm("other-0"), mapping={"name": "other-0", "pool": "beta", "state": "pending"})
+    store.client.zadd(store.keys.cloning, {"other-0": 100.0})  # another pool's clone: uses a slot
+    assert store.reserve_clones(POOL, 1, 10, "tmpl", "example.com", [], 150.0) == []  # full; loads the script
+
+    reserved: list[str] = []
+    commands = commands_of(redis_client, lambda: reserved.extend(store.reserve_clones(
+        POOL, 7, 6, "tmpl", "example.com", [f"new-{n}" for n in range(4)], 200.0)))
+
+    # deficit 7 - 4 = 3; the task limit 6 less the 5 clones in flight that are no request's: 1
+    assert reserved == ["new-0"]
+    # the 5 pending VMs' records, then of the cloning set only the one not pending
+    assert commands.get("hmget") == 5 + 1 and "hexists" not in commands
+    assert store.get_vm("new-0").state == "pending"

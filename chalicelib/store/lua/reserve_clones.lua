@@ -22,12 +22,24 @@ local ready_key, pending_key, demand_key, cloning_key = KEYS[1], KEYS[2], KEYS[3
 local pool, size, task_limit, now, template, domain, clone_limit, demand_ttl, vm_template, reserver =
   ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6],
   tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10]
+-- An in-flight VM's pool and, when it is built for an on-demand request, the request (false
+-- when none), read from its record once: a pending VM is most often in the cloning set too, and
+-- a burst holds hundreds of each.
+local owners = {}
+local function owner_of(hostname)
+  local owner = owners[hostname]
+  if owner == nil then
+    owner = redis.call('HMGET', key_of(vm_template, hostname), 'pool', 'request')
+    owners[hostname] = owner
+  end
+  return owner
+end
 -- VMs built for on-demand requests (their record names the request) are not the pool's: they
 -- neither fill its deficit nor use the task limit, which has ondemand_clone_limit beside it.
 local function own(hostnames)
   local count = 0
   for _, hostname in ipairs(hostnames) do
-    if redis.call('HEXISTS', key_of(vm_template, hostname), 'request') == 0 then
+    if not owner_of(hostname)[2] then
       count = count + 1
     end
   end
@@ -40,7 +52,7 @@ if deficit <= 0 then
 end
 local in_flight, in_flight_pool = 0, 0
 for _, hostname in ipairs(redis.call('ZRANGE', cloning_key, 0, -1)) do
-  local owner = redis.call('HMGET', key_of(vm_template, hostname), 'pool', 'request')
+  local owner = owner_of(hostname)
   if not owner[2] then
     in_flight = in_flight + 1
     if owner[1] == pool then
