@@ -46,6 +46,13 @@ pool drained) holds Redis a few milliseconds at a time, not for the whole batch.
 COUNT_POOLS_PER_CALL = 200
 """Pools one call of lua/state_counts.lua counts (Store.counts)."""
 
+UNUSED_RECORD_TTL_SECONDS = 3600
+"""How long the record of a destroyed VM no one ever held lives (one cloned for an on-demand
+request deleted or failed before its delivery), instead of ``data_ttl``: a create/delete loop
+from many addresses makes the service clone at its clone rate, and each record kept a week.
+Longer than any pass lives (a Lambda: 15 minutes), so a pass whose inventory predates the
+destroy still finds the record's ``destroyed_at`` (lua/discover.lua)."""
+
 CLONE_DEMAND_TTL_SECONDS = 120.0
 """A short pool's claim on clone slots lapses when its passes stop renewing it for this long
 (its passes died, or it left the config), so the slots go to the pools still asking."""
@@ -706,6 +713,7 @@ class Store:
             "" if unchanged_since is None else str(unchanged_since),
             "" if lifetime_ended is None else repr(float(lifetime_ended)),
             "", "", "", *_checkout_condition(checked_out_as), str(token_index(keys, token_key)),
+            str(UNUSED_RECORD_TTL_SECONDS),
         ]
         for hostname, changes in fields.items():
             args += [hostname, *update_args(changes)]
@@ -724,7 +732,8 @@ class Store:
         keys = [self.keys.vm(hostname), self.keys.changes, self.keys.cloning, self.keys.running]
         args = ["completed", repr(now), str(self.data_ttl_seconds), "1", "", "",
                 self.keys.pool_state(KEY_PART, "running"), self.keys.pool_state(KEY_PART, "completed"),
-                self.keys.wake(KEY_PART), *_checkout_condition(None), "0", hostname, "1", "reason", reason]
+                self.keys.wake(KEY_PART), *_checkout_condition(None), "0", str(UNUSED_RECORD_TTL_SECONDS),
+                hostname, "1", "reason", reason]
         with _translate_errors():
             (pool,) = self.scripts.move(keys=keys, args=args)
         return str(pool) if pool else None
