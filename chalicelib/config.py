@@ -136,6 +136,9 @@ class ServiceConfig(SettingsModel):
     max_ondemand_requests_kept: Int1 = 10000
     max_tokens_per_user: Int1 = 50
     rate_limiting_enabled: Bool = False
+    max_rate_limited_clients: Int1 = 20000
+    """Clients each rate-limit class counts on their own at once; past it new ones share counters
+    (api/limits.py): what the rate limits keep in Redis is bounded whatever their periods."""
     sizing_timezone: Annotated[str, checked_by(timezone_name)] = "UTC"
     site_name: Str = "vmpool"
     # Accepted for compatibility; this service has no equivalent.

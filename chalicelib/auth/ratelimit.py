@@ -55,6 +55,15 @@ def address_key(address: str | None) -> str | None:
     return str(ip)
 
 
+def address_prefix(address: str | None) -> str | None:
+    """A client address coarser than ``address_key``: IPv6 by its /48 (a site's allocation: one
+    caller with a /48 holds 65,536 /64s), anything else as ``address_key`` counts it."""
+    part = address_key(address)
+    if part is not None and part.endswith("/64"):
+        return str(ipaddress.IPv6Network(part).supernet(new_prefix=48))
+    return part
+
+
 IN_FLIGHT_SECONDS = 120
 """How long a count of attempts in flight lives after the last one started: longer than any login
 takes (LDAP's timeouts, API Gateway's 29 s), so an attempt whose process died is forgotten."""

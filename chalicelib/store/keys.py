@@ -71,6 +71,9 @@ family through these validators.
     requests:<owner hash>    zset    the on-demand requests one owner opened and Redis still keeps, by
                                      creation time (store/ondemand.REQUESTS_KEPT_PER_OWNER)
     ratelimit:<class>:<who>  string  requests of a client (a token's user, hashed, or an address) in the window
+    ratelimit:<class>:clients zset   the clients counted on their own (<who>), by when their window ends:
+                                     past config max_rate_limited_clients, new ones share a counter
+    ratelimit:<class>:shared:<n> string requests of the clients sharing counter n (lua/rate_count.lua)
     token:<sha256>           hash    an API token's user and times (auth/tokens.py)
     tokens:ttl               string  the token_ttl the tokens' expiries were last set for ("none":
                                      no expiry); another config's sets them again (auth/tokens.py)
@@ -311,6 +314,15 @@ class Keys:
 
     def rate_limit(self, request_class: str, client: str) -> str:
         return f"{self.prefix}ratelimit:{request_class}:{client}"
+
+    def rate_limit_clients(self, request_class: str) -> str:
+        """The clients of a rate-limit class counted on their own, by when their window ends
+        (``<who>`` always starts ``ip:`` or ``user:``, so no client is named ``clients``)."""
+        return f"{self.prefix}ratelimit:{request_class}:clients"
+
+    def rate_limit_shared(self, request_class: str, counter: int) -> str:
+        """One of the counters a rate-limit class's clients share once its table is full."""
+        return f"{self.prefix}ratelimit:{request_class}:shared:{counter}"
 
     @property
     def migrating(self) -> str:

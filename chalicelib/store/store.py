@@ -298,6 +298,18 @@ class DayStats:
         return finite_number(self.values.get(field_name)) or 0.0
 
 
+@dataclass(frozen=True)
+class RequestCount:
+    """A request counted under its rate limit (``Store.count_request``)."""
+
+    count: int
+    """Requests on its counter in the window, this one included."""
+    left_ms: int
+    """Until the window ends."""
+    shared: bool
+    """Counted on a counter clients share: the class counted its most clients on their own."""
+
+
 class Store:
     """The service's state. Every method raises StoreUnavailable when Redis fails."""
 
@@ -965,12 +977,18 @@ class Store:
                 pipe.hgetall(self.keys.daily(day))
             return [DayStats(day, values) for day, values in zip(days, pipe.execute(), strict=True)]
 
-    def count_request(self, key: str, window_seconds: int) -> tuple[int, int]:
-        """Count a request under a rate limit's ``key`` (a fixed window of ``window_seconds``):
-        (requests in the window, ms until it ends)."""
+    def count_request(self, request_class: str, client: str, shared_counter: int, window_seconds: int,
+                      now: float, max_clients: int) -> RequestCount:
+        """Count a request of ``client`` under its rate-limit class (a fixed window of
+        ``window_seconds``): on the client's own counter while the class counts fewer than
+        ``max_clients`` clients on their own (or already counts this one), else on shared counter
+        ``shared_counter`` (lua/rate_count.lua)."""
+        keys = [self.keys.rate_limit(request_class, client), self.keys.rate_limit_shared(request_class, shared_counter),
+                self.keys.rate_limit_clients(request_class)]
         with _translate_errors():
-            count, left_ms = self.scripts.rate_count(keys=[key], args=[window_seconds])
-        return int(count), int(left_ms)
+            count, left_ms, shared = self.scripts.rate_count(keys=keys, args=[window_seconds, repr(now), max_clients,
+                                                                              client])
+        return RequestCount(int(count), int(left_ms), bool(shared))
 
     def set_last_boot(self, pool: str, when: str) -> None:
         with _translate_errors():

@@ -275,6 +275,7 @@ DAY = "2026-12-03"
 def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
     """Every key family: (name, key) for each hostile name its validator admits."""
     from chalicelib.api.http import HOSTNAME_PATTERN
+    from chalicelib.api.limits import SHARED_RATE_COUNTERS
     from chalicelib.api.ondemand import REQUEST_ID_PATTERN
     from chalicelib.auth.base import canonical_user
     from chalicelib.auth.ratelimit import _user_part, address_key
@@ -314,6 +315,11 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
                        for c in ("vm_creation", "vm_deletion", "authenticated", "global_per_ip")
                        for w in {*(rate_limit_client(token_id(t), "") for t in token_hashes),
                                  *(rate_limit_client(None, a) for a in addresses)}],
+        "rate_limit_clients": [(c, keys.rate_limit_clients(c))
+                               for c in ("vm_creation", "vm_deletion", "authenticated", "global_per_ip")],
+        "rate_limit_shared": [(f"{c} {n}", keys.rate_limit_shared(c, n))
+                              for c in ("vm_creation", "vm_deletion", "authenticated", "global_per_ip")
+                              for n in (0, 1, SHARED_RATE_COUNTERS - 1)],
         "purge_lease": [(p, keys.lease(purge_lease_name(p))) for p in pools],
         "template_lease": [(f"{p} {t}", keys.lease(template_lease_name(p, t)))
                            for p in pools[:20] for t in HOSTILE_NAMES],
