@@ -233,6 +233,9 @@ class AuthConfig(SettingsModel):
     login_attempts_per_user: Int1 = 10
     login_attempts_per_address: Int1 = 50
     login_window_seconds: Int1 = 300
+    max_login_counters: Int1 = 20000
+    """User names (and, apart, addresses) whose failed logins are counted on their own at once;
+    past it new ones share counters (auth/ratelimit.py): bounded whatever the window."""
     admins: StrList = ()
     admin_groups: StrList = ()
     directory_check_minutes: Annotated[int, bounded(0, 1440)] = 10

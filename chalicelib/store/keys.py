@@ -84,6 +84,9 @@ family through these validators.
     login:user:<hash>        string  failed logins (and attempts in flight) of a user name (login_key, hashed)
     login:addr:<address>     string  the same from a client address (IPv6: its /64)
     login:<user|addr>:<..>:in_flight string  of those, the attempts still waiting for the directory
+    login:<user|addr>:counted zset   the names (addresses) counted on their own, by when their window
+                                     ends: past config auth.max_login_counters, new ones share counters
+    login:<user|addr>:shared:<n> string failed logins (and attempts in flight) of those sharing counter n
     migrating                zset    VMs being migrated to another host, across all pools, by start time
     templates:prepared       hash    <provider>:<template> -> "done", or the task preparing it
     templates:preparing      hash    <provider>:<template> -> since when the task preparing it is under way,
@@ -296,6 +299,26 @@ class Keys:
 
     def login_address(self, address: str) -> str:
         return f"{self.prefix}login:addr:{address}"
+
+    def login_user_shared(self, counter: int) -> str:
+        """One of the counters user names share once ``login_users_counted`` is full (a name's
+        hash is hex: never ``shared``)."""
+        return f"{self.prefix}login:user:shared:{counter}"
+
+    def login_address_shared(self, counter: int) -> str:
+        """One of the counters addresses share once ``login_addresses_counted`` is full (an
+        address part is an IP address, a network or hex: never ``shared``)."""
+        return f"{self.prefix}login:addr:shared:{counter}"
+
+    @property
+    def login_users_counted(self) -> str:
+        """The user names counted on their own (their hashes), by when their window ends."""
+        return f"{self.prefix}login:user:counted"
+
+    @property
+    def login_addresses_counted(self) -> str:
+        """The addresses counted on their own, by when their window ends."""
+        return f"{self.prefix}login:addr:counted"
 
     def login_in_flight(self, counter: str) -> str:
         """The count of a login counter's attempts still waiting for the directory."""

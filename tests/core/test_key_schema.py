@@ -278,7 +278,7 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
     from chalicelib.api.limits import SHARED_RATE_COUNTERS
     from chalicelib.api.ondemand import REQUEST_ID_PATTERN
     from chalicelib.auth.base import canonical_user
-    from chalicelib.auth.ratelimit import _user_part, address_key
+    from chalicelib.auth.ratelimit import SHARED_LOGIN_COUNTERS, _user_part, address_key
     from chalicelib.auth.tokens import hash_token, token_id
     from chalicelib.config import POOL_NAME_PATTERN
     from chalicelib.store.keys import purge_lease_name, quota_owner, rate_limit_client, template_lease_name
@@ -320,6 +320,12 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
         "rate_limit_shared": [(f"{c} {n}", keys.rate_limit_shared(c, n))
                               for c in ("vm_creation", "vm_deletion", "authenticated", "global_per_ip")
                               for n in (0, 1, SHARED_RATE_COUNTERS - 1)],
+        "login_user_shared": [(str(n), keys.login_user_shared(n)) for n in (0, 1, SHARED_LOGIN_COUNTERS - 1)],
+        "login_address_shared": [(str(n), keys.login_address_shared(n)) for n in (0, 1, SHARED_LOGIN_COUNTERS - 1)],
+        "login_shared_in_flight": [(f"{kind} {n}", keys.login_in_flight(shared(n)))
+                                   for kind, shared in (("user", keys.login_user_shared),
+                                                        ("addr", keys.login_address_shared))
+                                   for n in (0, SHARED_LOGIN_COUNTERS - 1)],
         "purge_lease": [(p, keys.lease(purge_lease_name(p))) for p in pools],
         "template_lease": [(f"{p} {t}", keys.lease(template_lease_name(p, t)))
                            for p in pools[:20] for t in HOSTILE_NAMES],
@@ -332,7 +338,8 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
                                                           "ondemand_kept_requests", "holders", "migrating",
                                                           "templates_prepared", "templates_preparing", "sizing_state",
                                                           "running", "running_counted", "running_rebuild",
-                                                          "config_generation")],
+                                                          "config_generation", "login_users_counted",
+                                                          "login_addresses_counted")],
     }
     for state in keys_module.STATES:
         families[f"pool:{state}"] = [(p, keys.pool_state(p, state)) for p in pools]
