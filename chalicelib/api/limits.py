@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Mapping
@@ -23,7 +22,7 @@ from typing import Mapping
 from chalicelib.api.http import ApiError, ApiRequest
 from chalicelib.api.identity import TOKEN_HEADER, Caller
 from chalicelib.auth.base import canonical_user
-from chalicelib.auth.ratelimit import address_key, address_prefix
+from chalicelib.auth.ratelimit import address_key, address_prefix, shared_counter_of
 from chalicelib.services import Services
 from chalicelib.store import Quota, QuotaExceeded
 from chalicelib.store.keys import quota_owner, rate_limit_client
@@ -105,8 +104,7 @@ user) hashes alike, so a caller with many /64s of one /48 fills one, and filling
 
 def shared_counter(user: str | None, address: str | None) -> int:
     """Which of the ``SHARED_RATE_COUNTERS`` counters a client shares once its class's table is full."""
-    who = rate_limit_client(user, address_prefix(address) or "unknown")
-    return int.from_bytes(hashlib.sha256(who.encode("utf-8")).digest()[:8], "big") % SHARED_RATE_COUNTERS
+    return shared_counter_of(rate_limit_client(user, address_prefix(address) or "unknown"), SHARED_RATE_COUNTERS)
 
 
 def _token_user(services: Services, request: ApiRequest) -> str | None:

@@ -87,8 +87,10 @@ DEFAULT_MAX_COUNTERS = 20000
 """Names (and addresses) counted on their own at once unless ``auth.max_login_counters`` says."""
 
 
-def _shared(part: str) -> int:
-    return int.from_bytes(hashlib.sha256(part.encode("utf-8")).digest()[:8], "big") % SHARED_LOGIN_COUNTERS
+def shared_counter_of(part: str, counters: int) -> int:
+    """Which of ``counters`` shared counters the name (address, client) ``part`` is counted on
+    once its table is full: its hash, so the same one in every process."""
+    return int.from_bytes(hashlib.sha256(part.encode("utf-8")).digest()[:8], "big") % counters
 
 
 @dataclass(frozen=True)
@@ -160,12 +162,14 @@ class LoginLimiter:
         limits = []
         if user is not None:
             part = _user_part(user)
-            limits.append(_Limit(self.keys.login_user(part), self.keys.login_user_shared(_shared(part)),
+            limits.append(_Limit(self.keys.login_user(part),
+                                 self.keys.login_user_shared(shared_counter_of(part, SHARED_LOGIN_COUNTERS)),
                                  self.keys.login_users_counted, part, self.max_per_user))
         counted_as = address_key(address)
         if counted_as is not None:
             limits.append(_Limit(self.keys.login_address(counted_as),
-                                 self.keys.login_address_shared(_shared(address_prefix(address) or counted_as)),
+                                 self.keys.login_address_shared(
+                                     shared_counter_of(address_prefix(address) or counted_as, SHARED_LOGIN_COUNTERS)),
                                  self.keys.login_addresses_counted, counted_as, self.max_per_address))
         return limits
 

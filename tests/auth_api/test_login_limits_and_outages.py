@@ -178,7 +178,7 @@ def test_names_past_the_bound_share_counters_no_one_can_reset(make_api, monkeypa
     # frank and erin share a counter (their names hash alike): erin's good login clears none of frank's failures.
 
     def counter(name: str) -> int:
-        return ratelimit._shared(ratelimit._user_part(name))
+        return ratelimit.shared_counter_of(ratelimit._user_part(name), ratelimit.SHARED_LOGIN_COUNTERS)
 
     erin = next(name for name in (f"erin{k}" for k in range(10000))
                 if counter(name) == counter("frank") != counter("dave"))
