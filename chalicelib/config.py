@@ -136,6 +136,9 @@ class ServiceConfig(SettingsModel):
     max_ondemand_requests_kept: Int1 = 10000
     max_tokens_per_user: Int1 = 50
     rate_limiting_enabled: Bool = False
+    max_rate_limited_clients: Int1 = 20000
+    """Clients each rate-limit class counts on their own at once; past it new ones share counters
+    (api/limits.py): what the rate limits keep in Redis is bounded whatever their periods."""
     sizing_timezone: Annotated[str, checked_by(timezone_name)] = "UTC"
     site_name: Str = "vmpool"
     # Accepted for compatibility; this service has no equivalent.
@@ -230,6 +233,9 @@ class AuthConfig(SettingsModel):
     login_attempts_per_user: Int1 = 10
     login_attempts_per_address: Int1 = 50
     login_window_seconds: Int1 = 300
+    max_login_counters: Int1 = 20000
+    """User names (and, apart, addresses) whose failed logins are counted on their own at once;
+    past it new ones share counters (auth/ratelimit.py): bounded whatever the window."""
     admins: StrList = ()
     admin_groups: StrList = ()
     directory_check_minutes: Annotated[int, bounded(0, 1440)] = 10

@@ -227,7 +227,8 @@ class Services:
         authenticator = self.authenticator
         if authenticator is None:
             return None
-        limiter = LoginLimiter.from_config(self.config.auth, self.client, prefix=self.store.keys.prefix)
+        limiter = LoginLimiter.from_config(self.config.auth, self.client, prefix=self.store.keys.prefix,
+                                           clock=self.clock)
         return LoginService(authenticator, limiter)
 
     @cached_property

@@ -6,7 +6,11 @@
 - Request rates: vmpooler's ``rate_limiting_enabled`` and ``rate_limits`` (per user when a valid
   token is sent, else per client address; VM creation and deletion counted on their own), a fixed
   window per client in Redis, so every API process and Lambda shares it. Past the limit: 429 with
-  ``Retry-After``.
+  ``Retry-After``. Each class counts at most ``max_rate_limited_clients`` clients on their own at
+  once; past it a client not counted yet shares one of ``SHARED_RATE_COUNTERS`` counters (by its
+  IPv6 /48, address or user), so Redis holds a bounded number of counters whatever the period and
+  however many addresses callers have, and no client already counted is reset or refused for
+  what others send.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from chalicelib.api.http import ApiError, ApiRequest
 from chalicelib.api.identity import Caller, token_check
 from chalicelib.auth.base import canonical_user
 from chalicelib.auth.directory_check import Standing
-from chalicelib.auth.ratelimit import address_key
+from chalicelib.auth.ratelimit import address_key, address_prefix, shared_counter_of
 from chalicelib.services import Services
 from chalicelib.store import Quota, QuotaExceeded
 from chalicelib.store.keys import quota_owner, rate_limit_client
@@ -92,6 +96,18 @@ def rate_class(services: Services, method: str, path: str, authenticated: bool) 
     return RateClass(name, int(settings["limit"]), int(settings["period"]))
 
 
+SHARED_RATE_COUNTERS = 16384
+"""The counters a rate-limit class's clients share once it counts ``max_rate_limited_clients`` on
+their own: a few MB per class. A new client shares one with the clients whose IPv6 /48 (address,
+user) hashes alike, so a caller with many /64s of one /48 fills one, and filling them all takes
+``SHARED_RATE_COUNTERS`` x the limit requests in a period (1.6 million a minute by default)."""
+
+
+def shared_counter(user: str | None, address: str | None) -> int:
+    """Which of the ``SHARED_RATE_COUNTERS`` counters a client shares once its class's table is full."""
+    return shared_counter_of(rate_limit_client(user, address_prefix(address) or "unknown"), SHARED_RATE_COUNTERS)
+
+
 def _token_user(services: Services, request: ApiRequest) -> str | None:
     """The canonical user of the valid token the request sends (auth configured), else None. A
     token whose user the directory no longer has is not valid: the request is the address's.
@@ -114,15 +130,19 @@ def check_rate(services: Services, method: str, path: str, request: ApiRequest) 
     user = _token_user(services, request)
     rate = rate_class(services, method, path, authenticated=user is not None)
     client = rate_limit_client(user, address_key(request.source_ip) or "unknown")
-    key = services.store.keys.rate_limit(rate.name, client)
-    count, left_ms = services.store.count_request(key, rate.period)
-    if int(count) <= rate.limit:
+    counted = services.store.count_request(rate.name, client, shared_counter(user, request.source_ip), rate.period,
+                                           services.clock.now(), int(services.config.service.max_rate_limited_clients))
+    if counted.count <= rate.limit:
         return
-    wait = max(1, math.ceil(int(left_ms) / 1000)) if int(left_ms) > 0 else rate.period
+    wait = max(1, math.ceil(counted.left_ms / 1000)) if counted.left_ms > 0 else rate.period
     now = int(services.clock.now())
+    body: dict[str, object] = {"error": "Rate limit exceeded", "limit": rate.limit, "period": rate.period,
+                               "retry_after": wait}
+    if counted.shared:
+        # Said so the client (and its operator) know why a client that sent little is refused.
+        body["shared"] = True
     raise ApiError(
-        429,
-        {"error": "Rate limit exceeded", "limit": rate.limit, "period": rate.period, "retry_after": wait},
+        429, body,
         {"Retry-After": str(wait), "X-RateLimit-Limit": str(rate.limit), "X-RateLimit-Remaining": "0",
          "X-RateLimit-Reset": str(now + wait)},
     )

@@ -16,6 +16,12 @@ attempt back; an outage gives both back.
 User names are keyed by ``base.login_key``: NFKC-normalised and case-folded, coarser than the
 directory matches (a fullwidth ``\uff42ob`` binds as ``bob``, so it shares bob's counter), then
 hashed (bounded key size). IPv6 addresses count per /64, since one client usually holds a whole /64.
+
+What the counters keep is bounded whatever the window: at most ``max_counters`` user names and as
+many addresses are counted on their own at once; past it, a name (address) not counted already
+is counted on one of ``SHARED_LOGIN_COUNTERS`` counters it shares with the names (the IPv6 /48s)
+hashing alike, under the same limit, so no name is guessed more often than alone. A success there
+only gives its attempt back: the failures are others' too.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from chalicelib.clock import Clock, SystemClock
 from chalicelib.store.keys import DEFAULT_PREFIX, Keys
 from chalicelib.store.scripts import script_source
 
@@ -55,11 +62,47 @@ def address_key(address: str | None) -> str | None:
     return str(ip)
 
 
+def address_prefix(address: str | None) -> str | None:
+    """A client address coarser than ``address_key``: IPv6 by its /48 (a site's allocation: one
+    caller with a /48 holds 65,536 /64s), anything else as ``address_key`` counts it."""
+    part = address_key(address)
+    if part is not None and part.endswith("/64"):
+        return str(ipaddress.IPv6Network(part).supernet(new_prefix=48))
+    return part
+
+
 IN_FLIGHT_SECONDS = 120
 """How long a count of attempts in flight lives after the last one started: longer than any login
 takes (LDAP's timeouts, API Gateway's 29 s), so an attempt whose process died is forgotten."""
 BUSY_RETRY_SECONDS = 1
 """What a caller refused for attempts still in flight is told to wait."""
+
+
+SHARED_LOGIN_COUNTERS = 16384
+"""The counters user names (and, apart, addresses) share once ``max_counters`` are counted on
+their own: locking out every name not counted yet takes this many x the per-user limit failed
+logins in a window (164,000 by default), against the directory's rate of answers."""
+
+DEFAULT_MAX_COUNTERS = 20000
+"""Names (and addresses) counted on their own at once unless ``auth.max_login_counters`` says."""
+
+
+def shared_counter_of(part: str, counters: int) -> int:
+    """Which of ``counters`` shared counters the name (address, client) ``part`` is counted on
+    once its table is full: its hash, so the same one in every process."""
+    return int.from_bytes(hashlib.sha256(part.encode("utf-8")).digest()[:8], "big") % counters
+
+
+@dataclass(frozen=True)
+class _Limit:
+    """One limit an attempt is counted under: its own counter, the one it shares past the
+    table's bound, its kind's table and its name there, and the limit."""
+
+    own: str
+    shared: str
+    table: str
+    name: str
+    limit: int
 
 
 @dataclass(frozen=True)
@@ -80,13 +123,17 @@ class LoginLimiter:
         max_per_address: int = 50,
         window_seconds: int = 300,
         prefix: str = DEFAULT_PREFIX,
+        max_counters: int = DEFAULT_MAX_COUNTERS,
+        clock: Clock | None = None,
     ) -> None:
-        if max_per_user < 1 or max_per_address < 1 or window_seconds < 1:
-            raise ValueError("login limits and window must be >= 1")
+        if max_per_user < 1 or max_per_address < 1 or window_seconds < 1 or max_counters < 1:
+            raise ValueError("login limits, window and counters must be >= 1")
         self.redis = redis
         self.max_per_user = int(max_per_user)
         self.max_per_address = int(max_per_address)
         self.window_seconds = int(window_seconds)
+        self.max_counters = int(max_counters)
+        self.clock: Clock = clock or SystemClock()
         self.keys = Keys(prefix)
         self._record = redis.register_script(script_source("login_record"))
         self._reserve = redis.register_script(script_source("login_reserve"))
@@ -94,19 +141,44 @@ class LoginLimiter:
 
     @classmethod
     def from_config(
-        cls, auth_config: "AuthConfig | None", redis: Any, prefix: str = DEFAULT_PREFIX,
+        cls, auth_config: "AuthConfig | None", redis: Any, prefix: str = DEFAULT_PREFIX, clock: Clock | None = None,
     ) -> "LoginLimiter":
         """From the ``:auth:`` section's login_attempts_per_user / _per_address / login_window_seconds
-        (vmpooler's defaults without ``:auth:``)."""
+        and max_login_counters (vmpooler's defaults without ``:auth:``)."""
         if auth_config is None:
-            return cls(redis, prefix=prefix)
+            return cls(redis, prefix=prefix, clock=clock)
         return cls(
             redis,
             max_per_user=auth_config.login_attempts_per_user,
             max_per_address=auth_config.login_attempts_per_address,
             window_seconds=auth_config.login_window_seconds,
             prefix=prefix,
+            max_counters=auth_config.max_login_counters,
+            clock=clock,
         )
+
+    def _limits(self, user: str | None, address: str | None) -> list[_Limit]:
+        """The limits an attempt by ``user`` from ``address`` counts under (none without either)."""
+        limits = []
+        if user is not None:
+            part = _user_part(user)
+            limits.append(_Limit(self.keys.login_user(part),
+                                 self.keys.login_user_shared(shared_counter_of(part, SHARED_LOGIN_COUNTERS)),
+                                 self.keys.login_users_counted, part, self.max_per_user))
+        counted_as = address_key(address)
+        if counted_as is not None:
+            limits.append(_Limit(self.keys.login_address(counted_as),
+                                 self.keys.login_address_shared(
+                                     shared_counter_of(address_prefix(address) or counted_as, SHARED_LOGIN_COUNTERS)),
+                                 self.keys.login_addresses_counted, counted_as, self.max_per_address))
+        return limits
+
+    def _script_keys(self, limits: list[_Limit]) -> list[str]:
+        """lua/login_reserve.lua's and login_settle.lua's KEYS."""
+        return [*(limit.own for limit in limits), *(limit.shared for limit in limits),
+                *(self.keys.login_in_flight(limit.own) for limit in limits),
+                *(self.keys.login_in_flight(limit.shared) for limit in limits),
+                *(limit.table for limit in limits)]
 
     def _keys(self, user: str | None, address: str | None) -> list[tuple[str, int]]:
         keys = []
@@ -120,12 +192,13 @@ class LoginLimiter:
     def reserve(self, user: str | None, address: str | None) -> Refusal | None:
         """Count an attempt before it is made, atomically: None when it may go ahead (it now
         counts as a failure until ``settle`` says otherwise), else why not (nothing counted)."""
-        keys = self._keys(user, address)
-        if not keys:
+        limits = self._limits(user, address)
+        if not limits:
             return None
-        counters = [key for key, _ in keys]
-        answer = int(self._reserve(keys=[*counters, *map(self.keys.login_in_flight, counters)],
-                                   args=[self.window_seconds, IN_FLIGHT_SECONDS, *(limit for _, limit in keys)]))
+        answer = int(self._reserve(keys=self._script_keys(limits),
+                                   args=[self.window_seconds, IN_FLIGHT_SECONDS, repr(self.clock.now()),
+                                         self.max_counters, *(limit.limit for limit in limits),
+                                         *(limit.name for limit in limits)]))
         if answer == 0:
             return None
         if answer < 0:
@@ -136,17 +209,14 @@ class LoginLimiter:
         """The answer to an attempt ``reserve`` let through: ``succeeded`` True (the user's
         failures are forgotten, the address gets its attempt back), False (it stays counted), or
         None (the directory could not answer: both get it back)."""
+        limits = self._limits(user, address)
         modes = []
-        counters = []
         if user is not None:
-            counters.append(self.keys.login_user(_user_part(user)))
             modes.append("failed" if succeeded is False else "clear" if succeeded else "refund")
-        part = address_key(address)
-        if part is not None:
-            counters.append(self.keys.login_address(part))
+        if address_key(address) is not None:
             modes.append("failed" if succeeded is False else "refund")
-        if counters:
-            self._settle(keys=[*counters, *map(self.keys.login_in_flight, counters)], args=modes)
+        if limits:
+            self._settle(keys=self._script_keys(limits), args=[*modes, *(limit.name for limit in limits)])
 
     def check(self, user: str | None, address: str | None) -> int | None:
         """Seconds to wait before trying again when the user or the address is over its limit,

@@ -95,7 +95,7 @@ class Fleet:
     def count_nudges(self, pools: Sequence[str], window: int, ttl_seconds: int) -> list[int]:
         """Count a change of each pool in the clock's window number ``window``: each pool's
         changes in that window so far, this one included (one round trip)."""
-        calls: list[ScriptCall] = [(self.scripts.rate_count, [self.keys.nudged(pool, window)], [ttl_seconds])
+        calls: list[ScriptCall] = [(self.scripts.window_count, [self.keys.nudged(pool, window)], [ttl_seconds])
                                    for pool in pools]
         with _translate_errors():
             return [int(count) for count, _ in run_many(self.client, calls)]

@@ -71,6 +71,9 @@ family through these validators.
     requests:<owner hash>    zset    the on-demand requests one owner opened and Redis still keeps, by
                                      creation time (store/ondemand.REQUESTS_KEPT_PER_OWNER)
     ratelimit:<class>:<who>  string  requests of a client (a token's user, hashed, or an address) in the window
+    ratelimit:<class>:clients zset   the clients counted on their own (<who>), by when their window ends:
+                                     past config max_rate_limited_clients, new ones share a counter
+    ratelimit:<class>:shared:<n> string requests of the clients sharing counter n (lua/rate_count.lua)
     token:<sha256>           hash    an API token's user and times (auth/tokens.py)
     tokens:ttl               string  the token_ttl the tokens' expiries were last set for ("none":
                                      no expiry); another config's sets them again (auth/tokens.py)
@@ -81,6 +84,9 @@ family through these validators.
     login:user:<hash>        string  failed logins (and attempts in flight) of a user name (login_key, hashed)
     login:addr:<address>     string  the same from a client address (IPv6: its /64)
     login:<user|addr>:<..>:in_flight string  of those, the attempts still waiting for the directory
+    login:<user|addr>:counted zset   the names (addresses) counted on their own, by when their window
+                                     ends: past config auth.max_login_counters, new ones share counters
+    login:<user|addr>:shared:<n> string failed logins (and attempts in flight) of those sharing counter n
     migrating                zset    VMs being migrated to another host, across all pools, by start time
     templates:prepared       hash    <provider>:<template> -> "done", or the task preparing it
     templates:preparing      hash    <provider>:<template> -> since when the task preparing it is under way,
@@ -294,6 +300,26 @@ class Keys:
     def login_address(self, address: str) -> str:
         return f"{self.prefix}login:addr:{address}"
 
+    def login_user_shared(self, counter: int) -> str:
+        """One of the counters user names share once ``login_users_counted`` is full (a name's
+        hash is hex: never ``shared``)."""
+        return f"{self.prefix}login:user:shared:{counter}"
+
+    def login_address_shared(self, counter: int) -> str:
+        """One of the counters addresses share once ``login_addresses_counted`` is full (an
+        address part is an IP address, a network or hex: never ``shared``)."""
+        return f"{self.prefix}login:addr:shared:{counter}"
+
+    @property
+    def login_users_counted(self) -> str:
+        """The user names counted on their own (their hashes), by when their window ends."""
+        return f"{self.prefix}login:user:counted"
+
+    @property
+    def login_addresses_counted(self) -> str:
+        """The addresses counted on their own, by when their window ends."""
+        return f"{self.prefix}login:addr:counted"
+
     def login_in_flight(self, counter: str) -> str:
         """The count of a login counter's attempts still waiting for the directory."""
         return f"{counter}:in_flight"
@@ -311,6 +337,15 @@ class Keys:
 
     def rate_limit(self, request_class: str, client: str) -> str:
         return f"{self.prefix}ratelimit:{request_class}:{client}"
+
+    def rate_limit_clients(self, request_class: str) -> str:
+        """The clients of a rate-limit class counted on their own, by when their window ends
+        (``<who>`` always starts ``ip:`` or ``user:``, so no client is named ``clients``)."""
+        return f"{self.prefix}ratelimit:{request_class}:clients"
+
+    def rate_limit_shared(self, request_class: str, counter: int) -> str:
+        """One of the counters a rate-limit class's clients share once its table is full."""
+        return f"{self.prefix}ratelimit:{request_class}:shared:{counter}"
 
     @property
     def migrating(self) -> str:

@@ -75,6 +75,7 @@ class Scripts:
         self.update = load("update")
         self.vm_modify = load("vm_modify")
         self.rate_count = load("rate_count")
+        self.window_count = load("window_count")
         self.record_tags = load("record_tags")
         self.set_once = load("set_once")
         self.replace_field = load("replace_field")

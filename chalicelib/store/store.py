@@ -46,6 +46,13 @@ pool drained) holds Redis a few milliseconds at a time, not for the whole batch.
 COUNT_POOLS_PER_CALL = 200
 """Pools one call of lua/state_counts.lua counts (Store.counts)."""
 
+UNUSED_RECORD_TTL_SECONDS = 3600
+"""How long the record of a destroyed VM no one ever held lives (one cloned for an on-demand
+request deleted or failed before its delivery), instead of ``data_ttl``: a create/delete loop
+from many addresses makes the service clone at its clone rate, and each record kept a week.
+Longer than any pass lives (a Lambda: 15 minutes), so a pass whose inventory predates the
+destroy still finds the record's ``destroyed_at`` (lua/discover.lua)."""
+
 CLONE_DEMAND_TTL_SECONDS = 120.0
 """A short pool's claim on clone slots lapses when its passes stop renewing it for this long
 (its passes died, or it left the config), so the slots go to the pools still asking."""
@@ -289,6 +296,18 @@ class DayStats:
         """A figure of the day; 0.0 when absent or broken in Redis (``nan``, ``inf``, text: /summary
         and /status were a 500 on them)."""
         return finite_number(self.values.get(field_name)) or 0.0
+
+
+@dataclass(frozen=True)
+class RequestCount:
+    """A request counted under its rate limit (``Store.count_request``)."""
+
+    count: int
+    """Requests on its counter in the window, this one included."""
+    left_ms: int
+    """Until the window ends."""
+    shared: bool
+    """Counted on a counter clients share: the class counted its most clients on their own."""
 
 
 class Store:
@@ -706,6 +725,7 @@ class Store:
             "" if unchanged_since is None else str(unchanged_since),
             "" if lifetime_ended is None else repr(float(lifetime_ended)),
             "", "", "", *_checkout_condition(checked_out_as), str(token_index(keys, token_key)),
+            str(UNUSED_RECORD_TTL_SECONDS),
         ]
         for hostname, changes in fields.items():
             args += [hostname, *update_args(changes)]
@@ -724,7 +744,8 @@ class Store:
         keys = [self.keys.vm(hostname), self.keys.changes, self.keys.cloning, self.keys.running]
         args = ["completed", repr(now), str(self.data_ttl_seconds), "1", "", "",
                 self.keys.pool_state(KEY_PART, "running"), self.keys.pool_state(KEY_PART, "completed"),
-                self.keys.wake(KEY_PART), *_checkout_condition(None), "0", hostname, "1", "reason", reason]
+                self.keys.wake(KEY_PART), *_checkout_condition(None), "0", str(UNUSED_RECORD_TTL_SECONDS),
+                hostname, "1", "reason", reason]
         with _translate_errors():
             (pool,) = self.scripts.move(keys=keys, args=args)
         return str(pool) if pool else None
@@ -956,12 +977,18 @@ class Store:
                 pipe.hgetall(self.keys.daily(day))
             return [DayStats(day, values) for day, values in zip(days, pipe.execute(), strict=True)]
 
-    def count_request(self, key: str, window_seconds: int) -> tuple[int, int]:
-        """Count a request under a rate limit's ``key`` (a fixed window of ``window_seconds``):
-        (requests in the window, ms until it ends)."""
+    def count_request(self, request_class: str, client: str, shared_counter: int, window_seconds: int,
+                      now: float, max_clients: int) -> RequestCount:
+        """Count a request of ``client`` under its rate-limit class (a fixed window of
+        ``window_seconds``): on the client's own counter while the class counts fewer than
+        ``max_clients`` clients on their own (or already counts this one), else on shared counter
+        ``shared_counter`` (lua/rate_count.lua)."""
+        keys = [self.keys.rate_limit(request_class, client), self.keys.rate_limit_shared(request_class, shared_counter),
+                self.keys.rate_limit_clients(request_class)]
         with _translate_errors():
-            count, left_ms = self.scripts.rate_count(keys=[key], args=[window_seconds])
-        return int(count), int(left_ms)
+            count, left_ms, shared = self.scripts.rate_count(keys=keys, args=[window_seconds, repr(now), max_clients,
+                                                                              client])
+        return RequestCount(int(count), int(left_ms), bool(shared))
 
     def set_last_boot(self, pool: str, when: str) -> None:
         with _translate_errors():

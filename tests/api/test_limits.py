@@ -8,7 +8,7 @@ from typing import Callable
 
 import pytest
 
-from chalicelib.api import vms
+from chalicelib.api import limits, vms
 from chalicelib.api.http import ApiRequest
 from chalicelib.api.routes import handle
 from chalicelib.services import Services
@@ -149,6 +149,53 @@ def test_the_window_ends(make_stack: Callable[[str], Harness]) -> None:
         assert 0 < stack.client.ttl(key) <= 30
         stack.client.delete(key)  # what its expiry does
     assert stack.get("/api/v3/status").status == 200
+
+
+def test_what_many_addresses_keep_in_redis_under_the_rate_limits_is_bounded(
+        make_stack: Callable[[str], Harness], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, each client kept a counter (about 100 bytes) per class for its window: (requests a
+    second) x ``period``, 8.6 GB a day-long period at 1,000 a second from a caller with many
+    addresses. A class now counts ``max_rate_limited_clients`` on their own; past it new clients
+    share SHARED_RATE_COUNTERS counters, one per IPv6 /48 (or address) hashed, and a client
+    counted before keeps its count: neither reset nor refused for what others send."""
+    monkeypatch.setattr(limits, "SHARED_RATE_COUNTERS", 64, raising=False)
+    stack = make_stack(RATE_LIMITED.replace("rate_limiting_enabled: true",
+                                            "rate_limiting_enabled: true\n  max_rate_limited_clients: 100"))
+    client = stack.client
+
+    def kept() -> tuple[int, int]:
+        counters = list(client.scan_iter("vmpool:ratelimit:*", count=1000))
+        return len(counters), sum(client.memory_usage(key) or 0 for key in counters)
+
+    for _ in range(3):
+        assert stack.call("GET", "/api/v3/status", client_ip="198.51.100.9").status == 200
+    for index in range(99):
+        assert stack.call("GET", "/api/v3/status", client_ip=f"192.0.2.{index}").status == 200
+    # The table is full. A caller with a /48 is one client more: its /64s share one counter.
+    flooder = [stack.call("GET", "/api/v3/status", client_ip=f"2001:db8:ffff:{index:x}::1") for index in range(8)]
+    assert [reply.status for reply in flooder] == [200] * 5 + [429] * 3
+    assert flooder[-1].json["shared"] is True and flooder[-1].headers["X-RateLimit-Limit"] == "5"
+    newcomer = "203.0.113.77"
+    assert limits.shared_counter(None, newcomer) != limits.shared_counter(None, "2001:db8:ffff::1")
+    assert stack.call("GET", "/api/v3/status", client_ip=newcomer).status == 200
+    # Thousands of addresses: no more than the table and the shared counters are ever kept.
+    for index in range(2000):
+        stack.call("GET", "/api/v3/status", client_ip=f"2001:db8:{index:x}::1")  # one /48 each
+    counters, size = kept()
+    assert counters <= 100 + 64 + 1
+    for index in range(2000, 6000):
+        stack.call("GET", "/api/v3/status", client_ip=f"2001:db8:{index:x}::1")
+    assert kept()[0] <= counters and kept()[1] <= size + 1024
+    # The client counted before the flood has its own count still: 2 more, then its own 429.
+    assert [stack.call("GET", "/api/v3/status", client_ip="198.51.100.9").status for _ in range(3)] == [200, 200, 429]
+    assert "shared" not in stack.call("GET", "/api/v3/status", client_ip="198.51.100.9").json
+    # Once their windows end the table has room again: a new client is counted on its own.
+    stack.clock.advance(31)
+    for key in client.scan_iter("vmpool:ratelimit:global_per_ip:*"):
+        client.delete(key)  # what their expiry does
+    for _ in range(5):
+        assert stack.call("GET", "/api/v3/status", client_ip="2001:db8:ffff:1::1").status == 200
+    assert stack.call("GET", "/api/v3/status", client_ip="2001:db8:ffff:2::1").status == 200  # another /64
 
 
 def test_without_auth_a_token_is_ignored_by_the_rate_limits(make_stack: Callable[[str], Harness]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from chalicelib.auth import ratelimit
 from tests.auth_api.documents import POOL, document
 from tests.harness import basic
 from tests.support import free_port, json_lines
@@ -128,4 +129,65 @@ def test_credentials_no_directory_is_asked_about_keep_nothing_in_redis(make_api,
     assert list(client.scan_iter("vmpool:login:*")) == []
     # A wrong password the directory checks still counts, per user and per address.
     assert api.call("POST", "/api/v3/token", headers=basic("alice", "guess")).status == 401
-    assert len(list(client.scan_iter("vmpool:login:*"))) == 2
+    counted = {api.services.store.keys.login_users_counted, api.services.store.keys.login_addresses_counted}
+    assert len(set(client.scan_iter("vmpool:login:*")) - counted) == 2
+
+
+def _failed_login_keys(client) -> tuple[int, int]:
+    """How many keys the failed-login counters keep, and their MEMORY USAGE in bytes."""
+    counters = list(client.scan_iter("vmpool:login:*", count=1000))
+    return len(counters), sum(client.memory_usage(key) or 0 for key in counters)
+
+
+def test_what_many_names_and_addresses_keep_in_redis_by_failing_logins_is_bounded(make_api, monkeypatch):
+    # Before, every name the directory was asked about, and every address, kept a counter for the
+    # window: (failed logins a second) x login_window_seconds, about 230 bytes each, and nothing
+    # bounded the window. Past max_login_counters names (addresses) counted on their own, new ones
+    # share SHARED_LOGIN_COUNTERS counters; a name counted before keeps its count.
+    monkeypatch.setattr(ratelimit, "SHARED_LOGIN_COUNTERS", 64, raising=False)
+    api = make_api(document({"provider": "dummy", "login_attempts_per_user": 3, "login_window_seconds": 86400,
+                             "max_login_counters": 100}))
+    client = api.services.client
+    for _ in range(2):
+        assert api.call("POST", "/api/v3/token", headers=basic("bob", "bob"), client_ip="198.51.100.9").status == 401
+    for index in range(2000):  # a new name from a new /48 each time: the dummy fails a password equal to the name
+        api.call("POST", "/api/v3/token", headers=basic(f"g{index}", f"g{index}"), client_ip=f"2001:db8:{index:x}::1")
+    counters, size = _failed_login_keys(client)
+    assert counters <= 2 * (100 + 64 + 1)
+    for index in range(2000, 5000):
+        api.call("POST", "/api/v3/token", headers=basic(f"g{index}", f"g{index}"), client_ip=f"2001:db8:{index:x}::1")
+    assert _failed_login_keys(client)[0] <= counters and _failed_login_keys(client)[1] <= size + 1024
+    # Bob's own count is intact: one failure more, then 429 even with the right password.
+    assert api.call("POST", "/api/v3/token", headers=basic("bob", "bob"), client_ip="198.51.100.9").status == 401
+    assert api.call("POST", "/api/v3/token", headers=basic("bob", "right"), client_ip="198.51.100.9").status == 429
+
+
+def test_names_past_the_bound_share_counters_no_one_can_reset(make_api, monkeypatch):
+    """A name counted on a shared counter is guessed no more often than alone, whatever the
+    addresses; a good login there gives its own attempt back but clears nobody's failures."""
+    monkeypatch.setattr(ratelimit, "SHARED_LOGIN_COUNTERS", 64)
+    api = make_api(document({"provider": "dummy", "login_attempts_per_user": 3, "max_login_counters": 20}))
+    for index in range(20):
+        assert api.call("POST", "/api/v3/token", headers=basic(f"u{index}", f"u{index}"),
+                        client_ip=f"192.0.2.{index}").status == 401
+    # The table is full: dave shares a counter, still 3 guesses a window from 10 addresses.
+    guesses = [api.call("POST", "/api/v3/token", headers=basic("dave", "dave"), client_ip=f"203.0.113.{index}").status
+               for index in range(10)]
+    assert guesses == [401] * 3 + [429] * 7
+    assert api.call("POST", "/api/v3/token", headers=basic("dave", "right")).status == 429
+    # frank and erin share a counter (their names hash alike): erin's good login clears none of frank's failures.
+
+    def counter(name: str) -> int:
+        return ratelimit.shared_counter_of(ratelimit._user_part(name), ratelimit.SHARED_LOGIN_COUNTERS)
+
+    erin = next(name for name in (f"erin{k}" for k in range(10000))
+                if counter(name) == counter("frank") != counter("dave"))
+    assert api.call("POST", "/api/v3/token", headers=basic("frank", "frank")).status == 401
+    assert api.call("POST", "/api/v3/token", headers=basic(erin, "right")).status == 200
+    assert api.call("POST", "/api/v3/token", headers=basic("frank", "frank")).status == 401
+    assert api.call("POST", "/api/v3/token", headers=basic("frank", "frank")).status == 401
+    assert api.call("POST", "/api/v3/token", headers=basic("frank", "right")).status == 429
+    # When the windows end the table has room again: a name is counted on its own.
+    api.clock.advance(301)
+    assert api.call("POST", "/api/v3/token", headers=basic("zed", "zed")).status == 401
+    assert api.services.client.exists(api.services.store.keys.login_user(ratelimit._user_part("zed")))

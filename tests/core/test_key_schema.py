@@ -275,9 +275,10 @@ DAY = "2026-12-03"
 def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
     """Every key family: (name, key) for each hostile name its validator admits."""
     from chalicelib.api.http import HOSTNAME_PATTERN
+    from chalicelib.api.limits import SHARED_RATE_COUNTERS
     from chalicelib.api.ondemand import REQUEST_ID_PATTERN
     from chalicelib.auth.base import canonical_user
-    from chalicelib.auth.ratelimit import _user_part, address_key
+    from chalicelib.auth.ratelimit import SHARED_LOGIN_COUNTERS, _user_part, address_key
     from chalicelib.auth.tokens import hash_token, token_id
     from chalicelib.config import POOL_NAME_PATTERN
     from chalicelib.store.keys import purge_lease_name, quota_owner, rate_limit_client, template_lease_name
@@ -314,6 +315,17 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
                        for c in ("vm_creation", "vm_deletion", "authenticated", "global_per_ip")
                        for w in {*(rate_limit_client(token_id(t), "") for t in token_hashes),
                                  *(rate_limit_client(None, a) for a in addresses)}],
+        "rate_limit_clients": [(c, keys.rate_limit_clients(c))
+                               for c in ("vm_creation", "vm_deletion", "authenticated", "global_per_ip")],
+        "rate_limit_shared": [(f"{c} {n}", keys.rate_limit_shared(c, n))
+                              for c in ("vm_creation", "vm_deletion", "authenticated", "global_per_ip")
+                              for n in (0, 1, SHARED_RATE_COUNTERS - 1)],
+        "login_user_shared": [(str(n), keys.login_user_shared(n)) for n in (0, 1, SHARED_LOGIN_COUNTERS - 1)],
+        "login_address_shared": [(str(n), keys.login_address_shared(n)) for n in (0, 1, SHARED_LOGIN_COUNTERS - 1)],
+        "login_shared_in_flight": [(f"{kind} {n}", keys.login_in_flight(shared(n)))
+                                   for kind, shared in (("user", keys.login_user_shared),
+                                                        ("addr", keys.login_address_shared))
+                                   for n in (0, SHARED_LOGIN_COUNTERS - 1)],
         "purge_lease": [(p, keys.lease(purge_lease_name(p))) for p in pools],
         "template_lease": [(f"{p} {t}", keys.lease(template_lease_name(p, t)))
                            for p in pools[:20] for t in HOSTILE_NAMES],
@@ -326,7 +338,8 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
                                                           "ondemand_kept_requests", "holders", "migrating",
                                                           "templates_prepared", "templates_preparing", "sizing_state",
                                                           "running", "running_counted", "running_rebuild",
-                                                          "config_generation")],
+                                                          "config_generation", "login_users_counted",
+                                                          "login_addresses_counted")],
     }
     for state in keys_module.STATES:
         families[f"pool:{state}"] = [(p, keys.pool_state(p, state)) for p in pools]

@@ -15,6 +15,7 @@ from chalicelib.manager.pool_queue import DRAIN, PoolMessage
 from chalicelib.providers.base import TaskState, TaskStatus
 from chalicelib.store.fleet import Fleet
 from chalicelib.store.ondemand import REQUESTS_KEPT_PER_OWNER, OnDemandStore
+from chalicelib.store.store import UNUSED_RECORD_TTL_SECONDS
 from tests.harness import redis_state
 from tests.ondemand.conftest import BASE_CONFIG
 
@@ -481,6 +482,39 @@ def test_what_many_callers_keep_in_redis_by_opening_and_deleting_requests_is_bou
     assert stack.answer("GET", "/api/v3/status?view=queue")[1]["queue"]["requested"] == 1
     refused = stack.call("POST", "/api/v3/ondemandvm", body={"debian": 1}, client_ip="198.51.100.8")
     assert refused.status == 403  # the owner's limit still counts its open request
+
+
+def test_records_of_vms_built_for_requests_deleted_mid_build_do_not_stay_a_week(make_stack):
+    # Before, each VM cloned for an on-demand request deleted before its delivery kept its record
+    # data_ttl (7 days) once destroyed: a create/delete loop from many addresses made the service
+    # clone as fast as its clone limits allow and keep each clone's record a week. A VM no one
+    # ever held keeps its record UNUSED_RECORD_TTL_SECONDS once its destroy is confirmed; one a
+    # request was given keeps data_ttl, and none loses its record before it is destroyed.
+    stack = make_stack(size=0)
+    client, keys = stack.services.client, stack.services.store.keys
+    data_ttl = stack.services.store.data_ttl_seconds
+
+    def request_vms(request_id: str) -> list[str]:
+        return list(client.zrange(keys.ondemand_vms(request_id), 0, -1))
+
+    held = stack.call("POST", "/api/v3/ondemandvm", body={"debian": 1}, client_ip="198.51.100.7").json["request_id"]
+    stack.run_passes("debian-12")
+    (delivered,) = request_vms(held)
+    assert stack.state_of(delivered) == "running"
+    built: list[str] = []
+    for index in range(12):
+        address = f"2001:db8:77:{index:x}::1"  # one /64 each
+        request_id = stack.call("POST", "/api/v3/ondemandvm", body={"debian": 1}, client_ip=address).json["request_id"]
+        stack.reconcile("debian-12")  # its clone starts, and boots for 30 s
+        built += request_vms(request_id)
+        assert stack.call("DELETE", f"/api/v3/ondemandvm/{request_id}", client_ip=address).status == 200
+    assert len(built) == 12
+    assert (stack.state_of(built[-1]), client.ttl(keys.vm(built[-1]))) == ("completed", -1)  # kept until destroyed
+    assert stack.call("DELETE", f"/api/v3/ondemandvm/{held}", client_ip="198.51.100.7").status == 200
+    stack.settle("debian-12")
+    assert {stack.state_of(host) for host in [*built, delivered]} == {"destroyed"}
+    assert all(0 < client.ttl(keys.vm(host)) <= UNUSED_RECORD_TTL_SECONDS for host in built)
+    assert data_ttl - 60 <= client.ttl(keys.vm(delivered)) <= data_ttl
 
 
 def test_a_request_fails_at_its_ttl_while_its_pools_template_is_still_being_prepared(make_stack, monkeypatch):

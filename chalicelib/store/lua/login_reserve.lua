@@ -1,22 +1,42 @@
 -- Reserve a login attempt under every limit, or none (auth/ratelimit.py).
--- KEYS: n counters (failed logins and attempts in flight), then each one's count of attempts in
--- flight, in the same order. ARGV[1]: window seconds, ARGV[2]: seconds a count of attempts in
--- flight lives (longer than any login takes), ARGV[3..]: each counter's limit.
--- A counter at its limit refuses the attempt, nothing changes, and the answer says why: its time
+-- Each limit (the user name's, the address's) has its own counter while its kind's table of
+-- counters has room: past it, a name or address not counted already is counted on a counter it
+-- shares (one of a fixed number), so what failed logins keep is bounded whatever the window and
+-- however many names and addresses callers try; no counter counted before is reset or spent.
+-- KEYS: for n limits, their own counters, their shared counters, the counts of attempts in flight
+-- of each (own, then shared), and their kinds' tables (name or address -> when its window ends).
+-- ARGV[1]: window seconds, ARGV[2]: seconds a count of attempts in flight lives (longer than any
+-- login takes), ARGV[3]: now (the service's clock), ARGV[4]: the most counters a table holds,
+-- then each limit, then each one's name in its table.
+-- A counter at its limit refuses the attempt, no count changes, and the answer says why: its time
 -- left in ms (> 0) when its failures alone reach the limit, -1 when attempts still in flight do
 -- (they may all succeed: worth trying again in a moment). Otherwise every counter and every count
 -- in flight is incremented (a counter's window starts with its first attempt) and the answer is 0.
-local n = #KEYS / 2
+local n = #KEYS / 5
+local window, now, most = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local counter, flight, new = {}, {}, {} -- the index in KEYS of each limit's counter and count in flight
+for i = 1, n do
+  local tbl, name = KEYS[4 * n + i], ARGV[4 + n + i]
+  counter[i], flight[i] = i, 2 * n + i
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    redis.call('ZREMRANGEBYSCORE', tbl, '-inf', now) -- their windows ended
+    if redis.call('ZSCORE', tbl, name) or redis.call('ZCARD', tbl) < most then
+      new[i] = true
+    else
+      counter[i], flight[i] = n + i, 3 * n + i
+    end
+  end
+end
 local wait, busy = 0, false
 for i = 1, n do
-  local limit = tonumber(ARGV[i + 2])
-  local count = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local limit = tonumber(ARGV[4 + i])
+  local count = tonumber(redis.call('GET', KEYS[counter[i]]) or '0')
   if count >= limit then
-    local flying = tonumber(redis.call('GET', KEYS[n + i]) or '0')
+    local flying = tonumber(redis.call('GET', KEYS[flight[i]]) or '0')
     if count - flying >= limit then
-      local left = redis.call('PTTL', KEYS[i])
+      local left = redis.call('PTTL', KEYS[counter[i]])
       if left <= 0 then
-        left = tonumber(ARGV[1]) * 1000
+        left = window * 1000
       end
       if left > wait then
         wait = left
@@ -33,11 +53,16 @@ if busy then
   return -1
 end
 for i = 1, n do
-  local count = redis.call('INCR', KEYS[i])
-  if count == 1 or redis.call('TTL', KEYS[i]) < 0 then
-    redis.call('EXPIRE', KEYS[i], ARGV[1])
+  local count = redis.call('INCR', KEYS[counter[i]])
+  if count == 1 or redis.call('TTL', KEYS[counter[i]]) < 0 then
+    redis.call('EXPIRE', KEYS[counter[i]], window)
   end
-  redis.call('INCR', KEYS[n + i])
-  redis.call('EXPIRE', KEYS[n + i], ARGV[2])
+  redis.call('INCR', KEYS[flight[i]])
+  redis.call('EXPIRE', KEYS[flight[i]], ARGV[2])
+  if new[i] then
+    local tbl = KEYS[4 * n + i]
+    redis.call('ZADD', tbl, now + window, ARGV[4 + n + i])
+    redis.call('EXPIRE', tbl, window) -- no entry outlives the newest window
+  end
 end
 return 0

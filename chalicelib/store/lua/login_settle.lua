@@ -1,14 +1,24 @@
 -- A reserved login attempt has its answer (auth/ratelimit.py).
--- KEYS: n counters, then each one's count of attempts in flight (as for login_reserve.lua).
--- ARGV[i]: what the answer means for counter i:
+-- KEYS: as for login_reserve.lua (own counters, shared counters, their counts of attempts in
+-- flight, tables). The attempt was counted on its own counter when that one has attempts in
+-- flight, else on the shared one when it has.
+-- ARGV[i]: what the answer means for limit i:
 --   'failed'  the attempt stays counted (a wrong password);
 --   'refund'  it is given back (the directory was down; the address of a successful login);
 --   'clear'   the user logged in: its failures are forgotten, but attempts still in flight stay
---             reserved (each may yet be a wrong guess).
+--             reserved (each may yet be a wrong guess). On a shared counter, a refund: the
+--             failures there are others' too, and one login must not reset them.
+-- then ARGV[n + i]: limit i's name in its table (left when its counter is gone).
 -- In every case the attempt is no longer in flight. A count at 0 is deleted.
-local n = #KEYS / 2
+local n = #KEYS / 5
 for i = 1, n do
-  local counter, in_flight = KEYS[i], KEYS[n + i]
+  local counter, in_flight, mode, own = KEYS[i], KEYS[2 * n + i], ARGV[i], true
+  if redis.call('EXISTS', in_flight) == 0 and redis.call('EXISTS', KEYS[3 * n + i]) == 1 then
+    counter, in_flight, own = KEYS[n + i], KEYS[3 * n + i], false
+    if mode == 'clear' then
+      mode = 'refund'
+    end
+  end
   local flying = tonumber(redis.call('GET', in_flight) or '0') - 1
   if flying > 0 then
     redis.call('DECR', in_flight)
@@ -17,11 +27,11 @@ for i = 1, n do
     redis.call('DEL', in_flight)
   end
   if redis.call('EXISTS', counter) == 1 then
-    if ARGV[i] == 'refund' then
+    if mode == 'refund' then
       if redis.call('DECR', counter) <= 0 then
         redis.call('DEL', counter)
       end
-    elseif ARGV[i] == 'clear' then
+    elseif mode == 'clear' then
       local keep = math.min(flying, tonumber(redis.call('GET', counter)))
       local left = redis.call('PTTL', counter)
       if keep > 0 and left > 0 then
@@ -30,6 +40,9 @@ for i = 1, n do
         redis.call('DEL', counter)
       end
     end
+  end
+  if own and redis.call('EXISTS', counter) == 0 then
+    redis.call('ZREM', KEYS[4 * n + i], ARGV[n + i]) -- room for another
   end
 end
 return 1

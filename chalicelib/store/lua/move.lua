@@ -7,8 +7,12 @@
 -- (whatever it left: a VM is in one state, so one not running is never counted).
 -- ARGV: to_state, now, record_ttl_seconds, nudge, unchanged_since, lifetime_ended,
 --       from_template, to_template, wake_template, same_checkout, checkout, token_user, token,
+--       unused_record_ttl_seconds,
 --       then per VM: its hostname, how many fields follow, and those fields as field, value, ...
--- to_state "destroyed" takes the VM out of every set and lets its record expire after the ttl.
+-- to_state "destroyed" takes the VM out of every set and lets its record expire after the ttl;
+--   after unused_record_ttl_seconds instead for a VM cloned for an on-demand request and never
+--   delivered (a 'request' but no 'checkout': no one ever held it; a request deleted mid-build)
+--   whose DNS record is gone (no 'dns_name' left for manager/dns_records.py to delete).
 -- nudge "1" wakes the pool's reconcile (a move made by the API, such as returning a VM).
 -- The templates ('' when the pool's keys are given) name those three keys for the pool its record
 --   names (DELETE /vm/<hostname>: one VM, one round trip, no read first; see keys.DERIVED_KEYS).
@@ -36,7 +40,8 @@ local to_state, now, ttl, nudge, unchanged_since, lifetime_ended =
   ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 local firsts = {} -- where each VM's arguments begin
 local same_checkout, seen_checkout, seen_owner = ARGV[10] == '1', ARGV[11], ARGV[12]
-local next_first = 14
+local unused_ttl = tonumber(ARGV[14])
+local next_first = 15
 while next_first <= #ARGV do
   firsts[#firsts + 1] = next_first
   next_first = next_first + 2 + 2 * tonumber(ARGV[next_first + 1])
@@ -100,7 +105,12 @@ local function move(index)
   write_fields(vm_key, {'state', to_state, to_state .. '_at', now, 'change_seq', change_seq},
                first + 2, first + 1 + 2 * tonumber(ARGV[first + 1]))
   if to_state == 'destroyed' then
-    redis.call('EXPIRE', vm_key, ttl)
+    local record = redis.call('HMGET', vm_key, 'request', 'checkout', 'dns_name')
+    if record[1] and not record[2] and not record[3] then
+      redis.call('EXPIRE', vm_key, math.min(ttl, unused_ttl))
+    else
+      redis.call('EXPIRE', vm_key, ttl)
+    end
   else
     redis.call('ZADD', to_key, now, hostname)
   end
