@@ -15,6 +15,7 @@ from chalicelib.store.store import (
     Quota,
     QuotaExceeded,
     ReplicaAcks,
+    RequestNotDurable,
     Store,
     StoreUnavailable,
     TokenGone,
@@ -22,6 +23,7 @@ from chalicelib.store.store import (
 
 __all__ = [
     "STATES", "Keys", "VMRecord", "CheckedOut", "CheckoutNotDurable", "CheckoutRequest", "CheckoutResult", "DayStats",
-    "DurationSample", "ModifyResult", "PoolSnapshot", "Quota", "QuotaExceeded", "ReplicaAcks", "Store",
+    "DurationSample", "ModifyResult", "PoolSnapshot", "Quota", "QuotaExceeded", "ReplicaAcks", "RequestNotDurable",
+    "Store",
     "StoreUnavailable", "TokenGone", "connect",
 ]
