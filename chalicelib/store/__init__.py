@@ -19,11 +19,12 @@ from chalicelib.store.store import (
     Store,
     StoreUnavailable,
     TokenGone,
+    TokenNotDurable,
 )
 
 __all__ = [
     "STATES", "Keys", "VMRecord", "CheckedOut", "CheckoutNotDurable", "CheckoutRequest", "CheckoutResult", "DayStats",
     "DurationSample", "ModifyResult", "PoolSnapshot", "Quota", "QuotaExceeded", "ReplicaAcks", "RequestNotDurable",
     "Store",
-    "StoreUnavailable", "TokenGone", "connect",
+    "StoreUnavailable", "TokenGone", "TokenNotDurable", "connect",
 ]

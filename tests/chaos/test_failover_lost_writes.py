@@ -10,6 +10,7 @@ new primary, or the API must not have given it (a 503: ask again).
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any, Iterator
 
@@ -88,3 +89,23 @@ def test_an_ondemand_request_no_replica_acknowledged_is_ended_not_built_for_nobo
     request = OnDemandStore(api.store).get("r1")
     assert request is not None and request.state == "failed", request
     assert OnDemandStore(api.store).open_requests(POOL) == []
+
+
+def test_a_token_answered_200_is_on_the_new_primary(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = Services.from_environment({"VMPOOL_CONFIG": CONFIG + ":auth: {provider: dummy}\n",
+                                          "VMPOOL_REDIS_URL": redis_pair.endpoint.url,
+                                          "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1", "POWERTOOLS_METRICS_DISABLED": "true"})
+    monkeypatch.setattr(app, "_services", services)
+    monkeypatch.setattr(app, "_config", None)
+    login = {"Authorization": "Basic " + base64.b64encode(b"alice:alice-secret").decode()}
+    redis_pair.link.hold()
+    answer = app.app(api_event("POST", "/api/v3/token", "/api/v3/token", headers=login), Context())
+    status, body = answer["statusCode"], json.loads(answer["body"])
+    redis_pair.kill_primary_and_promote()
+
+    assert status in (200, 503), body
+    if status == 503:
+        assert "try again" in body["error"], body
+        return
+    assert after_failover(redis_pair).tokens.owner(body["token"]) == "alice", \
+        "the token was answered 200, then lost with the primary: its user is refused with it"
