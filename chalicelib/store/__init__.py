@@ -25,6 +25,5 @@ from chalicelib.store.store import (
 __all__ = [
     "STATES", "Keys", "VMRecord", "CheckedOut", "CheckoutNotDurable", "CheckoutRequest", "CheckoutResult", "DayStats",
     "DurationSample", "ModifyResult", "PoolSnapshot", "Quota", "QuotaExceeded", "ReplicaAcks", "RequestNotDurable",
-    "Store",
-    "StoreUnavailable", "TokenGone", "TokenNotDurable", "connect",
+    "Store", "StoreUnavailable", "TokenGone", "TokenNotDurable", "connect",
 ]
