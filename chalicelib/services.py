@@ -261,5 +261,5 @@ class Services:
         """API tokens (hash-only in Redis), expiring after ``config.token_ttl`` hours when set."""
         return TokenStore(
             self.client, self.clock, ttl_hours=self.config.service.token_ttl, prefix=self.store.keys.prefix,
-            max_per_user=self.config.service.max_tokens_per_user,
+            max_per_user=self.config.service.max_tokens_per_user, replicated=self.store.writes_replicated,
         )

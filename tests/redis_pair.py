@@ -110,13 +110,17 @@ class RedisPair:
         return redis.Redis(port=server.port, decode_responses=True, socket_timeout=5)
 
     def wait_synced(self, timeout: float = 10.0) -> None:
-        """Until the replica is connected and has every write the primary has."""
+        """Until the replica is connected and has every write the primary has, and the primary
+        counts it online (the count a checkout's ``WAIT`` is bounded by: a primary puts a replica
+        online at its first acknowledgement, which a link held right after the sync keeps back)."""
         primary, replica = self.client(self.primary), self.client(self.replica)
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
                 info, mine = primary.info("replication"), replica.info("replication")
-                if (mine.get("master_link_status") == "up"
+                online = any(isinstance(value, dict) and value.get("state") == "online"
+                             for name, value in info.items() if name.startswith("slave"))
+                if (online and mine.get("master_link_status") == "up"
                         and mine.get("slave_repl_offset") == info.get("master_repl_offset")):
                     return
                 time.sleep(0.02)

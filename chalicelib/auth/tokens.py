@@ -27,12 +27,15 @@ import secrets
 import string
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
+
+import redis as redis_module
 
 from chalicelib.auth.base import same_user
 from chalicelib.clock import Clock, SystemClock
 from chalicelib.store.keys import DEFAULT_PREFIX, Keys
 from chalicelib.store.scripts import script_source
+from chalicelib.store.store import TokenNotDurable
 
 TOKEN_PREFIX = Keys().token("")
 """How the keys of tokens start under the default prefix."""
@@ -107,7 +110,8 @@ class TokenStore:
     """Creates, finds, lists and deletes tokens in Redis (a client with decode_responses=True)."""
 
     def __init__(self, redis: Any, clock: Clock | None = None, ttl_hours: float | None = None,
-                 prefix: str = DEFAULT_PREFIX, max_per_user: int = 0) -> None:
+                 prefix: str = DEFAULT_PREFIX, max_per_user: int = 0,
+                 replicated: Callable[[], bool] = lambda: True) -> None:
         if ttl_hours is not None and ttl_hours <= 0:
             raise ValueError("token ttl_hours must be > 0")
         self.redis = redis
@@ -116,6 +120,9 @@ class TokenStore:
         self.keys = Keys(prefix)
         self.max_per_user = max_per_user
         """Live tokens a user may have at once (0: no limit)."""
+        self.replicated = replicated
+        """Whether every write so far is on the replicas asked for (``Store.writes_replicated``):
+        a token is handed out only then, or a failover could lose it."""
         self._create = redis.register_script(script_source("token_create"))
         self._delete = redis.register_script(script_source("token_delete"))
         self._touch = redis.register_script(script_source("token_touch"))
@@ -128,7 +135,8 @@ class TokenStore:
 
     def create(self, user: str) -> str:
         """A new token for user. The token is returned once and is not stored anywhere.
-        Raises TooManyTokens when the user has ``max_per_user`` live tokens."""
+        Raises TooManyTokens when the user has ``max_per_user`` live tokens, TokenNotDurable
+        (the token deleted again) when no replica acknowledged it in time (``replicated``)."""
         if not isinstance(user, str) or not user:
             raise ValueError("a token needs a user")
         user_key = self._user_key(user)
@@ -150,7 +158,14 @@ class TokenStore:
             if created == -1:
                 raise TooManyTokens(user)
             if created:
-                return token
+                break
+        if not self.replicated():
+            try:
+                self._delete_hash(token_hash, user)
+            except redis_module.RedisError:
+                pass  # Redis is failing already: the user, answered 503, never learns the token
+            raise TokenNotDurable(f"redis: no replica acknowledged a new token of {user!r} in time")
+        return token
 
     def _record(self, token_hash: str, fields: dict[str, str]) -> TokenRecord | None:
         user = fields.get("user")

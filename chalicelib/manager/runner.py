@@ -11,6 +11,13 @@ Redis may stall at any moment. The lease token is chosen here, before it is sent
 whose SET or release was lost in a stall is still ours to release: the report carries it
 (``unreleased_lease``) and the retry, wherever it runs, releases it first (``stale_lease``).
 Without that, a 5-second stall left every pool's lease held until it expired (issue 10).
+
+A failover can lose a release too: made while the replica lagged, it is on the old primary only,
+and the promoted replica holds the lease of a run long over. So a release counts only once a
+replica has it where one is asked for (``Store.writes_replicated``): else the token is carried to
+the retry like a stalled one, and the retry runs no pass until its release of it is replicated
+(or there is no replica to wait for). Before, every pool whose lease was held when the replica
+stopped receiving got no pass for up to ``LEASE_SECONDS`` after the failover.
 """
 
 from __future__ import annotations
@@ -82,6 +89,11 @@ def run_pool(
     try:
         if stale_lease:
             store.release_lease(pool_name, stale_lease)
+            if not store.writes_replicated():
+                logger.warning("reconcile skipped: no replica acknowledged the release of a lease",
+                               extra={"pool": pool_name})
+                return RunReport(pool_name, leased=False, failures=["lease release not replicated"],
+                                 look_again_in=RETRY_SECONDS, unreleased_lease=stale_lease)
             stale_lease = None
         held = store.acquire_lease(pool_name, LEASE_SECONDS, token=token)
         if held is None:
@@ -150,7 +162,10 @@ def run_pool(
     finally:
         try:
             store.release_lease(pool_name, token)
+            released = store.writes_replicated()
         except StoreUnavailable:
+            released = False
+        if not released:
             report.unreleased_lease = token
             report.look_again_in = RETRY_SECONDS
     return report

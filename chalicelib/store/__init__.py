@@ -15,13 +15,15 @@ from chalicelib.store.store import (
     Quota,
     QuotaExceeded,
     ReplicaAcks,
+    RequestNotDurable,
     Store,
     StoreUnavailable,
     TokenGone,
+    TokenNotDurable,
 )
 
 __all__ = [
     "STATES", "Keys", "VMRecord", "CheckedOut", "CheckoutNotDurable", "CheckoutRequest", "CheckoutResult", "DayStats",
-    "DurationSample", "ModifyResult", "PoolSnapshot", "Quota", "QuotaExceeded", "ReplicaAcks", "Store",
-    "StoreUnavailable", "TokenGone", "connect",
+    "DurationSample", "ModifyResult", "PoolSnapshot", "Quota", "QuotaExceeded", "ReplicaAcks", "RequestNotDurable",
+    "Store", "StoreUnavailable", "TokenGone", "TokenNotDurable", "connect",
 ]

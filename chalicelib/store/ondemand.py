@@ -18,12 +18,23 @@ from chalicelib.store.keys import KEY_PART
 from chalicelib.store.leases import holder_label
 from chalicelib.store.records import VMRecord
 from chalicelib.store.scripts import KeyList, ScriptCall, run_many
-from chalicelib.store.store import Quota, QuotaExceeded, Store, TokenGone, _translate_errors, token_index
+from chalicelib.store.store import (
+    Quota,
+    QuotaExceeded,
+    RequestNotDurable,
+    Store,
+    StoreUnavailable,
+    TokenGone,
+    _translate_errors,
+    token_index,
+)
 
 OPEN = "open"
 READY = "ready"
 FAILED = "failed"
 DELETED = "deleted"
+NOT_REPLICATED_MESSAGE = "the request could not be replicated in time; it was never served"
+"""Why a request the API answered 503 for ended (``OnDemandStore.create``)."""
 OPEN_SETS_PER_CALL = 1000
 """Pools' open-request sets one call of lua/union_members.lua reads (OnDemandStore.waiting)."""
 REQUESTS_KEPT_PER_OWNER = 100
@@ -129,7 +140,12 @@ class OnDemandStore:
         ``quota.max_kept_requests`` (REQUESTS_KEPT_IN_TOTAL without a quota), whoever owns them.
         ``token_user``/``token_id`` are copied onto its VMs, so GET /token/<t> lists them;
         ``id_generated`` says the service drew the id (not the client). TokenGone (nothing
-        recorded) when ``token_key``, the record of the token the request was made with, is gone."""
+        recorded) when ``token_key``, the record of the token the request was made with, is gone.
+
+        Where replicas must acknowledge (``Store.replica_acks``, as a checkout), a new request is
+        kept only once one has it: else it is ended at once (failed, NOT_REPLICATED_MESSAGE) and
+        RequestNotDurable raised. A failover would lose it, and its caller, told 201, would poll
+        for a request no longer known while its VMs were built for nobody."""
         fields = {
             "id": request_id,
             "state": OPEN,
@@ -167,6 +183,13 @@ class OnDemandStore:
             raise QuotaExceeded(answer)
         if answer == -1:
             raise TokenGone()
+        if answer and not self.store.writes_replicated():
+            try:
+                self.end(request_id, FAILED, NOT_REPLICATED_MESSAGE,
+                         f"on-demand request {request_id} was not replicated", now)
+            except StoreUnavailable:
+                pass  # Redis is failing already: the caller, answered 503, asks again
+            raise RequestNotDurable(f"redis: no replica acknowledged on-demand request {request_id} in time")
         return bool(answer)
 
     def get(self, request_id: str) -> OnDemandRequest | None:

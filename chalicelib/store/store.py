@@ -72,6 +72,21 @@ class CheckoutNotDurable(StoreUnavailable):
                       "try again shortly")
 
 
+class TokenNotDurable(StoreUnavailable):
+    """No replica had a new API token in time: it was deleted at once (a failover could lose it,
+    and its user, told 200, would be refused with it)."""
+
+    public_message = "the token could not be replicated in time, so it was not made; try again shortly"
+
+
+class RequestNotDurable(StoreUnavailable):
+    """No replica had a new on-demand request in time: it was ended at once (a failover could
+    lose it, and the caller would poll for a request no longer known)."""
+
+    public_message = ("the on-demand request could not be replicated in time, so it was not opened; "
+                      "try again shortly")
+
+
 @dataclass(frozen=True)
 class ReplicaAcks:
     """How many replicas must have a checkout before the API answers it (Redis ``WAIT``)."""

@@ -15,11 +15,14 @@ import redis
 
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
+from chalicelib.manager.dispatch import look_at
+from chalicelib.manager.pool_queue import TICK, PoolMessage
 from chalicelib.manager.reconcile import PassReport, reconcile_pool
 from chalicelib.providers.dummy import DummyProvider
 from chalicelib.services import Services
 from chalicelib.store import CheckoutRequest, ReplicaAcks, connect
 from chalicelib.store.vm_tasks import EnqueueResult, VMTaskStore, new_task
+from tests.core.test_reconcile_queue import RecordingQueue
 from tests.redis_pair import RedisPair
 
 POOL = "ha"
@@ -126,3 +129,30 @@ def test_a_disk_task_taken_before_a_failover_that_lost_the_take_is_added_once(
     in_hypervisor = json.loads(redis_client.hget(after.provider("dummy")._folder_key(pool), hostname) or "{}")
     disks = in_hypervisor.get("disks")
     assert disks is not None and len(disks) == 1, f"{hostname} has disks {disks}"
+
+
+def test_a_lease_released_while_the_replica_lagged_does_not_hold_the_pool_after_the_failover(
+        redis_pair: RedisPair, redis_client: redis.Redis) -> None:
+    """The pass's lease is on the replica; its release, made while the replica lagged, is not.
+    Promoted, the replica holds the pool's lease for a run long over: the next runs must not
+    wait for it to expire (a minute with no refill while callers are answered 503)."""
+    services = filled(redis_pair, redis_client)
+    redis_pair.link.release()
+    services.clock.advance(120)  # the ready VMs are due to leave: the pass has work to do
+
+    held: list[str] = []
+
+    def replica_stops_receiving(step: str) -> None:
+        if not held:
+            redis_pair.wait_synced()  # the replica has the lease...
+            redis_pair.link.hold()  # ...and nothing after: the pass's release is on the primary only
+            held.append(step)
+
+    queue = RecordingQueue()
+    look_at(services, PoolMessage(POOL, TICK), queue, checkpoint=replica_stops_receiving)
+    redis_pair.kill_primary_and_promote()
+
+    after = service_on(redis_pair, redis_client, services.clock)  # the next function, on the new primary
+    messages = [message for message, _ in queue.sent] or [PoolMessage(POOL, TICK)]
+    report = look_at(after, messages[0], RecordingQueue())
+    assert report is not None and report.leased, f"{messages[0]}: the pool's lease outlived its run"

@@ -1,0 +1,375 @@
+"""An outsider's failover audit, run by hand (not part of the suite: a randomized load of a minute):
+
+    .venv/bin/python -m tests.chaos.failover_audit [--seed 1] [--faults swap,stop,sched,worker,lagkill]
+
+A primary + replica pair of redis-server behind an endpoint (tests/redis_pair.py), two API
+processes and a scheduler process on it (each built as a Lambda is, the dummy hypervisor on a
+Redis of its own that no failover touches), and 16 distinct callers: every second one has its own
+user's token, the others are anonymous, each from its own loopback address. Each checks out from
+a random pool, tags the VM as its own, reads it back, returns it (or keeps it), and now and then
+opens an on-demand request and polls it. Meanwhile the faults, in order:
+
+- ``swap``: the replica promoted and the primary demoted by REPLICAOF (open connections still
+  reach the demoted node); ``failover``: Redis FAILOVER;
+- ``stop``: the primary SIGSTOPped for 2 to 5 s;
+- ``sched``: the scheduler SIGSTOPped for 2 to 5 s mid-pass, then SIGKILLed and started again;
+- ``worker``: an API process SIGSTOPped for 3 s, then SIGKILLed and started again;
+- ``lagkill``: the replica stops receiving for 1.5 s, the primary is SIGKILLed, the replica
+  promoted (acknowledged writes of that 1.5 s are lost); ``kill``: the same without the lag.
+
+Then it checks, as an outsider (redis-py on the new primary, the hypervisor's folders): no VM
+handed to two callers; no caller read another's tags; every VM a caller kept is running, its
+user's, and in the hypervisor; the pools converge (full, nothing pending or completed) and Redis
+matches the hypervisor; every error answer was a JSON 503 (never a 500, never past the client's
+10 s timeout); a fresh request after the faults answers at once. Exit status 1 on any problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import collections
+import http.client
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+POOLS = {"fa": 12, "fb": 10}
+CONFIG = (
+    ":config: {domain: example.com, task_limit: 100, check_loop_delay_min: 0.2, max_running_vms_per_user: 1000}\n"
+    ":auth: {provider: dummy}\n"
+    ":redis: {socket_timeout: 1.0, replica_ack_timeout: 300}\n"
+    ":providers:\n  :dummy: {createvm_max_time: 0.2, boot_time: 0.2, destroyvm_max_time: 0}\n"
+    ":pools:\n" + "".join(f"  - {{name: {pool}, size: {size}, provider: dummy}}\n" for pool, size in POOLS.items())
+)
+CALLERS = 16
+CLIENT_TIMEOUT = 10.0
+
+
+def serve(mode: str) -> None:
+    """One process of the service (``http``: an API process, prints its port; ``scheduler``)."""
+    import app
+    from chalicelib.providers.dummy import DummyProvider
+    from chalicelib.services import Services
+
+    services = Services.from_environment()
+    hypervisor = redis.Redis(port=int(os.environ["AUDIT_HYPERVISOR_PORT"]), decode_responses=True)
+    services._providers["dummy"] = DummyProvider(services.config.providers["dummy"], hypervisor, services.clock,
+                                                 prefix="hypervisor:")
+    app._services = services
+    if mode == "http":
+        from tests.in_process_http import make_server
+
+        server = make_server(app.app, "127.0.0.1", 0)
+        print(server.server_address[1], flush=True)
+        server.serve_forever(poll_interval=0.1)
+    from local.scheduler import LocalScheduler
+
+    scheduler = LocalScheduler(services, interval_seconds=0.5, budget_seconds=2.0)
+    scheduler.start()
+    print("started", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: (scheduler.stop(5), os._exit(0)))
+    while True:
+        time.sleep(1)
+
+
+class Audit:
+    def __init__(self, seed: int, out_dir: Path) -> None:
+        from local.redis_server import RedisServer
+        from tests.redis_pair import RedisPair
+
+        self.random = random.Random(seed)
+        self.seed = seed
+        self.out_dir = out_dir
+        self.started = time.monotonic()
+        self.pair = RedisPair()
+        self.hypervisor = RedisServer().start()
+        self.environ = dict(os.environ, VMPOOL_CONFIG=CONFIG, VMPOOL_REDIS_URL=self.pair.endpoint.url,
+                            VMPOOL_REDIS_MIN_REPLICA_ACKS="1", POWERTOOLS_METRICS_DISABLED="true",
+                            POWERTOOLS_LOG_LEVEL="WARNING", AUDIT_HYPERVISOR_PORT=str(self.hypervisor.port))
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.problems: list[str] = []
+        self.answers: collections.Counter[tuple[str, Any]] = collections.Counter()
+        self.handed: dict[str, list[str]] = collections.defaultdict(list)
+        self.kept: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.scheduler = self.spawn("scheduler")[0]
+        self.workers = [self.spawn("http") for _ in range(2)]
+
+    def log(self, *words: object) -> None:
+        print(f"{time.monotonic() - self.started:7.2f}", *words, flush=True)
+
+    def spawn(self, mode: str) -> tuple[subprocess.Popen[bytes], int]:
+        """A process of the service, its output in a file (a pipe nobody reads would block it)."""
+        out = self.out_dir / f"{mode}-{len(self.processes)}.log"
+        with out.open("w") as sink:
+            process = subprocess.Popen([sys.executable, "-m", "tests.chaos.failover_audit", "--serve", mode],
+                                       env=self.environ, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            first = out.read_text().split("\n", 1)
+            if len(first) > 1:
+                return process, int(first[0]) if first[0].isdigit() else 0
+            time.sleep(0.05)
+        raise RuntimeError(f"{mode} did not start: {out}")
+
+    def store(self) -> Any:
+        from chalicelib.store import Store
+
+        return Store(redis.Redis(port=self.pair.endpoint.port, decode_responses=True, socket_timeout=3))
+
+    def wait_full(self, timeout: float) -> dict[str, dict[str, int]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                counts: dict[str, dict[str, int]] = self.store().counts(list(POOLS))
+            except Exception:  # noqa: BLE001 - Redis still failing over
+                counts = {}
+            full = counts and all(counts[pool]["ready"] == size and not counts[pool]["pending"]
+                                  and not counts[pool]["completed"] for pool, size in POOLS.items())
+            if full or time.monotonic() > deadline:
+                return counts
+            time.sleep(0.3)
+
+    # --- faults -------------------------------------------------------------------------------
+
+    def fault(self, name: str) -> None:
+        pair, pause = self.pair, self.random.uniform(2, 5)
+        self.log("fault", name)
+        if name == "swap":
+            pair.swap_with_replicaof()
+        elif name == "failover":
+            pair.fail_over()
+        elif name == "stop":
+            primary = pair.primary.process
+            assert primary is not None
+            primary.send_signal(signal.SIGSTOP)
+            time.sleep(pause)
+            primary.send_signal(signal.SIGCONT)
+        elif name == "sched":
+            os.killpg(self.scheduler.pid, signal.SIGSTOP)
+            time.sleep(pause)
+            os.killpg(self.scheduler.pid, signal.SIGCONT)
+            time.sleep(1)
+            os.killpg(self.scheduler.pid, signal.SIGKILL)
+            self.scheduler.wait()
+            self.scheduler = self.spawn("scheduler")[0]
+        elif name == "worker":
+            worker = self.workers[1][0]
+            os.killpg(worker.pid, signal.SIGSTOP)
+            time.sleep(3)
+            os.killpg(worker.pid, signal.SIGCONT)
+            time.sleep(1)
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+            self.workers[1] = self.spawn("http")
+        elif name in ("lagkill", "kill"):
+            if name == "lagkill":
+                pair.link.hold()
+                time.sleep(1.5)
+            pair.kill_primary_and_promote()
+        else:
+            raise SystemExit(f"unknown fault {name}")
+        time.sleep(5)
+
+    # --- callers ------------------------------------------------------------------------------
+
+    def caller(self, number: int) -> None:
+        name = f"c{number}"
+        user = f"user{number}" if number % 2 == 0 else ""
+        source = "127.0.0.1" if user else f"127.0.0.{10 + number}"
+        rand = random.Random(self.seed * 100 + number)
+        connection: http.client.HTTPConnection | None = None
+        token = ""
+
+        def call(method: str, path: str, body: Any = None, auth: dict[str, str] | None = None) -> tuple[int, Any]:
+            nonlocal connection
+            for _ in range(3):
+                if connection is None:
+                    live = [port for process, port in self.workers if process.poll() is None]
+                    connection = http.client.HTTPConnection("127.0.0.1", live[number % len(live)],
+                                                            timeout=CLIENT_TIMEOUT, source_address=(source, 0))
+                headers = {"Content-Type": "application/json", **(auth or {})}
+                if token:
+                    headers["X-AUTH-TOKEN"] = token
+                route = f"{method} /{path.split('/')[1]}"
+                try:
+                    data = json.dumps(body).encode() if body is not None else b"" if method in ("POST", "PUT") else None
+                    connection.request(method, "/api/v3" + path, body=data, headers=headers)
+                    response = connection.getresponse()
+                    raw = response.read()
+                except TimeoutError:
+                    self.problems.append(f"{name} {method} {path}: no answer within {CLIENT_TIMEOUT} s")
+                    connection.close()
+                    connection = None
+                    return 0, None
+                except (OSError, http.client.HTTPException):  # its API process was killed: another one
+                    connection.close()
+                    connection = None
+                    time.sleep(0.1)
+                    continue
+                try:
+                    answer = json.loads(raw)
+                except ValueError:
+                    answer = None
+                with self.lock:
+                    self.answers[(route, response.status)] += 1
+                if response.status >= 500 and not (response.status == 503 and isinstance(answer, dict)
+                                                   and answer.get("ok") is False):
+                    self.problems.append(f"{name} {method} {path}: {response.status} {raw[:200]!r}")
+                return response.status, answer
+            return 0, None
+
+        if user:
+            secret = base64.b64encode(f"{user}:{user}-pw".encode()).decode()
+            status, answer = call("POST", "/token", auth={"Authorization": f"Basic {secret}"})
+            token = answer["token"] if status == 200 else ""
+        cycle = 0
+        while not self.stop.is_set():
+            cycle += 1
+            pool = rand.choice(list(POOLS))
+            if token and rand.random() < 0.15:
+                self.ondemand(call, pool)
+                continue
+            status, answer = call("POST", f"/vm/{pool}")
+            if status != 200:
+                time.sleep(0.05)
+                continue
+            host = answer[pool]["hostname"].split(".")[0]
+            with self.lock:
+                self.handed[host].append(name)
+                self.kept[host] = name
+            marker = f"{name}-{cycle}"
+            if token:
+                call("PUT", f"/vm/{host}", {"tags": {"owner": name, "marker": marker}, "lifetime": 3})
+            status, answer = call("GET", f"/vm/{host}")
+            if status == 200:
+                owner = (answer.get(host) or {}).get("tags", {}).get("owner")
+                if owner not in (None, name):
+                    self.problems.append(f"{name} read its {host} tagged as {owner}'s")
+            time.sleep(rand.uniform(0, 0.3))
+            if rand.random() < 0.8:
+                status, answer = call("DELETE", f"/vm/{host}")
+                if status == 200:
+                    with self.lock:
+                        self.kept.pop(host, None)
+                elif status == 404:
+                    self.problems.append(f"{name} returned its {host}: 404 {answer}")
+
+    def ondemand(self, call: Any, pool: str) -> None:
+        status, answer = call("POST", "/ondemandvm", {pool: 1})
+        if status != 201:
+            return
+        request_id = answer["request_id"]
+        for _ in range(20):
+            status, answer = call("GET", f"/ondemandvm/{request_id}")
+            if status == 404:
+                self.problems.append(f"on-demand request {request_id}, answered 201, is unknown: {answer}")
+            if status != 202 or self.stop.is_set():
+                break
+            time.sleep(0.2)
+        call("DELETE", f"/ondemandvm/{request_id}")
+
+    # --- the run and its checks ---------------------------------------------------------------
+
+    def run(self, faults: list[str]) -> None:
+        self.log("filled", self.wait_full(30))
+        callers = [threading.Thread(target=self.caller, args=(n,), daemon=True) for n in range(CALLERS)]
+        for thread in callers:
+            thread.start()
+        time.sleep(4)
+        for name in faults:
+            self.fault(name)
+        self.stop.set()
+        for thread in callers:
+            thread.join(2 * CLIENT_TIMEOUT)
+        if any(thread.is_alive() for thread in callers):
+            self.problems.append("a caller hung")
+        started = time.monotonic()
+        connection = http.client.HTTPConnection("127.0.0.1", self.workers[0][1], timeout=CLIENT_TIMEOUT)
+        connection.request("GET", "/api/v3/status")
+        status = connection.getresponse().status
+        if status != 200 or time.monotonic() - started > 2:
+            self.problems.append(f"after the faults /status answered {status} in {time.monotonic() - started:.1f} s")
+        self.check(self.wait_full(40))
+
+    def check(self, counts: dict[str, dict[str, int]]) -> None:
+        from chalicelib.clock import SystemClock
+        from chalicelib.config import parse
+        from chalicelib.providers.dummy import DummyProvider
+
+        self.log("counts", counts)
+        self.log("answers", dict(self.answers))
+        store, config = self.store(), parse(CONFIG)
+        hypervisor = redis.Redis(port=self.hypervisor.port, decode_responses=True)
+        provider = DummyProvider(config.providers["dummy"], hypervisor, SystemClock(), prefix="hypervisor:")
+        self.problems += [f"{host} handed to {callers}" for host, callers in self.handed.items() if len(callers) > 1]
+        for pool, size in POOLS.items():
+            if counts.get(pool, {}).get("ready") != size or counts[pool]["pending"] or counts[pool]["completed"]:
+                self.problems.append(f"{pool} did not converge: {counts.get(pool)}")
+            pool_config = config.pool(pool)
+            assert pool_config is not None
+            in_hypervisor = {vm.name for vm in provider.list_vms(pool_config)}
+            tracked = set(store.hostnames(pool, "ready")) | set(store.hostnames(pool, "running"))
+            if in_hypervisor != tracked:
+                self.problems.append(f"{pool}: only in the hypervisor {sorted(in_hypervisor - tracked)}, "
+                                     f"only in Redis {sorted(tracked - in_hypervisor)}")
+        for host, caller in self.kept.items():
+            record = store.get_vm(host)
+            user = f"user{caller[1:]}" if int(caller[1:]) % 2 == 0 else None
+            if record is None or record.state != "running":
+                self.problems.append(f"{caller}'s {host} is {record.state if record else 'unknown'}")
+            elif user and record.raw.get("token_user") != user:
+                self.problems.append(f"{caller}'s {host} belongs to {record.raw.get('token_user')!r}")
+
+    def close(self) -> None:
+        self.stop.set()
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGCONT)
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        self.pair.stop()
+        self.hypervisor.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--serve", choices=("http", "scheduler"), help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--faults", default="swap,stop,sched,worker,lagkill")
+    parser.add_argument("--logs", default="/tmp/vmpool-failover-audit", help="the service's processes' logs")
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return 0
+    out_dir = Path(args.logs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    audit = Audit(args.seed, out_dir)
+    try:
+        audit.run([fault for fault in args.faults.split(",") if fault])
+    finally:
+        audit.close()
+    print(f"{len(audit.problems)} problems")
+    for problem in audit.problems[:50]:
+        print("  ", problem)
+    return 1 if audit.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

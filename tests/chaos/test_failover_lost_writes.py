@@ -1,0 +1,111 @@
+"""What the API acknowledged survives a failover that loses the primary's last writes.
+
+Replication is asynchronous: a primary killed while its replica lags takes its last writes
+with it, and the promoted replica serves without them. A checkout is answered only once a
+replica has it (tests/chaos/test_redis_durability.py); these are the other answers a caller
+acts on. The replication link is held (a replica far behind), the API answers, the primary is
+killed and the replica promoted: an answer that said something was recorded must hold on the
+new primary, or the API must not have given it (a 503: ask again).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, Iterator
+
+import pytest
+
+import app
+from chalicelib.services import Services
+from chalicelib.store.ondemand import OnDemandStore
+from tests.core.test_reconcile_queue import Context, RecordingQueue
+from tests.infra.packaged_functions import api_event
+from tests.redis_pair import RedisPair
+
+POOL = "ha"
+CONFIG = f"""
+:redis: {{socket_timeout: 1.0, replica_ack_timeout: 100}}
+:providers:
+  :dummy: {{createvm_max_time: 0, boot_time: 0}}
+:pools:
+  - {{name: {POOL}, size: 2, provider: dummy}}
+"""
+
+
+@pytest.fixture
+def api(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
+    """The API function on the pair's endpoint, waiting for a replica as in AWS Lambda."""
+    services = Services.from_environment({"VMPOOL_CONFIG": CONFIG, "VMPOOL_REDIS_URL": redis_pair.endpoint.url,
+                                          "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1",
+                                          "POWERTOOLS_METRICS_DISABLED": "true"})
+    monkeypatch.setattr(app, "_services", services)
+    monkeypatch.setattr(app, "_config", None)
+    monkeypatch.setattr(app, "_queue", RecordingQueue())
+    yield services
+    services.client.close()
+
+
+def call(method: str, resource: str, path: str, params: dict[str, str] | None = None,
+         body: Any = None) -> tuple[int, Any]:
+    answer = app.app(api_event(method, resource, path, params=params,
+                               body=json.dumps(body) if body is not None else None,
+                               headers={"Content-Type": "application/json"}), Context())
+    return answer["statusCode"], json.loads(answer["body"])
+
+
+def after_failover(pair: RedisPair) -> Services:
+    """A function started after the replica was promoted (its own client, on the new primary)."""
+    return Services.from_environment({"VMPOOL_CONFIG": CONFIG, "VMPOOL_REDIS_URL": pair.endpoint.url,
+                                      "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1", "POWERTOOLS_METRICS_DISABLED": "true"})
+
+
+@pytest.mark.parametrize("request_id", [None, "chosen-by-the-client"], ids=["drawn-id", "chosen-id"])
+def test_an_ondemand_request_answered_201_is_on_the_new_primary(
+        redis_pair: RedisPair, api: Services, request_id: str | None) -> None:
+    assert call("GET", "/api/v3/status", "/api/v3/status")[0] == 200  # warm: its connections open
+    redis_pair.link.hold()  # the replica stops receiving
+    body: dict[str, Any] = {POOL: 1} if request_id is None else {POOL: 1, "request_id": request_id}
+    status, answer = call("POST", "/api/v3/ondemandvm", "/api/v3/ondemandvm", body=body)
+    redis_pair.kill_primary_and_promote()
+
+    assert status in (201, 503), answer
+    if status == 503:
+        assert answer["ok"] is False and "try again" in answer["error"], answer
+        return
+    assert OnDemandStore(after_failover(redis_pair).store).get(answer["request_id"]) is not None, \
+        f"request {answer['request_id']} was answered 201, then lost with the primary"
+
+
+def test_an_ondemand_request_no_replica_acknowledged_is_ended_not_built_for_nobody(
+        redis_pair: RedisPair, api: Services) -> None:
+    """Answered 503 (the caller asks again), the request must not stay open on the primary: its
+    VMs would be built and delivered to a request nobody polls, and run out their lifetime."""
+    redis_pair.link.hold()
+    status, answer = call("POST", "/api/v3/ondemandvm", "/api/v3/ondemandvm", body={POOL: 1, "request_id": "r1"})
+    redis_pair.link.release()
+
+    assert status == 503 and "not opened" in answer["error"], answer
+    request = OnDemandStore(api.store).get("r1")
+    assert request is not None and request.state == "failed", request
+    assert OnDemandStore(api.store).open_requests(POOL) == []
+
+
+def test_a_token_answered_200_is_on_the_new_primary(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = Services.from_environment({"VMPOOL_CONFIG": CONFIG + ":auth: {provider: dummy}\n",
+                                          "VMPOOL_REDIS_URL": redis_pair.endpoint.url,
+                                          "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1", "POWERTOOLS_METRICS_DISABLED": "true"})
+    monkeypatch.setattr(app, "_services", services)
+    monkeypatch.setattr(app, "_config", None)
+    login = {"Authorization": "Basic " + base64.b64encode(b"alice:alice-secret").decode()}
+    redis_pair.link.hold()
+    answer = app.app(api_event("POST", "/api/v3/token", "/api/v3/token", headers=login), Context())
+    status, body = answer["statusCode"], json.loads(answer["body"])
+    redis_pair.kill_primary_and_promote()
+
+    assert status in (200, 503), body
+    if status == 503:
+        assert "try again" in body["error"], body
+        return
+    assert after_failover(redis_pair).tokens.owner(body["token"]) == "alice", \
+        "the token was answered 200, then lost with the primary: its user is refused with it"
