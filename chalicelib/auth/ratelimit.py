@@ -135,7 +135,6 @@ class LoginLimiter:
         self.max_counters = int(max_counters)
         self.clock: Clock = clock or SystemClock()
         self.keys = Keys(prefix)
-        self._record = redis.register_script(script_source("login_record"))
         self._reserve = redis.register_script(script_source("login_reserve"))
         self._settle = redis.register_script(script_source("login_settle"))
 
@@ -180,15 +179,6 @@ class LoginLimiter:
                 *(self.keys.login_in_flight(limit.shared) for limit in limits),
                 *(limit.table for limit in limits)]
 
-    def _keys(self, user: str | None, address: str | None) -> list[tuple[str, int]]:
-        keys = []
-        if user is not None:
-            keys.append((self.keys.login_user(_user_part(user)), self.max_per_user))
-        part = address_key(address)
-        if part is not None:
-            keys.append((self.keys.login_address(part), self.max_per_address))
-        return keys
-
     def reserve(self, user: str | None, address: str | None) -> Refusal | None:
         """Count an attempt before it is made, atomically: None when it may go ahead (it now
         counts as a failure until ``settle`` says otherwise), else why not (nothing counted)."""
@@ -217,31 +207,3 @@ class LoginLimiter:
             modes.append("failed" if succeeded is False else "refund")
         if limits:
             self._settle(keys=self._script_keys(limits), args=[*modes, *(limit.name for limit in limits)])
-
-    def check(self, user: str | None, address: str | None) -> int | None:
-        """Seconds to wait before trying again when the user or the address is over its limit,
-        else None."""
-        keys = self._keys(user, address)
-        if not keys:
-            return None
-        pipe = self.redis.pipeline(transaction=False)
-        for key, _ in keys:
-            pipe.get(key)
-            pipe.pttl(key)
-        results = pipe.execute()
-        wait = 0.0
-        for index, (_, limit) in enumerate(keys):
-            count, pttl = results[2 * index], results[2 * index + 1]
-            if count is not None and int(count) >= limit:
-                seconds = pttl / 1000.0 if pttl and pttl > 0 else float(self.window_seconds)
-                wait = max(wait, seconds)
-        return max(1, math.ceil(wait)) if wait > 0 else None
-
-    def record_failure(self, user: str | None, address: str | None) -> None:
-        keys = self._keys(user, address)
-        if keys:
-            self._record(keys=[key for key, _ in keys], args=[self.window_seconds])
-
-    def reset(self, user: str) -> None:
-        """Forget the user's failures (call after a successful login)."""
-        self.redis.delete(self.keys.login_user(_user_part(user)))

@@ -21,73 +21,88 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+def fail(limiter: LoginLimiter, user: str | None, address: str | None) -> None:
+    """A failed login as the service counts it: the attempt reserved, then settled as failed."""
+    assert limiter.reserve(user, address) is None
+    limiter.settle(user, address, succeeded=False)
+
+
+def wait_for(limiter: LoginLimiter, user: str | None, address: str | None) -> int | None:
+    """Seconds a new attempt by ``user`` from ``address`` must wait, None when it may go ahead
+    (the probing attempt is given back: the directory "could not answer")."""
+    refusal = limiter.reserve(user, address)
+    if refusal is None:
+        limiter.settle(user, address, succeeded=None)
+        return None
+    return refusal.retry_after
+
+
+def counters(redis_client) -> list[str]:
+    """The failed-login counters of names and addresses counted on their own."""
+    return [key for key in redis_client.scan_iter("vmpool:login:*")
+            if not key.endswith((":in_flight", ":counted")) and ":shared:" not in key]
+
+
 def test_per_user_limit(redis_client):
     limiter = LoginLimiter(redis_client, max_per_user=3, max_per_address=100, window_seconds=60)
     for _ in range(2):
-        limiter.record_failure("alice", "10.0.0.1")
-        assert limiter.check("alice", "10.0.0.1") is None
-    limiter.record_failure("alice", "10.0.0.2")
-    wait = limiter.check("alice", "10.0.0.3")  # the user is over, whatever the address
+        fail(limiter, "alice", "10.0.0.1")
+        assert wait_for(limiter, "alice", "10.0.0.1") is None
+    fail(limiter, "alice", "10.0.0.2")
+    wait = wait_for(limiter, "alice", "10.0.0.3")  # the user is over, whatever the address
     assert wait is not None and 1 <= wait <= 60
-    assert limiter.check("Alice ", "10.0.0.3") == wait  # names are lower-cased
-    assert limiter.check("bob", "10.0.0.1") is None
-    limiter.reset("alice")
-    assert limiter.check("alice", "10.0.0.3") is None
+    assert wait_for(limiter, "Alice ", "10.0.0.3") == wait  # names are lower-cased
+    assert wait_for(limiter, "bob", "10.0.0.1") is None
 
 
 def test_per_address_limit_and_ipv6_prefix(redis_client):
     limiter = LoginLimiter(redis_client, max_per_user=100, max_per_address=3, window_seconds=60)
     for user in ("u1", "u2", "u3"):
-        limiter.record_failure(user, "2001:db8::1")
-    assert limiter.check("u4", "2001:db8::ffff") is not None  # same /64
-    assert limiter.check("u4", "2001:db8:0:1::1") is None
-    assert limiter.check("u4", None) is None
-    limiter.reset("u1")  # a success does not clear the address
-    assert limiter.check("u1", "2001:db8::1") is not None
+        fail(limiter, user, "2001:db8::1")
+    assert wait_for(limiter, "u4", "2001:db8::ffff") is not None  # same /64
+    assert wait_for(limiter, "u4", "2001:db8:0:1::1") is None
+    assert wait_for(limiter, "u4", None) is None
     for user in ("u1", "u2", "u3"):
-        limiter.record_failure(user, "::ffff:192.0.2.1")
-    assert limiter.check("x", "192.0.2.1") is not None
+        fail(limiter, user, "::ffff:192.0.2.1")
+    assert wait_for(limiter, "x", "192.0.2.1") is not None
 
 
 def test_counters_always_expire_and_windows_are_fixed(redis_client):
     limiter = LoginLimiter(redis_client, max_per_user=5, max_per_address=5, window_seconds=100)
-    limiter.record_failure("alice", "10.0.0.1")
-    keys = list(redis_client.scan_iter("vmpool:login:*"))
+    fail(limiter, "alice", "10.0.0.1")
+    keys = counters(redis_client)
     assert len(keys) == 2
     assert all(0 < redis_client.ttl(key) <= 100 for key in keys)
     assert all("alice" not in key for key in keys)  # the name is hashed
     for key in keys:
         redis_client.expire(key, 50)
-    limiter.record_failure("alice", "10.0.0.1")
+    fail(limiter, "alice", "10.0.0.1")
     assert all(redis_client.ttl(key) <= 50 for key in keys)  # a failure does not extend the window
     redis_client.persist(keys[0])  # a counter that lost its expiry gets one again
-    limiter.record_failure("alice", "10.0.0.1")
+    fail(limiter, "alice", "10.0.0.1")
     assert redis_client.ttl(keys[0]) > 0
 
 
 def test_window_end_lifts_the_limit(redis_client):
     limiter = LoginLimiter(redis_client, max_per_user=1, max_per_address=10, window_seconds=60)
-    limiter.record_failure("alice", "10.0.0.1")
-    assert limiter.check("alice", "10.0.0.1") == 60
+    fail(limiter, "alice", "10.0.0.1")
+    assert wait_for(limiter, "alice", "10.0.0.1") == 60
     # Every counter ends with the window: Redis expires it then (here: deleted, not waited for).
-    counters = list(redis_client.scan_iter("vmpool:login:*"))
-    assert len(counters) == 2 and all(0 < redis_client.ttl(key) <= 60 for key in counters)
-    redis_client.delete(*counters)
-    assert limiter.check("alice", "10.0.0.1") is None
+    ended = counters(redis_client)
+    assert len(ended) == 2 and all(0 < redis_client.ttl(key) <= 60 for key in ended)
+    redis_client.delete(*ended)
+    assert wait_for(limiter, "alice", "10.0.0.1") is None
 
 
-def test_record_is_atomic_under_concurrency(redis_client):
-    import threading
-
+def test_failures_are_counted_atomically_under_concurrency(redis_client):
     limiter = LoginLimiter(redis_client, max_per_user=1000, max_per_address=1000, window_seconds=60)
-    threads = [threading.Thread(target=lambda: [limiter.record_failure("alice", "10.0.0.1") for _ in range(25)])
+    threads = [threading.Thread(target=lambda: [fail(limiter, "alice", "10.0.0.1") for _ in range(25)])
                for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    values = sorted(int(redis_client.get(key)) for key in redis_client.scan_iter("vmpool:login:*"))
-    assert values == [200, 200]
+    assert sorted(int(redis_client.get(key)) for key in counters(redis_client)) == [200, 200]
 
 
 def test_from_config(redis_client):
@@ -165,7 +180,7 @@ def test_unavailable_backend_is_not_a_failed_login(redis_client):
         result = service.check("alice", "pw", "10.0.0.1")
         assert result.outcome is LoginOutcome.UNAVAILABLE
         assert result.message == "LDAP server ldap:636 is unavailable"
-    assert limiter.check("alice", "10.0.0.1") is None
+    assert wait_for(limiter, "alice", "10.0.0.1") is None
 
 
 def test_limited_logins_never_reach_the_backend(redis_client):
@@ -274,7 +289,7 @@ def test_logins_at_once_with_the_right_password_are_not_failed_logins(redis_clie
     refused = [r for r in results if r.outcome is LoginOutcome.RATE_LIMITED]
     assert len(refused) == callers - limit
     assert {r.retry_after for r in refused} == {1}
-    assert limiter.check("bob", "198.51.100.200") is None
+    assert wait_for(limiter, "bob", "198.51.100.200") is None
     assert service.check("bob", slapd.password("bob"), "198.51.100.200").ok
 
 
