@@ -4,7 +4,8 @@ page itself, vmpooler's JSON feeds, and the history the page draws its graphs fr
 The page is plain HTML, CSS and JavaScript packaged in ``chalicelib/dashboard/`` (no build step,
 nothing fetched from elsewhere, so it works offline) and served as one document: behind API
 Gateway the page may sit under a stage prefix, and one document has no asset paths to get wrong.
-It polls ``/api/v3/status``, ``/api/v3/summary`` and ``/dashboard/stats/history`` for live numbers.
+It polls ``/api/v3/status``, ``/api/v3/summary/clone``, ``/api/v3/summary/boot`` (never all of
+``/summary``: its tag counts are the page's to ignore) and ``/dashboard/stats/history`` for live numbers.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
     sizes = current_sizes(services.store, pools_now, now, config.service.sizing_timezone)
     body: dict[str, Any] = {}
     if "boot" in wanted or "clone" in wanted:
-        today = services.store.day_stats([day_of(now)])[0]
+        today = services.store.day_figures([day_of(now)])[0]
         for kind in ("boot", "clone"):
             if kind in wanted:
                 metrics = day_metrics(today, kind, per_pool=False)

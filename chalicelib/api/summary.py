@@ -199,29 +199,33 @@ def _select(figures: dict[str, Any], key: str | None) -> dict[str, Any]:
 
 
 def summary(services: Services, request: ApiRequest) -> ApiResponse:
-    """GET /summary, /summary/<section> and /summary/<section>/<key>."""
-    days = _read_days(services, _days(services, request))
+    """GET /summary, /summary/<section> and /summary/<section>/<key>. /summary/boot and
+    /summary/clone read no tag counts (store.day_figures): their ranges are bounded by the pools'
+    figures alone, and the dashboard's polls carry no tags."""
+    names = _days(services, request)
     section = request.params.get("section")
     key = request.params.get("key")
-    if section is None:
-        return ApiResponse(200, {
-            "daily": [
-                {"date": stats.day, "boot": day_metrics(stats, "boot"), "clone": day_metrics(stats, "clone"),
-                 "tag": _day_tags(stats)}
-                for stats in days
-            ],
-            "boot": _range_metrics(days, "boot"),
-            "clone": _range_metrics(days, "clone"),
-            "tag": _range_tags(days),
-        })
-    if section not in SECTIONS:
+    if section is not None and section not in SECTIONS:
         raise not_found(error=f"unknown summary section {shown(section)}")
+    if section in ("boot", "clone"):
+        figures = services.store.day_figures(names)
+        return ApiResponse(200, {
+            section: _select(_range_metrics(figures, section), key),
+            "daily": [{"date": stats.day, section: _select(day_metrics(stats, section), key)} for stats in figures],
+        })
+    days = _read_days(services, names)
     if section == "tag":
         return ApiResponse(200, {
             "tag": _select(_range_tags(days), key),
             "daily": [{"date": stats.day, "tag": _select(_day_tags(stats), key)} for stats in days],
         })
     return ApiResponse(200, {
-        section: _select(_range_metrics(days, section), key),
-        "daily": [{"date": stats.day, section: _select(day_metrics(stats, section), key)} for stats in days],
+        "daily": [
+            {"date": stats.day, "boot": day_metrics(stats, "boot"), "clone": day_metrics(stats, "clone"),
+             "tag": _day_tags(stats)}
+            for stats in days
+        ],
+        "boot": _range_metrics(days, "boot"),
+        "clone": _range_metrics(days, "clone"),
+        "tag": _range_tags(days),
     })

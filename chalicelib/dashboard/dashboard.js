@@ -336,9 +336,11 @@
     }).catch(function () { /* the graphs keep their last data; the live badge tells */ });
   }
 
+  // Today's clone and boot times per pool, the two sections the page shows: all of /summary also
+  // holds the day's tag counts, which anyone may fill (megabytes a day, on every open page).
   function pollSummary() {
-    return getJSON("api/v3/summary").then(function (summary) {
-      state.summary = summary;
+    return Promise.all([getJSON("api/v3/summary/clone"), getJSON("api/v3/summary/boot")]).then(function (both) {
+      state.summary = { clone: both[0].clone, boot: both[1].boot };
       render();
     }).catch(function () {});
   }

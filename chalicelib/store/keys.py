@@ -52,7 +52,11 @@ family through these validators.
                                      a reconcile function ran with, and when it last did: a
                                      function a push behind leaves the pools alone
     lastboot                 hash    pool -> time of its last VM becoming ready
-    daily:<YYYY-MM-DD>       hash    that day's clone/boot durations and tag counts
+    daily:<YYYY-MM-DD>       hash    that day's clone/boot durations (a day the previous release recorded
+                                     holds its tag counts too, until lua/record_tags.lua moves them
+                                     or the day expires)
+    daily:<YYYY-MM-DD>:tags  hash    that day's tag counts (lua/record_tags.lua), apart from the
+                                     durations so /status and /summary/boot|clone never read them
     ondemand:<id>            hash    an on-demand request (store/ondemand.py)
     ondemand:<id>:vms        zset    every VM ever reserved for the request, by reservation time
     ondemand:open:<pool>     zset    open requests with VMs to build in the pool, by creation time
@@ -249,6 +253,11 @@ class Keys:
 
     def daily(self, day: str) -> str:
         return f"{self.prefix}daily:{day}"
+
+    def daily_tags(self, day: str) -> str:
+        """The day's tag counts: anyone may fill them (tagging needs no token), so they are kept
+        apart from the day's durations, which /status and /summary/boot|clone read."""
+        return f"{self.prefix}daily:{day}:tags"
 
     def ondemand(self, request_id: str) -> str:
         return f"{self.prefix}ondemand:{request_part(request_id)}"

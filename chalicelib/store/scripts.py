@@ -77,6 +77,7 @@ class Scripts:
         self.rate_count = load("rate_count")
         self.window_count = load("window_count")
         self.record_tags = load("record_tags")
+        self.day_figures = load("day_figures")
         self.set_once = load("set_once")
         self.replace_field = load("replace_field")
         self.migration_slot = load("migration_slot")

@@ -302,7 +302,7 @@ class DurationSample:
 
 @dataclass
 class DayStats:
-    """One day's statistics as kept in ``daily:<day>``."""
+    """One day's statistics as kept in ``daily:<day>`` (durations) and ``daily:<day>:tags``."""
 
     day: str
     values: dict[str, str] = field(default_factory=dict)
@@ -975,22 +975,60 @@ class Store:
             self.scripts.record_durations(keys=[self.keys.daily(day)], args=args)
 
     def record_tags(self, day: str, tags: Mapping[str, str], max_names: int, max_values: int) -> None:
-        """Count tags in the day's statistics: at most ``max_names`` tag names and ``max_values``
-        values per name on their own, the rest as ``(other)``."""
+        """Count tags in the day's tag statistics (``daily:<day>:tags``): at most ``max_names`` tag
+        names and ``max_values`` values per name on their own, the rest as ``(other)``. A day the
+        previous release counted in its durations hash has its counts moved over first
+        (lua/record_tags.lua)."""
         if not tags:
             return
         args: list[Any] = [DAILY_STATS_TTL_SECONDS, max_names, max_values]
         for tag, value in tags.items():
             args += [tag, value]
         with _translate_errors():
-            self.scripts.record_tags(keys=[self.keys.daily(day)], args=args)
+            self.scripts.record_tags(keys=[self.keys.daily_tags(day), self.keys.daily(day)], args=args)
 
     def day_stats(self, days: Sequence[str]) -> list[DayStats]:
+        """Each day's durations and tag counts (/summary, /summary/tag). A tag count found in both
+        layouts (a day the previous release still counted in after this one moved its counts)
+        is their sum."""
         with _translate_errors():
             pipe = self.client.pipeline(transaction=False)
             for day in days:
                 pipe.hgetall(self.keys.daily(day))
-            return [DayStats(day, values) for day, values in zip(days, pipe.execute(), strict=True)]
+                pipe.hgetall(self.keys.daily_tags(day))
+            found = pipe.execute()
+        stats = []
+        for index, day in enumerate(days):
+            values: dict[str, str] = found[2 * index]
+            for name, count in found[2 * index + 1].items():
+                if not name.startswith("tag:"):
+                    continue  # the script's own counters of distinct names and values
+                if name in values:
+                    count = str(int((finite_number(values[name]) or 0) + (finite_number(count) or 0)))
+                values[name] = count
+            stats.append(DayStats(day, values))
+        return stats
+
+    def day_figures(self, days: Sequence[str]) -> list[DayStats]:
+        """Each day's clone and boot durations without its tag counts (/status,
+        /summary/boot|clone): a day of the previous release's layout holds them in the same hash,
+        and they are left out in Redis (lua/day_figures.lua)."""
+        def figures() -> list[Any]:
+            # One call a day, in one round trip: Redis serves others between days. EVALSHA by
+            # hand: a pipeline given a Script object first asks SCRIPT EXISTS (a round trip more).
+            pipe = self.client.pipeline(transaction=False)
+            for day in days:
+                pipe.execute_command("EVALSHA", self.scripts.day_figures.sha, 1, self.keys.daily(day))
+            return pipe.execute()
+
+        with _translate_errors():
+            try:
+                found = figures()
+            except redis.exceptions.NoScriptError:  # a Redis that never ran it (a new primary)
+                self.scripts.day_figures.load_into(self.client)
+                found = figures()
+        return [DayStats(day, dict(zip(flat[::2], flat[1::2], strict=True)))
+                for day, (flat,) in zip(days, found, strict=True)]
 
     def count_request(self, request_class: str, client: str, shared_counter: int, window_seconds: int,
                       now: float, max_clients: int) -> RequestCount:

@@ -11,6 +11,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import app
+from chalicelib.store import DurationSample
+from chalicelib.timestamps import day_of
 from tests.api.test_dashboard import CONFIG, POOLS, tick
 from tests.core.test_dashboard_browser import PoolRows, chromium
 from tests.harness import Harness
@@ -74,3 +76,56 @@ def test_the_page_polls_and_redraws_without_a_reload(served: tuple[Harness, str,
     debian = page.rows["debian-12-x86_64"]
     # The checkout made between its polls is on the page: two running, one ready.
     assert (debian["running"], debian["ready"], debian["size"]) == (2, 1, 3)
+
+
+class Recording:
+    """The gateway, serialised, keeping the target and body of each answer it gives."""
+
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway
+        self.lock = threading.Lock()
+        self.answers: list[tuple[str, bytes]] = []
+
+    def __call__(self, method: str, target: str, *args: Any) -> Any:
+        with self.lock:
+            status, headers, body = self.gateway(method, target, *args)
+            self.answers.append((target, body))
+            return status, headers, body
+
+
+@pytest.mark.slow
+def test_the_page_downloads_no_tags_while_a_day_is_full_of_them(make_stack: Callable[[str], Harness],
+                                                               tmp_path: Path) -> None:
+    """The page showed each pool's clone and boot times from all of /summary, polled every
+    minute: today's tag counts came with it, which anyone may fill (tagging needs no token) to
+    about 1.7 MB a poll per open page. It asks for /summary/clone and /summary/boot now."""
+    stack = make_stack(CONFIG)
+    today = day_of(stack.clock.now())
+    stack.store.record_durations(today, [DurationSample("clone", "debian-12-x86_64", 42.0),
+                                         DurationSample("boot", "debian-12-x86_64", 7.5)])
+    service = stack.config.service
+    marker = "v" * 200
+    for value in range(service.max_tag_values_per_day):
+        tags = {f"n{name:02d}": f"{value:03d}{marker}" for name in range(service.max_tag_names_per_day)}
+        stack.store.record_tags(today, tags, service.max_tag_names_per_day, service.max_tag_values_per_day)
+    server = make_server(app.app, "127.0.0.1", 0)
+    handler = server.RequestHandlerClass
+    recording = Recording(handler.gateway)  # type: ignore[attr-defined]
+    handler.gateway = recording  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        dom = chromium(f"http://127.0.0.1:{server.server_port}/dashboard/", tmp_path / "profile", "--dump-dom")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    page = PoolRows()
+    page.feed(dom)
+    assert (page.rows["debian-12-x86_64"]["clone"], page.rows["debian-12-x86_64"]["boot"]) == ("42 s", "7.5 s")
+    summaries = [target for target, _ in recording.answers if "/summary" in target]
+    assert summaries and all(target.split("?")[0].endswith(("/summary/clone", "/summary/boot")) for target in summaries)
+    fetched = b"".join(body for _, body in recording.answers)
+    assert marker.encode() not in fetched
+    assert all(len(body) < 100_000 for target, body in recording.answers if not target.startswith("/dashboard/"))

@@ -19,6 +19,8 @@ FEEDS = (
     "/api/v3/poolstat?pool=p0000,p0001",
     "/api/v3/totalrunning",
     "/api/v3/summary",
+    "/api/v3/summary/clone",
+    "/api/v3/summary/boot",
     "/api/v3/config",
     "/api/v3/vm",
     "/healthcheck",

@@ -276,6 +276,90 @@ def test_a_summary_whose_tags_would_not_fit_one_answer_is_refused(stack: Harness
 
 
 
+def as_previous_release(stack: Harness, day: str) -> None:
+    """Turn the day's tag counts into the layout the previous release wrote: in the day's
+    durations hash (``daily:<day>``), the same fields."""
+    tags_key = stack.store.keys.daily_tags(day)
+    stack.client.hset(stack.store.keys.daily(day), mapping=stack.client.hgetall(tags_key))
+    stack.client.delete(tags_key)
+
+
+@pytest.mark.parametrize("layout", ["this release's", "previous release's"])
+def test_boot_and_clone_summaries_of_days_full_of_tags_carry_none_and_are_not_refused(
+    stack: Harness, layout: str,
+) -> None:
+    """/summary/boot and /summary/clone (what the dashboard polls) show no tags, but read the
+    whole day's hash, tags included: a range was refused (400) because of tags they do not show,
+    and /status read up to 1.7 MB of tag counts a poll. They now read durations only, from days
+    in either layout."""
+    today = _today(stack)
+    days = [(today - timedelta(days=back)).isoformat() for back in range(4)]
+    for day in days:
+        stack.store.record_durations(day, [DurationSample("clone", "pool1", 30.0),
+                                           DurationSample("boot", "pool1", 9.5)])
+        record_most_tags(stack, day)
+        if layout == "previous release's":
+            as_previous_release(stack, day)
+
+    for section, seconds in (("clone", 30), ("boot", 9.5)):
+        reply = stack.get(f"/api/v3/summary/{section}?from={days[-1]}&to={days[0]}")
+        assert reply.status == 200, reply.json
+        assert reply.json[section]["duration"]["pool"]["pool1"]["average"] == seconds
+        assert reply.json[section]["count"]["total"] == 4
+        assert len(reply.raw) < 2000
+    status = stack.get("/api/v3/status?view=boot,clone")
+    assert status.json["clone"]["count"]["total"] == 1 and len(status.raw) < 1000
+    # the tags themselves are still counted and shown where they are asked for
+    assert stack.get(f"/api/v3/summary?from={days[-1]}&to={days[0]}").status == 400
+    whole_day = stack.get(f"/api/v3/summary/tag?from={days[0]}&to={days[0]}").json
+    assert len(whole_day["tag"]) == stack.config.service.max_tag_names_per_day
+
+
+def test_a_day_the_previous_release_counted_tags_in_is_read_alike_and_kept_within_its_bounds(
+    stack: Harness,
+) -> None:
+    """Tag counts now have a key of their own; a day the previous release recorded keeps them in
+    the durations hash for up to 400 days. Such a day answers what it answered,
+    and the first tag counted on it moves its counts to the new key through the same bounds (a
+    day holds no more distinct names and values than one layout alone would)."""
+    service = stack.config.service
+    today = _today(stack).isoformat()
+    stack.store.record_durations(today, [DurationSample("clone", "pool1", 30.0)])
+    record_most_tags(stack, today)
+    before = {path: stack.get(path).json for path in ("/api/v3/summary", "/api/v3/summary/tag")}
+    as_previous_release(stack, today)
+    assert {path: stack.get(path).json for path in before} == before
+
+    stack.store.record_tags(today, {"n00" + "x" * 47: "000" + "v" * 252, "newname": "ci"},
+                            service.max_tag_names_per_day, service.max_tag_values_per_day)
+    left = stack.client.hgetall(stack.store.keys.daily(today))
+    assert sorted(left) == ["clone:count", "clone:max", "clone:min", "clone:pool:pool1:count", "clone:pool:pool1:max",
+                            "clone:pool:pool1:min", "clone:pool:pool1:total", "clone:total"]
+    tags = stack.get("/api/v3/summary").json["tag"]
+    assert len(tags) == service.max_tag_names_per_day + 1  # the new name counted as '(other)'
+    assert tags["(other)"] == {"ci": 1, "total": 1}
+    assert tags["n00" + "x" * 47]["000" + "v" * 252] == 2
+    counted = service.max_tag_names_per_day * service.max_tag_values_per_day
+    assert sum(entry["total"] for entry in tags.values()) == counted + 2
+
+
+def test_tag_counts_of_a_day_in_both_layouts_are_added(stack: Harness) -> None:
+    """While the previous release still runs beside this one (a deploy), both may count the same
+    day: /summary shows the sum."""
+    today = _today(stack).isoformat()
+    stack.store.record_tags(today, {"project": "ci"}, 50, 100)
+    stack.client.hset(stack.store.keys.daily(today), mapping={"tag:project:ci": 2, "tag:project:web": 1})
+    assert stack.get("/api/v3/summary/tag").json["tag"] == {"project": {"ci": 3, "web": 1, "total": 4}}
+
+
+def test_durations_are_read_from_a_redis_that_never_ran_the_script(full: Harness) -> None:
+    """A new primary after a failover has no scripts loaded: /status and /summary/clone load it."""
+    full.client.script_flush()
+    assert full.get("/api/v3/status?view=clone").json["clone"]["count"]["total"] == 5
+    full.client.script_flush()
+    assert full.get("/api/v3/summary/clone").json["clone"]["count"]["total"] == 5
+
+
 ANY_TAG_CONFIG = """\
 config: {domain: example.com}
 providers:
@@ -357,7 +441,9 @@ def test_a_figure_broken_in_redis_reads_as_absent(full: Harness, figure: str, br
     none (0), and the others are still shown."""
     host = full.checkout("pool1")
     full.put(f"/api/v3/vm/{host}", {"tags": {"project": "ci", "owner": "me"}})
-    full.client.hset(full.store.keys.daily(day_of(full.clock.now())), figure, broken)
+    today = day_of(full.clock.now())
+    kept_in = full.store.keys.daily_tags(today) if figure.startswith("tag:") else full.store.keys.daily(today)
+    full.client.hset(kept_in, figure, broken)
     summary = full.get("/api/v3/summary")
     status = full.get("/api/v3/status")
     assert (summary.status, status.status) == (200, 200), (summary.raw[:300], status.raw[:300])

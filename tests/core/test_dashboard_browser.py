@@ -63,7 +63,7 @@ class PoolRows(HTMLParser):
     and how many points each line of the history graph has, from the DOM."""
 
     TEXT_OF = ("site-name", "alerts", "health")
-    ROW_TEXTS = ("size-reason", "aliases")
+    ROW_TEXTS = ("size-reason", "aliases", "clone", "boot")
 
     def __init__(self) -> None:
         super().__init__()

@@ -332,6 +332,7 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
         "dummy_folder": [(f"{p} {f}", keys.dummy_folder(p, f)) for p in pools[:20] for f in HOSTILE_NAMES],
         "dummy_task": [(f"{p} {t}", keys.dummy_task(p, t)) for p in pools[:20] for t in HOSTILE_NAMES],
         "daily": [(DAY, keys.daily(DAY))],
+        "daily_tags": [(DAY, keys.daily_tags(DAY))],
         "pool_override": [(s, keys.pool_override(s)) for s in ("poolsize", "pooltemplate", "poolreset", "clonetarget")],
         "fixed": [(name, getattr(keys, name)) for name in ("cloning", "changes", "clone_demand", "clone_backoff",
                                                           "known_pools", "last_boot", "ondemand_open_requests",
