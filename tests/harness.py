@@ -395,8 +395,9 @@ HarnessFactory = Callable[..., Harness]
 def assert_consistent(harness: Harness, name: str, pass_completed: bool = True) -> None:
     """The invariants every pass must leave behind, whatever happened before: every VM in one
     state with a matching record; the pool's own VMs (on-demand ones are built beyond its size)
-    pending + ready within the size; every clone counted in flight pending. A killed pass may
-    leave a VM made by hand undiscovered; after a whole pass no VM in the provider is unknown."""
+    pending + ready within the size; every clone counted in flight pending, and counted against
+    task_limit exactly when it is no request's. A killed pass may leave a VM made by hand
+    undiscovered; after a whole pass no VM in the provider is unknown."""
     pool = harness.pool(name)
     seen: dict[str, str] = {}
     on_demand: set[str] = set()
@@ -411,9 +412,14 @@ def assert_consistent(harness: Harness, name: str, pass_completed: bool = True) 
                 on_demand.add(host)
     pool_vms = (harness.hosts(name, "pending") | harness.hosts(name, "ready")) - on_demand
     assert len(pool_vms) <= pool.size, f"{name}: {len(pool_vms)} pending+ready > size {pool.size}"
+    pool_clones = set(harness.client.zrange(harness.store.keys.pool_clones, 0, -1))
+    counted = harness.client.exists(harness.store.keys.pool_clones_counted)
     for host in harness.client.zrange(harness.store.keys.cloning, 0, -1):
         record = harness.store.get_vm(host)
         assert record is not None and record.state == "pending", f"{host} cloning but {record and record.state}"
+        # what task_limit counts (keys.pool_clones), once built: the clones that are no request's
+        assert not counted or (host in pool_clones) == (not record.raw.get("request")), f"{host} miscounted"
+    assert pool_clones <= set(harness.client.zrange(harness.store.keys.cloning, 0, -1)), "slots held after clones"
     # The service's running set (what the service-wide quota counts) holds the running VMs, no others.
     counted = set(harness.client.zrange(harness.store.keys.running, 0, -1))
     assert harness.hosts(name, "running") <= counted, f"{name}: running VMs not counted by the service"

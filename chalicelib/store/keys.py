@@ -23,6 +23,12 @@ family through these validators.
     vm:<hostname>            hash    one VM's record (see records.VMRecord)
     pool:<pool>:<state>      zset    hostnames in a state, scored by when they entered it
     cloning                  zset    hostnames whose clone task is in flight, across all pools
+    cloning:pools            zset    those of them cloned for a pool's own use (not for an on-demand
+                                     request), scored alike: what task_limit counts, one ZCARD however
+                                     many pools clone (lua/reserve_clones.lua); kept by the scripts that
+                                     add to or take from ``cloning``
+    cloning:pools:counted    string  when ``cloning:pools`` was last rebuilt from ``cloning`` whole;
+                                     missing: it cannot be trusted (reserve_clones.lua rebuilds it)
     running                  zset    every running VM of every pool (the union of the pools' running
                                      sets, scored alike), kept by the scripts that move VMs, so the
                                      service-wide quota costs one ZCARD however many pools there are
@@ -132,8 +138,9 @@ DERIVED_KEYS: Mapping[str, str] = {
                        "through quota.lua, the holdings sets of the owners that took something longest ago",
     "move": "only when given no pool (DELETE /vm/<hostname>: one round trip, no read first): the state "
             "sets and wake list of the pool the VM's record names",
-    "reserve_clones": "the records of the VMs in the pool's pending set and in the cloning set: they are "
-                      "counted in the step that reserves, so two passes at once cannot over-clone",
+    "reserve_clones": "the records of the VMs in the pool's pending set (and, only when the pool_clones "
+                      "set is rebuilt, of the cloning set): they are counted in the step that reserves, so "
+                      "two passes at once cannot over-clone",
     "ondemand_reserve": "the records of the request's VMs and of the VMs in the cloning set: they are "
                         "counted in the step that reserves, so two passes cannot build a request twice",
     "ondemand_deliver": "the request the VM's record names, the records of its VMs and the open sets of "
@@ -184,6 +191,18 @@ class Keys:
     @property
     def cloning(self) -> str:
         return f"{self.prefix}cloning"
+
+    @property
+    def pool_clones(self) -> str:
+        """The clones in flight (``cloning``) that are a pool's own, not an on-demand request's:
+        what ``task_limit`` counts (lua/reserve_clones.lua)."""
+        return f"{self.prefix}cloning:pools"
+
+    @property
+    def pool_clones_counted(self) -> str:
+        """Set when ``pool_clones`` is rebuilt from the whole cloning set: without it the set
+        may be missing or partial (a new deployment, a key lost), and reserve_clones.lua rebuilds it."""
+        return f"{self.prefix}cloning:pools:counted"
 
     @property
     def running(self) -> str:

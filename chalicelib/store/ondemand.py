@@ -274,7 +274,7 @@ class OnDemandStore:
             answer = json.loads(self.scripts.ondemand_deliver(
                 keys=[self.keys.vm(hostname), *(self.keys.pool_state(pool, state) for state in ("pending", "running",
                       "completed")), self.keys.cloning, self.keys.changes, self.keys.running_due(pool),
-                      self.keys.ondemand_open_requests, self.keys.running],
+                      self.keys.ondemand_open_requests, self.keys.running, self.keys.pool_clones],
                 args=[hostname, repr(now), ip or "", host or "", self.keys.ondemand(KEY_PART),
                       self.keys.ondemand_vms(KEY_PART), self.keys.vm(KEY_PART), self.keys.ondemand_open(KEY_PART)]))
         return bool(answer["moved"]), answer["state"]
@@ -285,7 +285,7 @@ class OnDemandStore:
         (nothing changed) when ``token_key``, the record of the token the end was asked with, is
         gone."""
         keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.cloning,
-                self.keys.ondemand_open_requests, self.keys.running]
+                self.keys.ondemand_open_requests, self.keys.running, self.keys.pool_clones]
         args: list[str | int] = [
             request_id, state, message, repr(now), vm_reason, self.store.data_ttl_seconds,
             self.keys.ondemand_open(KEY_PART), self.keys.wake(KEY_PART), self.keys.vm(KEY_PART),

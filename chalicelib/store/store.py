@@ -733,8 +733,8 @@ class Store:
                    checked_out_as: VMRecord | None = None, token_key: str = "") -> tuple[list[str], list[str]]:
         """The KEYS and ARGV of lua/move.lua for VMs of a known pool (hostname -> its fields)."""
         keys = [*(self.keys.vm(hostname) for hostname in fields), self.keys.changes, self.keys.cloning,
-                self.keys.running, self.keys.pool_state(pool, from_state), self.keys.pool_state(pool, to_state),
-                self.keys.wake(pool)]
+                self.keys.pool_clones, self.keys.running, self.keys.pool_state(pool, from_state),
+                self.keys.pool_state(pool, to_state), self.keys.wake(pool)]
         args: list[str] = [
             to_state, repr(now), str(self.data_ttl_seconds), "1" if nudge else "0",
             "" if unchanged_since is None else str(unchanged_since),
@@ -756,7 +756,8 @@ class Store:
         """Move a running VM, whatever its pool, to completed and nudge its pool, in one round
         trip. Returns its pool, or None when it is unknown or not running."""
         # The pool comes from the record inside the script: templates name its keys (keys.DERIVED_KEYS).
-        keys = [self.keys.vm(hostname), self.keys.changes, self.keys.cloning, self.keys.running]
+        keys = [self.keys.vm(hostname), self.keys.changes, self.keys.cloning, self.keys.pool_clones,
+                self.keys.running]
         args = ["completed", repr(now), str(self.data_ttl_seconds), "1", "", "",
                 self.keys.pool_state(KEY_PART, "running"), self.keys.pool_state(KEY_PART, "completed"),
                 self.keys.wake(KEY_PART), *_checkout_condition(None), "0", str(UNUSED_RECORD_TTL_SECONDS),
@@ -783,7 +784,8 @@ class Store:
         with _translate_errors():
             return self.scripts.reserve_clones(
                 keys=[self.keys.pool_state(pool, "ready"), self.keys.pool_state(pool, "pending"),
-                      self.keys.clone_demand, self.keys.cloning, *(self.keys.vm(host) for host in candidates)],
+                      self.keys.clone_demand, self.keys.cloning, self.keys.pool_clones,
+                      self.keys.pool_clones_counted, *(self.keys.vm(host) for host in candidates)],
                 args=[pool, size, task_limit, repr(now), template, domain, clone_limit,
                       repr(CLONE_DEMAND_TTL_SECONDS), self.keys.vm(KEY_PART), holder_label(), *candidates]
             )
@@ -895,7 +897,8 @@ class Store:
         if not hostnames:
             return
         with _translate_errors():
-            self.scripts.finish_clones(keys=[self.keys.cloning, *(self.keys.vm(host) for host in hostnames)],
+            self.scripts.finish_clones(keys=[self.keys.cloning, self.keys.pool_clones,
+                                             *(self.keys.vm(host) for host in hostnames)],
                                        args=[_encode(now), *hostnames])
 
     # --- per-pool lease and wake-ups ----------------------------------------------------------

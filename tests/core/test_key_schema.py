@@ -29,6 +29,7 @@ PYTHON_SOURCES = [ROOT / "app.py", *(ROOT / folder for folder in ("chalicelib", 
 # --- Lua -------------------------------------------------------------------------------------
 
 _CALL = re.compile(r"redis\.p?call\(\s*'(\w+)'\s*,")
+_NUMKEYS_FIRST = {"ZINTERCARD", "SINTERCARD", "ZINTER", "ZUNION", "ZDIFF"}  # their keys follow a count
 _ASSIGNMENT = re.compile(r"^\s*(?:local\s+)?([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*)\s*=(?!=)\s*(.+)$")
 
 
@@ -61,6 +62,19 @@ def _first_argument(source: str, start: int) -> str:
         elif char == "," and depth == 0:
             return source[start:index].strip()
     return source[start:].strip()
+
+
+def _rest_of_call(source: str, start: int) -> str:
+    """The arguments that begin at ``start``, up to the call's closing parenthesis."""
+    depth = 0
+    for index in range(start, len(source)):
+        if source[index] in "([{":
+            depth += 1
+        elif source[index] in ")]}":
+            if depth == 0:
+                return source[start:index]
+            depth -= 1
+    return source[start:]
 
 
 def _is_single_term(expression: str, opening: str) -> bool:
@@ -106,9 +120,15 @@ def key_violations(source: str, may_derive: bool) -> list[str]:
             bound[name] = bound.get(name, True) and holds_key
     problems = []
     for call in _CALL.finditer(source):
-        argument = _first_argument(source, call.end())
-        if not (is_key(argument) or bound.get(argument, False)):
-            problems.append(f"{call.group(1)} on {argument!r}")
+        if call.group(1).upper() in _NUMKEYS_FIRST:  # ZINTERCARD numkeys key [key ...]
+            arguments = _split_top_level(_rest_of_call(source, call.end()))
+            count = int(arguments[0]) if arguments[0].isdigit() else 0
+            checked = arguments[1:1 + count] if count else [arguments[0]]  # a numkeys not literal: refused
+        else:
+            checked = [_first_argument(source, call.end())]
+        for argument in checked:
+            if not (is_key(argument) or bound.get(argument, False)):
+                problems.append(f"{call.group(1)} on {argument!r}")
     return problems
 
 
@@ -126,6 +146,9 @@ def test_the_checker_refuses_keys_built_in_a_script():
     assert not key_violations("for _, key in ipairs(KEYS) do\n  redis.call('INCR', key)\nend", may_derive=False)
     assert key_violations("for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n  redis.call('DEL', key)\nend",
                           may_derive=False)
+    assert not key_violations("redis.call('ZINTERCARD', 2, KEYS[1], KEYS[2])", may_derive=False)
+    assert key_violations("redis.call('ZINTERCARD', 2, KEYS[1], KEYS[1] .. 'x')", may_derive=False)
+    assert key_violations("redis.call('ZINTERCARD', n, KEYS[1])", may_derive=False)
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -334,8 +357,9 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
         "daily": [(DAY, keys.daily(DAY))],
         "daily_tags": [(DAY, keys.daily_tags(DAY))],
         "pool_override": [(s, keys.pool_override(s)) for s in ("poolsize", "pooltemplate", "poolreset", "clonetarget")],
-        "fixed": [(name, getattr(keys, name)) for name in ("cloning", "changes", "clone_demand", "clone_backoff",
-                                                          "known_pools", "last_boot", "ondemand_open_requests",
+        "fixed": [(name, getattr(keys, name)) for name in ("cloning", "pool_clones", "pool_clones_counted", "changes",
+                                                          "clone_demand", "clone_backoff", "known_pools",
+                                                          "last_boot", "ondemand_open_requests",
                                                           "ondemand_kept_requests", "holders", "migrating",
                                                           "templates_prepared", "templates_preparing", "sizing_state",
                                                           "running", "running_counted", "running_rebuild",

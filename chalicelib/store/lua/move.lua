@@ -1,8 +1,8 @@
 -- Move VMs from one state to another, each only if it is still in the state the caller saw.
 -- This is what keeps a pass from reaping a VM that was checked out after it looked.
--- KEYS: the VMs' records, one per VM; then the changes counter, the cloning set, the service's
--- running set (keys.running) and, when the caller knows the pool, the pool's from_state set, its
--- to_state set and its wake list.
+-- KEYS: the VMs' records, one per VM; then the changes counter, the cloning set, its pools' own
+-- part (keys.pool_clones: reserve_clones.lua), the service's running set (keys.running) and,
+-- when the caller knows the pool, the pool's from_state set, its to_state set and its wake list.
 -- A VM moved to running joins the service's running set; one moved to any other state leaves it
 -- (whatever it left: a VM is in one state, so one not running is never counted).
 -- ARGV: to_state, now, record_ttl_seconds, nudge, unchanged_since, lifetime_ended,
@@ -47,13 +47,14 @@ while next_first <= #ARGV do
   next_first = next_first + 2 + 2 * tonumber(ARGV[next_first + 1])
 end
 local vms = #firsts
-local changes_key, cloning_key, all_running_key = KEYS[vms + 1], KEYS[vms + 2], KEYS[vms + 3]
+local changes_key, cloning_key, pool_clones_key, all_running_key =
+  KEYS[vms + 1], KEYS[vms + 2], KEYS[vms + 3], KEYS[vms + 4]
 local change_seq = nil
 
 local function move(index)
   local first = firsts[index]
   local vm_key, hostname = KEYS[index], ARGV[first]
-  local from_key, to_key, wake_key = KEYS[vms + 4], KEYS[vms + 5], KEYS[vms + 6]
+  local from_key, to_key, wake_key = KEYS[vms + 5], KEYS[vms + 6], KEYS[vms + 7]
   local moved = 1
   if ARGV[7] ~= '' then
     local pool = redis.call('HGET', vm_key, 'pool')
@@ -95,7 +96,9 @@ local function move(index)
   if redis.call('ZREM', from_key, hostname) == 0 then
     return 0
   end
-  redis.call('ZREM', cloning_key, hostname)
+  if redis.call('ZREM', cloning_key, hostname) == 1 then -- pool_clones holds only VMs cloning
+    redis.call('ZREM', pool_clones_key, hostname)
+  end
   if to_state == 'running' then
     redis.call('ZADD', all_running_key, now, hostname)
   else

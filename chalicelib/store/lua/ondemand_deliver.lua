@@ -4,13 +4,14 @@
 -- KEYS[1] the VM's record, KEYS[2..4] its pool's pending, running and completed sets, KEYS[5] the
 -- cloning set, KEYS[6] the changes counter, KEYS[7] its pool's running_due set, KEYS[8] the
 -- service's open requests (keys.ondemand_open_requests), KEYS[9] the service's running set
--- (keys.running).
+-- (keys.running), KEYS[10] the cloning set's pools' own part (keys.pool_clones: a request's VM is
+-- never there; taken out all the same, so no path leaves a VM counted there once it stops cloning).
 -- ARGV: hostname, now, ip, host, then the templates of the keys named by the request the record
 -- names (keys.DERIVED_KEYS): request_template, request_vms_template, vm_template, open_template.
 -- Returns JSON {"moved": bool, "state": the request's state afterwards}
 local vm_key, pending_key, running_key, completed_key, cloning_key, changes_key, running_due_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local open_requests_key, all_running_key = KEYS[8], KEYS[9]
+local open_requests_key, all_running_key, pool_clones_key = KEYS[8], KEYS[9], KEYS[10]
 local hostname, now, ip, host = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local request_template, request_vms_template, vm_template, open_template = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local id = redis.call('HGET', vm_key, 'request')
@@ -21,6 +22,7 @@ local key = key_of(request_template, request_part(id))
 local request = redis.call('HMGET', key, 'state', 'entries')
 redis.call('ZREM', pending_key, hostname)
 redis.call('ZREM', cloning_key, hostname)
+redis.call('ZREM', pool_clones_key, hostname)
 if request[1] ~= 'open' then
   redis.call('ZADD', completed_key, now, hostname)
   redis.call('HSET', vm_key, 'state', 'completed', 'completed_at', now,

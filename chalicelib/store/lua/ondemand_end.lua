@@ -3,7 +3,9 @@
 -- deleted; ending an ended request changes nothing. The pools' reconciles are nudged to
 -- destroy the VMs at once.
 -- KEYS[1] the request, KEYS[2] its VMs, KEYS[3] the cloning set, KEYS[4] the service's open
--- requests (keys.ondemand_open_requests), KEYS[5] the service's running set (keys.running).
+-- requests (keys.ondemand_open_requests), KEYS[5] the service's running set (keys.running),
+-- KEYS[6] the cloning set's pools' own part (keys.pool_clones: a request's VM is never there;
+-- taken out all the same, so no path leaves a VM counted there once it stops cloning).
 -- ARGV: request id, new state ("deleted"|"failed"), message, now, VM reason, record ttl, then the
 -- templates of the keys named by the request and its VMs' records (keys.DERIVED_KEYS):
 -- open_template, wake_template, vm_template, pending_template, running_template, completed_template;
@@ -12,7 +14,7 @@
 -- Returns JSON {"result": "ended"|"already"|"missing"|"token_gone", "state": ..., "pools": [...]}
 -- ("token_gone": the token was deleted since the API checked it; nothing changed).
 local key, vms_key, cloning_key, open_requests_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local all_running_key = KEYS[5]
+local all_running_key, pool_clones_key = KEYS[5], KEYS[6]
 local id, new_state, message, now, reason, ttl =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local open_template, wake_template, vm_template = ARGV[7], ARGV[8], ARGV[9]
@@ -46,6 +48,7 @@ for _, hostname in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
     for _, from in ipairs({'pending', 'running'}) do
       if redis.call('ZREM', key_of(state_templates[from], vm[2]), hostname) == 1 then
         redis.call('ZREM', cloning_key, hostname)
+        redis.call('ZREM', pool_clones_key, hostname)
         redis.call('ZREM', all_running_key, hostname)
         redis.call('ZADD', key_of(state_templates.completed, vm[2]), now, hostname)
         redis.call('HSET', vm_key, 'state', 'completed', 'completed_at', now, 'reason', reason)
