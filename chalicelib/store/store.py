@@ -79,6 +79,14 @@ class TokenNotDurable(StoreUnavailable):
     public_message = "the token could not be replicated in time, so it was not made; try again shortly"
 
 
+class TokenDeletionNotDurable(StoreUnavailable):
+    """No replica had a token's deletion in time: the token is deleted on the primary, but a
+    failover could bring it back to life (a leaked token revoked with 200 would work again)."""
+
+    public_message = ("the token was deleted, but the deletion could not be replicated in time; "
+                      "send the DELETE again shortly to be sure it holds")
+
+
 class RequestNotDurable(StoreUnavailable):
     """No replica had a new on-demand request in time: it was ended at once (a failover could
     lose it, and the caller would poll for a request no longer known)."""
