@@ -146,7 +146,7 @@ def test_a_token_deleted_with_200_stays_deleted_on_the_new_primary(
         "the token was deleted with 200, then came back with the replica: a leaked token works again"
 
 
-def test_a_token_deletion_no_replica_acknowledged_is_answered_503_and_a_retry_once_replicated_200(
+def test_a_token_deletion_no_replica_acknowledged_is_answered_503_and_its_retry_404_once_replicated(
         redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> None:
     services = token_service(redis_pair, monkeypatch)
     token = services.tokens.create("alice")
