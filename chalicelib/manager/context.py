@@ -142,9 +142,10 @@ class PassContext:
     """The pool as it should be in this pass: its overrides and its size decision applied."""
     now: float
     inventory: Mapping[str, VMInfo]
-    inventory_mark: int
+    inventory_mark: int | None
     """The changes counter as the inventory read began: a VM whose state changed at or after
-    it may be missing from the inventory only because the read predates it."""
+    it may be missing from the inventory only because the read predates it. None when no
+    replica had the mark (``Store.begin_pass``): then no VM is dropped as gone this pass."""
     snapshot: PoolSnapshot
     overrides: PoolOverride
     size_decision: SizeDecision
@@ -274,8 +275,12 @@ class PassContext:
         a later pass looks again. Checked on the snapshot before its DNS record is withdrawn,
         and again in the move."""
         record = self.record(hostname)
+        mark = self.inventory_mark
         # A stamp broken in Redis reads as never stamped (as move.lua reads it): the VM is dropped.
-        if gone and record is not None and (finite_number(record.raw.get("change_seq")) or 0) >= self.inventory_mark:
+        # Without a mark a replica has, the pass cannot tell (a failover may have put the counter
+        # behind it): the VM waits for a later pass.
+        if gone and (mark is None or (record is not None
+                                      and (finite_number(record.raw.get("change_seq")) or 0) >= mark)):
             self.checkpoint("dropped")
             return
         placement = self.elsewhere(record) if gone and record is not None else None
@@ -287,7 +292,7 @@ class PassContext:
             return
         self.withdraw_dns(record)
         if self.store.move(hostname, self.pool.name, from_state, "destroyed", self.now,
-                           unchanged_since=self.inventory_mark if gone else None, reason=reason):
+                           unchanged_since=mark if gone else None, reason=reason):
             self.report.dropped.append(hostname)
             self._counted_move(from_state, None)
         self.checkpoint("dropped")

@@ -18,6 +18,7 @@ from chalicelib.store.store import (
     RequestNotDurable,
     Store,
     StoreUnavailable,
+    TokenDeletionNotDurable,
     TokenGone,
     TokenNotDurable,
 )
@@ -25,5 +26,5 @@ from chalicelib.store.store import (
 __all__ = [
     "STATES", "Keys", "VMRecord", "CheckedOut", "CheckoutNotDurable", "CheckoutRequest", "CheckoutResult", "DayStats",
     "DurationSample", "ModifyResult", "PoolSnapshot", "Quota", "QuotaExceeded", "ReplicaAcks", "RequestNotDurable",
-    "Store", "StoreUnavailable", "TokenGone", "TokenNotDurable", "connect",
+    "Store", "StoreUnavailable", "TokenDeletionNotDurable", "TokenGone", "TokenNotDurable", "connect",
 ]

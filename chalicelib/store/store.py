@@ -79,6 +79,14 @@ class TokenNotDurable(StoreUnavailable):
     public_message = "the token could not be replicated in time, so it was not made; try again shortly"
 
 
+class TokenDeletionNotDurable(StoreUnavailable):
+    """No replica had a token's deletion in time: the token is deleted on the primary, but a
+    failover could bring it back to life (a leaked token revoked with 200 would work again)."""
+
+    public_message = ("the token was deleted, but the deletion could not be replicated in time; "
+                      "send the DELETE again shortly to be sure it holds")
+
+
 class RequestNotDurable(StoreUnavailable):
     """No replica had a new on-demand request in time: it was ended at once (a failover could
     lose it, and the caller would poll for a request no longer known)."""
@@ -410,14 +418,24 @@ class Store:
         with _translate_errors():
             self.client.zadd(self.keys.running_due(pool), dict(due))
 
-    def begin_pass(self, pool: str) -> tuple[int, str]:
-        """``mark_changes`` and the pool's ``inventory_checked`` mark ("" when none), in one round trip."""
+    def begin_pass(self, pool: str) -> tuple[int | None, str]:
+        """``mark_changes`` and the pool's ``inventory_checked`` mark ("" when none), in one round
+        trip. The changes mark is None when no replica asked for (``replica_acks``) acknowledged
+        it in time: a failover could lose it, and the promoted replica's counter, behind the
+        mark, would stamp the VMs changed there (checked out after the failover) below it, so
+        they would look unchanged since the pass's older inventory read (gone, in use as they
+        are). A pass without a mark drops no VM as gone. WAIT in the same round trip: it counts
+        the writes of its own connection, the INCR among them."""
+        replicas, timeout_ms = self._replicas_to_wait_for(), self.replica_acks.timeout_ms
         with _translate_errors():
             pipe = self.client.pipeline(transaction=False)
             pipe.incr(self.keys.changes)
             pipe.get(self.keys.inventory_checked(pool))
-            mark, checked = pipe.execute()
-        return int(mark), checked or ""
+            if replicas:
+                pipe.execute_command("WAIT", replicas, timeout_ms)
+            mark, checked, *acks = pipe.execute()
+        durable = not acks or int(acks[0]) >= replicas
+        return (int(mark) if durable else None), checked or ""
 
     def tracked(self, hostnames: Collection[str]) -> set[str]:
         """Of ``hostnames``, the VMs with a record in a state other than destroyed (one round

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import pytest
 
 import app
+from chalicelib.auth.tokens import hash_token
 from chalicelib.services import Services
 from chalicelib.store.ondemand import OnDemandStore
 from tests.core.test_reconcile_queue import Context, RecordingQueue
@@ -109,3 +110,60 @@ def test_a_token_answered_200_is_on_the_new_primary(redis_pair: RedisPair, monke
         return
     assert after_failover(redis_pair).tokens.owner(body["token"]) == "alice", \
         "the token was answered 200, then lost with the primary: its user is refused with it"
+
+
+def token_service(pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Services:
+    """The API function with ``:auth:`` on the pair's endpoint, waiting for a replica as in AWS."""
+    services = Services.from_environment({"VMPOOL_CONFIG": CONFIG + ":auth: {provider: dummy}\n",
+                                          "VMPOOL_REDIS_URL": pair.endpoint.url,
+                                          "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1", "POWERTOOLS_METRICS_DISABLED": "true"})
+    monkeypatch.setattr(app, "_services", services)
+    monkeypatch.setattr(app, "_config", None)
+    return services
+
+
+@pytest.mark.parametrize("by", ["token", "id"])
+def test_a_token_deleted_with_200_stays_deleted_on_the_new_primary(
+        redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch, by: str) -> None:
+    """Revoking a leaked token: a 200 must mean no failover brings the token back to life."""
+    services = token_service(redis_pair, monkeypatch)
+    token = services.tokens.create("alice")
+    redis_pair.wait_synced()  # the token is on the replica
+    login = {"Authorization": "Basic " + base64.b64encode(b"alice:alice-secret").decode()}
+    name = token if by == "token" else hash_token(token)[:16]
+    redis_pair.link.hold()
+    answer = app.app(api_event("DELETE", "/api/v3/token/{token}", f"/api/v3/token/{name}",
+                               params={"token": name}, headers=login), Context())
+    status, body = answer["statusCode"], json.loads(answer["body"])
+    assert services.tokens.owner(token) is None, "the deletion is done on the primary, whatever the answer"
+    redis_pair.kill_primary_and_promote()
+
+    assert status in (200, 503), body
+    if status == 503:
+        assert body["ok"] is False and "again" in body["error"], body
+        return
+    assert after_failover(redis_pair).tokens.owner(token) is None, \
+        "the token was deleted with 200, then came back with the replica: a leaked token works again"
+
+
+def test_a_token_deletion_no_replica_acknowledged_is_answered_503_and_its_retry_404_once_replicated(
+        redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = token_service(redis_pair, monkeypatch)
+    token = services.tokens.create("alice")
+    redis_pair.wait_synced()
+    login = {"Authorization": "Basic " + base64.b64encode(b"alice:alice-secret").decode()}
+
+    def delete() -> tuple[int, Any]:
+        answer = app.app(api_event("DELETE", "/api/v3/token/{token}", f"/api/v3/token/{token}",
+                                   params={"token": token}, headers=login), Context())
+        return answer["statusCode"], json.loads(answer["body"])
+
+    redis_pair.link.hold()
+    status, body = delete()
+    assert status == 503 and body["ok"] is False and "again" in body["error"], body
+    assert services.tokens.owner(token) is None, "the deletion stays done on the primary"
+    redis_pair.link.release()
+    redis_pair.wait_synced()
+    # The retry finds the token gone; its answer says so only once a replica has the deletion.
+    assert delete()[0] == 404
+    assert RedisPair.client(redis_pair.replica).exists(services.tokens._token_key(hash_token(token))) == 0

@@ -156,3 +156,44 @@ def test_a_lease_released_while_the_replica_lagged_does_not_hold_the_pool_after_
     messages = [message for message, _ in queue.sent] or [PoolMessage(POOL, TICK)]
     report = look_at(after, messages[0], RecordingQueue())
     assert report is not None and report.leased, f"{messages[0]}: the pool's lease outlived its run"
+
+
+def test_a_vm_checked_out_after_a_failover_is_not_dropped_by_a_pass_whose_mark_the_failover_lost(
+        redis_pair: RedisPair, redis_client: redis.Redis) -> None:
+    """A pass believes "gone from the provider" only of a VM not changed since its inventory
+    read began (the changes counter's mark). Its mark taken on a primary whose replica lagged,
+    the promoted replica's counter is behind it: a VM cloned, made ready and checked out there
+    after the failover is stamped below the mark, missing from the pass's older inventory, and
+    looked "gone" to it, in use as it is."""
+    services = filled(redis_pair, redis_client)
+    for _ in range(50):  # other pools' passes and the API during the lag: the counter runs ahead
+        services.store.mark_changes()
+    clock = services.clock
+    clock.advance(61)  # past vm_checktime: the pass compares the whole inventory, as with vSphere
+    after = service_on(redis_pair, redis_client, clock)
+    checked_out: list[str] = []
+
+    def failover_after_the_inventory(step: str) -> None:
+        if step != "inventory" or checked_out:
+            return
+        redis_pair.kill_primary_and_promote()
+        services.store.client.connection_pool.disconnect()  # the pass's next command: the new primary
+        # On the new primary: a ready VM checked out, the pool refilled, the new VM checked out too.
+        first = after.store.checkout([CheckoutRequest(POOL, [POOL], 2)], clock.now(), {"lifetime": "2"})
+        assert first.ok, first
+        for _ in range(3):
+            reconcile(after)
+        second = after.store.checkout([CheckoutRequest(POOL, [POOL], 1)], clock.now(), {"lifetime": "2"})
+        assert second.ok, second
+        checked_out.extend(vm.hostname for vm in second.vms)
+
+    pool = services.pool(POOL)
+    assert pool is not None
+    reconcile_pool(services.store, services.provider("dummy"), pool, clock, services.config.service,
+                   failover_after_the_inventory)
+
+    assert checked_out
+    for hostname in checked_out:
+        record = after.store.get_vm(hostname)
+        assert record is not None and record.state == "running", \
+            f"{hostname}, checked out after the failover, was dropped by a pass that read no inventory with it"
