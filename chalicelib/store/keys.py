@@ -141,8 +141,9 @@ DERIVED_KEYS: Mapping[str, str] = {
     "reserve_clones": "the records of the VMs in the pool's pending set (and, only when the pool_clones "
                       "set is rebuilt, of the cloning set): they are counted in the step that reserves, so "
                       "two passes at once cannot over-clone",
-    "ondemand_reserve": "the records of the request's VMs and of the VMs in the cloning set: they are "
-                        "counted in the step that reserves, so two passes cannot build a request twice",
+    "ondemand_reserve": "the records of the request's VMs (and, only before the pool_clones set is first "
+                        "built, of the VMs in the cloning set): they are counted in the step that reserves, "
+                        "so two passes cannot build a request twice",
     "ondemand_deliver": "the request the VM's record names, the records of its VMs and the open sets of "
                         "its pools: the request becomes ready in the same step as its last VM arrives",
     "ondemand_end": "the open sets and wake lists of the request's pools, the records of its VMs and "

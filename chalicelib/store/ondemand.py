@@ -261,7 +261,8 @@ class OnDemandStore:
     ) -> Reservation:
         """Reserve names for the VMs the request still lacks in ``pool`` (see the script)."""
         keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.ondemand_open(pool),
-                self.keys.cloning, self.keys.pool_state(pool, "pending"), *(self.keys.vm(host) for host in candidates)]
+                self.keys.cloning, self.keys.pool_state(pool, "pending"), self.keys.pool_clones,
+                self.keys.pool_clones_counted, *(self.keys.vm(host) for host in candidates)]
         args: list[str | int] = [request_id, pool, clone_limit, max_retries, repr(now), template, domain,
                                  self.store.data_ttl_seconds, self.keys.vm(KEY_PART), holder_label(), *candidates]
         with _translate_errors():

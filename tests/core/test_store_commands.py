@@ -168,3 +168,31 @@ def test_a_reservation_reads_only_its_pools_records_however_many_clones_other_po
     assert commands == {"evalsha": 1, "exists": 3, "hgetall": 1, "hmget": 5, "hset": 3, "zadd": 6, "zcard": 2,
                         "zintercard": 3, "zrange": 2, "zscore": 2}
     assert store.get_vm("new-0").state == "pending"
+
+
+@pytest.mark.parametrize("pool_clones", [1, 40])
+def test_an_ondemand_reservation_reads_no_pools_clones_however_many_run(
+        redis_client: redis.Redis, pool_clones: int) -> None:
+    """ondemand_reserve counted the requests' clones in flight (``ondemand_clone_limit``, counted
+    across pools) by reading the record of every VM in the service's cloning set: each pass of an
+    open request cost as much as the fleet's clones. Since the pools' own clones have their set
+    (keys.pool_clones), the requests' are the cloning set less it: what a reservation runs does
+    not grow with the pools' clones, and the limit counts the same."""
+    from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
+
+    store = Store(redis_client)
+    ondemand = OnDemandStore(store)
+    others = [f"beta-{n}" for n in range(pool_clones)]  # a pool's own clones: not the requests'
+    assert store.reserve_clones("beta", pool_clones, 100, "tmpl", "example.com", others, 100.0) == others
+    assert ondemand.create("req-1", [OnDemandEntry(POOL, POOL, 2)], 100.0, 3600, 2)
+    assert ondemand.create("req-2", [OnDemandEntry(POOL, POOL, 5)], 100.0, 3600, 2)
+    first = ondemand.reserve("req-1", POOL, 4, 3, "tmpl", "example.com", ["od-0", "od-1"], 110.0)
+    assert first.reserved == ("od-0", "od-1")
+
+    reserved: list[str] = []
+    commands = commands_of(redis_client, lambda: reserved.extend(ondemand.reserve(
+        "req-2", POOL, 4, 3, "tmpl", "example.com", [f"od-{n}" for n in range(2, 7)], 120.0).reserved))
+
+    assert reserved == ["od-2", "od-3"]  # the clone limit, 4, less req-1's 2 in flight
+    assert "hexists" not in commands  # no VM of the cloning set read one by one
+    assert commands["zintercard"] == 1 and commands["zcard"] == 1

@@ -8,7 +8,8 @@
 -- reserver, as reserve_clones.lua does, so a restarted local stack knows one its dead
 -- predecessor reserved (manager/pending.abandon_unstarted_clones).
 -- KEYS[1] the request, KEYS[2] its VMs, KEYS[3] the pool's open-request set, KEYS[4] the cloning
--- set, KEYS[5] the pool's pending set, KEYS[6..] the records of the candidate hostnames.
+-- set, KEYS[5] the pool's pending set, KEYS[6] the pools' own clones in flight (pool_clones),
+-- KEYS[7] its mark (reserve_clones.lua keeps both), KEYS[8..] the records of the candidate hostnames.
 -- ARGV: request id, pool, clone_limit, max_retries, now, template, domain, record ttl seconds,
 --       vm_template (the records of the request's VMs and of the VMs cloning: keys.DERIVED_KEYS),
 --       reserver (the process reserving, which starts the clones: store/leases.py holder_label),
@@ -16,6 +17,7 @@
 -- Returns JSON {"state": "open"|"expired"|"retries_exhausted"|<closed state>, "reserved": [...],
 --               "failed": n}
 local key, vms_key, open_key, cloning_key, pending_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local pool_clones_key, counted_key = KEYS[6], KEYS[7]
 local id, pool = ARGV[1], ARGV[2]
 local clone_limit, max_retries, now = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local template, domain, ttl, vm_template, reserver = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
@@ -46,20 +48,28 @@ if tonumber(now) >= tonumber(request[3]) then
   return cjson.encode({state = 'expired', reserved = {}, failed = failed})
 end
 
+-- Requests' clones in flight: the cloning set less the pools' own, without reading the fleet's
+-- records. A pool clone its pool has not yet put in pool_clones counts as a request's until that
+-- pool's next reservation repairs it: fewer slots for a moment, never more. Before the set is
+-- first built (its mark missing) they are told apart by their records.
 local in_flight = 0
-for _, hostname in ipairs(redis.call('ZRANGE', cloning_key, 0, -1)) do
-  if redis.call('HEXISTS', key_of(vm_template, hostname), 'request') == 1 then
-    in_flight = in_flight + 1
+if redis.call('EXISTS', counted_key) == 1 then
+  in_flight = redis.call('ZCARD', cloning_key) - redis.call('ZINTERCARD', 2, cloning_key, pool_clones_key)
+else
+  for _, hostname in ipairs(redis.call('ZRANGE', cloning_key, 0, -1)) do
+    if redis.call('HEXISTS', key_of(vm_template, hostname), 'request') == 1 then
+      in_flight = in_flight + 1
+    end
   end
 end
 local slots = clone_limit - in_flight
 local reserved = {}
-local candidate = 6
+local candidate = 8
 for _, entry in ipairs(cjson.decode(request[2])) do
   if entry.pool == pool then
     local need = entry.count - (delivered[entry.name] or 0) - (building[entry.name] or 0)
     while need > 0 and slots > 0 and candidate <= #KEYS do
-      local vm_key, hostname = KEYS[candidate], ARGV[candidate + 5]
+      local vm_key, hostname = KEYS[candidate], ARGV[candidate + 3]
       candidate = candidate + 1
       if redis.call('EXISTS', vm_key) == 0 then
         redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,
