@@ -93,11 +93,7 @@ def test_an_ondemand_request_no_replica_acknowledged_is_ended_not_built_for_nobo
 
 
 def test_a_token_answered_200_is_on_the_new_primary(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> None:
-    services = Services.from_environment({"VMPOOL_CONFIG": CONFIG + ":auth: {provider: dummy}\n",
-                                          "VMPOOL_REDIS_URL": redis_pair.endpoint.url,
-                                          "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1", "POWERTOOLS_METRICS_DISABLED": "true"})
-    monkeypatch.setattr(app, "_services", services)
-    monkeypatch.setattr(app, "_config", None)
+    token_service(redis_pair, monkeypatch)
     login = {"Authorization": "Basic " + base64.b64encode(b"alice:alice-secret").decode()}
     redis_pair.link.hold()
     answer = app.app(api_event("POST", "/api/v3/token", "/api/v3/token", headers=login), Context())
