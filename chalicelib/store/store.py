@@ -1034,20 +1034,9 @@ class Store:
         """Each day's clone and boot durations without its tag counts (/status,
         /summary/boot|clone): a day of the previous release's layout holds them in the same hash,
         and they are left out in Redis (lua/day_figures.lua)."""
-        def figures() -> list[Any]:
-            # One call a day, in one round trip: Redis serves others between days. EVALSHA by
-            # hand: a pipeline given a Script object first asks SCRIPT EXISTS (a round trip more).
-            pipe = self.client.pipeline(transaction=False)
-            for day in days:
-                pipe.execute_command("EVALSHA", self.scripts.day_figures.sha, 1, self.keys.daily(day))
-            return pipe.execute()
-
+        # One call a day, in one round trip: Redis serves others between days.
         with _translate_errors():
-            try:
-                found = figures()
-            except redis.exceptions.NoScriptError:  # a Redis that never ran it (a new primary)
-                self.scripts.day_figures.load_into(self.client)
-                found = figures()
+            found = run_many(self.client, [(self.scripts.day_figures, [self.keys.daily(day)], []) for day in days])
         return [DayStats(day, dict(zip(flat[::2], flat[1::2], strict=True)))
                 for day, (flat,) in zip(days, found, strict=True)]
 
