@@ -52,11 +52,15 @@ class Fleet:
         return pool_from_json(str(text)) if text else None
 
     def remember(self, pools: Iterable[PoolConfig]) -> None:
-        """Record the configured pools' settings (in one round trip)."""
+        """Record the configured pools' settings (in one round trip). The previous release's
+        hash of clone demands goes at the same time: nothing reads it any more."""
         mapping = {pool.name: pool_to_json(pool) for pool in pools}
         if mapping:
             with _translate_errors():
-                self.client.hset(self.keys.known_pools, mapping=dict(mapping))  # type: ignore[arg-type]
+                pipe = self.client.pipeline(transaction=False)
+                pipe.hset(self.keys.known_pools, mapping=dict(mapping))  # type: ignore[arg-type]
+                pipe.delete(self.keys.clone_demand_before)
+                pipe.execute()
 
     def forget(self, pool: str) -> None:
         """The pool is drained: drop it, and what passes kept about it (marks, its share of the
@@ -69,7 +73,9 @@ class Fleet:
             pipe.hdel(keys.known_pools, pool)
             pipe.delete(keys.ready_checked(pool), keys.inventory_checked(pool), keys.running_due(pool),
                         keys.dns_left(pool))  # records its DNS plugin, gone from the config, cannot delete
-            for fields in (keys.clone_demand, keys.clone_backoff, keys.last_boot, keys.sizing_state):
+            pipe.zrem(keys.clone_demand, pool)
+            pipe.zrem(keys.clone_demand_renewed, pool)
+            for fields in (keys.clone_backoff, keys.last_boot, keys.sizing_state):
                 pipe.hdel(fields, pool)
             pipe.execute()
 

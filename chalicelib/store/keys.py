@@ -38,7 +38,13 @@ family through these validators.
     changes                  string  counter: every state change stamps its VM (change_seq) with
                                      its value; a reconcile pass increments it before reading the
                                      provider's inventory, to order that read against the changes
-    clone_demand             hash    pool -> "<clone slots wanted> <when>" of the pools short of VMs
+    clone_demand:wanted      zset    the pools short of VMs, scored by the clone slots each wants: the
+                                     smallest first is the order lua/reserve_clones.lua shares
+                                     task_limit in, so a pass finds its share without reading them all
+    clone_demand:renewed     zset    the same pools, scored by when each last renewed its demand: those
+                                     not renewed within store.CLONE_DEMAND_TTL_SECONDS lapse
+    clone_demand             hash    the previous release's demands (pool -> "<wanted> <when>"):
+                                     deleted when a tick first records the config (store/fleet.py)
     clone_backoff            hash    pool -> "<failed passes in a row> <no burst before>" of the pools
                                      whose clones keep failing (manager/clones.py)
     pool:<pool>:ready_checked string the template and reset time every ready VM was last checked against
@@ -240,6 +246,18 @@ class Keys:
 
     @property
     def clone_demand(self) -> str:
+        """The pools short of VMs, scored by the clone slots each wants (lua/reserve_clones.lua)."""
+        return f"{self.prefix}clone_demand:wanted"
+
+    @property
+    def clone_demand_renewed(self) -> str:
+        """The same pools, scored by when each last renewed its demand (to let a dead pool's lapse)."""
+        return f"{self.prefix}clone_demand:renewed"
+
+    @property
+    def clone_demand_before(self) -> str:
+        """The previous release's hash of demands, which nothing reads any more (store/fleet.py
+        deletes it)."""
         return f"{self.prefix}clone_demand"
 
     @property

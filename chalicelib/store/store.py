@@ -374,13 +374,13 @@ class Store:
             for state in STATES:
                 pipe.zrange(self.keys.pool_state(pool, state), 0, -1, withscores=True)
             pipe.zcard(self.keys.cloning)
-            pipe.hexists(self.keys.clone_demand, pool)
+            pipe.zscore(self.keys.clone_demand, pool)
             pipe.get(self.keys.ready_checked(pool))
             *state_members, cloning_total, wants_clones, ready_checked = pipe.execute()
             members = {state: dict(pairs) for state, pairs in zip(STATES, state_members, strict=True)}
         hostnames = [host for state, hosts in members.items() if state not in without_records for host in hosts]
         return PoolSnapshot(members=members, records=self.records(hostnames), cloning_total=cloning_total,
-                            wants_clones=bool(wants_clones), loaded=frozenset(hostnames),
+                            wants_clones=wants_clones is not None, loaded=frozenset(hostnames),
                             ready_checked=ready_checked or "")
 
     def pool_snapshot_due(self, pool: str, now: float, ready_ttl_seconds: float,
@@ -802,8 +802,9 @@ class Store:
         with _translate_errors():
             return self.scripts.reserve_clones(
                 keys=[self.keys.pool_state(pool, "ready"), self.keys.pool_state(pool, "pending"),
-                      self.keys.clone_demand, self.keys.cloning, self.keys.pool_clones,
-                      self.keys.pool_clones_counted, *(self.keys.vm(host) for host in candidates)],
+                      self.keys.clone_demand, self.keys.clone_demand_renewed, self.keys.cloning,
+                      self.keys.pool_clones, self.keys.pool_clones_counted,
+                      *(self.keys.vm(host) for host in candidates)],
                 args=[pool, size, task_limit, repr(now), template, domain, clone_limit,
                       repr(CLONE_DEMAND_TTL_SECONDS), self.keys.vm(KEY_PART), holder_label(), *candidates]
             )
@@ -811,7 +812,10 @@ class Store:
     def withdraw_clone_demand(self, pool: str) -> None:
         """The pool is full: it no longer claims a share of the task limit."""
         with _translate_errors():
-            self.client.hdel(self.keys.clone_demand, pool)
+            pipe = self.client.pipeline(transaction=True)  # both sets name the same pools
+            pipe.zrem(self.keys.clone_demand, pool)
+            pipe.zrem(self.keys.clone_demand_renewed, pool)
+            pipe.execute()
 
     def clone_backoff(self, pool: str) -> CloneBackoff:
         """The pool's clone backoff (manager/clones.py); ``CloneBackoff()`` when its clones are

@@ -7,8 +7,16 @@ checkouts failed (47 served, 478 refused in the issue's measurement).
 
 from __future__ import annotations
 
-from chalicelib.store import CheckoutRequest
-from tests.harness import Harness, HarnessFactory, assert_consistent
+import math
+import random
+
+import pytest
+import redis
+
+from chalicelib.store import CheckoutRequest, Store
+from chalicelib.store.keys import Keys
+from chalicelib.store.store import CLONE_DEMAND_TTL_SECONDS
+from tests.harness import Harness, HarnessFactory, Killed, assert_consistent
 
 # Instant clones and boots, as in the issue's side-by-side runs with vmpooler.
 CONFIG = """\
@@ -90,3 +98,102 @@ def test_clone_limit_caps_a_pools_clones_in_flight(make_world: HarnessFactory) -
     assert report.clones_short == 17
     world.reconcile("big")  # the slots the small pool may not use go to the big one
     assert len(world.hosts("big", "pending")) == 7
+
+
+def test_a_pool_whose_passes_stopped_after_claiming_slots_gives_them_back_once_its_claim_lapses(
+        make_world: HarnessFactory) -> None:
+    """A pool removed from the config, or whose function died right after its pass raised its
+    demand, runs no more passes to withdraw it: its claim lapses after CLONE_DEMAND_TTL_SECONDS
+    and leaves nothing behind, so a dead pool does not keep half the slots for ever."""
+    world = world_with(make_world)
+    world.settle("small", seconds=1)
+    world.reconcile("big")  # alone and short: every slot
+    world.check_out("small", 8)
+    world.clock.advance(1)
+
+    def killed_once_reserved(step: str) -> None:
+        if step == "reserved":
+            raise Killed(step)
+
+    with pytest.raises(Killed):
+        world.reconcile("small", killed_once_reserved)  # claims its share (none free now), then dies
+    assert world.count("small", "pending") == 0
+
+    lapses = world.clock.now() + CLONE_DEMAND_TTL_SECONDS
+    world.clock.advance(1)
+    world.reconcile("big")  # its clones are done; it may take only its half while small's claim lives
+    assert len(world.hosts("big", "pending")) == 5
+    while world.clock.now() < lapses:
+        world.clock.advance(min(30, lapses - world.clock.now()))
+        world.reconcile("big")
+        assert len(world.hosts("big", "pending")) == 5
+    world.clock.advance(1)
+    world.reconcile("big")
+    assert len(world.hosts("big", "pending")) == 10  # the dead pool's claim lapsed
+    keys = world.store.keys
+    for scored in (keys.clone_demand, keys.clone_demand_renewed):
+        assert world.client.zrange(scored, 0, -1) == ["big"], scored
+
+
+def old_water_filled_share(task_limit: int, demands: dict[str, int], pool: str) -> int:
+    """The share of ``pool`` as reserve_clones.lua computed it before it stopped reading every
+    demand: all of them sorted (smallest first, ties by name), each given what it wants or an
+    even part of what is left, whichever is less."""
+    left = task_limit
+    ordered = sorted(demands.items(), key=lambda item: (item[1], item[0]))
+    for index, (name, wanted) in enumerate(ordered):
+        given = min(wanted, math.ceil(left / (len(ordered) - index)))
+        if name == pool:
+            return given
+        left = max(left - given, 0)
+    raise AssertionError(f"{pool} has no demand")
+
+
+def test_each_pool_gets_the_share_sorting_every_demand_gave(redis_client: redis.Redis) -> None:
+    """The share is now found from the task_limit + 1 smallest demands and the pool's rank, not
+    from every demand sorted: on random fleets (many ties, limits smaller and larger than the
+    demands) every pool gets exactly what the full water-filling gave it."""
+    store = Store(redis_client)
+    rng = random.Random(14)
+    for scenario in range(120):
+        redis_client.flushdb()
+        task_limit = rng.choice([1, 2, 3, 7, 10, 25, 60])
+        demands = {f"pool-{n:02d}": rng.choice([1, 1, 2, 3, 5, 8, 20, 100])
+                   for n in range(rng.randint(1, 40))}
+        for name, wanted in demands.items():  # each short by what it wants, none cloning yet
+            assert store.reserve_clones(name, wanted, task_limit, "tmpl", "example.com", [], 100.0) == []
+        pool = rng.choice(sorted(demands))
+        candidates = [f"{pool}-{n}" for n in range(demands[pool])]
+        reserved = store.reserve_clones(pool, demands[pool], task_limit, "tmpl", "example.com", candidates, 101.0)
+        assert len(reserved) == old_water_filled_share(task_limit, demands, pool), (scenario, task_limit, demands, pool)
+
+
+def test_thousands_of_claims_lapsing_at_once_are_dropped_in_one_pass(redis_client: redis.Redis) -> None:
+    """A config that drops thousands of pools leaves their claims to lapse together: the first
+    pass after the TTL drops them all (in batches: Lua cannot pass 9,000 arguments at once) and
+    gets the slots they held."""
+    store, keys = Store(redis_client), Keys()
+    dead = {f"gone-{n:04d}": 5 for n in range(9000)}
+    redis_client.zadd(keys.clone_demand, dead)
+    redis_client.zadd(keys.clone_demand_renewed, dict.fromkeys(dead, 100.0))
+    assert store.reserve_clones("alive", 20, 10, "tmpl", "example.com", ["a-0"], 100.0) == []  # 9,001 share 10
+
+    after = 100.0 + CLONE_DEMAND_TTL_SECONDS + 1
+    candidates = [f"a-{n}" for n in range(1, 11)]
+    assert store.reserve_clones("alive", 20, 10, "tmpl", "example.com", candidates, after) == candidates
+    assert redis_client.zrange(keys.clone_demand, 0, -1) == ["alive"]
+    assert redis_client.zrange(keys.clone_demand_renewed, 0, -1) == ["alive"]
+
+
+def test_claims_whose_renewal_times_were_lost_lapse_instead_of_holding_slots_for_good(
+        redis_client: redis.Redis) -> None:
+    """The claims and their renewal times are two sets changed together; if the second is lost on
+    its own (a failover, an operator's DEL), claims without a time could never lapse: they are
+    dropped, and the live pools claim again on their next pass."""
+    store, keys = Store(redis_client), Keys()
+    assert store.reserve_clones("gone", 20, 10, "tmpl", "example.com", [], 100.0) == []
+    redis_client.delete(keys.clone_demand_renewed)
+    candidates = [f"a-{n}" for n in range(10)]
+    assert store.reserve_clones("alive", 20, 10, "tmpl", "example.com", candidates, 101.0) == candidates
+    assert redis_client.zrange(keys.clone_demand, 0, -1) == ["alive"]
+    assert redis_client.zrange(keys.clone_demand_renewed, 0, -1, withscores=True) == [("alive", 101.0)]

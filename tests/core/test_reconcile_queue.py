@@ -563,8 +563,19 @@ def test_a_pool_removed_from_the_config_drains_and_is_forgotten(services: Servic
     kept = [key for key in client.keys(f"{keys.prefix}*centos*")
             if client.ttl(key) < 0 and ":dummy:" not in key]  # the dummy's own folder marks aside
     assert kept == []
-    for fields in (keys.clone_demand, keys.clone_backoff, keys.last_boot, keys.sizing_state, keys.known_pools):
+    for fields in (keys.clone_backoff, keys.last_boot, keys.sizing_state, keys.known_pools):
         assert not client.hexists(fields, "centos"), fields
+    for scored in (keys.clone_demand, keys.clone_demand_renewed):
+        assert client.zscore(scored, "centos") is None, scored
+
+
+def test_a_tick_deletes_the_clone_demands_the_previous_release_kept(services: Services) -> None:
+    """The previous release kept the pools' clone demands in a hash nothing reads any more: the
+    first tick of a new deployment deletes it, rather than leave one field per pool for good."""
+    keys = services.store.keys
+    services.client.hset(keys.clone_demand_before, mapping={"centos": "5 100.0", "gone": "3 90.0"})
+    Ticker().tick(services, RecordingQueue())
+    assert not services.client.exists(keys.clone_demand_before)
 
 
 def test_a_removed_pool_whose_provider_is_gone_is_reported_not_failed(services: Services) -> None:

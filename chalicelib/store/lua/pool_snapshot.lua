@@ -46,5 +46,6 @@ for i = 4, #ARGV do
     end
   end
 end
-return {counts, members, redis.call('ZCARD', KEYS[7]), redis.call('HEXISTS', KEYS[8], ARGV[1]),
+local wants_clones = redis.call('ZSCORE', KEYS[8], ARGV[1]) and 1 or 0
+return {counts, members, redis.call('ZCARD', KEYS[7]), wants_clones,
   redis.call('GET', KEYS[9]) or ''}
