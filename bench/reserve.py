@@ -1,12 +1,13 @@
-"""What one pool's clone reservation (lua/reserve_clones.lua) costs Redis while the fleet has
-clones in flight: 1,000 pools, each short of VMs (so each claims a share of task_limit), and 50,
+"""What one pool's clone reservation (lua/reserve_clones.lua) costs Redis while the fleet is
+short of VMs: 1,000 (and 5,000) pools, each short (so each claims a share of task_limit), and 50,
 500 or 2,000 clones in flight spread over them. The measured pool has its own clones in flight
 and is at the task limit, so each call counts everything and reserves nothing (what a busy
 pass's reservation does every ``clone_poll_interval``). Per call, median of ``CALLS``: the
 script's time inside Redis (``INFO commandstats``, wall time: inflated on a busy machine) and
-the commands it ran (docs/performance.md, "Fifth round", reserve_clones).
+the commands it ran (docs/performance.md, "Fifth round", reserve_clones, and "Fair clone slots
+at 1,000 short pools").
 
-    python -m bench.reserve [--pools N]
+    python -m bench.reserve [--pools N]    (make bench: python bench/run.py --only reserve)
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from chalicelib.store import Store
 
 POOLS = 1000
 FLEETS = (50, 500, 2000)
+SHORT_POOLS = (1000, 5000)
+"""The fleets of ``make bench``: clones in flight ``FLEETS`` over each of these (``--quick``: the
+first two fleets over 1,000 pools)."""
 CALLS = 40
 
 
@@ -47,19 +51,33 @@ def _fleet(client: redis.Redis, in_flight: int, pools: int = POOLS) -> dict[str,
             "commands": median(commands)}
 
 
-def run(quick: bool = False, pools: int = POOLS) -> dict[str, Any]:
+def run(quick: bool = False, pools: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Each fleet's figures, with the machine's core count and load average."""
     from local.redis_server import RedisServer
 
+    shapes = [(short, in_flight) for short in (pools or ((POOLS,) if quick else SHORT_POOLS))
+              for in_flight in (FLEETS[:2] if quick else FLEETS)]
+    load = os.getloadavg()[0]
     with RedisServer() as server:
         client = redis.Redis(port=server.port, decode_responses=True)
         try:
-            fleets = [_fleet(client, in_flight, pools) for in_flight in (FLEETS[:2] if quick else FLEETS)]
+            fleets = [_fleet(client, in_flight, short) for short, in_flight in shapes]
         finally:
             client.close()
-    return {"cores": CORES, "load_average_before": os.getloadavg()[0], "fleets": fleets}
+    return {"cores": CORES, "load_average_before": load, "fleets": fleets}
+
+
+def table(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """The reservation's rows of `make bench`'s table: Redis's time per pass that wants clones."""
+    return [(f"clone reservation, {fleet['pools']:,} short pools",
+             (f"{fleet['script_us']:g} us of Redis per pass ({fleet['commands']:g} commands),"
+              f" {fleet['clones_in_flight']:,} clones in flight"))
+            for fleet in results["fleets"]]
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pools", type=int, default=POOLS, help="pools short of VMs (each claims a share)")
-    print(json.dumps(run(pools=parser.parse_args().pools), indent=1))
+    parser.add_argument("--pools", type=int, action="append",
+                        help="pools short of VMs (each claims a share); repeat for several")
+    arguments = parser.parse_args()
+    print(json.dumps(run(pools=tuple(arguments.pools) if arguments.pools else None), indent=1))

@@ -1,6 +1,7 @@
 """`make bench`: run every benchmark, write bench/results.json and print a short table.
 
-    python bench/run.py [--quick] [--only checkout,reconcile,refill,fill,memory,coldstart,fleet,sizing,feeds,quota]
+    python bench/run.py [--quick] [--only NAME,...]
+        (NAME: checkout, reconcile, refill, fill, memory, coldstart, fleet, sizing, feeds, quota, reserve)
 
 Targets (issue 7), on this machine: >= 1,500 checkout+delete cycles/s at 8 clients, checkout
 p99 < 5 ms, one Redis round trip per checkout, refill start < 1 s p50, a steady pool's pass in
@@ -26,7 +27,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make the repository impo
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
-from bench import checkout, coldstart, feeds, fill, fleet, memory, quota, reconcile, refill, sizing
+from bench import checkout, coldstart, feeds, fill, fleet, memory, quota, reconcile, refill, reserve, sizing
 from bench.common import CORES, ROOT
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -40,6 +41,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "sizing": sizing.run,
     "feeds": feeds.run,
     "quota": quota.run,
+    "reserve": reserve.run,
 }
 RESULTS = ROOT / "bench" / "results.json"
 
@@ -163,6 +165,8 @@ def table(results: dict[str, Any]) -> list[str]:
         rows += feeds.table(results["feeds"])
     if "quota" in results:
         rows += quota.table(results["quota"])
+    if "reserve" in results:
+        rows += reserve.table(results["reserve"])
     width = max(len(name) for name, _ in rows) if rows else 0
     return [f"{name:<{width}}  {value}  {cores}" for name, value in rows]
 

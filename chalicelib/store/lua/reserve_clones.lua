@@ -144,16 +144,26 @@ for first = 1, #lapsed, LAPSED_BATCH do
 end
 short = short - #lapsed
 -- Water-filling over the smallest demands (see the top): at most task_limit pools get all they
--- want, each of them at least one slot.
+-- want, each of them at least one slot. Read a few at a time, more each time: most often the
+-- first pool is already given less than it wants (many short pools share a small task_limit).
 local share, left, satisfied = 0, task_limit, 0
 if task_limit > 0 then
-  local smallest = redis.call('ZRANGE', demand_key, 0, task_limit, 'WITHSCORES')
-  for i = 2, #smallest, 2 do
-    local wanted = tonumber(smallest[i])
-    if wanted > math.ceil(left / (short - satisfied)) then
+  local chunk, capped = 8, false
+  while not capped and satisfied < short do
+    local last = math.min(satisfied + chunk, task_limit) -- index of the task_limit + 1-th at most
+    local smallest = redis.call('ZRANGE', demand_key, satisfied, last, 'WITHSCORES')
+    if #smallest == 0 then
       break
     end
-    left, satisfied = left - wanted, satisfied + 1
+    for i = 2, #smallest, 2 do
+      local wanted = tonumber(smallest[i])
+      if wanted > math.ceil(left / (short - satisfied)) then
+        capped = true
+        break
+      end
+      left, satisfied = left - wanted, satisfied + 1
+    end
+    chunk = chunk * 2
   end
   local rank = redis.call('ZRANK', demand_key, pool)
   if rank < satisfied then
