@@ -6,6 +6,7 @@
 - ``GET /token`` lists only the caller's tokens, each under its id (Redis holds no token).
 - ``GET /token/<t>``: the token in the path is proof enough (vmfloaty sends nothing else); with
   Basic credentials only the token's owner gets an answer (403 otherwise). A read: ``last`` stays.
+  An ``X-AUTH-TOKEN`` sent with it must be live, as everywhere (401 otherwise).
   A token whose user has left the directory is a 401 here too, as on every route.
 - ``DELETE /token/<t>`` needs the owner's Basic credentials (another user: 403). ``<t>`` may be
   the token or the id ``GET /token`` lists, so a lost token can still be revoked.
@@ -19,10 +20,11 @@ from typing import Any
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, not_found, ok
 from chalicelib.api.identity import (
     AUTH_UNAVAILABLE,
-    TOKEN_HEADER,
     auth_unavailable,
     refuse_unless_present,
+    token_check,
     unauthorized,
+    valid_record,
 )
 from chalicelib.auth.base import AuthConfigError, same_user
 from chalicelib.auth.basic import LoginOutcome, LoginService
@@ -93,7 +95,12 @@ def describe_token(services: Services, request: ApiRequest) -> ApiResponse:
     token's owner is answered."""
     _login_service(services)
     token = request.params["token"]
-    if request.header("Authorization") and not request.header(TOKEN_HEADER):
+    check = token_check(services, request)
+    if check is not None:
+        # An X-AUTH-TOKEN sent here is checked as on every other route (vmpooler ignored it): a
+        # client holding a mistyped, expired or empty token learns it here too. A read, not a use.
+        valid_record(check)
+    if request.header("Authorization") and check is None:
         user = _basic_user(services, request)
         record = services.tokens.lookup(token, touch=False)
         if record is None:
