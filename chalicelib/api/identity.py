@@ -158,18 +158,26 @@ def required_admin(services: Services, request: ApiRequest) -> Caller | None:
     caller = required_caller(services, request)
     if caller is None:
         return None
+    if is_admin(services, caller.user):
+        return caller
+    logger.warning("runtime pool change refused: not an administrator", extra={"user": caller.user})
+    raise ApiError(403, {"error": "only administrators may change pools at runtime"})
+
+
+def is_admin(services: Services, user: str) -> bool:
+    """Whether ``user`` is an administrator: listed in ``auth.admins`` (canonical names) or a
+    member of one of ``auth.admin_groups`` (asked of the directory now: 503 when it cannot say).
+    Without ``:auth:``, or with neither list set, nobody is."""
     auth = services.config.auth
     if auth is None:
-        return caller
-    if canonical_user(caller.user) in {canonical_user(name) for name in auth.admins}:
-        return caller
+        return False
+    if canonical_user(user) in {canonical_user(name) for name in auth.admins}:
+        return True
     groups = auth.admin_groups
     if groups:
         try:
             member_of_any = getattr(services.authenticator, "member_of_any", None)
-            if member_of_any is not None and member_of_any(caller.user, groups):
-                return caller
+            return bool(member_of_any is not None and member_of_any(user, groups))
         except (AuthUnavailable, AuthConfigError) as error:
             raise auth_unavailable(error) from None
-    logger.warning("runtime pool change refused: not an administrator", extra={"user": caller.user})
-    raise ApiError(403, {"error": "only administrators may change pools at runtime"})
+    return False
