@@ -3,7 +3,7 @@
 Without ``:auth:`` nobody needs a token and a token sent anyway is ignored, as in vmpooler.
 
 With ``:auth:`` (vmpooler's FIX notes):
-- an ``X-AUTH-TOKEN`` that is not a live token is a 401, wherever it is sent;
+- an ``X-AUTH-TOKEN`` that is not a live token is a 401, wherever it is sent (an empty one too);
 - a VM checked out with a token belongs to that token's user: only a token of the same user may
   change its lifetime or give it back (401 without a token, 403 with another user's);
 - lifetime changes need a token even on a VM checked out without one.
@@ -51,13 +51,21 @@ class TokenCheck:
     """What the directory says about the token's user (None without a record)."""
 
 
+def sends_token(request: ApiRequest) -> bool:
+    """Whether the request has an ``X-AUTH-TOKEN`` header at all. An empty one counts: it is a
+    token sent (by mistake: a client whose config holds ``token: ""``) that no token matches, a
+    401 as in vmpooler, not a request without a token."""
+    return request.header(TOKEN_HEADER) is not None
+
+
 def token_check(services: Services, request: ApiRequest) -> TokenCheck | None:
-    """The check of the request's token; None without ``:auth:`` or without a token. Made once
-    per request: a second look would cost the round trips again and could answer otherwise."""
+    """The check of the request's token; None without ``:auth:`` or without an ``X-AUTH-TOKEN``
+    header. Made once per request: a second look would cost the round trips again and could
+    answer otherwise."""
     if services.config.auth is None:
         return None
     token = request.header(TOKEN_HEADER)
-    if not token:
+    if token is None:
         return None
     if "token_check" not in request.memo:
         record = services.tokens.lookup(token.strip(), touch=False)
@@ -76,6 +84,16 @@ def refuse_unless_present(standing: Standing) -> None:
         raise auth_unavailable(AuthUnavailable("the directory cannot say whether the token's user is still there"))
 
 
+def valid_record(check: TokenCheck) -> TokenRecord:
+    """The record of the token checked, once it is live and its user still in the directory:
+    401 otherwise (an empty token too), 503 when the directory cannot say."""
+    if check.record is None:
+        raise unauthorized("invalid or expired token")
+    assert check.standing is not None
+    refuse_unless_present(check.standing)
+    return check.record
+
+
 def optional_caller(services: Services, request: ApiRequest) -> Caller | None:
     """The caller when a valid token is given; None without one. An invalid token, or one whose
     user has left the directory, is a 401. The token's use is recorded once per request."""
@@ -83,11 +101,7 @@ def optional_caller(services: Services, request: ApiRequest) -> Caller | None:
     if check is None:
         return None
     if "caller" not in request.memo:
-        if check.record is None:
-            raise unauthorized("invalid or expired token")
-        assert check.standing is not None
-        refuse_unless_present(check.standing)
-        record = services.tokens.touch(check.record)
+        record = services.tokens.touch(valid_record(check))
         request.memo["caller"] = Caller(record.user, record.id, services.store.keys.token(record.token_hash))
     caller: Caller = request.memo["caller"]
     return caller
@@ -144,18 +158,26 @@ def required_admin(services: Services, request: ApiRequest) -> Caller | None:
     caller = required_caller(services, request)
     if caller is None:
         return None
+    if is_admin(services, caller.user):
+        return caller
+    logger.warning("runtime pool change refused: not an administrator", extra={"user": caller.user})
+    raise ApiError(403, {"error": "only administrators may change pools at runtime"})
+
+
+def is_admin(services: Services, user: str) -> bool:
+    """Whether ``user`` is an administrator: listed in ``auth.admins`` (canonical names) or a
+    member of one of ``auth.admin_groups`` (asked of the directory now: 503 when it cannot say).
+    Without ``:auth:``, or with neither list set, nobody is."""
     auth = services.config.auth
     if auth is None:
-        return caller
-    if canonical_user(caller.user) in {canonical_user(name) for name in auth.admins}:
-        return caller
+        return False
+    if canonical_user(user) in {canonical_user(name) for name in auth.admins}:
+        return True
     groups = auth.admin_groups
     if groups:
         try:
             member_of_any = getattr(services.authenticator, "member_of_any", None)
-            if member_of_any is not None and member_of_any(caller.user, groups):
-                return caller
+            return bool(member_of_any is not None and member_of_any(user, groups))
         except (AuthUnavailable, AuthConfigError) as error:
             raise auth_unavailable(error) from None
-    logger.warning("runtime pool change refused: not an administrator", extra={"user": caller.user})
-    raise ApiError(403, {"error": "only administrators may change pools at runtime"})
+    return False

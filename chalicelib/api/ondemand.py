@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from chalicelib.api.checkout import REQUEST_NAME_PATTERN, hostnames_by_name, open_request, parse_count
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, ok, shown, vmpooler_json_body
-from chalicelib.api.identity import TOKEN_HEADER, Caller, required_caller
+from chalicelib.api.identity import Caller, required_caller, sends_token
 from chalicelib.auth.base import same_user
 from chalicelib.services import Services
 from chalicelib.store.ondemand import DELETED, FAILED, READY, OnDemandRequest, OnDemandStore
@@ -129,7 +129,7 @@ def _by_drawn_id(services: Services, request: ApiRequest) -> OnDemandRequest | N
     """With ``:auth:`` and no token sent, the request named in the path when the service drew
     its id; None otherwise (the caller then needs the owner's token: an unknown id and a chosen
     one answer the same 401, so nobody learns which ids are taken)."""
-    if services.config.auth is None or request.header(TOKEN_HEADER):
+    if services.config.auth is None or sends_token(request):
         return None
     request_id = request.params["name"]
     found = OnDemandStore(services.store).get(request_id) if REQUEST_ID_PATTERN.match(request_id) else None

@@ -6,9 +6,13 @@
 - ``GET /token`` lists only the caller's tokens, each under its id (Redis holds no token).
 - ``GET /token/<t>``: the token in the path is proof enough (vmfloaty sends nothing else); with
   Basic credentials only the token's owner gets an answer (403 otherwise). A read: ``last`` stays.
+  An ``X-AUTH-TOKEN`` sent with it must be live, as everywhere (401 otherwise).
   A token whose user has left the directory is a 401 here too, as on every route.
 - ``DELETE /token/<t>`` needs the owner's Basic credentials (another user: 403). ``<t>`` may be
   the token or the id ``GET /token`` lists, so a lost token can still be revoked.
+- An administrator (``auth.admins``, ``auth.admin_groups``) may list and delete another user's
+  tokens with ``?user=<name>`` (``GET /token?user=bob``, ``DELETE /token/<id>?user=bob``), and
+  delete any token held: a user removed from the directory can no longer log in to revoke theirs.
 - Without ``:auth:`` every token route answers 404, as in vmpooler.
 """
 
@@ -19,12 +23,14 @@ from typing import Any
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, not_found, ok
 from chalicelib.api.identity import (
     AUTH_UNAVAILABLE,
-    TOKEN_HEADER,
     auth_unavailable,
+    is_admin,
     refuse_unless_present,
+    token_check,
     unauthorized,
+    valid_record,
 )
-from chalicelib.auth.base import AuthConfigError, same_user
+from chalicelib.auth.base import AuthConfigError, acceptable_credentials, canonical_user, same_user
 from chalicelib.auth.basic import LoginOutcome, LoginService
 from chalicelib.auth.tokens import DeleteResult, TokenRecord, TooManyTokens, hash_token, is_token_shaped, token_id
 from chalicelib.observability import logger
@@ -77,10 +83,30 @@ def create_token(services: Services, request: ApiRequest) -> ApiResponse:
     return ok(token=token)
 
 
+OTHERS_TOKENS_REFUSED = "only administrators may list or delete another user's tokens"
+
+
+def _whose_tokens(services: Services, request: ApiRequest, caller: str) -> str:
+    """The user whose tokens the request lists or deletes: the caller's own, or the user named by
+    ``?user=`` when the caller is an administrator (403 for anyone else, 400 for a name no login
+    could have)."""
+    named = request.query.get("user")
+    if not named:
+        return caller
+    if not acceptable_credentials(named, "-"):
+        raise ApiError(400, {"error": "user must be a user name as it logs in"})
+    if same_user(named, caller):
+        return caller
+    if not is_admin(services, caller):
+        logger.warning("another user's tokens refused: not an administrator", extra={"user": caller})
+        raise ApiError(403, {"error": OTHERS_TOKENS_REFUSED})
+    return canonical_user(named)
+
+
 def list_tokens(services: Services, request: ApiRequest) -> ApiResponse:
-    """GET /token: the caller's tokens, by id, with ``created`` and ``last``; a caller with none
-    gets vmpooler's 404 ``{"ok": false}``."""
-    user = _basic_user(services, request)
+    """GET /token[?user=<name>]: the caller's tokens (an administrator's pick of user's), by id,
+    with ``created`` and ``last``; none gets vmpooler's 404 ``{"ok": false}``."""
+    user = _whose_tokens(services, request, _basic_user(services, request))
     body: dict[str, Any] = {record.id: record.public() for record in services.tokens.list_for_user(user)}
     if not body:
         raise not_found()
@@ -93,7 +119,12 @@ def describe_token(services: Services, request: ApiRequest) -> ApiResponse:
     token's owner is answered."""
     _login_service(services)
     token = request.params["token"]
-    if request.header("Authorization") and not request.header(TOKEN_HEADER):
+    check = token_check(services, request)
+    if check is not None:
+        # An X-AUTH-TOKEN sent here is checked as on every other route (vmpooler ignored it): a
+        # client holding a mistyped, expired or empty token learns it here too. A read, not a use.
+        valid_record(check)
+    if request.header("Authorization") and check is None:
         user = _basic_user(services, request)
         record = services.tokens.lookup(token, touch=False)
         if record is None:
@@ -118,17 +149,26 @@ def _running_vms(services: Services, record: TokenRecord) -> list[str]:
 
 
 def delete_token(services: Services, request: ApiRequest) -> ApiResponse:
-    """DELETE /token/<t>: only its owner (Basic) may delete it; ``<t>`` is the token or its id."""
-    user = _basic_user(services, request)
+    """DELETE /token/<t>[?user=<name>]: its owner (Basic) may delete it, ``<t>`` the token or its
+    id; an administrator any token, and by id one of the user ``?user=`` names."""
+    caller = _basic_user(services, request)
+    user = _whose_tokens(services, request, caller)
     token = request.params["token"]
     if is_token_shaped(token):
         result = services.tokens.delete(token, user)
+        if result is DeleteResult.FORBIDDEN and user == caller and is_admin(services, caller):
+            owner = services.tokens.owner(token)
+            result = services.tokens.delete(token, owner) if owner else DeleteResult.NOT_FOUND
+            user = owner or user
     else:
         result = services.tokens.delete_by_id(token, user)
     if result is DeleteResult.FORBIDDEN:
-        logger.warning("token deletion refused: not the owner", extra={"user": user})
+        logger.warning("token deletion refused: not the owner", extra={"user": caller})
         raise ApiError(403, {"error": "the token belongs to another user"})
     if result is DeleteResult.NOT_FOUND:
         raise not_found(error="unknown or expired token")
-    logger.info("token deleted", extra={"user": user})
+    if same_user(user, caller):
+        logger.info("token deleted", extra={"user": caller})
+    else:
+        logger.warning("token deleted by an administrator", extra={"user": user, "administrator": caller})
     return ok()

@@ -219,8 +219,12 @@ def _parse_tags(
             failures.append("Invalid tag key format")
         elif tag_value is None or tag_value == "":
             continue  # vmpooler skips empty tags
-        elif not isinstance(tag_value, (str, int, float)) or isinstance(tag_value, bool):
+        elif not isinstance(tag_value, (str, int, float)):
             failures.append(f"Tag value for {shown(key)} must be a string")
+        elif isinstance(tag_value, bool):
+            # beaker sends a hosts file's host_tags as YAML read them (`preserve: true`), beside its
+            # own tags: a 400 (vmpooler: a 500) lost every tag of the host. Kept as JSON spells it.
+            tags[key] = _filter_tag("true" if tag_value else "false", tagfilter.get(key))
         elif len(str(tag_value)) > MAX_TAG_VALUE:
             failures.append("Tag value too long")
         elif not TAG_VALUE_PATTERN.match(str(tag_value)):

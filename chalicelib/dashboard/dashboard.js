@@ -10,6 +10,13 @@
 
   function url(path) { return BASE + "/" + path; }
 
+  // What an answer holds under a pool's name, and nothing else: a pool may be named "constructor",
+  // "toString" or "valueOf", which a plain object lookup finds on Object.prototype when the answer
+  // lacks the pool (a feed computed on a config without it yet), and the page then drew a function.
+  function own(object, key) {
+    return object && Object.prototype.hasOwnProperty.call(object, key) ? object[key] : undefined;
+  }
+
   function getJSON(path) {
     return fetch(url(path), { headers: { Accept: "application/json" }, cache: "no-store" }).then(function (r) {
       if (!r.ok) { throw new Error(path + ": HTTP " + r.status); }
@@ -122,7 +129,7 @@
 
   function poolSummary(kind, name) {
     var section = state.summary && state.summary[kind];
-    var pool = section && section.duration && section.duration.pool && section.duration.pool[name];
+    var pool = section && section.duration && own(section.duration.pool, name);
     return pool ? pool.average : null;
   }
 
@@ -160,7 +167,7 @@
   // Rows are kept by pool and rebuilt only when what they show changed: at 1,000 pools rebuilding
   // every row on each poll (20,000 elements) held the page 0.4-1 s every few seconds, and each
   // keystroke in the filter as long.
-  var rows = {};
+  var rows = Object.create(null);  // by pool name: no prototype whose keys a pool's name could hit
 
   function buildRow(name, p, aliases, clone, boot, lastBoot, history) {
     var tr = el("tr", "pool");
@@ -215,12 +222,12 @@
     var pools = status.pools || {};
     var body = $("pools");
     var names = sortedNames(pools);
-    var kept = {};
+    var kept = Object.create(null);
     names.forEach(function (name, index) {
       var p = pools[name];
       var aliases = p.alias ? [].concat(p.alias).join(", ") : "";
       var clone = poolSummary("clone", name), boot = poolSummary("boot", name), lastBoot = ago(p.lastBoot);
-      var history = state.history && state.history.pools[name];
+      var history = state.history && own(state.history.pools, name);
       var shown = JSON.stringify([p, aliases, clone, boot, history ? [history.ready, history.size] : null]);
       var row = rows[name];
       if (!row || row.shown !== shown) {

@@ -45,6 +45,22 @@ def test_beaker_provisions_and_tags_hosts_with_the_demo_config(make_stack: Calla
         assert stack.get(f"/vm/{short}").json[short]["tags"] == BEAKER_TAGS
 
 
+def test_beaker_keeps_host_tags_a_hosts_file_wrote_as_booleans_and_numbers(
+        make_stack: Callable[[str], Harness]) -> None:
+    """beaker merges its tags over the host's `host_tags` as YAML read them: `preserve: true` is a
+    JSON boolean, `build: 42` a number. A boolean was `400 Tag value for preserve must be a string`
+    (vmpooler: a 500), and beaker only logged "Failed to tag host": the VM kept none of its tags,
+    jenkins_build_url included. Kept as JSON spells them, as numbers are."""
+    stack = make_stack(DEMO_CONFIG)
+    stack.fill("debian-12-x86_64")
+    short = stack.post("/vm/", {"debian-12-x86_64": "1"}).json["debian-12-x86_64"]["hostname"].split(".")[0]
+    host_tags = {"preserve": True, "nightly": False, "build": 42}
+    tagged = stack.put(f"/vm/{short}", {"tags": {**host_tags, **BEAKER_TAGS}})
+    assert tagged.json == {"ok": True}, tagged.json
+    shown = stack.get(f"/vm/{short}").json[short]["tags"]
+    assert shown == {"preserve": "true", "nightly": "false", "build": "42", **BEAKER_TAGS}
+
+
 def test_vmfloaty_modify_tags_with_the_demo_config(make_stack: Callable[[str], Harness]) -> None:
     stack = make_stack(DEMO_CONFIG)
     stack.fill("ubuntu-2404-x86_64")

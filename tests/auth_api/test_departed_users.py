@@ -6,6 +6,7 @@ local/gateway.py; the minutes pass on the fake clock."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -259,3 +260,46 @@ def test_each_request_checks_its_token_once(
     checked_once("GET", f"/api/v3/ondemandvm/{request_id}")
     checked_once("DELETE", f"/api/v3/ondemandvm/{request_id}")
     checked_once("DELETE", f"/api/v3/vm/{mine}")
+
+
+def test_an_administrator_lists_and_revokes_a_removed_users_tokens(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """A user removed from the directory cannot log in, so nobody could revoke their tokens: only
+    their owner's Basic credentials deleted one. They stayed in Redis, and came back to life if the
+    name was ever given to someone else, or the entry restored. An administrator now lists and
+    deletes them (`?user=<name>`), or deletes any token held; nobody else may."""
+    api = make_api(document(ldap_auth(admins=["alice"], directory_check_minutes=10)))
+    api.fill(POOL)
+    name, password = leaver
+    kept, lost = api.new_token(name, password), api.new_token(name, password)
+    slapd.remove(f"uid={name},{slapd.users_base}")
+    api.clock.advance(10 * 60)
+    admin, other = basic("alice", slapd.password("alice")), basic("bob", slapd.password("bob"))
+    bob_token = api.new_token("bob", slapd.password("bob"))
+    by_id = hashlib.sha256(lost.encode()).hexdigest()[:16]
+    assert api.call("DELETE", f"/api/v3/token/{kept}", headers=basic(name, password)).status == 401
+
+    # Not an administrator: refused, whichever way the user's tokens are named.
+    before = api.redis_state()
+    for method, path in (("GET", f"/api/v3/token?user={name}"), ("DELETE", f"/api/v3/token/{by_id}?user={name}"),
+                         ("DELETE", f"/api/v3/token/{kept}"), ("DELETE", f"/api/v3/token/{kept}?user={name}")):
+        refused = api.call(method, path, headers=other)
+        assert refused.status == 403 and refused.body["ok"] is False, (method, path, refused.body)
+    assert api.redis_state() == before
+    assert api.call("GET", "/api/v3/token?user=%20alice", headers=admin).status == 400
+    assert api.call("GET", f"/api/v3/token?user={'a' * 300}", headers=admin).status == 400
+
+    listed = api.call("GET", f"/api/v3/token?user={name.upper()}", headers=admin)
+    assert listed.status == 200 and set(listed.body) == {"ok", by_id, hashlib.sha256(kept.encode()).hexdigest()[:16]}
+    assert api.call("DELETE", f"/api/v3/token/{by_id}?user={name}", headers=admin).body == {"ok": True}
+    assert api.call("DELETE", f"/api/v3/token/{kept}", headers=admin).body == {"ok": True}
+    assert api.call("GET", f"/api/v3/token?user={name}", headers=admin).status == 404
+    assert api.client.smembers(api.store.keys.user_tokens(name)) == set()
+    # Put back in the directory, the user's old tokens stay revoked; bob's and alice's own are untouched.
+    slapd.add_user(name, password)
+    api.clock.advance(10 * 60)
+    for token in (kept, lost):
+        assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 401
+    assert api.call("GET", "/api/v3/token", headers=other).status == 200
+    assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": bob_token}).status == 200

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from chalicelib.store import ModifyResult
 from tests.auth_api.documents import POOL, document
 from tests.harness import Harness, basic
@@ -76,6 +78,34 @@ def test_an_invalid_token_is_401_everywhere_and_takes_nothing(ldap_api: Harness,
     assert ldap_api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": "0" * 32}).status == 401
     assert state(ldap_api, vm) == "running"
 
+
+
+@pytest.mark.parametrize("empty", ["", " "], ids=["empty", "blank"])
+def test_an_empty_token_is_401_wherever_a_token_is_read(ldap_api: Harness, slapd, empty):
+    """`X-AUTH-TOKEN:` with nothing in it is a token sent by mistake (vmfloaty sends the
+    `token: ""` of a config as it is), and no token matches it: 401, as vmpooler answers it, on
+    the routes where a token is optional too. Before, it was taken for "no token": a checkout went
+    through without the user's token (the VM nobody's, its lifetime `vm_lifetime`) and the client
+    never learnt its token was missing."""
+    headers = {"X-AUTH-TOKEN": empty}
+    ready = sorted(ldap_api.services.store.hostnames(POOL, "ready"))
+    alice = ldap_api.new_token("alice", slapd.password("alice"))
+    created = ldap_api.call("POST", "/api/v3/ondemandvm", headers={"X-AUTH-TOKEN": alice}, body={POOL: "1"})
+    request_id = created.body["request_id"]
+    vm = ldap_api.checkout(POOL, None)
+    before = ldap_api.redis_state()
+    for method, path, body in (("POST", "/api/v3/vm", {POOL: 1}), ("POST", f"/api/v3/vm/{POOL}", None),
+                               ("PUT", f"/api/v3/vm/{vm}", {"tags": {"project": "x"}}),
+                               ("DELETE", f"/api/v3/vm/{vm}", None),
+                               ("POST", "/api/v3/ondemandvm", {POOL: "1"}),
+                               ("GET", f"/api/v3/ondemandvm/{request_id}", None),
+                               ("GET", f"/api/v3/token/{alice}", None)):
+        refused = ldap_api.call(method, path, headers=headers, body=body)
+        assert (refused.status, refused.body) == (401, {"ok": False, "error": "invalid or expired token"}), path
+        assert refused.headers["WWW-Authenticate"] == WWW_AUTHENTICATE
+    assert ldap_api.redis_state() == before
+    assert set(ready) - {vm} <= set(ldap_api.services.store.hostnames(POOL, "ready"))
+    assert state(ldap_api, vm) == "running"
 
 
 def test_an_invalid_token_on_a_tag_change_is_401_and_changes_nothing(ldap_api: Harness, slapd):

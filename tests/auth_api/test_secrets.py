@@ -26,6 +26,8 @@ from chalicelib.store import StoreUnavailable
 from local.redis_server import RedisServer
 from tests.auth_api.documents import POOL, document
 from tests.harness import Harness, basic
+from tests.local.stack import call as stack_call
+from tests.local.stack import local_stack as running_stack
 from tests.support import free_port
 from tests.vsphere.vcsim import TEMPLATE, VcsimServer
 from tools.vcsim import launcher
@@ -310,3 +312,63 @@ def test_no_token_is_written_to_the_traces(redis_server: RedisServer, tmp_path: 
     assert any('"## ' in segment for segment in sent)  # the handlers' subsegments went out
     assert [segment for segment in sent if found["token"] in segment] == []
     assert [line for line in logs if found["token"] in line] == []
+
+
+TOKEN_LOG_CONFIG = """\
+config: {check_loop_delay_min: 0.2, task_limit: 10}
+auth: {provider: dummy}
+providers:
+  dummy: {provider_class: dummy, createvm_max_time: 0.1, boot_time: 0.1, destroyvm_max_time: 0.1}
+pools:
+  - {name: debian, size: 1, provider: dummy}
+"""
+
+
+def _raw_answer(port: int, head: bytes) -> bytes:
+    """What the local front answers to ``head`` sent as it is (no client tidies it up)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(head)
+        answer = b""
+        with contextlib.suppress(socket.timeout):
+            while chunk := connection.recv(65536):
+                answer += chunk
+    return answer
+
+
+@pytest.mark.slow
+def test_no_token_in_the_local_stacks_log_whatever_the_request(tmp_path: Path) -> None:
+    """GET and DELETE /token/<t> put the token in the path, and vmfloaty's `token status` and
+    `token delete` send nothing else. The real HTTP front and the app, logging at DEBUG, write no
+    path and no header of any request: neither the answered ones, nor the refused ones (405, 404,
+    a token too long, a control character, a repeated or broken header), nor the ones the front
+    refuses before the app (414, 400, 501)."""
+    with running_stack(tmp_path, TOKEN_LOG_CONFIG, workers=1, env={"POWERTOOLS_LOG_LEVEL": "DEBUG"}) as stack:
+        base = f"http://127.0.0.1:{stack.port}"
+        alice = basic("alice", "a-password")
+        status, made = stack_call("POST", f"{base}/api/v3/token", headers=alice)
+        assert status == 200, made
+        token = made["token"]
+        statuses = set()
+        for method, path, headers in (
+                ("GET", f"/api/v3/token/{token}", {}), ("GET", f"/token/{token}", {}),
+                ("GET", f"/api/v1/token/{token}", {"X-AUTH-TOKEN": token}),
+                ("GET", f"/api/v3/token/{token}", {"X-AUTH-TOKEN": token + "x"}),
+                ("GET", f"/api/v3/token/{token}", basic("bob", "b-password")),
+                ("PATCH", f"/api/v3/token/{token}", {}), ("GET", f"/api/v3/token/{token}/more", {}),
+                ("GET", f"/api/v3/token/{token}?token={token}", {}), ("GET", f"/api/v3/vm/{token}", {}),
+                ("DELETE", f"/api/v3/token/{token}x", alice), ("DELETE", f"/api/v3/token/{token}", {}),
+                ("DELETE", f"/api/v3/token/{token}", alice), ("GET", f"/api/v3/token/{token}", {})):
+            statuses.add(stack_call(method, base + path, headers=headers)[0])
+        assert statuses == {200, 401, 403, 404, 405}
+        fronted = [_raw_answer(stack.port, head).split(b"\r\n", 1)[0] for head in (
+            f"HEAD /api/v3/token/{token} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
+            f"GET /api/v3/token/{token}{'a' * 10000} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+            f"GET /api/v3/token/{token}\x01 HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+            f"GET /api/v3/token/{token} HTTP/1.1\r\nHost: x\r\nX-AUTH-TOKEN: {token}\x7f\r\n\r\n".encode(),
+            f"GET /api/v3/token/{token} HTTP/1.1\r\nHost: x\r\nX-AUTH-TOKEN: {token}\r\n"
+            f"X-AUTH-TOKEN: {token}\r\nConnection: close\r\n\r\n".encode(),
+            f"GET /api/v3/token/{token} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: zip\r\n\r\n".encode())]
+        assert [line.split(b" ")[1] for line in fronted] == [b"404", b"414", b"400", b"400", b"401", b"501"]
+        log = stack.log()
+    assert '"token created"' in log and '"token deleted"' in log  # the app's lines are there
+    assert [line for line in log.splitlines() if token in line] == []

@@ -121,10 +121,30 @@ def test_get_token_is_answered_to_its_holder_or_its_owner(ldap_api: Harness, sla
 
     # A token nobody holds shows nothing, whoever asks.
     unknown = "0" * 32
-    for headers in ({}, {"X-AUTH-TOKEN": unknown}, basic("alice", slapd.password("alice"))):
+    for headers in ({}, {"X-AUTH-TOKEN": token}, basic("alice", slapd.password("alice"))):
         missing = ldap_api.call("GET", f"/api/v3/token/{unknown}", headers=headers)
         assert missing.status == 404 and "alice" not in missing.raw.decode()
     assert ldap_api.call("GET", "/api/v3/token/not-a-token").status == 404
+
+
+def test_an_invalid_token_sent_with_a_token_status_is_401(ldap_api: Harness, slapd):
+    """An `X-AUTH-TOKEN` that is sent must be live, on GET /token/<t> as on every route that reads
+    one: a client checking its status with a mistyped, revoked or empty token in the header learns
+    it (401) instead of being shown the path's token. Before, the header was ignored here (as
+    vmpooler ignores it), and only here."""
+    token = ldap_api.new_token("alice", slapd.password("alice"))
+    revoked = ldap_api.new_token("alice", slapd.password("alice"))
+    assert ldap_api.call("DELETE", f"/api/v3/token/{revoked}",
+                         headers=basic("alice", slapd.password("alice"))).status == 200
+    for sent in ("0" * 32, revoked, "", "not-a-token"):
+        for path_token in (token, "0" * 32):
+            for extra in ({}, basic("alice", slapd.password("alice"))):
+                refused = ldap_api.call("GET", f"/api/v3/token/{path_token}", headers={"X-AUTH-TOKEN": sent, **extra})
+                assert (refused.status, refused.body) == (401, {"ok": False, "error": "invalid or expired token"})
+                assert refused.headers["WWW-Authenticate"] == WWW_AUTHENTICATE
+    # What vmfloaty sends (the path alone) and a live token in the header are answered as before.
+    assert ldap_api.call("GET", f"/api/v3/token/{token}").status == 200
+    assert ldap_api.call("GET", f"/api/v3/token/{token}", headers={"X-AUTH-TOKEN": token}).status == 200
 
 
 def test_vmfloaty_token_status_list_active_and_delete_all(ldap_api: Harness, slapd):
@@ -200,7 +220,8 @@ def test_token_ttl_expires_tokens(make_api, ldap_auth, slapd):
     listed = api.call("GET", "/api/v3/token", headers=basic("alice", slapd.password("alice"))).body
     assert listed[token_id(token)]["expires"] == expires
     api.clock.advance(3600)
-    assert api.call("GET", f"/api/v3/token/{token}", headers={"X-AUTH-TOKEN": token}).status == 404
+    assert api.call("GET", f"/api/v3/token/{token}").status == 404
+    assert api.call("GET", f"/api/v3/token/{token}", headers={"X-AUTH-TOKEN": token}).status == 401
     assert api.call("POST", "/api/v3/vm", headers={"X-AUTH-TOKEN": token}, body={POOL: 1}).status == 401
 
 

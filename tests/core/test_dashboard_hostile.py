@@ -12,12 +12,15 @@ from __future__ import annotations
 import html
 import json
 import re
+import threading
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
+from chalicelib.api import dashboard
 from tests.core.test_dashboard_browser import PoolRows, chromium, local_stack
 from tests.core.test_local_stack import call, wait_for
 
@@ -95,3 +98,80 @@ def test_a_double_slash_path_does_not_point_the_page_at_another_site(stack: tupl
     dom = chromium(f"{base}//evil.example/dashboard/", tmp_path / "profile-links", "--dump-dom")
     assert re.findall(r'<a [^>]*href="([^"]*)"', dom) == [], dom
     assert '{"ok":false}' in dom, dom
+
+
+PROTOTYPE_NAMES = ("constructor", "toString", "valueOf", "hasOwnProperty")
+"""Pool names the config allows that are also keys of every plain JavaScript object."""
+
+
+def _pool(ready: int, size: int) -> dict[str, Any]:
+    return {"ready": ready, "running": 1, "pending": size - ready, "max": size, "lastBoot": "", "size_reason": "config"}
+
+
+FEEDS: dict[str, Any] = {
+    # Served by an API process that has the pools named like Object.prototype's keys already ...
+    "/api/v3/status": {"capacity": {"current": 9, "total": 12, "percent": 75.0}, "queue": {},
+                       "status": {"ok": True, "message": "Battle station fully armed and operational."},
+                       "pools": {POOL: _pool(3, 4), **{name: _pool(2, 2) for name in PROTOTYPE_NAMES}}},
+    # ... and feeds computed by one whose config does not have them yet (a config push reaches
+    # each warm Lambda within 30 s of the others).
+    "/api/v3/summary/clone": {"clone": {"duration": {"pool": {POOL: {"average": 12.5}}}}},
+    "/api/v3/summary/boot": {"boot": {"duration": {"pool": {POOL: {"average": 3.5}}}}},
+    "/dashboard/stats/history": {"start": 0, "step": 60, "points": 2,
+                                 "pools": {POOL: {"ready": [3, 3], "running": [1, 1], "pending": [0, 1],
+                                                  "size": [4, 4]}}},
+}
+
+
+class _Feeds(BaseHTTPRequestHandler):
+    """The dashboard page as the API serves it, and FEEDS as its answers."""
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        if path == "/dashboard/":
+            template, policy = dashboard._template()
+            body, kind = template.replace("{{site_name}}", "vmpool").encode(), "text/html; charset=utf-8"
+        elif path in FEEDS:
+            body, kind = json.dumps(FEEDS[path]).encode(), "application/json"
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        if path == "/dashboard/":
+            self.send_header("Content-Security-Policy", policy)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_pools_named_like_object_keys_are_drawn_when_a_feed_lacks_them(tmp_path: Path) -> None:
+    """A pool may be named `constructor`, `toString`, `valueOf` or `hasOwnProperty` (the config
+    allows `[A-Za-z0-9][A-Za-z0-9_.-]*`). The page looked each pool up in the history and summary
+    answers as plain objects: where an answer lacked the pool, it found Object.prototype's function
+    instead, drew its sparkline from that and threw at every poll: the table stopped updating and
+    the badge said "stale" while every feed answered."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Feeds)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        dom = chromium(f"http://127.0.0.1:{server.server_address[1]}/dashboard/", tmp_path / "profile", "--dump-dom",
+                     budget_ms=12000)  # past a second status poll (every 5 s), whichever feed came first
+    finally:
+        server.shutdown()
+        server.server_close()
+        serving.join()
+    page = PoolRows()
+    page.feed(dom)
+    assert set(page.rows) == {POOL, *PROTOTYPE_NAMES}
+    for name in PROTOTYPE_NAMES:
+        row = page.rows[name]
+        assert (row["ready"], row["size"], row["pending"], row["running"]) == (2, 2, 0, 1), name
+        assert (row["clone"], row["boot"]) == ("-", "-"), name
+    assert (page.rows[POOL]["clone"], page.rows[POOL]["boot"]) == ("12.5 s", "3.5 s")
+    live = re.search(r'<span id="live" class="([^"]*)"[^>]*><i></i><b>([^<]*)</b>', dom)
+    assert live and live.group(1) == "live ok" and live.group(2).startswith("live, updated"), live

@@ -204,6 +204,20 @@ def test_unknown_routes_answer_404_ok_false(package: Package) -> None:
         assert json.loads(responses[kind]["ResponseTemplates"]["application/json"]) == {"ok": False}
 
 
+def test_api_gateway_records_no_path_and_no_header_of_a_request(package: Package) -> None:
+    """GET and DELETE /token/<t> carry the token in the path, and every authenticated request a
+    token or a password in a header. The stage's execution logs (at INFO with data tracing: the
+    headers and the path), its X-Ray segments (the URL) and an access log of $context.path would
+    each keep them in clear. Before, the template left them to the stage's defaults and to
+    whoever edits the stage in the console; now each is pinned off at every deploy."""
+    properties = package.resources["RestAPI"]["Properties"]
+    assert properties["TracingEnabled"] is False
+    assert properties["MethodSettings"] == [
+        {"ResourcePath": "/*", "HttpMethod": "*", "LoggingLevel": "OFF", "DataTraceEnabled": False}]
+    access_log = json.dumps(properties.get("AccessLogSetting", {}))
+    assert "$context.path" not in access_log and "$input" not in access_log
+
+
 def test_api_gateway_serves_head_wherever_get_is(package: Package) -> None:
     """HEAD is GET without its body (docs/api.md). Before, API Gateway had no HEAD method and
     answered its own 404 {"ok": false} to ``curl -I``."""
