@@ -4,6 +4,7 @@
 #   deployment.zip  the app and its dependencies for Lambda
 #
 #   infra/package.sh [stage=dev] [out=build/package]
+#   VMPOOL_CONFIG_FILE=my-vmpool.yaml infra/package.sh ...   (packages my-vmpool.yaml as the stage's config)
 #
 # Chalice gives the Lambdas the runtime of the Python that runs it and downloads wheels for that
 # Python, so the build runs in its own virtualenv of the Lambda Python ($LAMBDA_PYTHON, default

@@ -303,10 +303,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sync_config: {error}", file=sys.stderr)
             return 1
         if missing:
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
             print(f"sync_config: {config_file} names route53 hosted zones the {stage_name} stage's IAM policy does "
-                  f"not grant: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}. The policy grants "
-                  f"the zones of {STAGES[stage_name].config_file}: put the config there and run "
-                  "python -m infra.sync_config", file=sys.stderr)
+                  f"not grant: {', '.join(missing[:10])}{more}. The policy grants the zones of "
+                  f"{STAGES[stage_name].config_file}: put the config there and run python -m infra.sync_config",
+                  file=sys.stderr)
             return 1
         return 0
     try:
