@@ -79,6 +79,8 @@ def test_resources_do_not_depend_on_the_pool_count(packages: dict[int, Package])
 
 
 MAX_RULES_PER_BUS = 300
+MAX_API_RESOURCES = 300
+"""API Gateway's resources (path segments) per REST API."""
 MAX_ENVIRONMENT_BYTES = 4 * 1024
 RESOLVED_BYTES = 200
 """Room for what an intrinsic function resolves to in AWS (an ARN, a queue URL, the Redis URL)."""
@@ -87,7 +89,8 @@ RESOLVED_BYTES = 200
 @pytest.mark.parametrize("pools", [1000, 3000, MAX_POOLS])
 def test_per_resource_limits_hold_whatever_the_pools(packages: dict[int, Package], pools: int) -> None:
     """One schedule rule, each role's inline policy within IAM's 10,240 characters, each
-    function's environment within Lambda's 4 KB (values the stack fills in counted generously)."""
+    function's environment within Lambda's 4 KB (values the stack fills in counted generously),
+    the API's resources within API Gateway's 300 (94: none per pool)."""
     package = packages[pools]
     functions = package.of_type("AWS::Serverless::Function")
     events = [e for f in functions.values() for e in f["Properties"].get("Events", {}).values()]
@@ -100,6 +103,10 @@ def test_per_resource_limits_hold_whatever_the_pools(packages: dict[int, Package
         variables = {**shared, **function["Properties"].get("Environment", {}).get("Variables", {})}
         size = sum(len(k) + (len(v) if isinstance(v, str) else RESOLVED_BYTES) for k, v in variables.items())
         assert size < MAX_ENVIRONMENT_BYTES, (name, size)
+    paths = package.resources["RestAPI"]["Properties"]["DefinitionBody"]["paths"]
+    segments = [path.strip("/").split("/") for path in paths]
+    resources = {"/".join(parts[:end]) for parts in segments for end in range(len(parts) + 1)}
+    assert len(resources) < MAX_API_RESOURCES
 
 
 MAX_ZIP_BYTES = 50 * 1024 * 1024
