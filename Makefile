@@ -39,7 +39,7 @@ lint: venv
 	$(VENV)/bin/mypy
 
 # The deployable stage: build/package/sam.json (merged template) and deployment.zip, offline
-# after the first build. STAGE=prod for production.
+# after the first build. STAGE=prod for production; VMPOOL_CONFIG_FILE=my.yaml packages that config.
 STAGE ?= dev
 package: apt-package venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" infra/package.sh $(STAGE) build/package

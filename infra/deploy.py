@@ -172,10 +172,14 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
 
         session = boto3.Session()
     package = None if args.infra_only else (args.package or Path("build") / f"package-{args.stage}")
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
         outputs = deploy(session, args.stage, args.bucket, package, given, poll=args.poll,
                          execute=not args.no_execute)
-    except DeployError as error:
+    except (DeployError, ClientError, BotoCoreError) as error:
+        # What AWS refused (a missing bucket, a change set it will not create or execute, no
+        # credentials) in one line: the call and AWS's message, not a traceback.
         print(f"deploy: {error}", file=sys.stderr)
         return 1
     for key, value in sorted(outputs.items()):

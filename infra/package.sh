@@ -4,6 +4,7 @@
 #   deployment.zip  the app and its dependencies for Lambda
 #
 #   infra/package.sh [stage=dev] [out=build/package]
+#   VMPOOL_CONFIG_FILE=my-vmpool.yaml infra/package.sh ...   (packages my-vmpool.yaml as the stage's config)
 #
 # Chalice gives the Lambdas the runtime of the Python that runs it and downloads wheels for that
 # Python, so the build runs in its own virtualenv of the Lambda Python ($LAMBDA_PYTHON, default
@@ -17,6 +18,8 @@ set -euo pipefail
 stage="${1:-dev}"
 out="${2:-build/package}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
+# VMPOOL_CONFIG_FILE, when given, is the config to package (relative to where we were called).
+given_config="${VMPOOL_CONFIG_FILE:+$(realpath -- "$VMPOOL_CONFIG_FILE")}"
 cd "$root"
 
 python="$(infra/lambda_venv.sh)"
@@ -30,10 +33,11 @@ fi
 # The config.json / policy files must match infra/sync_config.py.
 "$python" -m infra.sync_config --check
 
+# The stage's IAM policy grants the route53 zones of its own config file only.
+if [[ -n "$given_config" ]]; then "$python" -m infra.sync_config --granted "$stage" "$given_config"; fi
+
 # Package with the stage's own environment, so app.py declares the same functions (the stage's
-# reconcile queue, its consumer's concurrency) as the Lambdas will at run time. The pools do not
-# matter: VMPOOL_CONFIG_FILE may name any config (tests package 3, 100, 1,000 and 10,000 pools).
-keep_config="${VMPOOL_CONFIG_FILE:-}"
+# reconcile queue, its consumer's concurrency) as the Lambdas will at run time.
 eval "$("$python" - "$stage" <<'PY'
 import json, shlex, sys
 env = json.load(open(".chalice/config.json"))["stages"][sys.argv[1]]["environment_variables"]
@@ -42,10 +46,16 @@ for name, value in env.items():
 PY
 )"
 
-# The config file the functions read (the stage's): packaged as the canonical JSON of its validated
-# config (infra/slim_zip.py), so a Lambda imports neither pydantic nor yaml to load it.
+# The config file the functions read (the stage's path, e.g. chalicelib/vmpool.yaml): packaged as
+# the canonical JSON of its validated config (infra/slim_zip.py), so a Lambda imports neither
+# pydantic nor yaml to load it; from the given VMPOOL_CONFIG_FILE when there is one (make package
+# VMPOOL_CONFIG_FILE=my-vmpool.yaml: the functions start with its pools until a push replaces them).
 packaged_config="$VMPOOL_CONFIG_FILE"
-if [[ -n "$keep_config" ]]; then export VMPOOL_CONFIG_FILE="$keep_config"; fi
+from_config=()
+if [[ -n "$given_config" ]]; then
+    export VMPOOL_CONFIG_FILE="$given_config"
+    from_config=(--from "$given_config")
+fi
 
 merge="build/merge-template-$stage.json"
 "$python" -m infra.template --stage "$stage" > "$merge"
@@ -56,5 +66,5 @@ AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}" \
     package --stage "$stage" --merge-template "$merge" "$out" >&2
 # Slimmed for Lambda (infra/slim_zip.py): no SDK, no unused library parts, bytecode compiled ahead,
 # the config validated and written as canonical JSON.
-"$python" -m infra.slim_zip "$out/deployment.zip" --config "$packaged_config"
+"$python" -m infra.slim_zip "$out/deployment.zip" --config "$packaged_config" ${from_config[@]+"${from_config[@]}"}
 echo "$out/sam.json"

@@ -30,7 +30,8 @@ What leaves the zip, and why (issue 14: 22.0 MB as Chalice builds it):
 Run by the Lambda Python (the bytecode is for its version; a sourceless module only imports on
 that version, which is the one the template's runtime names, infra/package.sh):
 
-    build/venv-3.13/bin/python -m infra.slim_zip build/package/deployment.zip --config chalicelib/vmpool.yaml
+    build/venv-3.13/bin/python -m infra.slim_zip build/package/deployment.zip --config chalicelib/vmpool.yaml \
+        [--from my-vmpool.yaml]     # another file packaged as chalicelib/vmpool.yaml
 """
 
 from __future__ import annotations
@@ -127,24 +128,28 @@ def compile_tree(tree: Path) -> None:
                                     invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
 
 
-def canonical_config(tree: Path, member: str) -> None:
-    """Validate the packaged config file ``member`` (the stage's ``VMPOOL_CONFIG_FILE``) and write
-    its canonical JSON in its place: the Lambdas build it without pydantic or yaml
+def canonical_config(tree: Path, member: str, source: Path | None = None) -> None:
+    """Validate the packaged config file ``member`` (the stage's ``VMPOOL_CONFIG_FILE``), or the
+    file ``source`` in its place (the ``VMPOOL_CONFIG_FILE`` packaging was given), and write its
+    canonical JSON as ``member``: the Lambdas build it without pydantic or yaml
     (chalicelib/config.py ``from_text``). JSON is YAML, so the file stays readable as YAML. An
     invalid config fails the package with every problem listed."""
     from chalicelib import config as config_module
 
     path = tree / member
+    origin = source or path
+    name = str(source) if source else member
     try:
-        text = path.read_text()
+        text = config_module.read_config_file(origin) if source else path.read_text()
     except OSError as error:
-        raise SystemExit(f"slim_zip: the packaged config {member} is not in the zip: {error.strerror}") from None
+        where = f"the config {source}" if source else f"the packaged config {member} is not in the zip"
+        raise SystemExit(f"slim_zip: {where}: {error.strerror}") from None
     try:
-        config = config_module.from_text(text, member, base_dir=path.parent)
+        config = config_module.from_text(text, name, base_dir=origin.parent)
     except config_module.ConfigError as error:
-        raise SystemExit(f"slim_zip: the packaged config {member} is not valid:\n{error}") from None
+        raise SystemExit(f"slim_zip: the packaged config {name} is not valid:\n{error}") from None
     for warning in config.warnings:  # logged again by every function that loads it
-        print(f"slim_zip: warning: {member}: {warning}", file=sys.stderr)
+        print(f"slim_zip: warning: {name}: {warning}", file=sys.stderr)
     path.write_text(config_module.canonical_json(config))
 
 
@@ -160,9 +165,9 @@ def strip_extensions(tree: Path) -> None:
     subprocess.run([strip, "--strip-unneeded", *libraries], check=True)
 
 
-def slim(path: Path, config_member: str | None = None) -> tuple[int, int]:
-    """Rewrite the zip in place (``config_member``: the packaged config, written as canonical JSON);
-    returns its size before and after."""
+def slim(path: Path, config_member: str | None = None, config_source: Path | None = None) -> tuple[int, int]:
+    """Rewrite the zip in place (``config_member``: the packaged config, written as canonical JSON,
+    from ``config_source`` when given); returns its size before and after."""
     before = path.stat().st_size
     with tempfile.TemporaryDirectory() as scratch:
         tree = Path(scratch) / "tree"
@@ -171,7 +176,7 @@ def slim(path: Path, config_member: str | None = None) -> tuple[int, int]:
             archive.extractall(tree, members)
             modes = {m.filename: m.external_attr for m in members}
         if config_member:
-            canonical_config(tree, config_member)
+            canonical_config(tree, config_member, config_source)
         compile_tree(tree)
         strip_extensions(tree)
         slimmed = Path(scratch) / "deployment.zip"
@@ -188,10 +193,12 @@ def slim(path: Path, config_member: str | None = None) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (1, 3) or (len(args) == 3 and args[1] != "--config"):
-        print("usage: python -m infra.slim_zip DEPLOYMENT_ZIP [--config PACKAGED_CONFIG_FILE]", file=sys.stderr)
+    usage = "usage: python -m infra.slim_zip DEPLOYMENT_ZIP [--config PACKAGED_CONFIG_FILE [--from CONFIG_FILE]]"
+    flags = args[1::2]
+    if len(args) not in (1, 3, 5) or flags != ["--config", "--from"][:len(flags)]:
+        print(usage, file=sys.stderr)
         return 2
-    before, after = slim(Path(args[0]), args[2] if len(args) == 3 else None)
+    before, after = slim(Path(args[0]), args[2] if len(args) > 1 else None, Path(args[4]) if len(args) == 5 else None)
     print(f"slim_zip: {args[0]}: {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB", file=sys.stderr)
     return 0
 

@@ -251,17 +251,24 @@ def policy(stage: Stage, role: str) -> dict[str, Any]:
     return document
 
 
-def route53_zones(stage: Stage) -> list[str]:
+def route53_zones(stage: Stage, config_file: Path | None = None) -> list[str]:
     """The hosted zones the stage's ``route53`` DNS entries manage (the reconcile passes change
-    their records, docs/dns.md). Read from the stage's packaged config file: IAM is deployed
-    with the code, so a pushed config that names a new zone needs a deploy too."""
+    their records, docs/dns.md). Read from the stage's packaged config file (or ``config_file``):
+    IAM is deployed with the code, so a pushed config that names a new zone needs a deploy too."""
     from chalicelib import config as config_module
 
-    config = config_module.load({config_module.CONFIG_FILE_ENV: str(ROOT / stage.config_file)})
+    config = config_module.load({config_module.CONFIG_FILE_ENV: str(config_file or ROOT / stage.config_file)})
     return sorted({
         str(getattr(entry.settings, "hosted_zone_id", "")).split("/")[-1]
         for entry in config.dns_configs.values() if entry.dns_class == "route53"
     })
+
+
+def ungranted_zones(stage: Stage, config_file: Path) -> list[str]:
+    """The route53 hosted zones ``config_file`` names that the stage's policy files do not grant
+    (they grant the zones of the stage's own config file): packaged in its place, the config's
+    DNS records would fail to publish (AccessDenied) on every pass."""
+    return sorted(set(route53_zones(stage, config_file)) - set(route53_zones(stage)))
 
 
 def rendered_files() -> dict[Path, str]:
@@ -281,7 +288,28 @@ def _dump(document: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="fail if the files are out of date")
+    parser.add_argument("--granted", nargs=2, metavar=("STAGE", "CONFIG_FILE"),
+                        help="fail if CONFIG_FILE names route53 zones STAGE's policy does not grant (packaging)")
     args = parser.parse_args(argv)
+    if args.granted:
+        stage_name, config_file = args.granted
+        if stage_name not in STAGES:
+            parser.error(f"unknown stage {stage_name}")
+        from chalicelib.config import ConfigError
+
+        try:
+            missing = ungranted_zones(STAGES[stage_name], Path(config_file))
+        except ConfigError as error:
+            print(f"sync_config: {error}", file=sys.stderr)
+            return 1
+        if missing:
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            print(f"sync_config: {config_file} names route53 hosted zones the {stage_name} stage's IAM policy does "
+                  f"not grant: {', '.join(missing[:10])}{more}. The policy grants the zones of "
+                  f"{STAGES[stage_name].config_file}: put the config there and run python -m infra.sync_config",
+                  file=sys.stderr)
+            return 1
+        return 0
     try:
         files = rendered_files()
     except PolicyTooLarge as error:

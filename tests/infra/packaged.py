@@ -34,16 +34,25 @@ class Package:
 
 
 def pools_config(count: int) -> str:
-    """A config of ``count`` pools (the packaged default's provider)."""
-    pools = "\n".join(f"  - {{name: pool-{n:04d}, size: 5, provider: dummy}}" for n in range(count))
-    return f":providers:\n  :dummy: {{}}\n:pools:\n{pools}\n"
+    """A config of ``count`` pools written as vmpooler.yaml writes them (Ruby-symbol sections,
+    aliases, template, folder, datastore, clone target), with the packaged default's provider."""
+    pools = "\n".join(
+        f"  - name: 'pool-{n:05d}'\n    alias: ['os-{n % 8}', 'group-{n % 100}']\n"
+        f"    template: 'templates/os-{n % 8}-x86_64'\n    folder: 'vmpooler/pool-{n:05d}'\n"
+        f"    datastore: 'vmstorage{n % 7}'\n    clone_target: 'cluster{n % 4}'\n    size: {1 + n % 5}\n"
+        "    timeout: 15\n    ready_ttl: 60\n    provider: 'dummy'"
+        for n in range(count))
+    return f"---\n:config:\n  site_name: 'vmpooler'\n  task_limit: 10\n:providers:\n  :dummy: {{}}\n:pools:\n{pools}\n"
 
 
 def build_package(config_file: Path | None = None, name: str = "") -> Iterator[Package]:
-    """Package the stage; with ``config_file``, as if that were the stage's packaged config (the
-    code is built once: later builds reuse Chalice's dependency zip and take seconds)."""
+    """Package the stage; with ``config_file`` as its packaged config (``VMPOOL_CONFIG_FILE``, as
+    ``make package`` takes it; the code is built once: later builds reuse Chalice's dependency zip
+    and take seconds)."""
     out = ROOT / "build" / f"test-package-{STAGE}{name}"
-    env = {**os.environ, "VMPOOL_CONFIG_FILE": str(config_file)} if config_file else None
+    env = {name: value for name, value in os.environ.items() if name != "VMPOOL_CONFIG_FILE"}
+    if config_file:
+        env["VMPOOL_CONFIG_FILE"] = str(config_file)
     done = subprocess.run([str(ROOT / "infra" / "package.sh"), STAGE, str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=900, env=env)
     if done.returncode == 2 and "no Lambda-supported Python" in done.stderr:

@@ -99,3 +99,20 @@ def test_deploy_sh_packages_then_deploys(tmp_path: Path) -> None:
 def test_deploy_without_a_bucket_says_how_to_call_it() -> None:
     done = subprocess.run([str(ROOT / "infra" / "deploy.sh"), "prod"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "usage: infra/deploy.sh STAGE S3_BUCKET" in done.stderr
+
+
+def test_what_aws_refuses_is_said_in_one_line_not_a_traceback(aws: boto3.Session, package: Package,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A bucket that does not exist, a change set AWS will not create or execute (a parameter
+    naming a VPC that is not there): before, botocore's ClientError went up as a traceback of
+    `make deploy`; now one `deploy:` line naming the call and AWS's message, exit 1."""
+    out = str(package.template_path.parent)
+    code = deploy.main(["--stage", "dev", "--bucket", "no-such-bucket-here", "--package", out, "--poll", "0.1",
+                        "--no-execute", "VpcId=vpc-0abc"], session=aws)
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith("deploy: ") and "NoSuchBucket" in err and "PutObject" in err
+    code = deploy.main(["--stage", "dev", "--bucket", BUCKET, "--infra-only", "--poll", "0.1",
+                        "VpcId=vpc-0abc", "PrivateSubnetIds=subnet-1,subnet-2", "VCenterCidr=10.1.0.0/16"], session=aws)
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and "vpc-0abc" in err

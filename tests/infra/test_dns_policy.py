@@ -63,3 +63,17 @@ def test_a_policy_over_iams_inline_limit_is_refused_when_the_files_are_written(t
     with pytest.raises(sync_config.PolicyTooLarge, match="10240"):
         sync_config.policy(stage, "reconcile")
     assert len(json.dumps(sync_config.policy(STAGES["prod"], "reconcile"), separators=(",", ":"))) < 10_240
+
+
+def test_packaging_a_config_naming_a_zone_the_stage_does_not_grant_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``VMPOOL_CONFIG_FILE=my.yaml make package`` packages my.yaml, but the stage's IAM policy
+    grants the zones of its own config file: a zone only my.yaml names would make every pass's
+    DNS change fail (AccessDenied), so infra/package.sh asks this first and stops."""
+    config = tmp_path / "vmpool.yaml"
+    config.write_text(CONFIG)
+    assert sync_config.main(["--granted", "dev", str(config)]) == 1
+    error = capsys.readouterr().err
+    assert "Z111, Z222" in error and STAGES["dev"].config_file in error
+    config.write_text(CONFIG.replace("dns_class: route53", "dns_class: dynamic-dns"))
+    assert sync_config.main(["--granted", "dev", str(config)]) == 0
