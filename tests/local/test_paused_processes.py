@@ -1,0 +1,113 @@
+"""The local stack's processes paused (SIGSTOP, later SIGCONT), as an outsider pauses them: no
+request waits long for a process that does not run, and a pause of the whole stack (Ctrl-Z,
+then ``fg``) costs nothing once it resumes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from local.http_front import ARBITER_PAUSE_SECONDS, PROCESS_TIMEOUT_SECONDS
+from tests.local.stack import alive, call, descendants, local_stack, read_answer, wait_for
+from tests.local.test_stack_processes import CONFIG, running_arbiter, worker_serving
+
+REQUEST = b"GET /api/v3/status HTTP/1.1\r\nHost: x\r\n\r\n"
+SLACK_SECONDS = 10.0
+"""Above the arbiter's PROCESS_TIMEOUT_SECONDS, for a loaded machine; well below the 31 s a
+request on a stopped worker waited before (gunicorn's 30 s timeout, then a check a second)."""
+CLIENT_SECONDS = 25.0
+"""How long a client of these tests waits for an answer before it calls the request hung."""
+
+
+def outcome(connection: socket.socket) -> tuple[str, float]:
+    """Send REQUEST on ``connection``: "200", "ended" (reset or closed without an answer: the
+    client can retry) or "hung" (nothing within CLIENT_SECONDS), and the seconds it took."""
+    started = time.monotonic()
+    try:
+        connection.sendall(REQUEST)
+        answer = read_answer(connection)
+    except (ConnectionResetError, BrokenPipeError, AssertionError):  # AssertionError: closed
+        return "ended", time.monotonic() - started
+    except TimeoutError:
+        return "hung", time.monotonic() - started
+    return answer.split(b" ", 2)[1].decode(), time.monotonic() - started
+
+
+def fresh_client(port: int) -> tuple[str, float]:
+    """One request on a connection of its own, as a new client sends it."""
+    started = time.monotonic()
+    try:
+        connection = socket.create_connection(("127.0.0.1", port), timeout=CLIENT_SECONDS)
+    except OSError:
+        return "ended", time.monotonic() - started
+    with connection:
+        status, _ = outcome(connection)
+    return status, time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_requests_that_land_on_a_stopped_http_worker_end_within_seconds_and_a_new_worker_serves(
+        tmp_path: Path) -> None:
+    """SIGSTOP of one HTTP worker: the kept-alive connections it holds, and the new connections
+    the kernel gives its listening socket (about one in two here), cannot be answered by it. The
+    arbiter kills it within seconds (its process stopped saying it runs), so each of those ends
+    (a reset: the client can retry) instead of hanging; every other request is served at once.
+    Before, all of them waited 31 s (gunicorn's 30 s worker timeout)."""
+    with local_stack(tmp_path, CONFIG, workers=2) as stack:
+        arbiter = running_arbiter(stack)
+        workers = descendants(arbiter)
+        kept = [socket.create_connection(("127.0.0.1", stack.port), timeout=CLIENT_SECONDS) for _ in range(8)]
+        try:
+            for connection in kept:
+                assert outcome(connection)[0] == "200"
+            owners = [worker_serving(connection, stack.port, workers) for connection in kept]
+            stopped = owners[0]
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                with ThreadPoolExecutor(max_workers=20) as pool:
+                    on_kept = list(pool.map(outcome, kept))
+                    fresh = list(pool.map(fresh_client, [stack.port] * 12))
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stopped, signal.SIGCONT)
+        finally:
+            for connection in kept:
+                connection.close()
+        for (status, seconds), owner in zip(on_kept, owners, strict=True):
+            assert status == ("ended" if owner == stopped else "200"), (on_kept, owners, stopped)
+            assert seconds <= PROCESS_TIMEOUT_SECONDS + SLACK_SECONDS, on_kept
+        assert all(status in ("200", "ended") for status, _ in fresh), fresh
+        assert max(seconds for _, seconds in fresh) <= PROCESS_TIMEOUT_SECONDS + SLACK_SECONDS, fresh
+        assert not alive(stopped)
+        wait_for(lambda: len(descendants(arbiter) - {stopped}) == 2, 30, "a new worker", stack.log)
+        assert [call("GET", f"{stack.api}/status")[0] for _ in range(20)] == [200] * 20
+        assert "WORKER NOT RUNNING" in stack.log()
+
+
+@pytest.mark.slow
+def test_the_whole_stack_stopped_and_resumed_keeps_its_workers_and_serves(tmp_path: Path) -> None:
+    """Ctrl-Z of `make run` (every process of it stopped), then ``fg`` after longer than the
+    arbiter waits for a worker that does not run: the arbiter resumes with its workers and does
+    not count the pause against them (it did not run either), so none is killed and no
+    connection is reset in the moment the stack comes back."""
+    with local_stack(tmp_path, CONFIG, workers=2) as stack:
+        arbiter = running_arbiter(stack)
+        workers = descendants(arbiter)
+        # Right after the start (before the arbiter's first check, once failed), then once it runs.
+        for _ in range(2):
+            os.killpg(stack.process.pid, signal.SIGSTOP)  # SIGTSTP, Ctrl-Z's, is dropped here: no terminal
+            time.sleep(PROCESS_TIMEOUT_SECONDS + ARBITER_PAUSE_SECONDS)  # the pause under test
+            os.killpg(stack.process.pid, signal.SIGCONT)
+            answers = [fresh_client(stack.port) for _ in range(10)]
+            assert [status for status, _ in answers] == ["200"] * 10, (answers, stack.log())
+            time.sleep(2 * ARBITER_PAUSE_SECONDS)  # the arbiter's checks after the resume: a kill would come now
+            assert descendants(arbiter) == workers and all(alive(pid) for pid in workers), stack.log()
+        assert "WORKER NOT RUNNING" not in stack.log() and "WORKER TIMEOUT" not in stack.log()
+
