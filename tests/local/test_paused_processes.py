@@ -111,3 +111,38 @@ def test_the_whole_stack_stopped_and_resumed_keeps_its_workers_and_serves(tmp_pa
             assert descendants(arbiter) == workers and all(alive(pid) for pid in workers), stack.log()
         assert "WORKER NOT RUNNING" not in stack.log() and "WORKER TIMEOUT" not in stack.log()
 
+
+
+@pytest.mark.slow
+def test_a_redis_server_whose_port_was_taken_while_it_was_down_stops_the_stack_with_the_reason(
+        tmp_path: Path) -> None:
+    """`kill -9` of the stack's redis-server, and another program takes its port before the stack
+    starts it again (this one accepts nothing and answers nothing). The stack tries for
+    VMPOOL_REDIS_RESTART_SECONDS, then stops, saying why, and leaves nothing running; started
+    again on its state directory it serves with the data the killed server had. Before, it
+    stopped with a traceback (the check of who answers on the port timed out), and with a Redis
+    on the port it tried the same port forever."""
+    with local_stack(tmp_path, CONFIG, workers=1, interval=0.5, env={"VMPOOL_REDIS_RESTART_SECONDS": "3"}) as stack:
+        wait_for(lambda: call("POST", f"{stack.api}/vm/proc-debian")[0] == 200, 30, "a checkout", stack.log)
+        children = descendants(stack.process.pid)
+        redis_pid = next(pid for pid in children if b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes())
+        with socket.socket() as squatter:
+            os.kill(stack.process.pid, signal.SIGSTOP)  # the stack does not start it again meanwhile
+            try:
+                os.kill(redis_pid, signal.SIGKILL)
+                wait_for(lambda: not alive(redis_pid), 10, "redis-server to die")
+                squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                # Bound once the dead server's sockets are gone (a child of its own, forked to
+                # rewrite its file, may hold them a moment longer).
+                wait_for(lambda: squatter.bind(("127.0.0.1", stack.redis_port)) is None, 10, "the port to be free")
+                squatter.listen(1)
+            finally:
+                os.kill(stack.process.pid, signal.SIGCONT)
+            assert stack.process.wait(60) == 1, stack.log()
+        wait_for(lambda: not any(alive(pid) for pid in children), 20, "the stack's children to stop",
+                 lambda: f"still alive: {[pid for pid in children if alive(pid)]}\n{stack.log()}")
+        assert f"port {stack.redis_port}: something else listens on it" in stack.log(), stack.log()
+        assert "stopping" in stack.log() and "Traceback" not in stack.log(), stack.log()
+
+    with local_stack(tmp_path, CONFIG, workers=1, name="next", state_dir=stack.state_dir) as after:
+        assert call("GET", f"{after.api}/status")[1]["pools"]["proc-debian"]["running"] == 1
