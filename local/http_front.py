@@ -32,8 +32,9 @@ What we add to uvicorn:
   codings, Expect), and an Upgrade request served as the HTTP/1.1 request it also is;
 - TCP_NODELAY on every connection (gunicorn's socket hides from asyncio that it is TCP);
 - error answers in JSON like the app's, instead of text;
-- workers and the arbiter die with their parent (PR_SET_PDEATHSIG), so a SIGKILLed
-  ``python -m local.run`` leaves nothing serving the port;
+- workers and the arbiter die with their parent (PR_SET_PDEATHSIG, SIGKILL: a stopped process
+  acts on no other signal), so a SIGKILLed ``python -m local.run`` or arbiter leaves nothing
+  serving the port;
 - an arbiter (``_Arbiter``) that kills within seconds a worker whose process does not run
   (SIGSTOP), not after gunicorn's 30 s, and does not count a pause of its own (Ctrl-Z of the
   stack) against its workers.
@@ -691,7 +692,10 @@ class OneAppWorker(UvicornWorker):
         self.process_beat = ProcessBeat()
 
     def init_process(self) -> None:
-        die_with_parent(self.ppid)
+        # SIGKILL, not SIGTERM: a worker stopped (SIGSTOP) when its arbiter dies acts on no other
+        # signal, and stayed stopped for good, re-parented, holding its listening socket on the
+        # port: a share of the next front's new connections queued on it, unanswered forever.
+        die_with_parent(self.ppid, signal.SIGKILL)
         threading.Thread(target=self._beat_while_running, name="vmpool-process-beat", daemon=True).start()
         super().init_process()
 

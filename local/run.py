@@ -73,7 +73,9 @@ def _serve_http(port: int, workers: int, threads: int, parent: int,
     """The HTTP front's process: gunicorn's arbiter, which forks the workers."""
     from local.processes import die_with_parent
 
-    die_with_parent(parent)
+    # SIGKILL: an arbiter stopped (SIGSTOP) when the stack dies acts on no other signal, and its
+    # workers (whose parent lives on, stopped) went on serving the port with nobody to stop them.
+    die_with_parent(parent, signal.SIGKILL)
     import app as chalice_app
     from local.gateway import AsgiApp
     from local.http_front import CLIENT_TIMEOUT_SECONDS, HttpFront

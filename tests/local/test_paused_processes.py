@@ -1,6 +1,7 @@
 """The local stack's processes paused (SIGSTOP, later SIGCONT), as an outsider pauses them: no
-request waits long for a process that does not run, and a pause of the whole stack (Ctrl-Z,
-then ``fg``) costs nothing once it resumes."""
+request waits long for a process that does not run, a pause of the whole stack (Ctrl-Z, then
+``fg``) costs nothing once it resumes, a paused process does not outlive its parent's kill, and
+a redis-server that cannot come back stops the stack with the reason."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from local.http_front import ARBITER_PAUSE_SECONDS, PROCESS_TIMEOUT_SECONDS
-from tests.local.stack import alive, call, descendants, local_stack, read_answer, wait_for
-from tests.local.test_stack_processes import CONFIG, running_arbiter, worker_serving
+from tests.local.stack import RunningStack, alive, call, descendants, local_stack, read_answer, wait_for
+from tests.local.test_stack_processes import CONFIG, http_arbiter, refuses_connections, running_arbiter, worker_serving
 
 REQUEST = b"GET /api/v3/status HTTP/1.1\r\nHost: x\r\n\r\n"
 SLACK_SECONDS = 10.0
@@ -146,3 +147,54 @@ def test_a_redis_server_whose_port_was_taken_while_it_was_down_stops_the_stack_w
 
     with local_stack(tmp_path, CONFIG, workers=1, name="next", state_dir=stack.state_dir) as after:
         assert call("GET", f"{after.api}/status")[1]["pools"]["proc-debian"]["running"] == 1
+
+
+def front_processes(stack: RunningStack) -> set[int]:
+    """The stack's HTTP front: its arbiter and the arbiter's workers."""
+    arbiter = running_arbiter(stack)
+    return {arbiter, *descendants(arbiter)}
+
+
+@pytest.mark.slow
+def test_a_worker_stopped_when_its_arbiter_is_killed_does_not_outlive_it(tmp_path: Path) -> None:
+    """SIGSTOP of an HTTP worker, then `kill -9` of its arbiter before the arbiter kills it: the
+    worker dies too, and the new front the stack starts serves every new connection. Before,
+    the worker could not act on the SIGTERM its arbiter's death sent it: it stayed stopped for
+    good, re-parented, with its listening socket on the port, and the new front's new
+    connections the kernel gave that socket (2 of 10 in one run) hung; it outlived the stack."""
+    with local_stack(tmp_path, CONFIG, workers=2, env={"VMPOOL_FRONT_STEADY_SECONDS": "0"}) as stack:
+        arbiter = running_arbiter(stack)
+        stopped = min(descendants(arbiter))
+        try:
+            os.kill(stopped, signal.SIGSTOP)
+            os.kill(arbiter, signal.SIGKILL)
+            wait_for(lambda: not alive(stopped), 20, "the stopped worker to die", stack.log)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped, signal.SIGKILL)  # on a failure: no process of the test left behind
+        wait_for(lambda: http_arbiter(stack) not in (None, arbiter) and call("GET", f"{stack.api}/status")[0] == 200,
+                 60, "a new HTTP front to serve", stack.log)
+        answers = [fresh_client(stack.port) for _ in range(20)]
+        assert [status for status, _ in answers] == ["200"] * 20, answers
+
+
+@pytest.mark.slow
+def test_a_stack_killed_while_its_arbiter_is_stopped_leaves_nothing_serving(tmp_path: Path) -> None:
+    """SIGSTOP of the arbiter, then `kill -9` of the stack (an IDE's stop button): the arbiter
+    and its workers die with it. Before, the arbiter could not act on the SIGTERM the stack's
+    death sent it, and its workers, whose parent lived on, went on serving the port, with no
+    stack and no Redis, until someone found and killed them."""
+    with local_stack(tmp_path, CONFIG, workers=2) as stack:
+        front = front_processes(stack)
+        arbiter = running_arbiter(stack)
+        try:
+            os.kill(arbiter, signal.SIGSTOP)
+            stack.process.kill()
+            stack.process.wait()
+            wait_for(lambda: not any(alive(pid) for pid in front), 20, "the HTTP front to stop",
+                     lambda: f"still alive: {[pid for pid in front if alive(pid)]}\n{stack.log()}")
+        finally:
+            for pid in front:  # on a failure: no process of the test left behind
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        assert refuses_connections(stack.port)
