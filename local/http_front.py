@@ -32,8 +32,12 @@ What we add to uvicorn:
   codings, Expect), and an Upgrade request served as the HTTP/1.1 request it also is;
 - TCP_NODELAY on every connection (gunicorn's socket hides from asyncio that it is TCP);
 - error answers in JSON like the app's, instead of text;
-- workers and the arbiter die with their parent (PR_SET_PDEATHSIG), so a SIGKILLed
-  ``python -m local.run`` leaves nothing serving the port.
+- workers and the arbiter die with their parent (PR_SET_PDEATHSIG, SIGKILL: a stopped process
+  acts on no other signal), so a SIGKILLed ``python -m local.run`` or arbiter leaves nothing
+  serving the port;
+- an arbiter (``_Arbiter``) that kills within seconds a worker whose process does not run
+  (SIGSTOP), not after gunicorn's 30 s, and does not count a pause of its own (Ctrl-Z of the
+  stack) against its workers.
 """
 
 from __future__ import annotations
@@ -45,10 +49,13 @@ import errno
 import http
 import json
 import logging
+import mmap
 import os
 import resource
+import signal
 import socket
 import struct
+import sys
 import threading
 import time
 from typing import Any, Callable, ClassVar
@@ -84,6 +91,17 @@ WORKER_TIMEOUT_SECONDS = 30
 """The arbiter restarts a worker that has not said it is alive for this long (its loops stuck)."""
 HEARTBEAT_SECONDS = 1.0
 """How often, at most, a worker whose loops turn tells the arbiter it is alive."""
+PROCESS_TIMEOUT_SECONDS = 5.0
+"""The arbiter kills a worker whose process has not run at all for this long (SIGSTOP, a C call
+holding the interpreter): unlike a loop waiting for a slow LDAP server, such a worker serves
+nobody, and every request on it (its kept-alive connections, and the new connections the kernel
+queues on its listening socket) would wait for WORKER_TIMEOUT_SECONDS."""
+PROCESS_BEAT_SECONDS = 0.5
+"""How often a worker's process says it runs (``ProcessBeat``)."""
+ARBITER_PAUSE_SECONDS = 3.0
+"""A gap this long between two of the arbiter's checks (normally 1 s apart) means the arbiter
+itself did not run meanwhile (Ctrl-Z of the stack, then ``fg``): its workers' silence over that
+gap is not theirs."""
 MAX_CONNECTIONS = 1000
 """Open connections per worker (gunicorn's ``worker_connections``); the next gets 503 and is closed."""
 DESCRIPTORS_FOR_THE_APP = 100
@@ -662,17 +680,31 @@ class OneAppWorker(UvicornWorker):
     _loops: list[_LoopThread]
     _server: Server | None = None
     _last_heartbeat = 0.0
+    process_beat: "ProcessBeat"
+    """When this worker's process last ran, shared with the arbiter (``_Arbiter``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # in the arbiter, before the fork
         # The accepting loop bounds the worker's connections (_LoopServer._hand); uvicorn's own
         # check, per loop at each request, stays above it.
         self.config.limit_concurrency = self.cfg.worker_connections + 1
         self._loops = []
+        self.process_beat = ProcessBeat()
 
     def init_process(self) -> None:
-        die_with_parent(self.ppid)
+        # SIGKILL, not SIGTERM: a worker stopped (SIGSTOP) when its arbiter dies acts on no other
+        # signal, and stayed stopped for good, re-parented, holding its listening socket on the
+        # port: a share of the next front's new connections queued on it, unanswered forever.
+        die_with_parent(self.ppid, signal.SIGKILL)
+        threading.Thread(target=self._beat_while_running, name="vmpool-process-beat", daemon=True).start()
         super().init_process()
+
+    def _beat_while_running(self) -> None:
+        """Say that this process runs, for as long as it does (a thread of its own: its event
+        loops may each be busy with one request for many seconds)."""
+        while True:
+            self.process_beat.beat()
+            time.sleep(PROCESS_BEAT_SECONDS)
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi
@@ -714,13 +746,72 @@ class OneAppWorker(UvicornWorker):
             self.notify()
 
 
+class ProcessBeat:
+    """When a worker's process last ran (``time.monotonic()``, which every process of the
+    machine shares), in memory the arbiter makes before it forks the worker and reads after:
+    an anonymous shared mapping, so no descriptor to close or to leak into later workers."""
+
+    def __init__(self) -> None:
+        self._memory = mmap.mmap(-1, 8)  # MAP_SHARED | MAP_ANONYMOUS: the fork shares it
+        self.beat()  # a worker stopped before its first beat is not spared
+
+    def beat(self) -> None:
+        """Record that the process runs now."""
+        self._memory[:8] = struct.pack("d", time.monotonic())
+
+    def last(self) -> float:
+        """When the process last said it runs."""
+        return float(struct.unpack("d", self._memory[:8])[0])
+
+
+class _Arbiter(Arbiter):
+    """gunicorn's arbiter, which also kills a worker whose process has not run for
+    ``HttpFront.process_timeout`` (SIGKILL at once: a process that does not run acts on no other
+    signal), and counts no worker's silence over a pause of its own.
+
+    gunicorn alone waits for its ``timeout`` (30 s) whatever the reason a worker is silent: a
+    SIGSTOPped worker held every request on it, and the new connections the kernel kept giving
+    its listening socket (one in as many as there are workers), for 31 s, then reset them. The
+    timeout cannot be shorter for every silence: a worker whose loops each wait for a slow LDAP
+    server is serving. And after the whole stack was stopped (Ctrl-Z) for longer than the timeout,
+    the arbiter, resuming with its workers, found them all silent and killed them, resetting
+    every connection in the moment the stack came back."""
+
+    def __init__(self, app: BaseApplication) -> None:
+        super().__init__(app)
+        # From its start: a pause before its first check (a second after it forks the workers,
+        # which may be serving by then) counts too.
+        self._checked = time.monotonic()
+
+    def murder_workers(self) -> None:
+        now = time.monotonic()
+        if now - self._checked > ARBITER_PAUSE_SECONDS:
+            for worker in self.WORKERS.values():  # each gets its whole timeout again from now
+                worker.tmp.notify()
+                if isinstance(worker, OneAppWorker):
+                    worker.process_beat.beat()
+        self._checked = now
+        process_timeout = getattr(self.app, "process_timeout", None)
+        for pid, worker in list(self.WORKERS.items()):
+            if not isinstance(worker, OneAppWorker) or process_timeout is None or worker.aborted:
+                continue
+            silent = now - worker.process_beat.last()
+            if silent > process_timeout:
+                self.log.critical("WORKER NOT RUNNING for %.0f s (pid:%s): killed", silent, pid)
+                worker.aborted = True
+                self.kill_worker(pid, signal.SIGKILL)
+        super().murder_workers()
+
+
 class HttpFront(BaseApplication):
     """gunicorn, configured in code, serving the ASGI app that ``load_app`` builds in each worker."""
 
     def __init__(self, load_app: Callable[[], Callable[..., Any]], host: str, port: int, workers: int,
                  on_worker_ready: Callable[[], None] = lambda: None, max_connections: int = MAX_CONNECTIONS,
-                 worker_timeout: float = WORKER_TIMEOUT_SECONDS) -> None:
+                 worker_timeout: float = WORKER_TIMEOUT_SECONDS,
+                 process_timeout: float = PROCESS_TIMEOUT_SECONDS) -> None:
         self._load_app = load_app
+        self.process_timeout = process_timeout
         self._options: dict[str, Any] = {
             "bind": f"{host}:{port}",
             # A listening socket per worker (SO_REUSEPORT): the kernel spreads new connections
@@ -749,3 +840,11 @@ class HttpFront(BaseApplication):
 
     def load(self) -> Callable[..., Any]:
         return self._load_app()
+
+    def run(self) -> None:
+        """gunicorn's ``BaseApplication.run``, with ``_Arbiter``."""
+        try:
+            _Arbiter(self).run()
+        except RuntimeError as error:
+            print(f"\nError: {error}\n", file=sys.stderr, flush=True)
+            sys.exit(1)

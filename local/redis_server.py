@@ -46,13 +46,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _answers(port: int) -> bool:
-    """Whether something accepts connections on ``port`` on loopback."""
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
+def _listened_on(port: int) -> bool:
+    """Whether another socket listens on ``port`` on loopback: a bind that a port left in
+    TIME_WAIT would allow fails. (Not a connection: a program that never accepts them, its queue
+    full, looked like no program at all.)"""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 class RedisServer:
@@ -102,7 +106,7 @@ class RedisServer:
             if self._port_asked or not first_start:
                 break
             self.port = free_port()  # ours was taken between free_port() and redis-server's bind
-        why = ("something else listens on it" if _answers(self.port)
+        why = ("something else listens on it" if _listened_on(self.port)
                else f"it exited or did not answer within {timeout:.0f} s; its data: {self.data_dir}")
         if not self._started:
             self.stop()  # a directory of its own goes too
@@ -140,7 +144,8 @@ class RedisServer:
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=self.pass_fds,
             preexec_fn=(lambda: die_with_parent(parent)) if self.stop_with_parent else None,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        # Timeouts for both: a program that took the port may accept and never answer.
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5)
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -149,8 +154,8 @@ class RedisServer:
                     if client.ping() and client.info("server").get("process_id") == process.pid \
                             and (not migrate or self._switch_to_append_only(client, deadline)):
                         return True
-                except (redis.ConnectionError, redis.BusyLoadingError):
-                    pass
+                except redis.RedisError:
+                    pass  # not answering yet, or not a Redis that answers: ours until it exits
                 if process.poll() is not None or time.monotonic() > deadline:
                     stop_process(process)
                     self.process = None

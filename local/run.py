@@ -5,8 +5,8 @@ http://127.0.0.1:$PORT with gunicorn and uvicorn (``local.http_front``: a worker
 core, each running a few event loops on their own threads, each loop serving one request at a
 time), and runs every pool's reconcile on a timer. Ctrl-C
 stops all of it; so does killing this process (its children die with it). A redis-server or HTTP
-front that dies is started again. One stack per state directory: a second one on the same
-directory refuses to start.
+front that dies is started again (a redis-server that cannot be, for 30 s, stops the stack). One
+stack per state directory: a second one on the same directory refuses to start.
 
     python -m local.run [--port 8000] [--workers N] [--threads N] [--config FILE] [--provider dummy|vcsim]
 
@@ -73,7 +73,9 @@ def _serve_http(port: int, workers: int, threads: int, parent: int,
     """The HTTP front's process: gunicorn's arbiter, which forks the workers."""
     from local.processes import die_with_parent
 
-    die_with_parent(parent)
+    # SIGKILL: an arbiter stopped (SIGSTOP) when the stack dies acts on no other signal, and its
+    # workers (whose parent lives on, stopped) went on serving the port with nobody to stop them.
+    die_with_parent(parent, signal.SIGKILL)
     import app as chalice_app
     from local.gateway import AsgiApp
     from local.http_front import CLIENT_TIMEOUT_SECONDS, HttpFront
@@ -225,19 +227,51 @@ def _start_front(method: str, port: int, workers: int, threads: int) -> tuple[Ba
     return front, ready
 
 
-def _restart_if_gone(redis_server: "RedisServer") -> None:
+REDIS_RESTART_SECONDS = float(os.environ.get("VMPOOL_REDIS_RESTART_SECONDS", "30"))
+"""How long the stack goes on trying to start its redis-server again after it died (a port that
+another program took meanwhile is seldom given back, data Redis cannot read stays so) before it
+stops, saying why: started again, it picks a free port (unless ``--redis-port`` names one) and
+reads the data kept in the state directory."""
+
+
+class RedisRestarts:
     """Start the stack's redis-server again, on its port and data, if it has died (a crash, a
     ``kill -9``, the OOM killer): its append-only file holds every write it acknowledged, so the
-    service resumes where it was instead of answering 503 until someone restarts `make run`."""
-    process = redis_server.process  # None after a failed start: try again
-    if process is not None and process.poll() is None:
-        return
-    code = "?" if process is None else process.returncode
-    print(f"vmpool: redis-server exited ({code}); starting it again", file=sys.stderr, flush=True)
-    try:
-        redis_server.start()
-    except RuntimeError as error:  # its port taken meanwhile, its data unreadable: try again shortly
-        print(f"vmpool: {error}; trying again", file=sys.stderr, flush=True)
+    service resumes where it was instead of answering 503 until someone restarts `make run`.
+
+    Not on another port: every HTTP worker and the scheduler hold the server's address. When it
+    cannot be started for REDIS_RESTART_SECONDS, ``check`` says why, for the stack to stop with
+    it; before, it tried the same taken port forever (the service answering 503 throughout), or
+    a port held by a program that accepted connections and never answered stopped the stack
+    with a traceback."""
+
+    def __init__(self, redis_server: "RedisServer", give_up_seconds: float = REDIS_RESTART_SECONDS) -> None:
+        self.redis_server = redis_server
+        self.give_up_seconds = give_up_seconds
+        self._failing_since: float | None = None
+
+    def check(self) -> str | None:
+        """Start the server again if it is gone: None while it serves or may still be started,
+        else why the stack must stop."""
+        process = self.redis_server.process  # None after a failed start: try again
+        if process is not None and process.poll() is None:
+            self._failing_since = None
+            return None
+        if self._failing_since is None:
+            code = "?" if process is None else process.returncode
+            print(f"vmpool: redis-server exited ({code}); starting it again", file=sys.stderr, flush=True)
+            self._failing_since = time.monotonic()
+        try:
+            self.redis_server.start()
+        except RuntimeError as error:  # its port taken meanwhile, its data unreadable
+            if time.monotonic() - self._failing_since < self.give_up_seconds:
+                print(f"vmpool: {error}; trying again", file=sys.stderr, flush=True)
+                return None
+            return (f"{error}, for {self.give_up_seconds:.0f} s; stopping. Its data is kept in "
+                    f"{self.redis_server.data_dir}: `make run` again starts it on a free port "
+                    "(unless --redis-port or VMPOOL_LOCAL_REDIS_PORT names one)")
+        self._failing_since = None
+        return None
 
 
 def _tcp_port(text: str) -> int:
@@ -351,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
 
         from local.scheduler import LocalScheduler
 
+        redis_restarts = RedisRestarts(redis_server)
+
         scheduler = LocalScheduler(chalice_app.services(), interval_seconds=args.interval)
         scheduler.start()
         pools = ", ".join(chalice_app.CONFIG.pool_names)
@@ -367,7 +403,10 @@ def main(argv: list[str] | None = None) -> int:
                 # and a fork would copy whatever locks they hold.
                 front, _ = _start_front("spawn", args.port, workers, max(args.threads, 1))
                 front_started = time.monotonic()
-            _restart_if_gone(redis_server)
+            redis_lost = redis_restarts.check()
+            if redis_lost is not None:
+                print(f"vmpool: {redis_lost}", file=sys.stderr, flush=True)
+                return 1
         return 0
     except KeyboardInterrupt:
         return 0
