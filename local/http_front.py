@@ -320,10 +320,14 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         return None
 
     def on_response_complete(self) -> None:
-        self.transport.flush()  # type: ignore[attr-defined]
         super().on_response_complete()  # starts the next pipelined request, if one waits
         if not self.pipeline and (self.cycle is None or self.cycle.response_complete):
             self._now_idle()
+        # Sent only now that the connection is idle: the send releases the GIL, and this loop's
+        # thread may wait for it long after the client has its answer. A client that then opened
+        # another connection at the worker's bound found every place held by a request (this
+        # one still counted in the app) and was refused, where it should take this one's place.
+        self.transport.flush()  # type: ignore[attr-defined]
         if self._deferred is not None:
             self._owed -= 1
             if self._owed <= 0:

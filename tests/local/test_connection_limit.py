@@ -6,6 +6,7 @@ one event loop (a plain Chalice app) or on several (a request-local app)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import socket
@@ -174,6 +175,59 @@ def test_a_connection_counts_once_from_its_hand_off_until_it_is_gone() -> None:
     asyncio.run(hand_one_and_close_it())
     assert counts[:-1] == [1] * 20, counts
     assert counts[-1] == 0
+
+
+def test_a_connection_is_idle_before_its_answer_leaves() -> None:
+    """A client that has its answer and opens another connection at the worker's bound takes the
+    place of the first one. Before, the connection was marked idle only after its answer was
+    sent; the send releases the GIL, and on a loaded machine its loop's thread waited for it
+    while the client read the answer and connected again: the accepting loop found every
+    connection still in the app and answered 503 (seen in CI, four loops: all three connections
+    answered, none idle yet, 2 failures in 13 runs at load 12)."""
+    import asyncio
+
+    import uvicorn
+
+    from local.http_front import BoundedHttpProtocol, _LoopServer
+
+    config = uvicorn.Config(app=ONE_LOOP(), http=BoundedHttpProtocol, lifespan="off", loop="asyncio")
+    config.load()
+    server = _LoopServer(config=config)
+    idle_as_sent: list[bool] = []
+    received = b""
+
+    async def ask_once() -> None:
+        nonlocal received
+        server.lifespan = config.lifespan_class(config)  # as uvicorn's Server._serve makes it
+        await server.startup(sockets=[])  # serving no listener: connections come by hand-off
+        ours, theirs = socket.socketpair()
+        theirs.setblocking(False)
+        ours.setblocking(False)
+        server.handed += 1  # as the accepting loop's _hand does
+        server._adopt(theirs)
+        while not server.idle:  # taken up: idle until its first request
+            await asyncio.sleep(0)
+        [connection] = server.idle
+        sent = connection.transport._transport  # type: ignore[attr-defined]  # under the coalescing one
+        write = sent.write
+
+        def write_seen(data: bytes) -> None:  # the moment the answer leaves for the client
+            idle_as_sent.append(connection in server.idle)
+            write(data)
+
+        sent.write = write_seen
+        ours.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            with contextlib.suppress(BlockingIOError):
+                received += ours.recv(65536)
+            if b"hello" in received:
+                break
+        ours.close()
+
+    asyncio.run(ask_once())
+    assert received.startswith(b"HTTP/1.1 200"), received
+    assert idle_as_sent == [True]
 
 
 OPEN_FILES = 200
