@@ -461,6 +461,8 @@ class _LoopServer(Server):
     alive. (uvicorn's own ``callback_notify`` is asked every tenth turn only: a loop whose turns
     each run many requests went past the arbiter's timeout and was killed while it served.)"""
     followers: tuple["_LoopServer", ...] = ()
+    accepting: "_LoopServer | None" = None
+    """On the worker's other loops: its first loop, the one accepting for all."""
     max_connections: int | None = None
     """The worker's bound on open connections, over all its loops (on the accepting loop)."""
     loop: asyncio.AbstractEventLoop | None = None
@@ -487,6 +489,12 @@ class _LoopServer(Server):
     def held(self) -> int:
         """Connections this loop serves or is about to."""
         return self.handed - self.released
+
+    def over_the_bound(self) -> bool:
+        """Whether the worker holds more connections than its bound (read from any of its loops)."""
+        first = self.accepting or self
+        return (first.max_connections is not None
+                and sum(loop.held() for loop in (*first.followers, first)) > first.max_connections)
 
     def spare(self) -> int:
         """Idle connections this loop could still close for a new one."""
@@ -586,11 +594,14 @@ class _LoopServer(Server):
         if evict:
             self.evictions_done += 1
             oldest = next(iter(self.idle), None)
-            if oldest is None:  # busy since it was asked: the new connection is the one refused
+            if oldest is not None:
+                oldest.evict()
+            elif self.over_the_bound():  # busy since it was asked: the new connection is the one refused
                 self.released += 1
                 _turn_away(connection)
                 return
-            oldest.evict()
+            # Else the idle one is gone since it was asked (its keep-alive ran out, its client
+            # hung up): its place is free, and the new connection takes it. It was refused.
         if self.should_exit:
             self.released += 1
             connection.close()
@@ -688,6 +699,8 @@ class OneAppWorker(UvicornWorker):
         self._server.max_connections = connection_bound(self.cfg.worker_connections)
         self._loops = [_LoopThread(self, number) for number in range(1, loops)]
         self._server.followers = tuple(loop.server for loop in self._loops)
+        for loop in self._loops:
+            loop.server.accepting = self._server
         for loop in self._loops:
             loop.start()
         self._install_sigquit_handler()

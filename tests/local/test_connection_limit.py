@@ -230,6 +230,61 @@ def test_a_connection_is_idle_before_its_answer_leaves() -> None:
     assert idle_as_sent == [True]
 
 
+def test_a_connection_whose_idle_place_was_freed_before_its_eviction_is_served() -> None:
+    """At the bound the accepting loop gives a new connection to a loop with an idle one, which
+    closes it for the new one on its own thread, a moment later. When the idle connection went
+    meanwhile (its keep-alive ran out, its client hung up), its place is free and the new one
+    takes it. Before, the new one was refused with a 503, as if the idle one had become busy."""
+    import asyncio
+
+    import uvicorn
+
+    from local.http_front import BoundedHttpProtocol, _LoopServer
+
+    config = uvicorn.Config(app=ONE_LOOP(), http=BoundedHttpProtocol, lifespan="off", loop="asyncio")
+    config.load()
+    server = _LoopServer(config=config)
+    server.max_connections = 1
+    received = b""
+
+    async def turns(count: int = 20) -> None:
+        for _ in range(count):
+            await asyncio.sleep(0)
+
+    async def replace_a_connection_that_goes() -> None:
+        nonlocal received
+        server.lifespan = config.lifespan_class(config)  # as uvicorn's Server._serve makes it
+        await server.startup(sockets=[])  # serving no listener: connections come by hand-off
+        old_client, old = socket.socketpair()
+        old.setblocking(False)
+        server.handed += 1  # as the accepting loop's _hand does
+        server._adopt(old)
+        await turns()
+        assert len(server.idle) == 1
+        new_client, new = socket.socketpair()
+        new.setblocking(False)
+        new_client.setblocking(False)
+        server.handed += 1  # the accepting loop, at the bound: this loop is to evict its idle one
+        server.evictions_asked += 1
+        old_client.close()  # ... which goes on its own before the hand-off reaches this loop
+        await turns()
+        assert not server.idle and server.held() == 1
+        server._adopt(new, evict=True)
+        await turns()
+        with contextlib.suppress(BrokenPipeError):  # refused and closed: its 503 is read below
+            new_client.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            with contextlib.suppress(BlockingIOError):
+                received += new_client.recv(65536)
+            if b"hello" in received or b"503" in received:
+                break
+        new_client.close()
+
+    asyncio.run(replace_a_connection_that_goes())
+    assert received.startswith(b"HTTP/1.1 200"), received
+
+
 OPEN_FILES = 200
 """The served process's descriptor limit in the next test (soft and hard, as ``ulimit -n 200``)."""
 
