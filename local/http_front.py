@@ -338,10 +338,14 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         return None
 
     def on_response_complete(self) -> None:
-        self.transport.flush()  # type: ignore[attr-defined]
         super().on_response_complete()  # starts the next pipelined request, if one waits
         if not self.pipeline and (self.cycle is None or self.cycle.response_complete):
             self._now_idle()
+        # Sent only now that the connection is idle: the send releases the GIL, and this loop's
+        # thread may wait for it long after the client has its answer. A client that then opened
+        # another connection at the worker's bound found every place held by a request (this
+        # one still counted in the app) and was refused, where it should take this one's place.
+        self.transport.flush()  # type: ignore[attr-defined]
         if self._deferred is not None:
             self._owed -= 1
             if self._owed <= 0:
@@ -475,6 +479,8 @@ class _LoopServer(Server):
     alive. (uvicorn's own ``callback_notify`` is asked every tenth turn only: a loop whose turns
     each run many requests went past the arbiter's timeout and was killed while it served.)"""
     followers: tuple["_LoopServer", ...] = ()
+    accepting: "_LoopServer | None" = None
+    """On the worker's other loops: its first loop, the one accepting for all."""
     max_connections: int | None = None
     """The worker's bound on open connections, over all its loops (on the accepting loop)."""
     loop: asyncio.AbstractEventLoop | None = None
@@ -501,6 +507,12 @@ class _LoopServer(Server):
     def held(self) -> int:
         """Connections this loop serves or is about to."""
         return self.handed - self.released
+
+    def over_the_bound(self) -> bool:
+        """Whether the worker holds more connections than its bound (read from any of its loops)."""
+        first = self.accepting or self
+        return (first.max_connections is not None
+                and sum(loop.held() for loop in (*first.followers, first)) > first.max_connections)
 
     def spare(self) -> int:
         """Idle connections this loop could still close for a new one."""
@@ -600,11 +612,14 @@ class _LoopServer(Server):
         if evict:
             self.evictions_done += 1
             oldest = next(iter(self.idle), None)
-            if oldest is None:  # busy since it was asked: the new connection is the one refused
+            if oldest is not None:
+                oldest.evict()
+            elif self.over_the_bound():  # busy since it was asked: the new connection is the one refused
                 self.released += 1
                 _turn_away(connection)
                 return
-            oldest.evict()
+            # Else the idle one is gone since it was asked (its keep-alive ran out, its client
+            # hung up): its place is free, and the new connection takes it. It was refused.
         if self.should_exit:
             self.released += 1
             connection.close()
@@ -716,6 +731,8 @@ class OneAppWorker(UvicornWorker):
         self._server.max_connections = connection_bound(self.cfg.worker_connections)
         self._loops = [_LoopThread(self, number) for number in range(1, loops)]
         self._server.followers = tuple(loop.server for loop in self._loops)
+        for loop in self._loops:
+            loop.server.accepting = self._server
         for loop in self._loops:
             loop.start()
         self._install_sigquit_handler()

@@ -6,6 +6,7 @@ one event loop (a plain Chalice app) or on several (a request-local app)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import socket
@@ -174,6 +175,114 @@ def test_a_connection_counts_once_from_its_hand_off_until_it_is_gone() -> None:
     asyncio.run(hand_one_and_close_it())
     assert counts[:-1] == [1] * 20, counts
     assert counts[-1] == 0
+
+
+def test_a_connection_is_idle_before_its_answer_leaves() -> None:
+    """A client that has its answer and opens another connection at the worker's bound takes the
+    place of the first one. Before, the connection was marked idle only after its answer was
+    sent; the send releases the GIL, and on a loaded machine its loop's thread waited for it
+    while the client read the answer and connected again: the accepting loop found every
+    connection still in the app and answered 503 (seen in CI, four loops: all three connections
+    answered, none idle yet, 2 failures in 13 runs at load 12)."""
+    import asyncio
+
+    import uvicorn
+
+    from local.http_front import BoundedHttpProtocol, _LoopServer
+
+    config = uvicorn.Config(app=ONE_LOOP(), http=BoundedHttpProtocol, lifespan="off", loop="asyncio")
+    config.load()
+    server = _LoopServer(config=config)
+    idle_as_sent: list[bool] = []
+    received = b""
+
+    async def ask_once() -> None:
+        nonlocal received
+        server.lifespan = config.lifespan_class(config)  # as uvicorn's Server._serve makes it
+        await server.startup(sockets=[])  # serving no listener: connections come by hand-off
+        ours, theirs = socket.socketpair()
+        theirs.setblocking(False)
+        ours.setblocking(False)
+        server.handed += 1  # as the accepting loop's _hand does
+        server._adopt(theirs)
+        while not server.idle:  # taken up: idle until its first request
+            await asyncio.sleep(0)
+        [connection] = server.idle
+        sent = connection.transport._transport  # type: ignore[attr-defined]  # under the coalescing one
+        write = sent.write
+
+        def write_seen(data: bytes) -> None:  # the moment the answer leaves for the client
+            idle_as_sent.append(connection in server.idle)
+            write(data)
+
+        sent.write = write_seen
+        ours.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            with contextlib.suppress(BlockingIOError):
+                received += ours.recv(65536)
+            if b"hello" in received:
+                break
+        ours.close()
+
+    asyncio.run(ask_once())
+    assert received.startswith(b"HTTP/1.1 200"), received
+    assert idle_as_sent == [True]
+
+
+def test_a_connection_whose_idle_place_was_freed_before_its_eviction_is_served() -> None:
+    """At the bound the accepting loop gives a new connection to a loop with an idle one, which
+    closes it for the new one on its own thread, a moment later. When the idle connection went
+    meanwhile (its keep-alive ran out, its client hung up), its place is free and the new one
+    takes it. Before, the new one was refused with a 503, as if the idle one had become busy."""
+    import asyncio
+
+    import uvicorn
+
+    from local.http_front import BoundedHttpProtocol, _LoopServer
+
+    config = uvicorn.Config(app=ONE_LOOP(), http=BoundedHttpProtocol, lifespan="off", loop="asyncio")
+    config.load()
+    server = _LoopServer(config=config)
+    server.max_connections = 1
+    received = b""
+
+    async def turns(count: int = 20) -> None:
+        for _ in range(count):
+            await asyncio.sleep(0)
+
+    async def replace_a_connection_that_goes() -> None:
+        nonlocal received
+        server.lifespan = config.lifespan_class(config)  # as uvicorn's Server._serve makes it
+        await server.startup(sockets=[])  # serving no listener: connections come by hand-off
+        old_client, old = socket.socketpair()
+        old.setblocking(False)
+        server.handed += 1  # as the accepting loop's _hand does
+        server._adopt(old)
+        await turns()
+        assert len(server.idle) == 1
+        new_client, new = socket.socketpair()
+        new.setblocking(False)
+        new_client.setblocking(False)
+        server.handed += 1  # the accepting loop, at the bound: this loop is to evict its idle one
+        server.evictions_asked += 1
+        old_client.close()  # ... which goes on its own before the hand-off reaches this loop
+        await turns()
+        assert not server.idle and server.held() == 1
+        server._adopt(new, evict=True)
+        await turns()
+        with contextlib.suppress(BrokenPipeError):  # refused and closed: its 503 is read below
+            new_client.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            with contextlib.suppress(BlockingIOError):
+                received += new_client.recv(65536)
+            if b"hello" in received or b"503" in received:
+                break
+        new_client.close()
+
+    asyncio.run(replace_a_connection_that_goes())
+    assert received.startswith(b"HTTP/1.1 200"), received
 
 
 OPEN_FILES = 200
