@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import secrets
+import signal
 import socket
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import redis
@@ -245,6 +246,52 @@ def test_an_expired_session_logs_in_again_without_showing_the_password(
         assert launcher.PASSWORD not in caplog.text
     finally:
         server.stop()
+
+
+def paused_after_inventory(server: VcsimServer) -> Callable[[str], None]:
+    """A pass checkpoint that SIGSTOPs the simulator once the pass has read its inventory: vCenter
+    hangs mid-pass (the caller sends SIGCONT)."""
+    assert server.process is not None
+    process = server.process
+
+    def pause(step: str) -> None:
+        if step == "inventory":
+            process.send_signal(signal.SIGSTOP)
+
+    return pause
+
+
+def test_vcenter_hung_mid_pass_costs_disk_and_snapshot_tasks_one_timeout_and_fails_no_other(
+        private_vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
+    """vCenter hangs after the pass read its inventory, with snapshots and a disk queued on VMs in
+    use: the first task's call times out (that one fails: vCenter may have done it); the pass
+    starts no other, they wait for the next passes, which do them once vCenter is back. Before,
+    the pass waited once per task (a timeout each, 60 s by default: the whole invocation's time)
+    and failed every one of the users' tasks."""
+    harness = pool_harness(make_harness, private_vcsim, size=3, service={"task_limit": 3},
+                           provider={"call_timeout": 1, "connect_timeout": 1})
+    converge(harness, 3)
+    taken = harness.checkout_vms(POOL, 3)
+    for name in taken:
+        assert harness.post(f"/api/v3/vm/{name}/snapshot").status == 202
+    assert harness.post(f"/api/v3/vm/{taken[0]}/disk/4").status == 202
+    assert private_vcsim.process is not None
+    try:
+        harness.reconcile(POOL, paused_after_inventory(private_vcsim))
+    finally:
+        private_vcsim.process.send_signal(signal.SIGCONT)
+    failed = {name: harness.describe(name).get("task_errors", []) for name in taken}
+    assert sum(len(errors) for errors in failed.values()) == 1, failed
+    assert "timed out" in next(error for errors in failed.values() for error in errors)
+
+    def tasks_done() -> bool:
+        harness.clock.advance(60)
+        harness.reconcile(POOL)
+        shown = [harness.describe(name) for name in taken]
+        return all(vm.get("snapshots") or vm.get("task_errors") for vm in shown) and shown[0]["disk"] == ["+4gb"]
+
+    eventually(tasks_done, 30, "the tasks left queued to be done once vCenter is back", interval=0.2)
+    assert sum(len(harness.describe(name).get("task_errors", [])) for name in taken) == 1
 
 
 # --- 4. and 5. clones that fail: configured wrong, or failing in vCenter ------------------------------
