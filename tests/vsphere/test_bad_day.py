@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import signal
 import socket
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from chalicelib.providers.base import ProviderError
 from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import connection as connections
 from chalicelib.services import Services
-from tests.harness import Harness, HarnessFactory, Killed, assert_consistent
+from tests.harness import Harness, HarnessFactory, Killed, assert_consistent, run_at_once
 from tests.support import counts_by_reason, emf_documents, eventually
 from tests.vsphere import admin
 from tests.vsphere.vcsim import DATACENTER, VcsimServer, vcsim_config
@@ -250,13 +249,11 @@ def test_an_expired_session_logs_in_again_without_showing_the_password(
 
 def paused_after_inventory(server: VcsimServer) -> Callable[[str], None]:
     """A pass checkpoint that SIGSTOPs the simulator once the pass has read its inventory: vCenter
-    hangs mid-pass (the caller sends SIGCONT)."""
-    assert server.process is not None
-    process = server.process
+    hangs mid-pass (the caller resumes it)."""
 
     def pause(step: str) -> None:
         if step == "inventory":
-            process.send_signal(signal.SIGSTOP)
+            server.pause()
 
     return pause
 
@@ -275,11 +272,10 @@ def test_vcenter_hung_mid_pass_costs_disk_and_snapshot_tasks_one_timeout_and_fai
     for name in taken:
         assert harness.post(f"/api/v3/vm/{name}/snapshot").status == 202
     assert harness.post(f"/api/v3/vm/{taken[0]}/disk/4").status == 202
-    assert private_vcsim.process is not None
     try:
         harness.reconcile(POOL, paused_after_inventory(private_vcsim))
     finally:
-        private_vcsim.process.send_signal(signal.SIGCONT)
+        private_vcsim.resume()
     failed = {name: harness.describe(name).get("task_errors", []) for name in taken}
     assert sum(len(errors) for errors in failed.values()) == 1, failed
     assert "timed out" in next(error for errors in failed.values() for error in errors)
@@ -292,6 +288,41 @@ def test_vcenter_hung_mid_pass_costs_disk_and_snapshot_tasks_one_timeout_and_fai
 
     eventually(tasks_done, 30, "the tasks left queued to be done once vCenter is back", interval=0.2)
     assert sum(len(harness.describe(name).get("task_errors", [])) for name in taken) == 1
+
+
+def test_passes_of_a_batch_waiting_for_a_hung_vcenter_fail_with_the_one_timeout_not_one_each(
+        private_vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
+    """The consumer runs the passes of a batch's pools at once, on the one connection the process
+    keeps to a vCenter: a pass waits for the call of another to end. vCenter hangs: the first call
+    waits its timeout; the passes that were waiting meanwhile now fail with it, not each after a
+    timeout of its own in turn (10 pools: call_timeout + 9 connect_timeouts, 150 s by default, for
+    the last: the whole batch's time, and the passes given up kept holding the connection in the
+    next invocations). A call made after vCenter is back is answered."""
+    pools = [{"name": f"hung-{index}", "size": 0, "folder": f"vmpool/hung-{index}"} for index in range(4)]
+    config = vcsim_config(private_vcsim, pools, provider={"call_timeout": 1, "connect_timeout": 1})
+    harness = make_harness(config)
+    provider = harness.provider
+    for pool in config.pools:
+        provider.list_vms(pool)
+    errors: list[ProviderError] = []
+    unlisted = list(config.pools)
+
+    def list_one_pool() -> None:
+        try:
+            provider.list_vms(unlisted.pop())
+        except ProviderError as error:
+            errors.append(error)
+
+    private_vcsim.pause()
+    try:
+        run_at_once(list_one_pool, len(unlisted))
+    finally:
+        private_vcsim.resume()
+    assert len(errors) == 4 and {error.kind for error in errors} == {FailureKind.TIMEOUT}, errors
+    waited = [error for error in errors if "not tried" not in str(error)]
+    assert len(waited) == 1, errors
+    assert all(str(waited[0]).partition(": ")[2] in str(error) for error in errors), errors
+    assert provider.list_vms(config.pools[0]) == []
 
 
 # --- 4. and 5. clones that fail: configured wrong, or failing in vCenter ------------------------------

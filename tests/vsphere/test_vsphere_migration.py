@@ -5,7 +5,6 @@ and GET /vm shows where each VM really is."""
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Iterator
 
@@ -133,8 +132,7 @@ def test_vcenter_hung_mid_pass_costs_the_migrations_one_timeout_and_fails_no_oth
     try:
         stack.reconcile("mig", paused_after_inventory(busy_vcsim))
     finally:
-        assert busy_vcsim.process is not None
-        busy_vcsim.process.send_signal(signal.SIGCONT)
+        busy_vcsim.resume()
 
     def errors() -> list[str]:
         records = stack.store.records(taken)
