@@ -19,9 +19,11 @@ import pytest
 import redis
 
 from chalicelib.clock import FakeClock
+from chalicelib.config import PoolConfig
+from chalicelib.manager import pending
 from chalicelib.manager.context import PassReport
 from chalicelib.manager.runner import run_pool
-from chalicelib.providers.base import ProviderError
+from chalicelib.providers.base import ProviderError, Readiness, VMInfo
 from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import connection as connections
 from chalicelib.services import Services
@@ -323,6 +325,65 @@ def test_passes_of_a_batch_waiting_for_a_hung_vcenter_fail_with_the_one_timeout_
     assert len(waited) == 1, errors
     assert all(str(waited[0]).partition(": ")[2] in str(error) for error in errors), errors
     assert provider.list_vms(config.pools[0]) == []
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A local port whose connects are never answered: its accept queue is full (as a guest
+    behind a firewall that drops packets)."""
+    listener = socket.socket()
+    fillers = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def test_guests_that_never_answer_the_ready_port_cost_a_pass_its_readiness_budget_not_3_s_each(
+        vcsim: VcsimServer, make_harness: HarnessFactory, silent_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ready_check: tcp`` with the guests' port dropping packets (a firewall between vmpool and
+    the guests): each check waits 3 s, and a pass checked every pending VM: twenty were the
+    reconcile function's 60 s, every pass. Now a pass stops checking once its budget is spent
+    (15 s; 5 here) and the next pass checks the others first."""
+    monkeypatch.setattr(pending, "READY_CHECK_SECONDS_PER_PASS", 5.0, raising=False)
+    harness = pool_harness(make_harness, vcsim, size=4, service={"task_limit": 4}, ready_check="tcp",
+                           ready_port=silent_port)
+    check_ready = harness.provider.check_ready
+
+    def checked_on_the_pass_clock(pool: PoolConfig, vm: VMInfo) -> Readiness:
+        started = time.monotonic()
+        try:
+            return check_ready(pool, vm)
+        finally:
+            harness.clock.advance(time.monotonic() - started)  # the pass's clock sees the wait
+
+    monkeypatch.setattr(harness.provider, "check_ready", checked_on_the_pass_clock)
+    assert len(harness.reconcile(POOL).clones_started) == 4
+
+    def booted() -> bool:  # the simulator's guests report their IP after its boot delay
+        return all(vm.ip for vm in harness.provider.list_vms(harness.pool(POOL))) and len(in_vcsim(harness)) == 4
+
+    eventually(booted, 10, "the guests to report an IP", interval=0.2)
+
+    def checked() -> set[str]:
+        return {name for name in harness.hosts(POOL, "pending")
+                if "cannot connect" in (harness.describe(name).get("not_ready_reason") or "")}
+
+    harness.reconcile(POOL)
+    first = checked()
+    assert len(first) == 2, first  # 2 checks of 3 s: past the 5 s budget
+    harness.reconcile(POOL)
+    assert checked() == harness.hosts(POOL, "pending") and len(checked()) == 4
 
 
 # --- 4. and 5. clones that fail: configured wrong, or failing in vCenter ------------------------------
