@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 from chalicelib import observability as metric
 from chalicelib.manager.context import PassContext
 from chalicelib.observability import emit, logger
-from chalicelib.providers.base import ProviderError, TaskState
+from chalicelib.providers.base import UNREACHABLE, ProviderError, TaskState
 from chalicelib.store import Store, VMRecord
 from chalicelib.store.leases import LeaseHolder, labelled_holder
 from chalicelib.store.migrations import QUEUED, STARTED, TAKER_GONE, MigrationStore
@@ -73,36 +73,44 @@ def run(context: PassContext) -> None:
             queued.append(record)
         context.checkpoint("migration")
     for record in sorted(queued, key=lambda queued_vm: queued_vm.checkout or 0.0):
-        _start(context, migrations, record, limit)
+        reached = _start(context, migrations, record, limit)
         context.checkpoint("migration")
+        if not reached:
+            # The provider could not be reached or timed out: each other start would wait as
+            # long, and fail. They stay queued for the next pass.
+            context.report.followups += 1
+            break
 
 
-def _start(context: PassContext, migrations: MigrationStore, record: VMRecord, limit: int) -> None:
+def _start(context: PassContext, migrations: MigrationStore, record: VMRecord, limit: int) -> bool:
+    """Take a slot and start the VM's migration; whether the provider could be reached (a start
+    that timed out fails the migration: vCenter may have begun the move)."""
     if limit <= 0:
         migrations.finish(record.name)  # migrations were turned off since the checkout
-        return
+        return True
     taken = migrations.take_slot(record.name, limit, context.now)
     if taken == "limit":
         context.report.followups += 1
-        return
+        return True
     if taken != "started":
-        return
+        return True
     context.checkpoint("migration_slot")
     try:
         moving = context.provider.start_migration(context.pool, record.name)
     except ProviderError as error:
         _failed(context, migrations, record, f"migration failed to start: {error}")
-        return
+        return error.kind not in UNREACHABLE
     if moving is None:
         migrations.finish(record.name)
         logger.info("no migration needed", extra={"pool": context.pool.name, "hostname": record.name,
                                                   "host": record.host})
-        return
+        return True
     context.store.update_vm(record.name, migration_task=moving.task_ref, migration_from=moving.from_host,
                           migration_to=moving.to_host)
     context.report.followups += 1
     logger.info("VM migration started", extra={"pool": context.pool.name, "hostname": record.name,
                                                 "from": moving.from_host, "to": moving.to_host})
+    return True
 
 
 def _follow(context: PassContext, migrations: MigrationStore, record: VMRecord) -> None:

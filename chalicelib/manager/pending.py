@@ -24,6 +24,12 @@ from chalicelib.timestamps import ruby_time
 CLONE_START_GRACE_SECONDS = 120.0
 """How long a reserved name may wait for its clone task to be recorded before the pass decides
 the pass that reserved it died in between (longer than any pass takes between the two steps)."""
+READY_CHECK_SECONDS_PER_PASS = 15.0
+"""Time a pass spends on its pending VMs' readiness checks at most (a quarter of the reconcile
+function's 60 s, as for DNS): a check may wait for an answer (vSphere's ``tcp`` check: 3 s to
+connect to a guest whose port drops packets), and twenty guests behind a firewall were the whole
+function's time, every pass. The VMs past it are checked by the next passes, never-checked
+ones first."""
 RESERVER_GONE = "reserver_gone"
 """A pending VM's record field: the process that reserved it (its ``reserver``) is known dead
 (``abandon_unstarted_clones``), so the grace above is not waited for."""
@@ -103,7 +109,10 @@ def _check_boots(context: PassContext, records: list[VMRecord], ages: dict[str, 
     timeout = context.pool.timeout_minutes * 60
     ready: dict[str, VMInfo] = {}
     reasons: dict[str, dict[str, str]] = {}
-    for record in records:
+    checking = 0.0
+    # Never-checked VMs first, then the oldest: when the checks' budget runs out, the VMs left
+    # for the next pass are the ones checked before.
+    for record in sorted(records, key=lambda pending: (bool(pending.not_ready_reason), -ages[pending.name])):
         hostname, age = record.name, ages[record.name]
         vm = context.inventory.get(hostname)
         if vm is None:
@@ -113,7 +122,12 @@ def _check_boots(context: PassContext, records: list[VMRecord], ages: dict[str, 
                     hostname, "pending", f"not in the provider {_minutes(age)} after clone start"
                 )
             continue
+        if checking >= READY_CHECK_SECONDS_PER_PASS:
+            continue  # checked by the next pass (its reason, and its timeout, wait until then)
+        started, on_dns = context.clock.monotonic(), context.dns_seconds
         readiness = dns_records.check_ready(context, record, vm)
+        # DNS calls have their own budget (PassContext.dns_call): only the check counts here.
+        checking += context.clock.monotonic() - started - (context.dns_seconds - on_dns)
         if readiness.ready and record.raw.get("request"):
             ondemand.deliver(context, record, vm, age)  # built for a request: it goes to running
         elif readiness.ready:

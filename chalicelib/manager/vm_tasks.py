@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from chalicelib.config import PoolConfig
 from chalicelib.manager.context import PassContext
-from chalicelib.providers.base import Provider, ProviderError, TaskState
+from chalicelib.providers.base import UNREACHABLE, Provider, ProviderError, TaskState
 from chalicelib.store.leases import LeaseHolder, labelled_holder
 from chalicelib.store.store import Store
 from chalicelib.store.vm_tasks import DISK, REVERT, SNAPSHOT, VMTaskStore, in_flight
@@ -52,11 +52,17 @@ def run_tasks(context: PassContext) -> None:
         context.report.errors.append("disk and snapshot tasks held: no replica acknowledged in time")
         context.report.followups += 1
         return
+    # Providers a task's start could not reach or timed out on in this pass: the pass starts no
+    # other task there (each would wait as long, and fail); they stay queued for the next pass.
+    unreachable: set[str] = set()
     for hostname in hostnames:
         record = context.store.get_vm(hostname)
         running = record is not None and record.state == "running" and record.pool == context.pool.name
         # The VM may have been made where its pool no longer makes VMs (manager/placement.py).
         reached = context.reach(record) if record is not None and running else None
+        if reached is not None and reached[0].name in unreachable:
+            context.report.followups += 1
+            continue
         for _ in range(MAX_STEPS_PER_VM):
             task, new = tasks.take(hostname, context.pool.name, context.now)
             if task is None:
@@ -67,7 +73,10 @@ def run_tasks(context: PassContext) -> None:
                 tasks.finish(hostname, task["id"], error=f"{describe(task)} failed: the provider the VM "
                                                          "was made with is no longer configured")
             elif new:
-                _start(reached, context, tasks, hostname, task)
+                if not _start(reached, context, tasks, hostname, task):
+                    unreachable.add(reached[0].name)
+                    context.report.followups += 1
+                    break
             elif not _follow(reached[0], context, tasks, hostname, task):
                 context.report.followups += 1
                 break
@@ -75,7 +84,10 @@ def run_tasks(context: PassContext) -> None:
 
 
 def _start(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: VMTaskStore, hostname: str,
-           task: Mapping[str, Any]) -> None:
+           task: Mapping[str, Any]) -> bool:
+    """Start a task taken from the VM's queue; whether the provider could be reached. A task
+    that failed to start is finished with the reason (one that timed out too: the provider may
+    have done it, a second start could add a second disk)."""
     provider, pool = reached
     try:
         if task["kind"] == DISK:
@@ -88,9 +100,10 @@ def _start(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: VM
             raise ProviderError(f"unknown task kind {task['kind']}")
     except ProviderError as error:
         tasks.finish(hostname, task["id"], error=f"{describe(task)} failed to start: {error}")
-        return
+        return error.kind not in UNREACHABLE
     context.checkpoint("vm_task_started")
     tasks.note_started(hostname, task["id"], ref)
+    return True
 
 
 def fail_unstarted(store: Store, pools: Iterable[str], taker_gone: Callable[[LeaseHolder], bool]) -> list[str]:

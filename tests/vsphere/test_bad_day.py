@@ -13,19 +13,21 @@ import secrets
 import socket
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import redis
 
 from chalicelib.clock import FakeClock
+from chalicelib.config import PoolConfig
+from chalicelib.manager import pending
 from chalicelib.manager.context import PassReport
 from chalicelib.manager.runner import run_pool
-from chalicelib.providers.base import ProviderError
+from chalicelib.providers.base import ProviderError, Readiness, VMInfo
 from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import connection as connections
 from chalicelib.services import Services
-from tests.harness import Harness, HarnessFactory, Killed, assert_consistent
+from tests.harness import Harness, HarnessFactory, Killed, assert_consistent, run_at_once
 from tests.support import counts_by_reason, emf_documents, eventually
 from tests.vsphere import admin
 from tests.vsphere.vcsim import DATACENTER, VcsimServer, vcsim_config
@@ -245,6 +247,143 @@ def test_an_expired_session_logs_in_again_without_showing_the_password(
         assert launcher.PASSWORD not in caplog.text
     finally:
         server.stop()
+
+
+def paused_after_inventory(server: VcsimServer) -> Callable[[str], None]:
+    """A pass checkpoint that SIGSTOPs the simulator once the pass has read its inventory: vCenter
+    hangs mid-pass (the caller resumes it)."""
+
+    def pause(step: str) -> None:
+        if step == "inventory":
+            server.pause()
+
+    return pause
+
+
+def test_vcenter_hung_mid_pass_costs_disk_and_snapshot_tasks_one_timeout_and_fails_no_other(
+        private_vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
+    """vCenter hangs after the pass read its inventory, with snapshots and a disk queued on VMs in
+    use: the first task's call times out (that one fails: vCenter may have done it); the pass
+    starts no other, they wait for the next passes, which do them once vCenter is back. Before,
+    the pass waited once per task (a timeout each, 60 s by default: the whole invocation's time)
+    and failed every one of the users' tasks."""
+    harness = pool_harness(make_harness, private_vcsim, size=3, service={"task_limit": 3},
+                           provider={"call_timeout": 1, "connect_timeout": 1})
+    converge(harness, 3)
+    taken = harness.checkout_vms(POOL, 3)
+    for name in taken:
+        assert harness.post(f"/api/v3/vm/{name}/snapshot").status == 202
+    assert harness.post(f"/api/v3/vm/{taken[0]}/disk/4").status == 202
+    try:
+        harness.reconcile(POOL, paused_after_inventory(private_vcsim))
+    finally:
+        private_vcsim.resume()
+    failed = {name: harness.describe(name).get("task_errors", []) for name in taken}
+    assert sum(len(errors) for errors in failed.values()) == 1, failed
+    assert "timed out" in next(error for errors in failed.values() for error in errors)
+
+    def tasks_done() -> bool:
+        harness.clock.advance(60)
+        harness.reconcile(POOL)
+        shown = [harness.describe(name) for name in taken]
+        return all(vm.get("snapshots") or vm.get("task_errors") for vm in shown) and shown[0]["disk"] == ["+4gb"]
+
+    eventually(tasks_done, 30, "the tasks left queued to be done once vCenter is back", interval=0.2)
+    assert sum(len(harness.describe(name).get("task_errors", [])) for name in taken) == 1
+
+
+def test_passes_of_a_batch_waiting_for_a_hung_vcenter_fail_with_the_one_timeout_not_one_each(
+        private_vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
+    """The consumer runs the passes of a batch's pools at once, on the one connection the process
+    keeps to a vCenter: a pass waits for the call of another to end. vCenter hangs: the first call
+    waits its timeout; the passes that were waiting meanwhile now fail with it, not each after a
+    timeout of its own in turn (10 pools: call_timeout + 9 connect_timeouts, 150 s by default, for
+    the last: the whole batch's time, and the passes given up kept holding the connection in the
+    next invocations). A call made after vCenter is back is answered."""
+    pools = [{"name": f"hung-{index}", "size": 0, "folder": f"vmpool/hung-{index}"} for index in range(4)]
+    config = vcsim_config(private_vcsim, pools, provider={"call_timeout": 1, "connect_timeout": 1})
+    harness = make_harness(config)
+    provider = harness.provider
+    for pool in config.pools:
+        provider.list_vms(pool)
+    errors: list[ProviderError] = []
+    unlisted = list(config.pools)
+
+    def list_one_pool() -> None:
+        try:
+            provider.list_vms(unlisted.pop())
+        except ProviderError as error:
+            errors.append(error)
+
+    private_vcsim.pause()
+    try:
+        run_at_once(list_one_pool, len(unlisted))
+    finally:
+        private_vcsim.resume()
+    assert len(errors) == 4 and {error.kind for error in errors} == {FailureKind.TIMEOUT}, errors
+    waited = [error for error in errors if "not tried" not in str(error)]
+    assert len(waited) == 1, errors
+    assert all(str(waited[0]).partition(": ")[2] in str(error) for error in errors), errors
+    assert provider.list_vms(config.pools[0]) == []
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A local port whose connects are never answered: its accept queue is full (as a guest
+    behind a firewall that drops packets)."""
+    listener = socket.socket()
+    fillers = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def test_guests_that_never_answer_the_ready_port_cost_a_pass_its_readiness_budget_not_3_s_each(
+        vcsim: VcsimServer, make_harness: HarnessFactory, silent_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ready_check: tcp`` with the guests' port dropping packets (a firewall between vmpool and
+    the guests): each check waits 3 s, and a pass checked every pending VM: twenty were the
+    reconcile function's 60 s, every pass. Now a pass stops checking once its budget is spent
+    (15 s; 5 here) and the next pass checks the others first."""
+    monkeypatch.setattr(pending, "READY_CHECK_SECONDS_PER_PASS", 5.0, raising=False)
+    harness = pool_harness(make_harness, vcsim, size=4, service={"task_limit": 4}, ready_check="tcp",
+                           ready_port=silent_port)
+    check_ready = harness.provider.check_ready
+
+    def checked_on_the_pass_clock(pool: PoolConfig, vm: VMInfo) -> Readiness:
+        started = time.monotonic()
+        try:
+            return check_ready(pool, vm)
+        finally:
+            harness.clock.advance(time.monotonic() - started)  # the pass's clock sees the wait
+
+    monkeypatch.setattr(harness.provider, "check_ready", checked_on_the_pass_clock)
+    assert len(harness.reconcile(POOL).clones_started) == 4
+
+    def booted() -> bool:  # the simulator's guests report their IP after its boot delay
+        return all(vm.ip for vm in harness.provider.list_vms(harness.pool(POOL))) and len(in_vcsim(harness)) == 4
+
+    eventually(booted, 10, "the guests to report an IP", interval=0.2)
+
+    def checked() -> set[str]:
+        return {name for name in harness.hosts(POOL, "pending")
+                if "cannot connect" in (harness.describe(name).get("not_ready_reason") or "")}
+
+    harness.reconcile(POOL)
+    first = checked()
+    assert len(first) == 2, first  # 2 checks of 3 s: past the 5 s budget
+    harness.reconcile(POOL)
+    assert checked() == harness.hosts(POOL, "pending") and len(checked()) == 4
 
 
 # --- 4. and 5. clones that fail: configured wrong, or failing in vCenter ------------------------------

@@ -13,6 +13,7 @@ import pytest
 from tests.harness import Harness, HarnessFactory
 from tests.support import eventually
 from tests.vsphere import admin
+from tests.vsphere.test_bad_day import paused_after_inventory
 from tests.vsphere.vcsim import VcsimServer, vcsim_config
 
 
@@ -114,3 +115,36 @@ def test_a_small_difference_is_not_worth_a_vmotion_but_an_ineligible_host_is_lef
         assert where(stack)[first] == host_name  # checked out earlier: not migrated again
     finally:
         admin.set_maintenance(stack.provider, host_name, False)
+
+
+def test_vcenter_hung_mid_pass_costs_the_migrations_one_timeout_and_fails_no_other(
+        busy_vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
+    """vCenter hangs once the pass has read its inventory, with three checked-out VMs queued for a
+    move (migration_limit 3): the first start times out (that migration fails, visibly); the pass
+    starts no other, they stay queued and move once vCenter is back. Before, each start waited its
+    timeout (60 s by default, the reconcile function's whole time) and failed."""
+    config = vcsim_config(busy_vcsim, service={"migration_limit": 3},
+                          provider={"call_timeout": 1, "connect_timeout": 1},
+                          pools=[{"name": "mig", "size": 3, "folder": "vmpool/mig", "ready_check": "tools"}])
+    stack = make_harness(config, prefix="vmig:")
+    fill(stack, busy_vcsim)
+    taken = stack.checkout_vms("mig", 3)
+    try:
+        stack.reconcile("mig", paused_after_inventory(busy_vcsim))
+    finally:
+        busy_vcsim.resume()
+
+    def errors() -> list[str]:
+        records = stack.store.records(taken)
+        return [record.raw["migration_error"] for record in records.values() if record.raw.get("migration_error")]
+
+    assert len(errors()) == 1 and "timed out" in errors()[0], errors()
+
+    def all_ended() -> bool:
+        stack.clock.advance(60)
+        stack.reconcile("mig")
+        return not any(record.raw.get("migration") for record in stack.store.records(taken).values())
+
+    eventually(all_ended, 30, "the migrations left queued to end once vCenter is back", interval=0.2)
+    assert len(errors()) == 1
+    assert sum(stack.describe(host)["migrated"] for host in taken) >= 1

@@ -11,7 +11,9 @@ simulator, so service-level tests can reuse it:
 from __future__ import annotations
 
 import secrets
+import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -56,6 +58,21 @@ class VcsimServer:
         if self.process is not None:
             launcher.stop_vcsim(self.process)
             self.process = None
+
+    def pause(self) -> None:
+        """SIGSTOP the simulator (a hung vCenter: connections are accepted, nothing answers), once
+        it is stopped: a call sent after this gets no answer."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+        stat = Path(f"/proc/{self.process.pid}/stat")
+        deadline = time.monotonic() + 5
+        while stat.read_text().rpartition(")")[2].split()[0] != "T" and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    def resume(self) -> None:
+        """SIGCONT the simulator after ``pause``."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
 
     def __enter__(self) -> "VcsimServer":
         """Started for a ``with`` block (a fixture's ``yield``), stopped when it ends."""

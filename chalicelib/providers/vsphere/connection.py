@@ -295,6 +295,8 @@ _connections: dict[tuple[str, int, str], Connection] = {}
 _dropped_sessions: dict[tuple[str, int, str], str] = {}
 """The session of each connection dropped on a transport failure, for the next to take up."""
 _calls: dict[tuple[str, int, str], int] = {}
+_unreachable: dict[tuple[str, int, str], tuple[float, ProviderError]] = {}
+"""The last failure to reach each vCenter (or a call timing out), and when it ended (monotonic)."""
 _lock = threading.RLock()
 
 
@@ -340,8 +342,18 @@ def with_connection(endpoint: Endpoint, operation: Callable[[Connection], T], wh
 
     ``what`` names the action for messages ("list vmpool/pool-a"). A vCenter fault keeps the
     connection; a transport failure drops it so the next call reconnects.
+
+    Calls wait for one another (the passes of a consumer's batch run at once, on one
+    connection). A call that waited while another could not reach vCenter or timed out fails
+    with that failure, not tried: against a hung vCenter the passes waiting would otherwise each
+    spend a timeout in turn (ten passes: call_timeout and nine connect_timeouts, the batch's time
+    twice over). A call made after that failure tries again.
     """
+    asked = time.monotonic()
     with _lock:
+        failed = _unreachable.get(endpoint.key)
+        if failed is not None and failed[0] >= asked:
+            raise ProviderError(f"{what}: not tried, another call just failed: {failed[1]}", failed[1].kind)
         try:
             connection = _connections.get(endpoint.key)
             if connection is None:
@@ -357,7 +369,10 @@ def with_connection(endpoint: Endpoint, operation: Callable[[Connection], T], wh
                 connection.endpoint = endpoint
             return connection.run(operation)
         except ProviderError as error:
-            raise ProviderError(scrub(str(error), endpoint), error.kind) from None
+            scrubbed = ProviderError(scrub(str(error), endpoint), error.kind)
+            if error.kind in (FailureKind.CONNECTION, FailureKind.TIMEOUT):  # from open(): not reached
+                _unreachable[endpoint.key] = (time.monotonic(), scrubbed)
+            raise scrubbed from None
         except vmodl.MethodFault as fault:
             raise ProviderError(scrub(f"{what}: vCenter said {describe_fault(fault)}", endpoint),
                                 fault_kind(fault)) from None
@@ -365,6 +380,6 @@ def with_connection(endpoint: Endpoint, operation: Callable[[Connection], T], wh
             drop(endpoint, keep_session=True)
             detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
             kind = FailureKind.TIMEOUT if isinstance(error, TimeoutError) else FailureKind.CONNECTION
-            raise ProviderError(
-                scrub(f"{what}: cannot talk to vCenter at {endpoint.address} ({detail})", endpoint), kind
-            ) from None
+            reason = scrub(f"cannot talk to vCenter at {endpoint.address} ({detail})", endpoint)
+            _unreachable[endpoint.key] = (time.monotonic(), ProviderError(reason, kind))
+            raise ProviderError(f"{what}: {reason}", kind) from None
