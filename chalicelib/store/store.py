@@ -87,6 +87,17 @@ class TokenDeletionNotDurable(StoreUnavailable):
                       "send the DELETE again shortly to be sure it holds")
 
 
+class NotYetReplicated(StoreUnavailable):
+    """A change made on the primary that no replica had in time (``Store.require_replicated``): a
+    failover could still undo it, so it is not answered as done. The 503 (``public_message``)
+    says what was done and to send the same request again, which is answered once a replica has
+    the change."""
+
+    def __init__(self, public_message: str, detail: str) -> None:
+        super().__init__(detail)
+        self.public_message = public_message
+
+
 class RequestNotDurable(StoreUnavailable):
     """No replica had a new on-demand request in time: it was ended at once (a failover could
     lose it, and the caller would poll for a request no longer known)."""
@@ -656,6 +667,15 @@ class Store:
             pipe.execute_command("WAIT", replicas, timeout_ms)
             _, acknowledged = pipe.execute()
         return int(acknowledged) >= replicas
+
+    def require_replicated(self, public_message: str, what: str) -> None:
+        """Raise NotYetReplicated (a 503 saying ``public_message``) unless every write so far is
+        on the replicas asked for (``writes_replicated``). For an answer that tells a caller a
+        change was made (``what``, for the log), where a failover undoing it would hurt them:
+        the change stays made on the primary, and the request sent again (each such route
+        answers its retry the same way) is answered once a replica has it."""
+        if not self.writes_replicated():
+            raise NotYetReplicated(public_message, f"redis: no replica acknowledged {what} in time")
 
     def _replicas_to_wait_for(self) -> int:
         """The replica acknowledgements a checkout needs: as configured, but no more than the

@@ -18,6 +18,7 @@ import pytest
 
 import app
 from chalicelib.auth.tokens import hash_token
+from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.services import Services
 from chalicelib.store.ondemand import OnDemandStore
 from tests.core.test_reconcile_queue import Context, RecordingQueue
@@ -163,3 +164,57 @@ def test_a_token_deletion_no_replica_acknowledged_is_answered_503_and_its_retry_
     # The retry finds the token gone; its answer says so only once a replica has the deletion.
     assert delete()[0] == 404
     assert RedisPair.client(redis_pair.replica).exists(services.tokens._token_key(hash_token(token))) == 0
+
+
+def running_vm(services: Services) -> str:
+    """A VM of the pool checked out through the API (the pool filled by passes of ``services``),
+    every write on the replica."""
+    pool = services.pool(POOL)
+    assert pool is not None
+    for _ in range(3):
+        reconcile_pool(services.store, services.provider("dummy"), pool, services.clock, services.config.service)
+    status, answer = call("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{POOL}", params={"name": POOL})
+    assert status == 200, answer
+    return str(answer[POOL]["hostname"])
+
+
+def on_vm(method: str, hostname: str, body: Any = None) -> tuple[int, Any]:
+    return call(method, "/api/v3/vm/{name}", f"/api/v3/vm/{hostname}", params={"name": hostname}, body=body)
+
+
+def test_a_vm_returned_with_200_stays_returned_on_the_new_primary(redis_pair: RedisPair, api: Services) -> None:
+    """A return lost: the VM is running again, its user's (who believes it gone), and its
+    lifetime counts against their quota."""
+    hostname = running_vm(api)
+    redis_pair.wait_synced()
+    redis_pair.link.hold()
+    status, answer = on_vm("DELETE", hostname)
+    redis_pair.kill_primary_and_promote()
+
+    assert status in (200, 503), answer
+    if status == 503:
+        assert answer["ok"] is False and "again" in answer["error"], answer
+        return
+    record = after_failover(redis_pair).store.get_vm(hostname)
+    assert record is not None and record.state != "running", \
+        f"{hostname} was returned with 200, then was running again on the new primary"
+
+
+def test_a_return_no_replica_acknowledged_is_answered_503_and_its_retry_200_once_replicated(
+        redis_pair: RedisPair, api: Services) -> None:
+    """The 503 says to send the DELETE again; vmfloaty reads only ``ok`` and lists a VM whose
+    DELETE was not ok under "Unable to delete" (exit 1), so the retry of a VM its user returned
+    is ok, and says so only once a replica has the return."""
+    hostname = running_vm(api)
+    redis_pair.wait_synced()
+    redis_pair.link.hold()
+    status, answer = on_vm("DELETE", hostname)
+    assert status == 503 and answer["ok"] is False and "send the DELETE again" in answer["error"], answer
+    record = api.store.get_vm(hostname)
+    assert record is not None and record.state == "completed", "the return stays done on the primary"
+    assert on_vm("DELETE", hostname)[0] == 503, "the retry, while no replica has the return"
+
+    redis_pair.link.release()
+    redis_pair.wait_synced()
+    assert on_vm("DELETE", hostname) == (200, {"ok": True})
+    assert RedisPair.client(redis_pair.replica).hget(api.store.keys.vm(hostname), "state") == "completed"
