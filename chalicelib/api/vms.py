@@ -44,6 +44,14 @@ RETURNED = "returned by its user"
 """The reason a VM returned by DELETE /vm/<hostname> left service (its record's ``reason``)."""
 RETURN_NOT_REPLICATED = ("the VM was returned, but the return could not be replicated in time; "
                          "send the DELETE again shortly to be sure it holds")
+CHANGE_NOT_REPLICATED = ("the change was made, but it could not be replicated in time; "
+                         "send the PUT again shortly to be sure it holds")
+CHANGE_WITH_DISK_NOT_REPLICATED = (
+    "the change was made and the disk queued, but they could not be replicated in time; send the "
+    "lifetime and tags again shortly to be sure they hold, and the disk only if GET /vm/<hostname> "
+    "does not list it once the VM's tasks have run (sent again, it is added again)")
+"""A PUT with a disk (`floaty modify --disk`) sent again queues the disk again: two disks unless
+a failover lost the first."""
 MAX_LIFETIME_HOURS = 10 * 365 * 24
 """The ceiling when ``max_lifetime_upper_limit`` is not configured: nobody needs a CI VM for over
 ten years. A configured limit is at most ``config.MAX_HOURS``, which keeps a VM's end time a date."""
@@ -187,6 +195,10 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
             refuse_unless_queued(record, DISK, EnqueueResult(result.value))
     if disk:
         services.refill.pools_changed([record.pool])
+    if changes or disk:
+        # A lifetime extension a failover lost: the VM reaped on its old lifetime, in use.
+        services.store.require_replicated(CHANGE_WITH_DISK_NOT_REPLICATED if disk else CHANGE_NOT_REPLICATED,
+                                          f"the change of VM {record.name}")
     if tags:
         services.store.record_tags(day_of(services.clock.now()), tags, config.service.max_tag_names_per_day,
                                    config.service.max_tag_values_per_day)

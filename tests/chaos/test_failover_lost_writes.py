@@ -218,3 +218,51 @@ def test_a_return_no_replica_acknowledged_is_answered_503_and_its_retry_200_once
     redis_pair.wait_synced()
     assert on_vm("DELETE", hostname) == (200, {"ok": True})
     assert RedisPair.client(redis_pair.replica).hget(api.store.keys.vm(hostname), "state") == "completed"
+
+
+@pytest.mark.parametrize("change", [{"lifetime": 12}, {"tags": {"project": "ci"}}], ids=["lifetime", "tags"])
+def test_a_vm_change_answered_200_is_on_the_new_primary(
+        redis_pair: RedisPair, api: Services, change: dict[str, Any]) -> None:
+    """A lifetime extension lost: the VM is reaped on its old lifetime, in use as it is."""
+    hostname = running_vm(api)
+    redis_pair.wait_synced()
+    redis_pair.link.hold()
+    status, answer = on_vm("PUT", hostname, change)
+    redis_pair.kill_primary_and_promote()
+
+    assert status in (200, 503), answer
+    if status == 503:
+        assert answer["ok"] is False and "again" in answer["error"], answer
+        return
+    record = after_failover(redis_pair).store.get_vm(hostname)
+    assert record is not None
+    assert (record.lifetime_hours, dict(record.tags)) == (change.get("lifetime"), change.get("tags", {})), \
+        f"{hostname}'s change was answered 200, then lost with the primary"
+
+
+def test_a_vm_change_no_replica_acknowledged_is_answered_503_and_its_retry_200_once_replicated(
+        redis_pair: RedisPair, api: Services) -> None:
+    hostname = running_vm(api)
+    redis_pair.wait_synced()
+    redis_pair.link.hold()
+    status, answer = on_vm("PUT", hostname, {"lifetime": 12})
+    assert status == 503 and answer["ok"] is False and "send the PUT again" in answer["error"], answer
+    record = api.store.get_vm(hostname)
+    assert record is not None and record.lifetime_hours == 12, "the change stays made on the primary"
+
+    redis_pair.link.release()
+    redis_pair.wait_synced()
+    assert on_vm("PUT", hostname, {"lifetime": 12}) == (200, {"ok": True})
+    assert RedisPair.client(redis_pair.replica).hget(api.store.keys.vm(hostname), "lifetime") == "12"
+
+
+def test_a_change_with_a_disk_no_replica_acknowledged_says_not_to_send_the_disk_blindly(
+        redis_pair: RedisPair, api: Services) -> None:
+    """`floaty modify --disk 8` queues a disk in the PUT's step: sent again, it would be queued
+    again (two disks) unless the failover lost the first."""
+    hostname = running_vm(api)
+    redis_pair.wait_synced()
+    redis_pair.link.hold()
+    status, answer = on_vm("PUT", hostname, {"lifetime": 12, "disk": 8})
+    assert status == 503 and answer["ok"] is False, answer
+    assert "disk" in answer["error"] and "GET /vm/" in answer["error"], answer
