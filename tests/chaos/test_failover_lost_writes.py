@@ -266,3 +266,50 @@ def test_a_change_with_a_disk_no_replica_acknowledged_says_not_to_send_the_disk_
     status, answer = on_vm("PUT", hostname, {"lifetime": 12, "disk": 8})
     assert status == 503 and answer["ok"] is False, answer
     assert "disk" in answer["error"] and "GET /vm/" in answer["error"], answer
+
+
+def test_an_ondemand_request_deleted_with_200_stays_deleted_on_the_new_primary(
+        redis_pair: RedisPair, api: Services) -> None:
+    """A deleted request lost: open again on the new primary, its VMs are cloned and delivered
+    to nobody, and run out their lifetime."""
+    status, answer = call("POST", "/api/v3/ondemandvm", "/api/v3/ondemandvm", body={POOL: 1})
+    assert status == 201, answer
+    request_id = answer["request_id"]
+    redis_pair.wait_synced()
+    redis_pair.link.hold()
+    status, answer = call("DELETE", "/api/v3/ondemandvm/{name}", f"/api/v3/ondemandvm/{request_id}",
+                          params={"name": request_id})
+    redis_pair.kill_primary_and_promote()
+
+    assert status in (200, 503), answer
+    if status == 503:
+        assert answer["ok"] is False and "again" in answer["error"], answer
+        return
+    after = OnDemandStore(after_failover(redis_pair).store)
+    request = after.get(request_id)
+    assert request is not None and request.state == "deleted", \
+        f"request {request_id} was deleted with 200, then open again on the new primary: {request}"
+    assert after.open_requests(POOL) == []
+
+
+def test_an_ondemand_deletion_no_replica_acknowledged_is_answered_503_and_its_retry_200_once_replicated(
+        redis_pair: RedisPair, api: Services) -> None:
+    status, answer = call("POST", "/api/v3/ondemandvm", "/api/v3/ondemandvm", body={POOL: 1})
+    assert status == 201, answer
+    request_id = answer["request_id"]
+
+    def delete() -> tuple[int, Any]:
+        return call("DELETE", "/api/v3/ondemandvm/{name}", f"/api/v3/ondemandvm/{request_id}",
+                    params={"name": request_id})
+
+    redis_pair.wait_synced()
+    redis_pair.link.hold()
+    status, answer = delete()
+    assert status == 503 and answer["ok"] is False and "send the DELETE again" in answer["error"], answer
+    request = OnDemandStore(api.store).get(request_id)
+    assert request is not None and request.state == "deleted", "the deletion stays done on the primary"
+
+    redis_pair.link.release()
+    redis_pair.wait_synced()
+    assert delete() == (200, {"ok": True})
+    assert RedisPair.client(redis_pair.replica).hget(api.store.keys.ondemand(request_id), "state") == "deleted"
