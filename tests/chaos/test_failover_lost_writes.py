@@ -20,10 +20,12 @@ import app
 from chalicelib.auth.tokens import hash_token
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.services import Services
+from chalicelib.store import store as store_module
 from chalicelib.store.ondemand import OnDemandStore
 from tests.core.test_reconcile_queue import Context, RecordingQueue
 from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
+from tests.support import eventually
 
 POOL = "ha"
 CONFIG = f"""
@@ -313,3 +315,40 @@ def test_an_ondemand_deletion_no_replica_acknowledged_is_answered_503_and_its_re
     redis_pair.wait_synced()
     assert delete() == (200, {"ok": True})
     assert RedisPair.client(redis_pair.replica).hget(api.store.keys.ondemand(request_id), "state") == "deleted"
+
+
+def test_a_change_answered_200_right_after_a_replica_came_online_is_on_it_when_promoted(
+        redis_pair: RedisPair, api: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A primary left alone (its replica gone, as right after a failover while ElastiCache builds
+    a new one) answers without waiting for anyone: there is no replica a failover could promote.
+    Once a replica is online again it can be promoted, so the writes answered from then on must
+    be on it, not only those after the process next looks up its replicas."""
+    monkeypatch.setattr(store_module, "REPLICAS_RECHECK_SECONDS", 0.0)  # the next write looks them up
+    hostname = running_vm(api)
+    replica = RedisPair.client(redis_pair.replica)
+    replica.execute_command("REPLICAOF", "NO", "ONE")  # the replica lost; the primary alone
+    eventually_alone(redis_pair)
+    monkeypatch.setattr(store_module, "REPLICAS_RECHECK_SECONDS", 3600.0)  # what it finds holds a while
+    assert on_vm("PUT", hostname, {"tags": {"project": "alone"}})[0] == 200  # none: answered at once
+    replica.execute_command("REPLICAOF", "127.0.0.1", str(redis_pair.link.port))  # a new replica, synced
+    replica.close()
+    redis_pair.wait_synced()
+    redis_pair.link.hold()
+    status, answer = on_vm("PUT", hostname, {"lifetime": 12})
+    redis_pair.kill_primary_and_promote()
+
+    assert status in (200, 503), answer
+    if status == 503:
+        return
+    record = after_failover(redis_pair).store.get_vm(hostname)
+    assert record is not None and record.lifetime_hours == 12, \
+        f"{hostname}'s lifetime was answered 200 with a replica online, then lost when it was promoted"
+
+
+def eventually_alone(pair: RedisPair) -> None:
+    """Until the primary counts no replica."""
+    primary = RedisPair.client(pair.primary)
+    try:
+        eventually(lambda: primary.info("replication").get("connected_slaves") == 0, 5, "the primary alone")
+    finally:
+        primary.close()
