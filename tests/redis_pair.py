@@ -32,6 +32,8 @@ class Endpoint:
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
+        self._passing: list[threading.Lock] = []
+        """One per connection, held while it passes a chunk on (``hold`` waits for them)."""
         self._acceptor = threading.Thread(target=self._accept, daemon=True)
         self._acceptor.start()
 
@@ -44,8 +46,16 @@ class Endpoint:
         self.target_port = port
 
     def hold(self) -> None:
-        """Stop passing bytes either way (a partition); ``release`` resumes."""
+        """Stop passing bytes either way (a partition); ``release`` resumes. Returns once no
+        connection passes anything more on: a chunk being passed on is through by then, and
+        nothing sent after is (a pump waiting in ``select`` when the hold began passed on the
+        next chunk, often the very write a test held the link for)."""
         self._held.set()
+        with self._lock:
+            passing = list(self._passing)
+        for lock in passing:
+            with lock:
+                pass
 
     def release(self) -> None:
         self._held.clear()
@@ -77,6 +87,9 @@ class Endpoint:
 
     def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
         pair = {client: upstream, upstream: client}
+        passing = threading.Lock()
+        with self._lock:
+            self._passing.append(passing)
         try:
             while not self._closing.is_set():
                 if self._held.is_set():
@@ -84,13 +97,18 @@ class Endpoint:
                     continue
                 readable, _, _ = select.select(list(pair), [], [], 0.05)
                 for sock in readable:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    pair[sock].sendall(data)
+                    with passing:
+                        if self._held.is_set():
+                            break
+                        data = sock.recv(65536)
+                        if not data:
+                            return
+                        pair[sock].sendall(data)
         except OSError:
             return
         finally:
+            with self._lock:
+                self._passing.remove(passing)
             client.close()
             upstream.close()
 

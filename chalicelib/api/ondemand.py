@@ -21,6 +21,8 @@ from chalicelib.store.ondemand import DELETED, FAILED, READY, OnDemandRequest, O
 
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}\Z")
 DELETED_MESSAGE = "The request has been deleted"
+DELETION_NOT_REPLICATED = ("the request was deleted, but the deletion could not be replicated in time; "
+                           "send the DELETE again shortly to be sure it holds")
 
 
 def create_from_body(services: Services, request: ApiRequest) -> ApiResponse:
@@ -114,6 +116,9 @@ def delete(services: Services, request: ApiRequest) -> ApiResponse:
         ondemand.id, DELETED, DELETED_MESSAGE, f"on-demand request {ondemand.id} was deleted", services.clock.now(),
         caller.token_key if caller else "")
     services.refill.pools_changed(ending.pools)  # nothing when it had ended already
+    # A deletion a failover lost: the request open again, its VMs built for nobody. Its retry (the
+    # request ended already) is answered the same way.
+    services.store.require_replicated(DELETION_NOT_REPLICATED, f"the deletion of on-demand request {ondemand.id}")
     return ok()
 
 

@@ -26,7 +26,7 @@ from chalicelib.api.vm_lookup import find_vm
 from chalicelib.api.vm_tasks import disk_size, refuse_unless_queued
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
-from chalicelib.store import ModifyResult
+from chalicelib.store import ModifyResult, VMRecord
 from chalicelib.store.records import TAG_FIELD_PREFIX
 from chalicelib.store.vm_tasks import DISK, EnqueueResult, VMTaskStore, new_task, task_errors
 from chalicelib.timestamps import day_of
@@ -40,6 +40,18 @@ MAX_TAG_KEY = 50
 MAX_TAG_VALUE = 255
 """The longest tag value as JSON shows it (``json_length``): /summary shows each value a day
 counted, and its budget (a day of tags fits one answer) holds only if no value is longer there."""
+RETURNED = "returned by its user"
+"""The reason a VM returned by DELETE /vm/<hostname> left service (its record's ``reason``)."""
+RETURN_NOT_REPLICATED = ("the VM was returned, but the return could not be replicated in time; "
+                         "send the DELETE again shortly to be sure it holds")
+CHANGE_NOT_REPLICATED = ("the change was made, but it could not be replicated in time; "
+                         "send the PUT again shortly to be sure it holds")
+CHANGE_WITH_DISK_NOT_REPLICATED = (
+    "the change was made and the disk queued, but they could not be replicated in time; send the "
+    "lifetime and tags again shortly to be sure they hold, and the disk only if GET /vm/<hostname> "
+    "does not list it once the VM's tasks have run (sent again, it is added again)")
+"""A PUT with a disk (`floaty modify --disk`) sent again queues the disk again: two disks unless
+a failover lost the first."""
 MAX_LIFETIME_HOURS = 10 * 365 * 24
 """The ceiling when ``max_lifetime_upper_limit`` is not configured: nobody needs a CI VM for over
 ten years. A configured limit is at most ``config.MAX_HOURS``, which keeps a VM's end time a date."""
@@ -183,6 +195,10 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
             refuse_unless_queued(record, DISK, EnqueueResult(result.value))
     if disk:
         services.refill.pools_changed([record.pool])
+    if changes or disk:
+        # A lifetime extension a failover lost: the VM reaped on its old lifetime, in use.
+        services.store.require_replicated(CHANGE_WITH_DISK_NOT_REPLICATED if disk else CHANGE_NOT_REPLICATED,
+                                          f"the change of VM {record.name}")
     if tags:
         services.store.record_tags(day_of(services.clock.now()), tags, config.service.max_tag_names_per_day,
                                    config.service.max_tag_values_per_day)
@@ -253,7 +269,10 @@ def _filter_tag(value: str, pattern: str | None) -> str:
 
 
 def give_back(services: Services, request: ApiRequest) -> ApiResponse:
-    """DELETE /vm/<hostname>: a running VM goes to completed; the manager destroys it.
+    """DELETE /vm/<hostname>: a running VM goes to completed; the manager destroys it. Answered
+    once a replica has the return (``Store.require_replicated``): a return a failover lost would
+    leave the VM running, its user's, counted against their quota. A VM its user returned
+    already is answered ok as well (``_returned_before``).
 
     Without ``:auth:`` anyone may return any VM (as in vmpooler): one round trip, no read
     first; the record is read only to say why a VM could not be returned."""
@@ -261,19 +280,20 @@ def give_back(services: Services, request: ApiRequest) -> ApiResponse:
         names = short_hostnames(request.params["name"])
         # A name in capitals may mean two VMs: the one it names is found first (find_vm).
         hostname = names[0] if len(names) == 1 else find_vm(services, request).name
-        pool = services.store.return_vm(hostname, services.clock.now(), "returned by its user")
+        pool = services.store.return_vm(hostname, services.clock.now(), RETURNED)
         if pool is None:
-            find_vm(services, request, running=True)  # the 404 saying why
-            raise not_found(error=f"VM {hostname} is not running")
+            return _returned_before(services, request, find_vm(services, request))
         return _returned(services, pool, hostname)
-    record = find_vm(services, request, running=True)
+    record = find_vm(services, request)
+    if record.state != "running":
+        return _returned_before(services, request, record)
     caller = caller_for_change(services, request, record)
     now = services.clock.now()
     # Only while the checkout whose owner was checked still holds it: a checkout never confirmed
     # goes back to ready once its deadline passes, and the next caller may have taken the VM.
     if not services.store.move(record.name, record.pool, "running", "completed", now, nudge=True,
                                checked_out_as=record, token_key=caller.token_key if caller else "",
-                               reason="returned by its user"):
+                               reason=RETURNED):
         raise not_found(error=f"VM {record.name} is not running")
     return _returned(services, record.pool, record.name)
 
@@ -282,5 +302,21 @@ def _returned(services: Services, pool: str, hostname: str) -> ApiResponse:
     services.refill.pools_changed([pool])
     emit(None, {metric.DELETES: 1})
     logger.info("VM returned", extra={"pool": pool, "hostname": hostname})
+    services.store.require_replicated(RETURN_NOT_REPLICATED, f"the return of VM {hostname}")
+    return ok()
+
+
+def _returned_before(services: Services, request: ApiRequest, record: VMRecord) -> ApiResponse:
+    """DELETE of a VM no longer running: ok when its user returned it and the caller may return
+    it (the retry of a return answered 503 "send the DELETE again": vmfloaty reads only ``ok``,
+    and lists a VM whose DELETE was not ok under "Unable to delete", exit 1), once a replica has
+    that return; else 404, as vmpooler answers for a VM not running."""
+    if record.state not in ("completed", "destroyed") or record.reason != RETURNED:
+        raise not_found(error=f"VM {record.name} is not running")
+    try:
+        caller_for_change(services, request, record)
+    except ApiError:
+        raise not_found(error=f"VM {record.name} is not running") from None
+    services.store.require_replicated(RETURN_NOT_REPLICATED, f"the return of VM {record.name}")
     return ok()
 

@@ -167,11 +167,15 @@ class PassContext:
     """Time this pass spent waiting on its DNS service."""
     providers: ProviderLookup | None = None
     """The configured providers, for VMs made elsewhere (``reach``); None: only ``provider``."""
+    lease_token: str | None = None
+    """The token of the run's lease on the pool (manager/runner.py), None outside a run: the
+    template leases the pass takes are taken with it, so the retry that releases a run's lease
+    it could not release (``stale_lease``) releases those too (templates.release_stale)."""
 
     @classmethod
     def read(cls, store: Store, provider: Provider, pool: PoolConfig, clock: Clock, service: ServiceConfig,
              checkpoint: Checkpoint = no_checkpoint, dns: DnsPlugin | None = None,
-             providers: ProviderLookup | None = None) -> PassContext:
+             providers: ProviderLookup | None = None, lease_token: str | None = None) -> PassContext:
         """Read the pass's inputs, in this order: the inventory, the snapshot, the pool's
         overrides (applied to ``pool``, the pool as configured) and its size now. Raises
         ProviderError or StoreUnavailable (nothing changed yet)."""
@@ -197,7 +201,8 @@ class PassContext:
                    pool=pool, now=now, inventory=inventory, inventory_mark=inventory_mark, snapshot=snapshot,
                    overrides=overrides, size_decision=size_decision,
                    report=PassReport(pool=pool.name, started=now, size=pool.size),
-                   inventory_checked=inventory_checked, inventory_changes=changes, providers=providers)
+                   inventory_checked=inventory_checked, inventory_changes=changes, providers=providers,
+                   lease_token=lease_token)
 
     # --- reading ------------------------------------------------------------------------------
 

@@ -96,16 +96,18 @@ def reconcile_pool(
     dns: DnsPlugin | None = None,
     providers: ProviderLookup | None = None,
     out_of_time: Callable[[], bool] = lambda: False,
+    lease_token: str | None = None,
 ) -> PassReport:
     """Run one pass over ``pool``. Raises ProviderError or StoreUnavailable when the provider or
     Redis fails; whatever was done before that is consistent, and the next pass carries on.
     ``dns`` manages the pool's DNS records (its ``dns_plugin``); its failures never end the pass.
     ``providers`` reaches VMs the pool made with another provider before it moved (placement.py).
     ``out_of_time``, asked before each step: when true the pass stops there (``stopped_before``),
-    as one killed between two steps would, and the next pass carries on."""
+    as one killed between two steps would, and the next pass carries on. ``lease_token``: the
+    run's lease on the pool (``PassContext.lease_token``)."""
     calls_before = provider.call_count()
     started = clock.monotonic()
-    context = PassContext.read(store, provider, pool, clock, service, checkpoint, dns, providers)
+    context = PassContext.read(store, provider, pool, clock, service, checkpoint, dns, providers, lease_token)
     for step in STEPS:
         if out_of_time():
             context.report.stopped_before = getattr(step, "__name__", repr(step))

@@ -17,7 +17,9 @@ and the promoted replica holds the lease of a run long over. So a release counts
 replica has it where one is asked for (``Store.writes_replicated``): else the token is carried to
 the retry like a stalled one, and the retry runs no pass until its release of it is replicated
 (or there is no replica to wait for). Before, every pool whose lease was held when the replica
-stopped receiving got no pass for up to ``LEASE_SECONDS`` after the failover.
+stopped receiving got no pass for up to ``LEASE_SECONDS`` after the failover. The template leases
+the run's passes take carry the run's token, and that retry releases them too
+(``templates.release_stale``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 
 from chalicelib import observability as metric
 from chalicelib.config import PoolConfig
+from chalicelib.manager import templates
 from chalicelib.manager.context import Checkpoint, PassReport, ProviderLookup, no_checkpoint
 from chalicelib.manager.purge import purge_if_due
 from chalicelib.manager.reconcile import reconcile_pool
@@ -89,6 +92,9 @@ def run_pool(
     try:
         if stale_lease:
             store.release_lease(pool_name, stale_lease)
+            stale_pool = pool_config or services.config.pool(pool_name)
+            if stale_pool is not None and getattr(services.config.service, "create_template_delta_disks", False):
+                templates.release_stale(store, stale_pool, stale_lease)
             if not store.writes_replicated():
                 logger.warning("reconcile skipped: no replica acknowledged the release of a lease",
                                extra={"pool": pool_name})
@@ -122,7 +128,7 @@ def run_pool(
                 result = reconcile_pool(store, lease.fenced(services.provider(pool.provider)), pool, clock,
                                         services.config.service, lease.renewing(checkpoint),
                                         dns=services.dns_plugin(pool), providers=lease.fenced_lookup(),
-                                        out_of_time=out_of_time)
+                                        out_of_time=out_of_time, lease_token=token)
             except (ProviderError, StoreUnavailable, LeaseLost) as error:
                 # The pass stopped where it was; everything it did is consistent. Try again soon.
                 report.failures.append(str(error))

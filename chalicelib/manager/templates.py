@@ -32,6 +32,7 @@ from chalicelib.providers.base import ProviderError, TaskState
 from chalicelib.providers.failures import FailureKind
 from chalicelib.store import Store
 from chalicelib.store.keys import template_lease_name
+from chalicelib.store.pool_overrides import PoolOverrides
 from chalicelib.store.templates import DONE, TemplateStore, Underway, template_key
 
 LEASE_SECONDS = 60.0
@@ -86,6 +87,21 @@ def forget_unused(store: Store, pools: Iterable[PoolConfig]) -> list[str]:
     return dropped
 
 
+def release_stale(store: Store, pool: PoolConfig, token: str) -> None:
+    """Release the template leases a run whose lease on ``pool`` was ``token`` may still hold
+    (its passes take them with that token, ``PassContext.lease_token``): the leases of the pool's
+    template, as configured and as overridden, and of the provider's preparations under way (its
+    passes read those on, ``_advance_others``). A release lost with a failover (made while the
+    replica lagged, the promoted replica holds the lease) held the pools on the template, clones
+    and all, until the lease expired. A lease another run holds (another token) stays."""
+    templates = TemplateStore(store)
+    prefix = f"{pool.provider}:"
+    names = {pool.template, PoolOverrides(store).get(pool.name).template or pool.template}
+    names |= {key[len(prefix):] for key, state in templates.all().items() if key.startswith(prefix) and state != DONE}
+    for template in sorted(names):
+        store.release_lease(template_lease_name(pool.provider, template), token)
+
+
 def _advance_others(context: PassContext, templates: TemplateStore, recorded: dict[str, str]) -> None:
     """Read on the provider's preparations of templates other than the pool's: one whose pool
     took another template (POST /config/pooltemplate) is read by nobody else, and would leave
@@ -105,7 +121,7 @@ def _advance_others(context: PassContext, templates: TemplateStore, recorded: di
 def _leased(context: PassContext, templates: TemplateStore, template: str, may_plan: bool) -> bool | None:
     """``_advance`` under the template's lease; None when another pass holds it (the pool waits)."""
     lease = template_lease_name(context.pool.provider, template)
-    token = context.store.acquire_lease(lease, LEASE_SECONDS)
+    token = context.store.acquire_lease(lease, LEASE_SECONDS, token=context.lease_token)
     if token is None:  # another pool's pass is at it
         context.report.followups += 1
         return None

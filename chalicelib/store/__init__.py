@@ -11,6 +11,7 @@ from chalicelib.store.store import (
     DayStats,
     DurationSample,
     ModifyResult,
+    NotYetReplicated,
     PoolSnapshot,
     Quota,
     QuotaExceeded,
@@ -25,6 +26,7 @@ from chalicelib.store.store import (
 
 __all__ = [
     "STATES", "Keys", "VMRecord", "CheckedOut", "CheckoutNotDurable", "CheckoutRequest", "CheckoutResult", "DayStats",
-    "DurationSample", "ModifyResult", "PoolSnapshot", "Quota", "QuotaExceeded", "ReplicaAcks", "RequestNotDurable",
-    "Store", "StoreUnavailable", "TokenDeletionNotDurable", "TokenGone", "TokenNotDurable", "connect",
+    "DurationSample", "ModifyResult", "NotYetReplicated", "PoolSnapshot", "Quota", "QuotaExceeded", "ReplicaAcks",
+    "RequestNotDurable", "Store", "StoreUnavailable", "TokenDeletionNotDurable", "TokenGone", "TokenNotDurable",
+    "connect",
 ]

@@ -34,7 +34,8 @@ UNCONFIRMED_SECONDS = 60.0
 far longer than the API takes between the checkout and its confirmation."""
 
 REPLICAS_RECHECK_SECONDS = 5.0
-"""How often a process looks up how many replicas its primary has in sync."""
+"""How often a process looks up how many replicas its primary has in sync, while it knows of as
+many as it waits for (``Store._replicas_to_wait_for``; fewer: at each write that waits)."""
 
 LAMBDA_ENV = "AWS_LAMBDA_FUNCTION_NAME"
 MIN_REPLICA_ACKS_ENV = "VMPOOL_REDIS_MIN_REPLICA_ACKS"
@@ -85,6 +86,17 @@ class TokenDeletionNotDurable(StoreUnavailable):
 
     public_message = ("the token was deleted, but the deletion could not be replicated in time; "
                       "send the DELETE again shortly to be sure it holds")
+
+
+class NotYetReplicated(StoreUnavailable):
+    """A change made on the primary that no replica had in time (``Store.require_replicated``): a
+    failover could still undo it, so it is not answered as done. The 503 (``public_message``)
+    says what was done and to send the same request again, which is answered once a replica has
+    the change."""
+
+    def __init__(self, public_message: str, detail: str) -> None:
+        super().__init__(detail)
+        self.public_message = public_message
 
 
 class RequestNotDurable(StoreUnavailable):
@@ -657,15 +669,27 @@ class Store:
             _, acknowledged = pipe.execute()
         return int(acknowledged) >= replicas
 
+    def require_replicated(self, public_message: str, what: str) -> None:
+        """Raise NotYetReplicated (a 503 saying ``public_message``) unless every write so far is
+        on the replicas asked for (``writes_replicated``). For an answer that tells a caller a
+        change was made (``what``, for the log), where a failover undoing it would hurt them:
+        the change stays made on the primary, and the request sent again (each such route
+        answers its retry the same way) is answered once a replica has it."""
+        if not self.writes_replicated():
+            raise NotYetReplicated(public_message, f"redis: no replica acknowledged {what} in time")
+
     def _replicas_to_wait_for(self) -> int:
         """The replica acknowledgements a checkout needs: as configured, but no more than the
-        replicas attached and in sync (looked up every REPLICAS_RECHECK_SECONDS). A primary
-        left alone (just promoted, its replica being rebuilt) has no replica a failover could
-        promote, so its checkouts are answered, not refused for the minutes the rebuild takes."""
+        replicas attached and in sync. A primary left alone (just promoted, its replica being
+        rebuilt) has no replica a failover could promote, so its checkouts are answered, not
+        refused for the minutes the rebuild takes. The count is looked up again every
+        REPLICAS_RECHECK_SECONDS, and at every call while it is short of the configured one: a
+        replica that came online can be promoted from then on, and the writes answered in the
+        seconds before a look-up found it were lost with a failover that promoted it."""
         wanted = self.replica_acks.replicas
         if not wanted:
             return 0
-        if time.monotonic() >= self._replicas_known_until:
+        if time.monotonic() >= self._replicas_known_until or self._online_replicas < wanted:
             with _translate_errors():
                 info = self.client.info("replication")
             self._online_replicas = sum(

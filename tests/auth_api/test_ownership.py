@@ -66,6 +66,28 @@ def test_any_token_of_the_owner_may_change_and_return_it(ldap_api: Harness, slap
     assert state(ldap_api, vm) == "destroyed"
 
 
+def test_a_return_sent_again_is_ok_for_its_owner_only(ldap_api: Harness, slapd):
+    """The retry of a return answered 503 ("send the DELETE again", docs/reliability.md
+    "Failover") finds the VM returned: ok for whoever may return it (vmfloaty reads only ``ok``,
+    and lists a VM answered 404 under "Unable to delete"). Anyone else, and a VM that left
+    service for another reason (its lifetime ended), is answered 404 as before: not running."""
+    alice, alice_again, bob = tokens(ldap_api, slapd)
+    vm = ldap_api.checkout(POOL, alice)
+    assert ldap_api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": alice}).status == 200
+    again = ldap_api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": alice_again})
+    assert (again.status, again.body) == (200, {"ok": True})
+    for headers in ({"X-AUTH-TOKEN": bob}, {}, {"X-AUTH-TOKEN": "0" * 32}):
+        others = ldap_api.call("DELETE", f"/api/v3/vm/{vm}", headers=headers)
+        assert (others.status, others.body) == (404, {"ok": False, "error": f"VM {vm} is not running"}), headers
+
+    reaped = ldap_api.checkout(POOL, alice)
+    ldap_api.clock.advance(13 * 3600)  # past its 12 hours
+    ldap_api.reconcile(POOL)
+    assert state(ldap_api, reaped) == "destroyed"
+    ended = ldap_api.call("DELETE", f"/api/v3/vm/{reaped}", headers={"X-AUTH-TOKEN": alice})
+    assert (ended.status, ended.body["ok"]) == (404, False)
+
+
 def test_an_invalid_token_is_401_everywhere_and_takes_nothing(ldap_api: Harness, slapd):
     ready = len(ldap_api.services.store.hostnames(POOL, "ready"))
     for bad in ("0" * 32, "not-a-token", "A" * 32):

@@ -18,11 +18,14 @@ import pytest
 
 import app
 from chalicelib.auth.tokens import hash_token
+from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.services import Services
+from chalicelib.store import store as store_module
 from chalicelib.store.ondemand import OnDemandStore
 from tests.core.test_reconcile_queue import Context, RecordingQueue
 from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
+from tests.support import eventually
 
 POOL = "ha"
 CONFIG = f"""
@@ -163,3 +166,189 @@ def test_a_token_deletion_no_replica_acknowledged_is_answered_503_and_its_retry_
     # The retry finds the token gone; its answer says so only once a replica has the deletion.
     assert delete()[0] == 404
     assert RedisPair.client(redis_pair.replica).exists(services.tokens._token_key(hash_token(token))) == 0
+
+
+def running_vm(services: Services) -> str:
+    """A VM of the pool checked out through the API (the pool filled by passes of ``services``),
+    every write on the replica."""
+    pool = services.pool(POOL)
+    assert pool is not None
+    for _ in range(3):
+        reconcile_pool(services.store, services.provider("dummy"), pool, services.clock, services.config.service)
+    status, answer = call("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{POOL}", params={"name": POOL})
+    assert status == 200, answer
+    return str(answer[POOL]["hostname"])
+
+
+def on_vm(method: str, hostname: str, body: Any = None) -> tuple[int, Any]:
+    return call(method, "/api/v3/vm/{name}", f"/api/v3/vm/{hostname}", params={"name": hostname}, body=body)
+
+
+def test_a_vm_returned_with_200_stays_returned_on_the_new_primary(redis_pair: RedisPair, api: Services) -> None:
+    """A return lost: the VM is running again, its user's (who believes it gone), and its
+    lifetime counts against their quota."""
+    hostname = running_vm(api)
+    redis_pair.wait_synced()
+    redis_pair.link.hold()
+    status, answer = on_vm("DELETE", hostname)
+    redis_pair.kill_primary_and_promote()
+
+    assert status in (200, 503), answer
+    if status == 503:
+        assert answer["ok"] is False and "again" in answer["error"], answer
+        return
+    record = after_failover(redis_pair).store.get_vm(hostname)
+    assert record is not None and record.state != "running", \
+        f"{hostname} was returned with 200, then was running again on the new primary"
+
+
+def test_a_return_no_replica_acknowledged_is_answered_503_and_its_retry_200_once_replicated(
+        redis_pair: RedisPair, api: Services) -> None:
+    """The 503 says to send the DELETE again; vmfloaty reads only ``ok`` and lists a VM whose
+    DELETE was not ok under "Unable to delete" (exit 1), so the retry of a VM its user returned
+    is ok, and says so only once a replica has the return."""
+    hostname = running_vm(api)
+    redis_pair.wait_synced()
+    redis_pair.link.hold()
+    status, answer = on_vm("DELETE", hostname)
+    assert status == 503 and answer["ok"] is False and "send the DELETE again" in answer["error"], answer
+    record = api.store.get_vm(hostname)
+    assert record is not None and record.state == "completed", "the return stays done on the primary"
+    assert on_vm("DELETE", hostname)[0] == 503, "the retry, while no replica has the return"
+
+    redis_pair.link.release()
+    redis_pair.wait_synced()
+    assert on_vm("DELETE", hostname) == (200, {"ok": True})
+    assert RedisPair.client(redis_pair.replica).hget(api.store.keys.vm(hostname), "state") == "completed"
+
+
+@pytest.mark.parametrize("change", [{"lifetime": 12}, {"tags": {"project": "ci"}}], ids=["lifetime", "tags"])
+def test_a_vm_change_answered_200_is_on_the_new_primary(
+        redis_pair: RedisPair, api: Services, change: dict[str, Any]) -> None:
+    """A lifetime extension lost: the VM is reaped on its old lifetime, in use as it is."""
+    hostname = running_vm(api)
+    redis_pair.wait_synced()
+    redis_pair.link.hold()
+    status, answer = on_vm("PUT", hostname, change)
+    redis_pair.kill_primary_and_promote()
+
+    assert status in (200, 503), answer
+    if status == 503:
+        assert answer["ok"] is False and "again" in answer["error"], answer
+        return
+    record = after_failover(redis_pair).store.get_vm(hostname)
+    assert record is not None
+    assert (record.lifetime_hours, dict(record.tags)) == (change.get("lifetime"), change.get("tags", {})), \
+        f"{hostname}'s change was answered 200, then lost with the primary"
+
+
+def test_a_vm_change_no_replica_acknowledged_is_answered_503_and_its_retry_200_once_replicated(
+        redis_pair: RedisPair, api: Services) -> None:
+    hostname = running_vm(api)
+    redis_pair.wait_synced()
+    redis_pair.link.hold()
+    status, answer = on_vm("PUT", hostname, {"lifetime": 12})
+    assert status == 503 and answer["ok"] is False and "send the PUT again" in answer["error"], answer
+    record = api.store.get_vm(hostname)
+    assert record is not None and record.lifetime_hours == 12, "the change stays made on the primary"
+
+    redis_pair.link.release()
+    redis_pair.wait_synced()
+    assert on_vm("PUT", hostname, {"lifetime": 12}) == (200, {"ok": True})
+    assert RedisPair.client(redis_pair.replica).hget(api.store.keys.vm(hostname), "lifetime") == "12"
+
+
+def test_a_change_with_a_disk_no_replica_acknowledged_says_not_to_send_the_disk_blindly(
+        redis_pair: RedisPair, api: Services) -> None:
+    """`floaty modify --disk 8` queues a disk in the PUT's step: sent again, it would be queued
+    again (two disks) unless the failover lost the first."""
+    hostname = running_vm(api)
+    redis_pair.wait_synced()
+    redis_pair.link.hold()
+    status, answer = on_vm("PUT", hostname, {"lifetime": 12, "disk": 8})
+    assert status == 503 and answer["ok"] is False, answer
+    assert "disk" in answer["error"] and "GET /vm/" in answer["error"], answer
+
+
+def test_an_ondemand_request_deleted_with_200_stays_deleted_on_the_new_primary(
+        redis_pair: RedisPair, api: Services) -> None:
+    """A deleted request lost: open again on the new primary, its VMs are cloned and delivered
+    to nobody, and run out their lifetime."""
+    status, answer = call("POST", "/api/v3/ondemandvm", "/api/v3/ondemandvm", body={POOL: 1})
+    assert status == 201, answer
+    request_id = answer["request_id"]
+    redis_pair.wait_synced()
+    redis_pair.link.hold()
+    status, answer = call("DELETE", "/api/v3/ondemandvm/{name}", f"/api/v3/ondemandvm/{request_id}",
+                          params={"name": request_id})
+    redis_pair.kill_primary_and_promote()
+
+    assert status in (200, 503), answer
+    if status == 503:
+        assert answer["ok"] is False and "again" in answer["error"], answer
+        return
+    after = OnDemandStore(after_failover(redis_pair).store)
+    request = after.get(request_id)
+    assert request is not None and request.state == "deleted", \
+        f"request {request_id} was deleted with 200, then open again on the new primary: {request}"
+    assert after.open_requests(POOL) == []
+
+
+def test_an_ondemand_deletion_no_replica_acknowledged_is_answered_503_and_its_retry_200_once_replicated(
+        redis_pair: RedisPair, api: Services) -> None:
+    status, answer = call("POST", "/api/v3/ondemandvm", "/api/v3/ondemandvm", body={POOL: 1})
+    assert status == 201, answer
+    request_id = answer["request_id"]
+
+    def delete() -> tuple[int, Any]:
+        return call("DELETE", "/api/v3/ondemandvm/{name}", f"/api/v3/ondemandvm/{request_id}",
+                    params={"name": request_id})
+
+    redis_pair.wait_synced()
+    redis_pair.link.hold()
+    status, answer = delete()
+    assert status == 503 and answer["ok"] is False and "send the DELETE again" in answer["error"], answer
+    request = OnDemandStore(api.store).get(request_id)
+    assert request is not None and request.state == "deleted", "the deletion stays done on the primary"
+
+    redis_pair.link.release()
+    redis_pair.wait_synced()
+    assert delete() == (200, {"ok": True})
+    assert RedisPair.client(redis_pair.replica).hget(api.store.keys.ondemand(request_id), "state") == "deleted"
+
+
+def test_a_change_answered_200_right_after_a_replica_came_online_is_on_it_when_promoted(
+        redis_pair: RedisPair, api: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A primary left alone (its replica gone, as right after a failover while ElastiCache builds
+    a new one) answers without waiting for anyone: there is no replica a failover could promote.
+    Once a replica is online again it can be promoted, so the writes answered from then on must
+    be on it, not only those after the process next looks up its replicas."""
+    monkeypatch.setattr(store_module, "REPLICAS_RECHECK_SECONDS", 0.0)  # the next write looks them up
+    hostname = running_vm(api)
+    replica = RedisPair.client(redis_pair.replica)
+    replica.execute_command("REPLICAOF", "NO", "ONE")  # the replica lost; the primary alone
+    eventually_alone(redis_pair)
+    monkeypatch.setattr(store_module, "REPLICAS_RECHECK_SECONDS", 3600.0)  # what it finds holds a while
+    assert on_vm("PUT", hostname, {"tags": {"project": "alone"}})[0] == 200  # none: answered at once
+    replica.execute_command("REPLICAOF", "127.0.0.1", str(redis_pair.link.port))  # a new replica, synced
+    replica.close()
+    redis_pair.wait_synced()
+    redis_pair.link.hold()
+    status, answer = on_vm("PUT", hostname, {"lifetime": 12})
+    redis_pair.kill_primary_and_promote()
+
+    assert status in (200, 503), answer
+    if status == 503:
+        return
+    record = after_failover(redis_pair).store.get_vm(hostname)
+    assert record is not None and record.lifetime_hours == 12, \
+        f"{hostname}'s lifetime was answered 200 with a replica online, then lost when it was promoted"
+
+
+def eventually_alone(pair: RedisPair) -> None:
+    """Until the primary counts no replica."""
+    primary = RedisPair.client(pair.primary)
+    try:
+        eventually(lambda: primary.info("replication").get("connected_slaves") == 0, 5, "the primary alone")
+    finally:
+        primary.close()

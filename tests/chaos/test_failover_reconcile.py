@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import redis
 
 from chalicelib.clock import FakeClock
@@ -21,9 +22,11 @@ from chalicelib.manager.reconcile import PassReport, reconcile_pool
 from chalicelib.providers.dummy import DummyProvider
 from chalicelib.services import Services
 from chalicelib.store import CheckoutRequest, ReplicaAcks, connect
+from chalicelib.store.keys import template_lease_name
 from chalicelib.store.vm_tasks import EnqueueResult, VMTaskStore, new_task
 from tests.core.test_reconcile_queue import RecordingQueue
 from tests.redis_pair import RedisPair
+from tests.vsphere.vcsim import VcsimServer, vcsim_config
 
 POOL = "ha"
 CONFIG = f"""
@@ -197,3 +200,47 @@ def test_a_vm_checked_out_after_a_failover_is_not_dropped_by_a_pass_whose_mark_t
         record = after.store.get_vm(hostname)
         assert record is not None and record.state == "running", \
             f"{hostname}, checked out after the failover, was dropped by a pass that read no inventory with it"
+
+
+def test_a_template_lease_released_while_the_replica_lagged_does_not_hold_the_preparation_after_the_failover(
+        redis_pair: RedisPair, private_vcsim: VcsimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass takes its template's lease, reads the preparation on and releases it, within its
+    template step; the replica has the take, not the release. Promoted, it holds the lease of a
+    pass long over, and every pool on the template holds its clones until the lease expires
+    (up to a minute), unless the retry that releases the run's pool lease releases it too."""
+    config = vcsim_config(private_vcsim, [{"name": POOL, "folder": "vmpool/failover", "size": 1}],
+                          service={"create_template_delta_disks": True})
+    clock = FakeClock()
+
+    def function() -> Services:
+        """One reconcile function on the pair's endpoint, waiting for a replica as in AWS."""
+        services = Services(config, connect(config.redis, url=redis_pair.endpoint.url), clock=clock)
+        services.store.replica_acks = ReplicaAcks(1, 100)
+        return services
+
+    services = function()
+    pool = services.pool(POOL)
+    assert pool is not None
+    lease = template_lease_name(pool.provider, pool.template)
+    release = services.store.release_lease
+    held: list[str] = []
+
+    def replica_stops_receiving_before(name: str, token: str) -> None:
+        if name == lease and not held:
+            redis_pair.wait_synced()  # the replica has the template's lease and the preparation...
+            redis_pair.link.hold()  # ...and nothing after: the lease's release is on the primary only
+            held.append(token)
+        release(name, token)
+
+    monkeypatch.setattr(services.store, "release_lease", replica_stops_receiving_before)
+    queue = RecordingQueue()
+    look_at(services, PoolMessage(POOL, TICK), queue)
+    assert held, "the premise: the pass prepared the template under its lease"
+    redis_pair.kill_primary_and_promote()
+
+    after = function()  # the next function, on the new primary
+    retries = [message for message, _ in queue.sent if message.lease]
+    assert retries, "the run's release was not replicated either: its retry releases it"
+    look_at(after, retries[0], RecordingQueue())
+    assert after.store.lease_tokens([lease]) == {}, \
+        "the template's lease outlived its pass: the pools on the template hold their clones until it expires"
