@@ -184,18 +184,25 @@ def on_vm(method: str, hostname: str, body: Any = None) -> tuple[int, Any]:
     return call(method, "/api/v3/vm/{name}", f"/api/v3/vm/{hostname}", params={"name": hostname}, body=body)
 
 
+def answered_200_then_failed_over(redis_pair: RedisPair, method: str, hostname: str, body: Any = None) -> bool:
+    """Send a change to ``hostname`` while the replica lags, then fail over to that replica.
+    True if the change was answered 200 (so it must be on the new primary); a 503 must say to
+    send it again, and then nothing was promised."""
+    redis_pair.wait_synced()
+    redis_pair.link.hold()
+    status, answer = on_vm(method, hostname, body)
+    redis_pair.kill_primary_and_promote()
+    assert status in (200, 503), answer
+    if status == 503:
+        assert answer["ok"] is False and "again" in answer["error"], answer
+    return status == 200
+
+
 def test_a_vm_returned_with_200_stays_returned_on_the_new_primary(redis_pair: RedisPair, api: Services) -> None:
     """A return lost: the VM is running again, its user's (who believes it gone), and its
     lifetime counts against their quota."""
     hostname = running_vm(api)
-    redis_pair.wait_synced()
-    redis_pair.link.hold()
-    status, answer = on_vm("DELETE", hostname)
-    redis_pair.kill_primary_and_promote()
-
-    assert status in (200, 503), answer
-    if status == 503:
-        assert answer["ok"] is False and "again" in answer["error"], answer
+    if not answered_200_then_failed_over(redis_pair, "DELETE", hostname):
         return
     record = after_failover(redis_pair).store.get_vm(hostname)
     assert record is not None and record.state != "running", \
@@ -227,14 +234,7 @@ def test_a_vm_change_answered_200_is_on_the_new_primary(
         redis_pair: RedisPair, api: Services, change: dict[str, Any]) -> None:
     """A lifetime extension lost: the VM is reaped on its old lifetime, in use as it is."""
     hostname = running_vm(api)
-    redis_pair.wait_synced()
-    redis_pair.link.hold()
-    status, answer = on_vm("PUT", hostname, change)
-    redis_pair.kill_primary_and_promote()
-
-    assert status in (200, 503), answer
-    if status == 503:
-        assert answer["ok"] is False and "again" in answer["error"], answer
+    if not answered_200_then_failed_over(redis_pair, "PUT", hostname, change):
         return
     record = after_failover(redis_pair).store.get_vm(hostname)
     assert record is not None
