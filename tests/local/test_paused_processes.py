@@ -155,6 +155,12 @@ def front_processes(stack: RunningStack) -> set[int]:
     return {arbiter, *descendants(arbiter)}
 
 
+def whole_front(stack: RunningStack, workers: int) -> set[int] | None:
+    """The stack's HTTP front once the arbiter has forked all its workers, else None."""
+    processes = front_processes(stack)
+    return processes if len(processes) > workers else None
+
+
 @pytest.mark.slow
 def test_a_worker_stopped_when_its_arbiter_is_killed_does_not_outlive_it(tmp_path: Path) -> None:
     """SIGSTOP of an HTTP worker, then `kill -9` of its arbiter before the arbiter kills it: the
@@ -185,7 +191,8 @@ def test_a_stack_killed_while_its_arbiter_is_stopped_leaves_nothing_serving(tmp_
     death sent it, and its workers, whose parent lived on, went on serving the port, with no
     stack and no Redis, until someone found and killed them."""
     with local_stack(tmp_path, CONFIG, workers=2) as stack:
-        front = front_processes(stack)
+        # Both workers forked before the snapshot: the stack answers once the first one serves.
+        front = wait_for(lambda: whole_front(stack, workers=2), 20, "the arbiter and its two workers", stack.log)
         arbiter = running_arbiter(stack)
         try:
             os.kill(arbiter, signal.SIGSTOP)
@@ -197,4 +204,5 @@ def test_a_stack_killed_while_its_arbiter_is_stopped_leaves_nothing_serving(tmp_
             for pid in front:  # on a failure: no process of the test left behind
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-        assert refuses_connections(stack.port)
+        # Every process that held the port dies by the same SIGKILL chain, each when it next runs.
+        wait_for(lambda: refuses_connections(stack.port), 20, "nothing to serve the port")
