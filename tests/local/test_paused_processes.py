@@ -63,7 +63,7 @@ def test_requests_that_land_on_a_stopped_http_worker_end_within_seconds_and_a_ne
     Before, all of them waited 31 s (gunicorn's 30 s worker timeout)."""
     with local_stack(tmp_path, CONFIG, workers=2) as stack:
         arbiter = running_arbiter(stack)
-        workers = descendants(arbiter)
+        workers = wait_for(lambda: whole_front(stack, workers=2), 20, "both workers", stack.log) - {arbiter}
         kept = [socket.create_connection(("127.0.0.1", stack.port), timeout=CLIENT_SECONDS) for _ in range(8)]
         try:
             for connection in kept:
@@ -100,7 +100,7 @@ def test_the_whole_stack_stopped_and_resumed_keeps_its_workers_and_serves(tmp_pa
     connection is reset in the moment the stack comes back."""
     with local_stack(tmp_path, CONFIG, workers=2) as stack:
         arbiter = running_arbiter(stack)
-        workers = descendants(arbiter)
+        workers = wait_for(lambda: whole_front(stack, workers=2), 20, "both workers", stack.log) - {arbiter}
         # Right after the start (before the arbiter's first check, once failed), then once it runs.
         for _ in range(2):
             os.killpg(stack.process.pid, signal.SIGSTOP)  # SIGTSTP, Ctrl-Z's, is dropped here: no terminal
