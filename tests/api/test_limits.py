@@ -174,8 +174,8 @@ def test_what_many_addresses_keep_in_redis_under_the_rate_limits_is_bounded(
         return len(counters), sum(client.memory_usage(key) or 0 for key in counters)
 
     def end_the_windows() -> None:
-        """What the end of every window does: their counters and the table expire (Redis's clock)."""
-        stack.clock.advance(86401)
+        """What the end of every window does: their counters and the table expire (on Redis's clock,
+        which times the windows: the service's is not asked)."""
         for key in client.scan_iter("vmpool:ratelimit:global_per_ip:*"):
             client.delete(key)
 
@@ -212,6 +212,28 @@ def test_what_many_addresses_keep_in_redis_under_the_rate_limits_is_bounded(
     for _ in range(5):
         assert stack.call("GET", "/api/v3/status", client_ip="2001:db8:ffff:1::1").status == 200
     assert stack.call("GET", "/api/v3/status", client_ip="2001:db8:ffff:2::1").status == 200  # another /64
+
+
+def test_a_service_clock_ahead_of_redis_counts_no_more_clients_on_their_own(
+        make_stack: Callable[[str], Harness]) -> None:
+    """The counters expire on Redis's clock; the table of clients counted on their own was timed
+    on the service's. A Lambda whose clock ran ahead of Redis's (here by a whole period) dropped
+    clients from the table while their counters lived on, so new ones were counted on their own
+    too: 4 counters with ``max_rate_limited_clients: 2``. The table now keeps Redis's time."""
+    stack = make_stack(RATE_LIMITED.replace("rate_limiting_enabled: true",
+                                            "rate_limiting_enabled: true\n  max_rate_limited_clients: 2"))
+    for address in ("192.0.2.1", "192.0.2.2"):
+        assert stack.call("GET", "/api/v3/status", client_ip=address).status == 200
+    stack.clock.advance(31)  # the service's clock, not Redis's: both windows are still open
+    for address in ("192.0.2.3", "192.0.2.4"):
+        assert stack.call("GET", "/api/v3/status", client_ip=address).status == 200
+    own = list(stack.client.scan_iter(stack.store.keys.rate_limit("global_per_ip", "ip:*")))
+    assert len(own) == 2
+    # The newcomers share a counter; the two counted first still count on their own.
+    for _ in range(4):
+        stack.call("GET", "/api/v3/status", client_ip="192.0.2.1")
+    refused = stack.call("GET", "/api/v3/status", client_ip="192.0.2.1")
+    assert refused.status == 429 and "shared" not in refused.json
 
 
 def test_without_auth_a_token_is_ignored_by_the_rate_limits(make_stack: Callable[[str], Harness]) -> None:
