@@ -131,7 +131,7 @@ def check_rate(services: Services, method: str, path: str, request: ApiRequest) 
     rate = rate_class(services, method, path, authenticated=user is not None)
     client = rate_limit_client(user, address_key(request.source_ip) or "unknown")
     counted = services.store.count_request(rate.name, client, shared_counter(user, request.source_ip), rate.period,
-                                           services.clock.now(), int(services.config.service.max_rate_limited_clients))
+                                           int(services.config.service.max_rate_limited_clients))
     if counted.count <= rate.limit:
         return
     wait = max(1, math.ceil(counted.left_ms / 1000)) if counted.left_ms > 0 else rate.period

@@ -87,8 +87,9 @@ family through these validators.
     requests:<owner hash>    zset    the on-demand requests one owner opened and Redis still keeps, by
                                      creation time (store/ondemand.REQUESTS_KEPT_PER_OWNER)
     ratelimit:<class>:<who>  string  requests of a client (a token's user, hashed, or an address) in the window
-    ratelimit:<class>:clients zset   the clients counted on their own (<who>), by when their window ends:
-                                     past config max_rate_limited_clients, new ones share a counter
+    ratelimit:<class>:clients zset   the clients counted on their own (<who>), by when their window ends
+                                     (ms, Redis's clock, which expires their counters): past config
+                                     max_rate_limited_clients, new ones share a counter
     ratelimit:<class>:shared:<n> string requests of the clients sharing counter n (lua/rate_count.lua)
     token:<sha256>           hash    an API token's user and times (auth/tokens.py)
     tokens:ttl               string  the token_ttl the tokens' expiries were last set for ("none":

@@ -1069,16 +1069,16 @@ class Store:
                 for day, (flat,) in zip(days, found, strict=True)]
 
     def count_request(self, request_class: str, client: str, shared_counter: int, window_seconds: int,
-                      now: float, max_clients: int) -> RequestCount:
+                      max_clients: int) -> RequestCount:
         """Count a request of ``client`` under its rate-limit class (a fixed window of
         ``window_seconds``): on the client's own counter while the class counts fewer than
         ``max_clients`` clients on their own (or already counts this one), else on shared counter
-        ``shared_counter`` (lua/rate_count.lua)."""
+        ``shared_counter`` (lua/rate_count.lua). Windows are timed on Redis's clock, which
+        expires the counters: the service's clock is not asked."""
         keys = [self.keys.rate_limit(request_class, client), self.keys.rate_limit_shared(request_class, shared_counter),
                 self.keys.rate_limit_clients(request_class)]
         with _translate_errors():
-            count, left_ms, shared = self.scripts.rate_count(keys=keys, args=[window_seconds, repr(now), max_clients,
-                                                                              client])
+            count, left_ms, shared = self.scripts.rate_count(keys=keys, args=[window_seconds, max_clients, client])
         return RequestCount(int(count), int(left_ms), bool(shared))
 
     def set_last_boot(self, pool: str, when: str) -> None:

@@ -157,15 +157,27 @@ def test_what_many_addresses_keep_in_redis_under_the_rate_limits_is_bounded(
     second) x ``period``, 8.6 GB a day-long period at 1,000 a second from a caller with many
     addresses. A class now counts ``max_rate_limited_clients`` on their own; past it new clients
     share SHARED_RATE_COUNTERS counters, one per IPv6 /48 (or address) hashed, and a client
-    counted before keeps its count: neither reset nor refused for what others send."""
+    counted before keeps its count: neither reset nor refused for what others send.
+
+    The counters expire on Redis's clock, which the test's clock does not stop: with a 30-second
+    period a starved run (load 14) saw the windows end mid-flood, new clients fill the emptied
+    table under longer names (19,192 bytes against 18,120) or the first client's count restart.
+    A period no run lasts keeps every window open until the test ends them itself."""
     monkeypatch.setattr(limits, "SHARED_RATE_COUNTERS", 64, raising=False)
     stack = make_stack(RATE_LIMITED.replace("rate_limiting_enabled: true",
-                                            "rate_limiting_enabled: true\n  max_rate_limited_clients: 100"))
+                                            "rate_limiting_enabled: true\n  max_rate_limited_clients: 100")
+                       .replace("global_per_ip: {limit: 5, period: 30}", "global_per_ip: {limit: 5, period: 86400}"))
     client = stack.client
 
     def kept() -> tuple[int, int]:
         counters = list(client.scan_iter("vmpool:ratelimit:*", count=1000))
         return len(counters), sum(client.memory_usage(key) or 0 for key in counters)
+
+    def end_the_windows() -> None:
+        """What the end of every window does: their counters and the table expire (on Redis's clock,
+        which times the windows: the service's is not asked)."""
+        for key in client.scan_iter("vmpool:ratelimit:global_per_ip:*"):
+            client.delete(key)
 
     for _ in range(3):
         assert stack.call("GET", "/api/v3/status", client_ip="198.51.100.9").status == 200
@@ -189,13 +201,39 @@ def test_what_many_addresses_keep_in_redis_under_the_rate_limits_is_bounded(
     # The client counted before the flood has its own count still: 2 more, then its own 429.
     assert [stack.call("GET", "/api/v3/status", client_ip="198.51.100.9").status for _ in range(3)] == [200, 200, 429]
     assert "shared" not in stack.call("GET", "/api/v3/status", client_ip="198.51.100.9").json
+    # Windows that end mid-flood: the table empties and fills again, with no more than it holds.
+    end_the_windows()
+    for index in range(6000, 8000):
+        stack.call("GET", "/api/v3/status", client_ip=f"2001:db8:{index:x}::1")
+    assert kept()[0] <= 100 + 64 + 1
+    assert client.zcard(stack.store.keys.rate_limit_clients("global_per_ip")) == 100  # full again
     # Once their windows end the table has room again: a new client is counted on its own.
-    stack.clock.advance(31)
-    for key in client.scan_iter("vmpool:ratelimit:global_per_ip:*"):
-        client.delete(key)  # what their expiry does
+    end_the_windows()
     for _ in range(5):
         assert stack.call("GET", "/api/v3/status", client_ip="2001:db8:ffff:1::1").status == 200
     assert stack.call("GET", "/api/v3/status", client_ip="2001:db8:ffff:2::1").status == 200  # another /64
+
+
+def test_a_service_clock_ahead_of_redis_counts_no_more_clients_on_their_own(
+        make_stack: Callable[[str], Harness]) -> None:
+    """The counters expire on Redis's clock; the table of clients counted on their own was timed
+    on the service's. A Lambda whose clock ran ahead of Redis's (here by a whole period) dropped
+    clients from the table while their counters lived on, so new ones were counted on their own
+    too: 4 counters with ``max_rate_limited_clients: 2``. The table now keeps Redis's time."""
+    stack = make_stack(RATE_LIMITED.replace("rate_limiting_enabled: true",
+                                            "rate_limiting_enabled: true\n  max_rate_limited_clients: 2"))
+    for address in ("192.0.2.1", "192.0.2.2"):
+        assert stack.call("GET", "/api/v3/status", client_ip=address).status == 200
+    stack.clock.advance(31)  # the service's clock, not Redis's: both windows are still open
+    for address in ("192.0.2.3", "192.0.2.4"):
+        assert stack.call("GET", "/api/v3/status", client_ip=address).status == 200
+    own = list(stack.client.scan_iter(stack.store.keys.rate_limit("global_per_ip", "ip:*")))
+    assert len(own) == 2
+    # The newcomers share a counter; the two counted first still count on their own.
+    for _ in range(4):
+        stack.call("GET", "/api/v3/status", client_ip="192.0.2.1")
+    refused = stack.call("GET", "/api/v3/status", client_ip="192.0.2.1")
+    assert refused.status == 429 and "shared" not in refused.json
 
 
 def test_without_auth_a_token_is_ignored_by_the_rate_limits(make_stack: Callable[[str], Harness]) -> None:
