@@ -160,6 +160,20 @@ def process_parents() -> dict[int, int]:
     return parents
 
 
+def group_members(pgid: int) -> set[int]:
+    """The live (not zombie) processes of process group ``pgid``, read from /proc."""
+    members: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.add(int(entry.name))
+    return members
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

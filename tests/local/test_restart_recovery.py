@@ -27,7 +27,7 @@ from chalicelib.store.keys import Keys
 from chalicelib.store.migrations import MigrationStore
 from chalicelib.store.ondemand import OnDemandStore
 from tests.dns.bind import BindServer
-from tests.local.stack import RunningStack, call, local_stack, wait_for
+from tests.local.stack import RunningStack, call, group_members, local_stack, wait_for
 from tests.support import redis_commands
 from tests.vsphere.vcsim import VcsimServer
 from tools.vcsim import launcher
@@ -55,6 +55,9 @@ def kill_stack(stack: RunningStack) -> None:
     """SIGKILL the stack's whole process group (`kill -9 -<pgid>`): no handler, no cleanup."""
     os.killpg(stack.process.pid, signal.SIGKILL)
     stack.process.wait()
+    # Each process of the group dies when it next runs, and redis-server holds the state
+    # directory's lock until then: on a loaded machine the next start found it still held.
+    wait_for(lambda: not group_members(stack.process.pid), 20, "every process of the killed stack to die")
 
 
 def ready(client: redis.Redis, pool: str) -> list[str]:
