@@ -732,7 +732,7 @@ def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Con
 
     if reader.problems or service is None or redis is None:
         raise ConfigError(reader.problems)
-    return Config(
+    config = Config(
         service=service,
         redis=redis,
         pools=tuple(pools),
@@ -743,6 +743,14 @@ def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Con
         rate_limits=MappingProxyType(rate_limits),
         dns_configs=MappingProxyType(dns_configs),
     )
+    if not reader.trusted:
+        # Imported here: the answers' shapes live with the API, which imports this module.
+        from chalicelib.api.answer_sizes import answer_size_problems
+
+        problems = answer_size_problems(config)
+        if problems:
+            raise ConfigError(problems)
+    return config
 
 
 def _tag_count_problems(service: ServiceConfig) -> list[str]:

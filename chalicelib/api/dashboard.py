@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from chalicelib.api.http import ANSWER_BUDGET_BYTES, ApiRequest, ApiResponse, bad_request, ok, whole_number
+from chalicelib.api.http import ApiRequest, ApiResponse, bad_request, ok, whole_number
 from chalicelib.services import Services
 from chalicelib.sizing.controller import current_sizes
 from chalicelib.store.history import PoolHistory, Sample, minute_of
@@ -24,8 +24,7 @@ STATIC_DIR = Path(__file__).resolve().parents[1] / "dashboard"
 MAX_HISTORY_HOURS = 7 * 24
 MAX_POINTS = 360
 """Points per series in /dashboard/stats/history: enough for a graph, small for the wire."""
-BYTES_PER_POOL_POINT = 4 * 6
-"""One point of a pool's four series in the history's JSON: a count or null and a comma each."""
+HISTORY_FIELDS = ("ready", "running", "pending", "size")
 FEED_MINUTES = 60
 """vmpooler's feeds show the last hour."""
 PAGE_HEADERS = {
@@ -146,9 +145,15 @@ def _hours(request: ApiRequest) -> int:
 
 
 def most_points(services: Services) -> int:
-    """Points per series of the history: MAX_POINTS, fewer when every pool's series would not
-    fit ANSWER_BUDGET_BYTES (a week of 1,000 pools at 360 points is 8.6 MB, past Lambda's 6)."""
-    return max(1, min(MAX_POINTS, ANSWER_BUDGET_BYTES // max(len(services.config.pools) * BYTES_PER_POOL_POINT, 1)))
+    """Points per series of the history: MAX_POINTS, fewer when every pool's series would not fit
+    one answer as Lambda sends it (a week of 1,000 pools at 360 points is 8.6 MB, past Lambda's 6):
+    the pools' names and keys are counted (api/answer_sizes.py), then each point at its widest."""
+    from chalicelib.api.answer_sizes import ANSWER_LIMIT_BYTES, history_bytes
+
+    pools = services.config.pools
+    fixed = history_bytes(pools, 0)
+    per_point = history_bytes(pools[:1], 2) - history_bytes(pools[:1], 1)  # with its comma
+    return max(1, min(MAX_POINTS, (ANSWER_LIMIT_BYTES - fixed) // max(len(pools) * per_point, 1)))
 
 
 def history(services: Services, request: ApiRequest) -> ApiResponse:
@@ -161,7 +166,7 @@ def history(services: Services, request: ApiRequest) -> ApiResponse:
     last = minute_of(services.clock.now())
     first = last - points * step + 1
     picked = PoolHistory(services.store).series(services.config.pool_names, first, points, step)
-    fields = ("ready", "running", "pending", "size")
-    pools: dict[str, Any] = {name: {field: [getattr(s, field) if s else None for s in samples] for field in fields}
+    pools: dict[str, Any] = {name: {field: [getattr(s, field) if s else None for s in samples]
+                                    for field in HISTORY_FIELDS}
                              for name, samples in picked.items()}
     return ok(start=first * 60, step=step * 60, points=points, pools=pools)

@@ -116,18 +116,21 @@ def pool_configuration(services: Services, request: ApiRequest) -> ApiResponse:
     one is truthy in Ruby). Only pool keys are shown, and pools hold no secrets."""
     if not services.config.pools:
         raise not_found(error="no pools configured")
-    pools = []
-    for pool in services.pools():
-        settings = {key: value for key, value in pool.settings.items() if key not in UNWRITTEN_WHEN_EMPTY or value}
-        settings.update(name=pool.name, size=pool.size, template_ready=True)
-        if pool.template:
-            settings["template"] = pool.template
-        if pool.alias:
-            settings["alias"] = alias_as_written(pool)
-        if "sizing" in settings:
-            settings["sizing"] = settings["sizing"].source  # as written in the config
-        pools.append(settings)
+    pools = [configuration_entry(pool) for pool in services.pools()]
     return ApiResponse(200, {"pool_configuration": pools, "status": {"ok": True}})
+
+
+def configuration_entry(pool: PoolConfig) -> dict[str, Any]:
+    """A pool as /config shows it (``pool`` with its runtime overrides applied)."""
+    settings = {key: value for key, value in pool.settings.items() if key not in UNWRITTEN_WHEN_EMPTY or value}
+    settings.update(name=pool.name, size=pool.size, template_ready=True)
+    if pool.template:
+        settings["template"] = pool.template
+    if pool.alias:
+        settings["alias"] = alias_as_written(pool)
+    if "sizing" in settings:
+        settings["sizing"] = settings["sizing"].source  # as written in the config
+    return settings
 
 
 UNWRITTEN_WHEN_EMPTY = ("template", "folder", "alias")
