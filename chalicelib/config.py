@@ -26,6 +26,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated, Any, Generic, Mapping, Optional, Sequence, TypeVar, overload
 
+from chalicelib.answer_sizes import answer_size_problems
 from chalicelib.auth.ldap_settings import LdapSettings
 from chalicelib.auth.secrets import Secret, SecretReference
 from chalicelib.config_fields import (
@@ -744,9 +745,6 @@ def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Con
         dns_configs=MappingProxyType(dns_configs),
     )
     if not reader.trusted:
-        # Imported here: the answers' shapes live with the API, which imports this module.
-        from chalicelib.api.answer_sizes import answer_size_problems
-
         problems = answer_size_problems(config)
         if problems:
             raise ConfigError(problems)

@@ -15,6 +15,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from chalicelib.answer_sizes import (
+    ANSWER_LIMIT_BYTES,
+    FEED_MINUTES,
+    HISTORY_FIELDS,
+    MAX_POINTS,
+    history_bytes,
+    major,
+)
 from chalicelib.api.http import ApiRequest, ApiResponse, bad_request, ok, whole_number
 from chalicelib.services import Services
 from chalicelib.sizing.controller import current_sizes
@@ -22,11 +30,6 @@ from chalicelib.store.history import PoolHistory, Sample, minute_of
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "dashboard"
 MAX_HISTORY_HOURS = 7 * 24
-MAX_POINTS = 360
-"""Points per series in /dashboard/stats/history: enough for a graph, small for the wire."""
-HISTORY_FIELDS = ("ready", "running", "pending", "size")
-FEED_MINUTES = 60
-"""vmpooler's feeds show the last hour."""
 PAGE_HEADERS = {
     "Content-Type": "text/html; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -110,13 +113,6 @@ def vmpooler_pool(services: Services, request: ApiRequest) -> ApiResponse:
     return ApiResponse(200, body)
 
 
-def major(pool_name: str) -> str:
-    """vmpooler groups running counts by the pool name's first word (``debian`` of
-    ``debian-12-x86_64``)."""
-    found = re.match(r"^(\w+)-", pool_name)
-    return found.group(1) if found else pool_name
-
-
 def vmpooler_running(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /dashboard/stats/vmpooler/running[?history=true]: ``{major: {running, history?}}``."""
     names = services.config.pool_names
@@ -147,9 +143,7 @@ def _hours(request: ApiRequest) -> int:
 def most_points(services: Services) -> int:
     """Points per series of the history: MAX_POINTS, fewer when every pool's series would not fit
     one answer as Lambda sends it (a week of 1,000 pools at 360 points is 8.6 MB, past Lambda's 6):
-    the pools' names and keys are counted (api/answer_sizes.py), then each point at its widest."""
-    from chalicelib.api.answer_sizes import ANSWER_LIMIT_BYTES, history_bytes
-
+    the pools' names and keys are counted (chalicelib/answer_sizes.py), then each point at its widest."""
     pools = services.config.pools
     fixed = history_bytes(pools, 0)
     per_point = history_bytes(pools[:1], 2) - history_bytes(pools[:1], 1)  # with its comma

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from chalicelib.answer_sizes import override_fits
 from chalicelib.api.http import (
     ApiError,
     ApiRequest,
@@ -116,11 +117,9 @@ def _clear(services: Services, request: ApiRequest, setting: _Setting) -> ApiRes
 
 def _fits(services: Services, name: str, setting: _Setting, value: Any) -> bool:
     """Whether /config, which shows the pools' templates and clone targets, still fits one answer
-    with ``value`` (api/answer_sizes.py: each pool's may grow by the same share of what is left)."""
+    with ``value`` (chalicelib/answer_sizes.py: each pool's may grow by the same share of what is left)."""
     if setting is _SIZE:
         return True  # counted at its widest when the config was accepted
-    from chalicelib.api.answer_sizes import override_fits
-
     return override_fits(services.config, _value(_configured(services, name), setting), value)
 
 

@@ -10,6 +10,7 @@ import re
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+from chalicelib.answer_sizes import BYTES_PER_POOL_DAY
 from chalicelib.api.http import (
     ANSWER_BUDGET_BYTES,
     ApiRequest,
@@ -24,9 +25,6 @@ from chalicelib.store import DayStats
 
 SECTIONS = ("boot", "clone", "tag")
 MAX_DAYS = 366
-BYTES_PER_POOL_DAY = 160
-"""A pool's boot and clone figures of one day, besides four copies of its name (measured: 252
-bytes with a 24-character name)."""
 DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
 
 

@@ -8,7 +8,7 @@ config of 10,000 pools (tests/infra/packaged.py ``pools_config``), and measured 
 send them. Measured on 2026-12-05 (docs/deploy.md), as Lambda sends them: ``/config`` 2.8 MB,
 ``/status`` 1.5 MB, ``/dashboard/stats/history?hours=168`` 4.1 MB.
 
-A config whose answers could pass the limit is refused where it is validated (api/answer_sizes.py),
+A config whose answers could pass the limit is refused where it is validated (chalicelib/answer_sizes.py),
 and the runtime templates and clone targets /config shows may not take it past either."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from packaged import pools_config
 from packaged_functions import Context, api_event
 
 import app as app_module
-from chalicelib.api.answer_sizes import ANSWER_LIMIT_BYTES, LAMBDA_RESPONSE_BYTES
+from chalicelib.answer_sizes import ANSWER_LIMIT_BYTES, LAMBDA_RESPONSE_BYTES
 from chalicelib.clock import FakeClock
 from chalicelib.config import MAX_POOLS, ConfigError, parse
 from chalicelib.services import Services
@@ -72,7 +72,7 @@ def _lambda_bytes(path: str, query: dict[str, str] | None = None) -> int:
 
 
 def test_a_config_whose_answer_could_pass_lambdas_limit_is_refused_naming_the_answer_and_bytes() -> None:
-    # 10,000 pools of ~680 bytes each as Lambda sends them (a deep folder): /config of 6.8 MB.
+    # 10,000 pools of ~670 bytes each as Lambda sends them (a deep folder): /config of 6.7 MB.
     deep = "/".join(["f" * 78] * 5)
     text = pools_config(MAX_POOLS).replace("    folder: 'vmpooler/", f"    folder: '{deep}/")
     with pytest.raises(ConfigError) as refused:

@@ -18,14 +18,75 @@ point per series, is counted here.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
-from typing import Any, Callable, Sequence
+import re
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from chalicelib.api.dashboard import FEED_MINUTES, HISTORY_FIELDS, MAX_POINTS, major
-from chalicelib.api.status import alias_as_written, configuration_entry
-from chalicelib.api.summary import BYTES_PER_POOL_DAY
-from chalicelib.config import Config, PoolConfig
 from chalicelib.sizing.settings import MAX_SIZE
+
+
+class ShownPool(Protocol):
+    """What the answers show of a pool (a config.PoolConfig; this module sits below the config,
+    which checks itself with it, and below the API, which shapes its answers with it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def template(self) -> str: ...
+    @property
+    def alias(self) -> tuple[str, ...]: ...
+    @property
+    def settings(self) -> Mapping[str, Any]: ...
+
+
+class ShownConfig(Protocol):
+    """A config.Config, as far as its answers' sizes go."""
+
+    @property
+    def pools(self) -> Sequence[ShownPool]: ...
+    @property
+    def service(self) -> Any: ...
+
+
+FEED_MINUTES = 60
+"""vmpooler's feeds (/dashboard/stats/vmpooler/...) show the last hour."""
+MAX_POINTS = 360
+"""Points per series in /dashboard/stats/history: enough for a graph, small for the wire."""
+HISTORY_FIELDS = ("ready", "running", "pending", "size")
+BYTES_PER_POOL_DAY = 160
+"""A pool's boot and clone figures of one day in /summary, besides four copies of its name
+(measured: 252 bytes with a 24-character name)."""
+UNWRITTEN_WHEN_EMPTY = ("template", "folder", "alias")
+"""Pool keys the config reader always fills (``""``, ``()``) even when the config does not give them."""
+
+
+def alias_as_written(pool: ShownPool) -> str | list[str]:
+    """The pool's aliases as the config wrote them: a string stays a string, as in vmpooler."""
+    written = pool.settings.get("alias")
+    return written if isinstance(written, str) else list(pool.alias)
+
+
+def configuration_entry(pool: ShownPool, size: int | None = None) -> dict[str, Any]:
+    """A pool as /config shows it (``pool`` with its runtime overrides applied; ``size`` instead of
+    its own)."""
+    settings = {key: value for key, value in pool.settings.items() if key not in UNWRITTEN_WHEN_EMPTY or value}
+    settings.update(name=pool.name, size=pool.size if size is None else size, template_ready=True)
+    if pool.template:
+        settings["template"] = pool.template
+    if pool.alias:
+        settings["alias"] = alias_as_written(pool)
+    if "sizing" in settings:
+        settings["sizing"] = settings["sizing"].source  # as written in the config
+    return settings
+
+
+def major(pool_name: str) -> str:
+    """vmpooler groups running counts by the pool name's first word (``debian`` of
+    ``debian-12-x86_64``)."""
+    found = re.match(r"^(\w+)-", pool_name)
+    return found.group(1) if found else pool_name
+
 
 LAMBDA_RESPONSE_BYTES = 6 * 1024 * 1024
 """Lambda's limit on a synchronous response (6,291,456 bytes): the body escaped, headers and all."""
@@ -51,20 +112,16 @@ def lambda_bytes(body: Any) -> int:
     return len(json.dumps(json.dumps(body, separators=(",", ":"))))
 
 
-def widest_pool(pool: PoolConfig) -> PoolConfig:
-    """The pool as an override may make it at its widest (its size: POST /config/poolsize)."""
-    return replace(pool, size=WIDEST_SIZE)
-
-
-def widest_reason(pool: PoolConfig) -> str:
+def widest_reason(pool: ShownPool) -> str:
     """The longest size reason /status may show for the pool (sizing.controller)."""
-    labels = [f"schedule {window.label}" for window in (pool.sizing.windows if pool.sizing else ())]
+    sizing = pool.settings.get("sizing")
+    labels = [f"schedule {window.label}" for window in (sizing.windows if sizing else ())]
     return max(["override", "config", "demand", *labels], key=lambda reason: len(json.dumps(reason)))
 
 
-def config_answer(config: Config) -> Any:
+def config_answer(config: ShownConfig) -> Any:
     """GET /config at its widest, runtime templates and clone targets aside (``override_room``)."""
-    return {"pool_configuration": [configuration_entry(widest_pool(pool)) for pool in config.pools],
+    return {"pool_configuration": [configuration_entry(pool, WIDEST_SIZE) for pool in config.pools],
             "status": {"ok": True}}
 
 
@@ -72,10 +129,10 @@ MAX_OVERRIDE_GROWTH = 16 * 1024
 """More than any runtime template or clone target can add (pool_overrides.MAX_TEMPLATE characters
 of 14 bytes each as Lambda sends them, a character outside the BMP being ``\\ud83d\\ude00``)."""
 OVERRIDE_KEY_BYTES = len(json.dumps('"clone_target":,'))
-_ROOM: dict[int, tuple[Config, int]] = {}
+_ROOM: dict[int, tuple[ShownConfig, int]] = {}
 
 
-def override_room(config: Config) -> int:
+def override_room(config: ShownConfig) -> int:
     """How many bytes, as Lambda sends them, a pool's runtime template or clone target may take
     beyond its configured one (POST /config/pooltemplate, /config/clonetarget): /config's room
     left at its widest, shared by every pool's two values. Worked out once per config."""
@@ -90,7 +147,7 @@ def override_room(config: Config) -> int:
     return room
 
 
-def override_fits(config: Config, configured: str | None, value: str) -> bool:
+def override_fits(config: ShownConfig, configured: str | None, value: str) -> bool:
     """Whether ``value`` may replace a pool's ``configured`` template or clone target without
     /config ever passing one answer (``override_room``)."""
     return string_bytes(value) <= string_bytes(configured or "") + override_room(config)
@@ -101,7 +158,7 @@ def string_bytes(value: str) -> int:
     return len(json.dumps(json.dumps(value)))
 
 
-def status_answer(config: Config) -> Any:
+def status_answer(config: ShownConfig) -> Any:
     """GET /status at its widest: every pool empty (listed twice), every count at its widest."""
     pools: dict[str, Any] = {}
     for pool in config.pools:
@@ -120,13 +177,13 @@ def status_answer(config: Config) -> Any:
                        "uptime": 1e9}}
 
 
-def pool_feed_answer(config: Config) -> Any:
+def pool_feed_answer(config: ShownConfig) -> Any:
     """GET /dashboard/stats/vmpooler/pool?history=true at its widest."""
     return {pool.name: {"size": WIDEST_SIZE, "ready": WIDEST_SIZE, "history": [WIDEST_SIZE] * FEED_MINUTES}
             for pool in config.pools}
 
 
-def running_feed_answer(config: Config) -> Any:
+def running_feed_answer(config: ShownConfig) -> Any:
     """GET /dashboard/stats/vmpooler/running?history=true at its widest (a group's running count is
     the sum of its pools')."""
     groups: dict[str, int] = {}
@@ -135,7 +192,7 @@ def running_feed_answer(config: Config) -> Any:
     return {group: {"running": total, "history": [total] * FEED_MINUTES} for group, total in groups.items()}
 
 
-def history_bytes(pools: Sequence[PoolConfig], points: int) -> int:
+def history_bytes(pools: Sequence[ShownPool], points: int) -> int:
     """GET /dashboard/stats/history with ``points`` points per series at their widest, as Lambda
     sends it (it takes fewer points, never none, as the pools grow: dashboard.most_points)."""
     widest = {"ready": WIDEST_SIZE, "running": WIDEST_COUNT, "pending": WIDEST_SIZE, "size": WIDEST_SIZE}
@@ -144,7 +201,7 @@ def history_bytes(pools: Sequence[PoolConfig], points: int) -> int:
                                    for pool in pools}})
 
 
-def summary_answer_bytes(config: Config) -> int:
+def summary_answer_bytes(config: ShownConfig) -> int:
     """GET /summary of one day (the shortest range it answers) at its widest: every pool's boot and
     clone figures, and the most tag counts the day may keep, each at its longest."""
     service = config.service
@@ -154,10 +211,10 @@ def summary_answer_bytes(config: Config) -> int:
     return pools + tags * TAG_COUNT_BYTES
 
 
-ANSWERS: tuple[tuple[str, Callable[[Config], int]], ...] = (
+ANSWERS: tuple[tuple[str, Callable[[ShownConfig], int]], ...] = (
     ("GET /api/v3/config", lambda config: lambda_bytes(config_answer(config))),
     ("GET /api/v3/status", lambda config: lambda_bytes(status_answer(config))),
-    ("GET /api/v3/vm", lambda config: lambda_bytes(list(config.pool_names))),
+    ("GET /api/v3/vm", lambda config: lambda_bytes([pool.name for pool in config.pools])),
     ("GET /dashboard/stats/vmpooler/pool?history=true", lambda config: lambda_bytes(pool_feed_answer(config))),
     ("GET /dashboard/stats/vmpooler/running?history=true", lambda config: lambda_bytes(running_feed_answer(config))),
     ("GET /dashboard/stats/history", lambda config: history_bytes(config.pools, 1)),
@@ -167,12 +224,12 @@ ANSWERS: tuple[tuple[str, Callable[[Config], int]], ...] = (
 /status; /totalrunning, /vm/<host>, tokens and on-demand requests do not grow with the pools."""
 
 
-def widest_answers(config: Config) -> dict[str, int]:
+def widest_answers(config: ShownConfig) -> dict[str, int]:
     """Each pool-sized answer's bytes at its widest, as Lambda sends it."""
     return {route: measure(config) for route, measure in ANSWERS}
 
 
-def answer_size_problems(config: Config) -> list[str]:
+def answer_size_problems(config: ShownConfig) -> list[str]:
     """Why ``config`` could make an answer too large for Lambda (empty when none could)."""
     return [(f"pools: {route} could answer {size:,} bytes as Lambda sends it, more than the "
              f"{ANSWER_LIMIT_BYTES:,} one answer may take (Lambda's limit is {LAMBDA_RESPONSE_BYTES:,}, past it "
