@@ -54,9 +54,6 @@ FEED_MINUTES = 60
 MAX_POINTS = 360
 """Points per series in /dashboard/stats/history: enough for a graph, small for the wire."""
 HISTORY_FIELDS = ("ready", "running", "pending", "size")
-BYTES_PER_POOL_DAY = 160
-"""A pool's boot and clone figures of one day in /summary, besides four copies of its name
-(measured: 252 bytes with a 24-character name)."""
 UNWRITTEN_WHEN_EMPTY = ("template", "folder", "alias")
 """Pool keys the config reader always fills (``""``, ``()``) even when the config does not give them."""
 
@@ -201,14 +198,36 @@ def history_bytes(pools: Sequence[ShownPool], points: int) -> int:
                                    for pool in pools}})
 
 
+WIDEST_SECONDS = 99_999.99
+"""A clone's or boot's duration at its widest (seconds, hundredths: summary._stats): over a day."""
+WIDEST_TOTAL_SECONDS = 9_999_999.99
+"""A pool's durations of a range added up, at their widest."""
+
+
+def _pool_day_bytes() -> int:
+    """A pool's boot and clone figures of one day in /summary, its name aside, as Lambda sends
+    them (``"<name>":{...}`` under ``duration.pool`` and ``count.pool`` of each, with a comma)."""
+    duration = {"": {"total": WIDEST_TOTAL_SECONDS, **dict.fromkeys(("average", "min", "max"), WIDEST_SECONDS)}}
+    count = {"": {"total": WIDEST_COUNT}}
+    return 2 * sum(lambda_bytes(entry) - lambda_bytes({}) + 1 for entry in (duration, count))
+
+
+POOL_DAY_BYTES = _pool_day_bytes()
+
+
+def summary_day_bytes(pools: Sequence[ShownPool]) -> int:
+    """The pools' boot and clone figures of one day in /summary as Lambda sends them (a pool name
+    needs no escape: config.POOL_NAME_PATTERN); a range shows them once per day and once more for
+    the whole range."""
+    return sum(POOL_DAY_BYTES + 4 * len(pool.name) for pool in pools)
+
+
 def summary_answer_bytes(config: ShownConfig) -> int:
     """GET /summary of one day (the shortest range it answers) at its widest: every pool's boot and
     clone figures, and the most tag counts the day may keep, each at its longest."""
     service = config.service
     tags = (service.max_tag_names_per_day + 1) * (service.max_tag_values_per_day + 1)
-    # Every name four times, its quotes escaped (a pool name needs no other escape).
-    pools = sum(BYTES_PER_POOL_DAY + 4 * (len(pool.name) + 4) for pool in config.pools)
-    return pools + tags * TAG_COUNT_BYTES
+    return 2 * summary_day_bytes(config.pools) + tags * TAG_COUNT_BYTES
 
 
 ANSWERS: tuple[tuple[str, Callable[[ShownConfig], int]], ...] = (

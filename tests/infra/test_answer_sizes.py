@@ -14,6 +14,7 @@ and the runtime templates and clone targets /config shows may not take it past e
 from __future__ import annotations
 
 import json
+from datetime import date, timedelta
 from typing import Any, Iterator
 
 import pytest
@@ -26,8 +27,14 @@ from chalicelib.answer_sizes import ANSWER_LIMIT_BYTES, LAMBDA_RESPONSE_BYTES
 from chalicelib.clock import FakeClock
 from chalicelib.config import MAX_POOLS, ConfigError, parse
 from chalicelib.services import Services
+from chalicelib.store import DurationSample
 from chalicelib.store.pool_overrides import PoolOverrides
+from chalicelib.timestamps import day_of
 from local.redis_server import RedisServer
+
+MOST_POOLS = pools_config(MAX_POOLS).replace(
+    ":config:\n", ":config:\n  max_tag_names_per_day: 20\n  max_tag_values_per_day: 60\n")
+"""10,000 pools: a day of the default tag limits' counts (3.3 MB) would not fit beside them in /summary."""
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +45,7 @@ def fleet() -> Iterator[Services]:
 
 def _fleet(client: redis.Redis, config_text: str | None = None) -> Iterator[Services]:
     """The pools (10,000 by default) of one ready VM each, served by the app's API function."""
-    services = Services(parse(config_text or pools_config(MAX_POOLS)), client, clock=FakeClock())
+    services = Services(parse(config_text or MOST_POOLS), client, clock=FakeClock())
     keys = services.store.keys
     pipe = client.pipeline(transaction=False)
     for n, pool in enumerate(services.config.pool_names):
@@ -138,3 +145,37 @@ def test_the_largest_accepted_config_answers_within_lambdas_limit_with_every_run
     PoolOverrides(largest_fleet.store).set_many("size", {pool: 10_000 for pool in pools})
     assert _lambda_bytes("/api/v3/config") < LAMBDA_RESPONSE_BYTES
     assert _lambda_bytes("/api/v3/status") < LAMBDA_RESPONSE_BYTES
+
+
+
+@pytest.fixture(scope="module")
+def fleet_3000() -> Iterator[Services]:
+    with RedisServer() as server:
+        yield from _fleet(redis.Redis(port=server.port, decode_responses=True), pools_config(3000))
+
+
+def test_a_summary_of_the_most_days_with_one_day_full_of_tags_is_refused_rather_than_passing_lambdas_limit(
+        fleet_3000: Services) -> None:
+    """/summary answered as many days as the pools' figures fit in 4 MiB (6 at 3,000 pools),
+    whatever the tags beside them and without the range's own copy of every pool's figures: with
+    one day full of tags (anyone may tag a VM), 6 days were a 9 MB answer, API Gateway's 502 for
+    every caller."""
+    fleet = fleet_3000
+    today = date.fromisoformat(day_of(fleet.clock.now()))
+    days = [(today - timedelta(days=back)).isoformat() for back in range(5, -1, -1)]
+    for day in days:
+        fleet.store.record_durations(day, [DurationSample(kind, pool, 12.34) for pool in fleet.config.pool_names
+                                           for kind in ("clone", "boot")])
+    service = fleet.config.service
+    for value in range(service.max_tag_values_per_day):
+        tags = {f"n{name:02d}" + "x" * 47: f"{value:03d}" + "v" * 252 for name in range(service.max_tag_names_per_day)}
+        fleet.store.record_tags(days[-1], tags, service.max_tag_names_per_day, service.max_tag_values_per_day)
+
+    for first in days:
+        query = {"from": first, "to": days[-1]}
+        answer = app_module.app(api_event("GET", "/api/v3/summary", "/api/v3/summary", query=query), Context())
+        if answer["statusCode"] == 200:
+            assert len(json.dumps(answer)) < LAMBDA_RESPONSE_BYTES, query
+        else:
+            assert answer["statusCode"] == 400, answer["body"][:200]
+    assert _lambda_bytes("/api/v3/summary", {"from": days[-1], "to": days[-1]}) < LAMBDA_RESPONSE_BYTES
