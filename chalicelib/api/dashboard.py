@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.answer_sizes import (
-    ANSWER_LIMIT_BYTES,
     FEED_MINUTES,
     HISTORY_FIELDS,
     MAX_POINTS,
     history_bytes,
     major,
 )
-from chalicelib.api.http import ApiRequest, ApiResponse, bad_request, ok, whole_number
+from chalicelib.api.http import ANSWER_BUDGET_BYTES, ApiRequest, ApiResponse, bad_request, ok, whole_number
 from chalicelib.services import Services
 from chalicelib.sizing.controller import current_sizes
 from chalicelib.store.history import PoolHistory, Sample, minute_of
@@ -142,12 +141,13 @@ def _hours(request: ApiRequest) -> int:
 
 def most_points(services: Services) -> int:
     """Points per series of the history: MAX_POINTS, fewer when every pool's series would not fit
-    one answer as Lambda sends it (a week of 1,000 pools at 360 points is 8.6 MB, past Lambda's 6):
-    the pools' names and keys are counted (chalicelib/answer_sizes.py), then each point at its widest."""
+    ANSWER_BUDGET_BYTES as Lambda sends them (a week of 1,000 pools at 360 points is 8.6 MB, past
+    Lambda's 6): the pools' names and keys are counted (chalicelib/answer_sizes.py), then each
+    point at its widest. One point always fits one answer (the config's check)."""
     pools = services.config.pools
     fixed = history_bytes(pools, 0)
     per_point = history_bytes(pools[:1], 2) - history_bytes(pools[:1], 1)  # with its comma
-    return max(1, min(MAX_POINTS, (ANSWER_LIMIT_BYTES - fixed) // max(len(pools) * per_point, 1)))
+    return max(1, min(MAX_POINTS, (ANSWER_BUDGET_BYTES - fixed) // max(len(pools) * per_point, 1)))
 
 
 def history(services: Services, request: ApiRequest) -> ApiResponse:
