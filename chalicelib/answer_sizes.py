@@ -230,6 +230,19 @@ def summary_answer_bytes(config: ShownConfig) -> int:
     return 2 * summary_day_bytes(config.pools) + tags * TAG_COUNT_BYTES
 
 
+HOSTNAME_BYTES = len(json.dumps(json.dumps("x" * 253))) + 1
+"""A VM's name with its domain at its longest (a DNS name), as Lambda sends it, with a comma."""
+REQUEST_NAME_BYTES = lambda_bytes({"x" * 100: {"hostname": []}}) - lambda_bytes({}) + 1
+"""A pool or alias asked for in an on-demand request, at its longest, as its status shows it."""
+
+
+def ondemand_answer_bytes(config: ShownConfig) -> int:
+    """GET /ondemandvm/<id> of a ready request at its widest: as many VMs as one request may ask
+    for (``max_ondemand_instances_per_request``, which the config reader bounds only from below),
+    each of another pool, each name at its longest."""
+    return 200 + config.service.max_ondemand_instances_per_request * (HOSTNAME_BYTES + REQUEST_NAME_BYTES)
+
+
 ANSWERS: tuple[tuple[str, Callable[[ShownConfig], int]], ...] = (
     ("GET /api/v3/config", lambda config: lambda_bytes(config_answer(config))),
     ("GET /api/v3/status", lambda config: lambda_bytes(status_answer(config))),
@@ -238,9 +251,11 @@ ANSWERS: tuple[tuple[str, Callable[[ShownConfig], int]], ...] = (
     ("GET /dashboard/stats/vmpooler/running?history=true", lambda config: lambda_bytes(running_feed_answer(config))),
     ("GET /dashboard/stats/history", lambda config: history_bytes(config.pools, 1)),
     ("GET /api/v3/summary (one day)", summary_answer_bytes),
+    ("GET /api/v3/ondemandvm/<id>", ondemand_answer_bytes),
 )
 """Every answer that grows with the config, and its size at the widest. /poolstat is a part of
-/status; /totalrunning, /vm/<host>, tokens and on-demand requests do not grow with the pools."""
+/status; /totalrunning and /vm/<host> do not grow with it; a user's token list grows with
+``max_tokens_per_user`` (about 110 bytes a token: 50,000 would be needed to pass the limit)."""
 
 
 def widest_answers(config: ShownConfig) -> dict[str, int]:
@@ -253,6 +268,7 @@ def answer_size_problems(config: ShownConfig) -> list[str]:
     return [(f"pools: {route} could answer {size:,} bytes as Lambda sends it, more than the "
              f"{ANSWER_LIMIT_BYTES:,} one answer may take (Lambda's limit is {LAMBDA_RESPONSE_BYTES:,}, past it "
              f"API Gateway answers 502 to everyone): fewer pools, shorter names, aliases or keys"
+             + (", or fewer VMs a request (config.max_ondemand_instances_per_request)" if "ondemand" in route else "")
              + (", or fewer tag names and values a day (config.max_tag_names_per_day, max_tag_values_per_day)"
                 if "summary" in route else ""))
             for route, size in widest_answers(config).items() if size > ANSWER_LIMIT_BYTES]

@@ -179,3 +179,14 @@ def test_a_summary_of_the_most_days_with_one_day_full_of_tags_is_refused_rather_
         else:
             assert answer["statusCode"] == 400, answer["body"][:200]
     assert _lambda_bytes("/api/v3/summary", {"from": days[-1], "to": days[-1]}) < LAMBDA_RESPONSE_BYTES
+
+
+def test_a_config_letting_one_on_demand_request_hold_more_vms_than_its_status_can_show_is_refused() -> None:
+    """``max_ondemand_instances_per_request`` had no upper bound: at 100,000 a ready request's
+    status lists 100,000 host names, up to 38 MB as Lambda sends them."""
+    text = pools_config(3).replace(":config:\n", ":config:\n  max_ondemand_instances_per_request: 100000\n")
+    with pytest.raises(ConfigError) as refused:
+        parse(text)
+    assert "GET /api/v3/ondemandvm/<id> could answer" in str(refused.value)
+    assert "max_ondemand_instances_per_request" in str(refused.value)
+    parse(pools_config(3).replace(":config:\n", ":config:\n  max_ondemand_instances_per_request: 10000\n"))
