@@ -32,9 +32,7 @@ from chalicelib.store.pool_overrides import PoolOverrides
 from chalicelib.timestamps import day_of
 from local.redis_server import RedisServer
 
-MOST_POOLS = pools_config(MAX_POOLS).replace(
-    ":config:\n", ":config:\n  max_tag_names_per_day: 20\n  max_tag_values_per_day: 60\n")
-"""10,000 pools: a day of the default tag limits' counts (3.3 MB) would not fit beside them in /summary."""
+MOST_POOLS = pools_config(MAX_POOLS)
 
 
 @pytest.fixture(scope="module")
