@@ -49,7 +49,10 @@ def _answers(pools: int, vms_per_pool: int) -> dict[str, Any]:
 
         lines = "\n".join(f"  - {{name: pool-{n:05d}, size: {vms_per_pool}, provider: dummy, alias: [a{n % 7}]}}"
                           for n in range(pools))
-        services = Services(parse(":providers:\n  :dummy: {}\n:pools:\n" + lines), client, clock=FakeClock())
+        # Fewer tag counts a day than the defaults: a day full of them would not fit one /summary
+        # beside 10,000 pools' figures, and the config check refuses it (docs/deploy.md).
+        tags = ":config:\n  max_tag_names_per_day: 20\n  max_tag_values_per_day: 60\n"
+        services = Services(parse(tags + ":providers:\n  :dummy: {}\n:pools:\n" + lines), client, clock=FakeClock())
         keys = services.store.keys
         pipe = client.pipeline(transaction=False)
         for n in range(pools * vms_per_pool):

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated, Any, Generic, Mapping, Optional, Sequence, TypeVar, overload
 
+from chalicelib.answer_sizes import answer_size_problems
 from chalicelib.auth.ldap_settings import LdapSettings
 from chalicelib.auth.secrets import Secret, SecretReference
 from chalicelib.config_fields import (
@@ -732,7 +733,7 @@ def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Con
 
     if reader.problems or service is None or redis is None:
         raise ConfigError(reader.problems)
-    return Config(
+    config = Config(
         service=service,
         redis=redis,
         pools=tuple(pools),
@@ -743,6 +744,11 @@ def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Con
         rate_limits=MappingProxyType(rate_limits),
         dns_configs=MappingProxyType(dns_configs),
     )
+    if not reader.trusted:
+        problems = answer_size_problems(config)
+        if problems:
+            raise ConfigError(problems)
+    return config
 
 
 def _tag_count_problems(service: ServiceConfig) -> list[str]:

@@ -15,6 +15,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from chalicelib.answer_sizes import (
+    FEED_MINUTES,
+    HISTORY_FIELDS,
+    MAX_POINTS,
+    history_bytes,
+    major,
+)
 from chalicelib.api.http import ANSWER_BUDGET_BYTES, ApiRequest, ApiResponse, bad_request, ok, whole_number
 from chalicelib.services import Services
 from chalicelib.sizing.controller import current_sizes
@@ -22,12 +29,6 @@ from chalicelib.store.history import PoolHistory, Sample, minute_of
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "dashboard"
 MAX_HISTORY_HOURS = 7 * 24
-MAX_POINTS = 360
-"""Points per series in /dashboard/stats/history: enough for a graph, small for the wire."""
-BYTES_PER_POOL_POINT = 4 * 6
-"""One point of a pool's four series in the history's JSON: a count or null and a comma each."""
-FEED_MINUTES = 60
-"""vmpooler's feeds show the last hour."""
 PAGE_HEADERS = {
     "Content-Type": "text/html; charset=utf-8",
     "Cache-Control": "no-cache",
@@ -111,13 +112,6 @@ def vmpooler_pool(services: Services, request: ApiRequest) -> ApiResponse:
     return ApiResponse(200, body)
 
 
-def major(pool_name: str) -> str:
-    """vmpooler groups running counts by the pool name's first word (``debian`` of
-    ``debian-12-x86_64``)."""
-    found = re.match(r"^(\w+)-", pool_name)
-    return found.group(1) if found else pool_name
-
-
 def vmpooler_running(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /dashboard/stats/vmpooler/running[?history=true]: ``{major: {running, history?}}``."""
     names = services.config.pool_names
@@ -146,9 +140,14 @@ def _hours(request: ApiRequest) -> int:
 
 
 def most_points(services: Services) -> int:
-    """Points per series of the history: MAX_POINTS, fewer when every pool's series would not
-    fit ANSWER_BUDGET_BYTES (a week of 1,000 pools at 360 points is 8.6 MB, past Lambda's 6)."""
-    return max(1, min(MAX_POINTS, ANSWER_BUDGET_BYTES // max(len(services.config.pools) * BYTES_PER_POOL_POINT, 1)))
+    """Points per series of the history: MAX_POINTS, fewer when every pool's series would not fit
+    ANSWER_BUDGET_BYTES as Lambda sends them (a week of 1,000 pools at 360 points is 8.6 MB, past
+    Lambda's 6): the pools' names and keys are counted (chalicelib/answer_sizes.py), then each
+    point at its widest. One point always fits one answer (the config's check)."""
+    pools = services.config.pools
+    fixed = history_bytes(pools, 0)
+    per_point = history_bytes(pools[:1], 2) - history_bytes(pools[:1], 1)  # with its comma
+    return max(1, min(MAX_POINTS, (ANSWER_BUDGET_BYTES - fixed) // max(len(pools) * per_point, 1)))
 
 
 def history(services: Services, request: ApiRequest) -> ApiResponse:
@@ -161,7 +160,7 @@ def history(services: Services, request: ApiRequest) -> ApiResponse:
     last = minute_of(services.clock.now())
     first = last - points * step + 1
     picked = PoolHistory(services.store).series(services.config.pool_names, first, points, step)
-    fields = ("ready", "running", "pending", "size")
-    pools: dict[str, Any] = {name: {field: [getattr(s, field) if s else None for s in samples] for field in fields}
+    pools: dict[str, Any] = {name: {field: [getattr(s, field) if s else None for s in samples]
+                                    for field in HISTORY_FIELDS}
                              for name, samples in picked.items()}
     return ok(start=first * 60, step=step * 60, points=points, pools=pools)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from chalicelib.answer_sizes import override_fits
 from chalicelib.api.http import (
     ApiError,
     ApiRequest,
@@ -87,7 +88,8 @@ _CLONE_TARGET = _Setting("clone_target", _clone_target, "bad_templates", "clone_
 def _override(services: Services, request: ApiRequest, setting: _Setting) -> ApiResponse:
     token_key = _allowed(services, request)
     wanted = {pool: setting.parse(value) for pool, value in _payload(request).items()}
-    invalid = [pool for pool, value in wanted.items() if services.config.pool(pool) is None or value is None]
+    invalid = [pool for pool, value in wanted.items()
+               if services.config.pool(pool) is None or value is None or not _fits(services, pool, setting, value)]
     if invalid:
         raise ApiError(400, {setting.error_key: invalid})
     # Setting a pool back to its configured value removes its override; the script changes every
@@ -111,6 +113,14 @@ def _clear(services: Services, request: ApiRequest, setting: _Setting) -> ApiRes
     answer = _changed(services, [name])
     answer.body.update(before)
     return answer
+
+
+def _fits(services: Services, name: str, setting: _Setting, value: Any) -> bool:
+    """Whether /config, which shows the pools' templates and clone targets, still fits one answer
+    with ``value`` (chalicelib/answer_sizes.py: each pool's may grow by the same share of what is left)."""
+    if setting is _SIZE:
+        return True  # counted at its widest when the config was accepted
+    return override_fits(services.config, _value(_configured(services, name), setting), value)
 
 
 def _as_configured(pool: PoolConfig, setting: _Setting, value: Any) -> bool:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from chalicelib.answer_sizes import alias_as_written, configuration_entry
 from chalicelib.api.http import ApiRequest, ApiResponse, not_found
 from chalicelib.api.summary import day_metrics
-from chalicelib.config import PoolConfig
 from chalicelib.services import Services
 from chalicelib.sizing.controller import current_sizes
 from chalicelib.store.ondemand import OnDemandStore
@@ -81,12 +81,6 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
     return ApiResponse(200, dict(sorted(body.items())))
 
 
-def alias_as_written(pool: PoolConfig) -> str | list[str]:
-    """The pool's aliases as the config wrote them: a string stays a string, as in vmpooler."""
-    written = pool.settings.get("alias")
-    return written if isinstance(written, str) else list(pool.alias)
-
-
 def poolstat(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /poolstat?pool=a,b: size and ready count of the pools named (or aliased)."""
     names = {part for part in request.query.get("pool", "").split(",") if part}
@@ -116,19 +110,6 @@ def pool_configuration(services: Services, request: ApiRequest) -> ApiResponse:
     one is truthy in Ruby). Only pool keys are shown, and pools hold no secrets."""
     if not services.config.pools:
         raise not_found(error="no pools configured")
-    pools = []
-    for pool in services.pools():
-        settings = {key: value for key, value in pool.settings.items() if key not in UNWRITTEN_WHEN_EMPTY or value}
-        settings.update(name=pool.name, size=pool.size, template_ready=True)
-        if pool.template:
-            settings["template"] = pool.template
-        if pool.alias:
-            settings["alias"] = alias_as_written(pool)
-        if "sizing" in settings:
-            settings["sizing"] = settings["sizing"].source  # as written in the config
-        pools.append(settings)
+    pools = [configuration_entry(pool) for pool in services.pools()]
     return ApiResponse(200, {"pool_configuration": pools, "status": {"ok": True}})
 
-
-UNWRITTEN_WHEN_EMPTY = ("template", "folder", "alias")
-"""Pool keys the config reader always fills (``""``, ``()``) even when the config does not give them."""

@@ -10,6 +10,7 @@ import re
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+from chalicelib.answer_sizes import ANSWER_LIMIT_BYTES, summary_day_bytes
 from chalicelib.api.http import (
     ANSWER_BUDGET_BYTES,
     ApiRequest,
@@ -24,9 +25,6 @@ from chalicelib.store import DayStats
 
 SECTIONS = ("boot", "clone", "tag")
 MAX_DAYS = 366
-BYTES_PER_POOL_DAY = 160
-"""A pool's boot and clone figures of one day, besides four copies of its name (measured: 252
-bytes with a 24-character name)."""
 DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
 
 
@@ -43,8 +41,8 @@ def most_days(services: Services) -> int:
     """The longest range a summary answers: a year, or fewer days when the pools' figures would
     not fit ANSWER_BUDGET_BYTES (a year of 1,000 pools would be about 90 MB, read from Redis
     first)."""
-    per_day = sum(BYTES_PER_POOL_DAY + 4 * len(pool.name) for pool in services.config.pools)
-    return max(1, min(MAX_DAYS, ANSWER_BUDGET_BYTES // max(per_day, 1)))
+    per_day = summary_day_bytes(services.config.pools)  # and once more for the range
+    return max(1, min(MAX_DAYS, ANSWER_BUDGET_BYTES // max(per_day, 1) - 1))
 
 
 DAYS_PER_READ = 4
@@ -62,15 +60,19 @@ def _tag_bytes(stats: DayStats) -> int:
 
 def _read_days(services: Services, days: list[str]) -> list[DayStats]:
     """The statistics of ``days``, read a few days at a time, refused (400) as soon as their tag
-    counts would not fit ANSWER_BUDGET_BYTES: tags need no token, so anyone may fill a day's
+    counts would not fit ANSWER_BUDGET_BYTES, or not beside the pools' figures of those days one
+    answer as Lambda sends it (answer_sizes.ANSWER_LIMIT_BYTES): tags need no token, so anyone may fill a day's
     with the most names and values it keeps (about 1.7 MB of answer), and a range of such days
     was API Gateway's 502, or for a year some 600 MB read into one worker."""
     found: list[DayStats] = []
     tag_bytes = 0
+    pool_bytes = summary_day_bytes(services.config.pools)
     for start in range(0, len(days), DAYS_PER_READ):
         for stats in services.store.day_stats(days[start:start + DAYS_PER_READ]):
             tag_bytes += _tag_bytes(stats)
-            if tag_bytes > ANSWER_BUDGET_BYTES:
+            # The pools' figures of the days read count too: 20 days of 1,000 pools' (4 MB) and
+            # one day full of tags (3.3 MB) were one answer of 7 MB.
+            if tag_bytes > ANSWER_BUDGET_BYTES or tag_bytes + pool_bytes * (len(found) + 2) > ANSWER_LIMIT_BYTES:
                 fits = max(len(found), 1)
                 raise bad_request("Date range is invalid, the tags counted in it would not fit one answer; "
                                   f"ask for at most {fits} day{'s' if fits > 1 else ''} from {days[0]}.")

@@ -42,7 +42,11 @@ def pools_config(count: int) -> str:
         f"    datastore: 'vmstorage{n % 7}'\n    clone_target: 'cluster{n % 4}'\n    size: {1 + n % 5}\n"
         "    timeout: 15\n    ready_ttl: 60\n    provider: 'dummy'"
         for n in range(count))
-    return f"---\n:config:\n  site_name: 'vmpooler'\n  task_limit: 10\n:providers:\n  :dummy: {{}}\n:pools:\n{pools}\n"
+    # Past 3,000 pools a day of the default tag limits' counts does not fit beside the pools'
+    # figures in one /summary answer (docs/deploy.md): such a config must count fewer.
+    tags = "  max_tag_names_per_day: 20\n  max_tag_values_per_day: 60\n" if count > 3000 else ""
+    return (f"---\n:config:\n  site_name: 'vmpooler'\n  task_limit: 10\n{tags}:providers:\n  :dummy: {{}}\n"
+            f":pools:\n{pools}\n")
 
 
 def build_package(config_file: Path | None = None, name: str = "") -> Iterator[Package]:

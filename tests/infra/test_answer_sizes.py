@@ -6,12 +6,16 @@ invocation and API Gateway answers 502 with no JSON, in AWS only (the local fron
 limit). The answers that grow with the pools are built here in process, from a vmpooler.yaml-style
 config of 10,000 pools (tests/infra/packaged.py ``pools_config``), and measured as Lambda would
 send them. Measured on 2026-12-05 (docs/deploy.md), as Lambda sends them: ``/config`` 2.8 MB,
-``/status`` 1.5 MB, ``/dashboard/stats/history?hours=168`` 4.1 MB. A guard (passes on main too)."""
+``/status`` 1.5 MB, ``/dashboard/stats/history?hours=168`` 4.1 MB.
+
+A config whose answers could pass the limit is refused where it is validated (chalicelib/answer_sizes.py),
+and the runtime templates and clone targets /config shows may not take it past either."""
 
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from datetime import date, timedelta
+from typing import Any, Iterator
 
 import pytest
 import redis
@@ -19,12 +23,16 @@ from packaged import pools_config
 from packaged_functions import Context, api_event
 
 import app as app_module
+from chalicelib.answer_sizes import ANSWER_LIMIT_BYTES, LAMBDA_RESPONSE_BYTES
 from chalicelib.clock import FakeClock
-from chalicelib.config import MAX_POOLS, parse
+from chalicelib.config import MAX_POOLS, ConfigError, parse
 from chalicelib.services import Services
+from chalicelib.store import DurationSample
+from chalicelib.store.pool_overrides import PoolOverrides
+from chalicelib.timestamps import day_of
 from local.redis_server import RedisServer
 
-LAMBDA_RESPONSE_BYTES = 6 * 1024 * 1024
+MOST_POOLS = pools_config(MAX_POOLS)
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +41,9 @@ def fleet() -> Iterator[Services]:
         yield from _fleet(redis.Redis(port=server.port, decode_responses=True))
 
 
-def _fleet(client: redis.Redis) -> Iterator[Services]:
-    """10,000 pools of one ready VM each, served by the app's API function."""
-    services = Services(parse(pools_config(MAX_POOLS)), client, clock=FakeClock())
+def _fleet(client: redis.Redis, config_text: str | None = None) -> Iterator[Services]:
+    """The pools (10,000 by default) of one ready VM each, served by the app's API function."""
+    services = Services(parse(config_text or MOST_POOLS), client, clock=FakeClock())
     keys = services.store.keys
     pipe = client.pipeline(transaction=False)
     for n, pool in enumerate(services.config.pool_names):
@@ -60,3 +68,123 @@ def test_answers_at_the_most_pools_fit_one_lambda_response(fleet: Services, path
     response = app_module.app(api_event("GET", path, path, query=query), Context())
     assert response["statusCode"] == 200, response["body"][:200]
     assert len(json.dumps(response)) < LAMBDA_RESPONSE_BYTES
+
+
+def _lambda_bytes(path: str, query: dict[str, str] | None = None) -> int:
+    response = app_module.app(api_event("GET", path, path, query=query), Context())
+    assert response["statusCode"] == 200, response["body"][:200]
+    return len(json.dumps(response))
+
+
+def test_a_config_whose_answer_could_pass_lambdas_limit_is_refused_naming_the_answer_and_bytes() -> None:
+    # 10,000 pools of ~670 bytes each as Lambda sends them (a deep folder): /config of 6.7 MB.
+    deep = "/".join(["f" * 78] * 5)
+    text = pools_config(MAX_POOLS).replace("    folder: 'vmpooler/", f"    folder: '{deep}/")
+    with pytest.raises(ConfigError) as refused:
+        parse(text)
+    problem = next(line for line in str(refused.value).splitlines() if "GET /api/v3/config" in line)
+    shown = int(problem.split(" could answer ")[1].split(" bytes")[0].replace(",", ""))
+    assert LAMBDA_RESPONSE_BYTES < shown < 7_000_000, problem
+    assert f"{ANSWER_LIMIT_BYTES:,}" in problem
+
+
+ALIAS = "a" * 60
+EXPERIMENTAL = ":config:\n  experimental_features: true\n"
+
+
+def _aliased(pools: int, aliases: int) -> str:
+    """``pools`` pools, each with ``aliases`` aliases of 60 characters more than usual."""
+    more = "".join(f", '{ALIAS}{n}'" for n in range(aliases))
+    return (pools_config(pools).replace(":config:\n", EXPERIMENTAL)
+            .replace("']\n    template", f"'{more}]\n    template"))
+
+
+def _largest_accepted(pools: int) -> str:
+    """The config of ``pools`` pools with the most aliases that is still accepted."""
+    low, high = 0, 200
+    while high - low > 1:
+        middle = (low + high) // 2
+        try:
+            parse(_aliased(pools, middle))
+            low = middle
+        except ConfigError as error:
+            assert "could answer" in str(error)
+            high = middle
+    assert high < 200, "a config of 1,000 pools of 200 aliases of 60 characters was accepted"
+    return _aliased(pools, low)
+
+
+@pytest.fixture(scope="module")
+def largest_fleet() -> Iterator[Services]:
+    with RedisServer() as server:
+        yield from _fleet(redis.Redis(port=server.port, decode_responses=True), _largest_accepted(1000))
+
+
+def _post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+    text = json.dumps(body, ensure_ascii=False)  # as a client writes it: 4 bytes a character outside the BMP
+    answer: dict[str, Any] = app_module.app(api_event("POST", path, path, body=text), Context())
+    return answer
+
+
+def test_the_largest_accepted_config_answers_within_lambdas_limit_with_every_runtime_template_at_its_longest(
+        largest_fleet: Services) -> None:
+    pools = largest_fleet.config.pool_names
+    # Every template a dozen names of 80 characters outside the BMP (14 bytes each as Lambda sends
+    # them): 13 KB a pool, which took /config of 1,000 pools to 19 MB.
+    longest = "/".join(["\U0001F600" * 80] * 12)
+    for start in range(0, len(pools), 12):
+        answer = _post("/api/v3/config/pooltemplate", {pool: longest for pool in pools[start:start + 12]})
+        assert answer["statusCode"] == 400, answer["body"][:200]
+        assert json.loads(answer["body"])["bad_templates"] == list(pools[start:start + 12])
+    # A template as long as the configured one still goes through.
+    same_length = {pool: f"templates/os-{n % 8}-x86_6X" for n, pool in enumerate(pools[:500])}
+    answer = _post("/api/v3/config/pooltemplate", same_length)
+    assert answer["statusCode"] == 201, answer["body"][:200]
+    PoolOverrides(largest_fleet.store).set_many("size", {pool: 10_000 for pool in pools})
+    assert _lambda_bytes("/api/v3/config") < LAMBDA_RESPONSE_BYTES
+    assert _lambda_bytes("/api/v3/status") < LAMBDA_RESPONSE_BYTES
+
+
+
+@pytest.fixture(scope="module")
+def fleet_3000() -> Iterator[Services]:
+    with RedisServer() as server:
+        yield from _fleet(redis.Redis(port=server.port, decode_responses=True), pools_config(3000))
+
+
+def test_a_summary_of_the_most_days_with_one_day_full_of_tags_is_refused_rather_than_passing_lambdas_limit(
+        fleet_3000: Services) -> None:
+    """/summary answered as many days as the pools' figures fit in 4 MiB (6 at 3,000 pools),
+    whatever the tags beside them and without the range's own copy of every pool's figures: with
+    one day full of tags (anyone may tag a VM), 6 days were a 9 MB answer, API Gateway's 502 for
+    every caller."""
+    fleet = fleet_3000
+    today = date.fromisoformat(day_of(fleet.clock.now()))
+    days = [(today - timedelta(days=back)).isoformat() for back in range(5, -1, -1)]
+    for day in days:
+        fleet.store.record_durations(day, [DurationSample(kind, pool, 12.34) for pool in fleet.config.pool_names
+                                           for kind in ("clone", "boot")])
+    service = fleet.config.service
+    for value in range(service.max_tag_values_per_day):
+        tags = {f"n{name:02d}" + "x" * 47: f"{value:03d}" + "v" * 252 for name in range(service.max_tag_names_per_day)}
+        fleet.store.record_tags(days[-1], tags, service.max_tag_names_per_day, service.max_tag_values_per_day)
+
+    for first in days:
+        query = {"from": first, "to": days[-1]}
+        answer = app_module.app(api_event("GET", "/api/v3/summary", "/api/v3/summary", query=query), Context())
+        if answer["statusCode"] == 200:
+            assert len(json.dumps(answer)) < LAMBDA_RESPONSE_BYTES, query
+        else:
+            assert answer["statusCode"] == 400, answer["body"][:200]
+    assert _lambda_bytes("/api/v3/summary", {"from": days[-1], "to": days[-1]}) < LAMBDA_RESPONSE_BYTES
+
+
+def test_a_config_letting_one_on_demand_request_hold_more_vms_than_its_status_can_show_is_refused() -> None:
+    """``max_ondemand_instances_per_request`` had no upper bound: at 100,000 a ready request's
+    status lists 100,000 host names, up to 38 MB as Lambda sends them."""
+    text = pools_config(3).replace(":config:\n", ":config:\n  max_ondemand_instances_per_request: 100000\n")
+    with pytest.raises(ConfigError) as refused:
+        parse(text)
+    assert "GET /api/v3/ondemandvm/<id> could answer" in str(refused.value)
+    assert "max_ondemand_instances_per_request" in str(refused.value)
+    parse(pools_config(3).replace(":config:\n", ":config:\n  max_ondemand_instances_per_request: 10000\n"))
