@@ -227,8 +227,7 @@ class Services:
         authenticator = self.authenticator
         if authenticator is None:
             return None
-        limiter = LoginLimiter.from_config(self.config.auth, self.client, prefix=self.store.keys.prefix,
-                                           clock=self.clock)
+        limiter = LoginLimiter.from_config(self.config.auth, self.client, prefix=self.store.keys.prefix)
         return LoginService(authenticator, limiter)
 
     @cached_property

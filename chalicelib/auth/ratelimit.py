@@ -32,7 +32,6 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from chalicelib.clock import Clock, SystemClock
 from chalicelib.store.keys import DEFAULT_PREFIX, Keys
 from chalicelib.store.scripts import script_source
 
@@ -124,7 +123,6 @@ class LoginLimiter:
         window_seconds: int = 300,
         prefix: str = DEFAULT_PREFIX,
         max_counters: int = DEFAULT_MAX_COUNTERS,
-        clock: Clock | None = None,
     ) -> None:
         if max_per_user < 1 or max_per_address < 1 or window_seconds < 1 or max_counters < 1:
             raise ValueError("login limits, window and counters must be >= 1")
@@ -133,19 +131,16 @@ class LoginLimiter:
         self.max_per_address = int(max_per_address)
         self.window_seconds = int(window_seconds)
         self.max_counters = int(max_counters)
-        self.clock: Clock = clock or SystemClock()
         self.keys = Keys(prefix)
         self._reserve = redis.register_script(script_source("login_reserve"))
         self._settle = redis.register_script(script_source("login_settle"))
 
     @classmethod
-    def from_config(
-        cls, auth_config: "AuthConfig | None", redis: Any, prefix: str = DEFAULT_PREFIX, clock: Clock | None = None,
-    ) -> "LoginLimiter":
+    def from_config(cls, auth_config: "AuthConfig | None", redis: Any, prefix: str = DEFAULT_PREFIX) -> "LoginLimiter":
         """From the ``:auth:`` section's login_attempts_per_user / _per_address / login_window_seconds
         and max_login_counters (vmpooler's defaults without ``:auth:``)."""
         if auth_config is None:
-            return cls(redis, prefix=prefix, clock=clock)
+            return cls(redis, prefix=prefix)
         return cls(
             redis,
             max_per_user=auth_config.login_attempts_per_user,
@@ -153,7 +148,6 @@ class LoginLimiter:
             window_seconds=auth_config.login_window_seconds,
             prefix=prefix,
             max_counters=auth_config.max_login_counters,
-            clock=clock,
         )
 
     def _limits(self, user: str | None, address: str | None) -> list[_Limit]:
@@ -181,13 +175,14 @@ class LoginLimiter:
 
     def reserve(self, user: str | None, address: str | None) -> Refusal | None:
         """Count an attempt before it is made, atomically: None when it may go ahead (it now
-        counts as a failure until ``settle`` says otherwise), else why not (nothing counted)."""
+        counts as a failure until ``settle`` says otherwise), else why not (nothing counted).
+        Windows are timed on Redis's clock, which expires the counters: the service's is not asked."""
         limits = self._limits(user, address)
         if not limits:
             return None
         answer = int(self._reserve(keys=self._script_keys(limits),
-                                   args=[self.window_seconds, IN_FLIGHT_SECONDS, repr(self.clock.now()),
-                                         self.max_counters, *(limit.limit for limit in limits),
+                                   args=[self.window_seconds, IN_FLIGHT_SECONDS, self.max_counters,
+                                         *(limit.limit for limit in limits),
                                          *(limit.name for limit in limits)]))
         if answer == 0:
             return None

@@ -102,7 +102,8 @@ family through these validators.
     login:addr:<address>     string  the same from a client address (IPv6: its /64)
     login:<user|addr>:<..>:in_flight string  of those, the attempts still waiting for the directory
     login:<user|addr>:counted zset   the names (addresses) counted on their own, by when their window
-                                     ends: past config auth.max_login_counters, new ones share counters
+                                     ends (ms, Redis's clock, which expires their counters): past config
+                                     auth.max_login_counters, new ones share counters
     login:<user|addr>:shared:<n> string failed logins (and attempts in flight) of those sharing counter n
     migrating                zset    VMs being migrated to another host, across all pools, by start time
     templates:prepared       hash    <provider>:<template> -> "done", or the task preparing it

@@ -187,7 +187,32 @@ def test_names_past_the_bound_share_counters_no_one_can_reset(make_api, monkeypa
     assert api.call("POST", "/api/v3/token", headers=basic("frank", "frank")).status == 401
     assert api.call("POST", "/api/v3/token", headers=basic("frank", "frank")).status == 401
     assert api.call("POST", "/api/v3/token", headers=basic("frank", "right")).status == 429
-    # When the windows end the table has room again: a name is counted on its own.
-    api.clock.advance(301)
+    # When the windows end (their counters and the tables expire, on Redis's clock) the table has
+    # room again: a name is counted on its own.
+    api.services.client.delete(*api.services.client.keys("vmpool:login:*"))
     assert api.call("POST", "/api/v3/token", headers=basic("zed", "zed")).status == 401
     assert api.services.client.exists(api.services.store.keys.login_user(ratelimit._user_part("zed")))
+
+
+def test_a_service_clock_ahead_of_redis_counts_no_more_names_on_their_own(make_api, monkeypatch):
+    """The counters expire on Redis's clock; the tables of names (addresses) counted on their own
+    were timed on the service's. An API process whose clock ran ahead of Redis's (here by a whole
+    window) dropped names from the table while their counters lived on, so new ones were counted
+    on their own too: 4 name counters with ``max_login_counters: 2``. The tables now keep Redis's
+    time."""
+    monkeypatch.setattr(ratelimit, "SHARED_LOGIN_COUNTERS", 64)
+    api = make_api(document({"provider": "dummy", "login_attempts_per_user": 3, "max_login_counters": 2}))
+    client, keys = api.services.client, api.services.store.keys
+    for name in ("amy", "ben"):
+        assert api.call("POST", "/api/v3/token", headers=basic(name, name), client_ip="192.0.2.1").status == 401
+    api.clock.advance(301)  # the service's clock, not Redis's: both windows are still open
+    for name in ("cal", "dot"):
+        assert api.call("POST", "/api/v3/token", headers=basic(name, name), client_ip="192.0.2.2").status == 401
+    own = [key for key in client.scan_iter(keys.login_user("*"))
+           if not key.endswith((":in_flight", ":counted")) and ":shared:" not in key]
+    assert len(own) == 2
+    # The newcomers share counters; the two counted first still count on their own, to the limit.
+    for _ in range(2):
+        assert api.call("POST", "/api/v3/token", headers=basic("amy", "amy"), client_ip="192.0.2.3").status == 401
+    assert api.call("POST", "/api/v3/token", headers=basic("amy", "right"), client_ip="192.0.2.3").status == 429
+    assert client.get(keys.login_user(ratelimit._user_part("amy"))) == "3"

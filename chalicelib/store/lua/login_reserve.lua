@@ -3,23 +3,33 @@
 -- counters has room: past it, a name or address not counted already is counted on a counter it
 -- shares (one of a fixed number), so what failed logins keep is bounded whatever the window and
 -- however many names and addresses callers try; no counter counted before is reset or spent.
+-- The tables are judged on Redis's clock, the one that expires the counters: each entry ends at
+-- the very millisecond its counter expires, so an entry leaves its table only once its counter
+-- is gone. On the service's clock, one running ahead of Redis's emptied a table while the
+-- counters lived on, and a kind counted more than the most on their own (as lua/rate_count.lua).
 -- KEYS: for n limits, their own counters, their shared counters, the counts of attempts in flight
--- of each (own, then shared), and their kinds' tables (name or address -> when its window ends).
+-- of each (own, then shared), and their kinds' tables (name or address -> when its window ends,
+-- ms, Redis's clock).
 -- ARGV[1]: window seconds, ARGV[2]: seconds a count of attempts in flight lives (longer than any
--- login takes), ARGV[3]: now (the service's clock), ARGV[4]: the most counters a table holds,
--- then each limit, then each one's name in its table.
+-- login takes), ARGV[3]: the most counters a table holds, then each limit, then each one's name
+-- in its table.
 -- A counter at its limit refuses the attempt, no count changes, and the answer says why: its time
 -- left in ms (> 0) when its failures alone reach the limit, -1 when attempts still in flight do
 -- (they may all succeed: worth trying again in a moment). Otherwise every counter and every count
 -- in flight is incremented (a counter's window starts with its first attempt) and the answer is 0.
 local n = #KEYS / 5
-local window, now, most = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local window, most = tonumber(ARGV[1]), tonumber(ARGV[3])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local ends = now + window * 1000
 local counter, flight, new = {}, {}, {} -- the index in KEYS of each limit's counter and count in flight
 for i = 1, n do
-  local tbl, name = KEYS[4 * n + i], ARGV[4 + n + i]
+  local tbl, name = KEYS[4 * n + i], ARGV[3 + n + i]
   counter[i], flight[i] = i, 2 * n + i
   if redis.call('EXISTS', KEYS[i]) == 0 then
-    redis.call('ZREMRANGEBYSCORE', tbl, '-inf', now) -- their windows ended
+    -- Their windows ended and their counters expired: a millisecond's margin, as the expiries
+    -- are judged at the time the script started, a moment before TIME.
+    redis.call('ZREMRANGEBYSCORE', tbl, '-inf', '(' .. (now - 1))
     if redis.call('ZSCORE', tbl, name) or redis.call('ZCARD', tbl) < most then
       new[i] = true
     else
@@ -29,7 +39,7 @@ for i = 1, n do
 end
 local wait, busy = 0, false
 for i = 1, n do
-  local limit = tonumber(ARGV[4 + i])
+  local limit = tonumber(ARGV[3 + i])
   local count = tonumber(redis.call('GET', KEYS[counter[i]]) or '0')
   if count >= limit then
     local flying = tonumber(redis.call('GET', KEYS[flight[i]]) or '0')
@@ -54,15 +64,15 @@ if busy then
 end
 for i = 1, n do
   local count = redis.call('INCR', KEYS[counter[i]])
-  if count == 1 or redis.call('TTL', KEYS[counter[i]]) < 0 then
-    redis.call('EXPIRE', KEYS[counter[i]], window)
+  if count == 1 or redis.call('PTTL', KEYS[counter[i]]) < 0 then
+    redis.call('PEXPIREAT', KEYS[counter[i]], ends)
   end
   redis.call('INCR', KEYS[flight[i]])
   redis.call('EXPIRE', KEYS[flight[i]], ARGV[2])
   if new[i] then
     local tbl = KEYS[4 * n + i]
-    redis.call('ZADD', tbl, now + window, ARGV[4 + n + i])
-    redis.call('EXPIRE', tbl, window) -- no entry outlives the newest window
+    redis.call('ZADD', tbl, ends, ARGV[3 + n + i])
+    redis.call('PEXPIREAT', tbl, ends) -- no entry outlives the newest window
   end
 end
 return 0
