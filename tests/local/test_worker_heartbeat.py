@@ -78,9 +78,15 @@ longer to have the fresh worker answer; the retried ones each gave up as early."
 
 
 def ask_worker(port: int) -> int:
+    """The pid of the worker that answers; a connection the killed worker closed without an
+    answer (a close, not only a reset) is a ConnectionError, which the test's wait asks again."""
     with socket.create_connection(("127.0.0.1", port), timeout=ANSWER_SECONDS) as connection:
         connection.sendall(b"GET /worker HTTP/1.1\r\nHost: x\r\n\r\n")
-        return int(json.loads(read_answer(connection).partition(b"\r\n\r\n")[2])["worker"])
+        try:
+            answer = read_answer(connection)
+        except AssertionError as closed:  # read_answer's "closed before a whole answer"
+            raise ConnectionAbortedError(str(closed)) from None
+        return int(json.loads(answer.partition(b"\r\n\r\n")[2])["worker"])
 
 
 @pytest.mark.slow
