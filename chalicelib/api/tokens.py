@@ -32,9 +32,20 @@ from chalicelib.api.identity import (
 )
 from chalicelib.auth.base import AuthConfigError, acceptable_credentials, canonical_user, same_user
 from chalicelib.auth.basic import LoginOutcome, LoginService
-from chalicelib.auth.tokens import DeleteResult, TokenRecord, TooManyTokens, hash_token, is_token_shaped, token_id
+from chalicelib.auth.tokens import (
+    DeleteResult,
+    TokenRecord,
+    TooManyTokens,
+    hash_token,
+    is_token_id,
+    is_token_shaped,
+    token_id,
+)
 from chalicelib.observability import logger
 from chalicelib.services import Services
+
+DELETION_NOT_REPLICATED = ("the token was deleted, but the deletion could not be replicated in time; "
+                           "send the DELETE again shortly to be sure it holds")
 
 
 def _login_service(services: Services) -> LoginService:
@@ -160,11 +171,17 @@ def delete_token(services: Services, request: ApiRequest) -> ApiResponse:
             owner = services.tokens.owner(token)
             result = services.tokens.delete(token, owner) if owner else DeleteResult.NOT_FOUND
             user = owner or user
-    else:
+    elif is_token_id(token):
         result = services.tokens.delete_by_id(token, user)
+    else:
+        raise not_found(error="unknown or expired token")  # names no token: no deletion to retry
     if result is DeleteResult.FORBIDDEN:
         logger.warning("token deletion refused: not the owner", extra={"user": caller})
         raise ApiError(403, {"error": "the token belongs to another user"})
+    # Revoking a leaked token, its owner must not be told it is gone while a failover could bring
+    # it back. A 404 waits too: it answers the retry of a deletion answered 503, and must not say
+    # "gone" while no replica has the deletion.
+    services.store.require_replicated(DELETION_NOT_REPLICATED, f"the deletion of a token of {user!r}")
     if result is DeleteResult.NOT_FOUND:
         raise not_found(error="unknown or expired token")
     if same_user(user, caller):

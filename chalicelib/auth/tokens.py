@@ -35,7 +35,7 @@ from chalicelib.auth.base import same_user
 from chalicelib.clock import Clock, SystemClock
 from chalicelib.store.keys import DEFAULT_PREFIX, Keys
 from chalicelib.store.scripts import script_source
-from chalicelib.store.store import TokenDeletionNotDurable, TokenNotDurable
+from chalicelib.store.store import TokenNotDurable
 
 TOKEN_PREFIX = Keys().token("")
 """How the keys of tokens start under the default prefix."""
@@ -95,6 +95,11 @@ def is_token_shaped(value: object) -> bool:
     return isinstance(value, str) and bool(TOKEN_PATTERN.match(value))
 
 
+def is_token_id(value: object) -> bool:
+    """Whether ``value`` may name a token by its id (``delete_by_id``): 8 to 64 hex characters."""
+    return isinstance(value, str) and len(value) >= 8 and bool(ID_PATTERN.match(value))
+
+
 def iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -122,7 +127,8 @@ class TokenStore:
         """Live tokens a user may have at once (0: no limit)."""
         self.replicated = replicated
         """Whether every write so far is on the replicas asked for (``Store.writes_replicated``):
-        a token is handed out, or its deletion answered, only then, or a failover could lose it."""
+        a token is handed out only then, or a failover could lose it. (A deletion is answered
+        through ``Store.require_replicated``, as every route's change is: api/tokens.py.)"""
         self._create = redis.register_script(script_source("token_create"))
         self._delete = redis.register_script(script_source("token_delete"))
         self._touch = redis.register_script(script_source("token_touch"))
@@ -279,30 +285,20 @@ class TokenStore:
 
     def delete(self, token: str, user: str) -> DeleteResult:
         """Delete a token if it belongs to user, under any spelling of the name (FORBIDDEN when it
-        is someone else's). Raises TokenDeletionNotDurable (see ``_durable``)."""
+        is someone else's)."""
         if not is_token_shaped(token):
             return DeleteResult.NOT_FOUND
-        return self._durable(self._delete_hash(hash_token(token), user), user)
+        return self._delete_hash(hash_token(token), user)
 
     def delete_by_id(self, id_or_prefix: str, user: str) -> DeleteResult:
-        """Delete one of the user's own tokens by its listed id (a hash prefix of >= 8 chars).
-        Only the user's tokens are considered, so this never answers FORBIDDEN. Raises
-        TokenDeletionNotDurable (see ``_durable``)."""
-        if not isinstance(id_or_prefix, str) or len(id_or_prefix) < 8 or not ID_PATTERN.match(id_or_prefix):
+        """Delete one of the user's own tokens by its listed id (a hash prefix, ``is_token_id``).
+        Only the user's tokens are considered, so this never answers FORBIDDEN."""
+        if not is_token_id(id_or_prefix):
             return DeleteResult.NOT_FOUND
         matches = [h for h in self.redis.smembers(self._user_key(user)) if h.startswith(id_or_prefix)]
         if len(matches) != 1:
-            return self._durable(DeleteResult.NOT_FOUND, user)
-        return self._durable(self._delete_hash(matches[0], user), user)
-
-    def _durable(self, result: DeleteResult, user: str) -> DeleteResult:
-        """``result`` once a replica has the deletion (``replicated``), else TokenDeletionNotDurable
-        (the token stays deleted on the primary): revoking a leaked token, its owner must not be
-        told it is gone while a failover could bring it back. NOT_FOUND waits too: it answers the
-        retry of a deletion refused so, and must not say "gone" while the replica lacks it."""
-        if result is not DeleteResult.FORBIDDEN and not self.replicated():
-            raise TokenDeletionNotDurable(f"redis: no replica acknowledged the deletion of a token of {user!r} in time")
-        return result
+            return DeleteResult.NOT_FOUND
+        return self._delete_hash(matches[0], user)
 
     def _delete_hash(self, token_hash: str, user: str) -> DeleteResult:
         key = self._token_key(token_hash)

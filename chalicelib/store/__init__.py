@@ -19,7 +19,6 @@ from chalicelib.store.store import (
     RequestNotDurable,
     Store,
     StoreUnavailable,
-    TokenDeletionNotDurable,
     TokenGone,
     TokenNotDurable,
 )
@@ -27,6 +26,6 @@ from chalicelib.store.store import (
 __all__ = [
     "STATES", "Keys", "VMRecord", "CheckedOut", "CheckoutNotDurable", "CheckoutRequest", "CheckoutResult", "DayStats",
     "DurationSample", "ModifyResult", "NotYetReplicated", "PoolSnapshot", "Quota", "QuotaExceeded", "ReplicaAcks",
-    "RequestNotDurable", "Store", "StoreUnavailable", "TokenDeletionNotDurable", "TokenGone", "TokenNotDurable",
+    "RequestNotDurable", "Store", "StoreUnavailable", "TokenGone", "TokenNotDurable",
     "connect",
 ]

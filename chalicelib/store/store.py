@@ -80,14 +80,6 @@ class TokenNotDurable(StoreUnavailable):
     public_message = "the token could not be replicated in time, so it was not made; try again shortly"
 
 
-class TokenDeletionNotDurable(StoreUnavailable):
-    """No replica had a token's deletion in time: the token is deleted on the primary, but a
-    failover could bring it back to life (a leaked token revoked with 200 would work again)."""
-
-    public_message = ("the token was deleted, but the deletion could not be replicated in time; "
-                      "send the DELETE again shortly to be sure it holds")
-
-
 class NotYetReplicated(StoreUnavailable):
     """A change made on the primary that no replica had in time (``Store.require_replicated``): a
     failover could still undo it, so it is not answered as done. The 503 (``public_message``)
