@@ -6,6 +6,7 @@ one event loop (a plain Chalice app) or on several (a request-local app)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import select
@@ -13,10 +14,12 @@ import socket
 from typing import Any, Callable
 
 import pytest
+import uvicorn
 from chalice import Chalice
 
 from chalicelib.api.chalice_app import RequestLocalChalice
 from local.gateway import AsgiApp
+from local.http_front import BoundedHttpProtocol, _LoopServer
 from tests.local.stack import http_front, read_answer, wait_for
 
 app = Chalice(app_name="limit")
@@ -69,6 +72,53 @@ def assert_json_503(answer: bytes) -> None:
     assert head.startswith(b"HTTP/1.1 503"), answer
     assert b"content-type: application/json" in head.lower(), answer
     assert json.loads(body)["ok"] is False
+
+
+def loop_server() -> _LoopServer:
+    """One event loop's server of the plain app, as a worker makes it, not started (``start``)."""
+    config = uvicorn.Config(app=ONE_LOOP(), http=BoundedHttpProtocol, lifespan="off", loop="asyncio")
+    config.load()
+    return _LoopServer(config=config)
+
+
+async def start(server: _LoopServer) -> None:
+    """Start ``server`` on the running loop, serving no listener: its connections come by hand-off."""
+    server.lifespan = server.config.lifespan_class(server.config)  # as uvicorn's Server._serve makes it
+    await server.startup(sockets=[])
+
+
+def connection_pair() -> tuple[socket.socket, socket.socket]:
+    """A client's end (blocking) and the server's end of a new connection, as ``_accept`` sets it."""
+    client, accepted = socket.socketpair()
+    accepted.setblocking(False)
+    return client, accepted
+
+
+def hand_over(server: _LoopServer) -> socket.socket:
+    """A new connection given to ``server`` as the accepting loop's ``_hand`` does (counted, then
+    adopted); the client's end."""
+    client, accepted = connection_pair()
+    server.handed += 1
+    server._adopt(accepted)
+    return client
+
+
+async def turns(count: int = 20) -> None:
+    """Let the running loop turn ``count`` times (a connection is taken up or let go in a few)."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def answer_to(client: socket.socket, *ends: bytes) -> bytes:
+    """What a non-blocking ``client`` receives until it holds one of ``ends`` (5 s at most)."""
+    received = b""
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        with contextlib.suppress(BlockingIOError):
+            received += client.recv(65536)
+        if any(end in received for end in ends):
+            break
+    return received
 
 
 @pytest.mark.parametrize("load_app", [ONE_LOOP, FOUR_LOOPS], ids=["one loop", "four loops"])
@@ -145,31 +195,18 @@ def test_a_connection_counts_once_from_its_hand_off_until_it_is_gone() -> None:
     """The worker's bound is checked against each loop's count of connections: one being taken
     up counted twice for a turn of its loop (in the loop's open connections and still on its
     way), and a burst of connections below the bound got 503 (seen in CI: 3 of 3 allowed)."""
-    import asyncio
-
-    import uvicorn
-
-    from local.http_front import BoundedHttpProtocol, _LoopServer
-
-    config = uvicorn.Config(app=ONE_LOOP(), http=BoundedHttpProtocol, lifespan="off", loop="asyncio")
-    config.load()
-    server = _LoopServer(config=config)
+    server = loop_server()
     counts: list[int] = []
 
     async def hand_one_and_close_it() -> None:
-        server.lifespan = config.lifespan_class(config)  # as uvicorn's Server._serve makes it
-        await server.startup(sockets=[])  # serving no listener: connections come by hand-off
-        ours, theirs = socket.socketpair()
-        theirs.setblocking(False)
-        server.handed += 1  # as the accepting loop's _hand does
-        server._adopt(theirs)
+        await start(server)
+        client = hand_over(server)
         for _ in range(20):  # every turn of the loop while it takes the connection up
             counts.append(server.held())
             await asyncio.sleep(0)
         assert server.server_state.connections, "the connection was not taken up"
-        ours.close()
-        for _ in range(20):
-            await asyncio.sleep(0)
+        client.close()
+        await turns()
         counts.append(server.held())
 
     asyncio.run(hand_one_and_close_it())
@@ -184,27 +221,15 @@ def test_a_connection_is_idle_before_its_answer_leaves() -> None:
     while the client read the answer and connected again: the accepting loop found every
     connection still in the app and answered 503 (seen in CI, four loops: all three connections
     answered, none idle yet, 2 failures in 13 runs at load 12)."""
-    import asyncio
-
-    import uvicorn
-
-    from local.http_front import BoundedHttpProtocol, _LoopServer
-
-    config = uvicorn.Config(app=ONE_LOOP(), http=BoundedHttpProtocol, lifespan="off", loop="asyncio")
-    config.load()
-    server = _LoopServer(config=config)
+    server = loop_server()
     idle_as_sent: list[bool] = []
     received = b""
 
     async def ask_once() -> None:
         nonlocal received
-        server.lifespan = config.lifespan_class(config)  # as uvicorn's Server._serve makes it
-        await server.startup(sockets=[])  # serving no listener: connections come by hand-off
-        ours, theirs = socket.socketpair()
-        theirs.setblocking(False)
+        await start(server)
+        ours = hand_over(server)
         ours.setblocking(False)
-        server.handed += 1  # as the accepting loop's _hand does
-        server._adopt(theirs)
         while not server.idle:  # taken up: idle until its first request
             await asyncio.sleep(0)
         [connection] = server.idle
@@ -217,12 +242,7 @@ def test_a_connection_is_idle_before_its_answer_leaves() -> None:
 
         sent.write = write_seen
         ours.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
-        for _ in range(500):
-            await asyncio.sleep(0.01)
-            with contextlib.suppress(BlockingIOError):
-                received += ours.recv(65536)
-            if b"hello" in received:
-                break
+        received = await answer_to(ours, b"hello")
         ours.close()
 
     asyncio.run(ask_once())
@@ -235,34 +255,19 @@ def test_a_connection_whose_idle_place_was_freed_before_its_eviction_is_served()
     closes it for the new one on its own thread, a moment later. When the idle connection went
     meanwhile (its keep-alive ran out, its client hung up), its place is free and the new one
     takes it. Before, the new one was refused with a 503, as if the idle one had become busy."""
-    import asyncio
-
-    import uvicorn
-
-    from local.http_front import BoundedHttpProtocol, _LoopServer
-
-    config = uvicorn.Config(app=ONE_LOOP(), http=BoundedHttpProtocol, lifespan="off", loop="asyncio")
-    config.load()
-    server = _LoopServer(config=config)
+    server = loop_server()
     server.max_connections = 1
     received = b""
 
-    async def turns(count: int = 20) -> None:
-        for _ in range(count):
-            await asyncio.sleep(0)
-
     async def replace_a_connection_that_goes() -> None:
         nonlocal received
-        server.lifespan = config.lifespan_class(config)  # as uvicorn's Server._serve makes it
-        await server.startup(sockets=[])  # serving no listener: connections come by hand-off
-        old_client, old = socket.socketpair()
-        old.setblocking(False)
-        server.handed += 1  # as the accepting loop's _hand does
-        server._adopt(old)
+        await start(server)
+        old_client = hand_over(server)
         await turns()
         assert len(server.idle) == 1
-        new_client, new = socket.socketpair()
-        new.setblocking(False)
+        # Handed over in two steps (not ``hand_over``): the idle one goes between the accepting
+        # loop's choice and this loop's adoption.
+        new_client, new = connection_pair()
         new_client.setblocking(False)
         server.handed += 1  # the accepting loop, at the bound: this loop is to evict its idle one
         server.evictions_asked += 1
@@ -273,12 +278,7 @@ def test_a_connection_whose_idle_place_was_freed_before_its_eviction_is_served()
         await turns()
         with contextlib.suppress(BrokenPipeError):  # refused and closed: its 503 is read below
             new_client.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
-        for _ in range(500):
-            await asyncio.sleep(0.01)
-            with contextlib.suppress(BlockingIOError):
-                received += new_client.recv(65536)
-            if b"hello" in received or b"503" in received:
-                break
+        received = await answer_to(new_client, b"hello", b"503")
         new_client.close()
 
     asyncio.run(replace_a_connection_that_goes())
