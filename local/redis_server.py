@@ -46,7 +46,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _listened_on(port: int) -> bool:
+def listened_on(port: int) -> bool:
     """Whether another socket listens on ``port`` on loopback: a bind that a port left in
     TIME_WAIT would allow fails. (Not a connection: a program that never accepts them, its queue
     full, looked like no program at all.)"""
@@ -106,7 +106,7 @@ class RedisServer:
             if self._port_asked or not first_start:
                 break
             self.port = free_port()  # ours was taken between free_port() and redis-server's bind
-        why = ("something else listens on it" if _listened_on(self.port)
+        why = ("something else listens on it" if listened_on(self.port)
                else f"it exited or did not answer within {timeout:.0f} s; its data: {self.data_dir}")
         if not self._started:
             self.stop()  # a directory of its own goes too

@@ -146,19 +146,17 @@ def _require_free_port(port: int) -> "socket.socket":
     and then both serve it, each with its own Redis: the claim (a name in Linux's abstract
     socket namespace, freed by the kernel when the last process holding it dies) lets one of
     them through."""
+    from local.redis_server import listened_on
+
     claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         claim.bind(f"\0vmpool-http-127.0.0.1:{port}")
     except OSError:
         claim.close()
         raise SystemExit(f"port {port} is in use by another `make run` starting or running") from None
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            claim.close()
-            raise SystemExit(f"port {port} is in use: is another `make run` still running?") from None
+    if listened_on(port):
+        claim.close()
+        raise SystemExit(f"port {port} is in use: is another `make run` still running?")
     return claim
 
 
