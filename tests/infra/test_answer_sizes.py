@@ -37,26 +37,28 @@ MOST_POOLS = pools_config(MAX_POOLS)
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Services]:
+    yield from _fleet()
+
+
+def _fleet(config_text: str | None = None) -> Iterator[Services]:
+    """The pools (10,000 by default) of one ready VM each, in a Redis of their own, served by the
+    app's API function."""
     with RedisServer() as server:
-        yield from _fleet(redis.Redis(port=server.port, decode_responses=True))
-
-
-def _fleet(client: redis.Redis, config_text: str | None = None) -> Iterator[Services]:
-    """The pools (10,000 by default) of one ready VM each, served by the app's API function."""
-    services = Services(parse(config_text or MOST_POOLS), client, clock=FakeClock())
-    keys = services.store.keys
-    pipe = client.pipeline(transaction=False)
-    for n, pool in enumerate(services.config.pool_names):
-        host = f"vm{n:06d}"
-        pipe.hset(keys.vm(host), mapping={"pool": pool, "state": "ready"})
-        pipe.zadd(keys.pool_state(pool, "ready"), {host: 1})
-    pipe.execute()
-    saved = app_module._services, app_module._config
-    app_module._services, app_module._config = services, None
-    try:
-        yield services
-    finally:
-        app_module._services, app_module._config = saved
+        client = redis.Redis(port=server.port, decode_responses=True)
+        services = Services(parse(config_text or MOST_POOLS), client, clock=FakeClock())
+        keys = services.store.keys
+        pipe = client.pipeline(transaction=False)
+        for n, pool in enumerate(services.config.pool_names):
+            host = f"vm{n:06d}"
+            pipe.hset(keys.vm(host), mapping={"pool": pool, "state": "ready"})
+            pipe.zadd(keys.pool_state(pool, "ready"), {host: 1})
+        pipe.execute()
+        saved = app_module._services, app_module._config
+        app_module._services, app_module._config = services, None
+        try:
+            yield services
+        finally:
+            app_module._services, app_module._config = saved
 
 
 @pytest.mark.parametrize("path, query", [
@@ -116,8 +118,7 @@ def _largest_accepted(pools: int) -> str:
 
 @pytest.fixture(scope="module")
 def largest_fleet() -> Iterator[Services]:
-    with RedisServer() as server:
-        yield from _fleet(redis.Redis(port=server.port, decode_responses=True), _largest_accepted(1000))
+    yield from _fleet(_largest_accepted(1000))
 
 
 def _post(path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -148,8 +149,7 @@ def test_the_largest_accepted_config_answers_within_lambdas_limit_with_every_run
 
 @pytest.fixture(scope="module")
 def fleet_3000() -> Iterator[Services]:
-    with RedisServer() as server:
-        yield from _fleet(redis.Redis(port=server.port, decode_responses=True), pools_config(3000))
+    yield from _fleet(pools_config(3000))
 
 
 def test_a_summary_of_the_most_days_with_one_day_full_of_tags_is_refused_rather_than_passing_lambdas_limit(
