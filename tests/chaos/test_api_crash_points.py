@@ -412,6 +412,11 @@ def no_check(harness: Harness, world: World, first: Reply, second: Any) -> None:
     return None
 
 
+def changed_once(harness: Harness, world: World, first: Reply, second: Any) -> None:
+    """The same change sent twice at once: one caller made it (201), the other found it made (200)."""
+    assert sorted([first.status, second.status]) == [200, 201], (first.raw, second.raw)
+
+
 @dataclass(frozen=True)
 class ReconcilePass:
     """A reconcile pass over ``pool`` as the second of a race (the scheduler's, not a caller's)."""
@@ -469,6 +474,8 @@ RACES: dict[str, Race] = {
     "checkout_while_pool_reset": (CASES["checkout_anonymous"], CASES["poolreset"], no_check),
     "poolsize_while_cleared": (CASES["poolsize"], Case("DELETE", "/api/v3/config/poolsize/pool1", who="root"),
                                no_check),
+    "poolsize_set_twice": (CASES["poolsize"], CASES["poolsize"], changed_once),
+    "poolsize_cleared_twice": (CASES["poolsize_clear"], CASES["poolsize_clear"], changed_once),
     "lifetime_extended_while_reaped": (Case("PUT", "/api/v3/vm/{mine}", {"lifetime": 40}), ReconcilePass("pool1"),
                                        lifetime_honoured),
     "ondemand_deleted_while_delivered": (Case("DELETE", "/api/v3/ondemandvm/racing"), ReconcilePass("pool2"),
