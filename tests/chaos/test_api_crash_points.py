@@ -412,6 +412,14 @@ def no_check(harness: Harness, world: World, first: Reply, second: Any) -> None:
     return None
 
 
+def returned_for_both(harness: Harness, world: World, first: Reply, second: Any) -> None:
+    """The owner's return sent twice at once (a client's retry while the first is under way): the
+    VM is returned, and both are told so (vmfloaty lists a VM whose DELETE is not ok as "Unable to
+    delete", exit 1), as a retry after the first answered is."""
+    assert (first.status, second.status) == (200, 200), (first.raw, second.raw)
+    assert harness.state_of(world.mine) == "completed"
+
+
 def changed_once(harness: Harness, world: World, first: Reply, second: Any) -> None:
     """The same change sent twice at once: one caller made it (201), the other found it made (200)."""
     assert sorted([first.status, second.status]) == [200, 201], (first.raw, second.raw)
@@ -469,6 +477,7 @@ RACES: dict[str, Race] = {
     "returned_while_lifetime": (CASES["return"], Case("PUT", "/api/v3/vm/{mine}", {"lifetime": 40}),
                                 returned_stays_returned),
     "disk_while_returned": (CASES["disk"], CASES["return"], returned_stays_returned),
+    "returned_twice": (CASES["return"], CASES["return"], returned_for_both),
     "checkout_while_token_deleted": (CASES["checkout_body"], CASES["token_delete"], no_check),
     "ondemand_while_deleted": (CASES["ondemand_show"], CASES["ondemand_delete"], no_check),
     "checkout_while_pool_reset": (CASES["checkout_anonymous"], CASES["poolreset"], no_check),
