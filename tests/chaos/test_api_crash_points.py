@@ -440,6 +440,33 @@ class ReconcilePass:
         harness.reconcile(self.pool)
 
 
+@dataclass(frozen=True)
+class ForgottenAndTaken:
+    """An ended on-demand request forgotten (the service keeps its newest requests only, and a
+    record's time to live ends), then its id taken by bob's new request: the race's second step."""
+
+    request_id: str
+    method: str = "forgotten and taken by bob:"
+
+    @property
+    def target(self) -> str:
+        return self.request_id
+
+    def send(self, harness: Harness, world: World) -> Reply:
+        keys = harness.store.keys
+        harness.client.delete(keys.ondemand(self.request_id), keys.ondemand_vms(self.request_id))
+        reply = harness.post("/api/v3/ondemandvm", {"pool2": 1, "request_id": self.request_id},
+                             headers={"X-AUTH-TOKEN": world.bob_token})
+        assert reply.status == 201, reply.raw
+        return reply
+
+
+def others_request_untouched(harness: Harness, world: World, first: Reply, second: Any) -> None:
+    """Alice deleting her ended request again never ends bob's, which took its id meanwhile."""
+    assert first.status in (200, 403, 404), first.raw
+    assert harness.client.hget(harness.store.keys.ondemand("ended-1"), "state") == "open", first.raw
+
+
 def lifetime_honoured(harness: Harness, world: World, first: Reply, second: Reply | None) -> None:
     """A lifetime extended (200) keeps the VM running; one refused (404) was ended first."""
     assert first.status in (200, 404), first.raw
@@ -461,11 +488,20 @@ def ondemand_building(harness: Harness, world: World) -> None:
     harness.clock.advance(1)
 
 
+def ondemand_ended(harness: Harness, world: World) -> None:
+    """An on-demand request of alice's with an id she chose, deleted (ended)."""
+    headers = {"X-AUTH-TOKEN": world.alice_token}
+    reply = harness.post("/api/v3/ondemandvm", {"pool2": 1, "request_id": "ended-1"}, headers=headers)
+    assert reply.status == 201, reply.raw
+    reply = harness.delete("/api/v3/ondemandvm/ended-1", headers=headers)
+    assert reply.status == 200, reply.raw
+
+
 def no_race_setup(harness: Harness, world: World) -> None:
     return None
 
 
-Race = tuple[Case, "Case | ReconcilePass", Callable[[Harness, World, Reply, Any], None]]
+Race = tuple[Case, "Case | ReconcilePass | ForgottenAndTaken", Callable[[Harness, World, Reply, Any], None]]
 
 RACES: dict[str, Race] = {
     "disk_and_tag_while_tags_fill": (
@@ -490,9 +526,12 @@ RACES: dict[str, Race] = {
     "ondemand_deleted_while_delivered": (Case("DELETE", "/api/v3/ondemandvm/racing"), ReconcilePass("pool2"),
                                          no_check),
     "checkout_while_pass": (CASES["checkout_body"], ReconcilePass("pool1"), no_check),
+    "ondemand_deleted_again_while_its_id_is_taken": (Case("DELETE", "/api/v3/ondemandvm/ended-1"),
+                                                     ForgottenAndTaken("ended-1"), others_request_untouched),
 }
 RACE_SETUP: dict[str, Callable[[Harness, World], None]] = {
-    "lifetime_extended_while_reaped": lifetime_ended, "ondemand_deleted_while_delivered": ondemand_building}
+    "lifetime_extended_while_reaped": lifetime_ended, "ondemand_deleted_while_delivered": ondemand_building,
+    "ondemand_deleted_again_while_its_id_is_taken": ondemand_ended}
 """What a race's world needs besides the World: its VM past its lifetime, a request being built."""
 
 
