@@ -114,7 +114,11 @@ def delete(services: Services, request: ApiRequest) -> ApiResponse:
     ondemand = _owned(services, request, caller)
     ending = OnDemandStore(services.store).end(
         ondemand.id, DELETED, DELETED_MESSAGE, f"on-demand request {ondemand.id} was deleted", services.clock.now(),
-        caller.token_key if caller else "")
+        caller.token_key if caller else "", seen=ondemand)
+    if ending.result == "missing":
+        # Forgotten since it was read, its id maybe another's new request now: that one is not
+        # this caller's to end (it was left as it is).
+        raise _unknown(ondemand.id)
     services.refill.pools_changed(ending.pools)  # nothing when it had ended already
     # A deletion a failover lost: the request open again, its VMs built for nobody. Its retry (the
     # request ended already) is answered the same way.
@@ -144,5 +148,9 @@ def _by_drawn_id(services: Services, request: ApiRequest) -> OnDemandRequest | N
 def _find(services: Services, request_id: str) -> OnDemandRequest:
     found = OnDemandStore(services.store).get(request_id) if REQUEST_ID_PATTERN.match(request_id) else None
     if found is None:
-        raise ApiError(404, {"message": f"no request found for request_id '{shown(request_id)}'"})
+        raise _unknown(request_id)
     return found
+
+
+def _unknown(request_id: str) -> ApiError:
+    return ApiError(404, {"message": f"no request found for request_id '{shown(request_id)}'"})

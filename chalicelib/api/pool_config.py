@@ -109,8 +109,9 @@ def _clear(services: Services, request: ApiRequest, setting: _Setting) -> ApiRes
     overrides = PoolOverrides(services.store)
     if getattr(overrides.get(name), setting.field) is None:
         return ok(**before)
-    overrides.set(setting.field, name, None, token_key)
-    answer = _changed(services, [name])
+    # 201 only when this request removed the override (the script says so): another clear of the
+    # same pool at once may have removed it since it was read, and then this one changed nothing.
+    answer = _changed(services, overrides.set_many(setting.field, {name: None}, token_key))
     answer.body.update(before)
     return answer
 

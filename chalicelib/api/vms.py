@@ -294,7 +294,9 @@ def give_back(services: Services, request: ApiRequest) -> ApiResponse:
     if not services.store.move(record.name, record.pool, "running", "completed", now, nudge=True,
                                checked_out_as=record, token_key=caller.token_key if caller else "",
                                reason=RETURNED):
-        raise not_found(error=f"VM {record.name} is not running")
+        # No longer running as read: its user's other DELETE (a retry sent while this one was
+        # under way) may have returned it since, answered as a retry after that one's answer is.
+        return _returned_before(services, request, find_vm(services, request))
     return _returned(services, record.pool, record.name)
 
 

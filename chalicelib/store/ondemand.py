@@ -281,10 +281,12 @@ class OnDemandStore:
         return bool(answer["moved"]), answer["state"]
 
     def end(self, request_id: str, state: str, message: str, vm_reason: str, now: float,
-            token_key: str = "") -> Ending:
+            token_key: str = "", seen: OnDemandRequest | None = None) -> Ending:
         """Mark the request ``deleted`` or ``failed`` and send its VMs to completed. TokenGone
         (nothing changed) when ``token_key``, the record of the token the end was asked with, is
-        gone."""
+        gone. ``seen``: the request as the caller read it (and checked whose it is); a request
+        that has since taken its id (``seen`` forgotten, the id reused by another) is left as it
+        is, and the result is ``missing``."""
         keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.cloning,
                 self.keys.ondemand_open_requests, self.keys.running, self.keys.pool_clones]
         args: list[str | int] = [
@@ -293,6 +295,7 @@ class OnDemandStore:
             *(self.keys.pool_state(KEY_PART, vm_state) for vm_state in ("pending", "running", "completed")),
         ]
         args.append(token_index(keys, token_key))
+        args += ["", ""] if seen is None else [repr(seen.created), seen.token_user]
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_end(keys=keys, args=args))
         if answer["result"] == "token_gone":

@@ -18,7 +18,7 @@ SHARED: dict[str, tuple[str, ...]] = {"checkout": ("quota", "token_live"), "onde
                                       "update": ("record_fields",), "release": ("finite",),
                                       "vm_task_enqueue": ("vm_task_queue", "token_live"),
                                       "vm_modify": ("vm_task_queue", "token_live"),
-                                      "ondemand_end": ("token_live",), "pool_overrides": ("token_live",)}
+                                      "ondemand_end": ("finite", "token_live"), "pool_overrides": ("token_live",)}
 """Scripts run with the functions of other files (lua/quota.lua, lua/record_fields.lua,
 lua/finite.lua, lua/vm_task_queue.lua, lua/token_live.lua) before their own text."""
 

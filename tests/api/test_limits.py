@@ -11,6 +11,8 @@ import pytest
 from chalicelib.api import limits, vms
 from chalicelib.api.http import ApiRequest
 from chalicelib.api.routes import handle
+from chalicelib.manager import clones
+from chalicelib.manager.hostnames import candidate_names
 from chalicelib.services import Services
 from chalicelib.store import store as store_module
 from tests.api.configs import CONFIG_YAML
@@ -274,3 +276,46 @@ def test_a_vm_another_owner_took_after_a_lost_checkout_counts_for_that_owner_onl
     stack.fill("pool3")
     refused = handle(stack.services, vms.checkout_from_path, other)
     assert refused.status == 403  # the other client holds its one VM
+
+
+def test_a_returned_vms_name_taken_by_another_clients_vm_does_not_count_for_its_first_owner(
+        make_stack: Callable[[str], Harness], monkeypatch: pytest.MonkeyPatch) -> None:
+    """VM names come back: a destroyed VM's record lives ``data_ttl``, then its name (one of 900
+    word names) may be given to a new clone. A client's holdings still name the VMs it returned
+    until it next checks out; before, a VM of that name then running for another client counted
+    for it too: with a limit of 1, it was refused (403 "at most 1 VMs") holding nothing."""
+    stack = make_stack(_with(CONFIG_YAML, max_running_vms_per_user=1))
+    stack.fill("pool1", "pool3")
+    reply = stack.post("/api/v3/vm", {"pool3": 1})
+    assert reply.status == 200, reply.raw
+    returned = reply.json["pool3"]["hostname"].split(".")[0]
+    assert stack.delete(f"/api/v3/vm/{returned}").status == 200
+    stack.run_passes("pool3")
+    assert stack.state_of(returned) == "destroyed"
+    stack.client.delete(stack.store.keys.vm(returned))  # its data_ttl ended
+    # Another client takes the pool's VM; the clone that replaces it gets the name back, and a
+    # third client takes that one.
+    monkeypatch.setattr(clones, "candidate_names", lambda count, prefix="": [returned, *candidate_names(count, prefix)])
+    for address in ("203.0.113.5", "203.0.113.6"):
+        stack.run_passes("pool3")
+        other = ApiRequest("POST", 3, params={"name": "pool3"}, source_ip=address)
+        assert handle(stack.services, vms.checkout_from_path, other).status == 200
+    assert stack.state_of(returned) == "running"
+    reply = stack.post("/api/v3/vm", {"pool1": 1})
+    assert reply.status == 200, reply.raw
+
+
+def test_a_request_id_taken_again_by_another_client_does_not_count_for_its_first_owner(
+        make_stack: Callable[[str], Harness]) -> None:
+    """The same for an on-demand request whose id the client chose: once its record is gone
+    (``data_ttl``), another client may open a request under that id; it counted for the first
+    owner too (403 "at most 1 on-demand requests open" for a client with none open)."""
+    stack = make_stack(_with(CONFIG_YAML, max_ondemand_requests_per_user=1))
+    assert stack.post("/api/v3/ondemandvm", {"pool3": 1, "request_id": "ci-1"}).status == 201
+    assert stack.delete("/api/v3/ondemandvm/ci-1").status == 200
+    keys = stack.store.keys
+    stack.client.delete(keys.ondemand("ci-1"), keys.ondemand_vms("ci-1"))  # its data_ttl ended
+    other = stack.call("POST", "/api/v3/ondemandvm", body={"pool3": 1, "request_id": "ci-1"}, client_ip="203.0.113.5")
+    assert other.status == 201, other.raw
+    reply = stack.post("/api/v3/ondemandvm", {"pool3": 1})
+    assert reply.status == 201, reply.raw

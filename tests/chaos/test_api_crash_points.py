@@ -412,6 +412,19 @@ def no_check(harness: Harness, world: World, first: Reply, second: Any) -> None:
     return None
 
 
+def returned_for_both(harness: Harness, world: World, first: Reply, second: Any) -> None:
+    """The owner's return sent twice at once (a client's retry while the first is under way): the
+    VM is returned, and both are told so (vmfloaty lists a VM whose DELETE is not ok as "Unable to
+    delete", exit 1), as a retry after the first answered is."""
+    assert (first.status, second.status) == (200, 200), (first.raw, second.raw)
+    assert harness.state_of(world.mine) == "completed"
+
+
+def changed_once(harness: Harness, world: World, first: Reply, second: Any) -> None:
+    """The same change sent twice at once: one caller made it (201), the other found it made (200)."""
+    assert sorted([first.status, second.status]) == [200, 201], (first.raw, second.raw)
+
+
 @dataclass(frozen=True)
 class ReconcilePass:
     """A reconcile pass over ``pool`` as the second of a race (the scheduler's, not a caller's)."""
@@ -425,6 +438,33 @@ class ReconcilePass:
 
     def send(self, harness: Harness, world: World) -> None:
         harness.reconcile(self.pool)
+
+
+@dataclass(frozen=True)
+class ForgottenAndTaken:
+    """An ended on-demand request forgotten (the service keeps its newest requests only, and a
+    record's time to live ends), then its id taken by bob's new request: the race's second step."""
+
+    request_id: str
+    method: str = "forgotten and taken by bob:"
+
+    @property
+    def target(self) -> str:
+        return self.request_id
+
+    def send(self, harness: Harness, world: World) -> Reply:
+        keys = harness.store.keys
+        harness.client.delete(keys.ondemand(self.request_id), keys.ondemand_vms(self.request_id))
+        reply = harness.post("/api/v3/ondemandvm", {"pool2": 1, "request_id": self.request_id},
+                             headers={"X-AUTH-TOKEN": world.bob_token})
+        assert reply.status == 201, reply.raw
+        return reply
+
+
+def others_request_untouched(harness: Harness, world: World, first: Reply, second: Any) -> None:
+    """Alice deleting her ended request again never ends bob's, which took its id meanwhile."""
+    assert first.status in (200, 403, 404), first.raw
+    assert harness.client.hget(harness.store.keys.ondemand("ended-1"), "state") == "open", first.raw
 
 
 def lifetime_honoured(harness: Harness, world: World, first: Reply, second: Reply | None) -> None:
@@ -448,11 +488,20 @@ def ondemand_building(harness: Harness, world: World) -> None:
     harness.clock.advance(1)
 
 
+def ondemand_ended(harness: Harness, world: World) -> None:
+    """An on-demand request of alice's with an id she chose, deleted (ended)."""
+    headers = {"X-AUTH-TOKEN": world.alice_token}
+    reply = harness.post("/api/v3/ondemandvm", {"pool2": 1, "request_id": "ended-1"}, headers=headers)
+    assert reply.status == 201, reply.raw
+    reply = harness.delete("/api/v3/ondemandvm/ended-1", headers=headers)
+    assert reply.status == 200, reply.raw
+
+
 def no_race_setup(harness: Harness, world: World) -> None:
     return None
 
 
-Race = tuple[Case, "Case | ReconcilePass", Callable[[Harness, World, Reply, Any], None]]
+Race = tuple[Case, "Case | ReconcilePass | ForgottenAndTaken", Callable[[Harness, World, Reply, Any], None]]
 
 RACES: dict[str, Race] = {
     "disk_and_tag_while_tags_fill": (
@@ -464,19 +513,25 @@ RACES: dict[str, Race] = {
     "returned_while_lifetime": (CASES["return"], Case("PUT", "/api/v3/vm/{mine}", {"lifetime": 40}),
                                 returned_stays_returned),
     "disk_while_returned": (CASES["disk"], CASES["return"], returned_stays_returned),
+    "returned_twice": (CASES["return"], CASES["return"], returned_for_both),
     "checkout_while_token_deleted": (CASES["checkout_body"], CASES["token_delete"], no_check),
     "ondemand_while_deleted": (CASES["ondemand_show"], CASES["ondemand_delete"], no_check),
     "checkout_while_pool_reset": (CASES["checkout_anonymous"], CASES["poolreset"], no_check),
     "poolsize_while_cleared": (CASES["poolsize"], Case("DELETE", "/api/v3/config/poolsize/pool1", who="root"),
                                no_check),
+    "poolsize_set_twice": (CASES["poolsize"], CASES["poolsize"], changed_once),
+    "poolsize_cleared_twice": (CASES["poolsize_clear"], CASES["poolsize_clear"], changed_once),
     "lifetime_extended_while_reaped": (Case("PUT", "/api/v3/vm/{mine}", {"lifetime": 40}), ReconcilePass("pool1"),
                                        lifetime_honoured),
     "ondemand_deleted_while_delivered": (Case("DELETE", "/api/v3/ondemandvm/racing"), ReconcilePass("pool2"),
                                          no_check),
     "checkout_while_pass": (CASES["checkout_body"], ReconcilePass("pool1"), no_check),
+    "ondemand_deleted_again_while_its_id_is_taken": (Case("DELETE", "/api/v3/ondemandvm/ended-1"),
+                                                     ForgottenAndTaken("ended-1"), others_request_untouched),
 }
 RACE_SETUP: dict[str, Callable[[Harness, World], None]] = {
-    "lifetime_extended_while_reaped": lifetime_ended, "ondemand_deleted_while_delivered": ondemand_building}
+    "lifetime_extended_while_reaped": lifetime_ended, "ondemand_deleted_while_delivered": ondemand_building,
+    "ondemand_deleted_again_while_its_id_is_taken": ondemand_ended}
 """What a race's world needs besides the World: its VM past its lifetime, a request being built."""
 
 

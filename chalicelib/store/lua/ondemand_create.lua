@@ -31,6 +31,10 @@ quota_take_request(quota, id, tonumber(ARGV[5]))
 for field, value in pairs(cjson.decode(ARGV[4])) do
   redis.call('HSET', key, field, value)
 end
+if quota ~= nil then
+  -- Whose holdings name it (quota.lua): the id may be another owner's request some day.
+  redis.call('HSET', key, 'holdings', KEYS[quota.key])
+end
 redis.call('EXPIRE', key, ttl)
 for i = 1, tonumber(ARGV[7]) do
   local open_key, wake_key = KEYS[2 * i], KEYS[2 * i + 1]

@@ -10,9 +10,13 @@
 -- templates of the keys named by the request and its VMs' records (keys.DERIVED_KEYS):
 -- open_template, wake_template, vm_template, pending_template, running_template, completed_template;
 -- then the index in KEYS of the record of the token the end was asked with (0 for none:
--- lua/token_live.lua).
+-- lua/token_live.lua); then, when the API ends a request it read (DELETE /ondemandvm/<id>), that
+-- request's 'created' and 'token_user' as it read them ('' and '' for no such check).
 -- Returns JSON {"result": "ended"|"already"|"missing"|"token_gone", "state": ..., "pools": [...]}
--- ("token_gone": the token was deleted since the API checked it; nothing changed).
+-- ("token_gone": the token was deleted since the API checked it; nothing changed). "missing" too
+-- when the request under that id is not the one the API read: that one was forgotten (the service
+-- keeps its newest only; a record's time to live ends) and another caller's new request took its
+-- id since, which the API checked nobody's ownership of.
 local key, vms_key, cloning_key, open_requests_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local all_running_key, pool_clones_key = KEYS[5], KEYS[6]
 local id, new_state, message, now, reason, ttl =
@@ -22,9 +26,12 @@ local state_templates = {pending = ARGV[10], running = ARGV[11], completed = ARG
 if token_gone(ARGV[13]) then
   return cjson.encode({result = 'token_gone', state = '', pools = {}})
 end
-local request = redis.call('HMGET', key, 'state', 'entries')
+local request = redis.call('HMGET', key, 'state', 'entries', 'created', 'token_user')
 local state = request[1]
-if not state then
+local seen_created, seen_user = ARGV[14] or '', ARGV[15] or ''
+-- A 'created' unreadable (by hand) reads as 0, as the API reads it (float of nothing).
+if not state or (seen_created ~= '' and ((finite(request[3]) or 0) ~= (finite(seen_created) or 0)
+    or (request[4] or '') ~= seen_user)) then
   return cjson.encode({result = 'missing', state = '', pools = {}})
 end
 if state == 'deleted' or state == 'failed' or (new_state == 'failed' and state ~= 'open') then

@@ -30,12 +30,22 @@ local function quota_held(quota, owner)
     local member, weight = entries[i], tonumber(entries[i + 1])
     local kind, name = string.sub(member, 1, 3), string.sub(member, 4)
     local live = 0
+    -- What an entry names may since be another owner's: a VM's name, or a request id a client
+    -- chose, is given out again once its record is gone (a VM's after data_ttl: one of 900 word
+    -- names). It counts only while its record names this holdings set ('holdings', set as it was
+    -- taken); one without (taken before that field was written) counts as before, but for a VM of
+    -- an on-demand request, which no checkout's entry names.
     if kind == 'vm:' then
-      if redis.call('HGET', key_of(quota.vm_template, name), 'state') == 'running' then
+      local vm = redis.call('HMGET', key_of(quota.vm_template, name), 'state', 'holdings', 'request')
+      if vm[1] == 'running' and (vm[2] == holdings_key or (not vm[2] and not vm[3])) then
         live = 1
       end
     else
-      local state = redis.call('HGET', key_of(quota.request_template, request_part(name)), 'state')
+      local request = redis.call('HMGET', key_of(quota.request_template, request_part(name)), 'state', 'holdings')
+      local state = request[1]
+      if request[2] and request[2] ~= holdings_key then
+        state = nil
+      end
       if state == 'open' then
         live = weight
         open_requests = open_requests + 1
