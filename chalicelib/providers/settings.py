@@ -12,12 +12,17 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, TypeVar
 
-from chalicelib.config_fields import Bool, SettingsModel, Str, StrList
+from chalicelib.config_fields import Bool, Ignored, SettingsModel, Str, StrList
 
 PROVIDER_CLASSES = ("vsphere", "dummy")
 
-PROVIDER_ONLY_KEYS = frozenset({"provider_class", "purge_unconfigured_resources", "resources_allowlist",
-                                "folder_whitelist"})
+PROVIDER_ONLY_KEYS = frozenset({
+    "provider_class", "purge_unconfigured_resources", "resources_allowlist", "folder_whitelist",
+    "purge_unconfigured_folders", "skip_dns_check_before_creating_vm", "connection_pool_size",
+    "connection_pool_timeout", "circuit_breaker_enabled", "circuit_breaker_failure_threshold",
+    "circuit_breaker_timeout", "circuit_breaker_half_open_attempts", "adaptive_timeout_enabled",
+    "connection_pool_timeout_min", "connection_pool_timeout_max", "connection_pool_timeout_initial",
+})
 """Keys of a ``:providers:`` block that a pool does not set (``for_pool`` skips them)."""
 
 _MODELS = {
@@ -40,6 +45,22 @@ class ProviderSettings(SettingsModel):
     purge_unconfigured_resources: Optional[Bool] = None
     resources_allowlist: StrList = ()
     folder_whitelist: StrList = ()
+    # vmpooler's per-provider connection pools, circuit breakers and adaptive timeouts: a pass
+    # here makes its calls with the provider's own timeouts, and the next pass retries.
+    connection_pool_size: Ignored = None
+    connection_pool_timeout: Ignored = None
+    circuit_breaker_enabled: Ignored = None
+    circuit_breaker_failure_threshold: Ignored = None
+    circuit_breaker_timeout: Ignored = None
+    circuit_breaker_half_open_attempts: Ignored = None
+    adaptive_timeout_enabled: Ignored = None
+    connection_pool_timeout_min: Ignored = None
+    connection_pool_timeout_max: Ignored = None
+    connection_pool_timeout_initial: Ignored = None
+    # vmpooler 1's name of purge_unconfigured_resources, which vmpooler reads no more either.
+    purge_unconfigured_folders: Ignored = None
+    # New names are looked up before a clone per DNS config (check_names, docs/dns.md), not per provider.
+    skip_dns_check_before_creating_vm: Ignored = None
 
     def purge_settings(self, service_purges: bool, service_allowlist: Sequence[str]) -> tuple[bool, tuple[str, ...]]:
         """Whether this provider's unconfigured resources are purged, and the names the purge
