@@ -41,10 +41,11 @@ class ProviderSettings(SettingsModel):
     provider_class: Optional[Str] = None
     # Where vmpooler reads its purge settings (pool_manager.rb): a provider's own switch (the
     # ``:config:`` one turns purging on for every provider) and its allowlist, under its current
-    # name or the older one vmpooler still reads. Not pool keys.
+    # name or the older one vmpooler still reads. Not pool keys. None when unset, so the canonical
+    # config of a block without them is what an older vmpool wrote and reads.
     purge_unconfigured_resources: Optional[Bool] = None
-    resources_allowlist: StrList = ()
-    folder_whitelist: StrList = ()
+    resources_allowlist: Optional[StrList] = None
+    folder_whitelist: Optional[StrList] = None
     # vmpooler's per-provider connection pools, circuit breakers and adaptive timeouts: a pass
     # here makes its calls with the provider's own timeouts, and the next pass retries.
     connection_pool_size: Ignored = None
@@ -66,7 +67,7 @@ class ProviderSettings(SettingsModel):
         """Whether this provider's unconfigured resources are purged, and the names the purge
         keeps: every allowlist that names some (the service's and this block's), so a name kept
         in one place is never destroyed for being missing from another."""
-        allowlist = (*service_allowlist, *self.resources_allowlist, *self.folder_whitelist)
+        allowlist = (*service_allowlist, *(self.resources_allowlist or ()), *(self.folder_whitelist or ()))
         return service_purges or bool(self.purge_unconfigured_resources), tuple(dict.fromkeys(allowlist))
 
     def for_pool(self: Settings, pool_settings: Mapping[str, Any]) -> Settings:

@@ -151,3 +151,12 @@ def test_purging_turned_on_in_one_providers_block_purges_that_provider_only(redi
     run_pool(services, "beta", budget_seconds=0)
     assert len(recorders["dummy"].purges) == 1
     assert recorders["other"].purges == []
+
+
+def test_a_provider_block_without_purge_keys_publishes_what_the_previous_release_reads() -> None:
+    """A function of the previous release (a rolling upgrade, a rollback) refuses provider keys it
+    does not know in the canonical config config-push publishes: unset, they are left out."""
+    from chalicelib.config import canonical
+
+    published = canonical(parse(CONFIG.format(purge="true")))["providers"]["dummy"]
+    assert not {"purge_unconfigured_resources", "resources_allowlist", "folder_whitelist"} & set(published)
