@@ -151,6 +151,22 @@ class ServiceConfig(SettingsModel):
     retry_delay: Ignored = None
     host_selection_max_age: Ignored = None
     lifetime_max: Ignored = None
+    # vmpooler's vCenter connection pools, their retries, circuit breakers and adaptive timeouts:
+    # a pass here makes its calls with the provider's connect_timeout and call_timeout, and a
+    # failed call is tried again by the next pass.
+    max_tries: Ignored = None
+    retry_factor: Ignored = None
+    circuit_breaker_enabled: Ignored = None
+    circuit_breaker_failure_threshold: Ignored = None
+    circuit_breaker_timeout: Ignored = None
+    circuit_breaker_half_open_attempts: Ignored = None
+    adaptive_timeout_enabled: Ignored = None
+    connection_pool_timeout_min: Ignored = None
+    connection_pool_timeout_max: Ignored = None
+    connection_pool_timeout_initial: Ignored = None
+    connection_pool_monitor_enabled: Ignored = None
+    connection_pool_monitor_interval: Ignored = None
+    purge_unconfigured_folders: Ignored = None  # vmpooler reads it no more either: purge_unconfigured_resources
 
     def __post_init__(self) -> None:
         # Frozen: these two are settled once, here, before anyone reads them (idempotent, so a
@@ -178,9 +194,11 @@ class RedisConfig(SettingsModel):
     elsewhere. VMPOOL_REDIS_MIN_REPLICA_ACKS overrides it."""
     replica_ack_timeout: Annotated[int, bounded(1, 10000)] = 500
     connection_pool_size: Ignored = None
+    connection_pool_timeout: Ignored = None
     reconnect_attempts: Ignored = None
     redis_connection_pool_size: Ignored = None
     redis_connection_pool_timeout: Ignored = None
+    username: Ignored = None  # vmpooler documents it but authenticates as Redis's default user, as vmpool does
 
     @property
     def data_ttl_hours(self) -> int:
@@ -221,7 +239,7 @@ class PoolSettings(SettingsModel):
     sizing: Optional[Annotated[Any, checked_by(sizing_block, trusted=sizing_block)]] = None
     """Canonical form: the block as written (``SizingSettings.source``), checked again when built."""
     snapshot_mainMem_ioBlockPages: Ignored = None
-    snapshot_mainMem_writeThrottle: Ignored = None
+    snapshot_mainMem_iowait: Ignored = None
     template_hostname: Ignored = None
     ready_schedule: Ignored = None
 
@@ -262,7 +280,7 @@ class RateLimit(SettingsModel):
 
 TOP_LEVEL_SECTIONS = (
     "config", "redis", "auth", "providers", "pools", "tagfilter", "dns_configs", "rate_limits",
-    "graphite", "statsd", "tracing", "pool_names",
+    "graphite", "statsd", "prometheus", "graphs", "tracing", "pool_names",
 )
 
 SECTION_MODELS: Mapping[str, type[SettingsModel]] = MappingProxyType({
@@ -535,8 +553,9 @@ def _read_document(text: str, source: str, reader: BlockReader) -> dict[str, Any
 MAX_REPORTED_DUPLICATES = 10
 """Keys written twice reported one by one; the rest are counted in one line (a key pasted
 100,000 times is one problem, not 100,000)."""
-IGNORED_SECTIONS = frozenset({"graphite", "statsd", "tracing", "pool_names"})
-"""Sections of vmpooler's config that vmpool reads nothing from."""
+IGNORED_SECTIONS = frozenset({"graphite", "statsd", "prometheus", "graphs", "tracing", "pool_names"})
+"""Sections of vmpooler's config that vmpool reads nothing from (its metrics backends, its
+dashboard's graph source and tracing: vmpool's metrics are CloudWatch EMF, its traces X-Ray)."""
 
 
 def _duplicate_keys(yaml: Any, loader: Any, root: Any, source: str, reader: BlockReader) -> None:

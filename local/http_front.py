@@ -79,7 +79,7 @@ MAX_HEADER_FIELDS = 100
 MAX_HEADER_FIELD_BYTES = 8190
 """Longest header field (name and value); longer gets 431."""
 MAX_HEAD_BYTES = 32 * 1024
-"""Most bytes held for one request head while it arrives; more gets 431."""
+"""Most bytes of one request head, counted while it arrives and once it is whole; more gets 431."""
 MAX_CHUNKS = 1024
 """Most chunks in one chunked request body; more gets 413. A chunk costs a parser callback or
 two whatever its size: 64 KiB (the API's limit) in 1-byte chunks held a loop for tens of ms a
@@ -309,12 +309,15 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def _head_refusal(self) -> Refused | None:
-        """What RFC 9112 and 9110 say to answer a whole head that llhttp lets through, if anything:
-        a version other than HTTP/1.0 or 1.1 (505; llhttp reads a line without one as 0.9 and
-        takes 2.0), an HTTP/1.1 request without one Host or any with two (400), a transfer coding
-        other than chunked (501: ``gzip, chunked`` was read as chunked and the gzip dropped), an
-        expectation other than 100-continue (417), a body with a request asking for an Upgrade
-        (400)."""
+        """What to answer a whole head that llhttp lets through, if anything: one over
+        ``MAX_HEAD_BYTES`` (431); as RFC 9112 and 9110 say, a version other than HTTP/1.0 or 1.1
+        (505; llhttp reads a line without one as 0.9 and takes 2.0), an HTTP/1.1 request without
+        one Host or any with two (400), a transfer coding other than chunked (501: ``gzip,
+        chunked`` was read as chunked and the gzip dropped), an expectation other than
+        100-continue (417), a body with a request asking for an Upgrade (400)."""
+        if self._whole_head_bytes() > MAX_HEAD_BYTES:
+            # A head that arrived in one read is whole before data_received counts it.
+            return Refused(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
         version = self.parser.get_http_version()
         has_body = any(name == b"transfer-encoding" or (name == b"content-length" and int(value))
                        for name, value in self.headers)
@@ -336,6 +339,12 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             elif name == b"expect" and value.strip().lower() != b"100-continue":
                 return Refused(417, "only Expect: 100-continue is supported")
         return None
+
+    def _whole_head_bytes(self) -> int:
+        """The size of the head just parsed, as sent in its shortest form: request line, each
+        field as ``name: value`` and a line break, the blank line."""
+        line = len(self.parser.get_method()) + len(self.url) + len(b" HTTP/1.1\r\n") + 1
+        return line + sum(len(name) + len(value) + 4 for name, value in self.headers) + 2
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # starts the next pipelined request, if one waits

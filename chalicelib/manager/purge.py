@@ -1,9 +1,10 @@
 """vmpooler's purge of unconfigured resources, in a serverless shape.
 
 vmpooler purged once when its manager started. Here there is no long-lived manager, so a pool's
-reconcile invocation purges its provider's folders when ``purge_unconfigured_resources`` is on and
-no invocation of any pool has done so within ``PURGE_INTERVAL_SECONDS``: a key in Redis with that
-expiry is the rate limit, taken atomically, so many Lambdas never purge at once.
+reconcile invocation purges its provider's folders when ``purge_unconfigured_resources`` is on (in
+``:config:`` or the provider's block) and no invocation of any pool has done so within
+``PURGE_INTERVAL_SECONDS``: a key in Redis with that expiry is the rate limit, taken atomically,
+so many Lambdas never purge at once.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ def purge_if_due(services: "Services", provider_name: str, out_of_time: Callable
     A purge ``out_of_time`` stopped (its invocation's time nearly out) hands its turn back: the
     next pass of any of the provider's pools goes on with it, not the next interval."""
     service = services.config.service
-    if not service.purge_unconfigured_resources:
+    block = services.config.providers.get(provider_name)
+    if block is None:  # a draining pool's provider, since removed from the config: nothing to purge with
+        return []
+    purges, allowlist = block.settings.purge_settings(service.purge_unconfigured_resources,
+                                                      service.resources_allowlist)
+    if not purges:
         return []
     # Held until it expires, never released (but by a purge stopped short): that is the interval
     # between purges.
@@ -37,7 +43,7 @@ def purge_if_due(services: "Services", provider_name: str, out_of_time: Callable
     # its pools' folders must be kept too (the provider looks only under its own pools' parents).
     pools = [pool for name in services.config.pool_names if (pool := services.pool(name)) is not None]
     try:
-        removed = services.provider(provider_name).purge_unconfigured(pools, service.resources_allowlist,
+        removed = services.provider(provider_name).purge_unconfigured(pools, allowlist,
                                                                       services.store.tracked, out_of_time)
     except ProviderError as error:
         logger.warning("purge failed", extra={"provider": provider_name, "error": str(error)})

@@ -34,3 +34,4 @@ class DummySettings(ProviderSettings):
     boot_time: Optional[Number0] = None
     seed: Optional[Int] = None
     filename: Ignored = None
+    destroyvm_max_shutdown_time: Ignored = None  # destroyvm_max_time covers the whole destroy

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from chalicelib import config as config_module
 from chalicelib.config import ConfigError, parse
@@ -178,6 +179,89 @@ def test_plain_spelling_loads_the_same_as_ruby_symbols() -> None:
     assert ":pools:" not in plain and "\npools:" in plain
 
     assert parse(plain) == parse(VMPOOLER_YAML)
+
+
+# Every key vmpooler's own vmpooler.yaml.example documents (github.com/puppetlabs/vmpooler), by
+# the block it goes in. vmpool either uses it or accepts it without effect, listed with its reason
+# in vmpool.yaml.example; "unknown key" is for typos, not for vmpooler's own keys.
+VMPOOLER_EXAMPLE_KEYS = {
+    "config": (
+        "site_name logfile clone_target task_limit ondemand_clone_limit timeout timeout_notification max_vm_retries "
+        "vm_checktime vm_lifetime vm_lifetime_auth allowed_tags prefix migration_limit max_tries retry_factor "
+        "check_loop_delay_min check_loop_delay_max check_loop_delay_decay circuit_breaker_enabled "
+        "circuit_breaker_failure_threshold circuit_breaker_timeout circuit_breaker_half_open_attempts "
+        "adaptive_timeout_enabled connection_pool_timeout_min connection_pool_timeout_max "
+        "connection_pool_timeout_initial connection_pool_monitor_enabled connection_pool_monitor_interval "
+        "manage_host_selection create_folders create_template_delta_disks host_selection_max_age utilization_limit "
+        "experimental_features purge_unconfigured_folders purge_unconfigured_resources backend_weight usage_stats "
+        "request_logger max_lifetime_upper_limit extra_config max_ondemand_instances_per_request "
+        "ondemand_request_ttl ready_ttl"
+    ),
+    # bin/vmpooler reads connection_pool_size and connection_pool_timeout, which its example spells
+    # redis_connection_pool_size and redis_connection_pool_timeout.
+    "redis": "server username password data_ttl redis_connection_pool_size redis_connection_pool_timeout "
+             "reconnect_attempts connection_pool_size connection_pool_timeout",
+    "providers.vsphere": (
+        "provider_class purge_unconfigured_folders purge_unconfigured_resources folder_whitelist resources_allowlist "
+        "skip_dns_check_before_creating_vm server username password insecure datacenter circuit_breaker_enabled "
+        "circuit_breaker_failure_threshold circuit_breaker_timeout circuit_breaker_half_open_attempts "
+        "adaptive_timeout_enabled connection_pool_timeout_min connection_pool_timeout_max "
+        "connection_pool_timeout_initial connection_pool_size connection_pool_timeout"
+    ),
+    "providers.dummy": (
+        "filename connection_pool_size connection_pool_timeout migratevm_couldmove_percent migratevm_max_time "
+        "migratevm_fail_percent getvm_poweroff_percent getvm_rename_percent createvm_max_time createvm_fail_percent "
+        "createdisk_max_time createdisk_fail_percent createsnapshot_max_time createsnapshot_fail_percent "
+        "revertsnapshot_max_time revertsnapshot_fail_percent destroyvm_max_shutdown_time destroyvm_max_time "
+        "destroyvm_fail_percent vmready_fail_percent"
+    ),
+    "pools": (
+        "name alias template size provider dns_plugin clone_target timeout ready_ttl check_loop_delay_min "
+        "check_loop_delay_max check_loop_delay_decay folder datastore datacenter snapshot_mainMem_ioBlockPages "
+        "snapshot_mainMem_iowait"
+    ),
+}
+# vmpooler's top-level sections of metrics backends (vmpool's metrics are CloudWatch EMF).
+VMPOOLER_EXAMPLE_SECTIONS = ("statsd", "graphite", "prometheus", "graphs", "tracing")
+EXAMPLE_VALUES: dict[str, Any] = {
+    "provider_class": "vsphere", "allowed_tags": ["project"], "backend_weight": {"cluster1": 1},
+    "folder_whitelist": ["keep"], "resources_allowlist": ["keep"], "check_loop_delay_decay": 2.0,
+    "utilization_limit": 90, "prefix": "ci-", "clone_target": "cluster1", "datastore": "vmstorage",
+    "datacenter": "DC1", "extra_config": None, "dns_plugin": None, "alias": ["a"], "template": "t/x",
+    "folder": "f", "name": "p", "provider": "vsphere", "size": 1, "server": "vc.example.com", "username": "u",
+    "password": "p", "insecure": False, "filename": "/tmp/dummy-backing.yaml", "logfile": "/var/log/vmpooler.log",
+    "site_name": "vmpooler", "snapshot_mainMem_ioBlockPages": "2048", "snapshot_mainMem_iowait": "0",
+}
+
+BOOLEAN, BOOLEAN_KEYS = True, ("enabled", "folders", "resources", "vm", "selection", "disks", "features")
+
+
+def _with_key(where: str, key: str) -> str:
+    document: dict[str, Any] = {
+        "config": {}, "redis": {},
+        "providers": {"vsphere": {"server": "vc.example.com"}, "dummy": {}},
+        "pools": [{"name": "p", "template": "t/x", "folder": "f", "size": 1, "provider": "vsphere"}],
+    }
+    block: Any = document["pools"][0] if where == "pools" else document
+    for part in where.split(".") if where != "pools" else ():
+        block = block[part]
+    block[key] = EXAMPLE_VALUES.get(key, BOOLEAN if key.endswith(BOOLEAN_KEYS) else 1)
+    return yaml.safe_dump(document)
+
+
+@pytest.mark.parametrize(
+    "where, key", [(where, key) for where, keys in VMPOOLER_EXAMPLE_KEYS.items() for key in keys.split()]
+)
+def test_every_key_vmpoolers_example_documents_loads_without_a_warning(where: str, key: str) -> None:
+    """vmpooler's example loaded with "unknown key" warnings for keys it documents (its own
+    ``snapshot_mainMem_iowait`` among them), and a config naming them was told they were typos."""
+    assert parse(_with_key(where, key)).warnings == ()
+
+
+@pytest.mark.parametrize("section", VMPOOLER_EXAMPLE_SECTIONS)
+def test_vmpoolers_metrics_sections_load_without_a_warning(section: str) -> None:
+    """vmpooler's example configures ``:prometheus:``, which was an "unknown section"."""
+    assert parse(f":{section}:\n  server: metrics.example.com\n").warnings == ()
 
 
 def test_defaults_are_vmpoolers() -> None:

@@ -95,3 +95,68 @@ def test_a_purge_its_invocations_time_ran_out_in_is_taken_up_by_the_next_pass(re
     run_pool(services, "beta", budget_seconds=0)
     run_pool(services, "alpha", budget_seconds=0)
     assert len(provider.purges) == 2  # then its interval again
+
+
+VMPOOLER_PROVIDER_KEYS = """
+:config:
+  purge_unconfigured_resources: {global_purge}
+  resources_allowlist: [kept-by-config]
+:providers:
+  :dummy:
+    purge_unconfigured_resources: {provider_purge}
+    resources_allowlist: [kept-by-provider]
+    folder_whitelist: [kept-by-old-name]
+  :other:
+    provider_class: dummy
+:pools:
+  - {{name: alpha, size: 0, provider: dummy, folder: vmpool/alpha}}
+  - {{name: beta, size: 0, provider: other, folder: vmpool/beta}}
+"""
+
+
+def services_for(text: str, client: redis.Redis) -> tuple[Services, dict[str, PurgeRecorder]]:
+    config = parse(text)
+    services = Services(config, client, clock=FakeClock(), prefix="purgetest:")
+    recorders = {}
+    for name in config.providers:
+        provider = PurgeRecorder(config.providers[name], client, services.clock, prefix="purgetest:")
+        provider.purges = []
+        services._providers[name] = provider
+        recorders[name] = provider
+    return services, recorders
+
+
+def test_a_providers_allowlist_is_kept_where_vmpooler_reads_it(redis_client: redis.Redis) -> None:
+    """vmpooler reads the allowlist from the provider's block (``resources_allowlist``, or its
+    older name ``folder_whitelist``). Those keys were warned about as unknown and dropped: a
+    vmpooler config's allowlisted folders and VMs were purged."""
+    config = parse(VMPOOLER_PROVIDER_KEYS.format(global_purge="true", provider_purge="false"))
+    assert not [warning for warning in config.warnings if "allowlist" in warning or "whitelist" in warning]
+    services, recorders = services_for(VMPOOLER_PROVIDER_KEYS.format(global_purge="true", provider_purge="false"),
+                                       redis_client)
+    run_pool(services, "alpha", budget_seconds=0)
+    run_pool(services, "beta", budget_seconds=0)
+    [(_, allowlist)] = recorders["dummy"].purges
+    assert sorted(allowlist) == ["kept-by-config", "kept-by-old-name", "kept-by-provider"]
+    [(_, allowlist)] = recorders["other"].purges
+    assert allowlist == ["kept-by-config"]
+
+
+def test_purging_turned_on_in_one_providers_block_purges_that_provider_only(redis_client: redis.Redis) -> None:
+    """vmpooler's per-provider ``purge_unconfigured_resources`` (its example documents it) was
+    an unknown key: the purge it asks for never ran."""
+    services, recorders = services_for(VMPOOLER_PROVIDER_KEYS.format(global_purge="false", provider_purge="true"),
+                                       redis_client)
+    run_pool(services, "alpha", budget_seconds=0)
+    run_pool(services, "beta", budget_seconds=0)
+    assert len(recorders["dummy"].purges) == 1
+    assert recorders["other"].purges == []
+
+
+def test_a_provider_block_without_purge_keys_publishes_what_the_previous_release_reads() -> None:
+    """A function of the previous release (a rolling upgrade, a rollback) refuses provider keys it
+    does not know in the canonical config config-push publishes: unset, they are left out."""
+    from chalicelib.config import canonical
+
+    published = canonical(parse(CONFIG.format(purge="true")))["providers"]["dummy"]
+    assert not {"purge_unconfigured_resources", "resources_allowlist", "folder_whitelist"} & set(published)
