@@ -14,6 +14,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from chalicelib.answer_sizes import (
     FEED_MINUTES,
@@ -63,12 +64,21 @@ def _template() -> tuple[str, str]:
     return page, policy
 
 
+MAX_STAGE_PATH_CHARS = 1024
+"""Longer than any stage and base path API Gateway puts before ``/`` (names of 128 characters)."""
+
+
 def home(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /: to the dashboard, as vmpooler. Under the stage the client used (``/prod/``): API
     Gateway's request context has it, the routed path does not. Its leading slashes collapsed: a
-    Location of ``//host/dashboard/`` would send the browser to another site."""
+    Location of ``//host/dashboard/`` would send the browser to another site. Percent-encoded
+    but its slashes: a browser reads ``/\\host`` as ``//host`` too, and a line break in a header
+    was Chalice's own 500. A context path no API Gateway sends (longer than any stage) is left out."""
     stage = request.context_path.strip("/")
-    return ApiResponse(302, {"ok": True}, {"Location": ("/" + stage if stage else "") + "/dashboard/"})
+    if len(stage) > MAX_STAGE_PATH_CHARS:
+        stage = ""
+    prefix = "/" + quote(stage.encode("utf-8", "surrogatepass"), safe="/") if stage else ""
+    return ApiResponse(302, {"ok": True}, {"Location": prefix + "/dashboard/"})
 
 
 def healthcheck(services: Services, request: ApiRequest) -> ApiResponse:

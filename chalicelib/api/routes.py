@@ -192,11 +192,22 @@ def _event_headers(current: Any, event: Mapping[str, Any]) -> dict[str, str]:
     """The request's headers, names lower-cased. A credential header sent several times is every
     value joined with ", " (RFC 9110 5.3, as the local front joins them), which no credential
     check accepts: with the last value alone, a proxy or WAF that checked the first would let
-    through a login or a token it never saw."""
+    through a login or a token it never saw. Several times means under any spelling of its name
+    (API Gateway keeps ``X-AUTH-TOKEN`` and ``x-auth-token`` as two keys of the event), and a
+    value of ``headers`` that is not its name's last one in ``multiValueHeaders`` (an event API
+    Gateway did not send) counts as one more."""
     headers = {name.lower(): value for name, value in (current.headers or {}).items()}
-    for name, values in (event.get("multiValueHeaders") or {}).items():
-        if name.lower() in CREDENTIAL_HEADERS and isinstance(values, list) and len(values) > 1:
-            headers[name.lower()] = ", ".join(str(value) for value in values)
+    multi = event.get("multiValueHeaders") or {}
+    for credential in CREDENTIAL_HEADERS:
+        values: list[str] = []
+        for name, sent in multi.items():
+            if name.lower() == credential:
+                values += sent
+        for name, value in (event.get("headers") or {}).items():
+            if name.lower() == credential and value != (multi.get(name) or [None])[-1]:
+                values.append(value)
+        if len(values) > 1:
+            headers[credential] = ", ".join(values)
     return headers
 
 

@@ -47,13 +47,16 @@ def _user_part(user: str) -> str:
 
 def address_key(address: str | None) -> str | None:
     """How a client address is counted: IPv4 as it is, IPv6 by its /64 (one client usually
-    holds a whole /64), anything else hashed. None without an address."""
+    holds a whole /64), anything else hashed. None without an address. API Gateway sends an
+    address; its console test ``test-invoke-source-ip``, and a direct invoke any text: a lone
+    surrogate (JSON's ``\\udc80``) included, hashed as the bytes it stands for rather than failing
+    every checkout with a UnicodeEncodeError (a 500)."""
     if not address:
         return None
     try:
         ip = ipaddress.ip_address(address.strip())
     except ValueError:
-        return hashlib.sha256(address.encode("utf-8")).hexdigest()[:32]
+        return hashlib.sha256(address.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped:
             return str(ip.ipv4_mapped)

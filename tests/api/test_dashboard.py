@@ -127,10 +127,19 @@ def root_event(context_path: str) -> dict[str, Any]:
     ("/", "/dashboard/"),
     # Not to another site (a protocol-relative Location), whatever path reaches the handler.
     ("//evil.example/", "/evil.example/dashboard/"),
-])
+    # A browser reads "/\\evil.example" as "//evil.example": escaped, it stays a path here.
+    ("/\\evil.example/", "/%5Cevil.example/dashboard/"),
+    ("/\\/evil.example/", "/%5C/evil.example/dashboard/"),
+    # A line break in a header (Chalice's own 500 {"Code": "InternalServerError"}), a lone
+    # surrogate, a path no API Gateway stage or base path has: never copied into the header.
+    ("/prod\r\nSet-Cookie: a=b/", "/prod%0D%0ASet-Cookie%3A%20a%3Db/dashboard/"),
+    ("/\udc80/", "/%ED%B2%80/dashboard/"),
+    ("/" + "p" * 1_000_000 + "/", "/dashboard/"),
+], ids=["stage", "none", "two-slashes", "backslash", "backslash-slash", "line-break", "lone-surrogate",
+        "million-characters"])
 def test_root_redirect_keeps_the_api_gateway_stage(dash: Harness, context_path: str, location: str) -> None:
     response = app.app(root_event(context_path), None)
-    assert response["statusCode"] == 302
+    assert response["statusCode"] == 302, response
     assert response["headers"]["Location"] == location
 
 

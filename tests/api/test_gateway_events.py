@@ -231,3 +231,18 @@ def test_head_is_answered_as_get_without_a_body(full: Harness, resource: str, pa
     assert head["statusCode"] == got["statusCode"] and got["body"], (got, head)
     assert head["headers"]["Content-Type"] == got["headers"]["Content-Type"]
     assert head["body"] == ""
+
+
+@pytest.mark.parametrize("source_ip", ["\udc80", "test-invoke-source-ip", "x" * 1_000_000],
+                         ids=["lone-surrogate", "console-test", "million-characters"])
+def test_a_source_address_that_is_no_ip_address_is_a_caller_of_its_own(full: Harness, source_ip: str) -> None:
+    """API Gateway's console test sends ``test-invoke-source-ip``; a direct invoke anything. Any
+    text that is not an address is counted by its hash (quotas, rates). Before, one with a lone
+    surrogate (the JSON escape ``\\udc80``, which the Lambda runtime decodes to one) could not
+    be hashed: our 500 "internal error" for every checkout and on-demand request."""
+    event = api_event(*CHECKOUT, body='{"pool1": "1"}')
+    event["requestContext"]["identity"]["sourceIp"] = source_ip
+    status, answer = invoke(event)
+    assert status == 200 and answer["pool1"]["hostname"], answer
+    assert full.client.keys("*holdings:*"), "the checkout is counted for its owner"
+    assert max(len(str(item)) for item in full.redis_state().items()) < 10_000  # the address is kept hashed

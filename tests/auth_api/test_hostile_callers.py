@@ -108,6 +108,43 @@ def test_several_tokens_in_one_request_are_refused(ldap_api, slapd):
     assert ldap_api.state_of(vm) == "running"
 
 
+@pytest.mark.parametrize("spellings", [("X-AUTH-TOKEN", "x-auth-token"), ("x-auth-token", "X-Auth-Token")])
+def test_two_tokens_under_two_spellings_of_the_header_are_refused(ldap_api, slapd, spellings):
+    """API Gateway's event keeps a header's name as the client spelled it: a token sent as
+    ``X-AUTH-TOKEN`` and another as ``x-auth-token`` are two keys of one value each, and the
+    last was used (past a proxy or WAF that checked the first), where two under one spelling
+    were refused. HTTP names are case-insensitive (RFC 9110 5.1): they are one header sent twice."""
+    alice = ldap_api.new_token("alice", slapd.password("alice"))
+    bob = ldap_api.new_token("bob", slapd.password("bob"))
+    vm = ldap_api.checkout(POOL, bob)
+    headers = [(spellings[0], alice), (spellings[1], bob)]
+    status, body = lambda_answer(api_gateway_event("DELETE", "/api/v3/vm/{name}", headers, {"name": vm}))
+    assert (status, body["ok"]) == (401, False)
+    assert ldap_api.state_of(vm) == "running"
+
+
+def test_two_authorization_headers_under_two_spellings_are_refused(ldap_api, slapd):
+    right = basic("alice", slapd.password("alice"))["Authorization"]
+    wrong = basic("bob", "not-bobs-password")["Authorization"]
+    event = api_gateway_event("POST", "/api/v3/token", [("authorization", wrong), ("Authorization", right)])
+    status, body = lambda_answer(event)
+    assert (status, body["ok"]) == (401, False)
+    assert ldap_api.services.client.keys("vmpool:token:*") == []
+
+
+def test_a_direct_invoke_whose_two_header_forms_disagree_on_the_token_is_refused(ldap_api, slapd):
+    """API Gateway's ``headers`` holds each name's last value of ``multiValueHeaders``; an event
+    where they name two tokens was not sent by it, and neither is taken for the caller's."""
+    alice = ldap_api.new_token("alice", slapd.password("alice"))
+    bob = ldap_api.new_token("bob", slapd.password("bob"))
+    vm = ldap_api.checkout(POOL, bob)
+    event = api_gateway_event("DELETE", "/api/v3/vm/{name}", [("X-AUTH-TOKEN", bob)], {"name": vm})
+    event["multiValueHeaders"] = {"X-AUTH-TOKEN": [alice]}
+    status, body = lambda_answer(event)
+    assert (status, body["ok"]) == (401, False)
+    assert ldap_api.state_of(vm) == "running"
+
+
 USERS_AT_ONCE = ("alice", "bob", "carol", "comma,user", SHARP_S, DOUBLE_S)
 
 
