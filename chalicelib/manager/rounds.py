@@ -42,6 +42,8 @@ def more_rounds(context: PassContext) -> None:
             clones.note_clone_outcomes(context, failed, finished)
         if failed or finished < len(started):
             return
-        started = clones.reserve_and_start(context, context.service.task_limit, clone_limit=pool.clone_limit or 0)
+        # Names for what the pool may lack now (checkouts since its counts included): at most its size.
+        wanted = min(context.service.task_limit, pool.size)
+        started = clones.reserve_and_start(context, wanted, clone_limit=pool.clone_limit or 0)
         if len(context.report.clone_failures) > failures:
             return  # refused at start (and noted): the next pass follows the ones that started

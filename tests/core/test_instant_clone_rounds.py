@@ -11,6 +11,10 @@ On a fake clock: the rounds' time budget is moved by the test.
 
 from __future__ import annotations
 
+import pytest
+
+from chalicelib.manager import clones
+from chalicelib.manager.hostnames import candidate_names
 from chalicelib.manager.rounds import ROUNDS_SECONDS
 from tests.harness import Harness, HarnessFactory, assert_consistent
 
@@ -115,3 +119,24 @@ def test_a_round_whose_clones_fail_ends_the_rounds_and_counts_the_failures(make_
     assert world.count("small", "completed") == 10  # to be destroyed, as the pending step does
     backoff = world.store.clone_backoff("small")
     assert backoff.failed == 10 and backoff.backoffs == 1  # the pool backs off: no burst next pass
+
+
+def test_a_round_asks_for_no_more_names_than_the_pool_can_lack(make_world: HarnessFactory,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the task limit far above the pool's size (the benchmarks' 100,000) a round asked
+    for task_limit candidate names: 100,000 random names made, 12 s a pass."""
+    world = make_world(CONFIG.replace("task_limit: 10", "task_limit: 100000").format(clone=0, extra=""))
+    world.settle("small", seconds=1)
+    world.check_out("small", 20)
+    asked: list[int] = []
+
+    def counted(count: int, prefix: str = "") -> list[str]:
+        asked.append(count)
+        return candidate_names(count, prefix)
+
+    monkeypatch.setattr(clones, "candidate_names", counted)
+    world.clock.advance(1)
+    report = world.reconcile("small")
+
+    assert len(report.became_ready) == 20 and len(asked) == 2  # the refill, then a round finding it full
+    assert max(asked) <= 20
