@@ -140,3 +140,23 @@ def test_a_round_asks_for_no_more_names_than_the_pool_can_lack(make_world: Harne
 
     assert len(report.became_ready) == 20 and len(asked) == 2  # the refill, then a round finding it full
     assert max(asked) <= 20
+
+
+def test_the_pass_reports_the_counts_its_rounds_left_checkouts_included(make_world: HarnessFactory) -> None:
+    """The pass's counts follow its own moves; checkouts while its rounds made VMs ready are not
+    among them: counted from those alone, a pool of 500 under load reported 514 ready."""
+    world = world_with(make_world)
+    world.settle("small", seconds=1)
+    world.check_out("small", 20)
+    taken: list[str] = []
+
+    def a_checkout_after_each_move_to_ready(step: str) -> None:
+        if step == "ready" and len(taken) < 5:  # the rounds go on while checkouts keep the pool short
+            taken.extend(world.check_out("small", 1))
+
+    world.clock.advance(1)
+    report = world.reconcile("small", checkpoint=a_checkout_after_each_move_to_ready)
+
+    assert len(taken) == 5 and len(report.became_ready) == 25  # what the checkouts took is refilled too
+    assert report.counts == {**world.store.counts(["small"])["small"], "deficit": 0}
+    assert report.counts["running"] == 20 + len(taken)
