@@ -21,17 +21,18 @@ never started give their place in the pool back, not two minutes later.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import itertools
 import socket
 import threading
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from chalicelib.manager.dispatch import Ticker, look_at
 from chalicelib.manager.migrations import abandon_unstarted as abandon_unstarted_migrations
 from chalicelib.manager.pending import abandon_unstarted_clones
-from chalicelib.manager.pool_queue import FOLLOWUP, NUDGE, Delayed, PoolMessage
+from chalicelib.manager.pool_queue import FOLLOWUP, NUDGE, TICK, Delayed, PoolMessage
 from chalicelib.manager.vm_tasks import fail_unstarted
 from chalicelib.observability import logger
 from chalicelib.services import Services
@@ -56,6 +57,12 @@ def merged(first: PoolMessage, second: PoolMessage) -> PoolMessage:
     it runs), a lease to release is kept."""
     reason = FOLLOWUP if FOLLOWUP in (first.reason, second.reason) else second.reason
     return dataclasses.replace(second, reason=reason, lease=second.lease or first.lease)
+
+
+def taken_by_the_run(message: PoolMessage) -> bool:
+    """Whether a run already going on for the message's pool does what ``message`` asks by
+    passing once more (``LocalScheduler.take_nudge``)."""
+    return message.reason in (NUDGE, TICK) and not message.lease
 
 
 class LocalQueue:
@@ -99,6 +106,15 @@ class LocalQueue:
                 if deadline <= now:
                     return None
                 self._changed.wait(max(wait, 0.001))
+
+    def take_due(self, pool: str, wanted: Callable[[PoolMessage], bool]) -> PoolMessage | None:
+        """The pool's message, taken off the queue if it is due and ``wanted``; else None."""
+        with self._changed:
+            queued = self._due.get(pool)
+            if queued is None or queued[0] > time.monotonic() or not wanted(queued[1]):
+                return None
+            del self._due[pool]  # its heap entry is skipped as superseded
+            return queued[1]
 
     def __len__(self) -> int:
         with self._changed:
@@ -214,6 +230,21 @@ class LocalScheduler:
                     wait = self._held_elsewhere.get(pool, 0.0) - time.monotonic()
                 self.queue.send([(PoolMessage(pool, NUDGE), max(wait, 0.0))])
 
+    def take_nudge(self, pool: str) -> bool:
+        """Whether a nudge or tick for ``pool`` came while its run went on (due in the queue, or
+        taken from it by another worker): taken by the run's next pass, under the same lease,
+        instead of a new run once it ends. Under checkout load every delete nudges the pool, and
+        the listener pops the wake list before the run's ``take_wake`` sees it: each pass was a
+        run of its own (a lease taken and released, a follow-up claimed, two thread hand-offs).
+        A follow-up (its Redis marker is cleared when it runs) or a message carrying a lease to
+        release waits for a run of its own."""
+        with self._lock:
+            held = self._again.get(pool)
+            if held is not None and taken_by_the_run(held):
+                del self._again[pool]
+                return True
+        return self.queue.take_due(pool, taken_by_the_run) is not None
+
     def _work(self) -> None:
         while not self._stopping.is_set():
             message = self.queue.take(timeout=0.5)
@@ -228,7 +259,8 @@ class LocalScheduler:
                 self._running.add(message.pool)
             try:
                 report = look_at(self.services, message, self.queue, self.budget_seconds,
-                                 stopping=self._stopping.is_set)
+                                 stopping=self._stopping.is_set,
+                                 nudged=functools.partial(self.take_nudge, message.pool))
                 with self._lock:
                     if report is not None and not report.leased and not report.failures:
                         self._held_elsewhere[message.pool] = time.monotonic() + HELD_ELSEWHERE_SECONDS

@@ -39,7 +39,9 @@ BACKOFF_MAX_SECONDS = 600.0
 
 def repopulate(context: PassContext) -> None:
     """Start clones until ready + pending reaches the pool's size, within the task limit.
-    Nothing while the pool's template is being prepared."""
+    Nothing while the pool's template is being prepared. The clones it started are the pass's
+    ``refill_started`` (manager/rounds.py may follow them in the same pass) unless a clone of
+    the pool failed (before, or in this pass)."""
     if context.clones_held:
         return
     report = context.report
@@ -65,19 +67,30 @@ def repopulate(context: PassContext) -> None:
     # off tries one clone (and claims one slot of the task limit, not its share).
     probing = failing.backoffs > 0
     wanted = 1 if probing else min(deficit, service.task_limit)
-    reserved = store.reserve_clones(
+    report.clones_short = deficit
+    started = reserve_and_start(context, wanted, clone_limit=1 if probing else pool.clone_limit or 0)
+    if not (failing.failed or report.clone_failures):  # else the next pass notes how they end
+        context.refill_started = started
+
+
+def reserve_and_start(context: PassContext, wanted: int, clone_limit: int) -> list[str]:
+    """Reserve up to ``wanted`` clones (the script allows the pool's deficit and its share of
+    the task limit) and start them; the hostnames whose clone started."""
+    pool, service = context.pool, context.service
+    reserved = context.store.reserve_clones(
         pool.name, pool.size, service.task_limit, pool.template, pool.domain or "",
-        candidate_names(wanted, service.prefix), context.now, clone_limit=1 if probing else pool.clone_limit or 0,
+        candidate_names(wanted, service.prefix), context.now, clone_limit=clone_limit,
     )
-    counts["pending"] += len(reserved)
-    context.report.clones_short = deficit - len(reserved)
+    context.read_counts()["pending"] += len(reserved)
+    context.report.clones_short = max(context.report.clones_short - len(reserved), 0)
     context.checkpoint("reserved")
-    start_clones(context, reserved)
+    return start_clones(context, reserved)
 
 
-def start_clones(context: PassContext, reserved: list[str]) -> None:
+def start_clones(context: PassContext, reserved: list[str]) -> list[str]:
     """Start the clone of each reserved name and record its task on the VM: one provider call
-    (``Provider.clone_vms``) and one round trip whatever the number of clones."""
+    (``Provider.clone_vms``) and one round trip whatever the number of clones. Returns the
+    hostnames whose clone started."""
     report = context.report
     names: list[str] = []
     for hostname in reserved:
@@ -87,7 +100,7 @@ def start_clones(context: PassContext, reserved: list[str]) -> None:
         else:
             names.append(hostname)
     if not names:
-        return
+        return []
     started = context.provider.clone_vms(context.pool, names, lambda hostname: context.checkpoint("clone_started"))
     tasks = {hostname: task for hostname, task in started.items() if isinstance(task, str)}
     if tasks:
@@ -102,6 +115,7 @@ def start_clones(context: PassContext, reserved: list[str]) -> None:
         context.take_out_of_service(hostname, "pending", f"clone failed to start: {error}", failure=error.kind)
     if refused:
         note_clone_outcomes(context, len(refused), 0)
+    return list(tasks)
 
 
 def note_clone_outcomes(context: PassContext, failed: int, succeeded: int) -> CloneBackoff | None:

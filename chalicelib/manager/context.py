@@ -28,7 +28,7 @@ reaches it: chaos tests kill the pass there, and the runner renews its lease the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, TypeVar
+from typing import Callable, Iterable, Mapping, TypeVar
 
 from chalicelib import observability as metric
 from chalicelib.clock import Clock
@@ -154,6 +154,9 @@ class PassContext:
     """The pool's VM counts by state, once read (``read_counts``); None before."""
     clones_held: bool = False
     """Set by the template step while the pool's template is being prepared: no clones this pass."""
+    refill_started: list[str] = field(default_factory=list)
+    """The pool's own clones its refill started this pass (manager/clones.py), for the rounds
+    step to follow at once (manager/rounds.py); empty while the pool's clones were failing."""
     late_records: dict[str, VMRecord | None] = field(default_factory=dict)
     """Records read after the snapshot (ready VMs a step acts on), None when missing."""
     inventory_checked: str = ""
@@ -255,6 +258,11 @@ class PassContext:
             self.counts = self.store.counts([self.pool.name])[self.pool.name]
         return self.counts
 
+    def saw(self, vms: Iterable[VMInfo]) -> None:
+        """VMs the provider showed after the pass's inventory was read (clones this pass started
+        and saw finish at once: manager/rounds.py): later steps find them in ``inventory``."""
+        self.inventory = {**self.inventory, **{vm.name: vm for vm in vms}}
+
     # --- leaving service ----------------------------------------------------------------------
 
     def take_out_of_service(self, hostname: str, from_state: str, reason: str,
@@ -265,7 +273,7 @@ class PassContext:
                            lifetime_ended=lifetime_ended, reason=reason,
                            failure=failure.value if failure else None):
             self.report.completed[hostname] = reason
-            self._counted_move(from_state, "completed")
+            self.counted_move(from_state, "completed")
             logger.info("VM taken out of service",
                         extra={"pool": self.pool.name, "hostname": hostname, "from": from_state, "reason": reason})
         self.checkpoint("completed")
@@ -299,16 +307,16 @@ class PassContext:
         if self.store.move(hostname, self.pool.name, from_state, "destroyed", self.now,
                            unchanged_since=mark if gone else None, reason=reason):
             self.report.dropped.append(hostname)
-            self._counted_move(from_state, None)
+            self.counted_move(from_state, None)
         self.checkpoint("dropped")
 
-    def _counted_move(self, from_state: str, to_state: str | None) -> None:
-        """Keep ``counts`` (when read) as this pass's own move left them."""
+    def counted_move(self, from_state: str, to_state: str | None, vms: int = 1) -> None:
+        """Keep ``counts`` (when read) as this pass's own move of ``vms`` VMs left them."""
         if self.counts is None:
             return
-        self.counts[from_state] -= 1
+        self.counts[from_state] -= vms
         if to_state is not None:
-            self.counts[to_state] += 1
+            self.counts[to_state] += vms
 
     # --- DNS records (manager/dns_records.py for the pending side) -----------------------------
 

@@ -214,11 +214,12 @@ def publish_totals(services: "Services") -> list[str]:
 def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
             budget_seconds: float = RUN_BUDGET_SECONDS, checkpoint: Checkpoint = no_checkpoint,
             stopping: Callable[[], bool] = lambda: False,
-            out_of_time: Callable[[], bool] = lambda: False) -> RunReport | None:
+            out_of_time: Callable[[], bool] = lambda: False,
+            nudged: Callable[[], bool] = lambda: False) -> RunReport | None:
     """Run the message's pool once and queue what comes next (a follow-up while work is in
     flight or after a pass ``out_of_time`` stopped, a retry after a failure). None when the pool
     is neither configured nor draining. Raises StoreUnavailable when Redis fails outside the run
-    (the message is delivered again)."""
+    (the message is delivered again). ``nudged``: see ``run_pool``."""
     fleet = Fleet(services.store)
     if not newest_config(services):
         # A push this function has not read yet (each reads the bucket at most every 30 s): its
@@ -249,7 +250,7 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
     if message.reason == FOLLOWUP:
         fleet.followup_arrived(message.pool)
     report = run_pool(services, message.pool, budget_seconds, checkpoint, stopping,
-                      stale_lease=message.lease, pool_config=drain, out_of_time=out_of_time)
+                      stale_lease=message.lease, pool_config=drain, out_of_time=out_of_time, nudged=nudged)
     if drain is not None and report.passes and not report.failures and report.stopped_before is None \
             and _empty(report) and not _dns_records_left(services, drain):
         fleet.forget(message.pool)

@@ -66,19 +66,40 @@ def check_pending(context: PassContext) -> None:
             context.drop(hostname, "pending", "record missing")
         elif not _left_behind(context, record):
             records.append(record)
+    _follow(context, records)
+
+
+def check_started(context: PassContext, hostnames: list[str]) -> int:
+    """The clones this pass started, looked at as the pending step does (a clone the provider
+    finishes at once is done, its VM booted or not: manager/rounds.py), their records read in
+    one round trip and the finished ones' VMs in one provider call (the pass's inventory was read
+    before they existed). Returns how many clones finished."""
+    found = context.store.records(hostnames)
+    records = [found[hostname] for hostname in hostnames if hostname in found]  # else: next pass
+    context.report.clones_running -= len(records)  # counted when started; again if still running
+    return _follow(context, records, started=True)
+
+
+def _follow(context: PassContext, records: list[VMRecord], started: bool = False) -> int:
+    """Follow pending VMs (``records``) one step: their clone tasks, then their boots. With
+    ``started``, the VMs of the finished clones are read from the provider first. Returns how
+    many clones finished."""
     ages = {record.name: context.now - (record.clone_start or context.now) for record in records}
     for record in records:
         _notify_slow(context, record, ages[record.name])
     cloning = [record for record in records if record.clone_end is None]
     statuses = context.provider.task_statuses([record.clone_task for record in cloning if record.clone_task])
     finished = [record for record in cloning if _clone_finished(context, record, statuses, ages[record.name])]
-    context.report.clones_finished = len(finished)
+    context.report.clones_finished += len(finished)
     if finished:
         context.store.finish_clones([record.name for record in finished], context.now)
         context.checkpoint("clone_finished")
+        if started:
+            context.saw(context.provider.find_vms(context.pool, [record.name for record in finished]))
     done = {record.name for record in finished}
     booting = [record for record in records if record.clone_end is not None or record.name in done]
     _check_boots(context, booting, ages)
+    return len(finished)
 
 
 def _left_behind(context: PassContext, record: VMRecord) -> bool:
@@ -215,6 +236,7 @@ def _mark_ready(context: PassContext, ready: Mapping[str, VMInfo], ages: Mapping
                    **({"not_ready_reason": None} if hostname in had_reasons else {})}
         for hostname, vm in ready.items()
     })
+    context.counted_move("pending", "ready", len(moved))
     for hostname in moved:
         logger.info("VM ready", extra={"pool": context.pool.name, "hostname": hostname,
                                        "boot_seconds": round(ages[hostname], 1)})

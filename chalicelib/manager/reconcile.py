@@ -30,6 +30,7 @@ from chalicelib.manager import (
     pending,
     pool_changes,
     ready,
+    rounds,
     running,
     templates,
     vm_tasks,
@@ -66,7 +67,6 @@ def count_pool(context: PassContext) -> None:
 
 STEPS: tuple[Step, ...] = (
     pending.check_pending,  # clones finished, boots checked: pending -> ready (or running, on demand)
-    pending.note_last_boot,
     ready.check_ready,
     running.check_running,
     vm_tasks.run_tasks,
@@ -80,6 +80,8 @@ STEPS: tuple[Step, ...] = (
     templates.prepare_template,  # may hold the clones below
     ondemand.serve_requests,  # before repopulate: requests do not wait behind the pool's refill
     clones.repopulate,
+    rounds.more_rounds,  # instant clones: done at once, their slots reused in this pass
+    pending.note_last_boot,
     record_durations,
     count_pool,
 )

@@ -81,12 +81,17 @@ def run_pool(
     stale_lease: str | None = None,
     pool_config: PoolConfig | None = None,
     out_of_time: Callable[[], bool] = lambda: False,
+    nudged: Callable[[], bool] = lambda: False,
 ) -> RunReport:
     """Reconcile one pool once (more passes only while nudged and within ``budget_seconds`` on
     the services' clock), if nobody else is. ``stopping`` ends the run early (local shutdown);
     ``pool_config`` replaces the configured pool (draining a pool removed from the config);
     ``out_of_time`` (the invocation's time nearly out) stops the pass before its next step, the
-    lease released and the pool to be looked at again at once (``look_again_in`` 0)."""
+    lease released and the pool to be looked at again at once (``look_again_in`` 0).
+    ``nudged``: whether the pool was nudged some other way than its wake list since last asked
+    (the local scheduler's listener pops the wake list itself, and keeps the nudges it took for
+    a pool while its run goes on): such a nudge is taken by this run's next pass, under the same
+    lease, instead of a new run's."""
     store, clock = services.store, services.clock
     token = lease_token()
     try:
@@ -122,7 +127,8 @@ def run_pool(
             pool = pool_config or services.config.pool(pool_name)
             if pool is None:
                 break
-            store.clear_wakes(pool_name)
+            if not report.passes:
+                store.clear_wakes(pool_name)  # a later pass follows take_wake, which cleared them
             lease = RunLease(services, pool_name, token)
             try:
                 result = reconcile_pool(store, lease.fenced(services.provider(pool.provider)), pool, clock,
@@ -152,10 +158,11 @@ def run_pool(
                 break
             report.passes.append(result)
             sampled = _sample(services, result, result.size, sampled)
-            nudged = store.take_wake(pool_name)
-            if nudged and not stopping() and clock.monotonic() < deadline:
+            # Both asked: each takes the nudges it holds.
+            nudged_again = store.take_wake(pool_name) | nudged()
+            if nudged_again and not stopping() and clock.monotonic() < deadline:
                 continue  # a checkout or delete came in while we looked: look again now
-            if nudged:
+            if nudged_again:
                 report.look_again_in = 0.0
             elif result.work_in_flight:
                 report.look_again_in = check_delay(services, pool, result)

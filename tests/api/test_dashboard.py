@@ -146,17 +146,18 @@ def test_root_redirect_keeps_the_api_gateway_stage(dash: Harness, context_path: 
 def test_vmpooler_pool_feed_in_its_shape_with_history(dash: Harness) -> None:
     tick(dash)
     feed = dash.get("/dashboard/stats/vmpooler/pool").json
+    # Instant dummy clones: filled by the first pass (manager/rounds.py); win-2022's clones fail.
     assert feed == {
-        "debian-12-x86_64": {"size": 3, "ready": 0},
-        "debian-11-x86_64": {"size": 2, "ready": 0},
+        "debian-12-x86_64": {"size": 3, "ready": 3},
+        "debian-11-x86_64": {"size": 2, "ready": 2},
         "win-2022-x86_64": {"size": 1, "ready": 0},
     }
     for _ in range(3):
         dash.clock.advance(60)
         tick(dash)
     feed = dash.get("/dashboard/stats/vmpooler/pool?history=true").json
-    # One sample a minute, oldest first: empty, then filled by the next minute's pass.
-    assert feed["debian-12-x86_64"] == {"size": 3, "ready": 3, "history": [0, 3, 3, 3]}
+    # One sample a minute, oldest first.
+    assert feed["debian-12-x86_64"] == {"size": 3, "ready": 3, "history": [3, 3, 3, 3]}
     assert feed["win-2022-x86_64"] == {"size": 1, "ready": 0, "history": [0, 0, 0, 0]}
     assert "history" not in dash.get("/dashboard/stats/vmpooler/pool?history=false").json["win-2022-x86_64"]
 
@@ -194,14 +195,15 @@ def test_history_series_from_the_reconciles_samples(dash: Harness) -> None:
     assert answer["start"] == (minute_of(dash.clock.now()) - 59) * 60
     debian = answer["pools"]["debian-12-x86_64"]
     # null before the first sample, the minute without a pass carries the one before it.
-    assert debian["ready"][-5:] == [None, 0, 3, 3, 2]
+    # Instant clones: full from the first pass, the checked-out VM replaced by the pass after it.
+    assert debian["ready"][-5:] == [None, 3, 3, 3, 3]
     assert debian["running"][-4:] == [0, 0, 0, 1]
     assert debian["size"][-1] == 3
     assert answer["pools"]["win-2022-x86_64"]["ready"][-1] == 0
     # A week fits in at most 360 points.
     week = dash.get("/dashboard/stats/history?hours=168").json
     assert week["points"] == 360 and week["step"] == 28 * 60
-    assert week["pools"]["debian-12-x86_64"]["ready"][-1] == 2
+    assert week["pools"]["debian-12-x86_64"]["ready"][-1] == 3
     assert minute_of(start) >= week["start"] // 60
 
 

@@ -22,7 +22,7 @@ from tests.harness import Harness, HarnessFactory, Killed, assert_consistent
 CONFIG = """\
 config: {{task_limit: 10, prefix: "ci-"}}
 providers:
-  dummy: {{provider_class: dummy, seed: 5, createvm_max_time: 0, boot_time: 0}}
+  dummy: {{provider_class: dummy, seed: 5, createvm_max_time: 1, boot_time: 0}}
 pools:
   - {{name: big, size: 500, provider: dummy}}
   - {{name: small, size: 20, provider: dummy{small_extra}}}

@@ -56,7 +56,7 @@ def test_a_pass_replacing_many_vms_costs_the_round_trips_of_a_pass_replacing_one
     one = refill_round_trips(make_world, 1)
     fifteen = refill_round_trips(make_world, 15)
 
-    assert len(one) == 2  # destroys and clones started; clones ready, destroys done
+    assert len(one) == 2  # destroys and clones started, and the clones ready (instant); destroys done
     assert fifteen == one
 
 
@@ -76,9 +76,9 @@ def test_a_redis_without_the_scripts_still_moves_each_vm_once(make_world: Harnes
         world.clock.advance(1)
         reports.append(world.reconcile("alpha"))
 
-    started, finished = reports
-    assert len(started.clones_started) == 5
-    assert sorted(finished.became_ready) == sorted(started.clones_started)
-    assert sorted(finished.destroyed) == sorted(given_back)
+    refilled, destroyed = reports
+    assert len(refilled.clones_started) == 5  # instant clones: made ready in the same pass
+    assert sorted(refilled.became_ready) == sorted(refilled.clones_started)
+    assert sorted(destroyed.destroyed) == sorted(given_back)
     assert world.count("alpha", "ready") == 20 and world.store.cloning_count() == 0
-    assert all(world.store.get_vm(host).raw.get("clone_task") for host in finished.became_ready)
+    assert all(world.store.get_vm(host).raw.get("clone_task") for host in refilled.became_ready)

@@ -1,8 +1,10 @@
 """The local stack's scheduler stops whole: ``stop`` returns once no thread of it runs, so
-nothing it does (a pass, a metric printed) happens after the caller closed its services."""
+nothing it does (a pass, a metric printed) happens after the caller closed its services. A nudge
+that comes while a pool's run goes on is that run's next pass, not a run of its own."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
@@ -12,6 +14,8 @@ import redis
 import local.scheduler
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
+from chalicelib.manager.dispatch import look_at
+from chalicelib.manager.pool_queue import FOLLOWUP, NUDGE, PoolMessage
 from chalicelib.services import Services
 from local.scheduler import LocalScheduler
 
@@ -44,3 +48,48 @@ def test_stop_waits_for_a_pass_in_progress_and_says_whether_every_thread_ended(
     finally:
         let_go.set()
         scheduler.stop(timeout=30)
+
+
+def test_nudges_queued_while_a_pool_runs_are_its_next_passes_under_the_same_lease(
+        redis_client: redis.Redis, clock: FakeClock) -> None:
+    """Issue 14 item 3: under checkout load every delete nudges its pool, and the listener turns
+    each nudge into a queued message before the run's own look at the wake list. Each pass was
+    then a run of its own (a lease taken and released, a follow-up claimed and cleared)."""
+    services = Services(parse(CONFIG), redis_client, clock=clock)
+    scheduler = LocalScheduler(services)  # not started: this test is its worker
+    leases: list[str] = []
+    deletes = 2
+
+    def a_delete_during_the_pass(step: str) -> None:
+        nonlocal deletes
+        if step == "done":
+            leases.append(redis_client.get(services.store.keys.lease("alpha")) or "")
+            if deletes:
+                deletes -= 1
+                scheduler.queue.send([(PoolMessage("alpha", NUDGE), 0.0)])  # what the listener does
+
+    report = look_at(services, PoolMessage("alpha", NUDGE), scheduler.queue, budget_seconds=30,
+                     checkpoint=a_delete_during_the_pass, nudged=functools.partial(scheduler.take_nudge, "alpha"))
+
+    assert report is not None and len(report.passes) == 3
+    assert len(set(leases)) == 1 and leases[0]
+    assert scheduler.queue.take(timeout=0) is None  # no run left to do: the run took both nudges
+
+
+def test_a_follow_up_queued_while_a_pool_runs_waits_for_a_run_of_its_own(
+        redis_client: redis.Redis, clock: FakeClock) -> None:
+    """A follow-up's marker in Redis is cleared when its message runs: taken by the run going on,
+    the marker would stay and hold every later follow-up of the pool until it expired."""
+    services = Services(parse(CONFIG), redis_client, clock=clock)
+    scheduler = LocalScheduler(services)
+
+    def a_follow_up_during_the_pass(step: str) -> None:
+        if step == "done":
+            scheduler.queue.send([(PoolMessage("alpha", FOLLOWUP), 0.0)])
+
+    report = look_at(services, PoolMessage("alpha", NUDGE), scheduler.queue, budget_seconds=30,
+                     checkpoint=a_follow_up_during_the_pass, nudged=functools.partial(scheduler.take_nudge, "alpha"))
+
+    assert report is not None and len(report.passes) == 1
+    queued = scheduler.queue.take(timeout=0)
+    assert queued is not None and queued.reason == FOLLOWUP
