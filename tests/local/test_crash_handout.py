@@ -1,0 +1,445 @@
+"""The running stack (`python -m local.run`, dummy pools, dummy auth) under many callers while its
+parts are killed and paused one at a time: outsiders checking out, tagging, extending, holding
+and returning VMs and opening on-demand requests, each with a token and a client address of its
+own, and an observer of our own reading Redis and the dummy provider's folders. Checked: no VM
+handed to two callers, none of them destroyed or missing while its caller held it, every answer
+JSON and never a 500 or a hang, and after the faults every pool back at its size with the
+provider holding exactly what Redis says (docs/reliability.md, "The running stack under process
+faults")."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import redis
+
+from chalicelib.store.keys import Keys
+from tests.local.stack import (
+    REPO_ROOT,
+    alive,
+    descendants,
+    group_members,
+    process_parents,
+    stack_command,
+    stack_env,
+    wait_for,
+)
+from tests.support import free_port
+
+KEYS = Keys()
+POOLS = {"alpha": 5, "beta": 4}
+CONFIG = (
+    "config: {domain: example.com, check_loop_delay_min: 0.2, vm_lifetime: 1, vm_lifetime_auth: 1,\n"
+    "         max_lifetime_upper_limit: 4, ready_ttl: 60}\n"
+    "auth: {provider: dummy}\n"
+    "providers:\n  dummy: {provider_class: dummy, createvm_max_time: 0.5, boot_time: 0.3, destroyvm_max_time: 0.3}\n"
+    "pools:\n" + "".join(f"  - {{name: {name}, size: {size}, provider: dummy}}\n" for name, size in POOLS.items())
+)
+CLIENTS = 16
+ONDEMAND_CLIENTS = 4
+"""Of the clients, how many open on-demand requests instead of checking out."""
+REQUEST_TIMEOUT = 20.0
+"""Longer than any answer may take: the slowest documented is a 503 after ~8 s (Redis stopped,
+callers queued on the event loops' socket timeouts); a request still unanswered after this is a hang."""
+STATUSES = {200, 201, 202, 400, 401, 403, 404, 409, 429, 503}
+
+
+@dataclass
+class Holding:
+    client: int
+    host: str
+    pool: str
+    got: float
+    """time.monotonic() when the answer naming it arrived."""
+    returned: float | None = None
+    """When its return (DELETE) was first sent; None while held."""
+
+
+@dataclass
+class Record:
+    holdings: list[Holding] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    answers: dict[int, int] = field(default_factory=dict)
+    connection_errors: int = 0
+    slowest: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def problem(self, text: str) -> None:
+        with self.lock:
+            self.problems.append(text)
+
+    def held_at(self, moment: float) -> list[Holding]:
+        with self.lock:
+            return [h for h in self.holdings if h.got <= moment and (h.returned is None or h.returned > moment)]
+
+
+class Stack:
+    """One `python -m local.run` on a port kept across restarts (the clients keep their address),
+    with a state directory of its own."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.config_file = tmp_path / "handout.yaml"
+        self.config_file.write_text(CONFIG)
+        self.state_dir = tmp_path / "handout-state"
+        self.log_path = tmp_path / "handout.log"
+        self.port = free_port()
+        self.redis_port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.redis: redis.Redis | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                stack_command(self.port, 2, 1.0), cwd=REPO_ROOT, env={**stack_env(self.config_file, self.state_dir),
+                                                           "VMPOOL_FRONT_STEADY_SECONDS": "0"},
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process, mark = self.process, self.log_path.stat().st_size
+
+        def banner() -> re.Match[str] | None:
+            if process.poll() is not None:
+                raise AssertionError(f"the stack exited ({process.returncode}):\n{self.log()}")
+            return re.search(r"redis on port (\d+)", self.log_path.read_text(errors="replace")[mark:])
+
+        self.redis_port = int(wait_for(banner, 60, "the stack to start", self.log).group(1))
+        self.redis = redis.Redis(port=self.redis_port, decode_responses=True, socket_timeout=2)
+
+    def kill(self) -> None:
+        """`kill -9` of the whole process group: the scheduler, redis-server and the HTTP front."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        pgid = self.process.pid
+        wait_for(lambda: not group_members(pgid), 20, "every process of the killed stack to die")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        for pid in self.parts():  # nothing left stopped: a stopped process ignores SIGINT
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        os.killpg(self.process.pid, signal.SIGINT)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def parts(self) -> set[int]:
+        assert self.process is not None
+        return {self.process.pid, *descendants(self.process.pid)}
+
+    def redis_pid(self) -> int | None:
+        return next((pid for pid in self.parts() if b"redis-server" in _cmdline(pid)), None)
+
+    def arbiter(self) -> int | None:
+        assert self.process is not None
+        parents = process_parents()
+        return next((pid for pid in self.parts() if parents.get(pid) == self.process.pid
+                     and b"redis-server" not in _cmdline(pid)), None)
+
+    def workers(self) -> list[int]:
+        arbiter = self.arbiter()
+        return sorted(descendants(arbiter)) if arbiter else []
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+class Client:
+    """One outsider: its own user, token and loopback address (127.0.1.<n>: the front keys
+    anonymous owners and rate limits on the peer address)."""
+
+    def __init__(self, number: int, stack: Stack, record: Record, stopping: threading.Event, seed: int) -> None:
+        self.number = number
+        self.stack = stack
+        self.record = record
+        self.stopping = stopping
+        self.address = f"127.0.1.{number + 1}"
+        self.random = random.Random(seed)
+        self.token: str | None = None
+
+    def send(self, method: str, path: str, body: Any = None) -> tuple[int, Any] | None:
+        """One request on a fresh connection; (status, JSON) or None when the connection failed
+        (refused or reset: a part of the stack being restarted)."""
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["X-AUTH-TOKEN"] = self.token
+        if path == "/token":
+            headers["Authorization"] = "Basic " + base64.b64encode(f"user{self.number}:pw".encode()).decode()
+        connection = http.client.HTTPConnection("127.0.0.1", self.stack.port, timeout=REQUEST_TIMEOUT,
+                                                source_address=(self.address, 0))
+        started = time.monotonic()
+        try:
+            connection.request(method, f"/api/v3{path}", json.dumps(body) if body is not None else None, headers)
+            response = connection.getresponse()
+            raw = response.read()
+        except TimeoutError:
+            self.record.problem(f"client {self.number}: {method} {path} unanswered after {REQUEST_TIMEOUT} s")
+            return None
+        except (ConnectionError, http.client.RemoteDisconnected, http.client.IncompleteRead, OSError):
+            with self.record.lock:
+                self.record.connection_errors += 1
+            return None
+        finally:
+            connection.close()
+        seconds = time.monotonic() - started
+        with self.record.lock:
+            self.record.answers[response.status] = self.record.answers.get(response.status, 0) + 1
+            self.record.slowest = max(self.record.slowest, seconds)
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            self.record.problem(f"client {self.number}: {method} {path} answered {response.status} not JSON: {raw[:200]!r}")
+            return None
+        if response.status not in STATUSES:
+            self.record.problem(f"client {self.number}: {method} {path} answered {response.status}: {answer}")
+        return response.status, answer
+
+    def run(self) -> None:
+        try:
+            while not self.stopping.is_set() and self.token is None:
+                answer = self.send("POST", "/token")
+                if answer and answer[0] == 200:
+                    self.token = answer[1]["token"]
+                else:
+                    time.sleep(0.2)
+            while not self.stopping.is_set():
+                if self.number < ONDEMAND_CLIENTS:
+                    self.ondemand_cycle()
+                else:
+                    self.checkout_cycle()
+        except Exception as error:  # noqa: BLE001 - reported as a failure of the test
+            self.record.problem(f"client {self.number} crashed: {type(error).__name__}: {error}")
+
+    def got(self, pool: str, host: str) -> Holding:
+        holding = Holding(self.number, host.split(".")[0], pool, time.monotonic())
+        with self.record.lock:
+            self.record.holdings.append(holding)
+        return holding
+
+    def checkout_cycle(self) -> None:
+        pool = self.random.choice(sorted(POOLS))
+        answer = self.send("POST", f"/vm/{pool}")
+        if not answer or answer[0] != 200:
+            time.sleep(0.1)
+            return
+        holding = self.got(pool, answer[1][pool]["hostname"])
+        tags = {"owner": f"client{self.number}"}
+        lifetime = self.random.choice((1, 2, 3))
+        changed = self.send("PUT", f"/vm/{holding.host}", {"lifetime": lifetime, "tags": tags})
+        seen = self.send("GET", f"/vm/{holding.host}")
+        if changed and changed[0] == 200 and seen and seen[0] == 200:
+            vm = seen[1][holding.host]
+            if vm.get("tags", {}).get("owner") != tags["owner"] or vm.get("state") != "running":
+                self.record.problem(f"client {self.number}: {holding.host} reads back {vm}")
+        time.sleep(self.random.uniform(0, 1.5))
+        self.give_back(holding, f"/vm/{holding.host}")
+
+    def ondemand_cycle(self) -> None:
+        pool = self.random.choice(sorted(POOLS))
+        opened = self.send("POST", "/ondemandvm", {pool: 1})
+        if not opened or opened[0] != 201:
+            time.sleep(0.2)
+            return
+        request_id = opened[1]["request_id"]
+        deadline = time.monotonic() + 30
+        holding = None
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            status = self.send("GET", f"/ondemandvm/{request_id}")
+            if status and status[0] == 200:
+                hosts = status[1].get(pool, {}).get("hostname", [])
+                if hosts:
+                    holding = self.got(pool, hosts[0])
+                break
+            time.sleep(0.2)
+        if holding is not None:
+            time.sleep(self.random.uniform(0, 1.5))
+        self.give_back(holding, f"/ondemandvm/{request_id}")
+
+    def give_back(self, holding: Holding | None, path: str) -> None:
+        """DELETE until answered 200 (or 404: gone already); the holding ends when first sent."""
+        if holding is not None:
+            holding.returned = time.monotonic()
+        for attempt in range(100):
+            answer = self.send("DELETE", path)
+            if answer and answer[0] in (200, 404):
+                return
+            if self.stopping.is_set() and attempt >= 3:
+                return
+            time.sleep(0.3)
+        self.record.problem(f"client {self.number}: DELETE {path} never answered 200")
+
+
+class Observer:
+    """Reads, every 0.3 s, which VMs Redis says are running and which the dummy provider's
+    folders hold; a VM a client held through the whole read must be in both."""
+
+    def __init__(self, stack: Stack, record: Record, stopping: threading.Event) -> None:
+        self.stack, self.record, self.stopping = stack, record, stopping
+        self.reads = 0
+
+    def snapshot(self) -> tuple[dict[str, set[str]], dict[str, set[str]]] | None:
+        client = self.stack.redis
+        if client is None:
+            return None
+        try:
+            with client.pipeline(transaction=True) as pipe:
+                for pool in POOLS:
+                    pipe.zrange(KEYS.pool_state(pool, "running"), 0, -1)
+                    pipe.hkeys(KEYS.dummy_folder("dummy", pool))
+                found = pipe.execute()
+        except redis.RedisError:
+            return None
+        running = {pool: set(found[2 * n]) for n, pool in enumerate(POOLS)}
+        folders = {pool: set(found[2 * n + 1]) for n, pool in enumerate(POOLS)}
+        return running, folders
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.3):
+            before = time.monotonic()
+            found = self.snapshot()
+            after = time.monotonic()
+            if found is None:
+                continue
+            self.reads += 1
+            running, folders = found
+            held = {h.host: h for h in self.record.held_at(before) if h in self.record.held_at(after)}
+            for host, holding in held.items():
+                if host not in running[holding.pool] or host not in folders[holding.pool]:
+                    self.record.problem(
+                        f"{host} held by client {holding.client} since {after - holding.got:.1f} s: "
+                        f"running {host in running[holding.pool]}, in the provider {host in folders[holding.pool]}")
+
+
+def fault(name: str, action: Callable[[], None], faults: list[str]) -> None:
+    faults.append(f"{time.monotonic():.1f} {name}")
+    action()
+
+
+def pause(pid: int | None, seconds: float) -> None:
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def kill(pid: int | None) -> None:
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def serving(stack: Stack) -> bool:
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=5)
+        connection.request("GET", "/api/v3/status")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+
+
+def converged(stack: Stack, record: Record) -> str | None:
+    """None once every pool is at its size, with nothing pending or completed, and each folder
+    holds exactly the pool's ready and running VMs; else what is not so yet."""
+    client = stack.redis
+    assert client is not None
+    for pool, size in POOLS.items():
+        states = {state: set(client.zrange(KEYS.pool_state(pool, state), 0, -1))
+                  for state in ("ready", "running", "pending", "completed", "discovered")}
+        folder = set(client.hkeys(KEYS.dummy_folder("dummy", pool)))
+        if len(states["ready"]) != size:
+            return f"{pool}: {len(states['ready'])} ready of {size}"
+        if states["pending"] or states["completed"] or states["discovered"]:
+            return f"{pool}: {states}"
+        if folder != states["ready"] | states["running"]:
+            return (f"{pool}: in the provider only {folder - states['ready'] - states['running']}, "
+                    f"in Redis only {(states['ready'] | states['running']) - folder}")
+    return None
+
+
+@contextlib.contextmanager
+def running_stack(tmp_path: Path) -> Iterator[Stack]:
+    stack = Stack(tmp_path)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.mark.slow
+def test_no_vm_is_handed_to_two_callers_lost_or_destroyed_in_use_while_the_stack_is_killed_and_paused(
+        tmp_path: Path) -> None:
+    record, stopping, faults = Record(), threading.Event(), []
+    with running_stack(tmp_path) as stack:
+        wait_for(lambda: converged(stack, record) is None, 60, "the pools to fill", stack.log)
+        clients = [Client(n, stack, record, stopping, seed=n) for n in range(CLIENTS)]
+        observer = Observer(stack, record, stopping)
+        threads = [threading.Thread(target=c.run, daemon=True) for c in clients]
+        threads.append(threading.Thread(target=observer.run, daemon=True))
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(2)
+            fault("kill -9 of an HTTP worker", lambda: kill(stack.workers()[0]), faults)
+            time.sleep(2)
+            fault("SIGSTOP of an HTTP worker for 7 s (the arbiter replaces it)",
+                  lambda: pause(stack.workers()[-1], 7), faults)
+            time.sleep(1)
+            fault("kill -9 of redis-server", lambda: kill(stack.redis_pid()), faults)
+            wait_for(lambda: stack.redis_pid() is not None and serving(stack), 30, "redis-server again", stack.log)
+            time.sleep(2)
+            fault("SIGSTOP of redis-server for 4 s", lambda: pause(stack.redis_pid(), 4), faults)
+            time.sleep(2)
+            fault("SIGSTOP of the scheduler for 3 s", lambda: pause(stack.process.pid if stack.process else None, 3),
+                  faults)
+            time.sleep(1)
+            fault("kill -9 of the HTTP arbiter", lambda: kill(stack.arbiter()), faults)
+            wait_for(lambda: serving(stack), 30, "a new HTTP front", stack.log)
+            time.sleep(2)
+            fault("kill -9 of the scheduler with redis-server and the front; restarted", stack.kill, faults)
+            fault("start again", stack.start, faults)
+            time.sleep(4)
+        finally:
+            stopping.set()
+            for thread in threads:
+                thread.join(REQUEST_TIMEOUT * 2 + 5)
+        wait_for(lambda: converged(stack, record) is None, 60, "the pools to converge",
+                 lambda: f"{converged(stack, record)}\n{stack.log()}")
+
+    summary = (f"faults: {faults}\nanswers: {record.answers}, connection errors: {record.connection_errors}, "
+               f"slowest: {record.slowest:.1f} s, VMs held: {len(record.holdings)}, observer reads: {observer.reads}")
+    print(summary)
+    by_host: dict[str, list[Holding]] = {}
+    for holding in record.holdings:
+        by_host.setdefault(holding.host, []).append(holding)
+    twice = {host: [h.client for h in held] for host, held in by_host.items() if len(held) > 1}
+    assert not twice, f"VMs handed out twice: {twice}\n{summary}"
+    assert not record.problems, "\n".join(record.problems[:30]) + f"\n{summary}"
+    assert record.answers.get(200, 0) > 50 and observer.reads > 20, summary
+    assert not any(alive(pid) for pid in group_members(stack.process.pid if stack.process else 0))
