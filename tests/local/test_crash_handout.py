@@ -76,7 +76,17 @@ class Record:
     answers: dict[int, int] = field(default_factory=dict)
     connection_errors: int = 0
     slowest: float = 0.0
+    events: list[str] = field(default_factory=list)
+    """Every request: when, by whom, what, and its status (or how it failed), for a failure's report."""
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def event(self, text: str) -> None:
+        with self.lock:
+            self.events.append(f"{time.monotonic():.1f} {text}")
+
+    def events_about(self, words: list[str]) -> list[str]:
+        with self.lock:
+            return [event for event in self.events if any(word in event for word in words)]
 
     def problem(self, text: str) -> None:
         with self.lock:
@@ -104,8 +114,7 @@ class Stack:
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                stack_command(self.port, 2, 1.0), cwd=REPO_ROOT, env={**stack_env(self.config_file, self.state_dir),
-                                                           "VMPOOL_FRONT_STEADY_SECONDS": "0"},
+                stack_command(self.port, 2, 1.0), cwd=REPO_ROOT, env=stack_env(self.config_file, self.state_dir),
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         process, mark = self.process, self.log_path.stat().st_size
 
@@ -149,7 +158,8 @@ class Stack:
         assert self.process is not None
         parents = process_parents()
         return next((pid for pid in self.parts() if parents.get(pid) == self.process.pid
-                     and b"redis-server" not in _cmdline(pid)), None)
+                     and not any(other in _cmdline(pid) for other in (b"redis-server", b"resource_tracker"))),
+                    None)
 
     def workers(self) -> list[int]:
         arbiter = self.arbiter()
@@ -179,6 +189,7 @@ class Client:
         self.random = random.Random(seed)
         self.token: str | None = None
         self.unanswered = 0
+        self._stopping_seen: float | None = None
         """Checkouts and on-demand requests sent whose answer never came."""
 
     def send(self, method: str, path: str, body: Any = None) -> tuple[int, Any] | None:
@@ -197,10 +208,12 @@ class Client:
             response = connection.getresponse()
             raw = response.read()
         except TimeoutError:
+            self.record.event(f"client {self.number}: {method} {path}: timeout")
             self.record.problem(f"client {self.number}: {method} {path} unanswered after {REQUEST_TIMEOUT} s")
             self.unanswered += method == "POST" and path != "/token"
             return None
-        except (ConnectionError, http.client.RemoteDisconnected, http.client.IncompleteRead, OSError):
+        except (ConnectionError, http.client.RemoteDisconnected, http.client.IncompleteRead, OSError) as error:
+            self.record.event(f"client {self.number}: {method} {path}: {type(error).__name__}")
             with self.record.lock:
                 self.record.connection_errors += 1
             self.unanswered += method == "POST" and path != "/token"
@@ -217,6 +230,7 @@ class Client:
             self.record.problem(f"client {self.number}: {method} {path} answered {response.status}, "
                                 f"not JSON: {raw[:200]!r}")
             return None
+        self.record.event(f"client {self.number}: {method} {path}: {response.status} {raw[:300]!r}")
         if response.status not in STATUSES:
             self.record.problem(f"client {self.number}: {method} {path} answered {response.status}: {answer}")
         return response.status, answer
@@ -283,17 +297,23 @@ class Client:
         self.give_back(holding, f"/ondemandvm/{request_id}")
 
     def give_back(self, holding: Holding | None, path: str) -> None:
-        """DELETE until answered 200 (or 404: gone already); the holding ends when first sent."""
+        """DELETE until answered 200 (or 404: gone already); the holding ends when first sent.
+        Given up 100 tries on, or 20 s after the test stopped (the stack serves by then)."""
         if holding is not None:
             holding.returned = time.monotonic()
-        for attempt in range(100):
+        for _ in range(100):
             answer = self.send("DELETE", path)
             if answer and answer[0] in (200, 404):
                 return
-            if self.stopping.is_set() and attempt >= 3:
-                return
+            if self.stopping.is_set() and time.monotonic() - self.stopping_seen() > 20:
+                break
             time.sleep(0.3)
         self.record.problem(f"client {self.number}: DELETE {path} never answered 200")
+
+    def stopping_seen(self) -> float:
+        if self._stopping_seen is None:
+            self._stopping_seen = time.monotonic()
+        return self._stopping_seen
 
 
 class Observer:
@@ -393,11 +413,11 @@ def left_running(stack: Stack, clients: list[Client]) -> dict[str, str]:
     returned = {h.host for c in clients for h in c.record.holdings if h.returned is not None}
     for pool in POOLS:
         for host in sorted(map(str, client.zrange(KEYS.pool_state(pool, "running"), 0, -1))):
-            user = str(client.hget(KEYS.vm(host), "token_user") or "?")
+            user, request = map(str, client.hmget(KEYS.vm(host), "token_user", "request"))
             if host not in returned and lost.get(user, 0) > 0:
                 lost[user] -= 1
             else:
-                unexplained[host] = user
+                unexplained[host] = f"{user}, request {request}"
     return unexplained
 
 
@@ -505,7 +525,7 @@ def test_no_vm_is_handed_to_two_callers_lost_or_destroyed_in_use_while_the_stack
         finally:
             stopping.set()
             for thread in threads:
-                thread.join(REQUEST_TIMEOUT * 2 + 5)
+                thread.join(REQUEST_TIMEOUT * 2 + 25)
         wait_for(lambda: converged(stack) is None, 60, "the pools to converge",
                  lambda: f"{converged(stack)}\n{stack.log()}")
         left = left_running(stack, clients)
@@ -519,6 +539,8 @@ def test_no_vm_is_handed_to_two_callers_lost_or_destroyed_in_use_while_the_stack
     twice = {host: [h.client for h in held] for host, held in by_host.items() if len(held) > 1}
     assert not twice, f"VMs handed out twice: {twice}\n{summary}"
     assert not record.problems, "\n".join(record.problems[:30]) + f"\n{summary}"
-    assert not left, f"VMs running for callers who never got them or gave them back: {left}\n{summary}"
+    assert not left, (f"VMs running for callers who never got them or gave them back: {left}\n"
+                      + "\n".join(record.events_about([*left, *(v.split()[-1] for v in left.values())]))
+                      + f"\n{summary}")
     assert record.answers.get(200, 0) > 50 and observer.reads > 20, summary
     assert not any(alive(pid) for pid in group_members(stack.process.pid if stack.process else 0))
