@@ -180,6 +180,7 @@ class OnDemandStore:
         limits = "" if quota is None else json.dumps(
             quota.payload(self.keys, key_list, self.store.holdings_ttl_seconds, now))
         owner_requests = 0 if quota is None else key_list.add(quota.requests_key(self.keys))
+        confirm_window = self.store.confirm_window_ms()
         args: list[str | int] = [
             request_id, repr(now), self.store.data_ttl_seconds, json.dumps(fields), wanted, limits, len(pools),
             owner_requests, REQUESTS_KEPT_PER_OWNER, self.keys.ondemand(KEY_PART), self.keys.ondemand_vms(KEY_PART),
@@ -187,6 +188,7 @@ class OnDemandStore:
             REQUESTS_KEPT_IN_TOTAL if quota is None else quota.max_kept_requests,
             "" if quota is None else quota.owner_hash, self.keys.holdings(KEY_PART), self.keys.owner_requests(KEY_PART),
             key_list.add(token_key) if token_key else 0,
+            "" if confirm_window is None else confirm_window,
         ]
         answer = self.store.run_counted(quota, now, lambda: self.scripts.ondemand_create(keys=key_list.keys, args=args),
                                         lambda answer: answer)
