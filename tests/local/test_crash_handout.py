@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable
 import pytest
 import redis
 import yaml
+from pyVmomi import vmodl
 
 from chalicelib.store.keys import Keys
 from tests.local.stack import (
@@ -542,7 +543,10 @@ def test_vsphere_vms_are_never_handed_to_two_callers_lost_or_destroyed_in_use_un
     })
 
     def inventory(client: redis.Redis, names: Iterable[str]) -> dict[str, set[str]]:
-        found = vms_in_folders(private_vcsim)
+        try:
+            found = vms_in_folders(private_vcsim)
+        except vmodl.MethodFault as fault:  # a VM destroyed while it was listed: read again later
+            raise OSError(f"vCenter's inventory changed while listed: {fault.msg}") from None
         return {name: set(found.get(name, ())) for name in names}
 
     audit(Stack(tmp_path, config, pools, inventory))
