@@ -7,8 +7,8 @@ JSON and never a 500 or a hang, and after the faults every pool back at its size
 provider holding exactly what Redis says (docs/reliability.md, "The running stack under process
 faults").
 
-Over a minute on the shared 2-core machine (62 to 100 s in five runs), so not in `make test`
-(marker ``audit``): `.venv/bin/pytest -m audit tests/local/test_crash_handout.py`."""
+A minute or more on the shared 2-core machine while other tests run (44 to 56 s alone, 62 to
+100 s beside other loads, ten runs), so not in `make test` (marker ``audit``): `.venv/bin/pytest -m audit tests/local/test_crash_handout.py`."""
 
 from __future__ import annotations
 
