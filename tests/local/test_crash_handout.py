@@ -8,7 +8,8 @@ provider holding exactly what Redis says (docs/reliability.md, "The running stac
 faults").
 
 A minute or more on the shared 2-core machine while other tests run (44 to 56 s alone, 62 to
-100 s beside other loads, ten runs), so not in `make test` (marker ``audit``): `.venv/bin/pytest -m audit tests/local/test_crash_handout.py`."""
+100 s beside other loads, ten runs), so not in `make test` (marker ``audit``):
+`.venv/bin/pytest -m audit tests/local/test_crash_handout.py`."""
 
 from __future__ import annotations
 
