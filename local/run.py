@@ -209,9 +209,34 @@ def _check_config() -> int:
     return 0
 
 
-FRONT_STEADY_SECONDS = float(os.environ.get("VMPOOL_FRONT_STEADY_SECONDS", "30"))
-"""An HTTP front that dies sooner than this after it started is not started again (its port
-taken, a broken install): the stack stops and says so instead of restarting it in a loop."""
+class FrontWatch:
+    """Whether the HTTP front, when it is found dead, is started again or stops the stack.
+
+    A front that exited on its own before any of its workers served (a worker that cannot boot:
+    a broken install, a config it cannot read) would fail the same way again: the stack stops
+    and says so instead of restarting it in a loop. One that served, or that was killed by a
+    signal (``kill -9``, the OOM killer), is started again. Before, any front that died within
+    30 s of its start stopped the whole stack, scheduler and Redis included: a second
+    ``kill -9`` of the arbiter within 30 s of the first (or of ``make run``) took the service
+    down for good."""
+
+    def __init__(self, ready: Any, served: bool = False) -> None:
+        self.ready = ready
+        self.served = served
+
+    def started(self, ready: Any) -> None:
+        """A new front: its workers release ``ready`` as each serves."""
+        self.ready, self.served = ready, False
+
+    def note_workers(self) -> None:
+        """Count the workers that reported serving since the last look (without waiting)."""
+        while not self.served and self.ready.acquire(block=False):
+            self.served = True
+
+    def restartable(self, front: BaseProcess) -> bool:
+        self.note_workers()
+        killed = front.exitcode is not None and front.exitcode < 0
+        return self.served or killed
 
 
 def _start_front(method: str, port: int, workers: int, threads: int) -> tuple[BaseProcess, Any]:
@@ -375,11 +400,11 @@ def main(argv: list[str] | None = None) -> int:
         port_claim = _require_free_port(args.port)  # held (open) until this process exits
         # Forked before the scheduler's threads exist: the front's processes inherit none.
         front, ready = _start_front("fork", args.port, workers, max(args.threads, 1))
-        front_started = time.monotonic()
         for _ in range(workers):
             if not ready.acquire(timeout=30):
                 print(f"the HTTP workers did not start on port {args.port}", file=sys.stderr)
                 return 1
+        front_watch = FrontWatch(ready, served=True)
 
         from local.scheduler import LocalScheduler
 
@@ -391,16 +416,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vmpool: serving http://127.0.0.1:{args.port}/api/v3 with {workers} workers; "
               f"redis on port {redis_server.port}; pools: {pools}. Ctrl-C stops.", flush=True)
         while not stop.wait(0.5):
+            front_watch.note_workers()
             if not front.is_alive():
-                if time.monotonic() - front_started < FRONT_STEADY_SECONDS:
-                    print("the HTTP server stopped right after it started; stopping", file=sys.stderr)
+                if not front_watch.restartable(front):
+                    print(f"the HTTP server stopped ({front.exitcode}) before it served; stopping", file=sys.stderr)
                     return 1
                 print(f"vmpool: the HTTP server stopped ({front.exitcode}); starting it again",
                       file=sys.stderr, flush=True)
                 # A fresh interpreter, not a fork: this process runs the scheduler's threads now,
                 # and a fork would copy whatever locks they hold.
-                front, _ = _start_front("spawn", args.port, workers, max(args.threads, 1))
-                front_started = time.monotonic()
+                front, ready = _start_front("spawn", args.port, workers, max(args.threads, 1))
+                front_watch.started(ready)
             redis_lost = redis_restarts.check()
             if redis_lost is not None:
                 print(f"vmpool: {redis_lost}", file=sys.stderr, flush=True)

@@ -15,7 +15,7 @@ from chalicelib.manager.hostnames import candidate_names
 from chalicelib.providers.base import VMInfo
 from chalicelib.providers.failures import Failure
 from chalicelib.store import DurationSample, VMRecord
-from chalicelib.store.ondemand import FAILED, OnDemandStore
+from chalicelib.store.ondemand import FAILED, NOT_CONFIRMED_MESSAGE, OnDemandStore
 
 
 def expired_message(ttl_minutes: int) -> str:
@@ -25,7 +25,8 @@ def expired_message(ttl_minutes: int) -> str:
 
 def serve_requests(context: PassContext) -> None:
     """Reserve and clone the VMs each open request still lacks in this pool; fail the requests
-    that ran out of time or retries (their VMs go to completed). Nothing is cloned while the
+    that ran out of time or retries (their VMs go to completed), and those whose creation the
+    API never confirmed (answered 503, the script ran all the same) once that is overdue. Nothing is cloned while the
     pool's template is being prepared, but requests still fail at their ttl (a preparation may
     hang). A pool removed from the config builds nothing more: its open requests fail at once
     (no pass would serve them, nor see them expire, once it is forgotten)."""
@@ -45,6 +46,10 @@ def serve_requests(context: PassContext) -> None:
         context.checkpoint("ondemand_reserved")
         if reservation.state == "expired":
             _fail(context, requests, request_id, expired_message(service.ondemand_request_ttl))
+        elif reservation.state == "unconfirmed":
+            _fail(context, requests, request_id, NOT_CONFIRMED_MESSAGE)
+        elif reservation.state == "confirming":
+            context.report.followups += 1  # its API process confirms it in a moment: look again soon
         elif reservation.state == "retries_exhausted":
             _fail(context, requests, request_id,
                   f"The request failed: {reservation.failed} attempts to build its VMs failed "

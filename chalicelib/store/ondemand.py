@@ -19,6 +19,7 @@ from chalicelib.store.leases import holder_label
 from chalicelib.store.records import VMRecord
 from chalicelib.store.scripts import KeyList, ScriptCall, run_many
 from chalicelib.store.store import (
+    UNCONFIRMED_SECONDS,
     Quota,
     QuotaExceeded,
     RequestNotDurable,
@@ -34,6 +35,7 @@ READY = "ready"
 FAILED = "failed"
 DELETED = "deleted"
 NOT_REPLICATED_MESSAGE = "the request could not be replicated in time; it was never served"
+NOT_CONFIRMED_MESSAGE = "the request was never confirmed (its creation was answered 503); it was never served"
 """Why a request the API answered 503 for ended (``OnDemandStore.create``)."""
 OPEN_SETS_PER_CALL = 1000
 """Pools' open-request sets one call of lua/union_members.lua reads (OnDemandStore.waiting)."""
@@ -98,7 +100,9 @@ class OnDemandRequest:
 @dataclass(frozen=True)
 class Reservation:
     state: str
-    """``open``, ``expired``, ``retries_exhausted``, or the state of a request already closed."""
+    """``open``, ``confirming`` (its creation not confirmed yet: nothing reserved), ``unconfirmed``
+    (its confirmation overdue), ``expired``, ``retries_exhausted``, or the state of a request
+    already closed."""
     reserved: tuple[str, ...] = ()
     failed: int = 0
 
@@ -142,6 +146,12 @@ class OnDemandStore:
         ``id_generated`` says the service drew the id (not the client). TokenGone (nothing
         recorded) when ``token_key``, the record of the token the request was made with, is gone.
 
+        The request is served only once confirmed, in a second round trip made after the
+        script's answer arrived, as a checkout is: an answer lost on its way (a timeout: the
+        script may still run, its caller answered 503) leaves it unconfirmed, nothing is built for
+        it, and a pass fails it after UNCONFIRMED_SECONDS. A failed confirmation ends it at once
+        (best effort) and raises StoreUnavailable.
+
         Where replicas must acknowledge (``Store.replica_acks``, as a checkout), a new request is
         kept only once one has it: else it is ended at once (failed, NOT_REPLICATED_MESSAGE) and
         RequestNotDurable raised. A failover would lose it, and its caller, told 201, would poll
@@ -153,6 +163,7 @@ class OnDemandStore:
             "created": repr(now),
             "expires": repr(now + ttl_seconds),
             "lifetime": str(lifetime_hours),
+            "confirm_by": repr(now + UNCONFIRMED_SECONDS),
         }
         if token_user:
             fields["token_user"] = token_user
@@ -169,6 +180,7 @@ class OnDemandStore:
         limits = "" if quota is None else json.dumps(
             quota.payload(self.keys, key_list, self.store.holdings_ttl_seconds, now))
         owner_requests = 0 if quota is None else key_list.add(quota.requests_key(self.keys))
+        confirm_window = self.store.confirm_window_ms()
         args: list[str | int] = [
             request_id, repr(now), self.store.data_ttl_seconds, json.dumps(fields), wanted, limits, len(pools),
             owner_requests, REQUESTS_KEPT_PER_OWNER, self.keys.ondemand(KEY_PART), self.keys.ondemand_vms(KEY_PART),
@@ -176,6 +188,7 @@ class OnDemandStore:
             REQUESTS_KEPT_IN_TOTAL if quota is None else quota.max_kept_requests,
             "" if quota is None else quota.owner_hash, self.keys.holdings(KEY_PART), self.keys.owner_requests(KEY_PART),
             key_list.add(token_key) if token_key else 0,
+            "" if confirm_window is None else confirm_window,
         ]
         answer = self.store.run_counted(quota, now, lambda: self.scripts.ondemand_create(keys=key_list.keys, args=args),
                                         lambda answer: answer)
@@ -183,6 +196,8 @@ class OnDemandStore:
             raise QuotaExceeded(answer)
         if answer == -1:
             raise TokenGone()
+        if answer:
+            self._confirm(request_id, now)
         if answer and not self.store.writes_replicated():
             try:
                 self.end(request_id, FAILED, NOT_REPLICATED_MESSAGE,
@@ -191,6 +206,24 @@ class OnDemandStore:
                 pass  # Redis is failing already: the caller, answered 503, asks again
             raise RequestNotDurable(f"redis: no replica acknowledged on-demand request {request_id} in time")
         return bool(answer)
+
+    def _confirm(self, request_id: str, now: float) -> None:
+        """Confirm a request just created (lua/ondemand_confirm.lua); when that fails, end it at
+        once (best effort, once: Redis is failing already; a pass fails it after its deadline
+        otherwise) and raise StoreUnavailable."""
+        try:
+            with _translate_errors():
+                confirmed = self.scripts.ondemand_confirm(keys=[self.keys.ondemand(request_id)])
+        except StoreUnavailable:
+            confirmed = None
+        if confirmed:
+            return
+        try:
+            self.end(request_id, FAILED, NOT_CONFIRMED_MESSAGE, f"on-demand request {request_id} was not confirmed",
+                     now)
+        except StoreUnavailable:
+            pass
+        raise StoreUnavailable(f"redis: on-demand request {request_id} could not be confirmed")
 
     def get(self, request_id: str) -> OnDemandRequest | None:
         """The request and the records of its VMs, in two round trips."""

@@ -18,7 +18,8 @@ SHARED: dict[str, tuple[str, ...]] = {"checkout": ("quota", "token_live"), "onde
                                       "update": ("record_fields",), "release": ("finite",),
                                       "vm_task_enqueue": ("vm_task_queue", "token_live"),
                                       "vm_modify": ("vm_task_queue", "token_live"),
-                                      "ondemand_end": ("finite", "token_live"), "pool_overrides": ("token_live",)}
+                                      "ondemand_end": ("finite", "token_live"), "ondemand_reserve": ("finite",),
+                                      "pool_overrides": ("token_live",)}
 """Scripts run with the functions of other files (lua/quota.lua, lua/record_fields.lua,
 lua/finite.lua, lua/vm_task_queue.lua, lua/token_live.lua) before their own text."""
 
@@ -83,6 +84,7 @@ class Scripts:
         self.migration_slot = load("migration_slot")
         self.discover = load("discover")
         self.ondemand_create = load("ondemand_create")
+        self.ondemand_confirm = load("ondemand_confirm")
         self.ondemand_reserve = load("ondemand_reserve")
         self.ondemand_deliver = load("ondemand_deliver")
         self.ondemand_end = load("ondemand_end")

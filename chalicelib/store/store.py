@@ -562,6 +562,9 @@ class Store:
             "vm_template": self.keys.vm(KEY_PART),
             "pools": pool_keys,
         }
+        window = self.confirm_window_ms()
+        if window is not None:
+            checkout["confirm_window_ms"] = window
         if quota is not None:
             checkout["quota"] = quota.payload(self.keys, key_list, self.holdings_ttl_seconds, now)
         if tracked:
@@ -580,6 +583,13 @@ class Store:
         result = CheckoutResult(vms=tuple(CheckedOut(*entry) for entry in answer["vms"]))
         self._confirm(checkout_id, result.vms, now, quota.holdings_key(self.keys) if quota is not None else "")
         return result
+
+    def confirm_window_ms(self) -> int | None:
+        """How long after a checkout script ran its confirmation may still confirm it, in ms of
+        Redis's clock: this client's socket timeout (after it the API has given up on the
+        confirmation's answer and answers 503); None without a timeout."""
+        timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
+        return None if timeout is None else max(int(float(timeout) * 1000), 1)
 
     def run_counted(self, quota: Quota | None, now: float, run: Callable[[], Any],
                     refusal: Callable[[Any], Any]) -> Any:

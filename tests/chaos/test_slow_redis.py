@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
+import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -21,6 +23,7 @@ from chalicelib.config import Config, parse
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.dummy import DummyProvider
 from chalicelib.store import CheckoutRequest, Store, StoreUnavailable, connect
+from chalicelib.store.ondemand import FAILED, OPEN, READY, OnDemandEntry, OnDemandStore
 from chalicelib.store.store import UNCONFIRMED_SECONDS
 from local.redis_server import RedisServer
 from tests.support import eventually
@@ -118,3 +121,122 @@ def test_a_confirmed_checkout_is_never_returned(redis_server: RedisServer, redis
 
     assert report.returned == []
     assert set(store.hostnames("slow", "running")) == {vm.hostname for vm in result.vms}
+
+
+def test_an_ondemand_request_whose_answer_was_lost_is_never_built_for_nobody(
+        redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    """POST /ondemandvm while Redis is slower than the socket timeout: the caller is answered 503,
+    but the create script queued behind the busy one runs once Redis gets to it. Before, that
+    request was served like any other: its VMs were built and ran for the caller's token until
+    their lifetime ended (counted against its quota), and the caller, told it failed, asked
+    again. It is now kept unbuilt until the API confirms it, as a checkout is, and failed by a
+    pass once its confirmation is overdue."""
+    config, clock, store, provider = _slow_pool(redis_server, redis_client)
+    requests = OnDemandStore(store)
+    redis_client.script_load(store.scripts.ondemand_create.script)
+    busy = threading.Thread(target=lambda: redis.Redis(port=redis_server.port).eval(
+        BUSY_SCRIPT, 0, int(BUSY_SECONDS * 1_000_000)))
+    busy.start()
+    eventually(lambda: _redis_is_busy(redis_server.port), 10, "the busy script to hold Redis")
+    with pytest.raises(StoreUnavailable):
+        requests.create("lost-answer", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "someone")
+    busy.join()
+    eventually(lambda: requests.get("lost-answer"), 10, "the queued create to run")
+
+    for _ in range(3):  # nothing is built for it while its confirmation may still come
+        reconcile_pool(store, provider, config.pool("slow"), clock, config.service)
+    request = requests.get("lost-answer")
+    assert request is not None and request.state == OPEN and not request.vms, request
+
+    clock.advance(UNCONFIRMED_SECONDS + 1)
+    for _ in range(3):
+        reconcile_pool(store, provider, config.pool("slow"), clock, config.service)
+    request = requests.get("lost-answer")
+    assert request is not None and request.state == FAILED, request
+    assert store.counts(["slow"])["slow"]["running"] == 0
+
+
+def test_a_confirmed_ondemand_request_is_built_at_once(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    config, clock, store, provider = _slow_pool(redis_server, redis_client)
+    requests = OnDemandStore(store)
+    assert requests.create("answered", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "someone")
+    for _ in range(3):
+        reconcile_pool(store, provider, config.pool("slow"), clock, config.service)
+    request = requests.get("answered")
+    assert request is not None and request.state == READY, request
+
+    clock.advance(UNCONFIRMED_SECONDS + 1)
+    reconcile_pool(store, provider, config.pool("slow"), clock, config.service)
+    assert store.counts(["slow"])["slow"]["running"] == 1
+
+
+def test_a_confirmation_run_after_its_caller_gave_up_confirms_nothing(
+        redis_server: RedisServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis paused (SIGSTOP, a slow fork) right after a checkout script answered: the
+    confirmation times out, and so does the release that follows (a new connection's handshake
+    waits on the same pause), so the caller is answered 503. Before, the confirmation queued in
+    Redis ran once it resumed and the VM stayed checked out to a caller told it got nothing,
+    until its lifetime ended (found by tests/local/test_crash_handout.py: a 4 s SIGSTOP of
+    redis-server). A confirmation that runs after its caller's socket timeout has passed now
+    confirms nothing, and the VM goes back to ready within a minute as any unconfirmed one."""
+    config, clock, store, provider = _slow_pool(redis_server, redis_client)
+    redis_client.script_load(store.scripts.confirm.script)
+    connection = store.client.client_id()  # the pool's one connection: the confirmation's too
+    confirm = store._confirm
+    busy = threading.Thread(target=lambda: redis.Redis(port=redis_server.port).eval(
+        BUSY_SCRIPT, 0, int(BUSY_SECONDS * 1_000_000)))
+
+    def confirm_while_redis_is_paused(*args: Any) -> None:
+        busy.start()
+        eventually(lambda: _redis_is_busy(redis_server.port), 10, "the busy script to hold Redis")
+        confirm(*args)
+
+    monkeypatch.setattr(store, "_confirm", confirm_while_redis_is_paused)
+    monkeypatch.setattr(store, "_release_after_failure", lambda *args: None)  # it cannot reach Redis either
+    with pytest.raises(StoreUnavailable):
+        store.checkout([CheckoutRequest("slow", ["slow"], 1)], clock.now(), {"lifetime": "2"})
+    busy.join()
+    # The timed-out connection's confirmation runs (or is refused) before Redis lets it go.
+    eventually(lambda: all(client["id"] != str(connection) for client in redis_client.client_list()), 10,
+               "the queued confirmation to run")
+    (taken,) = store.hostnames("slow", "running")
+
+    clock.advance(UNCONFIRMED_SECONDS + 1)
+    report = reconcile_pool(store, provider, config.pool("slow"), clock, config.service)
+    assert report.returned == [taken]
+    counts = store.counts(["slow"])["slow"]
+    assert (counts["running"], counts["ready"]) == (0, 20), counts
+
+
+def test_an_ondemand_confirmation_run_after_its_caller_gave_up_confirms_nothing(
+        redis_server: RedisServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As for a checkout: Redis paused right after the create script answered, the confirmation
+    and the end that follows it both time out (503); the confirmation run once Redis resumes
+    must not make the request one to build."""
+    config, clock, store, provider = _slow_pool(redis_server, redis_client)
+    requests = OnDemandStore(store)
+    redis_client.script_load(store.scripts.ondemand_confirm.script)
+    connection = store.client.client_id()
+    confirm = requests._confirm
+    busy = threading.Thread(target=lambda: redis.Redis(port=redis_server.port).eval(
+        BUSY_SCRIPT, 0, int(BUSY_SECONDS * 1_000_000)))
+
+    def confirm_while_redis_is_paused(*args: Any) -> None:
+        busy.start()
+        eventually(lambda: _redis_is_busy(redis_server.port), 10, "the busy script to hold Redis")
+        confirm(*args)
+
+    monkeypatch.setattr(requests, "_confirm", confirm_while_redis_is_paused)
+    monkeypatch.setattr(requests, "end", lambda *args, **kwargs: None)  # it cannot reach Redis either
+    with pytest.raises(StoreUnavailable):
+        requests.create("paused", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "someone")
+    busy.join()
+    eventually(lambda: all(client["id"] != str(connection) for client in redis_client.client_list()), 10,
+               "the queued confirmation to run")
+
+    clock.advance(UNCONFIRMED_SECONDS + 1)
+    for _ in range(3):
+        reconcile_pool(store, provider, config.pool("slow"), clock, config.service)
+    request = requests.get("paused")
+    assert request is not None and request.state == FAILED, request
+    assert store.counts(["slow"])["slow"]["running"] == 0

@@ -168,7 +168,7 @@ def test_a_worker_stopped_when_its_arbiter_is_killed_does_not_outlive_it(tmp_pat
     the worker could not act on the SIGTERM its arbiter's death sent it: it stayed stopped for
     good, re-parented, with its listening socket on the port, and the new front's new
     connections the kernel gave that socket (2 of 10 in one run) hung; it outlived the stack."""
-    with local_stack(tmp_path, CONFIG, workers=2, env={"VMPOOL_FRONT_STEADY_SECONDS": "0"}) as stack:
+    with local_stack(tmp_path, CONFIG, workers=2) as stack:
         arbiter = running_arbiter(stack)
         stopped = min(descendants(arbiter))
         try:

@@ -7,6 +7,7 @@
 --    "fields": {"lifetime": "24", "token_user": "..."},
 --    "quota": {see quota.lua; absent: no limits},
 --    "checkout_id": "<random>", "confirm_by": <epoch seconds>,
+--    "confirm_window_ms": <the API's socket timeout in ms (absent: none)>,
 --    "changes": <KEYS index>, "running": <KEYS index of the service's running set (keys.running)>,
 --    "vm_template": "<the records of the VMs it pops: keys.DERIVED_KEYS>",
 --    "pools": {"p1": {"ready": <KEYS index>, "running": i, "wake": i, "demand": i (demand sizing)}},
@@ -20,6 +21,9 @@
 -- Each VM taken carries the checkout's id and stays unconfirmed (confirm_by) until the API, having
 -- received this answer, confirms it (confirm.lua). A VM still unconfirmed at confirm_by was taken
 -- by a request whose answer was lost: a reconcile pass returns it to ready (release.lua).
+-- With confirm_window_ms, each VM also carries 'confirm_window' (Redis's clock, ms): a
+-- confirmation run later than that (Redis paused after this answer: the API gave up waiting on
+-- it and answered 503) confirms nothing (confirm.lua).
 -- On success it also nudges each pool it took from (wake:<pool>), so the pool's reconcile starts
 -- the replacement clones at once. A miss writes nothing at all, except the demand count of a
 -- demand-sized pool (its history must see the demand it could not serve).
@@ -126,6 +130,11 @@ end
 -- Stamped on each VM taken (see move.lua): a pass whose inventory read began before this
 -- checkout cannot drop the VM as "gone from the provider".
 local change_seq = redis.call('GET', KEYS[checkout.changes]) or '0'
+local confirm_window = nil
+if checkout.confirm_window_ms ~= nil then
+  local time = redis.call('TIME')
+  confirm_window = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) + checkout.confirm_window_ms
+end
 local result = {}
 for index, slot in ipairs(slots) do
   local name, pool = slot.name, assigned[index]
@@ -138,6 +147,9 @@ for index, slot in ipairs(slots) do
   local vm_key = key_of(checkout.vm_template, hostname)
   redis.call('HSET', vm_key, 'state', 'running', 'checkout', now, 'change_seq', change_seq,
     'checkout_id', checkout.checkout_id, 'confirm_by', checkout.confirm_by)
+  if confirm_window ~= nil then
+    redis.call('HSET', vm_key, 'confirm_window', string.format('%d', confirm_window))
+  end
   for field, value in pairs(checkout.fields) do
     redis.call('HSET', vm_key, field, value)
   end

@@ -8,7 +8,9 @@
 -- lists (keys.DERIVED_KEYS): request_template, request_vms_template, vm_template; then the index
 -- in KEYS of the service's kept set, how many requests the service keeps, the owner's hash ('' for
 -- none), the templates of an owner's holdings and requests sets, and the index in KEYS of the
--- record of the token the request was made with (0 for none: lua/token_live.lua).
+-- record of the token the request was made with (0 for none: lua/token_live.lua); then the API's
+-- socket timeout in ms ('' for none): the request's 'confirm_window' is Redis's clock plus it, and
+-- a confirmation run later confirms nothing (lua/ondemand_confirm.lua).
 -- Returns 1 when created, 0 when a request with that id exists, -1 when the token was deleted
 -- since the API checked it, or the limit it would pass.
 local id, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -34,6 +36,11 @@ end
 if quota ~= nil then
   -- Whose holdings name it (quota.lua): the id may be another owner's request some day.
   redis.call('HSET', key, 'holdings', KEYS[quota.key])
+end
+if ARGV[19] ~= '' then
+  local time = redis.call('TIME')
+  local window = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) + tonumber(ARGV[19])
+  redis.call('HSET', key, 'confirm_window', string.format('%d', window))
 end
 redis.call('EXPIRE', key, ttl)
 for i = 1, tonumber(ARGV[7]) do

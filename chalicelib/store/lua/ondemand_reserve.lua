@@ -14,17 +14,29 @@
 --       vm_template (the records of the request's VMs and of the VMs cloning: keys.DERIVED_KEYS),
 --       reserver (the process reserving, which starts the clones: store/leases.py holder_label),
 --       then the candidate hostnames, in the order of their records.
--- Returns JSON {"state": "open"|"expired"|"retries_exhausted"|<closed state>, "reserved": [...],
---               "failed": n}
+-- A request the API has not confirmed yet (its 'confirm_by': the create's answer may never have
+-- reached its caller, who was told 503) gets nothing: "confirming" until its deadline, then
+-- "unconfirmed" (the pass fails it), so no VM is built for a caller who does not know of it.
+-- Returns JSON {"state": "open"|"confirming"|"unconfirmed"|"expired"|"retries_exhausted"|<closed
+--               state>, "reserved": [...], "failed": n}
 local key, vms_key, open_key, cloning_key, pending_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local pool_clones_key, counted_key = KEYS[6], KEYS[7]
 local id, pool = ARGV[1], ARGV[2]
 local clone_limit, max_retries, now = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local template, domain, ttl, vm_template, reserver = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
-local request = redis.call('HMGET', key, 'state', 'entries', 'expires', 'lifetime', 'token_user', 'token_id')
+local request = redis.call('HMGET', key, 'state', 'entries', 'expires', 'lifetime', 'token_user', 'token_id',
+  'confirm_by')
 if request[1] ~= 'open' then
   redis.call('ZREM', open_key, id)
   return cjson.encode({state = request[1] or 'missing', reserved = {}, failed = 0})
+end
+-- A deadline unreadable (broken by hand) reads as none: the request is served.
+local confirm_by = finite(request[7])
+if confirm_by ~= nil then
+  if tonumber(now) >= confirm_by then
+    return cjson.encode({state = 'unconfirmed', reserved = {}, failed = 0})
+  end
+  return cjson.encode({state = 'confirming', reserved = {}, failed = 0})
 end
 
 local delivered, building, failed = {}, {}, 0

@@ -29,8 +29,8 @@ for i = 1, (#KEYS - 2) / 4 do
   if eligible and redis.call('ZREM', running_key, hostname) == 1 then
     redis.call('ZADD', ready_key, vm[5] or now, hostname)
     redis.call('ZREM', all_running_key, hostname)
-    redis.call('HDEL', vm_key, 'checkout', 'checkout_id', 'confirm_by', 'lifetime', 'token_user', 'token_id', 'migration',
-      'holdings')
+    redis.call('HDEL', vm_key, 'checkout', 'checkout_id', 'confirm_by', 'confirm_window', 'lifetime', 'token_user',
+      'token_id', 'migration', 'holdings')
     if held then
       redis.call('ZREM', holdings_key, 'vm:' .. hostname)
     end
