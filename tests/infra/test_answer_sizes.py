@@ -13,6 +13,8 @@ and the runtime templates and clone targets /config shows may not take it past e
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from datetime import date, timedelta
 from typing import Any, Iterator
@@ -23,9 +25,10 @@ from packaged import pools_config
 from packaged_functions import Context, api_event
 
 import app as app_module
-from chalicelib.answer_sizes import ANSWER_LIMIT_BYTES, LAMBDA_RESPONSE_BYTES
+from chalicelib.answer_sizes import ANSWER_LIMIT_BYTES, LAMBDA_RESPONSE_BYTES, TOKEN_BYTES, lambda_bytes
+from chalicelib.auth.tokens import iso
 from chalicelib.clock import FakeClock
-from chalicelib.config import MAX_POOLS, ConfigError, parse
+from chalicelib.config import MAX_HOURS, MAX_POOLS, ConfigError, parse
 from chalicelib.services import Services
 from chalicelib.store import DurationSample
 from chalicelib.store.pool_overrides import PoolOverrides
@@ -188,3 +191,51 @@ def test_a_config_letting_one_on_demand_request_hold_more_vms_than_its_status_ca
     assert "GET /api/v3/ondemandvm/<id> could answer" in str(refused.value)
     assert "max_ondemand_instances_per_request" in str(refused.value)
     parse(pools_config(3).replace(":config:\n", ":config:\n  max_ondemand_instances_per_request: 10000\n"))
+
+
+def _tokens_config(most: int) -> str:
+    """Three pools, dummy auth with an administrator, tokens that expire (so listed with
+    ``expires``, their widest) and ``most`` tokens a user."""
+    config = f":config:\n  max_tokens_per_user: {most}\n  token_ttl: {MAX_HOURS}\n"
+    return pools_config(3).replace(":config:\n", config) + ":auth:\n  provider: dummy\n  admins: ['root']\n"
+
+
+def _fill_tokens(services: Services, user: str, count: int) -> None:
+    """``count`` live tokens of ``user`` in Redis, as POST /token leaves them (made here: each
+    POST /token reads the user's tokens first, and 46,000 of them one by one take minutes)."""
+    keys, now = services.store.keys, iso(services.clock.now())
+    pipe = services.client.pipeline(transaction=False)
+    for n in range(count):
+        token_hash = hashlib.sha256(f"token-{n}".encode()).hexdigest()
+        pipe.hset(keys.token(token_hash), mapping={"user": user, "created": now, "last": now})
+        pipe.sadd(keys.user_tokens(user), token_hash)
+    pipe.execute()
+
+
+def test_a_config_letting_a_user_hold_more_tokens_than_get_token_can_list_is_refused() -> None:
+    """``max_tokens_per_user`` had no upper bound: at 60,000 a user at the limit listing their
+    tokens (or an administrator listing them with ``?user=``) got 7.9 MB as Lambda sends it,
+    API Gateway's 502, whatever anyone tried."""
+    most = (ANSWER_LIMIT_BYTES - lambda_bytes({"ok": True})) // TOKEN_BYTES
+    with pytest.raises(ConfigError) as refused:
+        parse(_tokens_config(60_000))
+    assert "config.max_tokens_per_user: GET /token could answer" in str(refused.value)
+    with pytest.raises(ConfigError):
+        parse(_tokens_config(most + 1))
+
+    with RedisServer() as server:
+        services = Services(parse(_tokens_config(most)), redis.Redis(port=server.port, decode_responses=True),
+                            clock=FakeClock())
+        _fill_tokens(services, "alice", most)
+        saved = app_module._services, app_module._config
+        app_module._services, app_module._config = services, None
+        try:
+            for user, query in (("alice", None), ("root", {"user": "alice"})):
+                credentials = base64.b64encode(f"{user}:secret".encode()).decode()
+                answer = app_module.app(api_event("GET", "/token", "/token", query=query,
+                                                  headers={"Authorization": f"Basic {credentials}"}), Context())
+                assert answer["statusCode"] == 200, answer["body"][:200]
+                assert len(json.loads(answer["body"])) == most + 1  # every token, and "ok"
+                assert len(json.dumps(answer)) < LAMBDA_RESPONSE_BYTES
+        finally:
+            app_module._services, app_module._config = saved
