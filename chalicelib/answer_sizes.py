@@ -147,7 +147,12 @@ def override_room(config: ShownConfig) -> int:
 def override_fits(config: ShownConfig, configured: str | None, value: str) -> bool:
     """Whether ``value`` may replace a pool's ``configured`` template or clone target without
     /config ever passing one answer (``override_room``)."""
-    return string_bytes(value) <= string_bytes(configured or "") + override_room(config)
+    return fits_room(override_room(config), configured, value)
+
+
+def fits_room(room: int, configured: str | None, value: str) -> bool:
+    """Whether ``value`` takes at most ``room`` bytes more than ``configured`` as Lambda sends them."""
+    return string_bytes(value) <= string_bytes(configured or "") + room
 
 
 def string_bytes(value: str) -> int:

@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from chalicelib import observability as metric
+from chalicelib.answer_sizes import override_room
 from chalicelib.aws_clients import AWS_CALL_BOUND_SECONDS
 from chalicelib.config import Config, PoolConfig
 from chalicelib.manager import templates
@@ -49,6 +50,7 @@ from chalicelib.observability import emit, logger
 from chalicelib.sizing.controller import current_sizes
 from chalicelib.store import STATES
 from chalicelib.store.fleet import Fleet
+from chalicelib.store.pool_overrides import PoolOverrides, fitting
 from chalicelib.store.store import RunningCount
 
 if TYPE_CHECKING:
@@ -138,6 +140,7 @@ class Ticker:
         not_queued = send_all(queue, messages, budget)
         running = recount_running(services, [*config.pool_names, *draining])
         empty = publish_totals(services)
+        report_ignored_overrides(services)
         if newest:  # a push behind would drop what the newer config's pools use
             templates.forget_unused(services.store, services.pools())
             services.tokens.align_expiries()  # token_ttl changed: every token's expiry follows it
@@ -206,6 +209,31 @@ def publish_totals(services: "Services") -> list[str]:
     emit(None, {metric.READY: totals["ready"], metric.PENDING: totals["pending"], metric.RUNNING: totals["running"],
                 metric.CAPACITY: sum(size.size for size in sizes.values()), metric.EMPTY_POOLS: len(empty)})
     return empty
+
+
+def report_ignored_overrides(services: "Services") -> list[str]:
+    """The runtime templates and clone targets the config in effect has no room for in /config
+    (``pool_overrides.fitting``: set under a config with more room, fewer pools or shorter names):
+    the API and the passes leave them out, each pool keeping its configured value. Named once a
+    tick in a warning (the first 100, ``<pool> template`` or ``<pool> clone_target``) and counted
+    (``OverridesIgnored``), so the operator learns why a pool no longer clones the template an
+    administrator set. Returns them."""
+    config = services.config
+    room = override_room(config)
+    stored = PoolOverrides(services.store).all(config.pool_names)
+    ignored: list[str] = []
+    for pool in config.pools:
+        override = stored[pool.name]
+        kept = fitting(pool, override, room)
+        ignored += [f"{pool.name} {name}" for name in ("template", "clone_target")
+                    if getattr(override, name) is not None and getattr(kept, name) is None]
+    if ignored:
+        logger.warning("runtime templates or clone targets ignored: longer than /config has room for with this "
+                       "config; the pools keep their configured ones (DELETE /config/pooltemplate/<pool> or "
+                       "/config/clonetarget/<pool> drops them)",
+                       extra={"ignored": ignored[:100], "ignored_count": len(ignored), "room_bytes": room})
+        emit(None, {metric.OVERRIDES_IGNORED: len(ignored)})
+    return ignored
 
 
 # --- one message ---------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, cast
 
 from chalicelib import observability as metric
+from chalicelib.answer_sizes import override_room
 from chalicelib.config import PoolConfig
 from chalicelib.manager import templates
 from chalicelib.manager.context import Checkpoint, PassReport, ProviderLookup, no_checkpoint
@@ -128,7 +129,8 @@ def run_pool(
                 result = reconcile_pool(store, lease.fenced(services.provider(pool.provider)), pool, clock,
                                         services.config.service, lease.renewing(checkpoint),
                                         dns=services.dns_plugin(pool), providers=lease.fenced_lookup(),
-                                        out_of_time=out_of_time, lease_token=token)
+                                        out_of_time=out_of_time, lease_token=token,
+                                        override_room=override_room(services.config))
             except (ProviderError, StoreUnavailable, LeaseLost) as error:
                 # The pass stopped where it was; everything it did is consistent. Try again soon.
                 report.failures.append(str(error))
