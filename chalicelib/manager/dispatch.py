@@ -49,7 +49,7 @@ from chalicelib.manager.runner import RETRY_SECONDS, RunReport, run_pool
 from chalicelib.observability import emit, logger
 from chalicelib.sizing.controller import current_sizes
 from chalicelib.store import STATES
-from chalicelib.store.fleet import Fleet
+from chalicelib.store.fleet import Fleet, pools_fingerprint
 from chalicelib.store.pool_overrides import PoolOverrides, fitting
 from chalicelib.store.store import RunningCount
 
@@ -106,12 +106,23 @@ class TickReport:
 
 
 class Ticker:
-    """The scheduler's tick: fan out one message per pool. Remembers, per config, whether the
-    configured pools' settings are recorded in Redis (once per config version, not per tick)."""
+    """The scheduler's tick: fan out one message per pool. The configured pools' settings are
+    recorded in Redis once per config version, not per tick: with a fingerprint of them
+    (``pools:known:config``) that each tick reads, so a record a failover lost, or a restore of
+    Redis took back to an older config's, is made again by the next tick. Remembering which
+    config this process had recorded (before) trusted Redis to keep what it was given: a warm
+    function never recorded the settings a failover had lost, and a pool removed later drained
+    with an older config's (its provider, its folder)."""
 
     def __init__(self, spread_seconds: int = TICK_SPREAD_SECONDS) -> None:
         self.spread_seconds = spread_seconds
-        self._remembered: Config | None = None
+        self._fingerprint: tuple[Config, str] | None = None
+
+    def _fingerprint_of(self, config: Config) -> str:
+        """The config's pools' fingerprint (store/fleet.py), worked out once per config."""
+        if self._fingerprint is None or self._fingerprint[0] is not config:
+            self._fingerprint = (config, pools_fingerprint(config.pools))
+        return self._fingerprint[1]
 
     def tick(self, services: "Services", queue: PoolQueue,
              remaining_seconds: Callable[[], float] | None = None) -> TickReport:
@@ -126,9 +137,8 @@ class Ticker:
             # A push behind: its pools' settings must not overwrite the newer config's.
             logger.info("tick's config older than another function's: pools not recorded",
                         extra={"generation": config.generation})
-        elif self._remembered is not config:
-            fleet.remember(config.pools)
-            self._remembered = config
+        elif fleet.remembered() != self._fingerprint_of(config):
+            fleet.remember(config.pools, self._fingerprint_of(config))
         else:  # a configured pool something forgot (a consumer a push behind): recorded again
             fleet.remember([pool for pool in config.pools if pool.name not in known])
         configured = set(config.pool_names)
