@@ -176,7 +176,7 @@ class PassContext:
     def read(cls, store: Store, provider: Provider, pool: PoolConfig, clock: Clock, service: ServiceConfig,
              checkpoint: Checkpoint = no_checkpoint, dns: DnsPlugin | None = None,
              providers: ProviderLookup | None = None, lease_token: str | None = None,
-             override_room: int | None = None) -> PassContext:
+             override_room: Callable[[], int] | None = None) -> PassContext:
         """Read the pass's inputs, in this order: the inventory, the snapshot, the pool's
         overrides (applied to ``pool``, the pool as configured; a template or clone target
         longer than ``override_room`` allows left out, as the API leaves it out: store/pool_overrides.py

@@ -28,7 +28,6 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from chalicelib import observability as metric
-from chalicelib.answer_sizes import override_room
 from chalicelib.aws_clients import AWS_CALL_BOUND_SECONDS
 from chalicelib.config import Config, PoolConfig
 from chalicelib.manager import templates
@@ -228,20 +227,21 @@ def report_ignored_overrides(services: "Services") -> list[str]:
     tick in a warning (the first 100, ``<pool> template`` or ``<pool> clone_target``) and counted
     (``OverridesIgnored``), so the operator learns why a pool no longer clones the template an
     administrator set. Returns them."""
-    config = services.config
-    room = override_room(config)
-    stored = PoolOverrides(services.store).all(config.pool_names)
+    stored = PoolOverrides(services.store).all(services.config.pool_names)
     ignored: list[str] = []
-    for pool in config.pools:
+    for pool in services.config.pools:
         override = stored[pool.name]
-        kept = fitting(pool, override, room)
+        if override.template is None and override.clone_target is None:
+            continue
+        kept = fitting(pool, override, services.override_room())
         ignored += [f"{pool.name} {name}" for name in ("template", "clone_target")
                     if getattr(override, name) is not None and getattr(kept, name) is None]
     if ignored:
         logger.warning("runtime templates or clone targets ignored: longer than /config has room for with this "
                        "config; the pools keep their configured ones (DELETE /config/pooltemplate/<pool> or "
                        "/config/clonetarget/<pool> drops them)",
-                       extra={"ignored": ignored[:100], "ignored_count": len(ignored), "room_bytes": room})
+                       extra={"ignored": ignored[:100], "ignored_count": len(ignored),
+                              "room_bytes": services.override_room()})
         emit(None, {metric.OVERRIDES_IGNORED: len(ignored)})
     return ignored
 

@@ -97,7 +97,7 @@ def reconcile_pool(
     providers: ProviderLookup | None = None,
     out_of_time: Callable[[], bool] = lambda: False,
     lease_token: str | None = None,
-    override_room: int | None = None,
+    override_room: Callable[[], int] | None = None,
 ) -> PassReport:
     """Run one pass over ``pool``. Raises ProviderError or StoreUnavailable when the provider or
     Redis fails; whatever was done before that is consistent, and the next pass carries on.
@@ -107,7 +107,7 @@ def reconcile_pool(
     as one killed between two steps would, and the next pass carries on. ``lease_token``: the
     run's lease on the pool (``PassContext.lease_token``). ``override_room``: what a runtime
     template or clone target may add to the configured one under the config in effect
-    (answer_sizes.override_room); None: not checked."""
+    (``Services.override_room``, asked only when the pool has one); None: not checked."""
     calls_before = provider.call_count()
     started = clock.monotonic()
     context = PassContext.read(store, provider, pool, clock, service, checkpoint, dns, providers, lease_token,

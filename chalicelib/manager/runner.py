@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, cast
 
 from chalicelib import observability as metric
-from chalicelib.answer_sizes import override_room
 from chalicelib.config import PoolConfig
 from chalicelib.manager import templates
 from chalicelib.manager.context import Checkpoint, PassReport, ProviderLookup, no_checkpoint
@@ -130,7 +129,7 @@ def run_pool(
                                         services.config.service, lease.renewing(checkpoint),
                                         dns=services.dns_plugin(pool), providers=lease.fenced_lookup(),
                                         out_of_time=out_of_time, lease_token=token,
-                                        override_room=override_room(services.config))
+                                        override_room=services.override_room)
             except (ProviderError, StoreUnavailable, LeaseLost) as error:
                 # The pass stopped where it was; everything it did is consistent. Try again soon.
                 report.failures.append(str(error))
