@@ -772,6 +772,27 @@ def test_a_push_undone_by_deleting_its_version_holds_the_pools_up_for_a_moment_o
     assert look_at(older, PoolMessage("centos", TICK), queue) is None
 
 
+def test_a_config_generation_a_failover_took_back_is_written_again_by_the_newer_config(services: Services) -> None:
+    """Redis keeps the newest config generation a function ran with; a failover (or a restore)
+    may take it back to an older one. The functions converge on the newer config again: the
+    first of them to look at a pool writes it back, and the older one leaves the pools again."""
+    clock = services.clock
+    assert isinstance(clock, FakeClock)
+    queue = RecordingQueue()
+    newer = Services(dataclasses.replace(parse(CONFIG), generation=200.0), services.client, clock=clock,
+                     prefix=services.store.keys.prefix)
+    older = Services(dataclasses.replace(parse(CONFIG), generation=100.0), services.client, clock=clock,
+                     prefix=services.store.keys.prefix)
+    assert look_at(newer, PoolMessage("centos", TICK), queue) is not None
+    assert look_at(older, PoolMessage("centos", TICK), queue) is None
+    # The promoted replica had the older function's record, not the newer one's.
+    services.client.set(services.store.keys.config_generation, f"100.0 {clock.now()!r}")
+    clock.advance(1)
+    assert look_at(older, PoolMessage("centos", TICK), queue) is not None  # as in a push's overlap
+    assert look_at(newer, PoolMessage("centos", TICK), queue) is not None  # the newer config is not held up
+    assert look_at(older, PoolMessage("centos", TICK), queue) is None  # and is the newest again
+
+
 def _recorded_provider(services: Services, pool: str) -> str | None:
     settings = Fleet(services.store).settings(pool)
     return settings.provider if settings else None
