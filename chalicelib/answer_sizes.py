@@ -147,7 +147,12 @@ def override_room(config: ShownConfig) -> int:
 def override_fits(config: ShownConfig, configured: str | None, value: str) -> bool:
     """Whether ``value`` may replace a pool's ``configured`` template or clone target without
     /config ever passing one answer (``override_room``)."""
-    return string_bytes(value) <= string_bytes(configured or "") + override_room(config)
+    return fits_room(override_room(config), configured, value)
+
+
+def fits_room(room: int, configured: str | None, value: str) -> bool:
+    """Whether ``value`` takes at most ``room`` bytes more than ``configured`` as Lambda sends them."""
+    return string_bytes(value) <= string_bytes(configured or "") + room
 
 
 def string_bytes(value: str) -> int:
@@ -243,6 +248,21 @@ def ondemand_answer_bytes(config: ShownConfig) -> int:
     return 200 + config.service.max_ondemand_instances_per_request * (HOSTNAME_BYTES + REQUEST_NAME_BYTES)
 
 
+WIDEST_TOKEN_TIME = "2026-12-05T04:40:59Z"
+"""A token's ``created``, ``last`` or ``expires`` as GET /token shows it (auth.tokens.iso, years
+below 10,000: config.MAX_HOURS): always this long."""
+TOKEN_BYTES = lambda_bytes({"0" * 16: dict.fromkeys(("created", "last", "expires"), WIDEST_TOKEN_TIME)}) \
+    - lambda_bytes({}) + 1
+"""One token in GET /token as Lambda sends it, under its 16-character id, with a comma."""
+
+
+def tokens_answer_bytes(config: ShownConfig) -> int:
+    """GET /token at its widest, a user's own list or the one an administrator asks for with
+    ``?user=``: ``max_tokens_per_user`` tokens (the most a user may hold; the config reader bounds
+    it only from below), each with an expiry."""
+    return lambda_bytes({"ok": True}) + config.service.max_tokens_per_user * TOKEN_BYTES
+
+
 ANSWERS: tuple[tuple[str, Callable[[ShownConfig], int]], ...] = (
     ("GET /api/v3/config", lambda config: lambda_bytes(config_answer(config))),
     ("GET /api/v3/status", lambda config: lambda_bytes(status_answer(config))),
@@ -252,10 +272,10 @@ ANSWERS: tuple[tuple[str, Callable[[ShownConfig], int]], ...] = (
     ("GET /dashboard/stats/history", lambda config: history_bytes(config.pools, 1)),
     ("GET /api/v3/summary (one day)", summary_answer_bytes),
     ("GET /api/v3/ondemandvm/<id>", ondemand_answer_bytes),
+    ("GET /token", tokens_answer_bytes),
 )
 """Every answer that grows with the config, and its size at the widest. /poolstat is a part of
-/status; /totalrunning and /vm/<host> do not grow with it; a user's token list grows with
-``max_tokens_per_user`` (about 110 bytes a token: 50,000 would be needed to pass the limit)."""
+/status; /totalrunning and /vm/<host> do not grow with it."""
 
 
 def widest_answers(config: ShownConfig) -> dict[str, int]:
@@ -265,10 +285,18 @@ def widest_answers(config: ShownConfig) -> dict[str, int]:
 
 def answer_size_problems(config: ShownConfig) -> list[str]:
     """Why ``config`` could make an answer too large for Lambda (empty when none could)."""
-    return [(f"pools: {route} could answer {size:,} bytes as Lambda sends it, more than the "
-             f"{ANSWER_LIMIT_BYTES:,} one answer may take (Lambda's limit is {LAMBDA_RESPONSE_BYTES:,}, past it "
-             f"API Gateway answers 502 to everyone): fewer pools, shorter names, aliases or keys"
-             + (", or fewer VMs a request (config.max_ondemand_instances_per_request)" if "ondemand" in route else "")
-             + (", or fewer tag names and values a day (config.max_tag_names_per_day, max_tag_values_per_day)"
-                if "summary" in route else ""))
-            for route, size in widest_answers(config).items() if size > ANSWER_LIMIT_BYTES]
+    problems = []
+    for route, size in widest_answers(config).items():
+        if size <= ANSWER_LIMIT_BYTES:
+            continue
+        where, remedy = "pools", "fewer pools, shorter names, aliases or keys"
+        if "ondemand" in route:
+            remedy += ", or fewer VMs a request (config.max_ondemand_instances_per_request)"
+        elif "summary" in route:
+            remedy += ", or fewer tag names and values a day (config.max_tag_names_per_day, max_tag_values_per_day)"
+        elif route == "GET /token":  # the pools have no part in it
+            where, remedy = "config.max_tokens_per_user", "fewer tokens a user"
+        problems.append(f"{where}: {route} could answer {size:,} bytes as Lambda sends it, more than the "
+                        f"{ANSWER_LIMIT_BYTES:,} one answer may take (Lambda's limit is {LAMBDA_RESPONSE_BYTES:,}, "
+                        f"past it API Gateway answers 502 to everyone): {remedy}")
+    return problems

@@ -224,6 +224,9 @@ RUNNING_COUNT_DRIFT = "RunningCountDrift"
 # The scheduler's tick (service-wide): pools whose message SQS did not take (after the retries the
 # tick's time allowed); they wait for the next tick.
 POOLS_NOT_QUEUED = "PoolsNotQueued"
+# The scheduler's tick (service-wide): runtime templates and clone targets the config in effect has
+# no room for in /config, left out (store/pool_overrides.py ``fitting``). Should stay 0.
+OVERRIDES_IGNORED = "OverridesIgnored"
 
 POOL_DIMENSIONS = ("pool", "service")
 SERVICE_DIMENSIONS = ("service",)
@@ -279,6 +282,7 @@ METRICS: dict[str, MetricSpec] = {
         _spec(CONFIG_REJECTED, _COUNT, SERVICE_DIMENSIONS),
         _spec(RUNNING_COUNT_DRIFT, _COUNT, SERVICE_DIMENSIONS),
         _spec(POOLS_NOT_QUEUED, _COUNT, SERVICE_DIMENSIONS),
+        _spec(OVERRIDES_IGNORED, _COUNT, SERVICE_DIMENSIONS),
     )
 }
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import redis
 
 from chalicelib import config as config_module
+from chalicelib.answer_sizes import override_room
 from chalicelib.auth import build_authenticator
 from chalicelib.auth.base import Authenticator, AuthUnavailable, UserDirectory
 from chalicelib.auth.basic import LoginService
@@ -177,12 +178,17 @@ class Services:
         pool = self.config.pool(name)
         if pool is None:
             return None
-        return apply_override(pool, PoolOverrides(self.store).get(name))
+        return apply_override(pool, PoolOverrides(self.store).get(name), self.override_room)
 
     def pools(self) -> tuple[PoolConfig, ...]:
         """Every configured pool as it should be now, in config order (one round trip)."""
         overrides = PoolOverrides(self.store).all(self.config.pool_names)
-        return tuple(apply_override(pool, overrides[pool.name]) for pool in self.config.pools)
+        return tuple(apply_override(pool, overrides[pool.name], self.override_room) for pool in self.config.pools)
+
+    def override_room(self) -> int:
+        """What a pool's runtime template or clone target may add to its configured one under the
+        config in effect (answer_sizes.override_room): more is left out (pool_overrides.fitting)."""
+        return override_room(self.config)
 
     def configured_provider(self, name: str) -> Provider | None:
         """The named provider, or None when the config has no such provider block (a pool's VMs

@@ -331,6 +331,8 @@ def dashboard(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
                 service(m.RUNNING_COUNT_DRIFT)),
         _widget("Pools the tick could not queue (SQS refused or timed out; should stay 0)",
                 service(m.POOLS_NOT_QUEUED)),
+        _widget("Runtime templates and clone targets ignored (no room in /config; should stay 0)",
+                service(m.OVERRIDES_IGNORED)),
         _widget("Lambda errors", per_function("Errors")),
         _widget("Lambda throttles", per_function("Throttles")),
         _widget("Lambda duration max (ms)", per_function("Duration"), stat="Maximum"),

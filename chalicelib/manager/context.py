@@ -178,10 +178,12 @@ class PassContext:
     @classmethod
     def read(cls, store: Store, provider: Provider, pool: PoolConfig, clock: Clock, service: ServiceConfig,
              checkpoint: Checkpoint = no_checkpoint, dns: DnsPlugin | None = None,
-             providers: ProviderLookup | None = None, lease_token: str | None = None) -> PassContext:
+             providers: ProviderLookup | None = None, lease_token: str | None = None,
+             override_room: Callable[[], int] | None = None) -> PassContext:
         """Read the pass's inputs, in this order: the inventory, the snapshot, the pool's
-        overrides (applied to ``pool``, the pool as configured) and its size now. Raises
-        ProviderError or StoreUnavailable (nothing changed yet)."""
+        overrides (applied to ``pool``, the pool as configured; a template or clone target
+        longer than ``override_room`` allows left out, as the API leaves it out: store/pool_overrides.py
+        ``fitting``) and its size now. Raises ProviderError or StoreUnavailable (nothing changed yet)."""
         now = clock.now()
         inventory_mark, inventory_checked = store.begin_pass(pool.name)
         changes = inventory_view.changes(provider, pool, service, now, inventory_checked)
@@ -197,7 +199,7 @@ class PassContext:
         # and the reset time they drain by come from the same moment.
         # A draining pool (removed from the config) has size 0 whatever an admin set.
         overrides = PoolOverride() if pool.draining else PoolOverrides(store).get(pool.name)
-        pool = apply_overrides(pool, overrides)
+        pool = apply_overrides(pool, overrides, override_room)
         size_decision = target_size(store, pool, now, service.sizing_timezone)
         pool = size_decision.apply(pool)
         return cls(store=store, provider=provider, dns=dns, clock=clock, service=service, checkpoint=checkpoint,

@@ -48,7 +48,8 @@ from chalicelib.manager.runner import RETRY_SECONDS, RunReport, run_pool
 from chalicelib.observability import emit, logger
 from chalicelib.sizing.controller import current_sizes
 from chalicelib.store import STATES
-from chalicelib.store.fleet import Fleet
+from chalicelib.store.fleet import Fleet, pools_fingerprint
+from chalicelib.store.pool_overrides import PoolOverrides, fitting
 from chalicelib.store.store import RunningCount
 
 if TYPE_CHECKING:
@@ -104,12 +105,23 @@ class TickReport:
 
 
 class Ticker:
-    """The scheduler's tick: fan out one message per pool. Remembers, per config, whether the
-    configured pools' settings are recorded in Redis (once per config version, not per tick)."""
+    """The scheduler's tick: fan out one message per pool. The configured pools' settings are
+    recorded in Redis once per config version, not per tick: with a fingerprint of them
+    (``pools:known:config``) that each tick reads, so a record a failover lost, or a restore of
+    Redis took back to an older config's, is made again by the next tick. Remembering which
+    config this process had recorded (before) trusted Redis to keep what it was given: a warm
+    function never recorded the settings a failover had lost, and a pool removed later drained
+    with an older config's (its provider, its folder)."""
 
     def __init__(self, spread_seconds: int = TICK_SPREAD_SECONDS) -> None:
         self.spread_seconds = spread_seconds
-        self._remembered: Config | None = None
+        self._fingerprint: tuple[Config, str] | None = None
+
+    def _fingerprint_of(self, config: Config) -> str:
+        """The config's pools' fingerprint (store/fleet.py), worked out once per config."""
+        if self._fingerprint is None or self._fingerprint[0] is not config:
+            self._fingerprint = (config, pools_fingerprint(config.pools))
+        return self._fingerprint[1]
 
     def tick(self, services: "Services", queue: PoolQueue,
              remaining_seconds: Callable[[], float] | None = None) -> TickReport:
@@ -124,9 +136,8 @@ class Ticker:
             # A push behind: its pools' settings must not overwrite the newer config's.
             logger.info("tick's config older than another function's: pools not recorded",
                         extra={"generation": config.generation})
-        elif self._remembered is not config:
-            fleet.remember(config.pools)
-            self._remembered = config
+        elif fleet.remembered() != self._fingerprint_of(config):
+            fleet.remember(config.pools, self._fingerprint_of(config))
         else:  # a configured pool something forgot (a consumer a push behind): recorded again
             fleet.remember([pool for pool in config.pools if pool.name not in known])
         configured = set(config.pool_names)
@@ -138,6 +149,7 @@ class Ticker:
         not_queued = send_all(queue, messages, budget)
         running = recount_running(services, [*config.pool_names, *draining])
         empty = publish_totals(services)
+        report_ignored_overrides(services)
         if newest:  # a push behind would drop what the newer config's pools use
             templates.forget_unused(services.store, services.pools())
             services.tokens.align_expiries()  # token_ttl changed: every token's expiry follows it
@@ -206,6 +218,32 @@ def publish_totals(services: "Services") -> list[str]:
     emit(None, {metric.READY: totals["ready"], metric.PENDING: totals["pending"], metric.RUNNING: totals["running"],
                 metric.CAPACITY: sum(size.size for size in sizes.values()), metric.EMPTY_POOLS: len(empty)})
     return empty
+
+
+def report_ignored_overrides(services: "Services") -> list[str]:
+    """The runtime templates and clone targets the config in effect has no room for in /config
+    (``pool_overrides.fitting``: set under a config with more room, fewer pools or shorter names):
+    the API and the passes leave them out, each pool keeping its configured value. Named once a
+    tick in a warning (the first 100, ``<pool> template`` or ``<pool> clone_target``) and counted
+    (``OverridesIgnored``), so the operator learns why a pool no longer clones the template an
+    administrator set. Returns them."""
+    stored = PoolOverrides(services.store).all(services.config.pool_names)
+    ignored: list[str] = []
+    for pool in services.config.pools:
+        override = stored[pool.name]
+        if override.template is None and override.clone_target is None:
+            continue
+        kept = fitting(pool, override, services.override_room())
+        ignored += [f"{pool.name} {name}" for name in ("template", "clone_target")
+                    if getattr(override, name) is not None and getattr(kept, name) is None]
+    if ignored:
+        logger.warning("runtime templates or clone targets ignored: longer than /config has room for with this "
+                       "config; the pools keep their configured ones (DELETE /config/pooltemplate/<pool> or "
+                       "/config/clonetarget/<pool> drops them)",
+                       extra={"ignored": ignored[:100], "ignored_count": len(ignored),
+                              "room_bytes": services.override_room()})
+        emit(None, {metric.OVERRIDES_IGNORED: len(ignored)})
+    return ignored
 
 
 # --- one message ---------------------------------------------------------------------------------

@@ -99,6 +99,7 @@ def reconcile_pool(
     providers: ProviderLookup | None = None,
     out_of_time: Callable[[], bool] = lambda: False,
     lease_token: str | None = None,
+    override_room: Callable[[], int] | None = None,
 ) -> PassReport:
     """Run one pass over ``pool``. Raises ProviderError or StoreUnavailable when the provider or
     Redis fails; whatever was done before that is consistent, and the next pass carries on.
@@ -106,10 +107,13 @@ def reconcile_pool(
     ``providers`` reaches VMs the pool made with another provider before it moved (placement.py).
     ``out_of_time``, asked before each step: when true the pass stops there (``stopped_before``),
     as one killed between two steps would, and the next pass carries on. ``lease_token``: the
-    run's lease on the pool (``PassContext.lease_token``)."""
+    run's lease on the pool (``PassContext.lease_token``). ``override_room``: what a runtime
+    template or clone target may add to the configured one under the config in effect
+    (``Services.override_room``, asked only when the pool has one); None: not checked."""
     calls_before = provider.call_count()
     started = clock.monotonic()
-    context = PassContext.read(store, provider, pool, clock, service, checkpoint, dns, providers, lease_token)
+    context = PassContext.read(store, provider, pool, clock, service, checkpoint, dns, providers, lease_token,
+                               override_room)
     for step in STEPS:
         if out_of_time():
             context.report.stopped_before = getattr(step, "__name__", repr(step))

@@ -134,7 +134,8 @@ def run_pool(
                 result = reconcile_pool(store, lease.fenced(services.provider(pool.provider)), pool, clock,
                                         services.config.service, lease.renewing(checkpoint),
                                         dns=services.dns_plugin(pool), providers=lease.fenced_lookup(),
-                                        out_of_time=out_of_time, lease_token=token)
+                                        out_of_time=out_of_time, lease_token=token,
+                                        override_room=services.override_room)
             except (ProviderError, StoreUnavailable, LeaseLost) as error:
                 # The pass stopped where it was; everything it did is consistent. Try again soon.
                 report.failures.append(str(error))

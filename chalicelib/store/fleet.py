@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from typing import Iterable, Sequence
 
@@ -24,6 +25,16 @@ def pool_to_json(pool: PoolConfig) -> str:
     fields["settings"] = dict(pool.settings)
     fields["alias"] = list(pool.alias)
     return json.dumps(fields, sort_keys=True, default=str)
+
+
+def pools_fingerprint(pools: Sequence[PoolConfig]) -> str:
+    """What ``remember`` records of a config's pools, in 32 hex characters: the same for the
+    same settings, whatever config object holds them."""
+    digest = hashlib.sha256()
+    for pool in pools:
+        digest.update(pool_to_json(pool).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:32]
 
 
 def pool_from_json(text: str) -> PoolConfig:
@@ -51,14 +62,25 @@ class Fleet:
             text = self.client.hget(self.keys.known_pools, pool)
         return pool_from_json(str(text)) if text else None
 
-    def remember(self, pools: Iterable[PoolConfig]) -> None:
-        """Record the configured pools' settings (in one round trip). The previous release's
-        hash of clone demands goes at the same time: nothing reads it any more."""
+    def remembered(self) -> str | None:
+        """The fingerprint of the config whose pools were last recorded whole (``remember``)."""
+        with _translate_errors():
+            found = self.client.get(self.keys.known_pools_config)
+        return None if found is None else str(found)
+
+    def remember(self, pools: Iterable[PoolConfig], config_fingerprint: str | None = None) -> None:
+        """Record the configured pools' settings (in one round trip), with ``config_fingerprint``
+        when they are every pool of that config (one transaction: Redis holds both or neither,
+        a failover loses both or neither). The previous release's hash of clone demands goes at the
+        same time: nothing reads it any more."""
         mapping = {pool.name: pool_to_json(pool) for pool in pools}
-        if mapping:
+        if mapping or config_fingerprint is not None:
             with _translate_errors():
-                pipe = self.client.pipeline(transaction=False)
-                pipe.hset(self.keys.known_pools, mapping=dict(mapping))  # type: ignore[arg-type]
+                pipe = self.client.pipeline(transaction=True)
+                if mapping:
+                    pipe.hset(self.keys.known_pools, mapping=dict(mapping))  # type: ignore[arg-type]
+                if config_fingerprint is not None:
+                    pipe.set(self.keys.known_pools_config, config_fingerprint)
                 pipe.delete(self.keys.clone_demand_before)
                 pipe.execute()
 

@@ -60,6 +60,9 @@ family through these validators.
     nudged:<pool>:<window>   string  the API's changes of the pool in that window of the clock (its number):
                                      the first two put the pool on the reconcile queue (manager/refill.py)
     pools:known              hash    pool -> its last configured settings, to drain it once removed
+    pools:known:config       string  the fingerprint of the config whose pools pools:known was last given
+                                     whole (written with them): a tick records them again when Redis
+                                     holds another's (a failover lost the write, a restore)
     config_generation        string  "<generation> <time>": the newest pushed config (when S3 wrote it)
                                      a reconcile function ran with, and when it last did: a
                                      function a push behind leaves the pools alone
@@ -282,6 +285,10 @@ class Keys:
     @property
     def known_pools(self) -> str:
         return f"{self.prefix}pools:known"
+
+    @property
+    def known_pools_config(self) -> str:
+        return f"{self.prefix}pools:known:config"
 
     @property
     def config_generation(self) -> str:

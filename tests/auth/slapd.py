@@ -284,6 +284,13 @@ class SlapdServer:
                                                    "userPassword": password})
         return dn
 
+    def set_password(self, dn: str, password: str) -> None:
+        """Replace an entry's password, as an operator disabling an account without removing it does."""
+        from ldap3 import MODIFY_REPLACE
+
+        with self._as_administrator() as connection:
+            connection.modify(dn, {"userPassword": [(MODIFY_REPLACE, [password])]})
+
     def remove(self, dn: str) -> None:
         """Delete an entry, as an operator removing a departed user does (gone already: nothing)."""
         from ldap3.core.exceptions import LDAPNoSuchObjectResult

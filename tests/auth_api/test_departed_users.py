@@ -127,6 +127,29 @@ def test_a_user_back_in_the_directory_is_let_in_at_the_next_check(
     assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 200
 
 
+def test_an_account_disabled_but_kept_in_the_directory_keeps_its_tokens_until_revoked(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """What docs/auth.md tells operators: the check asks whether the entry is still there (it cannot
+    bind as the user without the password), so an account disabled by resetting its password (or a
+    lock) keeps working tokens; its Basic login is refused, and an administrator revokes them."""
+    api = make_api(document(ldap_auth(directory_check_minutes=5, admins=["alice"])))
+    api.fill(POOL)
+    name, password = leaver
+    token = api.new_token(name, password)
+    slapd.set_password(f"uid={name},{slapd.users_base}", secrets.token_urlsafe(16))
+    api.clock.advance(5 * 60)
+    assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 200
+    assert api.call("POST", "/api/v3/token", headers=basic(name, password)).status == 401
+    alice = basic("alice", slapd.password("alice"))
+    listed = api.call("GET", f"/api/v3/token?user={name}", headers=alice)
+    assert listed.status == 200
+    for token_id in (key for key in listed.body if key != "ok"):
+        deleted = api.call("DELETE", f"/api/v3/token/{token_id}?user={name}", headers=alice)
+        assert deleted.status == 200
+    assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 401
+
+
 @pytest.fixture
 def private_slapd() -> Iterator[SlapdServer]:
     """A slapd of the test's own, to stop."""

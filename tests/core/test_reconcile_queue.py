@@ -770,3 +770,58 @@ def test_a_push_undone_by_deleting_its_version_holds_the_pools_up_for_a_moment_o
     assert look_at(older, PoolMessage("centos", TICK), queue) is not None  # nobody runs it any more
     assert look_at(newer, PoolMessage("centos", TICK), queue) is not None  # a newer one always runs
     assert look_at(older, PoolMessage("centos", TICK), queue) is None
+
+
+def test_a_config_generation_a_failover_took_back_is_written_again_by_the_newer_config(services: Services) -> None:
+    """Redis keeps the newest config generation a function ran with; a failover (or a restore)
+    may take it back to an older one. The functions converge on the newer config again: the
+    first of them to look at a pool writes it back, and the older one leaves the pools again."""
+    clock = services.clock
+    assert isinstance(clock, FakeClock)
+    queue = RecordingQueue()
+    newer = Services(dataclasses.replace(parse(CONFIG), generation=200.0), services.client, clock=clock,
+                     prefix=services.store.keys.prefix)
+    older = Services(dataclasses.replace(parse(CONFIG), generation=100.0), services.client, clock=clock,
+                     prefix=services.store.keys.prefix)
+    assert look_at(newer, PoolMessage("centos", TICK), queue) is not None
+    assert look_at(older, PoolMessage("centos", TICK), queue) is None
+    # The promoted replica had the older function's record, not the newer one's.
+    services.client.set(services.store.keys.config_generation, f"100.0 {clock.now()!r}")
+    clock.advance(1)
+    assert look_at(older, PoolMessage("centos", TICK), queue) is not None  # as in a push's overlap
+    assert look_at(newer, PoolMessage("centos", TICK), queue) is not None  # the newer config is not held up
+    assert look_at(older, PoolMessage("centos", TICK), queue) is None  # and is the newest again
+
+
+def _recorded_provider(services: Services, pool: str) -> str | None:
+    settings = Fleet(services.store).settings(pool)
+    return settings.provider if settings else None
+
+
+def test_pool_settings_a_failover_lost_are_recorded_again_by_the_next_tick(services: Services) -> None:
+    """The tick records the configured pools' settings once per config; which config it had
+    recorded, it kept in the process. A failover that lost that write (an async replica promoted)
+    left Redis with the previous config's settings, and the warm tick never recorded them again:
+    centos, moved to another provider and then removed with its old one, drained with the old
+    one's settings, "cannot drain: its provider is gone", its VMs kept for good."""
+    queue, ticker = RecordingQueue(), Ticker()
+    two_providers = CONFIG.replace(":providers:\n", ":providers:\n  :other: {provider_class: dummy}\n")
+    services.use_config(parse(two_providers))
+    ticker.tick(services, queue)
+    before_move = services.client.hget(services.store.keys.known_pools, "centos")
+
+    moved = parse(two_providers.replace("{name: centos, size: 1, provider: dummy}",
+                                        "{name: centos, size: 1, provider: other}"))
+    services.use_config(moved)
+    ticker.tick(services, queue)
+    assert _recorded_provider(services, "centos") == "other"
+    # The promoted replica had not received that tick's write: the record is the first config's.
+    services.client.hset(services.store.keys.known_pools, "centos", before_move)
+    services.client.delete(services.store.keys.known_pools_config)
+    ticker.tick(services, queue)  # the same warm process, the same config
+    assert _recorded_provider(services, "centos") == "other"
+
+    services.use_config(parse(":providers:\n  :other: {provider_class: dummy}\n:pools:\n"
+                              "  - {name: debian, size: 2, provider: other}\n"))
+    report = look_at(services, PoolMessage("centos", DRAIN), queue)
+    assert report is not None and report.passes  # drained with the provider that made its VMs

@@ -13,7 +13,11 @@ and the runtime templates and clone targets /config shows may not take it past e
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import logging
+from contextlib import contextmanager
 from datetime import date, timedelta
 from typing import Any, Iterator
 
@@ -23,12 +27,22 @@ from packaged import pools_config
 from packaged_functions import Context, api_event
 
 import app as app_module
-from chalicelib.answer_sizes import ANSWER_LIMIT_BYTES, LAMBDA_RESPONSE_BYTES
+from chalicelib.answer_sizes import (
+    ANSWER_LIMIT_BYTES,
+    LAMBDA_RESPONSE_BYTES,
+    TOKEN_BYTES,
+    fits_room,
+    lambda_bytes,
+    override_room,
+)
+from chalicelib.auth.tokens import iso
 from chalicelib.clock import FakeClock
-from chalicelib.config import MAX_POOLS, ConfigError, parse
+from chalicelib.config import MAX_HOURS, MAX_POOLS, ConfigError, parse
+from chalicelib.manager.dispatch import report_ignored_overrides
+from chalicelib.manager.runner import run_pool
 from chalicelib.services import Services
 from chalicelib.store import DurationSample
-from chalicelib.store.pool_overrides import PoolOverrides
+from chalicelib.store.pool_overrides import MAX_CLONE_TARGET, MAX_TEMPLATE, PoolOverrides
 from chalicelib.timestamps import day_of
 from local.redis_server import RedisServer
 
@@ -188,3 +202,116 @@ def test_a_config_letting_one_on_demand_request_hold_more_vms_than_its_status_ca
     assert "GET /api/v3/ondemandvm/<id> could answer" in str(refused.value)
     assert "max_ondemand_instances_per_request" in str(refused.value)
     parse(pools_config(3).replace(":config:\n", ":config:\n  max_ondemand_instances_per_request: 10000\n"))
+
+
+@contextmanager
+def _serving(services: Services) -> Iterator[Services]:
+    """The app's API function serving ``services`` (its config and Redis)."""
+    saved = app_module._services, app_module._config
+    app_module._services, app_module._config = services, None
+    try:
+        yield services
+    finally:
+        app_module._services, app_module._config = saved
+
+
+def _tokens_config(most: int) -> str:
+    """Three pools, dummy auth with an administrator, tokens that expire (so listed with
+    ``expires``, their widest) and ``most`` tokens a user."""
+    config = f":config:\n  max_tokens_per_user: {most}\n  token_ttl: {MAX_HOURS}\n"
+    return pools_config(3).replace(":config:\n", config) + ":auth:\n  provider: dummy\n  admins: ['root']\n"
+
+
+def _fill_tokens(services: Services, user: str, count: int) -> None:
+    """``count`` live tokens of ``user`` in Redis, as POST /token leaves them (made here: each
+    POST /token reads the user's tokens first, and 46,000 of them one by one take minutes)."""
+    keys, now = services.store.keys, iso(services.clock.now())
+    pipe = services.client.pipeline(transaction=False)
+    for n in range(count):
+        token_hash = hashlib.sha256(f"token-{n}".encode()).hexdigest()
+        pipe.hset(keys.token(token_hash), mapping={"user": user, "created": now, "last": now})
+        pipe.sadd(keys.user_tokens(user), token_hash)
+    pipe.execute()
+
+
+def test_a_config_letting_a_user_hold_more_tokens_than_get_token_can_list_is_refused() -> None:
+    """``max_tokens_per_user`` had no upper bound: at 60,000 a user at the limit listing their
+    tokens (or an administrator listing them with ``?user=``) got 7.9 MB as Lambda sends it,
+    API Gateway's 502, whatever anyone tried."""
+    most = (ANSWER_LIMIT_BYTES - lambda_bytes({"ok": True})) // TOKEN_BYTES
+    with pytest.raises(ConfigError) as refused:
+        parse(_tokens_config(60_000))
+    assert "config.max_tokens_per_user: GET /token could answer" in str(refused.value)
+    with pytest.raises(ConfigError):
+        parse(_tokens_config(most + 1))
+
+    with RedisServer() as server:
+        services = Services(parse(_tokens_config(most)), redis.Redis(port=server.port, decode_responses=True),
+                            clock=FakeClock())
+        _fill_tokens(services, "alice", most)
+        with _serving(services):
+            for user, query in (("alice", None), ("root", {"user": "alice"})):
+                credentials = base64.b64encode(f"{user}:secret".encode()).decode()
+                answer = app_module.app(api_event("GET", "/token", "/token", query=query,
+                                                  headers={"Authorization": f"Basic {credentials}"}), Context())
+                assert answer["statusCode"] == 200, answer["body"][:200]
+                assert len(json.loads(answer["body"])) == most + 1  # every token, and "ok"
+                assert len(json.dumps(answer)) < LAMBDA_RESPONSE_BYTES
+
+
+def _longest(configured: str, room: int, most_characters: int) -> str:
+    """The longest inventory path of emoji (14 bytes each as Lambda sends them) that takes at most
+    ``room`` bytes more than ``configured`` (what POST /config/pooltemplate or clonetarget takes)."""
+    value = "t/" + "\U0001F600"
+    while True:
+        names = value.split("/")
+        longer = value + ("/\U0001F600" if len(names[-1]) == 80 else "\U0001F600")
+        if len(longer) > most_characters or not fits_room(room, configured, longer):
+            return value
+        value = longer
+
+
+def test_runtime_templates_a_later_config_has_no_room_for_are_left_out_not_shown_past_lambdas_limit(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A runtime template or clone target is checked against /config's room when it is set, not
+    when a later config leaves less room: set at their longest under 1,000 pools with room to
+    spare, then shown by a config of the same pools near the limit (longer aliases), /config was
+    11.6 MB as Lambda sends it, API Gateway's 502 for everyone. Now the API and the passes leave
+    them out (the pools keep their configured ones) and the tick names them."""
+    roomy_text = pools_config(1000).replace(":config:\n", EXPERIMENTAL)
+    tight_text = _largest_accepted(1000)
+    with RedisServer() as server:
+        client = redis.Redis(port=server.port, decode_responses=True)
+        roomy = Services(parse(roomy_text), client, clock=FakeClock())
+        room = override_room(roomy.config)
+        pools = roomy.config.pools
+        with _serving(roomy):
+            for start in range(0, len(pools), 50):
+                batch = pools[start:start + 50]
+                for route, configured, most in (("pooltemplate", lambda p: p.template, MAX_TEMPLATE),
+                                                ("clonetarget", lambda p: p.clone_target, MAX_CLONE_TARGET)):
+                    answer = _post(f"/api/v3/config/{route}",
+                                   {pool.name: _longest(configured(pool), room, most) for pool in batch})
+                    assert answer["statusCode"] == 201, answer["body"][:200]
+            assert _lambda_bytes("/api/v3/config") < LAMBDA_RESPONSE_BYTES
+
+        tight = Services(parse(tight_text), client, clock=FakeClock())
+        assert override_room(tight.config) < 100
+        with _serving(tight):
+            answer = app_module.app(api_event("GET", "/api/v3/config", "/api/v3/config"), Context())
+            assert answer["statusCode"] == 200, answer["body"][:200]
+            assert len(json.dumps(answer)) < LAMBDA_RESPONSE_BYTES
+            shown = json.loads(answer["body"])["pool_configuration"]
+            assert [(entry["template"], entry["clone_target"]) for entry in shown] == [
+                (pool.template, pool.clone_target) for pool in tight.config.pools]
+        # The passes clone what /config shows: the configured template, into the configured target.
+        first = tight.config.pools[0]
+        assert len(run_pool(tight, first.name).passes) == 1
+        pending = client.zrange(tight.store.keys.pool_state(first.name, "pending"), 0, -1)
+        assert pending and {tight.store.get_vm(host).template for host in pending} == {first.template}
+        with caplog.at_level(logging.WARNING):
+            ignored = report_ignored_overrides(tight)
+        assert len(ignored) == 2 * len(pools)
+        assert any("runtime templates or clone targets ignored" in record.getMessage() for record in caplog.records)
+        # Not deleted: the config with room shows them again.
+        assert roomy.pool(first.name).template != first.template
