@@ -75,12 +75,12 @@ class VMTaskStore:
         change it) and nudge its pool's reconcile, in one step, within the bounds: at most
         MAX_QUEUED_TASKS waiting, MAX_DISKS added disks, MAX_SNAPSHOTS snapshots (counting those
         in flight and queued). Nothing is queued when a bound would be passed or the VM is no
-        longer running for that checkout; TokenGone when ``token_key`` (the record of the token
-        the task was asked with) is gone."""
+        longer running for that checkout (its time and owner as ``seen`` shows them); TokenGone
+        when ``token_key`` (the record of the token the task was asked with) is gone."""
         queueing = self.queueing(seen, task, now)
         keys = [self.keys.vm(seen.name), *queueing.keys]
         args = [queueing.argument(2), seen.raw.get("checkout", "")]
-        args.append(str(token_index(keys, token_key)))
+        args += [str(token_index(keys, token_key)), seen.raw.get("token_user", "")]
         with _translate_errors():
             result = int(self.scripts.vm_task_enqueue(keys=keys, args=args))
         if result == -3:

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from chalicelib.api import vm_tasks
 from chalicelib.store import ModifyResult
 from tests.auth_api.documents import POOL, document
 from tests.harness import Harness, basic
@@ -241,6 +242,27 @@ def test_a_change_checked_against_one_checkout_never_lands_on_another(ldap_api: 
                                                      "checkout": repr(ldap_api.clock.now() + 1)})
     assert store.modify_vm(seen_as_bobs, {"lifetime": "40"}, 32, ldap_api.clock.now()) is ModifyResult.NO_VM
     assert store.get_vm(vm).lifetime_hours == 12
+
+
+@pytest.mark.parametrize("route", ["disk/8", "snapshot"])
+def test_a_task_checked_against_one_owner_is_never_queued_on_the_next(ldap_api: Harness, slapd, monkeypatch,
+                                                                       route: str):
+    """bob's POST /vm/<host>/disk (or snapshot) reads the VM as his; before it queues the task, the
+    same name is checked out again by alice at the same time (a clock's tick: the checkout times
+    alone do not tell the two apart). Before: bob's task was queued on alice's VM (202). Now it
+    is a 404 and alice's VM has no task."""
+    _, _, bob = tokens(ldap_api, slapd)
+    vm = ldap_api.checkout(POOL, bob)
+    checked = vm_tasks.may_change
+
+    def taken_by_alice_meanwhile(*args, **kwargs):
+        checked(*args, **kwargs)
+        ldap_api.client.hset(f"vmpool:vm:{vm}", "token_user", "alice")
+
+    monkeypatch.setattr(vm_tasks, "may_change", taken_by_alice_meanwhile)
+    reply = ldap_api.call("POST", f"/api/v3/vm/{vm}/{route}", headers={"X-AUTH-TOKEN": bob})
+    assert (reply.status, reply.body) == (404, {"ok": False, "error": f"VM {vm} is not running"})
+    assert ldap_api.client.lrange(ldap_api.services.store.keys.vm_tasks(vm), 0, -1) == []
 
 
 def test_a_return_checked_against_one_checkout_never_returns_the_next(ldap_api: Harness, slapd, monkeypatch):

@@ -4,7 +4,9 @@
 -- change it gets nothing. The task and its bounds: lua/vm_task_queue.lua.
 -- KEYS[1] the VM's record, KEYS[2..4] the task's keys (named in the queue by their index);
 -- ARGV[1] the queue (JSON), ARGV[2] the record's 'checkout' field as the API read it, ARGV[3] the
--- index in KEYS of the record of the token the task was asked with (0 for none: lua/token_live.lua).
+-- index in KEYS of the record of the token the task was asked with (0 for none: lua/token_live.lua),
+-- ARGV[4] the record's 'token_user' as the API read it ('' for none): its owner was checked, and
+-- the same name checked out again (by someone else, maybe at the same time) is not that checkout.
 -- Returns 1 when queued, 0 when the VM is no longer running for that checkout (or that checkout
 -- was never confirmed), -1 when its queue is full, -2 when the list would pass its bound, -3 when
 -- the token was deleted since the API checked it (then nothing changed).
@@ -12,8 +14,9 @@ local vm_key, queue, checkout = KEYS[1], cjson.decode(ARGV[1]), ARGV[2]
 if token_gone(ARGV[3]) then
   return -3
 end
-local seen = redis.call('HMGET', vm_key, 'state', 'checkout', 'confirm_by')
-if seen[1] ~= 'running' or (seen[2] or '') ~= checkout or seen[3] then -- confirm_by: see vm_modify.lua
+local seen = redis.call('HMGET', vm_key, 'state', 'checkout', 'token_user', 'confirm_by')
+-- The checkout and owner as vm_modify.lua checks them (confirm_by: see there).
+if seen[1] ~= 'running' or (seen[2] or '') ~= checkout or (seen[3] or '') ~= ARGV[4] or seen[4] then
   return 0
 end
 local refusal = task_refusal(queue)
