@@ -10,6 +10,7 @@ as a 500 without a traceback (logged with one).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -211,6 +212,20 @@ def _event_headers(current: Any, event: Mapping[str, Any]) -> dict[str, str]:
     return headers
 
 
+MAX_REQUEST_ID = 128
+"""Longest request id kept as sent (API Gateway's are 36-character UUIDs)."""
+
+
+def bounded_request_id(sent: str) -> str:
+    """The request id a request's log lines (``correlation_id``) and 500 answers carry: the one
+    sent, or for one longer than MAX_REQUEST_ID (a direct invoke may send a megabyte, which
+    would be written into every line the invocation logs) its SHA-256, still telling requests
+    apart."""
+    if len(sent) <= MAX_REQUEST_ID:
+        return sent
+    return "sha256:" + hashlib.sha256(sent.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def request_from_chalice(current: Any, version: int, params: Mapping[str, str]) -> ApiRequest:
     """Our ApiRequest from Chalice's ``app.current_request``; ApiError (400) for an event whose
     body cannot be read."""
@@ -224,6 +239,6 @@ def request_from_chalice(current: Any, version: int, params: Mapping[str, str]) 
         headers=_event_headers(current, event),
         body=_event_body(event),
         source_ip=(context.get("identity") or {}).get("sourceIp", ""),
-        request_id=context.get("requestId", ""),
+        request_id=bounded_request_id(context.get("requestId") or ""),
         context_path=context.get("path") or "",
     )

@@ -9,6 +9,7 @@ Driven through ``app.app`` itself (not local/gateway.py, which builds only well-
 from __future__ import annotations
 
 import base64
+import io
 import json
 from typing import Any, Callable
 
@@ -17,6 +18,7 @@ import pytest
 import app
 from tests.harness import Harness
 from tests.infra.packaged_functions import Context, api_event
+from tests.support import json_lines
 
 CHECKOUT = ("POST", "/api/v3/vm", "/api/v3/vm")
 
@@ -246,3 +248,24 @@ def test_a_source_address_that_is_no_ip_address_is_a_caller_of_its_own(full: Har
     assert status == 200 and answer["pool1"]["hostname"], answer
     assert full.client.keys("*holdings:*"), "the checkout is counted for its owner"
     assert max(len(str(item)) for item in full.redis_state().items()) < 10_000  # the address is kept hashed
+
+
+def test_a_request_id_a_million_characters_long_is_not_written_into_every_log_line(
+        full: Harness, log_output: io.StringIO) -> None:
+    """A direct invoke's ``requestContext.requestId`` became each log line's ``correlation_id``
+    whole: one request wrote a megabyte into every line of its invocation. A long one is logged
+    by its hash, which still tells two requests apart; an API Gateway id (a UUID) as sent."""
+    correlation_ids = []
+    for filler in "xy":
+        event = api_event(*CHECKOUT, body='{"pool1": "1"}')
+        event["requestContext"]["requestId"] = filler * 1_000_000
+        status, answer = invoke(event)
+        assert status == 200 and answer["pool1"]["hostname"], answer
+        lines = log_output.getvalue().splitlines()
+        assert lines and max(len(line) for line in lines) < 4096
+        checked_out = [record for record in json_lines(log_output.getvalue()) if record["message"] == "VM checked out"]
+        correlation_ids.append(checked_out[-1]["correlation_id"])
+    assert len(set(correlation_ids)) == 2
+    event = api_event(*CHECKOUT, body='{"pool2": "1"}')
+    assert invoke(event)[0] == 200
+    assert event["requestContext"]["requestId"] in log_output.getvalue()
