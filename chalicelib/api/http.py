@@ -159,16 +159,32 @@ def _json_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return members
 
 
+def unsupported_coding(request: ApiRequest) -> ApiError | None:
+    """415 for a body sent with a content coding (``Content-Encoding: gzip``...): the API reads
+    bodies as sent (``identity``), and a compressed one is not bad JSON but a coding it does not
+    take (RFC 9110, 15.5.16: the answer names the codings it takes in ``Accept-Encoding``)."""
+    codings = [coding.strip().lower() for coding in (request.header("Content-Encoding") or "").split(",")]
+    refused = [coding for coding in codings if coding not in ("", "identity")]
+    if not refused:
+        return None
+    return ApiError(415, {"error": f"Content-Encoding {shown(refused[0])} is not supported: "
+                                   "send the body uncompressed"}, {"Accept-Encoding": "identity"})
+
+
 def json_body(request: ApiRequest, empty: Any = None) -> Any:
     """The request body as JSON; ``empty`` when there is none. Bad JSON is a 400, a body over
-    MAX_BODY_BYTES a 413 (before it is parsed). JSON is read as RFC 8259 has it, not as Python's
-    json module allows: UTF-8 only (a byte order mark is skipped), no NaN or Infinity, no number
-    too large for a float, no name twice in one object."""
+    MAX_BODY_BYTES a 413 (before it is parsed), one sent with a content coding (gzip) a 415.
+    JSON is read as RFC 8259 has it, not as Python's json module allows: UTF-8 only (a byte
+    order mark is skipped), no NaN or Infinity, no number too large for a float, no name twice
+    in one object."""
     if len(request.body) > MAX_BODY_BYTES:
         raise too_large(f"Request body too large (at most {MAX_BODY_BYTES} bytes)")
     raw = request.body.removeprefix(UTF8_BOM).strip()
     if not raw:
         return empty
+    coding_error = unsupported_coding(request)
+    if coding_error is not None:
+        raise coding_error
     try:
         # Decoded here: given bytes, json.loads also takes UTF-16 and UTF-32, which a proxy or a
         # WAF reading the body as UTF-8 sees as something else.
@@ -204,11 +220,12 @@ UNPARSABLE = {"message": "JSON payload could not be parsed"}
 
 def vmpooler_json_body(request: ApiRequest) -> Any:
     """``json_body`` with vmpooler's 400 (``UNPARSABLE``) for a body that cannot be parsed; a body
-    over MAX_BODY_BYTES stays the 413 every route answers, refused before parsing."""
+    over MAX_BODY_BYTES stays the 413 every route answers, refused before parsing, and one sent
+    compressed the 415."""
     try:
         return json_body(request)
     except ApiError as error:
-        if error.status == 413:
+        if error.status in (413, 415):
             raise
         raise ApiError(400, UNPARSABLE) from None
 

@@ -9,6 +9,7 @@ Driven through ``app.app`` itself (not local/gateway.py, which builds only well-
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 from typing import Any, Callable
@@ -269,3 +270,15 @@ def test_a_request_id_a_million_characters_long_is_not_written_into_every_log_li
     event = api_event(*CHECKOUT, body='{"pool2": "1"}')
     assert invoke(event)[0] == 200
     assert event["requestContext"]["requestId"] in log_output.getvalue()
+
+
+def test_a_gzipped_body_api_gateway_passes_through_is_a_415_and_takes_no_vm(full: Harness) -> None:
+    """API Gateway hands the function a compressed body as sent (base64, its Content-Encoding
+    header kept): a 415, as from the local front, not a 400 "not UTF-8 text"."""
+    before = full.redis_state()
+    body = base64.b64encode(gzip.compress(b'{"pool1": "1"}')).decode()
+    answer = app.app(api_event(*CHECKOUT, body=body, base64_body=True, headers={"Content-Encoding": "gzip"}),
+                     Context())
+    assert answer["statusCode"] == 415 and answer["headers"].get("Accept-Encoding") == "identity", answer
+    assert "Content-Encoding" in json.loads(answer["body"])["error"], answer
+    assert full.redis_state() == before
