@@ -137,12 +137,12 @@ class Stack:
         self.redis: redis.Redis | None = None
 
     def start(self) -> None:
-        """Started as `make run` starts it (MAKELEVEL): it stops when this process dies, so a
-        test run killed on its timeout leaves no stack behind."""
+        """It stops when this process dies (``stack_env``), so a test run killed on its timeout
+        leaves no stack behind."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 stack_command(self.port, 2, 1.0), cwd=REPO_ROOT,
-                env={**stack_env(self.config_file, self.state_dir), "MAKELEVEL": "1"},
+                env=stack_env(self.config_file, self.state_dir),
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         process, mark = self.process, self.log_path.stat().st_size
 
