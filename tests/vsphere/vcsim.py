@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -44,15 +45,35 @@ class VcsimServer:
     """SOAP methods slowed down, by name: seconds."""
     session_idle: float = 0.0
     """> 0: sessions idle this many seconds expire."""
+    log_path: Path | None = None
+    """Where its output goes (default: ``cert_path`` with ``.log`` for a suffix), across restarts."""
     url: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
+        self.log_path = self.log_path or self.cert_path.with_suffix(".log")
         self.process, self.url = launcher.start_vcsim(
             self.port, self.boot_delay, self.cert_path, datacenters=self.datacenters,
-            host_load_per_vm=self.host_load_per_vm,
+            host_load_per_vm=self.host_load_per_vm, log_path=self.log_path,
             clone_delay=self.clone_delay, method_delays=self.method_delays, session_idle=self.session_idle)
         self.port = urlparse(self.url).port or 0
+
+    def trouble(self) -> str | None:
+        """Why a test may have failed here: the simulator, meant to be running, exited or refuses
+        connections (with its log's tail); None when it is stopped on purpose or accepts them."""
+        if self.process is None or self.log_path is None:
+            return None
+        if self.process.poll() is not None:
+            problem = f"vcsim exited by itself (status {self.process.returncode})"
+        else:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return None
+            except ConnectionRefusedError:
+                problem = "vcsim is running but refuses connections"
+            except OSError:
+                return None  # paused (a test's hung vCenter), or slow: not what this looks for
+        return f"{problem} on port {self.port}; {self.log_path} ends:\n{launcher.log_tail(self.log_path)}"
 
     def stop(self) -> None:
         if self.process is not None:
