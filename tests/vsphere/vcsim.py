@@ -13,12 +13,16 @@ from __future__ import annotations
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 from urllib.parse import urlparse
+
+from pyVim.connect import Disconnect, SmartConnect
+from pyVmomi import vim, vmodl
 
 from chalicelib.clock import SystemClock
 from chalicelib.config import Config, PoolConfig, ProviderConfig, ServiceConfig, build
@@ -108,6 +112,54 @@ class VcsimServer:
         return f"127.0.0.1:{self.port}"
 
 
+
+
+T = TypeVar("T")
+
+
+class InventoryChanging(OSError):
+    """vCenter's inventory kept changing under a read (VMs destroyed while listed): an OSError, as
+    a vCenter away for a moment is, for callers that read again later."""
+
+
+def read_again_while_vcenter_changes(read: Callable[[], T], attempts: int = 5) -> T:
+    """``read()``, from the start again when an object it listed is gone by the time its
+    properties are read (vCenter's ManagedObjectNotFound: a VM destroyed meanwhile);
+    InventoryChanging after ``attempts`` such reads."""
+    for _ in range(attempts - 1):
+        try:
+            return read()
+        except vmodl.fault.ManagedObjectNotFound:
+            continue
+    try:
+        return read()
+    except vmodl.fault.ManagedObjectNotFound as fault:
+        raise InventoryChanging(f"vCenter's inventory changed under {attempts} reads: {fault.msg}") from None
+
+
+def vms_in_folders(server: VcsimServer) -> dict[str, list[str]]:
+    """Folder name -> names of the VMs in it (templates aside), as vCenter lists them, read from
+    outside the service; read again if a VM is destroyed while listed."""
+    context = ssl.create_default_context(cafile=str(server.cert_path))
+    instance = SmartConnect(host="127.0.0.1", port=server.port, user=launcher.USERNAME, pwd=launcher.PASSWORD,
+                            sslContext=context)
+
+    def listed() -> dict[str, list[str]]:
+        content = instance.RetrieveContent()
+        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+        try:
+            found: dict[str, list[str]] = {}
+            for machine in view.view:
+                if not machine.config.template:
+                    found.setdefault(machine.parent.name, []).append(machine.name)
+            return {folder: sorted(names) for folder, names in found.items()}
+        finally:
+            view.DestroyView()
+
+    try:
+        return read_again_while_vcenter_changes(listed)
+    finally:
+        Disconnect(instance)
 
 
 def vcsim_config(
