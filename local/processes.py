@@ -35,6 +35,13 @@ def die_with_parent(expected_parent: int, sig: int = signal.SIGTERM) -> None:
         os.kill(os.getpid(), sig)
 
 
+def stops_with_this_process(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a ``python -m local.run`` this process starts that must stop when this process
+    dies, SIGKILLed included (a test run killed on its timeout, a benchmark killed): local.run
+    then asks for its parent's death signal, as it does under `make run` (MAKELEVEL set)."""
+    return {**env, "MAKELEVEL": "1"}
+
+
 def process_alive(pid: int) -> bool:
     """Whether process ``pid`` runs on this machine (a zombie, dead but not yet reaped by its
     parent, does not)."""

@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 import redis
 
 from chalicelib.store.keys import Keys
-from local.processes import on_a_free_port
+from local.processes import on_a_free_port, stops_with_this_process
 from local.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,8 @@ def local_stack(config_yaml: str, workers: int | None = None, interval: float = 
                    "--interval", str(interval)]
         if workers:
             command += ["--workers", str(workers)]
-        environment = {**os.environ, "POWERTOOLS_LOG_LEVEL": "WARNING", **(env or {})}
+        # It stops when this process dies, even SIGKILLed: no stack left serving after a killed run.
+        environment = stops_with_this_process({**os.environ, "POWERTOOLS_LOG_LEVEL": "WARNING", **(env or {})})
         with log_path.open("w") as log:
             process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE,
                                        stderr=log, text=True)

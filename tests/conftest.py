@@ -86,10 +86,24 @@ def vcsim(vcsim_dir: Path) -> Iterator[VcsimServer]:
 
 
 @pytest.fixture
-def private_vcsim(vcsim_dir: Path) -> Iterator[VcsimServer]:
-    """A simulator of its own, for tests that stop and restart it."""
-    with VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"private-{next(_counter)}.pem") as server:
+def private_vcsim(vcsim_dir: Path, tmp_path: Path) -> Iterator[VcsimServer]:
+    """A simulator of its own, for tests that stop and restart it; its output in tmp_path/vcsim.log."""
+    with VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"private-{next(_counter)}.pem",
+                     log_path=tmp_path / "vcsim.log") as server:
         yield server
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that used a simulator which exited or refuses connections says so, with the
+    simulator's log's tail (its own output was lost before, and nothing said why it had gone)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            trouble = value.trouble() if isinstance(value, VcsimServer) else None
+            if trouble:
+                report.sections.append((f"vcsim ({report.when})", trouble))
 
 
 _counter = itertools.count()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from local.processes import on_a_free_port
+from local.processes import on_a_free_port, stops_with_this_process
 from tests.support import eventually, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -48,10 +48,12 @@ def stack_command(port: int, workers: int, interval: float) -> list[str]:
 
 
 def stack_env(config_file: Path, state_dir: Path) -> dict[str, str]:
+    """The environment of a test's stack: its config and state directory, and it stops when the
+    test process dies (``stops_with_this_process``), so a SIGKILLed pytest leaves no stack behind."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("VMPOOL_")}
     env.update(VMPOOL_CONFIG_FILE=str(config_file), POWERTOOLS_LOG_LEVEL="WARNING",
                VMPOOL_STATE_DIR=str(state_dir))
-    return env
+    return stops_with_this_process(env)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -19,8 +18,6 @@ from typing import Any, Iterator
 import pytest
 import redis
 import yaml
-from pyVim.connect import Disconnect, SmartConnect
-from pyVmomi import vim
 
 from chalicelib.store import Store
 from chalicelib.store.keys import Keys
@@ -29,7 +26,7 @@ from chalicelib.store.ondemand import OnDemandStore
 from tests.dns.bind import BindServer
 from tests.local.stack import RunningStack, call, group_members, local_stack, wait_for
 from tests.support import redis_commands
-from tests.vsphere.vcsim import VcsimServer
+from tests.vsphere.vcsim import VcsimServer, vms_in_folders
 from tools.vcsim import launcher
 
 KEYS = Keys()
@@ -123,23 +120,6 @@ def test_a_pool_another_process_holds_is_tried_once_a_second_not_in_a_loop(tmp_p
         # Once the holder lets go, the pool is looked at within about a second.
         store.delete(KEYS.lease("held-by-live"))
         wait_for(lambda: len(ready(store, "held-by-live")) == 2, 10, "the released pool to refill", stack.log)
-
-
-def vms_in_folders(server: VcsimServer) -> dict[str, list[str]]:
-    """Folder name -> names of the VMs in it (templates aside), as vCenter lists them."""
-    context = ssl.create_default_context(cafile=str(server.cert_path))
-    instance = SmartConnect(host="127.0.0.1", port=server.port, user=launcher.USERNAME, pwd=launcher.PASSWORD,
-                            sslContext=context)
-    try:
-        content = instance.RetrieveContent()
-        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
-        found: dict[str, list[str]] = {}
-        for machine in view.view:
-            if not machine.config.template:
-                found.setdefault(machine.parent.name, []).append(machine.name)
-        return {folder: sorted(names) for folder, names in found.items()}
-    finally:
-        Disconnect(instance)
 
 
 @pytest.fixture

@@ -532,6 +532,44 @@ def test_sigkill_of_make_above_the_stack_stops_the_stack(tmp_path: Path) -> None
             os.killpg(make.pid, signal.SIGKILL)
 
 
+# A child Python that starts a stack with a fixture's helper, prints the stack's pid, and waits.
+STACK_HOLDERS = {
+    "tests.local.stack": (
+        "import sys, time; from pathlib import Path; from tests.local.stack import local_stack\n"
+        "with local_stack(Path(sys.argv[1]), sys.argv[2], workers=1) as stack:\n"
+        "    print(stack.process.pid, flush=True); time.sleep(600)\n"),
+    "local.stack": (
+        "import sys, time; from local.stack import local_stack\n"
+        "with local_stack(sys.argv[2], workers=1) as stack:\n"
+        "    print(stack.process.pid, flush=True); time.sleep(600)\n"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("helper", sorted(STACK_HOLDERS))
+def test_a_stack_a_fixture_started_stops_when_the_test_process_is_sigkilled(tmp_path: Path, helper: str) -> None:
+    """pytest SIGKILLed (a CI job's timeout) cannot stop the stacks its fixtures started: they
+    went on running, orphaned (HTTP workers, redis-server, the scheduler). They now stop with it."""
+    holder = subprocess.Popen([sys.executable, "-c", STACK_HOLDERS[helper], str(tmp_path), CONFIG], cwd=REPO_ROOT,
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    stack_pid = 0
+    try:
+        assert holder.stdout is not None
+        stack_pid = int(holder.stdout.readline() or 0)
+        assert stack_pid, f"the helper exited ({holder.wait()}) before its stack served"
+        stack = {stack_pid, *descendants(stack_pid)}
+        assert len(stack) >= 3, stack  # local.run, gunicorn's arbiter, a worker, redis-server
+        holder.kill()
+        holder.wait()
+        wait_for(lambda: not any(alive(pid) for pid in stack), 20, "the stack to stop",
+                 lambda: f"still alive: {[pid for pid in stack if alive(pid)]}")
+    finally:
+        for pgid in (holder.pid, stack_pid):
+            with contextlib.suppress(ProcessLookupError):
+                if pgid:
+                    os.killpg(pgid, signal.SIGKILL)
+
+
 def stack_redis(stack: RunningStack) -> int:
     """The pid of the stack's redis-server."""
     return next(pid for pid in descendants(stack.process.pid)

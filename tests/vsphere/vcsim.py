@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import secrets
 import signal
+import socket
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 from urllib.parse import urlparse
+
+from pyVim.connect import Disconnect, SmartConnect
+from pyVmomi import vim, vmodl
 
 from chalicelib.clock import SystemClock
 from chalicelib.config import Config, PoolConfig, ProviderConfig, ServiceConfig, build
@@ -44,15 +49,35 @@ class VcsimServer:
     """SOAP methods slowed down, by name: seconds."""
     session_idle: float = 0.0
     """> 0: sessions idle this many seconds expire."""
+    log_path: Path | None = None
+    """Where its output goes (default: ``cert_path`` with ``.log`` for a suffix), across restarts."""
     url: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
+        self.log_path = self.log_path or self.cert_path.with_suffix(".log")
         self.process, self.url = launcher.start_vcsim(
             self.port, self.boot_delay, self.cert_path, datacenters=self.datacenters,
-            host_load_per_vm=self.host_load_per_vm,
+            host_load_per_vm=self.host_load_per_vm, log_path=self.log_path,
             clone_delay=self.clone_delay, method_delays=self.method_delays, session_idle=self.session_idle)
         self.port = urlparse(self.url).port or 0
+
+    def trouble(self) -> str | None:
+        """Why a test may have failed here: the simulator, meant to be running, exited or refuses
+        connections (with its log's tail); None when it is stopped on purpose or accepts them."""
+        if self.process is None or self.log_path is None:
+            return None
+        if self.process.poll() is not None:
+            problem = f"vcsim exited by itself (status {self.process.returncode})"
+        else:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return None
+            except ConnectionRefusedError:
+                problem = "vcsim is running but refuses connections"
+            except OSError:
+                return None  # paused (a test's hung vCenter), or slow: not what this looks for
+        return f"{problem} on port {self.port}; {self.log_path} ends:\n{launcher.log_tail(self.log_path)}"
 
     def stop(self) -> None:
         if self.process is not None:
@@ -87,6 +112,54 @@ class VcsimServer:
         return f"127.0.0.1:{self.port}"
 
 
+
+
+T = TypeVar("T")
+
+
+class InventoryChanging(OSError):
+    """vCenter's inventory kept changing under a read (VMs destroyed while listed): an OSError, as
+    a vCenter away for a moment is, for callers that read again later."""
+
+
+def read_again_while_vcenter_changes(read: Callable[[], T], attempts: int = 5) -> T:
+    """``read()``, from the start again when an object it listed is gone by the time its
+    properties are read (vCenter's ManagedObjectNotFound: a VM destroyed meanwhile);
+    InventoryChanging after ``attempts`` such reads."""
+    for _ in range(attempts - 1):
+        try:
+            return read()
+        except vmodl.fault.ManagedObjectNotFound:
+            continue
+    try:
+        return read()
+    except vmodl.fault.ManagedObjectNotFound as fault:
+        raise InventoryChanging(f"vCenter's inventory changed under {attempts} reads: {fault.msg}") from None
+
+
+def vms_in_folders(server: VcsimServer) -> dict[str, list[str]]:
+    """Folder name -> names of the VMs in it (templates aside), as vCenter lists them, read from
+    outside the service; read again if a VM is destroyed while listed."""
+    context = ssl.create_default_context(cafile=str(server.cert_path))
+    instance = SmartConnect(host="127.0.0.1", port=server.port, user=launcher.USERNAME, pwd=launcher.PASSWORD,
+                            sslContext=context)
+
+    def listed() -> dict[str, list[str]]:
+        content = instance.RetrieveContent()
+        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+        try:
+            found: dict[str, list[str]] = {}
+            for machine in view.view:
+                if not machine.config.template:
+                    found.setdefault(machine.parent.name, []).append(machine.name)
+            return {folder: sorted(names) for folder, names in found.items()}
+        finally:
+            view.DestroyView()
+
+    try:
+        return read_again_while_vcenter_changes(listed)
+    finally:
+        Disconnect(instance)
 
 
 def vcsim_config(

@@ -3,14 +3,14 @@ the local stack (``make run PROVIDER=vcsim``). Standard library only.
 
     process, url = start_vcsim(port=0, boot_delay=1.0, cert_path="/tmp/vcsim.pem")
     ...  # url is https://127.0.0.1:<port>/sdk; trust cert_path as the CA bundle
-    stop_vcsim(process)
+    stop_vcsim(process)  # its output (why it exited, if it did): /tmp/vcsim.log, log_tail()
 """
 
 from __future__ import annotations
 
 import os
-import selectors
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Mapping
@@ -56,6 +56,7 @@ def start_vcsim(
     method_delays: Mapping[str, float] | None = None,
     session_idle: float = 0.0,
     die_with_parent: bool = False,
+    log_path: str | os.PathLike[str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start vcsim on ``host:port`` (0 picks a free port) and wait until it serves.
 
@@ -69,6 +70,10 @@ def start_vcsim(
     ``{"RetrievePropertiesEx": 2}``); ``session_idle`` > 0 expires sessions idle that long.
     ``die_with_parent``: SIGTERM it when the process that started it dies, even by SIGKILL
     (the local stack's simulator).
+
+    Its output (stdout and stderr: why it exited, when it does) is appended to ``log_path``
+    (default: ``cert_path`` with ``.log`` for a suffix, else a new temporary file): a file, not a
+    pipe, so nothing it writes can block it and nothing is lost (``log_tail``).
     """
     binary = build()
     command = [
@@ -92,29 +97,40 @@ def start_vcsim(
     ]
     if cert_path is not None:
         command += ["-cert", str(cert_path)]
+    log_file = Path(log_path) if log_path is not None else _default_log(cert_path)
     parent = os.getpid()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               preexec_fn=(lambda: processes.die_with_parent(parent)) if die_with_parent else None)
-    assert process.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
+    with log_file.open("ab") as log:
+        start = log.tell()  # a simulator started again on the same log: its own lines only
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   preexec_fn=(lambda: processes.die_with_parent(parent)) if die_with_parent else None)
     deadline = time.monotonic() + timeout
-    buffered = b""
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        if selector.select(timeout=0.2):
-            chunk = os.read(process.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            buffered += chunk
-            for line in buffered.decode(errors="replace").splitlines():
+    while time.monotonic() < deadline and process.poll() is None:
+        with log_file.open("rb") as log:
+            log.seek(start)
+            written = log.read().decode(errors="replace")
+            for line in written[:written.rfind("\n") + 1].splitlines():  # whole lines only
                 if line.startswith("VCSIM_URL="):
-                    selector.close()
                     return process, line.split("=", 1)[1].strip()
-    selector.close()
+        time.sleep(0.05)
     stop_vcsim(process)
-    raise RuntimeError(f"vcsim did not start on {host}:{port} within {timeout} s")
+    raise RuntimeError(f"vcsim did not start on {host}:{port} within {timeout} s (exit status {process.returncode});"
+                       f" its log {log_file} ends:\n{log_tail(log_file)}")
+
+
+def _default_log(cert_path: str | os.PathLike[str] | None) -> Path:
+    if cert_path is not None:
+        return Path(cert_path).with_suffix(".log")
+    descriptor, name = tempfile.mkstemp(prefix="vcsim-", suffix=".log")
+    os.close(descriptor)
+    return Path(name)
+
+
+def log_tail(log_path: str | os.PathLike[str], size: int = 4000) -> str:
+    """The last ``size`` characters of a simulator's log (``start_vcsim``'s ``log_path``)."""
+    try:
+        return Path(log_path).read_text(errors="replace")[-size:]
+    except OSError as error:
+        return f"(unreadable: {error})"
 
 
 def stop_vcsim(process: subprocess.Popen[bytes]) -> None:
@@ -126,8 +142,6 @@ def stop_vcsim(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
 
 
 if __name__ == "__main__":  # python tools/vcsim/launcher.py [port] [boot_delay]
@@ -137,7 +151,7 @@ if __name__ == "__main__":  # python tools/vcsim/launcher.py [port] [boot_delay]
     delay = float(sys.argv[2]) if len(sys.argv) > 2 else 5.0
     cert = HERE.parent.parent / ".run" / "vcsim.pem"  # .run/ is gitignored
     cert.parent.mkdir(exist_ok=True)
-    proc, sdk_url = start_vcsim(chosen_port, delay, cert)
+    proc, sdk_url = start_vcsim(chosen_port, delay, cert)  # its output in .run/vcsim.log
     print(f"vcsim at {sdk_url} (user {USERNAME}, password {PASSWORD}, CA bundle {cert}); Ctrl-C stops it")
     try:
         proc.wait()
