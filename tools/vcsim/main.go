@@ -159,6 +159,9 @@ func bootLoop(bootDelay time.Duration, guestIP string) {
 				continue // templates (templateVM) never boot
 			}
 			simulator.Map.WithLock(vm, func() {
+				if vm.Guest == nil {
+					return // a VM still being cloned or already being destroyed has no guest yet
+				}
 				boot := vm.Summary.Runtime.BootTime
 				on := vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn
 				booted := on && boot != nil && time.Since(*boot) >= bootDelay
