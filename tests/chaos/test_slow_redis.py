@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import pytest
 import redis
@@ -170,6 +171,29 @@ def test_a_confirmed_ondemand_request_is_built_at_once(redis_server: RedisServer
     assert store.counts(["slow"])["slow"]["running"] == 1
 
 
+@contextmanager
+def _redis_held_at_confirmation(confirmer: Store | OnDemandStore, store: Store, redis_server: RedisServer,
+                                redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Redis held by a busy script from the moment ``confirmer`` sends its confirmation (on the
+    store's one connection) for BUSY_SECONDS; on leaving, the hold is over and the timed-out
+    connection's confirmation has run (or been refused): Redis lets the connection go only then."""
+    connection = store.client.client_id()
+    confirm = confirmer._confirm
+    busy = threading.Thread(target=lambda: redis.Redis(port=redis_server.port).eval(
+        BUSY_SCRIPT, 0, int(BUSY_SECONDS * 1_000_000)))
+
+    def confirm_while_redis_is_held(*args: Any) -> None:
+        busy.start()
+        eventually(lambda: _redis_is_busy(redis_server.port), 10, "the busy script to hold Redis")
+        confirm(*args)
+
+    monkeypatch.setattr(confirmer, "_confirm", confirm_while_redis_is_held)
+    yield
+    busy.join()
+    eventually(lambda: all(client["id"] != str(connection) for client in redis_client.client_list()), 10,
+               "the queued confirmation to run")
+
+
 def test_a_confirmation_run_after_its_caller_gave_up_confirms_nothing(
         redis_server: RedisServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     """Redis paused (SIGSTOP, a slow fork) right after a checkout script answered: the
@@ -181,24 +205,10 @@ def test_a_confirmation_run_after_its_caller_gave_up_confirms_nothing(
     confirms nothing, and the VM goes back to ready within a minute as any unconfirmed one."""
     config, clock, store, provider = _slow_pool(redis_server, redis_client)
     redis_client.script_load(store.scripts.confirm.script)
-    connection = store.client.client_id()  # the pool's one connection: the confirmation's too
-    confirm = store._confirm
-    busy = threading.Thread(target=lambda: redis.Redis(port=redis_server.port).eval(
-        BUSY_SCRIPT, 0, int(BUSY_SECONDS * 1_000_000)))
-
-    def confirm_while_redis_is_paused(*args: Any) -> None:
-        busy.start()
-        eventually(lambda: _redis_is_busy(redis_server.port), 10, "the busy script to hold Redis")
-        confirm(*args)
-
-    monkeypatch.setattr(store, "_confirm", confirm_while_redis_is_paused)
     monkeypatch.setattr(store, "_release_after_failure", lambda *args: None)  # it cannot reach Redis either
-    with pytest.raises(StoreUnavailable):
-        store.checkout([CheckoutRequest("slow", ["slow"], 1)], clock.now(), {"lifetime": "2"})
-    busy.join()
-    # The timed-out connection's confirmation runs (or is refused) before Redis lets it go.
-    eventually(lambda: all(client["id"] != str(connection) for client in redis_client.client_list()), 10,
-               "the queued confirmation to run")
+    with _redis_held_at_confirmation(store, store, redis_server, redis_client, monkeypatch):
+        with pytest.raises(StoreUnavailable):
+            store.checkout([CheckoutRequest("slow", ["slow"], 1)], clock.now(), {"lifetime": "2"})
     (taken,) = store.hostnames("slow", "running")
 
     clock.advance(UNCONFIRMED_SECONDS + 1)
@@ -216,23 +226,10 @@ def test_an_ondemand_confirmation_run_after_its_caller_gave_up_confirms_nothing(
     config, clock, store, provider = _slow_pool(redis_server, redis_client)
     requests = OnDemandStore(store)
     redis_client.script_load(store.scripts.ondemand_confirm.script)
-    connection = store.client.client_id()
-    confirm = requests._confirm
-    busy = threading.Thread(target=lambda: redis.Redis(port=redis_server.port).eval(
-        BUSY_SCRIPT, 0, int(BUSY_SECONDS * 1_000_000)))
-
-    def confirm_while_redis_is_paused(*args: Any) -> None:
-        busy.start()
-        eventually(lambda: _redis_is_busy(redis_server.port), 10, "the busy script to hold Redis")
-        confirm(*args)
-
-    monkeypatch.setattr(requests, "_confirm", confirm_while_redis_is_paused)
     monkeypatch.setattr(requests, "end", lambda *args, **kwargs: None)  # it cannot reach Redis either
-    with pytest.raises(StoreUnavailable):
-        requests.create("paused", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "someone")
-    busy.join()
-    eventually(lambda: all(client["id"] != str(connection) for client in redis_client.client_list()), 10,
-               "the queued confirmation to run")
+    with _redis_held_at_confirmation(requests, store, redis_server, redis_client, monkeypatch):
+        with pytest.raises(StoreUnavailable):
+            requests.create("paused", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "someone")
 
     clock.advance(UNCONFIRMED_SECONDS + 1)
     for _ in range(3):

@@ -752,17 +752,23 @@ def test_a_function_a_push_behind_leaves_the_pool_to_the_newer_config(services: 
     assert gone == {(host, "t/a") for host in first}  # only the old template's VMs went, once
 
 
+def _two_generations(services: Services) -> tuple[FakeClock, RecordingQueue, Services, Services]:
+    """The services' fake clock, a queue, and two functions on the same Redis running the same
+    config at generations 200 (newer) and 100 (older)."""
+    clock = services.clock
+    assert isinstance(clock, FakeClock)
+
+    def at(generation: float) -> Services:
+        return Services(dataclasses.replace(parse(CONFIG), generation=generation), services.client, clock=clock,
+                        prefix=services.store.keys.prefix)
+    return clock, RecordingQueue(), at(200.0), at(100.0)
+
+
 def test_a_push_undone_by_deleting_its_version_holds_the_pools_up_for_a_moment_only(services: Services) -> None:
     """docs/deploy.md's rollback may delete the newest object version: every function then reads
     the older config again. The newer generation, no longer used, gives way after
     NEWEST_CONFIG_SECONDS; the older config is reconciled again."""
-    clock = services.clock
-    assert isinstance(clock, FakeClock)
-    queue = RecordingQueue()
-    newer = Services(dataclasses.replace(parse(CONFIG), generation=200.0), services.client, clock=clock,
-                     prefix=services.store.keys.prefix)
-    older = Services(dataclasses.replace(parse(CONFIG), generation=100.0), services.client, clock=clock,
-                     prefix=services.store.keys.prefix)
+    clock, queue, newer, older = _two_generations(services)
     assert look_at(newer, PoolMessage("centos", TICK), queue) is not None
     clock.advance(NEWEST_CONFIG_SECONDS)
     assert look_at(older, PoolMessage("centos", TICK), queue) is None  # the push may still be read
@@ -776,13 +782,7 @@ def test_a_config_generation_a_failover_took_back_is_written_again_by_the_newer_
     """Redis keeps the newest config generation a function ran with; a failover (or a restore)
     may take it back to an older one. The functions converge on the newer config again: the
     first of them to look at a pool writes it back, and the older one leaves the pools again."""
-    clock = services.clock
-    assert isinstance(clock, FakeClock)
-    queue = RecordingQueue()
-    newer = Services(dataclasses.replace(parse(CONFIG), generation=200.0), services.client, clock=clock,
-                     prefix=services.store.keys.prefix)
-    older = Services(dataclasses.replace(parse(CONFIG), generation=100.0), services.client, clock=clock,
-                     prefix=services.store.keys.prefix)
+    clock, queue, newer, older = _two_generations(services)
     assert look_at(newer, PoolMessage("centos", TICK), queue) is not None
     assert look_at(older, PoolMessage("centos", TICK), queue) is None
     # The promoted replica had the older function's record, not the newer one's.

@@ -67,12 +67,8 @@ def _fleet(config_text: str | None = None) -> Iterator[Services]:
             pipe.hset(keys.vm(host), mapping={"pool": pool, "state": "ready"})
             pipe.zadd(keys.pool_state(pool, "ready"), {host: 1})
         pipe.execute()
-        saved = app_module._services, app_module._config
-        app_module._services, app_module._config = services, None
-        try:
+        with _serving(services):
             yield services
-        finally:
-            app_module._services, app_module._config = saved
 
 
 @pytest.mark.parametrize("path, query", [
