@@ -59,7 +59,13 @@ from chalicelib.config_fields import (
 )
 from chalicelib.config_fields import sizing as sizing_block
 from chalicelib.dns.base import DnsConfig, DnsSettings
-from chalicelib.providers.settings import PROVIDER_CLASSES, ProviderKeys, ProviderSettings, settings_model
+from chalicelib.providers.settings import (
+    PROVIDER_CLASSES,
+    ProviderKeys,
+    ProviderSettings,
+    VcenterResilienceKeys,
+    settings_model,
+)
 
 if TYPE_CHECKING:
     from chalicelib.sizing.settings import SizingSettings  # noqa: F401 - PoolConfig.sizing names it in a string
@@ -90,7 +96,7 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ServiceConfig(SettingsModel):
+class ServiceConfig(VcenterResilienceKeys):
     """The ``:config:`` section, with vmpooler's defaults."""
 
     task_limit: Int1 = 10
@@ -151,22 +157,12 @@ class ServiceConfig(SettingsModel):
     retry_delay: Ignored = None
     host_selection_max_age: Ignored = None
     lifetime_max: Ignored = None
-    # vmpooler's vCenter connection pools, their retries, circuit breakers and adaptive timeouts:
-    # a pass here makes its calls with the provider's connect_timeout and call_timeout, and a
+    # vmpooler's retries and monitor of its vCenter connections (and VcenterResilienceKeys'): a
     # failed call is tried again by the next pass.
     max_tries: Ignored = None
     retry_factor: Ignored = None
-    circuit_breaker_enabled: Ignored = None
-    circuit_breaker_failure_threshold: Ignored = None
-    circuit_breaker_timeout: Ignored = None
-    circuit_breaker_half_open_attempts: Ignored = None
-    adaptive_timeout_enabled: Ignored = None
-    connection_pool_timeout_min: Ignored = None
-    connection_pool_timeout_max: Ignored = None
-    connection_pool_timeout_initial: Ignored = None
     connection_pool_monitor_enabled: Ignored = None
     connection_pool_monitor_interval: Ignored = None
-    purge_unconfigured_folders: Ignored = None  # vmpooler reads it no more either: purge_unconfigured_resources
 
     def __post_init__(self) -> None:
         # Frozen: these two are settled once, here, before anyone reads them (idempotent, so a

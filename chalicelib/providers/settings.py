@@ -35,21 +35,12 @@ Settings = TypeVar("Settings", bound="ProviderSettings")
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProviderSettings(SettingsModel):
-    """The keys of a ``:providers:`` block every class has."""
+class VcenterResilienceKeys(SettingsModel):
+    """vmpooler's circuit breakers, adaptive timeouts and connection-pool timeouts for its vCenter
+    calls, which it reads in ``:config:`` and in a ``:providers:`` block: accepted in both, with no
+    effect. A pass here makes its calls with the provider's connect_timeout and call_timeout, and a
+    failed call is tried again by the next pass."""
 
-    provider_class: Optional[Str] = None
-    # Where vmpooler reads its purge settings (pool_manager.rb): a provider's own switch (the
-    # ``:config:`` one turns purging on for every provider) and its allowlist, under its current
-    # name or the older one vmpooler still reads. Not pool keys. None when unset, so the canonical
-    # config of a block without them is what an older vmpool wrote and reads.
-    purge_unconfigured_resources: Optional[Bool] = None
-    resources_allowlist: Optional[StrList] = None
-    folder_whitelist: Optional[StrList] = None
-    # vmpooler's per-provider connection pools, circuit breakers and adaptive timeouts: a pass
-    # here makes its calls with the provider's own timeouts, and the next pass retries.
-    connection_pool_size: Ignored = None
-    connection_pool_timeout: Ignored = None
     circuit_breaker_enabled: Ignored = None
     circuit_breaker_failure_threshold: Ignored = None
     circuit_breaker_timeout: Ignored = None
@@ -60,6 +51,24 @@ class ProviderSettings(SettingsModel):
     connection_pool_timeout_initial: Ignored = None
     # vmpooler 1's name of purge_unconfigured_resources, which vmpooler reads no more either.
     purge_unconfigured_folders: Ignored = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProviderSettings(VcenterResilienceKeys):
+    """The keys of a ``:providers:`` block every class has."""
+
+    provider_class: Optional[Str] = None
+    # Where vmpooler reads its purge settings (pool_manager.rb): a provider's own switch (the
+    # ``:config:`` one turns purging on for every provider) and its allowlist, under its current
+    # name or the older one vmpooler still reads. Not pool keys. None when unset, so the canonical
+    # config of a block without them is what an older vmpool wrote and reads.
+    purge_unconfigured_resources: Optional[Bool] = None
+    resources_allowlist: Optional[StrList] = None
+    folder_whitelist: Optional[StrList] = None
+    # vmpooler's per-provider connection pools (and VcenterResilienceKeys'): a pass here makes
+    # its calls with the provider's own timeouts, and the next pass retries.
+    connection_pool_size: Ignored = None
+    connection_pool_timeout: Ignored = None
     # New names are looked up before a clone per DNS config (check_names, docs/dns.md), not per provider.
     skip_dns_check_before_creating_vm: Ignored = None
 
