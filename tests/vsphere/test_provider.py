@@ -195,7 +195,8 @@ def test_readiness_tcp_with_domain_needs_dns(setup: Setup) -> None:
     assert not readiness.ready and "dnsvm.invalid" in readiness.reason
 
 
-def test_purge_removes_unconfigured_under_parents_only(setup: Setup) -> None:
+def test_purge_removes_unconfigured_under_parents_only(folder_destroying_setup: Setup) -> None:
+    setup = folder_destroying_setup
     pool = setup.pool(name="purge-keep", folder="purgeparent/purge-keep")
     provider = setup.provider
     admin.create_vm(provider, f"{DATACENTER}/vm/purgeparent/purge-keep", "kept")
@@ -374,11 +375,13 @@ def test_server_with_port_and_port_key(vcsim: VcsimServer) -> None:
     assert setup.provider.list_vms(setup.pool()) == []
 
 
-def test_purge_never_destroys_the_vms_of_a_pool_whose_folder_holds_another_pools_folder(setup: Setup) -> None:
+def test_purge_never_destroys_the_vms_of_a_pool_whose_folder_holds_another_pools_folder(
+        folder_destroying_setup: Setup) -> None:
     """Pool A in ``nest``, pool B in ``nest/b``: ``nest`` is B's parent, so purge looks in it, but
     the VMs there are A's (ready or checked out): never destroyed. Pool C in ``nest/c`` uses
     another provider block on the same vCenter: its folder is kept too. An unconfigured folder
     there goes."""
+    setup = folder_destroying_setup
     outer = setup.pool(name="nest-a", folder="nest")
     inner = setup.pool(name="nest-b", folder="nest/b")
     other_block = dataclasses.replace(setup.pool(name="nest-c", folder="nest/c"), provider="same-vcenter")
@@ -395,10 +398,12 @@ def test_purge_never_destroys_the_vms_of_a_pool_whose_folder_holds_another_pools
         assert admin.exists(provider, f"{DATACENTER}/vm/{kept}"), kept
 
 
-def test_purge_never_destroys_a_vm_vmpool_tracks_nor_the_folder_holding_it(setup: Setup) -> None:
+def test_purge_never_destroys_a_vm_vmpool_tracks_nor_the_folder_holding_it(
+        folder_destroying_setup: Setup) -> None:
     """A removed pool's folder while it drains, or the folder a pool moved from, is no longer
     configured, but a VM its user has checked out may be there: it and its folder stay (before,
     the folder was destroyed whole, the VM in use with it). What vmpool does not track goes."""
+    setup = folder_destroying_setup
     kept = setup.pool(name="left-keep", folder="left/keep")
     provider = setup.provider
     admin.create_vm(provider, f"{DATACENTER}/vm/left/removed", "in-use")
