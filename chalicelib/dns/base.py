@@ -87,7 +87,9 @@ class DnsPlugin(abc.ABC):
 
     @abc.abstractmethod
     def addresses(self, hostname: str) -> list[str]:
-        """The addresses ``hostname.domain`` resolves to now ([] when it does not). Raises DnsError."""
+        """Where ``hostname.domain`` leads now ([] when nowhere): its A and AAAA addresses, or
+        ``<target> (CNAME)`` for an alias. A name holding any of them is not free for a new VM
+        (vmpooler's check resolves the name, aliases and IPv6 included). Raises DnsError."""
 
 
 class UnmanagedDns(DnsPlugin):
@@ -110,10 +112,15 @@ class UnmanagedDns(DnsPlugin):
         import dns.exception
         import dns.resolver
 
-        try:
-            answer = dns.resolver.resolve(self.fqdn(hostname) + ".", "A", lifetime=self.LOOKUP_SECONDS)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return []
-        except dns.exception.DNSException as error:
-            raise DnsUnavailable(f"dns look up {self.fqdn(hostname)}: {type(error).__name__}") from None
-        return [str(item.address) for item in answer]
+        found: list[str] = []
+        for rdtype in ("A", "AAAA"):  # the resolver follows aliases: their targets' addresses
+            try:
+                answer = dns.resolver.resolve(self.fqdn(hostname) + ".", rdtype, lifetime=self.LOOKUP_SECONDS)
+            except dns.resolver.NXDOMAIN:
+                return found
+            except dns.resolver.NoAnswer:
+                continue
+            except dns.exception.DNSException as error:
+                raise DnsUnavailable(f"dns look up {self.fqdn(hostname)}: {type(error).__name__}") from None
+            found.extend(str(item.address) for item in answer)
+        return found

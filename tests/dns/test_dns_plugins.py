@@ -34,6 +34,22 @@ def test_dynamic_dns_creates_replaces_and_deletes_a_records(bind: BindServer) ->
     plugin.delete("plugin-a")  # nothing to delete: fine
 
 
+def test_dynamic_dns_refuses_a_record_where_a_cname_holds_the_name(bind: BindServer) -> None:
+    # RFC 2136: a server ignores an A record added at a CNAME's name and answers NOERROR. Before,
+    # the VM was then taken as published (and made ready) while its name led to the alias target.
+    plugin = plugin_for(bind.dns_config())
+    bind.add_record(f"alias-a.{bind.zone}", "CNAME", f"ns.{bind.zone}.")
+    assert plugin.addresses("alias-a") == [f"ns.{bind.zone} (CNAME)"]
+    with pytest.raises(DnsRejected, match="has a CNAME record"):
+        plugin.create_or_replace("alias-a", "10.1.2.3")
+    # A name with another's AAAA record is looked up as held; a VM registering its own AAAA
+    # record beside vmpool's A record is not an error.
+    bind.add_record(f"six-a.{bind.zone}", "AAAA", "2001:db8::7")
+    assert plugin.addresses("six-a") == ["2001:db8::7"]
+    plugin.create_or_replace("six-a", "10.1.2.4")
+    assert sorted(plugin.addresses("six-a")) == ["10.1.2.4", "2001:db8::7"]
+
+
 def test_dynamic_dns_with_a_wrong_key_or_none_is_rejected(bind: BindServer) -> None:
     wrong = plugin_for(bind.dns_config(tsig_secret="c2VjcmV0LWJ1dC13cm9uZw=="))
     with pytest.raises(DnsRejected, match="TSIG") as failure:
@@ -87,6 +103,20 @@ def test_route53_upserts_and_deletes_in_a_private_zone(route53: tuple[Any, str])
     plugin.delete("r53-a")
     plugin.delete("r53-a")
     assert records() == {"r53-b.vms.example.test.": ["10.0.0.8"]}
+
+
+def test_route53_lookups_see_aaaa_and_cname_records(route53: tuple[Any, str]) -> None:
+    # Before, only an A record made a new name "already in DNS".
+    client, zone = route53
+    plugin = plugin_for({"dns_class": "route53", "domain": "vms.example.test", "hosted_zone_id": zone})
+    changes = [{"Action": "CREATE", "ResourceRecordSet": {"Name": name, "Type": rdtype, "TTL": 60,
+                                                          "ResourceRecords": [{"Value": value}]}}
+               for name, rdtype, value in [("r53-six.vms.example.test", "AAAA", "2001:db8::7"),
+                                           ("r53-alias.vms.example.test", "CNAME", "elsewhere.example.test")]]
+    client.change_resource_record_sets(HostedZoneId=zone, ChangeBatch={"Changes": changes})
+    assert plugin.addresses("r53-six") == ["2001:db8::7"]
+    assert plugin.addresses("r53-alias") == ["elsewhere.example.test (CNAME)"]
+    assert plugin.addresses("r53-six-not") == []
 
 
 def test_route53_refusals_are_typed(route53: tuple[Any, str]) -> None:

@@ -104,6 +104,27 @@ def test_a_new_name_that_already_resolves_is_refused_and_another_is_used(
     dns_of(world).delete(stale)
 
 
+@pytest.mark.parametrize(("rdtype", "value", "shown"), [
+    ("CNAME", "ns.vms.example.test.", "ns.vms.example.test (CNAME)"),  # an operator's alias
+    ("AAAA", "2001:db8::7", "2001:db8::7"),  # a dual-stack guest of old registered it itself
+])
+def test_a_new_name_held_by_a_cname_or_aaaa_record_is_refused_and_another_is_used(
+        world: Harness, bind: BindServer, monkeypatch: pytest.MonkeyPatch, rdtype: str, value: str,
+        shown: str) -> None:
+    # Before, only A records counted: the name was taken as free, the VM's A record was "created"
+    # (BIND ignores an A record at a CNAME's name, and answers NOERROR) or added beside the
+    # AAAA record, and users of the name reached another machine.
+    held = "held-name"
+    bind.add_record(f"{held}.{bind.zone}", rdtype, value)
+    names: Iterator[str] = itertools.chain([held], (f"fresh-{n}" for n in itertools.count()))
+    monkeypatch.setattr(clones, "candidate_names", lambda count, prefix="": [next(names) for _ in range(count * 2)])
+    first = world.passes("dns", 1)[0]
+    assert held in first.completed and f"already resolves to {shown}" in first.completed[held]
+    assert held not in world.provider_vms("dns")  # never cloned
+    world.passes("dns", 4)
+    assert len(ready_vms(world)) == 2 and all(host.startswith("fresh-") for host in ready_vms(world))
+
+
 def test_a_dns_outage_keeps_vms_pending_with_the_reason_and_never_fails_the_pass(
         world: Harness, bind: BindServer) -> None:
     bind.stop()
