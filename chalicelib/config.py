@@ -30,6 +30,7 @@ from chalicelib.answer_sizes import answer_size_problems
 from chalicelib.auth.ldap_settings import LdapSettings
 from chalicelib.auth.secrets import Secret, SecretReference
 from chalicelib.config_fields import (
+    MAX_DNS_NAME_LENGTH,
     SHOWN_CHARACTERS,
     BlockReader,
     Bool,
@@ -52,6 +53,7 @@ from chalicelib.config_fields import (
     checked_by,
     given_fields,
     hostname_prefix,
+    longest_hostname,
     one_of,
     regex,
     show,
@@ -948,6 +950,13 @@ def _read_pools(
                 domain = dns.domain
         if domain is None:
             domain = service.domain
+        longest = longest_hostname(service.prefix)
+        if domain and len(domain.rstrip(".")) + 1 + longest > MAX_DNS_NAME_LENGTH:
+            # Else each VM whose <name>.<domain> is too long for DNS is cloned, never published
+            # nor resolvable, and destroyed after its timeout.
+            reader.problems.append(
+                f"{path}.domain: {len(domain.rstrip('.'))} characters leave no room for VM names: "
+                f"{longest} characters, a '.' and the domain must fit in {MAX_DNS_NAME_LENGTH}")
         # The keys given, as validated (model_dump would turn the sizing block into a dict), and
         # the three with a default that /config shows.
         written = {"template": settings.template, "folder": settings.folder, "alias": settings.alias}
