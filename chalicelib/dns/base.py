@@ -52,12 +52,21 @@ class DnsConfig:
 
 def ipv4_address(what: str, ip: str) -> str:
     """``ip`` as an A record holds it; DnsRejected when it is not an IPv4 address (a guest may
-    report an IPv6 one, or anything: VMware Tools passes on what the guest says)."""
+    report an IPv6 one, or anything: VMware Tools passes on what the guest says), or not one a
+    user could reach the VM at. The VM then stays pending with the reason, and is published
+    when it reports another address (a ready VM's record is never published again)."""
     try:
-        return str(ipaddress.IPv4Address(ip))
+        address = ipaddress.IPv4Address(ip)
     except ValueError:
         shown = ip if len(ip) <= 40 else ip[:40] + "..."
         raise DnsRejected(f"{what}: {shown or '(empty)'} is not an IPv4 address") from None
+    if address.is_link_local:
+        # 169.254.x.x: the address a guest gives itself while DHCP has not answered (Windows).
+        raise DnsRejected(f"{what}: {address} is a link-local address (the guest has no address from DHCP yet)")
+    if address.is_unspecified or address.is_multicast or address.is_reserved:
+        # Loopback stays allowed: a local stack's simulated guests (tools/vcsim) report 127.0.0.1.
+        raise DnsRejected(f"{what}: {address} is not an address users can reach")
+    return str(address)
 
 
 class DnsPlugin(abc.ABC):

@@ -129,12 +129,13 @@ def test_route53_refusals_are_typed(route53: tuple[Any, str]) -> None:
         plugin.create_or_replace("r53-c", "fe80::1")
 
 
-@pytest.mark.parametrize("address", ["fe80::1", "not-an-address", "", "10.0.0.256"])
+@pytest.mark.parametrize("address", ["fe80::1", "not-an-address", "", "10.0.0.256", "169.254.3.4", "0.0.0.0",
+                                     "224.0.0.1", "255.255.255.255"])
 def test_an_address_that_is_not_ipv4_is_refused_before_anything_is_sent(bind: BindServer, address: str) -> None:
     # vSphere reports the guest's own choice of address (VMware Tools): an IPv6 one made
     # dnspython raise its own SyntaxError, which stopped the pool's reconcile pass every time.
     plugin = plugin_for(bind.dns_config())
-    with pytest.raises(DnsRejected, match="not an IPv4 address"):
+    with pytest.raises(DnsRejected, match=r"is not an IPv4 address|is a link-local|is not an address users can reach"):
         plugin.create_or_replace("plugin-d", address)
     assert bind.addresses(f"plugin-d.{bind.zone}") == []
 

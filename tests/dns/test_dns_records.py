@@ -259,6 +259,37 @@ def test_a_vm_reporting_an_address_dns_cannot_hold_stays_pending_and_the_others_
     assert reason == f"DNS record not created: dns create {odd}.{bind.zone}: fe80::1 is not an IPv4 address"
 
 
+def test_a_link_local_address_is_not_published_and_the_vm_waits_for_its_real_one(
+        world: Harness, bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A guest waiting for DHCP picks itself a link-local 169.254.x.x address (Windows does), and
+    # VMware Tools reports it. Before, it was published and the VM made ready at once; a ready
+    # VM's record is never published again, so its name led to 169.254.x.x for good.
+    provider_class = type(world.provider)
+    visible = provider_class._visible
+    dhcp_answered: list[bool] = []
+    waiting: list[str] = []
+
+    def first_vm_waits_for_dhcp(self: Any, pool: Any, vms: Any) -> list[Any]:
+        shown = visible(self, pool, vms)
+        if not waiting and shown and shown[0].ip:
+            waiting.append(shown[0].name)
+        return [dataclasses.replace(vm, ip="169.254.7.7") if vm.name in waiting and not dhcp_answered else vm
+                for vm in shown]
+
+    monkeypatch.setattr(provider_class, "_visible", first_vm_waits_for_dhcp)
+    world.passes("dns", 3)
+    [host] = waiting
+    assert world.hosts("dns", "pending") == {host} and len(ready_vms(world)) == 1
+    reason = world.store.get_vm(host).not_ready_reason  # type: ignore[union-attr]
+    assert reason == (f"DNS record not created: dns create {host}.{bind.zone}: 169.254.7.7 is a link-local "
+                      "address (the guest has no address from DHCP yet)")
+    assert bind.addresses(f"{host}.{bind.zone}") == []
+    dhcp_answered.append(True)
+    world.passes("dns", 1)
+    ip = ready_vms(world)[host]
+    assert bind.addresses(f"{host}.{bind.zone}") == [ip] and not ip.startswith("169.254.")
+
+
 def test_a_paused_dns_server_costs_a_pass_one_timeout_and_records_converge_when_it_is_back(
         make_harness: HarnessFactory, bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
     # SIGSTOP: the server accepts connections and never answers, so each exchange waits its
