@@ -234,6 +234,39 @@ def test_a_stale_pass_keeps_the_record_of_a_vm_checked_out_after_its_inventory_r
     assert bind.addresses(f"{host}.{bind.zone}") == [ip]
 
 
+def test_a_stale_pass_leaves_no_record_for_a_vm_destroyed_after_its_read(
+        make_harness: HarnessFactory, clock: FakeClock, bind: BindServer) -> None:
+    # A pass that read the VM as pending (a Lambda frozen past its lease) resumes after other
+    # passes made it ready, its user gave it back and it was destroyed, its record deleted.
+    # Before, the stale pass published the record again and nothing ever deleted it: the name
+    # of a VM that no longer exists led to its address, soon another machine's.
+    world = make_dns_world(make_harness, bind.dns_config(), size=1, createvm_max_time=60)
+    (host,) = world.reconcile("dns").clones_started
+    clock.advance(200)  # cloned and booted: the next pass publishes it and makes it ready
+    fqdn = f"{host}.{bind.zone}"
+    paused: list[str] = []
+
+    def others_run_while_paused(step: str) -> None:
+        if step == "snapshot" and not paused:
+            paused.append(step)
+            world.reconcile("dns")
+            assert world.check_out("dns") == [host]
+            world.store.move(host, "dns", "running", "completed", clock.now(), reason="returned by its user")
+            for _ in range(3):
+                clock.advance(30)
+                world.reconcile("dns")
+            assert world.state_of(host) == "destroyed" and bind.addresses(fqdn) == []
+
+    reconcile_pool(world.store, world.provider, world.pool("dns"), clock, world.config.service,
+                   others_run_while_paused, dns=dns_of(world))
+    assert paused and world.state_of(host) == "destroyed"
+    assert bind.addresses(fqdn) == []
+    world.passes("dns", 3)
+    assert bind.addresses(fqdn) == []
+    [(new_host, ip)] = ready_vms(world).items()
+    assert bind.addresses(f"{new_host}.{bind.zone}") == [ip]
+
+
 def test_a_vm_reporting_an_address_dns_cannot_hold_stays_pending_and_the_others_become_ready(
         world: Harness, bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
     # VMware Tools reports what the guest says: an IPv6-only guest (or a user inside it) gives an
