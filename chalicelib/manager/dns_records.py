@@ -16,8 +16,10 @@
 The VM's record notes the published name (``dns_name``) *before* the record is created, so a
 pass killed in between still knows to delete it, and records vmpool did not create are never
 deleted. After the create the VM is read again: a stale pass (others gave the VM back and
-withdrew its record meanwhile) withdraws the record it just created. A DNS failure never fails the pass: each is counted (``DnsFailures`` by reason) and
-logged, and the pass goes on with the next VM. Once the DNS service did not answer, or took
+withdrew its record meanwhile) withdraws the record it just created.
+
+A DNS failure never fails the pass: each is counted (``DnsFailures`` by reason) and logged, and
+the pass goes on with the next VM. Once the DNS service did not answer, or took
 ``DNS_SECONDS_PER_PASS`` of the pass, the pass sends it nothing more (``PassContext.dns_call``):
 a paused server costs one ``timeout`` a pass, a slow one that budget.
 """

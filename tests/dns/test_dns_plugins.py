@@ -85,6 +85,34 @@ def test_plugin_keys_are_checked_when_the_config_loads() -> None:
     assert "dns_configs.d.tsig_algorithm: must be one of" in problems
 
 
+@pytest.mark.parametrize("entry", [
+    {"dns_class": "route53", "hosted_zone_id": "Z1"},
+    {"dns_class": "dynamic-dns", "server": "127.0.0.1", "zone": "vms.example.test"},
+])
+def test_a_plugin_publishing_records_publishes_them_under_the_domain_its_pools_hand_out(entry: dict[str, Any]) -> None:
+    # Before, an entry without a domain published bare names (the server answered NOTZONE,
+    # Route 53 InvalidChangeBatch) while its pools handed out <name>.<config.domain>; and a pool
+    # with a domain of its own was told <name>.<its domain> while its record was published under
+    # the entry's. Either way every VM stayed pending until its timeout, or led nowhere.
+    pool = {"name": "p", "size": 1, "provider": "dummy", "dns_plugin": "zone"}
+    document = {"config": {"domain": "vms.example.test"}, "providers": {"dummy": {"provider_class": "dummy"}},
+                "dns_configs": {"zone": entry}, "pools": [pool]}
+    with pytest.raises(ConfigError) as failed:
+        build(document)
+    assert failed.value.problems == [
+        f"dns_configs.zone.domain: is required: {entry['dns_class']} publishes each VM's record as <name>.<domain>"]
+    document["dns_configs"] = {"zone": {**entry, "domain": "VMS.example.test."}}
+    assert build(document).pools[0].domain == "VMS.example.test."  # the same name, written another way
+    document["pools"] = [{**pool, "domain": "other.example.test"}]
+    with pytest.raises(ConfigError) as failed:
+        build(document)
+    assert failed.value.problems == [
+        ('pools[0].domain: "other.example.test" is not the domain of its dns_plugin "zone" '
+         '("VMS.example.test."), under which its VMs\' records are published')]
+    document["pools"] = [{**pool, "domain": "vms.example.test"}]
+    assert build(document).pools[0].domain == "vms.example.test"
+
+
 def test_route53_upserts_and_deletes_in_a_private_zone(route53: tuple[Any, str]) -> None:
     client, zone = route53
     plugin = plugin_for({"dns_class": "route53", "domain": "vms.example.test", "hosted_zone_id": zone, "ttl": 30})
