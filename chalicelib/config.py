@@ -30,6 +30,7 @@ from chalicelib.answer_sizes import answer_size_problems
 from chalicelib.auth.ldap_settings import LdapSettings
 from chalicelib.auth.secrets import Secret, SecretReference
 from chalicelib.config_fields import (
+    MAX_DNS_NAME_LENGTH,
     SHOWN_CHARACTERS,
     BlockReader,
     Bool,
@@ -52,6 +53,7 @@ from chalicelib.config_fields import (
     checked_by,
     given_fields,
     hostname_prefix,
+    longest_hostname,
     one_of,
     regex,
     show,
@@ -858,6 +860,11 @@ def _read_providers(reader: BlockReader, raw: Any) -> dict[str, ProviderConfig]:
     return providers
 
 
+def _same_dns_name(one: str | None, other: str) -> bool:
+    """Whether two DNS names are the same (case and a final dot aside)."""
+    return one is not None and one.rstrip(".").lower() == other.rstrip(".").lower()
+
+
 def _read_dns_configs(reader: BlockReader, raw: Any) -> dict[str, DnsConfig]:
     """Each entry validated with the model its plugin owns (chalicelib/dns/registry.py)."""
     from chalicelib.dns.registry import settings_model as dns_settings_model
@@ -890,6 +897,8 @@ def _read_pools(
     """Each pool validated with PoolSettings and its provider's keys with the provider's model;
     then what needs the whole config: unique names, a provider, a template for vSphere, the
     domain (the pool's, else its dns_plugin's, else config.domain)."""
+    from chalicelib.dns.registry import manages_records
+
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -940,14 +949,33 @@ def _read_pools(
         if settings is None or own is None or service is None:
             continue
         domain = settings.domain
-        if domain is None and settings.dns_plugin:
-            dns = dns_configs.get(settings.dns_plugin)
-            if dns is None:
-                reader.problems.append(f"{path}.dns_plugin: no dns_configs entry named {show(settings.dns_plugin)}")
-            else:
-                domain = dns.domain
+        dns = dns_configs.get(settings.dns_plugin) if settings.dns_plugin else None
+        if settings.dns_plugin and dns is None:
+            reader.problems.append(f"{path}.dns_plugin: no dns_configs entry named {show(settings.dns_plugin)}")
+        elif dns is not None and dns.domain is None and manages_records(dns.settings):
+            # Its records would be bare names (refused by the zone) while the pool hands out
+            # <name>.<config.domain>: every VM pending until its timeout. Said once per entry.
+            problem = (f"dns_configs.{dns.name}.domain: is required: {dns.dns_class} publishes each VM's "
+                       "record as <name>.<domain>")
+            if problem not in reader.problems:
+                reader.problems.append(problem)
+        elif dns is not None and domain is None:
+            domain = dns.domain
+        elif dns is not None and dns.domain is not None and not _same_dns_name(domain, dns.domain) \
+                and manages_records(dns.settings):
+            # Its VMs would be handed out as <name>.<domain> and published as <name>.<the entry's>.
+            reader.problems.append(
+                f"{path}.domain: {show(domain)} is not the domain of its dns_plugin {show(dns.name)} "
+                f"({show(dns.domain)}), under which its VMs' records are published")
         if domain is None:
             domain = service.domain
+        longest = longest_hostname(service.prefix)
+        if domain and len(domain.rstrip(".")) + 1 + longest > MAX_DNS_NAME_LENGTH:
+            # Else each VM whose <name>.<domain> is too long for DNS is cloned, never published
+            # nor resolvable, and destroyed after its timeout.
+            reader.problems.append(
+                f"{path}.domain: {len(domain.rstrip('.'))} characters leave no room for VM names: "
+                f"{longest} characters, a '.' and the domain must fit in {MAX_DNS_NAME_LENGTH}")
         # The keys given, as validated (model_dump would turn the sizing block into a dict), and
         # the three with a default that /config shows.
         written = {"template": settings.template, "folder": settings.folder, "alias": settings.alias}

@@ -517,6 +517,8 @@ def regex(value: Any) -> str:
 
 
 _DNS_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
+MAX_DNS_NAME_LENGTH = 253
+"""The longest DNS name as text, without its final dot (255 octets on the wire)."""
 
 
 def dns_name(value: Any) -> str:
@@ -525,7 +527,7 @@ def dns_name(value: Any) -> str:
     the DNS plugin (and the passes using it) at run time."""
     text = string(value)
     labels = text[:-1].split(".") if text.endswith(".") and text != "." else text.split(".")
-    if len(text.rstrip(".")) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+    if len(text.rstrip(".")) > MAX_DNS_NAME_LENGTH or not all(_DNS_LABEL.match(label) for label in labels):
         invalid(f"must be a DNS name (labels of 1 to 63 letters, digits, '-' or '_', "
                 f"253 characters at most), got {show(text if len(text) <= 80 else text[:80] + '...')}")
     return text
@@ -542,6 +544,15 @@ def sizing(value: Any) -> Any:
 
 
 HOSTNAME_PREFIX = re.compile(r"^([a-z0-9][a-z0-9-]{0,56})?\Z")
+HOSTNAME_LENGTH = 15
+"""VM names are at most this long, or the prefix and 6 random characters (manager/hostnames.py)."""
+HOSTNAME_RANDOM_CHARACTERS = 6
+
+
+def longest_hostname(prefix: str) -> int:
+    """The length of the longest VM name made with ``prefix``: the config checks that it fits in
+    front of every pool's domain within DNS's 253 characters."""
+    return max(HOSTNAME_LENGTH, len(prefix) + HOSTNAME_RANDOM_CHARACTERS)
 
 
 def hostname_prefix(value: Any) -> str:

@@ -52,12 +52,21 @@ class DnsConfig:
 
 def ipv4_address(what: str, ip: str) -> str:
     """``ip`` as an A record holds it; DnsRejected when it is not an IPv4 address (a guest may
-    report an IPv6 one, or anything: VMware Tools passes on what the guest says)."""
+    report an IPv6 one, or anything: VMware Tools passes on what the guest says), or not one a
+    user could reach the VM at. The VM then stays pending with the reason, and is published
+    when it reports another address (a ready VM's record is never published again)."""
     try:
-        return str(ipaddress.IPv4Address(ip))
+        address = ipaddress.IPv4Address(ip)
     except ValueError:
         shown = ip if len(ip) <= 40 else ip[:40] + "..."
         raise DnsRejected(f"{what}: {shown or '(empty)'} is not an IPv4 address") from None
+    if address.is_link_local:
+        # 169.254.x.x: the address a guest gives itself while DHCP has not answered (Windows).
+        raise DnsRejected(f"{what}: {address} is a link-local address (the guest has no address from DHCP yet)")
+    if address.is_unspecified or address.is_multicast or address.is_reserved:
+        # Loopback stays allowed: a local stack's simulated guests (tools/vcsim) report 127.0.0.1.
+        raise DnsRejected(f"{what}: {address} is not an address users can reach")
+    return str(address)
 
 
 class DnsPlugin(abc.ABC):
@@ -87,7 +96,9 @@ class DnsPlugin(abc.ABC):
 
     @abc.abstractmethod
     def addresses(self, hostname: str) -> list[str]:
-        """The addresses ``hostname.domain`` resolves to now ([] when it does not). Raises DnsError."""
+        """Where ``hostname.domain`` leads now ([] when nowhere): its A and AAAA addresses, or
+        ``<target> (CNAME)`` for an alias. A name holding any of them is not free for a new VM
+        (vmpooler's check resolves the name, aliases and IPv6 included). Raises DnsError."""
 
 
 class UnmanagedDns(DnsPlugin):
@@ -110,10 +121,15 @@ class UnmanagedDns(DnsPlugin):
         import dns.exception
         import dns.resolver
 
-        try:
-            answer = dns.resolver.resolve(self.fqdn(hostname) + ".", "A", lifetime=self.LOOKUP_SECONDS)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return []
-        except dns.exception.DNSException as error:
-            raise DnsUnavailable(f"dns look up {self.fqdn(hostname)}: {type(error).__name__}") from None
-        return [str(item.address) for item in answer]
+        found: list[str] = []
+        for rdtype in ("A", "AAAA"):  # the resolver follows aliases: their targets' addresses
+            try:
+                answer = dns.resolver.resolve(self.fqdn(hostname) + ".", rdtype, lifetime=self.LOOKUP_SECONDS)
+            except dns.resolver.NXDOMAIN:
+                return found
+            except dns.resolver.NoAnswer:
+                continue
+            except dns.exception.DNSException as error:
+                raise DnsUnavailable(f"dns look up {self.fqdn(hostname)}: {type(error).__name__}") from None
+            found.extend(str(item.address) for item in answer)
+        return found

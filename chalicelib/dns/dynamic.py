@@ -82,8 +82,9 @@ class DynamicDns(DnsPlugin):
             self._address = str(found[0][4][0])
         return self._address
 
-    def _exchange(self, what: str, message: Any) -> Any:
-        """Send one message over TCP; transport failures and refusals become typed DnsErrors."""
+    def _exchange(self, what: str, message: Any, refusals: dict[int, str] | None = None) -> Any:
+        """Send one message over TCP; transport failures and refusals become typed DnsErrors
+        (``refusals``: what an answer code means for this message, when it says more than its name)."""
         import dns.exception
         import dns.query
         import dns.rcode
@@ -100,7 +101,8 @@ class DynamicDns(DnsPlugin):
             raise DnsUnavailable(f"dns {what}: {self.server}:{self.port}: {type(error).__name__}") from None
         rcode = response.rcode()
         if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            raise DnsRejected(f"dns {what}: the server answered {dns.rcode.to_text(rcode)}")
+            meaning = (refusals or {}).get(rcode)
+            raise DnsRejected(f"dns {what}: " + (meaning or f"the server answered {dns.rcode.to_text(rcode)}"))
         return response
 
     def _update(self) -> Any:
@@ -125,11 +127,19 @@ class DynamicDns(DnsPlugin):
             raise DnsRejected(f"dns {what}: not a valid DNS name ({type(error).__name__})") from None
 
     def create_or_replace(self, hostname: str, ip: str) -> None:
+        import dns.rcode
+
         what = f"create {self.fqdn(hostname)}"
         address = ipv4_address(f"dns {what}", ip)
         update = self._update()
-        update.replace(self._name(what, hostname), self.ttl, "A", address)
-        self._exchange(what, update)
+        name = self._name(what, hostname)
+        # A server ignores an A record added at an alias's name and still answers NOERROR
+        # (RFC 2136 3.4.2.2): the VM would be taken as published while its name leads elsewhere.
+        # The prerequisite makes the server refuse the update instead (YXRRSET).
+        update.absent(name, "CNAME")
+        update.replace(name, self.ttl, "A", address)
+        self._exchange(what, update, refusals={
+            dns.rcode.YXRRSET: "the name has a CNAME record (not vmpool's): it cannot have an A record"})
 
     def delete(self, hostname: str) -> None:
         what = f"delete {self.fqdn(hostname)}"
@@ -139,11 +149,20 @@ class DynamicDns(DnsPlugin):
 
     def addresses(self, hostname: str) -> list[str]:
         import dns.message
+        import dns.rcode
         import dns.rdataclass
         import dns.rdatatype
 
         what = f"look up {self.fqdn(hostname)}"
         name = self._name(what, hostname)
-        response = self._exchange(what, dns.message.make_query(name, "A"))
-        found = response.get_rrset(response.answer, name, dns.rdataclass.IN, dns.rdatatype.A)
-        return [item.address for item in found] if found is not None else []
+        found: list[str] = []
+        for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            response = self._exchange(what, dns.message.make_query(name, rdtype))
+            alias = response.get_rrset(response.answer, name, dns.rdataclass.IN, dns.rdatatype.CNAME)
+            if alias is not None:  # the answer to either question: the name is an alias
+                return [f"{item.target.to_text(omit_final_dot=True)} (CNAME)" for item in alias]
+            if response.rcode() == dns.rcode.NXDOMAIN:
+                return found  # no record of any type at the name
+            held = response.get_rrset(response.answer, name, dns.rdataclass.IN, rdtype)
+            found.extend(item.address for item in held or ())
+        return found

@@ -19,6 +19,13 @@ def settings_model(dns_class: str) -> type[DnsSettings] | None:
     return _MODELS.get(dns_class)
 
 
+def manages_records(settings: DnsSettings) -> bool:
+    """Whether the plugin an entry's settings build publishes its pools' records itself (then
+    under the entry's ``domain``, which its pools must hand out)."""
+    return isinstance(settings, route53.Route53Settings) or (
+        isinstance(settings, dynamic.DynamicDnsSettings) and bool(settings.server))
+
+
 def build_dns_plugin(
     config: DnsConfig,
     resolve_secret: Callable[[Any], str | None] = plain_secret,
@@ -28,6 +35,7 @@ def build_dns_plugin(
     settings = config.settings
     if isinstance(settings, route53.Route53Settings):
         return route53.Route53Dns(config)
-    if isinstance(settings, dynamic.DynamicDnsSettings) and settings.server:
+    if manages_records(settings):
+        assert isinstance(settings, dynamic.DynamicDnsSettings)
         return dynamic.DynamicDns(config, tsig_secret=resolve_secret(settings.tsig_secret))
     return UnmanagedDns(config)

@@ -49,6 +49,9 @@ class Route53Settings(DnsSettings):
     timeout: Seconds = 5.0
 
 
+_LEADING_TYPES = frozenset({"A", "AAAA", "CNAME"})
+"""Record types that make a name lead somewhere (a new VM's name must hold none of them)."""
+
 _RETRYABLE_CODES = frozenset({"Throttling", "ThrottlingException", "PriorRequestNotComplete", "ServiceUnavailable"})
 
 
@@ -129,10 +132,19 @@ class Route53Dns(DnsPlugin):
                     raise
 
     def addresses(self, hostname: str) -> list[str]:
-        current = self._current(hostname)
-        if current is None:
-            return []
-        return [value["Value"] for value in current.get("ResourceRecords", [])] or ["(alias)"]
+        # One call lists the record sets at the name (sorted by name, then type): A, AAAA and
+        # CNAME each lead users somewhere. 20 covers weighted or latency sets of one name.
+        fqdn = self.fqdn(hostname)
+        listed = self._call(f"look up {fqdn}", "list_resource_record_sets", HostedZoneId=self.zone_id,
+                            StartRecordName=fqdn, MaxItems="20")
+        found: list[str] = []
+        for record in listed.get("ResourceRecordSets", []):
+            if record["Name"].rstrip(".").lower() != fqdn.lower() or record["Type"] not in _LEADING_TYPES:
+                continue
+            values = [value["Value"] for value in record.get("ResourceRecords", [])] or ["(alias)"]
+            suffix = " (CNAME)" if record["Type"] == "CNAME" else ""
+            found.extend(value.rstrip(".") + suffix for value in values)
+        return found
 
 
 __all__ = ["Route53Dns", "Route53Settings", "DnsError"]

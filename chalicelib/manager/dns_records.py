@@ -15,14 +15,18 @@
 
 The VM's record notes the published name (``dns_name``) *before* the record is created, so a
 pass killed in between still knows to delete it, and records vmpool did not create are never
-deleted. A DNS failure never fails the pass: each is counted (``DnsFailures`` by reason) and
-logged, and the pass goes on with the next VM. Once the DNS service did not answer, or took
+deleted. After the create the VM is read again: a stale pass (others gave the VM back and
+withdrew its record meanwhile) withdraws the record it just created.
+
+A DNS failure never fails the pass: each is counted (``DnsFailures`` by reason) and logged, and
+the pass goes on with the next VM. Once the DNS service did not answer, or took
 ``DNS_SECONDS_PER_PASS`` of the pass, the pass sends it nothing more (``PassContext.dns_call``):
 a paused server costs one ``timeout`` a pass, a slow one that budget.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 from chalicelib.dns.base import DnsError
@@ -66,12 +70,32 @@ def check_ready(context: PassContext, record: VMRecord, vm: VMInfo) -> Readiness
         except DnsError as error:
             context.dns_failed(record.name, "record creation", error)
             return Readiness(False, f"DNS record not created: {error}")
+        if _left_service(context, record.name, fqdn):
+            return Readiness(False, "left service while its DNS record was created")
         context.store.update_vm(record.name, dns_published=ip)
         context.checkpoint("dns_published")
     readiness = context.provider.check_ready(context.pool, vm)
     if readiness.ready and not vm.ip:
         return Readiness(False, "no IP address to publish in DNS yet")
     return readiness
+
+
+IN_SERVICE = ("pending", "ready", "running")
+
+
+def _left_service(context: PassContext, hostname: str, fqdn: str) -> bool:
+    """Whether the VM whose record was just created has left service since the pass's snapshot
+    was read (a stale pass: others made it ready, its user gave it back, and it was withdrawn,
+    perhaps destroyed, before this create). Then the record is withdrawn again, as when it left:
+    deleted now, or noted for later passes when DNS fails. Nothing else would delete it."""
+    current = context.store.get_vm(hostname)
+    if current is None or current.state in IN_SERVICE:
+        return False  # in service (or its record expired: nothing to note the name on)
+    context.store.update_vm(hostname, dns_name=fqdn)  # the withdraw may have cleared it
+    context.withdraw_dns(dataclasses.replace(current, raw={**current.raw, "dns_name": fqdn}))
+    logger.info("DNS record of a VM that left service meanwhile withdrawn again",
+                extra={"pool": context.pool.name, "hostname": hostname, "state": current.state})
+    return True
 
 
 LEFT_RECORDS_PER_PASS = 50

@@ -9,7 +9,9 @@ from __future__ import annotations
 import secrets
 import string
 
-MAX_NAME_LENGTH = 15
+from chalicelib.config_fields import HOSTNAME_LENGTH, longest_hostname
+
+MAX_NAME_LENGTH = HOSTNAME_LENGTH
 
 _ADJECTIVES = (
     "amber", "brave", "calm", "crisp", "dusty", "eager", "fancy", "gentle", "hasty", "icy",
@@ -26,7 +28,7 @@ _ALPHABET = string.ascii_lowercase + string.digits
 
 def random_name(prefix: str = "") -> str:
     """``prefix`` plus random characters up to 15 in all (at least 6 random characters)."""
-    length = max(MAX_NAME_LENGTH - len(prefix), 6)
+    length = longest_hostname(prefix) - len(prefix)
     # One draw for the whole name, its base-36 digits the characters: each as uniform and
     # independent as one draw per character, at a fifteenth of the system calls (a pass makes
     # two candidates per clone).

@@ -158,6 +158,32 @@ def test_a_domain_that_is_not_a_dns_name_is_refused(where: str, domain: str) -> 
     assert "domain" in problem and "must be a DNS name" in problem
 
 
+@pytest.mark.parametrize(("where", "prefix", "longest"), [
+    ("pool", "", 15), ("service", "", 15), ("dns_configs", "", 15), ("pool", "p" * 40 + "-", 47)])
+def test_a_domain_that_leaves_no_room_for_vm_names_is_refused(where: str, prefix: str, longest: int) -> None:
+    # Before: it loaded, and each new VM whose name made <name>.<domain> longer than DNS allows
+    # (253 characters) was cloned, never published (NameTooLong), and destroyed after its
+    # timeout: a lottery on the name's length, VMs made for nothing.
+    room = 253 - 1 - longest  # the longest domain a VM name still fits in front of
+    fits, too_long = ("a" * 59 + ".") * 3 + "b" * (room - 180), ("a" * 59 + ".") * 3 + "b" * (room - 179)
+    assert len(fits) == room
+
+    def config_with(domain: str) -> str:
+        text = f":config:\n  prefix: {json.dumps(prefix)}\n"
+        if where == "service":
+            return text.replace("\n", f"\n  domain: {domain}\n", 1) + HEAD + POOL.format(name="a")
+        if where == "dns_configs":
+            return (text + f":dns_configs:\n  d:\n    dns_class: route53\n    domain: {domain}\n"
+                    "    hosted_zone_id: Z1\n" + HEAD + POOL.format(name="a") + "    dns_plugin: d\n")
+        return text + HEAD + POOL.format(name="a") + f"    domain: {domain}\n"
+
+    assert from_text(config_with(fits)).pools[0].domain.rstrip(".") == fits
+    assert from_text(config_with(fits + ".")).pools[0].domain.rstrip(".") == fits
+    [problem] = problems_of(config_with(too_long))
+    assert problem == (f"pools[0].domain: {len(too_long)} characters leave no room for VM names: "
+                       f"{longest} characters, a '.' and the domain must fit in 253")
+
+
 def test_a_domain_with_a_final_dot_loads() -> None:
     pool = POOL.format(name="a") + "    domain: pool.example.com\n"
     config = parse(":config:\n  domain: example.com.\n" + HEAD + pool)

@@ -158,24 +158,42 @@ ns  IN A   127.0.0.1
         found = answer.get_rrset(answer.answer, dns.name.from_text(fqdn), dns.rdataclass.IN, dns.rdatatype.A)
         return sorted(item.address for item in found) if found is not None else []
 
-    def clear_records(self) -> None:
-        """Delete every A record but the server's own, so that a test starts from an empty zone
-        (hostnames are drawn from 900 word names: one a test left would be refused as stale)."""
+    def _update(self) -> Any:
         import dns.tsigkeyring
         import dns.update
+
+        keyring = dns.tsigkeyring.from_text({self.key_name: self.key_secret})
+        return dns.update.UpdateMessage(self.zone, keyring=keyring, keyname=self.key_name,
+                                        keyalgorithm="hmac-sha256")
+
+    def add_record(self, fqdn: str, rdtype: str, value: str) -> None:
+        """Add a record as someone other than vmpool would (an operator, DHCP, a guest)."""
+        update = self._update()
+        update.add(dns.name.from_text(fqdn), 60, rdtype, value)
+        answer = dns.query.tcp(update, "127.0.0.1", port=self.port, timeout=ANSWER_SECONDS)
+        assert answer.rcode() == dns.rcode.NOERROR, dns.rcode.to_text(answer.rcode())
+
+    def clear_records(self) -> None:
+        """Delete every A, AAAA and CNAME record but the server's own, so that a test starts from
+        an empty zone (hostnames are drawn from 900 word names: one a test left would be refused
+        as stale)."""
+        import dns.tsigkeyring
         import dns.zone
 
         keyring = dns.tsigkeyring.from_text({self.key_name: self.key_secret})
         zone = dns.zone.from_xfr(dns.query.xfr("127.0.0.1", self.zone, port=self.port, keyring=keyring,
                                                keyname=self.key_name, keyalgorithm="hmac-sha256",
                                                timeout=ANSWER_SECONDS))
-        update = dns.update.UpdateMessage(self.zone, keyring=keyring, keyname=self.key_name,
-                                          keyalgorithm="hmac-sha256")
-        names = [name for name, node in zone.nodes.items()
-                 if str(name) not in ("@", "ns") and node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.A)]
-        for name in names:
-            update.delete(name, "A")
-        if names:
+        update = self._update()
+        cleared = False
+        for name, node in zone.nodes.items():
+            if str(name) in ("@", "ns"):
+                continue
+            for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.CNAME):
+                if node.get_rdataset(dns.rdataclass.IN, rdtype):
+                    update.delete(name, rdtype)
+                    cleared = True
+        if cleared:
             dns.query.tcp(update, "127.0.0.1", port=self.port, timeout=ANSWER_SECONDS)
 
     def dns_config(self, name: str = "bind", **overrides: Any) -> dict[str, Any]:

@@ -34,6 +34,22 @@ def test_dynamic_dns_creates_replaces_and_deletes_a_records(bind: BindServer) ->
     plugin.delete("plugin-a")  # nothing to delete: fine
 
 
+def test_dynamic_dns_refuses_a_record_where_a_cname_holds_the_name(bind: BindServer) -> None:
+    # RFC 2136: a server ignores an A record added at a CNAME's name and answers NOERROR. Before,
+    # the VM was then taken as published (and made ready) while its name led to the alias target.
+    plugin = plugin_for(bind.dns_config())
+    bind.add_record(f"alias-a.{bind.zone}", "CNAME", f"ns.{bind.zone}.")
+    assert plugin.addresses("alias-a") == [f"ns.{bind.zone} (CNAME)"]
+    with pytest.raises(DnsRejected, match="has a CNAME record"):
+        plugin.create_or_replace("alias-a", "10.1.2.3")
+    # A name with another's AAAA record is looked up as held; a VM registering its own AAAA
+    # record beside vmpool's A record is not an error.
+    bind.add_record(f"six-a.{bind.zone}", "AAAA", "2001:db8::7")
+    assert plugin.addresses("six-a") == ["2001:db8::7"]
+    plugin.create_or_replace("six-a", "10.1.2.4")
+    assert sorted(plugin.addresses("six-a")) == ["10.1.2.4", "2001:db8::7"]
+
+
 def test_dynamic_dns_with_a_wrong_key_or_none_is_rejected(bind: BindServer) -> None:
     wrong = plugin_for(bind.dns_config(tsig_secret="c2VjcmV0LWJ1dC13cm9uZw=="))
     with pytest.raises(DnsRejected, match="TSIG") as failure:
@@ -69,6 +85,34 @@ def test_plugin_keys_are_checked_when_the_config_loads() -> None:
     assert "dns_configs.d.tsig_algorithm: must be one of" in problems
 
 
+@pytest.mark.parametrize("entry", [
+    {"dns_class": "route53", "hosted_zone_id": "Z1"},
+    {"dns_class": "dynamic-dns", "server": "127.0.0.1", "zone": "vms.example.test"},
+])
+def test_a_plugin_publishing_records_publishes_them_under_the_domain_its_pools_hand_out(entry: dict[str, Any]) -> None:
+    # Before, an entry without a domain published bare names (the server answered NOTZONE,
+    # Route 53 InvalidChangeBatch) while its pools handed out <name>.<config.domain>; and a pool
+    # with a domain of its own was told <name>.<its domain> while its record was published under
+    # the entry's. Either way every VM stayed pending until its timeout, or led nowhere.
+    pool = {"name": "p", "size": 1, "provider": "dummy", "dns_plugin": "zone"}
+    document = {"config": {"domain": "vms.example.test"}, "providers": {"dummy": {"provider_class": "dummy"}},
+                "dns_configs": {"zone": entry}, "pools": [pool]}
+    with pytest.raises(ConfigError) as failed:
+        build(document)
+    assert failed.value.problems == [
+        f"dns_configs.zone.domain: is required: {entry['dns_class']} publishes each VM's record as <name>.<domain>"]
+    document["dns_configs"] = {"zone": {**entry, "domain": "VMS.example.test."}}
+    assert build(document).pools[0].domain == "VMS.example.test."  # the same name, written another way
+    document["pools"] = [{**pool, "domain": "other.example.test"}]
+    with pytest.raises(ConfigError) as failed:
+        build(document)
+    assert failed.value.problems == [
+        ('pools[0].domain: "other.example.test" is not the domain of its dns_plugin "zone" '
+         '("VMS.example.test."), under which its VMs\' records are published')]
+    document["pools"] = [{**pool, "domain": "vms.example.test"}]
+    assert build(document).pools[0].domain == "vms.example.test"
+
+
 def test_route53_upserts_and_deletes_in_a_private_zone(route53: tuple[Any, str]) -> None:
     client, zone = route53
     plugin = plugin_for({"dns_class": "route53", "domain": "vms.example.test", "hosted_zone_id": zone, "ttl": 30})
@@ -89,6 +133,20 @@ def test_route53_upserts_and_deletes_in_a_private_zone(route53: tuple[Any, str])
     assert records() == {"r53-b.vms.example.test.": ["10.0.0.8"]}
 
 
+def test_route53_lookups_see_aaaa_and_cname_records(route53: tuple[Any, str]) -> None:
+    # Before, only an A record made a new name "already in DNS".
+    client, zone = route53
+    plugin = plugin_for({"dns_class": "route53", "domain": "vms.example.test", "hosted_zone_id": zone})
+    changes = [{"Action": "CREATE", "ResourceRecordSet": {"Name": name, "Type": rdtype, "TTL": 60,
+                                                          "ResourceRecords": [{"Value": value}]}}
+               for name, rdtype, value in [("r53-six.vms.example.test", "AAAA", "2001:db8::7"),
+                                           ("r53-alias.vms.example.test", "CNAME", "elsewhere.example.test")]]
+    client.change_resource_record_sets(HostedZoneId=zone, ChangeBatch={"Changes": changes})
+    assert plugin.addresses("r53-six") == ["2001:db8::7"]
+    assert plugin.addresses("r53-alias") == ["elsewhere.example.test (CNAME)"]
+    assert plugin.addresses("r53-six-not") == []
+
+
 def test_route53_refusals_are_typed(route53: tuple[Any, str]) -> None:
     plugin = plugin_for({"dns_class": "route53", "domain": "vms.example.test", "hosted_zone_id": "ZNOSUCHZONE"})
     with pytest.raises(DnsRejected, match="NoSuchHostedZone"):
@@ -99,12 +157,13 @@ def test_route53_refusals_are_typed(route53: tuple[Any, str]) -> None:
         plugin.create_or_replace("r53-c", "fe80::1")
 
 
-@pytest.mark.parametrize("address", ["fe80::1", "not-an-address", "", "10.0.0.256"])
+@pytest.mark.parametrize("address", ["fe80::1", "not-an-address", "", "10.0.0.256", "169.254.3.4", "0.0.0.0",
+                                     "224.0.0.1", "255.255.255.255"])
 def test_an_address_that_is_not_ipv4_is_refused_before_anything_is_sent(bind: BindServer, address: str) -> None:
     # vSphere reports the guest's own choice of address (VMware Tools): an IPv6 one made
     # dnspython raise its own SyntaxError, which stopped the pool's reconcile pass every time.
     plugin = plugin_for(bind.dns_config())
-    with pytest.raises(DnsRejected, match="not an IPv4 address"):
+    with pytest.raises(DnsRejected, match=r"is not an IPv4 address|is a link-local|is not an address users can reach"):
         plugin.create_or_replace("plugin-d", address)
     assert bind.addresses(f"plugin-d.{bind.zone}") == []
 

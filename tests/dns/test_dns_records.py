@@ -104,6 +104,27 @@ def test_a_new_name_that_already_resolves_is_refused_and_another_is_used(
     dns_of(world).delete(stale)
 
 
+@pytest.mark.parametrize(("rdtype", "value", "shown"), [
+    ("CNAME", "ns.vms.example.test.", "ns.vms.example.test (CNAME)"),  # an operator's alias
+    ("AAAA", "2001:db8::7", "2001:db8::7"),  # a dual-stack guest of old registered it itself
+])
+def test_a_new_name_held_by_a_cname_or_aaaa_record_is_refused_and_another_is_used(
+        world: Harness, bind: BindServer, monkeypatch: pytest.MonkeyPatch, rdtype: str, value: str,
+        shown: str) -> None:
+    # Before, only A records counted: the name was taken as free, the VM's A record was "created"
+    # (BIND ignores an A record at a CNAME's name, and answers NOERROR) or added beside the
+    # AAAA record, and users of the name reached another machine.
+    held = "held-name"
+    bind.add_record(f"{held}.{bind.zone}", rdtype, value)
+    names: Iterator[str] = itertools.chain([held], (f"fresh-{n}" for n in itertools.count()))
+    monkeypatch.setattr(clones, "candidate_names", lambda count, prefix="": [next(names) for _ in range(count * 2)])
+    first = world.passes("dns", 1)[0]
+    assert held in first.completed and f"already resolves to {shown}" in first.completed[held]
+    assert held not in world.provider_vms("dns")  # never cloned
+    world.passes("dns", 4)
+    assert len(ready_vms(world)) == 2 and all(host.startswith("fresh-") for host in ready_vms(world))
+
+
 def test_a_dns_outage_keeps_vms_pending_with_the_reason_and_never_fails_the_pass(
         world: Harness, bind: BindServer) -> None:
     bind.stop()
@@ -213,6 +234,39 @@ def test_a_stale_pass_keeps_the_record_of_a_vm_checked_out_after_its_inventory_r
     assert bind.addresses(f"{host}.{bind.zone}") == [ip]
 
 
+def test_a_stale_pass_leaves_no_record_for_a_vm_destroyed_after_its_read(
+        make_harness: HarnessFactory, clock: FakeClock, bind: BindServer) -> None:
+    # A pass that read the VM as pending (a Lambda frozen past its lease) resumes after other
+    # passes made it ready, its user gave it back and it was destroyed, its record deleted.
+    # Before, the stale pass published the record again and nothing ever deleted it: the name
+    # of a VM that no longer exists led to its address, soon another machine's.
+    world = make_dns_world(make_harness, bind.dns_config(), size=1, createvm_max_time=60)
+    (host,) = world.reconcile("dns").clones_started
+    clock.advance(200)  # cloned and booted: the next pass publishes it and makes it ready
+    fqdn = f"{host}.{bind.zone}"
+    paused: list[str] = []
+
+    def others_run_while_paused(step: str) -> None:
+        if step == "snapshot" and not paused:
+            paused.append(step)
+            world.reconcile("dns")
+            assert world.check_out("dns") == [host]
+            world.store.move(host, "dns", "running", "completed", clock.now(), reason="returned by its user")
+            for _ in range(3):
+                clock.advance(30)
+                world.reconcile("dns")
+            assert world.state_of(host) == "destroyed" and bind.addresses(fqdn) == []
+
+    reconcile_pool(world.store, world.provider, world.pool("dns"), clock, world.config.service,
+                   others_run_while_paused, dns=dns_of(world))
+    assert paused and world.state_of(host) == "destroyed"
+    assert bind.addresses(fqdn) == []
+    world.passes("dns", 3)
+    assert bind.addresses(fqdn) == []
+    [(new_host, ip)] = ready_vms(world).items()
+    assert bind.addresses(f"{new_host}.{bind.zone}") == [ip]
+
+
 def test_a_vm_reporting_an_address_dns_cannot_hold_stays_pending_and_the_others_become_ready(
         world: Harness, bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
     # VMware Tools reports what the guest says: an IPv6-only guest (or a user inside it) gives an
@@ -236,6 +290,37 @@ def test_a_vm_reporting_an_address_dns_cannot_hold_stays_pending_and_the_others_
     assert world.hosts("dns", "pending") == {odd}
     reason = world.store.get_vm(odd).not_ready_reason  # type: ignore[union-attr]
     assert reason == f"DNS record not created: dns create {odd}.{bind.zone}: fe80::1 is not an IPv4 address"
+
+
+def test_a_link_local_address_is_not_published_and_the_vm_waits_for_its_real_one(
+        world: Harness, bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A guest waiting for DHCP picks itself a link-local 169.254.x.x address (Windows does), and
+    # VMware Tools reports it. Before, it was published and the VM made ready at once; a ready
+    # VM's record is never published again, so its name led to 169.254.x.x for good.
+    provider_class = type(world.provider)
+    visible = provider_class._visible
+    dhcp_answered: list[bool] = []
+    waiting: list[str] = []
+
+    def first_vm_waits_for_dhcp(self: Any, pool: Any, vms: Any) -> list[Any]:
+        shown = visible(self, pool, vms)
+        if not waiting and shown and shown[0].ip:
+            waiting.append(shown[0].name)
+        return [dataclasses.replace(vm, ip="169.254.7.7") if vm.name in waiting and not dhcp_answered else vm
+                for vm in shown]
+
+    monkeypatch.setattr(provider_class, "_visible", first_vm_waits_for_dhcp)
+    world.passes("dns", 3)
+    [host] = waiting
+    assert world.hosts("dns", "pending") == {host} and len(ready_vms(world)) == 1
+    reason = world.store.get_vm(host).not_ready_reason  # type: ignore[union-attr]
+    assert reason == (f"DNS record not created: dns create {host}.{bind.zone}: 169.254.7.7 is a link-local "
+                      "address (the guest has no address from DHCP yet)")
+    assert bind.addresses(f"{host}.{bind.zone}") == []
+    dhcp_answered.append(True)
+    world.passes("dns", 1)
+    ip = ready_vms(world)[host]
+    assert bind.addresses(f"{host}.{bind.zone}") == [ip] and not ip.startswith("169.254.")
 
 
 def test_a_paused_dns_server_costs_a_pass_one_timeout_and_records_converge_when_it_is_back(
