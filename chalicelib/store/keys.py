@@ -50,7 +50,8 @@ family through these validators.
     pool:<pool>:ready_checked string the template and reset time every ready VM was last checked against
     pool:<pool>:running_due  zset    running VMs, scored by when a pass must next look at one (its
                                      checkout's confirmation deadline, its lifetime's end); may
-                                     hold VMs no longer running (dropped when due)
+                                     hold VMs no longer running: dropped when due, or once a
+                                     pass sees them completed (manager/running.py)
     pool:<pool>:inventory_checked string "<provider's inventory token> <time>": the inventory the pool's
                                      VMs were last compared with, and when it was last compared whole
     lease:<pool>             string  who runs the pool's reconcile right now (<host>:<pid>:<random>,
