@@ -119,6 +119,9 @@ family through these validators.
     lease:purge:<provider>   string  who purges the provider's unconfigured resources (manager/purge.py)
     lease:template:<provider>:<template hash> string  which pass advances a template's preparation
     dummy:<provider>:folder:<folder> hash  the dummy provider's VMs in a folder (providers/dummy.py)
+    dummy:<provider>:folder:<folder>:version string  that folder's version: one more per VM written
+    dummy:<provider>:folder:<folder>:changes zset    the VMs written, by version: its newest
+                                     dummy.CHANGE_LOG_KEPT versions (what inventory_changes reads)
     dummy:<provider>:task:<ref>      string one of the dummy provider's tasks
 """
 
