@@ -16,7 +16,8 @@ from chalicelib.store.records import finite_number
 
 def check_running(context: PassContext) -> None:
     """Running VMs past their lifetime are reaped; ones deleted behind our back are dropped.
-    The others are scheduled for their next look (see inventory_view)."""
+    The others are scheduled for their next look (see inventory_view); the completed VMs'
+    looks are forgotten."""
     default_lifetime = context.service.vm_lifetime
     next_look: dict[str, float] = {}
     for hostname in context.snapshot.hostnames("running"):
@@ -38,7 +39,8 @@ def check_running(context: PassContext) -> None:
             context.drop(hostname, "running", "gone from the provider while running", gone=True)
         else:
             next_look[hostname] = inventory_view.next_look(record, context.now, checked_out + lifetime_hours * 3600)
-    context.store.schedule_running(context.pool.name, next_look)
+    # A completed VM never runs again: its next look, if a pass scheduled one, goes.
+    context.store.schedule_running(context.pool.name, next_look, left=context.snapshot.hostnames("completed"))
 
 
 def lifetime_start(context: PassContext, record: VMRecord) -> float:

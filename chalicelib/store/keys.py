@@ -50,7 +50,8 @@ family through these validators.
     pool:<pool>:ready_checked string the template and reset time every ready VM was last checked against
     pool:<pool>:running_due  zset    running VMs, scored by when a pass must next look at one (its
                                      checkout's confirmation deadline, its lifetime's end); may
-                                     hold VMs no longer running (dropped when due)
+                                     hold VMs no longer running: dropped when due, or once a
+                                     pass sees them completed (manager/running.py)
     pool:<pool>:inventory_checked string "<provider's inventory token> <time>": the inventory the pool's
                                      VMs were last compared with, and when it was last compared whole
     lease:<pool>             string  who runs the pool's reconcile right now (<host>:<pid>:<random>,
@@ -118,6 +119,9 @@ family through these validators.
     lease:purge:<provider>   string  who purges the provider's unconfigured resources (manager/purge.py)
     lease:template:<provider>:<template hash> string  which pass advances a template's preparation
     dummy:<provider>:folder:<folder> hash  the dummy provider's VMs in a folder (providers/dummy.py)
+    dummy:<provider>:folder:<folder>:version string  that folder's version: one more per VM written
+    dummy:<provider>:folder:<folder>:changes zset    the VMs written, by version: its newest
+                                     dummy.CHANGE_LOG_KEPT versions (what inventory_changes reads)
     dummy:<provider>:task:<ref>      string one of the dummy provider's tasks
 """
 

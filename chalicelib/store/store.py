@@ -415,12 +415,20 @@ class Store:
                          self.client.zrange(self.keys.pool_state(pool, state), 0, -1, withscores=True))
         return dict(pairs)
 
-    def schedule_running(self, pool: str, due: Mapping[str, float]) -> None:
-        """When a pass must next look at each running VM of ``due`` (see pool_snapshot_due)."""
-        if not due:
+    def schedule_running(self, pool: str, due: Mapping[str, float], left: Iterable[str] = ()) -> None:
+        """When a pass must next look at each running VM of ``due`` (see pool_snapshot_due), in
+        one round trip with forgetting those of ``left``: VMs that left running for good
+        (completed). A VM returned before its lifetime's end would otherwise keep its next look
+        until then (a lifetime a caller may set to ten years), long after its record expired."""
+        forgotten = [host for host in left if host not in due]
+        if not due and not forgotten:
             return
-        with _translate_errors():
-            self.client.zadd(self.keys.running_due(pool), dict(due))
+        with _translate_errors(), self.client.pipeline(transaction=True) as pipe:
+            if due:
+                pipe.zadd(self.keys.running_due(pool), dict(due))
+            if forgotten:
+                pipe.zrem(self.keys.running_due(pool), *forgotten)
+            pipe.execute()
 
     def begin_pass(self, pool: str) -> tuple[int | None, str]:
         """``mark_changes`` and the pool's ``inventory_checked`` mark ("" when none), in one round

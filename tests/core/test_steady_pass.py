@@ -240,3 +240,30 @@ def test_a_shortened_lifetime_ends_the_vm_on_time_between_whole_comparisons(make
     world.clock.advance(2)
     world.reconcile("alpha")
     assert world.state_of(host) in ("completed", "destroyed")
+
+
+def test_vms_returned_before_their_lifetime_ends_leave_nothing_behind_for_the_passes(
+        make_world: HarnessFactory) -> None:
+    """A pass schedules its next look at a running VM for the VM's lifetime's end (running_due).
+    A caller checking out, extending the lifetime (up to ten years with no
+    max_lifetime_upper_limit) and returning at once left that entry for the whole lifetime,
+    after the VM's record had expired: every checkout one more entry, never expiring (the soak,
+    tests/local/test_soak.py, saw the set grow 40 entries a minute with nothing running)."""
+    world = bounded_world(make_world, size=5)
+    running_due = world.store.keys.running_due("alpha")
+    returned: list[str] = []
+    for lifetime in (2, 1000, 87_000):
+        host = world.checkout("alpha")
+        world.clock.advance(1)
+        world.reconcile("alpha")  # confirms the checkout; its next look: the lifetime's end
+        assert world.put(f"/api/v3/vm/{host}", {"lifetime": lifetime}).status == 200
+        world.clock.advance(1)
+        world.reconcile("alpha")
+        assert world.client.zscore(running_due, host) is not None
+        assert world.delete(f"/api/v3/vm/{host}").status == 200
+        returned.append(host)
+    kept = world.checkout("alpha")
+    world.settle("alpha", seconds=5)
+
+    assert all(world.state_of(host) == "destroyed" for host in returned)
+    assert set(world.client.zrange(running_due, 0, -1)) == {kept}
