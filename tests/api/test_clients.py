@@ -147,3 +147,60 @@ def test_beaker_with_a_token_provisions_tags_adds_disks_and_cleans_up(client_api
         # cleanup: DELETE <pooling_api>/vm/<vmhostname> (fully qualified) with the token.
         assert beaker(api, "DELETE", f"{base}/vm/{vmhostname}", token=token).json == {"ok": True}
         assert api.state_of(short) == "completed"
+
+
+BEAKER_PRESET_TAGS = ('"beaker_version":"7.6.0","jenkins_build_url":null,"department":"unknown",'
+                      '"project":"Beaker","created_by":"audit"')
+"""beaker-vmpooler's add_tags with beaker 7.6.0's presets, as Ruby's to_json wrote them in the run:
+outside Jenkins (no BUILD_URL) ``jenkins_build_url`` is ``nil``, sent as ``null``."""
+
+
+def test_beaker_outside_jenkins_as_recorded(client_api: Harness, slapd: SlapdServer) -> None:
+    """beaker-vmpooler 1.4.0 run unchanged (docs/compatibility.md, "Run again"), these are the
+    bytes it sent, replayed: four hosts, one template written ``templates/centos-9-x86_64``
+    (beaker sends the last part), one an alias (``windows``), one hosts-file ``host_tags`` a YAML
+    boolean, two disks on the first host. A developer's run sends ``"jenkins_build_url":null``:
+    any answer but ``ok`` to that PUT is only logged ("Failed to tag host") and the VM keeps none of
+    its tags; a disk is checked by its index in ``disk`` (``+16gb`` second)."""
+    api = client_api
+    token = api.new_token("alice", slapd.password("alice"))
+    ruby = {**NET_HTTP_HEADERS, "Connection": "close"}
+    posted = {**ruby, "Content-Type": "application/x-www-form-urlencoded"}
+
+    got = api.request("POST", "//vm/", b'{"debian-12-x86_64":"2","centos-9-x86_64":"1","windows":"1"}',
+                      {**posted, "X-Auth-Token": token})
+    assert got.status == 200 and got.json["ok"] is True, got.json
+    hosts = {"primary": "debian-12-x86_64", "agent-centos": "centos-9-x86_64", "agent-win": "windows",
+             "agent-debian2": "debian-12-x86_64"}
+    vmhostnames = {}
+    for host, template in hosts.items():  # beaker's provision: shift from an array, else the string
+        answer = got.json[template]["hostname"]
+        name = answer.pop(0) if isinstance(answer, list) else answer
+        vmhostnames[host] = f"{name}.{got.json['domain']}" if "domain" in got.json else name
+    assert [name.partition(".")[2] for name in vmhostnames.values()] == [
+        "example.com", "", "win.example.com", "example.com"]
+
+    for host, vmhostname in vmhostnames.items():
+        short = vmhostname.split(".")[0]
+        host_tags = '"preserve":true,' if host == "agent-centos" else ""
+        roles = "master, agent" if host == "primary" else "agent"
+        body = f'{{"tags":{{{host_tags}{BEAKER_PRESET_TAGS},"name":"{host}","roles":"{roles}"}}}}'
+        tagged = api.request("PUT", f"//vm/{short}", body.encode(), posted)
+        assert tagged.json == {"ok": True}, tagged.json
+        tags = api.request("GET", f"//vm/{short}", headers=ruby).json[short]["tags"]
+        assert "jenkins_build_url" not in tags and tags["name"] == host and tags["roles"] == roles
+        assert tags.get("preserve") == ("true" if host_tags else None)
+
+    primary = vmhostnames["primary"].split(".")[0]
+    for index, size in enumerate((8, 16)):  # add_disk, then wait_for_disk until disk[index] is it
+        added = api.request("POST", f"//api/v1/vm/{primary}/disk/{size}", b"",
+                            {**posted, "Content-Length": "0", "X-Auth-Token": token})
+        assert added.status == 202 and added.json["ok"] is True, added.json
+        api.run_passes("debian-12-x86_64", seconds=1)
+        disks = api.request("GET", f"//vm/{primary}", headers=ruby).json[primary]["disk"]
+        assert disks[index] == f"+{size}gb", disks
+
+    for vmhostname in vmhostnames.values():  # cleanup: DELETE by the name beaker built
+        returned = api.request("DELETE", f"//vm/{vmhostname}", headers={**ruby, "X-Auth-Token": token})
+        assert returned.json == {"ok": True}, returned.json
+        assert api.state_of(vmhostname.split(".")[0]) == "completed"
