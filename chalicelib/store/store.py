@@ -765,11 +765,14 @@ class Store:
         """``move`` for each VM of ``fields`` (hostname -> the fields to set on its record), in
         one round trip and one script run per MOVE_BATCH VMs: each VM is checked on its own, as
         ``move`` does. Returns the hostnames moved."""
-        calls: list[ScriptCall] = [(self.scripts.move, *self._move_call(pool, from_state, to_state, now, batch))
-                                   for batch in _batches(fields)]
         with _translate_errors():
-            moved = [done for replies in run_many(self.client, calls) for done in replies]
-        return [host for host, done in zip(fields, moved, strict=True) if done]
+            replies = run_many(self.client, self._move_many_calls(pool, from_state, to_state, now, fields))
+        return _done(fields, replies)
+
+    def _move_many_calls(self, pool: str, from_state: str, to_state: str, now: float,
+                         fields: Mapping[str, Mapping[str, Any]]) -> list[ScriptCall]:
+        return [(self.scripts.move, *self._move_call(pool, from_state, to_state, now, batch))
+                for batch in _batches(fields)]
 
     def _move_call(self, pool: str, from_state: str, to_state: str, now: float,
                    fields: Mapping[str, Mapping[str, Any]], nudge: bool = False, unchanged_since: int | None = None,
@@ -887,13 +890,13 @@ class Store:
         """``update_vm`` for each VM of ``fields`` (hostname -> its fields), in one round trip and
         one script run per MOVE_BATCH VMs. Returns the hostnames whose record existed (and was
         updated)."""
-        calls: list[ScriptCall] = [
-            (self.scripts.update, [self.keys.vm(host) for host in batch],
-             [arg for changes in batch.values() for arg in update_args(changes)])
-            for batch in _batches(fields)]
         with _translate_errors():
-            updated = [done for replies in run_many(self.client, calls) for done in replies]
-        return [host for host, done in zip(fields, updated, strict=True) if done]
+            return _done(fields, run_many(self.client, self._update_calls(fields)))
+
+    def _update_calls(self, fields: Mapping[str, Mapping[str, Any]]) -> list[ScriptCall]:
+        return [(self.scripts.update, [self.keys.vm(host) for host in batch],
+                 [arg for changes in batch.values() for arg in update_args(changes)])
+                for batch in _batches(fields)]
 
     def modify_vm(self, seen: VMRecord, fields: Mapping[str, str], max_tags: int, now: float,
                   task: TaskQueueing | None = None, token_key: str = "") -> ModifyResult:
@@ -942,12 +945,30 @@ class Store:
     def finish_clones(self, hostnames: Sequence[str], now: float) -> None:
         """Their clone tasks are done: free their places under the task limit and note when, in
         one round trip (lua/finish_clones.lua: a record no longer there is not recreated)."""
-        if not hostnames:
-            return
         with _translate_errors():
-            self.scripts.finish_clones(keys=[self.keys.cloning, self.keys.pool_clones,
-                                             *(self.keys.vm(host) for host in hostnames)],
-                                       args=[_encode(now), *hostnames])
+            run_many(self.client, self._finish_calls(hostnames, now))
+
+    def _finish_calls(self, hostnames: Sequence[str], now: float) -> list[ScriptCall]:
+        if not hostnames:
+            return []
+        return [(self.scripts.finish_clones,
+                 [self.keys.cloning, self.keys.pool_clones, *(self.keys.vm(host) for host in hostnames)],
+                 [_encode(now), *hostnames])]
+
+    def note_pending(self, pool: str, now: float, finished: Sequence[str],
+                     reasons: Mapping[str, Mapping[str, Any]], ready: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """What the pending step saw of its VMs, in one round trip: the clones of ``finished``
+        noted done (``finish_clones``), the not-ready ``reasons`` written on the records that
+        exist (``update_vms``: hostname -> fields) and the booted VMs of ``ready`` (hostname ->
+        the fields to set) moved from pending to ready (``move_many``: each move conditional on
+        its own VM). A move leaves the cloning set as a finish does: a clone that ended and
+        booted at once is noted by its move alone (a ``clone_end`` among its fields). Each
+        script call checks its own conditions as when run alone. Returns the hostnames moved."""
+        moves = self._move_many_calls(pool, "pending", "ready", now, ready)
+        calls = [*self._finish_calls(finished, now), *self._update_calls(reasons), *moves]
+        with _translate_errors():
+            replies = run_many(self.client, calls)
+        return _done(ready, replies[len(calls) - len(moves):])
 
     # --- per-pool lease and wake-ups ----------------------------------------------------------
 
@@ -1100,6 +1121,13 @@ def _batches(fields: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Mapping[
     """``fields`` (hostname -> its fields) in runs of at most MOVE_BATCH VMs, in order."""
     items = iter(fields.items())
     return [dict(batch) for batch in iter(lambda: list(itertools.islice(items, MOVE_BATCH)), [])]
+
+
+def _done(fields: Mapping[str, Any], replies: Sequence[Sequence[Any]]) -> list[str]:
+    """The hostnames of ``fields`` (in order) whose script answer, in ``replies`` (one list per
+    batch of ``_batches``), says it happened."""
+    answers = [answer for batch in replies for answer in batch]
+    return [host for host, answer in zip(fields, answers, strict=True) if answer]
 
 
 def _checkout_condition(seen: VMRecord | None) -> list[str]:

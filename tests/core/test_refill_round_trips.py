@@ -82,3 +82,4 @@ def test_a_redis_without_the_scripts_still_moves_each_vm_once(make_world: Harnes
     assert sorted(destroyed.destroyed) == sorted(given_back)
     assert world.count("alpha", "ready") == 20 and world.store.cloning_count() == 0
     assert all(world.store.get_vm(host).raw.get("clone_task") for host in refilled.became_ready)
+
