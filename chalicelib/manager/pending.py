@@ -69,13 +69,12 @@ def check_pending(context: PassContext) -> None:
     _follow(context, records)
 
 
-def check_started(context: PassContext, hostnames: list[str]) -> int:
+def check_started(context: PassContext, records: list[VMRecord]) -> int:
     """The clones this pass started, looked at as the pending step does (a clone the provider
-    finishes at once is done, its VM booted or not: manager/rounds.py), their records read in
-    one round trip and the finished ones' VMs in one provider call (the pass's inventory was read
-    before they existed). Returns how many clones finished."""
-    found = context.store.records(hostnames)
-    records = [found[hostname] for hostname in hostnames if hostname in found]  # else: next pass
+    finishes at once is done, its VM booted or not: manager/rounds.py): their ``records`` as the
+    pass wrote them (not read again: every write to them after is conditional, the moves on the
+    VM still pending), the finished ones' VMs in one provider call (the pass's inventory was
+    read before they existed). Returns how many clones finished."""
     context.report.clones_running -= len(records)  # counted when started; again if still running
     return _follow(context, records, started=True)
 

@@ -838,6 +838,15 @@ class Store:
                       repr(CLONE_DEMAND_TTL_SECONDS), self.keys.vm(KEY_PART), holder_label(), *candidates]
             )
 
+    @staticmethod
+    def reserved_record(pool: str, template: str, domain: str, hostname: str, now: float,
+                        **fields: str) -> VMRecord:
+        """The record ``reserve_clones`` wrote for ``hostname`` at ``now`` (lua/reserve_clones.lua),
+        with ``fields`` the reserving pass wrote since: what that pass knows without reading it."""
+        return VMRecord.from_hash({"name": hostname, "pool": pool, "template": template, "domain": domain,
+                                   "state": "pending", "clone_start": repr(now), "pending_at": repr(now),
+                                   "reserver": holder_label(), **fields})
+
     def withdraw_clone_demand(self, pool: str) -> None:
         """The pool is full: it no longer claims a share of the task limit."""
         with _translate_errors():
