@@ -81,17 +81,20 @@ def check_started(context: PassContext, records: list[VMRecord]) -> int:
 
 def _follow(context: PassContext, records: list[VMRecord], started: bool = False) -> int:
     """Follow pending VMs (``records``) one step: their clone tasks, then their boots. With
-    ``started``, the VMs of the finished clones are read from the provider first. Returns how
-    many clones finished."""
+    ``started`` (clones the pass just started), the VMs of the finished clones are read from
+    the provider with their tasks. Returns how many clones finished."""
     ages = {record.name: context.now - (record.clone_start or context.now) for record in records}
     for record in records:
         _notify_slow(context, record, ages[record.name])
     cloning = [record for record in records if record.clone_end is None]
-    statuses = context.provider.task_statuses([record.clone_task for record in cloning if record.clone_task])
+    tasks = {record.name: record.clone_task for record in cloning if record.clone_task}
+    if started:  # and the VMs of the ones that succeeded, with their tasks (one provider call)
+        statuses, vms = context.provider.clone_outcomes(context.pool, tasks)
+        context.saw(vms)
+    else:
+        statuses = context.provider.task_statuses(list(tasks.values()))
     finished = [record for record in cloning if _clone_finished(context, record, statuses, ages[record.name])]
     context.report.clones_finished += len(finished)
-    if finished and started:
-        context.saw(context.provider.find_vms(context.pool, [record.name for record in finished]))
     done = {record.name for record in finished}
     booting = [record for record in records if record.clone_end is not None or record.name in done]
     _check_boots(context, booting, ages, done)
