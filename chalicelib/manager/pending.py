@@ -19,7 +19,6 @@ from chalicelib.observability import logger
 from chalicelib.providers.base import ProviderError, TaskState, TaskStatus, VMInfo
 from chalicelib.store import DurationSample, Store, VMRecord
 from chalicelib.store.leases import LeaseHolder, labelled_holder
-from chalicelib.timestamps import ruby_time
 
 CLONE_START_GRACE_SECONDS = 120.0
 """How long a reserved name may wait for its clone task to be recorded before the pass decides
@@ -161,12 +160,6 @@ def _check_boots(context: PassContext, records: list[VMRecord], ages: dict[str, 
         elif readiness.reason != record.not_ready_reason:
             reasons[hostname] = {"not_ready_reason": readiness.reason}  # GET /vm shows it
     _note(context, finished, reasons, ready, ages, {record.name for record in records if record.not_ready_reason})
-
-
-def note_last_boot(context: PassContext) -> None:
-    """The pool's last boot time (GET /status shows it): once a pass, not once a VM."""
-    if context.report.became_ready:
-        context.store.set_last_boot(context.pool.name, ruby_time(context.now))
 
 
 def _minutes(seconds: float) -> str:

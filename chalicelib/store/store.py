@@ -476,6 +476,28 @@ class Store:
         with _translate_errors():
             self.client.set(self.keys.ready_checked(pool), mark)
 
+    def counts_and_open_requests(self, pool: str) -> tuple[dict[str, int], list[str]]:
+        """The pool's ``counts`` and the ids of its open on-demand requests, oldest first
+        (``OnDemandStore.open_requests``), in one round trip."""
+        with _translate_errors():
+            open_requests, counts = run_many(self.client, [self._counts_call(pool)],
+                                             commands=[("ZRANGE", self.keys.ondemand_open(pool), 0, -1)])
+        return dict(zip(STATES, counts, strict=True)), list(open_requests)
+
+    def end_pass(self, pool: str, last_boot: str | None, day: str, samples: Sequence[DurationSample],
+                 read_counts: bool) -> dict[str, int] | None:
+        """A pass's last writes and read, in one round trip: the pool's ``last_boot`` (when VMs
+        became ready: ``set_last_boot``), the day's duration ``samples`` (``record_durations``)
+        and, with ``read_counts``, the pool's counts afterwards (else None)."""
+        commands = [("HSET", self.keys.last_boot, pool, last_boot)] if last_boot else []
+        calls = [*self._durations_calls(day, samples), *([self._counts_call(pool)] if read_counts else [])]
+        with _translate_errors():
+            replies = run_many(self.client, calls, commands=commands)
+        return dict(zip(STATES, replies[-1], strict=True)) if read_counts else None
+
+    def _counts_call(self, pool: str) -> ScriptCall:
+        return self.scripts.state_counts, [self.keys.pool_state(pool, state) for state in STATES], ()
+
     def counts(self, pools: Iterable[str]) -> dict[str, dict[str, int]]:
         """pool -> state -> number of VMs, in one round trip: COUNT_POOLS_PER_CALL pools a call
         of lua/state_counts.lua, every call in one pipeline (a command per pool and state cost
@@ -1047,13 +1069,16 @@ class Store:
     def record_durations(self, day: str, samples: Sequence[DurationSample]) -> None:
         """Add ``samples`` (seconds rounded to hundredths) to the day's statistics, in one
         script call whose cost barely grows with their number (lua/record_durations.lua)."""
+        with _translate_errors():
+            run_many(self.client, self._durations_calls(day, samples))
+
+    def _durations_calls(self, day: str, samples: Sequence[DurationSample]) -> list[ScriptCall]:
         if not samples:
-            return
+            return []
         args: list[Any] = [DAILY_STATS_TTL_SECONDS]
         for sample in samples:
             args += [sample.kind, sample.pool, repr(round(sample.seconds, 2))]
-        with _translate_errors():
-            self.scripts.record_durations(keys=[self.keys.daily(day)], args=args)
+        return [(self.scripts.record_durations, [self.keys.daily(day)], args)]
 
     def record_tags(self, day: str, tags: Mapping[str, str], max_names: int, max_values: int) -> None:
         """Count tags in the day's tag statistics (``daily:<day>:tags``): at most ``max_names`` tag
