@@ -26,7 +26,7 @@ from chalicelib.manager.placement import PLACEMENT_FIELD, placement_of
 from chalicelib.observability import logger
 from chalicelib.providers.base import ProviderError
 from chalicelib.store.ondemand import OnDemandStore
-from chalicelib.store.records import CloneBackoff
+from chalicelib.store.records import CloneBackoff, VMRecord
 
 BACKOFF_AFTER_FAILURES = 3
 """Clones failed in a row (no clone ended well between them) before the pool backs off: a random
@@ -73,24 +73,27 @@ def repopulate(context: PassContext) -> None:
         context.refill_started = started
 
 
-def reserve_and_start(context: PassContext, wanted: int, clone_limit: int) -> list[str]:
+def reserve_and_start(context: PassContext, wanted: int, clone_limit: int) -> list[VMRecord]:
     """Reserve up to ``wanted`` clones (the script allows the pool's deficit and its share of
-    the task limit) and start them; the hostnames whose clone started."""
-    pool, service = context.pool, context.service
-    reserved = context.store.reserve_clones(
-        pool.name, pool.size, service.task_limit, pool.template, pool.domain or "",
+    the task limit) and start them. Returns the records of the VMs whose clone started and
+    whose task was noted on them, as this pass wrote them (the rounds follow them unread)."""
+    pool, service, store = context.pool, context.service, context.store
+    domain = pool.domain or ""
+    reserved = store.reserve_clones(
+        pool.name, pool.size, service.task_limit, pool.template, domain,
         candidate_names(wanted, service.prefix), context.now, clone_limit=clone_limit,
     )
     context.read_counts()["pending"] += len(reserved)
     context.report.clones_short = max(context.report.clones_short - len(reserved), 0)
     context.checkpoint("reserved")
-    return start_clones(context, reserved)
+    return [store.reserved_record(pool.name, pool.template, domain, hostname, context.now, **fields)
+            for hostname, fields in start_clones(context, reserved).items()]
 
 
-def start_clones(context: PassContext, reserved: list[str]) -> list[str]:
+def start_clones(context: PassContext, reserved: list[str]) -> dict[str, dict[str, str]]:
     """Start the clone of each reserved name and record its task on the VM: one provider call
-    (``Provider.clone_vms``) and one round trip whatever the number of clones. Returns the
-    hostnames whose clone started."""
+    (``Provider.clone_vms``) and one round trip whatever the number of clones. Returns, per VM
+    whose clone started and whose record took its task, the fields written on it."""
     report = context.report
     names: list[str] = []
     for hostname in reserved:
@@ -100,22 +103,21 @@ def start_clones(context: PassContext, reserved: list[str]) -> list[str]:
         else:
             names.append(hostname)
     if not names:
-        return []
+        return {}
     started = context.provider.clone_vms(context.pool, names, lambda hostname: context.checkpoint("clone_started"))
     tasks = {hostname: task for hostname, task in started.items() if isinstance(task, str)}
-    if tasks:
-        placement = placement_of(context.pool)  # where it is made: reached there if the pool moves
-        context.store.update_vms({hostname: {"clone_task": task, PLACEMENT_FIELD: placement}
-                                  for hostname, task in tasks.items()})
-        report.clones_started.extend(tasks)
-        report.clones_running += len(tasks)
+    placement = placement_of(context.pool)  # where it is made: reached there if the pool moves
+    notes = {hostname: {"clone_task": task, PLACEMENT_FIELD: placement} for hostname, task in tasks.items()}
+    noted = context.store.update_vms(notes) if notes else []
+    report.clones_started.extend(tasks)
+    report.clones_running += len(tasks)
     refused = {hostname: error for hostname, error in started.items() if isinstance(error, ProviderError)}
     for hostname, error in refused.items():
         report.clone_failures[hostname] = error.failure
         context.take_out_of_service(hostname, "pending", f"clone failed to start: {error}", failure=error.kind)
     if refused:
         note_clone_outcomes(context, len(refused), 0)
-    return list(tasks)
+    return {hostname: notes[hostname] for hostname in noted}
 
 
 def note_clone_outcomes(context: PassContext, failed: int, succeeded: int) -> CloneBackoff | None:

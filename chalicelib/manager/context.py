@@ -154,9 +154,10 @@ class PassContext:
     """The pool's VM counts by state, once read (``read_counts``); None before."""
     clones_held: bool = False
     """Set by the template step while the pool's template is being prepared: no clones this pass."""
-    refill_started: list[str] = field(default_factory=list)
-    """The pool's own clones its refill started this pass (manager/clones.py), for the rounds
-    step to follow at once (manager/rounds.py); empty while the pool's clones were failing."""
+    refill_started: list[VMRecord] = field(default_factory=list)
+    """The records of the pool's own clones its refill started this pass, as it wrote them
+    (manager/clones.py), for the rounds step to follow at once (manager/rounds.py); empty while
+    the pool's clones were failing."""
     late_records: dict[str, VMRecord | None] = field(default_factory=dict)
     """Records read after the snapshot (ready VMs a step acts on), None when missing."""
     inventory_checked: str = ""

@@ -38,7 +38,7 @@ def serve_requests(context: PassContext) -> None:
         return
     service = context.service
     limit = 0 if context.clones_held else service.ondemand_clone_limit  # 0: the script only checks
-    for request_id in requests.open_requests(context.pool.name):
+    for request_id in _open_requests(context, requests):
         reservation = requests.reserve(
             request_id, context.pool.name, limit, service.max_vm_retries, context.pool.template,
             context.pool.domain or "", candidate_names(limit, service.prefix), context.now,
@@ -57,6 +57,18 @@ def serve_requests(context: PassContext) -> None:
         elif reservation.state == "open" and limit:
             clones.start_clones(context, list(reservation.reserved))
             context.report.followups += 1  # look again soon: VMs to hand over or slots to wait for
+
+
+def _open_requests(context: PassContext, requests: OnDemandStore) -> list[str]:
+    """The pool's open requests, read with the pool's counts in one round trip when the pass has
+    not read those yet (the refill after this step needs them). The counts are kept only when no
+    request is open: serving one changes them, and the refill then reads them again."""
+    if context.counts is not None:
+        return requests.open_requests(context.pool.name)
+    counts, open_requests = context.store.counts_and_open_requests(context.pool.name)
+    if not open_requests:
+        context.counts = counts
+    return open_requests
 
 
 def clone_failed(context: PassContext, request_id: str, failure: Failure) -> None:

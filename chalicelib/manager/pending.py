@@ -19,7 +19,6 @@ from chalicelib.observability import logger
 from chalicelib.providers.base import ProviderError, TaskState, TaskStatus, VMInfo
 from chalicelib.store import DurationSample, Store, VMRecord
 from chalicelib.store.leases import LeaseHolder, labelled_holder
-from chalicelib.timestamps import ruby_time
 
 CLONE_START_GRACE_SECONDS = 120.0
 """How long a reserved name may wait for its clone task to be recorded before the pass decides
@@ -56,9 +55,9 @@ def abandon_unstarted_clones(store: Store, pools: Iterable[str],
 
 def check_pending(context: PassContext) -> None:
     """Pending VMs: finish clone tasks, then ready-check; time out the ones that never make it.
-    Whatever the number of VMs, one provider call asks for every clone task, one round trip
-    notes the finished clones, one moves the booted VMs to ready (each move conditional on its
-    own VM) and one notes the not-ready reasons."""
+    Whatever the number of VMs, one provider call asks for every clone task and one round trip
+    notes the finished clones, the not-ready reasons and moves the booted VMs to ready (each
+    move conditional on its own VM)."""
     records: list[VMRecord] = []
     for hostname in context.snapshot.hostnames("pending"):
         record = context.record(hostname)
@@ -69,36 +68,35 @@ def check_pending(context: PassContext) -> None:
     _follow(context, records)
 
 
-def check_started(context: PassContext, hostnames: list[str]) -> int:
+def check_started(context: PassContext, records: list[VMRecord]) -> int:
     """The clones this pass started, looked at as the pending step does (a clone the provider
-    finishes at once is done, its VM booted or not: manager/rounds.py), their records read in
-    one round trip and the finished ones' VMs in one provider call (the pass's inventory was read
-    before they existed). Returns how many clones finished."""
-    found = context.store.records(hostnames)
-    records = [found[hostname] for hostname in hostnames if hostname in found]  # else: next pass
+    finishes at once is done, its VM booted or not: manager/rounds.py): their ``records`` as the
+    pass wrote them (not read again: every write to them after is conditional, the moves on the
+    VM still pending), the finished ones' VMs in one provider call (the pass's inventory was
+    read before they existed). Returns how many clones finished."""
     context.report.clones_running -= len(records)  # counted when started; again if still running
     return _follow(context, records, started=True)
 
 
 def _follow(context: PassContext, records: list[VMRecord], started: bool = False) -> int:
     """Follow pending VMs (``records``) one step: their clone tasks, then their boots. With
-    ``started``, the VMs of the finished clones are read from the provider first. Returns how
-    many clones finished."""
+    ``started`` (clones the pass just started), the VMs of the finished clones are read from
+    the provider with their tasks. Returns how many clones finished."""
     ages = {record.name: context.now - (record.clone_start or context.now) for record in records}
     for record in records:
         _notify_slow(context, record, ages[record.name])
     cloning = [record for record in records if record.clone_end is None]
-    statuses = context.provider.task_statuses([record.clone_task for record in cloning if record.clone_task])
+    tasks = {record.name: record.clone_task for record in cloning if record.clone_task}
+    if started:  # and the VMs of the ones that succeeded, with their tasks (one provider call)
+        statuses, vms = context.provider.clone_outcomes(context.pool, tasks)
+        context.saw(vms)
+    else:
+        statuses = context.provider.task_statuses(list(tasks.values()))
     finished = [record for record in cloning if _clone_finished(context, record, statuses, ages[record.name])]
     context.report.clones_finished += len(finished)
-    if finished:
-        context.store.finish_clones([record.name for record in finished], context.now)
-        context.checkpoint("clone_finished")
-        if started:
-            context.saw(context.provider.find_vms(context.pool, [record.name for record in finished]))
     done = {record.name for record in finished}
     booting = [record for record in records if record.clone_end is not None or record.name in done]
-    _check_boots(context, booting, ages)
+    _check_boots(context, booting, ages, done)
     return len(finished)
 
 
@@ -125,8 +123,9 @@ def _left_behind(context: PassContext, record: VMRecord) -> bool:
     return True
 
 
-def _check_boots(context: PassContext, records: list[VMRecord], ages: dict[str, float]) -> None:
-    """VMs whose clone is done: ready (or handed to their request), timed out, or still booting."""
+def _check_boots(context: PassContext, records: list[VMRecord], ages: dict[str, float], finished: set[str]) -> None:
+    """VMs whose clone is done (``finished``: noted done in this pass): ready (or handed to their
+    request), timed out, or still booting."""
     timeout = context.pool.timeout_minutes * 60
     ready: dict[str, VMInfo] = {}
     reasons: dict[str, dict[str, str]] = {}
@@ -160,15 +159,7 @@ def _check_boots(context: PassContext, records: list[VMRecord], ages: dict[str, 
             )
         elif readiness.reason != record.not_ready_reason:
             reasons[hostname] = {"not_ready_reason": readiness.reason}  # GET /vm shows it
-    if reasons:
-        context.store.update_vms(reasons)
-    _mark_ready(context, ready, ages, {record.name for record in records if record.not_ready_reason})
-
-
-def note_last_boot(context: PassContext) -> None:
-    """The pool's last boot time (GET /status shows it): once a pass, not once a VM."""
-    if context.report.became_ready:
-        context.store.set_last_boot(context.pool.name, ruby_time(context.now))
+    _note(context, finished, reasons, ready, ages, {record.name for record in records if record.not_ready_reason})
 
 
 def _minutes(seconds: float) -> str:
@@ -223,19 +214,28 @@ def _clone_finished(context: PassContext, record: VMRecord, statuses: Mapping[st
     return True
 
 
-def _mark_ready(context: PassContext, ready: Mapping[str, VMInfo], ages: Mapping[str, float],
-                had_reasons: set[str]) -> None:
-    """Move the booted VMs to ready, in one round trip; each move happens only if its VM is
-    still pending (a VM is its pool's only once moved). The not-ready reason is deleted from
-    the VMs that had one (``had_reasons``): GET /vm shows it on pending VMs only, and a VM
-    ready at its first look never had one, so its record is spared the HDEL."""
-    if not ready:
+def _note(context: PassContext, finished: set[str], reasons: Mapping[str, Mapping[str, str]],
+          ready: Mapping[str, VMInfo], ages: Mapping[str, float], had_reasons: set[str]) -> None:
+    """Write what the step saw in one round trip (``Store.note_pending``): the finished clones
+    noted done (their places under the task limit freed), the not-ready reasons, and the booted
+    VMs moved to ready, each move happening only if its VM is still pending (a VM is its pool's
+    only once moved). A clone that finished and booted at once is noted done by its move (which
+    leaves the cloning set), not by a write of its own. The not-ready reason is deleted from
+    the VMs that had one (``had_reasons``): GET /vm shows it on pending VMs only, and a VM ready
+    at its first look never had one, so its record is spared the HDEL."""
+    if not (finished or reasons or ready):
         return
-    moved = context.store.move_many(context.pool.name, "pending", "ready", context.now, {
+    noted = sorted(hostname for hostname in finished if hostname not in ready)
+    moved = context.store.note_pending(context.pool.name, context.now, noted, reasons, {
         hostname: {"ready_at": context.now, "ip": vm.ip, "host": vm.host,
+                   **({"clone_end": context.now} if hostname in finished else {}),
                    **({"not_ready_reason": None} if hostname in had_reasons else {})}
         for hostname, vm in ready.items()
     })
+    if noted:
+        context.checkpoint("clone_finished")
+    if not ready:
+        return
     context.counted_move("pending", "ready", len(moved))
     for hostname in moved:
         logger.info("VM ready", extra={"pool": context.pool.name, "hostname": hostname,

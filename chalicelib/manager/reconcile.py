@@ -39,16 +39,11 @@ from chalicelib.manager.context import Checkpoint, PassContext, PassReport, Prov
 from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
 from chalicelib.providers.base import Provider
 from chalicelib.store import Store
-from chalicelib.timestamps import day_of
+from chalicelib.timestamps import day_of, ruby_time
 
 __all__ = ["CLONE_START_GRACE_SECONDS", "STEPS", "Checkpoint", "PassReport", "no_checkpoint", "reconcile_pool"]
 """The pass's entry point and what its callers name (the report, the checkpoint, the grace a
 reserved clone has to start), wherever they are defined."""
-
-
-def record_durations(context: PassContext) -> None:
-    """Add the pass's clone and boot durations to the day's statistics, in one write."""
-    context.store.record_durations(day_of(context.now), context.report.samples)
 
 
 def note_inventory_checked(context: PassContext) -> None:
@@ -57,12 +52,20 @@ def note_inventory_checked(context: PassContext) -> None:
                            context.inventory_changes)
 
 
-def count_pool(context: PassContext) -> None:
-    """The pool's counts as the pass leaves it, and how many VMs it still lacks."""
+def end_pass(context: PassContext) -> None:
+    """The pass's last writes, in one round trip with the pool's counts as the pass leaves it
+    (when its own moves cannot say them: not read yet, or read before checkouts its rounds
+    raced with): the pool's last boot time (GET /status shows it; once a pass, not once a VM)
+    and the day's clone and boot durations. Then how many VMs the pool still lacks."""
+    report = context.report
+    counts = context.store.end_pass(context.pool.name, ruby_time(context.now) if report.became_ready else None,
+                                    day_of(context.now), report.samples, read_counts=context.counts is None)
     context.checkpoint("done")  # every change of the pass is made
+    if counts is not None:
+        context.counts = counts
     counts = dict(context.read_counts())
     counts["deficit"] = max(context.pool.size - counts["ready"] - counts["pending"], 0)
-    context.report.counts = counts
+    report.counts = counts
 
 
 STEPS: tuple[Step, ...] = (
@@ -81,9 +84,7 @@ STEPS: tuple[Step, ...] = (
     ondemand.serve_requests,  # before repopulate: requests do not wait behind the pool's refill
     clones.repopulate,
     rounds.more_rounds,  # instant clones: done at once, their slots reused in this pass
-    pending.note_last_boot,
-    record_durations,
-    count_pool,
+    end_pass,
 )
 """The pass, in order. Each step sees what the ones before it did (in ``context.report``)."""
 

@@ -7,8 +7,9 @@ next pass: a 20-VM pool under checkout load held ``task_limit`` x the pass rate.
 at the clones its refill started, as the pending step would (their slots of ``task_limit`` are
 free once they are noted finished), and reserves and starts more while they finish and the pool
 is short: ``task_limit`` bounds the clones in flight, not the clones a pass starts. Each round is
-a few round trips for all its VMs (their records, their tasks, the finish, their VMs, the moves
-to ready, the reservation, the clones); the reservation script counts the pool's deficit and its
+a few round trips for all its VMs (their tasks, their VMs, the moves to ready that note the
+clones done, the reservation, the clones and the notes of their tasks; their records are the
+ones the pass wrote, not read back); the reservation script counts the pool's deficit and its
 fair share of ``task_limit`` itself, so a checkout made since the pass's counts is refilled too,
 and a pool that claimed slots meanwhile gets its share. Providers whose clones take time
 (vSphere: it does not say) are followed by the next passes, as before.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from chalicelib.manager import clones, pending
 from chalicelib.manager.context import PassContext
+from chalicelib.store import VMRecord
 
 ROUNDS_SECONDS = 0.25
 """How long a pass goes on reserving and starting clones the provider finishes at once: the
@@ -41,7 +43,7 @@ def more_rounds(context: PassContext) -> None:
         context.counts = None
 
 
-def _rounds(context: PassContext, started: list[str], until: float) -> None:
+def _rounds(context: PassContext, started: list[VMRecord], until: float) -> None:
     pool, clock = context.pool, context.clock
     failures = len(context.report.clone_failures)
     while started and clock.monotonic() < until:

@@ -191,6 +191,16 @@ class Provider(abc.ABC):
         a ProviderError ends the call as it ends ``task_status``."""
         return {task_ref: self.task_status(task_ref) for task_ref in dict.fromkeys(task_refs)}
 
+    def clone_outcomes(self, pool: PoolConfig, tasks: Mapping[str, str]) -> tuple[Mapping[str, TaskStatus],
+                                                                                   Sequence[VMInfo]]:
+        """For clones a pass just started (``tasks``: hostname -> clone task ref), whose VMs its
+        inventory predates: each task's status (task ref -> status) and the VMs of the clones
+        that succeeded. This default asks ``task_statuses``, then ``find_vms``; a provider that
+        can read both at once does (the dummy: one round trip)."""
+        statuses = self.task_statuses(list(tasks.values()))
+        done = [hostname for hostname, task_ref in tasks.items() if statuses[task_ref].state is TaskState.SUCCESS]
+        return statuses, (self.find_vms(pool, done) if done else [])
+
     @abc.abstractmethod
     def destroy(self, pool: PoolConfig, hostname: str) -> str | None:
         """Start destroying a VM (powering it off first if needed). Returns a task ref, or None

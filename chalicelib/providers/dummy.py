@@ -333,7 +333,30 @@ class DummyProvider(Provider):
         refs = list(dict.fromkeys(task_refs))
         if not refs:
             return {}
-        raws = self._call("mget", [self._task_key(ref) for ref in refs])
+        return self._statuses(refs, self._call("mget", [self._task_key(ref) for ref in refs]))
+
+    def clone_outcomes(self, pool: PoolConfig, tasks: Mapping[str, str]) -> tuple[dict[str, TaskStatus],
+                                                                                   list[VMInfo]]:
+        """The tasks and the folder's entries for their VMs read in one round trip."""
+        if not tasks:
+            return {}, []
+        refs, names = list(dict.fromkeys(tasks.values())), list(tasks)
+        self._calls += 1
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.mget([self._task_key(ref) for ref in refs])
+            pipe.hmget(self._folder_key(pool), names)
+            raws, found = pipe.execute()
+        except redis.RedisError as error:
+            raise ProviderError(f"dummy provider storage: {type(error).__name__}", FailureKind.CONNECTION) from error
+        statuses = self._statuses(refs, raws)
+        done = {hostname for hostname, task_ref in tasks.items() if statuses[task_ref].state is TaskState.SUCCESS}
+        return statuses, self._visible(pool, (json.loads(raw) for name, raw in zip(names, found, strict=True)
+                                              if raw is not None and name in done))
+
+    def _statuses(self, refs: list[str], raws: Sequence[str | None]) -> dict[str, TaskStatus]:
+        """The statuses of the tasks ``refs`` as read (``raws``); the finished destroys among them
+        applied in one more round trip."""
         now = self.clock.now()
         statuses: dict[str, TaskStatus] = {}
         destroyed: dict[str, dict[str, str]] = {}

@@ -103,29 +103,34 @@ ScriptCall = tuple[_Script, Sequence[str], Sequence[Any]]
 """One run of a script: the script, its KEYS and its ARGV."""
 
 
-def run_many(client: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+def run_many(client: redis.Redis, calls: Sequence[ScriptCall],
+             commands: Sequence[Sequence[Any]] = ()) -> list[Any]:
     """Run many script calls in one round trip (a pipeline of EVALSHA) and return their replies
     in order. Each call is atomic and checks its own conditions, exactly as when run alone; the
     pipeline only saves the round trips. Calls of a script Redis lacks (a new primary after a
-    failover) are loaded and run once more; they did not run the first time. Raises the first
-    other error (the calls before it ran)."""
-    if not calls:
+    failover) are loaded and run once more; they did not run the first time. ``commands``
+    (plain commands, each its name and arguments) go first in the same pipeline, run once;
+    their replies come first too. Raises the first other error (the calls before it ran)."""
+    if not (calls or commands):
         return []
     pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
     for script, keys, args in calls:
         # EVALSHA by hand: a pipeline given a Script object first asks SCRIPT EXISTS (a round trip).
         pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-    replies = pipe.execute(raise_on_error=False)
+    answers = pipe.execute(raise_on_error=False)
+    plain, replies = answers[:len(commands)], answers[len(commands):]
     missing = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if missing:
         for script in {calls[index][0].sha: calls[index][0] for index in missing}.values():
             script.load_into(client)
         for index, reply in zip(missing, run_many(client, [calls[index] for index in missing]), strict=True):
             replies[index] = reply
-    for reply in replies:
+    for reply in (*plain, *replies):
         if isinstance(reply, Exception):
             raise reply
-    return replies
+    return [*plain, *replies]
 
 
 class KeyList:

@@ -484,6 +484,28 @@ class Store:
         with _translate_errors():
             self.client.set(self.keys.ready_checked(pool), mark)
 
+    def counts_and_open_requests(self, pool: str) -> tuple[dict[str, int], list[str]]:
+        """The pool's ``counts`` and the ids of its open on-demand requests, oldest first
+        (``OnDemandStore.open_requests``), in one round trip."""
+        with _translate_errors():
+            open_requests, counts = run_many(self.client, [self._counts_call(pool)],
+                                             commands=[("ZRANGE", self.keys.ondemand_open(pool), 0, -1)])
+        return dict(zip(STATES, counts, strict=True)), list(open_requests)
+
+    def end_pass(self, pool: str, last_boot: str | None, day: str, samples: Sequence[DurationSample],
+                 read_counts: bool) -> dict[str, int] | None:
+        """A pass's last writes and read, in one round trip: the pool's ``last_boot`` (when VMs
+        became ready: ``set_last_boot``), the day's duration ``samples`` (``record_durations``)
+        and, with ``read_counts``, the pool's counts afterwards (else None)."""
+        commands = [("HSET", self.keys.last_boot, pool, last_boot)] if last_boot else []
+        calls = [*self._durations_calls(day, samples), *([self._counts_call(pool)] if read_counts else [])]
+        with _translate_errors():
+            replies = run_many(self.client, calls, commands=commands)
+        return dict(zip(STATES, replies[-1], strict=True)) if read_counts else None
+
+    def _counts_call(self, pool: str) -> ScriptCall:
+        return self.scripts.state_counts, [self.keys.pool_state(pool, state) for state in STATES], ()
+
     def counts(self, pools: Iterable[str]) -> dict[str, dict[str, int]]:
         """pool -> state -> number of VMs, in one round trip: COUNT_POOLS_PER_CALL pools a call
         of lua/state_counts.lua, every call in one pipeline (a command per pool and state cost
@@ -773,11 +795,14 @@ class Store:
         """``move`` for each VM of ``fields`` (hostname -> the fields to set on its record), in
         one round trip and one script run per MOVE_BATCH VMs: each VM is checked on its own, as
         ``move`` does. Returns the hostnames moved."""
-        calls: list[ScriptCall] = [(self.scripts.move, *self._move_call(pool, from_state, to_state, now, batch))
-                                   for batch in _batches(fields)]
         with _translate_errors():
-            moved = [done for replies in run_many(self.client, calls) for done in replies]
-        return [host for host, done in zip(fields, moved, strict=True) if done]
+            replies = run_many(self.client, self._move_many_calls(pool, from_state, to_state, now, fields))
+        return _done(fields, replies)
+
+    def _move_many_calls(self, pool: str, from_state: str, to_state: str, now: float,
+                         fields: Mapping[str, Mapping[str, Any]]) -> list[ScriptCall]:
+        return [(self.scripts.move, *self._move_call(pool, from_state, to_state, now, batch))
+                for batch in _batches(fields)]
 
     def _move_call(self, pool: str, from_state: str, to_state: str, now: float,
                    fields: Mapping[str, Mapping[str, Any]], nudge: bool = False, unchanged_since: int | None = None,
@@ -843,6 +868,15 @@ class Store:
                       repr(CLONE_DEMAND_TTL_SECONDS), self.keys.vm(KEY_PART), holder_label(), *candidates]
             )
 
+    @staticmethod
+    def reserved_record(pool: str, template: str, domain: str, hostname: str, now: float,
+                        **fields: str) -> VMRecord:
+        """The record ``reserve_clones`` wrote for ``hostname`` at ``now`` (lua/reserve_clones.lua),
+        with ``fields`` the reserving pass wrote since: what that pass knows without reading it."""
+        return VMRecord.from_hash({"name": hostname, "pool": pool, "template": template, "domain": domain,
+                                   "state": "pending", "clone_start": repr(now), "pending_at": repr(now),
+                                   "reserver": holder_label(), **fields})
+
     def withdraw_clone_demand(self, pool: str) -> None:
         """The pool is full: it no longer claims a share of the task limit."""
         with _translate_errors():
@@ -895,13 +929,13 @@ class Store:
         """``update_vm`` for each VM of ``fields`` (hostname -> its fields), in one round trip and
         one script run per MOVE_BATCH VMs. Returns the hostnames whose record existed (and was
         updated)."""
-        calls: list[ScriptCall] = [
-            (self.scripts.update, [self.keys.vm(host) for host in batch],
-             [arg for changes in batch.values() for arg in update_args(changes)])
-            for batch in _batches(fields)]
         with _translate_errors():
-            updated = [done for replies in run_many(self.client, calls) for done in replies]
-        return [host for host, done in zip(fields, updated, strict=True) if done]
+            return _done(fields, run_many(self.client, self._update_calls(fields)))
+
+    def _update_calls(self, fields: Mapping[str, Mapping[str, Any]]) -> list[ScriptCall]:
+        return [(self.scripts.update, [self.keys.vm(host) for host in batch],
+                 [arg for changes in batch.values() for arg in update_args(changes)])
+                for batch in _batches(fields)]
 
     def modify_vm(self, seen: VMRecord, fields: Mapping[str, str], max_tags: int, now: float,
                   task: TaskQueueing | None = None, token_key: str = "") -> ModifyResult:
@@ -950,12 +984,30 @@ class Store:
     def finish_clones(self, hostnames: Sequence[str], now: float) -> None:
         """Their clone tasks are done: free their places under the task limit and note when, in
         one round trip (lua/finish_clones.lua: a record no longer there is not recreated)."""
-        if not hostnames:
-            return
         with _translate_errors():
-            self.scripts.finish_clones(keys=[self.keys.cloning, self.keys.pool_clones,
-                                             *(self.keys.vm(host) for host in hostnames)],
-                                       args=[_encode(now), *hostnames])
+            run_many(self.client, self._finish_calls(hostnames, now))
+
+    def _finish_calls(self, hostnames: Sequence[str], now: float) -> list[ScriptCall]:
+        if not hostnames:
+            return []
+        return [(self.scripts.finish_clones,
+                 [self.keys.cloning, self.keys.pool_clones, *(self.keys.vm(host) for host in hostnames)],
+                 [_encode(now), *hostnames])]
+
+    def note_pending(self, pool: str, now: float, finished: Sequence[str],
+                     reasons: Mapping[str, Mapping[str, Any]], ready: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """What the pending step saw of its VMs, in one round trip: the clones of ``finished``
+        noted done (``finish_clones``), the not-ready ``reasons`` written on the records that
+        exist (``update_vms``: hostname -> fields) and the booted VMs of ``ready`` (hostname ->
+        the fields to set) moved from pending to ready (``move_many``: each move conditional on
+        its own VM). A move leaves the cloning set as a finish does: a clone that ended and
+        booted at once is noted by its move alone (a ``clone_end`` among its fields). Each
+        script call checks its own conditions as when run alone. Returns the hostnames moved."""
+        moves = self._move_many_calls(pool, "pending", "ready", now, ready)
+        calls = [*self._finish_calls(finished, now), *self._update_calls(reasons), *moves]
+        with _translate_errors():
+            replies = run_many(self.client, calls)
+        return _done(ready, replies[len(calls) - len(moves):])
 
     # --- per-pool lease and wake-ups ----------------------------------------------------------
 
@@ -1025,13 +1077,16 @@ class Store:
     def record_durations(self, day: str, samples: Sequence[DurationSample]) -> None:
         """Add ``samples`` (seconds rounded to hundredths) to the day's statistics, in one
         script call whose cost barely grows with their number (lua/record_durations.lua)."""
+        with _translate_errors():
+            run_many(self.client, self._durations_calls(day, samples))
+
+    def _durations_calls(self, day: str, samples: Sequence[DurationSample]) -> list[ScriptCall]:
         if not samples:
-            return
+            return []
         args: list[Any] = [DAILY_STATS_TTL_SECONDS]
         for sample in samples:
             args += [sample.kind, sample.pool, repr(round(sample.seconds, 2))]
-        with _translate_errors():
-            self.scripts.record_durations(keys=[self.keys.daily(day)], args=args)
+        return [(self.scripts.record_durations, [self.keys.daily(day)], args)]
 
     def record_tags(self, day: str, tags: Mapping[str, str], max_names: int, max_values: int) -> None:
         """Count tags in the day's tag statistics (``daily:<day>:tags``): at most ``max_names`` tag
@@ -1108,6 +1163,13 @@ def _batches(fields: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Mapping[
     """``fields`` (hostname -> its fields) in runs of at most MOVE_BATCH VMs, in order."""
     items = iter(fields.items())
     return [dict(batch) for batch in iter(lambda: list(itertools.islice(items, MOVE_BATCH)), [])]
+
+
+def _done(fields: Mapping[str, Any], replies: Sequence[Sequence[Any]]) -> list[str]:
+    """The hostnames of ``fields`` (in order) whose script answer, in ``replies`` (one list per
+    batch of ``_batches``), says it happened."""
+    answers = [answer for batch in replies for answer in batch]
+    return [host for host, answer in zip(fields, answers, strict=True) if answer]
 
 
 def _checkout_condition(seen: VMRecord | None) -> list[str]:

@@ -9,9 +9,9 @@ from redis.retry import Retry
 
 from chalicelib.clock import FakeClock
 from chalicelib.config import Config, parse
-from chalicelib.providers.base import ProviderError, TaskState
+from chalicelib.providers.base import Provider, ProviderError, TaskState
 from chalicelib.providers.dummy import DummyProvider
-from tests.support import free_port
+from tests.support import RedisRoundTrips, free_port
 
 CONFIG = """\
 providers:
@@ -251,3 +251,27 @@ def test_the_change_log_names_every_vm_written_or_deleted_since_a_token(
     assert [vm.name for vm in provider.find_vms(pool, ["made", "gone", "never"])] == ["made"]
     unknown = provider.inventory_changes(pool, str(int(later.token) + 5))  # a token from another Redis
     assert unknown is not None and unknown.names is None
+
+
+def test_clone_outcomes_are_the_tasks_and_vms_the_two_calls_answer_in_one_round_trip(
+        redis_client: redis.Redis, clock: FakeClock) -> None:
+    """Provider.clone_outcomes (the rounds of instant clones: manager/rounds.py): the dummy's
+    one round trip answers what the base class's two calls (task_statuses, then find_vms of the
+    clones that succeeded) answer: no VM for a clone still running or failed."""
+    config = config_with(", createvm_fail_percent: 50")
+    provider = provider_for(config, redis_client, clock)
+    pool = config.pool("alpha")
+    started = provider.clone_vms(pool, [f"vm-{index}" for index in range(20)])
+    clock.advance(30)  # some done, some still cloning
+    tasks = {hostname: task for hostname, task in started.items() if isinstance(task, str)}
+
+    with RedisRoundTrips() as sent:
+        statuses, vms = provider.clone_outcomes(pool, tasks)
+
+    assert sent.count == 1
+    two_calls = Provider.clone_outcomes(provider, pool, tasks)  # the default: two calls
+    assert statuses == two_calls[0] and vms == two_calls[1]
+    states = {status.state for status in statuses.values()}
+    assert states == {TaskState.RUNNING, TaskState.SUCCESS, TaskState.ERROR}
+    assert {vm.name for vm in vms} == {hostname for hostname, task in tasks.items()
+                                        if statuses[task].state is TaskState.SUCCESS}

@@ -73,13 +73,24 @@ def test_a_template_change_and_reset_seen_by_a_pass_are_applied_together(world: 
 def test_a_pass_reads_the_pools_counts_once_and_reports_them_as_it_left_the_pool(
         world: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     reads: list[Any] = []
-    counts = world.store.counts
+    counts, with_requests, end_pass = world.store.counts, world.store.counts_and_open_requests, world.store.end_pass
 
     def counted(pools: Any) -> dict[str, dict[str, int]]:
         reads.append(pools)
         return counts(pools)
 
-    monkeypatch.setattr(world.store, "counts", counted)
+    def counted_with_requests(pool: str) -> Any:
+        reads.append(pool)
+        return with_requests(pool)
+
+    def counted_at_the_end(*args: Any, read_counts: bool) -> Any:
+        if read_counts:
+            reads.append(args[0])
+        return end_pass(*args, read_counts=read_counts)
+
+    monkeypatch.setattr(world.store, "counts", counted)  # the pass's reads, whichever round trip they go in
+    monkeypatch.setattr(world.store, "counts_and_open_requests", counted_with_requests)
+    monkeypatch.setattr(world.store, "end_pass", counted_at_the_end)
     world.check_out("alpha", 2)  # the pass refills: it reserves and starts two clones
 
     refill = world.reconcile("alpha")

@@ -460,7 +460,9 @@ def checkpoints_of_one_pass(make_world: HarnessFactory) -> list[str]:
 
 def test_scenario_for_kills_reaches_every_step(make_world: HarnessFactory) -> None:
     steps = checkpoints_of_one_pass(make_world)
-    assert {"inventory", "snapshot", "clone_finished", "ready", "completed", "dropped", "destroyed",
+    # Its clones finish and boot at once: noted done by their moves to ready ("ready"); a clone
+    # noted done while its VM boots ("clone_finished"): test_pass_killed_while_a_finished_clone_boots.
+    assert {"inventory", "snapshot", "ready", "completed", "dropped", "destroyed",
             "destroy_started", "discovered", "reserved", "clone_started", "done"} <= set(steps), steps
 
 
@@ -486,6 +488,26 @@ def test_pass_killed_at_any_step_converges_on_the_next(make_world: HarnessFactor
         assert world.store.cloning_count() == 0, where
         assert world.provider_vms("alpha") == world.hosts("alpha", "ready") | running, where
         assert world.state_of("stray-one") == world.state_of("stray-two") == "destroyed", where
+
+
+def test_pass_killed_while_a_finished_clone_boots(make_world: HarnessFactory) -> None:
+    """Clones noted done while their VMs boot (their places under the task limit freed, their
+    end recorded) in a write of their own: the pass killed right after it leaves them pending,
+    and the next pass makes them ready once booted."""
+    world = world_with(make_world, extra=", createvm_min_time: 60")  # every clone 60 s, boots 30 s more
+    started = set(world.reconcile("alpha").clones_started)
+    world.clock.advance(70)  # the clones done, their VMs booting
+    kill, reached = kill_at_step(2)
+
+    with pytest.raises(Killed):
+        world.reconcile("alpha", kill)
+
+    assert reached == ["inventory", "snapshot", "clone_finished"]
+    assert world.hosts("alpha", "pending") == started and world.store.cloning_count() == 0
+    assert all(world.store.get_vm(host).clone_end == world.clock.now() for host in started)
+    assert_consistent(world, "alpha", pass_completed=False)
+    world.clock.advance(30)
+    assert sorted(world.reconcile("alpha").became_ready) == sorted(started)
 
 
 def test_two_passes_at_once_do_not_over_clone(world: Harness) -> None:

@@ -82,3 +82,37 @@ def test_a_redis_without_the_scripts_still_moves_each_vm_once(make_world: Harnes
     assert sorted(destroyed.destroyed) == sorted(given_back)
     assert world.count("alpha", "ready") == 20 and world.store.cloning_count() == 0
     assert all(world.store.get_vm(host).raw.get("clone_task") for host in refilled.became_ready)
+
+
+
+
+def test_each_round_of_instant_clones_costs_five_round_trips(make_world: HarnessFactory) -> None:
+    """Instant clones are refilled in rounds of the task limit within a pass (manager/rounds.py).
+    A round: the provider's clone tasks and VMs read at once (Provider.clone_outcomes), one
+    write noting the clones done by their moves to ready (Store.note_pending), the reservation,
+    the clones' start and the notes of their tasks; the records of the clones it follows are
+    the ones the pass wrote, not read back. Main at 8a38472 made 8 (records, tasks, the
+    finish, the VMs, the moves: 25 and 41 round trips here)."""
+    world = make_world(CONFIG.replace("task_limit: 20", "task_limit: 5"))
+    world.fill("alpha")
+    world.settle("alpha", seconds=1)
+    return_and_refill(world, 1)  # every script loaded
+
+    one_round = return_and_refill(world, 5)
+    three_rounds = return_and_refill(world, 15)
+
+    assert three_rounds[0] - one_round[0] == 2 * 5
+    assert one_round[1] == three_rounds[1] == 12  # the destroys' pass: no rounds
+
+
+def test_a_refill_pass_reads_its_counts_with_what_it_reads_or_writes_anyway(make_world: HarnessFactory) -> None:
+    """The pass's fixed round trips: the pool's counts come with its open on-demand requests
+    (one ZRANGE more in the same pipeline) and, at the end, with the pass's last writes (the
+    pool's last boot time, the day's durations) instead of a round trip each. Main at 8a38472:
+    [25, 13] (the counts read twice on their own, the last boot and the durations)."""
+    world = make_world(CONFIG.replace("task_limit: 20", "task_limit: 5"))
+    world.fill("alpha")
+    world.settle("alpha", seconds=1)
+    return_and_refill(world, 1)  # every script loaded
+
+    assert return_and_refill(world, 5) == [19, 12]
