@@ -88,6 +88,8 @@ class PassReport:
     clone_failures: dict[str, Failure] = field(default_factory=dict)
     """hostname -> why its clone failed (the kind is the metric's ``reason``)."""
     samples: list[DurationSample] = field(default_factory=list)
+    looks_forgotten: list[str] = field(default_factory=list)
+    """VMs that left running for good (completed): their next look goes with the pass's last writes."""
     errors: list[str] = field(default_factory=list)
     clones_short: int = 0
     """Clones the pool still lacks after this pass reserved what its share of task_limit allowed."""

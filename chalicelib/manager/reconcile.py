@@ -56,10 +56,12 @@ def end_pass(context: PassContext) -> None:
     """The pass's last writes, in one round trip with the pool's counts as the pass leaves it
     (when its own moves cannot say them: not read yet, or read before checkouts its rounds
     raced with): the pool's last boot time (GET /status shows it; once a pass, not once a VM)
-    and the day's clone and boot durations. Then how many VMs the pool still lacks."""
+    the day's clone and boot durations, and the next looks of VMs that left running for good.
+    Then how many VMs the pool still lacks."""
     report = context.report
     counts = context.store.end_pass(context.pool.name, ruby_time(context.now) if report.became_ready else None,
-                                    day_of(context.now), report.samples, read_counts=context.counts is None)
+                                    day_of(context.now), report.samples, read_counts=context.counts is None,
+                                    looks_forgotten=report.looks_forgotten)
     context.checkpoint("done")  # every change of the pass is made
     if counts is not None:
         context.counts = counts

@@ -17,7 +17,7 @@ from chalicelib.store.records import finite_number
 def check_running(context: PassContext) -> None:
     """Running VMs past their lifetime are reaped; ones deleted behind our back are dropped.
     The others are scheduled for their next look (see inventory_view); the completed VMs'
-    looks are forgotten."""
+    looks are forgotten with the pass's last writes (reconcile.end_pass)."""
     default_lifetime = context.service.vm_lifetime
     next_look: dict[str, float] = {}
     for hostname in context.snapshot.hostnames("running"):
@@ -39,8 +39,9 @@ def check_running(context: PassContext) -> None:
             context.drop(hostname, "running", "gone from the provider while running", gone=True)
         else:
             next_look[hostname] = inventory_view.next_look(record, context.now, checked_out + lifetime_hours * 3600)
+    context.store.schedule_running(context.pool.name, next_look)
     # A completed VM never runs again: its next look, if a pass scheduled one, goes.
-    context.store.schedule_running(context.pool.name, next_look, left=context.snapshot.hostnames("completed"))
+    context.report.looks_forgotten = [host for host in context.snapshot.hostnames("completed") if host not in next_look]
 
 
 def lifetime_start(context: PassContext, record: VMRecord) -> float:

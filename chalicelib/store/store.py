@@ -415,20 +415,12 @@ class Store:
                          self.client.zrange(self.keys.pool_state(pool, state), 0, -1, withscores=True))
         return dict(pairs)
 
-    def schedule_running(self, pool: str, due: Mapping[str, float], left: Iterable[str] = ()) -> None:
-        """When a pass must next look at each running VM of ``due`` (see pool_snapshot_due), in
-        one round trip with forgetting those of ``left``: VMs that left running for good
-        (completed). A VM returned before its lifetime's end would otherwise keep its next look
-        until then (a lifetime a caller may set to ten years), long after its record expired."""
-        forgotten = [host for host in left if host not in due]
-        if not due and not forgotten:
+    def schedule_running(self, pool: str, due: Mapping[str, float]) -> None:
+        """When a pass must next look at each running VM of ``due`` (see pool_snapshot_due)."""
+        if not due:
             return
-        with _translate_errors(), self.client.pipeline(transaction=True) as pipe:
-            if due:
-                pipe.zadd(self.keys.running_due(pool), dict(due))
-            if forgotten:
-                pipe.zrem(self.keys.running_due(pool), *forgotten)
-            pipe.execute()
+        with _translate_errors():
+            self.client.zadd(self.keys.running_due(pool), dict(due))
 
     def begin_pass(self, pool: str) -> tuple[int | None, str]:
         """``mark_changes`` and the pool's ``inventory_checked`` mark ("" when none), in one round
@@ -493,11 +485,16 @@ class Store:
         return dict(zip(STATES, counts, strict=True)), list(open_requests)
 
     def end_pass(self, pool: str, last_boot: str | None, day: str, samples: Sequence[DurationSample],
-                 read_counts: bool) -> dict[str, int] | None:
+                 read_counts: bool, looks_forgotten: Sequence[str] = ()) -> dict[str, int] | None:
         """A pass's last writes and read, in one round trip: the pool's ``last_boot`` (when VMs
-        became ready: ``set_last_boot``), the day's duration ``samples`` (``record_durations``)
-        and, with ``read_counts``, the pool's counts afterwards (else None)."""
-        commands = [("HSET", self.keys.last_boot, pool, last_boot)] if last_boot else []
+        became ready: ``set_last_boot``), the day's duration ``samples`` (``record_durations``),
+        the next looks of ``looks_forgotten`` (VMs that left running for good: a VM returned
+        before its lifetime's end would otherwise keep its look until then, a lifetime a caller
+        may set to ten years, long after its record expired) and, with ``read_counts``, the
+        pool's counts afterwards (else None)."""
+        commands: list[tuple[Any, ...]] = [("HSET", self.keys.last_boot, pool, last_boot)] if last_boot else []
+        if looks_forgotten:
+            commands.append(("ZREM", self.keys.running_due(pool), *looks_forgotten))
         calls = [*self._durations_calls(day, samples), *([self._counts_call(pool)] if read_counts else [])]
         with _translate_errors():
             replies = run_many(self.client, calls, commands=commands)

@@ -83,10 +83,10 @@ def test_a_pass_reads_the_pools_counts_once_and_reports_them_as_it_left_the_pool
         reads.append(pool)
         return with_requests(pool)
 
-    def counted_at_the_end(*args: Any, read_counts: bool) -> Any:
+    def counted_at_the_end(*args: Any, read_counts: bool, **others: Any) -> Any:
         if read_counts:
             reads.append(args[0])
-        return end_pass(*args, read_counts=read_counts)
+        return end_pass(*args, read_counts=read_counts, **others)
 
     monkeypatch.setattr(world.store, "counts", counted)  # the pass's reads, whichever round trip they go in
     monkeypatch.setattr(world.store, "counts_and_open_requests", counted_with_requests)
