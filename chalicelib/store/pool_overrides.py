@@ -17,6 +17,7 @@ room (fewer pools, shorter names), shown under one with less it would take /conf
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
@@ -33,6 +34,8 @@ TEMPLATE = "pooltemplate"
 RESET = "poolreset"
 CLONE_TARGET = "clonetarget"
 SETTINGS = (SIZE, TEMPLATE, RESET, CLONE_TARGET)
+FENCING = (TEMPLATE, RESET)
+"""The settings whose change makes a pool's ready VMs stale: each fences them (lua/pool_overrides.lua)."""
 
 
 MAX_TEMPLATE = 1024
@@ -81,6 +84,9 @@ class PoolOverride:
     template: str | None = None
     reset_at: float | None = None
     clone_target: str | None = None
+    ready_fence: str | None = None
+    """The id of the template change or reset no pass has drained the pool for yet: until then no
+    checkout takes the pool's ready VMs (lua/checkout.lua); ``PoolOverrides.lift_fence``."""
 
 
 def fitting(pool: PoolConfig, override: PoolOverride, room: int) -> PoolOverride:
@@ -136,16 +142,18 @@ class PoolOverrides:
             pipe = self.client.pipeline(transaction=False)
             for setting in SETTINGS:
                 pipe.hmget(self.keys.pool_override(setting), pools)
-            sizes, templates, resets, clone_targets = pipe.execute()
+            pipe.hmget(self.keys.ready_fence, pools)
+            sizes, templates, resets, clone_targets, fences = pipe.execute()
         return {
             pool: PoolOverride(
                 size=valid_size(size),
                 template=valid_template(template),
                 reset_at=finite_number(reset),  # an infinite one drained every VM in every pass
                 clone_target=valid_clone_target(clone_target),
+                ready_fence=None if fence is None else str(fence),
             )
-            for pool, size, template, reset, clone_target in zip(
-                pools, sizes, templates, resets, clone_targets, strict=True)
+            for pool, size, template, reset, clone_target, fence in zip(
+                pools, sizes, templates, resets, clone_targets, fences, strict=True)
         }
 
     def set(self, field: str, pool: str, value: int | str | None, token_key: str = "") -> None:
@@ -166,13 +174,21 @@ class PoolOverrides:
         args = [part for pool, value in values.items() for part in (pool, value)]
         if not args:
             return []
-        keys = [self.keys.pool_override(setting)]
+        keys = [self.keys.pool_override(setting), self.keys.ready_fence]
         token_index(keys, token_key)
+        fence = secrets.token_hex(8) if setting in FENCING else ""
         with _translate_errors():
-            changed = self.scripts.pool_overrides(keys=keys, args=args)
+            changed = self.scripts.pool_overrides(keys=keys, args=[fence, *args])
         if changed == -1:
             raise TokenGone()
         return [str(pool) for pool in changed]
+
+    def lift_fence(self, pool: str, fence: str) -> bool:
+        """Let checkouts take the pool's ready VMs again: a pass that read the fence ``fence`` with
+        the overrides has drained what they made stale. A fence set since (another change) stays
+        for the pass that reads it. Whether this call lifted it."""
+        with _translate_errors():
+            return bool(self.scripts.replace_field(keys=[self.keys.ready_fence], args=[pool, fence, ""]))
 
     def reset(self, pool: str, now: float) -> None:
         """Drain the pool's ready and pending VMs cloned before ``now`` (and so refill it)."""

@@ -1,15 +1,20 @@
 -- Set or remove runtime overrides of one setting for many pools at once (POST /config/poolsize,
 -- /config/pooltemplate, /config/clonetarget, /poolreset): every pool of a request changes, or none
 -- does.
--- KEYS[1] the setting's hash (pool -> value), KEYS[2] (when given) the record of the token the
--- change was asked with (lua/token_live.lua); ARGV pool, value pairs, an empty value removing the
--- pool's override (back to its configured value). Returns the pools whose override changed, or -1
+-- KEYS[1] the setting's hash (pool -> value), KEYS[2] the ready fence (keys.ready_fence), KEYS[3]
+-- (when given) the record of the token the change was asked with (lua/token_live.lua); ARGV[1]
+-- the change's id when the setting's change makes the pool's ready VMs stale (a template, a
+-- reset), else ''; then pool, value pairs, an empty value removing the pool's override (back to
+-- its configured value). Each pool whose ready VMs went stale is fenced with the change's id: no
+-- checkout takes its ready VMs until a pass that read this change has drained them
+-- (lua/checkout.lua, PoolOverrides.lift_fence). Returns the pools whose override changed, or -1
 -- when the token was deleted since the API checked it (nothing changed).
-if token_gone(#KEYS >= 2 and 2 or 0) then
+if token_gone(#KEYS >= 3 and 3 or 0) then
   return -1
 end
+local fence = ARGV[1]
 local changed = {}
-for index = 1, #ARGV, 2 do
+for index = 2, #ARGV, 2 do
   local pool, value = ARGV[index], ARGV[index + 1]
   local before = redis.call('HGET', KEYS[1], pool)
   if value == '' then
@@ -20,6 +25,11 @@ for index = 1, #ARGV, 2 do
   elseif before ~= value then
     redis.call('HSET', KEYS[1], pool, value)
     changed[#changed + 1] = pool
+  end
+end
+if fence ~= '' then
+  for _, pool in ipairs(changed) do
+    redis.call('HSET', KEYS[2], pool, fence)
   end
 end
 return changed
