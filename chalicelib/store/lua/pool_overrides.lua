@@ -4,17 +4,26 @@
 -- KEYS[1] the setting's hash (pool -> value), KEYS[2] the ready fence (keys.ready_fence), KEYS[3]
 -- (when given) the record of the token the change was asked with (lua/token_live.lua); ARGV[1]
 -- the change's id when the setting's change makes the pool's ready VMs stale (a template, a
--- reset), else ''; then pool, value pairs, an empty value removing the pool's override (back to
--- its configured value). Each pool whose ready VMs went stale is fenced with the change's id: no
--- checkout takes its ready VMs until a pass that read this change has drained them
--- (lua/checkout.lua, PoolOverrides.lift_fence). Returns the pools whose override changed, or -1
--- when the token was deleted since the API checked it (nothing changed).
+-- reset), else ''; ARGV[2] the deadline on Redis's clock (ms; '' for none) after which the API
+-- has given up on this answer and said the change failed; then pool, value pairs, an empty
+-- value removing the pool's override (back to its configured value). Each pool whose ready VMs
+-- went stale is fenced with the change's id: no checkout takes its ready VMs until a pass that
+-- read this change has drained them (lua/checkout.lua, PoolOverrides.lift_fence). Returns the pools whose override changed, or -1
+-- when the token was deleted since the API checked it, -2 when the deadline has passed (nothing
+-- changed: the script waited in Redis, paused or behind a slow script, past the API's socket
+-- timeout).
 if token_gone(#KEYS >= 3 and 3 or 0) then
   return -1
 end
+if ARGV[2] ~= '' then
+  local time = redis.call('TIME')
+  if tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) > tonumber(ARGV[2]) then
+    return -2
+  end
+end
 local fence = ARGV[1]
 local changed = {}
-for index = 2, #ARGV, 2 do
+for index = 3, #ARGV, 2 do
   local pool, value = ARGV[index], ARGV[index + 1]
   local before = redis.call('HGET', KEYS[1], pool)
   if value == '' then
