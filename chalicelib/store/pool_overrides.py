@@ -165,8 +165,10 @@ class PoolOverrides:
     def set_many(self, field: str, values: Mapping[str, int | str | None], token_key: str = "") -> list[str]:
         """Override ``field`` (``size``, ``template`` or ``clone_target``) of many pools at once,
         all or none (lua/pool_overrides.lua); None takes a pool back to its configured value.
-        Returns the pools whose override changed. TokenGone (nothing changed) when
-        ``token_key``, the record of the token the change was asked with, is gone."""
+        Returns the pools whose override changed, each nudged (``Store.wake``) in the same step.
+        TokenGone (nothing changed) when ``token_key``, the record of the token the change was
+        asked with, is gone; StoreUnavailable (nothing changed) when Redis ran the script only
+        after the client's socket timeout (``_deadline``)."""
         setting = {"size": SIZE, "template": TEMPLATE, "clone_target": CLONE_TARGET}[field]
         return self._set(setting, {pool: "" if value is None else str(value) for pool, value in values.items()},
                          token_key)
@@ -175,12 +177,12 @@ class PoolOverrides:
         args = [part for pool, value in values.items() for part in (pool, value)]
         if not args:
             return []
-        keys = [self.keys.pool_override(setting), self.keys.ready_fence]
-        token_index(keys, token_key)
+        keys = [self.keys.pool_override(setting), self.keys.ready_fence, *(self.keys.wake(pool) for pool in values)]
+        token = token_index(keys, token_key)
         fence = secrets.token_hex(8) if setting in FENCING else ""
         deadline = self._deadline()
         with _translate_errors():
-            changed = self.scripts.pool_overrides(keys=keys, args=[fence, deadline, *args])
+            changed = self.scripts.pool_overrides(keys=keys, args=[fence, deadline, token, *args])
         if changed == -1:
             raise TokenGone()
         if changed == -2:

@@ -405,10 +405,10 @@ class DroppingConnection(redis.connection.Connection):
 ], ids=["poolsize", "pooltemplate", "clonetarget", "poolreset"])
 def test_a_change_of_many_pools_cut_short_by_redis_changes_all_of_them_or_none(make_stack, redis_client, path, body,
                                                                                field):
-    """Redis drops at each command of the request in turn: every pool has changed or none has
-    (a 503 after the change, when the nudge of the pools' passes is what failed: the tick finds
-    them, and the caller's retry answers 200). Before, a drop between two pools left the first
-    one changed and the second not."""
+    """Redis drops at each command of the request in turn: every pool has changed (201) or none
+    has (503). Before, a drop between two pools left the first one changed and the second not;
+    and a drop at the nudge of the pools' passes, sent after the change, answered 503 for a
+    change made (the nudge is now made by the change's own script)."""
     stack = make_stack()
     healthy = stack.services
     dropping = redis.Redis(connection_pool=redis.ConnectionPool(
@@ -426,7 +426,10 @@ def test_a_change_of_many_pools_cut_short_by_redis_changes_all_of_them_or_none(m
             DroppingConnection.sends_left = 1_000_000
             dropping.connection_pool.disconnect()
             changed = [getattr(PoolOverrides(healthy.store).get(pool), field) is not None for pool in body]
-            assert status in (201, 503) and changed in ([False, False], [True, True]), (sends, status, changed)
+            assert (status, changed) in ((201, [True, True]), (503, [False, False])), (sends, status, changed)
+            woken = [healthy.client.llen(healthy.store.keys.wake(pool)) for pool in body]
+            assert woken == ([1, 1] if status == 201 else [0, 0]), (sends, status, woken)
+            healthy.client.delete(*(healthy.store.keys.wake(pool) for pool in body))
             if status == 201:
                 break
         assert status == 201
