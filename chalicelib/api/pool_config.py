@@ -216,7 +216,7 @@ def _changed(services: Services, pools: list[str]) -> ApiResponse:
 
 
 def _reconcile_now(services: Services, pools: list[str]) -> None:
-    """Nudge a running reconcile loop of each pool, and ask for one where none runs."""
-    for pool in pools:
-        services.store.wake(pool)
+    """Ask for a reconcile of each pool where none runs (never raises). A running reconcile loop
+    was nudged by the change's own script (lua/pool_overrides.lua): a nudge sent after it could
+    fail and answer 503 for a change made."""
     services.refill.pools_changed(pools)

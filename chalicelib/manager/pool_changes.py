@@ -11,6 +11,11 @@
 
 VMs built for on-demand requests are not the pool's and are left alone. Every move is
 conditional, so a VM checked out meanwhile is never touched.
+
+A template change or reset fences the pool's ready VMs as it is made (store/pool_overrides.py):
+no checkout takes them until the drain of a pass that read the change has run; that drain lifts
+the fence. So once the change is answered no checkout hands out a VM of the old template or from
+before the reset, whenever the pass runs.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from chalicelib.config import PoolConfig
 from chalicelib.manager import inventory_view
 from chalicelib.manager.context import PassContext
 from chalicelib.store import VMRecord
+from chalicelib.store.pool_overrides import PoolOverrides
 
 DRAINED_STATES = ("pending", "ready")
 """The states a drain takes VMs from: never a VM in use."""
@@ -62,6 +68,10 @@ def drain_and_retire(context: PassContext) -> None:
             context.take_out_of_service(hostname, state, reason)
     if check_ready:
         context.store.mark_ready_checked(context.pool.name, mark)
+    if context.overrides.ready_fence is not None:
+        # Every ready VM the change the fence stands for made stale is out of service now (or was
+        # checked out before the change): checkouts may take the pool's ready VMs again.
+        PoolOverrides(context.store).lift_fence(context.pool.name, context.overrides.ready_fence)
     ready_members = context.snapshot.members.get("ready", {})
     if len(ready_members) <= context.pool.size:
         return  # nothing above the size (the usual case): no need to sort thousands of VMs

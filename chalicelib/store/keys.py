@@ -64,6 +64,9 @@ family through these validators.
     pools:known:config       string  the fingerprint of the config whose pools pools:known was last given
                                      whole (written with them): a tick records them again when Redis
                                      holds another's (a failover lost the write, a restore)
+    pools:ready_fence        hash    pool -> the id of the runtime template change or reset whose
+                                     drain has not run yet: no checkout takes its ready VMs (cloned
+                                     for what it had before) until a pass has drained them
     config_generation        string  "<generation> <time>": the newest pushed config (when S3 wrote it)
                                      a reconcile function ran with, and when it last did: a
                                      function a push behind leaves the pools alone
@@ -293,6 +296,10 @@ class Keys:
     @property
     def known_pools_config(self) -> str:
         return f"{self.prefix}pools:known:config"
+
+    @property
+    def ready_fence(self) -> str:
+        return f"{self.prefix}pools:ready_fence"
 
     @property
     def config_generation(self) -> str:

@@ -17,6 +17,7 @@ room (fewer pools, shorter names), shown under one with less it would take /conf
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
@@ -26,13 +27,15 @@ from chalicelib.config import PoolConfig
 from chalicelib.config_fields import Invalid, inventory_path
 from chalicelib.sizing.settings import MAX_SIZE
 from chalicelib.store.records import finite_number
-from chalicelib.store.store import Store, TokenGone, _translate_errors, token_index
+from chalicelib.store.store import Store, StoreUnavailable, TokenGone, _translate_errors, token_index
 
 SIZE = "poolsize"
 TEMPLATE = "pooltemplate"
 RESET = "poolreset"
 CLONE_TARGET = "clonetarget"
 SETTINGS = (SIZE, TEMPLATE, RESET, CLONE_TARGET)
+FENCING = (TEMPLATE, RESET)
+"""The settings whose change makes a pool's ready VMs stale: each fences them (lua/pool_overrides.lua)."""
 
 
 MAX_TEMPLATE = 1024
@@ -81,6 +84,9 @@ class PoolOverride:
     template: str | None = None
     reset_at: float | None = None
     clone_target: str | None = None
+    ready_fence: str | None = None
+    """The id of the template change or reset no pass has drained the pool for yet: until then no
+    checkout takes the pool's ready VMs (lua/checkout.lua); ``PoolOverrides.lift_fence``."""
 
 
 def fitting(pool: PoolConfig, override: PoolOverride, room: int) -> PoolOverride:
@@ -122,6 +128,7 @@ class PoolOverrides:
         self.client = store.client
         self.keys = store.keys
         self.scripts = store.scripts
+        self._answer_window_ms = store.confirm_window_ms()
 
     def get(self, pool: str) -> PoolOverride:
         return self.all([pool])[pool]
@@ -136,16 +143,18 @@ class PoolOverrides:
             pipe = self.client.pipeline(transaction=False)
             for setting in SETTINGS:
                 pipe.hmget(self.keys.pool_override(setting), pools)
-            sizes, templates, resets, clone_targets = pipe.execute()
+            pipe.hmget(self.keys.ready_fence, pools)
+            sizes, templates, resets, clone_targets, fences = pipe.execute()
         return {
             pool: PoolOverride(
                 size=valid_size(size),
                 template=valid_template(template),
                 reset_at=finite_number(reset),  # an infinite one drained every VM in every pass
                 clone_target=valid_clone_target(clone_target),
+                ready_fence=None if fence is None else str(fence),
             )
-            for pool, size, template, reset, clone_target in zip(
-                pools, sizes, templates, resets, clone_targets, strict=True)
+            for pool, size, template, reset, clone_target, fence in zip(
+                pools, sizes, templates, resets, clone_targets, fences, strict=True)
         }
 
     def set(self, field: str, pool: str, value: int | str | None, token_key: str = "") -> None:
@@ -156,8 +165,10 @@ class PoolOverrides:
     def set_many(self, field: str, values: Mapping[str, int | str | None], token_key: str = "") -> list[str]:
         """Override ``field`` (``size``, ``template`` or ``clone_target``) of many pools at once,
         all or none (lua/pool_overrides.lua); None takes a pool back to its configured value.
-        Returns the pools whose override changed. TokenGone (nothing changed) when
-        ``token_key``, the record of the token the change was asked with, is gone."""
+        Returns the pools whose override changed, each nudged (``Store.wake``) in the same step.
+        TokenGone (nothing changed) when ``token_key``, the record of the token the change was
+        asked with, is gone; StoreUnavailable (nothing changed) when Redis ran the script only
+        after the client's socket timeout (``_deadline``)."""
         setting = {"size": SIZE, "template": TEMPLATE, "clone_target": CLONE_TARGET}[field]
         return self._set(setting, {pool: "" if value is None else str(value) for pool, value in values.items()},
                          token_key)
@@ -166,13 +177,36 @@ class PoolOverrides:
         args = [part for pool, value in values.items() for part in (pool, value)]
         if not args:
             return []
-        keys = [self.keys.pool_override(setting)]
-        token_index(keys, token_key)
+        keys = [self.keys.pool_override(setting), self.keys.ready_fence, *(self.keys.wake(pool) for pool in values)]
+        token = token_index(keys, token_key)
+        fence = secrets.token_hex(8) if setting in FENCING else ""
+        deadline = self._deadline()
         with _translate_errors():
-            changed = self.scripts.pool_overrides(keys=keys, args=args)
+            changed = self.scripts.pool_overrides(keys=keys, args=[fence, deadline, token, *args])
         if changed == -1:
             raise TokenGone()
+        if changed == -2:
+            raise StoreUnavailable("redis: the change reached Redis after its deadline: not made")
         return [str(pool) for pool in changed]
+
+    def _deadline(self) -> str:
+        """The time on Redis's clock (ms) after which the change's script changes nothing: now
+        plus this client's socket timeout, by when the caller has given up on the script's answer
+        and said the change failed (503). A script that waited in Redis longer (paused, behind a
+        slow script) would otherwise make the change after its 503. "" without a timeout. One
+        round trip: these changes are an administrator's, rare."""
+        if self._answer_window_ms is None:
+            return ""
+        with _translate_errors():
+            seconds, microseconds = self.client.time()
+        return str(int(seconds) * 1000 + int(microseconds) // 1000 + self._answer_window_ms)
+
+    def lift_fence(self, pool: str, fence: str) -> bool:
+        """Let checkouts take the pool's ready VMs again: a pass that read the fence ``fence`` with
+        the overrides has drained what they made stale. A fence set since (another change) stays
+        for the pass that reads it. Whether this call lifted it."""
+        with _translate_errors():
+            return bool(self.scripts.replace_field(keys=[self.keys.ready_fence], args=[pool, fence, ""]))
 
     def reset(self, pool: str, now: float) -> None:
         """Drain the pool's ready and pending VMs cloned before ``now`` (and so refill it)."""

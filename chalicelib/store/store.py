@@ -586,6 +586,7 @@ class Store:
             "confirm_by": repr(now + UNCONFIRMED_SECONDS),
             "changes": key_list.add(self.keys.changes),
             "running": key_list.add(self.keys.running),
+            "fence": key_list.add(self.keys.ready_fence),
             "vm_template": self.keys.vm(KEY_PART),
             "pools": pool_keys,
         }

@@ -285,7 +285,8 @@ def stale_pass(fleet: Fleet, pause_after: int | None, meanwhile: Callable[[], No
 
 def users_act(fleet: Fleet) -> None:
     """Users, through the API: one extends the lifetime of a VM whose lifetime ended (it must
-    then stay), one checks a VM out, one gives one back."""
+    then stay), one checks a VM out (refused while a template change or reset fences the pool's
+    ready VMs), one gives one back."""
     now = fleet.world.clock.now()
     for host in sorted(fleet.world.hosts(POOL, "running") & fleet.world.provider_vms(POOL)):
         record = fleet.world.store.get_vm(host)
@@ -293,7 +294,12 @@ def users_act(fleet: Fleet) -> None:
             continue  # its lifetime has not ended
         assert fleet.world.put(f"/api/v3/vm/{host}", {"lifetime": 10}).status == 200
         fleet.kept[POOL].add(host)
-    if fleet.world.count(POOL, "ready"):
+    if fleet.world.client.hexists(fleet.world.store.keys.ready_fence, POOL):
+        # A template change or reset no pass has drained yet: its ready VMs are stale, none is taken.
+        ready = fleet.world.hosts(POOL, "ready")
+        assert fleet.world.post("/api/v3/vm", {POOL: 1}).status == 503
+        assert fleet.world.hosts(POOL, "ready") == ready
+    elif fleet.world.count(POOL, "ready"):
         fleet.kept[POOL].add(fleet.world.checkout(POOL))
     returnable = sorted(fleet.kept[POOL] - fleet.disk_on)
     if len(returnable) > 1:

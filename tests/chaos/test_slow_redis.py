@@ -25,8 +25,10 @@ from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.dummy import DummyProvider
 from chalicelib.store import CheckoutRequest, Store, StoreUnavailable, connect
 from chalicelib.store.ondemand import FAILED, OPEN, READY, OnDemandEntry, OnDemandStore
+from chalicelib.store.pool_overrides import PoolOverride, PoolOverrides
 from chalicelib.store.store import UNCONFIRMED_SECONDS
 from local.redis_server import RedisServer
+from tests.harness import HarnessFactory
 from tests.support import eventually
 
 BUSY_SECONDS = 2.0
@@ -237,3 +239,47 @@ def test_an_ondemand_confirmation_run_after_its_caller_gave_up_confirms_nothing(
     request = requests.get("paused")
     assert request is not None and request.state == FAILED, request
     assert store.counts(["slow"])["slow"]["running"] == 0
+
+
+@pytest.mark.parametrize("path, body", [("/api/v3/config/poolsize", {"slow": "5"}),
+                                        ("/api/v3/config/pooltemplate", {"slow": "templates/v2"}),
+                                        ("/api/v3/poolreset", {"slow": "1"})], ids=["size", "template", "reset"])
+def test_a_pool_change_answered_503_because_redis_was_held_changes_nothing(
+        make_harness: HarnessFactory, redis_server: RedisServer, redis_client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch, path: str, body: dict[str, str]) -> None:
+    """Redis held (SIGSTOP, a slow script) from the moment the change's script is sent, past the
+    API's socket timeout: the administrator is answered 503. Before, the script queued in Redis
+    ran once it resumed: the pool's size, template or reset changed after the 503 had said it
+    failed. A change's script run after its caller's socket timeout now changes nothing."""
+    config = parse(f"""
+:config: {{experimental_features: true}}
+:redis: {{server: 127.0.0.1, port: {redis_server.port}, socket_timeout: {SOCKET_TIMEOUT}}}
+:providers:
+  :dummy: {{createvm_max_time: 0, boot_time: 0}}
+:pools:
+  - {{name: slow, size: 2, provider: dummy, template: templates/v1}}
+""")
+    stack = make_harness(config, client=connect(config.redis))
+    store = stack.store
+    # As in a warm Lambda, Redis knows the script: a held EVALSHA runs it later, not NOSCRIPT.
+    redis_client.script_load(store.scripts.pool_overrides.script)
+    connection = store.client.client_id()
+    busy = threading.Thread(target=lambda: redis.Redis(port=redis_server.port).eval(
+        BUSY_SCRIPT, 0, int(BUSY_SECONDS * 1_000_000)))
+    change = PoolOverrides._set
+
+    def change_while_redis_is_held(self: PoolOverrides, *args: Any) -> list[str]:
+        busy.start()
+        eventually(lambda: _redis_is_busy(redis_server.port), 10, "the busy script to hold Redis")
+        return change(self, *args)
+
+    monkeypatch.setattr(PoolOverrides, "_set", change_while_redis_is_held)
+    assert stack.answer("POST", path, body) == (503, {"ok": False, "error": StoreUnavailable.public_message})
+    busy.join()
+    eventually(lambda: all(client["id"] != str(connection) for client in redis_client.client_list()), 10,
+               "the queued change to run")
+    monkeypatch.undo()
+
+    assert stack.services.pool("slow") == config.pool("slow")
+    assert PoolOverrides(store).get("slow") == PoolOverride()
+    assert stack.answer("POST", path, body) == (201, {"ok": True})  # the same request again makes it

@@ -11,6 +11,8 @@
 --    "changes": <KEYS index>, "running": <KEYS index of the service's running set (keys.running)>,
 --    "vm_template": "<the records of the VMs it pops: keys.DERIVED_KEYS>",
 --    "pools": {"p1": {"ready": <KEYS index>, "running": i, "wake": i, "demand": i (demand sizing)}},
+--    "fence": <KEYS index of the pools' ready fences (keys.ready_fence): a fenced pool's ready VMs
+--              are stale (a template change or reset no pass has drained yet) and none is taken>,
 --    "demand": {"minute": 541, "ttl": 777600},   (only when a requested pool has demand sizing)
 --    "token": <KEYS index of the record of the token the checkout was asked with (absent: none)>}
 -- One slot per VM wanted; its pools in the order it prefers them (the caller's weighted or
@@ -56,7 +58,11 @@ end
 local available = {}
 local function ready_count(pool)
   if available[pool] == nil then
-    available[pool] = redis.call('ZCARD', KEYS[pool_keys[pool].ready])
+    if redis.call('HEXISTS', KEYS[checkout.fence], pool) == 1 then
+      available[pool] = 0 -- cloned for the template or before the reset the pool no longer has
+    else
+      available[pool] = redis.call('ZCARD', KEYS[pool_keys[pool].ready])
+    end
   end
   return available[pool]
 end

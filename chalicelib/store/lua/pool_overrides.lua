@@ -1,25 +1,53 @@
 -- Set or remove runtime overrides of one setting for many pools at once (POST /config/poolsize,
 -- /config/pooltemplate, /config/clonetarget, /poolreset): every pool of a request changes, or none
 -- does.
--- KEYS[1] the setting's hash (pool -> value), KEYS[2] (when given) the record of the token the
--- change was asked with (lua/token_live.lua); ARGV pool, value pairs, an empty value removing the
--- pool's override (back to its configured value). Returns the pools whose override changed, or -1
--- when the token was deleted since the API checked it (nothing changed).
-if token_gone(#KEYS >= 2 and 2 or 0) then
+-- KEYS[1] the setting's hash (pool -> value), KEYS[2] the ready fence (keys.ready_fence), then the
+-- wake list of each pool of ARGV in its order, then (when given) the record of the token the
+-- change was asked with (lua/token_live.lua). ARGV[1] the change's id when the setting's change
+-- makes the pool's ready VMs stale (a template, a reset), else ''; ARGV[2] the deadline on Redis's
+-- clock (ms; '' for none) after which the API has given up on this answer and said the change
+-- failed; ARGV[3] the token record's index in KEYS (0: none); then pool, value pairs, an empty
+-- value removing the pool's override (back to its configured value).
+-- Each pool whose override changed is nudged (its wake list), in this step: an answer that says
+-- it changed never comes with a failed nudge. Each pool whose ready VMs went stale is fenced with
+-- the change's id: no checkout takes its ready VMs until a pass that read this change has
+-- drained them (lua/checkout.lua, PoolOverrides.lift_fence). Returns the pools whose override
+-- changed, -1 when the token was deleted since the API checked it, or -2 when the deadline has
+-- passed (nothing changed either way: the script waited in Redis, paused or behind a slow
+-- script, past the API's socket timeout).
+if token_gone(tonumber(ARGV[3])) then
   return -1
 end
+if ARGV[2] ~= '' then
+  local time = redis.call('TIME')
+  if tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) > tonumber(ARGV[2]) then
+    return -2
+  end
+end
+local fence = ARGV[1]
 local changed = {}
-for index = 1, #ARGV, 2 do
+for index = 4, #ARGV, 2 do
   local pool, value = ARGV[index], ARGV[index + 1]
   local before = redis.call('HGET', KEYS[1], pool)
+  local change = false
   if value == '' then
     if before then
       redis.call('HDEL', KEYS[1], pool)
-      changed[#changed + 1] = pool
+      change = true
     end
   elseif before ~= value then
     redis.call('HSET', KEYS[1], pool, value)
+    change = true
+  end
+  if change then
     changed[#changed + 1] = pool
+    local wake_key = KEYS[2 + (index - 2) / 2]
+    redis.call('LPUSH', wake_key, '1')
+    redis.call('LTRIM', wake_key, 0, 0)
+    redis.call('EXPIRE', wake_key, 60)
+    if fence ~= '' then
+      redis.call('HSET', KEYS[2], pool, fence)
+    end
   end
 end
 return changed
