@@ -328,6 +328,7 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
         "ondemand_vms": [(r, keys.ondemand_vms(r)) for r in request_ids],
         "token": [(t, keys.token(t)) for t in token_hashes],
         "user_tokens": [(u, keys.user_tokens(u)) for u in users],
+        "user_token_times": [(u, keys.user_token_times(u)) for u in users],
         "login_user": [(u, keys.login_user(_user_part(u))) for u in users],
         "login_address": [(a, keys.login_address(a)) for a in addresses],
         "login_user_in_flight": [(u, keys.login_in_flight(keys.login_user(_user_part(u)))) for u in users],

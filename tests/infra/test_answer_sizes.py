@@ -219,8 +219,8 @@ def _tokens_config(most: int) -> str:
 
 
 def _fill_tokens(services: Services, user: str, count: int) -> None:
-    """``count`` live tokens of ``user`` in Redis, as POST /token leaves them (made here: each
-    POST /token reads the user's tokens first, and 46,000 of them one by one take minutes)."""
+    """``count`` live tokens of ``user`` in Redis, as GET /token lists them (made here in one
+    pipeline: 46,000 POST /token one by one take minutes)."""
     keys, now = services.store.keys, iso(services.clock.now())
     pipe = services.client.pipeline(transaction=False)
     for n in range(count):
