@@ -129,6 +129,7 @@ class Ticker:
         ``remaining_seconds``: the invocation's time left; the send then stops starting calls in
         time for the rest (``tick_send_budget``). None (the local scheduler): the queue's own."""
         config = services.config
+        services.store.mark_service_started(services.clock.now())  # /status's uptime, once
         fleet = Fleet(services.store)
         known = fleet.names()
         newest = newest_config(services)

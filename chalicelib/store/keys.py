@@ -68,6 +68,8 @@ family through these validators.
                                      a reconcile function ran with, and when it last did: a
                                      function a push behind leaves the pools alone
     lastboot                 hash    pool -> time of its last VM becoming ready
+    started                  string  when the service started serving (epoch s): /status's uptime, the
+                                     same from every process (lua/service_started.lua)
     daily:<YYYY-MM-DD>       hash    that day's clone/boot durations (a day the previous release recorded
                                      holds its tag counts too, until lua/record_tags.lua moves them
                                      or the day expires)
@@ -305,6 +307,10 @@ class Keys:
     @property
     def last_boot(self) -> str:
         return f"{self.prefix}lastboot"
+
+    @property
+    def started(self) -> str:
+        return f"{self.prefix}started"
 
     def daily(self, day: str) -> str:
         return f"{self.prefix}daily:{day}"

@@ -365,7 +365,7 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
                                                           "last_boot", "ondemand_open_requests",
                                                           "ondemand_kept_requests", "holders", "migrating",
                                                           "templates_prepared", "templates_preparing", "sizing_state",
-                                                          "running", "running_counted", "running_rebuild",
+                                                          "running", "running_counted", "running_rebuild", "started",
                                                           "config_generation", "login_users_counted",
                                                           "login_addresses_counted")],
     }
