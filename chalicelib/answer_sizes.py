@@ -21,6 +21,7 @@ import json
 import re
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
+from chalicelib.auth.base import MAX_USERNAME_LENGTH
 from chalicelib.sizing.settings import MAX_SIZE
 
 
@@ -47,6 +48,8 @@ class ShownConfig(Protocol):
     def pools(self) -> Sequence[ShownPool]: ...
     @property
     def service(self) -> Any: ...
+    @property
+    def auth(self) -> Any: ...
 
 
 FEED_MINUTES = 60
@@ -263,6 +266,27 @@ def tokens_answer_bytes(config: ShownConfig) -> int:
     return lambda_bytes({"ok": True}) + config.service.max_tokens_per_user * TOKEN_BYTES
 
 
+WIDEST_USER_BYTES = len(json.dumps(json.dumps("\u00e9" * MAX_USERNAME_LENGTH * 2 * 18)))
+"""A token's user as GET /token/<t> shows it, at its widest: a login name of at most
+MAX_USERNAME_LENGTH characters, each lower-cased to at most 2 and NFKC-normalised to at most 18
+(auth.base.canonical_user), each escaped as ``\\u00e9``."""
+TOKEN_STATUS_BYTES = lambda_bytes({"ok": True, "0" * 32: {
+    "user": "", **dict.fromkeys(("created", "last", "expires"), WIDEST_TOKEN_TIME), "vms": {"running": []}}}) \
+    + WIDEST_USER_BYTES
+"""GET /token/<t> as Lambda sends it, its running VMs aside."""
+
+
+def token_status_answer_bytes(config: ShownConfig) -> int:
+    """GET /token/<t> (vmfloaty's ``token status``, ``list --active``) at its widest: the token's
+    running VMs, at most ``max_running_vms_per_user`` (what its user may hold, every token of the
+    user together; the config reader bounds it only from below), each name at its longest.
+    Nothing without ``:auth:``: no tokens, the route answers 404 (and a service without logins,
+    a load test's, may lift the per-address quota as high as it likes)."""
+    if config.auth is None:
+        return 0
+    return TOKEN_STATUS_BYTES + config.service.max_running_vms_per_user * HOSTNAME_BYTES
+
+
 ANSWERS: tuple[tuple[str, Callable[[ShownConfig], int]], ...] = (
     ("GET /api/v3/config", lambda config: lambda_bytes(config_answer(config))),
     ("GET /api/v3/status", lambda config: lambda_bytes(status_answer(config))),
@@ -273,6 +297,7 @@ ANSWERS: tuple[tuple[str, Callable[[ShownConfig], int]], ...] = (
     ("GET /api/v3/summary (one day)", summary_answer_bytes),
     ("GET /api/v3/ondemandvm/<id>", ondemand_answer_bytes),
     ("GET /token", tokens_answer_bytes),
+    ("GET /token/<t>", token_status_answer_bytes),
 )
 """Every answer that grows with the config, and its size at the widest. /poolstat is a part of
 /status; /totalrunning and /vm/<host> do not grow with it."""
@@ -296,6 +321,8 @@ def answer_size_problems(config: ShownConfig) -> list[str]:
             remedy += ", or fewer tag names and values a day (config.max_tag_names_per_day, max_tag_values_per_day)"
         elif route == "GET /token":  # the pools have no part in it
             where, remedy = "config.max_tokens_per_user", "fewer tokens a user"
+        elif route == "GET /token/<t>":  # nor in this one
+            where, remedy = "config.max_running_vms_per_user", "fewer VMs a user"
         problems.append(f"{where}: {route} could answer {size:,} bytes as Lambda sends it, more than the "
                         f"{ANSWER_LIMIT_BYTES:,} one answer may take (Lambda's limit is {LAMBDA_RESPONSE_BYTES:,}, "
                         f"past it API Gateway answers 502 to everyone): {remedy}")

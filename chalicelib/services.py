@@ -128,7 +128,9 @@ class Services:
         self._dns_plugins: dict[str, DnsPlugin] = {}
         self.refill: RefillTrigger = refill or NoRefill()
         self.started = self.clock.now()
-        """When this process started serving: /status reports uptime from it, as vmpooler does."""
+        """When this process started serving: /status reports uptime from it until the service's
+        start is known (``service_started``)."""
+        self._service_started: float | None = None
         self.secrets = secrets or default_resolver()
         # Plain-text secrets are known now; references are masked once fetched.
         redact_secrets(value for value in configured_secrets(config) if isinstance(value, str))
@@ -155,6 +157,14 @@ class Services:
         if environ.get(REFILL_QUEUE_ENV):
             services.refill = SqsRefill(environ[REFILL_QUEUE_ENV], store=services.store, clock=services.clock)
         return services
+
+    def service_started(self) -> float:
+        """When the service started serving (epoch seconds), the same in each of its processes:
+        as the scheduler's first tick recorded it (``Store.mark_service_started``; the local
+        stack's start), read once per process; this process's own start until then."""
+        if self._service_started is None:
+            self._service_started = self.store.service_started()
+        return self.started if self._service_started is None else self._service_started
 
     def use_config(self, config: Config) -> None:
         """Serve with a new config (pushed to S3 while running): pools and settings apply at

@@ -5,16 +5,19 @@ app's routes with precompiled patterns and hands Chalice the same proxy event AP
 ``AsgiApp`` puts it behind an ASGI server (`make run`: ``local.http_front``), which runs a few
 event loops per worker process, each on its own thread, each calling the app inline: the
 service's app keeps the request being served per thread, and any other Chalice app is served
-by one loop, one request at a time.
+by one loop, one request at a time (and the Gateway itself lets such an app serve one request
+at a time, whoever calls it: tests/in_process_http.py's thread per connection).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import re
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -80,11 +83,17 @@ class RouteMatcher:
 
 
 class Gateway:
-    """Turns raw HTTP requests into API Gateway proxy events for a Chalice app."""
+    """Turns raw HTTP requests into API Gateway proxy events for a Chalice app. Callable from
+    several threads at once: a plain Chalice app keeps the request being served on the app
+    object, so one such app is let serve one request at a time (two at once answered with one
+    request's data); the service's app (RequestLocalChalice) keeps it per thread and serves
+    each thread's request at once."""
 
     def __init__(self, app: Chalice) -> None:
         self.app = app
         self.matcher = RouteMatcher(app)
+        self._one_at_a_time: contextlib.AbstractContextManager[Any] = (
+            contextlib.nullcontext() if isinstance(app, RequestLocalChalice) else threading.Lock())
 
     def __call__(
         self, method: str, target: str, headers: dict[str, str], body: bytes, client_ip: str
@@ -126,7 +135,8 @@ class Gateway:
             "body": base64.b64encode(body).decode() if body else None,
             "isBase64Encoded": bool(body),
         }
-        response = self.app(event, _LocalContext())
+        with self._one_at_a_time:
+            response = self.app(event, _LocalContext())
         payload = response.get("body") or ""
         data = base64.b64decode(payload) if response.get("isBase64Encoded") else payload.encode()
         out_headers = {k: v for k, v in (response.get("headers") or {}).items()}

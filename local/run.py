@@ -297,6 +297,22 @@ class RedisRestarts:
         return None
 
 
+def _mark_started(url: str) -> None:
+    """The stack starts now: /status's uptime counts from here in every worker, whenever each
+    started, and again from the next start (its Redis keeps what the last stack set)."""
+    import redis
+
+    from chalicelib.services import KEY_PREFIX_ENV
+    from chalicelib.store import Store
+    from chalicelib.store.keys import DEFAULT_PREFIX
+
+    client = redis.Redis.from_url(url)
+    try:
+        Store(client, prefix=os.environ.get(KEY_PREFIX_ENV, DEFAULT_PREFIX)).restart_service(time.time())
+    finally:
+        client.close()
+
+
 def _tcp_port(text: str) -> int:
     """A port to listen on, 1 to 65535. Not 0: each HTTP worker binds the port itself, and each
     would get a different free one (the banner showing port 0)."""
@@ -376,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_vcsim(vcsim_process)
         return status
     os.environ["VMPOOL_REDIS_URL"] = redis_server.url
+    _mark_started(redis_server.url)
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")
 

@@ -54,8 +54,9 @@ class _Server(ThreadingHTTPServer):
 
 
 def make_server(app: Chalice, host: str, port: int) -> ThreadingHTTPServer:
-    """A threaded in-process HTTP server for ``app`` (a RequestLocalChalice: each thread sees its
-    own request), for tests that drive the API and their own Redis from one process. `make run`
-    serves through ``local.http_front``."""
+    """A threaded in-process HTTP server for ``app``, for tests that drive the API and their own
+    Redis from one process: a RequestLocalChalice (the service's app) serves each thread's
+    request at once, any other Chalice app one request at a time (``Gateway``: it keeps the
+    request on the app object). `make run` serves through ``local.http_front``."""
     handler = type("Handler", (_Handler,), {"gateway": Gateway(app)})
     return _Server((host, port), handler)

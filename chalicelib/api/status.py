@@ -76,7 +76,8 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
         empty = [p.name for p in pools_now if sizes[p.name].size > 0 and counts[p.name]["ready"] == 0]
         if empty:
             state = {"ok": False, "message": f"Found {len(empty)} empty pools.", "empty": empty}
-    state["uptime"] = round(now - services.started, 1)
+    # The service's, not this process's (a worker's, a Lambda instance's): the same from each.
+    state["uptime"] = round(max(now - services.service_started(), 0.0), 1)
     body["status"] = state
     return ApiResponse(200, dict(sorted(body.items())))
 

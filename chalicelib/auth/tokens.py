@@ -4,6 +4,11 @@ Redis layout (every key under ``vmpool:``)::
 
     vmpool:token:<sha256 hex of the token>   hash: user, created, last   (ISO-8601 UTC)
     vmpool:user:<user>:tokens                set of the user's token hashes
+    vmpool:user:<user>:token_times           the same hashes, scored by when each was made
+
+``POST /token`` counts a user's live tokens in ``token_times`` (those made within the ttl) and
+forgets the expired ones there, in its script, without reading the user's tokens: making a token
+costs the same whatever ``max_tokens_per_user``.
 
 A Redis dump therefore holds no usable token. A token is found by the Redis key of its hash, so
 no token or hash is ever compared byte by byte in Python (nothing to time). A token is identified
@@ -33,7 +38,7 @@ import redis as redis_module
 
 from chalicelib.auth.base import same_user
 from chalicelib.clock import Clock, SystemClock
-from chalicelib.store.keys import DEFAULT_PREFIX, Keys
+from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, Keys
 from chalicelib.store.scripts import script_source
 from chalicelib.store.store import TokenNotDurable
 
@@ -139,28 +144,35 @@ class TokenStore:
     def _user_key(self, user: str) -> str:
         return self.keys.user_tokens(user)
 
+    def _times_key(self, user: str) -> str:
+        return self.keys.user_token_times(user)
+
     def create(self, user: str) -> str:
         """A new token for user. The token is returned once and is not stored anywhere.
         Raises TooManyTokens when the user has ``max_per_user`` live tokens, TokenNotDurable
         (the token deleted again) when no replica acknowledged it in time (``replicated``)."""
         if not isinstance(user, str) or not user:
             raise ValueError("a token needs a user")
-        user_key = self._user_key(user)
-        # The script counts the user's live tokens: it is given the records of those it may
-        # have to forget (read first: a script touches only the keys it is given). Read as
-        # GET /token lists them, which forgets the tokens past the ttl in effect whose keys Redis
-        # still holds (token_ttl lowered, until the tick sets their expiries): counted, they
-        # refused a user the tokens GET /token did not show.
-        held = sorted(record.token_hash for record in self.list_for_user(user)) if self.max_per_user > 0 else []
+        keys = [self._user_key(user), self._times_key(user)]
+        live: list[str] = []  # given only when the script asks (-2): the user's tokens, read once
         while True:
             token = "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_LENGTH))
             token_hash = hash_token(token)
             key = self._token_key(token_hash)
-            now = iso(self.clock.now())
+            now = self.clock.now()
+            made = iso(now)
             ttl = 0 if self.ttl_seconds is None else max(1, int(self.ttl_seconds))
+            cutoff = "-inf" if self.ttl_seconds is None else repr(now - self.ttl_seconds)
             # The script refuses an existing hash: the (astronomically unlikely) collision retries.
-            created = int(self._create(keys=[key, user_key, *(self._token_key(other) for other in held)],
-                                       args=[user, now, ttl, token_hash, self.max_per_user, *held]))
+            created = int(self._create(keys=[key, *keys], args=[
+                user, made, ttl, token_hash, self.max_per_user, int(_parse_iso(made) or 0), cutoff,
+                self._token_key(KEY_PART), *live]))
+            if created == -2:
+                # The user's tokens were made before token_times counted them (or by an older
+                # version): read once, as GET /token lists them (forgetting those past the ttl).
+                live = ["read", *(part for record in self.list_for_user(user)
+                                  for part in (record.token_hash, str(int(record.created_at or 0))))]
+                continue
             if created == -1:
                 raise TooManyTokens(user)
             if created:
@@ -252,7 +264,8 @@ class TokenStore:
         record = self._record(token_hash, fields)
         if record is None:
             if fields.get("user"):
-                self._delete(keys=[key, self._user_key(fields["user"])], args=[fields["user"], token_hash])
+                owner = fields["user"]
+                self._delete(keys=[key, self._user_key(owner), self._times_key(owner)], args=[owner, token_hash])
             return None
         return self.touch(record) if touch else record
 
@@ -277,7 +290,8 @@ class TokenStore:
         for token_hash, fields in zip(hashes, pipe.execute(), strict=True):
             record = self._record(token_hash, fields) if fields else None
             if record is None or record.user != user:
-                self._delete(keys=[self._token_key(token_hash), user_key], args=[user, token_hash])
+                self._delete(keys=[self._token_key(token_hash), user_key, self._times_key(user)],
+                             args=[user, token_hash])
                 continue
             records.append(record)
         records.sort(key=lambda r: (r.created, r.id))
@@ -307,8 +321,8 @@ class TokenStore:
             # A token made before names were canonical records its owner as typed ('ALICE'):
             # still alice's. The script deletes it only while it is still that owner's.
             user = owner
-        user_key = self._user_key(owner if owner is not None else user)
-        result = int(self._delete(keys=[key, user_key], args=[user, token_hash]))
+        holder = owner if owner is not None else user
+        result = int(self._delete(keys=[key, self._user_key(holder), self._times_key(holder)], args=[user, token_hash]))
         if result == 1:
             return DeleteResult.DELETED
         if result == -1:

@@ -129,6 +129,7 @@ class Ticker:
         ``remaining_seconds``: the invocation's time left; the send then stops starting calls in
         time for the rest (``tick_send_budget``). None (the local scheduler): the queue's own."""
         config = services.config
+        services.store.mark_service_started(services.clock.now())  # /status's uptime, once
         fleet = Fleet(services.store)
         known = fleet.names()
         newest = newest_config(services)
@@ -406,8 +407,12 @@ def handle_batch(services: "Services", records: Iterable[tuple[str, str]], queue
 
 def _look_at_all(services: "Services", messages: list[PoolMessage], queue: PoolQueue, budget: float,
                  out_of_time: Callable[[], bool]) -> None:
-    """Several messages for one pool: one run (releasing every stale lease they carry)."""
-    first = max(messages, key=lambda m: (m.reason == FOLLOWUP, m.lease is not None))
+    """Several messages for one pool: one run (releasing every stale lease they carry). The run
+    is the message's that asks the most of it: a follow-up (its arrival is noted), then one that
+    drains a pool no longer configured (a tick or nudge for it is dropped: ``look_at``; a tick
+    queued just before the pool left the config may share a batch with the next tick's drain),
+    then one carrying a lease."""
+    first = max(messages, key=lambda m: (m.reason == FOLLOWUP, m.reason not in (TICK, NUDGE), m.lease is not None))
     for other in messages:
         if other.lease and other is not first:
             services.store.release_lease(other.pool, other.lease)

@@ -11,10 +11,11 @@ tests/core/test_key_schema.py holds both sides to this.
 No name a caller or a config chooses may spell another key. A name goes into a key as it is only
 where its validator leaves out ``:`` (pool and provider names: config.POOL_NAME_PATTERN; API
 hostnames: api.http.HOSTNAME_PATTERN; a hostname a provider's inventory lists names only its own
-``vm:`` record), or where fixed text around it keeps it apart (``user:<canonical user>:tokens``,
-the one family under ``user:``; ``dummy:<provider>:folder:<folder>``). A request id may hold ``:``,
-so it is escaped (``request_part``); user names in failed-login, holdings, rate-limit and directory
-check keys, and tokens, are hashed; a client address is an IPv4 address, an IPv6 /64 or a hash
+``vm:`` record), or where fixed text around it keeps it apart (``user:<canonical user>:tokens`` and
+``user:<canonical user>:token_times``, the families under ``user:``, apart by their ends;
+``dummy:<provider>:folder:<folder>``). A request id may hold ``:``, so it is escaped
+(``request_part``); user names in failed-login, holdings, rate-limit and directory check keys, and
+tokens, are hashed; a client address is an IPv4 address, an IPv6 /64 or a hash
 (auth.ratelimit.address_key).
 A prefix with a hash tag (``{vmpool}:``) keeps every key in one cluster slot whatever the names
 hold, since Redis hashes the first ``{...}`` only. test_key_schema.py feeds hostile names to every
@@ -71,6 +72,8 @@ family through these validators.
                                      a reconcile function ran with, and when it last did: a
                                      function a push behind leaves the pools alone
     lastboot                 hash    pool -> time of its last VM becoming ready
+    started                  string  when the service started serving (epoch s): /status's uptime, the
+                                     same from every process (lua/service_started.lua)
     daily:<YYYY-MM-DD>       hash    that day's clone/boot durations (a day the previous release recorded
                                      holds its tag counts too, until lua/record_tags.lua moves them
                                      or the day expires)
@@ -102,6 +105,10 @@ family through these validators.
     tokens:ttl               string  the token_ttl the tokens' expiries were last set for ("none":
                                      no expiry); another config's sets them again (auth/tokens.py)
     user:<user>:tokens       set     a user's token hashes
+    user:<user>:token_times  zset    the same hashes, scored by when each token was made (epoch s):
+                                     POST /token counts the user's live tokens in it (those made
+                                     within token_ttl) and forgets expired ones, without reading them
+                                     (lua/token_create.lua); kept by the scripts that change the set
     dircheck:<user hash>     hash    the directory's last answer on whether a token's user is still
                                      there, and who is asking again (auth/directory_check.py),
                                      expiring when no longer useful
@@ -167,6 +174,9 @@ DERIVED_KEYS: Mapping[str, str] = {
     "ondemand_end": "the open sets and wake lists of the request's pools, the records of its VMs and "
                     "their pools' state sets: every VM leaves in the same step as the request ends, so "
                     "none reserved meanwhile is left behind",
+    "token_create": "the records of the user's expired tokens it forgets (the user's token_times set names "
+                    "them, by when they were made): naming them first meant reading the user's tokens, "
+                    "a cost that grew with max_tokens_per_user",
     "running_recount": "the records of the VMs counted running that no running set it was given holds, "
                        "and the running sets of the pools those records name: a pool the caller's config "
                        "does not list yet (a push it has not read) keeps its VMs counted",
@@ -309,6 +319,10 @@ class Keys:
     def last_boot(self) -> str:
         return f"{self.prefix}lastboot"
 
+    @property
+    def started(self) -> str:
+        return f"{self.prefix}started"
+
     def daily(self, day: str) -> str:
         return f"{self.prefix}daily:{day}"
 
@@ -356,6 +370,10 @@ class Keys:
 
     def user_tokens(self, user: str) -> str:
         return f"{self.prefix}user:{user}:tokens"
+
+    def user_token_times(self, user: str) -> str:
+        """The user's token hashes scored by when each was made: what counts their live tokens."""
+        return f"{self.prefix}user:{user}:token_times"
 
     def directory_check(self, user_hash: str) -> str:
         """The directory's last answer about a user (``directory_check.user_hash`` of the name)."""

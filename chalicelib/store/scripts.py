@@ -14,14 +14,14 @@ from chalicelib.store.keys import DERIVED_KEYS
 _LUA_DIR = Path(__file__).with_name("lua")
 
 SHARED: dict[str, tuple[str, ...]] = {"checkout": ("quota", "token_live"), "ondemand_create": ("quota", "token_live"),
-                                      "move": ("record_fields", "finite", "token_live"),
+                                      "move": ("record_fields", "finite", "token_live", "vm_owner"),
                                       "update": ("record_fields",), "release": ("finite",),
-                                      "vm_task_enqueue": ("vm_task_queue", "token_live"),
-                                      "vm_modify": ("vm_task_queue", "token_live"),
+                                      "vm_task_enqueue": ("vm_task_queue", "token_live", "vm_owner"),
+                                      "vm_modify": ("vm_task_queue", "token_live", "vm_owner"),
                                       "ondemand_end": ("finite", "token_live"), "ondemand_reserve": ("finite",),
-                                      "pool_overrides": ("token_live",)}
+                                      "pool_overrides": ("token_live",), "service_started": ("finite",)}
 """Scripts run with the functions of other files (lua/quota.lua, lua/record_fields.lua,
-lua/finite.lua, lua/vm_task_queue.lua, lua/token_live.lua) before their own text."""
+lua/finite.lua, lua/vm_task_queue.lua, lua/token_live.lua, lua/vm_owner.lua) before their own text."""
 
 
 def script_source(name: str) -> str:
@@ -97,6 +97,7 @@ class Scripts:
         self.pool_overrides = load("pool_overrides")
         self.running_recount = load("running_recount")
         self.config_generation = load("config_generation")
+        self.service_started = load("service_started")
 
 
 ScriptCall = tuple[_Script, Sequence[str], Sequence[Any]]

@@ -1152,6 +1152,23 @@ class Store:
         with _translate_errors():
             return cast("dict[str, str]", self.client.hgetall(self.keys.last_boot))
 
+    def service_started(self) -> float | None:
+        """When the service started serving (epoch seconds), the same for all its processes; None
+        before it is known (``mark_service_started``)."""
+        with _translate_errors():
+            return finite_number(self.client.get(self.keys.started))
+
+    def mark_service_started(self, now: float) -> bool:
+        """The service serves: record ``now`` as its start unless one is known (the scheduler's
+        tick). Returns whether it was recorded."""
+        with _translate_errors():
+            return bool(self.scripts.service_started(keys=[self.keys.started], args=[repr(now)]))
+
+    def restart_service(self, started: float) -> None:
+        """The service starts now, whatever started before (the local stack, before its workers)."""
+        with _translate_errors():
+            self.client.set(self.keys.started, repr(started))
+
     def ping(self) -> None:
         with _translate_errors():
             self.client.ping()

@@ -9,10 +9,14 @@ from typing import Callable
 
 import pytest
 
+import app as app_module
 from chalicelib.api.vms import MAX_TAG_VALUE
+from chalicelib.config import parse
+from chalicelib.manager.dispatch import Ticker
 from chalicelib.store import DurationSample
 from chalicelib.timestamps import day_of
 from tests.api.configs import CONFIG_YAML, LDAP_PASSWORD, PROVIDER_PASSWORD, REDIS_PASSWORD
+from tests.core.test_reconcile_queue import RecordingQueue
 from tests.harness import Harness, Reply
 
 OK_MESSAGE = "Battle station fully armed and operational."
@@ -483,3 +487,29 @@ def test_a_day_filled_to_the_most_tags_the_config_allows_fits_one_summary(make_s
     assert summary.status == 200, summary.raw[:300]
     assert len(summary.json["tag"]) == names + 1
     assert lambda_answer_bytes(summary) < LAMBDA_ANSWER_LIMIT
+
+
+def test_uptime_is_the_services_whichever_process_answers(make_harness, clock, redis_client) -> None:
+    """Each process (a local worker, a Lambda instance) reported its own uptime, from when it was
+    built: the dashboard's "API up" jumped between an hour and a minute from one refresh to the
+    next. Now every process answers since the service started, as its scheduler's first tick
+    recorded it (before that tick, each its own)."""
+
+    def uptime(process: Harness) -> float:
+        app_module._services = process.services  # the process that answers this request
+        return process.get("/api/v3/status").json["status"]["uptime"]
+
+    first = make_harness(parse(CONFIG_YAML))
+    clock.advance(30)
+    assert uptime(first) == 30.0
+    Ticker().tick(first.services, RecordingQueue())
+    clock.advance(3600)
+    later = make_harness(parse(CONFIG_YAML))  # a worker started an hour on, as a new Lambda instance
+    clock.advance(60)
+    assert uptime(later) == uptime(first) == 3660.0
+    Ticker().tick(later.services, RecordingQueue())  # every tick: the start stays
+    assert uptime(later) == uptime(first) == 3660.0
+    redis_client.set(first.services.store.keys.started, "nan")  # broken by hand: a tick replaces it
+    Ticker().tick(later.services, RecordingQueue())
+    assert float(redis_client.get(first.services.store.keys.started)) == clock.now()
+    assert uptime(make_harness(parse(CONFIG_YAML))) == 0.0  # read by a process started since

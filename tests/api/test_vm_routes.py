@@ -142,10 +142,13 @@ def test_tags_are_stored_filtered_and_counted(full: Harness) -> None:
 
 
 def test_empty_body_changes_nothing(full: Harness) -> None:
+    """vmpooler's answer since its input validation (v3.rb sanitize_json_body reads an empty body
+    as {}): 200, nothing changed (docs/compatibility.md)."""
     host = full.checkout("pool1")
     before = full.redis_state()
     for body in (None, {}):
         assert full.put(f"/api/v3/vm/{host}", body).json == {"ok": True}
+        assert full.put("/api/v3/vm/nosuchvm", body).status == 404
     assert full.redis_state() == before
 
 

@@ -59,6 +59,8 @@ def test_redis_holds_only_the_hash(store, redis_client):
         *(f"vmpool:token:{hash_token(t)}" for t in tokens),
         "vmpool:user:alice:tokens",
         "vmpool:user:bob:tokens",
+        "vmpool:user:alice:token_times",
+        "vmpool:user:bob:token_times",
     }
 
 
@@ -178,17 +180,44 @@ def test_a_token_belongs_to_the_deployment_that_made_it(redis_client, clock):
 
 
 def test_a_token_that_expired_in_redis_frees_its_place_under_the_limit(redis_client, clock):
-    """Redis expired one of the user's tokens (deleting its key, as Redis does): the user's set
-    still names it, yet it no longer counts against ``max_per_user``."""
-    limited = TokenStore(redis_client, clock, max_per_user=2)
+    """One of the user's tokens expired (its hour passed, and Redis deleted its key as it does):
+    the user's sets still named it, yet it no longer counts against ``max_per_user``, and the
+    next creation forgets it."""
+    limited = TokenStore(redis_client, clock, ttl_hours=1, max_per_user=2)
     first = limited.create("alice")
+    clock.advance(1800)
     limited.create("alice")
     with pytest.raises(TooManyTokens):
         limited.create("alice")
+    clock.advance(1800)
     redis_client.delete(limited.keys.token(hash_token(first)))
     assert limited.lookup(limited.create("alice")) is not None
     with pytest.raises(TooManyTokens):
         limited.create("alice")
+    assert hash_token(first) not in redis_client.smembers(limited.keys.user_tokens("alice"))
+    assert redis_client.zscore(limited.keys.user_token_times("alice"), hash_token(first)) is None
+
+
+def test_tokens_made_before_their_times_were_kept_count_under_the_limit(redis_client, clock):
+    """A deployment upgraded with users holding tokens (their set only, no ``token_times``): the
+    first creation reads them once and counts them; an expired one among them is forgotten."""
+    limited = TokenStore(redis_client, clock, ttl_hours=1, max_per_user=3)
+    old = [limited.create("alice") for _ in range(3)]
+    clock.advance(1800)
+    redis_client.delete(limited.keys.user_token_times("alice"))  # as the version before kept them
+    with pytest.raises(TooManyTokens):
+        limited.create("alice")
+    assert redis_client.zcard(limited.keys.user_token_times("alice")) == 3
+    assert limited.delete(old[0], "alice") is DeleteResult.DELETED
+    kept = limited.create("alice")
+    redis_client.delete(limited.keys.user_token_times("alice"))
+    clock.advance(1800)  # the three old ones expire (their keys linger: only the clock says so)
+    made = [limited.create("alice"), limited.create("alice")]
+    with pytest.raises(TooManyTokens):
+        limited.create("alice")
+    assert {record.token_hash for record in limited.list_for_user("alice")} == {
+        hash_token(token) for token in (kept, *made)}
+    assert redis_client.smembers(limited.keys.user_tokens("alice")) == {hash_token(t) for t in (kept, *made)}
 
 
 def test_the_token_limit_is_exact_when_one_user_creates_and_deletes_at_once(redis_client, clock):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from chalicelib.manager.dispatch import Ticker
 from chalicelib.manager.reconcile import reconcile_pool
 from tests.auth_api.documents import OTHER_POOL, POOL, document
 from tests.harness import Harness, basic, route_target, routes_of
-from tests.support import RedisRoundTrips
+from tests.support import RedisRoundTrips, redis_commands
 
 WWW_AUTHENTICATE = 'Basic realm="Authentication required"'
 VERSIONS = (3, 2, 1)
@@ -243,6 +244,41 @@ def test_a_user_has_a_bounded_number_of_tokens(make_api, ldap_auth, slapd):
     deleted = api.call("DELETE", f"/api/v3/token/{tokens[0]}", headers=basic("alice", slapd.password("alice")))
     assert deleted.status == 200
     assert api.new_token("alice", slapd.password("alice"))
+
+
+def _token_creation_commands(make_api, ldap_auth, slapd, held: int) -> int:
+    """Redis commands (those of its scripts included) of one POST /token by a user holding
+    ``held`` tokens already, under a limit far above."""
+    api = make_api(document(ldap_auth(), config={"max_tokens_per_user": 5000}))
+    for _ in range(held - 1):
+        api.services.tokens.create("alice")
+    api.new_token("alice", slapd.password("alice"))  # the scripts it runs are loaded from here on
+    api.client.config_resetstat()
+    made = api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice")))
+    assert made.status == 200, made.body
+    return sum(redis_commands(api.client).values())
+
+
+def test_a_token_costs_the_same_to_make_whatever_the_user_holds(make_api, ldap_auth, slapd):
+    """POST /token read every token the user held to count them (a round trip's worth of HGETALL
+    per token, and as many EXISTS in its script): the cost of a login grew with
+    ``max_tokens_per_user``, up to 46,025 reads a request."""
+    assert _token_creation_commands(make_api, ldap_auth, slapd, 2) == _token_creation_commands(
+        make_api, ldap_auth, slapd, 300)
+
+
+def test_concurrent_token_creations_at_the_limit_make_exactly_the_limit(make_api, ldap_auth, slapd):
+    """20 POST /token of one user at once, 2 places left under the limit: exactly 2 succeed, the
+    others answer 403, and the user lists exactly the limit."""
+    api = make_api(document(ldap_auth(login_attempts_per_user=50), config={"max_tokens_per_user": 5}))
+    password = slapd.password("alice")
+    for _ in range(3):
+        api.new_token("alice", password)
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda _: api.call("POST", "/api/v3/token", headers=basic("alice", password)),
+                                range(20)))
+    assert sorted(answer.status for answer in answers) == [200] * 2 + [403] * 18
+    assert len(api.call("GET", "/api/v3/token", headers=basic("alice", password)).body) == 1 + 5
 
 
 def test_on_demand_vms_are_in_their_tokens_running_list(ldap_api: Harness, slapd):

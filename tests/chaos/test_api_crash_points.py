@@ -222,6 +222,8 @@ def assert_whole(harness: Harness, where: str) -> None:
     for user in ("alice", "root", *users):
         for token_hash in client.smembers(keys.user_tokens(user)):
             assert client.exists(keys.token(token_hash)), f"{where}: {user}'s index names a token that is gone"
+        counted = set(client.zrange(keys.user_token_times(user), 0, -1))
+        assert counted == client.smembers(keys.user_tokens(user)), f"{where}: {user}'s token times {counted}"
     # Quota: every VM alice checked out and has running is held by her (else she could pass her
     # quota); an on-demand request's VMs are held through the request.
     for host, record in vm_records(harness).items():

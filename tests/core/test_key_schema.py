@@ -21,7 +21,7 @@ from chalicelib.store.scripts import script_source
 
 ROOT = Path(__file__).resolve().parents[2]
 LUA_DIR = ROOT / "chalicelib" / "store" / "lua"
-SHARED_ONLY = {"finite", "key_of", "quota", "record_fields", "token_live"}
+SHARED_ONLY = {"finite", "key_of", "quota", "record_fields", "token_live", "vm_owner"}
 """Files of lua/ that are never run alone: prepended to others (scripts.script_source)."""
 SCRIPTS = sorted(path.stem for path in LUA_DIR.glob("*.lua") if path.stem not in SHARED_ONLY)
 PYTHON_SOURCES = [ROOT / "app.py", *(ROOT / folder for folder in ("chalicelib", "local", "infra"))]
@@ -328,6 +328,7 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
         "ondemand_vms": [(r, keys.ondemand_vms(r)) for r in request_ids],
         "token": [(t, keys.token(t)) for t in token_hashes],
         "user_tokens": [(u, keys.user_tokens(u)) for u in users],
+        "user_token_times": [(u, keys.user_token_times(u)) for u in users],
         "login_user": [(u, keys.login_user(_user_part(u))) for u in users],
         "login_address": [(a, keys.login_address(a)) for a in addresses],
         "login_user_in_flight": [(u, keys.login_in_flight(keys.login_user(_user_part(u)))) for u in users],
@@ -364,7 +365,7 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
                                                           "last_boot", "ondemand_open_requests",
                                                           "ondemand_kept_requests", "holders", "migrating",
                                                           "templates_prepared", "templates_preparing", "sizing_state",
-                                                          "running", "running_counted", "running_rebuild",
+                                                          "running", "running_counted", "running_rebuild", "started",
                                                           "config_generation", "login_users_counted",
                                                           "login_addresses_counted")],
     }

@@ -569,6 +569,27 @@ def test_a_pool_removed_from_the_config_drains_and_is_forgotten(services: Servic
         assert client.zscore(scored, "centos") is None, scored
 
 
+@pytest.mark.parametrize("order", ["tick first", "drain first"])
+def test_a_stale_tick_in_the_batch_of_a_drain_does_not_skip_the_drain(services: Services, queue: RecordingQueue,
+                                                                      order: str) -> None:
+    """A tick queued the pool's look (spread over the minute) just before the pool left the
+    config; the next tick queued its drain; SQS handed both in one batch. The batch ran one of
+    them for the pool, the first: a tick for a pool not configured is dropped (a consumer a push
+    behind must not drain a pool just added), and the drain waited for the next tick's."""
+    clock = services.clock
+    assert isinstance(clock, FakeClock)
+    for _ in range(4):  # centos full
+        look_at(services, PoolMessage("centos", TICK), RecordingQueue())
+        clock.advance(60)
+    Ticker().tick(services, RecordingQueue())  # centos known to the fleet
+    assert services.store.counts(["centos"])["centos"]["ready"] == 1
+    services.use_config(parse(CONFIG.replace("  - {name: centos, size: 1, provider: dummy}\n", "")))
+    bodies = [PoolMessage("centos", TICK).body(), PoolMessage("centos", DRAIN).body()]
+    answer = app.reconcile(sqs_event(*(bodies if order == "tick first" else bodies[::-1])), Context())
+    assert answer == {"batchItemFailures": []}
+    assert services.store.counts(["centos"])["centos"]["ready"] == 0  # drained
+
+
 def test_a_tick_deletes_the_clone_demands_the_previous_release_kept(services: Services) -> None:
     """The previous release kept the pools' clone demands in a hash nothing reads any more: the
     first tick of a new deployment deletes it, rather than leave one field per pool for good."""

@@ -9,8 +9,9 @@ from typing import Callable
 import pytest
 import redis
 
-from chalicelib.store import Store
+from chalicelib.store import ModifyResult, Store
 from chalicelib.store import store as store_module
+from chalicelib.store.vm_tasks import EnqueueResult, VMTaskStore, new_task
 from tests.support import redis_commands
 
 POOL = "alpha"
@@ -221,3 +222,41 @@ def test_an_ondemand_reservation_reads_no_pools_clones_however_many_run(
     assert reserved == ["od-2", "od-3"]  # the clone limit, 4, less req-1's 2 in flight
     assert "hexists" not in commands  # no VM of the cloning set read one by one
     assert commands["zintercard"] == 1 and commands["zcard"] == 1
+
+
+# --- the checkout a change was asked for --------------------------------------------------------
+# PUT /vm/<host> (lua/vm_modify.lua), a queued disk or snapshot (lua/vm_task_enqueue.lua) and
+# DELETE /vm/<host> with :auth: (lua/move.lua's same_checkout) each land only while the VM is
+# still held by the checkout whose owner the API checked. What each does when the record changed
+# in between, one row per change (lua/vm_owner.lua: one check for the three).
+
+SEEN = {"name": "vm-1", "pool": POOL, "state": "running", "checkout": "100.0", "token_user": "alice"}
+SINCE = {
+    "nothing": ({}, (True, True, True)),
+    "checked out again": ({"checkout": "200.0"}, (False, False, False)),
+    "by another user": ({"token_user": "bob"}, (False, False, False)),
+    "by a caller without a token": ({"token_user": None}, (False, False, False)),
+    "without a checkout time": ({"checkout": None}, (False, False, False)),
+    "its checkout never confirmed": ({"confirm_by": "160.0"}, (False, False, True)),
+    "its state no longer running": ({"state": "ready"}, (False, False, True)),
+}
+
+
+@pytest.mark.parametrize("since", SINCE)
+def test_a_change_lands_only_while_the_checkout_the_api_checked_holds_the_vm(redis_client: redis.Redis,
+                                                                            since: str) -> None:
+    changes, (modified, queued, returned) = SINCE[since]
+    store = Store(redis_client)
+    store.client.hset(store.keys.vm("vm-1"), mapping=SEEN)
+    store.client.zadd(store.keys.pool_state(POOL, "running"), {"vm-1": 100.0})
+    seen = store.get_vm("vm-1")
+    assert seen is not None
+    for name, value in changes.items():
+        if value is None:
+            store.client.hdel(store.keys.vm("vm-1"), name)
+        else:
+            store.client.hset(store.keys.vm("vm-1"), name, value)
+    assert (store.modify_vm(seen, {"tag:a": "b"}, 32, 300.0) is ModifyResult.CHANGED) is modified
+    assert (VMTaskStore(store).enqueue(seen, new_task("disk", 300.0, size_gb=10), 300.0)
+            is EnqueueResult.QUEUED) is queued
+    assert store.move("vm-1", POOL, "running", "completed", 300.0, checked_out_as=seen) is returned

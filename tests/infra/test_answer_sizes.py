@@ -29,8 +29,10 @@ from packaged_functions import Context, api_event
 import app as app_module
 from chalicelib.answer_sizes import (
     ANSWER_LIMIT_BYTES,
+    HOSTNAME_BYTES,
     LAMBDA_RESPONSE_BYTES,
     TOKEN_BYTES,
+    TOKEN_STATUS_BYTES,
     fits_room,
     lambda_bytes,
     override_room,
@@ -219,8 +221,8 @@ def _tokens_config(most: int) -> str:
 
 
 def _fill_tokens(services: Services, user: str, count: int) -> None:
-    """``count`` live tokens of ``user`` in Redis, as POST /token leaves them (made here: each
-    POST /token reads the user's tokens first, and 46,000 of them one by one take minutes)."""
+    """``count`` live tokens of ``user`` in Redis, as GET /token lists them (made here in one
+    pipeline: 46,000 POST /token one by one take minutes)."""
     keys, now = services.store.keys, iso(services.clock.now())
     pipe = services.client.pipeline(transaction=False)
     for n in range(count):
@@ -253,6 +255,45 @@ def test_a_config_letting_a_user_hold_more_tokens_than_get_token_can_list_is_ref
                 assert answer["statusCode"] == 200, answer["body"][:200]
                 assert len(json.loads(answer["body"])) == most + 1  # every token, and "ok"
                 assert len(json.dumps(answer)) < LAMBDA_RESPONSE_BYTES
+
+
+def _running_config(most: int) -> str:
+    """Three pools, dummy auth, and ``most`` VMs a user may hold."""
+    config = f":config:\n  max_running_vms_per_user: {most}\n  token_ttl: {MAX_HOURS}\n"
+    return pools_config(3).replace(":config:\n", config) + ":auth:\n  provider: dummy\n"
+
+
+def test_a_config_letting_a_user_hold_more_vms_than_a_tokens_status_can_list_is_refused() -> None:
+    """``max_running_vms_per_user`` had no upper bound, and GET /token/<t> (vmfloaty's ``token
+    status``, read by ``list --active`` and ``delete --all``) lists every running VM of the token:
+    at 30,000 VMs with long names it answered more than Lambda's 6 MB, API Gateway's 502."""
+    most = (ANSWER_LIMIT_BYTES - TOKEN_STATUS_BYTES) // HOSTNAME_BYTES
+    with pytest.raises(ConfigError) as refused:
+        parse(_running_config(30_000))
+    assert "config.max_running_vms_per_user: GET /token/<t> could answer" in str(refused.value)
+    with pytest.raises(ConfigError):
+        parse(_running_config(most + 1))
+    # Without :auth: there is no token to ask about: a load test's config lifts the quota at will.
+    parse(pools_config(3).replace(":config:\n", ":config:\n  max_running_vms_per_user: 1000000\n"))
+
+    with RedisServer() as server:
+        services = Services(parse(_running_config(most)), redis.Redis(port=server.port, decode_responses=True),
+                            clock=FakeClock())
+        token = services.tokens.create("alice")
+        token_id = hashlib.sha256(token.encode()).hexdigest()[:16]
+        keys, pools = services.store.keys, services.config.pool_names
+        pipe = services.client.pipeline(transaction=False)
+        for n in range(most):  # each name at its longest, as running VMs checked out with the token
+            host = f"{n:06d}" + "x" * 247
+            pipe.hset(keys.vm(host), mapping={"pool": pools[n % 3], "state": "running", "token_id": token_id})
+            pipe.zadd(keys.pool_state(pools[n % 3], "running"), {host: n})
+        pipe.execute()
+        with _serving(services):
+            answer = app_module.app(api_event("GET", "/token/{token}", f"/token/{token}",
+                                              params={"token": token}), Context())
+        assert answer["statusCode"] == 200, answer["body"][:200]
+        assert len(json.loads(answer["body"])[token]["vms"]["running"]) == most
+        assert len(json.dumps(answer)) < LAMBDA_RESPONSE_BYTES
 
 
 def _longest(configured: str, room: int, most_characters: int) -> str:

@@ -11,9 +11,12 @@ the barrier never fills (it times out) and each request reads its own.
 
 from __future__ import annotations
 
+import threading
+
 from chalice import Chalice
 
 from local.gateway import AsgiApp
+from tests.in_process_http import make_server
 from tests.local.echo_probe import add_echo_probe, ask_at_once
 from tests.local.stack import http_front
 
@@ -24,5 +27,23 @@ add_echo_probe(probe, hold_seconds=1.0)
 def test_two_concurrent_requests_never_share_an_app() -> None:
     with http_front(lambda: AsgiApp(probe)) as port:
         answers = ask_at_once(port, ["first", "second"], timeout=30)
+    assert answers == {"first": {"marker": "first", "overlapped": False},
+                       "second": {"marker": "second", "overlapped": False}}
+
+
+def test_the_in_process_server_never_lets_a_plain_app_serve_two_requests_at_once() -> None:
+    """tests/in_process_http.make_server runs a thread per connection, each calling its Gateway:
+    handed a plain Chalice app, both requests ran inside it at once (``overlapped``), and each
+    could answer with the other's request. The Gateway now lets one request at a time into an
+    app that keeps its request on the app object."""
+    server = make_server(probe, "127.0.0.1", 0)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        answers = ask_at_once(server.server_address[1], ["first", "second"], timeout=30)
+    finally:
+        server.shutdown()
+        server.server_close()
+        serving.join(10)
     assert answers == {"first": {"marker": "first", "overlapped": False},
                        "second": {"marker": "second", "overlapped": False}}

@@ -26,8 +26,8 @@
 --   there), as manager/running.py does; without either the lifetime never ends.
 -- same_checkout ('1' or ''): move only if the VM's 'checkout' and 'token_user' fields are still
 --   checkout and token_user ('' for none): the checkout whose owner the caller checked (DELETE
---   /vm/<host> with :auth:), not one that took the VM since (a checkout never confirmed goes
---   back to ready, and the next caller may take it).
+--   /vm/<host> with :auth:), not one that took the VM since (lua/vm_owner.lua). Its state is
+--   from_state's set's to check, and an unconfirmed checkout may be returned.
 -- token (the index in KEYS of the record of the token the move was asked with, or 0 for none:
 --   lua/token_live.lua): when the token was deleted since the API checked it, nothing moves and
 --   every VM's answer is -1.
@@ -87,11 +87,8 @@ local function move(index)
       return 0
     end
   end
-  if same_checkout then
-    local record = redis.call('HMGET', vm_key, 'checkout', 'token_user')
-    if (record[1] or '') ~= seen_checkout or (record[2] or '') ~= seen_owner then
-      return 0
-    end
+  if same_checkout and not held_by_checkout(index, seen_checkout, seen_owner, false) then
+    return 0
   end
   if redis.call('ZREM', from_key, hostname) == 0 then
     return 0

@@ -1,29 +1,58 @@
--- Create a token record unless the hash exists already; one step, so no half-made record
+-- Create a token record unless the hash exists already, counting the user's live tokens in the
+-- same step; one step, so no half-made record and no limit passed by creations at once
 -- (auth/tokens.py).
--- KEYS[1] the new token's record, KEYS[2] the user's set of token hashes, KEYS[3..] the records of
--- the hashes the set held when the caller read it (only with a limit).
+-- KEYS[1] the new token's record, KEYS[2] the user's set of token hashes, KEYS[3] the same hashes
+-- scored by when each token was made (the user's token_times).
 -- ARGV: user, now (ISO-8601), ttl seconds (0: none), the new hash, most live tokens a user may
--- have (0: no limit), then the hashes of KEYS[3..] in their order.
--- With a limit, the user's set forgets tokens that expired before they are counted. A hash added
--- after the caller read the set is a token just created: live, so nothing is missed.
--- Returns 1 created, 0 hash taken, -1 the user has too many.
+-- have (0: no limit), when the new token is made (epoch seconds: its score), the cutoff (a
+-- token made at or before it has expired; '-inf' without a ttl), the template of a token's
+-- record (keys.token(KEY_PART)); then, only when the caller was asked to (-2), 'read' and the
+-- user's live tokens it read: hash, score, hash, score...
+-- The count is of token_times past the cutoff: O(log n) whatever the limit, the records unread.
+-- Both sets name the same hashes (every script that changes one changes the other); when their
+-- sizes differ (tokens made before token_times existed, or by an older version) the caller is
+-- asked for the user's live tokens and token_times is built from them.
+-- Returns 1 created, 0 hash taken, -1 the user has too many, -2 token_times must be built.
+local FORGET_AT_ONCE = 100  -- expired tokens forgotten per call: bounded work, faster than they come
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
-local most = tonumber(ARGV[5])
-if most > 0 then
-  for i = 3, #KEYS do
-    if redis.call('EXISTS', KEYS[i]) == 0 then
-      redis.call('SREM', KEYS[2], ARGV[i + 3])
+local hashes, times = KEYS[2], KEYS[3]
+local cutoff = ARGV[7]
+if redis.call('SCARD', hashes) ~= redis.call('ZCARD', times) then
+  if ARGV[9] ~= 'read' then
+    return -2
+  end
+  redis.call('DEL', times)
+  for i = 10, #ARGV, 2 do
+    if redis.call('EXISTS', key_of(ARGV[8], ARGV[i])) == 1 then
+      redis.call('ZADD', times, ARGV[i + 1], ARGV[i])
     end
   end
-  if redis.call('SCARD', KEYS[2]) >= most then
-    return -1
+  -- Hashes of the set the caller did not read as live: gone or expired.
+  for _, held in ipairs(redis.call('SMEMBERS', hashes)) do
+    if not redis.call('ZSCORE', times, held) then
+      redis.call('SREM', hashes, held)
+    end
   end
+end
+if cutoff ~= '-inf' then
+  -- Forgotten as GET /token forgets them (a token past the ttl in effect is gone for good, even
+  -- if token_ttl is raised again before Redis expires its record).
+  for _, expired in ipairs(redis.call('ZRANGEBYSCORE', times, '-inf', cutoff, 'LIMIT', 0, FORGET_AT_ONCE)) do
+    redis.call('DEL', key_of(ARGV[8], expired))
+    redis.call('SREM', hashes, expired)
+    redis.call('ZREM', times, expired)
+  end
+end
+local most = tonumber(ARGV[5])
+if most > 0 and redis.call('ZCOUNT', times, '(' .. cutoff, '+inf') >= most then
+  return -1
 end
 redis.call('HSET', KEYS[1], 'user', ARGV[1], 'created', ARGV[2], 'last', ARGV[2])
 if tonumber(ARGV[3]) > 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
-redis.call('SADD', KEYS[2], ARGV[4])
+redis.call('SADD', hashes, ARGV[4])
+redis.call('ZADD', times, ARGV[6], ARGV[4])
 return 1

@@ -1,9 +1,11 @@
 -- Delete a token only when it belongs to the user (auth/tokens.py).
--- KEYS[1] the token's record, KEYS[2] the user's set of token hashes; ARGV[1] user, ARGV[2] hash.
+-- KEYS[1] the token's record, KEYS[2] the user's set of token hashes, KEYS[3] the same hashes by
+-- when each was made (token_create.lua counts them); ARGV[1] user, ARGV[2] hash.
 -- Returns 1 deleted, 0 not found, -1 someone else's.
 local owner = redis.call('HGET', KEYS[1], 'user')
 if not owner then
   redis.call('SREM', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[2])
   return 0
 end
 if owner ~= ARGV[1] then
@@ -11,4 +13,5 @@ if owner ~= ARGV[1] then
 end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
 return 1

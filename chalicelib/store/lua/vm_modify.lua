@@ -1,7 +1,7 @@
 -- A user's change to a VM (PUT /vm/<host>): set each field on its own, in one step, so two
 -- changes at once both land (no read-modify-write of a shared blob), and only while the VM is
 -- still checked out by the checkout the API looked at (its ownership was checked against that
--- one: a VM returned, or handed to someone else, meanwhile is not changed). Tags are fields
+-- one: a VM returned, or handed to someone else, meanwhile is not changed: lua/vm_owner.lua). Tags are fields
 -- 'tag:<key>'; at most ARGV[1] of them per VM. A disk asked for in the same PUT is queued in the
 -- same step (lua/vm_task_queue.lua): the fields and the disk land together or not at all, so a
 -- request killed or refused half way leaves no disk queued without the rest.
@@ -19,10 +19,7 @@ local first_field = 8
 if token_gone(ARGV[7]) then
   return -4
 end
-local seen = redis.call('HMGET', key, 'state', 'checkout', 'token_user', 'confirm_by')
--- confirm_by: a checkout whose answer never reached its caller; a pass gives the VM back to
--- ready, where nothing of this would be the next user's to find.
-if seen[1] ~= 'running' or (seen[2] or '') ~= ARGV[4] or (seen[3] or '') ~= ARGV[5] or seen[4] then
+if not held_by_checkout(1, ARGV[4], ARGV[5], true) then
   return 0
 end
 local new_tags = 0

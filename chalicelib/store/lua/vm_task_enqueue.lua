@@ -14,9 +14,7 @@ local vm_key, queue, checkout = KEYS[1], cjson.decode(ARGV[1]), ARGV[2]
 if token_gone(ARGV[3]) then
   return -3
 end
-local seen = redis.call('HMGET', vm_key, 'state', 'checkout', 'token_user', 'confirm_by')
--- The checkout and owner as vm_modify.lua checks them (confirm_by: see there).
-if seen[1] ~= 'running' or (seen[2] or '') ~= checkout or (seen[3] or '') ~= ARGV[4] or seen[4] then
+if not held_by_checkout(1, checkout, ARGV[4], true) then
   return 0
 end
 local refusal = task_refusal(queue)
