@@ -433,6 +433,16 @@ class Keys:
     def dummy_folder(self, provider: str, folder: str) -> str:
         return f"{self.prefix}dummy:{provider}:folder:{folder}"
 
+    def dummy_folder_version(self, folder_key: str) -> str:
+        """The version of the dummy provider's folder keyed ``folder_key`` (``dummy_folder``):
+        one more per VM written or deleted."""
+        return f"{folder_key}:version"
+
+    def dummy_folder_changes(self, folder_key: str) -> str:
+        """The change log of the dummy provider's folder keyed ``folder_key`` (``dummy_folder``):
+        the VMs written or deleted, scored by the folder's version after each."""
+        return f"{folder_key}:changes"
+
     def dummy_task(self, provider: str, task_ref: str) -> str:
         return f"{self.prefix}dummy:{provider}:task:{task_ref}"
 
