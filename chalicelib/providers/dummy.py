@@ -131,12 +131,6 @@ class DummyProvider(Provider):
     def _folder_key(self, pool: PoolConfig) -> str:
         return self.keys.dummy_folder(self.name, pool.folder or pool.name)
 
-    def _version_key(self, folder_key: str) -> str:
-        return f"{folder_key}:version"
-
-    def _change_log_key(self, folder_key: str) -> str:
-        return f"{folder_key}:changes"
-
     def _task_key(self, task_ref: str) -> str:
         return self.keys.dummy_task(self.name, task_ref)
 
@@ -179,7 +173,7 @@ class DummyProvider(Provider):
         """Write (or, for "", delete) the folder's ``vms`` (name -> JSON) and record ``tasks``
         (ref -> task), in one round trip."""
         tasks = tasks or {}
-        keys = [folder_key, self._version_key(folder_key), self._change_log_key(folder_key),
+        keys = [folder_key, self.keys.dummy_folder_version(folder_key), self.keys.dummy_folder_changes(folder_key),
                 *(self._task_key(ref) for ref in tasks)]
         args: list[Any] = [CHANGE_LOG_KEPT, TASK_TTL_SECONDS, len(vms)]
         for name, vm_json in vms.items():
@@ -241,9 +235,9 @@ class DummyProvider(Provider):
         self._calls += 1
         try:
             pipe = self.client.pipeline(transaction=True)
-            pipe.get(self._version_key(folder_key))
+            pipe.get(self.keys.dummy_folder_version(folder_key))
             if since is not None:
-                pipe.zrangebyscore(self._change_log_key(folder_key), f"({since}", "+inf")
+                pipe.zrangebyscore(self.keys.dummy_folder_changes(folder_key), f"({since}", "+inf")
             version, *changed = pipe.execute()
         except redis.RedisError as error:
             raise ProviderError(f"dummy provider storage: {type(error).__name__}", FailureKind.CONNECTION) from error

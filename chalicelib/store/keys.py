@@ -51,8 +51,10 @@ family through these validators.
     pool:<pool>:ready_checked string the template and reset time every ready VM was last checked against
     pool:<pool>:running_due  zset    running VMs, scored by when a pass must next look at one (its
                                      checkout's confirmation deadline, its lifetime's end); may
-                                     hold VMs no longer running: dropped when due, or once a
-                                     pass sees them completed (manager/running.py)
+                                     hold VMs no longer running: a VM lua/move.lua takes out of
+                                     running (dropped as gone, reaped, returned) leaves it in that
+                                     step; others are dropped when due, or once a pass sees them
+                                     completed (manager/running.py)
     pool:<pool>:inventory_checked string "<provider's inventory token> <time>": the inventory the pool's
                                      VMs were last compared with, and when it was last compared whole
     lease:<pool>             string  who runs the pool's reconcile right now (<host>:<pid>:<random>,
@@ -162,7 +164,7 @@ DERIVED_KEYS: Mapping[str, str] = {
                        "service's kept set names them): any owner's, so they cannot be named first; and, "
                        "through quota.lua, the holdings sets of the owners that took something longest ago",
     "move": "only when given no pool (DELETE /vm/<hostname>: one round trip, no read first): the state "
-            "sets and wake list of the pool the VM's record names",
+            "sets, wake list and running_due set of the pool the VM's record names",
     "reserve_clones": "the records of the VMs in the pool's pending set (and, only when the pool_clones "
                       "set is rebuilt, of the cloning set): they are counted in the step that reserves, so "
                       "two passes at once cannot over-clone",
@@ -457,6 +459,16 @@ class Keys:
 
     def dummy_folder(self, provider: str, folder: str) -> str:
         return f"{self.prefix}dummy:{provider}:folder:{folder}"
+
+    def dummy_folder_version(self, folder_key: str) -> str:
+        """The version of the dummy provider's folder keyed ``folder_key`` (``dummy_folder``):
+        one more per VM written or deleted."""
+        return f"{folder_key}:version"
+
+    def dummy_folder_changes(self, folder_key: str) -> str:
+        """The change log of the dummy provider's folder keyed ``folder_key`` (``dummy_folder``):
+        the VMs written or deleted, scored by the folder's version after each."""
+        return f"{folder_key}:changes"
 
     def dummy_task(self, provider: str, task_ref: str) -> str:
         return f"{self.prefix}dummy:{provider}:task:{task_ref}"

@@ -809,13 +809,15 @@ class Store:
         """The KEYS and ARGV of lua/move.lua for VMs of a known pool (hostname -> its fields)."""
         keys = [*(self.keys.vm(hostname) for hostname in fields), self.keys.changes, self.keys.cloning,
                 self.keys.pool_clones, self.keys.running, self.keys.pool_state(pool, from_state),
-                self.keys.pool_state(pool, to_state), self.keys.wake(pool)]
+                self.keys.pool_state(pool, to_state), self.keys.wake(pool), self.keys.running_due(pool)]
+        # A VM leaving running leaves its next look too (move.lua); the others need no ZREM.
+        leave_running_due = "1" if from_state == "running" and to_state != "running" else ""
         args: list[str] = [
             to_state, repr(now), str(self.data_ttl_seconds), "1" if nudge else "0",
             "" if unchanged_since is None else str(unchanged_since),
             "" if lifetime_ended is None else repr(float(lifetime_ended)),
             "", "", "", *_checkout_condition(checked_out_as), str(token_index(keys, token_key)),
-            str(UNUSED_RECORD_TTL_SECONDS),
+            str(UNUSED_RECORD_TTL_SECONDS), leave_running_due,
         ]
         for hostname, changes in fields.items():
             args += [hostname, *update_args(changes)]
@@ -836,7 +838,7 @@ class Store:
         args = ["completed", repr(now), str(self.data_ttl_seconds), "1", "", "",
                 self.keys.pool_state(KEY_PART, "running"), self.keys.pool_state(KEY_PART, "completed"),
                 self.keys.wake(KEY_PART), *_checkout_condition(None), "0", str(UNUSED_RECORD_TTL_SECONDS),
-                hostname, "1", "reason", reason]
+                self.keys.running_due(KEY_PART), hostname, "1", "reason", reason]
         with _translate_errors():
             (pool,) = self.scripts.move(keys=keys, args=args)
         return str(pool) if pool else None

@@ -354,6 +354,10 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
         "template_lease": [(f"{p} {t}", keys.lease(template_lease_name(p, t)))
                            for p in pools[:20] for t in HOSTILE_NAMES],
         "dummy_folder": [(f"{p} {f}", keys.dummy_folder(p, f)) for p in pools[:20] for f in HOSTILE_NAMES],
+        "dummy_folder_version": [(f"{p} {f}", keys.dummy_folder_version(keys.dummy_folder(p, f)))
+                                 for p in pools[:20] for f in HOSTILE_NAMES],
+        "dummy_folder_changes": [(f"{p} {f}", keys.dummy_folder_changes(keys.dummy_folder(p, f)))
+                                 for p in pools[:20] for f in HOSTILE_NAMES],
         "dummy_task": [(f"{p} {t}", keys.dummy_task(p, t)) for p in pools[:20] for t in HOSTILE_NAMES],
         "daily": [(DAY, keys.daily(DAY))],
         "daily_tags": [(DAY, keys.daily_tags(DAY))],

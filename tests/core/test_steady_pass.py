@@ -15,7 +15,7 @@ from chalicelib.config import PoolConfig
 from chalicelib.providers.base import VMInfo
 from chalicelib.store.pool_overrides import PoolOverrides
 from chalicelib.store.store import UNCONFIRMED_SECONDS
-from tests.harness import Harness, HarnessFactory
+from tests.harness import Harness, HarnessFactory, Killed
 
 CONFIG = """\
 config: {{task_limit: 100, ready_ttl: 60, prefix: "ci-"}}
@@ -267,3 +267,47 @@ def test_vms_returned_before_their_lifetime_ends_leave_nothing_behind_for_the_pa
 
     assert all(world.state_of(host) == "destroyed" for host in returned)
     assert set(world.client.zrange(running_due, 0, -1)) == {kept}
+
+
+def test_a_running_vm_deleted_in_the_provider_leaves_running_due_with_its_drop(make_world: HarnessFactory) -> None:
+    """A VM dropped from running because the provider no longer has it (deleted behind our
+    back) kept its next look in running_due until due: its lifetime's end, ten years for a
+    lifetime a caller extended so, long after its record expired. Its entry goes in the step
+    that drops it, so a pass killed right after the drop leaves nothing behind either."""
+    world = bounded_world(make_world)
+    running_due = world.store.keys.running_due("alpha")
+    host = world.checkout("alpha")
+    world.clock.advance(1)
+    world.reconcile("alpha")  # confirms the checkout; its next look: the lifetime's end
+    assert world.put(f"/api/v3/vm/{host}", {"lifetime": 87_000}).status == 200
+    world.clock.advance(1)
+    world.reconcile("alpha")
+    assert world.client.zscore(running_due, host) is not None
+    world.provider.delete_by_hand(world.pool("alpha"), host)
+
+    def killed_once_dropped(step: str) -> None:
+        if step == "dropped":
+            raise Killed(step)
+
+    world.clock.advance(1)
+    with pytest.raises(Killed):
+        world.reconcile("alpha", killed_once_dropped)
+
+    assert world.state_of(host) == "destroyed"
+    assert world.client.zscore(running_due, host) is None
+
+
+def test_a_returned_vm_leaves_running_due_with_its_return(make_world: HarnessFactory) -> None:
+    """DELETE /vm names the VM's pool only through its record (one round trip, no read first):
+    its running_due entry still goes in that step, before any pass sees the VM completed."""
+    world = bounded_world(make_world)
+    running_due = world.store.keys.running_due("alpha")
+    host = world.checkout("alpha")
+    world.clock.advance(1)
+    world.reconcile("alpha")
+    assert world.client.zscore(running_due, host) is not None
+
+    assert world.delete(f"/api/v3/vm/{host}").status == 200
+
+    assert world.state_of(host) == "completed"
+    assert world.client.zscore(running_due, host) is None

@@ -14,38 +14,31 @@ A minute or more on the shared 2-core machine while other tests run (44 to 56 s 
 from __future__ import annotations
 
 import base64
-import contextlib
-import functools
 import http.client
 import json
 import os
 import random
-import re
-import signal
-import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import pytest
 import redis
 import yaml
 
 from chalicelib.store.keys import Keys
-from chalicelib.store.store import UNCONFIRMED_SECONDS
-from tests.local.stack import (
-    REPO_ROOT,
-    alive,
-    descendants,
-    group_members,
-    process_parents,
-    stack_command,
-    stack_env,
-    wait_for,
+from tests.local.stack import alive, group_members, wait_for
+from tests.local.stack_audit import (
+    STATUSES,
+    Faults,
+    Holding,
+    Record,
+    Stack,
+    converged,
+    dummy_inventory,
+    left_running,
 )
-from tests.support import free_port
 from tests.vsphere.vcsim import VcsimServer, vms_in_folders
 from tools.vcsim import launcher
 
@@ -62,144 +55,12 @@ DUMMY_CONFIG = yaml.safe_dump({
 })
 
 
-def dummy_inventory(client: redis.Redis, pools: Iterable[str]) -> dict[str, set[str]]:
-    """Pool -> the VMs in its folder of the dummy provider (which keeps them in Redis)."""
-    with client.pipeline(transaction=True) as pipe:
-        for pool in pools:
-            pipe.hkeys(KEYS.dummy_folder("dummy", pool))
-        return {pool: set(names) for pool, names in zip(pools, pipe.execute(), strict=True)}
 CLIENTS = 16
 ONDEMAND_CLIENTS = 4
 """Of the clients, how many open on-demand requests instead of checking out."""
 REQUEST_TIMEOUT = 20.0
 """Longer than any answer may take: the slowest documented is a 503 after ~8 s (Redis stopped,
 callers queued on the event loops' socket timeouts); a request still unanswered after this is a hang."""
-STATUSES = {200, 201, 202, 400, 401, 403, 404, 409, 429, 503}
-
-
-@dataclass
-class Holding:
-    client: int
-    host: str
-    pool: str
-    got: float
-    """time.monotonic() when the answer naming it arrived."""
-    returned: float | None = None
-    """When its return (DELETE) was first sent; None while held."""
-
-
-@dataclass
-class Record:
-    holdings: list[Holding] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    answers: dict[int, int] = field(default_factory=dict)
-    connection_errors: int = 0
-    slowest: float = 0.0
-    events: list[str] = field(default_factory=list)
-    """Every request: when, by whom, what, and its status (or how it failed), for a failure's report."""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def event(self, text: str) -> None:
-        with self.lock:
-            self.events.append(f"{time.monotonic():.1f} {text}")
-
-    def events_about(self, words: list[str]) -> list[str]:
-        with self.lock:
-            return [event for event in self.events if any(word in event for word in words)]
-
-    def problem(self, text: str) -> None:
-        with self.lock:
-            self.problems.append(text)
-
-    def held_at(self, moment: float) -> list[Holding]:
-        with self.lock:
-            return [h for h in self.holdings if h.got <= moment and (h.returned is None or h.returned > moment)]
-
-
-class Stack:
-    """One `python -m local.run` on a port kept across restarts (the clients keep their address),
-    with a state directory of its own."""
-
-    def __init__(self, tmp_path: Path, config: str, pools: dict[str, int],
-                 inventory: Callable[[redis.Redis, Iterable[str]], dict[str, set[str]]]) -> None:
-        self.pools = pools
-        self.inventory = inventory
-        """Pool -> the VMs the provider holds for it, read from outside the service."""
-        self.config_file = tmp_path / "handout.yaml"
-        self.config_file.write_text(config)
-        self.state_dir = tmp_path / "handout-state"
-        self.log_path = tmp_path / "handout.log"
-        self.port = free_port()
-        self.redis_port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-        self.redis: redis.Redis | None = None
-
-    def start(self) -> None:
-        """It stops when this process dies (``stack_env``), so a test run killed on its timeout
-        leaves no stack behind."""
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                stack_command(self.port, 2, 1.0), cwd=REPO_ROOT,
-                env=stack_env(self.config_file, self.state_dir),
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        process, mark = self.process, self.log_path.stat().st_size
-
-        def banner() -> re.Match[str] | None:
-            if process.poll() is not None:
-                raise AssertionError(f"the stack exited ({process.returncode}):\n{self.log()}")
-            return re.search(r"redis on port (\d+)", self.log_path.read_text(errors="replace")[mark:])
-
-        self.redis_port = int(wait_for(banner, 60, "the stack to start", self.log).group(1))
-        self.redis = redis.Redis(port=self.redis_port, decode_responses=True, socket_timeout=2)
-
-    def kill(self) -> None:
-        """`kill -9` of the whole process group: the scheduler, redis-server and the HTTP front."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-        pgid = self.process.pid
-        wait_for(lambda: not group_members(pgid), 20, "every process of the killed stack to die")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        for pid in self.parts():  # nothing left stopped: a stopped process ignores SIGINT
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-        os.killpg(self.process.pid, signal.SIGINT)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def parts(self) -> set[int]:
-        assert self.process is not None
-        return {self.process.pid, *descendants(self.process.pid)}
-
-    def redis_pid(self) -> int | None:
-        return next((pid for pid in self.parts() if b"redis-server" in _cmdline(pid)), None)
-
-    def arbiter(self) -> int | None:
-        assert self.process is not None
-        parents = process_parents()
-        return next((pid for pid in self.parts() if parents.get(pid) == self.process.pid
-                     and not any(other in _cmdline(pid) for other in (b"redis-server", b"resource_tracker"))),
-                    None)
-
-    def workers(self) -> list[int]:
-        arbiter = self.arbiter()
-        return sorted(descendants(arbiter)) if arbiter else []
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 class Client:
@@ -379,144 +240,6 @@ class Observer:
                     self.record.problem(
                         f"{host} held by client {holding.client} since {after - holding.got:.1f} s: "
                         f"running {host in running[holding.pool]}, in the provider {host in folders[holding.pool]}")
-
-
-def pause(pid: int | None, seconds: float) -> None:
-    if pid is None:
-        return
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        time.sleep(seconds)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-
-
-def kill(pid: int | None) -> None:
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def serving(stack: Stack) -> bool:
-    try:
-        connection = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=5)
-        connection.request("GET", "/api/v3/status")
-        return connection.getresponse().status == 200
-    except OSError:
-        return False
-
-
-def converged(stack: Stack) -> str | None:
-    """None once every pool is at its size, with nothing pending or completed, and each folder
-    holds exactly the pool's ready and running VMs; else what is not so yet."""
-    client = stack.redis
-    assert client is not None
-    inventory = stack.inventory(client, stack.pools)
-    for pool, size in stack.pools.items():
-        states = {state: set(client.zrange(KEYS.pool_state(pool, state), 0, -1))
-                  for state in ("ready", "running", "pending", "completed", "discovered")}
-        folder = inventory.get(pool, set())
-        if len(states["ready"]) != size:
-            return f"{pool}: {len(states['ready'])} ready of {size}"
-        if states["pending"] or states["completed"] or states["discovered"]:
-            return f"{pool}: {states}"
-        if folder != states["ready"] | states["running"]:
-            return (f"{pool}: in the provider only {folder - states['ready'] - states['running']}, "
-                    f"in Redis only {(states['ready'] | states['running']) - folder}")
-    return None
-
-
-def left_running(stack: Stack, clients: list[Client]) -> dict[str, str]:
-    """The VMs still running once every caller has given back what it got, and whose they are,
-    beyond what a caller may have been given without knowing it: one a checkout (or an
-    on-demand request) whose answer never reached it. A checkout never confirmed (answered 503)
-    is not counted: a pass gives its VM back at its deadline, a minute after (checked in
-    tests/chaos/test_slow_redis.py; the run does not wait that long)."""
-    client = stack.redis
-    assert client is not None
-    unexplained: dict[str, str] = {}
-    lost = {f"user{c.number}": c.unanswered for c in clients}
-    returned = {h.host for c in clients for h in c.record.holdings if h.returned is not None}
-    deadline = time.time() + UNCONFIRMED_SECONDS
-    for pool in stack.pools:
-        for host in sorted(map(str, client.zrange(KEYS.pool_state(pool, "running"), 0, -1))):
-            user, request, confirm_by = client.hmget(KEYS.vm(host), "token_user", "request", "confirm_by")
-            if confirm_by is not None and float(confirm_by) <= deadline:
-                continue
-            if host not in returned and lost.get(user, 0) > 0:
-                lost[user] -= 1
-            else:
-                unexplained[host] = f"{user}, request {request}"
-    return unexplained
-
-
-class Faults:
-    """Each part of the stack killed or paused, one at a time; each returns once the stack serves
-    again (what the stack does not restart itself is restarted here)."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.done: list[str] = []
-
-    def note(self, what: str) -> None:
-        self.done.append(f"{time.monotonic():.1f} {what}")
-
-    def kill_worker(self, rng: random.Random) -> None:
-        self.note("kill -9 of an HTTP worker")
-        kill(rng.choice(self.stack.workers() or [None]))
-
-    def stop_worker(self, rng: random.Random, seconds: float | None = None) -> None:
-        seconds = seconds if seconds is not None else rng.choice((1.0, 3.0, 7.0))
-        self.note(f"SIGSTOP of an HTTP worker for {seconds} s")
-        pause(rng.choice(self.stack.workers() or [None]), seconds)
-
-    def kill_redis(self, rng: random.Random) -> None:
-        self.note("kill -9 of redis-server")
-        kill(self.stack.redis_pid())
-        wait_for(lambda: self.stack.redis_pid() is not None and serving(self.stack), 30, "redis-server again",
-                 self.stack.log)
-
-    def stop_redis(self, rng: random.Random, seconds: float | None = None) -> None:
-        seconds = seconds if seconds is not None else rng.choice((1.0, 4.0, 8.0))
-        self.note(f"SIGSTOP of redis-server for {seconds} s")
-        pause(self.stack.redis_pid(), seconds)
-
-    def stop_scheduler(self, rng: random.Random, seconds: float | None = None) -> None:
-        seconds = seconds if seconds is not None else rng.choice((1.0, 3.0, 10.0))
-        self.note(f"SIGSTOP of the scheduler for {seconds} s")
-        pause(self.stack.process.pid if self.stack.process else None, seconds)
-
-    def kill_arbiter(self, rng: random.Random) -> None:
-        self.note("kill -9 of the HTTP arbiter")
-        kill(self.stack.arbiter())
-        wait_for(lambda: serving(self.stack), 30, "a new HTTP front", self.stack.log)
-
-    def kill_stack(self, rng: random.Random) -> None:
-        self.note("kill -9 of the scheduler with redis-server and the front; started again")
-        self.stack.kill()
-        self.stack.start()
-
-    def stop_stack(self, rng: random.Random, seconds: float | None = None) -> None:
-        seconds = seconds if seconds is not None else rng.choice((2.0, 8.0))
-        self.note(f"SIGSTOP of the whole stack for {seconds} s (Ctrl-Z, fg)")
-        assert self.stack.process is not None
-        os.killpg(self.stack.process.pid, signal.SIGSTOP)
-        try:
-            time.sleep(seconds)
-        finally:
-            os.killpg(self.stack.process.pid, signal.SIGCONT)
-
-    def each_once(self) -> list[Callable[[random.Random], None]]:
-        """Every fault once, for CI: a stopped worker long enough for the arbiter to replace it
-        (5 s), redis-server stopped past the service's socket timeout."""
-        return [self.kill_worker, functools.partial(self.stop_worker, seconds=6.0), self.kill_redis,
-                functools.partial(self.stop_redis, seconds=4.0), functools.partial(self.stop_scheduler, seconds=2.0),
-                self.kill_arbiter, self.kill_stack, functools.partial(self.stop_stack, seconds=2.0)]
-
-    def all(self) -> list[Callable[[random.Random], None]]:
-        return [self.kill_worker, self.stop_worker, self.kill_redis, self.stop_redis, self.stop_scheduler,
-                self.kill_arbiter, self.kill_stack, self.stop_stack]
 
 
 HUNT_SECONDS = float(os.environ.get("VMPOOL_HANDOUT_SECONDS", "0"))

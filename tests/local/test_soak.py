@@ -42,7 +42,7 @@ from chalicelib.config import parse
 from chalicelib.store.keys import STATES, Keys
 from tests.harness import Harness, assert_consistent
 from tests.local.stack import alive, group_members, wait_for
-from tests.local.test_crash_handout import (
+from tests.local.stack_audit import (
     STATUSES,
     Faults,
     Holding,
@@ -425,7 +425,7 @@ def test_what_the_stack_keeps_stays_bounded_and_converges_over_minutes_of_caller
         final = read_sample(stack, started)
         assert final is not None
         samples.append(final)
-        left = left_running(stack, callers)  # type: ignore[arg-type]  # duck-typed: number, unanswered, record
+        left = left_running(stack, callers)
         assert stack.redis is not None
         harness = Harness(parse(CONFIG), redis.Redis(port=stack.redis_port, decode_responses=True), FakeClock(),
                           prefix=KEYS.prefix)

@@ -2,12 +2,16 @@
 -- This is what keeps a pass from reaping a VM that was checked out after it looked.
 -- KEYS: the VMs' records, one per VM; then the changes counter, the cloning set, its pools' own
 -- part (keys.pool_clones: reserve_clones.lua), the service's running set (keys.running) and,
--- when the caller knows the pool, the pool's from_state set, its to_state set and its wake list.
+-- when the caller knows the pool, the pool's from_state set, its to_state set, its wake list and
+-- its running_due set.
 -- A VM moved to running joins the service's running set; one moved to any other state leaves it
--- (whatever it left: a VM is in one state, so one not running is never counted).
+-- (whatever it left: a VM is in one state, so one not running is never counted). One moved out
+-- of running leaves its pool's running_due set too (leave_running_due): a pass has nothing more
+-- to look at there (a VM dropped as gone from the provider would otherwise keep its entry until
+-- its lifetime's end, long after its record expired).
 -- ARGV: to_state, now, record_ttl_seconds, nudge, unchanged_since, lifetime_ended,
 --       from_template, to_template, wake_template, same_checkout, checkout, token_user, token,
---       unused_record_ttl_seconds,
+--       unused_record_ttl_seconds, leave_running_due,
 --       then per VM: its hostname, how many fields follow, and those fields as field, value, ...
 -- to_state "destroyed" takes the VM out of every set and lets its record expire after the ttl;
 --   after unused_record_ttl_seconds instead for a VM cloned for an on-demand request and never
@@ -16,6 +20,8 @@
 -- nudge "1" wakes the pool's reconcile (a move made by the API, such as returning a VM).
 -- The templates ('' when the pool's keys are given) name those three keys for the pool its record
 --   names (DELETE /vm/<hostname>: one VM, one round trip, no read first; see keys.DERIVED_KEYS).
+-- leave_running_due (from_state running only; '' otherwise): '1' when the pool's keys are given,
+--   else the template of the pool's running_due set.
 -- unchanged_since (a mark of the changes counter, or ''): move only if the VM's state has not
 --   changed since the mark. A pass takes the mark before reading the provider's inventory, so
 --   "gone from the provider" is believed only of a VM that was already in its state when the
@@ -41,7 +47,7 @@ local to_state, now, ttl, nudge, unchanged_since, lifetime_ended =
 local firsts = {} -- where each VM's arguments begin
 local same_checkout, seen_checkout, seen_owner = ARGV[10] == '1', ARGV[11], ARGV[12]
 local unused_ttl = tonumber(ARGV[14])
-local next_first = 15
+local next_first = 16
 while next_first <= #ARGV do
   firsts[#firsts + 1] = next_first
   next_first = next_first + 2 + 2 * tonumber(ARGV[next_first + 1])
@@ -54,7 +60,8 @@ local change_seq = nil
 local function move(index)
   local first = firsts[index]
   local vm_key, hostname = KEYS[index], ARGV[first]
-  local from_key, to_key, wake_key = KEYS[vms + 5], KEYS[vms + 6], KEYS[vms + 7]
+  local from_key, to_key, wake_key, running_due_key = KEYS[vms + 5], KEYS[vms + 6], KEYS[vms + 7], KEYS[vms + 8]
+  local leave_running_due = ARGV[15] ~= ''
   local moved = 1
   if ARGV[7] ~= '' then
     local pool = redis.call('HGET', vm_key, 'pool')
@@ -65,6 +72,9 @@ local function move(index)
     from_key = key_of(ARGV[7], pool)
     to_key = key_of(ARGV[8], pool)
     wake_key = key_of(ARGV[9], pool)
+    if leave_running_due then
+      running_due_key = key_of(ARGV[15], pool)
+    end
   end
   if unchanged_since ~= '' and redis.call('ZSCORE', from_key, hostname) then
     -- A stamp broken in Redis (text, nan, inf) reads as never stamped, as context.drop reads it.
@@ -100,6 +110,9 @@ local function move(index)
     redis.call('ZADD', all_running_key, now, hostname)
   else
     redis.call('ZREM', all_running_key, hostname)
+    if leave_running_due then
+      redis.call('ZREM', running_due_key, hostname)
+    end
   end
   change_seq = change_seq or redis.call('GET', changes_key) or '0'
   write_fields(vm_key, {'state', to_state, to_state .. '_at', now, 'change_seq', change_seq},
