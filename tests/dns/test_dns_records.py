@@ -629,3 +629,24 @@ def test_a_record_whose_entry_is_gone_from_the_config_is_counted_and_forgotten_w
     gone = [document for document in emf_documents(capsys.readouterr().out)
             if document.get("DnsFailures") and document.get("reason") == "entry_gone"]
     assert len(gone) == 2
+
+
+def test_a_warm_process_publishes_under_an_entrys_new_domain_once_the_config_is_pushed(
+        make_harness: HarnessFactory, bind: BindServer) -> None:
+    # Before, Services kept the plugin built from the old entry: a warm Lambda went on
+    # publishing new VMs under the old domain after the push, while handing out the new one.
+    world = make_harness(parse(yaml.safe_dump(dns_document({"zone": bind.dns_config()}, "zone"))))
+    world.passes("dns", 3)
+    published = ready_vms(world)
+    lab = f"lab.{bind.zone}"
+    world.services.use_config(parse(yaml.safe_dump(dns_document(
+        {"zone": bind.dns_config(domain=lab, zone=bind.zone)}, "zone"))))
+    return_all(world, published)
+    world.passes("dns", 4)
+    replacements = ready_vms(world)
+    assert len(replacements) == 2
+    for host, ip in replacements.items():
+        assert bind.addresses(f"{host}.{lab}") == [ip]
+        assert world.store.get_vm(host).fqdn() == f"{host}.{lab}"  # type: ignore[union-attr]
+    for host in published:
+        assert bind.addresses(f"{host}.{bind.zone}") == []
