@@ -215,6 +215,13 @@ class Services:
         built on first use and kept."""
         return self.dns_plugin_named(pool.dns_plugin) if pool.dns_plugin else None
 
+    @property
+    def dns_lookup(self) -> Callable[[str], DnsPlugin | None] | None:
+        """``dns_plugin_named`` for a reconcile pass (``PassContext.dns_plugins``); None when the
+        config has no ``:dns_configs:`` entry: no entry can have records to delete, and the
+        pass of a pool without ``dns_plugin`` then reads none (``dns_records.delete_left_records``)."""
+        return self.dns_plugin_named if self.config.dns_configs else None
+
     def dns_plugin_named(self, name: str) -> DnsPlugin | None:
         """The plugin of the ``:dns_configs:`` entry ``name`` (None when the config has no such
         entry), built on first use and kept: a VM's record is deleted by the entry that

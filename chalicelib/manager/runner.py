@@ -136,8 +136,7 @@ def run_pool(
                                         dns=services.dns_plugin(pool), providers=lease.fenced_lookup(),
                                         out_of_time=out_of_time, lease_token=token,
                                         override_room=services.override_room,
-                                        # No entries, no record to delete: no read of them.
-                                        dns_plugins=services.dns_plugin_named if services.config.dns_configs else None)
+                                        dns_plugins=services.dns_lookup)
             except (ProviderError, StoreUnavailable, LeaseLost) as error:
                 # The pass stopped where it was; everything it did is consistent. Try again soon.
                 report.failures.append(str(error))
