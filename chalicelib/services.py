@@ -173,6 +173,8 @@ class Services:
             return
         if config.providers != self.config.providers:
             self._providers = {}
+        if config.dns_configs != self.config.dns_configs:
+            self._dns_plugins = {}  # else an entry's new domain or server was never used
         # Built from the config on first use: built again from the new one when it changed (a
         # raised token_ttl, a new directory), else a warm process kept serving the old settings.
         if config.auth != self.config.auth:
@@ -221,7 +223,20 @@ class Services:
     def dns_plugin(self, pool: PoolConfig) -> DnsPlugin | None:
         """The DNS plugin managing the pool's records (None when its ``dns_plugin`` names none),
         built on first use and kept."""
-        dns_config = self.config.dns_for(pool)
+        return self.dns_plugin_named(pool.dns_plugin) if pool.dns_plugin else None
+
+    @property
+    def dns_lookup(self) -> Callable[[str], DnsPlugin | None] | None:
+        """``dns_plugin_named`` for a reconcile pass (``PassContext.dns_plugins``); None when the
+        config has no ``:dns_configs:`` entry: no entry can have records to delete, and the
+        pass of a pool without ``dns_plugin`` then reads none (``dns_records.delete_left_records``)."""
+        return self.dns_plugin_named if self.config.dns_configs else None
+
+    def dns_plugin_named(self, name: str) -> DnsPlugin | None:
+        """The plugin of the ``:dns_configs:`` entry ``name`` (None when the config has no such
+        entry), built on first use and kept: a VM's record is deleted by the entry that
+        published it, whatever its pool's ``dns_plugin`` says now (PassContext.withdraw_dns)."""
+        dns_config = self.config.dns_configs.get(name)
         if dns_config is None:
             return None
         if dns_config.name not in self._dns_plugins:

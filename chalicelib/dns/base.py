@@ -91,8 +91,10 @@ class DnsPlugin(abc.ABC):
         """Make ``hostname.domain`` resolve to ``ip`` (and only to it). Raises DnsError."""
 
     @abc.abstractmethod
-    def delete(self, hostname: str) -> None:
-        """Remove the name's A record; a name without one is not an error. Raises DnsError."""
+    def delete(self, hostname: str, fqdn: str | None = None) -> None:
+        """Remove the name's A record; a name without one is not an error. ``fqdn``: the full
+        name the record was published under, when the entry's ``domain`` may have changed since
+        (default ``hostname.domain``). Raises DnsError."""
 
     @abc.abstractmethod
     def addresses(self, hostname: str) -> list[str]:
@@ -112,7 +114,7 @@ class UnmanagedDns(DnsPlugin):
     def create_or_replace(self, hostname: str, ip: str) -> None:
         return None
 
-    def delete(self, hostname: str) -> None:
+    def delete(self, hostname: str, fqdn: str | None = None) -> None:
         return None
 
     def addresses(self, hostname: str) -> list[str]:

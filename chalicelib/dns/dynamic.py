@@ -105,24 +105,27 @@ class DynamicDns(DnsPlugin):
             raise DnsRejected(f"dns {what}: " + (meaning or f"the server answered {dns.rcode.to_text(rcode)}"))
         return response
 
-    def _update(self) -> Any:
+    def _update(self, zone: Any = None) -> Any:
+        """An update of ``zone`` (default the entry's), signed with the entry's key."""
         import dns.update
 
         if self._key_error is not None:
             raise DnsRejected(self._key_error)
+        zone = zone or self.zone
         if self._keyring is None:
-            return dns.update.UpdateMessage(self.zone)
-        return dns.update.UpdateMessage(self.zone, keyring=self._keyring, keyname=self._key_name,
+            return dns.update.UpdateMessage(zone)
+        return dns.update.UpdateMessage(zone, keyring=self._keyring, keyname=self._key_name,
                                         keyalgorithm=self._algorithm)
 
-    def _name(self, what: str, hostname: str) -> Any:
-        """The name as dnspython holds it; DnsRejected (never dnspython's own exceptions, which
-        would end the reconcile pass) when it cannot be a DNS name."""
+    def _name(self, what: str, hostname: str, fqdn: str | None = None) -> Any:
+        """The name (``fqdn``, default ``hostname.domain``) as dnspython holds it; DnsRejected
+        (never dnspython's own exceptions, which would end the reconcile pass) when it cannot be
+        a DNS name."""
         import dns.exception
         import dns.name
 
         try:
-            return dns.name.from_text(self.fqdn(hostname))
+            return dns.name.from_text(fqdn or self.fqdn(hostname))
         except dns.exception.DNSException as error:
             raise DnsRejected(f"dns {what}: not a valid DNS name ({type(error).__name__})") from None
 
@@ -141,10 +144,13 @@ class DynamicDns(DnsPlugin):
         self._exchange(what, update, refusals={
             dns.rcode.YXRRSET: "the name has a CNAME record (not vmpool's): it cannot have an A record"})
 
-    def delete(self, hostname: str) -> None:
-        what = f"delete {self.fqdn(hostname)}"
-        update = self._update()
-        update.delete(self._name(what, hostname), "A")
+    def delete(self, hostname: str, fqdn: str | None = None) -> None:
+        what = f"delete {fqdn or self.fqdn(hostname)}"
+        name = self._name(what, hostname, fqdn)
+        # A name published under the entry's former domain may be outside its zone now (the
+        # zone defaults to the domain): then the former domain, its parent, was the zone.
+        update = self._update(None if name.is_subdomain(self.zone) else name.parent())
+        update.delete(name, "A")
         self._exchange(what, update)
 
     def addresses(self, hostname: str) -> list[str]:

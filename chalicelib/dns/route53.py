@@ -95,9 +95,8 @@ class Route53Dns(DnsPlugin):
         except BotoCoreError as error:
             raise DnsUnavailable(f"route53 {what}: {type(error).__name__}") from None
 
-    def _current(self, hostname: str) -> dict[str, Any] | None:
+    def _current(self, fqdn: str) -> dict[str, Any] | None:
         """The name's A record set as Route 53 holds it, or None."""
-        fqdn = self.fqdn(hostname)
         found = self._call(f"look up {fqdn}", "list_resource_record_sets", HostedZoneId=self.zone_id,
                            StartRecordName=fqdn, StartRecordType="A", MaxItems="1")
         for record in found.get("ResourceRecordSets", []):
@@ -117,15 +116,16 @@ class Route53Dns(DnsPlugin):
             "Name": fqdn, "Type": "A", "TTL": self.ttl, "ResourceRecords": [{"Value": address}],
         })
 
-    def delete(self, hostname: str) -> None:
+    def delete(self, hostname: str, fqdn: str | None = None) -> None:
         # Route 53 deletes only an exact copy of the record set: read it, then delete that. A
         # change in between makes the delete fail (InvalidChangeBatch); read again once.
+        fqdn = fqdn or self.fqdn(hostname)
         for attempt in (1, 2):
-            current = self._current(hostname)
+            current = self._current(fqdn)
             if current is None:
                 return
             try:
-                self._change(f"delete {self.fqdn(hostname)}", "DELETE", current)
+                self._change(f"delete {fqdn}", "DELETE", current)
                 return
             except DnsRejected:
                 if attempt == 2:

@@ -61,6 +61,13 @@ DNS_SECONDS_PER_PASS = 15.0
 three calls at the plugins' default 5 s timeout. A server that answers slowly, each call just
 within its timeout, would otherwise hold the pass for one wait per VM."""
 
+DNS_ENTRY_GONE = "entry_gone"
+"""``DnsFailures`` reason: a VM's record cannot be deleted, the entry that published it is gone."""
+
+DnsLookup = Callable[[str], DnsPlugin | None]
+"""A ``:dns_configs:`` entry's plugin by name (None when the config has no such entry): how a pass
+deletes a record the entry that published it manages, after its pool's ``dns_plugin`` changed."""
+
 ProviderLookup = Callable[[str], Provider | None]
 """A configured provider by name (None when the config has no such provider): how a pass reaches
 VMs its pool made through another provider before it was moved (manager/placement.py)."""
@@ -173,6 +180,9 @@ class PassContext:
     """Time this pass spent waiting on its DNS service."""
     providers: ProviderLookup | None = None
     """The configured providers, for VMs made elsewhere (``reach``); None: only ``provider``."""
+    dns_plugins: DnsLookup | None = None
+    """The configured DNS entries' plugins, for records another entry published (``publisher``);
+    None: only ``dns``."""
     lease_token: str | None = None
     """The token of the run's lease on the pool (manager/runner.py), None outside a run: the
     template leases the pass takes are taken with it, so the retry that releases a run's lease
@@ -182,7 +192,8 @@ class PassContext:
     def read(cls, store: Store, provider: Provider, pool: PoolConfig, clock: Clock, service: ServiceConfig,
              checkpoint: Checkpoint = no_checkpoint, dns: DnsPlugin | None = None,
              providers: ProviderLookup | None = None, lease_token: str | None = None,
-             override_room: Callable[[], int] | None = None) -> PassContext:
+             override_room: Callable[[], int] | None = None,
+             dns_plugins: DnsLookup | None = None) -> PassContext:
         """Read the pass's inputs, in this order: the inventory, the snapshot, the pool's
         overrides (applied to ``pool``, the pool as configured; a template or clone target
         longer than ``override_room`` allows left out, as the API leaves it out: store/pool_overrides.py
@@ -210,7 +221,7 @@ class PassContext:
                    overrides=overrides, size_decision=size_decision,
                    report=PassReport(pool=pool.name, started=now, size=pool.size),
                    inventory_checked=inventory_checked, inventory_changes=changes, providers=providers,
-                   lease_token=lease_token)
+                   lease_token=lease_token, dns_plugins=dns_plugins)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -349,11 +360,14 @@ class PassContext:
         """Delete the A record of a VM leaving service, if vmpool created one. A failure is
         recorded on the VM (and retried while it is destroyed, then by
         ``dns_records.delete_left_records`` once it is); it never holds the destroy."""
-        plugin = self.dns
-        if record is None or plugin is None or not record.raw.get("dns_name"):
+        if record is None or not record.raw.get("dns_name"):
             return
+        plugin = self.publisher(record)
+        if plugin is None:
+            return
+        fqdn = str(record.raw["dns_name"])
         try:
-            self.dns_call(f"delete {plugin.fqdn(record.name)}", lambda: plugin.delete(record.name))
+            self.dns_call(f"delete {fqdn}", lambda: plugin.delete(record.name, fqdn))
         except DnsError as error:
             self.dns_failed(record.name, "record deletion", error)
             self.report.errors.append(f"DNS record of {record.name} not deleted: {error}")
@@ -361,10 +375,33 @@ class PassContext:
             # Before the VM can be destroyed and forgotten: later passes delete the record.
             self.store.note_dns_left(self.pool.name, record.name, self.now)
             return
-        self.store.update_vm(record.name, dns_name=None, dns_published=None, dns_error=None)
+        self.store.update_vm(record.name, dns_name=None, dns_plugin=None, dns_published=None, dns_error=None)
         if record.raw.get("dns_error"):
             self.store.forget_dns_left(self.pool.name, [record.name])
         self.checkpoint("dns_withdrawn")
+
+    def publisher(self, record: VMRecord) -> DnsPlugin | None:
+        """The plugin of the ``:dns_configs:`` entry that published the VM's record (noted as
+        ``dns_plugin`` with it), which deletes it under the name it was published as: the pool's
+        ``dns_plugin`` or the entry's ``domain`` may have changed since. A record published before
+        VMs noted their entry is the pool's current plugin's. None when that entry is gone from
+        the config (or manages no records now): nothing can delete the record, so it is logged,
+        counted (``DnsFailures``, reason ``entry_gone``) and the VM's note of it dropped."""
+        name = record.raw.get("dns_plugin")
+        if name is None or (self.dns is not None and name == self.dns.name):
+            plugin = self.dns
+        else:
+            plugin = self.dns_plugins(str(name)) if self.dns_plugins is not None else None
+        if plugin is not None and plugin.manages_records:
+            return plugin
+        emit(self.pool.name, {metric.DNS_FAILURES: 1}, dimensions={"reason": DNS_ENTRY_GONE})
+        logger.warning("DNS record left in place: the dns_configs entry that published it is gone", extra={
+            "pool": self.pool.name, "hostname": record.name, "fqdn": record.raw.get("dns_name"),
+            "dns_plugin": name if name is not None else self.pool.dns_plugin})
+        self.store.update_vm(record.name, dns_name=None, dns_plugin=None, dns_published=None, dns_error=None)
+        if record.raw.get("dns_error"):
+            self.store.forget_dns_left(self.pool.name, [record.name])
+        return None
 
     def dns_failed(self, hostname: str, doing: str, error: DnsError) -> None:
         """Count and log a DNS failure; the pass goes on with the next VM."""

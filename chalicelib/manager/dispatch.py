@@ -330,9 +330,8 @@ def _dns_records_left(services: "Services", pool: PoolConfig) -> bool:
     """Whether the pool's DNS plugin still has records of destroyed VMs to delete (the DNS
     service failed as they left): its drain passes delete them once it answers; forgotten, the
     pool would leave them in the zone for good."""
-    plugin = services.dns_plugin(pool)
-    if plugin is None or not plugin.manages_records:
-        return False
+    if not services.config.dns_configs:
+        return False  # no entry could have published them
     return bool(services.store.dns_left(pool.name, 1))
 
 

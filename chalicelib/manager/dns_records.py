@@ -63,14 +63,16 @@ def check_ready(context: PassContext, record: VMRecord, vm: VMInfo) -> Readiness
     ip = vm.ip
     if ip and record.raw.get("dns_published") != ip:
         fqdn = plugin.fqdn(record.name)
-        if record.raw.get("dns_name") != fqdn:
-            context.store.update_vm(record.name, dns_name=fqdn)  # before the record: never forgotten
+        if record.raw.get("dns_name") != fqdn or record.raw.get("dns_plugin") != plugin.name:
+            # Before the record: never forgotten, and deleted by this entry under this name
+            # whatever the pool's dns_plugin or the entry's domain says by then.
+            context.store.update_vm(record.name, dns_name=fqdn, dns_plugin=plugin.name)
         try:
             context.dns_call(f"create {fqdn}", lambda: plugin.create_or_replace(record.name, ip))
         except DnsError as error:
             context.dns_failed(record.name, "record creation", error)
             return Readiness(False, f"DNS record not created: {error}")
-        if _left_service(context, record.name, fqdn):
+        if _left_service(context, record.name, fqdn, plugin.name):
             return Readiness(False, "left service while its DNS record was created")
         context.store.update_vm(record.name, dns_published=ip)
         context.checkpoint("dns_published")
@@ -83,7 +85,7 @@ def check_ready(context: PassContext, record: VMRecord, vm: VMInfo) -> Readiness
 IN_SERVICE = ("pending", "ready", "running")
 
 
-def _left_service(context: PassContext, hostname: str, fqdn: str) -> bool:
+def _left_service(context: PassContext, hostname: str, fqdn: str, published_by: str) -> bool:
     """Whether the VM whose record was just created has left service since the pass's snapshot
     was read (a stale pass: others made it ready, its user gave it back, and it was withdrawn,
     perhaps destroyed, before this create). Then the record is withdrawn again, as when it left:
@@ -91,8 +93,9 @@ def _left_service(context: PassContext, hostname: str, fqdn: str) -> bool:
     current = context.store.get_vm(hostname)
     if current is None or current.state in IN_SERVICE:
         return False  # in service (or its record expired: nothing to note the name on)
-    context.store.update_vm(hostname, dns_name=fqdn)  # the withdraw may have cleared it
-    context.withdraw_dns(dataclasses.replace(current, raw={**current.raw, "dns_name": fqdn}))
+    noted = {"dns_name": fqdn, "dns_plugin": published_by}
+    context.store.update_vm(hostname, **noted)  # the withdraw may have cleared it
+    context.withdraw_dns(dataclasses.replace(current, raw={**current.raw, **noted}))
     logger.info("DNS record of a VM that left service meanwhile withdrawn again",
                 extra={"pool": context.pool.name, "hostname": hostname, "state": current.state})
     return True
@@ -108,9 +111,8 @@ def delete_left_records(context: PassContext) -> None:
     destroyed and still notes it (``dns_name``) is deleted: a VM still being destroyed is left to
     the completed step, and a name whose record is gone (past ``data_ttl``) or taken by a new VM
     is forgotten, never deleted from under its new owner."""
-    plugin = context.dns
-    if plugin is None or not plugin.manages_records:
-        return
+    if context.dns is None and context.dns_plugins is None:
+        return  # no entry could have published them (a pool whose dns_plugin was removed has one)
     hostnames = context.store.dns_left(context.pool.name, LEFT_RECORDS_PER_PASS)
     if not hostnames:
         return
@@ -123,12 +125,17 @@ def delete_left_records(context: PassContext) -> None:
         if record is None or record.state != "destroyed" or not record.raw.get("dns_name"):
             forget.append(hostname)
             continue
+        plugin = context.publisher(record)  # None: its entry is gone (counted, note dropped)
+        if plugin is None:
+            forget.append(hostname)
+            continue
+        fqdn = str(record.raw["dns_name"])
         try:
-            context.dns_call(f"delete {plugin.fqdn(hostname)}", functools.partial(plugin.delete, hostname))
+            context.dns_call(f"delete {fqdn}", functools.partial(plugin.delete, hostname, fqdn))
         except DnsError as error:
             context.dns_failed(hostname, "record deletion", error)
             continue
-        context.store.update_vm(hostname, dns_name=None, dns_published=None, dns_error=None)
+        context.store.update_vm(hostname, dns_name=None, dns_plugin=None, dns_published=None, dns_error=None)
         forget.append(hostname)
     context.store.forget_dns_left(context.pool.name, forget)
     context.checkpoint("dns_left_deleted")

@@ -35,7 +35,15 @@ from chalicelib.manager import (
     templates,
     vm_tasks,
 )
-from chalicelib.manager.context import Checkpoint, PassContext, PassReport, ProviderLookup, Step, no_checkpoint
+from chalicelib.manager.context import (
+    Checkpoint,
+    DnsLookup,
+    PassContext,
+    PassReport,
+    ProviderLookup,
+    Step,
+    no_checkpoint,
+)
 from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
 from chalicelib.providers.base import Provider
 from chalicelib.store import Store
@@ -103,10 +111,13 @@ def reconcile_pool(
     out_of_time: Callable[[], bool] = lambda: False,
     lease_token: str | None = None,
     override_room: Callable[[], int] | None = None,
+    dns_plugins: DnsLookup | None = None,
 ) -> PassReport:
     """Run one pass over ``pool``. Raises ProviderError or StoreUnavailable when the provider or
     Redis fails; whatever was done before that is consistent, and the next pass carries on.
     ``dns`` manages the pool's DNS records (its ``dns_plugin``); its failures never end the pass.
+    ``dns_plugins`` reaches the entry that published a VM's record when it is another one
+    (``PassContext.publisher``).
     ``providers`` reaches VMs the pool made with another provider before it moved (placement.py).
     ``out_of_time``, asked before each step: when true the pass stops there (``stopped_before``),
     as one killed between two steps would, and the next pass carries on. ``lease_token``: the
@@ -116,7 +127,7 @@ def reconcile_pool(
     calls_before = provider.call_count()
     started = clock.monotonic()
     context = PassContext.read(store, provider, pool, clock, service, checkpoint, dns, providers, lease_token,
-                               override_room)
+                               override_room, dns_plugins)
     for step in STEPS:
         if out_of_time():
             context.report.stopped_before = getattr(step, "__name__", repr(step))

@@ -135,7 +135,8 @@ def run_pool(
                                         services.config.service, lease.renewing(checkpoint),
                                         dns=services.dns_plugin(pool), providers=lease.fenced_lookup(),
                                         out_of_time=out_of_time, lease_token=token,
-                                        override_room=services.override_room)
+                                        override_room=services.override_room,
+                                        dns_plugins=services.dns_lookup)
             except (ProviderError, StoreUnavailable, LeaseLost) as error:
                 # The pass stopped where it was; everything it did is consistent. Try again soon.
                 report.failures.append(str(error))

@@ -11,7 +11,7 @@ import json
 import os
 import signal
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pytest
 import yaml
@@ -27,6 +27,7 @@ from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.store.fleet import Fleet
 from tests.dns.bind import BindServer
 from tests.harness import Harness, HarnessFactory
+from tests.support import emf_documents
 
 
 def make_dns_world(make_harness: HarnessFactory, entry: dict[str, Any], size: int = 2, **dummy: Any) -> Harness:
@@ -519,3 +520,133 @@ def test_a_removed_pool_is_forgotten_only_once_its_left_records_are_deleted(
     for host in gone:
         assert bind.addresses(f"{host}.{bind.zone}") == []
     assert "dns" not in Fleet(world.store).names()
+
+
+# --- a pool's DNS entry changed while its VMs are out ---------------------------------------------
+
+
+def dns_document(entries: dict[str, Any], dns_plugin: str | None) -> dict[str, Any]:
+    """make_dns_world's config with these ``:dns_configs:`` entries, the pool naming ``dns_plugin``."""
+    pool: dict[str, Any] = {"name": "dns", "size": 2, "provider": "dummy"}
+    if dns_plugin is not None:
+        pool["dns_plugin"] = dns_plugin
+    return {
+        "config": {"timeout": 10, "task_limit": 10},
+        "providers": {"dummy": {"provider_class": "dummy", "seed": 5, "boot_time": 20}},
+        "dns_configs": entries,
+        "pools": [pool],
+    }
+
+
+def published_then_reconfigured(make_harness: HarnessFactory, bind: BindServer,
+                                after: dict[str, Any]) -> tuple[Harness, dict[str, str]]:
+    """Two VMs made ready and published under ``<host>.<zone>`` by the entry ``zone``, then the
+    service as a Lambda started after the config ``after`` was pushed sees it (the plugins built
+    from it): (that service, the published hostname -> IP)."""
+    before = make_harness(parse(yaml.safe_dump(dns_document({"zone": bind.dns_config()}, "zone"))))
+    before.passes("dns", 3)
+    published = ready_vms(before)
+    assert len(published) == 2
+    for host, ip in published.items():
+        assert bind.addresses(f"{host}.{bind.zone}") == [ip]
+    return make_harness(parse(yaml.safe_dump(after))), published
+
+
+def return_all(world: Harness, hosts: Iterable[str]) -> None:
+    """Check out and give back every one of ``hosts``, the pool's ready VMs (each then leaves
+    service and is destroyed)."""
+    taken = world.check_out("dns", len(set(hosts)))
+    assert set(taken) == set(hosts)
+    for host in taken:
+        world.store.move(host, "dns", "running", "completed", world.clock.now(), reason="returned by its user")
+
+
+@pytest.mark.parametrize("same_zone", [True, False], ids=["zone-kept", "zone-was-the-old-domain"])
+def test_a_vm_published_before_its_entrys_domain_changed_loses_the_record_it_was_published_under(
+        make_harness: HarnessFactory, bind: BindServer, same_zone: bool) -> None:
+    # Before, the delete went to <host>.<the new domain>: the record under the old one stayed
+    # for good, leading to an address soon another machine's. Without ``zone`` the entry's zone
+    # is its domain: the old name's zone is then the old domain (this server's only zone).
+    lab = f"lab.{bind.zone}"
+    entry = bind.dns_config(domain=lab, zone=bind.zone) if same_zone else bind.dns_config(domain=lab)
+    world, published = published_then_reconfigured(make_harness, bind, dns_document({"zone": entry}, "zone"))
+    return_all(world, published)
+    world.passes("dns", 4)
+    for host in published:
+        assert world.state_of(host) == "destroyed"
+        assert bind.addresses(f"{host}.{bind.zone}") == []
+    if not same_zone:
+        return  # this server has no zone lab.<zone>: the replacements wait for their records
+    # Their replacements are published under the new domain.
+    replacements = ready_vms(world)
+    assert len(replacements) == 2
+    for host, ip in replacements.items():
+        assert bind.addresses(f"{host}.{lab}") == [ip]
+
+
+@pytest.mark.parametrize("dns_plugin", ["other", None], ids=["switched-to-another-entry", "removed"])
+def test_a_vm_published_before_its_pools_dns_plugin_changed_loses_its_record(
+        make_harness: HarnessFactory, bind: BindServer, dns_plugin: str | None) -> None:
+    # Before, the delete went to the pool's new entry (for another name) or nowhere (none).
+    world, published = published_then_reconfigured(make_harness, bind, dns_document(
+        {"zone": bind.dns_config(), "other": bind.dns_config(domain=f"lab.{bind.zone}", zone=bind.zone)},
+        dns_plugin))
+    return_all(world, published)
+    world.passes("dns", 4)
+    for host in published:
+        assert world.state_of(host) == "destroyed"
+        assert bind.addresses(f"{host}.{bind.zone}") == []
+
+
+def test_a_record_left_behind_by_an_outage_is_deleted_by_its_entry_after_the_pools_dns_plugin_changed(
+        make_harness: HarnessFactory, bind: BindServer) -> None:
+    world, published = published_then_reconfigured(make_harness, bind, dns_document(
+        {"zone": bind.dns_config(), "other": bind.dns_config(domain=f"lab.{bind.zone}", zone=bind.zone)},
+        "other"))
+    assert bind.process is not None
+    os.kill(bind.process.pid, signal.SIGKILL)
+    bind.process.wait()
+    return_all(world, published)
+    world.passes("dns", 4)
+    assert {world.state_of(host) for host in published} == {"destroyed"}
+    bind.start()
+    world.passes("dns", 2)
+    for host in published:
+        assert bind.addresses(f"{host}.{bind.zone}") == []
+        assert "dns_name" not in world.store.get_vm(host).raw  # type: ignore[union-attr]
+
+
+def test_a_record_whose_entry_is_gone_from_the_config_is_counted_and_forgotten_without_failing_the_pass(
+        make_harness: HarnessFactory, bind: BindServer, capsys: pytest.CaptureFixture[str]) -> None:
+    world, published = published_then_reconfigured(make_harness, bind, dns_document({}, None))
+    capsys.readouterr()
+    return_all(world, published)
+    reports = world.passes("dns", 4)
+    assert not any(report.errors for report in reports)
+    for host in published:
+        assert world.state_of(host) == "destroyed"
+        assert "dns_name" not in world.store.get_vm(host).raw  # type: ignore[union-attr]
+    gone = [document for document in emf_documents(capsys.readouterr().out)
+            if document.get("DnsFailures") and document.get("reason") == "entry_gone"]
+    assert len(gone) == 2
+
+
+def test_a_warm_process_publishes_under_an_entrys_new_domain_once_the_config_is_pushed(
+        make_harness: HarnessFactory, bind: BindServer) -> None:
+    # Before, Services kept the plugin built from the old entry: a warm Lambda went on
+    # publishing new VMs under the old domain after the push, while handing out the new one.
+    world = make_harness(parse(yaml.safe_dump(dns_document({"zone": bind.dns_config()}, "zone"))))
+    world.passes("dns", 3)
+    published = ready_vms(world)
+    lab = f"lab.{bind.zone}"
+    world.services.use_config(parse(yaml.safe_dump(dns_document(
+        {"zone": bind.dns_config(domain=lab, zone=bind.zone)}, "zone"))))
+    return_all(world, published)
+    world.passes("dns", 4)
+    replacements = ready_vms(world)
+    assert len(replacements) == 2
+    for host, ip in replacements.items():
+        assert bind.addresses(f"{host}.{lab}") == [ip]
+        assert world.store.get_vm(host).fqdn() == f"{host}.{lab}"  # type: ignore[union-attr]
+    for host in published:
+        assert bind.addresses(f"{host}.{bind.zone}") == []
