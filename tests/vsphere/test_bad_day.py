@@ -483,3 +483,16 @@ def test_two_datacenters_with_the_same_folder_keep_their_vms_apart(
         assert admin.exists(harness.provider, f"DC1/vm/{folder}/{vm}")
     finally:
         server.stop()
+
+
+def test_a_simulator_started_on_a_port_used_before_is_met_with_a_fresh_connection(
+        private_vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
+    """The system hands a new simulator the port of an earlier one whose connection this process
+    still caches: forgetting that server's connections, the first pass gets a fresh one (a reused
+    socket the old server closed failed it, SSLEOFError)."""
+    harness = pool_harness(make_harness, private_vcsim, size=1)
+    assert converge(harness, 1) == []
+    private_vcsim.stop()
+    private_vcsim.start()  # the same port: as a new simulator reusing it
+    connections.forget_server("127.0.0.1", private_vcsim.port)
+    assert converge(harness, 1) == []

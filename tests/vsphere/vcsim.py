@@ -26,6 +26,7 @@ from pyVmomi import vim, vmodl
 
 from chalicelib.clock import SystemClock
 from chalicelib.config import Config, PoolConfig, ProviderConfig, ServiceConfig, build
+from chalicelib.providers.vsphere import connection as vsphere_connection
 from chalicelib.providers.vsphere.provider import VSphereProvider
 from tools.vcsim import launcher
 
@@ -55,12 +56,17 @@ class VcsimServer:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
+        fresh_port = self.port == 0
         self.log_path = self.log_path or self.cert_path.with_suffix(".log")
         self.process, self.url = launcher.start_vcsim(
             self.port, self.boot_delay, self.cert_path, datacenters=self.datacenters,
             host_load_per_vm=self.host_load_per_vm, log_path=self.log_path,
             clone_delay=self.clone_delay, method_delays=self.method_delays, session_idle=self.session_idle)
         self.port = urlparse(self.url).port or 0
+        if fresh_port:
+            # The system may hand out the port of an earlier test's simulator, whose connection
+            # this process still caches: reused, its dead socket fails the first call (SSLEOFError).
+            vsphere_connection.forget_server("127.0.0.1", self.port)
 
     def trouble(self) -> str | None:
         """Why a test may have failed here: the simulator, meant to be running, exited or refuses

@@ -325,6 +325,19 @@ def drop(endpoint: Endpoint, keep_session: bool = False) -> None:
         connection.close()
 
 
+def forget_server(host: str, port: int) -> None:
+    """Forget every cached connection, kept session and recent failure for ``host:port``, whoever
+    logged in: the server there is a new one (its sockets and sessions are not those cached)."""
+    with _lock:
+        keys = [key for key in (*_connections, *_dropped_sessions, *_unreachable) if key[:2] == (host, port)]
+        stale = [_connections.pop(key) for key in keys if key in _connections]
+        for key in keys:
+            _dropped_sessions.pop(key, None)
+            _unreachable.pop(key, None)
+    for connection in stale:
+        connection.close()
+
+
 def cached(endpoint: Endpoint) -> Connection | None:
     """The cached connection for this endpoint, if any (for tests and diagnostics)."""
     return _connections.get(endpoint.key)
