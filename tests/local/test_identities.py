@@ -97,8 +97,8 @@ class Holder:
     """The user, or for a VM checked out without a token the caller's address."""
     anonymous: bool
     returning: bool = False
-    """Another caller's DELETE of it went unanswered or answered 503: it may be returned. Not
-    counted against the owner's limit any more; its holder still gives it back."""
+    """Another caller's DELETE of it is under way, went unanswered or answered 503: it may be
+    returned. Not counted against the owner's limit meanwhile; its holder still gives it back."""
 
 
 class Ledger:
@@ -132,17 +132,18 @@ class Ledger:
                 self.handed[holder.owner].add(host)
             owned = [host for host, other in self.held.items() if other.owner == holder.owner and not other.returning]
         if len(owned) > MAX_VMS:
+            story = "\n    ".join(self.record.events_about(owned)[-40:])
             self.record.problem(f"{holder.owner} holds {len(owned)} VMs (at most {MAX_VMS}): {holder.caller} got "
-                                f"{hosts}; {self.record.events_about(owned)}")
+                                f"{hosts}:\n    {story}")
 
     def release(self, host: str) -> None:
         with self.lock:
             self.held.pop(host, None)
 
-    def returning(self, host: str) -> None:
+    def returning(self, host: str, maybe: bool) -> None:
         with self.lock:
             if host in self.held:
-                self.held[host].returning = True
+                self.held[host].returning = maybe
 
     def others(self, caller: str) -> list[tuple[str, Holder]]:
         with self.lock:
@@ -193,7 +194,7 @@ class Caller:
             connection.close()
         with self.record.lock:
             self.record.answers[response.status] = self.record.answers.get(response.status, 0) + 1
-        self.record.event(f"{self.name} {method} {path} {response.status}")
+        self.record.event(f"{self.name} ({self.owner}) {method} {path} {response.status}")
         try:
             answer = json.loads(raw)
         except ValueError:
@@ -218,7 +219,9 @@ class Caller:
         except Exception as error:  # noqa: BLE001 - reported as a failure of the test
             self.record.problem(f"{self.name} crashed: {type(error).__name__}: {error}")
 
-    def log_in(self) -> bool:
+    def log_in(self, revoke_unknown: bool = True) -> bool:
+        """A new token. At max_tokens_per_user, ``revoke_unknown`` revokes a token whose login
+        went unanswered (not while the user's other caller may be making one: not known yet)."""
         status, answer = self.send("POST", "/token", token="", login=True)
         if status == 200:
             with self.ledger.lock:
@@ -228,7 +231,7 @@ class Caller:
         if status in (503, NO_ANSWER):
             with self.ledger.lock:
                 self.ledger.unanswered_logins[self.owner] += 1
-        if status == 403:  # at max_tokens_per_user: a token whose login went unanswered is revoked by its id
+        if status == 403 and revoke_unknown:  # a token whose login went unanswered, revoked by its id
             _, listed = self.send("GET", "/token", token="", login=True)
             with self.ledger.lock:
                 unknown = [key for key in (listed or {}) if key != "ok" and key not in self.ledger.tokens[self.owner]]
@@ -250,6 +253,7 @@ class Caller:
             self.record.problem(f"{self.name}: POST /vm/{target} answered for {sorted(answer)}")
         hosts = [host.split(".")[0] for name, got in answer.items() if isinstance(got, dict)
                  for host in (got["hostname"] if isinstance(got["hostname"], list) else [got["hostname"]])]
+        self.record.event(f"{self.name} ({self.owner}) was handed {' '.join(hosts)}")
         self.ledger.hand(Holder(self.name, self.owner, not self.token), hosts)
         self.mine += hosts
 
@@ -305,14 +309,18 @@ class Caller:
         if not others:
             return
         host, holder = self.random.choice(others)
-        status, _ = self.send("DELETE", f"/vm/{host}")
         may = holder.anonymous or (bool(self.token) and holder.owner == self.user and self.token_is_live())
+        if may:
+            # Marked before it is sent: its holder may check out more the moment it lands, before
+            # this caller has its answer.
+            self.ledger.returning(host, True)
+        status, _ = self.send("DELETE", f"/vm/{host}")
         if status == 200 and not may:
             self.record.problem(f"{self.name} ({self.owner}) returned {host} of {holder.caller} ({holder.owner})")
-        if status == 200 and may:
+        if status in (200, 404) and may:
             self.ledger.release(host)
-        elif status in (503, NO_ANSWER) and may:
-            self.ledger.returning(host)
+        elif status not in (503, NO_ANSWER) and may:  # refused (429, say): still its holder's
+            self.ledger.returning(host, False)
         status, _ = self.send("PUT", f"/vm/{host}", {"lifetime": 3, "tags": {"owner": f"meddler:{self.name}"}})
         if status == 200 and not (self.token and self.token_is_live() and (holder.owner == self.user
                                                                             or holder.anonymous)):
@@ -338,7 +346,8 @@ class Caller:
                 described = answer[self.token]
                 with self.ledger.lock:
                     foreign = set(described["vms"]["running"]) - self.ledger.handed[self.owner]
-                if described["user"] != self.user or foreign:
+                    unknown = self.ledger.lost[self.owner]  # VMs of checkouts whose answer was lost
+                if described["user"] != self.user or len(foreign) > unknown:
                     self.record.problem(f"{self.name}: its token's status names {described['user']}, {foreign}")
         status, answer = self.send("GET", "/token", token="", login=True)
         if status == 200:
@@ -354,7 +363,7 @@ class Caller:
 
     def new_token(self) -> None:
         old = self.token
-        if not self.log_in():
+        if not self.log_in(revoke_unknown=False):
             return
         status, _ = self.send("DELETE", f"/token/{old}", token="", login=True)
         if status == 200:
