@@ -198,6 +198,8 @@ class Audit:
             for _ in range(3):
                 if connection is None:
                     live = [port for process, port in self.workers if process.poll() is None]
+                    if not live:  # the run ended (a fault failed): the API processes are stopped
+                        return 0, None
                     connection = http.client.HTTPConnection("127.0.0.1", live[number % len(live)],
                                                             timeout=CLIENT_TIMEOUT, source_address=(source, 0))
                 headers = {"Content-Type": "application/json", **(auth or {})}
@@ -260,11 +262,15 @@ class Audit:
                     self.problems.append(f"{name} read its {host} tagged as {owner}'s")
             time.sleep(rand.uniform(0, 0.3))
             if rand.random() < 0.8:
-                status, answer = call("DELETE", f"/vm/{host}")
-                if status == 200:
+                for _ in range(20):  # a 503 says: the return may be made, send the DELETE again
+                    status, answer = call("DELETE", f"/vm/{host}")
+                    if status != 503:
+                        break
+                    time.sleep(0.5)
+                if status in (200, 0, 503):  # returned, or may be (no answer, or 503 ten seconds on)
                     with self.lock:
                         self.kept.pop(host, None)
-                elif status == 404:
+                if status == 404:
                     self.problems.append(f"{name} returned its {host}: 404 {answer}")
 
     def ondemand(self, call: Any, pool: str) -> None:
