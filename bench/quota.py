@@ -11,7 +11,9 @@ the CPU time redis-server used (``INFO cpu``, user + system: what the one thread
 the least sensitive to other processes on a shared machine) and the script's own time
 (``INFO commandstats``, wall time inside Redis: inflated when the machine is busy); and the
 commands it ran. Also the same two for the scheduler's tick rebuilding the service's running
-set (``Store.recount_running``, once a minute) at each size.
+set (``Store.recount_running``, once a minute) at each size. Then the owner's own quota: checkouts
+by one owner holding 0, 100 and 500 VMs, far below its limit (docs/performance.md, "An owner's
+quota, however much it holds").
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from chalicelib.store import CheckoutRequest, Quota, Store
 
 FLEETS = (3, 1000, 10000)
 CHECKOUTS = 300
+HOLDINGS = (0, 100, 500)
+"""VMs one owner holds, far below its limit, before its measured checkouts."""
+OWNER_CHECKOUTS = 100
 
 
 def _seed(store: Store, pools: Sequence[str], ready: int) -> None:
@@ -85,6 +90,29 @@ def _fleet(client: redis.Redis, pools: int) -> dict[str, Any]:
             "running": recount.running}
 
 
+def _holder(client: redis.Redis, held: int) -> dict[str, Any]:
+    """``OWNER_CHECKOUTS`` checkouts by one owner already holding ``held`` VMs, its limit (1,000)
+    far away: what the owner's quota costs as its holdings grow (lua/quota.lua)."""
+    client.flushall()
+    store, pool = Store(client), "pool-00000"
+    _seed(store, [pool], held + OWNER_CHECKOUTS + 1)
+    request = [CheckoutRequest(pool, [pool], 1)]
+    quota = Quota("addr:bench-holder", max_owner_vms=1000, max_vms=10000, pools=[pool])
+    for _ in range(held + 1):  # + 1: the scripts loaded and the running set built
+        assert store.checkout(request, 1000.0, {}, quota).ok
+    store._confirm = lambda *args: None  # type: ignore[method-assign]  # the checkout script alone
+    client.config_resetstat()
+    cpu = _cpu_us(client)
+    for _ in range(OWNER_CHECKOUTS):
+        assert store.checkout(request, 1000.0, {}, quota).ok
+    cpu = _cpu_us(client) - cpu
+    stats = _stats(client)
+    calls, usec = stats["evalsha"]
+    commands = sum(count for name, (count, _) in stats.items() if name not in ("evalsha", "config|resetstat"))
+    return {"held": held, "checkouts": calls, "redis_cpu_us_per_checkout": round(cpu / calls, 1),
+            "checkout_script_us": round(usec / calls, 1), "commands_per_checkout": round(commands / calls, 1)}
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     from local.redis_server import RedisServer
 
@@ -92,9 +120,10 @@ def run(quick: bool = False) -> dict[str, Any]:
         client = redis.Redis(port=server.port, decode_responses=True)
         try:
             fleets = [_fleet(client, pools) for pools in (FLEETS[:2] if quick else FLEETS)]
+            holders = [_holder(client, held) for held in HOLDINGS]
         finally:
             client.close()
-    return {"cores": CORES, "load_average_before": os.getloadavg()[0], "fleets": fleets}
+    return {"cores": CORES, "load_average_before": os.getloadavg()[0], "fleets": fleets, "holders": holders}
 
 
 def table(results: dict[str, Any]) -> list[tuple[str, str]]:
@@ -103,4 +132,8 @@ def table(results: dict[str, Any]) -> list[tuple[str, str]]:
              (f"Redis CPU {fleet['redis_cpu_us_per_checkout']} us (script {fleet['checkout_script_us']} us,"
               f" {fleet['commands_per_checkout']:g} commands) per checkout; the tick's rebuild of the running"
               f" set: CPU {fleet['recount_redis_cpu_us']} us (script {fleet['recount_us']} us)"))
-            for fleet in results["fleets"]]
+            for fleet in results["fleets"]] + [
+        (f"checkout by an owner holding {holder['held']} VMs",
+         (f"Redis CPU {holder['redis_cpu_us_per_checkout']} us (script {holder['checkout_script_us']} us,"
+          f" {holder['commands_per_checkout']:g} commands) per checkout"))
+        for holder in results.get("holders", ())]

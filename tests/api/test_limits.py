@@ -4,20 +4,29 @@ in Redis so every process and Lambda shares the count)."""
 
 from __future__ import annotations
 
+import http.client
+import itertools
+import json
+import threading
 from typing import Callable
 
 import pytest
+import redis
 
+import app
 from chalicelib.api import limits, vms
 from chalicelib.api.http import ApiRequest
 from chalicelib.api.routes import handle
 from chalicelib.manager import clones
 from chalicelib.manager.hostnames import candidate_names
 from chalicelib.services import Services
+from chalicelib.store import CheckoutRequest
 from chalicelib.store import store as store_module
+from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
 from tests.api.configs import CONFIG_YAML
-from tests.harness import Harness
-from tests.support import checkout_answers_lost
+from tests.harness import Harness, run_at_once
+from tests.in_process_http import make_server
+from tests.support import checkout_answers_lost, redis_commands
 
 
 def _with(config: str, **keys: object) -> str:
@@ -321,3 +330,141 @@ def test_a_request_id_taken_again_by_another_client_does_not_count_for_its_first
     assert other.status == 201, other.raw
     reply = stack.post("/api/v3/ondemandvm", {"pool3": 1})
     assert reply.status == 201, reply.raw
+
+
+# --- what the owner's quota costs -----------------------------------------------------------------
+
+
+def _ready_vms(store: store_module.Store, pool: str, hostnames: list[str], now: float) -> None:
+    """Ready VMs as the manager makes them: reserved pending records, then pending -> ready."""
+    slots = len(hostnames)
+    assert store.reserve_clones(pool, slots, slots, "tmpl", "example.com", hostnames, now) == hostnames
+    for hostname in hostnames:
+        assert store.move(hostname, pool, "pending", "ready", now, ready_at=now)
+
+
+def _owner_holding(redis_client: redis.Redis, held: int) -> tuple[store_module.Store, store_module.Quota, str]:
+    """A store (its own key prefix) whose one anonymous owner holds ``held`` VMs of ``pool``,
+    far below its limit of 100, with ready VMs left to take."""
+    store, pool = store_module.Store(redis_client, prefix=f"held{held}:"), "pool"
+    quota = store_module.Quota("addr:203.0.113.1", max_owner_vms=100, max_vms=1000, pools=[pool],
+                               max_owner_requests=10, max_requests=100)
+    _ready_vms(store, pool, [f"vm-{n}" for n in range(held + 2)], 1000.0)
+    for _ in range(held):
+        assert store.checkout([CheckoutRequest(pool, [pool], 1)], 1000.0, {}, quota).ok
+    return store, quota, pool
+
+
+def test_a_checkout_costs_redis_the_same_however_many_vms_its_owner_holds(redis_client: redis.Redis) -> None:
+    """Before, the quota read the record of every VM the owner held (an HMGET each, in the
+    checkout's script): an anonymous client holding 500 VMs paid some 370 Redis commands a
+    checkout. Far below its limit, an owner's holdings are bounded by their scores alone."""
+
+    def checkout_commands(held: int) -> dict[str, int]:
+        store, quota, pool = _owner_holding(redis_client, held)
+        redis_client.config_resetstat()
+        assert store.checkout([CheckoutRequest(pool, [pool], 1)], 1000.0, {}, quota).ok
+        return redis_commands(redis_client)
+
+    assert checkout_commands(1) == checkout_commands(60)
+
+
+def test_an_on_demand_request_costs_redis_the_same_however_many_vms_its_owner_holds(
+        redis_client: redis.Redis) -> None:
+    """The same for a request: the owner's open requests are at most its holdings' 'od:' entries,
+    counted by name (one command), not by reading each entry's record."""
+
+    def create_commands(held: int) -> dict[str, int]:
+        store, quota, pool = _owner_holding(redis_client, held)
+        requests = OnDemandStore(store)
+        assert requests.create("first", [OnDemandEntry(pool, pool, 1)], 1000.0, 3600, 2, quota=quota)
+        redis_client.config_resetstat()
+        assert requests.create("second", [OnDemandEntry(pool, pool, 2)], 1000.0, 3600, 2, quota=quota)
+        return redis_commands(redis_client)
+
+    assert create_commands(12) == create_commands(60)
+
+
+def test_an_owner_taking_and_returning_vms_keeps_its_quota_and_a_bounded_holdings_set(
+        make_stack: Callable[[str], Harness]) -> None:
+    """Returned VMs stay in the owner's holdings until its bound reaches its limit; then one count
+    drops them all. The set never outgrows the limit, and a client that gave its VMs back is
+    served again, however many it took before."""
+    stack = make_stack(_with(CONFIG_YAML, max_running_vms_per_user=3))
+    client = stack.client
+    key = limits.quota(stack.services, ApiRequest("POST", 3, source_ip=stack.client_ip), None).holdings_key(
+        stack.store.keys)
+    for _ in range(8):
+        stack.fill("pool1", "pool2")
+        reply = stack.post("/api/v3/vm", {"linux": 2})
+        assert reply.status == 200, reply.raw
+        for host in reply.json["linux"]["hostname"]:
+            assert stack.delete(f"/api/v3/vm/{host.split('.')[0]}").status == 200
+        assert client.zcard(key) <= 3
+    stack.fill("pool1", "pool2")
+    assert stack.post("/api/v3/vm", {"linux": 3}).status == 200
+    assert client.zcard(key) == 3
+    refused = stack.post("/api/v3/vm", {"linux": 1})  # the fourth ready VM
+    assert refused.status == 403 and "at most 3 VMs" in refused.json["error"]
+
+
+def test_an_on_demand_request_counts_every_vm_it_asked_for_open_and_ready(
+        make_stack: Callable[[str], Harness]) -> None:
+    """A request's holdings entry counts the VMs it asked for (its score), not 1: a bound that
+    counted entries would let an owner with a request of 3 open check out 2 more past its 4."""
+    stack = make_stack(_with(CONFIG_YAML, max_running_vms_per_user=4))
+    stack.fill("pool1")
+    reply = stack.post("/api/v3/ondemandvm", {"pool3": 3})
+    assert reply.status == 201, reply.raw
+    request_id = reply.json["request_id"]
+    before = stack.redis_state()
+    refused = stack.post("/api/v3/vm", {"pool1": 2})
+    assert refused.status == 403 and "at most 4 VMs" in refused.json["error"]
+    assert stack.redis_state() == before
+    taken = stack.post("/api/v3/vm", {"pool1": 1})
+    assert taken.status == 200
+    stack.run_passes("pool3")
+    ready = stack.get(f"/api/v3/ondemandvm/{request_id}")
+    assert ready.status == 200 and ready.json["ready"] is True
+    assert stack.delete(f"/api/v3/vm/{taken.json['pool1']['hostname'].split('.')[0]}").status == 200
+    stack.fill("pool1")
+    refused = stack.post("/api/v3/vm", {"pool1": 2})
+    assert refused.status == 403 and "at most 4 VMs" in refused.json["error"]
+    assert stack.post("/api/v3/vm", {"pool1": 1}).status == 200
+
+
+def test_checkouts_and_requests_sent_together_by_an_owner_one_vm_short_of_its_limit_get_one_vm(
+        make_stack: Callable[[str], Harness]) -> None:
+    """Over HTTP, at once, from one address holding 2 VMs of its 3: the first to reach Redis fits
+    by the holdings' bound alone, the others' bound reaches the limit and their count refuses them
+    (403): one VM more, whatever arrives first, a checkout or an on-demand request."""
+    stack = make_stack(_with(CONFIG_YAML.replace("size: 2", "size: 8"), max_running_vms_per_user=3))
+    stack.fill("pool1", "pool2")
+    assert stack.post("/api/v3/vm", {"linux": 2}).status == 200
+    server = make_server(app.app, "127.0.0.1", 0)  # a port the kernel picks
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    serving.start()
+    sent = itertools.count()
+    statuses: list[tuple[str, int]] = []
+
+    def send() -> None:
+        path = "/api/v3/ondemandvm" if next(sent) % 4 == 0 else "/api/v3/vm"
+        connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=30)
+        try:
+            connection.request("POST", path, body=json.dumps({"pool1": 1}),
+                               headers={"Content-Type": "application/json"})
+            statuses.append((path, connection.getresponse().status))
+        finally:
+            connection.close()
+
+    try:
+        run_at_once(send, 8)
+    finally:
+        server.shutdown()
+        server.server_close()
+        serving.join(5)
+    served = [(path, status) for path, status in statuses if status in (200, 201)]
+    assert len(served) == 1 and len(statuses) == 8, statuses
+    assert {status for _, status in statuses} - {200, 201} == {403}
+    stack.run_passes("pool1")  # a request served is built and delivered
+    assert stack.count("pool1", "running") + stack.count("pool2", "running") == 3

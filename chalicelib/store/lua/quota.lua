@@ -2,8 +2,9 @@
 -- What one owner (a token's user, or an anonymous client's address) holds, and whether a new
 -- demand fits the limits. The owner's zset lists what it took: 'vm:<hostname>' (score 1) for a
 -- checkout, 'od:<request id>' (score: VMs asked for) for an on-demand request. Entries that no
--- longer hold anything (a VM returned or destroyed, a request ended) are dropped while counting,
--- so no other script has to keep the set up to date.
+-- longer hold anything (a VM returned or destroyed, a request ended) are dropped while counting
+-- (quota_held: only once the owner's bound nears a limit, see quota_refusal), so no other script
+-- has to keep the set up to date.
 -- The quota (JSON) names its keys by their KEYS index: 'key' the owner's holdings set, 'holders'
 -- the service's set of owners' hashes with a holdings set (by when each last took something), 'running'
 -- the service's running set (every pool's running VMs, kept by the scripts that move VMs: one
@@ -66,20 +67,55 @@ local function quota_held(quota, owner)
   return held, open_requests
 end
 
+-- At least what quota_held counts (VMs, open requests), read without looking at what the entries
+-- name: a few commands however much the owner holds, where quota_held reads a record per entry.
+-- An entry holds at most its score: a VM's is 1; a request's the VMs it asked for, those to come
+-- while it is open, and when it is ready no more than were delivered (ondemand_reserve.lua builds
+-- only what a request lacks, and ondemand_deliver.lua delivers only to an open one). An entry
+-- scored 1 or less counts 1; only requests for more than one VM are read, with their scores. Open
+-- requests are at most the 'od:' entries: the set's size, or, when that is too many, its names
+-- counted (one command, no record read).
+local function quota_bound(quota, requests)
+  local holdings_key = KEYS[quota.key]
+  local held = redis.call('ZCOUNT', holdings_key, '-inf', 1)
+  local open_requests = held
+  local larger = redis.call('ZRANGEBYSCORE', holdings_key, '(1', '+inf', 'WITHSCORES')
+  for i = 2, #larger, 2 do
+    held = held + tonumber(larger[i])
+    open_requests = open_requests + 1
+  end
+  if requests > 0 and open_requests + requests > quota.max_owner_requests then
+    open_requests = 0
+    for _, member in ipairs(redis.call('ZRANGE', holdings_key, 0, -1)) do
+      if string.sub(member, 1, 3) == 'od:' then
+        open_requests = open_requests + 1
+      end
+    end
+  end
+  return held, open_requests
+end
+
 -- Nil when 'vms' more VMs (and 'requests' more on-demand requests) fit; else which limit they
 -- would pass: 'owner_vms', 'owner_requests', 'service_vms' or 'service_requests'; or 'recount'
 -- when the service's running set is not known to be whole (never built, or lost with its mark):
 -- the caller rebuilds it (running_recount.lua) and asks again, nothing having been taken.
+-- The owner's limits are met without counting when its bound fits them (quota_bound); only an
+-- owner whose bound reaches a limit is counted, which drops its dead entries: they add up until
+-- then (the set holds at most about max_owner_vms entries, as before: each counts at least 1), and
+-- one count drops them all, so what counting costs is spread over the takes that added them.
 local function quota_refusal(quota, vms, requests)
   if quota == nil then
     return nil
   end
-  local held, open_requests = quota_held(quota)
-  if held + vms > quota.max_owner_vms then
-    return 'owner_vms'
-  end
-  if requests > 0 and open_requests + requests > quota.max_owner_requests then
-    return 'owner_requests'
+  local held, open_requests = quota_bound(quota, requests)
+  if held + vms > quota.max_owner_vms or (requests > 0 and open_requests + requests > quota.max_owner_requests) then
+    held, open_requests = quota_held(quota)
+    if held + vms > quota.max_owner_vms then
+      return 'owner_vms'
+    end
+    if requests > 0 and open_requests + requests > quota.max_owner_requests then
+      return 'owner_requests'
+    end
   end
   if redis.call('EXISTS', KEYS[quota.counted]) == 0 then
     return 'recount'
