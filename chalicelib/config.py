@@ -236,8 +236,9 @@ class PoolSettings(SettingsModel):
     clone_limit: Optional[Int1] = None
     sizing: Optional[Annotated[Any, checked_by(sizing_block, trusted=sizing_block)]] = None
     """Canonical form: the block as written (``SizingSettings.source``), checked again when built."""
-    snapshot_mainMem_ioBlockPages: Ignored = None
-    snapshot_mainMem_iowait: Ignored = None
+    # vmpooler's: written into each clone's extraConfig as mainMem.ioBlockPages / mainMem.iowait.
+    snapshot_mainMem_ioBlockPages: Optional[Annotated[int, bounded(0, 2**31 - 1)]] = None
+    snapshot_mainMem_iowait: Optional[Annotated[int, bounded(0, 2**31 - 1)]] = None
     template_hostname: Ignored = None
     ready_schedule: Ignored = None
 
@@ -339,6 +340,10 @@ class PoolConfig:
     network = PoolSetting[str | None]("network")
     datacenter = PoolSetting[str | None]("datacenter")
     create_linked_clone = PoolSetting[bool | None]("create_linked_clone")
+    snapshot_io_block_pages = PoolSetting[int | None]("snapshot_mainMem_ioBlockPages")
+    """vmpooler's ``snapshot_mainMem_ioBlockPages``: the clones' ``mainMem.ioBlockPages``."""
+    snapshot_iowait = PoolSetting[int | None]("snapshot_mainMem_iowait")
+    """vmpooler's ``snapshot_mainMem_iowait``: the clones' ``mainMem.iowait``."""
     ondemand_fallback = PoolSetting[bool | None]("ondemand_fallback")
     check_loop_delay_min = PoolSetting[float | None]("check_loop_delay_min")
     clone_limit = PoolSetting[int | None]("clone_limit")

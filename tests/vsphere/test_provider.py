@@ -53,6 +53,21 @@ def test_clone_lands_in_pool_folder_with_annotation_and_extra_config(setup: Setu
     assert setup.provider.list_vms(setup.pool()) == []
 
 
+def test_a_pools_snapshot_main_memory_keys_reach_the_clones_extra_config_as_in_vmpooler(setup: Setup) -> None:
+    """vmpooler writes a pool's ``snapshot_mainMem_ioBlockPages`` / ``snapshot_mainMem_iowait``
+    into each clone's extraConfig (``mainMem.ioBlockPages`` / ``mainMem.iowait``: how a snapshot
+    with memory writes it out); they were accepted and dropped. A pool without them sets neither."""
+    tuned, plain = setup.pool(snapshot_mainMem_ioBlockPages="2048", snapshot_mainMem_iowait=0), setup.pool()
+    clone_and_wait(setup, tuned, "vm-mainmem")
+    clone_and_wait(setup, plain, "vm-no-mainmem")
+    tuned_details = admin.vm_details(setup.provider, vm_path(tuned.folder, "vm-mainmem"))
+    plain_details = admin.vm_details(setup.provider, vm_path(plain.folder, "vm-no-mainmem"))
+    assert tuned_details is not None and plain_details is not None
+    assert {key: value for key, value in tuned_details["extra_config"].items() if key.startswith("mainMem.")} == {
+        "mainMem.ioBlockPages": "2048", "mainMem.iowait": "0"}
+    assert not [key for key in plain_details["extra_config"] if key.startswith("mainMem.")]
+
+
 def test_missing_folder_lists_nothing(setup: Setup) -> None:
     assert setup.provider.list_vms(setup.pool(folder="vmpool/never-made")) == []
 

@@ -4,7 +4,8 @@ Template ``<dc>/vm/<template>`` into ``<dc>/vm/<folder>`` (created when ``create
 linked (``moveChildMostDiskBacking``, from the template's current snapshot when it has one) or
 full (``moveAllDiskBackingsAndConsolidate``), on the configured datastore, resource pool or
 cluster (``clone_target``) and network, optionally on a selected host, with
-``guestinfo.hostname`` in extraConfig and a JSON annotation, powered on. The task is started and
+``guestinfo.hostname`` (and the pool's ``snapshot_mainMem_*``) in extraConfig and a JSON
+annotation, powered on. The task is started and
 its reference returned; nobody waits for it.
 """
 
@@ -55,6 +56,18 @@ def is_linked(pool: PoolConfig, service: ServiceConfig) -> bool:
     if value is not None:
         return bool(value)
     return service.create_linked_clones
+
+
+def extra_config(pool: PoolConfig, hostname: str) -> list[Any]:
+    """The clone's extraConfig, as vmpooler's: ``guestinfo.hostname`` (the guest names itself),
+    and the pool's ``snapshot_mainMem_ioBlockPages`` / ``snapshot_mainMem_iowait`` as
+    ``mainMem.ioBlockPages`` / ``mainMem.iowait`` (how a snapshot with memory is written) when set."""
+    options = {"guestinfo.hostname": hostname}
+    if pool.snapshot_io_block_pages is not None:
+        options["mainMem.ioBlockPages"] = str(pool.snapshot_io_block_pages)
+    if pool.snapshot_iowait is not None:
+        options["mainMem.iowait"] = str(pool.snapshot_iowait)
+    return [vim.option.OptionValue(key=key, value=value) for key, value in options.items()]
 
 
 def annotation(pool: PoolConfig, now: float) -> str:
@@ -198,7 +211,7 @@ def _start(
     relocate.diskMoveType = LINKED if linked else FULL
     spec_config = vim.vm.ConfigSpec(
         annotation=annotation(pool, now),
-        extraConfig=[vim.option.OptionValue(key="guestinfo.hostname", value=hostname)],
+        extraConfig=extra_config(pool, hostname),
     )
     if network_name:
         spec_config.deviceChange = [
