@@ -54,6 +54,7 @@ from chalicelib.config_fields import (
     given_fields,
     hostname_prefix,
     longest_hostname,
+    number,
     one_of,
     regex,
     show,
@@ -150,6 +151,11 @@ class ServiceConfig(VcenterResilienceKeys):
     (api/limits.py): what the rate limits keep in Redis is bounded whatever their periods."""
     sizing_timezone: Annotated[str, checked_by(timezone_name)] = "UTC"
     site_name: Str = "vmpool"
+    # vmpooler's, read by the vsphere provider blocks that set no key of their own for it.
+    host_selection_max_age: Optional[Annotated[float, checked_by(number(0, 86400))]] = None
+    """Seconds host usage is reused for host selection: a block's host_selection_cache_seconds."""
+    vsphere_timeout: Optional[Annotated[float, checked_by(number(0.1, 600))]] = None
+    """Seconds of one vCenter call: a block's call_timeout (a block's own vsphere_timeout first)."""
     # Accepted for compatibility; this service has no equivalent.
     logfile: Ignored = None
     vm_checktime_ready: Ignored = None
@@ -157,7 +163,6 @@ class ServiceConfig(VcenterResilienceKeys):
     request_logger: Ignored = None
     extra_config: Ignored = None  # merged while loading (merge_extra_configs)
     retry_delay: Ignored = None
-    host_selection_max_age: Ignored = None
     lifetime_max: Ignored = None
     # vmpooler's retries and monitor of its vCenter connections (and VcenterResilienceKeys'): a
     # failed call is tried again by the next pass.

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from chalicelib.clock import FakeClock
 from chalicelib.providers.base import ProviderError, TaskState
 from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import connection as connections
+from chalicelib.providers.vsphere.provider import VSphereProvider
 from tests.support import eventually
 from tests.vsphere import admin
-from tests.vsphere.vcsim import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup
+from tests.vsphere.vcsim import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup, vcsim_config
 from tools.vcsim import launcher
 
 
@@ -299,6 +301,55 @@ def test_host_selection_skips_maintenance(vcsim: VcsimServer) -> None:
         assert {names[ref] for ref in chosen} == {"DC0_C0_H0", "DC0_C0_H2"}
     finally:
         admin.set_maintenance(setup.provider, "DC0_C0_H1", False)
+
+
+@pytest.mark.parametrize("max_age", [None, 0])
+def test_vmpoolers_host_selection_max_age_says_how_long_host_usage_is_reused(vcsim: VcsimServer,
+                                                                              max_age: int | None) -> None:
+    """``:config: host_selection_max_age`` (vmpooler's, in seconds) was accepted and ignored: host
+    usage was reused for 60 s whatever it said. With 0, hosts put in maintenance just now are
+    never chosen; with the default 60 s, the clones of that minute go on rotating through the
+    hosts surveyed before (as vmpooler's, and as host_selection_cache_seconds says)."""
+    service = {"manage_host_selection": True, **({"host_selection_max_age": max_age} if max_age is not None else {})}
+    pool_document = {"name": f"age-{max_age}", "size": 1, "folder": f"vmpool/age-{max_age}"}
+    config = vcsim_config(vcsim, [pool_document], service)
+    assert config.warnings == ()
+    provider = VSphereProvider(config.providers["vsphere"], config.service, FakeClock())
+    pool = config.pools[0]
+    admin.wait_task(provider, provider.clone(pool, f"age-{max_age}-first"))  # surveys the hosts
+    names = _host_ids(make_setup(vcsim))
+    for host in ("DC0_C0_H0", "DC0_C0_H2"):
+        admin.set_maintenance(provider, host, True)
+    try:
+        chosen = set()
+        for index in range(3):
+            admin.wait_task(provider, provider.clone(pool, f"age-{max_age}-{index}"))
+            details = admin.vm_details(provider, vm_path(pool.folder, f"age-{max_age}-{index}"))
+            assert details is not None
+            chosen.add(names[details["extra_config"]["vcsim.host"]])
+    finally:
+        for host in ("DC0_C0_H0", "DC0_C0_H2"):
+            admin.set_maintenance(provider, host, False)
+    if max_age == 0:
+        assert chosen == {"DC0_C0_H1"}
+    else:
+        assert chosen != {"DC0_C0_H1"}  # the survey of a minute ago, as documented
+
+
+@pytest.mark.parametrize(("service", "provider", "seconds"), [
+    ({}, {}, 60.0),
+    ({"vsphere_timeout": 7}, {}, 7.0),
+    ({"vsphere_timeout": 7}, {"vsphere_timeout": 9}, 9.0),
+    ({"vsphere_timeout": 7}, {"vsphere_timeout": 9, "call_timeout": 11}, 11.0),
+])
+def test_vmpoolers_vsphere_timeout_is_the_call_timeout_of_blocks_without_one(
+        vcsim: VcsimServer, service: dict[str, float], provider: dict[str, float], seconds: float) -> None:
+    """vmpooler reads ``vsphere_timeout`` in the provider block, else in ``:config:``, for its
+    vCenter calls; it was refused as an unknown key (a warning) and calls waited 60 s."""
+    config = vcsim_config(vcsim, [], service, {"call_timeout": None, **provider})
+    assert config.warnings == ()
+    built = VSphereProvider(config.providers["vsphere"], config.service, FakeClock())
+    assert built.endpoint.call_timeout == seconds
 
 
 def _host_ids(setup: Setup) -> dict[str, str]:

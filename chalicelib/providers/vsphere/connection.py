@@ -79,9 +79,10 @@ class Endpoint:
         return f"{self.host}:{self.port}"
 
     @classmethod
-    def from_config(cls, config: ProviderConfig, password: str | None) -> "Endpoint":
+    def from_config(cls, config: ProviderConfig, password: str | None, service: Any = None) -> "Endpoint":
         """Read server (``host``, ``host:port`` or ``[v6]:port``), port, credentials, TLS and
-        timeouts from a provider block."""
+        timeouts from a provider block (``service``: the ``:config:`` section, whose
+        ``vsphere_timeout`` a block without a call timeout of its own takes)."""
         settings = vsphere_settings(config.settings)
         server = settings.server or ""
         if not server:
@@ -98,7 +99,7 @@ class Endpoint:
             insecure=settings.insecure,
             ca_bundle=settings.ca_bundle,
             connect_timeout=settings.connect_timeout,
-            call_timeout=settings.call_timeout,
+            call_timeout=settings.call_seconds(service),
         )
 
     def ssl_context(self) -> ssl.SSLContext:

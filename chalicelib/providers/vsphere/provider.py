@@ -48,8 +48,8 @@ class VSphereProvider(Provider):
         self.config = config
         self.service = service
         self.clock = clock
-        self.endpoint = Endpoint.from_config(config, password)
-        self.hosts = HostSelector(clock.now, vsphere_settings(config.settings).host_selection_cache_seconds)
+        self.endpoint = Endpoint.from_config(config, password, service)
+        self.hosts = HostSelector(clock.now, vsphere_settings(config.settings).host_cache_seconds(service))
 
     # -- plumbing ------------------------------------------------------------------------------
 
