@@ -509,6 +509,66 @@ def test_two_datacenters_with_the_same_folder_keep_their_vms_apart(
         server.stop()
 
 
+@pytest.fixture
+def three_datacenters(vcsim_dir: Path) -> Iterator[VcsimServer]:
+    """DC0, DC1 and DC2, each with cluster, template ``templates/vmpool-template`` and folder
+    ``vmpool`` of the same names."""
+    with VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"three-dc-{secrets.token_hex(3)}.pem",
+                     datacenters=3) as server:
+        yield server
+
+
+def test_pools_of_datacenters_not_the_first_clone_there_and_list_only_their_own(
+        three_datacenters: VcsimServer, make_harness: HarnessFactory) -> None:
+    """Pools with the same folder in DC1 and DC2 (host selection on, DC2's through its cluster),
+    and one of the provider's default datacenter DC2: each clone lands in its pool's datacenter,
+    on its hosts, and each pool lists only its own VMs."""
+    folder = "vmpool/same-everywhere"
+    pools = [
+        {"name": "in-dc1", "size": 1, "folder": folder, "datacenter": "DC1", "ready_check": "tools"},
+        {"name": "in-dc2", "size": 1, "folder": folder, "datacenter": "DC2", "clone_target": "DC2_C0",
+         "ready_check": "tools"},
+        {"name": "default-dc2", "size": 1, "folder": "vmpool/default", "ready_check": "tools"},
+    ]
+    harness = make_harness(vcsim_config(three_datacenters, pools, {"manage_host_selection": True},
+                                        {"datacenter": "DC2"}))
+    for name, datacenter in (("in-dc1", "DC1"), ("in-dc2", "DC2"), ("default-dc2", "DC2")):
+        def ready(pool: str = name) -> bool:
+            harness.clock.advance(60)
+            harness.reconcile(pool)
+            return len(harness.hosts(pool, "ready")) == 1
+
+        eventually(ready, 20, f"pool {name} to fill", interval=0.2)
+        (vm,) = harness.hosts(name, "ready")
+        listed = harness.provider.list_vms(harness.pool(name))
+        assert [(item.name, (item.host or "")[:4]) for item in listed] == [(vm, f"{datacenter}_")], listed
+        assert admin.exists(harness.provider, f"{datacenter}/vm/{harness.pool(name).folder}/{vm}")
+
+
+@pytest.mark.parametrize(("template", "says"), [
+    ("DC0/vm/templates/vmpool-template",
+     ("template DC0/vm/templates/vmpool-template is in datacenter DC0, not in the pool's datacenter DC1: "
+     "set the pool's datacenter to DC0, or name a template in DC1")),
+    ("templates/only-in-dc2",
+     ("template DC1/vm/templates/only-in-dc2 not found (vCenter has no VM at that inventory path); datacenter "
+     "DC2 has DC2/vm/templates/only-in-dc2, but the pool clones in DC1: set the pool's datacenter to use it")),
+])
+def test_a_template_only_another_datacenter_has_is_refused_naming_that_datacenter(
+        three_datacenters: VcsimServer, make_harness: HarnessFactory, template: str, says: str) -> None:
+    """A pool of DC1 naming a template only DC0 or DC2 has: the clone fails as ``template`` and
+    the VM's reason says where the template is. It said "template DC1/vm/DC0/vm/templates/...
+    not found", or just "not found", leaving the operator to guess."""
+    harness = pool_harness(make_harness, three_datacenters, size=1, datacenter="DC1", template=template)
+    admin.copy_vm(harness.provider, f"DC2/vm/{launcher.TEMPLATE}", "DC2/vm/templates", "only-in-dc2",
+                  template=True)
+    reports = passes_for(harness, 1)
+    (failed, failure), *_ = [item for report in reports for item in report.clone_failures.items()]
+    assert failure.kind is FailureKind.TEMPLATE and says in failure.message, failure
+    record = harness.store.get_vm(failed)
+    assert record is not None and says in (record.reason or ""), record
+    assert in_vcsim(harness) == set()
+
+
 def test_a_simulator_started_on_a_port_used_before_is_met_with_a_fresh_connection(
         private_vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
     """The system hands a new simulator the port of an earlier one whose connection this process

@@ -110,6 +110,29 @@ def _nic_change(connection: Connection, datacenter: str, network_name: str, devi
     return vim.vm.device.VirtualDeviceSpec(operation=vim.vm.device.VirtualDeviceSpec.Operation.edit, device=nic)
 
 
+OTHER_DATACENTERS_LOOKED_IN = 10
+"""How many other datacenters a missing template is looked for in, to say where it is."""
+
+
+def _template_missing(connection: Connection, datacenter: str, template: str, path: str) -> str:
+    """Why the template at ``path`` cannot be cloned, naming the datacenter that has it when the
+    pool's does not (a template path naming another datacenter, or a template of that name there):
+    clones are made in the pool's datacenter, whatever the path. Costs calls on this path only."""
+    message = f"template {path} not found (vCenter has no VM at that inventory path)"
+    named = template.strip("/")
+    others = [name for name in inventory.datacenter_names(connection) if name != datacenter]
+    elsewhere = next((name for name in others if named.startswith(f"{name}/vm/")), None)
+    if elsewhere is not None:
+        return (f"template {named} is in datacenter {elsewhere}, not in the pool's datacenter {datacenter}: "
+                f"set the pool's datacenter to {elsewhere}, or name a template in {datacenter}")
+    found = [name for name in others[:OTHER_DATACENTERS_LOOKED_IN]
+             if isinstance(inventory.find(connection, f"{name}/vm/{named}"), vim.VirtualMachine)]
+    if found:
+        message += (f"; datacenter {found[0]} has {found[0]}/vm/{named}, but the pool clones in {datacenter}: "
+                    f"set the pool's datacenter to use it")
+    return message
+
+
 def start(
     connection: Connection,
     config: ProviderConfig,
@@ -149,8 +172,7 @@ def _start(
         if not isinstance(inventory.find(connection, datacenter), vim.Datacenter):
             raise CloneRefused(f"datacenter {datacenter} not found (the pool's or provider's datacenter)",
                                FailureKind.PLACEMENT)
-        raise CloneRefused(f"template {path} not found (vCenter has no VM at that inventory path)",
-                           FailureKind.TEMPLATE)
+        raise CloneRefused(_template_missing(connection, datacenter, pool.template, path), FailureKind.TEMPLATE)
     create_folders = service.create_folders
     folder = inventory.ensure_folder(connection, datacenter, pool.folder, create_folders)
     if folder is None:

@@ -212,13 +212,19 @@ def host_names(connection: Connection, refs: Iterable[Any]) -> dict[str, str]:
 def default_datacenter(connection: Connection) -> str:
     """The first datacenter's name (vmpooler's default when none is configured), cached."""
     if "datacenter" not in connection.cache:
-        root = one(connection, connection.content.rootFolder, ["childEntity"]) or {}
-        datacenters = [child for child in root.get("childEntity", []) if isinstance(child, vim.Datacenter)]
-        if not datacenters:
+        names = datacenter_names(connection)
+        if not names:
             raise LookupError("vCenter has no datacenter at its root folder")
-        first = one(connection, datacenters[0], ["name"]) or {}
-        connection.cache["datacenter"] = first.get("name")
+        connection.cache["datacenter"] = names[0]
     return str(connection.cache["datacenter"])
+
+
+def datacenter_names(connection: Connection) -> list[str]:
+    """The names of the datacenters at the vCenter root, in its order (two calls)."""
+    root = one(connection, connection.content.rootFolder, ["childEntity"]) or {}
+    datacenters = [child for child in root.get("childEntity", []) if isinstance(child, vim.Datacenter)]
+    names = {found["_obj"]._moId: str(found.get("name")) for found in properties(connection, datacenters, ["name"])}
+    return [names[datacenter._moId] for datacenter in datacenters if datacenter._moId in names]
 
 
 def ensure_folder(connection: Connection, datacenter: str, folder: str, create: bool) -> Any | None:
