@@ -10,11 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
+from pyVmomi import vim
 
 from chalicelib.clock import FakeClock
 from chalicelib.providers.base import ProviderError, TaskState
 from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import connection as connections
+from chalicelib.providers.vsphere import inventory
 from chalicelib.providers.vsphere.provider import VSphereProvider
 from tests.support import eventually
 from tests.vsphere import admin
@@ -96,6 +98,37 @@ def test_clone_options_datastore_cluster_network(setup: Setup) -> None:
     pool = setup.pool(datastore="LocalDS_0", clone_target="DC0_C0", network="DC0_DVPG0")
     clone_and_wait(setup, pool, "placed")
     assert [vm.name for vm in setup.provider.list_vms(pool)] == ["placed"]
+
+
+def test_a_clone_target_or_network_in_a_subfolder_is_found_by_its_name_as_vmpooler_does(
+        private_vcsim: VcsimServer) -> None:
+    """vmpooler finds ``clone_target`` among every cluster under the datacenter's host folder and
+    ``network`` among every network of the datacenter, by name: clusters in host folders
+    (``DC0/host/Prod/Nested``) and port groups in network folders are usual. vmpool looked only at
+    ``DC0/host/<name>`` and ``DC0/network/<name>``, and every clone failed as "not found". A name
+    two clusters share is refused, asking for the path (as is one nothing has)."""
+    setup = make_setup(private_vcsim)
+
+    def nest(connection: connections.Connection) -> None:
+        for folder in ("Prod", "Test"):
+            parent = inventory.find(connection, f"{DATACENTER}/host").CreateFolder(folder)
+            parent.CreateClusterEx(name="Nested", spec=vim.cluster.ConfigSpecEx())
+        parent.CreateClusterEx(name="Only-in-test", spec=vim.cluster.ConfigSpecEx())
+        ci = inventory.find(connection, f"{DATACENTER}/network").CreateFolder("ci")
+        switch = admin._finish(connection, ci.CreateDVS_Task(vim.DistributedVirtualSwitch.CreateSpec(
+            configSpec=vim.dvs.VmwareDistributedVirtualSwitch.ConfigSpec(name="ci-switch"))))
+        admin._finish(connection, switch.AddDVPortgroup_Task(
+            [vim.dvs.DistributedVirtualPortgroup.ConfigSpec(name="ci-portgroup", type="earlyBinding")]))
+
+    setup.provider._run("nest clusters and networks in folders", nest)
+    for index, settings in enumerate([{"clone_target": "Only-in-test"}, {"clone_target": "Test/Nested"},
+                                      {"network": "ci-portgroup"}]):
+        pool = setup.pool(**settings)
+        clone_and_wait(setup, pool, f"nested-{index}")
+        assert [vm.name for vm in setup.provider.list_vms(pool)] == [f"nested-{index}"], settings
+    ambiguous = setup.provider.task_status(setup.provider.clone(setup.pool(clone_target="Nested"), "ambiguous"))
+    assert ambiguous.state is TaskState.ERROR and ambiguous.kind is FailureKind.PLACEMENT
+    assert "clone_target Nested names 2 objects under DC0/host: give its path there" in (ambiguous.error or "")
 
 
 def test_missing_template_is_a_task_error_with_the_reason(setup: Setup) -> None:

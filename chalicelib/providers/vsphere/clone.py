@@ -90,8 +90,28 @@ def _cluster_of(connection: Connection, pool: Any) -> Any:
     return (inventory.one(connection, pool, ["owner"]) or {}).get("owner")
 
 
+def _find_in(connection: Connection, datacenter: str, root: str, name: str, kind: type, what: str,
+             failure: FailureKind) -> Any | None:
+    """The object at ``<datacenter>/<root>/<name>``; for a plain name (no ``/``) not there, the
+    one of ``kind`` of that name anywhere under ``<datacenter>/<root>``, as vmpooler finds a
+    ``clone_target`` (a cluster in a host folder) or a ``network`` (a port group in a network
+    folder). None when there is none; refused when the name is ambiguous."""
+    found = inventory.find(connection, f"{datacenter}/{root}/{name}")
+    if found is not None or "/" in name:
+        return found
+    container = inventory.find(connection, f"{datacenter}/{root}")
+    if container is None:
+        return None
+    matches = inventory.named_under(connection, container, kind, name)
+    if len(matches) > 1:
+        raise CloneRefused(f"{what} {name} names {len(matches)} objects under {datacenter}/{root}: "
+                           f"give its path there", failure)
+    return matches[0] if matches else None
+
+
 def _nic_change(connection: Connection, datacenter: str, network_name: str, devices: list[Any]) -> Any:
-    network = inventory.find(connection, f"{datacenter}/network/{network_name}")
+    network = _find_in(connection, datacenter, "network", network_name, vim.Network, "network",
+                       FailureKind.NETWORK)
     if network is None:
         raise CloneRefused(f"network {datacenter}/network/{network_name} not found", FailureKind.NETWORK)
     nics = [device for device in devices if isinstance(device, vim.vm.device.VirtualEthernetCard)]
@@ -196,7 +216,8 @@ def _start(
                                FailureKind.PLACEMENT)
         relocate.pool = _resource_pool_of(connection, found, f"{datacenter}/host/{resource_pool_name}")
     elif clone_target:
-        found = inventory.find(connection, f"{datacenter}/host/{clone_target}")
+        found = _find_in(connection, datacenter, "host", clone_target, vim.ComputeResource, "clone_target",
+                         FailureKind.PLACEMENT)
         if found is None:
             raise CloneRefused(f"clone_target {datacenter}/host/{clone_target} not found", FailureKind.PLACEMENT)
         relocate.pool = _resource_pool_of(connection, found, f"clone_target {clone_target}")

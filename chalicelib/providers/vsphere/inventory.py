@@ -96,6 +96,17 @@ def find(connection: Connection, path: str) -> Any | None:
     return connection.content.searchIndex.FindByInventoryPath(path)
 
 
+def named_under(connection: Connection, container: Any, kind: type, name: str) -> list[Any]:
+    """The objects of ``kind`` named ``name`` anywhere under ``container``, each once (one
+    retrieval over a container view made and destroyed for it: three calls)."""
+    view = container_view(connection, container, kind, recursive=True)
+    try:
+        found = view_contents(connection, view, kind, ["name"])
+    finally:
+        destroy_view(view)
+    return list({item["_obj"]._moId: item["_obj"] for item in found if item.get("name") == name}.values())
+
+
 def container_view(connection: Connection, container: Any, kind: type, recursive: bool) -> Any:
     """A container view of ``kind`` under ``container`` (a session object: cache it per session)."""
     return connection.content.viewManager.CreateContainerView(container, [kind], recursive)
