@@ -9,7 +9,7 @@ named, instead of failing each pass with a library's exception."""
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 from chalicelib.config_fields import (
     Bool,
@@ -26,6 +26,9 @@ from chalicelib.config_fields import (
     string,
 )
 from chalicelib.providers.settings import ProviderSettings
+
+if TYPE_CHECKING:
+    from chalicelib.config import ServiceConfig
 
 HOST_NAME_LENGTH = 253
 DEFAULT_CALL_TIMEOUT = 60.0
@@ -138,18 +141,18 @@ class VSphereSettings(ProviderSettings):
     ready_port: Optional[Port] = None
     check_hostname: Optional[Bool] = None
 
-    def call_seconds(self, service: Any) -> float:
+    def call_seconds(self, service: "ServiceConfig | None") -> float:
         """A call's timeout: ``call_timeout``, else vmpooler's ``vsphere_timeout`` (this block's,
         else ``service``'s, the ``:config:`` section, as vmpooler reads it), else 60 s."""
-        for value in (self.call_timeout, self.vsphere_timeout, getattr(service, "vsphere_timeout", None)):
+        for value in (self.call_timeout, self.vsphere_timeout, service.vsphere_timeout if service else None):
             if value is not None:
                 return float(value)
         return DEFAULT_CALL_TIMEOUT
 
-    def host_cache_seconds(self, service: Any) -> float:
+    def host_cache_seconds(self, service: "ServiceConfig | None") -> float:
         """How long host usage is reused: ``host_selection_cache_seconds``, else vmpooler's
         ``host_selection_max_age`` of ``:config:`` (``service``), else 60 s."""
-        for value in (self.host_selection_cache_seconds, getattr(service, "host_selection_max_age", None)):
+        for value in (self.host_selection_cache_seconds, service.host_selection_max_age if service else None):
             if value is not None:
                 return float(value)
         return DEFAULT_HOST_CACHE_SECONDS

@@ -24,7 +24,7 @@ from typing import Any, Callable, TypeVar
 from pyVmomi import SoapStubAdapter, VmomiSupport, vim, vmodl
 
 from chalicelib.auth.secrets import plain_secret
-from chalicelib.config import ProviderConfig
+from chalicelib.config import ProviderConfig, ServiceConfig
 from chalicelib.logs import module_logger
 from chalicelib.providers.base import ProviderError
 from chalicelib.providers.failures import FailureKind
@@ -79,7 +79,8 @@ class Endpoint:
         return f"{self.host}:{self.port}"
 
     @classmethod
-    def from_config(cls, config: ProviderConfig, password: str | None, service: Any = None) -> "Endpoint":
+    def from_config(cls, config: ProviderConfig, password: str | None,
+                    service: ServiceConfig | None = None) -> "Endpoint":
         """Read server (``host``, ``host:port`` or ``[v6]:port``), port, credentials, TLS and
         timeouts from a provider block (``service``: the ``:config:`` section, whose
         ``vsphere_timeout`` a block without a call timeout of its own takes)."""
