@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -97,6 +98,33 @@ def test_a_pass_killed_around_a_clone_start_leaks_and_doubles_nothing(
     with pytest.raises(Killed):
         harness.reconcile(POOL, kill)
     assert len(in_vcsim(harness)) == (1 if killed_at == "clone_started" else 2)
+    converge(harness, 2)
+
+
+def test_passes_at_once_and_a_stale_pass_over_slow_clones_start_each_clone_once(
+        slow_clones: VcsimServer, make_harness: HarnessFactory) -> None:
+    """A pass that read the empty folder, then stalled while another filled the pool, goes on
+    from its stale read; then three passes at once while the clones run: no clone is started
+    twice, none leaks, and every clone slot is freed."""
+    harness = pool_harness(make_harness, slow_clones, size=2, service={"task_limit": 4})
+    stalled, go = threading.Event(), threading.Event()
+    reports: list[PassReport] = []
+
+    def stall_after_reading(step: str) -> None:
+        if step == "inventory":
+            stalled.set()
+            go.wait(30)
+
+    stale = threading.Thread(target=lambda: reports.append(harness.reconcile(POOL, stall_after_reading)))
+    stale.start()
+    assert stalled.wait(30)
+    reports.append(harness.reconcile(POOL))
+    go.set()
+    stale.join(30)
+    run_at_once(lambda: reports.append(harness.reconcile(POOL)), 3)
+    assert len(reports) == 5
+    started = [name for report in reports for name in report.clones_started]
+    assert len(started) == 2 and in_vcsim(harness) == set(started), started
     converge(harness, 2)
 
 
