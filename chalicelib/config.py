@@ -54,6 +54,7 @@ from chalicelib.config_fields import (
     given_fields,
     hostname_prefix,
     longest_hostname,
+    number,
     one_of,
     regex,
     show,
@@ -150,6 +151,11 @@ class ServiceConfig(VcenterResilienceKeys):
     (api/limits.py): what the rate limits keep in Redis is bounded whatever their periods."""
     sizing_timezone: Annotated[str, checked_by(timezone_name)] = "UTC"
     site_name: Str = "vmpool"
+    # vmpooler's, read by the vsphere provider blocks that set no key of their own for it.
+    host_selection_max_age: Optional[Annotated[float, checked_by(number(0, 86400))]] = None
+    """Seconds host usage is reused for host selection: a block's host_selection_cache_seconds."""
+    vsphere_timeout: Optional[Annotated[float, checked_by(number(0.1, 600))]] = None
+    """Seconds of one vCenter call: a block's call_timeout (a block's own vsphere_timeout first)."""
     # Accepted for compatibility; this service has no equivalent.
     logfile: Ignored = None
     vm_checktime_ready: Ignored = None
@@ -157,7 +163,6 @@ class ServiceConfig(VcenterResilienceKeys):
     request_logger: Ignored = None
     extra_config: Ignored = None  # merged while loading (merge_extra_configs)
     retry_delay: Ignored = None
-    host_selection_max_age: Ignored = None
     lifetime_max: Ignored = None
     # vmpooler's retries and monitor of its vCenter connections (and VcenterResilienceKeys'): a
     # failed call is tried again by the next pass.
@@ -236,8 +241,9 @@ class PoolSettings(SettingsModel):
     clone_limit: Optional[Int1] = None
     sizing: Optional[Annotated[Any, checked_by(sizing_block, trusted=sizing_block)]] = None
     """Canonical form: the block as written (``SizingSettings.source``), checked again when built."""
-    snapshot_mainMem_ioBlockPages: Ignored = None
-    snapshot_mainMem_iowait: Ignored = None
+    # vmpooler's: written into each clone's extraConfig as mainMem.ioBlockPages / mainMem.iowait.
+    snapshot_mainMem_ioBlockPages: Optional[Annotated[int, bounded(0, 2**31 - 1)]] = None
+    snapshot_mainMem_iowait: Optional[Annotated[int, bounded(0, 2**31 - 1)]] = None
     template_hostname: Ignored = None
     ready_schedule: Ignored = None
 
@@ -339,6 +345,10 @@ class PoolConfig:
     network = PoolSetting[str | None]("network")
     datacenter = PoolSetting[str | None]("datacenter")
     create_linked_clone = PoolSetting[bool | None]("create_linked_clone")
+    snapshot_io_block_pages = PoolSetting[int | None]("snapshot_mainMem_ioBlockPages")
+    """vmpooler's ``snapshot_mainMem_ioBlockPages``: the clones' ``mainMem.ioBlockPages``."""
+    snapshot_iowait = PoolSetting[int | None]("snapshot_mainMem_iowait")
+    """vmpooler's ``snapshot_mainMem_iowait``: the clones' ``mainMem.iowait``."""
     ondemand_fallback = PoolSetting[bool | None]("ondemand_fallback")
     check_loop_delay_min = PoolSetting[float | None]("check_loop_delay_min")
     clone_limit = PoolSetting[int | None]("clone_limit")

@@ -57,7 +57,8 @@ def ready_for_clones(context: PassContext) -> bool:
     templates = TemplateStore(context.store)
     recorded = templates.all()
     _advance_others(context, templates, recorded)
-    state = recorded.get(template_key(pool.provider, pool.template))
+    template = template_name(pool)
+    state = recorded.get(template_key(pool.provider, template))
     if state == DONE:
         return True
     needs = context.provider.clones_need_prepared_template(pool) and not pool.draining
@@ -65,10 +66,23 @@ def ready_for_clones(context: PassContext) -> bool:
         # Nothing under way, and this pool would not plan it: a full clone needs no layer, and a
         # pool removed from the config clones nothing (its template, no pool's now, the tick drops).
         return True
-    ready = _leased(context, templates, pool.template, needs)
+    ready = _leased(context, templates, template, needs)
     if ready is None:  # another pass is at it: still, clones wait no longer for one given up
-        return bool(state) and templates.given_up(template_key(pool.provider, pool.template), state or "")
+        return bool(state) and templates.given_up(template_key(pool.provider, template), state or "")
     return ready
+
+
+def template_name(pool: PoolConfig, template: str | None = None) -> str:
+    """The pool's template (or ``template``, an override of it) as preparations are recorded and
+    leased: qualified with the pool's own ``datacenter`` when it has one
+    (``<datacenter>/vm/<template>``, the inventory path), as ``templates/t`` in DC0 and in DC1 are
+    two templates; as configured otherwise (every pool of the provider without a datacenter of its
+    own clones from the provider's datacenter)."""
+    template = (template if template is not None else pool.template).strip("/")
+    datacenter = pool.datacenter
+    if not datacenter or template.startswith(f"{datacenter}/vm/"):
+        return template
+    return f"{datacenter}/vm/{template}"
 
 
 def forget_unused(store: Store, pools: Iterable[PoolConfig]) -> list[str]:
@@ -78,7 +92,7 @@ def forget_unused(store: Store, pools: Iterable[PoolConfig]) -> list[str]:
     on, ``_advance_others``, and then it is dropped). A template used again is planned again:
     the provider finds it prepared and it needs nothing. The ``<provider>:<template>`` dropped."""
     templates = TemplateStore(store)
-    in_use = {template_key(pool.provider, pool.template) for pool in pools}
+    in_use = {template_key(pool.provider, template_name(pool)) for pool in pools}
     unused = [key for key, state in templates.all().items() if state == DONE and key not in in_use]
     dropped = templates.forget_done(unused)
     templates.forget_stale_underway()
@@ -96,7 +110,7 @@ def release_stale(store: Store, pool: PoolConfig, token: str) -> None:
     and all, until the lease expired. A lease another run holds (another token) stays."""
     templates = TemplateStore(store)
     prefix = f"{pool.provider}:"
-    names = {pool.template, PoolOverrides(store).get(pool.name).template or pool.template}
+    names = {template_name(pool), template_name(pool, PoolOverrides(store).get(pool.name).template)}
     names |= {key[len(prefix):] for key, state in templates.all().items() if key.startswith(prefix) and state != DONE}
     for template in sorted(names):
         store.release_lease(template_lease_name(pool.provider, template), token)
@@ -107,7 +121,7 @@ def _advance_others(context: PassContext, templates: TemplateStore, recorded: di
     took another template (POST /config/pooltemplate) is read by nobody else, and would leave
     its template a VM. A few a pass; their failures are logged, never this pass's."""
     provider = context.pool.provider
-    own = template_key(provider, context.pool.template)
+    own = template_key(provider, template_name(context.pool))
     others = [key[len(provider) + 1:] for key, state in recorded.items()
               if key.startswith(f"{provider}:") and key != own and state != DONE]
     for template in others[:OTHERS_PER_PASS]:

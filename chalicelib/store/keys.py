@@ -122,7 +122,8 @@ family through these validators.
                                      auth.max_login_counters, new ones share counters
     login:<user|addr>:shared:<n> string failed logins (and attempts in flight) of those sharing counter n
     migrating                zset    VMs being migrated to another host, across all pools, by start time
-    templates:prepared       hash    <provider>:<template> -> "done", or the task preparing it
+    templates:prepared       hash    <provider>:<template> -> "done", or the task preparing it (<template>
+                                     as <datacenter>/vm/<template> for a pool with a datacenter of its own)
     templates:preparing      hash    <provider>:<template> -> since when the task preparing it is under way,
                                      and whether the pool's clones stopped waiting for it (store/templates.py)
     history:<pool>           zset    per-minute samples of the pool's counts (store/history.py)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -100,6 +101,33 @@ def test_a_pass_killed_around_a_clone_start_leaks_and_doubles_nothing(
     converge(harness, 2)
 
 
+def test_passes_at_once_and_a_stale_pass_over_slow_clones_start_each_clone_once(
+        slow_clones: VcsimServer, make_harness: HarnessFactory) -> None:
+    """A pass that read the empty folder, then stalled while another filled the pool, goes on
+    from its stale read; then three passes at once while the clones run: no clone is started
+    twice, none leaks, and every clone slot is freed."""
+    harness = pool_harness(make_harness, slow_clones, size=2, service={"task_limit": 4})
+    stalled, go = threading.Event(), threading.Event()
+    reports: list[PassReport] = []
+
+    def stall_after_reading(step: str) -> None:
+        if step == "inventory":
+            stalled.set()
+            go.wait(30)
+
+    stale = threading.Thread(target=lambda: reports.append(harness.reconcile(POOL, stall_after_reading)))
+    stale.start()
+    assert stalled.wait(30)
+    reports.append(harness.reconcile(POOL))
+    go.set()
+    stale.join(30)
+    run_at_once(lambda: reports.append(harness.reconcile(POOL)), 3)
+    assert len(reports) == 5
+    started = [name for report in reports for name in report.clones_started]
+    assert len(started) == 2 and in_vcsim(harness) == set(started), started
+    converge(harness, 2)
+
+
 # --- 2. vCenter restarted, its state gone ---------------------------------------------------------
 
 
@@ -111,12 +139,36 @@ def test_vcsim_restarted_empty_drops_ready_vms_and_tells_the_user_of_a_vanished_
     before = harness.hosts(POOL, "ready")
     private_vcsim.stop()
     private_vcsim.start()  # a fresh inventory: every VM vanished
-    failed = converge(harness, 2)
-    # At most the first pass, on the socket the old process closed, fails (and says why).
-    assert [error.kind for error in failed] in ([], [FailureKind.CONNECTION]), failed
+    # The first pass's first call (the inventory read), on the socket the old process closed,
+    # is made again on a fresh one: no pass fails (before, the first one failed, SSLEOFError).
+    assert converge(harness, 2) == []
     assert not harness.hosts(POOL, "ready") & before
     assert harness.describe(taken)["state"] == "destroyed"
     assert taken not in harness.checkout_vms(POOL, 2)
+
+
+def test_every_warm_process_reads_on_a_fresh_socket_after_vcenter_restarted_but_never_starts_a_task_twice(
+        private_vcsim: VcsimServer, make_harness: HarnessFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """vCenter restarted under warm processes: the socket each keeps is closed. A read (the
+    inventory, every pass's first call) is made again once on a fresh socket; a call that starts
+    a task is not (vCenter may have done it before the socket broke): it fails, and the call
+    after it has the fresh connection."""
+    harness = pool_harness(make_harness, private_vcsim, size=1)
+    assert converge(harness, 1) == []
+    pool = harness.pool(POOL)
+    provider = harness.provider
+    caplog.set_level(logging.INFO)
+    private_vcsim.stop()
+    private_vcsim.start()  # the same port; the process keeps its connection
+    assert provider.list_vms(pool) == []
+    assert "closed the kept connection" in caplog.text
+    private_vcsim.stop()
+    private_vcsim.start()
+    with pytest.raises(ProviderError) as broken:
+        provider.clone(pool, "clone-on-a-closed-socket")
+    assert broken.value.kind is FailureKind.CONNECTION and "cannot talk to vCenter" in str(broken.value)
+    assert in_vcsim(harness) == set()  # not started on the fresh socket behind the caller's back
+    assert converge(harness, 1) == []
 
 
 def test_vcsim_restarted_empty_with_clones_in_flight_fails_them_honestly_and_refills(
@@ -483,6 +535,66 @@ def test_two_datacenters_with_the_same_folder_keep_their_vms_apart(
         assert admin.exists(harness.provider, f"DC1/vm/{folder}/{vm}")
     finally:
         server.stop()
+
+
+@pytest.fixture
+def three_datacenters(vcsim_dir: Path) -> Iterator[VcsimServer]:
+    """DC0, DC1 and DC2, each with cluster, template ``templates/vmpool-template`` and folder
+    ``vmpool`` of the same names."""
+    with VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"three-dc-{secrets.token_hex(3)}.pem",
+                     datacenters=3) as server:
+        yield server
+
+
+def test_pools_of_datacenters_not_the_first_clone_there_and_list_only_their_own(
+        three_datacenters: VcsimServer, make_harness: HarnessFactory) -> None:
+    """Pools with the same folder in DC1 and DC2 (host selection on, DC2's through its cluster),
+    and one of the provider's default datacenter DC2: each clone lands in its pool's datacenter,
+    on its hosts, and each pool lists only its own VMs."""
+    folder = "vmpool/same-everywhere"
+    pools = [
+        {"name": "in-dc1", "size": 1, "folder": folder, "datacenter": "DC1", "ready_check": "tools"},
+        {"name": "in-dc2", "size": 1, "folder": folder, "datacenter": "DC2", "clone_target": "DC2_C0",
+         "ready_check": "tools"},
+        {"name": "default-dc2", "size": 1, "folder": "vmpool/default", "ready_check": "tools"},
+    ]
+    harness = make_harness(vcsim_config(three_datacenters, pools, {"manage_host_selection": True},
+                                        {"datacenter": "DC2"}))
+    for name, datacenter in (("in-dc1", "DC1"), ("in-dc2", "DC2"), ("default-dc2", "DC2")):
+        def ready(pool: str = name) -> bool:
+            harness.clock.advance(60)
+            harness.reconcile(pool)
+            return len(harness.hosts(pool, "ready")) == 1
+
+        eventually(ready, 20, f"pool {name} to fill", interval=0.2)
+        (vm,) = harness.hosts(name, "ready")
+        listed = harness.provider.list_vms(harness.pool(name))
+        assert [(item.name, (item.host or "")[:4]) for item in listed] == [(vm, f"{datacenter}_")], listed
+        assert admin.exists(harness.provider, f"{datacenter}/vm/{harness.pool(name).folder}/{vm}")
+
+
+@pytest.mark.parametrize(("template", "says"), [
+    ("DC0/vm/templates/vmpool-template",
+     ("template DC0/vm/templates/vmpool-template is in datacenter DC0, not in the pool's datacenter DC1: "
+     "set the pool's datacenter to DC0, or name a template in DC1")),
+    ("templates/only-in-dc2",
+     ("template DC1/vm/templates/only-in-dc2 not found (vCenter has no VM at that inventory path); datacenter "
+     "DC2 has DC2/vm/templates/only-in-dc2, but the pool clones in DC1: set the pool's datacenter to use it")),
+])
+def test_a_template_only_another_datacenter_has_is_refused_naming_that_datacenter(
+        three_datacenters: VcsimServer, make_harness: HarnessFactory, template: str, says: str) -> None:
+    """A pool of DC1 naming a template only DC0 or DC2 has: the clone fails as ``template`` and
+    the VM's reason says where the template is. It said "template DC1/vm/DC0/vm/templates/...
+    not found", or just "not found", leaving the operator to guess."""
+    harness = pool_harness(make_harness, three_datacenters, size=1, datacenter="DC1", template=template)
+    admin.copy_vm(harness.provider, f"DC2/vm/{launcher.TEMPLATE}", "DC2/vm/templates", "only-in-dc2",
+                  template=True)
+    reports = passes_for(harness, 1)
+    (failed, failure), *_ = [item for report in reports for item in report.clone_failures.items()]
+    assert failure.kind is FailureKind.TEMPLATE and says in failure.message, failure
+    record = harness.store.get_vm(failed)
+    assert record is not None and says in (record.reason or ""), record
+    assert in_vcsim(harness) == set()
 
 
 def test_a_simulator_started_on_a_port_used_before_is_met_with_a_fresh_connection(

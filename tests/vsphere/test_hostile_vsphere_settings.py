@@ -50,6 +50,9 @@ def document(provider: dict[str, Any] | None = None, pool: dict[str, Any] | None
     ("pool", "folder", "vmpool/./p", "'.' or '..' name"),
     ("pool", "datacenter", "DC0//x", "empty name"),
     ("pool", "clone_target", "C/" * 40, "at most 32 names"),
+    ("pool", "snapshot_mainMem_ioBlockPages", "2048\nmainMem.x = 1", "must be an integer >= 0"),
+    ("pool", "snapshot_mainMem_iowait", -1, "must be an integer >= 0"),
+    ("pool", "snapshot_mainMem_iowait", 2**40, "must be an integer <= 2147483647"),
 ])
 def test_a_hostile_value_is_refused_at_load_naming_the_key_and_never_the_password(
         where: str, key: str, value: Any, says: str) -> None:

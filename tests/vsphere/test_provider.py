@@ -10,13 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
+from pyVmomi import vim
 
+from chalicelib.clock import FakeClock
 from chalicelib.providers.base import ProviderError, TaskState
 from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import connection as connections
+from chalicelib.providers.vsphere import inventory
+from chalicelib.providers.vsphere.provider import VSphereProvider
 from tests.support import eventually
 from tests.vsphere import admin
-from tests.vsphere.vcsim import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup
+from tests.vsphere.vcsim import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup, vcsim_config
 from tools.vcsim import launcher
 
 
@@ -53,6 +57,21 @@ def test_clone_lands_in_pool_folder_with_annotation_and_extra_config(setup: Setu
     assert setup.provider.list_vms(setup.pool()) == []
 
 
+def test_a_pools_snapshot_main_memory_keys_reach_the_clones_extra_config_as_in_vmpooler(setup: Setup) -> None:
+    """vmpooler writes a pool's ``snapshot_mainMem_ioBlockPages`` / ``snapshot_mainMem_iowait``
+    into each clone's extraConfig (``mainMem.ioBlockPages`` / ``mainMem.iowait``: how a snapshot
+    with memory writes it out); they were accepted and dropped. A pool without them sets neither."""
+    tuned, plain = setup.pool(snapshot_mainMem_ioBlockPages="2048", snapshot_mainMem_iowait=0), setup.pool()
+    clone_and_wait(setup, tuned, "vm-mainmem")
+    clone_and_wait(setup, plain, "vm-no-mainmem")
+    tuned_details = admin.vm_details(setup.provider, vm_path(tuned.folder, "vm-mainmem"))
+    plain_details = admin.vm_details(setup.provider, vm_path(plain.folder, "vm-no-mainmem"))
+    assert tuned_details is not None and plain_details is not None
+    assert {key: value for key, value in tuned_details["extra_config"].items() if key.startswith("mainMem.")} == {
+        "mainMem.ioBlockPages": "2048", "mainMem.iowait": "0"}
+    assert not [key for key in plain_details["extra_config"] if key.startswith("mainMem.")]
+
+
 def test_missing_folder_lists_nothing(setup: Setup) -> None:
     assert setup.provider.list_vms(setup.pool(folder="vmpool/never-made")) == []
 
@@ -79,6 +98,37 @@ def test_clone_options_datastore_cluster_network(setup: Setup) -> None:
     pool = setup.pool(datastore="LocalDS_0", clone_target="DC0_C0", network="DC0_DVPG0")
     clone_and_wait(setup, pool, "placed")
     assert [vm.name for vm in setup.provider.list_vms(pool)] == ["placed"]
+
+
+def test_a_clone_target_or_network_in_a_subfolder_is_found_by_its_name_as_vmpooler_does(
+        private_vcsim: VcsimServer) -> None:
+    """vmpooler finds ``clone_target`` among every cluster under the datacenter's host folder and
+    ``network`` among every network of the datacenter, by name: clusters in host folders
+    (``DC0/host/Prod/Nested``) and port groups in network folders are usual. vmpool looked only at
+    ``DC0/host/<name>`` and ``DC0/network/<name>``, and every clone failed as "not found". A name
+    two clusters share is refused, asking for the path (as is one nothing has)."""
+    setup = make_setup(private_vcsim)
+
+    def nest(connection: connections.Connection) -> None:
+        for folder in ("Prod", "Test"):
+            parent = inventory.find(connection, f"{DATACENTER}/host").CreateFolder(folder)
+            parent.CreateClusterEx(name="Nested", spec=vim.cluster.ConfigSpecEx())
+        parent.CreateClusterEx(name="Only-in-test", spec=vim.cluster.ConfigSpecEx())
+        ci = inventory.find(connection, f"{DATACENTER}/network").CreateFolder("ci")
+        switch = admin._finish(connection, ci.CreateDVS_Task(vim.DistributedVirtualSwitch.CreateSpec(
+            configSpec=vim.dvs.VmwareDistributedVirtualSwitch.ConfigSpec(name="ci-switch"))))
+        admin._finish(connection, switch.AddDVPortgroup_Task(
+            [vim.dvs.DistributedVirtualPortgroup.ConfigSpec(name="ci-portgroup", type="earlyBinding")]))
+
+    setup.provider._run("nest clusters and networks in folders", nest)
+    for index, settings in enumerate([{"clone_target": "Only-in-test"}, {"clone_target": "Test/Nested"},
+                                      {"network": "ci-portgroup"}]):
+        pool = setup.pool(**settings)
+        clone_and_wait(setup, pool, f"nested-{index}")
+        assert [vm.name for vm in setup.provider.list_vms(pool)] == [f"nested-{index}"], settings
+    ambiguous = setup.provider.task_status(setup.provider.clone(setup.pool(clone_target="Nested"), "ambiguous"))
+    assert ambiguous.state is TaskState.ERROR and ambiguous.kind is FailureKind.PLACEMENT
+    assert "clone_target Nested names 2 objects under DC0/host: give its path there" in (ambiguous.error or "")
 
 
 def test_missing_template_is_a_task_error_with_the_reason(setup: Setup) -> None:
@@ -284,6 +334,55 @@ def test_host_selection_skips_maintenance(vcsim: VcsimServer) -> None:
         assert {names[ref] for ref in chosen} == {"DC0_C0_H0", "DC0_C0_H2"}
     finally:
         admin.set_maintenance(setup.provider, "DC0_C0_H1", False)
+
+
+@pytest.mark.parametrize("max_age", [None, 0])
+def test_vmpoolers_host_selection_max_age_says_how_long_host_usage_is_reused(vcsim: VcsimServer,
+                                                                              max_age: int | None) -> None:
+    """``:config: host_selection_max_age`` (vmpooler's, in seconds) was accepted and ignored: host
+    usage was reused for 60 s whatever it said. With 0, hosts put in maintenance just now are
+    never chosen; with the default 60 s, the clones of that minute go on rotating through the
+    hosts surveyed before (as vmpooler's, and as host_selection_cache_seconds says)."""
+    service = {"manage_host_selection": True, **({"host_selection_max_age": max_age} if max_age is not None else {})}
+    pool_document = {"name": f"age-{max_age}", "size": 1, "folder": f"vmpool/age-{max_age}"}
+    config = vcsim_config(vcsim, [pool_document], service)
+    assert config.warnings == ()
+    provider = VSphereProvider(config.providers["vsphere"], config.service, FakeClock())
+    pool = config.pools[0]
+    admin.wait_task(provider, provider.clone(pool, f"age-{max_age}-first"))  # surveys the hosts
+    names = _host_ids(make_setup(vcsim))
+    for host in ("DC0_C0_H0", "DC0_C0_H2"):
+        admin.set_maintenance(provider, host, True)
+    try:
+        chosen = set()
+        for index in range(3):
+            admin.wait_task(provider, provider.clone(pool, f"age-{max_age}-{index}"))
+            details = admin.vm_details(provider, vm_path(pool.folder, f"age-{max_age}-{index}"))
+            assert details is not None
+            chosen.add(names[details["extra_config"]["vcsim.host"]])
+    finally:
+        for host in ("DC0_C0_H0", "DC0_C0_H2"):
+            admin.set_maintenance(provider, host, False)
+    if max_age == 0:
+        assert chosen == {"DC0_C0_H1"}
+    else:
+        assert chosen != {"DC0_C0_H1"}  # the survey of a minute ago, as documented
+
+
+@pytest.mark.parametrize(("service", "provider", "seconds"), [
+    ({}, {}, 60.0),
+    ({"vsphere_timeout": 7}, {}, 7.0),
+    ({"vsphere_timeout": 7}, {"vsphere_timeout": 9}, 9.0),
+    ({"vsphere_timeout": 7}, {"vsphere_timeout": 9, "call_timeout": 11}, 11.0),
+])
+def test_vmpoolers_vsphere_timeout_is_the_call_timeout_of_blocks_without_one(
+        vcsim: VcsimServer, service: dict[str, float], provider: dict[str, float], seconds: float) -> None:
+    """vmpooler reads ``vsphere_timeout`` in the provider block, else in ``:config:``, for its
+    vCenter calls; it was refused as an unknown key (a warning) and calls waited 60 s."""
+    config = vcsim_config(vcsim, [], service, {"call_timeout": None, **provider})
+    assert config.warnings == ()
+    built = VSphereProvider(config.providers["vsphere"], config.service, FakeClock())
+    assert built.endpoint.call_timeout == seconds
 
 
 def _host_ids(setup: Setup) -> dict[str, str]:

@@ -158,6 +158,24 @@ def test_a_full_clone_pool_on_the_template_does_not_spare_a_linked_pool_its_prep
     assert len(started) == 1
 
 
+def test_templates_of_one_name_in_two_datacenters_are_each_prepared(
+        vcsim_dir: Path, redis_client: redis.Redis) -> None:
+    """``templates/vmpool-template`` in DC0 and in DC1 are two templates: a pool cloning from
+    each gets its own template's layer. Before, the preparation was recorded by template name
+    alone: DC0's, once done, said DC1's was done too, and DC1's "linked" clones copied every disk."""
+    with VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"two-dc-{secrets.token_hex(3)}.pem",
+                     datacenters=2) as server:
+        setup = make_setup(server, service=OPTION)
+        store, clock = Store(redis_client), FakeClock()
+        first, second = setup.pool(size=1), setup.pool(size=1, datacenter="DC1")
+        started = {pool.name: [name for _ in range(3) for name in run(setup, store, pool, clock).clones_started]
+                   for pool in (first, second)}
+        for datacenter in (DATACENTER, "DC1"):
+            layers = admin.template_state(setup.provider, f"{datacenter}/vm/{TEMPLATE}")
+            assert layers is not None and layers[0] and set(layers[1]) == {1}, (datacenter, layers)
+        assert all(len(names) == 1 for names in started.values()), started
+
+
 def test_a_template_changed_while_being_prepared_is_still_made_a_template_again(
         private_vcsim: VcsimServer, redis_client: redis.Redis) -> None:
     """POST /config/pooltemplate while the pool's template was a VM for its reconfigure: the pool

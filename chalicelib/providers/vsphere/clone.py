@@ -4,7 +4,8 @@ Template ``<dc>/vm/<template>`` into ``<dc>/vm/<folder>`` (created when ``create
 linked (``moveChildMostDiskBacking``, from the template's current snapshot when it has one) or
 full (``moveAllDiskBackingsAndConsolidate``), on the configured datastore, resource pool or
 cluster (``clone_target``) and network, optionally on a selected host, with
-``guestinfo.hostname`` in extraConfig and a JSON annotation, powered on. The task is started and
+``guestinfo.hostname`` (and the pool's ``snapshot_mainMem_*``) in extraConfig and a JSON
+annotation, powered on. The task is started and
 its reference returned; nobody waits for it.
 """
 
@@ -57,6 +58,18 @@ def is_linked(pool: PoolConfig, service: ServiceConfig) -> bool:
     return service.create_linked_clones
 
 
+def extra_config(pool: PoolConfig, hostname: str) -> list[Any]:
+    """The clone's extraConfig, as vmpooler's: ``guestinfo.hostname`` (the guest names itself),
+    and the pool's ``snapshot_mainMem_ioBlockPages`` / ``snapshot_mainMem_iowait`` as
+    ``mainMem.ioBlockPages`` / ``mainMem.iowait`` (how a snapshot with memory is written) when set."""
+    options = {"guestinfo.hostname": hostname}
+    if pool.snapshot_io_block_pages is not None:
+        options["mainMem.ioBlockPages"] = str(pool.snapshot_io_block_pages)
+    if pool.snapshot_iowait is not None:
+        options["mainMem.iowait"] = str(pool.snapshot_iowait)
+    return [vim.option.OptionValue(key=key, value=value) for key, value in options.items()]
+
+
 def annotation(pool: PoolConfig, now: float) -> str:
     created = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return json.dumps({"pool": pool.name, "creator": "vmpool", "template": pool.template, "created": created})
@@ -77,8 +90,28 @@ def _cluster_of(connection: Connection, pool: Any) -> Any:
     return (inventory.one(connection, pool, ["owner"]) or {}).get("owner")
 
 
+def _find_in(connection: Connection, datacenter: str, root: str, name: str, kind: type, what: str,
+             failure: FailureKind) -> Any | None:
+    """The object at ``<datacenter>/<root>/<name>``; for a plain name (no ``/``) not there, the
+    one of ``kind`` of that name anywhere under ``<datacenter>/<root>``, as vmpooler finds a
+    ``clone_target`` (a cluster in a host folder) or a ``network`` (a port group in a network
+    folder). None when there is none; refused when the name is ambiguous."""
+    found = inventory.find(connection, f"{datacenter}/{root}/{name}")
+    if found is not None or "/" in name:
+        return found
+    container = inventory.find(connection, f"{datacenter}/{root}")
+    if container is None:
+        return None
+    matches = inventory.named_under(connection, container, kind, name)
+    if len(matches) > 1:
+        raise CloneRefused(f"{what} {name} names {len(matches)} objects under {datacenter}/{root}: "
+                           f"give its path there", failure)
+    return matches[0] if matches else None
+
+
 def _nic_change(connection: Connection, datacenter: str, network_name: str, devices: list[Any]) -> Any:
-    network = inventory.find(connection, f"{datacenter}/network/{network_name}")
+    network = _find_in(connection, datacenter, "network", network_name, vim.Network, "network",
+                       FailureKind.NETWORK)
     if network is None:
         raise CloneRefused(f"network {datacenter}/network/{network_name} not found", FailureKind.NETWORK)
     nics = [device for device in devices if isinstance(device, vim.vm.device.VirtualEthernetCard)]
@@ -95,6 +128,29 @@ def _nic_change(connection: Connection, datacenter: str, network_name: str, devi
     else:
         nic.backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName=network_name, network=network)
     return vim.vm.device.VirtualDeviceSpec(operation=vim.vm.device.VirtualDeviceSpec.Operation.edit, device=nic)
+
+
+OTHER_DATACENTERS_LOOKED_IN = 10
+"""How many other datacenters a missing template is looked for in, to say where it is."""
+
+
+def _template_missing(connection: Connection, datacenter: str, template: str, path: str) -> str:
+    """Why the template at ``path`` cannot be cloned, naming the datacenter that has it when the
+    pool's does not (a template path naming another datacenter, or a template of that name there):
+    clones are made in the pool's datacenter, whatever the path. Costs calls on this path only."""
+    message = f"template {path} not found (vCenter has no VM at that inventory path)"
+    named = template.strip("/")
+    others = [name for name in inventory.datacenter_names(connection) if name != datacenter]
+    elsewhere = next((name for name in others if named.startswith(f"{name}/vm/")), None)
+    if elsewhere is not None:
+        return (f"template {named} is in datacenter {elsewhere}, not in the pool's datacenter {datacenter}: "
+                f"set the pool's datacenter to {elsewhere}, or name a template in {datacenter}")
+    found = [name for name in others[:OTHER_DATACENTERS_LOOKED_IN]
+             if isinstance(inventory.find(connection, f"{name}/vm/{named}"), vim.VirtualMachine)]
+    if found:
+        message += (f"; datacenter {found[0]} has {found[0]}/vm/{named}, but the pool clones in {datacenter}: "
+                    f"set the pool's datacenter to use it")
+    return message
 
 
 def start(
@@ -136,8 +192,7 @@ def _start(
         if not isinstance(inventory.find(connection, datacenter), vim.Datacenter):
             raise CloneRefused(f"datacenter {datacenter} not found (the pool's or provider's datacenter)",
                                FailureKind.PLACEMENT)
-        raise CloneRefused(f"template {path} not found (vCenter has no VM at that inventory path)",
-                           FailureKind.TEMPLATE)
+        raise CloneRefused(_template_missing(connection, datacenter, pool.template, path), FailureKind.TEMPLATE)
     create_folders = service.create_folders
     folder = inventory.ensure_folder(connection, datacenter, pool.folder, create_folders)
     if folder is None:
@@ -161,7 +216,8 @@ def _start(
                                FailureKind.PLACEMENT)
         relocate.pool = _resource_pool_of(connection, found, f"{datacenter}/host/{resource_pool_name}")
     elif clone_target:
-        found = inventory.find(connection, f"{datacenter}/host/{clone_target}")
+        found = _find_in(connection, datacenter, "host", clone_target, vim.ComputeResource, "clone_target",
+                         FailureKind.PLACEMENT)
         if found is None:
             raise CloneRefused(f"clone_target {datacenter}/host/{clone_target} not found", FailureKind.PLACEMENT)
         relocate.pool = _resource_pool_of(connection, found, f"clone_target {clone_target}")
@@ -198,7 +254,7 @@ def _start(
     relocate.diskMoveType = LINKED if linked else FULL
     spec_config = vim.vm.ConfigSpec(
         annotation=annotation(pool, now),
-        extraConfig=[vim.option.OptionValue(key="guestinfo.hostname", value=hostname)],
+        extraConfig=extra_config(pool, hostname),
     )
     if network_name:
         spec_config.deviceChange = [

@@ -9,7 +9,7 @@ named, instead of failing each pass with a library's exception."""
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 from chalicelib.config_fields import (
     Bool,
@@ -27,7 +27,12 @@ from chalicelib.config_fields import (
 )
 from chalicelib.providers.settings import ProviderSettings
 
+if TYPE_CHECKING:
+    from chalicelib.config import ServiceConfig
+
 HOST_NAME_LENGTH = 253
+DEFAULT_CALL_TIMEOUT = 60.0
+DEFAULT_HOST_CACHE_SECONDS = 60.0
 USERNAME_LENGTH = 256
 _HOST_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
@@ -126,9 +131,28 @@ class VSphereSettings(ProviderSettings):
     connection_pool: Ignored = None
     connect_timeout: Annotated[float, seconds_between(0.1, 300)] = 10.0
     """Reaching vCenter: at most 5 minutes (a pass must end well within its Lambda's 15)."""
-    call_timeout: Annotated[float, seconds_between(0.1, 600)] = 60.0
-    """One SOAP call's socket reads."""
-    host_selection_cache_seconds: Annotated[float, seconds_between(0, 86400)] = 60.0
+    call_timeout: Optional[Annotated[float, seconds_between(0.1, 600)]] = None
+    """One SOAP call's socket reads (``call_seconds``)."""
+    vsphere_timeout: Optional[Annotated[float, seconds_between(0.1, 600)]] = None
+    """vmpooler's name for it, read when ``call_timeout`` is not set."""
+    host_selection_cache_seconds: Optional[Annotated[float, seconds_between(0, 86400)]] = None
+    """How long host usage is reused (``host_cache_seconds``)."""
     ready_check: Optional[Annotated[str, one_of("tcp", "tools", "none")]] = None
     ready_port: Optional[Port] = None
     check_hostname: Optional[Bool] = None
+
+    def call_seconds(self, service: "ServiceConfig | None") -> float:
+        """A call's timeout: ``call_timeout``, else vmpooler's ``vsphere_timeout`` (this block's,
+        else ``service``'s, the ``:config:`` section, as vmpooler reads it), else 60 s."""
+        for value in (self.call_timeout, self.vsphere_timeout, service.vsphere_timeout if service else None):
+            if value is not None:
+                return float(value)
+        return DEFAULT_CALL_TIMEOUT
+
+    def host_cache_seconds(self, service: "ServiceConfig | None") -> float:
+        """How long host usage is reused: ``host_selection_cache_seconds``, else vmpooler's
+        ``host_selection_max_age`` of ``:config:`` (``service``), else 60 s."""
+        for value in (self.host_selection_cache_seconds, service.host_selection_max_age if service else None):
+            if value is not None:
+                return float(value)
+        return DEFAULT_HOST_CACHE_SECONDS

@@ -24,7 +24,7 @@ from typing import Any, Callable, TypeVar
 from pyVmomi import SoapStubAdapter, VmomiSupport, vim, vmodl
 
 from chalicelib.auth.secrets import plain_secret
-from chalicelib.config import ProviderConfig
+from chalicelib.config import ProviderConfig, ServiceConfig
 from chalicelib.logs import module_logger
 from chalicelib.providers.base import ProviderError
 from chalicelib.providers.failures import FailureKind
@@ -44,6 +44,17 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     http.client.HTTPException,
     ElementTree.ParseError,
 )
+
+STALE_SOCKET_ERRORS: tuple[type[BaseException], ...] = (
+    ssl.SSLEOFError,  # TLS: the peer closed the socket (what a restarted vCenter's old socket gives)
+    ssl.SSLZeroReturnError,
+    ConnectionResetError,  # http.client.RemoteDisconnected among them
+    BrokenPipeError,
+    ConnectionAbortedError,
+)
+"""A kept socket the other end has closed (vCenter restarted, a load balancer's idle cut): not a
+timeout, and no sign vCenter is unwell. A read on a connection kept from an earlier call is made
+again, once, on a fresh one (``with_connection``'s ``read_only``)."""
 
 
 @dataclass(frozen=True)
@@ -68,9 +79,11 @@ class Endpoint:
         return f"{self.host}:{self.port}"
 
     @classmethod
-    def from_config(cls, config: ProviderConfig, password: str | None) -> "Endpoint":
+    def from_config(cls, config: ProviderConfig, password: str | None,
+                    service: ServiceConfig | None = None) -> "Endpoint":
         """Read server (``host``, ``host:port`` or ``[v6]:port``), port, credentials, TLS and
-        timeouts from a provider block."""
+        timeouts from a provider block (``service``: the ``:config:`` section, whose
+        ``vsphere_timeout`` a block without a call timeout of its own takes)."""
         settings = vsphere_settings(config.settings)
         server = settings.server or ""
         if not server:
@@ -87,7 +100,7 @@ class Endpoint:
             insecure=settings.insecure,
             ca_bundle=settings.ca_bundle,
             connect_timeout=settings.connect_timeout,
-            call_timeout=settings.call_timeout,
+            call_timeout=settings.call_seconds(service),
         )
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -350,11 +363,35 @@ def scrub(text: str, endpoint: Endpoint) -> str:
     return text
 
 
-def with_connection(endpoint: Endpoint, operation: Callable[[Connection], T], what: str) -> T:
+def _open(endpoint: Endpoint) -> Connection:
+    """The cached connection to ``endpoint``, connected (taking up a dropped session) when there
+    is none. Called with ``_lock`` held."""
+    connection = _connections.get(endpoint.key)
+    if connection is not None:
+        # The newest settings win, so a rotated password is used at the next re-login.
+        connection.endpoint = endpoint
+        return connection
+    connection = Connection(endpoint, _counter(endpoint.key))
+    try:
+        connection.open(_dropped_sessions.pop(endpoint.key, None))
+    except BaseException:
+        connection.close()
+        raise
+    _connections[endpoint.key] = connection
+    return connection
+
+
+def with_connection(endpoint: Endpoint, operation: Callable[[Connection], T], what: str,
+                    read_only: bool = False) -> T:
     """Run ``operation`` on the shared connection, turning every failure into ProviderError.
 
     ``what`` names the action for messages ("list vmpool/pool-a"). A vCenter fault keeps the
     connection; a transport failure drops it so the next call reconnects.
+
+    ``read_only``: ``operation`` changes nothing in vCenter, so when the socket kept from an
+    earlier call turns out closed by the other end (vCenter restarted: every warm process's
+    first call failed on it) it is run again, once, on a fresh connection. Never an operation
+    that starts a task: vCenter may have done it before the socket broke.
 
     Calls wait for one another (the passes of a consumer's batch run at once, on one
     connection). A call that waited while another could not reach vCenter or timed out fails
@@ -368,19 +405,16 @@ def with_connection(endpoint: Endpoint, operation: Callable[[Connection], T], wh
         if failed is not None and failed[0] >= asked:
             raise ProviderError(f"{what}: not tried, another call just failed: {failed[1]}", failed[1].kind)
         try:
-            connection = _connections.get(endpoint.key)
-            if connection is None:
-                connection = Connection(endpoint, _counter(endpoint.key))
-                try:
-                    connection.open(_dropped_sessions.pop(endpoint.key, None))
-                except BaseException:
-                    connection.close()
+            kept = endpoint.key in _connections
+            try:
+                return _open(endpoint).run(operation)
+            except STALE_SOCKET_ERRORS as error:
+                if not (read_only and kept):
                     raise
-                _connections[endpoint.key] = connection
-            else:
-                # The newest settings win, so a rotated password is used at the next re-login.
-                connection.endpoint = endpoint
-            return connection.run(operation)
+                log.info("vCenter at %s closed the kept connection (%s); reading again on a fresh one",
+                         endpoint.address, type(error).__name__)
+                drop(endpoint, keep_session=True)
+                return _open(endpoint).run(operation)
         except ProviderError as error:
             scrubbed = ProviderError(scrub(str(error), endpoint), error.kind)
             if error.kind in (FailureKind.CONNECTION, FailureKind.TIMEOUT):  # from open(): not reached

@@ -96,6 +96,17 @@ def find(connection: Connection, path: str) -> Any | None:
     return connection.content.searchIndex.FindByInventoryPath(path)
 
 
+def named_under(connection: Connection, container: Any, kind: type, name: str) -> list[Any]:
+    """The objects of ``kind`` named ``name`` anywhere under ``container``, each once (one
+    retrieval over a container view made and destroyed for it: three calls)."""
+    view = container_view(connection, container, kind, recursive=True)
+    try:
+        found = view_contents(connection, view, kind, ["name"])
+    finally:
+        destroy_view(view)
+    return list({item["_obj"]._moId: item["_obj"] for item in found if item.get("name") == name}.values())
+
+
 def container_view(connection: Connection, container: Any, kind: type, recursive: bool) -> Any:
     """A container view of ``kind`` under ``container`` (a session object: cache it per session)."""
     return connection.content.viewManager.CreateContainerView(container, [kind], recursive)
@@ -212,13 +223,19 @@ def host_names(connection: Connection, refs: Iterable[Any]) -> dict[str, str]:
 def default_datacenter(connection: Connection) -> str:
     """The first datacenter's name (vmpooler's default when none is configured), cached."""
     if "datacenter" not in connection.cache:
-        root = one(connection, connection.content.rootFolder, ["childEntity"]) or {}
-        datacenters = [child for child in root.get("childEntity", []) if isinstance(child, vim.Datacenter)]
-        if not datacenters:
+        names = datacenter_names(connection)
+        if not names:
             raise LookupError("vCenter has no datacenter at its root folder")
-        first = one(connection, datacenters[0], ["name"]) or {}
-        connection.cache["datacenter"] = first.get("name")
+        connection.cache["datacenter"] = names[0]
     return str(connection.cache["datacenter"])
+
+
+def datacenter_names(connection: Connection) -> list[str]:
+    """The names of the datacenters at the vCenter root, in its order (two calls)."""
+    root = one(connection, connection.content.rootFolder, ["childEntity"]) or {}
+    datacenters = [child for child in root.get("childEntity", []) if isinstance(child, vim.Datacenter)]
+    names = {found["_obj"]._moId: str(found.get("name")) for found in properties(connection, datacenters, ["name"])}
+    return [names[datacenter._moId] for datacenter in datacenters if datacenter._moId in names]
 
 
 def ensure_folder(connection: Connection, datacenter: str, folder: str, create: bool) -> Any | None:

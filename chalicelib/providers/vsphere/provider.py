@@ -48,13 +48,15 @@ class VSphereProvider(Provider):
         self.config = config
         self.service = service
         self.clock = clock
-        self.endpoint = Endpoint.from_config(config, password)
-        self.hosts = HostSelector(clock.now, vsphere_settings(config.settings).host_selection_cache_seconds)
+        self.endpoint = Endpoint.from_config(config, password, service)
+        self.hosts = HostSelector(clock.now, vsphere_settings(config.settings).host_cache_seconds(service))
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    def _run(self, what: str, operation: Callable[[Connection], T]) -> T:
-        """Run on the shared connection; every failure becomes a ProviderError naming ``what``."""
+    def _run(self, what: str, operation: Callable[[Connection], T], read_only: bool = False) -> T:
+        """Run on the shared connection; every failure becomes a ProviderError naming ``what``.
+        ``read_only``: ``operation`` changes nothing in vCenter (it is run again on a fresh
+        socket when the kept one turns out closed, ``connections.with_connection``)."""
 
         def guarded(connection: Connection) -> T:
             try:
@@ -62,7 +64,7 @@ class VSphereProvider(Provider):
             except LookupError as missing:  # our own "not found" findings
                 raise ProviderError(f"{what}: {missing}") from None
 
-        return connections.with_connection(self.endpoint, guarded, what)
+        return connections.with_connection(self.endpoint, guarded, what, read_only)
 
     def _datacenter(self, connection: Connection, pool: PoolConfig) -> str:
         return clones.datacenter_of(connection, self.config, pool)
@@ -104,7 +106,7 @@ class VSphereProvider(Provider):
                 )
             return result
 
-        return self._run(f"list VMs of pool {pool.name}", listing)
+        return self._run(f"list VMs of pool {pool.name}", listing, read_only=True)
 
     # -- tasks ---------------------------------------------------------------------------------
 
