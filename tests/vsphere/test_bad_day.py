@@ -386,6 +386,32 @@ def test_guests_that_never_answer_the_ready_port_cost_a_pass_its_readiness_budge
     assert checked() == harness.hosts(POOL, "pending") and len(checked()) == 4
 
 
+def test_an_ondemand_request_fails_at_its_ttl_while_vcenter_hangs_and_its_vms_go_once_it_is_back(
+        private_vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
+    """vCenter hangs with a request's clones under way: each pass of the pool fails (a timeout)
+    before it serves requests. The request still fails at its ttl with vmpooler's reason, not
+    'open' for as long as the outage lasts (its caller polling, its VMs counted by the quotas);
+    its VMs are destroyed once vCenter answers again."""
+    harness = pool_harness(make_harness, private_vcsim, size=0,
+                           service={"ondemand_clone_limit": 2, "ondemand_request_ttl": 5},
+                           provider={"call_timeout": 1, "connect_timeout": 1})
+    request_id = harness.post("/api/v3/ondemandvm", {POOL: 2}).json["request_id"]
+    assert len(harness.reconcile(POOL).clones_started) == 2
+    private_vcsim.pause()
+    try:
+        harness.clock.advance(5 * 60 + 1)
+        report = run_pool(harness.services, POOL, 0.0)
+        assert report.failures and "timed out" in report.failures[0]
+        reply = harness.get(f"/api/v3/ondemandvm/{request_id}")
+        assert (reply.status, reply.json) == (200, {
+            "ok": True, "request_id": request_id, "ready": False,
+            "message": "The request failed to provision instances within the configured ondemand_request_ttl '5'"})
+        assert harness.get("/api/v3/status?view=queue").json["queue"]["requested"] == 0
+    finally:
+        private_vcsim.resume()
+    converge(harness, 0)  # nothing of the request left in vCenter
+
+
 # --- 4. and 5. clones that fail: configured wrong, or failing in vCenter ------------------------------
 
 
