@@ -9,13 +9,14 @@ running for the request (``deliver``), so a plain checkout never sees them.
 
 from __future__ import annotations
 
+from chalicelib.config import PoolConfig, ServiceConfig
 from chalicelib.manager import clones
 from chalicelib.manager.context import PassContext
 from chalicelib.manager.hostnames import candidate_names
 from chalicelib.providers.base import VMInfo
 from chalicelib.providers.failures import Failure
-from chalicelib.store import DurationSample, VMRecord
-from chalicelib.store.ondemand import FAILED, NOT_CONFIRMED_MESSAGE, OnDemandStore
+from chalicelib.store import DurationSample, Store, VMRecord
+from chalicelib.store.ondemand import FAILED, NOT_CONFIRMED_MESSAGE, OnDemandStore, Reservation
 
 
 def expired_message(ttl_minutes: int) -> str:
@@ -44,19 +45,46 @@ def serve_requests(context: PassContext) -> None:
             context.pool.domain or "", candidate_names(limit, service.prefix), context.now,
         )
         context.checkpoint("ondemand_reserved")
-        if reservation.state == "expired":
-            _fail(context, requests, request_id, expired_message(service.ondemand_request_ttl))
-        elif reservation.state == "unconfirmed":
-            _fail(context, requests, request_id, NOT_CONFIRMED_MESSAGE)
+        failure = _failure(reservation, service)
+        if failure:
+            _fail(context, requests, request_id, failure)
         elif reservation.state == "confirming":
             context.report.followups += 1  # its API process confirms it in a moment: look again soon
-        elif reservation.state == "retries_exhausted":
-            _fail(context, requests, request_id,
-                  f"The request failed: {reservation.failed} attempts to build its VMs failed "
-                  f"(max_vm_retries {service.max_vm_retries})")
         elif reservation.state == "open" and limit:
             clones.start_clones(context, list(reservation.reserved))
             context.report.followups += 1  # look again soon: VMs to hand over or slots to wait for
+
+
+def fail_overdue(store: Store, pool: PoolConfig, service: ServiceConfig, now: float) -> list[str]:
+    """Fail the pool's open requests past their ttl, their retries or their confirmation, as
+    serve_requests does, but without the provider and building nothing: for a pass the provider
+    failed (vCenter down, hung, refusing us) before it served them. Those requests would
+    otherwise stay open for as long as the outage lasts, past the ttl their callers were
+    promised, counted by the quotas; their VMs are destroyed once the provider answers again.
+    Returns what each failed request was told."""
+    requests = OnDemandStore(store)
+    failed: list[str] = []
+    for request_id in requests.open_requests(pool.name):
+        # A limit of 0 and no names: the script only judges the request, as while clones are held.
+        reservation = requests.reserve(request_id, pool.name, 0, service.max_vm_retries, pool.template,
+                                       pool.domain or "", [], now)
+        failure = _failure(reservation, service)
+        if failure:
+            _end_failed(store, requests, pool.name, request_id, failure, now)
+            failed.append(f"on-demand request {request_id}: {failure}")
+    return failed
+
+
+def _failure(reservation: Reservation, service: ServiceConfig) -> str:
+    """Why the request a reservation judged fails now ("" when it does not)."""
+    if reservation.state == "expired":
+        return expired_message(service.ondemand_request_ttl)
+    if reservation.state == "unconfirmed":
+        return NOT_CONFIRMED_MESSAGE
+    if reservation.state == "retries_exhausted":
+        return (f"The request failed: {reservation.failed} attempts to build its VMs failed "
+                f"(max_vm_retries {service.max_vm_retries})")
+    return ""
 
 
 def _open_requests(context: PassContext, requests: OnDemandStore) -> list[str]:
@@ -81,12 +109,18 @@ def clone_failed(context: PassContext, request_id: str, failure: Failure) -> Non
 
 
 def _fail(context: PassContext, requests: OnDemandStore, request_id: str, message: str) -> None:
-    ending = requests.end(request_id, FAILED, message, f"on-demand request {request_id} failed", context.now)
+    _end_failed(context.store, requests, context.pool.name, request_id, message, context.now)
     context.report.errors.append(f"on-demand request {request_id}: {message}")
-    for pool in ending.pools:
-        if pool != context.pool.name:
-            context.store.wake(pool)  # its pass destroys the request's VMs there
     context.checkpoint("ondemand_failed")
+
+
+def _end_failed(store: Store, requests: OnDemandStore, pool_name: str, request_id: str, message: str,
+                now: float) -> None:
+    """End the request as failed; the other pools it was built in are nudged."""
+    ending = requests.end(request_id, FAILED, message, f"on-demand request {request_id} failed", now)
+    for pool in ending.pools:
+        if pool != pool_name:
+            store.wake(pool)  # its pass destroys the request's VMs there
 
 
 def deliver(context: PassContext, record: VMRecord, vm: VMInfo, age: float) -> None:

@@ -45,7 +45,7 @@ from chalicelib.manager.context import (
     no_checkpoint,
 )
 from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
-from chalicelib.providers.base import Provider
+from chalicelib.providers.base import Provider, ProviderError
 from chalicelib.store import Store
 from chalicelib.timestamps import day_of, ruby_time
 
@@ -126,13 +126,18 @@ def reconcile_pool(
     (``Services.override_room``, asked only when the pool has one); None: not checked."""
     calls_before = provider.call_count()
     started = clock.monotonic()
-    context = PassContext.read(store, provider, pool, clock, service, checkpoint, dns, providers, lease_token,
-                               override_room, dns_plugins)
-    for step in STEPS:
-        if out_of_time():
-            context.report.stopped_before = getattr(step, "__name__", repr(step))
-            break
-        step(context)
+    try:
+        context = PassContext.read(store, provider, pool, clock, service, checkpoint, dns, providers, lease_token,
+                                   override_room, dns_plugins)
+        for step in STEPS:
+            if out_of_time():
+                context.report.stopped_before = getattr(step, "__name__", repr(step))
+                break
+            step(context)
+    except ProviderError:
+        # Its requests' deadlines need no provider: they still fail in time while it is down or hung.
+        ondemand.fail_overdue(store, pool, service, clock.now())
+        raise
     report = context.report
     report.provider_calls = provider.call_count() - calls_before
     report.duration_seconds = clock.monotonic() - started

@@ -11,6 +11,7 @@ from chalicelib.manager import inventory_view
 from chalicelib.manager.context import PassContext
 from chalicelib.observability import logger
 from chalicelib.store import VMRecord
+from chalicelib.store.ondemand import GONE_WHILE_RUNNING
 from chalicelib.store.records import finite_number
 
 
@@ -36,7 +37,7 @@ def check_running(context: PassContext) -> None:
         elif hostname not in context.inventory and not context.elsewhere(record):
             # A VM made where its pool no longer looks (manager/placement.py) is not in this
             # inventory; it stays its user's.
-            context.drop(hostname, "running", "gone from the provider while running", gone=True)
+            context.drop(hostname, "running", GONE_WHILE_RUNNING, gone=True)
         else:
             next_look[hostname] = inventory_view.next_look(record, context.now, checked_out + lifetime_hours * 3600)
     context.store.schedule_running(context.pool.name, next_look)

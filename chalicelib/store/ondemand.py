@@ -37,6 +37,9 @@ DELETED = "deleted"
 NOT_REPLICATED_MESSAGE = "the request could not be replicated in time; it was never served"
 NOT_CONFIRMED_MESSAGE = "the request was never confirmed (its creation was answered 503); it was never served"
 """Why a request the API answered 503 for ended (``OnDemandStore.create``)."""
+GONE_WHILE_RUNNING = "gone from the provider while running"
+"""The reason of a running VM a pass dropped because the provider no longer has it
+(manager/running.py). One of a request that is not ready yet is a failed attempt, built again."""
 OPEN_SETS_PER_CALL = 1000
 """Pools' open-request sets one call of lua/union_members.lua reads (OnDemandStore.waiting)."""
 REQUESTS_KEPT_PER_OWNER = 100
@@ -73,8 +76,10 @@ class OnDemandRequest:
     """Every VM reserved for the request that still has a record, in reservation order."""
 
     def delivered(self, name: str) -> list[VMRecord]:
-        """The VMs handed to the request under ``name``."""
-        return [vm for vm in self.vms if vm.raw.get("request_name") == name and vm.raw.get("delivered_at")]
+        """The VMs handed to the request under ``name``; while it is open, not one gone from the
+        provider since (lua/ondemand_reserve.lua builds another)."""
+        return [vm for vm in self.vms if vm.raw.get("request_name") == name and vm.raw.get("delivered_at")
+                and not (self.state == OPEN and vm.state == "destroyed" and vm.reason == GONE_WHILE_RUNNING)]
 
     def building(self, name: str) -> list[VMRecord]:
         return [vm for vm in self.vms
@@ -295,9 +300,11 @@ class OnDemandStore:
         """Reserve names for the VMs the request still lacks in ``pool`` (see the script)."""
         keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.ondemand_open(pool),
                 self.keys.cloning, self.keys.pool_state(pool, "pending"), self.keys.pool_clones,
-                self.keys.pool_clones_counted, *(self.keys.vm(host) for host in candidates)]
+                self.keys.pool_clones_counted, self.keys.ondemand_open_requests,
+                *(self.keys.vm(host) for host in candidates)]
         args: list[str | int] = [request_id, pool, clone_limit, max_retries, repr(now), template, domain,
-                                 self.store.data_ttl_seconds, self.keys.vm(KEY_PART), holder_label(), *candidates]
+                                 self.store.data_ttl_seconds, self.keys.vm(KEY_PART), holder_label(),
+                                 GONE_WHILE_RUNNING, *candidates]
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_reserve(keys=keys, args=args))
         return Reservation(answer["state"], tuple(answer.get("reserved") or ()), int(answer.get("failed") or 0))
@@ -310,7 +317,8 @@ class OnDemandStore:
                       "completed")), self.keys.cloning, self.keys.changes, self.keys.running_due(pool),
                       self.keys.ondemand_open_requests, self.keys.running, self.keys.pool_clones],
                 args=[hostname, repr(now), ip or "", host or "", self.keys.ondemand(KEY_PART),
-                      self.keys.ondemand_vms(KEY_PART), self.keys.vm(KEY_PART), self.keys.ondemand_open(KEY_PART)]))
+                      self.keys.ondemand_vms(KEY_PART), self.keys.vm(KEY_PART), self.keys.ondemand_open(KEY_PART),
+                      GONE_WHILE_RUNNING]))
         return bool(answer["moved"]), answer["state"]
 
     def end(self, request_id: str, state: str, message: str, vm_reason: str, now: float,

@@ -343,6 +343,28 @@ def test_the_service_limit_on_running_vms_counts_the_vms_open_requests_will_run(
     assert create(tokens[2], 1) == full
 
 
+def test_a_delivered_vm_gone_from_the_provider_before_its_request_is_ready_is_built_again(make_stack):
+    # Before, it stayed delivered: the request became ready naming a VM that no longer existed,
+    # and the service's limit counted one VM fewer than the request would run.
+    stack = make_stack(size=0, max_running_vms=2, extra=SLOW_POOL)
+    request_id = stack.answer("POST", "/api/v3/ondemandvm", {"debian-12": 1, "slow": 1})[1]["request_id"]
+    full = (503, {"ok": False, "error": "the service runs its maximum of 2 VMs; try again later"})
+    stack.run_passes("debian-12", "slow")
+    [vanished] = stack.services.store.hostnames("debian-12", "running")
+    assert stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")[1]["debian-12"] == {"ready": "1", "pending": "0"}
+    stack.client.hdel(stack.provider._folder_key(stack.pool("debian-12")), vanished)  # an admin deleted it
+    stack.clock.advance(61)  # the pass's next whole look at the folder (vm_checktime)
+    stack.reconcile("debian-12")
+    assert stack.describe(vanished)["state"] == "destroyed"
+    assert stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")[1]["debian-12"] == {"ready": "0", "pending": "1"}
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"debian-12": 1}) == full  # it still waits for 2 VMs
+    stack.run_passes("debian-12")
+    [rebuilt] = stack.services.store.hostnames("debian-12", "running")
+    assert rebuilt != vanished
+    assert stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")[1]["debian-12"] == {"ready": "1", "pending": "0"}
+    assert stack.answer("POST", "/api/v3/ondemandvm", {"debian-12": 1}) == full
+
+
 def test_limits_hold_exactly_when_many_callers_create_at_once(make_stack):
     stack = make_stack(size=0, max_running_vms=7, max_ondemand_requests=5, extra=AUTH)
     tokens = [stack.new_token(f"user{n}", "password") for n in range(12)]

@@ -28,6 +28,7 @@ from chalicelib.providers.base import ProviderError, Readiness, VMInfo
 from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import connection as connections
 from chalicelib.services import Services
+from chalicelib.store.ondemand import OnDemandStore
 from tests.harness import Harness, HarnessFactory, Killed, assert_consistent, run_at_once
 from tests.support import counts_by_reason, emf_documents, eventually
 from tests.vsphere import admin
@@ -181,6 +182,47 @@ def test_vcsim_restarted_empty_with_clones_in_flight_fails_them_honestly_and_ref
     for name in in_flight:
         record = harness.store.get_vm(name)
         assert record is not None and record.state == "destroyed" and "no VM" in (record.reason or ""), record
+
+
+def test_vcsim_restarted_empty_with_a_request_half_delivered_builds_it_again_and_lists_live_vms_only(
+        slow_clones: VcsimServer, make_harness: HarnessFactory) -> None:
+    """A request for 2: the first VM delivered (running for it), the second cloning, when vCenter
+    comes back empty. The vanished VM was never the caller's to use: it counts as a failed attempt,
+    as the clone does, and both are built again; the request becomes ready with 2 VMs that exist,
+    not with the name of one that is gone."""
+    harness = pool_harness(make_harness, slow_clones, size=0,
+                           service={"ondemand_clone_limit": 1, "ondemand_request_ttl": 30})
+    request_id = harness.post("/api/v3/ondemandvm", {POOL: 2}).json["request_id"]
+    requests = OnDemandStore(harness.store)
+
+    def half_delivered() -> bool:
+        harness.clock.advance(5)
+        harness.reconcile(POOL)
+        vms = requests.get(request_id).vms  # type: ignore[union-attr]
+        return len(vms) == 2 and [bool(vm.raw.get("delivered_at")) for vm in vms] == [True, False]
+
+    eventually(half_delivered, 20, "one VM delivered, the other cloning", interval=0.2)
+    [vanished] = [vm.name for vm in requests.get(request_id).vms if vm.raw.get("delivered_at")]  # type: ignore[union-attr]
+    slow_clones.stop()
+    slow_clones.start()
+
+    def answered() -> bool:
+        harness.clock.advance(5)
+        try:
+            harness.reconcile(POOL)
+        except ProviderError:
+            pass  # the first pass, on the socket the old process closed
+        return harness.get(f"/api/v3/ondemandvm/{request_id}").status != 202
+
+    eventually(answered, 30, "the request built again", interval=0.2)
+    reply = harness.get(f"/api/v3/ondemandvm/{request_id}")
+    assert reply.status == 200 and reply.json["ready"] is True, reply.json
+    hostnames = reply.json[POOL]["hostname"]
+    assert len(hostnames) == 2 and vanished not in hostnames
+    assert set(hostnames) == in_vcsim(harness)
+    assert {harness.describe(name)["state"] for name in hostnames} == {"running"}
+    assert harness.describe(vanished)["state"] == "destroyed"
+    assert_consistent(harness, POOL, pass_completed=False)  # the folder is compared above
 
 
 # --- 3. vCenter slow, unreachable, refusing us, our session expired -------------------------------
@@ -436,6 +478,32 @@ def test_guests_that_never_answer_the_ready_port_cost_a_pass_its_readiness_budge
     assert len(first) == 2, first  # 2 checks of 3 s: past the 5 s budget
     harness.reconcile(POOL)
     assert checked() == harness.hosts(POOL, "pending") and len(checked()) == 4
+
+
+def test_an_ondemand_request_fails_at_its_ttl_while_vcenter_hangs_and_its_vms_go_once_it_is_back(
+        private_vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
+    """vCenter hangs with a request's clones under way: each pass of the pool fails (a timeout)
+    before it serves requests. The request still fails at its ttl with vmpooler's reason, not
+    'open' for as long as the outage lasts (its caller polling, its VMs counted by the quotas);
+    its VMs are destroyed once vCenter answers again."""
+    harness = pool_harness(make_harness, private_vcsim, size=0,
+                           service={"ondemand_clone_limit": 2, "ondemand_request_ttl": 5},
+                           provider={"call_timeout": 1, "connect_timeout": 1})
+    request_id = harness.post("/api/v3/ondemandvm", {POOL: 2}).json["request_id"]
+    assert len(harness.reconcile(POOL).clones_started) == 2
+    private_vcsim.pause()
+    try:
+        harness.clock.advance(5 * 60 + 1)
+        report = run_pool(harness.services, POOL, 0.0)
+        assert report.failures and "timed out" in report.failures[0]
+        reply = harness.get(f"/api/v3/ondemandvm/{request_id}")
+        assert (reply.status, reply.json) == (200, {
+            "ok": True, "request_id": request_id, "ready": False,
+            "message": "The request failed to provision instances within the configured ondemand_request_ttl '5'"})
+        assert harness.get("/api/v3/status?view=queue").json["queue"]["requested"] == 0
+    finally:
+        private_vcsim.resume()
+    converge(harness, 0)  # nothing of the request left in vCenter
 
 
 # --- 4. and 5. clones that fail: configured wrong, or failing in vCenter ------------------------------

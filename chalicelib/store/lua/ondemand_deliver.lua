@@ -7,13 +7,16 @@
 -- (keys.running), KEYS[10] the cloning set's pools' own part (keys.pool_clones: a request's VM is
 -- never there; taken out all the same, so no path leaves a VM counted there once it stops cloning).
 -- ARGV: hostname, now, ip, host, then the templates of the keys named by the request the record
--- names (keys.DERIVED_KEYS): request_template, request_vms_template, vm_template, open_template.
+-- names (keys.DERIVED_KEYS): request_template, request_vms_template, vm_template, open_template;
+-- then the reason of a VM dropped as gone from the provider while running: one delivered and gone
+-- since is not counted (ondemand_reserve.lua makes it a failed attempt and builds another).
 -- Returns JSON {"moved": bool, "state": the request's state afterwards}
 local vm_key, pending_key, running_key, completed_key, cloning_key, changes_key, running_due_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local open_requests_key, all_running_key, pool_clones_key = KEYS[8], KEYS[9], KEYS[10]
 local hostname, now, ip, host = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local request_template, request_vms_template, vm_template, open_template = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local gone_reason = ARGV[9]
 local id = redis.call('HGET', vm_key, 'request')
 if not id or not redis.call('ZSCORE', pending_key, hostname) then
   return cjson.encode({moved = false, state = ''})
@@ -42,8 +45,9 @@ end
 
 local delivered = {}
 for _, member in ipairs(redis.call('ZRANGE', key_of(request_vms_template, request_part(id)), 0, -1)) do
-  local vm = redis.call('HMGET', key_of(vm_template, member), 'request', 'request_name', 'delivered_at')
-  if vm[1] == id and vm[3] then
+  local vm = redis.call('HMGET', key_of(vm_template, member), 'request', 'request_name', 'delivered_at', 'state',
+    'reason')
+  if vm[1] == id and vm[3] and not (vm[4] == 'destroyed' and vm[5] == gone_reason) then
     delivered[vm[2]] = (delivered[vm[2]] or 0) + 1
   end
 end

@@ -9,21 +9,28 @@
 -- predecessor reserved (manager/pending.abandon_unstarted_clones).
 -- KEYS[1] the request, KEYS[2] its VMs, KEYS[3] the pool's open-request set, KEYS[4] the cloning
 -- set, KEYS[5] the pool's pending set, KEYS[6] the pools' own clones in flight (pool_clones),
--- KEYS[7] its mark (reserve_clones.lua keeps both), KEYS[8..] the records of the candidate hostnames.
+-- KEYS[7] its mark (reserve_clones.lua keeps both), KEYS[8] the service's open requests
+-- (keys.ondemand_open_requests), KEYS[9..] the records of the candidate hostnames.
 -- ARGV: request id, pool, clone_limit, max_retries, now, template, domain, record ttl seconds,
 --       vm_template (the records of the request's VMs and of the VMs cloning: keys.DERIVED_KEYS),
 --       reserver (the process reserving, which starts the clones: store/leases.py holder_label),
+--       the reason of a VM dropped as gone from the provider while running (manager/running.py),
 --       then the candidate hostnames, in the order of their records.
+-- A VM delivered and then gone from the provider (vCenter restarted empty, deleted by an admin)
+-- before the request is ready was never its caller's to use: it is a failed attempt, no longer
+-- delivered (its 'delivered_at' goes), the request waits for one VM more (its score in the open
+-- requests, which ondemand_deliver.lua counted down, goes back up), and a new one is built.
 -- A request the API has not confirmed yet (its 'confirm_by': the create's answer may never have
 -- reached its caller, who was told 503) gets nothing: "confirming" until its deadline, then
 -- "unconfirmed" (the pass fails it), so no VM is built for a caller who does not know of it.
 -- Returns JSON {"state": "open"|"confirming"|"unconfirmed"|"expired"|"retries_exhausted"|<closed
 --               state>, "reserved": [...], "failed": n}
 local key, vms_key, open_key, cloning_key, pending_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local pool_clones_key, counted_key = KEYS[6], KEYS[7]
+local pool_clones_key, counted_key, open_requests_key = KEYS[6], KEYS[7], KEYS[8]
 local id, pool = ARGV[1], ARGV[2]
 local clone_limit, max_retries, now = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local template, domain, ttl, vm_template, reserver = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
+local gone_reason = ARGV[11]
 local request = redis.call('HMGET', key, 'state', 'entries', 'expires', 'lifetime', 'token_user', 'token_id',
   'confirm_by')
 if request[1] ~= 'open' then
@@ -44,6 +51,12 @@ for _, hostname in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
   local vm = redis.call('HMGET', key_of(vm_template, hostname),
     'request', 'request_name', 'state', 'delivered_at', 'clone_task', 'reason')
   if vm[1] ~= id then
+    failed = failed + 1
+  elseif vm[4] and vm[3] == 'destroyed' and vm[6] == gone_reason then
+    redis.call('HDEL', key_of(vm_template, hostname), 'delivered_at')
+    if redis.call('ZSCORE', open_requests_key, id) then
+      redis.call('ZINCRBY', open_requests_key, 1, id)
+    end
     failed = failed + 1
   elseif vm[4] then
     delivered[vm[2]] = (delivered[vm[2]] or 0) + 1
@@ -76,7 +89,7 @@ else
 end
 local slots = clone_limit - in_flight
 local reserved = {}
-local candidate = 8
+local candidate = 9
 for _, entry in ipairs(cjson.decode(request[2])) do
   if entry.pool == pool then
     local need = entry.count - (delivered[entry.name] or 0) - (building[entry.name] or 0)
