@@ -58,7 +58,8 @@ if [[ -n "$given_config" ]]; then
 fi
 
 merge="build/merge-template-$stage.json"
-"$python" -m infra.template --stage "$stage" > "$merge"
+# (what the packaged config's DNS entries need of the stack's parameters becomes its Rules)
+"$python" -m infra.template --stage "$stage" --config "$VMPOOL_CONFIG_FILE" > "$merge"
 rm -rf "$out"
 # chalice needs a region to build ARNs; the template itself is region-neutral.
 AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}" \

@@ -22,7 +22,10 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chalicelib.dns.base import DnsConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CHALICE_DIR = ROOT / ".chalice"
@@ -255,13 +258,20 @@ def route53_zones(stage: Stage, config_file: Path | None = None) -> list[str]:
     """The hosted zones the stage's ``route53`` DNS entries manage (the reconcile passes change
     their records, docs/dns.md). Read from the stage's packaged config file (or ``config_file``):
     IAM is deployed with the code, so a pushed config that names a new zone needs a deploy too."""
+    return sorted({
+        str(getattr(entry.settings, "hosted_zone_id", "")).split("/")[-1]
+        for entry in dns_entries(stage, config_file) if entry.dns_class == "route53"
+    })
+
+
+def dns_entries(stage: Stage, config_file: Path | None = None, used_only: bool = False) -> list[DnsConfig]:
+    """The ``:dns_configs:`` entries of the stage's packaged config file (or ``config_file``);
+    with ``used_only``, those some pool names in ``dns_plugin``."""
     from chalicelib import config as config_module
 
     config = config_module.load({config_module.CONFIG_FILE_ENV: str(config_file or ROOT / stage.config_file)})
-    return sorted({
-        str(getattr(entry.settings, "hosted_zone_id", "")).split("/")[-1]
-        for entry in config.dns_configs.values() if entry.dns_class == "route53"
-    })
+    used = {pool.dns_plugin for pool in config.pools}
+    return [entry for name, entry in config.dns_configs.items() if not used_only or name in used]
 
 
 def ungranted_zones(stage: Stage, config_file: Path) -> list[str]:
