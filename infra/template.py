@@ -84,7 +84,9 @@ def build(stage: Stage, infra_only: bool = False, config_file: Path | None = Non
         template["Rules"] = rules
     resources["ReconcileQueue"]["Properties"]["QueueName"] = stage.reconcile_queue_name
     resources["ReconcileDeadLetterQueue"]["Properties"]["QueueName"] = f"{stage.reconcile_queue_name}-dlq"
-    resources["ReconcileQueue"]["Properties"]["VisibilityTimeout"] = 6 * sync_config.RECONCILE_TIMEOUT
+    queue = resources["ReconcileQueue"]["Properties"]
+    queue["VisibilityTimeout"] = 6 * sync_config.RECONCILE_TIMEOUT
+    queue["MessageRetentionPeriod"] = reconcile_retention_seconds(queue)
     for logical_id, name in (("RedisAuthSecret", "redis-auth"), ("VSphereSecret", "vsphere"),
                              ("LdapSecret", "ldap")):
         resources[logical_id]["Properties"]["Name"] = stage.secret_prefix + name
@@ -114,6 +116,24 @@ def build(stage: Stage, infra_only: bool = False, config_file: Path | None = Non
     resources[reconcile_id] = {"Properties": {"Events": {
         f"{reconcile_id}SqsEventSource": {"Properties": {"FunctionResponseTypes": ["ReportBatchItemFailures"]}}}}}
     return template
+
+
+def reconcile_retention_seconds(queue: dict[str, Any]) -> int:
+    """How long the reconcile queue keeps a message: until one that fails every delivery (a
+    pass that raises, or does not end in its invocation's time) has been moved to the dead-letter
+    queue. A failed message comes back once its visibility timeout has passed, and is moved at its
+    (maxReceiveCount + 1)th receive, up to SQS's longest delay after it was sent. With 600 s and a
+    360 s visibility timeout it was dropped after its second delivery: the dead-letter queue, and
+    its alarm, never saw a message."""
+    from chalicelib.manager.pool_queue import MAX_DELAY_SECONDS
+
+    redeliveries = queue["RedrivePolicy"]["maxReceiveCount"]
+    return int(MAX_DELAY_SECONDS + redeliveries * queue["VisibilityTimeout"] + sync_config.RECONCILE_TIMEOUT
+               + MOVE_SLACK_SECONDS)
+
+
+MOVE_SLACK_SECONDS = 300
+"""Room for SQS's lateness: a visible message is received by the next poll, not at once."""
 
 
 def dns_rules(stage: Stage, config_file: Path | None = None) -> dict[str, Any]:
