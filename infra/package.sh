@@ -33,8 +33,6 @@ fi
 # The config.json / policy files must match infra/sync_config.py.
 "$python" -m infra.sync_config --check
 
-# The stage's IAM policy grants the route53 zones of its own config file only.
-if [[ -n "$given_config" ]]; then "$python" -m infra.sync_config --granted "$stage" "$given_config"; fi
 
 # Package with the stage's own environment, so app.py declares the same functions (the stage's
 # reconcile queue, its consumer's concurrency) as the Lambdas will at run time.
@@ -45,6 +43,10 @@ for name, value in env.items():
     print(f"export {name}={shlex.quote(value)}")
 PY
 )"
+
+# The stage's IAM policy grants the route53 zones of its own config file only, and its own
+# secrets (vmpool/<stage>/...): a packaged config naming others would fail at every use.
+"$python" -m infra.sync_config --granted "$stage" "${given_config:-$VMPOOL_CONFIG_FILE}"
 
 # The config file the functions read (the stage's path, e.g. chalicelib/vmpool.yaml): packaged as
 # the canonical JSON of its validated config (infra/slim_zip.py), so a Lambda imports neither

@@ -77,3 +77,19 @@ def test_packaging_a_config_naming_a_zone_the_stage_does_not_grant_is_refused(
     assert "Z111, Z222" in error and STAGES["dev"].config_file in error
     config.write_text(CONFIG.replace("dns_class: route53", "dns_class: dynamic-dns"))
     assert sync_config.main(["--granted", "dev", str(config)]) == 0
+
+
+def test_packaging_a_config_naming_secrets_the_stage_may_not_read_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """infra/package.sh asks the same of every packaged config (the stage's own file too): a
+    provider password in ``vmpool/vcenter`` (vmpool.yaml.example's name before) deployed, and
+    every reconcile pass of its pools failed on AccessDenied."""
+    config = tmp_path / "vmpool.yaml"
+    config.write_text(":providers:\n  :vsphere: {server: vc, username: u, password: {secret: vmpool/vcenter}}\n"
+                      ":pools:\n  - {name: p, size: 1, provider: vsphere, template: t}\n")
+    assert sync_config.main(["--granted", "dev", str(config)]) == 1
+    assert "providers.vsphere.password: Secrets Manager secret 'vmpool/vcenter'" in capsys.readouterr().err
+    config.write_text(config.read_text().replace("vmpool/vcenter", "vmpool/dev/vsphere"))
+    assert sync_config.main(["--granted", "dev", str(config)]) == 0
+    assert sync_config.main(["--granted", "prod", str(config)]) == 1
+    assert sync_config.main(["--granted", "prod", str(sync_config.ROOT / "vmpool.yaml.example")]) == 0
