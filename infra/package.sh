@@ -44,8 +44,8 @@ for name, value in env.items():
 PY
 )"
 
-# The stage's IAM policy grants the route53 zones of its own config file only, and its own
-# secrets (vmpool/<stage>/...): a packaged config naming others would fail at every use.
+# The stage's IAM policy grants the route53 zones of its own config file only (others: refused),
+# and its own secrets (vmpool/<stage>/...: others are warned of, they would fail until a push).
 "$python" -m infra.sync_config --granted "$stage" "${given_config:-$VMPOOL_CONFIG_FILE}"
 
 # The config file the functions read (the stage's path, e.g. chalicelib/vmpool.yaml): packaged as
