@@ -157,6 +157,22 @@ def test_a_message_failing_every_delivery_reaches_the_dead_letter_queue(package:
     assert dead_letters["MessageRetentionPeriod"] > queue["MessageRetentionPeriod"]  # it keeps its first send time
 
 
+def test_every_alarm_evaluates_at_most_a_day_whatever_the_parameters(package: Package) -> None:
+    """CloudWatch refuses an alarm whose periods times its evaluation periods pass a day: with
+    PoolEmptyMinutes=2000 (no MaxValue) the change set was accepted and the empty-pools alarm
+    refused minutes into the deploy (a first one after ElastiCache's 15-20 minutes), which rolled
+    back. The parameter's bounds now refuse such a value before anything is built."""
+    parameters = package.template["Parameters"]
+    for name, alarm in package.of_type("AWS::CloudWatch::Alarm").items():
+        properties = alarm["Properties"]
+        evaluations = properties["EvaluationPeriods"]
+        if isinstance(evaluations, dict):
+            evaluations = parameters[evaluations["Ref"]].get("MaxValue", float("inf"))
+        periods = [properties.get("Period")] + [q["MetricStat"]["Period"] for q in properties.get("Metrics", [])
+                                                if "MetricStat" in q]
+        assert max(p for p in periods if p) * evaluations <= 86_400, name
+
+
 def test_every_name_carries_the_stage(package: Package) -> None:
     stage = STAGES[package.stage]
     assert package.resources["RestAPI"]["Properties"]["Name"] == f"vmpool-{stage.name}"
