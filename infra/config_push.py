@@ -19,7 +19,7 @@ from typing import Any
 
 from chalicelib.config import ConfigError, canonical_json, parse, read_config_file
 from chalicelib.config_source import DEFAULT_CONFIG_KEY
-from infra.sync_config import STAGES, stack_name
+from infra.sync_config import STAGES, stack_name, unreadable_secrets
 
 
 def stack_output(cloudformation: Any, stage: str, key: str) -> str:
@@ -60,6 +60,15 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
         text = read_config_file(path)
     except OSError as error:
         print(f"config-push: cannot read {path}: {error.strerror}", file=sys.stderr)
+        return 1
+    # What the stage's functions may not read (IAM) would fail at every use once published.
+    try:
+        unreadable = unreadable_secrets(STAGES[args.stage], path)
+    except ConfigError:
+        unreadable = []  # the push below lists every problem of an invalid file
+    if unreadable:
+        print(f"config-push: {path} names secrets the {args.stage} stage's functions may not read; nothing "
+              "published:\n  " + "\n  ".join(unreadable), file=sys.stderr)
         return 1
     bucket = args.bucket or stack_output(session.client("cloudformation"), args.stage, "ConfigBucket")
     try:

@@ -7,6 +7,9 @@
    content is there already) and every function's ``CodeUri`` points at it.
 2. The template goes to S3 too: at 127 KB it is over CloudFormation's 51,200-byte inline limit
    (the old ``aws cloudformation deploy`` without ``--s3-bucket`` failed for every stage).
+   Before anything is uploaded, the template's rules (what the packaged config's DNS entries need
+   of the parameters, infra/template.py ``dns_rules``) are checked with the parameters the change
+   set would get: a broken one ends the command with its description.
 3. A change set creates or updates the stack ``vmpool-<stage>``: parameters given as Key=Value,
    the others keep their previous values on an update. A change set without changes is deleted
    and the command succeeds. The stack's outputs are printed at the end.
@@ -69,6 +72,41 @@ def parameters(given: dict[str, str], existing: list[str]) -> list[dict[str, Any
     return found
 
 
+def _evaluate(expression: Any, values: dict[str, str]) -> Any:
+    """A rule's condition or assertion over the parameters' values (what infra/template.py
+    writes: Ref, Fn::Equals, Fn::Not, Fn::And, Fn::Or)."""
+    if isinstance(expression, dict) and len(expression) == 1:
+        (function, argument), = expression.items()
+        if function == "Ref":
+            return values.get(argument, "")
+        if function == "Fn::Equals":
+            left, right = (_evaluate(item, values) for item in argument)
+            return str(left) == str(right)
+        if function == "Fn::Not":
+            return not _evaluate(argument[0], values)
+        if function == "Fn::And":
+            return all(_evaluate(item, values) for item in argument)
+        if function == "Fn::Or":
+            return any(_evaluate(item, values) for item in argument)
+    return expression
+
+
+def broken_rules(template: dict[str, Any], given: dict[str, str], stack: dict[str, Any] | None) -> list[str]:
+    """The template's rules the parameters would break (their descriptions): given values, else
+    the stack's previous ones, else the defaults. CloudFormation refuses such a change set too;
+    asking first says why in one line instead of a failed change set."""
+    values = {name: str(p.get("Default", "")) for name, p in template.get("Parameters", {}).items()}
+    values.update({p["ParameterKey"]: p.get("ParameterValue", "") for p in (stack or {}).get("Parameters", [])})
+    values.update(given)
+    broken = []
+    for rule in template.get("Rules", {}).values():
+        if "RuleCondition" in rule and not _evaluate(rule["RuleCondition"], values):
+            continue
+        broken += [str(a.get("AssertDescription", a["Assert"])) for a in rule.get("Assertions", [])
+                   if not _evaluate(a["Assert"], values)]
+    return broken
+
+
 def _existing_stack(cloudformation: Any, name: str) -> dict[str, Any] | None:
     try:
         stacks = cloudformation.describe_stacks(StackName=name)["Stacks"]
@@ -101,6 +139,7 @@ def deploy(session: Any, stage: str, bucket: str, package: Path | None, given: d
     s3 = session.client("s3")
     cloudformation = session.client("cloudformation")
     prefix = f"vmpool/{stage}"
+    code: bytes | None = None
     if package is None:
         from infra.template import build
 
@@ -108,14 +147,18 @@ def deploy(session: Any, stage: str, bucket: str, package: Path | None, given: d
     else:
         code = (package / "deployment.zip").read_bytes()
         code_key = f"{prefix}/code-{_digest(code)}.zip"
-        upload(s3, bucket, code_key, code)
         template = with_code_location(json.loads((package / "sam.json").read_text()), bucket, code_key)
+    name = stack_name(stage)
+    stack = _existing_stack(cloudformation, name)
+    broken = broken_rules(template, given, stack)
+    if broken:
+        raise DeployError("; ".join(broken))
+    if code is not None:
+        upload(s3, bucket, code_key, code)
     body = json.dumps(template, separators=(",", ":")).encode()
     template_key = f"{prefix}/template-{_digest(body)}.json"
     upload(s3, bucket, template_key, body)
 
-    name = stack_name(stage)
-    stack = _existing_stack(cloudformation, name)
     existing = [p["ParameterKey"] for p in (stack or {}).get("Parameters", [])]
     change_set = f"{name}-{time.strftime('%Y%m%d%H%M%S')}"
     cloudformation.create_change_set(

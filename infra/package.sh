@@ -33,8 +33,6 @@ fi
 # The config.json / policy files must match infra/sync_config.py.
 "$python" -m infra.sync_config --check
 
-# The stage's IAM policy grants the route53 zones of its own config file only.
-if [[ -n "$given_config" ]]; then "$python" -m infra.sync_config --granted "$stage" "$given_config"; fi
 
 # Package with the stage's own environment, so app.py declares the same functions (the stage's
 # reconcile queue, its consumer's concurrency) as the Lambdas will at run time.
@@ -45,6 +43,10 @@ for name, value in env.items():
     print(f"export {name}={shlex.quote(value)}")
 PY
 )"
+
+# The stage's IAM policy grants the route53 zones of its own config file only (others: refused),
+# and its own secrets (vmpool/<stage>/...: others are warned of, they would fail until a push).
+"$python" -m infra.sync_config --granted "$stage" "${given_config:-$VMPOOL_CONFIG_FILE}"
 
 # The config file the functions read (the stage's path, e.g. chalicelib/vmpool.yaml): packaged as
 # the canonical JSON of its validated config (infra/slim_zip.py), so a Lambda imports neither
@@ -58,7 +60,8 @@ if [[ -n "$given_config" ]]; then
 fi
 
 merge="build/merge-template-$stage.json"
-"$python" -m infra.template --stage "$stage" > "$merge"
+# (what the packaged config's DNS entries need of the stack's parameters becomes its Rules)
+"$python" -m infra.template --stage "$stage" --config "$VMPOOL_CONFIG_FILE" > "$merge"
 rm -rf "$out"
 # chalice needs a region to build ARNs; the template itself is region-neutral.
 AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}" \

@@ -18,11 +18,16 @@ Lambda needs and X-Ray's write actions, which take no resource.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+if TYPE_CHECKING:
+    from chalicelib.auth.secrets import SecretReference
+    from chalicelib.dns.base import DnsConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CHALICE_DIR = ROOT / ".chalice"
@@ -113,6 +118,13 @@ RECONCILE_TIMEOUT = 60
 TICK_TIMEOUT = 30
 API_TIMEOUT = 29
 SCHEDULE_MINUTES = 1
+
+
+SECRETS_BY_ROLE = {"api": ("ldap", "redis-auth"), "tick": ("redis-auth",), "reconcile": ("vsphere", "redis-auth")}
+"""The Secrets Manager secrets (``vmpool/<stage>/<name>``) each role may read."""
+ROLE_OF_SECTION = {"auth": "api", "providers": "reconcile", "dns_configs": "reconcile", "pools": "reconcile"}
+"""Which function resolves the secret references of a config section (``redis``: none in AWS,
+where the stack gives the Redis URL and its AUTH token's secret)."""
 
 
 def stack_name(stage: str) -> str:
@@ -221,7 +233,7 @@ def policy(stage: Stage, role: str) -> dict[str, Any]:
     """
     prefix = stage.secret_prefix
     queue = f"arn:aws:sqs:*:*:{stage.reconcile_queue_name}"
-    secrets = {"api": ["ldap", "redis-auth"], "tick": ["redis-auth"], "reconcile": ["vsphere", "redis-auth"]}[role]
+    secrets = SECRETS_BY_ROLE[role]
     statements = [
         _statement(["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
                    [f"arn:aws:logs:*:*:log-group:/aws/lambda/{stage.prefix}-*",
@@ -255,13 +267,20 @@ def route53_zones(stage: Stage, config_file: Path | None = None) -> list[str]:
     """The hosted zones the stage's ``route53`` DNS entries manage (the reconcile passes change
     their records, docs/dns.md). Read from the stage's packaged config file (or ``config_file``):
     IAM is deployed with the code, so a pushed config that names a new zone needs a deploy too."""
+    return sorted({
+        str(getattr(entry.settings, "hosted_zone_id", "")).split("/")[-1]
+        for entry in dns_entries(stage, config_file) if entry.dns_class == "route53"
+    })
+
+
+def dns_entries(stage: Stage, config_file: Path | None = None, used_only: bool = False) -> list[DnsConfig]:
+    """The ``:dns_configs:`` entries of the stage's packaged config file (or ``config_file``);
+    with ``used_only``, those some pool names in ``dns_plugin``."""
     from chalicelib import config as config_module
 
     config = config_module.load({config_module.CONFIG_FILE_ENV: str(config_file or ROOT / stage.config_file)})
-    return sorted({
-        str(getattr(entry.settings, "hosted_zone_id", "")).split("/")[-1]
-        for entry in config.dns_configs.values() if entry.dns_class == "route53"
-    })
+    used = {pool.dns_plugin for pool in config.pools}
+    return [entry for name, entry in config.dns_configs.items() if not used_only or name in used]
 
 
 def ungranted_zones(stage: Stage, config_file: Path) -> list[str]:
@@ -269,6 +288,57 @@ def ungranted_zones(stage: Stage, config_file: Path) -> list[str]:
     (they grant the zones of the stage's own config file): packaged in its place, the config's
     DNS records would fail to publish (AccessDenied) on every pass."""
     return sorted(set(route53_zones(stage, config_file)) - set(route53_zones(stage)))
+
+
+def unreadable_secrets(stage: Stage, config_file: Path) -> list[str]:
+    """The secret references of ``config_file`` the function that resolves them may not read in
+    the stage (its IAM policy, ``policy``), each as ``<key path>: <where>``. Deployed, each would
+    fail with AccessDenied at every use: a provider's on every pass of its pools, the LDAP one
+    at every login (vmpool.yaml.example and docs/auth.md showed such names)."""
+    from chalicelib import config as config_module
+
+    config = config_module.load({config_module.CONFIG_FILE_ENV: str(config_file)})
+    found = []
+    for path, reference in _secret_references(config, "", set()):
+        role = ROLE_OF_SECTION.get(path.split(".")[0].split("[")[0])
+        if role and not _readable(stage, role, reference.store, reference.name):
+            own = ", ".join(stage.secret_prefix + name for name in SECRETS_BY_ROLE[role] if name != "redis-auth")
+            found.append(f"{path}: {reference.describe()} (the {role} function may read {own} and SSM "
+                         f"parameters under /{stage.secret_prefix})")
+    return found
+
+
+def _readable(stage: Stage, role: str, store: str, name: str) -> bool:
+    """What ``policy`` grants: the role's secrets by name or ARN, SSM parameters under the prefix."""
+    if store == "ssm":
+        return (name.split(":parameter/", 1)[-1] if name.startswith("arn:") else name).lstrip("/").startswith(
+            stage.secret_prefix)
+    if name.startswith("arn:"):
+        name = name.split(":secret:", 1)[-1]
+    return any(name == stage.secret_prefix + own or (name.startswith(stage.secret_prefix + own + "-")
+                                                    and len(name) == len(stage.secret_prefix + own) + 7)
+               for own in SECRETS_BY_ROLE[role])
+
+
+def _secret_references(value: Any, path: str, seen: set[int]) -> Iterator[tuple[str, SecretReference]]:
+    """Every secret reference in a loaded config, with its key path (validated settings blocks
+    are dataclasses, mappings and tuples)."""
+    from chalicelib.auth.secrets import SecretReference
+
+    if isinstance(value, SecretReference):
+        yield path, value
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type) and id(value) not in seen:
+        seen.add(id(value))
+        for item in dataclasses.fields(value):
+            if not item.name.startswith("_"):
+                key = path if item.name == "settings" else f"{path}.{item.name}".lstrip(".")
+                yield from _secret_references(getattr(value, item.name), key, seen)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _secret_references(item, f"{path}.{key}", seen)
+    elif isinstance(value, (tuple, list)):
+        for index, item in enumerate(value):
+            yield from _secret_references(item, f"{path}[{index}]", seen)
 
 
 def rendered_files() -> dict[Path, str]:
@@ -289,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="fail if the files are out of date")
     parser.add_argument("--granted", nargs=2, metavar=("STAGE", "CONFIG_FILE"),
-                        help="fail if CONFIG_FILE names route53 zones STAGE's policy does not grant (packaging)")
+                        help="fail if CONFIG_FILE names route53 zones STAGE's policy does not grant, warn of secrets "
+                             "it may not read (packaging)")
     args = parser.parse_args(argv)
     if args.granted:
         stage_name, config_file = args.granted
@@ -299,9 +370,17 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             missing = ungranted_zones(STAGES[stage_name], Path(config_file))
+            unreadable = unreadable_secrets(STAGES[stage_name], Path(config_file))
         except ConfigError as error:
             print(f"sync_config: {error}", file=sys.stderr)
             return 1
+        if unreadable:
+            # A warning, not a refusal: both stages package one file (chalicelib/vmpool.yaml), whose
+            # secrets can be one stage's only; the packaged config is used until the first push,
+            # and make config-push refuses such references.
+            print(f"sync_config: warning: {config_file} names secrets the {stage_name} stage's functions may not "
+                  "read (IAM refuses them at every use): packaged, they fail until make config-push publishes a "
+                  "config naming readable ones:\n  " + "\n  ".join(unreadable), file=sys.stderr)
         if missing:
             more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
             print(f"sync_config: {config_file} names route53 hosted zones the {stage_name} stage's IAM policy does "

@@ -74,13 +74,19 @@ def function_environment() -> dict[str, Any]:
     }
 
 
-def build(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
-    """The merge template for one stage (or the infra-only stack)."""
+def build(stage: Stage, infra_only: bool = False, config_file: Path | None = None) -> dict[str, Any]:
+    """The merge template for one stage (or the infra-only stack); ``config_file``: the config
+    packaged with it, when not the stage's own file (its DNS entries' needs are checked)."""
     template = yaml.safe_load(STATIC_TEMPLATE.read_text())
     resources = template["Resources"]
+    rules = dns_rules(stage, config_file)
+    if rules:
+        template["Rules"] = rules
     resources["ReconcileQueue"]["Properties"]["QueueName"] = stage.reconcile_queue_name
     resources["ReconcileDeadLetterQueue"]["Properties"]["QueueName"] = f"{stage.reconcile_queue_name}-dlq"
-    resources["ReconcileQueue"]["Properties"]["VisibilityTimeout"] = 6 * sync_config.RECONCILE_TIMEOUT
+    queue = resources["ReconcileQueue"]["Properties"]
+    queue["VisibilityTimeout"] = 6 * sync_config.RECONCILE_TIMEOUT
+    queue["MessageRetentionPeriod"] = reconcile_retention_seconds(queue)
     for logical_id, name in (("RedisAuthSecret", "redis-auth"), ("VSphereSecret", "vsphere"),
                              ("LdapSecret", "ldap")):
         resources[logical_id]["Properties"]["Name"] = stage.secret_prefix + name
@@ -110,6 +116,62 @@ def build(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
     resources[reconcile_id] = {"Properties": {"Events": {
         f"{reconcile_id}SqsEventSource": {"Properties": {"FunctionResponseTypes": ["ReportBatchItemFailures"]}}}}}
     return template
+
+
+def reconcile_retention_seconds(queue: dict[str, Any]) -> int:
+    """How long the reconcile queue keeps a message: until one that fails every delivery (a
+    pass that raises, or does not end in its invocation's time) has been moved to the dead-letter
+    queue. A failed message comes back once its visibility timeout has passed, and is moved at its
+    (maxReceiveCount + 1)th receive, up to SQS's longest delay after it was sent. With 600 s and a
+    360 s visibility timeout it was dropped after its second delivery: the dead-letter queue, and
+    its alarm, never saw a message."""
+    from chalicelib.manager.pool_queue import MAX_DELAY_SECONDS
+
+    redeliveries = queue["RedrivePolicy"]["maxReceiveCount"]
+    return int(MAX_DELAY_SECONDS + redeliveries * queue["VisibilityTimeout"] + sync_config.RECONCILE_TIMEOUT
+               + MOVE_SLACK_SECONDS)
+
+
+MOVE_SLACK_SECONDS = 300
+"""Room for SQS's lateness: a visible message is received by the next poll, not at once."""
+
+
+def dns_rules(stage: Stage, config_file: Path | None = None) -> dict[str, Any]:
+    """What the pools' DNS entries in the packaged config need of the stack's parameters, as
+    CloudFormation rules: a change set that would deploy functions unable to reach their DNS
+    service is refused before anything is built (infra/deploy.py checks them before it asks).
+    Without them the stack deployed, and every VM of those pools stayed pending with ``DNS record
+    not created`` until its ``timeout`` destroyed it: no pool with DNS ever had a ready VM.
+
+    - ``route53``: the Route 53 API is reached over the internet only (the stack's endpoints are
+      Secrets Manager, SQS and S3, and the functions' security group sends HTTPS nowhere else):
+      the subnets must route through a NAT gateway, ``CreateVpcEndpoints=false``.
+    - ``dynamic-dns`` with a ``server``: RFC 2136 updates over TCP to it, which the security
+      group allows to ``DnsServerCidr`` on ``DnsServerPort`` only."""
+    entries = sync_config.dns_entries(stage, config_file, used_only=True)
+    rules: dict[str, Any] = {}
+    route53 = sorted(entry.name for entry in entries if entry.dns_class == "route53")
+    if route53:
+        rules["Route53ThroughNat"] = {"Assertions": [{
+            "Assert": {"Fn::Equals": [{"Ref": "CreateVpcEndpoints"}, "false"]},
+            "AssertDescription": _listed_description(
+                "route53 DNS entries", route53, "call the Route 53 API, which no VPC endpoint of this stack reaches: "
+                "deploy with CreateVpcEndpoints=false and subnets that route through a NAT gateway")}]}
+    servers = sorted(entry.name for entry in entries
+                     if entry.dns_class == "dynamic-dns" and getattr(entry.settings, "server", None))
+    if servers:
+        ports = sorted({int(getattr(entry.settings, "port", 53)) for entry in entries if entry.name in servers})
+        rules["DnsServersReachable"] = {"Assertions": [{
+            "Assert": {"Fn::Not": [{"Fn::Equals": [{"Ref": "DnsServerCidr"}, ""]}]},
+            "AssertDescription": _listed_description(
+                "dynamic-dns entries with a server", servers, "send DNS updates over TCP: give DnsServerCidr "
+                f"(the servers' range) and DnsServerPort (theirs: {', '.join(map(str, ports))})")}]}
+    return rules
+
+
+def _listed_description(what: str, names: list[str], need: str) -> str:
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f"The packaged config's {what} ({shown}) {need} (docs/deploy.md, DNS)"
 
 
 def stage_outputs() -> dict[str, Any]:
@@ -370,8 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=sorted(STAGES), required=True)
     parser.add_argument("--infra-only", action="store_true", help="the stack for the chalice deploy path")
+    parser.add_argument("--config", type=Path, help="the config packaged with it (default: the stage's file)")
     args = parser.parse_args(argv)
-    json.dump(build(STAGES[args.stage], infra_only=args.infra_only), sys.stdout, indent=1)
+    json.dump(build(STAGES[args.stage], infra_only=args.infra_only, config_file=args.config), sys.stdout, indent=1)
     sys.stdout.write("\n")
     return 0
 

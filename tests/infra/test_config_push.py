@@ -70,6 +70,46 @@ def test_config_push_refuses_an_invalid_config_and_publishes_nothing(s3: Any, tm
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
 
 
+SECRETS = """\
+:providers:
+  :vsphere: {server: vc1.example.com, username: u, password: {secret: %s, key: password}}
+  :dummy: {}
+:dns_configs:
+  bind: {dns_class: dynamic-dns, domain: lab.example.net, server: 10.9.0.53, tsig_key_name: k, tsig_secret: {ssm: %s}}
+:auth:
+  :provider: ldap
+  :ldap:
+    host: ldap.example.com
+    base: ou=users,dc=example,dc=com
+    service_account_hash: {user_dn: "cn=vmpool,dc=example,dc=com", password: {secret: %s}}
+:pools:
+  - {name: debian, size: 1, provider: vsphere, template: t, dns_plugin: bind}
+"""
+
+
+def test_config_push_refuses_secrets_the_stages_functions_may_not_read(s3: Any, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The stage's roles read vmpool/<stage>/vsphere (reconcile), vmpool/<stage>/ldap (API) and SSM
+    parameters under /vmpool/<stage>/. A config naming others (vmpool.yaml.example's
+    ``vmpool/vcenter``, docs/auth.md's ``prod/vmpool/ldap``, the other stage's) was published, and
+    every pass of its pools failed on AccessDenied (every login, for the LDAP one)."""
+    arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:vmpool/dev/vsphere-AbCdEf"
+    code, output = push_file(tmp_path, SECRETS % ("vmpool/vcenter", "/vmpool/prod/tsig", "prod/vmpool/ldap"), capsys)
+    assert code == 1 and "nothing published" in output
+    assert "providers.vsphere.password: Secrets Manager secret 'vmpool/vcenter'" in output
+    assert "dns_configs.bind.tsig_secret: SSM parameter '/vmpool/prod/tsig'" in output
+    assert "auth.ldap.service_account_hash.password: Secrets Manager secret 'prod/vmpool/ldap'" in output
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
+    # the API does not read the vSphere secret
+    code, output = push_file(tmp_path, SECRETS % ("vmpool/dev/vsphere", "/vmpool/dev/tsig", "vmpool/dev/vsphere"),
+                             capsys)
+    assert code == 1 and "auth.ldap.service_account_hash.password" in output and "providers" not in output
+
+    code, output = push_file(tmp_path, SECRETS % (arn, "vmpool/dev/tsig", "vmpool/dev/ldap"), capsys)
+    assert code == 0, output
+    assert len(s3.list_objects_v2(Bucket=BUCKET)["Contents"]) == 1
+
+
 def test_running_functions_pick_up_a_pushed_config_within_the_refresh(s3: Any, tmp_path: Path,
                                                                         redis_client: redis.Redis,
                                                                         capsys: pytest.CaptureFixture[str],

@@ -17,6 +17,7 @@ from moto_endpoint import moto_endpoint
 from packaged import ROOT, Package
 
 from chalicelib.config import canonical_json, from_canonical, parse
+from chalicelib.manager.pool_queue import MAX_DELAY_SECONDS
 from infra import lambda_sandbox, sync_config
 from infra.sync_config import RESOURCE_FREE_ACTIONS, STAGES
 from infra.template import function_logical_id
@@ -136,6 +137,40 @@ def test_reconcile_consumer_reports_failures_per_message(package: Package) -> No
     assert queue["QueueName"] == stage.reconcile_queue_name
     assert queue["VisibilityTimeout"] >= 6 * reconcile["Properties"]["Timeout"]
     assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["ReconcileDeadLetterQueue", "Arn"]}
+
+
+def test_a_message_failing_every_delivery_reaches_the_dead_letter_queue(package: Package) -> None:
+    """A pass that raises each time (or never ends in its invocation's time) fails its message at
+    every delivery: SQS gives it back once its visibility timeout has passed and moves it to the
+    dead-letter queue at the receive after its ``maxReceiveCount``-th, so the DLQ alarm fires.
+    The queue must keep it that long, from a send with SQS's longest delay. Before, it kept
+    messages 600 s, with a 360 s visibility timeout: a failing message was delivered twice and
+    dropped, the DLQ and its alarm never saw one."""
+    queue = package.resources["ReconcileQueue"]["Properties"]
+    poll_lateness = 20  # a visible message waits for the next poll (long polls of up to 20 s)
+    deliveries, visible_at = 0, MAX_DELAY_SECONDS
+    while visible_at < queue["MessageRetentionPeriod"] and deliveries <= queue["RedrivePolicy"]["maxReceiveCount"]:
+        deliveries += 1  # the last of them finds it over maxReceiveCount and moves it
+        visible_at += queue["VisibilityTimeout"] + poll_lateness
+    assert deliveries == queue["RedrivePolicy"]["maxReceiveCount"] + 1
+    dead_letters = package.resources["ReconcileDeadLetterQueue"]["Properties"]
+    assert dead_letters["MessageRetentionPeriod"] > queue["MessageRetentionPeriod"]  # it keeps its first send time
+
+
+def test_every_alarm_evaluates_at_most_a_day_whatever_the_parameters(package: Package) -> None:
+    """CloudWatch refuses an alarm whose periods times its evaluation periods pass a day: with
+    PoolEmptyMinutes=2000 (no MaxValue) the change set was accepted and the empty-pools alarm
+    refused minutes into the deploy (a first one after ElastiCache's 15-20 minutes), which rolled
+    back. The parameter's bounds now refuse such a value before anything is built."""
+    parameters = package.template["Parameters"]
+    for name, alarm in package.of_type("AWS::CloudWatch::Alarm").items():
+        properties = alarm["Properties"]
+        evaluations = properties["EvaluationPeriods"]
+        if isinstance(evaluations, dict):
+            evaluations = parameters[evaluations["Ref"]].get("MaxValue", float("inf"))
+        periods = [properties.get("Period")] + [q["MetricStat"]["Period"] for q in properties.get("Metrics", [])
+                                                if "MetricStat" in q]
+        assert max(p for p in periods if p) * evaluations <= 86_400, name
 
 
 def test_every_name_carries_the_stage(package: Package) -> None:
