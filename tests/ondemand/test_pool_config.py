@@ -384,6 +384,39 @@ def test_clone_target_errors(make_stack):
     assert stack.services.client.hgetall(stack.services.store.keys.pool_override("clonetarget")) == before == {}
 
 
+@pytest.mark.parametrize(("setting", "prefix", "first", "second", "configured"), [
+    ("poolsize", "pool_size", "4", "5", 2),
+    ("pooltemplate", "template", "templates/v2", "templates/v3", "templates/debian-12"),
+    ("clonetarget", "clone_target", "cluster2", "cluster3", None),
+], ids=["poolsize", "pooltemplate", "clonetarget"])
+def test_a_reset_answers_the_value_it_removed_when_a_change_lands_just_before_it(make_stack, monkeypatch, setting,
+                                                                                 prefix, first, second, configured):
+    """The second request of a race: an administrator's POST changes the setting while another's
+    DELETE of it is under way, just before the DELETE's change reaches Redis. The DELETE removes
+    the POST's value and must say so. Before, it answered the value it had read before its
+    change (``first``), which it did not remove."""
+    stack = make_stack()
+    path = f"/api/v3/config/{setting}"
+    value = int if setting == "poolsize" else str
+    assert stack.answer("POST", path, {"debian-12": first}) == (201, {"ok": True})
+    scripts = stack.services.store.scripts
+    change = scripts.pool_overrides
+    landed: list[tuple[int, Any]] = []
+
+    def another_change_first(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(scripts, "pool_overrides", change)  # the POST's own change runs as is
+        landed.append(stack.answer("POST", path, {"debian-12": second}))
+        return change(*args, **kwargs)
+
+    monkeypatch.setattr(scripts, "pool_overrides", another_change_first)
+    answer = stack.answer("DELETE", f"{path}/debian-12")
+    monkeypatch.undo()
+    assert landed == [(201, {"ok": True})]
+    assert answer == (201, {"ok": True, f"{prefix}_before_reset": value(second),
+                            f"{prefix}_before_overrides": configured})
+    assert stack.services.pool("debian-12") == stack.services.config.pool("debian-12")
+
+
 class DroppingConnection(redis.connection.Connection):
     """A Redis connection that drops when its countdown (shared by every such connection) runs
     out: the ``sends_left``-th command (or pipeline) sent from now on never arrives."""
