@@ -50,10 +50,12 @@ family through these validators.
                                      whose clones keep failing (manager/clones.py)
     pool:<pool>:ready_checked string the template and reset time every ready VM was last checked against
     pool:<pool>:running_due  zset    running VMs, scored by when a pass must next look at one (its
-                                     checkout's confirmation deadline, its lifetime's end); may
-                                     hold VMs no longer running: a VM lua/move.lua takes out of
-                                     running (dropped as gone, reaped, returned) leaves it in that
-                                     step; others are dropped when due, or once a pass sees them
+                                     checkout's confirmation deadline, its lifetime's end): every
+                                     script that takes a VM out of running (lua/move.lua: dropped
+                                     as gone, reaped, returned; lua/release.lua: an unconfirmed
+                                     checkout given back; lua/ondemand_end.lua: its request ended)
+                                     takes it out of this set in that step; entries written before
+                                     they did are dropped when due, or once a pass sees the VM
                                      completed (manager/running.py)
     pool:<pool>:inventory_checked string "<provider's inventory token> <time>": the inventory the pool's
                                      VMs were last compared with, and when it was last compared whole
@@ -175,8 +177,8 @@ DERIVED_KEYS: Mapping[str, str] = {
     "ondemand_deliver": "the request the VM's record names, the records of its VMs and the open sets of "
                         "its pools: the request becomes ready in the same step as its last VM arrives",
     "ondemand_end": "the open sets and wake lists of the request's pools, the records of its VMs and "
-                    "their pools' state sets: every VM leaves in the same step as the request ends, so "
-                    "none reserved meanwhile is left behind",
+                    "their pools' state and running_due sets: every VM leaves in the same step as the "
+                    "request ends, so none reserved meanwhile is left behind",
     "token_create": "the records of the user's expired tokens it forgets (the user's token_times set names "
                     "them, by when they were made): naming them first meant reading the user's tokens, "
                     "a cost that grew with max_tokens_per_user",
