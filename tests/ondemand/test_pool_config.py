@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -405,7 +406,10 @@ def test_a_reset_answers_the_value_it_removed_when_a_change_lands_just_before_it
 
     def another_change_first(*args: Any, **kwargs: Any) -> Any:
         monkeypatch.setattr(scripts, "pool_overrides", change)  # the POST's own change runs as is
-        landed.append(stack.answer("POST", path, {"debian-12": second}))
+        # Another caller: its own thread (the app serves one request per thread at a time).
+        other = threading.Thread(target=lambda: landed.append(stack.answer("POST", path, {"debian-12": second})))
+        other.start()
+        other.join()
         return change(*args, **kwargs)
 
     monkeypatch.setattr(scripts, "pool_overrides", another_change_first)
