@@ -193,8 +193,8 @@ class PoolOverrides:
         return bool(changed), PoolOverride(**{field: valid(found or None)})
 
     def _set(self, setting: str, values: Mapping[str, str], token_key: str) -> tuple[list[str], list[str]]:
-        """(the pools whose override changed, each pool's stored value as the step found it,
-        "" for none)."""
+        """(the pools whose override changed, for each pool of ``values`` the override the step
+        removed: "" for none, and for a pool given a value)."""
         args = [part for pool, value in values.items() for part in (pool, value)]
         if not args:
             return [], []
