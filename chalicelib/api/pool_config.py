@@ -22,7 +22,7 @@ from chalicelib.api.http import (
 from chalicelib.api.identity import required_admin
 from chalicelib.config import PoolConfig
 from chalicelib.services import Services
-from chalicelib.store.pool_overrides import MAX_SIZE, PoolOverrides, valid_clone_target, valid_template
+from chalicelib.store.pool_overrides import MAX_SIZE, PoolOverrides, apply, valid_clone_target, valid_template
 
 
 def _allowed(services: Services, request: ApiRequest) -> str:
@@ -102,17 +102,16 @@ def _override(services: Services, request: ApiRequest, setting: _Setting) -> Api
 def _clear(services: Services, request: ApiRequest, setting: _Setting) -> ApiResponse:
     token_key = _allowed(services, request)
     name = _known_pool(services, request)
-    before = {
-        f"{setting.answer_prefix}_before_reset": _value(_now(services, name), setting),
-        f"{setting.answer_prefix}_before_overrides": _value(_configured(services, name), setting),
-    }
-    overrides = PoolOverrides(services.store)
-    if getattr(overrides.get(name), setting.field) is None:
-        return ok(**before)
-    # 201 only when this request removed the override (the script says so): another clear of the
-    # same pool at once may have removed it since it was read, and then this one changed nothing.
-    answer = _changed(services, overrides.set_many(setting.field, {name: None}, token_key))
-    answer.body.update(before)
+    configured = _configured(services, name)
+    # The value until now is the one the script found and removed, in its own step: read before
+    # it, a change landing in between made this answer a value it did not remove. 201 only when
+    # this request removed an override (another clear of the pool at once may have done it).
+    removed, found = PoolOverrides(services.store).clear(setting.field, name, token_key)
+    answer = _changed(services, [name] if removed else [])
+    answer.body.update({
+        f"{setting.answer_prefix}_before_reset": _value(apply(configured, found, services.override_room), setting),
+        f"{setting.answer_prefix}_before_overrides": _value(configured, setting),
+    })
     return answer
 
 
@@ -192,11 +191,6 @@ def _configured(services: Services, name: str) -> PoolConfig:
     if pool is None:
         raise not_found()
     return pool
-
-
-def _now(services: Services, name: str) -> PoolConfig:
-    """A pool the handler has checked exists, with its runtime overrides."""
-    return services.pool(name) or _configured(services, name)
 
 
 def _known_pool(services: Services, request: ApiRequest) -> str:

@@ -96,7 +96,9 @@ class PassReport:
     """hostname -> why its clone failed (the kind is the metric's ``reason``)."""
     samples: list[DurationSample] = field(default_factory=list)
     looks_forgotten: list[str] = field(default_factory=list)
-    """VMs that left running for good (completed): their next look goes with the pass's last writes."""
+    """VMs that left running for good (completed): their next look goes with the pass's last writes.
+    The scripts that take a VM out of running take its next look with it; this sweeps the looks
+    written before they did (and any a crash of an older release left)."""
     errors: list[str] = field(default_factory=list)
     clones_short: int = 0
     """Clones the pool still lacks after this pass reserved what its share of task_limit allowed."""

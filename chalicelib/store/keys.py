@@ -13,10 +13,10 @@ where its validator leaves out ``:`` (pool and provider names: config.POOL_NAME_
 hostnames: api.http.HOSTNAME_PATTERN; a hostname a provider's inventory lists names only its own
 ``vm:`` record), or where fixed text around it keeps it apart (``user:<canonical user>:tokens`` and
 ``user:<canonical user>:token_times``, the families under ``user:``, apart by their ends;
-``dummy:<provider>:folder:<folder>``). A request id may hold ``:``, so it is escaped
-(``request_part``); user names in failed-login, holdings, rate-limit and directory check keys, and
-tokens, are hashed; a client address is an IPv4 address, an IPv6 /64 or a hash
-(auth.ratelimit.address_key).
+``dummy:<provider>:folder:<folder>``, a folder with ``:`` hashed: ``Keys.dummy_folder``). A
+request id may hold ``:``, so it is escaped (``request_part``); user names in failed-login,
+holdings, rate-limit and directory check keys, and tokens, are hashed; a client address is an
+IPv4 address, an IPv6 /64 or a hash (auth.ratelimit.address_key).
 A prefix with a hash tag (``{vmpool}:``) keeps every key in one cluster slot whatever the names
 hold, since Redis hashes the first ``{...}`` only. test_key_schema.py feeds hostile names to every
 family through these validators.
@@ -50,10 +50,12 @@ family through these validators.
                                      whose clones keep failing (manager/clones.py)
     pool:<pool>:ready_checked string the template and reset time every ready VM was last checked against
     pool:<pool>:running_due  zset    running VMs, scored by when a pass must next look at one (its
-                                     checkout's confirmation deadline, its lifetime's end); may
-                                     hold VMs no longer running: a VM lua/move.lua takes out of
-                                     running (dropped as gone, reaped, returned) leaves it in that
-                                     step; others are dropped when due, or once a pass sees them
+                                     checkout's confirmation deadline, its lifetime's end): every
+                                     script that takes a VM out of running (lua/move.lua: dropped
+                                     as gone, reaped, returned; lua/release.lua: an unconfirmed
+                                     checkout given back; lua/ondemand_end.lua: its request ended)
+                                     takes it out of this set in that step; entries written before
+                                     they did are dropped when due, or once a pass sees the VM
                                      completed (manager/running.py)
     pool:<pool>:inventory_checked string "<provider's inventory token> <time>": the inventory the pool's
                                      VMs were last compared with, and when it was last compared whole
@@ -131,7 +133,8 @@ family through these validators.
     sizing:state             hash    pool -> its demand size and when it last changed (sizing/controller.py)
     lease:purge:<provider>   string  who purges the provider's unconfigured resources (manager/purge.py)
     lease:template:<provider>:<template hash> string  which pass advances a template's preparation
-    dummy:<provider>:folder:<folder> hash  the dummy provider's VMs in a folder (providers/dummy.py)
+    dummy:<provider>:folder:<folder> hash  the dummy provider's VMs in a folder (providers/dummy.py);
+                                     a folder holding ``:`` or starting ``~`` is ``~<hash>``
     dummy:<provider>:folder:<folder>:version string  that folder's version: one more per VM written
     dummy:<provider>:folder:<folder>:changes zset    the VMs written, by version: its newest
                                      dummy.CHANGE_LOG_KEPT versions (what inventory_changes reads)
@@ -175,8 +178,8 @@ DERIVED_KEYS: Mapping[str, str] = {
     "ondemand_deliver": "the request the VM's record names, the records of its VMs and the open sets of "
                         "its pools: the request becomes ready in the same step as its last VM arrives",
     "ondemand_end": "the open sets and wake lists of the request's pools, the records of its VMs and "
-                    "their pools' state sets: every VM leaves in the same step as the request ends, so "
-                    "none reserved meanwhile is left behind",
+                    "their pools' state and running_due sets: every VM leaves in the same step as the "
+                    "request ends, so none reserved meanwhile is left behind",
     "token_create": "the records of the user's expired tokens it forgets (the user's token_times set names "
                     "them, by when they were made): naming them first meant reading the user's tokens, "
                     "a cost that grew with max_tokens_per_user",
@@ -459,6 +462,13 @@ class Keys:
         return f"{self.prefix}sizing:state"
 
     def dummy_folder(self, provider: str, folder: str) -> str:
+        """The dummy provider's VMs in a folder. The folder is an inventory path of the config,
+        which may hold ``:``: as it is, folder ``x:version`` would be folder ``x``'s version key.
+        Such a folder (and one starting ``~``) is ``~`` and a hash; every other folder is its own
+        key part, so keys written before stay where they were, and none holds ``:``, which keeps
+        the suffixes of ``dummy_folder_version`` and ``dummy_folder_changes`` apart from it."""
+        if ":" in folder or folder.startswith("~"):
+            folder = "~" + hashlib.sha256(folder.encode()).hexdigest()[:32]
         return f"{self.prefix}dummy:{provider}:folder:{folder}"
 
     def dummy_folder_version(self, folder_key: str) -> str:

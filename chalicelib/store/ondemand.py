@@ -334,6 +334,7 @@ class OnDemandStore:
             request_id, state, message, repr(now), vm_reason, self.store.data_ttl_seconds,
             self.keys.ondemand_open(KEY_PART), self.keys.wake(KEY_PART), self.keys.vm(KEY_PART),
             *(self.keys.pool_state(KEY_PART, vm_state) for vm_state in ("pending", "running", "completed")),
+            self.keys.running_due(KEY_PART),
         ]
         args.append(token_index(keys, token_key))
         args += ["", ""] if seen is None else [repr(seen.created), seen.token_user]

@@ -89,6 +89,15 @@ class PoolOverride:
     checkout takes the pool's ready VMs (lua/checkout.lua); ``PoolOverrides.lift_fence``."""
 
 
+_FIELDS: Mapping[str, tuple[str, Callable[[Any], Any]]] = MappingProxyType({
+    "size": (SIZE, valid_size),
+    "template": (TEMPLATE, valid_template),
+    "clone_target": (CLONE_TARGET, valid_clone_target),
+})
+"""A PoolOverride field the API sets -> its setting (the hash it is stored in) and the rule of a
+stored value."""
+
+
 def fitting(pool: PoolConfig, override: PoolOverride, room: int) -> PoolOverride:
     """``override`` without the template or clone target that takes more than ``room`` bytes
     (``answer_sizes.override_room`` of the config in effect) beyond ``pool``'s configured one in
@@ -169,25 +178,38 @@ class PoolOverrides:
         TokenGone (nothing changed) when ``token_key``, the record of the token the change was
         asked with, is gone; StoreUnavailable (nothing changed) when Redis ran the script only
         after the client's socket timeout (``_deadline``)."""
-        setting = {"size": SIZE, "template": TEMPLATE, "clone_target": CLONE_TARGET}[field]
-        return self._set(setting, {pool: "" if value is None else str(value) for pool, value in values.items()},
-                         token_key)
+        changed, _ = self._set(_FIELDS[field][0], {pool: "" if value is None else str(value)
+                                                   for pool, value in values.items()}, token_key)
+        return changed
 
-    def _set(self, setting: str, values: Mapping[str, str], token_key: str) -> list[str]:
+    def clear(self, field: str, pool: str, token_key: str = "") -> tuple[bool, PoolOverride]:
+        """Take the pool's ``field`` (``size``, ``template`` or ``clone_target``) back to its
+        configured value. Whether this call removed an override, and the override it found, read
+        in the same step (DELETE /config/... answers the value it removed, not one read before
+        another change landed): ``field`` only, none when absent or breaking the rules (``all``).
+        TokenGone and StoreUnavailable as ``set_many``."""
+        setting, valid = _FIELDS[field]
+        changed, (found,) = self._set(setting, {pool: ""}, token_key)
+        return bool(changed), PoolOverride(**{field: valid(found or None)})
+
+    def _set(self, setting: str, values: Mapping[str, str], token_key: str) -> tuple[list[str], list[str]]:
+        """(the pools whose override changed, for each pool of ``values`` the override the step
+        removed: "" for none, and for a pool given a value)."""
         args = [part for pool, value in values.items() for part in (pool, value)]
         if not args:
-            return []
+            return [], []
         keys = [self.keys.pool_override(setting), self.keys.ready_fence, *(self.keys.wake(pool) for pool in values)]
         token = token_index(keys, token_key)
         fence = secrets.token_hex(8) if setting in FENCING else ""
         deadline = self._deadline()
         with _translate_errors():
-            changed = self.scripts.pool_overrides(keys=keys, args=[fence, deadline, token, *args])
-        if changed == -1:
+            answer = self.scripts.pool_overrides(keys=keys, args=[fence, deadline, token, *args])
+        if answer == -1:
             raise TokenGone()
-        if changed == -2:
+        if answer == -2:
             raise StoreUnavailable("redis: the change reached Redis after its deadline: not made")
-        return [str(pool) for pool in changed]
+        changed, found = answer
+        return [str(pool) for pool in changed], [str(value) for value in found]
 
     def _deadline(self) -> str:
         """The time on Redis's clock (ms) after which the change's script changes nothing: now

@@ -760,7 +760,7 @@ class Store:
         keys, args = [self.keys.changes, self.keys.running], [repr(now), checkout_id, "1" if unconfirmed_only else "0"]
         for host, pool, holdings in vms:
             keys += [self.keys.vm(host), self.keys.pool_state(pool, "running"), self.keys.pool_state(pool, "ready"),
-                     holdings or self.keys.vm(host)]
+                     holdings or self.keys.vm(host), self.keys.running_due(pool)]
             args += [host, pool, "1" if holdings else ""]
         with _translate_errors():
             return cast("list[str]", self.scripts.release(keys=keys, args=args))

@@ -265,6 +265,56 @@ def test_a_task_checked_against_one_owner_is_never_queued_on_the_next(ldap_api: 
     assert ldap_api.client.lrange(ldap_api.services.store.keys.vm_tasks(vm), 0, -1) == []
 
 
+@pytest.mark.parametrize(("caller", "answer"), [
+    ("bob", (403, {"ok": False, "error": "VM {host} was checked out by another user"})),
+    ("nobody", (401, {"ok": False, "error": "a token is required (X-AUTH-TOKEN)"})),
+    ("alice", (200, {"ok": True})),
+])
+def test_delete_of_a_vm_whose_checkout_is_not_confirmed_yet(ldap_api: Harness, slapd, monkeypatch, caller, answer):
+    """checkout.lua has taken the VM for alice; the API has not confirmed the checkout yet
+    (docs/reliability.md, "Redis slower than the client's timeout"). Another caller guessing the
+    name gets what they get for any VM not theirs (403 for bob's token, 401 without one), nothing
+    changes, and alice is answered with the VM. Her own other token (no real client knows the
+    name before the answer) returns it as any VM of hers (lua/move.lua: an unconfirmed checkout
+    may be returned): her checkout then finds it gone and answers 503, handing out no VM being
+    destroyed."""
+    alice, alice_again, bob = tokens(ldap_api, slapd)
+    headers = {"bob": {"X-AUTH-TOKEN": bob}, "nobody": {}, "alice": {"X-AUTH-TOKEN": alice_again}}[caller]
+    store = ldap_api.services.store
+    confirm = store._confirm
+    taken: list[str] = []
+    guessed: list[tuple[int, object]] = []
+
+    def delete() -> None:
+        reply = ldap_api.call("DELETE", f"/api/v3/vm/{taken[0]}", headers=headers)
+        guessed.append((reply.status, reply.body))
+
+    def a_delete_first(checkout_id, vms, *args):
+        taken.extend(vm.hostname for vm in vms)
+        # Another request: its own thread (the app serves one request per thread at a time).
+        other = threading.Thread(target=delete)
+        other.start()
+        other.join()
+        return confirm(checkout_id, vms, *args)
+
+    monkeypatch.setattr(store, "_confirm", a_delete_first)
+    checkout = ldap_api.call("POST", "/api/v3/vm", body={POOL: 1}, headers={"X-AUTH-TOKEN": alice})
+    monkeypatch.undo()
+    (host,) = taken
+    status, body = answer
+    assert guessed == [(status, {key: str(value).format(host=host) if key == "error" else value
+                                 for key, value in body.items()})]
+    if caller == "alice":
+        assert checkout.status == 503
+        assert state(ldap_api, host) in ("completed", "destroyed")
+        assert host not in ldap_api.call("GET", f"/api/v3/token/{alice}").body[alice]["vms"].get("running", [])
+        return
+    assert (checkout.status, checkout.body[POOL]["hostname"].split(".")[0]) == (200, host)
+    assert state(ldap_api, host) == "running"
+    assert store.get_vm(host).token_user == "alice"
+    assert ldap_api.call("DELETE", f"/api/v3/vm/{host}", headers={"X-AUTH-TOKEN": alice}).status == 200
+
+
 def test_a_return_checked_against_one_checkout_never_returns_the_next(ldap_api: Harness, slapd, monkeypatch):
     """alice's checkout whose answer was lost waits unconfirmed (she sees the VM under GET
     /token/<t>). Her DELETE reads the VM as hers; before it moves it (a frozen Lambda, a slow

@@ -168,10 +168,13 @@ def test_only_the_listed_scripts_derive_keys():
 # --- Python ----------------------------------------------------------------------------------
 
 
-def _key_heads() -> set[str]:
-    """How the names of keys.py begin before their first variable part ("vm:", "pool:", ...),
-    and the key parts its functions name ("user:", "token:", ...)."""
-    part = "\x01"
+_PART = "\x01"
+"""Stands for a variable part in ``_key_templates``."""
+
+
+def _key_templates() -> list[str]:
+    """Every name keys.py's functions build, each variable part given as ``_PART``: those of
+    ``Keys`` and the key parts its module-level functions name."""
     functions = [member for name, member in inspect.getmembers(Keys(""), inspect.ismethod)
                  if not name.startswith("_")]
     functions += [keys_module.purge_lease_name, keys_module.template_lease_name, keys_module.quota_owner,
@@ -179,10 +182,25 @@ def _key_heads() -> set[str]:
     names = []
     for function in functions:
         count = len(inspect.signature(function).parameters)
-        names.append(function(*[part] * count))
+        names.append(function(*[_PART] * count))
         if function in (keys_module.quota_owner, keys_module.rate_limit_client):
-            names.append(function(None, part))
-    return {name.split(part)[0] for name in names if part in name and name.split(part)[0]}
+            names.append(function(None, _PART))
+    return names
+
+
+def _key_heads() -> set[str]:
+    """How the names of keys.py begin before their first variable part ("vm:", "pool:", ...),
+    and the key parts its functions name ("user:", "token:", ...)."""
+    return {name.split(_PART)[0] for name in _key_templates() if _PART in name and name.split(_PART)[0]}
+
+
+def key_suffixes() -> set[str]:
+    """The words keys.py puts after a variable part (``:tokens`` of ``user:<user>:tokens``,
+    ``:version`` of a dummy folder's key): a name ending in one may spell the key of that family
+    for a shorter name, so the hostile names below end in each."""
+    hashed = re.compile(r"[0-9a-f]{32}")  # template_lease_name's hash of its part: no word of a key
+    return {word for name in _key_templates() for after in name.split(_PART)[1:]
+            for word in after.split(":") if word and not hashed.fullmatch(word)} | set(keys_module.STATES)
 
 
 def _named_prefix(node: ast.AST) -> bool:
@@ -271,6 +289,23 @@ def test_no_request_id_names_a_key_of_another_request_or_pool():
     assert keys.ondemand(uuid_id) == f"vmpool:ondemand:{uuid_id}"  # keys written before stay where they were
 
 
+def test_no_dummy_folder_names_another_folders_version_or_change_log():
+    """A pool's folder (an inventory path) may hold ``:``. Before, folder ``x:version`` was folder
+    ``x``'s version counter (a string where a hash was expected: WRONGTYPE in every pass of both
+    pools), and ``x:changes`` its change log."""
+    keys = Keys()
+    folders = ["x", "x:version", "x:changes", "~x", "vmpool/debian-12", "a:b:version"]
+    named: dict[str, str] = {}
+    for folder in folders:
+        key = keys.dummy_folder("dummy", folder)
+        for family_key, what in ((key, "folder"), (keys.dummy_folder_version(key), "version"),
+                                 (keys.dummy_folder_changes(key), "change log")):
+            assert family_key not in named, (folder, what, named.get(family_key))
+            named[family_key] = f"{what} of {folder}"
+    # keys written before stay where they were
+    assert keys.dummy_folder("dummy", "vmpool/debian-12") == "vmpool:dummy:dummy:folder:vmpool/debian-12"
+
+
 def test_scripts_derive_a_request_key_as_keys_py_names_it(redis_client):
     script = (LUA_DIR / "key_of.lua").read_text() + "\nreturn key_of(ARGV[1], request_part(ARGV[2]))"
     keys = Keys()
@@ -289,9 +324,12 @@ FRAGMENTS = ["x", "debian-12", "pool", "pools", "purge", "open", "vms", "tokens"
              "2026-12-03", "1.2.3.4", "fe80::/64", "ip", "ondemand", "vmtasks", "lease", "wake", "~x",
              "", ":", "{x}", "{", "}", "*", " ", "stra\u00dfe", "\uff42ob", "\u0130", "\x00", "x\n", "a|b",
              "\u00e9" * 3, "y" * 300]
+SUFFIXES = sorted(key_suffixes())
+"""Found in keys.py, not listed: a family added there with a new suffix is fed names ending in it."""
 HOSTILE_NAMES = sorted({*FRAGMENTS, *(f"{a}:{b}" for a, b in itertools.product(FRAGMENTS[:30], repeat=2)),
+                        *(f"{a}:{s}" for a, s in itertools.product(FRAGMENTS, SUFFIXES)),
                         *(f"{a}:{b}:{c}" for a, b, c in itertools.product(["pool", "x", "purge"], FRAGMENTS[:12],
-                                                                        ["x", "tokens", "in_flight", "vms"]))})
+                                                                        ["x", *SUFFIXES]))})
 DAY = "2026-12-03"
 
 

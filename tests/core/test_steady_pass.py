@@ -297,6 +297,36 @@ def test_a_running_vm_deleted_in_the_provider_leaves_running_due_with_its_drop(m
     assert world.client.zscore(running_due, host) is None
 
 
+@pytest.mark.parametrize("returned_by", ["pass", "api"])
+def test_an_unconfirmed_checkout_given_back_leaves_running_due_with_its_return(
+        make_world: HarnessFactory, monkeypatch: pytest.MonkeyPatch, returned_by: str) -> None:
+    """A checkout whose answer was lost goes back to ready (lua/release.lua): by a pass past its
+    confirmation deadline, or by the API that could not confirm it. Before, its running_due entry
+    (the deadline, set by the checkout) stayed: the pass's end-of-pass sweep forgets completed
+    VMs only, so a later pass found it due and dropped it. It goes in the step that returns it."""
+    world = bounded_world(make_world)
+    running_due = world.store.keys.running_due("alpha")
+    monkeypatch.setattr(world.store, "_confirm", lambda *args: None)  # the checkout's answer was lost
+    (host,) = world.check_out("alpha")
+    monkeypatch.undo()
+    assert world.client.zscore(running_due, host) is not None
+    checkout_id = world.store.get_vm(host).raw["checkout_id"]
+
+    if returned_by == "pass":
+        def killed_once_returned(step: str) -> None:
+            if step == "returned":
+                raise Killed(step)
+
+        world.clock.advance(UNCONFIRMED_SECONDS + 1)
+        with pytest.raises(Killed):
+            world.reconcile("alpha", killed_once_returned)
+    else:
+        assert world.store.release_checkout(checkout_id, [host], world.clock.now()) == [host]
+
+    assert world.state_of(host) == "ready"
+    assert world.client.zscore(running_due, host) is None
+
+
 def test_a_returned_vm_leaves_running_due_with_its_return(make_world: HarnessFactory) -> None:
     """DELETE /vm names the VM's pool only through its record (one round trip, no read first):
     its running_due entry still goes in that step, before any pass sees the VM completed."""

@@ -93,6 +93,28 @@ def test_full_life_built_ready_checked_out_and_deleted(make_stack):
     assert (status, body) == (200, {"ok": True})  # deleting again changes nothing
 
 
+def test_a_deleted_requests_vms_leave_running_due_with_the_deletion(make_stack):
+    """Each VM delivered to a request gets a next look in its pool's running_due set. Before,
+    DELETE /ondemandvm (lua/ondemand_end.lua) left those entries for a later pass to sweep; they
+    go in the step that takes the VMs out of running."""
+    stack = make_stack(size=0)
+    status, body = stack.answer("POST", "/api/v3/ondemandvm", {"debian-12": 2, "win-2022": 1})
+    assert status == 201
+    request_id = body["request_id"]
+    stack.run_passes()
+    request_vms = {pool: [vm.name for vm in OnDemandStore(stack.services.store).get(request_id).vms if vm.pool == pool]
+                   for pool in ("debian-12", "win-2022")}
+    keys = stack.services.store.keys
+    due = {pool: stack.services.client.zrange(keys.running_due(pool), 0, -1) for pool in request_vms}
+    assert {pool: sorted(hosts) for pool, hosts in due.items()} == {
+        pool: sorted(hosts) for pool, hosts in request_vms.items()}
+
+    assert stack.answer("DELETE", f"/api/v3/ondemandvm/{request_id}") == (200, {"ok": True})
+
+    assert {stack.state_of(h) for hosts in request_vms.values() for h in hosts} == {"completed"}
+    assert [stack.services.client.zcard(keys.running_due(pool)) for pool in request_vms] == [0, 0]
+
+
 def test_request_fails_after_its_ttl_and_its_vms_are_destroyed(make_stack):
     stack = make_stack(extra=SLOW_POOL)
     status, body = stack.answer("POST", "/api/v3/ondemandvm/slow+slow")

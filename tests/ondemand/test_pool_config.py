@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -382,6 +383,42 @@ def test_clone_target_errors(make_stack):
         assert post({"debian-12": bad}) == (400, {"ok": False, "bad_templates": ["debian-12"]}), bad
     assert stack.answer("DELETE", "/api/v3/config/clonetarget/centos")[0] == 404
     assert stack.services.client.hgetall(stack.services.store.keys.pool_override("clonetarget")) == before == {}
+
+
+@pytest.mark.parametrize(("setting", "prefix", "first", "second", "configured"), [
+    ("poolsize", "pool_size", "4", "5", 2),
+    ("pooltemplate", "template", "templates/v2", "templates/v3", "templates/debian-12"),
+    ("clonetarget", "clone_target", "cluster2", "cluster3", None),
+], ids=["poolsize", "pooltemplate", "clonetarget"])
+def test_a_reset_answers_the_value_it_removed_when_a_change_lands_just_before_it(make_stack, monkeypatch, setting,
+                                                                                 prefix, first, second, configured):
+    """The second request of a race: an administrator's POST changes the setting while another's
+    DELETE of it is under way, just before the DELETE's change reaches Redis. The DELETE removes
+    the POST's value and must say so. Before, it answered the value it had read before its
+    change (``first``), which it did not remove."""
+    stack = make_stack()
+    path = f"/api/v3/config/{setting}"
+    value = int if setting == "poolsize" else str
+    assert stack.answer("POST", path, {"debian-12": first}) == (201, {"ok": True})
+    scripts = stack.services.store.scripts
+    change = scripts.pool_overrides
+    landed: list[tuple[int, Any]] = []
+
+    def another_change_first(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(scripts, "pool_overrides", change)  # the POST's own change runs as is
+        # Another caller: its own thread (the app serves one request per thread at a time).
+        other = threading.Thread(target=lambda: landed.append(stack.answer("POST", path, {"debian-12": second})))
+        other.start()
+        other.join()
+        return change(*args, **kwargs)
+
+    monkeypatch.setattr(scripts, "pool_overrides", another_change_first)
+    answer = stack.answer("DELETE", f"{path}/debian-12")
+    monkeypatch.undo()
+    assert landed == [(201, {"ok": True})]
+    assert answer == (201, {"ok": True, f"{prefix}_before_reset": value(second),
+                            f"{prefix}_before_overrides": configured})
+    assert stack.services.pool("debian-12") == stack.services.config.pool("debian-12")
 
 
 class DroppingConnection(redis.connection.Connection):

@@ -8,8 +8,9 @@
 -- taken out all the same, so no path leaves a VM counted there once it stops cloning).
 -- ARGV: request id, new state ("deleted"|"failed"), message, now, VM reason, record ttl, then the
 -- templates of the keys named by the request and its VMs' records (keys.DERIVED_KEYS):
--- open_template, wake_template, vm_template, pending_template, running_template, completed_template;
--- then the index in KEYS of the record of the token the end was asked with (0 for none:
+-- open_template, wake_template, vm_template, pending_template, running_template, completed_template,
+-- running_due_template (a VM taken out of running leaves its pool's running_due set in this step,
+-- as lua/move.lua's do: no pass has anything more to look at); then the index in KEYS of the record of the token the end was asked with (0 for none:
 -- lua/token_live.lua); then, when the API ends a request it read (DELETE /ondemandvm/<id>), that
 -- request's 'created' and 'token_user' as it read them ('' and '' for no such check).
 -- Returns JSON {"result": "ended"|"already"|"missing"|"token_gone", "state": ..., "pools": [...]}
@@ -23,12 +24,13 @@ local id, new_state, message, now, reason, ttl =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local open_template, wake_template, vm_template = ARGV[7], ARGV[8], ARGV[9]
 local state_templates = {pending = ARGV[10], running = ARGV[11], completed = ARGV[12]}
-if token_gone(ARGV[13]) then
+local running_due_template = ARGV[13]
+if token_gone(ARGV[14]) then
   return cjson.encode({result = 'token_gone', state = '', pools = {}})
 end
 local request = redis.call('HMGET', key, 'state', 'entries', 'created', 'token_user')
 local state = request[1]
-local seen_created, seen_user = ARGV[14] or '', ARGV[15] or ''
+local seen_created, seen_user = ARGV[15] or '', ARGV[16] or ''
 -- A 'created' unreadable (by hand) reads as 0, as the API reads it (float of nothing).
 if not state or (seen_created ~= '' and ((finite(request[3]) or 0) ~= (finite(seen_created) or 0)
     or (request[4] or '') ~= seen_user)) then
@@ -57,6 +59,9 @@ for _, hostname in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
         redis.call('ZREM', cloning_key, hostname)
         redis.call('ZREM', pool_clones_key, hostname)
         redis.call('ZREM', all_running_key, hostname)
+        if from == 'running' then
+          redis.call('ZREM', key_of(running_due_template, vm[2]), hostname)
+        end
         redis.call('ZADD', key_of(state_templates.completed, vm[2]), now, hostname)
         redis.call('HSET', vm_key, 'state', 'completed', 'completed_at', now, 'reason', reason)
         break

@@ -11,10 +11,13 @@
 -- Each pool whose override changed is nudged (its wake list), in this step: an answer that says
 -- it changed never comes with a failed nudge. Each pool whose ready VMs went stale is fenced with
 -- the change's id: no checkout takes its ready VMs until a pass that read this change has
--- drained them (lua/checkout.lua, PoolOverrides.lift_fence). Returns the pools whose override
--- changed, -1 when the token was deleted since the API checked it, or -2 when the deadline has
--- passed (nothing changed either way: the script waited in Redis, paused or behind a slow
--- script, past the API's socket timeout).
+-- drained them (lua/checkout.lua, PoolOverrides.lift_fence). Returns {the pools whose override
+-- changed, for each pool in ARGV's order the value this step removed ('' when none, or when the
+-- pool was given a value: a POST of thousands of pools gets none of theirs back)}: what a
+-- DELETE removed is the value it answers, read in its own step, not before it (another change
+-- may land in between). -1 when the token was deleted since the API checked it, or -2
+-- when the deadline has passed (nothing changed either way: the script waited in Redis, paused
+-- or behind a slow script, past the API's socket timeout).
 if token_gone(tonumber(ARGV[3])) then
   return -1
 end
@@ -26,9 +29,11 @@ if ARGV[2] ~= '' then
 end
 local fence = ARGV[1]
 local changed = {}
+local found = {}
 for index = 4, #ARGV, 2 do
   local pool, value = ARGV[index], ARGV[index + 1]
   local before = redis.call('HGET', KEYS[1], pool)
+  found[#found + 1] = (value == '' and before) or ''  -- a nil would end the array Redis answers
   local change = false
   if value == '' then
     if before then
@@ -50,4 +55,4 @@ for index = 4, #ARGV, 2 do
     end
   end
 end
-return changed
+return {changed, found}
