@@ -102,6 +102,11 @@ ARBITER_PAUSE_SECONDS = 3.0
 """A gap this long between two of the arbiter's checks (normally 1 s apart) means the arbiter
 itself did not run meanwhile (Ctrl-Z of the stack, then ``fg``): its workers' silence over that
 gap is not theirs."""
+LINGER_SECONDS = CLIENT_TIMEOUT_SECONDS
+"""How long a connection closed before its request was wholly read (a refusal: 413, 414, 431...)
+keeps reading and dropping what the client still sends (``_CoalescingTransport.close``)."""
+LINGER_MAX_BYTES = 64 * 1024 * 1024
+"""Most bytes dropped so; past them the connection is reset."""
 MAX_CONNECTIONS = 1000
 """Open connections per worker (gunicorn's ``worker_connections``); the next gets 503 and is closed."""
 DESCRIPTORS_FOR_THE_APP = 100
@@ -146,12 +151,17 @@ class _CoalescingTransport:
     body). Held writes go out when the answer is complete, when the connection closes, or at the
     loop's next turn, whichever comes first."""
 
-    __slots__ = ("_held", "_loop", "_transport")
+    __slots__ = ("_dropped", "_held", "_loop", "_transport", "_unread", "lingering")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop,
+                 unread: Callable[[], bool] = lambda: False) -> None:
         self._transport = transport
         self._loop = loop
         self._held: list[bytes] = []
+        self._unread = unread
+        self.lingering = False
+        """Closed by us with the client maybe still sending: what arrives is dropped (``drop``)."""
+        self._dropped = 0
 
     def write(self, data: bytes) -> None:
         if not self._held:
@@ -166,11 +176,32 @@ class _CoalescingTransport:
             self._transport.write(data)
 
     def close(self) -> None:
+        """Close once what is held is sent. While the client may still be sending the request
+        being answered (``unread``: a refusal before its head or body was wholly read), a
+        lingering close (RFC 9112, 9.6): our side is shut (the client reads the answer, then the
+        end), and what it still sends is read and dropped until it closes its side, for at most
+        LINGER_SECONDS and LINGER_MAX_BYTES. Closed at once, the unread bytes made the kernel
+        reset the connection: a client that writes its whole request before reading (http.client,
+        Net::HTTP) failed on its write or lost the answer already sent, and saw no 413."""
         self.flush()
-        self._transport.close()
+        if self.lingering or self._transport.is_closing():
+            return
+        if not (self._unread() and self._transport.can_write_eof()):
+            self._transport.close()
+            return
+        self.lingering = True
+        self._transport.write_eof()  # sent after what is buffered; asyncio then closes when the client does
+        self._transport.resume_reading()  # paused by uvicorn while a body it was not asked for piled up
+        self._loop.call_later(LINGER_SECONDS, self._transport.close)
+
+    def drop(self, data: bytes) -> None:
+        """What arrived after a lingering close: dropped, up to LINGER_MAX_BYTES."""
+        self._dropped += len(data)
+        if self._dropped > LINGER_MAX_BYTES:
+            self._transport.abort()
 
     def is_closing(self) -> bool:
-        return self._transport.is_closing()
+        return self.lingering or self._transport.is_closing()
 
     def __getattr__(self, name: str) -> Any:  # anything else: the transport's own
         return getattr(self._transport, name)
@@ -201,7 +232,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: Any) -> None:
         self.made = True
         super().connection_made(transport)
-        self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+        self.transport = _CoalescingTransport(transport, self.loop, self._request_unread)  # type: ignore[assignment]
         self._now_idle()
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -242,7 +273,19 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.transport.abort()  # what it has not read is lost: it was not reading
 
+    def _request_unread(self) -> bool:
+        """Whether the client may still be sending the request being closed on: a refusal while
+        its head arrives, or an answer given before its body was wholly read. Not for one evicted
+        (``evict``): its place is a new connection's now."""
+        return not self._evicted and (self._refusing or (self.cycle is not None and self.cycle.more_body))
+
+    _refusing = False
+    _evicted = False
+
     def data_received(self, data: bytes) -> None:
+        if self.transport.lingering:  # type: ignore[attr-defined]
+            self.transport.drop(data)  # type: ignore[attr-defined]
+            return
         if self._deferred is not None:
             return  # refused: nothing after the refused request is read, the connection ends
         self._unset_keepalive_if_required()
@@ -378,8 +421,13 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         """Give this connection's place to a new one (its worker is at its bound of connections):
         called only while no whole request of it is in the app. A request half read (its head or
         its body) is refused with a 503; a kept-alive connection between requests is closed as
-        its keep-alive timeout would; one whose client does not read what it was sent is reset."""
+        its keep-alive timeout would; one whose client does not read what it was sent, or one
+        answered and lingering (``_CoalescingTransport.close``), is reset."""
         self._now_busy()
+        self._evicted = True
+        if self.transport.lingering:  # type: ignore[attr-defined]
+            self.transport.abort()  # answered; only what its client still sends is being dropped
+            return
         if self.transport.is_closing():
             return
         if self.transport.get_write_buffer_size():
@@ -429,6 +477,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         """Write ``refusal`` as the connection's last answer, and close it."""
         if not self.transport.is_closing():
             self.transport.write(json_error_response(refusal.status, str(refusal)))
+            self._refusing = True  # the refused request may still be arriving: a lingering close
             self.transport.close()
 
     def _arm_head_timer(self) -> None:

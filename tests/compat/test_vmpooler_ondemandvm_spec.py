@@ -36,6 +36,9 @@ DELETE /ondemandvm/:requestid
 - 'returns 200 for a deleted request', 'moves allocated instances to the completed queue':
   tests/ondemand/test_ondemand_requests.py::test_full_life_built_ready_checked_out_and_deleted
 
+Not in the spec, vmpooler's code: a body naming no pool (none, or ``null``) is a 404
+(test_a_body_naming_no_pool_is_vmpoolers_no_payload_404_and_changes_nothing below).
+
 Skipped, vmpooler's Redis layout only: 'creates a provisioning request in redis' (its zadd),
 'sets a platform string in redis for the request to indicate selected platforms' (its hset of
 ``poolone:pool1:1``; what a client sees of it, an alias's request built in the alias's pool and
@@ -105,3 +108,17 @@ def test_deleting_an_unknown_request_is_a_404_naming_it(make_harness: HarnessFac
     request_id = str(uuid.UUID(int=42))
     assert pooler.answer("DELETE", f"/api/v3/ondemandvm/{request_id}") == (
         404, {"ok": False, "message": f"no request found for request_id '{request_id}'"})
+
+
+# (no spec) a body naming no pool, which vmpooler's code answers two ways (docs/compatibility.md)
+@pytest.mark.parametrize("body", [b"", b"null"], ids=["no body", "null"])
+def test_a_body_naming_no_pool_is_vmpoolers_no_payload_404_and_changes_nothing(make_harness: HarnessFactory,
+                                                                               body: bytes) -> None:
+    """``null`` is vmpooler's "no payload" branch (404); no body at all is the same answer here
+    (vmpooler's ``JSON.parse("")`` raises: its 400), as ``POST /vm`` with none is in both."""
+    pooler = pooler_weighing(make_harness, {"compute1": 5, "compute2": 0})
+    before = pooler.redis_state()
+    assert pooler.answer("POST", "/api/v3/ondemandvm", raw=body) == (404, {"ok": False, "message": "no pool requested"})
+    if not body:
+        assert pooler.answer("POST", "/api/v3/vm", raw=body) == (404, {"ok": False, "error": "no pool requested"})
+    assert pooler.redis_state() == before

@@ -325,3 +325,43 @@ def test_the_body_of_a_request_asking_for_an_upgrade_is_never_run_as_a_request(s
     assert status == 200 and details[host.split(".")[0]]["state"] == "running", details
     assert_refused(answer, 400)
     assert call("DELETE", f"{stack.api}/vm/{host}") == (200, {"ok": True})
+
+
+def send_all_then_read(port: int, raw: bytes) -> bytes:
+    """What Python's http.client (requests), Ruby's Net::HTTP (vmfloaty, beaker) and most clients
+    do: write the whole request, its body too, and only then read the answer. A write the server
+    resets fails the test: such a client never sees an answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as connection:
+        try:
+            connection.sendall(raw)
+        except (BrokenPipeError, ConnectionResetError) as error:
+            raise AssertionError(f"the server reset the connection while the request was sent: {error!r}") from None
+        received = b""
+        try:
+            while chunk := connection.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            raise AssertionError(f"the server reset the connection before its answer: {received[:200]!r}") from None
+        return received
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("raw", "status"), [
+    pytest.param(request(POST + "Content-Type: application/json\nContent-Length: 5000000\n", b" " * 5_000_000), 413,
+                 id="a 5 MB body"),
+    pytest.param(request(f"GET /api/v3/vm/{'a' * 1_000_000} HTTP/1.1\nHost: x\n"), 414, id="a 1 MB hostname"),
+    pytest.param(request(f"GET /api/v3/status HTTP/1.1\nHost: x\nX-Big: {'y' * 1_000_000}\n"), 431,
+                 id="a 1 MB header"),
+    pytest.param(request("GET /api/v3/status HTTP/1.1\nHost: x\n" + "".join(f"X-H{i}: {i}\n" for i in range(50_000))),
+                 431, id="50,000 headers"),
+])
+def test_a_client_sending_all_before_reading_gets_the_refusal_not_a_reset(stack: RunningStack, raw: bytes,
+                                                                         status: int) -> None:
+    """The front refuses a request too large before reading all of it; it then reads and drops
+    the rest until the client is done (a lingering close, RFC 9112 9.6), so the client's writes
+    succeed and it reads the JSON refusal. Before, the connection closed with the rest unread:
+    the kernel reset it, the client's write failed (EPIPE, ECONNRESET) and it never saw the
+    413, 414 or 431."""
+    running = call("GET", f"{stack.api}/status?view=pools")[1]["pools"][POOL]["running"]
+    assert assert_refused(send_all_then_read(stack.port, raw), status) == status
+    assert call("GET", f"{stack.api}/status?view=pools")[1]["pools"][POOL]["running"] == running  # no VM taken
