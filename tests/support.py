@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import signal
 import socket
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 import pytest
@@ -58,6 +61,26 @@ def eventually(check: Callable[[], T], timeout: float, what: str, interval: floa
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def stop_process(pid: int, timeout: float = 5) -> None:
+    """SIGSTOP ``pid`` and return once every thread of it is stopped: the signal takes effect
+    when each thread next runs, which on a loaded machine may be after the caller's next step (a
+    server "paused" that still answers its first requests)."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+
+    def stopped() -> bool:
+        for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+            try:
+                if stat.read_text().rpartition(")")[2].split()[0] not in ("T", "t"):
+                    return False
+            except OSError:  # the thread ended meanwhile
+                continue
+        return True
+
+    while not stopped() and time.monotonic() < deadline:
+        time.sleep(0.001)
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ import pytest
 from tests.auth.slapd import SlapdServer
 from tests.auth_api.documents import OTHER_POOL, POOL, document
 from tests.harness import Harness, HarnessFactory, basic
+from tests.support import stop_process
 
 UNAVAILABLE = {"ok": False, "error": "authentication service unavailable"}
 GONE = {"ok": False, "error": "the token's user is no longer in the directory"}
@@ -185,7 +186,7 @@ def test_a_directory_outage_keeps_the_last_answer_for_the_grace_then_503(
     authenticator = api.services.authenticator
     with monkeypatch.context() as paused:
         paused.setattr(authenticator, "settings", dataclasses.replace(authenticator.settings, receive_timeout=1))
-        directory.process.send_signal(signal.SIGSTOP)
+        stop_process(directory.process.pid)
         try:
             # Alice was found just now: her token works through the outage for an hour.
             for minutes in (11, 30, 18):

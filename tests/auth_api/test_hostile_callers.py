@@ -14,6 +14,7 @@ import app as chalice_app
 from tests.auth.slapd import PEOPLE_OU, USERS_OU, SlapdServer
 from tests.auth_api.documents import CLIENT_IP, POOL, document
 from tests.harness import basic
+from tests.support import stop_process
 
 SHARP_S = "stra\u00dfe"
 """A directory user of its own: LDAP matching (OpenLDAP's, Active Directory's) lower-cases names
@@ -204,7 +205,7 @@ def test_a_directory_stopped_or_killed_during_logins_is_503_json_never_a_login(m
                 assert (status, body) == (503, {"ok": False, "error": "authentication service unavailable"})
 
     assert directory.process is not None
-    directory.process.send_signal(signal.SIGSTOP)
+    stop_process(directory.process.pid)
     try:
         with ThreadPoolExecutor(6) as pool:
             stopped = list(pool.map(log_in, USERS_AT_ONCE))

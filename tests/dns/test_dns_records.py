@@ -27,7 +27,7 @@ from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.store.fleet import Fleet
 from tests.dns.bind import BindServer
 from tests.harness import Harness, HarnessFactory
-from tests.support import emf_documents
+from tests.support import emf_documents, stop_process
 
 
 def make_dns_world(make_harness: HarnessFactory, entry: dict[str, Any], size: int = 2, **dummy: Any) -> Harness:
@@ -346,7 +346,7 @@ def test_a_paused_dns_server_costs_a_pass_one_timeout_and_records_converge_when_
 
     monkeypatch.setattr(dns.query, "tcp", counted)
     assert bind.process is not None
-    os.kill(bind.process.pid, signal.SIGSTOP)
+    stop_process(bind.process.pid)  # stopped for good before the passes: not answering their first call
     try:
         with monkeypatch.context() as paused:
             paused.setattr(dns_of(world), "timeout", 0.5)

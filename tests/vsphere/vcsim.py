@@ -15,7 +15,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
@@ -28,6 +27,7 @@ from chalicelib.clock import SystemClock
 from chalicelib.config import Config, PoolConfig, ProviderConfig, ServiceConfig, build
 from chalicelib.providers.vsphere import connection as vsphere_connection
 from chalicelib.providers.vsphere.provider import VSphereProvider
+from tests.support import stop_process
 from tools.vcsim import launcher
 
 TEMPLATE = launcher.TEMPLATE
@@ -94,11 +94,7 @@ class VcsimServer:
         """SIGSTOP the simulator (a hung vCenter: connections are accepted, nothing answers), once
         it is stopped: a call sent after this gets no answer."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-        stat = Path(f"/proc/{self.process.pid}/stat")
-        deadline = time.monotonic() + 5
-        while stat.read_text().rpartition(")")[2].split()[0] != "T" and time.monotonic() < deadline:
-            time.sleep(0.001)
+        stop_process(self.process.pid)
 
     def resume(self) -> None:
         """SIGCONT the simulator after ``pause``."""
