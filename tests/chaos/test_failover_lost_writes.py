@@ -29,7 +29,7 @@ from tests.support import eventually
 
 POOL = "ha"
 CONFIG = f"""
-:redis: {{socket_timeout: 5.0, replica_ack_timeout: 100}}  # 5 s: a loaded CI machine, not an outage
+:redis: {{socket_timeout: 5.0, replica_ack_timeout: 1000}}  # a loaded CI machine, not an outage: 5 s, 1 s
 :providers:
   :dummy: {{createvm_max_time: 0, boot_time: 0}}
 :pools:
