@@ -193,6 +193,12 @@ def _outputs(cloudformation: Any, name: str) -> dict[str, str]:
     return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line, whitespace runs as one space, cut at ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
 def main(argv: list[str] | None = None, session: Any = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=sorted(STAGES), required=True)
@@ -216,6 +222,7 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
         session = boto3.Session()
     package = None if args.infra_only else (args.package or Path("build") / f"package-{args.stage}")
     from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.parsers import ResponseParserError
 
     try:
         outputs = deploy(session, args.stage, args.bucket, package, given, poll=args.poll,
@@ -224,6 +231,13 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
         # What AWS refused (a missing bucket, a change set it will not create or execute, no
         # credentials) in one line: the call and AWS's message, not a traceback.
         print(f"deploy: {error}", file=sys.stderr)
+        return 1
+    except ResponseParserError as error:
+        # Not an AWS answer but a page botocore cannot parse (a proxy's or an outage's "500
+        # Internal Server Error" in text or HTML); not a BotoCoreError, so it went up as a
+        # traceback. Its message quotes the page over lines: one line, the page's start only.
+        print(f"deploy: an answer from AWS could not be read (an error page from a proxy or an outage?); "
+              f"try again: {_one_line(str(error))}", file=sys.stderr)
         return 1
     for key, value in sorted(outputs.items()):
         print(f"{key}\t{value}")

@@ -85,7 +85,7 @@ def build(stage: Stage, infra_only: bool = False, config_file: Path | None = Non
     resources["ReconcileQueue"]["Properties"]["QueueName"] = stage.reconcile_queue_name
     resources["ReconcileDeadLetterQueue"]["Properties"]["QueueName"] = f"{stage.reconcile_queue_name}-dlq"
     queue = resources["ReconcileQueue"]["Properties"]
-    queue["VisibilityTimeout"] = 6 * sync_config.RECONCILE_TIMEOUT
+    queue["VisibilityTimeout"] = RECONCILE_VISIBILITY_TIMEOUT
     queue["MessageRetentionPeriod"] = reconcile_retention_seconds(queue)
     for logical_id, name in (("RedisAuthSecret", "redis-auth"), ("VSphereSecret", "vsphere"),
                              ("LdapSecret", "ldap")):
@@ -134,6 +134,23 @@ def reconcile_retention_seconds(queue: dict[str, Any]) -> int:
 
 MOVE_SLACK_SECONDS = 300
 """Room for SQS's lateness: a visible message is received by the next poll, not at once."""
+
+RECONCILE_VISIBILITY_TIMEOUT = 6 * sync_config.RECONCILE_TIMEOUT
+"""How long a received reconcile message stays hidden: six times the consumer's timeout, as
+Lambda recommends for SQS sources. A message whose pass failed comes back after it."""
+
+BACKLOG_WAIT_SECONDS = 120
+"""How long a reconcile message may wait to be received before its pool counts as not looked at."""
+
+
+def reconcile_backlog_threshold() -> int:
+    """The age of the oldest reconcile message past which the ``reconcile-backlog`` alarm fires.
+    A message whose pass failed once (a Redis or vCenter hiccup, reported by the
+    ``reconcile-errors`` alarm) is received again one visibility timeout after its first receive,
+    aged ``BACKLOG_WAIT_SECONDS`` plus that plus a poll's lateness (a consumer's timeout of room):
+    only an age beyond that says messages are not being received. Before, the threshold was the
+    bare 120 s, which every retried message passes: one failed pass raised the alarm."""
+    return RECONCILE_VISIBILITY_TIMEOUT + sync_config.RECONCILE_TIMEOUT + BACKLOG_WAIT_SECONDS
 
 
 def dns_rules(stage: Stage, config_file: Path | None = None) -> dict[str, Any]:
@@ -283,9 +300,13 @@ def alarms(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
                       Statistic="Maximum", Period=300, EvaluationPeriods=1, Threshold=threshold,
                       ComparisonOperator="GreaterThanOrEqualToThreshold", TreatMissingData="notBreaching")
 
+    backlog_age = reconcile_backlog_threshold()
     found["ReconcileBacklogAlarm"] = queue_alarm(
-        "reconcile-backlog", "Reconcile messages waited over 2 minutes: pools are not being looked at.",
-        "ApproximateAgeOfOldestMessage", "ReconcileQueue", 120)
+        "reconcile-backlog",
+        f"The oldest reconcile message waited over {backlog_age} s, more than one failed pass's retry "
+        f"({RECONCILE_VISIBILITY_TIMEOUT} s visibility timeout) explains: messages are not being received "
+        "(throttled or too few consumers) or passes keep failing; pools are not being looked at.",
+        "ApproximateAgeOfOldestMessage", "ReconcileQueue", backlog_age)
     found["ReconcileDeadLetterAlarm"] = queue_alarm(
         "reconcile-dlq-not-empty", "Reconcile messages failed 5 times and sit in the dead-letter queue.",
         "ApproximateNumberOfMessagesVisible", "ReconcileDeadLetterQueue", 1)

@@ -136,8 +136,11 @@ def _owned(services: Services, request: ApiRequest, caller: Caller | None) -> On
 
 def _by_drawn_id(services: Services, request: ApiRequest) -> OnDemandRequest | None:
     """With ``:auth:`` and no token sent, the request named in the path when the service drew
-    its id; None otherwise (the caller then needs the owner's token: an unknown id and a chosen
-    one answer the same 401, so nobody learns which ids are taken)."""
+    its id; None otherwise (the caller then needs the owner's token). A caller without a token
+    gets the same 401 for an unknown id and a chosen one; a caller with any valid token does
+    learn whether an id is taken (403 for another user's request, 404 for an unknown id), as
+    POST's 409 for a taken ``request_id`` tells it anyway: a chosen id is not a secret, only a
+    drawn one (a UUID 4) is."""
     if services.config.auth is None or sends_token(request):
         return None
     request_id = request.params["name"]

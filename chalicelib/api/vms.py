@@ -145,10 +145,11 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
     sends it here (vmfloaty 1.9.1 never calls the disk route). It is queued in the step that
     makes the other changes: a disk refused (too many queued or added) changes nothing, and a
     request killed half way leaves all of it done or none."""
-    record = find_vm(services, request, running=True)
     # Tags need no token (vmpooler's contract), but a token sent must be a live one (401), as on
-    # every route that reads one.
+    # every route that reads one: checked before the VM is looked up, so an invalid token is a
+    # 401 whatever the VM (before, a VM not running answered 404 first).
     caller = optional_caller(services, request)
+    record = find_vm(services, request, running=True)
     body = json_object(request, empty={})
     failures: list[str] = []
     changes: dict[str, str] = {}
@@ -284,10 +285,13 @@ def give_back(services: Services, request: ApiRequest) -> ApiResponse:
         if pool is None:
             return _returned_before(services, request, find_vm(services, request))
         return _returned(services, pool, hostname)
+    # A token sent is checked before the VM is looked up: an invalid one is a 401 whatever the VM
+    # (unknown, ready or gone), as on every route that reads one. The same round trips as after.
+    caller = optional_caller(services, request)
     record = find_vm(services, request)
     if record.state != "running":
         return _returned_before(services, request, record)
-    caller = caller_for_change(services, request, record)
+    may_change(services, caller, record)
     now = services.clock.now()
     # Only while the checkout whose owner was checked still holds it: a checkout never confirmed
     # goes back to ready once its deadline passes, and the next caller may have taken the VM.

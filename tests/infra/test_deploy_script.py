@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -116,3 +118,53 @@ def test_what_aws_refuses_is_said_in_one_line_not_a_traceback(aws: boto3.Session
                         "VpcId=vpc-0abc", "PrivateSubnetIds=subnet-1,subnet-2", "VCenterCidr=10.1.0.0/16"], session=aws)
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and "vpc-0abc" in err
+
+
+def error_page_endpoint(status: int, page: bytes) -> ThreadingHTTPServer:
+    """An HTTP server on a free port answering every request ``status`` with ``page``: what a
+    proxy or an endpoint in trouble sends instead of an AWS answer."""
+
+    class ErrorPage(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html" if page.startswith(b"<") else "text/plain")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        do_GET = do_POST = do_PUT = do_HEAD = answer
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ErrorPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize(("status", "page"), [
+    (500, b"Internal Server Error"),
+    (502, b"<html><head><title>502</title></head><body>Bad gateway<br>\n<hr>nginx</body></html>\n" * 50),
+    (200, b"<html><head><title>Sign in</title></head><body>Proxy login<br></body></html>"),
+], ids=["500-text", "502-html", "200-html"])
+def test_an_answer_that_is_not_aws_is_said_in_one_line_not_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], status: int, page: bytes) -> None:
+    """An endpoint (or a proxy before it) answering an error page botocore cannot parse: botocore
+    raises its ResponseParserError, which is not a BotoCoreError, and `make deploy` ended in a
+    traceback quoting the page. Now one `deploy:` line, exit 1."""
+    server = error_page_endpoint(status, page)
+    try:
+        for name, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.server_port}", "AWS_ACCESS_KEY_ID": "test",
+                            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                            "AWS_MAX_ATTEMPTS": "1"}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        code = deploy.main(["--stage", "dev", "--bucket", BUCKET, "--infra-only", "--poll", "0.1"],
+                           session=boto3.Session())
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith("deploy: ") and err.count("\n") == 1 and len(err) < 500, err

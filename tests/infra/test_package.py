@@ -157,6 +157,29 @@ def test_a_message_failing_every_delivery_reaches_the_dead_letter_queue(package:
     assert dead_letters["MessageRetentionPeriod"] > queue["MessageRetentionPeriod"]  # it keeps its first send time
 
 
+def test_the_backlog_alarm_ignores_one_failed_pass_and_fires_on_a_backlog(package: Package) -> None:
+    """A reconcile message whose pass failed once comes back one visibility timeout after it was
+    received: its age then is what it waited, plus that timeout, plus the next poll's lateness.
+    The ``reconcile-backlog`` alarm (the oldest message's age) must not fire on that alone; the
+    ``reconcile-errors`` alarm reports failed passes. Before, its threshold was 120 s against a
+    360 s visibility timeout: every retried message raised it. It still fires on a message not
+    received for a retry's length more, or one that failed twice."""
+    queue = package.resources["ReconcileQueue"]["Properties"]
+    (alarm,) = [a["Properties"] for a in package.of_type("AWS::CloudWatch::Alarm").values()
+                if a["Properties"]["AlarmName"] == f"vmpool-{package.stage}-reconcile-backlog"]
+    assert (alarm["Namespace"], alarm["MetricName"], alarm["Statistic"]) == (
+        "AWS/SQS", "ApproximateAgeOfOldestMessage", "Maximum")
+    assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["ReconcileQueue", "QueueName"]}}]
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    poll_lateness = 20  # long polls of up to 20 s
+    received_promptly = 60  # the first receive, on a queue that is keeping up
+    retried_once = received_promptly + queue["VisibilityTimeout"] + poll_lateness
+    assert alarm["Threshold"] > retried_once
+    failed_twice = 2 * queue["VisibilityTimeout"]
+    assert alarm["Threshold"] < failed_twice
+    assert f"{alarm['Threshold']} s" in alarm["AlarmDescription"]
+
+
 def test_every_alarm_evaluates_at_most_a_day_whatever_the_parameters(package: Package) -> None:
     """CloudWatch refuses an alarm whose periods times its evaluation periods pass a day: with
     PoolEmptyMinutes=2000 (no MaxValue) the change set was accepted and the empty-pools alarm
