@@ -19,22 +19,11 @@ from typing import Iterator
 
 import boto3
 import pytest
-from moto_endpoint import moto_endpoint
 from packaged import ROOT, Package
 
 from infra import deploy, stage_settings, sync_config
 
 STAGE = sync_config.STAGES["dev"]
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.Session]:
-    with moto_endpoint() as url:
-        for name, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "test",
-                            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.delenv("AWS_PROFILE", raising=False)
-        yield boto3.Session()
 
 
 @pytest.fixture

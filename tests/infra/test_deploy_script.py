@@ -14,11 +14,10 @@ import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import boto3
 import pytest
-from moto_endpoint import moto_endpoint
 from packaged import ROOT, Package
 
 from infra import deploy
@@ -27,15 +26,10 @@ BUCKET = "my-deploy-bucket"
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.Session]:
-    with moto_endpoint() as url:
-        for name, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "test",
-                            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.delenv("AWS_PROFILE", raising=False)
-        session = boto3.Session()
-        session.client("s3").create_bucket(Bucket=BUCKET)
-        yield session
+def aws(aws: boto3.Session) -> boto3.Session:
+    """conftest's moto AWS, with the deploy bucket."""
+    aws.client("s3").create_bucket(Bucket=BUCKET)
+    return aws
 
 
 def test_deploy_uploads_code_and_template_and_runs_a_change_set(aws: boto3.Session, package: Package,

@@ -13,11 +13,10 @@ import dataclasses
 import ipaddress
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import boto3
 import pytest
-from moto_endpoint import moto_endpoint
 
 from infra import deploy, template
 from infra.sync_config import STAGES, Stage
@@ -118,15 +117,10 @@ def test_a_config_without_managed_dns_adds_no_rule(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.Session]:
-    with moto_endpoint() as url:
-        for name, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "test",
-                            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.delenv("AWS_PROFILE", raising=False)
-        session = boto3.Session()
-        session.client("s3").create_bucket(Bucket=BUCKET)
-        yield session
+def aws(aws: boto3.Session) -> boto3.Session:
+    """conftest's moto AWS, with the deploy bucket."""
+    aws.client("s3").create_bucket(Bucket=BUCKET)
+    return aws
 
 
 def test_make_deploy_refuses_such_parameters_before_uploading_or_creating_anything(
