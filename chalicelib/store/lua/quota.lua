@@ -95,6 +95,18 @@ local function quota_bound(quota, requests)
   return held, open_requests
 end
 
+-- Which of the owner's limits 'vms' more VMs and 'requests' more requests would pass, given
+-- what it holds: 'owner_vms', 'owner_requests' or nil.
+local function owner_refusal(quota, held, open_requests, vms, requests)
+  if held + vms > quota.max_owner_vms then
+    return 'owner_vms'
+  end
+  if requests > 0 and open_requests + requests > quota.max_owner_requests then
+    return 'owner_requests'
+  end
+  return nil
+end
+
 -- Nil when 'vms' more VMs (and 'requests' more on-demand requests) fit; else which limit they
 -- would pass: 'owner_vms', 'owner_requests', 'service_vms' or 'service_requests'; or 'recount'
 -- when the service's running set is not known to be whole (never built, or lost with its mark):
@@ -108,13 +120,11 @@ local function quota_refusal(quota, vms, requests)
     return nil
   end
   local held, open_requests = quota_bound(quota, requests)
-  if held + vms > quota.max_owner_vms or (requests > 0 and open_requests + requests > quota.max_owner_requests) then
+  if owner_refusal(quota, held, open_requests, vms, requests) then
     held, open_requests = quota_held(quota)
-    if held + vms > quota.max_owner_vms then
-      return 'owner_vms'
-    end
-    if requests > 0 and open_requests + requests > quota.max_owner_requests then
-      return 'owner_requests'
+    local refusal = owner_refusal(quota, held, open_requests, vms, requests)
+    if refusal then
+      return refusal
     end
   end
   if redis.call('EXISTS', KEYS[quota.counted]) == 0 then
