@@ -98,7 +98,8 @@ class PassReport:
     looks_forgotten: list[str] = field(default_factory=list)
     """VMs that left running for good (completed): their next look goes with the pass's last writes.
     The scripts that take a VM out of running take its next look with it; this sweeps the looks
-    written before they did (and any a crash of an older release left)."""
+    a stale pass wrote again after them (it read the VM running, then scheduled its next look),
+    and those written before those scripts did."""
     errors: list[str] = field(default_factory=list)
     clones_short: int = 0
     """Clones the pool still lacks after this pass reserved what its share of task_limit allowed."""

@@ -341,3 +341,29 @@ def test_a_returned_vm_leaves_running_due_with_its_return(make_world: HarnessFac
 
     assert world.state_of(host) == "completed"
     assert world.client.zscore(running_due, host) is None
+
+
+def test_a_look_a_stale_pass_schedules_for_a_vm_returned_meanwhile_goes_with_the_next_pass(
+        make_world: HarnessFactory) -> None:
+    """The pass read the VM running; its user returned it (its entry left running_due with the
+    return) before the pass scheduled its next look, which wrote the entry again: the next pass
+    sees the VM completed and forgets it (the end-of-pass sweep). Without that sweep it stayed
+    until due: the lifetime's end, ten years for a lifetime a caller extended so."""
+    world = bounded_world(make_world)
+    running_due = world.store.keys.running_due("alpha")
+    host = world.checkout("alpha")
+    world.clock.advance(1)
+    world.reconcile("alpha")
+    assert world.put(f"/api/v3/vm/{host}", {"lifetime": 87_000}).status == 200
+    world.client.zadd(running_due, {host: world.clock.now()})  # due: the next pass reads it
+
+    def returned_after_the_read(step: str) -> None:
+        if step == "snapshot":
+            assert world.delete(f"/api/v3/vm/{host}").status == 200
+
+    world.clock.advance(1)
+    world.reconcile("alpha", returned_after_the_read)
+    assert world.client.zscore(running_due, host) is not None, "the stale pass wrote the look again"
+    world.settle("alpha", seconds=5)
+    assert world.state_of(host) == "destroyed"
+    assert world.client.zscore(running_due, host) is None
