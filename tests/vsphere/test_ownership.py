@@ -14,6 +14,7 @@ from chalicelib.providers.base import TaskState
 from tests.harness import Harness, HarnessFactory
 from tests.support import eventually
 from tests.vsphere import admin
+from tests.vsphere.test_provider import _host_ids as host_ids
 from tests.vsphere.vcsim import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup, vcsim_config
 
 POOL = "pool"
@@ -134,3 +135,24 @@ def test_a_folder_naming_another_datacenter_is_refused_saying_so(vcsim_dir: Any)
             status.error or "")
         assert not admin.exists(setup.provider, f"{DATACENTER}/vm/DC1")
         assert admin.exists(setup.provider, f"{DATACENTER}/vm/{TEMPLATE}")
+
+
+def test_hosts_are_surveyed_again_on_a_new_session(private_vcsim: VcsimServer) -> None:
+    """Host selection's cache is the session's: after a new login (vCenter restarted, the session
+    expired) clones are placed on what vCenter says now, not on hosts read before (for up to a
+    minute, before: two of three hosts put in maintenance meanwhile still got clones)."""
+    setup = make_setup(private_vcsim, service={"manage_host_selection": True})
+    provider = setup.provider
+    pool = setup.pool()
+    admin.wait_task(provider, provider.clone(pool, "before"))  # the hosts surveyed, cached for 60 s
+    names = host_ids(setup)
+    for name in ("DC0_C0_H0", "DC0_C0_H2"):
+        admin.set_maintenance(provider, name, True)
+    admin.end_session(provider)
+    chosen = set()
+    for index in range(3):
+        admin.wait_task(provider, provider.clone(pool, f"after-{index}"))
+        details = admin.vm_details(provider, f"{DATACENTER}/vm/{pool.folder}/after-{index}")
+        assert details is not None
+        chosen.add(names[details["extra_config"]["vcsim.host"]])
+    assert chosen == {"DC0_C0_H1"}

@@ -191,7 +191,15 @@ def start(
 ) -> str:
     """Start the clone and return its task reference; a refusal becomes a failed reference."""
     try:
-        return _start(connection, config, service, selector, pool, hostname, now)
+        try:
+            return _start(connection, config, service, selector, pool, hostname, now)
+        except vmodl.fault.ManagedObjectNotFound:
+            if not service.manage_host_selection:
+                raise
+            # Likely a host of the selection's cache that is gone (vCenter restarted, the host
+            # removed): placed again once on a fresh survey. Nothing was started: vCenter refused.
+            selector.forget()
+            return _start(connection, config, service, selector, pool, hostname, now)
     except CloneRefused as refused:
         return tasks.failed_ref(str(refused), refused.kind)
     except LookupError as missing:
