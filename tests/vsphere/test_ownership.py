@@ -10,6 +10,9 @@ import json
 import secrets
 from typing import Any
 
+import pytest
+
+from chalicelib.config import ConfigError, build
 from chalicelib.providers.base import TaskState
 from tests.harness import Harness, HarnessFactory
 from tests.support import eventually
@@ -156,3 +159,10 @@ def test_hosts_are_surveyed_again_on_a_new_session(private_vcsim: VcsimServer) -
         assert details is not None
         chosen.add(names[details["extra_config"]["vcsim.host"]])
     assert chosen == {"DC0_C0_H1"}
+
+
+@pytest.mark.parametrize("name", ["x" * 1_000_000, "a b", "", "-dev", "dev\n"])
+def test_a_deployment_name_that_cannot_be_an_identity_is_refused_at_load(name: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        build({"config": {"deployment": name}, "providers": {"dummy": {}}, "pools": []})
+    assert "config.deployment: must be 1 to 64 letters" in str(refused.value) and len(str(refused.value)) < 400

@@ -179,6 +179,24 @@ class VSphereProvider(Provider):
             lambda connection: templates.prepare(connection, self.config, self.service, pool),
         )
 
+    def template_name(self, pool: PoolConfig, template: str | None = None) -> str:
+        """The template as ``<datacenter>/vm/<template>`` for a pool of another datacenter than
+        the provider's default (its ``datacenter``, else vCenter's first), and as a path under
+        the default datacenter's vm folder otherwise: a pool naming the default datacenter and one
+        leaving it unset name one template alike, and prepare it once. Asks vCenter only for a
+        pool naming a datacenter when the provider block names none (its first, once a session)."""
+        template = (template if template is not None else pool.template).strip("/")
+        if not pool.datacenter and "/vm/" not in template:
+            return template
+
+        def naming(connection: Connection) -> str:
+            datacenter = self._datacenter(connection, pool)
+            default = vsphere_settings(self.config.settings).datacenter or inventory.default_datacenter(connection)
+            path = clones.template_path(datacenter, template)
+            return path[len(f"{default}/vm/"):] if datacenter == default else path
+
+        return self._run(f"name template {template}", naming, read_only=True)
+
     def clones_need_prepared_template(self, pool: PoolConfig) -> bool:
         """Only linked clones use the template's delta disk layer."""
         return clones.is_linked(pool, self.service)
