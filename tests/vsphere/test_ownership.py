@@ -43,8 +43,8 @@ def in_folder(harness: Harness) -> set[str]:
     return {vm.name for vm in harness.provider.list_vms(harness.pool(POOL))}
 
 
-def test_two_deployments_sharing_a_folder_keep_each_others_vms(make_harness: HarnessFactory,
-                                                             vcsim: VcsimServer) -> None:
+def test_two_deployments_sharing_a_folder_keep_each_others_vms(make_harness: HarnessFactory, vcsim: VcsimServer,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
     folder = f"vmpool/shared-{secrets.token_hex(4)}"
     dev = deployment(make_harness, vcsim, "dev", folder)
     prod = deployment(make_harness, vcsim, "prod", folder)
@@ -59,6 +59,8 @@ def test_two_deployments_sharing_a_folder_keep_each_others_vms(make_harness: Har
         assert not dev_report.completed and not prod_report.completed
     assert dev.hosts(POOL, "ready") == {dev_vm} and prod.hosts(POOL, "ready") == {prod_vm}
     assert not dev.hosts(POOL, "discovered") and not prod.hosts(POOL, "discovered")
+    told = [record.getMessage() for record in caplog.records if "another vmpool deployment" in record.getMessage()]
+    assert len(told) == 2, told  # once for each VM, not once a pass
     assert in_folder(dev) == {dev_vm, prod_vm}
     assert json.loads(admin.vm_details(dev.provider, f"{DATACENTER}/vm/{folder}/{dev_vm}")["annotation"]
                       )["deployment"] == "dev"
