@@ -51,6 +51,7 @@ from chalicelib.config_fields import (
     at_least,
     bounded,
     checked_by,
+    deployment_name,
     given_fields,
     hostname_prefix,
     longest_hostname,
@@ -151,6 +152,10 @@ class ServiceConfig(VcenterResilienceKeys):
     (api/limits.py): what the rate limits keep in Redis is bounded whatever their periods."""
     sizing_timezone: Annotated[str, checked_by(timezone_name)] = "UTC"
     site_name: Str = "vmpool"
+    deployment: Optional[Annotated[str, checked_by(deployment_name)]] = None
+    """Which deployment this is, written into the annotation of every VM it makes: VMs another
+    deployment made are never taken out of service or purged (docs/vsphere.md, "Ownership").
+    None: the stage's metric namespace (chalicelib/providers/ownership.py)."""
     # vmpooler's, read by the vsphere provider blocks that set no key of their own for it.
     host_selection_max_age: Optional[Annotated[float, checked_by(number(0, 86400))]] = None
     """Seconds host usage is reused for host selection: a block's host_selection_cache_seconds."""

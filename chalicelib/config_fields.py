@@ -564,6 +564,18 @@ def hostname_prefix(value: Any) -> str:
     return text
 
 
+DEPLOYMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}")
+
+
+def deployment_name(value: Any) -> str:
+    """Which vmpool deployment this is (``config.deployment``), written into every VM it makes:
+    1 to 64 letters, digits and ``_ . : / -``, a letter or digit first."""
+    text = string(value)
+    if not DEPLOYMENT_NAME.fullmatch(text):
+        invalid(f"must be 1 to 64 letters, digits and '_.:/-' (a letter or digit first), got {show(value)}")
+    return text
+
+
 def timezone_name(value: Any) -> str:
     """An IANA time zone name (``Europe/Berlin``)."""
     from chalicelib.sizing.settings import SizingConfigError, check_timezone

@@ -92,6 +92,8 @@ class PassReport:
     returned: list[str] = field(default_factory=list)
     """VMs taken by a checkout that was never confirmed (its answer was lost), back in ready."""
     discovered: list[str] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)
+    """VMs in the pool's folder another vmpool deployment made: left alone (manager/discovered.py)."""
     clone_failures: dict[str, Failure] = field(default_factory=dict)
     """hostname -> why its clone failed (the kind is the metric's ``reason``)."""
     samples: list[DurationSample] = field(default_factory=list)

@@ -28,7 +28,7 @@ from chalicelib import observability as metric
 from chalicelib.config import PoolConfig
 from chalicelib.manager.context import PassContext
 from chalicelib.observability import emit, logger
-from chalicelib.providers.base import ProviderError, TaskState
+from chalicelib.providers.base import ProviderError, TaskState, bare_template, configured_template
 from chalicelib.providers.failures import FailureKind
 from chalicelib.store import Store
 from chalicelib.store.keys import template_lease_name
@@ -57,7 +57,7 @@ def ready_for_clones(context: PassContext) -> bool:
     templates = TemplateStore(context.store)
     recorded = templates.all()
     _advance_others(context, templates, recorded)
-    template = template_name(pool)
+    template = context.provider.template_name(pool)
     state = recorded.get(template_key(pool.provider, template))
     if state == DONE:
         return True
@@ -72,17 +72,12 @@ def ready_for_clones(context: PassContext) -> bool:
     return ready
 
 
-def template_name(pool: PoolConfig, template: str | None = None) -> str:
-    """The pool's template (or ``template``, an override of it) as preparations are recorded and
-    leased: qualified with the pool's own ``datacenter`` when it has one
-    (``<datacenter>/vm/<template>``, the inventory path), as ``templates/t`` in DC0 and in DC1 are
-    two templates; as configured otherwise (every pool of the provider without a datacenter of its
-    own clones from the provider's datacenter)."""
-    template = (template if template is not None else pool.template).strip("/")
-    datacenter = pool.datacenter
-    if not datacenter or template.startswith(f"{datacenter}/vm/"):
-        return template
-    return f"{datacenter}/vm/{template}"
+def template_names(pool: PoolConfig, template: str | None = None) -> set[str]:
+    """The names the pool's template (or ``template``) may be recorded and leased under, from the
+    config alone: the provider's ``template_name`` is one of them (as configured, or without its
+    ``<datacenter>/vm/``: vSphere's for a pool naming the default datacenter)."""
+    configured = configured_template(pool, template)
+    return {configured, bare_template(configured)}
 
 
 def forget_unused(store: Store, pools: Iterable[PoolConfig]) -> list[str]:
@@ -92,7 +87,7 @@ def forget_unused(store: Store, pools: Iterable[PoolConfig]) -> list[str]:
     on, ``_advance_others``, and then it is dropped). A template used again is planned again:
     the provider finds it prepared and it needs nothing. The ``<provider>:<template>`` dropped."""
     templates = TemplateStore(store)
-    in_use = {template_key(pool.provider, template_name(pool)) for pool in pools}
+    in_use = {template_key(pool.provider, name) for pool in pools for name in template_names(pool)}
     unused = [key for key, state in templates.all().items() if state == DONE and key not in in_use]
     dropped = templates.forget_done(unused)
     templates.forget_stale_underway()
@@ -110,7 +105,7 @@ def release_stale(store: Store, pool: PoolConfig, token: str) -> None:
     and all, until the lease expired. A lease another run holds (another token) stays."""
     templates = TemplateStore(store)
     prefix = f"{pool.provider}:"
-    names = {template_name(pool), template_name(pool, PoolOverrides(store).get(pool.name).template)}
+    names = template_names(pool) | template_names(pool, PoolOverrides(store).get(pool.name).template)
     names |= {key[len(prefix):] for key, state in templates.all().items() if key.startswith(prefix) and state != DONE}
     for template in sorted(names):
         store.release_lease(template_lease_name(pool.provider, template), token)
@@ -121,7 +116,7 @@ def _advance_others(context: PassContext, templates: TemplateStore, recorded: di
     took another template (POST /config/pooltemplate) is read by nobody else, and would leave
     its template a VM. A few a pass; their failures are logged, never this pass's."""
     provider = context.pool.provider
-    own = template_key(provider, template_name(context.pool))
+    own = template_key(provider, context.provider.template_name(context.pool))
     others = [key[len(provider) + 1:] for key, state in recorded.items()
               if key.startswith(f"{provider}:") and key != own and state != DONE]
     for template in others[:OTHERS_PER_PASS]:
@@ -163,9 +158,17 @@ def _advance(context: PassContext, templates: TemplateStore, template: str, may_
         if planned is None:
             templates.done(key)
             return True
-        templates.started(key, planned)
-        logger.info("template delta disks being created", extra=fields)
-        state = planned
+        if templates.started(key, planned):
+            logger.info("template delta disks being created", extra=fields)
+            state = planned
+        else:
+            # Another pass recorded one first (this one's lease ran out while it planned): that
+            # one is the preparation; two passes driving the template at once would prepare it twice.
+            state = templates.state(key)
+            if state == DONE:
+                return True
+            context.report.followups += 1
+            return False
     underway = templates.underway(key, state, context.now)
     status = context.provider.task_status(state)
     if status.state is TaskState.RUNNING:

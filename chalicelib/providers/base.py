@@ -128,6 +128,23 @@ def never() -> bool:
     return False
 
 
+def configured_template(pool: PoolConfig, template: str | None = None) -> str:
+    """The pool's template (or ``template``) named from the config alone: qualified with the
+    pool's own ``datacenter`` when it has one (``<datacenter>/vm/<template>``, the inventory
+    path), as ``templates/t`` in DC0 and in DC1 are two templates; as configured otherwise."""
+    template = (template if template is not None else pool.template).strip("/")
+    datacenter = pool.datacenter
+    if not datacenter or template.startswith(f"{datacenter}/vm/"):
+        return template
+    return f"{datacenter}/vm/{template}"
+
+
+def bare_template(name: str) -> str:
+    """A template name without an inventory path's ``<datacenter>/vm/`` in front."""
+    _, marker, inside = name.partition("/vm/")
+    return inside if marker and inside else name
+
+
 class Provider(abc.ABC):
     """A place VMs come from. One instance serves every pool that names it."""
 
@@ -245,6 +262,13 @@ class Provider(abc.ABC):
         those reads rather than here, so that a pass killed in between leaves nothing the next
         read cannot finish. Idempotent: asked again once the task is done, it needs nothing."""
         return None
+
+    def template_name(self, pool: PoolConfig, template: str | None = None) -> str:
+        """The pool's template (or ``template``, an override of it) as its preparation is
+        recorded and leased: one template, one name, however pools spell it (``configured_template``
+        by default; vSphere: the same name for a pool naming the default datacenter and one
+        leaving it unset). May ask the backend (once per session)."""
+        return configured_template(pool, template)
 
     def clones_need_prepared_template(self, pool: PoolConfig) -> bool:
         """Whether the pool's clones need what ``prepare_template`` does. A pool that does not

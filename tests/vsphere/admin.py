@@ -43,9 +43,10 @@ def _finish(connection: Connection, task: Any) -> Any:
     return found.get("info.result")
 
 
-def create_vm(provider: VSphereProvider, folder_path: str, name: str, power_on: bool = True) -> None:
+def create_vm(provider: VSphereProvider, folder_path: str, name: str, power_on: bool = True,
+              annotation: str | None = None) -> None:
     """Create a small VM at ``<folder_path>/<name>`` (e.g. ``DC0/vm/vmpool/pool-a``), creating the
-    folders, on the datacenter's first datastore and cluster."""
+    folders, on the datacenter's first datastore and cluster, with ``annotation`` when given."""
 
     def create(connection: Connection) -> None:
         datacenter, _, folder = folder_path.partition("/vm")
@@ -59,7 +60,7 @@ def create_vm(provider: VSphereProvider, folder_path: str, name: str, power_on: 
         pool = (inventory.one(connection, computes[0], ["resourcePool"]) or {})["resourcePool"]
         spec = vim.vm.ConfigSpec(
             name=name, guestId="otherGuest", numCPUs=1, memoryMB=128,
-            files=vim.vm.FileInfo(vmPathName=f"[{datastore}]"),
+            files=vim.vm.FileInfo(vmPathName=f"[{datastore}]"), annotation=annotation,
         )
         vm = _finish(connection, target.CreateVM_Task(config=spec, pool=pool))
         if power_on:

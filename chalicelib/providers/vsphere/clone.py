@@ -18,6 +18,7 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from chalicelib.config import PoolConfig, ProviderConfig, ServiceConfig
+from chalicelib.providers import ownership
 from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import inventory, tasks
 from chalicelib.providers.vsphere.config import vsphere_settings
@@ -49,6 +50,29 @@ def template_path(datacenter: str, template: str) -> str:
     return f"{datacenter}/vm/{template}"
 
 
+class FolderInOtherDatacenter(LookupError):
+    """A pool's folder names, by its datacenter path, another datacenter than the pool's."""
+
+
+def pool_folder(connection: Connection, datacenter: str, folder: str) -> str:
+    """The pool's ``folder`` relative to ``<datacenter>/vm``: as vmpooler documents it
+    (``pools/x``) or with the datacenter's path as some configs write it (``DC1/vm/pools/x``).
+    Raises FolderInOtherDatacenter when that path names another datacenter of vCenter than the
+    pool's (clones are made in the pool's datacenter); costs a call only then."""
+    folder = folder.strip("/")
+    root = f"{datacenter}/vm"
+    if folder == root or folder.startswith(f"{root}/"):
+        return folder[len(root):].strip("/")
+    named, marker, _ = folder.partition("/vm/")
+    if not marker and folder.endswith("/vm"):
+        named = folder[: -len("/vm")]
+    if named and named != folder and isinstance(inventory.find(connection, named), vim.Datacenter):
+        raise FolderInOtherDatacenter(
+            f"folder {folder} is in datacenter {named}, not in the pool's datacenter {datacenter}: "
+            f"set the pool's datacenter to {named}, or name a folder in {datacenter}")
+    return folder
+
+
 def is_linked(pool: PoolConfig, service: ServiceConfig) -> bool:
     """The pool's ``create_linked_clone`` when set (false really means full clones), else the
     global ``create_linked_clones``."""
@@ -70,9 +94,12 @@ def extra_config(pool: PoolConfig, hostname: str) -> list[Any]:
     return [vim.option.OptionValue(key=key, value=value) for key, value in options.items()]
 
 
-def annotation(pool: PoolConfig, now: float) -> str:
+def annotation(pool: PoolConfig, now: float, deployment: str) -> str:
+    """The clone's annotation: its pool, template and creation time, and who made it (vmpool,
+    which ``deployment`` of it: chalicelib/providers/ownership.py)."""
     created = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return json.dumps({"pool": pool.name, "creator": "vmpool", "template": pool.template, "created": created})
+    return json.dumps({"pool": pool.name, **ownership.annotation_fields(deployment), "template": pool.template,
+                       "created": created})
 
 
 def _resource_pool_of(connection: Connection, found: Any, what: str) -> Any:
@@ -164,7 +191,15 @@ def start(
 ) -> str:
     """Start the clone and return its task reference; a refusal becomes a failed reference."""
     try:
-        return _start(connection, config, service, selector, pool, hostname, now)
+        try:
+            return _start(connection, config, service, selector, pool, hostname, now)
+        except vmodl.fault.ManagedObjectNotFound:
+            if not service.manage_host_selection:
+                raise
+            # Likely a host of the selection's cache that is gone (vCenter restarted, the host
+            # removed): placed again once on a fresh survey. Nothing was started: vCenter refused.
+            selector.forget()
+            return _start(connection, config, service, selector, pool, hostname, now)
     except CloneRefused as refused:
         return tasks.failed_ref(str(refused), refused.kind)
     except LookupError as missing:
@@ -194,10 +229,14 @@ def _start(
                                FailureKind.PLACEMENT)
         raise CloneRefused(_template_missing(connection, datacenter, pool.template, path), FailureKind.TEMPLATE)
     create_folders = service.create_folders
-    folder = inventory.ensure_folder(connection, datacenter, pool.folder, create_folders)
+    try:
+        relative = pool_folder(connection, datacenter, pool.folder)
+    except FolderInOtherDatacenter as elsewhere:
+        raise CloneRefused(str(elsewhere), FailureKind.PLACEMENT) from None
+    folder = inventory.ensure_folder(connection, datacenter, relative, create_folders)
     if folder is None:
         hint = "" if create_folders else " (set create_folders: true to create it)"
-        raise CloneRefused(f"folder {datacenter}/vm/{pool.folder} not found{hint}", FailureKind.PLACEMENT)
+        raise CloneRefused(f"folder {datacenter}/vm/{relative} not found{hint}", FailureKind.PLACEMENT)
 
     wanted = ["runtime.host", "snapshot.currentSnapshot", "resourcePool"]
     network_name = pool.network
@@ -253,7 +292,7 @@ def _start(
     linked = is_linked(pool, service)
     relocate.diskMoveType = LINKED if linked else FULL
     spec_config = vim.vm.ConfigSpec(
-        annotation=annotation(pool, now),
+        annotation=annotation(pool, now, ownership.deployment_of(service)),
         extraConfig=extra_config(pool, hostname),
     )
     if network_name:

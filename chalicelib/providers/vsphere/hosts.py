@@ -5,6 +5,12 @@ has no configIssue, and both its CPU and memory use are below ``utilization_limi
 Eligible hosts are used least-used first. The host list costs one retrieval and is cached for
 ``host_selection_cache_seconds`` (60); within that window successive clones rotate through the
 eligible hosts in order, so a burst of clones does not all land on the one least-used host.
+
+The cache holds host references, and lives as long as the session it was read on: a new login
+(vCenter restarted, the session expired) surveys again, as does a clone vCenter refused because
+a host it was given no longer exists (``forget``; vCenter gives ids anew after a restart or a
+host's removal). Before, references from before a restart were used for up to a minute, and
+clones placed on them failed.
 """
 
 from __future__ import annotations
@@ -78,9 +84,15 @@ class HostSelector:
         self._cache_seconds = cache_seconds
         self._cache: dict[tuple[str, str], tuple[float, list[HostUsage]]] = {}
         self._turn: dict[tuple[str, str], int] = {}
+        self._session: object | None = None
+        """The mark of the session the cache was read on (``_session_of``)."""
 
     def hosts(self, connection: Connection, container: Any, key: tuple[str, str], limit: float) -> list[HostUsage]:
-        """The surveyed hosts of ``container`` (cached)."""
+        """The surveyed hosts of ``container`` (cached for the session, ``cache_seconds`` at most)."""
+        session = _session_of(connection)
+        if session is not self._session:
+            self.forget()
+            self._session = session
         cached = self._cache.get(key)
         now = self._now()
         if cached is None or now - cached[0] >= self._cache_seconds:
@@ -101,4 +113,16 @@ class HostSelector:
         return eligible[turn % len(eligible)]
 
     def forget(self) -> None:
+        """Survey again on the next pick (a host it gave is gone)."""
         self._cache.clear()
+
+
+SESSION_MARK = "host_selection_session"
+
+
+def _session_of(connection: Connection | None) -> object | None:
+    """A mark of the connection's session: the connection's cache is emptied at each login, and
+    a new connection has its own (None: no connection, as in tests of the rules)."""
+    if connection is None:
+        return None
+    return connection.cache.setdefault(SESSION_MARK, object())

@@ -9,6 +9,7 @@ from pyVmomi import vim
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ProviderConfig, ServiceConfig
 from chalicelib.logs import module_logger
+from chalicelib.providers import ownership
 from chalicelib.providers.base import (
     Migration,
     Provider,
@@ -69,8 +70,17 @@ class VSphereProvider(Provider):
     def _datacenter(self, connection: Connection, pool: PoolConfig) -> str:
         return clones.datacenter_of(connection, self.config, pool)
 
+    def _folder(self, connection: Connection, pool: PoolConfig) -> tuple[str, str]:
+        """The pool's datacenter, and its folder relative to the datacenter's vm folder."""
+        datacenter = self._datacenter(connection, pool)
+        return datacenter, clones.pool_folder(connection, datacenter, pool.folder)
+
+    def _folder_path(self, connection: Connection, pool: PoolConfig) -> str:
+        datacenter, folder = self._folder(connection, pool)
+        return f"{datacenter}/vm/{folder}".rstrip("/")
+
     def _vm(self, connection: Connection, pool: PoolConfig, hostname: str) -> Any:
-        return vms.require_vm(connection, self._datacenter(connection, pool), pool.folder, hostname)
+        return vms.require_vm(connection, *self._folder(connection, pool), hostname)
 
     def connection(self) -> Connection:
         """The live shared connection (connecting if needed): for admin helpers and tests."""
@@ -83,7 +93,7 @@ class VSphereProvider(Provider):
         container view cached for the session. A missing folder holds no VMs."""
 
         def listing(connection: Connection) -> list[VMInfo]:
-            path = f"{self._datacenter(connection, pool)}/vm/{pool.folder}".rstrip("/")
+            path = self._folder_path(connection, pool)
             found = inventory.folder_contents(connection, path, inventory.VM_PROPERTIES)
             if found is None:
                 return []
@@ -130,7 +140,7 @@ class VSphereProvider(Provider):
         """Power off (if on) and destroy, without waiting; None when there is no such VM."""
 
         def destroying(connection: Connection) -> str | None:
-            vm = vms.find_vm(connection, self._datacenter(connection, pool), pool.folder, hostname)
+            vm = vms.find_vm(connection, *self._folder(connection, pool), hostname)
             return vms.destroy(connection, vm) if vm is not None else None
 
         return self._run(f"destroy {hostname}", destroying)
@@ -169,6 +179,24 @@ class VSphereProvider(Provider):
             lambda connection: templates.prepare(connection, self.config, self.service, pool),
         )
 
+    def template_name(self, pool: PoolConfig, template: str | None = None) -> str:
+        """The template as ``<datacenter>/vm/<template>`` for a pool of another datacenter than
+        the provider's default (its ``datacenter``, else vCenter's first), and as a path under
+        the default datacenter's vm folder otherwise: a pool naming the default datacenter and one
+        leaving it unset name one template alike, and prepare it once. Asks vCenter only for a
+        pool naming a datacenter when the provider block names none (its first, once a session)."""
+        template = (template if template is not None else pool.template).strip("/")
+        if not pool.datacenter and "/vm/" not in template:
+            return template
+
+        def naming(connection: Connection) -> str:
+            datacenter = self._datacenter(connection, pool)
+            default = vsphere_settings(self.config.settings).datacenter or inventory.default_datacenter(connection)
+            path = clones.template_path(datacenter, template)
+            return path[len(f"{default}/vm/"):] if datacenter == default else path
+
+        return self._run(f"name template {template}", naming, read_only=True)
+
     def clones_need_prepared_template(self, pool: PoolConfig) -> bool:
         """Only linked clones use the template's delta disk layer."""
         return clones.is_linked(pool, self.service)
@@ -179,8 +207,8 @@ class VSphereProvider(Provider):
         limit = self.service.utilization_limit
 
         def migrating(connection: Connection) -> Migration | None:
-            datacenter = self._datacenter(connection, pool)
-            vm = vms.require_vm(connection, datacenter, pool.folder, hostname)
+            datacenter, folder = self._folder(connection, pool)
+            vm = vms.require_vm(connection, datacenter, folder, hostname)
             return migration.start(connection, self.hosts, datacenter, limit, vm)
 
         return self._run(f"migrate {hostname}", migrating)
@@ -189,11 +217,12 @@ class VSphereProvider(Provider):
                            tracked: Tracked = nothing_tracked,
                            out_of_time: Callable[[], bool] = never) -> list[str]:
         """Destroy unconfigured folders and VMs under this provider's pools' parent folders,
-        except the VMs vmpool tracks and the folders holding one; stop before the next removal
-        once ``out_of_time``."""
+        except the VMs vmpool tracks, the VMs another vmpool deployment made, and the folders
+        holding either; stop before the next removal once ``out_of_time``."""
         return self._run(
             "purge unconfigured resources",
-            lambda connection: purge.purge(connection, self.config, pools, allowlist, tracked, out_of_time),
+            lambda connection: purge.purge(connection, self.config, pools, allowlist, tracked, out_of_time,
+                                           deployment=ownership.deployment_of(self.service)),
         )
 
     def call_count(self) -> int:

@@ -17,11 +17,23 @@ from pyVmomi import vim
 from chalicelib.config import PoolConfig, ProviderConfig
 from chalicelib.logs import module_logger
 from chalicelib.providers.base import TaskState, Tracked, never, nothing_tracked
+from chalicelib.providers.ownership import other_deployment
 from chalicelib.providers.vsphere import inventory, tasks
-from chalicelib.providers.vsphere.clone import datacenter_of, template_path
+from chalicelib.providers.vsphere.clone import FolderInOtherDatacenter, datacenter_of, pool_folder, template_path
 from chalicelib.providers.vsphere.connection import Connection
 
 log = module_logger(__name__)
+
+
+def _spellings(folder: str) -> set[str]:
+    """A pool's folder as written, and without a datacenter path in front (``DC0/vm/x``: ``x``)."""
+    folder = folder.strip("/")
+    _, marker, inside = folder.partition("/vm/")
+    return {folder, inside.strip("/")} - {""} if marker else {folder}
+
+
+PURGE_VM_PROPERTIES = ("name", "config.template", "runtime.powerState", "config.annotation")
+"""What the purge reads of each VM: the annotation says which vmpool deployment made it."""
 
 
 def _ancestors(path: str) -> set[str]:
@@ -65,6 +77,7 @@ def purge(
     allowlist: Sequence[str],
     tracked: Tracked = nothing_tracked,
     out_of_time: Callable[[], bool] = never,
+    deployment: str = "",
 ) -> list[str]:
     """Destroy what is unconfigured under the pools' parent folders; return the removed paths.
     Stops before its next removal once ``out_of_time`` (a VM being powered off is left for the
@@ -76,9 +89,14 @@ def purge(
     and the VMs directly in a pool's folder are never purged even where that folder is another
     pool's parent (``vmpool`` and ``vmpool/b``): they are that pool's, in use or ready. Nor is a
     VM ``tracked`` names, nor a folder holding one: a removed pool's folder while it drains, the
-    folder a pool moved from (manager/placement.py), may hold a VM its user has checked out."""
+    folder a pool moved from (manager/placement.py), may hold a VM its user has checked out.
+    Nor is a VM whose annotation names another vmpool ``deployment`` than this one, nor a folder
+    holding one (chalicelib/providers/ownership.py): another deployment's pools may share the
+    parent folder. A pool's folder may be written with its datacenter's path (``DC0/vm/x``)."""
     allowed = {entry.strip("/") for entry in allowlist if entry}
-    pool_folders = {pool.folder.strip("/") for pool in pools}
+    # A folder written with its datacenter's path (DC0/vm/pools/x) is kept as pools/x too: which
+    # datacenter another provider's pool means is not known here, and keeping more is safe.
+    pool_folders = {spelled for pool in pools for spelled in _spellings(pool.folder)}
     every_configured: set[str] = set().union(*(_ancestors(folder) for folder in pool_folders))
     by_datacenter: dict[str, list[PoolConfig]] = {}
     for pool in pools:
@@ -89,7 +107,11 @@ def purge(
         protected: set[str] = set()
         parents: set[str] = set()
         for pool in dc_pools:
-            folder = pool.folder.strip("/")
+            try:
+                folder = pool_folder(connection, datacenter, pool.folder)
+            except FolderInOtherDatacenter as elsewhere:
+                log.warning("pool %s: %s; not purging its parent folder", pool.name, elsewhere)
+                continue
             template = template_path(datacenter, pool.template)[len(f"{datacenter}/vm/"):]
             protected |= _ancestors(template)
             parent = folder.rpartition("/")[0]
@@ -100,7 +122,8 @@ def purge(
         for parent in sorted(parents):
             try:
                 removed += _purge_parent(connection, datacenter, parent, every_configured | protected, allowed,
-                                         vms_kept=parent in pool_folders, tracked=tracked, out_of_time=out_of_time)
+                                         vms_kept=parent in pool_folders, tracked=tracked, out_of_time=out_of_time,
+                                         deployment=deployment)
             except _Stopped as stopped:
                 removed += stopped.removed
                 log.info("purge stopped: the invocation's time is nearly out; the next purge goes on (%d removed)",
@@ -111,9 +134,10 @@ def purge(
 
 def _purge_parent(connection: Connection, datacenter: str, parent: str, keep: set[str], allowed: set[str],
                   vms_kept: bool, tracked: Tracked = nothing_tracked,
-                  out_of_time: Callable[[], bool] = never) -> list[str]:
+                  out_of_time: Callable[[], bool] = never, deployment: str = "") -> list[str]:
     """Purge ``parent``'s unconfigured children; its VMs are left alone when ``vms_kept`` (the
-    parent is itself a pool's folder). Raises _Stopped (with what went) once ``out_of_time``."""
+    parent is itself a pool's folder), and so are VMs another vmpool deployment made, and the
+    folders holding one. Raises _Stopped (with what went) once ``out_of_time``."""
     folder = inventory.find(connection, f"{datacenter}/vm/{parent}")
     if not isinstance(folder, vim.Folder):
         return []
@@ -123,7 +147,7 @@ def _purge_parent(connection: Connection, datacenter: str, parent: str, keep: se
     vms = [] if vms_kept else inventory.properties(
         connection,
         [c for c in children if isinstance(c, vim.VirtualMachine)],
-        ["name", "config.template", "runtime.powerState"],
+        PURGE_VM_PROPERTIES,
     )
     in_use = set(tracked([str(vm.get("name")) for vm in vms]))
     for vm in vms:
@@ -132,6 +156,10 @@ def _purge_parent(connection: Connection, datacenter: str, parent: str, keep: se
             continue
         if vm.get("name") in in_use:
             log.info("not purging %s/vm/%s: vmpool tracks it", datacenter, relative)
+            continue
+        owner = other_deployment(vm.get("config.annotation"), deployment)
+        if owner is not None:
+            log.info("not purging %s/vm/%s: vmpool deployment %s made it", datacenter, relative, owner)
             continue
         if out_of_time():
             raise _Stopped(removed)
@@ -148,13 +176,16 @@ def _purge_parent(connection: Connection, datacenter: str, parent: str, keep: se
             raise _Stopped(removed)
         view = inventory.container_view(connection, child["_obj"], vim.VirtualMachine, recursive=True)
         try:
-            inside = inventory.view_contents(
-                connection, view, vim.VirtualMachine, ["name", "config.template", "runtime.powerState"]
-            )
+            inside = inventory.view_contents(connection, view, vim.VirtualMachine, PURGE_VM_PROPERTIES)
         finally:
             inventory.destroy_view(view)
         if any(vm.get("config.template") for vm in inside):
             log.warning("not purging %s/vm/%s: it holds a template", datacenter, relative)
+            continue
+        owners = {other_deployment(vm.get("config.annotation"), deployment) for vm in inside} - {None}
+        if owners:
+            log.info("not purging %s/vm/%s: it holds VMs of vmpool deployment %s", datacenter, relative,
+                     ", ".join(sorted(str(owner) for owner in owners)))
             continue
         if tracked([str(vm.get("name")) for vm in inside]):
             log.info("not purging %s/vm/%s: it holds VMs vmpool tracks", datacenter, relative)
