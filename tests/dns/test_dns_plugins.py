@@ -198,3 +198,11 @@ def test_a_tsig_secret_that_is_not_base64_fails_each_update_with_a_typed_refusal
     assert secret not in str(failure.value)
     with pytest.raises(DnsRejected, match="tsig_secret is not a valid base64 key"):
         plugin.delete("plugin-e")
+
+
+def test_an_ipv4_address_written_as_ipv6_is_published_as_the_a_record_it_is(bind: BindServer) -> None:
+    plugin = plugin_for(bind.dns_config())
+    plugin.create_or_replace("mapped-a", "::ffff:10.1.2.5")
+    assert bind.addresses(f"mapped-a.{bind.zone}") == ["10.1.2.5"]
+    assert bind.addresses(f"mapped-a.{bind.zone}", "AAAA") == []
+    plugin.delete("mapped-a")
