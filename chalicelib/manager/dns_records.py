@@ -174,6 +174,11 @@ LEFT_RECORDS_PER_PASS = 50
 without holding one pass (each delete is a call to the DNS service)."""
 
 
+LEFT_FAILURES_PER_PASS = 5
+"""Failed deletes after which a pass leaves the rest of the backlog to the next passes: a
+refusing service (Route 53: 5 calls a second for the whole account) is not sent 50 a pass."""
+
+
 def delete_left_records(context: PassContext) -> None:
     """Delete the A records of VMs destroyed while DNS failed. Only a record whose VM is
     destroyed and still notes it (``dns_name``) is deleted: a VM still being destroyed is left to
@@ -186,6 +191,7 @@ def delete_left_records(context: PassContext) -> None:
         return
     records = context.store.records(hostnames)
     forget: list[str] = []
+    failures = 0
     for hostname in hostnames:
         record = records.get(hostname)
         if record is not None and record.state == "completed":
@@ -202,6 +208,13 @@ def delete_left_records(context: PassContext) -> None:
             context.dns_call(f"delete {fqdn}", functools.partial(plugin.delete, hostname, fqdn))
         except DnsError as error:
             context.dns_failed(hostname, "record deletion", error)
+            # To the back of the line: a record the DNS service keeps refusing to delete (its
+            # zone gone from the server, say) must not keep the ones behind it waiting until its
+            # VM's record expires (data_ttl: a week by default).
+            context.store.note_dns_left(context.pool.name, hostname, context.now)
+            failures += 1
+            if failures >= LEFT_FAILURES_PER_PASS:
+                break
             continue
         context.store.update_vm(hostname, dns_name=None, dns_plugin=None, dns_published=None, dns_error=None)
         forget.append(hostname)

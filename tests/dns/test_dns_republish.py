@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from chalicelib.clock import FakeClock
+from chalicelib.manager import dns_records
 from chalicelib.manager.reconcile import reconcile_pool
 from tests.dns.bind import BindServer
 from tests.dns.test_dns_records import dns_of, make_dns_world, ready_vms
@@ -215,3 +216,53 @@ def test_route53_records_follow_a_changed_address_across_families(
     world.store.move(host, "dns", "running", "completed", world.clock.now(), reason="returned by its user")
     world.passes("dns", 4)
     assert (name, "AAAA") not in records() and (name, "A") not in records()
+
+
+def destroyed_with_their_records(world: Harness, bind: BindServer) -> tuple[str, str, str]:
+    """Two ready VMs destroyed while the DNS server is down (it is left stopped), their records
+    noted to be deleted later, the first noted first; and the second's address."""
+    world.passes("dns", 3)
+    first, second = sorted(world.hosts("dns", "ready"))
+    address = ready_vms(world)[second]
+    bind.stop()
+    for host in (first, second):
+        world.store.move(host, "dns", "ready", "completed", world.clock.now(), reason="returned")
+        world.passes("dns", 1, seconds=1)
+    world.passes("dns", 2)
+    assert {world.state_of(first), world.state_of(second)} == {"destroyed"}
+    return first, second, address
+
+
+def test_a_pass_stops_deleting_left_records_after_a_few_refusals(
+        world: Harness, bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Route 53 allows 5 calls a second for the whole account: a pass sending 50 deletes it
+    # refuses every pass throttles every pool's publications.
+    hosts = destroyed_with_their_records(world, bind)[:2]
+    for host in hosts:
+        world.store.update_vm(host, dns_name=f"{host}.retired.example")
+    bind.start()
+    monkeypatch.setattr(dns_records, "LEFT_FAILURES_PER_PASS", 1)
+    plugin = dns_of(world)
+    deletes: list[str] = []
+    delete = plugin.delete
+    monkeypatch.setattr(plugin, "delete", lambda host, name=None: (deletes.append(host), delete(host, name))[1])
+    world.passes("dns", 1)
+    assert len(deletes) == 1
+    world.passes("dns", 1)
+    assert sorted(deletes) == sorted(hosts)  # the other one's turn
+
+
+def test_a_left_record_dns_keeps_refusing_to_delete_does_not_hold_the_ones_behind_it(
+        world: Harness, bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Records of VMs destroyed while DNS was down are deleted later, the oldest first, 50 a pass.
+    # Before, one whose delete the server kept refusing (here: published under a zone the server
+    # no longer serves) stayed first in line every pass until its VM's record expired (data_ttl,
+    # a week): the records behind it kept leading to addresses of destroyed VMs.
+    first, second, kept = destroyed_with_their_records(world, bind)
+    world.store.update_vm(first, dns_name=f"{first}.retired.example")  # NOTAUTH from now on
+    bind.start()
+    monkeypatch.setattr(dns_records, "LEFT_RECORDS_PER_PASS", 1)
+    assert bind.addresses(fqdn(bind, second)) == [kept]
+    world.passes("dns", 3)
+    assert bind.addresses(fqdn(bind, second)) == []
+    assert world.client.zrange(world.store.keys.dns_left("dns"), 0, -1) == [first]
