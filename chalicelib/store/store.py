@@ -48,7 +48,8 @@ class DnsClaim:
     """A pass's claim of the publication of a VM's address (``Store.claim_dns``)."""
 
     version: int
-    """The version claimed (> 0); 0 when that address is the one published; -1 when this pass is
+    """The version claimed (> 0); 0 when that address is the one published (then ``published``
+    is None: not read back); -1 when this pass is
     not to publish it (a later look claimed, the VM left service, or its record is published
     under another name or by another entry)."""
     published: str | None
@@ -939,14 +940,20 @@ class Store:
         """Claim the publication of VMs' addresses (hostname -> (the name it is published under,
         the address seen at time ``seen``)) by the ``:dns_configs:`` entry ``entry``, in one round
         trip (lua/dns_claim.lua). Returns per VM its ``DnsClaim``."""
+        batches = _batches(addresses)
         calls: list[ScriptCall] = [
             (self.scripts.dns_claim, [self.keys.vm(host) for host in batch],
              [repr(seen), entry, *(part for pair in batch.values() for part in pair)])
-            for batch in _batches(addresses)]
+            for batch in batches]
         with _translate_errors():
             replies = run_many(self.client, calls)
-        answers = [DnsClaim(int(version), published or None) for batch in replies for version, published in batch]
-        return dict(zip(addresses, answers, strict=True))
+        claims = dict.fromkeys(addresses, DnsClaim(0, None))
+        for batch, reply in zip(batches, replies, strict=True):
+            hosts = list(batch)
+            for at in range(0, len(reply), 3):  # only the VMs whose address is not the one published
+                index, version, published = reply[at:at + 3]
+                claims[hosts[int(index) - 1]] = DnsClaim(int(version), published or None)
+        return claims
 
     def confirm_dns(self, published: Mapping[str, tuple[int, str]]) -> list[str]:
         """Note VMs' addresses published (hostname -> (the version ``claim_dns`` gave, the

@@ -7,23 +7,27 @@
 -- publishes, then per record: the name it is published under, the address.
 -- The name and the entry are noted on a record that has none (before the record exists in DNS, so
 -- it is never forgotten); a record published under another name or by another entry is not claimed.
--- Returns per record a pair: the version claimed (> 0), 0 when that address is the one published,
--- or -1 when not claimed (no record, not in service, published elsewhere, or a later look already
--- claimed); and the address published before ('' for none).
+-- Returns, for each record whose address is not the one published (a steady pass gets an empty
+-- reply), its index in KEYS, the version claimed (> 0) or -1 when not claimed (no record, not in
+-- service, published elsewhere, or a later look already claimed), and the address published
+-- before ('' for none), one after the other.
 local seen, entry = tonumber(ARGV[1]), ARGV[2]
 local results = {}
 for index, vm_key in ipairs(KEYS) do
   local fqdn, address = ARGV[1 + 2 * index], ARGV[2 + 2 * index]
-  local state, name, plugin, published, last_seen = unpack(redis.call(
-    'HMGET', vm_key, 'state', 'dns_name', 'dns_plugin', 'dns_published', 'dns_seen'))
+  local published = redis.call('HGET', vm_key, 'dns_published')
+  local state, name, plugin, last_seen
+  if published ~= address then  -- a steady pass reads that one field of each record
+    state, name, plugin, last_seen = unpack(redis.call('HMGET', vm_key, 'state', 'dns_name', 'dns_plugin', 'dns_seen'))
+  end
   local last = finite(last_seen)
   local result
-  if state ~= 'pending' and state ~= 'ready' and state ~= 'running' then
+  if published == address then
+    result = 0
+  elseif state ~= 'pending' and state ~= 'ready' and state ~= 'running' then
     result = -1
   elseif name and (name ~= fqdn or (plugin and plugin ~= entry)) then
     result = -1
-  elseif published == address then
-    result = 0
   elseif last and last > seen then
     result = -1
   else
@@ -33,6 +37,10 @@ for index, vm_key in ipairs(KEYS) do
     redis.call('HSET', vm_key, 'dns_seen', ARGV[1])
     result = redis.call('HINCRBY', vm_key, 'dns_version', 1)
   end
-  results[index] = {result, published or ''}
+  if result ~= 0 then
+    results[#results + 1] = index
+    results[#results + 1] = result
+    results[#results + 1] = published or ''
+  end
 end
 return results
