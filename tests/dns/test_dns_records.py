@@ -268,23 +268,30 @@ def test_a_stale_pass_leaves_no_record_for_a_vm_destroyed_after_its_read(
     assert bind.addresses(f"{new_host}.{bind.zone}") == [ip]
 
 
+def first_vm_reports(world: Harness, monkeypatch: pytest.MonkeyPatch, address: str) -> list[str]:
+    """The first VM the dummy clones from now on reports ``address``: the names of the VMs it
+    clones, in order (the first is that VM)."""
+    provider_class = type(world.provider)
+    new_vm = provider_class._new_vm
+    made: list[str] = []
+
+    def first_vm_reports_address(self: Any, pool: Any, hostname: str, available_at: float) -> dict[str, Any]:
+        vm = new_vm(self, pool, hostname, available_at)
+        if not made:
+            vm["ip"] = address
+        made.append(hostname)
+        return vm
+
+    monkeypatch.setattr(provider_class, "_new_vm", first_vm_reports_address)
+    return made
+
+
 def test_a_vm_reporting_an_address_dns_cannot_hold_stays_pending_and_the_others_become_ready(
         world: Harness, bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
     # VMware Tools reports what the guest says: a user inside it may give anything. Before,
     # dnspython's SyntaxError (at an IPv6 address sent as an A record) ended every pass of the
     # pool at that VM: no VM of the pool became ready again.
-    provider_class = type(world.provider)
-    new_vm = provider_class._new_vm
-    made: list[str] = []
-
-    def first_vm_reports_ipv6(self: Any, pool: Any, hostname: str, available_at: float) -> dict[str, Any]:
-        vm = new_vm(self, pool, hostname, available_at)
-        if not made:
-            vm["ip"] = "10.0.0.1; DROP"
-        made.append(hostname)
-        return vm
-
-    monkeypatch.setattr(provider_class, "_new_vm", first_vm_reports_ipv6)
+    made = first_vm_reports(world, monkeypatch, "10.0.0.1; DROP")
     world.passes("dns", 3)
     odd = made[0]
     assert set(ready_vms(world)) == set(made[1:]) and len(made) == 2

@@ -13,7 +13,7 @@ from chalicelib.clock import FakeClock
 from chalicelib.manager import dns_records
 from chalicelib.manager.reconcile import reconcile_pool
 from tests.dns.bind import BindServer
-from tests.dns.test_dns_records import dns_of, make_dns_world, ready_vms
+from tests.dns.test_dns_records import dns_of, first_vm_reports, make_dns_world, ready_vms
 from tests.harness import Harness, HarnessFactory
 
 
@@ -81,18 +81,7 @@ def test_an_ipv6_address_is_published_as_an_aaaa_record_and_back(world: Harness,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     # Before, an IPv6 address was refused ("not an IPv4 address"): an IPv6-only VM never became
     # ready. vmpooler's DNS plugins publish A records only (an IPv6 one fails there too).
-    provider_class = type(world.provider)
-    new_vm = provider_class._new_vm
-    made: list[str] = []
-
-    def first_vm_is_ipv6_only(self: Any, pool: Any, hostname: str, available_at: float) -> dict[str, Any]:
-        vm = new_vm(self, pool, hostname, available_at)
-        if not made:
-            vm["ip"] = "2001:db8::5"
-        made.append(hostname)
-        return vm
-
-    monkeypatch.setattr(provider_class, "_new_vm", first_vm_is_ipv6_only)
+    made = first_vm_reports(world, monkeypatch, "2001:db8::5")
     world.passes("dns", 3)
     six = made[0]
     assert set(ready_vms(world)) == set(made)
