@@ -2,11 +2,13 @@
 
 - A new name that already resolves in the plugin's zone is refused before its clone starts (a
   stale record would send users to someone else's machine); the pool clones under another name.
-- A pending VM gets its A record as soon as it reports an IP address, before the provider's
-  readiness check (which may connect to ``<name>.<domain>``), and is not ready without it. When
-  the DNS service fails, the VM stays pending with the reason (GET /vm shows
-  ``not_ready_reason``) and the next pass tries again; ``timeout`` takes it out of service with
-  that reason. An address already published is not sent again.
+- A pending VM gets its address record (A, or AAAA for IPv6) as soon as it reports an IP
+  address, before the provider's readiness check (which may connect to ``<name>.<domain>``),
+  and is not ready without it. When the DNS service fails, the VM stays pending with the reason
+  (GET /vm shows ``not_ready_reason``) and the next pass tries again; ``timeout`` takes it out
+  of service with that reason. An address already published is not sent again.
+- A ready or running VM whose address changed has its record published again
+  (``follow_addresses``): the records follow the provider's inventory, level-triggered.
 - A VM leaving service has its record deleted before (and while) it is destroyed
   (``PassContext.withdraw_dns``: dropping a VM needs it too). A failure is recorded on the VM
   and retried while it is being destroyed; it never holds the destroy. A VM destroyed with its
@@ -15,8 +17,11 @@
 
 The VM's record notes the published name (``dns_name``) *before* the record is created, so a
 pass killed in between still knows to delete it, and records vmpool did not create are never
-deleted. After the create the VM is read again: a stale pass (others gave the VM back and
-withdrew its record meanwhile) withdraws the record it just created.
+deleted. A pass claims the publication of an address (``Store.claim_dns``) before it sends it,
+and notes it published only if no later pass claimed since (``Store.confirm_dns``): a stale
+pass never leaves an older address published after a newer one. After the create the VM is
+read again: a stale pass (others gave the VM back and withdrew its record meanwhile) withdraws
+the record it just created.
 
 A DNS failure never fails the pass: each is counted (``DnsFailures`` by reason) and logged, and
 the pass goes on with the next VM. Once the DNS service did not answer, or took
@@ -180,7 +185,7 @@ refusing service (Route 53: 5 calls a second for the whole account) is not sent 
 
 
 def delete_left_records(context: PassContext) -> None:
-    """Delete the A records of VMs destroyed while DNS failed. Only a record whose VM is
+    """Delete the address records of VMs destroyed while DNS failed. Only a record whose VM is
     destroyed and still notes it (``dns_name``) is deleted: a VM still being destroyed is left to
     the completed step, and a name whose record is gone (past ``data_ttl``) or taken by a new VM
     is forgotten, never deleted from under its new owner."""
