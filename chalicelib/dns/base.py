@@ -50,27 +50,58 @@ class DnsConfig:
     vmpool does not ship."""
 
 
-def ipv4_address(what: str, ip: str) -> str:
-    """``ip`` as an A record holds it; DnsRejected when it is not an IPv4 address (a guest may
-    report an IPv6 one, or anything: VMware Tools passes on what the guest says), or not one a
-    user could reach the VM at. The VM then stays pending with the reason, and is published
-    when it reports another address (a ready VM's record is never published again)."""
+ADDRESS_TYPES = ("A", "AAAA")
+"""The record types that hold a VM's address: a VM has one of them at a time (its address is
+IPv4 or IPv6); publishing one deletes the other, and a withdrawal deletes both."""
+
+MAX_SHOWN_ADDRESS = 40
+"""Characters of an address that is not one shown in a reason (provider data may be anything)."""
+
+
+def record_address(what: str, ip: str) -> tuple[str, str]:
+    """The record type and the address an A (IPv4) or AAAA (IPv6) record holds for ``ip``, as
+    reported by the provider; DnsRejected when it is not an IP address (VMware Tools passes on
+    whatever the guest says) or not one a user could reach the VM at: link-local (169.254.x.x,
+    which a guest gives itself while DHCP has not answered; fe80::/10, which every IPv6 interface
+    has), unspecified, multicast, reserved. The VM then stays pending with the reason, and is
+    published when it reports another address."""
     try:
-        address = ipaddress.IPv4Address(ip)
+        address = ipaddress.ip_address(ip)
     except ValueError:
-        shown = ip if len(ip) <= 40 else ip[:40] + "..."
-        raise DnsRejected(f"{what}: {shown or '(empty)'} is not an IPv4 address") from None
+        shown = ip if len(ip) <= MAX_SHOWN_ADDRESS else ip[:MAX_SHOWN_ADDRESS] + "..."
+        raise DnsRejected(f"{what}: {shown or '(empty)'} is not an IP address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        # "fe80::1%eth0": Python reads a zone index as part of the address; no record holds one.
+        shown = ip if len(ip) <= MAX_SHOWN_ADDRESS else ip[:MAX_SHOWN_ADDRESS] + "..."
+        raise DnsRejected(f"{what}: {shown} is not an address users can reach (it names an interface)")
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        # ::ffff:a.b.c.d is how some stacks show an IPv4 address: the A record users can reach.
+        return record_address(what, str(address.ipv4_mapped))
     if address.is_link_local:
-        # 169.254.x.x: the address a guest gives itself while DHCP has not answered (Windows).
         raise DnsRejected(f"{what}: {address} is a link-local address (the guest has no address from DHCP yet)")
     if address.is_unspecified or address.is_multicast or address.is_reserved:
         # Loopback stays allowed: a local stack's simulated guests (tools/vcsim) report 127.0.0.1.
         raise DnsRejected(f"{what}: {address} is not an address users can reach")
-    return str(address)
+    return ("A" if address.version == 4 else "AAAA"), address.compressed
+
+
+def may_hold_other_family(published: str | None, address: str) -> bool:
+    """Whether the name may hold a record of the other type than ``address``'s that vmpool
+    published (``published``: what the VM's record notes: None for nothing, an address, or
+    anything else when that is unknown): then publishing ``address`` deletes it. Otherwise a
+    record of the other type is not vmpool's (a dual-stack guest registering its own AAAA
+    record beside vmpool's A record) and stays."""
+    if published is None:
+        return False
+    try:
+        return ipaddress.ip_address(published).version != ipaddress.ip_address(address).version
+    except ValueError:
+        return True
 
 
 class DnsPlugin(abc.ABC):
-    """Manages the A records of the pools whose ``dns_plugin`` names this ``:dns_configs:`` entry."""
+    """Manages the address records (A or AAAA) of the pools whose ``dns_plugin`` names this
+    ``:dns_configs:`` entry."""
 
     manages_records: bool = True
     """False for a plugin that leaves records to others (vmpooler's plain ``dynamic-dns``)."""
@@ -87,12 +118,16 @@ class DnsPlugin(abc.ABC):
         return f"{hostname}.{self.domain}" if self.domain else hostname
 
     @abc.abstractmethod
-    def create_or_replace(self, hostname: str, ip: str) -> None:
-        """Make ``hostname.domain`` resolve to ``ip`` (and only to it). Raises DnsError."""
+    def create_or_replace(self, hostname: str, ip: str, published: str | None = None) -> None:
+        """Make ``hostname.domain`` resolve to ``ip`` (and only to it): an A record for an IPv4
+        address, an AAAA record for an IPv6 one (``record_address``). ``published``: what vmpool last
+        published at the name (None: nothing; an address; or anything else when unknown): a
+        record of the other type is deleted when it may be vmpool's (``may_hold_other_family``).
+        Raises DnsError."""
 
     @abc.abstractmethod
     def delete(self, hostname: str, fqdn: str | None = None) -> None:
-        """Remove the name's A record; a name without one is not an error. ``fqdn``: the full
+        """Remove the name's A and AAAA records; a name without one is not an error. ``fqdn``: the full
         name the record was published under, when the entry's ``domain`` may have changed since
         (default ``hostname.domain``). Raises DnsError."""
 
@@ -111,7 +146,7 @@ class UnmanagedDns(DnsPlugin):
     manages_records = False
     LOOKUP_SECONDS = 2.0
 
-    def create_or_replace(self, hostname: str, ip: str) -> None:
+    def create_or_replace(self, hostname: str, ip: str, published: str | None = None) -> None:
         return None
 
     def delete(self, hostname: str, fqdn: str | None = None) -> None:

@@ -13,7 +13,8 @@ entry without ``server`` still means here. With ``server``, vmpool sends the upd
     timeout: 5                 # seconds per exchange
 
 Updates and lookups go over TCP to the server itself (no caching resolver in between), so a
-lookup right after an update sees it.
+lookup right after an update sees it. A VM's IPv4 address is an A record, an IPv6 one an AAAA
+record; one update replaces vmpool's one with the other.
 """
 
 import socket
@@ -21,7 +22,16 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Optional
 
 from chalicelib.config_fields import DnsName, Port, Seconds, SecretValue, Str, bounded, one_of
-from chalicelib.dns.base import DnsConfig, DnsPlugin, DnsRejected, DnsSettings, DnsUnavailable, ipv4_address
+from chalicelib.dns.base import (
+    ADDRESS_TYPES,
+    DnsConfig,
+    DnsPlugin,
+    DnsRejected,
+    DnsSettings,
+    DnsUnavailable,
+    may_hold_other_family,
+    record_address,
+)
 
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1", "hmac-md5")
 
@@ -129,18 +139,22 @@ class DynamicDns(DnsPlugin):
         except dns.exception.DNSException as error:
             raise DnsRejected(f"dns {what}: not a valid DNS name ({type(error).__name__})") from None
 
-    def create_or_replace(self, hostname: str, ip: str) -> None:
+    def create_or_replace(self, hostname: str, ip: str, published: str | None = None) -> None:
         import dns.rcode
 
         what = f"create {self.fqdn(hostname)}"
-        address = ipv4_address(f"dns {what}", ip)
+        rdtype, address = record_address(f"dns {what}", ip)
         update = self._update()
         name = self._name(what, hostname)
         # A server ignores an A record added at an alias's name and still answers NOERROR
         # (RFC 2136 3.4.2.2): the VM would be taken as published while its name leads elsewhere.
         # The prerequisite makes the server refuse the update instead (YXRRSET).
         update.absent(name, "CNAME")
-        update.replace(name, self.ttl, "A", address)
+        update.replace(name, self.ttl, rdtype, address)
+        if may_hold_other_family(published, address):  # vmpool's address of the other family goes
+            for other in ADDRESS_TYPES:
+                if other != rdtype:
+                    update.delete(name, other)
         self._exchange(what, update, refusals={
             dns.rcode.YXRRSET: "the name has a CNAME record (not vmpool's): it cannot have an A record"})
 
@@ -150,7 +164,8 @@ class DynamicDns(DnsPlugin):
         # A name published under the entry's former domain may be outside its zone now (the
         # zone defaults to the domain): then the former domain, its parent, was the zone.
         update = self._update(None if name.is_subdomain(self.zone) else name.parent())
-        update.delete(name, "A")
+        for rdtype in ADDRESS_TYPES:
+            update.delete(name, rdtype)
         self._exchange(what, update)
 
     def addresses(self, hostname: str) -> list[str]:

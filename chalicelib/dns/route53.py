@@ -1,4 +1,4 @@
-"""Route 53: A records in a hosted zone (typically a private zone attached to the VMs' VPC).
+"""Route 53: A (or AAAA) records in a hosted zone (typically a private zone attached to the VMs' VPC).
 
 Config (a ``:dns_configs:`` entry with ``dns_class: route53``)::
 
@@ -8,7 +8,9 @@ Config (a ``:dns_configs:`` entry with ``dns_class: route53``)::
     timeout: 5                        # seconds per API call (connect and read)
 
 Each change is one ChangeResourceRecordSets call (UPSERT / DELETE); a lookup is one
-ListResourceRecordSets call starting at the name. Credentials are the Lambda role's.
+ListResourceRecordSets call starting at the name. A create that replaces an address of the
+other family (IPv4 by IPv6, or back) reads the name's record sets first, to delete the old one.
+Credentials are the Lambda role's.
 """
 
 import re
@@ -17,13 +19,15 @@ from typing import Annotated, Any, Optional
 
 from chalicelib.config_fields import Seconds, Str, bounded, checked_by, invalid, show, string
 from chalicelib.dns.base import (
+    ADDRESS_TYPES,
     DnsConfig,
     DnsError,
     DnsPlugin,
     DnsRejected,
     DnsSettings,
     DnsUnavailable,
-    ipv4_address,
+    may_hold_other_family,
+    record_address,
 )
 
 _HOSTED_ZONE_ID = re.compile(r"^(/hostedzone/)?[A-Z0-9]{1,32}\Z")
@@ -56,7 +60,7 @@ _RETRYABLE_CODES = frozenset({"Throttling", "ThrottlingException", "PriorRequest
 
 
 class Route53Dns(DnsPlugin):
-    """A records in one Route 53 hosted zone."""
+    """A (IPv4) or AAAA (IPv6) records in one Route 53 hosted zone."""
 
     def __init__(self, config: DnsConfig, client: Any = None) -> None:
         super().__init__(config)
@@ -95,37 +99,47 @@ class Route53Dns(DnsPlugin):
         except BotoCoreError as error:
             raise DnsUnavailable(f"route53 {what}: {type(error).__name__}") from None
 
-    def _current(self, fqdn: str) -> dict[str, Any] | None:
-        """The name's A record set as Route 53 holds it, or None."""
+    def _current(self, fqdn: str) -> list[dict[str, Any]]:
+        """The name's A and AAAA record sets as Route 53 holds them (sorted by type: A first)."""
         found = self._call(f"look up {fqdn}", "list_resource_record_sets", HostedZoneId=self.zone_id,
-                           StartRecordName=fqdn, StartRecordType="A", MaxItems="1")
-        for record in found.get("ResourceRecordSets", []):
-            if record["Name"].rstrip(".").lower() == fqdn.lower() and record["Type"] == "A":
-                return dict(record)
-        return None
+                           StartRecordName=fqdn, StartRecordType="A", MaxItems=str(len(ADDRESS_TYPES)))
+        return [dict(record) for record in found.get("ResourceRecordSets", [])
+                if record["Name"].rstrip(".").lower() == fqdn.lower() and record["Type"] in ADDRESS_TYPES]
 
-    def _change(self, what: str, action: str, record: dict[str, Any]) -> None:
+    def _change(self, what: str, changes: list[tuple[str, dict[str, Any]]]) -> None:
         self._call(what, "change_resource_record_sets", HostedZoneId=self.zone_id, ChangeBatch={
-            "Comment": "vmpool", "Changes": [{"Action": action, "ResourceRecordSet": record}],
+            "Comment": "vmpool", "Changes": [{"Action": action, "ResourceRecordSet": record}
+                                             for action, record in changes],
         })
 
-    def create_or_replace(self, hostname: str, ip: str) -> None:
+    def create_or_replace(self, hostname: str, ip: str, published: str | None = None) -> None:
         fqdn = self.fqdn(hostname)
-        address = ipv4_address(f"route53 create {fqdn}", ip)
-        self._change(f"create {fqdn}", "UPSERT", {
-            "Name": fqdn, "Type": "A", "TTL": self.ttl, "ResourceRecords": [{"Value": address}],
-        })
+        rdtype, address = record_address(f"route53 create {fqdn}", ip)
+        upsert = ("UPSERT", {"Name": fqdn, "Type": rdtype, "TTL": self.ttl, "ResourceRecords": [{"Value": address}]})
+        if not may_hold_other_family(published, address):
+            self._change(f"create {fqdn}", [upsert])  # no record of the other family is ours: one call
+            return
+        # The name held (or may hold) an address of the other family: deleted in the same change,
+        # as the exact copy Route 53 holds. A change in between fails it (InvalidChangeBatch): read again once.
+        for attempt in (1, 2):
+            others = [("DELETE", record) for record in self._current(fqdn) if record["Type"] != rdtype]
+            try:
+                self._change(f"create {fqdn}", [upsert, *others])
+                return
+            except DnsRejected:
+                if attempt == 2 or not others:
+                    raise
 
     def delete(self, hostname: str, fqdn: str | None = None) -> None:
-        # Route 53 deletes only an exact copy of the record set: read it, then delete that. A
+        # Route 53 deletes only an exact copy of the record set: read them, then delete those. A
         # change in between makes the delete fail (InvalidChangeBatch); read again once.
         fqdn = fqdn or self.fqdn(hostname)
         for attempt in (1, 2):
             current = self._current(fqdn)
-            if current is None:
+            if not current:
                 return
             try:
-                self._change(f"delete {fqdn}", "DELETE", current)
+                self._change(f"delete {fqdn}", [("DELETE", record) for record in current])
                 return
             except DnsRejected:
                 if attempt == 2:

@@ -82,6 +82,7 @@ STEPS: tuple[Step, ...] = (
     pending.check_pending,  # clones finished, boots checked: pending -> ready (or running, on demand)
     ready.check_ready,
     running.check_running,
+    dns_records.follow_addresses,  # ready and running VMs whose address changed: records published again
     vm_tasks.run_tasks,
     migrations.run,
     discovered.check_discovered,  # before discover_unknown: a VM found now is judged next pass

@@ -9,6 +9,7 @@ from chalicelib.store.store import (
     CheckoutRequest,
     CheckoutResult,
     DayStats,
+    DnsClaim,
     DurationSample,
     ModifyResult,
     NotYetReplicated,
@@ -25,6 +26,7 @@ from chalicelib.store.store import (
 
 __all__ = [
     "STATES", "Keys", "VMRecord", "CheckedOut", "CheckoutNotDurable", "CheckoutRequest", "CheckoutResult", "DayStats",
+    "DnsClaim",
     "DurationSample", "ModifyResult", "NotYetReplicated", "PoolSnapshot", "Quota", "QuotaExceeded", "ReplicaAcks",
     "RequestNotDurable", "Store", "StoreUnavailable", "TokenGone", "TokenNotDurable",
     "connect",

@@ -19,7 +19,8 @@ SHARED: dict[str, tuple[str, ...]] = {"checkout": ("quota", "token_live"), "onde
                                       "vm_task_enqueue": ("vm_task_queue", "token_live", "vm_owner"),
                                       "vm_modify": ("vm_task_queue", "token_live", "vm_owner"),
                                       "ondemand_end": ("finite", "token_live"), "ondemand_reserve": ("finite",),
-                                      "pool_overrides": ("token_live",), "service_started": ("finite",)}
+                                      "pool_overrides": ("token_live",), "service_started": ("finite",),
+                                      "dns_claim": ("finite",)}
 """Scripts run with the functions of other files (lua/quota.lua, lua/record_fields.lua,
 lua/finite.lua, lua/vm_task_queue.lua, lua/token_live.lua, lua/vm_owner.lua) before their own text."""
 
@@ -98,6 +99,8 @@ class Scripts:
         self.running_recount = load("running_recount")
         self.config_generation = load("config_generation")
         self.service_started = load("service_started")
+        self.dns_claim = load("dns_claim")
+        self.dns_confirm = load("dns_confirm")
 
 
 ScriptCall = tuple[_Script, Sequence[str], Sequence[Any]]

@@ -14,7 +14,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Iterable, Mapping, Sequence, cast
+from typing import Any, Callable, Collection, Iterable, Mapping, Sequence, TypeVar, cast
 
 import redis
 
@@ -39,6 +39,21 @@ many as it waits for (``Store._replicas_to_wait_for``; fewer: at each write that
 
 LAMBDA_ENV = "AWS_LAMBDA_FUNCTION_NAME"
 MIN_REPLICA_ACKS_ENV = "VMPOOL_REDIS_MIN_REPLICA_ACKS"
+
+BatchItem = TypeVar("BatchItem")
+
+
+@dataclass(frozen=True)
+class DnsClaim:
+    """A pass's claim of the publication of a VM's address (``Store.claim_dns``)."""
+
+    version: int
+    """The version claimed (> 0); 0 when that address is the one published (then ``published``
+    is None: not read back); -1 when this pass is
+    not to publish it (a later look claimed, the VM left service, or its record is published
+    under another name or by another entry)."""
+    published: str | None
+    """The address noted published before (``?`` when unknown), None for none."""
 
 MOVE_BATCH = 200
 """The most VMs one run of lua/move.lua or lua/update.lua changes: a pass changing thousands (a
@@ -921,6 +936,37 @@ class Store:
             with _translate_errors():
                 self.client.zrem(self.keys.dns_left(pool), *hostnames)
 
+    def claim_dns(self, seen: float, entry: str, addresses: Mapping[str, tuple[str, str]]) -> dict[str, DnsClaim]:
+        """Claim the publication of VMs' addresses (hostname -> (the name it is published under,
+        the address seen at time ``seen``)) by the ``:dns_configs:`` entry ``entry``, in one round
+        trip (lua/dns_claim.lua). Returns per VM its ``DnsClaim``."""
+        batches = _batches(addresses)
+        calls: list[ScriptCall] = [
+            (self.scripts.dns_claim, [self.keys.vm(host) for host in batch],
+             [repr(seen), entry, *(part for pair in batch.values() for part in pair)])
+            for batch in batches]
+        with _translate_errors():
+            replies = run_many(self.client, calls)
+        claims = dict.fromkeys(addresses, DnsClaim(0, None))
+        for batch, reply in zip(batches, replies, strict=True):
+            hosts = list(batch)
+            for at in range(0, len(reply), 3):  # only the VMs whose address is not the one published
+                index, version, published = reply[at:at + 3]
+                claims[hosts[int(index) - 1]] = DnsClaim(int(version), published or None)
+        return claims
+
+    def confirm_dns(self, published: Mapping[str, tuple[int, str]]) -> list[str]:
+        """Note VMs' addresses published (hostname -> (the version ``claim_dns`` gave, the
+        address sent)), each only while its claim is the last (lua/dns_confirm.lua); otherwise
+        what DNS holds is noted unknown, and the next pass publishes again. Returns the hostnames
+        noted."""
+        calls: list[ScriptCall] = [
+            (self.scripts.dns_confirm, [self.keys.vm(host) for host in batch],
+             [str(part) for pair in batch.values() for part in pair])
+            for batch in _batches(published)]
+        with _translate_errors():
+            return _done(published, run_many(self.client, calls))
+
     def update_vm(self, hostname: str, **fields: Any) -> bool:
         """Set fields on an existing record (None deletes a field). False for an unknown VM."""
         return bool(self.update_vms({hostname: fields}))
@@ -1176,8 +1222,9 @@ class Store:
             self.client.ping()
 
 
-def _batches(fields: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Mapping[str, Any]]]:
-    """``fields`` (hostname -> its fields) in runs of at most MOVE_BATCH VMs, in order."""
+def _batches(fields: Mapping[str, BatchItem]) -> list[dict[str, BatchItem]]:
+    """``fields`` (hostname -> its fields, or what a script is given per VM) in runs of at most
+    MOVE_BATCH VMs, in order."""
     items = iter(fields.items())
     return [dict(batch) for batch in iter(lambda: list(itertools.islice(items, MOVE_BATCH)), [])]
 

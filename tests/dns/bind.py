@@ -151,11 +151,12 @@ ns  IN A   127.0.0.1
         stop_process(self.process)
         self.process = None
 
-    def addresses(self, fqdn: str) -> list[str]:
-        """The A records the server holds for ``fqdn`` now."""
-        answer = dns.query.tcp(dns.message.make_query(fqdn, "A"), "127.0.0.1", port=self.port,
+    def addresses(self, fqdn: str, rdtype: str = "A") -> list[str]:
+        """The A (or ``rdtype``: AAAA) records the server holds for ``fqdn`` now."""
+        answer = dns.query.tcp(dns.message.make_query(fqdn, rdtype), "127.0.0.1", port=self.port,
                                timeout=ANSWER_SECONDS)
-        found = answer.get_rrset(answer.answer, dns.name.from_text(fqdn), dns.rdataclass.IN, dns.rdatatype.A)
+        found = answer.get_rrset(answer.answer, dns.name.from_text(fqdn), dns.rdataclass.IN,
+                                 dns.rdatatype.from_text(rdtype))
         return sorted(item.address for item in found) if found is not None else []
 
     def _update(self) -> Any:

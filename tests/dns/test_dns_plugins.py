@@ -153,17 +153,19 @@ def test_route53_refusals_are_typed(route53: tuple[Any, str]) -> None:
         plugin.create_or_replace("r53-c", "10.0.0.1")
     _, zone = route53
     plugin = plugin_for({"dns_class": "route53", "domain": "vms.example.test", "hosted_zone_id": zone})
-    with pytest.raises(DnsRejected, match="fe80::1 is not an IPv4 address"):
+    with pytest.raises(DnsRejected, match="fe80::1 is a link-local address"):
         plugin.create_or_replace("r53-c", "fe80::1")
 
 
 @pytest.mark.parametrize("address", ["fe80::1", "not-an-address", "", "10.0.0.256", "169.254.3.4", "0.0.0.0",
-                                     "224.0.0.1", "255.255.255.255"])
-def test_an_address_that_is_not_ipv4_is_refused_before_anything_is_sent(bind: BindServer, address: str) -> None:
-    # vSphere reports the guest's own choice of address (VMware Tools): an IPv6 one made
-    # dnspython raise its own SyntaxError, which stopped the pool's reconcile pass every time.
+                                     "224.0.0.1", "255.255.255.255", "::", "ff02::1", "2001:db8::1%eth0",
+                                     "2001:db8::g", "10.0.0.1\nx", "1" * 100])
+def test_an_address_that_users_cannot_reach_is_refused_before_anything_is_sent(bind: BindServer, address: str) -> None:
+    # vSphere reports the guest's own choice of address (VMware Tools): anything a user inside
+    # the guest says. An IPv6 one made dnspython raise its own SyntaxError, which stopped the
+    # pool's reconcile pass every time.
     plugin = plugin_for(bind.dns_config())
-    with pytest.raises(DnsRejected, match=r"is not an IPv4 address|is a link-local|is not an address users can reach"):
+    with pytest.raises(DnsRejected, match=r"is not an IP address|is a link-local|is not an address users can reach"):
         plugin.create_or_replace("plugin-d", address)
     assert bind.addresses(f"plugin-d.{bind.zone}") == []
 
@@ -196,3 +198,11 @@ def test_a_tsig_secret_that_is_not_base64_fails_each_update_with_a_typed_refusal
     assert secret not in str(failure.value)
     with pytest.raises(DnsRejected, match="tsig_secret is not a valid base64 key"):
         plugin.delete("plugin-e")
+
+
+def test_an_ipv4_address_written_as_ipv6_is_published_as_the_a_record_it_is(bind: BindServer) -> None:
+    plugin = plugin_for(bind.dns_config())
+    plugin.create_or_replace("mapped-a", "::ffff:10.1.2.5")
+    assert bind.addresses(f"mapped-a.{bind.zone}") == ["10.1.2.5"]
+    assert bind.addresses(f"mapped-a.{bind.zone}", "AAAA") == []
+    plugin.delete("mapped-a")
