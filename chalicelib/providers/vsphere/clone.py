@@ -65,7 +65,7 @@ def pool_folder(connection: Connection, datacenter: str, folder: str) -> str:
     releases up to 60eceaa cloned there, and still do while a deploy or a rollback runs both.
     Moving the pool at the upgrade made each release drop the other's VMs as gone (a checked-out
     one too) and then destroy them as found in its folder. Where no earlier release made the
-    nested folder, the folder is ``<datacenter>/vm/<folder>`` (docs/vsphere.md, "Folders")."""
+    nested folder, the folder is ``<datacenter>/vm/<folder>`` (docs/vsphere.md, "Configuration keys")."""
     folder = folder.strip("/")
     root = f"{datacenter}/vm"
     if folder == root or folder.startswith(f"{root}/"):
