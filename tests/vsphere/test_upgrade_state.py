@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import secrets
 
+import pytest
+
 from chalicelib.providers.base import TaskState
+from chalicelib.providers.vsphere import clone
 from tests.harness import HarnessFactory
 from tests.support import eventually
 from tests.vsphere import admin
@@ -32,7 +35,8 @@ def test_a_pool_keeps_the_nested_folder_an_earlier_release_cloned_into(setup: Se
     name = f"nested-{secrets.token_hex(4)}"
     written = f"{DATACENTER}/vm/vmpool/{name}"
     pool = setup.pool(name=name, folder=written)
-    admin.create_vm(setup.provider, f"{DATACENTER}/vm/{written}", "made-before", annotation=earlier_release_annotation(name))
+    admin.create_vm(setup.provider, f"{DATACENTER}/vm/{written}", "made-before",
+                    annotation=earlier_release_annotation(name))
 
     assert [vm.name for vm in setup.provider.list_vms(pool)] == ["made-before"]
     ref = setup.provider.clone(pool, "made-now")
@@ -70,3 +74,36 @@ def test_a_vm_checked_out_under_the_earlier_release_stays_its_users(
     assert world.describe("in-use")["state"] == "running"
     assert sorted(vm.name for vm in world.provider.list_vms(world.pool(name))) == sorted(
         ["in-use", *world.hosts(name, "ready")])
+
+
+def test_passes_of_both_releases_alternating_on_the_pool_converge(
+        make_harness: HarnessFactory, vcsim: VcsimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deploy's window: the earlier release's passes (which take the folder as written, under
+    ``<datacenter>/vm/``) and this release's alternate on one pool. They agree on its folder:
+    the pool keeps its size in vCenter and its checked-out VM. Before, each dropped the other's
+    VMs and destroyed them as unknown VMs of its folder (the VM in use too), cloning again."""
+    name = f"mixed-{secrets.token_hex(4)}"
+    written = f"{DATACENTER}/vm/vmpool/{name}"
+    world = make_harness(vcsim_config(vcsim, [{"name": name, "size": 2, "folder": written, "ready_check": "tools"}]),
+                         prefix=f"{name}:")
+    releases = {"this": clone.pool_folder, "earlier": lambda connection, datacenter, folder: folder.strip("/")}
+
+    def one_pass(release: str) -> None:
+        monkeypatch.setattr(clone, "pool_folder", releases[release])
+        world.clock.advance(30)
+        assert world.reconcile(name).errors == []
+
+    def filled() -> bool:
+        one_pass("earlier")
+        return world.count(name, "ready") == 2
+
+    eventually(filled, 30, "the earlier release filled the pool")
+    [in_use] = world.check_out(name)
+    for _ in range(4):
+        one_pass("this")
+        one_pass("earlier")
+    monkeypatch.setattr(clone, "pool_folder", releases["this"])
+    assert world.hosts(name, "running") == {in_use}
+    in_vcenter = {vm.name for vm in world.provider.list_vms(world.pool(name))}
+    assert in_use in in_vcenter and len(in_vcenter) == 3, in_vcenter
+    assert not world.hosts(name, "discovered") and not world.hosts(name, "completed")
