@@ -416,6 +416,8 @@ def dashboard(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
                 service(m.POOLS_NOT_QUEUED)),
         _widget("Runtime templates and clone targets ignored (no room in /config; should stay 0)",
                 service(m.OVERRIDES_IGNORED)),
+        _widget("AWS calls failed (config refreshes, refill nudges; their warning lines say why)",
+                service(m.AWS_CALL_FAILURES)),
         _widget("Lambda errors", per_function("Errors")),
         _widget("Lambda throttles", per_function("Throttles")),
         _widget("Lambda duration max (ms)", per_function("Duration"), stat="Maximum"),

@@ -3,13 +3,13 @@ front of an endpoint (a sign-in page, a 502), or an endpoint in an outage, sends
 to botocore's parser as the HTTP answer (a ``before-send`` event hook), so the client behaves as
 it does against the wire.
 
-    answer_with_page(client, status, page)   the later calls of ``client`` get that answer
+    answer_with_page(client, status, page)   the later calls of ``client`` get that answer (until stopped)
     PAGES                                     (status, body) pairs met in the wild, by id
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from botocore.awsrequest import AWSResponse
 
@@ -32,14 +32,19 @@ class _Raw:
     def read(self, *_: Any, **__: Any) -> bytes:
         return self.body
 
+    def close(self) -> None:
+        pass
 
-def answer_with_page(client: Any, status: int, page: bytes, times: int | None = None) -> None:
+
+def answer_with_page(client: Any, status: int, page: bytes, times: int | None = None) -> Callable[[], None]:
     """Make the later calls of the boto3 ``client`` get ``page`` with HTTP ``status``: every one,
-    or the first ``times`` (botocore's own retries count), the others going on as before."""
+    or the first ``times`` (botocore's own retries count), the others going on as before.
+    Returns a function that ends the pages (the endpoint is back)."""
     answered = [0]
+    stopped = [False]
 
     def handler(request: Any, **_: Any) -> AWSResponse | None:
-        if times is not None and answered[0] >= times:
+        if stopped[0] or (times is not None and answered[0] >= times):
             return None
         answered[0] += 1
         url = request.url
@@ -52,3 +57,4 @@ def answer_with_page(client: Any, status: int, page: bytes, times: int | None = 
 
     # First: moto answers every call from its own before-send hook while it mocks AWS.
     client.meta.events.register_first("before-send", handler)
+    return lambda: stopped.__setitem__(0, True)

@@ -126,6 +126,30 @@ def test_a_checkout_puts_its_pool_on_the_reconcile_queue(services: Services, mon
         assert [json.loads(m["Body"]) for m in messages] == [{"pool": "debian", "reason": "nudge"}]
 
 
+@pytest.mark.parametrize("page", ["200-html", "502-html"])
+def test_a_checkout_whose_nudge_meets_a_page_succeeds_and_the_lost_nudge_is_counted(
+        page: str, services: Services, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        log_output: io.StringIO) -> None:
+    """SQS answering the API's refill nudge with a proxy's page: the checkout succeeds, the
+    nudge is logged with its code and counted (``AwsCallFailures``). Before, a page with status
+    200 was taken for a sent nudge and any other failure was a warning no metric showed."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        sqs = boto3.client("sqs")
+        queue_url = sqs.create_queue(QueueName="vmpool-dev-reconcile")["QueueUrl"]
+        answer_with_page(sqs, *PAGES[page])
+        services.refill = SqsRefill(queue_url, client_factory=lambda: sqs)
+        run_pool(services, "debian")
+        services.clock.advance(60)
+        run_pool(services, "debian")
+        capsys.readouterr()
+        status, _, body = Gateway(app.app)("POST", "/api/v3/vm/debian", {}, b"", "127.0.0.1")
+    assert status == 200, body
+    assert emitted(emf_documents(capsys.readouterr().out))[("AwsCallFailures", ("service",))] == [1.0]
+    (line,) = [line for line in json_lines(log_output.getvalue()) if line["message"].startswith("refill request")]
+    assert line["level"] == "WARNING" and line["codes"] == ["UnreadableAnswer" if page.startswith("200") else "502"]
+
+
 class RecordingSqs:
     """An SQS client that takes every message and remembers what it was sent."""
 

@@ -22,6 +22,7 @@ from chalicelib.manager.dispatch import Ticker
 from chalicelib.services import Services
 from infra import config_push
 from local.gateway import Gateway
+from tests.aws_pages import PAGES, answer_with_page
 from tests.support import emf_documents, emitted
 
 BUCKET = "vmpool-dev-config-123456789012-us-east-1"
@@ -262,3 +263,28 @@ def test_a_key_written_twice_with_one_value_is_pushed_and_warned_about_by_the_pu
     assert source.current().pool_names == ("debian", "fedora")
     assert [(record.name, record.levelname) for record in caplog.records
             if record.getMessage() == f"config: {warning}"] == [("vmpool", "WARNING")]
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_a_page_instead_of_s3s_answer_keeps_the_config_and_is_counted(
+        s3: Any, page: str, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """A proxy's or an outage's page instead of S3's answer to a function's config refresh: the
+    config in use stays, a warning line says what S3 did (a code, never the page) and it is
+    counted (``AwsCallFailures``). Before, a page with status 200 failed on its missing ETag:
+    a KeyError logged as if it were a bug, counted nowhere."""
+    clock = FakeClock()
+    initial = parse(PACKAGED)
+    s3.put_object(Bucket=BUCKET, Key=DEFAULT_CONFIG_KEY, Body=PUSHED.encode())
+    paged = boto3.client("s3")
+    back = answer_with_page(paged, *PAGES[page])
+    source = ConfigSource(initial, S3Fetch(BUCKET, DEFAULT_CONFIG_KEY, lambda: paged), clock)
+    capsys.readouterr()
+
+    assert source.current() is initial
+    assert emitted(emf_documents(capsys.readouterr().out))[("AwsCallFailures", ("service",))] == [1.0]
+    [line] = [record for record in caplog.records if record.getMessage().startswith("config not refreshed")]
+    assert line.levelname == "WARNING" and vars(line)["failure"] in ("unreadable", "unavailable")
+    assert "html" not in vars(line)["error"].lower()
+    back()
+    clock.advance(REFRESH_SECONDS)
+    assert source.current().pool_names == ("debian", "fedora")  # S3 answers again: the push is live
