@@ -288,3 +288,88 @@ def test_a_page_instead_of_s3s_answer_keeps_the_config_and_is_counted(
     back()
     clock.advance(REFRESH_SECONDS)
     assert source.current().pool_names == ("debian", "fedora")  # S3 answers again: the push is live
+
+
+DNS_CONFIG = """\
+:providers:
+  :dummy: {}
+:dns_configs:
+  bind: {dns_class: dynamic-dns, domain: lab.example.net, server: 10.9.0.53, port: %d, tsig_key_name: k,
+         tsig_secret: {ssm: /vmpool/dev/tsig}}
+  aws: {dns_class: route53, domain: aws.example.net, hosted_zone_id: Z0123456789ABC}
+:pools:
+  - {name: debian, size: 1, provider: dummy, dns_plugin: %s}
+"""
+
+
+def deployed_stack(parameters: dict[str, str]) -> None:
+    """A stack ``vmpool-dev`` (moto) deployed with ``parameters``, its config bucket ``BUCKET``."""
+    template = {"Parameters": {key: {"Type": "String", "Default": ""} for key in parameters},
+                "Resources": {"Queue": {"Type": "AWS::SQS::Queue"}},
+                "Outputs": {"ConfigBucket": {"Value": BUCKET}}}
+    boto3.client("cloudformation").create_stack(
+        StackName="vmpool-dev", TemplateBody=json.dumps(template),
+        Parameters=[{"ParameterKey": key, "ParameterValue": value} for key, value in parameters.items()])
+
+
+def push_to_stack(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """config-push as an operator runs it: the bucket from the stack's output."""
+    path = tmp_path / "vmpool.yaml"
+    path.write_text(text)
+    code = config_push.main(["--stage", "dev", "--file", str(path)], session=boto3.Session())
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+@pytest.mark.parametrize(("parameters", "port", "plugin", "problem"), [
+    ({"DnsServerCidr": "", "DnsServerPort": "53", "CreateVpcEndpoints": "true"}, 53, "bind",
+     "dns_configs.bind: server 10.9.0.53 port 53: the stack has no DnsServerCidr"),
+    ({"DnsServerCidr": "10.8.0.0/24", "DnsServerPort": "53", "CreateVpcEndpoints": "true"}, 53, "bind",
+     "dns_configs.bind: server 10.9.0.53 is outside the stack's DnsServerCidr 10.8.0.0/24"),
+    ({"DnsServerCidr": "10.9.0.0/24", "DnsServerPort": "53", "CreateVpcEndpoints": "true"}, 5353, "bind",
+     "dns_configs.bind: server 10.9.0.53 port 5353: the stack's DnsServerPort is 53"),
+    ({"DnsServerCidr": "", "DnsServerPort": "53", "CreateVpcEndpoints": "true"}, 53, "aws",
+     "dns_configs.aws: route53 is reached through a NAT gateway only; the stack has CreateVpcEndpoints=true"),
+], ids=["no-cidr", "outside", "port", "route53-endpoints"])
+def test_config_push_refuses_dns_the_deployed_network_does_not_reach(
+        s3: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], parameters: dict[str, str], port: int,
+        plugin: str, problem: str) -> None:
+    """A DNS service the pushed config adds needs the network a deploy gives (``DnsServerCidr``,
+    ``DnsServerPort``, NAT for Route 53); only the packaged config's entries were checked, at
+    deploy. Before, such a push was published and every VM of the pool stayed pending
+    (``DNS record not created``) until its timeout destroyed it. Now refused, with the deploy to run."""
+    deployed_stack(parameters)
+    code, output = push_to_stack(tmp_path, DNS_CONFIG % (port, plugin), capsys)
+    assert code == 1 and "nothing published" in output and "Traceback" not in output
+    assert problem in output and "make deploy STAGE=dev" in output
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
+
+
+def test_config_push_publishes_dns_the_deployed_network_reaches(s3: Any, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    deployed_stack({"DnsServerCidr": "10.9.0.0/24", "DnsServerPort": "53", "CreateVpcEndpoints": "false"})
+    for plugin in ("bind", "aws"):
+        code, output = push_to_stack(tmp_path, DNS_CONFIG % (53, plugin), capsys)
+        assert code == 0, output
+
+
+@pytest.mark.parametrize("page", ["200-html", "502-html"])
+def test_config_push_says_an_aws_failure_in_a_line_and_publishes_nothing(
+        s3: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], page: str) -> None:
+    """A page instead of CloudFormation's answer (a proxy, an outage): before, a traceback
+    (botocore's KeyError for a well-formed HTML page, its ClientError for a 502)."""
+    session = boto3.Session()
+
+    class Paged:
+        def client(self, service: str) -> Any:
+            client = session.client(service)
+            answer_with_page(client, *PAGES[page])
+            return client
+
+    path = tmp_path / "vmpool.yaml"
+    path.write_text(PACKAGED)
+    code = config_push.main(["--stage", "dev", "--file", str(path)], session=Paged())
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and err.startswith("config-push: ")
+    assert err.endswith("config-push: nothing published\n") and err.count("\n") == 2, err
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)

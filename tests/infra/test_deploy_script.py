@@ -163,3 +163,14 @@ def test_an_answer_that_is_not_aws_is_said_in_one_line_not_a_traceback(
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert err.startswith("deploy: ") and err.count("\n") == 1 and len(err) < 500, err
+
+
+def test_a_bug_of_ours_is_not_taken_for_an_unreadable_aws_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a KeyError raised inside botocore (its parser, on a page that is not AWS's) is said
+    in one line; one of our own code goes up with its traceback."""
+    def broken(*args: Any, **kwargs: Any) -> dict[str, str]:
+        return {}["Outputs"]
+
+    monkeypatch.setattr(deploy, "deploy", broken)
+    with pytest.raises(KeyError, match="Outputs"):
+        deploy.main(["--stage", "dev", "--bucket", BUCKET, "--infra-only"], session=object())
