@@ -53,8 +53,6 @@ class Route53Settings(DnsSettings):
 _LEADING_TYPES = frozenset({"A", "AAAA", "CNAME"})
 """Record types that make a name lead somewhere (a new VM's name must hold none of them)."""
 
-_RETRYABLE_CODES = frozenset({"Throttling", "ThrottlingException", "PriorRequestNotComplete", "ServiceUnavailable"})
-
 
 class Route53Dns(DnsPlugin):
     """A records in one Route 53 hosted zone."""
@@ -99,8 +97,8 @@ class Route53Dns(DnsPlugin):
             if isinstance(answer, dict) and answer_key in answer:
                 return answer
             failure = aws_clients.AwsCallFailed(f"route53 {what}", aws_clients.UNREADABLE_ANSWER, "unreadable")
-        refused = failure.metric_key == "refused" and failure.code not in _RETRYABLE_CODES
-        raise (DnsRejected if refused else DnsUnavailable)(str(failure)) from None
+        # Throttling, PriorRequestNotComplete, a 5xx: aws_clients' classes, not "refused".
+        raise (DnsRejected if failure.metric_key == "refused" else DnsUnavailable)(str(failure)) from None
 
     def _current(self, fqdn: str) -> dict[str, Any] | None:
         """The name's A record set as Route 53 holds it, or None."""
