@@ -87,6 +87,7 @@ class Scripts:
         self.ondemand_create = load("ondemand_create")
         self.ondemand_confirm = load("ondemand_confirm")
         self.ondemand_reserve = load("ondemand_reserve")
+        self.ondemand_claim = load("ondemand_claim")
         self.ondemand_deliver = load("ondemand_deliver")
         self.ondemand_end = load("ondemand_end")
         self.vm_task_enqueue = load("vm_task_enqueue")
