@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import signal
 import subprocess
@@ -385,3 +386,46 @@ def test_a_pass_stopped_while_another_run_takes_the_pool_over_leaks_nothing(
     # has it check too.
     assert not past_lease or any("lease" in failure for failure in lost["failures"]), output
     recover(crashing, restart=False, where=f"stopped at {checkpoint}, past lease: {past_lease}")
+
+
+# --- anywhere ------------------------------------------------------------------------------------
+
+
+@pytest.mark.audit
+@pytest.mark.parametrize("seed", range(8))
+def test_a_churning_run_killed_at_a_random_moment_converges(crashing: Crashing, seed: int) -> None:
+    """A full pool with a VM in use (a disk asked for on it) and one given back, its run killed
+    at a random moment of its first 2.5 s (a pass here takes 1 to 3 s: inside or between calls),
+    recovered as in AWS or as the local stack: whole again, the disk on the VM once and listed,
+    or not on it and reported."""
+    chance = random.Random(seed)
+    full_with_one_in_use(crashing)
+    (host,) = crashing.kept
+    (returned,) = crashing.check_out(1)
+    crashing.give_back(returned)
+    world = crashing.world
+    assert world.post(f"/api/v3/vm/{host}/disk/8").status in (200, 202), world.replies[-1].body
+    delay = chance.uniform(0.0, 2.5)
+    where = f"seed {seed}: killed {delay:.2f} s into the run"
+    started = time.monotonic()
+    process = crashing.start()
+    time.sleep(delay)  # a moment of the run's own (real) time
+    process.kill()
+    crashing.finish(process, started)
+    time.sleep(CALL_SECONDS)  # a call the run had sent lands in vCenter (on its clock) before anyone looks
+    recover(crashing, chance.random() < 0.5, where)
+
+    def tasks_ended() -> bool:
+        world.clock.advance(PASS_SECONDS)
+        run_pool(world.services, POOL, 0.0)
+        record = world.store.get_vm(host)
+        return record is not None and not VMTaskStore(world.store).queued(host) and not record.raw.get("task")
+
+    eventually(tasks_ended, 30, f"{where}: the disk task to end", interval=0.2)
+    record = world.store.get_vm(host)
+    assert record is not None
+    disks = made(crashing, host, "disk")
+    listed = json.loads(record.raw.get("disks") or "[]")
+    assert (disks, len(listed), len(task_errors(record))) in ((1, 1, 0), (0, 0, 1)), \
+        f"{where}: {disks} disks in vCenter, listed {listed}, errors {task_errors(record)}"
+    assert returned not in crashing.in_vcenter(), where
