@@ -78,6 +78,7 @@ class Crashing:
     folder: str
     directory: Path
     redis_port: int
+    size: int = SIZE
     kept: set[str] = field(default_factory=set)
     """VMs checked out to users: they must stay theirs and in vCenter."""
     handed_out: list[str] = field(default_factory=list)
@@ -121,7 +122,8 @@ class Crashing:
     # --- users ---
 
     def check_out(self, count: int = 1) -> list[str]:
-        hosts = self.world.check_out(POOL, count, lifetime_hours=5)
+        """``count`` VMs checked out through the API (POST /vm), for ``vm_lifetime``."""
+        hosts = self.world.checkout_vms(POOL, count)
         self.handed_out += hosts
         self.kept |= set(hosts)
         return hosts
@@ -137,7 +139,7 @@ class Crashing:
 
     def whole(self) -> bool:
         world = self.world
-        return (world.count(POOL, "ready") == SIZE and not world.hosts(POOL, "pending")
+        return (world.count(POOL, "ready") == self.size and not world.hosts(POOL, "pending")
                 and not world.hosts(POOL, "completed") and not world.hosts(POOL, "discovered")
                 and self.in_vcenter() == world.hosts(POOL, "ready") | world.hosts(POOL, "running"))
 
@@ -189,17 +191,23 @@ def leases_expire(world: Harness) -> None:
         world.client.delete(key)
 
 
+def crashing_on(server: VcsimServer, make_harness: HarnessFactory, redis_client: redis.Redis, directory: Path,
+                size: int = SIZE, migration_limit: int = 0) -> Crashing:
+    """A pool of ``size`` in a folder of its own on ``server``, its config in a file for the runs."""
+    folder = f"crash-{secrets.token_hex(4)}"
+    document = vcsim_document(server, [{"name": POOL, "size": size, "folder": f"vmpool/{folder}",
+                                        "ready_check": "tools"}],
+                              service={"task_limit": 2, "migration_limit": migration_limit, "vm_lifetime": 5})
+    (directory / "config.yaml").write_text(yaml.safe_dump(document))
+    world = make_harness(build(document), prefix=PREFIX)
+    port = redis_client.connection_pool.connection_kwargs["port"]
+    return Crashing(world, server, folder, directory, port, size)
+
+
 @pytest.fixture
 def crashing(make_harness: HarnessFactory, slow_vcsim: VcsimServer, redis_client: redis.Redis,
              tmp_path: Path) -> Crashing:
-    folder = f"crash-{secrets.token_hex(4)}"
-    document = vcsim_document(slow_vcsim, [{"name": POOL, "size": SIZE, "folder": f"vmpool/{folder}",
-                                            "ready_check": "tools"}],
-                              service={"task_limit": 2, "migration_limit": 1})
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(document))
-    world = make_harness(build(document), prefix=PREFIX)
-    port = redis_client.connection_pool.connection_kwargs["port"]
-    return Crashing(world, slow_vcsim, folder, tmp_path, port)
+    return crashing_on(slow_vcsim, make_harness, redis_client, tmp_path)
 
 
 def recover(crashing: Crashing, restart: bool, where: str) -> int:
@@ -429,3 +437,46 @@ def test_a_churning_run_killed_at_a_random_moment_converges(crashing: Crashing, 
     assert (disks, len(listed), len(task_errors(record))) in ((1, 1, 0), (0, 0, 1)), \
         f"{where}: {disks} disks in vCenter, listed {listed}, errors {task_errors(record)}"
     assert returned not in crashing.in_vcenter(), where
+
+
+# --- migrations ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def busy_vcsim(vcsim_dir: Path) -> Iterator[VcsimServer]:
+    """Every powered-on VM uses 15 % of its host (every clone lands on the template's), and
+    vMotions (RelocateVM_Task) are slow to act: checked-out VMs move, and a kill lands inside."""
+    with VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / "crash-busy.pem", host_load_per_vm=15,
+                     method_delays={"RelocateVM_Task": CALL_SECONDS}) as server:
+        yield server
+
+
+@pytest.mark.audit
+@pytest.mark.parametrize("restart", [False, True], ids=["aws", "local"])
+def test_a_run_killed_inside_a_migration_gives_the_slot_back_and_keeps_the_vm(
+        make_harness: HarnessFactory, busy_vcsim: VcsimServer, redis_client: redis.Redis, tmp_path: Path,
+        restart: bool) -> None:
+    """Two VMs checked out from a busy host (migration_limit 1), the run that starts the first
+    one's vMotion killed while vCenter holds the call (it moves the VM after the run died): the
+    slot comes back, the second VM's migration runs, both stay their users', and GET /vm says
+    where each really is."""
+    crashing = crashing_on(busy_vcsim, make_harness, redis_client, tmp_path, size=3, migration_limit=1)
+    world = crashing.world
+    crashing.converge("before the kill")
+    crashing.check_out(2)
+    where = f"killed inside RelocateVM_Task, restart: {restart}"
+    crashing.killed("migration_slot", CALL_SECONDS / 2)
+    time.sleep(CALL_SECONDS)  # the call the run had sent lands in vCenter (on its clock) before anyone looks
+    recover(crashing, restart, where)
+
+    def settled() -> bool:
+        world.clock.advance(PASS_SECONDS)
+        run_pool(world.services, POOL, 0.0)
+        return world.migrations_in_flight() == 0 and all(
+            not world.store.get_vm(host).raw.get("migration") for host in crashing.kept)  # type: ignore[union-attr]
+
+    eventually(settled, 30, f"{where}: the migrations to end and their slots to come back", interval=0.2)
+    for vm in world.provider.list_vms(world.pool(POOL)):
+        if vm.name in crashing.kept:
+            assert world.describe(vm.name)["host"] == vm.host, f"{where}: GET /vm says {vm.name} is elsewhere"
+    crashing.assert_whole(where)
