@@ -37,6 +37,7 @@ import yaml
 
 from chalicelib.config import build
 from chalicelib.manager.runner import LEASE_SECONDS, run_pool
+from chalicelib.store import VMRecord
 from chalicelib.store.vm_tasks import VMTaskStore, task_errors
 from local.scheduler import LocalScheduler
 from tests.chaos.crash_runner import write_clock
@@ -160,6 +161,19 @@ class Crashing:
 
         eventually(one_pass, 60, f"{where}: the pool whole again", interval=0.2)
         return passes
+
+    def tasks_ended(self, host: str, where: str) -> VMRecord:
+        """Ordinary runs until the VM's disk and snapshot tasks have all ended; its record then."""
+        world = self.world
+
+        def ended() -> VMRecord | None:
+            world.clock.advance(PASS_SECONDS)
+            run_pool(world.services, POOL, 0.0)
+            record = world.store.get_vm(host)
+            done = record is not None and not VMTaskStore(world.store).queued(host) and not record.raw.get("task")
+            return record if done else None
+
+        return eventually(ended, 30, f"{where}: the VM's tasks to end", interval=0.2)
 
     def state(self) -> dict[str, object]:
         return {**{state: sorted(self.world.hosts(POOL, state))
@@ -297,15 +311,7 @@ def test_a_run_killed_during_a_disk_or_snapshot_task_ends_it_once(
     eventually(lambda: made(crashing, host, kind) == 1, 30, f"{where}: vCenter to act on the call")
     recover(crashing, restart, where)
 
-    def tasks_ended() -> bool:
-        world.clock.advance(PASS_SECONDS)
-        run_pool(world.services, POOL, 0.0)
-        record = world.store.get_vm(host)
-        return record is not None and not VMTaskStore(world.store).queued(host) and not record.raw.get("task")
-
-    eventually(tasks_ended, 30, f"{where}: the VM's tasks to end", interval=0.2)
-    record = world.store.get_vm(host)
-    assert record is not None
+    record = crashing.tasks_ended(host, where)
     assert (made(crashing, host, kind), task_errors(record)) == (2, []), where
     listed = {"disk": "disks", "snapshot": "snapshots"}[kind]
     assert len(json.loads(record.raw.get(listed) or "[]")) == 2, f"{where}: GET /vm shows {record.raw.get(listed)}"
@@ -423,15 +429,7 @@ def test_a_churning_run_killed_at_a_random_moment_converges(crashing: Crashing, 
     time.sleep(CALL_SECONDS)  # a call the run had sent lands in vCenter (on its clock) before anyone looks
     recover(crashing, chance.random() < 0.5, where)
 
-    def tasks_ended() -> bool:
-        world.clock.advance(PASS_SECONDS)
-        run_pool(world.services, POOL, 0.0)
-        record = world.store.get_vm(host)
-        return record is not None and not VMTaskStore(world.store).queued(host) and not record.raw.get("task")
-
-    eventually(tasks_ended, 30, f"{where}: the disk task to end", interval=0.2)
-    record = world.store.get_vm(host)
-    assert record is not None
+    record = crashing.tasks_ended(host, where)
     disks = made(crashing, host, "disk")
     listed = json.loads(record.raw.get("disks") or "[]")
     assert (disks, len(listed), len(task_errors(record))) in ((1, 1, 0), (0, 0, 1)), \
