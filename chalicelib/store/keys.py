@@ -54,8 +54,10 @@ family through these validators.
                                      script that takes a VM out of running (lua/move.lua: dropped
                                      as gone, reaped, returned; lua/release.lua: an unconfirmed
                                      checkout given back; lua/ondemand_end.lua: its request ended)
-                                     takes it out of this set in that step; entries written before
-                                     they did are dropped when due, or once a pass sees the VM
+                                     takes it out of this set in that step, and a pass writes a
+                                     VM's look only while it is running for the checkout the pass
+                                     read (lua/schedule_running.lua); entries written before they
+                                     did are dropped when due, or once a pass sees the VM
                                      completed (manager/running.py)
     pool:<pool>:inventory_checked string "<provider's inventory token> <time>": the inventory the pool's
                                      VMs were last compared with, and when it was last compared whole

@@ -96,6 +96,7 @@ class Scripts:
         self.finish_clones = load("finish_clones")
         self.pool_overrides = load("pool_overrides")
         self.running_recount = load("running_recount")
+        self.schedule_running = load("schedule_running")
         self.config_generation = load("config_generation")
         self.service_started = load("service_started")
 

@@ -14,7 +14,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Iterable, Mapping, Sequence, cast
+from typing import Any, Callable, Collection, Iterable, Mapping, Sequence, TypeVar, cast
 
 import redis
 
@@ -39,6 +39,8 @@ many as it waits for (``Store._replicas_to_wait_for``; fewer: at each write that
 
 LAMBDA_ENV = "AWS_LAMBDA_FUNCTION_NAME"
 MIN_REPLICA_ACKS_ENV = "VMPOOL_REDIS_MIN_REPLICA_ACKS"
+
+_Value = TypeVar("_Value")
 
 MOVE_BATCH = 200
 """The most VMs one run of lua/move.lua or lua/update.lua changes: a pass changing thousands (a
@@ -415,12 +417,24 @@ class Store:
                          self.client.zrange(self.keys.pool_state(pool, state), 0, -1, withscores=True))
         return dict(pairs)
 
-    def schedule_running(self, pool: str, due: Mapping[str, float]) -> None:
-        """When a pass must next look at each running VM of ``due`` (see pool_snapshot_due)."""
+    def schedule_running(self, pool: str, due: Mapping[str, tuple[VMRecord, float]]) -> list[str]:
+        """When a pass must next look at each running VM of ``due`` (hostname -> its record as
+        the pass read it, its next look; see pool_snapshot_due), in one round trip: only while
+        the VM is still running in ``pool`` for the checkout, and with the lifetime, the record
+        shows (lua/schedule_running.lua): a stale pass does not bring back the look of a VM
+        returned or reaped since, nor overwrite one a later change wrote. Returns the hostnames
+        whose look was written."""
         if not due:
-            return
+            return []
+        keys = self.keys.pool_state(pool, "running"), self.keys.running_due(pool)
+        calls: list[ScriptCall] = []
+        for batch in _batches(due):
+            args: list[Any] = []
+            for host, (record, look) in batch.items():
+                args += [host, repr(look), record.raw.get("checkout", ""), record.raw.get("lifetime", "")]
+            calls.append((self.scripts.schedule_running, [*keys, *(self.keys.vm(host) for host in batch)], args))
         with _translate_errors():
-            self.client.zadd(self.keys.running_due(pool), dict(due))
+            return _done(due, run_many(self.client, calls))
 
     def begin_pass(self, pool: str) -> tuple[int | None, str]:
         """``mark_changes`` and the pool's ``inventory_checked`` mark ("" when none), in one round
@@ -1176,7 +1190,7 @@ class Store:
             self.client.ping()
 
 
-def _batches(fields: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Mapping[str, Any]]]:
+def _batches(fields: Mapping[str, _Value]) -> list[dict[str, _Value]]:
     """``fields`` (hostname -> its fields) in runs of at most MOVE_BATCH VMs, in order."""
     items = iter(fields.items())
     return [dict(batch) for batch in iter(lambda: list(itertools.islice(items, MOVE_BATCH)), [])]
