@@ -199,6 +199,7 @@ class Quota:
                 "max_vms": self.max_vms, "running": key_list.add(keys.running),
                 "counted": key_list.add(keys.running_counted),
                 "open_requests": key_list.add(keys.ondemand_open_requests),
+                "open_waiting": key_list.add(keys.ondemand_open_waiting),
                 "vm_template": keys.vm(KEY_PART), "request_template": keys.ondemand(KEY_PART),
                 "request_vms_template": keys.ondemand_vms(KEY_PART),
                 "max_owner_requests": self.max_owner_requests, "max_requests": self.max_requests}
