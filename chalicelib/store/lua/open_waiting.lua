@@ -42,12 +42,14 @@ local function open_request_close(open, waiting, id)
   end
 end
 
--- Keep 'sum' as the sum, expiring with the set.
+-- Keep 'sum' as the sum (written only when it differs), expiring with the set.
 local function open_waiting_keep(open, waiting, sum)
-  redis.call('SET', KEYS[waiting], sum)
-  local ttl = redis.call('PTTL', KEYS[open])
-  if ttl > 0 then
-    redis.call('PEXPIRE', KEYS[waiting], ttl)
+  if tonumber(redis.call('GET', KEYS[waiting]) or '') ~= sum then
+    redis.call('SET', KEYS[waiting], sum)
+    local ttl = redis.call('PTTL', KEYS[open])
+    if ttl > 0 then
+      redis.call('PEXPIRE', KEYS[waiting], ttl)
+    end
   end
   return sum
 end
