@@ -308,7 +308,7 @@ class OnDemandStore:
         """Reserve names for the VMs the request still lacks in ``pool`` (see the script)."""
         keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.ondemand_open(pool),
                 self.keys.cloning, self.keys.pool_state(pool, "pending"), self.keys.pool_clones,
-                self.keys.pool_clones_counted, self.keys.ondemand_open_requests,
+                self.keys.pool_clones_counted, self.keys.ondemand_open_requests, self.keys.ondemand_open_waiting,
                 *(self.keys.vm(host) for host in candidates)]
         args: list[str | int] = [request_id, pool, clone_limit, max_retries, repr(now), template, domain,
                                  self.store.data_ttl_seconds, self.keys.vm(KEY_PART), holder_label(),
@@ -334,7 +334,8 @@ class OnDemandStore:
             answer = json.loads(self.scripts.ondemand_deliver(
                 keys=[self.keys.vm(hostname), *(self.keys.pool_state(pool, state) for state in ("pending", "running",
                       "completed")), self.keys.cloning, self.keys.changes, self.keys.running_due(pool),
-                      self.keys.ondemand_open_requests, self.keys.running, self.keys.pool_clones],
+                      self.keys.ondemand_open_requests, self.keys.running, self.keys.pool_clones,
+                      self.keys.ondemand_open_waiting],
                 args=[hostname, repr(now), ip or "", host or "", self.keys.ondemand(KEY_PART),
                       self.keys.ondemand_vms(KEY_PART), self.keys.vm(KEY_PART), self.keys.ondemand_open(KEY_PART),
                       GONE_WHILE_RUNNING]))
@@ -350,7 +351,8 @@ class OnDemandStore:
         that has since taken its id (``seen`` forgotten, the id reused by another) is left as it
         is, and the result is ``missing``."""
         keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.cloning,
-                self.keys.ondemand_open_requests, self.keys.running, self.keys.pool_clones]
+                self.keys.ondemand_open_requests, self.keys.running, self.keys.pool_clones,
+                self.keys.ondemand_open_waiting]
         args: list[str | int] = [
             request_id, state, message, repr(now), vm_reason, self.store.data_ttl_seconds,
             self.keys.ondemand_open(KEY_PART), self.keys.wake(KEY_PART), self.keys.vm(KEY_PART),

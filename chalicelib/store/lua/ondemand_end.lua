@@ -11,7 +11,8 @@
 -- KEYS[1] the request, KEYS[2] its VMs, KEYS[3] the cloning set, KEYS[4] the service's open
 -- requests (keys.ondemand_open_requests), KEYS[5] the service's running set (keys.running),
 -- KEYS[6] the cloning set's pools' own part (keys.pool_clones: a request's VM is never there;
--- taken out all the same, so no path leaves a VM counted there once it stops cloning).
+-- taken out all the same, so no path leaves a VM counted there once it stops cloning), KEYS[7]
+-- the sum of the open requests' scores (keys.ondemand_open_waiting: lua/open_waiting.lua).
 -- ARGV: request id, new state ("deleted"|"failed"), message, now, VM reason, record ttl, then the
 -- templates of the keys named by the request and its VMs' records (keys.DERIVED_KEYS):
 -- open_template, wake_template, vm_template, pending_template, running_template, completed_template,
@@ -25,7 +26,7 @@
 -- when the request under that id is not the one the API read: that one was forgotten (the service
 -- keeps its newest only; a record's time to live ends) and another caller's new request took its
 -- id since, which the API checked nobody's ownership of.
-local key, vms_key, cloning_key, open_requests_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local key, vms_key, cloning_key = KEYS[1], KEYS[2], KEYS[3]
 local all_running_key, pool_clones_key = KEYS[5], KEYS[6]
 local id, new_state, message, now, reason, ttl =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
@@ -48,7 +49,7 @@ if state == 'deleted' or state == 'failed' or (new_state == 'failed' and state ~
   return cjson.encode({result = 'already', state = state, pools = {}})
 end
 redis.call('HSET', key, 'state', new_state, 'message', message, 'ended_at', now)
-redis.call('ZREM', open_requests_key, id)
+open_request_close(4, 7, id)
 local pools = {}
 for _, entry in ipairs(cjson.decode(request[2])) do
   redis.call('ZREM', key_of(open_template, entry.pool), id)
