@@ -98,8 +98,13 @@ class ConfigSource:
         except ObjectRefused as error:
             self._keep_last_good(error, error.etag)
             return
-        except Exception as error:  # noqa: BLE001 - keep serving with the config we have
-            logger.warning("config not refreshed", extra={"error": f"{type(error).__name__}: {error}"})
+        except aws_clients.AwsCallFailed as error:
+            logger.warning("config not refreshed: S3 failed; the config in use stays",
+                           extra={"error": str(error), "code": error.code, "failure": error.metric_key})
+            emit(None, {metric.AWS_CALL_FAILURES: 1})
+            return
+        except Exception:  # noqa: BLE001 - a bug of ours: keep serving with the config we have, say where
+            logger.exception("config not refreshed: the fetch failed")
             return
         if fetched is None:
             return
@@ -134,17 +139,23 @@ class S3Fetch:
         self._client: Any = None
 
     def __call__(self, etag: str | None) -> Fetched | None:
-        from botocore.exceptions import ClientError
-
+        """The object when it changed since ``etag``, None when not; AwsCallFailed when S3 failed
+        or answered with what is not S3's answer (a proxy's page with status 200 has no ETag:
+        before, a KeyError logged as if it were a bug)."""
         if self._client is None:
             self._client = self._client_factory()
         options = {"IfNoneMatch": etag} if etag else {}
         try:
-            answer = self._client.get_object(Bucket=self.bucket, Key=self.key, **options)
-        except ClientError as error:
-            if str(error.response.get("Error", {}).get("Code")) in ("304", "NotModified"):
+            answer = aws_clients.call("s3 get config", self._client.get_object, Bucket=self.bucket, Key=self.key,
+                                      **options)
+        except aws_clients.AwsCallFailed as error:
+            if error.code in ("304", "NotModified"):
                 return None
             raise
+        if not isinstance(answer, dict) or "Body" not in answer or not answer.get("ETag"):
+            if isinstance(answer, dict) and "Body" in answer:
+                answer["Body"].close()
+            raise aws_clients.AwsCallFailed("s3 get config", aws_clients.UNREADABLE_ANSWER, "unreadable")
         body, etag = answer["Body"], answer["ETag"]
         try:
             # At most one byte past the largest config: an object of gigabytes (a wrong file

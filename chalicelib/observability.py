@@ -224,6 +224,10 @@ RUNNING_COUNT_DRIFT = "RunningCountDrift"
 # The scheduler's tick (service-wide): pools whose message SQS did not take (after the retries the
 # tick's time allowed); they wait for the next tick.
 POOLS_NOT_QUEUED = "PoolsNotQueued"
+# Any function (service-wide): an AWS call that failed where the function carries on without it
+# (a config refresh from S3: the config in use stays; a refill nudge to SQS: the tick refills).
+# Its warning line gives the call, AWS's code and the failure's class (aws_clients.AwsCallFailed).
+AWS_CALL_FAILURES = "AwsCallFailures"
 # The scheduler's tick (service-wide): runtime templates and clone targets the config in effect has
 # no room for in /config, left out (store/pool_overrides.py ``fitting``). Should stay 0.
 OVERRIDES_IGNORED = "OverridesIgnored"
@@ -283,6 +287,7 @@ METRICS: dict[str, MetricSpec] = {
         _spec(RUNNING_COUNT_DRIFT, _COUNT, SERVICE_DIMENSIONS),
         _spec(POOLS_NOT_QUEUED, _COUNT, SERVICE_DIMENSIONS),
         _spec(OVERRIDES_IGNORED, _COUNT, SERVICE_DIMENSIONS),
+        _spec(AWS_CALL_FAILURES, _COUNT, SERVICE_DIMENSIONS),
     )
 }
 

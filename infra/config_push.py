@@ -13,12 +13,14 @@ The bucket is versioned: rolling back is pushing the previous file (or restoring
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 from pathlib import Path
 from typing import Any
 
-from chalicelib.config import ConfigError, canonical_json, parse, read_config_file
+from chalicelib.config import Config, ConfigError, canonical_json, parse, read_config_file
 from chalicelib.config_source import DEFAULT_CONFIG_KEY
+from infra.deploy import said_in_one_line
 from infra.sync_config import STAGES, stack_name, unreadable_secrets
 
 
@@ -31,12 +33,61 @@ def stack_output(cloudformation: Any, stage: str, key: str) -> str:
     raise SystemExit(f"config-push: stack {stack_name(stage)} has no output {key}; deploy the stage first")
 
 
-def push(text: str, bucket: str, s3: Any, source: str = "config") -> str:
+def stack_parameters(cloudformation: Any, stage: str) -> dict[str, str] | None:
+    """The deployed stack's parameter values, None when the stage has no stack (a bucket given
+    by hand)."""
+    try:
+        stacks = cloudformation.describe_stacks(StackName=stack_name(stage))["Stacks"]
+    except Exception as error:
+        if "does not exist" in str(error):
+            return None
+        raise
+    return {p["ParameterKey"]: str(p.get("ParameterValue", ""))
+            for p in (stacks[0].get("Parameters", []) if stacks else [])}
+
+
+def unreachable_dns(config: Config, parameters: dict[str, str]) -> list[str]:
+    """The config's DNS entries (those pools use) that the deployed stack's network does not let
+    the functions reach, each with why: its parameters were given at the last deploy, for the
+    packaged config's entries (infra/template.py ``dns_rules``), and a push does not change
+    them. Published, every VM of those pools would stay pending (``DNS record not created``)
+    until its ``timeout`` destroyed it."""
+    used = {pool.dns_plugin for pool in config.pools}
+    cidr, port = parameters.get("DnsServerCidr", ""), parameters.get("DnsServerPort", "53")
+    found = []
+    for name, entry in sorted(config.dns_configs.items()):
+        if name not in used:
+            continue
+        if entry.dns_class == "route53" and parameters.get("CreateVpcEndpoints", "true") != "false":
+            found.append(f"dns_configs.{name}: route53 is reached through a NAT gateway only; the stack has "
+                         "CreateVpcEndpoints=true")
+        server = getattr(entry.settings, "server", None) if entry.dns_class == "dynamic-dns" else None
+        if not server:
+            continue
+        wanted = int(getattr(entry.settings, "port", 53))
+        if not cidr:
+            found.append(f"dns_configs.{name}: server {server} port {wanted}: the stack has no DnsServerCidr")
+        elif _outside(server, cidr):
+            found.append(f"dns_configs.{name}: server {server} is outside the stack's DnsServerCidr {cidr}")
+        if cidr and str(wanted) != port:
+            found.append(f"dns_configs.{name}: server {server} port {wanted}: the stack's DnsServerPort is {port}")
+    return found
+
+
+def _outside(server: str, cidr: str) -> bool:
+    """Whether ``server``, an address, is outside ``cidr`` (a name cannot be checked here)."""
+    try:
+        return ipaddress.ip_address(server) not in ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return False
+
+
+def push(text: str, bucket: str, s3: Any, source: str = "config", config: Config | None = None) -> str:
     """Validate and publish the canonical JSON; returns the new object's version (or ETag).
     Raises ConfigError. The validation's warnings (unknown keys, a key written twice with one
     value) are printed to stderr; they travel in the canonical JSON too, and every function logs
-    them when it loads it."""
-    config = parse(text, source)
+    them when it loads it. ``config``: ``text`` already parsed."""
+    config = config or parse(text, source)
     for warning in config.warnings:
         print(f"config-push: warning: {warning}", file=sys.stderr)
     answer = s3.put_object(Bucket=bucket, Key=DEFAULT_CONFIG_KEY, Body=canonical_json(config).encode("utf-8"),
@@ -70,12 +121,38 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
         print(f"config-push: {path} names secrets the {args.stage} stage's functions may not read; nothing "
               "published:\n  " + "\n  ".join(unreadable), file=sys.stderr)
         return 1
-    bucket = args.bucket or stack_output(session.client("cloudformation"), args.stage, "ConfigBucket")
     try:
-        version = push(text, bucket, session.client("s3"), str(path))
+        return _push_checked(args.stage, path, text, args.bucket, session)
+    except Exception as error:
+        if not said_in_one_line("config-push", error):
+            raise
+        print("config-push: nothing published", file=sys.stderr)
+        return 1
+
+
+def _push_checked(stage: str, path: Path, text: str, bucket: str | None, session: Any) -> int:
+    """Check the config against the deployed stack, then publish it; 0 or 1 (what was wrong printed)."""
+    try:
+        config = parse(text, str(path))
     except ConfigError as error:
         print(f"config-push: {path} is not valid; nothing published:\n{error}", file=sys.stderr)
         return 1
+    cloudformation = session.client("cloudformation")
+    parameters = stack_parameters(cloudformation, stage)
+    if parameters is None:
+        print(f"config-push: warning: no stack {stack_name(stage)}: its network was not checked against the "
+              "config's DNS entries", file=sys.stderr)
+    else:
+        gaps = unreachable_dns(config, parameters)
+        if gaps:
+            print(f"config-push: {path} names DNS services the {stage} stack's functions cannot reach; nothing "
+                  "published:\n  " + "\n  ".join(gaps) + "\nDeploy the network first (docs/deploy.md, DNS), e.g. "
+                  f"make deploy STAGE={stage} BUCKET=<deploy bucket> PARAMS=\"DnsServerCidr=<the servers' range> "
+                  "DnsServerPort=<their port>\" (CreateVpcEndpoints=false for route53), then push again",
+                  file=sys.stderr)
+            return 1
+    bucket = bucket or stack_output(cloudformation, stage, "ConfigBucket")
+    version = push(text, bucket, session.client("s3"), str(path), config)
     print(f"config-push: published {path} to s3://{bucket}/{DEFAULT_CONFIG_KEY} (version {version}); "
           "running functions use it within a minute")
     return 0

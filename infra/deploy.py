@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from chalicelib.aws_clients import failure_of
 from infra.sync_config import STAGES, stack_name
 
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"]
@@ -199,6 +200,25 @@ def _one_line(text: str, limit: int = 300) -> str:
     return flat if len(flat) <= limit else flat[:limit] + "..."
 
 
+def said_in_one_line(tool: str, error: Exception) -> bool:
+    """Print an AWS failure (``aws_clients.failure_of``) as one ``tool:`` line on stderr and say
+    True; False for anything else (a bug of ours, to go up with its traceback). What AWS refused
+    (a missing bucket, a change set it will not create or execute, no credentials): the call
+    and AWS's message. A page botocore cannot read (a proxy's or an outage's "500 Internal
+    Server Error", a sign-in page with status 200): its ResponseParserError is no BotoCoreError
+    and a well-formed HTML page makes its XML parser raise a KeyError; both went up as
+    tracebacks quoting the page."""
+    failure = failure_of(error)
+    if failure is None:
+        return False
+    if failure.metric_key == "unreadable":
+        print(f"{tool}: an answer from AWS could not be read (an error page from a proxy or an outage?); "
+              f"try again: {type(error).__name__}: {_one_line(str(error), 120)}", file=sys.stderr)
+    else:
+        print(f"{tool}: {_one_line(str(error))}", file=sys.stderr)
+    return True
+
+
 def main(argv: list[str] | None = None, session: Any = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=sorted(STAGES), required=True)
@@ -221,23 +241,15 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
 
         session = boto3.Session()
     package = None if args.infra_only else (args.package or Path("build") / f"package-{args.stage}")
-    from botocore.exceptions import BotoCoreError, ClientError
-    from botocore.parsers import ResponseParserError
-
     try:
         outputs = deploy(session, args.stage, args.bucket, package, given, poll=args.poll,
                          execute=not args.no_execute)
-    except (DeployError, ClientError, BotoCoreError) as error:
-        # What AWS refused (a missing bucket, a change set it will not create or execute, no
-        # credentials) in one line: the call and AWS's message, not a traceback.
-        print(f"deploy: {error}", file=sys.stderr)
+    except DeployError as error:
+        print(f"deploy: {_one_line(str(error))}", file=sys.stderr)
         return 1
-    except ResponseParserError as error:
-        # Not an AWS answer but a page botocore cannot parse (a proxy's or an outage's "500
-        # Internal Server Error" in text or HTML); not a BotoCoreError, so it went up as a
-        # traceback. Its message quotes the page over lines: one line, the page's start only.
-        print(f"deploy: an answer from AWS could not be read (an error page from a proxy or an outage?); "
-              f"try again: {_one_line(str(error))}", file=sys.stderr)
+    except Exception as error:
+        if not said_in_one_line("deploy", error):
+            raise
         return 1
     for key, value in sorted(outputs.items()):
         print(f"{key}\t{value}")

@@ -30,6 +30,7 @@ import yaml
 from chalice.utils import to_cfn_resource_name
 
 from chalicelib import observability as m
+from chalicelib.manager.pool_queue import MAX_DELAY_SECONDS
 from infra import sync_config
 from infra.sync_config import STAGES, Stage
 
@@ -109,6 +110,7 @@ def build(stage: Stage, infra_only: bool = False, config_file: Path | None = Non
         "Environment": {"Variables": function_environment()},
     }}
     resources["RestAPI"]["Properties"]["Name"] = api_name(stage)
+    resources["SecretsKmsDecryptPolicy"] = secrets_kms_policy()
     # Chalice 1.34 names the API handler's log group after "ApiHandler"; the function is "APIHandler".
     resources["ApiHandlerLogGroup"] = {"Properties": {"LogGroupName": {"Fn::Sub": "/aws/lambda/${APIHandler}"}}}
     # The consumer reports failures per message (its queue URL in Globals orders it after the queue).
@@ -116,6 +118,38 @@ def build(stage: Stage, infra_only: bool = False, config_file: Path | None = Non
     resources[reconcile_id] = {"Properties": {"Events": {
         f"{reconcile_id}SqsEventSource": {"Properties": {"FunctionResponseTypes": ["ReportBatchItemFailures"]}}}}}
     return template
+
+
+def role_logical_id(function_name: str) -> str:
+    """The logical ID of the IAM role Chalice makes for a function (its own policy file)."""
+    if function_name == sync_config.API_FUNCTION:
+        return "ApiHandlerRole"
+    return function_logical_id(function_name) + "Role"
+
+
+def secrets_kms_policy() -> dict[str, Any]:
+    """``kms:Decrypt`` on the keys ``SecretsKmsKeyArns`` names, for every function's role, only
+    when SSM or Secrets Manager of the stack's region asks on the function's behalf
+    (``kms:ViaService``): an SSM SecureString parameter or a secret encrypted with a
+    customer-managed key is refused (AccessDeniedException from KMS, through SSM's
+    GetParameter or Secrets Manager's GetSecretValue) without it; AWS-managed keys need nothing.
+    Made only when the parameter names a key."""
+    return {
+        "Type": "AWS::IAM::Policy",
+        "Condition": "HasSecretsKmsKeys",
+        "Properties": {
+            "PolicyName": "secrets-kms-decrypt",
+            "Roles": [{"Ref": role_logical_id(function)} for function in FUNCTIONS],
+            "PolicyDocument": {"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow",
+                "Action": "kms:Decrypt",
+                "Resource": {"Ref": "SecretsKmsKeyArns"},
+                "Condition": {"StringEquals": {"kms:ViaService": [
+                    {"Fn::Sub": "ssm.${AWS::Region}.amazonaws.com"},
+                    {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}]}},
+            }]},
+        },
+    }
 
 
 def reconcile_retention_seconds(queue: dict[str, Any]) -> int:
@@ -145,12 +179,19 @@ BACKLOG_WAIT_SECONDS = 120
 
 def reconcile_backlog_threshold() -> int:
     """The age of the oldest reconcile message past which the ``reconcile-backlog`` alarm fires.
+    SQS counts a message's age from its send, and AWS's description of the metric ("the
+    approximate age of the oldest non-deleted message in the queue", docs/deploy.md, Alarms)
+    leaves out only poison pills and messages received three times, not delayed ones: a pool's
+    check-delay follow-up, sent with a ``DelaySeconds`` of up to ``MAX_DELAY_SECONDS`` (900 s),
+    is that old when it first becomes visible. So the threshold starts from the longest delay.
     A message whose pass failed once (a Redis or vCenter hiccup, reported by the
-    ``reconcile-errors`` alarm) is received again one visibility timeout after its first receive,
-    aged ``BACKLOG_WAIT_SECONDS`` plus that plus a poll's lateness (a consumer's timeout of room):
-    only an age beyond that says messages are not being received. Before, the threshold was the
-    bare 120 s, which every retried message passes: one failed pass raised the alarm."""
-    return RECONCILE_VISIBILITY_TIMEOUT + sync_config.RECONCILE_TIMEOUT + BACKLOG_WAIT_SECONDS
+    ``reconcile-errors`` alarm) is received again one visibility timeout after its first
+    receive, aged that plus ``BACKLOG_WAIT_SECONDS`` plus a poll's lateness (a consumer's
+    timeout of room): only an age beyond all that says messages are not being received. Before,
+    the threshold (540 s) left out the delay: a stack whose follow-ups waited their 900 s, as
+    designed, raised the alarm while healthy."""
+    return (MAX_DELAY_SECONDS + RECONCILE_VISIBILITY_TIMEOUT + sync_config.RECONCILE_TIMEOUT
+            + BACKLOG_WAIT_SECONDS)
 
 
 def dns_rules(stage: Stage, config_file: Path | None = None) -> dict[str, Any]:
@@ -303,8 +344,9 @@ def alarms(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
     backlog_age = reconcile_backlog_threshold()
     found["ReconcileBacklogAlarm"] = queue_alarm(
         "reconcile-backlog",
-        f"The oldest reconcile message waited over {backlog_age} s, more than one failed pass's retry "
-        f"({RECONCILE_VISIBILITY_TIMEOUT} s visibility timeout) explains: messages are not being received "
+        f"The oldest reconcile message is over {backlog_age} s old, more than the longest check delay "
+        f"({MAX_DELAY_SECONDS} s, which SQS counts in a message's age) and one failed pass's retry "
+        f"({RECONCILE_VISIBILITY_TIMEOUT} s visibility timeout) explain: messages are not being received "
         "(throttled or too few consumers) or passes keep failing; pools are not being looked at.",
         "ApproximateAgeOfOldestMessage", "ReconcileQueue", backlog_age)
     found["ReconcileDeadLetterAlarm"] = queue_alarm(
@@ -416,6 +458,8 @@ def dashboard(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
                 service(m.POOLS_NOT_QUEUED)),
         _widget("Runtime templates and clone targets ignored (no room in /config; should stay 0)",
                 service(m.OVERRIDES_IGNORED)),
+        _widget("AWS calls failed (config refreshes, refill nudges; their warning lines say why)",
+                service(m.AWS_CALL_FAILURES)),
         _widget("Lambda errors", per_function("Errors")),
         _widget("Lambda throttles", per_function("Throttles")),
         _widget("Lambda duration max (ms)", per_function("Duration"), stat="Maximum"),

@@ -14,8 +14,9 @@ for up to ``runner.LEASE_SECONDS``: the stack started next on the same state dir
 those whose holder (named in the token, ``store.leases``) is a process of this machine that is
 no longer alive, and the follow-up markers of the queue that died with it, before its first
 tick. Its pools serve again within seconds, not a minute. Disk and snapshot tasks such a process
-took and never started fail then too (visibly, in ``task_errors``), and clones it reserved and
-never started give their place in the pool back, not two minutes later.
+took and never noted started are judged seconds later (done if the provider did them, else
+failed visibly, in ``task_errors``), and clones it reserved and never started give their place
+in the pool back, not two minutes later.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from chalicelib.manager.dispatch import Ticker, look_at
 from chalicelib.manager.migrations import abandon_unstarted as abandon_unstarted_migrations
 from chalicelib.manager.pending import abandon_unstarted_clones
 from chalicelib.manager.pool_queue import FOLLOWUP, NUDGE, TICK, Delayed, PoolMessage
-from chalicelib.manager.vm_tasks import fail_unstarted
+from chalicelib.manager.vm_tasks import mark_unstarted
 from chalicelib.observability import logger
 from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable
@@ -152,10 +153,10 @@ class LocalScheduler:
     def release_what_the_dead_left(self) -> list[str]:
         """Release the pool and template leases held by a process of this machine that is no
         longer alive (this stack's predecessor on its Redis, SIGKILLed mid-pass), clear every
-        pool's follow-up marker (the follow-ups were in that process's queue), fail the disk and
-        snapshot tasks such a process took but never started and give up the clones (for the
-        pools or for on-demand requests) it reserved and the migrations it took a slot for but
-        never started; return the leases released.
+        pool's follow-up marker (the follow-ups were in that process's queue), mark the disk and
+        snapshot tasks such a process took but never noted started (judged seconds later), give
+        up the clones (for the pools or for on-demand requests) it reserved and the migrations it
+        took a slot for but never started; return the leases released.
         A lease or task of a live process, or of another machine, is left to its timeout."""
         store, fleet, host = self.services.store, Fleet(self.services.store), socket.gethostname()
 
@@ -174,9 +175,9 @@ class LocalScheduler:
         fleet.followups_lost(pools)
         if released:
             logger.info("released the leases of a stopped scheduler", extra={"leases": released})
-        unstarted = fail_unstarted(store, pools, gone)
+        unstarted = mark_unstarted(store, pools, gone)
         if unstarted:
-            logger.info("failed the disk and snapshot tasks a stopped scheduler took but never started",
+            logger.info("disk and snapshot tasks a stopped scheduler took but never noted started are judged soon",
                         extra={"vms": unstarted})
         abandoned = abandon_unstarted_clones(store, pools, gone)
         if abandoned:

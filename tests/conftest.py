@@ -29,6 +29,18 @@ from tests.vsphere.vcsim import VcsimServer
 from tools.vcsim import launcher
 
 
+@pytest.fixture(autouse=True)
+def botocore_retries_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore retries a throttled or 5xx answer itself, sleeping its backoff for real between
+    tries (seconds each: a test of an outage page paid 10 to 20 s). The tries still happen, and
+    are still counted; only the wait between them is skipped."""
+    import types
+
+    import botocore.endpoint
+
+    monkeypatch.setattr(botocore.endpoint, "time", types.SimpleNamespace(sleep=lambda seconds: None))
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One real redis-server for the whole test session, on a free port."""

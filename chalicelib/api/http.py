@@ -10,7 +10,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 MAX_BODY_BYTES = 64 * 1024
 ANSWER_BUDGET_BYTES = 4 * 1024 * 1024
@@ -113,6 +113,19 @@ def shown(value: Any, limit: int = 40) -> str:
     """A client's value for an error message, cut short: a message never echoes a megabyte."""
     text = value if isinstance(value, str) else str(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+MAX_FAILURES_LISTED = 20
+"""The most messages a 400's ``failure`` list shows; then one saying how many more there were."""
+
+
+def capped_failures(failures: Sequence[str]) -> list[str]:
+    """``failures`` for a 400's ``failure`` list: the first MAX_FAILURES_LISTED, then "and K more
+    problems." (a body of 6,000 unknown keys listed each: a 155 KB answer to a 60 KB request)."""
+    if len(failures) <= MAX_FAILURES_LISTED:
+        return list(failures)
+    more = len(failures) - MAX_FAILURES_LISTED
+    return [*failures[:MAX_FAILURES_LISTED], f"and {more} more problem{'s' if more > 1 else ''}."]
 
 
 def json_length(text: str) -> int:

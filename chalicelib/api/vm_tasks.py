@@ -28,6 +28,20 @@ from chalicelib.store.vm_tasks import (
 
 MAX_DISK_GB = 2048
 
+DISK_NOT_REPLICATED = (
+    "the disk was queued, but it could not be replicated in time; send the POST again only if GET "
+    "/vm/<hostname> does not list it once the VM's tasks have run (sent again, it is added again)")
+SNAPSHOT_NOT_REPLICATED = (
+    "snapshot {snapshot} was queued, but it could not be replicated in time; send the POST again only "
+    "if GET /vm/<hostname> does not list {snapshot} once the VM's tasks have run (sent again, another "
+    "snapshot is taken)")
+REVERT_NOT_REPLICATED = (
+    "the revert was queued, but it could not be replicated in time; send the POST again only if the VM "
+    "was not reverted once its tasks have run (sent again, it is reverted again)")
+"""A 202 says a task was queued: a failover that lost it would leave a snapshot id its user
+cannot revert to, a disk never added. Each task sent again is queued again, so the 503 says
+what was done and when to send it again."""
+
 
 def _running_vm(services: Services, request: ApiRequest) -> tuple[VMRecord, str]:
     """The checked-out VM named in the path, its caller allowed to change it, and the record of
@@ -38,14 +52,17 @@ def _running_vm(services: Services, request: ApiRequest) -> tuple[VMRecord, str]
     return record, caller.token_key if caller else ""
 
 
-def queue_task(services: Services, record: VMRecord, kind: str, token_key: str, **details: Any) -> None:
+def queue_task(services: Services, record: VMRecord, kind: str, token_key: str, not_replicated: str,
+               **details: Any) -> None:
     """Queue the task on the VM, within its bounds (store/vm_tasks.py): 429 while too many wait,
     403 when the VM has as many disks or snapshots as it may; nothing once the caller's token
-    (``token_key``) is gone."""
+    (``token_key``) is gone. A 503 saying ``not_replicated`` when no replica has the task in
+    time (``Store.require_replicated``): it stays queued on the primary."""
     now = services.clock.now()
     queued = VMTaskStore(services.store).enqueue(record, new_task(kind, now, **details), now, token_key)
     refuse_unless_queued(record, kind, queued)
     services.refill.pools_changed([record.pool])
+    services.store.require_replicated(not_replicated, f"the {kind} task of VM {record.name}")
 
 
 def refuse_unless_queued(record: VMRecord, kind: str, result: EnqueueResult) -> None:
@@ -74,7 +91,7 @@ def add_disk(services: Services, request: ApiRequest) -> ApiResponse:
     size = disk_size(request.params["size"])
     if size is None:
         raise bad_request(f"disk size must be a whole number of GB from 1 to {MAX_DISK_GB}")
-    queue_task(services, record, DISK, token_key, size_gb=size)
+    queue_task(services, record, DISK, token_key, DISK_NOT_REPLICATED, size_gb=size)
     return ok(202, **{record.name: {"disk": f"+{size}gb"}})
 
 
@@ -82,7 +99,8 @@ def take_snapshot(services: Services, request: ApiRequest) -> ApiResponse:
     """POST /vm/<host>/snapshot: 202 ``{"<host>": {"snapshot": "<32 chars>"}}``."""
     record, token_key = _running_vm(services, request)
     snapshot = secrets.token_hex(16)
-    queue_task(services, record, SNAPSHOT, token_key, snapshot=snapshot)
+    queue_task(services, record, SNAPSHOT, token_key, SNAPSHOT_NOT_REPLICATED.format(snapshot=snapshot),
+               snapshot=snapshot)
     return ok(202, **{record.name: {"snapshot": snapshot}})
 
 
@@ -97,5 +115,5 @@ def revert_snapshot(services: Services, request: ApiRequest) -> ApiResponse:
         queued.add(current.get("snapshot"))
     if snapshot not in record.snapshots and snapshot not in queued:
         raise ApiError(404, {"error": f"snapshot {shown(snapshot)} not found on {record.name}"})
-    queue_task(services, record, REVERT, token_key, snapshot=snapshot)
+    queue_task(services, record, REVERT, token_key, REVERT_NOT_REPLICATED, snapshot=snapshot)
     return ok(202)

@@ -13,6 +13,7 @@ from chalicelib.api.http import (
     ApiRequest,
     ApiResponse,
     bad_request,
+    capped_failures,
     json_length,
     json_object,
     not_found,
@@ -179,7 +180,7 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
         # Known before the disk is queued (the script checks again, for changes made since).
         failures.append(f"A VM carries at most {max_tags} tags.")
     if failures:
-        raise ApiError(400, {"failure": failures})
+        raise ApiError(400, {"failure": capped_failures(failures)})
     changes.update({TAG_FIELD_PREFIX + key: value for key, value in tags.items()})
     now = services.clock.now()
     # The disk is queued in the step that makes the other changes: a request killed (or refused

@@ -256,14 +256,20 @@ def _quiet_aws_wire_logs() -> None:
 
 
 def _aws_reason(error: Exception) -> str:
-    """The AWS error code of a Powertools fetch error (the code only, e.g. ResourceNotFoundException)."""
+    """The AWS error code of a Powertools fetch error (the code only, e.g. ResourceNotFoundException;
+    ``aws_clients.AwsCallFailed``'s codes). A KeyError is Powertools' reading of an answer that
+    has not what every answer of SSM or Secrets Manager holds: a proxy's or an outage's page with
+    status 200, which botocore reads as an empty answer (``UnreadableAnswer``; before, the
+    reason said ``KeyError``)."""
     cause = error.__cause__ or error.__context__
-    response = getattr(cause, "response", None)
-    if isinstance(response, Mapping):
-        code = response.get("Error", {}).get("Code")
-        if code:
-            return str(code)
-    return type(cause).__name__ if cause is not None else "fetch failed"
+    if cause is None:
+        return "fetch failed"
+    failure = aws_clients.failure_of(cause)
+    if failure is not None:
+        return failure.code
+    if isinstance(cause, KeyError):
+        return aws_clients.UNREADABLE_ANSWER
+    return type(cause).__name__
 
 
 _default_resolver: SecretResolver | None = None

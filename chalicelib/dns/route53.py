@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Optional
 
+from chalicelib import aws_clients
 from chalicelib.config_fields import Seconds, Str, bounded, checked_by, invalid, show, string
 from chalicelib.dns.base import (
     ADDRESS_TYPES,
@@ -56,8 +57,6 @@ class Route53Settings(DnsSettings):
 _LEADING_TYPES = frozenset({"A", "AAAA", "CNAME"})
 """Record types that make a name lead somewhere (a new VM's name must hold none of them)."""
 
-_RETRYABLE_CODES = frozenset({"Throttling", "ThrottlingException", "PriorRequestNotComplete", "ServiceUnavailable"})
-
 
 class Route53Dns(DnsPlugin):
     """A (IPv4) or AAAA (IPv6) records in one Route 53 hosted zone."""
@@ -85,29 +84,36 @@ class Route53Dns(DnsPlugin):
             )
         return self._client
 
-    def _call(self, what: str, method: str, **arguments: Any) -> Any:
-        """One API call; botocore's failures become typed DnsErrors naming ``what``."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
+    def _call(self, what: str, method: str, answer_key: str, **arguments: Any) -> Any:
+        """One API call; botocore's failures become typed DnsErrors naming ``what``: throttling,
+        a server error, no answer, or one that is not Route 53's (an HTML page from a proxy or
+        an outage, which botocore cannot parse or reads as an empty answer: ``answer_key``, what
+        every answer of ``method`` holds, is missing) are DnsUnavailable, worth retrying; the
+        rest (denied, no such zone, an invalid change) DnsRejected. Before, a page botocore
+        could not parse went up as an untyped exception and failed the pass, and an HTML page
+        with status 200 read as "no record here"."""
+        failure: aws_clients.AwsCallFailed | None
         try:
-            return getattr(self.client, method)(**arguments)
-        except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "")
-            message = error.response.get("Error", {}).get("Message", "")
-            kind = DnsUnavailable if code in _RETRYABLE_CODES else DnsRejected
-            raise kind(f"route53 {what}: {code}: {message}".rstrip(": ")) from None
-        except BotoCoreError as error:
-            raise DnsUnavailable(f"route53 {what}: {type(error).__name__}") from None
+            answer = aws_clients.call(f"route53 {what}", getattr(self.client, method), **arguments)
+        except aws_clients.AwsCallFailed as error:
+            failure = error
+        else:
+            if isinstance(answer, dict) and answer_key in answer:
+                return answer
+            failure = aws_clients.AwsCallFailed(f"route53 {what}", aws_clients.UNREADABLE_ANSWER, "unreadable")
+        # Throttling, PriorRequestNotComplete, a 5xx: aws_clients' classes, not "refused".
+        raise (DnsRejected if failure.metric_key == "refused" else DnsUnavailable)(str(failure)) from None
 
     def _current(self, fqdn: str) -> list[dict[str, Any]]:
         """The name's A and AAAA record sets as Route 53 holds them (sorted by type: A first)."""
-        found = self._call(f"look up {fqdn}", "list_resource_record_sets", HostedZoneId=self.zone_id,
-                           StartRecordName=fqdn, StartRecordType="A", MaxItems=str(len(ADDRESS_TYPES)))
+        found = self._call(f"look up {fqdn}", "list_resource_record_sets", "ResourceRecordSets",
+                           HostedZoneId=self.zone_id, StartRecordName=fqdn, StartRecordType="A",
+                           MaxItems=str(len(ADDRESS_TYPES)))
         return [dict(record) for record in found.get("ResourceRecordSets", [])
                 if record["Name"].rstrip(".").lower() == fqdn.lower() and record["Type"] in ADDRESS_TYPES]
 
     def _change(self, what: str, changes: list[tuple[str, dict[str, Any]]]) -> None:
-        self._call(what, "change_resource_record_sets", HostedZoneId=self.zone_id, ChangeBatch={
+        self._call(what, "change_resource_record_sets", "ChangeInfo", HostedZoneId=self.zone_id, ChangeBatch={
             "Comment": "vmpool", "Changes": [{"Action": action, "ResourceRecordSet": record}
                                              for action, record in changes],
         })
@@ -149,8 +155,8 @@ class Route53Dns(DnsPlugin):
         # One call lists the record sets at the name (sorted by name, then type): A, AAAA and
         # CNAME each lead users somewhere. 20 covers weighted or latency sets of one name.
         fqdn = self.fqdn(hostname)
-        listed = self._call(f"look up {fqdn}", "list_resource_record_sets", HostedZoneId=self.zone_id,
-                            StartRecordName=fqdn, MaxItems="20")
+        listed = self._call(f"look up {fqdn}", "list_resource_record_sets", "ResourceRecordSets",
+                            HostedZoneId=self.zone_id, StartRecordName=fqdn, MaxItems="20")
         found: list[str] = []
         for record in listed.get("ResourceRecordSets", []):
             if record["Name"].rstrip(".").lower() != fqdn.lower() or record["Type"] not in _LEADING_TYPES:

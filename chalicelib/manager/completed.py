@@ -14,19 +14,29 @@ from typing import Any
 
 from chalicelib.config import PoolConfig
 from chalicelib.manager.context import PassContext
+from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS, RESERVER_GONE
 from chalicelib.providers.base import Provider, ProviderError, TaskState
 from chalicelib.store import VMRecord
+from chalicelib.store.ondemand import CLONE_HELD
 
 
 def destroy_completed(context: PassContext) -> None:
     """Start destroying completed VMs; forget them once the provider says they are gone. A VM
-    made where its pool no longer makes VMs is destroyed there (manager/placement.py)."""
-    groups: dict[str, tuple[Provider, PoolConfig, list[VMRecord]]] = {}
+    made where its pool no longer makes VMs is destroyed there (manager/placement.py). A VM of an
+    ended on-demand request whose clone still runs waits for it (``clones_still_running``)."""
+    records: list[VMRecord] = []
     for hostname in context.snapshot.hostnames("completed"):
         record = context.record(hostname)
         if record is None:
             context.drop(hostname, "completed", "record missing")
+        else:
+            records.append(record)
+    cloning = clones_still_running(context, records)
+    groups: dict[str, tuple[Provider, PoolConfig, list[VMRecord]]] = {}
+    for record in records:
+        if record.name in cloning:
             continue
+        hostname = record.name
         context.withdraw_dns(record)
         reached = context.reach(record)
         if reached is None:
@@ -36,16 +46,47 @@ def destroy_completed(context: PassContext) -> None:
         provider, pool = reached
         groups.setdefault(context.elsewhere(record) or "", (provider, pool, []))[2].append(record)
     replicated: bool | None = None
-    for placement, (provider, pool, records) in groups.items():
-        if any(not record.destroy_task for record in records) and replicated is None:
+    for placement, (provider, pool, members) in groups.items():
+        if any(not record.destroy_task for record in members) and replicated is None:
             replicated = context.store.writes_replicated()
         try:
-            _destroy(context, provider, pool, records, replicated is not False)
+            _destroy(context, provider, pool, members, replicated is not False)
         except ProviderError as error:
             if not placement:
                 raise  # the pool's own provider is failing: the pass stops here, as at any failed call
             # Where the pool was before: its failure must not hold the pool's refill in the new place.
             context.report.errors.append(f"destroy in the pool's former place failed: {error}")
+
+
+def clones_still_running(context: PassContext, records: list[VMRecord]) -> set[str]:
+    """Of the completed VMs ``records``, those of ended on-demand requests whose clone may still
+    run (``CLONE_HELD``, lua/ondemand_end.lua): each keeps its slot under ondemand_clone_limit and
+    is left alone (a destroy would find nothing yet on vSphere, and the clone would land after it).
+    The others' clones ended (done, failed, or past the pool's timeout, as the pending step judges
+    a clone; one whose task was never recorded once past CLONE_START_GRACE_SECONDS, or in the
+    provider): their slots are released in one round trip, and they are destroyed now. Releasing
+    is idempotent: a pass killed before it, or two at once, release each slot once."""
+    held = [record for record in records if record.raw.get(CLONE_HELD) and record.clone_end is None]
+    if not held:
+        return set()
+    statuses = context.provider.task_statuses([record.clone_task for record in held if record.clone_task])
+    running: set[str] = set()
+    ended: list[str] = []
+    for record in held:
+        age = context.now - (record.clone_start or context.now)
+        if record.clone_task:
+            still = statuses[record.clone_task].state is TaskState.RUNNING and age <= context.pool.timeout_minutes * 60
+        else:  # claimed, its task never recorded (the pass that started it died)
+            still = (record.name not in context.inventory and age <= CLONE_START_GRACE_SECONDS
+                     and not record.raw.get(RESERVER_GONE))
+        if still:
+            running.add(record.name)
+        else:
+            ended.append(record.name)
+    if ended:
+        context.store.finish_clones(ended, context.now)
+        context.checkpoint("clone_released")
+    return running
 
 
 def _destroy(context: PassContext, provider: Provider, pool: PoolConfig, records: list[VMRecord],

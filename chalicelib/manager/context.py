@@ -99,9 +99,9 @@ class PassReport:
     samples: list[DurationSample] = field(default_factory=list)
     looks_forgotten: list[str] = field(default_factory=list)
     """VMs that left running for good (completed): their next look goes with the pass's last writes.
-    The scripts that take a VM out of running take its next look with it; this sweeps the looks
-    a stale pass wrote again after them (it read the VM running, then scheduled its next look),
-    and those written before those scripts did."""
+    The scripts that take a VM out of running take its next look with it, and a stale pass writes
+    no look for a VM no longer running for the checkout it read (lua/schedule_running.lua); this
+    sweeps the looks written before those scripts did (or by hand)."""
     errors: list[str] = field(default_factory=list)
     clones_short: int = 0
     """Clones the pool still lacks after this pass reserved what its share of task_limit allowed."""

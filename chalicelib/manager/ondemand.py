@@ -51,7 +51,10 @@ def serve_requests(context: PassContext) -> None:
         elif reservation.state == "confirming":
             context.report.followups += 1  # its API process confirms it in a moment: look again soon
         elif reservation.state == "open" and limit:
-            clones.start_clones(context, list(reservation.reserved))
+            # Only the clones still wanted: the request may have ended since they were reserved.
+            claimed = requests.claim(request_id, reservation.reserved, context.now)
+            context.checkpoint("ondemand_claimed")
+            clones.start_clones(context, claimed)
             context.report.followups += 1  # look again soon: VMs to hand over or slots to wait for
 
 

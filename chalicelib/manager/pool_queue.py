@@ -191,6 +191,13 @@ class SqsPoolQueue:
                 code = _aws_failure_code(error)  # the whole batch stays waiting
                 continue
             turned_down: dict[int, Delayed] = {}
+            # An answer that lists an entry neither sent nor failed is not SQS's (a proxy's page
+            # with status 200 reads as an empty answer): the entry was not queued; try it again.
+            answered = {str(entry.get("Id")) for entry in [*(answer.get("Successful") or []),
+                                                           *(answer.get("Failed") or [])]}
+            for index in waiting.keys() - {int(key) for key in answered if key.isdigit()}:
+                turned_down[index] = waiting[index]
+                code = aws_clients.UNREADABLE_ANSWER
             for failure in answer.get("Failed") or []:
                 index = int(failure["Id"])
                 if failure.get("SenderFault"):  # our request was wrong: sending it again changes nothing
@@ -206,15 +213,13 @@ class SqsPoolQueue:
 
 def _aws_failure_code(error: Exception) -> str:
     """The code of a failed AWS call (SQS's error code, or the kind of failure when SQS did not
-    answer: ``ReadTimeoutError``, ``EndpointConnectionError``); any other exception is a bug of
-    ours, raised again."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    if isinstance(error, ClientError):
-        return str(error.response.get("Error", {}).get("Code") or type(error).__name__)
-    if isinstance(error, BotoCoreError):
-        return type(error).__name__
-    raise error
+    answer: ``ReadTimeoutError``, ``EndpointConnectionError``, or none it could read:
+    ``UnreadableAnswer``, an error page from a proxy or an outage); any other exception is a bug
+    of ours, raised again."""
+    failure = aws_clients.failure_of(error)
+    if failure is None:
+        raise error
+    return failure.code
 
 
 def _default_sqs_client() -> Any:

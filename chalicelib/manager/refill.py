@@ -14,9 +14,10 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable, Protocol
 
+from chalicelib import observability as metric
 from chalicelib.clock import Clock, SystemClock
-from chalicelib.manager.pool_queue import NUDGE, Delayed, PoolMessage, SqsPoolQueue
-from chalicelib.observability import logger
+from chalicelib.manager.pool_queue import NUDGE, Delayed, PoolMessage, QueueRefused, SqsPoolQueue
+from chalicelib.observability import emit, logger
 from chalicelib.store.fleet import Fleet
 from chalicelib.store.store import Store
 
@@ -69,8 +70,13 @@ class SqsRefill:
             messages = [(PoolMessage(pool, NUDGE), 0.0) for pool in sorted(set(pools))]
         try:
             self.queue.send(messages)
-        except Exception as error:  # noqa: BLE001 - a lost nudge only delays refill to the tick
-            logger.warning("refill request not sent", extra={"error": type(error).__name__})
+        except QueueRefused as error:  # SQS failed (typed: pool_queue): refill waits for the tick
+            codes = sorted({code for _, code in error.refused})[:10]
+            logger.warning("refill request not sent: SQS did not take it; the tick refills the pool",
+                           extra={"error": type(error).__name__, "codes": codes})
+            emit(None, {metric.AWS_CALL_FAILURES: 1})
+        except Exception:  # noqa: BLE001 - a bug of ours must not fail the request that changed the pool
+            logger.exception("refill request not sent")
 
     def _nudges(self, pools: list[str]) -> list[Delayed]:
         """The messages for the changed ``pools``: the first change of a pool in the window goes

@@ -20,7 +20,7 @@ def check_running(context: PassContext) -> None:
     The others are scheduled for their next look (see inventory_view); the completed VMs'
     looks are forgotten with the pass's last writes (reconcile.end_pass)."""
     default_lifetime = context.service.vm_lifetime
-    next_look: dict[str, float] = {}
+    next_look: dict[str, tuple[VMRecord, float]] = {}
     for hostname in context.snapshot.hostnames("running"):
         record = context.record(hostname)
         if record is None:
@@ -39,7 +39,8 @@ def check_running(context: PassContext) -> None:
             # inventory; it stays its user's.
             context.drop(hostname, "running", GONE_WHILE_RUNNING, gone=True)
         else:
-            next_look[hostname] = inventory_view.next_look(record, context.now, checked_out + lifetime_hours * 3600)
+            next_look[hostname] = record, inventory_view.next_look(record, context.now,
+                                                                   checked_out + lifetime_hours * 3600)
     context.store.schedule_running(context.pool.name, next_look)
     # A completed VM never runs again: its next look, if a pass scheduled one, goes.
     context.report.looks_forgotten = [host for host in context.snapshot.hostnames("completed") if host not in next_look]

@@ -19,7 +19,16 @@ from chalicelib.store.vm_tasks import DISK, REVERT, SNAPSHOT, VMTaskStore, in_fl
 
 TASK_START_GRACE_SECONDS = 120.0
 """How long a taken task may wait for its provider ref before the pass decides the pass that
-took it died in between (then it fails, visibly, rather than run twice)."""
+took it died in between. Then the provider is asked whether the task was done (the dead pass's
+call may have reached it: ``Provider.applied``): it ends done if so, else fails, visibly,
+rather than run twice."""
+TAKER_GONE_SETTLE_SECONDS = 10.0
+"""How long after its take a task whose taker is known dead (``mark_unstarted``) is judged:
+time for a call that process sent before it died to be acted on by the provider (a slow
+vCenter), so the task is not failed while its disk is being added, and the VM's next task does
+not start against a reconfigure still running."""
+TAKER_GONE = "task_taker_gone"
+"""A VM record's field: the id of its in-flight task whose taker is known dead."""
 
 MAX_STEPS_PER_VM = 10
 """Tasks finished and started per VM in one pass, so one busy VM cannot hold a pass."""
@@ -77,7 +86,7 @@ def run_tasks(context: PassContext) -> None:
                     unreachable.add(reached[0].name)
                     context.report.followups += 1
                     break
-            elif not _follow(reached[0], context, tasks, hostname, task):
+            elif not _follow(reached, context, tasks, hostname, task):
                 context.report.followups += 1
                 break
             context.checkpoint("vm_task")
@@ -91,7 +100,7 @@ def _start(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: VM
     provider, pool = reached
     try:
         if task["kind"] == DISK:
-            ref = provider.add_disk(pool, hostname, int(task["size_gb"]))
+            ref = provider.add_disk(pool, hostname, int(task["size_gb"]), task_key=str(task["id"]))
         elif task["kind"] == SNAPSHOT:
             ref = provider.create_snapshot(pool, hostname, str(task["snapshot"]))
         elif task["kind"] == REVERT:
@@ -106,13 +115,13 @@ def _start(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: VM
     return True
 
 
-def fail_unstarted(store: Store, pools: Iterable[str], taker_gone: Callable[[LeaseHolder], bool]) -> list[str]:
-    """Fail at once the in-flight tasks of the pools' VMs that a process now gone took and never
-    started on the provider (``taker_gone``: the local stack started again knows its predecessor
-    is dead), as a pass does only ``TASK_START_GRACE_SECONDS`` after the take (the taker might be
-    a pass paused just before starting it); the VMs' later tasks run on their next pass instead
-    of waiting that long. Returns the hostnames whose task failed."""
-    tasks, failed = VMTaskStore(store), []
+def mark_unstarted(store: Store, pools: Iterable[str], taker_gone: Callable[[LeaseHolder], bool]) -> list[str]:
+    """Mark the in-flight tasks of the pools' VMs that a process now gone took and never noted
+    started (``taker_gone``: the local stack started again knows its predecessor is dead): a
+    pass judges them ``TAKER_GONE_SETTLE_SECONDS`` after their take instead of
+    ``TASK_START_GRACE_SECONDS`` (the taker might be a pass paused just before starting it), so
+    the VMs' later tasks run within seconds. Returns the hostnames marked."""
+    tasks, marked = VMTaskStore(store), []
     for pool in pools:
         for hostname in tasks.hosts_with_tasks(pool):
             record = store.get_vm(hostname)
@@ -120,22 +129,33 @@ def fail_unstarted(store: Store, pools: Iterable[str], taker_gone: Callable[[Lea
             taker = labelled_holder(str(task.get("taker") or "")) if task is not None else None
             if task is None or task.get("ref") or taker is None or not taker_gone(taker):
                 continue
-            if tasks.finish(hostname, str(task["id"]), error=_never_started(task)):
-                failed.append(hostname)
-    return failed
+            store.update_vm(hostname, **{TAKER_GONE: str(task["id"])})
+            marked.append(hostname)
+    return marked
 
 
 def _never_started(task: Mapping[str, Any]) -> str:
     return f"{describe(task)} was never started (its pass was interrupted)"
 
 
-def _follow(provider: Provider, context: PassContext, tasks: VMTaskStore, hostname: str,
+def _follow(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: VMTaskStore, hostname: str,
             task: Mapping[str, Any]) -> bool:
     """Check a task in flight. Returns True when it finished (either way)."""
+    provider, pool = reached
     if not task.get("ref"):
-        if context.now - float(task.get("started") or 0) <= TASK_START_GRACE_SECONDS:
+        record = context.record(hostname)
+        gone = record is not None and record.raw.get(TAKER_GONE) == str(task["id"])
+        grace = TAKER_GONE_SETTLE_SECONDS if gone else TASK_START_GRACE_SECONDS
+        if context.now - float(task.get("started") or 0) <= grace:
             return False
-        tasks.finish(hostname, task["id"], error=_never_started(task))
+        # The pass that took it died between asking the provider and noting the ref: the call
+        # may have been done (before, such a disk was in the VM and reported never started).
+        key = str(task["id"]) if task["kind"] == DISK else str(task.get("snapshot") or "")
+        if provider.applied(pool, hostname, str(task["kind"]), key):
+            list_field, value = result_of(task)
+            tasks.finish(hostname, task["id"], list_field, value)
+        else:
+            tasks.finish(hostname, task["id"], error=_never_started(task))
         return True
     status = provider.task_status(str(task["ref"]))
     if status.state is TaskState.RUNNING:

@@ -244,12 +244,20 @@ class Provider(abc.ABC):
         """Whether a cloned VM is booted and usable, by the pool's readiness rules."""
 
     @abc.abstractmethod
-    def add_disk(self, pool: PoolConfig, hostname: str, size_gb: int) -> str:
-        """Start adding a disk of ``size_gb``; return a task ref."""
+    def add_disk(self, pool: PoolConfig, hostname: str, size_gb: int, task_key: str = "") -> str:
+        """Start adding a disk of ``size_gb``; return a task ref. ``task_key`` (the manager's id
+        of the task) is left on the VM with the disk where the provider can, for ``applied``."""
 
     @abc.abstractmethod
     def create_snapshot(self, pool: PoolConfig, hostname: str, snapshot_name: str) -> str:
         """Start a snapshot named ``snapshot_name``; return a task ref."""
+
+    def applied(self, pool: PoolConfig, hostname: str, kind: str, key: str) -> bool | None:
+        """Whether a disk (``kind`` "disk", ``key`` the ``task_key`` it was asked with) or a
+        snapshot ("snapshot", ``key`` its name) is on the VM: asked of a task whose pass died
+        between asking for it and recording its ref, which vCenter may have received and done.
+        None when the provider cannot tell (then the task is reported never started)."""
+        return None
 
     @abc.abstractmethod
     def revert_snapshot(self, pool: PoolConfig, hostname: str, snapshot_name: str) -> str:

@@ -425,7 +425,7 @@ class DummyProvider(Provider):
             return Readiness(False, "dummy: readiness check failed (simulated failure)")
         return Readiness(True)
 
-    def add_disk(self, pool: PoolConfig, hostname: str, size_gb: int) -> str:
+    def add_disk(self, pool: PoolConfig, hostname: str, size_gb: int, task_key: str = "") -> str:
         self._require_vm(pool, hostname)
         return self._start_task(pool, "disk", hostname, _DISK, size_gb=size_gb, disk_id=secrets.token_hex(4))[0]
 

@@ -54,8 +54,10 @@ family through these validators.
                                      script that takes a VM out of running (lua/move.lua: dropped
                                      as gone, reaped, returned; lua/release.lua: an unconfirmed
                                      checkout given back; lua/ondemand_end.lua: its request ended)
-                                     takes it out of this set in that step; entries written before
-                                     they did are dropped when due, or once a pass sees the VM
+                                     takes it out of this set in that step, and a pass writes a
+                                     VM's look only while it is running for the checkout the pass
+                                     read (lua/schedule_running.lua); entries written before they
+                                     did are dropped when due, or once a pass sees the VM
                                      completed (manager/running.py)
     pool:<pool>:inventory_checked string "<provider's inventory token> <time>": the inventory the pool's
                                      VMs were last compared with, and when it was last compared whole
@@ -86,6 +88,9 @@ family through these validators.
     ondemand:<id>            hash    an on-demand request (store/ondemand.py)
     ondemand:<id>:vms        zset    every VM ever reserved for the request, by reservation time
     ondemand:open:<pool>     zset    open requests with VMs to build in the pool, by creation time
+    ondemand:requests:open   zset    every open request, scored by the VMs it still waits for (lua/quota.lua)
+    ondemand:requests:waiting string the sum of those scores, kept by the scripts that change them
+                                     (lua/open_waiting.lua): what a checkout's quota check reads
     ondemand:requests:kept   zset    "<owner hash> <id>" of every request Redis keeps, by creation time (or
                                      when last found still holding VMs): the service's bound on them
                                      (config max_ondemand_requests_kept, lua/ondemand_create.lua)
@@ -350,6 +355,11 @@ class Keys:
     def ondemand_open_requests(self) -> str:
         """Every open request (score: the VMs it asks for), for the service's quotas (lua/quota.lua)."""
         return f"{self.prefix}ondemand:requests:open"
+
+    @property
+    def ondemand_open_waiting(self) -> str:
+        """The sum of ondemand_open_requests' scores, kept with them (lua/open_waiting.lua)."""
+        return f"{self.prefix}ondemand:requests:waiting"
 
     @property
     def ondemand_kept_requests(self) -> str:

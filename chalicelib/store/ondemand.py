@@ -20,6 +20,7 @@ from chalicelib.store.records import VMRecord
 from chalicelib.store.scripts import KeyList, ScriptCall, run_many
 from chalicelib.store.store import (
     UNCONFIRMED_SECONDS,
+    UNUSED_RECORD_TTL_SECONDS,
     Quota,
     QuotaExceeded,
     RequestNotDurable,
@@ -40,6 +41,13 @@ NOT_CONFIRMED_MESSAGE = "the request was never confirmed (its creation was answe
 GONE_WHILE_RUNNING = "gone from the provider while running"
 """The reason of a running VM a pass dropped because the provider no longer has it
 (manager/running.py). One of a request that is not ready yet is a failed attempt, built again."""
+CLONE_CLAIMED = "clone_claimed"
+"""A field of a VM reserved for a request: when the pass that reserved it claimed its clone's start
+(``OnDemandStore.claim``, lua/ondemand_claim.lua); from then on its clone may be running."""
+CLONE_HELD = "clone_held"
+"""A field of a completed VM of an ended request: since when its slot under
+``ondemand_clone_limit`` is held (it stays in the cloning set) because its clone may still be
+running (lua/ondemand_end.lua); the completed step releases it once the clone ended."""
 OPEN_SETS_PER_CALL = 1000
 """Pools' open-request sets one call of lua/union_members.lua reads (OnDemandStore.waiting)."""
 REQUESTS_KEPT_PER_OWNER = 100
@@ -300,7 +308,7 @@ class OnDemandStore:
         """Reserve names for the VMs the request still lacks in ``pool`` (see the script)."""
         keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.ondemand_open(pool),
                 self.keys.cloning, self.keys.pool_state(pool, "pending"), self.keys.pool_clones,
-                self.keys.pool_clones_counted, self.keys.ondemand_open_requests,
+                self.keys.pool_clones_counted, self.keys.ondemand_open_requests, self.keys.ondemand_open_waiting,
                 *(self.keys.vm(host) for host in candidates)]
         args: list[str | int] = [request_id, pool, clone_limit, max_retries, repr(now), template, domain,
                                  self.store.data_ttl_seconds, self.keys.vm(KEY_PART), holder_label(),
@@ -309,13 +317,25 @@ class OnDemandStore:
             answer = json.loads(self.scripts.ondemand_reserve(keys=keys, args=args))
         return Reservation(answer["state"], tuple(answer.get("reserved") or ()), int(answer.get("failed") or 0))
 
+    def claim(self, request_id: str, hostnames: Sequence[str], now: float) -> list[str]:
+        """Of ``hostnames``, reserved for the request, the ones whose clone may start now (still
+        pending for it, the request open), each marked ``CLONE_CLAIMED`` in the same step: a
+        request ended before never has a clone started for it (lua/ondemand_claim.lua)."""
+        if not hostnames:
+            return []
+        with _translate_errors():
+            return cast("list[str]", self.scripts.ondemand_claim(
+                keys=[self.keys.ondemand(request_id), *(self.keys.vm(host) for host in hostnames)],
+                args=[request_id, repr(now), *hostnames]))
+
     def deliver(self, hostname: str, pool: str, now: float, ip: str, host: str) -> tuple[bool, str]:
         """Hand a booted VM to its request. Returns (moved to running, the request's state)."""
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_deliver(
                 keys=[self.keys.vm(hostname), *(self.keys.pool_state(pool, state) for state in ("pending", "running",
                       "completed")), self.keys.cloning, self.keys.changes, self.keys.running_due(pool),
-                      self.keys.ondemand_open_requests, self.keys.running, self.keys.pool_clones],
+                      self.keys.ondemand_open_requests, self.keys.running, self.keys.pool_clones,
+                      self.keys.ondemand_open_waiting],
                 args=[hostname, repr(now), ip or "", host or "", self.keys.ondemand(KEY_PART),
                       self.keys.ondemand_vms(KEY_PART), self.keys.vm(KEY_PART), self.keys.ondemand_open(KEY_PART),
                       GONE_WHILE_RUNNING]))
@@ -323,13 +343,16 @@ class OnDemandStore:
 
     def end(self, request_id: str, state: str, message: str, vm_reason: str, now: float,
             token_key: str = "", seen: OnDemandRequest | None = None) -> Ending:
-        """Mark the request ``deleted`` or ``failed`` and send its VMs to completed. TokenGone
+        """Mark the request ``deleted`` or ``failed`` and send its VMs to completed, those whose
+        clone may still run holding their clone slots (``CLONE_HELD``), those reserved and not
+        yet claimed destroyed at once (never cloned: lua/ondemand_end.lua). TokenGone
         (nothing changed) when ``token_key``, the record of the token the end was asked with, is
         gone. ``seen``: the request as the caller read it (and checked whose it is); a request
         that has since taken its id (``seen`` forgotten, the id reused by another) is left as it
         is, and the result is ``missing``."""
         keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.cloning,
-                self.keys.ondemand_open_requests, self.keys.running, self.keys.pool_clones]
+                self.keys.ondemand_open_requests, self.keys.running, self.keys.pool_clones,
+                self.keys.ondemand_open_waiting]
         args: list[str | int] = [
             request_id, state, message, repr(now), vm_reason, self.store.data_ttl_seconds,
             self.keys.ondemand_open(KEY_PART), self.keys.wake(KEY_PART), self.keys.vm(KEY_PART),
@@ -338,6 +361,7 @@ class OnDemandStore:
         ]
         args.append(token_index(keys, token_key))
         args += ["", ""] if seen is None else [repr(seen.created), seen.token_user]
+        args.append(UNUSED_RECORD_TTL_SECONDS)
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_end(keys=keys, args=args))
         if answer["result"] == "token_gone":

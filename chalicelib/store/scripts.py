@@ -13,16 +13,20 @@ from chalicelib.store.keys import DERIVED_KEYS
 
 _LUA_DIR = Path(__file__).with_name("lua")
 
-SHARED: dict[str, tuple[str, ...]] = {"checkout": ("quota", "token_live"), "ondemand_create": ("quota", "token_live"),
+SHARED: dict[str, tuple[str, ...]] = {"checkout": ("open_waiting", "quota", "token_live"),
+                                      "ondemand_create": ("open_waiting", "quota", "token_live"),
+                                      "ondemand_deliver": ("open_waiting",),
                                       "move": ("record_fields", "finite", "token_live", "vm_owner"),
                                       "update": ("record_fields",), "release": ("finite",),
                                       "vm_task_enqueue": ("vm_task_queue", "token_live", "vm_owner"),
                                       "vm_modify": ("vm_task_queue", "token_live", "vm_owner"),
-                                      "ondemand_end": ("finite", "token_live"), "ondemand_reserve": ("finite",),
+                                      "ondemand_end": ("finite", "token_live", "open_waiting"),
+                                      "ondemand_reserve": ("finite", "open_waiting"),
                                       "pool_overrides": ("token_live",), "service_started": ("finite",),
                                       "dns_claim": ("finite",)}
 """Scripts run with the functions of other files (lua/quota.lua, lua/record_fields.lua,
-lua/finite.lua, lua/vm_task_queue.lua, lua/token_live.lua, lua/vm_owner.lua) before their own text."""
+lua/finite.lua, lua/vm_task_queue.lua, lua/token_live.lua, lua/vm_owner.lua, lua/open_waiting.lua)
+before their own text."""
 
 
 def script_source(name: str) -> str:
@@ -87,6 +91,7 @@ class Scripts:
         self.ondemand_create = load("ondemand_create")
         self.ondemand_confirm = load("ondemand_confirm")
         self.ondemand_reserve = load("ondemand_reserve")
+        self.ondemand_claim = load("ondemand_claim")
         self.ondemand_deliver = load("ondemand_deliver")
         self.ondemand_end = load("ondemand_end")
         self.vm_task_enqueue = load("vm_task_enqueue")
@@ -97,6 +102,7 @@ class Scripts:
         self.finish_clones = load("finish_clones")
         self.pool_overrides = load("pool_overrides")
         self.running_recount = load("running_recount")
+        self.schedule_running = load("schedule_running")
         self.config_generation = load("config_generation")
         self.service_started = load("service_started")
         self.dns_claim = load("dns_claim")

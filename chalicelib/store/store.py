@@ -212,6 +212,7 @@ class Quota:
                 "max_vms": self.max_vms, "running": key_list.add(keys.running),
                 "counted": key_list.add(keys.running_counted),
                 "open_requests": key_list.add(keys.ondemand_open_requests),
+                "open_waiting": key_list.add(keys.ondemand_open_waiting),
                 "vm_template": keys.vm(KEY_PART), "request_template": keys.ondemand(KEY_PART),
                 "request_vms_template": keys.ondemand_vms(KEY_PART),
                 "max_owner_requests": self.max_owner_requests, "max_requests": self.max_requests}
@@ -430,12 +431,24 @@ class Store:
                          self.client.zrange(self.keys.pool_state(pool, state), 0, -1, withscores=True))
         return dict(pairs)
 
-    def schedule_running(self, pool: str, due: Mapping[str, float]) -> None:
-        """When a pass must next look at each running VM of ``due`` (see pool_snapshot_due)."""
+    def schedule_running(self, pool: str, due: Mapping[str, tuple[VMRecord, float]]) -> list[str]:
+        """When a pass must next look at each running VM of ``due`` (hostname -> its record as
+        the pass read it, its next look; see pool_snapshot_due), in one round trip: only while
+        the VM is still running in ``pool`` for the checkout, and with the lifetime, the record
+        shows (lua/schedule_running.lua): a stale pass does not bring back the look of a VM
+        returned or reaped since, nor overwrite one a later change wrote. Returns the hostnames
+        whose look was written."""
         if not due:
-            return
+            return []
+        keys = self.keys.pool_state(pool, "running"), self.keys.running_due(pool)
+        calls: list[ScriptCall] = []
+        for batch in _batches(due):
+            args: list[Any] = []
+            for host, (record, look) in batch.items():
+                args += [host, repr(look), record.raw.get("checkout", ""), record.raw.get("lifetime", "")]
+            calls.append((self.scripts.schedule_running, [*keys, *(self.keys.vm(host) for host in batch)], args))
         with _translate_errors():
-            self.client.zadd(self.keys.running_due(pool), dict(due))
+            return _done(due, run_many(self.client, calls))
 
     def begin_pass(self, pool: str) -> tuple[int | None, str]:
         """``mark_changes`` and the pool's ``inventory_checked`` mark ("" when none), in one round

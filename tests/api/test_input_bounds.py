@@ -4,10 +4,12 @@ thousands of digits (Python's int() gives up past 4,300) is a 400 that says what
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 import pytest
 
+from chalicelib.api.http import MAX_FAILURES_LISTED
 from tests.api.configs import CONFIG_YAML
 from tests.harness import Harness
 
@@ -182,3 +184,26 @@ def test_a_time_broken_in_redis_fails_neither_the_vm_nor_its_pool(
     stack.run_passes("pool1")
     assert stack.state_of(other) == "destroyed"
     assert stack.delete(f"/api/v3/vm/{host}").status == 200
+
+
+@pytest.mark.parametrize("body", [
+    {f"a{n}": 1 for n in range(6000)},
+    {"tags": {f"b{n}": {} for n in range(4000)}},
+], ids=["unknown keys", "tags not strings"])
+def test_a_change_with_thousands_of_problems_lists_the_first_and_counts_the_rest(
+        make_stack: Callable[[str], Harness], body: dict[str, Any]) -> None:
+    """PUT /vm/<host> listed every problem: 6,000 unknown keys (a 60 KB body) answered 155 KB."""
+    stack = make_stack(EXPERIMENTAL_CONFIG)
+    stack.fill("pool2")
+    running = stack.checkout("pool2")
+    before = stack.redis_state()
+    reply = stack.request("PUT", f"/api/v3/vm/{running}", json.dumps(body, separators=(",", ":")))
+    assert reply.status == 400, reply.raw[:300]
+    failures = reply.json["failure"]
+    problems = len(body["tags"]) if "tags" in body else len(body)
+    assert len(failures) == MAX_FAILURES_LISTED + 1
+    # each key a problem (the tags' count beyond max_tags one more)
+    assert failures[-1].startswith("and ") and failures[-1].endswith(" more problems.")
+    assert int(failures[-1].split()[1]) >= problems - MAX_FAILURES_LISTED
+    assert len(reply.raw) < 2000
+    assert stack.redis_state() == before

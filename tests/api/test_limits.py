@@ -468,3 +468,72 @@ def test_checkouts_and_requests_sent_together_by_an_owner_one_vm_short_of_its_li
     assert {status for _, status in statuses} - {200, 201} == {403}
     stack.run_passes("pool1")  # a request served is built and delivered
     assert stack.count("pool1", "running") + stack.count("pool2", "running") == 3
+
+
+def _open_requests(store: store_module.Store, pool: str, weights: list[int]) -> OnDemandStore:
+    """On-demand requests for ``weights`` VMs each, open, by as many owners."""
+    requests = OnDemandStore(store)
+    for n, weight in enumerate(weights):
+        quota = store_module.Quota(f"addr:198.51.100.{n % 250}-{n}", max_owner_vms=100, max_vms=1_000_000,
+                                   pools=[pool], max_owner_requests=10, max_requests=10_000)
+        assert requests.create(f"req-{n}", [OnDemandEntry(pool, pool, weight)], 1000.0, 3600, 2, quota=quota)
+    return requests
+
+
+def _waiting(store: store_module.Store) -> int:
+    """What the open requests still wait for, counted from their scores."""
+    scores = store.client.zrange(store.keys.ondemand_open_requests, 0, -1, withscores=True)
+    return int(sum(max(score, 0) for _, score in scores))
+
+
+def test_a_checkout_costs_redis_the_same_however_many_requests_are_open(redis_client: redis.Redis) -> None:
+    """The service's limit counts the VMs open on-demand requests still wait for. A checkout read
+    every open request's score for it (one ZRANGE, but of 1,000 entries, each added up in Lua,
+    with 1,000 open); it reads their sum, kept by the scripts that open, count down and close
+    requests (lua/open_waiting.lua): the same commands, none reading the set."""
+
+    def checkout_commands(open_requests: int) -> dict[str, int]:
+        store, pool = store_module.Store(redis_client, prefix=f"open{open_requests}:"), "pool"
+        quota = store_module.Quota("addr:203.0.113.1", max_owner_vms=100, max_vms=1_000_000, pools=[pool])
+        _ready_vms(store, pool, ["vm-0", "vm-1"], 1000.0)
+        _open_requests(store, pool, [1] * open_requests)
+        assert store.checkout([CheckoutRequest(pool, [pool], 1)], 1000.0, {}, quota).ok  # scripts loaded
+        assert _waiting(store) == open_requests
+        redis_client.config_resetstat()
+        assert store.checkout([CheckoutRequest(pool, [pool], 1)], 1000.0, {}, quota).ok
+        return redis_commands(redis_client)
+
+    few, many = checkout_commands(1), checkout_commands(1000)
+    assert few == many
+    assert "zrange" not in many, "the checkout read the open requests' set"
+
+
+def test_the_open_requests_sum_follows_each_request_and_the_service_limit_counts_it(
+        redis_client: redis.Redis) -> None:
+    store, pool = store_module.Store(redis_client, prefix="waiting:"), "pool"
+    _ready_vms(store, pool, [f"vm-{n}" for n in range(4)], 1000.0)
+    requests = _open_requests(store, pool, [2, 1, 3])
+    waiting_key = store.keys.ondemand_open_waiting
+    assert int(redis_client.get(waiting_key)) == _waiting(store) == 6
+
+    # Two VMs of the first request built and delivered: it waits for none, then it is ready.
+    names = [f"od-{n}" for n in range(2)]
+    reservation = requests.reserve("req-0", pool, 10, 3, "tmpl", "example.com", names, 1000.0)
+    assert list(reservation.reserved) == names, reservation
+    for name in names:
+        requests.deliver(name, pool, 1001.0, "10.0.0.1", "esx")
+        assert int(redis_client.get(waiting_key)) == _waiting(store)
+    assert _waiting(store) == 4
+    assert requests.end("req-2", "deleted", "deleted by its user", "its request was deleted", 1002.0).result == "ended"
+    assert int(redis_client.get(waiting_key)) == _waiting(store) == 1
+
+    # 2 running (the delivered VMs) + 1 still to come: a limit of 4 leaves room for one VM, not two.
+    quota = store_module.Quota("addr:203.0.113.9", max_owner_vms=100, max_vms=4, pools=[pool])
+    store.recount_running([pool], 1002.0)
+    with pytest.raises(store_module.QuotaExceeded):
+        store.checkout([CheckoutRequest(pool, [pool], 2)], 1002.0, {}, quota)
+    redis_client.delete(waiting_key)  # lost: counted again whole, the same
+    with pytest.raises(store_module.QuotaExceeded):
+        store.checkout([CheckoutRequest(pool, [pool], 2)], 1002.0, {}, quota)
+    assert int(redis_client.get(waiting_key)) == 1
+    assert store.checkout([CheckoutRequest(pool, [pool], 1)], 1002.0, {}, quota).ok

@@ -8,6 +8,7 @@ import pickle
 
 import boto3
 import pytest
+from aws_lambda_powertools.utilities.parameters import SecretsProvider, SSMProvider
 from moto import mock_aws
 
 from chalicelib.auth.secrets import (
@@ -20,6 +21,7 @@ from chalicelib.auth.secrets import (
     check_secret_value,
     parse_reference,
 )
+from tests.aws_pages import PAGES, answer_with_page
 
 
 @pytest.fixture
@@ -199,3 +201,17 @@ def test_the_redacting_filter_masks_the_json_lines_lambda_writes(log_output):
     assert "Pa55" not in text
     assert lines[0]["error"] == "login refused for **********"
     assert lines[1]["exception_name"] == "RuntimeError" and "cannot log in with **********" in lines[1]["exception"]
+
+
+@pytest.mark.parametrize(("page", "reason"), [("200-html", "UnreadableAnswer"), ("502-html", "502")])
+def test_a_page_instead_of_the_secret_stores_answer_is_unavailable_with_a_reason(aws, page, reason):
+    """A proxy's or an outage's page instead of SSM's or Secrets Manager's answer: a typed
+    SecretUnavailable (a 503 to the API, a failed pass) naming what came back, never the page.
+    Before, a page with status 200 was reported as ``KeyError``."""
+    ssm, secrets = SSMProvider(boto3_client=aws["ssm"]), SecretsProvider(boto3_client=aws["secretsmanager"])
+    answer_with_page(aws["ssm"], *PAGES[page])
+    answer_with_page(aws["secretsmanager"], *PAGES[page])
+    resolver = SecretResolver(ssm_provider=ssm, secrets_provider=secrets)
+    for reference in ({"ssm": "/vmpool/redis/password"}, {"secret": "vmpool/vsphere"}):
+        with pytest.raises(SecretUnavailable, match=f": {reason}$"):
+            resolver.resolve(reference)

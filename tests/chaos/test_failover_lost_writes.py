@@ -22,6 +22,7 @@ from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.services import Services
 from chalicelib.store import store as store_module
 from chalicelib.store.ondemand import OnDemandStore
+from chalicelib.store.vm_tasks import VMTaskStore
 from tests.core.test_reconcile_queue import Context, RecordingQueue
 from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
@@ -353,3 +354,45 @@ def eventually_alone(pair: RedisPair) -> None:
         eventually(lambda: primary.info("replication").get("connected_slaves") == 0, 5, "the primary alone")
     finally:
         primary.close()
+
+
+def post_task(hostname: str, task: str) -> tuple[int, Any]:
+    """POST /vm/<host>/disk/8 or /vm/<host>/snapshot: 202 when queued."""
+    if task == "disk":
+        return call("POST", "/api/v3/vm/{name}/disk/{size}", f"/api/v3/vm/{hostname}/disk/8",
+                    params={"name": hostname, "size": "8"})
+    return call("POST", "/api/v3/vm/{name}/snapshot", f"/api/v3/vm/{hostname}/snapshot", params={"name": hostname})
+
+
+@pytest.mark.parametrize("task", ["disk", "snapshot"])
+def test_a_vm_task_answered_202_is_on_the_new_primary(redis_pair: RedisPair, api: Services, task: str) -> None:
+    """A snapshot lost with the primary: its user holds an id no revert finds (404); a disk lost:
+    never added, the 202 said it would be."""
+    hostname = running_vm(api)
+    redis_pair.wait_synced()
+    redis_pair.link.hold()
+    status, answer = post_task(hostname, task)
+    redis_pair.kill_primary_and_promote()
+
+    if not promised(status, answer, 202):
+        return
+    queued = VMTaskStore(after_failover(redis_pair).store).queued(hostname)
+    assert [each["kind"] for each in queued] == [task], f"{hostname}'s {task} was answered 202, then lost"
+
+
+@pytest.mark.parametrize("task", ["disk", "snapshot"])
+def test_a_vm_task_no_replica_acknowledged_is_answered_503_saying_when_to_send_it_again(
+        redis_pair: RedisPair, api: Services, task: str) -> None:
+    """Sent again, a task is queued again (a second disk, another snapshot): the 503 says it was
+    queued and to send it again only if GET /vm/<host> does not list it; a snapshot's names its id."""
+    hostname = running_vm(api)
+    redis_pair.wait_synced()
+    redis_pair.link.hold()
+    status, answer = post_task(hostname, task)
+    assert status == 503 and answer["ok"] is False, answer
+    assert "queued" in answer["error"] and "GET /vm/" in answer["error"], answer
+    (queued,) = VMTaskStore(api.store).queued(hostname)  # it stays queued on the primary
+    assert queued["kind"] == task
+    if task == "snapshot":
+        assert queued["snapshot"] in answer["error"], answer
+    redis_pair.link.release()

@@ -15,6 +15,7 @@ import boto3
 import pytest
 import redis
 from botocore.exceptions import ClientError, ReadTimeoutError
+from botocore.parsers import ResponseParserError
 from moto import mock_aws
 
 import app
@@ -48,6 +49,7 @@ from chalicelib.store import STATES
 from chalicelib.store.fleet import Fleet
 from chalicelib.store.pool_overrides import PoolOverrides
 from local.gateway import Gateway
+from tests.aws_pages import PAGES, answer_with_page
 from tests.support import emf_documents, emitted, json_lines
 
 CONFIG = """
@@ -122,6 +124,30 @@ def test_a_checkout_puts_its_pool_on_the_reconcile_queue(services: Services, mon
         assert status == 200, body
         messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
         assert [json.loads(m["Body"]) for m in messages] == [{"pool": "debian", "reason": "nudge"}]
+
+
+@pytest.mark.parametrize("page", ["200-html", "502-html"])
+def test_a_checkout_whose_nudge_meets_a_page_succeeds_and_the_lost_nudge_is_counted(
+        page: str, services: Services, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        log_output: io.StringIO) -> None:
+    """SQS answering the API's refill nudge with a proxy's page: the checkout succeeds, the
+    nudge is logged with its code and counted (``AwsCallFailures``). Before, a page with status
+    200 was taken for a sent nudge and any other failure was a warning no metric showed."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        sqs = boto3.client("sqs")
+        queue_url = sqs.create_queue(QueueName="vmpool-dev-reconcile")["QueueUrl"]
+        answer_with_page(sqs, *PAGES[page])
+        services.refill = SqsRefill(queue_url, client_factory=lambda: sqs)
+        run_pool(services, "debian")
+        services.clock.advance(60)
+        run_pool(services, "debian")
+        capsys.readouterr()
+        status, _, body = Gateway(app.app)("POST", "/api/v3/vm/debian", {}, b"", "127.0.0.1")
+    assert status == 200, body
+    assert emitted(emf_documents(capsys.readouterr().out))[("AwsCallFailures", ("service",))] == [1.0]
+    (line,) = [line for line in json_lines(log_output.getvalue()) if line["message"].startswith("refill request")]
+    assert line["level"] == "WARNING" and line["codes"] == ["UnreadableAnswer" if page.startswith("200") else "502"]
 
 
 class RecordingSqs:
@@ -846,3 +872,54 @@ def test_pool_settings_a_failover_lost_are_recorded_again_by_the_next_tick(servi
                               "  - {name: debian, size: 2, provider: other}\n"))
     report = look_at(services, PoolMessage("centos", DRAIN), queue)
     assert report is not None and report.passes  # drained with the provider that made its VMs
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_a_page_instead_of_sqss_answer_is_sent_again_not_taken_for_a_send(page: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HTML or text page instead of SQS's answer (a proxy before the endpoint, an outage) to
+    the first call. Before: a page with status 200 read as an answer listing no failure, so the
+    messages counted as queued and were lost (the pools waited for the next tick). Now what
+    SQS's answer does not list is sent again; SQS (moto) holds each message once."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        sqs = boto3.client("sqs")
+        url = sqs.create_queue(QueueName="vmpool-dev-reconcile")["QueueUrl"]
+        answer_with_page(sqs, *PAGES[page], times=1)
+        pauses: list[float] = []
+        SqsPoolQueue(url, client_factory=lambda: sqs, pause=pauses.append).send(
+            [(PoolMessage(pool, TICK), 0) for pool in ("a", "b", "c")])
+        bodies = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+        assert sorted(PoolMessage.parse(m["Body"]).pool for m in bodies) == ["a", "b", "c"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("page", "code"), [("200-html", "UnreadableAnswer"), ("200-text", "UnreadableAnswer"),
+                                            ("502-html", "502"), ("503-text", "503")])
+def test_an_sqs_that_answers_only_pages_is_reported_with_a_code(page: str, code: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages only, every try: the pools are reported (the tick's ``PoolsNotQueued``) with a code
+    saying what came back, never taken as queued."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        sqs = boto3.client("sqs")
+        url = sqs.create_queue(QueueName="vmpool-dev-reconcile")["QueueUrl"]
+        answer_with_page(sqs, *PAGES[page])
+        with pytest.raises(QueueRefused) as refused:
+            queue = SqsPoolQueue(url, client_factory=lambda: sqs, pause=lambda seconds: None)
+            queue.send([(PoolMessage("a", TICK), 0)])
+    assert refused.value.refused == [("a", code)]
+
+
+def test_an_answer_botocore_cannot_parse_is_an_sqs_failure_not_a_crash_of_the_tick(
+        thousand_pools: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore's ResponseParserError (an answer it cannot parse) is no BotoCoreError: before, it
+    was taken for a bug of ours and raised out of the tick (no pool of the send reported, no
+    running count, no gauges, and EventBridge's retry sent every pool again)."""
+    sqs = SqsAtScale(None, fail=lambda entries, call: ResponseParserError("Unable to parse response")
+                     if "p0042" in _pools_of(entries) else None)
+    monkeypatch.setattr(app, "_queue", sqs.queue())
+
+    answer = app.tick(TICK_EVENT, Context())
+
+    assert answer["not_queued"] == [f"p00{n}" for n in range(40, 50)]
+    assert sqs.pools() == [pool for pool in thousand_pools if not pool.startswith("p004")]

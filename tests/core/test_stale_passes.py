@@ -150,3 +150,41 @@ def test_a_paused_runner_whose_lease_expired_does_not_drop_a_vm_in_use(
         run_pool(services, "alpha", 0.0)
     record = store.get_vm(host)
     assert record is not None and record.state == "running", record
+
+
+LONG_CHECKTIME = """\
+config: {task_limit: 10, ready_ttl: 600, vm_lifetime: 2, vm_checktime: 600, prefix: "ci-"}
+providers:
+  dummy: {provider_class: dummy, seed: 5, createvm_max_time: 0, boot_time: 0}
+pools:
+  - {name: alpha, size: 1, provider: dummy}
+"""
+"""Instant clones, and a whole comparison of the pool's VMs every 10 hours: between them a pass
+looks only at the running VMs due (running_due)."""
+
+
+def test_a_lifetime_shortened_after_the_pass_read_the_vm_ends_on_time(make_world: HarnessFactory) -> None:
+    """The pass read the VM with its lifetime of 2 hours; its user shortened it to 1 (which
+    makes the VM due now: lua/vm_modify.lua) before the pass scheduled its next look. Before,
+    the pass wrote the look at the old end over it, and the VM ran until then (or the next whole
+    comparison). A pass writes no look for a VM whose checkout or lifetime changed since its read."""
+    world = make_world(LONG_CHECKTIME)
+    world.settle("alpha", seconds=1)
+    running_due = world.store.keys.running_due("alpha")
+    host = world.checkout("alpha")
+    checked_out = world.store.get_vm(host).checkout
+    assert checked_out is not None
+
+    def shortened_after_the_read() -> None:
+        assert world.put(f"/api/v3/vm/{host}", {"lifetime": 1}).status == 200
+
+    world.clock.advance(1)
+    world.reconcile("alpha", at_first("snapshot", shortened_after_the_read))
+    assert world.client.zscore(running_due, host) <= world.clock.now(), "the stale pass wrote the old end"
+
+    world.clock.advance(1)
+    world.reconcile("alpha")  # reads the new lifetime
+    assert world.client.zscore(running_due, host) == checked_out + 3600
+    world.clock.advance(checked_out + 3601 - world.clock.now())
+    report = world.reconcile("alpha")
+    assert host in report.completed, "the VM outlived its shortened lifetime"

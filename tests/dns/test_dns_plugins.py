@@ -12,6 +12,7 @@ from chalicelib.dns.base import DnsRejected, DnsUnavailable, UnmanagedDns
 from chalicelib.dns.dynamic import DynamicDns
 from chalicelib.dns.registry import build_dns_plugin
 from chalicelib.dns.route53 import Route53Dns
+from tests.aws_pages import PAGES, answer_with_page
 from tests.dns.bind import BindServer, free_port
 
 
@@ -206,3 +207,22 @@ def test_an_ipv4_address_written_as_ipv6_is_published_as_the_a_record_it_is(bind
     assert bind.addresses(f"mapped-a.{bind.zone}") == ["10.1.2.5"]
     assert bind.addresses(f"mapped-a.{bind.zone}", "AAAA") == []
     plugin.delete("mapped-a")
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_route53_answers_that_are_not_route53s_are_typed_as_unavailable(route53: tuple[Any, str], page: str) -> None:
+    """An HTML or text page instead of Route 53's answer (a proxy, an outage). Before: a page
+    botocore could not parse raised its ResponseParserError, untyped, out of the reconcile pass;
+    a well-formed HTML page with status 200 read as an empty answer, so a lookup said "no record
+    here" and a delete "already gone"; a 502 page was a DnsRejected (an operator's problem)
+    instead of a failure to retry."""
+    _, zone = route53
+    plugin = plugin_for({"dns_class": "route53", "domain": "vms.example.test", "hosted_zone_id": zone})
+    plugin.create_or_replace("r53-page", "10.0.0.5")
+    answer_with_page(plugin.client, *PAGES[page])
+    for call in (lambda: plugin.addresses("r53-page"), lambda: plugin.delete("r53-page"),
+                 lambda: plugin.create_or_replace("r53-page", "10.0.0.6")):
+        with pytest.raises(DnsUnavailable) as raised:
+            call()
+        assert raised.value.metric_key == "unavailable"
+        assert "html" not in str(raised.value).lower() and len(str(raised.value)) < 200

@@ -22,6 +22,7 @@ from chalicelib.manager.dispatch import Ticker
 from chalicelib.services import Services
 from infra import config_push
 from local.gateway import Gateway
+from tests.aws_pages import PAGES, answer_with_page
 from tests.support import emf_documents, emitted
 
 BUCKET = "vmpool-dev-config-123456789012-us-east-1"
@@ -262,3 +263,113 @@ def test_a_key_written_twice_with_one_value_is_pushed_and_warned_about_by_the_pu
     assert source.current().pool_names == ("debian", "fedora")
     assert [(record.name, record.levelname) for record in caplog.records
             if record.getMessage() == f"config: {warning}"] == [("vmpool", "WARNING")]
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_a_page_instead_of_s3s_answer_keeps_the_config_and_is_counted(
+        s3: Any, page: str, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """A proxy's or an outage's page instead of S3's answer to a function's config refresh: the
+    config in use stays, a warning line says what S3 did (a code, never the page) and it is
+    counted (``AwsCallFailures``). Before, a page with status 200 failed on its missing ETag:
+    a KeyError logged as if it were a bug, counted nowhere."""
+    clock = FakeClock()
+    initial = parse(PACKAGED)
+    s3.put_object(Bucket=BUCKET, Key=DEFAULT_CONFIG_KEY, Body=PUSHED.encode())
+    paged = boto3.client("s3")
+    back = answer_with_page(paged, *PAGES[page])
+    source = ConfigSource(initial, S3Fetch(BUCKET, DEFAULT_CONFIG_KEY, lambda: paged), clock)
+    capsys.readouterr()
+
+    assert source.current() is initial
+    assert emitted(emf_documents(capsys.readouterr().out))[("AwsCallFailures", ("service",))] == [1.0]
+    [line] = [record for record in caplog.records if record.getMessage().startswith("config not refreshed")]
+    assert line.levelname == "WARNING" and vars(line)["failure"] in ("unreadable", "unavailable")
+    assert "html" not in vars(line)["error"].lower()
+    back()
+    clock.advance(REFRESH_SECONDS)
+    assert source.current().pool_names == ("debian", "fedora")  # S3 answers again: the push is live
+
+
+DNS_CONFIG = """\
+:providers:
+  :dummy: {}
+:dns_configs:
+  bind: {dns_class: dynamic-dns, domain: lab.example.net, server: 10.9.0.53, port: %d, tsig_key_name: k,
+         tsig_secret: {ssm: /vmpool/dev/tsig}}
+  aws: {dns_class: route53, domain: aws.example.net, hosted_zone_id: Z0123456789ABC}
+:pools:
+  - {name: debian, size: 1, provider: dummy, dns_plugin: %s}
+"""
+
+
+def deployed_stack(parameters: dict[str, str]) -> None:
+    """A stack ``vmpool-dev`` (moto) deployed with ``parameters``, its config bucket ``BUCKET``."""
+    template = {"Parameters": {key: {"Type": "String", "Default": ""} for key in parameters},
+                "Resources": {"Queue": {"Type": "AWS::SQS::Queue"}},
+                "Outputs": {"ConfigBucket": {"Value": BUCKET}}}
+    boto3.client("cloudformation").create_stack(
+        StackName="vmpool-dev", TemplateBody=json.dumps(template),
+        Parameters=[{"ParameterKey": key, "ParameterValue": value} for key, value in parameters.items()])
+
+
+def push_to_stack(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """config-push as an operator runs it: the bucket from the stack's output."""
+    path = tmp_path / "vmpool.yaml"
+    path.write_text(text)
+    code = config_push.main(["--stage", "dev", "--file", str(path)], session=boto3.Session())
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+@pytest.mark.parametrize(("parameters", "port", "plugin", "problem"), [
+    ({"DnsServerCidr": "", "DnsServerPort": "53", "CreateVpcEndpoints": "true"}, 53, "bind",
+     "dns_configs.bind: server 10.9.0.53 port 53: the stack has no DnsServerCidr"),
+    ({"DnsServerCidr": "10.8.0.0/24", "DnsServerPort": "53", "CreateVpcEndpoints": "true"}, 53, "bind",
+     "dns_configs.bind: server 10.9.0.53 is outside the stack's DnsServerCidr 10.8.0.0/24"),
+    ({"DnsServerCidr": "10.9.0.0/24", "DnsServerPort": "53", "CreateVpcEndpoints": "true"}, 5353, "bind",
+     "dns_configs.bind: server 10.9.0.53 port 5353: the stack's DnsServerPort is 53"),
+    ({"DnsServerCidr": "", "DnsServerPort": "53", "CreateVpcEndpoints": "true"}, 53, "aws",
+     "dns_configs.aws: route53 is reached through a NAT gateway only; the stack has CreateVpcEndpoints=true"),
+], ids=["no-cidr", "outside", "port", "route53-endpoints"])
+def test_config_push_refuses_dns_the_deployed_network_does_not_reach(
+        s3: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], parameters: dict[str, str], port: int,
+        plugin: str, problem: str) -> None:
+    """A DNS service the pushed config adds needs the network a deploy gives (``DnsServerCidr``,
+    ``DnsServerPort``, NAT for Route 53); only the packaged config's entries were checked, at
+    deploy. Before, such a push was published and every VM of the pool stayed pending
+    (``DNS record not created``) until its timeout destroyed it. Now refused, with the deploy to run."""
+    deployed_stack(parameters)
+    code, output = push_to_stack(tmp_path, DNS_CONFIG % (port, plugin), capsys)
+    assert code == 1 and "nothing published" in output and "Traceback" not in output
+    assert problem in output and "make deploy STAGE=dev" in output
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
+
+
+def test_config_push_publishes_dns_the_deployed_network_reaches(s3: Any, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    deployed_stack({"DnsServerCidr": "10.9.0.0/24", "DnsServerPort": "53", "CreateVpcEndpoints": "false"})
+    for plugin in ("bind", "aws"):
+        code, output = push_to_stack(tmp_path, DNS_CONFIG % (53, plugin), capsys)
+        assert code == 0, output
+
+
+@pytest.mark.parametrize("page", ["200-html", "502-html"])
+def test_config_push_says_an_aws_failure_in_a_line_and_publishes_nothing(
+        s3: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], page: str) -> None:
+    """A page instead of CloudFormation's answer (a proxy, an outage): before, a traceback
+    (botocore's KeyError for a well-formed HTML page, its ClientError for a 502)."""
+    session = boto3.Session()
+
+    class Paged:
+        def client(self, service: str) -> Any:
+            client = session.client(service)
+            answer_with_page(client, *PAGES[page])
+            return client
+
+    path = tmp_path / "vmpool.yaml"
+    path.write_text(PACKAGED)
+    code = config_push.main(["--stage", "dev", "--file", str(path)], session=Paged())
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and err.startswith("config-push: ")
+    assert err.endswith("config-push: nothing published\n") and err.count("\n") == 2, err
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)

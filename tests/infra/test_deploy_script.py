@@ -141,7 +141,8 @@ def error_page_endpoint(status: int, page: bytes) -> ThreadingHTTPServer:
     (500, b"Internal Server Error"),
     (502, b"<html><head><title>502</title></head><body>Bad gateway<br>\n<hr>nginx</body></html>\n" * 50),
     (200, b"<html><head><title>Sign in</title></head><body>Proxy login<br></body></html>"),
-], ids=["500-text", "502-html", "200-html"])
+    (200, b"<html><head><title>Sign in</title></head><body>Proxy login</body></html>"),
+], ids=["500-text", "502-html", "200-html", "200-well-formed-html"])
 def test_an_answer_that_is_not_aws_is_said_in_one_line_not_a_traceback(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], status: int, page: bytes) -> None:
     """An endpoint (or a proxy before it) answering an error page botocore cannot parse: botocore
@@ -162,3 +163,14 @@ def test_an_answer_that_is_not_aws_is_said_in_one_line_not_a_traceback(
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert err.startswith("deploy: ") and err.count("\n") == 1 and len(err) < 500, err
+
+
+def test_a_bug_of_ours_is_not_taken_for_an_unreadable_aws_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a KeyError raised inside botocore (its parser, on a page that is not AWS's) is said
+    in one line; one of our own code goes up with its traceback."""
+    def broken(*args: Any, **kwargs: Any) -> dict[str, str]:
+        return {}["Outputs"]
+
+    monkeypatch.setattr(deploy, "deploy", broken)
+    with pytest.raises(KeyError, match="Outputs"):
+        deploy.main(["--stage", "dev", "--bucket", BUCKET, "--infra-only"], session=object())

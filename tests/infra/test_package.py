@@ -173,9 +173,12 @@ def test_the_backlog_alarm_ignores_one_failed_pass_and_fires_on_a_backlog(packag
     assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
     poll_lateness = 20  # long polls of up to 20 s
     received_promptly = 60  # the first receive, on a queue that is keeping up
-    retried_once = received_promptly + queue["VisibilityTimeout"] + poll_lateness
+    # SQS ages a message from its send, its delay included (a follow-up waits up to 900 s by
+    # design): before, a 540 s threshold fired on every healthy stack with long check delays.
+    longest_delay = MAX_DELAY_SECONDS
+    retried_once = longest_delay + received_promptly + queue["VisibilityTimeout"] + poll_lateness
     assert alarm["Threshold"] > retried_once
-    failed_twice = 2 * queue["VisibilityTimeout"]
+    failed_twice = longest_delay + 2 * queue["VisibilityTimeout"]
     assert alarm["Threshold"] < failed_twice
     assert f"{alarm['Threshold']} s" in alarm["AlarmDescription"]
 
@@ -454,3 +457,27 @@ def test_packaging_refuses_a_config_with_a_key_written_twice_and_warns_of_a_harm
     warning = "pools[0].size: written twice, at lines 6 and 7 of vmpool.yaml, with the same value: one is enough"
     assert f"slim_zip: warning: vmpool.yaml: {warning}\n" in capsys.readouterr().err
     assert json.loads((tmp_path / "vmpool.yaml").read_text())["warnings"] == [warning]  # each function logs it
+
+
+def test_secrets_under_a_customer_kms_key_can_be_decrypted_through_ssm_and_secrets_manager_only(
+        package: Package) -> None:
+    """An SSM SecureString parameter or a secret encrypted with a customer-managed KMS key needs
+    ``kms:Decrypt`` on that key: before, no role had it, and every read of such a secret failed
+    (AccessDeniedException: a provider's every pass, the LDAP bind at every login). Granted on the
+    keys ``SecretsKmsKeyArns`` names to every function's role, only through SSM or Secrets Manager
+    of the stack's region; nothing when the parameter is empty (its default)."""
+    parameter = package.template["Parameters"]["SecretsKmsKeyArns"]
+    assert (parameter["Type"], parameter["Default"]) == ("CommaDelimitedList", "")
+    policy = package.resources["SecretsKmsDecryptPolicy"]
+    assert policy["Condition"] == "HasSecretsKmsKeys"
+    assert package.template["Conditions"]["HasSecretsKmsKeys"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "SecretsKmsKeyArns"}]}, ""]}]}
+    function_roles = {function["Properties"]["Role"]["Fn::GetAtt"][0]
+                      for function in package.of_type("AWS::Serverless::Function").values()}
+    assert {role["Ref"] for role in policy["Properties"]["Roles"]} == function_roles
+    assert function_roles <= set(package.of_type("AWS::IAM::Role"))
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert (statement["Effect"], statement["Action"], statement["Resource"]) == (
+        "Allow", "kms:Decrypt", {"Ref": "SecretsKmsKeyArns"})
+    assert statement["Condition"] == {"StringEquals": {"kms:ViaService": [
+        {"Fn::Sub": "ssm.${AWS::Region}.amazonaws.com"}, {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}]}}

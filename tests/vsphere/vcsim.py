@@ -173,7 +173,17 @@ def vcsim_config(
     """A validated Config for ``server``: provider ``vsphere`` (CA bundle = the simulator's
     certificate, tcp readiness), the given pools (template and provider filled in) and
     ``config:`` keys (create_folders on by default)."""
-    document = {
+    return build(vcsim_document(server, pools, service, provider))
+
+
+def vcsim_document(
+    server: VcsimServer,
+    pools: Sequence[dict[str, Any]] = (),
+    service: dict[str, Any] | None = None,
+    provider: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The config document ``vcsim_config`` validates (to write as a file for another process)."""
+    return {
         "config": {"create_folders": True, **(service or {})},
         "providers": {
             "vsphere": {
@@ -189,7 +199,6 @@ def vcsim_config(
         },
         "pools": [{"template": TEMPLATE, "provider": "vsphere", **pool} for pool in pools],
     }
-    return build(document)
 
 
 

@@ -149,12 +149,21 @@ class VSphereProvider(Provider):
         """Readiness from the listed VM's facts and a TCP connect; no vCenter call."""
         return readiness.check(self.config, pool, vm)
 
-    def add_disk(self, pool: PoolConfig, hostname: str, size_gb: int) -> str:
-        """Start adding a thin disk of ``size_gb`` GB."""
+    def add_disk(self, pool: PoolConfig, hostname: str, size_gb: int, task_key: str = "") -> str:
+        """Start adding a thin disk of ``size_gb`` GB (``task_key`` in the VM's extraConfig by the
+        same reconfigure: ``applied``)."""
         return self._run(
             f"add a {size_gb} GB disk to {hostname}",
-            lambda connection: vms.add_disk(connection, self._vm(connection, pool, hostname), size_gb),
+            lambda connection: vms.add_disk(connection, self._vm(connection, pool, hostname), size_gb, task_key),
         )
+
+    def applied(self, pool: PoolConfig, hostname: str, kind: str, key: str) -> bool | None:
+        """A disk: whether the VM's last disk reconfigure carried ``key``; a snapshot: whether the
+        VM has one named ``key``. None for anything else."""
+        if kind not in ("disk", "snapshot"):
+            return None
+        return self._run(f"look for {kind} {key} on {hostname}",
+                         lambda connection: vms.applied(connection, self._vm(connection, pool, hostname), kind, key))
 
     def create_snapshot(self, pool: PoolConfig, hostname: str, snapshot_name: str) -> str:
         """Start a snapshot named ``snapshot_name``."""

@@ -43,9 +43,15 @@ def destroy(connection: Connection, vm: Any) -> str | None:
     return tasks.recorded(connection, vm.Destroy_Task())
 
 
-def add_disk(connection: Connection, vm: Any, size_gb: int) -> str:
+DISK_TASK_KEY = "vmpool.disk_task"
+"""The VM's extraConfig key its last disk reconfigure set to the manager's task id, in the same
+spec as the disk: a pass that died before recording the task's ref can be told whether vCenter
+added the disk (``applied``), all or nothing as one reconfigure is."""
+
+
+def add_disk(connection: Connection, vm: Any, size_gb: int, task_key: str = "") -> str:
     """A new thin disk of ``size_gb`` on the first SCSI controller with a free unit number, in the
-    VM's own datastore directory (vmpooler's add_disk)."""
+    VM's own datastore directory (vmpooler's add_disk); ``task_key`` noted as ``DISK_TASK_KEY``."""
     found = inventory.one(connection, vm, ["config.hardware.device", "config.files.vmPathName"]) or {}
     devices = list(found.get("config.hardware.device") or [])
     controllers = [d for d in devices if isinstance(d, vim.vm.device.VirtualSCSIController)]
@@ -69,7 +75,18 @@ def add_disk(connection: Connection, vm: Any, size_gb: int) -> str:
         fileOperation=vim.vm.device.VirtualDeviceSpec.FileOperation.create,
         device=disk,
     )
-    return tasks.recorded(connection, vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=[change])))
+    noted = [vim.option.OptionValue(key=DISK_TASK_KEY, value=task_key)] if task_key else []
+    spec = vim.vm.ConfigSpec(deviceChange=[change], extraConfig=noted)
+    return tasks.recorded(connection, vm.ReconfigVM_Task(spec=spec))
+
+
+def applied(connection: Connection, vm: Any, kind: str, key: str) -> bool:
+    """Whether the disk asked for with task ``key`` (``kind`` "disk") or the snapshot named
+    ``key`` ("snapshot") is on the VM."""
+    if kind == "snapshot":
+        return key in snapshot_names(connection, vm)
+    found = inventory.one(connection, vm, ["config.extraConfig"]) or {}
+    return any(option.key == DISK_TASK_KEY and option.value == key for option in found.get("config.extraConfig") or [])
 
 
 def create_snapshot(connection: Connection, vm: Any, name: str) -> str:

@@ -5,7 +5,8 @@
 -- cloning set, KEYS[6] the changes counter, KEYS[7] its pool's running_due set, KEYS[8] the
 -- service's open requests (keys.ondemand_open_requests), KEYS[9] the service's running set
 -- (keys.running), KEYS[10] the cloning set's pools' own part (keys.pool_clones: a request's VM is
--- never there; taken out all the same, so no path leaves a VM counted there once it stops cloning).
+-- never there; taken out all the same, so no path leaves a VM counted there once it stops cloning),
+-- KEYS[11] the sum of the open requests' scores (keys.ondemand_open_waiting: lua/open_waiting.lua).
 -- ARGV: hostname, now, ip, host, then the templates of the keys named by the request the record
 -- names (keys.DERIVED_KEYS): request_template, request_vms_template, vm_template, open_template;
 -- then the reason of a VM dropped as gone from the provider while running: one delivered and gone
@@ -13,7 +14,7 @@
 -- Returns JSON {"moved": bool, "state": the request's state afterwards}
 local vm_key, pending_key, running_key, completed_key, cloning_key, changes_key, running_due_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local open_requests_key, all_running_key, pool_clones_key = KEYS[8], KEYS[9], KEYS[10]
+local all_running_key, pool_clones_key = KEYS[9], KEYS[10]
 local hostname, now, ip, host = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local request_template, request_vms_template, vm_template, open_template = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local gone_reason = ARGV[9]
@@ -39,9 +40,8 @@ redis.call('HSET', vm_key, 'state', 'running', 'running_at', now, 'ready_at', no
   'checkout', now, 'delivered_at', now, 'ip', ip, 'host', host,
   'change_seq', redis.call('GET', changes_key) or '0')
 redis.call('HDEL', vm_key, 'not_ready_reason')
-if redis.call('ZSCORE', open_requests_key, id) then -- counted by the quotas (quota.lua)
-  redis.call('ZINCRBY', open_requests_key, -1, id) -- one VM fewer to come: it is running
-end
+-- Counted by the quotas (quota.lua): one VM fewer to come, it is running.
+open_request_count(8, 11, id, -1)
 
 local delivered = {}
 for _, member in ipairs(redis.call('ZRANGE', key_of(request_vms_template, request_part(id)), 0, -1)) do
@@ -58,7 +58,7 @@ for _, entry in ipairs(entries) do
   end
 end
 redis.call('HSET', key, 'state', 'ready', 'ready_at', now)
-redis.call('ZREM', open_requests_key, id)
+open_request_close(8, 11, id)
 for _, entry in ipairs(entries) do
   redis.call('ZREM', key_of(open_template, entry.pool), id)
 end

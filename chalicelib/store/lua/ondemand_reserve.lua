@@ -10,7 +10,8 @@
 -- KEYS[1] the request, KEYS[2] its VMs, KEYS[3] the pool's open-request set, KEYS[4] the cloning
 -- set, KEYS[5] the pool's pending set, KEYS[6] the pools' own clones in flight (pool_clones),
 -- KEYS[7] its mark (reserve_clones.lua keeps both), KEYS[8] the service's open requests
--- (keys.ondemand_open_requests), KEYS[9..] the records of the candidate hostnames.
+-- (keys.ondemand_open_requests), KEYS[9] their scores' sum (keys.ondemand_open_waiting:
+-- lua/open_waiting.lua), KEYS[10..] the records of the candidate hostnames.
 -- ARGV: request id, pool, clone_limit, max_retries, now, template, domain, record ttl seconds,
 --       vm_template (the records of the request's VMs and of the VMs cloning: keys.DERIVED_KEYS),
 --       reserver (the process reserving, which starts the clones: store/leases.py holder_label),
@@ -26,7 +27,7 @@
 -- Returns JSON {"state": "open"|"confirming"|"unconfirmed"|"expired"|"retries_exhausted"|<closed
 --               state>, "reserved": [...], "failed": n}
 local key, vms_key, open_key, cloning_key, pending_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local pool_clones_key, counted_key, open_requests_key = KEYS[6], KEYS[7], KEYS[8]
+local pool_clones_key, counted_key = KEYS[6], KEYS[7]
 local id, pool = ARGV[1], ARGV[2]
 local clone_limit, max_retries, now = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local template, domain, ttl, vm_template, reserver = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
@@ -54,9 +55,7 @@ for _, hostname in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
     failed = failed + 1
   elseif vm[4] and vm[3] == 'destroyed' and vm[6] == gone_reason then
     redis.call('HDEL', key_of(vm_template, hostname), 'delivered_at')
-    if redis.call('ZSCORE', open_requests_key, id) then
-      redis.call('ZINCRBY', open_requests_key, 1, id)
-    end
+    open_request_count(8, 9, id, 1)
     failed = failed + 1
   elseif vm[4] then
     delivered[vm[2]] = (delivered[vm[2]] or 0) + 1
@@ -89,12 +88,12 @@ else
 end
 local slots = clone_limit - in_flight
 local reserved = {}
-local candidate = 9
+local candidate = 10
 for _, entry in ipairs(cjson.decode(request[2])) do
   if entry.pool == pool then
     local need = entry.count - (delivered[entry.name] or 0) - (building[entry.name] or 0)
     while need > 0 and slots > 0 and candidate <= #KEYS do
-      local vm_key, hostname = KEYS[candidate], ARGV[candidate + 3]
+      local vm_key, hostname = KEYS[candidate], ARGV[candidate + 2]
       candidate = candidate + 1
       if redis.call('EXISTS', vm_key) == 0 then
         redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,

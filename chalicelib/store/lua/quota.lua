@@ -9,7 +9,8 @@
 -- the service's set of owners' hashes with a holdings set (by when each last took something), 'running'
 -- the service's running set (every pool's running VMs, kept by the scripts that move VMs: one
 -- ZCARD however many pools there are), 'counted' the mark running_recount.lua sets when it builds
--- that set, 'open_requests' every open request (score: VMs asked for); and
+-- that set, 'open_requests' every open request (score: VMs asked for), 'open_waiting' their sum
+-- (lua/open_waiting.lua); and
 -- holds the owner's hash ('owner_hash'), 'now', how many owners' sets the service keeps before it
 -- looks for ones holding nothing ('max_holders'), the template of an owner's holdings set
 -- ('holdings_template'), and the templates of what a holdings entry names: 'vm_template' a VM's record,
@@ -133,17 +134,27 @@ local function quota_refusal(quota, vms, requests)
   local running, queued = redis.call('ZCARD', KEYS[quota.running]), 0
   -- Open requests, each once, scored by the VMs each still waits for (ondemand_deliver.lua
   -- counts a delivered VM down: it is running now; it and ondemand_end.lua remove a request that
-  -- is no longer open). A checkout reads the scores only; an on-demand request also drops any
-  -- entry whose request is not open (its record expired unserved), as holdings entries are above.
+  -- is no longer open), and their sum (lua/open_waiting.lua). A checkout reads the sum only (one
+  -- GET however many requests are open; it counted every score before: 1,000 open requests cost
+  -- each checkout a 1,000-entry read); an on-demand request reads every entry, drops any whose
+  -- request is not open (its record expired unserved), as holdings entries are above, and keeps
+  -- the sum it counted (so any drift lasts until the next on-demand request at most).
   local open_key = KEYS[quota.open_requests]
-  local open = redis.call('ZRANGE', open_key, 0, -1, 'WITHSCORES')
-  for i = 1, #open, 2 do
-    if requests > 0 and redis.call('HGET', key_of(quota.request_template, request_part(open[i])), 'state') ~= 'open' then
-      redis.call('ZREM', open_key, open[i])
-    else
-      queued = queued + 1
-      running = running + math.max(tonumber(open[i + 1]), 0)
+  if requests > 0 then
+    local waiting = 0
+    local open = redis.call('ZRANGE', open_key, 0, -1, 'WITHSCORES')
+    for i = 1, #open, 2 do
+      if redis.call('HGET', key_of(quota.request_template, request_part(open[i])), 'state') ~= 'open' then
+        redis.call('ZREM', open_key, open[i])
+      else
+        queued = queued + 1
+        waiting = waiting + open_waits(open[i + 1])
+      end
     end
+    running = running + open_waiting_keep(quota.open_requests, quota.open_waiting, waiting)
+  else
+    local waiting = tonumber(redis.call('GET', KEYS[quota.open_waiting]) or '')
+    running = running + (waiting or open_waiting_count(quota.open_requests, quota.open_waiting))
   end
   if running + vms > quota.max_vms then
     return 'service_vms'
@@ -196,8 +207,9 @@ end
 local function quota_take_request(quota, id, weight)
   if quota ~= nil then
     quota_take(quota, 'od:' .. id, weight)
-    redis.call('ZADD', KEYS[quota.open_requests], weight, id)
+    open_request_set(quota.open_requests, quota.open_waiting, id, weight)
     redis.call('EXPIRE', KEYS[quota.open_requests], quota.ttl)
+    redis.call('EXPIRE', KEYS[quota.open_waiting], quota.ttl)
   end
 end
 
