@@ -90,7 +90,8 @@ family through these validators.
     ondemand:open:<pool>     zset    open requests with VMs to build in the pool, by creation time
     ondemand:requests:open   zset    every open request, scored by the VMs it still waits for (lua/quota.lua)
     ondemand:requests:waiting string the sum of those scores, kept by the scripts that change them
-                                     (lua/open_waiting.lua): what a checkout's quota check reads
+                                     (lua/open_waiting.lua): what a checkout's quota check reads;
+                                     lives a minute at most from its last whole count
     ondemand:requests:kept   zset    "<owner hash> <id>" of every request Redis keeps, by creation time (or
                                      when last found still holding VMs): the service's bound on them
                                      (config max_ondemand_requests_kept, lua/ondemand_create.lua)

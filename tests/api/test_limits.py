@@ -26,7 +26,7 @@ from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
 from tests.api.configs import CONFIG_YAML
 from tests.harness import Harness, run_at_once
 from tests.in_process_http import make_server
-from tests.support import checkout_answers_lost, redis_commands
+from tests.support import checkout_answers_lost, eventually, redis_commands
 
 
 def _with(config: str, **keys: object) -> str:
@@ -537,3 +537,31 @@ def test_the_open_requests_sum_follows_each_request_and_the_service_limit_counts
         store.checkout([CheckoutRequest(pool, [pool], 2)], 1002.0, {}, quota)
     assert int(redis_client.get(waiting_key)) == 1
     assert store.checkout([CheckoutRequest(pool, [pool], 1)], 1002.0, {}, quota).ok
+
+
+def test_the_open_requests_sum_an_earlier_release_did_not_keep_is_counted_again_within_a_minute(
+        redis_client: redis.Redis) -> None:
+    """During a deploy (or after a rollback) releases up to 60eceaa deliver and end on-demand
+    requests too: they change the open requests' scores, never the sum (docs/reliability.md,
+    "Upgrades and rollbacks"). The sum then counts VMs already running: checkouts were refused
+    at the service's limit (503) until the next on-demand request counted it again. It lives a
+    minute at most from its last whole count now (Redis' own clock: its lifetime is read)."""
+    store, pool = store_module.Store(redis_client, prefix="earlier:"), "pool"
+    _ready_vms(store, pool, [f"vm-{n}" for n in range(4)], 1000.0)
+    _open_requests(store, pool, [2])
+    waiting_key = store.keys.ondemand_open_waiting
+    assert int(redis_client.get(waiting_key)) == 2
+    assert 0 < redis_client.pttl(waiting_key) <= 60_000
+    # The earlier release's ondemand_end.lua: the request leaves the open set, the sum stays.
+    [(request_id, _)] = redis_client.zrange(store.keys.ondemand_open_requests, 0, -1, withscores=True)
+    redis_client.zrem(store.keys.ondemand_open_requests, request_id)
+    quota = store_module.Quota("addr:203.0.113.7", max_owner_vms=100, max_vms=2, pools=[pool])
+    store.recount_running([pool], 1001.0)
+    assert 0 < redis_client.pttl(waiting_key) <= 60_000  # checkouts meanwhile do not make it last
+    with pytest.raises(store_module.QuotaExceeded):
+        store.checkout([CheckoutRequest(pool, [pool], 2)], 1001.0, {}, quota)
+    assert 0 < redis_client.pttl(waiting_key) <= 60_000
+    redis_client.pexpire(waiting_key, 1)  # its minute over, as Redis' clock counts it
+    eventually(lambda: not redis_client.exists(waiting_key), 5, "the sum expired")
+    assert store.checkout([CheckoutRequest(pool, [pool], 2)], 1001.0, {}, quota).ok
+    assert int(redis_client.get(waiting_key)) == 0

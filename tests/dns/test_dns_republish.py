@@ -255,3 +255,34 @@ def test_a_left_record_dns_keeps_refusing_to_delete_does_not_hold_the_ones_behin
     world.passes("dns", 3)
     assert bind.addresses(fqdn(bind, second)) == []
     assert world.client.zrange(world.store.keys.dns_left("dns"), 0, -1) == [first]
+
+
+def test_records_an_earlier_release_published_are_kept_followed_and_withdrawn(
+        world: Harness, bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records as releases up to 60eceaa left them (``dns_name``, ``dns_plugin``,
+    ``dns_published``; no ``dns_version`` nor ``dns_seen``: docs/reliability.md, "Upgrades and
+    rollbacks"): after the upgrade they are the published ones (DNS is sent nothing), a changed
+    address is published again, and a returned VM's record is withdrawn."""
+    world.passes("dns", 3)
+    [running] = world.check_out("dns")
+    world.passes("dns", 3)  # its replacement published and ready
+    hosts = world.hosts("dns", "ready") | {running}
+    assert len(hosts) == 3 and not world.hosts("dns", "pending")
+    for hostname in hosts:
+        world.client.hdel(world.store.keys.vm(hostname), "dns_version", "dns_seen")
+        assert world.store.get_vm(hostname).raw["dns_published"]  # type: ignore[union-attr]
+    published = {hostname: bind.addresses(fqdn(bind, hostname)) for hostname in hosts}
+    plugin = dns_of(world)
+    calls: list[str] = []
+    for name in ("create_or_replace", "delete"):
+        method = getattr(plugin, name)
+        monkeypatch.setattr(plugin, name, lambda *args, _m=method, _n=name: (calls.append(_n), _m(*args))[1])
+    world.passes("dns", 3, seconds=120)  # whole comparisons
+    assert calls == [] and {hostname: bind.addresses(fqdn(bind, hostname)) for hostname in hosts} == published
+
+    readdress(world, running, "10.200.0.8")
+    world.passes("dns", 1)
+    assert calls == ["create_or_replace"] and bind.addresses(fqdn(bind, running)) == ["10.200.0.8"]
+    world.store.move(running, "dns", "running", "completed", world.clock.now(), reason="returned by its user")
+    world.passes("dns", 3)
+    assert world.state_of(running) == "destroyed" and bind.addresses(fqdn(bind, running)) == []

@@ -58,10 +58,19 @@ def pool_folder(connection: Connection, datacenter: str, folder: str) -> str:
     """The pool's ``folder`` relative to ``<datacenter>/vm``: as vmpooler documents it
     (``pools/x``) or with the datacenter's path as some configs write it (``DC1/vm/pools/x``).
     Raises FolderInOtherDatacenter when that path names another datacenter of vCenter than the
-    pool's (clones are made in the pool's datacenter); costs a call only then."""
+    pool's (clones are made in the pool's datacenter); costs a call only then.
+
+    A folder written with the pool's own datacenter's path stays the nested folder
+    ``<datacenter>/vm/<folder as written>`` while that folder exists (one call to find it):
+    releases up to 60eceaa cloned there, and still do while a deploy or a rollback runs both.
+    Moving the pool at the upgrade made each release drop the other's VMs as gone (a checked-out
+    one too) and then destroy them as found in its folder. Where no earlier release made the
+    nested folder, the folder is ``<datacenter>/vm/<folder>`` (docs/vsphere.md, "Configuration keys")."""
     folder = folder.strip("/")
     root = f"{datacenter}/vm"
     if folder == root or folder.startswith(f"{root}/"):
+        if isinstance(inventory.find(connection, f"{root}/{folder}"), vim.Folder):
+            return folder
         return folder[len(root):].strip("/")
     named, marker, _ = folder.partition("/vm/")
     if not marker and folder.endswith("/vm"):

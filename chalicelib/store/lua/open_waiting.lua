@@ -6,6 +6,12 @@
 -- lost) nothing is added to it: the next quota check counts it whole (open_waiting_count).
 -- 'open' and 'waiting' are the indexes in KEYS of the two keys (a script touches only the keys
 -- it is given).
+-- The sum lives OPEN_WAITING_MS at most from its last whole count: a writer that changes the set
+-- and not the sum (a release up to 60eceaa, still running during a deploy or after a rollback;
+-- a hand edit) makes it drift for that long at most, then a checkout counts it whole again (one
+-- read of the set a minute). Before, an earlier release's deliveries left the sum counting VMs
+-- already running, and checkouts were refused at the service's limit until the next request.
+local OPEN_WAITING_MS = 60000
 
 -- What an entry counts: its score, never below none.
 local function open_waits(score)
@@ -42,15 +48,21 @@ local function open_request_close(open, waiting, id)
   end
 end
 
--- Keep 'sum' as the sum (written only when it differs), expiring with the set.
+-- The sum, just counted whole, lives OPEN_WAITING_MS at most, and no longer than the set.
+local function open_waiting_counted(open, waiting)
+  local ttl = redis.call('PTTL', KEYS[open])
+  if ttl <= 0 or ttl > OPEN_WAITING_MS then
+    ttl = OPEN_WAITING_MS
+  end
+  redis.call('PEXPIRE', KEYS[waiting], ttl)
+end
+
+-- Keep 'sum' as the sum (written only when it differs; its lifetime starts again).
 local function open_waiting_keep(open, waiting, sum)
   if tonumber(redis.call('GET', KEYS[waiting]) or '') ~= sum then
     redis.call('SET', KEYS[waiting], sum)
-    local ttl = redis.call('PTTL', KEYS[open])
-    if ttl > 0 then
-      redis.call('PEXPIRE', KEYS[waiting], ttl)
-    end
   end
+  open_waiting_counted(open, waiting)
   return sum
 end
 

@@ -209,7 +209,7 @@ local function quota_take_request(quota, id, weight)
     quota_take(quota, 'od:' .. id, weight)
     open_request_set(quota.open_requests, quota.open_waiting, id, weight)
     redis.call('EXPIRE', KEYS[quota.open_requests], quota.ttl)
-    redis.call('EXPIRE', KEYS[quota.open_waiting], quota.ttl)
+    open_waiting_counted(quota.open_requests, quota.open_waiting)  -- counted whole by quota_refusal
   end
 end
 
