@@ -154,7 +154,7 @@ class ServiceConfig(VcenterResilienceKeys):
     site_name: Str = "vmpool"
     deployment: Optional[Annotated[str, checked_by(deployment_name)]] = None
     """Which deployment this is, written into the annotation of every VM it makes: VMs another
-    deployment made are never taken out of service or purged (docs/vsphere.md, "Ownership").
+    deployment made are never taken out of service or purged (docs/vsphere.md, "Two deployments on one vCenter").
     None: the stage's metric namespace (chalicelib/providers/ownership.py)."""
     # vmpooler's, read by the vsphere provider blocks that set no key of their own for it.
     host_selection_max_age: Optional[Annotated[float, checked_by(number(0, 86400))]] = None
