@@ -894,7 +894,7 @@ class Store:
                 keys=[self.keys.pool_state(pool, "ready"), self.keys.pool_state(pool, "pending"),
                       self.keys.clone_demand, self.keys.clone_demand_renewed, self.keys.cloning,
                       self.keys.pool_clones, self.keys.pool_clones_counted,
-                      *(self.keys.vm(host) for host in candidates)],
+                      self.keys.pool_state(pool, "completed"), *(self.keys.vm(host) for host in candidates)],
                 args=[pool, size, task_limit, repr(now), template, domain, clone_limit,
                       repr(CLONE_DEMAND_TTL_SECONDS), self.keys.vm(KEY_PART), holder_label(), *candidates]
             )
