@@ -5,10 +5,6 @@ slots until vCenter ends them, and are destroyed only then: none lands later as 
 from __future__ import annotations
 
 import secrets
-from pathlib import Path
-from typing import Iterator
-
-import pytest
 
 from chalicelib.providers.base import TaskState
 from tests.harness import HarnessFactory
@@ -16,16 +12,7 @@ from tests.support import eventually
 from tests.vsphere.vcsim import VcsimServer, vcsim_config
 
 POOL = "held-slots"
-CLONE_SECONDS = 4.0
 LIMIT = 2
-
-
-@pytest.fixture
-def slow_vcsim(vcsim_dir: Path) -> Iterator[VcsimServer]:
-    """A simulator whose clone tasks run CLONE_SECONDS (the VM is in its folder meanwhile)."""
-    with VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"held-slots-{secrets.token_hex(3)}.pem",
-                     clone_delay=CLONE_SECONDS) as server:
-        yield server
 
 
 def test_clones_drained_mid_clone_are_destroyed_after_vcenter_ends_them(
