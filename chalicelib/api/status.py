@@ -59,12 +59,14 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
         body["pools"] = pools
     if "queue" in wanted:
         pending = sum(c["pending"] for c in counts.values())
-        cloning = services.store.cloning_count()
+        # Every clone vCenter runs, those of VMs already out of service (held) too; booting:
+        # the pending VMs whose clone is done.
+        cloning, cloning_pending = services.store.clone_counts(config.pool_names)
         queue = {
             "requested": OnDemandStore(services.store).waiting(config.pool_names),
             "pending": pending,
             "cloning": cloning,
-            "booting": max(pending - cloning, 0),
+            "booting": max(pending - cloning_pending, 0),
             "ready": sum(c["ready"] for c in counts.values()),
             "running": sum(c["running"] for c in counts.values()),
             "completed": sum(c["completed"] for c in counts.values()),

@@ -22,8 +22,9 @@ from chalicelib.store.ondemand import CLONE_HELD
 
 def destroy_completed(context: PassContext) -> None:
     """Start destroying completed VMs; forget them once the provider says they are gone. A VM
-    made where its pool no longer makes VMs is destroyed there (manager/placement.py). A VM of an
-    ended on-demand request whose clone still runs waits for it (``clones_still_running``)."""
+    made where its pool no longer makes VMs is destroyed there (manager/placement.py). A VM
+    whose clone still runs (of an ended on-demand request, or a pool's drained mid-clone) waits
+    for it (``clones_still_running``)."""
     records: list[VMRecord] = []
     for hostname in context.snapshot.hostnames("completed"):
         record = context.record(hostname)
@@ -59,9 +60,10 @@ def destroy_completed(context: PassContext) -> None:
 
 
 def clones_still_running(context: PassContext, records: list[VMRecord]) -> set[str]:
-    """Of the completed VMs ``records``, those of ended on-demand requests whose clone may still
-    run (``CLONE_HELD``, lua/ondemand_end.lua): each keeps its slot under ondemand_clone_limit and
-    is left alone (a destroy would find nothing yet on vSphere, and the clone would land after it).
+    """Of the completed VMs ``records``, those whose clone may still run (``CLONE_HELD``: of an
+    ended on-demand request, lua/ondemand_end.lua, or a pool's pending VM drained mid-clone,
+    lua/move.lua): each keeps its slot (under ondemand_clone_limit, or task_limit) and is left
+    alone (a destroy would find nothing yet on vSphere, and the clone would land after it).
     The others' clones ended (done, failed, or past the pool's timeout, as the pending step judges
     a clone; one whose task was never recorded once past CLONE_START_GRACE_SECONDS, or in the
     provider): their slots are released in one round trip, and they are destroyed now. Releasing

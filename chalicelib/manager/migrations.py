@@ -117,10 +117,16 @@ def _follow(context: PassContext, migrations: MigrationStore, record: VMRecord) 
     task = record.raw.get("migration_task")
     if not task:
         started = finite_number(record.raw.get("migration_started")) or 0.0
-        if context.now - started > MIGRATION_START_GRACE_SECONDS or record.raw.get(TAKER_GONE):
-            _failed(context, migrations, record, "migration was never started (its pass was interrupted)")
-        else:
+        if not (context.now - started > MIGRATION_START_GRACE_SECONDS or record.raw.get(TAKER_GONE)):
             context.report.followups += 1
+            return
+        # The pass that took the slot died between asking the provider and noting the task: the
+        # move may have reached vCenter and been made. The inventory says where the VM is now.
+        vm = context.inventory.get(record.name)
+        if vm is not None and vm.host and record.host and vm.host != record.host:
+            _migrated(context, migrations, record, vm.host)
+        else:
+            _failed(context, migrations, record, "migration was never started (its pass was interrupted)")
         return
     status = context.provider.task_status(task)
     if status.state is TaskState.RUNNING:
@@ -129,12 +135,16 @@ def _follow(context: PassContext, migrations: MigrationStore, record: VMRecord) 
     if status.state is TaskState.ERROR:
         _failed(context, migrations, record, f"migration failed: {status.error or 'unknown error'}")
         return
-    target = record.raw.get("migration_to") or record.host
+    _migrated(context, migrations, record, record.raw.get("migration_to") or record.host)
+
+
+def _migrated(context: PassContext, migrations: MigrationStore, record: VMRecord, target: str | None) -> None:
+    """The VM's migration is done: it is on ``target`` now; its slot is freed."""
     seconds = context.now - (finite_number(record.raw.get("migration_started")) or context.now)
     migrations.finish(record.name, host=target, migrated="true", migration_error=None)
     emit(context.pool.name, {metric.MIGRATIONS: 1})
     logger.info("VM migrated", extra={"pool": context.pool.name, "hostname": record.name,
-                                      "from": record.raw.get("migration_from"), "to": target,
+                                      "from": record.raw.get("migration_from") or record.host, "to": target,
                                       "seconds": round(seconds, 1)})
 
 

@@ -65,7 +65,9 @@ def drain_and_retire(context: PassContext) -> None:
             state = "ready" if hostname in report.became_ready else record.state
             if state not in DRAINED_STATES:
                 continue  # checked out since the pass listed it (its record is read later): the user's now
-            context.take_out_of_service(hostname, state, reason)
+            # A pending VM's clone may still run: its slot stays taken, and its destroy waits,
+            # until vCenter ends the clone (manager/completed.clones_still_running).
+            context.take_out_of_service(hostname, state, reason, hold_clone=state == "pending")
     if check_ready:
         context.store.mark_ready_checked(context.pool.name, mark)
     if context.overrides.ready_fence is not None:

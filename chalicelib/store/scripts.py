@@ -77,6 +77,7 @@ class Scripts:
         self.record_durations = load("record_durations")
         self.history_points = load("history_points")
         self.state_counts = load("state_counts")
+        self.cloning_pending = load("cloning_pending")
         self.union_members = load("union_members")
         self.update = load("update")
         self.vm_modify = load("vm_modify")

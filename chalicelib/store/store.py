@@ -568,6 +568,19 @@ class Store:
         with _translate_errors():
             return self.client.zcard(self.keys.cloning)
 
+    def clone_counts(self, pools: Iterable[str]) -> tuple[int, int]:
+        """The clones in flight (``cloning_count``, held ones included) and how many of them are
+        the pools' pending VMs (the others are out of service, their slots held until vCenter
+        ends their clones), in one round trip: COUNT_POOLS_PER_CALL pools a call of
+        lua/cloning_pending.lua."""
+        keys = [self.keys.pool_state(pool, "pending") for pool in pools]
+        calls: list[ScriptCall] = [(self.scripts.cloning_pending,
+                                    [self.keys.cloning, *keys[start:start + COUNT_POOLS_PER_CALL]], ())
+                                   for start in range(0, len(keys), COUNT_POOLS_PER_CALL)]
+        with _translate_errors():
+            cloning, *pending = run_many(self.client, calls, commands=[("ZCARD", self.keys.cloning)])
+        return int(cloning), sum(int(count) for count in pending)
+
     def exists(self, hostnames: Sequence[str]) -> list[bool]:
         with _translate_errors():
             pipe = self.client.pipeline(transaction=False)
@@ -796,7 +809,7 @@ class Store:
     def move(
         self, hostname: str, pool: str, from_state: str, to_state: str, now: float,
         nudge: bool = False, unchanged_since: int | None = None, lifetime_ended: float | None = None,
-        checked_out_as: VMRecord | None = None, token_key: str = "", **fields: Any,
+        checked_out_as: VMRecord | None = None, token_key: str = "", hold_clone: bool = False, **fields: Any,
     ) -> bool:
         """Move a VM between states if it is still in ``from_state``; set ``fields`` on its record
         (a value of None deletes the field). ``nudge`` wakes the pool's reconcile in the same step.
@@ -807,9 +820,11 @@ class Store:
         ``checked_out_as`` (the VM as the caller read it): move only while the VM is still
         checked out by that checkout (its time and owner), not by one that took it since.
         ``token_key`` (the record of the token the move was asked with): TokenGone, nothing
-        moved, when it is gone. Returns whether it moved."""
+        moved, when it is gone. ``hold_clone`` (to completed): a VM whose clone is still counted
+        in flight keeps its slot, marked ``clone_held``, until the completed step sees the clone
+        end (lua/move.lua). Returns whether it moved."""
         keys, args = self._move_call(pool, from_state, to_state, now, {hostname: fields}, nudge, unchanged_since,
-                                     lifetime_ended, checked_out_as, token_key)
+                                     lifetime_ended, checked_out_as, token_key, hold_clone)
         with _translate_errors():
             (moved,) = self.scripts.move(keys=keys, args=args)
         if moved == -1:
@@ -833,7 +848,8 @@ class Store:
     def _move_call(self, pool: str, from_state: str, to_state: str, now: float,
                    fields: Mapping[str, Mapping[str, Any]], nudge: bool = False, unchanged_since: int | None = None,
                    lifetime_ended: float | None = None,
-                   checked_out_as: VMRecord | None = None, token_key: str = "") -> tuple[list[str], list[str]]:
+                   checked_out_as: VMRecord | None = None, token_key: str = "",
+                   hold_clone: bool = False) -> tuple[list[str], list[str]]:
         """The KEYS and ARGV of lua/move.lua for VMs of a known pool (hostname -> its fields)."""
         keys = [*(self.keys.vm(hostname) for hostname in fields), self.keys.changes, self.keys.cloning,
                 self.keys.pool_clones, self.keys.running, self.keys.pool_state(pool, from_state),
@@ -845,7 +861,7 @@ class Store:
             "" if unchanged_since is None else str(unchanged_since),
             "" if lifetime_ended is None else repr(float(lifetime_ended)),
             "", "", "", *_checkout_condition(checked_out_as), str(token_index(keys, token_key)),
-            str(UNUSED_RECORD_TTL_SECONDS), leave_running_due,
+            str(UNUSED_RECORD_TTL_SECONDS), leave_running_due, "1" if hold_clone else "",
         ]
         for hostname, changes in fields.items():
             args += [hostname, *update_args(changes)]
@@ -866,7 +882,7 @@ class Store:
         args = ["completed", repr(now), str(self.data_ttl_seconds), "1", "", "",
                 self.keys.pool_state(KEY_PART, "running"), self.keys.pool_state(KEY_PART, "completed"),
                 self.keys.wake(KEY_PART), *_checkout_condition(None), "0", str(UNUSED_RECORD_TTL_SECONDS),
-                self.keys.running_due(KEY_PART), hostname, "1", "reason", reason]
+                self.keys.running_due(KEY_PART), "", hostname, "1", "reason", reason]
         with _translate_errors():
             (pool,) = self.scripts.move(keys=keys, args=args)
         return str(pool) if pool else None
@@ -891,7 +907,7 @@ class Store:
                 keys=[self.keys.pool_state(pool, "ready"), self.keys.pool_state(pool, "pending"),
                       self.keys.clone_demand, self.keys.clone_demand_renewed, self.keys.cloning,
                       self.keys.pool_clones, self.keys.pool_clones_counted,
-                      *(self.keys.vm(host) for host in candidates)],
+                      self.keys.pool_state(pool, "completed"), *(self.keys.vm(host) for host in candidates)],
                 args=[pool, size, task_limit, repr(now), template, domain, clone_limit,
                       repr(CLONE_DEMAND_TTL_SECONDS), self.keys.vm(KEY_PART), holder_label(), *candidates]
             )

@@ -76,3 +76,20 @@ def test_finishing_moving_and_ending_clones_free_their_slots_at_once(redis_clien
 
     assert redis_client.zrange(store.keys.pool_clones, 0, -1) == [hosts[3]]
     assert redis_client.zrange(store.keys.cloning, 0, -1) == [hosts[3]]
+
+
+def test_a_pools_clones_held_in_completed_count_in_its_fair_share(redis_client: redis.Redis) -> None:
+    """alpha's 6 clones drained mid-clone (held in completed) and beta both short under
+    task_limit 10: the 4 free slots go to beta (5 each, alpha already using 6), not to alpha
+    because it asked first (before, its share ignored the held ones: it took all 4)."""
+    store = Store(redis_client)
+    alpha = reserve(store, "alpha", 6, 10, 6, 100.0)
+    beta = reserve(store, "beta", 10, 10, 10, 100.0)
+    assert (len(alpha), len(beta)) == (6, 4)
+    for hostname in alpha:  # a template change drains them while vCenter still clones them
+        assert store.move(hostname, "alpha", "pending", "completed", 110.0, hold_clone=True)
+    store.finish_clones(beta, 110.0)
+    assert store.move_many("beta", "pending", "ready", 110.0, {host: {} for host in beta}) == beta
+    assert reserve(store, "alpha", 6, 10, 6, 120.0) == []
+    assert len(reserve(store, "beta", 10, 10, 10, 120.0)) == 4
+    assert store.cloning_count() == 10

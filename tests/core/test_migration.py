@@ -150,3 +150,37 @@ def test_a_migration_start_time_broken_in_redis_fails_neither_the_pass_nor_the_v
     report = world.reconcile("mig")
     assert any("never started" in error for error in report.errors)
     assert world.migrations_in_flight() == 0 and world.state_of(host) == "running"
+
+
+def test_a_move_vcenter_made_for_a_pass_killed_before_noting_it_ends_as_done(
+        make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pass dies once vCenter has the vMotion, before it notes the task; vCenter moves the VM.
+    The slot comes back after the grace, and GET /vm says the VM migrated, to where it is (before:
+    ``migration was never started``, ``migrated: false``)."""
+    from chalicelib.manager.migrations import MIGRATION_START_GRACE_SECONDS
+
+    world = stack(make_harness, limit=1, dummy=", migratevm_couldmove_percent: 100")
+    world.fill("mig")
+    [host] = world.checkout_vms("mig", 1)
+    sent: list[str] = []
+    original = world.provider.start_migration
+
+    def sent_then_killed(*args: object) -> None:
+        moving = original(*args)
+        sent.append(moving.task_ref)
+        raise Killed("after start_migration")
+
+    monkeypatch.setattr(world.provider, "start_migration", sent_then_killed)
+    with pytest.raises(Killed):
+        world.reconcile("mig")
+    monkeypatch.setattr(world.provider, "start_migration", original)
+    world.provider.task_statuses(sent)  # vCenter makes the move (the dummy applies it when read)
+    moved_to = actual_host(world, host)
+    assert moved_to != "dummy-host"
+    world.clock.advance(MIGRATION_START_GRACE_SECONDS + 1)
+    report = world.reconcile("mig")
+    assert not any("never started" in error for error in report.errors), report.errors
+    assert world.migrations_in_flight() == 0 and migration(world, host) is None
+    shown = world.describe(host)
+    assert (shown["migrated"], shown["host"]) == (True, moved_to)
+    assert world.state_of(host) == "running"

@@ -4,10 +4,6 @@ clones keep their slots while vCenter runs them, and their VMs are destroyed onc
 from __future__ import annotations
 
 import secrets
-from pathlib import Path
-from typing import Iterator
-
-import pytest
 
 from chalicelib.providers.base import TaskState
 from chalicelib.store.ondemand import OnDemandStore
@@ -16,15 +12,6 @@ from tests.support import eventually
 from tests.vsphere.vcsim import VcsimServer, vcsim_config
 
 POOL = "od-slots"
-CLONE_SECONDS = 4.0
-
-
-@pytest.fixture
-def slow_vcsim(vcsim_dir: Path) -> Iterator[VcsimServer]:
-    """A simulator whose clone tasks run CLONE_SECONDS (the VM is in its folder meanwhile)."""
-    with VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"od-slots-{secrets.token_hex(3)}.pem",
-                     clone_delay=CLONE_SECONDS) as server:
-        yield server
 
 
 def in_vcsim(harness: Harness) -> set[str]:

@@ -11,7 +11,7 @@
 -- its lifetime's end, long after its record expired).
 -- ARGV: to_state, now, record_ttl_seconds, nudge, unchanged_since, lifetime_ended,
 --       from_template, to_template, wake_template, same_checkout, checkout, token_user, token,
---       unused_record_ttl_seconds, leave_running_due,
+--       unused_record_ttl_seconds, leave_running_due, hold_clone,
 --       then per VM: its hostname, how many fields follow, and those fields as field, value, ...
 -- to_state "destroyed" takes the VM out of every set and lets its record expire after the ttl;
 --   after unused_record_ttl_seconds instead for a VM cloned for an on-demand request and never
@@ -22,6 +22,11 @@
 --   names (DELETE /vm/<hostname>: one VM, one round trip, no read first; see keys.DERIVED_KEYS).
 -- leave_running_due (from_state running only; '' otherwise): '1' when the pool's keys are given,
 --   else the template of the pool's running_due set.
+-- hold_clone ('1' or ''; to_state completed): a VM still in the cloning set, whose clone may still
+--   run in the provider (a pool's pending VM drained mid-clone: manager/pool_changes.py), keeps
+--   its place there and in pool_clones, marked 'clone_held', as lua/ondemand_end.lua keeps a
+--   request's: it counts against task_limit until the completed step sees its clone end
+--   (manager/completed.clones_still_running), which frees the slot and only then destroys it.
 -- unchanged_since (a mark of the changes counter, or ''): move only if the VM's state has not
 --   changed since the mark. A pass takes the mark before reading the provider's inventory, so
 --   "gone from the provider" is believed only of a VM that was already in its state when the
@@ -47,7 +52,8 @@ local to_state, now, ttl, nudge, unchanged_since, lifetime_ended =
 local firsts = {} -- where each VM's arguments begin
 local same_checkout, seen_checkout, seen_owner = ARGV[10] == '1', ARGV[11], ARGV[12]
 local unused_ttl = tonumber(ARGV[14])
-local next_first = 16
+local hold_clone = ARGV[16] == '1' and to_state == 'completed'
+local next_first = 17
 while next_first <= #ARGV do
   firsts[#firsts + 1] = next_first
   next_first = next_first + 2 + 2 * tonumber(ARGV[next_first + 1])
@@ -103,7 +109,10 @@ local function move(index)
   if redis.call('ZREM', from_key, hostname) == 0 then
     return 0
   end
-  if redis.call('ZREM', cloning_key, hostname) == 1 then -- pool_clones holds only VMs cloning
+  local held = false
+  if hold_clone and redis.call('ZSCORE', cloning_key, hostname) then
+    held = true -- its clone may still run: its slot stays taken until the clone ends
+  elseif redis.call('ZREM', cloning_key, hostname) == 1 then -- pool_clones holds only VMs cloning
     redis.call('ZREM', pool_clones_key, hostname)
   end
   if to_state == 'running' then
@@ -115,8 +124,11 @@ local function move(index)
     end
   end
   change_seq = change_seq or redis.call('GET', changes_key) or '0'
-  write_fields(vm_key, {'state', to_state, to_state .. '_at', now, 'change_seq', change_seq},
-               first + 2, first + 1 + 2 * tonumber(ARGV[first + 1]))
+  local own = {'state', to_state, to_state .. '_at', now, 'change_seq', change_seq}
+  if held then
+    own[#own + 1], own[#own + 2] = 'clone_held', now
+  end
+  write_fields(vm_key, own, first + 2, first + 1 + 2 * tonumber(ARGV[first + 1]))
   if to_state == 'destroyed' then
     local record = redis.call('HMGET', vm_key, 'request', 'checkout', 'dns_name')
     if record[1] and not record[2] and not record[3] then

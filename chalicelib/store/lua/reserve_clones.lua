@@ -31,7 +31,8 @@
 -- when the counts disagree, and drops stale entries (no longer cloning) from the set's oldest end.
 --
 -- KEYS[1] the pool's ready set, KEYS[2] its pending set, KEYS[3] clone_demand, KEYS[4]
--- clone_demand_renewed, KEYS[5] the cloning set, KEYS[6] pool_clones, KEYS[7] its mark, KEYS[8..]
+-- clone_demand_renewed, KEYS[5] the cloning set, KEYS[6] pool_clones, KEYS[7] its mark, KEYS[8]
+-- the pool's completed set (its clones held there, drained mid-clone: lua/move.lua), KEYS[9..]
 -- the records of the candidate hostnames.
 -- ARGV: pool, size, task_limit, now, template, domain, clone_limit (0: none), demand_ttl,
 --       vm_template (the records of VMs pending, or cloning when the set is rebuilt:
@@ -39,11 +40,11 @@
 --       store/leases.py holder_label), then the candidate hostnames, in the order of their records.
 -- Returns the hostnames reserved (each now has a pending record and a place in the cloning set).
 local ready_key, pending_key, demand_key, renewed_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local cloning_key, pool_clones_key, counted_key = KEYS[5], KEYS[6], KEYS[7]
+local cloning_key, pool_clones_key, counted_key, completed_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local pool, size, task_limit, now, template, domain, clone_limit, demand_ttl, vm_template, reserver =
   ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6],
   tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10]
-local FIRST_CANDIDATE = 8 -- in KEYS; its hostname is ARGV[index + 3]
+local FIRST_CANDIDATE = 9 -- in KEYS; its hostname is ARGV[index + 2]
 local STALE_SWEEP = 10 -- stale pool_clones entries dropped per call at most
 local LAPSED_BATCH = 500 -- demands removed per command when many lapse at once (unpack's limit)
 -- An in-flight VM's pool and, when it is built for an on-demand request, the request (false
@@ -119,7 +120,11 @@ for _ = 1, STALE_SWEEP do
   end
   redis.call('ZREM', pool_clones_key, oldest)
 end
-local in_flight, in_flight_pool = redis.call('ZCARD', pool_clones_key), counted
+-- The pool's clones held in completed (drained while vCenter still runs them) use its slots too:
+-- counted in its share, not only in task_limit, or a pool draining would take its share again
+-- on top of them, from the pools waiting beside it.
+local held = redis.call('ZINTERCARD', 2, completed_key, pool_clones_key)
+local in_flight, in_flight_pool = redis.call('ZCARD', pool_clones_key), counted + held
 local want = in_flight_pool + deficit
 if clone_limit > 0 then
   want = math.min(want, clone_limit)
@@ -182,7 +187,7 @@ for i = FIRST_CANDIDATE, #KEYS do
   if #reserved >= wanted then
     break
   end
-  local vm_key, hostname = KEYS[i], ARGV[i + 3]
+  local vm_key, hostname = KEYS[i], ARGV[i + 2]
   if redis.call('EXISTS', vm_key) == 0 then
     redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,
       'domain', domain, 'state', 'pending', 'clone_start', now, 'pending_at', now, 'reserver', reserver)

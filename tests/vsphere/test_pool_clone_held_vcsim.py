@@ -1,0 +1,45 @@
+"""A pool's clones drained while vcsim still runs them (POST /poolreset) keep their task_limit
+slots until vCenter ends them, and are destroyed only then: none lands later as an orphan
+(before, the destroy found nothing on vSphere and the clone was discovered after it)."""
+
+from __future__ import annotations
+
+import secrets
+
+from chalicelib.providers.base import TaskState
+from tests.harness import HarnessFactory
+from tests.support import eventually
+from tests.vsphere.vcsim import VcsimServer, vcsim_config
+
+POOL = "held-slots"
+LIMIT = 2
+
+
+def test_clones_drained_mid_clone_are_destroyed_after_vcenter_ends_them(
+        slow_vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
+    pool = {"name": POOL, "ready_check": "tools", "size": LIMIT, "folder": f"vmpool/held-{secrets.token_hex(4)}"}
+    harness = make_harness(vcsim_config(slow_vcsim, [pool], {"task_limit": LIMIT, "experimental_features": True}))
+    first = harness.reconcile(POOL).clones_started
+    assert len(first) == LIMIT
+    tasks = [record.clone_task for record in harness.store.records(first).values()]
+    harness.clock.advance(1)
+    assert harness.post("/api/v3/poolreset", {POOL: "1"}).status == 201
+    report = harness.reconcile(POOL)
+    if all(status.state is TaskState.RUNNING for status in harness.provider.task_statuses(tasks).values()):
+        # vCenter still runs both clones after the whole pass: no slot was free for a new one.
+        assert report.clones_started == []
+        assert {harness.state_of(name) for name in first} == {"completed"}
+    discovered: set[str] = set()
+
+    def refilled() -> bool:
+        harness.clock.advance(5)
+        harness.reconcile(POOL)
+        discovered.update(harness.hosts(POOL, "discovered"))
+        in_vcenter = {vm.name for vm in harness.provider.list_vms(harness.pool(POOL))}
+        ready = harness.hosts(POOL, "ready")
+        return len(ready) == LIMIT and in_vcenter == ready and harness.store.cloning_count() == 0
+
+    eventually(refilled, 90, "the pool refilled, the drained clones destroyed", interval=0.2)
+    assert discovered == set(), "drained clones landed as orphans"
+    assert {harness.state_of(name) for name in first} == {"destroyed"}
+    assert not set(first) & harness.hosts(POOL, "ready")
