@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Callable, TypeVar
 
 
@@ -20,6 +21,30 @@ def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> Non
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+class StopRequests:
+    """SIGTERM noted for a main loop that looks every few tenths of a second. The handler only
+    sets a flag: Python runs a signal's handler in the main thread between two bytecodes, also
+    inside the handler of an earlier signal (`kill` of make's process group and the parent-death
+    signal as make dies arrive together). A handler that took a lock (``Event.set``) then waited
+    for its own thread forever (the stack hung, its children gone), and under a stream of
+    signals each blocked handler ran the next one until Python's recursion limit ended the
+    process before its clean-up."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        self.asked = False
+        signal.signal(signum, self._note)
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.asked = True
+
+    def wait(self, seconds: float) -> bool:
+        """Whether a stop was asked, after waiting ``seconds`` for one when none was yet (a signal
+        does not cut the wait short: Python resumes the sleep after the handler)."""
+        if not self.asked:
+            time.sleep(seconds)
+        return self.asked
 
 
 _PR_SET_PDEATHSIG = 1

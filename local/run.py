@@ -24,7 +24,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from multiprocessing.process import BaseProcess
@@ -357,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--provider", choices=("dummy", "vcsim"), default=os.environ.get("PROVIDER", "dummy"))
     args = parser.parse_args(argv)
 
-    from local.processes import die_with_parent
+    from local.processes import StopRequests, die_with_parent
     from local.redis_server import RedisServer
 
     if os.environ.get("MAKELEVEL"):
@@ -400,8 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     port_claim: socket.socket | None = None
     workers = max(args.workers, 1)
     scheduler = None
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = StopRequests(signal.SIGTERM)
     # Python leaves SIGINT ignored when it starts with it ignored (a background job of a script,
     # `nohup`): Ctrl-C or `kill -INT` would then stop only gunicorn, and this process would report
     # its HTTP server lost (exit 1) instead of stopping cleanly.

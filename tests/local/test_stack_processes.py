@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -522,6 +523,45 @@ def test_sigkill_of_make_above_the_stack_stops_the_stack(tmp_path: Path) -> None
         stack = descendants(make.pid)
         assert len(stack) >= 3, stack  # local.run, gunicorn's arbiter, a worker, redis-server
         make.kill()
+        make.wait()
+        wait_for(lambda: not any(alive(pid) for pid in stack), 20, "the stack to stop",
+                 lambda: f"still alive: {[pid for pid in stack if alive(pid)]}\n{log_path.read_text()}")
+        assert refuses_connections(port)
+        assert "vmpool: stopped" in log_path.read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(make.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_sigterm_to_make_runs_process_group_stops_the_stack(tmp_path: Path) -> None:
+    """`kill -- -<pgid>` of `make run` (a terminal's job control, a supervisor stopping the
+    group, `timeout make run`): local.run gets two SIGTERMs at once, the group's and its
+    parent-death signal as make dies; here, more of them while it stops. A second signal used to
+    arrive while the first's handler was inside ``Event.set``: it waited for that lock forever
+    (the stack hung with its children gone, seen with `make run`), or, under more signals, each
+    blocked handler ran the next until Python's recursion limit killed the process before its
+    clean-up (half the runs of this test failed so)."""
+    makefile = tmp_path / "Makefile"
+    makefile.write_text(f"run:\n\t{sys.executable} -m local.run --port $(PORT) --workers 1 --interval 30\n")
+    config_file = tmp_path / "make.yaml"
+    config_file.write_text(CONFIG)
+    port = free_port()
+    log_path = tmp_path / "make.log"
+    with log_path.open("wb") as log:
+        make = subprocess.Popen(["make", "-s", "-f", str(makefile), "run", f"PORT={port}"], cwd=REPO_ROOT,
+                                env=stack_env(config_file, tmp_path / "state"), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: "redis on port" in log_path.read_text(), 30, "the stack to start", log_path.read_text)
+        stack = descendants(make.pid)
+        assert len(stack) >= 3, stack  # local.run, gunicorn's arbiter, a worker, redis-server
+        run = next(pid for pid, parent in process_parents().items() if parent == make.pid)  # local.run
+        os.killpg(make.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 3
+        while alive(run) and time.monotonic() < deadline:  # more, as fast as they go, while it stops
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(run, signal.SIGTERM)
         make.wait()
         wait_for(lambda: not any(alive(pid) for pid in stack), 20, "the stack to stop",
                  lambda: f"still alive: {[pid for pid in stack if alive(pid)]}\n{log_path.read_text()}")
