@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 import redis
@@ -503,11 +503,10 @@ def test_an_unusable_state_directory_is_refused_with_a_message(tmp_path: Path) -
     assert refuses_connections(port) and refuses_connections(redis_port)
 
 
-@pytest.mark.slow
-def test_sigkill_of_make_above_the_stack_stops_the_stack(tmp_path: Path) -> None:
-    """`make run` SIGKILLed (an IDE's stop button, a CI job's timeout kill the process they
-    started: make): make cannot pass anything on, and the whole stack (scheduler, HTTP workers,
-    redis-server) went on serving, orphaned. It now stops as on Ctrl-C."""
+def assert_the_stack_under_make_stops(tmp_path: Path, stop: Callable[[subprocess.Popen[bytes]], None]) -> None:
+    """`make run` (a Makefile running local.run, as ours does) started and serving, then ``stop``
+    given make's process: the whole stack below make (local.run, gunicorn's arbiter, its worker,
+    redis-server) stops, with local.run's clean-up done, and the port no longer served."""
     makefile = tmp_path / "Makefile"
     makefile.write_text(f"run:\n\t{sys.executable} -m local.run --port $(PORT) --workers 1 --interval 30\n")
     config_file = tmp_path / "make.yaml"
@@ -522,7 +521,7 @@ def test_sigkill_of_make_above_the_stack_stops_the_stack(tmp_path: Path) -> None
         wait_for(lambda: "redis on port" in log_path.read_text(), 30, "the stack to start", log_path.read_text)
         stack = descendants(make.pid)
         assert len(stack) >= 3, stack  # local.run, gunicorn's arbiter, a worker, redis-server
-        make.kill()
+        stop(make)
         make.wait()
         wait_for(lambda: not any(alive(pid) for pid in stack), 20, "the stack to stop",
                  lambda: f"still alive: {[pid for pid in stack if alive(pid)]}\n{log_path.read_text()}")
@@ -531,6 +530,14 @@ def test_sigkill_of_make_above_the_stack_stops_the_stack(tmp_path: Path) -> None
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(make.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_sigkill_of_make_above_the_stack_stops_the_stack(tmp_path: Path) -> None:
+    """`make run` SIGKILLed (an IDE's stop button, a CI job's timeout kill the process they
+    started: make): make cannot pass anything on, and the whole stack (scheduler, HTTP workers,
+    redis-server) went on serving, orphaned. It now stops as on Ctrl-C."""
+    assert_the_stack_under_make_stops(tmp_path, lambda make: make.kill())
 
 
 @pytest.mark.slow
@@ -542,34 +549,15 @@ def test_sigterm_to_make_runs_process_group_stops_the_stack(tmp_path: Path) -> N
     (the stack hung with its children gone, seen with `make run`), or, under more signals, each
     blocked handler ran the next until Python's recursion limit killed the process before its
     clean-up (half the runs of this test failed so)."""
-    makefile = tmp_path / "Makefile"
-    makefile.write_text(f"run:\n\t{sys.executable} -m local.run --port $(PORT) --workers 1 --interval 30\n")
-    config_file = tmp_path / "make.yaml"
-    config_file.write_text(CONFIG)
-    port = free_port()
-    log_path = tmp_path / "make.log"
-    with log_path.open("wb") as log:
-        make = subprocess.Popen(["make", "-s", "-f", str(makefile), "run", f"PORT={port}"], cwd=REPO_ROOT,
-                                env=stack_env(config_file, tmp_path / "state"), stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for(lambda: "redis on port" in log_path.read_text(), 30, "the stack to start", log_path.read_text)
-        stack = descendants(make.pid)
-        assert len(stack) >= 3, stack  # local.run, gunicorn's arbiter, a worker, redis-server
+    def sigterms(make: subprocess.Popen[bytes]) -> None:
         run = next(pid for pid, parent in process_parents().items() if parent == make.pid)  # local.run
         os.killpg(make.pid, signal.SIGTERM)
         deadline = time.monotonic() + 3
         while alive(run) and time.monotonic() < deadline:  # more, as fast as they go, while it stops
             with contextlib.suppress(ProcessLookupError):
                 os.kill(run, signal.SIGTERM)
-        make.wait()
-        wait_for(lambda: not any(alive(pid) for pid in stack), 20, "the stack to stop",
-                 lambda: f"still alive: {[pid for pid in stack if alive(pid)]}\n{log_path.read_text()}")
-        assert refuses_connections(port)
-        assert "vmpool: stopped" in log_path.read_text()
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(make.pid, signal.SIGKILL)
+
+    assert_the_stack_under_make_stops(tmp_path, sigterms)
 
 
 # A child Python that starts a stack with a fixture's helper, prints the stack's pid, and waits.
