@@ -29,8 +29,11 @@ JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store",
 proxy between the caller and API Gateway may keep (``no-store``) or read as anything but JSON."""
 
 HOSTNAME_PATTERN = re.compile(
-    r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\Z", re.IGNORECASE
+    r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\Z", re.IGNORECASE | re.ASCII
 )
+"""A DNS name in ASCII, in either case. ``re.ASCII``: with IGNORECASE alone, ``[a-z]`` also matches
+the Kelvin sign, the long s and the dotless i, and ``str.lower`` makes the Kelvin sign a ``k``
+(``/vm/\u212akvm`` found and returned the VM ``kkvm``)."""
 
 
 @dataclass(frozen=True)
