@@ -208,6 +208,14 @@ class Provider(abc.ABC):
         a ProviderError ends the call as it ends ``task_status``."""
         return {task_ref: self.task_status(task_ref) for task_ref in dict.fromkeys(task_refs)}
 
+    def cancel_task(self, task_ref: str) -> bool:
+        """Ask the backend to cancel a task it still runs (a clone past its pool's timeout);
+        never waits: the task's end is read with ``task_status`` as ever (a cancelled task reads
+        as an ERROR once the backend has stopped it). Whether the backend took the request
+        (False: it cannot cancel such a task, or the task ended already). Raises ProviderError
+        when the backend cannot be reached. This default cancels nothing."""
+        return False
+
     def clone_outcomes(self, pool: PoolConfig, tasks: Mapping[str, str]) -> tuple[Mapping[str, TaskStatus],
                                                                                    Sequence[VMInfo]]:
         """For clones a pass just started (``tasks``: hostname -> clone task ref), whose VMs its

@@ -4,7 +4,8 @@ It behaves like a slow, unreliable hypervisor on purpose. Clones take a while to
 a while to boot; any operation can fail at a configured rate. It takes vmpooler's dummy provider
 keys with the same meaning (``createvm_max_time`` seconds, ``createvm_fail_percent`` and so on),
 per provider and per pool, plus ``boot_time`` (seconds from clone to ready), ``createvm_min_time``
-(the shortest clone: equal to ``createvm_max_time``, every clone takes that long), ``seed``, and
+(the shortest clone: equal to ``createvm_max_time``, every clone takes that long),
+``createvm_cancel_time`` (how long a cancelled clone runs on: ``cancel_task``), ``seed``, and
 ``createvm_fail_kind``: the kind a simulated clone failure reports (``template``, ``network``,
 ``permission``, ``capacity``... as ``providers.base.FailureKind``; default ``other``).
 
@@ -288,7 +289,8 @@ class DummyProvider(Provider):
         vms: dict[str, str] = {}
         tasks: dict[str, dict[str, Any]] = {}
         for hostname in hostnames:
-            task_ref, task = self._new_task(pool, "clone", hostname, _CLONE, failure=failure.value)
+            task_ref, task = self._new_task(pool, "clone", hostname, _CLONE, failure=failure.value,
+                                            cancel_time=self._setting(pool, "createvm_cancel_time"))
             tasks[task_ref] = task
             if not task["fails"]:
                 vms[hostname] = json.dumps(self._new_vm(pool, hostname, task["due"]))
@@ -329,6 +331,20 @@ class DummyProvider(Provider):
             return {}
         return self._statuses(refs, self._call("mget", [self._task_key(ref) for ref in refs]))
 
+    def cancel_task(self, task_ref: str) -> bool:
+        """A clone still running is cancelled as vCenter cancels one: its VM never shows, and its
+        task ends in error ``createvm_cancel_time`` seconds later (0 by default: at once).
+        Another kind of task, or one that ended, is not cancelled."""
+        raw = self._call("get", self._task_key(task_ref))
+        task = json.loads(raw) if raw is not None else None
+        now = self.clock.now()
+        if task is None or task["kind"] != "clone" or task.get("cancelled") or now >= task["due"]:
+            return False
+        cancelled = {**task, "fails": True, "cancelled": True, "failure": FailureKind.OTHER.value,
+                     "due": min(task["due"], now + float(task.get("cancel_time") or 0))}
+        self._write(task["folder"], {task["vm"]: ""}, {task_ref: cancelled})
+        return True
+
     def clone_outcomes(self, pool: PoolConfig, tasks: Mapping[str, str]) -> tuple[dict[str, TaskStatus],
                                                                                    list[VMInfo]]:
         """The tasks and the folder's entries for their VMs read in one round trip."""
@@ -363,7 +379,8 @@ class DummyProvider(Provider):
                 statuses[task_ref] = TaskStatus(TaskState.RUNNING)
                 continue
             if task["fails"]:
-                statuses[task_ref] = TaskStatus(TaskState.ERROR, f"dummy: {task['kind']} failed (simulated failure)",
+                why = "cancelled" if task.get("cancelled") else "failed (simulated failure)"
+                statuses[task_ref] = TaskStatus(TaskState.ERROR, f"dummy: {task['kind']} {why}",
                                                 FailureKind.parse(task.get("failure")))
                 continue
             if task["kind"] == "destroy":  # its VM leaves the folder (again, if asked again: idempotent)

@@ -136,6 +136,10 @@ class VSphereProvider(Provider):
         read = templates.status if templates.is_ref(task_ref) else tasks.status
         return self._run(f"read task {task_ref}", lambda connection: read(connection, task_ref))
 
+    def cancel_task(self, task_ref: str) -> bool:
+        """Cancel a clone task vCenter still runs (CancelTask); never waits for it to stop."""
+        return self._run(f"cancel task {task_ref}", lambda connection: tasks.cancel(connection, task_ref))
+
     def destroy(self, pool: PoolConfig, hostname: str) -> str | None:
         """Power off (if on) and destroy, without waiting; None when there is no such VM."""
 

@@ -164,6 +164,26 @@ def status(connection: Connection, ref: str) -> TaskStatus:
     return TaskStatus(TaskState.ERROR, f"unknown task reference {ref!r}")
 
 
+def cancel(connection: Connection, ref: str) -> bool:
+    """Ask vCenter to cancel the clone task ``ref`` while it is still ours and queued or running
+    (CancelTask: vCenter stops the clone and removes what it made; the task then ends in error).
+    False when it is not a clone, vCenter no longer knows it, the id is another task's now, it
+    ended, or vCenter refuses (a task past the point where it can be cancelled, a simulator
+    without CancelTask)."""
+    kind, _, rest = ref.partition(":")
+    if kind != "clone":
+        return False
+    task, _, _, queued = (rest.split(":", 3) + ["", "", ""])[:4]
+    found, _ = _recorded_state(connection, task, queued)
+    if found is None or found.state is not TaskState.RUNNING:
+        return False
+    try:
+        vim.Task(task, connection.stub).CancelTask()
+    except vmodl.MethodFault:  # InvalidState (no longer cancelable), NotSupported, ManagedObjectNotFound...
+        return False
+    return True
+
+
 def _clone_status(connection: Connection, task: str, folder: str, name: str, queued: str) -> TaskStatus:
     """The clone task's state while vCenter knows it as our task; after that, whether its VM is
     there. ``queued``: ``q<microseconds>`` ('' in references written before it was kept)."""
