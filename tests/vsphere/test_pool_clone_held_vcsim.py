@@ -43,3 +43,34 @@ def test_clones_drained_mid_clone_are_destroyed_after_vcenter_ends_them(
     assert discovered == set(), "drained clones landed as orphans"
     assert {harness.state_of(name) for name in first} == {"destroyed"}
     assert not set(first) & harness.hosts(POOL, "ready")
+
+
+def test_clones_past_the_timeout_keep_their_slots_until_vcenter_ends_them(
+        slow_vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
+    """Clones vcsim still runs when the pool's timeout has passed (on the fake clock): each is
+    asked to cancel (vcsim has no CancelTask: refused, which changes nothing), holds its slot
+    while vcsim runs it, and is destroyed once it landed; none is discovered as an orphan."""
+    pool = {"name": POOL, "ready_check": "tools", "size": LIMIT, "timeout": 1,
+            "folder": f"vmpool/late-{secrets.token_hex(4)}"}
+    harness = make_harness(vcsim_config(slow_vcsim, [pool], {"task_limit": LIMIT}))
+    first = harness.reconcile(POOL).clones_started
+    assert len(first) == LIMIT
+    tasks = [record.clone_task for record in harness.store.records(first).values()]
+    harness.clock.advance(61)
+    started = harness.reconcile(POOL).clones_started  # timed out: out of service, their slots held
+    started += harness.reconcile(POOL).clones_started  # asked to cancel
+    if all(status.state is TaskState.RUNNING for status in harness.provider.task_statuses(tasks).values()):
+        assert started == [], "slots freed while vCenter still clones"
+        assert {harness.state_of(name) for name in first} == {"completed"}
+        assert all(record.raw.get("clone_cancel_asked") for record in harness.store.records(first).values())
+    discovered: set[str] = set()
+
+    def destroyed() -> bool:
+        harness.clock.advance(1)
+        harness.reconcile(POOL)
+        discovered.update(harness.hosts(POOL, "discovered"))
+        in_vcenter = {vm.name for vm in harness.provider.list_vms(harness.pool(POOL))}
+        return {harness.state_of(name) for name in first} == {"destroyed"} and not in_vcenter & set(first)
+
+    eventually(destroyed, 90, "the timed-out clones destroyed once vcsim ended them", interval=0.2)
+    assert discovered == set(), "timed-out clones landed as orphans"
