@@ -33,9 +33,11 @@ from chalicelib.providers.base import (
     ProviderError,
     Readiness,
     Started,
+    TargetChosen,
     TaskState,
     TaskStatus,
     VMInfo,
+    no_target_noted,
     nothing_started,
 )
 from chalicelib.providers.failures import FailureKind
@@ -456,10 +458,12 @@ class DummyProvider(Provider):
             raise ProviderError(f"snapshot {snapshot_name} not found on {hostname}")
         return self._start_task(pool, "revert", hostname, _REVERT, snapshot=snapshot_name)[0]
 
-    def start_migration(self, pool: PoolConfig, hostname: str) -> Migration | None:
+    def start_migration(self, pool: PoolConfig, hostname: str,
+                        chosen: TargetChosen = no_target_noted) -> Migration | None:
         """As vmpooler's dummy: without ``migratevm_couldmove_percent`` a VM never moves; with it,
         the VM is on a busier host at that rate and moves to another of ten pretend hosts, taking
-        up to ``migratevm_max_time`` seconds and failing at ``migratevm_fail_percent``."""
+        up to ``migratevm_max_time`` seconds and failing at ``migratevm_fail_percent``. The VM
+        keeps its last move's task, as vCenter keeps a VM's recent tasks (``recent_migrations``)."""
         vm = self._require_vm(pool, hostname)
         current = vm.get("host", DEFAULT_HOST)
         chance = self.config.pool_setting(pool, "migratevm_couldmove_percent")
@@ -467,8 +471,18 @@ class DummyProvider(Provider):
             return None
         others = [f"{DEFAULT_HOST}-{n}" for n in range(1, DUMMY_HOSTS + 1) if f"{DEFAULT_HOST}-{n}" != current]
         target = self._random.choice(others)
-        task_ref = self._start_task(pool, "migrate", hostname, _MIGRATE, host=target)[0]
+        chosen(target)
+        task_ref, task = self._new_task(pool, "migrate", hostname, _MIGRATE, host=target)
+        self._write(task["folder"], {hostname: json.dumps({**vm, "moved_by": task_ref, "moved_at": self.clock.now()})},
+                    {task_ref: task})
         return Migration(task_ref, current, target)
+
+    def recent_migrations(self, pool: PoolConfig, hostname: str, within: float) -> Sequence[str] | None:
+        """The VM's last move, when it was asked for in the last ``within`` seconds."""
+        raw = self._call("hget", self._folder_key(pool), hostname)
+        vm = json.loads(raw) if raw is not None else {}
+        recent = float(vm.get("moved_at") or 0) >= self.clock.now() - within
+        return [vm["moved_by"]] if vm.get("moved_by") and recent else []
 
     def _require_vm(self, pool: PoolConfig, hostname: str) -> dict[str, Any]:
         raw = self._call("hget", self._folder_key(pool), hostname)

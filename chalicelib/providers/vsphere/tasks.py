@@ -78,6 +78,17 @@ def _stamp(moment: Any) -> str:
     return str((moment - _EPOCH) // timedelta(microseconds=1))
 
 
+def unix_time(moment: Any) -> float:
+    """A task's time (``info.queueTime``) as seconds since 1970; 0 when vCenter gave none."""
+    stamp = _stamp(moment)
+    return int(stamp) / 1e6 if stamp else 0.0
+
+
+def known_ref(task: Any, queued: Any) -> str:
+    """A plain task's reference from the queue time (``info.queueTime``) read with it: no call."""
+    return f"task:{task._moId}:q{_stamp(queued)}"
+
+
 def destroy_ref(vm: Any, poweroff_task: Any, name: str) -> str:
     return f"destroy:{vm._moId}:{poweroff_task._moId}:{name}"
 
