@@ -81,3 +81,24 @@ def test_held_clones_of_a_provider_no_longer_configured_free_their_slots_at_the_
     assert_consistent(harness, "p", pass_completed=False)
     assert len(report.clones_started) == LIMIT
     assert all(harness.store.get_vm(hostname).raw.get("clone_end") for hostname in first)
+
+
+def test_clones_left_cloning_in_the_old_place_past_the_timeout_keep_their_slots(
+        make_harness: HarnessFactory) -> None:
+    """The pool moves while its clones run (pending, not drained): they wait in pending up to the
+    pool's timeout, then leave service holding their slots, are cancelled where they run, and
+    only then do their slots go to clones in the new place. Before, the timeout freed the slots
+    while the old provider still cloned (twice task_limit in flight)."""
+    short = CONFIG.replace("timeout: 10", "timeout: 1")
+    harness = make_harness(parse(short))
+    first = harness.reconcile("p").clones_started
+    harness.services.use_config(parse(short.replace("provider: dummy, template", "provider: other, template")))
+    most = 0
+    for _ in range(int(2 * CLONE_SECONDS / STEP)):
+        harness.clock.advance(STEP)
+        harness.reconcile("p")
+        assert_consistent(harness, "p", pass_completed=False)
+        most = max(most, clones_in_flight(harness))
+    assert most <= LIMIT, f"{most} clones in flight under task_limit {LIMIT}"
+    assert {harness.state_of(hostname) for hostname in first} == {"destroyed"}
+    assert set(harness.client.hkeys(harness.store.keys.dummy_folder("dummy", "p"))) == set()
