@@ -15,7 +15,8 @@ from typing import Any
 from chalicelib.config import PoolConfig
 from chalicelib.manager.context import PassContext
 from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS, RESERVER_GONE
-from chalicelib.providers.base import Provider, ProviderError, TaskState
+from chalicelib.observability import logger
+from chalicelib.providers.base import Provider, ProviderError, TaskState, TaskStatus
 from chalicelib.store import VMRecord
 from chalicelib.store.ondemand import CLONE_HELD
 
@@ -59,25 +60,42 @@ def destroy_completed(context: PassContext) -> None:
             context.report.errors.append(f"destroy in the pool's former place failed: {error}")
 
 
+CLONE_CANCEL_WAIT_SECONDS = 1800.0
+"""How long past its pool's ``timeout`` a clone still running keeps its slot after it was asked
+to cancel (vCenter stops a clone within seconds or minutes, and cleans up what it made): past
+that, the slot is freed whatever the provider says, so a task it never ends (a cancel it
+ignored, a task it forgot, a provider no longer configured) cannot hold a slot for ever."""
+CLONE_CANCELLED = "clone_cancel_asked"
+"""A record field: when the completed step asked the provider to cancel the VM's clone."""
+
+
 def clones_still_running(context: PassContext, records: list[VMRecord]) -> set[str]:
     """Of the completed VMs ``records``, those whose clone may still run (``CLONE_HELD``: of an
-    ended on-demand request, lua/ondemand_end.lua, or a pool's pending VM drained mid-clone,
-    lua/move.lua): each keeps its slot (under ondemand_clone_limit, or task_limit) and is left
-    alone (a destroy would find nothing yet on vSphere, and the clone would land after it).
-    The others' clones ended (done, failed, or past the pool's timeout, as the pending step judges
-    a clone; one whose task was never recorded once past CLONE_START_GRACE_SECONDS, or in the
-    provider): their slots are released in one round trip, and they are destroyed now. Releasing
-    is idempotent: a pass killed before it, or two at once, release each slot once."""
+    ended on-demand request, lua/ondemand_end.lua, a pool's pending VM drained mid-clone,
+    lua/move.lua, or one whose clone outran its pool's ``timeout``, manager/pending.py): each
+    keeps its slot (under ondemand_clone_limit, or task_limit) and is left alone (a destroy would
+    find nothing yet on vSphere, and the clone would land after it). Each task is asked of the
+    provider that started it (``PassContext.reach``: the pool may have moved since). A clone
+    still running past the pool's timeout is asked to cancel (once); its slot is freed when the
+    provider says the task ended, or ``CLONE_CANCEL_WAIT_SECONDS`` past the timeout at the
+    latest (at once for a task never recorded once past CLONE_START_GRACE_SECONDS, or whose VM
+    the pool's inventory shows). The ended ones' slots are released in one round trip, and they
+    are destroyed now. Releasing is idempotent: a pass killed before it, or two at once, release
+    each slot once."""
     held = [record for record in records if record.raw.get(CLONE_HELD) and record.clone_end is None]
     if not held:
         return set()
-    statuses = context.provider.task_statuses([record.clone_task for record in held if record.clone_task])
+    timeout = context.pool.timeout_minutes * 60
+    statuses = _held_statuses(context, [record for record in held if record.clone_task])
     running: set[str] = set()
     ended: list[str] = []
     for record in held:
         age = context.now - (record.clone_start or context.now)
         if record.clone_task:
-            still = statuses[record.clone_task].state is TaskState.RUNNING and age <= context.pool.timeout_minutes * 60
+            status = statuses.get(record.name)  # None: its provider cannot be asked now
+            still = (status is None or status.state is TaskState.RUNNING) and age <= timeout + CLONE_CANCEL_WAIT_SECONDS
+            if still and status is not None and age > timeout and not record.raw.get(CLONE_CANCELLED):
+                _cancel(context, record)
         else:  # claimed, its task never recorded (the pass that started it died)
             still = (record.name not in context.inventory and age <= CLONE_START_GRACE_SECONDS
                      and not record.raw.get(RESERVER_GONE))
@@ -89,6 +107,46 @@ def clones_still_running(context: PassContext, records: list[VMRecord]) -> set[s
         context.store.finish_clones(ended, context.now)
         context.checkpoint("clone_released")
     return running
+
+
+def _held_statuses(context: PassContext, records: list[VMRecord]) -> dict[str, TaskStatus]:
+    """The clone task of each of ``records`` as the provider that started it reports it
+    (hostname -> status): one call per provider. A VM whose provider is no longer configured, or
+    (not the pool's own) cannot be reached now, is left out. The pool's own provider failing
+    raises ProviderError: the pass stops there, as at any failed call."""
+    groups: dict[str, tuple[Provider, list[VMRecord]]] = {}
+    for record in records:
+        reached = context.reach(record)
+        if reached is not None:
+            groups.setdefault(reached[0].name, (reached[0], []))[1].append(record)
+    statuses: dict[str, TaskStatus] = {}
+    for provider, members in groups.values():
+        try:
+            found = provider.task_statuses([record.clone_task for record in members])
+        except ProviderError as error:
+            if provider is context.provider:
+                raise
+            context.report.errors.append(f"clone tasks in the pool's former place not read: {error}")
+            continue
+        statuses.update({record.name: found[record.clone_task] for record in members})
+    return statuses
+
+
+def _cancel(context: PassContext, record: VMRecord) -> None:
+    """Ask the provider that runs the VM's clone, past its pool's timeout, to cancel it, and note
+    the asking (after it: a pass killed in between asks again, which a provider takes as once)."""
+    reached = context.reach(record)
+    if reached is None:
+        return
+    try:
+        accepted = reached[0].cancel_task(record.clone_task)
+    except ProviderError as error:
+        context.report.errors.append(f"cancel the clone of {record.name}: {error}")
+        return
+    context.store.set_once(record.name, CLONE_CANCELLED, repr(context.now))
+    logger.info("clone past its pool's timeout: cancel asked", extra={
+        "pool": context.pool.name, "hostname": record.name, "accepted": accepted})
+    context.checkpoint("clone_cancel_asked")
 
 
 def _destroy(context: PassContext, provider: Provider, pool: PoolConfig, records: list[VMRecord],

@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 
 from chalicelib import observability as metric
 from chalicelib.manager.context import PassContext
+from chalicelib.manager.vm_tasks import TAKER_GONE_SETTLE_SECONDS
 from chalicelib.observability import emit, logger
 from chalicelib.providers.base import UNREACHABLE, ProviderError, TaskState
 from chalicelib.store import Store, VMRecord
@@ -33,11 +34,12 @@ that took it died in between (the migration then ends without a move, visibly)."
 
 
 def abandon_unstarted(store: Store, pools: Iterable[str], taker_gone: Callable[[LeaseHolder], bool]) -> list[str]:
-    """Mark the migrations of the pools' running VMs whose slot a process now gone took and
-    never started on the provider (``taker_gone``: the local stack started again knows its
-    predecessor is dead): their next pass ends them and frees the slot, instead of holding it
-    for ``MIGRATION_START_GRACE_SECONDS`` while other checked-out VMs wait for one. Returns the
-    hostnames marked."""
+    """Mark the migrations of the pools' running VMs whose slot a process now gone took and whose
+    move it never noted (``taker_gone``: the local stack started again knows its predecessor is dead):
+    their passes judge them ``TAKER_GONE_SETTLE_SECONDS`` after the take (time for a move that
+    process sent before it died to show in the provider: ``_judge_unnoted``), instead of holding
+    the slot for ``MIGRATION_START_GRACE_SECONDS`` while other checked-out VMs wait for one.
+    Returns the hostnames marked."""
     marked = []
     for pool in pools:
         for hostname, record in store.records(store.hostnames(pool, "running")).items():
@@ -95,13 +97,18 @@ def _start(context: PassContext, migrations: MigrationStore, record: VMRecord, l
     if taken != "started":
         return True
     context.checkpoint("migration_slot")
+
+    def chosen(target: str) -> None:  # noted before the move is sent: see _judge_unnoted
+        context.store.update_vm(record.name, migration_to=target)
+        context.checkpoint("migration_target")
+
     try:
-        moving = context.provider.start_migration(context.pool, record.name)
+        moving = context.provider.start_migration(context.pool, record.name, chosen)
     except ProviderError as error:
         _failed(context, migrations, record, f"migration failed to start: {error}")
         return error.kind not in UNREACHABLE
     if moving is None:
-        migrations.finish(record.name)
+        migrations.finish(record.name, migration_to=None)
         logger.info("no migration needed", extra={"pool": context.pool.name, "hostname": record.name,
                                                   "host": record.host})
         return True
@@ -117,17 +124,13 @@ def _follow(context: PassContext, migrations: MigrationStore, record: VMRecord) 
     task = record.raw.get("migration_task")
     if not task:
         started = finite_number(record.raw.get("migration_started")) or 0.0
-        if not (context.now - started > MIGRATION_START_GRACE_SECONDS or record.raw.get(TAKER_GONE)):
+        grace = TAKER_GONE_SETTLE_SECONDS if record.raw.get(TAKER_GONE) else MIGRATION_START_GRACE_SECONDS
+        if context.now - started <= grace:
             context.report.followups += 1
             return
-        # The pass that took the slot died between asking the provider and noting the task: the
-        # move may have reached vCenter and been made. The inventory says where the VM is now.
-        vm = context.inventory.get(record.name)
-        if vm is not None and vm.host and record.host and vm.host != record.host:
-            _migrated(context, migrations, record, vm.host)
-        else:
-            _failed(context, migrations, record, "migration was never started (its pass was interrupted)")
-        return
+        task = _judge_unnoted(context, migrations, record, started)
+        if task is None:
+            return
     status = context.provider.task_status(task)
     if status.state is TaskState.RUNNING:
         context.report.followups += 1
@@ -135,7 +138,39 @@ def _follow(context: PassContext, migrations: MigrationStore, record: VMRecord) 
     if status.state is TaskState.ERROR:
         _failed(context, migrations, record, f"migration failed: {status.error or 'unknown error'}")
         return
-    _migrated(context, migrations, record, record.raw.get("migration_to") or record.host)
+    vm = context.inventory.get(record.name)
+    _migrated(context, migrations, record, record.raw.get("migration_to") or (vm.host if vm else None) or record.host)
+
+
+def _judge_unnoted(context: PassContext, migrations: MigrationStore, record: VMRecord, started: float) -> str | None:
+    """A migration whose task was never noted: the pass that took its slot died in between. Its
+    target (``migration_to``) is noted before the move is sent, so without one nothing was sent:
+    it never started, wherever the VM went meanwhile (DRS, an operator). With one, the provider's
+    moves of the VM since the take say what happened (the dead pass's vMotion may still run, a
+    restarted local stack's settle time over): a move still running is adopted (noted, and its
+    task returned to be followed as any); otherwise the VM on its target now (asked of the
+    provider) ended migrated, and anywhere else it never started.
+    Returns the task to follow, or None when the migration was ended (or is asked about again)."""
+    target = record.raw.get("migration_to")
+    if target:
+        try:
+            moves = context.provider.recent_migrations(context.pool, record.name, context.now - started)
+            statuses = context.provider.task_statuses(list(moves or []))
+            running = [task for task in moves or [] if statuses[task].state is TaskState.RUNNING]
+            # Where the VM is now, after those reads (the pass's inventory may predate the move's end).
+            now_on = None if running else next(iter(context.provider.find_vms(context.pool, [record.name])), None)
+        except ProviderError as error:
+            context.report.errors.append(f"{record.name}: its migration's move not looked for: {error}")
+            context.report.followups += 1
+            return None
+        if running:
+            context.store.update_vm(record.name, migration_task=running[-1])
+            return running[-1]
+        if now_on is not None and now_on.host == target:
+            _migrated(context, migrations, record, target)
+            return None
+    _failed(context, migrations, record, "migration was never started (its pass was interrupted)")
+    return None
 
 
 def _migrated(context: PassContext, migrations: MigrationStore, record: VMRecord, target: str | None) -> None:

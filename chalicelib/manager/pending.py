@@ -119,7 +119,9 @@ def _left_behind(context: PassContext, record: VMRecord) -> bool:
         if cloning:
             context.report.followups += 1
             return True
-    context.take_out_of_service(record.name, "pending", f"its pool moved from {describe(placement)}")
+    # A clone still running there past the timeout keeps its slot until it ends (completed.py).
+    context.take_out_of_service(record.name, "pending", f"its pool moved from {describe(placement)}",
+                                hold_clone=record.clone_end is None and bool(record.clone_task))
     return True
 
 
@@ -199,8 +201,10 @@ def _clone_finished(context: PassContext, record: VMRecord, statuses: Mapping[st
     if status.state is TaskState.RUNNING:
         context.report.clones_running += 1
         if age > pool.timeout_minutes * 60:
+            # vCenter still clones: the slot stays taken until the clone ends (the completed
+            # step cancels it and frees the slot when it sees it end: completed.py).
             context.take_out_of_service(
-                hostname, "pending", f"clone still running after {pool.timeout_minutes} minutes"
+                hostname, "pending", f"clone still running after {pool.timeout_minutes} minutes", hold_clone=True
             )
         return False
     if status.state is TaskState.ERROR:

@@ -112,6 +112,15 @@ def nothing_started(hostname: str) -> None:
     return None
 
 
+TargetChosen = Callable[[str], None]
+"""Called with the target host's name of a migration before the move is sent (``start_migration``)."""
+
+
+def no_target_noted(host: str) -> None:
+    """The ``TargetChosen`` of a caller that does not note the target."""
+    return None
+
+
 Tracked = Callable[[Collection[str]], Collection[str]]
 """Of the VM names given, those vmpool tracks (in any state but destroyed): a purge never
 destroys them, though their folder is no longer configured (a removed pool still draining, the
@@ -208,6 +217,14 @@ class Provider(abc.ABC):
         a ProviderError ends the call as it ends ``task_status``."""
         return {task_ref: self.task_status(task_ref) for task_ref in dict.fromkeys(task_refs)}
 
+    def cancel_task(self, task_ref: str) -> bool:
+        """Ask the backend to cancel a task it still runs (a clone past its pool's timeout);
+        never waits: the task's end is read with ``task_status`` as ever (a cancelled task reads
+        as an ERROR once the backend has stopped it). Whether the backend took the request
+        (False: it cannot cancel such a task, or the task ended already). Raises ProviderError
+        when the backend cannot be reached. This default cancels nothing."""
+        return False
+
     def clone_outcomes(self, pool: PoolConfig, tasks: Mapping[str, str]) -> tuple[Mapping[str, TaskStatus],
                                                                                    Sequence[VMInfo]]:
         """For clones a pass just started (``tasks``: hostname -> clone task ref), whose VMs its
@@ -290,10 +307,20 @@ class Provider(abc.ABC):
         ``clone_poll_interval``, so instant clones are not left waiting for the poll."""
         return None
 
-    def start_migration(self, pool: PoolConfig, hostname: str) -> Migration | None:
+    def start_migration(self, pool: PoolConfig, hostname: str,
+                        chosen: TargetChosen = no_target_noted) -> Migration | None:
         """Start moving a checked-out VM to the least used compatible host when it runs on a
         busier one; None when it should stay where it is (or the provider cannot migrate).
-        Never waits for the move: the returned task is followed with ``task_status``."""
+        ``chosen`` is called with the target host's name before the move is sent (the manager
+        notes it: a pass killed after sending is judged by it, ``recent_migrations``). Never
+        waits for the move: the returned task is followed with ``task_status``."""
+        return None
+
+    def recent_migrations(self, pool: PoolConfig, hostname: str, within: float) -> Sequence[str] | None:
+        """Task references (``task_status`` follows them) of the moves of the VM the provider
+        received in the last ``within`` seconds (by its own clock, which may be off ours), oldest
+        first: asked of a migration whose pass died between sending the move and noting its
+        task. Empty when there is none; None when the provider cannot tell."""
         return None
 
     def purge_unconfigured(self, pools: Sequence[PoolConfig], allowlist: Sequence[str],

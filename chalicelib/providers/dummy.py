@@ -4,7 +4,8 @@ It behaves like a slow, unreliable hypervisor on purpose. Clones take a while to
 a while to boot; any operation can fail at a configured rate. It takes vmpooler's dummy provider
 keys with the same meaning (``createvm_max_time`` seconds, ``createvm_fail_percent`` and so on),
 per provider and per pool, plus ``boot_time`` (seconds from clone to ready), ``createvm_min_time``
-(the shortest clone: equal to ``createvm_max_time``, every clone takes that long), ``seed``, and
+(the shortest clone: equal to ``createvm_max_time``, every clone takes that long),
+``createvm_cancel_time`` (how long a cancelled clone runs on: ``cancel_task``), ``seed``, and
 ``createvm_fail_kind``: the kind a simulated clone failure reports (``template``, ``network``,
 ``permission``, ``capacity``... as ``providers.base.FailureKind``; default ``other``).
 
@@ -32,9 +33,11 @@ from chalicelib.providers.base import (
     ProviderError,
     Readiness,
     Started,
+    TargetChosen,
     TaskState,
     TaskStatus,
     VMInfo,
+    no_target_noted,
     nothing_started,
 )
 from chalicelib.providers.failures import FailureKind
@@ -288,7 +291,8 @@ class DummyProvider(Provider):
         vms: dict[str, str] = {}
         tasks: dict[str, dict[str, Any]] = {}
         for hostname in hostnames:
-            task_ref, task = self._new_task(pool, "clone", hostname, _CLONE, failure=failure.value)
+            task_ref, task = self._new_task(pool, "clone", hostname, _CLONE, failure=failure.value,
+                                            cancel_time=self._setting(pool, "createvm_cancel_time"))
             tasks[task_ref] = task
             if not task["fails"]:
                 vms[hostname] = json.dumps(self._new_vm(pool, hostname, task["due"]))
@@ -329,6 +333,20 @@ class DummyProvider(Provider):
             return {}
         return self._statuses(refs, self._call("mget", [self._task_key(ref) for ref in refs]))
 
+    def cancel_task(self, task_ref: str) -> bool:
+        """A clone still running is cancelled as vCenter cancels one: its VM never shows, and its
+        task ends in error ``createvm_cancel_time`` seconds later (0 by default: at once).
+        Another kind of task, or one that ended, is not cancelled."""
+        raw = self._call("get", self._task_key(task_ref))
+        task = json.loads(raw) if raw is not None else None
+        now = self.clock.now()
+        if task is None or task["kind"] != "clone" or task.get("cancelled") or now >= task["due"]:
+            return False
+        cancelled = {**task, "fails": True, "cancelled": True, "failure": FailureKind.OTHER.value,
+                     "due": min(task["due"], now + float(task.get("cancel_time") or 0))}
+        self._write(task["folder"], {task["vm"]: ""}, {task_ref: cancelled})
+        return True
+
     def clone_outcomes(self, pool: PoolConfig, tasks: Mapping[str, str]) -> tuple[dict[str, TaskStatus],
                                                                                    list[VMInfo]]:
         """The tasks and the folder's entries for their VMs read in one round trip."""
@@ -363,7 +381,8 @@ class DummyProvider(Provider):
                 statuses[task_ref] = TaskStatus(TaskState.RUNNING)
                 continue
             if task["fails"]:
-                statuses[task_ref] = TaskStatus(TaskState.ERROR, f"dummy: {task['kind']} failed (simulated failure)",
+                why = "cancelled" if task.get("cancelled") else "failed (simulated failure)"
+                statuses[task_ref] = TaskStatus(TaskState.ERROR, f"dummy: {task['kind']} {why}",
                                                 FailureKind.parse(task.get("failure")))
                 continue
             if task["kind"] == "destroy":  # its VM leaves the folder (again, if asked again: idempotent)
@@ -439,10 +458,12 @@ class DummyProvider(Provider):
             raise ProviderError(f"snapshot {snapshot_name} not found on {hostname}")
         return self._start_task(pool, "revert", hostname, _REVERT, snapshot=snapshot_name)[0]
 
-    def start_migration(self, pool: PoolConfig, hostname: str) -> Migration | None:
+    def start_migration(self, pool: PoolConfig, hostname: str,
+                        chosen: TargetChosen = no_target_noted) -> Migration | None:
         """As vmpooler's dummy: without ``migratevm_couldmove_percent`` a VM never moves; with it,
         the VM is on a busier host at that rate and moves to another of ten pretend hosts, taking
-        up to ``migratevm_max_time`` seconds and failing at ``migratevm_fail_percent``."""
+        up to ``migratevm_max_time`` seconds and failing at ``migratevm_fail_percent``. The VM
+        keeps its last move's task, as vCenter keeps a VM's recent tasks (``recent_migrations``)."""
         vm = self._require_vm(pool, hostname)
         current = vm.get("host", DEFAULT_HOST)
         chance = self.config.pool_setting(pool, "migratevm_couldmove_percent")
@@ -450,8 +471,18 @@ class DummyProvider(Provider):
             return None
         others = [f"{DEFAULT_HOST}-{n}" for n in range(1, DUMMY_HOSTS + 1) if f"{DEFAULT_HOST}-{n}" != current]
         target = self._random.choice(others)
-        task_ref = self._start_task(pool, "migrate", hostname, _MIGRATE, host=target)[0]
+        chosen(target)
+        task_ref, task = self._new_task(pool, "migrate", hostname, _MIGRATE, host=target)
+        self._write(task["folder"], {hostname: json.dumps({**vm, "moved_by": task_ref, "moved_at": self.clock.now()})},
+                    {task_ref: task})
         return Migration(task_ref, current, target)
+
+    def recent_migrations(self, pool: PoolConfig, hostname: str, within: float) -> Sequence[str] | None:
+        """The VM's last move, when it was asked for in the last ``within`` seconds."""
+        raw = self._call("hget", self._folder_key(pool), hostname)
+        vm = json.loads(raw) if raw is not None else {}
+        recent = float(vm.get("moved_at") or 0) >= self.clock.now() - within
+        return [vm["moved_by"]] if vm.get("moved_by") and recent else []
 
     def _require_vm(self, pool: PoolConfig, hostname: str) -> dict[str, Any]:
         raw = self._call("hget", self._folder_key(pool), hostname)

@@ -1,5 +1,6 @@
 """The dummy provider's settings (chalicelib/providers/dummy.py): simulated times and failure
-rates, vmpooler's dummy keys plus ``createvm_min_time``. Set on the provider, overridden per pool.
+rates, vmpooler's dummy keys plus ``createvm_min_time`` and ``createvm_cancel_time``. Set on the
+provider, overridden per pool.
 Unset times and rates mean 0 (instant, never fails)."""
 
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ class DummySettings(ProviderSettings):
     createvm_max_time: Optional[Number0] = None
     createvm_min_time: Optional[Number0] = None
     """Ours: every clone takes at least this long."""
+    createvm_cancel_time: Optional[Number0] = None
+    """Ours: how long a clone asked to cancel (``cancel_task``) runs on before its task ends."""
     createvm_fail_percent: Optional[Number0] = None
     createvm_fail_kind: Optional[Annotated[str, one_of(*(kind.value for kind in FailureKind))]] = None
     destroyvm_max_time: Optional[Number0] = None

@@ -19,7 +19,7 @@ QUEUED = "queued"
 STARTED = "started"
 TAKER_GONE = "migration_taker_gone"
 """A record field: the process that took the VM's slot (its ``migration_taker``) is known dead
-(manager/migrations.abandon_unstarted), so the start grace is not waited for."""
+(manager/migrations.abandon_unstarted), so it is judged after a settle time, not the start grace."""
 
 STALE_SLOT_SECONDS = 3600.0
 """Far longer than a vMotion of a CI VM takes."""

@@ -3,6 +3,8 @@ through the API (POST and GET /vm) and reconcile passes on a fake clock."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from chalicelib.config import parse
@@ -184,3 +186,78 @@ def test_a_move_vcenter_made_for_a_pass_killed_before_noting_it_ends_as_done(
     shown = world.describe(host)
     assert (shown["migrated"], shown["host"]) == (True, moved_to)
     assert world.state_of(host) == "running"
+
+
+def moved_by_drs(world: Harness, hostname: str, host: str) -> None:
+    """The VM moved to ``host`` by something else than vmpool (DRS, an operator): no task of ours."""
+    folder = world.provider._folder_key(world.pool("mig"))
+    vm = json.loads(world.client.hget(folder, hostname))
+    world.client.hset(folder, hostname, json.dumps({**vm, "host": host}))
+
+
+@pytest.mark.parametrize("killed_at", ["migration_slot", "migration_target"])
+def test_a_drs_move_during_the_grace_of_a_move_never_sent_is_not_read_as_migrated(
+        make_harness: HarnessFactory, killed_at: str) -> None:
+    """The pass dies after taking the slot (or after choosing the target), before sending the
+    move; DRS moves the VM meanwhile. Before: read as migrated to DRS's host (the host alone was
+    compared); now the move was never sent, so it never started, and ``host`` follows the VM."""
+    from chalicelib.manager.migrations import MIGRATION_START_GRACE_SECONDS
+
+    world = stack(make_harness, limit=1, dummy=", migratevm_couldmove_percent: 100")
+    world.fill("mig")
+    [host] = world.checkout_vms("mig", 1)
+
+    def killed(step: str) -> None:
+        if step == killed_at:
+            raise Killed(step)
+
+    with pytest.raises(Killed):
+        world.reconcile("mig", killed)
+    target = world.store.get_vm(host).raw.get("migration_to")
+    assert (target is None) == (killed_at == "migration_slot")
+    drs_host = next(f"dummy-host-{n}" for n in range(1, 11) if f"dummy-host-{n}" != target)
+    moved_by_drs(world, host, drs_host)
+    world.clock.advance(MIGRATION_START_GRACE_SECONDS + 1)
+    report = world.reconcile("mig")
+    assert any("never started" in error for error in report.errors), report.errors
+    assert world.migrations_in_flight() == 0 and migration(world, host) is None
+    world.reconcile("mig")
+    shown = world.describe(host)
+    assert (shown["migrated"], shown["host"]) == (False, drs_host)
+
+
+def test_a_move_in_flight_when_its_taker_died_is_followed_after_the_settle_time(
+        make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pass dies once vCenter has the vMotion (60 s), before noting its task; the restarted
+    local stack marks its taker gone. Before, the next pass judged it at once, the VM still on
+    its host: ``migration was never started`` while the vMotion ran. Now it waits the settle
+    time, finds the move running, follows it, and ends migrated."""
+    from chalicelib.manager.migrations import abandon_unstarted
+    from chalicelib.manager.vm_tasks import TAKER_GONE_SETTLE_SECONDS
+
+    world = stack(make_harness, limit=1, dummy=", migratevm_couldmove_percent: 100, migratevm_max_time: 60")
+    world.fill("mig")
+    [host] = world.checkout_vms("mig", 1)
+    original = world.provider.start_migration
+    targets: list[str] = []
+
+    def sent_then_killed(*args: object) -> None:
+        targets.append(original(*args).to_host)
+        raise Killed("after start_migration")
+
+    monkeypatch.setattr(world.provider, "start_migration", sent_then_killed)
+    with pytest.raises(Killed):
+        world.reconcile("mig")
+    monkeypatch.setattr(world.provider, "start_migration", original)
+    assert abandon_unstarted(world.store, ["mig"], lambda holder: True) == [host]
+    [target] = targets
+    errors: list[str] = []
+    for seconds in (0, TAKER_GONE_SETTLE_SECONDS + 1, 30, 30):
+        world.clock.advance(seconds)
+        errors += world.reconcile("mig").errors
+        if seconds == 0:
+            assert migration(world, host) == "started"  # not judged before the settle time
+    assert errors == []
+    assert world.migrations_in_flight() == 0 and migration(world, host) is None
+    shown = world.describe(host)
+    assert (shown["migrated"], shown["host"]) == (True, target) and actual_host(world, host) == target

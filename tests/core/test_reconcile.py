@@ -139,7 +139,10 @@ def test_clone_still_running_past_timeout_is_completed(make_world: HarnessFactor
     report = world.reconcile("alpha")
 
     assert report.completed == {host: "clone still running after 5 minutes"}
-    assert world.store.cloning_count() == 1  # only the replacement holds a slot
+    # The provider still clones it: it keeps its slot (until the clone ends: test_clone_timeout_held.py),
+    # and the replacement holds another.
+    assert world.store.cloning_count() == 2
+    assert world.store.get_vm(host).raw.get("clone_held")
 
 
 def test_clone_failure_is_recorded_and_frees_its_slot(make_world: HarnessFactory) -> None:

@@ -170,6 +170,24 @@ def rename(provider: VSphereProvider, path: str, new_name: str) -> None:
     provider._run(f"rename {path}", renaming)
 
 
+def relocate(provider: VSphereProvider, vm_path: str, host_name: str) -> None:
+    """Move the VM at an inventory path to the host of that name (a vMotion someone else made)."""
+
+    def relocating(connection: Connection) -> None:
+        view = inventory.container_view(connection, connection.content.rootFolder, vim.HostSystem, True)
+        try:
+            found = inventory.view_contents(connection, view, vim.HostSystem, ["name"])
+        finally:
+            inventory.destroy_view(view)
+        host = next(h["_obj"] for h in found if h.get("name") == host_name)
+        vm = inventory.find(connection, vm_path)
+        if vm is None:
+            raise ProviderError(f"no VM at {vm_path}")
+        _finish(connection, vm.RelocateVM_Task(spec=vim.vm.RelocateSpec(host=host)))
+
+    provider._run(f"relocate {vm_path}", relocating)
+
+
 def move(provider: VSphereProvider, path: str, folder_path: str) -> None:
     """Move the VM or folder at an inventory path into the folder at ``folder_path`` (made if
     missing)."""

@@ -141,8 +141,9 @@ def test_a_destroy_read_after_vcenter_reused_the_vm_id_never_destroys_the_vm_now
 def test_clones_vcenter_finishes_after_the_pool_gave_up_on_them_leave_nothing_behind(
         vcsim_dir: Path, make_harness: HarnessFactory) -> None:
     """Clone tasks running longer than the pool's timeout (1 minute on the fake clock; 3 s in
-    vcsim): given up, their VMs destroyed, their clone slots freed; the tasks ending afterwards
-    leave no stray VM, and the pool fills once clones are quick again."""
+    vcsim): given up, their slots held until vcsim ends them (cancelled, or ended on its own),
+    then freed and their VMs destroyed; no stray VM is left, and the pool fills with clones
+    vcsim ends before their timeout."""
     server = VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"late-{secrets.token_hex(3)}.pem", clone_delay=3.0)
     server.start()
     try:
@@ -152,7 +153,11 @@ def test_clones_vcenter_finishes_after_the_pool_gave_up_on_them_leave_nothing_be
         harness.clock.advance(120)
         harness.reconcile(POOL)  # still running after the pool's timeout: given up
         assert all(harness.state_of(name) in ("completed", "destroyed") for name in first)
+        assert harness.store.cloning_count() == 2  # vcsim still runs them: their slots are held
         time.sleep(3.5)  # vcsim's own clock: the given-up tasks end now
+        harness.reconcile(POOL)  # slots freed, the VMs destroyed, two clones started
+        assert harness.store.cloning_count() == 2 and harness.count(POOL, "pending") == 2
+        time.sleep(3.5)  # they end on vcsim's clock, before their timeout on the pass's
         converge(harness, 2, timeout=40)
         assert not first & in_vcsim(harness)
     finally:

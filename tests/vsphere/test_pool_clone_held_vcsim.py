@@ -9,7 +9,7 @@ import secrets
 from chalicelib.providers.base import TaskState
 from tests.harness import HarnessFactory
 from tests.support import eventually
-from tests.vsphere.vcsim import VcsimServer, vcsim_config
+from tests.vsphere.vcsim import VcsimServer, make_setup, vcsim_config
 
 POOL = "held-slots"
 LIMIT = 2
@@ -43,3 +43,53 @@ def test_clones_drained_mid_clone_are_destroyed_after_vcenter_ends_them(
     assert discovered == set(), "drained clones landed as orphans"
     assert {harness.state_of(name) for name in first} == {"destroyed"}
     assert not set(first) & harness.hosts(POOL, "ready")
+
+
+def test_clones_past_the_timeout_keep_their_slots_until_vcenter_ends_them(
+        slow_vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
+    """Clones vcsim still runs when the pool's timeout has passed (on the fake clock): each holds
+    its slot while vcsim runs it, is asked to cancel (vcsim ends it in error and removes its VM),
+    and its record is destroyed; none lands as an orphan."""
+    pool = {"name": POOL, "ready_check": "tools", "size": LIMIT, "timeout": 1,
+            "folder": f"vmpool/late-{secrets.token_hex(4)}"}
+    harness = make_harness(vcsim_config(slow_vcsim, [pool], {"task_limit": LIMIT}))
+    first = harness.reconcile(POOL).clones_started
+    assert len(first) == LIMIT
+    tasks = [record.clone_task for record in harness.store.records(first).values()]
+    harness.clock.advance(61)
+    started = harness.reconcile(POOL).clones_started  # timed out: out of service, their slots held
+    if all(status.state is TaskState.RUNNING for status in harness.provider.task_statuses(tasks).values()):
+        assert started == [], "slots freed while vCenter still clones"
+        assert {harness.state_of(name) for name in first} == {"completed"}
+        harness.reconcile(POOL)  # asked to cancel
+        assert all(record.raw.get("clone_cancel_asked") for record in harness.store.records(first).values())
+        assert all(status.state is TaskState.ERROR for status in harness.provider.task_statuses(tasks).values())
+    discovered: set[str] = set()
+
+    def destroyed() -> bool:
+        harness.clock.advance(1)
+        harness.reconcile(POOL)
+        discovered.update(harness.hosts(POOL, "discovered"))
+        in_vcenter = {vm.name for vm in harness.provider.list_vms(harness.pool(POOL))}
+        return {harness.state_of(name) for name in first} == {"destroyed"} and not in_vcenter & set(first)
+
+    eventually(destroyed, 90, "the timed-out clones destroyed once vcsim ended them", interval=0.2)
+    assert discovered == set(), "timed-out clones landed as orphans"
+
+
+def test_a_clone_cancelled_ends_in_error_and_leaves_no_vm(slow_vcsim: VcsimServer) -> None:
+    """CancelTask on a clone vCenter still runs: accepted once, the task then reads as an error
+    and the VM being cloned is gone; a task that ended is not cancelled."""
+    setup = make_setup(slow_vcsim)
+    pool = setup.pool(ready_check="tools")
+    provider = setup.provider
+    running = provider.clone(pool, "to-cancel")
+    done = provider.clone(pool, "to-keep")
+    assert provider.task_status(running).state is TaskState.RUNNING
+    assert provider.cancel_task(running) is True
+    status = provider.task_status(running)
+    assert status.state is TaskState.ERROR and "cancel" in (status.error or "").lower(), status
+    assert provider.cancel_task(running) is False
+    eventually(lambda: provider.task_status(done).done, 30, "the other clone to end", interval=0.2)
+    assert provider.cancel_task(done) is False
+    assert {vm.name for vm in provider.list_vms(pool)} == {"to-keep"}

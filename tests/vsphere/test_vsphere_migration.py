@@ -6,11 +6,12 @@ and GET /vm shows where each VM really is."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.harness import Harness, HarnessFactory
+from chalicelib.manager.migrations import MIGRATION_START_GRACE_SECONDS
+from tests.harness import Harness, HarnessFactory, Killed
 from tests.support import eventually
 from tests.vsphere import admin
 from tests.vsphere.test_bad_day import paused_after_inventory
@@ -148,3 +149,59 @@ def test_vcenter_hung_mid_pass_costs_the_migrations_one_timeout_and_fails_no_oth
     eventually(all_ended, 30, "the migrations left queued to end once vCenter is back", interval=0.2)
     assert len(errors()) == 1
     assert sum(stack.describe(host)["migrated"] for host in taken) >= 1
+
+
+def killed_at(step: str) -> Callable[[str], None]:
+    def checkpoint(reached: str) -> None:
+        if reached == step:
+            raise Killed(step)
+
+    return checkpoint
+
+
+def test_a_vmotion_someone_else_made_during_the_grace_is_not_read_as_ours(
+        busy_vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
+    """The pass dies once it chose the target, before sending the vMotion; someone else (DRS, an
+    operator) moves the VM to another host meanwhile. Before, the VM off its host read as
+    migrated, to that host; now vCenter's relocations of the VM (its recent tasks) and where it is
+    say the move was never ours: never started, and ``host`` follows the VM."""
+    stack = stack_on(busy_vcsim, make_harness, size=2)
+    fill(stack, busy_vcsim)
+    [vm] = stack.checkout_vms("mig", 1)
+    with pytest.raises(Killed):
+        stack.reconcile("mig", killed_at("migration_target"))
+    target = stack.store.get_vm(vm).raw["migration_to"]
+    placed = where(stack)[vm]
+    other = next(name for name in admin.host_names(stack.provider)
+                 if name not in (target, placed) and name.startswith("DC0_C0_"))
+    admin.relocate(stack.provider, f"DC0/vm/vmpool/mig/{vm}", other)
+    stack.clock.advance(MIGRATION_START_GRACE_SECONDS + 1)
+    report = stack.reconcile("mig")
+    assert any("never started" in error for error in report.errors), report.errors
+    stack.reconcile("mig")
+    shown = stack.describe(vm)
+    assert (shown["migrated"], shown["host"]) == (False, other)
+
+
+def test_a_vmotion_sent_by_a_pass_killed_before_noting_it_ends_migrated(
+        busy_vcsim: VcsimServer, make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    stack = stack_on(busy_vcsim, make_harness, size=2)
+    fill(stack, busy_vcsim)
+    [vm] = stack.checkout_vms("mig", 1)
+    original = stack.provider.start_migration
+
+    def sent_then_killed(*args: Any) -> None:
+        original(*args)
+        raise Killed("after start_migration")
+
+    monkeypatch.setattr(stack.provider, "start_migration", sent_then_killed)
+    with pytest.raises(Killed):
+        stack.reconcile("mig")
+    monkeypatch.undo()
+    target = stack.store.get_vm(vm).raw["migration_to"]
+    assert len(stack.provider.recent_migrations(stack.pool("mig"), vm, 600)) == 1
+    stack.clock.advance(MIGRATION_START_GRACE_SECONDS + 1)
+    report = stack.reconcile("mig")
+    assert report.errors == []
+    shown = stack.describe(vm)
+    assert (shown["migrated"], shown["host"]) == (True, target) and where(stack)[vm] == target

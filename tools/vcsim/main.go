@@ -8,7 +8,8 @@
 // With -host-load-per-vm, hosts report CPU and memory use that grows with their powered-on VMs.
 // An operator's bad day: -clone-delay keeps each clone task running that long (the VM is in its
 // folder meanwhile, as vCenter shows a VM being cloned), -fail-clone-folder makes clone tasks into
-// folders of that name end in error after the VM was made (the debris a failed clone can leave),
+// folders of that name end in error after the VM was made (the debris a failed clone can leave);
+// a delayed clone's task can be cancelled (CancelTask: it ends in error, its VM removed),
 // -method-delay slows SOAP methods (a slow vCenter), -session-idle expires idle sessions.
 // It prints "VCSIM_URL=<url>" once it is serving, then runs until killed.
 package main
@@ -118,13 +119,21 @@ func (t *templateVM) CloneVMTask(ctx *simulator.Context, req *types.CloneVM_Task
 		return res
 	}
 	// The caller follows this task instead: it ends after cloneDelay, in error when failing.
-	late := simulator.CreateTask(t, "cloneVm", func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
+	created := simulator.CreateTask(t, "cloneVm", func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
 		if failing {
 			return nil, &types.SystemError{Reason: "vcsim: clone failed (-fail-clone-folder)"}
 		}
 		return ref, nil
 	})
-	finish := func() { simulator.Map.WithLock(late, func() { late.Run() }) }
+	late := &cancelableClone{Task: *created, clone: clone} //nolint:govet // copying is fine: the Map entry is replaced
+	simulator.Map.Put(late)
+	finish := func() {
+		simulator.Map.WithLock(late, func() {
+			if late.Info.State == types.TaskInfoStateQueued { // not cancelled meanwhile
+				late.Task.Run()
+			}
+		})
+	}
 	if cloneDelay > 0 {
 		go func() { time.Sleep(cloneDelay); finish() }()
 	} else {
@@ -132,6 +141,34 @@ func (t *templateVM) CloneVMTask(ctx *simulator.Context, req *types.CloneVM_Task
 	}
 	body.Res.Returnval = late.Self
 	return res
+}
+
+// cancelableClone is a delayed clone's task that CancelTask stops as vCenter does: the task ends
+// in error (RequestCanceled) at once and the VM being cloned is removed. govmomi 0.24's tasks
+// have no CancelTask. Embedded by value, as templateVM (the PropertyCollector reads field 0).
+type cancelableClone struct {
+	simulator.Task
+	clone *simulator.VirtualMachine
+}
+
+func (c *cancelableClone) CancelTask(ctx *simulator.Context, req *types.CancelTask) soap.HasFault {
+	body := &methods.CancelTaskBody{}
+	if c.Info.State != types.TaskInfoStateQueued && c.Info.State != types.TaskInfoStateRunning {
+		body.Fault_ = simulator.Fault("the task is not running", &types.InvalidState{})
+		return body
+	}
+	simulator.Map.Update(&c.Task, []types.PropertyChange{
+		{Name: "info.completeTime", Val: time.Now()},
+		{Name: "info.state", Val: types.TaskInfoStateError},
+		{Name: "info.cancelled", Val: true},
+		{Name: "info.error", Val: types.LocalizedMethodFault{Fault: &types.RequestCanceled{}, LocalizedMessage: "The task was canceled by a user."}},
+	})
+	simulator.Map.WithLock(c.clone, func() {
+		c.clone.PowerOffVMTask(ctx, &types.PowerOffVM_Task{This: c.clone.Self})
+		c.clone.DestroyTask(ctx, &types.Destroy_Task{This: c.clone.Self})
+	})
+	body.Res = new(types.CancelTaskResponse)
+	return body
 }
 
 // methodDelays parses "Method=ms,Method=ms" into the simulator's per-method delays.

@@ -14,17 +14,26 @@ from typing import Any
 
 from pyVmomi import vim
 
-from chalicelib.providers.base import Migration
+from chalicelib.providers.base import Migration, TargetChosen, no_target_noted
 from chalicelib.providers.vsphere import inventory, tasks
 from chalicelib.providers.vsphere.connection import Connection
 from chalicelib.providers.vsphere.hosts import HostSelector
+
+RELOCATES = frozenset({"VirtualMachine.relocate", "VirtualMachine.relocateVm"})
+"""The ``descriptionId`` of a RelocateVM_Task's task: vCenter's, and vcsim's (named after its
+method). A DRS move is another task (``Drm.ExecuteVMotionLRO``)."""
+CLOCK_SKEW_SECONDS = 60.0
+"""Margin on how long ago a move was queued: vCenter's clock and ours run at slightly different
+rates, and the slot's take came a little before the move was sent."""
 
 MIN_GAIN_PERCENT = 5.0
 """How much less loaded (percentage points, the higher of CPU and memory) the target must be."""
 
 
-def start(connection: Connection, selector: HostSelector, datacenter: str, limit: float, vm: Any) -> Migration | None:
-    """Start RelocateVM_Task to the least used compatible host, or None when the VM stays."""
+def start(connection: Connection, selector: HostSelector, datacenter: str, limit: float, vm: Any,
+          chosen: TargetChosen = no_target_noted) -> Migration | None:
+    """Start RelocateVM_Task to the least used compatible host, or None when the VM stays;
+    ``chosen`` is called with the target's name before the task is asked for."""
     placed = (inventory.one(connection, vm, ["runtime.host"]) or {}).get("runtime.host")
     if placed is None:
         return None
@@ -43,6 +52,28 @@ def start(connection: Connection, selector: HostSelector, datacenter: str, limit
     target = min(candidates, key=lambda host: (host.load, host.name))
     if current is not None and current.eligible and current.load - target.load < MIN_GAIN_PERCENT:
         return None
+    chosen(target.name)
     task = vm.RelocateVM_Task(spec=vim.vm.RelocateSpec(host=target.ref))
     from_host = current.name if current is not None else placed._moId
     return Migration(tasks.migrate_ref(connection, task, vm, target.ref), from_host, target.name)
+
+
+def recent_relocations(connection: Connection, vm: Any, within: float) -> list[str]:
+    """References of the RelocateVM tasks on ``vm`` vCenter queued in the last ``within``
+    seconds (and CLOCK_SKEW_SECONDS more) by its own clock, oldest first: the VM's recent tasks
+    and the task manager's (vcsim keeps only the latter). DRS moves are other tasks (another
+    ``descriptionId``): never among them."""
+    own = (inventory.one(connection, vm, ["recentTask"]) or {}).get("recentTask") or []
+    manager = connection.content.taskManager
+    recent = {task._moId: task for task in [*own, *((inventory.one(connection, manager, ["recentTask"]) or {})
+                                                   .get("recentTask") or [])]}
+    found = inventory.properties(connection, list(recent.values()),
+                                 ["info.descriptionId", "info.entity", "info.queueTime"]) if recent else []
+    vcenter_now = tasks.unix_time(vim.ServiceInstance("ServiceInstance", connection.stub).CurrentTime())
+    earliest = vcenter_now - within - CLOCK_SKEW_SECONDS
+    moves = [task for task in found
+             if task.get("info.descriptionId") in RELOCATES and task.get("info.entity") is not None
+             and task["info.entity"]._moId == vm._moId
+             and tasks.unix_time(task.get("info.queueTime")) >= earliest]
+    moves.sort(key=lambda task: tasks.unix_time(task.get("info.queueTime")))
+    return [tasks.known_ref(task["_obj"], task.get("info.queueTime")) for task in moves]

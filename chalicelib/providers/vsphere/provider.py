@@ -15,10 +15,12 @@ from chalicelib.providers.base import (
     Provider,
     ProviderError,
     Readiness,
+    TargetChosen,
     TaskStatus,
     Tracked,
     VMInfo,
     never,
+    no_target_noted,
     nothing_tracked,
 )
 from chalicelib.providers.vsphere import clone as clones
@@ -136,6 +138,10 @@ class VSphereProvider(Provider):
         read = templates.status if templates.is_ref(task_ref) else tasks.status
         return self._run(f"read task {task_ref}", lambda connection: read(connection, task_ref))
 
+    def cancel_task(self, task_ref: str) -> bool:
+        """Cancel a clone task vCenter still runs (CancelTask); never waits for it to stop."""
+        return self._run(f"cancel task {task_ref}", lambda connection: tasks.cancel(connection, task_ref))
+
     def destroy(self, pool: PoolConfig, hostname: str) -> str | None:
         """Power off (if on) and destroy, without waiting; None when there is no such VM."""
 
@@ -210,7 +216,8 @@ class VSphereProvider(Provider):
         """Only linked clones use the template's delta disk layer."""
         return clones.is_linked(pool, self.service)
 
-    def start_migration(self, pool: PoolConfig, hostname: str) -> Migration | None:
+    def start_migration(self, pool: PoolConfig, hostname: str,
+                        chosen: TargetChosen = no_target_noted) -> Migration | None:
         """Start a vMotion to the least used compatible host of the VM's cluster when its host is
         busier (chalicelib.providers.vsphere.migration); None when it stays."""
         limit = self.service.utilization_limit
@@ -218,9 +225,16 @@ class VSphereProvider(Provider):
         def migrating(connection: Connection) -> Migration | None:
             datacenter, folder = self._folder(connection, pool)
             vm = vms.require_vm(connection, datacenter, folder, hostname)
-            return migration.start(connection, self.hosts, datacenter, limit, vm)
+            return migration.start(connection, self.hosts, datacenter, limit, vm, chosen)
 
         return self._run(f"migrate {hostname}", migrating)
+
+    def recent_migrations(self, pool: PoolConfig, hostname: str, within: float) -> Sequence[str] | None:
+        """The RelocateVM tasks vCenter still lists for the VM (its recent tasks, about ten
+        minutes), queued in the last ``within`` seconds of vCenter's clock; DRS's moves are not
+        among them."""
+        return self._run(f"look for moves of {hostname}", lambda connection: migration.recent_relocations(
+            connection, self._vm(connection, pool, hostname), within), read_only=True)
 
     def purge_unconfigured(self, pools: Sequence[PoolConfig], allowlist: Sequence[str],
                            tracked: Tracked = nothing_tracked,

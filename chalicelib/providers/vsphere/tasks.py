@@ -78,6 +78,17 @@ def _stamp(moment: Any) -> str:
     return str((moment - _EPOCH) // timedelta(microseconds=1))
 
 
+def unix_time(moment: Any) -> float:
+    """A task's time (``info.queueTime``) as seconds since 1970; 0 when vCenter gave none."""
+    stamp = _stamp(moment)
+    return int(stamp) / 1e6 if stamp else 0.0
+
+
+def known_ref(task: Any, queued: Any) -> str:
+    """A plain task's reference from the queue time (``info.queueTime``) read with it: no call."""
+    return f"task:{task._moId}:q{_stamp(queued)}"
+
+
 def destroy_ref(vm: Any, poweroff_task: Any, name: str) -> str:
     return f"destroy:{vm._moId}:{poweroff_task._moId}:{name}"
 
@@ -162,6 +173,26 @@ def status(connection: Connection, ref: str) -> TaskStatus:
         poweroff, _, name = rest.partition(":")
         return _destroy_status(connection, vim.VirtualMachine(vm_id, connection.stub), poweroff, name)
     return TaskStatus(TaskState.ERROR, f"unknown task reference {ref!r}")
+
+
+def cancel(connection: Connection, ref: str) -> bool:
+    """Ask vCenter to cancel the clone task ``ref`` while it is still ours and queued or running
+    (CancelTask: vCenter stops the clone and removes what it made; the task then ends in error).
+    False when it is not a clone, vCenter no longer knows it, the id is another task's now, it
+    ended, or vCenter refuses (a task past the point where it can be cancelled, a simulator
+    without CancelTask)."""
+    kind, _, rest = ref.partition(":")
+    if kind != "clone":
+        return False
+    task, _, _, queued = (rest.split(":", 3) + ["", "", ""])[:4]
+    found, _ = _recorded_state(connection, task, queued)
+    if found is None or found.state is not TaskState.RUNNING:
+        return False
+    try:
+        vim.Task(task, connection.stub).CancelTask()
+    except vmodl.MethodFault:  # InvalidState (no longer cancelable), NotSupported, ManagedObjectNotFound...
+        return False
+    return True
 
 
 def _clone_status(connection: Connection, task: str, folder: str, name: str, queued: str) -> TaskStatus:

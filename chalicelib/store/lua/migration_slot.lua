@@ -18,4 +18,6 @@ if redis.call('ZSCORE', migrating, hostname) == false and redis.call('ZCARD', mi
 end
 redis.call('ZADD', migrating, now, hostname)
 redis.call('HSET', record, 'migration', 'started', 'migration_started', now, 'migration_taker', taker)
+-- The target is noted by the pass before it sends the move (manager/migrations.py): none yet.
+redis.call('HDEL', record, 'migration_to')
 return 'started'
