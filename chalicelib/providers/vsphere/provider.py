@@ -112,6 +112,7 @@ class VSphereProvider(Provider):
                         tools_running=item.get("guest.toolsRunningStatus") == "guestToolsRunning",
                         host=names.get(host._moId) if host is not None else None,
                         annotation=item.get("config.annotation") or None,
+                        addresses=inventory.guest_addresses(item.get("guest.net")),
                     )
                 )
             return result
