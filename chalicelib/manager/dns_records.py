@@ -148,8 +148,8 @@ delete and a create): a changed domain moves a pool's VMs over a few passes, not
 
 def follow_addresses(context: PassContext) -> None:
     """Ready and running VMs whose addresses changed (a reboot onto another DHCP lease, a
-    migration, an IPv6 address configured) have GET /vm's ``ip`` follow their primary address,
-    with or without DNS, and, when the pool's plugin manages records, their records published
+    migration, an IPv6 address configured) have GET /vm's ``ip`` follow their primary address
+    (``_reachable_ip``), with or without DNS, and, when the pool's plugin manages records, their records published
     again, so that their name never leads to a former address (soon another machine's). The pass
     compares what the provider shows it (every VM at a whole comparison, the changed ones
     otherwise) with what was noted: the ``ip`` with the pass's last writes (``end_pass``), the
@@ -176,8 +176,9 @@ def follow_addresses(context: PassContext) -> None:
             record = context.snapshot.records.get(hostname) or context.late_records.get(hostname)
             # A record read (running VMs) is compared here; the others in Redis, with the pass's
             # last writes (a steady pass's ready VMs change nothing there).
-            if vm.ip and _publishable(vm.ip) and (record is None or record.ip != vm.ip):
-                ips[hostname] = vm.ip
+            ip = _reachable_ip(vm)
+            if ip and (record is None or record.ip != ip):
+                ips[hostname] = ip
             addresses, noted = _wanted(vm)
             if plugin is None or not noted or not _publishable(addresses[0]):
                 continue  # nothing it reports can be published: it keeps its record
@@ -225,6 +226,13 @@ def _moved(context: PassContext, plugin: DnsPlugin, hostnames: list[str],
         context.withdraw_dns(records.get(hostname))
     return context.store.claim_dns(context.now, plugin.name, {hostname: seen[hostname] for hostname in hostnames},
                                    plugin.domain)
+
+
+def _reachable_ip(vm: VMInfo) -> str | None:
+    """The one address GET /vm gives for the VM: its primary address, or when that is one no user
+    can reach it at (a link-local ``fe80::`` address VMware Tools may report as primary), the first
+    of its other addresses that is; None when it reports none (its ``ip`` then stays)."""
+    return next((ip for ip in vm.candidate_addresses() if _publishable(ip)), None)
 
 
 def _publishable(ip: str) -> bool:

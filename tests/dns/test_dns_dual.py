@@ -126,6 +126,8 @@ def test_a_dual_stack_vm_whose_primary_address_is_link_local_is_published_by_its
     [host] = world.hosts("dns", "ready")
     assert bind.addresses(f"{host}.{bind.zone}") == ["10.200.0.31"]
     assert bind.addresses(f"{host}.{bind.zone}", "AAAA") == ["2001:db8::31"]
+    world.passes("dns", 1, seconds=61)  # a whole comparison: GET /vm gives an address users can reach
+    assert world.describe(host)["ip"] == "10.200.0.31"
 
 
 def test_route53_holds_both_families_and_is_sent_only_the_changed_one(
