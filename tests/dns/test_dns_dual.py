@@ -23,6 +23,7 @@ from tests.dns.test_dns_records import (
     published_then_reconfigured,
     ready_vms,
 )
+from tests.dns.test_dns_republish import overtaken_pass, readdressed_in_service
 from tests.harness import Harness, HarnessFactory, Killed
 
 
@@ -248,12 +249,7 @@ def plain(make_harness: HarnessFactory) -> Harness:
 def test_the_ip_get_vm_gives_follows_a_changed_address_without_managed_dns(plain: Harness) -> None:
     # Before, only a pool whose records vmpool publishes had its VMs' ip follow: elsewhere
     # GET /vm gave a VM rebooted onto another DHCP lease its former address for good.
-    plain.passes("dns", 3)
-    [running] = plain.check_out("dns")
-    [ready] = plain.hosts("dns", "ready")
-    readdress(plain, running, "10.200.0.41")
-    readdress(plain, ready, "10.200.0.42")
-    plain.passes("dns", 1)
+    running, ready = readdressed_in_service(plain, "10.200.0.41", "10.200.0.42")
     assert plain.describe(running)["ip"] == "10.200.0.41" and plain.describe(ready)["ip"] == "10.200.0.42"
     for unusable in ("fe80::1", "169.254.1.1", "not an address"):
         readdress(plain, running, unusable)
@@ -268,16 +264,12 @@ def test_a_stale_pass_never_gives_get_vm_an_older_address(plain: Harness, clock:
     plain.passes("dns", 3)
     host = sorted(plain.hosts("dns", "ready"))[0]
     readdress(plain, host, "10.200.0.43")
-    paused: list[str] = []
 
-    def another_pass_sees_the_next_address(step: str) -> None:
-        if step == "snapshot" and not paused:
-            paused.append(step)
-            readdress(plain, host, "10.200.0.44")
-            clock.advance(30)
-            plain.reconcile("dns")
-            assert plain.describe(host)["ip"] == "10.200.0.44"
+    def another_pass_sees_the_next_address() -> None:
+        readdress(plain, host, "10.200.0.44")
+        clock.advance(30)
+        plain.reconcile("dns")
+        assert plain.describe(host)["ip"] == "10.200.0.44"
 
-    reconcile_pool(plain.store, plain.provider, plain.pool("dns"), clock, plain.config.service,
-                   another_pass_sees_the_next_address)
-    assert paused and plain.describe(host)["ip"] == "10.200.0.44"
+    overtaken_pass(plain, clock, another_pass_sees_the_next_address)
+    assert plain.describe(host)["ip"] == "10.200.0.44"
