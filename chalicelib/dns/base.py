@@ -3,7 +3,7 @@
 import abc
 import ipaddress
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import ClassVar, Iterable, Mapping, Optional, Sequence
 
 from chalicelib.config_fields import Bool, DnsName, SettingsModel, Str
 
@@ -51,8 +51,8 @@ class DnsConfig:
 
 
 ADDRESS_TYPES = ("A", "AAAA")
-"""The record types that hold a VM's address: a VM has one of them at a time (its address is
-IPv4 or IPv6); publishing one deletes the other, and a withdrawal deletes both."""
+"""The record types that hold a VM's addresses: one A record for its IPv4 address and one AAAA
+record for its IPv6 address (a dual-stack guest has both); a withdrawal deletes both."""
 
 MAX_SHOWN_ADDRESS = 40
 """Characters of an address that is not one shown in a reason (provider data may be anything)."""
@@ -85,22 +85,71 @@ def record_address(what: str, ip: str) -> tuple[str, str]:
     return ("A" if address.version == 4 else "AAAA"), address.compressed
 
 
-def may_hold_other_family(published: str | None, address: str) -> bool:
-    """Whether the name may hold a record of the other type than ``address``'s that vmpool
-    published (``published``: what the VM's record notes: None for nothing, an address, or
-    anything else when that is unknown): then publishing ``address`` deletes it. Otherwise a
-    record of the other type is not vmpool's (a dual-stack guest registering its own AAAA
-    record beside vmpool's A record) and stays."""
-    if published is None:
-        return False
-    try:
-        return ipaddress.ip_address(published).version != ipaddress.ip_address(address).version
-    except ValueError:
-        return True
+def chosen_addresses(candidates: Iterable[str | None]) -> dict[str, str]:
+    """The address each record type publishes for a VM that reports ``candidates`` (its primary
+    address first, then every other its guest reports): the first of each family that
+    ``record_address`` accepts (record type -> address). Empty when none can be published."""
+    chosen: dict[str, str] = {}
+    for candidate in candidates:
+        if not candidate:
+            continue
+        try:
+            rdtype, address = record_address("", candidate)
+        except DnsRejected:
+            continue
+        chosen.setdefault(rdtype, address)
+    return chosen
+
+
+def address_text(chosen: Mapping[str, str]) -> str:
+    """How a VM's published addresses are noted (``dns_published``) and compared: the A record's
+    address, then the AAAA record's, separated by a space. A VM of one family notes its one
+    address, as releases that published one address noted it."""
+    return " ".join(chosen[rdtype] for rdtype in ADDRESS_TYPES if rdtype in chosen)
+
+
+def noted_addresses(noted: str | None) -> dict[str, str] | None:
+    """The addresses a VM's ``dns_published`` note holds (record type -> address): {} for None
+    (nothing published), None when what DNS holds is unknown (``?``, or anything else that is not
+    addresses)."""
+    if noted is None:
+        return {}
+    found: dict[str, str] = {}
+    for part in noted.split(" "):
+        try:
+            address = ipaddress.ip_address(part)
+        except ValueError:
+            return None
+        found["A" if address.version == 4 else "AAAA"] = address.compressed
+    return found
+
+
+def record_changes(what: str, addresses: str | Sequence[str],
+                   published: str | None) -> tuple[dict[str, str], list[str]]:
+    """What a create sends to make the name hold ``addresses`` (one address, or one of each
+    family) where vmpool last published ``published`` (as noted: None for nothing, an address
+    text, or anything else when unknown): the record types to set (type -> address), each only
+    when its family's address changed, and the record types to delete: those vmpool published
+    (or may have: unknown) that ``addresses`` lacks. A record of a type vmpool never published
+    there (a guest registering its own AAAA record beside vmpool's A record) is left alone.
+    DnsRejected (``record_address``) when one of ``addresses`` cannot be published, or two are of
+    one family."""
+    wanted: dict[str, str] = {}
+    for ip in [addresses] if isinstance(addresses, str) else addresses:
+        rdtype, address = record_address(what, ip)
+        if rdtype in wanted:
+            raise DnsRejected(f"{what}: two {rdtype} addresses ({wanted[rdtype]}, {address}): "
+                              "a name holds one of each family")
+        wanted[rdtype] = address
+    before = noted_addresses(published)
+    if before is None:
+        return wanted, [rdtype for rdtype in ADDRESS_TYPES if rdtype not in wanted]
+    changed = {rdtype: address for rdtype, address in wanted.items() if before.get(rdtype) != address}
+    return changed, [rdtype for rdtype in ADDRESS_TYPES if rdtype in before and rdtype not in wanted]
 
 
 class DnsPlugin(abc.ABC):
-    """Manages the address records (A or AAAA) of the pools whose ``dns_plugin`` names this
+    """Manages the address records (A and AAAA) of the pools whose ``dns_plugin`` names this
     ``:dns_configs:`` entry."""
 
     manages_records: bool = True
@@ -118,12 +167,13 @@ class DnsPlugin(abc.ABC):
         return f"{hostname}.{self.domain}" if self.domain else hostname
 
     @abc.abstractmethod
-    def create_or_replace(self, hostname: str, ip: str, published: str | None = None) -> None:
-        """Make ``hostname.domain`` resolve to ``ip`` (and only to it): an A record for an IPv4
-        address, an AAAA record for an IPv6 one (``record_address``). ``published``: what vmpool last
-        published at the name (None: nothing; an address; or anything else when unknown): a
-        record of the other type is deleted when it may be vmpool's (``may_hold_other_family``).
-        Raises DnsError."""
+    def create_or_replace(self, hostname: str, addresses: str | Sequence[str], published: str | None = None) -> None:
+        """Make ``hostname.domain`` resolve to ``addresses`` (and only to them): one address, or one
+        of each family (an A record for the IPv4 address, an AAAA record for the IPv6 one:
+        ``record_address``). ``published``: what vmpool last published at the name (None: nothing;
+        an ``address_text``; or anything else when unknown): only the record types whose address
+        changed are sent, and a type vmpool published that ``addresses`` lacks is deleted
+        (``record_changes``). Raises DnsError."""
 
     @abc.abstractmethod
     def delete(self, hostname: str, fqdn: str | None = None) -> None:
@@ -146,7 +196,7 @@ class UnmanagedDns(DnsPlugin):
     manages_records = False
     LOOKUP_SECONDS = 2.0
 
-    def create_or_replace(self, hostname: str, ip: str, published: str | None = None) -> None:
+    def create_or_replace(self, hostname: str, addresses: str | Sequence[str], published: str | None = None) -> None:
         return None
 
     def delete(self, hostname: str, fqdn: str | None = None) -> None:

@@ -13,13 +13,13 @@ entry without ``server`` still means here. With ``server``, vmpool sends the upd
     timeout: 5                 # seconds per exchange
 
 Updates and lookups go over TCP to the server itself (no caching resolver in between), so a
-lookup right after an update sees it. A VM's IPv4 address is an A record, an IPv6 one an AAAA
-record; one update replaces vmpool's one with the other.
+lookup right after an update sees it. A VM's IPv4 address is an A record, its IPv6 address an
+AAAA record (a dual-stack VM has both); one update sends the families whose address changed.
 """
 
 import socket
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, Sequence
 
 from chalicelib.config_fields import DnsName, Port, Seconds, SecretValue, Str, bounded, one_of
 from chalicelib.dns.base import (
@@ -29,8 +29,7 @@ from chalicelib.dns.base import (
     DnsRejected,
     DnsSettings,
     DnsUnavailable,
-    may_hold_other_family,
-    record_address,
+    record_changes,
 )
 
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1", "hmac-md5")
@@ -139,22 +138,21 @@ class DynamicDns(DnsPlugin):
         except dns.exception.DNSException as error:
             raise DnsRejected(f"dns {what}: not a valid DNS name ({type(error).__name__})") from None
 
-    def create_or_replace(self, hostname: str, ip: str, published: str | None = None) -> None:
+    def create_or_replace(self, hostname: str, addresses: str | Sequence[str], published: str | None = None) -> None:
         import dns.rcode
 
         what = f"create {self.fqdn(hostname)}"
-        rdtype, address = record_address(f"dns {what}", ip)
+        replaced, deleted = record_changes(f"dns {what}", addresses, published)
         update = self._update()
         name = self._name(what, hostname)
         # A server ignores an A record added at an alias's name and still answers NOERROR
         # (RFC 2136 3.4.2.2): the VM would be taken as published while its name leads elsewhere.
         # The prerequisite makes the server refuse the update instead (YXRRSET).
         update.absent(name, "CNAME")
-        update.replace(name, self.ttl, rdtype, address)
-        if may_hold_other_family(published, address):  # vmpool's address of the other family goes
-            for other in ADDRESS_TYPES:
-                if other != rdtype:
-                    update.delete(name, other)
+        for rdtype, address in replaced.items():  # a family whose address did not change is not sent
+            update.replace(name, self.ttl, rdtype, address)
+        for rdtype in deleted:  # vmpool's address of a family the VM no longer has goes
+            update.delete(name, rdtype)
         self._exchange(what, update, refusals={
             dns.rcode.YXRRSET: "the name has a CNAME record (not vmpool's): it cannot have an A record"})
 

@@ -8,14 +8,15 @@ Config (a ``:dns_configs:`` entry with ``dns_class: route53``)::
     timeout: 5                        # seconds per API call (connect and read)
 
 Each change is one ChangeResourceRecordSets call (UPSERT / DELETE); a lookup is one
-ListResourceRecordSets call starting at the name. A create that replaces an address of the
-other family (IPv4 by IPv6, or back) reads the name's record sets first, to delete the old one.
+ListResourceRecordSets call starting at the name. A create UPSERTs the families whose address
+changed; one that drops vmpool's address of a family (a VM that lost its IPv6 address, or went
+from IPv4 to IPv6) reads the name's record sets first, to delete that one.
 Credentials are the Lambda role's.
 """
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, Sequence
 
 from chalicelib import aws_clients
 from chalicelib.config_fields import Seconds, Str, bounded, checked_by, invalid, show, string
@@ -27,8 +28,7 @@ from chalicelib.dns.base import (
     DnsRejected,
     DnsSettings,
     DnsUnavailable,
-    may_hold_other_family,
-    record_address,
+    record_changes,
 )
 
 _HOSTED_ZONE_ID = re.compile(r"^(/hostedzone/)?[A-Z0-9]{1,32}\Z")
@@ -59,7 +59,7 @@ _LEADING_TYPES = frozenset({"A", "AAAA", "CNAME"})
 
 
 class Route53Dns(DnsPlugin):
-    """A (IPv4) or AAAA (IPv6) records in one Route 53 hosted zone."""
+    """A (IPv4) and AAAA (IPv6) records in one Route 53 hosted zone."""
 
     def __init__(self, config: DnsConfig, client: Any = None) -> None:
         super().__init__(config)
@@ -118,19 +118,24 @@ class Route53Dns(DnsPlugin):
                                              for action, record in changes],
         })
 
-    def create_or_replace(self, hostname: str, ip: str, published: str | None = None) -> None:
+    def create_or_replace(self, hostname: str, addresses: str | Sequence[str], published: str | None = None) -> None:
         fqdn = self.fqdn(hostname)
-        rdtype, address = record_address(f"route53 create {fqdn}", ip)
-        upsert = ("UPSERT", {"Name": fqdn, "Type": rdtype, "TTL": self.ttl, "ResourceRecords": [{"Value": address}]})
-        if not may_hold_other_family(published, address):
-            self._change(f"create {fqdn}", [upsert])  # no record of the other family is ours: one call
+        replaced, deleted = record_changes(f"route53 create {fqdn}", addresses, published)
+        upserts = [("UPSERT", {"Name": fqdn, "Type": rdtype, "TTL": self.ttl, "ResourceRecords": [{"Value": address}]})
+                   for rdtype, address in replaced.items()]  # a family whose address did not change is not sent
+        if not deleted:
+            if upserts:
+                self._change(f"create {fqdn}", upserts)  # no record of a family gone is ours: one call
             return
-        # The name held (or may hold) an address of the other family: deleted in the same change,
-        # as the exact copy Route 53 holds. A change in between fails it (InvalidChangeBatch): read again once.
+        # The name held (or may hold) vmpool's address of a family the VM no longer has: deleted in
+        # the same change, as the exact copy Route 53 holds. A change in between fails it
+        # (InvalidChangeBatch): read again once.
         for attempt in (1, 2):
-            others = [("DELETE", record) for record in self._current(fqdn) if record["Type"] != rdtype]
+            others = [("DELETE", record) for record in self._current(fqdn) if record["Type"] in deleted]
+            if not upserts and not others:
+                return
             try:
-                self._change(f"create {fqdn}", [upsert, *others])
+                self._change(f"create {fqdn}", [*upserts, *others])
                 return
             except DnsRejected:
                 if attempt == 2 or not others:

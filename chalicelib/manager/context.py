@@ -102,6 +102,10 @@ class PassReport:
     The scripts that take a VM out of running take its next look with it, and a stale pass writes
     no look for a VM no longer running for the checkout it read (lua/schedule_running.lua); this
     sweeps the looks written before those scripts did (or by hand)."""
+    addresses_seen: dict[str, str] = field(default_factory=dict)
+    """hostname -> the address GET /vm is to give, of the ready and running VMs the pass saw whose
+    record's ``ip`` it could not compare (not read) or saw differ: noted with the pass's last
+    writes, where it differs (``dns_records.follow_addresses``)."""
     errors: list[str] = field(default_factory=list)
     clones_short: int = 0
     """Clones the pool still lacks after this pass reserved what its share of task_limit allowed."""
@@ -364,7 +368,8 @@ class PassContext:
             self.dns_seconds += self.clock.monotonic() - started
 
     def withdraw_dns(self, record: VMRecord | None) -> None:
-        """Delete the A record of a VM leaving service, if vmpool created one. A failure is
+        """Delete the A and AAAA records of a VM leaving service (or moving to another name: its
+        pool's ``dns_plugin`` or the entry's domain changed), if vmpool created them. A failure is
         recorded on the VM (and retried while it is destroyed, then by
         ``dns_records.delete_left_records`` once it is); it never holds the destroy."""
         if record is None or not record.raw.get("dns_name"):
@@ -382,7 +387,9 @@ class PassContext:
             # Before the VM can be destroyed and forgotten: later passes delete the record.
             self.store.note_dns_left(self.pool.name, record.name, self.now)
             return
-        self.store.update_vm(record.name, dns_name=None, dns_plugin=None, dns_published=None, dns_error=None)
+        # Only if the notes still name this record: a pass with a newer view may have published
+        # the VM again meanwhile (its pool's dns_plugin changed), and that record is never forgotten.
+        self.store.forget_dns(record.name, fqdn, str(record.raw.get("dns_plugin") or ""))
         if record.raw.get("dns_error"):
             self.store.forget_dns_left(self.pool.name, [record.name])
         self.checkpoint("dns_withdrawn")

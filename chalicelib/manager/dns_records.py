@@ -2,13 +2,18 @@
 
 - A new name that already resolves in the plugin's zone is refused before its clone starts (a
   stale record would send users to someone else's machine); the pool clones under another name.
-- A pending VM gets its address record (A, or AAAA for IPv6) as soon as it reports an IP
-  address, before the provider's readiness check (which may connect to ``<name>.<domain>``),
-  and is not ready without it. When the DNS service fails, the VM stays pending with the reason
-  (GET /vm shows ``not_ready_reason``) and the next pass tries again; ``timeout`` takes it out
-  of service with that reason. An address already published is not sent again.
-- A ready or running VM whose address changed has its record published again
-  (``follow_addresses``): the records follow the provider's inventory, level-triggered.
+- A pending VM gets its address records as soon as it reports an IP address, before the
+  provider's readiness check (which may connect to ``<name>.<domain>``), and is not ready
+  without them: an A record for the first usable IPv4 address it reports and an AAAA record for
+  the first usable IPv6 one (its primary address, ``VMInfo.ip``, first; ``chosen_addresses``).
+  When the DNS service fails, the VM stays pending with the reason (GET /vm shows
+  ``not_ready_reason``) and the next pass tries again; ``timeout`` takes it out of service with
+  that reason. An address already published is not sent again.
+- A ready or running VM whose address changed has its records published again, only the
+  family whose address changed (``follow_addresses``): the records follow the provider's
+  inventory, level-triggered; so does GET /vm's ``ip``, with or without managed DNS. A VM
+  published under a name or by an entry its pool no longer has is published under the new one
+  and withdrawn from the old.
 - A VM leaving service has its record deleted before (and while) it is destroyed
   (``PassContext.withdraw_dns``: dropping a VM needs it too). A failure is recorded on the VM
   and retried while it is being destroyed; it never holds the destroy. A VM destroyed with its
@@ -33,12 +38,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Sequence
 
-from chalicelib.dns.base import DnsError, DnsPlugin, DnsRejected, record_address
+from chalicelib.dns.base import (
+    ADDRESS_TYPES,
+    DnsError,
+    DnsPlugin,
+    DnsRejected,
+    address_text,
+    chosen_addresses,
+    record_address,
+)
 from chalicelib.manager.context import PassContext
 from chalicelib.observability import logger
 from chalicelib.providers.base import Readiness, VMInfo
-from chalicelib.store import DnsClaim, VMRecord
+from chalicelib.store import DNS_ELSEWHERE, DnsClaim, VMRecord
 
 
 def name_in_use(context: PassContext, hostname: str) -> str:
@@ -60,24 +74,25 @@ def name_in_use(context: PassContext, hostname: str) -> str:
 
 
 def check_ready(context: PassContext, record: VMRecord, vm: VMInfo) -> Readiness:
-    """The pending VM's readiness: its address record published (when the pool's plugin manages
+    """The pending VM's readiness: its address records published (when the pool's plugin manages
     records), then the provider's check."""
     plugin = context.dns
     if plugin is None or not plugin.manages_records:
         return context.provider.check_ready(context.pool, vm)
-    ip = vm.ip
-    if ip and record.raw.get("dns_published") != ip:
-        fqdn = plugin.fqdn(record.name)
-        if record.raw.get("dns_name") not in (None, fqdn) or record.raw.get("dns_plugin") not in (None, plugin.name):
+    addresses, noted = _wanted(vm)
+    fqdn = plugin.fqdn(record.name)
+    if noted and not _published_there(record, plugin, fqdn, noted):
+        if _published_elsewhere(record, plugin, fqdn):
             # Published under a name or by an entry the config no longer gives the pool: that
             # record goes first (by its entry, under its name), then the pool's own is published.
             context.withdraw_dns(record)
-        claimed = context.store.claim_dns(context.now, plugin.name, {record.name: (fqdn, ip)})[record.name]
+        claimed = context.store.claim_dns(context.now, plugin.name, {record.name: (fqdn, noted)},
+                                          plugin.domain)[record.name]
         if claimed.version < 0:
             return Readiness(False, "DNS record not created: a later look at the VM claimed it, "
                                     "or its former record is still to be deleted")
         if claimed.version > 0:
-            reason = _publish(context, plugin, record.name, ip, claimed)
+            reason = _publish(context, plugin, record.name, addresses, noted, claimed)
             if reason:
                 return Readiness(False, reason)
     readiness = context.provider.check_ready(context.pool, vm)
@@ -86,64 +101,138 @@ def check_ready(context: PassContext, record: VMRecord, vm: VMInfo) -> Readiness
     return readiness
 
 
-def _publish(context: PassContext, plugin: DnsPlugin, hostname: str, ip: str, claim: DnsClaim) -> str:
-    """Send the VM's address record (the pass claimed its publication: ``claim``), then note it
-    published unless another pass claimed since (then the next pass sends what it sees again).
-    Returns why the address is not published ("" when it is)."""
+def _wanted(vm: VMInfo) -> tuple[tuple[str, ...], str]:
+    """The addresses a VM's records are to hold (the first usable of each family:
+    ``chosen_addresses``) and their note (``address_text``). A VM with none that can be published
+    gives its primary address alone, which the plugin refuses with the reason the VM waits."""
+    chosen = chosen_addresses(vm.candidate_addresses())
+    if chosen:
+        return tuple(chosen[rdtype] for rdtype in ADDRESS_TYPES if rdtype in chosen), address_text(chosen)
+    return ((vm.ip,), vm.ip) if vm.ip else ((), "")
+
+
+def _published_there(record: VMRecord, plugin: DnsPlugin, fqdn: str, noted: str) -> bool:
+    """Whether the record (as read) notes ``noted`` published under ``fqdn`` by ``plugin``."""
+    return record.raw.get("dns_published") == noted and not _published_elsewhere(record, plugin, fqdn) \
+        and record.raw.get("dns_name") is not None
+
+
+def _published_elsewhere(record: VMRecord, plugin: DnsPlugin, fqdn: str) -> bool:
+    """Whether the record (as read) notes a record under another name or by another entry."""
+    return record.raw.get("dns_name") not in (None, fqdn) or record.raw.get("dns_plugin") not in (None, plugin.name)
+
+
+def _publish(context: PassContext, plugin: DnsPlugin, hostname: str, addresses: Sequence[str], noted: str,
+             claim: DnsClaim) -> str:
+    """Send the VM's address records (``addresses``, noted ``noted``: the pass claimed their
+    publication, ``claim``), then note them published unless another pass claimed since (then the
+    next pass sends what it sees again). Returns why they are not published ("" when they are)."""
     fqdn = plugin.fqdn(hostname)
     try:
-        context.dns_call(f"create {fqdn}", lambda: plugin.create_or_replace(hostname, ip, claim.published))
+        context.dns_call(f"create {fqdn}", lambda: plugin.create_or_replace(hostname, addresses, claim.published))
     except DnsError as error:
         context.dns_failed(hostname, "record creation", error)
         return f"DNS record not created: {error}"
     if _left_service(context, hostname, fqdn, plugin.name):
         return "left service while its DNS record was created"
-    if not context.store.confirm_dns({hostname: (claim.version, ip)}):
+    if not context.store.confirm_dns({hostname: (claim.version, noted)}):
         return "DNS record not created: another pass published the VM's address meanwhile"
     context.checkpoint("dns_published")
     return ""
 
 
+MOVED_RECORDS_PER_PASS = 10
+"""VMs in service whose records one pass moves at most to the name the config gives now (each a
+delete and a create): a changed domain moves a pool's VMs over a few passes, not in one."""
+
+
 def follow_addresses(context: PassContext) -> None:
-    """Ready and running VMs whose address changed since it was published (a reboot onto another
-    DHCP lease, a migration) have their record published again, so that their name never leads
-    to their former address (soon another machine's). The pass compares what the provider shows
-    it (every VM at a whole comparison, the changed ones otherwise) with what was published, in
-    one round trip that claims the changed ones (``Store.claim_dns``: a stale pass never sends
-    an older address than one a later look claimed); DNS is called only for those. A ready VM
-    whose new address could not be published leaves service (it would be handed out under a
-    name leading elsewhere); a running VM, its user's, keeps its record, published again by the
-    next pass that sees it. An address that cannot be published (not an IP address, link-local:
-    ``record_address``) is not: the VM keeps its record."""
-    plugin = context.dns
-    if plugin is None or not plugin.manages_records:
-        return
+    """Ready and running VMs whose addresses changed (a reboot onto another DHCP lease, a
+    migration, an IPv6 address configured) have GET /vm's ``ip`` follow their primary address
+    (``_reachable_ip``), with or without DNS, and, when the pool's plugin manages records, their records published
+    again, so that their name never leads to a former address (soon another machine's). The pass
+    compares what the provider shows it (every VM at a whole comparison, the changed ones
+    otherwise) with what was noted: the ``ip`` with the pass's last writes (``end_pass``), the
+    records in one round trip that claims the changed publications (``Store.claim_dns``: a
+    stale pass never sends an older address than one a later look claimed). DNS is called only
+    for those, and per record type only for a family whose chosen address changed. A VM whose
+    record is published under another name or by another entry (the pool's ``dns_plugin`` or
+    the entry's domain changed) has that record deleted and its new one published
+    (``MOVED_RECORDS_PER_PASS`` a pass). A ready VM whose new addresses could not be published
+    leaves service (it would be handed out under a name leading elsewhere); a running VM, its
+    user's, keeps its record, published again by the next pass that sees it. An address that
+    cannot be published (not an IP address, link-local: ``record_address``) is not: a VM
+    reporting no other keeps its record and its ``ip``."""
+    plugin = context.dns if context.dns is not None and context.dns.manages_records else None
     states: dict[str, str] = {}
+    ips: dict[str, str] = {}
     seen: dict[str, tuple[str, str]] = {}
+    sent: dict[str, tuple[str, ...]] = {}
     for state in ("ready", "running"):
         for hostname in context.snapshot.hostnames(state):
             vm = context.inventory.get(hostname)
-            if vm is None or not vm.ip or not vm.powered_on or not _publishable(vm.ip):
+            if vm is None or not vm.powered_on:
                 continue
             record = context.snapshot.records.get(hostname) or context.late_records.get(hostname)
-            if record is not None and record.raw.get("dns_published") == vm.ip:
-                continue  # its record was read (running VMs): nothing to compare in Redis
-            states[hostname] = state
-            seen[hostname] = (plugin.fqdn(hostname), vm.ip)
-    if not seen:
+            # A record read (running VMs) is compared here; the others in Redis, with the pass's
+            # last writes (a steady pass's ready VMs change nothing there).
+            ip = _reachable_ip(vm)
+            if ip and (record is None or record.ip != ip):
+                ips[hostname] = ip
+            addresses, noted = _wanted(vm)
+            if plugin is None or not noted or not _publishable(addresses[0]):
+                continue  # nothing it reports can be published: it keeps its record
+            fqdn = plugin.fqdn(hostname)
+            if record is not None and _published_there(record, plugin, fqdn, noted):
+                continue
+            states[hostname], seen[hostname], sent[hostname] = state, (fqdn, noted), addresses
+    context.report.addresses_seen.update(ips)
+    if plugin is None or not seen:
         return
-    claims = context.store.claim_dns(context.now, plugin.name, seen)
+    claims = context.store.claim_dns(context.now, plugin.name, seen, plugin.domain)
+    moved = [hostname for hostname, claim in claims.items() if claim.version == DNS_ELSEWHERE][:MOVED_RECORDS_PER_PASS]
+    claims.update(_moved(context, plugin, moved, seen))
     for hostname, claim in claims.items():
         if claim.version <= 0:
             continue
-        ip = seen[hostname][1]
-        logger.info("VM's address changed: its DNS record is published again", extra={
-            "pool": context.pool.name, "hostname": hostname, "ip": ip, "published": claim.published})
-        reason = _publish(context, plugin, hostname, ip, claim)
+        noted = seen[hostname][1]
+        logger.info("VM's address or name changed: its DNS record is published again", extra={
+            "pool": context.pool.name, "hostname": hostname, "fqdn": seen[hostname][0], "addresses": noted,
+            "published": claim.published})
+        reason = _publish(context, plugin, hostname, sent[hostname], noted, claim)
+        change = f"its DNS name changed to {seen[hostname][0]}" if hostname in moved else \
+            f"its address changed to {noted}"
         if reason and states[hostname] == "ready":  # conditional: not if it left ready meanwhile
-            context.take_out_of_service(hostname, "ready", f"its address changed to {ip}: {reason}")
+            context.take_out_of_service(hostname, "ready", f"{change}: {reason}")
         elif reason:
             context.report.errors.append(f"DNS record of {hostname} not published again: {reason}")
+
+
+def _moved(context: PassContext, plugin: DnsPlugin, hostnames: list[str],
+           seen: dict[str, tuple[str, str]]) -> dict[str, DnsClaim]:
+    """Delete the records of VMs in service published under another name or by another entry
+    (each by the entry that published it, under its name: ``withdraw_dns``), then claim their
+    publication under the pool's name now. A pass killed in between leaves notes the next pass
+    acts on alike: the delete is sent again (a name without a record is no error), or, the notes
+    gone, the new record claimed. A delete that fails leaves the VM as it was (its old record,
+    noted), for the next pass. Returns the claims."""
+    if not hostnames:
+        return {}
+    records = context.store.records(hostnames)
+    for hostname in hostnames:
+        logger.info("VM's DNS record moves to the name its pool has now", extra={
+            "pool": context.pool.name, "hostname": hostname, "fqdn": seen[hostname][0],
+            "former": records[hostname].raw.get("dns_name") if hostname in records else None})
+        context.withdraw_dns(records.get(hostname))
+    return context.store.claim_dns(context.now, plugin.name, {hostname: seen[hostname] for hostname in hostnames},
+                                   plugin.domain)
+
+
+def _reachable_ip(vm: VMInfo) -> str | None:
+    """The one address GET /vm gives for the VM: its primary address, or when that is one no user
+    can reach it at (a link-local ``fe80::`` address VMware Tools may report as primary), the first
+    of its other addresses that is; None when it reports none (its ``ip`` then stays)."""
+    return next((ip for ip in vm.candidate_addresses() if _publishable(ip)), None)
 
 
 def _publishable(ip: str) -> bool:

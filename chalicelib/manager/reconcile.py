@@ -45,6 +45,7 @@ from chalicelib.manager.context import (
     no_checkpoint,
 )
 from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
+from chalicelib.observability import logger
 from chalicelib.providers.base import Provider, ProviderError
 from chalicelib.store import Store
 from chalicelib.timestamps import day_of, ruby_time
@@ -64,13 +65,18 @@ def end_pass(context: PassContext) -> None:
     """The pass's last writes, in one round trip with the pool's counts as the pass leaves it
     (when its own moves cannot say them: not read yet, or read before checkouts its rounds
     raced with): the pool's last boot time (GET /status shows it; once a pass, not once a VM)
-    the day's clone and boot durations, and the next looks of VMs that left running for good.
+    the day's clone and boot durations, the next looks of VMs that left running for good, and the
+    addresses GET /vm gives for VMs whose address the pass saw (``dns_records.follow_addresses``).
     Then how many VMs the pool still lacks."""
     report = context.report
-    counts = context.store.end_pass(context.pool.name, ruby_time(context.now) if report.became_ready else None,
-                                    day_of(context.now), report.samples, read_counts=context.counts is None,
-                                    looks_forgotten=report.looks_forgotten)
+    counts, readdressed = context.store.end_pass(
+        context.pool.name, ruby_time(context.now) if report.became_ready else None, day_of(context.now),
+        report.samples, read_counts=context.counts is None, looks_forgotten=report.looks_forgotten,
+        ips=report.addresses_seen, ips_seen=context.now)
     context.checkpoint("done")  # every change of the pass is made
+    for hostname in readdressed:
+        logger.info("VM's address changed: GET /vm gives the new one", extra={
+            "pool": context.pool.name, "hostname": hostname, "ip": report.addresses_seen[hostname]})
     if counts is not None:
         context.counts = counts
     counts = dict(context.read_counts())
@@ -82,7 +88,7 @@ STEPS: tuple[Step, ...] = (
     pending.check_pending,  # clones finished, boots checked: pending -> ready (or running, on demand)
     ready.check_ready,
     running.check_running,
-    dns_records.follow_addresses,  # ready and running VMs whose address changed: records published again
+    dns_records.follow_addresses,  # ready and running VMs whose address or DNS name changed: records, ip
     vm_tasks.run_tasks,
     migrations.run,
     discovered.check_discovered,  # before discover_unknown: a VM found now is judged next pass

@@ -47,6 +47,15 @@ class VMInfo:
     tools_running: bool = False
     host: str | None = None
     annotation: str | None = None
+    addresses: tuple[str, ...] = ()
+    """Every address the guest reports on its network interfaces (vSphere's
+    ``guest.net[].ipConfig.ipAddress[]``), as reported, ``ip`` among them or not: a dual-stack
+    guest's IPv4 and IPv6 addresses, for its A and AAAA records (``dns.base.chosen_addresses``).
+    ``ip`` stays the one address the API gives (vmpooler clients read one)."""
+
+    def candidate_addresses(self) -> tuple[str, ...]:
+        """The VM's addresses, its primary (``ip``) first: the order records choose them in."""
+        return tuple(dict.fromkeys(address for address in (self.ip, *self.addresses) if address))
 
 
 @dataclass(frozen=True)

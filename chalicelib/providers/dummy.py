@@ -267,6 +267,7 @@ class DummyProvider(Provider):
                     name=vm["name"],
                     powered_on=vm["powered_on"],
                     ip=vm["ip"] if booted and vm["powered_on"] else None,
+                    addresses=tuple(vm.get("addresses") or ()) if booted and vm["powered_on"] else (),
                     guest_hostname=vm["name"] if booted else None,
                     tools_running=booted and vm["powered_on"],
                     host=vm.get("host", DEFAULT_HOST),
@@ -503,6 +504,13 @@ class DummyProvider(Provider):
             {"name": hostname, "template": "", "available_at": now, "booted_at": now,
              "powered_on": True, "ip": "10.0.0.1", "disks": [], "snapshots": []},
         )
+
+    def readdress_by_hand(self, pool: PoolConfig, hostname: str, ip: str, addresses: Sequence[str] = ()) -> None:
+        """The VM's guest reports ``ip`` now (``VMInfo.ip``), and ``addresses`` on its network
+        interfaces (a reboot onto another DHCP lease, an IPv6 address it configured)."""
+        vm = self._vms(pool)[hostname]
+        vm["ip"], vm["addresses"] = ip, list(addresses)
+        self._save_vm(self._folder_key(pool), vm)
 
     def delete_by_hand(self, pool: PoolConfig, hostname: str) -> None:
         """A VM that someone deleted outside the service."""

@@ -48,12 +48,18 @@ class DnsClaim:
     """A pass's claim of the publication of a VM's address (``Store.claim_dns``)."""
 
     version: int
-    """The version claimed (> 0); 0 when that address is the one published (then ``published``
-    is None: not read back); -1 when this pass is
-    not to publish it (a later look claimed, the VM left service, or its record is published
-    under another name or by another entry)."""
+    """The version claimed (> 0); 0 when those addresses are the ones published (then
+    ``published`` is None: not read back); -1 when this pass is not to publish them (a later
+    look claimed, or the VM left service); ``DNS_ELSEWHERE`` when its record is published under
+    another name or by another entry (the pool's ``dns_plugin`` or the entry's domain changed):
+    that one is to be deleted first (``forget_dns``)."""
     published: str | None
-    """The address noted published before (``?`` when unknown), None for none."""
+    """The addresses noted published before (``?`` when unknown), None for none."""
+
+
+DNS_ELSEWHERE = -2
+"""``DnsClaim.version`` of a VM in service whose record is published under another name or by
+another ``:dns_configs:`` entry than the one claiming."""
 
 MOVE_BATCH = 200
 """The most VMs one run of lua/move.lua or lua/update.lua changes: a pass changing thousands (a
@@ -513,20 +519,31 @@ class Store:
         return dict(zip(STATES, counts, strict=True)), list(open_requests)
 
     def end_pass(self, pool: str, last_boot: str | None, day: str, samples: Sequence[DurationSample],
-                 read_counts: bool, looks_forgotten: Sequence[str] = ()) -> dict[str, int] | None:
+                 read_counts: bool, looks_forgotten: Sequence[str] = (), ips: Mapping[str, str] | None = None,
+                 ips_seen: float = 0.0) -> tuple[dict[str, int] | None, list[str]]:
         """A pass's last writes and read, in one round trip: the pool's ``last_boot`` (when VMs
         became ready: ``set_last_boot``), the day's duration ``samples`` (``record_durations``),
         the next looks of ``looks_forgotten`` (VMs that left running for good: a VM returned
         before its lifetime's end would otherwise keep its look until then, a lifetime a caller
-        may set to ten years, long after its record expired) and, with ``read_counts``, the
-        pool's counts afterwards (else None)."""
+        may set to ten years, long after its record expired), the addresses GET /vm is to give
+        for ready and running VMs (``ips``: hostname -> the address the provider showed at
+        ``ips_seen``), noted where they differ unless a later look noted one (lua/vm_ip.lua) and,
+        with ``read_counts``, the pool's counts afterwards (else None). Returns those counts and
+        the hostnames whose address changed."""
         commands: list[tuple[Any, ...]] = [("HSET", self.keys.last_boot, pool, last_boot)] if last_boot else []
         if looks_forgotten:
             commands.append(("ZREM", self.keys.running_due(pool), *looks_forgotten))
-        calls = [*self._durations_calls(day, samples), *([self._counts_call(pool)] if read_counts else [])]
+        ip_batches = _batches(ips or {})
+        calls = [*self._durations_calls(day, samples),
+                 *((self.scripts.vm_ip, [self.keys.vm(host) for host in batch], [repr(ips_seen), *batch.values()])
+                   for batch in ip_batches),
+                 *([self._counts_call(pool)] if read_counts else [])]
         with _translate_errors():
             replies = run_many(self.client, calls, commands=commands)
-        return dict(zip(STATES, replies[-1], strict=True)) if read_counts else None
+        noted = replies[len(replies) - len(ip_batches) - read_counts:len(replies) - read_counts]
+        changed = [list(batch)[int(index) - 1]
+                   for batch, reply in zip(ip_batches, noted, strict=True) for index in reply]
+        return (dict(zip(STATES, replies[-1], strict=True)) if read_counts else None), changed
 
     def _counts_call(self, pool: str) -> ScriptCall:
         return self.scripts.state_counts, [self.keys.pool_state(pool, state) for state in STATES], ()
@@ -965,28 +982,30 @@ class Store:
             with _translate_errors():
                 self.client.zrem(self.keys.dns_left(pool), *hostnames)
 
-    def claim_dns(self, seen: float, entry: str, addresses: Mapping[str, tuple[str, str]]) -> dict[str, DnsClaim]:
+    def claim_dns(self, seen: float, entry: str, addresses: Mapping[str, tuple[str, str]],
+                  domain: str = "") -> dict[str, DnsClaim]:
         """Claim the publication of VMs' addresses (hostname -> (the name it is published under,
-        the address seen at time ``seen``)) by the ``:dns_configs:`` entry ``entry``, in one round
-        trip (lua/dns_claim.lua). Returns per VM its ``DnsClaim``."""
+        the addresses seen at time ``seen``, as ``dns.base.address_text`` notes them)) by the
+        ``:dns_configs:`` entry ``entry`` of ``domain``, in one round trip (lua/dns_claim.lua).
+        Returns per VM its ``DnsClaim``."""
         batches = _batches(addresses)
         calls: list[ScriptCall] = [
             (self.scripts.dns_claim, [self.keys.vm(host) for host in batch],
-             [repr(seen), entry, *(part for pair in batch.values() for part in pair)])
+             [repr(seen), entry, domain, *(part for pair in batch.values() for part in pair)])
             for batch in batches]
         with _translate_errors():
             replies = run_many(self.client, calls)
         claims = dict.fromkeys(addresses, DnsClaim(0, None))
         for batch, reply in zip(batches, replies, strict=True):
             hosts = list(batch)
-            for at in range(0, len(reply), 3):  # only the VMs whose address is not the one published
+            for at in range(0, len(reply), 3):  # only the VMs whose addresses are not the ones published
                 index, version, published = reply[at:at + 3]
                 claims[hosts[int(index) - 1]] = DnsClaim(int(version), published or None)
         return claims
 
     def confirm_dns(self, published: Mapping[str, tuple[int, str]]) -> list[str]:
         """Note VMs' addresses published (hostname -> (the version ``claim_dns`` gave, the
-        address sent)), each only while its claim is the last (lua/dns_confirm.lua); otherwise
+        addresses sent)), each only while its claim is the last (lua/dns_confirm.lua); otherwise
         what DNS holds is noted unknown, and the next pass publishes again. Returns the hostnames
         noted."""
         calls: list[ScriptCall] = [
@@ -995,6 +1014,14 @@ class Store:
             for batch in _batches(published)]
         with _translate_errors():
             return _done(published, run_many(self.client, calls))
+
+    def forget_dns(self, hostname: str, fqdn: str, entry: str) -> bool:
+        """Drop the VM's notes of its DNS record, deleted under ``fqdn`` by the entry ``entry``
+        ("" when the record noted none), if they still name that record (lua/dns_forget.lua): a
+        record published again meanwhile is never forgotten (under that name by another entry,
+        it is noted unknown, to be published again). Whether the notes were dropped."""
+        with _translate_errors():
+            return bool(self.scripts.dns_forget(keys=[self.keys.vm(hostname)], args=[fqdn, entry]))
 
     def update_vm(self, hostname: str, **fields: Any) -> bool:
         """Set fields on an existing record (None deletes a field). False for an unknown VM."""

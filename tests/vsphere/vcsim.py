@@ -50,6 +50,8 @@ class VcsimServer:
     """SOAP methods slowed down, by name: seconds."""
     session_idle: float = 0.0
     """> 0: sessions idle this many seconds expire."""
+    guest_addresses: tuple[str, ...] = ()
+    """What a booted VM's first interface reports besides its IP (``guest.net``: launcher.start_vcsim)."""
     log_path: Path | None = None
     """Where its output goes (default: ``cert_path`` with ``.log`` for a suffix), across restarts."""
     url: str = ""
@@ -61,7 +63,8 @@ class VcsimServer:
         self.process, self.url = launcher.start_vcsim(
             self.port, self.boot_delay, self.cert_path, datacenters=self.datacenters,
             host_load_per_vm=self.host_load_per_vm, log_path=self.log_path,
-            clone_delay=self.clone_delay, method_delays=self.method_delays, session_idle=self.session_idle)
+            clone_delay=self.clone_delay, method_delays=self.method_delays, session_idle=self.session_idle,
+            guest_addresses=self.guest_addresses)
         self.port = urlparse(self.url).port or 0
         if fresh_port:
             # The system may hand out the port of an earlier test's simulator, whose connection

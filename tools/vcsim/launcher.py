@@ -48,6 +48,7 @@ def start_vcsim(
     clusters: int = 1,
     hosts: int = 3,
     guest_ip: str = "127.0.0.1",
+    guest_addresses: tuple[str, ...] = (),
     username: str = USERNAME,
     password: str = PASSWORD,
     timeout: float = 30.0,
@@ -64,6 +65,8 @@ def start_vcsim(
     self-signed certificate is written to ``cert_path`` when given. Raises RuntimeError when it
     does not come up within ``timeout`` seconds. ``host_load_per_vm`` > 0 makes each powered-on
     VM add that percent of its host's CPU and memory to the host's quick stats.
+    ``guest_addresses``: what a booted VM's first interface reports besides ``guest_ip``
+    (``guest.net``; each ``address`` or ``address/state``, as VMware Tools gives an IPv6 one).
 
     A bad day in vCenter: ``clone_delay`` seconds each clone task runs (its VM is in the folder
     meanwhile); ``method_delays`` slows SOAP methods by name (seconds, e.g.
@@ -84,6 +87,7 @@ def start_vcsim(
         "-cluster", str(clusters),
         "-host", str(hosts),
         "-guest-ip", guest_ip,
+        "-guest-addresses", ",".join(guest_addresses),
         "-template", TEMPLATE,
         "-folders", ",".join(FOLDERS),
         "-no-clone-folder", NO_CLONE_FOLDER,

@@ -11,6 +11,8 @@
 // folders of that name end in error after the VM was made (the debris a failed clone can leave);
 // a delayed clone's task can be cancelled (CancelTask: it ends in error, its VM removed),
 // -method-delay slows SOAP methods (a slow vCenter), -session-idle expires idle sessions.
+// With -guest-addresses, a booted VM's first interface reports those addresses too (guest.net:
+// its ipAddress list and ipConfig, each "address" or "address/state"), as a dual-stack guest's.
 // It prints "VCSIM_URL=<url>" once it is serving, then runs until killed.
 package main
 
@@ -186,9 +188,34 @@ func methodDelays(spec string) map[string]int {
 	return delays
 }
 
+// guestNet is the guest.net a VM reports with addresses ("address" or "address/state", state
+// "preferred" when not given) on its first interface (one is made when it has none); none clears them.
+func guestNet(vm *simulator.VirtualMachine, addresses []string) []types.GuestNicInfo {
+	nics := append([]types.GuestNicInfo(nil), vm.Guest.Net...)
+	if len(nics) == 0 {
+		nics = []types.GuestNicInfo{{Connected: true, DeviceConfigId: -1}}
+	}
+	var plain []string
+	var configured []types.NetIpConfigInfoIpAddress
+	for _, item := range addresses {
+		address, state, _ := strings.Cut(item, "/")
+		if state == "" {
+			state = "preferred"
+		}
+		plain = append(plain, address)
+		configured = append(configured, types.NetIpConfigInfoIpAddress{IpAddress: address, State: state})
+	}
+	nics[0].IpAddress = plain
+	nics[0].IpConfig = nil
+	if len(configured) > 0 {
+		nics[0].IpConfig = &types.NetIpConfigInfo{IpAddress: configured}
+	}
+	return nics
+}
+
 // bootLoop gives powered-on VMs guest info once they have been on for bootDelay, and takes it
-// away when they are off, like VMware Tools in a real guest.
-func bootLoop(bootDelay time.Duration, guestIP string) {
+// away when they are off, like VMware Tools in a real guest (guest.net too, with guestAddresses).
+func bootLoop(bootDelay time.Duration, guestIP string, guestAddresses []string) {
 	for range time.Tick(100 * time.Millisecond) {
 		for _, entity := range simulator.Map.All("VirtualMachine") {
 			vm, ok := entity.(*simulator.VirtualMachine)
@@ -210,12 +237,20 @@ func bootLoop(bootDelay time.Duration, guestIP string) {
 				if booted {
 					tools, status, ip, name, state = "guestToolsRunning", "toolsOk", guestIP, vm.Name, "running"
 				}
-				simulator.Map.Update(vm, []types.PropertyChange{
+				changes := []types.PropertyChange{
 					{Name: "guest.toolsRunningStatus", Val: tools}, {Name: "guest.toolsStatus", Val: types.VirtualMachineToolsStatus(status)},
 					{Name: "guest.ipAddress", Val: ip}, {Name: "guest.hostName", Val: name}, {Name: "guest.guestState", Val: state},
 					{Name: "summary.guest.toolsRunningStatus", Val: tools}, {Name: "summary.guest.toolsStatus", Val: types.VirtualMachineToolsStatus(status)},
 					{Name: "summary.guest.ipAddress", Val: ip}, {Name: "summary.guest.hostName", Val: name},
-				})
+				}
+				if len(guestAddresses) > 0 {
+					var reported []string
+					if booted {
+						reported = guestAddresses
+					}
+					changes = append(changes, types.PropertyChange{Name: "guest.net", Val: guestNet(vm, reported)})
+				}
+				simulator.Map.Update(vm, changes)
 			})
 		}
 	}
@@ -346,6 +381,7 @@ func main() {
 	hosts := flag.Int("host", 3, "hosts per cluster")
 	bootDelay := flag.Duration("boot-delay", 5*time.Second, "time from power-on to guest info (IP, hostname, tools)")
 	guestIP := flag.String("guest-ip", "127.0.0.1", "IP address every booted VM reports")
+	guestAddresses := flag.String("guest-addresses", "", "comma-separated addresses (address[/state]) every booted VM's first interface reports (guest.net)")
 	template := flag.String("template", "templates/vmpool-template", "template path under each datacenter's vm folder")
 	folders := flag.String("folders", "vmpool", "comma-separated folders to create under each vm folder")
 	username := flag.String("username", "vmpool", "user name to accept")
@@ -373,7 +409,11 @@ func main() {
 
 	setup(context.Background(), server.URL, *template, strings.Split(*folders, ","))
 	model.DelayConfig.MethodDelay = methodDelays(*delays) // after setup: it is not slowed down
-	go bootLoop(*bootDelay, *guestIP)
+	var addresses []string
+	if *guestAddresses != "" {
+		addresses = strings.Split(*guestAddresses, ",")
+	}
+	go bootLoop(*bootDelay, *guestIP, addresses)
 	if *loadPerVM > 0 {
 		go loadLoop(*loadPerVM)
 	}

@@ -24,6 +24,33 @@ VM_PROPERTIES = (
     "guest.toolsRunningStatus",
 )
 
+GUEST_NET = "guest.net"
+"""Every address of a VM's interfaces (``guest_addresses``), read for the pools that name a
+``dns_plugin`` only: each VM's interfaces come whole (MAC, network, DNS settings, every address
+with its state), and on vcsim they made a 200-VM folder's read take about 1.8 times as long."""
+
+UNUSABLE_ADDRESS_STATES = frozenset({"tentative", "duplicate", "invalid", "inaccessible", "deprecated"})
+"""States of a guest's address (``NetIpConfigInfoIpAddressStatus``) no record should lead to: not
+yet checked unique on the link, found taken by another machine, or on its way out (an IPv6
+temporary address past its preferred lifetime)."""
+
+
+def guest_addresses(nics: Any) -> tuple[str, ...]:
+    """Every address a VM's guest reports on its network interfaces (``guest.net``), in the
+    order reported: per interface its ``ipConfig.ipAddress[]`` (leaving out addresses in an
+    UNUSABLE_ADDRESS_STATES state), or its plain ``ipAddress[]`` list when VMware Tools gave no
+    ipConfig (older Tools, vcsim)."""
+    found: list[str] = []
+    for nic in nics or ():
+        configured = getattr(getattr(nic, "ipConfig", None), "ipAddress", None) or ()
+        if configured:
+            found.extend(str(item.ipAddress) for item in configured
+                         if item.ipAddress and str(getattr(item, "state", None) or "") not in UNUSABLE_ADDRESS_STATES)
+        else:
+            found.extend(str(address) for address in getattr(nic, "ipAddress", None) or () if address)
+    return tuple(found)
+
+
 HOST_PROPERTIES = (
     "name",
     "runtime.inMaintenanceMode",

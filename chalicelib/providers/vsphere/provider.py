@@ -92,11 +92,14 @@ class VSphereProvider(Provider):
 
     def list_vms(self, pool: PoolConfig) -> Sequence[VMInfo]:
         """Every VM directly in the pool's folder, from one PropertyCollector retrieval over a
-        container view cached for the session. A missing folder holds no VMs."""
+        container view cached for the session. A missing folder holds no VMs. The addresses of
+        the VMs' interfaces (``VMInfo.addresses``, for their A and AAAA records) are read for a
+        pool that names a ``dns_plugin`` only (``inventory.GUEST_NET``)."""
+        properties = (*inventory.VM_PROPERTIES, inventory.GUEST_NET) if pool.dns_plugin else inventory.VM_PROPERTIES
 
         def listing(connection: Connection) -> list[VMInfo]:
             path = self._folder_path(connection, pool)
-            found = inventory.folder_contents(connection, path, inventory.VM_PROPERTIES)
+            found = inventory.folder_contents(connection, path, properties)
             if found is None:
                 return []
             names = inventory.host_names(connection, [item.get("runtime.host") for item in found])
@@ -114,6 +117,7 @@ class VSphereProvider(Provider):
                         tools_running=item.get("guest.toolsRunningStatus") == "guestToolsRunning",
                         host=names.get(host._moId) if host is not None else None,
                         annotation=item.get("config.annotation") or None,
+                        addresses=inventory.guest_addresses(item.get("guest.net")),
                     )
                 )
             return result
