@@ -9,6 +9,7 @@ VMs). The busy script of another client stands in for the slow Redis.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from contextlib import contextmanager
@@ -247,6 +248,28 @@ def test_an_ondemand_request_whose_answer_was_lost_does_not_count_against_its_ow
     retried, lost = requests.get("retried"), requests.get("lost-answer")
     assert retried is not None and retried.state == READY, retried
     assert lost is not None and lost.state == OPEN and not lost.vms, lost  # never built, failed at its deadline
+
+
+
+def test_an_ondemand_request_whose_answer_was_lost_does_not_count_against_the_services_limits(
+        redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    """The service's limits too: with room for one more open request (and one more VM), one lost
+    while Redis was held kept every other user's request out, answered 503 "the service has its
+    maximum of on-demand requests open", until a pass failed it a minute later."""
+    _, clock, store, _ = _slow_pool(redis_server, redis_client)
+    requests = OnDemandStore(store)
+    full = Quota(owner="user:bob", max_owner_vms=5, max_vms=1, pools=["slow"], max_owner_requests=5, max_requests=1)
+    redis_client.script_load(store.scripts.ondemand_create.script)
+    _lost_while_redis_is_busy(redis_server, lambda: requests.create(
+        "lost-answer", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "bob", quota=full))
+    eventually(lambda: requests.get("lost-answer"), 10, "the queued create to run")
+    _past_confirm_window(redis_client, store.keys.ondemand("lost-answer"))
+
+    other = dataclasses.replace(full, owner="user:alice")
+    assert requests.create("alices", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=other)
+    with pytest.raises(QuotaExceeded):  # the service's one place is alice's now
+        requests.create("third", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "carol",
+                        quota=dataclasses.replace(full, owner="user:carol"))
 
 
 @contextmanager

@@ -161,20 +161,29 @@ local function quota_refusal(quota, vms, requests)
   -- GET however many requests are open; it counted every score before: 1,000 open requests cost
   -- each checkout a 1,000-entry read); an on-demand request reads every entry, drops any whose
   -- request is not open (its record expired unserved), as holdings entries are above, and keeps
-  -- the sum it counted (so any drift lasts until the next on-demand request at most).
+  -- the sum it counted (so any drift lasts until the next on-demand request at most). A request
+  -- whose answer was lost, past its confirmation window (quota_lapsed), counts in neither limit
+  -- of an on-demand request (it stays in the kept sum until a pass fails it: a checkout counts it
+  -- until then).
   local open_key = KEYS[quota.open_requests]
   if requests > 0 then
-    local waiting = 0
+    local waiting, lapsed, now_ms = 0, 0, {}
     local open = redis.call('ZRANGE', open_key, 0, -1, 'WITHSCORES')
     for i = 1, #open, 2 do
-      if redis.call('HGET', key_of(quota.request_template, request_part(open[i])), 'state') ~= 'open' then
+      local request = redis.call('HMGET', key_of(quota.request_template, request_part(open[i])), 'state',
+        'confirm_window')
+      if request[1] ~= 'open' then
         redis.call('ZREM', open_key, open[i])
       else
-        queued = queued + 1
         waiting = waiting + open_waits(open[i + 1])
+        if quota_lapsed(request[2], now_ms) then
+          lapsed = lapsed + open_waits(open[i + 1])
+        else
+          queued = queued + 1
+        end
       end
     end
-    running = running + open_waiting_keep(quota.open_requests, quota.open_waiting, waiting)
+    running = running + open_waiting_keep(quota.open_requests, quota.open_waiting, waiting) - lapsed
   else
     local waiting = tonumber(redis.call('GET', KEYS[quota.open_waiting]) or '')
     running = running + (waiting or open_waiting_count(quota.open_requests, quota.open_waiting))
