@@ -5,9 +5,11 @@ tests/local/test_soak.py (audit marker: not in `make test`)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import http.client
+import json
 import os
 import random
 import re
@@ -17,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import redis
 
@@ -325,3 +327,71 @@ class Faults:
     def all(self) -> list[Callable[[random.Random], None]]:
         return [self.kill_worker, self.stop_worker, self.kill_redis, self.stop_redis, self.stop_scheduler,
                 self.kill_arbiter, self.kill_stack, self.stop_stack]
+
+
+class TokenCaller:
+    """One caller of the dummy-auth stack: ``user<number>`` with a token of its own, from a
+    loopback address of its own (the front keys anonymous owners and rate limits on it), recording
+    every answer in ``record``. Shared by tests/local/test_redis_stop_burst.py and
+    tests/local/test_ondemand_under_kills.py."""
+
+    def __init__(self, number: int, address: str, stack: Stack, record: Record, timeout: float) -> None:
+        self.number, self.address, self.stack, self.record, self.timeout = number, address, stack, record, timeout
+        self.token = ""
+        self.unanswered = 0
+        """Creates (checkouts, on-demand requests) that got no answer at all: what it may hold unknowingly."""
+        self.last_lost = 0.0
+        """time.monotonic() of its last create answered 503 or not at all."""
+
+    def log_in(self, stopping: threading.Event) -> None:
+        """A token, asked for until one is given (or the test stops)."""
+        while not stopping.is_set() and not self.token:
+            answer = self.send("POST", "/token", login=True)
+            if answer and answer[0] == 200:
+                self.token = answer[1]["token"]
+            else:
+                time.sleep(0.3)
+
+    def send(self, method: str, path: str, body: object = None, login: bool = False) -> tuple[int, Any] | None:
+        """One request on a connection of its own: (status, JSON), or None when it got no answer
+        (refused or reset: a part of the stack restarting; a timeout is a problem: a hang)."""
+        headers = {"Content-Type": "application/json"}
+        if login:
+            headers["Authorization"] = "Basic " + base64.b64encode(f"user{self.number}:pw".encode()).decode()
+        elif self.token:
+            headers["X-AUTH-TOKEN"] = self.token
+        creates = method == "POST" and not login
+        connection = http.client.HTTPConnection("127.0.0.1", self.stack.port, timeout=self.timeout,
+                                                source_address=(self.address, 0))
+        started = time.monotonic()
+        try:
+            connection.request(method, f"/api/v3{path}", json.dumps(body) if body is not None else None, headers)
+            response = connection.getresponse()
+            raw = response.read()
+        except (ConnectionError, http.client.HTTPException, OSError) as error:
+            if isinstance(error, TimeoutError):
+                self.record.problem(f"user{self.number}: {method} {path} unanswered after {self.timeout} s")
+            else:
+                self.record.event(f"user{self.number}: {method} {path}: {type(error).__name__}")
+                with self.record.lock:
+                    self.record.connection_errors += 1
+            if creates:
+                self.unanswered += 1
+                self.last_lost = time.monotonic()
+            return None
+        finally:
+            connection.close()
+        with self.record.lock:
+            self.record.answers[response.status] = self.record.answers.get(response.status, 0) + 1
+            self.record.slowest = max(self.record.slowest, time.monotonic() - started)
+        self.record.event(f"user{self.number}: {method} {path}: {response.status} {raw[:200]!r}")
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            self.record.problem(f"user{self.number}: {method} {path}: {response.status}, not JSON: {raw[:200]!r}")
+            return None
+        if response.status not in STATUSES:
+            self.record.problem(f"user{self.number}: {method} {path}: {response.status} {answer}")
+        if creates and response.status == 503:
+            self.last_lost = time.monotonic()
+        return response.status, answer

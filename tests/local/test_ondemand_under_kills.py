@@ -16,9 +16,6 @@ Over a minute, so marker ``audit``: `.venv/bin/pytest -m audit -s tests/local/te
 
 from __future__ import annotations
 
-import base64
-import http.client
-import json
 import os
 import random
 import threading
@@ -30,7 +27,17 @@ import pytest
 import yaml
 
 from tests.local.stack import wait_for
-from tests.local.stack_audit import STATUSES, Faults, Holding, Record, Stack, converged, dummy_inventory, left_running
+from tests.local.stack_audit import (
+    Faults,
+    Holding,
+    Record,
+    Stack,
+    TokenCaller,
+    converged,
+    dummy_inventory,
+    left_running,
+    serving,
+)
 
 POOLS = {"alpha": 2, "beta": 1}
 CONFIG = yaml.safe_dump({
@@ -49,65 +56,34 @@ latest: clones take 2 s; a clone the killed stack reserved is replaced at the re
 REQUEST_TIMEOUT = 20.0
 
 
-class User:
+class StartedStack(Stack):
+    """The audit's Stack, knowing when it last started serving (time.monotonic())."""
+
+    started = 0.0
+
+    def start(self) -> None:
+        super().start()
+        wait_for(lambda: serving(self), 60, "the stack to serve", self.log)
+        self.started = time.monotonic()
+
+
+class User(TokenCaller):
     """user<n> on 127.0.3.<n+1>: opens, polls, checks and deletes on-demand requests."""
 
-    def __init__(self, number: int, stack: Stack, record: Record, stopping: threading.Event, seed: float,
+    def __init__(self, number: int, stack: StartedStack, record: Record, stopping: threading.Event, seed: float,
                  delivered: dict[str, str]) -> None:
-        self.number, self.stack, self.record, self.stopping = number, stack, record, stopping
-        self.address = f"127.0.3.{number + 1}"
+        super().__init__(number, f"127.0.3.{number + 1}", stack, record, REQUEST_TIMEOUT)
+        self.started_stack, self.stopping = stack, stopping
         self.random = random.Random(seed)
         self.delivered = delivered
         """Hostname -> the request it was delivered to, across users."""
-        self.token = ""
-        self.unanswered = 0
         self.opened = 0
         self.slowest = 0.0
         """The longest a request took from its 201 to its ready answer."""
 
-    def send(self, method: str, path: str, body: Any = None, login: bool = False) -> tuple[int, Any] | None:
-        headers = {"Content-Type": "application/json"}
-        if login:
-            headers["Authorization"] = "Basic " + base64.b64encode(f"user{self.number}:pw".encode()).decode()
-        elif self.token:
-            headers["X-AUTH-TOKEN"] = self.token
-        connection = http.client.HTTPConnection("127.0.0.1", self.stack.port, timeout=REQUEST_TIMEOUT,
-                                                source_address=(self.address, 0))
-        try:
-            connection.request(method, f"/api/v3{path}", json.dumps(body) if body is not None else None, headers)
-            response = connection.getresponse()
-            raw = response.read()
-        except TimeoutError:
-            self.record.problem(f"user{self.number}: {method} {path} unanswered after {REQUEST_TIMEOUT} s")
-            self.unanswered += method == "POST" and not login
-            return None
-        except (ConnectionError, http.client.HTTPException, OSError):
-            with self.record.lock:
-                self.record.connection_errors += 1
-            self.unanswered += method == "POST" and not login
-            return None
-        finally:
-            connection.close()
-        with self.record.lock:
-            self.record.answers[response.status] = self.record.answers.get(response.status, 0) + 1
-        self.record.event(f"user{self.number}: {method} {path}: {response.status} {raw[:200]!r}")
-        try:
-            answer = json.loads(raw)
-        except ValueError:
-            self.record.problem(f"user{self.number}: {method} {path}: {response.status}, not JSON: {raw[:200]!r}")
-            return None
-        if response.status not in STATUSES:
-            self.record.problem(f"user{self.number}: {method} {path}: {response.status} {answer}")
-        return response.status, answer
-
     def run(self) -> None:
         try:
-            while not self.stopping.is_set() and not self.token:
-                answer = self.send("POST", "/token", login=True)
-                if answer and answer[0] == 200:
-                    self.token = answer[1]["token"]
-                else:
-                    time.sleep(0.3)
+            self.log_in(self.stopping)
             while not self.stopping.is_set():
                 self.cycle()
         except Exception as error:  # noqa: BLE001 - reported as a failure of the test
@@ -146,7 +122,7 @@ class User:
                     return dict(shown[1])
                 self.record.problem(f"user{self.number}: request {request_id} ended: {shown[1]}")
                 return None
-            if time.monotonic() - self.stack.started > READY_SECONDS:
+            if time.monotonic() - self.started_stack.started > READY_SECONDS:
                 self.record.problem(f"user{self.number}: request {request_id} not ready {READY_SECONDS} s "
                                     f"after the last start: {shown}")
                 return None
@@ -166,26 +142,6 @@ class User:
                 seen = self.send("GET", f"/vm/{host}")
                 if seen and seen[0] == 200 and seen[1][host].get("state") != "running":
                     self.record.problem(f"user{self.number}: {host} of ready request {request_id}: {seen[1][host]}")
-
-
-class StartedStack(Stack):
-    """The audit's Stack, knowing when it last started serving (time.monotonic())."""
-
-    started = 0.0
-
-    def start(self) -> None:
-        super().start()
-        wait_for(lambda: _serves(self), 60, "the stack to serve", self.log)
-        self.started = time.monotonic()
-
-
-def _serves(stack: Stack) -> bool:
-    connection = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=5)
-    try:
-        connection.request("GET", "/api/v3/status")
-        return connection.getresponse().status == 200
-    finally:
-        connection.close()
 
 
 @pytest.mark.audit

@@ -21,7 +21,6 @@ Over a minute, so marker ``audit``: `.venv/bin/pytest -m audit -s tests/local/te
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import os
@@ -36,7 +35,16 @@ import yaml
 
 from chalicelib.store.keys import Keys
 from tests.local.stack import wait_for
-from tests.local.stack_audit import STATUSES, Faults, Holding, Record, Stack, converged, dummy_inventory, left_running
+from tests.local.stack_audit import (
+    Faults,
+    Holding,
+    Record,
+    Stack,
+    TokenCaller,
+    converged,
+    dummy_inventory,
+    left_running,
+)
 
 KEYS = Keys()
 POOLS = {"alpha": 6, "beta": 5}
@@ -68,74 +76,19 @@ class Resumed:
 LIMIT_WORDS = ("you may hold at most", "you may have at most")
 
 
-class User:
+class User(TokenCaller):
     """One caller: user<n>, its token, its address 127.0.2.<n+1>; what it holds, by its answers."""
 
     def __init__(self, number: int, stack: Stack, record: Record, stopping: threading.Event, seed: float,
                  resumed: Resumed) -> None:
-        self.number, self.stack, self.record, self.stopping = number, stack, record, stopping
-        self.resumed = resumed
-        self.address = f"127.0.2.{number + 1}"
+        super().__init__(number, f"127.0.2.{number + 1}", stack, record, REQUEST_TIMEOUT)
+        self.stopping, self.resumed = stopping, resumed
         self.random = random.Random(seed)
-        self.token = ""
-        self.unanswered = 0
-        """Creates (checkout, on-demand) that got no answer at all: what it may hold unknowingly."""
-        self.last_lost = 0.0
-        """time.monotonic() of its last create answered 503 or not at all."""
         self.refusals = 0
-
-    def send(self, method: str, path: str, body: Any = None, login: bool = False) -> tuple[int, Any] | None:
-        headers = {"Content-Type": "application/json"}
-        if login:
-            headers["Authorization"] = "Basic " + base64.b64encode(f"user{self.number}:pw".encode()).decode()
-        elif self.token:
-            headers["X-AUTH-TOKEN"] = self.token
-        connection = http.client.HTTPConnection("127.0.0.1", self.stack.port, timeout=REQUEST_TIMEOUT,
-                                                source_address=(self.address, 0))
-        started = time.monotonic()
-        creates = method == "POST" and not login
-        try:
-            connection.request(method, f"/api/v3{path}", json.dumps(body) if body is not None else None, headers)
-            response = connection.getresponse()
-            raw = response.read()
-        except TimeoutError:
-            self.record.problem(f"user{self.number}: {method} {path} unanswered after {REQUEST_TIMEOUT} s")
-            self.unanswered += creates
-            self.last_lost = time.monotonic() if creates else self.last_lost
-            return None
-        except (ConnectionError, http.client.HTTPException, OSError) as error:
-            self.record.event(f"user{self.number}: {method} {path}: {type(error).__name__}")
-            with self.record.lock:
-                self.record.connection_errors += 1
-            self.unanswered += creates
-            self.last_lost = time.monotonic() if creates else self.last_lost
-            return None
-        finally:
-            connection.close()
-        seconds = time.monotonic() - started
-        with self.record.lock:
-            self.record.answers[response.status] = self.record.answers.get(response.status, 0) + 1
-            self.record.slowest = max(self.record.slowest, seconds)
-        self.record.event(f"user{self.number}: {method} {path}: {response.status} {raw[:200]!r}")
-        try:
-            answer = json.loads(raw)
-        except ValueError:
-            self.record.problem(f"user{self.number}: {method} {path}: {response.status}, not JSON: {raw[:200]!r}")
-            return None
-        if response.status not in STATUSES:
-            self.record.problem(f"user{self.number}: {method} {path}: {response.status} {answer}")
-        if creates and response.status == 503:
-            self.last_lost = time.monotonic()
-        return response.status, answer
 
     def run(self) -> None:
         try:
-            while not self.stopping.is_set() and not self.token:
-                answer = self.send("POST", "/token", login=True)
-                if answer and answer[0] == 200:
-                    self.token = answer[1]["token"]
-                else:
-                    time.sleep(0.2)
+            self.log_in(self.stopping)
             while not self.stopping.is_set():
                 if self.random.random() < 0.3:
                     self.ondemand()
