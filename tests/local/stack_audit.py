@@ -395,3 +395,36 @@ class TokenCaller:
         if creates and response.status == 503:
             self.last_lost = time.monotonic()
         return response.status, answer
+
+
+class Runner(Caller, Protocol):
+    def run(self) -> None:
+        """Call the stack until the test stops it."""
+
+
+def run_callers(stack: Stack, callers: Sequence[Runner], stopping: threading.Event,
+                faults: Callable[[Faults], None], join_seconds: float,
+                settled: Callable[[], None] = lambda: None) -> tuple[Faults, dict[str, str]]:
+    """Start ``stack`` and let its pools fill, run each caller in a thread while ``faults`` does
+    its faults, then stop the callers (each ends what it holds), call ``settled()`` (checks once
+    they are done), wait for the pools to converge (lost checkouts and requests go back or fail
+    at their 60 s deadline) and stop the stack. The faults done and ``left_running``."""
+    done = Faults(stack)
+    try:
+        stack.start()
+        wait_for(lambda: converged(stack) is None, 60, "the pools to fill", stack.log)
+        threads = [threading.Thread(target=caller.run, daemon=True) for caller in callers]
+        for thread in threads:
+            thread.start()
+        try:
+            faults(done)
+        finally:
+            stopping.set()
+            for thread in threads:
+                thread.join(join_seconds)
+        settled()
+        wait_for(lambda: converged(stack) is None, 120, "the pools to converge",
+                 lambda: f"{converged(stack)}\n{stack.log()}")
+        return done, left_running(stack, callers)
+    finally:
+        stack.stop()

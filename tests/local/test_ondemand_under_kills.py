@@ -33,9 +33,8 @@ from tests.local.stack_audit import (
     Record,
     Stack,
     TokenCaller,
-    converged,
     dummy_inventory,
-    left_running,
+    run_callers,
     serving,
 )
 
@@ -151,35 +150,22 @@ def test_ondemand_requests_are_filled_exactly_through_repeated_kills_of_the_stac
     record, stopping = Record(), threading.Event()
     rng = random.Random(int(os.environ.get("VMPOOL_ONDEMAND_SEED", "5")))
     delivered: dict[str, str] = {}
-    users: list[User] = []
-    try:
-        stack.start()
-        faults = Faults(stack)
-        wait_for(lambda: converged(stack) is None, 60, "the pools to fill", stack.log)
-        users = [User(n, stack, record, stopping, rng.random(), delivered) for n in range(USERS)]
-        threads = [threading.Thread(target=user.run, daemon=True) for user in users]
-        for thread in threads:
-            thread.start()
-        try:
-            for _ in range(KILLS):
-                time.sleep(rng.uniform(0.5, 4.0))
-                faults.kill_stack(rng)
-            time.sleep(10)  # requests opened after the last restart, served undisturbed
-        finally:
-            stopping.set()
-            for thread in threads:
-                thread.join(READY_SECONDS + 90)
-        # Requests whose answer was lost fail at their 60 s deadline; VMs of deleted ones are destroyed.
-        wait_for(lambda: converged(stack) is None, 120, "the pools to converge",
-                 lambda: f"{converged(stack)}\n{stack.log()}")
-        left = left_running(stack, users)
-    finally:
-        stack.stop()
+    users = [User(n, stack, record, stopping, rng.random(), delivered) for n in range(USERS)]
+
+    def kills(faults: Faults) -> None:
+        for _ in range(KILLS):
+            time.sleep(rng.uniform(0.5, 4.0))
+            faults.kill_stack(rng)
+        time.sleep(10)  # requests opened after the last restart, served undisturbed
+
+    faults, left = run_callers(stack, users, stopping, kills, READY_SECONDS + 90)
 
     summary = (f"faults: {faults.done}\nanswers: {record.answers}, connection errors: {record.connection_errors}, "
                f"requests opened: {sum(user.opened for user in users)}, VMs delivered: {len(delivered)}, "
                f"slowest to be ready: {max(user.slowest for user in users):.1f} s")
     print(summary)
     assert not record.problems, "\n".join(record.problems[:30]) + f"\n{summary}"
-    assert not left, f"VMs running for users who never got them or gave them back: {left}\n{summary}"
+    assert not left, (f"VMs running for users who never got them or gave them back: {left}\n"
+                      + "\n".join(record.events_about([*left, *(v.split(",")[0] + ":" for v in left.values())])[-60:])
+                      + f"\n{summary}")
     assert sum(user.opened for user in users) > 3 * USERS and not record.answers.get(403), summary

@@ -41,9 +41,8 @@ from tests.local.stack_audit import (
     Record,
     Stack,
     TokenCaller,
-    converged,
     dummy_inventory,
-    left_running,
+    run_callers,
 )
 
 KEYS = Keys()
@@ -198,33 +197,20 @@ def test_users_at_their_limits_through_redis_stops_are_served_again_and_see_only
     stack = Stack(tmp_path, CONFIG, POOLS, dummy_inventory)
     record, stopping, resumed = Record(), threading.Event(), Resumed()
     rng = random.Random(int(os.environ.get("VMPOOL_BURST_SEED", "3")))
-    users: list[User] = []
-    try:
-        stack.start()
-        faults = Faults(stack)
-        wait_for(lambda: converged(stack) is None, 60, "the pools to fill", stack.log)
-        users = [User(n, stack, record, stopping, seed=rng.random(), resumed=resumed) for n in range(USERS)]
-        threads = [threading.Thread(target=user.run, daemon=True) for user in users]
-        for thread in threads:
-            thread.start()
-        try:
-            for _ in range(STOPS):
-                time.sleep(rng.uniform(2.0, 5.0))
-                faults.stop_redis(rng, seconds=rng.uniform(5.0, 8.0))
-                resumed.at = time.monotonic()
-            time.sleep(LIMIT_GRACE_SECONDS + 4)  # every user served again, and checked on it
-        finally:
-            stopping.set()
-            for thread in threads:
-                thread.join(REQUEST_TIMEOUT * 2 + 60)
+    users = [User(n, stack, record, stopping, seed=rng.random(), resumed=resumed) for n in range(USERS)]
+
+    def stops(faults: Faults) -> None:
+        for _ in range(STOPS):
+            time.sleep(rng.uniform(2.0, 5.0))
+            faults.stop_redis(rng, seconds=rng.uniform(5.0, 8.0))
+            resumed.at = time.monotonic()
+        time.sleep(LIMIT_GRACE_SECONDS + 4)  # every user served again, and checked on it
+
+    def status_settled() -> None:
         wait_for(lambda: status_matches_redis(stack) is None, 30, "/status to match Redis",
                  lambda: str(status_matches_redis(stack)))
-        # Lost checkouts and requests go back or fail at their 60 s deadline: then every pool is whole.
-        wait_for(lambda: converged(stack) is None, 120, "the pools to converge",
-                 lambda: f"{converged(stack)}\n{stack.log()}")
-        left = left_running(stack, users)
-    finally:
-        stack.stop()
+
+    faults, left = run_callers(stack, users, stopping, stops, REQUEST_TIMEOUT * 2 + 60, settled=status_settled)
 
     summary = (f"faults: {faults.done}\nanswers: {record.answers}, connection errors: {record.connection_errors}, "
                f"slowest: {record.slowest:.1f} s, VMs held: {len(record.holdings)}, "
@@ -238,5 +224,7 @@ def test_users_at_their_limits_through_redis_stops_are_served_again_and_see_only
                           for i, a in enumerate(held) for b in held[i + 1:])}
     assert not overlapping, f"VMs held by two users at once: {overlapping}\n{summary}"
     assert not record.problems, "\n".join(record.problems[:30]) + f"\n{summary}"
-    assert not left, f"VMs running for users who never got them or gave them back: {left}\n{summary}"
+    assert not left, (f"VMs running for users who never got them or gave them back: {left}\n"
+                      + "\n".join(record.events_about([*left, *(v.split(",")[0] + ":" for v in left.values())])[-60:])
+                      + f"\n{summary}")
     assert record.answers.get(503, 0) > 20 and len(record.holdings) > 40, summary
