@@ -341,7 +341,8 @@ class TokenCaller:
         self.unanswered = 0
         """Creates (checkouts, on-demand requests) that got no answer at all: what it may hold unknowingly."""
         self.last_lost = 0.0
-        """time.monotonic() of its last create answered 503 or not at all."""
+        """time.monotonic() of its last create answered not at all or 503 with an error (Redis
+        failing: its script may have run)."""
 
     def log_in(self, stopping: threading.Event) -> None:
         """A token, asked for until one is given (or the test stops)."""
@@ -392,8 +393,8 @@ class TokenCaller:
             return None
         if response.status not in STATUSES:
             self.record.problem(f"user{self.number}: {method} {path}: {response.status} {answer}")
-        if creates and response.status == 503:
-            self.last_lost = time.monotonic()
+        if creates and response.status == 503 and isinstance(answer, dict) and "error" in answer:
+            self.last_lost = time.monotonic()  # not vmpooler's bare 503 of an empty pool: nothing ran
         return response.status, answer
 
 

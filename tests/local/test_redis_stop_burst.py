@@ -16,6 +16,10 @@ refused for its limit ("you may hold at most 1 VMs", "you may have at most 1 on-
 later than ``LIMIT_GRACE_SECONDS`` after its last lost answer; ``/status`` counts what Redis holds;
 a token's status lists none of another user's VMs.
 
+Known to fail now and then (3 runs in 13, more often with 6 stops on a loaded machine) on a gap
+found here and not fixed: a checkout confirmed to a user who was answered 503, its VM left running
+and its user refused for its limit for the VM's lifetime (docs/reliability.md, same section).
+
 Over a minute, so marker ``audit``: `.venv/bin/pytest -m audit -s tests/local/test_redis_stop_burst.py`
 (``VMPOOL_BURST_STOPS``, default 4; ``VMPOOL_BURST_SEED``)."""
 
