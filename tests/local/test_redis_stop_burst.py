@@ -16,7 +16,7 @@ refused for its limit ("you may hold at most 1 VMs", "you may have at most 1 on-
 later than ``LIMIT_GRACE_SECONDS`` after its last lost answer; ``/status`` counts what Redis holds;
 a token's status lists none of another user's VMs.
 
-Known to fail now and then (3 runs in 13, more often with 6 stops on a loaded machine) on a gap
+Known to fail now and then (3 runs in 14, more often with 6 stops on a loaded machine) on a gap
 found here and not fixed: a checkout confirmed to a user who was answered 503, its VM left running
 and its user refused for its limit for the VM's lifetime (docs/reliability.md, same section).
 
