@@ -9,6 +9,7 @@ VMs). The busy script of another client stands in for the slow Redis.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from chalicelib.clock import FakeClock
 from chalicelib.config import Config, parse
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.dummy import DummyProvider
-from chalicelib.store import CheckoutRequest, Store, StoreUnavailable, connect
+from chalicelib.store import CheckoutRequest, Quota, QuotaExceeded, Store, StoreUnavailable, connect
 from chalicelib.store.ondemand import FAILED, OPEN, READY, OnDemandEntry, OnDemandStore
 from chalicelib.store.pool_overrides import PoolOverride, PoolOverrides
 from chalicelib.store.store import UNCONFIRMED_SECONDS
@@ -171,6 +172,104 @@ def test_a_confirmed_ondemand_request_is_built_at_once(redis_server: RedisServer
     clock.advance(UNCONFIRMED_SECONDS + 1)
     reconcile_pool(store, provider, config.pool("slow"), clock, config.service)
     assert store.counts(["slow"])["slow"]["running"] == 1
+
+
+ALICE = Quota(owner="user:alice", max_owner_vms=1, max_vms=100, pools=["slow"], max_owner_requests=1,
+              max_requests=100)
+"""One VM and one on-demand request at a time: a lost answer that counted would refuse the retry."""
+
+
+def _lost_while_redis_is_busy(redis_server: RedisServer, send: Any) -> None:
+    """``send()`` while a busy script holds Redis: it raises StoreUnavailable (its caller is
+    answered 503), and the script it sent runs once Redis gets to it (the service's running set
+    counted first, as a running service has it: else the script asks for a recount and takes nothing)."""
+    Store(redis.Redis(port=redis_server.port, decode_responses=True)).recount_running(["slow"], 0.0)
+    busy = threading.Thread(target=lambda: redis.Redis(port=redis_server.port).eval(
+        BUSY_SCRIPT, 0, int(BUSY_SECONDS * 1_000_000)))
+    busy.start()
+    eventually(lambda: _redis_is_busy(redis_server.port), 10, "the busy script to hold Redis")
+    with pytest.raises(StoreUnavailable):
+        send()
+    busy.join()
+
+
+def _past_confirm_window(redis_client: redis.Redis, key: str) -> None:
+    """Wait until Redis's clock has passed the record's confirmation window (the API's socket
+    timeout after its script ran): no confirmation can land from then on."""
+    window = int(redis_client.hget(key, "confirm_window") or 0)
+    assert window, redis_client.hgetall(key)
+
+    def passed() -> bool:
+        seconds, micros = redis_client.time()
+        return seconds * 1000 + micros // 1000 > window
+
+    eventually(passed, 10, "Redis's clock to pass the confirmation window")
+
+
+def test_a_checkout_whose_answer_was_lost_does_not_count_against_its_owners_retry(
+        redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    """A user allowed one VM whose checkout was answered 503 (the script ran once Redis got to
+    it) sends it again, as the 503 says. Before, the retry was refused 403 ("you may hold at most
+    1 VMs at once; return some first") until a pass gave the lost VM back, a minute later: the
+    user was charged for a VM nobody can ever confirm to them."""
+    config, clock, store, provider = _slow_pool(redis_server, redis_client)
+    _lost_while_redis_is_busy(redis_server, lambda: store.checkout(
+        [CheckoutRequest("slow", ["slow"], 1)], clock.now(), {"lifetime": "2", "token_user": "alice"}, ALICE))
+    lost = eventually(lambda: store.hostnames("slow", "running"), 10, "the queued checkout to run")
+    _past_confirm_window(redis_client, store.keys.vm(lost[0]))
+
+    retried = store.checkout([CheckoutRequest("slow", ["slow"], 1)], clock.now(),
+                             {"lifetime": "2", "token_user": "alice"}, ALICE)
+    assert retried.ok and retried.vms[0].hostname != lost[0]
+    # Within its limit once the lost VM is back: still one VM, the retry's.
+    clock.advance(UNCONFIRMED_SECONDS + 1)
+    reconcile_pool(store, provider, config.pool("slow"), clock, config.service)
+    assert store.hostnames("slow", "running") == [retried.vms[0].hostname]
+    with pytest.raises(QuotaExceeded):
+        store.checkout([CheckoutRequest("slow", ["slow"], 1)], clock.now(), {"lifetime": "2"}, ALICE)
+
+
+def test_an_ondemand_request_whose_answer_was_lost_does_not_count_against_its_owners_retry(
+        redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    """The same for POST /ondemandvm: docs/api.md says the caller of a request never confirmed
+    "is not charged for it. Send the request again." It was, for a minute: the retry was refused
+    403 (its VMs past the owner's limit, or its open requests) until a pass failed the lost one."""
+    config, clock, store, provider = _slow_pool(redis_server, redis_client)
+    requests = OnDemandStore(store)
+    redis_client.script_load(store.scripts.ondemand_create.script)
+    _lost_while_redis_is_busy(redis_server, lambda: requests.create(
+        "lost-answer", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE))
+    eventually(lambda: requests.get("lost-answer"), 10, "the queued create to run")
+    _past_confirm_window(redis_client, store.keys.ondemand("lost-answer"))
+
+    assert requests.create("retried", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
+    for _ in range(3):
+        reconcile_pool(store, provider, config.pool("slow"), clock, config.service)
+    retried, lost = requests.get("retried"), requests.get("lost-answer")
+    assert retried is not None and retried.state == READY, retried
+    assert lost is not None and lost.state == OPEN and not lost.vms, lost  # never built, failed at its deadline
+
+
+
+def test_an_ondemand_request_whose_answer_was_lost_does_not_count_against_the_services_limits(
+        redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    """The service's limits too: with room for one more open request (and one more VM), one lost
+    while Redis was held kept every other user's request out, answered 503 "the service has its
+    maximum of on-demand requests open", until a pass failed it a minute later."""
+    _, clock, store, _ = _slow_pool(redis_server, redis_client)
+    requests = OnDemandStore(store)
+    full = Quota(owner="user:bob", max_owner_vms=5, max_vms=1, pools=["slow"], max_owner_requests=5, max_requests=1)
+    redis_client.script_load(store.scripts.ondemand_create.script)
+    _lost_while_redis_is_busy(redis_server, lambda: requests.create(
+        "lost-answer", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "bob", quota=full))
+    eventually(lambda: requests.get("lost-answer"), 10, "the queued create to run")
+    _past_confirm_window(redis_client, store.keys.ondemand("lost-answer"))
+
+    other = dataclasses.replace(full, owner="user:alice")
+    assert requests.create("alices", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=other)
+    with pytest.raises(QuotaExceeded):  # the service's one place is alice's now
+        requests.create("third", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "carol",
+                        quota=dataclasses.replace(full, owner="user:carol"))
 
 
 @contextmanager

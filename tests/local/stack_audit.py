@@ -5,9 +5,11 @@ tests/local/test_soak.py (audit marker: not in `make test`)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import http.client
+import json
 import os
 import random
 import re
@@ -17,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import redis
 
@@ -325,3 +327,105 @@ class Faults:
     def all(self) -> list[Callable[[random.Random], None]]:
         return [self.kill_worker, self.stop_worker, self.kill_redis, self.stop_redis, self.stop_scheduler,
                 self.kill_arbiter, self.kill_stack, self.stop_stack]
+
+
+class TokenCaller:
+    """One caller of the dummy-auth stack: ``user<number>`` with a token of its own, from a
+    loopback address of its own (the front keys anonymous owners and rate limits on it), recording
+    every answer in ``record``. Shared by tests/local/test_redis_stop_burst.py and
+    tests/local/test_ondemand_under_kills.py."""
+
+    def __init__(self, number: int, address: str, stack: Stack, record: Record, timeout: float) -> None:
+        self.number, self.address, self.stack, self.record, self.timeout = number, address, stack, record, timeout
+        self.token = ""
+        self.unanswered = 0
+        """Creates (checkouts, on-demand requests) that got no answer at all: what it may hold unknowingly."""
+        self.last_lost = 0.0
+        """time.monotonic() of its last create answered not at all or 503 with an error (Redis
+        failing: its script may have run)."""
+
+    def log_in(self, stopping: threading.Event) -> None:
+        """A token, asked for until one is given (or the test stops)."""
+        while not stopping.is_set() and not self.token:
+            answer = self.send("POST", "/token", login=True)
+            if answer and answer[0] == 200:
+                self.token = answer[1]["token"]
+            else:
+                time.sleep(0.3)
+
+    def send(self, method: str, path: str, body: object = None, login: bool = False) -> tuple[int, Any] | None:
+        """One request on a connection of its own: (status, JSON), or None when it got no answer
+        (refused or reset: a part of the stack restarting; a timeout is a problem: a hang)."""
+        headers = {"Content-Type": "application/json"}
+        if login:
+            headers["Authorization"] = "Basic " + base64.b64encode(f"user{self.number}:pw".encode()).decode()
+        elif self.token:
+            headers["X-AUTH-TOKEN"] = self.token
+        creates = method == "POST" and not login
+        connection = http.client.HTTPConnection("127.0.0.1", self.stack.port, timeout=self.timeout,
+                                                source_address=(self.address, 0))
+        started = time.monotonic()
+        try:
+            connection.request(method, f"/api/v3{path}", json.dumps(body) if body is not None else None, headers)
+            response = connection.getresponse()
+            raw = response.read()
+        except (ConnectionError, http.client.HTTPException, OSError) as error:
+            if isinstance(error, TimeoutError):
+                self.record.problem(f"user{self.number}: {method} {path} unanswered after {self.timeout} s")
+            else:
+                self.record.event(f"user{self.number}: {method} {path}: {type(error).__name__}")
+                with self.record.lock:
+                    self.record.connection_errors += 1
+            if creates:
+                self.unanswered += 1
+                self.last_lost = time.monotonic()
+            return None
+        finally:
+            connection.close()
+        with self.record.lock:
+            self.record.answers[response.status] = self.record.answers.get(response.status, 0) + 1
+            self.record.slowest = max(self.record.slowest, time.monotonic() - started)
+        self.record.event(f"user{self.number}: {method} {path}: {response.status} {raw[:200]!r}")
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            self.record.problem(f"user{self.number}: {method} {path}: {response.status}, not JSON: {raw[:200]!r}")
+            return None
+        if response.status not in STATUSES:
+            self.record.problem(f"user{self.number}: {method} {path}: {response.status} {answer}")
+        if creates and response.status == 503 and isinstance(answer, dict) and "error" in answer:
+            self.last_lost = time.monotonic()  # not vmpooler's bare 503 of an empty pool: nothing ran
+        return response.status, answer
+
+
+class Runner(Caller, Protocol):
+    def run(self) -> None:
+        """Call the stack until the test stops it."""
+
+
+def run_callers(stack: Stack, callers: Sequence[Runner], stopping: threading.Event,
+                faults: Callable[[Faults], None], join_seconds: float,
+                settled: Callable[[], None] = lambda: None) -> tuple[Faults, dict[str, str]]:
+    """Start ``stack`` and let its pools fill, run each caller in a thread while ``faults`` does
+    its faults, then stop the callers (each ends what it holds), call ``settled()`` (checks once
+    they are done), wait for the pools to converge (lost checkouts and requests go back or fail
+    at their 60 s deadline) and stop the stack. The faults done and ``left_running``."""
+    done = Faults(stack)
+    try:
+        stack.start()
+        wait_for(lambda: converged(stack) is None, 60, "the pools to fill", stack.log)
+        threads = [threading.Thread(target=caller.run, daemon=True) for caller in callers]
+        for thread in threads:
+            thread.start()
+        try:
+            faults(done)
+        finally:
+            stopping.set()
+            for thread in threads:
+                thread.join(join_seconds)
+        settled()
+        wait_for(lambda: converged(stack) is None, 120, "the pools to converge",
+                 lambda: f"{converged(stack)}\n{stack.log()}")
+        return done, left_running(stack, callers)
+    finally:
+        stack.stop()

@@ -19,10 +19,30 @@
 -- will hold besides the running ones: a request's VMs run once built, so a limit that left
 -- them out was passed by as many VMs as open requests asked for.
 
+-- Whether a checkout's VM or a request, unconfirmed, can no longer be confirmed: its
+-- 'confirm_window' (Redis's clock, ms; lua/confirm.lua, lua/ondemand_confirm.lua) has passed.
+-- Its API gave up on it and answered 503, so its caller, who asks again, holds nothing by it: the
+-- VM goes back to ready at its deadline, the request fails there. Within the window it counts (a
+-- confirmation may still come), so requests sent together cannot pass a limit together.
+-- 'now_ms' is a table caching Redis's clock for one count.
+local function quota_lapsed(window, now_ms)
+  window = tonumber(window or '')
+  if window == nil then
+    return false
+  end
+  if now_ms.value == nil then
+    local time = redis.call('TIME')
+    now_ms.value = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  end
+  return now_ms.value > window
+end
+
 -- VMs the owner holds now, and its open on-demand requests; or those of the owner whose hash is
--- 'owner' (quota_sweep).
+-- 'owner' (quota_sweep). An unconfirmed checkout or request past its confirmation window holds
+-- nothing (quota_lapsed).
 local function quota_held(quota, owner)
   local held, open_requests = 0, 0
+  local now_ms = {}
   local holdings_key = KEYS[quota.key]
   if owner ~= nil then
     holdings_key = key_of(quota.holdings_template, owner)
@@ -38,14 +58,17 @@ local function quota_held(quota, owner)
     -- taken); one without (taken before that field was written) counts as before, but for a VM of
     -- an on-demand request, which no checkout's entry names.
     if kind == 'vm:' then
-      local vm = redis.call('HMGET', key_of(quota.vm_template, name), 'state', 'holdings', 'request')
-      if vm[1] == 'running' and (vm[2] == holdings_key or (not vm[2] and not vm[3])) then
+      local vm = redis.call('HMGET', key_of(quota.vm_template, name), 'state', 'holdings', 'request',
+        'confirm_window')
+      if vm[1] == 'running' and (vm[2] == holdings_key or (not vm[2] and not vm[3]))
+          and not quota_lapsed(vm[4], now_ms) then
         live = 1
       end
     else
-      local request = redis.call('HMGET', key_of(quota.request_template, request_part(name)), 'state', 'holdings')
+      local request = redis.call('HMGET', key_of(quota.request_template, request_part(name)), 'state', 'holdings',
+        'confirm_window')
       local state = request[1]
-      if request[2] and request[2] ~= holdings_key then
+      if (request[2] and request[2] ~= holdings_key) or quota_lapsed(request[3], now_ms) then
         state = nil
       end
       if state == 'open' then
@@ -138,20 +161,29 @@ local function quota_refusal(quota, vms, requests)
   -- GET however many requests are open; it counted every score before: 1,000 open requests cost
   -- each checkout a 1,000-entry read); an on-demand request reads every entry, drops any whose
   -- request is not open (its record expired unserved), as holdings entries are above, and keeps
-  -- the sum it counted (so any drift lasts until the next on-demand request at most).
+  -- the sum it counted (so any drift lasts until the next on-demand request at most). A request
+  -- whose answer was lost, past its confirmation window (quota_lapsed), counts in neither limit
+  -- of an on-demand request (it stays in the kept sum until a pass fails it: a checkout counts it
+  -- until then).
   local open_key = KEYS[quota.open_requests]
   if requests > 0 then
-    local waiting = 0
+    local waiting, lapsed, now_ms = 0, 0, {}
     local open = redis.call('ZRANGE', open_key, 0, -1, 'WITHSCORES')
     for i = 1, #open, 2 do
-      if redis.call('HGET', key_of(quota.request_template, request_part(open[i])), 'state') ~= 'open' then
+      local request = redis.call('HMGET', key_of(quota.request_template, request_part(open[i])), 'state',
+        'confirm_window')
+      if request[1] ~= 'open' then
         redis.call('ZREM', open_key, open[i])
       else
-        queued = queued + 1
         waiting = waiting + open_waits(open[i + 1])
+        if quota_lapsed(request[2], now_ms) then
+          lapsed = lapsed + open_waits(open[i + 1])
+        else
+          queued = queued + 1
+        end
       end
     end
-    running = running + open_waiting_keep(quota.open_requests, quota.open_waiting, waiting)
+    running = running + open_waiting_keep(quota.open_requests, quota.open_waiting, waiting) - lapsed
   else
     local waiting = tonumber(redis.call('GET', KEYS[quota.open_waiting]) or '')
     running = running + (waiting or open_waiting_count(quota.open_requests, quota.open_waiting))
