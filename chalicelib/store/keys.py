@@ -36,6 +36,9 @@ family through these validators.
     running:counted          string  when ``running`` was last rebuilt from the pools' sets
                                      (lua/running_recount.lua); missing: it cannot be trusted
     running:rebuild          zset    scratch of that rebuild, inside its one script (never left)
+    destroyed                zset    the destroyed VMs whose records live ``data_ttl``, by when each
+                                     was destroyed: past store.DESTROYED_RECORDS_KEPT the oldest
+                                     expire within the hour (lua/move.lua)
     changes                  string  counter: every state change stamps its VM (change_seq) with
                                      its value; a reconcile pass increments it before reading the
                                      provider's inventory, to order that read against the changes
@@ -174,7 +177,9 @@ DERIVED_KEYS: Mapping[str, str] = {
                        "service's kept set names them): any owner's, so they cannot be named first; and, "
                        "through quota.lua, the holdings sets of the owners that took something longest ago",
     "move": "only when given no pool (DELETE /vm/<hostname>: one round trip, no read first): the state "
-            "sets, wake list and running_due set of the pool the VM's record names",
+            "sets, wake list and running_due set of the pool the VM's record names; and, past "
+            "DESTROYED_RECORDS_KEPT, the records of the VMs destroyed longest ago (the destroyed set names "
+            "them), whose expiry it brings forward in the step that adds to the set",
     "reserve_clones": "the records of the VMs in the pool's pending set (and, only when the pool_clones "
                       "set is rebuilt, of the cloning set): they are counted in the step that reserves, so "
                       "two passes at once cannot over-clone",
@@ -244,6 +249,11 @@ class Keys:
         """Set when ``pool_clones`` is rebuilt from the whole cloning set: without it the set
         may be missing or partial (a new deployment, a key lost), and reserve_clones.lua rebuilds it."""
         return f"{self.prefix}cloning:pools:counted"
+
+    @property
+    def destroyed(self) -> str:
+        """The destroyed VMs whose records live data_ttl, by when each was destroyed (lua/move.lua)."""
+        return f"{self.prefix}destroyed"
 
     @property
     def running(self) -> str:

@@ -69,6 +69,14 @@ from many addresses makes the service clone at its clone rate, and each record k
 Longer than any pass lives (a Lambda: 15 minutes), so a pass whose inventory predates the
 destroy still finds the record's ``destroyed_at`` (lua/discover.lua)."""
 
+DESTROYED_RECORDS_KEPT = 10_000
+"""Destroyed VMs whose records live ``data_ttl`` (GET /vm/<host> answers ``destroyed`` from them,
+as vmpooler's do): past this many, the records of those destroyed longest ago expire within
+UNUSED_RECORD_TTL_SECONDS (lua/move.lua). ``data_ttl`` alone let them grow with the churn: ~840
+bytes each (up to ~10 KB with a caller's tags), and 10,000 checkouts a day kept ~70,000 for the
+default week (~60 MB, up to 700 MB). A record whose DNS record is still to delete keeps
+``data_ttl`` (manager/dns_records.py retries while the record names it)."""
+
 CLONE_DEMAND_TTL_SECONDS = 120.0
 """A short pool's claim on clone slots lapses when its passes stop renewing it for this long
 (its passes died, or it left the config), so the slots go to the pools still asking."""
@@ -853,7 +861,8 @@ class Store:
         """The KEYS and ARGV of lua/move.lua for VMs of a known pool (hostname -> its fields)."""
         keys = [*(self.keys.vm(hostname) for hostname in fields), self.keys.changes, self.keys.cloning,
                 self.keys.pool_clones, self.keys.running, self.keys.pool_state(pool, from_state),
-                self.keys.pool_state(pool, to_state), self.keys.wake(pool), self.keys.running_due(pool)]
+                self.keys.pool_state(pool, to_state), self.keys.wake(pool), self.keys.running_due(pool),
+                self.keys.destroyed]
         # A VM leaving running leaves its next look too (move.lua); the others need no ZREM.
         leave_running_due = "1" if from_state == "running" and to_state != "running" else ""
         args: list[str] = [
@@ -862,6 +871,7 @@ class Store:
             "" if lifetime_ended is None else repr(float(lifetime_ended)),
             "", "", "", *_checkout_condition(checked_out_as), str(token_index(keys, token_key)),
             str(UNUSED_RECORD_TTL_SECONDS), leave_running_due, "1" if hold_clone else "",
+            str(DESTROYED_RECORDS_KEPT), self.keys.vm(KEY_PART),
         ]
         for hostname, changes in fields.items():
             args += [hostname, *update_args(changes)]
@@ -882,7 +892,7 @@ class Store:
         args = ["completed", repr(now), str(self.data_ttl_seconds), "1", "", "",
                 self.keys.pool_state(KEY_PART, "running"), self.keys.pool_state(KEY_PART, "completed"),
                 self.keys.wake(KEY_PART), *_checkout_condition(None), "0", str(UNUSED_RECORD_TTL_SECONDS),
-                self.keys.running_due(KEY_PART), "", hostname, "1", "reason", reason]
+                self.keys.running_due(KEY_PART), "", "", "", hostname, "1", "reason", reason]
         with _translate_errors():
             (pool,) = self.scripts.move(keys=keys, args=args)
         return str(pool) if pool else None
