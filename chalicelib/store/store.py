@@ -176,8 +176,13 @@ class CheckoutResult:
 
 
 HOLDERS_KEPT = 10000
-"""Owners' holdings sets the service keeps before each take looks for ones holding nothing any
-more (lua/quota.lua, quota_sweep): a caller with many addresses is many owners."""
+"""Owners' holdings sets the service keeps before the scheduler's tick looks for ones holding
+nothing any more (lua/holders_sweep.lua): a caller with many addresses is many owners."""
+HOLDERS_SWEPT_PER_CALL = 20
+"""Owners one run of lua/holders_sweep.lua looks at: each a record read per entry of its set (at
+most about max_running_vms_per_user), so a run holds Redis a few milliseconds."""
+HOLDERS_SWEEP_CALLS = 50
+"""Runs a tick makes at most: 1,000 owners a minute, more than takes add past HOLDERS_KEPT."""
 
 
 @dataclass(frozen=True)
@@ -680,6 +685,25 @@ class Store:
                 return answer
             self.recount_running(quota.pools, now)
         raise StoreUnavailable("redis: the service's running set went missing again as it was rebuilt")
+
+    def sweep_holders(self, now: float) -> tuple[int, int]:
+        """Past HOLDERS_KEPT owners with a holdings set, drop the sets of those that took something
+        longest ago and hold nothing now (lua/holders_sweep.lua), HOLDERS_SWEPT_PER_CALL at a time,
+        at most HOLDERS_SWEEP_CALLS runs. Returns (owners dropped, owners still listed past the
+        bound). For the scheduler's tick: a take costs the same however many owners there are."""
+        sweep = json.dumps({"max_holders": HOLDERS_KEPT, "batch": HOLDERS_SWEPT_PER_CALL, "now": now,
+                            "holdings_template": self.keys.holdings(KEY_PART), "vm_template": self.keys.vm(KEY_PART),
+                            "request_template": self.keys.ondemand(KEY_PART),
+                            "request_vms_template": self.keys.ondemand_vms(KEY_PART)})
+        dropped, left = 0, 0
+        with _translate_errors():
+            for _ in range(HOLDERS_SWEEP_CALLS):
+                _, gone, left = (int(n) for n in self.scripts.holders_sweep(keys=[self.keys.holders],
+                                                                             args=[sweep]))
+                dropped += gone
+                if not left or not gone:  # none over the bound, or every one looked at still holds
+                    break
+        return dropped, left
 
     def recount_running(self, pools: Iterable[str], now: float) -> RunningCount:
         """Rebuild the service's running set from the running sets of ``pools`` (every pool the
