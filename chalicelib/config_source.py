@@ -20,6 +20,8 @@ conditional GET per function per 30 s costs about $0.02 a month per warm functio
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 import threading
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -27,6 +29,7 @@ from chalicelib import aws_clients
 from chalicelib import observability as metric
 from chalicelib.clock import Clock
 from chalicelib.config import (
+    CONFIG_FILE_ENV,
     MAX_CONFIG_CHARACTERS,
     Config,
     ConfigError,
@@ -37,6 +40,11 @@ from chalicelib.config import (
 from chalicelib.observability import emit, logger
 
 CONFIG_BUCKET_ENV = "VMPOOL_CONFIG_BUCKET"
+CONFIG_WATCH_ENV = "VMPOOL_CONFIG_WATCH"
+"""Set (``1``) by the local stack (local/run.py): its processes re-read the checked config file
+(VMPOOL_CONFIG_FILE) when it changes, at most every LOCAL_REFRESH_SECONDS, as the Lambdas refresh
+from S3."""
+LOCAL_REFRESH_SECONDS = 2.0
 CONFIG_KEY_ENV = "VMPOOL_CONFIG_KEY"
 DEFAULT_CONFIG_KEY = "config/vmpool.yaml"
 REFRESH_SECONDS = 30.0
@@ -173,13 +181,51 @@ class S3Fetch:
         return Fetched(text, etag, modified.timestamp() if modified is not None else 0.0)
 
 
+class FileFetch:
+    """A config file read again when it changed: its ETag is its size, modification time and
+    SHA-256, so an unchanged file costs one ``stat``, and one rewritten with the same text is
+    not parsed again."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def _read(self) -> tuple[os.stat_result, bytes]:
+        with open(self.path, "rb") as file:
+            return os.fstat(file.fileno()), file.read(MAX_CONFIG_CHARACTERS + 1)
+
+    @staticmethod
+    def _etag(stat: os.stat_result, data: bytes) -> str:
+        return f"{stat.st_size}:{stat.st_mtime_ns}:{hashlib.sha256(data).hexdigest()}"
+
+    def __call__(self, etag: str | None) -> Fetched | None:
+        stat = os.stat(self.path)
+        if etag is not None and etag.startswith(f"{stat.st_size}:{stat.st_mtime_ns}:"):
+            return None
+        stat, data = self._read()
+        found = self._etag(stat, data)
+        if etag is not None and etag.rsplit(":", 1)[-1] == found.rsplit(":", 1)[-1]:
+            return None  # touched, the same text
+        if len(data) > MAX_CONFIG_CHARACTERS:
+            raise ObjectRefused(f"{self.path}: more than {MAX_CONFIG_CHARACTERS} bytes", found)
+        try:
+            return Fetched(data.decode("utf-8"), found, stat.st_mtime)
+        except UnicodeDecodeError as error:
+            raise ObjectRefused(f"{self.path}: not UTF-8 text (byte {error.start})", found) from None
+
+
 def _default_s3_client() -> Any:
     return aws_clients.client("s3")
 
 
 def from_environment(initial: Config, clock: Clock, environ: Mapping[str, str]) -> ConfigSource | None:
-    """The S3 config when ``VMPOOL_CONFIG_BUCKET`` is set; None: the packaged one, unchanging."""
+    """The S3 config when ``VMPOOL_CONFIG_BUCKET`` is set; the local stack's checked config file
+    when ``VMPOOL_CONFIG_WATCH`` is (local/run.py rewrites it as the developer edits theirs);
+    None: the packaged one, unchanging."""
     bucket = environ.get(CONFIG_BUCKET_ENV)
+    watched = environ.get(CONFIG_FILE_ENV) if environ.get(CONFIG_WATCH_ENV) else None
+    if not bucket and watched:
+        # Read once more at the first look (the file may have changed since ``initial`` was read).
+        return ConfigSource(initial, FileFetch(watched), clock, refresh_seconds=LOCAL_REFRESH_SECONDS)
     if not bucket:
         return None
     return ConfigSource(initial, S3Fetch(bucket, environ.get(CONFIG_KEY_ENV) or DEFAULT_CONFIG_KEY), clock)

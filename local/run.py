@@ -172,25 +172,7 @@ def _check_config() -> int:
     child = os.fork()  # this process has no other thread yet
     if child == 0:
         os.close(read)
-        status, answer = 0, ""
-        try:
-            from chalicelib.config import ConfigError, canonical_json, load
-
-            try:
-                config = load()
-                for warning in config.warnings:  # at start, where it is seen; each process logs them too
-                    print(f"vmpool: config warning: {warning}", file=sys.stderr)
-                checked = canonical_json(config)
-                descriptor = os.open(STATE_DIR / CHECKED_CONFIG_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(descriptor, "w") as out:  # secrets in the clear, as in the YAML: 0600
-                    out.write(checked)
-            except ConfigError as error:
-                status, answer = 2, str(error)
-            except OSError as error:  # the state directory full or gone
-                status, answer = 1, f"cannot write {STATE_DIR / CHECKED_CONFIG_NAME}: {error.strerror}"
-        except BaseException:  # noqa: BLE001 - say why, and the stack refuses to start
-            traceback.print_exc()
-            status = 1
+        status, answer = _write_checked_config()
         with os.fdopen(write, "wb") as out:
             out.write(answer.encode())
         sys.stderr.flush()
@@ -206,6 +188,87 @@ def _check_config() -> int:
     os.environ.pop("VMPOOL_CONFIG", None)  # what it held is in the checked file now
     os.environ["VMPOOL_CONFIG_FILE"] = str(STATE_DIR / CHECKED_CONFIG_NAME)
     return 0
+
+
+def _write_checked_config() -> tuple[int, str]:
+    """Validate the config the environment names and write its canonical JSON for the stack's
+    processes (replacing the file in one step: a process reading it never sees half of it).
+    0, or 2 and what is wrong with the config (1 for any other failure)."""
+    try:
+        from chalicelib.config import ConfigError, canonical_json, load
+
+        try:
+            config = load()
+            for warning in config.warnings:  # where it is seen; each process logs them too
+                print(f"vmpool: config warning: {warning}", file=sys.stderr)
+            checked = canonical_json(config)
+            written = STATE_DIR / f"{CHECKED_CONFIG_NAME}.new"
+            descriptor = os.open(written, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as out:  # secrets in the clear, as in the YAML: 0600
+                out.write(checked)
+            os.replace(written, STATE_DIR / CHECKED_CONFIG_NAME)
+        except ConfigError as error:
+            return 2, str(error)
+        except OSError as error:  # the state directory full or gone
+            return 1, f"cannot write {STATE_DIR / CHECKED_CONFIG_NAME}: {error.strerror}"
+    except BaseException:  # noqa: BLE001 - say why, and the stack refuses to start
+        traceback.print_exc()
+        return 1, ""
+    return 0, ""
+
+
+CHECK_CONFIG_PROGRAM = """
+import sys, local.run as run
+status, answer = run._write_checked_config()
+print(answer, file=sys.stderr, end="")
+sys.exit(status)
+"""
+CONFIG_CHECK_SECONDS = 2.0
+"""How often the stack looks at the developer's config file for changes."""
+
+
+class ConfigWatch:
+    """The developer's config file, validated again when it changes (its size or modification
+    time; looked at every CONFIG_CHECK_SECONDS) in a fresh interpreter, and written for the
+    stack's processes as at start: they read it again within seconds
+    (config_source.LOCAL_REFRESH_SECONDS), as the Lambdas read a pushed config. An edit that does
+    not validate is refused with its problems on stderr; the running config stays."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen = self._signature()
+        self._checked_at = time.monotonic()
+
+    def _signature(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_size, stat.st_mtime_ns
+
+    def check(self) -> int | None:
+        """Validate and write the config when the file changed since the last look: the
+        check's status (0: written), None when there was nothing to do."""
+        now = time.monotonic()
+        if now - self._checked_at < CONFIG_CHECK_SECONDS:
+            return None
+        self._checked_at = now
+        seen = self._signature()
+        if seen is None or seen == self._seen:
+            return None  # gone (an editor's save in progress): looked at again next time
+        self._seen = seen
+        env = {key: value for key, value in os.environ.items() if key != "VMPOOL_CONFIG"}
+        env["VMPOOL_CONFIG_FILE"] = str(self.path)
+        # A fresh interpreter: this process runs the scheduler's threads, which a fork would copy mid-lock.
+        checked = subprocess.run([sys.executable, "-c", CHECK_CONFIG_PROGRAM], env=env, cwd=ROOT,
+                                 capture_output=True, text=True)
+        if checked.returncode == 0:
+            print(f"vmpool: config {self.path} changed: reloaded", file=sys.stderr, flush=True)
+            sys.stderr.write(checked.stderr)
+        else:
+            print(f"vmpool: config {self.path} changed but refused; the running config stays:\n"
+                  f"{checked.stderr.strip()}", file=sys.stderr, flush=True)
+        return checked.returncode
 
 
 class FrontWatch:
@@ -372,7 +435,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["VMPOOL_CONFIG_FILE"] = str(config_file)
     elif args.config:
         os.environ["VMPOOL_CONFIG_FILE"] = str(Path(args.config).resolve())
+    from chalicelib.config import DEFAULT_CONFIG_FILE
+
+    watch = None if os.environ.get("VMPOOL_CONFIG") else ConfigWatch(
+        Path(os.environ.get("VMPOOL_CONFIG_FILE") or DEFAULT_CONFIG_FILE))
     status = _check_config()  # before anything starts
+    os.environ["VMPOOL_CONFIG_WATCH"] = "1" if watch else ""  # the processes re-read the checked file
     redis_server = RedisServer(
         port=args.redis_port or None, data_dir=STATE_DIR / f"redis-{args.provider}", persist=True,
         die_with_parent=True, pass_fds=(lock,),  # the lock held until it has stopped writing too
@@ -442,6 +510,9 @@ def main(argv: list[str] | None = None) -> int:
                 # and a fork would copy whatever locks they hold.
                 front, ready = _start_front("spawn", args.port, workers, max(args.threads, 1))
                 front_watch.started(ready)
+            if watch is not None:
+                watch.check()
+            chalice_app.services()  # the scheduler's: re-reads the checked config when it changed
             redis_lost = redis_restarts.check()
             if redis_lost is not None:
                 print(f"vmpool: {redis_lost}", file=sys.stderr, flush=True)

@@ -119,16 +119,34 @@ def shown(value: Any, limit: int = 40) -> str:
 
 
 MAX_FAILURES_LISTED = 20
-"""The most messages a 400's ``failure`` list shows; then one saying how many more there were."""
+"""The most messages a 400's ``failure`` list shows, or names an error's list of names; then how
+many more there were."""
+MAX_LISTED_NAME = 100
+"""The characters of each name an error's list of names shows (a pool name has at most 100)."""
+
+
+def _first_listed(items: Sequence[str]) -> tuple[list[str], int]:
+    """The first MAX_FAILURES_LISTED of ``items``, and how many are left out."""
+    return list(items[:MAX_FAILURES_LISTED]), max(len(items) - MAX_FAILURES_LISTED, 0)
 
 
 def capped_failures(failures: Sequence[str]) -> list[str]:
     """``failures`` for a 400's ``failure`` list: the first MAX_FAILURES_LISTED, then "and K more
     problems." (a body of 6,000 unknown keys listed each: a 155 KB answer to a 60 KB request)."""
-    if len(failures) <= MAX_FAILURES_LISTED:
-        return list(failures)
-    more = len(failures) - MAX_FAILURES_LISTED
-    return [*failures[:MAX_FAILURES_LISTED], f"and {more} more problem{'s' if more > 1 else ''}."]
+    listed, more = _first_listed(failures)
+    return listed + [f"and {more} more problem{'s' if more > 1 else ''}."] if more else listed
+
+
+def capped_names(key: str, names: Sequence[str]) -> dict[str, Any]:
+    """An error's list of names under ``key`` (vmpooler's ``bad_templates``, ``not_configured``,
+    ``bad_pools``): the first MAX_FAILURES_LISTED, each cut to MAX_LISTED_NAME characters, and
+    when there were more, how many under ``<key>_not_listed``. The list holds names only, as
+    clients read it (a body of 3,000 unknown pool names listed each: a 40 KB answer)."""
+    listed, more = _first_listed(names)
+    answer: dict[str, Any] = {key: [shown(name, MAX_LISTED_NAME) for name in listed]}
+    if more:
+        answer[f"{key}_not_listed"] = more
+    return answer
 
 
 def json_length(text: str) -> int:

@@ -13,7 +13,16 @@ import re
 from typing import Any, Mapping
 
 from chalicelib.api.checkout import REQUEST_NAME_PATTERN, hostnames_by_name, open_request, parse_count
-from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, ok, shown, vmpooler_json_body
+from chalicelib.api.http import (
+    ApiError,
+    ApiRequest,
+    ApiResponse,
+    bad_request,
+    capped_names,
+    ok,
+    shown,
+    vmpooler_json_body,
+)
 from chalicelib.api.identity import Caller, required_caller, sends_token
 from chalicelib.auth.base import same_user
 from chalicelib.services import Services
@@ -62,7 +71,7 @@ def _check_wanted(services: Services, wanted: Mapping[str, int]) -> None:
         raise ApiError(404, {"message": "no pool requested"})
     unknown = [name for name in wanted if not services.config.resolve(name)]
     if unknown:
-        raise ApiError(404, {"bad_templates": unknown})
+        raise ApiError(404, capped_names("bad_templates", unknown))
     maximum = services.config.service.max_ondemand_instances_per_request
     if sum(wanted.values()) > maximum:
         raise ApiError(403, {"message": f"requested amount of instances exceeds the maximum {maximum}"})

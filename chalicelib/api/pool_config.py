@@ -14,6 +14,7 @@ from chalicelib.api.http import (
     ApiRequest,
     ApiResponse,
     bad_request,
+    capped_names,
     not_found,
     ok,
     vmpooler_json_body,
@@ -91,7 +92,7 @@ def _override(services: Services, request: ApiRequest, setting: _Setting) -> Api
     invalid = [pool for pool, value in wanted.items()
                if services.config.pool(pool) is None or value is None or not _fits(services, pool, setting, value)]
     if invalid:
-        raise ApiError(400, {setting.error_key: invalid})
+        raise ApiError(400, capped_names(setting.error_key, invalid))
     # Setting a pool back to its configured value removes its override; the script changes every
     # pool or none, and says which ones it changed (201), from the values as it finds them.
     stored = {name: None if _as_configured(_configured(services, name), setting, value) else value
@@ -179,7 +180,7 @@ def reset(services: Services, request: ApiRequest) -> ApiResponse:
     body = _payload(request)
     invalid = [pool for pool in body if services.config.pool(pool) is None]
     if invalid:
-        raise ApiError(400, {"bad_pools": invalid})
+        raise ApiError(400, capped_names("bad_pools", invalid))
     PoolOverrides(services.store).reset_many(body, services.clock.now(), token_key)
     _reconcile_now(services, list(body))
     return ok(201)

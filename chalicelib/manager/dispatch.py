@@ -151,6 +151,7 @@ class Ticker:
         running = recount_running(services, [*config.pool_names, *draining])
         empty = publish_totals(services)
         report_ignored_overrides(services)
+        sweep_holders(services)
         if newest:  # a push behind would drop what the newer config's pools use
             templates.forget_unused(services.store, services.pools())
             services.tokens.align_expiries()  # token_ttl changed: every token's expiry follows it
@@ -219,6 +220,18 @@ def publish_totals(services: "Services") -> list[str]:
     emit(None, {metric.READY: totals["ready"], metric.PENDING: totals["pending"], metric.RUNNING: totals["running"],
                 metric.CAPACITY: sum(size.size for size in sizes.values()), metric.EMPTY_POOLS: len(empty)})
     return empty
+
+
+def sweep_holders(services: "Services") -> int:
+    """Drop the holdings sets of owners holding nothing any more, past ``store.HOLDERS_KEPT``
+    owners (``Store.sweep_holders``): the takes only list their owner, so what a checkout costs
+    does not grow with other owners'. Owners still listed past the bound after the tick's share
+    are logged (a caller adding owners faster than a tick sweeps). Returns the sets dropped."""
+    dropped, left = services.store.sweep_holders(services.clock.now())
+    if left:
+        logger.warning("owners with a holdings set past the bound after this tick's sweep",
+                       extra={"dropped": dropped, "over_bound": left})
+    return dropped
 
 
 def report_ignored_overrides(services: "Services") -> list[str]:

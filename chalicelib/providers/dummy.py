@@ -26,6 +26,7 @@ import redis
 
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ProviderConfig
+from chalicelib.providers import ownership
 from chalicelib.providers.base import (
     InventoryChanges,
     Migration,
@@ -117,8 +118,12 @@ DUMMY_HOSTS = 10
 class DummyProvider(Provider):
     """VMs and tasks kept in Redis under ``dummy:<provider name>:`` (store/keys.py)."""
 
-    def __init__(self, config: ProviderConfig, client: redis.Redis, clock: Clock, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, config: ProviderConfig, client: redis.Redis, clock: Clock, prefix: str = DEFAULT_PREFIX,
+                 deployment: str = ownership.deployment_of(None)) -> None:
         self.name = config.name
+        self.deployment = deployment
+        """Written with each clone and shown in its annotation, as the vSphere provider does
+        (providers/ownership.py: a VM another deployment made is left to it)."""
         self.config = config
         self.client = client
         self.clock = clock
@@ -252,7 +257,6 @@ class DummyProvider(Provider):
     def _visible(self, pool: PoolConfig, vms: Any) -> list[VMInfo]:
         """What the hypervisor would show of ``vms`` now: clones in progress are not there yet."""
         now = self.clock.now()
-        annotation = json.dumps({"pool": pool.name, "creator": "vmpool"})
         poweroff_percent = self._setting(pool, "getvm_poweroff_percent")
         result = []
         for vm in vms:
@@ -271,10 +275,17 @@ class DummyProvider(Provider):
                     guest_hostname=vm["name"] if booted else None,
                     tools_running=booted and vm["powered_on"],
                     host=vm.get("host", DEFAULT_HOST),
-                    annotation=annotation,
+                    annotation=self._annotation(pool, vm),
                 )
             )
         return result
+
+    @staticmethod
+    def _annotation(pool: PoolConfig, vm: Mapping[str, Any]) -> str:
+        """As a vSphere clone's: its pool, who made it (a VM written before the dummy kept its
+        deployment names none: this deployment's, as ownership.maker reads it)."""
+        made_by = ownership.annotation_fields(vm["deployment"]) if vm.get("deployment") else {"creator": "vmpool"}
+        return json.dumps({"pool": pool.name, **made_by})
 
     def clone(self, pool: PoolConfig, hostname: str) -> str:
         started = self.clone_vms(pool, [hostname])[hostname]
@@ -310,6 +321,7 @@ class DummyProvider(Provider):
         return {
             "name": hostname,
             "template": pool.template,
+            "deployment": self.deployment,
             "available_at": available_at,
             "booted_at": available_at + self._setting(pool, "boot_time"),
             "powered_on": True,

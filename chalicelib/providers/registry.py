@@ -25,8 +25,9 @@ def build_provider(
     the API Lambdas never load pyVmomi."""
     if provider.provider_class == "dummy":
         from chalicelib.providers.dummy import DummyProvider
+        from chalicelib.providers.ownership import deployment_of
 
-        return DummyProvider(provider, client, clock, prefix=prefix)
+        return DummyProvider(provider, client, clock, prefix=prefix, deployment=deployment_of(config.service))
     if provider.provider_class == "vsphere":
         from chalicelib.providers.vsphere.config import vsphere_settings
         from chalicelib.providers.vsphere.provider import VSphereProvider

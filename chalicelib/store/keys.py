@@ -36,6 +36,9 @@ family through these validators.
     running:counted          string  when ``running`` was last rebuilt from the pools' sets
                                      (lua/running_recount.lua); missing: it cannot be trusted
     running:rebuild          zset    scratch of that rebuild, inside its one script (never left)
+    destroyed                zset    the destroyed VMs whose records live ``data_ttl``, by when each
+                                     was destroyed: past store.DESTROYED_RECORDS_KEPT the oldest
+                                     expire within the hour (lua/move.lua)
     changes                  string  counter: every state change stamps its VM (change_seq) with
                                      its value; a reconcile pass increments it before reading the
                                      provider's inventory, to order that read against the changes
@@ -103,7 +106,7 @@ family through these validators.
     vmtasks:pool:<pool>      zset    VMs of the pool with queued or running tasks
     holdings:<owner hash>    zset    what one owner holds: checked-out VMs and on-demand requests
     holders                  zset    the owners' hashes with a holdings set, by when each last took
-                                     something: past store.HOLDERS_KEPT, takes drop those holding nothing
+                                     something: past store.HOLDERS_KEPT, the tick drops those holding nothing
     requests:<owner hash>    zset    the on-demand requests one owner opened and Redis still keeps, by
                                      creation time (store/ondemand.REQUESTS_KEPT_PER_OWNER)
     ratelimit:<class>:<who>  string  requests of a client (a token's user, hashed, or an address) in the window
@@ -163,18 +166,19 @@ ready set): ``keys.vm(KEY_PART)`` is the template the script fills with ``key_of
 DERIVED_KEYS: Mapping[str, str] = {
     "checkout": "the records of the VMs it pops from the ready sets: which VM is next is known only "
                 "inside the step that takes it (naming them first would cost the read a round trip and "
-                "let two requests plan on the same VM); and, through quota.lua, what the owner holds, "
-                "and the holdings sets of the owners that took something longest ago, and what they "
-                "name (the service's holders set names them)",
+                "let two requests plan on the same VM); and, through quota.lua, what the owner holds",
     "ondemand_create": "through quota.lua, the records of what the owner holds: the holdings set names "
                        "them, and reading it first would let two requests pass the owner's limit together; "
                        "and the records and VM sets of the owner's oldest requests, which it forgets once "
                        "they have ended (the owner's requests set names them); and those of the service's "
                        "oldest requests past its bound, with their owners' requests and holdings sets (the "
-                       "service's kept set names them): any owner's, so they cannot be named first; and, "
-                       "through quota.lua, the holdings sets of the owners that took something longest ago",
+                       "service's kept set names them): any owner's, so they cannot be named first",
     "move": "only when given no pool (DELETE /vm/<hostname>: one round trip, no read first): the state "
-            "sets, wake list and running_due set of the pool the VM's record names",
+            "sets, wake list and running_due set of the pool the VM's record names; and, past "
+            "DESTROYED_RECORDS_KEPT, the records of the VMs destroyed longest ago (the destroyed set names "
+            "them), whose expiry it brings forward in the step that adds to the set",
+    "holders_sweep": "the holdings sets of the owners that took something longest ago (the holders set names "
+                     "them), and, through quota.lua, the records their entries name",
     "reserve_clones": "the records of the VMs in the pool's pending set (and, only when the pool_clones "
                       "set is rebuilt, of the cloning set): they are counted in the step that reserves, so "
                       "two passes at once cannot over-clone",
@@ -244,6 +248,11 @@ class Keys:
         """Set when ``pool_clones`` is rebuilt from the whole cloning set: without it the set
         may be missing or partial (a new deployment, a key lost), and reserve_clones.lua rebuilds it."""
         return f"{self.prefix}cloning:pools:counted"
+
+    @property
+    def destroyed(self) -> str:
+        """The destroyed VMs whose records live data_ttl, by when each was destroyed (lua/move.lua)."""
+        return f"{self.prefix}destroyed"
 
     @property
     def running(self) -> str:
@@ -431,7 +440,7 @@ class Keys:
 
     @property
     def holders(self) -> str:
-        """The owners with a holdings set (lua/quota.lua, quota_sweep)."""
+        """The owners with a holdings set (lua/quota.lua; swept by lua/holders_sweep.lua)."""
         return f"{self.prefix}holders"
 
     def owner_requests(self, owner_hash: str) -> str:

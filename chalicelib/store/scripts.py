@@ -23,7 +23,7 @@ SHARED: dict[str, tuple[str, ...]] = {"checkout": ("open_waiting", "quota", "tok
                                       "ondemand_end": ("finite", "token_live", "open_waiting"),
                                       "ondemand_reserve": ("finite", "open_waiting"),
                                       "pool_overrides": ("token_live",), "service_started": ("finite",),
-                                      "dns_claim": ("finite",), "vm_ip": ("finite",)}
+                                      "dns_claim": ("finite",), "vm_ip": ("finite",), "holders_sweep": ("quota",)}
 """Scripts run with the functions of other files (lua/quota.lua, lua/record_fields.lua,
 lua/finite.lua, lua/vm_task_queue.lua, lua/token_live.lua, lua/vm_owner.lua, lua/open_waiting.lua)
 before their own text."""
@@ -107,6 +107,7 @@ class Scripts:
         self.config_generation = load("config_generation")
         self.service_started = load("service_started")
         self.dns_claim = load("dns_claim")
+        self.holders_sweep = load("holders_sweep")
         self.dns_confirm = load("dns_confirm")
         self.dns_forget = load("dns_forget")
         self.vm_ip = load("vm_ip")

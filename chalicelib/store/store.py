@@ -75,6 +75,14 @@ from many addresses makes the service clone at its clone rate, and each record k
 Longer than any pass lives (a Lambda: 15 minutes), so a pass whose inventory predates the
 destroy still finds the record's ``destroyed_at`` (lua/discover.lua)."""
 
+DESTROYED_RECORDS_KEPT = 10_000
+"""Destroyed VMs whose records live ``data_ttl`` (GET /vm/<host> answers ``destroyed`` from them,
+as vmpooler's do): past this many, the records of those destroyed longest ago expire within
+UNUSED_RECORD_TTL_SECONDS (lua/move.lua). ``data_ttl`` alone let them grow with the churn: ~840
+bytes each (up to ~10 KB with a caller's tags), and 10,000 checkouts a day kept ~70,000 for the
+default week (~60 MB, up to 700 MB). A record whose DNS record is still to delete keeps
+``data_ttl`` (manager/dns_records.py retries while the record names it)."""
+
 CLONE_DEMAND_TTL_SECONDS = 120.0
 """A short pool's claim on clone slots lapses when its passes stop renewing it for this long
 (its passes died, or it left the config), so the slots go to the pools still asking."""
@@ -174,8 +182,13 @@ class CheckoutResult:
 
 
 HOLDERS_KEPT = 10000
-"""Owners' holdings sets the service keeps before each take looks for ones holding nothing any
-more (lua/quota.lua, quota_sweep): a caller with many addresses is many owners."""
+"""Owners' holdings sets the service keeps before the scheduler's tick looks for ones holding
+nothing any more (lua/holders_sweep.lua): a caller with many addresses is many owners."""
+HOLDERS_SWEPT_PER_CALL = 20
+"""Owners one run of lua/holders_sweep.lua looks at: each a record read per entry of its set (at
+most about max_running_vms_per_user), so a run holds Redis a few milliseconds."""
+HOLDERS_SWEEP_CALLS = 50
+"""Runs a tick makes at most: 1,000 owners a minute, more than takes add past HOLDERS_KEPT."""
 
 
 @dataclass(frozen=True)
@@ -690,6 +703,25 @@ class Store:
             self.recount_running(quota.pools, now)
         raise StoreUnavailable("redis: the service's running set went missing again as it was rebuilt")
 
+    def sweep_holders(self, now: float) -> tuple[int, int]:
+        """Past HOLDERS_KEPT owners with a holdings set, drop the sets of those that took something
+        longest ago and hold nothing now (lua/holders_sweep.lua), HOLDERS_SWEPT_PER_CALL at a time,
+        at most HOLDERS_SWEEP_CALLS runs. Returns (owners dropped, owners still listed past the
+        bound). For the scheduler's tick: a take costs the same however many owners there are."""
+        sweep = json.dumps({"max_holders": HOLDERS_KEPT, "batch": HOLDERS_SWEPT_PER_CALL, "now": now,
+                            "holdings_template": self.keys.holdings(KEY_PART), "vm_template": self.keys.vm(KEY_PART),
+                            "request_template": self.keys.ondemand(KEY_PART),
+                            "request_vms_template": self.keys.ondemand_vms(KEY_PART)})
+        dropped, left = 0, 0
+        with _translate_errors():
+            for _ in range(HOLDERS_SWEEP_CALLS):
+                _, gone, left = (int(n) for n in self.scripts.holders_sweep(keys=[self.keys.holders],
+                                                                             args=[sweep]))
+                dropped += gone
+                if not left or not gone:  # none over the bound, or every one looked at still holds
+                    break
+        return dropped, left
+
     def recount_running(self, pools: Iterable[str], now: float) -> RunningCount:
         """Rebuild the service's running set from the running sets of ``pools`` (every pool the
         caller knows) in one step (lua/running_recount.lua), and mark it whole. The scripts that
@@ -870,7 +902,8 @@ class Store:
         """The KEYS and ARGV of lua/move.lua for VMs of a known pool (hostname -> its fields)."""
         keys = [*(self.keys.vm(hostname) for hostname in fields), self.keys.changes, self.keys.cloning,
                 self.keys.pool_clones, self.keys.running, self.keys.pool_state(pool, from_state),
-                self.keys.pool_state(pool, to_state), self.keys.wake(pool), self.keys.running_due(pool)]
+                self.keys.pool_state(pool, to_state), self.keys.wake(pool), self.keys.running_due(pool),
+                self.keys.destroyed]
         # A VM leaving running leaves its next look too (move.lua); the others need no ZREM.
         leave_running_due = "1" if from_state == "running" and to_state != "running" else ""
         args: list[str] = [
@@ -879,6 +912,7 @@ class Store:
             "" if lifetime_ended is None else repr(float(lifetime_ended)),
             "", "", "", *_checkout_condition(checked_out_as), str(token_index(keys, token_key)),
             str(UNUSED_RECORD_TTL_SECONDS), leave_running_due, "1" if hold_clone else "",
+            str(DESTROYED_RECORDS_KEPT), self.keys.vm(KEY_PART),
         ]
         for hostname, changes in fields.items():
             args += [hostname, *update_args(changes)]
@@ -899,7 +933,7 @@ class Store:
         args = ["completed", repr(now), str(self.data_ttl_seconds), "1", "", "",
                 self.keys.pool_state(KEY_PART, "running"), self.keys.pool_state(KEY_PART, "completed"),
                 self.keys.wake(KEY_PART), *_checkout_condition(None), "0", str(UNUSED_RECORD_TTL_SECONDS),
-                self.keys.running_due(KEY_PART), "", hostname, "1", "reason", reason]
+                self.keys.running_due(KEY_PART), "", "", "", hostname, "1", "reason", reason]
         with _translate_errors():
             (pool,) = self.scripts.move(keys=keys, args=args)
         return str(pool) if pool else None

@@ -207,3 +207,31 @@ def test_a_change_with_thousands_of_problems_lists_the_first_and_counts_the_rest
     assert int(failures[-1].split()[1]) >= problems - MAX_FAILURES_LISTED
     assert len(reply.raw) < 2000
     assert stack.redis_state() == before
+
+
+UNKNOWN_NAMES = {f"nosuch{n:04d}": "1" for n in range(2500)}
+"""2,500 names that are no pool, in a 50 KB body."""
+
+
+@pytest.mark.parametrize(("target", "status", "key", "body"), [
+    ("/api/v3/ondemandvm", 404, "bad_templates", UNKNOWN_NAMES),
+    ("/api/v3/config/poolsize", 400, "not_configured", UNKNOWN_NAMES),
+    ("/api/v3/config/pooltemplate", 400, "bad_templates", dict.fromkeys(list(UNKNOWN_NAMES)[:1800], "d/t")),
+    ("/api/v3/config/clonetarget", 400, "bad_templates", dict.fromkeys(list(UNKNOWN_NAMES)[:1800], "c")),
+    ("/api/v3/poolreset", 400, "bad_pools", UNKNOWN_NAMES),
+    ("/api/v3/poolreset", 400, "bad_pools", {"p" * 30000: "1", "q" * 30000: "1"}),
+], ids=["ondemand", "poolsize", "pooltemplate", "clonetarget", "poolreset", "poolreset long names"])
+def test_a_list_of_unknown_names_shows_the_first_and_counts_the_rest(
+        make_stack: Callable[[str], Harness], target: str, status: int, key: str, body: dict[str, str]) -> None:
+    """These answers listed every name that was no pool: 2,500 in a 50 KB body answered 30 KB (two
+    names of 30,000 characters, 60 KB). The list keeps its key and holds names only, the first 20,
+    each cut short, and how many more there were is a number beside it."""
+    stack = make_stack(EXPERIMENTAL_CONFIG)
+    before = stack.redis_state()
+    reply = stack.request("POST", target, json.dumps(body, separators=(",", ":")))
+    assert (reply.status, reply.json["ok"]) == (status, False), reply.raw[:300]
+    names = reply.json[key]
+    assert names == [name if len(name) <= 100 else name[:100] + "..." for name in list(body)[:MAX_FAILURES_LISTED]]
+    assert reply.json.get(f"{key}_not_listed", 0) == len(body) - len(names)
+    assert len(reply.raw) < 3000
+    assert stack.redis_state() == before

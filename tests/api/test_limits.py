@@ -8,6 +8,7 @@ import http.client
 import itertools
 import json
 import threading
+import types
 from typing import Callable
 
 import pytest
@@ -18,6 +19,7 @@ from chalicelib.api import limits, vms
 from chalicelib.api.http import ApiRequest
 from chalicelib.api.routes import handle
 from chalicelib.manager import clones
+from chalicelib.manager.dispatch import Ticker
 from chalicelib.manager.hostnames import candidate_names
 from chalicelib.services import Services
 from chalicelib.store import CheckoutRequest
@@ -27,6 +29,9 @@ from tests.api.configs import CONFIG_YAML
 from tests.harness import Harness, run_at_once
 from tests.in_process_http import make_server
 from tests.support import checkout_answers_lost, eventually, redis_commands
+
+NO_QUEUE = types.SimpleNamespace(send=lambda messages, budget_seconds=None: None)
+"""The reconcile queue of a tick whose passes the test runs itself."""
 
 
 def _with(config: str, **keys: object) -> str:
@@ -90,8 +95,8 @@ def test_what_many_anonymous_clients_keep_in_redis_by_checking_out_and_returning
     """Before, each owner that took a VM kept its holdings set for 400 days after giving it back
     (its entries are dropped only as that owner counts them again), and an anonymous owner is an
     address (IPv6: its /64): one caller with a /48 is 65,536 owners. Past HOLDERS_KEPT owners,
-    each checkout drops the sets of the owners that took something longest ago and hold nothing
-    now; an owner still holding a VM keeps its set, and its quota."""
+    the scheduler's tick drops the sets of the owners that took something longest ago and hold
+    nothing now; an owner still holding a VM keeps its set, and its quota."""
     monkeypatch.setattr(store_module, "HOLDERS_KEPT", 10)
     stack = make_stack(_with(CONFIG_YAML.replace("size: 2", "size: 30", 1), max_running_vms_per_user=1))
     client, keys = stack.services.client, stack.services.store.keys
@@ -106,10 +111,39 @@ def test_what_many_anonymous_clients_keep_in_redis_by_checking_out_and_returning
             assert reply.status == 200, reply.json
             host = reply.json["pool1"]["hostname"].split(".")[0]
             assert stack.call("DELETE", f"/api/v3/vm/{host}", client_ip=address).status == 200
-    assert len(list(client.scan_iter(keys.holdings("*")))) <= 10 + 1  # and the bystander's
+        Ticker().tick(stack.services, NO_QUEUE)
+        assert len(list(client.scan_iter(keys.holdings("*")))) <= 10 + 1  # and the bystander's
     # The bystander still holds its VM: its set is kept, and its quota of 1 still counts it.
     refused = stack.call("POST", "/api/v3/vm/pool1", client_ip="198.51.100.7")
     assert refused.status == 403 and "at most 1 VMs" in refused.json["error"]
+
+
+def test_a_checkout_costs_the_same_however_many_owners_hold_dead_entries(
+        make_stack: Callable[[str], Harness], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past HOLDERS_KEPT owners, each new owner's take swept two other owners' sets, a record read
+    per entry: with 1,000 owners past the bound holding 100 dead entries each, a checkout ran 437
+    Redis commands instead of 30. Takes only list their owner now; the tick sweeps."""
+    monkeypatch.setattr(store_module, "HOLDERS_KEPT", 1000)
+    stack = make_stack(CONFIG_YAML.replace("size: 2", "size: 10", 1))
+    client, keys = stack.services.client, stack.services.store.keys
+    stack.fill("pool1")
+
+    def checkout_commands(address: str) -> int:
+        client.config_resetstat()
+        assert stack.call("POST", "/api/v3/vm/pool1", client_ip=address).status == 200
+        return sum(redis_commands(client).values())
+
+    checkout_commands("198.51.100.1")  # its scripts loaded
+    alone = checkout_commands("198.51.100.2")
+    pipe = client.pipeline(transaction=False)
+    for index in range(1001):
+        owner = f"{index:032x}"
+        pipe.zadd(keys.holdings(owner), {f"vm:gone-{index}-{entry}": 1 for entry in range(100)})
+        pipe.zadd(keys.holders, {owner: index})
+    pipe.execute()
+    assert checkout_commands("198.51.100.3") == alone
+    Ticker().tick(stack.services, NO_QUEUE)
+    assert client.zcard(keys.holders) == 1000 and not client.exists(keys.holdings(f"{0:032x}"))
 
 
 def test_a_forwarded_for_header_buys_no_owner_of_its_own(make_stack: Callable[[str], Harness]) -> None:

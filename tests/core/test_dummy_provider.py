@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import secrets
+
 import pytest
 import redis
 from redis.backoff import NoBackoff
@@ -11,6 +14,7 @@ from chalicelib.clock import FakeClock
 from chalicelib.config import Config, parse
 from chalicelib.providers.base import Provider, ProviderError, TaskState
 from chalicelib.providers.dummy import DummyProvider
+from tests.harness import HarnessFactory
 from tests.support import RedisRoundTrips, free_port
 
 CONFIG = """\
@@ -275,3 +279,29 @@ def test_clone_outcomes_are_the_tasks_and_vms_the_two_calls_answer_in_one_round_
     assert states == {TaskState.RUNNING, TaskState.SUCCESS, TaskState.ERROR}
     assert {vm.name for vm in vms} == {hostname for hostname, task in tasks.items()
                                         if statuses[task].state is TaskState.SUCCESS}
+
+
+def test_a_clone_names_its_deployment_and_a_renamed_deployment_leaves_it_alone(
+        make_harness: HarnessFactory) -> None:
+    """The dummy's annotation said only ``creator``: a deployment renamed (``:config:``
+    ``deployment``) took its VMs made before for its own, where the vSphere provider's are the
+    old name's, left alone (docs/vsphere.md). The dummy writes the same annotation now."""
+    text = CONFIG.replace("pools:", ":config:\n  deployment: {name}\npools:")
+    prefix = f"renamed-{secrets.token_hex(3)}:"
+    dev = make_harness(parse(text.format(extra="", name="dev")), prefix=prefix)
+    dev.fill("alpha", seconds=30)
+    (made,) = dev.hosts("alpha", "ready")
+    (shown,) = dev.provider.list_vms(dev.pool("alpha"))
+    assert json.loads(shown.annotation or "") == {"pool": "alpha", "creator": "vmpool", "deployment": "dev"}
+    renamed = make_harness(parse(text.format(extra="", name="prod")), prefix=prefix)
+    # Redis lost the service's state, not the hypervisor's (the dummy's VMs are in Redis too)
+    lost = [key for key in renamed.client.scan_iter(f"{prefix}*") if not key.startswith(f"{prefix}dummy")]
+    renamed.client.delete(*lost)
+    foreign = []
+    for _ in range(3):  # a VM found is judged on the pass after
+        renamed.clock.advance(30)
+        report = renamed.reconcile("alpha")
+        assert made not in [*report.discovered, *report.completed]
+        foreign += report.foreign
+    assert made in foreign
+    assert made in {vm.name for vm in renamed.provider.list_vms(renamed.pool("alpha"))}

@@ -3,7 +3,7 @@
 -- KEYS: the VMs' records, one per VM; then the changes counter, the cloning set, its pools' own
 -- part (keys.pool_clones: reserve_clones.lua), the service's running set (keys.running) and,
 -- when the caller knows the pool, the pool's from_state set, its to_state set, its wake list and
--- its running_due set.
+-- its running_due set; then (to_state destroyed) the destroyed set (keys.destroyed).
 -- A VM moved to running joins the service's running set; one moved to any other state leaves it
 -- (whatever it left: a VM is in one state, so one not running is never counted). One moved out
 -- of running leaves its pool's running_due set too (leave_running_due): a pass has nothing more
@@ -11,12 +11,16 @@
 -- its lifetime's end, long after its record expired).
 -- ARGV: to_state, now, record_ttl_seconds, nudge, unchanged_since, lifetime_ended,
 --       from_template, to_template, wake_template, same_checkout, checkout, token_user, token,
---       unused_record_ttl_seconds, leave_running_due, hold_clone,
+--       unused_record_ttl_seconds, leave_running_due, hold_clone, records_kept, vm_template
+--       (to_state destroyed; '' otherwise),
 --       then per VM: its hostname, how many fields follow, and those fields as field, value, ...
 -- to_state "destroyed" takes the VM out of every set and lets its record expire after the ttl;
 --   after unused_record_ttl_seconds instead for a VM cloned for an on-demand request and never
 --   delivered (a 'request' but no 'checkout': no one ever held it; a request deleted mid-build)
---   whose DNS record is gone (no 'dns_name' left for manager/dns_records.py to delete).
+--   whose DNS record is gone (no 'dns_name' left for manager/dns_records.py to delete). Every
+--   other joins the destroyed set; past records_kept, the records of those destroyed longest ago
+--   (a few more than this call added, so any excess goes) expire within unused_record_ttl_seconds,
+--   but one whose DNS record is still to delete, or whose name a new VM took (not destroyed).
 -- nudge "1" wakes the pool's reconcile (a move made by the API, such as returning a VM).
 -- The templates ('' when the pool's keys are given) name those three keys for the pool its record
 --   names (DELETE /vm/<hostname>: one VM, one round trip, no read first; see keys.DERIVED_KEYS).
@@ -53,7 +57,8 @@ local firsts = {} -- where each VM's arguments begin
 local same_checkout, seen_checkout, seen_owner = ARGV[10] == '1', ARGV[11], ARGV[12]
 local unused_ttl = tonumber(ARGV[14])
 local hold_clone = ARGV[16] == '1' and to_state == 'completed'
-local next_first = 17
+local records_kept, vm_template = tonumber(ARGV[17]), ARGV[18]
+local next_first = 19
 while next_first <= #ARGV do
   firsts[#firsts + 1] = next_first
   next_first = next_first + 2 + 2 * tonumber(ARGV[next_first + 1])
@@ -62,6 +67,7 @@ local vms = #firsts
 local changes_key, cloning_key, pool_clones_key, all_running_key =
   KEYS[vms + 1], KEYS[vms + 2], KEYS[vms + 3], KEYS[vms + 4]
 local change_seq = nil
+local kept_added = 0 -- VMs this call added to the destroyed set
 
 local function move(index)
   local first = firsts[index]
@@ -135,6 +141,8 @@ local function move(index)
       redis.call('EXPIRE', vm_key, math.min(ttl, unused_ttl))
     else
       redis.call('EXPIRE', vm_key, ttl)
+      redis.call('ZADD', KEYS[vms + 9], now, hostname)
+      kept_added = kept_added + 1
     end
   else
     redis.call('ZADD', to_key, now, hostname)
@@ -151,5 +159,22 @@ local results = {}
 local gone = token_gone(ARGV[13])
 for index = 1, vms do
   results[index] = gone and -1 or move(index)
+end
+-- The destroyed set past records_kept: the oldest records expire within the hour (an hour
+-- outlives any pass, so one whose inventory predates the destroy still finds 'destroyed_at').
+if kept_added > 0 then
+  local destroyed_key = KEYS[vms + 9]
+  redis.call('EXPIRE', destroyed_key, ttl)
+  local excess = math.min(redis.call('ZCARD', destroyed_key) - records_kept, kept_added + 8)
+  if excess > 0 then
+    for _, hostname in ipairs(redis.call('ZRANGE', destroyed_key, 0, excess - 1)) do
+      local vm_key = key_of(vm_template, hostname)
+      local record = redis.call('HMGET', vm_key, 'state', 'dns_name')
+      if record[1] == 'destroyed' and not record[2] and redis.call('TTL', vm_key) > unused_ttl then
+        redis.call('EXPIRE', vm_key, unused_ttl)
+      end
+      redis.call('ZREM', destroyed_key, hostname)
+    end
+  end
 end
 return results

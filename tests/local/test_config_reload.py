@@ -1,0 +1,52 @@
+"""The local stack re-reads its config file when the developer edits it, as the Lambdas refresh
+theirs from S3: no restart for a new pool or size; an edit that does not validate is refused with
+its problems and the running config stays."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from tests.local.stack import call, local_stack, wait_for
+
+CONFIG = (
+    "config: {domain: example.com, check_loop_delay_min: 0.2}\n"
+    "providers:\n  dummy: {provider_class: dummy, createvm_max_time: 0, boot_time: 0, destroyvm_max_time: 0}\n"
+    "pools:\n"
+    "  - {name: first, size: 1, provider: dummy}\n"
+)
+
+
+def edit(path: Path, text: str) -> None:
+    """Write ``text`` as an editor saves it; its modification time moves on even within the
+    file system's clock's resolution."""
+    before = path.stat().st_mtime_ns
+    path.write_text(text)
+    os.utime(path, ns=(time.time_ns(), max(time.time_ns(), before + 1_000_000_000)))
+
+
+def pools(api: str) -> list[str]:
+    status, answer = call("GET", f"{api}/vm")
+    assert status == 200, answer
+    return list(answer)
+
+
+def test_an_edited_config_is_served_within_seconds_and_a_broken_edit_is_refused(tmp_path: Path) -> None:
+    with local_stack(tmp_path, CONFIG, workers=1, interval=1.0) as stack:
+        config_file = tmp_path / "stack.yaml"
+        assert pools(stack.api) == ["first"]
+        edit(config_file, CONFIG + "  - {name: second, size: 1, provider: dummy}\n")
+        wait_for(lambda: pools(stack.api) == ["first", "second"], 30, "the new pool served", stack.log)
+        # the scheduler's too: the new pool is filled
+        wait_for(lambda: call("GET", f"{stack.api}/status")[1]["pools"]["second"]["ready"] == 1, 30,
+                 "the new pool filled", stack.log)
+
+        edit(config_file, CONFIG + "  - {name: second, size: -3, provider: dummy}\n")
+        wait_for(lambda: "changed but refused; the running config stays" in stack.log(), 30, "the refusal",
+                 stack.log)
+        assert "pools[1].size" in stack.log().split("changed but refused", 1)[1]  # its problem, named
+        assert pools(stack.api) == ["first", "second"]
+
+        edit(config_file, CONFIG)
+        wait_for(lambda: pools(stack.api) == ["first"], 30, "the pool removed", stack.log)
