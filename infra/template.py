@@ -130,24 +130,19 @@ def role_logical_id(function_name: str) -> str:
 def secrets_kms_policy() -> dict[str, Any]:
     """``kms:Decrypt`` on the keys ``SecretsKmsKeyArns`` names, for every function's role, only
     when SSM or Secrets Manager of the stack's region asks on the function's behalf
-    (``kms:ViaService``): an SSM SecureString parameter or a secret encrypted with a
-    customer-managed key is refused (AccessDeniedException from KMS, through SSM's
-    GetParameter or Secrets Manager's GetSecretValue) without it; AWS-managed keys need nothing.
-    Made only when the parameter names a key."""
+    (``sync_config.secrets_kms_statement``, which the ``chalice deploy`` path's policy files
+    share): an SSM SecureString parameter or a secret encrypted with a customer-managed key is
+    refused (AccessDeniedException from KMS, through SSM's GetParameter or Secrets Manager's
+    GetSecretValue) without it; AWS-managed keys need nothing. Made only when the parameter
+    names a key."""
     return {
         "Type": "AWS::IAM::Policy",
         "Condition": "HasSecretsKmsKeys",
         "Properties": {
             "PolicyName": "secrets-kms-decrypt",
             "Roles": [{"Ref": role_logical_id(function)} for function in FUNCTIONS],
-            "PolicyDocument": {"Version": "2012-10-17", "Statement": [{
-                "Effect": "Allow",
-                "Action": "kms:Decrypt",
-                "Resource": {"Ref": "SecretsKmsKeyArns"},
-                "Condition": {"StringEquals": {"kms:ViaService": [
-                    {"Fn::Sub": "ssm.${AWS::Region}.amazonaws.com"},
-                    {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}]}},
-            }]},
+            "PolicyDocument": {"Version": "2012-10-17", "Statement": [sync_config.secrets_kms_statement(
+                {"Ref": "SecretsKmsKeyArns"}, ["${AWS::Region}"], in_template=True)]},
         },
     }
 
@@ -233,8 +228,11 @@ def _listed_description(what: str, names: list[str], need: str) -> str:
 
 
 def stage_outputs() -> dict[str, Any]:
-    """What ``chalice deploy`` needs from the infra-only stack (infra/stage_settings.py)."""
+    """What ``chalice deploy`` needs from the infra-only stack (infra/stage_settings.py). The KMS
+    keys only when the parameter names some: its policy files then grant them."""
     return {
+        "SecretsKmsKeyArns": {"Condition": "HasSecretsKmsKeys",
+                              "Value": {"Fn::Join": [",", {"Ref": "SecretsKmsKeyArns"}]}},
         "RedisUrl": {"Value": function_environment()["VMPOOL_REDIS_URL"]},
         "ReconcileQueueName": {"Value": {"Fn::GetAtt": ["ReconcileQueue", "QueueName"]}},
         "RedisAuthSecretArn": {"Value": {"Ref": "RedisAuthSecret"}},
