@@ -228,6 +228,9 @@ POOLS_NOT_QUEUED = "PoolsNotQueued"
 # (a config refresh from S3: the config in use stays; a refill nudge to SQS: the tick refills).
 # Its warning line gives the call, AWS's code and the failure's class (aws_clients.AwsCallFailed).
 AWS_CALL_FAILURES = "AwsCallFailures"
+# Any function (service-wide, and by reason): a secret reference of the config (Secrets Manager,
+# SSM) that could not be fetched (auth/secrets.py SecretUnavailable: its metric_key is the reason).
+SECRET_FAILURES = "SecretFailures"
 # The scheduler's tick (service-wide): runtime templates and clone targets the config in effect has
 # no room for in /config, left out (store/pool_overrides.py ``fitting``). Should stay 0.
 OVERRIDES_IGNORED = "OverridesIgnored"
@@ -288,6 +291,7 @@ METRICS: dict[str, MetricSpec] = {
         _spec(POOLS_NOT_QUEUED, _COUNT, SERVICE_DIMENSIONS),
         _spec(OVERRIDES_IGNORED, _COUNT, SERVICE_DIMENSIONS),
         _spec(AWS_CALL_FAILURES, _COUNT, SERVICE_DIMENSIONS),
+        _spec(SECRET_FAILURES, _COUNT, SERVICE_DIMENSIONS, REASON_DIMENSIONS),
     )
 }
 

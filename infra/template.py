@@ -30,6 +30,7 @@ import yaml
 from chalice.utils import to_cfn_resource_name
 
 from chalicelib import observability as m
+from chalicelib.auth.secrets import FAILURE_KEYS as SECRET_FAILURE_KEYS
 from chalicelib.manager.pool_queue import MAX_DELAY_SECONDS
 from infra import sync_config
 from infra.sync_config import STAGES, Stage
@@ -298,6 +299,13 @@ def alarms(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
         "3+ ticks in 5 minutes could not put some pool's message on the reconcile queue (SQS throttling, "
         "timing out or refusing). The tick's error log line names the pools and SQS's codes.",
         m.POOLS_NOT_QUEUED, "SampleCount", 3)
+    found["SecretFailuresAlarm"] = service_count_alarm(
+        "secrets-unavailable",
+        "Secret references of the config (Secrets Manager, SSM) could not be fetched 3+ times in 5 minutes: "
+        "LDAP logins, Redis connections or a provider's passes fail until they can. The dashboard's graph "
+        "gives the reason (refused: IAM, KMS or a wrong name; unavailable or throttled: AWS; malformed: the "
+        "secret's content); the callers' log lines name the reference.",
+        m.SECRET_FAILURES, "Sum", 3)
     found["TemplatePreparationFailuresAlarm"] = service_count_alarm(
         "template-preparation-failures",
         "A template's preparation (create_template_delta_disks) failed or was still under way after the "
@@ -458,6 +466,9 @@ def dashboard(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
                 service(m.OVERRIDES_IGNORED)),
         _widget("AWS calls failed (config refreshes, refill nudges; their warning lines say why)",
                 service(m.AWS_CALL_FAILURES)),
+        _widget("Secrets not fetched, by reason (logins, Redis connections, passes fail; should stay 0)",
+                [[namespace, m.SECRET_FAILURES, "reason", reason, "service", m.SERVICE, {"label": reason}]
+                 for reason in SECRET_FAILURE_KEYS]),
         _widget("Lambda errors", per_function("Errors")),
         _widget("Lambda throttles", per_function("Throttles")),
         _widget("Lambda duration max (ms)", per_function("Duration"), stat="Maximum"),

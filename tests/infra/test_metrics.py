@@ -333,3 +333,20 @@ def test_a_template_preparation_given_up_raises_an_alarm(package: Package) -> No
     assert [d["Name"] for d in alarm["Dimensions"]] == ["service"]
     assert ("service",) in m.METRICS[m.TEMPLATE_PREPARATION_FAILURES].dimension_sets
     assert (alarm["Statistic"], alarm["Threshold"], alarm["TreatMissingData"]) == ("Sum", 1, "notBreaching")
+
+
+def test_secrets_that_cannot_be_fetched_raise_an_alarm_and_are_graphed_by_reason(package: Package) -> None:
+    """``SecretFailures`` (auth/secrets.py counts each failed fetch) has an alarm on its
+    service-wide series and a graph of each reason a failure can have."""
+    from chalicelib.auth.secrets import FAILURE_KEYS
+
+    alarms = {a["Properties"]["AlarmName"]: a["Properties"] for a in package.of_type("AWS::CloudWatch::Alarm").values()}
+    alarm = alarms[f"vmpool-{package.stage}-secrets-unavailable"]
+    namespace = m.namespace_for(package.stage)
+    assert (alarm["Namespace"], alarm["MetricName"], alarm["Statistic"]) == (namespace, m.SECRET_FAILURES, "Sum")
+    assert [d["Name"] for d in alarm["Dimensions"]] == ["service"]
+    (dashboard,) = package.of_type("AWS::CloudWatch::Dashboard").values()
+    body = json.loads(dashboard["Properties"]["DashboardBody"]["Fn::Sub"])
+    graphed = {row[3] for widget in body["widgets"] for row in widget["properties"].get("metrics", [])
+               if row[:3] == [namespace, m.SECRET_FAILURES, "reason"]}
+    assert graphed == set(FAILURE_KEYS)
