@@ -20,7 +20,15 @@ from chalicelib import config_source, observability
 from chalicelib.api.chalice_app import RequestLocalChalice
 from chalicelib.api.http import ApiError
 from chalicelib.api.routes import ROUTES, Route, handle_when_built, render, request_from_chalice, versioned_paths
-from chalicelib.manager.pool_queue import NUDGE, PoolMessage, PoolQueue, Received, SqsPoolQueue, received
+from chalicelib.manager.pool_queue import (
+    NUDGE,
+    PoolMessage,
+    PoolQueue,
+    Received,
+    SqsPoolQueue,
+    received,
+    seconds_late,
+)
 from chalicelib.manager.refill import REFILL_QUEUE_ENV
 from chalicelib.observability import emit, logger, tracer
 from chalicelib.services import Services
@@ -150,7 +158,9 @@ def reconcile(event: Any) -> dict[str, Any]:
     from chalicelib.manager.dispatch import handle_batch
 
     records = received(event.to_dict())  # whatever the invoke holds: never raises
-    emit(None, {}, seconds={observability.REFILL_LATENCY: _seconds_queued(records)})
+    # The batch's passes start now, each in its own thread (dispatch.handle_batch).
+    emit(None, {}, seconds={observability.REFILL_LATENCY: _seconds_queued(records),
+                            observability.PASS_LATENESS: seconds_late(records, time.time() * 1000)})
     context = event.context
 
     def remaining_seconds() -> float:

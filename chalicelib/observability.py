@@ -216,6 +216,9 @@ CHECKOUT_MISSES = "CheckoutMisses"
 DELETES = "Deletes"
 # Reconcile queue consumer (service-wide): how long a checkout's nudge waited in the queue.
 REFILL_LATENCY = "RefillLatency"
+# Reconcile queue consumer (service-wide): how late each pass started past its message's due time
+# (its send plus its delay; first deliveries only). The reconcile-late alarm.
+PASS_LATENESS = "PassLateness"
 # Any function (service-wide): a config pushed to S3 refused, the last good one kept.
 CONFIG_REJECTED = "ConfigRejected"
 # The scheduler's tick (service-wide): VMs its rebuild of the service's running set added or
@@ -286,6 +289,7 @@ METRICS: dict[str, MetricSpec] = {
         _spec(CHECKOUT_MISSES, _COUNT, POOL_DIMENSIONS, SERVICE_DIMENSIONS),
         _spec(DELETES, _COUNT, SERVICE_DIMENSIONS),
         _spec(REFILL_LATENCY, _SECONDS, SERVICE_DIMENSIONS),
+        _spec(PASS_LATENESS, _SECONDS, SERVICE_DIMENSIONS),
         _spec(CONFIG_REJECTED, _COUNT, SERVICE_DIMENSIONS),
         _spec(RUNNING_COUNT_DRIFT, _COUNT, SERVICE_DIMENSIONS),
         _spec(POOLS_NOT_QUEUED, _COUNT, SERVICE_DIMENSIONS),

@@ -169,6 +169,12 @@ RECONCILE_VISIBILITY_TIMEOUT = 6 * sync_config.RECONCILE_TIMEOUT
 """How long a received reconcile message stays hidden: six times the consumer's timeout, as
 Lambda recommends for SQS sources. A message whose pass failed comes back after it."""
 
+LATE_PASS_SECONDS = 120
+"""How late past its due time a pass may start before the ``reconcile-late`` alarm fires: two
+ticks, a pool's pass starting after the next tick's message for it was due. A healthy consumer
+starts a pass within seconds of its due time (SQS's poll); one short of consumers falls further
+behind each minute, so this fires within minutes of it, where ``reconcile-backlog`` (the age of
+the oldest message, which counts a follow-up's delay) needs 24."""
 BACKLOG_WAIT_SECONDS = 120
 """How long a reconcile message may wait to be received before its pool counts as not looked at."""
 
@@ -347,6 +353,14 @@ def alarms(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
                       Statistic="Maximum", Period=300, EvaluationPeriods=1, Threshold=threshold,
                       ComparisonOperator="GreaterThanOrEqualToThreshold", TreatMissingData="notBreaching")
 
+    found["ReconcileLateAlarm"] = _alarm(
+        f"{prefix}-reconcile-late",
+        f"A pool's pass started over {LATE_PASS_SECONDS} s after its message was due (its send plus its "
+        "delay; first deliveries only): reconcile messages wait to be received (too few consumers for the "
+        "pools, throttled), so pools are looked at late. PassLateness on the dashboard.",
+        Namespace=namespace, MetricName=m.PASS_LATENESS, Dimensions=service, Statistic="Maximum", Period=300,
+        EvaluationPeriods=1, Threshold=LATE_PASS_SECONDS, ComparisonOperator="GreaterThanOrEqualToThreshold",
+        TreatMissingData="notBreaching")
     backlog_age = reconcile_backlog_threshold()
     found["ReconcileBacklogAlarm"] = queue_alarm(
         "reconcile-backlog",
@@ -453,6 +467,9 @@ def dashboard(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
                                                   *service(m.RECONCILE_ERRORS, yAxis="right")]),
         _widget("Refill latency p50/p90 (s): checkout to consumer",
                 [*service(m.REFILL_LATENCY, stat="p50"), *service(m.REFILL_LATENCY, stat="p90")]),
+        _widget("Passes started late: p50 and max seconds past the message's due time",
+                [*service(m.PASS_LATENESS, stat="p50"), *service(m.PASS_LATENESS, stat="Maximum")],
+                stat="Maximum", annotations={"horizontal": [{"label": "reconcile-late", "value": LATE_PASS_SECONDS}]}),
         _log_widget("Pools with the most passes (last hour)", reconcile_log,
                     "filter message = 'reconcile pass' | stats count(*) as passes by pool "
                     "| sort passes desc | limit 20"),

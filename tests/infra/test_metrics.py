@@ -350,3 +350,19 @@ def test_secrets_that_cannot_be_fetched_raise_an_alarm_and_are_graphed_by_reason
     graphed = {row[3] for widget in body["widgets"] for row in widget["properties"].get("metrics", [])
                if row[:3] == [namespace, m.SECRET_FAILURES, "reason"]}
     assert graphed == set(FAILURE_KEYS)
+
+
+def test_passes_started_late_raise_an_alarm_within_minutes(package: Package) -> None:
+    """``reconcile-late`` watches ``PassLateness`` (published by the consumer): a backlog is
+    reported within minutes, where ``reconcile-backlog`` (kept: it alone sees a queue nothing
+    receives, when no pass starts to be late) waits out SQS's longest delay."""
+    from infra.template import LATE_PASS_SECONDS, reconcile_backlog_threshold
+
+    alarms = {a["Properties"]["AlarmName"]: a["Properties"] for a in package.of_type("AWS::CloudWatch::Alarm").values()}
+    late = alarms[f"vmpool-{package.stage}-reconcile-late"]
+    assert (late["Namespace"], late["MetricName"], late["Statistic"]) == (
+        m.namespace_for(package.stage), m.PASS_LATENESS, "Maximum")
+    assert [d["Name"] for d in late["Dimensions"]] == ["service"]
+    assert late["Threshold"] == LATE_PASS_SECONDS <= 300 < reconcile_backlog_threshold()
+    assert late["Period"] * late["EvaluationPeriods"] <= 300
+    assert alarms[f"vmpool-{package.stage}-reconcile-backlog"]["MetricName"] == "ApproximateAgeOfOldestMessage"
