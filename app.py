@@ -22,6 +22,7 @@ from chalicelib.api.http import ApiError
 from chalicelib.api.routes import ROUTES, Route, handle_when_built, render, request_from_chalice, versioned_paths
 from chalicelib.manager.pool_queue import (
     NUDGE,
+    REPORTED_LATENESS_SECONDS,
     PoolMessage,
     PoolQueue,
     Received,
@@ -160,7 +161,8 @@ def reconcile(event: Any) -> dict[str, Any]:
     records = received(event.to_dict())  # whatever the invoke holds: never raises
     # The batch's passes start now, each in its own thread (dispatch.handle_batch).
     emit(None, {}, seconds={observability.REFILL_LATENCY: _seconds_queued(records),
-                            observability.PASS_LATENESS: seconds_late(records, time.time() * 1000)})
+                            observability.PASS_LATENESS: seconds_late(records, time.time() * 1000,
+                                                                      REPORTED_LATENESS_SECONDS)})
     context = event.context
 
     def remaining_seconds() -> float:

@@ -217,7 +217,8 @@ DELETES = "Deletes"
 # Reconcile queue consumer (service-wide): how long a checkout's nudge waited in the queue.
 REFILL_LATENCY = "RefillLatency"
 # Reconcile queue consumer (service-wide): how late each pass started past its message's due time
-# (its send plus its delay; first deliveries only). The reconcile-late alarm.
+# (its send plus its delay; first deliveries only), when 10 s or more (pool_queue.seconds_late).
+# The reconcile-late alarm.
 PASS_LATENESS = "PassLateness"
 # Any function (service-wide): a config pushed to S3 refused, the last good one kept.
 CONFIG_REJECTED = "ConfigRejected"

@@ -31,7 +31,7 @@ from chalice.utils import to_cfn_resource_name
 
 from chalicelib import observability as m
 from chalicelib.auth.secrets import FAILURE_KEYS as SECRET_FAILURE_KEYS
-from chalicelib.manager.pool_queue import MAX_DELAY_SECONDS
+from chalicelib.manager.pool_queue import MAX_DELAY_SECONDS, REPORTED_LATENESS_SECONDS
 from infra import sync_config
 from infra.sync_config import STAGES, Stage
 
@@ -467,8 +467,10 @@ def dashboard(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
                                                   *service(m.RECONCILE_ERRORS, yAxis="right")]),
         _widget("Refill latency p50/p90 (s): checkout to consumer",
                 [*service(m.REFILL_LATENCY, stat="p50"), *service(m.REFILL_LATENCY, stat="p90")]),
-        _widget("Passes started late: p50 and max seconds past the message's due time",
-                [*service(m.PASS_LATENESS, stat="p50"), *service(m.PASS_LATENESS, stat="Maximum")],
+        _widget(f"Passes started {int(REPORTED_LATENESS_SECONDS)} s or more late: max seconds past the message's "
+                "due time, and how many (should stay empty)",
+                [*service(m.PASS_LATENESS, stat="Maximum"),
+                 *service(m.PASS_LATENESS, stat="SampleCount", yAxis="right")],
                 stat="Maximum", annotations={"horizontal": [{"label": "reconcile-late", "value": LATE_PASS_SECONDS}]}),
         _log_widget("Pools with the most passes (last hour)", reconcile_log,
                     "filter message = 'reconcile pass' | stats count(*) as passes by pool "

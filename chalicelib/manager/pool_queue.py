@@ -113,14 +113,22 @@ def _digits(value: Any) -> int | None:
     return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 20 else None
 
 
-def seconds_late(records: Sequence[Received], now_ms: float) -> list[float]:
+REPORTED_LATENESS_SECONDS = 10.0
+"""The lateness below which a pass's start is not published (``seconds_late``): a healthy queue
+starts passes within a few seconds of their due time, and a document per invocation would print
+a line per idle pass (1,000 pools handed over one message at a time: 43 M lines, ~$5 of log
+ingestion a month) where an idle pass prints nothing."""
+
+
+def seconds_late(records: Sequence[Received], now_ms: float, at_least: float = 0.0) -> list[float]:
     """How late each message's pass starts (at ``now_ms``, SQS's epoch milliseconds): the time
     past when the message was due, its send plus the ``DelaySeconds`` its body records (0 when
     it records none: a message of an older release, or a nudge). First deliveries only: a
     message delivered again waited out the visibility timeout after a failed pass (counted in
     ``ReconcileErrors``), not a queue that fell behind. A pass starting late says messages wait
     to be received (too few consumers, throttled), whatever delay each was sent with, which the
-    age of the queue's oldest message cannot tell apart from a follow-up's 900 s delay."""
+    age of the queue's oldest message cannot tell apart from a follow-up's 900 s delay. Only
+    those at least ``at_least`` seconds late."""
     late = []
     for record in records:
         if record.sent_ms is None or record.receive_count != 1:
@@ -128,7 +136,9 @@ def seconds_late(records: Sequence[Received], now_ms: float) -> list[float]:
         message = PoolMessage.parse(record.body)
         if message is None:
             continue
-        late.append(max(0.0, now_ms - record.sent_ms - 1000 * _recorded_delay(record.body)) / 1000)
+        seconds = max(0.0, now_ms - record.sent_ms - 1000 * _recorded_delay(record.body)) / 1000
+        if seconds >= at_least:
+            late.append(seconds)
     return late
 
 
