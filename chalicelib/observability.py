@@ -35,7 +35,7 @@ from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
-from chalicelib.auth.secrets import RedactingFilter
+from chalicelib.auth.secrets import RedactingFilter, SecretUnavailable, count_failures_with
 from chalicelib.logs import SERVICE
 from chalicelib.providers.failures import FailureKind
 
@@ -300,6 +300,16 @@ METRICS: dict[str, MetricSpec] = {
     )
 }
 
+def count_secret_failure(error: SecretUnavailable) -> None:
+    """Count a failed fetch of a secret in ``SecretFailures`` (service-wide, and by ``reason``:
+    the error's bounded ``metric_key``), as the other typed failures are counted
+    (``AwsCallFailures``, a provider's ``ReconcileErrors``): a secret that cannot be read fails
+    every login (LDAP), every Redis connection or every pass of a provider's pools, and only
+    its callers' log lines said so. Registered for every resolver of the process below."""
+    emit(None, {SECRET_FAILURES: 1})
+    emit(None, {SECRET_FAILURES: 1}, dimensions={"reason": error.metric_key})
+
+
 PER_POOL_METRICS = tuple(name for name, spec in METRICS.items() if any("pool" in dims for dims in spec.dimension_sets))
 """The metrics with a ``pool`` dimension: each is published only when its event happens for the
 pool (a miss, a failure, a migration), never every pass."""
@@ -397,3 +407,6 @@ def _samples(value: Values) -> Sequence[float]:
 CLONE_FAILURE_REASONS = tuple(kind.value for kind in FailureKind)
 """The few kinds a clone failure is counted under (the metric dimension ``reason``): the kind the
 provider reported (``providers.base.FailureKind``)."""
+
+
+count_failures_with(count_secret_failure)

@@ -163,7 +163,8 @@ class SecretResolver:
     Providers are created on first use (so tests can create the resolver inside ``mock_aws``);
     ``secrets_provider``/``ssm_provider`` may be given (Powertools ``SecretsProvider`` /
     ``SSMProvider`` or anything with the same ``get``). ``count_failure``: told of each failed
-    fetch (default ``count_secret_failure``: the ``SecretFailures`` metric)."""
+    fetch (default: the process's counter, ``count_failures_with``: the ``SecretFailures``
+    metric)."""
 
     def __init__(
         self,
@@ -176,7 +177,7 @@ class SecretResolver:
         self.max_age = max_age
         self._secrets_provider = secrets_provider
         self._ssm_provider = ssm_provider
-        self._count_failure = count_failure or count_secret_failure
+        self._count_failure = count_failure or _count_with_process_counter
         self._lock = threading.Lock()
 
     def _provider(self, store: str) -> Any:
@@ -222,7 +223,7 @@ class SecretResolver:
 
     def fetch(self, reference: SecretReference, *, force_fetch: bool = False) -> str:
         """The referenced secret's text. Raises SecretUnavailable, counted first
-        (``count_failure``: ``SecretFailures`` by its ``metric_key``)."""
+        (``count_failure``)."""
         provider = self._provider(reference.store)
         options: dict[str, Any] = {"max_age": self.max_age, "force_fetch": force_fetch}
         if reference.key:
@@ -300,16 +301,22 @@ def _aws_reason(error: Exception) -> tuple[str, str]:
     return type(cause).__name__, "unavailable"
 
 
-def count_secret_failure(error: SecretUnavailable) -> None:
-    """Count a failed fetch in ``SecretFailures`` (service-wide, and by ``reason``: the error's
-    ``metric_key``), as the other typed failures are counted (``AwsCallFailures``, a provider's
-    ``ReconcileErrors``): a secret that cannot be read fails every login (LDAP), every Redis
-    connection or every pass of a provider's pools, and only its callers' log lines said so."""
-    # Imported here: chalicelib.observability imports this module (its log redaction).
-    from chalicelib import observability
+def _uncounted(error: SecretUnavailable) -> None:
+    """No counter registered (a process without chalicelib.observability)."""
 
-    observability.emit(None, {observability.SECRET_FAILURES: 1})
-    observability.emit(None, {observability.SECRET_FAILURES: 1}, dimensions={"reason": error.metric_key})
+
+_process_counter: list[Callable[[SecretUnavailable], None]] = [_uncounted]
+
+
+def count_failures_with(counter: Callable[[SecretUnavailable], None]) -> None:
+    """Who counts the failed fetches of resolvers given no ``count_failure`` of their own:
+    chalicelib.observability registers its ``SecretFailures`` counter when it is imported (this
+    module cannot import it: it imports this one, for its log redaction)."""
+    _process_counter[0] = counter
+
+
+def _count_with_process_counter(error: SecretUnavailable) -> None:
+    _process_counter[0](error)
 
 
 _default_resolver: SecretResolver | None = None

@@ -222,6 +222,7 @@ def test_each_failed_fetch_is_counted_by_its_reason(aws, capsys):
     provider's pools: each failure is counted in ``SecretFailures`` (service-wide for the
     ``secrets-unavailable`` alarm, by reason for the dashboard), as AWS call and provider
     failures are. Before, only the callers' log lines said so; no metric, no alarm."""
+    import chalicelib.observability  # noqa: F401 - registers the process's counter, as in every function
     from tests.support import counts_by_reason, emf_documents, emitted
 
     resolver = SecretResolver()
