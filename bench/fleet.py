@@ -5,7 +5,8 @@
   The SQS calls themselves are not in the wall time (the queue here records); in AWS they are
   100 SendMessageBatch calls made by 8 threads.
 - ``steady``: the consumer's batches of 10 over those 1,000 full, idle pools (what every minute
-  costs): per batch and per pass, round trips, follow-ups queued (none when idle).
+  costs): per batch and per pass, round trips, follow-ups queued (none when idle); and batches
+  of one message (what an invocation bills when each poll finds one).
 - ``busy``: the pass of a pool with clones in flight (what each follow-up costs): it starts no
   wait, queues one follow-up after ``clone_poll_interval``.
 
@@ -107,6 +108,14 @@ def _run(client: redis.Redis, pools: int) -> dict[str, Any]:
         result["steady_round_trips_per_pass"] = round(round_trips / pools, 1)
         result["steady_followups"] = len(queue.messages)
         result["steady_all_pools_s"] = round(total, 2)
+        # The same passes one message per invocation (an SQS poll finding one message: the event
+        # source's MaximumBatchingWindowInSeconds 0): what each invocation bills against a batch.
+        singles = []
+        for record in records[:200]:
+            started = time.perf_counter()
+            assert handle_batch(services, [record], queue, lambda: 60.0) == []
+            singles.append(time.perf_counter() - started)
+        result["steady_batch_of_one_ms"] = ms(median(singles))
 
         busy = _services(client, 1, size=20, clone_seconds=3600, prefix="bench-busy:")
         queue = CountingQueue()

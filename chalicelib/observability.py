@@ -35,7 +35,7 @@ from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
-from chalicelib.auth.secrets import RedactingFilter
+from chalicelib.auth.secrets import RedactingFilter, SecretUnavailable, count_failures_with
 from chalicelib.logs import SERVICE
 from chalicelib.providers.failures import FailureKind
 
@@ -216,6 +216,10 @@ CHECKOUT_MISSES = "CheckoutMisses"
 DELETES = "Deletes"
 # Reconcile queue consumer (service-wide): how long a checkout's nudge waited in the queue.
 REFILL_LATENCY = "RefillLatency"
+# Reconcile queue consumer (service-wide): how late each pass started past its message's due time
+# (its send plus its delay; first deliveries only), when 10 s or more (pool_queue.seconds_late).
+# The reconcile-late alarm.
+PASS_LATENESS = "PassLateness"
 # Any function (service-wide): a config pushed to S3 refused, the last good one kept.
 CONFIG_REJECTED = "ConfigRejected"
 # The scheduler's tick (service-wide): VMs its rebuild of the service's running set added or
@@ -228,6 +232,9 @@ POOLS_NOT_QUEUED = "PoolsNotQueued"
 # (a config refresh from S3: the config in use stays; a refill nudge to SQS: the tick refills).
 # Its warning line gives the call, AWS's code and the failure's class (aws_clients.AwsCallFailed).
 AWS_CALL_FAILURES = "AwsCallFailures"
+# Any function (service-wide, and by reason): a secret reference of the config (Secrets Manager,
+# SSM) that could not be fetched (auth/secrets.py SecretUnavailable: its metric_key is the reason).
+SECRET_FAILURES = "SecretFailures"
 # The scheduler's tick (service-wide): runtime templates and clone targets the config in effect has
 # no room for in /config, left out (store/pool_overrides.py ``fitting``). Should stay 0.
 OVERRIDES_IGNORED = "OverridesIgnored"
@@ -283,13 +290,25 @@ METRICS: dict[str, MetricSpec] = {
         _spec(CHECKOUT_MISSES, _COUNT, POOL_DIMENSIONS, SERVICE_DIMENSIONS),
         _spec(DELETES, _COUNT, SERVICE_DIMENSIONS),
         _spec(REFILL_LATENCY, _SECONDS, SERVICE_DIMENSIONS),
+        _spec(PASS_LATENESS, _SECONDS, SERVICE_DIMENSIONS),
         _spec(CONFIG_REJECTED, _COUNT, SERVICE_DIMENSIONS),
         _spec(RUNNING_COUNT_DRIFT, _COUNT, SERVICE_DIMENSIONS),
         _spec(POOLS_NOT_QUEUED, _COUNT, SERVICE_DIMENSIONS),
         _spec(OVERRIDES_IGNORED, _COUNT, SERVICE_DIMENSIONS),
         _spec(AWS_CALL_FAILURES, _COUNT, SERVICE_DIMENSIONS),
+        _spec(SECRET_FAILURES, _COUNT, SERVICE_DIMENSIONS, REASON_DIMENSIONS),
     )
 }
+
+def count_secret_failure(error: SecretUnavailable) -> None:
+    """Count a failed fetch of a secret in ``SecretFailures`` (service-wide, and by ``reason``:
+    the error's bounded ``metric_key``), as the other typed failures are counted
+    (``AwsCallFailures``, a provider's ``ReconcileErrors``): a secret that cannot be read fails
+    every login (LDAP), every Redis connection or every pass of a provider's pools, and only
+    its callers' log lines said so. Registered for every resolver of the process below."""
+    emit(None, {SECRET_FAILURES: 1})
+    emit(None, {SECRET_FAILURES: 1}, dimensions={"reason": error.metric_key})
+
 
 PER_POOL_METRICS = tuple(name for name, spec in METRICS.items() if any("pool" in dims for dims in spec.dimension_sets))
 """The metrics with a ``pool`` dimension: each is published only when its event happens for the
@@ -388,3 +407,6 @@ def _samples(value: Values) -> Sequence[float]:
 CLONE_FAILURE_REASONS = tuple(kind.value for kind in FailureKind)
 """The few kinds a clone failure is counted under (the metric dimension ``reason``): the kind the
 provider reported (``providers.base.FailureKind``)."""
+
+
+count_failures_with(count_secret_failure)

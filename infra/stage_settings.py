@@ -5,7 +5,7 @@ Chalice cannot set itself (infra/chalice_deploy.sh runs both steps around ``chal
     python -m infra.stage_settings --stage dev --finish   # after chalice deploy
 
 The settings (subnets, the Lambda security group, Redis URL and AUTH token secret, the reconcile
-queue URL, the config bucket) go to ``.chalice/stack-<stage>.json`` and, through
+queue URL, the config bucket, the secrets' customer-managed KMS keys) go to ``.chalice/stack-<stage>.json`` and, through
 infra/sync_config.py, into the stage of ``.chalice/config.json``.
 """
 
@@ -27,6 +27,7 @@ OUTPUTS = {
     "VMPOOL_CONFIG_BUCKET": "ConfigBucket",
 }
 """Function environment variable -> the infra-only stack's output that holds it."""
+KMS_KEYS_OUTPUT = "SecretsKmsKeyArns"
 
 
 def settings_from_outputs(outputs: dict[str, str]) -> dict[str, Any]:
@@ -34,11 +35,21 @@ def settings_from_outputs(outputs: dict[str, str]) -> dict[str, Any]:
     if missing:
         raise SystemExit(f"stage-settings: the stack has no output {', '.join(missing)}: "
                          "was it deployed with make infra-deploy?")
-    return {
+    settings: dict[str, Any] = {
         "subnet_ids": [s for s in outputs["PrivateSubnetIds"].split(",") if s],
         "security_group_ids": [outputs["LambdaSecurityGroupId"]],
         "environment_variables": {variable: outputs[key] for variable, key in OUTPUTS.items()},
     }
+    # The stack's SecretsKmsKeyArns (an output only when it names keys): the policy files grant
+    # kms:Decrypt on them, as the full stack's roles get it (before: to be added by hand).
+    keys = sorted(key.strip() for key in outputs.get(KMS_KEYS_OUTPUT, "").split(",") if key.strip())
+    if keys:
+        try:
+            sync_config.kms_key_regions(keys)
+        except sync_config.BadKmsKey as error:
+            raise SystemExit(f"stage-settings: the stack's SecretsKmsKeyArns: {error}") from None
+        settings[sync_config.SECRETS_KMS_SETTING] = keys
+    return settings
 
 
 def stack_outputs(cloudformation: Any, stage: Stage) -> dict[str, str]:

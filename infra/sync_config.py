@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +168,11 @@ def stack_settings_file(stage: Stage) -> Path:
     return CHALICE_DIR / f"stack-{stage.name}.json"
 
 
+SECRETS_KMS_SETTING = "secrets_kms_key_arns"
+"""The stack setting (``.chalice/stack-<stage>.json``) listing the infrastructure stack's
+``SecretsKmsKeyArns``: the policy files grant them (``policy``)."""
+
+
 def stack_settings(stage: Stage) -> dict[str, Any]:
     path = stack_settings_file(stage)
     return json.loads(path.read_text()) if path.exists() else {}
@@ -225,8 +231,48 @@ def _statement(actions: tuple[str, ...] | list[str], resources: list[str] | str)
     return {"Effect": "Allow", "Action": sorted(actions), "Resource": resources}
 
 
-def policy(stage: Stage, role: str) -> dict[str, Any]:
-    """The IAM policy of one role ("api", "tick" or "reconcile") of a stage.
+SECRETS_KMS_SERVICES = ("ssm", "secretsmanager")
+"""The services that may use the secrets' customer-managed keys on a function's behalf."""
+
+
+def secrets_kms_statement(keys: Any, regions: list[str], in_template: bool = False) -> dict[str, Any]:
+    """``kms:Decrypt`` on ``keys`` (the customer-managed KMS keys that encrypt the config's SSM
+    SecureString parameters or Secrets Manager secrets) only when SSM or Secrets Manager of one of
+    ``regions`` asks on the function's behalf (``kms:ViaService``): without it each read of such a
+    secret is refused (AccessDeniedException from KMS). One statement for both deploy paths: the
+    stack's (``in_template``: ``keys`` its ``SecretsKmsKeyArns`` parameter, the region
+    ``${AWS::Region}``) and the policy files of ``chalice deploy`` (the ARNs the infrastructure
+    stack gave, their regions)."""
+    services = [f"{service}.{region}.amazonaws.com" for region in regions for service in SECRETS_KMS_SERVICES]
+    return {"Effect": "Allow", "Action": "kms:Decrypt", "Resource": keys,
+            "Condition": {"StringEquals": {"kms:ViaService": [
+                {"Fn::Sub": service} for service in services] if in_template else services}}}
+
+
+_KMS_ARN = re.compile(r"arn:aws[a-z-]*:kms:([a-z0-9-]+):\d{12}:(?:key|alias)/[A-Za-z0-9/_-]+")
+
+
+class BadKmsKey(ValueError):
+    """A ``SecretsKmsKeyArns`` entry that is not a KMS key or alias ARN."""
+
+
+def kms_key_regions(keys: list[str]) -> list[str]:
+    """The regions of the KMS keys (in their ARNs): SSM and Secrets Manager use a key of their
+    own region only, so these are the ``kms:ViaService`` regions of the statement."""
+    regions = []
+    for key in keys:
+        match = _KMS_ARN.fullmatch(key)
+        if match is None:
+            raise BadKmsKey(f"{key!r} is not a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>)")
+        if match[1] not in regions:
+            regions.append(match[1])
+    return regions
+
+
+def policy(stage: Stage, role: str, kms_keys: list[str] | None = None) -> dict[str, Any]:
+    """The IAM policy of one role ("api", "tick" or "reconcile") of a stage; with ``kms_keys``
+    (the ``chalice deploy`` path: the infrastructure stack's ``SecretsKmsKeyArns``), the
+    statement that lets it decrypt secrets under them (``secrets_kms_statement``).
 
     ARNs name this stage's resources with the region and account left open, because the policy
     files are static (the stack must be named ``vmpool-<stage>``: Lambda names start with it).
@@ -253,6 +299,8 @@ def policy(stage: Stage, role: str) -> dict[str, Any]:
                                      [f"arn:aws:route53:::hostedzone/{zone}" for zone in zones]))
     if stage.tracing:
         statements.append(_statement(XRAY_ACTIONS, "*"))
+    if kms_keys:
+        statements.append(secrets_kms_statement(sorted(kms_keys), kms_key_regions(sorted(kms_keys))))
     document = {"Version": "2012-10-17", "Statement": statements}
     size = len(json.dumps(document, separators=(",", ":")))
     if size > MAX_INLINE_POLICY_CHARACTERS:
@@ -347,7 +395,8 @@ def rendered_files() -> dict[Path, str]:
     files = {CHALICE_DIR / "config.json": _dump(chalice_config(settings))}
     for stage in STAGES.values():
         for role in ROLES:
-            files[CHALICE_DIR / policy_file(stage, role)] = _dump(policy(stage, role))
+            files[CHALICE_DIR / policy_file(stage, role)] = _dump(
+                policy(stage, role, settings[stage.name].get(SECRETS_KMS_SETTING)))
     return files
 
 
@@ -391,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         files = rendered_files()
-    except PolicyTooLarge as error:
+    except (PolicyTooLarge, BadKmsKey) as error:
         print(f"sync_config: {error}", file=sys.stderr)
         return 1
     stale = []

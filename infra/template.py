@@ -30,7 +30,8 @@ import yaml
 from chalice.utils import to_cfn_resource_name
 
 from chalicelib import observability as m
-from chalicelib.manager.pool_queue import MAX_DELAY_SECONDS
+from chalicelib.auth.secrets import FAILURE_KEYS as SECRET_FAILURE_KEYS
+from chalicelib.manager.pool_queue import MAX_DELAY_SECONDS, REPORTED_LATENESS_SECONDS
 from infra import sync_config
 from infra.sync_config import STAGES, Stage
 
@@ -130,24 +131,19 @@ def role_logical_id(function_name: str) -> str:
 def secrets_kms_policy() -> dict[str, Any]:
     """``kms:Decrypt`` on the keys ``SecretsKmsKeyArns`` names, for every function's role, only
     when SSM or Secrets Manager of the stack's region asks on the function's behalf
-    (``kms:ViaService``): an SSM SecureString parameter or a secret encrypted with a
-    customer-managed key is refused (AccessDeniedException from KMS, through SSM's
-    GetParameter or Secrets Manager's GetSecretValue) without it; AWS-managed keys need nothing.
-    Made only when the parameter names a key."""
+    (``sync_config.secrets_kms_statement``, which the ``chalice deploy`` path's policy files
+    share): an SSM SecureString parameter or a secret encrypted with a customer-managed key is
+    refused (AccessDeniedException from KMS, through SSM's GetParameter or Secrets Manager's
+    GetSecretValue) without it; AWS-managed keys need nothing. Made only when the parameter
+    names a key."""
     return {
         "Type": "AWS::IAM::Policy",
         "Condition": "HasSecretsKmsKeys",
         "Properties": {
             "PolicyName": "secrets-kms-decrypt",
             "Roles": [{"Ref": role_logical_id(function)} for function in FUNCTIONS],
-            "PolicyDocument": {"Version": "2012-10-17", "Statement": [{
-                "Effect": "Allow",
-                "Action": "kms:Decrypt",
-                "Resource": {"Ref": "SecretsKmsKeyArns"},
-                "Condition": {"StringEquals": {"kms:ViaService": [
-                    {"Fn::Sub": "ssm.${AWS::Region}.amazonaws.com"},
-                    {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}]}},
-            }]},
+            "PolicyDocument": {"Version": "2012-10-17", "Statement": [sync_config.secrets_kms_statement(
+                {"Ref": "SecretsKmsKeyArns"}, ["${AWS::Region}"], in_template=True)]},
         },
     }
 
@@ -173,6 +169,12 @@ RECONCILE_VISIBILITY_TIMEOUT = 6 * sync_config.RECONCILE_TIMEOUT
 """How long a received reconcile message stays hidden: six times the consumer's timeout, as
 Lambda recommends for SQS sources. A message whose pass failed comes back after it."""
 
+LATE_PASS_SECONDS = 120
+"""How late past its due time a pass may start before the ``reconcile-late`` alarm fires: two
+ticks, a pool's pass starting after the next tick's message for it was due. A healthy consumer
+starts a pass within seconds of its due time (SQS's poll); one short of consumers falls further
+behind each minute, so this fires within minutes of it, where ``reconcile-backlog`` (the age of
+the oldest message, which counts a follow-up's delay) needs 24."""
 BACKLOG_WAIT_SECONDS = 120
 """How long a reconcile message may wait to be received before its pool counts as not looked at."""
 
@@ -233,8 +235,11 @@ def _listed_description(what: str, names: list[str], need: str) -> str:
 
 
 def stage_outputs() -> dict[str, Any]:
-    """What ``chalice deploy`` needs from the infra-only stack (infra/stage_settings.py)."""
+    """What ``chalice deploy`` needs from the infra-only stack (infra/stage_settings.py). The KMS
+    keys only when the parameter names some: its policy files then grant them."""
     return {
+        "SecretsKmsKeyArns": {"Condition": "HasSecretsKmsKeys",
+                              "Value": {"Fn::Join": [",", {"Ref": "SecretsKmsKeyArns"}]}},
         "RedisUrl": {"Value": function_environment()["VMPOOL_REDIS_URL"]},
         "ReconcileQueueName": {"Value": {"Fn::GetAtt": ["ReconcileQueue", "QueueName"]}},
         "RedisAuthSecretArn": {"Value": {"Ref": "RedisAuthSecret"}},
@@ -300,6 +305,13 @@ def alarms(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
         "3+ ticks in 5 minutes could not put some pool's message on the reconcile queue (SQS throttling, "
         "timing out or refusing). The tick's error log line names the pools and SQS's codes.",
         m.POOLS_NOT_QUEUED, "SampleCount", 3)
+    found["SecretFailuresAlarm"] = service_count_alarm(
+        "secrets-unavailable",
+        "Secret references of the config (Secrets Manager, SSM) could not be fetched 3+ times in 5 minutes: "
+        "LDAP logins, Redis connections or a provider's passes fail until they can. The dashboard's graph "
+        "gives the reason (refused: IAM, KMS or a wrong name; unavailable or throttled: AWS; malformed: the "
+        "secret's content); the callers' log lines name the reference.",
+        m.SECRET_FAILURES, "Sum", 3)
     found["TemplatePreparationFailuresAlarm"] = service_count_alarm(
         "template-preparation-failures",
         "A template's preparation (create_template_delta_disks) failed or was still under way after the "
@@ -341,6 +353,14 @@ def alarms(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
                       Statistic="Maximum", Period=300, EvaluationPeriods=1, Threshold=threshold,
                       ComparisonOperator="GreaterThanOrEqualToThreshold", TreatMissingData="notBreaching")
 
+    found["ReconcileLateAlarm"] = _alarm(
+        f"{prefix}-reconcile-late",
+        f"A pool's pass started over {LATE_PASS_SECONDS} s after its message was due (its send plus its "
+        "delay; first deliveries only): reconcile messages wait to be received (too few consumers for the "
+        "pools, throttled), so pools are looked at late. PassLateness on the dashboard.",
+        Namespace=namespace, MetricName=m.PASS_LATENESS, Dimensions=service, Statistic="Maximum", Period=300,
+        EvaluationPeriods=1, Threshold=LATE_PASS_SECONDS, ComparisonOperator="GreaterThanOrEqualToThreshold",
+        TreatMissingData="notBreaching")
     backlog_age = reconcile_backlog_threshold()
     found["ReconcileBacklogAlarm"] = queue_alarm(
         "reconcile-backlog",
@@ -447,6 +467,11 @@ def dashboard(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
                                                   *service(m.RECONCILE_ERRORS, yAxis="right")]),
         _widget("Refill latency p50/p90 (s): checkout to consumer",
                 [*service(m.REFILL_LATENCY, stat="p50"), *service(m.REFILL_LATENCY, stat="p90")]),
+        _widget(f"Passes started {int(REPORTED_LATENESS_SECONDS)} s or more late: max seconds past the message's "
+                "due time, and how many (should stay empty)",
+                [*service(m.PASS_LATENESS, stat="Maximum"),
+                 *service(m.PASS_LATENESS, stat="SampleCount", yAxis="right")],
+                stat="Maximum", annotations={"horizontal": [{"label": "reconcile-late", "value": LATE_PASS_SECONDS}]}),
         _log_widget("Pools with the most passes (last hour)", reconcile_log,
                     "filter message = 'reconcile pass' | stats count(*) as passes by pool "
                     "| sort passes desc | limit 20"),
@@ -460,6 +485,9 @@ def dashboard(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
                 service(m.OVERRIDES_IGNORED)),
         _widget("AWS calls failed (config refreshes, refill nudges; their warning lines say why)",
                 service(m.AWS_CALL_FAILURES)),
+        _widget("Secrets not fetched, by reason (logins, Redis connections, passes fail; should stay 0)",
+                [[namespace, m.SECRET_FAILURES, "reason", reason, "service", m.SERVICE, {"label": reason}]
+                 for reason in SECRET_FAILURE_KEYS]),
         _widget("Lambda errors", per_function("Errors")),
         _widget("Lambda throttles", per_function("Throttles")),
         _widget("Lambda duration max (ms)", per_function("Duration"), stat="Maximum"),

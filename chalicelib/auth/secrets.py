@@ -39,7 +39,20 @@ class SecretConfigError(ValueError):
 
 
 class SecretUnavailable(RuntimeError):
-    """A referenced secret could not be fetched (message names the reference, never a value)."""
+    """A referenced secret could not be fetched (message names the reference, never a value).
+    ``metric_key``: its bounded class for metrics (``SecretFailures``' ``reason``): an AWS
+    failure's (``aws_clients.AwsCallFailed.metric_key``: ``throttled``, ``unavailable``,
+    ``unreadable``, ``refused``), or ``malformed`` (fetched, but not what the reference asks
+    for: not a JSON object, the key missing, binary, not text)."""
+
+    def __init__(self, message: str, metric_key: str = "unavailable") -> None:
+        super().__init__(message)
+        self.metric_key = metric_key
+
+
+MALFORMED = "malformed"
+FAILURE_KEYS = ("refused", "throttled", "unavailable", "unreadable", MALFORMED)
+"""Every ``SecretUnavailable.metric_key`` (the dashboard draws each)."""
 
 
 class Secret:
@@ -149,7 +162,9 @@ class SecretResolver:
 
     Providers are created on first use (so tests can create the resolver inside ``mock_aws``);
     ``secrets_provider``/``ssm_provider`` may be given (Powertools ``SecretsProvider`` /
-    ``SSMProvider`` or anything with the same ``get``)."""
+    ``SSMProvider`` or anything with the same ``get``). ``count_failure``: told of each failed
+    fetch (default: the process's counter, ``count_failures_with``: the ``SecretFailures``
+    metric)."""
 
     def __init__(
         self,
@@ -157,10 +172,12 @@ class SecretResolver:
         max_age: int = DEFAULT_MAX_AGE_SECONDS,
         secrets_provider: Any = None,
         ssm_provider: Any = None,
+        count_failure: Callable[[SecretUnavailable], None] | None = None,
     ) -> None:
         self.max_age = max_age
         self._secrets_provider = secrets_provider
         self._ssm_provider = ssm_provider
+        self._count_failure = count_failure or _count_with_process_counter
         self._lock = threading.Lock()
 
     def _provider(self, store: str) -> Any:
@@ -205,11 +222,8 @@ class SecretResolver:
         return None if resolved is None else Secret(resolved)
 
     def fetch(self, reference: SecretReference, *, force_fetch: bool = False) -> str:
-        from aws_lambda_powertools.utilities.parameters.exceptions import (
-            GetParameterError,
-            TransformParameterError,
-        )
-
+        """The referenced secret's text. Raises SecretUnavailable, counted first
+        (``count_failure``)."""
         provider = self._provider(reference.store)
         options: dict[str, Any] = {"max_age": self.max_age, "force_fetch": force_fetch}
         if reference.key:
@@ -217,28 +231,43 @@ class SecretResolver:
         if reference.store == "ssm":
             options["decrypt"] = True
         try:
+            return self._fetch(provider, reference, options)
+        except SecretUnavailable as error:
+            self._count_failure(error)
+            raise
+
+    def _fetch(self, provider: Any, reference: SecretReference, options: dict[str, Any]) -> str:
+        from aws_lambda_powertools.utilities.parameters.exceptions import (
+            GetParameterError,
+            TransformParameterError,
+        )
+
+        try:
             raw = provider.get(reference.name, **options)
         except TransformParameterError:
-            raise SecretUnavailable(f"{reference.describe()} is not a JSON object") from None
+            raise SecretUnavailable(f"{reference.describe()} is not a JSON object", MALFORMED) from None
         except GetParameterError as error:
-            raise SecretUnavailable(f"cannot fetch {reference.describe()}: {_aws_reason(error)}") from None
+            code, metric_key = _aws_reason(error)
+            raise SecretUnavailable(f"cannot fetch {reference.describe()}: {code}", metric_key) from None
         except Exception as error:  # noqa: BLE001 - botocore errors (no credentials, endpoint) and the like
-            raise SecretUnavailable(f"cannot fetch {reference.describe()}: {type(error).__name__}") from None
+            failure = aws_clients.failure_of(error)
+            raise SecretUnavailable(f"cannot fetch {reference.describe()}: {type(error).__name__}",
+                                    failure.metric_key if failure else "unavailable") from None
         if reference.key:
             if not isinstance(raw, Mapping):
-                raise SecretUnavailable(f"{reference.describe()} is not a JSON object")
+                raise SecretUnavailable(f"{reference.describe()} is not a JSON object", MALFORMED)
             if reference.key not in raw:
-                raise SecretUnavailable(f"{reference.describe()}: the key is missing")
+                raise SecretUnavailable(f"{reference.describe()}: the key is missing", MALFORMED)
             raw = raw[reference.key]
         if isinstance(raw, bytes):
             try:
                 raw = raw.decode()
             except UnicodeDecodeError:
-                raise SecretUnavailable(f"{reference.describe()} is binary, not text") from None
+                raise SecretUnavailable(f"{reference.describe()} is binary, not text", MALFORMED) from None
         if isinstance(raw, (int, float)) and not isinstance(raw, bool):
             raw = str(raw)
         if not isinstance(raw, str):
-            raise SecretUnavailable(f"{reference.describe()} is not a string")
+            raise SecretUnavailable(f"{reference.describe()} is not a string", MALFORMED)
         return raw
 
 
@@ -255,21 +284,39 @@ def _quiet_aws_wire_logs() -> None:
             wire.setLevel(logging.INFO)
 
 
-def _aws_reason(error: Exception) -> str:
+def _aws_reason(error: Exception) -> tuple[str, str]:
     """The AWS error code of a Powertools fetch error (the code only, e.g. ResourceNotFoundException;
-    ``aws_clients.AwsCallFailed``'s codes). A KeyError is Powertools' reading of an answer that
-    has not what every answer of SSM or Secrets Manager holds: a proxy's or an outage's page with
-    status 200, which botocore reads as an empty answer (``UnreadableAnswer``; before, the
-    reason said ``KeyError``)."""
+    ``aws_clients.AwsCallFailed``'s codes) and its metric key. A KeyError is Powertools' reading of
+    an answer that has not what every answer of SSM or Secrets Manager holds: a proxy's or an
+    outage's page with status 200, which botocore reads as an empty answer (``UnreadableAnswer``;
+    before, the reason said ``KeyError``)."""
     cause = error.__cause__ or error.__context__
     if cause is None:
-        return "fetch failed"
+        return "fetch failed", "unavailable"
     failure = aws_clients.failure_of(cause)
     if failure is not None:
-        return failure.code
+        return failure.code, failure.metric_key
     if isinstance(cause, KeyError):
-        return aws_clients.UNREADABLE_ANSWER
-    return type(cause).__name__
+        return aws_clients.UNREADABLE_ANSWER, "unreadable"
+    return type(cause).__name__, "unavailable"
+
+
+def _uncounted(error: SecretUnavailable) -> None:
+    """No counter registered (a process without chalicelib.observability)."""
+
+
+_process_counter: list[Callable[[SecretUnavailable], None]] = [_uncounted]
+
+
+def count_failures_with(counter: Callable[[SecretUnavailable], None]) -> None:
+    """Who counts the failed fetches of resolvers given no ``count_failure`` of their own:
+    chalicelib.observability registers its ``SecretFailures`` counter when it is imported (this
+    module cannot import it: it imports this one, for its log redaction)."""
+    _process_counter[0] = counter
+
+
+def _count_with_process_counter(error: SecretUnavailable) -> None:
+    _process_counter[0](error)
 
 
 _default_resolver: SecretResolver | None = None

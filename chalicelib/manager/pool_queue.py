@@ -23,6 +23,8 @@ DRAIN = "drain"
 
 MAX_DELAY_SECONDS = 900
 """SQS's longest DelaySeconds."""
+DELAY_FIELD = "delay"
+"""The body's record of its ``DelaySeconds`` (SQS does not hand a message's delay to the consumer)."""
 MAX_BODY_CHARS = 1024
 """Longer than any message we send (a pool name of 100 characters, a lease token, a reason);
 SQS carries up to 256 KB, which is not parsed."""
@@ -38,8 +40,13 @@ class PoolMessage:
     lease: str | None = None
     attempt: int = 0
 
-    def body(self) -> str:
-        fields = {key: value for key, value in dataclasses.asdict(self).items() if value}
+    def body(self, delay_seconds: int = 0) -> str:
+        """The message's JSON; with ``delay_seconds``, the ``DelaySeconds`` it is sent with (not
+        part of the message: the consumer reads it to know when the message was due,
+        ``seconds_late``)."""
+        fields: dict[str, Any] = {key: value for key, value in dataclasses.asdict(self).items() if value}
+        if delay_seconds:
+            fields[DELAY_FIELD] = delay_seconds
         return json.dumps(fields, separators=(",", ":"), sort_keys=True)
 
     @classmethod
@@ -76,6 +83,9 @@ class Received:
     body: str
     sent_ms: float | None
     """When SQS received it (its ``SentTimestamp``), None when the record does not say."""
+    receive_count: int | None = None
+    """How many times SQS has handed it out (its ``ApproximateReceiveCount``), None when the
+    record does not say."""
 
 
 def received(event: Any) -> list[Received]:
@@ -91,10 +101,53 @@ def received(event: Any) -> list[Received]:
             continue
         body = record.get("body")
         attributes = record.get("attributes")
-        sent = attributes.get("SentTimestamp") if isinstance(attributes, dict) else None
-        sent_ms = float(sent) if isinstance(sent, str) and sent.isascii() and sent.isdigit() else None
-        found.append(Received(record["messageId"], body if isinstance(body, str) else "", sent_ms))
+        attributes = attributes if isinstance(attributes, dict) else {}
+        sent, count = _digits(attributes.get("SentTimestamp")), _digits(attributes.get("ApproximateReceiveCount"))
+        found.append(Received(record["messageId"], body if isinstance(body, str) else "",
+                              None if sent is None else float(sent), count))
     return found
+
+
+def _digits(value: Any) -> int | None:
+    """A number SQS sends as text (``"1733450000000"``), or None for anything else."""
+    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 20 else None
+
+
+REPORTED_LATENESS_SECONDS = 10.0
+"""The lateness below which a pass's start is not published (``seconds_late``): a healthy queue
+starts passes within a few seconds of their due time, and a document per invocation would print
+a line per idle pass (1,000 pools handed over one message at a time: 43 M lines, ~$5 of log
+ingestion a month) where an idle pass prints nothing."""
+
+
+def seconds_late(records: Sequence[Received], now_ms: float, at_least: float = 0.0) -> list[float]:
+    """How late each message's pass starts (at ``now_ms``, SQS's epoch milliseconds): the time
+    past when the message was due, its send plus the ``DelaySeconds`` its body records (0 when
+    it records none: a message of an older release, or a nudge). First deliveries only: a
+    message delivered again waited out the visibility timeout after a failed pass (counted in
+    ``ReconcileErrors``), not a queue that fell behind. A pass starting late says messages wait
+    to be received (too few consumers, throttled), whatever delay each was sent with, which the
+    age of the queue's oldest message cannot tell apart from a follow-up's 900 s delay. Only
+    those at least ``at_least`` seconds late."""
+    late = []
+    for record in records:
+        if record.sent_ms is None or record.receive_count != 1:
+            continue
+        message = PoolMessage.parse(record.body)
+        if message is None:
+            continue
+        seconds = max(0.0, now_ms - record.sent_ms - 1000 * _recorded_delay(record.body)) / 1000
+        if seconds >= at_least:
+            late.append(seconds)
+    return late
+
+
+def _recorded_delay(body: str) -> int:
+    """The ``DelaySeconds`` a body records (``PoolMessage.body``); 0 when none or not one SQS takes."""
+    delay = json.loads(body).get(DELAY_FIELD)
+    if isinstance(delay, int) and not isinstance(delay, bool) and 0 <= delay <= MAX_DELAY_SECONDS:
+        return delay
+    return 0
 
 
 Delayed = tuple[PoolMessage, float]
@@ -181,10 +234,9 @@ class SqsPoolQueue:
                 break
             if pause:
                 self._pause(pause)
-            # Whole seconds, rounded up: a sub-second check delay must not become 0 (a pass loop).
-            entries = [{"Id": str(index), "MessageBody": message.body(),
-                        "DelaySeconds": max(0, min(math.ceil(delay), MAX_DELAY_SECONDS))}
-                       for index, (message, delay) in waiting.items()]
+            delays = {index: _delay_seconds(delay) for index, (_, delay) in waiting.items()}
+            entries = [{"Id": str(index), "MessageBody": message.body(delays[index]), "DelaySeconds": delays[index]}
+                       for index, (message, _) in waiting.items()]
             try:
                 answer = self._client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
             except Exception as error:  # noqa: BLE001 - what is not an AWS failure is raised again
@@ -209,6 +261,12 @@ class SqsPoolQueue:
             if not waiting:
                 return refused
         return refused + [(message.pool, code) for message, _ in waiting.values()]
+
+
+def _delay_seconds(delay: float) -> int:
+    """SQS's ``DelaySeconds`` for a delay: whole seconds, rounded up (a sub-second check delay
+    must not become 0: a pass loop), at most ``MAX_DELAY_SECONDS``."""
+    return max(0, min(math.ceil(delay), MAX_DELAY_SECONDS))
 
 
 def _aws_failure_code(error: Exception) -> str:

@@ -215,3 +215,40 @@ def test_a_page_instead_of_the_secret_stores_answer_is_unavailable_with_a_reason
     for reference in ({"ssm": "/vmpool/redis/password"}, {"secret": "vmpool/vsphere"}):
         with pytest.raises(SecretUnavailable, match=f": {reason}$"):
             resolver.resolve(reference)
+
+
+def test_each_failed_fetch_is_counted_by_its_reason(aws, capsys):
+    """A secret that cannot be fetched fails every LDAP login, Redis connection or pass of a
+    provider's pools: each failure is counted in ``SecretFailures`` (service-wide for the
+    ``secrets-unavailable`` alarm, by reason for the dashboard), as AWS call and provider
+    failures are. Before, only the callers' log lines said so; no metric, no alarm."""
+    import chalicelib.observability  # noqa: F401 - registers the process's counter, as in every function
+    from tests.support import counts_by_reason, emf_documents, emitted
+
+    resolver = SecretResolver()
+    assert resolver.resolve({"secret": "vmpool/vsphere"}) == "vsphere-Pa55"  # a fetch that works counts nothing
+    for reference in ({"secret": "vmpool/missing"}, {"ssm": "/vmpool/missing"},
+                      {"secret": "vmpool/ldap", "key": "nope"}):
+        with pytest.raises(SecretUnavailable):
+            resolver.resolve(reference)
+    answer_with_page(aws["ssm"], *PAGES["502-html"])
+    with pytest.raises(SecretUnavailable):
+        SecretResolver(ssm_provider=SSMProvider(boto3_client=aws["ssm"])).resolve({"ssm": "/vmpool/plain"})
+    documents = emf_documents(capsys.readouterr().out)
+    assert emitted(documents)[("SecretFailures", ("service",))] == [1.0] * 4
+    assert counts_by_reason(documents, "SecretFailures") == {"refused": 2, "malformed": 1, "unavailable": 1}
+
+
+def test_a_failed_fetchs_reason_is_bounded(aws):
+    """The reason is the failure's class, never a reference or an AWS code (unbounded metric
+    dimensions would cost a metric each)."""
+    reasons = []
+    resolver = SecretResolver(count_failure=lambda error: reasons.append(error.metric_key))
+    for reference in ({"secret": "vmpool/missing"}, {"secret": "vmpool/vsphere", "key": "password"}):
+        with pytest.raises(SecretUnavailable):
+            resolver.resolve(reference)
+    answer_with_page(aws["secretsmanager"], *PAGES["200-html"])
+    with pytest.raises(SecretUnavailable):
+        SecretResolver(secrets_provider=SecretsProvider(boto3_client=aws["secretsmanager"]),
+                       count_failure=lambda error: reasons.append(error.metric_key)).resolve({"secret": "vmpool/x"})
+    assert reasons == ["refused", "malformed", "unreadable"]

@@ -36,6 +36,7 @@ from chalicelib.manager.pool_queue import (
     DRAIN,
     FOLLOWUP,
     NOT_SENT,
+    REPORTED_LATENESS_SECONDS,
     SEND_BUDGET_SECONDS,
     TICK,
     PoolMessage,
@@ -178,7 +179,7 @@ def test_a_loop_of_on_demand_requests_puts_their_pool_on_the_queue_twice_a_secon
         assert gateway("DELETE", f"/api/v3/ondemandvm/{request_id}", {}, b"", f"2001:db8:5:{loop:x}::1")[0] == 200
     sent = [(json.loads(entry["MessageBody"]), entry["DelaySeconds"]) for entry in sqs.entries]
     # One at once, one when the second ends: that pass sees every change of the second.
-    assert sent == [({"pool": "debian", "reason": "nudge"}, 0), ({"pool": "debian", "reason": "nudge"}, 1)]
+    assert sent == [({"pool": "debian", "reason": "nudge"}, 0), ({"delay": 1, "pool": "debian", "reason": "nudge"}, 1)]
     services.clock.advance(1)
     assert gateway("POST", "/api/v3/ondemandvm/centos", {}, b"", "203.0.113.9")[0] == 201
     assert gateway("POST", "/api/v3/ondemandvm/debian", {}, b"", "203.0.113.9")[0] == 201
@@ -923,3 +924,62 @@ def test_an_answer_botocore_cannot_parse_is_an_sqs_failure_not_a_crash_of_the_ti
 
     assert answer["not_queued"] == [f"p00{n}" for n in range(40, 50)]
     assert sqs.pools() == [pool for pool in thousand_pools if not pool.startswith("p004")]
+
+
+def test_the_consumer_publishes_how_late_past_its_due_time_each_pass_started(
+        services: Services, queue: RecordingQueue, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``PassLateness`` (the ``reconcile-late`` alarm): a pass's start past its message's due
+    time, the send plus the delay the body records, when ``REPORTED_LATENESS_SECONDS`` or more.
+    A follow-up sent with SQS's longest delay (900 s) and received 45 s after it became due
+    started 45 s late, not 945 s (the age SQS's ApproximateAgeOfOldestMessage counts, which made
+    the backlog alarm wait 24 minutes); a message delivered again after a failed pass (its
+    visibility timeout) is not counted."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        sqs = boto3.client("sqs")
+        url = sqs.create_queue(QueueName="vmpool-dev-reconcile")["QueueUrl"]
+        entries: list[dict[str, Any]] = []
+
+        class Recording:
+            def send_message_batch(self, **call: Any) -> Any:
+                entries.extend(call["Entries"])
+                return sqs.send_message_batch(**call)
+
+        SqsPoolQueue(url, client_factory=Recording).send([(PoolMessage("debian", FOLLOWUP), 899.2),
+                                                          (PoolMessage("centos", TICK), 0)])
+        (received,) = sqs.receive_message(QueueUrl=url, AttributeNames=["All"])["Messages"]  # the tick's: due now
+    followup = next(entry for entry in entries if entry["DelaySeconds"])
+    assert followup["DelaySeconds"] == 900 and json.loads(followup["MessageBody"])["delay"] == 900
+    assert PoolMessage.parse(followup["MessageBody"]) == PoolMessage("debian", FOLLOWUP)
+    now_ms = int(time.time() * 1000)
+
+    def record(n: int, body: str, sent_ms: int, receives: str) -> dict[str, Any]:
+        return {"messageId": f"m{n}", "receiptHandle": "r", "body": body, "eventSource": "aws:sqs",
+                "attributes": {"SentTimestamp": str(sent_ms), "ApproximateReceiveCount": receives}}
+
+    event = {"Records": [
+        record(0, followup["MessageBody"], now_ms - (900 + 45) * 1000, "1"),
+        {**record(1, received["Body"], 0, ""), "attributes": received["Attributes"]},  # as SQS gave it
+        record(2, PoolMessage("centos", TICK).body(), now_ms - 400_000, "2"),  # after a failed pass
+    ]}
+    assert received["Attributes"]["ApproximateReceiveCount"] == "1"
+    app.reconcile(event, Context())
+
+    # The tick's message, on time, is not published (an idle pass prints nothing); the
+    # redelivery is left out.
+    (late,) = emitted(emf_documents(capsys.readouterr().out))[("PassLateness", ("service",))]
+    assert 45 <= late < 45 + REPORTED_LATENESS_SECONDS  # (a loaded machine's seconds in between)
+
+    app.reconcile({"Records": event["Records"][1:]}, Context())
+    assert ("PassLateness", ("service",)) not in emitted(emf_documents(capsys.readouterr().out))
+
+
+@pytest.mark.parametrize("delay", ["900", True, -5, 10**9, 1.5, None])
+def test_a_delay_no_sender_of_ours_records_counts_as_none(delay: Any) -> None:
+    """A body's ``delay`` that is not SQS's (text, a boolean, out of range, a fraction) counts as
+    0: the pass is measured from the send, never from a due time a body could push out of sight."""
+    from chalicelib.manager.pool_queue import Received, seconds_late
+
+    body = json.dumps({"pool": "debian", "reason": "followup", "delay": delay})
+    assert seconds_late([Received("m", body, 1_000_000.0, 1)], 1_060_000.0) == [60.0]

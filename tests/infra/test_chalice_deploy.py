@@ -88,3 +88,48 @@ def test_infra_stack_then_chalice_deploy(aws: boto3.Session, package: Package, r
     stage_settings.report_batch_failures(aws, STAGE)  # the --finish step Chalice cannot do
     (mapping,) = lambda_.list_event_source_mappings(FunctionName="vmpool-dev-reconcile")["EventSourceMappings"]
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+KMS_KEYS = ["arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:kms:eu-west-1:123456789012:alias/vmpool-secrets"]
+STACK_OUTPUTS = {"RedisUrl": "rediss://vmpool-dev.example:6379/0", "RedisAuthSecretArn": "vmpool/dev/redis-auth",
+                 "ReconcileQueueUrl": "https://sqs.eu-west-1.amazonaws.com/123456789012/vmpool-dev-reconcile",
+                 "ConfigBucket": "vmpool-dev-config-123456789012-eu-west-1", "PrivateSubnetIds": "subnet-1,subnet-2",
+                 "LambdaSecurityGroupId": "sg-1"}
+
+
+def _kms_statements(role: str) -> list[dict[str, object]]:
+    document = json.loads((ROOT / ".chalice" / sync_config.policy_file(STAGE, role)).read_text())
+    return [s for s in document["Statement"] if s["Action"] == "kms:Decrypt"]
+
+
+def test_chalice_deploy_roles_decrypt_with_the_infra_stacks_kms_keys(restore_chalice_config: None) -> None:
+    """The infrastructure stack's ``SecretsKmsKeyArns`` reach the ``chalice deploy`` path's policy
+    files: every role gets the full stack's statement (``kms:Decrypt`` on those keys, through SSM or
+    Secrets Manager of their region only). Before, the infra-only stack dropped the parameter (its
+    condition unused) and docs/deploy.md said to add the statement to .chalice/policy-*.json by
+    hand: a stage deployed this way read no secret under a customer-managed key (AccessDenied)."""
+    from infra import template
+
+    infra = template.build(STAGE, infra_only=True)
+    assert infra["Outputs"]["SecretsKmsKeyArns"] == {
+        "Condition": "HasSecretsKmsKeys", "Value": {"Fn::Join": [",", {"Ref": "SecretsKmsKeyArns"}]}}
+
+    stage_settings.write_settings(STAGE, stage_settings.settings_from_outputs(
+        {**STACK_OUTPUTS, "SecretsKmsKeyArns": ",".join(reversed(KMS_KEYS))}))
+    (in_stack,) = template.build(STAGE)["Resources"]["SecretsKmsDecryptPolicy"]["Properties"]["PolicyDocument"][
+        "Statement"]
+    resolved = json.loads(json.dumps(in_stack).replace("${AWS::Region}", "eu-west-1"))
+    resolved["Resource"] = sorted(KMS_KEYS)
+    resolved["Condition"]["StringEquals"]["kms:ViaService"] = [
+        service["Fn::Sub"] for service in resolved["Condition"]["StringEquals"]["kms:ViaService"]]
+    for role in sync_config.ROLES:
+        assert _kms_statements(role) == [resolved], role
+    assert resolved["Condition"] == {"StringEquals": {"kms:ViaService": [
+        "ssm.eu-west-1.amazonaws.com", "secretsmanager.eu-west-1.amazonaws.com"]}}
+    assert sync_config.main(["--check"]) == 0
+
+    stage_settings.write_settings(STAGE, stage_settings.settings_from_outputs(STACK_OUTPUTS))  # no keys
+    assert all(_kms_statements(role) == [] for role in sync_config.ROLES)
+    with pytest.raises(SystemExit, match="not a KMS key ARN"):
+        stage_settings.settings_from_outputs({**STACK_OUTPUTS, "SecretsKmsKeyArns": "my-key"})

@@ -333,3 +333,36 @@ def test_a_template_preparation_given_up_raises_an_alarm(package: Package) -> No
     assert [d["Name"] for d in alarm["Dimensions"]] == ["service"]
     assert ("service",) in m.METRICS[m.TEMPLATE_PREPARATION_FAILURES].dimension_sets
     assert (alarm["Statistic"], alarm["Threshold"], alarm["TreatMissingData"]) == ("Sum", 1, "notBreaching")
+
+
+def test_secrets_that_cannot_be_fetched_raise_an_alarm_and_are_graphed_by_reason(package: Package) -> None:
+    """``SecretFailures`` (auth/secrets.py counts each failed fetch) has an alarm on its
+    service-wide series and a graph of each reason a failure can have."""
+    from chalicelib.auth.secrets import FAILURE_KEYS
+
+    alarms = {a["Properties"]["AlarmName"]: a["Properties"] for a in package.of_type("AWS::CloudWatch::Alarm").values()}
+    alarm = alarms[f"vmpool-{package.stage}-secrets-unavailable"]
+    namespace = m.namespace_for(package.stage)
+    assert (alarm["Namespace"], alarm["MetricName"], alarm["Statistic"]) == (namespace, m.SECRET_FAILURES, "Sum")
+    assert [d["Name"] for d in alarm["Dimensions"]] == ["service"]
+    (dashboard,) = package.of_type("AWS::CloudWatch::Dashboard").values()
+    body = json.loads(dashboard["Properties"]["DashboardBody"]["Fn::Sub"])
+    graphed = {row[3] for widget in body["widgets"] for row in widget["properties"].get("metrics", [])
+               if row[:3] == [namespace, m.SECRET_FAILURES, "reason"]}
+    assert graphed == set(FAILURE_KEYS)
+
+
+def test_passes_started_late_raise_an_alarm_within_minutes(package: Package) -> None:
+    """``reconcile-late`` watches ``PassLateness`` (published by the consumer): a backlog is
+    reported within minutes, where ``reconcile-backlog`` (kept: it alone sees a queue nothing
+    receives, when no pass starts to be late) waits out SQS's longest delay."""
+    from infra.template import LATE_PASS_SECONDS, reconcile_backlog_threshold
+
+    alarms = {a["Properties"]["AlarmName"]: a["Properties"] for a in package.of_type("AWS::CloudWatch::Alarm").values()}
+    late = alarms[f"vmpool-{package.stage}-reconcile-late"]
+    assert (late["Namespace"], late["MetricName"], late["Statistic"]) == (
+        m.namespace_for(package.stage), m.PASS_LATENESS, "Maximum")
+    assert [d["Name"] for d in late["Dimensions"]] == ["service"]
+    assert late["Threshold"] == LATE_PASS_SECONDS <= 300 < reconcile_backlog_threshold()
+    assert late["Period"] * late["EvaluationPeriods"] <= 300
+    assert alarms[f"vmpool-{package.stage}-reconcile-backlog"]["MetricName"] == "ApproximateAgeOfOldestMessage"

@@ -131,7 +131,9 @@ def test_reconcile_consumer_reports_failures_per_message(package: Package) -> No
     assert event["Properties"]["Queue"]["Fn::Sub"].endswith(
         f":sqs:${{AWS::Region}}:${{AWS::AccountId}}:{stage.reconcile_queue_name}")
     assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-    assert event["Properties"]["BatchSize"] == 10 and event["Properties"]["MaximumBatchingWindowInSeconds"] == 0
+    # Batches fill (1 s gathers 10 of the tick's messages from 500 pools up): a tenth of the
+    # invocations and concurrency of one message per poll (app.RECONCILE_BATCH_WINDOW_SECONDS).
+    assert event["Properties"]["BatchSize"] == 10 and event["Properties"]["MaximumBatchingWindowInSeconds"] == 1
     assert event["Properties"]["ScalingConfig"]["MaximumConcurrency"] == stage.reconcile_reserved_concurrency
     queue = package.resources["ReconcileQueue"]["Properties"]
     assert queue["QueueName"] == stage.reconcile_queue_name

@@ -86,18 +86,46 @@ RESOLVED_BYTES = 200
 """Room for what an intrinsic function resolves to in AWS (an ARN, a queue URL, the Redis URL)."""
 
 
+MAX_INLINE_POLICY_CHARACTERS = 10_240
+"""IAM: a role's inline policies together (its own and each AWS::IAM::Policy naming it),
+whitespace not counted."""
+MAX_MANAGED_POLICY_CHARACTERS = 6_144
+KMS_KEYS_GIVEN = 10
+"""Customer-managed keys counted in ``SecretsKmsKeyArns`` (each an ARN of ~75 characters)."""
+
+
+def policy_characters(document: Any) -> int:
+    """A policy document's size as IAM counts it, each parameter it names resolved generously."""
+    text = json.dumps(document, separators=(",", ":"))
+    return len(text) + text.count('{"Ref":"SecretsKmsKeyArns"}') * KMS_KEYS_GIVEN * RESOLVED_BYTES
+
+
+def inline_policy_sizes(template: dict[str, Any]) -> dict[str, int]:
+    """Each role's inline policies together: those in the role, and the AWS::IAM::Policy resources
+    attached to it (the secrets' KMS statement), which IAM stores in the role too."""
+    resources = template["Resources"]
+    sizes = {name: sum(policy_characters(p["PolicyDocument"]) for p in role["Properties"].get("Policies", []))
+             for name, role in resources.items() if role["Type"] == "AWS::IAM::Role"}
+    for policy in (r for r in resources.values() if r["Type"] == "AWS::IAM::Policy"):
+        for role in policy["Properties"]["Roles"]:
+            sizes[role["Ref"]] += policy_characters(policy["Properties"]["PolicyDocument"])
+    return sizes
+
+
 @pytest.mark.parametrize("pools", [1000, 3000, MAX_POOLS])
 def test_per_resource_limits_hold_whatever_the_pools(packages: dict[int, Package], pools: int) -> None:
-    """One schedule rule, each role's inline policy within IAM's 10,240 characters, each
+    """One schedule rule, each role's inline policies within IAM's 10,240 characters (the secrets'
+    KMS policy attached to it counted, with ten keys), managed policies within 6,144, each
     function's environment within Lambda's 4 KB (values the stack fills in counted generously),
     the API's resources within API Gateway's 300 (94: none per pool)."""
     package = packages[pools]
     functions = package.of_type("AWS::Serverless::Function")
     events = [e for f in functions.values() for e in f["Properties"].get("Events", {}).values()]
     assert sum(1 for e in events if e["Type"] == "Schedule") == 1 < MAX_RULES_PER_BUS
-    for name, role in package.of_type("AWS::IAM::Role").items():
-        documents = [p["PolicyDocument"] for p in role["Properties"]["Policies"]]
-        assert sum(len(json.dumps(d, separators=(",", ":"))) for d in documents) < 10_240, name
+    for name, size in inline_policy_sizes(package.template).items():
+        assert size < MAX_INLINE_POLICY_CHARACTERS, (name, size)
+    for name, managed in package.of_type("AWS::IAM::ManagedPolicy").items():
+        assert policy_characters(managed["Properties"]["PolicyDocument"]) < MAX_MANAGED_POLICY_CHARACTERS, name
     shared = package.template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
     for name, function in functions.items():
         variables = {**shared, **function["Properties"].get("Environment", {}).get("Variables", {})}
@@ -143,3 +171,71 @@ def test_dashboard_and_alarms_do_not_grow_with_the_pools(packages: dict[int, Pac
     assert len(body["widgets"]) <= MAX_DASHBOARD_WIDGETS
     for widget in body["widgets"]:
         assert len(widget["properties"].get("metrics", [])) <= MAX_METRICS_PER_WIDGET
+
+
+MAX_ALARM_METRIC_STATS = 10
+"""PutMetricAlarm: at most 20 queries, 10 of them metrics (MetricStat) and 10 expressions."""
+MAX_ALARM_EXPRESSIONS = 10
+MAX_ALARM_ACTIONS = 5
+MAX_ALARM_WINDOW_SECONDS = 86_400
+"""An alarm's period times its evaluation periods: one day at most."""
+
+
+def _resolved_number(template: dict[str, Any], value: Any) -> int:
+    """A number, or a parameter's largest allowed value."""
+    if isinstance(value, dict):
+        return int(template["Parameters"][value["Ref"]]["MaxValue"])
+    return int(value)
+
+
+def alarm_limit_breaches(template: dict[str, Any]) -> list[str]:
+    """What CloudWatch would refuse of the template's alarms (PutMetricAlarm's limits)."""
+    found = []
+    for name, alarm in template["Resources"].items():
+        if alarm["Type"] != "AWS::CloudWatch::Alarm":
+            continue
+        properties = alarm["Properties"]
+        queries = properties.get("Metrics", [])
+        stats = [q for q in queries if "MetricStat" in q]
+        expressions = [q for q in queries if "Expression" in q]
+        if len(stats) > MAX_ALARM_METRIC_STATS or len(expressions) > MAX_ALARM_EXPRESSIONS:
+            found.append(f"{name}: {len(stats)} metrics, {len(expressions)} expressions")
+        periods = [q["MetricStat"]["Period"] for q in stats] or [properties["Period"]]
+        window = max(periods) * _resolved_number(template, properties["EvaluationPeriods"])
+        if window > MAX_ALARM_WINDOW_SECONDS:
+            found.append(f"{name}: evaluates {window} s")
+        for key in ("AlarmActions", "OKActions"):
+            actions = properties.get(key, [])
+            if isinstance(actions, dict):  # Fn::If between the topic and none
+                actions = actions["Fn::If"][1]
+            if len(actions) > MAX_ALARM_ACTIONS:
+                found.append(f"{name}: {len(actions)} {key}")
+    return found
+
+
+@pytest.mark.parametrize("pools", [1000, MAX_POOLS])
+def test_alarms_are_inside_cloudwatchs_limits(packages: dict[int, Package], pools: int) -> None:
+    """Metric math alarms within 10 metrics, every alarm's window within a day
+    (``PoolEmptyMinutes`` at its maximum), at most 5 actions each."""
+    assert alarm_limit_breaches(packages[pools].template) == []
+
+
+@pytest.mark.parametrize("pools", [1000, MAX_POOLS])
+def test_the_chalice_deploy_paths_stack_is_lint_clean_and_inside_the_limits(tmp_path: Path, pools: int) -> None:
+    """The infrastructure stack of the ``chalice deploy`` path (``python -m infra.template
+    --infra-only``), packaged with a config of ``pools``: cfn-lint clean and inside the same
+    limits. Before, no test linted it: its ``HasSecretsKmsKeys`` condition was unused (W8001)."""
+    from infra import template as template_module
+
+    config = tmp_path / "pools.yaml"
+    config.write_text(pools_config(pools))
+    stack = template_module.build(STAGES["dev"], infra_only=True, config_file=config)
+    path = tmp_path / "infra.json"
+    path.write_text(json.dumps(stack, indent=1))
+    matches = lint_file(path, config=ManualArgs(regions=["us-east-1"]))
+    assert [f"{m.rule.id} {m.message}" for m in matches] == []
+    assert deployed_resource_count(stack) < MAX_RESOURCES
+    assert len(path.read_bytes()) < MAX_TEMPLATE_BYTES
+    assert len(stack["Outputs"]) <= MAX_OUTPUTS and len(stack["Parameters"]) <= MAX_PARAMETERS
+    assert alarm_limit_breaches(stack) == []
+    assert all(size < MAX_INLINE_POLICY_CHARACTERS for size in inline_policy_sizes(stack).values())
