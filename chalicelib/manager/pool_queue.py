@@ -45,8 +45,8 @@ class PoolMessage:
         part of the message: the consumer reads it to know when the message was due,
         ``seconds_late``)."""
         fields: dict[str, Any] = {key: value for key, value in dataclasses.asdict(self).items() if value}
-        if delay_seconds:
-            fields[DELAY_FIELD] = delay_seconds
+        # Written even when 0: a body without it is an earlier release's, whose due time is unknown.
+        fields[DELAY_FIELD] = delay_seconds
         return json.dumps(fields, separators=(",", ":"), sort_keys=True)
 
     @classmethod
@@ -123,7 +123,9 @@ ingestion a month) where an idle pass prints nothing."""
 def seconds_late(records: Sequence[Received], now_ms: float, at_least: float = 0.0) -> list[float]:
     """How late each message's pass starts (at ``now_ms``, SQS's epoch milliseconds): the time
     past when the message was due, its send plus the ``DelaySeconds`` its body records (0 when
-    it records none: a message of an older release, or a nudge). First deliveries only: a
+    it records something SQS would not take). Not a message of an earlier release, which records
+    no delay: sent with up to 900 s of it, it would read as that late and fire the
+    ``reconcile-late`` alarm at every upgrade. First deliveries only: a
     message delivered again waited out the visibility timeout after a failed pass (counted in
     ``ReconcileErrors``), not a queue that fell behind. A pass starting late says messages wait
     to be received (too few consumers, throttled), whatever delay each was sent with, which the
@@ -136,15 +138,22 @@ def seconds_late(records: Sequence[Received], now_ms: float, at_least: float = 0
         message = PoolMessage.parse(record.body)
         if message is None:
             continue
-        seconds = max(0.0, now_ms - record.sent_ms - 1000 * _recorded_delay(record.body)) / 1000
+        delay = _recorded_delay(record.body)
+        if delay is None:
+            continue
+        seconds = max(0.0, now_ms - record.sent_ms - 1000 * delay) / 1000
         if seconds >= at_least:
             late.append(seconds)
     return late
 
 
-def _recorded_delay(body: str) -> int:
-    """The ``DelaySeconds`` a body records (``PoolMessage.body``); 0 when none or not one SQS takes."""
-    delay = json.loads(body).get(DELAY_FIELD)
+def _recorded_delay(body: str) -> int | None:
+    """The ``DelaySeconds`` a body records (``PoolMessage.body``); None when it records none (an
+    earlier release's), 0 when not one SQS takes."""
+    fields = json.loads(body)
+    if DELAY_FIELD not in fields:
+        return None
+    delay = fields[DELAY_FIELD]
     if isinstance(delay, int) and not isinstance(delay, bool) and 0 <= delay <= MAX_DELAY_SECONDS:
         return delay
     return 0

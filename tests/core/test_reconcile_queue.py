@@ -124,7 +124,7 @@ def test_a_checkout_puts_its_pool_on_the_reconcile_queue(services: Services, mon
         status, _, body = Gateway(app.app)("POST", "/api/v3/vm/debian", {}, b"", "127.0.0.1")
         assert status == 200, body
         messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
-        assert [json.loads(m["Body"]) for m in messages] == [{"pool": "debian", "reason": "nudge"}]
+        assert [json.loads(m["Body"]) for m in messages] == [{"delay": 0, "pool": "debian", "reason": "nudge"}]
 
 
 @pytest.mark.parametrize("page", ["200-html", "502-html"])
@@ -179,7 +179,8 @@ def test_a_loop_of_on_demand_requests_puts_their_pool_on_the_queue_twice_a_secon
         assert gateway("DELETE", f"/api/v3/ondemandvm/{request_id}", {}, b"", f"2001:db8:5:{loop:x}::1")[0] == 200
     sent = [(json.loads(entry["MessageBody"]), entry["DelaySeconds"]) for entry in sqs.entries]
     # One at once, one when the second ends: that pass sees every change of the second.
-    assert sent == [({"pool": "debian", "reason": "nudge"}, 0), ({"delay": 1, "pool": "debian", "reason": "nudge"}, 1)]
+    assert sent == [({"delay": 0, "pool": "debian", "reason": "nudge"}, 0),
+                    ({"delay": 1, "pool": "debian", "reason": "nudge"}, 1)]
     services.clock.advance(1)
     assert gateway("POST", "/api/v3/ondemandvm/centos", {}, b"", "203.0.113.9")[0] == 201
     assert gateway("POST", "/api/v3/ondemandvm/debian", {}, b"", "203.0.113.9")[0] == 201
@@ -983,3 +984,16 @@ def test_a_delay_no_sender_of_ours_records_counts_as_none(delay: Any) -> None:
 
     body = json.dumps({"pool": "debian", "reason": "followup", "delay": delay})
     assert seconds_late([Received("m", body, 1_000_000.0, 1)], 1_060_000.0) == [60.0]
+
+
+def test_an_earlier_releases_message_is_not_measured_late() -> None:
+    """During an upgrade the queue holds the earlier release's messages, which record no delay: a
+    follow-up it sent with 900 s of delay, started 945 s after its send, is not 945 s late (the
+    ``reconcile-late`` alarm would fire at every upgrade); ours record theirs, 0 included."""
+    from chalicelib.manager.pool_queue import Received, seconds_late
+
+    earlier = json.dumps({"pool": "debian", "reason": "followup"})
+    assert seconds_late([Received("m", earlier, 1_000_000.0, 1)], 1_945_000.0) == []
+    ours = PoolMessage("debian", TICK).body()
+    assert json.loads(ours)["delay"] == 0
+    assert seconds_late([Received("m", ours, 1_000_000.0, 1)], 1_060_000.0) == [60.0]
