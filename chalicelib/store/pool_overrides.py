@@ -150,13 +150,16 @@ class PoolOverrides:
         return self.all([pool])[pool]
 
     def all(self, pools: Iterable[str]) -> dict[str, PoolOverride]:
-        """pool -> its overrides, in one round trip; a stored value that breaks the rules above is
-        ignored (none)."""
+        """pool -> its overrides, in one round trip and one step; a stored value that breaks the
+        rules above is ignored (none)."""
         pools = list(pools)
         if not pools:
             return {}
         with _translate_errors():
-            pipe = self.client.pipeline(transaction=False)
+            # MULTI: read as of one moment. Redis may serve another client between the commands of a
+            # plain pipeline: a template change landing between the template and the fence had a
+            # pass drain by the old template and lift the new change's fence.
+            pipe = self.client.pipeline(transaction=True)
             for setting in SETTINGS:
                 pipe.hmget(self.keys.pool_override(setting), pools)
             pipe.hmget(self.keys.ready_fence, pools)

@@ -286,3 +286,77 @@ def test_a_vm_made_ready_by_a_pass_older_than_a_template_change_or_reset_is_not_
             assert not stale_after(change, world, changed_at, taken), f"{taken} (first: {host}) from before the change"
             assert world.delete(f"/api/v3/vm/{taken}").status == 200
         world.settle("alpha")
+
+
+class OneAtATime:
+    """A pipeline without MULTI as Redis may run it: each command on its own, another client's
+    commands served between any two (Redis reads a pipeline as it arrives, not whole); ``between``
+    runs once, right after the first command whose arguments include ``after``."""
+
+    def __init__(self, client: redis.Redis, after: str, between: list[Callable[[], None]]) -> None:
+        self._client, self._after, self._between = client, after, between
+        self._calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., "OneAtATime"]:
+        def queue(*args: Any, **kwargs: Any) -> "OneAtATime":
+            self._calls.append((name, args, kwargs))
+            return self
+
+        return queue
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        replies = []
+        for name, args, kwargs in self._calls:
+            try:
+                replies.append(getattr(self._client, name)(*args, **kwargs))
+            except redis.ResponseError as error:
+                if raise_on_error:
+                    raise
+                replies.append(error)
+            if self._between and self._after in map(str, args):
+                self._between.pop()()
+        return replies
+
+
+class InterleavedRedis(redis.Redis):
+    """A client whose pipelines without MULTI are run one command at a time (``OneAtATime``)."""
+
+    def __init__(self, after: str, between: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._after, self._between = after, [between]
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        if transaction:
+            return super().pipeline(transaction, shard_hint)
+        return OneAtATime(redis.Redis(connection_pool=self.connection_pool), self._after, self._between)
+
+
+def test_a_template_change_between_the_reads_of_a_pass_keeps_the_pool_fenced(make_world: HarnessFactory) -> None:
+    """A pass reads the pool's overrides in one round trip: its template, then the fence of its
+    ready VMs. A template change landing between the two (Redis serves other clients between the
+    commands of a pipeline without MULTI) had the pass drain by the old template, which drained
+    nothing, and lift the new change's fence: the checkouts until the next pass were handed VMs
+    of the old template, which the fence is there to stop. Both are read in one step now."""
+    world = make_world(CHANGING_TEMPLATE)
+    world.settle("alpha", seconds=CLONE_AND_BOOT)
+    (old,) = world.ready("alpha")
+
+    def the_template_changes() -> None:
+        assert world.post("/api/v3/config/pooltemplate", {"alpha": NEW_TEMPLATE}).status == 201
+
+    kwargs = world.client.connection_pool.connection_kwargs
+    client = InterleavedRedis(world.store.keys.pool_override("pooltemplate"), the_template_changes,
+                              host=kwargs.get("host", "localhost"), port=kwargs["port"], decode_responses=True)
+    services = Services(world.config, client, clock=world.clock, prefix=world.store.keys.prefix)
+    pool = world.config.pool("alpha")
+    assert pool is not None
+    try:
+        world.clock.advance(1)
+        reconcile_pool(services.store, services.provider(pool.provider), pool, world.clock, world.config.service)
+    finally:
+        client.close()
+    if client._between:  # the reads were one step: the change lands after them
+        client._between.pop()()
+
+    reply = world.post("/api/v3/vm", {"alpha": 1})
+    assert reply.status == 503 or reply.json["alpha"]["hostname"].split(".")[0] != old, "the old template handed out"
