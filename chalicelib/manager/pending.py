@@ -235,7 +235,7 @@ def _note(context: PassContext, finished: set[str], reasons: Mapping[str, Mappin
                    **({"clone_end": context.now} if hostname in finished else {}),
                    **({"not_ready_reason": None} if hostname in had_reasons else {})}
         for hostname, vm in ready.items()
-    })
+    }, context.overrides.read)
     if noted:
         context.checkpoint("clone_finished")
     if not ready:

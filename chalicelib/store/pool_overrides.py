@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
@@ -27,7 +27,7 @@ from chalicelib.config import PoolConfig
 from chalicelib.config_fields import Invalid, inventory_path
 from chalicelib.sizing.settings import MAX_SIZE
 from chalicelib.store.records import finite_number
-from chalicelib.store.store import Store, StoreUnavailable, TokenGone, _translate_errors, token_index
+from chalicelib.store.store import SettingRead, Store, StoreUnavailable, TokenGone, _translate_errors, token_index
 
 SIZE = "poolsize"
 TEMPLATE = "pooltemplate"
@@ -87,6 +87,13 @@ class PoolOverride:
     ready_fence: str | None = None
     """The id of the template change or reset no pass has drained the pool for yet: until then no
     checkout takes the pool's ready VMs (lua/checkout.lua); ``PoolOverrides.lift_fence``."""
+    read: tuple[SettingRead, ...] = field(default=(), compare=False)
+    """The pool's stored template and reset as read (``PoolOverrides.all``; none for an override
+    not read): a pass moves no VM to ready once either changed since it read them
+    (``Store.note_pending``). A pass that read them before a template change or reset would
+    otherwise make VMs of the old template ready after a newer pass had drained the pool and lifted
+    the change's fence: handed out from then on, and never drained (no pass looks at ready VMs'
+    templates again until the next change)."""
 
 
 _FIELDS: Mapping[str, tuple[str, Callable[[Any], Any]]] = MappingProxyType({
@@ -143,13 +150,16 @@ class PoolOverrides:
         return self.all([pool])[pool]
 
     def all(self, pools: Iterable[str]) -> dict[str, PoolOverride]:
-        """pool -> its overrides, in one round trip; a stored value that breaks the rules above is
-        ignored (none)."""
+        """pool -> its overrides, in one round trip and one step; a stored value that breaks the
+        rules above is ignored (none)."""
         pools = list(pools)
         if not pools:
             return {}
         with _translate_errors():
-            pipe = self.client.pipeline(transaction=False)
+            # MULTI: read as of one moment. Redis may serve another client between the commands of a
+            # plain pipeline: a template change landing between the template and the fence had a
+            # pass drain by the old template and lift the new change's fence.
+            pipe = self.client.pipeline(transaction=True)
             for setting in SETTINGS:
                 pipe.hmget(self.keys.pool_override(setting), pools)
             pipe.hmget(self.keys.ready_fence, pools)
@@ -161,6 +171,8 @@ class PoolOverrides:
                 reset_at=finite_number(reset),  # an infinite one drained every VM in every pass
                 clone_target=valid_clone_target(clone_target),
                 ready_fence=None if fence is None else str(fence),
+                read=(SettingRead(self.keys.pool_override(TEMPLATE), pool, template or ""),
+                      SettingRead(self.keys.pool_override(RESET), pool, reset or "")),
             )
             for pool, size, template, reset, clone_target, fence in zip(
                 pools, sizes, templates, resets, clone_targets, fences, strict=True)

@@ -44,6 +44,16 @@ BatchItem = TypeVar("BatchItem")
 
 
 @dataclass(frozen=True)
+class SettingRead:
+    """A hash field as a caller read it ('' for none): its move happens only while it still
+    holds that value (lua/move.lua's settings_read)."""
+
+    key: str
+    field: str
+    value: str
+
+
+@dataclass(frozen=True)
 class DnsClaim:
     """A pass's claim of the publication of a VM's address (``Store.claim_dns``)."""
 
@@ -890,20 +900,24 @@ class Store:
         return _done(fields, replies)
 
     def _move_many_calls(self, pool: str, from_state: str, to_state: str, now: float,
-                         fields: Mapping[str, Mapping[str, Any]]) -> list[ScriptCall]:
-        return [(self.scripts.move, *self._move_call(pool, from_state, to_state, now, batch))
+                         fields: Mapping[str, Mapping[str, Any]],
+                         settings_read: Sequence[SettingRead] = ()) -> list[ScriptCall]:
+        return [(self.scripts.move, *self._move_call(pool, from_state, to_state, now, batch,
+                                                     settings_read=settings_read))
                 for batch in _batches(fields)]
 
     def _move_call(self, pool: str, from_state: str, to_state: str, now: float,
                    fields: Mapping[str, Mapping[str, Any]], nudge: bool = False, unchanged_since: int | None = None,
                    lifetime_ended: float | None = None,
                    checked_out_as: VMRecord | None = None, token_key: str = "",
-                   hold_clone: bool = False) -> tuple[list[str], list[str]]:
-        """The KEYS and ARGV of lua/move.lua for VMs of a known pool (hostname -> its fields)."""
+                   hold_clone: bool = False, settings_read: Sequence[SettingRead] = ()) -> tuple[list[str], list[str]]:
+        """The KEYS and ARGV of lua/move.lua for VMs of a known pool (hostname -> its fields).
+        ``settings_read``: the VMs move only while each of those hash fields still holds the
+        value read (lua/move.lua)."""
         keys = [*(self.keys.vm(hostname) for hostname in fields), self.keys.changes, self.keys.cloning,
                 self.keys.pool_clones, self.keys.running, self.keys.pool_state(pool, from_state),
                 self.keys.pool_state(pool, to_state), self.keys.wake(pool), self.keys.running_due(pool),
-                self.keys.destroyed]
+                self.keys.destroyed, *(setting.key for setting in settings_read)]
         # A VM leaving running leaves its next look too (move.lua); the others need no ZREM.
         leave_running_due = "1" if from_state == "running" and to_state != "running" else ""
         args: list[str] = [
@@ -913,6 +927,7 @@ class Store:
             "", "", "", *_checkout_condition(checked_out_as), str(token_index(keys, token_key)),
             str(UNUSED_RECORD_TTL_SECONDS), leave_running_due, "1" if hold_clone else "",
             str(DESTROYED_RECORDS_KEPT), self.keys.vm(KEY_PART),
+            str(len(settings_read)), *(part for setting in settings_read for part in (setting.field, setting.value)),
         ]
         for hostname, changes in fields.items():
             args += [hostname, *update_args(changes)]
@@ -933,7 +948,7 @@ class Store:
         args = ["completed", repr(now), str(self.data_ttl_seconds), "1", "", "",
                 self.keys.pool_state(KEY_PART, "running"), self.keys.pool_state(KEY_PART, "completed"),
                 self.keys.wake(KEY_PART), *_checkout_condition(None), "0", str(UNUSED_RECORD_TTL_SECONDS),
-                self.keys.running_due(KEY_PART), "", "", "", hostname, "1", "reason", reason]
+                self.keys.running_due(KEY_PART), "", "", "", "0", hostname, "1", "reason", reason]
         with _translate_errors():
             (pool,) = self.scripts.move(keys=keys, args=args)
         return str(pool) if pool else None
@@ -1131,15 +1146,18 @@ class Store:
                  [_encode(now), *hostnames])]
 
     def note_pending(self, pool: str, now: float, finished: Sequence[str],
-                     reasons: Mapping[str, Mapping[str, Any]], ready: Mapping[str, Mapping[str, Any]]) -> list[str]:
+                     reasons: Mapping[str, Mapping[str, Any]], ready: Mapping[str, Mapping[str, Any]],
+                     settings_read: Sequence[SettingRead] = ()) -> list[str]:
         """What the pending step saw of its VMs, in one round trip: the clones of ``finished``
         noted done (``finish_clones``), the not-ready ``reasons`` written on the records that
         exist (``update_vms``: hostname -> fields) and the booted VMs of ``ready`` (hostname ->
         the fields to set) moved from pending to ready (``move_many``: each move conditional on
         its own VM). A move leaves the cloning set as a finish does: a clone that ended and
         booted at once is noted by its move alone (a ``clone_end`` among its fields). Each
-        script call checks its own conditions as when run alone. Returns the hostnames moved."""
-        moves = self._move_many_calls(pool, "pending", "ready", now, ready)
+        script call checks its own conditions as when run alone. ``settings_read``: the pool's
+        settings as the pass read them (``PoolOverride.read``); no VM moves to ready once one of
+        them has changed. Returns the hostnames moved."""
+        moves = self._move_many_calls(pool, "pending", "ready", now, ready, settings_read)
         calls = [*self._finish_calls(finished, now), *self._update_calls(reasons), *moves]
         with _translate_errors():
             replies = run_many(self.client, calls)

@@ -27,6 +27,7 @@ import redis
 import redis.connection
 
 from chalicelib.api.routes import ROUTES
+from chalicelib.api.vms import RETURNED
 from chalicelib.auth.base import canonical_user
 from chalicelib.config import parse
 from chalicelib.store import Quota
@@ -499,11 +500,111 @@ def ondemand_ended(harness: Harness, world: World) -> None:
     assert reply.status == 200, reply.raw
 
 
+def returned_by_its_owner_only(bob_first: bool) -> Callable[[Harness, World, Reply, Any], None]:
+    """Alice and bob each return alice's VM at once: hers is returned (200), his refused (403, or
+    404 once it was returned: he may learn no more), whichever ran first."""
+
+    def check(harness: Harness, world: World, first: Reply, second: Any) -> None:
+        bobs, alices = (first, second) if bob_first else (second, first)
+        assert alices.status == 200, alices.raw
+        assert bobs.status in (403, 404), bobs.raw
+        record = harness.store.get_vm(world.mine)
+        assert record is not None and record.state == "completed" and record.reason == RETURNED, record
+
+    return check
+
+
+def tagged_as_answered(put_first: bool) -> Callable[[Harness, World, Reply, Any], None]:
+    """A tag put while the VM is returned: the VM returned (200) whatever the order, and the tag
+    on its record exactly when the PUT answered 200 (its 404 changed nothing)."""
+
+    def check(harness: Harness, world: World, first: Reply, second: Any) -> None:
+        put, returned = (first, second) if put_first else (second, first)
+        assert returned.status == 200 and put.status in (200, 404), (returned.raw, put.raw)
+        record = harness.client.hgetall(harness.store.keys.vm(world.mine))
+        assert record.get("state") == "completed", record
+        assert ("tag:project" in record) == (put.status == 200), (put.raw, record)
+
+    return check
+
+
+def tasks_as_answered(kind: str) -> Callable[[Harness, World, Reply, Any], None]:
+    """Two tasks of ``kind`` asked at once: as many queued as were answered 202 (or 200, a PUT),
+    none for a request refused, and each snapshot id answered queued."""
+
+    def check(harness: Harness, world: World, first: Reply, second: Any) -> None:
+        replies = [reply for reply in (first, second) if reply is not None]
+        assert all(reply.status in (200, 202) for reply in replies), [reply.raw for reply in replies]
+        tasks = [json.loads(task) for task in harness.client.lrange(harness.store.keys.vm_tasks(world.mine), 0, -1)]
+        queued = [task for task in tasks if task["kind"] == kind]
+        assert len(queued) == len(replies), (tasks, [reply.raw for reply in replies])
+        if kind == "snapshot":
+            answered = {reply.json[world.mine]["snapshot"] for reply in replies}
+            assert {task["snapshot"] for task in queued} == answered, (queued, answered)
+
+    return check
+
+
+def deleted_for_both(harness: Harness, world: World, first: Reply, second: Any) -> None:
+    """The owner's DELETE /ondemandvm/<id> sent twice at once: both ok, the request deleted."""
+    assert (first.status, second.status) == (200, 200), (first.raw, second.raw)
+    assert harness.client.hget(harness.store.keys.ondemand(world.request_id), "state") == "deleted"
+
+
+def hidden_from_bob(bob_first: bool) -> Callable[[Harness, World, Reply, Any], None]:
+    """Bob asks for alice's request while it changes: a 403, never its hostnames."""
+
+    def check(harness: Harness, world: World, first: Reply, second: Any) -> None:
+        bobs = first if bob_first else second
+        assert bobs.status == 403, bobs.raw
+
+    return check
+
+
+def kept_by_its_user(harness: Harness, world: World, first: Reply, second: Any) -> None:
+    """A checkout while the pool is emptied or its template changes: a VM handed out stays its
+    user's through the passes that drain the pool (never drained, never handed out again); and one
+    cloned from the old template only when the checkout had taken it before the change ran."""
+    handed_out = checked_out(first)
+    template = harness.pool("pool1").template
+    for host in handed_out:
+        assert host in world.extra["running_before_change"] or harness.store.get_vm(host).template == template, \
+            f"{host} of the old template handed out after the change"
+    harness.run_passes()
+    for host in handed_out:
+        assert harness.state_of(host) == "running", host
+    assert not handed_out & set(harness.ready("pool1")), "a VM in use is ready again"
+
+
+@dataclass(frozen=True)
+class PoolChange:
+    """An administrator's change of pool1 as the race's second step, noting which VMs were in use
+    (checked out, confirmed or not) as it began."""
+
+    case: Case
+
+    @property
+    def method(self) -> str:
+        return self.case.method
+
+    @property
+    def target(self) -> str:
+        return self.case.target
+
+    def send(self, harness: Harness, world: World) -> Reply:
+        world.extra["running_before_change"] = harness.hosts("pool1", "running")
+        return self.case.send(harness, world)
+
+
 def no_race_setup(harness: Harness, world: World) -> None:
     return None
 
 
-Race = tuple[Case, "Case | ReconcilePass | ForgottenAndTaken", Callable[[Harness, World, Reply, Any], None]]
+DISK_IN_A_PUT = Case("PUT", "/api/v3/vm/{mine}", {"disk": 8})
+"""`floaty modify --disk 8`."""
+
+Race = tuple[Case, "Case | ReconcilePass | ForgottenAndTaken | PoolChange",
+             Callable[[Harness, World, Reply, Any], None]]
 
 RACES: dict[str, Race] = {
     "disk_and_tag_while_tags_fill": (
@@ -530,10 +631,37 @@ RACES: dict[str, Race] = {
     "checkout_while_pass": (CASES["checkout_body"], ReconcilePass("pool1"), no_check),
     "ondemand_deleted_again_while_its_id_is_taken": (Case("DELETE", "/api/v3/ondemandvm/ended-1"),
                                                      ForgottenAndTaken("ended-1"), others_request_untouched),
+    "returned_by_bob_while_returned": (Case("DELETE", "/api/v3/vm/{mine}", who="bob"), CASES["return"],
+                                       returned_by_its_owner_only(bob_first=True)),
+    "returned_while_bob_returns_it": (CASES["return"], Case("DELETE", "/api/v3/vm/{mine}", who="bob"),
+                                      returned_by_its_owner_only(bob_first=False)),
+    "tags_while_returned": (Case("PUT", "/api/v3/vm/{mine}", {"tags": {"project": "late"}}, who="anonymous"),
+                            CASES["return"], tagged_as_answered(put_first=True)),
+    "returned_while_tagged": (CASES["return"], Case("PUT", "/api/v3/vm/{mine}", {"tags": {"project": "late"}},
+                                                    who="anonymous"), tagged_as_answered(put_first=False)),
+    "snapshot_while_returned": (CASES["snapshot"], CASES["return"], returned_stays_returned),
+    "revert_while_returned": (CASES["revert"], CASES["return"], returned_stays_returned),
+    "returned_while_disk": (CASES["return"], CASES["disk"], returned_stays_returned),
+    "disk_twice": (CASES["disk"], CASES["disk"], tasks_as_answered("disk")),
+    "disk_in_a_put_twice": (DISK_IN_A_PUT, DISK_IN_A_PUT, tasks_as_answered("disk")),
+    "snapshot_twice": (CASES["snapshot"], CASES["snapshot"], tasks_as_answered("snapshot")),
+    "ondemand_deleted_twice": (CASES["ondemand_delete"], CASES["ondemand_delete"], deleted_for_both),
+    "ondemand_shown_to_bob_while_deleted": (Case("GET", "/api/v3/ondemandvm/{request}", who="bob"),
+                                            CASES["ondemand_delete"], hidden_from_bob(bob_first=True)),
+    "ondemand_deleted_while_bob_looks": (CASES["ondemand_delete"], Case("GET", "/api/v3/ondemandvm/{request}",
+                                                                        who="bob"), hidden_from_bob(bob_first=False)),
+    "ondemand_shown_to_bob_while_delivered": (Case("GET", "/api/v3/ondemandvm/racing", who="bob"),
+                                              ReconcilePass("pool2"), hidden_from_bob(bob_first=True)),
+    "checkout_while_pool_emptied": (CASES["checkout_anonymous"],
+                                    PoolChange(Case("POST", "/api/v3/config/poolsize", {"pool1": "0"}, who="root")),
+                                    kept_by_its_user),
+    "checkout_while_template_changed": (CASES["checkout_anonymous"], PoolChange(CASES["pooltemplate"]),
+                                        kept_by_its_user),
 }
 RACE_SETUP: dict[str, Callable[[Harness, World], None]] = {
     "lifetime_extended_while_reaped": lifetime_ended, "ondemand_deleted_while_delivered": ondemand_building,
-    "ondemand_deleted_again_while_its_id_is_taken": ondemand_ended}
+    "ondemand_deleted_again_while_its_id_is_taken": ondemand_ended,
+    "ondemand_shown_to_bob_while_delivered": ondemand_building}
 """What a race's world needs besides the World: its VM past its lifetime, a request being built."""
 
 

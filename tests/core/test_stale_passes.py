@@ -5,13 +5,15 @@ checked it out (issue 10, defect 2). The interleaving is driven through the pass
 
 from __future__ import annotations
 
-from typing import Callable
+import threading
+from typing import Any, Callable
 
 import pytest
 import redis
 
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
+from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.manager.runner import run_pool
 from chalicelib.services import Services
 from tests.harness import Harness, HarnessFactory
@@ -188,3 +190,173 @@ def test_a_lifetime_shortened_after_the_pass_read_the_vm_ends_on_time(make_world
     world.clock.advance(checked_out + 3601 - world.clock.now())
     report = world.reconcile("alpha")
     assert host in report.completed, "the VM outlived its shortened lifetime"
+
+
+CHANGING_TEMPLATE = CONFIG.replace("config: {", "config: {experimental_features: true, ", 1)
+"""The pools' runtime settings open to the API (POST /config/pooltemplate), no auth."""
+NEW_TEMPLATE = "templates/alpha-v2"
+
+
+class PausedAt:
+    """A provider whose ``method`` call waits, the first time, for ``action`` (the pass paused
+    there: after every read of its inputs, before the pending step's moves)."""
+
+    def __init__(self, provider: Any, method: str, action: Callable[[], None]) -> None:
+        self._provider, self._method, self._action = provider, method, action
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._provider, name)
+        if name != self._method or self._action is None:
+            return value
+
+        def paused(*args: Any, **kwargs: Any) -> Any:
+            action, self._action = self._action, None
+            action()
+            return value(*args, **kwargs)
+
+        return paused
+
+
+def paused_pass(world: Harness, action: Callable[[], None]) -> Any:
+    """A pass over alpha paused as it asks for its clones' task statuses, while ``action`` runs."""
+    pool = world.config.pool("alpha")
+    assert pool is not None
+    provider = PausedAt(world.services.provider(pool.provider), "task_statuses", action)
+    return reconcile_pool(world.store, provider, pool, world.clock, world.config.service)
+
+
+def stale_after(change: str, world: Harness, changed_at: float, host: str) -> bool:
+    """Whether the VM is one the change made stale: of the old template, cloned before the reset."""
+    record = world.store.get_vm(host)
+    assert record is not None
+    if change == "template":
+        return record.template != NEW_TEMPLATE
+    return (record.clone_start or 0) < changed_at
+
+
+CHANGES = {"template": ("/api/v3/config/pooltemplate", {"alpha": NEW_TEMPLATE}),
+           "reset": ("/api/v3/poolreset", {"alpha": "1"})}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_a_vm_made_ready_by_a_pass_older_than_a_template_change_or_reset_is_not_handed_out(
+        make_world: HarnessFactory, change: str) -> None:
+    """A pass (Q) read the pool's template and reset before POST /config/pooltemplate (or
+    /poolreset); a pass after the change (P) read the clone Q is following as pending; Q then
+    made it ready, and P, whose drain could not move it from pending any more, lifted the change's
+    fence on the pool's ready VMs and marked them all checked. Before, that VM of the old template
+    (cloned before the reset) stayed ready for good (no later pass read ready records again) and
+    checkouts were handed it: a CI job testing the new template ran on the old one. A pass no
+    longer makes a VM ready once the pool's template or reset changed since it read them: the
+    next pass drains it from pending."""
+    world = make_world(CHANGING_TEMPLATE)
+    host = one_clone_in_flight(world)
+    world.clock.advance(CLONE_AND_BOOT)
+    changed_at = world.clock.now()
+    resume_p, p_paused = threading.Event(), threading.Event()
+    p_errors: list[BaseException] = []
+
+    def p_waits_for_q() -> None:
+        p_paused.set()
+        assert resume_p.wait(30), "Q did not finish"
+
+    def run_p() -> None:
+        try:
+            paused_pass(world, p_waits_for_q)
+        except BaseException as error:  # noqa: BLE001 - re-raised below
+            p_errors.append(error)
+            p_paused.set()
+
+    p = threading.Thread(target=run_p)
+
+    def changed_then_p_reads() -> None:
+        assert world.post(*CHANGES[change]).status == 201
+        p.start()
+        assert p_paused.wait(30), "P did not reach its pause"
+
+    paused_pass(world, changed_then_p_reads)  # Q
+    resume_p.set()
+    p.join(30)
+    assert not p.is_alive() and p_errors == [], p_errors
+
+    for _ in range(3):  # now, and once later passes have run
+        reply = world.post("/api/v3/vm", {"alpha": 1})
+        if reply.status == 200:
+            taken = reply.json["alpha"]["hostname"].split(".")[0]
+            assert not stale_after(change, world, changed_at, taken), f"{taken} (first: {host}) from before the change"
+            assert world.delete(f"/api/v3/vm/{taken}").status == 200
+        world.settle("alpha")
+
+
+class OneAtATime:
+    """A pipeline without MULTI as Redis may run it: each command on its own, another client's
+    commands served between any two (Redis reads a pipeline as it arrives, not whole); ``between``
+    runs once, right after the first command whose arguments include ``after``."""
+
+    def __init__(self, client: redis.Redis, after: str, between: list[Callable[[], None]]) -> None:
+        self._client, self._after, self._between = client, after, between
+        self._calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., "OneAtATime"]:
+        def queue(*args: Any, **kwargs: Any) -> "OneAtATime":
+            self._calls.append((name, args, kwargs))
+            return self
+
+        return queue
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        replies = []
+        for name, args, kwargs in self._calls:
+            try:
+                replies.append(getattr(self._client, name)(*args, **kwargs))
+            except redis.ResponseError as error:
+                if raise_on_error:
+                    raise
+                replies.append(error)
+            if self._between and self._after in map(str, args):
+                self._between.pop()()
+        return replies
+
+
+class InterleavedRedis(redis.Redis):
+    """A client whose pipelines without MULTI are run one command at a time (``OneAtATime``)."""
+
+    def __init__(self, after: str, between: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._after, self._between = after, [between]
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        if transaction:
+            return super().pipeline(transaction, shard_hint)
+        return OneAtATime(redis.Redis(connection_pool=self.connection_pool), self._after, self._between)
+
+
+def test_a_template_change_between_the_reads_of_a_pass_keeps_the_pool_fenced(make_world: HarnessFactory) -> None:
+    """A pass reads the pool's overrides in one round trip: its template, then the fence of its
+    ready VMs. A template change landing between the two (Redis serves other clients between the
+    commands of a pipeline without MULTI) had the pass drain by the old template, which drained
+    nothing, and lift the new change's fence: the checkouts until the next pass were handed VMs
+    of the old template, which the fence is there to stop. Both are read in one step now."""
+    world = make_world(CHANGING_TEMPLATE)
+    world.settle("alpha", seconds=CLONE_AND_BOOT)
+    (old,) = world.ready("alpha")
+
+    def the_template_changes() -> None:
+        assert world.post("/api/v3/config/pooltemplate", {"alpha": NEW_TEMPLATE}).status == 201
+
+    kwargs = world.client.connection_pool.connection_kwargs
+    client = InterleavedRedis(world.store.keys.pool_override("pooltemplate"), the_template_changes,
+                              host=kwargs.get("host", "localhost"), port=kwargs["port"], decode_responses=True)
+    services = Services(world.config, client, clock=world.clock, prefix=world.store.keys.prefix)
+    pool = world.config.pool("alpha")
+    assert pool is not None
+    try:
+        world.clock.advance(1)
+        reconcile_pool(services.store, services.provider(pool.provider), pool, world.clock, world.config.service)
+    finally:
+        client.close()
+    if client._between:  # the reads were one step: the change lands after them
+        client._between.pop()()
+
+    reply = world.post("/api/v3/vm", {"alpha": 1})
+    assert reply.status == 503 or reply.json["alpha"]["hostname"].split(".")[0] != old, "the old template handed out"

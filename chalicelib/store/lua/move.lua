@@ -3,7 +3,8 @@
 -- KEYS: the VMs' records, one per VM; then the changes counter, the cloning set, its pools' own
 -- part (keys.pool_clones: reserve_clones.lua), the service's running set (keys.running) and,
 -- when the caller knows the pool, the pool's from_state set, its to_state set, its wake list and
--- its running_due set; then (to_state destroyed) the destroyed set (keys.destroyed).
+-- its running_due set; then the destroyed set (keys.destroyed); then the hashes of settings_read
+-- (below), when given.
 -- A VM moved to running joins the service's running set; one moved to any other state leaves it
 -- (whatever it left: a VM is in one state, so one not running is never counted). One moved out
 -- of running leaves its pool's running_due set too (leave_running_due): a pass has nothing more
@@ -12,8 +13,9 @@
 -- ARGV: to_state, now, record_ttl_seconds, nudge, unchanged_since, lifetime_ended,
 --       from_template, to_template, wake_template, same_checkout, checkout, token_user, token,
 --       unused_record_ttl_seconds, leave_running_due, hold_clone, records_kept, vm_template
---       (to_state destroyed; '' otherwise),
---       then per VM: its hostname, how many fields follow, and those fields as field, value, ...
+--       (to_state destroyed; '' otherwise), settings_read (a count n, then n pairs field,
+--       value), then per VM: its hostname, how many fields follow, and those fields as
+--       field, value, ...
 -- to_state "destroyed" takes the VM out of every set and lets its record expire after the ttl;
 --   after unused_record_ttl_seconds instead for a VM cloned for an on-demand request and never
 --   delivered (a 'request' but no 'checkout': no one ever held it; a request deleted mid-build)
@@ -46,6 +48,12 @@
 -- token (the index in KEYS of the record of the token the move was asked with, or 0 for none:
 --   lua/token_live.lua): when the token was deleted since the API checked it, nothing moves and
 --   every VM's answer is -1.
+-- settings_read (n pairs after the count; n is 0 for none): move only while each of the n hashes
+--   given after the pool's keys (KEYS[vms + 10 ...], after the destroyed set) holds that value in that field ('' for none).
+--   The pending step moves a VM to ready only while the pool's template and reset are still those
+--   its pass read: a pass that read them before a change would make a VM of the old template ready
+--   after the change, maybe after a newer pass had drained the pool and lifted the change's fence
+--   on its ready VMs (store/pool_overrides.py); left pending, it is drained by the next pass.
 -- A field's empty value deletes it. Every move stamps the VM with the counter's value (change_seq).
 -- Each VM is checked on its own, as if moved alone; one call for many saves their round trips and
 -- their share of the work (one script run, the counter read once, one HSET per record).
@@ -58,7 +66,8 @@ local same_checkout, seen_checkout, seen_owner = ARGV[10] == '1', ARGV[11], ARGV
 local unused_ttl = tonumber(ARGV[14])
 local hold_clone = ARGV[16] == '1' and to_state == 'completed'
 local records_kept, vm_template = tonumber(ARGV[17]), ARGV[18]
-local next_first = 19
+local settings_read = tonumber(ARGV[19])
+local next_first = 20 + 2 * settings_read
 while next_first <= #ARGV do
   firsts[#firsts + 1] = next_first
   next_first = next_first + 2 + 2 * tonumber(ARGV[next_first + 1])
@@ -155,10 +164,27 @@ local function move(index)
   return moved
 end
 
+-- Whether a setting read by the caller has changed since (see settings_read): then nothing moves.
+local function settings_changed()
+  for i = 1, settings_read do
+    if (redis.call('HGET', KEYS[vms + 9 + i], ARGV[18 + 2 * i]) or '') ~= ARGV[19 + 2 * i] then
+      return true
+    end
+  end
+  return false
+end
+
 local results = {}
 local gone = token_gone(ARGV[13])
+local changed = not gone and settings_changed()
 for index = 1, vms do
-  results[index] = gone and -1 or move(index)
+  if gone then
+    results[index] = -1
+  elseif changed then
+    results[index] = 0
+  else
+    results[index] = move(index)
+  end
 end
 -- The destroyed set past records_kept: the oldest records expire within the hour (an hour
 -- outlives any pass, so one whose inventory predates the destroy still finds 'destroyed_at').

@@ -1,0 +1,86 @@
+"""Two callers with different identities sent at once, released together by a barrier, round
+after round: what each is told and what the store holds agree (the deterministic interleavings,
+between any two Redis operations, are in tests/chaos/test_api_crash_points.py)."""
+
+from __future__ import annotations
+
+import threading
+from functools import partial
+from typing import Callable
+
+from tests.auth_api.documents import POOL, document
+from tests.harness import Harness, HarnessFactory, Reply, basic
+
+ROUNDS = 25
+
+
+def at_once(*requests: Callable[[], Reply]) -> list[Reply]:
+    """The requests sent from threads released together; their replies in order."""
+    barrier = threading.Barrier(len(requests), timeout=30)
+    replies: list[Reply | BaseException | None] = [None] * len(requests)
+
+    def send(index: int) -> None:
+        try:
+            barrier.wait()
+            replies[index] = requests[index]()
+        except BaseException as error:  # noqa: BLE001 - re-raised below
+            replies[index] = error
+
+    threads = [threading.Thread(target=send, args=(index,)) for index in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for reply in replies:
+        if not isinstance(reply, Reply):
+            raise AssertionError(f"a request failed: {reply!r}")
+    return replies  # type: ignore[return-value]
+
+
+def tokens(api: Harness) -> tuple[str, str]:
+    return api.new_token("alice", "alice-pw"), api.new_token("bob", "bob-pw")
+
+
+def test_the_owner_and_another_user_return_a_vm_at_once(make_api: HarnessFactory) -> None:
+    """Only the owner's DELETE returns it (200); the other's is refused (403, or 404 once it was
+    returned), whichever Redis ran first."""
+    api = make_api(document({"provider": "dummy"}))
+    alice, bob = tokens(api)
+    for _ in range(ROUNDS):
+        api.fill(POOL)
+        host = api.checkout(POOL, alice)
+        mine, theirs = at_once(partial(api.delete, f"/api/v3/vm/{host}", headers={"X-AUTH-TOKEN": alice}),
+                               partial(api.delete, f"/api/v3/vm/{host}", headers={"X-AUTH-TOKEN": bob}))
+        assert mine.status == 200 and theirs.status in (403, 404), (mine.raw, theirs.raw)
+        assert api.state_of(host) == "completed"
+
+
+def test_two_users_ask_for_the_last_ready_vm_at_once(make_api: HarnessFactory) -> None:
+    """Exactly one gets it, recorded as that one's; the other is told 503 and holds nothing."""
+    api = make_api(document({"provider": "dummy"}, pools=[
+        {"name": POOL, "size": 1, "provider": "dummy", "template": "t/debian"}]))
+    alice, bob = tokens(api)
+    for _ in range(ROUNDS):
+        api.fill(POOL)
+        replies = at_once(partial(api.post, f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": alice}),
+                          partial(api.post, f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": bob}))
+        assert sorted(reply.status for reply in replies) == [200, 503], [reply.raw for reply in replies]
+        winner = 0 if replies[0].status == 200 else 1
+        host = replies[winner].json[POOL]["hostname"].split(".")[0]
+        assert api.store.get_vm(host).raw.get("token_user") == ("alice", "bob")[winner]
+        assert api.delete(f"/api/v3/vm/{host}", headers={"X-AUTH-TOKEN": (alice, bob)[winner]}).status == 200
+
+
+def test_a_token_deleted_while_it_returns_a_vm(make_api: HarnessFactory) -> None:
+    """DELETE /token/<t> and a DELETE /vm made with it at once: once the token's delete has
+    answered, the VM's return either happened before it (200) or not at all (401)."""
+    api = make_api(document({"provider": "dummy"}))
+    for _ in range(ROUNDS):
+        api.fill(POOL)
+        token = api.new_token("alice", "alice-pw")
+        host = api.checkout(POOL, token)
+        returned, deleted = at_once(partial(api.delete, f"/api/v3/vm/{host}", headers={"X-AUTH-TOKEN": token}),
+                                    partial(api.delete, f"/api/v3/token/{token}", headers=basic("alice", "alice-pw")))
+        assert deleted.status == 200, deleted.raw
+        assert returned.status in (200, 401), returned.raw
+        assert api.state_of(host) == ("completed" if returned.status == 200 else "running")
