@@ -231,7 +231,7 @@ def _note(context: PassContext, finished: set[str], reasons: Mapping[str, Mappin
         return
     noted = sorted(hostname for hostname in finished if hostname not in ready)
     moved = context.store.note_pending(context.pool.name, context.now, noted, reasons, {
-        hostname: {"ready_at": context.now, "ip": vm.ip, "host": vm.host,
+        hostname: {"ready_at": context.now, "ip": dns_records.reachable_ip(vm) or vm.ip, "host": vm.host,
                    **({"clone_end": context.now} if hostname in finished else {}),
                    **({"not_ready_reason": None} if hostname in had_reasons else {})}
         for hostname, vm in ready.items()
