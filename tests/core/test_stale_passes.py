@@ -234,6 +234,18 @@ def stale_after(change: str, world: Harness, changed_at: float, host: str) -> bo
     return (record.clone_start or 0) < changed_at
 
 
+def assert_no_stale_vm_handed_out(world: Harness, change: str, changed_at: float, host: str) -> None:
+    """No checkout gets a VM the change made stale (``host``: the one at risk), now or once later
+    passes have run."""
+    for _ in range(3):
+        reply = world.post("/api/v3/vm", {"alpha": 1})
+        if reply.status == 200:
+            taken = reply.json["alpha"]["hostname"].split(".")[0]
+            assert not stale_after(change, world, changed_at, taken), f"{taken} (first: {host}) from before the change"
+            assert world.delete(f"/api/v3/vm/{taken}").status == 200
+        world.settle("alpha")
+
+
 CHANGES = {"template": ("/api/v3/config/pooltemplate", {"alpha": NEW_TEMPLATE}),
            "reset": ("/api/v3/poolreset", {"alpha": "1"})}
 
@@ -279,13 +291,7 @@ def test_a_vm_made_ready_by_a_pass_older_than_a_template_change_or_reset_is_not_
     p.join(30)
     assert not p.is_alive() and p_errors == [], p_errors
 
-    for _ in range(3):  # now, and once later passes have run
-        reply = world.post("/api/v3/vm", {"alpha": 1})
-        if reply.status == 200:
-            taken = reply.json["alpha"]["hostname"].split(".")[0]
-            assert not stale_after(change, world, changed_at, taken), f"{taken} (first: {host}) from before the change"
-            assert world.delete(f"/api/v3/vm/{taken}").status == 200
-        world.settle("alpha")
+    assert_no_stale_vm_handed_out(world, change, changed_at, host)
 
 
 class OneAtATime:
@@ -388,11 +394,5 @@ def test_a_pass_killed_after_its_pending_step_never_leaves_a_stale_vm_ready(
 
     r = paused_pass(world, p_killed_after_its_pending_step)
     assert killed and host not in r.became_ready
-    for _ in range(3):  # now, and once later passes have run
-        reply = world.post("/api/v3/vm", {"alpha": 1})
-        if reply.status == 200:
-            taken = reply.json["alpha"]["hostname"].split(".")[0]
-            assert not stale_after(change, world, changed_at, taken), f"{taken} (first: {host}) from before the change"
-            assert world.delete(f"/api/v3/vm/{taken}").status == 200
-        world.settle("alpha")
+    assert_no_stale_vm_handed_out(world, change, changed_at, host)
     assert world.state_of(host) in ("completed", "destroyed")
