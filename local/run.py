@@ -225,6 +225,8 @@ sys.exit(status)
 """
 CONFIG_CHECK_SECONDS = 2.0
 """How often the stack looks at the developer's config file for changes."""
+CONFIG_CHECK_TIMEOUT_SECONDS = 30.0
+"""How long a changed config's check may take (a config loads in well under a second)."""
 
 
 class ConfigWatch:
@@ -277,8 +279,13 @@ class ConfigWatch:
         env = {key: value for key, value in os.environ.items() if key != "VMPOOL_CONFIG"}
         env["VMPOOL_CONFIG_FILE"] = str(self.path)
         # A fresh interpreter: this process runs the scheduler's threads, which a fork would copy mid-lock.
-        checked = subprocess.run([sys.executable, "-c", CHECK_CONFIG_PROGRAM], env=env, cwd=ROOT,
-                                 capture_output=True, text=True)
+        try:
+            checked = subprocess.run([sys.executable, "-c", CHECK_CONFIG_PROGRAM], env=env, cwd=ROOT,
+                                     capture_output=True, text=True, timeout=CONFIG_CHECK_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:  # the main loop also answers stop requests: never hang it
+            print(f"vmpool: config {self.path} changed but its check took over "
+                  f"{CONFIG_CHECK_TIMEOUT_SECONDS:.0f} s; the running config stays", file=sys.stderr, flush=True)
+            return 1
         if checked.returncode == 0:
             print(f"vmpool: config {self.path} changed: reloaded", file=sys.stderr, flush=True)
             sys.stderr.write(checked.stderr)

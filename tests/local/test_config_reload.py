@@ -8,6 +8,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.local.stack import call, local_stack, wait_for
 
 CONFIG = (
@@ -77,3 +79,22 @@ def test_an_edit_to_an_extra_config_file_alone_is_served(tmp_path: Path) -> None
         wait_for(lambda: pools(stack.api) == ["first", "fourth"], 30, "the other extra file served", stack.log)
         edit(other, "pools:\n  - {name: fifth, size: 1, provider: dummy}\n")
         wait_for(lambda: pools(stack.api) == ["first", "fifth"], 30, "its edit served", stack.log)
+
+
+def test_a_config_check_that_hangs_is_given_up_and_the_running_config_stays(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The check runs in the stack's main loop, which also answers stop requests: one that does
+    not end (an interpreter stuck on a file system, say) is given up after its timeout."""
+    from local import run
+
+    config_file = tmp_path / "stack.yaml"
+    config_file.write_text(CONFIG)
+    watch = run.ConfigWatch(config_file)
+    monkeypatch.setattr(run, "CHECK_CONFIG_PROGRAM", "import time; time.sleep(60)")
+    monkeypatch.setattr(run, "CONFIG_CHECK_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(run, "CONFIG_CHECK_SECONDS", 0.0)
+    edit(config_file, CONFIG + "  - {name: second, size: 1, provider: dummy}\n")
+    started = time.monotonic()
+    assert watch.check() == 1
+    assert time.monotonic() - started < 30
+    assert "the running config stays" in capsys.readouterr().err
