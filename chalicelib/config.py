@@ -702,8 +702,7 @@ def merge_extra_configs(document: dict[str, Any], base_dir: Path, reader: BlockR
     if len(paths) > MAX_EXTRA_CONFIGS:
         raise ConfigError([f"config.extra_config: at most {MAX_EXTRA_CONFIGS} files, got {len(paths)}"])
     problems: list[str] = []
-    for name in paths:
-        path = Path(name) if Path(name).is_absolute() else base_dir / name
+    for path in _extra_config_files(paths, base_dir):
         try:
             text = read_config_file(path)
         except OSError as error:
@@ -718,6 +717,22 @@ def merge_extra_configs(document: dict[str, Any], base_dir: Path, reader: BlockR
     if problems:
         raise ConfigError(problems)
     return document
+
+
+def _extra_config_files(names: list[str], base_dir: Path) -> list[Path]:
+    """Where the ``extra_config`` files ``names`` are (relative ones from ``base_dir``)."""
+    return [Path(name) if Path(name).is_absolute() else base_dir / name for name in names]
+
+
+def config_files(path: Path) -> list[Path]:
+    """The files a load of the config file ``path`` reads: it, then the ``extra_config`` files it
+    names (at most MAX_EXTRA_CONFIGS), as ``load`` finds them; only ``path`` when it cannot be
+    read or parsed (its load says why). For a watcher of the config (the local stack's)."""
+    try:
+        document = _read_document(read_config_file(path), str(path), BlockReader())
+    except (OSError, ConfigError):
+        return [path]
+    return [path, *_extra_config_files(extra_config_paths(document)[:MAX_EXTRA_CONFIGS], path.parent)]
 
 
 def _deep_merge(main: Any, extra: Any) -> Any:

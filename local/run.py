@@ -230,23 +230,37 @@ CONFIG_CHECK_TIMEOUT_SECONDS = 30.0
 
 
 class ConfigWatch:
-    """The developer's config file, validated again when it changes (its size or modification
-    time; looked at every CONFIG_CHECK_SECONDS) in a fresh interpreter, and written for the
-    stack's processes as at start: they read it again within seconds
-    (config_source.LOCAL_REFRESH_SECONDS), as the Lambdas read a pushed config. An edit that does
-    not validate is refused with its problems on stderr; the running config stays."""
+    """The developer's config file and the ``extra_config`` files it names, validated again when
+    one changes (its size or modification time; looked at every CONFIG_CHECK_SECONDS) in a fresh
+    interpreter, and written for the stack's processes as at start: they read it again within
+    seconds (config_source.LOCAL_REFRESH_SECONDS), as the Lambdas read a pushed config. An edit
+    that does not validate is refused with its problems on stderr; the running config stays.
+    Before, an edit to an extra file alone was not noticed until the main file changed."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._files = self._listed()
         self._seen = self._signature()
         self._checked_at = time.monotonic()
 
-    def _signature(self) -> tuple[int, int] | None:
-        try:
-            stat = self.path.stat()
-        except OSError:
-            return None
-        return stat.st_size, stat.st_mtime_ns
+    def _listed(self) -> list[Path]:
+        """The files the config is loaded from (read again when the main file changes)."""
+        from chalicelib.config import config_files
+
+        return config_files(self.path)
+
+    def _signature(self) -> tuple[tuple[int, int] | None, ...] | None:
+        """Each file's size and modification time (None for an extra file missing); None while
+        the main file is missing."""
+        stats: list[tuple[int, int] | None] = []
+        for file in self._files:
+            try:
+                stat = file.stat()
+            except OSError:
+                stats.append(None)
+                continue
+            stats.append((stat.st_size, stat.st_mtime_ns))
+        return None if stats[0] is None else tuple(stats)
 
     def check(self) -> int | None:
         """Validate and write the config when the file changed since the last look: the
@@ -258,6 +272,9 @@ class ConfigWatch:
         seen = self._signature()
         if seen is None or seen == self._seen:
             return None  # gone (an editor's save in progress): looked at again next time
+        if self._seen is None or seen[0] != self._seen[0]:  # the main file: its extra files may differ
+            self._files = self._listed()
+            seen = self._signature() or seen
         self._seen = seen
         env = {key: value for key, value in os.environ.items() if key != "VMPOOL_CONFIG"}
         env["VMPOOL_CONFIG_FILE"] = str(self.path)

@@ -149,7 +149,7 @@ delete and a create): a changed domain moves a pool's VMs over a few passes, not
 def follow_addresses(context: PassContext) -> None:
     """Ready and running VMs whose addresses changed (a reboot onto another DHCP lease, a
     migration, an IPv6 address configured) have GET /vm's ``ip`` follow their primary address
-    (``_reachable_ip``), with or without DNS, and, when the pool's plugin manages records, their records published
+    (``reachable_ip``), with or without DNS, and, when the pool's plugin manages records, their records published
     again, so that their name never leads to a former address (soon another machine's). The pass
     compares what the provider shows it (every VM at a whole comparison, the changed ones
     otherwise) with what was noted: the ``ip`` with the pass's last writes (``end_pass``), the
@@ -176,7 +176,7 @@ def follow_addresses(context: PassContext) -> None:
             record = context.snapshot.records.get(hostname) or context.late_records.get(hostname)
             # A record read (running VMs) is compared here; the others in Redis, with the pass's
             # last writes (a steady pass's ready VMs change nothing there).
-            ip = _reachable_ip(vm)
+            ip = reachable_ip(vm)
             if ip and (record is None or record.ip != ip):
                 ips[hostname] = ip
             addresses, noted = _wanted(vm)
@@ -228,7 +228,7 @@ def _moved(context: PassContext, plugin: DnsPlugin, hostnames: list[str],
                                    plugin.domain)
 
 
-def _reachable_ip(vm: VMInfo) -> str | None:
+def reachable_ip(vm: VMInfo) -> str | None:
     """The one address GET /vm gives for the VM: its primary address, or when that is one no user
     can reach it at (a link-local ``fe80::`` address VMware Tools may report as primary), the first
     of its other addresses that is; None when it reports none (its ``ip`` then stays)."""

@@ -10,7 +10,7 @@ running for the request (``deliver``), so a plain checkout never sees them.
 from __future__ import annotations
 
 from chalicelib.config import PoolConfig, ServiceConfig
-from chalicelib.manager import clones
+from chalicelib.manager import clones, dns_records
 from chalicelib.manager.context import PassContext
 from chalicelib.manager.hostnames import candidate_names
 from chalicelib.providers.base import VMInfo
@@ -129,7 +129,7 @@ def _end_failed(store: Store, requests: OnDemandStore, pool_name: str, request_i
 def deliver(context: PassContext, record: VMRecord, vm: VMInfo, age: float) -> None:
     """A booted VM of a request: to running for the request (or completed if it ended)."""
     moved, state = OnDemandStore(context.store).deliver(
-        record.name, context.pool.name, context.now, vm.ip or "", vm.host or ""
+        record.name, context.pool.name, context.now, dns_records.reachable_ip(vm) or vm.ip or "", vm.host or ""
     )
     if moved:
         context.report.became_ready.append(record.name)

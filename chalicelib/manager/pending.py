@@ -4,8 +4,9 @@ is ready (or, built for an on-demand request, handed over); time out the ones th
 A clone task that finished is noted on the VM (``clone_end``) and the clone's duration sampled;
 a failed one takes the VM out of service with the failure's kind (an on-demand request ends at
 once when retrying cannot help). A VM that booted moves to ready, conditionally: it is its pool's
-only once the move happened. The not-ready reason is kept on the VM (GET /vm shows it), and a VM
-slower than ``timeout_notification`` is logged once.
+only once the move happened. A VM the pool's template change or reset made stale is never moved to
+ready (the drain takes it from pending: pool_changes.py). The not-ready reason is kept on the VM
+(GET /vm shows it), and a VM slower than ``timeout_notification`` is logged once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Callable, Iterable, Mapping
 from chalicelib.manager import dns_records, ondemand
 from chalicelib.manager.context import PassContext
 from chalicelib.manager.placement import describe
+from chalicelib.manager.pool_changes import stale_reason
 from chalicelib.observability import logger
 from chalicelib.providers.base import ProviderError, TaskState, TaskStatus, VMInfo
 from chalicelib.store import DurationSample, Store, VMRecord
@@ -136,6 +138,11 @@ def _check_boots(context: PassContext, records: list[VMRecord], ages: dict[str, 
     # for the next pass are the ones checked before.
     for record in sorted(records, key=lambda pending: (bool(pending.not_ready_reason), -ages[pending.name])):
         hostname, age = record.name, ages[record.name]
+        if not record.raw.get("request") and stale_reason(record, context.pool, context.overrides.reset_at):
+            # Of another template, or cloned before a reset: never ready, so never handed out (a
+            # pass killed before its drain would leave it ready once another lifted the fence).
+            # The drain takes it from pending (pool_changes.py), this pass's or the next's.
+            continue
         vm = context.inventory.get(hostname)
         if vm is None:
             # The clone finished after our inventory was read; readiness next pass.
@@ -231,7 +238,7 @@ def _note(context: PassContext, finished: set[str], reasons: Mapping[str, Mappin
         return
     noted = sorted(hostname for hostname in finished if hostname not in ready)
     moved = context.store.note_pending(context.pool.name, context.now, noted, reasons, {
-        hostname: {"ready_at": context.now, "ip": vm.ip, "host": vm.host,
+        hostname: {"ready_at": context.now, "ip": dns_records.reachable_ip(vm) or vm.ip, "host": vm.host,
                    **({"clone_end": context.now} if hostname in finished else {}),
                    **({"not_ready_reason": None} if hostname in had_reasons else {})}
         for hostname, vm in ready.items()

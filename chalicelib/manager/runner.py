@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, cast
 
 from chalicelib import observability as metric
+from chalicelib.auth.secrets import SecretUnavailable
 from chalicelib.config import PoolConfig
 from chalicelib.manager import templates
 from chalicelib.manager.context import Checkpoint, PassReport, ProviderLookup, no_checkpoint
@@ -137,7 +138,7 @@ def run_pool(
                                         out_of_time=out_of_time, lease_token=token,
                                         override_room=services.override_room,
                                         dns_plugins=services.dns_lookup)
-            except (ProviderError, StoreUnavailable, LeaseLost) as error:
+            except (ProviderError, SecretUnavailable, StoreUnavailable, LeaseLost) as error:
                 # The pass stopped where it was; everything it did is consistent. Try again soon.
                 report.failures.append(str(error))
                 report.look_again_in = RETRY_SECONDS
@@ -186,12 +187,15 @@ def run_pool(
     return report
 
 
-def failure_reason(error: ProviderError | StoreUnavailable | LeaseLost) -> str:
+def failure_reason(error: ProviderError | SecretUnavailable | StoreUnavailable | LeaseLost) -> str:
     """The ``reason`` of a pass that failed (the ReconcileErrors metric's dimension): the
     provider's failure kind (a wrong password is ``permission``, vCenter down ``connection``, slow
-    ``timeout``), else ``redis`` or ``lease``."""
+    ``timeout``), ``secret`` (a provider's or DNS plugin's secret reference could not be fetched
+    as it was built: SecretFailures says why), else ``redis`` or ``lease``."""
     if isinstance(error, ProviderError):
         return error.kind.value
+    if isinstance(error, SecretUnavailable):
+        return "secret"
     return "redis" if isinstance(error, StoreUnavailable) else "lease"
 
 

@@ -16,7 +16,7 @@ from chalicelib.config import parse
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.manager.runner import run_pool
 from chalicelib.services import Services
-from tests.harness import Harness, HarnessFactory
+from tests.harness import Harness, HarnessFactory, Killed
 
 CONFIG = """\
 config: {task_limit: 10, timeout: 5, ready_ttl: 10, vm_lifetime: 2, prefix: "ci-"}
@@ -234,6 +234,18 @@ def stale_after(change: str, world: Harness, changed_at: float, host: str) -> bo
     return (record.clone_start or 0) < changed_at
 
 
+def assert_no_stale_vm_handed_out(world: Harness, change: str, changed_at: float, host: str) -> None:
+    """No checkout gets a VM the change made stale (``host``: the one at risk), now or once later
+    passes have run."""
+    for _ in range(3):
+        reply = world.post("/api/v3/vm", {"alpha": 1})
+        if reply.status == 200:
+            taken = reply.json["alpha"]["hostname"].split(".")[0]
+            assert not stale_after(change, world, changed_at, taken), f"{taken} (first: {host}) from before the change"
+            assert world.delete(f"/api/v3/vm/{taken}").status == 200
+        world.settle("alpha")
+
+
 CHANGES = {"template": ("/api/v3/config/pooltemplate", {"alpha": NEW_TEMPLATE}),
            "reset": ("/api/v3/poolreset", {"alpha": "1"})}
 
@@ -279,13 +291,7 @@ def test_a_vm_made_ready_by_a_pass_older_than_a_template_change_or_reset_is_not_
     p.join(30)
     assert not p.is_alive() and p_errors == [], p_errors
 
-    for _ in range(3):  # now, and once later passes have run
-        reply = world.post("/api/v3/vm", {"alpha": 1})
-        if reply.status == 200:
-            taken = reply.json["alpha"]["hostname"].split(".")[0]
-            assert not stale_after(change, world, changed_at, taken), f"{taken} (first: {host}) from before the change"
-            assert world.delete(f"/api/v3/vm/{taken}").status == 200
-        world.settle("alpha")
+    assert_no_stale_vm_handed_out(world, change, changed_at, host)
 
 
 class OneAtATime:
@@ -360,3 +366,33 @@ def test_a_template_change_between_the_reads_of_a_pass_keeps_the_pool_fenced(mak
 
     reply = world.post("/api/v3/vm", {"alpha": 1})
     assert reply.status == 503 or reply.json["alpha"]["hostname"].split(".")[0] != old, "the old template handed out"
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_a_pass_killed_after_its_pending_step_never_leaves_a_stale_vm_ready(
+        make_world: HarnessFactory, change: str) -> None:
+    """Both passes read the pool after POST /config/pooltemplate (or /poolreset). P made the clone
+    of the old template (cloned before the reset) ready and was killed before its drain; R, which
+    had read the VM as pending, could not drain it from pending any more, lifted the change's
+    fence and marked the pool's ready VMs checked. Before, that VM stayed ready for good and was
+    handed out. The pending step no longer makes a stale VM ready: a drain takes it from pending."""
+    world = make_world(CHANGING_TEMPLATE)
+    host = one_clone_in_flight(world)
+    world.clock.advance(CLONE_AND_BOOT)
+    changed_at = world.clock.now()
+    assert world.post(*CHANGES[change]).status == 201
+    killed: list[str] = []
+
+    def p_killed_after_its_pending_step() -> None:
+        def checkpoint(name: str) -> None:
+            if name in ("clone_finished", "ready"):  # the pending step's writes are made
+                killed.append(name)
+                raise Killed(name)
+
+        with pytest.raises(Killed):
+            world.reconcile("alpha", checkpoint)
+
+    r = paused_pass(world, p_killed_after_its_pending_step)
+    assert killed and host not in r.became_ready
+    assert_no_stale_vm_handed_out(world, change, changed_at, host)
+    assert world.state_of(host) in ("completed", "destroyed")

@@ -54,6 +54,33 @@ def test_an_edited_config_is_served_within_seconds_and_a_broken_edit_is_refused(
         wait_for(lambda: pools(stack.api) == ["first"], 30, "the pool removed", stack.log)
 
 
+def test_an_edit_to_an_extra_config_file_alone_is_served(tmp_path: Path) -> None:
+    # Before, only the main file was watched: an edited extra_config file was served only once
+    # the main file changed too (or the stack restarted).
+    extra = tmp_path / "more-pools.yaml"
+    extra.write_text("pools:\n  - {name: second, size: 1, provider: dummy}\n")
+    main = CONFIG.replace("check_loop_delay_min: 0.2}", "check_loop_delay_min: 0.2, extra_config: more-pools.yaml}")
+    with local_stack(tmp_path, main, workers=1, interval=1.0) as stack:
+        assert pools(stack.api) == ["first", "second"]
+        edit(extra, "pools:\n  - {name: second, size: 1, provider: dummy}\n"
+                    "  - {name: third, size: 1, provider: dummy}\n")
+        wait_for(lambda: pools(stack.api) == ["first", "second", "third"], 30, "the extra file's new pool served",
+                 stack.log)
+
+        edit(extra, "pools:\n  - {name: third, size: -3, provider: dummy}\n")
+        wait_for(lambda: "changed but refused; the running config stays" in stack.log(), 30, "the refusal",
+                 stack.log)
+        assert pools(stack.api) == ["first", "second", "third"]
+
+        # An extra file the main file names from now on is watched too.
+        other = tmp_path / "other-pools.yaml"
+        other.write_text("pools:\n  - {name: fourth, size: 1, provider: dummy}\n")
+        edit(tmp_path / "stack.yaml", main.replace("extra_config: more-pools.yaml", "extra_config: other-pools.yaml"))
+        wait_for(lambda: pools(stack.api) == ["first", "fourth"], 30, "the other extra file served", stack.log)
+        edit(other, "pools:\n  - {name: fifth, size: 1, provider: dummy}\n")
+        wait_for(lambda: pools(stack.api) == ["first", "fifth"], 30, "its edit served", stack.log)
+
+
 def test_a_config_check_that_hangs_is_given_up_and_the_running_config_stays(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The check runs in the stack's main loop, which also answers stop requests: one that does

@@ -16,6 +16,7 @@ from chalicelib.providers.base import TaskState, TaskStatus
 from chalicelib.store.fleet import Fleet
 from chalicelib.store.ondemand import REQUESTS_KEPT_PER_OWNER, OnDemandStore
 from chalicelib.store.store import UNUSED_RECORD_TTL_SECONDS
+from tests.dns.test_dns_dual import link_local_first
 from tests.harness import redis_state
 from tests.ondemand.conftest import BASE_CONFIG
 
@@ -585,3 +586,20 @@ def test_a_request_fails_at_its_ttl_while_its_pools_template_is_still_being_prep
     assert (status, body["message"]) == (
         200, "The request failed to provision instances within the configured ondemand_request_ttl '5'")
     assert open_requests(stack, "debian-12") == []
+
+
+def test_vms_whose_primary_address_is_link_local_are_ready_and_delivered_with_a_reachable_one(
+        make_stack, monkeypatch):
+    # Before, GET /vm gave the fe80:: address VMware Tools reported as primary from the pass
+    # that made the VM ready (or delivered it to its request) until a later pass compared it.
+    stack = make_stack(size=1)
+    link_local_first(stack, monkeypatch)
+    status, _ = stack.answer("POST", "/api/v3/ondemandvm", {"debian-12": 1})
+    assert status == 201
+    for _ in range(4):
+        stack.clock.advance(31)
+        stack.reconcile("debian-12")
+        shown = {host: stack.answer("GET", f"/api/v3/vm/{host}")[1][host]["ip"]
+                 for state in ("ready", "running") for host in stack.hosts("debian-12", state)}
+        assert set(shown.values()) <= {"10.200.0.31"}
+    assert {stack.state_of(host) for host in shown} == {"ready", "running"}

@@ -18,12 +18,13 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import redis
+from moto import mock_aws
 
 from chalicelib.clock import FakeClock
 from chalicelib.config import PoolConfig
 from chalicelib.manager import pending
 from chalicelib.manager.context import PassReport
-from chalicelib.manager.runner import run_pool
+from chalicelib.manager.runner import RETRY_SECONDS, run_pool
 from chalicelib.providers.base import ProviderError, Readiness, VMInfo
 from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import connection as connections
@@ -243,6 +244,27 @@ def test_wrong_password_fails_each_pass_as_a_permission_error_and_never_shows_it
     assert all(report.failures and "refused the login" in report.failures[0] for report in reports)
     assert counts_by_reason(emf_documents(capsys.readouterr().out), "ReconcileErrors") == {"permission": 2}
     assert secret not in caplog.text and all(secret not in failure for report in reports for failure in report.failures)
+
+
+def test_a_vcenter_password_secret_that_cannot_be_fetched_fails_each_pass_as_a_secret_error(
+        vcsim: VcsimServer, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before, SecretUnavailable (raised building the provider) escaped run_pool: no
+    # ReconcileErrors, and its message failed: redelivered after its visibility timeout, not retried
+    # RETRY_SECONDS later as after other provider failures.
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    config = vcsim_config(vcsim, [{"name": POOL, "size": 1, "folder": "vmpool/no-secret"}],
+                          provider={"password": {"secret": "vmpool/vsphere-gone"}})
+    with mock_aws():
+        services = Services(config, redis_client, FakeClock())
+        reports = [run_pool(services, POOL, 0.0) for _ in range(2)]
+    assert all(report.failures and "vmpool/vsphere-gone" in report.failures[0] for report in reports)
+    assert all(report.look_again_in == RETRY_SECONDS and report.unreleased_lease is None for report in reports)
+    assert counts_by_reason(emf_documents(capsys.readouterr().out), "ReconcileErrors") == {"secret": 2}
+    assert services.store.acquire_lease(POOL, 10, token="next-run") is not None  # the runs released it
 
 
 def test_a_slow_vcenter_ends_the_pass_as_a_timeout_and_the_api_serves_ready_vms(
