@@ -15,12 +15,18 @@ What it adds to redis-py's defaults, and why:
   ``READONLY``. The first such answer marks a failover on the client: every pooled connection
   opened before it is closed before its next command (so it reconnects through the endpoint's
   name), and the refused command is retried once on a fresh connection.
+- A follow-up written behind a lost reply (``written_behind_a_lost_reply``): when a reply times
+  out, commands the caller gave are written on the same connection before it closes, so Redis
+  runs them right after the command whose reply was lost, whenever it gets to it. A new
+  connection could not do that while Redis is stalled: its handshake waits on the same stall.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, TypeVar
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -60,6 +66,36 @@ class FailoverEpoch:
         with self._lock:
             if self._value == seen:
                 self._value += 1
+
+
+class FollowUp:
+    """Commands to write behind a reply that timed out (``written_behind_a_lost_reply``)."""
+
+    def __init__(self, commands: Sequence[Sequence[Any]]) -> None:
+        self.commands = commands
+        self.written = False
+        """Whether they were written (to the kernel's buffer of a connection open to Redis):
+        Redis runs them once it gets to them, unless it dies or loses the connection first."""
+
+
+_FOLLOW_UP: ContextVar[FollowUp | None] = ContextVar("vmpool_follow_up", default=None)
+
+
+@contextmanager
+def written_behind_a_lost_reply(*commands: Sequence[Any]) -> Iterator[FollowUp]:
+    """Inside, when a reply times out (the command may have run, or may run once Redis gets to
+    it), ``commands`` are written on the same connection before it closes, at most once: Redis
+    runs a connection's commands in order, and those already written even after the client
+    closed its end (checked on Linux, a RST included), so they run right after the command whose
+    reply was lost. For an undo that must reach a Redis that stalled (SIGSTOP, a slow fork) just
+    after running a command: a new connection's handshake waits on the same stall. No reply is
+    read for them, and the connection closes as it would have: nothing waits longer."""
+    follow_up = FollowUp(commands)
+    token = _FOLLOW_UP.set(follow_up)
+    try:
+        yield follow_up
+    finally:
+        _FOLLOW_UP.reset(token)
 
 
 class _RetryWhenNotRun(Retry):
@@ -120,7 +156,7 @@ class _FailoverAware:
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+            return self._read_or_follow_up(*args, **kwargs)
         except ReadOnlyError:
             self._failover_epoch.advance(self._opened_in_epoch)
             raise
@@ -131,6 +167,30 @@ class _FailoverAware:
         except redis.ConnectionError as error:
             if self._sending == 0 and self._command_sent:
                 raise ReplyLost(str(error)) from error
+            raise
+
+
+    def _read_or_follow_up(self, *args: Any, **kwargs: Any) -> Any:
+        """redis-py's read; inside ``written_behind_a_lost_reply``, a timeout writes the
+        follow-up on this connection before it closes (redis-py closes it inside its read)."""
+        follow_up = _FOLLOW_UP.get()
+        if follow_up is None or follow_up.written:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        disconnect = kwargs.pop("disconnect_on_error", True)
+        try:
+            return super().read_response(*args, disconnect_on_error=False, **kwargs)  # type: ignore[misc]
+        except redis.ResponseError:
+            raise  # Redis's answer (redis-py raises it after the read): the connection stays open
+        except BaseException as error:
+            if isinstance(error, redis.TimeoutError) and getattr(self, "_sock", None) is not None:
+                try:
+                    packed = self.pack_commands(follow_up.commands)  # type: ignore[attr-defined]
+                    super().send_packed_command(packed, check_health=False)  # type: ignore[misc]
+                    follow_up.written = True
+                except redis.RedisError:
+                    pass  # the socket failed too: the caller's own fallback is all that is left
+            if disconnect:
+                self.disconnect()  # type: ignore[attr-defined]
             raise
 
 

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence, cast
 
+from chalicelib.store.connection import written_behind_a_lost_reply
 from chalicelib.store.keys import KEY_PART
 from chalicelib.store.leases import holder_label
 from chalicelib.store.records import VMRecord
@@ -223,17 +224,20 @@ class OnDemandStore:
     def _confirm(self, request_id: str, now: float) -> None:
         """Confirm a request just created (lua/ondemand_confirm.lua); when that fails, end it at
         once (best effort, once: Redis is failing already; a pass fails it after its deadline
-        otherwise) and raise StoreUnavailable."""
+        otherwise) and raise StoreUnavailable. A confirmation whose reply times out has the end
+        written right behind it on its connection (``Store._confirm`` says why)."""
+        vm_reason = f"on-demand request {request_id} was not confirmed"
+        keys, args = self._end_call(request_id, FAILED, NOT_CONFIRMED_MESSAGE, vm_reason, now)
+        end = ("EVAL", self.scripts.ondemand_end.script, len(keys), *keys, *args)
         try:
-            with _translate_errors():
+            with _translate_errors(), written_behind_a_lost_reply(end):
                 confirmed = self.scripts.ondemand_confirm(keys=[self.keys.ondemand(request_id)])
         except StoreUnavailable:
             confirmed = None
         if confirmed:
             return
         try:
-            self.end(request_id, FAILED, NOT_CONFIRMED_MESSAGE, f"on-demand request {request_id} was not confirmed",
-                     now)
+            self.end(request_id, FAILED, NOT_CONFIRMED_MESSAGE, vm_reason, now)
         except StoreUnavailable:
             pass
         raise StoreUnavailable(f"redis: on-demand request {request_id} could not be confirmed")
@@ -350,6 +354,16 @@ class OnDemandStore:
         gone. ``seen``: the request as the caller read it (and checked whose it is); a request
         that has since taken its id (``seen`` forgotten, the id reused by another) is left as it
         is, and the result is ``missing``."""
+        keys, args = self._end_call(request_id, state, message, vm_reason, now, token_key, seen)
+        with _translate_errors():
+            answer = json.loads(self.scripts.ondemand_end(keys=keys, args=args))
+        if answer["result"] == "token_gone":
+            raise TokenGone()
+        return Ending(answer["result"], answer["state"], tuple(answer.get("pools") or ()))
+
+    def _end_call(self, request_id: str, state: str, message: str, vm_reason: str, now: float,
+                  token_key: str = "", seen: OnDemandRequest | None = None) -> tuple[list[str], list[str | int]]:
+        """The keys and arguments of lua/ondemand_end.lua for ``end``."""
         keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.cloning,
                 self.keys.ondemand_open_requests, self.keys.running, self.keys.pool_clones,
                 self.keys.ondemand_open_waiting]
@@ -362,11 +376,7 @@ class OnDemandStore:
         args.append(token_index(keys, token_key))
         args += ["", ""] if seen is None else [repr(seen.created), seen.token_user]
         args.append(UNUSED_RECORD_TTL_SECONDS)
-        with _translate_errors():
-            answer = json.loads(self.scripts.ondemand_end(keys=keys, args=args))
-        if answer["result"] == "token_gone":
-            raise TokenGone()
-        return Ending(answer["result"], answer["state"], tuple(answer.get("pools") or ()))
+        return keys, args
 
 
 def _request(request_id: str, data: dict[str, str], hostnames: Sequence[str],

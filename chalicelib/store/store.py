@@ -20,6 +20,7 @@ import redis
 
 from chalicelib.config import RedisConfig
 from chalicelib.sizing import demand as demand_history
+from chalicelib.store.connection import written_behind_a_lost_reply
 from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, STATES, Keys
 from chalicelib.store.leases import holder_label, lease_token
 from chalicelib.store.records import CloneBackoff, VMRecord, finite_number
@@ -749,8 +750,19 @@ class Store:
 
     def _confirm(self, checkout_id: str, vms: Sequence[CheckedOut], now: float, holdings: str) -> None:
         """Confirm a checkout (and wait for the replicas to have it); on any failure, release
-        (``holdings``: the owner's holdings set, "" for none)."""
+        (``holdings``: the owner's holdings set, "" for none).
+
+        A confirmation whose reply times out may have run (Redis stalled right after running it,
+        its reply sent late): the release is written right behind it on the same connection
+        (``written_behind_a_lost_reply``), so Redis runs it after the confirmation whenever it
+        resumes. The release sent afterwards on a new connection could not reach a stalled Redis
+        (its handshake times out too), and the VM stayed confirmed to a caller answered 503 for
+        its whole lifetime. Sent by EVAL with the script's text: it must run whatever scripts
+        the Redis it reaches has loaded. No reply is awaited for it: the 503 comes no later."""
         replicas, timeout_ms = self._replicas_to_wait_for(), self.replica_acks.timeout_ms
+        keys, args = self._release_call(checkout_id, [(vm.hostname, vm.pool, holdings) for vm in vms], now,
+                                        unconfirmed_only=False)
+        release = ("EVAL", self.scripts.release.script, len(keys), *keys, *args)
 
         def confirm_and_wait() -> list[Any]:
             # One round trip on one connection: WAIT counts the writes of its own connection.
@@ -763,7 +775,7 @@ class Store:
             return pipe.execute()
 
         try:
-            with _translate_errors():
+            with _translate_errors(), written_behind_a_lost_reply(release):
                 try:
                     confirmed, *acks = confirm_and_wait()
                 except redis.exceptions.NoScriptError:  # a Redis that never ran it (a new primary)
@@ -857,13 +869,19 @@ class Store:
         that pool is left alone, one released leaves the holdings set."""
         if not vms:
             return []
+        keys, args = self._release_call(checkout_id, vms, now, unconfirmed_only)
+        with _translate_errors():
+            return cast("list[str]", self.scripts.release(keys=keys, args=args))
+
+    def _release_call(self, checkout_id: str, vms: Sequence[tuple[str, str, str]], now: float,
+                      unconfirmed_only: bool) -> tuple[list[str], list[str]]:
+        """The keys and arguments of lua/release.lua for ``_release``."""
         keys, args = [self.keys.changes, self.keys.running], [repr(now), checkout_id, "1" if unconfirmed_only else "0"]
         for host, pool, holdings in vms:
             keys += [self.keys.vm(host), self.keys.pool_state(pool, "running"), self.keys.pool_state(pool, "ready"),
                      holdings or self.keys.vm(host), self.keys.running_due(pool)]
             args += [host, pool, "1" if holdings else ""]
-        with _translate_errors():
-            return cast("list[str]", self.scripts.release(keys=keys, args=args))
+        return keys, args
 
     def move(
         self, hostname: str, pool: str, from_state: str, to_state: str, now: float,

@@ -10,6 +10,7 @@ VMs). The busy script of another client stands in for the slow Redis.
 from __future__ import annotations
 
 import dataclasses
+import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -20,6 +21,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+import chalicelib.store.ondemand
+import chalicelib.store.store
 from chalicelib.clock import FakeClock
 from chalicelib.config import Config, parse
 from chalicelib.manager.reconcile import reconcile_pool
@@ -295,6 +298,17 @@ def _redis_held_at_confirmation(confirmer: Store | OnDemandStore, store: Store, 
                "the queued confirmation to run")
 
 
+def _nothing_written_behind_a_lost_reply(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The undo written behind a confirmation whose reply is lost never reaches Redis either (its
+    connection reset): what is left is the confirmation's own window and the pass."""
+    @contextmanager
+    def nothing(*commands: Any) -> Iterator[None]:
+        yield None
+
+    monkeypatch.setattr(chalicelib.store.store, "written_behind_a_lost_reply", nothing)
+    monkeypatch.setattr(chalicelib.store.ondemand, "written_behind_a_lost_reply", nothing)
+
+
 def test_a_confirmation_run_after_its_caller_gave_up_confirms_nothing(
         redis_server: RedisServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     """Redis paused (SIGSTOP, a slow fork) right after a checkout script answered: the
@@ -307,6 +321,7 @@ def test_a_confirmation_run_after_its_caller_gave_up_confirms_nothing(
     config, clock, store, provider = _slow_pool(redis_server, redis_client)
     redis_client.script_load(store.scripts.confirm.script)
     monkeypatch.setattr(store, "_release_after_failure", lambda *args: None)  # it cannot reach Redis either
+    _nothing_written_behind_a_lost_reply(monkeypatch)
     with _redis_held_at_confirmation(store, store, redis_server, redis_client, monkeypatch):
         with pytest.raises(StoreUnavailable):
             store.checkout([CheckoutRequest("slow", ["slow"], 1)], clock.now(), {"lifetime": "2"})
@@ -328,6 +343,7 @@ def test_an_ondemand_confirmation_run_after_its_caller_gave_up_confirms_nothing(
     requests = OnDemandStore(store)
     redis_client.script_load(store.scripts.ondemand_confirm.script)
     monkeypatch.setattr(requests, "end", lambda *args, **kwargs: None)  # it cannot reach Redis either
+    _nothing_written_behind_a_lost_reply(monkeypatch)
     with _redis_held_at_confirmation(requests, store, redis_server, redis_client, monkeypatch):
         with pytest.raises(StoreUnavailable):
             requests.create("paused", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "someone")
@@ -384,3 +400,143 @@ def test_a_pool_change_answered_503_because_redis_was_held_changes_nothing(
     # The same request again makes it; on a loaded machine a round trip may outlast the short
     # socket timeout again, a 503 that (as above) changes nothing, so the administrator retries.
     eventually(lambda: stack.answer("POST", path, body) == (201, {"ok": True}), 10, "the change to be made")
+
+
+class ReplyHoldingProxy:
+    """A TCP proxy to Redis that passes commands on at once and, while ``held``, keeps Redis's
+    replies back: Redis runs what it is sent, its answers arrive late (as from a Redis stopped
+    just after it ran a command, its reply not yet written)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.held = threading.Event()
+        self.released = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self._sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, replies: bool) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+                if replies and self.held.is_set():
+                    self.released.wait()
+                if not data:
+                    target.shutdown(socket.SHUT_WR)
+                    return
+                target.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.released.set()
+        for sock in self._sockets:
+            sock.close()
+
+
+@contextmanager
+def _through_reply_holding_proxy(config: Config,
+                                 redis_server: RedisServer) -> Iterator[tuple[Store, ReplyHoldingProxy]]:
+    """A store whose client reaches Redis through a ReplyHoldingProxy (the service's running set
+    counted, as a running service has it)."""
+    proxy = ReplyHoldingProxy(redis_server.port)
+    try:
+        store = Store(connect(dataclasses.replace(config.redis, port=proxy.port)))
+        store.recount_running(["slow"], 0.0)
+        yield store, proxy
+    finally:
+        proxy.close()
+
+
+def _replies_held_from_confirmation(confirmer: Store | OnDemandStore, proxy: ReplyHoldingProxy,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the moment ``confirmer`` sends its confirmation, Redis's replies are held: the
+    confirmation runs, its answer comes late (after the socket timeout: it is lost)."""
+    confirm = confirmer._confirm
+
+    def confirm_then_stall(*args: Any) -> None:
+        proxy.held.set()
+        confirm(*args)
+
+    monkeypatch.setattr(confirmer, "_confirm", confirm_then_stall)
+
+
+def test_a_confirmation_whose_reply_is_lost_after_it_ran_is_undone(
+        redis_server: RedisServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis runs the confirmation, then stalls before its reply leaves (SIGSTOP, preempted under
+    load): the reply arrives after the socket timeout and the caller is answered 503. Before,
+    the release sent next needed a new connection whose handshake waited on the same stall, so
+    it never ran: the VM stayed confirmed to a caller told it got nothing, for its whole lifetime,
+    and at a per-user limit of 1 that user was refused 403 meanwhile (found by
+    tests/local/test_redis_stop_burst.py: 4 VMs in 72 stops). The release is now written behind
+    the confirmation on its own connection, and Redis runs it as soon as it gets to it."""
+    config, clock, direct, provider = _slow_pool(redis_server, redis_client)
+    with _through_reply_holding_proxy(config, redis_server) as (store, proxy):
+        _replies_held_from_confirmation(store, proxy, monkeypatch)
+        with pytest.raises(StoreUnavailable):
+            store.checkout([CheckoutRequest("slow", ["slow"], 1)], clock.now(),
+                           {"lifetime": "2", "token_user": "alice"}, ALICE)
+        # Redis ran the confirmation and, right behind it, the release: the VM is ready again,
+        # with no pass, while every reply is still held.
+        eventually(lambda: direct.counts(["slow"])["slow"]["ready"] == 20, 10, "the lost checkout's VM to be back")
+        assert direct.hostnames("slow", "running") == []
+        assert not redis_client.zrange(ALICE.holdings_key(direct.keys), 0, -1)
+    # Its owner's retry is served at once (the VM confirmed counted against the limit of 1).
+    retried = direct.checkout([CheckoutRequest("slow", ["slow"], 1)], clock.now(),
+                              {"lifetime": "2", "token_user": "alice"}, ALICE)
+    assert retried.ok
+    clock.advance(UNCONFIRMED_SECONDS + 1)
+    reconcile_pool(direct, provider, config.pool("slow"), clock, config.service)
+    assert direct.hostnames("slow", "running") == [retried.vms[0].hostname]
+
+
+def test_an_ondemand_confirmation_whose_reply_is_lost_after_it_ran_is_undone(
+        redis_server: RedisServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for POST /ondemandvm: before, the request confirmed to a caller answered 503 was
+    built and its VMs ran for that caller's token, counted against its limits; now it is failed
+    by the end written behind its confirmation, before any pass could build it."""
+    config, clock, direct, provider = _slow_pool(redis_server, redis_client)
+    with _through_reply_holding_proxy(config, redis_server) as (store, proxy):
+        requests = OnDemandStore(store)
+        _replies_held_from_confirmation(requests, proxy, monkeypatch)
+        with pytest.raises(StoreUnavailable):
+            requests.create("stalled", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
+
+        def failed() -> bool:
+            request = OnDemandStore(direct).get("stalled")
+            return request is not None and request.state == FAILED
+
+        eventually(failed, 10, "the lost request to be failed")
+    assert OnDemandStore(direct).create("retried", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice",
+                                        quota=ALICE)
+    for _ in range(3):
+        reconcile_pool(direct, provider, config.pool("slow"), clock, config.service)
+    assert direct.counts(["slow"])["slow"]["running"] == 1
+
+
+def test_a_confirmation_answered_late_but_in_time_is_kept(
+        redis_server: RedisServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replies slowed but within the socket timeout: the checkout is answered, and nothing written
+    for a lost reply undoes it (the VM stays the caller's, through a pass past its deadline)."""
+    config, clock, direct, provider = _slow_pool(redis_server, redis_client)
+    patient = dataclasses.replace(config, redis=dataclasses.replace(config.redis, socket_timeout=5.0))
+    with _through_reply_holding_proxy(patient, redis_server) as (store, proxy):
+        _replies_held_from_confirmation(store, proxy, monkeypatch)
+        threading.Timer(0.2, proxy.released.set).start()
+        result = store.checkout([CheckoutRequest("slow", ["slow"], 1)], clock.now(), {"lifetime": "2"})
+    clock.advance(UNCONFIRMED_SECONDS + 1)
+    report = reconcile_pool(direct, provider, config.pool("slow"), clock, config.service)
+    assert report.returned == []
+    assert direct.hostnames("slow", "running") == [result.vms[0].hostname]

@@ -16,9 +16,12 @@ refused for its limit ("you may hold at most 1 VMs", "you may have at most 1 on-
 later than ``LIMIT_GRACE_SECONDS`` after its last lost answer; ``/status`` counts what Redis holds;
 a token's status lists none of another user's VMs.
 
-Known to fail now and then (3 runs in 14, more often with 6 stops on a loaded machine) on a gap
-found here and not fixed: a checkout confirmed to a user who was answered 503, its VM left running
-and its user refused for its limit for the VM's lifetime (docs/reliability.md, same section).
+It found a checkout confirmed to a user who was answered 503 (3 runs in 14, more often with 6
+stops on a loaded machine), its VM left running and its user refused for its limit for the VM's
+lifetime: Redis ran the confirmation just before a stop and the release sent after the timeout
+could not reach it. Fixed: the release is written behind the confirmation on its own connection
+(docs/reliability.md, "A confirmation whose answer is lost after Redis ran it is undone";
+tests/chaos/test_slow_redis.py reproduces it deterministically).
 
 Over a minute, so marker ``audit``: `.venv/bin/pytest -m audit -s tests/local/test_redis_stop_burst.py`
 (``VMPOOL_BURST_STOPS``, default 4; ``VMPOOL_BURST_SEED``)."""
