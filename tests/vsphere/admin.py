@@ -95,16 +95,20 @@ def exists(provider: VSphereProvider, path: str) -> bool:
     return bool(provider._run(f"find {path}", lambda connection: inventory.find(connection, path) is not None))
 
 
+def _host_named(connection: Connection, host_name: str) -> Any:
+    """The host of that name, found anywhere in the inventory (StopIteration when none is)."""
+    view = inventory.container_view(connection, connection.content.rootFolder, vim.HostSystem, True)
+    try:
+        found = inventory.view_contents(connection, view, vim.HostSystem, ["name"])
+    finally:
+        inventory.destroy_view(view)
+    return next(h["_obj"] for h in found if h.get("name") == host_name)
+
 def set_maintenance(provider: VSphereProvider, host_name: str, on: bool) -> None:
     """Put a host (found by name anywhere) in or out of maintenance mode."""
 
     def switch(connection: Connection) -> None:
-        view = inventory.container_view(connection, connection.content.rootFolder, vim.HostSystem, True)
-        try:
-            hosts = inventory.view_contents(connection, view, vim.HostSystem, ["name"])
-        finally:
-            inventory.destroy_view(view)
-        host = next(h["_obj"] for h in hosts if h.get("name") == host_name)
+        host = _host_named(connection, host_name)
         task = host.EnterMaintenanceMode_Task(timeout=0) if on else host.ExitMaintenanceMode_Task(timeout=0)
         _finish(connection, task)
 
@@ -174,12 +178,7 @@ def relocate(provider: VSphereProvider, vm_path: str, host_name: str) -> None:
     """Move the VM at an inventory path to the host of that name (a vMotion someone else made)."""
 
     def relocating(connection: Connection) -> None:
-        view = inventory.container_view(connection, connection.content.rootFolder, vim.HostSystem, True)
-        try:
-            found = inventory.view_contents(connection, view, vim.HostSystem, ["name"])
-        finally:
-            inventory.destroy_view(view)
-        host = next(h["_obj"] for h in found if h.get("name") == host_name)
+        host = _host_named(connection, host_name)
         vm = inventory.find(connection, vm_path)
         if vm is None:
             raise ProviderError(f"no VM at {vm_path}")
