@@ -68,8 +68,11 @@ def stops_with_this_process(env: dict[str, str]) -> dict[str, str]:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine (a zombie, dead but not yet reaped by its
-    parent, does not)."""
+    """Whether process ``pid`` runs on this machine. A zombie (dead, not yet reaped by its parent)
+    does not, unless other threads of it still run: a process's first thread shows as a zombie
+    as soon as it exits, while its other threads may still be exiting (a SIGKILLed worker with
+    its event loops) or running on, holding the process's descriptors, its listening socket
+    among them."""
     if not os.path.isdir("/proc/self"):  # not Linux: ask the kernel (a zombie counts as alive)
         try:
             os.kill(pid, 0)
@@ -83,8 +86,12 @@ def process_alive(pid: int) -> bool:
             stat = status.read()
     except OSError:
         return False
-    return stat.rsplit(b")", 1)[-1].split()[:1] != [b"Z"]
-
+    if stat.rsplit(b")", 1)[-1].split()[:1] != [b"Z"]:
+        return True
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:  # reaped meanwhile
+        return False
 
 T = TypeVar("T")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from local.processes import on_a_free_port, stops_with_this_process
+from local.processes import process_alive as alive
 from tests.support import eventually, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -163,7 +164,7 @@ def process_parents() -> dict[int, int]:
 
 
 def group_members(pgid: int) -> set[int]:
-    """The live (not zombie) processes of process group ``pgid``, read from /proc."""
+    """The live processes of process group ``pgid`` (``alive``), read from /proc."""
     members: set[int] = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -171,17 +172,9 @@ def group_members(pgid: int) -> set[int]:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
+            if int(fields[2]) == pgid and alive(int(entry.name)):
                 members.add(int(entry.name))
     return members
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def read_answer(connection: socket.socket) -> bytes:
