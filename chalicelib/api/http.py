@@ -113,8 +113,11 @@ def whole_number(value: Any) -> int | None:
 
 
 def shown(value: Any, limit: int = 40) -> str:
-    """A client's value for an error message, cut short: a message never echoes a megabyte."""
-    text = value if isinstance(value, str) else str(value)
+    """A client's value for an error message, cut short: a message never echoes a megabyte. A
+    value of a JSON body that is not a string is spelt as the client sent it (``true``, ``null``,
+    ``["a"]``), not as Python prints it (``True``, ``None``, ``['a']``): vmfloaty prints the
+    message to its user, who wrote JSON."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
