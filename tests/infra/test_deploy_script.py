@@ -174,3 +174,20 @@ def test_a_bug_of_ours_is_not_taken_for_an_unreadable_aws_answer(monkeypatch: py
     monkeypatch.setattr(deploy, "deploy", broken)
     with pytest.raises(KeyError, match="Outputs"):
         deploy.main(["--stage", "dev", "--bucket", BUCKET, "--infra-only"], session=object())
+
+
+def test_more_kms_keys_than_the_policies_keep_room_for_are_refused_before_anything_is_uploaded(
+        aws: boto3.Session, capsys: pytest.CaptureFixture[str]) -> None:
+    """CloudFormation checks each ``SecretsKmsKeyArns`` key's shape (the parameter's pattern) but
+    not how many there are: eleven keys took a role past IAM's 10,240 characters, and the stack
+    update failed minutes in. ``make deploy`` refuses them first, in one line."""
+    keys = ",".join(f"arn:aws:kms:us-east-1:123456789012:key/{n:08d}-12ab-34cd-56ef-1234567890ab" for n in range(11))
+    code = deploy.main(["--stage", "dev", "--bucket", BUCKET, "--infra-only", "--no-execute", "--poll", "0.1",
+                        "VpcId=vpc-0abc", "PrivateSubnetIds=subnet-0a,subnet-0b", "VCenterCidr=10.1.0.0/16",
+                        f"SecretsKmsKeyArns={keys}"], session=aws)
+    assert code == 1
+    assert capsys.readouterr().err == ("deploy: SecretsKmsKeyArns: 11 keys; at most 10 (the functions' IAM "
+                                       "policies keep room for that many)\n")
+    assert aws.client("s3").list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
+    with pytest.raises(aws.client("cloudformation").exceptions.ClientError):
+        aws.client("cloudformation").describe_stacks(StackName="vmpool-dev")
