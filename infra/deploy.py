@@ -235,10 +235,18 @@ def said_in_one_line(tool: str, error: Exception) -> bool:
     return True
 
 
+def _bucket_name(value: str) -> str:
+    """``--bucket``'s value; one with ``=`` is a Key=Value taken for it (``make infra-deploy``
+    without ``BUCKET=``), refused before anything is built or asked of AWS."""
+    if "=" in value or not value:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an S3 bucket name (BUCKET=... missing?)")
+    return value
+
+
 def main(argv: list[str] | None = None, session: Any = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=sorted(STAGES), required=True)
-    parser.add_argument("--bucket", required=True, help="an S3 bucket for the code and the template")
+    parser.add_argument("--bucket", required=True, type=_bucket_name, help="an S3 bucket for the code and the template")
     parser.add_argument("--package", type=Path, help="the packaged stage (default build/package-<stage>)")
     parser.add_argument("--infra-only", action="store_true",
                         help="deploy the infrastructure stack of the chalice deploy path (no code, no API)")

@@ -97,6 +97,28 @@ def test_deploy_without_a_bucket_says_how_to_call_it() -> None:
     assert done.returncode == 2 and "usage: infra/deploy.sh STAGE S3_BUCKET" in done.stderr
 
 
+def test_make_deploy_without_bucket_is_refused_before_packaging(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """``make deploy STAGE=prod PARAMS="VpcId=..."`` without ``BUCKET=`` runs ``infra/deploy.sh
+    prod VpcId=...``: the first parameter was taken for the bucket, the package built, and the
+    upload failed minutes later on an invalid bucket name (``make infra-deploy`` likewise, through
+    ``--bucket``). Refused at once, saying what is missing."""
+    calls = tmp_path / "calls"
+    infra = tmp_path / "repo" / "infra"
+    infra.mkdir(parents=True)
+    (infra / "deploy.sh").write_text((ROOT / "infra" / "deploy.sh").read_text())
+    (infra / "deploy.sh").chmod(0o755)
+    (infra / "package.sh").write_text(f'#!/bin/sh\necho "package $*" >> {calls}\n')
+    (infra / "package.sh").chmod(0o755)
+    done = subprocess.run([str(infra / "deploy.sh"), "prod", "VpcId=vpc-1", "PrivateSubnetIds=a,b"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "S3_BUCKET is missing ('VpcId=vpc-1' is a parameter)" in done.stderr
+    assert not calls.exists()  # nothing packaged
+    with pytest.raises(SystemExit):
+        deploy.main(["--stage", "dev", "--bucket", "VpcId=vpc-1", "--infra-only"])
+    assert "is not an S3 bucket name (BUCKET=... missing?)" in capsys.readouterr().err
+
+
 def test_what_aws_refuses_is_said_in_one_line_not_a_traceback(aws: boto3.Session, package: Package,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     """A bucket that does not exist, a change set AWS will not create or execute (a parameter
