@@ -425,14 +425,18 @@ UNEXPECTED_REASON = "unexpected"
 
 def _unexpected_failure(pool: str, ids: list[str], error: BaseException) -> None:
     """A pool's run raised: its messages return to the queue (SQS delivers them again after the
-    visibility timeout, then moves them to the DLQ), said with the pool and the traceback, and
-    counted in ``ReconcileErrors`` as any failed pass is (by pool and reason; Redis failing
-    outside the pass: ``redis``). Before, the log line gave the message ids only and no metric
-    moved until the DLQ alarm, half an hour later."""
-    reason = "redis" if isinstance(error, StoreUnavailable) else UNEXPECTED_REASON
+    visibility timeout, then moves them to the DLQ). Redis failing outside the pass (``look_at``)
+    is a warning, as before. Anything else is a bug: said with the pool and the traceback, and
+    counted in ``ReconcileErrors`` as a failed pass is (by pool, reason ``unexpected``). Before,
+    the log line gave the message ids only and no metric moved until the DLQ alarm, half an hour
+    later."""
+    if isinstance(error, StoreUnavailable):
+        logger.warning("pool not reconciled: redis unavailable; its messages return to the queue",
+                       extra={"pool": pool, "ids": ids, "error": str(error)})
+        return
     logger.error("pool not reconciled; its messages return to the queue", exc_info=error,
-                 extra={"pool": pool, "ids": ids, "error": repr(error), "reason": reason})
-    count_failed_pass(pool, reason)
+                 extra={"pool": pool, "ids": ids, "error": repr(error), "reason": UNEXPECTED_REASON})
+    count_failed_pass(pool, UNEXPECTED_REASON)
 
 
 def _look_at_all(services: "Services", messages: list[PoolMessage], queue: PoolQueue, budget: float,
