@@ -70,20 +70,26 @@ def test_an_update_keeps_parameters_not_given() -> None:
         {"ParameterKey": "VpcId", "UsePreviousValue": True}]
 
 
-def test_deploy_sh_packages_then_deploys(tmp_path: Path) -> None:
+def _deploy_sh_recording_calls(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of infra/deploy.sh whose infra/package.sh records its calls (packaging is tested on
+    its own, test_package.py), and the file the calls go to."""
     calls = tmp_path / "calls"
     infra = tmp_path / "repo" / "infra"
     infra.mkdir(parents=True)
     (infra / "deploy.sh").write_text((ROOT / "infra" / "deploy.sh").read_text())
     (infra / "deploy.sh").chmod(0o755)
-    # Packaging is tested on its own (test_package.py); here stand-ins record the calls.
     (infra / "package.sh").write_text(f'#!/bin/sh\necho "package $*" >> {calls}\n')
     (infra / "package.sh").chmod(0o755)
+    return infra / "deploy.sh", calls
+
+
+def test_deploy_sh_packages_then_deploys(tmp_path: Path) -> None:
+    deploy_sh, calls = _deploy_sh_recording_calls(tmp_path)
     python = tmp_path / "python"
     python.write_text(f'#!/bin/sh\necho "python $*" >> {calls}\n')
     python.chmod(0o755)
     env: dict[str, Any] = {**os.environ, "PYTHON": str(python)}
-    done = subprocess.run([str(infra / "deploy.sh"), "prod", "my-bucket", "VpcId=vpc-1", "PrivateSubnetIds=a,b"],
+    done = subprocess.run([str(deploy_sh), "prod", "my-bucket", "VpcId=vpc-1", "PrivateSubnetIds=a,b"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert calls.read_text().splitlines() == [
@@ -103,14 +109,8 @@ def test_make_deploy_without_bucket_is_refused_before_packaging(tmp_path: Path,
     prod VpcId=...``: the first parameter was taken for the bucket, the package built, and the
     upload failed minutes later on an invalid bucket name (``make infra-deploy`` likewise, through
     ``--bucket``). Refused at once, saying what is missing."""
-    calls = tmp_path / "calls"
-    infra = tmp_path / "repo" / "infra"
-    infra.mkdir(parents=True)
-    (infra / "deploy.sh").write_text((ROOT / "infra" / "deploy.sh").read_text())
-    (infra / "deploy.sh").chmod(0o755)
-    (infra / "package.sh").write_text(f'#!/bin/sh\necho "package $*" >> {calls}\n')
-    (infra / "package.sh").chmod(0o755)
-    done = subprocess.run([str(infra / "deploy.sh"), "prod", "VpcId=vpc-1", "PrivateSubnetIds=a,b"],
+    deploy_sh, calls = _deploy_sh_recording_calls(tmp_path)
+    done = subprocess.run([str(deploy_sh), "prod", "VpcId=vpc-1", "PrivateSubnetIds=a,b"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "S3_BUCKET is missing ('VpcId=vpc-1' is a parameter)" in done.stderr
     assert not calls.exists()  # nothing packaged
