@@ -5,7 +5,7 @@
 
 1. The deployment zip goes to ``s3://BUCKET/vmpool/<stage>/code-<sha256>.zip`` (skipped when that
    content is there already) and every function's ``CodeUri`` points at it.
-2. The template goes to S3 too: at 127 KB it is over CloudFormation's 51,200-byte inline limit
+2. The template goes to S3 too: at 137 KB it is over CloudFormation's 51,200-byte inline limit
    (the old ``aws cloudformation deploy`` without ``--s3-bucket`` failed for every stage).
    Before anything is uploaded, the template's rules (what the packaged config's DNS entries need
    of the parameters, infra/template.py ``dns_rules``) are checked with the parameters the change
