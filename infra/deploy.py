@@ -5,7 +5,7 @@
 
 1. The deployment zip goes to ``s3://BUCKET/vmpool/<stage>/code-<sha256>.zip`` (skipped when that
    content is there already) and every function's ``CodeUri`` points at it.
-2. The template goes to S3 too: at 127 KB it is over CloudFormation's 51,200-byte inline limit
+2. The template goes to S3 too: at 137 KB it is over CloudFormation's 51,200-byte inline limit
    (the old ``aws cloudformation deploy`` without ``--s3-bucket`` failed for every stage).
    Before anything is uploaded, the template's rules (what the packaged config's DNS entries need
    of the parameters, infra/template.py ``dns_rules``) are checked with the parameters the change
@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from chalicelib.aws_clients import failure_of
-from infra.sync_config import STAGES, stack_name
+from infra.sync_config import STAGES, BadKmsKey, kms_key_regions, stack_name
 
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"]
 NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
+KMS_KEYS_PARAMETER = "SecretsKmsKeyArns"
 
 
 class DeployError(Exception):
@@ -108,6 +109,20 @@ def broken_rules(template: dict[str, Any], given: dict[str, str], stack: dict[st
     return broken
 
 
+def check_kms_keys(given: dict[str, str]) -> None:
+    """Refuse a ``SecretsKmsKeyArns`` the functions' IAM policies keep no room for (more than
+    ``sync_config.MAX_SECRETS_KMS_KEYS`` keys, or not key ARNs), before anything is uploaded:
+    CloudFormation checks each key's shape (the parameter's pattern) but not how many there are,
+    and too many took a role past IAM's limit only when the stack updated its policies."""
+    if KMS_KEYS_PARAMETER not in given:
+        return  # the stack's previous value, checked when it was given
+    keys = [key.strip() for key in given[KMS_KEYS_PARAMETER].split(",") if key.strip()]
+    try:
+        kms_key_regions(keys)
+    except BadKmsKey as error:
+        raise DeployError(f"{KMS_KEYS_PARAMETER}: {error}") from None
+
+
 def _existing_stack(cloudformation: Any, name: str) -> dict[str, Any] | None:
     try:
         stacks = cloudformation.describe_stacks(StackName=name)["Stacks"]
@@ -149,6 +164,7 @@ def deploy(session: Any, stage: str, bucket: str, package: Path | None, given: d
         code = (package / "deployment.zip").read_bytes()
         code_key = f"{prefix}/code-{_digest(code)}.zip"
         template = with_code_location(json.loads((package / "sam.json").read_text()), bucket, code_key)
+    check_kms_keys(given)
     name = stack_name(stage)
     stack = _existing_stack(cloudformation, name)
     broken = broken_rules(template, given, stack)
@@ -219,10 +235,18 @@ def said_in_one_line(tool: str, error: Exception) -> bool:
     return True
 
 
+def _bucket_name(value: str) -> str:
+    """``--bucket``'s value; one with ``=`` is a Key=Value taken for it (``make infra-deploy``
+    without ``BUCKET=``), refused before anything is built or asked of AWS."""
+    if "=" in value or not value:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an S3 bucket name (BUCKET=... missing?)")
+    return value
+
+
 def main(argv: list[str] | None = None, session: Any = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=sorted(STAGES), required=True)
-    parser.add_argument("--bucket", required=True, help="an S3 bucket for the code and the template")
+    parser.add_argument("--bucket", required=True, type=_bucket_name, help="an S3 bucket for the code and the template")
     parser.add_argument("--package", type=Path, help="the packaged stage (default build/package-<stage>)")
     parser.add_argument("--infra-only", action="store_true",
                         help="deploy the infrastructure stack of the chalice deploy path (no code, no API)")

@@ -16,6 +16,12 @@ fi
 stage="$1"
 bucket="$2"
 shift 2
+# make deploy without BUCKET=... hands the first of PARAMS over as the bucket: say so before the
+# package is built (before, the upload failed minutes later on an invalid bucket name).
+if [[ "$bucket" == *=* ]]; then
+    echo "deploy: S3_BUCKET is missing ('$bucket' is a parameter): make deploy STAGE=$stage BUCKET=my-deploy-bucket PARAMS=\"...\"" >&2
+    exit 2
+fi
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 out="build/package-$stage"

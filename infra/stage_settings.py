@@ -59,8 +59,17 @@ def stack_outputs(cloudformation: Any, stage: Stage) -> dict[str, str]:
 
 def write_settings(stage: Stage, settings: dict[str, Any]) -> Path:
     path = sync_config.stack_settings_file(stage)
+    previous = path.read_text() if path.exists() else None
     path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-    sync_config.main([])
+    if sync_config.main([]) != 0:
+        # Its reason is printed. Before, the exit status was dropped: chalice deploy went on with
+        # the stage's previous config.json and policy files (no subnets or stack settings, no
+        # kms:Decrypt), e.g. when the stack's keys took a policy past IAM's limit.
+        if previous is None:
+            path.unlink()
+        else:
+            path.write_text(previous)
+        raise SystemExit(f"stage-settings: .chalice/ not updated for stage {stage.name}; nothing deployed")
     return path
 
 

@@ -249,24 +249,52 @@ def secrets_kms_statement(keys: Any, regions: list[str], in_template: bool = Fal
                 {"Fn::Sub": service} for service in services] if in_template else services}}}
 
 
-_KMS_ARN = re.compile(r"arn:aws[a-z-]*:kms:([a-z0-9-]+):\d{12}:(?:key|alias)/[A-Za-z0-9/_-]+")
+KMS_KEY_ARN_PATTERN = r"arn:aws[a-z-]{0,12}:kms:([a-z0-9-]{1,20}):[0-9]{12}:(?:key|alias)/[A-Za-z0-9/_-]{1,64}"
+"""A customer-managed KMS key's ARN (or an alias's), each part bounded so the statement that
+grants the keys has a largest size (``SECRETS_KMS_RESERVE``). The stack's ``SecretsKmsKeyArns``
+parameter takes each member only in this shape (its ``AllowedPattern``)."""
+_KMS_ARN = re.compile(KMS_KEY_ARN_PATTERN)
+MAX_KMS_KEY_ARN_CHARACTERS = len("arn:aws:kms::000000000000:alias/") + 12 + 20 + 64
+MAX_KMS_REGION_CHARACTERS = 20
+MAX_SECRETS_KMS_KEYS = 10
+"""The most keys ``SecretsKmsKeyArns`` may name (``kms_key_regions``, ``make deploy``)."""
 
 
 class BadKmsKey(ValueError):
-    """A ``SecretsKmsKeyArns`` entry that is not a KMS key or alias ARN."""
+    """A ``SecretsKmsKeyArns`` entry that is not a KMS key or alias ARN, or too many of them."""
 
 
 def kms_key_regions(keys: list[str]) -> list[str]:
     """The regions of the KMS keys (in their ARNs): SSM and Secrets Manager use a key of their
-    own region only, so these are the ``kms:ViaService`` regions of the statement."""
+    own region only, so these are the ``kms:ViaService`` regions of the statement. Raises
+    BadKmsKey for an entry that is no key ARN, or for more than ``MAX_SECRETS_KMS_KEYS``."""
+    if len(keys) > MAX_SECRETS_KMS_KEYS:
+        raise BadKmsKey(f"{len(keys)} keys; at most {MAX_SECRETS_KMS_KEYS} (the functions' IAM policies keep room "
+                        "for that many)")
     regions = []
     for key in keys:
         match = _KMS_ARN.fullmatch(key)
         if match is None:
-            raise BadKmsKey(f"{key!r} is not a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>)")
+            raise BadKmsKey(f"{key!r} is not a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>, "
+                            f"at most {MAX_KMS_KEY_ARN_CHARACTERS} characters)")
         if match[1] not in regions:
             regions.append(match[1])
     return regions
+
+
+def _characters(document: Any) -> int:
+    """A policy document's size as IAM counts it (whitespace not counted)."""
+    return len(json.dumps(document, separators=(",", ":")))
+
+
+SECRETS_KMS_RESERVE = _characters({"Version": "2012-10-17", "Statement": [secrets_kms_statement(
+    ["k" * MAX_KMS_KEY_ARN_CHARACTERS] * MAX_SECRETS_KMS_KEYS, ["r" * MAX_KMS_REGION_CHARACTERS])]})
+"""The room every role's policy keeps for the secrets' KMS statement at its largest (the most
+keys, each ARN and the region as long as they may be), as a policy document of its own: the full
+stack attaches it to each role as one more inline policy (``SecretsKmsDecryptPolicy``, whose keys
+are a deploy parameter that packaging cannot know), and IAM counts a role's inline policies
+together. Without it a policy just under the limit passed here and the deploy failed minutes in,
+in CloudFormation, once keys were named."""
 
 
 def policy(stage: Stage, role: str, kms_keys: list[str] | None = None) -> dict[str, Any]:
@@ -299,16 +327,17 @@ def policy(stage: Stage, role: str, kms_keys: list[str] | None = None) -> dict[s
                                      [f"arn:aws:route53:::hostedzone/{zone}" for zone in zones]))
     if stage.tracing:
         statements.append(_statement(XRAY_ACTIONS, "*"))
-    if kms_keys:
+    size = _characters({"Version": "2012-10-17", "Statement": statements}) + SECRETS_KMS_RESERVE
+    if kms_keys:  # the chalice deploy path: the statement in this document, a region per key at most
         statements.append(secrets_kms_statement(sorted(kms_keys), kms_key_regions(sorted(kms_keys))))
-    document = {"Version": "2012-10-17", "Statement": statements}
-    size = len(json.dumps(document, separators=(",", ":")))
+        size = max(size, _characters({"Version": "2012-10-17", "Statement": statements}))
     if size > MAX_INLINE_POLICY_CHARACTERS:
         raise PolicyTooLarge(
-            f"the {role} role's IAM policy of stage {stage.name} would be {size} characters; IAM takes at most "
-            f"{MAX_INLINE_POLICY_CHARACTERS} per role ({len(zones)} route53 hosted zones in {stage.config_file}: "
-            "use fewer zones, e.g. one zone for several dns_configs entries)")
-    return document
+            f"the {role} role's IAM policy of stage {stage.name} would be {size} characters with the room kept for "
+            f"the secrets' KMS statement ({SECRETS_KMS_RESERVE}: up to {MAX_SECRETS_KMS_KEYS} SecretsKmsKeyArns); "
+            f"IAM takes at most {MAX_INLINE_POLICY_CHARACTERS} per role ({len(zones)} route53 hosted zones in "
+            f"{stage.config_file}: use fewer zones, e.g. one zone for several dns_configs entries)")
+    return {"Version": "2012-10-17", "Statement": statements}
 
 
 def route53_zones(stage: Stage, config_file: Path | None = None) -> list[str]:

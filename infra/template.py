@@ -95,6 +95,7 @@ def build(stage: Stage, infra_only: bool = False, config_file: Path | None = Non
     resources["Redis"]["Properties"]["ReplicationGroupId"] = stage.prefix
     resources["ConfigBucket"]["Properties"]["BucketName"] = {
         "Fn::Sub": stage.config_bucket_prefix + "${AWS::AccountId}-${AWS::Region}"}
+    template["Parameters"]["SecretsKmsKeyArns"].update(secrets_kms_parameter_constraint())
     resources.update(alarms(stage, infra_only))
     resources["Dashboard"] = dashboard(stage, infra_only)
     if infra_only:
@@ -145,6 +146,20 @@ def secrets_kms_policy() -> dict[str, Any]:
             "PolicyDocument": {"Version": "2012-10-17", "Statement": [sync_config.secrets_kms_statement(
                 {"Ref": "SecretsKmsKeyArns"}, ["${AWS::Region}"], in_template=True)]},
         },
+    }
+
+
+def secrets_kms_parameter_constraint() -> dict[str, str]:
+    """What CloudFormation checks of each ``SecretsKmsKeyArns`` member before it changes anything:
+    a KMS key ARN no longer than the roles' policies keep room for (``sync_config.SECRETS_KMS_RESERVE``;
+    ``make deploy`` also refuses more than ``MAX_SECRETS_KMS_KEYS`` keys). A longer list would take a role
+    past IAM's 10,240 characters and fail the deploy in CloudFormation, minutes in."""
+    return {
+        "AllowedPattern": f"^({sync_config.KMS_KEY_ARN_PATTERN})?$",
+        "ConstraintDescription": (
+            "each entry must be a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>) of at most "
+            f"{sync_config.MAX_KMS_KEY_ARN_CHARACTERS} characters, without spaces; at most "
+            f"{sync_config.MAX_SECRETS_KMS_KEYS} keys"),
     }
 
 

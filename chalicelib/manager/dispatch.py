@@ -44,10 +44,10 @@ from chalicelib.manager.pool_queue import (
     PoolQueue,
     QueueRefused,
 )
-from chalicelib.manager.runner import RETRY_SECONDS, RunReport, run_pool
+from chalicelib.manager.runner import RETRY_SECONDS, RunReport, count_failed_pass, run_pool
 from chalicelib.observability import emit, logger
 from chalicelib.sizing.controller import current_sizes
-from chalicelib.store import STATES
+from chalicelib.store import STATES, StoreUnavailable
 from chalicelib.store.fleet import Fleet, pools_fingerprint
 from chalicelib.store.pool_overrides import PoolOverrides, fitting
 from chalicelib.store.store import RunningCount
@@ -310,7 +310,8 @@ def look_at(services: "Services", message: PoolMessage, queue: PoolQueue,
         return report
     if stopping():
         return report
-    if report.unreleased_lease or report.failures:
+    if report.unreleased_lease or (report.failures and report.look_again_in is not None):
+        # (a failure without a time to look again, a malformed secret reference, waits for the tick)
         if message.attempt < MAX_RETRIES or report.unreleased_lease:
             retry = PoolMessage(message.pool, RETRY, report.unreleased_lease, message.attempt + 1)
             queue.send([(retry, RETRY_SECONDS)])
@@ -397,10 +398,11 @@ def handle_batch(services: "Services", records: Iterable[tuple[str, str]], queue
         return remaining_seconds() < PASS_STOP_SECONDS
 
     futures: dict[Future[Any], list[str]] = {}
-    for messages in by_pool.values():
+    pools: dict[Future[Any], str] = {}
+    for pool, messages in by_pool.items():
         ids = [message_id for message_id, _ in messages]
-        futures[_pool_threads().submit(_look_at_all, services, [m for _, m in messages], queue, budget,
-                                       out_of_time)] = ids
+        future = _pool_threads().submit(_look_at_all, services, [m for _, m in messages], queue, budget, out_of_time)
+        futures[future], pools[future] = ids, pool
     done, _ = wait(futures, timeout=max(remaining_seconds() - SAFETY_SECONDS, 0.0))
     failed: list[str] = []
     for future, ids in futures.items():
@@ -411,10 +413,30 @@ def handle_batch(services: "Services", records: Iterable[tuple[str, str]], queue
                 _given_up.add(future)
             logger.warning("pool not reconciled in time; its messages return to the queue", extra={"ids": ids})
             failed += ids
-        elif future.exception() is not None:
-            logger.warning("pool not reconciled", extra={"ids": ids, "error": repr(future.exception())})
+        elif (error := future.exception()) is not None:
+            _unexpected_failure(pools[future], ids, error)
             failed += ids
     return failed
+
+
+UNEXPECTED_REASON = "unexpected"
+"""``ReconcileErrors``' reason for a pool's run that raised what no step expects (a bug)."""
+
+
+def _unexpected_failure(pool: str, ids: list[str], error: BaseException) -> None:
+    """A pool's run raised: its messages return to the queue (SQS delivers them again after the
+    visibility timeout, then moves them to the DLQ). Redis failing outside the pass (``look_at``)
+    is a warning, as before. Anything else is a bug: said with the pool and the traceback, and
+    counted in ``ReconcileErrors`` as a failed pass is (by pool, reason ``unexpected``). Before,
+    the log line gave the message ids only and no metric moved until the DLQ alarm, half an hour
+    later."""
+    if isinstance(error, StoreUnavailable):
+        logger.warning("pool not reconciled: redis unavailable; its messages return to the queue",
+                       extra={"pool": pool, "ids": ids, "error": str(error)})
+        return
+    logger.error("pool not reconciled; its messages return to the queue", exc_info=error,
+                 extra={"pool": pool, "ids": ids, "error": repr(error), "reason": UNEXPECTED_REASON})
+    count_failed_pass(pool, UNEXPECTED_REASON)
 
 
 def _look_at_all(services: "Services", messages: list[PoolMessage], queue: PoolQueue, budget: float,

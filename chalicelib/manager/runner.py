@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, cast
 
 from chalicelib import observability as metric
-from chalicelib.auth.secrets import SecretUnavailable
+from chalicelib.auth.secrets import SecretConfigError, SecretUnavailable
 from chalicelib.config import PoolConfig
 from chalicelib.manager import templates
 from chalicelib.manager.context import Checkpoint, PassReport, ProviderLookup, no_checkpoint
@@ -140,16 +140,16 @@ def run_pool(
                                         dns_plugins=services.dns_lookup)
             except (ProviderError, SecretUnavailable, StoreUnavailable, LeaseLost) as error:
                 # The pass stopped where it was; everything it did is consistent. Try again soon.
-                report.failures.append(str(error))
-                report.look_again_in = RETRY_SECONDS
-                reason = failure_reason(error)
-                logger.warning("reconcile pass failed", extra={"pool": pool_name, "error": str(error),
-                                                               "reason": reason})
-                emit(pool_name, {metric.RECONCILE_ERRORS: 1})
-                emit(None, {metric.RECONCILE_ERRORS: 1})
-                emit(None, {metric.RECONCILE_ERRORS: 1}, dimensions={"reason": reason})
+                _pass_failed(report, error, failure_reason(error), RETRY_SECONDS)
                 if isinstance(error, LeaseLost):
                     return report  # another run has the pool: nothing more of this one's
+                break
+            except SecretConfigError as error:
+                # A secret reference its provider or DNS plugin cannot use (the message names the
+                # problem, never a value): every pass fails alike until a config push, so no quick
+                # retry; the next tick looks again. Before, it escaped the run uncounted, and its
+                # SQS message came back after the visibility timeout until it reached the DLQ.
+                _pass_failed(report, error, SECRET_REASON, None)
                 break
             _publish(result, result.size)  # the effective size (docs/sizing.md)
             if result.stopped_before is not None:
@@ -187,6 +187,25 @@ def run_pool(
     return report
 
 
+def _pass_failed(report: RunReport, error: Exception, reason: str, retry_in: float | None) -> None:
+    """A pass stopped by ``error``: in the report (to be looked at again ``retry_in`` seconds on,
+    None: at the next tick), the log and ``ReconcileErrors`` (by pool, service-wide, by reason)."""
+    report.failures.append(str(error))
+    report.look_again_in = retry_in
+    logger.warning("reconcile pass failed", extra={"pool": report.pool, "error": str(error), "reason": reason})
+    count_failed_pass(report.pool, reason)
+
+
+def count_failed_pass(pool: str, reason: str) -> None:
+    """``ReconcileErrors`` for a failed pass of ``pool``: by pool, service-wide (the alarm's), by reason."""
+    emit(pool, {metric.RECONCILE_ERRORS: 1})
+    emit(None, {metric.RECONCILE_ERRORS: 1})
+    emit(None, {metric.RECONCILE_ERRORS: 1}, dimensions={"reason": reason})
+
+
+SECRET_REASON = "secret"
+
+
 def failure_reason(error: ProviderError | SecretUnavailable | StoreUnavailable | LeaseLost) -> str:
     """The ``reason`` of a pass that failed (the ReconcileErrors metric's dimension): the
     provider's failure kind (a wrong password is ``permission``, vCenter down ``connection``, slow
@@ -195,7 +214,7 @@ def failure_reason(error: ProviderError | SecretUnavailable | StoreUnavailable |
     if isinstance(error, ProviderError):
         return error.kind.value
     if isinstance(error, SecretUnavailable):
-        return "secret"
+        return SECRET_REASON
     return "redis" if isinstance(error, StoreUnavailable) else "lease"
 
 

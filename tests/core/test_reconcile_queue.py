@@ -19,6 +19,7 @@ from botocore.parsers import ResponseParserError
 from moto import mock_aws
 
 import app
+from chalicelib.auth.secrets import SecretConfigError, SecretResolver
 from chalicelib.aws_clients import AWS_CALL_BOUND_SECONDS
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
@@ -51,7 +52,7 @@ from chalicelib.store.fleet import Fleet
 from chalicelib.store.pool_overrides import PoolOverrides
 from local.gateway import Gateway
 from tests.aws_pages import PAGES, answer_with_page
-from tests.support import emf_documents, emitted, json_lines
+from tests.support import counts_by_reason, emf_documents, emitted, json_lines
 
 CONFIG = """
 :config:
@@ -997,3 +998,72 @@ def test_an_earlier_releases_message_is_not_measured_late() -> None:
     ours = PoolMessage("debian", TICK).body()
     assert json.loads(ours)["delay"] == 0
     assert seconds_late([Received("m", ours, 1_000_000.0, 1)], 1_060_000.0) == [60.0]
+
+
+class MalformedReferences(SecretResolver):
+    """A resolver that cannot use the references it is given (SecretConfigError, as for a
+    reference naming both ``secret`` and ``ssm``): what no validated config reaches today, but
+    the resolver raises, and a pass must survive."""
+
+    def resolve(self, value: Any, *, force_fetch: bool = False) -> str | None:
+        raise SecretConfigError("a secret reference names either 'secret' or 'ssm', not both")
+
+
+DNS_CONFIG = CONFIG + """
+:dns_configs:
+  dyn: {dns_class: dynamic-dns, domain: example.com, server: 127.0.0.1, tsig_key_name: vmpool,
+        tsig_secret: {ssm: /vmpool/dev/tsig}}
+"""
+
+
+def test_a_secret_reference_the_resolver_cannot_use_fails_the_pass_counted_and_waits_for_the_tick(
+        redis_client: redis.Redis, queue: RecordingQueue, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], log_output: io.StringIO) -> None:
+    """SecretConfigError building a pool's DNS plugin (or provider) escaped run_pool: no
+    ReconcileErrors, a log line with message ids only, and its SQS message failed, back after
+    the visibility timeout, again and again into the DLQ. Now the pass fails as a secret failure:
+    counted by pool and reason, logged with the pool, its message done, and no quick retry (the
+    same reference fails every pass until a push): the next tick looks again."""
+    config = parse(DNS_CONFIG.replace("provider: dummy}", "provider: dummy, dns_plugin: dyn}", 1))
+    services = Services(config, redis_client, clock=FakeClock(), prefix="queuetest:", secrets=MalformedReferences())
+    monkeypatch.setattr(app, "_services", services)
+    monkeypatch.setattr(app, "_config", None)
+
+    answer = app.reconcile(sqs_event('{"pool": "debian"}', '{"pool": "centos"}'), Context())
+
+    assert answer == {"batchItemFailures": []}
+    assert [m.pool for m, _ in queue.sent] == ["centos"]  # its clone's follow-up; no retry of debian 2 s on
+    assert services.store.counts(["centos"])["centos"]["pending"] == 1
+    documents = emf_documents(capsys.readouterr().out)
+    assert counts_by_reason(documents, "ReconcileErrors") == {"secret": 1}
+    assert [d["ReconcileErrors"] for d in documents if d.get("pool") == "debian" and "ReconcileErrors" in d] == [[1.0]]
+    [line] = [line for line in json_lines(log_output.getvalue()) if line["message"] == "reconcile pass failed"]
+    assert (line["pool"], line["reason"]) == ("debian", "secret") and "not both" in line["error"]
+    assert services.store.acquire_lease("debian", 10, token="next-run") is not None  # released
+
+
+def test_a_pool_whose_run_raises_is_counted_and_named_and_its_messages_return(
+        services: Services, queue: RecordingQueue, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], log_output: io.StringIO) -> None:
+    """A run that raises what no step expects (a bug): its messages go back to the queue (the DLQ
+    takes them after 5 deliveries, and its alarm fires), and now the failure is also counted in
+    ReconcileErrors (pool, reason ``unexpected``) with a log line naming the pool and the
+    traceback. Before: a warning with the message ids only, no metric."""
+    provider = services.provider("dummy")
+    list_vms = provider.list_vms
+
+    def broken_for_debian(pool: Any) -> Any:
+        if pool.name == "debian":
+            raise KeyError("a bug")
+        return list_vms(pool)
+
+    monkeypatch.setattr(provider, "list_vms", broken_for_debian)
+    answer = app.reconcile(sqs_event('{"pool": "debian"}', '{"pool": "centos"}'), Context())
+
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "m0"}]}
+    documents = emf_documents(capsys.readouterr().out)
+    assert counts_by_reason(documents, "ReconcileErrors") == {"unexpected": 1}
+    assert [d["ReconcileErrors"] for d in documents if d.get("pool") == "debian" and "ReconcileErrors" in d] == [[1.0]]
+    [line] = [line for line in json_lines(log_output.getvalue()) if line.get("pool") == "debian"
+              and line["message"].startswith("pool not reconciled")]
+    assert line["ids"] == ["m0"] and "KeyError" in line["exception"]

@@ -12,9 +12,11 @@ come after the API in Chalice's order)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
+from pathlib import Path
 from typing import Iterator
 
 import boto3
@@ -133,3 +135,23 @@ def test_chalice_deploy_roles_decrypt_with_the_infra_stacks_kms_keys(restore_cha
     assert all(_kms_statements(role) == [] for role in sync_config.ROLES)
     with pytest.raises(SystemExit, match="not a KMS key ARN"):
         stage_settings.settings_from_outputs({**STACK_OUTPUTS, "SecretsKmsKeyArns": "my-key"})
+
+
+def test_stage_settings_that_would_take_a_policy_past_iams_limit_stop_the_chalice_deploy(
+        restore_chalice_config: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``infra/stage_settings.py`` wrote the stack's settings and ignored the policy files' rewrite
+    failing (a policy past IAM's 10,240 characters): it said ``wrote ...`` and exited 0, so
+    infra/chalice_deploy.sh went on to ``chalice deploy`` the stage's previous config.json and
+    policy files (no subnets, no stack settings, no kms:Decrypt). Now it stops, nothing changed."""
+    zones = "\n".join(f"  z{n}: {{dns_class: route53, domain: z{n}.example.com, hosted_zone_id: Z{n:020d}}}"
+                      for n in range(200))
+    config = tmp_path / "vmpool.yaml"
+    config.write_text(f"dns_configs:\n{zones}\npools:\n  - {{name: p, size: 1, provider: dummy}}\n")
+    monkeypatch.setitem(sync_config.STAGES, "dev", dataclasses.replace(STAGE, config_file=str(config)))
+    before = {path: path.read_text() for path in (ROOT / ".chalice").glob("*.json")}
+    with pytest.raises(SystemExit, match="not updated for stage dev; nothing deployed"):
+        stage_settings.write_settings(STAGE, stage_settings.settings_from_outputs(STACK_OUTPUTS))
+    assert "IAM takes at most 10240" in capsys.readouterr().err
+    assert {path: path.read_text() for path in (ROOT / ".chalice").glob("*.json")} == before
+    assert not sync_config.stack_settings_file(STAGE).exists()

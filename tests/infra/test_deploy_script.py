@@ -70,20 +70,26 @@ def test_an_update_keeps_parameters_not_given() -> None:
         {"ParameterKey": "VpcId", "UsePreviousValue": True}]
 
 
-def test_deploy_sh_packages_then_deploys(tmp_path: Path) -> None:
+def _deploy_sh_recording_calls(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of infra/deploy.sh whose infra/package.sh records its calls (packaging is tested on
+    its own, test_package.py), and the file the calls go to."""
     calls = tmp_path / "calls"
     infra = tmp_path / "repo" / "infra"
     infra.mkdir(parents=True)
     (infra / "deploy.sh").write_text((ROOT / "infra" / "deploy.sh").read_text())
     (infra / "deploy.sh").chmod(0o755)
-    # Packaging is tested on its own (test_package.py); here stand-ins record the calls.
     (infra / "package.sh").write_text(f'#!/bin/sh\necho "package $*" >> {calls}\n')
     (infra / "package.sh").chmod(0o755)
+    return infra / "deploy.sh", calls
+
+
+def test_deploy_sh_packages_then_deploys(tmp_path: Path) -> None:
+    deploy_sh, calls = _deploy_sh_recording_calls(tmp_path)
     python = tmp_path / "python"
     python.write_text(f'#!/bin/sh\necho "python $*" >> {calls}\n')
     python.chmod(0o755)
     env: dict[str, Any] = {**os.environ, "PYTHON": str(python)}
-    done = subprocess.run([str(infra / "deploy.sh"), "prod", "my-bucket", "VpcId=vpc-1", "PrivateSubnetIds=a,b"],
+    done = subprocess.run([str(deploy_sh), "prod", "my-bucket", "VpcId=vpc-1", "PrivateSubnetIds=a,b"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert calls.read_text().splitlines() == [
@@ -95,6 +101,22 @@ def test_deploy_sh_packages_then_deploys(tmp_path: Path) -> None:
 def test_deploy_without_a_bucket_says_how_to_call_it() -> None:
     done = subprocess.run([str(ROOT / "infra" / "deploy.sh"), "prod"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "usage: infra/deploy.sh STAGE S3_BUCKET" in done.stderr
+
+
+def test_make_deploy_without_bucket_is_refused_before_packaging(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """``make deploy STAGE=prod PARAMS="VpcId=..."`` without ``BUCKET=`` runs ``infra/deploy.sh
+    prod VpcId=...``: the first parameter was taken for the bucket, the package built, and the
+    upload failed minutes later on an invalid bucket name (``make infra-deploy`` likewise, through
+    ``--bucket``). Refused at once, saying what is missing."""
+    deploy_sh, calls = _deploy_sh_recording_calls(tmp_path)
+    done = subprocess.run([str(deploy_sh), "prod", "VpcId=vpc-1", "PrivateSubnetIds=a,b"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "S3_BUCKET is missing ('VpcId=vpc-1' is a parameter)" in done.stderr
+    assert not calls.exists()  # nothing packaged
+    with pytest.raises(SystemExit):
+        deploy.main(["--stage", "dev", "--bucket", "VpcId=vpc-1", "--infra-only"])
+    assert "is not an S3 bucket name (BUCKET=... missing?)" in capsys.readouterr().err
 
 
 def test_what_aws_refuses_is_said_in_one_line_not_a_traceback(aws: boto3.Session, package: Package,
@@ -174,3 +196,20 @@ def test_a_bug_of_ours_is_not_taken_for_an_unreadable_aws_answer(monkeypatch: py
     monkeypatch.setattr(deploy, "deploy", broken)
     with pytest.raises(KeyError, match="Outputs"):
         deploy.main(["--stage", "dev", "--bucket", BUCKET, "--infra-only"], session=object())
+
+
+def test_more_kms_keys_than_the_policies_keep_room_for_are_refused_before_anything_is_uploaded(
+        aws: boto3.Session, capsys: pytest.CaptureFixture[str]) -> None:
+    """CloudFormation checks each ``SecretsKmsKeyArns`` key's shape (the parameter's pattern) but
+    not how many there are: eleven keys took a role past IAM's 10,240 characters, and the stack
+    update failed minutes in. ``make deploy`` refuses them first, in one line."""
+    keys = ",".join(f"arn:aws:kms:us-east-1:123456789012:key/{n:08d}-12ab-34cd-56ef-1234567890ab" for n in range(11))
+    code = deploy.main(["--stage", "dev", "--bucket", BUCKET, "--infra-only", "--no-execute", "--poll", "0.1",
+                        "VpcId=vpc-0abc", "PrivateSubnetIds=subnet-0a,subnet-0b", "VCenterCidr=10.1.0.0/16",
+                        f"SecretsKmsKeyArns={keys}"], session=aws)
+    assert code == 1
+    assert capsys.readouterr().err == ("deploy: SecretsKmsKeyArns: 11 keys; at most 10 (the functions' IAM "
+                                       "policies keep room for that many)\n")
+    assert aws.client("s3").list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
+    with pytest.raises(aws.client("cloudformation").exceptions.ClientError):
+        aws.client("cloudformation").describe_stacks(StackName="vmpool-dev")

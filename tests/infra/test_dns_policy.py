@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,78 @@ def test_packaging_a_config_naming_secrets_the_stage_may_not_read_warns_of_each(
     assert "vmpool/dev/vsphere" in capsys.readouterr().err
     assert sync_config.main(["--granted", "prod", str(sync_config.ROOT / "vmpool.yaml.example")]) == 0
     assert capsys.readouterr().err == ""
+
+
+LONGEST_REAL_KEY = "arn:aws:kms:ap-southeast-2:123456789012:key/mrk-0123456789abcdef0123456789abcdef"
+"""A multi-region key of the longest region name: as long as a real key ARN gets."""
+
+
+def _kms_policy_as_iam_stores_it(keys: list[str], region: str) -> str:
+    """The full stack's ``SecretsKmsDecryptPolicy`` document with its parameter and region
+    resolved, as IAM counts it (no whitespace): one more inline policy of every role."""
+    from infra import template
+
+    text = json.dumps(template.secrets_kms_policy()["Properties"]["PolicyDocument"], separators=(",", ":"))
+    text = re.sub(r'\{"Fn::Sub":("[^"]*")\}', r"\1", text).replace("${AWS::Region}", region)
+    return text.replace('{"Ref":"SecretsKmsKeyArns"}', json.dumps(keys, separators=(",", ":")))
+
+
+def _largest_accepted(tmp_path: Path, low: int, high: int) -> int:
+    """The most route53 zones (20-character IDs, as Route 53 makes them) the reconcile role's
+    policy is written with."""
+    while low < high:
+        middle = (low + high + 1) // 2
+        try:
+            sync_config.policy(_stage_with_zones(tmp_path, *(f"Z{n:020d}" for n in range(middle))), "reconcile")
+            low = middle
+        except sync_config.PolicyTooLarge:
+            high = middle - 1
+    return low
+
+
+def test_a_policy_keeps_room_for_the_secrets_kms_statement_at_iams_real_limit(tmp_path: Path) -> None:
+    """IAM takes 10,240 characters of inline policy per role, the KMS policy the full stack
+    attaches to every role (``SecretsKmsKeyArns``) counted. Before, the check left no room for it:
+    a reconcile policy of 10,200 characters (about 170 zones) was written and packaged, and the
+    deploy that named the secrets' keys failed in CloudFormation, minutes in, and rolled back."""
+    zones = _largest_accepted(tmp_path, 100, 250)
+    stage = _stage_with_zones(tmp_path, *(f"Z{n:020d}" for n in range(zones)))
+    own = len(json.dumps(sync_config.policy(stage, "reconcile"), separators=(",", ":")))
+    kms = len(_kms_policy_as_iam_stores_it([LONGEST_REAL_KEY] * sync_config.MAX_SECRETS_KMS_KEYS, "ap-southeast-2"))
+    assert own + kms <= sync_config.MAX_INLINE_POLICY_CHARACTERS, (zones, own, kms)
+    one_more = tmp_path / "one-more"
+    one_more.mkdir()
+    with pytest.raises(sync_config.PolicyTooLarge, match="room kept for the secrets' KMS statement"):
+        sync_config.policy(_stage_with_zones(one_more, *(f"Z{n:020d}" for n in range(zones + 1))), "reconcile")
+    # The chalice deploy path puts the statement in the role's one policy: the keys fit there too;
+    # keys of many regions (a kms:ViaService pair each) are checked as they are, and refused here.
+    keys = [LONGEST_REAL_KEY.replace("0123", f"{n:04d}") for n in range(sync_config.MAX_SECRETS_KMS_KEYS)]
+    with_keys = sync_config.policy(stage, "reconcile", keys)
+    assert len(json.dumps(with_keys, separators=(",", ":"))) <= sync_config.MAX_INLINE_POLICY_CHARACTERS
+    with pytest.raises(sync_config.PolicyTooLarge):
+        sync_config.policy(stage, "reconcile", [key.replace("ap-southeast-2", f"ap-southeast-{n}")
+                                                for n, key in enumerate(keys)])
+
+
+def test_more_kms_keys_than_the_policies_keep_room_for_are_refused() -> None:
+    keys = [LONGEST_REAL_KEY.replace("0123", f"{n:04d}") for n in range(sync_config.MAX_SECRETS_KMS_KEYS + 1)]
+    with pytest.raises(sync_config.BadKmsKey, match=f"at most {sync_config.MAX_SECRETS_KMS_KEYS}"):
+        sync_config.kms_key_regions(keys)
+    too_long = "arn:aws:kms:eu-west-1:123456789012:alias/" + "a" * 65
+    with pytest.raises(sync_config.BadKmsKey, match="not a KMS key ARN"):
+        sync_config.kms_key_regions([too_long])
+    assert sync_config.kms_key_regions(keys[:-1]) == ["ap-southeast-2"]
+
+
+def test_the_stack_parameter_takes_each_key_only_as_long_as_the_policies_keep_room_for() -> None:
+    """CloudFormation checks each ``SecretsKmsKeyArns`` member against the parameter's pattern
+    (before the change set is made): the one ``kms_key_regions`` checks."""
+    from infra import template
+
+    for infra_only in (False, True):
+        parameter = template.build(STAGES["dev"], infra_only=infra_only)["Parameters"]["SecretsKmsKeyArns"]
+        pattern = re.compile(parameter["AllowedPattern"])
+        assert pattern.fullmatch(parameter["Default"]) and pattern.fullmatch(LONGEST_REAL_KEY)
+        assert not pattern.fullmatch("arn:aws:kms:eu-west-1:123456789012:alias/" + "a" * 65)
+        assert not pattern.fullmatch("my-key")
+        assert str(sync_config.MAX_SECRETS_KMS_KEYS) in parameter["ConstraintDescription"]
