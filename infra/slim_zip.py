@@ -65,6 +65,10 @@ UNUSED: dict[str, str] = {
        for name in ("bf", "json", "search", "timeseries", "vectorset")},
     "redis/multidb/": "redis-py's multi-database failover client, unused (ElastiCache fails over itself)",
     "redis/asyncio/multidb/": "the same, asyncio",
+    **{f"redis/asyncio/{name}": "redis-py's asyncio client, which vmpool never runs (chalicelib/deferred_imports.py: "
+       "its package stays, for redis.commands.core's import of redis.asyncio.observability)"
+       for name in ("client.py", "cluster.py", "connection.py", "keyspace_notifications.py", "lock.py",
+                    "maint_notifications.py", "retry.py", "sentinel.py", "utils.py", "_himport_exec.py", "http/")},
     "redis/ocsp.py": "OCSP stapling checks, only with pyOpenSSL and ssl_validate_ocsp",
     "ldap3/protocol/schemas/": "ldap3's offline server schemas, only read with get_info=OFFLINE_* (we use NONE)",
     **{f"pyVmomi/_typeinfo_{name}.py": "type info of a vSphere API vmpool does not call (pyVmomi loads each "
