@@ -7,6 +7,16 @@ What must hold at every kill point and pause: never more clones running at the p
 task_limit (a slot freed twice, or freed while its clone still runs, lets the pool start more),
 no destroy asked while the VM's clone still runs, and the pools whole once ordinary runs went
 on (no slot left counted, nothing leaked in the provider, VMs in use kept).
+
+Found, not fixed (``filling``, strict xfail): a run killed after the provider took a clone and
+before the task was noted leaves a pending VM without a task; past CLONE_START_GRACE_SECONDS the
+pending step takes it out of service and frees its slot (manager/pending._clone_finished, and
+completed.clones_still_running for a held one), though the provider may still clone it: with
+clones slower than 120 s, task_limit + 1 run. Holding the slot until the VM shows or the pool's
+timeout fixes it (tried: this test then passes) but costs a slot for the whole timeout when the
+pass died before the call (a batch's later names), which tests/core/test_reconcile.py,
+tests/chaos/test_vcsim_crash.py and tests/ondemand/test_ondemand_slots.py pin as freed at 120 s
+(docs/reliability.md: "as designed"): a design choice left to the lead.
 """
 
 from __future__ import annotations
@@ -26,12 +36,17 @@ from tests.chaos.test_crash_every_write import (
     another_run,
     assert_whole,
     killed_run,
+    leases_run_out,
     stale_pass,
 )
 from tests.harness import Harness, HarnessFactory, assert_consistent
 
 LIMIT = 2
 """task_limit in CONFIG."""
+FILLING_CONFIG = CONFIG.replace(
+    "  - {name: alpha, size: 3, provider: dummy}",
+    "  - {name: alpha, size: 3, provider: dummy, createvm_min_time: 200, createvm_max_time: 200}")
+"""Alpha's clones take 200 s: longer than the start grace, within the pool's timeout."""
 SLOW_CONFIG = CONFIG.replace(
     "  - {name: alpha, size: 3, provider: dummy}",
     "  - {name: alpha, size: 3, provider: dummy, createvm_min_time: 400, createvm_max_time: 400,\n"
@@ -51,6 +66,12 @@ def running_count(world: Harness) -> int:
     pattern = world.store.keys.dummy_task(world.provider.name, "clone-*")
     refs = [key.rsplit(":", 1)[1] for key in world.client.scan_iter(match=pattern)]
     return sum(1 for status in world.provider.task_statuses(refs).values() if status.state is TaskState.RUNNING)
+
+
+def filling(fleet: Fleet) -> None:
+    """An empty pool: the run reserves both slots and starts clones slower than the grace a
+    never-noted clone task is waited for (FILLING_CONFIG): one killed after the clone call and
+    before the note must keep its slot while the provider clones."""
 
 
 def timed_out(fleet: Fleet) -> None:
@@ -79,13 +100,23 @@ def cancel_asked(fleet: Fleet) -> None:
 
 
 SCENARIOS: dict[str, Callable[[Fleet], None]] = {"timed_out": timed_out, "held": held, "cancel_asked": cancel_asked}
+CONFIGS = {"filling": FILLING_CONFIG}
+"""A scenario's config, when not SLOW_CONFIG."""
+UNSOUND = pytest.mark.xfail(strict=True, reason=(
+    "a run killed between the provider's clone call and noting its task: the pending step gives "
+    "the name up at CLONE_START_GRACE_SECONDS (120 s) and frees its task_limit slot while the "
+    "provider still clones (200 s here): 3 clones running under task_limit 2. Not fixed: see the "
+    "module's docstring"))
+KILLED: list[object] = [*SCENARIOS, pytest.param("filling", marks=UNSOUND)]
+SCENARIOS["filling"] = filling
 
 
-def assert_whole_within_limit(fleet: Fleet, where: str) -> None:
+def assert_whole_within_limit(fleet: Fleet, where: str, config: str = SLOW_CONFIG) -> None:
     """At most task_limit clones running at the provider after the dead run and at every later
     run (new clones fast again, so the pools can fill), then the pools whole."""
     world = fleet.world
     assert running_count(world) <= LIMIT, f"{where}: {running_count(world)} clones running"
+    leases_run_out(world.client)
     world.services.use_config(parse(CONFIG))
     try:
         for _ in range(12):
@@ -96,11 +127,13 @@ def assert_whole_within_limit(fleet: Fleet, where: str) -> None:
                 assert_consistent(world, pool, pass_completed=False)
         assert_whole(fleet, where)
     finally:
-        world.services.use_config(parse(SLOW_CONFIG))
+        world.services.use_config(parse(config))
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", KILLED)
 def test_a_run_holding_clones_killed_after_any_round_trip_converges(fleet: Fleet, scenario: str) -> None:
+    config = CONFIGS.get(scenario, SLOW_CONFIG)
+    fleet.world.services.use_config(parse(config))
     SCENARIOS[scenario](fleet)
     start = Start.of(fleet)
     killed_run(start.again(fleet), None)  # loads the Lua scripts the session's Redis lacks
@@ -109,12 +142,14 @@ def test_a_run_holding_clones_killed_after_any_round_trip_converges(fleet: Fleet
     for die_after in range(1, total):
         current = start.again(fleet)
         killed_run(current, die_after)
-        assert_whole_within_limit(current, f"{scenario}: killed after round trip {die_after} of {total}")
-    assert_whole_within_limit(start.again(fleet), f"{scenario}: not killed")
+        assert_whole_within_limit(current, f"{scenario}: killed after round trip {die_after} of {total}", config)
+    assert_whole_within_limit(start.again(fleet), f"{scenario}: not killed", config)
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", [*SCENARIOS])
 def test_a_pass_holding_clones_paused_at_any_round_trip_converges(fleet: Fleet, scenario: str) -> None:
+    config = CONFIGS.get(scenario, SLOW_CONFIG)
+    fleet.world.services.use_config(parse(config))
     SCENARIOS[scenario](fleet)
     start = Start.of(fleet)
     stale_pass(start.again(fleet), None, lambda: None)  # loads the Lua scripts the session's Redis lacks
@@ -122,4 +157,4 @@ def test_a_pass_holding_clones_paused_at_any_round_trip_converges(fleet: Fleet, 
     for pause_after in range(total):
         current = start.again(fleet)
         stale_pass(current, pause_after, lambda current=current: another_run(current))  # type: ignore[misc]
-        assert_whole_within_limit(current, f"{scenario}: paused after round trip {pause_after} of {total}")
+        assert_whole_within_limit(current, f"{scenario}: paused after round trip {pause_after} of {total}", config)
