@@ -17,16 +17,14 @@ import pytest
 
 from chalicelib.config import parse
 from chalicelib.manager.migrations import MIGRATION_START_GRACE_SECONDS
-from chalicelib.providers.base import TaskState
-from tests.chaos.fleet import Fleet
+from tests.chaos.fleet import Fleet, tasks_running
 from tests.chaos.test_crash_every_write import (
     CONFIG,
     POOL,
-    Start,
+    after_every_kill,
+    after_every_pause,
     assert_whole,
-    killed_run,
     leases_run_out,
-    stale_pass,
 )
 from tests.harness import Harness, HarnessFactory
 
@@ -46,10 +44,7 @@ def fleet(make_harness: HarnessFactory) -> Fleet:
 
 
 def moves_running(world: Harness) -> int:
-    """The moves the provider still runs (its own view, not the service's slots)."""
-    pattern = world.store.keys.dummy_task(world.provider.name, "migrate-*")
-    refs = [key.rsplit(":", 1)[1] for key in world.client.scan_iter(match=pattern)]
-    return sum(1 for status in world.provider.task_statuses(refs).values() if status.state is TaskState.RUNNING)
+    return tasks_running(world, "migrate")
 
 
 def queued(fleet: Fleet) -> None:
@@ -98,31 +93,17 @@ def assert_moved_within_limit(fleet: Fleet, where: str) -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_a_run_migrating_killed_after_any_round_trip_converges(fleet: Fleet, scenario: str) -> None:
     SCENARIOS[scenario](fleet)
-    start = Start.of(fleet)
-    killed_run(start.again(fleet), None)  # loads the Lua scripts the session's Redis lacks
-    total = killed_run(start.again(fleet), None)
-    assert total > 3, total
-    for die_after in range(1, total):
-        current = start.again(fleet)
-        killed_run(current, die_after)
-        assert_moved_within_limit(current, f"{scenario}: killed after round trip {die_after} of {total}")
-    assert_moved_within_limit(start.again(fleet), f"{scenario}: not killed")
+    after_every_kill(fleet, scenario, assert_moved_within_limit)
+
+
+def another_run(current: Fleet) -> None:
+    """The clock 100 s on, alpha's run: it takes the slot, starts, follows or judges the moves
+    the paused pass read as they were."""
+    current.world.clock.advance(100)
+    assert current.run(POOL).leased
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_a_pass_migrating_paused_at_any_round_trip_converges(fleet: Fleet, scenario: str) -> None:
-    """Another run (the clock 100 s on) meanwhile: it takes the slot, starts, follows or judges
-    the moves the paused pass read as they were."""
     SCENARIOS[scenario](fleet)
-    start = Start.of(fleet)
-    stale_pass(start.again(fleet), None, lambda: None)  # loads the Lua scripts the session's Redis lacks
-    total = stale_pass(start.again(fleet), None, lambda: None)
-
-    def another_run(current: Fleet) -> None:
-        current.world.clock.advance(100)
-        assert current.run(POOL).leased
-
-    for pause_after in range(total):
-        current = start.again(fleet)
-        stale_pass(current, pause_after, lambda current=current: another_run(current))  # type: ignore[misc]
-        assert_moved_within_limit(current, f"{scenario}: paused after round trip {pause_after} of {total}")
+    after_every_pause(fleet, scenario, another_run, assert_moved_within_limit)
