@@ -235,6 +235,9 @@ class ConfigWatch:
     interpreter, and written for the stack's processes as at start: they read it again within
     seconds (config_source.LOCAL_REFRESH_SECONDS), as the Lambdas read a pushed config. An edit
     that does not validate is refused with its problems on stderr; the running config stays.
+    A check that ends without a verdict (killed, or over CONFIG_CHECK_TIMEOUT_SECONDS) is run
+    again (after that timeout): before, the edit counted as looked at and was never served until
+    the developer saved the file again.
     Before, an edit to an extra file alone was not noticed until the main file changed."""
 
     def __init__(self, path: Path) -> None:
@@ -275,7 +278,7 @@ class ConfigWatch:
         if self._seen is None or seen[0] != self._seen[0]:  # the main file: its extra files may differ
             self._files = self._listed()
             seen = self._signature() or seen
-        self._seen = seen
+        previous, self._seen = self._seen, seen
         env = {key: value for key, value in os.environ.items() if key != "VMPOOL_CONFIG"}
         env["VMPOOL_CONFIG_FILE"] = str(self.path)
         # A fresh interpreter: this process runs the scheduler's threads, which a fork would copy mid-lock.
@@ -283,8 +286,18 @@ class ConfigWatch:
             checked = subprocess.run([sys.executable, "-c", CHECK_CONFIG_PROGRAM], env=env, cwd=ROOT,
                                      capture_output=True, text=True, timeout=CONFIG_CHECK_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:  # the main loop also answers stop requests: never hang it
+            # No verdict on the edit: checked again, but not at every look (each would hold the
+            # main loop for the whole timeout).
+            self._seen = previous
+            self._checked_at = time.monotonic() + CONFIG_CHECK_TIMEOUT_SECONDS
             print(f"vmpool: config {self.path} changed but its check took over "
-                  f"{CONFIG_CHECK_TIMEOUT_SECONDS:.0f} s; the running config stays", file=sys.stderr, flush=True)
+                  f"{CONFIG_CHECK_TIMEOUT_SECONDS:.0f} s; the running config stays until a check ends",
+                  file=sys.stderr, flush=True)
+            return 1
+        if checked.returncode < 0:  # killed (the OOM killer, a kill -9): no verdict on the edit either
+            self._seen = previous
+            print(f"vmpool: config {self.path} changed but its check was killed (signal {-checked.returncode}); "
+                  f"the running config stays until a check ends", file=sys.stderr, flush=True)
             return 1
         if checked.returncode == 0:
             print(f"vmpool: config {self.path} changed: reloaded", file=sys.stderr, flush=True)

@@ -10,6 +10,7 @@ from typing import Callable
 from chalicelib.manager.context import Checkpoint, no_checkpoint
 from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
 from chalicelib.manager.runner import RunReport, run_pool
+from chalicelib.providers.base import TaskState
 from chalicelib.services import Services
 from chalicelib.store.ondemand import READY, OnDemandStore
 from chalicelib.store.vm_tasks import VMTaskStore, task_errors
@@ -113,3 +114,11 @@ class Fleet:
 
 
 FleetFactory = Callable[[], Fleet]
+
+
+def tasks_running(world: Harness, kind: str) -> int:
+    """The dummy provider's tasks of ``kind`` (clone, migrate...) it still runs: its own view,
+    not the service's count of slots."""
+    pattern = world.store.keys.dummy_task(world.provider.name, f"{kind}-*")
+    refs = [key.rsplit(":", 1)[1] for key in world.client.scan_iter(match=pattern)]
+    return sum(1 for status in world.provider.task_statuses(refs).values() if status.state is TaskState.RUNNING)

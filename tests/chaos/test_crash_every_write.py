@@ -259,19 +259,24 @@ def killed_run(fleet: Fleet, die_after: int | None) -> int:
     return fuse.sent
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_a_run_killed_after_any_round_trip_converges(fleet: Fleet, scenario: str) -> None:
-    SCENARIOS[scenario](fleet)
+def after_every_kill(fleet: Fleet, label: str, check: Callable[[Fleet, str], None]) -> None:
+    """From the fleet's state now, alpha's run killed after each of its round trips in turn, then
+    not killed; ``check(fleet as the run left it, where)`` after each."""
     start = Start.of(fleet)
     killed_run(start.again(fleet), None)  # loads the Lua scripts the session's Redis lacks
     total = killed_run(start.again(fleet), None)
     assert total > 3, total
     for die_after in range(1, total):
-        where = f"{scenario}: killed after round trip {die_after} of {total}"
-        fleet = start.again(fleet)
-        killed_run(fleet, die_after)
-        assert_whole(fleet, where)
-    assert_whole(start.again(fleet), f"{scenario}: not killed")
+        current = start.again(fleet)
+        killed_run(current, die_after)
+        check(current, f"{label}: killed after round trip {die_after} of {total}")
+    check(start.again(fleet), f"{label}: not killed")
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_a_run_killed_after_any_round_trip_converges(fleet: Fleet, scenario: str) -> None:
+    SCENARIOS[scenario](fleet)
+    after_every_kill(fleet, scenario, assert_whole)
 
 
 # --- two passes at once -----------------------------------------------------------------------------
@@ -341,16 +346,23 @@ INTERLEAVINGS = [*((scenario, "another_run") for scenario in (*SCENARIOS, *PAUSE
 VMs a user may take or keep meanwhile: ready ones it may drain, one whose lifetime ended."""
 
 
-@pytest.mark.parametrize(("scenario", "meanwhile"), INTERLEAVINGS)
-def test_a_pass_paused_at_any_round_trip_converges(fleet: Fleet, scenario: str, meanwhile: str) -> None:
-    {**SCENARIOS, **PAUSED_ONLY}[scenario](fleet)
+def after_every_pause(fleet: Fleet, label: str, meanwhile: Callable[[Fleet], None],
+                      check: Callable[[Fleet, str], None]) -> None:
+    """From the fleet's state now, a bare pass of alpha paused after each of its round trips in
+    turn while ``meanwhile(fleet)`` runs; ``check(fleet as the pass left it, where)`` after each."""
     start = Start.of(fleet)
     stale_pass(start.again(fleet), None, lambda: None)  # loads the Lua scripts the session's Redis lacks
     total = stale_pass(start.again(fleet), None, lambda: None)
     for pause_after in range(total):
-        fleet = start.again(fleet)
-        stale_pass(fleet, pause_after, lambda fleet=fleet: MEANWHILE[meanwhile](fleet))  # type: ignore[misc]
-        assert_whole(fleet, f"{scenario}: paused after round trip {pause_after} of {total}, {meanwhile}")
+        current = start.again(fleet)
+        stale_pass(current, pause_after, lambda current=current: meanwhile(current))  # type: ignore[misc]
+        check(current, f"{label}: paused after round trip {pause_after} of {total}")
+
+
+@pytest.mark.parametrize(("scenario", "meanwhile"), INTERLEAVINGS)
+def test_a_pass_paused_at_any_round_trip_converges(fleet: Fleet, scenario: str, meanwhile: str) -> None:
+    {**SCENARIOS, **PAUSED_ONLY}[scenario](fleet)
+    after_every_pause(fleet, f"{scenario} ({meanwhile})", MEANWHILE[meanwhile], assert_whole)
 
 
 # --- a removed pool draining --------------------------------------------------------------------------

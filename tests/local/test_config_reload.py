@@ -98,3 +98,42 @@ def test_a_config_check_that_hangs_is_given_up_and_the_running_config_stays(
     assert watch.check() == 1
     assert time.monotonic() - started < 30
     assert "the running config stays" in capsys.readouterr().err
+
+
+def checked_again(watch: object, timeout: float = 10.0) -> int | None:
+    """What the watch's looks return until one runs a check (a real wait: its back-off is the
+    monotonic clock's, a fraction of a second here)."""
+    from local import run
+
+    assert isinstance(watch, run.ConfigWatch)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = watch.check()
+        if status is not None:
+            return status
+        time.sleep(0.05)
+    return None
+
+
+@pytest.mark.parametrize("ending", ["killed", "timed out"])
+def test_an_edit_whose_check_ended_without_a_verdict_is_checked_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], ending: str) -> None:
+    # Before, the edit counted as looked at: a check SIGKILLed (the OOM killer on a loaded
+    # machine) or over its timeout left the running config for good, though the file validated,
+    # until the developer saved it once more.
+    from local import run
+
+    config_file = tmp_path / "stack.yaml"
+    config_file.write_text(CONFIG)
+    watch = run.ConfigWatch(config_file)
+    monkeypatch.setattr(run, "CONFIG_CHECK_SECONDS", 0.0)
+    monkeypatch.setattr(run, "CONFIG_CHECK_TIMEOUT_SECONDS", 0.3)
+    monkeypatch.setattr(run, "CHECK_CONFIG_PROGRAM", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+                        if ending == "killed" else "import time; time.sleep(60)")
+    edit(config_file, CONFIG + "  - {name: second, size: 1, provider: dummy}\n")
+    assert watch.check() == 1
+    assert "the running config stays until a check ends" in capsys.readouterr().err
+    monkeypatch.setattr(run, "CHECK_CONFIG_PROGRAM", "import sys; sys.exit(0)")  # a check that passes
+    assert checked_again(watch) == 0, "the edit was never checked again"
+    assert "changed: reloaded" in capsys.readouterr().err
+    assert watch.check() is None  # checked: not again until the next edit

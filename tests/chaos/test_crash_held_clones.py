@@ -1,0 +1,145 @@
+"""Clones that outran their pool's timeout (held: completed, keeping their task_limit slot until
+the provider says the clone ended, asked to cancel once; manager/completed.py), with the run
+that handles them killed after each of its Redis round trips, or paused there while another run
+and users act (the harness of tests/chaos/test_crash_every_write.py).
+
+What must hold at every kill point and pause: never more clones running at the provider than
+task_limit (a slot freed twice, or freed while its clone still runs, lets the pool start more),
+no destroy asked while the VM's clone still runs, and the pools whole once ordinary runs went
+on (no slot left counted, nothing leaked in the provider, VMs in use kept).
+
+Found, not fixed (``filling``, strict xfail): a run killed after the provider took a clone and
+before the task was noted leaves a pending VM without a task; past CLONE_START_GRACE_SECONDS the
+pending step takes it out of service and frees its slot (manager/pending._clone_finished, and
+completed.clones_still_running for a held one), though the provider may still clone it: with
+clones slower than 120 s, task_limit + 1 run. Holding the slot until the VM shows or the pool's
+timeout fixes it (tried: this test then passes) but costs a slot for the whole timeout when the
+pass died before the call (a batch's later names), which tests/core/test_reconcile.py,
+tests/chaos/test_vcsim_crash.py and tests/ondemand/test_ondemand_slots.py pin as freed at 120 s
+(docs/reliability.md: "as designed"): a design choice left to the lead.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+
+from chalicelib.config import parse
+from chalicelib.manager.completed import CLONE_CANCELLED
+from tests.chaos.fleet import Fleet, tasks_running
+from tests.chaos.test_crash_every_write import (
+    CONFIG,
+    POOL,
+    after_every_kill,
+    after_every_pause,
+    another_run,
+    assert_whole,
+    leases_run_out,
+)
+from tests.harness import Harness, HarnessFactory, assert_consistent
+
+LIMIT = 2
+"""task_limit in CONFIG."""
+FILLING_CONFIG = CONFIG.replace(
+    "  - {name: alpha, size: 3, provider: dummy}",
+    "  - {name: alpha, size: 3, provider: dummy, createvm_min_time: 200, createvm_max_time: 200}")
+"""Alpha's clones take 200 s: longer than the start grace, within the pool's timeout."""
+SLOW_CONFIG = CONFIG.replace(
+    "  - {name: alpha, size: 3, provider: dummy}",
+    "  - {name: alpha, size: 3, provider: dummy, createvm_min_time: 400, createvm_max_time: 400,\n"
+    "     createvm_cancel_time: 20}")
+"""Alpha's clones take 400 s, past its 5 minute timeout; a cancel ends one 20 s later."""
+assert SLOW_CONFIG != CONFIG
+
+
+@pytest.fixture
+def fleet(make_harness: HarnessFactory) -> Fleet:
+    world = make_harness(parse(SLOW_CONFIG))
+    return Fleet(world.services, world)
+
+
+def running_count(world: Harness) -> int:
+    return tasks_running(world, "clone")
+
+
+def filling(fleet: Fleet) -> None:
+    """An empty pool: the run reserves both slots and starts clones slower than the grace a
+    never-noted clone task is waited for (FILLING_CONFIG): one killed after the clone call and
+    before the note must keep its slot while the provider clones."""
+
+
+def timed_out(fleet: Fleet) -> None:
+    """Alpha's clones (both slots) still running past its timeout: the run takes them out of
+    service, holds their slots and asks the provider to cancel them."""
+    fleet.round()
+    assert running_count(fleet.world) == LIMIT
+    fleet.world.clock.advance(5 * 60 + 1)
+
+
+def held(fleet: Fleet) -> None:
+    """Taken out of service, their slots held: the run asks the provider to cancel them."""
+    timed_out(fleet)
+    fleet.round()
+    assert len(fleet.world.hosts(POOL, "completed")) == LIMIT and fleet.world.store.cloning_count() == LIMIT
+
+
+def cancel_asked(fleet: Fleet) -> None:
+    """Held and asked to cancel, the cancel now ended: the run frees the slots, destroys what is
+    left and starts the next clones."""
+    held(fleet)
+    fleet.round()
+    completed = fleet.world.hosts(POOL, "completed")
+    assert all(fleet.world.store.get_vm(host).raw.get(CLONE_CANCELLED) for host in completed), completed
+    fleet.world.clock.advance(21)
+
+
+SCENARIOS: dict[str, Callable[[Fleet], None]] = {"timed_out": timed_out, "held": held, "cancel_asked": cancel_asked}
+CONFIGS = {"filling": FILLING_CONFIG}
+"""A scenario's config, when not SLOW_CONFIG."""
+UNSOUND = pytest.mark.xfail(strict=True, reason=(
+    "a run killed between the provider's clone call and noting its task: the pending step gives "
+    "the name up at CLONE_START_GRACE_SECONDS (120 s) and frees its task_limit slot while the "
+    "provider still clones (200 or 400 s here): 3 clones running under task_limit 2. Not fixed: "
+    "see the module's docstring"))
+KILLED: list[object] = ["timed_out", "held", pytest.param("cancel_asked", marks=UNSOUND),
+                        pytest.param("filling", marks=UNSOUND)]
+"""cancel_asked: the run frees the cancelled clones' slots and starts two more, whose task notes
+a kill can cut off as in filling."""
+SCENARIOS["filling"] = filling
+
+
+def assert_whole_within_limit(fleet: Fleet, where: str, config: str = SLOW_CONFIG) -> None:
+    """At most task_limit clones running at the provider after the dead run and at every later
+    run (new clones fast again, so the pools can fill), then the pools whole."""
+    world = fleet.world
+    assert running_count(world) <= LIMIT, f"{where}: {running_count(world)} clones running"
+    leases_run_out(world.client)
+    world.services.use_config(parse(CONFIG))
+    try:
+        for _ in range(12):
+            world.clock.advance(45)
+            for pool in fleet.pools:
+                fleet.run(pool)
+                assert running_count(world) <= LIMIT, f"{where}: {running_count(world)} clones running"
+                assert_consistent(world, pool, pass_completed=False)
+        assert_whole(fleet, where)
+    finally:
+        world.services.use_config(parse(config))
+
+
+@pytest.mark.parametrize("scenario", KILLED)
+def test_a_run_holding_clones_killed_after_any_round_trip_converges(fleet: Fleet, scenario: str) -> None:
+    config = CONFIGS.get(scenario, SLOW_CONFIG)
+    fleet.world.services.use_config(parse(config))
+    SCENARIOS[scenario](fleet)
+    after_every_kill(fleet, scenario, lambda current, where: assert_whole_within_limit(current, where, config))
+
+
+@pytest.mark.parametrize("scenario", [*SCENARIOS])
+def test_a_pass_holding_clones_paused_at_any_round_trip_converges(fleet: Fleet, scenario: str) -> None:
+    config = CONFIGS.get(scenario, SLOW_CONFIG)
+    fleet.world.services.use_config(parse(config))
+    SCENARIOS[scenario](fleet)
+    after_every_pause(fleet, scenario, another_run,
+                      lambda current, where: assert_whole_within_limit(current, where, config))
