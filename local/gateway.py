@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, unquote
 from chalice import Chalice
 
 from chalicelib.api.chalice_app import RequestLocalChalice
-from chalicelib.api.http import JSON_HEADERS
+from chalicelib.api.http import JSON_HEADERS, shown
 from chalicelib.api.http import MAX_BODY_BYTES as API_MAX_BODY_BYTES
 
 logger = logging.getLogger("vmpool.gateway")
@@ -112,7 +112,9 @@ class Gateway:
             method = "GET"
         if method not in resource.methods:
             allowed = ", ".join(sorted({*resource.methods, *(("HEAD",) if "GET" in resource.methods else ())}))
-            body_text = json.dumps({"ok": False, "error": f"method {method} not allowed; use {allowed}"})
+            # The method cut short: a server that takes any token as a method (http.server's, up
+            # to 64 KiB of request line) had it echoed whole.
+            body_text = json.dumps({"ok": False, "error": f"method {shown(method, 20)} not allowed; use {allowed}"})
             return 405, {**JSON_HEADERS, "Allow": allowed}, body_text.encode()
         query = parse_qs(query_string, keep_blank_values=True)
         event = {

@@ -9,7 +9,8 @@ from typing import Any
 
 from chalice import Chalice
 
-from local.gateway import Gateway
+from chalicelib.api.http import whole_number
+from local.gateway import MAX_BODY_BYTES, Gateway, json_error
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -18,10 +19,29 @@ class _Handler(BaseHTTPRequestHandler):
     gateway: Gateway
 
     def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        # As the local front reads a request: a length that is not digits, or given twice, is a
+        # 400 and one over the API's limit a 413, before any body is read (int() read "-5" and
+        # waited for the client to close; 99999999999 was a MemoryError: no answer, a
+        # traceback). A header sent twice is every value joined with ", " (a token sent twice
+        # is then no token, as there): a dict of the headers kept only the last.
+        if self.headers.get("Transfer-Encoding") is not None:
+            # http.server reads no chunked body: it would be read as the next request.
+            return self._answer(*json_error(501, "Transfer-Encoding is not supported here; send Content-Length"))
+        lengths = self.headers.get_all("Content-Length") or ["0"]
+        length = whole_number(lengths[0].strip()) if len(lengths) == 1 else None
+        if length is None:
+            return self._answer(*json_error(400, "Content-Length must be one whole number"))
+        if length > MAX_BODY_BYTES:
+            return self._answer(*json_error(413, f"Request body too large (at most {MAX_BODY_BYTES} bytes)"))
         body = self.rfile.read(length) if length else b""
-        headers = {name: value for name, value in self.headers.items()}
-        status, out_headers, data = self.gateway(self.command, self.path, headers, body, self.client_address[0])
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        self._answer(*self.gateway(self.command, self.path, headers, body, self.client_address[0]))
+
+    def _answer(self, status: int, out_headers: dict[str, str], data: bytes) -> None:
+        if out_headers.get("Connection") == "close":
+            self.close_connection = True
         self.send_response(status)
         for name, value in out_headers.items():
             self.send_header(name, value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections import Counter
 from typing import Any, Mapping
 
 from chalicelib import observability as metric
@@ -22,6 +23,18 @@ from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
 
 MAX_COUNT = 100
 REQUEST_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}\Z")
+PATH_NAMES_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,100}+(?:\+[A-Za-z0-9_.-]{1,100}+)*+\Z")
+"""``REQUEST_NAME_PATTERN`` names joined by ``+``, matched in one pass (possessive: no backtracking)."""
+
+
+def names_in_path(segment: str) -> dict[str, int]:
+    """The names of a path's ``<pool1>+<pool1>+<pool2>``, each with how many times it is named;
+    400 when one is not a name. Checked and counted in one pass of C over the whole segment: a
+    name at a time, a million-part segment (a direct invoke's) held the API function 4 s and
+    110 MB before its 400."""
+    if not PATH_NAMES_PATTERN.match(segment):
+        raise bad_request("Invalid pool name format")
+    return dict(Counter(segment.split("+")))
 
 
 def parse_count(count: Any) -> int:

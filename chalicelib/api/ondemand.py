@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from chalicelib.api.checkout import REQUEST_NAME_PATTERN, hostnames_by_name, open_request, parse_count
+from chalicelib.api.checkout import REQUEST_NAME_PATTERN, hostnames_by_name, names_in_path, open_request, parse_count
 from chalicelib.api.http import (
     ApiError,
     ApiRequest,
@@ -57,12 +57,7 @@ def create_from_body(services: Services, request: ApiRequest) -> ApiResponse:
 def create_from_path(services: Services, request: ApiRequest) -> ApiResponse:
     """POST /ondemandvm/<pool1>+<pool1>+<pool2>: one VM per mention."""
     caller = required_caller(services, request)
-    wanted: dict[str, int] = {}
-    for name in request.params["name"].split("+"):
-        if not REQUEST_NAME_PATTERN.match(name):
-            raise bad_request("Invalid pool name format")
-        wanted[name] = wanted.get(name, 0) + 1
-    return _create(services, request, wanted, None, caller)
+    return _create(services, request, names_in_path(request.params["name"]), None, caller)
 
 
 def _check_wanted(services: Services, wanted: Mapping[str, int]) -> None:

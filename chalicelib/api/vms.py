@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from chalicelib import observability as metric
-from chalicelib.api.checkout import MAX_COUNT, REQUEST_NAME_PATTERN, checkout, parse_count
+from chalicelib.api.checkout import MAX_COUNT, REQUEST_NAME_PATTERN, checkout, names_in_path, parse_count
 from chalicelib.api.http import (
     ApiError,
     ApiRequest,
@@ -81,11 +81,7 @@ def checkout_from_body(services: Services, request: ApiRequest) -> ApiResponse:
 
 def checkout_from_path(services: Services, request: ApiRequest) -> ApiResponse:
     """POST /vm/<pool1>+<pool1>+<pool2>: one VM per mention."""
-    wanted: dict[str, int] = {}
-    for name in request.params["name"].split("+"):
-        if not REQUEST_NAME_PATTERN.match(name):
-            raise bad_request("Invalid pool name format")
-        wanted[name] = wanted.get(name, 0) + 1
+    wanted = names_in_path(request.params["name"])
     if any(count > MAX_COUNT for count in wanted.values()):
         raise bad_request(f"VM count must be at most {MAX_COUNT}")
     return checkout(services, request, wanted)

@@ -296,3 +296,13 @@ def test_an_absurd_lifetime_is_refused_even_without_a_configured_limit(make_stac
     stack.running = stack.checkout("pool1")  # type: ignore[attr-defined]
     _expect_error(stack, ("PUT", "/api/v3/vm/{running}", {"lifetime": "9" * 30}, 400, "exceeds"))
     assert stack.get(f"/api/v3/vm/{stack.running}").status == 200  # type: ignore[attr-defined]
+
+
+def test_a_method_of_60_kb_is_not_echoed_back(busy: Harness) -> None:
+    """A server that takes any token as a method (the in-process one: http.server reads up to
+    64 KiB of request line) handed the gateway a 60 KB method, which its 405 echoed whole."""
+    before = busy.redis_state()
+    reply = busy.request("X" * 60_000, "/api/v3/vm", None)
+    assert reply.status == 405 and reply.json["ok"] is False, reply.raw[:300]
+    assert len(reply.raw) < 200, "the answer echoes the method back"
+    assert busy.redis_state() == before
