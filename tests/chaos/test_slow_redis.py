@@ -540,3 +540,62 @@ def test_a_confirmation_answered_late_but_in_time_is_kept(
     report = reconcile_pool(direct, provider, config.pool("slow"), clock, config.service)
     assert report.returned == []
     assert direct.hostnames("slow", "running") == [result.vms[0].hostname]
+
+
+BOB = dataclasses.replace(ALICE, owner="user:bob")
+
+
+def test_an_ondemand_request_whose_creation_was_answered_503_is_made_by_its_owners_retry(
+        redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    """POST /ondemandvm with its own request_id, answered 503 (the create script ran once Redis got
+    to it): the caller sends the same request again, as the 503 says. Before, the retry was
+    refused 409 ("has already been created") and the request it named was failed a minute later,
+    never built: the caller could never get that request_id served. The same owner's same request
+    is now made again; another user's, or another body under that id, is still a duplicate."""
+    config, clock, store, provider = _slow_pool(redis_server, redis_client)
+    requests = OnDemandStore(store)
+    redis_client.script_load(store.scripts.ondemand_create.script)
+    _lost_while_redis_is_busy(redis_server, lambda: requests.create(
+        "build-42", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE))
+    eventually(lambda: requests.get("build-42"), 10, "the queued create to run")
+    _past_confirm_window(redis_client, store.keys.ondemand("build-42"))
+
+    assert not requests.create("build-42", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "bob", quota=BOB)
+    assert not requests.create("build-42", [OnDemandEntry("slow", "slow", 2)], clock.now(), 300, 2, "alice",
+                               quota=ALICE)
+    assert requests.create("build-42", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
+    clock.advance(UNCONFIRMED_SECONDS + 1)  # past the first creation's deadline: the retry's is its own
+    for _ in range(3):
+        reconcile_pool(store, provider, config.pool("slow"), clock, config.service)
+    request = requests.get("build-42")
+    assert request is not None and request.state == READY and request.token_user == "alice", request
+    assert store.counts(["slow"])["slow"]["running"] == 1
+    # Served now: the same request sent once more is vmpooler's duplicate, and takes nothing.
+    assert not requests.create("build-42", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice",
+                               quota=ALICE)
+
+
+def test_an_ondemand_request_whose_confirmation_reply_was_lost_is_made_by_its_owners_retry(
+        redis_server: RedisServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The confirmation ran and its reply was lost: the end written behind it failed the request
+    ("never confirmed"), and the caller was answered 503. Its retry under the same request_id was
+    refused 409 for good; it is now made again and built."""
+    config, clock, direct, provider = _slow_pool(redis_server, redis_client)
+    with _through_reply_holding_proxy(config, redis_server) as (store, proxy):
+        requests = OnDemandStore(store)
+        _replies_held_from_confirmation(requests, proxy, monkeypatch)
+        with pytest.raises(StoreUnavailable):
+            requests.create("build-7", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
+
+        def failed() -> bool:
+            request = OnDemandStore(direct).get("build-7")
+            return request is not None and request.state == FAILED
+
+        eventually(failed, 10, "the lost request to be failed")
+    retry = OnDemandStore(direct)
+    assert retry.create("build-7", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
+    for _ in range(3):
+        reconcile_pool(direct, provider, config.pool("slow"), clock, config.service)
+    request = retry.get("build-7")
+    assert request is not None and request.state == READY, request
+    assert direct.counts(["slow"])["slow"]["running"] == 1
