@@ -225,13 +225,21 @@ class OnDemandStore:
             raise TokenGone()
         if answer:
             self._confirm(request_id, now)
-        if answer and not self.store.writes_replicated():
+            vm_reason = f"on-demand request {request_id} was not replicated"
+            keys, args = self._end_call(request_id, FAILED, NOT_REPLICATED_MESSAGE, vm_reason, now)
             try:
-                self.end(request_id, FAILED, NOT_REPLICATED_MESSAGE,
-                         f"on-demand request {request_id} was not replicated", now)
+                # WAIT's answer lost (Redis stalled, or slower than the socket timeout) is a 503
+                # too: the request confirmed, its caller told it failed, must not be built.
+                replicated = self.store.writes_replicated(
+                    undo=[("EVAL", self.scripts.ondemand_end.script, len(keys), *keys, *args)])
             except StoreUnavailable:
-                pass  # Redis is failing already: the caller, answered 503, asks again
-            raise RequestNotDurable(f"redis: no replica acknowledged on-demand request {request_id} in time")
+                replicated = False
+            if not replicated:
+                try:
+                    self.end(request_id, FAILED, NOT_REPLICATED_MESSAGE, vm_reason, now)
+                except StoreUnavailable:
+                    pass  # Redis is failing already: the caller, answered 503, asks again
+                raise RequestNotDurable(f"redis: no replica acknowledged on-demand request {request_id} in time")
         return bool(answer)
 
     def _confirm(self, request_id: str, now: float) -> None:

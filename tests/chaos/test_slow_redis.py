@@ -10,6 +10,8 @@ VMs). The busy script of another client stands in for the slow Redis.
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import socket
 import threading
 import time
@@ -27,12 +29,21 @@ from chalicelib.clock import FakeClock
 from chalicelib.config import Config, parse
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.dummy import DummyProvider
-from chalicelib.store import CheckoutRequest, Quota, QuotaExceeded, Store, StoreUnavailable, connect
+from chalicelib.store import (
+    CheckoutRequest,
+    Quota,
+    QuotaExceeded,
+    ReplicaAcks,
+    Store,
+    StoreUnavailable,
+    connect,
+)
 from chalicelib.store.ondemand import FAILED, OPEN, READY, OnDemandEntry, OnDemandStore
 from chalicelib.store.pool_overrides import PoolOverride, PoolOverrides
 from chalicelib.store.store import UNCONFIRMED_SECONDS
 from local.redis_server import RedisServer
 from tests.harness import HarnessFactory
+from tests.redis_pair import RedisPair
 from tests.support import eventually
 
 BUSY_SECONDS = 2.0
@@ -599,3 +610,105 @@ def test_an_ondemand_request_whose_confirmation_reply_was_lost_is_made_by_its_ow
     request = retry.get("build-7")
     assert request is not None and request.state == READY, request
     assert direct.counts(["slow"])["slow"]["running"] == 1
+
+
+
+def test_a_confirmation_waiting_for_a_replica_whose_reply_is_lost_is_undone(
+        redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With replica acknowledgements (``min_replica_acks``) the confirmation is followed by WAIT on
+    its connection. The replica slow (its link held) and the WAIT's timeout past the socket
+    timeout, the caller is answered 503 while WAIT still blocks the connection; the release
+    written behind the confirmation then reached Redis, which drops what a blocked client sent
+    once it disconnects (checked on 7.0: a SET behind a blocked WAIT never runs), and the release
+    tried on a new connection timed out, the primary stopped (SIGSTOP) by then. Before, the VM
+    stayed confirmed to a caller told it got nothing, for its whole lifetime."""
+    config = parse(f"""
+:redis: {{server: 127.0.0.1, port: {redis_pair.primary.port}, socket_timeout: {SOCKET_TIMEOUT}}}
+:providers:
+  :dummy: {{createvm_max_time: 0, boot_time: 0}}
+:pools:
+  - {{name: slow, size: 5, provider: dummy}}
+""")
+    clock = FakeClock()
+    direct = Store(redis_pair.client(redis_pair.primary))
+    provider = DummyProvider(config.providers["dummy"], direct.client, clock)
+    for _ in range(2):
+        reconcile_pool(direct, provider, config.pool("slow"), clock, config.service)
+    store = Store(connect(config.redis), replica_acks=ReplicaAcks(1, 2000))
+    store.recount_running(["slow"], 0.0)
+    direct.client.script_load(store.scripts.confirm.script)  # as in a warm Lambda
+    redis_pair.wait_synced()
+    assert store._replicas_to_wait_for() == 1
+    assert redis_pair.primary.process is not None
+    pid = redis_pair.primary.process.pid
+    release_after_failure = store._release_after_failure
+
+    def release_while_the_primary_is_stopped(*args: Any) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            release_after_failure(*args)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    monkeypatch.setattr(store, "_release_after_failure", release_while_the_primary_is_stopped)
+    redis_pair.link.hold()
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.checkout([CheckoutRequest("slow", ["slow"], 1)], clock.now(), {"lifetime": "2"})
+    finally:
+        redis_pair.link.release()
+    eventually(lambda: direct.counts(["slow"])["slow"]["ready"] == 5, 10, "the lost checkout's VM to be back")
+    assert direct.hostnames("slow", "running") == []
+
+
+def test_an_ondemand_request_whose_replica_wait_reply_is_lost_is_never_built(
+        redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """POST /ondemandvm with replica acknowledgements: the request is confirmed, then WAIT asks a
+    replica for it. The replica slow and WAIT's timeout past the socket timeout, the caller is
+    answered 503; before, nothing ended the request (only a WAIT answered short did), so it was
+    built and its VMs ran for a caller told it failed, and its retry under the same request_id
+    was a 409. The end is now written on a spare connection (the end tried afterwards on a new
+    one timed out, the primary stopped by then), and the retry makes it again."""
+    config = parse(f"""
+:redis: {{server: 127.0.0.1, port: {redis_pair.primary.port}, socket_timeout: {SOCKET_TIMEOUT}}}
+:providers:
+  :dummy: {{createvm_max_time: 0, boot_time: 0}}
+:pools:
+  - {{name: slow, size: 0, provider: dummy}}
+""")
+    clock = FakeClock()
+    direct = Store(redis_pair.client(redis_pair.primary))
+    store = Store(connect(config.redis), replica_acks=ReplicaAcks(1, 2000))
+    requests = OnDemandStore(store)
+    store.recount_running(["slow"], 0.0)
+    redis_pair.wait_synced()
+    assert store._replicas_to_wait_for() == 1
+    assert redis_pair.primary.process is not None
+    pid = redis_pair.primary.process.pid
+    end = requests.end
+
+    def end_while_the_primary_is_stopped(*args: Any, **kwargs: Any) -> Any:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            return end(*args, **kwargs)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    monkeypatch.setattr(requests, "end", end_while_the_primary_is_stopped)
+    redis_pair.link.hold()
+    try:
+        with pytest.raises(StoreUnavailable):
+            requests.create("build-9", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
+    finally:
+        redis_pair.link.release()
+
+    def failed() -> bool:
+        request = OnDemandStore(direct).get("build-9")
+        return request is not None and request.state == FAILED
+
+    eventually(failed, 10, "the request answered 503 to be failed")
+    monkeypatch.undo()
+    redis_pair.wait_synced()
+    assert requests.create("build-9", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
+    request = OnDemandStore(direct).get("build-9")
+    assert request is not None and request.state == OPEN, request
