@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -44,7 +47,7 @@ from chalicelib.store.store import UNCONFIRMED_SECONDS
 from local.redis_server import RedisServer
 from tests.harness import HarnessFactory
 from tests.redis_pair import RedisPair
-from tests.support import eventually
+from tests.support import eventually, free_port
 
 BUSY_SECONDS = 2.0
 SOCKET_TIMEOUT = 0.2
@@ -712,3 +715,68 @@ def test_an_ondemand_request_whose_replica_wait_reply_is_lost_is_never_built(
     assert requests.create("build-9", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
     request = OnDemandStore(direct).get("build-9")
     assert request is not None and request.state == OPEN, request
+
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A redis-server serving TLS only, as ElastiCache with in-transit encryption (``rediss://``):
+    its port and the certificate a client verifies it with (self-signed, for 127.0.0.1)."""
+    binary = shutil.which("redis-server")
+    if binary is None or shutil.which("openssl") is None:
+        pytest.skip("needs redis-server and openssl")
+    cert, key = tmp_path / "redis.crt", tmp_path / "redis.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    port = free_port()
+    server = subprocess.Popen([binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                               "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                               "--tls-ca-cert-file", str(cert),
+                               "--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--dir", str(tmp_path),
+                               "--loglevel", "warning"])
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(cert), socket_timeout=1)
+        eventually(lambda: client.ping(), 10, "redis-server to answer over TLS", ignoring=(redis.RedisError,))
+        client.close()
+        yield port, cert
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def test_a_confirmation_whose_reply_is_lost_over_tls_is_undone(
+        tls_redis: tuple[int, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The release written behind a confirmation whose reply is lost, over TLS (ElastiCache's
+    in-transit encryption): written on the TLS connection after its read timed out, it reaches
+    Redis and runs, the VM back in ready with no pass."""
+    port, cert = tls_redis
+    config = parse(f"""
+:redis: {{server: 127.0.0.1, port: {port}, socket_timeout: {SOCKET_TIMEOUT}, tls: true}}
+:providers:
+  :dummy: {{createvm_max_time: 0, boot_time: 0}}
+:pools:
+  - {{name: slow, size: 5, provider: dummy}}
+""")
+    clock = FakeClock()
+    direct = Store(redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(cert), socket_timeout=5,
+                               decode_responses=True))
+    provider = DummyProvider(config.providers["dummy"], direct.client, clock)
+    for _ in range(2):
+        reconcile_pool(direct, provider, config.pool("slow"), clock, config.service)
+    direct.client.script_load(direct.scripts.confirm.script)  # as in a warm Lambda
+    proxy = ReplyHoldingProxy(port)
+    try:
+        store = Store(connect(config.redis, url=f"rediss://127.0.0.1:{proxy.port}/0?ssl_ca_certs={cert}"))
+        store.recount_running(["slow"], 0.0)
+        _replies_held_from_confirmation(store, proxy, monkeypatch)
+        with pytest.raises(StoreUnavailable):
+            store.checkout([CheckoutRequest("slow", ["slow"], 1)], clock.now(), {"lifetime": "2"})
+        eventually(lambda: direct.counts(["slow"])["slow"]["ready"] == 5, 10, "the lost checkout's VM to be back")
+        assert direct.hostnames("slow", "running") == []
+    finally:
+        proxy.close()
