@@ -616,21 +616,15 @@ def test_an_ondemand_request_whose_confirmation_reply_was_lost_is_made_by_its_ow
 
 
 
-def test_a_confirmation_waiting_for_a_replica_whose_reply_is_lost_is_undone(
-        redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With replica acknowledgements (``min_replica_acks``) the confirmation is followed by WAIT on
-    its connection. The replica slow (its link held) and the WAIT's timeout past the socket
-    timeout, the caller is answered 503 while WAIT still blocks the connection; the release
-    written behind the confirmation then reached Redis, which drops what a blocked client sent
-    once it disconnects (checked on 7.0: a SET behind a blocked WAIT never runs), and the release
-    tried on a new connection timed out, the primary stopped (SIGSTOP) by then. Before, the VM
-    stayed confirmed to a caller told it got nothing, for its whole lifetime."""
+def _waiting_for_a_slow_replica(redis_pair: RedisPair, size: int) -> tuple[Config, FakeClock, Store, Store]:
+    """A pool of ``size`` filled on the pair's primary, a store on it (its client straight to
+    the primary) and one that waits for a replica for 2 s, ten times its socket timeout."""
     config = parse(f"""
 :redis: {{server: 127.0.0.1, port: {redis_pair.primary.port}, socket_timeout: {SOCKET_TIMEOUT}}}
 :providers:
   :dummy: {{createvm_max_time: 0, boot_time: 0}}
 :pools:
-  - {{name: slow, size: 5, provider: dummy}}
+  - {{name: slow, size: {size}, provider: dummy}}
 """)
     clock = FakeClock()
     direct = Store(redis_pair.client(redis_pair.primary))
@@ -642,24 +636,48 @@ def test_a_confirmation_waiting_for_a_replica_whose_reply_is_lost_is_undone(
     direct.client.script_load(store.scripts.confirm.script)  # as in a warm Lambda
     redis_pair.wait_synced()
     assert store._replicas_to_wait_for() == 1
+    return config, clock, direct, store
+
+
+def _primary_stopped_in(redis_pair: RedisPair, owner: Any, method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``owner.method`` (the fallback a failed confirmation runs on a new connection) runs with
+    the primary stopped (SIGSTOP), as when Redis stalls: its handshake times out."""
     assert redis_pair.primary.process is not None
     pid = redis_pair.primary.process.pid
-    release_after_failure = store._release_after_failure
+    fallback = getattr(owner, method)
 
-    def release_while_the_primary_is_stopped(*args: Any) -> None:
+    def while_the_primary_is_stopped(*args: Any, **kwargs: Any) -> Any:
         os.kill(pid, signal.SIGSTOP)
         try:
-            release_after_failure(*args)
+            return fallback(*args, **kwargs)
         finally:
             os.kill(pid, signal.SIGCONT)
 
-    monkeypatch.setattr(store, "_release_after_failure", release_while_the_primary_is_stopped)
+    monkeypatch.setattr(owner, method, while_the_primary_is_stopped)
+
+
+@contextmanager
+def _replication_link_held(redis_pair: RedisPair) -> Iterator[None]:
     redis_pair.link.hold()
     try:
-        with pytest.raises(StoreUnavailable):
-            store.checkout([CheckoutRequest("slow", ["slow"], 1)], clock.now(), {"lifetime": "2"})
+        yield
     finally:
         redis_pair.link.release()
+
+
+def test_a_confirmation_waiting_for_a_replica_whose_reply_is_lost_is_undone(
+        redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With replica acknowledgements (``min_replica_acks``) the confirmation is followed by WAIT on
+    its connection. The replica slow (its link held) and the WAIT's timeout past the socket
+    timeout, the caller is answered 503 while WAIT still blocks the connection; the release
+    written behind the confirmation then reached Redis, which drops what a blocked client sent
+    once it disconnects (checked on 7.0: a SET behind a blocked WAIT never runs), and the release
+    tried on a new connection timed out, the primary stopped (SIGSTOP) by then. Before, the VM
+    stayed confirmed to a caller told it got nothing, for its whole lifetime."""
+    _, clock, direct, store = _waiting_for_a_slow_replica(redis_pair, 5)
+    _primary_stopped_in(redis_pair, store, "_release_after_failure", monkeypatch)
+    with _replication_link_held(redis_pair), pytest.raises(StoreUnavailable):
+        store.checkout([CheckoutRequest("slow", ["slow"], 1)], clock.now(), {"lifetime": "2"})
     eventually(lambda: direct.counts(["slow"])["slow"]["ready"] == 5, 10, "the lost checkout's VM to be back")
     assert direct.hostnames("slow", "running") == []
 
@@ -672,38 +690,11 @@ def test_an_ondemand_request_whose_replica_wait_reply_is_lost_is_never_built(
     built and its VMs ran for a caller told it failed, and its retry under the same request_id
     was a 409. The end is now written on a spare connection (the end tried afterwards on a new
     one timed out, the primary stopped by then), and the retry makes it again."""
-    config = parse(f"""
-:redis: {{server: 127.0.0.1, port: {redis_pair.primary.port}, socket_timeout: {SOCKET_TIMEOUT}}}
-:providers:
-  :dummy: {{createvm_max_time: 0, boot_time: 0}}
-:pools:
-  - {{name: slow, size: 0, provider: dummy}}
-""")
-    clock = FakeClock()
-    direct = Store(redis_pair.client(redis_pair.primary))
-    store = Store(connect(config.redis), replica_acks=ReplicaAcks(1, 2000))
+    _, clock, direct, store = _waiting_for_a_slow_replica(redis_pair, 0)
     requests = OnDemandStore(store)
-    store.recount_running(["slow"], 0.0)
-    redis_pair.wait_synced()
-    assert store._replicas_to_wait_for() == 1
-    assert redis_pair.primary.process is not None
-    pid = redis_pair.primary.process.pid
-    end = requests.end
-
-    def end_while_the_primary_is_stopped(*args: Any, **kwargs: Any) -> Any:
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            return end(*args, **kwargs)
-        finally:
-            os.kill(pid, signal.SIGCONT)
-
-    monkeypatch.setattr(requests, "end", end_while_the_primary_is_stopped)
-    redis_pair.link.hold()
-    try:
-        with pytest.raises(StoreUnavailable):
-            requests.create("build-9", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
-    finally:
-        redis_pair.link.release()
+    _primary_stopped_in(redis_pair, requests, "end", monkeypatch)
+    with _replication_link_held(redis_pair), pytest.raises(StoreUnavailable):
+        requests.create("build-9", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
 
     def failed() -> bool:
         request = OnDemandStore(direct).get("build-9")
@@ -715,7 +706,6 @@ def test_an_ondemand_request_whose_replica_wait_reply_is_lost_is_never_built(
     assert requests.create("build-9", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
     request = OnDemandStore(direct).get("build-9")
     assert request is not None and request.state == OPEN, request
-
 
 
 @pytest.fixture
