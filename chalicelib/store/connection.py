@@ -19,6 +19,9 @@ What it adds to redis-py's defaults, and why:
   out, commands the caller gave are written on the same connection before it closes, so Redis
   runs them right after the command whose reply was lost, whenever it gets to it. A new
   connection could not do that while Redis is stalled: its handshake waits on the same stall.
+  Behind a blocking command (``WAIT``) that is not enough: Redis drops what a blocked client
+  sent once that client disconnects, so ``written_on_a_spare_connection_too`` also writes them
+  on a second connection opened before the command was sent.
 """
 
 from __future__ import annotations
@@ -96,6 +99,38 @@ def written_behind_a_lost_reply(*commands: Sequence[Any]) -> Iterator[FollowUp]:
         yield follow_up
     finally:
         _FOLLOW_UP.reset(token)
+
+
+@contextmanager
+def written_on_a_spare_connection_too(client: redis.Redis, *commands: Sequence[Any]) -> Iterator[None]:
+    """For commands followed by a blocking one on their connection (``WAIT`` for a replica):
+    what ``written_behind_a_lost_reply`` writes behind them never runs when the block outlasts
+    the client's timeout, for Redis drops what a blocked client sent once it disconnects (checked
+    on Redis 7.0: a SET sent behind a blocked WAIT, the connection closed, never ran). Inside,
+    when a connection error or a timeout escapes (a reply lost: what was sent may have run),
+    ``commands`` are also written on a second connection of ``client``'s pool, connected before
+    anything was sent (a new one's handshake would wait on a stalled Redis), which is then closed
+    without reading a reply: Redis runs them whenever it reads them. They must be as right run
+    before what was sent as after it: Redis may read the spare connection first. No spare is
+    taken when none can be had (Redis not answering already)."""
+    pool = client.connection_pool
+    try:
+        spare: redis.Connection | None = pool.get_connection()
+    except redis.RedisError:
+        spare = None
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError):
+        if spare is not None:
+            try:
+                spare.send_packed_command(spare.pack_commands(commands), check_health=False)
+            except redis.RedisError:
+                pass  # its socket failed too: the caller's own fallback is all that is left
+            spare.disconnect()
+        raise
+    finally:
+        if spare is not None:
+            pool.release(spare)
 
 
 class _RetryWhenNotRun(Retry):

@@ -10,6 +10,7 @@ over. Every change of more than one key is one of the ``ondemand_*`` Lua scripts
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence, cast
@@ -39,6 +40,9 @@ DELETED = "deleted"
 NOT_REPLICATED_MESSAGE = "the request could not be replicated in time; it was never served"
 NOT_CONFIRMED_MESSAGE = "the request was never confirmed (its creation was answered 503); it was never served"
 """Why a request the API answered 503 for ended (``OnDemandStore.create``)."""
+NEVER_SERVED_MESSAGES = (NOT_CONFIRMED_MESSAGE, NOT_REPLICATED_MESSAGE)
+"""A failed request with one of these never served its caller: the same request sent again by
+the same owner is made again (lua/ondemand_create.lua)."""
 GONE_WHILE_RUNNING = "gone from the provider while running"
 """The reason of a running VM a pass dropped because the provider no longer has it
 (manager/running.py). One of a request that is not ready yet is a failed attempt, built again."""
@@ -160,6 +164,12 @@ class OnDemandStore:
         ``id_generated`` says the service drew the id (not the client). TokenGone (nothing
         recorded) when ``token_key``, the record of the token the request was made with, is gone.
 
+        The same request sent again (a client-chosen id, the same owner, the same names and
+        counts: ``retry_mark``) after its creation was answered 503, the request never served
+        (unconfirmed, or failed unconfirmed or unreplicated), is confirmed, or made again as a
+        new one would be (limits checked), and True. A request confirmed already is False, as
+        vmpooler answers a duplicate id (409) whoever sends it: nothing changes.
+
         The request is served only once confirmed, in a second round trip made after the
         script's answer arrived, as a checkout is: an answer lost on its way (a timeout: the
         script may still run, its caller answered 503) leaves it unconfirmed, nothing is built for
@@ -185,6 +195,9 @@ class OnDemandStore:
             fields["token_id"] = token_id
         if id_generated:
             fields["id_generated"] = "1"
+        mark = "" if id_generated else retry_mark(quota.owner if quota is not None else f"user:{token_user}", entries)
+        if mark:
+            fields["retry_mark"] = mark
         pools = sorted({entry.pool for entry in entries})
         wanted = sum(entry.count for entry in entries)
         key_list = KeyList(self.keys.ondemand(request_id))
@@ -202,7 +215,7 @@ class OnDemandStore:
             REQUESTS_KEPT_IN_TOTAL if quota is None else quota.max_kept_requests,
             "" if quota is None else quota.owner_hash, self.keys.holdings(KEY_PART), self.keys.owner_requests(KEY_PART),
             key_list.add(token_key) if token_key else 0,
-            "" if confirm_window is None else confirm_window,
+            "" if confirm_window is None else confirm_window, mark, *NEVER_SERVED_MESSAGES,
         ]
         answer = self.store.run_counted(quota, now, lambda: self.scripts.ondemand_create(keys=key_list.keys, args=args),
                                         lambda answer: answer)
@@ -212,13 +225,21 @@ class OnDemandStore:
             raise TokenGone()
         if answer:
             self._confirm(request_id, now)
-        if answer and not self.store.writes_replicated():
+            vm_reason = f"on-demand request {request_id} was not replicated"
+            keys, args = self._end_call(request_id, FAILED, NOT_REPLICATED_MESSAGE, vm_reason, now)
             try:
-                self.end(request_id, FAILED, NOT_REPLICATED_MESSAGE,
-                         f"on-demand request {request_id} was not replicated", now)
+                # WAIT's answer lost (Redis stalled, or slower than the socket timeout) is a 503
+                # too: the request confirmed, its caller told it failed, must not be built.
+                replicated = self.store.writes_replicated(
+                    undo=[("EVAL", self.scripts.ondemand_end.script, len(keys), *keys, *args)])
             except StoreUnavailable:
-                pass  # Redis is failing already: the caller, answered 503, asks again
-            raise RequestNotDurable(f"redis: no replica acknowledged on-demand request {request_id} in time")
+                replicated = False
+            if not replicated:
+                try:
+                    self.end(request_id, FAILED, NOT_REPLICATED_MESSAGE, vm_reason, now)
+                except StoreUnavailable:
+                    pass  # Redis is failing already: the caller, answered 503, asks again
+                raise RequestNotDurable(f"redis: no replica acknowledged on-demand request {request_id} in time")
         return bool(answer)
 
     def _confirm(self, request_id: str, now: float) -> None:
@@ -377,6 +398,15 @@ class OnDemandStore:
         args += ["", ""] if seen is None else [repr(seen.created), seen.token_user]
         args.append(UNUSED_RECORD_TTL_SECONDS)
         return keys, args
+
+
+def retry_mark(owner: str, entries: Sequence[OnDemandEntry]) -> str:
+    """What makes a request sent again the same request: its owner, and the names and counts it
+    asked for (not the pools an alias's VMs were chosen from: each try chooses again), hashed."""
+    asked: dict[str, int] = {}
+    for entry in entries:
+        asked[entry.name] = asked.get(entry.name, 0) + entry.count
+    return hashlib.sha256(json.dumps([owner, sorted(asked.items())]).encode("utf-8")).hexdigest()[:32]
 
 
 def _request(request_id: str, data: dict[str, str], hostnames: Sequence[str],

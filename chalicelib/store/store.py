@@ -13,6 +13,7 @@ import itertools
 import json
 import secrets
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterable, Mapping, Sequence, TypeVar, cast
 
@@ -20,7 +21,7 @@ import redis
 
 from chalicelib.config import RedisConfig
 from chalicelib.sizing import demand as demand_history
-from chalicelib.store.connection import written_behind_a_lost_reply
+from chalicelib.store.connection import written_behind_a_lost_reply, written_on_a_spare_connection_too
 from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, STATES, Keys
 from chalicelib.store.leases import holder_label, lease_token
 from chalicelib.store.records import CloneBackoff, VMRecord, finite_number
@@ -774,8 +775,11 @@ class Store:
                 pipe.execute_command("WAIT", replicas, timeout_ms)
             return pipe.execute()
 
+        # Behind WAIT the release written on the confirmation's connection may be dropped: it is
+        # written on a spare connection too (``written_on_a_spare_connection_too``).
+        spare = written_on_a_spare_connection_too(self.client, release) if replicas else nullcontext()
         try:
-            with _translate_errors(), written_behind_a_lost_reply(release):
+            with _translate_errors(), written_behind_a_lost_reply(release), spare:
                 try:
                     confirmed, *acks = confirm_and_wait()
                 except redis.exceptions.NoScriptError:  # a Redis that never ran it (a new primary)
@@ -792,16 +796,19 @@ class Store:
             raise CheckoutNotDurable(f"redis: {acks[0]} of {replicas} replicas acknowledged "
                                      f"the checkout within {timeout_ms} ms")
 
-    def writes_replicated(self) -> bool:
+    def writes_replicated(self, undo: Sequence[Sequence[Any]] = ()) -> bool:
         """Whether every write Redis has applied so far, from any connection, is on the replicas
         a checkout waits for (``replica_acks``, within its timeout); True at once when none is
         asked for or attached. A pass asks before it acts on the hypervisor on the strength of
         its moves (destroying VMs it moved to completed): a failover that promoted a replica
-        without those moves would put a destroyed VM back in ready, to be handed out."""
+        without those moves would put a destroyed VM back in ready, to be handed out. ``undo``:
+        commands Redis is to run should the answer be lost (StoreUnavailable), written on a spare
+        connection (``written_on_a_spare_connection_too``): the caller answers 503 then."""
         replicas, timeout_ms = self._replicas_to_wait_for(), self.replica_acks.timeout_ms
         if not replicas:
             return True
-        with _translate_errors():
+        spare = written_on_a_spare_connection_too(self.client, *undo) if undo else nullcontext()
+        with _translate_errors(), spare:
             # WAIT counts the writes of its own connection: one write on it (the changes counter
             # only ever goes up) comes after every write Redis applied before, in the one
             # replication stream, so its acknowledgement covers them all.

@@ -10,10 +10,15 @@ VMs). The busy script of another client stands in for the slow Redis.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import signal
 import socket
+import subprocess
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -27,13 +32,22 @@ from chalicelib.clock import FakeClock
 from chalicelib.config import Config, parse
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.dummy import DummyProvider
-from chalicelib.store import CheckoutRequest, Quota, QuotaExceeded, Store, StoreUnavailable, connect
+from chalicelib.store import (
+    CheckoutRequest,
+    Quota,
+    QuotaExceeded,
+    ReplicaAcks,
+    Store,
+    StoreUnavailable,
+    connect,
+)
 from chalicelib.store.ondemand import FAILED, OPEN, READY, OnDemandEntry, OnDemandStore
 from chalicelib.store.pool_overrides import PoolOverride, PoolOverrides
 from chalicelib.store.store import UNCONFIRMED_SECONDS
 from local.redis_server import RedisServer
 from tests.harness import HarnessFactory
-from tests.support import eventually
+from tests.redis_pair import RedisPair
+from tests.support import eventually, free_port
 
 BUSY_SECONDS = 2.0
 SOCKET_TIMEOUT = 0.2
@@ -540,3 +554,219 @@ def test_a_confirmation_answered_late_but_in_time_is_kept(
     report = reconcile_pool(direct, provider, config.pool("slow"), clock, config.service)
     assert report.returned == []
     assert direct.hostnames("slow", "running") == [result.vms[0].hostname]
+
+
+BOB = dataclasses.replace(ALICE, owner="user:bob")
+
+
+def test_an_ondemand_request_whose_creation_was_answered_503_is_made_by_its_owners_retry(
+        redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    """POST /ondemandvm with its own request_id, answered 503 (the create script ran once Redis got
+    to it): the caller sends the same request again, as the 503 says. Before, the retry was
+    refused 409 ("has already been created") and the request it named was failed a minute later,
+    never built: the caller could never get that request_id served. The same owner's same request
+    is now made again; another user's, or another body under that id, is still a duplicate."""
+    config, clock, store, provider = _slow_pool(redis_server, redis_client)
+    requests = OnDemandStore(store)
+    redis_client.script_load(store.scripts.ondemand_create.script)
+    _lost_while_redis_is_busy(redis_server, lambda: requests.create(
+        "build-42", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE))
+    eventually(lambda: requests.get("build-42"), 10, "the queued create to run")
+    _past_confirm_window(redis_client, store.keys.ondemand("build-42"))
+
+    assert not requests.create("build-42", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "bob", quota=BOB)
+    assert not requests.create("build-42", [OnDemandEntry("slow", "slow", 2)], clock.now(), 300, 2, "alice",
+                               quota=ALICE)
+    assert requests.create("build-42", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
+    clock.advance(UNCONFIRMED_SECONDS + 1)  # past the first creation's deadline: the retry's is its own
+    for _ in range(3):
+        reconcile_pool(store, provider, config.pool("slow"), clock, config.service)
+    request = requests.get("build-42")
+    assert request is not None and request.state == READY and request.token_user == "alice", request
+    assert store.counts(["slow"])["slow"]["running"] == 1
+    # Served now: the same request sent once more is vmpooler's duplicate, and takes nothing.
+    assert not requests.create("build-42", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice",
+                               quota=ALICE)
+
+
+def test_an_ondemand_request_whose_confirmation_reply_was_lost_is_made_by_its_owners_retry(
+        redis_server: RedisServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The confirmation ran and its reply was lost: the end written behind it failed the request
+    ("never confirmed"), and the caller was answered 503. Its retry under the same request_id was
+    refused 409 for good; it is now made again and built."""
+    config, clock, direct, provider = _slow_pool(redis_server, redis_client)
+    with _through_reply_holding_proxy(config, redis_server) as (store, proxy):
+        requests = OnDemandStore(store)
+        _replies_held_from_confirmation(requests, proxy, monkeypatch)
+        with pytest.raises(StoreUnavailable):
+            requests.create("build-7", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
+
+        def failed() -> bool:
+            request = OnDemandStore(direct).get("build-7")
+            return request is not None and request.state == FAILED
+
+        eventually(failed, 10, "the lost request to be failed")
+    retry = OnDemandStore(direct)
+    assert retry.create("build-7", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
+    for _ in range(3):
+        reconcile_pool(direct, provider, config.pool("slow"), clock, config.service)
+    request = retry.get("build-7")
+    assert request is not None and request.state == READY, request
+    assert direct.counts(["slow"])["slow"]["running"] == 1
+
+
+
+def _waiting_for_a_slow_replica(redis_pair: RedisPair, size: int) -> tuple[Config, FakeClock, Store, Store]:
+    """A pool of ``size`` filled on the pair's primary, a store on it (its client straight to
+    the primary) and one that waits for a replica for 2 s, ten times its socket timeout."""
+    config = parse(f"""
+:redis: {{server: 127.0.0.1, port: {redis_pair.primary.port}, socket_timeout: {SOCKET_TIMEOUT}}}
+:providers:
+  :dummy: {{createvm_max_time: 0, boot_time: 0}}
+:pools:
+  - {{name: slow, size: {size}, provider: dummy}}
+""")
+    clock = FakeClock()
+    direct = Store(redis_pair.client(redis_pair.primary))
+    provider = DummyProvider(config.providers["dummy"], direct.client, clock)
+    for _ in range(2):
+        reconcile_pool(direct, provider, config.pool("slow"), clock, config.service)
+    store = Store(connect(config.redis), replica_acks=ReplicaAcks(1, 2000))
+    store.recount_running(["slow"], 0.0)
+    direct.client.script_load(store.scripts.confirm.script)  # as in a warm Lambda
+    redis_pair.wait_synced()
+    assert store._replicas_to_wait_for() == 1
+    return config, clock, direct, store
+
+
+def _primary_stopped_in(redis_pair: RedisPair, owner: Any, method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``owner.method`` (the fallback a failed confirmation runs on a new connection) runs with
+    the primary stopped (SIGSTOP), as when Redis stalls: its handshake times out."""
+    assert redis_pair.primary.process is not None
+    pid = redis_pair.primary.process.pid
+    fallback = getattr(owner, method)
+
+    def while_the_primary_is_stopped(*args: Any, **kwargs: Any) -> Any:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            return fallback(*args, **kwargs)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    monkeypatch.setattr(owner, method, while_the_primary_is_stopped)
+
+
+@contextmanager
+def _replication_link_held(redis_pair: RedisPair) -> Iterator[None]:
+    redis_pair.link.hold()
+    try:
+        yield
+    finally:
+        redis_pair.link.release()
+
+
+def test_a_confirmation_waiting_for_a_replica_whose_reply_is_lost_is_undone(
+        redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With replica acknowledgements (``min_replica_acks``) the confirmation is followed by WAIT on
+    its connection. The replica slow (its link held) and the WAIT's timeout past the socket
+    timeout, the caller is answered 503 while WAIT still blocks the connection; the release
+    written behind the confirmation then reached Redis, which drops what a blocked client sent
+    once it disconnects (checked on 7.0: a SET behind a blocked WAIT never runs), and the release
+    tried on a new connection timed out, the primary stopped (SIGSTOP) by then. Before, the VM
+    stayed confirmed to a caller told it got nothing, for its whole lifetime."""
+    _, clock, direct, store = _waiting_for_a_slow_replica(redis_pair, 5)
+    _primary_stopped_in(redis_pair, store, "_release_after_failure", monkeypatch)
+    with _replication_link_held(redis_pair), pytest.raises(StoreUnavailable):
+        store.checkout([CheckoutRequest("slow", ["slow"], 1)], clock.now(), {"lifetime": "2"})
+    eventually(lambda: direct.counts(["slow"])["slow"]["ready"] == 5, 10, "the lost checkout's VM to be back")
+    assert direct.hostnames("slow", "running") == []
+
+
+def test_an_ondemand_request_whose_replica_wait_reply_is_lost_is_never_built(
+        redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """POST /ondemandvm with replica acknowledgements: the request is confirmed, then WAIT asks a
+    replica for it. The replica slow and WAIT's timeout past the socket timeout, the caller is
+    answered 503; before, nothing ended the request (only a WAIT answered short did), so it was
+    built and its VMs ran for a caller told it failed, and its retry under the same request_id
+    was a 409. The end is now written on a spare connection (the end tried afterwards on a new
+    one timed out, the primary stopped by then), and the retry makes it again."""
+    _, clock, direct, store = _waiting_for_a_slow_replica(redis_pair, 0)
+    requests = OnDemandStore(store)
+    _primary_stopped_in(redis_pair, requests, "end", monkeypatch)
+    with _replication_link_held(redis_pair), pytest.raises(StoreUnavailable):
+        requests.create("build-9", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
+
+    def failed() -> bool:
+        request = OnDemandStore(direct).get("build-9")
+        return request is not None and request.state == FAILED
+
+    eventually(failed, 10, "the request answered 503 to be failed")
+    monkeypatch.undo()
+    redis_pair.wait_synced()
+    assert requests.create("build-9", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
+    request = OnDemandStore(direct).get("build-9")
+    assert request is not None and request.state == OPEN, request
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A redis-server serving TLS only, as ElastiCache with in-transit encryption (``rediss://``):
+    its port and the certificate a client verifies it with (self-signed, for 127.0.0.1)."""
+    binary = shutil.which("redis-server")
+    if binary is None or shutil.which("openssl") is None:
+        pytest.skip("needs redis-server and openssl")
+    cert, key = tmp_path / "redis.crt", tmp_path / "redis.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    port = free_port()
+    server = subprocess.Popen([binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                               "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                               "--tls-ca-cert-file", str(cert),
+                               "--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--dir", str(tmp_path),
+                               "--loglevel", "warning"])
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(cert), socket_timeout=1)
+        eventually(lambda: client.ping(), 10, "redis-server to answer over TLS", ignoring=(redis.RedisError,))
+        client.close()
+        yield port, cert
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def test_a_confirmation_whose_reply_is_lost_over_tls_is_undone(
+        tls_redis: tuple[int, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The release written behind a confirmation whose reply is lost, over TLS (ElastiCache's
+    in-transit encryption): written on the TLS connection after its read timed out, it reaches
+    Redis and runs, the VM back in ready with no pass."""
+    port, cert = tls_redis
+    config = parse(f"""
+:redis: {{server: 127.0.0.1, port: {port}, socket_timeout: {SOCKET_TIMEOUT}, tls: true}}
+:providers:
+  :dummy: {{createvm_max_time: 0, boot_time: 0}}
+:pools:
+  - {{name: slow, size: 5, provider: dummy}}
+""")
+    clock = FakeClock()
+    direct = Store(redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(cert), socket_timeout=5,
+                               decode_responses=True))
+    provider = DummyProvider(config.providers["dummy"], direct.client, clock)
+    for _ in range(2):
+        reconcile_pool(direct, provider, config.pool("slow"), clock, config.service)
+    direct.client.script_load(direct.scripts.confirm.script)  # as in a warm Lambda
+    proxy = ReplyHoldingProxy(port)
+    try:
+        store = Store(connect(config.redis, url=f"rediss://127.0.0.1:{proxy.port}/0?ssl_ca_certs={cert}"))
+        store.recount_running(["slow"], 0.0)
+        _replies_held_from_confirmation(store, proxy, monkeypatch)
+        with pytest.raises(StoreUnavailable):
+            store.checkout([CheckoutRequest("slow", ["slow"], 1)], clock.now(), {"lifetime": "2"})
+        eventually(lambda: direct.counts(["slow"])["slow"]["ready"] == 5, 10, "the lost checkout's VM to be back")
+        assert direct.hostnames("slow", "running") == []
+    finally:
+        proxy.close()

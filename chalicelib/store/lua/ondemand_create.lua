@@ -11,15 +11,40 @@
 -- record of the token the request was made with (0 for none: lua/token_live.lua); then the API's
 -- socket timeout in ms ('' for none): the request's 'confirm_window' is Redis's clock plus it, and
 -- a confirmation run later confirms nothing (lua/ondemand_confirm.lua).
--- Returns 1 when created, 0 when a request with that id exists, -1 when the token was deleted
--- since the API checked it, or the limit it would pass.
+-- Then the request's retry mark ('' for none: an id the service drew) and the messages of a
+-- request failed having never been served (store.ondemand.NEVER_SERVED_MESSAGES, two).
+-- Returns 1 when created (or, the same request sent again, to be confirmed), 0 when a request
+-- with that id exists (vmpooler's 409), -1 when the token was deleted since the API checked it,
+-- or the limit it would pass.
+-- The same request sent again (the same 'retry_mark': its owner and what it asked for, hashed)
+-- after its creation was answered 503, so never served (unconfirmed, or failed so or because no
+-- replica had it, no VM reserved), is not a duplicate: its caller was told to send it again.
+-- Within its confirmation window it is left as it is, to be confirmed by this caller (the first
+-- may still confirm it too); past it, it is made again as a new one, limits checked.
 local id, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local key = KEYS[1]
 if token_gone(ARGV[18]) then
   return -1
 end
+local again = false
 if redis.call('EXISTS', key) == 1 then
-  return 0
+  local old = redis.call('HMGET', key, 'retry_mark', 'state', 'confirm_by', 'message', 'confirm_window')
+  if ARGV[20] == '' or old[1] ~= ARGV[20] then
+    return 0
+  end
+  local unserved = (old[3] and old[2] == 'open')
+    or (old[2] == 'failed' and (old[4] == ARGV[21] or old[4] == ARGV[22]))
+  if not unserved or redis.call('EXISTS', key_of(ARGV[11], request_part(id))) == 1 then
+    return 0
+  end
+  local window = tonumber(old[5] or '')
+  if old[2] == 'open' and window ~= nil then
+    local time = redis.call('TIME')
+    if tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) <= window then
+      return 1
+    end
+  end
+  again = true
 end
 local quota = nil
 if ARGV[6] ~= '' then
@@ -30,6 +55,9 @@ if refusal ~= nil then
   return refusal
 end
 quota_take_request(quota, id, tonumber(ARGV[5]))
+if again then
+  redis.call('DEL', key)
+end
 for field, value in pairs(cjson.decode(ARGV[4])) do
   redis.call('HSET', key, field, value)
 end
