@@ -747,6 +747,16 @@ def _deep_merge(main: Any, extra: Any) -> Any:
     return extra if main is None else main
 
 
+def _replica_wait_warnings(redis: RedisConfig) -> list[str]:
+    """A ``replica_ack_timeout`` the client's ``socket_timeout`` does not outlast: every checkout
+    waiting for a slow replica would then lose its answer (a 503 for a checkout Redis ran, undone
+    behind it) instead of getting WAIT's count back."""
+    if redis.min_replica_acks == 0 or redis.replica_ack_timeout_ms < redis.socket_timeout * 1000:
+        return []
+    return [(f"redis.replica_ack_timeout: {redis.replica_ack_timeout_ms} ms is not below socket_timeout "
+             f"({redis.socket_timeout:g} s): a checkout waiting that long for a replica times out first")]
+
+
 def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Config:
     """Validate an already-parsed (colon-stripped) config document (``reader``: a BlockReader,
     pydantic; ``TrustedReader`` for the canonical form, from_canonical)."""
@@ -761,6 +771,8 @@ def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Con
     if service is not None:
         reader.problems.extend(_tag_count_problems(service))
     redis = reader.model(document.get("redis"), RedisConfig, "redis")
+    if not reader.trusted and redis is not None:
+        reader.warnings.extend(_replica_wait_warnings(redis))
     providers = _read_providers(reader, document.get("providers"))
     dns_configs = _read_dns_configs(reader, document.get("dns_configs"))
     pools = _read_pools(reader, document.get("pools"), service, providers, dns_configs)
