@@ -12,7 +12,8 @@
 // a delayed clone's task can be cancelled (CancelTask: it ends in error, its VM removed),
 // -method-delay slows SOAP methods (a slow vCenter), -session-idle expires idle sessions.
 // With -guest-addresses, a booted VM's first interface reports those addresses too (guest.net:
-// its ipAddress list and ipConfig, each "address" or "address/state"), as a dual-stack guest's.
+// its ipAddress list and ipConfig, each "address", "address/state" or "address/state/origin"), as a
+// dual-stack guest's (origin "random": an IPv6 temporary address, RFC 4941).
 // It prints "VCSIM_URL=<url>" once it is serving, then runs until killed.
 package main
 
@@ -188,8 +189,9 @@ func methodDelays(spec string) map[string]int {
 	return delays
 }
 
-// guestNet is the guest.net a VM reports with addresses ("address" or "address/state", state
-// "preferred" when not given) on its first interface (one is made when it has none); none clears them.
+// guestNet is the guest.net a VM reports with addresses ("address", "address/state" or
+// "address/state/origin"; state "preferred" and no origin when not given) on its first interface
+// (one is made when it has none); none clears them.
 func guestNet(vm *simulator.VirtualMachine, addresses []string) []types.GuestNicInfo {
 	nics := append([]types.GuestNicInfo(nil), vm.Guest.Net...)
 	if len(nics) == 0 {
@@ -198,12 +200,13 @@ func guestNet(vm *simulator.VirtualMachine, addresses []string) []types.GuestNic
 	var plain []string
 	var configured []types.NetIpConfigInfoIpAddress
 	for _, item := range addresses {
-		address, state, _ := strings.Cut(item, "/")
+		address, rest, _ := strings.Cut(item, "/")
+		state, origin, _ := strings.Cut(rest, "/")
 		if state == "" {
 			state = "preferred"
 		}
 		plain = append(plain, address)
-		configured = append(configured, types.NetIpConfigInfoIpAddress{IpAddress: address, State: state})
+		configured = append(configured, types.NetIpConfigInfoIpAddress{IpAddress: address, State: state, Origin: origin})
 	}
 	nics[0].IpAddress = plain
 	nics[0].IpConfig = nil
@@ -381,7 +384,7 @@ func main() {
 	hosts := flag.Int("host", 3, "hosts per cluster")
 	bootDelay := flag.Duration("boot-delay", 5*time.Second, "time from power-on to guest info (IP, hostname, tools)")
 	guestIP := flag.String("guest-ip", "127.0.0.1", "IP address every booted VM reports")
-	guestAddresses := flag.String("guest-addresses", "", "comma-separated addresses (address[/state]) every booted VM's first interface reports (guest.net)")
+	guestAddresses := flag.String("guest-addresses", "", "comma-separated addresses (address[/state[/origin]]) every booted VM's first interface reports (guest.net)")
 	template := flag.String("template", "templates/vmpool-template", "template path under each datacenter's vm folder")
 	folders := flag.String("folders", "vmpool", "comma-separated folders to create under each vm folder")
 	username := flag.String("username", "vmpool", "user name to accept")
