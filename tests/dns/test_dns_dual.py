@@ -139,6 +139,18 @@ def test_a_dual_stack_vm_whose_primary_address_is_link_local_is_published_by_its
     assert world.describe(host)["ip"] == "10.200.0.31"
 
 
+def test_a_discovered_vm_whose_primary_address_is_link_local_shows_the_one_users_can_reach(
+        make_harness: HarnessFactory, bind: BindServer) -> None:
+    # A VM someone made in the pool's folder is discovered with the address readiness and
+    # ready VMs use (``reachable_ip``); before, GET /vm showed its raw fe80:: primary.
+    world = make_dns_world(make_harness, bind.dns_config(), size=0)
+    world.provider.create_by_hand(world.pool("dns"), "by-hand")
+    readdress(world, "by-hand", "fe80::250:56ff:fe00:3", "fe80::250:56ff:fe00:3", "10.200.0.41")
+    world.passes("dns", 1)
+    assert world.store.get_vm("by-hand") is not None
+    assert world.describe("by-hand")["ip"] == "10.200.0.41"
+
+
 def test_route53_holds_both_families_and_is_sent_only_the_changed_one(
         make_harness: HarnessFactory, route53: tuple[Any, str], monkeypatch: pytest.MonkeyPatch) -> None:
     client, zone = route53
