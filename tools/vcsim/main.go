@@ -9,7 +9,9 @@
 // An operator's bad day: -clone-delay keeps each clone task running that long (the VM is in its
 // folder meanwhile, as vCenter shows a VM being cloned), -fail-clone-folder makes clone tasks into
 // folders of that name end in error after the VM was made (the debris a failed clone can leave);
-// a delayed clone's task can be cancelled (CancelTask: it ends in error, its VM removed),
+// a delayed clone's task can be cancelled (CancelTask: it ends in error, its VM removed) except
+// in folders named -no-cancel-folder, where CancelTask is refused with NoPermission and the clone
+// runs on (as vCenter refuses a user without the privilege to cancel it),
 // -method-delay slows SOAP methods (a slow vCenter), -session-idle expires idle sessions.
 // With -guest-addresses, a booted VM's first interface reports those addresses too (guest.net:
 // its ipAddress list and ipConfig, each "address", "address/state" or "address/state/origin"), as a
@@ -62,6 +64,9 @@ var noCloneFolder string
 
 // failCloneFolder names the folders clones into which end in a task error, leaving the VM made.
 var failCloneFolder string
+
+// noCancelFolder names the folders whose delayed clones' tasks refuse CancelTask with NoPermission.
+var noCancelFolder string
 
 // cloneDelay is how long a clone task stays queued/running before it ends.
 var cloneDelay time.Duration
@@ -128,7 +133,8 @@ func (t *templateVM) CloneVMTask(ctx *simulator.Context, req *types.CloneVM_Task
 		}
 		return ref, nil
 	})
-	late := &cancelableClone{Task: *created, clone: clone} //nolint:govet // copying is fine: the Map entry is replaced
+	refuse := folder != nil && noCancelFolder != "" && folder.Name == noCancelFolder
+	late := &cancelableClone{Task: *created, clone: clone, refuse: refuse} //nolint:govet // copying is fine: the Map entry is replaced
 	simulator.Map.Put(late)
 	finish := func() {
 		simulator.Map.WithLock(late, func() {
@@ -151,11 +157,17 @@ func (t *templateVM) CloneVMTask(ctx *simulator.Context, req *types.CloneVM_Task
 // have no CancelTask. Embedded by value, as templateVM (the PropertyCollector reads field 0).
 type cancelableClone struct {
 	simulator.Task
-	clone *simulator.VirtualMachine
+	clone  *simulator.VirtualMachine
+	refuse bool // CancelTask is refused with NoPermission (-no-cancel-folder); the task runs on
 }
 
 func (c *cancelableClone) CancelTask(ctx *simulator.Context, req *types.CancelTask) soap.HasFault {
 	body := &methods.CancelTaskBody{}
+	if c.refuse {
+		body.Fault_ = simulator.Fault("Permission to perform this operation was denied.",
+			&types.NoPermission{Object: c.Self, PrivilegeId: "Global.CancelTask"})
+		return body
+	}
 	if c.Info.State != types.TaskInfoStateQueued && c.Info.State != types.TaskInfoStateRunning {
 		body.Fault_ = simulator.Fault("the task is not running", &types.InvalidState{})
 		return body
@@ -393,6 +405,7 @@ func main() {
 	flag.StringVar(&noCloneFolder, "no-clone-folder", "", "name of folders that refuse clones with NoPermission")
 	loadPerVM := flag.Float64("host-load-per-vm", 0, "percent of a host's CPU and memory each powered-on VM uses (0: static host stats)")
 	flag.StringVar(&failCloneFolder, "fail-clone-folder", "", "name of folders whose clone tasks end in error (the VM is left)")
+	flag.StringVar(&noCancelFolder, "no-cancel-folder", "", "name of folders whose delayed clones refuse CancelTask with NoPermission")
 	flag.DurationVar(&cloneDelay, "clone-delay", 0, "how long each clone task runs before it ends")
 	delays := flag.String("method-delay", "", "comma-separated Method=milliseconds delays of SOAP methods")
 	sessionIdle := flag.Duration("session-idle", 0, "idle time after which a session expires (0: never)")
