@@ -16,6 +16,8 @@
 // With -guest-addresses, a booted VM's first interface reports those addresses too (guest.net:
 // its ipAddress list and ipConfig, each "address", "address/state" or "address/state/origin"), as a
 // dual-stack guest's (origin "random": an IPv6 temporary address, RFC 4941).
+// Each managed entity keeps its recentTask (the last entityRecentTasks tasks on it), as vCenter's
+// do, so a client can read a VM's own tasks without the whole service's list.
 // It prints "VCSIM_URL=<url>" once it is serving, then runs until killed.
 package main
 
@@ -39,6 +41,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -47,6 +50,7 @@ import (
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/methods"
+	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 )
@@ -185,6 +189,40 @@ func (c *cancelableClone) CancelTask(ctx *simulator.Context, req *types.CancelTa
 	body.Res = new(types.CancelTaskResponse)
 	return body
 }
+
+// entityRecentTasks is how many tasks an entity's recentTask keeps (vCenter keeps a VM's tasks of
+// the last minutes; a handful in practice).
+const entityRecentTasks = 20
+
+// entityTasks is a registry handler that adds each new task to its entity's recentTask, which
+// govmomi 0.24 leaves empty (it keeps the task manager's list only).
+type entityTasks struct{ mu sync.Mutex }
+
+func (*entityTasks) Reference() types.ManagedObjectReference {
+	return types.ManagedObjectReference{Type: "VcsimEntityTasks", Value: "entity-tasks"}
+}
+
+func (e *entityTasks) PutObject(obj mo.Reference) {
+	task, ok := obj.(*simulator.Task)
+	if !ok || task.Info.Entity == nil {
+		return // not a new task (a cancelableClone replaces its task under the same reference)
+	}
+	entity, ok := simulator.Map.Get(*task.Info.Entity).(mo.Entity)
+	if !ok {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	recent := append(append([]types.ManagedObjectReference(nil), entity.Entity().RecentTask...), task.Self)
+	if len(recent) > entityRecentTasks {
+		recent = recent[len(recent)-entityRecentTasks:]
+	}
+	simulator.Map.Update(entity, []types.PropertyChange{{Name: "recentTask", Val: recent}})
+}
+
+func (*entityTasks) UpdateObject(mo.Reference, []types.PropertyChange) {}
+
+func (*entityTasks) RemoveObject(types.ManagedObjectReference) {}
 
 // methodDelays parses "Method=ms,Method=ms" into the simulator's per-method delays.
 func methodDelays(spec string) map[string]int {
@@ -425,6 +463,7 @@ func main() {
 
 	setup(context.Background(), server.URL, *template, strings.Split(*folders, ","))
 	model.DelayConfig.MethodDelay = methodDelays(*delays) // after setup: it is not slowed down
+	simulator.Map.AddHandler(&entityTasks{})
 	var addresses []string
 	if *guestAddresses != "" {
 		addresses = strings.Split(*guestAddresses, ",")
