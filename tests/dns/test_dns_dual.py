@@ -293,3 +293,22 @@ def test_a_stale_pass_never_gives_get_vm_an_older_address(plain: Harness, clock:
 
     overtaken_pass(plain, clock, another_pass_sees_the_next_address)
     assert plain.describe(host)["ip"] == "10.200.0.44"
+
+
+def test_without_managed_dns_get_vm_names_a_vm_under_its_pools_domain_now(make_harness: HarnessFactory) -> None:
+    """Without managed DNS, ``domain`` only names the domain: vmpooler's GET /vm/<hostname> gives
+    ``<name>.<its pool's domain>`` from the config in effect. Before, a VM kept the domain of its
+    reservation: after ``config.domain`` changed, GET /vm gave the old name, new VMs the new one."""
+    def document(domain: str) -> dict[str, Any]:
+        return {"config": {"timeout": 10, "domain": domain},
+                "providers": {"dummy": {"provider_class": "dummy", "seed": 5, "boot_time": 20}},
+                "pools": [{"name": "plain", "size": 1, "provider": "dummy"}]}
+
+    before = make_harness(parse(yaml.safe_dump(document("old.example.test"))))
+    before.passes("plain", 3)
+    [host] = before.hosts("plain", "ready")
+    assert before.describe(host)["fqdn"] == f"{host}.old.example.test"
+    after = make_harness(parse(yaml.safe_dump(document("new.example.test"))))
+    assert after.describe(host)["fqdn"] == f"{host}.new.example.test"
+    v1 = after.request("GET", f"/api/v1/vm/{host}")
+    assert v1.json[host]["domain"] == "new.example.test"
