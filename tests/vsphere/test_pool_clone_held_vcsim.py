@@ -16,7 +16,7 @@ from chalicelib.providers.base import CancelRefused, TaskState
 from chalicelib.providers.failures import FailureKind
 from tests.harness import HarnessFactory
 from tests.support import emf_documents, emitted, eventually
-from tests.vsphere.vcsim import VcsimServer, make_setup, vcsim_config
+from tests.vsphere.vcsim import VcsimServer, delayed_clones, make_setup, vcsim_config
 from tools.vcsim import launcher
 
 POOL = "held-slots"
@@ -106,9 +106,7 @@ def test_a_clone_cancelled_ends_in_error_and_leaves_no_vm(slow_vcsim: VcsimServe
 @pytest.fixture
 def long_clone_vcsim(vcsim_dir: Path) -> Iterator[VcsimServer]:
     """A simulator whose clone tasks run far longer than any test: still running when cancelled."""
-    with VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"long-clones-{secrets.token_hex(3)}.pem",
-                     clone_delay=600) as server:
-        yield server
+    yield from delayed_clones(vcsim_dir, 600, "long-clones")
 
 
 def test_a_refused_cancel_is_counted_and_the_slot_is_freed_at_the_cancel_wait(
