@@ -9,8 +9,8 @@ pool would cost $0.30 a month per pool and metric, more than the pool's Lambda t
 and timings are service-wide (the tick publishes the totals and the number of empty pools once a
 minute), and the few metrics with a ``pool`` dimension are published only when their event
 happens for that pool: ``CheckoutMisses`` (a checkout found no ready VM), ``CloneFailures``,
-``ReconcileErrors``, ``DnsFailures``, ``Migrations``, ``MigrationFailures`` and
-``TemplatePreparationFailures``. A quiet pool adds
+``ReconcileErrors``, ``DnsFailures``, ``Migrations``, ``MigrationFailures``,
+``TemplatePreparationFailures`` and ``CloneCancelsRefused``. A quiet pool adds
 no metric at all; per-pool counts are in the logs (the ``reconcile pass`` and ``tick`` lines)
 for Logs Insights.
 
@@ -207,6 +207,9 @@ DNS_FAILURES = "DnsFailures"
 MIGRATIONS = "Migrations"
 MIGRATION_FAILURES = "MigrationFailures"
 TEMPLATE_PREPARATION_FAILURES = "TemplatePreparationFailures"
+# A clone past its pool's timeout whose cancel the provider refused (providers.base.CancelRefused:
+# its metric_key is the reason); its slot is freed CLONE_CANCEL_WAIT_SECONDS later instead.
+CLONE_CANCELS_REFUSED = "CloneCancelsRefused"
 # Pools with a ``sizing`` block, each reconcile pass (docs/sizing.md).
 TARGET_SIZE = "TargetSize"
 PREDICTED_DEMAND = "PredictedDemand"
@@ -284,6 +287,7 @@ METRICS: dict[str, MetricSpec] = {
         # create_template_delta_disks: a preparation failed or outlasted the clone timeout. Per
         # pool and reason for the dashboard, service-wide for the alarm.
         _spec(TEMPLATE_PREPARATION_FAILURES, _COUNT, POOL_REASON_DIMENSIONS, SERVICE_DIMENSIONS),
+        _spec(CLONE_CANCELS_REFUSED, _COUNT, POOL_REASON_DIMENSIONS),
         _spec(TARGET_SIZE, _COUNT, POOL_DIMENSIONS),
         _spec(PREDICTED_DEMAND, _COUNT, POOL_DIMENSIONS),
         _spec(CHECKOUTS, _COUNT, SERVICE_DIMENSIONS),

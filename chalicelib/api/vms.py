@@ -94,6 +94,19 @@ def rfc3339(timestamp: float) -> str:
     return datetime.fromtimestamp(int(timestamp), timezone.utc).isoformat()
 
 
+def shown_domain(services: Services, record: VMRecord) -> str:
+    """The domain GET /vm names a VM under. A VM whose record a DNS plugin published
+    (``dns_name`` noted) keeps the domain it was published under: passes move it, record and
+    domain together, when the config changes (manager/dns_records.py). Any other VM is named
+    under its pool's domain in the config in effect, as vmpooler computes it at each GET (a
+    changed ``config.domain`` applies to every VM at once, not to new ones only); its record's
+    when its pool is no longer configured."""
+    if record.raw.get("dns_name"):
+        return record.domain
+    pool = services.config.pool(record.pool)
+    return (pool.domain or "") if pool is not None else record.domain
+
+
 def describe(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /vm/<hostname>: the VM's state, lifetime, tags, disks, snapshots and addresses."""
     record = find_vm(services, request)
@@ -112,12 +125,13 @@ def describe(services: Services, request: ApiRequest) -> ApiResponse:
     info["snapshots"] = list(record.snapshots)
     info["disk"] = list(record.disks)
     info["ip"] = record.ip
-    if request.version == 1 and record.domain:
-        info["domain"] = record.domain  # the VM's own (its pool's), which v1 clients append
+    domain = shown_domain(services, record)
+    if request.version == 1 and domain:
+        info["domain"] = domain  # the VM's own (its pool's), which v1 clients append
     else:
         # v2/v3; and v1 for a VM without a domain: vmfloaty prints `domain` appended, else `fqdn`
         # (`floaty list --active` printed an empty name for it before).
-        info["fqdn"] = record.fqdn()
+        info["fqdn"] = f"{record.name}.{domain}" if domain else record.name
     info["host"] = record.host
     info["migrated"] = record.raw.get("migrated") == "true"
     if record.not_ready_reason and record.state == "pending":

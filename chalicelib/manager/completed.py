@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from chalicelib import observability as metric
 from chalicelib.config import PoolConfig
 from chalicelib.manager.context import PassContext
 from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS, RESERVER_GONE
-from chalicelib.observability import logger
-from chalicelib.providers.base import Provider, ProviderError, TaskState, TaskStatus
+from chalicelib.observability import emit, logger
+from chalicelib.providers.base import CancelRefused, Provider, ProviderError, TaskState, TaskStatus
 from chalicelib.store import VMRecord
 from chalicelib.store.ondemand import CLONE_HELD
 
@@ -134,12 +135,25 @@ def _held_statuses(context: PassContext, records: list[VMRecord]) -> dict[str, T
 
 def _cancel(context: PassContext, record: VMRecord) -> None:
     """Ask the provider that runs the VM's clone, past its pool's timeout, to cancel it, and note
-    the asking (after it: a pass killed in between asks again, which a provider takes as once)."""
+    the asking (after it: a pass killed in between asks again, which a provider takes as once).
+    A cancel the provider refuses (``CancelRefused``: vCenter's NoPermission, InvalidState) is
+    counted (``CloneCancelsRefused``, by reason) and noted as asked: every later pass would be
+    refused alike; the clone keeps its slot until it ends or CLONE_CANCEL_WAIT_SECONDS past the
+    timeout, as a cancel that is never carried out."""
     reached = context.reach(record)
     if reached is None:
         return
     try:
         accepted = reached[0].cancel_task(record.clone_task)
+    except CancelRefused as refused:
+        context.store.set_once(record.name, CLONE_CANCELLED, repr(context.now))
+        emit(context.pool.name, {metric.CLONE_CANCELS_REFUSED: 1}, dimensions={"reason": refused.metric_key})
+        context.report.errors.append(f"cancel the clone of {record.name}: {refused}")
+        logger.warning("clone past its pool's timeout: cancel refused; its slot is held until it ends or "
+                       "the cancel wait is over", extra={"pool": context.pool.name, "hostname": record.name,
+                                                         "reason": refused.metric_key, "error": str(refused)})
+        context.checkpoint("clone_cancel_asked")
+        return
     except ProviderError as error:
         context.report.errors.append(f"cancel the clone of {record.name}: {error}")
         return

@@ -10,6 +10,7 @@ once per process (``FOREIGN_LOGGED`` at most), and listed in the pass's report."
 
 from __future__ import annotations
 
+from chalicelib.manager import dns_records
 from chalicelib.manager.context import PassContext
 from chalicelib.observability import logger
 from chalicelib.providers.ownership import deployment_of, other_deployment
@@ -47,7 +48,9 @@ def discover_unknown(context: PassContext) -> None:
         if owner is not None:
             _note_foreign(context, hostname, owner)
             continue
-        if context.store.add_discovered(hostname, context.pool.name, context.now, host=vm.host, ip=vm.ip):
+        # The address every other state gives it (a link-local primary gives way to another).
+        ip = dns_records.reachable_ip(vm) or vm.ip
+        if context.store.add_discovered(hostname, context.pool.name, context.now, host=vm.host, ip=ip):
             context.report.discovered.append(hostname)
     context.checkpoint("discovered")
 

@@ -25,7 +25,7 @@ from chalicelib.observability import emit, logger
 from chalicelib.providers.base import UNREACHABLE, ProviderError, TaskState
 from chalicelib.store import Store, VMRecord
 from chalicelib.store.leases import LeaseHolder, labelled_holder
-from chalicelib.store.migrations import QUEUED, STARTED, TAKER_GONE, MigrationStore
+from chalicelib.store.migrations import ADOPTED, QUEUED, STARTED, TAKER_GONE, MigrationStore
 from chalicelib.store.records import finite_number
 
 MIGRATION_START_GRACE_SECONDS = 120.0
@@ -122,6 +122,7 @@ def _start(context: PassContext, migrations: MigrationStore, record: VMRecord, l
 
 def _follow(context: PassContext, migrations: MigrationStore, record: VMRecord) -> None:
     task = record.raw.get("migration_task")
+    adopted = bool(record.raw.get(ADOPTED))
     if not task:
         started = finite_number(record.raw.get("migration_started")) or 0.0
         grace = TAKER_GONE_SETTLE_SECONDS if record.raw.get(TAKER_GONE) else MIGRATION_START_GRACE_SECONDS
@@ -131,6 +132,7 @@ def _follow(context: PassContext, migrations: MigrationStore, record: VMRecord) 
         task = _judge_unnoted(context, migrations, record, started)
         if task is None:
             return
+        adopted = True
     status = context.provider.task_status(task)
     if status.state is TaskState.RUNNING:
         context.report.followups += 1
@@ -138,8 +140,23 @@ def _follow(context: PassContext, migrations: MigrationStore, record: VMRecord) 
     if status.state is TaskState.ERROR:
         _failed(context, migrations, record, f"migration failed: {status.error or 'unknown error'}")
         return
+    target = record.raw.get("migration_to")
+    if target and adopted:
+        # Where the VM is now, after the task's end (the pass's inventory may predate it): a move
+        # adopted by _judge_unnoted may have been another user's (vCenter lists every user's
+        # moves of the VM), to another host; ours went to the target noted before it was sent.
+        try:
+            now_on = next(iter(context.provider.find_vms(context.pool, [record.name])), None)
+        except ProviderError as error:
+            context.report.errors.append(f"{record.name}: where its migration left it not looked at: {error}")
+            context.report.followups += 1
+            return
+        if now_on is not None and now_on.host and now_on.host != target:
+            _failed(context, migrations, record, f"migration was never started (its pass was interrupted); "
+                                                 f"another task moved the VM to {now_on.host}", host=now_on.host)
+            return
     vm = context.inventory.get(record.name)
-    _migrated(context, migrations, record, record.raw.get("migration_to") or (vm.host if vm else None) or record.host)
+    _migrated(context, migrations, record, target or (vm.host if vm else None) or record.host)
 
 
 def _judge_unnoted(context: PassContext, migrations: MigrationStore, record: VMRecord, started: float) -> str | None:
@@ -147,9 +164,10 @@ def _judge_unnoted(context: PassContext, migrations: MigrationStore, record: VMR
     target (``migration_to``) is noted before the move is sent, so without one nothing was sent:
     it never started, wherever the VM went meanwhile (DRS, an operator). With one, the provider's
     moves of the VM since the take say what happened (the dead pass's vMotion may still run, a
-    restarted local stack's settle time over): a move still running is adopted (noted, and its
-    task returned to be followed as any); otherwise the VM on its target now (asked of the
-    provider) ended migrated, and anywhere else it never started.
+    restarted local stack's settle time over): a move still running is adopted (noted, marked
+    ADOPTED, and its task returned to be followed as any: at its end, the VM elsewhere than the
+    target says it was another user's, and the migration never started); otherwise the VM on
+    its target now (asked of the provider) ended migrated, and anywhere else it never started.
     Returns the task to follow, or None when the migration was ended (or is asked about again)."""
     target = record.raw.get("migration_to")
     if target:
@@ -164,7 +182,7 @@ def _judge_unnoted(context: PassContext, migrations: MigrationStore, record: VMR
             context.report.followups += 1
             return None
         if running:
-            context.store.update_vm(record.name, migration_task=running[-1])
+            context.store.update_vm(record.name, migration_task=running[-1], **{ADOPTED: "true"})
             return running[-1]
         if now_on is not None and now_on.host == target:
             _migrated(context, migrations, record, target)
@@ -183,8 +201,10 @@ def _migrated(context: PassContext, migrations: MigrationStore, record: VMRecord
                                       "seconds": round(seconds, 1)})
 
 
-def _failed(context: PassContext, migrations: MigrationStore, record: VMRecord, reason: str) -> None:
-    migrations.finish(record.name, migration_error=reason)
+def _failed(context: PassContext, migrations: MigrationStore, record: VMRecord, reason: str,
+            **fields: str) -> None:
+    """The VM's migration failed (``reason`` kept on the record, with ``fields``); its slot is freed."""
+    migrations.finish(record.name, migration_error=reason, **fields)
     emit(context.pool.name, {metric.MIGRATION_FAILURES: 1})
     context.report.errors.append(f"{record.name}: {reason}")
     logger.warning("VM migration failed", extra={"pool": context.pool.name, "hostname": record.name,

@@ -35,6 +35,28 @@ class ProviderError(Exception):
     def failure(self) -> Failure:
         return Failure(self.kind, str(self))
 
+    def reworded(self, message: str) -> "ProviderError":
+        """The same error (its class, kind and any other field) with another message: a message
+        scrubbed of secrets keeps what the caller tells failures apart by."""
+        clone = type(self).__new__(type(self), message)
+        clone.__dict__.update(self.__dict__)
+        clone.args = (message,)
+        return clone
+
+
+CANCEL_REFUSALS = ("permission", "invalid_state", "other")
+"""Every ``CancelRefused.metric_key`` (the ``reason`` of the ``CloneCancelsRefused`` metric)."""
+
+
+class CancelRefused(ProviderError):
+    """The backend refused to cancel a task it still runs (``cancel_task``): the user lacks the
+    privilege (vCenter's NoPermission), the task cannot be cancelled now (InvalidState), or
+    another refusal. ``metric_key``: which, one of CANCEL_REFUSALS."""
+
+    def __init__(self, message: str, kind: FailureKind, metric_key: str) -> None:
+        super().__init__(message, kind)
+        self.metric_key = metric_key if metric_key in CANCEL_REFUSALS else "other"
+
 
 @dataclass(frozen=True)
 class VMInfo:
@@ -230,8 +252,9 @@ class Provider(abc.ABC):
         """Ask the backend to cancel a task it still runs (a clone past its pool's timeout);
         never waits: the task's end is read with ``task_status`` as ever (a cancelled task reads
         as an ERROR once the backend has stopped it). Whether the backend took the request
-        (False: it cannot cancel such a task, or the task ended already). Raises ProviderError
-        when the backend cannot be reached. This default cancels nothing."""
+        (False: it cannot cancel such a task, or the task ended already). Raises CancelRefused
+        when the backend refuses to cancel the task while it still runs, ProviderError when the
+        backend cannot be reached. This default cancels nothing."""
         return False
 
     def clone_outcomes(self, pool: PoolConfig, tasks: Mapping[str, str]) -> tuple[Mapping[str, TaskStatus],

@@ -524,6 +524,15 @@ class DummyProvider(Provider):
         vm["ip"], vm["addresses"] = ip, list(addresses)
         self._save_vm(self._folder_key(pool), vm)
 
+    def relocate_by_hand(self, pool: PoolConfig, hostname: str, host: str) -> None:
+        """A move of the VM to ``host`` someone else started (an operator's vMotion): it runs as
+        vmpool's moves do (``migratevm_max_time``), and is the VM's last move, as vCenter lists
+        every user's tasks among a VM's recent ones (``recent_migrations``)."""
+        vm = self._require_vm(pool, hostname)
+        task_ref, task = self._new_task(pool, "migrate", hostname, _MIGRATE, host=host)
+        self._write(task["folder"], {hostname: json.dumps({**vm, "moved_by": task_ref, "moved_at": self.clock.now()})},
+                    {task_ref: task})
+
     def delete_by_hand(self, pool: PoolConfig, hostname: str) -> None:
         """A VM that someone deleted outside the service."""
         self._delete_vm(self._folder_key(pool), hostname)

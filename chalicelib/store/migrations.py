@@ -18,6 +18,9 @@ from chalicelib.store.store import Store, _translate_errors, update_args
 QUEUED = "queued"
 STARTED = "started"
 TAKER_GONE = "migration_taker_gone"
+ADOPTED = "migration_adopted"
+"""A record field: the migration's task was not noted by the pass that sent it but found among
+the VM's recent moves (manager/migrations.py ``_judge_unnoted``): maybe another user's."""
 """A record field: the process that took the VM's slot (its ``migration_taker``) is known dead
 (manager/migrations.abandon_unstarted), so it is judged after a settle time, not the start grace."""
 
@@ -44,7 +47,7 @@ class MigrationStore:
         """Free the VM's slot and end its migration on the record (with ``fields``: the new host,
         ``migrated``, or ``migration_error``), in one transaction."""
         changes: dict[str, Any] = {"migration": None, "migration_task": None, "migration_started": None,
-                                   "migration_taker": None, TAKER_GONE: None, **fields}
+                                   "migration_taker": None, TAKER_GONE: None, ADOPTED: None, **fields}
         keys = self.store.keys
         with _translate_errors():
             pipe = self.store.client.pipeline(transaction=True)

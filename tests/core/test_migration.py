@@ -261,3 +261,36 @@ def test_a_move_in_flight_when_its_taker_died_is_followed_after_the_settle_time(
     assert world.migrations_in_flight() == 0 and migration(world, host) is None
     shown = world.describe(host)
     assert (shown["migrated"], shown["host"]) == (True, target) and actual_host(world, host) == target
+
+
+def test_another_users_move_running_at_the_judgement_is_not_taken_for_ours(make_harness: HarnessFactory) -> None:
+    """The pass dies once it noted its target, before sending the move; an operator's vMotion of
+    the VM to another host runs when the grace is over. vCenter lists every user's moves of the
+    VM, so the judgement adopts that move and follows it. Before, its end read as our migration
+    done: ``migrated: true`` and ``host`` our target, the VM elsewhere. Now, the adopted move
+    ended with the VM off our target, it was not ours: never started, and ``host`` follows the VM."""
+    from chalicelib.manager.migrations import MIGRATION_START_GRACE_SECONDS
+
+    world = stack(make_harness, limit=1, dummy=", migratevm_couldmove_percent: 100, migratevm_max_time: 60")
+    world.fill("mig")
+    [host] = world.checkout_vms("mig", 1)
+
+    def killed(step: str) -> None:
+        if step == "migration_target":
+            raise Killed(step)
+
+    with pytest.raises(Killed):
+        world.reconcile("mig", killed)
+    target = world.store.get_vm(host).raw["migration_to"]  # type: ignore[union-attr]
+    elsewhere = next(f"dummy-host-{n}" for n in range(1, 11) if f"dummy-host-{n}" != target)
+    world.clock.advance(MIGRATION_START_GRACE_SECONDS + 1)
+    world.provider.relocate_by_hand(world.pool("mig"), host, elsewhere)
+    errors: list[str] = []
+    for _ in range(4):
+        errors += world.reconcile("mig").errors
+        world.clock.advance(61)
+    assert world.migrations_in_flight() == 0 and migration(world, host) is None
+    assert actual_host(world, host) == elsewhere
+    shown = world.describe(host)
+    assert (shown["migrated"], shown["host"]) == (False, elsewhere), errors
+    assert any(f"another task moved the VM to {elsewhere}" in error for error in errors), errors

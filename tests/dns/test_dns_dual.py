@@ -139,6 +139,18 @@ def test_a_dual_stack_vm_whose_primary_address_is_link_local_is_published_by_its
     assert world.describe(host)["ip"] == "10.200.0.31"
 
 
+def test_a_discovered_vm_whose_primary_address_is_link_local_shows_the_one_users_can_reach(
+        make_harness: HarnessFactory, bind: BindServer) -> None:
+    # A VM someone made in the pool's folder is discovered with the address readiness and
+    # ready VMs use (``reachable_ip``); before, GET /vm showed its raw fe80:: primary.
+    world = make_dns_world(make_harness, bind.dns_config(), size=0)
+    world.provider.create_by_hand(world.pool("dns"), "by-hand")
+    readdress(world, "by-hand", "fe80::250:56ff:fe00:3", "fe80::250:56ff:fe00:3", "10.200.0.41")
+    world.passes("dns", 1)
+    assert world.store.get_vm("by-hand") is not None
+    assert world.describe("by-hand")["ip"] == "10.200.0.41"
+
+
 def test_route53_holds_both_families_and_is_sent_only_the_changed_one(
         make_harness: HarnessFactory, route53: tuple[Any, str], monkeypatch: pytest.MonkeyPatch) -> None:
     client, zone = route53
@@ -281,3 +293,22 @@ def test_a_stale_pass_never_gives_get_vm_an_older_address(plain: Harness, clock:
 
     overtaken_pass(plain, clock, another_pass_sees_the_next_address)
     assert plain.describe(host)["ip"] == "10.200.0.44"
+
+
+def test_without_managed_dns_get_vm_names_a_vm_under_its_pools_domain_now(make_harness: HarnessFactory) -> None:
+    """Without managed DNS, ``domain`` only names the domain: vmpooler's GET /vm/<hostname> gives
+    ``<name>.<its pool's domain>`` from the config in effect. Before, a VM kept the domain of its
+    reservation: after ``config.domain`` changed, GET /vm gave the old name, new VMs the new one."""
+    def document(domain: str) -> dict[str, Any]:
+        return {"config": {"timeout": 10, "domain": domain},
+                "providers": {"dummy": {"provider_class": "dummy", "seed": 5, "boot_time": 20}},
+                "pools": [{"name": "plain", "size": 1, "provider": "dummy"}]}
+
+    before = make_harness(parse(yaml.safe_dump(document("old.example.test"))))
+    before.passes("plain", 3)
+    [host] = before.hosts("plain", "ready")
+    assert before.describe(host)["fqdn"] == f"{host}.old.example.test"
+    after = make_harness(parse(yaml.safe_dump(document("new.example.test"))))
+    assert after.describe(host)["fqdn"] == f"{host}.new.example.test"
+    v1 = after.request("GET", f"/api/v1/vm/{host}")
+    assert v1.json[host]["domain"] == "new.example.test"

@@ -195,6 +195,7 @@ def test_few_metrics_per_pool_and_each_only_on_events() -> None:
     happens for the pool (test_an_idle_pass_publishes_no_metric)."""
     assert set(m.PER_POOL_METRICS) == {m.CHECKOUT_MISSES, m.CLONE_FAILURES, m.RECONCILE_ERRORS, m.DNS_FAILURES,
                                        m.MIGRATIONS, m.MIGRATION_FAILURES, m.TEMPLATE_PREPARATION_FAILURES,
+                                       m.CLONE_CANCELS_REFUSED,
                                        # only pools with a ``sizing`` block (opt-in) publish these, each pass
                                        m.TARGET_SIZE, m.PREDICTED_DEMAND}
     for name in (m.READY, m.PENDING, m.RUNNING, m.CAPACITY, m.RECONCILE_DURATION, m.PROVIDER_CALLS):

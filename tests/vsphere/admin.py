@@ -187,6 +187,20 @@ def relocate(provider: VSphereProvider, vm_path: str, host_name: str) -> None:
     provider._run(f"relocate {vm_path}", relocating)
 
 
+def busy_work(provider: VSphereProvider, vm_path: str, count: int) -> None:
+    """Run ``count`` tasks that change nothing (empty reconfigures) on the VM at an inventory
+    path: other users' work filling vCenter's list of recent tasks."""
+
+    def reconfiguring(connection: Connection) -> None:
+        vm = inventory.find(connection, vm_path)
+        if vm is None:
+            raise ProviderError(f"no VM at {vm_path}")
+        for _ in range(count):
+            vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec())
+
+    provider._run(f"busy work on {vm_path}", reconfiguring)
+
+
 def move(provider: VSphereProvider, path: str, folder_path: str) -> None:
     """Move the VM or folder at an inventory path into the folder at ``folder_path`` (made if
     missing)."""

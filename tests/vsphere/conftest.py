@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.vsphere.vcsim import Setup, VcsimServer, make_setup
+from tests.vsphere.vcsim import Setup, VcsimServer, delayed_clones, make_setup
 
 SLOW_CLONE_SECONDS = 4.0
 """How long ``slow_vcsim``'s clone tasks run."""
@@ -33,6 +32,4 @@ def folder_destroying_setup(private_vcsim: VcsimServer) -> Setup:
 def slow_vcsim(vcsim_dir: Path) -> Iterator[VcsimServer]:
     """A simulator of its own whose clone tasks run SLOW_CLONE_SECONDS (the VM is in its folder
     meanwhile): slots held while vCenter still clones."""
-    with VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"slow-clones-{secrets.token_hex(3)}.pem",
-                     clone_delay=SLOW_CLONE_SECONDS) as server:
-        yield server
+    yield from delayed_clones(vcsim_dir, SLOW_CLONE_SECONDS, "slow-clones")

@@ -1,6 +1,6 @@
 """A dual-stack guest in vcsim (its interface reporting IPv4 and IPv6 addresses in guest.net, as
 VMware Tools does) through the vSphere provider and a reconcile pass, with a real BIND 9: an A
-and an AAAA record, the addresses VMware Tools marks unusable left out."""
+and an AAAA record, the addresses VMware Tools marks unusable or temporary left out."""
 
 from __future__ import annotations
 
@@ -11,16 +11,18 @@ from typing import Iterator
 import pytest
 
 from chalicelib.config import build
-from chalicelib.providers.vsphere.inventory import guest_addresses
+from chalicelib.providers.vsphere.inventory import guest_addresses, primary_address
 from tests.dns.bind import BindServer
 from tests.harness import HarnessFactory
 from tests.support import eventually
 from tests.vsphere.vcsim import VcsimServer, vcsim_document
 
 POOL = "dual"
-INTERFACE = ("127.0.0.1", "fe80::250:56ff:fe01:1", "2001:db8::5/tentative", "2001:db8::6/deprecated", "2001:db8::7")
+INTERFACE = ("127.0.0.1", "fe80::250:56ff:fe01:1", "2001:db8::5/tentative", "2001:db8::6/deprecated",
+             "2001:db8::8/preferred/random", "2001:db8::7/preferred/linklayer")
 """What the guests' interface reports: its IPv4 address, its link-local IPv6 one, an address still
-checked unique on the link, one past its preferred lifetime, and its global IPv6 address."""
+checked unique on the link, one past its preferred lifetime, a temporary (privacy) address, and
+its global IPv6 address (SLAAC: origin linklayer)."""
 
 
 @pytest.fixture
@@ -58,3 +60,20 @@ def test_guest_addresses_without_ipconfig_are_the_interfaces_plain_list() -> Non
     nothing = vim.vm.GuestInfo.NicInfo()
     assert guest_addresses([older_tools, nothing]) == ("10.0.0.5", "2001:db8::5")
     assert guest_addresses(None) == ()
+
+
+def test_a_temporary_primary_address_gives_way_to_the_interfaces_stable_one() -> None:
+    """An IPv6-only guest whose Tools name its temporary (privacy) address primary: GET /vm's
+    ``ip`` and its records take its stable address (before, the temporary one, gone in hours)."""
+    from pyVmomi import vim
+
+    def configured(address: str, origin: str) -> vim.net.IpConfigInfo.IpAddress:
+        return vim.net.IpConfigInfo.IpAddress(ipAddress=address, prefixLength=64, origin=origin, state="preferred")
+
+    nic = vim.vm.GuestInfo.NicInfo(ipConfig=vim.net.IpConfigInfo(ipAddress=[
+        configured("2001:db8::8", "random"), configured("2001:db8::7", "linklayer")]))
+    assert primary_address("2001:db8::8", [nic]) == "2001:db8::7"
+    assert primary_address("2001:db8::7", [nic]) == "2001:db8::7"
+    assert primary_address("10.0.0.5", [nic]) == "10.0.0.5"
+    assert primary_address("2001:db8::8", None) == "2001:db8::8"  # guest.net not read: as reported
+    assert primary_address(None, [nic]) is None

@@ -5,11 +5,19 @@ slots until vCenter ends them, and are destroyed only then: none lands later as 
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
+from typing import Iterator
 
-from chalicelib.providers.base import TaskState
+import pytest
+
+from chalicelib.manager.completed import CLONE_CANCEL_WAIT_SECONDS
+from chalicelib.observability import CLONE_CANCELS_REFUSED
+from chalicelib.providers.base import CancelRefused, TaskState
+from chalicelib.providers.failures import FailureKind
 from tests.harness import HarnessFactory
-from tests.support import eventually
-from tests.vsphere.vcsim import VcsimServer, make_setup, vcsim_config
+from tests.support import emf_documents, emitted, eventually
+from tests.vsphere.vcsim import VcsimServer, delayed_clones, make_setup, vcsim_config
+from tools.vcsim import launcher
 
 POOL = "held-slots"
 LIMIT = 2
@@ -93,3 +101,41 @@ def test_a_clone_cancelled_ends_in_error_and_leaves_no_vm(slow_vcsim: VcsimServe
     eventually(lambda: provider.task_status(done).done, 30, "the other clone to end", interval=0.2)
     assert provider.cancel_task(done) is False
     assert {vm.name for vm in provider.list_vms(pool)} == {"to-keep"}
+
+
+@pytest.fixture
+def long_clone_vcsim(vcsim_dir: Path) -> Iterator[VcsimServer]:
+    """A simulator whose clone tasks run far longer than any test: still running when cancelled."""
+    yield from delayed_clones(vcsim_dir, 600, "long-clones")
+
+
+def test_a_refused_cancel_is_counted_and_the_slot_is_freed_at_the_cancel_wait(
+        long_clone_vcsim: VcsimServer, make_harness: HarnessFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    """vCenter refuses CancelTask (NoPermission: the user may clone but not cancel) on a clone past
+    its pool's timeout: the pass goes on, the refusal is a typed failure (an error in the pass's
+    report, ``CloneCancelsRefused`` by reason) asked once, and the slot is freed
+    CLONE_CANCEL_WAIT_SECONDS past the timeout, for a new clone. Before, the refusal read as
+    "not accepted" and nothing counted it: an operator never learnt cancels were refused."""
+    pool = {"name": POOL, "ready_check": "tools", "size": 1, "timeout": 1,
+            "folder": f"vmpool/refused-{secrets.token_hex(4)}/{launcher.NO_CANCEL_FOLDER}"}
+    harness = make_harness(vcsim_config(long_clone_vcsim, [pool], {"task_limit": 1}))
+    [first] = harness.reconcile(POOL).clones_started
+    task = harness.store.get_vm(first).clone_task  # type: ignore[union-attr]
+    with pytest.raises(CancelRefused) as refused:
+        harness.provider.cancel_task(task)
+    assert refused.value.kind is FailureKind.PERMISSION and refused.value.metric_key == "permission"
+    harness.clock.advance(61)
+    assert harness.reconcile(POOL).clones_started == []  # timed out: its slot held while vCenter clones
+    capsys.readouterr()
+    report = harness.reconcile(POOL)
+    assert [error for error in report.errors if "refused to cancel" in error and "NoPermission" in error], report.errors
+    assert harness.store.get_vm(first).raw.get("clone_cancel_asked")  # type: ignore[union-attr]
+    assert emitted(emf_documents(capsys.readouterr().out))[
+        (CLONE_CANCELS_REFUSED, ("pool", "reason", "service"))] == [1.0]
+    assert harness.provider.task_status(task).state is TaskState.RUNNING
+    later = harness.reconcile(POOL)
+    assert not [error for error in later.errors if "refused" in error], "asked again"
+    assert later.clones_started == []
+    harness.clock.advance(CLONE_CANCEL_WAIT_SECONDS)
+    assert len(harness.reconcile(POOL).clones_started) == 1  # the slot freed at the cancel wait
+    assert harness.state_of(first) in ("completed", "destroyed")

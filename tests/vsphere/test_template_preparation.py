@@ -35,7 +35,7 @@ from tests.harness import HarnessFactory
 from tests.support import counts_by_reason, emf_documents, emitted
 from tests.vsphere import admin
 from tests.vsphere.test_bad_day import POOL, converge, pool_harness
-from tests.vsphere.vcsim import DATACENTER, TEMPLATE, Setup, VcsimServer, make_setup
+from tests.vsphere.vcsim import DATACENTER, TEMPLATE, Setup, VcsimServer, delayed_clones, make_setup
 
 TEMPLATE_PATH = f"{DATACENTER}/vm/{TEMPLATE}"
 OPTION = {"create_template_delta_disks": True}
@@ -255,9 +255,7 @@ def test_a_preparation_vcenter_never_ends_holds_the_pool_only_until_the_clone_ti
 @pytest.fixture
 def one_second_clones(vcsim_dir: Path) -> Iterator[VcsimServer]:
     """Clone tasks that run 1 s (the VM is in its folder meanwhile)."""
-    with VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"second-{secrets.token_hex(3)}.pem",
-                     clone_delay=1) as server:
-        yield server
+    yield from delayed_clones(vcsim_dir, 1, "second")
 
 
 def test_a_template_changed_with_clones_in_flight_refills_from_the_new_one_and_leaks_nothing(

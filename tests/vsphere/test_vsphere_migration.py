@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from chalicelib.manager.migrations import MIGRATION_START_GRACE_SECONDS
+from chalicelib.providers.vsphere import inventory
 from tests.harness import Harness, HarnessFactory, Killed
 from tests.support import eventually
 from tests.vsphere import admin
@@ -205,3 +206,28 @@ def test_a_vmotion_sent_by_a_pass_killed_before_noting_it_ends_migrated(
     assert report.errors == []
     shown = stack.describe(vm)
     assert (shown["migrated"], shown["host"]) == (True, target) and where(stack)[vm] == target
+
+
+def test_moves_are_looked_for_in_the_vms_own_tasks_not_vcenters_whole_list(
+        busy_vcsim: VcsimServer, make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A VM's moves are read from its own recent tasks: after 250 other tasks on another VM (a
+    busy vCenter), the move is still found, and the look reads its own few tasks. Before, it read
+    the task manager's list of every recent task whole (hundreds on a busy vCenter, each task's
+    info in one answer) on each look; vcsim's list of 200 had dropped the move by then."""
+    stack = stack_on(busy_vcsim, make_harness, size=2)
+    placed = fill(stack, busy_vcsim)
+    vm, other_vm = sorted(placed)
+    other = next(name for name in admin.host_names(stack.provider)
+                 if name != placed[vm] and name.startswith("DC0_C0_"))
+    admin.relocate(stack.provider, f"DC0/vm/vmpool/mig/{vm}", other)
+    admin.busy_work(stack.provider, f"DC0/vm/vmpool/mig/{other_vm}", 250)
+    read: list[int] = []
+    properties = inventory.properties
+
+    def counted(connection: Any, objects: list[Any], paths: Any) -> Any:
+        read.append(len(objects))
+        return properties(connection, objects, paths)
+
+    monkeypatch.setattr(inventory, "properties", counted)
+    assert len(stack.provider.recent_migrations(stack.pool("mig"), vm, 600) or []) == 1
+    assert sum(read) <= 20, read

@@ -17,7 +17,7 @@ import ssl
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 from urllib.parse import urlparse
 
 from pyVim.connect import Disconnect, SmartConnect
@@ -165,6 +165,14 @@ def vms_in_folders(server: VcsimServer) -> dict[str, list[str]]:
         return read_again_while_vcenter_changes(listed)
     finally:
         Disconnect(instance)
+
+
+def delayed_clones(directory: Path, seconds: float, label: str) -> Iterator[VcsimServer]:
+    """A simulator of its own (its certificate in ``directory``, named after ``label``) whose
+    clone tasks run ``seconds`` (the VM is in its folder meanwhile): for a fixture to yield from."""
+    with VcsimServer(boot_delay=0.2, cert_path=directory / f"{label}-{secrets.token_hex(3)}.pem",
+                     clone_delay=seconds) as server:
+        yield server
 
 
 def vcsim_config(

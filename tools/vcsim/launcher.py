@@ -27,6 +27,10 @@ FOLDERS = ("vmpool",)
 NO_CLONE_FOLDER = "no-clone-permission"
 """Clones into any folder of this name are refused with NoPermission (the user lacks the clone
 privilege there), so permission failures can be tested."""
+NO_CANCEL_FOLDER = "no-cancel-permission"
+"""Delayed clones (``clone_delay``) into any folder of this name refuse CancelTask with
+NoPermission and run on (the user may clone there but not cancel), so refused cancels can be
+tested."""
 FAIL_CLONE_FOLDER = "failing-clones"
 """Clone tasks into any folder of this name end in error after making the VM (the debris a failed
 clone can leave in vCenter), so clone failures from vCenter's tasks can be tested."""
@@ -66,7 +70,8 @@ def start_vcsim(
     does not come up within ``timeout`` seconds. ``host_load_per_vm`` > 0 makes each powered-on
     VM add that percent of its host's CPU and memory to the host's quick stats.
     ``guest_addresses``: what a booted VM's first interface reports besides ``guest_ip``
-    (``guest.net``; each ``address`` or ``address/state``, as VMware Tools gives an IPv6 one).
+    (``guest.net``; each ``address``, ``address/state`` or ``address/state/origin``, as VMware
+Tools gives an IPv6 one).
 
     A bad day in vCenter: ``clone_delay`` seconds each clone task runs (its VM is in the folder
     meanwhile); ``method_delays`` slows SOAP methods by name (seconds, e.g.
@@ -95,6 +100,7 @@ def start_vcsim(
         "-password", password,
         "-host-load-per-vm", str(host_load_per_vm),
         "-fail-clone-folder", FAIL_CLONE_FOLDER,
+        "-no-cancel-folder", NO_CANCEL_FOLDER,
         "-clone-delay", f"{clone_delay}s",
         "-session-idle", f"{session_idle}s",
         "-method-delay", ",".join(f"{name}={round(seconds * 1000)}" for name, seconds in (method_delays or {}).items()),

@@ -9,10 +9,15 @@
 // An operator's bad day: -clone-delay keeps each clone task running that long (the VM is in its
 // folder meanwhile, as vCenter shows a VM being cloned), -fail-clone-folder makes clone tasks into
 // folders of that name end in error after the VM was made (the debris a failed clone can leave);
-// a delayed clone's task can be cancelled (CancelTask: it ends in error, its VM removed),
+// a delayed clone's task can be cancelled (CancelTask: it ends in error, its VM removed) except
+// in folders named -no-cancel-folder, where CancelTask is refused with NoPermission and the clone
+// runs on (as vCenter refuses a user without the privilege to cancel it),
 // -method-delay slows SOAP methods (a slow vCenter), -session-idle expires idle sessions.
 // With -guest-addresses, a booted VM's first interface reports those addresses too (guest.net:
-// its ipAddress list and ipConfig, each "address" or "address/state"), as a dual-stack guest's.
+// its ipAddress list and ipConfig, each "address", "address/state" or "address/state/origin"), as a
+// dual-stack guest's (origin "random": an IPv6 temporary address, RFC 4941).
+// Each managed entity keeps its recentTask (the last entityRecentTasks tasks on it), as vCenter's
+// do, so a client can read a VM's own tasks without the whole service's list.
 // It prints "VCSIM_URL=<url>" once it is serving, then runs until killed.
 package main
 
@@ -36,6 +41,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -44,6 +50,7 @@ import (
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/methods"
+	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 )
@@ -61,6 +68,9 @@ var noCloneFolder string
 
 // failCloneFolder names the folders clones into which end in a task error, leaving the VM made.
 var failCloneFolder string
+
+// noCancelFolder names the folders whose delayed clones' tasks refuse CancelTask with NoPermission.
+var noCancelFolder string
 
 // cloneDelay is how long a clone task stays queued/running before it ends.
 var cloneDelay time.Duration
@@ -127,7 +137,8 @@ func (t *templateVM) CloneVMTask(ctx *simulator.Context, req *types.CloneVM_Task
 		}
 		return ref, nil
 	})
-	late := &cancelableClone{Task: *created, clone: clone} //nolint:govet // copying is fine: the Map entry is replaced
+	refuse := folder != nil && noCancelFolder != "" && folder.Name == noCancelFolder
+	late := &cancelableClone{Task: *created, clone: clone, refuse: refuse} //nolint:govet // copying is fine: the Map entry is replaced
 	simulator.Map.Put(late)
 	finish := func() {
 		simulator.Map.WithLock(late, func() {
@@ -150,11 +161,17 @@ func (t *templateVM) CloneVMTask(ctx *simulator.Context, req *types.CloneVM_Task
 // have no CancelTask. Embedded by value, as templateVM (the PropertyCollector reads field 0).
 type cancelableClone struct {
 	simulator.Task
-	clone *simulator.VirtualMachine
+	clone  *simulator.VirtualMachine
+	refuse bool // CancelTask is refused with NoPermission (-no-cancel-folder); the task runs on
 }
 
 func (c *cancelableClone) CancelTask(ctx *simulator.Context, req *types.CancelTask) soap.HasFault {
 	body := &methods.CancelTaskBody{}
+	if c.refuse {
+		body.Fault_ = simulator.Fault("Permission to perform this operation was denied.",
+			&types.NoPermission{Object: c.Self, PrivilegeId: "Global.CancelTask"})
+		return body
+	}
 	if c.Info.State != types.TaskInfoStateQueued && c.Info.State != types.TaskInfoStateRunning {
 		body.Fault_ = simulator.Fault("the task is not running", &types.InvalidState{})
 		return body
@@ -173,6 +190,40 @@ func (c *cancelableClone) CancelTask(ctx *simulator.Context, req *types.CancelTa
 	return body
 }
 
+// entityRecentTasks is how many tasks an entity's recentTask keeps (vCenter keeps a VM's tasks of
+// the last minutes; a handful in practice).
+const entityRecentTasks = 20
+
+// entityTasks is a registry handler that adds each new task to its entity's recentTask, which
+// govmomi 0.24 leaves empty (it keeps the task manager's list only).
+type entityTasks struct{ mu sync.Mutex }
+
+func (*entityTasks) Reference() types.ManagedObjectReference {
+	return types.ManagedObjectReference{Type: "VcsimEntityTasks", Value: "entity-tasks"}
+}
+
+func (e *entityTasks) PutObject(obj mo.Reference) {
+	task, ok := obj.(*simulator.Task)
+	if !ok || task.Info.Entity == nil {
+		return // not a new task (a cancelableClone replaces its task under the same reference)
+	}
+	entity, ok := simulator.Map.Get(*task.Info.Entity).(mo.Entity)
+	if !ok {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	recent := append(append([]types.ManagedObjectReference(nil), entity.Entity().RecentTask...), task.Self)
+	if len(recent) > entityRecentTasks {
+		recent = recent[len(recent)-entityRecentTasks:]
+	}
+	simulator.Map.Update(entity, []types.PropertyChange{{Name: "recentTask", Val: recent}})
+}
+
+func (*entityTasks) UpdateObject(mo.Reference, []types.PropertyChange) {}
+
+func (*entityTasks) RemoveObject(types.ManagedObjectReference) {}
+
 // methodDelays parses "Method=ms,Method=ms" into the simulator's per-method delays.
 func methodDelays(spec string) map[string]int {
 	delays := map[string]int{}
@@ -188,8 +239,9 @@ func methodDelays(spec string) map[string]int {
 	return delays
 }
 
-// guestNet is the guest.net a VM reports with addresses ("address" or "address/state", state
-// "preferred" when not given) on its first interface (one is made when it has none); none clears them.
+// guestNet is the guest.net a VM reports with addresses ("address", "address/state" or
+// "address/state/origin"; state "preferred" and no origin when not given) on its first interface
+// (one is made when it has none); none clears them.
 func guestNet(vm *simulator.VirtualMachine, addresses []string) []types.GuestNicInfo {
 	nics := append([]types.GuestNicInfo(nil), vm.Guest.Net...)
 	if len(nics) == 0 {
@@ -198,12 +250,13 @@ func guestNet(vm *simulator.VirtualMachine, addresses []string) []types.GuestNic
 	var plain []string
 	var configured []types.NetIpConfigInfoIpAddress
 	for _, item := range addresses {
-		address, state, _ := strings.Cut(item, "/")
+		address, rest, _ := strings.Cut(item, "/")
+		state, origin, _ := strings.Cut(rest, "/")
 		if state == "" {
 			state = "preferred"
 		}
 		plain = append(plain, address)
-		configured = append(configured, types.NetIpConfigInfoIpAddress{IpAddress: address, State: state})
+		configured = append(configured, types.NetIpConfigInfoIpAddress{IpAddress: address, State: state, Origin: origin})
 	}
 	nics[0].IpAddress = plain
 	nics[0].IpConfig = nil
@@ -381,7 +434,7 @@ func main() {
 	hosts := flag.Int("host", 3, "hosts per cluster")
 	bootDelay := flag.Duration("boot-delay", 5*time.Second, "time from power-on to guest info (IP, hostname, tools)")
 	guestIP := flag.String("guest-ip", "127.0.0.1", "IP address every booted VM reports")
-	guestAddresses := flag.String("guest-addresses", "", "comma-separated addresses (address[/state]) every booted VM's first interface reports (guest.net)")
+	guestAddresses := flag.String("guest-addresses", "", "comma-separated addresses (address[/state[/origin]]) every booted VM's first interface reports (guest.net)")
 	template := flag.String("template", "templates/vmpool-template", "template path under each datacenter's vm folder")
 	folders := flag.String("folders", "vmpool", "comma-separated folders to create under each vm folder")
 	username := flag.String("username", "vmpool", "user name to accept")
@@ -390,6 +443,7 @@ func main() {
 	flag.StringVar(&noCloneFolder, "no-clone-folder", "", "name of folders that refuse clones with NoPermission")
 	loadPerVM := flag.Float64("host-load-per-vm", 0, "percent of a host's CPU and memory each powered-on VM uses (0: static host stats)")
 	flag.StringVar(&failCloneFolder, "fail-clone-folder", "", "name of folders whose clone tasks end in error (the VM is left)")
+	flag.StringVar(&noCancelFolder, "no-cancel-folder", "", "name of folders whose delayed clones refuse CancelTask with NoPermission")
 	flag.DurationVar(&cloneDelay, "clone-delay", 0, "how long each clone task runs before it ends")
 	delays := flag.String("method-delay", "", "comma-separated Method=milliseconds delays of SOAP methods")
 	sessionIdle := flag.Duration("session-idle", 0, "idle time after which a session expires (0: never)")
@@ -409,6 +463,7 @@ func main() {
 
 	setup(context.Background(), server.URL, *template, strings.Split(*folders, ","))
 	model.DelayConfig.MethodDelay = methodDelays(*delays) // after setup: it is not slowed down
+	simulator.Map.AddHandler(&entityTasks{})
 	var addresses []string
 	if *guestAddresses != "" {
 		addresses = strings.Split(*guestAddresses, ",")

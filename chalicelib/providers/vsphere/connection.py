@@ -416,7 +416,7 @@ def with_connection(endpoint: Endpoint, operation: Callable[[Connection], T], wh
                 drop(endpoint, keep_session=True)
                 return _open(endpoint).run(operation)
         except ProviderError as error:
-            scrubbed = ProviderError(scrub(str(error), endpoint), error.kind)
+            scrubbed = error.reworded(scrub(str(error), endpoint))
             if error.kind in (FailureKind.CONNECTION, FailureKind.TIMEOUT):  # from open(): not reached
                 _unreachable[endpoint.key] = (time.monotonic(), scrubbed)
             raise scrubbed from None

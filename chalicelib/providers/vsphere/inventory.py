@@ -34,21 +34,46 @@ UNUSABLE_ADDRESS_STATES = frozenset({"tentative", "duplicate", "invalid", "inacc
 yet checked unique on the link, found taken by another machine, or on its way out (an IPv6
 temporary address past its preferred lifetime)."""
 
+TEMPORARY_ADDRESS_ORIGINS = frozenset({"random"})
+"""Origins of a guest's address (``NetIpConfigInfoIpAddressOrigin``) no record should lead to: an
+IPv6 temporary ("privacy", RFC 4941) address, which the guest replaces within hours and uses for
+its own outgoing connections only."""
+
 
 def guest_addresses(nics: Any) -> tuple[str, ...]:
     """Every address a VM's guest reports on its network interfaces (``guest.net``), in the
     order reported: per interface its ``ipConfig.ipAddress[]`` (leaving out addresses in an
-    UNUSABLE_ADDRESS_STATES state), or its plain ``ipAddress[]`` list when VMware Tools gave no
-    ipConfig (older Tools, vcsim)."""
+    UNUSABLE_ADDRESS_STATES state and temporary ones: ``publishable_address``), or its plain
+    ``ipAddress[]`` list when VMware Tools gave no ipConfig (older Tools, vcsim)."""
     found: list[str] = []
     for nic in nics or ():
         configured = getattr(getattr(nic, "ipConfig", None), "ipAddress", None) or ()
         if configured:
-            found.extend(str(item.ipAddress) for item in configured
-                         if item.ipAddress and str(getattr(item, "state", None) or "") not in UNUSABLE_ADDRESS_STATES)
+            found.extend(str(item.ipAddress) for item in configured if item.ipAddress and publishable_address(item))
         else:
             found.extend(str(address) for address in getattr(nic, "ipAddress", None) or () if address)
     return tuple(found)
+
+
+def primary_address(ip: Any, nics: Any) -> str | None:
+    """The VM's primary address (``guest.ipAddress``), unless its interfaces (``guest.net``, when
+    read) report it as one no record should lead to (``publishable_address``: an IPv6 guest's
+    temporary address may be the one VMware Tools names primary): then the first address they
+    report that is not (``guest_addresses``), or the primary still when they report none."""
+    primary = str(ip) if ip else None
+    refused = {str(item.ipAddress) for nic in nics or ()
+               for item in getattr(getattr(nic, "ipConfig", None), "ipAddress", None) or ()
+               if item.ipAddress and not publishable_address(item)}
+    if primary is None or primary not in refused:
+        return primary
+    return next(iter(guest_addresses(nics)), primary)
+
+
+def publishable_address(item: Any) -> bool:
+    """Whether a guest's configured address (``NetIpConfigInfoIpAddress``) may be a VM's record:
+    neither in an UNUSABLE_ADDRESS_STATES state nor of a TEMPORARY_ADDRESS_ORIGINS origin."""
+    return (str(getattr(item, "state", None) or "") not in UNUSABLE_ADDRESS_STATES
+            and str(getattr(item, "origin", None) or "") not in TEMPORARY_ADDRESS_ORIGINS)
 
 
 HOST_PROPERTIES = (

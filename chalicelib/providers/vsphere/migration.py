@@ -60,14 +60,12 @@ def start(connection: Connection, selector: HostSelector, datacenter: str, limit
 
 def recent_relocations(connection: Connection, vm: Any, within: float) -> list[str]:
     """References of the RelocateVM tasks on ``vm`` vCenter queued in the last ``within``
-    seconds (and CLOCK_SKEW_SECONDS more) by its own clock, oldest first: the VM's recent tasks
-    and the task manager's (vcsim keeps only the latter). DRS moves are other tasks (another
+    seconds (and CLOCK_SKEW_SECONDS more) by its own clock, oldest first, from the VM's own recent
+    tasks (``recentTask``: a handful), never the task manager's list of every recent task vCenter
+    runs (hundreds on a busy vCenter, each read whole). DRS moves are other tasks (another
     ``descriptionId``): never among them."""
-    own = (inventory.one(connection, vm, ["recentTask"]) or {}).get("recentTask") or []
-    manager = connection.content.taskManager
-    recent = {task._moId: task for task in [*own, *((inventory.one(connection, manager, ["recentTask"]) or {})
-                                                   .get("recentTask") or [])]}
-    found = inventory.properties(connection, list(recent.values()),
+    recent = (inventory.one(connection, vm, ["recentTask"]) or {}).get("recentTask") or []
+    found = inventory.properties(connection, list(recent),
                                  ["info.descriptionId", "info.entity", "info.queueTime"]) if recent else []
     vcenter_now = tasks.unix_time(vim.ServiceInstance("ServiceInstance", connection.stub).CurrentTime())
     earliest = vcenter_now - within - CLOCK_SKEW_SECONDS

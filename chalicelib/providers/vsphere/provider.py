@@ -112,7 +112,7 @@ class VSphereProvider(Provider):
                     VMInfo(
                         name=item["name"],
                         powered_on=item.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn,
-                        ip=item.get("guest.ipAddress") or None,
+                        ip=inventory.primary_address(item.get("guest.ipAddress"), item.get("guest.net")),
                         guest_hostname=item.get("guest.hostName") or None,
                         tools_running=item.get("guest.toolsRunningStatus") == "guestToolsRunning",
                         host=names.get(host._moId) if host is not None else None,

@@ -40,7 +40,7 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
-from chalicelib.providers.base import TaskState, TaskStatus
+from chalicelib.providers.base import CancelRefused, TaskState, TaskStatus
 from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import inventory
 from chalicelib.providers.vsphere.connection import Connection, describe_fault, fault_kind
@@ -178,9 +178,10 @@ def status(connection: Connection, ref: str) -> TaskStatus:
 def cancel(connection: Connection, ref: str) -> bool:
     """Ask vCenter to cancel the clone task ``ref`` while it is still ours and queued or running
     (CancelTask: vCenter stops the clone and removes what it made; the task then ends in error).
-    False when it is not a clone, vCenter no longer knows it, the id is another task's now, it
-    ended, or vCenter refuses (a task past the point where it can be cancelled, a simulator
-    without CancelTask)."""
+    False when it is not a clone, vCenter no longer knows it, the id is another task's now, or it
+    ended (before the ask, or while vCenter refused it). Raises CancelRefused when vCenter refuses
+    a task it still runs (NoPermission: the user lacks the privilege; InvalidState: past the
+    point where it can be cancelled; NotSupported...)."""
     kind, _, rest = ref.partition(":")
     if kind != "clone":
         return False
@@ -190,8 +191,16 @@ def cancel(connection: Connection, ref: str) -> bool:
         return False
     try:
         vim.Task(task, connection.stub).CancelTask()
-    except vmodl.MethodFault:  # InvalidState (no longer cancelable), NotSupported, ManagedObjectNotFound...
-        return False
+    except vmodl.fault.ManagedObjectNotFound:
+        return False  # vCenter forgot the task meanwhile
+    except vmodl.MethodFault as fault:
+        after, _ = _recorded_state(connection, task, queued)
+        if after is None or after.state is not TaskState.RUNNING:
+            return False  # it ended meanwhile: nothing was refused
+        key = "permission" if isinstance(fault, vim.fault.NoPermission) \
+            else "invalid_state" if isinstance(fault, vim.fault.InvalidState) else "other"
+        raise CancelRefused(f"vCenter refused to cancel clone task {task}: {describe_fault(fault)}",
+                            fault_kind(fault), key) from None
     return True
 
 
