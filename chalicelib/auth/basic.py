@@ -4,7 +4,8 @@
 limiter, asks the authenticator, and says what to answer:
 
     OK           -> go on as ``result.user``
-    INVALID      -> 401 {"ok": false} + WWW-Authenticate: Basic realm="Authentication required"
+    MISSING      -> 401 {"ok": false} + WWW-Authenticate: Basic realm="Authentication required"
+    INVALID      -> the same 401, saying the credentials sent were refused
     RATE_LIMITED -> 429 {"ok": false} + Retry-After: result.retry_after
     UNAVAILABLE  -> 503 {"ok": false, "error": result.message}
 """
@@ -24,6 +25,11 @@ from .ratelimit import LoginLimiter
 logger = module_logger(__name__)
 
 WWW_AUTHENTICATE = 'Basic realm="Authentication required"'
+
+
+def sends_basic_auth(header: str | None) -> bool:
+    """Whether an ``Authorization`` header value claims the Basic scheme (readable or not)."""
+    return isinstance(header, str) and header.strip().partition(" ")[0].lower() == "basic"
 
 
 def parse_basic_auth(header: str | None) -> tuple[str, str] | None:
@@ -52,7 +58,11 @@ def parse_basic_auth(header: str | None) -> tuple[str, str] | None:
 
 class LoginOutcome(enum.Enum):
     OK = "ok"
+    MISSING = "missing"
+    """No Basic credentials came with the request."""
     INVALID = "invalid"
+    """Basic credentials came and were refused (a wrong password, an unknown user, a header that
+    does not decode: one answer, so that it never tells whether the user exists)."""
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
 
@@ -76,6 +86,8 @@ class LoginService:
 
     def login(self, authorization: str | None, address: str | None = None) -> LoginResult:
         """Check an Authorization header value for a request from ``address``."""
+        if not sends_basic_auth(authorization):
+            return LoginResult(LoginOutcome.MISSING)
         credentials = parse_basic_auth(authorization)
         if credentials is None:
             return LoginResult(LoginOutcome.INVALID)

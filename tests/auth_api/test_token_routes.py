@@ -90,6 +90,23 @@ def test_basic_auth_failures_are_401_with_the_challenge(ldap_api: Harness, slapd
     assert ldap_api.services.client.keys(f"{TOKEN_PREFIX}*") == []
 
 
+def test_refused_credentials_are_told_apart_from_none_but_not_by_who_exists(ldap_api: Harness, slapd):
+    """A wrong password is a 401 that says the credentials were refused (before: "authentication
+    required", as if none had been sent, so a user retyping a password saw nothing wrong with it);
+    an unknown user gets the very same answer, and only a request without Basic credentials is
+    told they are required."""
+    def answer(headers: dict[str, str]) -> tuple[int, dict[str, Any], str]:
+        reply = ldap_api.call("POST", "/api/v3/token", headers=headers)
+        return reply.status, reply.body, reply.headers["WWW-Authenticate"]
+
+    refused = answer(basic("alice", "wrong"))
+    assert refused == (401, {"ok": False, "error": tokens.BASIC_AUTH_REFUSED}, WWW_AUTHENTICATE)
+    assert answer(basic("nobody", "x-Pass-1")) == refused
+    assert answer({"Authorization": "Basic !!!"}) == refused
+    for nothing in ({}, {"Authorization": "Bearer abc"}):
+        assert answer(nothing) == (401, {"ok": False, "error": tokens.BASIC_AUTH_REQUIRED}, WWW_AUTHENTICATE)
+
+
 def test_get_token_lists_only_the_callers_tokens(ldap_api: Harness, slapd):
     alice_tokens = {ldap_api.new_token("alice", slapd.password("alice")) for _ in range(2)}
     bob_token = ldap_api.new_token("bob", slapd.password("bob"))
