@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from chalicelib.logs import module_logger
 
-from .base import Authenticator, AuthUnavailable, acceptable_credentials, canonical_user
+from .base import Authenticator, AuthUnavailable, NamingAuthenticator, acceptable_credentials, canonical_user
 from .ratelimit import LoginLimiter
 
 logger = module_logger(__name__)
@@ -115,16 +115,24 @@ class LoginService:
                     message = "too many failed logins, try again later"
                 return LoginResult(LoginOutcome.RATE_LIMITED, retry_after=refusal.retry_after, message=message)
         try:
-            accepted = self.authenticator.authenticate(user, password)
+            name = self._login_name(user, password)
         except AuthUnavailable as error:
             if self.limiter is not None:
                 self.limiter.settle(user, address, succeeded=None)  # an outage is not a failed login
             return LoginResult(LoginOutcome.UNAVAILABLE, message=str(error))
         if self.limiter is not None:
-            self.limiter.settle(user, address, succeeded=accepted)
-        if not accepted:
+            self.limiter.settle(user, address, succeeded=name is not None)
+        if name is None:
             return LoginResult(LoginOutcome.INVALID)
-        # The directory matched the name case-insensitively (ALICE logs in as alice): the user
-        # owns tokens and VMs under its canonical name, so every spelling is the one user, with
-        # one set of tokens and one limit.
-        return LoginResult(LoginOutcome.OK, user=canonical_user(user))
+        # The directory matched the name case-insensitively (ALICE logs in as alice), or by
+        # another of the entry's names: the user owns tokens and VMs under the canonical form of
+        # the name the directory gives the entry, so every spelling and every name of it is the
+        # one user, with one set of tokens and one limit.
+        return LoginResult(LoginOutcome.OK, user=canonical_user(name))
+
+    def _login_name(self, user: str, password: str) -> str | None:
+        """The backend's name for whom the credentials log in as (the name typed when the backend
+        has no names of its own to give), None when refused."""
+        if isinstance(self.authenticator, NamingAuthenticator):
+            return self.authenticator.login_name(user, password)
+        return user if self.authenticator.authenticate(user, password) else None
