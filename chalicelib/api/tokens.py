@@ -1,8 +1,9 @@
 """/token routes: create, list, inspect and delete API tokens (vmpooler's wire shape, FIX applied).
 
 - ``POST /token`` and ``GET /token`` take HTTP Basic credentials, checked by the ``:auth:``
-  provider through the failed-login limiter: 401 (with ``WWW-Authenticate``) for bad
-  credentials, 429 with ``Retry-After`` past the limit, 503 when the directory is down.
+  provider through the failed-login limiter: 401 (with ``WWW-Authenticate``) without
+  credentials or for refused ones (each said so, never whether the user exists), 429 with
+  ``Retry-After`` past the limit, 503 when the directory is down.
 - ``GET /token`` lists only the caller's tokens, each under its id (Redis holds no token).
 - ``GET /token/<t>``: the token in the path is proof enough (vmfloaty sends nothing else); with
   Basic credentials only the token's owner gets an answer (403 otherwise). A read: ``last`` stays.
@@ -48,6 +49,11 @@ DELETION_NOT_REPLICATED = ("the token was deleted, but the deletion could not be
                            "send the DELETE again shortly to be sure it holds")
 
 
+BASIC_AUTH_REQUIRED = "authentication required (HTTP Basic)"
+BASIC_AUTH_REFUSED = "authentication failed: user name or password refused (HTTP Basic)"
+"""Said alike for a wrong password and an unknown user: the answer never tells who exists."""
+
+
 def _login_service(services: Services) -> LoginService:
     """The login service, or 404 when no ``:auth:`` is configured."""
     if services.config.auth is None:
@@ -78,7 +84,9 @@ def _basic_user(services: Services, request: ApiRequest) -> str:
         )
     if result.outcome is LoginOutcome.UNAVAILABLE:
         raise auth_unavailable(RuntimeError(result.message or "no detail"))
-    raise unauthorized("authentication required (HTTP Basic)")
+    if result.outcome is LoginOutcome.MISSING:
+        raise unauthorized(BASIC_AUTH_REQUIRED)
+    raise unauthorized(BASIC_AUTH_REFUSED)
 
 
 def create_token(services: Services, request: ApiRequest) -> ApiResponse:

@@ -133,7 +133,10 @@ def describe(services: Services, request: ApiRequest) -> ApiResponse:
         # (`floaty list --active` printed an empty name for it before).
         info["fqdn"] = f"{record.name}.{domain}" if domain else record.name
     info["host"] = record.host
-    info["migrated"] = record.raw.get("migrated") == "true"
+    if record.raw.get("migrated") == "true":
+        # vmpooler's wire form: the string "true" once migrated, the key absent otherwise
+        # (its v3.rb copies the Redis field as stored); scripts compare it to "true".
+        info["migrated"] = "true"
     if record.not_ready_reason and record.state == "pending":
         info["not_ready_reason"] = record.not_ready_reason
     if record.reason:

@@ -33,6 +33,19 @@ class Authenticator(Protocol):
 
 
 @runtime_checkable
+class NamingAuthenticator(Protocol):
+    """An authenticator that says whom the credentials logged in as, in the backend's own words
+    (a directory: the name of the entry the bind found, whatever spelling or other name of it
+    was typed). vmpool names the user by it, so one entry is one user."""
+
+    def login_name(self, username: str, password: str) -> str | None:
+        """The name of the user the credentials belong to, None when they are refused.
+
+        Raises AuthUnavailable when the backend cannot tell."""
+        ...
+
+
+@runtime_checkable
 class UserDirectory(Protocol):
     """An authenticator that can say whether a user is still there without their password."""
 

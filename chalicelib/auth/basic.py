@@ -4,7 +4,8 @@
 limiter, asks the authenticator, and says what to answer:
 
     OK           -> go on as ``result.user``
-    INVALID      -> 401 {"ok": false} + WWW-Authenticate: Basic realm="Authentication required"
+    MISSING      -> 401 {"ok": false} + WWW-Authenticate: Basic realm="Authentication required"
+    INVALID      -> the same 401, saying the credentials sent were refused
     RATE_LIMITED -> 429 {"ok": false} + Retry-After: result.retry_after
     UNAVAILABLE  -> 503 {"ok": false, "error": result.message}
 """
@@ -18,12 +19,17 @@ from dataclasses import dataclass
 
 from chalicelib.logs import module_logger
 
-from .base import Authenticator, AuthUnavailable, acceptable_credentials, canonical_user
+from .base import Authenticator, AuthUnavailable, NamingAuthenticator, acceptable_credentials, canonical_user
 from .ratelimit import LoginLimiter
 
 logger = module_logger(__name__)
 
 WWW_AUTHENTICATE = 'Basic realm="Authentication required"'
+
+
+def sends_basic_auth(header: str | None) -> bool:
+    """Whether an ``Authorization`` header value claims the Basic scheme (readable or not)."""
+    return isinstance(header, str) and header.strip().partition(" ")[0].lower() == "basic"
 
 
 def parse_basic_auth(header: str | None) -> tuple[str, str] | None:
@@ -52,7 +58,11 @@ def parse_basic_auth(header: str | None) -> tuple[str, str] | None:
 
 class LoginOutcome(enum.Enum):
     OK = "ok"
+    MISSING = "missing"
+    """No Basic credentials came with the request."""
     INVALID = "invalid"
+    """Basic credentials came and were refused (a wrong password, an unknown user, a header that
+    does not decode: one answer, so that it never tells whether the user exists)."""
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
 
@@ -76,6 +86,8 @@ class LoginService:
 
     def login(self, authorization: str | None, address: str | None = None) -> LoginResult:
         """Check an Authorization header value for a request from ``address``."""
+        if not sends_basic_auth(authorization):
+            return LoginResult(LoginOutcome.MISSING)
         credentials = parse_basic_auth(authorization)
         if credentials is None:
             return LoginResult(LoginOutcome.INVALID)
@@ -103,16 +115,24 @@ class LoginService:
                     message = "too many failed logins, try again later"
                 return LoginResult(LoginOutcome.RATE_LIMITED, retry_after=refusal.retry_after, message=message)
         try:
-            accepted = self.authenticator.authenticate(user, password)
+            name = self._login_name(user, password)
         except AuthUnavailable as error:
             if self.limiter is not None:
                 self.limiter.settle(user, address, succeeded=None)  # an outage is not a failed login
             return LoginResult(LoginOutcome.UNAVAILABLE, message=str(error))
         if self.limiter is not None:
-            self.limiter.settle(user, address, succeeded=accepted)
-        if not accepted:
+            self.limiter.settle(user, address, succeeded=name is not None)
+        if name is None:
             return LoginResult(LoginOutcome.INVALID)
-        # The directory matched the name case-insensitively (ALICE logs in as alice): the user
-        # owns tokens and VMs under its canonical name, so every spelling is the one user, with
-        # one set of tokens and one limit.
-        return LoginResult(LoginOutcome.OK, user=canonical_user(user))
+        # The directory matched the name case-insensitively (ALICE logs in as alice), or by
+        # another of the entry's names: the user owns tokens and VMs under the canonical form of
+        # the name the directory gives the entry, so every spelling and every name of it is the
+        # one user, with one set of tokens and one limit.
+        return LoginResult(LoginOutcome.OK, user=canonical_user(name))
+
+    def _login_name(self, user: str, password: str) -> str | None:
+        """The backend's name for whom the credentials log in as (the name typed when the backend
+        has no names of its own to give), None when refused."""
+        if isinstance(self.authenticator, NamingAuthenticator):
+            return self.authenticator.login_name(user, password)
+        return user if self.authenticator.authenticate(user, password) else None

@@ -11,6 +11,14 @@ Transport: ``encryption`` is ``plain``, ``simple_tls`` (LDAPS) or ``start_tls`` 
 in vmpooler). Certificates are verified (chain and host name) unless ``verify_certificates: false``;
 ``ca_file`` (a PEM file) or ``ca_data`` (PEM text) name the CA to trust, else the system store.
 
+The user is named as the directory names the entry the bind found: the value of the first
+``user_object`` the entry holds (the one spelt as typed when it holds several), read back after the
+bind. A login by another of the entry's names (its cn where uid comes first) or by a spelling the
+directory matches and vmpool's ``canonical_user`` does not (Active Directory folds accents and
+more) is the same user; an entry that binds under another entry's name (a direct bind trying the
+next user_object) is not that user. A direct bind reads the entry as the user just bound; when the
+directory lets it read none of them, the name typed stays the user (logged).
+
 Safety: user names are escaped in DNs (RFC 4514) and in filters (RFC 4515); an empty password is
 refused before any network traffic (no unauthenticated bind); passwords are sent as their UTF-8
 bytes, not through ldap3's SASLprep (see ``_bind``); referrals are not followed; the
@@ -32,7 +40,7 @@ from ldap3.utils.dn import escape_rdn
 
 from chalicelib.logs import module_logger
 
-from .base import AuthConfigError, AuthUnavailable, acceptable_credentials
+from .base import AuthConfigError, AuthUnavailable, acceptable_credentials, canonical_user
 from .ldap_settings import LdapSettings, parse_ldap_settings
 from .secrets import SecretConfigError, SecretUnavailable
 
@@ -109,18 +117,23 @@ class LdapAuthenticator:
     # --- the protocol ----------------------------------------------------------------------
 
     def authenticate(self, username: str, password: str) -> bool:
+        return self.login_name(username, password) is not None
+
+    def login_name(self, username: str, password: str) -> str | None:
+        """The directory's name for the entry the credentials bind as (see the module doc), None
+        when they are refused. Raises AuthUnavailable when the directory cannot answer."""
         if not acceptable_credentials(username, password):
-            return False
+            return None
         with self._session("login") as connection:
             if self.settings.uses_service_account:
-                accepted = self._search_and_bind(connection, username, password)
+                name = self._search_and_bind(connection, username, password)
             else:
-                accepted = self._direct_bind(connection, username, password)
-        if accepted:
-            logger.info("LDAP login accepted for %s", _identity(username))
+                name = self._direct_bind(connection, username, password)
+        if name is not None:
+            logger.info("LDAP login accepted for %s as %s", _identity(username), _identity(name))
         else:
             logger.info("LDAP login refused for %s", _identity(username))
-        return accepted
+        return name
 
     @property
     def looks_up_users(self) -> bool:
@@ -235,13 +248,42 @@ class LdapAuthenticator:
         logger.error("%s answered a bind with %s (%s)", self._where, code, description)
         raise AuthUnavailable(f"{self._where} refused to process the login ({description})")
 
-    def _direct_bind(self, connection: Connection, username: str, password: str) -> bool:
+    def _direct_bind(self, connection: Connection, username: str, password: str) -> str | None:
         rdn_value = escape_rdn(username)
         for base in self.settings.bases:
             for attribute in self.settings.user_objects:
-                if self._bind(connection, f"{attribute}={rdn_value},{base}", password):
-                    return True
-        return False
+                dn = f"{attribute}={rdn_value},{base}"
+                if self._bind(connection, dn, password):
+                    return self._entry_name(self._read_own_entry(connection, dn), username)
+        return None
+
+    def _read_own_entry(self, connection: Connection, dn: str) -> dict[str, Any]:
+        """The user_object attributes of the entry just bound as, read as that user ({} when the
+        directory shows none of them: the caller keeps the name typed)."""
+        connection.search(dn, "(objectClass=*)", search_scope=BASE, attributes=list(self.settings.user_objects),
+                          size_limit=1, time_limit=max(1, int(self.settings.receive_timeout)))
+        code = (connection.result or {}).get("result")
+        for item in connection.response or []:
+            if code == 0 and item.get("type") == "searchResEntry":
+                return dict(item.get("attributes") or {})
+        logger.warning("%s let the user bound as %r read none of %s of its entry (result %s): "
+                       "the name typed names the user", self._where, dn, list(self.settings.user_objects), code)
+        return {}
+
+    def _entry_name(self, attributes: dict[str, Any], username: str) -> str:
+        """The name of the entry with these attributes: the value of the first user_object it
+        holds, the one that is a spelling of ``username`` when there are several (else the least,
+        so that it is always the same); ``username`` when it holds none."""
+        by_name = {name.lower(): values for name, values in attributes.items()}
+        for attribute in self.settings.user_objects:
+            values = by_name.get(attribute.lower())
+            names = [value for value in (values if isinstance(values, list) else [values])
+                     if isinstance(value, str) and value.strip()]
+            if names:
+                typed = canonical_user(username)
+                return next((name for name in names if canonical_user(name) == typed),
+                            min(names, key=canonical_user))
+        return username
 
     def _service_password(self) -> str:
         try:
@@ -261,47 +303,52 @@ class LdapAuthenticator:
             raise AuthUnavailable(f"{self._where} refused the service account")
 
     def _find_user(self, connection: Connection, username: str) -> list[str]:
-        """The DN of the one entry named ``username`` under every base and user_object (as the
-        service account); none when no entry or several are (alice's uid and another person's
-        cn: whoever's password matched would be 'alice')."""
+        """The DN of the one entry named ``username`` (``_find_entries``)."""
+        return list(self._find_entries(connection, username))
+
+    def _find_entries(self, connection: Connection, username: str) -> dict[str, dict[str, Any]]:
+        """The one entry named ``username`` under every base and user_object (as the service
+        account), by DN with its user_object attributes; none when no entry or several are
+        (alice's uid and another person's cn: whoever's password matched would be 'alice')."""
         value = escape_filter_chars(username)
-        candidates: list[str] = []
+        candidates: dict[str, dict[str, Any]] = {}
         for base in self.settings.bases:
             for attribute in self.settings.user_objects:
-                for dn in self._search(connection, base, f"({attribute}={value})", username):
-                    if dn not in candidates:
-                        candidates.append(dn)
+                for dn, attributes in self._search(connection, base, f"({attribute}={value})", username):
+                    candidates.setdefault(dn, attributes)
         if len(candidates) > 1:
-            logger.warning("LDAP entries %s all match %s: ambiguous, ignored", candidates, _identity(username))
-            return []
+            logger.warning("LDAP entries %s all match %s: ambiguous, ignored", list(candidates), _identity(username))
+            return {}
         return candidates
 
-    def _search_and_bind(self, connection: Connection, username: str, password: str) -> bool:
+    def _search_and_bind(self, connection: Connection, username: str, password: str) -> str | None:
         self._bind_service_account(connection)
         # Every search ran as the service account; now bind as each entry found.
-        found = self._find_user(connection, username)
-        for dn in found:
+        found = self._find_entries(connection, username)
+        for dn, attributes in found.items():
             if self._bind(connection, dn, password):
-                return True
+                return self._entry_name(attributes, username)
         if not found:
             # No entry has the name (or several have): bind anyway, as an entry that does not
             # exist, so that the login takes the round trips a wrong password takes and a caller
             # timing its logins cannot list the names the directory holds. Never a success.
             self._bind(connection, f"cn={_ABSENT_ENTRY},{self.settings.bases[0]}", password)
-        return False
+        return None
 
-    def _search(self, connection: Connection, base: str, search_filter: str, username: str) -> list[str]:
+    def _search(self, connection: Connection, base: str, search_filter: str,
+                username: str) -> list[tuple[str, dict[str, Any]]]:
         connection.search(
             base,
             search_filter,
             search_scope=SUBTREE,
-            attributes=[],
+            attributes=list(self.settings.user_objects),
             size_limit=2,
             time_limit=max(1, int(self.settings.receive_timeout)),
         )
         code = (connection.result or {}).get("result")
         entries = [
-            item["dn"] for item in (connection.response or []) if item.get("type") == "searchResEntry"
+            (item["dn"], dict(item.get("attributes") or {}))
+            for item in (connection.response or []) if item.get("type") == "searchResEntry"
         ]
         if code == 4 or len(entries) > 1:  # sizeLimitExceeded: the name is not unique
             logger.warning(

@@ -37,8 +37,9 @@ family through these validators.
                                      (lua/running_recount.lua); missing: it cannot be trusted
     running:rebuild          zset    scratch of that rebuild, inside its one script (never left)
     destroyed                zset    the destroyed VMs whose records live ``data_ttl``, by when each
-                                     was destroyed: past store.DESTROYED_RECORDS_KEPT the oldest
-                                     expire within the hour (lua/move.lua)
+                                     was destroyed (~317 years earlier for one no one held): past
+                                     store.DESTROYED_RECORDS_KEPT the lowest expire within the hour
+                                     (lua/move.lua)
     changes                  string  counter: every state change stamps its VM (change_seq) with
                                      its value; a reconcile pass increments it before reading the
                                      provider's inventory, to order that read against the changes

@@ -93,7 +93,9 @@ as vmpooler's do): past this many, the records of those destroyed longest ago ex
 UNUSED_RECORD_TTL_SECONDS (lua/move.lua). ``data_ttl`` alone let them grow with the churn: ~840
 bytes each (up to ~10 KB with a caller's tags), and 10,000 checkouts a day kept ~70,000 for the
 default week (~60 MB, up to 700 MB). A record whose DNS record is still to delete keeps
-``data_ttl`` (manager/dns_records.py retries while the record names it)."""
+``data_ttl`` (manager/dns_records.py retries while the record names it). The records of VMs no one
+held (no ``checkout``: recycled ready VMs, failed clones) go before any of a VM someone held (a
+checkout or an on-demand delivery)."""
 
 CLONE_DEMAND_TTL_SECONDS = 120.0
 """A short pool's claim on clone slots lapses when its passes stop renewing it for this long

@@ -4,11 +4,13 @@ describe, change lifetime and tags, return."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Callable
 
 import pytest
 
 from chalicelib.store import store as store_module
 from chalicelib.store.store import UNUSED_RECORD_TTL_SECONDS
+from tests.api.configs import CONFIG_YAML
 from tests.harness import Harness
 from tests.support import RedisRoundTrips
 
@@ -190,6 +192,32 @@ def test_destroyed_vms_keep_their_records_data_ttl_up_to_a_count(full: Harness,
     assert full.client.zcard(full.store.keys.destroyed) == 3
     for host in destroyed[2:]:
         assert full.get(f"/api/v3/vm/{host}").json[host]["state"] == "destroyed"
+
+
+def test_vms_no_one_held_never_push_out_the_records_of_vms_someone_held(
+        make_stack: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ready VMs recycled unused (ready_ttl here; a reset or a template change alike) joined the
+    newest DESTROYED_RECORDS_KEPT as a returned VM did: pools recycling their ready VMs pushed a
+    user's returned VM out within the hour (GET /vm: 404, not ``destroyed``). Now the records of
+    VMs no one held go first; held ones (a checkout, an on-demand delivery) only make room for
+    each other."""
+    monkeypatch.setattr(store_module, "DESTROYED_RECORDS_KEPT", 3)
+    stack = make_stack(CONFIG_YAML.replace("    size: 1\n", "    size: 1\n    ready_ttl: 1\n"))
+    stack.fill()
+    data_ttl = stack.services.store.data_ttl_seconds
+    returned = stack.checkout("pool2")
+    assert stack.delete(f"/api/v3/vm/{returned}").status == 200
+    stack.run_passes("pool2")
+    recycled: list[str] = []
+    for _ in range(4):  # pool3's one ready VM passes its ready_ttl, is destroyed and replaced
+        recycled += stack.ready("pool3")
+        stack.clock.advance(120)
+        stack.run_passes("pool3")
+    assert [stack.state_of(host) for host in recycled] == ["destroyed"] * 4
+    assert stack.get(f"/api/v3/vm/{returned}").json[returned]["state"] == "destroyed"
+    assert stack.client.ttl(stack.store.keys.vm(returned)) > data_ttl - 3600
+    assert stack.client.zcard(stack.store.keys.destroyed) == 3
+    assert 0 < stack.client.ttl(stack.store.keys.vm(recycled[0])) <= UNUSED_RECORD_TTL_SECONDS
 
 
 def test_return_is_one_redis_round_trip_and_errors_still_say_why(full: Harness) -> None:

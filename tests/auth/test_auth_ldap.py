@@ -444,6 +444,9 @@ LOOK_ALIKE_LETTERS = (
     "\uff41", "\uff21", "\uff43", "\u212a", "k", "\ufad2", "\u3b9d", "\u2c6f", "\u0250", "\u2c6d",
     "\u0251", "\u30bf", "\uff80", "\u00e9", "e\u0301", "\u01c4", "\u01c6", "d\u017e", " ", "  ",
     "\u3000", "\u00a0",
+    # RFC 4518 maps these to nothing (or to a space); OpenLDAP keeps them, and so does vmpool.
+    "\u200b", "\u00ad", "\u200c", "\u200d", "\u2060", "\ufeff", "\u034f", "\u180b", "\ufe00", "\ufffc",
+    "\u1806", "\u2028", "\u2029", "\u200e", "\u202e", "\u0085", "\u0080", "\u009f", "\ufe0f", "\U000e0001",
 )
 
 
@@ -470,3 +473,26 @@ def test_vmpool_merges_two_spellings_exactly_when_the_directory_does():
             matched = {names[int(str(entry.cn).removeprefix("entry"))] for entry in connection.entries}
             same = {name for name in accepted if canonical_user(name) == canonical_user(typed)}
             assert matched & set(accepted) == same, typed
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_login_name_is_the_one_the_directory_gives_the_entry(slapd, mode):
+    """``login_name`` is the entry's own name (its first user_object), not the spelling or the
+    other name typed: ALICE is alice, and with a service account alice's cn ('alice cn') is alice
+    too. bob's entry (``cn=bob``) holds uid bob."""
+    auth = MODES[mode](slapd)
+    assert auth.login_name("ALICE", slapd.password("alice")) == "alice"
+    assert auth.login_name("Bob", slapd.password("bob")) == "bob"
+    assert auth.login_name("alice", "wrong") is None
+    if mode == "service":
+        assert auth.login_name("alice cn", slapd.password("alice")) == "alice"
+
+
+def test_an_entry_with_several_names_is_named_by_the_one_typed_else_the_least():
+    """An entry with two uids is named by the one typed (each was its user before: no token
+    changes hands), and by the least when logging in by another attribute."""
+    entry = (f"dn: uid=zoe,{USERS_OU}\nobjectClass: inetOrgPerson\nuid: zoe\nuid: Anna\ncn: zoe cn\n"
+             "sn: z\nuserPassword: zoe-Pass-9\n")
+    with SlapdServer(extra_ldif=entry) as directory:
+        auth = with_service_account(directory)
+        assert [auth.login_name(name, "zoe-Pass-9") for name in ("zoe", "ANNA", "zoe cn")] == ["zoe", "Anna", "Anna"]

@@ -155,7 +155,7 @@ def test_login_flow(redis_client):
     service = LoginService(DummyAuthenticator(), limiter)
     ok = service.login(basic("alice", "secret"), "10.0.0.1")
     assert ok.ok and ok.user == "alice"
-    assert service.login(None, "10.0.0.1").outcome is LoginOutcome.INVALID
+    assert service.login(None, "10.0.0.1").outcome is LoginOutcome.MISSING
     assert service.login(basic("alice", "alice"), "10.0.0.1").outcome is LoginOutcome.INVALID
     assert service.login(basic("alice", "alice"), "10.0.0.1").outcome is LoginOutcome.INVALID
     limited = service.login(basic("alice", "right"), "10.0.0.1")  # even the right password now

@@ -13,6 +13,7 @@ from chalicelib.auth.tokens import TOKEN_PREFIX, iso
 from chalicelib.config import build
 from chalicelib.manager.dispatch import Ticker
 from chalicelib.manager.reconcile import reconcile_pool
+from tests.auth.slapd import PEOPLE_OU, SlapdServer
 from tests.auth_api.documents import OTHER_POOL, POOL, document
 from tests.harness import Harness, basic, route_target, routes_of
 from tests.support import RedisRoundTrips, redis_commands
@@ -88,6 +89,23 @@ def test_basic_auth_failures_are_401_with_the_challenge(ldap_api: Harness, slapd
             assert reply.headers["WWW-Authenticate"] == WWW_AUTHENTICATE
             assert reply.body["ok"] is False
     assert ldap_api.services.client.keys(f"{TOKEN_PREFIX}*") == []
+
+
+def test_refused_credentials_are_told_apart_from_none_but_not_by_who_exists(ldap_api: Harness, slapd):
+    """A wrong password is a 401 that says the credentials were refused (before: "authentication
+    required", as if none had been sent, so a user retyping a password saw nothing wrong with it);
+    an unknown user gets the very same answer, and only a request without Basic credentials is
+    told they are required."""
+    def answer(headers: dict[str, str]) -> tuple[int, dict[str, Any], str]:
+        reply = ldap_api.call("POST", "/api/v3/token", headers=headers)
+        return reply.status, reply.body, reply.headers["WWW-Authenticate"]
+
+    refused = answer(basic("alice", "wrong"))
+    assert refused == (401, {"ok": False, "error": tokens.BASIC_AUTH_REFUSED}, WWW_AUTHENTICATE)
+    assert answer(basic("nobody", "x-Pass-1")) == refused
+    assert answer({"Authorization": "Basic !!!"}) == refused
+    for nothing in ({}, {"Authorization": "Bearer abc"}):
+        assert answer(nothing) == (401, {"ok": False, "error": tokens.BASIC_AUTH_REQUIRED}, WWW_AUTHENTICATE)
 
 
 def test_get_token_lists_only_the_callers_tokens(ldap_api: Harness, slapd):
@@ -319,6 +337,41 @@ def test_one_directory_user_under_any_spelling_is_one_user(make_api, ldap_auth, 
     assert api.call("PUT", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": lower}, body={"lifetime": 5}).status == 200
     assert api.call("DELETE", f"/api/v3/token/{upper}", headers=basic("alice", password)).status == 200
     assert api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": lower}).status == 200
+
+
+def test_one_directory_entry_is_one_user_whichever_of_its_names_logs_in(make_api, ldap_auth, slapd):
+    """With several ``user_object``s an entry logs in under each of its names (alice by her uid and
+    by her cn, 'alice cn'): she is one user, named as the directory names her entry (the first
+    user_object it holds), with one set of tokens, one limit and her own VMs. Before, the name
+    typed was the user: alice under her cn was a second user (twice max_tokens_per_user, her VM
+    refused to her other token)."""
+    api = make_api(document(ldap_auth(), config={"max_tokens_per_user": 2}))
+    api.fill(POOL)
+    password = slapd.password("alice")
+    by_uid, by_cn = api.new_token("alice", password), api.new_token("alice cn", password)
+    assert api.call("GET", f"/api/v3/token/{by_cn}").body[by_cn]["user"] == "alice"
+    refused = api.call("POST", "/api/v3/token", headers=basic("alice cn", password))
+    assert (refused.status, refused.body["ok"]) == (403, False)  # her limit, whichever name
+    assert len(api.call("GET", "/api/v3/token", headers=basic("alice cn", password)).body) == 1 + 2
+    vm = api.checkout(POOL, by_uid)
+    assert api.call("PUT", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": by_cn}, body={"lifetime": 5}).status == 200
+    assert api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": by_cn}).status == 200
+
+
+def test_an_entry_named_like_another_user_by_a_second_user_object_is_not_that_user(make_api):
+    """Direct binds try each user_object in turn: mallory's entry, whose cn is 'alice', binds as
+    'alice' with mallory's password when alice's own DN (uid=alice) refuses it. Before, the name
+    typed was the user: mallory held alice's identity, and her tokens returned alice's VMs."""
+    entry = (f"dn: cn=alice,{PEOPLE_OU}\nobjectClass: inetOrgPerson\ncn: alice\nsn: m\nuid: mallory\n"
+             "userPassword: mallory-Pass-8\n")
+    with SlapdServer(extra_ldif=entry) as directory:
+        api = make_api(document({"provider": "ldap", "ldap": directory.ldap_config()}))
+        api.fill(POOL)
+        vm = api.checkout(POOL, api.new_token("alice", directory.password("alice")))
+        token = api.new_token("alice", "mallory-Pass-8")
+        assert api.call("GET", f"/api/v3/token/{token}").body[token]["user"] == "mallory"
+        returned = api.call("DELETE", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": token})
+        assert (returned.status, returned.body["ok"]) == (403, False)
 
 
 def _token_status_round_trips(make_api, ldap_auth, slapd, pools: int) -> int:

@@ -23,6 +23,8 @@
 --   other joins the destroyed set; past records_kept, the records of those destroyed longest ago
 --   (a few more than this call added, so any excess goes) expire within unused_record_ttl_seconds,
 --   but one whose DNS record is still to delete, or whose name a new VM took (not destroyed).
+--   Those of VMs no one held (no 'checkout') go first: recycled ready VMs never push out the
+--   record of a VM someone held while one of theirs is left.
 -- nudge "1" wakes the pool's reconcile (a move made by the API, such as returning a VM).
 -- The templates ('' when the pool's keys are given) name those three keys for the pool its record
 --   names (DELETE /vm/<hostname>: one VM, one round trip, no read first; see keys.DERIVED_KEYS).
@@ -77,6 +79,7 @@ local changes_key, cloning_key, pool_clones_key, all_running_key =
   KEYS[vms + 1], KEYS[vms + 2], KEYS[vms + 3], KEYS[vms + 4]
 local change_seq = nil
 local kept_added = 0 -- VMs this call added to the destroyed set
+local NEVER_HELD_OFFSET = 1e10 -- about 317 years: below every score of a VM someone held
 
 local function move(index)
   local first = firsts[index]
@@ -150,7 +153,15 @@ local function move(index)
       redis.call('EXPIRE', vm_key, math.min(ttl, unused_ttl))
     else
       redis.call('EXPIRE', vm_key, ttl)
-      redis.call('ZADD', KEYS[vms + 9], now, hostname)
+      -- The trim below takes the lowest scores first: a VM no one held (no 'checkout': a ready VM
+      -- past ready_ttl, reset or replaced, a failed clone) is scored NEVER_HELD_OFFSET seconds
+      -- earlier, so its record goes before any of a VM someone held (a checkout, an on-demand
+      -- delivery), in the order they were destroyed.
+      local score = tonumber(now)
+      if not record[2] then
+        score = score - NEVER_HELD_OFFSET
+      end
+      redis.call('ZADD', KEYS[vms + 9], score, hostname)
       kept_added = kept_added + 1
     end
   else
