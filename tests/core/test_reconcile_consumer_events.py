@@ -172,7 +172,10 @@ def test_a_pass_stuck_in_a_provider_call_writes_nothing_once_another_run_has_its
     invoked = time.monotonic()
     try:
         answer = app.reconcile(event, Context(remaining_ms=int((SAFETY_SECONDS + 3) * 1000)))
-        assert time.monotonic() - invoked < 3 + 1  # its time, less what it keeps to answer
+        # It stops waiting 3 s in (its time less the SAFETY_SECONDS it keeps to answer), and must
+        # return before its time is up: the rest is room for a loaded machine (it held a thread
+        # for 2.5 s at load 14), where a 1 s margin could fail; the stuck call waits 60 s.
+        assert time.monotonic() - invoked < 3 + SAFETY_SECONDS
         assert failed_pools(answer, event) == ["debian"]
         assert answered.is_set()
         (stuck,) = [future for future in dispatch._given_up if not future.done()]
