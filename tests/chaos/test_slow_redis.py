@@ -519,23 +519,32 @@ def test_a_confirmation_whose_reply_is_lost_after_it_ran_is_undone(
     assert direct.hostnames("slow", "running") == [retried.vms[0].hostname]
 
 
+def _ondemand_request_whose_confirmation_reply_is_lost(
+        request_id: str, config: Config, clock: FakeClock, direct: Store, redis_server: RedisServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alice's on-demand request for one VM of ``slow``, whose confirmation Redis runs and whose
+    reply is held past the socket timeout: the create raises StoreUnavailable (a 503), and the
+    end written behind the confirmation fails the request (read on ``direct``)."""
+    with _through_reply_holding_proxy(config, redis_server) as (store, proxy):
+        requests = OnDemandStore(store)
+        _replies_held_from_confirmation(requests, proxy, monkeypatch)
+        with pytest.raises(StoreUnavailable):
+            requests.create(request_id, [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
+
+        def failed() -> bool:
+            request = OnDemandStore(direct).get(request_id)
+            return request is not None and request.state == FAILED
+
+        eventually(failed, 10, "the lost request to be failed")
+
+
 def test_an_ondemand_confirmation_whose_reply_is_lost_after_it_ran_is_undone(
         redis_server: RedisServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same for POST /ondemandvm: before, the request confirmed to a caller answered 503 was
     built and its VMs ran for that caller's token, counted against its limits; now it is failed
     by the end written behind its confirmation, before any pass could build it."""
     config, clock, direct, provider = _slow_pool(redis_server, redis_client)
-    with _through_reply_holding_proxy(config, redis_server) as (store, proxy):
-        requests = OnDemandStore(store)
-        _replies_held_from_confirmation(requests, proxy, monkeypatch)
-        with pytest.raises(StoreUnavailable):
-            requests.create("stalled", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
-
-        def failed() -> bool:
-            request = OnDemandStore(direct).get("stalled")
-            return request is not None and request.state == FAILED
-
-        eventually(failed, 10, "the lost request to be failed")
+    _ondemand_request_whose_confirmation_reply_is_lost("stalled", config, clock, direct, redis_server, monkeypatch)
     assert OnDemandStore(direct).create("retried", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice",
                                         quota=ALICE)
     for _ in range(3):
@@ -598,17 +607,7 @@ def test_an_ondemand_request_whose_confirmation_reply_was_lost_is_made_by_its_ow
     ("never confirmed"), and the caller was answered 503. Its retry under the same request_id was
     refused 409 for good; it is now made again and built."""
     config, clock, direct, provider = _slow_pool(redis_server, redis_client)
-    with _through_reply_holding_proxy(config, redis_server) as (store, proxy):
-        requests = OnDemandStore(store)
-        _replies_held_from_confirmation(requests, proxy, monkeypatch)
-        with pytest.raises(StoreUnavailable):
-            requests.create("build-7", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
-
-        def failed() -> bool:
-            request = OnDemandStore(direct).get("build-7")
-            return request is not None and request.state == FAILED
-
-        eventually(failed, 10, "the lost request to be failed")
+    _ondemand_request_whose_confirmation_reply_is_lost("build-7", config, clock, direct, redis_server, monkeypatch)
     retry = OnDemandStore(direct)
     assert retry.create("build-7", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
     for _ in range(3):
