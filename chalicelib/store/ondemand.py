@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence, cast
 
 from chalicelib.store.connection import written_behind_a_lost_reply
-from chalicelib.store.keys import KEY_PART
+from chalicelib.store.keys import KEY_PART, quota_owner
 from chalicelib.store.leases import holder_label
 from chalicelib.store.records import VMRecord
 from chalicelib.store.scripts import KeyList, ScriptCall, run_many
@@ -195,7 +195,8 @@ class OnDemandStore:
             fields["token_id"] = token_id
         if id_generated:
             fields["id_generated"] = "1"
-        mark = "" if id_generated else retry_mark(quota.owner if quota is not None else f"user:{token_user}", entries)
+        owner = quota.owner if quota is not None else quota_owner(token_user, "")
+        mark = "" if id_generated else retry_mark(owner, entries)
         if mark:
             fields["retry_mark"] = mark
         pools = sorted({entry.pool for entry in entries})
