@@ -249,6 +249,18 @@ def test_a_checkout_whose_answer_was_lost_does_not_count_against_its_owners_retr
         store.checkout([CheckoutRequest("slow", ["slow"], 1)], clock.now(), {"lifetime": "2"}, ALICE)
 
 
+def _ondemand_create_answered_503(requests: OnDemandStore, request_id: str, clock: FakeClock,
+                                  redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    """Alice's on-demand request for one VM of ``slow``, whose create times out while a busy
+    script holds Redis (a 503) and runs once Redis gets to it; then its confirmation window is
+    made to have passed."""
+    redis_client.script_load(requests.store.scripts.ondemand_create.script)
+    _lost_while_redis_is_busy(redis_server, lambda: requests.create(
+        request_id, [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE))
+    eventually(lambda: requests.get(request_id), 10, "the queued create to run")
+    _past_confirm_window(redis_client, requests.store.keys.ondemand(request_id))
+
+
 def test_an_ondemand_request_whose_answer_was_lost_does_not_count_against_its_owners_retry(
         redis_server: RedisServer, redis_client: redis.Redis) -> None:
     """The same for POST /ondemandvm: docs/api.md says the caller of a request never confirmed
@@ -256,11 +268,7 @@ def test_an_ondemand_request_whose_answer_was_lost_does_not_count_against_its_ow
     403 (its VMs past the owner's limit, or its open requests) until a pass failed the lost one."""
     config, clock, store, provider = _slow_pool(redis_server, redis_client)
     requests = OnDemandStore(store)
-    redis_client.script_load(store.scripts.ondemand_create.script)
-    _lost_while_redis_is_busy(redis_server, lambda: requests.create(
-        "lost-answer", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE))
-    eventually(lambda: requests.get("lost-answer"), 10, "the queued create to run")
-    _past_confirm_window(redis_client, store.keys.ondemand("lost-answer"))
+    _ondemand_create_answered_503(requests, "lost-answer", clock, redis_server, redis_client)
 
     assert requests.create("retried", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE)
     for _ in range(3):
@@ -580,11 +588,7 @@ def test_an_ondemand_request_whose_creation_was_answered_503_is_made_by_its_owne
     is now made again; another user's, or another body under that id, is still a duplicate."""
     config, clock, store, provider = _slow_pool(redis_server, redis_client)
     requests = OnDemandStore(store)
-    redis_client.script_load(store.scripts.ondemand_create.script)
-    _lost_while_redis_is_busy(redis_server, lambda: requests.create(
-        "build-42", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "alice", quota=ALICE))
-    eventually(lambda: requests.get("build-42"), 10, "the queued create to run")
-    _past_confirm_window(redis_client, store.keys.ondemand("build-42"))
+    _ondemand_create_answered_503(requests, "build-42", clock, redis_server, redis_client)
 
     assert not requests.create("build-42", [OnDemandEntry("slow", "slow", 1)], clock.now(), 300, 2, "bob", quota=BOB)
     assert not requests.create("build-42", [OnDemandEntry("slow", "slow", 2)], clock.now(), 300, 2, "alice",
