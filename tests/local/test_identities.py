@@ -8,10 +8,12 @@ then make a new token and delete the old one; anonymous callers, each from a loo
 its own and each sending forwarding headers naming other addresses (the local front trusts none);
 callers with a deleted token or a made-up one. They check out single and multi-pool bodies and
 aliases, tag and read their VMs, change lifetimes, return them, list and read their tokens, open
-and cancel on-demand requests, and try the same on what is not theirs: another caller's VM, token
-or on-demand request.
+and cancel on-demand requests, read what vmpooler makes public (/status, /summary, another
+caller's VM by name), and try the same on what is not theirs: another caller's VM, token or
+on-demand request.
 
-Checked on every answer: JSON with an expected status; an answer names what its own request asked
+Checked on every answer: JSON with an expected status; no other identity's token in it, nor
+another user's on-demand request id unless the request named it; an answer names what its own request asked
 for (the pools of the checkout, the VM or token read); no VM handed to a second caller while its
 first holds it; no user (across its tokens) or address past ``max_running_vms_per_user`` by the
 VMs they were handed; a token's status names its own user and only VMs handed to that user;
@@ -113,6 +115,8 @@ class Ledger:
         """Owner -> every VM it was ever handed."""
         self.tokens: defaultdict[str, set[str]] = defaultdict(set)
         """User -> the ids of every token a login answered for it."""
+        self.secrets: dict[bytes, str] = {}
+        """Every token a login answered -> its user: no answer to another identity may carry it."""
         self.unanswered_logins: defaultdict[str, int] = defaultdict(int)
         """User -> logins that got no answer or a 503: each may have made a token nobody was told of."""
         self.deleted: list[str] = []
@@ -195,6 +199,7 @@ class Caller:
         with self.record.lock:
             self.record.answers[response.status] = self.record.answers.get(response.status, 0) + 1
         self.record.event(f"{self.name} ({self.owner}) {method} {path} {response.status}")
+        self.carries_nothing_of_others(method, path, raw)
         try:
             answer = json.loads(raw)
         except ValueError:
@@ -204,6 +209,31 @@ class Caller:
             self.record.problem(f"{self.name}: {method} {path}: {response.status} {str(answer)[:300]}")
         return response.status, answer
 
+    def carries_nothing_of_others(self, method: str, path: str, raw: bytes) -> None:
+        """No answer carries another identity's token, nor another user's on-demand request id
+        unless the request named it (a GET or DELETE of it, refused)."""
+        with self.ledger.lock:
+            tokens = [owner for token, owner in self.ledger.secrets.items() if owner != self.owner and token in raw]
+            requests = [(request, owner) for request, owner in self.ledger.requests.items()
+                        if owner != self.owner and request not in path and request.encode() in raw]
+        if tokens or requests:
+            self.record.problem(f"{self.name} ({self.owner}): {method} {path} answered with a token of {tokens} "
+                                f"or requests {requests}: {raw[:300]!r}")
+
+    def look_around(self) -> None:
+        """What vmpooler makes public: /status, /summary, another caller's VM by its name (its
+        tags included); each answer about what was asked, with no one's token (``send``)."""
+        for path in ("/status", "/summary"):
+            status, answer = self.send("GET", path)
+            if status == 200 and not (isinstance(answer, dict) and answer.get("ok", True) is not False):
+                self.record.problem(f"{self.name}: GET {path} answered {str(answer)[:200]}")
+        others = self.ledger.others(self.name)
+        if others:
+            host = self.random.choice(others)[0]
+            status, answer = self.send("GET", f"/vm/{host}")
+            if status == 200 and set(answer) != {"ok", host}:
+                self.record.problem(f"{self.name}: GET /vm/{host} answered {sorted(answer)[:4]}")
+
     def run(self) -> None:
         try:
             if self.user:
@@ -212,7 +242,7 @@ class Caller:
             steps: list[tuple[Callable[[], None], int]] = [
                 (self.checkout, 35), (self.change_own, 15), (self.give_back, 20), (self.meddle, 12),
                 (self.read_tokens, 8 if self.user else 0), (self.new_token, 4 if self.user else 0),
-                (self.ondemand, 6 if self.user else 0)]
+                (self.ondemand, 6 if self.user else 0), (self.look_around, 5)]
             while not self.stopping.is_set():
                 self.random.choices([step for step, _ in steps], [weight for _, weight in steps])[0]()
                 time.sleep(self.random.uniform(0, 0.2))
@@ -226,6 +256,7 @@ class Caller:
         if status == 200:
             with self.ledger.lock:
                 self.ledger.tokens[self.owner].add(token_id(answer["token"]))
+                self.ledger.secrets[answer["token"].encode()] = self.owner
             self.token = answer["token"]
             return True
         if status in (503, NO_ANSWER):
