@@ -19,9 +19,10 @@ first holds it; no user (across its tokens) or address past ``max_running_vms_pe
 VMs they were handed; a token's status names its own user and only VMs handed to that user;
 ``GET /token`` lists only tokens its user made; nothing of another user's changed or returned
 with a 200, and a deleted or made-up token never a 200 where a token is needed. Once the callers
-stopped and gave back what they hold: the pools at their size, the provider holding exactly their
-VMs, every pass's invariants (tests/harness.py ``assert_consistent``), and no VM left running that
-a caller was handed and gave back.
+stopped, each caller's view against Redis (``views_match_redis``). Once they gave back what they
+hold: the pools at their size, the provider holding exactly their VMs, every pass's invariants
+(tests/harness.py ``assert_consistent``), and no VM left running that a caller was handed and
+gave back.
 
 A minute or two of wall time, so not in `make test` (marker ``audit``):
 `.venv/bin/pytest -m audit -s tests/local/test_identities.py` (``VMPOOL_IDENTITIES_SECONDS``,
@@ -505,6 +506,7 @@ def test_many_identities_at_once_see_only_their_own_while_processes_die(
         for thread in threads:
             thread.join(60)
         assert not any(thread.is_alive() for thread in threads), "a caller hung"
+        views_match_redis(stack, callers, ledger)
         for caller in callers:  # what each still holds, given back
             while caller.still_mine() and not isinstance(caller, BadToken):
                 caller.give_back()
@@ -524,6 +526,35 @@ def test_many_identities_at_once_see_only_their_own_while_processes_die(
     assert not record.problems, "\n".join(record.problems[:30]) + f"\n{report}"
     assert not left, f"VMs running that their callers gave back: {left}\n{report}"
     assert record.answers.get(200, 0) > 100, report
+
+
+def views_match_redis(stack: Stack, callers: list[Caller], ledger: Ledger) -> None:
+    """The callers stopped: what each holds is running in Redis for its user; each user's
+    ``GET /token`` lists exactly the tokens Redis files under the user, and each live token's
+    status exactly the running VMs Redis records as checked out with it."""
+    assert stack.redis is not None  # the last fault's restart waited for the stack to start
+    client = stack.redis
+    running = {host for pool in POOLS for host in client.zrange(KEYS.pool_state(pool, "running"), 0, -1)}
+    with ledger.lock:
+        held = {host: holder for host, holder in ledger.held.items() if not holder.returning}
+    for host, holder in held.items():
+        user = client.hget(KEYS.vm(host), "token_user") or ""
+        if host not in running or user != ("" if holder.anonymous else holder.owner):
+            ledger.record.problem(f"{holder.caller} holds {host}: running {host in running}, user {user!r}")
+    for caller in callers:
+        if isinstance(caller, BadToken) or not caller.user or not caller.token_is_live():
+            continue
+        listing, listed = caller.send("GET", "/token", token="", login=True)
+        filed = {token_hash[:16] for token_hash in client.smembers(KEYS.user_tokens(caller.user))}
+        if listing == 200 and set(listed) - {"ok"} != filed:
+            ledger.record.problem(f"{caller.name}: GET /token listed {sorted(listed)}, Redis files {sorted(filed)}")
+        status, described = caller.send("GET", f"/token/{caller.token}", token="")
+        checked_out = {host for host in running if client.hget(KEYS.vm(host), "token_id") == token_id(caller.token)}
+        if status == 200 and set(described[caller.token]["vms"]["running"]) != checked_out:
+            ledger.record.problem(f"{caller.name}: its token's status lists {described[caller.token]['vms']}, "
+                                  f"Redis {sorted(checked_out)}")
+        if (listing, status) != (200, 200):
+            ledger.record.problem(f"{caller.name}: its tokens unreadable once the callers stopped: {listing}, {status}")
 
 
 def stop_directory(slapd: SlapdServer, faults: Faults, seconds: float) -> None:
