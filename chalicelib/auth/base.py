@@ -148,14 +148,27 @@ def _mapped_alike(char: str) -> bool:
     return not cased or unicodedata.ucd_3_2_0.category(char) in _UNICODE_3_2_CASED
 
 
+_MAPPED_TO_NOTHING = frozenset("\u00ad\u1806\ufffc")
+"""Characters RFC 4518 (2.2) maps to nothing that are neither format characters (Cf) nor
+combining marks (Mn), which ``login_key`` drops whole: the soft hyphens and the object
+replacement character."""
+
+
 def login_key(username: str) -> str:
     """The name failed logins of ``username`` are counted under: coarser than ``canonical_user``,
     so that no spelling a directory may bind as the same entry gets a counter of its own:
-    case-folded (``\u00df`` as ``ss``) and a dotted capital I as ``i`` (OpenLDAP binds
-    ``al\u0130ce`` as alice). Two users whose names merge here share a counter: at worst one's
-    failures lock the other out for a window, never an attacker more guesses."""
+    case-folded (``\u00df`` as ``ss``), without accents or any other combining mark (Active
+    Directory matches ``jesush`` to the entry ``j\u00e9sush``), without the characters RFC 4518
+    maps to nothing (a zero-width space, a soft hyphen: a directory following it binds
+    ``ali\u200bce`` as alice), and a dotted capital I as ``i`` (OpenLDAP binds ``al\u0130ce`` as
+    alice). Two users whose names merge here (``jos\u00e9`` and ``jose``, ``stra\u00dfe`` and
+    ``strasse``) share a counter: at worst one's failures lock the other out for a window, never
+    an attacker more guesses (and a success clears nobody's failures: ``LoginLimiter.settle``)."""
     folded = canonical_user(username).replace("i\u0307", "i").casefold()
-    return unicodedata.normalize("NFKC", folded)
+    decomposed = unicodedata.normalize("NFKD", folded)
+    kept = "".join(char for char in decomposed
+                   if unicodedata.category(char) not in ("Mn", "Me", "Cf") and char not in _MAPPED_TO_NOTHING)
+    return unicodedata.normalize("NFKC", kept)
 
 
 def same_user(one: str, other: str) -> bool:

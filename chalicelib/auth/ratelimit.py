@@ -2,26 +2,27 @@
 
 Fixed windows: the first attempt starts a window of ``window_seconds``; past ``max_per_user``
 failures for a user name, or ``max_per_address`` from an address, logins are refused until the
-window ends (the API answers 429 with ``Retry-After``). A successful login clears the user's
-failures (not the address's: one valid account must not reset an attacker's address budget).
+window ends (the API answers 429 with ``Retry-After``). A successful login gives its own attempt
+back and clears no failures: the user name's counter holds the failures of every spelling
+``login_key`` merges (``jose`` and ``jos\u00e9``), and the holder of one such account must not reset the
+guesses at another's password by logging in between them.
 
 Each attempt is reserved before the directory is asked (``reserve``: check and count in one
 script): 40 wrong passwords sent at once reach LDAP only as often as the limit allows, not 40
 times. Each counter keeps a count of its attempts still in flight beside it, so a refusal says
 whether failures fill the limit (wait for the window to end) or attempts in flight do (they may
 all be right: try again in a second). ``settle`` records the answer: a failure stays counted; a
-success clears the user's failures (not its attempts still in flight) and gives the address its
-attempt back; an outage gives both back.
+success or an outage is given back.
 
-User names are keyed by ``base.login_key``: NFKC-normalised and case-folded, coarser than the
-directory matches (a fullwidth ``\uff42ob`` binds as ``bob``, so it shares bob's counter), then
+User names are keyed by ``base.login_key``: NFKC-normalised, case-folded, without accents or
+characters RFC 4518 maps to nothing, coarser than directories match (a fullwidth ``\uff42ob`` binds
+as ``bob``, Active Directory's ``jesush`` as ``j\u00e9sush``: each shares the entry's counter), then
 hashed (bounded key size). IPv6 addresses count per /64, since one client usually holds a whole /64.
 
 What the counters keep is bounded whatever the window: at most ``max_counters`` user names and as
 many addresses are counted on their own at once; past it, a name (address) not counted already
 is counted on one of ``SHARED_LOGIN_COUNTERS`` counters it shares with the names (the IPv6 /48s)
-hashing alike, under the same limit, so no name is guessed more often than alone. A success there
-only gives its attempt back: the failures are others' too.
+hashing alike, under the same limit, so no name is guessed more often than alone.
 """
 
 from __future__ import annotations
@@ -194,14 +195,10 @@ class LoginLimiter:
         return Refusal(max(1, math.ceil(answer / 1000)), busy=False)
 
     def settle(self, user: str | None, address: str | None, *, succeeded: bool | None) -> None:
-        """The answer to an attempt ``reserve`` let through: ``succeeded`` True (the user's
-        failures are forgotten, the address gets its attempt back), False (it stays counted), or
-        None (the directory could not answer: both get it back)."""
+        """The answer to an attempt ``reserve`` let through: ``succeeded`` False (it stays
+        counted on the user name and the address), True or None (a success, or the directory
+        could not answer: it is given back). A success clears no failures (the module doc)."""
         limits = self._limits(user, address)
-        modes = []
-        if user is not None:
-            modes.append("failed" if succeeded is False else "clear" if succeeded else "refund")
-        if address_key(address) is not None:
-            modes.append("failed" if succeeded is False else "refund")
+        modes = ["failed" if succeeded is False else "refund"] * len(limits)
         if limits:
             self._settle(keys=self._script_keys(limits), args=[*modes, *(limit.name for limit in limits)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -163,13 +164,16 @@ def test_login_flow(redis_client):
     assert service.login(basic("bob", "right"), "10.0.0.1").ok
 
 
-def test_success_resets_the_user_counter(redis_client):
-    limiter = LoginLimiter(redis_client, max_per_user=2, max_per_address=50, window_seconds=60)
+def test_a_success_gives_its_attempt_back_and_clears_no_failures(redis_client):
+    limiter = LoginLimiter(redis_client, max_per_user=3, max_per_address=50, window_seconds=60)
     service = LoginService(DummyAuthenticator(), limiter)
     assert not service.check("alice", "alice", "10.0.0.1").ok
-    assert service.check("alice", "pw", "10.0.0.1").ok
+    for _ in range(5):
+        assert service.check("alice", "pw", "10.0.0.1").ok  # successes cost nothing
     assert not service.check("alice", "alice", "10.0.0.1").ok
     assert service.check("alice", "pw", "10.0.0.1").ok
+    assert not service.check("alice", "alice", "10.0.0.1").ok
+    assert wait_for(limiter, "alice", "10.0.0.1") == 60  # three failures, whatever came between
 
 
 def test_unavailable_backend_is_not_a_failed_login(redis_client):
@@ -318,3 +322,65 @@ def test_a_dotted_capital_i_shares_the_users_limit(redis_client, slapd):
     for attempt in range(3):
         assert service.check("alice", f"wrong-{attempt}", "192.0.2.1").outcome is LoginOutcome.INVALID
     assert service.check(look_alike, slapd.password("alice"), "192.0.2.2").outcome is LoginOutcome.RATE_LIMITED
+
+
+class AccentFoldingDirectory:
+    """A directory that matches user names as Active Directory matches sAMAccountName: case and
+    accents ignored (Microsoft KB 938447), and zero-width spaces and soft hyphens dropped as RFC
+    4518 asks. One entry, ``j\u00e9sush``."""
+
+    entry, password = "j\u00e9sush", "right"
+
+    def __init__(self):
+        self.calls = []
+
+    @staticmethod
+    def _matched(name):
+        decomposed = unicodedata.normalize("NFKD", name.casefold())
+        return "".join(c for c in decomposed if not unicodedata.combining(c) and c not in "\u200b\u00ad")
+
+    def login_name(self, username, password):
+        self.calls.append(username)
+        if self._matched(username) == self._matched(self.entry) and password == self.password:
+            return self.entry
+        return None
+
+    def authenticate(self, username, password):
+        return self.login_name(username, password) is not None
+
+
+SPELLINGS = ["jesush", "J\u00c9SUSH", "j\u00e8sush", "je\u0301sush", "j\u00eas\u00fash", "jes\u200bush",
+             "je\u00adsush", "j\u00e9s\u00fcsh", "J\u00cbSUSH", "j\u0113sush"]
+
+
+def test_accent_and_invisible_spellings_of_one_entry_share_its_failed_login_limit(redis_client):
+    """Active Directory binds every spelling here as the entry j\u00e9sush; each had a counter of its
+    own (login_key folded case only), so a guesser varying accents had 10 x the limit's guesses
+    at one password."""
+    directory = AccentFoldingDirectory()
+    service = LoginService(directory, LoginLimiter(redis_client, max_per_user=3, max_per_address=1000))
+    outcomes = [service.check(spelling, f"wrong-{n}", f"192.0.2.{n}").outcome for n, spelling in enumerate(SPELLINGS)]
+    assert outcomes == [LoginOutcome.INVALID] * 3 + [LoginOutcome.RATE_LIMITED] * (len(SPELLINGS) - 3)
+    assert len(directory.calls) == 3
+    # The user is locked out for the window, as a guesser using the one spelling always could.
+    assert service.check("j\u00e9sush", "right", "192.0.2.200").outcome is LoginOutcome.RATE_LIMITED
+
+
+def test_the_holder_of_a_merged_name_cannot_reset_guesses_at_the_other(redis_client, slapd):
+    """jose and jos\u00e9 are two entries of the directory (OpenLDAP keeps them apart), whose failed
+    logins share a counter. A success cleared the counter: jose's holder logging in between
+    guesses at jos\u00e9's password had as many guesses as logins."""
+    added = [slapd.add_user("jose", "jose-Pass-1"), slapd.add_user("jos\u00e9", "jos\u00e9-Pass-2")]
+    try:
+        ldap = _ldap(slapd)
+        assert ldap.login_name("JOS\u00c9", "jos\u00e9-Pass-2") == "jos\u00e9"  # the directory folds case
+        assert ldap.login_name("jose", "jos\u00e9-Pass-2") is None  # not accents: two entries
+        service = LoginService(ldap, LoginLimiter(redis_client, max_per_user=3, max_per_address=1000))
+        outcomes = []
+        for attempt in range(6):
+            outcomes.append(service.check("jos\u00e9", f"guess-{attempt}", "192.0.2.1").outcome)
+            service.check("jose", "jose-Pass-1", "192.0.2.9")
+        assert outcomes == [LoginOutcome.INVALID] * 3 + [LoginOutcome.RATE_LIMITED] * 3
+    finally:
+        for dn in added:
+            slapd.remove(dn)

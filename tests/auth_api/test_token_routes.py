@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import redis
 
 from chalicelib.api import tokens
 from chalicelib.auth.tokens import TOKEN_PREFIX, iso
@@ -473,3 +474,32 @@ def test_tokens_past_the_ttl_free_their_place_under_the_limit_at_once(make_api, 
         assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 401
     assert set(api.call("GET", "/api/v3/token", headers=basic("alice", password)).body) == {
         "ok", token_id(made.body["token"])}
+
+
+def test_tokens_whose_answers_were_lost_are_listed_and_revoked_by_id(make_api, ldap_auth, slapd):
+    """POST /token's script wrote the token, then its answer was lost (the socket timed out: the
+    caller got 503 and never saw the token). It counts toward max_tokens_per_user until deleted
+    (or token_ttl): its owner sees it under GET /token by id, deletes it by that id, and can make
+    tokens again; nobody else lists or deletes it."""
+    api = make_api(document(ldap_auth(), config={"max_tokens_per_user": 2}))
+    alice, bob = basic("alice", slapd.password("alice")), basic("bob", slapd.password("bob"))
+    store = api.services.tokens
+    run_create = store._create
+
+    def answer_lost(**kwargs: Any) -> Any:
+        run_create(**kwargs)
+        raise redis.exceptions.TimeoutError("Timeout reading from socket")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store, "_create", answer_lost)
+        lost = [api.call("POST", "/api/v3/token", headers=alice) for _ in range(2)]
+    assert [(reply.status, reply.body["ok"], "token" in reply.body) for reply in lost] == [(503, False, False)] * 2
+    refused = api.call("POST", "/api/v3/token", headers=alice)
+    assert (refused.status, refused.body["ok"]) == (403, False)  # the two lost tokens count
+    listed = api.call("GET", "/api/v3/token", headers=alice)
+    ids = sorted(key for key in listed.body if key != "ok")
+    assert listed.status == 200 and len(ids) == 2
+    assert api.call("GET", "/api/v3/token", headers=bob).status == 404  # bob has none, sees none
+    assert [api.call("DELETE", f"/api/v3/token/{tid}", headers=bob).status for tid in ids] == [404, 404]
+    assert [api.call("DELETE", f"/api/v3/token/{tid}", headers=alice).status for tid in ids] == [200, 200]
+    assert api.call("POST", "/api/v3/token", headers=alice).status == 200

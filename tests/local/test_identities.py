@@ -8,18 +8,21 @@ then make a new token and delete the old one; anonymous callers, each from a loo
 its own and each sending forwarding headers naming other addresses (the local front trusts none);
 callers with a deleted token or a made-up one. They check out single and multi-pool bodies and
 aliases, tag and read their VMs, change lifetimes, return them, list and read their tokens, open
-and cancel on-demand requests, and try the same on what is not theirs: another caller's VM, token
-or on-demand request.
+and cancel on-demand requests, read what vmpooler makes public (/status, /summary, another
+caller's VM by name), and try the same on what is not theirs: another caller's VM, token or
+on-demand request.
 
-Checked on every answer: JSON with an expected status; an answer names what its own request asked
+Checked on every answer: JSON with an expected status; no other identity's token in it, nor
+another user's on-demand request id unless the request named it; an answer names what its own request asked
 for (the pools of the checkout, the VM or token read); no VM handed to a second caller while its
 first holds it; no user (across its tokens) or address past ``max_running_vms_per_user`` by the
 VMs they were handed; a token's status names its own user and only VMs handed to that user;
 ``GET /token`` lists only tokens its user made; nothing of another user's changed or returned
 with a 200, and a deleted or made-up token never a 200 where a token is needed. Once the callers
-stopped and gave back what they hold: the pools at their size, the provider holding exactly their
-VMs, every pass's invariants (tests/harness.py ``assert_consistent``), and no VM left running that
-a caller was handed and gave back.
+stopped, each caller's view against Redis (``views_match_redis``). Once they gave back what they
+hold: the pools at their size, the provider holding exactly their VMs, every pass's invariants
+(tests/harness.py ``assert_consistent``), and no VM left running that a caller was handed and
+gave back.
 
 A minute or two of wall time, so not in `make test` (marker ``audit``):
 `.venv/bin/pytest -m audit -s tests/local/test_identities.py` (``VMPOOL_IDENTITIES_SECONDS``,
@@ -113,6 +116,8 @@ class Ledger:
         """Owner -> every VM it was ever handed."""
         self.tokens: defaultdict[str, set[str]] = defaultdict(set)
         """User -> the ids of every token a login answered for it."""
+        self.secrets: dict[bytes, str] = {}
+        """Every token a login answered -> its user: no answer to another identity may carry it."""
         self.unanswered_logins: defaultdict[str, int] = defaultdict(int)
         """User -> logins that got no answer or a 503: each may have made a token nobody was told of."""
         self.deleted: list[str] = []
@@ -195,6 +200,7 @@ class Caller:
         with self.record.lock:
             self.record.answers[response.status] = self.record.answers.get(response.status, 0) + 1
         self.record.event(f"{self.name} ({self.owner}) {method} {path} {response.status}")
+        self.carries_nothing_of_others(method, path, raw)
         try:
             answer = json.loads(raw)
         except ValueError:
@@ -204,6 +210,31 @@ class Caller:
             self.record.problem(f"{self.name}: {method} {path}: {response.status} {str(answer)[:300]}")
         return response.status, answer
 
+    def carries_nothing_of_others(self, method: str, path: str, raw: bytes) -> None:
+        """No answer carries another identity's token, nor another user's on-demand request id
+        unless the request named it (a GET or DELETE of it, refused)."""
+        with self.ledger.lock:
+            tokens = [owner for token, owner in self.ledger.secrets.items() if owner != self.owner and token in raw]
+            requests = [(request, owner) for request, owner in self.ledger.requests.items()
+                        if owner != self.owner and request not in path and request.encode() in raw]
+        if tokens or requests:
+            self.record.problem(f"{self.name} ({self.owner}): {method} {path} answered with a token of {tokens} "
+                                f"or requests {requests}: {raw[:300]!r}")
+
+    def look_around(self) -> None:
+        """What vmpooler makes public: /status, /summary, another caller's VM by its name (its
+        tags included); each answer about what was asked, with no one's token (``send``)."""
+        for path in ("/status", "/summary"):
+            status, answer = self.send("GET", path)
+            if status == 200 and not (isinstance(answer, dict) and answer.get("ok", True) is not False):
+                self.record.problem(f"{self.name}: GET {path} answered {str(answer)[:200]}")
+        others = self.ledger.others(self.name)
+        if others:
+            host = self.random.choice(others)[0]
+            status, answer = self.send("GET", f"/vm/{host}")
+            if status == 200 and set(answer) != {"ok", host}:
+                self.record.problem(f"{self.name}: GET /vm/{host} answered {sorted(answer)[:4]}")
+
     def run(self) -> None:
         try:
             if self.user:
@@ -212,7 +243,7 @@ class Caller:
             steps: list[tuple[Callable[[], None], int]] = [
                 (self.checkout, 35), (self.change_own, 15), (self.give_back, 20), (self.meddle, 12),
                 (self.read_tokens, 8 if self.user else 0), (self.new_token, 4 if self.user else 0),
-                (self.ondemand, 6 if self.user else 0)]
+                (self.ondemand, 6 if self.user else 0), (self.look_around, 5)]
             while not self.stopping.is_set():
                 self.random.choices([step for step, _ in steps], [weight for _, weight in steps])[0]()
                 time.sleep(self.random.uniform(0, 0.2))
@@ -226,6 +257,7 @@ class Caller:
         if status == 200:
             with self.ledger.lock:
                 self.ledger.tokens[self.owner].add(token_id(answer["token"]))
+                self.ledger.secrets[answer["token"].encode()] = self.owner
             self.token = answer["token"]
             return True
         if status in (503, NO_ANSWER):
@@ -474,6 +506,7 @@ def test_many_identities_at_once_see_only_their_own_while_processes_die(
         for thread in threads:
             thread.join(60)
         assert not any(thread.is_alive() for thread in threads), "a caller hung"
+        views_match_redis(stack, callers, ledger)
         for caller in callers:  # what each still holds, given back
             while caller.still_mine() and not isinstance(caller, BadToken):
                 caller.give_back()
@@ -493,6 +526,35 @@ def test_many_identities_at_once_see_only_their_own_while_processes_die(
     assert not record.problems, "\n".join(record.problems[:30]) + f"\n{report}"
     assert not left, f"VMs running that their callers gave back: {left}\n{report}"
     assert record.answers.get(200, 0) > 100, report
+
+
+def views_match_redis(stack: Stack, callers: list[Caller], ledger: Ledger) -> None:
+    """The callers stopped: what each holds is running in Redis for its user; each user's
+    ``GET /token`` lists exactly the tokens Redis files under the user, and each live token's
+    status exactly the running VMs Redis records as checked out with it."""
+    assert stack.redis is not None  # the last fault's restart waited for the stack to start
+    client = stack.redis
+    running = {host for pool in POOLS for host in client.zrange(KEYS.pool_state(pool, "running"), 0, -1)}
+    with ledger.lock:
+        held = {host: holder for host, holder in ledger.held.items() if not holder.returning}
+    for host, holder in held.items():
+        user = client.hget(KEYS.vm(host), "token_user") or ""
+        if host not in running or user != ("" if holder.anonymous else holder.owner):
+            ledger.record.problem(f"{holder.caller} holds {host}: running {host in running}, user {user!r}")
+    for caller in callers:
+        if isinstance(caller, BadToken) or not caller.user or not caller.token_is_live():
+            continue
+        listing, listed = caller.send("GET", "/token", token="", login=True)
+        filed = {token_hash[:16] for token_hash in client.smembers(KEYS.user_tokens(caller.user))}
+        if listing == 200 and set(listed) - {"ok"} != filed:
+            ledger.record.problem(f"{caller.name}: GET /token listed {sorted(listed)}, Redis files {sorted(filed)}")
+        status, described = caller.send("GET", f"/token/{caller.token}", token="")
+        checked_out = {host for host in running if client.hget(KEYS.vm(host), "token_id") == token_id(caller.token)}
+        if status == 200 and set(described[caller.token]["vms"]["running"]) != checked_out:
+            ledger.record.problem(f"{caller.name}: its token's status lists {described[caller.token]['vms']}, "
+                                  f"Redis {sorted(checked_out)}")
+        if (listing, status) != (200, 200):
+            ledger.record.problem(f"{caller.name}: its tokens unreadable once the callers stopped: {listing}, {status}")
 
 
 def stop_directory(slapd: SlapdServer, faults: Faults, seconds: float) -> None:

@@ -4,39 +4,25 @@
 -- flight, else on the shared one when it has.
 -- ARGV[i]: what the answer means for limit i:
 --   'failed'  the attempt stays counted (a wrong password);
---   'refund'  it is given back (the directory was down; the address of a successful login);
---   'clear'   the user logged in: its failures are forgotten, but attempts still in flight stay
---             reserved (each may yet be a wrong guess). On a shared counter, a refund: the
---             failures there are others' too, and one login must not reset them.
+--   'refund'  it is given back (a successful login; the directory was down). A success
+--             forgets no failures: a counter holds those of every spelling auth/base.login_key
+--             merges, and of every name sharing a counter, not only the one that logged in.
 -- then ARGV[n + i]: limit i's name in its table (left when its counter is gone).
 -- In every case the attempt is no longer in flight. A count at 0 is deleted.
 local n = #KEYS / 5
 for i = 1, n do
-  local counter, in_flight, mode, own = KEYS[i], KEYS[2 * n + i], ARGV[i], true
+  local counter, in_flight, own = KEYS[i], KEYS[2 * n + i], true
   if redis.call('EXISTS', in_flight) == 0 and redis.call('EXISTS', KEYS[3 * n + i]) == 1 then
     counter, in_flight, own = KEYS[n + i], KEYS[3 * n + i], false
-    if mode == 'clear' then
-      mode = 'refund'
-    end
   end
-  local flying = tonumber(redis.call('GET', in_flight) or '0') - 1
-  if flying > 0 then
+  if tonumber(redis.call('GET', in_flight) or '0') > 1 then
     redis.call('DECR', in_flight)
   else
-    flying = 0
     redis.call('DEL', in_flight)
   end
   if redis.call('EXISTS', counter) == 1 then
-    if mode == 'refund' then
+    if ARGV[i] == 'refund' then
       if redis.call('DECR', counter) <= 0 then
-        redis.call('DEL', counter)
-      end
-    elseif mode == 'clear' then
-      local keep = math.min(flying, tonumber(redis.call('GET', counter)))
-      local left = redis.call('PTTL', counter)
-      if keep > 0 and left > 0 then
-        redis.call('SET', counter, keep, 'PX', left)
-      else
         redis.call('DEL', counter)
       end
     end
