@@ -23,7 +23,7 @@ from chalicelib.api.http import (
     whole_number,
 )
 from chalicelib.api.identity import caller_for_change, may_change, optional_caller
-from chalicelib.api.vm_lookup import find_vm
+from chalicelib.api.vm_lookup import find_vm, shown_domain
 from chalicelib.api.vm_tasks import disk_size, refuse_unless_queued
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
@@ -92,19 +92,6 @@ def checkout_from_path(services: Services, request: ApiRequest) -> ApiResponse:
 
 def rfc3339(timestamp: float) -> str:
     return datetime.fromtimestamp(int(timestamp), timezone.utc).isoformat()
-
-
-def shown_domain(services: Services, record: VMRecord) -> str:
-    """The domain GET /vm names a VM under. A VM whose record a DNS plugin published
-    (``dns_name`` noted) keeps the domain it was published under: passes move it, record and
-    domain together, when the config changes (manager/dns_records.py). Any other VM is named
-    under its pool's domain in the config in effect, as vmpooler computes it at each GET (a
-    changed ``config.domain`` applies to every VM at once, not to new ones only); its record's
-    when its pool is no longer configured."""
-    if record.raw.get("dns_name"):
-        return record.domain
-    pool = services.config.pool(record.pool)
-    return (pool.domain or "") if pool is not None else record.domain
 
 
 def describe(services: Services, request: ApiRequest) -> ApiResponse:
