@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -9,6 +10,7 @@ from typing import Any, Mapping
 from chalicelib import observability as metric
 from chalicelib.api.checkout import MAX_COUNT, REQUEST_NAME_PATTERN, checkout, names_in_path, parse_count
 from chalicelib.api.http import (
+    TOO_LARGE,
     ApiError,
     ApiRequest,
     ApiResponse,
@@ -207,9 +209,35 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
     return ok()
 
 
+LIFETIME_TEXT = re.compile(r"\+?([0-9]+)(?:\.([0-9]*))?[ \t]*(?:h|hrs?|hours?)?", re.IGNORECASE)
+"""A lifetime written as text: hours, maybe with a fraction or an hour unit (``"2.5"``, ``"4h"``,
+``"4 hours"``). vmpooler reads it with Ruby's ``to_i`` (the leading digits), so curl scripts
+that send these work there."""
+
+
+def lifetime_hours(value: Any) -> int | None:
+    """The whole hours a PUT's ``lifetime`` asks for, a fraction rounded up; None when it names
+    no number of hours. vmpooler's ``to_i`` takes what it accepts here, but cuts a fraction
+    (``"2.5"`` was 2 hours: the VM reaped half an hour before its user asked) and reads any
+    word after the digits as hours (``"4d"`` was 4 hours, ``"30m"`` 30): those stay a 400."""
+    if isinstance(value, float):
+        if not math.isfinite(value) or value < 0:
+            return None
+        return TOO_LARGE if value >= TOO_LARGE else math.ceil(value)
+    if not isinstance(value, str):
+        return whole_number(value)
+    written = LIFETIME_TEXT.fullmatch(value.strip())
+    if written is None:
+        return None
+    hours = whole_number(written.group(1))
+    if hours is not None and hours < TOO_LARGE and (written.group(2) or "").strip("0"):
+        hours += 1
+    return hours
+
+
 def _parse_lifetime(value: Any, upper_limit: int | None, failures: list[str]) -> int | None:
     text = "" if value is None else shown(value)
-    hours = whole_number(value.strip() if isinstance(value, str) else value)
+    hours = lifetime_hours(value)
     if not hours:
         failures.append(f"Lifetime must be a positive integer (got {text})")
         return None

@@ -135,6 +135,19 @@ def test_change_lifetime(full: Harness) -> None:
     assert (vm["lifetime"], vm["remaining"]) == (5, 5.0)
 
 
+@pytest.mark.parametrize(("sent", "hours"), [
+    ("4h", 4), ("4 hours", 4), ("4 Hour", 4), ("4hrs", 4), (" 4 ", 4), ("+4", 4),
+    ("2.5", 3), (2.5, 3), ("2.0", 2), (2.0, 2), ("2.", 2), (0.25, 1), (1e2, 100),
+])
+def test_lifetimes_vmpooler_reads_with_to_i_are_hours(full: Harness, sent: object, hours: int) -> None:
+    """vmpooler reads a PUT's lifetime with Ruby's ``to_i``, so curl scripts sending ``"4h"`` or
+    ``"2.5"`` work there; they were a 400 here. A fraction is rounded up (vmpooler cut 2.5 hours
+    to 2: the VM reaped half an hour before its user asked)."""
+    host = full.checkout("pool1")
+    assert full.put(f"/api/v3/vm/{host}", {"lifetime": sent}).json == {"ok": True}
+    assert full.describe(host)["lifetime"] == hours
+
+
 def test_tags_are_stored_filtered_and_counted(full: Harness) -> None:
     host = full.checkout("pool1")
     reply = full.put(f"/api/v3/vm/{host}", {"tags": {
