@@ -244,7 +244,10 @@ def _parse_lifetime(value: Any, upper_limit: int | None, failures: list[str]) ->
     if upper_limit is None:
         upper_limit = MAX_LIFETIME_HOURS + 1
     if hours >= upper_limit:
-        failures.append(f"You provided a lifetime ({text}) that exceeds the configured maximum of {upper_limit}.")
+        # A fraction rounded up to the limit, or a unit: say what was read ("2.5 exceeds 3" reads as a bug).
+        read_as = f", read as {hours} hours," if hours < TOO_LARGE and shown(hours) != text else ""
+        failures.append(f"You provided a lifetime ({text}){read_as} that exceeds the configured maximum of "
+                        f"{upper_limit}.")
         return None
     return hours
 
