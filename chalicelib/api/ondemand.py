@@ -24,6 +24,7 @@ from chalicelib.api.http import (
     vmpooler_json_body,
 )
 from chalicelib.api.identity import Caller, required_caller, sends_token
+from chalicelib.api.vm_lookup import shown_domain
 from chalicelib.auth.base import same_user
 from chalicelib.services import Services
 from chalicelib.store.ondemand import DELETED, FAILED, READY, OnDemandRequest, OnDemandStore
@@ -96,7 +97,10 @@ def show(services: Services, request: ApiRequest) -> ApiResponse:
     answer: dict[str, Any] = {"ok": True, "request_id": ondemand.id, "ready": False}
     if ondemand.state == READY:
         answer["ready"] = True
-        named = {name: [(vm.name, vm.domain) for vm in ondemand.delivered(name)] for name in ondemand.names}
+        # Each VM under the domain GET /vm names it under: the pool's now, not the one noted when
+        # the request was made (after a config.domain change the two answers named two hosts).
+        named = {name: [(vm.name, shown_domain(services, vm)) for vm in ondemand.delivered(name)]
+                 for name in ondemand.names}
         hostnames, domain = hostnames_by_name(named, request.version)
         for name in ondemand.names:
             answer[name] = {"hostname": hostnames[name]}

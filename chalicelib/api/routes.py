@@ -87,6 +87,10 @@ ROUTES: list[Route] = [
     Route("dashboard_history", "GET", "/dashboard/stats/history", dashboard.history,
           unversioned=True, versioned=False, feed=True),
     Route("vm_disk", "POST", "/vm/{name}/disk/{size}", vm_tasks.add_disk),
+    # beaker-vmpooler posts disks to `<pooling_api>/api/v1/vm/...` whatever its pooling_api, and
+    # vmpooler 3 serves no unversioned /vm: a pooling_api of `.../api/v3` made every host with
+    # `disks:` fail (vmpooler 3 has no such route either, nor any /api/v1).
+    Route("vm_disk_beaker", "POST", "/api/v1/vm/{name}/disk/{size}", vm_tasks.add_disk),
     Route("vm_snapshot", "POST", "/vm/{name}/snapshot", vm_tasks.take_snapshot, unversioned=True),
     Route("vm_revert", "POST", "/vm/{name}/snapshot/{snapshot}", vm_tasks.revert_snapshot, unversioned=True),
 ]

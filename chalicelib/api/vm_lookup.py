@@ -1,4 +1,5 @@
-"""The VM a /vm/<host> route names (shared by the /vm routes and the VM task routes)."""
+"""The VM a /vm/<host> route names (shared by the /vm routes and the VM task routes), and the
+domain every answer names a VM under."""
 
 from __future__ import annotations
 
@@ -18,3 +19,16 @@ def find_vm(services: Services, request: ApiRequest, running: bool = False) -> V
     if running and record.state != "running":
         raise not_found(error=f"VM {hostname} is not running")
     return record
+
+
+def shown_domain(services: Services, record: VMRecord) -> str:
+    """The domain a VM is named under, in GET /vm and GET /ondemandvm alike. A VM whose record a
+    DNS plugin published (``dns_name`` noted) keeps the domain it was published under: passes move it, record and
+    domain together, when the config changes (manager/dns_records.py). Any other VM is named
+    under its pool's domain in the config in effect, as vmpooler computes it at each GET (a
+    changed ``config.domain`` applies to every VM at once, not to new ones only); its record's
+    when its pool is no longer configured."""
+    if record.raw.get("dns_name"):
+        return record.domain
+    pool = services.config.pool(record.pool)
+    return (pool.domain or "") if pool is not None else record.domain

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -9,6 +10,7 @@ from typing import Any, Mapping
 from chalicelib import observability as metric
 from chalicelib.api.checkout import MAX_COUNT, REQUEST_NAME_PATTERN, checkout, names_in_path, parse_count
 from chalicelib.api.http import (
+    TOO_LARGE,
     ApiError,
     ApiRequest,
     ApiResponse,
@@ -23,7 +25,7 @@ from chalicelib.api.http import (
     whole_number,
 )
 from chalicelib.api.identity import caller_for_change, may_change, optional_caller
-from chalicelib.api.vm_lookup import find_vm
+from chalicelib.api.vm_lookup import find_vm, shown_domain
 from chalicelib.api.vm_tasks import disk_size, refuse_unless_queued
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
@@ -92,19 +94,6 @@ def checkout_from_path(services: Services, request: ApiRequest) -> ApiResponse:
 
 def rfc3339(timestamp: float) -> str:
     return datetime.fromtimestamp(int(timestamp), timezone.utc).isoformat()
-
-
-def shown_domain(services: Services, record: VMRecord) -> str:
-    """The domain GET /vm names a VM under. A VM whose record a DNS plugin published
-    (``dns_name`` noted) keeps the domain it was published under: passes move it, record and
-    domain together, when the config changes (manager/dns_records.py). Any other VM is named
-    under its pool's domain in the config in effect, as vmpooler computes it at each GET (a
-    changed ``config.domain`` applies to every VM at once, not to new ones only); its record's
-    when its pool is no longer configured."""
-    if record.raw.get("dns_name"):
-        return record.domain
-    pool = services.config.pool(record.pool)
-    return (pool.domain or "") if pool is not None else record.domain
 
 
 def describe(services: Services, request: ApiRequest) -> ApiResponse:
@@ -220,16 +209,45 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
     return ok()
 
 
+LIFETIME_TEXT = re.compile(r"\+?([0-9]+)(?:\.([0-9]*))?[ \t]*(?:h|hrs?|hours?)?", re.IGNORECASE)
+"""A lifetime written as text: hours, maybe with a fraction or an hour unit (``"2.5"``, ``"4h"``,
+``"4 hours"``). vmpooler reads it with Ruby's ``to_i`` (the leading digits), so curl scripts
+that send these work there."""
+
+
+def lifetime_hours(value: Any) -> int | None:
+    """The whole hours a PUT's ``lifetime`` asks for, a fraction rounded up; None when it names
+    no number of hours. vmpooler's ``to_i`` takes what it accepts here, but cuts a fraction
+    (``"2.5"`` was 2 hours: the VM reaped half an hour before its user asked) and reads any
+    word after the digits as hours (``"4d"`` was 4 hours, ``"30m"`` 30): those stay a 400."""
+    if isinstance(value, float):
+        if not math.isfinite(value) or value < 0:
+            return None
+        return TOO_LARGE if value >= TOO_LARGE else math.ceil(value)
+    if not isinstance(value, str):
+        return whole_number(value)
+    written = LIFETIME_TEXT.fullmatch(value.strip())
+    if written is None:
+        return None
+    hours = whole_number(written.group(1))
+    if hours is not None and hours < TOO_LARGE and (written.group(2) or "").strip("0"):
+        hours += 1
+    return hours
+
+
 def _parse_lifetime(value: Any, upper_limit: int | None, failures: list[str]) -> int | None:
     text = "" if value is None else shown(value)
-    hours = whole_number(value.strip() if isinstance(value, str) else value)
+    hours = lifetime_hours(value)
     if not hours:
         failures.append(f"Lifetime must be a positive integer (got {text})")
         return None
     if upper_limit is None:
         upper_limit = MAX_LIFETIME_HOURS + 1
     if hours >= upper_limit:
-        failures.append(f"You provided a lifetime ({text}) that exceeds the configured maximum of {upper_limit}.")
+        # A fraction rounded up to the limit, or a unit: say what was read ("2.5 exceeds 3" reads as a bug).
+        read_as = f", read as {hours} hours," if hours < TOO_LARGE and shown(hours) != text else ""
+        failures.append(f"You provided a lifetime ({text}){read_as} that exceeds the configured maximum of "
+                        f"{upper_limit}.")
         return None
     return hours
 

@@ -88,11 +88,15 @@ MATRIX_BUILD_URL = ("https://jenkins.example.com/job/platform_puppet-agent_suite
 POOLING_API_PATHS = [
     pytest.param("", id="pooling_api without a trailing slash"),
     pytest.param("/", id="pooling_api with a trailing slash (beaker-hostgenerator's default)"),
+    pytest.param("/api/v3", id="pooling_api on /api/v3 (vmpooler 3 serves no unversioned /vm)"),
+    pytest.param("/api/v1", id="pooling_api on /api/v1"),
 ]
-"""The path of beaker's ``pooling_api`` (a bare host). beaker-hostgenerator writes it with a
-trailing slash (``pooling_api: http://vmpooler.delivery.puppetlabs.net/``) and beaker appends
-``/vm/...`` to it as a string, so every request of a generated hosts file begins ``//``:
-vmpooler's Rack::Protection routed ``//vm/`` as ``/vm/``, and so does API Gateway."""
+"""The path of beaker's ``pooling_api``. beaker-hostgenerator writes a bare host with a trailing
+slash (``pooling_api: http://vmpooler.delivery.puppetlabs.net/``) and beaker appends ``/vm/...``
+to it as a string, so every request of a generated hosts file begins ``//``: vmpooler's
+Rack::Protection routed ``//vm/`` as ``/vm/``, and so does API Gateway. vmpooler 3 serves only
+``/api/v3``, so its users' ``pooling_api`` ends there; beaker still posts disks to
+``<pooling_api>/api/v1/vm/<host>/disk/<n>``."""
 
 
 def beaker(api: Harness, method: str, path: str, body: Any = None, token: str | None = None) -> Reply:
@@ -114,7 +118,8 @@ def test_beaker_with_a_token_provisions_tags_adds_disks_and_cleans_up(client_api
     ``?``, ``&``): those were refused, ``400 Tag value contains invalid characters``, so beaker
     logged "Failed to tag host" and the VM had none of its tags. With ``pooling_api`` ending in
     ``/`` every request was a 404 ``{"ok": false}``: beaker retried its provision until its
-    timeout and gave up."""
+    timeout and gave up. With ``pooling_api`` on ``/api/vN`` the disk's ``/api/vN/api/v1/...``
+    was a 404: "Response from <host> indicates disk was not added", the host failed."""
     api = client_api
     token = api.new_token("alice", slapd.password("alice"))
     # provision: POST <pooling_api>/vm/ {"<template>": "<count>"} with the token.

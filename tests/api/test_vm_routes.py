@@ -135,6 +135,31 @@ def test_change_lifetime(full: Harness) -> None:
     assert (vm["lifetime"], vm["remaining"]) == (5, 5.0)
 
 
+@pytest.mark.parametrize(("sent", "hours"), [
+    ("4h", 4), ("4 hours", 4), ("4 Hour", 4), ("4hrs", 4), (" 4 ", 4), ("+4", 4),
+    ("2.5", 3), (2.5, 3), ("2.0", 2), (2.0, 2), ("2.", 2), (0.25, 1), (1e2, 100),
+])
+def test_lifetimes_vmpooler_reads_with_to_i_are_hours(full: Harness, sent: object, hours: int) -> None:
+    """vmpooler reads a PUT's lifetime with Ruby's ``to_i``, so curl scripts sending ``"4h"`` or
+    ``"2.5"`` work there; they were a 400 here. A fraction is rounded up (vmpooler cut 2.5 hours
+    to 2: the VM reaped half an hour before its user asked)."""
+    host = full.checkout("pool1")
+    assert full.put(f"/api/v3/vm/{host}", {"lifetime": sent}).json == {"ok": True}
+    assert full.describe(host)["lifetime"] == hours
+
+
+def test_tags_are_answered_in_the_order_first_set_as_vmpooler_does(full: Harness) -> None:
+    """vmpooler's GET /vm lists a VM's ``tag:<name>`` hash fields in Redis's order: the order
+    each tag was first set (a tag set again keeps its place), which ``floaty list --active``
+    prints. Ours are the same fields, in the same order."""
+    host = full.checkout("pool1")
+    assert full.put(f"/api/v3/vm/{host}", {"tags": {"url": "b.example", "project": "ci"}}).status == 200
+    assert full.put(f"/api/v3/vm/{host}", {"tags": {"owner": "alice", "url": "a.example"}}).status == 200
+    for version in (1, 3):
+        tags = full.get(f"/api/v{version}/vm/{host}").json[host]["tags"]
+        assert list(tags.items()) == [("url", "a.example"), ("project", "ci"), ("owner", "alice")]
+
+
 def test_tags_are_stored_filtered_and_counted(full: Harness) -> None:
     host = full.checkout("pool1")
     reply = full.put(f"/api/v3/vm/{host}", {"tags": {

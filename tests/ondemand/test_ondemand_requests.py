@@ -603,3 +603,28 @@ def test_vms_whose_primary_address_is_link_local_are_ready_and_delivered_with_a_
                  for state in ("ready", "running") for host in stack.hosts("debian-12", state)}
         assert set(shown.values()) <= {"10.200.0.31"}
     assert {stack.state_of(host) for host in shown} == {"ready", "running"}
+
+
+def test_a_ready_request_names_its_vms_as_get_vm_does_after_a_domain_change(make_stack):
+    """Without managed DNS, GET /vm names a VM under its pool's domain in the config in effect
+    (as vmpooler does). GET /ondemandvm answered the domain noted when the request was made: after
+    ``config.domain`` changed, the two answers named one VM as two hosts, and vmfloaty's
+    ``get --ondemand`` printed the one that no longer resolved."""
+    stack = make_stack(size=0)
+    status, body = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1})
+    assert status == 201
+    request_id = body["request_id"]
+    stack.run_passes("debian-12")
+    [before] = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")[1]["debian"]["hostname"]
+    host = before.split(".")[0]
+    assert before == f"{host}.example.com"
+
+    stack.services.use_config(config_module.parse(
+        BASE_CONFIG.format(experimental="true", size=0, task_time=0, clone_fail=0, disk_fail=0)
+        .replace("domain: example.com", "domain: new.example.com")))
+    assert stack.describe(host)["fqdn"] == f"{host}.new.example.com"
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
+    assert (status, body["debian"]["hostname"]) == (200, [f"{host}.new.example.com"])
+    v1 = stack.answer("GET", f"/api/v1/ondemandvm/{request_id}")[1]
+    assert (v1["debian"]["hostname"], v1["domain"]) == ([host], "new.example.com")
+    assert stack.answer("GET", f"/api/v1/vm/{host}")[1][host]["domain"] == "new.example.com"
