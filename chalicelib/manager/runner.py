@@ -95,6 +95,10 @@ def run_pool(
     lease, instead of a new run's."""
     store, clock = services.store, services.clock
     token = lease_token()
+    # Its time runs from before the SET is sent, not from the pass's start: a run frozen between
+    # the two (a stopped process, a frozen Lambda) past the lease would otherwise run a whole
+    # pass beside the run that took the lease over, each step thinking the lease just renewed.
+    lease = RunLease(services, pool_name, token)
     try:
         if stale_lease:
             store.release_lease(pool_name, stale_lease)
@@ -130,7 +134,6 @@ def run_pool(
                 break
             if not report.passes:
                 store.clear_wakes(pool_name)  # a later pass follows take_wake, which cleared them
-            lease = RunLease(services, pool_name, token)
             try:
                 result = reconcile_pool(store, lease.fenced(services.provider(pool.provider)), pool, clock,
                                         services.config.service, lease.renewing(checkpoint),
