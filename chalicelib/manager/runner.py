@@ -95,6 +95,10 @@ def run_pool(
     lease, instead of a new run's."""
     store, clock = services.store, services.clock
     token = lease_token()
+    # Its time runs from before the SET is sent, not from the pass's start: a run frozen between
+    # the two (a stopped process, a frozen Lambda) past the lease would otherwise run a whole
+    # pass beside the run that took the lease over, each step thinking the lease just renewed.
+    lease = RunLease(services, pool_name, token)
     try:
         if stale_lease:
             store.release_lease(pool_name, stale_lease)
@@ -130,7 +134,6 @@ def run_pool(
                 break
             if not report.passes:
                 store.clear_wakes(pool_name)  # a later pass follows take_wake, which cleared them
-            lease = RunLease(services, pool_name, token)
             try:
                 result = reconcile_pool(store, lease.fenced(services.provider(pool.provider)), pool, clock,
                                         services.config.service, lease.renewing(checkpoint),
@@ -288,8 +291,18 @@ class RunLease:
         return lookup
 
     def checked(self, call: Callable[..., Any]) -> Callable[..., Any]:
-        """``call``, renewing the lease when it returns (or raises) after ``SLOW_CALL_SECONDS``."""
+        """``call``, the lease renewed before it when last renewed ``LEASE_RENEW_SECONDS`` ago,
+        and when it returns (or raises) after ``SLOW_CALL_SECONDS``.
+
+        Before: a run frozen between two Redis round trips of a step (a stopped process) and
+        woken once another run had the pool went on to the step's provider calls before its next
+        checkpoint renewed: it started clones for slots the other run had since judged never
+        started and reserved again (more clones at the provider than ``task_limit``), disk
+        tasks, destroys. Costs a round trip at most once per ``LEASE_RENEW_SECONDS``, as the
+        checkpoints' renewal."""
         def checked_call(*args: Any, **kwargs: Any) -> Any:
+            if self._since(self._renewed) >= LEASE_RENEW_SECONDS:
+                self.renew()
             started = (self._clock.monotonic(), self._clock.now())
             try:
                 return call(*args, **kwargs)

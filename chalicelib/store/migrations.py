@@ -18,11 +18,11 @@ from chalicelib.store.store import Store, _translate_errors, update_args
 QUEUED = "queued"
 STARTED = "started"
 TAKER_GONE = "migration_taker_gone"
+"""A record field: the process that took the VM's slot (its ``migration_taker``) is known dead
+(manager/migrations.abandon_unstarted), so it is judged after a settle time, not the start grace."""
 ADOPTED = "migration_adopted"
 """A record field: the migration's task was not noted by the pass that sent it but found among
 the VM's recent moves (manager/migrations.py ``_judge_unnoted``): maybe another user's."""
-"""A record field: the process that took the VM's slot (its ``migration_taker``) is known dead
-(manager/migrations.abandon_unstarted), so it is judged after a settle time, not the start grace."""
 
 STALE_SLOT_SECONDS = 3600.0
 """Far longer than a vMotion of a CI VM takes."""

@@ -15,7 +15,7 @@ from chalicelib.clock import FakeClock
 from chalicelib.config import parse
 from chalicelib.manager.dispatch import look_at
 from chalicelib.manager.pool_queue import RETRY, PoolMessage
-from chalicelib.manager.runner import LEASE_RENEW_SECONDS, RETRY_SECONDS, run_pool
+from chalicelib.manager.runner import LEASE_RENEW_SECONDS, LEASE_SECONDS, RETRY_SECONDS, LeaseLost, RunLease, run_pool
 from chalicelib.providers.base import ProviderError
 from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable, connect
@@ -236,3 +236,25 @@ def test_pools_refill_right_after_a_redis_stall_mid_pass(stalling_redis: RedisSe
     assert again is not None and again.leased and again.failures == []
     assert services.store.counts(["alpha"])["alpha"]["pending"] == 2  # the pool refills
     assert not admin.exists(services.store.keys.lease("alpha"))
+
+
+def test_a_run_woken_after_another_took_its_lease_calls_no_provider(services: Services, clock: FakeClock,
+                                                                     redis_client: redis.Redis) -> None:
+    """A run frozen between a step's Redis round trips (its checkpoint passed) and woken once
+    another run had the pool: its next provider call is refused before it is made. Before, the
+    lease was looked at only after a slow call, so the woken run started the clones of slots the
+    other run had since judged never started and reserved again (more clones at the provider
+    than task_limit; tests/chaos/test_stale_leased_pass.py measures the rest)."""
+    pool = services.config.pool("alpha")
+    assert pool is not None
+    lease = RunLease(services, "alpha", "frozen-run")
+    redis_client.set(services.store.keys.lease("alpha"), "frozen-run")
+    provider = lease.fenced(services.provider("dummy"))
+    provider.clone(pool, "ci-before")  # within its lease: made
+    clock.advance(LEASE_SECONDS + 1)  # frozen past its lease...
+    redis_client.set(services.store.keys.lease("alpha"), "another-run")  # ...which another run took
+
+    with pytest.raises(LeaseLost):
+        provider.clone(pool, "ci-after")
+
+    assert {vm.name for vm in services.provider("dummy").list_vms(pool)} == {"ci-before"}
