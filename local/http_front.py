@@ -91,9 +91,9 @@ MAX_CHUNKED_BODY_WIRE_BYTES = 4 * API_MAX_BODY_BYTES
 extensions, trailers) included; more gets 413. The body itself is bounded by the app's limit
 (64 KiB), but a chunk extension (``2;aaaa...``) is no body and was not bounded at all: a 100 MB
 extension was parsed, then its request served, and 10 MB of it took another client's request on
-the same worker from 3 to 358 ms. Four times the body's limit leaves room for a body at its limit
-in 1,024 chunks with trailers, and for what came before it in the read that ended its head
-(counted per read)."""
+the same worker from 3 to 358 ms. Counted from the read after the one that ended the head (that
+one may hold other requests: at most a read, 256 KiB, more); four times the body's limit leaves
+room for a body at its limit in 1,024 chunks with their extensions and trailers."""
 STARTUP_SECONDS = 30
 """How long a worker's first loop waits for its other loops to start before it accepts anyway."""
 WORKER_TIMEOUT_SECONDS = 30
@@ -310,8 +310,13 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             elif self._head_timer is None:  # a kept-alive connection's next request has begun
                 self._arm_head_timer()
         elif self._in_chunked_body() and self._deferred is None and not self.transport.is_closing():
-            # Counted per read that leaves the body unfinished: its framing too, which llhttp
-            # parses without telling us (no callback for chunk extensions).
+            # Counted per read that begins and ends inside the body (framing included, which
+            # llhttp parses without telling us: no callback for chunk extensions), from the read
+            # after the one that ended its head: that one may also hold requests before it
+            # (pipelined), which are not this body's, and is at most a read (256 KiB).
+            if self._body_wire_bytes < 0:
+                self._body_wire_bytes = 0
+                return
             self._body_wire_bytes += len(data)
             if self._body_wire_bytes > MAX_CHUNKED_BODY_WIRE_BYTES:
                 self._refuse(Refused(413, f"chunked request body larger than {MAX_CHUNKED_BODY_WIRE_BYTES} "
@@ -366,7 +371,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._chunks = 0
-        self._body_wire_bytes = 0
+        self._body_wire_bytes = -1  # its head ended in the read being parsed (data_received)
         self._chunked = any(name == b"transfer-encoding" for name, _ in self.headers)
         refusal = self._head_refusal()
         if refusal is not None:
