@@ -67,6 +67,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
+from chalicelib.api.http import MAX_BODY_BYTES as API_MAX_BODY_BYTES
 from local.processes import die_with_parent
 
 CLIENT_TIMEOUT_SECONDS = float(os.environ.get("VMPOOL_HTTP_CLIENT_TIMEOUT", "10"))
@@ -85,6 +86,14 @@ MAX_CHUNKS = 1024
 two whatever its size: 64 KiB (the API's limit) in 1-byte chunks held a loop for tens of ms a
 read, and 4 clients sending such bodies over and over took a checkout's p50 from 15 to 117 ms
 (41 ms with this bound). Real clients send a body in a few chunks (64 bytes each at 1,024)."""
+MAX_CHUNKED_BODY_WIRE_BYTES = 4 * API_MAX_BODY_BYTES
+"""Most bytes a chunked request body may take on the wire, its framing (chunk sizes, chunk
+extensions, trailers) included; more gets 413. The body itself is bounded by the app's limit
+(64 KiB), but a chunk extension (``2;aaaa...``) is no body and was not bounded at all: a 100 MB
+extension was parsed, then its request served, and 10 MB of it took another client's request on
+the same worker from 3 to 358 ms. Counted from the read after the one that ended the head (that
+one may hold other requests: at most a read, 256 KiB, more); four times the body's limit leaves
+room for a body at its limit in 1,024 chunks with their extensions and trailers."""
 STARTUP_SECONDS = 30
 """How long a worker's first loop waits for its other loops to start before it accepts anyway."""
 WORKER_TIMEOUT_SECONDS = 30
@@ -216,6 +225,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     _in_head = True  # waiting for the first request, or inside a request's line and headers
     _head_bytes = 0
     _chunks = 0
+    _chunked = False
+    _body_wire_bytes = 0
     _header_fields = 0
     _refusal: Refused | None = None
     _deferred: Refused | None = None
@@ -298,6 +309,23 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 self._refuse(Refused(431, f"request head larger than {MAX_HEAD_BYTES} bytes"))
             elif self._head_timer is None:  # a kept-alive connection's next request has begun
                 self._arm_head_timer()
+        elif self._in_chunked_body() and self._deferred is None and not self.transport.is_closing():
+            # Counted per read that begins and ends inside the body (framing included, which
+            # llhttp parses without telling us: no callback for chunk extensions), from the read
+            # after the one that ended its head: that one may also hold requests before it
+            # (pipelined), which are not this body's, and is at most a read (256 KiB).
+            if self._body_wire_bytes < 0:
+                self._body_wire_bytes = 0
+                return
+            self._body_wire_bytes += len(data)
+            if self._body_wire_bytes > MAX_CHUNKED_BODY_WIRE_BYTES:
+                self._refuse(Refused(413, f"chunked request body larger than {MAX_CHUNKED_BODY_WIRE_BYTES} "
+                                          "bytes on the wire"))
+
+    def _in_chunked_body(self) -> bool:
+        """Whether the request being read has a chunked body not wholly read yet."""
+        cycle: RequestResponseCycle | None = self.cycle
+        return self._chunked and cycle is not None and cycle.more_body
 
     def _parse(self, data: bytes) -> None:
         """uvicorn's parsing of what arrived, but for a request asking for an Upgrade (h2c,
@@ -343,6 +371,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._chunks = 0
+        self._body_wire_bytes = -1  # its head ended in the read being parsed (data_received)
+        self._chunked = any(name == b"transfer-encoding" for name, _ in self.headers)
         refusal = self._head_refusal()
         if refusal is not None:
             self._stop_parsing(refusal)

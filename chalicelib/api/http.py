@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_BASE64_BODY_CHARS = 4 * math.ceil(MAX_BODY_BYTES / 3)
+"""The longest base64 text of a body within MAX_BODY_BYTES (an event's body when
+``isBase64Encoded``): a longer one is refused before it is decoded."""
 ANSWER_BUDGET_BYTES = 4 * 1024 * 1024
 """What an answer that grows with the pools may take: Lambda returns at most 6 MB (API Gateway
 answers 502 beyond), and the JSON of the body is escaped once more inside Lambda's answer."""
@@ -208,6 +211,11 @@ def unsupported_coding(request: ApiRequest) -> ApiError | None:
                                    "send the body uncompressed"}, {"Accept-Encoding": "identity"})
 
 
+def body_too_large() -> ApiError:
+    """The 413 of a body over MAX_BODY_BYTES."""
+    return too_large(f"Request body too large (at most {MAX_BODY_BYTES} bytes)")
+
+
 def json_body(request: ApiRequest, empty: Any = None) -> Any:
     """The request body as JSON; ``empty`` when there is none. Bad JSON is a 400, a body over
     MAX_BODY_BYTES a 413 (before it is parsed), one sent with a content coding (gzip) a 415.
@@ -215,7 +223,7 @@ def json_body(request: ApiRequest, empty: Any = None) -> Any:
     order mark is skipped), no NaN or Infinity, no number too large for a float, no name twice
     in one object."""
     if len(request.body) > MAX_BODY_BYTES:
-        raise too_large(f"Request body too large (at most {MAX_BODY_BYTES} bytes)")
+        raise body_too_large()
     raw = request.body.removeprefix(UTF8_BOM).strip()
     if not raw:
         return empty

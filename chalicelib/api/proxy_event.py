@@ -46,11 +46,17 @@ OVERSIZE_STATUS = {"headers": 431, "multiValueHeaders": 431, "queryStringParamet
 (414); anything else (stage variables) is a 400."""
 
 
+def oversized(key: str) -> ApiError:
+    """The answer to an event whose ``key`` holds more than MAX_EVENT_FIELDS entries or
+    MAX_EVENT_CHARS characters (the local gateway's too, for a query string that would)."""
+    return ApiError(OVERSIZE_STATUS.get(key, 400), {
+        "error": f"The event's {key} hold more than any API Gateway request "
+                 f"(at most {MAX_EVENT_FIELDS} entries and {MAX_EVENT_CHARS} characters)"})
+
+
 def _refuse_oversized(key: str, fields: int, chars: int) -> None:
     if fields > MAX_EVENT_FIELDS or chars > MAX_EVENT_CHARS:
-        raise ApiError(OVERSIZE_STATUS.get(key, 400), {
-            "error": f"The event's {key} hold more than any API Gateway request "
-                     f"(at most {MAX_EVENT_FIELDS} entries and {MAX_EVENT_CHARS} characters)"})
+        raise oversized(key)
 
 
 def _text_mapping(event: Mapping[str, Any], key: str) -> dict[str, str] | None:

@@ -8,6 +8,8 @@ for such VMs' hostnames.
 
 from __future__ import annotations
 
+import json
+import tracemalloc
 from typing import Any, Callable
 
 import pytest
@@ -314,4 +316,25 @@ def test_a_method_of_60_kb_is_not_echoed_back(busy: Harness) -> None:
     reply = busy.request("X" * 60_000, "/api/v3/vm", None)
     assert reply.status == 405 and reply.json["ok"] is False, reply.raw[:300]
     assert len(reply.raw) < 200, "the answer echoes the method back"
+    assert busy.redis_state() == before
+
+
+@pytest.mark.parametrize("query", ["pool=pool1&" * 120_000, "view=" + "x" * 1_100_000],
+                         ids=["120,000 parameters", "one value of 1.1 MB"])
+def test_a_query_larger_than_any_api_gateway_request_is_refused_before_it_is_parsed(busy: Harness,
+                                                                                   query: str) -> None:
+    """The local gateway parsed the whole query string into the event, and only the app then
+    refused it (414): 350,000 parameters (1.4 MB) took 0.9-1.5 s and tens of MB per request.
+    Now refused from its length and separators, before any parameter is made."""
+    before = busy.redis_state()
+    target = f"/api/v3/status?{query}"
+    tracemalloc.start()
+    try:
+        status, _, raw = busy.gateway("GET", target, {"host": "x"}, b"", "10.0.0.1")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    answer = json.loads(raw)
+    assert (status, answer["ok"]) == (414, False) and "more than any API Gateway request" in answer["error"], answer
+    assert peak < 1.5 * len(target), f"refusing it took {peak} bytes"  # the query split off: one copy
     assert busy.redis_state() == before

@@ -13,6 +13,7 @@ import html
 import json
 import re
 import threading
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -98,6 +99,36 @@ def test_a_double_slash_path_does_not_point_the_page_at_another_site(stack: tupl
     dom = chromium(f"{base}//evil.example/dashboard/", tmp_path / "profile-links", "--dump-dom")
     assert re.findall(r'<a [^>]*href="([^"]*)"', dom) == [], dom
     assert '{"ok":false}' in dom, dom
+
+
+@pytest.mark.slow
+def test_hostile_tags_and_hostnames_opened_in_a_browser_show_as_text_and_never_run(
+        stack: tuple[str, Path]) -> None:
+    """Tags, on-demand ids and hostnames reach no HTML page, but a browser may still be pointed
+    at the JSON that carries them (a link in a chat, a 404 naming the path's hostname): it must
+    read it as text. A tag of markup is refused (``<`` and ``>`` are no tag characters); one of
+    the characters tags allow that matter to HTML (``'&()=;``, ``javascript:``), its VM's JSON
+    opened in Chromium, and 404s naming a hostname and an on-demand id of markup: nothing runs,
+    nothing becomes an element, the text is as sent."""
+    base, tmp_path = stack
+    markup = f'<img src=x onerror="{RUN}"><script>{RUN}</script>'
+    host = call("POST", f"{base}/api/v3/vm/{POOL}")[1][POOL]["hostname"]
+    try:
+        assert call("PUT", f"{base}/api/v3/vm/{host}", {"tags": {"user": markup}})[0] == 400
+        allowed = f"javascript:{RUN};' onmouseover='{RUN}' x='&amp;"
+        assert call("PUT", f"{base}/api/v3/vm/{host}", {"tags": {"user": allowed}})[0] == 200
+        quoted = urllib.parse.quote(markup, safe="")
+        for path, shown in ((f"/api/v3/vm/{host}", allowed), (f"/api/v3/vm/{quoted}", None),
+                            (f"/api/v3/ondemandvm/{quoted}", None)):
+            dom = chromium(base + path, tmp_path / "profile-json", "--dump-dom")
+            root = re.search(r"<html[^>]*>", dom)
+            assert root and "pwned" not in root.group(0), dom
+            assert "<img" not in dom and "<script" not in dom and "<pre" in dom, dom
+            if shown is not None:
+                text = html.unescape(re.sub(r"<[^>]*>", "", dom))
+                assert json.loads(text)[host.split(".")[0]]["tags"]["user"] == shown, dom
+    finally:
+        assert call("DELETE", f"{base}/api/v3/vm/{host}")[0] == 200
 
 
 PROTOTYPE_NAMES = ("constructor", "toString", "valueOf", "hasOwnProperty")
