@@ -21,7 +21,7 @@ from typing import Any
 from chalicelib.config import Config, ConfigError, canonical_json, parse, read_config_file
 from chalicelib.config_source import DEFAULT_CONFIG_KEY
 from infra.deploy import said_in_one_line
-from infra.sync_config import STAGES, stack_name, unreadable_secrets
+from infra.sync_config import STAGES, load_config, stack_name, unreadable_secrets
 
 
 def stack_output(cloudformation: Any, stage: str, key: str) -> str:
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
         return 1
     # What the stage's functions may not read (IAM) would fail at every use once published.
     try:
-        unreadable = unreadable_secrets(STAGES[args.stage], path)
+        unreadable = unreadable_secrets(STAGES[args.stage], load_config(path))
     except ConfigError:
         unreadable = []  # the push below lists every problem of an invalid file
     if unreadable:
