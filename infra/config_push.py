@@ -112,17 +112,22 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
     except OSError as error:
         print(f"config-push: cannot read {path}: {error.strerror}", file=sys.stderr)
         return 1
-    # What the stage's functions may not read (IAM) would fail at every use once published.
+    # Parsed once (2,000 pools take seconds), its extra_config files read from its folder, as
+    # packaging and make run read them: from the working directory, a config beside its extra
+    # files was refused (or merged with another file of that name) when pushed from elsewhere.
     try:
-        unreadable = unreadable_secrets(STAGES[args.stage], path)
-    except ConfigError:
-        unreadable = []  # the push below lists every problem of an invalid file
+        config = parse(text, str(path), base_dir=path.parent)
+    except ConfigError as error:
+        print(f"config-push: {path} is not valid; nothing published:\n{error}", file=sys.stderr)
+        return 1
+    # What the stage's functions may not read (IAM) would fail at every use once published.
+    unreadable = unreadable_secrets(STAGES[args.stage], config)
     if unreadable:
         print(f"config-push: {path} names secrets the {args.stage} stage's functions may not read; nothing "
               "published:\n  " + "\n  ".join(unreadable), file=sys.stderr)
         return 1
     try:
-        return _push_checked(args.stage, path, text, args.bucket, session)
+        return _push_checked(args.stage, path, text, config, args.bucket, session)
     except Exception as error:
         if not said_in_one_line("config-push", error):
             raise
@@ -130,13 +135,9 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
         return 1
 
 
-def _push_checked(stage: str, path: Path, text: str, bucket: str | None, session: Any) -> int:
-    """Check the config against the deployed stack, then publish it; 0 or 1 (what was wrong printed)."""
-    try:
-        config = parse(text, str(path))
-    except ConfigError as error:
-        print(f"config-push: {path} is not valid; nothing published:\n{error}", file=sys.stderr)
-        return 1
+def _push_checked(stage: str, path: Path, text: str, config: Config, bucket: str | None, session: Any) -> int:
+    """Check ``config`` (``text`` validated) against the deployed stack, then publish it; 0 or 1
+    (what was wrong printed)."""
     cloudformation = session.client("cloudformation")
     parameters = stack_parameters(cloudformation, stage)
     if parameters is None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from chalicelib.aws_clients import failure_of
-from infra.sync_config import STAGES, BadKmsKey, kms_key_regions, stack_name
+from infra.sync_config import STAGES, UNRESERVED_MINIMUM, BadKmsKey, Stage, kms_key_regions, stack_name
 
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"]
 NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
@@ -123,6 +123,29 @@ def check_kms_keys(given: dict[str, str]) -> None:
         raise DeployError(f"{KMS_KEYS_PARAMETER}: {error}") from None
 
 
+def check_concurrency(session: Any, stage: Stage) -> None:
+    """Refuse, before anything is uploaded, a first deploy of ``stage`` into an account whose
+    Lambda concurrency cannot hold the functions' reservations (``Stage.reserved_concurrency``)
+    beside the ``UNRESERVED_MINIMUM`` Lambda keeps unreserved. New accounts start with a quota far
+    below the usual 1,000 (10 or 50): the create then failed at the functions, after ElastiCache's
+    15 minutes, and rolled the whole stack back. What cannot be asked (no permission for
+    GetAccountSettings, an endpoint without it) is not checked: CloudFormation still refuses."""
+    try:
+        limits = session.client("lambda").get_account_settings()["AccountLimit"]
+        unreserved = int(limits["UnreservedConcurrentExecutions"])
+        quota = int(limits["ConcurrentExecutions"])
+    except Exception as error:  # any failure to ask: not checked (a bug of ours is raised)
+        if failure_of(error) is None and not isinstance(error, (KeyError, TypeError, ValueError)):
+            raise
+        return
+    if unreserved - stage.reserved_concurrency < UNRESERVED_MINIMUM:
+        raise DeployError(
+            f"the {stage.name} stage's functions reserve {stage.reserved_concurrency} concurrent executions and "
+            f"Lambda keeps {UNRESERVED_MINIMUM} unreserved; this account's Lambda concurrency is {quota} "
+            f"({unreserved} unreserved): the create would fail and roll back. Ask Service Quotas for 'Concurrent "
+            f"executions' of at least {stage.reserved_concurrency + UNRESERVED_MINIMUM + quota - unreserved}")
+
+
 def _existing_stack(cloudformation: Any, name: str) -> dict[str, Any] | None:
     try:
         stacks = cloudformation.describe_stacks(StackName=name)["Stacks"]
@@ -170,6 +193,8 @@ def deploy(session: Any, stage: str, bucket: str, package: Path | None, given: d
     broken = broken_rules(template, given, stack)
     if broken:
         raise DeployError("; ".join(broken))
+    if package is not None and stack is None:  # an update keeps the reservations the stack has
+        check_concurrency(session, STAGES[stage])
     if code is not None:
         upload(s3, bucket, code_key, code)
     body = json.dumps(template, separators=(",", ":")).encode()

@@ -63,8 +63,11 @@ merge="build/merge-template-$stage.json"
 # (what the packaged config's DNS entries need of the stack's parameters becomes its Rules)
 "$python" -m infra.template --stage "$stage" --config "$VMPOOL_CONFIG_FILE" > "$merge"
 rm -rf "$out"
-# chalice needs a region to build ARNs; the template itself is region-neutral.
-AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}" \
+# chalice needs a region to build ARNs; the template itself is region-neutral. Its import of app.py
+# loads the stage's own config, not the given one: nothing chalice packages depends on the pools,
+# and the given file, validated above, is validated again as it goes into the zip (slim_zip). A
+# config of 2,000 pools takes a second or more of CPU each time it is validated.
+VMPOOL_CONFIG_FILE="$packaged_config" AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}" \
     "$python" -c "import sys; from chalice.cli import main; sys.exit(main())" \
     package --stage "$stage" --merge-template "$merge" "$out" >&2
 # Slimmed for Lambda (infra/slim_zip.py): no SDK, no unused library parts, bytecode compiled ahead,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 if TYPE_CHECKING:
     from chalicelib.auth.secrets import SecretReference
+    from chalicelib.config import Config
     from chalicelib.dns.base import DnsConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -297,10 +298,12 @@ together. Without it a policy just under the limit passed here and the deploy fa
 in CloudFormation, once keys were named."""
 
 
-def policy(stage: Stage, role: str, kms_keys: list[str] | None = None) -> dict[str, Any]:
+def policy(stage: Stage, role: str, kms_keys: list[str] | None = None, zones: list[str] | None = None
+           ) -> dict[str, Any]:
     """The IAM policy of one role ("api", "tick" or "reconcile") of a stage; with ``kms_keys``
     (the ``chalice deploy`` path: the infrastructure stack's ``SecretsKmsKeyArns``), the
-    statement that lets it decrypt secrets under them (``secrets_kms_statement``).
+    statement that lets it decrypt secrets under them (``secrets_kms_statement``). ``zones``:
+    the stage's ``route53_zones`` when the caller has them (None: read from its config file).
 
     ARNs name this stage's resources with the region and account left open, because the policy
     files are static (the stack must be named ``vmpool-<stage>``: Lambda names start with it).
@@ -321,7 +324,7 @@ def policy(stage: Stage, role: str, kms_keys: list[str] | None = None) -> dict[s
     ]
     if role == "reconcile":
         statements.append(_statement(["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"], [queue]))
-    zones = route53_zones(stage)
+    zones = route53_zones(stage) if zones is None else zones
     if role == "reconcile" and zones:
         statements.append(_statement(["route53:ChangeResourceRecordSets", "route53:ListResourceRecordSets"],
                                      [f"arn:aws:route53:::hostedzone/{zone}" for zone in zones]))
@@ -340,41 +343,45 @@ def policy(stage: Stage, role: str, kms_keys: list[str] | None = None) -> dict[s
     return {"Version": "2012-10-17", "Statement": statements}
 
 
-def route53_zones(stage: Stage, config_file: Path | None = None) -> list[str]:
+def load_config(config_file: Path) -> Config:
+    """A config file loaded as packaging and ``make run`` load it (``extra_config`` files from its
+    folder). Raises ConfigError. At 2,000 pools a load takes a second or more: load a file once
+    and hand the config to the functions below."""
+    from chalicelib import config as config_module
+
+    return config_module.load({config_module.CONFIG_FILE_ENV: str(config_file)})
+
+
+def route53_zones(stage: Stage, config: Config | None = None) -> list[str]:
     """The hosted zones the stage's ``route53`` DNS entries manage (the reconcile passes change
-    their records, docs/dns.md). Read from the stage's packaged config file (or ``config_file``):
+    their records, docs/dns.md). Read from the stage's packaged config file (or ``config``):
     IAM is deployed with the code, so a pushed config that names a new zone needs a deploy too."""
     return sorted({
         str(getattr(entry.settings, "hosted_zone_id", "")).split("/")[-1]
-        for entry in dns_entries(stage, config_file) if entry.dns_class == "route53"
+        for entry in dns_entries(stage, config) if entry.dns_class == "route53"
     })
 
 
-def dns_entries(stage: Stage, config_file: Path | None = None, used_only: bool = False) -> list[DnsConfig]:
-    """The ``:dns_configs:`` entries of the stage's packaged config file (or ``config_file``);
+def dns_entries(stage: Stage, config: Config | None = None, used_only: bool = False) -> list[DnsConfig]:
+    """The ``:dns_configs:`` entries of the stage's packaged config file (or of ``config``);
     with ``used_only``, those some pool names in ``dns_plugin``."""
-    from chalicelib import config as config_module
-
-    config = config_module.load({config_module.CONFIG_FILE_ENV: str(config_file or ROOT / stage.config_file)})
+    config = config or load_config(ROOT / stage.config_file)
     used = {pool.dns_plugin for pool in config.pools}
     return [entry for name, entry in config.dns_configs.items() if not used_only or name in used]
 
 
-def ungranted_zones(stage: Stage, config_file: Path) -> list[str]:
-    """The route53 hosted zones ``config_file`` names that the stage's policy files do not grant
+def ungranted_zones(stage: Stage, config: Config) -> list[str]:
+    """The route53 hosted zones ``config`` names that the stage's policy files do not grant
     (they grant the zones of the stage's own config file): packaged in its place, the config's
     DNS records would fail to publish (AccessDenied) on every pass."""
-    return sorted(set(route53_zones(stage, config_file)) - set(route53_zones(stage)))
+    return sorted(set(route53_zones(stage, config)) - set(route53_zones(stage)))
 
 
-def unreadable_secrets(stage: Stage, config_file: Path) -> list[str]:
-    """The secret references of ``config_file`` the function that resolves them may not read in
+def unreadable_secrets(stage: Stage, config: Config) -> list[str]:
+    """The secret references of ``config`` the function that resolves them may not read in
     the stage (its IAM policy, ``policy``), each as ``<key path>: <where>``. Deployed, each would
     fail with AccessDenied at every use: a provider's on every pass of its pools, the LDAP one
     at every login (vmpool.yaml.example and docs/auth.md showed such names)."""
-    from chalicelib import config as config_module
-
-    config = config_module.load({config_module.CONFIG_FILE_ENV: str(config_file)})
     found = []
     for path, reference in _secret_references(config, "", set()):
         role = ROLE_OF_SECTION.get(path.split(".")[0].split("[")[0])
@@ -422,10 +429,13 @@ def rendered_files() -> dict[Path, str]:
     """Every file this module owns, path -> content."""
     settings = {name: stack_settings(stage) for name, stage in STAGES.items()}
     files = {CHALICE_DIR / "config.json": _dump(chalice_config(settings))}
+    zones: dict[str, list[str]] = {}  # per config file: each is loaded once, whatever its stages and roles
     for stage in STAGES.values():
+        if stage.config_file not in zones:
+            zones[stage.config_file] = route53_zones(stage)
         for role in ROLES:
             files[CHALICE_DIR / policy_file(stage, role)] = _dump(
-                policy(stage, role, settings[stage.name].get(SECRETS_KMS_SETTING)))
+                policy(stage, role, settings[stage.name].get(SECRETS_KMS_SETTING), zones[stage.config_file]))
     return files
 
 
@@ -447,8 +457,9 @@ def main(argv: list[str] | None = None) -> int:
         from chalicelib.config import ConfigError
 
         try:
-            missing = ungranted_zones(STAGES[stage_name], Path(config_file))
-            unreadable = unreadable_secrets(STAGES[stage_name], Path(config_file))
+            given = load_config(Path(config_file))
+            missing = ungranted_zones(STAGES[stage_name], given)
+            unreadable = unreadable_secrets(STAGES[stage_name], given)
         except ConfigError as error:
             print(f"sync_config: {error}", file=sys.stderr)
             return 1

@@ -223,7 +223,8 @@ def dns_rules(stage: Stage, config_file: Path | None = None) -> dict[str, Any]:
       the subnets must route through a NAT gateway, ``CreateVpcEndpoints=false``.
     - ``dynamic-dns`` with a ``server``: RFC 2136 updates over TCP to it, which the security
       group allows to ``DnsServerCidr`` on ``DnsServerPort`` only."""
-    entries = sync_config.dns_entries(stage, config_file, used_only=True)
+    given = sync_config.load_config(config_file) if config_file else None
+    entries = sync_config.dns_entries(stage, given, used_only=True)
     rules: dict[str, Any] = {}
     route53 = sorted(entry.name for entry in entries if entry.dns_class == "route53")
     if route53:

@@ -71,6 +71,25 @@ def test_config_push_refuses_an_invalid_config_and_publishes_nothing(s3: Any, tm
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
 
 
+def test_config_push_reads_the_extra_config_files_beside_the_config_wherever_it_runs(
+        s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``make config-push CONFIG=conf/my.yaml`` whose ``extra_config`` names a file beside it
+    publishes that file's pools, as packaging and ``make run`` read them. Before, the push read
+    the name from the working directory: the config was refused (``cannot read``), or merged with
+    another file of that name found there, and those pools published."""
+    folder, elsewhere = tmp_path / "conf", tmp_path / "elsewhere"
+    for directory, pool in ((folder, "fedora"), (elsewhere, "centos")):
+        directory.mkdir()
+        (directory / "extra-pools.yaml").write_text(f":pools:\n  - {{name: {pool}, size: 2, provider: dummy}}\n")
+    monkeypatch.chdir(elsewhere)
+    path = folder / "vmpool.yaml"
+    path.write_text(":config:\n  extra_config: extra-pools.yaml\n" + PACKAGED)
+    code = config_push.main(["--stage", "dev", "--file", str(path), "--bucket", BUCKET], session=boto3.Session())
+    assert code == 0, capsys.readouterr().err
+    pushed = from_canonical(json.loads(s3.get_object(Bucket=BUCKET, Key=DEFAULT_CONFIG_KEY)["Body"].read()))
+    assert pushed.pool_names == ("debian", "fedora")
+
+
 SECRETS = """\
 :providers:
   :vsphere: {server: vc1.example.com, username: u, password: {secret: %s, key: password}}

@@ -213,3 +213,37 @@ def test_more_kms_keys_than_the_policies_keep_room_for_are_refused_before_anythi
     assert aws.client("s3").list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
     with pytest.raises(aws.client("cloudformation").exceptions.ClientError):
         aws.client("cloudformation").describe_stacks(StackName="vmpool-dev")
+
+
+class _AccountOfQuota:
+    """conftest's moto AWS whose Lambda answers GetAccountSettings (moto does not) with an
+    account's concurrency quota and what of it is unreserved."""
+
+    def __init__(self, aws: boto3.Session, quota: int, unreserved: int) -> None:
+        self.aws, self.limits = aws, {"ConcurrentExecutions": quota, "UnreservedConcurrentExecutions": unreserved}
+
+    def client(self, name: str, **options: Any) -> Any:
+        if name != "lambda":
+            return self.aws.client(name, **options)
+        limits = self.limits
+        return type("Lambda", (), {"get_account_settings": lambda self: {"AccountLimit": limits}})()
+
+
+def test_a_first_deploy_into_an_account_too_small_for_the_stages_reserved_concurrency_is_refused_at_once(
+        aws: boto3.Session, package: Package, capsys: pytest.CaptureFixture[str]) -> None:
+    """A new account's Lambda concurrency quota may be 10 or 50, not 1,000: the dev stage's
+    functions reserve 31 and Lambda keeps 100 unreserved, so the stack's create failed at its
+    functions, after ElastiCache's 15 minutes, and rolled back. Refused before anything is
+    uploaded, naming the quota to ask for; an account that holds them deploys."""
+    arguments = ["--stage", "dev", "--bucket", BUCKET, "--package", str(package.template_path.parent), "--poll", "0.1",
+                 "--no-execute", "VpcId=vpc-0abc", "PrivateSubnetIds=subnet-1,subnet-2", "VCenterCidr=10.1.0.0/16"]
+    assert deploy.main(arguments, session=_AccountOfQuota(aws, quota=50, unreserved=50)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("deploy: the dev stage's functions reserve 31 concurrent executions") and err.count("\n") == 1
+    assert "Lambda concurrency is 50 (50 unreserved)" in err and "'Concurrent executions' of at least 131\n" in err
+    assert aws.client("s3").list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
+    with pytest.raises(aws.client("cloudformation").exceptions.ClientError):
+        aws.client("cloudformation").describe_stacks(StackName="vmpool-dev")
+
+    assert deploy.main(arguments, session=_AccountOfQuota(aws, quota=1000, unreserved=1000)) == 0
+    assert "ready for review" in capsys.readouterr().err

@@ -18,6 +18,8 @@ from packaged import Package, build_package, pools_config
 
 from chalicelib import config as config_module
 from chalicelib.config import MAX_POOLS
+from infra import deploy
+from infra import template as template_module
 from infra.sync_config import STAGES
 
 MAX_RESOURCES = 500
@@ -76,6 +78,41 @@ def test_resources_do_not_depend_on_the_pool_count(packages: dict[int, Package])
     assert len(set(counts.values())) == 1, counts
     resources = {pools: json.dumps(p.template["Resources"], sort_keys=True) for pools, p in packages.items()}
     assert resources[3] == resources[100] == resources[1000] == resources[3000] == resources[MAX_POOLS]
+
+
+def sam_expanded(package: Package, code_key: str) -> dict[str, Any]:
+    """The resources CloudFormation makes of the template ``make deploy`` uploads (its functions'
+    code at ``code_key``, infra/deploy.py): the SAM transform run as CloudFormation runs it
+    (samtranslator, with cfn-lint's copy of SAM's managed policies)."""
+    from cfnlint.data import Serverless
+    from cfnlint.helpers import load_resource
+    from samtranslator.parser.parser import Parser
+    from samtranslator.translator.translator import Translator
+
+    template = deploy.with_code_location(json.loads(package.template_path.read_text()), "my-deploy-bucket", code_key)
+    translator = Translator(managed_policy_map=load_resource(Serverless, "ManagedPolicies.json"), sam_parser=Parser())
+    resources: dict[str, Any] = translator.translate(sam_template=template, parameter_values={})["Resources"]
+    return resources
+
+
+def test_a_deploy_with_pools_added_or_removed_updates_the_functions_code_in_place(
+        packages: dict[int, Package], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``make deploy`` of the same code packaged with other pools (1,000, then 3,000: pools added;
+    the other way, removed): after the SAM transform the same resources, none added or removed (so
+    nothing is replaced or left behind), and only the three functions' code differs, which Lambda
+    updates in place. The SAM expansion is counted, not estimated: 57 resources, far from 500."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")  # SAM builds ARNs in the deploy's region
+    codes = {pools: packages[pools].template_path.with_name("deployment.zip").read_bytes() for pools in (1000, 3000)}
+    assert codes[1000] != codes[3000]  # the zip carries the pools: a new code key
+    before, after = (sam_expanded(packages[pools], f"vmpool/dev/code-{pools}.zip") for pools in (1000, 3000))
+    assert {name: r["Type"] for name, r in before.items()} == {name: r["Type"] for name, r in after.items()}
+    changed = sorted(name for name in before if before[name] != after[name])
+    assert changed == sorted(template_module.function_logical_id(f) for f in template_module.FUNCTIONS)
+    for name in changed:
+        assert {**before[name]["Properties"], "Code": None} == {**after[name]["Properties"], "Code": None}
+        assert after[name]["Properties"]["Code"] == {"S3Bucket": "my-deploy-bucket",
+                                                     "S3Key": "vmpool/dev/code-3000.zip"}
+    assert len(before) == deployed_resource_count(packages[1000].template) < MAX_RESOURCES
 
 
 MAX_RULES_PER_BUS = 300
@@ -225,7 +262,6 @@ def test_the_chalice_deploy_paths_stack_is_lint_clean_and_inside_the_limits(tmp_
     """The infrastructure stack of the ``chalice deploy`` path (``python -m infra.template
     --infra-only``), packaged with a config of ``pools``: cfn-lint clean and inside the same
     limits. Before, no test linted it: its ``HasSecretsKmsKeys`` condition was unused (W8001)."""
-    from infra import template as template_module
 
     config = tmp_path / "pools.yaml"
     config.write_text(pools_config(pools))
