@@ -80,12 +80,12 @@ def clones_still_running(context: PassContext, records: list[VMRecord]) -> set[s
     still running past the pool's timeout is asked to cancel (once); its slot is freed when the
     provider says the task ended, or ``CLONE_CANCEL_WAIT_SECONDS`` past the timeout at the
     latest. A clone whose task was never recorded ends once the pool's inventory shows its VM;
-    before, it keeps its slot up to the pool's timeout if its pass asked the provider for it
-    (``pending.CLONE_ASKED``), then as long as the provider says it still makes the VM (up to
-    CLONE_CANCEL_WAIT_SECONDS past the timeout), and for CLONE_START_GRACE_SECONDS if never
-    asked (``pending.unnoted_clones_running``). The ended ones' slots are released in one round
-    trip, and they are destroyed now (by name). Releasing is idempotent: a pass killed before it, or two at once, release
-    each slot once."""
+    before, it keeps its slot for CLONE_START_GRACE_SECONDS if never asked of the provider, and
+    if asked (``pending.CLONE_ASKED``) while the provider says it still makes the VM (up to
+    CLONE_CANCEL_WAIT_SECONDS past the timeout) or, when it cannot tell, up to the pool's
+    timeout (``pending.unnoted_clones_running``). The ended ones' slots are released in one
+    round trip, and they are destroyed now (by name). Releasing is idempotent: a pass killed
+    before it, or two at once, release each slot once."""
     held = [record for record in records if record.raw.get(CLONE_HELD) and record.clone_end is None]
     if not held:
         return set()

@@ -36,9 +36,9 @@ CLONE_ASKED = "clone_asked"
 """A pending VM's record field: when its pass was about to ask the provider for its clone,
 written just before the call (manager/clones.py, lua/clone_asked.lua). A VM with it and no clone
 task was asked for by a pass that died before noting the task: the provider may be cloning it,
-so its slot stays counted until its VM shows or the pool's timeout (``unnoted_clones_running``);
-without it, the pass that reserved it never asked, and its place is given back after
-``CLONE_START_GRACE_SECONDS``."""
+so its slot stays counted until its VM shows, or the provider says it makes no such clone, or
+(when it cannot tell) the pool's timeout (``unnoted_clones_running``); without it, the pass that
+reserved it never asked, and its place is given back after ``CLONE_START_GRACE_SECONDS``."""
 RESERVER_GONE = "reserver_gone"
 """A pending VM's record field: the process that reserved it (its ``reserver``) is known dead
 (``abandon_unstarted_clones``), so the grace above is not waited for."""
@@ -66,28 +66,30 @@ def abandon_unstarted_clones(store: Store, pools: Iterable[str],
 def unnoted_clones_running(context: PassContext, records: Iterable[VMRecord], asked_limit: float) -> set[str]:
     """Of ``records``, VMs whose clone task was never noted (their pass died, or has not noted
     it yet), those whose clone may still be starting or running at the provider, so that their
-    slots stay counted: none whose VM shows in the pool's inventory (the clone is done); one
-    asked for (``CLONE_ASKED``: the call may have reached the provider) until the pool's
-    timeout, then, up to ``asked_limit`` seconds after its start, only if the provider says it
-    is still making the VM (``Provider.clones_under_way``: one call for all, after a crash
-    only); one never asked for ``CLONE_START_GRACE_SECONDS`` (its pass may still ask), not at
-    all once its reserver is known gone."""
+    slots stay counted: none whose VM shows in the pool's inventory (the clone is done). One
+    never asked for: for ``CLONE_START_GRACE_SECONDS`` (its pass may still ask), not at all once
+    its reserver is known gone. One asked for (``CLONE_ASKED``: the call may have reached the
+    provider): for the grace too, then, up to ``asked_limit`` seconds after its start, while
+    the provider says it still makes the VM (``Provider.clones_under_way``: one call for all,
+    after a crash only), or, when it cannot tell, up to the pool's timeout."""
     timeout = context.pool.timeout_minutes * 60
     running: set[str] = set()
-    overdue: list[str] = []
+    ask: dict[str, float] = {}
     for record in records:
         age = context.now - (record.clone_start or context.now)
         if record.name in context.inventory:
             continue
         if record.raw.get(CLONE_ASKED):
-            if age <= timeout:
+            if age <= CLONE_START_GRACE_SECONDS:
                 running.add(record.name)
             elif age <= asked_limit:
-                overdue.append(record.name)
+                ask[record.name] = age
         elif age <= CLONE_START_GRACE_SECONDS and not record.raw.get(RESERVER_GONE):
             running.add(record.name)
-    if overdue:
-        running.update(set(context.provider.clones_under_way(context.pool, overdue)) & set(overdue))
+    if ask:
+        under_way = context.provider.clones_under_way(context.pool, list(ask))
+        running.update(name for name, age in ask.items()
+                       if (age <= timeout if under_way is None else name in under_way))
     return running
 
 
@@ -241,21 +243,26 @@ def _clone_finished(context: PassContext, record: VMRecord, statuses: Mapping[st
         if hostname in context.inventory:
             # The pass that started the clone died before recording its task; the VM exists.
             return True
-        running = hostname in unnoted
-        if record.raw.get(CLONE_ASKED):
-            if running:
+        if hostname in unnoted:
+            if record.raw.get(CLONE_ASKED):
                 context.report.clones_running += 1
-            if age > pool.timeout_minutes * 60:
-                # Asked for, its VM not shown in the pool's timeout: out of service. Its slot is
-                # held while the provider still makes it, as for a clone that outran it (the
-                # completed step frees it once the VM shows, then destroys it: completed.py);
-                # else the call never reached the provider, and the slot is free now.
-                context.take_out_of_service(
-                    hostname, "pending", f"clone asked for, its task never noted (its pass was interrupted), "
-                    f"and no VM after {pool.timeout_minutes} minutes", hold_clone=running)
+                if age > pool.timeout_minutes * 60:
+                    # Asked for, its task never noted, and still being made past the pool's
+                    # timeout: out of service, its slot held as for a clone that outran it (the
+                    # completed step frees it once the VM shows or the provider says it is not
+                    # made, then destroys it: completed.py).
+                    context.take_out_of_service(
+                        hostname, "pending", f"clone still running after {pool.timeout_minutes} minutes "
+                        "(its task never noted: its pass was interrupted)", hold_clone=True)
             return False
-        if not running:
-            # Only while still never asked: a pass paused before its call may have asked since.
+        # Never asked of the provider (past the grace), or asked and the provider has no such
+        # clone (it says so, or, when it cannot tell, the pool's timeout passed). A VM never
+        # asked is given up only while still unasked: a pass paused before its call may have
+        # asked since (then the next pass judges it as asked).
+        if record.raw.get(CLONE_ASKED):
+            context.take_out_of_service(hostname, "pending", "clone asked for but not made by the provider "
+                                        "(its pass was interrupted before noting its task)")
+        else:
             context.take_out_of_service(hostname, "pending", "clone was never started (its pass was interrupted)",
                                         unless_set=CLONE_ASKED)
         return False

@@ -219,13 +219,14 @@ class Provider(abc.ABC):
         wanted = set(names)
         return [vm for vm in self.list_vms(pool) if vm.name in wanted]
 
-    def clones_under_way(self, pool: PoolConfig, names: Collection[str]) -> Collection[str]:
-        """Of ``names``, those whose VM the backend is still making and does not show yet: a
-        clone asked for by a pass that died before noting its task, past the pool's timeout
-        (manager/pending.py: its slot stays held while the backend makes it). This default:
-        none, for a backend that shows a clone's VM from the clone's start (vcsim: the VM is in
-        the folder while its clone task runs), so one not shown was never begun."""
-        return ()
+    def clones_under_way(self, pool: PoolConfig, names: Collection[str]) -> Collection[str] | None:
+        """Of ``names``, those whose VM the backend is still making and does not show yet, or
+        None when the backend cannot tell: for clones asked for by a pass that died before
+        noting their tasks (manager/pending.py), which keep their slots while the backend makes
+        them and give them back once it says it is not. This default cannot tell (vCenter: a
+        clone is found by its task, and these have none): such a clone keeps its slot until
+        its VM shows or the pool's timeout."""
+        return None
 
     @abc.abstractmethod
     def clone(self, pool: PoolConfig, hostname: str) -> str:

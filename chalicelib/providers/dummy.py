@@ -235,8 +235,9 @@ class DummyProvider(Provider):
         found = self._call("hmget", self._folder_key(pool), names)
         return self._visible(pool, (json.loads(raw) for raw in found if raw is not None))
 
-    def clones_under_way(self, pool: PoolConfig, names: Collection[str]) -> Collection[str]:
-        """The VMs of ``names`` in the folder whose clone time has not passed (one HMGET)."""
+    def clones_under_way(self, pool: PoolConfig, names: Collection[str]) -> Collection[str] | None:
+        """The VMs of ``names`` in the folder whose clone time has not passed (one HMGET): a
+        clone's VM is written there when the clone is asked for."""
         if not names:
             return []
         names = list(names)
