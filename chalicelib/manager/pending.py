@@ -69,9 +69,10 @@ def unnoted_clones_running(context: PassContext, records: Iterable[VMRecord], as
     slots stay counted: none whose VM shows in the pool's inventory (the clone is done). One
     never asked for: for ``CLONE_START_GRACE_SECONDS`` (its pass may still ask), not at all once
     its reserver is known gone. One asked for (``CLONE_ASKED``: the call may have reached the
-    provider): for the grace too, then, up to ``asked_limit`` seconds after its start, while
-    the provider says it still makes the VM (``Provider.clones_under_way``: one call for all,
-    after a crash only), or, when it cannot tell, up to the pool's timeout."""
+    provider): for the grace too (unless its reserver is known gone), then, up to
+    ``asked_limit`` seconds after its start, while the provider says it still makes the VM
+    (``Provider.clones_under_way``: one call for all, after a crash only), or, when it cannot
+    tell, up to the pool's timeout."""
     timeout = context.pool.timeout_minutes * 60
     running: set[str] = set()
     ask: dict[str, float] = {}
@@ -79,12 +80,13 @@ def unnoted_clones_running(context: PassContext, records: Iterable[VMRecord], as
         age = context.now - (record.clone_start or context.now)
         if record.name in context.inventory:
             continue
+        gone = bool(record.raw.get(RESERVER_GONE))
         if record.raw.get(CLONE_ASKED):
-            if age <= CLONE_START_GRACE_SECONDS:
+            if age <= CLONE_START_GRACE_SECONDS and not gone:
                 running.add(record.name)
             elif age <= asked_limit:
                 ask[record.name] = age
-        elif age <= CLONE_START_GRACE_SECONDS and not record.raw.get(RESERVER_GONE):
+        elif age <= CLONE_START_GRACE_SECONDS and not gone:
             running.add(record.name)
     if ask:
         under_way = context.provider.clones_under_way(context.pool, list(ask))
