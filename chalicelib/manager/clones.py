@@ -2,9 +2,12 @@
 
 Names are reserved in Redis first (store/lua/reserve_clones.lua counts the deficit and the pool's
 fair share of ``task_limit`` atomically, so two passes at once cannot over-clone), each with a
-pending record; only then does the clone start, and its task is recorded on the VM. A pass killed
-in between leaves a pending VM without a task, which the pending step times out
-(``CLONE_START_GRACE_SECONDS``). A name that already resolves in DNS is not cloned.
+pending record; just before the provider is asked for a clone, the VM is marked as asked
+(``pending.CLONE_ASKED``); then the clone starts, and its task is recorded on the VM. A pass killed
+in between leaves a pending VM without a task: never asked, the pending step gives its place
+back after ``CLONE_START_GRACE_SECONDS``; asked, the provider may be cloning it, and its slot
+stays counted until its VM shows or the pool's timeout (manager/pending.py). A name that already
+resolves in DNS is not cloned.
 
 A pool whose clones keep failing (a template or folder that does not exist, vCenter failing
 every clone task or unreachable) backs off instead of starting task_limit clones every pass: once
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
+from typing import Sequence
 
 from chalicelib.manager import dns_records
 from chalicelib.manager.context import PassContext
@@ -104,7 +108,8 @@ def start_clones(context: PassContext, reserved: list[str]) -> dict[str, dict[st
             names.append(hostname)
     if not names:
         return {}
-    started = context.provider.clone_vms(context.pool, names, lambda hostname: context.checkpoint("clone_started"))
+    started = context.provider.clone_vms(context.pool, names, lambda hostname: context.checkpoint("clone_started"),
+                                         on_asking=lambda asked: _note_asked(context, asked))
     tasks = {hostname: task for hostname, task in started.items() if isinstance(task, str)}
     placement = placement_of(context.pool)  # where it is made: reached there if the pool moves
     notes = {hostname: {"clone_task": task, PLACEMENT_FIELD: placement} for hostname, task in tasks.items()}
@@ -118,6 +123,15 @@ def start_clones(context: PassContext, reserved: list[str]) -> dict[str, dict[st
     if refused:
         note_clone_outcomes(context, len(refused), 0)
     return {hostname: notes[hostname] for hostname in noted}
+
+
+def _note_asked(context: PassContext, hostnames: Sequence[str]) -> list[str]:
+    """Note on the VMs that their clones are about to be asked for (``pending.CLONE_ASKED``), just
+    before the provider's call: one round trip per call (one a batch on the dummy, one a clone on
+    vSphere). Returns those still pending with their slot counted: the others are not cloned."""
+    marked = context.store.mark_clones_asked(context.pool.name, hostnames, context.now)
+    context.checkpoint("clone_asked")
+    return marked
 
 
 def note_clone_outcomes(context: PassContext, failed: int, succeeded: int) -> CloneBackoff | None:

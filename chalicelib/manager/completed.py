@@ -15,7 +15,7 @@ from typing import Any
 from chalicelib import observability as metric
 from chalicelib.config import PoolConfig
 from chalicelib.manager.context import PassContext
-from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS, RESERVER_GONE
+from chalicelib.manager.pending import unnoted_clones_running
 from chalicelib.observability import emit, logger
 from chalicelib.providers.base import CancelRefused, Provider, ProviderError, TaskState, TaskStatus
 from chalicelib.store import VMRecord
@@ -79,15 +79,20 @@ def clones_still_running(context: PassContext, records: list[VMRecord]) -> set[s
     provider that started it (``PassContext.reach``: the pool may have moved since). A clone
     still running past the pool's timeout is asked to cancel (once); its slot is freed when the
     provider says the task ended, or ``CLONE_CANCEL_WAIT_SECONDS`` past the timeout at the
-    latest (at once for a task never recorded once past CLONE_START_GRACE_SECONDS, or whose VM
-    the pool's inventory shows). The ended ones' slots are released in one round trip, and they
-    are destroyed now. Releasing is idempotent: a pass killed before it, or two at once, release
-    each slot once."""
+    latest. A clone whose task was never recorded ends once the pool's inventory shows its VM;
+    before, it keeps its slot for CLONE_START_GRACE_SECONDS if never asked of the provider, and
+    if asked (``pending.CLONE_ASKED``) while the provider says it still makes the VM (up to
+    CLONE_CANCEL_WAIT_SECONDS past the timeout) or, when it cannot tell, up to the pool's
+    timeout (``pending.unnoted_clones_running``). The ended ones' slots are released in one
+    round trip, and they are destroyed now (by name). Releasing is idempotent: a pass killed
+    before it, or two at once, release each slot once."""
     held = [record for record in records if record.raw.get(CLONE_HELD) and record.clone_end is None]
     if not held:
         return set()
     timeout = context.pool.timeout_minutes * 60
     statuses = _held_statuses(context, [record for record in held if record.clone_task])
+    unnoted = unnoted_clones_running(context, [record for record in held if not record.clone_task],
+                                     timeout + CLONE_CANCEL_WAIT_SECONDS)
     running: set[str] = set()
     ended: list[str] = []
     for record in held:
@@ -98,8 +103,7 @@ def clones_still_running(context: PassContext, records: list[VMRecord]) -> set[s
             if still and status is not None and age > timeout and not record.raw.get(CLONE_CANCELLED):
                 _cancel(context, record)
         else:  # claimed, its task never recorded (the pass that started it died)
-            still = (record.name not in context.inventory and age <= CLONE_START_GRACE_SECONDS
-                     and not record.raw.get(RESERVER_GONE))
+            still = record.name in unnoted
         if still:
             running.add(record.name)
         else:

@@ -292,12 +292,13 @@ class PassContext:
 
     def take_out_of_service(self, hostname: str, from_state: str, reason: str,
                             failure: FailureKind | None = None, lifetime_ended: float | None = None,
-                            hold_clone: bool = False) -> None:
+                            hold_clone: bool = False, unless_set: str = "") -> None:
         """Move a VM to completed (to be destroyed), recording why (and the failure's kind, when
         a provider failure is why). ``lifetime_ended``, ``hold_clone`` (a pending VM whose clone
-        may still run: its slot is kept until the clone ends): see ``Store.move``."""
+        may still run: its slot is kept until the clone ends), ``unless_set`` (a record field
+        whose presence, since the pass read the VM, cancels the move): see ``Store.move``."""
         if self.store.move(hostname, self.pool.name, from_state, "completed", self.now,
-                           lifetime_ended=lifetime_ended, hold_clone=hold_clone, reason=reason,
+                           lifetime_ended=lifetime_ended, hold_clone=hold_clone, unless_set=unless_set, reason=reason,
                            failure=failure.value if failure else None):
             self.report.completed[hostname] = reason
             self.counted_move(from_state, "completed")

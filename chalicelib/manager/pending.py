@@ -11,6 +11,7 @@ ready (the drain takes it from pending: pool_changes.py). The not-ready reason i
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterable, Mapping
 
 from chalicelib.manager import dns_records, ondemand
@@ -31,6 +32,13 @@ function's 60 s, as for DNS): a check may wait for an answer (vSphere's ``tcp`` 
 connect to a guest whose port drops packets), and twenty guests behind a firewall were the whole
 function's time, every pass. The VMs past it are checked by the next passes, never-checked
 ones first."""
+CLONE_ASKED = "clone_asked"
+"""A pending VM's record field: when its pass was about to ask the provider for its clone,
+written just before the call (manager/clones.py, lua/clone_asked.lua). A VM with it and no clone
+task was asked for by a pass that died before noting the task: the provider may be cloning it,
+so its slot stays counted until its VM shows, or the provider says it makes no such clone, or
+(when it cannot tell) the pool's timeout (``unnoted_clones_running``); without it, the pass that
+reserved it never asked, and its place is given back after ``CLONE_START_GRACE_SECONDS``."""
 RESERVER_GONE = "reserver_gone"
 """A pending VM's record field: the process that reserved it (its ``reserver``) is known dead
 (``abandon_unstarted_clones``), so the grace above is not waited for."""
@@ -53,6 +61,38 @@ def abandon_unstarted_clones(store: Store, pools: Iterable[str],
             if store.set_once(hostname, RESERVER_GONE):
                 marked.append(hostname)
     return marked
+
+
+def unnoted_clones_running(context: PassContext, records: Iterable[VMRecord], asked_limit: float) -> set[str]:
+    """Of ``records``, VMs whose clone task was never noted (their pass died, or has not noted
+    it yet), those whose clone may still be starting or running at the provider, so that their
+    slots stay counted: none whose VM shows in the pool's inventory (the clone is done). One
+    never asked for: for ``CLONE_START_GRACE_SECONDS`` (its pass may still ask), not at all once
+    its reserver is known gone. One asked for (``CLONE_ASKED``: the call may have reached the
+    provider): for the grace too (unless its reserver is known gone), then, up to
+    ``asked_limit`` seconds after its start, while the provider says it still makes the VM
+    (``Provider.clones_under_way``: one call for all, after a crash only), or, when it cannot
+    tell, up to the pool's timeout."""
+    timeout = context.pool.timeout_minutes * 60
+    running: set[str] = set()
+    ask: dict[str, float] = {}
+    for record in records:
+        age = context.now - (record.clone_start or context.now)
+        if record.name in context.inventory:
+            continue
+        gone = bool(record.raw.get(RESERVER_GONE))
+        if record.raw.get(CLONE_ASKED):
+            if age <= CLONE_START_GRACE_SECONDS and not gone:
+                running.add(record.name)
+            elif age <= asked_limit:
+                ask[record.name] = age
+        elif age <= CLONE_START_GRACE_SECONDS and not gone:
+            running.add(record.name)
+    if ask:
+        under_way = context.provider.clones_under_way(context.pool, list(ask))
+        running.update(name for name, age in ask.items()
+                       if (age <= timeout if under_way is None else name in under_way))
+    return running
 
 
 def check_pending(context: PassContext) -> None:
@@ -94,7 +134,9 @@ def _follow(context: PassContext, records: list[VMRecord], started: bool = False
         context.saw(vms)
     else:
         statuses = context.provider.task_statuses(list(tasks.values()))
-    finished = [record for record in cloning if _clone_finished(context, record, statuses, ages[record.name])]
+    unnoted = unnoted_clones_running(context, [record for record in cloning if not record.clone_task], math.inf)
+    finished = [record for record in cloning
+                if _clone_finished(context, record, statuses, ages[record.name], unnoted)]
     context.report.clones_finished += len(finished)
     done = {record.name for record in finished}
     booting = [record for record in records if record.clone_end is not None or record.name in done]
@@ -193,16 +235,38 @@ def _notify_slow(context: PassContext, record: VMRecord, age: float) -> None:
         )
 
 
-def _clone_finished(context: PassContext, record: VMRecord, statuses: Mapping[str, TaskStatus], age: float) -> bool:
+def _clone_finished(context: PassContext, record: VMRecord, statuses: Mapping[str, TaskStatus], age: float,
+                    unnoted: set[str]) -> bool:
     """Whether the VM's clone is done (noted by the caller for all at once), given its task's
-    status. A clone running too long, failed, or never started is taken out of service."""
+    status, or, without one, whether it may still run (``unnoted``: ``unnoted_clones_running``).
+    A clone running too long, failed, or never started is taken out of service."""
     hostname, pool = record.name, context.pool
     if not record.clone_task:
         if hostname in context.inventory:
             # The pass that started the clone died before recording its task; the VM exists.
             return True
-        if age > CLONE_START_GRACE_SECONDS or record.raw.get(RESERVER_GONE):
-            context.take_out_of_service(hostname, "pending", "clone was never started (its pass was interrupted)")
+        if hostname in unnoted:
+            if record.raw.get(CLONE_ASKED):
+                context.report.clones_running += 1
+                if age > pool.timeout_minutes * 60:
+                    # Asked for, its task never noted, and still being made past the pool's
+                    # timeout: out of service, its slot held as for a clone that outran it (the
+                    # completed step frees it once the VM shows or the provider says it is not
+                    # made, then destroys it: completed.py).
+                    context.take_out_of_service(
+                        hostname, "pending", f"clone still running after {pool.timeout_minutes} minutes "
+                        "(its task never noted: its pass was interrupted)", hold_clone=True)
+            return False
+        # Never asked of the provider (past the grace), or asked and the provider has no such
+        # clone (it says so, or, when it cannot tell, the pool's timeout passed). A VM never
+        # asked is given up only while still unasked: a pass paused before its call may have
+        # asked since (then the next pass judges it as asked).
+        if record.raw.get(CLONE_ASKED):
+            context.take_out_of_service(hostname, "pending", "clone asked for but not made by the provider "
+                                        "(its pass was interrupted before noting its task)")
+        else:
+            context.take_out_of_service(hostname, "pending", "clone was never started (its pass was interrupted)",
+                                        unless_set=CLONE_ASKED)
         return False
     status = statuses[record.clone_task]
     if status.state is TaskState.RUNNING:

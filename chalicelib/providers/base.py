@@ -143,6 +143,18 @@ def nothing_started(hostname: str) -> None:
     return None
 
 
+Asking = Callable[[Sequence[str]], Collection[str]]
+"""Called with VMs' names just before their clones are asked of the backend (each call the
+names the next request carries): the caller notes that it asks (manager/clones.py), so a pass
+that dies before noting the tasks is known to have asked. Returns the names that may be asked
+for; the others are not cloned and are left out of ``clone_vms``'s answer."""
+
+
+def ask_all(hostnames: Sequence[str]) -> Collection[str]:
+    """The ``Asking`` callback of a caller that notes nothing: every clone may be asked for."""
+    return hostnames
+
+
 TargetChosen = Callable[[str], None]
 """Called with the target host's name of a migration before the move is sent (``start_migration``)."""
 
@@ -207,6 +219,15 @@ class Provider(abc.ABC):
         wanted = set(names)
         return [vm for vm in self.list_vms(pool) if vm.name in wanted]
 
+    def clones_under_way(self, pool: PoolConfig, names: Collection[str]) -> Collection[str] | None:
+        """Of ``names``, those whose VM the backend is still making and does not show yet, or
+        None when the backend cannot tell: for clones asked for by a pass that died before
+        noting their tasks (manager/pending.py), which keep their slots while the backend makes
+        them and give them back once it says it is not. This default cannot tell (vCenter: a
+        clone is found by its task, and these have none): such a clone keeps its slot until
+        its VM shows or the pool's timeout."""
+        return None
+
     @abc.abstractmethod
     def clone(self, pool: PoolConfig, hostname: str) -> str:
         """Start cloning the pool's template into a VM named ``hostname``; return a task ref.
@@ -214,19 +235,23 @@ class Provider(abc.ABC):
         is the ERROR (with its kind): the reference is stored in Redis and read on a later pass,
         so it must carry the kind itself."""
 
-    def clone_vms(self, pool: PoolConfig, hostnames: Sequence[str],
-                  on_started: Started = nothing_started) -> dict[str, str | ProviderError]:
+    def clone_vms(self, pool: PoolConfig, hostnames: Sequence[str], on_started: Started = nothing_started,
+                  on_asking: Asking = ask_all) -> dict[str, str | ProviderError]:
         """Start the clones of many VMs: hostname -> task ref, or the ProviderError its ``clone``
         raised (the others are still started, unless the backend could not be reached or timed
         out: then they are not tried, each failing as ``not started``, so a pass against a hung
-        backend waits one timeout, not one per clone); ``on_started`` is called after each
-        clone that started. This default clones one VM at a time; a provider that can start many
-        in one call (the dummy: one Redis round trip) overrides it."""
+        backend waits one timeout, not one per clone); ``on_asking`` is called with the names
+        each request to the backend carries, just before it is sent (a name it does not return
+        is not cloned, and left out), ``on_started`` after each clone that started. This default
+        clones one VM at a time (``on_asking`` once per VM); a provider that can start many in
+        one call (the dummy: one Redis round trip) overrides it."""
         started: dict[str, str | ProviderError] = {}
         unreachable: ProviderError | None = None
         for hostname in hostnames:
             if unreachable is not None:
                 started[hostname] = ProviderError(f"not started: {unreachable}", unreachable.kind)
+                continue
+            if hostname not in on_asking([hostname]):
                 continue
             try:
                 started[hostname] = self.clone(pool, hostname)

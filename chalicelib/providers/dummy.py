@@ -28,6 +28,7 @@ from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ProviderConfig
 from chalicelib.providers import ownership
 from chalicelib.providers.base import (
+    Asking,
     InventoryChanges,
     Migration,
     Provider,
@@ -38,6 +39,7 @@ from chalicelib.providers.base import (
     TaskState,
     TaskStatus,
     VMInfo,
+    ask_all,
     no_target_noted,
     nothing_started,
 )
@@ -233,6 +235,17 @@ class DummyProvider(Provider):
         found = self._call("hmget", self._folder_key(pool), names)
         return self._visible(pool, (json.loads(raw) for raw in found if raw is not None))
 
+    def clones_under_way(self, pool: PoolConfig, names: Collection[str]) -> Collection[str] | None:
+        """The VMs of ``names`` in the folder whose clone time has not passed (one HMGET): a
+        clone's VM is written there when the clone is asked for."""
+        if not names:
+            return []
+        names = list(names)
+        now = self.clock.now()
+        found = self._call("hmget", self._folder_key(pool), names)
+        return [name for name, raw in zip(names, found, strict=True)
+                if raw and json.loads(raw)["available_at"] > now]
+
     def inventory_changes(self, pool: PoolConfig, since: str | None) -> InventoryChanges | None:
         """The folder's version and the VMs written or deleted since version ``since``. None
         with ``getvm_poweroff_percent``: VMs then power off as the folder is listed (a
@@ -293,10 +306,14 @@ class DummyProvider(Provider):
             raise started
         return started
 
-    def clone_vms(self, pool: PoolConfig, hostnames: Sequence[str],
-                  on_started: Started = nothing_started) -> dict[str, str | ProviderError]:
-        """Every clone's task and (unless it is to fail) its VM, written in one round trip: the
-        VM is in the folder from the start and shows once its clone time has passed."""
+    def clone_vms(self, pool: PoolConfig, hostnames: Sequence[str], on_started: Started = nothing_started,
+                  on_asking: Asking = ask_all) -> dict[str, str | ProviderError]:
+        """Every clone's task and (unless it is to fail) its VM, written in one round trip (one
+        ``on_asking`` call for all): the VM is in the folder from the start and shows once its
+        clone time has passed."""
+        if hostnames:
+            allowed = set(on_asking(hostnames))
+            hostnames = [hostname for hostname in hostnames if hostname in allowed]
         if not hostnames:
             return {}
         failure = FailureKind.parse(str(self.config.pool_setting(pool, "createvm_fail_kind", "other")))

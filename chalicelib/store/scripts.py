@@ -101,6 +101,7 @@ class Scripts:
         self.vm_task_finish = load("vm_task_finish")
         self.pool_snapshot = load("pool_snapshot")
         self.finish_clones = load("finish_clones")
+        self.clone_asked = load("clone_asked")
         self.pool_overrides = load("pool_overrides")
         self.running_recount = load("running_recount")
         self.schedule_running = load("schedule_running")

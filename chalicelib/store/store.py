@@ -895,7 +895,8 @@ class Store:
     def move(
         self, hostname: str, pool: str, from_state: str, to_state: str, now: float,
         nudge: bool = False, unchanged_since: int | None = None, lifetime_ended: float | None = None,
-        checked_out_as: VMRecord | None = None, token_key: str = "", hold_clone: bool = False, **fields: Any,
+        checked_out_as: VMRecord | None = None, token_key: str = "", hold_clone: bool = False,
+        unless_set: str = "", **fields: Any,
     ) -> bool:
         """Move a VM between states if it is still in ``from_state``; set ``fields`` on its record
         (a value of None deletes the field). ``nudge`` wakes the pool's reconcile in the same step.
@@ -908,9 +909,11 @@ class Store:
         ``token_key`` (the record of the token the move was asked with): TokenGone, nothing
         moved, when it is gone. ``hold_clone`` (to completed): a VM whose clone is still counted
         in flight keeps its slot, marked ``clone_held``, until the completed step sees the clone
-        end (lua/move.lua). Returns whether it moved."""
+        end (lua/move.lua). ``unless_set`` (a field of the VM's record): move only while the
+        record lacks it. Returns whether it moved."""
+        unset = [SettingRead(self.keys.vm(hostname), unless_set, "")] if unless_set else []
         keys, args = self._move_call(pool, from_state, to_state, now, {hostname: fields}, nudge, unchanged_since,
-                                     lifetime_ended, checked_out_as, token_key, hold_clone)
+                                     lifetime_ended, checked_out_as, token_key, hold_clone, unset)
         with _translate_errors():
             (moved,) = self.scripts.move(keys=keys, args=args)
         if moved == -1:
@@ -1164,6 +1167,20 @@ class Store:
         one round trip (lua/finish_clones.lua: a record no longer there is not recreated)."""
         with _translate_errors():
             run_many(self.client, self._finish_calls(hostnames, now))
+
+    def mark_clones_asked(self, pool: str, hostnames: Sequence[str], now: float) -> list[str]:
+        """Note on each VM, just before its clone is asked of the provider, that it is
+        (``CLONE_ASKED``), in one round trip; only VMs still pending in ``pool`` with their slot
+        counted are marked (lua/clone_asked.lua). Returns the hostnames marked: the only ones
+        the caller may clone."""
+        if not hostnames:
+            return []
+        with _translate_errors():
+            marked = self.scripts.clone_asked(
+                keys=[self.keys.pool_state(pool, "pending"), self.keys.cloning,
+                      *(self.keys.vm(host) for host in hostnames)],
+                args=[_encode(now), *hostnames])
+        return [host for host, done in zip(hostnames, marked, strict=True) if done]
 
     def _finish_calls(self, hostnames: Sequence[str], now: float) -> list[ScriptCall]:
         if not hostnames:

@@ -8,15 +8,13 @@ task_limit (a slot freed twice, or freed while its clone still runs, lets the po
 no destroy asked while the VM's clone still runs, and the pools whole once ordinary runs went
 on (no slot left counted, nothing leaked in the provider, VMs in use kept).
 
-Found, not fixed (``filling``, strict xfail): a run killed after the provider took a clone and
-before the task was noted leaves a pending VM without a task; past CLONE_START_GRACE_SECONDS the
-pending step takes it out of service and frees its slot (manager/pending._clone_finished, and
-completed.clones_still_running for a held one), though the provider may still clone it: with
-clones slower than 120 s, task_limit + 1 run. Holding the slot until the VM shows or the pool's
-timeout fixes it (tried: this test then passes) but costs a slot for the whole timeout when the
-pass died before the call (a batch's later names), which tests/core/test_reconcile.py,
-tests/chaos/test_vcsim_crash.py and tests/ondemand/test_ondemand_slots.py pin as freed at 120 s
-(docs/reliability.md: "as designed"): a design choice left to the lead.
+A run killed after the provider took a clone and before the task was noted (``filling``, and
+the clones ``cancel_asked`` starts) leaves a pending VM without a task. Before, past
+CLONE_START_GRACE_SECONDS the pending step gave it up and freed its slot while the provider still
+cloned it (clones slower than 120 s: task_limit + 1 ran). Now each VM is marked just before its
+clone is asked for (``pending.CLONE_ASKED``): an asked one keeps its slot until its VM shows, or
+past the pool's timeout while the provider still makes it; one never asked still gives its place
+back at 120 s (tests/core/test_unnoted_clones.py).
 """
 
 from __future__ import annotations
@@ -97,13 +95,7 @@ def cancel_asked(fleet: Fleet) -> None:
 SCENARIOS: dict[str, Callable[[Fleet], None]] = {"timed_out": timed_out, "held": held, "cancel_asked": cancel_asked}
 CONFIGS = {"filling": FILLING_CONFIG}
 """A scenario's config, when not SLOW_CONFIG."""
-UNSOUND = pytest.mark.xfail(strict=True, reason=(
-    "a run killed between the provider's clone call and noting its task: the pending step gives "
-    "the name up at CLONE_START_GRACE_SECONDS (120 s) and frees its task_limit slot while the "
-    "provider still clones (200 or 400 s here): 3 clones running under task_limit 2. Not fixed: "
-    "see the module's docstring"))
-KILLED: list[object] = ["timed_out", "held", pytest.param("cancel_asked", marks=UNSOUND),
-                        pytest.param("filling", marks=UNSOUND)]
+KILLED: list[object] = ["timed_out", "held", "cancel_asked", "filling"]
 """cancel_asked: the run frees the cancelled clones' slots and starts two more, whose task notes
 a kill can cut off as in filling."""
 SCENARIOS["filling"] = filling

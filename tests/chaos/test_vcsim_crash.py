@@ -57,6 +57,9 @@ PASS_SECONDS = 15.0
 """The fake clock's step between passes after a kill (past every grace within ten passes)."""
 MAX_PASSES = 40
 """Passes after a kill within which the pool must be whole again."""
+TIMEOUT_MINUTES = 5
+"""The pool's timeout: how long a clone asked of vCenter by a run killed before noting its task
+keeps its place when vCenter never made it (killed before the call left): 20 passes."""
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +214,8 @@ def crashing_on(server: VcsimServer, make_harness: HarnessFactory, redis_client:
     folder = f"crash-{secrets.token_hex(4)}"
     document = vcsim_document(server, [{"name": POOL, "size": size, "folder": f"vmpool/{folder}",
                                         "ready_check": "tools"}],
-                              service={"task_limit": 2, "migration_limit": migration_limit, "vm_lifetime": 5})
+                              service={"task_limit": 2, "migration_limit": migration_limit, "vm_lifetime": 5,
+                                       "timeout": TIMEOUT_MINUTES})
     (directory / "config.yaml").write_text(yaml.safe_dump(document))
     world = make_harness(build(document), prefix=PREFIX)
     port = redis_client.connection_pool.connection_kwargs["port"]

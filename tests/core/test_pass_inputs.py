@@ -12,7 +12,7 @@ import pytest
 
 from chalicelib.config import PoolConfig
 from chalicelib.manager.runner import run_pool
-from chalicelib.providers.base import ProviderError, Started
+from chalicelib.providers.base import Asking, ProviderError, Started
 from chalicelib.providers.failures import FailureKind
 from chalicelib.store.pool_overrides import PoolOverrides
 from tests.harness import Harness, HarnessFactory
@@ -115,10 +115,10 @@ def test_a_clone_refused_at_start_is_counted_where_it_went(make_world: HarnessFa
     world = make_world(CONFIG)
     clone_vms = world.provider.clone_vms
 
-    def refuse_the_first(pool: PoolConfig, hostnames: Sequence[str],
-                         on_started: Started) -> dict[str, str | ProviderError]:
+    def refuse_the_first(pool: PoolConfig, hostnames: Sequence[str], on_started: Started,
+                         on_asking: Asking) -> dict[str, str | ProviderError]:
         return {hostnames[0]: ProviderError("datastore full", FailureKind.CAPACITY),
-                **clone_vms(pool, hostnames[1:], on_started)}
+                **clone_vms(pool, hostnames[1:], on_started, on_asking)}
 
     monkeypatch.setattr(world.provider, "clone_vms", refuse_the_first)
 

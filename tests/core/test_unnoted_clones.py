@@ -1,0 +1,208 @@
+"""A pass that died between reserving clones and noting their tasks, on a fake clock: whether the
+provider was asked for each clone (``pending.CLONE_ASKED``, noted just before the call) decides
+how long its task_limit slot stays counted. Never asked: the place is given back after
+``CLONE_START_GRACE_SECONDS``. Asked: the provider may be cloning it, however slowly, so the
+slot stays counted until its VM shows (then it goes on as a finished clone), or the provider
+says it makes no such clone (the dummy can tell), or, when it cannot tell (vSphere), the pool's
+timeout. On the dummy (one call for a batch) and on vcsim (one call a clone: a batch's later
+names were never asked when the pass died after its first)."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from chalicelib.config import parse
+from chalicelib.manager.pending import CLONE_ASKED, CLONE_START_GRACE_SECONDS
+from chalicelib.manager.reconcile import reconcile_pool
+from tests.chaos.fleet import tasks_running
+from tests.harness import Harness, HarnessFactory, Killed, assert_consistent
+from tests.support import eventually
+from tests.vsphere.vcsim import VcsimServer, vcsim_config
+
+LIMIT = 2
+CONFIG = """\
+config: {task_limit: 2, timeout: 5, ready_ttl: 10, vm_lifetime: 2, prefix: "ci-", domain: example.com}
+redis: {data_ttl: 1}
+providers:
+  dummy: {provider_class: dummy, seed: 7, createvm_min_time: 200, createvm_max_time: 200, boot_time: 30,
+          destroyvm_max_time: 20}
+pools:
+  - {name: alpha, size: 2, provider: dummy}
+"""
+"""Clones of 200 s: slower than the start grace, within the pool's 5 minute timeout."""
+
+
+def killed_at(world: Harness, checkpoint: str, pool: str = "alpha") -> set[str]:
+    """A pass of ``pool`` killed at ``checkpoint`` (``name#n``: its n-th time); returns the VMs it
+    left pending."""
+    name, _, count = checkpoint.partition("#")
+    seen: list[str] = []
+
+    def kill(step: str) -> None:
+        seen.append(step)
+        if step == name and seen.count(name) == int(count or 1):
+            raise Killed(step)
+
+    with pytest.raises(Killed):
+        world.reconcile(pool, kill)
+    return world.hosts(pool, "pending")
+
+
+@pytest.fixture
+def world(make_harness: HarnessFactory) -> Harness:
+    return make_harness(parse(CONFIG))
+
+
+def test_a_clone_asked_and_never_noted_keeps_its_slot_until_its_vm_shows(world: Harness) -> None:
+    """Killed once the provider took both clones, before their tasks were noted: past the start
+    grace they keep their place and their slots (before, both were given up at 120 s and two
+    more clones started while the provider still made these: 4 under task_limit 2); once their
+    VMs show they go on as finished clones and become ready, nothing cloned twice."""
+    asked = killed_at(world, "clone_started")
+    assert len(asked) == LIMIT and all(world.store.get_vm(host).raw.get(CLONE_ASKED) for host in asked)
+    world.clock.advance(CLONE_START_GRACE_SECONDS + 1)
+    report = world.reconcile("alpha")
+    assert report.clones_started == [] and report.completed == {}
+    assert world.hosts("alpha", "pending") == asked and world.store.cloning_count() == LIMIT
+    assert tasks_running(world, "clone") == LIMIT
+    world.clock.advance(200 - CLONE_START_GRACE_SECONDS)  # the clones end; their VMs show
+    world.settle("alpha")
+    assert world.hosts("alpha", "ready") == asked == world.provider_vms("alpha")
+    assert world.store.cloning_count() == 0 and tasks_running(world, "clone") == 0
+
+
+def test_a_clone_reserved_and_never_asked_gives_its_place_back_after_the_grace(world: Harness) -> None:
+    """Killed before the provider was asked: no mark, so the place and the slot come back after
+    the start grace, as before."""
+    reserved = killed_at(world, "reserved")
+    assert len(reserved) == LIMIT and not any(world.store.get_vm(host).raw.get(CLONE_ASKED) for host in reserved)
+    world.clock.advance(CLONE_START_GRACE_SECONDS - 1)
+    assert world.reconcile("alpha").clones_started == []
+    world.clock.advance(2)
+    report = world.reconcile("alpha")
+    assert set(report.completed) == reserved and len(report.clones_started) == LIMIT
+    assert tasks_running(world, "clone") == LIMIT
+    world.clock.advance(200)
+    world.settle("alpha")
+    assert world.provider_vms("alpha") == world.hosts("alpha", "ready") and not reserved & world.hosts("alpha", "ready")
+
+
+def test_a_clone_asked_but_never_sent_gives_its_place_back_when_the_provider_has_no_such_clone(
+        world: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed between the mark and the provider's call: the dummy can say it makes no such
+    clone, so past the start grace the place and the slot come back (one provider call for
+    them); nothing leaks in the provider."""
+    asked = killed_at(world, "clone_asked")
+    assert len(asked) == LIMIT and tasks_running(world, "clone") == 0
+    world.clock.advance(CLONE_START_GRACE_SECONDS - 1)
+    assert world.reconcile("alpha").clones_started == [] and world.hosts("alpha", "pending") == asked
+    asked_of_provider: list[list[str]] = []
+    under_way = world.provider.clones_under_way
+    monkeypatch.setattr(world.provider, "clones_under_way",
+                        lambda pool, names: asked_of_provider.append(sorted(names)) or under_way(pool, names))
+    world.clock.advance(2)
+    report = world.reconcile("alpha")
+    assert set(report.completed) == asked and len(report.clones_started) == LIMIT
+    assert asked_of_provider == [sorted(asked)]
+    world.clock.advance(200)
+    world.settle("alpha")
+    assert world.provider_vms("alpha") == world.hosts("alpha", "ready") and world.store.cloning_count() == 0
+
+
+def test_a_clone_asked_slower_than_the_pool_timeout_keeps_its_slot_until_it_ends(make_harness: HarnessFactory) -> None:
+    """Clones of 400 s under a 5 minute timeout, killed before their tasks were noted: at the
+    timeout they leave service, but the provider still makes them, so their slots stay held
+    (never more than task_limit clones at the provider) until their VMs show; then destroyed."""
+    world = make_harness(parse(CONFIG.replace("createvm_min_time: 200, createvm_max_time: 200",
+                                              "createvm_min_time: 400, createvm_max_time: 400")))
+    asked = killed_at(world, "clone_started")
+    for _ in range(9):  # to 450 s
+        world.clock.advance(50)
+        world.reconcile("alpha")
+        assert tasks_running(world, "clone") + len(world.hosts("alpha", "ready")) <= LIMIT
+        if world.clock.now() - world.store.get_vm(sorted(asked)[0]).clone_start < 400:
+            assert world.store.cloning_count() == LIMIT
+    assert not asked & (world.hosts("alpha", "ready") | world.hosts("alpha", "pending"))
+    world.services.use_config(parse(CONFIG))  # clones within the timeout again: the pool can fill
+    world.settle("alpha")
+    assert world.provider_vms("alpha") == world.hosts("alpha", "ready") and not asked & world.provider_vms("alpha")
+
+
+def test_a_pass_paused_past_the_grace_before_its_clone_call_clones_nothing_given_up(world: Harness) -> None:
+    """A pass paused between reserving and asking (past the start grace) while another pass
+    gives its names up and clones two more: the paused pass, resumed, asks for none of the
+    names given up (their marks refused), so the provider never runs more than task_limit."""
+    services = world.services
+    pool = services.config.pool("alpha")
+    assert pool is not None
+    others: list[list[str]] = []
+
+    def meanwhile(step: str) -> None:
+        if step == "reserved" and not others:
+            world.clock.advance(CLONE_START_GRACE_SECONDS + 1)
+            others.append(world.reconcile("alpha").clones_started)
+
+    reconcile_pool(services.store, world.provider, pool, world.clock, services.config.service, meanwhile)
+    assert len(others[0]) == LIMIT
+    assert tasks_running(world, "clone") == LIMIT and services.store.cloning_count() == LIMIT
+    assert_consistent(world, "alpha")
+
+
+# --- vSphere (vcsim): one call a clone ------------------------------------------------------------------
+
+
+def vsphere_world(make_harness: HarnessFactory, vcsim: VcsimServer, name: str) -> Harness:
+    pool = {"name": name, "size": 2, "folder": f"vmpool/{name}-{secrets.token_hex(3)}", "ready_check": "tools"}
+    return make_harness(vcsim_config(vcsim, [pool], service={"task_limit": 2, "timeout": 5}))
+
+
+def vsphere_whole(world: Harness, pool: str) -> set[str]:
+    """Passes (15 s apart on the clock; vcsim boots guests on its own) until the pool is full of
+    ready VMs, nothing else in it or in its folder, no slot counted; returns its ready VMs."""
+
+    def whole() -> bool:
+        world.clock.advance(15)
+        world.reconcile(pool)
+        ready = world.hosts(pool, "ready")
+        return (len(ready) == 2 and not any(world.hosts(pool, state) for state in ("pending", "completed"))
+                and world.store.cloning_count() == 0
+                and {vm.name for vm in world.provider.list_vms(world.pool(pool))} == ready)
+
+    eventually(whole, 60, f"{pool} whole", interval=0.1)
+    return world.hosts(pool, "ready")
+
+
+def test_vsphere_a_batch_killed_after_its_first_clone_holds_only_the_asked_one(make_harness: HarnessFactory,
+                                                                               vcsim: VcsimServer) -> None:
+    """vSphere clones one VM a call, each marked just before its call: killed once vCenter
+    answered the first, the second was never asked and gives its place back after the start
+    grace; the first, made, goes on as a finished clone."""
+    world = vsphere_world(make_harness, vcsim, "unnoted-first")
+    pending = killed_at(world, "clone_started#1", "unnoted-first")
+    asked = {host for host in pending if world.store.get_vm(host).raw.get(CLONE_ASKED)}
+    assert len(pending) == LIMIT and len(asked) == 1
+    world.clock.advance(CLONE_START_GRACE_SECONDS + 1)
+    report = world.reconcile("unnoted-first")
+    assert set(report.completed) == pending - asked
+    assert asked <= vsphere_whole(world, "unnoted-first")
+
+
+def test_vsphere_a_clone_asked_and_never_sent_keeps_its_place_past_the_grace(make_harness: HarnessFactory,
+                                                                           vcsim: VcsimServer) -> None:
+    """Killed between the second clone's mark and its call: its place and slot stay taken past
+    the start grace (vCenter may be making it); at the pool's timeout, no VM of that name in
+    vCenter, it leaves service with its slot, and the pool is whole again."""
+    world = vsphere_world(make_harness, vcsim, "unnoted-second")
+    pending = killed_at(world, "clone_asked#2", "unnoted-second")
+    assert all(world.store.get_vm(host).raw.get(CLONE_ASKED) for host in pending) and len(pending) == LIMIT
+    world.clock.advance(CLONE_START_GRACE_SECONDS + 1)
+    report = world.reconcile("unnoted-second")
+    assert report.completed == {} and report.clones_started == []
+    (unsent,) = pending - {vm.name for vm in world.provider.list_vms(world.pool("unnoted-second"))}
+    assert unsent in world.hosts("unnoted-second", "pending") and world.store.cloning_count() == 1
+    world.clock.advance(5 * 60 - CLONE_START_GRACE_SECONDS)
+    report = world.reconcile("unnoted-second")
+    assert unsent in report.completed and len(report.clones_started) == LIMIT  # its slot free again
+    assert unsent not in vsphere_whole(world, "unnoted-second")
