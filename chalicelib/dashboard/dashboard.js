@@ -108,21 +108,40 @@
 
   function renderHeader(status) {
     var s = status.status || {};
+    var failing = failingPools(status.pools || {});
     var health = $("health");
-    health.textContent = s.ok ? "all pools ready" : (s.empty ? s.empty.length + " empty" : "problem");
-    health.className = "badge " + (s.ok ? "ok" : "bad");
+    health.textContent = !s.ok ? (s.empty ? s.empty.length + " empty" : "problem")
+      : failing.length ? failing.length + " failing to clone" : "all pools ready";
+    health.className = "badge " + (s.ok && !failing.length ? "ok" : "bad");
     $("message").textContent = s.message || "";
     $("uptime").textContent = s.uptime !== undefined ? "API up " + duration(s.uptime) : "";
     var alerts = $("alerts");
     alerts.textContent = "";
     if (s.empty && s.empty.length) {
-      alerts.appendChild(el("b", null, "Empty pools: "));
-      alerts.appendChild(document.createTextNode("checkouts from these fail until they refill. "));
-      s.empty.forEach(function (name) { alerts.appendChild(el("span", "pool-link", name)); });
-      alerts.hidden = false;
-    } else {
-      alerts.hidden = true;
+      var empty = el("p");
+      empty.appendChild(el("b", null, "Empty pools: "));
+      empty.appendChild(document.createTextNode("checkouts from these fail until they refill. "));
+      s.empty.forEach(function (name) { empty.appendChild(el("span", "pool-link", name)); });
+      alerts.appendChild(empty);
     }
+    if (failing.length) {
+      var clones = el("p", "failing");
+      clones.appendChild(el("b", null, "Clones failing: "));
+      clones.appendChild(document.createTextNode("these pools cannot refill; see the reconcile logs for why. "));
+      failing.forEach(function (name) {
+        clones.appendChild(el("span", "pool-link", name + " (" + status.pools[name].clone_failures + " in a row)"));
+      });
+      alerts.appendChild(clones);
+    }
+    alerts.hidden = !alerts.firstChild;
+  }
+
+  // The pools whose clones are failing now (/status's clone_failures: failed in a row since the
+  // pool's last good clone), most failures first.
+  function failingPools(pools) {
+    return Object.keys(pools).filter(function (name) { return pools[name].clone_failures > 0; }).sort(function (a, b) {
+      return pools[b].clone_failures - pools[a].clone_failures || a.localeCompare(b);
+    });
   }
 
   // --- pools ---------------------------------------------------------------------------------
@@ -136,10 +155,11 @@
   function sortedNames(pools) {
     var names = Object.keys(pools), how = $("sort").value;
     function fill(p) { return p.max ? p.ready / p.max : 1; }
+    function failing(p) { return p.clone_failures > 0 ? 1 : 0; }
     return names.sort(function (a, b) {
       var pa = pools[a], pb = pools[b];
       if (how === "running") { return pb.running - pa.running || a.localeCompare(b); }
-      if (how === "problems") { return fill(pa) - fill(pb) || a.localeCompare(b); }
+      if (how === "problems") { return failing(pb) - failing(pa) || fill(pa) - fill(pb) || a.localeCompare(b); }
       return a.localeCompare(b);
     });
   }
@@ -175,12 +195,14 @@
     tr.dataset.search = (name + " " + aliases).toLowerCase();
     var empty = p.max > 0 && p.ready === 0, low = p.max > 0 && p.ready < p.max / 2;
     if (empty) { tr.classList.add("empty"); } else if (low) { tr.classList.add("low"); }
+    if (p.clone_failures > 0) { tr.classList.add("failing"); }
 
     var nameCell = el("td", "name");
     nameCell.appendChild(el("b", null, name));
-    if (aliases) { nameCell.appendChild(el("span", "aliases", "alias: " + aliases)); }
+    if (aliases) { nameCell.appendChild(el("span", "aliases", "alias: " + aliases)).title = aliases; }
     // Where the size comes from when it is not simply the config's (docs/sizing.md).
     if (p.size_reason && p.size_reason !== "config") { nameCell.appendChild(el("span", "size-reason", "size: " + p.size_reason)); }
+    if (p.clone_failures > 0) { nameCell.appendChild(el("span", "clone-failures", "clones failing: " + p.clone_failures + " in a row")); }
     tr.appendChild(nameCell);
 
     var fillCell = el("td", "fill");

@@ -1029,6 +1029,14 @@ class Store:
             value = cast("str | None", self.client.hget(self.keys.clone_backoff, pool))
         return CloneBackoff.parse(value)
 
+    def clone_failures(self) -> dict[str, int]:
+        """Pool -> clones failed in a row since its last good one, for the pools whose clones are
+        failing now (the clone backoffs: one field a pool, so bounded by the pools ever failing)."""
+        with _translate_errors():
+            backoffs = cast("dict[str, str]", self.client.hgetall(self.keys.clone_backoff))
+        failed = {pool: CloneBackoff.parse(value).failed for pool, value in backoffs.items()}
+        return {pool: count for pool, count in failed.items() if count > 0}
+
     def set_clone_backoff(self, pool: str, backoff: CloneBackoff) -> None:
         """Record the pool's clone backoff (an empty one clears it)."""
         with _translate_errors():
