@@ -17,8 +17,13 @@
     return object && Object.prototype.hasOwnProperty.call(object, key) ? object[key] : undefined;
   }
 
-  function getJSON(path) {
-    return fetch(url(path), { headers: { Accept: "application/json" }, cache: "no-store" }).then(function (r) {
+  // maxAge: how old (seconds) an answer the page accepts. Every open page asks the same feeds:
+  // the API computes each once for all of them within that time (api/feed_cache.py), where 50
+  // open pages of 1,000 pools cost Redis and the API more than the checkouts did.
+  function getJSON(path, maxAge) {
+    var headers = { Accept: "application/json" };
+    if (maxAge) { headers["Cache-Control"] = "max-age=" + maxAge; }
+    return fetch(url(path), { headers: headers, cache: "no-store" }).then(function (r) {
       if (!r.ok) { throw new Error(path + ": HTTP " + r.status); }
       return r.json();
     });
@@ -350,7 +355,7 @@
   }
 
   function pollStatus() {
-    return getJSON("api/v3/status").then(function (status) {
+    return getJSON("api/v3/status", STATUS_EVERY / 1000 - 1).then(function (status) {
       state.status = status;
       state.lastOk = Date.now();
       state.failing = false;
@@ -359,7 +364,7 @@
   }
 
   function pollHistory() {
-    return getJSON("dashboard/stats/history?hours=" + state.hours).then(function (history) {
+    return getJSON("dashboard/stats/history?hours=" + state.hours, HISTORY_EVERY / 1000).then(function (history) {
       state.history = history;
       render();
     }).catch(function () { /* the graphs keep their last data; the live badge tells */ });
@@ -368,7 +373,7 @@
   // Today's clone and boot times per pool, the two sections the page shows: all of /summary also
   // holds the day's tag counts, which anyone may fill (megabytes a day, on every open page).
   function pollSummary() {
-    return Promise.all([getJSON("api/v3/summary/clone"), getJSON("api/v3/summary/boot")]).then(function (both) {
+    return Promise.all([getJSON("api/v3/summary/clone", 30), getJSON("api/v3/summary/boot", 30)]).then(function (both) {
       state.summary = { clone: both[0].clone, boot: both[1].boot };
       render();
     }).catch(function () {});
