@@ -1,10 +1,10 @@
 """The dashboard's feeds, shared for a few seconds by every open page.
 
 An open dashboard asks ``/status`` every 5 s, the hour's history every 30 s and the day's clone and
-boot summaries every minute. At 1,000 pools each ``/status`` costs Redis ~8,600 commands (inside
-scripts) and a worker ~100 ms, the history ~15,000 commands: 50 pages open made a local stack of
-two workers answer checkouts in seconds, and in AWS make ten ``/status`` Lambdas a second. Each
-computation is the same for every page.
+boot summaries every minute. At 1,000 pools each ``/status`` costs Redis ~7,000 commands (inside
+scripts, 36 ms) and a worker ~240 ms, the history 210 ms of Redis: 50 pages open made a local
+stack of two workers answer checkouts in seconds, and in AWS make ten ``/status`` Lambdas a
+second. Each computation is the same for every page (docs/performance.md, "Open dashboards").
 
 A caller that says it accepts an answer up to N seconds old (``Cache-Control: max-age=N``, as
 HTTP has it, at most ``MAX_AGE_SECONDS``) gets the last answer computed for that feed when it is
