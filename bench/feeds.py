@@ -88,8 +88,10 @@ def _answers(pools: int, vms_per_pool: int) -> dict[str, Any]:
         return result
 
 
-def _cycles(port: int, pools: int, seconds: float) -> list[float]:
-    """Checkout + return cycles over the pools for ``seconds``: each checkout's latency."""
+def _cycles(port: int, pools: int, seconds: float, errors: list[str] | None = None) -> list[float]:
+    """Checkout + return cycles over the pools for ``seconds``: each checkout's latency. A
+    connection the server dropped is opened again, as a browser would, and counted in ``errors``
+    (raised when it is None)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     latencies: list[float] = []
     end, n = time.monotonic() + seconds, 0
@@ -97,13 +99,19 @@ def _cycles(port: int, pools: int, seconds: float) -> list[float]:
         pool = f"pool-{n % pools:05d}"
         n += 1
         started = time.perf_counter()
-        connection.request("POST", f"/api/v3/vm/{pool}")
-        answer = connection.getresponse()
-        body = json.loads(answer.read())
-        latencies.append(time.perf_counter() - started)
-        if answer.status == 200:
-            connection.request("DELETE", f"/api/v3/vm/{body[pool]['hostname']}")
-            connection.getresponse().read()
+        try:
+            connection.request("POST", f"/api/v3/vm/{pool}")
+            answer = connection.getresponse()
+            body = json.loads(answer.read())
+            latencies.append(time.perf_counter() - started)
+            if answer.status == 200:
+                connection.request("DELETE", f"/api/v3/vm/{body[pool]['hostname']}")
+                connection.getresponse().read()
+        except (http.client.HTTPException, OSError) as error:
+            if errors is None:
+                raise
+            errors.append(type(error).__name__)
+            connection.close()
     connection.close()
     return latencies
 
@@ -139,37 +147,45 @@ def _readers(pools: int, size: int, readers: int, seconds: float) -> dict[str, A
 
 
 def _browser(pools: int) -> dict[str, Any]:
-    from tools.cdp import CHROMIUM, BrowserPage
+    from tools.cdp import CHROMIUM
 
     if not CHROMIUM:
         return {"skipped": "chromium is not installed"}
     with local_stack(dummy_config([(f"pool-{n:05d}", 1) for n in range(pools)]), interval=10) as stack:
         stack.wait_ready(f"pool-{pools - 1:05d}", 1, timeout=600)
-        page = BrowserPage(Path(tempfile.mkdtemp(prefix="bench-cdp-")))
-        try:
-            page.call("Page.enable")
-            page.call("Page.addScriptToEvaluateOnNewDocument", source=(
-                "window.benchLongTasks = []; new PerformanceObserver(function (list) { list.getEntries()"
-                ".forEach(function (e) { window.benchLongTasks.push(e.duration); }); })"
-                ".observe({type: 'longtask', buffered: true});"))
-            page.call("Page.navigate", url=f"http://127.0.0.1:{stack.port}/dashboard/")
-            deadline = time.monotonic() + 120
-            while page.evaluate("document.querySelectorAll('tr.pool').length") < pools:
-                assert time.monotonic() < deadline, "the dashboard never showed every pool"
-                time.sleep(0.1)
-            first = page.evaluate("""({paint: Math.round((performance.getEntriesByName('first-contentful-paint')[0]
-                                                           || {startTime: 0}).startTime),
-                                       rows: Math.round(performance.now())})""")
-            polls = []
-            page.call("HeapProfiler.enable")
-            for _ in range(10):
-                time.sleep(5)
-                page.call("HeapProfiler.collectGarbage")
-                polls.append({"heap": page.call("Runtime.getHeapUsage")["usedSize"], **page.evaluate(
-                    """({elements: document.getElementsByTagName('*').length,
-                        longest: Math.max.apply(null, window.benchLongTasks.concat([0]))})""")})
-        finally:
-            page.close()
+        return browser_on(stack.port, pools)
+
+
+def browser_on(port: int, pools: int) -> dict[str, Any]:
+    """The dashboard served on ``port`` (``pools`` pools) in headless Chromium: first paint, every
+    row shown, and over ten status polls its heap, elements and longest task."""
+    from tools.cdp import BrowserPage
+
+    page = BrowserPage(Path(tempfile.mkdtemp(prefix="bench-cdp-")))
+    try:
+        page.call("Page.enable")
+        page.call("Page.addScriptToEvaluateOnNewDocument", source=(
+            "window.benchLongTasks = []; new PerformanceObserver(function (list) { list.getEntries()"
+            ".forEach(function (e) { window.benchLongTasks.push(e.duration); }); })"
+            ".observe({type: 'longtask', buffered: true});"))
+        page.call("Page.navigate", url=f"http://127.0.0.1:{port}/dashboard/")
+        deadline = time.monotonic() + 120
+        while page.evaluate("document.querySelectorAll('tr.pool').length") < pools:
+            assert time.monotonic() < deadline, "the dashboard never showed every pool"
+            time.sleep(0.1)
+        first = page.evaluate("""({paint: Math.round((performance.getEntriesByName('first-contentful-paint')[0]
+                                                       || {startTime: 0}).startTime),
+                                   rows: Math.round(performance.now())})""")
+        polls = []
+        page.call("HeapProfiler.enable")
+        for _ in range(10):
+            time.sleep(5)
+            page.call("HeapProfiler.collectGarbage")
+            polls.append({"heap": page.call("Runtime.getHeapUsage")["usedSize"], **page.evaluate(
+                """({elements: document.getElementsByTagName('*').length,
+                    longest: Math.max.apply(null, window.benchLongTasks.concat([0]))})""")})
+    finally:
+        page.close()
     return {"pools": pools, "first_paint_ms": first["paint"], "rows_shown_ms": first["rows"],
             "heap_mb": [round(p["heap"] / 1e6, 2) for p in polls], "elements": [p["elements"] for p in polls],
             "longest_task_ms": round(max(p["longest"] for p in polls))}

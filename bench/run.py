@@ -1,7 +1,8 @@
 """`make bench`: run every benchmark, write bench/results.json and print a short table.
 
     python bench/run.py [--quick] [--only NAME,...]
-        (NAME: checkout, reconcile, refill, fill, memory, coldstart, fleet, sizing, feeds, quota, reserve)
+        (NAME: checkout, reconcile, refill, fill, memory, coldstart, fleet, sizing, feeds, quota, reserve,
+        dashboards)
 
 Targets (issue 7), on this machine: >= 1,500 checkout+delete cycles/s at 8 clients, checkout
 p99 < 5 ms, one Redis round trip per checkout, refill start < 1 s p50, a steady pool's pass in
@@ -27,7 +28,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make the repository impo
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
-from bench import checkout, coldstart, feeds, fill, fleet, memory, quota, reconcile, refill, reserve, sizing
+from bench import checkout, coldstart, dashboards, feeds, fill, fleet, memory, quota, reconcile, refill, reserve, sizing
 from bench.common import CORES, ROOT
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -42,6 +43,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "feeds": feeds.run,
     "quota": quota.run,
     "reserve": reserve.run,
+    "dashboards": dashboards.run,
 }
 RESULTS = ROOT / "bench" / "results.json"
 

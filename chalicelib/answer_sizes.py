@@ -169,7 +169,7 @@ def status_answer(config: ShownConfig) -> Any:
     for pool in config.pools:
         entry: dict[str, Any] = {"ready": WIDEST_SIZE, "running": WIDEST_COUNT, "pending": WIDEST_SIZE,
                                  "max": WIDEST_SIZE, "lastBoot": WIDEST_TIME,
-                                 "size_reason": widest_reason(pool)}
+                                 "size_reason": widest_reason(pool), "clone_failures": WIDEST_COUNT}
         if pool.alias:
             entry["alias"] = alias_as_written(pool)
         pools[pool.name] = entry

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 import redis
 
-from chalicelib.api import dashboard, ondemand, pool_config, status, summary, tokens, vm_tasks, vms
+from chalicelib.api import dashboard, feed_cache, ondemand, pool_config, status, summary, tokens, vm_tasks, vms
 from chalicelib.api.http import (
     JSON_HEADERS,
     MAX_BASE64_BODY_CHARS,
@@ -141,7 +141,11 @@ def handle(services: Services, handler: Handler, request: ApiRequest) -> ApiResp
         if route is not None and route.feed:
             key = (id(services), route.name, request.version, tuple(sorted(request.params.items())),
                    tuple(sorted(request.query.items())))
-            return SHARED_READS.answer(key, lambda: handler(services, request))
+            compute = lambda: SHARED_READS.answer(key, lambda: handler(services, request))  # noqa: E731
+            max_age, kept = feed_cache.accepted_age(request), feed_cache.entry_name(route.name, request)
+            if max_age and kept:
+                return feed_cache.answer(services, kept, max_age, compute)
+            return compute()
         return handler(services, request)
     except ApiError as error:
         return error.response()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalicelib.answer_sizes import alias_as_written, configuration_entry
+from chalicelib.answer_sizes import WIDEST_COUNT, alias_as_written, configuration_entry
 from chalicelib.api.http import ApiRequest, ApiResponse, not_found
 from chalicelib.api.summary import day_metrics
 from chalicelib.services import Services
@@ -43,6 +43,7 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
         }
     if "pools" in wanted:
         last_boots = services.store.last_boots()
+        clone_failures = services.store.clone_failures()
         pools: dict[str, Any] = {}
         for pool in pools_now:
             entry: dict[str, Any] = {
@@ -55,6 +56,10 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
             }
             if pool.alias:
                 entry["alias"] = alias_as_written(pool)
+            # Only for a pool whose clones are failing now (its clone backoff): the dashboard's
+            # red flag, which a pool's counts alone do not raise until it runs empty.
+            if clone_failures.get(pool.name):
+                entry["clone_failures"] = min(clone_failures[pool.name], WIDEST_COUNT)
             pools[pool.name] = entry
         body["pools"] = pools
     if "queue" in wanted:

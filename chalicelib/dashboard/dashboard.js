@@ -17,8 +17,13 @@
     return object && Object.prototype.hasOwnProperty.call(object, key) ? object[key] : undefined;
   }
 
-  function getJSON(path) {
-    return fetch(url(path), { headers: { Accept: "application/json" }, cache: "no-store" }).then(function (r) {
+  // maxAge: how old (seconds) an answer the page accepts. Every open page asks the same feeds:
+  // the API computes each once for all of them within that time (api/feed_cache.py), where 50
+  // open pages of 1,000 pools cost Redis and the API more than the checkouts did.
+  function getJSON(path, maxAge) {
+    var headers = { Accept: "application/json" };
+    if (maxAge) { headers["Cache-Control"] = "max-age=" + maxAge; }
+    return fetch(url(path), { headers: headers, cache: "no-store" }).then(function (r) {
       if (!r.ok) { throw new Error(path + ": HTTP " + r.status); }
       return r.json();
     });
@@ -108,21 +113,40 @@
 
   function renderHeader(status) {
     var s = status.status || {};
+    var failing = failingPools(status.pools || {});
     var health = $("health");
-    health.textContent = s.ok ? "all pools ready" : (s.empty ? s.empty.length + " empty" : "problem");
-    health.className = "badge " + (s.ok ? "ok" : "bad");
+    health.textContent = !s.ok ? (s.empty ? s.empty.length + " empty" : "problem")
+      : failing.length ? failing.length + " failing to clone" : "all pools ready";
+    health.className = "badge " + (s.ok && !failing.length ? "ok" : "bad");
     $("message").textContent = s.message || "";
     $("uptime").textContent = s.uptime !== undefined ? "API up " + duration(s.uptime) : "";
     var alerts = $("alerts");
     alerts.textContent = "";
     if (s.empty && s.empty.length) {
-      alerts.appendChild(el("b", null, "Empty pools: "));
-      alerts.appendChild(document.createTextNode("checkouts from these fail until they refill. "));
-      s.empty.forEach(function (name) { alerts.appendChild(el("span", "pool-link", name)); });
-      alerts.hidden = false;
-    } else {
-      alerts.hidden = true;
+      var empty = el("p");
+      empty.appendChild(el("b", null, "Empty pools: "));
+      empty.appendChild(document.createTextNode("checkouts from these fail until they refill. "));
+      s.empty.forEach(function (name) { empty.appendChild(el("span", "pool-link", name)); });
+      alerts.appendChild(empty);
     }
+    if (failing.length) {
+      var clones = el("p", "failing");
+      clones.appendChild(el("b", null, "Clones failing: "));
+      clones.appendChild(document.createTextNode("these pools cannot refill; see the reconcile logs for why. "));
+      failing.forEach(function (name) {
+        clones.appendChild(el("span", "pool-link", name + " (" + status.pools[name].clone_failures + " in a row)"));
+      });
+      alerts.appendChild(clones);
+    }
+    alerts.hidden = !alerts.firstChild;
+  }
+
+  // The pools whose clones are failing now (/status's clone_failures: failed in a row since the
+  // pool's last good clone), most failures first.
+  function failingPools(pools) {
+    return Object.keys(pools).filter(function (name) { return pools[name].clone_failures > 0; }).sort(function (a, b) {
+      return pools[b].clone_failures - pools[a].clone_failures || a.localeCompare(b);
+    });
   }
 
   // --- pools ---------------------------------------------------------------------------------
@@ -136,10 +160,11 @@
   function sortedNames(pools) {
     var names = Object.keys(pools), how = $("sort").value;
     function fill(p) { return p.max ? p.ready / p.max : 1; }
+    function failing(p) { return p.clone_failures > 0 ? 1 : 0; }
     return names.sort(function (a, b) {
       var pa = pools[a], pb = pools[b];
       if (how === "running") { return pb.running - pa.running || a.localeCompare(b); }
-      if (how === "problems") { return fill(pa) - fill(pb) || a.localeCompare(b); }
+      if (how === "problems") { return failing(pb) - failing(pa) || fill(pa) - fill(pb) || a.localeCompare(b); }
       return a.localeCompare(b);
     });
   }
@@ -175,12 +200,14 @@
     tr.dataset.search = (name + " " + aliases).toLowerCase();
     var empty = p.max > 0 && p.ready === 0, low = p.max > 0 && p.ready < p.max / 2;
     if (empty) { tr.classList.add("empty"); } else if (low) { tr.classList.add("low"); }
+    if (p.clone_failures > 0) { tr.classList.add("failing"); }
 
     var nameCell = el("td", "name");
     nameCell.appendChild(el("b", null, name));
-    if (aliases) { nameCell.appendChild(el("span", "aliases", "alias: " + aliases)); }
+    if (aliases) { nameCell.appendChild(el("span", "aliases", "alias: " + aliases)).title = aliases; }
     // Where the size comes from when it is not simply the config's (docs/sizing.md).
     if (p.size_reason && p.size_reason !== "config") { nameCell.appendChild(el("span", "size-reason", "size: " + p.size_reason)); }
+    if (p.clone_failures > 0) { nameCell.appendChild(el("span", "clone-failures", "clones failing: " + p.clone_failures + " in a row")); }
     tr.appendChild(nameCell);
 
     var fillCell = el("td", "fill");
@@ -328,7 +355,7 @@
   }
 
   function pollStatus() {
-    return getJSON("api/v3/status").then(function (status) {
+    return getJSON("api/v3/status", STATUS_EVERY / 1000 - 1).then(function (status) {
       state.status = status;
       state.lastOk = Date.now();
       state.failing = false;
@@ -337,7 +364,7 @@
   }
 
   function pollHistory() {
-    return getJSON("dashboard/stats/history?hours=" + state.hours).then(function (history) {
+    return getJSON("dashboard/stats/history?hours=" + state.hours, HISTORY_EVERY / 1000).then(function (history) {
       state.history = history;
       render();
     }).catch(function () { /* the graphs keep their last data; the live badge tells */ });
@@ -346,7 +373,7 @@
   // Today's clone and boot times per pool, the two sections the page shows: all of /summary also
   // holds the day's tag counts, which anyone may fill (megabytes a day, on every open page).
   function pollSummary() {
-    return Promise.all([getJSON("api/v3/summary/clone"), getJSON("api/v3/summary/boot")]).then(function (both) {
+    return Promise.all([getJSON("api/v3/summary/clone", 30), getJSON("api/v3/summary/boot", 30)]).then(function (both) {
       state.summary = { clone: both[0].clone, boot: both[1].boot };
       render();
     }).catch(function () {});

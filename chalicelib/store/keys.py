@@ -52,6 +52,9 @@ family through these validators.
                                      deleted when a tick first records the config (store/fleet.py)
     clone_backoff            hash    pool -> "<failed passes in a row> <no burst before>" of the pools
                                      whose clones keep failing (manager/clones.py)
+    feed_cache:<feed>:<...>  string  "<when computed>\n<JSON>": a dashboard feed's last answer, given to
+                                     callers accepting one that old (api/feed_cache.py); the names
+                                     are a fixed few, each expiring after MAX_AGE_SECONDS
     pool:<pool>:ready_checked string the template and reset time every ready VM was last checked against
     pool:<pool>:running_due  zset    running VMs, scored by when a pass must next look at one (its
                                      checkout's confirmation deadline, its lifetime's end): every
@@ -307,6 +310,10 @@ class Keys:
     @property
     def clone_backoff(self) -> str:
         return f"{self.prefix}clone_backoff"
+
+    def feed_cache(self, *name: str) -> str:
+        """A dashboard feed's kept answer, named by a fixed few parts (api/feed_cache.entry_name)."""
+        return f"{self.prefix}feed_cache:" + ":".join(name)
 
     def lease(self, pool: str) -> str:
         return f"{self.prefix}lease:{pool}"

@@ -1032,6 +1032,28 @@ class Store:
             value = cast("str | None", self.client.hget(self.keys.clone_backoff, pool))
         return CloneBackoff.parse(value)
 
+    def clone_failures(self) -> dict[str, int]:
+        """Pool -> clones failed in a row since its last good one, for the pools whose clones are
+        failing now (the clone backoffs: one field a pool, so bounded by the pools ever failing)."""
+        with _translate_errors():
+            backoffs = cast("dict[str, str]", self.client.hgetall(self.keys.clone_backoff))
+        failed = {pool: CloneBackoff.parse(value).failed for pool, value in backoffs.items()}
+        return {pool: count for pool, count in failed.items() if count > 0}
+
+    def cached_feed(self, name: tuple[str, ...]) -> tuple[float, str] | None:
+        """A feed's kept answer (api/feed_cache.py): when it was computed and its JSON text; None
+        when none is kept (or it is unreadable)."""
+        with _translate_errors():
+            value = cast("str | None", self.client.get(self.keys.feed_cache(*name)))
+        at, _, text = (value or "").partition("\n")
+        when = finite_number(at)
+        return (when, text) if when is not None and text else None
+
+    def cache_feed(self, name: tuple[str, ...], now: float, text: str, seconds: int) -> None:
+        """Keep a feed's answer, computed at ``now``, for ``seconds``."""
+        with _translate_errors():
+            self.client.set(self.keys.feed_cache(*name), f"{now!r}\n{text}", ex=seconds)
+
     def set_clone_backoff(self, pool: str, backoff: CloneBackoff) -> None:
         """Record the pool's clone backoff (an empty one clears it)."""
         with _translate_errors():

@@ -41,6 +41,13 @@ class OneAtATime:
             return self.gateway(method, target, *args)
 
 
+def checkout_then_wait(stack: Harness) -> None:
+    """A checkout, and the page's 5 s to its next poll on the service's clock (Chromium's virtual
+    time does not move it): the page accepts a /status up to 4 s old (api/feed_cache.py)."""
+    stack.post("/api/v3/vm", {"debian": 2})
+    stack.clock.advance(5)
+
+
 @pytest.fixture
 def served(make_stack: Callable[[str], Harness]) -> Iterator[tuple[Harness, str, OneAtATime]]:
     stack = make_stack(CONFIG)
@@ -50,7 +57,7 @@ def served(make_stack: Callable[[str], Harness]) -> Iterator[tuple[Harness, str,
     server = make_server(app.app, "127.0.0.1", 0)  # a port the kernel picks: nothing can take it first
     port = server.server_port
     handler = server.RequestHandlerClass
-    counting = OneAtATime(handler.gateway, lambda: stack.post("/api/v3/vm", {"debian": 2}))  # type: ignore[attr-defined]
+    counting = OneAtATime(handler.gateway, lambda: checkout_then_wait(stack))  # type: ignore[attr-defined]
     handler.gateway = counting  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()

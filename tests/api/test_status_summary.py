@@ -62,6 +62,19 @@ def test_status_names_empty_pools(stack: Harness) -> None:
     assert status["empty"] == ["pool3"]
 
 
+def test_status_flags_a_pool_whose_clones_keep_failing(make_stack: Callable[..., Harness]) -> None:
+    """A pool whose clones fail looked like any other pool refilling (ready below size, some
+    pending) until it ran empty: nothing in /status, so nothing on the dashboard, said its clones
+    were failing. Its entry now counts the clones failed in a row (its clone backoff)."""
+    stack = make_stack(CONFIG_YAML.replace("    size: 1\n", "    size: 1\n    createvm_fail_percent: 100\n"))
+    stack.fill("pool1", "pool2")
+    stack.run_passes("pool3", passes=3)
+    pools = stack.get("/api/v3/status").json["pools"]
+    assert pools["pool3"]["clone_failures"] >= 2
+    assert "clone_failures" not in pools["pool1"] and "clone_failures" not in pools["pool2"]
+    assert stack.get("/api/v3/status?view=capacity").json.keys() == {"capacity", "status"}
+
+
 @pytest.mark.parametrize("view, keys", [
     ("capacity,queue", ["capacity", "queue", "status"]),
     ("pools", ["pools", "status"]),

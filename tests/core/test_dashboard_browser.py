@@ -5,6 +5,7 @@ docs/dashboard.png)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 import subprocess
@@ -63,7 +64,7 @@ class PoolRows(HTMLParser):
     and how many points each line of the history graph has, from the DOM."""
 
     TEXT_OF = ("site-name", "alerts", "health")
-    ROW_TEXTS = ("size-reason", "aliases", "clone", "boot")
+    ROW_TEXTS = ("size-reason", "aliases", "clone", "boot", "clone-failures")
 
     def __init__(self) -> None:
         super().__init__()
@@ -163,6 +164,13 @@ def test_dashboard_renders_live_pool_counts_in_chromium(tmp_path: Path) -> None:
     broken = page.rows[BROKEN]
     assert (broken["ready"], broken["size"]) == (0, 2) and "empty" in broken["classes"]
     assert BROKEN in page.texts["alerts"] and page.texts["health"].strip() == "1 empty"
+    # Its clones fail, and the page says so: first among the problems, flagged in its row and the
+    # alerts (before, it looked like a pool refilling until it was empty, then like any empty one).
+    assert next(iter(page.rows)) == BROKEN and "failing" in broken["classes"]
+    assert re.fullmatch(r"clones failing: \d+ in a row", broken["clone-failures"]), broken
+    assert f"Clones failing: these pools cannot refill; see the reconcile logs for why. {BROKEN} (" in (
+        page.texts["alerts"])
+    assert not any("failing" in page.rows[name]["classes"] or "clone-failures" in page.rows[name] for name in HEALTHY)
     # The history graph drew the seeded hour: a point per minute for each line.
     assert page.graph_points["ready"] >= 59 and page.graph_points["running"] >= 59
     # The screenshot was taken through / (the redirect) at the size asked for.

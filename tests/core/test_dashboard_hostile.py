@@ -9,6 +9,7 @@ JSON, tests/api/test_dashboard.py.)"""
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import re
@@ -22,8 +23,9 @@ from typing import Any, Iterator
 import pytest
 
 from chalicelib.api import dashboard
-from tests.core.test_dashboard_browser import PoolRows, chromium, local_stack
+from tests.core.test_dashboard_browser import REPO_ROOT, PoolRows, chromium, local_stack
 from tests.core.test_local_stack import call, wait_for
+from tools.cdp import BrowserPage
 
 RUN = "document.documentElement.dataset.pwned=1"
 """What every payload tries to run: a mark on <html> that --dump-dom would show."""
@@ -34,13 +36,15 @@ ALIASES = [
     f"javascript:{RUN}",
     "line\u2028separator\u2029paragraph",
     "\u202etxt.exe",
-    "y" * 5000,
+    "y" * 10000,
 ]
-SITE_NAME = f"Ops \u202e & \"co\" </title><script>{RUN}</script> <img src=x onerror={RUN}//"
-SHOWN_SITE_NAME = f"Ops \u202e & \"co\" {RUN} <img src=x onerror={RUN}//"
+LONG_WORD = "W" * 10000
+SITE_NAME = f"Ops \u202e & \"co\" </title><script>{RUN}</script> <img src=x onerror={RUN}//{LONG_WORD}"
+SHOWN_SITE_NAME = f"Ops \u202e & \"co\" {RUN} <img src=x onerror={RUN}//{LONG_WORD}"
 """SITE_NAME as the page shows it: complete tags dropped (vmpooler's default name held some), the
 rest as text."""
 POOL = "debian-12-x86_64"
+SCREENSHOT = REPO_ROOT / "build" / "dashboard-hostile.png"
 CONFIG = f"""\
 config: {{domain: example.com, check_loop_delay_min: 0.2, task_limit: 10, site_name: {json.dumps(SITE_NAME)}}}
 providers:
@@ -87,6 +91,48 @@ def test_hostile_site_name_and_aliases_show_as_text_and_never_run(stack: tuple[s
     row = page.rows[POOL]
     assert row["aliases"] == "alias: " + ", ".join(ALIASES)
     assert (row["ready"], row["size"], row["running"]) == (now["ready"], now["max"], now["running"]) == (2, 2, 0)
+
+
+LAYOUT = """(function () {
+    var row = document.querySelector('tr.pool'), width = window.innerWidth;
+    if (!row) { return {running: null}; }
+    function right(selector) {
+        var node = document.querySelector(selector);
+        return node && node.getBoundingClientRect().right;
+    }
+    return {scroll: document.documentElement.scrollWidth, width: width,
+            header: document.querySelector('header.top').getBoundingClientRect().height,
+            row: row.getBoundingClientRect().height, running: right('tr.pool td.running'),
+            live: right('#live'), aliases: row.querySelector('.aliases').textContent.length};
+})()"""
+"""Where the page's parts are in the window: what a screenshot would show."""
+
+
+def _drawn(layout: dict[str, Any]) -> dict[str, Any] | None:
+    return layout if layout["running"] else None
+
+
+@pytest.mark.slow
+def test_a_very_long_site_name_and_alias_leave_the_layout_whole(stack: tuple[str, Path]) -> None:
+    """A site name and an alias of 10,000 characters without a space: the alias widened the
+    pools table to some 70,000 pixels (the counts, the bar, the sparkline off-screen, a
+    horizontal scroll bar) and the site name pushed the live indicator out of the window. Each
+    is now cut to its place with an ellipsis, the whole text in its title."""
+    base, tmp_path = stack
+    page = BrowserPage(tmp_path / "profile-layout")
+    try:
+        page.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1, mobile=False)
+        page.call("Page.navigate", url=f"{base}/dashboard/")
+        layout = wait_for(lambda: _drawn(page.evaluate(LAYOUT)), 30, "the pool's row")
+        shot = page.call("Page.captureScreenshot", format="png")["data"]
+    finally:
+        page.close()
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    SCREENSHOT.write_bytes(base64.b64decode(shot))  # for a person to look at; the figures say it
+    assert layout["scroll"] <= layout["width"] == 1280, layout
+    assert layout["running"] <= 1280 and layout["live"] <= 1280, layout
+    assert layout["header"] < 80 and layout["row"] < 120, layout
+    assert layout["aliases"] == len("alias: " + ", ".join(ALIASES))  # cut on screen, whole in the page
 
 
 @pytest.mark.slow
