@@ -1,0 +1,82 @@
+"""The tests' port helpers (tests/support.py): ports chosen for one server are distinct, and "our
+server no longer serves the port" is asked of the processes that listen on it, not of the port,
+which any other process of the machine may bind once our server died."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support import free_ports, listeners_carrying, listening_pids
+
+LISTENER = """
+import socket, sys, time
+family = socket.AF_INET6 if sys.argv[1] == "::1" else socket.AF_INET
+server = socket.socket(family)
+server.bind((sys.argv[1], 0))
+server.listen()
+print(server.getsockname()[1], flush=True)
+time.sleep(600)
+"""
+
+
+def start_listener(address: str, env: dict[str, str], cwd: Path | None = None) -> tuple[subprocess.Popen[str], int]:
+    """A child process listening on a free port of ``address``; it and its port."""
+    child = subprocess.Popen([sys.executable, "-c", LISTENER, address], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                             text=True)
+    assert child.stdout is not None
+    return child, int(child.stdout.readline())
+
+
+def test_a_listener_started_with_the_mark_is_ours_and_one_bound_after_its_death_is_not(tmp_path: Path) -> None:
+    """A stack's process killed, then another process binding the port it freed (seen once in a
+    few hundred runs: "redis-server still serves"): the port answers, but nothing of ours holds it."""
+    child, port = start_listener("127.0.0.1", {**os.environ, "VMPOOL_STATE_DIR": str(tmp_path / "state")})
+    try:
+        assert list(listeners_carrying(port, str(tmp_path))) == [child.pid]
+        assert "time.sleep" in listeners_carrying(port, str(tmp_path))[child.pid]
+        assert listeners_carrying(port, str(tmp_path / "another-test")) == {}
+    finally:
+        child.kill()
+        child.wait()
+        assert child.stdout is not None
+        child.stdout.close()
+    with socket.socket() as other:  # another test's server takes the freed port at once
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()  # the port still answers
+        assert listening_pids(port) == {os.getpid()}
+        assert listeners_carrying(port, str(tmp_path)) == {}
+
+
+def test_an_ipv6_listener_marked_by_its_working_directory_or_command_line_counts(tmp_path: Path) -> None:
+    """redis-server overwrites its environment and command line with its title, but works in its
+    data directory, under the stack's state directory; a server may listen on ::1."""
+    if not socket.has_ipv6:
+        return
+    environment = {key: value for key, value in os.environ.items() if str(tmp_path) not in value}
+    try:
+        child, port = start_listener("::1", environment, cwd=tmp_path)
+    except ValueError:  # no ::1 on this machine: it printed nothing
+        return
+    try:
+        assert list(listeners_carrying(port, str(tmp_path))) == [child.pid]  # its working directory
+        assert list(listeners_carrying(port, "time.sleep(600)")) == [child.pid]  # its command line
+    finally:
+        child.kill()
+        child.wait()
+        assert child.stdout is not None
+        child.stdout.close()
+    assert child.pid not in listening_pids(port)
+
+
+def test_the_ports_chosen_for_one_server_are_distinct() -> None:
+    """slapd's two ports came from two free_port() calls, which may return one port twice (each
+    probe is closed before the next binds): slapd then exited at start, and with neither port
+    held by anyone, its fixture did not try fresh ones. 500 ports from free_port() alone repeat
+    one almost surely (about 14,000 even ports to pick from)."""
+    ports = free_ports(500)
+    assert len(set(ports)) == 500
