@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support import free_ports, listeners_carrying, listening_pids
 
 LISTENER = """
@@ -80,3 +82,25 @@ def test_the_ports_chosen_for_one_server_are_distinct() -> None:
     one almost surely (about 14,000 even ports to pick from)."""
     ports = free_ports(500)
     assert len(set(ports)) == 500
+
+
+TAKE_PORT = """
+import socket, sys
+taker = socket.socket()
+taker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(sys.argv[2]))  # as servers (redis, gunicorn) bind
+taker.bind(("127.0.0.1", int(sys.argv[1])))
+taker.listen()
+"""
+
+
+def test_a_closed_port_refuses_connections_and_no_other_process_can_take_it(closed_port: int) -> None:
+    """The ``closed_port`` fixture, "LDAP (or Redis) is down": a port of free_port() could be bound
+    by another process before the test connected, which then met that process, not an outage."""
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", closed_port), timeout=5)
+    for reuse in ("0", "1"):
+        taker = subprocess.run([sys.executable, "-c", TAKE_PORT, str(closed_port), reuse], capture_output=True,
+                               text=True)
+        assert taker.returncode != 0 and "Address already in use" in taker.stderr, taker
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", closed_port), timeout=5)
