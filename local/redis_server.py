@@ -85,6 +85,8 @@ class RedisServer:
         crash's report); None: nowhere, warnings only."""
         self.process: subprocess.Popen[bytes] | None = None
         self._started = False
+        self._port_hold: socket.socket | None = None
+        """Holds the port while the server is down between kill() or stop(restart=True) and start()."""
 
     @property
     def url(self) -> str:
@@ -99,13 +101,16 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         first_start = self.process is None and not self._started
-        for _ in range(3):
-            if self._start_once(binary, timeout):
-                self._started = True
-                return self
-            if self._port_asked or not first_start:
-                break
-            self.port = free_port()  # ours was taken between free_port() and redis-server's bind
+        try:
+            for _ in range(3):
+                if self._start_once(binary, timeout):
+                    self._started = True
+                    return self
+                if self._port_asked or not first_start:
+                    break
+                self.port = free_port()  # ours was taken between free_port() and redis-server's bind
+        finally:
+            self._release_port()  # the server listens on it, or start() failed
         why = ("something else listens on it" if listened_on(self.port)
                else f"it exited or did not answer within {timeout:.0f} s; its data: {self.data_dir}")
         if not self._started:
@@ -177,17 +182,46 @@ class RedisServer:
         return False
 
     def kill(self) -> None:
-        """SIGKILL, as a crash: nothing is flushed on the way out. ``start()`` brings it back."""
+        """SIGKILL, as a crash: nothing is flushed on the way out. ``start()`` brings it back, on
+        the same port, which stays held meanwhile (``_hold_port``)."""
         if self.process is not None:
             self.process.kill()
             self.process.wait()
             self.process = None
+            self._hold_port()
 
-    def stop(self) -> None:
+    def stop(self, restart: bool = False) -> None:
+        """SIGTERM (Redis saves on the way out) and wait. ``restart``: ``start()`` follows, on the
+        same port, held meanwhile; else a data directory of its own is removed."""
         stop_process(self.process)
         self.process = None
+        if restart:
+            self._hold_port()
+            return
+        self._release_port()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def _hold_port(self) -> None:
+        """Keep the port of a server that is down from every other process until it starts again:
+        a socket bound with SO_REUSEADDR that never listens refuses connections and makes other
+        binds (and the kernel's choice of a free port) skip the port, while redis-server, which
+        binds with SO_REUSEADDR too, may bind it. Without it, a restart on the same port failed
+        when any process of the machine took the freed port while the server was down."""
+        if self._port_hold is None:
+            hold = socket.socket()
+            hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                hold.bind(("127.0.0.1", self.port))
+            except OSError:  # taken already: start() will say so
+                hold.close()
+                return
+            self._port_hold = hold
+
+    def _release_port(self) -> None:
+        if self._port_hold is not None:
+            self._port_hold.close()
+            self._port_hold = None
 
     def __enter__(self) -> "RedisServer":
         return self.start()

@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
+from local.redis_server import RedisServer
 from tests.support import free_ports, listeners_carrying, listening_pids
 
 LISTENER = """
@@ -104,3 +106,32 @@ def test_a_closed_port_refuses_connections_and_no_other_process_can_take_it(clos
         assert taker.returncode != 0 and "Address already in use" in taker.stderr, taker
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", closed_port), timeout=5)
+
+
+def taken_by_another_process(port: int) -> bool:
+    """Whether another process binds ``port`` (as a plain server would, without SO_REUSEADDR) and
+    listens; it lets go at once."""
+    taker = subprocess.run([sys.executable, "-c", TAKE_PORT, str(port), "0"], capture_output=True, text=True)
+    return taker.returncode == 0
+
+
+@pytest.mark.parametrize("down", ["killed", "stopped to restart"])
+def test_a_redis_server_down_between_its_starts_keeps_its_port(down: str) -> None:
+    """kill() (a crash) or stop(restart=True), then start() on the same port, as the chaos tests
+    do: while it was down any process could bind the freed port, and the restart then failed
+    ("something else listens on it"). The port is held until it starts; a final stop() frees it."""
+    server = RedisServer().start()
+    try:
+        port = server.port
+        server.kill() if down == "killed" else server.stop(restart=True)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert not taken_by_another_process(port)
+        server.start()
+        assert server.port == port
+        client = redis.Redis(port=port, socket_timeout=5)
+        assert client.info("server")["process_id"] == server.process.pid  # type: ignore[union-attr]
+        client.close()
+    finally:
+        server.stop()
+    assert taken_by_another_process(port)
