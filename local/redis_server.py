@@ -27,7 +27,7 @@ from pathlib import Path
 
 import redis
 
-from local.processes import die_with_parent, stop_process
+from local.processes import PortHold, die_with_parent, stop_process
 
 APPEND_FSYNC = "no"
 """Redis's ``appendfsync`` for a persistent server: the kernel writes the file to disk on its own
@@ -85,7 +85,7 @@ class RedisServer:
         crash's report); None: nowhere, warnings only."""
         self.process: subprocess.Popen[bytes] | None = None
         self._started = False
-        self._port_hold: socket.socket | None = None
+        self._port_hold = PortHold()
         """Holds the port while the server is down between kill() or stop(restart=True) and start()."""
 
     @property
@@ -110,7 +110,7 @@ class RedisServer:
                     break
                 self.port = free_port()  # ours was taken between free_port() and redis-server's bind
         finally:
-            self._release_port()  # the server listens on it, or start() failed
+            self._port_hold.release()  # the server listens on it, or start() failed
         why = ("something else listens on it" if listened_on(self.port)
                else f"it exited or did not answer within {timeout:.0f} s; its data: {self.data_dir}")
         if not self._started:
@@ -183,12 +183,12 @@ class RedisServer:
 
     def kill(self) -> None:
         """SIGKILL, as a crash: nothing is flushed on the way out. ``start()`` brings it back, on
-        the same port, which stays held meanwhile (``_hold_port``)."""
+        the same port, which stays held meanwhile (``PortHold``)."""
         if self.process is not None:
             self.process.kill()
             self.process.wait()
             self.process = None
-            self._hold_port()
+            self._port_hold.hold(self.port)
 
     def stop(self, restart: bool = False) -> None:
         """SIGTERM (Redis saves on the way out) and wait. ``restart``: ``start()`` follows, on the
@@ -196,32 +196,11 @@ class RedisServer:
         stop_process(self.process)
         self.process = None
         if restart:
-            self._hold_port()
+            self._port_hold.hold(self.port)
             return
-        self._release_port()
+        self._port_hold.release()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def _hold_port(self) -> None:
-        """Keep the port of a server that is down from every other process until it starts again:
-        a socket bound with SO_REUSEADDR that never listens refuses connections and makes other
-        binds (and the kernel's choice of a free port) skip the port, while redis-server, which
-        binds with SO_REUSEADDR too, may bind it. Without it, a restart on the same port failed
-        when any process of the machine took the freed port while the server was down."""
-        if self._port_hold is None:
-            hold = socket.socket()
-            hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                hold.bind(("127.0.0.1", self.port))
-            except OSError:  # taken already: start() will say so
-                hold.close()
-                return
-            self._port_hold = hold
-
-    def _release_port(self) -> None:
-        if self._port_hold is not None:
-            self._port_hold.close()
-            self._port_hold = None
 
     def __enter__(self) -> "RedisServer":
         return self.start()

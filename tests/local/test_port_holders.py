@@ -14,7 +14,9 @@ import pytest
 import redis
 
 from local.redis_server import RedisServer
+from tests.dns.bind import BindServer
 from tests.support import free_ports, listeners_carrying, listening_pids
+from tests.vsphere.vcsim import VcsimServer
 
 LISTENER = """
 import socket, sys, time
@@ -135,3 +137,20 @@ def test_a_redis_server_down_between_its_starts_keeps_its_port(down: str) -> Non
     finally:
         server.stop()
     assert taken_by_another_process(port)
+
+
+def test_a_simulator_and_a_dns_server_stopped_and_started_again_keep_their_ports(private_vcsim: VcsimServer) -> None:
+    """vcsim's and named's tests stop them (a vCenter or DNS outage) and start them again on the
+    same port: the port is held meanwhile, and given back when the server's ``with`` block ends."""
+    with BindServer() as named:
+        for server in (private_vcsim, named):
+            port = server.port
+            server.stop()
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=5)
+            assert not taken_by_another_process(port), server
+            server.start()
+            assert server.port == port
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            assert listening_pids(port) == {server.process.pid}  # type: ignore[union-attr]
+    assert taken_by_another_process(named.port)
