@@ -5,9 +5,11 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import weakref
 from typing import Callable, TypeVar
 
 
@@ -116,3 +118,33 @@ def on_a_free_port(choose_port: Callable[[], int], start: Callable[[int], T],
             if attempt == PORT_TRIES or not taken(port):
                 raise
     raise AssertionError("unreachable: the last try returns or raises")
+
+
+class PortHold:
+    """Keeps a loopback TCP port from every other process while the server owning it is down and
+    is to start again on it (a test's crash and restart): a socket bound with SO_REUSEADDR that
+    never listens refuses connections, as a server that is down does, and makes other binds and
+    the kernel's choice of a free port skip the port, while the server, binding with SO_REUSEADDR
+    too (redis-server, Go's listeners, named, gunicorn), may take it. Without it, a restart failed
+    when any process of the machine took the freed port in between."""
+
+    def __init__(self) -> None:
+        self._close: weakref.finalize | None = None
+
+    def hold(self, port: int) -> None:
+        """Hold ``port`` (nothing if already held, or if another process has taken it)."""
+        if self._close is not None and self._close.alive:
+            return
+        holder = socket.socket()
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            holder.bind(("127.0.0.1", port))
+        except OSError:  # taken already: the server's start says so
+            holder.close()
+            return
+        self._close = weakref.finalize(self, holder.close)  # closed with its owner at the latest
+
+    def release(self) -> None:
+        """Let the port go (the server listens on it again, or is gone for good)."""
+        if self._close is not None:
+            self._close()

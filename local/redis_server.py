@@ -27,7 +27,7 @@ from pathlib import Path
 
 import redis
 
-from local.processes import die_with_parent, stop_process
+from local.processes import PortHold, die_with_parent, stop_process
 
 APPEND_FSYNC = "no"
 """Redis's ``appendfsync`` for a persistent server: the kernel writes the file to disk on its own
@@ -85,6 +85,8 @@ class RedisServer:
         crash's report); None: nowhere, warnings only."""
         self.process: subprocess.Popen[bytes] | None = None
         self._started = False
+        self._port_hold = PortHold()
+        """Holds the port while the server is down between kill() or stop(restart=True) and start()."""
 
     @property
     def url(self) -> str:
@@ -99,13 +101,16 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         first_start = self.process is None and not self._started
-        for _ in range(3):
-            if self._start_once(binary, timeout):
-                self._started = True
-                return self
-            if self._port_asked or not first_start:
-                break
-            self.port = free_port()  # ours was taken between free_port() and redis-server's bind
+        try:
+            for _ in range(3):
+                if self._start_once(binary, timeout):
+                    self._started = True
+                    return self
+                if self._port_asked or not first_start:
+                    break
+                self.port = free_port()  # ours was taken between free_port() and redis-server's bind
+        finally:
+            self._port_hold.release()  # the server listens on it, or start() failed
         why = ("something else listens on it" if listened_on(self.port)
                else f"it exited or did not answer within {timeout:.0f} s; its data: {self.data_dir}")
         if not self._started:
@@ -177,15 +182,23 @@ class RedisServer:
         return False
 
     def kill(self) -> None:
-        """SIGKILL, as a crash: nothing is flushed on the way out. ``start()`` brings it back."""
+        """SIGKILL, as a crash: nothing is flushed on the way out. ``start()`` brings it back, on
+        the same port, which stays held meanwhile (``PortHold``)."""
         if self.process is not None:
             self.process.kill()
             self.process.wait()
             self.process = None
+            self._port_hold.hold(self.port)
 
-    def stop(self) -> None:
+    def stop(self, restart: bool = False) -> None:
+        """SIGTERM (Redis saves on the way out) and wait. ``restart``: ``start()`` follows, on the
+        same port, held meanwhile; else a data directory of its own is removed."""
         stop_process(self.process)
         self.process = None
+        if restart:
+            self._port_hold.hold(self.port)
+            return
+        self._port_hold.release()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 

@@ -8,6 +8,7 @@ import io
 import itertools
 import logging
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -71,6 +72,17 @@ def log_output() -> Iterator[io.StringIO]:
     logger.addHandler(handler)
     yield stream
     logger.removeHandler(handler)
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback TCP port that refuses connections for the whole test (a server that is down):
+    bound by a socket that never listens, so no other process can take it meanwhile. A port of
+    free_port() "nothing listens there" may be bound by any process of the machine before the
+    test connects, and the test then meets that process instead of an outage."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

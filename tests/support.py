@@ -1,7 +1,9 @@
 """Helpers every test folder may use (fixtures shared by several folders are in tests/conftest.py).
 
     free_port()                      a loopback port nothing listens on
+    free_ports(count)                that many distinct such ports
     port_in_use(port)                whether another socket holds a loopback port
+    listeners_carrying(port, mark)   which processes started with ``mark`` listen on a port
     eventually(check, timeout, what) poll a condition another process makes true on the wall clock
     emf_documents(stdout)            the CloudWatch EMF documents among printed lines
     json_lines(text)                 the structured log records among printed lines
@@ -27,7 +29,7 @@ from chalicelib.store.store import RECOUNT
 from local.redis_server import free_port
 
 __all__ = ["RedisRoundTrips", "clone_failures_by_reason", "counts_by_reason", "emf_documents", "emitted",
-           "eventually", "free_port", "port_in_use", "json_lines"]
+           "eventually", "free_port", "free_ports", "listeners_carrying", "port_in_use", "json_lines"]
 
 T = TypeVar("T")
 
@@ -41,6 +43,66 @@ def port_in_use(port: int) -> bool:
         except OSError as error:
             return error.errno == errno.EADDRINUSE
     return False
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports nothing listens on right now (a server's two ports).
+    free_port() called twice may return the same port: the kernel picks each at random, and the
+    first probe is closed before the second binds; these probes stay bound until all are chosen."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+def listening_pids(port: int) -> set[int]:
+    """The processes (those this user may inspect) holding a listening TCP socket on ``port``, on
+    any address, IPv4 or IPv6: who serves the port, read from /proc (Linux)."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:  # no IPv6
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:  # 0A: LISTEN
+                sockets.add(f"socket:[{fields[9]}]")
+    pids: set[int] = set()
+    if not sockets:
+        return pids
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            if any(os.readlink(fd.path) in sockets for fd in os.scandir(process / "fd")):
+                pids.add(int(process.name))
+        except OSError:  # exited meanwhile, or another user's
+            continue
+    return pids
+
+
+def listeners_carrying(port: int, mark: str) -> dict[int, str]:
+    """The processes listening on ``port`` whose environment or command line, as they were
+    started, or working directory contains ``mark`` (a test's tmp_path, which its stack's
+    processes all carry: VMPOOL_STATE_DIR in their environment; redis-server, which overwrites
+    both with its title, works in its data directory under the state directory), by pid, with
+    their command lines. Whether *our* server still serves a port, where whether the port refuses
+    connections is not: once our server died, any process of the machine may bind the freed
+    port (free_port() hands the same ports to every test and helper), and a test saying
+    "redis-server still serves" then failed once in a few hundred runs."""
+    found = {}
+    for pid in listening_pids(port):
+        try:
+            started = (Path(f"/proc/{pid}/environ").read_bytes(), Path(f"/proc/{pid}/cmdline").read_bytes(),
+                       os.readlink(f"/proc/{pid}/cwd").encode())
+        except OSError:  # exited meanwhile
+            continue
+        if any(mark.encode() in what for what in started):
+            found[pid] = started[1].rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+    return found
 
 
 def eventually(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05,

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from local.processes import PORT_TRIES, stop_process
-from tests.support import free_port, port_in_use
+from tests.support import free_ports, port_in_use
 
 BASE = "dc=example,dc=com"
 USERS_OU = f"ou=users,{BASE}"
@@ -137,8 +137,10 @@ def _seed_ldif() -> str:
 class SlapdServer:
     """A slapd child process on loopback. Use as a context manager or call start()/stop()."""
 
-    port: int = field(default_factory=free_port)
-    ldaps_port: int = field(default_factory=free_port)
+    port: int = 0
+    ldaps_port: int = 0
+    """Its two ports: distinct free ones when not given (free_port() twice may return one port
+    twice, and slapd then exits at start, neither port held by anyone: no start on fresh ones)."""
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="vmpool-slapd-")))
     process: subprocess.Popen | None = None
     extra_ldif: str = ""
@@ -154,6 +156,11 @@ class SlapdServer:
     users = USERS
     admin_group = ADMIN_GROUP
     posix_admin_group = POSIX_ADMIN_GROUP
+
+    def __post_init__(self) -> None:
+        chosen = iter(free_ports(2))
+        self.port = self.port or next(chosen)
+        self.ldaps_port = self.ldaps_port or next(chosen)
 
     @property
     def host(self) -> str:
@@ -249,7 +256,7 @@ class SlapdServer:
                 if attempt == PORT_TRIES or not any(map(port_in_use, (self.port, self.ldaps_port))):
                     self.stop()
                     raise
-                self.port, self.ldaps_port = free_port(), free_port()
+                self.port, self.ldaps_port = free_ports(2)
         raise AssertionError("unreachable: the last try returns or raises")
 
     def _launch(self, binary: str, conf: Path, timeout: float) -> None:

@@ -18,7 +18,6 @@ from chalicelib.auth.ldap import LdapAuthenticator, parse_ldap_settings
 from chalicelib.auth.secrets import SecretReference, SecretUnavailable, plain_secret
 from chalicelib.config import ConfigError, parse
 from tests.auth.slapd import USERS_OU, SlapdServer
-from tests.support import free_port
 
 ALL_USERS = ("alice", "comma,user", "bob", "carol")
 
@@ -62,9 +61,9 @@ def test_wrong_password_unknown_user_and_other_users_password(slapd, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("password", ["", None])
-def test_empty_password_is_refused_without_asking_the_server(slapd, mode, password):
+def test_empty_password_is_refused_without_asking_the_server(slapd, mode, password, closed_port):
     # Pointing at a closed port proves no connection is attempted: no AuthUnavailable.
-    auth = MODES[mode](slapd, port=free_port())
+    auth = MODES[mode](slapd, port=closed_port)
     assert auth.authenticate("alice", password) is False
     assert auth.authenticate("", "x") is False
     assert auth.authenticate("   ", "x") is False
@@ -303,8 +302,8 @@ def test_start_tls_against_a_plain_only_or_broken_server_is_unavailable_not_clea
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_server_down_is_unavailable_quickly(slapd, mode):
-    auth = MODES[mode](slapd, port=free_port())
+def test_server_down_is_unavailable_quickly(slapd, mode, closed_port):
+    auth = MODES[mode](slapd, port=closed_port)
     started = time.monotonic()
     with pytest.raises(AuthUnavailable) as raised:
         auth.authenticate("alice", slapd.password("alice"))
@@ -430,8 +429,8 @@ def test_dummy_follows_vmpooler():
     assert dummy.authenticate("", "x") is False
 
 
-def test_a_password_without_a_utf8_form_is_refused_without_asking_the_server(slapd):
-    auth = with_service_account(slapd, port=free_port())  # nothing listens: no AuthUnavailable
+def test_a_password_without_a_utf8_form_is_refused_without_asking_the_server(slapd, closed_port):
+    auth = with_service_account(slapd, port=closed_port)  # nothing listens: no AuthUnavailable
     assert auth.authenticate("alice", "pass\udc80word") is False
     assert auth.authenticate("ali\udc80ce", "x") is False
 

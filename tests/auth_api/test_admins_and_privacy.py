@@ -11,7 +11,6 @@ import pytest
 from chalicelib.api import pool_config
 from tests.auth_api.documents import OTHER_POOL, POOL, document
 from tests.harness import Harness, basic, route_target, routes_of
-from tests.support import free_port
 
 EXPERIMENTAL = {"experimental_features": True}
 
@@ -80,9 +79,9 @@ def test_without_admins_configured_nobody_changes_pools(make_api, ldap_auth, sla
     assert api.call("POST", "/api/v3/poolreset", headers={"X-AUTH-TOKEN": alice}, body={POOL: "1"}).status == 403
 
 
-def test_group_check_with_ldap_down_is_503_without_details(make_api, ldap_auth, slapd):
+def test_group_check_with_ldap_down_is_503_without_details(make_api, ldap_auth, slapd, closed_port):
     auth = ldap_auth(admin_groups=[slapd.admin_group])
-    auth["ldap"]["port"] = free_port()  # nothing listens there
+    auth["ldap"]["port"] = closed_port  # nothing listens there
     api = make_api(document(auth, config=EXPERIMENTAL))
     carol = api.services.tokens.create("carol")  # made before the outage
     reply = api.call("POST", "/api/v3/config/poolsize", headers={"X-AUTH-TOKEN": carol}, body={POOL: "4"})
@@ -120,9 +119,9 @@ def test_an_ondemand_request_is_seen_by_its_owner_only(make_api, ldap_auth, slap
     assert taken.status == 409
 
 
-def test_an_ldap_outage_does_not_name_the_directory(make_api, ldap_auth, slapd, all_logs):
+def test_an_ldap_outage_does_not_name_the_directory(make_api, ldap_auth, slapd, all_logs, closed_port):
     auth = ldap_auth()
-    port = free_port()
+    port = closed_port
     auth["ldap"]["port"] = port  # nothing listens there
     api = make_api(document(auth))
     reply = api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice")))

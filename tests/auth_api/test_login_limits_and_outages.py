@@ -5,7 +5,7 @@ from __future__ import annotations
 from chalicelib.auth import ratelimit
 from tests.auth_api.documents import POOL, document
 from tests.harness import basic
-from tests.support import free_port, json_lines
+from tests.support import json_lines
 
 
 def test_failed_logins_per_user_are_limited_with_retry_after(make_api, ldap_auth, slapd):
@@ -49,9 +49,9 @@ def test_good_logins_cost_nothing_and_clear_no_failures(make_api, ldap_auth, sla
     assert refused.status == 429 and refused.body["ok"] is False and int(refused.headers["Retry-After"]) >= 1
 
 
-def test_ldap_down_is_503_json_and_not_a_failed_login(make_api, ldap_auth, slapd, all_logs):
+def test_ldap_down_is_503_json_and_not_a_failed_login(make_api, ldap_auth, slapd, all_logs, closed_port):
     auth = ldap_auth(login_attempts_per_user=1)
-    auth["ldap"]["port"] = free_port()  # nothing listens there
+    auth["ldap"]["port"] = closed_port  # nothing listens there
     api = make_api(document(auth))
     for _ in range(3):
         for method in ("GET", "POST"):
@@ -64,12 +64,13 @@ def test_ldap_down_is_503_json_and_not_a_failed_login(make_api, ldap_auth, slapd
     assert any("unreachable" in line for line in all_logs.lines)
 
 
-def test_the_ldap_outage_is_a_json_line_of_the_request_that_met_it(make_api, ldap_auth, slapd, log_output):
+def test_the_ldap_outage_is_a_json_line_of_the_request_that_met_it(make_api, ldap_auth, slapd, log_output,
+                                                                    closed_port):
     """The authenticator's own lines (chalicelib.auth, no Powertools there) are the service's JSON
     lines with the request's correlation id, as the API's are: under the root logger they were
     Lambda's plain text, which no Logs Insights query on the JSON fields finds."""
     auth = ldap_auth()
-    auth["ldap"]["port"] = free_port()  # nothing listens there
+    auth["ldap"]["port"] = closed_port  # nothing listens there
     api = make_api(document(auth))
     assert api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice"))).status == 503
     records = json_lines(log_output.getvalue())
@@ -80,10 +81,10 @@ def test_the_ldap_outage_is_a_json_line_of_the_request_that_met_it(make_api, lda
     assert slapd.password("alice") not in log_output.getvalue()
 
 
-def test_tokens_keep_working_while_ldap_is_down(make_api, ldap_auth, slapd):
+def test_tokens_keep_working_while_ldap_is_down(make_api, ldap_auth, slapd, closed_port):
     """Tokens are checked in Redis only: an LDAP outage stops logins, not CI jobs holding tokens."""
     auth = ldap_auth()
-    auth["ldap"]["port"] = free_port()  # nothing listens there
+    auth["ldap"]["port"] = closed_port  # nothing listens there
     api = make_api(document(auth))
     api.fill(POOL)
     token = api.services.tokens.create("alice")  # made before the outage

@@ -28,7 +28,6 @@ from tests.auth_api.documents import POOL, document
 from tests.harness import Harness, basic
 from tests.local.stack import call as stack_call
 from tests.local.stack import local_stack as running_stack
-from tests.support import free_port
 from tests.vsphere.vcsim import TEMPLATE, VcsimServer
 from tools.vcsim import launcher
 
@@ -124,7 +123,8 @@ def assert_nowhere(secrets: list[str], api: Harness, logs: list[str], output: st
     return statuses
 
 
-def test_no_secret_in_any_response_or_log_line(make_api, ldap_auth, slapd, locked_redis, all_logs, capfd):
+def test_no_secret_in_any_response_or_log_line(make_api, ldap_auth, slapd, locked_redis, all_logs, capfd,
+                                                closed_port):
     auth = ldap_auth(login_attempts_per_user=3)
     doc = document(
         auth,
@@ -139,7 +139,7 @@ def test_no_secret_in_any_response_or_log_line(make_api, ldap_auth, slapd, locke
     tokens = exercise(api, slapd)
 
     # Outages: LDAP down, Redis refusing a wrong password, Redis down. All JSON 503s.
-    down = dict(auth, ldap={**auth["ldap"], "port": free_port()})
+    down = dict(auth, ldap={**auth["ldap"], "port": closed_port})
     ldap_down = service_on(make_api, document(down, redis=locked_redis_section(locked_redis, REDIS_PASSWORD)))
     assert ldap_down.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice"))).status == 503
     wrong = "wrong-Redis-Pa55-aa01"
@@ -147,7 +147,7 @@ def test_no_secret_in_any_response_or_log_line(make_api, ldap_auth, slapd, locke
     reply = bad_redis.call("GET", "/api/v3/status")
     assert reply.status == 503 and reply.body["ok"] is False
     assert bad_redis.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice"))).status == 503
-    gone = service_on(make_api, document(auth, redis={"port": free_port(), "password": REDIS_PASSWORD}))
+    gone = service_on(make_api, document(auth, redis={"port": closed_port, "password": REDIS_PASSWORD}))
     assert gone.call("GET", f"/api/v3/vm/{POOL}").status == 503
 
     config_reply = next(r for r in api.replies if r.raw and b"pool_configuration" in r.raw)

@@ -281,7 +281,7 @@ def test_api_answers_503_quickly_while_redis_is_out_and_recovers_without_a_resta
         process = service.redis_server.process
         assert process is not None
         if outage == "restarted":
-            service.redis_server.stop()  # SIGTERM: Redis saves its data on the way out
+            service.redis_server.stop(restart=True)  # SIGTERM: Redis saves its data on the way out
         else:
             process.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
         down_from = time.monotonic()
@@ -293,7 +293,7 @@ def test_api_answers_503_quickly_while_redis_is_out_and_recovers_without_a_resta
         down_until = time.monotonic()
         try:
             if outage == "restarted":
-                service.redis_server.start()  # same port, same data
+                service.redis_server.start()  # same port (held meanwhile), same data
             else:
                 process.send_signal(signal.SIGCONT)
         finally:

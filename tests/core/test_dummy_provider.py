@@ -15,7 +15,7 @@ from chalicelib.config import Config, parse
 from chalicelib.providers.base import Provider, ProviderError, TaskState
 from chalicelib.providers.dummy import DummyProvider
 from tests.harness import HarnessFactory
-from tests.support import RedisRoundTrips, free_port
+from tests.support import RedisRoundTrips
 
 CONFIG = """\
 providers:
@@ -198,8 +198,8 @@ def test_unknown_task_is_an_error(provider: DummyProvider) -> None:
     assert status.state is TaskState.ERROR and "unknown task" in status.error
 
 
-def test_redis_failure_is_a_provider_error_without_details(config: Config, clock: FakeClock) -> None:
-    client = redis.Redis(port=free_port(), socket_connect_timeout=0.2, decode_responses=True,
+def test_redis_failure_is_a_provider_error_without_details(config: Config, clock: FakeClock, closed_port: int) -> None:
+    client = redis.Redis(port=closed_port, socket_connect_timeout=0.2, decode_responses=True,
                          retry=Retry(NoBackoff(), 0))
     provider = provider_for(config, client, clock)
 

@@ -20,7 +20,6 @@ from chalicelib.providers.base import ProviderError
 from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable, connect
 from local.redis_server import RedisServer
-from tests.support import free_port
 
 CONFIG = """\
 config: {{check_loop_delay_min: 7, task_limit: 10}}
@@ -184,11 +183,11 @@ def test_a_long_pass_renews_its_lease_and_stops_when_another_took_it(services: S
     assert services.store.counts(["alpha"])["alpha"]["pending"] <= 2
 
 
-def test_redis_down_at_lease_time_is_a_failure_not_an_exception() -> None:
+def test_redis_down_at_lease_time_is_a_failure_not_an_exception(closed_port: int) -> None:
     """A run that cannot reach Redis reports it and returns: no crashed Lambda. The client is the
     service's own (``connect``: one immediate retry), not redis-py's default with its backoff."""
     config = parse(":providers:\n  :dummy: {}\n:pools:\n  - name: alpha\n    size: 1\n    provider: dummy\n"
-                   f"redis: {{server: 127.0.0.1, port: {free_port()}, socket_timeout: 0.2}}\n")
+                   f"redis: {{server: 127.0.0.1, port: {closed_port}, socket_timeout: 0.2}}\n")
     unreachable = connect(config.redis)
     report = run_pool(Services(config, unreachable), "alpha")
     assert report.leased is False

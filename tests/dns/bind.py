@@ -29,7 +29,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from local.processes import PORT_TRIES, stop_process
+from local.processes import PORT_TRIES, PortHold, stop_process
 
 NAMED = "/usr/sbin/named"
 ZONE = "vms.example.test"
@@ -71,6 +71,7 @@ class BindServer:
         self.key_secret = base64.b64encode(secrets.token_bytes(32)).decode()
         self.process: subprocess.Popen[bytes] | None = None
         self._started = False
+        self._port_hold = PortHold()
         self._write_files()
 
     def _write_files(self) -> None:
@@ -110,16 +111,19 @@ ns  IN A   127.0.0.1
         port if another process took this one after it was chosen (named then serves without it,
         saying "address in use"); a restart keeps its port, as its callers expect."""
         first = not self._started
-        for attempt in range(1, PORT_TRIES + 1):
-            try:
-                self._launch(timeout)
-                self._started = True
-                return
-            except _PortTaken:
-                if not first or attempt == PORT_TRIES:
-                    raise
-                self.port = free_port()
-                self._write_files()
+        try:
+            for attempt in range(1, PORT_TRIES + 1):
+                try:
+                    self._launch(timeout)
+                    self._started = True
+                    return
+                except _PortTaken:
+                    if not first or attempt == PORT_TRIES:
+                        raise
+                    self.port = free_port()
+                    self._write_files()
+        finally:
+            self._port_hold.release()  # it listens on its port again (or did not start)
 
     def _launch(self, timeout: float) -> None:
         """named on this server's port, answering for the zone; RuntimeError with its log if not
@@ -148,8 +152,12 @@ ns  IN A   127.0.0.1
         raise failure(f"named did not start on port {self.port}:\n{log}")
 
     def stop(self) -> None:
-        stop_process(self.process)
-        self.process = None
+        """Stop named; its TCP port stays held (``PortHold``) until it starts again on it or the
+        ``with`` block ends."""
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+            self._port_hold.hold(self.port)
 
     def addresses(self, fqdn: str, rdtype: str = "A") -> list[str]:
         """The A (or ``rdtype``: AAAA) records the server holds for ``fqdn`` now."""
@@ -211,4 +219,5 @@ ns  IN A   127.0.0.1
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        self._port_hold.release()
         shutil.rmtree(self.directory, ignore_errors=True)

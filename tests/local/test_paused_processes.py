@@ -17,7 +17,7 @@ import pytest
 
 from local.http_front import ARBITER_PAUSE_SECONDS, PROCESS_TIMEOUT_SECONDS
 from tests.local.stack import RunningStack, alive, call, descendants, local_stack, read_answer, wait_for
-from tests.local.test_stack_processes import CONFIG, http_arbiter, refuses_connections, running_arbiter, worker_serving
+from tests.local.test_stack_processes import CONFIG, http_arbiter, our_listeners, running_arbiter, worker_serving
 from tests.support import stop_process
 
 REQUEST = b"GET /api/v3/status HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -208,4 +208,4 @@ def test_a_stack_killed_while_its_arbiter_is_stopped_leaves_nothing_serving(tmp_
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         # Every process that held the port dies by the same SIGKILL chain, each when it next runs.
-        wait_for(lambda: refuses_connections(stack.port), 20, "nothing to serve the port")
+        wait_for(lambda: not our_listeners(tmp_path, stack.port), 20, "nothing of the stack's to serve the port")

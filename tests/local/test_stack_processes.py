@@ -32,7 +32,7 @@ from tests.local.stack import (
     stop,
     wait_for,
 )
-from tests.support import free_port
+from tests.support import free_port, free_ports, listeners_carrying
 
 CONFIG = (
     "config: {domain: example.com, check_loop_delay_min: 0.1}\n"
@@ -41,12 +41,13 @@ CONFIG = (
 )
 
 
-def refuses_connections(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return True
-    return False
+def our_listeners(tmp_path: Path, *ports: int) -> dict[int, dict[int, str]]:
+    """Of ``ports``, those a process of this test's stacks (all started with paths under
+    ``tmp_path`` in their environment) listens on: their listeners' pids and command lines. Not
+    whether the port refuses connections: once our server died, any other process of the
+    machine may bind the freed port (a check of that failed once in a few hundred runs)."""
+    holders = {port: listeners_carrying(port, str(tmp_path)) for port in ports}
+    return {port: pids for port, pids in holders.items() if pids}
 
 
 @pytest.mark.slow
@@ -55,12 +56,12 @@ def test_sigkill_of_the_stack_stops_its_http_workers_and_redis(tmp_path: Path) -
         assert call("GET", f"{stack.api}/status")[0] == 200
         children = descendants(stack.process.pid)
         assert len(children) >= 5, children  # gunicorn's arbiter, 3 workers, redis-server
+        assert our_listeners(tmp_path, stack.port, stack.redis_port).keys() == {stack.port, stack.redis_port}
         stack.process.kill()  # SIGKILL: no handler runs, no finally
         stack.process.wait()
         wait_for(lambda: not any(alive(pid) for pid in children), 20, "the stack's children to stop",
                  lambda: f"still alive: {[pid for pid in children if alive(pid)]}\n{stack.log()}")
-        assert refuses_connections(stack.port), "something still serves the HTTP port"
-        assert refuses_connections(stack.redis_port), "redis-server still serves"
+        assert not our_listeners(tmp_path, stack.port, stack.redis_port)  # HTTP workers, redis-server
 
         # Its state directory is free again: the next stack on it starts (the lock died with it).
         with local_stack(tmp_path, CONFIG, workers=1, name="next", state_dir=stack.state_dir) as after:
@@ -72,7 +73,7 @@ def test_a_second_stack_on_the_same_state_directory_refuses_before_starting_anyt
     with local_stack(tmp_path, CONFIG, workers=1) as first:
         config_file = tmp_path / "second.yaml"
         config_file.write_text(CONFIG)
-        port, redis_port = free_port(), free_port()
+        port, redis_port = free_ports(2)
         second = subprocess.run(
             stack_command(port, 1, 30) + ["--redis-port", str(redis_port)], cwd=REPO_ROOT,
             env=stack_env(config_file, first.state_dir), capture_output=True, text=True, timeout=60,
@@ -80,7 +81,7 @@ def test_a_second_stack_on_the_same_state_directory_refuses_before_starting_anyt
         assert second.returncode != 0
         assert "in use by another" in second.stderr and str(first.process.pid) in second.stderr, second.stderr
         assert "redis on port" not in second.stdout
-        assert refuses_connections(redis_port) and refuses_connections(port)
+        assert not our_listeners(tmp_path, redis_port, port)
         assert call("GET", f"{first.api}/status")[0] == 200  # the first one is untouched
 
 
@@ -205,7 +206,7 @@ def test_an_http_server_that_cannot_start_again_stops_the_stack(tmp_path: Path) 
         assert stack.process.wait(60) == 1, stack.log()
         wait_for(lambda: not any(alive(pid) for pid in children), 20, "the stack's children to stop")
         assert "the HTTP server stopped (1) before it served; stopping" in stack.log(), stack.log()
-        assert refuses_connections(stack.port)
+        assert not our_listeners(tmp_path, stack.port)
 
 
 def test_ctrl_c_stops_a_stack_started_with_sigint_ignored(tmp_path: Path) -> None:
@@ -218,19 +219,19 @@ def test_ctrl_c_stops_a_stack_started_with_sigint_ignored(tmp_path: Path) -> Non
         assert stop(stack.process) == 0, stack.log()
     wait_for(lambda: not any(alive(pid) for pid in children), 20, "the stack's children to stop")
     assert "vmpool: stopped" in stack.log() and "the HTTP server stopped" not in stack.log()
-    assert refuses_connections(stack.port)
+    assert not our_listeners(tmp_path, stack.port)
 
 
 def start_refused(tmp_path: Path, config: str) -> subprocess.CompletedProcess[str]:
     """``local.run`` started with ``config`` (written to tmp_path/vmpool.yaml): it must exit 2."""
     config_file = tmp_path / "vmpool.yaml"
     config_file.write_text(config)
-    port, redis_port = free_port(), free_port()
+    port, redis_port = free_ports(2)
     run = subprocess.run(stack_command(port, 1, 30) + ["--redis-port", str(redis_port)], cwd=REPO_ROOT,
                          env=stack_env(config_file, tmp_path / "state"), capture_output=True, text=True, timeout=60)
     assert run.returncode == 2, run
     assert "redis on port" not in run.stdout and "Traceback" not in run.stderr, run
-    assert refuses_connections(redis_port) and refuses_connections(port)  # nothing was started
+    assert not our_listeners(tmp_path, redis_port, port)  # nothing was started
     return run
 
 
@@ -442,7 +443,7 @@ def test_two_stacks_started_at_once_on_one_port_do_not_both_serve_it(tmp_path: P
     the port before its check, and the other refuses."""
     from local.run import _require_free_port
 
-    port, redis_port = free_port(), free_port()
+    port, redis_port = free_ports(2)
     claim = _require_free_port(port)  # a first stack, checked the port, its workers not bound yet
     try:
         second = run_refused(tmp_path, port, redis_port, tmp_path / "second-state")
@@ -451,7 +452,7 @@ def test_two_stacks_started_at_once_on_one_port_do_not_both_serve_it(tmp_path: P
             claim.close()
     assert second.returncode == 1, second
     assert f"port {port} is in use" in second.stderr and "Traceback" not in second.stderr, second.stderr
-    assert refuses_connections(port) and refuses_connections(redis_port)
+    assert not our_listeners(tmp_path, port, redis_port)
 
 
 def test_a_redis_port_held_by_another_server_is_refused_not_shared(tmp_path: Path) -> None:
@@ -469,7 +470,7 @@ def test_a_redis_port_held_by_another_server_is_refused_not_shared(tmp_path: Pat
         assert run.returncode == 1, run
         assert f"port {foreign.port}" in run.stderr and "Traceback" not in run.stderr, run.stderr
         assert client.keys("*") == [b"someone-else"]  # nothing of the stack's written there
-        assert refuses_connections(port)
+        assert not our_listeners(tmp_path, port)
         client.close()
 
 
@@ -495,12 +496,12 @@ def test_an_unusable_state_directory_is_refused_with_a_message(tmp_path: Path) -
     traceback (FileExistsError, OSError: Read-only file system, No space left on device)."""
     not_a_directory = tmp_path / "a-file"
     not_a_directory.write_text("")
-    port, redis_port = free_port(), free_port()
+    port, redis_port = free_ports(2)
     run = run_refused(tmp_path, port, redis_port, not_a_directory)
     assert run.returncode == 1, run
     assert f"cannot use {not_a_directory} as the state directory" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
-    assert refuses_connections(port) and refuses_connections(redis_port)
+    assert not our_listeners(tmp_path, port, redis_port)
 
 
 def assert_the_stack_under_make_stops(tmp_path: Path, stop: Callable[[subprocess.Popen[bytes]], None]) -> None:
@@ -525,7 +526,7 @@ def assert_the_stack_under_make_stops(tmp_path: Path, stop: Callable[[subprocess
         make.wait()
         wait_for(lambda: not any(alive(pid) for pid in stack), 20, "the stack to stop",
                  lambda: f"still alive: {[pid for pid in stack if alive(pid)]}\n{log_path.read_text()}")
-        assert refuses_connections(port)
+        assert not our_listeners(tmp_path, port)
         assert "vmpool: stopped" in log_path.read_text()
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -618,7 +619,7 @@ def test_no_second_stack_starts_on_the_data_while_the_old_redis_still_runs(tmp_p
             stack.process.kill()
             stack.process.wait()
             wait_for(lambda: not any(alive(pid) for pid in children), 20, "the HTTP front to stop")
-            second = run_refused(tmp_path, free_port(), free_port(), stack.state_dir)
+            second = run_refused(tmp_path, *free_ports(2), stack.state_dir)
             assert second.returncode == 1, second
             assert "in use by another" in second.stderr, second.stderr
         finally:

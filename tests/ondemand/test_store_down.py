@@ -21,7 +21,6 @@ import app
 from chalicelib.api.routes import ROUTES, Route, versioned_paths
 from chalicelib.services import Services
 from tests.harness import SPEC
-from tests.support import free_port
 
 AUTH = "\n:auth:\n  provider: dummy\n"
 """Token routes answer 404 without authentication configured: with it they reach Redis."""
@@ -71,9 +70,9 @@ CASES = [pytest.param(route, path, id=f"{route.method} {path}") for route in ROU
 
 
 @pytest.mark.parametrize(("route", "path"), CASES)
-def test_redis_down_is_a_503_to_retry(make_stack, route: Route, path: str) -> None:
+def test_redis_down_is_a_503_to_retry(make_stack, route: Route, path: str, closed_port: int) -> None:
     stack = make_stack(extra=AUTH)
-    dead = redis.Redis(port=free_port(), socket_connect_timeout=0.2, decode_responses=True,
+    dead = redis.Redis(port=closed_port, socket_connect_timeout=0.2, decode_responses=True,
                        retry=Retry(NoBackoff(), 0))
     app._services = Services(stack.services.config, dead, clock=stack.clock)  # the fixture restores it
     body = REQUESTS.get(route.name, ({}, None))[1]

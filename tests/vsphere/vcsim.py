@@ -27,6 +27,7 @@ from chalicelib.clock import SystemClock
 from chalicelib.config import Config, PoolConfig, ProviderConfig, ServiceConfig, build
 from chalicelib.providers.vsphere import connection as vsphere_connection
 from chalicelib.providers.vsphere.provider import VSphereProvider
+from local.processes import PortHold
 from tests.support import stop_process
 from tools.vcsim import launcher
 
@@ -56,15 +57,19 @@ class VcsimServer:
     """Where its output goes (default: ``cert_path`` with ``.log`` for a suffix), across restarts."""
     url: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _port_hold: PortHold = field(default_factory=PortHold, repr=False)
 
     def start(self) -> None:
         fresh_port = self.port == 0
         self.log_path = self.log_path or self.cert_path.with_suffix(".log")
-        self.process, self.url = launcher.start_vcsim(
-            self.port, self.boot_delay, self.cert_path, datacenters=self.datacenters,
-            host_load_per_vm=self.host_load_per_vm, log_path=self.log_path,
-            clone_delay=self.clone_delay, method_delays=self.method_delays, session_idle=self.session_idle,
-            guest_addresses=self.guest_addresses)
+        try:
+            self.process, self.url = launcher.start_vcsim(
+                self.port, self.boot_delay, self.cert_path, datacenters=self.datacenters,
+                host_load_per_vm=self.host_load_per_vm, log_path=self.log_path,
+                clone_delay=self.clone_delay, method_delays=self.method_delays, session_idle=self.session_idle,
+                guest_addresses=self.guest_addresses)
+        finally:
+            self._port_hold.release()  # it listens on its port again (or did not start)
         self.port = urlparse(self.url).port or 0
         if fresh_port:
             # The system may hand out the port of an earlier test's simulator, whose connection
@@ -89,9 +94,12 @@ class VcsimServer:
         return f"{problem} on port {self.port}; {self.log_path} ends:\n{launcher.log_tail(self.log_path)}"
 
     def stop(self) -> None:
+        """Stop the simulator; its port stays held (``PortHold``) until it starts again on it or
+        the ``with`` block ends."""
         if self.process is not None:
             launcher.stop_vcsim(self.process)
             self.process = None
+            self._port_hold.hold(self.port)
 
     def pause(self) -> None:
         """SIGSTOP the simulator (a hung vCenter: connections are accepted, nothing answers), once
@@ -111,6 +119,7 @@ class VcsimServer:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+        self._port_hold.release()
 
     @property
     def server(self) -> str:

@@ -1,0 +1,156 @@
+"""The tests' port helpers (tests/support.py): ports chosen for one server are distinct, and "our
+server no longer serves the port" is asked of the processes that listen on it, not of the port,
+which any other process of the machine may bind once our server died."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from local.redis_server import RedisServer
+from tests.dns.bind import BindServer
+from tests.support import free_ports, listeners_carrying, listening_pids
+from tests.vsphere.vcsim import VcsimServer
+
+LISTENER = """
+import socket, sys, time
+family = socket.AF_INET6 if sys.argv[1] == "::1" else socket.AF_INET
+server = socket.socket(family)
+server.bind((sys.argv[1], 0))
+server.listen()
+print(server.getsockname()[1], flush=True)
+time.sleep(600)
+"""
+
+
+def start_listener(address: str, env: dict[str, str], cwd: Path | None = None) -> tuple[subprocess.Popen[str], int]:
+    """A child process listening on a free port of ``address``; it and its port."""
+    child = subprocess.Popen([sys.executable, "-c", LISTENER, address], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                             text=True)
+    assert child.stdout is not None
+    return child, int(child.stdout.readline())
+
+
+def test_a_listener_started_with_the_mark_is_ours_and_one_bound_after_its_death_is_not(tmp_path: Path) -> None:
+    """A stack's process killed, then another process binding the port it freed (seen once in a
+    few hundred runs: "redis-server still serves"): the port answers, but nothing of ours holds it."""
+    child, port = start_listener("127.0.0.1", {**os.environ, "VMPOOL_STATE_DIR": str(tmp_path / "state")})
+    try:
+        assert list(listeners_carrying(port, str(tmp_path))) == [child.pid]
+        assert "time.sleep" in listeners_carrying(port, str(tmp_path))[child.pid]
+        assert listeners_carrying(port, str(tmp_path / "another-test")) == {}
+    finally:
+        child.kill()
+        child.wait()
+        assert child.stdout is not None
+        child.stdout.close()
+    with socket.socket() as other:  # another test's server takes the freed port at once
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()  # the port still answers
+        assert listening_pids(port) == {os.getpid()}
+        assert listeners_carrying(port, str(tmp_path)) == {}
+
+
+def test_an_ipv6_listener_marked_by_its_working_directory_or_command_line_counts(tmp_path: Path) -> None:
+    """redis-server overwrites its environment and command line with its title, but works in its
+    data directory, under the stack's state directory; a server may listen on ::1."""
+    if not socket.has_ipv6:
+        return
+    environment = {key: value for key, value in os.environ.items() if str(tmp_path) not in value}
+    try:
+        child, port = start_listener("::1", environment, cwd=tmp_path)
+    except ValueError:  # no ::1 on this machine: it printed nothing
+        return
+    try:
+        assert list(listeners_carrying(port, str(tmp_path))) == [child.pid]  # its working directory
+        assert list(listeners_carrying(port, "time.sleep(600)")) == [child.pid]  # its command line
+    finally:
+        child.kill()
+        child.wait()
+        assert child.stdout is not None
+        child.stdout.close()
+    assert child.pid not in listening_pids(port)
+
+
+def test_the_ports_chosen_for_one_server_are_distinct() -> None:
+    """slapd's two ports came from two free_port() calls, which may return one port twice (each
+    probe is closed before the next binds): slapd then exited at start, and with neither port
+    held by anyone, its fixture did not try fresh ones. 500 ports from free_port() alone repeat
+    one almost surely (about 14,000 even ports to pick from)."""
+    ports = free_ports(500)
+    assert len(set(ports)) == 500
+
+
+TAKE_PORT = """
+import socket, sys
+taker = socket.socket()
+taker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(sys.argv[2]))  # as servers (redis, gunicorn) bind
+taker.bind(("127.0.0.1", int(sys.argv[1])))
+taker.listen()
+"""
+
+
+def test_a_closed_port_refuses_connections_and_no_other_process_can_take_it(closed_port: int) -> None:
+    """The ``closed_port`` fixture, "LDAP (or Redis) is down": a port of free_port() could be bound
+    by another process before the test connected, which then met that process, not an outage."""
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", closed_port), timeout=5)
+    for reuse in ("0", "1"):
+        taker = subprocess.run([sys.executable, "-c", TAKE_PORT, str(closed_port), reuse], capture_output=True,
+                               text=True)
+        assert taker.returncode != 0 and "Address already in use" in taker.stderr, taker
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", closed_port), timeout=5)
+
+
+def taken_by_another_process(port: int) -> bool:
+    """Whether another process binds ``port`` (as a plain server would, without SO_REUSEADDR) and
+    listens; it lets go at once."""
+    taker = subprocess.run([sys.executable, "-c", TAKE_PORT, str(port), "0"], capture_output=True, text=True)
+    return taker.returncode == 0
+
+
+@pytest.mark.parametrize("down", ["killed", "stopped to restart"])
+def test_a_redis_server_down_between_its_starts_keeps_its_port(down: str) -> None:
+    """kill() (a crash) or stop(restart=True), then start() on the same port, as the chaos tests
+    do: while it was down any process could bind the freed port, and the restart then failed
+    ("something else listens on it"). The port is held until it starts; a final stop() frees it."""
+    server = RedisServer().start()
+    try:
+        port = server.port
+        server.kill() if down == "killed" else server.stop(restart=True)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert not taken_by_another_process(port)
+        server.start()
+        assert server.port == port
+        client = redis.Redis(port=port, socket_timeout=5)
+        assert client.info("server")["process_id"] == server.process.pid  # type: ignore[union-attr]
+        client.close()
+    finally:
+        server.stop()
+    assert taken_by_another_process(port)
+
+
+def test_a_simulator_and_a_dns_server_stopped_and_started_again_keep_their_ports(private_vcsim: VcsimServer) -> None:
+    """vcsim's and named's tests stop them (a vCenter or DNS outage) and start them again on the
+    same port: the port is held meanwhile, and given back when the server's ``with`` block ends."""
+    with BindServer() as named:
+        for server in (private_vcsim, named):
+            port = server.port
+            server.stop()
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=5)
+            assert not taken_by_another_process(port), server
+            server.start()
+            assert server.port == port
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            assert listening_pids(port) == {server.process.pid}  # type: ignore[union-attr]
+    assert taken_by_another_process(named.port)
