@@ -153,6 +153,7 @@ CASES: dict[str, Case] = {
     "modify_all": Case("PUT", "/api/v3/vm/{mine}", {"tags": {"project": "crash"}, "lifetime": 5, "disk": 8}),
     "modify_tags": Case("PUT", "/api/v3/vm/{mine}", {"tags": {"project": "crash", "owner": "alice"}}),
     "disk": Case("POST", "/api/v3/vm/{mine}/disk/8"),
+    "disk_beaker": Case("POST", "/api/v3/api/v1/vm/{mine}/disk/8"),
     "snapshot": Case("POST", "/api/v3/vm/{mine}/snapshot"),
     "revert": Case("POST", "/api/v3/vm/{mine}/snapshot/{snapshot}"),
     "ondemand_create": Case("POST", "/api/v3/ondemandvm", {"pool2": 2}),
