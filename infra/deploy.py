@@ -12,7 +12,10 @@
    set would get: a broken one ends the command with its description.
 3. A change set creates or updates the stack ``vmpool-<stage>``: parameters given as Key=Value,
    the others keep their previous values on an update. A change set without changes is deleted
-   and the command succeeds. The stack's outputs are printed at the end.
+   and the command succeeds. The stack's outputs are printed at the end. A stack whose first
+   create was rolled back (ROLLBACK_COMPLETE) cannot be updated: the command says to delete it.
+4. Once the stack is updated, the stage's code zips and templates in the bucket but the newest
+   ``--keep`` (default KEEP_UPLOADS) are deleted, never the ones the stack now uses.
 
 AWS credentials and region come from the environment as for the AWS CLI (``AWS_ENDPOINT_URL``
 too: the tests deploy to a moto server).
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -34,6 +38,12 @@ from infra.sync_config import STAGES, UNRESERVED_MINIMUM, BadKmsKey, Stage, kms_
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"]
 NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
 KMS_KEYS_PARAMETER = "SecretsKmsKeyArns"
+KEEP_UPLOADS = 5
+"""Code zips (4.8 MB each) and templates of a stage a deploy leaves in the bucket, the newest:
+every deploy of new code added one, kept for good. The ones before the current release stay
+for a rollback (``make deploy`` of a previous tag finds its zip there)."""
+UPLOAD_KINDS = ("code-", "template-")
+"""The stage's uploads under ``vmpool/<stage>/``, by name prefix (deploy() names them)."""
 
 
 class DeployError(Exception):
@@ -159,6 +169,37 @@ def _existing_stack(cloudformation: Any, name: str) -> dict[str, Any] | None:
     return stack
 
 
+def refuse_a_stack_never_created(stack: dict[str, Any] | None, name: str) -> None:
+    """A stack whose first create failed and was rolled back (ROLLBACK_COMPLETE) takes no
+    change set: CloudFormation's refusal ("... is in ROLLBACK_COMPLETE state and can not be
+    updated") said nothing of what to do. It holds nothing but its events: delete it."""
+    if stack is not None and stack["StackStatus"] == "ROLLBACK_COMPLETE":
+        raise DeployError(
+            f"{name} is in ROLLBACK_COMPLETE (its first create failed: the reason is in its events) and can "
+            f"never be updated; delete it, then deploy again: aws cloudformation delete-stack --stack-name {name}")
+
+
+def change_set_name(stack: str) -> str:
+    """A name no other deploy of the stage takes: the time to the second and a random part
+    (two deploys started within one second had the same name, and the second failed)."""
+    return f"{stack}-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(4)}"
+
+
+def prune_uploads(s3: Any, bucket: str, prefix: str, keep: int, in_use: set[str]) -> list[str]:
+    """Delete the stage's uploads (``prefix``: ``vmpool/<stage>``) of each kind but the ``keep``
+    newest and those ``in_use``; the keys deleted."""
+    deleted = []
+    for kind in UPLOAD_KINDS:
+        found = [item for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/{kind}")
+                 for item in page.get("Contents", [])]
+        found.sort(key=lambda item: (item["LastModified"], item["Key"]), reverse=True)
+        deleted += [item["Key"] for item in found[keep:] if item["Key"] not in in_use]
+    for start in range(0, len(deleted), 1000):  # DeleteObjects takes 1,000 keys a call
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": key} for key in deleted[start:start + 1000]],
+                                                 "Quiet": True})
+    return deleted
+
+
 def _wait(describe: Callable[[], dict[str, Any]], key: str, done: Callable[[str], bool],
           timeout: float, poll: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
@@ -172,9 +213,10 @@ def _wait(describe: Callable[[], dict[str, Any]], key: str, done: Callable[[str]
 
 
 def deploy(session: Any, stage: str, bucket: str, package: Path | None, given: dict[str, str],
-           timeout: float = 3600, poll: float = 5, execute: bool = True) -> dict[str, str]:
+           timeout: float = 3600, poll: float = 5, execute: bool = True, keep: int = KEEP_UPLOADS) -> dict[str, str]:
     """Upload, create and execute the change set; returns the stack's outputs. Without a
-    ``package``, the infra-only stack of the ``chalice deploy`` path (infra.template)."""
+    ``package``, the infra-only stack of the ``chalice deploy`` path (infra.template). Once the
+    stack is updated, the stage's uploads but the ``keep`` newest are deleted."""
     s3 = session.client("s3")
     cloudformation = session.client("cloudformation")
     prefix = f"vmpool/{stage}"
@@ -190,6 +232,7 @@ def deploy(session: Any, stage: str, bucket: str, package: Path | None, given: d
     check_kms_keys(given)
     name = stack_name(stage)
     stack = _existing_stack(cloudformation, name)
+    refuse_a_stack_never_created(stack, name)
     broken = broken_rules(template, given, stack)
     if broken:
         raise DeployError("; ".join(broken))
@@ -202,7 +245,7 @@ def deploy(session: Any, stage: str, bucket: str, package: Path | None, given: d
     upload(s3, bucket, template_key, body)
 
     existing = [p["ParameterKey"] for p in (stack or {}).get("Parameters", [])]
-    change_set = f"{name}-{time.strftime('%Y%m%d%H%M%S')}"
+    change_set = change_set_name(name)
     cloudformation.create_change_set(
         StackName=name, ChangeSetName=change_set, ChangeSetType="UPDATE" if stack else "CREATE",
         TemplateURL=template_url(s3, bucket, template_key), Parameters=parameters(given, existing),
@@ -227,6 +270,17 @@ def deploy(session: Any, stage: str, bucket: str, package: Path | None, given: d
                   lambda s: s.endswith("_COMPLETE") or s.endswith("_FAILED"), timeout, poll)
     if final["StackStatus"] not in ("CREATE_COMPLETE", "UPDATE_COMPLETE"):
         raise DeployError(f"{name} ended {final['StackStatus']}: see its events in the CloudFormation console")
+    in_use = {template_key, *([code_key] if code is not None else [])}
+    try:
+        pruned = prune_uploads(s3, bucket, prefix, keep, in_use)
+    except Exception as error:  # the deploy is done: a refusal (no s3:DeleteObject) is a warning
+        if failure_of(error) is None:
+            raise
+        print(f"deploy: the stack is updated; older uploads were not deleted: {_one_line(str(error))}", file=sys.stderr)
+        pruned = []
+    if pruned:
+        print(f"deploy: deleted {len(pruned)} older uploads of {stage} from s3://{bucket}/{prefix}/ "
+              f"(the newest {keep} of each kind are kept)", file=sys.stderr)
     return _outputs(cloudformation, name)
 
 
@@ -268,6 +322,13 @@ def _bucket_name(value: str) -> str:
     return value
 
 
+def _at_least_one(value: str) -> int:
+    """``--keep``'s value: a whole number >= 1 (the upload the stack uses is kept anyway)."""
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 1")
+    return int(value)
+
+
 def main(argv: list[str] | None = None, session: Any = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=sorted(STAGES), required=True)
@@ -276,6 +337,8 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
     parser.add_argument("--infra-only", action="store_true",
                         help="deploy the infrastructure stack of the chalice deploy path (no code, no API)")
     parser.add_argument("--no-execute", action="store_true", help="create the change set and stop, for review")
+    parser.add_argument("--keep", type=_at_least_one, default=KEEP_UPLOADS,
+                        help=f"code zips and templates of the stage kept in the bucket (default {KEEP_UPLOADS})")
     parser.add_argument("--poll", type=float, default=5.0, help=argparse.SUPPRESS)
     parser.add_argument("parameters", nargs="*", metavar="Key=Value")
     args = parser.parse_args(argv)
@@ -292,7 +355,7 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
     package = None if args.infra_only else (args.package or Path("build") / f"package-{args.stage}")
     try:
         outputs = deploy(session, args.stage, args.bucket, package, given, poll=args.poll,
-                         execute=not args.no_execute)
+                         execute=not args.no_execute, keep=args.keep)
     except DeployError as error:
         print(f"deploy: {_one_line(str(error))}", file=sys.stderr)
         return 1

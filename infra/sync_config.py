@@ -134,14 +134,6 @@ def stack_name(stage: str) -> str:
     return f"{APP_NAME}-{stage}"
 
 
-def pool_sizes(stage: Stage) -> dict[str, int]:
-    """The pools in the stage's packaged config file and their sizes (the default for local runs)."""
-    from chalicelib import config as config_module
-
-    config = config_module.load({config_module.CONFIG_FILE_ENV: str(ROOT / stage.config_file)})
-    return {pool.name: pool.size for pool in config.pools}
-
-
 def environment(stage: Stage) -> dict[str, str]:
     """Environment of every function of the stage (the merge template adds the Redis URL, the
     queue URL and the config bucket, which only the stack knows)."""

@@ -16,6 +16,7 @@ from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, 
 from chalicelib.api.identity import Caller, optional_caller
 from chalicelib.api.limits import quota, quota_error
 from chalicelib.api.pool_choice import live_pools, preference
+from chalicelib.api.vm_lookup import named_domain
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
 from chalicelib.store import CheckoutRequest, QuotaExceeded
@@ -102,8 +103,9 @@ def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int])
                                              "user": caller.user if caller else None})
     named: dict[str, list[tuple[str, str]]] = {}
     for vm in result.vms:
-        pool = config.pool(vm.pool)
-        named.setdefault(vm.requested, []).append((vm.hostname, (pool.domain if pool else None) or ""))
+        # Named as GET /vm names it: a published VM under the domain of its record (the
+        # checkout script's answer says it), which a pool's new domain does not move at once.
+        named.setdefault(vm.requested, []).append((vm.hostname, named_domain(services, vm.pool, vm.published_domain)))
     hostnames, domain = hostnames_by_name(named, request.version)
     answer: dict[str, Any] = {"ok": True}
     for name, names in hostnames.items():

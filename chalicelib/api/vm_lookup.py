@@ -22,13 +22,18 @@ def find_vm(services: Services, request: ApiRequest, running: bool = False) -> V
 
 
 def shown_domain(services: Services, record: VMRecord) -> str:
-    """The domain a VM is named under, in GET /vm and GET /ondemandvm alike. A VM whose record a
-    DNS plugin published (``dns_name`` noted) keeps the domain it was published under: passes move it, record and
-    domain together, when the config changes (manager/dns_records.py). Any other VM is named
-    under its pool's domain in the config in effect, as vmpooler computes it at each GET (a
-    changed ``config.domain`` applies to every VM at once, not to new ones only); its record's
-    when its pool is no longer configured."""
-    if record.raw.get("dns_name"):
-        return record.domain
-    pool = services.config.pool(record.pool)
-    return (pool.domain or "") if pool is not None else record.domain
+    """The domain a VM is named under, in GET /vm and GET /ondemandvm alike (``named_domain``)."""
+    return named_domain(services, record.pool, record.domain if record.raw.get("dns_name") else None, record.domain)
+
+
+def named_domain(services: Services, pool_name: str, published: str | None, noted: str = "") -> str:
+    """The domain a VM of ``pool_name`` is named under, in every answer (POST /vm's too). A VM
+    a DNS plugin published (``published``: the domain it was published under) keeps that domain:
+    passes move it, record and domain together, when the config changes (manager/dns_records.py).
+    Any other VM is named under its pool's domain in the config in effect, as vmpooler computes it
+    at each GET (a changed ``config.domain`` applies to every VM at once, not to new ones only);
+    ``noted`` (its record's) when its pool is no longer configured."""
+    if published is not None:
+        return published
+    pool = services.config.pool(pool_name)
+    return (pool.domain or "") if pool is not None else noted

@@ -194,17 +194,29 @@
   // keystroke in the filter as long.
   var rows = Object.create(null);  // by pool name: no prototype whose keys a pool's name could hit
 
+  // Each alias in a bidi isolate (<bdi>, and FSI..PDI in the tooltip): a right-to-left override
+  // in one alias reversed the display of every alias after it in the cell.
+  function aliasList(aliases) {
+    var list = el("span", "aliases", "alias: ");
+    aliases.forEach(function (alias, index) {
+      if (index) { list.appendChild(document.createTextNode(", ")); }
+      list.appendChild(el("bdi", null, alias));
+    });
+    list.title = aliases.map(function (alias) { return "\u2068" + alias + "\u2069"; }).join(", ");
+    return list;
+  }
+
   function buildRow(name, p, aliases, clone, boot, lastBoot, history) {
     var tr = el("tr", "pool");
     tr.dataset.pool = name;
-    tr.dataset.search = (name + " " + aliases).toLowerCase();
+    tr.dataset.search = (name + " " + aliases.join(", ")).toLowerCase();
     var empty = p.max > 0 && p.ready === 0, low = p.max > 0 && p.ready < p.max / 2;
     if (empty) { tr.classList.add("empty"); } else if (low) { tr.classList.add("low"); }
     if (p.clone_failures > 0) { tr.classList.add("failing"); }
 
     var nameCell = el("td", "name");
     nameCell.appendChild(el("b", null, name));
-    if (aliases) { nameCell.appendChild(el("span", "aliases", "alias: " + aliases)).title = aliases; }
+    if (aliases.length) { nameCell.appendChild(aliasList(aliases)); }
     // Where the size comes from when it is not simply the config's (docs/sizing.md).
     if (p.size_reason && p.size_reason !== "config") { nameCell.appendChild(el("span", "size-reason", "size: " + p.size_reason)); }
     if (p.clone_failures > 0) { nameCell.appendChild(el("span", "clone-failures", "clones failing: " + p.clone_failures + " in a row")); }
@@ -252,7 +264,7 @@
     var kept = Object.create(null);
     names.forEach(function (name, index) {
       var p = pools[name];
-      var aliases = p.alias ? [].concat(p.alias).join(", ") : "";
+      var aliases = p.alias ? [].concat(p.alias).map(String) : [];
       var clone = poolSummary("clone", name), boot = poolSummary("boot", name), lastBoot = ago(p.lastBoot);
       var history = state.history && own(state.history.pools, name);
       var shown = JSON.stringify([p, aliases, clone, boot, history ? [history.ready, history.size] : null]);

@@ -182,6 +182,9 @@ class CheckedOut:
     requested: str
     pool: str
     hostname: str
+    published_domain: str | None = None
+    """The domain a DNS plugin published the VM under (None: not published): the name its
+    caller is given, as GET /vm gives it, until a pass moves the record (api/vm_lookup.py)."""
 
 
 @dataclass(frozen=True)

@@ -75,16 +75,23 @@ class PoolRows(HTMLParser):
         self._field: str | None = None
         self._capture: str | None = None
         self._depth = 0
+        self._text_field: str | None = None  # the row text (ROW_TEXTS) being read
+        self._text_depth = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attributes = dict(attrs)
         classes = (attributes.get("class") or "").split()
-        if tag == "tr" and "pool" in classes:
+        if self._text_field:  # an element inside a row's text (an alias's <bdi>)
+            self._text_depth += 1
+        elif tag == "tr" and "pool" in classes:
             self._row = {"classes": classes}
             self.rows[attributes.get("data-pool") or ""] = self._row
         elif self._row is not None:
             self._field = next((f for f in ("ready", "size", "pending", "running", *self.ROW_TEXTS)
                                 if f in classes), None)
+            if self._field in self.ROW_TEXTS:  # its whole text, the elements within it too
+                self._text_field, self._text_depth, self._field = self._field, 1, None
+                self._row[self._text_field] = ""
         if tag == "polyline" and attributes.get("data-points"):
             self.graph_points[classes[0]] = int(attributes["data-points"] or 0)
         if self._capture:
@@ -94,6 +101,10 @@ class PoolRows(HTMLParser):
             self.texts[self._capture] = ""
 
     def handle_endtag(self, tag: str) -> None:
+        if self._text_field:
+            self._text_depth -= 1
+            if self._text_depth == 0:
+                self._text_field = None
         if tag == "tr":
             self._row = None
         if self._capture:
@@ -102,8 +113,10 @@ class PoolRows(HTMLParser):
                 self._capture = None
 
     def handle_data(self, data: str) -> None:
-        if self._row is not None and self._field:
-            self._row[self._field] = data if self._field in self.ROW_TEXTS else int(data)
+        if self._row is not None and self._text_field:
+            self._row[self._text_field] += data
+        elif self._row is not None and self._field:
+            self._row[self._field] = int(data)
             self._field = None
         if self._capture:
             self.texts[self._capture] += data

@@ -36,6 +36,7 @@ ALIASES = [
     f"javascript:{RUN}",
     "line\u2028separator\u2029paragraph",
     "\u202etxt.exe",
+    "next-alias",
     "y" * 10000,
 ]
 LONG_WORD = "W" * 10000
@@ -133,6 +134,50 @@ def test_a_very_long_site_name_and_alias_leave_the_layout_whole(stack: tuple[str
     assert layout["running"] <= 1280 and layout["live"] <= 1280, layout
     assert layout["header"] < 80 and layout["row"] < 120, layout
     assert layout["aliases"] == len("alias: " + ", ".join(ALIASES))  # cut on screen, whole in the page
+
+
+CHARACTER_PLACES = """(function () {
+    var cell = document.querySelector('tr.pool .aliases');
+    if (!cell) { return null; }
+    // Where each character of ``text`` is drawn: the left edges, in the text's order.
+    function lefts(text) {
+        var walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT), node, at;
+        while ((node = walker.nextNode())) {
+            at = node.data.indexOf(text);
+            if (at >= 0) { break; }
+        }
+        if (!node) { return null; }
+        var places = [];
+        for (var i = 0; i < text.length; i++) {
+            var range = document.createRange();
+            range.setStart(node, at + i);
+            range.setEnd(node, at + i + 1);
+            places.push(range.getBoundingClientRect().left);
+        }
+        return places;
+    }
+    return {hostile: lefts("\\u202etxt.exe"), next: lefts("next-alias")};
+})()"""
+"""Where the aliases' characters are drawn, the one with the override and the one after it."""
+
+
+@pytest.mark.slow
+def test_a_right_to_left_override_in_one_alias_leaves_the_next_alias_as_written(stack: tuple[str, Path]) -> None:
+    """An alias holding U+202E (right-to-left override) overrode the direction of everything after
+    it in the cell: the next alias was drawn backwards, before it ("...ezilaa-txen ,exe.txt"), so
+    one admin-written name could disguise the others. Each alias is isolated now: the override
+    reverses its own alias only."""
+    base, tmp_path = stack
+    page = BrowserPage(tmp_path / "profile-bidi")
+    try:
+        page.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1, mobile=False)
+        page.call("Page.navigate", url=f"{base}/dashboard/")
+        places = wait_for(lambda: page.evaluate(CHARACTER_PLACES), 30, "the pool's aliases")
+    finally:
+        page.close()
+    hostile, after = places["hostile"], places["next"]
+    assert after == sorted(after) and after[0] < after[-1], places  # read left to right
+    assert after[0] > max(hostile), places  # after the alias before it, as listed
 
 
 @pytest.mark.slow

@@ -1,7 +1,10 @@
-"""DNS fixtures: moto's Route 53 (``route53``); the real BIND 9 server (``bind``) is in tests/conftest.py."""
+"""DNS fixtures: moto's Route 53 (``route53``), a DNS port no server answers on
+(``closed_dns_port``); the real BIND 9 server (``bind``) is in tests/conftest.py."""
 
 from __future__ import annotations
 
+import socket
+from contextlib import ExitStack
 from typing import Any, Iterator
 
 import boto3
@@ -25,3 +28,24 @@ def route53(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, str]]:
             VPC={"VPCRegion": "us-east-1", "VPCId": vpc},
         )["HostedZone"]["Id"]
         yield client, zone
+
+
+@pytest.fixture
+def closed_dns_port() -> Iterator[int]:
+    """A loopback port held for the whole test on both DNS transports, where no server answers:
+    TCP bound and never listening (connections are refused), UDP bound and never read (queries
+    go unanswered). A port of free_port() may be taken by any process of the machine (another
+    test's named, say) before the plugin sends, and the test then meets that server instead of
+    an outage; the conftest's ``closed_port`` holds TCP only."""
+    while True:
+        with ExitStack() as held:
+            tcp = held.enter_context(socket.socket())
+            udp = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            tcp.bind(("127.0.0.1", 0))
+            port: int = tcp.getsockname()[1]
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:  # this port's UDP side is someone else's: try another
+                continue
+            yield port
+            return

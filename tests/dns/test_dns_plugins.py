@@ -3,6 +3,7 @@ Route 53 with a private hosted zone. Records appear, change, disappear; failures
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from chalicelib.dns.dynamic import DynamicDns
 from chalicelib.dns.registry import build_dns_plugin
 from chalicelib.dns.route53 import Route53Dns
 from tests.aws_pages import PAGES, answer_with_page
-from tests.dns.bind import BindServer, free_port
+from tests.dns.bind import BindServer
 
 
 def plugin_for(entry: dict[str, Any]) -> Any:
@@ -63,11 +64,21 @@ def test_dynamic_dns_with_a_wrong_key_or_none_is_rejected(bind: BindServer) -> N
     assert bind.addresses(f"plugin-b.{bind.zone}") == []
 
 
-def test_dynamic_dns_with_no_server_answering_is_unavailable(bind: BindServer) -> None:
-    plugin = plugin_for(bind.dns_config(port=free_port(), timeout=0.5))
+def test_dynamic_dns_with_no_server_answering_is_unavailable(bind: BindServer, closed_dns_port: int) -> None:
+    plugin = plugin_for(bind.dns_config(port=closed_dns_port, timeout=0.5))
     with pytest.raises(DnsUnavailable) as failure:
         plugin.create_or_replace("plugin-c", "10.0.0.1")
     assert failure.value.metric_key == "unavailable"
+
+
+def test_no_other_process_can_take_the_closed_dns_port(closed_dns_port: int) -> None:
+    # The outage above stays an outage: another server (another test's named) cannot bind the
+    # port on either transport while the test runs.
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError):
+                other.bind(("127.0.0.1", closed_dns_port))
 
 
 def test_dynamic_dns_without_a_server_manages_nothing_as_in_vmpooler() -> None:

@@ -657,3 +657,23 @@ def test_a_warm_process_publishes_under_an_entrys_new_domain_once_the_config_is_
         assert world.store.get_vm(host).fqdn() == f"{host}.{lab}"  # type: ignore[union-attr]
     for host in published:
         assert bind.addresses(f"{host}.{bind.zone}") == []
+
+
+def test_a_checkout_names_a_published_vm_as_get_vm_does_after_its_domain_changed(
+        make_harness: HarnessFactory, bind: BindServer) -> None:
+    # A VM keeps the name it was published under until a pass moves its record. POST /vm
+    # answered <host>.<the pool's new domain>, a name with no record yet, while GET /vm (and
+    # the DNS server) named it <host>.<zone>: the caller's first ssh went nowhere.
+    lab = f"lab.{bind.zone}"
+    world, published = published_then_reconfigured(make_harness, bind, dns_document(
+        {"zone": bind.dns_config(domain=lab, zone=bind.zone)}, "zone"))
+    status, body = world.answer("POST", "/api/v3/vm/dns")
+    assert status == 200
+    host, _, domain = body["dns"]["hostname"].partition(".")
+    assert host in published and domain == bind.zone
+    assert world.describe(host)["fqdn"] == f"{host}.{bind.zone}"
+    assert bind.addresses(body["dns"]["hostname"]) == [published[host]]
+    # v1 clients append the top-level domain to the short name: the same name.
+    status, body = world.answer("POST", "/api/v1/vm/dns")
+    [other] = set(published) - {host}
+    assert (status, body["dns"]["hostname"], body["domain"]) == (200, other, bind.zone)

@@ -8,16 +8,22 @@ infrastructure-only stack, which needs no transform, is executed in test_chalice
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+from moto.cloudformation.models import cloudformation_backends
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.s3.models import s3_backends
 from packaged import ROOT, Package
 
 from infra import deploy
@@ -247,3 +253,110 @@ def test_a_first_deploy_into_an_account_too_small_for_the_stages_reserved_concur
 
     assert deploy.main(arguments, session=_AccountOfQuota(aws, quota=1000, unreserved=1000)) == 0
     assert "ready for review" in capsys.readouterr().err
+
+
+@pytest.fixture
+def aws_here(monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.Session]:
+    """moto in this process, with the deploy bucket: where a test sets what moto's API cannot (a
+    stack rolled back, an upload's age)."""
+    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with mock_aws():
+        session = boto3.Session()
+        session.client("s3").create_bucket(Bucket=BUCKET)
+        yield session
+
+
+def _infra_only(session: boto3.Session, *extra: str) -> int:
+    """``--infra-only`` deploy of the dev stage into a VPC moto has (moto executes that stack)."""
+    ec2 = session.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.9.{n}.0/24", AvailabilityZone=f"us-east-1{zone}")
+               ["Subnet"]["SubnetId"] for n, zone in ((1, "a"), (2, "b"))]
+    return deploy.main(["--stage", "dev", "--bucket", BUCKET, "--infra-only", "--poll", "0.1", *extra,
+                        f"VpcId={vpc}", f"PrivateSubnetIds={','.join(subnets)}", "VCenterCidr=10.1.0.0/16"],
+                       session=session)
+
+
+def test_a_stack_whose_first_create_rolled_back_is_refused_saying_how_to_delete_it(
+        aws_here: boto3.Session, capsys: pytest.CaptureFixture[str]) -> None:
+    """A first create that failed leaves the stack in ROLLBACK_COMPLETE, which takes no change set:
+    the next `make deploy` ended with AWS's "... can not be updated" and no word of what to do."""
+    cloudformation = aws_here.client("cloudformation")
+    cloudformation.create_stack(StackName="vmpool-dev",
+                                TemplateBody=json.dumps({"Resources": {"Queue": {"Type": "AWS::SQS::Queue"}}}))
+    for stack in cloudformation_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].stacks.values():
+        stack.status = "ROLLBACK_COMPLETE"  # what AWS leaves (moto never rolls back)
+    assert _infra_only(aws_here) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("deploy: vmpool-dev is in ROLLBACK_COMPLETE") and err.count("\n") == 1, err
+    assert err.endswith("delete it, then deploy again: aws cloudformation delete-stack --stack-name vmpool-dev\n")
+    assert aws_here.client("s3").list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0  # refused before uploading
+
+
+def test_two_deploys_within_one_second_create_two_change_sets(
+        aws_here: boto3.Session, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The change set was named after the second: two deploys of a stage started within one
+    second (two operators, a CI retry) named theirs alike, and AWS refused the second
+    (AlreadyExistsException)."""
+    monkeypatch.setattr(deploy.time, "strftime", lambda *_: "20261206093000")  # one second for both
+    assert _infra_only(aws_here, "--no-execute") == 0
+    assert _infra_only(aws_here, "--no-execute") == 0, capsys.readouterr().err
+    summaries = aws_here.client("cloudformation").list_change_sets(StackName="vmpool-dev")["Summaries"]
+    names = [summary["ChangeSetName"] for summary in summaries]
+    assert len(names) == len(set(names)) == 2, names
+    assert all(name.startswith("vmpool-dev-20261206093000-") for name in names), names
+
+
+UPLOADS_BEFORE = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def _upload_aged(session: boto3.Session, key: str, days_old: int) -> None:
+    session.client("s3").put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    stored = s3_backends[DEFAULT_ACCOUNT_ID]["aws"].get_object(BUCKET, key)
+    assert stored is not None
+    stored.last_modified = UPLOADS_BEFORE - datetime.timedelta(days=days_old)
+
+
+def test_a_deploy_keeps_the_newest_uploads_of_its_stage_and_deletes_the_rest(
+        aws_here: boto3.Session, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each deploy of new code left its 4.8 MB zip (and its template) in the bucket for good.
+    Once the stack is updated, the stage keeps the newest KEEP_UPLOADS of each (a rollback to a
+    recent tag finds its zip) and the ones the stack uses; other stages' and other keys stay."""
+    for age in range(1, 9):
+        _upload_aged(aws_here, f"vmpool/dev/code-{age:020d}.zip", age)
+        _upload_aged(aws_here, f"vmpool/dev/template-{age:020d}.json", age)
+    _upload_aged(aws_here, "vmpool/prod/code-old.zip", 300)
+    _upload_aged(aws_here, "vmpool/dev/notes.txt", 300)
+    assert _infra_only(aws_here) == 0, capsys.readouterr().err
+    assert "deleted 7 older uploads of dev" in capsys.readouterr().err  # 3 zips, 4 templates
+
+    keys = {item["Key"] for item in aws_here.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"]}
+    assert {key for key in keys if "/code-" in key} == {
+        "vmpool/prod/code-old.zip", *(f"vmpool/dev/code-{age:020d}.zip" for age in range(1, 6))}
+    templates = {key for key in keys if key.startswith("vmpool/dev/template-")}
+    assert len(templates) == deploy.KEEP_UPLOADS  # the one just uploaded and the 4 newest before it
+    assert {f"vmpool/dev/template-{age:020d}.json" for age in range(1, 5)} < templates
+    assert "vmpool/dev/notes.txt" in keys
+    # What the stack uses stays whatever its age (a redeploy of an old tag: its upload is old).
+    oldest = "vmpool/dev/code-00000000000000000005.zip"
+    assert deploy.prune_uploads(aws_here.client("s3"), BUCKET, "vmpool/dev", 1, {oldest}) == [
+        *(f"vmpool/dev/code-{age:020d}.zip" for age in (2, 3, 4)),
+        *(f"vmpool/dev/template-{age:020d}.json" for age in (1, 2, 3, 4))]  # the newest: this deploy's
+
+
+def test_uploads_that_cannot_be_deleted_leave_the_deploy_done_with_a_warning(
+        aws_here: boto3.Session, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A deploy role without s3:DeleteObject still deploys: the stack is updated before."""
+    def refused(*_: Any) -> list[str]:
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "DeleteObjects")
+
+    monkeypatch.setattr(deploy, "prune_uploads", refused)
+    assert _infra_only(aws_here) == 0
+    err = capsys.readouterr().err
+    assert "deploy: the stack is updated; older uploads were not deleted: An error occurred (AccessDenied)" in err
+    status = aws_here.client("cloudformation").describe_stacks(StackName="vmpool-dev")["Stacks"][0]["StackStatus"]
+    assert status == "CREATE_COMPLETE"

@@ -17,7 +17,7 @@
 --    "token": <KEYS index of the record of the token the checkout was asked with (absent: none)>}
 -- One slot per VM wanted; its pools in the order it prefers them (the caller's weighted or
 -- random choice).
--- Returns JSON: {"ok": true, "vms": [[name, pool, hostname], ...]}, {"ok": false, "short": [names]},
+-- Returns JSON: {"ok": true, "vms": [[name, pool, hostname(, published domain)], ...]}, {"ok": false, "short": [names]},
 -- {"ok": false, "quota": "<the limit it would pass, or 'recount': see quota.lua>"}, or
 -- {"ok": false, "token": "gone"} when the token was deleted since the API checked it (lua/token_live.lua).
 -- Each VM taken carries the checkout's id and stays unconfirmed (confirm_by) until the API, having
@@ -26,6 +26,8 @@
 -- With confirm_window_ms, each VM also carries 'confirm_window' (Redis's clock, ms): a
 -- confirmation run later than that (Redis paused after this answer: the API gave up waiting on
 -- it and answered 503) confirms nothing (confirm.lua).
+-- A VM a DNS plugin published (its record notes 'dns_name') comes with the domain it was published
+-- under, which the API names it under, as GET /vm does until a pass moves its record.
 -- On success it also nudges each pool it took from (wake:<pool>), so the pool's reconcile starts
 -- the replacement clones at once. A miss writes nothing at all, except the demand count of a
 -- demand-sized pool (its history must see the demand it could not serve).
@@ -159,7 +161,12 @@ for index, slot in ipairs(slots) do
   for field, value in pairs(checkout.fields) do
     redis.call('HSET', vm_key, field, value)
   end
-  result[#result + 1] = {name, pool, hostname}
+  local taken = {name, pool, hostname}
+  local dns_name, domain = unpack(redis.call('HMGET', vm_key, 'dns_name', 'domain'))
+  if dns_name and dns_name ~= '' then
+    taken[4] = domain or ''
+  end
+  result[#result + 1] = taken
   if checkout.quota ~= nil then
     quota_take(checkout.quota, 'vm:' .. hostname, 1)
     -- Whose holdings name it: a checkout never confirmed goes back to ready (release.lua), and
