@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 from typing import Iterator
+from xml.parsers.expat import ExpatError
 
 import pytest
 import redis
@@ -21,6 +22,7 @@ from chalicelib.manager.pending import CLONE_ASKED, CLONE_START_GRACE_SECONDS
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.base import AnswerLost, ProviderError
 from chalicelib.providers.failures import FailureKind
+from chalicelib.providers.vsphere import clone as vsphere_clone
 from tests.chaos.fleet import tasks_running
 from tests.harness import Harness, HarnessFactory, Killed, assert_consistent
 from tests.support import eventually
@@ -331,3 +333,23 @@ def test_vsphere_a_clone_call_that_timed_out_before_clonevm_task_was_sent_starte
     finally:
         private_vcsim.resume()
     assert raised.value.kind is FailureKind.TIMEOUT and not isinstance(raised.value, AnswerLost)
+
+
+def test_vsphere_a_clone_whose_task_reference_came_back_unreadable_is_a_lost_answer(
+        vcsim: VcsimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CloneVM_Task went through, then the next answer (the task's queue time) was not SOAP (a
+    proxy's HTML page with status 500: pyVmomi's ExpatError): vCenter clones, so the call is a
+    lost answer, of kind connection. Before, the ExpatError escaped the provider as no
+    ProviderError at all (the pass stopped on an uncaught exception)."""
+    setup = make_setup(vcsim)
+    pool = setup.pool(size=1)
+
+    def unreadable(*args: object) -> str:
+        raise ExpatError("syntax error: line 1, column 0")
+
+    monkeypatch.setattr(vsphere_clone.tasks, "clone_ref", unreadable)
+    name = f"unread-{secrets.token_hex(3)}"
+    with pytest.raises(AnswerLost) as raised:
+        setup.provider.clone(pool, name)
+    assert raised.value.kind is FailureKind.CONNECTION
+    eventually(lambda: name in {vm.name for vm in setup.provider.list_vms(pool)}, 30, "the clone made")
