@@ -6,8 +6,10 @@ pending record; just before the provider is asked for a clone, the VM is marked 
 (``pending.CLONE_ASKED``); then the clone starts, and its task is recorded on the VM. A pass killed
 in between leaves a pending VM without a task: never asked, the pending step gives its place
 back after ``CLONE_START_GRACE_SECONDS``; asked, the provider may be cloning it, and its slot
-stays counted until its VM shows or the pool's timeout (manager/pending.py). A name that already
-resolves in DNS is not cloned.
+stays counted until its VM shows or the pool's timeout (manager/pending.py). A clone call whose
+answer was lost (``AnswerLost``: a timeout, a connection broken once the request left) is left in
+that same asked state: the provider may be cloning it. A name that already resolves in DNS is not
+cloned.
 
 A pool whose clones keep failing (a template or folder that does not exist, vCenter failing
 every clone task or unreachable) backs off instead of starting task_limit clones every pass: once
@@ -28,7 +30,7 @@ from chalicelib.manager.context import PassContext
 from chalicelib.manager.hostnames import candidate_names
 from chalicelib.manager.placement import PLACEMENT_FIELD, placement_of
 from chalicelib.observability import logger
-from chalicelib.providers.base import ProviderError
+from chalicelib.providers.base import AnswerLost, ProviderError
 from chalicelib.store.ondemand import OnDemandStore
 from chalicelib.store.records import CloneBackoff, VMRecord
 
@@ -116,12 +118,20 @@ def start_clones(context: PassContext, reserved: list[str]) -> dict[str, dict[st
     noted = context.store.update_vms(notes) if notes else []
     report.clones_started.extend(tasks)
     report.clones_running += len(tasks)
-    refused = {hostname: error for hostname, error in started.items() if isinstance(error, ProviderError)}
-    for hostname, error in refused.items():
+    failed = {hostname: error for hostname, error in started.items() if isinstance(error, ProviderError)}
+    for hostname, error in failed.items():
         report.clone_failures[hostname] = error.failure
+        if isinstance(error, AnswerLost):
+            # The provider may be cloning it: it stays pending, marked asked (CLONE_ASKED) with
+            # its slot counted, as a clone whose pass died before noting its task (pending.py):
+            # taken on once its VM shows, given up once the provider says it makes no such clone
+            # or (when it cannot tell) at the pool's timeout.
+            logger.warning("clone call's answer lost: the clone may be under way, its slot kept",
+                           extra={"pool": context.pool.name, "hostname": hostname, "error": str(error)})
+            continue
         context.take_out_of_service(hostname, "pending", f"clone failed to start: {error}", failure=error.kind)
-    if refused:
-        note_clone_outcomes(context, len(refused), 0)
+    if failed:
+        note_clone_outcomes(context, len(failed), 0)
     return {hostname: notes[hostname] for hostname in noted}
 
 

@@ -44,6 +44,20 @@ class ProviderError(Exception):
         return clone
 
 
+class AnswerLost(ProviderError):
+    """The request was sent and its answer lost (a timeout or a connection closed after the
+    request left, a gateway's 5xx in front of the backend): the backend may have received it
+    and acted on it. A clone call failing so may have started the clone (manager/clones.py keeps
+    its slot counted, as for a clone asked by a pass that died before noting its task); any other
+    ProviderError of a clone call means the backend started nothing (it refused, or was never
+    reached)."""
+
+    @classmethod
+    def of(cls, error: ProviderError) -> "AnswerLost":
+        """``error`` (its message and kind) as a lost answer."""
+        return error if isinstance(error, AnswerLost) else cls(str(error), error.kind)
+
+
 CANCEL_REFUSALS = ("permission", "invalid_state", "other")
 """Every ``CancelRefused.metric_key`` (the ``reason`` of the ``CloneCancelsRefused`` metric)."""
 
@@ -233,14 +247,16 @@ class Provider(abc.ABC):
         """Start cloning the pool's template into a VM named ``hostname``; return a task ref.
         A clone the backend refuses may raise ProviderError or return a reference whose status
         is the ERROR (with its kind): the reference is stored in Redis and read on a later pass,
-        so it must carry the kind itself."""
+        so it must carry the kind itself. A call whose request may have reached the backend
+        and whose answer was lost raises AnswerLost: the clone may be under way."""
 
     def clone_vms(self, pool: PoolConfig, hostnames: Sequence[str], on_started: Started = nothing_started,
                   on_asking: Asking = ask_all) -> dict[str, str | ProviderError]:
         """Start the clones of many VMs: hostname -> task ref, or the ProviderError its ``clone``
         raised (the others are still started, unless the backend could not be reached or timed
         out: then they are not tried, each failing as ``not started``, so a pass against a hung
-        backend waits one timeout, not one per clone); ``on_asking`` is called with the names
+        backend waits one timeout, not one per clone; an AnswerLost is given for a clone the
+        backend may have started); ``on_asking`` is called with the names
         each request to the backend carries, just before it is sent (a name it does not return
         is not cloned, and left out), ``on_started`` after each clone that started. This default
         clones one VM at a time (``on_asking`` once per VM); a provider that can start many in

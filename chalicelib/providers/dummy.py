@@ -28,6 +28,7 @@ from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ProviderConfig
 from chalicelib.providers import ownership
 from chalicelib.providers.base import (
+    AnswerLost,
     Asking,
     InventoryChanges,
     Migration,
@@ -327,8 +328,10 @@ class DummyProvider(Provider):
                 vms[hostname] = json.dumps(self._new_vm(pool, hostname, task["due"]))
         try:
             self._write(self._folder_key(pool), vms, tasks)
-        except ProviderError as error:  # not written (or the answer lost: completed VMs are destroyed alike)
-            return {hostname: error for hostname in hostnames}
+        except ProviderError as error:
+            # Written or not: Redis may have run the script and its answer been lost (a timeout,
+            # a connection closed after the call left). clones_under_way tells which later.
+            return {hostname: AnswerLost.of(error) for hostname in hostnames}
         for hostname in hostnames:
             on_started(hostname)
         return {task["vm"]: task_ref for task_ref, task in tasks.items()}

@@ -10,16 +10,23 @@ names were never asked when the pass died after its first)."""
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
+from typing import Iterator
+from xml.parsers.expat import ExpatError
 
 import pytest
+import redis
 
 from chalicelib.config import parse
 from chalicelib.manager.pending import CLONE_ASKED, CLONE_START_GRACE_SECONDS
 from chalicelib.manager.reconcile import reconcile_pool
+from chalicelib.providers.base import AnswerLost, ProviderError
+from chalicelib.providers.failures import FailureKind
+from chalicelib.providers.vsphere import clone as vsphere_clone
 from tests.chaos.fleet import tasks_running
 from tests.harness import Harness, HarnessFactory, Killed, assert_consistent
 from tests.support import eventually
-from tests.vsphere.vcsim import VcsimServer, vcsim_config
+from tests.vsphere.vcsim import VcsimServer, make_setup, vcsim_config
 
 LIMIT = 2
 CONFIG = """\
@@ -150,6 +157,71 @@ def test_a_pass_paused_past_the_grace_before_its_clone_call_clones_nothing_given
     assert_consistent(world, "alpha")
 
 
+# --- a clone call whose answer was lost -------------------------------------------------------------
+
+
+def answers_lost(world: Harness, monkeypatch: pytest.MonkeyPatch, run: bool) -> list[str]:
+    """The dummy's next write (a fresh pool's first: its clones) ends in a Redis timeout, after
+    the script ran (``run``: the answer lost, the clones under way) or before it (nothing
+    written); later writes go through. Returns a list that gets "lost" once the fault was used."""
+    script = world.provider._write_vms
+    used: list[str] = []
+
+    def write(**kwargs: object) -> object:
+        if used:
+            return script(**kwargs)
+        used.append("lost")
+        if run:
+            script(**kwargs)
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(world.provider, "_write_vms", write)
+    return used
+
+
+def test_a_clone_call_whose_answer_was_lost_keeps_its_slot_and_its_vm_is_taken_on(
+        world: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The provider ran both clones and its answer was lost (a timeout): the clones stay pending
+    with their slots (before, both were taken out of service as failed to start, their slots
+    freed, and the next pass started two more while the provider still made these: 4 clones under
+    task_limit 2, the first two's VMs destroyed by name); once their VMs show
+    they go on as finished clones and become ready, nothing cloned twice."""
+    used = answers_lost(world, monkeypatch, run=True)
+    report = world.reconcile("alpha")
+    assert used and report.clones_started == [] and report.completed == {}
+    assert {failure.kind for failure in report.clone_failures.values()} == {FailureKind.CONNECTION}
+    asked = world.hosts("alpha", "pending")
+    assert len(asked) == LIMIT and all(world.store.get_vm(host).raw.get(CLONE_ASKED) for host in asked)
+    for _ in range(4):  # past the start grace, within the clones' 200 s
+        world.clock.advance(45)
+        report = world.reconcile("alpha")
+        assert report.clones_started == [] and report.completed == {}
+        assert world.store.cloning_count() == LIMIT and tasks_running(world, "clone") == LIMIT
+    world.clock.advance(30)  # the clones end; their VMs show
+    world.settle("alpha")
+    assert world.hosts("alpha", "ready") == asked == world.provider_vms("alpha")
+    assert world.store.cloning_count() == 0 and tasks_running(world, "clone") == 0
+
+
+def test_a_clone_call_that_failed_before_the_provider_ran_it_gives_its_slot_back_after_the_grace(
+        world: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same timeout, the clones never written: the service cannot tell at once, so the slots
+    stay for the start grace; then the dummy says it makes no such clone, and the places come
+    back (two clones started); nothing leaks in the provider."""
+    used = answers_lost(world, monkeypatch, run=False)
+    world.reconcile("alpha")
+    asked = world.hosts("alpha", "pending")
+    assert used and len(asked) == LIMIT and tasks_running(world, "clone") == 0
+    world.clock.advance(CLONE_START_GRACE_SECONDS - 1)
+    assert world.reconcile("alpha").clones_started == [] and world.store.cloning_count() == LIMIT
+    world.clock.advance(2)
+    report = world.reconcile("alpha")
+    assert set(report.completed) == asked and len(report.clones_started) == LIMIT
+    world.clock.advance(200)
+    world.settle("alpha")
+    assert world.provider_vms("alpha") == world.hosts("alpha", "ready") and not asked & world.provider_vms("alpha")
+
+
 # --- vSphere (vcsim): one call a clone ------------------------------------------------------------------
 
 
@@ -206,3 +278,78 @@ def test_vsphere_a_clone_asked_and_never_sent_keeps_its_place_past_the_grace(mak
     report = world.reconcile("unnoted-second")
     assert unsent in report.completed and len(report.clones_started) == LIMIT  # its slot free again
     assert unsent not in vsphere_whole(world, "unnoted-second")
+
+
+@pytest.fixture
+def slow_to_answer_vcsim(vcsim_dir: Path, tmp_path: Path) -> Iterator[VcsimServer]:
+    """A simulator that answers CloneVM_Task after 4 s (and then clones), past a 2 s call timeout."""
+    with VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"slow-answer-{secrets.token_hex(3)}.pem",
+                     log_path=tmp_path / "vcsim.log", method_delays={"CloneVM_Task": 4.0}) as server:
+        yield server
+
+
+def test_vsphere_a_clone_whose_answer_timed_out_is_taken_on_once_its_vm_shows(
+        make_harness: HarnessFactory, slow_to_answer_vcsim: VcsimServer) -> None:
+    """CloneVM_Task sent, its answer not in within the call timeout: vCenter clones all the same.
+    The VM stays pending, asked, its slot counted, and is the pool's once it shows (before, it was
+    taken out of service as failed to start, a second clone was asked for its place, and the
+    first's VM, landing later, was found as a stray and destroyed)."""
+    name = "lost-answer"
+    folder = f"vmpool/{name}-{secrets.token_hex(3)}"
+    world = make_harness(vcsim_config(slow_to_answer_vcsim, [{"name": name, "size": 1, "folder": folder,
+                                                              "ready_check": "tools"}],
+                                      service={"task_limit": 2, "timeout": 5}, provider={"call_timeout": 2}))
+    report = world.reconcile(name)
+    assert [failure.kind for failure in report.clone_failures.values()] == [FailureKind.TIMEOUT]
+    (asked,) = world.hosts(name, "pending")
+    assert world.store.get_vm(asked).raw.get(CLONE_ASKED) and report.completed == {}
+    eventually(lambda: {vm.name for vm in world.provider.list_vms(world.pool(name))} == {asked}, 30,
+               "vCenter to make the clone whose answer was lost", interval=0.2)
+    started: list[str] = []
+
+    def ready() -> bool:
+        world.clock.advance(15)
+        report = world.reconcile(name)
+        started.extend(report.clones_started)
+        assert report.completed == {} and report.discovered == []
+        return world.hosts(name, "ready") == {asked}
+
+    eventually(ready, 30, "the clone taken on", interval=0.1)
+    assert started == [] and world.store.cloning_count() == 0
+    assert {vm.name for vm in world.provider.list_vms(world.pool(name))} == {asked}
+
+
+def test_vsphere_a_clone_call_that_timed_out_before_clonevm_task_was_sent_started_nothing(
+        private_vcsim: VcsimServer) -> None:
+    """vCenter hung from the clone call's first lookup (the template), before CloneVM_Task: a
+    plain timeout, not a lost answer, so the manager gives the place back at once."""
+    setup = make_setup(private_vcsim, call_timeout=1)
+    pool = setup.pool(size=1)
+    setup.provider.list_vms(pool)  # a warm connection: the clone's first call is sent on it
+    private_vcsim.pause()
+    try:
+        with pytest.raises(ProviderError) as raised:
+            setup.provider.clone(pool, f"never-{secrets.token_hex(3)}")
+    finally:
+        private_vcsim.resume()
+    assert raised.value.kind is FailureKind.TIMEOUT and not isinstance(raised.value, AnswerLost)
+
+
+def test_vsphere_a_clone_whose_task_reference_came_back_unreadable_is_a_lost_answer(
+        vcsim: VcsimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CloneVM_Task went through, then the next answer (the task's queue time) was not SOAP (a
+    proxy's HTML page with status 500: pyVmomi's ExpatError): vCenter clones, so the call is a
+    lost answer, of kind connection. Before, the ExpatError escaped the provider as no
+    ProviderError at all (the pass stopped on an uncaught exception)."""
+    setup = make_setup(vcsim)
+    pool = setup.pool(size=1)
+
+    def unreadable(*args: object) -> str:
+        raise ExpatError("syntax error: line 1, column 0")
+
+    monkeypatch.setattr(vsphere_clone.tasks, "clone_ref", unreadable)
+    name = f"unread-{secrets.token_hex(3)}"
+    with pytest.raises(AnswerLost) as raised:
+        setup.provider.clone(pool, name)
+    assert raised.value.kind is FailureKind.CONNECTION
+    eventually(lambda: name in {vm.name for vm in setup.provider.list_vms(pool)}, 30, "the clone made")

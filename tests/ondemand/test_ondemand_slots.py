@@ -10,6 +10,7 @@ import threading
 from typing import Any, Callable
 
 import pytest
+import redis
 
 from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
 from chalicelib.providers.base import TaskState
@@ -250,3 +251,33 @@ def test_one_users_limit_on_vms_holds_under_a_burst_of_its_tokens(make_stack):
     stack = make_stack(size=0, max_running_vms_per_user=5, extra=AUTH)
     tokens = [stack.new_token("bob", "password") for _ in range(10)]
     assert burst(stack, tokens, {"debian": 2}) == [201] * 2 + [403] * 8
+
+
+def test_a_requests_clone_call_whose_answer_was_lost_delivers_those_clones_and_starts_no_more(make_stack,
+                                                                                                monkeypatch):
+    """The provider ran the request's clones and its answer was lost (a Redis timeout after the
+    dummy's write): the clones keep their slots and are delivered once made, no other started.
+    Before, they were taken out of service as failed to start, and the request failed ("3
+    attempts to build its VMs failed") while the provider made all three."""
+    stack, clones = slot_stack(make_stack, monkeypatch)
+    write = stack.provider._write_vms
+    lost: list[bool] = []
+
+    def answer_lost(**kwargs: Any) -> Any:
+        if lost:
+            return write(**kwargs)
+        lost.append(True)
+        write(**kwargs)
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(stack.provider, "_write_vms", answer_lost)
+    request_id = create(stack)
+    stack.reconcile("slowclone")
+    assert lost and len(clones.started) == LIMIT
+    for _ in range(8):
+        stack.clock.advance(30)
+        stack.reconcile("slowclone")
+        assert len(clones.started) == LIMIT and stack.services.store.cloning_count() <= LIMIT
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
+    assert status == 200 and body["ready"] is True, body
+    assert {host.split(".")[0] for host in body["slowclone"]["hostname"]} == set(clones.names)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from pyVmomi import vim, vmodl
 
@@ -197,18 +197,22 @@ def start(
     pool: PoolConfig,
     hostname: str,
     now: float,
+    sending: Callable[[], None] = lambda: None,
 ) -> str:
-    """Start the clone and return its task reference; a refusal becomes a failed reference."""
+    """Start the clone and return its task reference; a refusal becomes a failed reference.
+    ``sending`` is called just before ``CloneVM_Task`` is sent: a transport failure after it may
+    have left vCenter cloning (the provider then raises AnswerLost), one before it started
+    nothing."""
     try:
         try:
-            return _start(connection, config, service, selector, pool, hostname, now)
+            return _start(connection, config, service, selector, pool, hostname, now, sending)
         except vmodl.fault.ManagedObjectNotFound:
             if not service.manage_host_selection:
                 raise
             # Likely a host of the selection's cache that is gone (vCenter restarted, the host
             # removed): placed again once on a fresh survey. Nothing was started: vCenter refused.
             selector.forget()
-            return _start(connection, config, service, selector, pool, hostname, now)
+            return _start(connection, config, service, selector, pool, hostname, now, sending)
     except CloneRefused as refused:
         return tasks.failed_ref(str(refused), refused.kind)
     except LookupError as missing:
@@ -227,6 +231,7 @@ def _start(
     pool: PoolConfig,
     hostname: str,
     now: float,
+    sending: Callable[[], None],
 ) -> str:
     datacenter = datacenter_of(connection, config, pool)
     path = template_path(datacenter, pool.template)
@@ -311,5 +316,6 @@ def _start(
     spec = vim.vm.CloneSpec(location=relocate, config=spec_config, powerOn=True, template=False)
     if linked and facts.get("snapshot.currentSnapshot") is not None:
         spec.snapshot = facts["snapshot.currentSnapshot"]
+    sending()
     task = template.CloneVM_Task(folder=folder, name=hostname, spec=spec)
     return tasks.clone_ref(connection, task, folder, hostname)

@@ -20,6 +20,7 @@ import time
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
+from xml.parsers.expat import ExpatError
 
 from pyVmomi import SoapStubAdapter, VmomiSupport, vim, vmodl
 
@@ -43,6 +44,7 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,  # socket errors, refused, timeouts, TLS (ssl.SSLError is an OSError)
     http.client.HTTPException,
     ElementTree.ParseError,
+    ExpatError,  # an answer that is not SOAP (a proxy's HTML error page with status 500)
 )
 
 STALE_SOCKET_ERRORS: tuple[type[BaseException], ...] = (

@@ -11,6 +11,7 @@ from chalicelib.config import PoolConfig, ProviderConfig, ServiceConfig
 from chalicelib.logs import module_logger
 from chalicelib.providers import ownership
 from chalicelib.providers.base import (
+    AnswerLost,
     Migration,
     Provider,
     ProviderError,
@@ -128,13 +129,22 @@ class VSphereProvider(Provider):
 
     def clone(self, pool: PoolConfig, hostname: str) -> str:
         """Start cloning; a clone vCenter cannot start (missing template, folder, datastore...)
-        returns a reference that reads as an ERROR with the reason."""
-        return self._run(
-            f"clone {hostname} for pool {pool.name}",
-            lambda connection: clones.start(
-                connection, self.config, self.service, self.hosts, pool, hostname, self.clock.now()
-            ),
-        )
+        returns a reference that reads as an ERROR with the reason. A failure once
+        ``CloneVM_Task`` was sent (its answer timed out or the connection broke, a proxy's 5xx,
+        the task's queue time unread) raises AnswerLost: vCenter may be cloning it."""
+        sent: list[bool] = []
+
+        def start(connection: Connection) -> str:
+            sent.clear()  # run again after a re-login (NotAuthenticated: vCenter did nothing)
+            return clones.start(connection, self.config, self.service, self.hosts, pool, hostname,
+                                self.clock.now(), sending=lambda: sent.append(True))
+
+        try:
+            return self._run(f"clone {hostname} for pool {pool.name}", start)
+        except ProviderError as error:
+            if sent:
+                raise AnswerLost.of(error) from None
+            raise
 
     def task_status(self, task_ref: str) -> TaskStatus:
         """Read a task's state now; never waits. Destroy chains and template preparations
