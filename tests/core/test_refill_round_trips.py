@@ -91,9 +91,9 @@ def test_each_round_of_instant_clones_costs_six_round_trips(make_world: HarnessF
     A round: the provider's clone tasks and VMs read at once (Provider.clone_outcomes), one
     write noting the clones done by their moves to ready (Store.note_pending), the reservation,
     the mark that the provider is being asked (``clone_asked``: a run killed after the call keeps
-    the slot counted, docs/reliability.md), the clones' start and the notes of their tasks; the records of the clones it follows are
-    the ones the pass wrote, not read back. Main at 8a38472 made 8 (records, tasks, the
-    finish, the VMs, the moves: 25 and 41 round trips here)."""
+    the slot counted, docs/reliability.md), the clones' start and the notes of their tasks; the
+    records of the clones it follows are the ones the pass wrote, not read back. Main at 8a38472
+    made 8 (records, tasks, the finish, the VMs, the moves: 25 and 41 round trips here)."""
     world = make_world(CONFIG.replace("task_limit: 20", "task_limit: 5"))
     world.fill("alpha")
     world.settle("alpha", seconds=1)
