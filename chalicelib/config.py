@@ -981,8 +981,9 @@ def _read_pools(
         if provider_config is not None:
             # The pool's values of its provider's keys, checked with the provider's model.
             model = type(provider_config.settings)
+            provider_keys = model.keys()
             own_keys = {key: value for key, value in block.items()
-                        if key in model.keys() and key not in pool_fields and key != "provider_class"}
+                        if key in provider_keys and key not in pool_fields and key != "provider_class"}
             own = {}
             if own_keys:
                 checked = reader.model(own_keys, model, path)
