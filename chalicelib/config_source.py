@@ -8,8 +8,11 @@ imported on that first use, logged), or refused with a log line where the packag
 pydantic (the Lambda zip: infra/slim_zip.py), the last good config staying.
 Every function checks the object at most once per ``REFRESH_SECONDS`` (a conditional GET: an
 unchanged object costs a 304 and no parsing) and swaps in the new config when it changed, so
-a push is live everywhere within a minute. A config that fails validation there (pushed by hand,
-not through config-push) is logged and ignored: the last good one stays.
+a push is live everywhere within a minute. An object holding the canonical text the config in
+use was built from (the packaged one at a cold start, ``config.load_with_digest``) is not
+built again: the config in use is kept, with the object's ETag and generation. A config that
+fails validation there (pushed by hand, not through config-push) is logged and ignored: the last
+good one stays.
 
 Why S3 and not SSM Parameter Store: a pool is 100 to 300 bytes of YAML, so 1,000 pools are
 100 to 300 KB; a standard parameter holds 4 KB and an advanced one 8 KB, too small even
