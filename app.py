@@ -41,9 +41,11 @@ if TYPE_CHECKING:
 # named after the app would add a plain-text handler and lower its level to ERROR.
 app = RequestLocalChalice(app_name="vmpool", configure_logs=False)
 
-CONFIG = config_module.load()
+PACKAGED = config_module.load_with_digest()
+CONFIG = PACKAGED.config
 """The packaged config, loaded at import: an invalid one stops the Lambda (and `chalice package`)
-with its problems. In AWS the config pushed to S3 replaces it (chalicelib/config_source.py)."""
+with its problems. In AWS the config pushed to S3 replaces it (chalicelib/config_source.py); when
+the bucket holds the same text, the first request reuses this one instead of building it again."""
 
 RECONCILE_QUEUE_NAME = os.environ.get("VMPOOL_RECONCILE_QUEUE_NAME", "vmpool-reconcile")
 RECONCILE_CONCURRENCY = int(os.environ.get("VMPOOL_RECONCILE_CONCURRENCY", "10"))
@@ -75,7 +77,9 @@ def services() -> Services:
         with _services_lock:  # the local front's threads may ask at once
             if _services is None:
                 built = Services.from_environment(config=CONFIG)
-                _config = config_source.from_environment(built.config, built.clock, os.environ)
+                _config = config_source.from_environment(
+                    built.config, built.clock, os.environ,
+                    initial_digest=PACKAGED.digest if built.config is CONFIG else None)
                 _services = built
     if _config is not None:
         _services.use_config(_config.current())

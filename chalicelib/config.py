@@ -17,6 +17,7 @@ build reads the blocks' type hints, and string annotations would be compiled at 
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -24,7 +25,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Annotated, Any, Generic, Mapping, Optional, Sequence, TypeVar, overload
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Mapping, NamedTuple, Optional, Sequence, TypeVar, overload
 
 from chalicelib.answer_sizes import answer_size_problems
 from chalicelib.auth.ldap_settings import LdapSettings
@@ -981,8 +982,9 @@ def _read_pools(
         if provider_config is not None:
             # The pool's values of its provider's keys, checked with the provider's model.
             model = type(provider_config.settings)
+            provider_keys = model.keys()
             own_keys = {key: value for key, value in block.items()
-                        if key in model.keys() and key not in pool_fields and key != "provider_class"}
+                        if key in provider_keys and key not in pool_fields and key != "provider_class"}
             own = {}
             if own_keys:
                 checked = reader.model(own_keys, model, path)
@@ -1146,22 +1148,49 @@ def canonical_document(text: str, source: str = "config") -> dict[str, Any] | No
 def from_text(text: str, source: str = "config", base_dir: Path | None = None) -> Config:
     """A config from its canonical JSON (built without pydantic or yaml) or from YAML (validated:
     ``parse``, which imports PyYAML and pydantic on its first use). Raises ConfigError."""
+    return _built(text, source, base_dir).config
+
+
+def _built(text: str, source: str, base_dir: Path | None) -> "Loaded":
     document = canonical_document(text, source)
     if document is not None:
-        return from_canonical(document, source)
-    return parse(text, source, base_dir=base_dir)
+        return Loaded(from_canonical(document, source), text_digest(text))
+    return Loaded(parse(text, source, base_dir=base_dir), None)
+
+
+def text_digest(text: str) -> str:
+    """SHA-256 of a config's text: the same canonical text builds the same config, so a config
+    fetched again with it is the one already built (config_source)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class Loaded(NamedTuple):
+    """A config and ``text_digest`` of the canonical JSON it was built from (None when it was
+    built from YAML: its ``extra_config`` files, read beside it, are part of it)."""
+
+    config: Config
+    digest: str | None
+
+
+def load_with_digest(environ: Mapping[str, str] | None = None) -> Loaded:
+    """``load``, with the digest of the canonical text: a cold start hands it to
+    config_source, which then reuses this config when the bucket holds the same text
+    instead of building it a second time on the first request."""
+    environ = os.environ if environ is None else environ
+    if environ.get(CONFIG_YAML_ENV):
+        text, source, base_dir = environ[CONFIG_YAML_ENV], CONFIG_YAML_ENV, None
+    else:
+        path = Path(environ.get(CONFIG_FILE_ENV) or DEFAULT_CONFIG_FILE)
+        try:
+            text = read_config_file(path)
+        except OSError as error:
+            raise ConfigError([f"{path}: cannot read: {error.strerror}"]) from None
+        source, base_dir = str(path), path.parent
+    return _built(text, source, base_dir)
 
 
 def load(environ: Mapping[str, str] | None = None) -> Config:
     """Load the config named by the environment: VMPOOL_CONFIG (the text), a file named by
     VMPOOL_CONFIG_FILE, else the packaged default; canonical JSON (what packaging puts in the
     Lambda zip) or YAML (validated, ``parse``)."""
-    environ = os.environ if environ is None else environ
-    if environ.get(CONFIG_YAML_ENV):
-        return from_text(environ[CONFIG_YAML_ENV], CONFIG_YAML_ENV)
-    path = Path(environ.get(CONFIG_FILE_ENV) or DEFAULT_CONFIG_FILE)
-    try:
-        text = read_config_file(path)
-    except OSError as error:
-        raise ConfigError([f"{path}: cannot read: {error.strerror}"]) from None
-    return from_text(text, str(path), base_dir=path.parent)
+    return load_with_digest(environ).config

@@ -8,8 +8,11 @@ imported on that first use, logged), or refused with a log line where the packag
 pydantic (the Lambda zip: infra/slim_zip.py), the last good config staying.
 Every function checks the object at most once per ``REFRESH_SECONDS`` (a conditional GET: an
 unchanged object costs a 304 and no parsing) and swaps in the new config when it changed, so
-a push is live everywhere within a minute. A config that fails validation there (pushed by hand,
-not through config-push) is logged and ignored: the last good one stays.
+a push is live everywhere within a minute. An object holding the canonical text the config in
+use was built from (the packaged one at a cold start, ``config.load_with_digest``) is not
+built again: the config in use is kept, with the object's ETag and generation. A config that
+fails validation there (pushed by hand, not through config-push) is logged and ignored: the last
+good one stays.
 
 Why S3 and not SSM Parameter Store: a pool is 100 to 300 bytes of YAML, so 1,000 pools are
 100 to 300 KB; a standard parameter holds 4 KB and an advanced one 8 KB, too small even
@@ -36,6 +39,7 @@ from chalicelib.config import (
     canonical_document,
     from_canonical,
     parse,
+    text_digest,
 )
 from chalicelib.observability import emit, logger
 
@@ -77,8 +81,12 @@ class ConfigSource:
     """The current config, refreshed from ``fetch`` at most every ``refresh_seconds``."""
 
     def __init__(self, initial: Config, fetch: Fetch | None, clock: Clock,
-                 refresh_seconds: float = REFRESH_SECONDS) -> None:
+                 refresh_seconds: float = REFRESH_SECONDS, initial_digest: str | None = None) -> None:
+        """``initial_digest``: ``config.text_digest`` of the canonical text ``initial`` was built
+        from (``config.load_with_digest``). A fetched object of the same text is not built again:
+        a cold start whose bucket holds the packaged config builds it once, not twice."""
         self._config = initial
+        self._digest = initial_digest
         self._fetch = fetch
         self._clock = clock
         self.refresh_seconds = refresh_seconds
@@ -117,6 +125,10 @@ class ConfigSource:
         if fetched is None:
             return
         text, etag, modified = Fetched(*fetched)
+        digest = text_digest(text)
+        if digest == self._digest:  # the text the config in use was built from: the same config
+            self._use(self._config, etag, digest, modified)
+            return
         try:
             document = canonical_document(text)
             if document is not None:
@@ -127,9 +139,15 @@ class ConfigSource:
         except ConfigError as error:
             self._keep_last_good(error, etag)
             return
+        # Only canonical text is reused: a YAML object's extra_config files are part of its config.
+        self._use(config, etag, digest if document is not None else None, modified)
+
+    def _use(self, config: Config, etag: str, digest: str | None, modified: float) -> None:
         for warning in config.warnings:
             logger.warning("config: " + warning)
-        self._config, self._etag = dataclasses.replace(config, generation=modified), etag
+        if config.generation != modified:
+            config = dataclasses.replace(config, generation=modified)
+        self._config, self._etag, self._digest = config, etag, digest
         logger.info("config loaded", extra={"etag": etag, "pools": len(config.pools), "generation": modified})
 
     def _keep_last_good(self, error: ConfigError, etag: str) -> None:
@@ -217,15 +235,18 @@ def _default_s3_client() -> Any:
     return aws_clients.client("s3")
 
 
-def from_environment(initial: Config, clock: Clock, environ: Mapping[str, str]) -> ConfigSource | None:
+def from_environment(initial: Config, clock: Clock, environ: Mapping[str, str],
+                     initial_digest: str | None = None) -> ConfigSource | None:
     """The S3 config when ``VMPOOL_CONFIG_BUCKET`` is set; the local stack's checked config file
     when ``VMPOOL_CONFIG_WATCH`` is (local/run.py rewrites it as the developer edits theirs);
-    None: the packaged one, unchanging."""
+    None: the packaged one, unchanging. ``initial_digest``: see ``ConfigSource``."""
     bucket = environ.get(CONFIG_BUCKET_ENV)
     watched = environ.get(CONFIG_FILE_ENV) if environ.get(CONFIG_WATCH_ENV) else None
     if not bucket and watched:
         # Read once more at the first look (the file may have changed since ``initial`` was read).
-        return ConfigSource(initial, FileFetch(watched), clock, refresh_seconds=LOCAL_REFRESH_SECONDS)
+        return ConfigSource(initial, FileFetch(watched), clock, refresh_seconds=LOCAL_REFRESH_SECONDS,
+                            initial_digest=initial_digest)
     if not bucket:
         return None
-    return ConfigSource(initial, S3Fetch(bucket, environ.get(CONFIG_KEY_ENV) or DEFAULT_CONFIG_KEY), clock)
+    return ConfigSource(initial, S3Fetch(bucket, environ.get(CONFIG_KEY_ENV) or DEFAULT_CONFIG_KEY), clock,
+                        initial_digest=initial_digest)

@@ -5,6 +5,7 @@ canonical file edited into the wrong shape must be refused with its key path, ne
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -161,3 +162,29 @@ def test_a_wrong_canonical_object_in_the_bucket_keeps_the_last_good_config() -> 
     assert source.current() is initial  # refused: the last good one stays
     clock.advance(REFRESH_SECONDS)
     assert source.current().pool_names == ("a", "b")
+
+
+def test_an_object_of_the_text_in_use_is_not_built_again_but_takes_its_new_generation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same canonical text pushed again (a new ETag and Last-Modified) is the config in use:
+    reused, not built, with the generation of the object; another text is built."""
+    from chalicelib import config_source
+    from chalicelib.config import text_digest
+
+    text = canonical_json(parse("pools: [{name: a, size: 1, provider: dummy}]"))
+    initial = from_text(text)
+    builds: list[str] = []
+    real = config_source.from_canonical
+    monkeypatch.setattr(config_source, "from_canonical", lambda document, source: builds.append(source) or real(
+        document, source))
+    clock = FakeClock()
+    objects = iter([(text, "etag-1", 100.0), (text, "etag-2", 200.0), (text.replace('"a"', '"b"'), "etag-3", 300.0)])
+    source = ConfigSource(initial, lambda etag: next(objects), clock, initial_digest=text_digest(text))
+
+    first = source.current()
+    assert (first.pool_names, first.generation, builds) == (("a",), 100.0, [])
+    assert first == dataclasses.replace(initial, generation=100.0)
+    clock.advance(REFRESH_SECONDS)
+    assert (source.current().generation, builds) == (200.0, [])
+    clock.advance(REFRESH_SECONDS)
+    assert (source.current().pool_names, source.current().generation, len(builds)) == (("b",), 300.0, 1)
