@@ -80,14 +80,10 @@ def unnoted_clones_running(context: PassContext, records: Iterable[VMRecord], as
         age = context.now - (record.clone_start or context.now)
         if record.name in context.inventory:
             continue
-        gone = bool(record.raw.get(RESERVER_GONE))
-        if record.raw.get(CLONE_ASKED):
-            if age <= CLONE_START_GRACE_SECONDS and not gone:
-                running.add(record.name)
-            elif age <= asked_limit:
-                ask[record.name] = age
-        elif age <= CLONE_START_GRACE_SECONDS and not gone:
+        if age <= CLONE_START_GRACE_SECONDS and not record.raw.get(RESERVER_GONE):
             running.add(record.name)
+        elif record.raw.get(CLONE_ASKED) and age <= asked_limit:
+            ask[record.name] = age
     if ask:
         under_way = context.provider.clones_under_way(context.pool, list(ask))
         running.update(name for name, age in ask.items()
