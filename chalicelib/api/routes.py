@@ -141,7 +141,9 @@ def handle(services: Services, handler: Handler, request: ApiRequest) -> ApiResp
         if route is not None and route.feed:
             key = (id(services), route.name, request.version, tuple(sorted(request.params.items())),
                    tuple(sorted(request.query.items())))
-            compute = lambda: SHARED_READS.answer(key, lambda: handler(services, request))  # noqa: E731
+            def compute() -> ApiResponse:
+                return SHARED_READS.answer(key, lambda: handler(services, request))
+
             max_age, kept = feed_cache.accepted_age(request), feed_cache.entry_name(route.name, request)
             if max_age and kept:
                 return feed_cache.answer(services, kept, max_age, compute)
