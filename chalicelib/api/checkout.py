@@ -38,8 +38,10 @@ def names_in_path(segment: str) -> dict[str, int]:
     return dict(Counter(segment.split("+")))
 
 
-def parse_count(count: Any) -> int:
-    """A requested VM count: 1..MAX_COUNT, as a JSON number or a string of digits (400 otherwise)."""
+def parse_count(count: Any, most: int | None = MAX_COUNT) -> int:
+    """A requested VM count: 1..``most``, as a JSON number or a string of digits (400 otherwise).
+    ``most`` None: no bound here, the caller's own maximum applies (an on-demand request's is
+    ``max_ondemand_instances_per_request``, a 403 naming it, as vmpooler answers)."""
     if count is None:
         raise bad_request("VM count is required")
     number = whole_number(count)
@@ -47,8 +49,8 @@ def parse_count(count: Any) -> int:
         raise bad_request("VM count must be a valid integer")
     if number < 1:
         raise bad_request("VM count must be at least 1")
-    if number > MAX_COUNT:
-        raise bad_request(f"VM count must be at most {MAX_COUNT}")
+    if most is not None and number > most:
+        raise bad_request(f"VM count must be at most {most}")
     return number
 
 

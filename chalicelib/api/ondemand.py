@@ -51,7 +51,7 @@ def create_from_body(services: Services, request: ApiRequest) -> ApiResponse:
     for name, count in body.items():
         if not REQUEST_NAME_PATTERN.match(name):
             raise bad_request("Invalid pool name format")
-        wanted[name] = parse_count(count)
+        wanted[name] = parse_count(count, most=None)  # bounded by max_ondemand_instances_per_request
     return _create(services, request, wanted, request_id, caller)
 
 

@@ -27,8 +27,8 @@ CASES: list[Case] = [
     ("POST", "/api/v3/vm", '{"pool1": ' + HUGE + "}", "more than 100 digits"),
     ("POST", "/api/v3/vm", '{"pool1": ' + "9" * 90 + "}", "at most 100"),
     ("POST", "/api/v3/vm?ondemand=true", {"pool1": HUGE}, "at most 100"),
-    # the VM count of an on-demand request
-    ("POST", "/api/v3/ondemandvm", {"pool1": HUGE}, "at most 100"),
+    # the VM count of an on-demand request (as a string, a 403 naming max_ondemand_instances_per_request:
+    # tests/ondemand/test_ondemand_requests.py, test_a_count_in_the_body_is_bounded_by_the_configured_...)
     ("POST", "/api/v3/ondemandvm", '{"pool1": ' + HUGE + "}", ""),
     # a lifetime change
     ("PUT", "/api/v3/vm/{running}", {"lifetime": HUGE}, "exceeds the configured maximum"),

@@ -161,6 +161,23 @@ def test_over_the_limit_is_a_403_naming_the_maximum(make_stack):
     assert open_requests(stack, "debian-12") == [] and stack.refill.pools == []
 
 
+def test_a_count_in_the_body_is_bounded_by_the_configured_maximum_as_in_a_path(make_stack):
+    """A body's count is bounded by ``max_ondemand_instances_per_request``, as vmpooler bounds it
+    and as a path's mentions were already: over it, the 403 naming the maximum (vmfloaty prints
+    "Request exceeds the configured per pool maximum"). Before, a body's count over 100 was
+    ``400 VM count must be at most 100``: a maximum configured above 100 could not be asked for
+    in one pool, and a count over the maximum got a status no client reads as "too many"."""
+    stack = make_stack(max_ondemand_instances_per_request=150, max_running_vms_per_user=200)
+    status, body = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 120})
+    assert status == 201 and body["ok"] is True
+    assert stack.answer("GET", f"/api/v3/ondemandvm/{body['request_id']}")[1]["debian"]["pending"] == "120"
+    too_many = (403, {"ok": False, "message": "requested amount of instances exceeds the maximum 150"})
+    for count in (151, "151", "9" * 5000):
+        assert stack.answer("POST", "/api/v3/ondemandvm", {"win-2022": count}) == too_many, count
+    assert stack.answer("POST", "/api/v3/ondemandvm/" + "+".join(["win-2022"] * 151)) == too_many
+    assert open_requests(stack, "win-2022") == []
+
+
 def test_bad_requests_leave_redis_unchanged(make_stack, redis_client):
     stack = make_stack()
     before = redis_state(redis_client)
