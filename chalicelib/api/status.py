@@ -51,7 +51,7 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
                 "running": counts[pool.name]["running"],
                 "pending": counts[pool.name]["pending"],
                 "max": sizes[pool.name].size,
-                "lastBoot": last_boots.get(pool.name),  # null if never, as vmpooler shows it
+                "lastBoot": last_boots.get(pool.name, ""),  # "" if never, as vmpooler shows it (nil.to_s)
                 "size_reason": sizes[pool.name].reason,
             }
             if pool.alias:

@@ -48,10 +48,16 @@ def test_status_shows_every_section_sorted(full: Harness) -> None:
     assert "empty" not in body["status"]
 
 
-def test_a_pool_that_never_booted_a_vm_shows_last_boot_null(stack: Harness) -> None:
-    # vmpooler shows null (its lastboot hash has no field); "" is no time either, but a client
-    # checking for null would read it as one.
-    assert stack.get("/api/v3/status").json["pools"]["pool1"]["lastBoot"] is None
+def test_a_pool_that_never_booted_a_vm_shows_last_boot_empty_as_vmpooler(stack: Harness) -> None:
+    """vmpooler 3.9.1 reads every pool's lastboot field in one pipeline
+    (``get_list_across_pools_redis_hget``, since 0.10.0) and answers ``res[i].to_s``: a pool with no
+    field shows ``""``, never null. Before, null here (a 3 December change read the field as
+    absent), so a client script doing vmpooler's ``pool['lastBoot'].empty?`` raised
+    NoMethodError on nil; and the type changed from a string once the pool booted a VM."""
+    pools = stack.get("/api/v3/status").json["pools"]
+    assert pools["pool1"]["lastBoot"] == ""
+    stack.fill("pool1")
+    assert stack.get("/api/v3/status").json["pools"]["pool1"]["lastBoot"].endswith(" +0000")
 
 
 def test_status_names_empty_pools(stack: Harness) -> None:
