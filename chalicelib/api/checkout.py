@@ -146,7 +146,8 @@ def open_request(
     """Record the request (409 when its id is taken, 429 over a quota) and wake the pools that
     build it."""
     config = services.config.service
-    # An alias is built in one of its pools, chosen by backend_weight or at random, as vmpooler does.
+    # An alias is built in one of its pools, chosen by backend_weight or at random (vmpooler chooses for
+    # each VM; here each name of a request is one entry: docs/api.md, "On-demand").
     live = live_pools(services)
     entries = [OnDemandEntry(name, preference(services.config, name, live)[0], count)
                for name, count in wanted.items()]
