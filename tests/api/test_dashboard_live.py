@@ -4,7 +4,9 @@ change with no second page load."""
 
 from __future__ import annotations
 
+import re
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -17,6 +19,8 @@ from tests.api.test_dashboard import CONFIG, POOLS, tick
 from tests.core.test_dashboard_browser import PoolRows, chromium
 from tests.harness import Harness
 from tests.in_process_http import make_server
+from tests.support import eventually
+from tools.cdp import BrowserPage
 
 
 class OneAtATime:
@@ -136,3 +140,115 @@ def test_the_page_downloads_no_tags_while_a_day_is_full_of_them(make_stack: Call
     fetched = b"".join(body for _, body in recording.answers)
     assert marker.encode() not in fetched
     assert all(len(body) < 100_000 for target, body in recording.answers if not target.startswith("/dashboard/"))
+
+
+class Answering:
+    """The gateway, serialised, noting each answer's target, request headers and status;
+    ``refuse`` answers /api/v3/status itself with that status (and a Retry-After of 30 s)."""
+
+    def __init__(self, gateway: Any, refuse: int | None = None) -> None:
+        self.gateway = gateway
+        self.refuse = refuse
+        self.lock = threading.Lock()
+        self.answers: list[tuple[str, dict[str, str], int]] = []
+
+    def __call__(self, method: str, target: str, headers: dict[str, str], *args: Any) -> Any:
+        with self.lock:
+            if self.refuse and target.startswith("/api/v3/status"):
+                answer = (self.refuse, {"Content-Type": "application/json", "Retry-After": "30"},
+                          b'{"ok":false,"error":"busy"}')
+            else:
+                answer = self.gateway(method, target, headers, *args)
+            self.answers.append((target, {k.lower(): v for k, v in headers.items()}, answer[0]))
+            return answer
+
+    def of(self, prefix: str) -> list[tuple[dict[str, str], int]]:
+        return [(headers, status) for target, headers, status in self.answers if target.startswith(prefix)]
+
+
+@contextmanager
+def answering(stack: Harness, refuse: int | None = None) -> Iterator[tuple[str, Answering]]:
+    server = make_server(app.app, "127.0.0.1", 0)
+    handler = server.RequestHandlerClass
+    noting = Answering(handler.gateway, refuse)  # type: ignore[attr-defined]
+    handler.gateway = noting  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", noting
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def live_badge(dom: str) -> str:
+    found = re.search(r'<span id="live"[^>]*><i></i><b>([^<]*)</b>', dom)
+    assert found, dom[:2000]
+    return found.group(1)
+
+
+@pytest.mark.slow
+def test_the_page_asks_with_its_etag_and_keeps_what_it_has_on_a_304(make_stack: Callable[[str], Harness],
+                                                                   tmp_path: Path) -> None:
+    """Nothing changed between polls: each poll after the first names the answer the page holds
+    and gets 304 with no body; the page still shows every pool and says it is live."""
+    stack = make_stack(CONFIG)
+    tick(stack)
+    with answering(stack) as (base, noting):
+        dom = chromium(f"{base}/dashboard/", tmp_path / "profile", "--dump-dom", budget_ms=12000)
+    polls = noting.of("/api/v3/status")
+    assert len(polls) >= 2 and "if-none-match" not in polls[0][0]
+    assert all(headers["if-none-match"] and status == 304 for headers, status in polls[1:]), polls
+    page = PoolRows()
+    page.feed(dom)
+    assert set(page.rows) == set(POOLS) and live_badge(dom).startswith("live, updated")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("refused", [429, 503])
+def test_the_page_backs_off_when_the_api_is_busy_and_says_so(make_stack: Callable[[str], Harness],
+                                                            tmp_path: Path, refused: int) -> None:
+    """Before, every open page asked /status every 5 s whatever the answer: an API shedding load
+    (429, or 503 with Retry-After while Redis is away) got the same polls from every page. Now a
+    page waits the Retry-After (30 s) before asking again, and its badge tells why it has no data."""
+    stack = make_stack(CONFIG)
+    with answering(stack, refuse=refused) as (base, noting):
+        dom = chromium(f"{base}/dashboard/", tmp_path / "profile", "--dump-dom", budget_ms=25000)
+    assert len(noting.of("/api/v3/status")) == 1, noting.of("/api/v3/status")
+    assert live_badge(dom) == f"no data: the API answered {refused}"
+
+
+HIDDEN_TAB = """
+window.pageFetches = 0;
+window.pageHidden = true;
+Object.defineProperty(Document.prototype, "hidden", {configurable: true,
+  get: function () { return window.pageHidden; }});
+Object.defineProperty(Document.prototype, "visibilityState", {configurable: true,
+  get: function () { return window.pageHidden ? "hidden" : "visible"; }});
+var realFetch = window.fetch;
+window.fetch = function () { window.pageFetches += 1; return realFetch.apply(this, arguments); };
+"""
+"""A tab in the background (the Page Visibility API says hidden until ``pageHidden`` is false),
+and a count of the page's fetches."""
+
+
+@pytest.mark.slow
+def test_a_hidden_page_asks_nothing_until_it_is_shown(make_stack: Callable[[str], Harness], tmp_path: Path) -> None:
+    stack = make_stack(CONFIG)
+    tick(stack)
+    with answering(stack) as (base, noting):
+        page = BrowserPage(tmp_path / "profile")
+        try:
+            page.call("Page.enable")
+            page.call("Page.addScriptToEvaluateOnNewDocument", source=HIDDEN_TAB)
+            page.call("Page.navigate", url=f"{base}/dashboard/")
+            eventually(lambda: page.evaluate("document.readyState") == "complete", 30, "the page to load")
+            # Its polls came due as the script ran: none asked while the tab is hidden.
+            assert page.evaluate("window.pageFetches") == 0 and noting.of("/api/") == []
+            page.evaluate("window.pageHidden = false; document.dispatchEvent(new Event('visibilitychange'))")
+            eventually(lambda: page.evaluate("document.querySelectorAll('tr.pool').length") == len(POOLS), 30,
+                       "the rows once the tab is shown")
+        finally:
+            page.close()
+    assert len(noting.of("/api/v3/status")) >= 1 and len(noting.of("/dashboard/stats/history")) == 1
