@@ -245,9 +245,12 @@ class AsgiApp:
         except Exception:  # a bug of ours: the client gets JSON (not uvicorn's text), the log the traceback
             logger.exception("the local gateway failed a request")
             status, headers, data = json_error(500, "internal error")
+        # No length on a 304: it would have to be the 200's (RFC 9110, 8.6), and a cache taking
+        # the 304's headers for its stored answer's would read that one as empty.
+        length = [] if status == 304 else [(b"content-length", str(len(data)).encode())]
         await send({"type": "http.response.start", "status": status,
                     "headers": [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
-                    + [(b"content-length", str(len(data)).encode())]})
+                    + length})
         await send({"type": "http.response.body", "body": data})
 
     async def _respond(self, scope: dict[str, Any], receive: Callable[[], Any]) -> Response:

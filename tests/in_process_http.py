@@ -45,7 +45,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         for name, value in out_headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
+        if status != 304:  # a 304's length would have to be the 200's (RFC 9110, 8.6)
+            self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
 
