@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -18,7 +17,7 @@ from chalicelib.timestamps import day_of
 from tests.api.test_dashboard import CONFIG, POOLS, tick
 from tests.core.test_dashboard_browser import PoolRows, chromium
 from tests.harness import Harness
-from tests.in_process_http import make_server
+from tests.in_process_http import make_server, serving
 from tests.support import eventually
 from tools.cdp import BrowserPage
 
@@ -119,18 +118,8 @@ def test_the_page_downloads_no_tags_while_a_day_is_full_of_them(make_stack: Call
     for value in range(service.max_tag_values_per_day):
         tags = {f"n{name:02d}": f"{value:03d}{marker}" for name in range(service.max_tag_names_per_day)}
         stack.store.record_tags(today, tags, service.max_tag_names_per_day, service.max_tag_values_per_day)
-    server = make_server(app.app, "127.0.0.1", 0)
-    handler = server.RequestHandlerClass
-    recording = Recording(handler.gateway)  # type: ignore[attr-defined]
-    handler.gateway = recording  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
-        dom = chromium(f"http://127.0.0.1:{server.server_port}/dashboard/", tmp_path / "profile", "--dump-dom")
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(app.app, Recording) as (base, recording):
+        dom = chromium(f"{base}/dashboard/", tmp_path / "profile", "--dump-dom")
 
     page = PoolRows()
     page.feed(dom)
@@ -166,20 +155,9 @@ class Answering:
         return [(headers, status) for target, headers, status in self.answers if target.startswith(prefix)]
 
 
-@contextmanager
-def answering(stack: Harness, refuse: int | None = None) -> Iterator[tuple[str, Answering]]:
-    server = make_server(app.app, "127.0.0.1", 0)
-    handler = server.RequestHandlerClass
-    noting = Answering(handler.gateway, refuse)  # type: ignore[attr-defined]
-    handler.gateway = noting  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", noting
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+def answering(refuse: int | None = None) -> Any:
+    """The app served in-process, its answers noted (``Answering``)."""
+    return serving(app.app, lambda gateway: Answering(gateway, refuse))
 
 
 def live_badge(dom: str) -> str:
@@ -195,7 +173,7 @@ def test_the_page_asks_with_its_etag_and_keeps_what_it_has_on_a_304(make_stack: 
     and gets 304 with no body; the page still shows every pool and says it is live."""
     stack = make_stack(CONFIG)
     tick(stack)
-    with answering(stack) as (base, noting):
+    with answering() as (base, noting):
         dom = chromium(f"{base}/dashboard/", tmp_path / "profile", "--dump-dom", budget_ms=12000)
     polls = noting.of("/api/v3/status")
     assert len(polls) >= 2 and "if-none-match" not in polls[0][0]
@@ -212,8 +190,8 @@ def test_the_page_backs_off_when_the_api_is_busy_and_says_so(make_stack: Callabl
     """Before, every open page asked /status every 5 s whatever the answer: an API shedding load
     (429, or 503 with Retry-After while Redis is away) got the same polls from every page. Now a
     page waits the Retry-After (30 s) before asking again, and its badge tells why it has no data."""
-    stack = make_stack(CONFIG)
-    with answering(stack, refuse=refused) as (base, noting):
+    make_stack(CONFIG)  # the app serves this stack
+    with answering(refuse=refused) as (base, noting):
         dom = chromium(f"{base}/dashboard/", tmp_path / "profile", "--dump-dom", budget_ms=25000)
     assert len(noting.of("/api/v3/status")) == 1, noting.of("/api/v3/status")
     assert live_badge(dom) == f"no data: the API answered {refused}"
@@ -237,7 +215,7 @@ and a count of the page's fetches."""
 def test_a_hidden_page_asks_nothing_until_it_is_shown(make_stack: Callable[[str], Harness], tmp_path: Path) -> None:
     stack = make_stack(CONFIG)
     tick(stack)
-    with answering(stack) as (base, noting):
+    with answering() as (base, noting):
         page = BrowserPage(tmp_path / "profile")
         try:
             page.call("Page.enable")

@@ -10,7 +10,6 @@ import gzip
 import json
 import shutil
 import subprocess
-import threading
 import zlib
 from typing import Any, Callable, Iterator
 
@@ -21,7 +20,7 @@ from chalicelib.api.conditional import COMPRESS_FROM_BYTES, entity_tag
 from local.gateway import Gateway
 from tests.api.test_dashboard import CONFIG, tick
 from tests.harness import Harness
-from tests.in_process_http import make_server
+from tests.in_process_http import serving
 
 FEEDS = ["/api/v3/status", "/api/v3/summary/clone", "/api/v3/summary/boot", "/dashboard/stats/history?hours=1",
          "/dashboard/stats/vmpooler/pool?history=true", "/status", "/api/v1/poolstat?pool=debian-12-x86_64"]
@@ -135,18 +134,8 @@ class Codings:
 
 @pytest.fixture
 def served(dash: Harness) -> Iterator[tuple[str, Codings]]:
-    server = make_server(app.app, "127.0.0.1", 0)
-    handler = server.RequestHandlerClass
-    codings = Codings(handler.gateway)  # type: ignore[attr-defined]
-    handler.gateway = codings  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", codings
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(app.app, Codings) as (base, codings):
+        yield base, codings
 
 
 RUBY_GET = """
