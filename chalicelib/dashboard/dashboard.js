@@ -24,14 +24,16 @@
   // maxAge: how old (seconds) an answer the page accepts. Every open page asks the same feeds:
   // the API computes each once for all of them within that time (api/feed_cache.py), where 50
   // open pages of 1,000 pools cost Redis and the API more than the checkouts did.
-  // The last answer of each path and its ETag: the page asks with If-None-Match, and an answer
+  // The last answer of each feed and its ETag: the page asks with If-None-Match, and an answer
   // that did not change comes back 304 with no body (api/conditional.py). Resolves to
-  // {body, changed}.
+  // {body, changed}. One kept per feed (``slot``), not per path: the history's ranges share
+  // one, or each range clicked would keep megabytes for the life of the page.
   var kept = Object.create(null);
-  function getJSON(path, maxAge) {
+  function getJSON(path, maxAge, slot) {
+    slot = slot || path;
     var headers = { Accept: "application/json" };
     if (maxAge) { headers["Cache-Control"] = "max-age=" + maxAge; }
-    var last = kept[path];
+    var last = kept[slot] && kept[slot].path === path ? kept[slot] : null;
     if (last) { headers["If-None-Match"] = last.etag; }
     return fetch(url(path), { headers: headers, cache: "no-store" }).then(function (r) {
       if (r.status === 304 && last) { return { body: last.body, changed: false }; }
@@ -43,7 +45,7 @@
       }
       return r.json().then(function (body) {
         var etag = r.headers.get("ETag");
-        if (etag) { kept[path] = { etag: etag, body: body }; } else { delete kept[path]; }
+        if (etag) { kept[slot] = { path: path, etag: etag, body: body }; } else { delete kept[slot]; }
         return { body: body, changed: true };
       });
     });
@@ -407,8 +409,10 @@
 
   function pollHistory() {
     // The feed keeps an answer at most 30 s (api/feed_cache.py).
-    return getJSON("dashboard/stats/history?hours=" + state.hours, 30).then(function (history) {
-      if (history.changed) {
+    var hours = state.hours;
+    return getJSON("dashboard/stats/history?hours=" + hours, 30, "history").then(function (history) {
+      // An answer for the range shown before a click (still on its way when it came) is not drawn.
+      if (history.changed && hours === state.hours) {
         state.history = history.body;
         render();
       }

@@ -13,6 +13,7 @@ import pytest
 
 import app
 from chalicelib.store import DurationSample
+from chalicelib.store.history import PoolHistory, Sample, minute_of
 from chalicelib.timestamps import day_of
 from tests.api.test_dashboard import CONFIG, POOLS, tick
 from tests.core.test_dashboard_browser import PoolRows, chromium
@@ -230,3 +231,49 @@ def test_a_hidden_page_asks_nothing_until_it_is_shown(make_stack: Callable[[str]
         finally:
             page.close()
     assert len(noting.of("/api/v3/status")) >= 1 and len(noting.of("/dashboard/stats/history")) == 1
+
+
+class HoldingFirstHour:
+    """The gateway with the page's first hour of history held until ``release`` is set (a slow
+    answer: 0.7 s at 1,000 pools), every other request served at once."""
+
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway
+        self.release = threading.Event()
+        self.held = threading.Event()
+
+    def __call__(self, method: str, target: str, *args: Any) -> Any:
+        if target.endswith("/stats/history?hours=1") and not self.held.is_set():
+            self.held.set()
+            self.release.wait(60)
+        return self.gateway(method, target, *args)
+
+
+@pytest.mark.slow
+def test_a_range_clicked_while_the_last_ones_history_is_on_its_way_is_the_one_drawn(
+        make_stack: Callable[[str], Harness], tmp_path: Path) -> None:
+    """Before, whichever history answer came last was drawn: the hour asked at load, answered
+    after the 6 h the user clicked meanwhile, replaced the 6 h graph under the "6 h" button."""
+    stack = make_stack(CONFIG)
+    now = minute_of(stack.clock.now())
+    for minute in range(now - 400, now + 1):
+        PoolHistory(stack.store).record("debian-12-x86_64", Sample(minute, 2, 1, 0, 3))
+    with serving(app.app, HoldingFirstHour) as (base, holding):
+        page = BrowserPage(tmp_path / "profile")
+        try:
+            page.call("Page.enable")
+            page.call("Page.navigate", url=f"{base}/dashboard/")
+            eventually(holding.held.is_set, 30, "the page to ask the hour's history")
+            eventually(lambda: page.evaluate("document.readyState") == "complete", 30, "the page to load")
+            page.evaluate("document.querySelector('.range button[data-hours=\"6\"]').click()")
+            points = "(document.querySelector('#totals-graph polyline.size') || {dataset: {}}).dataset.points"
+            eventually(lambda: page.evaluate(points) == "360", 30, "the 6 h graph")
+            holding.release.set()
+            eventually(lambda: page.evaluate("window.performance.getEntriesByType('resource').filter("
+                                             "function (e) { return /hours=1$/.test(e.name); }).length") == 1,
+                       30, "the hour's answer to arrive")
+            page.evaluate("new Promise(function (done) { setTimeout(done, 200); })")  # its handlers have run
+            assert page.evaluate(points) == "360"
+        finally:
+            holding.release.set()
+            page.close()
