@@ -18,7 +18,8 @@ from chalice import ConvertToMiddleware, Rate, Response
 from chalicelib import config as config_module
 from chalicelib import config_source, observability
 from chalicelib.api.chalice_app import RequestLocalChalice
-from chalicelib.api.http import ApiError
+from chalicelib.api.conditional import conditional
+from chalicelib.api.http import ApiError, ApiRequest
 from chalicelib.api.routes import ROUTES, Route, handle_when_built, render, request_from_chalice, versioned_paths
 from chalicelib.manager.pool_queue import (
     NUDGE,
@@ -91,6 +92,7 @@ def services() -> Services:
 
 def _view(route: Route, version: int) -> Callable[..., Response]:
     def view(**params: str) -> Response:
+        request: ApiRequest | None = None
         try:
             request = request_from_chalice(app.current_request, version, params)
         except ApiError as unreadable:  # the event's body is not what it says (bad base64)
@@ -100,6 +102,8 @@ def _view(route: Route, version: int) -> Callable[..., Response]:
             logger.thread_safe_append_keys(correlation_id=request.request_id or None)
             response = handle_when_built(services, route.handler, request)
         status, body, headers = render(response)
+        if request is not None and route.conditional:  # an ETag, or 304 to a caller holding it
+            status, body, headers = conditional(request, status, body, headers)
         if getattr(app.current_request, "method", "") == "HEAD":  # GET's answer without its body (RFC 9110)
             body = ""
         return Response(body=body, status_code=status, headers=dict(headers))

@@ -7,8 +7,11 @@ The local stack with 1,000 pools of 20 (dummy provider):
   microseconds ``INFO commandstats`` accounts, scripts' commands included);
 - checkout latency (one client, checkout + return over the pools) alone, then while 50
   pollers each fetch what an open page fetches on its cadence (``/status`` every 5 s, the
-  history every 30 s, the two summaries every minute; started spread over 5 s) with the
+  history and the two summaries every minute; started spread over 5 s) with the
   ``Cache-Control: max-age`` the page sends, alternated;
+- one open page's bytes on the wire a minute (``wire``), as it asks now (gzip, ``If-None-Match``,
+  the history once a minute) beside one asking as it did before (neither; the history every
+  30 s), over the same 3 minutes (``WIRE_ONLY=1`` stops after it; ``POOL_SIZE`` sets the VMs a pool);
 - the page in headless Chromium (bench/feeds.py's ``browser_on``): first paint, every row shown.
 """
 
@@ -30,10 +33,14 @@ from local.stack import dummy_config, local_stack
 POOLS, SIZE, POLLERS = 1000, 20, 50
 PAGE_FEEDS = {  # what an open page fetches: how often, and how old an answer it accepts (dashboard.js)
     "/api/v3/status": (5.0, 4),
-    "/dashboard/stats/history?hours=1": (30.0, 30),
+    "/dashboard/stats/history?hours=1": (60.0, 30),
     "/api/v3/summary/clone": (60.0, 30),
     "/api/v3/summary/boot": (60.0, 30),
 }
+EARLIER_PAGE_FEEDS = {**PAGE_FEEDS, "/dashboard/stats/history?hours=1": (30.0, 30)}
+"""What a page fetched before it asked the history once a minute (docs/performance.md)."""
+BROWSER_HEADERS = {"Accept-Encoding": "gzip, deflate, br, zstd"}
+"""What Chromium asks for: the front compresses answers of 1 KB and more (api/conditional.py)."""
 
 
 def _redis_usec(client: Any) -> dict[str, tuple[int, int]]:
@@ -82,6 +89,66 @@ def _poll(port: int, stop: threading.Event, offset: float, answers: list[tuple[s
     connection.close()
 
 
+def _wire_bytes(answer: http.client.HTTPResponse, body: bytes) -> int:
+    """An answer's bytes on the wire: its status line, headers and body as sent."""
+    return len(f"HTTP/1.1 {answer.status} {answer.reason}\r\n") + sum(
+        len(f"{name}: {value}\r\n") for name, value in answer.getheaders()) + 2 + len(body)
+
+
+def _page_on_the_wire(port: int, feeds: dict[str, tuple[float, int]], validated: bool, seconds: float,
+                      tally: dict[str, Any]) -> None:
+    """One open page for ``seconds``: each feed at its cadence, the page once; ``validated``:
+    as the page asks now (gzip, its ETags), else as it asked before (neither)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    etags: dict[str, str] = {}
+    headers = dict(BROWSER_HEADERS) if validated else {}
+    started = time.monotonic()
+    due = {feed: started for feed in feeds}
+    for feed in ("/dashboard/", *feeds):
+        tally.setdefault(feed, {"answers": 0, "not_modified": 0, "bytes": 0})
+    queue = ["/dashboard/"]
+    while time.monotonic() - started < seconds:
+        if not queue:
+            feed = min(due, key=due.__getitem__)
+            time.sleep(max(0.0, due[feed] - time.monotonic()))
+            if time.monotonic() - started >= seconds:
+                break
+            due[feed] += feeds[feed][0]
+            queue.append(feed)
+        feed = queue.pop()
+        sent = {**headers, **({"Cache-Control": f"max-age={feeds[feed][1]}"} if feed in feeds else {})}
+        if validated and feed in etags:
+            sent["If-None-Match"] = etags[feed]
+        connection.request("GET", feed, headers=sent)
+        answer = connection.getresponse()
+        body = answer.read()
+        if answer.getheader("ETag"):
+            etags[feed] = answer.getheader("ETag") or ""
+        figures = tally[feed]
+        figures["answers"] += 1
+        figures["not_modified"] += answer.status == 304
+        figures["bytes"] += _wire_bytes(answer, body)
+    connection.close()
+
+
+def wire(port: int, seconds: float = 180.0) -> dict[str, Any]:
+    """One open page's bytes on the wire per minute, as it asks now and as it asked before (no
+    compression, no ETags, the history every 30 s), side by side over the same ``seconds``."""
+    tallies: dict[str, dict[str, Any]] = {"before": {}, "after": {}}
+    threads = [threading.Thread(target=_page_on_the_wire, args=(port, EARLIER_PAGE_FEEDS, False, seconds,
+                                                                tallies["before"])),
+               threading.Thread(target=_page_on_the_wire, args=(port, PAGE_FEEDS, True, seconds, tallies["after"]))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result: dict[str, Any] = {"seconds": seconds}
+    for name, tally in tallies.items():
+        result[name] = {"bytes_per_minute": round(sum(f["bytes"] for f in tally.values()) * 60 / seconds),
+                        "feeds": tally}
+    return result
+
+
 def _log_problems(command: Any) -> list[str]:
     """The stack's log lines (local.stack keeps them beside its config) that tell of a worker
     killed or a request failed: the first 20."""
@@ -120,12 +187,16 @@ def _windows(port: int, client: Any, pools: int, seconds: float) -> list[dict[st
 
 def run(quick: bool = False) -> dict[str, Any]:
     pools, seconds = (200, 15.0) if quick else (POOLS, 40.0)
+    size = int(os.environ.get("POOL_SIZE", SIZE))
     result: dict[str, Any] = {"cores": CORES, "load_average_before": os.getloadavg()[0], "pools": pools,
-                              "vms": pools * SIZE}
-    with local_stack(dummy_config([(f"pool-{n:05d}", SIZE) for n in range(pools)]), interval=10) as stack:
-        result["fill_seconds"] = round(stack.wait_ready(f"pool-{pools - 1:05d}", SIZE, timeout=1200), 1)
+                              "vms": pools * size}
+    with local_stack(dummy_config([(f"pool-{n:05d}", size) for n in range(pools)]), interval=10) as stack:
+        result["fill_seconds"] = round(stack.wait_ready(f"pool-{pools - 1:05d}", size, timeout=1200), 1)
         client = stack.redis
         result["answers"] = _answer_costs(stack.port, client)
+        result["wire"] = wire(stack.port, 60.0 if quick else 180.0)
+        if os.environ.get("WIRE_ONLY") == "1":
+            return result
         result["windows"] = _windows(stack.port, client, pools, seconds)
         result["browser"] = browser_on(stack.port, pools)
     return result

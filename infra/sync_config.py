@@ -173,6 +173,8 @@ def stack_settings(stage: Stage) -> dict[str, Any]:
 
 def stage_config(stage: Stage, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """One stage of .chalice/config.json (with the stack's settings for ``chalice deploy``, if any)."""
+    from chalicelib.api.conditional import COMPRESS_FROM_BYTES
+
     functions: dict[str, Any] = {
         API_FUNCTION: {
             "lambda_timeout": API_TIMEOUT,
@@ -194,6 +196,10 @@ def stage_config(stage: Stage, settings: dict[str, Any] | None = None) -> dict[s
     config: dict[str, Any] = {
         "api_gateway_stage": "api",
         "api_gateway_endpoint_type": "REGIONAL",
+        # API Gateway compresses answers of at least this many bytes for callers asking for gzip
+        # or deflate: the dashboard's feeds (1.25 MB of history at 1,000 pools), not the small
+        # answers vmpooler's clients mostly get (api/conditional.py).
+        "minimum_compression_size": COMPRESS_FROM_BYTES,
         "autogen_policy": False,
         "iam_policy_file": policy_file(stage, "reconcile"),
         "lambda_memory_size": MEMORY_MB,

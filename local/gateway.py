@@ -19,6 +19,7 @@ import logging
 import re
 import threading
 import uuid
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote
@@ -26,6 +27,7 @@ from urllib.parse import parse_qs, unquote
 from chalice import Chalice
 
 from chalicelib.api.chalice_app import RequestLocalChalice
+from chalicelib.api.conditional import COMPRESS_FROM_BYTES
 from chalicelib.api.http import JSON_HEADERS, shown
 from chalicelib.api.http import MAX_BODY_BYTES as API_MAX_BODY_BYTES
 from chalicelib.api.proxy_event import MAX_EVENT_CHARS, MAX_EVENT_FIELDS, oversized
@@ -150,7 +152,50 @@ class Gateway:
         out_headers = {k: v for k, v in (response.get("headers") or {}).items()}
         for name, values in (response.get("multiValueHeaders") or {}).items():
             out_headers[name] = ", ".join(values)
-        return response["statusCode"], out_headers, data
+        return response["statusCode"], *compressed(headers, out_headers, data)
+
+
+MAX_CODINGS = 32
+"""The most codings of an ``Accept-Encoding`` read; the rest are ignored."""
+
+
+def preferred_coding(accept_encoding: str) -> str | None:
+    """The coding an ``Accept-Encoding`` prefers (the highest ``q``, the first of equals), lower-
+    cased; None when it names none above ``q=0``."""
+    best, best_q = None, 0.0
+    for item in accept_encoding.split(",", MAX_CODINGS)[:MAX_CODINGS]:
+        coding, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value.strip()[:6])
+                except ValueError:
+                    quality = 0.0
+        if coding and quality > best_q:
+            best, best_q = coding.lower(), quality
+    return best
+
+
+def compressed(request_headers: dict[str, str], headers: dict[str, str], data: bytes) -> tuple[dict[str, str], bytes]:
+    """The answer as API Gateway sends it with ``minimumCompressionSize`` set (infra/sync_config.py):
+    compressed when it is at least COMPRESS_FROM_BYTES, has no Content-Encoding of its own, and
+    the caller's preferred coding is gzip or deflate (the two API Gateway makes; a caller that
+    prefers br, identity, or names no coding gets it as it is). Ruby's Net::HTTP (vmfloaty,
+    beaker) asks for gzip first and decodes it; curl without ``--compressed`` asks for nothing."""
+    accept = next((value for name, value in request_headers.items() if name.lower() == "accept-encoding"), "")
+    if len(data) < COMPRESS_FROM_BYTES or not accept or any(name.lower() == "content-encoding" for name in headers):
+        return headers, data
+    coding = preferred_coding(accept)
+    if coding in ("gzip", "x-gzip"):
+        packer = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # the gzip container
+    elif coding == "deflate":
+        packer = zlib.compressobj(6, zlib.DEFLATED, zlib.MAX_WBITS)  # HTTP's deflate is zlib's format
+    else:
+        return headers, data
+    return {**headers, "Content-Encoding": "gzip" if coding != "deflate" else "deflate"}, \
+        packer.compress(data) + packer.flush()
 
 
 class _LocalContext:
@@ -200,9 +245,12 @@ class AsgiApp:
         except Exception:  # a bug of ours: the client gets JSON (not uvicorn's text), the log the traceback
             logger.exception("the local gateway failed a request")
             status, headers, data = json_error(500, "internal error")
+        # No length on a 304: it would have to be the 200's (RFC 9110, 8.6), and a cache taking
+        # the 304's headers for its stored answer's would read that one as empty.
+        length = [] if status == 304 else [(b"content-length", str(len(data)).encode())]
         await send({"type": "http.response.start", "status": status,
                     "headers": [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
-                    + [(b"content-length", str(len(data)).encode())]})
+                    + length})
         await send({"type": "http.response.body", "body": data})
 
     async def _respond(self, scope: dict[str, Any], receive: Callable[[], Any]) -> Response:

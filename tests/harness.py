@@ -15,9 +15,11 @@ imported from here, never from a conftest.py.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import re
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -144,6 +146,18 @@ class Reply:
         return json.loads(self.raw)
 
     body = json
+
+
+def decoded(headers: Mapping[str, str], raw: bytes) -> bytes:
+    """An answer's body as a client that asked for gzip or deflate reads it (Ruby's Net::HTTP,
+    a browser): decompressed when the front compressed it (local.gateway.compressed)."""
+    coding = headers.get("Content-Encoding")
+    if coding == "gzip":
+        return gzip.decompress(raw)
+    if coding == "deflate":
+        return zlib.decompress(raw)
+    assert coding is None, headers
+    return raw
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -328,7 +342,7 @@ class Harness:
             data = json.dumps(body).encode()
         sent = {**self.headers, **(headers or {})}
         status, out_headers, raw = self.gateway(method, target, sent, data, client_ip or self.client_ip)
-        reply = Reply(status, out_headers, raw)
+        reply = Reply(status, out_headers, decoded(out_headers, raw))
         self.replies.append(reply)
         assert out_headers.get("Content-Type") == "application/json", f"{method} {target}: {out_headers}"
         # Tokens and live state must not be kept by a cache, nor sniffed as another type.

@@ -4,8 +4,10 @@ Redis or its services at the same time (the local stack's front runs in other pr
 from __future__ import annotations
 
 import socket
+import threading
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable, Iterator, TypeVar
 
 from chalice import Chalice
 
@@ -45,7 +47,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         for name, value in out_headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
+        if status != 304:  # a 304's length would have to be the 200's (RFC 9110, 8.6)
+            self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
 
@@ -80,3 +83,24 @@ def make_server(app: Chalice, host: str, port: int) -> ThreadingHTTPServer:
     request on the app object). `make run` serves through ``local.http_front``."""
     handler = type("Handler", (_Handler,), {"gateway": Gateway(app)})
     return _Server((host, port), handler)
+
+
+W = TypeVar("W")
+
+
+@contextmanager
+def serving(app: Chalice, wrap: Callable[[Gateway], W]) -> Iterator[tuple[str, W]]:
+    """``app`` served in-process on a port the kernel picks, its gateway replaced by
+    ``wrap(gateway)`` (a test's recorder or fault): the base URL and the wrapper."""
+    server = make_server(app, "127.0.0.1", 0)
+    handler = server.RequestHandlerClass
+    wrapper = wrap(handler.gateway)  # type: ignore[attr-defined]
+    handler.gateway = wrapper  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", wrapper
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

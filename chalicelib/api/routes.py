@@ -55,6 +55,14 @@ class Route:
     feed: bool = False
     """A read of every pool that does not depend on who asks: callers asking it at once share one
     computation (api/shared_reads.py)."""
+    tagged: bool = False
+    """Its 200s carry an ETag, and a caller naming it in If-None-Match gets 304 (api/conditional.py).
+    Every feed's do too (``conditional``)."""
+
+    @property
+    def conditional(self) -> bool:
+        """Whether its answers are conditional: the feeds and the dashboard's page."""
+        return self.feed or self.tagged
 
 
 ROUTES: list[Route] = [
@@ -88,7 +96,7 @@ ROUTES: list[Route] = [
     Route("poolreset", "POST", "/poolreset", pool_config.reset),
     Route("root", "GET", "/", dashboard.home, unversioned=True, versioned=False),
     Route("healthcheck", "GET", "/healthcheck", dashboard.healthcheck, unversioned=True, versioned=False),
-    Route("dashboard", "GET", "/dashboard", dashboard.page, unversioned=True, versioned=False),
+    Route("dashboard", "GET", "/dashboard", dashboard.page, unversioned=True, versioned=False, tagged=True),
     Route("dashboard_pool_stats", "GET", "/dashboard/stats/vmpooler/pool", dashboard.vmpooler_pool,
           unversioned=True, versioned=False, feed=True),
     Route("dashboard_running_stats", "GET", "/dashboard/stats/vmpooler/running", dashboard.vmpooler_running,

@@ -4,8 +4,12 @@
   // The API's prefix (API Gateway's stage), from the page's own path. Leading slashes collapsed:
   // "//host/dashboard/" would make "//host" a prefix, and every link and fetch another site's.
   var BASE = location.pathname.replace(/^\/+/, "/").replace(/\/dashboard\/?(index\.html)?$/, "");
-  var STATUS_EVERY = 5000, HISTORY_EVERY = 30000, SUMMARY_EVERY = 60000, STALE_AFTER = 20000;
-  var state = { status: null, summary: null, history: null, hours: 1, lastOk: 0, failing: false };
+  // The history holds a point a minute: asked once a minute (it was every 30 s, 1.25 MB a time at
+  // 1,000 pools). A poll that fails waits twice as long as the last, up to MAX_BACKOFF, or as long
+  // as the API's Retry-After says (429, 503); none runs while the tab is hidden.
+  var STATUS_EVERY = 5000, HISTORY_EVERY = 60000, SUMMARY_EVERY = 60000, STALE_AFTER = 20000;
+  var MAX_BACKOFF = 300000;
+  var state = { status: null, summary: null, history: null, hours: 1, lastOk: 0, failing: false, problem: "" };
   var $ = function (id) { return document.getElementById(id); };
 
   function url(path) { return BASE + "/" + path; }
@@ -20,12 +24,30 @@
   // maxAge: how old (seconds) an answer the page accepts. Every open page asks the same feeds:
   // the API computes each once for all of them within that time (api/feed_cache.py), where 50
   // open pages of 1,000 pools cost Redis and the API more than the checkouts did.
-  function getJSON(path, maxAge) {
+  // The last answer of each feed and its ETag: the page asks with If-None-Match, and an answer
+  // that did not change comes back 304 with no body (api/conditional.py). Resolves to
+  // {body, changed}. One kept per feed (``slot``), not per path: the history's ranges share
+  // one, or each range clicked would keep megabytes for the life of the page.
+  var kept = Object.create(null);
+  function getJSON(path, maxAge, slot) {
+    slot = slot || path;
     var headers = { Accept: "application/json" };
     if (maxAge) { headers["Cache-Control"] = "max-age=" + maxAge; }
+    var last = kept[slot] && kept[slot].path === path ? kept[slot] : null;
+    if (last) { headers["If-None-Match"] = last.etag; }
     return fetch(url(path), { headers: headers, cache: "no-store" }).then(function (r) {
-      if (!r.ok) { throw new Error(path + ": HTTP " + r.status); }
-      return r.json();
+      if (r.status === 304 && last) { return { body: last.body, changed: false }; }
+      if (!r.ok) {
+        var error = new Error(path + ": HTTP " + r.status);
+        error.status = r.status;
+        error.retryAfter = Number(r.headers.get("Retry-After")) || 0;
+        throw error;
+      }
+      return r.json().then(function (body) {
+        var etag = r.headers.get("ETag");
+        if (etag) { kept[slot] = { path: path, etag: etag, body: body }; } else { delete kept[slot]; }
+        return { body: body, changed: true };
+      });
     });
   }
 
@@ -75,10 +97,10 @@
     var age = Date.now() - state.lastOk;
     if (!state.lastOk) {
       live.className = "live " + (state.failing ? "stale" : "wait");
-      label.textContent = state.failing ? "API unreachable" : "connecting";
+      label.textContent = state.failing ? "no data: " + (state.problem || "the API is unreachable") : "connecting";
     } else if (state.failing || age > STALE_AFTER) {
       live.className = "live stale";
-      label.textContent = "stale: last update " + Math.round(age / 1000) + " s ago";
+      label.textContent = "stale: last update " + Math.round(age / 1000) + " s ago" + (state.problem ? "; " + state.problem : "");
     } else {
       live.className = "live ok";
       label.textContent = "live, updated " + new Date(state.lastOk).toLocaleTimeString();
@@ -368,28 +390,73 @@
 
   function pollStatus() {
     return getJSON("api/v3/status", STATUS_EVERY / 1000 - 1).then(function (status) {
-      state.status = status;
       state.lastOk = Date.now();
       state.failing = false;
-      render();
-    }).catch(function () { state.failing = true; showLive(); });
+      state.problem = "";
+      if (status.changed) {
+        state.status = status.body;
+        render();
+      } else {
+        showLive();
+      }
+    }, function (error) {
+      state.failing = true;
+      state.problem = error.status ? "the API answered " + error.status : "the API is unreachable";
+      showLive();
+      throw error;
+    });
   }
 
   function pollHistory() {
-    return getJSON("dashboard/stats/history?hours=" + state.hours, HISTORY_EVERY / 1000).then(function (history) {
-      state.history = history;
-      render();
-    }).catch(function () { /* the graphs keep their last data; the live badge tells */ });
+    // The feed keeps an answer at most 30 s (api/feed_cache.py).
+    var hours = state.hours;
+    return getJSON("dashboard/stats/history?hours=" + hours, 30, "history").then(function (history) {
+      // An answer for the range shown before a click (still on its way when it came) is not drawn.
+      if (history.changed && hours === state.hours) {
+        state.history = history.body;
+        render();
+      }
+    });  // failing, the graphs keep their last data; the live badge tells
   }
 
   // Today's clone and boot times per pool, the two sections the page shows: all of /summary also
   // holds the day's tag counts, which anyone may fill (megabytes a day, on every open page).
   function pollSummary() {
     return Promise.all([getJSON("api/v3/summary/clone", 30), getJSON("api/v3/summary/boot", 30)]).then(function (both) {
-      state.summary = { clone: both[0].clone, boot: both[1].boot };
-      render();
-    }).catch(function () {});
+      if (both[0].changed || both[1].changed) {
+        state.summary = { clone: both[0].body.clone, boot: both[1].body.boot };
+        render();
+      }
+    });
   }
+
+  // Each poll on its own timer: ``every`` after it succeeded; after a failure twice its last wait
+  // (at most MAX_BACKOFF), or the API's Retry-After when longer. While the tab is hidden a poll
+  // that comes due waits, and runs when the tab is shown again.
+  var pollers = [];
+  function poller(task, every) {
+    var p = { wait: every, timer: null, waiting: false };
+    p.run = function () {
+      p.timer = null;
+      if (document.hidden) { p.waiting = true; return; }
+      p.waiting = false;
+      task().then(function () { p.wait = every; }, function (error) {
+        p.wait = Math.min(MAX_BACKOFF, Math.max(p.wait * 2, (error && error.retryAfter || 0) * 1000));
+      }).then(function () {
+        if (!p.timer) { p.timer = setTimeout(p.run, p.wait); }
+      });
+    };
+    p.now = function () {  // at once (a new range), then on its cadence
+      if (p.timer) { clearTimeout(p.timer); p.timer = null; }
+      p.run();
+    };
+    pollers.push(p);
+    return p;
+  }
+  document.addEventListener("visibilitychange", function () {
+    if (document.hidden) { return; }
+    pollers.forEach(function (p) { if (p.waiting) { p.run(); } });
+  });
 
   Array.prototype.forEach.call(document.querySelectorAll(".range button"), function (button) {
     button.addEventListener("click", function () {
@@ -398,7 +465,7 @@
         b.classList.toggle("on", b === button);
       });
       Array.prototype.forEach.call(document.querySelectorAll(".range-label"), function (n) { n.textContent = rangeLabel(state.hours); });
-      pollHistory();
+      historyPoll.now();
     });
   });
   $("filter").addEventListener("input", applyFilter);
@@ -407,11 +474,9 @@
     a.href = url(a.getAttribute("data-href"));
   });
 
-  pollStatus();
-  pollSummary();
-  pollHistory();
-  setInterval(pollStatus, STATUS_EVERY);
-  setInterval(pollHistory, HISTORY_EVERY);
-  setInterval(pollSummary, SUMMARY_EVERY);
+  var historyPoll = poller(pollHistory, HISTORY_EVERY);
+  poller(pollStatus, STATUS_EVERY).run();
+  poller(pollSummary, SUMMARY_EVERY).run();
+  historyPoll.run();
   setInterval(showLive, 1000);
 }());

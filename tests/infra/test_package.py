@@ -16,6 +16,7 @@ from cfnlint.api import ManualArgs, lint_file
 from moto_endpoint import moto_endpoint
 from packaged import ROOT, Package
 
+from chalicelib.api.conditional import COMPRESS_FROM_BYTES
 from chalicelib.config import canonical_json, from_canonical, parse
 from chalicelib.manager.pool_queue import MAX_DELAY_SECONDS
 from infra import lambda_sandbox, sync_config
@@ -290,6 +291,13 @@ def test_api_gateway_serves_head_wherever_get_is(package: Package) -> None:
     for path in with_get:
         assert paths[path]["head"]["x-amazon-apigateway-integration"] == (
             paths[path]["get"]["x-amazon-apigateway-integration"]), path
+
+
+def test_api_gateway_compresses_answers_the_local_gateway_compresses(package: Package) -> None:
+    """The dashboard's feeds (1.25 MB of history a poll at 1,000 pools) went out uncompressed.
+    API Gateway compresses from the size the local gateway does (local.gateway.compressed), so
+    small answers (a checkout, ``{"ok": true}``) stay as vmpooler's clients always got them."""
+    assert package.resources["RestAPI"]["Properties"]["MinimumCompressionSize"] == COMPRESS_FROM_BYTES
 
 
 def test_redis_is_encrypted_authenticated_and_fails_over(package: Package) -> None:
