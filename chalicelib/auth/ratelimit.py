@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from chalicelib.store.connection import written_behind_a_lost_reply
 from chalicelib.store.keys import DEFAULT_PREFIX, Keys
-from chalicelib.store.scripts import script_source
+from chalicelib.store.scripts import registered, script_source
 
 from .base import login_key
 
@@ -138,8 +138,8 @@ class LoginLimiter:
         self.window_seconds = int(window_seconds)
         self.max_counters = int(max_counters)
         self.keys = Keys(prefix)
-        self._reserve = redis.register_script(script_source("login_reserve"))
-        self._settle = redis.register_script(script_source("login_settle"))
+        self._reserve = registered(redis, script_source("login_reserve"))
+        self._settle = registered(redis, script_source("login_settle"))
 
     @classmethod
     def from_config(cls, auth_config: "AuthConfig | None", redis: Any, prefix: str = DEFAULT_PREFIX) -> "LoginLimiter":
