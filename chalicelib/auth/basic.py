@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from chalicelib.logs import module_logger
 
 from .base import Authenticator, AuthUnavailable, NamingAuthenticator, acceptable_credentials, canonical_user
-from .ratelimit import LoginLimiter
+from .ratelimit import LoginLimiter, new_attempt
 
 logger = module_logger(__name__)
 
@@ -103,8 +103,9 @@ class LoginService:
         as the API answers: 750 a second in one process, 200 bytes each for 5 minutes."""
         if not acceptable_credentials(user, password):
             return LoginResult(LoginOutcome.INVALID)
+        attempt = new_attempt()
         if self.limiter is not None:
-            refusal = self.limiter.reserve(user, address)
+            refusal = self.limiter.reserve(user, address, attempt)
             if refusal is not None:
                 if refusal.busy:
                     logger.info("login refused, attempts in flight fill the limit (retry after %ss)",
@@ -118,10 +119,11 @@ class LoginService:
             name = self._login_name(user, password)
         except AuthUnavailable as error:
             if self.limiter is not None:
-                self.limiter.settle(user, address, succeeded=None)  # an outage is not a failed login
+                # an outage is not a failed login
+                self.limiter.settle(user, address, attempt, succeeded=None)
             return LoginResult(LoginOutcome.UNAVAILABLE, message=str(error))
         if self.limiter is not None:
-            self.limiter.settle(user, address, succeeded=name is not None)
+            self.limiter.settle(user, address, attempt, succeeded=name is not None)
         if name is None:
             return LoginResult(LoginOutcome.INVALID)
         # The directory matched the name case-insensitively (ALICE logs in as alice), or by

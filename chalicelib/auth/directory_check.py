@@ -30,7 +30,7 @@ from chalicelib.clock import Clock
 from chalicelib.logs import module_logger
 from chalicelib.store.keys import DEFAULT_PREFIX, Keys
 from chalicelib.store.records import finite_number
-from chalicelib.store.scripts import script_source
+from chalicelib.store.scripts import registered, script_source
 
 from .base import AuthConfigError, AuthUnavailable
 
@@ -76,8 +76,8 @@ class DirectoryCheck:
         self.interval = interval_minutes * 60.0
         self.grace = grace_minutes * 60.0
         self.keys = Keys(prefix)
-        self._answer = redis.register_script(script_source("directory_answer"))
-        self._claim = redis.register_script(script_source("directory_claim"))
+        self._answer = registered(redis, script_source("directory_answer"))
+        self._claim = registered(redis, script_source("directory_claim"))
 
     @property
     def enabled(self) -> bool:

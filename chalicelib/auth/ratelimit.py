@@ -30,11 +30,13 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
+import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from chalicelib.store.connection import written_behind_a_lost_reply
 from chalicelib.store.keys import DEFAULT_PREFIX, Keys
-from chalicelib.store.scripts import script_source
+from chalicelib.store.scripts import registered, script_source
 
 from .base import login_key
 
@@ -136,8 +138,8 @@ class LoginLimiter:
         self.window_seconds = int(window_seconds)
         self.max_counters = int(max_counters)
         self.keys = Keys(prefix)
-        self._reserve = redis.register_script(script_source("login_reserve"))
-        self._settle = redis.register_script(script_source("login_settle"))
+        self._reserve = registered(redis, script_source("login_reserve"))
+        self._settle = registered(redis, script_source("login_settle"))
 
     @classmethod
     def from_config(cls, auth_config: "AuthConfig | None", redis: Any, prefix: str = DEFAULT_PREFIX) -> "LoginLimiter":
@@ -170,35 +172,59 @@ class LoginLimiter:
                                  self.keys.login_addresses_counted, counted_as, self.max_per_address))
         return limits
 
-    def _script_keys(self, limits: list[_Limit]) -> list[str]:
+    def _script_keys(self, limits: list[_Limit], attempt: str) -> list[str]:
         """lua/login_reserve.lua's and login_settle.lua's KEYS."""
         return [*(limit.own for limit in limits), *(limit.shared for limit in limits),
                 *(self.keys.login_in_flight(limit.own) for limit in limits),
                 *(self.keys.login_in_flight(limit.shared) for limit in limits),
-                *(limit.table for limit in limits)]
+                *(limit.table for limit in limits), self.keys.login_attempt(attempt)]
 
-    def reserve(self, user: str | None, address: str | None) -> Refusal | None:
+    def reserve(self, user: str | None, address: str | None, attempt: str) -> Refusal | None:
         """Count an attempt before it is made, atomically: None when it may go ahead (it now
         counts as a failure until ``settle`` says otherwise), else why not (nothing counted).
-        Windows are timed on Redis's clock, which expires the counters: the service's is not asked."""
+        Windows are timed on Redis's clock, which expires the counters: the service's is not asked.
+        ``attempt`` (``new_attempt``) names it for its ``settle``.
+
+        A reply that times out (Redis stalled: a SIGSTOP, a slow fork, a failover) leaves the
+        caller a 503, but the script runs once Redis resumes: the attempt stayed counted as a
+        failed login of a user who never got to type a password wrong, and a user retrying through
+        a few stalls was refused for the whole window (429) with the right password. So the
+        attempt's undo is written right behind it on its connection (``written_behind_a_lost_reply``,
+        by EVAL: whatever scripts that Redis has loaded); it undoes exactly what the reserve
+        counted, nothing when it counted nothing."""
         limits = self._limits(user, address)
         if not limits:
             return None
-        answer = int(self._reserve(keys=self._script_keys(limits),
-                                   args=[self.window_seconds, IN_FLIGHT_SECONDS, self.max_counters,
-                                         *(limit.limit for limit in limits),
-                                         *(limit.name for limit in limits)]))
+        keys = self._script_keys(limits, attempt)
+        undo = ("EVAL", self._settle.script, len(keys), *keys, *self._settle_args(limits, "refund", "undo"))
+        with written_behind_a_lost_reply(undo):
+            answer = int(self._reserve(keys=keys,
+                                       args=[self.window_seconds, IN_FLIGHT_SECONDS, self.max_counters,
+                                             *(limit.limit for limit in limits),
+                                             *(limit.name for limit in limits)]))
         if answer == 0:
             return None
         if answer < 0:
             return Refusal(BUSY_RETRY_SECONDS, busy=True)
         return Refusal(max(1, math.ceil(answer / 1000)), busy=False)
 
-    def settle(self, user: str | None, address: str | None, *, succeeded: bool | None) -> None:
+    def settle(self, user: str | None, address: str | None, attempt: str, *, succeeded: bool | None) -> None:
         """The answer to an attempt ``reserve`` let through: ``succeeded`` False (it stays
         counted on the user name and the address), True or None (a success, or the directory
-        could not answer: it is given back). A success clears no failures (the module doc)."""
+        could not answer: it is given back). A success clears no failures (the module doc).
+        ``attempt``: the name given to ``reserve``: its answer changes the counters that counted
+        it (judged from those with attempts in flight once its name expired with them)."""
         limits = self._limits(user, address)
-        modes = ["failed" if succeeded is False else "refund"] * len(limits)
         if limits:
-            self._settle(keys=self._script_keys(limits), args=[*modes, *(limit.name for limit in limits)])
+            self._settle(keys=self._script_keys(limits, attempt),
+                         args=self._settle_args(limits, "failed" if succeeded is False else "refund", "answer"))
+
+    @staticmethod
+    def _settle_args(limits: list[_Limit], mode: str, why: str) -> list[str]:
+        """lua/login_settle.lua's ARGV."""
+        return [*(mode for _ in limits), *(limit.name for limit in limits), why]
+
+
+def new_attempt() -> str:
+    """A name for a login attempt (``LoginLimiter.reserve``, ``settle``)."""
+    return secrets.token_hex(8)

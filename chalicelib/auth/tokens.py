@@ -39,7 +39,7 @@ import redis as redis_module
 from chalicelib.auth.base import same_user
 from chalicelib.clock import Clock, SystemClock
 from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, Keys
-from chalicelib.store.scripts import script_source
+from chalicelib.store.scripts import registered, script_source
 from chalicelib.store.store import TokenNotDurable
 
 TOKEN_PREFIX = Keys().token("")
@@ -134,9 +134,9 @@ class TokenStore:
         """Whether every write so far is on the replicas asked for (``Store.writes_replicated``):
         a token is handed out only then, or a failover could lose it. (A deletion is answered
         through ``Store.require_replicated``, as every route's change is: api/tokens.py.)"""
-        self._create = redis.register_script(script_source("token_create"))
-        self._delete = redis.register_script(script_source("token_delete"))
-        self._touch = redis.register_script(script_source("token_touch"))
+        self._create = registered(redis, script_source("token_create"))
+        self._delete = registered(redis, script_source("token_delete"))
+        self._touch = registered(redis, script_source("token_touch"))
 
     def _token_key(self, token_hash: str) -> str:
         return self.keys.token(token_hash)

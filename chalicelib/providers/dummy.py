@@ -46,6 +46,7 @@ from chalicelib.providers.base import (
 )
 from chalicelib.providers.failures import FailureKind
 from chalicelib.store.keys import DEFAULT_PREFIX, Keys
+from chalicelib.store.scripts import registered
 
 TASK_TTL_SECONDS = 24 * 3600
 
@@ -134,8 +135,8 @@ class DummyProvider(Provider):
         seed = getattr(config.settings, "seed", None)
         self._random = random.Random(seed) if seed is not None else random.SystemRandom()
         self._calls = 0
-        self._write_vms = client.register_script(_WRITE_VMS)
-        self._start_if_present = client.register_script(_START_IF_PRESENT)
+        self._write_vms = registered(client, _WRITE_VMS)
+        self._start_if_present = registered(client, _START_IF_PRESENT)
 
     # --- keys ---------------------------------------------------------------------------------
 

@@ -136,6 +136,10 @@ family through these validators.
                                      ends (ms, Redis's clock, which expires their counters): past config
                                      auth.max_login_counters, new ones share counters
     login:<user|addr>:shared:<n> string failed logins (and attempts in flight) of those sharing counter n
+    login:attempt:<id>       string  an attempt counted and not yet answered: which counter of each limit
+                                     counts it ("o" its own, "s" a shared one), so that its answer, or
+                                     the undo written behind a reserve whose reply was lost, changes
+                                     exactly those (auth/ratelimit.py); expires with its in-flight count
     migrating                zset    VMs being migrated to another host, across all pools, by start time
     templates:prepared       hash    <provider>:<template> -> "done", or the task preparing it (<template>
                                      as <datacenter>/vm/<template> for a pool with a datacenter of its own)
@@ -438,6 +442,10 @@ class Keys:
     def login_addresses_counted(self) -> str:
         """The addresses counted on their own, by when their window ends."""
         return f"{self.prefix}login:addr:counted"
+
+    def login_attempt(self, attempt_id: str) -> str:
+        """A login attempt counted and not yet answered (``LoginLimiter.reserve``; its id is hex)."""
+        return f"{self.prefix}login:attempt:{attempt_id}"
 
     def login_in_flight(self, counter: str) -> str:
         """The count of a login counter's attempts still waiting for the directory."""

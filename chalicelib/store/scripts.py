@@ -60,13 +60,21 @@ class _Script:
             return self._script(keys=keys, args=args, client=client)
 
 
+def registered(client: redis.Redis, text: str) -> _Script:
+    """``text`` as a script of ``client`` run by SHA, loaded when Redis lacks it, once more
+    after a failover (``_Script``). Every script the service runs is registered so: redis-py's
+    own (``register_script``) failed the first call after a failover of a script the demoted
+    node lacked (NOSCRIPT there, loaded there, then READONLY, retried on the new primary:
+    NOSCRIPT again, raised), a 503 for the first login, token or dummy clone of each process."""
+    return _Script(client.register_script(text), text)
+
+
 class Scripts:
     """Each script of ``lua/`` as a callable; redis-py runs it by SHA and loads it when missing."""
 
     def __init__(self, client: redis.Redis) -> None:
         def load(name: str) -> _Script:
-            text = script_source(name)
-            return _Script(client.register_script(text), text)
+            return registered(client, script_source(name))
 
         self.checkout = load("checkout")
         self.confirm = load("confirm")

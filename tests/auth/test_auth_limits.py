@@ -13,7 +13,7 @@ from chalicelib.auth.base import AuthUnavailable
 from chalicelib.auth.basic import LoginOutcome, LoginService, parse_basic_auth
 from chalicelib.auth.dummy import DummyAuthenticator
 from chalicelib.auth.ldap import LdapAuthenticator, parse_ldap_settings
-from chalicelib.auth.ratelimit import LoginLimiter, Refusal
+from chalicelib.auth.ratelimit import LoginLimiter, Refusal, new_attempt
 from chalicelib.auth.secrets import plain_secret
 from chalicelib.config import parse
 
@@ -24,16 +24,18 @@ def basic(user: str, password: str) -> str:
 
 def fail(limiter: LoginLimiter, user: str | None, address: str | None) -> None:
     """A failed login as the service counts it: the attempt reserved, then settled as failed."""
-    assert limiter.reserve(user, address) is None
-    limiter.settle(user, address, succeeded=False)
+    attempt = new_attempt()
+    assert limiter.reserve(user, address, attempt) is None
+    limiter.settle(user, address, attempt, succeeded=False)
 
 
 def wait_for(limiter: LoginLimiter, user: str | None, address: str | None) -> int | None:
     """Seconds a new attempt by ``user`` from ``address`` must wait, None when it may go ahead
     (the probing attempt is given back: the directory "could not answer")."""
-    refusal = limiter.reserve(user, address)
+    attempt = new_attempt()
+    refusal = limiter.reserve(user, address, attempt)
     if refusal is None:
-        limiter.settle(user, address, succeeded=None)
+        limiter.settle(user, address, attempt, succeeded=None)
         return None
     return refusal.retry_after
 
@@ -41,7 +43,7 @@ def wait_for(limiter: LoginLimiter, user: str | None, address: str | None) -> in
 def counters(redis_client) -> list[str]:
     """The failed-login counters of names and addresses counted on their own."""
     return [key for key in redis_client.scan_iter("vmpool:login:*")
-            if not key.endswith((":in_flight", ":counted")) and ":shared:" not in key]
+            if not key.endswith((":in_flight", ":counted")) and ":shared:" not in key and ":attempt:" not in key]
 
 
 def test_per_user_limit(redis_client):
@@ -302,14 +304,14 @@ def test_a_success_keeps_the_attempts_still_in_flight_reserved(redis_client):
     the directory: those were wiped, so their failures went uncounted and the limit let more
     guesses through than it allows."""
     limiter = LoginLimiter(redis_client, max_per_user=3, max_per_address=1000, window_seconds=60)
-    assert limiter.reserve("alice", "10.0.0.1") is None  # a guess, still waiting for the directory
-    assert limiter.reserve("alice", "10.0.0.2") is None  # alice herself
-    limiter.settle("alice", "10.0.0.2", succeeded=True)
-    limiter.settle("alice", "10.0.0.1", succeeded=False)  # the guess was wrong: it counts
+    guess, herself = new_attempt(), new_attempt()
+    assert limiter.reserve("alice", "10.0.0.1", guess) is None  # a guess, still waiting for the directory
+    assert limiter.reserve("alice", "10.0.0.2", herself) is None  # alice herself
+    limiter.settle("alice", "10.0.0.2", herself, succeeded=True)
+    limiter.settle("alice", "10.0.0.1", guess, succeeded=False)  # the guess was wrong: it counts
     for address in ("10.0.0.3", "10.0.0.4"):
-        assert limiter.reserve("alice", address) is None
-        limiter.settle("alice", address, succeeded=False)
-    assert limiter.reserve("alice", "10.0.0.5") == Refusal(60, busy=False)
+        fail(limiter, "alice", address)
+    assert limiter.reserve("alice", "10.0.0.5", new_attempt()) == Refusal(60, busy=False)
 
 
 def test_a_dotted_capital_i_shares_the_users_limit(redis_client, slapd):

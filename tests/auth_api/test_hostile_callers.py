@@ -11,6 +11,7 @@ from typing import Any, Iterator
 import pytest
 
 import app as chalice_app
+from chalicelib.auth.ratelimit import new_attempt
 from tests.auth.slapd import PEOPLE_OU, USERS_OU, SlapdServer
 from tests.auth_api.documents import CLIENT_IP, POOL, document
 from tests.harness import basic
@@ -241,13 +242,14 @@ def test_logins_in_flight_at_the_limit_answer_retry_in_a_second(make_api, ldap_a
     once those two are in, it goes through."""
     api = make_api(document(ldap_auth(login_attempts_per_user=2, login_window_seconds=300)))
     limiter = api.services.logins.limiter
-    for address in ("198.51.100.1", "198.51.100.2"):
-        assert limiter.reserve("alice", address) is None  # a login under way elsewhere
+    attempts = {address: new_attempt() for address in ("198.51.100.1", "198.51.100.2")}
+    for address, attempt in attempts.items():
+        assert limiter.reserve("alice", address, attempt) is None  # a login under way elsewhere
     refused = api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice")))
     assert (refused.status, refused.headers["Retry-After"]) == (429, "1")
     assert refused.body == {"ok": False, "error": "too many logins at once, try again in a moment", "retry_after": 1}
-    for address in ("198.51.100.1", "198.51.100.2"):
-        limiter.settle("alice", address, succeeded=True)
+    for address, attempt in attempts.items():
+        limiter.settle("alice", address, attempt, succeeded=True)
     assert api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice"))).status == 200
 
 

@@ -7,6 +7,7 @@ pools it fans out to (its first write in a process). The Store-level retry is te
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any, Callable
 
@@ -24,6 +25,7 @@ POOL = "ha"
 SIZE = 4
 CONFIG = f"""
 :redis: {{socket_timeout: 1.0}}
+:auth: {{provider: dummy}}
 :providers:
   :dummy: {{createvm_max_time: 0, boot_time: 0}}
 :pools:
@@ -33,6 +35,20 @@ CONFIG = f"""
 
 def checkout() -> Any:
     answer = app.app(api_event("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{POOL}", params={"name": POOL}), Context())
+    return answer["statusCode"], json.loads(answer["body"])
+
+
+def token() -> Any:
+    """POST /token: the login's attempt counted and settled (lua/login_reserve.lua, login_settle.lua)."""
+    basic = "Basic " + base64.b64encode(b"alice:right password").decode()
+    answer = app.app(api_event("POST", "/api/v3/token", "/api/v3/token", headers={"Authorization": basic}), Context())
+    return answer["statusCode"], json.loads(answer["body"])
+
+
+def shared_status() -> Any:
+    """GET /status as the dashboard asks it: the answer kept for the next pages (api/feed_cache.py)."""
+    answer = app.app(api_event("GET", "/api/v3/status", "/api/v3/status", headers={"Cache-Control": "max-age=4"}),
+                     Context())
     return answer["statusCode"], json.loads(answer["body"])
 
 
@@ -54,7 +70,12 @@ def new_primary_store(pair: RedisPair) -> Store:
     (reconcile, lambda answer: answer == {"batchItemFailures": []},
      lambda store, answer: sum(store.counts([POOL])[POOL][state] for state in ("ready", "pending")) == SIZE),
     (tick, lambda answer: answer["messages"] == 1, lambda store, answer: Fleet(store).names() == {POOL}),
-], ids=["api", "consumer", "tick"])
+    (token, lambda answer: answer[0] == 200 and answer[1]["token"],
+     lambda store, answer: bool(store.client.keys(store.keys.login_attempt("*")) == []
+                                and store.client.keys(store.keys.token("*")))),
+    (shared_status, lambda answer: answer[0] == 200 and POOL in answer[1]["pools"],
+     lambda store, answer: bool(store.client.keys(store.keys.feed_cache("status", "3")))),
+], ids=["api", "consumer", "tick", "login", "shared_feed"])
 def test_a_warm_function_reaches_the_new_primary_on_its_first_invocation_after_a_swap(
         redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch, first: Callable[[], Any],
         answered: Callable[[Any], bool], on_new_primary: Callable[[Store, Any], bool]) -> None:

@@ -339,7 +339,7 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
     from chalicelib.api.limits import SHARED_RATE_COUNTERS
     from chalicelib.api.ondemand import REQUEST_ID_PATTERN
     from chalicelib.auth.base import canonical_user
-    from chalicelib.auth.ratelimit import SHARED_LOGIN_COUNTERS, _user_part, address_key
+    from chalicelib.auth.ratelimit import SHARED_LOGIN_COUNTERS, _user_part, address_key, new_attempt
     from chalicelib.auth.tokens import hash_token, token_id
     from chalicelib.config import POOL_NAME_PATTERN
     from chalicelib.store.keys import purge_lease_name, quota_owner, rate_limit_client, template_lease_name
@@ -371,6 +371,7 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
         "login_address": [(a, keys.login_address(a)) for a in addresses],
         "login_user_in_flight": [(u, keys.login_in_flight(keys.login_user(_user_part(u)))) for u in users],
         "login_address_in_flight": [(a, keys.login_in_flight(keys.login_address(a))) for a in addresses],
+        "login_attempt": [(a, keys.login_attempt(a)) for a in ("0" * 16, "f" * 16, new_attempt())],
         "holdings": [(o, holdings(o)) for o in owners],
         "owner_requests": [(o, Quota(o, 1, 1, ()).requests_key(keys)) for o in owners],
         "rate_limit": [(f"{c} {w}", keys.rate_limit(c, w))

@@ -168,6 +168,8 @@ class Caller:
         self.token = bad_token or ""
         self.mine: list[str] = []
         self.requests: list[str] = []
+        self.age: str | None = None
+        """The last answer's Age header (a shared dashboard feed's)."""
 
     @property
     def owner(self) -> str:
@@ -197,6 +199,7 @@ class Caller:
             return NO_ANSWER, None
         finally:
             connection.close()
+        self.age = response.getheader("Age")
         with self.record.lock:
             self.record.answers[response.status] = self.record.answers.get(response.status, 0) + 1
         self.record.event(f"{self.name} ({self.owner}) {method} {path} {response.status}")
@@ -228,12 +231,30 @@ class Caller:
             status, answer = self.send("GET", path)
             if status == 200 and not (isinstance(answer, dict) and answer.get("ok", True) is not False):
                 self.record.problem(f"{self.name}: GET {path} answered {str(answer)[:200]}")
+        self.read_shared_feed()
         others = self.ledger.others(self.name)
         if others:
             host = self.random.choice(others)[0]
             status, answer = self.send("GET", f"/vm/{host}")
             if status == 200 and set(answer) != {"ok", host}:
                 self.record.problem(f"{self.name}: GET /vm/{host} answered {sorted(answer)[:4]}")
+
+    def read_shared_feed(self) -> None:
+        """A dashboard's feed as the page asks it, accepting an answer up to a few seconds old
+        (api/feed_cache.py): the feed asked for (a /status answer to /status, the clone
+        summary to /summary/clone), never older than accepted (``Age``), workers killed and
+        Redis stopped meanwhile."""
+        path, max_age, shaped = self.random.choice([
+            ("/status", 4, lambda answer: {"status", "pools", "queue"} <= set(answer)),
+            ("/summary/clone", 30, lambda answer: set(answer) == {"clone", "daily"})])
+        status, answer = self.send("GET", path, headers={"Cache-Control": f"max-age={max_age}"})
+        if status != 200:
+            return
+        if not (isinstance(answer, dict) and shaped(answer)):
+            self.record.problem(f"{self.name}: GET {path} (max-age={max_age}) answered another feed: "
+                                f"{sorted(answer)[:6] if isinstance(answer, dict) else str(answer)[:100]}")
+        if self.age is None or not self.age.isdigit() or int(self.age) > max_age:
+            self.record.problem(f"{self.name}: GET {path} (max-age={max_age}) answered with Age {self.age}")
 
     def run(self) -> None:
         try:
@@ -263,6 +284,9 @@ class Caller:
         if status in (503, NO_ANSWER):
             with self.ledger.lock:
                 self.ledger.unanswered_logins[self.owner] += 1
+        if status == 429 and isinstance(answer, dict) and "failed" in str(answer.get("error")):
+            # Every caller here sends its right password: only stalls and kills stand between.
+            self.record.problem(f"{self.name} ({self.owner}): the right password refused as failed logins: {answer}")
         if status == 403 and revoke_unknown:  # a token whose login went unanswered, revoked by its id
             _, listed = self.send("GET", "/token", token="", login=True)
             with self.ledger.lock:
@@ -425,6 +449,23 @@ class Caller:
 class BadToken(Caller):
     """A caller whose token is deleted (its user's, deleted before it starts) or made up: every
     request that needs a token is refused and changes nothing."""
+
+    def read_shared_feed(self) -> None:
+        """A dashboard's feed as the page asks it, accepting an answer up to a few seconds old
+        (api/feed_cache.py): the feed asked for (a /status answer to /status, the clone
+        summary to /summary/clone), never older than accepted (``Age``), workers killed and
+        Redis stopped meanwhile."""
+        path, max_age, shaped = self.random.choice([
+            ("/status", 4, lambda answer: {"status", "pools", "queue"} <= set(answer)),
+            ("/summary/clone", 30, lambda answer: set(answer) == {"clone", "daily"})])
+        status, answer = self.send("GET", path, headers={"Cache-Control": f"max-age={max_age}"})
+        if status != 200:
+            return
+        if not (isinstance(answer, dict) and shaped(answer)):
+            self.record.problem(f"{self.name}: GET {path} (max-age={max_age}) answered another feed: "
+                                f"{sorted(answer)[:6] if isinstance(answer, dict) else str(answer)[:100]}")
+        if self.age is None or not self.age.isdigit() or int(self.age) > max_age:
+            self.record.problem(f"{self.name}: GET {path} (max-age={max_age}) answered with Age {self.age}")
 
     def run(self) -> None:
         try:

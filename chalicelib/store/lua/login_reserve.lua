@@ -13,11 +13,15 @@
 -- ARGV[1]: window seconds, ARGV[2]: seconds a count of attempts in flight lives (longer than any
 -- login takes), ARGV[3]: the most counters a table holds, then each limit, then each one's name
 -- in its table.
+-- KEYS last: the attempt's own key (login:attempt:<id>), which an attempt counted keeps for as
+-- long as its counts in flight live: which counter of each limit counts it ('o' its own, 's' the
+-- shared one), read by login_settle.lua to change exactly those.
 -- A counter at its limit refuses the attempt, no count changes, and the answer says why: its time
 -- left in ms (> 0) when its failures alone reach the limit, -1 when attempts still in flight do
 -- (they may all succeed: worth trying again in a moment). Otherwise every counter and every count
 -- in flight is incremented (a counter's window starts with its first attempt) and the answer is 0.
-local n = #KEYS / 5
+local n = (#KEYS - 1) / 5
+local attempt = KEYS[#KEYS]
 local window, most = tonumber(ARGV[1]), tonumber(ARGV[3])
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -62,7 +66,9 @@ end
 if busy then
   return -1
 end
+local counted_on = {}
 for i = 1, n do
+  counted_on[i] = counter[i] == i and 'o' or 's'
   local count = redis.call('INCR', KEYS[counter[i]])
   if count == 1 or redis.call('PTTL', KEYS[counter[i]]) < 0 then
     redis.call('PEXPIREAT', KEYS[counter[i]], ends)
@@ -75,4 +81,5 @@ for i = 1, n do
     redis.call('PEXPIREAT', tbl, ends) -- no entry outlives the newest window
   end
 end
+redis.call('SET', attempt, table.concat(counted_on), 'EX', ARGV[2])
 return 0
