@@ -9,10 +9,12 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
 import redis
+from botocore.awsrequest import AWSResponse
 from moto import mock_aws
 
 import app
@@ -24,7 +26,7 @@ from chalicelib.services import Services
 from infra import config_push, sync_config
 from infra.sync_config import STAGES
 from local.gateway import Gateway
-from tests.aws_pages import PAGES, answer_with_page
+from tests.aws_pages import PAGES, _Raw, answer_with_page
 from tests.core.test_cold_import import fresh
 from tests.support import emf_documents, emitted
 
@@ -236,6 +238,32 @@ def test_every_role_may_list_the_config_bucket_so_a_missing_object_reads_as_miss
     assert sorted(granted) == ["s3:GetObject", "s3:ListBucket"]
     assert fnmatch.fnmatchcase(f"arn:aws:s3:::{bucket}", granted["s3:ListBucket"])
     assert fnmatch.fnmatchcase(f"arn:aws:s3:::{bucket}/{DEFAULT_CONFIG_KEY}", granted["s3:GetObject"])
+
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-1"])
+def test_functions_fetch_the_config_from_the_regional_s3_name_the_vpc_endpoint_answers(
+        region: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stack's S3 interface endpoint answers, by private DNS, ``s3.<region>.amazonaws.com``
+    and its subdomains, and the functions' security group reaches nothing else
+    (``CreateVpcEndpoints=true``). botocore sends a us-east-1 client to the global
+    ``<bucket>.s3.amazonaws.com`` unless told otherwise: a stage in us-east-1 timed out on every
+    config refresh (public addresses, no route), and no push ever reached its functions."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", region)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_S3_US_EAST_1_REGIONAL_ENDPOINT", raising=False)
+    hosts: list[str] = []
+
+    def not_sent(request: Any, **_: Any) -> AWSResponse:
+        hosts.append(urlsplit(request.url).hostname or "")
+        return AWSResponse(request.url, 304, {"Content-Length": "0"}, _Raw(b""))
+
+    fetch = S3Fetch(BUCKET, DEFAULT_CONFIG_KEY)  # the client the functions build
+    fetch._client = fetch._client_factory()
+    fetch._client.meta.events.register("before-send", not_sent)
+    assert fetch("an-etag") is None  # S3's "not modified"
+    assert hosts == [f"{BUCKET}.s3.{region}.amazonaws.com"]
 
 
 COLD_START = f"""
