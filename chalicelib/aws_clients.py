@@ -21,8 +21,13 @@ def boto_config() -> Any:
     """The botocore Config of every client built here (for clients built by a library)."""
     from botocore.config import Config
 
+    # S3 by its regional name in us-east-1 too: botocore's default there is the global
+    # <bucket>.s3.amazonaws.com, which the stack's S3 interface endpoint's private DNS does not
+    # answer (it serves s3.<region>.amazonaws.com and its subdomains), and the functions' security
+    # group reaches nothing else: every config refresh timed out, so no push ever took effect.
     return Config(connect_timeout=CONNECT_TIMEOUT_SECONDS, read_timeout=READ_TIMEOUT_SECONDS,
-                  retries={"mode": "standard", "max_attempts": ATTEMPTS})
+                  retries={"mode": "standard", "max_attempts": ATTEMPTS},
+                  s3={"us_east_1_regional_endpoint": "regional"})
 
 
 def client(service: str) -> Any:

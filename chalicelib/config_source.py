@@ -77,6 +77,17 @@ class ObjectRefused(ConfigError):
         self.etag = etag
 
 
+class NothingPublished(Exception):
+    """The bucket holds no config object (S3's ``NoSuchKey``): nothing was pushed to the stage
+    yet, or the object was deleted. Not a failure of S3: the config in use stays."""
+
+
+NOT_FOUND_CODES = ("NoSuchKey", "404")
+"""S3's answer for an object that does not exist, to a caller allowed to list the bucket (the
+functions' roles are: ``s3:ListBucket`` on the config bucket, infra/sync_config.py). Without that
+right S3 answers ``AccessDenied`` instead, which cannot be told from a role that may not read it."""
+
+
 class ConfigSource:
     """The current config, refreshed from ``fetch`` at most every ``refresh_seconds``."""
 
@@ -93,6 +104,7 @@ class ConfigSource:
         self._etag: str | None = None
         self._checked_at: float | None = None
         self._lock = threading.Lock()
+        self._said_nothing_published = False
 
     def current(self) -> Config:
         """The config to use now (fetching it first when due)."""
@@ -114,6 +126,9 @@ class ConfigSource:
         except ObjectRefused as error:
             self._keep_last_good(error, error.etag)
             return
+        except NothingPublished:
+            self._say_nothing_published()
+            return
         except aws_clients.AwsCallFailed as error:
             logger.warning("config not refreshed: S3 failed; the config in use stays",
                            extra={"error": str(error), "code": error.code, "failure": error.metric_key})
@@ -122,6 +137,7 @@ class ConfigSource:
         except Exception:  # noqa: BLE001 - a bug of ours: keep serving with the config we have, say where
             logger.exception("config not refreshed: the fetch failed")
             return
+        self._said_nothing_published = False
         if fetched is None:
             return
         text, etag, modified = Fetched(*fetched)
@@ -150,6 +166,20 @@ class ConfigSource:
         self._config, self._etag, self._digest = config, etag, digest
         logger.info("config loaded", extra={"etag": etag, "pools": len(config.pools), "generation": modified})
 
+    def _say_nothing_published(self) -> None:
+        """Said once until an object shows up again, never counted as a failure: a stage whose
+        bucket is still empty (before its first ``make config-push``) runs on the packaged config.
+        Before, each function logged "S3 failed" and counted ``AwsCallFailures`` every 30 s, and
+        in AWS the answer read ``AccessDenied`` (the roles could not list the bucket)."""
+        if self._said_nothing_published:
+            return
+        self._said_nothing_published = True
+        if self._etag is None:
+            logger.info("no config pushed to the bucket yet: the packaged config is in use (make config-push)")
+        else:
+            logger.warning("the pushed config object is gone from the bucket; the config in use stays until "
+                           "one is pushed again")
+
     def _keep_last_good(self, error: ConfigError, etag: str) -> None:
         logger.error("pushed config is invalid; keeping the last good one", extra={"error": str(error)})
         emit(None, {metric.CONFIG_REJECTED: 1})  # once per function and object, not per request
@@ -177,6 +207,8 @@ class S3Fetch:
         except aws_clients.AwsCallFailed as error:
             if error.code in ("304", "NotModified"):
                 return None
+            if error.code in NOT_FOUND_CODES:
+                raise NothingPublished(str(error)) from None
             raise
         if not isinstance(answer, dict) or "Body" not in answer or not answer.get("ETag"):
             if isinstance(answer, dict) and "Body" in answer:

@@ -318,6 +318,9 @@ def policy(stage: Stage, role: str, kms_keys: list[str] | None = None, zones: li
                    [f"arn:aws:secretsmanager:*:*:secret:{prefix}{name}-*" for name in secrets]),
         _statement(["ssm:GetParameter"], [f"arn:aws:ssm:*:*:parameter/{prefix}*"]),
         _statement(["s3:GetObject"], [f"arn:aws:s3:::{stage.config_bucket_prefix}*/config/*"]),
+        # So S3 answers 404 NoSuchKey for a config object not pushed yet: without the right to
+        # list the bucket it answers 403 AccessDenied, which reads as a role that may not read it.
+        _statement(["s3:ListBucket"], [f"arn:aws:s3:::{stage.config_bucket_prefix}*"]),
         _statement(["sqs:SendMessage"], [queue]),
     ]
     if role == "reconcile":

@@ -73,6 +73,8 @@ SAFETY_SECONDS = 5.0
 STEP_SECONDS = 2.0
 """What a step of a pass is given to end (steps take milliseconds; one waiting on vCenter longer
 is waited for only until the consumer stops waiting, as before)."""
+DROPPED_IDS_LOGGED = 10
+"""The message ids a consumer's warning about dropped messages names (the rest are counted)."""
 PASS_STOP_SECONDS = SAFETY_SECONDS + STEP_SECONDS
 """A consumer's pass starts no step once its invocation has less than this left: time for the
 step under way to end, the lease's release and the pool's follow-up to be queued, before the
@@ -388,10 +390,18 @@ def handle_batch(services: "Services", records: Iterable[tuple[str, str]], queue
     """Run the pools of a batch of (message id, body) at once; return the ids that failed or did
     not finish in time (to be delivered again). Returns before ``remaining_seconds`` runs out."""
     by_pool: dict[str, list[tuple[str, PoolMessage]]] = {}
+    dropped: list[str] = []
     for message_id, body in records:
         message = PoolMessage.parse(body)
         if message is not None:
             by_pool.setdefault(message.pool, []).append((message_id, message))
+        else:
+            dropped.append(message_id)
+    if dropped:
+        # Deleted, never retried (they would only fill the DLQ); said, so a message sent by hand
+        # with a typo does not vanish without a trace. Ids only: a body may be 256 KB of anything.
+        logger.warning("messages that are no pool's dropped: a body must be JSON naming a pool, "
+                       '{"pool": "<name>"}', extra={"dropped": len(dropped), "ids": dropped[:DROPPED_IDS_LOGGED]})
     budget = max(min(RUN_BUDGET_SECONDS, remaining_seconds() - 2 * SAFETY_SECONDS), 0.0)
 
     def out_of_time() -> bool:

@@ -205,7 +205,8 @@ def test_the_consumer_reconciles_each_pool_and_drops_what_is_not_ours(services: 
 
 
 def test_a_poison_message_is_dropped_alone_and_the_rest_of_its_batch_reconciled(
-        services: Services, queue: RecordingQueue, capsys: pytest.CaptureFixture[str]) -> None:
+        services: Services, queue: RecordingQueue, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
     """Bodies no sender of ours writes (SQS carries up to 256 KB): nested past the JSON parser's
     depth (it raised, and the whole batch went back to the queue), a 256 KB pool name (logged
     whole), 256 KB of text. Each is dropped; the batch's real message is reconciled."""
@@ -215,6 +216,9 @@ def test_a_poison_message_is_dropped_alone_and_the_rest_of_its_batch_reconciled(
     assert answer == {"batchItemFailures": []}
     assert services.store.counts(["debian"])["debian"]["pending"] == 2
     assert max(len(line) for line in capsys.readouterr().out.splitlines()) < 4096
+    # Said, by id (never the body): before, a message no pool's vanished without a log line.
+    [warning] = [record for record in caplog.records if record.getMessage().startswith("messages that are no pool")]
+    assert (warning.levelname, vars(warning)["dropped"], vars(warning)["ids"]) == ("WARNING", 3, ["m0", "m1", "m2"])
 
 
 def test_one_follow_up_per_pool_however_many_passes_run(services: Services, queue: RecordingQueue) -> None:

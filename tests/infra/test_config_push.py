@@ -4,14 +4,17 @@ the new set (moto S3, a real Redis)."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
 import redis
+from botocore.awsrequest import AWSResponse
 from moto import mock_aws
 
 import app
@@ -20,9 +23,10 @@ from chalicelib.config import MAX_CONFIG_CHARACTERS, canonical_json, from_canoni
 from chalicelib.config_source import DEFAULT_CONFIG_KEY, REFRESH_SECONDS, ConfigSource, S3Fetch
 from chalicelib.manager.dispatch import Ticker
 from chalicelib.services import Services
-from infra import config_push
+from infra import config_push, sync_config
+from infra.sync_config import STAGES
 from local.gateway import Gateway
-from tests.aws_pages import PAGES, answer_with_page
+from tests.aws_pages import PAGES, _Raw, answer_with_page
 from tests.core.test_cold_import import fresh
 from tests.support import emf_documents, emitted
 
@@ -182,6 +186,84 @@ def test_a_bad_object_in_the_bucket_keeps_the_last_good_config(s3: Any, capsys: 
     assert source.current().pool_names == ("debian", "fedora")
     clock.advance(REFRESH_SECONDS)
     assert source.current().pool_names == ("debian", "fedora")  # unchanged object: a 304, same config
+
+
+
+def _config_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [(record.levelname, record.getMessage()) for record in caplog.records
+            if record.name == "vmpool" and "config" in record.getMessage()]
+
+
+def test_a_stage_with_nothing_pushed_yet_runs_on_the_packaged_config_and_reports_no_failure(
+        s3: Any, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """A new stage's bucket is empty until its first `make config-push`: the functions run on the
+    packaged config, which is how docs/deploy.md describes it. Before, every warm function logged
+    "config not refreshed: S3 failed" and counted ``AwsCallFailures`` every 30 s (in AWS with
+    ``AccessDenied``: the roles could not list the bucket, so S3 would not say the key was missing).
+    Now one info line says so; a pushed object that is later deleted is one warning, the config in
+    use staying."""
+    clock = FakeClock()
+    initial = parse(PACKAGED)
+    source = ConfigSource(initial, S3Fetch(BUCKET, DEFAULT_CONFIG_KEY, lambda: s3), clock)
+    capsys.readouterr()
+    for _ in range(3):
+        assert source.current() is initial
+        clock.advance(REFRESH_SECONDS)
+    assert _config_lines(caplog) == [
+        ("INFO", "no config pushed to the bucket yet: the packaged config is in use (make config-push)")]
+    s3.put_object(Bucket=BUCKET, Key=DEFAULT_CONFIG_KEY, Body=PUSHED.encode())
+    assert source.current().pool_names == ("debian", "fedora")
+    caplog.clear()
+    s3.delete_object(Bucket=BUCKET, Key=DEFAULT_CONFIG_KEY)  # versioned: a delete marker
+    for _ in range(3):
+        clock.advance(REFRESH_SECONDS)
+        assert source.current().pool_names == ("debian", "fedora")
+    assert _config_lines(caplog) == [
+        ("WARNING", ("the pushed config object is gone from the bucket; the config in use stays until one is "
+                     "pushed again"))]
+    assert ("AwsCallFailures", ("service",)) not in emitted(emf_documents(capsys.readouterr().out))
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+@pytest.mark.parametrize("role", ["api", "tick", "reconcile"])
+def test_every_role_may_list_the_config_bucket_so_a_missing_object_reads_as_missing(stage: str, role: str) -> None:
+    """S3 answers a GetObject of a missing key with 404 ``NoSuchKey`` only to a caller that may
+    list the bucket, and with 403 ``AccessDenied`` otherwise (moto, which checks no IAM, always
+    says 404): each role may list the stage's config bucket (named as the template names it)
+    and read its config objects, and nothing else of S3."""
+    statements = sync_config.policy(STAGES[stage], role, zones=[])["Statement"]
+    granted = {action: resource for statement in statements for action in statement["Action"]
+               if action.startswith("s3:") for resource in statement["Resource"]}
+    bucket = STAGES[stage].config_bucket_prefix + "123456789012-us-east-1"
+    assert sorted(granted) == ["s3:GetObject", "s3:ListBucket"]
+    assert fnmatch.fnmatchcase(f"arn:aws:s3:::{bucket}", granted["s3:ListBucket"])
+    assert fnmatch.fnmatchcase(f"arn:aws:s3:::{bucket}/{DEFAULT_CONFIG_KEY}", granted["s3:GetObject"])
+
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-1"])
+def test_functions_fetch_the_config_from_the_regional_s3_name_the_vpc_endpoint_answers(
+        region: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stack's S3 interface endpoint answers, by private DNS, ``s3.<region>.amazonaws.com``
+    and its subdomains, and the functions' security group reaches nothing else
+    (``CreateVpcEndpoints=true``). botocore sends a us-east-1 client to the global
+    ``<bucket>.s3.amazonaws.com`` unless told otherwise: a stage in us-east-1 timed out on every
+    config refresh (public addresses, no route), and no push ever reached its functions."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", region)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_S3_US_EAST_1_REGIONAL_ENDPOINT", raising=False)
+    hosts: list[str] = []
+
+    def not_sent(request: Any, **_: Any) -> AWSResponse:
+        hosts.append(urlsplit(request.url).hostname or "")
+        return AWSResponse(request.url, 304, {"Content-Length": "0"}, _Raw(b""))
+
+    fetch = S3Fetch(BUCKET, DEFAULT_CONFIG_KEY)  # the client the functions build
+    fetch._client = fetch._client_factory()
+    fetch._client.meta.events.register("before-send", not_sent)
+    assert fetch("an-etag") is None  # S3's "not modified"
+    assert hosts == [f"{BUCKET}.s3.{region}.amazonaws.com"]
 
 
 COLD_START = f"""
