@@ -7,7 +7,8 @@
 // a user without the clone privilege there, so permission failures are testable.
 // With -host-load-per-vm, hosts report CPU and memory use that grows with their powered-on VMs.
 // An operator's bad day: -clone-delay keeps each clone task running that long (the VM is in its
-// folder meanwhile, as vCenter shows a VM being cloned), -fail-clone-folder makes clone tasks into
+// folder meanwhile: vCenter's documentation does not say when a clone's VM shows; the task carries
+// its VmBeingClonedEvent's chain id, as vCenter's do), -fail-clone-folder makes clone tasks into
 // folders of that name end in error after the VM was made (the debris a failed clone can leave);
 // a delayed clone's task can be cancelled (CancelTask: it ends in error, its VM removed) except
 // in folders named -no-cancel-folder, where CancelTask is refused with NoPermission and the clone
@@ -137,6 +138,10 @@ func (t *templateVM) CloneVMTask(ctx *simulator.Context, req *types.CloneVM_Task
 		}
 		return ref, nil
 	})
+	// vCenter's events of a task carry the task's eventChainId: the VmBeingClonedEvent naming the
+	// clone (destName) is found from its running task (govmomi 0.24 gives each event a chain of
+	// its own and tasks none).
+	created.Info.EventChainId = beingClonedChain(ctx, t.Self, req.Name)
 	refuse := folder != nil && noCancelFolder != "" && folder.Name == noCancelFolder
 	late := &cancelableClone{Task: *created, clone: clone, refuse: refuse} //nolint:govet // copying is fine: the Map entry is replaced
 	simulator.Map.Put(late)
@@ -154,6 +159,31 @@ func (t *templateVM) CloneVMTask(ctx *simulator.Context, req *types.CloneVM_Task
 	}
 	body.Res.Returnval = late.Self
 	return res
+}
+
+// beingClonedChain is the key (its own chain) of the latest VmBeingClonedEvent of template
+// cloned into name: the one CloneVMTask just posted (clones of one template are serialised by
+// the simulator's lock on it).
+func beingClonedChain(ctx *simulator.Context, template types.ManagedObjectReference, name string) int32 {
+	manager := simulator.Map.EventManager()
+	var found int32
+	ctx.WithLock(manager, func() {
+		res := manager.QueryEvents(ctx, &types.QueryEvents{Filter: types.EventFilterSpec{
+			Entity:      &types.EventFilterSpecByEntity{Entity: template, Recursion: types.EventFilterSpecRecursionOptionSelf},
+			EventTypeId: []string{"VmBeingClonedEvent"},
+			MaxCount:    100,
+		}})
+		body, ok := res.(*methods.QueryEventsBody)
+		if !ok || body.Res == nil {
+			return
+		}
+		for _, event := range body.Res.Returnval {
+			if cloning, ok := event.(*types.VmBeingClonedEvent); ok && cloning.DestName == name && cloning.Key > found {
+				found = cloning.Key
+			}
+		}
+	})
+	return found
 }
 
 // cancelableClone is a delayed clone's task that CancelTask stops as vCenter does: the task ends
