@@ -3,18 +3,21 @@
 their ``VmBeingClonedEvent``), in a bounded number of calls, and answers None (cannot tell)
 rather than "not under way" on any doubt. Before, the vSphere provider always answered None: a
 clone whose answer was lost held its task_limit slot up to the pool's timeout (15 minutes by
-default) even when vCenter had no such clone."""
+default) even when vCenter had no such clone. Also: a clone refused with ManagedObjectNotFound
+and tried again is a lost answer only if its second ``CloneVM_Task`` was sent."""
 
 from __future__ import annotations
 
 import secrets
+import socket
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
 
-from chalicelib.providers.base import TaskState
+from chalicelib.providers.base import AnswerLost, ProviderError, TaskState
+from chalicelib.providers.vsphere import clone as vsphere_clone
 from chalicelib.providers.vsphere import under_way
 from tests.support import eventually
 from tests.vsphere.vcsim import Setup, VcsimServer, delayed_clones, make_setup
@@ -98,3 +101,27 @@ def test_a_running_clone_whose_name_vcenter_does_not_give_is_a_doubt(cloning: Vc
 
     monkeypatch.setattr(under_way, "_being_cloned", refused)
     assert setup.provider.clones_under_way(pool, other) is None
+
+
+def test_a_clone_refused_then_failing_before_its_second_call_was_not_sent(setup: Setup,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first CloneVM_Task was refused with ManagedObjectNotFound (a host of the cached survey
+    gone): vCenter started nothing, and the clone is placed again; the second try failing before
+    its own CloneVM_Task (a lookup timing out) sent no clone: a plain failure, whose place is
+    given back at once. Before, the first try's "sent" mark made it a lost answer, and the VM
+    held its slot as a clone vCenter might be making (up to the pool's timeout)."""
+    setup = make_setup(setup.server, service={"manage_host_selection": True})
+    pool = setup.pool(size=1)
+    tries: list[int] = []
+
+    def start(*args: Any) -> str:
+        tries.append(1)
+        if len(tries) == 1:
+            args[-1](True)  # CloneVM_Task sent: vCenter answers with a fault
+            raise vmodl.fault.ManagedObjectNotFound(msg="The object has already been deleted")
+        raise socket.timeout("timed out")  # the second try's first lookup
+
+    monkeypatch.setattr(vsphere_clone, "_start", start)
+    with pytest.raises(ProviderError) as raised:
+        setup.provider.clone(pool, names(1)[0])
+    assert len(tries) == 2 and not isinstance(raised.value, AnswerLost)

@@ -134,10 +134,13 @@ class VSphereProvider(Provider):
         the task's queue time unread) raises AnswerLost: vCenter may be cloning it."""
         sent: list[bool] = []
 
+        def sending(now_sent: bool) -> None:
+            sent[:] = [True] if now_sent else []  # False: vCenter refused the call sent, and it is tried again
+
         def start(connection: Connection) -> str:
             sent.clear()  # run again after a re-login (NotAuthenticated: vCenter did nothing)
             return clones.start(connection, self.config, self.service, self.hosts, pool, hostname,
-                                self.clock.now(), sending=lambda: sent.append(True))
+                                self.clock.now(), sending=sending)
 
         try:
             return self._run(f"clone {hostname} for pool {pool.name}", start)
