@@ -17,8 +17,9 @@
 // With -guest-addresses, a booted VM's first interface reports those addresses too (guest.net:
 // its ipAddress list and ipConfig, each "address", "address/state" or "address/state/origin"), as a
 // dual-stack guest's (origin "random": an IPv6 temporary address, RFC 4941).
-// Each managed entity keeps its recentTask (the last entityRecentTasks tasks on it), as vCenter's
-// do, so a client can read a VM's own tasks without the whole service's list.
+// Each managed entity keeps its recentTask (its queued and running tasks and its last completed
+// ones, entityRecentTasks in all at least), as vCenter's do, so a client can read a VM's own
+// tasks without the whole service's list.
 // It prints "VCSIM_URL=<url>" once it is serving, then runs until killed.
 package main
 
@@ -244,10 +245,34 @@ func (e *entityTasks) PutObject(obj mo.Reference) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	recent := append(append([]types.ManagedObjectReference(nil), entity.Entity().RecentTask...), task.Self)
-	if len(recent) > entityRecentTasks {
-		recent = recent[len(recent)-entityRecentTasks:]
+	// The oldest completed tasks make room; a queued or running one is always listed, as vCenter
+	// documents (only completed tasks are limited). Before, a template with more than ten delayed
+	// clones running lost the first ones' tasks from its list.
+	drop := len(recent) - entityRecentTasks
+	kept := make([]types.ManagedObjectReference, 0, len(recent))
+	for _, ref := range recent {
+		if drop > 0 && !unfinished(ref) {
+			drop--
+			continue
+		}
+		kept = append(kept, ref)
 	}
+	recent = kept
 	simulator.Map.Update(entity, []types.PropertyChange{{Name: "recentTask", Val: recent}})
+}
+
+// unfinished tells whether the task at ref is queued or running.
+func unfinished(ref types.ManagedObjectReference) bool {
+	var state types.TaskInfoState
+	switch task := simulator.Map.Get(ref).(type) {
+	case *simulator.Task:
+		state = task.Info.State
+	case *cancelableClone:
+		state = task.Info.State
+	default:
+		return false
+	}
+	return state == types.TaskInfoStateQueued || state == types.TaskInfoStateRunning
 }
 
 func (*entityTasks) UpdateObject(mo.Reference, []types.PropertyChange) {}
