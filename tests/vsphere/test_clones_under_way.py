@@ -22,13 +22,19 @@ from chalicelib.providers.vsphere import under_way
 from tests.support import eventually
 from tests.vsphere.vcsim import Setup, VcsimServer, delayed_clones, make_setup
 
-CLONE_SECONDS = 6.0
+CLONE_SECONDS = 10.0
 
 
 @pytest.fixture
 def cloning(vcsim_dir: Path) -> Iterator[VcsimServer]:
     """A simulator of its own whose clone tasks run CLONE_SECONDS."""
     yield from delayed_clones(vcsim_dir, CLONE_SECONDS, "under-way")
+
+
+@pytest.fixture
+def long_cloning(vcsim_dir: Path) -> Iterator[VcsimServer]:
+    """A simulator of its own whose clone tasks run longer than any test of them."""
+    yield from delayed_clones(vcsim_dir, 600, "under-way-long")
 
 
 def names(count: int) -> list[str]:
@@ -49,8 +55,8 @@ def test_vcenter_names_the_clones_it_still_makes_and_none_once_they_end(cloning:
     assert setup.provider.clones_under_way(pool, [first, second, never]) == set()
 
 
-def test_a_cancelled_clone_is_not_under_way(cloning: VcsimServer) -> None:
-    setup = make_setup(cloning)
+def test_a_cancelled_clone_is_not_under_way(long_cloning: VcsimServer) -> None:
+    setup = make_setup(long_cloning)
     pool = setup.pool(size=1)
     (name,) = names(1)
     ref = setup.provider.clone(pool, name)
@@ -67,12 +73,6 @@ def test_a_clone_never_asked_of_vcenter_is_not_under_way(setup: Setup) -> None:
     calls = setup.provider.call_count()
     assert setup.provider.clones_under_way(pool, names(50)) == set()
     assert setup.provider.call_count() - calls <= 2
-
-
-@pytest.fixture
-def long_cloning(vcsim_dir: Path) -> Iterator[VcsimServer]:
-    """A simulator of its own whose clone tasks run longer than any test of them."""
-    yield from delayed_clones(vcsim_dir, 600, "under-way-long")
 
 
 def test_the_calls_do_not_grow_with_the_names_asked(long_cloning: VcsimServer) -> None:
@@ -92,12 +92,12 @@ def test_the_calls_do_not_grow_with_the_names_asked(long_cloning: VcsimServer) -
     assert costs[0] == costs[1] <= 3  # the template, its tasks, their events
 
 
-def test_a_running_clone_whose_name_vcenter_does_not_give_is_a_doubt(cloning: VcsimServer,
+def test_a_running_clone_whose_name_vcenter_does_not_give_is_a_doubt(long_cloning: VcsimServer,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A clone task running whose VmBeingClonedEvent is not among those read (not posted yet,
     events purged, a page too short): it may be any of the names asked, so vCenter cannot tell.
     The same when vCenter refuses to show its events (NoPermission)."""
-    setup = make_setup(cloning)
+    setup = make_setup(long_cloning)
     pool = setup.pool(size=1)
     (running,) = names(1)
     setup.provider.clone(pool, running)
