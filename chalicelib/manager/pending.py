@@ -72,10 +72,13 @@ def unnoted_clones_running(context: PassContext, records: Iterable[VMRecord], as
     provider): for the grace too (unless its reserver is known gone), then, up to
     ``asked_limit`` seconds after its start, while the provider says it still makes the VM
     (``Provider.clones_under_way``: one call for all, after a crash only), or, when it cannot
-    tell, up to the pool's timeout."""
+    tell, up to the pool's timeout. The provider is asked only of clones of the pool's template
+    made where the pool makes VMs now (vSphere finds a clone among its template's tasks): one of
+    a template or place the pool has left since is judged as one it cannot tell."""
     timeout = context.pool.timeout_minutes * 60
     running: set[str] = set()
     ask: dict[str, float] = {}
+    untold: dict[str, float] = {}
     for record in records:
         age = context.now - (record.clone_start or context.now)
         if record.name in context.inventory:
@@ -83,11 +86,13 @@ def unnoted_clones_running(context: PassContext, records: Iterable[VMRecord], as
         if age <= CLONE_START_GRACE_SECONDS and not record.raw.get(RESERVER_GONE):
             running.add(record.name)
         elif record.raw.get(CLONE_ASKED) and age <= asked_limit:
-            ask[record.name] = age
-    if ask:
-        under_way = context.provider.clones_under_way(context.pool, list(ask))
-        running.update(name for name, age in ask.items()
-                       if (age <= timeout if under_way is None else name in under_way))
+            same_source = record.template == context.pool.template and context.elsewhere(record) is None
+            (ask if same_source else untold)[record.name] = age
+    under_way = context.provider.clones_under_way(context.pool, list(ask)) if ask else ()
+    if under_way is None:
+        untold.update(ask)
+    running.update(name for name in ask if under_way is not None and name in under_way)
+    running.update(name for name, age in untold.items() if age <= timeout)
     return running
 
 

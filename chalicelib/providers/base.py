@@ -237,9 +237,10 @@ class Provider(abc.ABC):
         """Of ``names``, those whose VM the backend is still making and does not show yet, or
         None when the backend cannot tell: for clones asked for by a pass that died before
         noting their tasks (manager/pending.py), which keep their slots while the backend makes
-        them and give them back once it says it is not. This default cannot tell (vCenter: a
-        clone is found by its task, and these have none): such a clone keeps its slot until
-        its VM shows or the pool's timeout."""
+        them and give them back once it says it is not. ``names`` are clones of the pool's
+        template as it is now, made where it makes VMs now (the caller asks nothing of others).
+        A provider answers "not under way" only when it knows: on any doubt, None. This default
+        cannot tell: such a clone keeps its slot until its VM shows or the pool's timeout."""
         return None
 
     @abc.abstractmethod

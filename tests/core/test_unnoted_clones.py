@@ -27,6 +27,7 @@ from tests.chaos.fleet import tasks_running
 from tests.harness import Harness, HarnessFactory, Killed, assert_consistent
 from tests.support import eventually
 from tests.vsphere.vcsim import VcsimServer, make_setup, vcsim_config
+from tools.vcsim import launcher
 
 LIMIT = 2
 CONFIG = """\
@@ -116,6 +117,32 @@ def test_a_clone_asked_but_never_sent_gives_its_place_back_when_the_provider_has
     world.clock.advance(200)
     world.settle("alpha")
     assert world.provider_vms("alpha") == world.hosts("alpha", "ready") and world.store.cloning_count() == 0
+
+
+def test_a_clone_asked_of_a_template_the_pool_left_is_not_asked_of_the_provider(
+        world: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed once the provider took both clones, before their tasks were noted; then the pool's
+    template changes. vSphere finds an unnoted clone among the tasks of the pool's template (the
+    new one: it would say "none under way" of the old template's clones), so the provider is not
+    asked of them: their slots stay held as when it cannot tell (up to the pool's timeout, or
+    until their VMs show), never more than task_limit clones at the provider."""
+    asked = killed_at(world, "clone_started")
+    world.services.use_config(parse(CONFIG.replace("provider: dummy}", "provider: dummy, template: other}")))
+    asked_of_provider: list[list[str]] = []
+
+    def new_template_only(pool: object, names: list[str]) -> list[str]:
+        asked_of_provider.append(sorted(names))
+        return []
+
+    monkeypatch.setattr(world.provider, "clones_under_way", new_template_only)
+    for _ in range(4):  # to 180 s: past the start grace, the clones (200 s) still running
+        world.clock.advance(45)
+        world.reconcile("alpha")
+        assert tasks_running(world, "clone") == LIMIT and world.store.cloning_count() == LIMIT
+    assert not any(set(names) & asked for names in asked_of_provider)
+    world.clock.advance(30)  # their VMs show: the slots come back, the pool refills
+    world.settle("alpha")
+    assert world.provider_vms("alpha") == world.hosts("alpha", "ready") and not asked & world.provider_vms("alpha")
 
 
 def test_a_clone_asked_slower_than_the_pool_timeout_keeps_its_slot_until_it_ends(make_harness: HarnessFactory) -> None:
@@ -261,22 +288,26 @@ def test_vsphere_a_batch_killed_after_its_first_clone_holds_only_the_asked_one(m
     assert asked <= vsphere_whole(world, "unnoted-first")
 
 
-def test_vsphere_a_clone_asked_and_never_sent_keeps_its_place_past_the_grace(make_harness: HarnessFactory,
-                                                                           vcsim: VcsimServer) -> None:
-    """Killed between the second clone's mark and its call: its place and slot stay taken past
-    the start grace (vCenter may be making it); at the pool's timeout, no VM of that name in
-    vCenter, it leaves service with its slot, and the pool is whole again."""
+def test_vsphere_a_clone_asked_and_never_sent_gives_its_place_back_once_vcenter_says_it_makes_none(
+        make_harness: HarnessFactory, vcsim: VcsimServer) -> None:
+    """Killed between the second clone's mark and its call: its place and slot stay taken within
+    the start grace (vCenter may be making it); past it, vCenter has no clone task naming it
+    (its template's tasks and their events), so the next pass takes it out of service and its
+    slot is free at once, and the pool is whole again. Before, vCenter could not tell: the slot
+    stayed taken up to the pool's timeout (5 minutes here, 15 by default)."""
     world = vsphere_world(make_harness, vcsim, "unnoted-second")
     pending = killed_at(world, "clone_asked#2", "unnoted-second")
     assert all(world.store.get_vm(host).raw.get(CLONE_ASKED) for host in pending) and len(pending) == LIMIT
-    world.clock.advance(CLONE_START_GRACE_SECONDS + 1)
+    (unsent,) = pending - {vm.name for vm in world.provider.list_vms(world.pool("unnoted-second"))}
+    world.clock.advance(CLONE_START_GRACE_SECONDS - 1)
     report = world.reconcile("unnoted-second")
     assert report.completed == {} and report.clones_started == []
-    (unsent,) = pending - {vm.name for vm in world.provider.list_vms(world.pool("unnoted-second"))}
     assert unsent in world.hosts("unnoted-second", "pending") and world.store.cloning_count() == 1
-    world.clock.advance(5 * 60 - CLONE_START_GRACE_SECONDS)
+    world.clock.advance(2)
     report = world.reconcile("unnoted-second")
-    assert unsent in report.completed and len(report.clones_started) == LIMIT  # its slot free again
+    assert report.completed == {unsent: "clone asked for but not made by the provider "
+                                        "(its pass was interrupted before noting its task)"}
+    assert len(report.clones_started) == 1  # its slot free again, in the same pass
     assert unsent not in vsphere_whole(world, "unnoted-second")
 
 
@@ -317,6 +348,27 @@ def test_vsphere_a_clone_whose_answer_timed_out_is_taken_on_once_its_vm_shows(
     eventually(ready, 30, "the clone taken on", interval=0.1)
     assert started == [] and world.store.cloning_count() == 0
     assert {vm.name for vm in world.provider.list_vms(world.pool(name))} == {asked}
+
+
+def test_vsphere_a_clone_whose_answer_was_lost_and_that_vcenter_refused_gives_its_slot_back_after_the_grace(
+        make_harness: HarnessFactory, slow_to_answer_vcsim: VcsimServer) -> None:
+    """CloneVM_Task sent, its answer (a refusal: NoPermission on the folder) not in within the
+    call timeout: a lost answer, the VM pending with its slot. vCenter has no clone task naming
+    it, so the first pass past the start grace gives the slot back and asks for a clone again.
+    Before, the slot stayed taken up to the pool's timeout (a hung vCenter that lost a few
+    answers left the pool refilling at a fraction of its task_limit for 15 minutes)."""
+    name = "lost-refused"
+    folder = f"vmpool/{name}-{secrets.token_hex(3)}/{launcher.NO_CLONE_FOLDER}"
+    world = make_harness(vcsim_config(slow_to_answer_vcsim, [{"name": name, "size": 1, "folder": folder}],
+                                      service={"task_limit": 2, "timeout": 5}, provider={"call_timeout": 2}))
+    report = world.reconcile(name)
+    assert [failure.kind for failure in report.clone_failures.values()] == [FailureKind.TIMEOUT]
+    (asked,) = world.hosts(name, "pending")
+    assert world.store.get_vm(asked).raw.get(CLONE_ASKED) and world.store.cloning_count() == 1
+    world.clock.advance(CLONE_START_GRACE_SECONDS + 1)
+    report = world.reconcile(name)
+    assert asked in report.completed and asked not in world.hosts(name, "pending")
+    assert len(report.clones_started) + len(report.clone_failures) == 1  # asked again, in its place
 
 
 def test_vsphere_a_clone_call_that_timed_out_before_clonevm_task_was_sent_started_nothing(

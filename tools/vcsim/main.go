@@ -7,7 +7,8 @@
 // a user without the clone privilege there, so permission failures are testable.
 // With -host-load-per-vm, hosts report CPU and memory use that grows with their powered-on VMs.
 // An operator's bad day: -clone-delay keeps each clone task running that long (the VM is in its
-// folder meanwhile, as vCenter shows a VM being cloned), -fail-clone-folder makes clone tasks into
+// folder meanwhile: vCenter's documentation does not say when a clone's VM shows; the task carries
+// its VmBeingClonedEvent's chain id, as vCenter's do), -fail-clone-folder makes clone tasks into
 // folders of that name end in error after the VM was made (the debris a failed clone can leave);
 // a delayed clone's task can be cancelled (CancelTask: it ends in error, its VM removed) except
 // in folders named -no-cancel-folder, where CancelTask is refused with NoPermission and the clone
@@ -16,8 +17,9 @@
 // With -guest-addresses, a booted VM's first interface reports those addresses too (guest.net:
 // its ipAddress list and ipConfig, each "address", "address/state" or "address/state/origin"), as a
 // dual-stack guest's (origin "random": an IPv6 temporary address, RFC 4941).
-// Each managed entity keeps its recentTask (the last entityRecentTasks tasks on it), as vCenter's
-// do, so a client can read a VM's own tasks without the whole service's list.
+// Each managed entity keeps its recentTask (its queued and running tasks and its last completed
+// ones, entityRecentTasks in all at least), as vCenter's do, so a client can read a VM's own
+// tasks without the whole service's list.
 // It prints "VCSIM_URL=<url>" once it is serving, then runs until killed.
 package main
 
@@ -137,6 +139,10 @@ func (t *templateVM) CloneVMTask(ctx *simulator.Context, req *types.CloneVM_Task
 		}
 		return ref, nil
 	})
+	// vCenter's events of a task carry the task's eventChainId: the VmBeingClonedEvent naming the
+	// clone (destName) is found from its running task (govmomi 0.24 gives each event a chain of
+	// its own and tasks none).
+	created.Info.EventChainId = beingClonedChain(ctx, t.Self, req.Name)
 	refuse := folder != nil && noCancelFolder != "" && folder.Name == noCancelFolder
 	late := &cancelableClone{Task: *created, clone: clone, refuse: refuse} //nolint:govet // copying is fine: the Map entry is replaced
 	simulator.Map.Put(late)
@@ -154,6 +160,31 @@ func (t *templateVM) CloneVMTask(ctx *simulator.Context, req *types.CloneVM_Task
 	}
 	body.Res.Returnval = late.Self
 	return res
+}
+
+// beingClonedChain is the key (its own chain) of the latest VmBeingClonedEvent of template
+// cloned into name: the one CloneVMTask just posted (clones of one template are serialised by
+// the simulator's lock on it).
+func beingClonedChain(ctx *simulator.Context, template types.ManagedObjectReference, name string) int32 {
+	manager := simulator.Map.EventManager()
+	var found int32
+	ctx.WithLock(manager, func() {
+		res := manager.QueryEvents(ctx, &types.QueryEvents{Filter: types.EventFilterSpec{
+			Entity:      &types.EventFilterSpecByEntity{Entity: template, Recursion: types.EventFilterSpecRecursionOptionSelf},
+			EventTypeId: []string{"VmBeingClonedEvent"},
+			MaxCount:    100,
+		}})
+		body, ok := res.(*methods.QueryEventsBody)
+		if !ok || body.Res == nil {
+			return
+		}
+		for _, event := range body.Res.Returnval {
+			if cloning, ok := event.(*types.VmBeingClonedEvent); ok && cloning.DestName == name && cloning.Key > found {
+				found = cloning.Key
+			}
+		}
+	})
+	return found
 }
 
 // cancelableClone is a delayed clone's task that CancelTask stops as vCenter does: the task ends
@@ -214,10 +245,34 @@ func (e *entityTasks) PutObject(obj mo.Reference) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	recent := append(append([]types.ManagedObjectReference(nil), entity.Entity().RecentTask...), task.Self)
-	if len(recent) > entityRecentTasks {
-		recent = recent[len(recent)-entityRecentTasks:]
+	// The oldest completed tasks make room; a queued or running one is always listed, as vCenter
+	// documents (only completed tasks are limited). Before, a template with more than ten delayed
+	// clones running lost the first ones' tasks from its list.
+	drop := len(recent) - entityRecentTasks
+	kept := make([]types.ManagedObjectReference, 0, len(recent))
+	for _, ref := range recent {
+		if drop > 0 && !unfinished(ref) {
+			drop--
+			continue
+		}
+		kept = append(kept, ref)
 	}
+	recent = kept
 	simulator.Map.Update(entity, []types.PropertyChange{{Name: "recentTask", Val: recent}})
+}
+
+// unfinished tells whether the task at ref is queued or running.
+func unfinished(ref types.ManagedObjectReference) bool {
+	var state types.TaskInfoState
+	switch task := simulator.Map.Get(ref).(type) {
+	case *simulator.Task:
+		state = task.Info.State
+	case *cancelableClone:
+		state = task.Info.State
+	default:
+		return false
+	}
+	return state == types.TaskInfoStateQueued || state == types.TaskInfoStateRunning
 }
 
 func (*entityTasks) UpdateObject(mo.Reference, []types.PropertyChange) {}

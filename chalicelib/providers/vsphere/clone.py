@@ -197,12 +197,14 @@ def start(
     pool: PoolConfig,
     hostname: str,
     now: float,
-    sending: Callable[[], None] = lambda: None,
+    sending: Callable[[bool], None] = lambda sent: None,
 ) -> str:
     """Start the clone and return its task reference; a refusal becomes a failed reference.
-    ``sending`` is called just before ``CloneVM_Task`` is sent: a transport failure after it may
-    have left vCenter cloning (the provider then raises AnswerLost), one before it started
-    nothing."""
+    ``sending(True)`` is called just before ``CloneVM_Task`` is sent: a transport failure after it
+    may have left vCenter cloning (the provider then raises AnswerLost), one before it started
+    nothing; ``sending(False)`` when vCenter refused it (a fault: it started nothing) and the
+    clone is tried again, so that a failure of the second try before its own ``CloneVM_Task`` is
+    not taken for a lost answer."""
     try:
         try:
             return _start(connection, config, service, selector, pool, hostname, now, sending)
@@ -211,6 +213,7 @@ def start(
                 raise
             # Likely a host of the selection's cache that is gone (vCenter restarted, the host
             # removed): placed again once on a fresh survey. Nothing was started: vCenter refused.
+            sending(False)
             selector.forget()
             return _start(connection, config, service, selector, pool, hostname, now, sending)
     except CloneRefused as refused:
@@ -231,7 +234,7 @@ def _start(
     pool: PoolConfig,
     hostname: str,
     now: float,
-    sending: Callable[[], None],
+    sending: Callable[[bool], None],
 ) -> str:
     datacenter = datacenter_of(connection, config, pool)
     path = template_path(datacenter, pool.template)
@@ -316,6 +319,6 @@ def _start(
     spec = vim.vm.CloneSpec(location=relocate, config=spec_config, powerOn=True, template=False)
     if linked and facts.get("snapshot.currentSnapshot") is not None:
         spec.snapshot = facts["snapshot.currentSnapshot"]
-    sending()
+    sending(True)
     task = template.CloneVM_Task(folder=folder, name=hostname, spec=spec)
     return tasks.clone_ref(connection, task, folder, hostname)

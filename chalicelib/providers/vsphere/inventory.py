@@ -133,6 +133,17 @@ def one(connection: Connection, obj: Any, paths: Iterable[str]) -> dict[str, Any
     return found[0] if found else None
 
 
+def referenced(connection: Connection, obj: Any, path: str, kind: type, paths: Iterable[str]) -> list[dict[str, Any]]:
+    """Properties of the objects of ``kind`` that ``obj``'s property ``path`` references (a VM's
+    ``recentTask``), in one retrieval: not one call for the references, then one for them."""
+    through = vmodl.query.PropertyCollector.TraversalSpec(name="referenced", path=path, skip=False, type=type(obj))
+    spec = vmodl.query.PropertyCollector.FilterSpec(
+        objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=obj, skip=True, selectSet=[through])],
+        propSet=[vmodl.query.PropertyCollector.PropertySpec(type=kind, pathSet=list(paths))],
+    )
+    return [_as_dict(content) for content in _collect(connection, spec)]
+
+
 def view_contents(connection: Connection, view: Any, kind: type, paths: Iterable[str]) -> list[dict[str, Any]]:
     """Properties of every object of ``kind`` in a container view, in one retrieval."""
     traverse = vmodl.query.PropertyCollector.TraversalSpec(name="view", path="view", skip=False, type=type(view))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Collection, Sequence, TypeVar
 
 from pyVmomi import vim
 
@@ -26,7 +26,7 @@ from chalicelib.providers.base import (
 )
 from chalicelib.providers.vsphere import clone as clones
 from chalicelib.providers.vsphere import connection as connections
-from chalicelib.providers.vsphere import inventory, migration, purge, readiness, tasks, templates, vms
+from chalicelib.providers.vsphere import inventory, migration, purge, readiness, tasks, templates, under_way, vms
 from chalicelib.providers.vsphere.config import vsphere_settings
 from chalicelib.providers.vsphere.connection import Connection, Endpoint
 from chalicelib.providers.vsphere.hosts import HostSelector
@@ -134,10 +134,13 @@ class VSphereProvider(Provider):
         the task's queue time unread) raises AnswerLost: vCenter may be cloning it."""
         sent: list[bool] = []
 
+        def sending(now_sent: bool) -> None:
+            sent[:] = [True] if now_sent else []  # False: vCenter refused the call sent, and it is tried again
+
         def start(connection: Connection) -> str:
             sent.clear()  # run again after a re-login (NotAuthenticated: vCenter did nothing)
             return clones.start(connection, self.config, self.service, self.hosts, pool, hostname,
-                                self.clock.now(), sending=lambda: sent.append(True))
+                                self.clock.now(), sending=sending)
 
         try:
             return self._run(f"clone {hostname} for pool {pool.name}", start)
@@ -145,6 +148,23 @@ class VSphereProvider(Provider):
             if sent:
                 raise AnswerLost.of(error) from None
             raise
+
+    def clones_under_way(self, pool: PoolConfig, names: Collection[str]) -> Collection[str] | None:
+        """Of ``names``, the clones of the pool's template vCenter has queued or running, from the
+        template's recent tasks and the events naming their clones (chalicelib.providers.vsphere.
+        under_way: at most three calls whatever the number of names); None when vCenter cannot
+        tell (the template not found, a clone task whose clone is not named, a read refused)."""
+        if not names:
+            return []
+
+        def asking(connection: Connection) -> set[str] | None:
+            path = clones.template_path(self._datacenter(connection, pool), pool.template)
+            template = inventory.find(connection, path)
+            if not isinstance(template, vim.VirtualMachine):
+                return None
+            return under_way.clones_under_way(connection, template, names)
+
+        return self._run(f"look for clones under way in pool {pool.name}", asking, read_only=True)
 
     def task_status(self, task_ref: str) -> TaskStatus:
         """Read a task's state now; never waits. Destroy chains and template preparations

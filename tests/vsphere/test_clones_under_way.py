@@ -1,0 +1,136 @@
+"""vCenter says which clones asked for without a noted task it still makes
+(``VSphereProvider.clones_under_way``: the template's queued and running clone tasks, named by
+their ``VmBeingClonedEvent``), in a bounded number of calls, and answers None (cannot tell)
+rather than "not under way" on any doubt. Before, the vSphere provider always answered None: a
+clone whose answer was lost held its task_limit slot up to the pool's timeout (15 minutes by
+default) even when vCenter had no such clone. Also: a clone refused with ManagedObjectNotFound
+and tried again is a lost answer only if its second ``CloneVM_Task`` was sent."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from pyVmomi import vim, vmodl
+
+from chalicelib.providers.base import AnswerLost, ProviderError, TaskState
+from chalicelib.providers.vsphere import clone as vsphere_clone
+from chalicelib.providers.vsphere import under_way
+from tests.support import eventually
+from tests.vsphere.vcsim import Setup, VcsimServer, delayed_clones, make_setup
+
+CLONE_SECONDS = 10.0
+
+
+@pytest.fixture
+def cloning(vcsim_dir: Path) -> Iterator[VcsimServer]:
+    """A simulator of its own whose clone tasks run CLONE_SECONDS."""
+    yield from delayed_clones(vcsim_dir, CLONE_SECONDS, "under-way")
+
+
+@pytest.fixture
+def long_cloning(vcsim_dir: Path) -> Iterator[VcsimServer]:
+    """A simulator of its own whose clone tasks run longer than any test of them."""
+    yield from delayed_clones(vcsim_dir, 600, "under-way-long")
+
+
+def names(count: int) -> list[str]:
+    label = secrets.token_hex(3)
+    return [f"uw-{label}-{index}" for index in range(count)]
+
+
+def test_vcenter_names_the_clones_it_still_makes_and_none_once_they_end(cloning: VcsimServer) -> None:
+    setup = make_setup(cloning)
+    pool = setup.pool(size=2)
+    first, second, never = names(3)
+    refs = [setup.provider.clone(pool, first), setup.provider.clone(pool, second)]
+    assert set(setup.provider.clones_under_way(pool, [first, second, never]) or ()) == {first, second}
+    assert setup.provider.clones_under_way(pool, [never]) == set()
+    eventually(lambda: all(status.state is TaskState.SUCCESS
+                           for status in setup.provider.task_statuses(refs).values()),
+               CLONE_SECONDS * 5, "the clones to end", interval=0.2)
+    assert setup.provider.clones_under_way(pool, [first, second, never]) == set()
+
+
+def test_a_cancelled_clone_is_not_under_way(long_cloning: VcsimServer) -> None:
+    setup = make_setup(long_cloning)
+    pool = setup.pool(size=1)
+    (name,) = names(1)
+    ref = setup.provider.clone(pool, name)
+    assert set(setup.provider.clones_under_way(pool, [name]) or ()) == {name}
+    assert setup.provider.cancel_task(ref)
+    assert setup.provider.clones_under_way(pool, [name]) == set()
+
+
+def test_a_clone_never_asked_of_vcenter_is_not_under_way(setup: Setup) -> None:
+    """No clone task on the template at all (the request never reached vCenter): not under way,
+    for any number of names, in two calls (the template, its tasks)."""
+    pool = setup.pool(size=1)
+    setup.provider.list_vms(pool)  # connected, the datacenter known
+    calls = setup.provider.call_count()
+    assert setup.provider.clones_under_way(pool, names(50)) == set()
+    assert setup.provider.call_count() - calls <= 2
+
+
+def test_the_calls_do_not_grow_with_the_names_asked(long_cloning: VcsimServer) -> None:
+    """Twelve clones running (two tasks each on the template: more than the 20 recent tasks a
+    template lists besides its unfinished ones), each named; the same three calls for one name
+    asked or 203."""
+    setup = make_setup(long_cloning)
+    pool = setup.pool(size=12)
+    started = names(12)
+    for name in started:
+        setup.provider.clone(pool, name)
+    costs = []
+    for asked in (started[:1], started + names(200)):
+        calls = setup.provider.call_count()
+        assert set(setup.provider.clones_under_way(pool, asked) or ()) == set(asked) & set(started)
+        costs.append(setup.provider.call_count() - calls)
+    assert costs[0] == costs[1] <= 3  # the template, its tasks, their events
+
+
+def test_a_running_clone_whose_name_vcenter_does_not_give_is_a_doubt(long_cloning: VcsimServer,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clone task running whose VmBeingClonedEvent is not among those read (not posted yet,
+    events purged, a page too short): it may be any of the names asked, so vCenter cannot tell.
+    The same when vCenter refuses to show its events (NoPermission)."""
+    setup = make_setup(long_cloning)
+    pool = setup.pool(size=1)
+    (running,) = names(1)
+    setup.provider.clone(pool, running)
+    other = names(1)
+    monkeypatch.setattr(under_way, "_being_cloned", lambda *args: [])
+    assert setup.provider.clones_under_way(pool, other) is None
+
+    def refused(*args: Any) -> list[Any]:
+        raise vim.fault.NoPermission(privilegeId="System.View")
+
+    monkeypatch.setattr(under_way, "_being_cloned", refused)
+    assert setup.provider.clones_under_way(pool, other) is None
+
+
+def test_a_clone_refused_then_failing_before_its_second_call_was_not_sent(setup: Setup,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first CloneVM_Task was refused with ManagedObjectNotFound (a host of the cached survey
+    gone): vCenter started nothing, and the clone is placed again; the second try failing before
+    its own CloneVM_Task (a lookup timing out) sent no clone: a plain failure, whose place is
+    given back at once. Before, the first try's "sent" mark made it a lost answer, and the VM
+    held its slot as a clone vCenter might be making (up to the pool's timeout)."""
+    setup = make_setup(setup.server, service={"manage_host_selection": True})
+    pool = setup.pool(size=1)
+    tries: list[int] = []
+
+    def start(*args: Any) -> str:
+        tries.append(1)
+        if len(tries) == 1:
+            args[-1](True)  # CloneVM_Task sent: vCenter answers with a fault
+            raise vmodl.fault.ManagedObjectNotFound(msg="The object has already been deleted")
+        raise socket.timeout("timed out")  # the second try's first lookup
+
+    monkeypatch.setattr(vsphere_clone, "_start", start)
+    with pytest.raises(ProviderError) as raised:
+        setup.provider.clone(pool, names(1)[0])
+    assert len(tries) == 2 and not isinstance(raised.value, AnswerLost)
