@@ -113,6 +113,12 @@ MANY_CHUNKS = b"".join(b"10000\r\n" + b"[" * 0x10000 + b"\r\n" for _ in range(32
     ("HTTP/2.0 request line", request(f"POST /api/v3/vm/{POOL} HTTP/2.0\nHost: x\nContent-Length: 0\n"), (505,)),
     ("no version (HTTP/0.9)", b"GET /api/v3/status\r\n\r\n", (505,)),
     ("gzip, chunked", request(POST + "Transfer-Encoding: gzip, chunked\n", b"2\r\n{}\r\n0\r\n\r\n"), (501,)),
+    # HTTP/1.0 has no transfer codings: a proxy reading the request as 1.0 (no body) took the
+    # chunks for its next request, where we served a checkout (RFC 9112, 6.1: faulty framing).
+    ("HTTP/1.0 with Transfer-Encoding",
+     request(f"POST /api/v3/vm/{POOL} HTTP/1.0\n" + CHUNKED, b"0\r\n\r\nGET /api/v3/status HTTP/1.1\r\n\r\n"), (400,)),
+    ("a Host that is no host[:port]", request(f"POST /api/v3/vm/{POOL} HTTP/1.1\nHost: a b/c@d\nContent-Length: 0\n"),
+     (400,)),
     ("an expectation not 100-continue", request(POST + "Expect: 200-ok\nContent-Length: 0\n"), (417,)),
     # A path beginning "//" is a path, not a host and a path: not found, not /api/v3/vm/{POOL}.
     ("a path beginning //host", request(f"POST //x/api/v3/vm/{POOL} HTTP/1.1\nHost: x\nContent-Length: 0\n"), (404,)),
