@@ -409,7 +409,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         hosts = [value for name, value in self.headers if name == b"host"]
         if len(hosts) > 1 or (not hosts and version == "1.1"):
             return Refused(400, "an HTTP/1.1 request needs exactly one Host header")
-        if hosts and not HOST_VALUE.match(hosts[0]):
+        if hosts and not HOST_VALUE.match(hosts[0].strip(b" \t")):  # llhttp keeps the spaces after a value
             return Refused(400, "the Host header is not a host and port")
         for name, value in self.headers:
             if name == b"transfer-encoding" and version == "1.0":

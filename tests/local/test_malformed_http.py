@@ -132,6 +132,15 @@ def test_malformed_request_gets_a_json_4xx_or_a_clean_close(stack: RunningStack,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("host", ["", "example.com:8000 \t", "[::1]:80", "127.0.0.1"])
+def test_a_host_header_that_is_a_host_is_served(stack: RunningStack, host: str) -> None:
+    """An empty Host (RFC 9112, 3.2: a URI without an authority) and one followed by spaces
+    (optional whitespace, which llhttp leaves in the value) are hosts: not refused."""
+    answer = exchange(stack.port, request(f"GET /api/v3/status?view=pools HTTP/1.1\nHost: {host}\nConnection: close\n"))
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("half_close", [True, False], ids=["client half-closes", "client waits"])
 def test_body_shorter_than_its_content_length_is_refused_not_waited_for(stack: RunningStack, half_close: bool) -> None:
     raw = request("POST /api/v3/vm HTTP/1.1\nHost: x\nContent-Length: 100\n", b'{"' + POOL.encode() + b'": "1"}')
