@@ -384,6 +384,14 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = 0
         self._cancel_head_timer()
+        # Whether to send "100 Continue" before reading the body, decided here rather than by
+        # uvicorn (any Expect field whose value is exactly "100-continue"): an HTTP/1.0 client's
+        # expectation is ignored (RFC 9110, 10.1.1: it takes a 1xx for the final answer, and a
+        # checkout it sent read "100 Continue" while a VM was taken for it), and one written
+        # with spaces around (which llhttp leaves in the value) is honoured as _head_refusal
+        # accepts it, not left waiting for a 100 that never came.
+        self.expect_100_continue = self.parser.get_http_version() == "1.1" and any(
+            name == b"expect" and value.strip().lower() == b"100-continue" for name, value in self.headers)
         super().on_headers_complete()
 
     def _head_refusal(self) -> Refused | None:
