@@ -50,7 +50,24 @@ def namespace_for(stage: str) -> str:
 
 NAMESPACE = os.environ.get(NAMESPACE_ENV) or BASE_NAMESPACE
 
-logger = Logger(service=SERVICE)
+
+
+def json_log_line(record: Mapping[str, Any]) -> str:
+    """A log record as one line of JSON, as Powertools writes it (compact, other alphabets as they
+    are), but always text a UTF-8 stream can write: a lone surrogate in any value (a direct
+    invoke's ``requestId`` of ``\\ud800``, the request's correlation id on every line it logs)
+    made the stream's encoder fail, and the line was lost, a ``--- Logging error ---`` traceback
+    on stderr in its place. Such a line is written with every non-ASCII character escaped."""
+    text = json.dumps(record, default=str, separators=(",", ":"), ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(record, default=str, separators=(",", ":"))
+    return text
+
+
+logger = Logger(service=SERVICE, json_serializer=json_log_line)
 
 REDACTION = RedactingFilter()
 """Masks every secret the service has resolved, in every log line (belt and braces: no code

@@ -51,6 +51,7 @@ import json
 import logging
 import mmap
 import os
+import re
 import resource
 import signal
 import socket
@@ -121,6 +122,10 @@ MAX_CONNECTIONS = 1000
 DESCRIPTORS_FOR_THE_APP = 100
 """Descriptors a worker keeps for everything but its connections (its listening socket, Redis
 connections, the files and logs a request may open); its connections get the rest."""
+
+HOST_VALUE = re.compile(rb"(\[[0-9A-Za-z:.~!$&'()*+,;=_-]*\]|[0-9A-Za-z.~%!$&'()*+,;=_-]*)(:[0-9]*)?\Z")
+"""A Host field value as RFC 9110 (7.2) has it, ``uri-host [":" port]``, empty included (a
+request for a URI without an authority); anything else is a 400 (RFC 9112, 3.2)."""
 
 logger = logging.getLogger("vmpool.http_front")
 
@@ -379,6 +384,14 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = 0
         self._cancel_head_timer()
+        # Whether to send "100 Continue" before reading the body, decided here rather than by
+        # uvicorn (any Expect field whose value is exactly "100-continue"): an HTTP/1.0 client's
+        # expectation is ignored (RFC 9110, 10.1.1: it takes a 1xx for the final answer, and a
+        # checkout it sent read "100 Continue" while a VM was taken for it), and one written
+        # with spaces around (which llhttp leaves in the value) is honoured as _head_refusal
+        # accepts it, not left waiting for a 100 that never came.
+        self.expect_100_continue = self.parser.get_http_version() == "1.1" and any(
+            name == b"expect" and value.strip().lower() == b"100-continue" for name, value in self.headers)
         super().on_headers_complete()
 
     def _head_refusal(self) -> Refused | None:
@@ -387,7 +400,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         (505; llhttp reads a line without one as 0.9 and takes 2.0), an HTTP/1.1 request without
         one Host or any with two (400), a transfer coding other than chunked (501: ``gzip,
         chunked`` was read as chunked and the gzip dropped), an expectation other than
-        100-continue (417), a body with a request asking for an Upgrade (400)."""
+        100-continue (417), a body with a request asking for an Upgrade (400), a Host that is no
+        ``host[:port]`` (400), a Transfer-Encoding in an HTTP/1.0 request (400)."""
         if self._whole_head_bytes() > MAX_HEAD_BYTES:
             # A head that arrived in one read is whole before data_received counts it.
             return Refused(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
@@ -400,10 +414,16 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             return Refused(400, "a request asking for an Upgrade may not have a body here")
         if version not in ("1.0", "1.1"):
             return Refused(505, f"HTTP/{version} is not served; use HTTP/1.1")
-        hosts = sum(name == b"host" for name, _ in self.headers)
-        if hosts > 1 or (hosts == 0 and version == "1.1"):
+        hosts = [value for name, value in self.headers if name == b"host"]
+        if len(hosts) > 1 or (not hosts and version == "1.1"):
             return Refused(400, "an HTTP/1.1 request needs exactly one Host header")
+        if hosts and not HOST_VALUE.match(hosts[0].strip(b" \t")):  # llhttp keeps the spaces after a value
+            return Refused(400, "the Host header is not a host and port")
         for name, value in self.headers:
+            if name == b"transfer-encoding" and version == "1.0":
+                # HTTP/1.0 has no transfer codings: a proxy in front reading it as 1.0 takes the
+                # chunks for the next request (RFC 9112, 6.1: the framing is faulty).
+                return Refused(400, "Transfer-Encoding is not HTTP/1.0; send HTTP/1.1 or a Content-Length")
             if name == b"transfer-encoding":
                 codings = {coding.strip().lower() for coding in value.split(b",")} - {b"chunked"}
                 if codings:

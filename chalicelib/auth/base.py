@@ -159,15 +159,17 @@ def login_key(username: str) -> str:
     so that no spelling a directory may bind as the same entry gets a counter of its own:
     case-folded (``\u00df`` as ``ss``), without accents or any other combining mark (Active
     Directory matches ``jesush`` to the entry ``j\u00e9sush``), without the characters RFC 4518
-    maps to nothing (a zero-width space, a soft hyphen: a directory following it binds
-    ``ali\u200bce`` as alice), and a dotted capital I as ``i`` (OpenLDAP binds ``al\u0130ce`` as
-    alice). Two users whose names merge here (``jos\u00e9`` and ``jose``, ``stra\u00dfe`` and
-    ``strasse``) share a counter: at worst one's failures lock the other out for a window, never
-    an attacker more guesses (and a success clears nobody's failures: ``LoginLimiter.settle``)."""
-    folded = canonical_user(username).replace("i\u0307", "i").casefold()
+    maps to nothing (a zero-width space, a soft hyphen, the C1 control characters: a directory
+    following it binds ``ali\u200bce`` and ``ali\u0080ce`` as alice; each C1 character at each
+    place was a counter of its own) or to a space (``\u0085``), and a dotted capital I as ``i``
+    (OpenLDAP binds ``al\u0130ce`` as alice). Two users whose names merge here (``jos\u00e9``
+    and ``jose``, ``stra\u00dfe`` and ``strasse``) share a counter: at worst one's failures lock
+    the other out for a window, never an attacker more guesses (and a success clears nobody's
+    failures: ``LoginLimiter.settle``)."""
+    folded = canonical_user(username.replace("\u0085", " ")).replace("i\u0307", "i").casefold()
     decomposed = unicodedata.normalize("NFKD", folded)
     kept = "".join(char for char in decomposed
-                   if unicodedata.category(char) not in ("Mn", "Me", "Cf") and char not in _MAPPED_TO_NOTHING)
+                   if unicodedata.category(char) not in ("Mn", "Me", "Cf", "Cc") and char not in _MAPPED_TO_NOTHING)
     return unicodedata.normalize("NFKC", kept)
 
 

@@ -12,13 +12,15 @@ import base64
 import gzip
 import io
 import json
-from typing import Any, Callable
+import logging
+from typing import Any, Callable, Iterator
 
 import pytest
 
 import app
 from chalicelib.api.http import MAX_BASE64_BODY_CHARS, MAX_BODY_BYTES
 from chalicelib.api.proxy_event import MAX_EVENT_CHARS, MAX_EVENT_FIELDS
+from chalicelib.observability import logger
 from tests.harness import Harness
 from tests.infra.packaged_functions import Context, api_event
 from tests.support import json_lines
@@ -298,6 +300,36 @@ def test_a_request_id_a_million_characters_long_is_not_written_into_every_log_li
     event = api_event(*CHECKOUT, body='{"pool2": "1"}')
     assert invoke(event)[0] == 200
     assert event["requestContext"]["requestId"] in log_output.getvalue()
+
+
+@pytest.fixture
+def utf8_log() -> Iterator[io.BytesIO]:
+    """What the service logs, written as Lambda's stdout writes it: encoded as UTF-8 (a StringIO
+    takes any text, a lone surrogate too)."""
+    written = io.BytesIO()
+    stream = io.TextIOWrapper(written, encoding="utf-8", write_through=True)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logger.registered_formatter)
+    logger.addHandler(handler)
+    yield written
+    logger.removeHandler(handler)
+
+
+def test_a_lone_surrogate_in_the_request_id_loses_no_log_line(full: Harness, utf8_log: io.BytesIO,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A direct invoke's ``requestContext.requestId`` of ``\\ud800`` is every log line's
+    ``correlation_id``: no line of the invocation could be encoded, and each was lost, a
+    "--- Logging error ---" traceback on stderr in its place (a checkout left no trace in the
+    logs). Now each is written, the surrogate escaped."""
+    event = api_event(*CHECKOUT, body='{"pool1": "1"}')
+    event["requestContext"]["requestId"] = "\ud800"
+    status, answer = invoke(event)
+    assert status == 200 and answer["pool1"]["hostname"], answer
+    records = json_lines(utf8_log.getvalue().decode("utf-8"))
+    checked_out = [record for record in records if record["message"] == "VM checked out"]
+    assert checked_out and checked_out[0]["hostname"] == answer["pool1"]["hostname"].split(".")[0], records
+    assert checked_out[0]["correlation_id"] == "\ud800"
+    assert "Logging error" not in capsys.readouterr().err
 
 
 def test_a_gzipped_body_api_gateway_passes_through_is_a_415_and_takes_no_vm(full: Harness) -> None:

@@ -368,6 +368,30 @@ def test_accent_and_invisible_spellings_of_one_entry_share_its_failed_login_limi
     assert service.check("j\u00e9sush", "right", "192.0.2.200").outcome is LoginOutcome.RATE_LIMITED
 
 
+class ControlDroppingDirectory(AccentFoldingDirectory):
+    """The accent-folding directory that also maps to nothing the C1 control characters, as RFC
+    4518 (2.2) asks (U+0080-U+0084, U+0086-U+009F; U+0085, a line break, to a space)."""
+
+    @staticmethod
+    def _matched(name):
+        kept = "".join(c for c in name.replace("\u0085", " ") if unicodedata.category(c) != "Cc")
+        return AccentFoldingDirectory._matched(kept)
+
+
+def test_control_character_spellings_of_one_entry_share_its_failed_login_limit(redis_client):
+    """A C1 control character (UTF-8 in Basic credentials: ``jes\\u0080ush``) passes
+    acceptable_credentials, and a directory following RFC 4518 binds the name as the entry
+    without it; login_key kept it, so each of 31 characters at each place in the name was a
+    failed-login counter of its own: unlimited guesses at one password."""
+    directory = ControlDroppingDirectory()
+    service = LoginService(directory, LoginLimiter(redis_client, max_per_user=3, max_per_address=1000))
+    spellings = ["j\u00e9sush", "j\u0080\u00e9sush", "j\u00e9s\u009fush", "j\u00e9su\u0081sh",
+                 "j\u00e9sush\u0090", "j\u00e9\u0084sush"]
+    outcomes = [service.check(spelling, f"wrong-{n}", f"192.0.2.{n}").outcome for n, spelling in enumerate(spellings)]
+    assert outcomes == [LoginOutcome.INVALID] * 3 + [LoginOutcome.RATE_LIMITED] * (len(spellings) - 3)
+    assert len(directory.calls) == 3
+
+
 def test_the_holder_of_a_merged_name_cannot_reset_guesses_at_the_other(redis_client, slapd):
     """jose and jos\u00e9 are two entries of the directory (OpenLDAP keeps them apart), whose failed
     logins share a counter. A success cleared the counter: jose's holder logging in between

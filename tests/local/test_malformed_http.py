@@ -113,6 +113,12 @@ MANY_CHUNKS = b"".join(b"10000\r\n" + b"[" * 0x10000 + b"\r\n" for _ in range(32
     ("HTTP/2.0 request line", request(f"POST /api/v3/vm/{POOL} HTTP/2.0\nHost: x\nContent-Length: 0\n"), (505,)),
     ("no version (HTTP/0.9)", b"GET /api/v3/status\r\n\r\n", (505,)),
     ("gzip, chunked", request(POST + "Transfer-Encoding: gzip, chunked\n", b"2\r\n{}\r\n0\r\n\r\n"), (501,)),
+    # HTTP/1.0 has no transfer codings: a proxy reading the request as 1.0 (no body) took the
+    # chunks for its next request, where we served a checkout (RFC 9112, 6.1: faulty framing).
+    ("HTTP/1.0 with Transfer-Encoding",
+     request(f"POST /api/v3/vm/{POOL} HTTP/1.0\n" + CHUNKED, b"0\r\n\r\nGET /api/v3/status HTTP/1.1\r\n\r\n"), (400,)),
+    ("a Host that is no host[:port]", request(f"POST /api/v3/vm/{POOL} HTTP/1.1\nHost: a b/c@d\nContent-Length: 0\n"),
+     (400,)),
     ("an expectation not 100-continue", request(POST + "Expect: 200-ok\nContent-Length: 0\n"), (417,)),
     # A path beginning "//" is a path, not a host and a path: not found, not /api/v3/vm/{POOL}.
     ("a path beginning //host", request(f"POST //x/api/v3/vm/{POOL} HTTP/1.1\nHost: x\nContent-Length: 0\n"), (404,)),
@@ -123,6 +129,35 @@ def test_malformed_request_gets_a_json_4xx_or_a_clean_close(stack: RunningStack,
     running = call("GET", f"{stack.api}/status?view=pools")[1]["pools"][POOL]["running"]
     assert_refused(exchange(stack.port, raw), *allowed)
     assert call("GET", f"{stack.api}/status?view=pools")[1]["pools"][POOL]["running"] == running  # no VM taken
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("version", "expect", "continued"), [
+    ("1.0", "100-continue", False),
+    ("1.1", "100-continue", True),
+    ("1.1", "100-Continue \t", True),
+])
+def test_100_continue_goes_to_http_1_1_clients_only(stack: RunningStack, version: str, expect: str,
+                                                    continued: bool) -> None:
+    """An HTTP/1.0 client's ``Expect: 100-continue`` is ignored (RFC 9110, 10.1.1): it reads a
+    1xx as the final answer, and its request's real answer as garbage after it. One with spaces
+    after the value (which the front accepts as 100-continue) gets its 100: it got none, and a
+    client waiting for it waited. Head and body in one write: the answer is there either way."""
+    body = b'{"lifetime": 2}'
+    answer = exchange(stack.port, request(f"PUT /api/v3/vm/nothing-here HTTP/{version}\nHost: x\nExpect: {expect}\n"
+                                          f"Content-Length: {len(body)}\nConnection: close\n", body))
+    first = answer.split(b"\r\n", 1)[0]
+    assert first == (b"HTTP/1.1 100 Continue" if continued else b"HTTP/1.1 404 Not Found"), answer[:300]
+    assert answer.count(b"HTTP/1.1 ") == 1 + continued and answer.endswith(b"not found\"}"), answer[:300]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("host", ["", "example.com:8000 \t", "[::1]:80", "127.0.0.1"])
+def test_a_host_header_that_is_a_host_is_served(stack: RunningStack, host: str) -> None:
+    """An empty Host (RFC 9112, 3.2: a URI without an authority) and one followed by spaces
+    (optional whitespace, which llhttp leaves in the value) are hosts: not refused."""
+    answer = exchange(stack.port, request(f"GET /api/v3/status?view=pools HTTP/1.1\nHost: {host}\nConnection: close\n"))
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
 
 
 @pytest.mark.slow
