@@ -339,7 +339,7 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
     from chalicelib.api.limits import SHARED_RATE_COUNTERS
     from chalicelib.api.ondemand import REQUEST_ID_PATTERN
     from chalicelib.auth.base import canonical_user
-    from chalicelib.auth.ratelimit import SHARED_LOGIN_COUNTERS, _user_part, address_key, new_attempt
+    from chalicelib.auth.ratelimit import SHARED_LOGIN_COUNTERS, _user_part, address_key, login_key, new_attempt
     from chalicelib.auth.tokens import hash_token, token_id
     from chalicelib.config import POOL_NAME_PATTERN
     from chalicelib.store.keys import purge_lease_name, quota_owner, rate_limit_client, template_lease_name
@@ -359,6 +359,7 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
     addresses = sorted({address_key(name) or "unknown" for name in HOSTILE_NAMES})
     owners = {*(quota_owner(u, "") for u in users), *(quota_owner(None, a) for a in addresses)}
     token_hashes = [hash_token(name) for name in HOSTILE_NAMES]
+    login_names = sorted({login_key(u) for u in users})
     families: dict[str, list[tuple[str, str]]] = {
         "vm": [(h, keys.vm(h)) for h in HOSTILE_NAMES],
         "vm_tasks": [(h, keys.vm_tasks(h)) for h in api_hosts],
@@ -367,9 +368,11 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
         "token": [(t, keys.token(t)) for t in token_hashes],
         "user_tokens": [(u, keys.user_tokens(u)) for u in users],
         "user_token_times": [(u, keys.user_token_times(u)) for u in users],
-        "login_user": [(u, keys.login_user(_user_part(u))) for u in users],
+        # Failed logins are counted per login_key: spellings a directory binds as one name share
+        # a counter by design (auth/ratelimit.py), so the family's names are the folded ones.
+        "login_user": [(k, keys.login_user(_user_part(k))) for k in login_names],
         "login_address": [(a, keys.login_address(a)) for a in addresses],
-        "login_user_in_flight": [(u, keys.login_in_flight(keys.login_user(_user_part(u)))) for u in users],
+        "login_user_in_flight": [(k, keys.login_in_flight(keys.login_user(_user_part(k)))) for k in login_names],
         "login_address_in_flight": [(a, keys.login_in_flight(keys.login_address(a))) for a in addresses],
         "login_attempt": [(a, keys.login_attempt(a)) for a in ("0" * 16, "f" * 16, new_attempt())],
         "holdings": [(o, holdings(o)) for o in owners],
