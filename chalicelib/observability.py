@@ -51,7 +51,6 @@ def namespace_for(stage: str) -> str:
 NAMESPACE = os.environ.get(NAMESPACE_ENV) or BASE_NAMESPACE
 
 
-
 def json_log_line(record: Mapping[str, Any]) -> str:
     """A log record as one line of JSON, as Powertools writes it (compact, other alphabets as they
     are), but always text a UTF-8 stream can write: a lone surrogate in any value (a direct
