@@ -105,6 +105,21 @@ def test_status_counts_booting_vms_apart_from_held_clones(make_world: HarnessFac
     assert (queue["pending"], queue["cloning"], queue["booting"], queue["completed"]) == (7, 8, 3, 4), queue
 
 
+def reserved_never_asked(world: Harness) -> set[str]:
+    """A pass of alpha killed once it reserved its clones, before it asked the provider for any:
+    the VMs it left pending (none marked asked)."""
+
+    def killed(step: str) -> None:
+        if step == "reserved":
+            raise Killed(step)
+
+    with pytest.raises(Killed):
+        world.reconcile("alpha", killed)
+    reserved = world.hosts("alpha", "pending")
+    assert len(reserved) == LIMIT and not any(world.store.get_vm(host).raw.get(CLONE_ASKED) for host in reserved)
+    return reserved
+
+
 @pytest.mark.parametrize("older_reserver", [False, True])
 def test_clones_drained_before_they_were_asked_give_their_slots_back_at_once(
         make_world: HarnessFactory, monkeypatch: pytest.MonkeyPatch, older_reserver: bool) -> None:
@@ -117,15 +132,7 @@ def test_clones_drained_before_they_were_asked_give_their_slots_back_at_once(
     their slots stay for the grace, as before."""
     world = make_world(CONFIG)
     clones = Clones(world, monkeypatch)
-
-    def killed(step: str) -> None:
-        if step == "reserved":
-            raise Killed(step)
-
-    with pytest.raises(Killed):
-        world.reconcile("alpha", killed)
-    reserved = world.hosts("alpha", "pending")
-    assert len(reserved) == LIMIT and not any(world.store.get_vm(host).raw.get(CLONE_ASKED) for host in reserved)
+    reserved = reserved_never_asked(world)
     if older_reserver:
         for host in reserved:
             world.client.hdel(world.store.keys.vm(host), MARKS_ASKED)
@@ -155,14 +162,7 @@ def test_clones_an_older_versions_drain_held_before_they_were_asked_give_their_s
     never be cloned, so the next pass's completed step frees their slots and the pool refills in
     that pass, instead of after CLONE_START_GRACE_SECONDS."""
     world = make_world(CONFIG)
-
-    def killed(step: str) -> None:
-        if step == "reserved":
-            raise Killed(step)
-
-    with pytest.raises(Killed):
-        world.reconcile("alpha", killed)
-    reserved = world.hosts("alpha", "pending")
+    reserved = reserved_never_asked(world)
     keys = world.store.keys
     for host in reserved:  # what lua/move.lua's hold_clone did before this version
         world.client.zrem(keys.pool_state("alpha", "pending"), host)
