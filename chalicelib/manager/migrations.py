@@ -108,7 +108,7 @@ def _start(context: PassContext, migrations: MigrationStore, record: VMRecord, l
         _failed(context, migrations, record, f"migration failed to start: {error}")
         return error.kind not in UNREACHABLE
     if moving is None:
-        migrations.finish(record.name, migration_to=None)
+        migrations.finish(record.name)
         logger.info("no migration needed", extra={"pool": context.pool.name, "hostname": record.name,
                                                   "host": record.host})
         return True

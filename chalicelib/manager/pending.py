@@ -22,6 +22,7 @@ from chalicelib.observability import logger
 from chalicelib.providers.base import ProviderError, TaskState, TaskStatus, VMInfo
 from chalicelib.store import DurationSample, Store, VMRecord
 from chalicelib.store.leases import LeaseHolder, labelled_holder
+from chalicelib.store.records import MARKS_ASKED
 
 CLONE_START_GRACE_SECONDS = 120.0
 """How long a reserved name may wait for its clone task to be recorded before the pass decides
@@ -66,22 +67,22 @@ def abandon_unstarted_clones(store: Store, pools: Iterable[str],
 def unnoted_clones_running(context: PassContext, records: Iterable[VMRecord], asked_limit: float) -> set[str]:
     """Of ``records``, VMs whose clone task was never noted (their pass died, or has not noted
     it yet), those whose clone may still be starting or running at the provider, so that their
-    slots stay counted: none whose VM shows in the pool's inventory (the clone is done). One
-    never asked for: for ``CLONE_START_GRACE_SECONDS`` (its pass may still ask), not at all once
-    its reserver is known gone. One asked for (``CLONE_ASKED``: the call may have reached the
-    provider): for the grace too (unless its reserver is known gone), then, up to
-    ``asked_limit`` seconds after its start, while the provider says it still makes the VM
-    (``Provider.clones_under_way``: one call for all, after a crash only), or, when it cannot
-    tell, up to the pool's timeout. The provider is asked only of clones of the pool's template
-    made where the pool makes VMs now (vSphere finds a clone among its template's tasks): one of
-    a template or place the pool has left since is judged as one it cannot tell."""
+    slots stay counted: none whose VM shows in the pool's inventory (the clone is done), nor
+    one ``never_cloned``. One never asked for: for ``CLONE_START_GRACE_SECONDS`` (its pass may
+    still ask), not at all once its reserver is known gone. One asked for (``CLONE_ASKED``: the
+    call may have reached the provider): for the grace too (unless its reserver is known gone),
+    then, up to ``asked_limit`` seconds after its start, while the provider says it still makes
+    the VM (``Provider.clones_under_way``: one call for all, after a crash only), or, when it
+    cannot tell, up to the pool's timeout. The provider is asked only of clones of the pool's
+    template made where the pool makes VMs now (vSphere finds a clone among its template's
+    tasks): one of a template or place the pool has left since is judged as one it cannot tell."""
     timeout = context.pool.timeout_minutes * 60
     running: set[str] = set()
     ask: dict[str, float] = {}
     untold: dict[str, float] = {}
     for record in records:
         age = context.now - (record.clone_start or context.now)
-        if record.name in context.inventory:
+        if record.name in context.inventory or never_cloned(record):
             continue
         if age <= CLONE_START_GRACE_SECONDS and not record.raw.get(RESERVER_GONE):
             running.add(record.name)
@@ -94,6 +95,17 @@ def unnoted_clones_running(context: PassContext, records: Iterable[VMRecord], as
     running.update(name for name in ask if under_way is not None and name in under_way)
     running.update(name for name, age in untold.items() if age <= timeout)
     return running
+
+
+def never_cloned(record: VMRecord) -> bool:
+    """Whether the VM's clone was never asked for and never can be: it left pending (an ended
+    on-demand request's, a pool's drained: its slot held, lua/ondemand_end.lua, lua/move.lua)
+    without the ``CLONE_ASKED`` mark, which is refused from then on, and it was reserved by a
+    version that clones only what it marked (``MARKS_ASKED``). A record read after the VM left
+    pending (its state says so) shows the mark as it stays. Reserved by an older version
+    (during a deploy), it may still be cloned unmarked: not known never cloned."""
+    return (record.state != "pending" and bool(record.raw.get(MARKS_ASKED))
+            and not record.raw.get(CLONE_ASKED) and not record.clone_task)
 
 
 def check_pending(context: PassContext) -> None:

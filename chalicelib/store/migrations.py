@@ -45,9 +45,11 @@ class MigrationStore:
 
     def finish(self, hostname: str, **fields: Any) -> None:
         """Free the VM's slot and end its migration on the record (with ``fields``: the new host,
-        ``migrated``, or ``migration_error``), in one transaction."""
+        ``migrated``, or ``migration_error``), in one transaction. Every field of the move in
+        flight goes (its noted target and origin too: the result is ``host`` and ``migrated``)."""
         changes: dict[str, Any] = {"migration": None, "migration_task": None, "migration_started": None,
-                                   "migration_taker": None, TAKER_GONE: None, ADOPTED: None, **fields}
+                                   "migration_taker": None, "migration_to": None, "migration_from": None,
+                                   TAKER_GONE: None, ADOPTED: None, **fields}
         keys = self.store.keys
         with _translate_errors():
             pipe = self.store.client.pipeline(transaction=True)

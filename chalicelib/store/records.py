@@ -47,6 +47,14 @@ def _json(value: str | None, empty: Any) -> Any:
         return empty
 
 
+MARKS_ASKED = "marks_asked"
+"""A pending VM's record field ('1'), written by the script that reserved it
+(lua/reserve_clones.lua, lua/ondemand_reserve.lua): the pass that reserved it, which starts its
+clone, marks it ``clone_asked`` just before asking the provider (lua/clone_asked.lua), and the
+mark is refused once the VM left pending. So such a VM that left pending unmarked was never
+cloned and never will be: its slot is freed at once (manager/pending.unnoted_clones_running).
+A record without it was reserved by an older version, which cloned without the mark: during a
+deploy it may still be cloned, so it keeps the start grace."""
 TAG_FIELD_PREFIX = "tag:"
 """Each tag is its own field of the record, ``tag:<key>``: changed one by one, never lost to a
 concurrent change of another tag."""

@@ -24,7 +24,7 @@ from chalicelib.sizing import demand as demand_history
 from chalicelib.store.connection import written_behind_a_lost_reply, written_on_a_spare_connection_too
 from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, STATES, Keys
 from chalicelib.store.leases import holder_label, lease_token
-from chalicelib.store.records import CloneBackoff, VMRecord, finite_number
+from chalicelib.store.records import MARKS_ASKED, CloneBackoff, VMRecord, finite_number
 from chalicelib.store.scripts import KeyList, ScriptCall, Scripts, run_many
 
 DAILY_STATS_TTL_SECONDS = 400 * 24 * 3600
@@ -1018,7 +1018,7 @@ class Store:
         with ``fields`` the reserving pass wrote since: what that pass knows without reading it."""
         return VMRecord.from_hash({"name": hostname, "pool": pool, "template": template, "domain": domain,
                                    "state": "pending", "clone_start": repr(now), "pending_at": repr(now),
-                                   "reserver": holder_label(), **fields})
+                                   "reserver": holder_label(), MARKS_ASKED: "1", **fields})
 
     def withdraw_clone_demand(self, pool: str) -> None:
         """The pool is full: it no longer claims a share of the task limit."""

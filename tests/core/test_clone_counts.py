@@ -86,6 +86,7 @@ def test_a_pools_clones_held_in_completed_count_in_its_fair_share(redis_client: 
     alpha = reserve(store, "alpha", 6, 10, 6, 100.0)
     beta = reserve(store, "beta", 10, 10, 10, 100.0)
     assert (len(alpha), len(beta)) == (6, 4)
+    assert store.mark_clones_asked("alpha", alpha, 101.0) == alpha  # their clones asked of vCenter
     for hostname in alpha:  # a template change drains them while vCenter still clones them
         assert store.move(hostname, "alpha", "pending", "completed", 110.0, hold_clone=True)
     store.finish_clones(beta, 110.0)

@@ -83,6 +83,28 @@ def test_a_failed_migration_leaves_the_vm_where_it_is(make_harness: HarnessFacto
     assert world.migrations_in_flight() == 0 and migration(world, host) is None
 
 
+@pytest.mark.parametrize("outcome", ["migrated", "failed"])
+def test_a_finished_migration_leaves_no_field_of_the_move_on_the_record(make_harness: HarnessFactory,
+                                                                       outcome: str) -> None:
+    """Once a migration ended, moved or failed, the record keeps its result (``host``,
+    ``migrated`` or ``migration_error``) and nothing of the move in flight. Before, its noted
+    target (``migration_to``) and origin stayed on the record for good."""
+    dummy = ", migratevm_max_time: 60" if outcome == "migrated" else ", migratevm_fail_percent: 100"
+    world = stack(make_harness, limit=1, dummy=", migratevm_couldmove_percent: 100" + dummy)
+    world.fill("mig")
+    [host] = world.checkout_vms("mig", 1)
+    world.reconcile("mig")
+    record = world.store.get_vm(host)
+    assert record is not None and record.raw.get("migration_to")  # noted while the move is in flight
+    for _ in range(3):
+        world.clock.advance(61)
+        world.reconcile("mig")
+    record = world.store.get_vm(host)
+    assert record is not None and migration(world, host) is None and world.migrations_in_flight() == 0
+    result = {"migrated": {"migrated"}, "failed": {"migration_error"}}[outcome]
+    assert {field for field in record.raw if field.startswith("migrat")} == result
+
+
 def test_a_vm_on_the_least_used_host_stays(make_harness: HarnessFactory) -> None:
     world = stack(make_harness, limit=1)  # no migratevm_couldmove_percent: never busier
     world.fill("mig")

@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
+from chalicelib.manager.pending import CLONE_ASKED, CLONE_START_GRACE_SECONDS
 from chalicelib.providers.base import TaskState
-from tests.harness import Harness, HarnessFactory, assert_consistent
+from chalicelib.store.records import MARKS_ASKED
+from tests.harness import Harness, HarnessFactory, Killed, assert_consistent
 
 CLONE_SECONDS = 120
 LIMIT = 10
@@ -101,3 +103,77 @@ def test_status_counts_booting_vms_apart_from_held_clones(make_world: HarnessFac
     assert_consistent(world, "alpha")
     queue = world.get("/api/v3/status?view=queue").json["queue"]
     assert (queue["pending"], queue["cloning"], queue["booting"], queue["completed"]) == (7, 8, 3, 4), queue
+
+
+def reserved_never_asked(world: Harness) -> set[str]:
+    """A pass of alpha killed once it reserved its clones, before it asked the provider for any:
+    the VMs it left pending (none marked asked)."""
+
+    def killed(step: str) -> None:
+        if step == "reserved":
+            raise Killed(step)
+
+    with pytest.raises(Killed):
+        world.reconcile("alpha", killed)
+    reserved = world.hosts("alpha", "pending")
+    assert len(reserved) == LIMIT and not any(world.store.get_vm(host).raw.get(CLONE_ASKED) for host in reserved)
+    return reserved
+
+
+@pytest.mark.parametrize("older_reserver", [False, True])
+def test_clones_drained_before_they_were_asked_give_their_slots_back_at_once(
+        make_world: HarnessFactory, monkeypatch: pytest.MonkeyPatch, older_reserver: bool) -> None:
+    """A pass killed between reserving its clones and asking the provider for them, then a
+    template change: the next pass drains the never-asked clones, which can never be cloned now
+    (the asked mark is refused off pending), so their slots come back in that pass and the new
+    template's clones start at once. Before, the drained names held every slot for
+    CLONE_START_GRACE_SECONDS (the pool not refilled for two minutes). Reserved by a version that
+    cloned without the mark (``older_reserver``: a deploy under way), they may still be cloned:
+    their slots stay for the grace, as before."""
+    world = make_world(CONFIG)
+    clones = Clones(world, monkeypatch)
+    reserved = reserved_never_asked(world)
+    if older_reserver:
+        for host in reserved:
+            world.client.hdel(world.store.keys.vm(host), MARKS_ASKED)
+    world.clock.advance(10)
+    assert world.answer("POST", "/api/v3/config/pooltemplate", {"alpha": "templates/tmpl-b"})[0] == 201
+    started = world.reconcile("alpha").clones_started
+    assert_consistent(world, "alpha")
+    if older_reserver:
+        assert started == [] and world.store.cloning_count() == LIMIT
+        world.clock.advance(CLONE_START_GRACE_SECONDS)
+        started = world.reconcile("alpha").clones_started
+    assert len(started) == LIMIT and not reserved & set(started)
+    assert {world.store.get_vm(host).state for host in reserved} <= {"completed", "destroyed"}
+    assert clones.in_flight() == LIMIT
+    world.clock.advance(CLONE_SECONDS + 1)
+    world.settle("alpha")
+    assert world.provider_vms("alpha") == world.hosts("alpha", "ready") and not reserved & world.provider_vms("alpha")
+    assert {record.template for record in world.store.records(list(world.ready("alpha"))).values()} == {
+        "templates/tmpl-b"}
+    assert world.store.cloning_count() == 0
+
+
+def test_clones_an_older_versions_drain_held_before_they_were_asked_give_their_slots_back_at_once(
+        make_world: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reserved by this version (which clones only what it marked asked), drained unasked by an
+    older version's script, which holds every clone still counted (a deploy under way): they can
+    never be cloned, so the next pass's completed step frees their slots and the pool refills in
+    that pass, instead of after CLONE_START_GRACE_SECONDS."""
+    world = make_world(CONFIG)
+    reserved = reserved_never_asked(world)
+    keys = world.store.keys
+    for host in reserved:  # what lua/move.lua's hold_clone did before this version
+        world.client.zrem(keys.pool_state("alpha", "pending"), host)
+        world.client.zadd(keys.pool_state("alpha", "completed"), {host: world.clock.now()})
+        world.client.hset(keys.vm(host), mapping={"state": "completed", "clone_held": world.clock.now()})
+    assert world.store.cloning_count() == LIMIT
+    world.clock.advance(10)
+    started = world.reconcile("alpha").clones_started
+    assert len(started) == LIMIT and not reserved & set(started)
+    assert {world.store.get_vm(host).state for host in reserved} <= {"completed", "destroyed"}
+    assert Clones(world, monkeypatch).in_flight() == LIMIT
+    world.clock.advance(CLONE_SECONDS + 1)
+    world.settle("alpha")
+    assert world.provider_vms("alpha") == world.hosts("alpha", "ready") and world.store.cloning_count() == 0

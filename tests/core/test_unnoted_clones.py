@@ -23,9 +23,10 @@ from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.base import AnswerLost, ProviderError
 from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import clone as vsphere_clone
+from chalicelib.store.connection import ReplyLost, connect
 from tests.chaos.fleet import tasks_running
 from tests.harness import Harness, HarnessFactory, Killed, assert_consistent
-from tests.support import eventually
+from tests.support import eventually, free_ports
 from tests.vsphere.vcsim import VcsimServer, make_setup, vcsim_config
 from tools.vcsim import launcher
 
@@ -187,10 +188,12 @@ def test_a_pass_paused_past_the_grace_before_its_clone_call_clones_nothing_given
 # --- a clone call whose answer was lost -------------------------------------------------------------
 
 
-def answers_lost(world: Harness, monkeypatch: pytest.MonkeyPatch, run: bool) -> list[str]:
-    """The dummy's next write (a fresh pool's first: its clones) ends in a Redis timeout, after
-    the script ran (``run``: the answer lost, the clones under way) or before it (nothing
-    written); later writes go through. Returns a list that gets "lost" once the fault was used."""
+def answers_lost(world: Harness, monkeypatch: pytest.MonkeyPatch, run: bool,
+                 error: redis.RedisError | None = None) -> list[str]:
+    """The dummy's next write (a fresh pool's first: its clones) ends in a Redis timeout (or
+    ``error``), after the script ran (``run``: the answer lost, the clones under way) or before
+    it (nothing written); later writes go through. Returns a list that gets "lost" once the fault
+    was used."""
     script = world.provider._write_vms
     used: list[str] = []
 
@@ -200,20 +203,22 @@ def answers_lost(world: Harness, monkeypatch: pytest.MonkeyPatch, run: bool) -> 
         used.append("lost")
         if run:
             script(**kwargs)
-        raise redis.TimeoutError("Timeout reading from socket")
+        raise error or redis.TimeoutError("Timeout reading from socket")
 
     monkeypatch.setattr(world.provider, "_write_vms", write)
     return used
 
 
+@pytest.mark.parametrize("lost", [redis.TimeoutError("Timeout reading from socket"),
+                                  ReplyLost("Connection closed by server.")], ids=["timeout", "closed"])
 def test_a_clone_call_whose_answer_was_lost_keeps_its_slot_and_its_vm_is_taken_on(
-        world: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+        world: Harness, monkeypatch: pytest.MonkeyPatch, lost: redis.RedisError) -> None:
     """The provider ran both clones and its answer was lost (a timeout): the clones stay pending
     with their slots (before, both were taken out of service as failed to start, their slots
     freed, and the next pass started two more while the provider still made these: 4 clones under
     task_limit 2, the first two's VMs destroyed by name); once their VMs show
     they go on as finished clones and become ready, nothing cloned twice."""
-    used = answers_lost(world, monkeypatch, run=True)
+    used = answers_lost(world, monkeypatch, run=True, error=lost)
     report = world.reconcile("alpha")
     assert used and report.clones_started == [] and report.completed == {}
     assert {failure.kind for failure in report.clone_failures.values()} == {FailureKind.CONNECTION}
@@ -247,6 +252,29 @@ def test_a_clone_call_that_failed_before_the_provider_ran_it_gives_its_slot_back
     world.clock.advance(200)
     world.settle("alpha")
     assert world.provider_vms("alpha") == world.hosts("alpha", "ready") and not asked & world.provider_vms("alpha")
+
+
+def test_a_clone_call_whose_connection_was_refused_gives_its_slot_back_at_once(world: Harness) -> None:
+    """The dummy's Redis refused the connection of its clone write (nothing listening there): the
+    script was never sent, so nothing was cloned. A plain failure: the VMs leave service and their
+    slots come back at once; the next pass, the write working again, clones two more. Before, it
+    was a lost answer: both held their places for the start grace, as if the provider might be
+    making them."""
+    script = world.provider._write_vms
+    (port,) = free_ports(1)
+    refused = connect(world.services.config.redis, url=f"redis://127.0.0.1:{port}")
+    world.provider._write_vms = refused.register_script(script.script)
+    report = world.reconcile("alpha")
+    assert report.clones_started == [] and len(report.clone_failures) == LIMIT
+    assert {failure.kind for failure in report.clone_failures.values()} == {FailureKind.CONNECTION}
+    assert world.hosts("alpha", "pending") == set() and world.store.cloning_count() == 0
+    assert set(report.completed) == set(report.clone_failures)
+    world.provider._write_vms = script
+    world.clock.advance(1)
+    assert len(world.reconcile("alpha").clones_started) == LIMIT
+    world.clock.advance(200)
+    world.settle("alpha")
+    assert world.provider_vms("alpha") == world.hosts("alpha", "ready") and world.store.cloning_count() == 0
 
 
 # --- vSphere (vcsim): one call a clone ------------------------------------------------------------------

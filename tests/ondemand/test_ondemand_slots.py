@@ -12,9 +12,10 @@ from typing import Any, Callable
 import pytest
 import redis
 
-from chalicelib.manager.pending import CLONE_START_GRACE_SECONDS
+from chalicelib.manager.pending import CLONE_ASKED, CLONE_START_GRACE_SECONDS
 from chalicelib.providers.base import TaskState
 from chalicelib.store.ondemand import OnDemandStore
+from chalicelib.store.records import MARKS_ASKED
 from tests.harness import Killed, assert_consistent, kill_at_step, run_at_once
 
 CLONE_SECONDS = 120
@@ -136,11 +137,12 @@ def test_clones_reserved_for_a_request_deleted_before_they_started_are_never_sta
     assert_no_slot_left(stack, clones)
 
 
-def test_a_request_deleted_after_a_pass_claimed_its_clones_and_died_holds_them_for_the_start_grace(make_stack,
-                                                                                                   monkeypatch):
-    """The pass died between claiming the clones and recording their tasks: the clone calls may
-    have reached vCenter, so the deleted request's slots stay taken for the start grace (as the
-    pending step waits for a clone whose task was never recorded), then are released."""
+def deleted_after_a_pass_claimed_its_clones_and_died(make_stack: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
+                                                    older_reserver: bool = False) -> tuple[Any, CloneTasks, str, str]:
+    """A pass killed between claiming a request's clones and asking the provider for them (none
+    marked asked), then the request deleted and a second one created, waiting for the slots.
+    ``older_reserver``: the reservations as a version that cloned without the asked mark wrote
+    them (no ``MARKS_ASKED``). Returns the stack, its clones, the deleted request and the waiting one."""
     stack, clones = slot_stack(make_stack, monkeypatch)
     request_id = create(stack)
 
@@ -151,8 +153,40 @@ def test_a_request_deleted_after_a_pass_claimed_its_clones_and_died_holds_them_f
     with pytest.raises(Killed):
         stack.reconcile("slowclone", die_after_claim)
     assert clones.started == []
+    reserved = [vm.name for vm in OnDemandStore(stack.services.store).get(request_id).vms]
+    assert len(reserved) == LIMIT and not any(stack.services.store.get_vm(name).raw.get(CLONE_ASKED)
+                                              for name in reserved)
+    if older_reserver:
+        for name in reserved:
+            stack.services.store.client.hdel(stack.services.store.keys.vm(name), MARKS_ASKED)
     stack.answer("DELETE", f"/api/v3/ondemandvm/{request_id}")
-    waiting = create(stack)
+    return stack, clones, request_id, create(stack)
+
+
+def test_a_request_deleted_after_a_pass_claimed_its_clones_and_died_gives_their_slots_back_at_once(make_stack,
+                                                                                                   monkeypatch):
+    """Claimed, never asked of the provider: once the request ended they can never be cloned
+    (the asked mark is refused off pending), so the next pass frees their slots and destroys
+    them; the waiting request's clones start in that same pass. Before, the slots stayed taken
+    CLONE_START_GRACE_SECONDS (the waiting request not served for two minutes)."""
+    stack, clones, request_id, waiting = deleted_after_a_pass_claimed_its_clones_and_died(make_stack, monkeypatch)
+    report = stack.reconcile("slowclone")
+    assert len(report.clones_started) == LIMIT  # released, then reused
+    deleted = {vm.name for vm in OnDemandStore(stack.services.store).get(request_id).vms}
+    assert {stack.state_of(name) for name in deleted} == {"destroyed"}
+    assert sorted(clones.names) == sorted(report.clones_started) and not deleted & set(clones.names)
+    stack.answer("DELETE", f"/api/v3/ondemandvm/{waiting}")
+    stack.settle("slowclone")
+    assert_no_slot_left(stack, clones)
+
+
+def test_a_request_deleted_after_an_older_versions_pass_claimed_its_clones_holds_them_for_the_start_grace(
+        make_stack, monkeypatch):
+    """The same, reserved by a version that cloned without the asked mark (a deploy under way):
+    its clone calls may have reached vCenter, so the slots stay taken for the start grace (as
+    the pending step waits for a clone whose task was never recorded), then are released."""
+    stack, clones, request_id, waiting = deleted_after_a_pass_claimed_its_clones_and_died(
+        make_stack, monkeypatch, older_reserver=True)
     stack.clock.advance(CLONE_START_GRACE_SECONDS - 10)
     assert stack.reconcile("slowclone").clones_started == []
     assert stack.services.store.cloning_count() == LIMIT

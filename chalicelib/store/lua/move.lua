@@ -33,7 +33,7 @@
 -- hold_clone ('1' or ''; to_state completed): a VM still in the cloning set, whose clone may still
 --   run in the provider (a pool's pending VM drained mid-clone: manager/pool_changes.py), keeps
 --   its place there and in pool_clones, marked 'clone_held', as lua/ondemand_end.lua keeps a
---   request's: it counts against task_limit until the completed step sees its clone end
+--   request's (unless never to be cloned: never_cloned below, its slot freed at once): it counts against task_limit until the completed step sees its clone end
 --   (manager/completed.clones_still_running), which frees the slot and only then destroys it.
 -- unchanged_since (a mark of the changes counter, or ''): move only if the VM's state has not
 --   changed since the mark. A pass takes the mark before reading the provider's inventory, so
@@ -80,6 +80,14 @@ local changes_key, cloning_key, pool_clones_key, all_running_key =
 local change_seq = nil
 local kept_added = 0 -- VMs this call added to the destroyed set
 local NEVER_HELD_OFFSET = 1e10 -- about 317 years: below every score of a VM someone held
+
+-- Whether the VM, leaving pending now, is never to be cloned: reserved by a version that asks
+-- for a clone only once marked 'clone_asked' (its 'marks_asked': store/records.py MARKS_ASKED),
+-- it has neither the mark (refused from now on: lua/clone_asked.lua) nor a task.
+local function never_cloned(vm_key)
+  local record = redis.call('HMGET', vm_key, 'marks_asked', 'clone_asked', 'clone_task')
+  return record[1] and not record[2] and not record[3]
+end
 
 local function move(index)
   local first = firsts[index]
@@ -128,7 +136,7 @@ local function move(index)
     return 0
   end
   local held = false
-  if hold_clone and redis.call('ZSCORE', cloning_key, hostname) then
+  if hold_clone and redis.call('ZSCORE', cloning_key, hostname) and not never_cloned(vm_key) then
     held = true -- its clone may still run: its slot stays taken until the clone ends
   elseif redis.call('ZREM', cloning_key, hostname) == 1 then -- pool_clones holds only VMs cloning
     redis.call('ZREM', pool_clones_key, hostname)

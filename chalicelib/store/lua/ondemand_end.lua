@@ -7,7 +7,10 @@
 -- against ondemand_clone_limit until the completed step sees its clone end (manager/completed.py),
 -- so a caller that creates and deletes requests in a loop never has more clones running than the
 -- limit. A VM reserved whose start no pass has claimed yet is never cloned (the claim refuses it
--- from now on): it leaves every set at once, destroyed, its record kept unused_record_ttl.
+-- from now on), nor one claimed and not yet marked 'clone_asked' when its record says its
+-- reserver marks before cloning ('marks_asked': lua/clone_asked.lua refuses the mark from now
+-- on; an older version's reservation may still be cloned unmarked, so it is held): either leaves
+-- every set at once, destroyed, its record kept unused_record_ttl.
 -- KEYS[1] the request, KEYS[2] its VMs, KEYS[3] the cloning set, KEYS[4] the service's open
 -- requests (keys.ondemand_open_requests), KEYS[5] the service's running set (keys.running),
 -- KEYS[6] the cloning set's pools' own part (keys.pool_clones: a request's VM is never there;
@@ -61,7 +64,8 @@ for _, entry in ipairs(cjson.decode(request[2])) do
 end
 for _, hostname in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
   local vm_key = key_of(vm_template, hostname)
-  local vm = redis.call('HMGET', vm_key, 'request', 'pool', 'clone_claimed', 'clone_task')
+  local vm = redis.call('HMGET', vm_key, 'request', 'pool', 'clone_claimed', 'clone_task', 'marks_asked',
+    'clone_asked')
   if vm[1] == id then
     for _, from in ipairs({'pending', 'running'}) do
       if redis.call('ZREM', key_of(state_templates[from], vm[2]), hostname) == 1 then
@@ -71,7 +75,9 @@ for _, hostname in ipairs(redis.call('ZRANGE', vms_key, 0, -1)) do
         if from == 'running' then
           redis.call('ZREM', key_of(running_due_template, vm[2]), hostname)
         end
-        if cloning and not vm[3] and not vm[4] then -- reserved, never to be cloned
+        -- Reserved, never to be cloned: unclaimed, or claimed and not yet marked asked by a
+        -- version that clones only what it marked (the mark is refused from now on).
+        if cloning and not vm[4] and (not vm[3] or (vm[5] and not vm[6])) then
           redis.call('ZREM', cloning_key, hostname)
           redis.call('HSET', vm_key, 'state', 'destroyed', 'destroyed_at', now, 'reason', reason)
           redis.call('EXPIRE', vm_key, unused_ttl)

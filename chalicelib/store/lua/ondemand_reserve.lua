@@ -6,7 +6,8 @@
 -- whose clone never started (the pass that reserved it was interrupted) is replaced without
 -- counting: that was our failure, not the provider's. Each reserved name's record names its
 -- reserver, as reserve_clones.lua does, so a restarted local stack knows one its dead
--- predecessor reserved (manager/pending.abandon_unstarted_clones).
+-- predecessor reserved (manager/pending.abandon_unstarted_clones), and says, as there, that its
+-- clone is asked only once marked ('marks_asked': store/records.py MARKS_ASKED).
 -- KEYS[1] the request, KEYS[2] its VMs, KEYS[3] the pool's open-request set, KEYS[4] the cloning
 -- set, KEYS[5] the pool's pending set, KEYS[6] the pools' own clones in flight (pool_clones),
 -- KEYS[7] its mark (reserve_clones.lua keeps both), KEYS[8] the service's open requests
@@ -98,7 +99,8 @@ for _, entry in ipairs(cjson.decode(request[2])) do
       if redis.call('EXISTS', vm_key) == 0 then
         redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,
           'domain', domain, 'state', 'pending', 'clone_start', now, 'pending_at', now,
-          'request', id, 'request_name', entry.name, 'lifetime', request[4], 'reserver', reserver)
+          'request', id, 'request_name', entry.name, 'lifetime', request[4], 'reserver', reserver,
+          'marks_asked', '1')
         if request[5] then
           redis.call('HSET', vm_key, 'token_user', request[5])
         end

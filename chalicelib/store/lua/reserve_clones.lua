@@ -38,6 +38,8 @@
 --       vm_template (the records of VMs pending, or cloning when the set is rebuilt:
 --       keys.DERIVED_KEYS), reserver (the process reserving, which starts the clones:
 --       store/leases.py holder_label), then the candidate hostnames, in the order of their records.
+-- Each record says its clone is asked only once marked ('marks_asked': store/records.py MARKS_ASKED),
+-- so a VM drained before the mark is known never cloned (manager/pending.unnoted_clones_running).
 -- Returns the hostnames reserved (each now has a pending record and a place in the cloning set).
 local ready_key, pending_key, demand_key, renewed_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local cloning_key, pool_clones_key, counted_key, completed_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -190,7 +192,8 @@ for i = FIRST_CANDIDATE, #KEYS do
   local vm_key, hostname = KEYS[i], ARGV[i + 2]
   if redis.call('EXISTS', vm_key) == 0 then
     redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,
-      'domain', domain, 'state', 'pending', 'clone_start', now, 'pending_at', now, 'reserver', reserver)
+      'domain', domain, 'state', 'pending', 'clone_start', now, 'pending_at', now, 'reserver', reserver,
+      'marks_asked', '1')
     redis.call('ZADD', pending_key, now, hostname)
     redis.call('ZADD', cloning_key, now, hostname)
     redis.call('ZADD', pool_clones_key, now, hostname)
