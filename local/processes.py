@@ -132,8 +132,10 @@ class PortHold:
         self._close: weakref.finalize | None = None
 
     def hold(self, port: int) -> None:
-        """Hold ``port`` (nothing if already held, or if another process has taken it)."""
-        if self._close is not None and self._close.alive:
+        """Hold ``port`` (nothing if already held, or if another process has taken it). The hold
+        may stay while the server listens: it then keeps the port through a crash, before anyone
+        has seen that the server died."""
+        if self.held:
             return
         holder = socket.socket()
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -143,6 +145,11 @@ class PortHold:
             holder.close()
             return
         self._close = weakref.finalize(self, holder.close)  # closed with its owner at the latest
+
+    @property
+    def held(self) -> bool:
+        """Whether a port is held."""
+        return self._close is not None and self._close.alive
 
     def release(self) -> None:
         """Let the port go (the server listens on it again, or is gone for good)."""

@@ -360,6 +360,7 @@ class RedisRestarts:
     """Start the stack's redis-server again, on its port and data, if it has died (a crash, a
     ``kill -9``, the OOM killer): its append-only file holds every write it acknowledged, so the
     service resumes where it was instead of answering 503 until someone restarts `make run`.
+    The port stays held from the crash to the restart (``RedisServer``'s hold, kept for its life).
 
     Not on another port: every HTTP worker and the scheduler hold the server's address. When it
     cannot be started for REDIS_RESTART_SECONDS, ``check`` says why, for the stack to stop with

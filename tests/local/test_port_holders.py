@@ -5,6 +5,7 @@ which any other process of the machine may bind once our server died."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -117,15 +118,22 @@ def taken_by_another_process(port: int) -> bool:
     return taker.returncode == 0
 
 
-@pytest.mark.parametrize("down", ["killed", "stopped to restart"])
+@pytest.mark.parametrize("down", ["killed", "stopped to restart", "crashed"])
 def test_a_redis_server_down_between_its_starts_keeps_its_port(down: str) -> None:
     """kill() (a crash) or stop(restart=True), then start() on the same port, as the chaos tests
     do: while it was down any process could bind the freed port, and the restart then failed
-    ("something else listens on it"). The port is held until it starts; a final stop() frees it."""
+    ("something else listens on it"). The port is held until it starts; a final stop() frees it.
+    "crashed": the server dies on its own (SIGKILL from outside, the OOM killer), as `make run`'s
+    RedisRestarts finds it, up to half a second later: its port was free until then."""
     server = RedisServer().start()
     try:
         port = server.port
-        server.kill() if down == "killed" else server.stop(restart=True)
+        if down == "crashed":
+            assert server.process is not None
+            os.kill(server.process.pid, signal.SIGKILL)
+            server.process.wait()
+        else:
+            server.kill() if down == "killed" else server.stop(restart=True)
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5)
         assert not taken_by_another_process(port)
@@ -137,6 +145,30 @@ def test_a_redis_server_down_between_its_starts_keeps_its_port(down: str) -> Non
     finally:
         server.stop()
     assert taken_by_another_process(port)
+
+
+def test_make_runs_redis_restart_after_a_crash_is_on_its_port_though_another_process_wanted_it() -> None:
+    """`make run`'s redis-server crashed: its HTTP workers and scheduler hold its address, so
+    RedisRestarts starts it again on that port only; a port taken meanwhile (by any process of the
+    machine: an outgoing connection, another test's server) stopped the whole stack after 30 s of
+    503s. The port stays held from the crash to the restart."""
+    from local.run import RedisRestarts
+
+    server = RedisServer().start()
+    try:
+        restarts = RedisRestarts(server, give_up_seconds=0)
+        port, crashed = server.port, server.process
+        assert crashed is not None
+        os.kill(crashed.pid, signal.SIGKILL)
+        crashed.wait()
+        assert not taken_by_another_process(port)  # before the stack's next look
+        assert restarts.check() is None
+        assert server.port == port and server.process is not None and server.process.pid != crashed.pid
+        client = redis.Redis(port=port, socket_timeout=5)
+        assert client.info("server")["process_id"] == server.process.pid
+        client.close()
+    finally:
+        server.stop()
 
 
 def test_a_simulator_and_a_dns_server_stopped_and_started_again_keep_their_ports(private_vcsim: VcsimServer) -> None:
