@@ -3,6 +3,7 @@
     free_port()                      a loopback port nothing listens on
     free_ports(count)                that many distinct such ports
     port_in_use(port)                whether another socket holds a loopback port
+    taken_by_another_process(port)   whether another process could bind and listen on it now
     listeners_carrying(port, mark)   which processes started with ``mark`` listen on a port
     eventually(check, timeout, what) poll a condition another process makes true on the wall clock
     emf_documents(stdout)            the CloudWatch EMF documents among printed lines
@@ -17,6 +18,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +32,8 @@ from chalicelib.store.store import RECOUNT
 from local.redis_server import free_port
 
 __all__ = ["RedisRoundTrips", "clone_failures_by_reason", "counts_by_reason", "emf_documents", "emitted",
-           "eventually", "free_port", "free_ports", "listeners_carrying", "port_in_use", "json_lines"]
+           "eventually", "free_port", "free_ports", "listeners_carrying", "port_in_use", "json_lines",
+           "taken_by_another_process"]
 
 T = TypeVar("T")
 
@@ -43,6 +47,24 @@ def port_in_use(port: int) -> bool:
         except OSError as error:
             return error.errno == errno.EADDRINUSE
     return False
+
+
+TAKE_PORT = """
+import socket, sys
+taker = socket.socket()
+taker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(sys.argv[2]))  # as servers (redis, gunicorn) bind
+taker.bind(("127.0.0.1", int(sys.argv[1])))
+taker.listen()
+"""
+"""A program run as ``python -c TAKE_PORT <port> <1|0: SO_REUSEADDR>``: binds the port and listens
+(exit status 0), or fails (1)."""
+
+
+def taken_by_another_process(port: int) -> bool:
+    """Whether another process binds ``port`` (as a plain server would, without SO_REUSEADDR) and
+    listens; it lets go at once. A port a server is to start on again must not be."""
+    taker = subprocess.run([sys.executable, "-c", TAKE_PORT, str(port), "0"], capture_output=True, text=True)
+    return taker.returncode == 0
 
 
 def free_ports(count: int) -> list[int]:

@@ -16,7 +16,7 @@ import redis
 
 from local.redis_server import RedisServer
 from tests.dns.bind import BindServer
-from tests.support import free_ports, listeners_carrying, listening_pids
+from tests.support import TAKE_PORT, free_ports, listeners_carrying, listening_pids, taken_by_another_process
 from tests.vsphere.vcsim import VcsimServer
 
 LISTENER = """
@@ -89,15 +89,6 @@ def test_the_ports_chosen_for_one_server_are_distinct() -> None:
     assert len(set(ports)) == 500
 
 
-TAKE_PORT = """
-import socket, sys
-taker = socket.socket()
-taker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(sys.argv[2]))  # as servers (redis, gunicorn) bind
-taker.bind(("127.0.0.1", int(sys.argv[1])))
-taker.listen()
-"""
-
-
 def test_a_closed_port_refuses_connections_and_no_other_process_can_take_it(closed_port: int) -> None:
     """The ``closed_port`` fixture, "LDAP (or Redis) is down": a port of free_port() could be bound
     by another process before the test connected, which then met that process, not an outage."""
@@ -109,13 +100,6 @@ def test_a_closed_port_refuses_connections_and_no_other_process_can_take_it(clos
         assert taker.returncode != 0 and "Address already in use" in taker.stderr, taker
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", closed_port), timeout=5)
-
-
-def taken_by_another_process(port: int) -> bool:
-    """Whether another process binds ``port`` (as a plain server would, without SO_REUSEADDR) and
-    listens; it lets go at once."""
-    taker = subprocess.run([sys.executable, "-c", TAKE_PORT, str(port), "0"], capture_output=True, text=True)
-    return taker.returncode == 0
 
 
 @pytest.mark.parametrize("down", ["killed", "stopped to restart", "crashed"])

@@ -32,7 +32,7 @@ from tests.local.stack import (
     stop,
     wait_for,
 )
-from tests.support import free_port, free_ports, listeners_carrying
+from tests.support import free_port, free_ports, listeners_carrying, stop_process, taken_by_another_process
 
 CONFIG = (
     "config: {domain: example.com, check_loop_delay_min: 0.1}\n"
@@ -176,6 +176,28 @@ def test_a_worker_killed_mid_request_is_replaced_and_only_its_own_connections_fa
             for connection in connections:
                 connection.close()
         assert "Traceback" not in stack.log()
+
+
+@pytest.mark.slow
+def test_a_killed_http_servers_port_stays_the_stacks_until_its_replacement_serves(tmp_path: Path) -> None:
+    """Between the front's death and its replacement's bind (a fresh interpreter importing the
+    app: a second or more under load) the port was free, and any process of the machine taking it
+    left the stack without HTTP for good (the new workers cannot bind). The stack, paused here so
+    the moment lasts, holds it meanwhile."""
+    with local_stack(tmp_path, CONFIG, workers=2) as stack:
+        arbiter = running_arbiter(stack)
+        workers = descendants(arbiter)
+        stop_process(stack.process.pid)
+        try:
+            os.kill(arbiter, signal.SIGKILL)
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: not listeners_carrying(stack.port, str(tmp_path)), 20, "the front to be gone")
+            assert not taken_by_another_process(stack.port)
+        finally:
+            os.kill(stack.process.pid, signal.SIGCONT)
+        wait_for(lambda: http_arbiter(stack) not in (None, arbiter) and call("GET", f"{stack.api}/status")[0] == 200,
+                 60, "a new HTTP front to serve", lambda: stack.log())
 
 
 @pytest.mark.slow
