@@ -81,29 +81,42 @@ def free_ports(count: int) -> list[int]:
             probe.close()
 
 
-def listening_pids(port: int) -> set[int]:
-    """The processes (those this user may inspect) holding a listening TCP socket on ``port``, on
-    any address, IPv4 or IPv6: who serves the port, read from /proc (Linux)."""
+def _listening_sockets(port: int, udp: bool = False) -> set[str]:
+    """The listening TCP sockets on ``port`` (any address, IPv4 or IPv6), and with ``udp`` the
+    UDP sockets bound to it, as a process's descriptors link to them (``socket:[inode]``), read
+    from /proc (Linux)."""
     sockets = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    tables = ("tcp", "tcp6") + (("udp", "udp6") if udp else ())
+    for table in tables:
         try:
-            rows = Path(table).read_text().splitlines()[1:]
+            rows = Path("/proc/net", table).read_text().splitlines()[1:]
         except OSError:  # no IPv6
             continue
         for row in rows:
             fields = row.split()
-            if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:  # 0A: LISTEN
+            if (fields[3] == "0A" or table.startswith("udp")) \
+                    and int(fields[1].rpartition(":")[2], 16) == port:  # 0A: LISTEN
                 sockets.add(f"socket:[{fields[9]}]")
-    pids: set[int] = set()
+    return sockets
+
+
+def _holds_any(pid: int | str, sockets: set[str]) -> bool:
+    """Whether process ``pid`` has a descriptor on one of ``sockets`` (False once it exited)."""
+    try:
+        return any(os.readlink(fd.path) in sockets for fd in os.scandir(f"/proc/{pid}/fd"))
+    except OSError:  # exited meanwhile, or another user's
+        return False
+
+
+def listening_pids(port: int, udp: bool = False) -> set[int]:
+    """The processes (those this user may inspect) holding a listening TCP socket on ``port``, on
+    any address, IPv4 or IPv6 (with ``udp``, or a UDP socket bound to it): who serves the port,
+    read from /proc (Linux). Servers that bind with SO_REUSEPORT (named, gunicorn) share a port
+    with any other such process of the same user, each getting a share of the connections."""
+    sockets = _listening_sockets(port, udp)
     if not sockets:
-        return pids
-    for process in Path("/proc").glob("[0-9]*"):
-        try:
-            if any(os.readlink(fd.path) in sockets for fd in os.scandir(process / "fd")):
-                pids.add(int(process.name))
-        except OSError:  # exited meanwhile, or another user's
-            continue
-    return pids
+        return set()
+    return {int(process.name) for process in Path("/proc").glob("[0-9]*") if _holds_any(process.name, sockets)}
 
 
 def listeners_carrying(port: int, mark: str) -> dict[int, str]:
