@@ -16,6 +16,8 @@ import redis
 
 from local.redis_server import RedisServer
 from tests.dns.bind import BindServer
+from tests.local.stack import wait_for
+from tests.local.stack_audit import Stack, dummy_inventory, serving
 from tests.support import TAKE_PORT, free_ports, listeners_carrying, listening_pids, taken_by_another_process
 from tests.vsphere.vcsim import VcsimServer
 
@@ -170,3 +172,28 @@ def test_a_simulator_and_a_dns_server_stopped_and_started_again_keep_their_ports
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
             assert listening_pids(port) == {server.process.pid}  # type: ignore[union-attr]
     assert taken_by_another_process(named.port)
+
+
+def test_the_audits_stack_killed_keeps_its_http_port_for_its_restart(tmp_path: Path) -> None:
+    """The process-fault audits (tests/local/stack_audit.py) `kill -9` the whole stack and start
+    it again on its port, which its callers keep: the port was free meanwhile, and a process
+    taking it made the restart refuse ("port N is in use") and the audit fail."""
+    stack = Stack(tmp_path, AUDIT_CONFIG, {"p": 1}, dummy_inventory)
+    try:
+        stack.start()
+        port = stack.port
+        stack.kill()
+        assert not taken_by_another_process(port)
+        stack.start()
+        wait_for(lambda: serving(stack), 60, "the stack to serve again", stack.log)
+        assert stack.port == port
+    finally:
+        stack.stop()
+    wait_for(lambda: taken_by_another_process(port), 20, "the port given back once the stack's workers exit")
+
+
+AUDIT_CONFIG = (
+    "config: {domain: example.com, check_loop_delay_min: 1}\n"
+    "providers:\n  dummy: {provider_class: dummy, createvm_max_time: 0, boot_time: 0, destroyvm_max_time: 0}\n"
+    "pools:\n  - {name: p, size: 1, provider: dummy}\n"
+)
