@@ -73,6 +73,10 @@ class BindServer:
         self.process: subprocess.Popen[bytes] | None = None
         self._started = False
         self._port_hold = PortHold()
+        """Its TCP port, held from its choice to the ``with`` block's end, beside named's own
+        listener: kept while named is down, stopped or killed (tests of a DNS outage), until it
+        starts again on it."""
+        self._port_hold.hold(self.port)
         self._write_files()
 
     def _write_files(self) -> None:
@@ -112,19 +116,18 @@ ns  IN A   127.0.0.1
         port if another process took this one after it was chosen (named then serves without it,
         saying "address in use"); a restart keeps its port, as its callers expect."""
         first = not self._started
-        try:
-            for attempt in range(1, PORT_TRIES + 1):
-                try:
-                    self._launch(timeout)
-                    self._started = True
-                    return
-                except _PortTaken:
-                    if not first or attempt == PORT_TRIES:
-                        raise
-                    self.port = free_port()
-                    self._write_files()
-        finally:
-            self._port_hold.release()  # it listens on its port again (or did not start)
+        for attempt in range(1, PORT_TRIES + 1):
+            try:
+                self._launch(timeout)
+                self._started = True
+                return
+            except _PortTaken:
+                if not first or attempt == PORT_TRIES:
+                    raise
+                self._port_hold.release()
+                self.port = free_port()
+                self._port_hold.hold(self.port)
+                self._write_files()
 
     def _launch(self, timeout: float) -> None:
         """named on this server's port, answering for the zone; RuntimeError with its log if not
@@ -170,7 +173,6 @@ ns  IN A   127.0.0.1
         if self.process is not None:
             stop_process(self.process)
             self.process = None
-            self._port_hold.hold(self.port)
 
     def addresses(self, fqdn: str, rdtype: str = "A") -> list[str]:
         """The A (or ``rdtype``: AAAA) records the server holds for ``fqdn`` now."""

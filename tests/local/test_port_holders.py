@@ -174,6 +174,19 @@ def test_a_simulator_and_a_dns_server_stopped_and_started_again_keep_their_ports
     assert taken_by_another_process(named.port)
 
 
+def test_a_dns_server_killed_keeps_its_port_for_the_fixtures_restart(bind: BindServer) -> None:
+    """The DNS tests `kill -9` named (a crash) and the ``bind`` fixture starts it again on its
+    port, for the next test: the port was free meanwhile, and a process taking it failed that
+    restart ("address in use"), and every DNS test after it."""
+    assert bind.process is not None
+    port = bind.port
+    os.kill(bind.process.pid, signal.SIGKILL)
+    bind.process.wait()
+    assert not taken_by_another_process(port)
+    bind.start()
+    assert bind.port == port and listening_pids(port) == {bind.process.pid}
+
+
 def test_the_audits_stack_killed_keeps_its_http_port_for_its_restart(tmp_path: Path) -> None:
     """The process-fault audits (tests/local/stack_audit.py) `kill -9` the whole stack and start
     it again on its port, which its callers keep: the port was free meanwhile, and a process
