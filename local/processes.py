@@ -106,17 +106,27 @@ and is started again on another. Tests of that refusal start their server themse
 
 def on_a_free_port(choose_port: Callable[[], int], start: Callable[[int], T],
                    taken: Callable[[int], bool]) -> tuple[int, T]:
-    """``start(port)`` on a port ``choose_port()`` finds free: the port and what it returned. When
-    it fails (raises, having stopped what it started) and ``taken(port)`` says it was refused
-    because another process took the port after it was chosen, again on a fresh port
-    (PORT_TRIES in all); any other failure is raised at once."""
+    """``start(port)`` on a port ``choose_port()`` finds free: the port and what it returned. The
+    port is held (``PortHold``) while ``start`` runs, for a server that binds with SO_REUSEADDR
+    (redis-server, gunicorn, werkzeug): a start takes seconds under load (the local stack imports
+    the app first), and any process of the machine could take the port meanwhile, the kernel
+    handing it to the next free_port() of another test (two gunicorns, SO_REUSEPORT, then share
+    it silently). When ``start`` fails (raises, having stopped what it started) and
+    ``taken(port)`` says it was refused because another process took the port anyway (it chose
+    it before the hold), again on a fresh port (PORT_TRIES in all); any other failure is raised
+    at once."""
     for attempt in range(1, PORT_TRIES + 1):
         port = choose_port()
+        hold = PortHold()
+        hold.hold(port)
         try:
             return port, start(port)
         except Exception:
+            hold.release()  # ``taken`` asks whether another process holds it
             if attempt == PORT_TRIES or not taken(port):
                 raise
+        finally:
+            hold.release()  # the server listens on it now
     raise AssertionError("unreachable: the last try returns or raises")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from local.processes import on_a_free_port
 from local.redis_server import RedisServer
 from tests.dns.bind import BindServer
 from tests.local.stack import wait_for
@@ -172,6 +173,25 @@ def test_a_simulator_and_a_dns_server_stopped_and_started_again_keep_their_ports
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
             assert listening_pids(port) == {server.process.pid}  # type: ignore[union-attr]
     assert taken_by_another_process(named.port)
+
+
+def test_a_port_chosen_for_a_server_is_held_until_it_has_started() -> None:
+    """The local stacks, HTTP fronts, moto and TLS Redis of the tests start on a port chosen
+    free (``on_a_free_port``): their start takes seconds under load, and another process (the
+    kernel hands the port to the next free_port() of any test) could take the port meanwhile.
+    It is held until the start returns; the server, binding with SO_REUSEADDR, binds beside."""
+    def start(port: int) -> socket.socket:
+        assert not taken_by_another_process(port)
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        return server
+
+    port, server = on_a_free_port(lambda: free_ports(1)[0], start, lambda port: False)
+    with server:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    assert taken_by_another_process(port)  # the hold went with the start
 
 
 def test_a_dns_server_killed_keeps_its_port_for_the_fixtures_restart(bind: BindServer) -> None:
