@@ -106,17 +106,27 @@ and is started again on another. Tests of that refusal start their server themse
 
 def on_a_free_port(choose_port: Callable[[], int], start: Callable[[int], T],
                    taken: Callable[[int], bool]) -> tuple[int, T]:
-    """``start(port)`` on a port ``choose_port()`` finds free: the port and what it returned. When
-    it fails (raises, having stopped what it started) and ``taken(port)`` says it was refused
-    because another process took the port after it was chosen, again on a fresh port
-    (PORT_TRIES in all); any other failure is raised at once."""
+    """``start(port)`` on a port ``choose_port()`` finds free: the port and what it returned. The
+    port is held (``PortHold``) while ``start`` runs, for a server that binds with SO_REUSEADDR
+    (redis-server, gunicorn, werkzeug): a start takes seconds under load (the local stack imports
+    the app first), and any process of the machine could take the port meanwhile, the kernel
+    handing it to the next free_port() of another test (two gunicorns, SO_REUSEPORT, then share
+    it silently). When ``start`` fails (raises, having stopped what it started) and
+    ``taken(port)`` says it was refused because another process took the port anyway (it chose
+    it before the hold), again on a fresh port (PORT_TRIES in all); any other failure is raised
+    at once."""
     for attempt in range(1, PORT_TRIES + 1):
         port = choose_port()
+        hold = PortHold()
+        hold.hold(port)
         try:
             return port, start(port)
         except Exception:
+            hold.release()  # ``taken`` asks whether another process holds it
             if attempt == PORT_TRIES or not taken(port):
                 raise
+        finally:
+            hold.release()  # the server listens on it now
     raise AssertionError("unreachable: the last try returns or raises")
 
 
@@ -132,8 +142,10 @@ class PortHold:
         self._close: weakref.finalize | None = None
 
     def hold(self, port: int) -> None:
-        """Hold ``port`` (nothing if already held, or if another process has taken it)."""
-        if self._close is not None and self._close.alive:
+        """Hold ``port`` (nothing if already held, or if another process has taken it). The hold
+        may stay while the server listens: it then keeps the port through a crash, before anyone
+        has seen that the server died."""
+        if self.held:
             return
         holder = socket.socket()
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -143,6 +155,11 @@ class PortHold:
             holder.close()
             return
         self._close = weakref.finalize(self, holder.close)  # closed with its owner at the latest
+
+    @property
+    def held(self) -> bool:
+        """Whether a port is held."""
+        return self._close is not None and self._close.alive
 
     def release(self) -> None:
         """Let the port go (the server listens on it again, or is gone for good)."""

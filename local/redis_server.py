@@ -86,7 +86,11 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
         self._started = False
         self._port_hold = PortHold()
-        """Holds the port while the server is down between kill() or stop(restart=True) and start()."""
+        """Holds the port from its choice until stop(): redis-server binds it beside the hold
+        (SO_REUSEADDR), so no other process takes it between free_port() and redis-server's bind,
+        nor once the server died, before anyone noticed (a crash under `make run`, whose
+        ``RedisRestarts`` looks twice a second, and starts it again on this port only)."""
+        self._port_hold.hold(self.port)
 
     @property
     def url(self) -> str:
@@ -101,16 +105,17 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         first_start = self.process is None and not self._started
-        try:
-            for _ in range(3):
-                if self._start_once(binary, timeout):
-                    self._started = True
-                    return self
-                if self._port_asked or not first_start:
-                    break
-                self.port = free_port()  # ours was taken between free_port() and redis-server's bind
-        finally:
-            self._port_hold.release()  # the server listens on it, or start() failed
+        self._port_hold.hold(self.port)  # again after a stop()
+        for _ in range(3):
+            if self._start_once(binary, timeout):
+                self._started = True
+                return self
+            if self._port_asked or not first_start:
+                break
+            # Another server took it before the hold (both chose it at once): a fresh one.
+            self._port_hold.release()
+            self.port = free_port()
+            self._port_hold.hold(self.port)
         why = ("something else listens on it" if listened_on(self.port)
                else f"it exited or did not answer within {timeout:.0f} s; its data: {self.data_dir}")
         if not self._started:
@@ -183,12 +188,11 @@ class RedisServer:
 
     def kill(self) -> None:
         """SIGKILL, as a crash: nothing is flushed on the way out. ``start()`` brings it back, on
-        the same port, which stays held meanwhile (``PortHold``)."""
+        the same port, which stays held meanwhile (``PortHold``), as after any crash."""
         if self.process is not None:
             self.process.kill()
             self.process.wait()
             self.process = None
-            self._port_hold.hold(self.port)
 
     def stop(self, restart: bool = False) -> None:
         """SIGTERM (Redis saves on the way out) and wait. ``restart``: ``start()`` follows, on the
@@ -196,8 +200,7 @@ class RedisServer:
         stop_process(self.process)
         self.process = None
         if restart:
-            self._port_hold.hold(self.port)
-            return
+            return  # the port stays held
         self._port_hold.release()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)

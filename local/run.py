@@ -360,6 +360,7 @@ class RedisRestarts:
     """Start the stack's redis-server again, on its port and data, if it has died (a crash, a
     ``kill -9``, the OOM killer): its append-only file holds every write it acknowledged, so the
     service resumes where it was instead of answering 503 until someone restarts `make run`.
+    The port stays held from the crash to the restart (``RedisServer``'s hold, kept for its life).
 
     Not on another port: every HTTP worker and the scheduler hold the server's address. When it
     cannot be started for REDIS_RESTART_SECONDS, ``check`` says why, for the stack to stop with
@@ -456,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--provider", choices=("dummy", "vcsim"), default=os.environ.get("PROVIDER", "dummy"))
     args = parser.parse_args(argv)
 
-    from local.processes import StopRequests, die_with_parent
+    from local.processes import PortHold, StopRequests, die_with_parent
     from local.redis_server import RedisServer
 
     if os.environ.get("MAKELEVEL"):
@@ -502,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
 
     front: BaseProcess | None = None
     port_claim: socket.socket | None = None
+    http_port_hold = PortHold()
     workers = max(args.workers, 1)
     scheduler = None
     stop = StopRequests(signal.SIGTERM)
@@ -518,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
             print(error, file=sys.stderr)
             return 2
         port_claim = _require_free_port(args.port)  # held (open) until this process exits
+        # The TCP port too, beside the workers' listeners (SO_REUSEADDR): no other program takes
+        # it before the workers bind it, nor while a killed front's replacement is starting.
+        http_port_hold.hold(args.port)
         # Forked before the scheduler's threads exist: the front's processes inherit none.
         front, ready = _start_front("fork", args.port, workers, max(args.threads, 1))
         for _ in range(workers):
@@ -567,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
                 front.kill()
                 front.join()
         redis_server.stop()
+        http_port_hold.release()
         if port_claim is not None:
             port_claim.close()
         if vcsim_process is not None:

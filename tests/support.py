@@ -3,6 +3,7 @@
     free_port()                      a loopback port nothing listens on
     free_ports(count)                that many distinct such ports
     port_in_use(port)                whether another socket holds a loopback port
+    taken_by_another_process(port)   whether another process could bind and listen on it now
     listeners_carrying(port, mark)   which processes started with ``mark`` listen on a port
     eventually(check, timeout, what) poll a condition another process makes true on the wall clock
     emf_documents(stdout)            the CloudWatch EMF documents among printed lines
@@ -17,6 +18,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +32,8 @@ from chalicelib.store.store import RECOUNT
 from local.redis_server import free_port
 
 __all__ = ["RedisRoundTrips", "clone_failures_by_reason", "counts_by_reason", "emf_documents", "emitted",
-           "eventually", "free_port", "free_ports", "listeners_carrying", "port_in_use", "json_lines"]
+           "eventually", "free_port", "free_ports", "listeners_carrying", "port_in_use", "json_lines",
+           "taken_by_another_process"]
 
 T = TypeVar("T")
 
@@ -43,6 +47,24 @@ def port_in_use(port: int) -> bool:
         except OSError as error:
             return error.errno == errno.EADDRINUSE
     return False
+
+
+TAKE_PORT = """
+import socket, sys
+taker = socket.socket()
+taker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(sys.argv[2]))  # as servers (redis, gunicorn) bind
+taker.bind(("127.0.0.1", int(sys.argv[1])))
+taker.listen()
+"""
+"""A program run as ``python -c TAKE_PORT <port> <1|0: SO_REUSEADDR>``: binds the port and listens
+(exit status 0), or fails (1)."""
+
+
+def taken_by_another_process(port: int) -> bool:
+    """Whether another process binds ``port`` (as a plain server would, without SO_REUSEADDR) and
+    listens; it lets go at once. A port a server is to start on again must not be."""
+    taker = subprocess.run([sys.executable, "-c", TAKE_PORT, str(port), "0"], capture_output=True, text=True)
+    return taker.returncode == 0
 
 
 def free_ports(count: int) -> list[int]:
@@ -59,29 +81,42 @@ def free_ports(count: int) -> list[int]:
             probe.close()
 
 
-def listening_pids(port: int) -> set[int]:
-    """The processes (those this user may inspect) holding a listening TCP socket on ``port``, on
-    any address, IPv4 or IPv6: who serves the port, read from /proc (Linux)."""
+def _listening_sockets(port: int, udp: bool = False) -> set[str]:
+    """The listening TCP sockets on ``port`` (any address, IPv4 or IPv6), and with ``udp`` the
+    UDP sockets bound to it, as a process's descriptors link to them (``socket:[inode]``), read
+    from /proc (Linux)."""
     sockets = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    tables = ("tcp", "tcp6") + (("udp", "udp6") if udp else ())
+    for table in tables:
         try:
-            rows = Path(table).read_text().splitlines()[1:]
+            rows = Path("/proc/net", table).read_text().splitlines()[1:]
         except OSError:  # no IPv6
             continue
         for row in rows:
             fields = row.split()
-            if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:  # 0A: LISTEN
+            if (fields[3] == "0A" or table.startswith("udp")) \
+                    and int(fields[1].rpartition(":")[2], 16) == port:  # 0A: LISTEN
                 sockets.add(f"socket:[{fields[9]}]")
-    pids: set[int] = set()
+    return sockets
+
+
+def _holds_any(pid: int | str, sockets: set[str]) -> bool:
+    """Whether process ``pid`` has a descriptor on one of ``sockets`` (False once it exited)."""
+    try:
+        return any(os.readlink(fd.path) in sockets for fd in os.scandir(f"/proc/{pid}/fd"))
+    except OSError:  # exited meanwhile, or another user's
+        return False
+
+
+def listening_pids(port: int, udp: bool = False) -> set[int]:
+    """The processes (those this user may inspect) holding a listening TCP socket on ``port``, on
+    any address, IPv4 or IPv6 (with ``udp``, or a UDP socket bound to it): who serves the port,
+    read from /proc (Linux). Servers that bind with SO_REUSEPORT (named, gunicorn) share a port
+    with any other such process of the same user, each getting a share of the connections."""
+    sockets = _listening_sockets(port, udp)
     if not sockets:
-        return pids
-    for process in Path("/proc").glob("[0-9]*"):
-        try:
-            if any(os.readlink(fd.path) in sockets for fd in os.scandir(process / "fd")):
-                pids.add(int(process.name))
-        except OSError:  # exited meanwhile, or another user's
-            continue
-    return pids
+        return set()
+    return {int(process.name) for process in Path("/proc").glob("[0-9]*") if _holds_any(process.name, sockets)}
 
 
 def listeners_carrying(port: int, mark: str) -> dict[int, str]:

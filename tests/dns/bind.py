@@ -30,6 +30,7 @@ import dns.rdataclass
 import dns.rdatatype
 
 from local.processes import PORT_TRIES, PortHold, stop_process
+from tests.support import listening_pids
 
 NAMED = "/usr/sbin/named"
 ZONE = "vms.example.test"
@@ -72,6 +73,10 @@ class BindServer:
         self.process: subprocess.Popen[bytes] | None = None
         self._started = False
         self._port_hold = PortHold()
+        """Its TCP port, held from its choice to the ``with`` block's end, beside named's own
+        listener: kept while named is down, stopped or killed (tests of a DNS outage), until it
+        starts again on it."""
+        self._port_hold.hold(self.port)
         self._write_files()
 
     def _write_files(self) -> None:
@@ -111,19 +116,18 @@ ns  IN A   127.0.0.1
         port if another process took this one after it was chosen (named then serves without it,
         saying "address in use"); a restart keeps its port, as its callers expect."""
         first = not self._started
-        try:
-            for attempt in range(1, PORT_TRIES + 1):
-                try:
-                    self._launch(timeout)
-                    self._started = True
-                    return
-                except _PortTaken:
-                    if not first or attempt == PORT_TRIES:
-                        raise
-                    self.port = free_port()
-                    self._write_files()
-        finally:
-            self._port_hold.release()  # it listens on its port again (or did not start)
+        for attempt in range(1, PORT_TRIES + 1):
+            try:
+                self._launch(timeout)
+                self._started = True
+                return
+            except _PortTaken:
+                if not first or attempt == PORT_TRIES:
+                    raise
+                self._port_hold.release()
+                self.port = free_port()
+                self._port_hold.hold(self.port)
+                self._write_files()
 
     def _launch(self, timeout: float) -> None:
         """named on this server's port, answering for the zone; RuntimeError with its log if not
@@ -142,14 +146,26 @@ ns  IN A   127.0.0.1
                 answer = dns.query.tcp(dns.message.make_query(self.zone, "SOA"), "127.0.0.1",
                                        port=self.port, timeout=0.5)
                 if answer.rcode() == dns.rcode.NOERROR and answer.answer:
-                    return
+                    if self._alone_on_port():
+                        return
+                    break  # _PortTaken below
             except (OSError, dns.exception.DNSException):
                 pass
             time.sleep(0.1)
         log = log_path.read_bytes()[since:].decode(errors="replace")[-2000:]
+        shared = self.process.poll() is None and not self._alone_on_port()
         self.stop()
-        failure = _PortTaken if "address in use" in log else RuntimeError
+        failure = _PortTaken if "address in use" in log or shared else RuntimeError
         raise failure(f"named did not start on port {self.port}:\n{log}")
+
+    def _alone_on_port(self) -> bool:
+        """Whether our named, and no other process, serves its port (TCP and UDP). named binds
+        with SO_REUSEPORT: another named (another test's or helper's, same zone name) that took
+        the port after it was chosen shares it silently, each answering a share of the queries,
+        the other's refusing our TSIG key; before, a start ended at the first SOA answer,
+        whichever named gave it."""
+        assert self.process is not None
+        return listening_pids(self.port, udp=True) == {self.process.pid}
 
     def stop(self) -> None:
         """Stop named; its TCP port stays held (``PortHold``) until it starts again on it or the
@@ -157,7 +173,6 @@ ns  IN A   127.0.0.1
         if self.process is not None:
             stop_process(self.process)
             self.process = None
-            self._port_hold.hold(self.port)
 
     def addresses(self, fqdn: str, rdtype: str = "A") -> list[str]:
         """The A (or ``rdtype``: AAAA) records the server holds for ``fqdn`` now."""

@@ -25,6 +25,7 @@ import redis
 
 from chalicelib.store.keys import Keys
 from chalicelib.store.store import UNCONFIRMED_SECONDS
+from local.processes import PortHold
 from tests.local.stack import (
     REPO_ROOT,
     descendants,
@@ -103,6 +104,11 @@ class Stack:
         self.state_dir = tmp_path / "handout-state"
         self.log_path = tmp_path / "handout.log"
         self.port = free_port()
+        self._port_hold = PortHold()
+        """The HTTP port, held from its choice to stop(): the stack binds it beside the hold, and
+        no other process takes it while the stack is down between a kill() and the next start()
+        (the stack then refused to start: "port N is in use", and the audit failed)."""
+        self._port_hold.hold(self.port)
         self.redis_port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.redis: redis.Redis | None = None
@@ -134,6 +140,7 @@ class Stack:
         wait_for(lambda: not group_members(pgid), 20, "every process of the killed stack to die")
 
     def stop(self) -> None:
+        self._port_hold.release()
         if self.process is None or self.process.poll() is not None:
             return
         for pid in self.parts():  # nothing left stopped: a stopped process ignores SIGINT

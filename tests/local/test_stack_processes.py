@@ -32,7 +32,14 @@ from tests.local.stack import (
     stop,
     wait_for,
 )
-from tests.support import free_port, free_ports, listeners_carrying
+from tests.support import (
+    free_port,
+    free_ports,
+    listeners_carrying,
+    listening_pids,
+    stop_process,
+    taken_by_another_process,
+)
 
 CONFIG = (
     "config: {domain: example.com, check_loop_delay_min: 0.1}\n"
@@ -176,6 +183,28 @@ def test_a_worker_killed_mid_request_is_replaced_and_only_its_own_connections_fa
             for connection in connections:
                 connection.close()
         assert "Traceback" not in stack.log()
+
+
+@pytest.mark.slow
+def test_a_killed_http_servers_port_stays_the_stacks_until_its_replacement_serves(tmp_path: Path) -> None:
+    """Between the front's death and its replacement's bind (a fresh interpreter importing the
+    app: a second or more under load) the port was free, and any process of the machine taking it
+    left the stack without HTTP for good (the new workers cannot bind). The stack, paused here so
+    the moment lasts, holds it meanwhile."""
+    with local_stack(tmp_path, CONFIG, workers=2) as stack:
+        arbiter = running_arbiter(stack)
+        workers = descendants(arbiter)
+        stop_process(stack.process.pid)
+        try:
+            os.kill(arbiter, signal.SIGKILL)
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: not listeners_carrying(stack.port, str(tmp_path)), 20, "the front to be gone")
+            assert not taken_by_another_process(stack.port)
+        finally:
+            os.kill(stack.process.pid, signal.SIGCONT)
+        wait_for(lambda: http_arbiter(stack) not in (None, arbiter) and call("GET", f"{stack.api}/status")[0] == 200,
+                 60, "a new HTTP front to serve", lambda: stack.log())
 
 
 @pytest.mark.slow
@@ -404,6 +433,22 @@ def test_a_dns_server_whose_port_was_taken_after_it_was_chosen_starts_on_another
             server.start()
             assert server.port == port
             assert server.addresses(f"ns.{server.zone}") == ["127.0.0.1"]
+
+
+def test_a_dns_server_whose_port_another_named_took_starts_on_another_not_taking_it_for_its_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The port taken by another named (another test's, or another helper's, serving the same
+    zone name): it answered the fixture's first SOA query before ours had logged "address in use",
+    and the test went on with a server whose TSIG key it did not know. Ours must listen itself."""
+    import tests.dns.bind as bind
+
+    with bind.BindServer() as foreign:
+        chosen = iter([foreign.port])
+        monkeypatch.setattr(bind, "free_port", lambda fresh=bind.free_port: next(chosen, 0) or fresh())
+        with bind.BindServer() as server:
+            assert server.port != foreign.port
+            assert server.process is not None and listening_pids(server.port) == {server.process.pid}
+            server.add_record(f"mine.{server.zone}", "A", "192.0.2.1")  # its key: ours
 
 
 def test_a_port_left_in_time_wait_by_the_last_stack_is_free_for_the_next() -> None:
