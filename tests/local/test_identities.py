@@ -450,23 +450,6 @@ class BadToken(Caller):
     """A caller whose token is deleted (its user's, deleted before it starts) or made up: every
     request that needs a token is refused and changes nothing."""
 
-    def read_shared_feed(self) -> None:
-        """A dashboard's feed as the page asks it, accepting an answer up to a few seconds old
-        (api/feed_cache.py): the feed asked for (a /status answer to /status, the clone
-        summary to /summary/clone), never older than accepted (``Age``), workers killed and
-        Redis stopped meanwhile."""
-        path, max_age, shaped = self.random.choice([
-            ("/status", 4, lambda answer: {"status", "pools", "queue"} <= set(answer)),
-            ("/summary/clone", 30, lambda answer: set(answer) == {"clone", "daily"})])
-        status, answer = self.send("GET", path, headers={"Cache-Control": f"max-age={max_age}"})
-        if status != 200:
-            return
-        if not (isinstance(answer, dict) and shaped(answer)):
-            self.record.problem(f"{self.name}: GET {path} (max-age={max_age}) answered another feed: "
-                                f"{sorted(answer)[:6] if isinstance(answer, dict) else str(answer)[:100]}")
-        if self.age is None or not self.age.isdigit() or int(self.age) > max_age:
-            self.record.problem(f"{self.name}: GET {path} (max-age={max_age}) answered with Age {self.age}")
-
     def run(self) -> None:
         try:
             if self.user:
