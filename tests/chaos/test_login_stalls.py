@@ -12,6 +12,8 @@ busy script, as in test_slow_redis.py.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 
@@ -34,6 +36,21 @@ def _counted(redis_client: redis.Redis) -> dict[str, str]:
             if redis_client.type(key) == "string" and ":attempt:" not in key}
 
 
+@contextmanager
+def _stalled(redis_server: RedisServer, redis_client: redis.Redis) -> Iterator[None]:
+    """Redis held by another client's busy script for ``BUSY_SECONDS`` while the block runs;
+    after it, Redis answers again (and has run what was written to it meanwhile)."""
+    busy = threading.Thread(target=lambda: redis.Redis(port=redis_server.port).eval(
+        BUSY_SCRIPT, 0, int(BUSY_SECONDS * 1_000_000)))
+    busy.start()
+    eventually(lambda: _redis_is_busy(redis_server.port), 10, "the busy script to hold Redis")
+    try:
+        yield
+    finally:
+        busy.join()
+        eventually(lambda: redis_client.ping(), 10, "Redis to answer again")
+
+
 def test_a_login_whose_count_timed_out_in_a_stall_is_not_a_failed_login(
         redis_server: RedisServer, redis_client: redis.Redis) -> None:
     config = parse(f":redis: {{server: 127.0.0.1, port: {redis_server.port}, socket_timeout: {SOCKET_TIMEOUT}}}\n")
@@ -43,18 +60,13 @@ def test_a_login_whose_count_timed_out_in_a_stall_is_not_a_failed_login(
         # The user logs in (the connection is open, as in a warm Lambda or a local worker)...
         answers.append(logins.check(USER, PASSWORD, ADDRESS).outcome)
         # ... and again while Redis stalls: the count is sent, its reply times out (a 503).
-        busy = threading.Thread(target=lambda: redis.Redis(port=redis_server.port).eval(
-            BUSY_SCRIPT, 0, int(BUSY_SECONDS * 1_000_000)))
-        busy.start()
-        eventually(lambda: _redis_is_busy(redis_server.port), 10, "the busy script to hold Redis")
-        try:
-            logins.check(USER, PASSWORD, ADDRESS)
-            answers.append(LoginOutcome.OK)
-        except redis.TimeoutError:
-            answers.append(LoginOutcome.UNAVAILABLE)
-        busy.join()
-        # What was written on the connection ran once Redis resumed.
-        eventually(lambda: redis_client.ping(), 10, "Redis to answer again")
+        # What was written on the connection runs once Redis resumes.
+        with _stalled(redis_server, redis_client):
+            try:
+                logins.check(USER, PASSWORD, ADDRESS)
+                answers.append(LoginOutcome.OK)
+            except redis.TimeoutError:
+                answers.append(LoginOutcome.UNAVAILABLE)
 
     assert answers == [LoginOutcome.OK, LoginOutcome.UNAVAILABLE] * LIMIT
     assert _counted(redis_client) == {}, "a login that met a stall stayed counted"
@@ -73,17 +85,12 @@ def test_a_refused_login_whose_answer_timed_out_gives_back_no_failure(
     for _ in range(LIMIT):
         assert logins.check(USER, USER, ADDRESS).outcome is LoginOutcome.INVALID  # dummy auth: a wrong one
     locked = _counted(redis_client)
-    busy = threading.Thread(target=lambda: redis.Redis(port=redis_server.port).eval(
-        BUSY_SCRIPT, 0, int(BUSY_SECONDS * 1_000_000)))
-    busy.start()
-    eventually(lambda: _redis_is_busy(redis_server.port), 10, "the busy script to hold Redis")
-    try:
-        logins.check(USER, USER, ADDRESS)
-        raise AssertionError("the login was answered while Redis stalled")
-    except redis.TimeoutError:
-        pass
-    busy.join()
-    eventually(lambda: redis_client.ping(), 10, "Redis to answer again")
+    with _stalled(redis_server, redis_client):
+        try:
+            logins.check(USER, USER, ADDRESS)
+            raise AssertionError("the login was answered while Redis stalled")
+        except redis.TimeoutError:
+            pass
 
     assert _counted(redis_client) == locked
     assert logins.check(USER, PASSWORD, ADDRESS).outcome is LoginOutcome.RATE_LIMITED
