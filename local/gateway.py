@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import re
 import threading
@@ -28,7 +27,7 @@ from chalice import Chalice
 
 from chalicelib.api.chalice_app import RequestLocalChalice
 from chalicelib.api.conditional import COMPRESS_FROM_BYTES
-from chalicelib.api.http import JSON_HEADERS, shown
+from chalicelib.api.http import JSON_HEADERS, json_text, shown
 from chalicelib.api.http import MAX_BODY_BYTES as API_MAX_BODY_BYTES
 from chalicelib.api.proxy_event import MAX_EVENT_CHARS, MAX_EVENT_FIELDS, oversized
 
@@ -67,6 +66,9 @@ class RouteMatcher:
         resources.sort(key=lambda r: (len(r.params), -len(r.path)))
         self._exact = {r.path: r for r in resources if not r.params}
         self._templates = [r for r in resources if r.params]
+        served = {method for r in resources for method in r.methods}
+        self.allowed = ", ".join(sorted({*served, *(("HEAD",) if "GET" in served else ())}))
+        """The methods some route serves (HEAD wherever GET is): a server-wide OPTIONS's Allow."""
 
     def match(self, path: str) -> tuple[_Resource, dict[str, str]] | None:
         # Slashes before the path are one: ``//vm/`` is ``/vm/``. beaker appends ``/vm/`` to a
@@ -105,6 +107,8 @@ class Gateway:
         # reads a path beginning with "//" as a host and a path (GET //x/api/v3/config served
         # /api/v3/config, past any proxy rule on the path's prefix) and raises on "//[" (a 500).
         path, _, query_string = target.partition("#")[0].partition("?")
+        if path == "*":
+            return asterisk_form(method, self.matcher.allowed)
         found = self.matcher.match(path)
         if found is None:
             return 404, dict(JSON_HEADERS), NOT_FOUND
@@ -117,13 +121,13 @@ class Gateway:
             allowed = ", ".join(sorted({*resource.methods, *(("HEAD",) if "GET" in resource.methods else ())}))
             # The method cut short: a server that takes any token as a method (http.server's, up
             # to 64 KiB of request line) had it echoed whole.
-            body_text = json.dumps({"ok": False, "error": f"method {shown(method, 20)} not allowed; use {allowed}"})
+            body_text = json_text({"ok": False, "error": f"method {shown(method, 20)} not allowed; use {allowed}"})
             return 405, {**JSON_HEADERS, "Allow": allowed}, body_text.encode()
         if len(query_string) > MAX_EVENT_CHARS or query_string.count("&") >= MAX_EVENT_FIELDS:
             # Refused from its size, as the app would refuse the parameters it makes: parsed
             # first, a 1.4 MB query of 350,000 parameters took 0.9-1.5 s before the app's 414.
             refusal = oversized("multiValueQueryStringParameters")
-            return refusal.status, dict(JSON_HEADERS), json.dumps(refusal.body).encode()
+            return refusal.status, dict(JSON_HEADERS), json_text(refusal.body).encode()
         query = parse_qs(query_string, keep_blank_values=True)
         event = {
             "resource": resource.path,
@@ -153,6 +157,16 @@ class Gateway:
         for name, values in (response.get("multiValueHeaders") or {}).items():
             out_headers[name] = ", ".join(values)
         return response["statusCode"], *compressed(headers, out_headers, data)
+
+
+def asterisk_form(method: str, allowed: str) -> tuple[int, dict[str, str], bytes]:
+    """The answer to a request for ``*``, the server as a whole (RFC 9112, 3.2.4): only OPTIONS
+    may ask for it, and it learns the methods the API serves (RFC 9110, 9.3.7); any other method
+    is a 400. It was a 404, as if ``*`` were a path the API lacked."""
+    if method == "OPTIONS":
+        return 200, {**JSON_HEADERS, "Allow": allowed}, b'{"ok":true}'
+    refusal = {"ok": False, "error": f"the target * is for OPTIONS only, not {shown(method, 20)}"}
+    return 400, dict(JSON_HEADERS), json_text(refusal).encode()
 
 
 MAX_CODINGS = 32
@@ -216,7 +230,7 @@ def json_error(status: int, message: str) -> Response:
     """A JSON error that also closes the connection: the request's body may be unread (413) or
     half there (408), so nothing after it on the connection can be read as a request."""
     return (status, {**JSON_HEADERS, "Connection": "close"},
-            json.dumps({"ok": False, "error": message}).encode())
+            json_text({"ok": False, "error": message}).encode())
 
 
 class AsgiApp:

@@ -47,7 +47,6 @@ import contextlib
 import copy
 import errno
 import http
-import json
 import logging
 import mmap
 import os
@@ -69,6 +68,7 @@ from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 from chalicelib.api.http import MAX_BODY_BYTES as API_MAX_BODY_BYTES
+from chalicelib.api.http import json_text
 from local.processes import die_with_parent
 
 CLIENT_TIMEOUT_SECONDS = float(os.environ.get("VMPOOL_HTTP_CLIENT_TIMEOUT", "10"))
@@ -392,6 +392,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         # accepts it, not left waiting for a 100 that never came.
         self.expect_100_continue = self.parser.get_http_version() == "1.1" and any(
             name == b"expect" and value.strip().lower() == b"100-continue" for name, value in self.headers)
+        self.url = origin_form(self.url)
         super().on_headers_complete()
 
     def _head_refusal(self) -> Refused | None:
@@ -544,13 +545,28 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self._refuse(Refused(408, "the request did not arrive in time"))
 
 
+def origin_form(target: bytes) -> bytes:
+    """The request target with an absolute-form one's empty path read as ``/`` (RFC 9112, 3.2.2:
+    ``GET http://host`` and ``GET http://host?q`` ask for ``/``), which uvicorn found no path in
+    (a 400); any other target as it is."""
+    if target.startswith(b"/"):
+        return target
+    try:
+        parsed = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        return target  # uvicorn refuses it as it did
+    if parsed.schema and parsed.host and not parsed.path:
+        return b"/" + (b"?" + parsed.query if parsed.query else b"")
+    return target
+
+
 def json_error_response(status: int, message: str) -> bytes:
     """A whole HTTP/1.1 answer with a JSON error body, closing the connection."""
     try:
         reason = http.HTTPStatus(status).phrase
     except ValueError:
         reason = "Error"
-    body = json.dumps({"ok": False, "error": f"{reason}: {message[:200]}" if message else reason}).encode()
+    body = json_text({"ok": False, "error": f"{reason}: {message[:200]}" if message else reason}).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
             f"X-Content-Type-Options: nosniff\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n")

@@ -31,6 +31,12 @@ JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store",
 """Every JSON answer: it carries tokens, owners and live pool state, none of which a browser or a
 proxy between the caller and API Gateway may keep (``no-store``) or read as anything but JSON."""
 
+
+def json_text(body: Any) -> str:
+    """A JSON answer's body as every answer has it: compact, as Chalice renders a route's body
+    (the local front's own refusals, rendered with ``json.dumps``'s spaces, differed)."""
+    return json.dumps(body, separators=(",", ":"))
+
 HOSTNAME_PATTERN = re.compile(
     r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\Z", re.IGNORECASE | re.ASCII
 )

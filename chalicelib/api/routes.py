@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -27,6 +26,7 @@ from chalicelib.api.http import (
     ApiResponse,
     bad_request,
     body_too_large,
+    json_text,
 )
 from chalicelib.api.identity import TOKEN_HEADER, unauthorized
 from chalicelib.api.limits import check_rate
@@ -128,7 +128,7 @@ def render(response: ApiResponse) -> tuple[int, str, dict[str, str]]:
     as it is, with the Content-Type its handler set."""
     if isinstance(response.body, str):
         return response.status, response.body, response.headers
-    return response.status, json.dumps(response.body, separators=(",", ":")), {**JSON_HEADERS, **response.headers}
+    return response.status, json_text(response.body), {**JSON_HEADERS, **response.headers}
 
 
 SHARED_READS = SharedReads()

@@ -86,11 +86,14 @@ def disk_size(value: Any) -> int | None:
 
 
 def add_disk(services: Services, request: ApiRequest) -> ApiResponse:
-    """POST /vm/<host>/disk/<gb> (1..2048): 202 ``{"<host>": {"disk": "+8gb"}}``."""
-    record, token_key = _running_vm(services, request)
+    """POST /vm/<host>/disk/<gb> (1..2048): 202 ``{"<host>": {"disk": "+8gb"}}``. The token first
+    (401: a caller without one learns nothing), then the size (400, whatever the VM: a size no VM
+    takes is the request's own fault, as a malformed host name is), then the VM (404/403)."""
+    required_caller(services, request)  # kept on the request: _running_vm reads it again for free
     size = disk_size(request.params["size"])
     if size is None:
         raise bad_request(f"disk size must be a whole number of GB from 1 to {MAX_DISK_GB}")
+    record, token_key = _running_vm(services, request)
     queue_task(services, record, DISK, token_key, DISK_NOT_REPLICATED, size_gb=size)
     return ok(202, **{record.name: {"disk": f"+{size}gb"}})
 

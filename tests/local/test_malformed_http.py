@@ -432,3 +432,47 @@ def test_a_client_sending_all_before_reading_gets_the_refusal_not_a_reset(stack:
     running = call("GET", f"{stack.api}/status?view=pools")[1]["pools"][POOL]["running"]
     assert assert_refused(send_all_then_read(stack.port, raw), status) == status
     assert call("GET", f"{stack.api}/status?view=pools")[1]["pools"][POOL]["running"] == running  # no VM taken
+
+
+def compact(body: bytes) -> bool:
+    """Whether a JSON body is rendered as every answer of the API is: without json.dumps's spaces."""
+    return body == json.dumps(json.loads(body), separators=(",", ":")).encode()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("raw", "status"), [
+    (request("PATCH /api/v3/vm HTTP/1.1\nHost: x\nConnection: close\n"), 405),
+    (request("GET /api/v3/status HTTP/1.1\nHost: a\nHost: b\n"), 400),
+    (request(POST + "Content-Length: 70000\n"), 413),
+], ids=["405", "400-of-the-front", "413"])
+def test_the_fronts_own_answers_are_compact_json_like_the_apis(stack: RunningStack, raw: bytes, status: int) -> None:
+    """A client comparing bodies, or a log grepping for ``"ok":false``, sees one rendering. Before:
+    the 405 (and the front's refusals) read ``{"ok": false, "error": ...}``."""
+    head, _, body = exchange(stack.port, raw).partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), head
+    assert compact(body) and body.startswith(b'{"ok":false,'), body
+
+
+@pytest.mark.slow
+def test_options_asterisk_names_the_methods_the_api_serves_and_other_methods_may_not_ask_for_it(
+        stack: RunningStack) -> None:
+    """RFC 9110, 9.3.7: ``OPTIONS *`` asks about the server as a whole; RFC 9112, 3.2.4: no other
+    method may target ``*``. Before: both answered 404, as if ``*`` were a path the API lacked."""
+    head, _, body = exchange(stack.port, request("OPTIONS * HTTP/1.1\nHost: x\nConnection: close\n")).partition(
+        b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and body == b'{"ok":true}', head + body
+    allow = next(line for line in head.lower().split(b"\r\n") if line.startswith(b"allow:"))
+    assert allow == b"allow: delete, get, head, post, put", allow
+    answer = exchange(stack.port, request("GET * HTTP/1.1\nHost: x\nConnection: close\n"))
+    assert assert_refused(answer, 400) == 400
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["http://x", "HTTP://X:80", "http://x?view=pools"])
+def test_an_absolute_form_target_with_an_empty_path_asks_for_the_root(stack: RunningStack, target: str) -> None:
+    """RFC 9112, 3.2.2: the empty path of ``GET http://host`` is ``/`` (the dashboard's redirect),
+    as a proxy sends it. Before: a 400, uvicorn finding no path in it."""
+    expected = exchange(stack.port, request("GET / HTTP/1.1\nHost: x\nConnection: close\n"))
+    answer = exchange(stack.port, request(f"GET {target} HTTP/1.1\nHost: x\nConnection: close\n"))
+    assert answer.split(b"\r\n")[0] == expected.split(b"\r\n")[0], (answer[:300], expected[:300])
+    assert answer.partition(b"\r\n\r\n")[2] == expected.partition(b"\r\n\r\n")[2]

@@ -114,6 +114,21 @@ def test_bad_disk_sizes(make_stack, size):
     assert stack.services.store.client.llen(stack.services.store.keys.vm_tasks(hostname)) == 0
 
 
+def test_a_bad_disk_size_is_a_400_whatever_the_vm_but_only_after_the_token(make_stack):
+    """The size is the request's own fault, as a malformed host name is: a client told 404 for
+    ``/vm/<typo>/disk/0`` fixed the host to be told 400 next (vmpooler answers 404 to both).
+    Before: 404 for an unknown or not checked-out VM. Without a token, still 401 first."""
+    stack = make_stack()
+    stack.run_passes("debian-12")
+    ready = stack.services.store.hostnames("debian-12", "ready")[0]
+    for host in ("nosuchvm", ready):
+        status, body = stack.answer("POST", f"/api/v3/vm/{host}/disk/0")
+        assert status == 400 and "1 to 2048" in body["error"], body
+    guarded = make_stack(extra="\n:auth:\n  provider: dummy\n")
+    assert guarded.answer("POST", "/api/v3/vm/nosuchvm/disk/0") == (
+        401, {"ok": False, "error": "a token is required (X-AUTH-TOKEN)"})
+
+
 def test_unknown_or_not_running_vms(make_stack):
     stack = make_stack()
     stack.run_passes("debian-12")
