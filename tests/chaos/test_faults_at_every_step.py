@@ -87,9 +87,10 @@ def steps_of_a_round(make_fleet: FleetFactory) -> list[str]:
 def test_the_busy_round_reaches_every_step(make_fleet: FleetFactory) -> None:
     steps = steps_of_a_round(make_fleet)
     # The round's clones finish and boot at once: noted done by their moves to ready ("ready").
+    # A fault just before and just after the clone_asked mark ("clone_asking", "clone_asked").
     assert {"inventory", "snapshot", "ready", "completed", "dropped", "destroyed",
             "destroy_started", "discovered", "vm_task", "vm_task_started", "ondemand_reserved",
-            "reserved", "clone_started", "done"} <= set(steps), steps
+            "reserved", "clone_asking", "clone_asked", "clone_started", "done"} <= set(steps), steps
 
 
 Fault = Callable[[Fleet, str], None]

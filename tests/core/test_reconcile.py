@@ -466,7 +466,8 @@ def test_scenario_for_kills_reaches_every_step(make_world: HarnessFactory) -> No
     # Its clones finish and boot at once: noted done by their moves to ready ("ready"); a clone
     # noted done while its VM boots ("clone_finished"): test_pass_killed_while_a_finished_clone_boots.
     assert {"inventory", "snapshot", "ready", "completed", "dropped", "destroyed",
-            "destroy_started", "discovered", "reserved", "clone_started", "done"} <= set(steps), steps
+            "destroy_started", "discovered", "reserved", "clone_asking", "clone_asked", "clone_started",
+            "done"} <= set(steps), steps
 
 
 def test_pass_killed_at_any_step_converges_on_the_next(make_world: HarnessFactory, redis_client) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 from xml.parsers.expat import ExpatError
 
 import pytest
@@ -20,12 +20,14 @@ import redis
 from chalicelib.config import parse
 from chalicelib.manager.pending import CLONE_ASKED, CLONE_START_GRACE_SECONDS
 from chalicelib.manager.reconcile import reconcile_pool
+from chalicelib.manager.runner import LEASE_SECONDS, RunReport, run_pool
 from chalicelib.providers.base import AnswerLost, ProviderError
 from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere import clone as vsphere_clone
 from chalicelib.store.connection import ReplyLost, connect
 from tests.chaos.fleet import tasks_running
-from tests.harness import Harness, HarnessFactory, Killed, assert_consistent
+from tests.chaos.test_crash_every_write import leases_run_out
+from tests.harness import Harness, HarnessFactory, Killed, assert_consistent, fused_services
 from tests.support import eventually, free_ports
 from tests.vsphere.vcsim import VcsimServer, make_setup, vcsim_config
 from tools.vcsim import launcher
@@ -183,6 +185,55 @@ def test_a_pass_paused_past_the_grace_before_its_clone_call_clones_nothing_given
     assert len(others[0]) == LIMIT
     assert tasks_running(world, "clone") == LIMIT and services.store.cloning_count() == LIMIT
     assert_consistent(world, "alpha")
+
+
+@pytest.mark.parametrize("frozen_in", ["checkpoint", "mark"])
+def test_a_run_frozen_before_its_clone_mark_marks_nothing_once_another_run_took_the_pool(
+        world: Harness, monkeypatch: pytest.MonkeyPatch, frozen_in: str) -> None:
+    """A leased run (``run_pool``) frozen just before it marks its clones asked (a stopped
+    process, a frozen Lambda), woken once its lease ran out and another run took the pool: at
+    its checkpoint before the mark (``checkpoint``: the renewal there finds the lease lost), or
+    between that checkpoint and the mark's round trip (``mark``: lua/clone_asked.lua compares the
+    pool's lease with the run's), it marks nothing, so the names it reserved stay never asked and
+    come back after the start grace, and the pool refills. Before, the woken run marked them and
+    only then found its lease lost: asked but never cloned, their slots held until a provider
+    that cannot tell (as vSphere when it cannot read the template's tasks) reached the pool's
+    timeout (5 minutes here), the pool short all that time."""
+    frozen = fused_services(world, None)  # the frozen run's own process
+    mark = frozen.store.mark_clones_asked
+    taken_over: list[RunReport] = []
+
+    def take_over() -> None:
+        world.clock.advance(LEASE_SECONDS + 1)
+        leases_run_out(world.client)
+        taken_over.append(run_pool(world.services, "alpha", 0.0))
+
+    def checkpoint(step: str) -> None:
+        if frozen_in == "checkpoint" and step == "clone_asking":
+            take_over()
+
+    def mark_after_takeover(pool: str, hostnames: Sequence[str], now: float, lease: str | None) -> list[str]:
+        if frozen_in == "mark":
+            take_over()
+        return mark(pool, hostnames, now, lease)
+
+    monkeypatch.setattr(frozen.store, "mark_clones_asked", mark_after_takeover)
+    monkeypatch.setattr(world.provider, "clones_under_way", lambda pool, names: None)  # cannot tell
+    try:
+        report = run_pool(frozen, "alpha", 0.0, checkpoint)
+    finally:
+        frozen.client.close()
+    reserved = world.hosts("alpha", "pending")
+    assert taken_over and taken_over[0].leased and not taken_over[0].failures and len(reserved) == LIMIT
+    assert report.failures and "lease" in report.failures[0], report
+    assert not any(world.store.get_vm(host).raw.get(CLONE_ASKED) for host in reserved)
+    assert tasks_running(world, "clone") == 0
+    world.clock.advance(CLONE_START_GRACE_SECONDS - LEASE_SECONDS)  # past the grace, not the timeout
+    refilled = run_pool(world.services, "alpha", 0.0).passes[0]
+    assert set(refilled.completed) == reserved and len(refilled.clones_started) == LIMIT
+    world.clock.advance(200)
+    world.settle("alpha")
+    assert world.provider_vms("alpha") == world.hosts("alpha", "ready") and world.store.cloning_count() == 0
 
 
 # --- a clone call whose answer was lost -------------------------------------------------------------

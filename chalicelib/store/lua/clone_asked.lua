@@ -5,13 +5,22 @@
 -- pool's timeout (manager/pending.py). A VM no longer pending, or whose slot was given back
 -- (given up by another pass as never started, its on-demand request ended), is not marked, and
 -- the caller does not clone it: no clone ever runs without its slot counted.
--- KEYS[1] the pool's pending set, KEYS[2] the cloning set, then one VM record per VM.
--- ARGV: now, then the VMs' hostnames (in the order of their records).
+-- A pass of a leased run (manager/runner.py) names its lease token: once the pool's lease is not
+-- that token (it ran out while the run was frozen, another run took the pool) nothing is marked.
+-- Checked here, with the mark, not only by the run's renewal before it: a run frozen between
+-- the two would mark VMs that it then never clones (it stops at its next renewal), holding their
+-- slots as asked (up to the pool's timeout) instead of giving them back after the start grace.
+-- KEYS[1] the pool's pending set, KEYS[2] the cloning set, KEYS[3] the pool's lease, then one VM
+-- record per VM.
+-- ARGV: now, the run's lease token ('' outside a leased run: no lease checked), then the VMs'
+-- hostnames (in the order of their records).
 -- Returns per VM 1 when marked (the clone may be asked for), 0 when not.
+local FIRST_RECORD = 4 -- in KEYS; its hostname is ARGV[index - 1]
 local results = {}
-for index = 3, #KEYS do
+local leased = ARGV[2] == '' or redis.call('GET', KEYS[3]) == ARGV[2]
+for index = FIRST_RECORD, #KEYS do
   local hostname = ARGV[index - 1]
-  if redis.call('ZSCORE', KEYS[1], hostname) and redis.call('ZSCORE', KEYS[2], hostname)
+  if leased and redis.call('ZSCORE', KEYS[1], hostname) and redis.call('ZSCORE', KEYS[2], hostname)
       and redis.call('EXISTS', KEYS[index]) == 1 then
     redis.call('HSET', KEYS[index], 'clone_asked', ARGV[1])
     results[#results + 1] = 1
