@@ -2,6 +2,7 @@
 
     free_port()                      a loopback port nothing listens on
     free_ports(count)                that many distinct such ports
+    unanswered_port()                a loopback port whose connects are never answered (a SYN dropped)
     port_in_use(port)                whether another socket holds a loopback port
     taken_by_another_process(port)   whether another process could bind and listen on it now
     listeners_carrying(port, mark)   which processes started with ``mark`` listen on a port
@@ -33,7 +34,7 @@ from local.redis_server import free_port
 
 __all__ = ["RedisRoundTrips", "clone_failures_by_reason", "counts_by_reason", "emf_documents", "emitted",
            "eventually", "free_port", "free_ports", "listeners_carrying", "port_in_use", "json_lines",
-           "taken_by_another_process"]
+           "taken_by_another_process", "unanswered_port"]
 
 T = TypeVar("T")
 
@@ -79,6 +80,34 @@ def free_ports(count: int) -> list[int]:
     finally:
         for probe in probes:
             probe.close()
+
+
+@contextmanager
+def unanswered_port() -> Iterator[int]:
+    """A loopback port whose connects time out: a listener whose accept queue is full (Linux
+    drops a SYN then, and the client sends it again until its timeout), as a host that never
+    answers. A port nothing listens on is refused at once instead; one listening but not
+    accepting answers the SYN (the kernel queues the connection)."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = listener.getsockname()[1]
+    queued: list[socket.socket] = []
+    try:
+        while len(queued) < 16:
+            filler = socket.socket()
+            filler.settimeout(0.2)
+            try:
+                filler.connect(("127.0.0.1", port))
+            except socket.timeout:
+                filler.close()
+                break
+            queued.append(filler)
+        else:
+            raise AssertionError("the listener's accept queue never filled")
+        yield port
+    finally:
+        for filler in queued:
+            filler.close()
+        listener.close()
 
 
 def _listening_sockets(port: int, udp: bool = False) -> set[str]:

@@ -45,7 +45,7 @@ from chalicelib.providers.base import (
     nothing_started,
 )
 from chalicelib.providers.failures import FailureKind
-from chalicelib.store.connection import ReplyLost
+from chalicelib.store.connection import never_sent
 from chalicelib.store.keys import DEFAULT_PREFIX, Keys
 from chalicelib.store.scripts import registered
 
@@ -118,16 +118,6 @@ _MIGRATE = _Operation("migratevm_max_time", "migratevm_fail_percent")
 DEFAULT_HOST = "dummy-host"
 DUMMY_HOSTS = 10
 """vmpooler's dummy pretends to be a cluster of ten hosts when it migrates."""
-
-
-def _never_sent(error: ProviderError) -> bool:
-    """Whether the Redis call that failed with ``error`` was surely never sent (so never run): a
-    connection error that is not a lost reply (``ReplyLost``) — the connection refused or not
-    opened, the command not written. The service's client (store/connection.py) raises
-    ``ReplyLost`` for every connection error once the command was sent, and retries only the
-    others; a timeout may come after the send and is never taken as not sent."""
-    cause = error.__cause__
-    return isinstance(cause, redis.ConnectionError) and not isinstance(cause, ReplyLost)
 
 
 class DummyProvider(Provider):
@@ -341,7 +331,7 @@ class DummyProvider(Provider):
         try:
             self._write(self._folder_key(pool), vms, tasks)
         except ProviderError as error:
-            if _never_sent(error):
+            if never_sent(error.__cause__):  # the connection refused, or its opening timed out
                 return {hostname: error for hostname in hostnames}  # nothing cloned: a plain failure
             # Written or not: Redis may have run the script and its answer been lost (a timeout,
             # a connection closed after the call left). clones_under_way tells which later.

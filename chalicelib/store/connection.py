@@ -15,6 +15,9 @@ What it adds to redis-py's defaults, and why:
   ``READONLY``. The first such answer marks a failover on the client: every pooled connection
   opened before it is closed before its next command (so it reconnects through the endpoint's
   name), and the refused command is retried once on a fresh connection.
+- A timeout before the command was sent (a connect never answered, the handshake or the health
+  check's PING unanswered) is a ``NeverSentTimeoutError``: ``never_sent`` tells a caller that
+  must know whether a failed command may have run (the dummy provider's clone write).
 - A follow-up written behind a lost reply (``written_behind_a_lost_reply``): when a reply times
   out, commands the caller gave are written on the same connection before it closes, so Redis
   runs them right after the command whose reply was lost, whenever it gets to it. A new
@@ -48,9 +51,26 @@ class ReplyLost(redis.ConnectionError):
     """The connection failed after the command was sent: it may have run. Never retried."""
 
 
+class NeverSentTimeoutError(redis.TimeoutError):
+    """A timeout before the command was sent: opening the connection (the TCP connect, a SYN
+    never answered; the handshake) or the health check's PING before the command. The command
+    never ran. Not retried, as any timeout: asking again waits as long again."""
+
+
 class CredentialsUnavailable(redis.ConnectionError):
     """The password to open a connection with could not be had (its secret store did not
     answer): the command never ran, but asking again at once only waits as long again."""
+
+
+def never_sent(error: BaseException | None) -> bool:
+    """Whether the command that raised ``error`` (from a client of ``connect``) surely never
+    reached Redis, so never ran: a timeout before it was sent (``NeverSentTimeoutError``), or a
+    connection error that is not a lost reply (``ReplyLost``): the connection refused or not
+    opened, the password not had, the command's write failed (a command partly written is never
+    run; a pipeline's first commands may be, when the write failed past them). Any other timeout
+    may have come after the send."""
+    return isinstance(error, NeverSentTimeoutError) or (
+        isinstance(error, redis.ConnectionError) and not isinstance(error, ReplyLost))
 
 
 class FailoverEpoch:
@@ -174,7 +194,13 @@ class _FailoverAware:
         # Every way of opening the connection (connect(), or a send on a closed one) comes here.
         if not getattr(self, "_sock", None):
             self._opened_in_epoch = self._failover_epoch.value
-        super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+        with _timeouts_never_sent():
+            super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+
+    def check_health(self) -> None:
+        # The PING of a connection idle for HEALTH_CHECK_SECONDS, sent before the command.
+        with _timeouts_never_sent():
+            super().check_health()  # type: ignore[misc]
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         if self._sending == 0:
@@ -227,6 +253,17 @@ class _FailoverAware:
             if disconnect:
                 self.disconnect()  # type: ignore[attr-defined]
             raise
+
+
+@contextmanager
+def _timeouts_never_sent() -> Iterator[None]:
+    """Inside, before the command is sent, a timeout is a ``NeverSentTimeoutError``."""
+    try:
+        yield
+    except NeverSentTimeoutError:
+        raise
+    except redis.TimeoutError as error:
+        raise NeverSentTimeoutError(*error.args) from error
 
 
 class _TcpConnection(_FailoverAware, redis.Connection):

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import redis
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ReadOnlyError
 
 from chalicelib.store.keys import DERIVED_KEYS
 
@@ -133,9 +133,36 @@ def run_many(client: redis.Redis, calls: Sequence[ScriptCall],
     pipeline only saves the round trips. Calls of a script Redis lacks (a new primary after a
     failover) are loaded and run once more; they did not run the first time. ``commands``
     (plain commands, each its name and arguments) go first in the same pipeline, run once;
-    their replies come first too. Raises the first other error (the calls before it ran)."""
+    their replies come first too. Raises the first other error (the calls before it ran).
+
+    After a failover the pipeline may reach the demoted node, which refuses every write with
+    ``READONLY`` before it runs (a script's first write fails, none is made): the client marks
+    the failover as it reads that answer (store/connection.py), so its pooled connections open
+    again through the endpoint, and the refused calls and commands, only those, are sent once
+    more, on the new primary (refused again, the error is raised). Those that ran are not sent
+    again: reads, and the writes made before a node demoted while it ran the pipeline."""
+    plain, replies = _pipelined(client, calls, commands)
+    refused_commands = [index for index, reply in enumerate(plain) if isinstance(reply, ReadOnlyError)]
+    refused_calls = [index for index, reply in enumerate(replies) if isinstance(reply, ReadOnlyError)]
+    if refused_commands or refused_calls:
+        again_plain, again_replies = _pipelined(client, [calls[index] for index in refused_calls],
+                                                [commands[index] for index in refused_commands])
+        for index, reply in zip(refused_commands, again_plain, strict=True):
+            plain[index] = reply
+        for index, reply in zip(refused_calls, again_replies, strict=True):
+            replies[index] = reply
+    for reply in (*plain, *replies):
+        if isinstance(reply, Exception):
+            raise reply
+    return [*plain, *replies]
+
+
+def _pipelined(client: redis.Redis, calls: Sequence[ScriptCall], commands: Sequence[Sequence[Any]],
+               load_missing: bool = True) -> tuple[list[Any], list[Any]]:
+    """One pipeline of ``commands`` then ``calls``: their replies, errors among them (not
+    raised); with ``load_missing``, the calls of a script Redis lacked loaded and run again."""
     if not (calls or commands):
-        return []
+        return [], []
     pipe = client.pipeline(transaction=False)
     for command in commands:
         pipe.execute_command(*command)
@@ -145,15 +172,13 @@ def run_many(client: redis.Redis, calls: Sequence[ScriptCall],
     answers = pipe.execute(raise_on_error=False)
     plain, replies = answers[:len(commands)], answers[len(commands):]
     missing = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-    if missing:
+    if missing and load_missing:
         for script in {calls[index][0].sha: calls[index][0] for index in missing}.values():
             script.load_into(client)
-        for index, reply in zip(missing, run_many(client, [calls[index] for index in missing]), strict=True):
+        _, again = _pipelined(client, [calls[index] for index in missing], (), load_missing=False)
+        for index, reply in zip(missing, again, strict=True):
             replies[index] = reply
-    for reply in (*plain, *replies):
-        if isinstance(reply, Exception):
-            raise reply
-    return [*plain, *replies]
+    return plain, replies
 
 
 class KeyList:

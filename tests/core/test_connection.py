@@ -15,6 +15,8 @@ import redis
 
 from chalicelib.config import parse
 from chalicelib.store import connect
+from chalicelib.store.connection import NeverSentTimeoutError, never_sent
+from tests.support import unanswered_port
 
 
 def _read_command(stream: socket.SocketIO) -> list[bytes] | None:
@@ -31,12 +33,14 @@ def _read_command(stream: socket.SocketIO) -> list[bytes] | None:
 
 class ScriptedRedis:
     """Answers HELLO, and +OK to everything else but SET; ``on_set`` says what to do with each SET it receives:
-    "answer", or "drop" (close the connection without answering: the reply is lost). The first
-    ``refuse_first`` connections are closed as soon as they are accepted (nothing was sent)."""
+    "answer", "drop" (close the connection without answering: the reply is lost) or "ignore"
+    (never answer: the reply times out). The first ``refuse_first`` connections are closed as
+    soon as they are accepted (nothing was sent). Once ``ignore_pings`` is set, PING is never answered."""
 
     def __init__(self, on_set: list[str], refuse_first: int = 0) -> None:
         self.on_set = on_set
         self.refuse_first = refuse_first
+        self.ignore_pings = False
         self.sets_received = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
@@ -63,6 +67,10 @@ class ScriptedRedis:
                     action = self.on_set.pop(0) if self.on_set else "answer"
                     if action == "drop":
                         return
+                    if action == "ignore":
+                        continue
+                if command[0].upper() == b"PING" and self.ignore_pings:
+                    continue
                 if command[0].upper() == b"HELLO":  # redis-py 8 speaks RESP3
                     connection.sendall(b"%1\r\n+proto\r\n:3\r\n")
                     continue
@@ -105,6 +113,50 @@ def test_a_connection_that_failed_before_the_command_was_sent_is_retried(scripte
 
     assert client_for(server.port).set("k", "v")
     assert server.sets_received == 1
+
+
+def test_a_connect_never_answered_is_a_timeout_never_sent() -> None:
+    """A SYN never answered (the connect times out): the command was never sent. Callers that
+    must know whether it may have run (the dummy's clone write) ask ``never_sent``."""
+    with unanswered_port() as port, pytest.raises(NeverSentTimeoutError) as raised:
+        client_for(port).set("k", "v")
+    assert never_sent(raised.value)
+
+
+def test_a_handshake_never_answered_is_a_timeout_never_sent() -> None:
+    """The connection taken (the kernel's backlog: a Redis stalled, a listener that never
+    accepts), its handshake never answered: the command was not sent either."""
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as listener:
+        with pytest.raises(NeverSentTimeoutError) as raised:
+            client_for(listener.getsockname()[1]).set("k", "v")
+    assert never_sent(raised.value)
+
+
+def test_a_health_check_never_answered_is_a_timeout_never_sent(scripted: list[ScriptedRedis]) -> None:
+    server = ScriptedRedis(on_set=[])
+    scripted.append(server)
+    client = client_for(server.port)
+    assert client.set("k", "v")  # the connection open (its handshake's health check answered)
+    server.ignore_pings = True
+    idle = client.connection_pool.get_connection()
+    idle.next_health_check = 0  # type: ignore[attr-defined]  # idle past HEALTH_CHECK_SECONDS
+    client.connection_pool.release(idle)
+
+    with pytest.raises(NeverSentTimeoutError) as raised:
+        client.set("k", "v")
+
+    assert never_sent(raised.value) and server.sets_received == 1
+
+
+def test_a_reply_that_timed_out_after_the_send_may_have_run(scripted: list[ScriptedRedis]) -> None:
+    server = ScriptedRedis(on_set=["ignore"])
+    scripted.append(server)
+
+    with pytest.raises(redis.TimeoutError) as raised:
+        client_for(server.port).set("k", "v")
+
+    assert server.sets_received == 1 and not never_sent(raised.value)
+    assert not isinstance(raised.value, NeverSentTimeoutError)
 
 
 def test_replica_acknowledgements_are_on_in_lambda_unless_set() -> None:

@@ -9,9 +9,11 @@ names were never asked when the pass died after its first)."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, ContextManager, Iterator, Sequence
 from xml.parsers.expat import ExpatError
 
 import pytest
@@ -28,7 +30,7 @@ from chalicelib.store.connection import ReplyLost, connect
 from tests.chaos.fleet import tasks_running
 from tests.chaos.test_crash_every_write import leases_run_out
 from tests.harness import Harness, HarnessFactory, Killed, assert_consistent, fused_services
-from tests.support import eventually, free_ports
+from tests.support import eventually, free_ports, unanswered_port
 from tests.vsphere.vcsim import VcsimServer, make_setup, vcsim_config
 from tools.vcsim import launcher
 
@@ -305,17 +307,26 @@ def test_a_clone_call_that_failed_before_the_provider_ran_it_gives_its_slot_back
     assert world.provider_vms("alpha") == world.hosts("alpha", "ready") and not asked & world.provider_vms("alpha")
 
 
-def test_a_clone_call_whose_connection_was_refused_gives_its_slot_back_at_once(world: Harness) -> None:
-    """The dummy's Redis refused the connection of its clone write (nothing listening there): the
-    script was never sent, so nothing was cloned. A plain failure: the VMs leave service and their
-    slots come back at once; the next pass, the write working again, clones two more. Before, it
-    was a lost answer: both held their places for the start grace, as if the provider might be
-    making them."""
-    script = world.provider._write_vms
+@contextmanager
+def refused_port() -> Iterator[int]:
     (port,) = free_ports(1)
-    refused = connect(world.services.config.redis, url=f"redis://127.0.0.1:{port}")
-    world.provider._write_vms = refused.register_script(script.script)
-    report = world.reconcile("alpha")
+    yield port
+
+
+@pytest.mark.parametrize("unreachable", [refused_port, unanswered_port], ids=["refused", "connect_timed_out"])
+def test_a_clone_call_whose_connection_was_never_opened_gives_its_slot_back_at_once(
+        world: Harness, unreachable: Callable[[], ContextManager[int]]) -> None:
+    """The dummy's Redis refused the connection of its clone write (nothing listening there), or
+    never answered it (the connect timed out): the script was never sent, so nothing was cloned.
+    A plain failure: the VMs leave service and their slots come back at once; the next pass, the
+    write working again, clones two more. Before, it was a lost answer: both held their places
+    for the start grace, as if the provider might be making them (a connect timeout still was,
+    told from a timeout after the send only by the message)."""
+    script = world.provider._write_vms
+    with unreachable() as port:
+        config = dataclasses.replace(world.services.config.redis, socket_timeout=0.5)
+        world.provider._write_vms = connect(config, url=f"redis://127.0.0.1:{port}").register_script(script.script)
+        report = world.reconcile("alpha")
     assert report.clones_started == [] and len(report.clone_failures) == LIMIT
     assert {failure.kind for failure in report.clone_failures.values()} == {FailureKind.CONNECTION}
     assert world.hosts("alpha", "pending") == set() and world.store.cloning_count() == 0
