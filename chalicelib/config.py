@@ -939,7 +939,7 @@ def _read_pools(
 ) -> list[PoolConfig]:
     """Each pool validated with PoolSettings and its provider's keys with the provider's model;
     then what needs the whole config: unique names, a provider, a template for vSphere, the
-    domain (the pool's, else its dns_plugin's, else config.domain)."""
+    domain (the pool's, else its dns_plugin's, else its provider's, else config.domain)."""
     from chalicelib.dns.registry import manages_records
 
     if raw is None:
@@ -1011,6 +1011,8 @@ def _read_pools(
             reader.problems.append(
                 f"{path}.domain: {show(domain)} is not the domain of its dns_plugin {show(dns.name)} "
                 f"({show(dns.domain)}), under which its VMs' records are published")
+        if domain is None and provider_config is not None:
+            domain = provider_config.settings.domain
         if domain is None:
             domain = service.domain
         longest = longest_hostname(service.prefix)

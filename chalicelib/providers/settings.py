@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, TypeVar
 
-from chalicelib.config_fields import Bool, Ignored, SettingsModel, Str, StrList
+from chalicelib.config_fields import Bool, DnsName, Ignored, SettingsModel, Str, StrList
 
 PROVIDER_CLASSES = ("vsphere", "dummy")
 
@@ -22,6 +22,7 @@ PROVIDER_ONLY_KEYS = frozenset({
     "connection_pool_timeout", "circuit_breaker_enabled", "circuit_breaker_failure_threshold",
     "circuit_breaker_timeout", "circuit_breaker_half_open_attempts", "adaptive_timeout_enabled",
     "connection_pool_timeout_min", "connection_pool_timeout_max", "connection_pool_timeout_initial",
+    "domain",
 })
 """Keys of a ``:providers:`` block that a pool does not set (``for_pool`` skips them)."""
 
@@ -71,6 +72,10 @@ class ProviderSettings(VcenterResilienceKeys):
     connection_pool_timeout: Ignored = None
     # New names are looked up before a clone per DNS config (check_names, docs/dns.md), not per provider.
     skip_dns_check_before_creating_vm: Ignored = None
+    # vmpooler 2.x's domain of the provider's pools (its Parsing.get_domain_for_pool: over
+    # config.domain; 3.x moved it to :dns_configs:). A pool's own domain and its dns_plugin's
+    # come first (config.py, _read_pools). Ignored, a 2.x config's VMs were answered as bare names.
+    domain: Optional[DnsName] = None
 
     def purge_settings(self, service_purges: bool, service_allowlist: Sequence[str]) -> tuple[bool, tuple[str, ...]]:
         """Whether this provider's unconfigured resources are purged, and the names the purge

@@ -393,20 +393,29 @@ pools:
     assert config.aliases_of("centos") == ("linux", "debian")
 
 
-def test_pool_domain_comes_from_pool_then_dns_config_then_service() -> None:
+def test_pool_domain_comes_from_pool_then_dns_config_then_provider_then_service() -> None:
+    """The provider block's ``domain`` is vmpooler 2.x's (a 2.x config's VMs were answered as
+    bare names when it was ignored); it yields to the pool's and the dns_plugin's."""
     config = parse("""\
 config: {domain: example.com}
+providers:
+  gce: {provider_class: dummy, domain: gce.example.com}
 dns_configs:
   infra: {dns_class: dynamic-dns, domain: infra.example.net}
 pools:
   - {name: own, size: 1, provider: dummy, domain: own.example.org, dns_plugin: infra}
-  - {name: dns, size: 1, provider: dummy, dns_plugin: infra}
+  - {name: dns, size: 1, provider: gce, dns_plugin: infra}
+  - {name: from-provider, size: 1, provider: gce}
+  - {name: own-over-provider, size: 1, provider: gce, domain: own.example.org}
   - {name: plain, size: 1, provider: dummy}
 """)
 
     assert config.pool("own").domain == "own.example.org"
     assert config.pool("dns").domain == "infra.example.net"
+    assert config.pool("from-provider").domain == "gce.example.com"
+    assert config.pool("own-over-provider").domain == "own.example.org"
     assert config.pool("plain").domain == "example.com"
+    assert config.warnings == ()
 
 
 def test_pool_and_provider_settings_override_in_order() -> None:
