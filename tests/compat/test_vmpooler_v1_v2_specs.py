@@ -20,8 +20,9 @@ vm_spec.rb (v1: 21 ``it``, v2: 20) and vm_template_spec.rb (16 each)
   test_v2_checkouts_name_vms_under_their_providers_domain. Fixed here: a provider's ``domain``
   was "unknown key, ignored", so a 2.x config's VMs were handed out as bare names.
 - v1 vm_spec.rb's 'returns the second VM when the first fails to respond' (both VMs ready, the
-  first failing vmpooler's socket probe): we probe nothing at checkout
-  (test_vmpooler_vm_spec.py's docstring); the lifetime ``it``s are version-blind
+  first failing the port-22 probe 2.5's v1 made at checkout): deliberately different, we probe
+  nothing at checkout (docs/compatibility.md; the v3 reading of it, a running VM never handed
+  out again: test_vmpooler_vm_spec.py). The lifetime ``it``s are version-blind
   (test_v1_v2_lifetime_follows_the_token).
 
 ondemandvm_spec.rb (v1: 24 ``it``, v2: 25)
