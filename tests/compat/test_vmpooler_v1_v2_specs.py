@@ -11,9 +11,14 @@ cycle under each, tests/auth_api/test_token_routes.py::test_token_life_cycle_und
 What differs is how hosts are named, the subject of every check below:
 
 vm_spec.rb (v1: 21 ``it``, v2: 20) and vm_template_spec.rb (16 each)
-- v1 and v2 vm_template_spec.rb, v1 vm_spec.rb: the config gives no domain; each checkout
-  ``it`` (CHECKOUTS_IN_BOTH_SPECS, and vm_spec.rb's own) answers bare names and no ``domain``
-  key: test_v1_v2_checkouts_of_a_config_without_a_domain_answer_bare_names.
+- v1 and v2 vm_template_spec.rb: v3's checkouts on a config without a domain, bare names and no
+  ``domain`` key: tests/compat/test_vmpooler_vm_template_spec.py::test_checkout_from_a_path (its
+  v1 and v2 cases). v1's 'returns 503 for empty pool referenced by alias' plants its VM in
+  pool1, which ``poolone`` is an alias of, and gets its 503 only from the probe below, which it
+  does not stub; v2's and v3's plant it in pool2, as the case does.
+- v1 vm_spec.rb and, on v2, its checkouts on a config with no domain: each checkout ``it``
+  (CHECKOUTS_IN_BOTH_SPECS, and vm_spec.rb's own) answers bare names and no ``domain`` key:
+  test_v1_v2_checkouts_of_a_config_without_a_domain_answer_bare_names.
 - v2 vm_spec.rb: each pool's domain is set on its provider (``providers: vsphere: domain:
   one.example.com``, gce two, foo three), vmpooler 2.x's place for it; each checkout ``it``
   answers ``<vm>.<its provider's domain>``, ``genericpool`` over the three one of each:

@@ -45,11 +45,23 @@ from tests.compat.pooler import (
 )
 
 
-def vm_template_spec_document(ready: Mapping[str, int], **options: Any) -> dict[str, Any]:
-    """The spec's config, each pool holding ``ready[pool]`` ready VMs (none when not named)."""
+def vm_template_spec_document(ready: Mapping[str, int], with_domain: bool = True, **options: Any) -> dict[str, Any]:
+    """The spec's config, each pool holding ``ready[pool]`` ready VMs (none when not named);
+    without ``with_domain``, its v1 and v2 twins' (vmpooler 2.5.0), which give the pools none."""
     pools = [{"name": "pool1", "alias": "poolone"}, {"name": "pool2"}, {"name": "poolone"}]
+    if not with_domain:
+        return pooler_document([{**pool, "size": ready.get(pool["name"], 0)} for pool in pools], {}, **options)
     return pooler_document([{**pool, "dns_plugin": "example", "size": ready.get(pool["name"], 0)} for pool in pools],
                            {"example": "example.com"}, **options)
+
+
+VERSIONS = [
+    pytest.param("/api/v3", True, id="v3"),
+    pytest.param("/api/v2", False, id="v2 spec of 2.5.0, no domain"),
+    pytest.param("/api/v1", False, id="v1 spec of 2.5.0, no domain"),
+]
+"""The spec and its v1 and v2 twins (test_vmpooler_v1_v2_specs.py): the same checkouts, under
+each prefix, on a config with the pools' domain (v3) or none (v1, v2: bare names answered)."""
 
 
 CHECKOUTS = [
@@ -60,9 +72,10 @@ CHECKOUTS = [
 ]
 
 
+@pytest.mark.parametrize(("prefix", "with_domain"), VERSIONS)
 @pytest.mark.parametrize("case", CHECKOUTS, ids=[case.it for case in CHECKOUTS])
-def test_checkout_from_a_path(make_pooler: PoolerFactory, case: Checkout) -> None:
-    check_checkout(make_pooler(vm_template_spec_document(case.ready)), case, PATH)
+def test_checkout_from_a_path(make_pooler: PoolerFactory, case: Checkout, prefix: str, with_domain: bool) -> None:
+    check_checkout(make_pooler(vm_template_spec_document(case.ready, with_domain)), case, PATH, prefix)
 
 
 @pytest.mark.parametrize(("auth", "with_token", "lifetime"), LIFETIME_CASES)
