@@ -4,10 +4,11 @@ modules port.
 
 Diffed with v3's at 74059a1: config_spec.rb (32 ``it``), poolreset.rb (8), status_spec.rb (18),
 token_spec.rb (12) and vm_hostname_spec.rb (25) are v3's word for word but for the prefix, in
-v1 and v2 alike: every route answers the same under each version, but for hostnames
-(tests/api/test_versions.py::test_reports_are_the_same_under_every_version,
-tests/api/test_versions.py::test_unversioned_vm_routes_change_state_as_v1; and the token life
-cycle under each, tests/auth_api/test_token_routes.py::test_token_life_cycle_under_every_api_version).
+v1 and v2 alike. Their requests answer the same under each version: the runtime config, pool
+reset, token and VM changes in test_the_specs_v1_and_v2_share_with_v3_answer_alike_under_each,
+the reports in tests/api/test_versions.py::test_reports_are_the_same_under_every_version, the
+token life cycle with ``:auth:`` in
+tests/auth_api/test_token_routes.py::test_token_life_cycle_under_every_api_version.
 What differs is how hosts are named, the subject of every check below:
 
 vm_spec.rb (v1: 21 ``it``, v2: 20) and vm_template_spec.rb (16 each)
@@ -53,7 +54,7 @@ from typing import Any, Mapping
 
 import pytest
 
-from tests.compat.api_spec_support import missing_tests
+from tests.compat.api_spec_support import POOL_CHANGE_CONFIG, POOL_CHANGE_POOLS, missing_tests, vmpooler_stack
 from tests.compat.pooler import (
     BODY,
     CHECKOUTS_IN_BOTH_SPECS,
@@ -65,6 +66,7 @@ from tests.compat.pooler import (
     check_checkout_lifetime,
     short,
 )
+from tests.harness import HarnessFactory
 
 DUMMY = {"provider_class": "dummy", "createvm_max_time": 0, "boot_time": 0}
 PROVIDER_DOMAINS = {"vsphere": "one.example.com", "gce": "two.example.com", "foo": "three.example.com"}
@@ -180,3 +182,43 @@ def test_a_ready_ondemand_request_names_its_vms_as_each_version_does(
         expected["pool1"]["hostname"] = [named.format(vm=vm)]
     assert (reply.status, reply.json) == (200, expected)
     assert list(reply.json) == list(expected)
+
+
+VERSION_BLIND_STEPS: list[tuple[str, str, Any, tuple[int, dict[str, Any]]]] = [
+    # config_spec.rb
+    ("POST", "/config/poolsize", {"pool1": "2", "pool2": "2"}, (201, {"ok": True})),
+    ("POST", "/config/poolsize", {"pool1": "2"}, (200, {"ok": True})),
+    ("DELETE", "/config/poolsize/pool10", None, (404, {"ok": False})),
+    ("POST", "/config/pooltemplate", {"pool1": "templates/new_template", "pool3": "templates/new_template2"},
+     (400, {"ok": False, "bad_templates": ["pool3"]})),
+    # poolreset.rb
+    ("POST", "/poolreset", b"", (404, {"ok": False})),
+    ("POST", "/poolreset", {"pool1": "1"}, (201, {"ok": True})),
+    # token_spec.rb, auth not configured
+    ("GET", "/token", None, (404, {"ok": False})),
+    ("POST", "/token", None, (404, {"ok": False})),
+    # vm_hostname_spec.rb, on a VM checked out first ({host})
+    ("PUT", "/vm/{host}", {"tags": {"tested_by": "rspec"}}, (200, {"ok": True})),
+    ("PUT", "/vm/{host}", {"lifetime": "2"}, (200, {"ok": True})),
+    ("DELETE", "/vm/{host}", None, (200, {"ok": True})),
+    # vmpooler's bare {"ok": false}; ours says why (docs/compatibility.md, "error ... beside")
+    ("DELETE", "/vm/testhost", None, (404, {"ok": False, "error": "VM testhost not found"})),
+]
+"""Requests of the five specs v1 and v2 share word for word with v3 (config_spec.rb, poolreset.rb,
+token_spec.rb, vm_hostname_spec.rb; status_spec.rb's reads: test_reports_are_the_same_under_every_version),
+in order on one service, and the answer each spec expects."""
+
+
+@pytest.mark.parametrize("prefix", ["/api/v1", "/api/v2", "/api/v3"])
+def test_the_specs_v1_and_v2_share_with_v3_answer_alike_under_each(make_harness: HarnessFactory, prefix: str) -> None:
+    pooler = vmpooler_stack(make_harness, POOL_CHANGE_POOLS, POOL_CHANGE_CONFIG)
+    pooler.fill()
+    host = pooler.checkout("pool2")
+    for method, path, body, expected in VERSION_BLIND_STEPS:
+        target = prefix + path.format(host=host)
+        if isinstance(body, bytes):
+            reply = pooler.answer(method, target, raw=body)
+        else:
+            reply = pooler.answer(method, target, body)
+        assert reply == expected, (method, target)
+    assert pooler.get(f"{prefix}/vm/{host}").json[host]["tags"] == {"tested_by": "rspec"}
