@@ -84,3 +84,48 @@ def test_a_token_deleted_while_it_returns_a_vm(make_api: HarnessFactory) -> None
         assert deleted.status == 200, deleted.raw
         assert returned.status in (200, 401), returned.raw
         assert api.state_of(host) == ("completed" if returned.status == 200 else "running")
+
+
+def test_two_deletes_of_one_token_at_once(make_api: HarnessFactory) -> None:
+    """The owner's DELETE /token/<t> sent twice at once (a retry racing its first try), and the
+    owner's and an administrator's at once: exactly one 200, the other a 404 (never a 403 nor two
+    200s), the token gone, and the owner's place under ``max_tokens_per_user`` given back once."""
+    api = make_api(document({"provider": "dummy", "admins": ["root"]}, config={"max_tokens_per_user": 2}))
+    owner, admin = basic("alice", "alice-pw"), basic("root", "root-pw")
+    for round_number in range(ROUNDS):
+        token = api.new_token("alice", "alice-pw")
+        second = owner if round_number % 2 else admin
+        replies = at_once(partial(api.delete, f"/api/v3/token/{token}", headers=owner),
+                          partial(api.delete, f"/api/v3/token/{token}", headers=second))
+        assert sorted(reply.status for reply in replies) == [200, 404], [reply.raw for reply in replies]
+        assert api.get(f"/api/v3/token/{token}").status == 404
+        assert api.get("/api/v3/token", headers=owner).status == 404, "alice holds no token"
+    kept = [api.new_token("alice", "alice-pw") for _ in range(2)]  # the limit, whole again
+    assert api.post("/api/v3/token", headers=owner).status == 403
+    assert {reply.status for reply in [api.delete(f"/api/v3/token/{token}", headers=owner) for token in kept]} == {200}
+
+
+def test_a_token_deleted_while_its_owner_extends_a_vm_another_user_returns(make_api: HarnessFactory) -> None:
+    """Three at once on alice's VM: alice extends it with her token, bob returns it with his, and
+    alice deletes the token her PUT is made with. Bob's return is never a 200 and never moves the
+    VM; alice's change lands (200, lifetime 5) only when it ran before the deletion (else 401),
+    and the VM stays hers, running."""
+    api = make_api(document({"provider": "dummy"}))
+    bob = api.new_token("bob", "bob-pw")
+    for _ in range(ROUNDS):
+        api.fill(POOL)
+        keeper = api.new_token("alice", "alice-pw")
+        token = api.new_token("alice", "alice-pw")
+        host = api.checkout(POOL, keeper)
+        extended, returned, deleted = at_once(
+            partial(api.put, f"/api/v3/vm/{host}", {"lifetime": 5}, headers={"X-AUTH-TOKEN": token}),
+            partial(api.delete, f"/api/v3/vm/{host}", headers={"X-AUTH-TOKEN": bob}),
+            partial(api.delete, f"/api/v3/token/{token}", headers=basic("alice", "alice-pw")))
+        assert deleted.status == 200, deleted.raw
+        assert returned.status == 403, returned.raw
+        assert extended.status in (200, 401), extended.raw
+        assert api.state_of(host) == "running"
+        assert api.describe(host)["lifetime"] == (5 if extended.status == 200 else 12)
+        assert api.store.get_vm(host).raw.get("token_user") == "alice"
+        assert api.delete(f"/api/v3/vm/{host}", headers={"X-AUTH-TOKEN": keeper}).status == 200
+        assert api.delete(f"/api/v3/token/{keeper}", headers=basic("alice", "alice-pw")).status == 200
