@@ -109,6 +109,40 @@ def test_a_long_pool_name_is_refused_without_echoing_it_whole() -> None:
     assert len(problem) < 200
 
 
+UNREQUESTABLE = "cannot be requested: a request names pools and aliases of 1 to 100 letters, digits, '.', '_' or '-'"
+
+
+@pytest.mark.parametrize("alias", ["debian,ubuntu", "debian+ubuntu", "centos 7", "a/b", "", "a:b", "*", "débian",
+                                   "line\nbreak", "\u202etxt.exe", "<script>x</script>", "x" * 101])
+def test_an_alias_no_request_can_name_is_refused(alias: str) -> None:
+    """Such an alias loaded, /status and /config listed it, and every request for it (POST /vm,
+    /ondemandvm, in the path or the body) answered 400 "Invalid pool name format": a comma- or
+    plus-separated string of aliases (``alias: "debian,ubuntu"``) served no one."""
+    text = HEAD + POOL.format(name="a") + f"    alias: [linux, {json.dumps(alias)}]\n"
+    problem, = problems_of(text)
+    assert problem.startswith("pools[0].alias: ") and problem.endswith(UNREQUESTABLE), problem
+    assert len(problem) < 250
+
+
+def test_a_pool_listing_thousands_of_unrequestable_aliases_gets_one_problem() -> None:
+    text = HEAD + POOL.format(name="a") + f"    alias: {json.dumps([f'a b{n}' for n in range(5000)])}\n"
+    assert problems_of(text) == [f'pools[0].alias: "a b0" (and 4999 more) {UNREQUESTABLE}']
+
+
+def test_a_canonical_object_holding_such_an_alias_still_loads() -> None:
+    """What config-push wrote before the check (an earlier release's push) is not refused by the
+    functions that read it after an upgrade: the check is the validation's."""
+    document = json.loads(config_module.canonical_json(parse(HEAD + POOL.format(name="a") + "    alias: [x]\n")))
+    document["pools"][0]["alias"] = ["debian,ubuntu"]
+    assert from_text(json.dumps(document)).resolve("debian,ubuntu") == ("a",)
+
+
+@pytest.mark.parametrize("alias", ["linux", "centos-7.2-x86_64", "Win_2022", ".hidden", "x" * 100, "pool-2"])
+def test_an_alias_a_request_can_name_loads_and_resolves(alias: str) -> None:
+    config = parse(HEAD + POOL.format(name="a") + f"    alias: {json.dumps(alias)}\n")
+    assert config.resolve(alias) == ("a",)
+
+
 def test_a_refresh_from_the_bucket_keeps_the_last_good_config_on_a_hostile_one() -> None:
     good = parse(HEAD + POOL.format(name="a"))
     hostile = [billion_laughs(), HEAD + POOL.format(name="a") + "    alias: " + "[" * 100_000 + "]" * 100_000,
