@@ -143,6 +143,31 @@ def test_an_alias_a_request_can_name_loads_and_resolves(alias: str) -> None:
     assert config.resolve(alias) == ("a",)
 
 
+@pytest.mark.parametrize("pattern", [r"^(https?://)?([\w.-]+)+/", r"(a+)+", r"(\w+\s?)+$", r"(.*)*", r"((a+))*",
+                                     r"(?:a*b?)+", r"x|(?=(a+)+)", r"(a+?){2,}", r"^v((\.?\d+)+)$"])
+def test_a_tagfilter_repeating_a_repetition_is_refused(pattern: str) -> None:
+    r"""A tagfilter applies to every tag value a caller sends (PUT /vm/<host>, no token needed):
+    with ``^(https?://)?([\w.-]+)+/``, 24 letters and a ``!`` held the API function 15 s, each
+    letter more doubling it, so one request kept a function (a local worker's loop) busy until
+    its timeout. Such a pattern is refused at load."""
+    text = HEAD + POOL.format(name="a") + f":tagfilter:\n  url: {json.dumps(pattern)}\n"
+    problem, = problems_of(text)
+    assert problem.startswith("tagfilter.url: must not repeat a repetition, as (a+)+"), problem
+
+
+@pytest.mark.parametrize(("pattern", "value", "kept"), [
+    (r"(.*)\/", "https://jenkins.example.com/job/42/", "https://jenkins.example.com/job/42"),  # vmpooler's example
+    (r"^v(\d+(\.\d+)*)", "v1.2.3", "1.2.3.3"),
+    (r"^(https?://)?([\w.-]+)/", "https://example.com/x", "https://example.com"),
+    (r"(?>(\w+))+x", "abc", "abc"),
+])
+def test_a_tagfilter_without_nested_repetition_loads(pattern: str, value: str, kept: str) -> None:
+    from chalicelib.api.vms import _filter_tag
+
+    config = parse(HEAD + POOL.format(name="a") + f":tagfilter:\n  url: {json.dumps(pattern)}\n")
+    assert _filter_tag(value, config.tagfilter["url"]) == kept
+
+
 def test_a_refresh_from_the_bucket_keeps_the_last_good_config_on_a_hostile_one() -> None:
     good = parse(HEAD + POOL.format(name="a"))
     hostile = [billion_laughs(), HEAD + POOL.format(name="a") + "    alias: " + "[" * 100_000 + "]" * 100_000,
