@@ -20,6 +20,7 @@ Defining them imports no pydantic: ``Check`` speaks pydantic's duck-typed
 
 import collections.abc
 import dataclasses
+import importlib
 import math
 import re
 import typing
@@ -519,13 +520,66 @@ def choice(*options: str) -> Checker:
 
 
 def regex(value: Any) -> str:
-    """A regular expression (``:tagfilter:``), compiled once here to refuse a broken one at load."""
+    """A regular expression (``:tagfilter:``), compiled once here to refuse a broken one at load,
+    and one repeating a repetition (``_repeats_a_repetition``)."""
     text = string(value)
     try:
         re.compile(text)
     except re.error as error:
         invalid(f"must be a regular expression ({error})")
+    if _repeats_a_repetition(_sre("_parser").parse(text)):
+        invalid("must not repeat a repetition, as (a+)+ or ([\\w.-]+\\.?)* do: Python's re tries every way of "
+                "splitting a run between them, and a tag value of 30 characters takes it hours")
     return text
+
+
+def _sre(module: str) -> Any:
+    """``re``'s own parser or its constants (private modules without type stubs: the parse
+    ``re.compile`` does, read here at load only, never per request)."""
+    return importlib.import_module(f"re.{module}")
+
+
+def _repeats_a_repetition(items: Any) -> bool:
+    """Whether a parsed pattern holds a repetition whose body is, but for optional parts, one
+    repetition again (``(a+)+``, ``(\\w+\\s?)+``, ``(.*)*``): Python's backtracking tries each of the
+    2^n ways of splitting a run of n characters between the iterations before it gives up. A
+    tagfilter applies to tag values any caller sends (``PUT /vm/<host>``, no token needed):
+    ``^(https?://)?([\\w.-]+)+/`` took 15 s on 24 letters and one more character doubles it, so
+    one request held an API function until its timeout. vmpooler (Ruby 3.2's memoised matcher)
+    is linear on them. Repetitions a literal separates (``(\\.\\d+)+``) are not refused."""
+    sre = _sre("_constants")
+    repeats = (sre.MAX_REPEAT, sre.MIN_REPEAT)
+    for op, argument in items:
+        if op in repeats:
+            _, most, body = argument
+            if ((most is sre.MAXREPEAT or most > 1) and _one_repetition(body)) or _repeats_a_repetition(body):
+                return True
+        elif op is sre.SUBPATTERN and _repeats_a_repetition(argument[-1]):
+            return True
+        elif op is sre.BRANCH and any(_repeats_a_repetition(branch) for branch in argument[1]):
+            return True
+        elif op in (sre.ASSERT, sre.ASSERT_NOT) and _repeats_a_repetition(argument[1]):
+            return True
+        elif op is sre.ATOMIC_GROUP and _repeats_a_repetition(argument):
+            return True
+        elif op is sre.GROUPREF_EXISTS and any(_repeats_a_repetition(part) for part in argument[1:] if part):
+            return True
+    return False
+
+
+def _one_repetition(items: Any) -> bool:
+    """Whether a parsed body is, but for parts of at most one occurrence that may be absent
+    (``b?``), a single greedy or lazy repetition of more than one (a group around it included)."""
+    sre = _sre("_constants")
+    repeats = (sre.MAX_REPEAT, sre.MIN_REPEAT)
+    needed = [(op, argument) for op, argument in items
+              if not (op in repeats and argument[0] == 0 and argument[1] == 1)]
+    if len(needed) != 1:
+        return False
+    op, argument = needed[0]
+    if op is sre.SUBPATTERN:
+        return _one_repetition(argument[-1])
+    return op in repeats and (argument[1] is sre.MAXREPEAT or argument[1] > 1)
 
 
 _DNS_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")

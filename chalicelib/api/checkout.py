@@ -23,9 +23,8 @@ from chalicelib.store import CheckoutRequest, QuotaExceeded
 from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
 
 MAX_COUNT = 100
-REQUEST_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}\Z")
 PATH_NAMES_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,100}+(?:\+[A-Za-z0-9_.-]{1,100}+)*+\Z")
-"""``REQUEST_NAME_PATTERN`` names joined by ``+``, matched in one pass (possessive: no backtracking)."""
+"""``config.REQUEST_NAME_PATTERN`` names joined by ``+``, matched in one pass (possessive: no backtracking)."""
 
 
 def names_in_path(segment: str) -> dict[str, int]:

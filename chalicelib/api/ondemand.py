@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from chalicelib.api.checkout import REQUEST_NAME_PATTERN, hostnames_by_name, names_in_path, open_request, parse_count
+from chalicelib.api.checkout import hostnames_by_name, names_in_path, open_request, parse_count
 from chalicelib.api.http import (
     ApiError,
     ApiRequest,
@@ -26,6 +26,7 @@ from chalicelib.api.http import (
 from chalicelib.api.identity import Caller, required_caller, sends_token
 from chalicelib.api.vm_lookup import shown_domain
 from chalicelib.auth.base import same_user
+from chalicelib.config import REQUEST_NAME_PATTERN
 from chalicelib.services import Services
 from chalicelib.store.ondemand import DELETED, FAILED, READY, OnDemandRequest, OnDemandStore
 

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from chalicelib import observability as metric
-from chalicelib.api.checkout import MAX_COUNT, REQUEST_NAME_PATTERN, checkout, names_in_path, parse_count
+from chalicelib.api.checkout import MAX_COUNT, checkout, names_in_path, parse_count
 from chalicelib.api.http import (
     TOO_LARGE,
     ApiError,
@@ -27,6 +27,7 @@ from chalicelib.api.http import (
 from chalicelib.api.identity import caller_for_change, may_change, optional_caller
 from chalicelib.api.vm_lookup import find_vm, shown_domain
 from chalicelib.api.vm_tasks import disk_size, refuse_unless_queued
+from chalicelib.config import REQUEST_NAME_PATTERN
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
 from chalicelib.store import ModifyResult, VMRecord

@@ -109,6 +109,65 @@ def test_a_long_pool_name_is_refused_without_echoing_it_whole() -> None:
     assert len(problem) < 200
 
 
+UNREQUESTABLE = "cannot be requested: a request names pools and aliases of 1 to 100 letters, digits, '.', '_' or '-'"
+
+
+@pytest.mark.parametrize("alias", ["debian,ubuntu", "debian+ubuntu", "centos 7", "a/b", "", "a:b", "*", "débian",
+                                   "line\nbreak", "\u202etxt.exe", "<script>x</script>", "x" * 101])
+def test_an_alias_no_request_can_name_is_refused(alias: str) -> None:
+    """Such an alias loaded, /status and /config listed it, and every request for it (POST /vm,
+    /ondemandvm, in the path or the body) answered 400 "Invalid pool name format": a comma- or
+    plus-separated string of aliases (``alias: "debian,ubuntu"``) served no one."""
+    text = HEAD + POOL.format(name="a") + f"    alias: [linux, {json.dumps(alias)}]\n"
+    problem, = problems_of(text)
+    assert problem.startswith("pools[0].alias: ") and problem.endswith(UNREQUESTABLE), problem
+    assert len(problem) < 250
+
+
+def test_a_pool_listing_thousands_of_unrequestable_aliases_gets_one_problem() -> None:
+    text = HEAD + POOL.format(name="a") + f"    alias: {json.dumps([f'a b{n}' for n in range(5000)])}\n"
+    assert problems_of(text) == [f'pools[0].alias: "a b0" (and 4999 more) {UNREQUESTABLE}']
+
+
+def test_a_canonical_object_holding_such_an_alias_still_loads() -> None:
+    """What config-push wrote before the check (an earlier release's push) is not refused by the
+    functions that read it after an upgrade: the check is the validation's."""
+    document = json.loads(config_module.canonical_json(parse(HEAD + POOL.format(name="a") + "    alias: [x]\n")))
+    document["pools"][0]["alias"] = ["debian,ubuntu"]
+    assert from_text(json.dumps(document)).resolve("debian,ubuntu") == ("a",)
+
+
+@pytest.mark.parametrize("alias", ["linux", "centos-7.2-x86_64", "Win_2022", ".hidden", "x" * 100, "pool-2"])
+def test_an_alias_a_request_can_name_loads_and_resolves(alias: str) -> None:
+    config = parse(HEAD + POOL.format(name="a") + f"    alias: {json.dumps(alias)}\n")
+    assert config.resolve(alias) == ("a",)
+
+
+@pytest.mark.parametrize("pattern", [r"^(https?://)?([\w.-]+)+/", r"(a+)+", r"(\w+\s?)+$", r"(.*)*", r"((a+))*",
+                                     r"(?:a*b?)+", r"x|(?=(a+)+)", r"(a+?){2,}", r"^v((\.?\d+)+)$"])
+def test_a_tagfilter_repeating_a_repetition_is_refused(pattern: str) -> None:
+    r"""A tagfilter applies to every tag value a caller sends (PUT /vm/<host>, no token needed):
+    with ``^(https?://)?([\w.-]+)+/``, 24 letters and a ``!`` held the API function 15 s, each
+    letter more doubling it, so one request kept a function (a local worker's loop) busy until
+    its timeout. Such a pattern is refused at load."""
+    text = HEAD + POOL.format(name="a") + f":tagfilter:\n  url: {json.dumps(pattern)}\n"
+    problem, = problems_of(text)
+    assert problem.startswith("tagfilter.url: must not repeat a repetition, as (a+)+"), problem
+
+
+@pytest.mark.parametrize(("pattern", "value", "kept"), [
+    (r"(.*)\/", "https://jenkins.example.com/job/42/", "https://jenkins.example.com/job/42"),  # vmpooler's example
+    (r"^v(\d+(\.\d+)*)", "v1.2.3", "1.2.3.3"),
+    (r"^(https?://)?([\w.-]+)/", "https://example.com/x", "https://example.com"),
+    (r"(?>(\w+))+x", "abc", "abc"),
+])
+def test_a_tagfilter_without_nested_repetition_loads(pattern: str, value: str, kept: str) -> None:
+    from chalicelib.api.vms import _filter_tag
+
+    config = parse(HEAD + POOL.format(name="a") + f":tagfilter:\n  url: {json.dumps(pattern)}\n")
+    assert _filter_tag(value, config.tagfilter["url"]) == kept
+
+
 def test_a_refresh_from_the_bucket_keeps_the_last_good_config_on_a_hostile_one() -> None:
     good = parse(HEAD + POOL.format(name="a"))
     hostile = [billion_laughs(), HEAD + POOL.format(name="a") + "    alias: " + "[" * 100_000 + "]" * 100_000,
