@@ -12,6 +12,7 @@ import secrets
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
@@ -156,3 +157,22 @@ def test_a_running_task_of_the_template_that_is_not_a_clone_leaves_no_doubt(
             ("VirtualMachine.clone", "VirtualMachine.cloneVm", "VirtualMachine.instantClone", "VirtualApp.clone",
              "vm.Snapshot.createLinkedClone", "vm.check.ProvisioningChecker.checkClone")] == [
         True, True, False, False, False, False]
+
+
+def test_a_clone_whose_event_does_not_say_where_it_lands_is_under_way_without_a_task(
+        long_cloning: VcsimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A VmBeingClonedEvent without ``destFolder``: the clone is still under way (its slot kept),
+    with no task reference to note (a reference without its folder could not tell, once vCenter
+    forgets the task, whether the clone landed)."""
+    setup = make_setup(long_cloning)
+    pool = setup.pool(size=1)
+    (name,) = names(1)
+    setup.provider.clone(pool, name)
+    read = under_way._being_cloned
+
+    def folderless(*args: Any) -> list[Any]:  # as an event read without it (pyVmomi sets none)
+        return [SimpleNamespace(chainId=event.chainId, destName=event.destName, destFolder=None)
+                for event in read(*args)]
+
+    monkeypatch.setattr(under_way, "_being_cloned", folderless)
+    assert setup.provider.clones_under_way(pool, [name, *names(1)]) == {name: ""}

@@ -85,12 +85,13 @@ def clones_under_way(connection: Connection, template: Any, names: Collection[st
     found: dict[str, str] = {}
     for task in running:
         event = named[task["info.eventChainId"]]
+        if event.destName not in wanted:
+            continue
         folder = event.destFolder.folder if event.destFolder is not None else None
-        if event.destName in wanted and folder is not None:
-            found[event.destName] = tasks.known_clone_ref(task["_obj"], folder, event.destName,
-                                                          task.get("info.queueTime"))
-        elif event.destName in wanted:
-            return None  # under way, and where it lands is not said: its task could not be followed
+        # Without the folder it lands in (an event that does not say), under way with no task to
+        # follow: the caller then keeps its slot while it runs, up to the pool's timeout.
+        found[event.destName] = "" if folder is None else tasks.known_clone_ref(
+            task["_obj"], folder, event.destName, task.get("info.queueTime"))
     return found
 
 
