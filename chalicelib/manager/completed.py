@@ -79,8 +79,10 @@ def clones_still_running(context: PassContext, records: list[VMRecord]) -> set[s
     provider that started it (``PassContext.reach``: the pool may have moved since). A clone
     still running past the pool's timeout is asked to cancel (once); its slot is freed when the
     provider says the task ended, or ``CLONE_CANCEL_WAIT_SECONDS`` past the timeout at the
-    latest. A clone whose task was never recorded ends once the pool's inventory shows its VM;
-    before, it keeps its slot for CLONE_START_GRACE_SECONDS if never asked of the provider (not
+    latest. A clone whose task was never recorded ends once the pool's inventory shows its VM
+    (unless its provider lists VMs while cloning them: then once it says the clone is not under
+    way; a task it names is noted on the VM, followed as above from the next pass); before, it
+    keeps its slot for CLONE_START_GRACE_SECONDS if never asked of the provider (not
     at all when it never can be: ``pending.never_cloned``, held by an older version's script), and
     if asked (``pending.CLONE_ASKED``) while the provider says it still makes the VM (up to
     CLONE_CANCEL_WAIT_SECONDS past the timeout) or, when it cannot tell, up to the pool's

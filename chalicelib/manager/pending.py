@@ -67,33 +67,50 @@ def abandon_unstarted_clones(store: Store, pools: Iterable[str],
 def unnoted_clones_running(context: PassContext, records: Iterable[VMRecord], asked_limit: float) -> set[str]:
     """Of ``records``, VMs whose clone task was never noted (their pass died, or has not noted
     it yet), those whose clone may still be starting or running at the provider, so that their
-    slots stay counted: none whose VM shows in the pool's inventory (the clone is done), nor
-    one ``never_cloned``. One never asked for: for ``CLONE_START_GRACE_SECONDS`` (its pass may
-    still ask), not at all once its reserver is known gone. One asked for (``CLONE_ASKED``: the
-    call may have reached the provider): for the grace too (unless its reserver is known gone),
-    then, up to ``asked_limit`` seconds after its start, while the provider says it still makes
-    the VM (``Provider.clones_under_way``: one call for all, after a crash only), or, when it
-    cannot tell, up to the pool's timeout. The provider is asked only of clones of the pool's
+    slots stay counted: none one ``never_cloned``, nor one whose VM shows in the pool's inventory
+    when the provider shows VMs once cloned only (the clone is done). vSphere lists a clone's VM
+    during its clone (``Provider.vms_show_while_cloning``): its presence then says only that the
+    clone was asked for, and the provider is asked at once, within the grace too (running unless
+    it says otherwise there; a VM no longer running is done). One not shown and never asked
+    for: for ``CLONE_START_GRACE_SECONDS`` (its pass may still ask), not at all
+    once its reserver is known gone. One asked for (``CLONE_ASKED``: the call may have reached
+    the provider): for the grace too (unless its reserver is known gone), then, up to
+    ``asked_limit`` seconds after its start, while the provider says it still makes the VM
+    (``Provider.clones_under_way``: one call for all, after a crash only; the task references it
+    gives are noted on the VMs, ``Store.note_found_clone_tasks``: from the next pass on, each is
+    followed as any clone, done when its task ends, cancelled past the pool's timeout), or, when
+    it cannot tell, up to the pool's timeout. The provider is asked only of clones of the pool's
     template made where the pool makes VMs now (vSphere finds a clone among its template's
     tasks): one of a template or place the pool has left since is judged as one it cannot tell."""
     timeout = context.pool.timeout_minutes * 60
+    shown_early = context.provider.vms_show_while_cloning
     running: set[str] = set()
+    graced: set[str] = set()  # within the start grace: running unless the provider says it is done
     ask: dict[str, float] = {}
     untold: dict[str, float] = {}
     for record in records:
         age = context.now - (record.clone_start or context.now)
-        if record.name in context.inventory or never_cloned(record):
+        shown = record.name in context.inventory
+        if (shown and not shown_early) or never_cloned(record):
             continue
         if age <= CLONE_START_GRACE_SECONDS and not record.raw.get(RESERVER_GONE):
-            running.add(record.name)
-        elif record.raw.get(CLONE_ASKED) and age <= asked_limit:
-            same_source = record.template == context.pool.template and context.elsewhere(record) is None
-            (ask if same_source else untold)[record.name] = age
-    under_way = context.provider.clones_under_way(context.pool, list(ask)) if ask else ()
+            if not shown:
+                running.add(record.name)  # its pass may still be asking: nothing to ask yet
+                continue
+            graced.add(record.name)  # made, perhaps still cloning: the provider tells
+        elif not ((record.raw.get(CLONE_ASKED) or shown) and age <= asked_limit):
+            continue
+        same_source = record.template == context.pool.template and context.elsewhere(record) is None
+        (ask if same_source else untold)[record.name] = age
+    under_way = context.provider.clones_under_way(context.pool, list(ask)) if ask else {}
     if under_way is None:
         untold.update(ask)
-    running.update(name for name in ask if under_way is not None and name in under_way)
-    running.update(name for name, age in untold.items() if age <= timeout)
+    else:
+        running.update(name for name in ask if name in under_way)
+        found = {name: task for name, task in under_way.items() if task and name in ask}
+        if found and context.store.note_found_clone_tasks(found):
+            context.checkpoint("clone_task_found")
+    running.update(name for name, age in untold.items() if age <= timeout or name in graced)
     return running
 
 
@@ -255,8 +272,9 @@ def _clone_finished(context: PassContext, record: VMRecord, statuses: Mapping[st
     A clone running too long, failed, or never started is taken out of service."""
     hostname, pool = record.name, context.pool
     if not record.clone_task:
-        if hostname in context.inventory:
-            # The pass that started the clone died before recording its task; the VM exists.
+        if hostname not in unnoted and hostname in context.inventory:
+            # The pass that started the clone died before recording its task; the VM exists, and
+            # the provider makes it no longer (or shows VMs once cloned only).
             return True
         if hostname in unnoted:
             if record.raw.get(CLONE_ASKED):

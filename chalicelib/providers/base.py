@@ -233,14 +233,23 @@ class Provider(abc.ABC):
         wanted = set(names)
         return [vm for vm in self.list_vms(pool) if vm.name in wanted]
 
-    def clones_under_way(self, pool: PoolConfig, names: Collection[str]) -> Collection[str] | None:
-        """Of ``names``, those whose VM the backend is still making and does not show yet, or
-        None when the backend cannot tell: for clones asked for by a pass that died before
-        noting their tasks (manager/pending.py), which keep their slots while the backend makes
-        them and give them back once it says it is not. ``names`` are clones of the pool's
-        template as it is now, made where it makes VMs now (the caller asks nothing of others).
-        A provider answers "not under way" only when it knows: on any doubt, None. This default
-        cannot tell: such a clone keeps its slot until its VM shows or the pool's timeout."""
+    vms_show_while_cloning: bool = False
+    """Whether a clone's VM may be listed (``list_vms``) before its clone is done (vCenter lists
+    it during the clone): then a listed VM whose clone task was never noted is not taken as
+    cloned, ``clones_under_way`` is asked of it too (manager/pending.py). False: a VM shows
+    once its clone is done."""
+
+    def clones_under_way(self, pool: PoolConfig, names: Collection[str]) -> Mapping[str, str] | None:
+        """Of ``names``, those whose clone the backend is still making (each with its task's
+        reference, or "" when the backend cannot give one), or None when the backend cannot
+        tell: for clones asked for by a pass that died before noting their tasks
+        (manager/pending.py), which keep their slots while the backend makes them and give them
+        back once it says it is not; a task reference given is noted on the VM, which is then
+        followed as any clone (done when its task ends, cancelled past the pool's timeout).
+        ``names`` are clones of the pool's template as it is now, made where it makes VMs now
+        (the caller asks nothing of others). A provider answers "not under way" only when it
+        knows: on any doubt, None. This default cannot tell: such a clone keeps its slot until
+        its VM shows or the pool's timeout."""
         return None
 
     @abc.abstractmethod

@@ -238,16 +238,17 @@ class DummyProvider(Provider):
         found = self._call("hmget", self._folder_key(pool), names)
         return self._visible(pool, (json.loads(raw) for raw in found if raw is not None))
 
-    def clones_under_way(self, pool: PoolConfig, names: Collection[str]) -> Collection[str] | None:
+    def clones_under_way(self, pool: PoolConfig, names: Collection[str]) -> Mapping[str, str] | None:
         """The VMs of ``names`` in the folder whose clone time has not passed (one HMGET): a
-        clone's VM is written there when the clone is asked for."""
+        clone's VM is written there when the clone is asked for. No task reference: the VM does
+        not name its task (it shows once its clone is done, and that ends the wait)."""
         if not names:
-            return []
+            return {}
         names = list(names)
         now = self.clock.now()
         found = self._call("hmget", self._folder_key(pool), names)
-        return [name for name, raw in zip(names, found, strict=True)
-                if raw and json.loads(raw)["available_at"] > now]
+        return {name: "" for name, raw in zip(names, found, strict=True)
+                if raw and json.loads(raw)["available_at"] > now}
 
     def inventory_changes(self, pool: PoolConfig, since: str | None) -> InventoryChanges | None:
         """The folder's version and the VMs written or deleted since version ``since``. None

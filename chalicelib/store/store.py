@@ -1176,6 +1176,19 @@ class Store:
         with _translate_errors():
             return bool(self.scripts.set_once(keys=[self.keys.vm(hostname)], args=[field_name, value]))
 
+    def note_found_clone_tasks(self, tasks: Mapping[str, str]) -> list[str]:
+        """Note on each VM (hostname -> task reference) the clone task the provider found it
+        made by, its pass having died before noting it: set only where no task is noted yet (the
+        pass that started it may note it meanwhile), on records still there. One round trip.
+        Returns the hostnames noted."""
+        if not tasks:
+            return []
+        calls: list[ScriptCall] = [(self.scripts.set_once, [self.keys.vm(hostname)], ["clone_task", task])
+                                   for hostname, task in tasks.items()]
+        with _translate_errors():
+            replies = run_many(self.client, calls)
+        return [hostname for hostname, noted in zip(tasks, replies, strict=True) if noted]
+
     def add_discovered(self, hostname: str, pool: str, now: float, **fields: Any) -> bool:
         """Record a VM found in the pool's folder that no live record claims. Returns whether
         it was recorded (False when another pool or state knows it)."""

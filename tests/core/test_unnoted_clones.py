@@ -135,9 +135,9 @@ def test_a_clone_asked_of_a_template_the_pool_left_is_not_asked_of_the_provider(
     world.services.use_config(parse(CONFIG.replace("provider: dummy}", "provider: dummy, template: other}")))
     asked_of_provider: list[list[str]] = []
 
-    def new_template_only(pool: object, names: list[str]) -> list[str]:
+    def new_template_only(pool: object, names: list[str]) -> dict[str, str]:
         asked_of_provider.append(sorted(names))
-        return []
+        return {}
 
     monkeypatch.setattr(world.provider, "clones_under_way", new_template_only)
     for _ in range(4):  # to 180 s: past the start grace, the clones (200 s) still running

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import secrets
 import socket
+from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
@@ -47,12 +49,13 @@ def test_vcenter_names_the_clones_it_still_makes_and_none_once_they_end(cloning:
     pool = setup.pool(size=2)
     first, second, never = names(3)
     refs = [setup.provider.clone(pool, first), setup.provider.clone(pool, second)]
-    assert set(setup.provider.clones_under_way(pool, [first, second, never]) or ()) == {first, second}
-    assert setup.provider.clones_under_way(pool, [never]) == set()
+    # Each with the reference its clone call gave: noted on the VM, it is followed as that clone.
+    assert setup.provider.clones_under_way(pool, [first, second, never]) == {first: refs[0], second: refs[1]}
+    assert setup.provider.clones_under_way(pool, [never]) == {}
     eventually(lambda: all(status.state is TaskState.SUCCESS
                            for status in setup.provider.task_statuses(refs).values()),
                CLONE_SECONDS * 5, "the clones to end", interval=0.2)
-    assert setup.provider.clones_under_way(pool, [first, second, never]) == set()
+    assert setup.provider.clones_under_way(pool, [first, second, never]) == {}
 
 
 def test_a_cancelled_clone_is_not_under_way(long_cloning: VcsimServer) -> None:
@@ -62,7 +65,7 @@ def test_a_cancelled_clone_is_not_under_way(long_cloning: VcsimServer) -> None:
     ref = setup.provider.clone(pool, name)
     assert set(setup.provider.clones_under_way(pool, [name]) or ()) == {name}
     assert setup.provider.cancel_task(ref)
-    assert setup.provider.clones_under_way(pool, [name]) == set()
+    assert setup.provider.clones_under_way(pool, [name]) == {}
 
 
 def test_a_clone_never_asked_of_vcenter_is_not_under_way(setup: Setup) -> None:
@@ -71,7 +74,7 @@ def test_a_clone_never_asked_of_vcenter_is_not_under_way(setup: Setup) -> None:
     pool = setup.pool(size=1)
     setup.provider.list_vms(pool)  # connected, the datacenter known
     calls = setup.provider.call_count()
-    assert setup.provider.clones_under_way(pool, names(50)) == set()
+    assert setup.provider.clones_under_way(pool, names(50)) == {}
     assert setup.provider.call_count() - calls <= 2
 
 
@@ -134,3 +137,42 @@ def test_a_clone_refused_then_failing_before_its_second_call_was_not_sent(setup:
     with pytest.raises(ProviderError) as raised:
         setup.provider.clone(pool, names(1)[0])
     assert len(tries) == 2 and not isinstance(raised.value, AnswerLost)
+
+
+def test_a_running_task_of_the_template_that_is_not_a_clone_leaves_no_doubt(
+        setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task on the template whose id mentions a clone but is no CloneVM_Task (the clone
+    wizard's compatibility check) posts no VmBeingClonedEvent: it is not taken for a clone, and
+    vCenter can still say no clone of the names runs. Before, any id containing "clone" counted:
+    one such task running made every answer a doubt, each unnoted clone held to the pool's
+    timeout."""
+    pool = setup.pool(size=1)
+    checking = {"info.descriptionId": "vm.check.ProvisioningChecker.checkClone",
+                "info.state": vim.TaskInfo.State.running, "info.eventChainId": 7,
+                "info.queueTime": datetime.now(timezone.utc), "_obj": vim.Task("task-check", None)}
+    read = under_way.template_tasks
+    monkeypatch.setattr(under_way, "template_tasks", lambda *args: [*read(*args), checking])
+    assert setup.provider.clones_under_way(pool, names(2)) == {}
+    assert [under_way.is_clone({"info.descriptionId": id}) for id in
+            ("VirtualMachine.clone", "VirtualMachine.cloneVm", "VirtualMachine.instantClone", "VirtualApp.clone",
+             "vm.Snapshot.createLinkedClone", "vm.check.ProvisioningChecker.checkClone")] == [
+        True, True, False, False, False, False]
+
+
+def test_a_clone_whose_event_does_not_say_where_it_lands_is_under_way_without_a_task(
+        long_cloning: VcsimServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A VmBeingClonedEvent without ``destFolder``: the clone is still under way (its slot kept),
+    with no task reference to note (a reference without its folder could not tell, once vCenter
+    forgets the task, whether the clone landed)."""
+    setup = make_setup(long_cloning)
+    pool = setup.pool(size=1)
+    (name,) = names(1)
+    setup.provider.clone(pool, name)
+    read = under_way._being_cloned
+
+    def folderless(*args: Any) -> list[Any]:  # as an event read without it (pyVmomi sets none)
+        return [SimpleNamespace(chainId=event.chainId, destName=event.destName, destFolder=None)
+                for event in read(*args)]
+
+    monkeypatch.setattr(under_way, "_being_cloned", folderless)
+    assert setup.provider.clones_under_way(pool, [name, *names(1)]) == {name: ""}

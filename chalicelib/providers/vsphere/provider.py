@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Collection, Sequence, TypeVar
+from typing import Any, Callable, Collection, Mapping, Sequence, TypeVar
 
 from pyVmomi import vim
 
@@ -38,6 +38,8 @@ T = TypeVar("T")
 
 class VSphereProvider(Provider):
     """Pools of clones of vSphere templates, on one shared session per vCenter and user."""
+
+    vms_show_while_cloning = True  # vCenter lists a clone's VM during its CloneVM_Task
 
     def __init__(
         self,
@@ -149,15 +151,16 @@ class VSphereProvider(Provider):
                 raise AnswerLost.of(error) from None
             raise
 
-    def clones_under_way(self, pool: PoolConfig, names: Collection[str]) -> Collection[str] | None:
-        """Of ``names``, the clones of the pool's template vCenter has queued or running, from the
-        template's recent tasks and the events naming their clones (chalicelib.providers.vsphere.
-        under_way: at most three calls whatever the number of names); None when vCenter cannot
-        tell (the template not found, a clone task whose clone is not named, a read refused)."""
+    def clones_under_way(self, pool: PoolConfig, names: Collection[str]) -> Mapping[str, str] | None:
+        """Of ``names``, the clones of the pool's template vCenter has queued or running, each
+        with its clone task's reference, from the template's recent tasks and the events naming
+        their clones (chalicelib.providers.vsphere.under_way: at most three calls whatever the
+        number of names); None when vCenter cannot tell (the template not found, a clone task
+        whose clone is not named, a read refused)."""
         if not names:
-            return []
+            return {}
 
-        def asking(connection: Connection) -> set[str] | None:
+        def asking(connection: Connection) -> dict[str, str] | None:
             path = clones.template_path(self._datacenter(connection, pool), pool.template)
             template = inventory.find(connection, path)
             if not isinstance(template, vim.VirtualMachine):

@@ -61,12 +61,15 @@ def recorded(connection: Connection, task: Any) -> str:
 
 def clone_ref(connection: Connection, task: Any, folder: Any, name: str) -> str:
     """The clone's reference, with the time vCenter queued its task (one call)."""
-    return f"clone:{task._moId}:{folder._moId}:{name}:{_queued(connection, task)}"
+    return known_clone_ref(task, folder, name, _queue_time(connection, task))
+
+
+def _queue_time(connection: Connection, task: Any) -> Any:
+    return (_task_info(connection, task._moId) or {}).get("info.queueTime")
 
 
 def _queued(connection: Connection, task: Any) -> str:
-    found = _task_info(connection, task._moId) or {}
-    return f"q{_stamp(found.get('info.queueTime'))}"
+    return f"q{_stamp(_queue_time(connection, task))}"
 
 
 def _stamp(moment: Any) -> str:
@@ -87,6 +90,11 @@ def unix_time(moment: Any) -> float:
 def known_ref(task: Any, queued: Any) -> str:
     """A plain task's reference from the queue time (``info.queueTime``) read with it: no call."""
     return f"task:{task._moId}:q{_stamp(queued)}"
+
+
+def known_clone_ref(task: Any, folder: Any, name: str, queued: Any) -> str:
+    """A clone's reference (as ``clone_ref``) from the queue time read with its task: no call."""
+    return f"clone:{task._moId}:{folder._moId}:{name}:q{_stamp(queued)}"
 
 
 def destroy_ref(vm: Any, poweroff_task: Any, name: str) -> str:

@@ -13,7 +13,10 @@ task reference; vCenter still knows it, from two documented facts:
 So: the template's queued and running clone tasks (one retrieval), then, only when there are
 some, the template's ``VmBeingClonedEvent`` since the oldest of them was queued (one
 ``QueryEvents``: no collector to leave behind). A clone is under way when a running task's event
-names it. vCenter cannot tell, and the answer is None (the caller then keeps the slot up to the
+names it; the answer gives that task's reference (the caller notes it on the VM and follows it
+as any clone task from then on: done when it ends, cancelled past the pool's timeout). Whether
+the clone's VM is in its folder yet says nothing: vCenter lists it during the clone. vCenter
+cannot tell, and the answer is None (the caller then keeps the slot up to the
 pool's timeout), when a queued or running clone task has no such event among those read (not
 posted yet, events not kept, more than ``EVENTS_READ``), or vCenter refuses a read (privileges):
 a wrong "not under way" would free a slot while a clone runs.
@@ -26,7 +29,7 @@ from typing import Any, Collection
 
 from pyVmomi import vim, vmodl
 
-from chalicelib.providers.vsphere import inventory
+from chalicelib.providers.vsphere import inventory, tasks
 from chalicelib.providers.vsphere.connection import Connection
 
 EVENTS_READ = 1000
@@ -36,6 +39,10 @@ QUEUE_MARGIN_SECONDS = 60.0
 vCenter's clock: a margin for rounding, not for skew)."""
 TASK_INFO = ("info.descriptionId", "info.state", "info.eventChainId", "info.queueTime")
 UNFINISHED = (vim.TaskInfo.State.queued, vim.TaskInfo.State.running)
+CLONE_TASKS = frozenset({"VirtualMachine.clone", "VirtualMachine.cloneVm"})
+"""The ``descriptionId`` of a ``CloneVM_Task``'s task: vCenter's (the method's id, whether its
+source is a VM or a template: deploying from a template is the same method), and vcsim's (named
+after its own method)."""
 
 
 def template_tasks(connection: Connection, template: Any) -> list[dict[str, Any]]:
@@ -44,20 +51,22 @@ def template_tasks(connection: Connection, template: Any) -> list[dict[str, Any]
 
 
 def is_clone(task: dict[str, Any]) -> bool:
-    """A clone task: vCenter's ``VirtualMachine.clone``, vcsim's ``VirtualMachine.cloneVm`` (any
-    description naming a clone: a task of the template this misses would be taken for none)."""
-    return "clone" in str(task.get("info.descriptionId") or "").lower()
+    """A clone task (``CLONE_TASKS``). Not any task whose id mentions a clone: the clone
+    wizard's ``vm.check.ProvisioningChecker.checkClone`` posts no VmBeingClonedEvent, and one
+    running would make every answer a doubt, each unnoted clone held to the pool's timeout."""
+    return task.get("info.descriptionId") in CLONE_TASKS
 
 
-def clones_under_way(connection: Connection, template: Any, names: Collection[str]) -> set[str] | None:
-    """Of ``names``, the clones of ``template`` vCenter has queued or running; None when it cannot
-    tell (see the module's docstring). At most two calls, whatever the number of names."""
+def clones_under_way(connection: Connection, template: Any, names: Collection[str]) -> dict[str, str] | None:
+    """Of ``names``, the clones of ``template`` vCenter has queued or running, each with its
+    task's reference (``tasks.known_clone_ref``); None when it cannot tell (see the module's
+    docstring). At most two calls, whatever the number of names."""
     wanted = set(names)
     try:
         running = [task for task in template_tasks(connection, template)
                    if task.get("info.state") in UNFINISHED and is_clone(task)]
         if not running or not wanted:
-            return set()
+            return {}
         chains = {task.get("info.eventChainId") for task in running}
         if None in chains or 0 in chains:
             return None  # a task whose events cannot be told apart
@@ -70,10 +79,20 @@ def clones_under_way(connection: Connection, template: Any, names: Collection[st
         raise  # the session is gone: the connection logs in and asks again
     except vmodl.MethodFault:
         return None  # refused (NoPermission: events or tasks not readable as this user)
-    named = {event.chainId: event.destName for event in events}
+    named = {event.chainId: event for event in events}
     if any(chain not in named for chain in chains):
         return None  # a clone under way whose name is not known: any of ``names`` may be it
-    return {named[chain] for chain in chains} & wanted
+    found: dict[str, str] = {}
+    for task in running:
+        event = named[task["info.eventChainId"]]
+        if event.destName not in wanted:
+            continue
+        folder = event.destFolder.folder if event.destFolder is not None else None
+        # Without the folder it lands in (an event that does not say), under way with no task to
+        # follow: the caller then keeps its slot while it runs, up to the pool's timeout.
+        found[event.destName] = "" if folder is None else tasks.known_clone_ref(
+            task["_obj"], folder, event.destName, task.get("info.queueTime"))
+    return found
 
 
 def _being_cloned(connection: Connection, template: Any, since: Any) -> list[Any]:
