@@ -11,17 +11,17 @@ stack's endpoint security group, and a config needing it is refused without it."
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from test_dns_network import _value
+from test_dns_network import BUCKET, REQUIRED, _value, stage_with
+from test_dns_network import aws as aws  # the fixture: conftest's moto AWS with the deploy bucket
 
 from infra import deploy, template
-from infra.sync_config import STAGES, Stage, ssm_references
+from infra.sync_config import STAGES, ssm_references
 
 CONFIG = """\
 :dns_configs:
@@ -33,15 +33,6 @@ CONFIG = """\
 :pools:
   - {name: lab, size: 1, provider: dummy, dns_plugin: bind}
 """
-REQUIRED = {"VpcId": "vpc-0abc", "PrivateSubnetIds": "subnet-1,subnet-2", "VCenterCidr": "10.1.0.0/16"}
-BUCKET = "my-deploy-bucket"
-
-
-def stage_with(tmp_path: Path, config: str) -> Stage:
-    path = tmp_path / "vmpool.yaml"
-    path.write_text(config)
-    return dataclasses.replace(STAGES["dev"], config_file=str(path))
-
 
 def created(built: dict[str, Any], logical_id: str, given: dict[str, str]) -> bool:
     """Whether the stack creates ``logical_id`` with these parameters."""
@@ -102,13 +93,6 @@ def test_a_config_without_ssm_references_needs_no_ssm_endpoint(tmp_path: Path) -
     assert "Rules" not in template.build(stage_with(tmp_path, unused))
     built = template.build(STAGES["dev"])
     assert "Rules" not in built and not created(built, "SsmEndpoint", REQUIRED)  # nothing is paid for unasked
-
-
-@pytest.fixture
-def aws(aws: boto3.Session) -> boto3.Session:
-    """conftest's moto AWS, with the deploy bucket."""
-    aws.client("s3").create_bucket(Bucket=BUCKET)
-    return aws
 
 
 def test_make_deploy_refuses_an_unreachable_ssm_reference_before_uploading_anything(
