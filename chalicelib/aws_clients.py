@@ -13,8 +13,10 @@ from typing import Any
 CONNECT_TIMEOUT_SECONDS = 1.0
 READ_TIMEOUT_SECONDS = 2.0
 ATTEMPTS = 2
+"""Tries of one call, the first included (botocore's ``total_max_attempts``: its ``max_attempts``
+counts the retries only, so ``max_attempts: 2`` made three tries, 8-9 s against a silent endpoint)."""
 AWS_CALL_BOUND_SECONDS = ATTEMPTS * (CONNECT_TIMEOUT_SECONDS + READ_TIMEOUT_SECONDS) + 1.0
-"""The longest one call may take, the retry's backoff included."""
+"""The longest one call may take, the retry's backoff (at most 1 s before the second try) included."""
 
 
 def boto_config() -> Any:
@@ -26,7 +28,7 @@ def boto_config() -> Any:
     # answer (it serves s3.<region>.amazonaws.com and its subdomains), and the functions' security
     # group reaches nothing else: every config refresh timed out, so no push ever took effect.
     return Config(connect_timeout=CONNECT_TIMEOUT_SECONDS, read_timeout=READ_TIMEOUT_SECONDS,
-                  retries={"mode": "standard", "max_attempts": ATTEMPTS},
+                  retries={"mode": "standard", "total_max_attempts": ATTEMPTS},
                   s3={"us_east_1_regional_endpoint": "regional"})
 
 

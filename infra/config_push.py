@@ -21,7 +21,7 @@ from typing import Any
 from chalicelib.config import Config, ConfigError, canonical_json, parse, read_config_file
 from chalicelib.config_source import DEFAULT_CONFIG_KEY
 from infra.deploy import said_in_one_line
-from infra.sync_config import STAGES, stack_name, unreadable_secrets
+from infra.sync_config import STAGES, ssm_references, stack_name, unreadable_secrets
 
 
 def stack_output(cloudformation: Any, stage: str, key: str) -> str:
@@ -72,6 +72,17 @@ def unreachable_dns(config: Config, parameters: dict[str, str]) -> list[str]:
         if cidr and str(wanted) != port:
             found.append(f"dns_configs.{name}: server {server} port {wanted}: the stack's DnsServerPort is {port}")
     return found
+
+
+def unreachable_ssm(config: Config, parameters: dict[str, str]) -> list[str]:
+    """The config's SSM secret references the deployed stack's functions cannot fetch: SSM
+    Parameter Store is reached through a NAT gateway (``CreateVpcEndpoints=false``) or the stack's
+    SSM endpoint (``CreateSsmEndpoint=true``) only. Published, every fetch would time out: the
+    passes of the pools whose provider or DNS entry needs the secret fail, LDAP logins answer 503."""
+    if parameters.get("CreateVpcEndpoints", "true") == "false" or parameters.get("CreateSsmEndpoint") == "true":
+        return []
+    return [f"{path}: SSM Parameter Store is reached through the stack's SSM endpoint or a NAT gateway only; the "
+            "stack has CreateVpcEndpoints=true and no CreateSsmEndpoint=true" for path in ssm_references(config)]
 
 
 def _outside(server: str, cidr: str) -> bool:
@@ -142,7 +153,7 @@ def _push_checked(stage: str, path: Path, text: str, config: Config, bucket: str
     parameters = stack_parameters(cloudformation, stage)
     if parameters is None:
         print(f"config-push: warning: no stack {stack_name(stage)}: its network was not checked against the "
-              "config's DNS entries", file=sys.stderr)
+              "config's DNS entries and SSM references", file=sys.stderr)
     else:
         gaps = unreachable_dns(config, parameters)
         if gaps:
@@ -151,6 +162,13 @@ def _push_checked(stage: str, path: Path, text: str, config: Config, bucket: str
                   f"make deploy STAGE={stage} BUCKET=<deploy bucket> PARAMS=\"DnsServerCidr=<the servers' range> "
                   "DnsServerPort=<their port>\" (CreateVpcEndpoints=false for route53), then push again",
                   file=sys.stderr)
+            return 1
+        gaps = unreachable_ssm(config, parameters)
+        if gaps:
+            print(f"config-push: {path} names SSM parameters the {stage} stack's functions cannot fetch; nothing "
+                  "published:\n  " + "\n  ".join(gaps) + "\nDeploy the SSM endpoint first (docs/deploy.md, "
+                  f"Prerequisites): make deploy STAGE={stage} BUCKET=<deploy bucket> PARAMS=\"CreateSsmEndpoint=true\""
+                  " (or CreateVpcEndpoints=false behind a NAT gateway), then push again", file=sys.stderr)
             return 1
     bucket = bucket or stack_output(cloudformation, stage, "ConfigBucket")
     version = push(text, bucket, session.client("s3"), str(path), config)

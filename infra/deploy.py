@@ -7,9 +7,9 @@
    content is there already) and every function's ``CodeUri`` points at it.
 2. The template goes to S3 too: at 137 KB it is over CloudFormation's 51,200-byte inline limit
    (the old ``aws cloudformation deploy`` without ``--s3-bucket`` failed for every stage).
-   Before anything is uploaded, the template's rules (what the packaged config's DNS entries need
-   of the parameters, infra/template.py ``dns_rules``) are checked with the parameters the change
-   set would get: a broken one ends the command with its description.
+   Before anything is uploaded, the template's rules (what the packaged config's DNS entries and
+   SSM references need of the parameters, infra/template.py ``network_rules``) are checked with
+   the parameters the change set would get: a broken one ends the command with its description.
 3. A change set creates or updates the stack ``vmpool-<stage>``: parameters given as Key=Value,
    the others keep their previous values on an update. A change set without changes is deleted
    and the command succeeds. The stack's outputs are printed at the end. A stack whose first

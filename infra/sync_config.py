@@ -393,6 +393,23 @@ def unreadable_secrets(stage: Stage, config: Config) -> list[str]:
     return found
 
 
+def ssm_references(config: Config) -> list[str]:
+    """The key paths of ``config``'s SSM parameter references (``{ssm: ...}``) a function
+    resolves: not the ``redis`` section's (the stack gives Redis's URL and token), nor those of DNS
+    entries no pool uses. The functions reach SSM through a NAT gateway or the stack's SSM
+    endpoint (``CreateSsmEndpoint``) only: the stack's other endpoints do not serve it."""
+    used = {pool.dns_plugin for pool in config.pools}
+    found = []
+    for path, reference in _secret_references(config, "", set()):
+        section = path.split(".")[0].split("[")[0]
+        if reference.store != "ssm" or section not in ROLE_OF_SECTION:
+            continue
+        if section == "dns_configs" and not any(path.startswith(f"dns_configs.{name}.") for name in used if name):
+            continue
+        found.append(path)
+    return found
+
+
 def _readable(stage: Stage, role: str, store: str, name: str) -> bool:
     """What ``policy`` grants: the role's secrets by name or ARN, SSM parameters under the prefix."""
     if store == "ssm":

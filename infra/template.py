@@ -24,7 +24,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from chalice.utils import to_cfn_resource_name
@@ -34,6 +34,9 @@ from chalicelib.auth.secrets import FAILURE_KEYS as SECRET_FAILURE_KEYS
 from chalicelib.manager.pool_queue import MAX_DELAY_SECONDS, REPORTED_LATENESS_SECONDS
 from infra import sync_config
 from infra.sync_config import STAGES, Stage
+
+if TYPE_CHECKING:
+    from chalicelib.config import Config
 
 STATIC_TEMPLATE = Path(__file__).with_name("template.yaml")
 REDIS_NODES = ("001", "002")  # NumCacheClusters: 2 -> <replication group id>-001 and -002
@@ -81,7 +84,7 @@ def build(stage: Stage, infra_only: bool = False, config_file: Path | None = Non
     packaged with it, when not the stage's own file (its DNS entries' needs are checked)."""
     template = yaml.safe_load(STATIC_TEMPLATE.read_text())
     resources = template["Resources"]
-    rules = dns_rules(stage, config_file)
+    rules = network_rules(stage, config_file)
     if rules:
         template["Rules"] = rules
     resources["ReconcileQueue"]["Properties"]["QueueName"] = stage.reconcile_queue_name
@@ -211,7 +214,35 @@ def reconcile_backlog_threshold() -> int:
             + BACKLOG_WAIT_SECONDS)
 
 
-def dns_rules(stage: Stage, config_file: Path | None = None) -> dict[str, Any]:
+def network_rules(stage: Stage, config_file: Path | None = None) -> dict[str, Any]:
+    """What the packaged config (the stage's file, or ``config_file``) needs of the stack's
+    network parameters, as CloudFormation rules: its DNS entries' (``dns_rules``) and its SSM
+    secret references' (``ssm_rules``). The config is loaded once (seconds at 2,000 pools)."""
+    config = sync_config.load_config(config_file or sync_config.ROOT / stage.config_file)
+    return {**dns_rules(stage, config), **ssm_rules(config)}
+
+
+def ssm_rules(config: Config) -> dict[str, Any]:
+    """An SSM secret reference (``{ssm: ...}``) of the packaged config is fetched from SSM
+    Parameter Store, which none of the stack's default endpoints serves and the functions' security
+    group reaches only through the stack's own endpoints: without a NAT gateway
+    (``CreateVpcEndpoints=false``) or the SSM endpoint (``CreateSsmEndpoint=true``) every fetch
+    timed out (``SecretFailures`` unavailable): the passes of a provider or DNS entry with such a
+    password failed, LDAP logins answered 503. docs/deploy.md said to add an SSM endpoint, which
+    the functions' security group did not let them reach."""
+    references = sync_config.ssm_references(config)
+    if not references:
+        return {}
+    return {"SsmReachable": {"Assertions": [{
+        "Assert": {"Fn::Or": [{"Fn::Equals": [{"Ref": "CreateVpcEndpoints"}, "false"]},
+                              {"Fn::Equals": [{"Ref": "CreateSsmEndpoint"}, "true"]}]},
+        "AssertDescription": _listed_description(
+            "SSM secret references", references, "are fetched from SSM Parameter Store, which no endpoint of this "
+            "stack serves unless asked: deploy with CreateSsmEndpoint=true (an SSM endpoint), or "
+            "CreateVpcEndpoints=false with subnets that route through a NAT gateway", docs="Prerequisites")}]}}
+
+
+def dns_rules(stage: Stage, config: Config | None = None) -> dict[str, Any]:
     """What the pools' DNS entries in the packaged config need of the stack's parameters, as
     CloudFormation rules: a change set that would deploy functions unable to reach their DNS
     service is refused before anything is built (infra/deploy.py checks them before it asks).
@@ -223,8 +254,7 @@ def dns_rules(stage: Stage, config_file: Path | None = None) -> dict[str, Any]:
       the subnets must route through a NAT gateway, ``CreateVpcEndpoints=false``.
     - ``dynamic-dns`` with a ``server``: RFC 2136 updates over TCP to it, which the security
       group allows to ``DnsServerCidr`` on ``DnsServerPort`` only."""
-    given = sync_config.load_config(config_file) if config_file else None
-    entries = sync_config.dns_entries(stage, given, used_only=True)
+    entries = sync_config.dns_entries(stage, config, used_only=True)
     rules: dict[str, Any] = {}
     route53 = sorted(entry.name for entry in entries if entry.dns_class == "route53")
     if route53:
@@ -245,9 +275,9 @@ def dns_rules(stage: Stage, config_file: Path | None = None) -> dict[str, Any]:
     return rules
 
 
-def _listed_description(what: str, names: list[str], need: str) -> str:
+def _listed_description(what: str, names: list[str], need: str, docs: str = "DNS") -> str:
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    return f"The packaged config's {what} ({shown}) {need} (docs/deploy.md, DNS)"
+    return f"The packaged config's {what} ({shown}) {need} (docs/deploy.md, {docs})"
 
 
 def stage_outputs() -> dict[str, Any]:

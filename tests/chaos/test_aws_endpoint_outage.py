@@ -115,3 +115,56 @@ def test_a_silent_aws_endpoint_costs_a_request_seconds_not_its_timeout(
     # One bounded call (AWS_CALL_BOUND_SECONDS) and the request's own work, with room for a
     # loaded CI machine: far below botocore's defaults (no answer within 29 s before).
     assert seconds < 2 * AWS_CALL_BOUND_SECONDS, f"{seconds:.1f} s"
+
+
+@pytest.fixture
+def counting_silent_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[socket.socket]]:
+    """Every AWS endpoint at one address that accepts each connection (listed as it comes) and
+    never answers."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    taken: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            taken.append(connection)
+
+    threading.Thread(target=accept, daemon=True).start()
+    for name, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{listener.getsockname()[1]}",
+                        "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        yield taken
+    finally:
+        listener.close()
+        for connection in taken:
+            connection.close()
+
+
+@pytest.mark.parametrize(("service", "call"), [
+    ("sqs", lambda client: client.send_message(QueueUrl="https://sqs.us-east-1.amazonaws.com/1/q", MessageBody="x")),
+    ("s3", lambda client: client.get_object(Bucket="vmpool-dev-config", Key="config/vmpool.yaml")),
+    ("secretsmanager", lambda client: client.get_secret_value(SecretId="vmpool/dev/redis-auth")),
+], ids=["sqs", "s3", "secretsmanager"])
+def test_one_call_to_a_silent_endpoint_tries_twice_and_ends_within_its_bound(
+        counting_silent_aws: list[socket.socket], service: str, call: Callable[[Any], Any]) -> None:
+    """Every budget built on ``AWS_CALL_BOUND_SECONDS`` (the tick's send, a checkout's nudge, a
+    config refresh) counts ``ATTEMPTS`` tries. botocore's ``max_attempts`` counts retries, not
+    tries: with it the clients tried three times, 8-9 s (up to 12) where 7 s was planned, so the
+    tick's last send of an SQS outage could run past its 30 s timeout instead of reporting the
+    pools it could not queue."""
+    from botocore.exceptions import ReadTimeoutError
+
+    from chalicelib import aws_clients
+
+    client = aws_clients.client(service)
+    started = time.monotonic()
+    with pytest.raises(ReadTimeoutError):
+        call(client)
+    seconds = time.monotonic() - started
+    assert len(counting_silent_aws) == aws_clients.ATTEMPTS == 2
+    assert seconds < aws_clients.AWS_CALL_BOUND_SECONDS + 1.0, f"{seconds:.1f} s"  # 1 s for a loaded machine

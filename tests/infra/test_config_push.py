@@ -528,3 +528,37 @@ def test_config_push_says_an_aws_failure_in_a_line_and_publishes_nothing(
     assert code == 1 and "Traceback" not in err and err.startswith("config-push: ")
     assert err.endswith("config-push: nothing published\n") and err.count("\n") == 2, err
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
+
+
+SSM_CONFIG = """\
+:providers:
+  :dummy: {}
+:dns_configs:
+  bind: {dns_class: dynamic-dns, domain: lab.example.net, tsig_key_name: k, tsig_secret: {ssm: /vmpool/dev/tsig}}
+:pools:
+  - {name: debian, size: 1, provider: dummy, dns_plugin: bind}
+"""
+
+
+@pytest.mark.parametrize(("parameters", "published"), [
+    ({"CreateVpcEndpoints": "true"}, False),  # a stack deployed before CreateSsmEndpoint existed
+    ({"CreateVpcEndpoints": "true", "CreateSsmEndpoint": "false"}, False),
+    ({"CreateVpcEndpoints": "true", "CreateSsmEndpoint": "true"}, True),
+    ({"CreateVpcEndpoints": "false", "CreateSsmEndpoint": "false"}, True),  # through the NAT gateway
+], ids=["old-stack", "no-ssm-endpoint", "ssm-endpoint", "nat"])
+def test_config_push_refuses_ssm_references_the_deployed_network_cannot_fetch(
+        s3: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], parameters: dict[str, str],
+        published: bool) -> None:
+    """SSM Parameter Store is reached through the stack's SSM endpoint (``CreateSsmEndpoint``) or
+    a NAT gateway only. Before, a pushed ``{ssm: ...}`` reference was published and every fetch
+    timed out: the pool's DNS records were never published (passes of a provider with such a
+    password failed, LDAP logins answered 503)."""
+    deployed_stack(parameters)
+    code, output = push_to_stack(tmp_path, SSM_CONFIG, capsys)
+    if published:
+        assert code == 0, output
+        return
+    assert code == 1 and "nothing published" in output and "Traceback" not in output
+    assert "dns_configs.bind.tsig_secret: SSM Parameter Store is reached through" in output
+    assert 'make deploy STAGE=dev BUCKET=<deploy bucket> PARAMS="CreateSsmEndpoint=true"' in output
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)

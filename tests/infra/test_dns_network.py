@@ -93,18 +93,20 @@ def test_the_functions_reach_a_dynamic_dns_server_and_route53_with_the_parameter
 
 def test_parameters_that_leave_the_dns_service_unreachable_break_the_stacks_rules(tmp_path: Path) -> None:
     built = template.build(stage_with(tmp_path, CONFIG))
-    broken = deploy.broken_rules(built, REQUIRED, None)
+    with_ssm = {**REQUIRED, "CreateSsmEndpoint": "true"}  # bind's TSIG secret is an SSM parameter
+    broken = deploy.broken_rules(built, with_ssm, None)
     assert len(broken) == 2
     servers, route53 = sorted(broken, key=lambda description: "route53" in description)
     assert "dynamic-dns entries with a server (bind)" in servers and "DnsServerCidr" in servers
     assert "route53 DNS entries (aws)" in route53 and "CreateVpcEndpoints=false" in route53
     # An update: a parameter given before counts (UsePreviousValue), one given now overrides it.
     previous = {"Parameters": [{"ParameterKey": "DnsServerCidr", "ParameterValue": "10.9.0.0/24"},
-                               {"ParameterKey": "CreateVpcEndpoints", "ParameterValue": "false"}]}
+                               {"ParameterKey": "CreateVpcEndpoints", "ParameterValue": "false"},
+                               {"ParameterKey": "CreateSsmEndpoint", "ParameterValue": "true"}]}
     assert deploy.broken_rules(built, {}, previous) == []
     assert len(deploy.broken_rules(built, {"CreateVpcEndpoints": "true"}, previous)) == 1
     # The same for the infra-only stack of the chalice deploy path.
-    assert len(deploy.broken_rules(template.build(stage_with(tmp_path, CONFIG), infra_only=True), REQUIRED,
+    assert len(deploy.broken_rules(template.build(stage_with(tmp_path, CONFIG), infra_only=True), with_ssm,
                                    None)) == 2
 
 

@@ -110,7 +110,7 @@ def test_every_function_runs_in_the_vpc_behind_the_lambda_security_group(package
         6379, {"Fn::GetAtt": ["LambdaSecurityGroup", "GroupId"]})
     endpoints = package.of_type("AWS::EC2::VPCEndpoint")
     assert sorted(e["Properties"]["ServiceName"]["Fn::Sub"].rsplit(".", 1)[1] for e in endpoints.values()) == [
-        "s3", "secretsmanager", "sqs"]
+        "s3", "secretsmanager", "sqs", "ssm"]  # SSM with CreateSsmEndpoint=true only (test_ssm_network.py)
 
 
 def test_nat_mode_reaches_aws_over_https(package: Package) -> None:
@@ -120,8 +120,9 @@ def test_nat_mode_reaches_aws_over_https(package: Package) -> None:
     assert package.template["Conditions"]["ThroughNat"] == {"Fn::Equals": [{"Ref": "CreateVpcEndpoints"}, "false"]}
     assert (nat["Properties"]["FromPort"], nat["Properties"]["ToPort"], nat["Properties"]["CidrIp"]) == (
         443, 443, "0.0.0.0/0")
-    for endpoint in package.of_type("AWS::EC2::VPCEndpoint").values():
-        assert endpoint["Condition"] == "CreateEndpoints"
+    for name, endpoint in package.of_type("AWS::EC2::VPCEndpoint").items():
+        assert endpoint["Condition"] == ("CreateSsmEndpointInVpc" if name == "SsmEndpoint" else "CreateEndpoints")
+    assert {"Condition": "CreateEndpoints"} in package.template["Conditions"]["CreateSsmEndpointInVpc"]["Fn::And"]
 
 
 def test_reconcile_consumer_reports_failures_per_message(package: Package) -> None:
