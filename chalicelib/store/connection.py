@@ -243,8 +243,9 @@ class _FailoverAware:
                     self.connect_check_health(check_health=False)
                 if check_health:
                     self.check_health()
+                check_health = False
             try:
-                super().send_packed_command(command, check_health=False)  # type: ignore[misc]
+                super().send_packed_command(command, check_health)  # type: ignore[misc]
             except redis.ConnectionError as error:
                 if outermost and getattr(command, "may_run_in_part", False):
                     raise PartlyWritten(str(error)) from error
