@@ -25,6 +25,15 @@ What it adds to redis-py's defaults, and why:
   Behind a blocking command (``WAIT``) that is not enough: Redis drops what a blocked client
   sent once that client disconnects, so ``written_on_a_spare_connection_too`` also writes them
   on a second connection opened before the command was sent.
+- Pipelines (``_Pipeline``): a write of a plain pipeline runs at most once through a failover.
+  redis-py re-ran the whole pipeline on ``READONLY`` or on a write that failed part-way, so the
+  commands that ran before (on the node before it was demoted; those that reached Redis before
+  the write failed) ran twice. A plain pipeline now sends again only the commands the demoted node
+  refused (and a ``WAIT`` behind them: it counts the writes of its own connection); a write that
+  failed part-way is a ``PartlyWritten`` (may have run, never retried). A transaction is all or
+  nothing: refused (a queued write, or ``EXEC`` on a node demoted after the queueing:
+  ``EXECABORT ... READONLY``) or cut part-way (``EXEC`` is last), nothing of it ran, and it is
+  run once more whole.
 """
 
 from __future__ import annotations
@@ -32,12 +41,13 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar, cast
 
 import redis
 from redis.backoff import NoBackoff
+from redis.client import Pipeline
 from redis.connection import parse_url
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import ExecAbortError, ReadOnlyError
 from redis.retry import Retry
 
 from chalicelib.config import RedisConfig
@@ -49,6 +59,16 @@ HEALTH_CHECK_SECONDS = 30
 
 class ReplyLost(redis.ConnectionError):
     """The connection failed after the command was sent: it may have run. Never retried."""
+
+
+class PartlyWritten(ReplyLost):
+    """The write of several commands that are not one transaction (a plain pipeline) failed
+    part-way: the first of them may have reached Redis and run. Never retried."""
+
+
+class ReadOnlyExecAbort(ExecAbortError, ReadOnlyError):
+    """``EXECABORT ... READONLY``: the node was demoted between the queueing of a transaction's
+    writes and its ``EXEC``, which ran none of them: retried as any ``READONLY``."""
 
 
 class NeverSentTimeoutError(redis.TimeoutError):
@@ -67,8 +87,8 @@ def never_sent(error: BaseException | None) -> bool:
     reached Redis, so never ran: a timeout before it was sent (``NeverSentTimeoutError``), or a
     connection error that is not a lost reply (``ReplyLost``): the connection refused or not
     opened, the password not had, the command's write failed (a command partly written is never
-    run; a pipeline's first commands may be, when the write failed past them). Any other timeout
-    may have come after the send."""
+    run, nor a transaction: its ``EXEC`` is last; a plain pipeline's first commands may be, so its
+    failed write is a ``PartlyWritten``). Any other timeout may have come after the send."""
     return isinstance(error, NeverSentTimeoutError) or (
         isinstance(error, redis.ConnectionError) and not isinstance(error, ReplyLost))
 
@@ -202,14 +222,34 @@ class _FailoverAware:
         with _timeouts_never_sent():
             super().check_health()  # type: ignore[misc]
 
+    def pack_commands(self, commands: Sequence[Sequence[Any]]) -> list[bytes]:
+        commands = list(commands)
+        packed = _PackedCommands(super().pack_commands(commands))  # type: ignore[misc]
+        packed.may_run_in_part = len(commands) > 1 and not (
+            _name(commands[0]) == "MULTI" and _name(commands[-1]) == "EXEC")
+        return packed
+
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        if self._sending == 0:
+        outermost = self._sending == 0
+        if outermost:
             self._command_sent = False
             if self._opened_in_epoch != self._failover_epoch.value:
                 self.disconnect()  # type: ignore[attr-defined]  # may reach the demoted node
         self._sending += 1
         try:
-            super().send_packed_command(command, check_health)  # type: ignore[misc]
+            if outermost:
+                # Opened and checked here, before the write: what fails in them never sent anything.
+                if not getattr(self, "_sock", None):
+                    self.connect_check_health(check_health=False)
+                if check_health:
+                    self.check_health()
+                check_health = False
+            try:
+                super().send_packed_command(command, check_health)  # type: ignore[misc]
+            except redis.ConnectionError as error:
+                if outermost and getattr(command, "may_run_in_part", False):
+                    raise PartlyWritten(str(error)) from error
+                raise
         finally:
             self._sending -= 1
         if self._sending == 0:
@@ -221,6 +261,11 @@ class _FailoverAware:
         except ReadOnlyError:
             self._failover_epoch.advance(self._opened_in_epoch)
             raise
+        except ExecAbortError as error:
+            if "READONLY" not in str(error):
+                raise
+            self._failover_epoch.advance(self._opened_in_epoch)
+            raise ReadOnlyExecAbort(*error.args) from error
         except (ReplyLost, redis.AuthenticationError, redis.exceptions.AuthorizationError):
             # The last two are the server's answers (a wrong password, a user without the
             # right): a reply that arrived, reported as what it says.
@@ -245,7 +290,7 @@ class _FailoverAware:
         except BaseException as error:
             if isinstance(error, redis.TimeoutError) and getattr(self, "_sock", None) is not None:
                 try:
-                    packed = self.pack_commands(follow_up.commands)  # type: ignore[attr-defined]
+                    packed = self.pack_commands(follow_up.commands)
                     super().send_packed_command(packed, check_health=False)  # type: ignore[misc]
                     follow_up.written = True
                 except redis.RedisError:
@@ -253,6 +298,55 @@ class _FailoverAware:
             if disconnect:
                 self.disconnect()  # type: ignore[attr-defined]
             raise
+
+
+class _PackedCommands(list[bytes]):
+    """What ``pack_commands`` packed, knowing whether a write of it failing part-way may have
+    left some of its commands run: several commands, not one MULTI ... EXEC."""
+
+    may_run_in_part = False
+
+
+def _name(command: Sequence[Any]) -> str:
+    name = command[0]
+    return (name.decode() if isinstance(name, bytes) else str(name)).upper()
+
+
+class _Pipeline(Pipeline):
+    """redis-py's pipeline; a plain one (not a transaction) sends again only the commands a
+    demoted node refused with ``READONLY``, not the whole pipeline."""
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """As redis-py's. Plain: a node demoted before or while it ran the pipeline refused each
+        write from some command on (a replica refuses a write before making it); the commands
+        before ran, writes included, and reads after it ran there too. Only the refused ones are
+        sent once more, on a new connection (the first ``READONLY`` marked the failover: it
+        reaches the new primary), with each ``WAIT`` behind the first of them (``WAIT`` counts
+        the writes of its own connection; the demoted node answered it with an error); refused
+        again, the error stays. A read after a refused write answered from the demoted node,
+        before that write: no pipeline of the service reads what it writes in the same pipeline."""
+        if cast(bool, self.transaction) or self.explicit_transaction:  # an attribute, not Redis.transaction
+            return super().execute(raise_on_error)  # all or nothing: redis-py's retry runs it whole
+        stack, scripts = list(self.command_stack), set(self.scripts)
+        replies = super().execute(raise_on_error=False)
+        refused = [index for index, reply in enumerate(replies) if isinstance(reply, ReadOnlyError)]
+        if refused:
+            again = [index for index in range(refused[0], len(stack))
+                     if index in refused or _name(stack[index][0]) == "WAIT"]
+            resend = Pipeline(self.connection_pool, self.response_callbacks, False, self.shard_hint)
+            resend.command_stack, resend.scripts = [stack[index] for index in again], scripts
+            for index, reply in zip(again, resend.execute(raise_on_error=False), strict=True):
+                replies[index] = reply
+        if raise_on_error:
+            self.raise_first_error(stack, replies)
+        return replies
+
+
+class _Client(redis.Redis):
+    """redis-py's client, its pipelines ``_Pipeline``."""
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
+        return _Pipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
 
 
 @contextmanager
@@ -328,4 +422,4 @@ def connect(
         options.pop("password")
     if target["connection_class"] is _UnixConnection:
         options.pop("socket_connect_timeout")
-    return redis.Redis(connection_pool=redis.ConnectionPool(**options, **target))
+    return _Client(connection_pool=redis.ConnectionPool(**options, **target))

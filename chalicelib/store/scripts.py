@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import redis
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError, ReadOnlyError
+from redis.exceptions import NoScriptError
 
 from chalicelib.store.keys import DERIVED_KEYS
 
@@ -136,21 +136,11 @@ def run_many(client: redis.Redis, calls: Sequence[ScriptCall],
     their replies come first too. Raises the first other error (the calls before it ran).
 
     After a failover the pipeline may reach the demoted node, which refuses every write with
-    ``READONLY`` before it runs (a script's first write fails, none is made): the client marks
-    the failover as it reads that answer (store/connection.py), so its pooled connections open
-    again through the endpoint, and the refused calls and commands, only those, are sent once
-    more, on the new primary (refused again, the error is raised). Those that ran are not sent
-    again: reads, and the writes made before a node demoted while it ran the pipeline."""
+    ``READONLY`` before it runs (a script's first write fails, none is made): the client's
+    pipeline sends those refused calls and commands, only those, once more, on the new primary
+    (store/connection.py ``_Pipeline``; refused again, the error is raised). Those that ran are not
+    sent again: reads, and the writes made before a node demoted while it ran the pipeline."""
     plain, replies = _pipelined(client, calls, commands)
-    refused_commands = [index for index, reply in enumerate(plain) if isinstance(reply, ReadOnlyError)]
-    refused_calls = [index for index, reply in enumerate(replies) if isinstance(reply, ReadOnlyError)]
-    if refused_commands or refused_calls:
-        again_plain, again_replies = _pipelined(client, [calls[index] for index in refused_calls],
-                                                [commands[index] for index in refused_commands])
-        for index, reply in zip(refused_commands, again_plain, strict=True):
-            plain[index] = reply
-        for index, reply in zip(refused_calls, again_replies, strict=True):
-            replies[index] = reply
     for reply in (*plain, *replies):
         if isinstance(reply, Exception):
             raise reply
