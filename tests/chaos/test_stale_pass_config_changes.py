@@ -145,6 +145,29 @@ def test_a_pass_paused_while_the_pool_changes_converges(fleet: Fleet, scenario: 
             assert OnDemandStore(current.world.store).get(current.requests[POOL]) is not None, where
 
 
+def test_no_clone_is_reserved_after_the_pool_was_shrunk_under_a_pass(fleet: Fleet) -> None:
+    """An empty pool's pass paused at every round trip while an administrator sets its size to 0:
+    the clones it reserved before the 201 may go on (the next pass retires them), none after.
+    The pass read the size before the change and reserved clones for it: up to its share of
+    task_limit clones started after POST /config/poolsize answered 201."""
+    start = Start.of(fleet)
+    stale_pass(start.again(fleet), None, lambda: None)  # loads the Lua scripts the session's Redis lacks
+    total = stale_pass(start.again(fleet), None, lambda: None)
+    for pause_after in range(total):
+        where = f"paused after round trip {pause_after} of {total}"
+        current = start.again(fleet)
+        before: list[set[str]] = []
+
+        def shrink_to_nothing(current: Fleet = current) -> None:
+            reply = current.world.post("/api/v3/config/poolsize", {POOL: "0"})
+            assert reply.status == 201, reply.raw
+            before.append(current.world.hosts(POOL, "pending") | current.world.provider_vms(POOL))
+
+        stale_pass(current, pause_after, shrink_to_nothing)
+        after = current.world.hosts(POOL, "pending") | current.world.provider_vms(POOL)
+        assert after <= before[0], f"{where}: {sorted(after - before[0])} reserved after the pool was shrunk to 0"
+
+
 # --- two passes both paused: every pair of points (quadratic: an audit) ----------------------------
 
 
