@@ -158,7 +158,7 @@ def test_no_clone_is_reserved_after_the_pool_was_shrunk_under_a_pass(fleet: Flee
         current = start.again(fleet)
         before: list[set[str]] = []
 
-        def shrink_to_nothing(current: Fleet = current) -> None:
+        def shrink_to_nothing(current: Fleet = current, before: list[set[str]] = before) -> None:
             reply = current.world.post("/api/v3/config/poolsize", {POOL: "0"})
             assert reply.status == 201, reply.raw
             before.append(current.world.hosts(POOL, "pending") | current.world.provider_vms(POOL))
