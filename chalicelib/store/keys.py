@@ -213,6 +213,9 @@ a hash tag, ``{vmpool}:``). Every other script touches only its ``KEYS[]``."""
 
 STATES = ("pending", "ready", "running", "completed", "discovered")
 """States in which a VM sits in its pool's set. ``destroyed`` records only linger for data_ttl."""
+SIZE_OVERRIDES = "poolsize"
+"""The ``pool_override`` setting of the pools' sizes (POST /config/poolsize), which
+lua/reserve_clones.lua reads too."""
 
 
 def request_part(request_id: str) -> str:

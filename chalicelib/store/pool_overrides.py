@@ -26,10 +26,11 @@ from chalicelib.answer_sizes import fits_room
 from chalicelib.config import PoolConfig
 from chalicelib.config_fields import Invalid, inventory_path
 from chalicelib.sizing.settings import MAX_SIZE
+from chalicelib.store.keys import SIZE_OVERRIDES
 from chalicelib.store.records import finite_number
 from chalicelib.store.store import SettingRead, Store, StoreUnavailable, TokenGone, _translate_errors, token_index
 
-SIZE = "poolsize"
+SIZE = SIZE_OVERRIDES
 TEMPLATE = "pooltemplate"
 RESET = "poolreset"
 CLONE_TARGET = "clonetarget"

@@ -22,7 +22,7 @@ import redis
 from chalicelib.config import RedisConfig
 from chalicelib.sizing import demand as demand_history
 from chalicelib.store.connection import written_behind_a_lost_reply, written_on_a_spare_connection_too
-from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, STATES, Keys
+from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, SIZE_OVERRIDES, STATES, Keys
 from chalicelib.store.leases import holder_label, lease_token
 from chalicelib.store.records import MARKS_ASKED, CloneBackoff, VMRecord, finite_number
 from chalicelib.store.scripts import KeyList, ScriptCall, Scripts, run_many
@@ -1006,7 +1006,8 @@ class Store:
                 keys=[self.keys.pool_state(pool, "ready"), self.keys.pool_state(pool, "pending"),
                       self.keys.clone_demand, self.keys.clone_demand_renewed, self.keys.cloning,
                       self.keys.pool_clones, self.keys.pool_clones_counted,
-                      self.keys.pool_state(pool, "completed"), *(self.keys.vm(host) for host in candidates)],
+                      self.keys.pool_state(pool, "completed"), self.keys.pool_override(SIZE_OVERRIDES),
+                      *(self.keys.vm(host) for host in candidates)],
                 args=[pool, size, task_limit, repr(now), template, domain, clone_limit,
                       repr(CLONE_DEMAND_TTL_SECONDS), self.keys.vm(KEY_PART), holder_label(), *candidates]
             )

@@ -32,8 +32,9 @@
 --
 -- KEYS[1] the pool's ready set, KEYS[2] its pending set, KEYS[3] clone_demand, KEYS[4]
 -- clone_demand_renewed, KEYS[5] the cloning set, KEYS[6] pool_clones, KEYS[7] its mark, KEYS[8]
--- the pool's completed set (its clones held there, drained mid-clone: lua/move.lua), KEYS[9..]
--- the records of the candidate hostnames.
+-- the pool's completed set (its clones held there, drained mid-clone: lua/move.lua), KEYS[9]
+-- the pools' size overrides (POST /config/poolsize), KEYS[10..] the records of the candidate
+-- hostnames.
 -- ARGV: pool, size, task_limit, now, template, domain, clone_limit (0: none), demand_ttl,
 --       vm_template (the records of VMs pending, or cloning when the set is rebuilt:
 --       keys.DERIVED_KEYS), reserver (the process reserving, which starts the clones:
@@ -43,10 +44,11 @@
 -- Returns the hostnames reserved (each now has a pending record and a place in the cloning set).
 local ready_key, pending_key, demand_key, renewed_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local cloning_key, pool_clones_key, counted_key, completed_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local size_override_key = KEYS[9]
 local pool, size, task_limit, now, template, domain, clone_limit, demand_ttl, vm_template, reserver =
   ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6],
   tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10]
-local FIRST_CANDIDATE = 9 -- in KEYS; its hostname is ARGV[index + 2]
+local FIRST_CANDIDATE = 10 -- in KEYS; its hostname is ARGV[index + 1]
 local STALE_SWEEP = 10 -- stale pool_clones entries dropped per call at most
 local LAPSED_BATCH = 500 -- demands removed per command when many lapse at once (unpack's limit)
 -- An in-flight VM's pool and, when it is built for an on-demand request, the request (false
@@ -83,6 +85,15 @@ if redis.call('EXISTS', counted_key) == 0 then
     end
   end
   redis.call('SET', counted_key, now)
+end
+-- The size the pass read may be older than an override lowered since (the pass read it, then an
+-- administrator shrank the pool, then the pass got here): an override wins over every other
+-- size (sizing/controller.py), so one set now lower than the pass's caps it. Without this a
+-- pass under way when POST /config/poolsize answered 201 started clones for the old size.
+-- The stored form is store/pool_overrides.valid_size's: digits, anything else is no override.
+local override = redis.call('HGET', size_override_key, pool)
+if override and string.match(override, '^%d+$') and tonumber(override) < size then
+  size = tonumber(override)
 end
 local pending = redis.call('ZRANGE', pending_key, 0, -1)
 local deficit = size - redis.call('ZCARD', ready_key) - own(pending)
@@ -189,7 +200,7 @@ for i = FIRST_CANDIDATE, #KEYS do
   if #reserved >= wanted then
     break
   end
-  local vm_key, hostname = KEYS[i], ARGV[i + 2]
+  local vm_key, hostname = KEYS[i], ARGV[i + 1]
   if redis.call('EXISTS', vm_key) == 0 then
     redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,
       'domain', domain, 'state', 'pending', 'clone_start', now, 'pending_at', now, 'reserver', reserver,
