@@ -145,7 +145,7 @@ class PoolOverrides:
         self.client = store.client
         self.keys = store.keys
         self.scripts = store.scripts
-        self._answer_window_ms = store.confirm_window_ms()
+        self._store = store
 
     def get(self, pool: str) -> PoolOverride:
         return self.all([pool])[pool]
@@ -214,7 +214,7 @@ class PoolOverrides:
         keys = [self.keys.pool_override(setting), self.keys.ready_fence, *(self.keys.wake(pool) for pool in values)]
         token = token_index(keys, token_key)
         fence = secrets.token_hex(8) if setting in FENCING else ""
-        deadline = self._deadline()
+        deadline = self._store.answer_deadline()
         with _translate_errors():
             answer = self.scripts.pool_overrides(keys=keys, args=[fence, deadline, token, *args])
         if answer == -1:
@@ -223,18 +223,6 @@ class PoolOverrides:
             raise StoreUnavailable("redis: the change reached Redis after its deadline: not made")
         changed, found = answer
         return [str(pool) for pool in changed], [str(value) for value in found]
-
-    def _deadline(self) -> str:
-        """The time on Redis's clock (ms) after which the change's script changes nothing: now
-        plus this client's socket timeout, by when the caller has given up on the script's answer
-        and said the change failed (503). A script that waited in Redis longer (paused, behind a
-        slow script) would otherwise make the change after its 503. "" without a timeout. One
-        round trip: these changes are an administrator's, rare."""
-        if self._answer_window_ms is None:
-            return ""
-        with _translate_errors():
-            seconds, microseconds = self.client.time()
-        return str(int(seconds) * 1000 + int(microseconds) // 1000 + self._answer_window_ms)
 
     def lift_fence(self, pool: str, fence: str) -> bool:
         """Let checkouts take the pool's ready VMs again: a pass that read the fence ``fence`` with

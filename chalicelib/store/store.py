@@ -707,6 +707,20 @@ class Store:
         timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
         return None if timeout is None else max(int(float(timeout) * 1000), 1)
 
+    def answer_deadline(self) -> str:
+        """The time on Redis's clock (ms) after which a change's script changes nothing: now
+        plus this client's socket timeout, by when the caller has given up on the script's answer
+        and said the change failed (503). A script that waited in Redis longer (paused, behind a
+        slow script) would otherwise make the change after its 503, and the retry the 503 asks for
+        would make it again. "" without a timeout. One round trip (``TIME``): used by changes that
+        are rare and must not be made twice (a pool's setting, a disk or snapshot task)."""
+        window = self.confirm_window_ms()
+        if window is None:
+            return ""
+        with _translate_errors():
+            seconds, microseconds = self.client.time()
+        return str(int(seconds) * 1000 + int(microseconds) // 1000 + window)
+
     def run_counted(self, quota: Quota | None, now: float, run: Callable[[], Any],
                     refusal: Callable[[Any], Any]) -> Any:
         """The answer of ``run`` (a script that checks ``quota`` with lua/quota.lua; ``refusal``
@@ -1168,6 +1182,8 @@ class Store:
             result = int(self.scripts.vm_modify(keys=keys, args=args))
         if result == -4:
             raise TokenGone()
+        if result == -5:
+            raise StoreUnavailable("redis: the change with a task reached Redis after its deadline: not made")
         return {1: ModifyResult.CHANGED, 0: ModifyResult.NO_VM, -1: ModifyResult.TOO_MANY_TAGS,
                 -2: ModifyResult.QUEUE_FULL}.get(result, ModifyResult.LIST_FULL)
 

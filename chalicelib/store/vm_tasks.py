@@ -16,7 +16,7 @@ from typing import Any, Mapping, cast
 
 from chalicelib.store.leases import holder_label
 from chalicelib.store.records import VMRecord
-from chalicelib.store.store import Store, TaskQueueing, TokenGone, _translate_errors, token_index
+from chalicelib.store.store import Store, StoreUnavailable, TaskQueueing, TokenGone, _translate_errors, token_index
 
 DISK = "disk"
 SNAPSHOT = "snapshot"
@@ -85,20 +85,24 @@ class VMTaskStore:
             result = int(self.scripts.vm_task_enqueue(keys=keys, args=args))
         if result == -3:
             raise TokenGone()
+        if result == -4:
+            raise StoreUnavailable("redis: the task reached Redis after its deadline: not queued")
         return {1: EnqueueResult.QUEUED, 0: EnqueueResult.NOT_RUNNING, -1: EnqueueResult.QUEUE_FULL}.get(
             result, EnqueueResult.LIST_FULL)
 
     def queueing(self, seen: VMRecord, task: Mapping[str, Any], now: float) -> TaskQueueing:
         """The task, on the VM ``seen``, as the scripts that queue it read it (within the bounds
         ``enqueue`` says): for ``enqueue``, and for ``Store.modify_vm`` (a disk asked for in a
-        PUT /vm/<host>, queued in the same step as the PUT's other changes)."""
+        PUT /vm/<host>, queued in the same step as the PUT's other changes). With its deadline
+        (``Store.answer_deadline``, one round trip): a script that reaches Redis after its caller
+        was answered 503 queues nothing, so the retry queues the one disk."""
         list_field, most = {DISK: ("disks", MAX_DISKS), SNAPSHOT: ("snapshots", MAX_SNAPSHOTS)}.get(
             str(task["kind"]), ("", 0))
         return TaskQueueing(
             (self.keys.vm_tasks(seen.name), self.keys.pool_vm_tasks(seen.pool), self.keys.wake(seen.pool)),
             {"hostname": seen.name, "now": repr(now), "task": json.dumps(dict(task)),
              "ttl": self.store.data_ttl_seconds, "max_queued": MAX_QUEUED_TASKS, "list_field": list_field,
-             "max_items": most})
+             "max_items": most, "deadline": self.store.answer_deadline()})
 
     def queued(self, hostname: str) -> list[dict[str, Any]]:
         """Tasks waiting behind the one in flight, oldest first."""

@@ -44,6 +44,7 @@ from chalicelib.store import (
 from chalicelib.store.ondemand import FAILED, OPEN, READY, OnDemandEntry, OnDemandStore
 from chalicelib.store.pool_overrides import PoolOverride, PoolOverrides
 from chalicelib.store.store import UNCONFIRMED_SECONDS
+from chalicelib.store.vm_tasks import VMTaskStore
 from local.processes import on_a_free_port
 from local.redis_server import RedisServer
 from tests.harness import HarnessFactory
@@ -426,6 +427,58 @@ def test_a_pool_change_answered_503_because_redis_was_held_changes_nothing(
     # The same request again makes it; on a loaded machine a round trip may outlast the short
     # socket timeout again, a 503 that (as above) changes nothing, so the administrator retries.
     eventually(lambda: stack.answer("POST", path, body) == (201, {"ok": True}), 10, "the change to be made")
+
+
+@pytest.mark.parametrize("method, path, body", [("POST", "/api/v3/vm/{host}/disk/8", None),
+                                                 ("PUT", "/api/v3/vm/{host}", {"disk": 8, "lifetime": 5})],
+                         ids=["disk_route", "put_with_disk"])
+def test_a_disk_asked_for_while_redis_was_held_is_added_once_by_the_retry(
+        make_harness: HarnessFactory, redis_server: RedisServer, redis_client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch, method: str, path: str, body: Any) -> None:
+    """Redis held (SIGSTOP, a slow script) from the moment a disk's script is sent, past the API's
+    socket timeout: the user is answered 503 and sends the request again, as the 503 says. Before,
+    the script queued in Redis ran once it resumed and the retry queued a second one: the VM got
+    two disks for one asked (vmfloaty's `modify --disk` and beaker's disk POST alike). A task's
+    script run after its caller's socket timeout now queues nothing."""
+    config = parse(f"""
+:redis: {{server: 127.0.0.1, port: {redis_server.port}, socket_timeout: {SOCKET_TIMEOUT}}}
+:providers:
+  :dummy: {{createvm_max_time: 0, boot_time: 0, createdisk_max_time: 0}}
+:pools:
+  - {{name: slow, size: 1, provider: dummy}}
+""")
+    stack = make_harness(config, client=connect(config.redis))
+    stack.run_passes("slow", seconds=1, passes=2)
+    host = stack.checkout("slow")
+    target = path.format(host=host)
+    store = stack.store
+    # As in a warm Lambda, Redis knows the scripts: a held EVALSHA runs them later, not NOSCRIPT.
+    for script in (store.scripts.vm_task_enqueue, store.scripts.vm_modify):
+        redis_client.script_load(script.script)
+    connection = store.client.client_id()
+    busy = threading.Thread(target=lambda: redis.Redis(port=redis_server.port).eval(
+        BUSY_SCRIPT, 0, int(BUSY_SECONDS * 1_000_000)))
+    queueing = VMTaskStore.queueing
+
+    def held_once_queued(self: VMTaskStore, *args: Any) -> Any:
+        task = queueing(self, *args)  # its deadline read: Redis is held right after
+        busy.start()
+        eventually(lambda: _redis_is_busy(redis_server.port), 10, "the busy script to hold Redis")
+        return task
+
+    monkeypatch.setattr(VMTaskStore, "queueing", held_once_queued)
+    assert stack.answer(method, target, body) == (503, {"ok": False, "error": StoreUnavailable.public_message})
+    busy.join()
+    eventually(lambda: all(client["id"] != str(connection) for client in redis_client.client_list()), 10,
+               "the held script to run")
+    monkeypatch.undo()
+
+    # The retry the 503 asks for (on a loaded machine a round trip may outlast the short socket
+    # timeout again: a 503 that, as above, queues nothing).
+    eventually(lambda: stack.answer(method, target, body)[0] in (200, 202), 10, "the retry to be answered")
+    stack.run_passes("slow", seconds=1, passes=3)
+    status, shown = stack.answer("GET", f"/api/v3/vm/{host}")
+    assert status == 200 and shown[host]["disk"] == ["+8gb"], shown
 
 
 class ReplyHoldingProxy:

@@ -28,7 +28,7 @@ import redis
 import yaml
 
 from chalicelib.store.keys import Keys
-from tests.local.stack import alive, group_members, wait_for
+from tests.local.stack import wait_for
 from tests.local.stack_audit import (
     STATUSES,
     Faults,
@@ -38,6 +38,7 @@ from tests.local.stack_audit import (
     converged,
     dummy_inventory,
     left_running,
+    nothing_left_of,
 )
 from tests.vsphere.vcsim import VcsimServer, vms_in_folders
 from tools.vcsim import launcher
@@ -326,4 +327,4 @@ def audit(stack: Stack) -> None:
                       + "\n".join(record.events_about([*left, *(v.split()[-1] for v in left.values())]))
                       + f"\n{summary}")
     assert record.answers.get(200, 0) > 50 and observer.reads > 20, summary
-    assert not any(alive(pid) for pid in group_members(stack.process.pid if stack.process else 0))
+    nothing_left_of(stack)

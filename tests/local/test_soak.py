@@ -41,7 +41,7 @@ from chalicelib.clock import FakeClock
 from chalicelib.config import parse
 from chalicelib.store.keys import STATES, Keys
 from tests.harness import Harness, assert_consistent
-from tests.local.stack import alive, group_members, wait_for
+from tests.local.stack import wait_for
 from tests.local.stack_audit import (
     STATUSES,
     Faults,
@@ -51,6 +51,7 @@ from tests.local.stack_audit import (
     converged,
     dummy_inventory,
     left_running,
+    nothing_left_of,
 )
 
 KEYS = Keys()
@@ -454,4 +455,4 @@ def test_what_the_stack_keeps_stays_bounded_and_converges_over_minutes_of_caller
     for request_class in ("global_per_ip", "authenticated", "vm_creation", "vm_deletion"):
         assert families.get(f"ratelimit:{request_class}:*:*", 0) <= MAX_RATE_LIMITED_CLIENTS, report
     assert record.answers.get(200, 0) > 100, report
-    assert not any(alive(pid) for pid in group_members(stack.process.pid if stack.process else 0))
+    nothing_left_of(stack)

@@ -5,8 +5,8 @@
 -- wake list of each pool of ARGV in its order, then (when given) the record of the token the
 -- change was asked with (lua/token_live.lua). ARGV[1] the change's id when the setting's change
 -- makes the pool's ready VMs stale (a template, a reset), else ''; ARGV[2] the deadline on Redis's
--- clock (ms; '' for none) after which the API has given up on this answer and said the change
--- failed; ARGV[3] the token record's index in KEYS (0: none); then pool, value pairs, an empty
+-- clock (ms; '' for none: Store.answer_deadline) after which the API has given up on this answer
+-- and said the change failed; ARGV[3] the token record's index in KEYS (0: none); then pool, value pairs, an empty
 -- value removing the pool's override (back to its configured value).
 -- Each pool whose override changed is nudged (its wake list), in this step: an answer that says
 -- it changed never comes with a failed nudge. Each pool whose ready VMs went stale is fenced with

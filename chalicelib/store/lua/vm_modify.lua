@@ -13,7 +13,8 @@
 -- Returns 1 when changed, 0 when the VM is no longer running for that checkout (or that checkout
 -- was never confirmed), -1 when the VM would carry too many tags, -2 when its task queue is
 -- full, -3 when the task's list would pass its bound, -4 when the token was deleted since the
--- API checked it (then nothing changed).
+-- API checked it, -5 when a change queueing a task reached Redis past its deadline
+-- (lua/vm_task_queue.lua; nothing changed either way).
 local key, max_tags = KEYS[1], tonumber(ARGV[1])
 local first_field = 8
 if token_gone(ARGV[7]) then
@@ -43,7 +44,9 @@ local queue = nil
 if ARGV[6] ~= '' then
   queue = cjson.decode(ARGV[6])
   local refusal = task_refusal(queue)
-  if refusal == 'queue_full' then
+  if refusal == 'late' then
+    return -5
+  elseif refusal == 'queue_full' then
     return -2
   elseif refusal == 'list_full' then
     return -3

@@ -9,7 +9,8 @@
 -- the same name checked out again (by someone else, maybe at the same time) is not that checkout.
 -- Returns 1 when queued, 0 when the VM is no longer running for that checkout (or that checkout
 -- was never confirmed), -1 when its queue is full, -2 when the list would pass its bound, -3 when
--- the token was deleted since the API checked it (then nothing changed).
+-- the token was deleted since the API checked it, -4 when the request reached Redis past its
+-- deadline (lua/vm_task_queue.lua; nothing changed either way).
 local vm_key, queue, checkout = KEYS[1], cjson.decode(ARGV[1]), ARGV[2]
 if token_gone(ARGV[3]) then
   return -3
@@ -18,7 +19,9 @@ if not held_by_checkout(1, checkout, ARGV[4], true) then
   return 0
 end
 local refusal = task_refusal(queue)
-if refusal == 'queue_full' then
+if refusal == 'late' then
+  return -4
+elseif refusal == 'queue_full' then
   return -1
 elseif refusal == 'list_full' then
   return -2

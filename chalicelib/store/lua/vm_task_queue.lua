@@ -4,12 +4,21 @@
 -- VM's task queue), 'pool_tasks' (its pool's set of VMs with tasks) and 'wake' (the pool's wake
 -- list); and 'hostname', 'now', 'task' (JSON text), 'ttl' (the queue's, seconds), 'max_queued'
 -- (most tasks waiting), 'list_field' (the record's list the task adds to, 'disks' or
--- 'snapshots'; '' for none) and 'max_items' (most items that list may reach, counting the
--- tasks in flight and queued that add to it).
+-- 'snapshots'; '' for none), 'max_items' (most items that list may reach, counting the
+-- tasks in flight and queued that add to it) and 'deadline' (ms of Redis's clock, '' for none:
+-- Store.answer_deadline) after which the API has given up on the answer and said it failed.
 
 -- Nil when the task fits its bounds on the VM's record (KEYS[1] of both scripts); else
--- 'queue_full' or 'list_full'.
+-- 'late' (the request waited in Redis, paused or behind a slow script, past its deadline: its
+-- caller was answered 503, and a task queued now would be queued again by the retry the 503
+-- asks for: a second disk), 'queue_full' or 'list_full'.
 local function task_refusal(queue)
+  if queue.deadline and queue.deadline ~= '' then
+    local time = redis.call('TIME')
+    if tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) > tonumber(queue.deadline) then
+      return 'late'
+    end
+  end
   local queued = redis.call('LRANGE', KEYS[queue.tasks], 0, -1)
   if #queued >= queue.max_queued then
     return 'queue_full'
