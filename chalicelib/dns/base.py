@@ -3,9 +3,9 @@
 import abc
 import ipaddress
 from dataclasses import dataclass
-from typing import ClassVar, Iterable, Mapping, Optional, Sequence
+from typing import Annotated, ClassVar, Iterable, Mapping, Optional, Sequence
 
-from chalicelib.config_fields import Bool, DnsName, SettingsModel, Str
+from chalicelib.config_fields import Bool, Check, DnsName, SettingsModel, Str, number
 
 
 class DnsError(Exception):
@@ -26,6 +26,15 @@ class DnsRejected(DnsError):
     change): an operator must fix the configuration."""
 
     metric_key = "rejected"
+
+
+TIMEOUT_MAX_SECONDS = 10.0
+"""The longest ``timeout`` of a plugin's call. A pass stops calling DNS once a call got no answer
+or DNS took ``DNS_SECONDS_PER_PASS`` (15 s) of it, but waits for the call under way: with no
+bound, ``timeout: 30`` (connect and read) held a pass of the 60 s reconcile function a minute."""
+
+DnsTimeout = Annotated[float, Check(number(0.1, TIMEOUT_MAX_SECONDS))]
+"""A plugin's ``timeout`` key: seconds of one call, 0.1 to ``TIMEOUT_MAX_SECONDS``."""
 
 
 @dataclass(frozen=True, kw_only=True)

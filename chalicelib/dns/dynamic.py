@@ -10,7 +10,7 @@ entry without ``server`` still means here. With ``server``, vmpool sends the upd
     tsig_secret: <base64>      # or {secret: name[, key: k]} / {ssm: name}
     tsig_algorithm: hmac-sha256
     ttl: 60
-    timeout: 5                 # seconds per exchange
+    timeout: 5                 # seconds per exchange (at most 10)
 
 Updates and lookups go over TCP to the server itself (no caching resolver in between), so a
 lookup right after an update sees it. A VM's IPv4 address is an A record, its IPv6 address an
@@ -21,13 +21,14 @@ import socket
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Optional, Sequence
 
-from chalicelib.config_fields import DnsName, Port, Seconds, SecretValue, Str, bounded, one_of
+from chalicelib.config_fields import DnsName, Port, SecretValue, Str, bounded, one_of
 from chalicelib.dns.base import (
     ADDRESS_TYPES,
     DnsConfig,
     DnsPlugin,
     DnsRejected,
     DnsSettings,
+    DnsTimeout,
     DnsUnavailable,
     record_changes,
 )
@@ -47,7 +48,7 @@ class DynamicDnsSettings(DnsSettings):
     tsig_secret: Optional[SecretValue] = field(default=None, repr=False)
     tsig_algorithm: Annotated[str, one_of(*TSIG_ALGORITHMS)] = "hmac-sha256"
     ttl: Annotated[int, bounded(1, 604800)] = 60
-    timeout: Seconds = 5.0
+    timeout: DnsTimeout = 5.0
 
 
 class DynamicDns(DnsPlugin):

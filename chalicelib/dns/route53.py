@@ -5,21 +5,30 @@ Config (a ``:dns_configs:`` entry with ``dns_class: route53``)::
     hosted_zone_id: Z0123456789ABC   # required: the zone that holds ``domain``
     ttl: 60                           # seconds
     region:                           # boto3's default when unset
-    timeout: 5                        # seconds per API call (connect and read)
+    timeout: 5                        # seconds per API call (connect and read), at most 10
 
 Each change is one ChangeResourceRecordSets call (UPSERT / DELETE); a lookup is one
 ListResourceRecordSets call starting at the name. A create UPSERTs the families whose address
 changed; one that drops vmpool's address of a family (a VM that lost its IPv6 address, or went
 from IPv4 to IPv6) reads the name's record sets first, to delete that one.
 Credentials are the Lambda role's.
+
+A call that gets no answer is not tried again: the pass stops calling DNS after it, so a silent
+endpoint costs a pass one ``timeout`` (botocore's standard retries made four tries of one call,
+27 s at ``timeout: 5``). A throttled call (Route 53 allows 5 requests a second per account) is
+tried again up to ``THROTTLED_RETRIES`` times after a jittered backoff, while the call has taken
+less than ``timeout``.
 """
 
+import random
 import re
+import time
 from dataclasses import dataclass
-from typing import Annotated, Any, Optional, Sequence
+from typing import Annotated, Any, Callable, Optional, Sequence
 
 from chalicelib import aws_clients
-from chalicelib.config_fields import Seconds, Str, bounded, checked_by, invalid, show, string
+from chalicelib.clock import Clock, SystemClock
+from chalicelib.config_fields import Str, bounded, checked_by, invalid, show, string
 from chalicelib.dns.base import (
     ADDRESS_TYPES,
     DnsConfig,
@@ -27,9 +36,15 @@ from chalicelib.dns.base import (
     DnsPlugin,
     DnsRejected,
     DnsSettings,
+    DnsTimeout,
     DnsUnavailable,
     record_changes,
 )
+
+THROTTLED_RETRIES = 3
+"""Tries after the first of a call Route 53 throttled (an answer: it comes at once)."""
+THROTTLED_BACKOFF_SECONDS = 0.5
+"""The longest wait before the first retry; it doubles with each (0.5, 1, 2 s, with full jitter)."""
 
 _HOSTED_ZONE_ID = re.compile(r"^(/hostedzone/)?[A-Z0-9]{1,32}\Z")
 
@@ -51,7 +66,7 @@ class Route53Settings(DnsSettings):
     hosted_zone_id: Annotated[str, checked_by(hosted_zone_id)]
     ttl: Annotated[int, bounded(1, 604800)] = 60
     region: Optional[Str] = None
-    timeout: Seconds = 5.0
+    timeout: DnsTimeout = 5.0
 
 
 _LEADING_TYPES = frozenset({"A", "AAAA", "CNAME"})
@@ -61,7 +76,8 @@ _LEADING_TYPES = frozenset({"A", "AAAA", "CNAME"})
 class Route53Dns(DnsPlugin):
     """A (IPv4) and AAAA (IPv6) records in one Route 53 hosted zone."""
 
-    def __init__(self, config: DnsConfig, client: Any = None) -> None:
+    def __init__(self, config: DnsConfig, client: Any = None, clock: Clock | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         super().__init__(config)
         settings = config.settings
         assert isinstance(settings, Route53Settings), "the registry builds Route53Dns for route53 entries only"
@@ -70,6 +86,8 @@ class Route53Dns(DnsPlugin):
         self._region = settings.region
         self._timeout = settings.timeout
         self._client = client
+        self._clock = clock or SystemClock()
+        self._sleep = sleep
 
     @property
     def client(self) -> Any:
@@ -80,7 +98,8 @@ class Route53Dns(DnsPlugin):
             self._client = boto3.client(
                 "route53", region_name=self._region,
                 config=BotoConfig(connect_timeout=self._timeout, read_timeout=self._timeout,
-                                  retries={"mode": "standard", "max_attempts": 3}),
+                                  # One try: retries of throttling are _call's (not of timeouts).
+                                  retries={"mode": "standard", "total_max_attempts": 1}),
             )
         return self._client
 
@@ -91,16 +110,23 @@ class Route53Dns(DnsPlugin):
         every answer of ``method`` holds, is missing) are DnsUnavailable, worth retrying; the
         rest (denied, no such zone, an invalid change) DnsRejected. Before, a page botocore
         could not parse went up as an untyped exception and failed the pass, and an HTML page
-        with status 200 read as "no record here"."""
-        failure: aws_clients.AwsCallFailed | None
-        try:
-            answer = aws_clients.call(f"route53 {what}", getattr(self.client, method), **arguments)
-        except aws_clients.AwsCallFailed as error:
-            failure = error
-        else:
-            if isinstance(answer, dict) and answer_key in answer:
-                return answer
-            failure = aws_clients.AwsCallFailed(f"route53 {what}", aws_clients.UNREADABLE_ANSWER, "unreadable")
+        with status 200 read as "no record here". Throttling is tried again (module docstring)."""
+        failure: aws_clients.AwsCallFailed
+        started = self._clock.monotonic()
+        for retry in range(THROTTLED_RETRIES + 1):
+            try:
+                answer = aws_clients.call(f"route53 {what}", getattr(self.client, method), **arguments)
+            except aws_clients.AwsCallFailed as error:
+                failure = error
+            else:
+                if isinstance(answer, dict) and answer_key in answer:
+                    return answer
+                failure = aws_clients.AwsCallFailed(f"route53 {what}", aws_clients.UNREADABLE_ANSWER, "unreadable")
+            backoff = random.uniform(0, THROTTLED_BACKOFF_SECONDS * 2 ** retry)
+            if (failure.metric_key != "throttled" or retry == THROTTLED_RETRIES
+                    or self._clock.monotonic() - started + backoff >= self._timeout):
+                break
+            self._sleep(backoff)
         # Throttling, PriorRequestNotComplete, a 5xx: aws_clients' classes, not "refused".
         raise (DnsRejected if failure.metric_key == "refused" else DnsUnavailable)(str(failure)) from None
 

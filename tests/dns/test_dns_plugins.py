@@ -97,6 +97,63 @@ def test_plugin_keys_are_checked_when_the_config_loads() -> None:
     assert "dns_configs.d.tsig_algorithm: must be one of" in problems
 
 
+def test_a_dns_timeout_longer_than_a_pass_can_wait_is_refused_when_the_config_loads() -> None:
+    # Before, timeout: 30 loaded: one Route 53 call against a silent endpoint (connect, then
+    # read) held the 60 s reconcile pass past its end.
+    with pytest.raises(ConfigError) as failed:
+        build({"dns_configs": {"r": {"dns_class": "route53", "domain": "x.test", "hosted_zone_id": "Z1", "timeout": 30},
+                               "d": {"dns_class": "dynamic-dns", "server": "10.0.0.53", "domain": "x.test",
+                                     "timeout": 10.5}}})
+    assert sorted(failed.value.problems) == ["dns_configs.d.timeout: must be a finite number from 0.1 to 10, got 10.5",
+                                             "dns_configs.r.timeout: must be a finite number from 0.1 to 10, got 30"]
+    assert plugin_for({"dns_class": "route53", "domain": "x.test", "hosted_zone_id": "Z1", "timeout": 10}).client
+
+
+def test_a_silent_route53_endpoint_costs_one_try_of_one_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An endpoint that takes the connection and never answers (a NAT or proxy gone wrong).
+    Before, botocore's ``max_attempts: 3`` (retries, not tries) made four tries with backoff:
+    27 s at timeout 5, while the pass's DNS budget counts one timeout for a silent service."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as silent:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_ROUTE_53", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        plugin = plugin_for({"dns_class": "route53", "domain": "vms.example.test", "hosted_zone_id": "Z1",
+                             "region": "us-east-1", "timeout": 0.3})
+        with pytest.raises(DnsUnavailable, match="ReadTimeoutError"):
+            plugin.addresses("r53-silent")
+        silent.setblocking(False)
+        tries = []
+        while True:
+            try:
+                tries.append(silent.accept()[0])
+            except BlockingIOError:
+                break
+        for connection in tries:
+            connection.close()
+    assert len(tries) == 1
+
+
+THROTTLED = (b'<?xml version="1.0"?><ErrorResponse xmlns="https://route53.amazonaws.com/doc/2013-04-01/">'
+             b"<Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error>"
+             b"<RequestId>r</RequestId></ErrorResponse>")
+
+
+def test_a_throttled_route53_call_is_tried_again_after_a_growing_wait(route53: tuple[Any, str]) -> None:
+    _, zone = route53
+    plugin = plugin_for({"dns_class": "route53", "domain": "vms.example.test", "hosted_zone_id": zone})
+    waits: list[float] = []
+    plugin._sleep = waits.append
+    answer_with_page(plugin.client, 400, THROTTLED, times=2)
+    plugin.create_or_replace("r53-throttled", "10.0.0.7")  # the third try goes through
+    assert plugin.addresses("r53-throttled") == ["10.0.0.7"]
+    assert len(waits) == 2 and 0 <= waits[0] <= 0.5 and 0 <= waits[1] <= 1.0
+    waits.clear()
+    answer_with_page(plugin.client, 400, THROTTLED)
+    with pytest.raises(DnsUnavailable, match="Throttling"):
+        plugin.delete("r53-throttled")
+    assert len(waits) == 3  # three retries, then the pass is told
+
+
 @pytest.mark.parametrize("entry", [
     {"dns_class": "route53", "hosted_zone_id": "Z1"},
     {"dns_class": "dynamic-dns", "server": "127.0.0.1", "zone": "vms.example.test"},
