@@ -237,7 +237,7 @@ def lifetime_hours(value: Any) -> int | None:
 
 
 def _parse_lifetime(value: Any, upper_limit: int | None, failures: list[str]) -> int | None:
-    text = "" if value is None else shown(value)
+    text = shown(value)  # JSON's null as "null" (it read "(got )", as if nothing was sent)
     hours = lifetime_hours(value)
     if not hours:
         failures.append(f"Lifetime must be a positive integer (got {text})")

@@ -109,7 +109,7 @@ PUT_VM_CASES: list[Case] = [
     ("PUT", "/api/v3/vm/{running}", {"lifetime": "168h"}, 400,
      "You provided a lifetime (168h), read as 168 hours, that exceeds the configured maximum of 168."),
     ("PUT", "/api/v3/vm/{running}", {"lifetime": True}, 400, "Lifetime must be a positive integer (got true)"),
-    ("PUT", "/api/v3/vm/{running}", {"lifetime": None}, 400, "Lifetime must be a positive integer"),
+    ("PUT", "/api/v3/vm/{running}", {"lifetime": None}, 400, "Lifetime must be a positive integer (got null)"),
     ("PUT", "/api/v3/vm/{running}", {"lifetime": [3]}, 400, "Lifetime must be a positive integer (got [3])"),
     ("PUT", "/api/v3/vm/{running}", {"lifetime": {"h": 3}}, 400, 'Lifetime must be a positive integer (got {"h": 3})'),
     ("PUT", "/api/v3/vm/{running}", {"lifetime": 168}, 400, "exceeds the configured maximum of 168"),
