@@ -5,9 +5,10 @@
   credentials or for refused ones (each said so, never whether the user exists), 429 with
   ``Retry-After`` past the limit, 503 when the directory is down.
 - ``GET /token`` lists only the caller's tokens, each under its id (Redis holds no token).
-- ``GET /token/<t>``: the token in the path is proof enough (vmfloaty sends nothing else); with
-  Basic credentials only the token's owner gets an answer (403 otherwise). A read: ``last`` stays.
-  An ``X-AUTH-TOKEN`` sent with it must be live, as everywhere (401 otherwise).
+- ``GET /token/<t>``: the token in the path is proof enough (vmfloaty sends nothing else); Basic
+  credentials sent with it are checked whatever else comes (refused ones: 401, as vmpooler's
+  ``need_auth!``), and only the token's owner gets an answer (403 otherwise). A read: ``last``
+  stays. An ``X-AUTH-TOKEN`` sent with it must be live, as everywhere (401 otherwise).
   A token whose user has left the directory is a 401 here too, as on every route.
 - ``DELETE /token/<t>`` needs the owner's Basic credentials (another user: 403). ``<t>`` may be
   the token or the id ``GET /token`` lists, so a lost token can still be revoked.
@@ -134,8 +135,9 @@ def list_tokens(services: Services, request: ApiRequest) -> ApiResponse:
 
 def describe_token(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /token/<t>: the token's user, times and running VMs. The token in the path proves
-    itself (vmfloaty's ``token status`` sends nothing else); with Basic credentials only the
-    token's owner is answered."""
+    itself (vmfloaty's ``token status`` sends nothing else); Basic credentials sent with it are
+    checked, a live ``X-AUTH-TOKEN`` beside them or not (refused: 401), and only the token's owner
+    is answered (403)."""
     _login_service(services)
     token = request.params["token"]
     check = token_check(services, request)
@@ -143,7 +145,9 @@ def describe_token(services: Services, request: ApiRequest) -> ApiResponse:
         # An X-AUTH-TOKEN sent here is checked as on every other route (vmpooler ignored it): a
         # client holding a mistyped, expired or empty token learns it here too. A read, not a use.
         valid_record(check)
-    if request.header("Authorization") and check is None:
+    if request.header("Authorization"):
+        # Checked even beside a live X-AUTH-TOKEN: before, a wrong password sent with one was a
+        # 200, so credentials a client believed checked were not.
         user = _basic_user(services, request)
         record = services.tokens.lookup(token, touch=False)
         if record is None:

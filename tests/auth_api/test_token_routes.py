@@ -133,6 +133,11 @@ def test_get_token_is_answered_to_its_holder_or_its_owner(ldap_api: Harness, sla
     other_user = ldap_api.call("GET", path, headers=basic("bob", slapd.password("bob")))
     assert other_user.status == 403 and "alice" not in other_user.raw.decode()
     assert ldap_api.call("GET", path, headers=basic("alice", "wrong")).status == 401
+    # ... whatever else comes with them: a live X-AUTH-TOKEN does not stand in for them.
+    for held in (token, bob_token):
+        assert ldap_api.call("GET", path, headers={"X-AUTH-TOKEN": held, **basic("alice", "wrong")}).status == 401
+        assert ldap_api.call("GET", path, headers={"X-AUTH-TOKEN": held,
+                                                   **basic("bob", slapd.password("bob"))}).status == 403
 
     by_owner = ldap_api.call("GET", path, headers=basic("alice", slapd.password("alice")))
     assert by_owner.status == 200 and by_owner.body[token]["user"] == "alice"
