@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+from chalicelib.store.scripts import ScriptCall, run_many
 from chalicelib.store.store import Store, _translate_errors
 
 KEEP_MINUTES = 7 * 24 * 60
@@ -73,11 +74,12 @@ class PoolHistory:
         pools = list(pools)
         if not pools:
             return {}
+        calls: list[ScriptCall] = [
+            (self.scripts.history_points, [self.keys.history(pool) for pool in pools[start:start + POOLS_PER_CALL]],
+             [first_minute, step_minutes, points])
+            for start in range(0, len(pools), POOLS_PER_CALL)]
         with _translate_errors():
-            pipe = self.client.pipeline(transaction=False)
-            for start in range(0, len(pools), POOLS_PER_CALL):
-                keys = [self.keys.history(pool) for pool in pools[start:start + POOLS_PER_CALL]]
-                self.scripts.history_points(keys=keys, args=[first_minute, step_minutes, points], client=pipe)
-            found = [picked for chunk in pipe.execute() for picked in chunk]
+            # run_many: EVALSHA by hand (a pipeline given a Script object first asks SCRIPT EXISTS).
+            found = [picked for chunk in run_many(self.client, calls) for picked in chunk]
         return {pool: [Sample.parse(member) if member else None for member in picked]
                 for pool, picked in zip(pools, found, strict=True)}

@@ -11,8 +11,10 @@ import redis
 
 from chalicelib.store import ModifyResult, Store
 from chalicelib.store import store as store_module
+from chalicelib.store.history import PoolHistory, Sample
+from chalicelib.store.migrations import MigrationStore
 from chalicelib.store.vm_tasks import EnqueueResult, VMTaskStore, new_task
-from tests.support import redis_commands
+from tests.support import RedisRoundTrips, redis_commands
 
 POOL = "alpha"
 
@@ -263,3 +265,32 @@ def test_a_change_lands_only_while_the_checkout_the_api_checked_holds_the_vm(red
     assert (VMTaskStore(store).enqueue(seen, new_task("disk", 300.0, size_gb=10), 300.0)
             is EnqueueResult.QUEUED) is queued
     assert store.move("vm-1", POOL, "running", "completed", 300.0, checked_out_as=seen) is returned
+
+
+def test_dashboard_series_and_a_migrations_end_cost_one_round_trip_and_no_script_check(
+        redis_client: redis.Redis) -> None:
+    """Before, both handed a Script object to a pipeline, which asks SCRIPT EXISTS first: a
+    second round trip for every graph of the dashboard and every migration's end."""
+    store = Store(redis_client)
+    history = PoolHistory(store)
+    for minute in (100, 101):
+        history.record(POOL, Sample(minute, 1, 2, 3, 6))
+    migrations = MigrationStore(store)
+    redis_client.hset(store.keys.vm("vm-0"), mapping={"name": "vm-0", "pool": POOL, "state": "running",
+                                                      "migration": "queued"})
+    assert migrations.take_slot("vm-0", 2, 500.0) == "started"
+    history.series([POOL], 100, 2, 1)  # loads the script
+    for flushed in (False, True):  # True: a Redis without the scripts (a new primary)
+        if flushed:
+            redis_client.script_flush()
+        with RedisRoundTrips() as trips:
+            commands = commands_of(redis_client, lambda: history.series([POOL, "beta"], 100, 3, 1))
+        assert history.series([POOL], 100, 2, 1)[POOL] == [Sample(100, 1, 2, 3, 6), Sample(101, 1, 2, 3, 6)]
+        assert "script|exists" not in commands and trips.count == (3 if flushed else 1) + 2  # + commands_of's own
+    redis_client.script_flush()
+    with RedisRoundTrips() as trips:
+        commands = commands_of(redis_client, lambda: migrations.finish("vm-0", host="esx-2", migrated="true"))
+    assert "script|exists" not in commands and trips.count == 1 + 2
+    assert redis_client.zcard(store.keys.migrating) == 0
+    record = store.get_vm("vm-0").raw
+    assert record["host"] == "esx-2" and record["migrated"] == "true" and "migration" not in record
