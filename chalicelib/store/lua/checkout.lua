@@ -17,7 +17,8 @@
 --    "token": <KEYS index of the record of the token the checkout was asked with (absent: none)>}
 -- One slot per VM wanted; its pools in the order it prefers them (the caller's weighted or
 -- random choice).
--- Returns JSON: {"ok": true, "vms": [[name, pool, hostname(, published domain)], ...]}, {"ok": false, "short": [names]},
+-- Returns JSON: {"ok": true, "vms": [[name, pool, hostname(, published domain)], ...]},
+-- {"ok": false, "short": [names]},
 -- {"ok": false, "quota": "<the limit it would pass, or 'recount': see quota.lua>"}, or
 -- {"ok": false, "token": "gone"} when the token was deleted since the API checked it (lua/token_live.lua).
 -- Each VM taken carries the checkout's id and stays unconfirmed (confirm_by) until the API, having

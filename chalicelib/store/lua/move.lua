@@ -33,7 +33,8 @@
 -- hold_clone ('1' or ''; to_state completed): a VM still in the cloning set, whose clone may still
 --   run in the provider (a pool's pending VM drained mid-clone: manager/pool_changes.py), keeps
 --   its place there and in pool_clones, marked 'clone_held', as lua/ondemand_end.lua keeps a
---   request's (unless never to be cloned: never_cloned below, its slot freed at once): it counts against task_limit until the completed step sees its clone end
+--   request's (unless never to be cloned: never_cloned below, its slot freed at once): it counts
+--   against task_limit until the completed step sees its clone end
 --   (manager/completed.clones_still_running), which frees the slot and only then destroys it.
 -- unchanged_since (a mark of the changes counter, or ''): move only if the VM's state has not
 --   changed since the mark. A pass takes the mark before reading the provider's inventory, so
@@ -51,7 +52,8 @@
 --   lua/token_live.lua): when the token was deleted since the API checked it, nothing moves and
 --   every VM's answer is -1.
 -- settings_read (n pairs after the count; n is 0 for none): move only while each of the n hashes
---   given after the pool's keys (KEYS[vms + 10 ...], after the destroyed set) holds that value in that field ('' for none).
+--   given after the pool's keys (KEYS[vms + 10 ...], after the destroyed set) holds that value in
+--   that field ('' for none).
 --   The pending step moves a VM to ready only while the pool's template and reset are still those
 --   its pass read: a pass that read them before a change would make a VM of the old template ready
 --   after the change, maybe after a newer pass had drained the pool and lifted the change's fence

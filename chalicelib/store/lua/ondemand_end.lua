@@ -20,7 +20,8 @@
 -- templates of the keys named by the request and its VMs' records (keys.DERIVED_KEYS):
 -- open_template, wake_template, vm_template, pending_template, running_template, completed_template,
 -- running_due_template (a VM taken out of running leaves its pool's running_due set in this step,
--- as lua/move.lua's do: no pass has anything more to look at); then the index in KEYS of the record of the token the end was asked with (0 for none:
+-- as lua/move.lua's do: no pass has anything more to look at); then the index in KEYS of the
+-- record of the token the end was asked with (0 for none:
 -- lua/token_live.lua); then, when the API ends a request it read (DELETE /ondemandvm/<id>), that
 -- request's 'created' and 'token_user' as it read them ('' and '' for no such check); then the
 -- ttl of the record of a VM reserved and never cloned (store.UNUSED_RECORD_TTL_SECONDS).
