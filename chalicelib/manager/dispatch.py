@@ -361,10 +361,18 @@ def _empty(report: RunReport) -> bool:
 POOL_THREADS = 10
 """Passes of one batch run at once (SQS hands the consumer at most 10 messages)."""
 
+MAX_PASSES_GIVEN_UP = 2 * POOL_THREADS
+"""Passes earlier invocations gave up on that may still run in the process: past it, a batch
+starts none (its messages go back to the queue) until some end. A thread cannot be stopped: each
+batch that met one still running got ten new threads, and those whose passes never end (a
+backend call without a timeout) piled up, each holding Redis connections, until the pool's
+``MAX_CONNECTIONS`` refused every pass of the process. The process then holds at most
+``POOL_THREADS + MAX_PASSES_GIVEN_UP`` pass threads."""
+
 _executor: ThreadPoolExecutor | None = None
 _given_up: set[Future[Any]] = set()
-"""Passes an earlier invocation stopped waiting for that were already running (they hold one of
-``_executor``'s threads until they end)."""
+"""Passes earlier invocations stopped waiting for that were already running (each holds a thread
+until it ends), kept until they end: not only the last invocation's."""
 
 
 def _pool_threads() -> ThreadPoolExecutor:
@@ -374,7 +382,7 @@ def _pool_threads() -> ThreadPoolExecutor:
     would otherwise hold every thread for good, and each later batch would wait, and fail, whole."""
     global _executor
     still_running = {future for future in _given_up if not future.done()}
-    _given_up.clear()
+    _given_up.intersection_update(still_running)  # before, forgotten after one batch: untracked threads
     if _executor is not None and still_running:
         logger.warning("passes of an earlier batch still running: this batch gets new threads",
                        extra={"running": len(still_running)})
@@ -402,6 +410,11 @@ def handle_batch(services: "Services", records: Iterable[tuple[str, str]], queue
         # with a typo does not vanish without a trace. Ids only: a body may be 256 KB of anything.
         logger.warning("messages that are no pool's dropped: a body must be JSON naming a pool, "
                        '{"pool": "<name>"}', extra={"dropped": len(dropped), "ids": dropped[:DROPPED_IDS_LOGGED]})
+    stuck = sum(not future.done() for future in _given_up)
+    if stuck >= MAX_PASSES_GIVEN_UP:
+        logger.error("passes of earlier batches still running: this batch starts none; its messages return "
+                     "to the queue", extra={"running": stuck, "ids": [i for m in by_pool.values() for i, _ in m]})
+        return [message_id for messages in by_pool.values() for message_id, _ in messages]
     budget = max(min(RUN_BUDGET_SECONDS, remaining_seconds() - 2 * SAFETY_SECONDS), 0.0)
 
     def out_of_time() -> bool:

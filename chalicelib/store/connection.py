@@ -56,6 +56,15 @@ T = TypeVar("T")
 
 HEALTH_CHECK_SECONDS = 30
 
+MAX_CONNECTIONS = 100
+"""Connections one process's client may hold at once (redis-py's pool raises MaxConnectionsError
+past it, a ``redis.ConnectionError`` that never ran: an API request gets a 503 with Retry-After, a
+pass fails as when Redis is down). Set here, not left to redis-py: its default was 2**31 before
+redis-py 5 and is 100 since. What a process needs: an API function serves one request at a
+time (a connection, and a spare one behind a WAIT); a local worker one per event loop
+(``--threads``, 4) and its scheduler's; the reconcile consumer at most
+``dispatch.POOL_THREADS + dispatch.MAX_PASSES_GIVEN_UP`` (30) pass threads, two each."""
+
 
 class ReplyLost(redis.ConnectionError):
     """The connection failed after the command was sent: it may have run. Never retried."""
@@ -411,6 +420,7 @@ def connect(
         socket_timeout=config.socket_timeout,
         socket_connect_timeout=config.socket_timeout,
         health_check_interval=HEALTH_CHECK_SECONDS,
+        max_connections=MAX_CONNECTIONS,
         retry=_RetryWhenNotRun(),
         failover_epoch=FailoverEpoch(),
         # The version redis-py sends in CLIENT SETINFO, given here: left to redis-py, it reads

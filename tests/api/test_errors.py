@@ -13,6 +13,7 @@ import tracemalloc
 from typing import Any, Callable
 
 import pytest
+import redis
 
 from tests.api.configs import CONFIG_YAML
 from tests.harness import Harness
@@ -338,3 +339,32 @@ def test_a_query_larger_than_any_api_gateway_request_is_refused_before_it_is_par
     assert (status, answer["ok"]) == (414, False) and "more than any API Gateway request" in answer["error"], answer
     assert peak < 1.5 * len(target), f"refusing it took {peak} bytes"  # the query split off: one copy
     assert busy.redis_state() == before
+
+
+def test_a_process_out_of_redis_connections_answers_503_with_retry_after(
+        make_harness: Any, redis_server: Any) -> None:
+    """A process whose Redis connections are all taken (``MAX_CONNECTIONS``: threads stuck in
+    calls, each holding one) answers a checkout 503 with ``Retry-After``, never a 500, and takes
+    nothing; once connections are back it is served."""
+    from chalicelib.config import parse
+    from chalicelib.store import connect
+    from chalicelib.store.connection import MAX_CONNECTIONS
+
+    config = parse(CONFIG_YAML)
+    client = connect(parse(f":redis: {{server: 127.0.0.1, port: {redis_server.port}}}").redis)
+    stack = make_harness(config, client=client, headers={"Content-Type": "application/json"})
+    stack.fill("pool1")
+    before = stack.client.zcard(stack.services.store.keys.pool_state("pool1", "ready"))
+    held = []
+    try:
+        with pytest.raises(redis.exceptions.MaxConnectionsError):
+            while True:
+                held.append(client.connection_pool.get_connection())
+        assert len(held) == MAX_CONNECTIONS
+        refused = stack.call("POST", "/api/v3/vm/pool1")
+        assert refused.status == 503 and refused.body["ok"] is False and refused.headers["Retry-After"] == "1"
+    finally:
+        for connection in held:
+            client.connection_pool.release(connection)
+    assert stack.client.zcard(stack.services.store.keys.pool_state("pool1", "ready")) == before
+    assert stack.call("POST", "/api/v3/vm/pool1").status == 200

@@ -234,3 +234,36 @@ def test_a_pass_whose_invocation_runs_out_of_time_stops_before_its_next_step_and
     assert app.reconcile(followup, invocations[-1]) == {"batchItemFailures": []}
     assert clones_started_with == [60.0]
     assert services.store.counts(["debian"])["debian"]["pending"] == 2
+
+
+def test_passes_given_up_on_that_never_end_do_not_pile_up_threads(
+        fresh_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each batch whose pass outlives the invocation leaves a thread behind (a thread cannot be
+    stopped). Before, the consumer remembered only the last batch's and gave each batch new
+    threads: passes that never end grew the process's threads (and their Redis connections)
+    without bound, one batch at a time. Now past ``MAX_PASSES_GIVEN_UP`` a batch starts no pass
+    and its messages go back to the queue, until some end."""
+    monkeypatch.setattr(dispatch, "_given_up", set())
+    release, started = threading.Event(), []
+
+    def pass_that_hangs(services: Any, messages: Any, *args: Any, **kwargs: Any) -> None:
+        started.append(messages[0].pool)
+        release.wait(60)
+
+    monkeypatch.setattr(dispatch, "_look_at_all", pass_that_hangs)
+    batches = dispatch.MAX_PASSES_GIVEN_UP + 3
+    answers = []
+    try:
+        for n in range(batches):
+            answers.append(dispatch.handle_batch(None, [(f"m{n}", json.dumps({"pool": f"p{n}"}))],  # type: ignore[arg-type]
+                                                 None, lambda: SAFETY_SECONDS + 0.05))  # type: ignore[arg-type]
+        stuck = [thread for thread in threading.enumerate() if thread.name.startswith("reconcile")]
+        assert len(started) == dispatch.MAX_PASSES_GIVEN_UP
+        assert len(stuck) <= dispatch.MAX_PASSES_GIVEN_UP + dispatch.POOL_THREADS
+        assert answers == [[f"m{n}"] for n in range(batches)]  # every message goes back to the queue
+    finally:
+        release.set()
+    for future in list(dispatch._given_up):
+        future.result(timeout=30)
+    assert dispatch.handle_batch(None, [("m", json.dumps({"pool": "p"}))], None,  # type: ignore[arg-type]
+                                 lambda: SAFETY_SECONDS + 5) == []  # the threads ended: batches run again
