@@ -26,6 +26,7 @@ from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, SIZE_OVERRIDES, STAT
 from chalicelib.store.leases import holder_label, lease_token
 from chalicelib.store.records import MARKS_ASKED, CloneBackoff, VMRecord, finite_number
 from chalicelib.store.scripts import KeyList, ScriptCall, Scripts, run_many
+from chalicelib.timestamps import day_of
 
 DAILY_STATS_TTL_SECONDS = 400 * 24 * 3600
 """How long per-day statistics stay for /summary: a bit more than a year."""
@@ -1159,7 +1160,8 @@ class Store:
                 for batch in _batches(fields)]
 
     def modify_vm(self, seen: VMRecord, fields: Mapping[str, str], max_tags: int, now: float,
-                  task: TaskQueueing | None = None, token_key: str = "") -> ModifyResult:
+                  task: TaskQueueing | None = None, token_key: str = "",
+                  tag_bounds: tuple[int, int] = (50, 100)) -> ModifyResult:
         """A user's change (lifetime, tags as ``tag:<key>`` fields) of the running VM ``seen``
         (as the caller read it and checked who may change it): each field set on its own in one
         step, so concurrent changes of different fields all land. NO_VM, nothing changed, when the
@@ -1168,14 +1170,21 @@ class Store:
         due for a pass's look now (a shortened lifetime ends on time). ``task`` (a disk asked for
         in the same change) is queued in the same step, within its bounds (else refused whole):
         the change is never made without it, nor it without the change. TokenGone, nothing
-        changed, when ``token_key`` (the record of the token the change was asked with) is gone."""
+        changed, when ``token_key`` (the record of the token the change was asked with) is gone.
+        Each tag that changes the VM's (new, or another value) is counted in the day's tag
+        statistics (``record_tags``, within ``tag_bounds``: most names, most values per name) in
+        the same step: a change not made counts nothing, and the same tags set again (the retry
+        of a change whose answer was lost) count nothing more."""
         hostname, pool = seen.name, seen.pool
-        keys = [self.keys.vm(hostname), self.keys.running_due(pool)]
+        day = day_of(now)
+        keys = [self.keys.vm(hostname), self.keys.running_due(pool), self.keys.daily_tags(day), self.keys.daily(day)]
         args: list[Any] = [max_tags, hostname, repr(now), seen.raw.get("checkout", ""), seen.raw.get("token_user", ""),
                            task.argument(len(keys) + 1) if task else ""]
         if task:
             keys += task.keys
         args.append(token_index(keys, token_key))
+        args.append(json.dumps({"ttl": DAILY_STATS_TTL_SECONDS, "max_names": tag_bounds[0],
+                                "max_values": tag_bounds[1]}))
         for name, value in fields.items():
             args += [name, value]
         with _translate_errors():
