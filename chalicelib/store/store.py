@@ -22,6 +22,7 @@ import redis
 from chalicelib.config import RedisConfig
 from chalicelib.sizing import demand as demand_history
 from chalicelib.store.connection import written_behind_a_lost_reply, written_on_a_spare_connection_too
+from chalicelib.store.deadline import answer_deadline, socket_timeout_ms
 from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, SIZE_OVERRIDES, STATES, Keys
 from chalicelib.store.leases import holder_label, lease_token
 from chalicelib.store.records import MARKS_ASKED, CloneBackoff, VMRecord, finite_number
@@ -705,22 +706,17 @@ class Store:
         """How long after a checkout script ran its confirmation may still confirm it, in ms of
         Redis's clock: this client's socket timeout (after it the API has given up on the
         confirmation's answer and answers 503); None without a timeout."""
-        timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
-        return None if timeout is None else max(int(float(timeout) * 1000), 1)
+        return socket_timeout_ms(self.client)
 
     def answer_deadline(self) -> str:
         """The time on Redis's clock (ms) after which a change's script changes nothing: now
         plus this client's socket timeout, by when the caller has given up on the script's answer
         and said the change failed (503). A script that waited in Redis longer (paused, behind a
         slow script) would otherwise make the change after its 503, and the retry the 503 asks for
-        would make it again. "" without a timeout. One round trip (``TIME``): used by changes that
-        are rare and must not be made twice (a pool's setting, a disk or snapshot task)."""
-        window = self.confirm_window_ms()
-        if window is None:
-            return ""
+        would make it again. "" without a timeout. Redis's clock is estimated from an offset
+        measured once a minute (store/deadline.py), not read per call: no round trip of its own."""
         with _translate_errors():
-            seconds, microseconds = self.client.time()
-        return str(int(seconds) * 1000 + int(microseconds) // 1000 + window)
+            return answer_deadline(self.client)
 
     def run_counted(self, quota: Quota | None, now: float, run: Callable[[], Any],
                     refusal: Callable[[Any], Any]) -> Any:
