@@ -18,11 +18,8 @@
 -- script reached Redis past its deadline (paused, behind a slow script): its caller was answered
 -- 503, and a token made now would be one nobody ever sees, counted against the user's limit.
 local FORGET_AT_ONCE = 100  -- expired tokens forgotten per call: bounded work, faster than they come
-if ARGV[9] ~= '' then
-  local time = redis.call('TIME')
-  if tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) > tonumber(ARGV[9]) then
-    return -3
-  end
+if past_deadline(ARGV[9]) then
+  return -3
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
