@@ -33,7 +33,6 @@ from chalicelib.services import Services
 from chalicelib.store import ModifyResult, VMRecord
 from chalicelib.store.records import TAG_FIELD_PREFIX
 from chalicelib.store.vm_tasks import DISK, EnqueueResult, VMTaskStore, new_task, task_errors
-from chalicelib.timestamps import day_of
 
 TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+\Z")
 TAG_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_ \t\r\n\f\v.,@:/?#\[\]!$&'()*+;=%~-]*\Z")
@@ -191,7 +190,9 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
     disk = None if disk_gb is None else VMTaskStore(services.store).queueing(
         record, new_task(DISK, now, size_gb=disk_gb), now)
     if changes or disk:
-        result = services.store.modify_vm(record, changes, max_tags, now, disk, caller.token_key if caller else "")
+        result = services.store.modify_vm(
+            record, changes, max_tags, now, disk, caller.token_key if caller else "",
+            (config.service.max_tag_names_per_day, config.service.max_tag_values_per_day))
         if result is ModifyResult.NO_VM:
             raise not_found(error=f"VM {record.name} is not running")
         if result is ModifyResult.TOO_MANY_TAGS:
@@ -204,9 +205,6 @@ def modify(services: Services, request: ApiRequest) -> ApiResponse:
         # A lifetime extension a failover lost: the VM reaped on its old lifetime, in use.
         services.store.require_replicated(CHANGE_WITH_DISK_NOT_REPLICATED if disk else CHANGE_NOT_REPLICATED,
                                           f"the change of VM {record.name}")
-    if tags:
-        services.store.record_tags(day_of(services.clock.now()), tags, config.service.max_tag_names_per_day,
-                                   config.service.max_tag_values_per_day)
     return ok()
 
 

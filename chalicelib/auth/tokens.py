@@ -38,9 +38,10 @@ import redis as redis_module
 
 from chalicelib.auth.base import same_user
 from chalicelib.clock import Clock, SystemClock
+from chalicelib.store.deadline import answer_deadline
 from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, Keys
 from chalicelib.store.scripts import registered, script_source
-from chalicelib.store.store import TokenNotDurable
+from chalicelib.store.store import StoreUnavailable, TokenNotDurable
 
 TOKEN_PREFIX = Keys().token("")
 """How the keys of tokens start under the default prefix."""
@@ -150,7 +151,9 @@ class TokenStore:
     def create(self, user: str) -> str:
         """A new token for user. The token is returned once and is not stored anywhere.
         Raises TooManyTokens when the user has ``max_per_user`` live tokens, TokenNotDurable
-        (the token deleted again) when no replica acknowledged it in time (``replicated``)."""
+        (the token deleted again) when no replica acknowledged it in time (``replicated``),
+        StoreUnavailable (nothing made) when the script reached Redis after the caller's socket
+        timeout (store/deadline.py): a late login makes no token nobody would ever see."""
         if not isinstance(user, str) or not user:
             raise ValueError("a token needs a user")
         keys = [self._user_key(user), self._times_key(user)]
@@ -166,7 +169,7 @@ class TokenStore:
             # The script refuses an existing hash: the (astronomically unlikely) collision retries.
             created = int(self._create(keys=[key, *keys], args=[
                 user, made, ttl, token_hash, self.max_per_user, int(_parse_iso(made) or 0), cutoff,
-                self._token_key(KEY_PART), *live]))
+                self._token_key(KEY_PART), answer_deadline(self.redis), *live]))
             if created == -2:
                 # The user's tokens were made before token_times counted them (or by an older
                 # version): read once, as GET /token lists them (forgetting those past the ttl).
@@ -175,6 +178,8 @@ class TokenStore:
                 continue
             if created == -1:
                 raise TooManyTokens(user)
+            if created == -3:
+                raise StoreUnavailable("redis: the token reached Redis after its deadline: not made")
             if created:
                 break
         if not self.replicated():

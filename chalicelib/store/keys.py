@@ -88,9 +88,9 @@ family through these validators.
     started                  string  when the service started serving (epoch s): /status's uptime, the
                                      same from every process (lua/service_started.lua)
     daily:<YYYY-MM-DD>       hash    that day's clone/boot durations (a day the previous release recorded
-                                     holds its tag counts too, until lua/record_tags.lua moves them
+                                     holds its tag counts too, until lua/tag_stats.lua moves them
                                      or the day expires)
-    daily:<YYYY-MM-DD>:tags  hash    that day's tag counts (lua/record_tags.lua), apart from the
+    daily:<YYYY-MM-DD>:tags  hash    that day's tag counts (lua/tag_stats.lua), apart from the
                                      durations so /status and /summary/boot|clone never read them
     ondemand:<id>            hash    an on-demand request (store/ondemand.py)
     ondemand:<id>:vms        zset    every VM ever reserved for the request, by reservation time

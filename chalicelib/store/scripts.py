@@ -18,14 +18,18 @@ SHARED: dict[str, tuple[str, ...]] = {"checkout": ("open_waiting", "quota", "tok
                                       "ondemand_deliver": ("open_waiting",),
                                       "move": ("record_fields", "finite", "token_live", "vm_owner"),
                                       "update": ("record_fields",), "release": ("finite",),
-                                      "vm_task_enqueue": ("vm_task_queue", "token_live", "vm_owner"),
-                                      "vm_modify": ("vm_task_queue", "token_live", "vm_owner"),
+                                      "vm_task_enqueue": ("past_deadline", "vm_task_queue", "token_live", "vm_owner"),
+                                      "vm_modify": ("past_deadline", "vm_task_queue", "token_live", "vm_owner",
+                                                    "tag_stats"),
+                                      "record_tags": ("tag_stats",),
                                       "ondemand_end": ("finite", "token_live", "open_waiting"),
                                       "ondemand_reserve": ("finite", "open_waiting"),
-                                      "pool_overrides": ("token_live",), "service_started": ("finite",),
+                                      "pool_overrides": ("token_live", "past_deadline"),
+                                      "token_create": ("past_deadline",), "service_started": ("finite",),
                                       "dns_claim": ("finite",), "vm_ip": ("finite",), "holders_sweep": ("quota",)}
 """Scripts run with the functions of other files (lua/quota.lua, lua/record_fields.lua,
-lua/finite.lua, lua/vm_task_queue.lua, lua/token_live.lua, lua/vm_owner.lua, lua/open_waiting.lua)
+lua/finite.lua, lua/vm_task_queue.lua, lua/token_live.lua, lua/vm_owner.lua, lua/open_waiting.lua,
+lua/tag_stats.lua, lua/past_deadline.lua)
 before their own text."""
 
 

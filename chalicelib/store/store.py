@@ -22,10 +22,12 @@ import redis
 from chalicelib.config import RedisConfig
 from chalicelib.sizing import demand as demand_history
 from chalicelib.store.connection import written_behind_a_lost_reply, written_on_a_spare_connection_too
+from chalicelib.store.deadline import answer_deadline, socket_timeout_ms
 from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, SIZE_OVERRIDES, STATES, Keys
 from chalicelib.store.leases import holder_label, lease_token
 from chalicelib.store.records import MARKS_ASKED, CloneBackoff, VMRecord, finite_number
 from chalicelib.store.scripts import KeyList, ScriptCall, Scripts, run_many
+from chalicelib.timestamps import day_of
 
 DAILY_STATS_TTL_SECONDS = 400 * 24 * 3600
 """How long per-day statistics stay for /summary: a bit more than a year."""
@@ -704,22 +706,17 @@ class Store:
         """How long after a checkout script ran its confirmation may still confirm it, in ms of
         Redis's clock: this client's socket timeout (after it the API has given up on the
         confirmation's answer and answers 503); None without a timeout."""
-        timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
-        return None if timeout is None else max(int(float(timeout) * 1000), 1)
+        return socket_timeout_ms(self.client)
 
     def answer_deadline(self) -> str:
         """The time on Redis's clock (ms) after which a change's script changes nothing: now
         plus this client's socket timeout, by when the caller has given up on the script's answer
         and said the change failed (503). A script that waited in Redis longer (paused, behind a
         slow script) would otherwise make the change after its 503, and the retry the 503 asks for
-        would make it again. "" without a timeout. One round trip (``TIME``): used by changes that
-        are rare and must not be made twice (a pool's setting, a disk or snapshot task)."""
-        window = self.confirm_window_ms()
-        if window is None:
-            return ""
+        would make it again. "" without a timeout. Redis's clock is estimated from an offset
+        measured once a minute (store/deadline.py), not read per call: no round trip of its own."""
         with _translate_errors():
-            seconds, microseconds = self.client.time()
-        return str(int(seconds) * 1000 + int(microseconds) // 1000 + window)
+            return answer_deadline(self.client)
 
     def run_counted(self, quota: Quota | None, now: float, run: Callable[[], Any],
                     refusal: Callable[[Any], Any]) -> Any:
@@ -1159,7 +1156,8 @@ class Store:
                 for batch in _batches(fields)]
 
     def modify_vm(self, seen: VMRecord, fields: Mapping[str, str], max_tags: int, now: float,
-                  task: TaskQueueing | None = None, token_key: str = "") -> ModifyResult:
+                  task: TaskQueueing | None = None, token_key: str = "",
+                  tag_bounds: tuple[int, int] = (50, 100)) -> ModifyResult:
         """A user's change (lifetime, tags as ``tag:<key>`` fields) of the running VM ``seen``
         (as the caller read it and checked who may change it): each field set on its own in one
         step, so concurrent changes of different fields all land. NO_VM, nothing changed, when the
@@ -1168,14 +1166,21 @@ class Store:
         due for a pass's look now (a shortened lifetime ends on time). ``task`` (a disk asked for
         in the same change) is queued in the same step, within its bounds (else refused whole):
         the change is never made without it, nor it without the change. TokenGone, nothing
-        changed, when ``token_key`` (the record of the token the change was asked with) is gone."""
+        changed, when ``token_key`` (the record of the token the change was asked with) is gone.
+        Each tag that changes the VM's (new, or another value) is counted in the day's tag
+        statistics (``record_tags``, within ``tag_bounds``: most names, most values per name) in
+        the same step: a change not made counts nothing, and the same tags set again (the retry
+        of a change whose answer was lost) count nothing more."""
         hostname, pool = seen.name, seen.pool
-        keys = [self.keys.vm(hostname), self.keys.running_due(pool)]
+        day = day_of(now)
+        keys = [self.keys.vm(hostname), self.keys.running_due(pool), self.keys.daily_tags(day), self.keys.daily(day)]
         args: list[Any] = [max_tags, hostname, repr(now), seen.raw.get("checkout", ""), seen.raw.get("token_user", ""),
                            task.argument(len(keys) + 1) if task else ""]
         if task:
             keys += task.keys
         args.append(token_index(keys, token_key))
+        args.append(json.dumps({"ttl": DAILY_STATS_TTL_SECONDS, "max_names": tag_bounds[0],
+                                "max_values": tag_bounds[1]}))
         for name, value in fields.items():
             args += [name, value]
         with _translate_errors():

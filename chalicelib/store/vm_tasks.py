@@ -94,7 +94,7 @@ class VMTaskStore:
         """The task, on the VM ``seen``, as the scripts that queue it read it (within the bounds
         ``enqueue`` says): for ``enqueue``, and for ``Store.modify_vm`` (a disk asked for in a
         PUT /vm/<host>, queued in the same step as the PUT's other changes). With its deadline
-        (``Store.answer_deadline``, one round trip): a script that reaches Redis after its caller
+        (``Store.answer_deadline``, no round trip of its own): a script that reaches Redis after its caller
         was answered 503 queues nothing, so the retry queues the one disk."""
         list_field, most = {DISK: ("disks", MAX_DISKS), SNAPSHOT: ("snapshots", MAX_SNAPSHOTS)}.get(
             str(task["kind"]), ("", 0))

@@ -87,3 +87,19 @@ def test_tag_statistics_of_a_day_are_bounded(make_stack: Callable[[str], Harness
     day = stack.client.hgetall(f"vmpool:daily:{day_of(stack.clock.now())}")
     tag_fields = [name for name in day if name.startswith("tag")]
     assert len(tag_fields) <= (3 + 1) * (5 + 2) + 1  # names and (other), each values + (other) + counter
+
+
+def test_tags_put_again_are_counted_once(make_stack: Callable[[str], Harness]) -> None:
+    """The same tags put again on a VM (the retry of a PUT whose answer was lost, as the 503 asks
+    for) are counted once in /summary's tag statistics, as vmpooler counts a VM's tag once a day;
+    a tag given another value counts that value. Before, every PUT counted its tags again: a
+    retried PUT counted them twice."""
+    stack = make_stack(ANY_TAGS_CONFIG)
+    stack.fill("pool1")
+    host = stack.checkout("pool1")
+    for _ in range(2):
+        assert stack.put(f"/api/v3/vm/{host}", {"tags": {"project": "ci", "owner": "alice"}}).status == 200
+    assert stack.put(f"/api/v3/vm/{host}", {"tags": {"project": "nightly", "owner": "alice"}}).status == 200
+    tags = stack.get("/api/v3/summary/tag").json["tag"]
+    assert tags["project"] == {"ci": 1, "nightly": 1, "total": 2}
+    assert tags["owner"] == {"alice": 1, "total": 1}

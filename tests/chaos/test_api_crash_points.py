@@ -33,6 +33,7 @@ from chalicelib.config import parse
 from chalicelib.store import Quota
 from chalicelib.store.keys import quota_owner
 from chalicelib.store.store import UNCONFIRMED_SECONDS
+from chalicelib.timestamps import day_of
 from tests.api.test_input_bounds import EXPERIMENTAL_CONFIG
 from tests.harness import (
     Harness,
@@ -343,6 +344,7 @@ def test_a_request_killed_after_any_redis_operation_leaves_nothing_half_done(
         after_crash = make_service()  # a new process: nothing of the killed one's memory
         check_not_half_done(name, after_crash, world, where)
         retry = case.send(after_crash, world)
+        check_counted_once(name, after_crash, where)
         handed_out = checked_out(retry)
         if retry.status == 503 and case.target.startswith("/api/v3/vm") and case.method == "POST":
             # The killed checkout took the last ready VMs, unconfirmed: a pass gives them back
@@ -363,14 +365,31 @@ def test_a_request_killed_after_any_redis_operation_leaves_nothing_half_done(
             assert die_after == total or not lost, f"{where}: {user or 'anonymous'} holds {lost} unknowingly"
 
 
+def tag_counted(harness: Harness) -> int:
+    """How many times today's tag statistics counted the tag ``project: crash``."""
+    day = harness.store.keys.daily_tags(day_of(harness.clock.now()))
+    return int(harness.client.hget(day, "tag:project:crash") or 0)
+
+
 def check_not_half_done(name: str, harness: Harness, world: World, where: str) -> None:
-    """What the killed request left before any retry: a VM change applied whole or not at all."""
+    """What the killed request left before any retry: a VM change applied whole or not at all,
+    its tags counted in the day's statistics exactly when they were set."""
+    record = harness.client.hgetall(harness.store.keys.vm(world.mine))
     if name == "modify_all":
-        record = harness.client.hgetall(harness.store.keys.vm(world.mine))
         tasks = harness.client.lrange(harness.store.keys.vm_tasks(world.mine), 0, -1)
         disk_queued = any(json.loads(task)["kind"] == "disk" for task in tasks)
         changed = (record.get("tag:project") == "crash", record.get("lifetime") == "5", disk_queued)
         assert changed in ((False, False, False), (True, True, True)), f"{where}: half applied {changed}"
+    if name in ("modify_all", "modify_tags"):
+        tagged = record.get("tag:project") == "crash"
+        assert tag_counted(harness) == int(tagged), f"{where}: tag set {tagged}, counted {tag_counted(harness)}"
+
+
+def check_counted_once(name: str, harness: Harness, where: str) -> None:
+    """After the client's retry: the tags of the one change asked for are counted once (before,
+    a retry after the statistics' answer was lost counted them twice: /summary skewed)."""
+    if name in ("modify_all", "modify_tags"):
+        assert tag_counted(harness) == 1, f"{where}: the tag counted {tag_counted(harness)} times"
 
 
 def test_every_state_changing_route_is_killed_at_every_step() -> None:

@@ -26,8 +26,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+import chalicelib.auth.tokens
 import chalicelib.store.ondemand
 import chalicelib.store.store
+from chalicelib.auth.base import canonical_user
 from chalicelib.clock import FakeClock
 from chalicelib.config import Config, parse
 from chalicelib.manager.reconcile import reconcile_pool
@@ -43,11 +45,12 @@ from chalicelib.store import (
 )
 from chalicelib.store.ondemand import FAILED, OPEN, READY, OnDemandEntry, OnDemandStore
 from chalicelib.store.pool_overrides import PoolOverride, PoolOverrides
+from chalicelib.store.scripts import script_source
 from chalicelib.store.store import UNCONFIRMED_SECONDS
 from chalicelib.store.vm_tasks import VMTaskStore
 from local.processes import on_a_free_port
 from local.redis_server import RedisServer
-from tests.harness import HarnessFactory
+from tests.harness import HarnessFactory, basic
 from tests.redis_pair import RedisPair
 from tests.support import eventually, free_port, port_in_use
 
@@ -479,6 +482,51 @@ def test_a_disk_asked_for_while_redis_was_held_is_added_once_by_the_retry(
     stack.run_passes("slow", seconds=1, passes=3)
     status, shown = stack.answer("GET", f"/api/v3/vm/{host}")
     assert status == 200 and shown[host]["disk"] == ["+8gb"], shown
+
+
+def test_a_login_answered_503_because_redis_was_held_makes_no_token(
+        make_harness: HarnessFactory, redis_server: RedisServer, redis_client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis held (SIGSTOP, a slow script) from the moment a token's script is sent, past the
+    API's socket timeout: the user is answered 503. Before, the script ran once Redis resumed: a
+    token nobody ever saw, counted against ``max_tokens_per_user`` until it expired, so at a
+    limit of 1 the retry the 503 asks for was refused. A token's script run after its caller's
+    socket timeout now makes nothing."""
+    config = parse(f"""
+:config: {{max_tokens_per_user: 1}}
+:auth: {{provider: dummy}}
+:redis: {{server: 127.0.0.1, port: {redis_server.port}, socket_timeout: {SOCKET_TIMEOUT}}}
+:providers:
+  :dummy: {{createvm_max_time: 0, boot_time: 0}}
+:pools:
+  - {{name: slow, size: 0, provider: dummy}}
+""")
+    stack = make_harness(config, client=connect(config.redis))
+    alice = basic("alice", "alice-pw")
+    # Set-up on the short socket timeout (a loaded machine may outlast it: a 503, nothing made),
+    # the token script then known to Redis, as in a warm Lambda: a held EVALSHA runs it later.
+    eventually(lambda: stack.answer("GET", "/api/v3/token", headers=alice)[0] == 404, 10, "a first login (no tokens)")
+    redis_client.script_load(script_source("token_create"))
+    busy = threading.Thread(target=lambda: redis.Redis(port=redis_server.port).eval(
+        BUSY_SCRIPT, 0, int(BUSY_SECONDS * 1_000_000)))
+    deadline = chalicelib.auth.tokens.answer_deadline
+
+    def held_once_read(*args: Any) -> str:
+        found = deadline(*args)  # the deadline read: Redis is held right after
+        busy.start()
+        eventually(lambda: _redis_is_busy(redis_server.port), 10, "the busy script to hold Redis")
+        return found
+
+    monkeypatch.setattr(chalicelib.auth.tokens, "answer_deadline", held_once_read)
+    assert stack.answer("POST", "/api/v3/token", headers=alice)[0] == 503
+    busy.join()
+    monkeypatch.undo()
+    eventually(lambda: not _redis_is_busy(redis_server.port), 10, "Redis to answer again")
+    hashes = stack.store.keys.user_tokens(canonical_user("alice"))
+    assert redis_client.scard(hashes) == 0, "the late login made a token nobody saw"
+    # The retry the 503 asks for gets the one token alice may hold.
+    eventually(lambda: stack.answer("POST", "/api/v3/token", headers=alice)[0] == 200, 10, "the retry's token")
+    assert redis_client.scard(hashes) == 1
 
 
 class ReplyHoldingProxy:

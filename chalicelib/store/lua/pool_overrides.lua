@@ -21,11 +21,8 @@
 if token_gone(tonumber(ARGV[3])) then
   return -1
 end
-if ARGV[2] ~= '' then
-  local time = redis.call('TIME')
-  if tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) > tonumber(ARGV[2]) then
-    return -2
-  end
+if past_deadline(ARGV[2]) then
+  return -2
 end
 local fence = ARGV[1]
 local changed = {}

@@ -4,19 +4,24 @@
 -- one: a VM returned, or handed to someone else, meanwhile is not changed: lua/vm_owner.lua). Tags are fields
 -- 'tag:<key>'; at most ARGV[1] of them per VM. A disk asked for in the same PUT is queued in the
 -- same step (lua/vm_task_queue.lua): the fields and the disk land together or not at all, so a
--- request killed or refused half way leaves no disk queued without the rest.
--- KEYS[1] the VM's record, KEYS[2] its pool's running_due set, KEYS[3..5] the task's keys when
--- one is queued; ARGV[1] most tags a VM may carry, ARGV[2] the VM's name, ARGV[3] now, ARGV[4]
--- the record's 'checkout' field as the API read it, ARGV[5] its 'token_user' ('' for none),
--- ARGV[6] the task's queue (JSON; '' for none), ARGV[7] the index in KEYS of the record of the
--- token the change was asked with (0 for none: lua/token_live.lua), ARGV[8..] field, value, ...
+-- request killed or refused half way leaves no disk queued without the rest. The tags are
+-- counted in the day's tag statistics (lua/tag_stats.lua) in the same step too, each only when
+-- it changes the VM's tag: a change that fails changes no statistic, and a retry of a change
+-- whose answer was lost (the same tags set again) counts nothing twice.
+-- KEYS[1] the VM's record, KEYS[2] its pool's running_due set, KEYS[3] the day's tag hash,
+-- KEYS[4] the day's durations hash, KEYS[5..7] the task's keys when one is queued; ARGV[1] most
+-- tags a VM may carry, ARGV[2] the VM's name, ARGV[3] now, ARGV[4] the record's 'checkout'
+-- field as the API read it, ARGV[5] its 'token_user' ('' for none), ARGV[6] the task's queue
+-- (JSON; '' for none), ARGV[7] the index in KEYS of the record of the token the change was asked
+-- with (0 for none: lua/token_live.lua), ARGV[8] the tag statistics' bounds (JSON: 'ttl',
+-- 'max_names', 'max_values'), ARGV[9..] field, value, ...
 -- Returns 1 when changed, 0 when the VM is no longer running for that checkout (or that checkout
 -- was never confirmed), -1 when the VM would carry too many tags, -2 when its task queue is
 -- full, -3 when the task's list would pass its bound, -4 when the token was deleted since the
 -- API checked it, -5 when a change queueing a task reached Redis past its deadline
 -- (lua/vm_task_queue.lua; nothing changed either way).
 local key, max_tags = KEYS[1], tonumber(ARGV[1])
-local first_field = 8
+local first_field = 9
 if token_gone(ARGV[7]) then
   return -4
 end
@@ -52,8 +57,12 @@ if ARGV[6] ~= '' then
     return -3
   end
 end
-local lifetime_changed = false
+local lifetime_changed, counted = false, {}
 for i = first_field, #ARGV, 2 do
+  if string.sub(ARGV[i], 1, 4) == 'tag:' and redis.call('HGET', key, ARGV[i]) ~= ARGV[i + 1] then
+    counted[#counted + 1] = string.sub(ARGV[i], 5)
+    counted[#counted + 1] = ARGV[i + 1]
+  end
   redis.call('HSET', key, ARGV[i], ARGV[i + 1])
   lifetime_changed = lifetime_changed or ARGV[i] == 'lifetime'
 end
@@ -65,5 +74,10 @@ if lifetime_changed then
 end
 if queue then
   task_push(queue)
+end
+if #counted > 0 then
+  local stats = cjson.decode(ARGV[8])
+  stats.key, stats.durations = 3, 4
+  count_tags(stats, counted)
 end
 return 1

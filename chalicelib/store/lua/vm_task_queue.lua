@@ -13,11 +13,8 @@
 -- caller was answered 503, and a task queued now would be queued again by the retry the 503
 -- asks for: a second disk), 'queue_full' or 'list_full'.
 local function task_refusal(queue)
-  if queue.deadline and queue.deadline ~= '' then
-    local time = redis.call('TIME')
-    if tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) > tonumber(queue.deadline) then
-      return 'late'
-    end
+  if past_deadline(queue.deadline) then
+    return 'late'
   end
   local queued = redis.call('LRANGE', KEYS[queue.tasks], 0, -1)
   if #queued >= queue.max_queued then
