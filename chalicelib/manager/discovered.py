@@ -87,9 +87,11 @@ def discover_fleet(context: PassContext) -> None:
             logger.warning("names of a pool's folder not checked after Redis lost its data",
                            extra={"pool": context.pool.name, "folder_of": pool.name, "error": str(error)})
             continue
-        found += context.store.add_many_discovered(
-            [(vm.name, pool.name, {"host": vm.host, "ip": dns_records.reachable_ip(vm) or vm.ip})
-             for vm in vms if other_deployment(vm.annotation, deployment) is None], context.now)
+        for vm in vms:
+            if other_deployment(vm.annotation, deployment) is not None:
+                continue
+            ip = dns_records.reachable_ip(vm) or vm.ip
+            found += context.store.add_discovered(vm.name, pool.name, context.now, host=vm.host, ip=ip)
         context.checkpoint("fleet_discovered")  # a long listing renews the run's lease as it goes
     logger.warning("Redis lost its data: every pool's folder listed before cloning",
                    extra={"pool": context.pool.name, "pools": len(pools), "discovered": found})

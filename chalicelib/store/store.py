@@ -1216,21 +1216,13 @@ class Store:
     def add_discovered(self, hostname: str, pool: str, now: float, **fields: Any) -> bool:
         """Record a VM found in the pool's folder that no live record claims. Returns whether
         it was recorded (False when another pool or state knows it)."""
-        return self.add_many_discovered([(hostname, pool, fields)], now) == 1
-
-    def add_many_discovered(self, found: Sequence[tuple[str, str, Mapping[str, Any]]], now: float) -> int:
-        """``add_discovered`` for many VMs (hostname, pool, fields), in one round trip, each
-        recorded on its own conditions (lua/discover.lua). Returns how many were recorded."""
-        calls: list[ScriptCall] = []
-        for hostname, pool, fields in found:
-            args: list[str] = [hostname, pool, repr(now)]
-            for name, value in fields.items():
-                if value is not None:
-                    args += [name, _encode(value)]
-            calls.append((self.scripts.discover,
-                          [self.keys.vm(hostname), self.keys.changes, self.keys.pool_state(pool, "discovered")], args))
+        args: list[str] = [hostname, pool, repr(now)]
+        for name, value in fields.items():
+            if value is not None:
+                args += [name, _encode(value)]
+        keys = [self.keys.vm(hostname), self.keys.changes, self.keys.pool_state(pool, "discovered")]
         with _translate_errors():
-            return sum(1 for recorded in run_many(self.client, calls) if recorded)
+            return bool(self.scripts.discover(keys=keys, args=args))
 
     def finish_clones(self, hostnames: Sequence[str], now: float) -> None:
         """Their clone tasks are done: free their places under the task limit and note when, in
