@@ -250,8 +250,7 @@ class Harness:
         provider: Provider = self.services.provider(pool.provider)
         return reconcile_pool(self.store, provider, pool, self.clock, self.config.service,
                               checkpoint or no_checkpoint, self.services.dns_plugin(pool),
-                              self.services.configured_provider, dns_plugins=self.services.dns_lookup,
-                              fleet=lambda: self.config.pools)
+                              self.services.configured_provider, dns_plugins=self.services.dns_lookup)
 
     def settle(self, name: str, seconds: float = 30.0, passes: int = 40) -> None:
         """Advance the clock and reconcile until a pass finds nothing left to do; every pass must

@@ -25,7 +25,7 @@ import hashlib
 from dataclasses import replace
 from typing import Sequence
 
-from chalicelib.manager import discovered, dns_records
+from chalicelib.manager import dns_records
 from chalicelib.manager.context import PassContext
 from chalicelib.manager.hostnames import candidate_names
 from chalicelib.manager.placement import PLACEMENT_FIELD, placement_of
@@ -85,30 +85,15 @@ def reserve_and_start(context: PassContext, wanted: int, clone_limit: int) -> li
     whose task was noted on them, as this pass wrote them (the rounds follow them unread)."""
     pool, service, store = context.pool, context.service, context.store
     domain = pool.domain or ""
-    checking = names_held(context)
     reserved = store.reserve_clones(
         pool.name, pool.size, service.task_limit, pool.template, domain,
-        candidate_names(wanted, service.prefix), context.now, clone_limit=clone_limit, names_checked=checking,
+        candidate_names(wanted, service.prefix), context.now, clone_limit=clone_limit,
     )
-    context.names_checked = True  # noted by the reservation when it was checking
     context.read_counts()["pending"] += len(reserved)
     context.report.clones_short = max(context.report.clones_short - len(reserved), 0)
     context.checkpoint("reserved")
     return [store.reserved_record(pool.name, pool.template, domain, hostname, context.now, **fields)
             for hostname, fields in start_clones(context, reserved).items()]
-
-
-def names_held(context: PassContext) -> bool:
-    """Before names are reserved: when Redis lost its data since the names of every pool's
-    folder were last checked (``PassContext.names_checked``), list them first, once a pass
-    (manager/discovered.py ``discover_fleet``). Returns whether this pass is the one checking:
-    its reservation notes the check done (``Store.reserve_clones``)."""
-    if context.names_checked:
-        return False
-    if not context.fleet_listed:
-        discovered.discover_fleet(context)
-        context.fleet_listed = True
-    return True
 
 
 def start_clones(context: PassContext, reserved: list[str]) -> dict[str, dict[str, str]]:

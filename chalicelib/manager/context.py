@@ -28,7 +28,7 @@ reaches it: chaos tests kill the pass there, and the runner renews its lease the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Callable, Iterable, Mapping, TypeVar
 
 from chalicelib import observability as metric
 from chalicelib.clock import Clock
@@ -71,10 +71,6 @@ deletes a record the entry that published it manages, after its pool's ``dns_plu
 ProviderLookup = Callable[[str], Provider | None]
 """A configured provider by name (None when the config has no such provider): how a pass reaches
 VMs its pool made through another provider before it was moved (manager/placement.py)."""
-
-PoolsLookup = Callable[[], Sequence[PoolConfig]]
-"""Every configured pool (runtime overrides applied): what a pass lists after Redis lost its
-data, for the names of VMs it forgot in other pools' folders (manager/discovered.py)."""
 
 Step = Callable[["PassContext"], None]
 """One step of a pass: looks at the context, changes the store conditionally, notes it in the report."""
@@ -196,14 +192,6 @@ class PassContext:
     dns_plugins: DnsLookup | None = None
     """The configured DNS entries' plugins, for records another entry published (``publisher``);
     None: only ``dns``."""
-    fleet: PoolsLookup | None = None
-    """Every configured pool, for ``discovered.discover_fleet``; None: only this one."""
-    names_checked: bool = True
-    """Whether a pass listed every pool's folder since Redis last lost its data
-    (``Keys.names_checked``, read by ``Store.begin_pass``): until one has, no clone name is
-    reserved but by a pass that lists them first (manager/clones.py)."""
-    fleet_listed: bool = False
-    """Whether this pass listed every pool's folder (``names_checked`` being false)."""
     lease_token: str | None = None
     """The token of the run's lease on the pool (manager/runner.py), None outside a run: the
     template leases the pass takes are taken with it, so the retry that releases a run's lease
@@ -214,13 +202,13 @@ class PassContext:
              checkpoint: Checkpoint = no_checkpoint, dns: DnsPlugin | None = None,
              providers: ProviderLookup | None = None, lease_token: str | None = None,
              override_room: Callable[[], int] | None = None,
-             dns_plugins: DnsLookup | None = None, fleet: PoolsLookup | None = None) -> PassContext:
+             dns_plugins: DnsLookup | None = None) -> PassContext:
         """Read the pass's inputs, in this order: the inventory, the snapshot, the pool's
         overrides (applied to ``pool``, the pool as configured; a template or clone target
         longer than ``override_room`` allows left out, as the API leaves it out: store/pool_overrides.py
         ``fitting``) and its size now. Raises ProviderError or StoreUnavailable (nothing changed yet)."""
         now = clock.now()
-        inventory_mark, inventory_checked, names_checked = store.begin_pass(pool.name)
+        inventory_mark, inventory_checked = store.begin_pass(pool.name)
         changes = inventory_view.changes(provider, pool, service, now, inventory_checked)
         if changes is None or changes.names is None:
             inventory = {vm.name: vm for vm in provider.list_vms(pool)}
@@ -242,7 +230,7 @@ class PassContext:
                    overrides=overrides, size_decision=size_decision,
                    report=PassReport(pool=pool.name, started=now, size=pool.size),
                    inventory_checked=inventory_checked, inventory_changes=changes, providers=providers,
-                   lease_token=lease_token, dns_plugins=dns_plugins, fleet=fleet, names_checked=names_checked)
+                   lease_token=lease_token, dns_plugins=dns_plugins)
 
     # --- reading ------------------------------------------------------------------------------
 

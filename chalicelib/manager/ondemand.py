@@ -39,10 +39,7 @@ def serve_requests(context: PassContext) -> None:
         return
     service = context.service
     limit = 0 if context.clones_held else service.ondemand_clone_limit  # 0: the script only checks
-    open_requests = _open_requests(context, requests)
-    if open_requests and limit:
-        clones.names_held(context)  # after a Redis data loss: the names it forgot taken first
-    for request_id in open_requests:
+    for request_id in _open_requests(context, requests):
         reservation = requests.reserve(
             request_id, context.pool.name, limit, service.max_vm_retries, context.pool.template,
             context.pool.domain or "", candidate_names(limit, service.prefix), context.now,

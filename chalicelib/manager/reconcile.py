@@ -40,7 +40,6 @@ from chalicelib.manager.context import (
     DnsLookup,
     PassContext,
     PassReport,
-    PoolsLookup,
     ProviderLookup,
     Step,
     no_checkpoint,
@@ -120,7 +119,6 @@ def reconcile_pool(
     lease_token: str | None = None,
     override_room: Callable[[], int] | None = None,
     dns_plugins: DnsLookup | None = None,
-    fleet: PoolsLookup | None = None,
 ) -> PassReport:
     """Run one pass over ``pool``. Raises ProviderError or StoreUnavailable when the provider or
     Redis fails; whatever was done before that is consistent, and the next pass carries on.
@@ -128,8 +126,6 @@ def reconcile_pool(
     ``dns_plugins`` reaches the entry that published a VM's record when it is another one
     (``PassContext.publisher``).
     ``providers`` reaches VMs the pool made with another provider before it moved (placement.py).
-    ``fleet``: every configured pool, whose folders a pass lists after Redis lost its data
-    (discovered.discover_fleet); None: this pool's only.
     ``out_of_time``, asked before each step: when true the pass stops there (``stopped_before``),
     as one killed between two steps would, and the next pass carries on. ``lease_token``: the
     run's lease on the pool (``PassContext.lease_token``). ``override_room``: what a runtime
@@ -139,7 +135,7 @@ def reconcile_pool(
     started = clock.monotonic()
     try:
         context = PassContext.read(store, provider, pool, clock, service, checkpoint, dns, providers, lease_token,
-                                   override_room, dns_plugins, fleet)
+                                   override_room, dns_plugins)
         for step in STEPS:
             if out_of_time():
                 context.report.stopped_before = getattr(step, "__name__", repr(step))

@@ -40,10 +40,6 @@ family through these validators.
                                      was destroyed (~317 years earlier for one no one held): past
                                      store.DESTROYED_RECORDS_KEPT the lowest expire within the hour
                                      (lua/move.lua)
-    names:checked            string  when a pass last listed every configured pool's folder for VMs Redis
-                                     does not know (manager/discovered.py ``discover_fleet``); missing:
-                                     Redis lost its data (or never had any), and no clone name is
-                                     reserved (lua/reserve_clones.lua) until a pass has listed them
     changes                  string  counter: every state change stamps its VM (change_seq) with
                                      its value; a reconcile pass increments it before reading the
                                      provider's inventory, to order that read against the changes
@@ -288,13 +284,6 @@ class Keys:
     @property
     def changes(self) -> str:
         return f"{self.prefix}changes"
-
-    @property
-    def names_checked(self) -> str:
-        """Set once every configured pool's folder was listed for VMs Redis does not know (their
-        names held by discovered records): missing after a Redis data loss, and then no clone
-        name is reserved until a pass has listed them (lua/reserve_clones.lua)."""
-        return f"{self.prefix}names:checked"
 
     def ready_checked(self, pool: str) -> str:
         return f"{self.prefix}pool:{pool}:ready_checked"

@@ -486,10 +486,9 @@ class Store:
         with _translate_errors():
             return _done(due, run_many(self.client, calls))
 
-    def begin_pass(self, pool: str) -> tuple[int | None, str, bool]:
-        """``mark_changes``, the pool's ``inventory_checked`` mark ("" when none) and whether the
-        provider's names were checked since Redis last lost its data (``Keys.names_checked``), in
-        one round trip. The changes mark is None when no replica asked for (``replica_acks``) acknowledged
+    def begin_pass(self, pool: str) -> tuple[int | None, str]:
+        """``mark_changes`` and the pool's ``inventory_checked`` mark ("" when none), in one round
+        trip. The changes mark is None when no replica asked for (``replica_acks``) acknowledged
         it in time: a failover could lose it, and the promoted replica's counter, behind the
         mark, would stamp the VMs changed there (checked out after the failover) below it, so
         they would look unchanged since the pass's older inventory read (gone, in use as they
@@ -500,12 +499,11 @@ class Store:
             pipe = self.client.pipeline(transaction=False)
             pipe.incr(self.keys.changes)
             pipe.get(self.keys.inventory_checked(pool))
-            pipe.exists(self.keys.names_checked)
             if replicas:
                 pipe.execute_command("WAIT", replicas, timeout_ms)
-            mark, checked, names_checked, *acks = pipe.execute()
+            mark, checked, *acks = pipe.execute()
         durable = not acks or int(acks[0]) >= replicas
-        return (int(mark) if durable else None), checked or "", bool(names_checked)
+        return (int(mark) if durable else None), checked or ""
 
     def tracked(self, hostnames: Collection[str]) -> set[str]:
         """Of ``hostnames``, the VMs with a record in a state other than destroyed (one round
@@ -1012,25 +1010,20 @@ class Store:
         candidates: Sequence[str],
         now: float,
         clone_limit: int = 0,
-        names_checked: bool | None = None,
     ) -> list[str]:
         """Create pending records for as many candidates as the pool lacks and its fair share of
         the task limit allows (lua/reserve_clones.lua: the limit is shared max-min fairly among
         the pools that are short; ``clone_limit`` > 0 caps the pool's clones in flight), counted
-        atomically. ``names_checked`` False (the pass read ``Keys.names_checked`` set): none if
-        Redis lost its data since (the key missing now); True: the caller just listed every
-        pool's folder (manager/discovered.py ``discover_fleet``), and the key is set; None: not
-        looked at (a caller outside a pass). Returns the hostnames reserved."""
+        atomically. Returns the hostnames reserved."""
         with _translate_errors():
             return self.scripts.reserve_clones(
                 keys=[self.keys.pool_state(pool, "ready"), self.keys.pool_state(pool, "pending"),
                       self.keys.clone_demand, self.keys.clone_demand_renewed, self.keys.cloning,
                       self.keys.pool_clones, self.keys.pool_clones_counted,
                       self.keys.pool_state(pool, "completed"), self.keys.pool_override(SIZE_OVERRIDES),
-                      self.keys.names_checked, *(self.keys.vm(host) for host in candidates)],
+                      *(self.keys.vm(host) for host in candidates)],
                 args=[pool, size, task_limit, repr(now), template, domain, clone_limit,
-                      repr(CLONE_DEMAND_TTL_SECONDS), self.keys.vm(KEY_PART), holder_label(),
-                      {None: "", True: "1", False: "0"}[names_checked], *candidates]
+                      repr(CLONE_DEMAND_TTL_SECONDS), self.keys.vm(KEY_PART), holder_label(), *candidates]
             )
 
     @staticmethod

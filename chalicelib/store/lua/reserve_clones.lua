@@ -33,33 +33,22 @@
 -- KEYS[1] the pool's ready set, KEYS[2] its pending set, KEYS[3] clone_demand, KEYS[4]
 -- clone_demand_renewed, KEYS[5] the cloning set, KEYS[6] pool_clones, KEYS[7] its mark, KEYS[8]
 -- the pool's completed set (its clones held there, drained mid-clone: lua/move.lua), KEYS[9]
--- the pools' size overrides (POST /config/poolsize), KEYS[10] names_checked (keys.names_checked),
--- KEYS[11..] the records of the candidate hostnames.
+-- the pools' size overrides (POST /config/poolsize), KEYS[10..] the records of the candidate
+-- hostnames.
 -- ARGV: pool, size, task_limit, now, template, domain, clone_limit (0: none), demand_ttl,
 --       vm_template (the records of VMs pending, or cloning when the set is rebuilt:
 --       keys.DERIVED_KEYS), reserver (the process reserving, which starts the clones:
---       store/leases.py holder_label), checked ('1': the caller just listed every pool's folder,
---       manager/discovered.py discover_fleet, and names_checked is set; '0': the caller read it set,
---       and nothing is reserved if it is missing now; '': not looked at), then the candidate
---       hostnames, in the order of their records.
--- names_checked missing means Redis lost its data: the VMs it forgot still hold their names in
--- other pools' folders, and a name reused there would make two VMs of one name, their users'
--- hostnames colliding.
+--       store/leases.py holder_label), then the candidate hostnames, in the order of their records.
 -- Each record says its clone is asked only once marked ('marks_asked': store/records.py MARKS_ASKED),
 -- so a VM drained before the mark is known never cloned (manager/pending.unnoted_clones_running).
 -- Returns the hostnames reserved (each now has a pending record and a place in the cloning set).
 local ready_key, pending_key, demand_key, renewed_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local cloning_key, pool_clones_key, counted_key, completed_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local size_override_key, names_checked_key = KEYS[9], KEYS[10]
-local pool, size, task_limit, now, template, domain, clone_limit, demand_ttl, vm_template, reserver, checked =
+local size_override_key = KEYS[9]
+local pool, size, task_limit, now, template, domain, clone_limit, demand_ttl, vm_template, reserver =
   ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6],
-  tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10], ARGV[11]
-local FIRST_CANDIDATE = 11 -- in KEYS; its hostname is ARGV[index + 1]
-if checked == '1' then
-  redis.call('SET', names_checked_key, now)
-elseif checked == '0' and redis.call('EXISTS', names_checked_key) == 0 then
-  return {}
-end
+  tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10]
+local FIRST_CANDIDATE = 10 -- in KEYS; its hostname is ARGV[index + 1]
 local STALE_SWEEP = 10 -- stale pool_clones entries dropped per call at most
 local LAPSED_BATCH = 500 -- demands removed per command when many lapse at once (unpack's limit)
 -- An in-flight VM's pool and, when it is built for an on-demand request, the request (false
