@@ -136,15 +136,19 @@ def start_clones(context: PassContext, reserved: list[str]) -> dict[str, dict[st
 
 
 def _note_asked(context: PassContext, hostnames: Sequence[str]) -> list[str]:
-    """Note on the VMs that their clones are about to be asked for (``pending.CLONE_ASKED``), just
-    before the provider's call: one round trip per call (one a batch on the dummy, one a clone on
-    vSphere). Returns those still pending with their slot counted: the others are not cloned.
+    """Note on the VMs that their clones are about to be asked for (``pending.CLONE_ASKED``) and
+    where (manager/placement.py), just before the provider's call: one round trip per call (one a
+    batch on the dummy, one a clone on vSphere). Returns those still pending with their slot
+    counted: the others are not cloned.
     A run that lost its lease marks none: its checkpoint before the mark renews the lease (a run
     frozen before it stops there) and the mark's script compares the lease with the run's (one
     frozen between the two marks nothing): a VM marked and never cloned would hold its slot as
     asked, up to the pool's timeout, instead of coming back after the start grace."""
     context.checkpoint("clone_asking")
-    marked = context.store.mark_clones_asked(context.pool.name, hostnames, context.now, context.lease_token)
+    # Where, with the mark: a clone whose task is never noted (its answer lost, its pass killed)
+    # is then looked for, held and destroyed where it was asked if the pool moves meanwhile.
+    marked = context.store.mark_clones_asked(context.pool.name, hostnames, context.now, context.lease_token,
+                                             placement_of(context.pool))
     context.checkpoint("clone_asked")
     return marked
 

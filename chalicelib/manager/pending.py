@@ -80,13 +80,14 @@ def unnoted_clones_running(context: PassContext, records: Iterable[VMRecord], as
     gives are noted on the VMs, ``Store.note_found_clone_tasks``: from the next pass on, each is
     followed as any clone, done when its task ends, cancelled past the pool's timeout), or, when
     it cannot tell, up to the pool's timeout. The provider is asked only of clones of the pool's
-    template made where the pool makes VMs now (vSphere finds a clone among its template's
-    tasks): one of a template or place the pool has left since is judged as one it cannot tell."""
+    template (vSphere finds a clone among its template's tasks), each in the place it was asked
+    in (its ``placement``, written with the mark: one call per place): one of a template the
+    pool has left since is judged as one it cannot tell."""
     timeout = context.pool.timeout_minutes * 60
     shown_early = context.provider.vms_show_while_cloning
     running: set[str] = set()
     graced: set[str] = set()  # within the start grace: running unless the provider says it is done
-    ask: dict[str, float] = {}
+    ask: dict[str, dict[str, tuple[VMRecord, float]]] = {}  # by placement ('': the pool's now)
     untold: dict[str, float] = {}
     for record in records:
         age = context.now - (record.clone_start or context.now)
@@ -100,18 +101,42 @@ def unnoted_clones_running(context: PassContext, records: Iterable[VMRecord], as
             graced.add(record.name)  # made, perhaps still cloning: the provider tells
         elif not ((record.raw.get(CLONE_ASKED) or shown) and age <= asked_limit):
             continue
-        same_source = record.template == context.pool.template and context.elsewhere(record) is None
-        (ask if same_source else untold)[record.name] = age
-    under_way = context.provider.clones_under_way(context.pool, list(ask)) if ask else {}
-    if under_way is None:
-        untold.update(ask)
-    else:
-        running.update(name for name in ask if name in under_way)
-        found = {name: task for name, task in under_way.items() if task and name in ask}
+        if record.template == context.pool.template:
+            ask.setdefault(context.elsewhere(record) or "", {})[record.name] = (record, age)
+        else:
+            untold[record.name] = age
+    for asked in ask.values():
+        under_way = _under_way_where_asked(context, [record for record, _ in asked.values()])
+        if under_way is None:
+            untold.update((name, age) for name, (_, age) in asked.items())
+            continue
+        running.update(name for name in asked if name in under_way)
+        found = {name: task for name, task in under_way.items() if task and name in asked}
         if found and context.store.note_found_clone_tasks(found):
             context.checkpoint("clone_task_found")
     running.update(name for name, age in untold.items() if age <= timeout or name in graced)
     return running
+
+
+def _under_way_where_asked(context: PassContext, records: list[VMRecord]) -> Mapping[str, str] | None:
+    """``Provider.clones_under_way`` for ``records`` (clones of the pool's template asked in
+    one place), asked of the place they were asked in (``PassContext.reach``: the pool may have
+    moved since; asked of its new place, another datacenter's template would say "not under
+    way" while the clone runs, and its slot would be freed beyond task_limit). None when it
+    cannot tell: that place's provider is no longer configured, or (not the pool's own) fails
+    now; the pool's own failing raises ProviderError (the pass stops there)."""
+    reached = context.reach(records[0])
+    if reached is None:
+        return None
+    provider, pool = reached
+    names = [record.name for record in records]
+    if context.elsewhere(records[0]) is None:
+        return provider.clones_under_way(pool, names)
+    try:
+        return provider.clones_under_way(pool, names)
+    except ProviderError as error:
+        context.report.errors.append(f"clones in the pool's former place not looked for: {error}")
+        return None
 
 
 def never_cloned(record: VMRecord) -> bool:
@@ -193,9 +218,12 @@ def _left_behind(context: PassContext, record: VMRecord) -> bool:
         if cloning:
             context.report.followups += 1
             return True
-    # A clone still running there past the timeout keeps its slot until it ends (completed.py).
+    # A clone still running there past the timeout keeps its slot until it ends (completed.py),
+    # and so does one asked there whose task was never noted (its answer lost, its pass killed):
+    # the completed step asks that place whether it still makes it (unnoted_clones_running).
+    asked = bool(record.clone_task or record.raw.get(CLONE_ASKED))
     context.take_out_of_service(record.name, "pending", f"its pool moved from {describe(placement)}",
-                                hold_clone=record.clone_end is None and bool(record.clone_task))
+                                hold_clone=record.clone_end is None and asked)
     return True
 
 

@@ -1229,9 +1229,10 @@ class Store:
             run_many(self.client, self._finish_calls(hostnames, now))
 
     def mark_clones_asked(self, pool: str, hostnames: Sequence[str], now: float,
-                          lease_token: str | None = None) -> list[str]:
+                          lease_token: str | None = None, placement: str = "") -> list[str]:
         """Note on each VM, just before its clone is asked of the provider, that it is
-        (``CLONE_ASKED``), in one round trip; only VMs still pending in ``pool`` with their slot
+        (``CLONE_ASKED``), and where (``placement``, manager/placement.py; '' none), in one
+        round trip; only VMs still pending in ``pool`` with their slot
         counted are marked, and none once the pool's lease is no longer ``lease_token`` (the
         caller's run lost it; None: no lease checked) (lua/clone_asked.lua). Returns the
         hostnames marked: the only ones the caller may clone."""
@@ -1241,7 +1242,7 @@ class Store:
             marked = self.scripts.clone_asked(
                 keys=[self.keys.pool_state(pool, "pending"), self.keys.cloning, self.keys.lease(pool),
                       *(self.keys.vm(host) for host in hostnames)],
-                args=[_encode(now), lease_token or "", *hostnames])
+                args=[_encode(now), lease_token or "", placement, *hostnames])
         return [host for host, done in zip(hostnames, marked, strict=True) if done]
 
     def _finish_calls(self, hostnames: Sequence[str], now: float) -> list[ScriptCall]:

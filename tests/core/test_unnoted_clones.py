@@ -214,10 +214,11 @@ def test_a_run_frozen_before_its_clone_mark_marks_nothing_once_another_run_took_
         if frozen_in == "checkpoint" and step == "clone_asking":
             take_over()
 
-    def mark_after_takeover(pool: str, hostnames: Sequence[str], now: float, lease: str | None) -> list[str]:
+    def mark_after_takeover(pool: str, hostnames: Sequence[str], now: float, lease: str | None,
+                            placement: str = "") -> list[str]:
         if frozen_in == "mark":
             take_over()
-        return mark(pool, hostnames, now, lease)
+        return mark(pool, hostnames, now, lease, placement)
 
     monkeypatch.setattr(frozen.store, "mark_clones_asked", mark_after_takeover)
     monkeypatch.setattr(world.provider, "clones_under_way", lambda pool, names: None)  # cannot tell

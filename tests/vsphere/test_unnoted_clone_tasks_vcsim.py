@@ -16,10 +16,12 @@ from typing import Iterator
 
 import pytest
 
+from chalicelib.config import Config
 from chalicelib.manager.pending import CLONE_ASKED, CLONE_START_GRACE_SECONDS
 from chalicelib.providers.base import TaskState
 from tests.harness import Harness, HarnessFactory, Killed
 from tests.support import eventually
+from tests.vsphere import admin
 from tests.vsphere.vcsim import VcsimServer, delayed_clones, vcsim_config
 
 POOL = "unnoted-tasks"
@@ -123,3 +125,46 @@ def test_an_unnoted_clone_drained_mid_clone_keeps_its_slot_and_is_cancelled_past
     record = world.store.get_vm(name)
     assert record is not None and record.raw.get("clone_cancel_asked")
     assert world.state_of(name) == "destroyed" and len(started) == 1
+
+
+@pytest.fixture
+def long_cloning_two_datacenters(vcsim_dir: Path) -> Iterator[VcsimServer]:
+    """DC0 and DC1, each with the template, whose clone tasks run far longer than any test."""
+    with VcsimServer(boot_delay=0.2, cert_path=vcsim_dir / f"unnoted-moved-{secrets.token_hex(3)}.pem",
+                     clone_delay=600, datacenters=2) as server:
+        yield server
+
+
+def test_an_unnoted_clone_keeps_its_slot_when_its_pool_moves_to_another_datacenter(
+        make_harness: HarnessFactory, long_cloning_two_datacenters: VcsimServer) -> None:
+    """The pass that asked for the clone in DC0 died before noting its task, then the pool moved
+    to DC1. Before, the VM had no placement: it counted as made in DC1, DC1's template had no
+    such clone under way, and its slot was freed while DC0 still cloned (a second clone beyond
+    task_limit 1), its VM left in DC0 where no pass looked. Now the clone is asked about in DC0:
+    its slot is held until DC0's clone ends, and its VM is destroyed there."""
+    server = long_cloning_two_datacenters
+    folder = f"vmpool/{POOL}-{secrets.token_hex(3)}"
+    service = {"task_limit": 1, "timeout": TIMEOUT_MINUTES, "experimental_features": True}
+
+    def config(datacenter: str) -> Config:
+        pool = {"name": POOL, "size": 1, "folder": folder, "ready_check": "tools", "datacenter": datacenter}
+        return vcsim_config(server, [pool], service=service)
+
+    world = make_harness(config("DC0"))
+    name = killed_after_its_clone(world)
+    world.services.use_config(config("DC1"))
+    for _ in range(4):  # past the start grace, within the pool's timeout
+        world.clock.advance(CLONE_START_GRACE_SECONDS / 2)
+        assert world.reconcile(POOL).clones_started == [], "slot freed while DC0 still clones"
+        assert world.store.cloning_count() == 1
+    assert world.state_of(name) == "completed"  # left behind in DC0, its slot held
+    assert admin.exists(world.provider, f"DC0/vm/{folder}/{name}")
+
+    world.clock.advance(TIMEOUT_MINUTES * 60 + 1)  # past the timeout: cancelled in DC0, destroyed there
+    started: list[str] = []
+    for _ in range(4):
+        started += world.reconcile(POOL).clones_started
+        world.clock.advance(1)
+    assert world.state_of(name) == "destroyed" and len(started) == 1
+    eventually(lambda: not admin.exists(world.provider, f"DC0/vm/{folder}/{name}"), 10,
+               "the clone's VM destroyed in DC0", interval=0.2)

@@ -12,17 +12,22 @@
 -- slots as asked (up to the pool's timeout) instead of giving them back after the start grace.
 -- KEYS[1] the pool's pending set, KEYS[2] the cloning set, KEYS[3] the pool's lease, then one VM
 -- record per VM.
--- ARGV: now, the run's lease token ('' outside a leased run: no lease checked), then the VMs'
--- hostnames (in the order of their records).
+-- ARGV: now, the run's lease token ('' outside a leased run: no lease checked), the placement the
+-- clones are asked in ('' none: manager/placement.py, written with the mark so that a clone whose
+-- task is never noted is still looked for, and destroyed, where it was asked if its pool moves),
+-- then the VMs' hostnames (in the order of their records).
 -- Returns per VM 1 when marked (the clone may be asked for), 0 when not.
-local FIRST_RECORD = 4 -- in KEYS; its hostname is ARGV[index - 1]
+local FIRST_RECORD = 4 -- in KEYS; its hostname is ARGV[index]
 local results = {}
 local leased = ARGV[2] == '' or redis.call('GET', KEYS[3]) == ARGV[2]
 for index = FIRST_RECORD, #KEYS do
-  local hostname = ARGV[index - 1]
+  local hostname = ARGV[index]
   if leased and redis.call('ZSCORE', KEYS[1], hostname) and redis.call('ZSCORE', KEYS[2], hostname)
       and redis.call('EXISTS', KEYS[index]) == 1 then
     redis.call('HSET', KEYS[index], 'clone_asked', ARGV[1])
+    if ARGV[3] ~= '' then
+      redis.call('HSET', KEYS[index], 'placement', ARGV[3])
+    end
     results[#results + 1] = 1
   else
     results[#results + 1] = 0
