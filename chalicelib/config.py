@@ -399,9 +399,10 @@ class Config:
     """vmpooler's ``:rate_limits:``: class -> {limit, period}, only the keys given."""
     dns_configs: Mapping[str, DnsConfig] = field(default_factory=lambda: MappingProxyType({}))
     generation: float = 0.0
-    """When the config pushed to S3 was written (its Last-Modified, epoch seconds): orders the
-    configs of functions that overlap after a push (manager/dispatch.py); 0 for a config read
-    from a file, which nothing overlaps."""
+    """When the config pushed to S3 was pushed (epoch seconds, later than the config it replaced
+    even within a second: config_source.object_generation): orders the configs of functions that
+    overlap after a push (manager/dispatch.py); 0 for a config read from a file, which nothing
+    overlaps."""
     _pools_by_name: Mapping[str, PoolConfig] = field(default_factory=dict, repr=False)
     _aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
