@@ -789,12 +789,56 @@ def _extra_config_files(names: list[str], base_dir: Path) -> list[Path]:
 def config_files(path: Path) -> list[Path]:
     """The files a load of the config file ``path`` reads: it, then the ``extra_config`` files it
     names (at most MAX_EXTRA_CONFIGS), as ``load`` finds them; only ``path`` when it cannot be
-    read or parsed (its load says why). For a watcher of the config (the local stack's)."""
+    read or its ``config`` section parsed (its load says why). For a watcher of the config (the
+    local stack's). Only that section is built (``_config_section``): before, the whole file
+    was, at every start of ``make run`` and change of the file (10,000 pools: 3.8 s of CPU)."""
     try:
-        document = _read_document(read_config_file(path), str(path), BlockReader())
+        text = read_config_file(path)
+        try:
+            document = _read_document(_config_section(text), str(path), BlockReader())
+        except ConfigError:  # a section that is not whole alone (an alias to an anchor outside it)
+            document = _read_document(text, str(path), BlockReader())
     except (OSError, ConfigError):
         return [path]
     return [path, *_extra_config_files(extra_config_paths(document)[:MAX_EXTRA_CONFIGS], path.parent)]
+
+
+def _config_section(text: str) -> str:
+    """The top-level ``config`` section (or ``:config:``) of the YAML ``text`` alone, as YAML,
+    from the parser's events up to the section's end (what follows it unread): ``""`` when the
+    text is a mapping without one, the whole text when it is no mapping. Raises ConfigError for
+    text that is not YAML up to there."""
+    import yaml
+
+    starts = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+    ends = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+    nodes = (yaml.ScalarEvent, yaml.AliasEvent, *starts)
+    section: list[Any] = []
+    depth, top_nodes, top_mapping, wanted = 0, 0, False, False
+    try:
+        for event in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+            if depth == 1 and top_mapping and isinstance(event, nodes):  # a key or value of the top level
+                if top_nodes % 2 == 0:
+                    wanted = isinstance(event, yaml.ScalarEvent) and event.value.lstrip(":") == "config"
+                elif wanted:
+                    section.append(event)
+                top_nodes += 1
+            elif section:
+                section.append(event)
+            if isinstance(event, starts):
+                top_mapping = top_mapping or (depth == 0 and isinstance(event, yaml.MappingStartEvent))
+                depth += 1
+            elif isinstance(event, ends):
+                depth -= 1
+            if section and depth == 1:  # its value is whole
+                break
+        if not section:
+            return "" if top_mapping else text
+        return yaml.emit([yaml.StreamStartEvent(), yaml.DocumentStartEvent(), yaml.MappingStartEvent(None, None, True),
+                          yaml.ScalarEvent(None, None, (True, False), "config"), *section, yaml.MappingEndEvent(),
+                          yaml.DocumentEndEvent(), yaml.StreamEndEvent()])
+    except yaml.YAMLError as error:
+        raise ConfigError([f"not valid YAML: {error}"]) from None
 
 
 def _deep_merge(main: Any, extra: Any) -> Any:

@@ -158,3 +158,32 @@ def test_joining_an_extra_files_pools_does_not_compare_each_with_every_pool_ther
     assert joined == main + extra[:-1]  # a7 is there already (1.0 == 1)
     # Values no key stands for (YAML's !!set) are still joined as vmpooler joins them.
     assert config_module._deep_merge([{"x"}, 1], [{"x"}, {"y"}, True]) == [{"x"}, 1, {"y"}]
+
+
+POOLS = ":pools:\n" + "".join(f"  - {{name: p{n}, size: 1, provider: dummy}}\n" for n in range(2000))
+
+
+@pytest.mark.parametrize("main", [
+    ":config:\n  extra_config: 'a.yaml, b.yaml'\n" + POOLS,
+    POOLS + "config:\n  task_limit: 4\n  extra_config: [a.yaml, b.yaml]\n",  # after the pools
+    "base: &base {task_limit: 4}\n:config:\n  <<: *base\n  extra_config: [a.yaml, b.yaml]\n" + POOLS,  # an alias
+    ":config: &c\n  extra_config: &e [a.yaml, &b b.yaml]\n  x: *e\n" + POOLS,  # anchors inside
+    "{config: {extra_config: 'a.yaml,b.yaml'}, pools: []}\n",
+], ids=["first", "last", "alias-outside", "anchors-inside", "flow"])
+def test_the_watched_files_are_the_ones_a_load_reads_without_building_the_pools(
+        tmp_path: Path, main: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local stack watches the config and its extra files (``config_files``): only the
+    config section is built to find them, unless it names what is outside it."""
+    path = write(tmp_path, "main.yaml", main)
+    read = config_module._read_document
+    built: list[int] = []
+    monkeypatch.setattr(config_module, "_read_document",
+                        lambda text, source, reader: built.append(len(text)) or read(text, source, reader))
+    assert config_module.config_files(path) == [path, tmp_path / "a.yaml", tmp_path / "b.yaml"]
+    assert built[0] < 200 and (len(built) == 1) is ("*base" not in main)  # else the whole file, once
+
+
+@pytest.mark.parametrize("main", [POOLS, "- a\n- b\n", "", ":config:\n  extra_config: [a.yaml\n", ":config: {\n"])
+def test_a_config_without_extra_files_or_unreadable_is_watched_alone(tmp_path: Path, main: str) -> None:
+    path = write(tmp_path, "main.yaml", main)
+    assert config_module.config_files(path) == [path]
