@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import threading
 from typing import Any, Callable, Mapping, NamedTuple
@@ -54,13 +55,49 @@ DEFAULT_CONFIG_KEY = "config/vmpool.yaml"
 REFRESH_SECONDS = 30.0
 
 
+GENERATION_METADATA = "generation"
+"""The S3 user metadata (``x-amz-meta-generation``) config-push writes with each object: the
+push's generation, epoch seconds with a fraction, later than the object's it replaces
+(``next_generation``). S3's Last-Modified alone has one-second resolution: two pushes within a
+second (a mistake and its fix) were one generation, so the functions still on the mistake ran
+passes beside those on the fix until every one had read it (30 s)."""
+MAX_GENERATION_AHEAD_SECONDS = 86_400.0
+"""How far past its Last-Modified an object's metadata generation is believed (a pusher's clock
+that far ahead, or a value written by hand): beyond it, Last-Modified is the generation, so no
+one object can stay the newest for years, nor leave a next push no later in float precision."""
+GENERATION_STEP_SECONDS = 0.001
+"""How much later than the object it replaces a push is, at the least (``next_generation``)."""
+
+
+def object_generation(last_modified: Any, metadata: Mapping[str, str] | None) -> float:
+    """The generation of a config object: its metadata generation (config-push's), or its
+    Last-Modified (a ``datetime``; None: 0) when that is later, absent (an object written by an
+    older release or by hand) or not believable. The later of the two, so that an older version
+    copied over the object (a rollback) is as new as the copy."""
+    written = last_modified.timestamp() if last_modified is not None else 0.0
+    try:
+        pushed = float((metadata or {}).get(GENERATION_METADATA, ""))
+    except ValueError:
+        return written
+    if not math.isfinite(pushed) or pushed - written > MAX_GENERATION_AHEAD_SECONDS:
+        return written
+    return max(written, pushed)
+
+
+def next_generation(previous: float, now: float) -> float:
+    """The generation of a push replacing an object of generation ``previous`` (0: none):
+    ``now``, or just after ``previous`` when the pusher's clock says no later (a push within
+    the same second as the last, a pusher's clock behind S3's or another pusher's)."""
+    return max(now, previous + GENERATION_STEP_SECONDS)
+
+
 class Fetched(NamedTuple):
-    """A config object fetched: its text, its ETag and when it was written (epoch seconds; 0
-    when unknown), which becomes the config's ``generation``."""
+    """A config object fetched: its text, its ETag and its generation (``object_generation``;
+    0 when unknown), which orders the configs of functions that overlap after a push."""
 
     text: str
     etag: str
-    modified: float = 0.0
+    generation: float = 0.0
 
 
 Fetch = Callable[[str | None], "Fetched | tuple[str, str] | None"]
@@ -140,10 +177,10 @@ class ConfigSource:
         self._said_nothing_published = False
         if fetched is None:
             return
-        text, etag, modified = Fetched(*fetched)
+        text, etag, generation = Fetched(*fetched)
         digest = text_digest(text)
         if digest == self._digest:  # the text the config in use was built from: the same config
-            self._use(self._config, etag, digest, modified)
+            self._use(self._config, etag, digest, generation)
             return
         try:
             document = canonical_document(text)
@@ -156,15 +193,15 @@ class ConfigSource:
             self._keep_last_good(error, etag)
             return
         # Only canonical text is reused: a YAML object's extra_config files are part of its config.
-        self._use(config, etag, digest if document is not None else None, modified)
+        self._use(config, etag, digest if document is not None else None, generation)
 
-    def _use(self, config: Config, etag: str, digest: str | None, modified: float) -> None:
+    def _use(self, config: Config, etag: str, digest: str | None, generation: float) -> None:
         for warning in config.warnings:
             logger.warning("config: " + warning)
-        if config.generation != modified:
-            config = dataclasses.replace(config, generation=modified)
+        if config.generation != generation:
+            config = dataclasses.replace(config, generation=generation)
         self._config, self._etag, self._digest = config, etag, digest
-        logger.info("config loaded", extra={"etag": etag, "pools": len(config.pools), "generation": modified})
+        logger.info("config loaded", extra={"etag": etag, "pools": len(config.pools), "generation": generation})
 
     def _say_nothing_published(self) -> None:
         """Said once until an object shows up again, never counted as a failure: a stage whose
@@ -227,8 +264,7 @@ class S3Fetch:
             text = data.decode("utf-8")
         except UnicodeDecodeError as error:
             raise ObjectRefused(f"s3 config: not UTF-8 text (byte {error.start})", etag) from None
-        modified = answer.get("LastModified")
-        return Fetched(text, etag, modified.timestamp() if modified is not None else 0.0)
+        return Fetched(text, etag, object_generation(answer.get("LastModified"), answer.get("Metadata")))
 
 
 class FileFetch:

@@ -18,8 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
+
+from chalicelib.clock import Clock, SystemClock
 from chalicelib.config import Config, ConfigError, canonical_json, parse, read_config_file
-from chalicelib.config_source import DEFAULT_CONFIG_KEY
+from chalicelib.config_source import DEFAULT_CONFIG_KEY, GENERATION_METADATA, next_generation, object_generation
 from infra.deploy import said_in_one_line
 from infra.sync_config import STAGES, ssm_references, stack_name, unreadable_secrets
 
@@ -93,21 +96,40 @@ def _outside(server: str, cidr: str) -> bool:
         return False
 
 
-def push(text: str, bucket: str, s3: Any, source: str = "config", config: Config | None = None) -> str:
+def push(text: str, bucket: str, s3: Any, source: str = "config", config: Config | None = None,
+         clock: Clock | None = None) -> str:
     """Validate and publish the canonical JSON; returns the new object's version (or ETag).
     Raises ConfigError. The validation's warnings (unknown keys, a key written twice with one
     value) are printed to stderr; they travel in the canonical JSON too, and every function logs
-    them when it loads it. ``config``: ``text`` already parsed."""
+    them when it loads it. ``config``: ``text`` already parsed. The object carries its
+    generation (``config_source.GENERATION_METADATA``): later than the object it replaces, even
+    within the same second or from a clock behind."""
     config = config or parse(text, source)
     for warning in config.warnings:
         print(f"config-push: warning: {warning}", file=sys.stderr)
+    generation = next_generation(_published_generation(s3, bucket), (clock or SystemClock()).now())
     answer = s3.put_object(Bucket=bucket, Key=DEFAULT_CONFIG_KEY, Body=canonical_json(config).encode("utf-8"),
                            ContentType="application/json",
-                           Metadata={"pools": str(len(config.pools))})
+                           Metadata={"pools": str(len(config.pools)), GENERATION_METADATA: repr(generation)})
     return str(answer.get("VersionId") or answer.get("ETag"))
 
 
-def main(argv: list[str] | None = None, session: Any = None) -> int:
+def _published_generation(s3: Any, bucket: str) -> float:
+    """The generation of the config object the bucket holds (0: none). Without the right to
+    read it (a pusher allowed ``s3:PutObject`` only), 0 and a warning: the push is then ordered
+    by this machine's clock alone, as every push was before."""
+    try:
+        head = s3.head_object(Bucket=bucket, Key=DEFAULT_CONFIG_KEY)
+    except ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        if code not in ("404", "NoSuchKey", "NotFound"):
+            print(f"config-push: warning: the published config's generation could not be read ({code}): this push "
+                  "is ordered by this machine's clock only", file=sys.stderr)
+        return 0.0
+    return object_generation(head.get("LastModified"), head.get("Metadata"))
+
+
+def main(argv: list[str] | None = None, session: Any = None, clock: Clock | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=sorted(STAGES), required=True)
     parser.add_argument("--file", default="chalicelib/vmpool.yaml", help="the YAML to publish")
@@ -138,7 +160,7 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
               "published:\n  " + "\n  ".join(unreadable), file=sys.stderr)
         return 1
     try:
-        return _push_checked(args.stage, path, text, config, args.bucket, session)
+        return _push_checked(args.stage, path, text, config, args.bucket, session, clock)
     except Exception as error:
         if not said_in_one_line("config-push", error):
             raise
@@ -146,7 +168,8 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
         return 1
 
 
-def _push_checked(stage: str, path: Path, text: str, config: Config, bucket: str | None, session: Any) -> int:
+def _push_checked(stage: str, path: Path, text: str, config: Config, bucket: str | None, session: Any,
+                  clock: Clock | None = None) -> int:
     """Check ``config`` (``text`` validated) against the deployed stack, then publish it; 0 or 1
     (what was wrong printed)."""
     cloudformation = session.client("cloudformation")
@@ -171,7 +194,7 @@ def _push_checked(stage: str, path: Path, text: str, config: Config, bucket: str
                   " (or CreateVpcEndpoints=false behind a NAT gateway), then push again", file=sys.stderr)
             return 1
     bucket = bucket or stack_output(cloudformation, stage, "ConfigBucket")
-    version = push(text, bucket, session.client("s3"), str(path), config)
+    version = push(text, bucket, session.client("s3"), str(path), config, clock)
     print(f"config-push: published {path} to s3://{bucket}/{DEFAULT_CONFIG_KEY} (version {version}); "
           "running functions use it within a minute")
     return 0

@@ -81,8 +81,8 @@ family through these validators.
     pools:ready_fence        hash    pool -> the id of the runtime template change or reset whose
                                      drain has not run yet: no checkout takes its ready VMs (cloned
                                      for what it had before) until a pass has drained them
-    config_generation        string  "<generation> <time>": the newest pushed config (when S3 wrote it)
-                                     a reconcile function ran with, and when it last did: a
+    config_generation        string  "<generation> <time>": the newest pushed config (by its push's
+                                     generation) a reconcile function ran with, and when it last did: a
                                      function a push behind leaves the pools alone
     lastboot                 hash    pool -> time of its last VM becoming ready
     started                  string  when the service started serving (epoch s): /status's uptime, the

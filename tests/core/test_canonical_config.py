@@ -6,6 +6,7 @@ canonical file edited into the wrong shape must be refused with its key path, ne
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -14,7 +15,7 @@ import pytest
 
 from chalicelib.clock import FakeClock
 from chalicelib.config import ConfigError, canonical, canonical_json, from_text, load, parse
-from chalicelib.config_source import REFRESH_SECONDS, ConfigSource
+from chalicelib.config_source import REFRESH_SECONDS, ConfigSource, next_generation, object_generation
 from tests.core.test_config import VMPOOLER_YAML
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,3 +189,20 @@ def test_an_object_of_the_text_in_use_is_not_built_again_but_takes_its_new_gener
     assert (source.current().generation, builds) == (200.0, [])
     clock.advance(REFRESH_SECONDS)
     assert (source.current().pool_names, source.current().generation, len(builds)) == (("b",), 300.0, 1)
+
+
+WRITTEN = datetime.datetime(2026, 12, 6, 15, 0, 0, tzinfo=datetime.timezone.utc)
+
+
+@pytest.mark.parametrize(("metadata", "generation"), [
+    (None, WRITTEN.timestamp()),  # written by an older release, or by hand: its Last-Modified, as before
+    ({"generation": repr(WRITTEN.timestamp() + 0.25)}, WRITTEN.timestamp() + 0.25),  # config-push's, within its second
+    ({"generation": repr(WRITTEN.timestamp() - 60)}, WRITTEN.timestamp()),  # an older version copied over: the copy
+    ({"generation": "soon"}, WRITTEN.timestamp()),
+    ({"generation": "nan"}, WRITTEN.timestamp()),
+    ({"generation": "1e300"}, WRITTEN.timestamp()),  # would stay the newest for ever
+], ids=["none", "pushed", "copied", "garbage", "nan", "far-ahead"])
+def test_a_config_objects_generation_is_its_push_or_when_s3_wrote_it(metadata: dict[str, str] | None,
+                                                                      generation: float) -> None:
+    assert object_generation(WRITTEN, metadata) == generation
+    assert next_generation(generation, WRITTEN.timestamp() - 3600) > generation  # a pusher's clock behind

@@ -4,6 +4,7 @@ the new set (moto S3, a real Redis)."""
 
 from __future__ import annotations
 
+import datetime
 import fnmatch
 import json
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import boto3
+import moto.s3.models
 import pytest
 import redis
 from botocore.awsrequest import AWSResponse
@@ -21,7 +23,7 @@ import app
 from chalicelib.clock import FakeClock
 from chalicelib.config import MAX_CONFIG_CHARACTERS, canonical_json, from_canonical, parse
 from chalicelib.config_source import DEFAULT_CONFIG_KEY, REFRESH_SECONDS, ConfigSource, S3Fetch
-from chalicelib.manager.dispatch import Ticker
+from chalicelib.manager.dispatch import Ticker, newest_config
 from chalicelib.services import Services
 from infra import config_push, sync_config
 from infra.sync_config import STAGES
@@ -60,10 +62,12 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         yield client
 
 
-def push_file(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+def push_file(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str],
+              clock: FakeClock | None = None) -> tuple[int, str]:
     path = tmp_path / "vmpool.yaml"
     path.write_text(text)
-    code = config_push.main(["--stage", "dev", "--file", str(path), "--bucket", BUCKET], session=boto3.Session())
+    code = config_push.main(["--stage", "dev", "--file", str(path), "--bucket", BUCKET], session=boto3.Session(),
+                            clock=clock)
     out = capsys.readouterr()
     return code, out.out + out.err
 
@@ -160,8 +164,9 @@ def test_running_functions_pick_up_a_pushed_config_within_the_refresh(s3: Any, t
     assert app.services().config.pool_names == ("debian",)  # cached
     clock.advance(1)
     assert app.services().config.pool_names == ("debian", "fedora")  # within the refresh
-    # Ordered by when S3 wrote it: a function a push behind leaves the pools to this one.
-    assert app.services().config.generation == published["LastModified"].timestamp() > 0
+    # Ordered by the push's generation: a function a push behind leaves the pools to this one.
+    generation = app.services().config.generation
+    assert generation == max(float(published["Metadata"]["generation"]), published["LastModified"].timestamp()) > 0
 
     status, _, body = Gateway(app.app)(
         "GET", "/api/v3/status?view=pools", {}, b"", "127.0.0.1")
@@ -562,3 +567,44 @@ def test_config_push_refuses_ssm_references_the_deployed_network_cannot_fetch(
     assert "dns_configs.bind.tsig_secret: SSM Parameter Store is reached through" in output
     assert 'make deploy STAGE=dev BUCKET=<deploy bucket> PARAMS="CreateSsmEndpoint=true"' in output
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
+
+
+@pytest.mark.parametrize("pusher_offset", [0.0, -3600.0, 3600.0], ids=["on-time", "behind", "ahead"])
+def test_a_fix_pushed_within_the_same_second_is_the_newest_config(s3: Any, tmp_path: Path, redis_client: redis.Redis,
+                                                                   capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   pusher_offset: float) -> None:
+    """An operator pushes a config, sees a mistake and pushes the fix at once: S3's Last-Modified
+    (one-second resolution) is the same for both, and was each config's generation. Both were
+    then the newest: for up to 30 s the functions still on the mistake ran passes with it
+    (cloned its template, drained the fix's clones) against those on the fix. Now each push is
+    later than the object it replaces, whatever the pusher's clock says, and one written by an
+    older release (no generation of its own) is ordered by its Last-Modified as before."""
+    written = datetime.datetime(2026, 12, 6, 15, 0, 0, 400_000, tzinfo=datetime.timezone.utc)
+    monkeypatch.setattr(moto.s3.models, "utcnow", lambda: written.replace(tzinfo=None))  # all in one second
+    pusher = FakeClock(written.timestamp() + pusher_offset)
+    clock = FakeClock()
+
+    def function() -> tuple[ConfigSource, Services]:
+        source = ConfigSource(parse(PACKAGED), S3Fetch(BUCKET, DEFAULT_CONFIG_KEY, lambda: s3), clock)
+        return source, Services(source.current(), redis_client, clock=clock, prefix="pushtest:")
+
+    s3.put_object(Bucket=BUCKET, Key=DEFAULT_CONFIG_KEY, Body=canonical_json(parse(PACKAGED)).encode())  # older code
+    older_release, on_older = function()
+    mistake = PACKAGED + "  - {name: fedora, size: 2, provider: dummy, template: wrong}\n"
+    assert push_file(tmp_path, mistake, capsys, pusher)[0] == 0
+    on_mistake, with_mistake = function()
+    assert push_file(tmp_path, PUSHED, capsys, pusher)[0] == 0
+    on_fix, with_fix = function()
+    versions = s3.list_object_versions(Bucket=BUCKET, Prefix=DEFAULT_CONFIG_KEY)["Versions"]
+    assert len({version["LastModified"] for version in versions}) == 1 and len(versions) == 3
+
+    generations = [source.current().generation for source in (older_release, on_mistake, on_fix)]
+    assert generations == sorted(set(generations)), generations
+    assert with_fix.config.pool("fedora").template != "wrong"
+    assert newest_config(with_fix)
+    assert not newest_config(with_mistake) and not newest_config(on_older)  # they leave the pools alone
+    clock.advance(REFRESH_SECONDS)  # until they read the fix
+    for source, services in ((on_mistake, with_mistake), (older_release, on_older)):
+        services.use_config(source.current())
+        assert services.config == with_fix.config and newest_config(services)

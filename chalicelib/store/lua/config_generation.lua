@@ -1,6 +1,6 @@
 -- Note the generation of the config a function runs with, and say whether it is the newest one
--- any function runs with (configs pushed to S3 are ordered by when S3 wrote them). A newest one
--- no function has used for ttl seconds gives way: a push undone by deleting the object's newest
+-- any function runs with (configs pushed to S3 are ordered by their push, config_source.py's
+-- object_generation). A newest one no function has used for ttl seconds gives way: a push undone by deleting the object's newest
 -- version leaves every function with an older config, and they must not wait on it for ever.
 -- KEYS[1] "<newest generation> <when a function last ran with it>".
 -- ARGV: this function's generation, now, ttl (seconds).
