@@ -127,19 +127,28 @@ def aws(aws: boto3.Session) -> boto3.Session:
 
 def test_make_deploy_refuses_such_parameters_before_uploading_or_creating_anything(
         aws: boto3.Session, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arguments = refused_deploy(aws, tmp_path, CONFIG, capsys, "CreateVpcEndpoints=false")
+    with pytest.raises(aws.client("cloudformation").exceptions.ClientError, match="does not exist"):
+        aws.client("cloudformation").describe_stacks(StackName="vmpool-dev")
+
+    assert deploy.main([*arguments, "CreateVpcEndpoints=false", "DnsServerCidr=10.9.0.0/24"], session=aws) == 0
+    assert "ready for review" in capsys.readouterr().err
+
+
+def refused_deploy(aws: boto3.Session, tmp_path: Path, config: str, capsys: pytest.CaptureFixture[str],
+                   naming: str) -> list[str]:
+    """The arguments of a ``make deploy`` of ``config``'s infra-only package with the required
+    parameters, after checking that it is refused with one line naming ``naming`` and that
+    nothing was uploaded."""
     package = tmp_path / "package"
     package.mkdir()
-    (package / "sam.json").write_text(json.dumps(template.build(stage_with(tmp_path, CONFIG), infra_only=True)))
+    (package / "sam.json").write_text(json.dumps(template.build(stage_with(tmp_path, config), infra_only=True)))
     (package / "deployment.zip").write_bytes(b"PK\x05\x06" + bytes(18))
     arguments = ["--stage", "dev", "--bucket", BUCKET, "--package", str(package), "--poll", "0.1", "--no-execute",
                  *(f"{k}={v}" for k, v in REQUIRED.items())]
 
     assert deploy.main(arguments, session=aws) == 1
     error = capsys.readouterr().err
-    assert error.startswith("deploy: ") and error.count("\n") == 1 and "CreateVpcEndpoints=false" in error
+    assert error.startswith("deploy: ") and error.count("\n") == 1 and naming in error
     assert "Contents" not in aws.client("s3").list_objects_v2(Bucket=BUCKET)
-    with pytest.raises(aws.client("cloudformation").exceptions.ClientError, match="does not exist"):
-        aws.client("cloudformation").describe_stacks(StackName="vmpool-dev")
-
-    assert deploy.main([*arguments, "CreateVpcEndpoints=false", "DnsServerCidr=10.9.0.0/24"], session=aws) == 0
-    assert "ready for review" in capsys.readouterr().err
+    return arguments

@@ -11,13 +11,12 @@ stack's endpoint security group, and a config needing it is refused without it."
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from test_dns_network import BUCKET, REQUIRED, _value, stage_with
+from test_dns_network import REQUIRED, _value, refused_deploy, stage_with
 from test_dns_network import aws as aws  # the fixture: conftest's moto AWS with the deploy bucket
 
 from infra import deploy, template
@@ -97,17 +96,7 @@ def test_a_config_without_ssm_references_needs_no_ssm_endpoint(tmp_path: Path) -
 
 def test_make_deploy_refuses_an_unreachable_ssm_reference_before_uploading_anything(
         aws: boto3.Session, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    package = tmp_path / "package"
-    package.mkdir()
-    (package / "sam.json").write_text(json.dumps(template.build(stage_with(tmp_path, CONFIG), infra_only=True)))
-    (package / "deployment.zip").write_bytes(b"PK\x05\x06" + bytes(18))
-    arguments = ["--stage", "dev", "--bucket", BUCKET, "--package", str(package), "--poll", "0.1", "--no-execute",
-                 *(f"{k}={v}" for k, v in REQUIRED.items())]
-
-    assert deploy.main(arguments, session=aws) == 1
-    error = capsys.readouterr().err
-    assert error.startswith("deploy: ") and error.count("\n") == 1 and "CreateSsmEndpoint=true" in error
-    assert "Contents" not in aws.client("s3").list_objects_v2(Bucket=BUCKET)
+    arguments = refused_deploy(aws, tmp_path, CONFIG, capsys, "CreateSsmEndpoint=true")
 
     assert deploy.main([*arguments, "CreateSsmEndpoint=true"], session=aws) == 0
     assert "ready for review" in capsys.readouterr().err

@@ -89,6 +89,16 @@ class Record:
         with self.lock:
             return [h for h in self.holdings if h.got <= moment and (h.returned is None or h.returned > moment)]
 
+    def held_by_two_at_once(self) -> dict[str, list[int]]:
+        """Host -> the callers that held it at overlapping times (none, when handouts are sound)."""
+        by_host: dict[str, list[Holding]] = {}
+        with self.lock:
+            for holding in self.holdings:
+                by_host.setdefault(holding.host, []).append(holding)
+        return {host: [h.client for h in held] for host, held in by_host.items()
+                if any(a.got < (b.returned or 1e18) and b.got < (a.returned or 1e18)
+                       for i, a in enumerate(held) for b in held[i + 1:])}
+
 
 class Stack:
     """One `python -m local.run` on a port kept across restarts (the clients keep their address),

@@ -208,12 +208,7 @@ def test_tokens_and_vm_changes_answered_hold_through_kills_and_pauses(tmp_path: 
                f"slowest: {record.slowest:.1f} s, VMs held: {len(record.holdings)}, "
                f"tokens deleted: {sum(len(u.deleted) for u in users)}")
     print(summary)
-    by_host: dict[str, list[Holding]] = {}
-    for holding in record.holdings:
-        by_host.setdefault(holding.host, []).append(holding)
-    overlapping = {host: [h.client for h in held] for host, held in by_host.items()
-                   if any(a.got < (b.returned or 1e18) and b.got < (a.returned or 1e18)
-                          for i, a in enumerate(held) for b in held[i + 1:])}
+    overlapping = record.held_by_two_at_once()
     assert not overlapping, f"VMs held by two users at once: {overlapping}\n{summary}"
     assert not record.problems, "\n".join(record.problems[:30]) + f"\n{summary}"
     assert not problems, "\n".join(problems[:30]) + f"\n{summary}"
