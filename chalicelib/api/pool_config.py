@@ -110,10 +110,17 @@ def _clear(services: Services, request: ApiRequest, setting: _Setting) -> ApiRes
     removed, found = PoolOverrides(services.store).clear(setting.field, name, token_key)
     answer = _changed(services, [name] if removed else [])
     answer.body.update({
-        f"{setting.answer_prefix}_before_reset": _value(apply(configured, found, services.override_room), setting),
-        f"{setting.answer_prefix}_before_overrides": _value(configured, setting),
+        f"{setting.answer_prefix}_before_reset": _shown(apply(configured, found, services.override_room), setting),
+        f"{setting.answer_prefix}_before_overrides": _shown(configured, setting),
     })
     return answer
+
+
+def _shown(pool: PoolConfig, setting: _Setting) -> Any:
+    """A DELETE answer's value: a template the pool does not have (its config gave none, and no
+    override) is ``null``, as vmpooler answers the pool's missing ``template`` (nil), not ``""``."""
+    value = _value(pool, setting)
+    return None if setting is _TEMPLATE and value == "" else value
 
 
 def _fits(services: Services, name: str, setting: _Setting, value: Any) -> bool:

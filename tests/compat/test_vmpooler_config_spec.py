@@ -156,3 +156,15 @@ def test_a_template_change_naming_an_unknown_pool_changes_nothing(pooler: Harnes
                          ids=lambda route: route.name)
 def test_a_change_to_an_unknown_pool_is_a_bare_404(pooler: Harness, route: Any) -> None:
     assert pooler.answer("DELETE", route_target(route, {"pool": "pool10"})) == (404, {"ok": False})
+
+
+# (no spec) DELETE /config/pooltemplate of the spec's pool2, which its config gives no template:
+# vmpooler answers the pool's ``template`` as it holds it, nil, so a client reads JSON null.
+def test_resetting_a_pool_the_config_gave_no_template_answers_null(pooler: Harness) -> None:
+    assert pooler.answer("POST", "/api/v3/config/pooltemplate", {"pool2": "templates/new_template2"}) == (
+        201, {"ok": True})
+    assert pooler.answer("DELETE", "/api/v3/config/pooltemplate/pool2") == (
+        201, {"ok": True, "template_before_reset": "templates/new_template2", "template_before_overrides": None})
+    assert pooler.answer("DELETE", "/api/v3/config/pooltemplate/pool2") == (
+        200, {"ok": True, "template_before_reset": None, "template_before_overrides": None})
+    assert "template" not in configuration(pooler)["pool2"]
