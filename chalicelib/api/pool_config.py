@@ -5,6 +5,8 @@ clone target and reset, kept in Redis (store/pool_overrides.py) and applied by t
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -47,7 +49,20 @@ def _payload(request: ApiRequest) -> dict[str, Any]:
     return body
 
 
+RUBY_INTEGER_TEXT = re.compile(r"[ \t\n\v\f\r]*\+?([0-9]+(?:_[0-9]+)*)[ \t\n\v\f\r]*")
+"""A size as vmpooler's Ruby ``Integer()`` accepts it and its ``to_i`` reads the same number:
+blanks around, a ``+``, ``_`` between digits. Not ``0x``/``0b``/``0o`` (``Integer("0x10")`` is
+16, but vmpooler stores ``"0x10".to_i``, 0: an emptied pool)."""
+
+
 def _size(value: Any) -> int | None:
+    """A pool size: a whole number written as vmpooler's ``Integer()`` check lets a curl script
+    write it (``5``, ``"5"``, ``5.0``, ``" 5"``, ``"+5"``, ``"1_000"``); a fraction stays a 400
+    (vmpooler cuts ``2.5`` to 2)."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    elif isinstance(value, str) and (written := RUBY_INTEGER_TEXT.fullmatch(value)):
+        value = written.group(1).replace("_", "")
     size = whole_number(value)
     return size if size is not None and size <= MAX_SIZE else None
 
@@ -110,10 +125,17 @@ def _clear(services: Services, request: ApiRequest, setting: _Setting) -> ApiRes
     removed, found = PoolOverrides(services.store).clear(setting.field, name, token_key)
     answer = _changed(services, [name] if removed else [])
     answer.body.update({
-        f"{setting.answer_prefix}_before_reset": _value(apply(configured, found, services.override_room), setting),
-        f"{setting.answer_prefix}_before_overrides": _value(configured, setting),
+        f"{setting.answer_prefix}_before_reset": _shown(apply(configured, found, services.override_room), setting),
+        f"{setting.answer_prefix}_before_overrides": _shown(configured, setting),
     })
     return answer
+
+
+def _shown(pool: PoolConfig, setting: _Setting) -> Any:
+    """A DELETE answer's value: a template the pool does not have (its config gave none, and no
+    override) is ``null``, as vmpooler answers the pool's missing ``template`` (nil), not ``""``."""
+    value = _value(pool, setting)
+    return None if setting is _TEMPLATE and value == "" else value
 
 
 def _fits(services: Services, name: str, setting: _Setting, value: Any) -> bool:

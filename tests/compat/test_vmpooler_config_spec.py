@@ -156,3 +156,34 @@ def test_a_template_change_naming_an_unknown_pool_changes_nothing(pooler: Harnes
                          ids=lambda route: route.name)
 def test_a_change_to_an_unknown_pool_is_a_bare_404(pooler: Harness, route: Any) -> None:
     assert pooler.answer("DELETE", route_target(route, {"pool": "pool10"})) == (404, {"ok": False})
+
+
+# (no spec) DELETE /config/pooltemplate of the spec's pool2, which its config gives no template:
+# vmpooler answers the pool's ``template`` as it holds it, nil, so a client reads JSON null.
+def test_resetting_a_pool_the_config_gave_no_template_answers_null(pooler: Harness) -> None:
+    assert pooler.answer("POST", "/api/v3/config/pooltemplate", {"pool2": "templates/new_template2"}) == (
+        201, {"ok": True})
+    assert pooler.answer("DELETE", "/api/v3/config/pooltemplate/pool2") == (
+        201, {"ok": True, "template_before_reset": "templates/new_template2", "template_before_overrides": None})
+    assert pooler.answer("DELETE", "/api/v3/config/pooltemplate/pool2") == (
+        200, {"ok": True, "template_before_reset": None, "template_before_overrides": None})
+    assert "template" not in configuration(pooler)["pool2"]
+
+
+# (no spec) vmpooler's POST /config/poolsize checks each size with Ruby's Integer() and stores its
+# to_i: a curl script's 5.0, " 5", "+5" or "1_2" is a size there (pool2's is 10). Where the two disagree (0x10:
+# Integer 16, to_i 0, an emptied pool) or a fraction would be cut, the size is still refused.
+@pytest.mark.parametrize("written, size", [
+    (3.0, 3), (" 3", 3), ("3\n", 3), ("+3", 3), ("1_2", 12), (1.2e1, 12), ("007", 7),
+    ("0x10", None), ("0b11", None), ("0o7", None), (2.5, None), ("2.5", None), ("1__0", None), ("_1", None),
+    ("-0", None), ("+", None), (" ", None),
+], ids=repr)
+def test_a_size_vmpooler_reads_with_ruby_integer_is_a_size(pooler: Harness, written: Any, size: int | None) -> None:
+    before = configuration(pooler)["pool2"]["size"]
+    reply = pooler.answer("POST", "/api/v3/config/poolsize", {"pool2": written})
+    if size is None:
+        assert reply == (400, {"ok": False, "not_configured": ["pool2"]})
+        assert configuration(pooler)["pool2"]["size"] == before
+    else:
+        assert reply == (201, {"ok": True})
+        assert configuration(pooler)["pool2"]["size"] == size
