@@ -41,6 +41,7 @@ MAX_PATTERN_LENGTH = 200
 MAX_REPETITIONS = 3
 MAX_POSITIONS = 24
 UNROLLED_COUNT = 16
+MAX_NODES = 2000
 """``x{2,5}`` is analysed as the five positions it is; ``x{2,50}`` as ``xx+``."""
 
 # re's own parser and compiler (private modules without type stubs): the parse ``re.compile``
@@ -77,9 +78,6 @@ def check_tagfilter(pattern: str) -> None:
     if automaton.repetitions > MAX_REPETITIONS:
         raise Refused(f"must hold at most {MAX_REPETITIONS} repetitions (*, +, {{m,n}}), got "
                       f"{automaton.repetitions}")
-    if len(automaton.steps) > MAX_POSITIONS:
-        raise Refused(f"must match at most {MAX_POSITIONS} characters but for repetitions, got "
-                      f"{len(automaton.steps)}")
     if not automaton.reads_one_way(start):
         raise Refused(MORE_THAN_ONE_WAY.format(pattern=pattern))
 
@@ -97,6 +95,9 @@ class _Automaton:
     repetitions: int = 0
 
     def node(self) -> int:
+        if len(self.empty) >= MAX_NODES:  # ((x{16}){16}){16}...: refused before it is built
+            raise Refused(f"must match at most {MAX_POSITIONS} characters but for repetitions, and be "
+                          f"simpler than {MAX_NODES} places")
         self.empty.append([])
         return len(self.empty) - 1
 
@@ -108,6 +109,8 @@ class _Automaton:
 
     def item(self, op: Any, argument: Any, flags: int, start: int) -> int:
         if op in _CHARACTER_OPS:
+            if len(self.steps) == MAX_POSITIONS:
+                raise Refused(f"must match at most {MAX_POSITIONS} characters but for repetitions")
             end = self.node()
             self.steps.append((start, _characters(op, argument, flags), end))
             return end

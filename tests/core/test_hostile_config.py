@@ -183,7 +183,9 @@ NOTHING = "must not repeat a part that can match nothing"
     (r"(a)\1", "must not hold a backreference"), (r"x|(?=(a+)+)", "must not hold a lookaround"),
     (r"(?<!a)b", "must not hold a lookaround"), (r"(a)?(?(1)b|c)", "must not hold a conditional group"),
     ("a" * 201, "must be at most 200 characters, got 201"),
-    ("[ab]" * 25, "must match at most 24 characters but for repetitions, got 25"),
+    ("[ab]" * 25, "must match at most 24 characters but for repetitions"),
+    ("(" * 7 + "x{16}" + "){16}" * 6 + ")", "must match at most 24 characters but for repetitions"),
+    ("(?:" * 7 + "){16}" * 7, "must match at most 24 characters but for repetitions, and be simpler than"),
 ])
 def test_a_tagfilter_re_may_spend_long_on_is_refused(pattern: str, reason: str) -> None:
     r"""A tagfilter applies to every tag value a caller sends (PUT /vm/<host>, no token needed):
