@@ -41,7 +41,8 @@ MAX_PATTERN_LENGTH = 200
 MAX_REPETITIONS = 3
 MAX_POSITIONS = 24
 UNROLLED_COUNT = 16
-MAX_NODES = 2000
+MAX_NODES = 400
+"""Places (nodes) at most: bounds the build, and the depth of counting empty paths (recursion)."""
 """``x{2,5}`` is analysed as the five positions it is; ``x{2,50}`` as ``xx+``."""
 
 # re's own parser and compiler (private modules without type stubs): the parse ``re.compile``
