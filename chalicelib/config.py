@@ -52,6 +52,7 @@ from chalicelib.config_fields import (
     at_least,
     bounded,
     checked_by,
+    compiled_regex,
     deployment_name,
     given_fields,
     hostname_prefix,
@@ -907,7 +908,8 @@ def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Con
     raw_tagfilter = reader.mapping(document.get("tagfilter"), "tagfilter") or {}
     for tag, pattern in raw_tagfilter.items():
         try:
-            tagfilter[str(tag)] = regex(pattern)
+            # Pushed before an upgrade refused it: kept (docs/deploy.md, "Configs a newer release refuses").
+            tagfilter[str(tag)] = compiled_regex(pattern) if reader.trusted else regex(pattern)
         except Invalid as error:
             reader.problems.append(f"tagfilter.{tag}: {error}")
 

@@ -20,7 +20,6 @@ Defining them imports no pydantic: ``Check`` speaks pydantic's duck-typed
 
 import collections.abc
 import dataclasses
-import importlib
 import math
 import re
 import typing
@@ -28,6 +27,7 @@ from types import MappingProxyType, NoneType, UnionType
 from typing import Annotated, Any, Callable, ClassVar, Container, Mapping, NoReturn, Sequence, TypeVar, Union
 
 from chalicelib.auth.secrets import Secret, SecretReference
+from chalicelib.tagfilter import Refused, check_tagfilter
 
 Checker = Callable[[Any], Any]
 
@@ -519,67 +519,28 @@ def choice(*options: str) -> Checker:
     return check
 
 
-def regex(value: Any) -> str:
-    """A regular expression (``:tagfilter:``), compiled once here to refuse a broken one at load,
-    and one repeating a repetition (``_repeats_a_repetition``)."""
+def compiled_regex(value: Any) -> str:
+    """A regular expression that compiles: what a pushed canonical config's ``tagfilter`` is
+    held to (a pattern an earlier release accepted keeps loading after an upgrade; ``regex`` is
+    the validation's)."""
     text = string(value)
     try:
         re.compile(text)
     except re.error as error:
         invalid(f"must be a regular expression ({error})")
-    if _repeats_a_repetition(_sre("_parser").parse(text)):
-        invalid("must not repeat a repetition, as (a+)+ or ([\\w.-]+\\.?)* do: Python's re tries every way of "
-                "splitting a run between them, and a tag value of 30 characters takes it hours")
     return text
 
 
-def _sre(module: str) -> Any:
-    """``re``'s own parser or its constants (private modules without type stubs: the parse
-    ``re.compile`` does, read here at load only, never per request)."""
-    return importlib.import_module(f"re.{module}")
-
-
-def _repeats_a_repetition(items: Any) -> bool:
-    """Whether a parsed pattern holds a repetition whose body is, but for optional parts, one
-    repetition again (``(a+)+``, ``(\\w+\\s?)+``, ``(.*)*``): Python's backtracking tries each of the
-    2^n ways of splitting a run of n characters between the iterations before it gives up. A
-    tagfilter applies to tag values any caller sends (``PUT /vm/<host>``, no token needed):
-    ``^(https?://)?([\\w.-]+)+/`` took 15 s on 24 letters and one more character doubles it, so
-    one request held an API function until its timeout. vmpooler (Ruby 3.2's memoised matcher)
-    is linear on them. Repetitions a literal separates (``(\\.\\d+)+``) are not refused."""
-    sre = _sre("_constants")
-    repeats = (sre.MAX_REPEAT, sre.MIN_REPEAT)
-    for op, argument in items:
-        if op in repeats:
-            _, most, body = argument
-            if ((most is sre.MAXREPEAT or most > 1) and _one_repetition(body)) or _repeats_a_repetition(body):
-                return True
-        elif op is sre.SUBPATTERN and _repeats_a_repetition(argument[-1]):
-            return True
-        elif op is sre.BRANCH and any(_repeats_a_repetition(branch) for branch in argument[1]):
-            return True
-        elif op in (sre.ASSERT, sre.ASSERT_NOT) and _repeats_a_repetition(argument[1]):
-            return True
-        elif op is sre.ATOMIC_GROUP and _repeats_a_repetition(argument):
-            return True
-        elif op is sre.GROUPREF_EXISTS and any(_repeats_a_repetition(part) for part in argument[1:] if part):
-            return True
-    return False
-
-
-def _one_repetition(items: Any) -> bool:
-    """Whether a parsed body is, but for parts of at most one occurrence that may be absent
-    (``b?``), a single greedy or lazy repetition of more than one (a group around it included)."""
-    sre = _sre("_constants")
-    repeats = (sre.MAX_REPEAT, sre.MIN_REPEAT)
-    needed = [(op, argument) for op, argument in items
-              if not (op in repeats and argument[0] == 0 and argument[1] == 1)]
-    if len(needed) != 1:
-        return False
-    op, argument = needed[0]
-    if op is sre.SUBPATTERN:
-        return _one_repetition(argument[-1])
-    return op in repeats and (argument[1] is sre.MAXREPEAT or argument[1] > 1)
+def regex(value: Any) -> str:
+    """A regular expression (``:tagfilter:``), compiled once here to refuse a broken one at load,
+    and one whose work on a caller's tag value the analysis cannot bound (chalicelib/tagfilter.py:
+    more than one way to read a value, a backreference or lookaround, too long)."""
+    text = compiled_regex(value)
+    try:
+        check_tagfilter(text)
+    except Refused as error:
+        invalid(str(error))
+    return text
 
 
 _DNS_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")

@@ -33,12 +33,9 @@ from chalicelib.services import Services
 from chalicelib.store import ModifyResult, VMRecord
 from chalicelib.store.records import TAG_FIELD_PREFIX
 from chalicelib.store.vm_tasks import DISK, EnqueueResult, VMTaskStore, new_task, task_errors
+from chalicelib.tagfilter import TAG_VALUE_PATTERN
 
 TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+\Z")
-TAG_VALUE_PATTERN = re.compile(r"^[A-Za-z0-9_ \t\r\n\f\v.,@:/?#\[\]!$&'()*+;=%~-]*\Z")
-"""vmpooler's characters (letters, digits, ``_ .@:/-``, whitespace) and every other character a
-URL may hold (RFC 3986: ``,?#[]!$&'()*+;=%~``): beaker tags a host's roles as ``agent, master``
-and ``jenkins_build_url`` with the build's URL, whose matrix axes are ``name=value`` pairs."""
 MAX_TAG_KEY = 50
 MAX_TAG_VALUE = 255
 """The longest tag value as JSON shows it (``json_length``): /summary shows each value a day
