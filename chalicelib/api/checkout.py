@@ -15,7 +15,7 @@ from chalicelib import observability as metric
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, not_found, shown, whole_number
 from chalicelib.api.identity import Caller, optional_caller
 from chalicelib.api.limits import quota, quota_error
-from chalicelib.api.pool_choice import live_pools, preference
+from chalicelib.api.pool_choice import live_pools, preference, preferences
 from chalicelib.api.vm_lookup import named_domain
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
@@ -67,7 +67,7 @@ def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int])
     caller = optional_caller(services, request)
     live = live_pools(services)
     requests = [
-        CheckoutRequest(name, config.resolve(name), count, [preference(config, name, live) for _ in range(count)])
+        CheckoutRequest(name, config.resolve(name), count, preferences(config, name, count, live))
         for name, count in wanted.items()
     ]
     lifetime = config.service.vm_lifetime_auth if caller else config.service.vm_lifetime

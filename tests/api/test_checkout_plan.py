@@ -10,7 +10,7 @@ from typing import Callable
 
 import pytest
 
-from chalicelib.api.pool_choice import preference
+from chalicelib.api.pool_choice import preference, weighted_order
 from tests.api.configs import CONFIG_YAML
 from tests.harness import Harness
 
@@ -104,6 +104,49 @@ def test_backend_weight_draws_pools_in_proportion(make_stack: Callable[[str], Ha
     firsts = Counter(preference(stack.config, "linux")[0] for _ in range(4000))
     assert 2800 < firsts["pool1"] < 3200  # 3:1
     assert sorted(preference(stack.config, "linux")) == ["pool1", "pool2"]
+
+
+def test_a_weighted_order_is_drawn_as_one_pool_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every order of three pools of weights 1, 2 and 3 comes as often as drawing them one at a
+    time makes it (c first: 3/6, then b: 2/3 of the rest...); a pool of weight 0 always last."""
+    monkeypatch.setattr(random, "random", random.Random(11).random)
+    draws = 60_000
+    orders = Counter(tuple(weighted_order(["a", "b", "c", "z"], [1.0, 2.0, 3.0, 0.0])) for _ in range(draws))
+    weights = {"a": 1, "b": 2, "c": 3}
+    for order, seen in orders.items():
+        assert order[3] == "z", order
+        first, second, _, _ = order
+        expected = weights[first] / 6 * weights[second] / (6 - weights[first])
+        assert abs(seen / draws - expected) < 0.01, (order, seen / draws, expected)
+    assert len(orders) == 6
+
+
+OPERATIONS = Counter[str]()
+
+
+def _counted(name: str) -> Callable[[float, object], object]:
+    def operation(self: float, other: object) -> object:
+        OPERATIONS["weight"] += 1
+        return getattr(float, name)(self, other)
+    return operation
+
+
+class CountedWeight(float):
+    """A weight that counts the arithmetic done with it (in OPERATIONS)."""
+
+    __add__, __radd__, __sub__, __rsub__ = map(_counted, ("__add__", "__radd__", "__sub__", "__rsub__"))
+    __truediv__, __rtruediv__, __mul__, __rmul__ = map(_counted, ("__truediv__", "__rtruediv__", "__mul__", "__rmul__"))
+
+
+def test_a_weighted_draw_over_thousands_of_pools_reads_each_weight_a_few_times() -> None:
+    """Drawn one pool at a time, summing the weights left at each draw, an alias of 1,000
+    weighted pools took 0.6 s for each VM asked for (``POST /vm {"alias": 100}``: a minute of
+    the API's CPU, past API Gateway's 29 s); the draw is now linear in the pools."""
+    pools = [f"p{i}" for i in range(2000)]
+    OPERATIONS.clear()
+    order = weighted_order(pools, [CountedWeight(1 + i % 7) for i in range(len(pools))])
+    assert sorted(order) == sorted(pools)
+    assert OPERATIONS["weight"] <= 3 * len(pools), OPERATIONS
 
 
 def test_backend_weight_applies_only_when_every_pool_has_one(make_stack: Callable[[str], Harness],
