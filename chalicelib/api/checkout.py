@@ -66,10 +66,11 @@ def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int])
         raise not_found(error=f"unknown pool or alias: {shown(', '.join(unknown), 200)}")
     caller = optional_caller(services, request)
     live = live_pools(services)
-    requests = [
-        CheckoutRequest(name, config.resolve(name), count, preferences(config, name, count, live))
-        for name, count in wanted.items()
-    ]
+    requests = []
+    for name, count in wanted.items():
+        # One order more: what a VM tries once its own first choices have none (an alias of many pools).
+        first, *each = preferences(config, name, count + 1, live)
+        requests.append(CheckoutRequest(name, first, count, each))
     lifetime = config.service.vm_lifetime_auth if caller else config.service.vm_lifetime
     fields = {"lifetime": str(lifetime)}
     if config.service.migration_limit > 0:
