@@ -87,6 +87,13 @@ REQUEST_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}\Z")
 ``+`` joins names in a path, ``,`` in ``/poolstat?pool=``). A pool's aliases must be such names:
 one that is not (``debian,ubuntu``, ``centos 7``, ``a/b``) was shown by /status and /config and
 answered 400 to every request for it."""
+ANSWER_KEYS = ("ok", "domain", "request_id", "ready")
+"""Keys a checkout's answer (``POST /vm``) and an on-demand request's (``GET /ondemandvm/<id>``)
+have beside the names requested, each name a key of its own: a pool or alias spelt like one took
+its place. A v1 checkout of a pool ``domain`` answered ``{"ok":true,"domain":"example.com"}``,
+its VM checked out with the hostname lost; a pool ``ready`` made a building request's ``ready`` an
+object (true to a client); an alias ``request_id`` put hostnames where the id was. Such a name is
+refused where a config is validated."""
 MAX_HOURS = 876_000
 """About 100 years, the most of any span of hours in the config (token_ttl, vm_lifetime,
 vm_lifetime_auth, max_lifetime_upper_limit): a token's expiry and a VM's end time are shown as
@@ -1094,6 +1101,7 @@ def _read_pools(
             # Checked where a config is validated (config-push, packaging, make run), not when a
             # canonical form is built: an object an earlier release pushed keeps loading.
             _check_aliases(reader, path, settings.alias)
+            _check_answer_keys(reader, path, name, settings.alias)
         provider = _written_string(block.get("provider")) or "vsphere"
         if provider not in providers:
             if provider in PROVIDER_CLASSES:
@@ -1182,6 +1190,16 @@ def _check_aliases(reader: BlockReader, path: str, aliases: Sequence[str]) -> No
         reader.problems.append(
             f"{path}.alias: {show(unnamed[0])}{more} cannot be requested: a request names pools and "
             "aliases of 1 to 100 letters, digits, '.', '_' or '-'")
+
+
+def _check_answer_keys(reader: BlockReader, path: str, name: str | None, aliases: Sequence[str]) -> None:
+    """A problem for a pool name or alias that is a key of the answers naming it (ANSWER_KEYS)."""
+    taken = [(f"{path}.name", name)] if name in ANSWER_KEYS else []
+    taken += [(f"{path}.alias", alias) for alias in aliases if alias in ANSWER_KEYS][:1]
+    for where, spelt in taken:
+        reader.problems.append(
+            f"{where}: {show(spelt)} cannot be requested: a checkout's answer has a key {show(spelt)} of its own "
+            f"(pools and aliases must not be named {', '.join(ANSWER_KEYS)})")
 
 
 def _written_string(value: Any) -> str | None:

@@ -15,7 +15,7 @@ from chalicelib import observability as metric
 from chalicelib.api.http import ApiError, ApiRequest, ApiResponse, bad_request, not_found, shown, whole_number
 from chalicelib.api.identity import Caller, optional_caller
 from chalicelib.api.limits import quota, quota_error
-from chalicelib.api.pool_choice import live_pools, preference
+from chalicelib.api.pool_choice import live_pools, preference, preferences
 from chalicelib.api.vm_lookup import named_domain
 from chalicelib.observability import emit, logger
 from chalicelib.services import Services
@@ -66,10 +66,11 @@ def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int])
         raise not_found(error=f"unknown pool or alias: {shown(', '.join(unknown), 200)}")
     caller = optional_caller(services, request)
     live = live_pools(services)
-    requests = [
-        CheckoutRequest(name, config.resolve(name), count, [preference(config, name, live) for _ in range(count)])
-        for name, count in wanted.items()
-    ]
+    requests = []
+    for name, count in wanted.items():
+        # One order more: what a VM tries once its own first choices have none (an alias of many pools).
+        first, *each = preferences(config, name, count + 1, live)
+        requests.append(CheckoutRequest(name, first, count, each))
     lifetime = config.service.vm_lifetime_auth if caller else config.service.vm_lifetime
     fields = {"lifetime": str(lifetime)}
     if config.service.migration_limit > 0:

@@ -9,6 +9,7 @@ preference; the checkout script follows it unless another order is what serves t
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Mapping, Sequence
 
@@ -45,21 +46,37 @@ def live_pools(services: Services) -> Mapping[str, PoolConfig] | None:
 def preference(config: Config, requested: str, live: Mapping[str, PoolConfig] | None = None) -> list[str]:
     """The pools ``requested`` (a pool or an alias) resolves to, in the order one VM should try
     them: a weighted draw without replacement, or a shuffle when weights do not apply."""
+    return preferences(config, requested, 1, live)[0]
+
+
+def preferences(config: Config, requested: str, count: int,
+                live: Mapping[str, PoolConfig] | None = None) -> list[list[str]]:
+    """``preference`` for each of ``count`` VMs, each drawn on its own (the pools' weights are
+    looked up once)."""
     pools = list(config.resolve(requested))
     weights = pool_weights(config, pools, live)
-    if weights is None:
-        random.shuffle(pools)  # spread an alias's load over its pools
-        return pools
-    order: list[str] = []
-    remaining = list(zip(pools, weights, strict=True))
-    while remaining and sum(weight for _, weight in remaining) > 0:
-        point = random.random() * sum(weight for _, weight in remaining)
-        for index, (pool, weight) in enumerate(remaining):
-            point -= weight
-            if point < 0 or index == len(remaining) - 1:
-                order.append(pool)
-                del remaining[index]
-                break
-    rest = [pool for pool, _ in remaining]  # weight 0: last, in random order
+    orders = []
+    for _ in range(count):
+        if weights is None:
+            order = list(pools)
+            random.shuffle(order)  # spread an alias's load over its pools
+        else:
+            order = weighted_order(pools, weights)
+        orders.append(order)
+    return orders
+
+
+def weighted_order(pools: Sequence[str], weights: Sequence[float]) -> list[str]:
+    """``pools`` in the order of a weighted draw without replacement: each next pool drawn from
+    those left with probability proportional to its weight; pools of weight 0 last, in random
+    order. Each pool gets one key, an exponential draw of rate ``weight``, and the pools are
+    sorted by it (Efraimidis and Spirakis): the same distribution as drawing one pool at a time,
+    in O(n log n). Drawing one at a time summed the weights left for every draw, O(n^2): with an
+    alias of 1,000 weighted pools a VM's draw took 0.6 s, and one ``POST /vm {"alias": 100}``
+    a minute of the API's CPU."""
+    keyed = [(-math.log(1.0 - random.random()) / weight, pool)
+             for pool, weight in zip(pools, weights, strict=True) if weight > 0]
+    keyed.sort()
+    rest = [pool for pool, weight in zip(pools, weights, strict=True) if not weight > 0]
     random.shuffle(rest)
-    return order + rest
+    return [pool for _, pool in keyed] + rest

@@ -161,6 +161,34 @@ def test_a_canonical_object_holding_such_an_alias_still_loads() -> None:
     assert from_text(json.dumps(document)).resolve("debian,ubuntu") == ("a",)
 
 
+@pytest.mark.parametrize("name", config_module.ANSWER_KEYS)
+@pytest.mark.parametrize("where", ["name", "alias"])
+def test_a_pool_or_alias_named_like_a_key_of_the_checkout_answer_is_refused(name: str, where: str) -> None:
+    """Each name requested is a key of the answer beside ``ok``, ``domain``, ``request_id`` and
+    ``ready``: such a name took that key's place. A v1 checkout of a pool ``domain`` answered
+    ``{"ok":true,"domain":"example.com"}`` (the VM checked out, its hostname lost), a pool
+    ``ready`` made a building on-demand request ``"ready": {"ready": "0", ...}`` (true to a
+    client), an alias ``request_id`` put the hostnames where the request's id was."""
+    block = POOL.format(name=name) if where == "name" else POOL.format(name="a") + f"    alias: [linux, {name}]\n"
+    problem, = problems_of(HEAD + block)
+    assert problem.startswith(f"pools[0].{where}: {json.dumps(name)} cannot be requested: "), problem
+    assert "must not be named ok, domain, request_id, ready" in problem, problem
+
+
+@pytest.mark.parametrize("name", ["OK", "domains", "ready-1", "okay"])
+def test_names_near_the_answers_keys_load(name: str) -> None:
+    config = parse(HEAD + POOL.format(name=name) + f"    alias: [{name}-alias]\n")
+    assert config.resolve(name) == (name,) and config.resolve(f"{name}-alias") == (name,)
+
+
+def test_a_canonical_object_naming_a_pool_like_an_answer_key_still_loads() -> None:
+    """A config an earlier release pushed keeps loading after an upgrade: the check is the
+    validation's, as the alias rule's."""
+    document = json.loads(config_module.canonical_json(parse(HEAD + POOL.format(name="a") + "    alias: [x]\n")))
+    document["pools"][0]["name"], document["pools"][0]["alias"] = "ready", ["domain"]
+    assert from_text(json.dumps(document)).resolve("domain") == ("ready",)
+
+
 @pytest.mark.parametrize("alias", ["linux", "centos-7.2-x86_64", "Win_2022", ".hidden", "x" * 100, "pool-2"])
 def test_an_alias_a_request_can_name_loads_and_resolves(alias: str) -> None:
     config = parse(HEAD + POOL.format(name="a") + f"    alias: {json.dumps(alias)}\n")
