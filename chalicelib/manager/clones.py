@@ -88,6 +88,7 @@ def reserve_and_start(context: PassContext, wanted: int, clone_limit: int) -> li
     reserved = store.reserve_clones(
         pool.name, pool.size, service.task_limit, pool.template, domain,
         candidate_names(wanted, service.prefix), context.now, clone_limit=clone_limit,
+        generation=context.config_generation,
     )
     context.read_counts()["pending"] += len(reserved)
     context.report.clones_short = max(context.report.clones_short - len(reserved), 0)

@@ -13,11 +13,15 @@ delivered).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import pytest
 
 from chalicelib.config import parse
+from chalicelib.manager.dispatch import look_at
+from chalicelib.manager.pool_queue import TICK, PoolMessage
+from chalicelib.services import Services
 from chalicelib.store.ondemand import OnDemandStore
 from tests.chaos.fleet import Fleet, tasks_running
 from tests.chaos.test_crash_every_write import (
@@ -32,7 +36,8 @@ from tests.chaos.test_crash_every_write import (
     stale_pass,
     users_act,
 )
-from tests.harness import HarnessFactory
+from tests.core.test_runner import RecordingQueue
+from tests.harness import Fuse, HarnessFactory, fused_services
 
 CHANGEABLE = CONFIG.replace("check_loop_delay_min: 1}", "check_loop_delay_min: 1, experimental_features: true}")
 """The crash sweep's pools, with the runtime pool changes on (POST /config/*, /poolreset)."""
@@ -166,6 +171,62 @@ def test_no_clone_is_reserved_after_the_pool_was_shrunk_under_a_pass(fleet: Flee
         stale_pass(current, pause_after, shrink_to_nothing)
         after = current.world.hosts(POOL, "pending") | current.world.provider_vms(POOL)
         assert after <= before[0], f"{where}: {sorted(after - before[0])} reserved after the pool was shrunk to 0"
+
+
+ALPHA = "{name: alpha, size: 3, provider: dummy}"
+PUSHES = {
+    "size": parse(CHANGEABLE.replace(ALPHA, "{name: alpha, size: 0, provider: dummy}")),
+    "template": parse(CHANGEABLE.replace(ALPHA, ALPHA.replace("}", f", template: {NEW_TEMPLATE}}}"))),
+}
+"""A config push changing the pool: what a function that read it acts on."""
+OLD_GENERATION, NEW_GENERATION = 1_000.0, 2_000.0
+
+
+@pytest.mark.parametrize("push", PUSHES)
+def test_no_clone_is_reserved_for_a_config_a_push_replaced_under_the_pass(fleet: Fleet, push: str) -> None:
+    """An empty pool's run on the pushed config of generation 1,000 (size 3) paused at every
+    round trip while a push of generation 2,000 changes the pool (size 0, or another template)
+    and a function that read it runs the pool: the clones the stale run reserved before may go on
+    (the next pass retires them), none after. Its run checked at its start that its config was
+    the newest, read the size and template, and reserved its share of task_limit clones of the
+    replaced config once the newer one ran: clones of a size or template just pushed away."""
+    old_config = dataclasses.replace(fleet.world.config, generation=OLD_GENERATION)
+    new_config = dataclasses.replace(PUSHES[push], generation=NEW_GENERATION)
+    new_pool = new_config.pool(POOL)
+    assert ALPHA in CHANGEABLE and new_pool is not None
+
+    def stale_run(current: Fleet, pause_after: int | None, meanwhile: Callable[[], None]) -> int:
+        fuse = Fuse(pause_after=pause_after, meanwhile=meanwhile)
+        services = fused_services(current.world, fuse)
+        services.use_config(old_config)
+        try:
+            look_at(services, PoolMessage(POOL, TICK), RecordingQueue())
+        finally:
+            services.client.close()
+        assert pause_after is None or fuse.meanwhile is None, "the run ended before its pause"
+        return fuse.sent
+
+    start = Start.of(fleet)
+    stale_run(start.again(fleet), None, lambda: None)  # loads the Lua scripts the session's Redis lacks
+    total = stale_run(start.again(fleet), None, lambda: None)
+    for pause_after in range(total):
+        where = f"{push} pushed: paused after round trip {pause_after} of {total}"
+        current = start.again(fleet)
+        before: list[set[str]] = []
+
+        def newer_function_runs(current: Fleet = current, before: list[set[str]] = before) -> None:
+            newer = Services(new_config, current.world.client, clock=current.world.clock,
+                             prefix=current.world.store.keys.prefix)
+            look_at(newer, PoolMessage(POOL, TICK), RecordingQueue())
+            before.append(current.world.hosts(POOL, "pending") | current.world.provider_vms(POOL))
+
+        stale_run(current, pause_after, newer_function_runs)
+        after = current.world.hosts(POOL, "pending") | current.world.provider_vms(POOL)
+        # The newer config's function may reserve clones of its own: of its template, for its size.
+        records = {host: current.world.store.get_vm(host) for host in after - before[0]}
+        stale = sorted(host for host, record in records.items()
+                       if new_pool.size == 0 or record is None or record.template != new_pool.template)
+        assert not stale, f"{where}: {stale} reserved for the replaced config after the push ran"
 
 
 # --- two passes both paused: every pair of points (quadratic: an audit) ----------------------------
