@@ -23,6 +23,7 @@ from chalicelib.manager.dispatch import look_at
 from chalicelib.manager.pool_queue import TICK, PoolMessage
 from chalicelib.services import Services
 from chalicelib.store.ondemand import OnDemandStore
+from chalicelib.store.pool_overrides import PoolOverrides
 from tests.chaos.fleet import Fleet, tasks_running
 from tests.chaos.test_crash_every_write import (
     CONFIG,
@@ -150,11 +151,30 @@ def test_a_pass_paused_while_the_pool_changes_converges(fleet: Fleet, scenario: 
             assert OnDemandStore(current.world.store).get(current.requests[POOL]) is not None, where
 
 
-def test_no_clone_is_reserved_after_the_pool_was_shrunk_under_a_pass(fleet: Fleet) -> None:
-    """An empty pool's pass paused at every round trip while an administrator sets its size to 0:
-    the clones it reserved before the 201 may go on (the next pass retires them), none after.
-    The pass read the size before the change and reserved clones for it: up to its share of
-    task_limit clones started after POST /config/poolsize answered 201."""
+def shrink_to_nothing(fleet: Fleet) -> None:
+    """POST /config/poolsize to 0."""
+    reply = fleet.world.post("/api/v3/config/poolsize", {POOL: "0"})
+    assert reply.status == 201, reply.raw
+
+
+def reset_later(fleet: Fleet) -> None:
+    """POST /poolreset a second after the pass read the clock: its clones are older than the reset."""
+    fleet.world.clock.advance(1)
+    reset(fleet)
+
+
+RUNTIME_CHANGES: dict[str, Callable[[Fleet], None]] = {"size": shrink_to_nothing, "template": change_template,
+                                                       "reset": reset_later}
+
+
+@pytest.mark.parametrize("change", RUNTIME_CHANGES)
+def test_no_clone_is_reserved_after_the_pool_was_changed_under_a_pass(fleet: Fleet, change: str) -> None:
+    """An empty pool's pass paused at every round trip while an administrator sets its size to
+    0, its template, or resets it: the clones it reserved before the answer may go on (the next
+    pass retires or drains them), none after. The pass read the size before the change and
+    reserved clones for it: up to its share of task_limit clones started after POST
+    /config/poolsize answered 201 (and, until the template and reset were checked too, of the
+    old template, or older than the reset, after those answered)."""
     start = Start.of(fleet)
     stale_pass(start.again(fleet), None, lambda: None)  # loads the Lua scripts the session's Redis lacks
     total = stale_pass(start.again(fleet), None, lambda: None)
@@ -163,14 +183,27 @@ def test_no_clone_is_reserved_after_the_pool_was_shrunk_under_a_pass(fleet: Flee
         current = start.again(fleet)
         before: list[set[str]] = []
 
-        def shrink_to_nothing(current: Fleet = current, before: list[set[str]] = before) -> None:
-            reply = current.world.post("/api/v3/config/poolsize", {POOL: "0"})
-            assert reply.status == 201, reply.raw
+        def administrator_changes(current: Fleet = current, before: list[set[str]] = before) -> None:
+            RUNTIME_CHANGES[change](current)
             before.append(current.world.hosts(POOL, "pending") | current.world.provider_vms(POOL))
 
-        stale_pass(current, pause_after, shrink_to_nothing)
+        stale_pass(current, pause_after, administrator_changes)
         after = current.world.hosts(POOL, "pending") | current.world.provider_vms(POOL)
-        assert after <= before[0], f"{where}: {sorted(after - before[0])} reserved after the pool was shrunk to 0"
+        stale = sorted(host for host in after - before[0] if not made_after(current, change, host))
+        assert not stale, f"{where}: {stale} reserved after the {change} change for the pool before it"
+
+
+def made_after(fleet: Fleet, change: str, hostname: str) -> bool:
+    """Whether the VM is one the pool wants after the administrator's ``change`` (a pass that
+    read the pool after it reserved it): of the new template, cloned after the reset; none once
+    the size is 0."""
+    record = fleet.world.store.get_vm(hostname)
+    if record is None or change == "size":
+        return False
+    if change == "template":
+        return record.template == NEW_TEMPLATE
+    reset_at = PoolOverrides(fleet.world.store).get(POOL).reset_at
+    return reset_at is not None and float(record.raw["clone_start"]) >= reset_at
 
 
 ALPHA = "{name: alpha, size: 3, provider: dummy}"
