@@ -310,3 +310,27 @@ def stale_pass_until(fleet: Fleet, pause_after: int, meanwhile: Callable[[], Non
             raise
     if not ran:
         meanwhile()
+
+
+def test_a_reset_stamped_by_an_api_clock_ahead_makes_no_clone_to_drain(fleet: Fleet) -> None:
+    """POST /poolreset answered by an API process whose clock is 5 minutes ahead of the
+    scheduler's: the reset time is later than every pass's clock for 5 minutes, so each clone a
+    pass started then was older than the reset, drained by the next pass once it showed, and
+    made again (clones started and destroyed for nothing, the pool empty either way). No pass
+    clones until its clock passes the reset; then the pool fills once, with VMs that stay."""
+    fleet.converge()
+    world = fleet.world
+    skew = 300.0
+    PoolOverrides(world.store).reset(POOL, world.clock.now() + skew)
+    started: list[str] = []
+    reset_at = world.clock.now() + skew
+    while world.clock.now() < reset_at:
+        report = fleet.run(POOL)
+        started += [host for result in report.passes for host in result.clones_started]
+        world.clock.advance(15)
+    assert started == [], f"{len(started)} clones started before the reset time, each drained after"
+    leases_run_out(world.client)
+    fleet.converge()
+    for pool in fleet.pools:
+        fleet.kept.setdefault(pool, set())  # nobody holds a VM
+    fleet.assert_converged("after the reset time")
