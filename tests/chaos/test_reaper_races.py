@@ -14,10 +14,9 @@ from typing import Callable
 
 import pytest
 
-from chalicelib.config import parse
+from tests.chaos import test_crash_every_write
 from tests.chaos.fleet import Fleet
 from tests.chaos.test_crash_every_write import (
-    CONFIG,
     POOL,
     Start,
     assert_whole,
@@ -25,14 +24,9 @@ from tests.chaos.test_crash_every_write import (
     killed_run,
     stale_pass,
 )
-from tests.harness import HarnessFactory
 
-
-@pytest.fixture
-def fleet(make_harness: HarnessFactory) -> Fleet:
-    """The crash sweep's two pools (tests/chaos/test_crash_every_write.py)."""
-    world = make_harness(parse(CONFIG))
-    return Fleet(world.services, world)
+fleet = test_crash_every_write.fleet
+"""The crash sweep's two pools, as its fixture makes them."""
 
 
 OWNER_ACTS: dict[str, tuple[str, ...]] = {

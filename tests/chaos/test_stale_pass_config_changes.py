@@ -14,7 +14,7 @@ delivered).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -175,22 +175,30 @@ def test_no_clone_is_reserved_after_the_pool_was_changed_under_a_pass(fleet: Fle
     reserved clones for it: up to its share of task_limit clones started after POST
     /config/poolsize answered 201 (and, until the template and reset were checked too, of the
     old template, or older than the reset, after those answered)."""
+    for where, current, reserved in reserved_meanwhile(fleet, stale_pass, RUNTIME_CHANGES[change]):
+        stale = sorted(host for host in reserved if not made_after(current, change, host))
+        assert not stale, f"{where}: {stale} reserved after the {change} change for the pool before it"
+
+
+def reserved_meanwhile(fleet: Fleet, run: Callable[[Fleet, int | None, Callable[[], None]], int],
+                       change: Callable[[Fleet], None]) -> Iterator[tuple[str, Fleet, set[str]]]:
+    """From the fleet's state now, ``run(fleet, pause_after, meanwhile)`` paused after each of its
+    round trips in turn while ``change`` runs; for each: where, the fleet then, and the VMs
+    pending or in the provider that were not when ``change`` ended (reserved after it)."""
     start = Start.of(fleet)
-    stale_pass(start.again(fleet), None, lambda: None)  # loads the Lua scripts the session's Redis lacks
-    total = stale_pass(start.again(fleet), None, lambda: None)
+    run(start.again(fleet), None, lambda: None)  # loads the Lua scripts the session's Redis lacks
+    total = run(start.again(fleet), None, lambda: None)
     for pause_after in range(total):
-        where = f"paused after round trip {pause_after} of {total}"
         current = start.again(fleet)
         before: list[set[str]] = []
 
-        def administrator_changes(current: Fleet = current, before: list[set[str]] = before) -> None:
-            RUNTIME_CHANGES[change](current)
+        def meanwhile(current: Fleet = current, before: list[set[str]] = before) -> None:
+            change(current)
             before.append(current.world.hosts(POOL, "pending") | current.world.provider_vms(POOL))
 
-        stale_pass(current, pause_after, administrator_changes)
+        run(current, pause_after, meanwhile)
         after = current.world.hosts(POOL, "pending") | current.world.provider_vms(POOL)
-        stale = sorted(host for host in after - before[0] if not made_after(current, change, host))
-        assert not stale, f"{where}: {stale} reserved after the {change} change for the pool before it"
+        yield f"paused after round trip {pause_after} of {total}", current, after - before[0]
 
 
 def made_after(fleet: Fleet, change: str, hostname: str) -> bool:
@@ -239,27 +247,17 @@ def test_no_clone_is_reserved_for_a_config_a_push_replaced_under_the_pass(fleet:
         assert pause_after is None or fuse.meanwhile is None, "the run ended before its pause"
         return fuse.sent
 
-    start = Start.of(fleet)
-    stale_run(start.again(fleet), None, lambda: None)  # loads the Lua scripts the session's Redis lacks
-    total = stale_run(start.again(fleet), None, lambda: None)
-    for pause_after in range(total):
-        where = f"{push} pushed: paused after round trip {pause_after} of {total}"
-        current = start.again(fleet)
-        before: list[set[str]] = []
+    def newer_function_runs(current: Fleet) -> None:
+        newer = Services(new_config, current.world.client, clock=current.world.clock,
+                         prefix=current.world.store.keys.prefix)
+        look_at(newer, PoolMessage(POOL, TICK), RecordingQueue())
 
-        def newer_function_runs(current: Fleet = current, before: list[set[str]] = before) -> None:
-            newer = Services(new_config, current.world.client, clock=current.world.clock,
-                             prefix=current.world.store.keys.prefix)
-            look_at(newer, PoolMessage(POOL, TICK), RecordingQueue())
-            before.append(current.world.hosts(POOL, "pending") | current.world.provider_vms(POOL))
-
-        stale_run(current, pause_after, newer_function_runs)
-        after = current.world.hosts(POOL, "pending") | current.world.provider_vms(POOL)
+    for where, current, reserved in reserved_meanwhile(fleet, stale_run, newer_function_runs):
         # The newer config's function may reserve clones of its own: of its template, for its size.
-        records = {host: current.world.store.get_vm(host) for host in after - before[0]}
+        records = {host: current.world.store.get_vm(host) for host in reserved}
         stale = sorted(host for host, record in records.items()
                        if new_pool.size == 0 or record is None or record.template != new_pool.template)
-        assert not stale, f"{where}: {stale} reserved for the replaced config after the push ran"
+        assert not stale, f"{push} pushed, {where}: {stale} reserved for the replaced config after the push ran"
 
 
 # --- two passes both paused: every pair of points (quadratic: an audit) ----------------------------
