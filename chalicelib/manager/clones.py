@@ -84,10 +84,16 @@ def reserve_and_start(context: PassContext, wanted: int, clone_limit: int) -> li
     the task limit) and start them. Returns the records of the VMs whose clone started and
     whose task was noted on them, as this pass wrote them (the rounds follow them unread)."""
     pool, service, store = context.pool, context.service, context.store
+    if (context.overrides.reset_at or 0.0) > context.now:
+        # Reset after this pass read its clock (while it read the inventory, or by an API whose
+        # clock is ahead): clones stamped with this pass's time would be older than the reset,
+        # drained by the next pass as soon as it saw them. The next pass, on a later clock, clones.
+        return []
     domain = pool.domain or ""
     reserved = store.reserve_clones(
         pool.name, pool.size, service.task_limit, pool.template, domain,
         candidate_names(wanted, service.prefix), context.now, clone_limit=clone_limit,
+        generation=context.config_generation, settings_read=context.overrides.read,
     )
     context.read_counts()["pending"] += len(reserved)
     context.report.clones_short = max(context.report.clones_short - len(reserved), 0)

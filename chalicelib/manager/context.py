@@ -196,13 +196,16 @@ class PassContext:
     """The token of the run's lease on the pool (manager/runner.py), None outside a run: the
     template leases the pass takes are taken with it, so the retry that releases a run's lease
     it could not release (``stale_lease``) releases those too (templates.release_stale)."""
+    config_generation: float = 0.0
+    """The generation of the config ``pool`` was read from (``Config.generation``; 0: none to
+    order): the clones reserved for it are refused once a newer config runs (manager/clones.py)."""
 
     @classmethod
     def read(cls, store: Store, provider: Provider, pool: PoolConfig, clock: Clock, service: ServiceConfig,
              checkpoint: Checkpoint = no_checkpoint, dns: DnsPlugin | None = None,
              providers: ProviderLookup | None = None, lease_token: str | None = None,
              override_room: Callable[[], int] | None = None,
-             dns_plugins: DnsLookup | None = None) -> PassContext:
+             dns_plugins: DnsLookup | None = None, config_generation: float = 0.0) -> PassContext:
         """Read the pass's inputs, in this order: the inventory, the snapshot, the pool's
         overrides (applied to ``pool``, the pool as configured; a template or clone target
         longer than ``override_room`` allows left out, as the API leaves it out: store/pool_overrides.py
@@ -230,7 +233,7 @@ class PassContext:
                    overrides=overrides, size_decision=size_decision,
                    report=PassReport(pool=pool.name, started=now, size=pool.size),
                    inventory_checked=inventory_checked, inventory_changes=changes, providers=providers,
-                   lease_token=lease_token, dns_plugins=dns_plugins)
+                   lease_token=lease_token, dns_plugins=dns_plugins, config_generation=config_generation)
 
     # --- reading ------------------------------------------------------------------------------
 

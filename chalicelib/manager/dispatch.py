@@ -50,7 +50,7 @@ from chalicelib.sizing.controller import current_sizes
 from chalicelib.store import STATES, StoreUnavailable
 from chalicelib.store.fleet import Fleet, pools_fingerprint
 from chalicelib.store.pool_overrides import PoolOverrides, fitting
-from chalicelib.store.store import RunningCount
+from chalicelib.store.store import NEWEST_CONFIG_SECONDS, RunningCount
 
 if TYPE_CHECKING:
     from chalicelib.services import Services
@@ -64,10 +64,6 @@ MAX_RETRIES = 5
 """Retries after a failed pass before the next tick takes over (bounds messages in an outage)."""
 RUN_BUDGET_SECONDS = 5.0
 """Time a run may spend on extra passes when its pool is nudged meanwhile."""
-NEWEST_CONFIG_SECONDS = 90.0
-"""How long the newest config stays the newest once no reconcile function runs with it: three
-times the functions' refresh (config_source.REFRESH_SECONDS), so it outlasts any overlap after a
-push, yet a push undone by deleting its S3 version holds the pools up for no longer than this."""
 SAFETY_SECONDS = 5.0
 """Time kept back from the invocation's remaining time: reporting and returning."""
 STEP_SECONDS = 2.0

@@ -119,6 +119,7 @@ def reconcile_pool(
     lease_token: str | None = None,
     override_room: Callable[[], int] | None = None,
     dns_plugins: DnsLookup | None = None,
+    config_generation: float = 0.0,
 ) -> PassReport:
     """Run one pass over ``pool``. Raises ProviderError or StoreUnavailable when the provider or
     Redis fails; whatever was done before that is consistent, and the next pass carries on.
@@ -130,12 +131,14 @@ def reconcile_pool(
     as one killed between two steps would, and the next pass carries on. ``lease_token``: the
     run's lease on the pool (``PassContext.lease_token``). ``override_room``: what a runtime
     template or clone target may add to the configured one under the config in effect
-    (``Services.override_room``, asked only when the pool has one); None: not checked."""
+    (``Services.override_room``, asked only when the pool has one); None: not checked.
+    ``config_generation``: of the config ``pool`` and ``service`` come from (``Config.generation``):
+    a pass whose config a newer push replaced reserves no clone (lua/reserve_clones.lua)."""
     calls_before = provider.call_count()
     started = clock.monotonic()
     try:
         context = PassContext.read(store, provider, pool, clock, service, checkpoint, dns, providers, lease_token,
-                                   override_room, dns_plugins)
+                                   override_room, dns_plugins, config_generation)
         for step in STEPS:
             if out_of_time():
                 context.report.stopped_before = getattr(step, "__name__", repr(step))

@@ -129,18 +129,19 @@ def run_pool(
     try:
         while True:
             # As configured: the pass applies the runtime overrides from its own one read of them.
-            pool = pool_config or services.config.pool(pool_name)
+            config = services.config  # one config for the pass (a refresh may swap it meanwhile)
+            pool = pool_config or config.pool(pool_name)
             if pool is None:
                 break
             if not report.passes:
                 store.clear_wakes(pool_name)  # a later pass follows take_wake, which cleared them
             try:
                 result = reconcile_pool(store, lease.fenced(services.provider(pool.provider)), pool, clock,
-                                        services.config.service, lease.renewing(checkpoint),
+                                        config.service, lease.renewing(checkpoint),
                                         dns=services.dns_plugin(pool), providers=lease.fenced_lookup(),
                                         out_of_time=out_of_time, lease_token=token,
                                         override_room=services.override_room,
-                                        dns_plugins=services.dns_lookup)
+                                        dns_plugins=services.dns_lookup, config_generation=config.generation)
             except (ProviderError, SecretUnavailable, StoreUnavailable, LeaseLost) as error:
                 # The pass stopped where it was; everything it did is consistent. Try again soon.
                 _pass_failed(report, error, failure_reason(error), RETRY_SECONDS)

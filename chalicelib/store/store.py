@@ -103,6 +103,12 @@ CLONE_DEMAND_TTL_SECONDS = 120.0
 """A short pool's claim on clone slots lapses when its passes stop renewing it for this long
 (its passes died, or it left the config), so the slots go to the pools still asking."""
 
+NEWEST_CONFIG_SECONDS = 90.0
+"""How long the newest config stays the newest once no reconcile function runs with it: three
+times the functions' refresh (config_source.REFRESH_SECONDS), so it outlasts any overlap after a
+push, yet a push undone by deleting its S3 version holds the pools up for no longer than this
+(manager/dispatch.py newest_config; lua/reserve_clones.lua asks the same of a pass's config)."""
+
 
 class StoreUnavailable(Exception):
     """Redis cannot be reached or answered with an error; the API turns this into a 503."""
@@ -1026,20 +1032,29 @@ class Store:
         candidates: Sequence[str],
         now: float,
         clone_limit: int = 0,
+        generation: float = 0.0,
+        settings_read: Sequence[SettingRead] = (),
     ) -> list[str]:
         """Create pending records for as many candidates as the pool lacks and its fair share of
         the task limit allows (lua/reserve_clones.lua: the limit is shared max-min fairly among
         the pools that are short; ``clone_limit`` > 0 caps the pool's clones in flight), counted
-        atomically. Returns the hostnames reserved."""
+        atomically. ``generation``: of the config ``size`` and ``template`` were read from
+        (``Config.generation``); none is reserved when a function has run with a newer one
+        within ``NEWEST_CONFIG_SECONDS`` (0: not checked), nor once one of ``settings_read``
+        (the pool's runtime template and reset as the pass read them: ``PoolOverride.read``)
+        changed. Returns the hostnames reserved."""
         with _translate_errors():
             return self.scripts.reserve_clones(
                 keys=[self.keys.pool_state(pool, "ready"), self.keys.pool_state(pool, "pending"),
                       self.keys.clone_demand, self.keys.clone_demand_renewed, self.keys.cloning,
                       self.keys.pool_clones, self.keys.pool_clones_counted,
                       self.keys.pool_state(pool, "completed"), self.keys.pool_override(SIZE_OVERRIDES),
+                      self.keys.config_generation, *(setting.key for setting in settings_read),
                       *(self.keys.vm(host) for host in candidates)],
                 args=[pool, size, task_limit, repr(now), template, domain, clone_limit,
-                      repr(CLONE_DEMAND_TTL_SECONDS), self.keys.vm(KEY_PART), holder_label(), *candidates]
+                      repr(CLONE_DEMAND_TTL_SECONDS), self.keys.vm(KEY_PART), holder_label(), repr(generation),
+                      repr(NEWEST_CONFIG_SECONDS), len(settings_read),
+                      *(part for setting in settings_read for part in (setting.field, setting.value)), *candidates]
             )
 
     @staticmethod

@@ -13,12 +13,17 @@ delivered).
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Callable, Iterator
 
 import pytest
 
 from chalicelib.config import parse
+from chalicelib.manager.dispatch import look_at
+from chalicelib.manager.pool_queue import TICK, PoolMessage
+from chalicelib.services import Services
 from chalicelib.store.ondemand import OnDemandStore
+from chalicelib.store.pool_overrides import PoolOverrides
 from tests.chaos.fleet import Fleet, tasks_running
 from tests.chaos.test_crash_every_write import (
     CONFIG,
@@ -32,7 +37,8 @@ from tests.chaos.test_crash_every_write import (
     stale_pass,
     users_act,
 )
-from tests.harness import HarnessFactory
+from tests.core.test_runner import RecordingQueue
+from tests.harness import Fuse, HarnessFactory, fused_services
 
 CHANGEABLE = CONFIG.replace("check_loop_delay_min: 1}", "check_loop_delay_min: 1, experimental_features: true}")
 """The crash sweep's pools, with the runtime pool changes on (POST /config/*, /poolreset)."""
@@ -145,27 +151,113 @@ def test_a_pass_paused_while_the_pool_changes_converges(fleet: Fleet, scenario: 
             assert OnDemandStore(current.world.store).get(current.requests[POOL]) is not None, where
 
 
-def test_no_clone_is_reserved_after_the_pool_was_shrunk_under_a_pass(fleet: Fleet) -> None:
-    """An empty pool's pass paused at every round trip while an administrator sets its size to 0:
-    the clones it reserved before the 201 may go on (the next pass retires them), none after.
-    The pass read the size before the change and reserved clones for it: up to its share of
-    task_limit clones started after POST /config/poolsize answered 201."""
+def shrink_to_nothing(fleet: Fleet) -> None:
+    """POST /config/poolsize to 0."""
+    reply = fleet.world.post("/api/v3/config/poolsize", {POOL: "0"})
+    assert reply.status == 201, reply.raw
+
+
+def reset_later(fleet: Fleet) -> None:
+    """POST /poolreset a second after the pass read the clock: its clones are older than the reset."""
+    fleet.world.clock.advance(1)
+    reset(fleet)
+
+
+RUNTIME_CHANGES: dict[str, Callable[[Fleet], None]] = {"size": shrink_to_nothing, "template": change_template,
+                                                       "reset": reset_later}
+
+
+@pytest.mark.parametrize("change", RUNTIME_CHANGES)
+def test_no_clone_is_reserved_after_the_pool_was_changed_under_a_pass(fleet: Fleet, change: str) -> None:
+    """An empty pool's pass paused at every round trip while an administrator sets its size to
+    0, its template, or resets it: the clones it reserved before the answer may go on (the next
+    pass retires or drains them), none after. The pass read the size before the change and
+    reserved clones for it: up to its share of task_limit clones started after POST
+    /config/poolsize answered 201 (and, until the template and reset were checked too, of the
+    old template, or older than the reset, after those answered)."""
+    for where, current, reserved in reserved_meanwhile(fleet, stale_pass, RUNTIME_CHANGES[change]):
+        stale = sorted(host for host in reserved if not made_after(current, change, host))
+        assert not stale, f"{where}: {stale} reserved after the {change} change for the pool before it"
+
+
+def reserved_meanwhile(fleet: Fleet, run: Callable[[Fleet, int | None, Callable[[], None]], int],
+                       change: Callable[[Fleet], None]) -> Iterator[tuple[str, Fleet, set[str]]]:
+    """From the fleet's state now, ``run(fleet, pause_after, meanwhile)`` paused after each of its
+    round trips in turn while ``change`` runs; for each: where, the fleet then, and the VMs
+    pending or in the provider that were not when ``change`` ended (reserved after it)."""
     start = Start.of(fleet)
-    stale_pass(start.again(fleet), None, lambda: None)  # loads the Lua scripts the session's Redis lacks
-    total = stale_pass(start.again(fleet), None, lambda: None)
+    run(start.again(fleet), None, lambda: None)  # loads the Lua scripts the session's Redis lacks
+    total = run(start.again(fleet), None, lambda: None)
     for pause_after in range(total):
-        where = f"paused after round trip {pause_after} of {total}"
         current = start.again(fleet)
         before: list[set[str]] = []
 
-        def shrink_to_nothing(current: Fleet = current, before: list[set[str]] = before) -> None:
-            reply = current.world.post("/api/v3/config/poolsize", {POOL: "0"})
-            assert reply.status == 201, reply.raw
+        def meanwhile(current: Fleet = current, before: list[set[str]] = before) -> None:
+            change(current)
             before.append(current.world.hosts(POOL, "pending") | current.world.provider_vms(POOL))
 
-        stale_pass(current, pause_after, shrink_to_nothing)
+        run(current, pause_after, meanwhile)
         after = current.world.hosts(POOL, "pending") | current.world.provider_vms(POOL)
-        assert after <= before[0], f"{where}: {sorted(after - before[0])} reserved after the pool was shrunk to 0"
+        yield f"paused after round trip {pause_after} of {total}", current, after - before[0]
+
+
+def made_after(fleet: Fleet, change: str, hostname: str) -> bool:
+    """Whether the VM is one the pool wants after the administrator's ``change`` (a pass that
+    read the pool after it reserved it): of the new template, cloned after the reset; none once
+    the size is 0."""
+    record = fleet.world.store.get_vm(hostname)
+    if record is None or change == "size":
+        return False
+    if change == "template":
+        return record.template == NEW_TEMPLATE
+    reset_at = PoolOverrides(fleet.world.store).get(POOL).reset_at
+    return reset_at is not None and float(record.raw["clone_start"]) >= reset_at
+
+
+ALPHA = "{name: alpha, size: 3, provider: dummy}"
+PUSHES = {
+    "size": parse(CHANGEABLE.replace(ALPHA, "{name: alpha, size: 0, provider: dummy}")),
+    "template": parse(CHANGEABLE.replace(ALPHA, ALPHA.replace("}", f", template: {NEW_TEMPLATE}}}"))),
+}
+"""A config push changing the pool: what a function that read it acts on."""
+OLD_GENERATION, NEW_GENERATION = 1_000.0, 2_000.0
+
+
+@pytest.mark.parametrize("push", PUSHES)
+def test_no_clone_is_reserved_for_a_config_a_push_replaced_under_the_pass(fleet: Fleet, push: str) -> None:
+    """An empty pool's run on the pushed config of generation 1,000 (size 3) paused at every
+    round trip while a push of generation 2,000 changes the pool (size 0, or another template)
+    and a function that read it runs the pool: the clones the stale run reserved before may go on
+    (the next pass retires them), none after. Its run checked at its start that its config was
+    the newest, read the size and template, and reserved its share of task_limit clones of the
+    replaced config once the newer one ran: clones of a size or template just pushed away."""
+    old_config = dataclasses.replace(fleet.world.config, generation=OLD_GENERATION)
+    new_config = dataclasses.replace(PUSHES[push], generation=NEW_GENERATION)
+    new_pool = new_config.pool(POOL)
+    assert ALPHA in CHANGEABLE and new_pool is not None
+
+    def stale_run(current: Fleet, pause_after: int | None, meanwhile: Callable[[], None]) -> int:
+        fuse = Fuse(pause_after=pause_after, meanwhile=meanwhile)
+        services = fused_services(current.world, fuse)
+        services.use_config(old_config)
+        try:
+            look_at(services, PoolMessage(POOL, TICK), RecordingQueue())
+        finally:
+            services.client.close()
+        assert pause_after is None or fuse.meanwhile is None, "the run ended before its pause"
+        return fuse.sent
+
+    def newer_function_runs(current: Fleet) -> None:
+        newer = Services(new_config, current.world.client, clock=current.world.clock,
+                         prefix=current.world.store.keys.prefix)
+        look_at(newer, PoolMessage(POOL, TICK), RecordingQueue())
+
+    for where, current, reserved in reserved_meanwhile(fleet, stale_run, newer_function_runs):
+        # The newer config's function may reserve clones of its own: of its template, for its size.
+        records = {host: current.world.store.get_vm(host) for host in reserved}
+        stale = sorted(host for host, record in records.items()
+                       if new_pool.size == 0 or record is None or record.template != new_pool.template)
+        assert not stale, f"{push} pushed, {where}: {stale} reserved for the replaced config after the push ran"
 
 
 # --- two passes both paused: every pair of points (quadratic: an audit) ----------------------------
@@ -216,3 +308,27 @@ def stale_pass_until(fleet: Fleet, pause_after: int, meanwhile: Callable[[], Non
             raise
     if not ran:
         meanwhile()
+
+
+def test_a_reset_stamped_by_an_api_clock_ahead_makes_no_clone_to_drain(fleet: Fleet) -> None:
+    """POST /poolreset answered by an API process whose clock is 5 minutes ahead of the
+    scheduler's: the reset time is later than every pass's clock for 5 minutes, so each clone a
+    pass started then was older than the reset, drained by the next pass once it showed, and
+    made again (clones started and destroyed for nothing, the pool empty either way). No pass
+    clones until its clock passes the reset; then the pool fills once, with VMs that stay."""
+    fleet.converge()
+    world = fleet.world
+    skew = 300.0
+    PoolOverrides(world.store).reset(POOL, world.clock.now() + skew)
+    started: list[str] = []
+    reset_at = world.clock.now() + skew
+    while world.clock.now() < reset_at:
+        report = fleet.run(POOL)
+        started += [host for result in report.passes for host in result.clones_started]
+        world.clock.advance(15)
+    assert started == [], f"{len(started)} clones started before the reset time, each drained after"
+    leases_run_out(world.client)
+    fleet.converge()
+    for pool in fleet.pools:
+        fleet.kept.setdefault(pool, set())  # nobody holds a VM
+    fleet.assert_converged("after the reset time")

@@ -33,22 +33,50 @@
 -- KEYS[1] the pool's ready set, KEYS[2] its pending set, KEYS[3] clone_demand, KEYS[4]
 -- clone_demand_renewed, KEYS[5] the cloning set, KEYS[6] pool_clones, KEYS[7] its mark, KEYS[8]
 -- the pool's completed set (its clones held there, drained mid-clone: lua/move.lua), KEYS[9]
--- the pools' size overrides (POST /config/poolsize), KEYS[10..] the records of the candidate
--- hostnames.
+-- the pools' size overrides (POST /config/poolsize), KEYS[10] config_generation (the newest
+-- pushed config a function runs with: lua/config_generation.lua), KEYS[11..10+n] the hashes of
+-- the settings the pass read (its pool's runtime template and reset), then the records of the
+-- candidate hostnames.
 -- ARGV: pool, size, task_limit, now, template, domain, clone_limit (0: none), demand_ttl,
 --       vm_template (the records of VMs pending, or cloning when the set is rebuilt:
 --       keys.DERIVED_KEYS), reserver (the process reserving, which starts the clones:
---       store/leases.py holder_label), then the candidate hostnames, in the order of their records.
+--       store/leases.py holder_label), generation (of the config the pass read its pool from;
+--       0: a config no push orders), newest_ttl (config_generation.lua's ttl), settings read
+--       (a count n, then n pairs field, value as read: '' for none), then the candidate
+--       hostnames, in the order of their records.
 -- Each record says its clone is asked only once marked ('marks_asked': store/records.py MARKS_ASKED),
 -- so a VM drained before the mark is known never cloned (manager/pending.unnoted_clones_running).
 -- Returns the hostnames reserved (each now has a pending record and a place in the cloning set).
 local ready_key, pending_key, demand_key, renewed_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local cloning_key, pool_clones_key, counted_key, completed_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local size_override_key = KEYS[9]
+local size_override_key, generation_key = KEYS[9], KEYS[10]
 local pool, size, task_limit, now, template, domain, clone_limit, demand_ttl, vm_template, reserver =
   ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6],
   tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10]
-local FIRST_CANDIDATE = 10 -- in KEYS; its hostname is ARGV[index + 1]
+local generation, newest_ttl, settings_read = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local FIRST_CANDIDATE = 11 + settings_read -- in KEYS; its hostname is ARGV[index + 3 + settings_read]
+-- The pass read its size and template from a config a newer push has replaced since (a function
+-- on the newer one noted it after this pass's run checked it was the newest:
+-- manager/dispatch.py newest_config): it reserves nothing, as that run would have left the pool
+-- to the newer config's functions had it looked later. Without this a pass under way when a push
+-- lowered the size (or changed the template) started its share of task_limit clones for the old
+-- config, which the next pass retired. The same test as lua/config_generation.lua's, so a newest
+-- generation no function ran with for newest_ttl seconds gives way here too.
+if generation > 0 then
+  local newest, seen = string.match(redis.call('GET', generation_key) or '', '^(%S+) (%S+)$')
+  newest, seen = tonumber(newest), tonumber(seen)
+  if newest and seen and generation < newest and tonumber(now) - seen <= newest_ttl then
+    return {}
+  end
+end
+-- Likewise a runtime template change or reset (POST /config/pooltemplate, /poolreset) since the
+-- pass read its pool's: its clones would be of the old template, or older than the reset, and
+-- drained by the next pass (lua/move.lua's settings_read, for the VMs it makes ready).
+for i = 1, settings_read do
+  if (redis.call('HGET', KEYS[10 + i], ARGV[12 + 2 * i]) or '') ~= ARGV[13 + 2 * i] then
+    return {}
+  end
+end
 local STALE_SWEEP = 10 -- stale pool_clones entries dropped per call at most
 local LAPSED_BATCH = 500 -- demands removed per command when many lapse at once (unpack's limit)
 -- An in-flight VM's pool and, when it is built for an on-demand request, the request (false
@@ -200,7 +228,7 @@ for i = FIRST_CANDIDATE, #KEYS do
   if #reserved >= wanted then
     break
   end
-  local vm_key, hostname = KEYS[i], ARGV[i + 1]
+  local vm_key, hostname = KEYS[i], ARGV[i + 3 + settings_read]
   if redis.call('EXISTS', vm_key) == 0 then
     redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,
       'domain', domain, 'state', 'pending', 'clone_start', now, 'pending_at', now, 'reserver', reserver,
