@@ -225,8 +225,12 @@ sys.exit(status)
 """
 CONFIG_CHECK_SECONDS = 2.0
 """How often the stack looks at the developer's config file for changes."""
-CONFIG_CHECK_TIMEOUT_SECONDS = 30.0
-"""How long a changed config's check may take (a config loads in well under a second)."""
+CONFIG_CHECK_TIMEOUT_SECONDS = 60.0
+"""How long a changed config's check may take. A check of config.MAX_POOLS pools (10,000
+vmpooler-style, 2.5 MB) takes 3.3 s of CPU in its fresh interpreter and 15-16 s of wall time on
+2 cores at load 15 (docs/performance.md, "Validating 10,000 pools"); 1,000 pools 0.7 s of CPU.
+At 30 s, before the check got faster (6.2 s of CPU), such an edit under that load was never
+served: every check timed out (29.8-30.0 s)."""
 
 
 class ConfigWatch:
