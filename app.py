@@ -104,7 +104,7 @@ def _view(route: Route, version: int) -> Callable[..., Response]:
             response = handle_when_built(services, route.handler, request)
         status, body, headers = render(response)
         if request is not None and route.conditional:  # an ETag, or 304 to a caller holding it
-            status, body, headers = conditional(request, status, body, headers)
+            status, body, headers = conditional(request, status, body, headers, route.tag_basis)
         if getattr(app.current_request, "method", "") == "HEAD":  # GET's answer without its body (RFC 9110)
             body = ""
         return Response(body=body, status_code=status, headers=dict(headers))
