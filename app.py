@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -103,7 +104,7 @@ def _view(route: Route, version: int) -> Callable[..., Response]:
             response = handle_when_built(services, route.handler, request)
         status, body, headers = render(response)
         if request is not None and route.conditional:  # an ETag, or 304 to a caller holding it
-            status, body, headers = conditional(request, status, body, headers)
+            status, body, headers = conditional(request, status, body, headers, route.tag_basis)
         if getattr(app.current_request, "method", "") == "HEAD":  # GET's answer without its body (RFC 9110)
             body = ""
         return Response(body=body, status_code=status, headers=dict(headers))
@@ -176,9 +177,11 @@ def _seconds_queued(records: list[Received]) -> list[float]:
 def reconcile(event: Any) -> dict[str, Any]:
     """Each message's pool once, all pools of the batch at once; failures reported per message
     (the event source mapping has ReportBatchItemFailures), so one pool never fails another."""
-    from chalicelib.manager.dispatch import handle_batch
+    from chalicelib.manager.dispatch import environment_spent, handle_batch
 
     records = received(event.to_dict())  # whatever the invoke holds: never raises
+    if environment_spent():
+        _end_spent_environment([record.message_id for record in records])
     # The batch's passes start now, each in its own thread (dispatch.handle_batch).
     emit(None, {}, seconds={observability.REFILL_LATENCY: _seconds_queued(records),
                             observability.PASS_LATENESS: seconds_late(records, time.time() * 1000,
@@ -190,6 +193,27 @@ def reconcile(event: Any) -> dict[str, Any]:
 
     failed = handle_batch(services(), [(r.message_id, r.body) for r in records], pool_queue(), remaining_seconds)
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
+
+
+SPENT_EXIT_STATUS = 75
+"""The reconcile process's exit status when passes it gave up on fill it (EX_TEMPFAIL)."""
+
+
+def _end_spent_environment(ids: list[str]) -> None:
+    """End this process at once, the batch unanswered: passes earlier invocations gave up on
+    still hold MAX_PASSES_GIVEN_UP threads (``dispatch.environment_spent``: calls that never
+    return), and a thread cannot be stopped. Before, the environment turned every batch away
+    (each message back to the queue) until Lambda retired it, which a busy consumer's never is.
+    A process that exits during an invocation is a crash to Lambda (``Runtime.ExitError``): it
+    resets the environment, and the next batch gets a fresh one. The invocation fails, so SQS
+    returns every message of the batch to the queue, as the partial-batch answer listing them
+    all did. Raising would not do: the Python runtime reports the error and keeps the process.
+    ``os._exit``, not ``sys.exit``: the interpreter's exit would wait for the stuck threads."""
+    logger.error("passes given up on fill this environment: it exits so Lambda starts a fresh one; the "
+                 "batch's messages return to the queue", extra={"ids": ids[:10], "messages": len(ids)})
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(SPENT_EXIT_STATUS)
 
 
 app.register_middleware(ConvertToMiddleware(logger.inject_lambda_context), "scheduled")

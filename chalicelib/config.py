@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Generic, Mapping, NamedTuple, 
 from chalicelib.answer_sizes import answer_size_problems
 from chalicelib.auth.ldap_settings import LdapSettings
 from chalicelib.auth.secrets import Secret, SecretReference
+from chalicelib.config_events import GAVE_UP, EventDocument
 from chalicelib.config_fields import (
     MAX_DNS_NAME_LENGTH,
     SHOWN_CHARACTERS,
@@ -507,13 +508,14 @@ def _check_size(text: str, source: str) -> None:
         raise ConfigError([f"{source}: more than {MAX_CONFIG_CHARACTERS} characters"])
 
 
-def _check_shape(yaml: Any, text: str, loader: type, source: str) -> None:
+def _check_shape(yaml: Any, text: str, loader: type, source: str, built: EventDocument) -> None:
     """Refuse YAML nested deeper than MAX_DEPTH or holding more than MAX_VALUES values once its
-    aliases are expanded, from libyaml's events (a flat walk: no recursion, nothing built)
-    before anything is composed. An alias counts the values of the node it names; an alias
-    inside the node it names (``&x [*x]``: a list that contains itself) is refused: every walk of
-    the document would recurse for ever. A ``pools`` list of more than MAX_POOLS items is
-    refused at the first item past them, unread beyond (``_PoolCount``)."""
+    aliases are expanded, from libyaml's events (a flat walk: no recursion) before anything is
+    composed. An alias counts the values of the node it names; an alias inside the node it names
+    (``&x [*x]``: a list that contains itself) is refused: every walk of the document would
+    recurse for ever. A ``pools`` list of more than MAX_POOLS items is refused at the first item
+    past them, unread beyond (``_PoolCount``). ``built`` is given every event: a plain document
+    is built from them (chalicelib/config_events.py)."""
     sizes: dict[str, int] = {}  # anchor -> values in its node, aliases expanded
     open_nodes: list[list[Any]] = []  # [values so far, anchor] of each collection being read
     starts = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
@@ -521,7 +523,9 @@ def _check_shape(yaml: Any, text: str, loader: type, source: str) -> None:
     scalar, alias = yaml.ScalarEvent, yaml.AliasEvent
     expanded = 0
     pools = _PoolCount(yaml, source)
+    see = built.see
     for event in yaml.parse(text, Loader=loader):
+        see(event)
         kind = type(event)
         if len(open_nodes) < 3:  # the top-level mapping's keys and values, the pools' items
             pools.see(event, open_nodes)
@@ -612,22 +616,37 @@ def _read_document(text: str, source: str, reader: BlockReader) -> dict[str, Any
     # pure-Python one on a config of many pools; the same documents either way.
     loader_class = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        _check_shape(yaml, text, loader_class, source)
-        loader = loader_class(text)
+        resolver = loader_class("")
         try:
-            root = loader.get_single_node()
-            if root is not None:
-                _duplicate_keys(yaml, loader, root, source, reader)
-            document = None if root is None else loader.construct_document(root)
+            built = EventDocument(yaml, resolver)
+            _check_shape(yaml, text, loader_class, source, built)
         finally:
-            loader.dispose()
+            resolver.dispose()
+        # A plain config is built from the shape walk's events (colon-stripped already); any
+        # other is composed and constructed by PyYAML, its keys written twice reported.
+        document = built.document if built.document is not GAVE_UP else _composed(yaml, text, loader_class,
+                                                                                 source, reader)
     except yaml.YAMLError as error:
         raise ConfigError([f"{source}: not valid YAML: {error}"]) from None
     if document is None:
         document = {}
     if not isinstance(document, dict):
         raise ConfigError([f"{source}: must be a YAML mapping at the top level"])
-    return _strip_colons(document)
+    return document
+
+
+def _composed(yaml: Any, text: str, loader_class: type, source: str, reader: BlockReader) -> Any:
+    """The document as PyYAML's safe loader composes and constructs it, colon-stripped; each key
+    written twice in one mapping noted in ``reader`` (``_duplicate_keys``)."""
+    loader = loader_class(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        _duplicate_keys(yaml, loader, root, source, reader)
+        return _strip_colons(loader.construct_document(root))
+    finally:
+        loader.dispose()
 
 
 MAX_REPORTED_DUPLICATES = 10

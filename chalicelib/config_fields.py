@@ -469,11 +469,16 @@ def inventory_path(value: Any) -> str:
     byte used to reach vCenter, where the clones went to one folder and the passes looked in
     another (every clone leaked)."""
     text = string(value)
+    path = text.strip("/")
+    parts = path.split("/") if path else []
+    # One look at each name for the paths every pool has (10,000 pools: 40,000 paths); the
+    # messages below, in their order, only for a path refused.
+    if (len(parts) <= INVENTORY_PATH_PARTS and not _CONTROL_CHARACTERS.search(text)
+            and all(part and part != "." and part != ".." and len(part) <= INVENTORY_NAME_LENGTH for part in parts)):
+        return path
     quoted = show(text)
     if _CONTROL_CHARACTERS.search(text):
         invalid(f"must be an inventory path without control characters (NUL, newline, tab), got {quoted}")
-    path = text.strip("/")
-    parts = path.split("/") if path else []
     if any(not part for part in parts):
         invalid(f"must be an inventory path without an empty name ('//'), got {quoted}")
     if any(part in (".", "..") for part in parts):

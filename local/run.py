@@ -225,8 +225,12 @@ sys.exit(status)
 """
 CONFIG_CHECK_SECONDS = 2.0
 """How often the stack looks at the developer's config file for changes."""
-CONFIG_CHECK_TIMEOUT_SECONDS = 30.0
-"""How long a changed config's check may take (a config loads in well under a second)."""
+CONFIG_CHECK_TIMEOUT_SECONDS = 60.0
+"""How long a changed config's check may take. A check of config.MAX_POOLS pools (10,000
+vmpooler-style, 2.5 MB) takes 3.3 s of CPU in its fresh interpreter and 15-16 s of wall time on
+2 cores at load 15 (docs/performance.md, "Validating 10,000 pools"); 1,000 pools 0.7 s of CPU.
+At 30 s, before the check got faster (6.2 s of CPU), such an edit under that load was never
+served: every check timed out (29.8-30.0 s)."""
 
 
 class ConfigWatch:
@@ -430,6 +434,24 @@ def _tcp_port_or_any(text: str) -> int:
     return 0 if text.strip() == "0" else _tcp_port(text)
 
 
+MAX_THREADS = 32
+"""Event loops (threads) a worker runs at most: 4 serve the most cycles/s here, 6 or 8 no more
+(docs/performance.md, "The local HTTP front"); each holds its own copy of the app and its Redis
+connections. Before, any number was started: ``--threads 100000`` made each worker start threads
+until the system refused one."""
+
+
+def _thread_count(text: str) -> int:
+    """Event loops per worker, 1 to MAX_THREADS."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of threads (1 to {MAX_THREADS})")
+    return count
+
+
 def _positive_seconds(text: str) -> float:
     """Seconds between ticks: 0 or less would tick in a busy loop."""
     try:
@@ -448,8 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     # overlap): more workers measured fewer cycles/s here, 2 loops fewer, 6 or 8 no more
     # (docs/performance.md, "The local HTTP front").
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", os.cpu_count() or 1)))
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "4")),
-                        help="event loops (threads) per worker, each serving one request at a time")
+    parser.add_argument("--threads", type=_thread_count, default=os.environ.get("THREADS", "4"),
+                        help=f"event loops (threads) per worker, each serving one request at a time "
+                             f"(1 to {MAX_THREADS})")
     parser.add_argument("--config", default=os.environ.get("VMPOOL_CONFIG_FILE"))
     parser.add_argument("--redis-port", type=_tcp_port_or_any, default=os.environ.get("VMPOOL_LOCAL_REDIS_PORT", "0"),
                         help="0 (the default): a free one")
@@ -524,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         # it before the workers bind it, nor while a killed front's replacement is starting.
         http_port_hold.hold(args.port)
         # Forked before the scheduler's threads exist: the front's processes inherit none.
-        front, ready = _start_front("fork", args.port, workers, max(args.threads, 1))
+        front, ready = _start_front("fork", args.port, workers, args.threads)
         for _ in range(workers):
             if not ready.acquire(timeout=30):
                 print(f"the HTTP workers did not start on port {args.port}", file=sys.stderr)
@@ -550,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr, flush=True)
                 # A fresh interpreter, not a fork: this process runs the scheduler's threads now,
                 # and a fork would copy whatever locks they hold.
-                front, ready = _start_front("spawn", args.port, workers, max(args.threads, 1))
+                front, ready = _start_front("spawn", args.port, workers, args.threads)
                 front_watch.started(ready)
             if watch is not None:
                 watch.check()

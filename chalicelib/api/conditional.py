@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from typing import Callable
 
 from chalicelib.api.http import ApiRequest
 
@@ -56,14 +57,18 @@ def not_modified(if_none_match: str | None, tag: str) -> bool:
     return any(_opaque(sent) == wanted for sent in if_none_match.split(",", MAX_TAGS)[:MAX_TAGS])
 
 
-def conditional(request: ApiRequest, status: int, body: str,
-                headers: dict[str, str]) -> tuple[int, str, dict[str, str]]:
+def conditional(request: ApiRequest, status: int, body: str, headers: dict[str, str],
+                basis: Callable[[str], str] | None = None) -> tuple[int, str, dict[str, str]]:
     """A rendered 200 with its ETag (and ``Vary`` when it may be compressed), or the 304 that
-    replaces it: the same headers, no body. Any other answer as it is."""
+    replaces it: the same headers, no body. Any other answer as it is. ``basis``: the part of
+    the body that matters (``Route.tag_basis``: /status without its uptime); the tag is then a
+    weak one over it when it leaves something out."""
     if status != 200:
         return status, body, headers
     data = body.encode("utf-8", "surrogatepass")
-    tagged = {**headers, "ETag": entity_tag(data)}
+    shown = basis(body) if basis is not None else body
+    tag = entity_tag(data) if shown == body else "W/" + entity_tag(shown.encode("utf-8", "surrogatepass"))
+    tagged = {**headers, "ETag": tag}
     if len(data) >= COMPRESS_FROM_BYTES:
         tagged["Vary"] = "Accept-Encoding"
     if not_modified(request.header("if-none-match"), tagged["ETag"]):

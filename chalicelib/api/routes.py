@@ -59,6 +59,10 @@ class Route:
     """Its 200s carry an ETag, and a caller naming it in If-None-Match gets 304 (api/conditional.py).
     Every feed's do too (``conditional``)."""
 
+    tag_basis: Callable[[str], str] | None = None
+    """The part of its rendered answer its ETag is computed from, when not all of it (a weak
+    tag then: answers differing only elsewhere are equivalent, not byte for byte the same)."""
+
     @property
     def conditional(self) -> bool:
         """Whether its answers are conditional: the feeds and the dashboard's page."""
@@ -72,7 +76,7 @@ ROUTES: list[Route] = [
     Route("describe_vm", "GET", "/vm/{name}", vms.describe, unversioned=True),
     Route("modify_vm", "PUT", "/vm/{name}", vms.modify, unversioned=True),
     Route("return_vm", "DELETE", "/vm/{name}", vms.give_back, unversioned=True),
-    Route("status", "GET", "/status", status.status, unversioned=True, feed=True),
+    Route("status", "GET", "/status", status.status, unversioned=True, feed=True, tag_basis=status.status_tag_basis),
     Route("poolstat", "GET", "/poolstat", status.poolstat, feed=True),
     Route("totalrunning", "GET", "/totalrunning", status.total_running, feed=True),
     Route("summary", "GET", "/summary", summary.summary, unversioned=True, feed=True),

@@ -89,6 +89,27 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
     return ApiResponse(200, dict(sorted(body.items())))
 
 
+_UPTIME_KEY = ',"uptime":'
+_UPTIME_TAIL = 48
+"""How far from the end of /status's text its uptime starts at most (a float and two braces)."""
+
+
+def status_tag_basis(text: str) -> str:
+    """/status's rendered answer without ``status.uptime``, what its ETag is computed from
+    (conditional.py): the uptime changes at every tenth of a second, so an ETag over it changed
+    at every poll and no caller got 304. The uptime is the last key of ``status``, the last
+    section (the answer's keys sorted), so the text ends with ``,"uptime":<n>}}``; any other
+    text is its own basis (its tag then changes with it: never a 304 for a changed answer)."""
+    start = text.rfind(_UPTIME_KEY, max(len(text) - _UPTIME_TAIL, 0))
+    if start < 0 or not text.endswith("}}"):
+        return text
+    try:
+        float(text[start + len(_UPTIME_KEY):-2])
+    except ValueError:
+        return text
+    return text[:start] + "}}"
+
+
 def poolstat(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /poolstat?pool=a,b: size and ready count of the pools named (or aliased)."""
     names = {part for part in request.query.get("pool", "").split(",") if part}

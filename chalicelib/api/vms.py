@@ -127,7 +127,10 @@ def describe(services: Services, request: ApiRequest) -> ApiResponse:
         info["not_ready_reason"] = record.not_ready_reason
     if record.reason:
         info["reason"] = record.reason
-    info["source_template"] = record.template
+    if record.template:
+        # Ours, not vmpooler's (a template change drains by it): absent where no template is
+        # known (a dummy pool without one), as vmpooler's answer never has it.
+        info["source_template"] = record.template
     if task_errors(record):
         info["task_errors"] = task_errors(record)
     return ApiResponse(200, {"ok": True, record.name: info})

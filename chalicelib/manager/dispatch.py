@@ -389,6 +389,14 @@ def _pool_threads() -> ThreadPoolExecutor:
     return _executor
 
 
+def environment_spent() -> bool:
+    """Whether passes earlier invocations gave up on, still running, number MAX_PASSES_GIVEN_UP
+    or more: a batch starts none then (``handle_batch``), and threads cannot be stopped, so a
+    process whose passes never end would turn every batch away for good. The Lambda handler
+    ends such a process (app.py, ``reconcile``): Lambda starts a fresh environment."""
+    return sum(not future.done() for future in _given_up) >= MAX_PASSES_GIVEN_UP
+
+
 def handle_batch(services: "Services", records: Iterable[tuple[str, str]], queue: PoolQueue,
                  remaining_seconds: Callable[[], float]) -> list[str]:
     """Run the pools of a batch of (message id, body) at once; return the ids that failed or did

@@ -307,3 +307,17 @@ def test_a_vm_whose_own_name_has_capitals_is_found_by_it(full: Harness) -> None:
     assert full.put(f"/api/v3/vm/{old_name}", {"tags": {"project": "x"}}).status == 200
     assert full.post(f"/api/v3/vm/{old_name}/snapshot").status == 202
     assert (full.delete(f"/api/v3/vm/{old_name}").status, full.state_of(old_name)) == (200, "completed")
+
+
+def test_describe_says_what_a_vm_was_cloned_from_only_when_it_is_known(
+        make_stack: Callable[..., Harness]) -> None:
+    """vmpooler's GET /vm/<host> has no ``source_template``; ours adds the template the VM was
+    cloned from (a template change drains by it), and says nothing when it does not know one (a
+    dummy pool without ``template``). Before, such a VM answered ``"source_template": ""``."""
+    stack = make_stack("providers:\n  dummy: {}\npools:\n  - {name: plain, size: 1, provider: dummy}\n"
+                       "  - {name: cloned, size: 1, provider: dummy, template: templates/debian-12}\n")
+    stack.fill()
+    plain = stack.get(f"/api/v3/vm/{stack.ready('plain')[0]}").json
+    cloned = stack.get(f"/api/v3/vm/{stack.ready('cloned')[0]}").json
+    assert "source_template" not in plain[stack.ready("plain")[0]]
+    assert cloned[stack.ready("cloned")[0]]["source_template"] == "templates/debian-12"

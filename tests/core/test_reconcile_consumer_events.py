@@ -7,8 +7,13 @@ on runs later, in another invocation's time."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -267,3 +272,59 @@ def test_passes_given_up_on_that_never_end_do_not_pile_up_threads(
         future.result(timeout=30)
     assert dispatch.handle_batch(None, [("m", json.dumps({"pool": "p"}))], None,  # type: ignore[arg-type]
                                  lambda: SAFETY_SECONDS + 5) == []  # the threads ended: batches run again
+
+
+class Exited(Exception):
+    """Stands in for the end of the process (``os._exit``) in the test's own process."""
+
+
+def test_an_environment_full_of_passes_given_up_on_exits_for_a_fresh_one(
+        services: Services, queue: RecordingQueue, fresh_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MAX_PASSES_GIVEN_UP passes an earlier invocation gave up on still running (calls that never
+    return): the consumer ends its process, starting no pass, rather than answer. Before, it
+    answered every message failed, batch after batch, until Lambda retired the environment."""
+    passes = Passes()
+    monkeypatch.setattr(dispatch, "look_at", passes)
+    monkeypatch.setattr(dispatch, "_given_up", {Future() for _ in range(dispatch.MAX_PASSES_GIVEN_UP)})
+    exits: list[int] = []
+
+    def exit_now(status: int) -> None:
+        exits.append(status)
+        raise Exited
+
+    monkeypatch.setattr(os, "_exit", exit_now)
+    with pytest.raises(Exited):
+        app.reconcile(batch("debian", "ubuntu"), ClockedContext(FakeClock(), timeout=60))
+    assert exits == [app.SPENT_EXIT_STATUS] and passes.started == []
+    # One of them ends: the batch runs, answered as ever.
+    next(iter(dispatch._given_up)).set_result(None)
+    assert app.reconcile(batch("debian"), ClockedContext(FakeClock(), timeout=60)) == {"batchItemFailures": []}
+    assert passes.started == ["debian"] and exits == [app.SPENT_EXIT_STATUS]
+
+
+SPENT_PROCESS = """
+import json, threading, time
+from concurrent.futures import ThreadPoolExecutor
+import app
+from chalicelib.manager import dispatch
+from tests.core.test_reconcile_queue import Context, sqs_event
+
+never = threading.Event()
+threads = ThreadPoolExecutor(max_workers=dispatch.MAX_PASSES_GIVEN_UP)
+dispatch._given_up.update(threads.submit(never.wait) for _ in range(dispatch.MAX_PASSES_GIVEN_UP))
+app.reconcile(sqs_event(json.dumps({"pool": "debian"})), Context())
+print("answered")
+"""
+
+
+def test_the_spent_process_really_ends_though_its_threads_never_do() -> None:
+    """In a process of its own, its stuck threads real and never ending: it ends at once with
+    SPENT_EXIT_STATUS and says why (a normal exit would wait for those threads for ever)."""
+    try:
+        ended = subprocess.run([sys.executable, "-c", SPENT_PROCESS], cwd=Path(__file__).resolve().parents[2],
+                               capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired as hung:
+        raise AssertionError(f"the process did not end: {hung.stderr!r}"[-2000:]) from None
+    assert ended.returncode == app.SPENT_EXIT_STATUS, ended.stderr[-2000:]
+    assert "answered" not in ended.stdout
+    assert "it exits so Lambda starts a fresh one" in ended.stdout

@@ -712,11 +712,14 @@ def test_a_key_written_twice_with_one_value_starts_with_a_warning_at_start_and_i
     (["--port", "http"], "--port: http is not a TCP port"),
     (["--redis-port", "-1"], "--redis-port: -1 is not a TCP port"),
     (["--interval", "0"], "--interval: 0 is not a positive number"),  # a tick loop that never waits
+    (["--threads", "100000"], "--threads: 100000 is not a number of threads (1 to 32)"),  # was started
+    (["--threads", "0"], "--threads: 0 is not a number of threads"),
 ])
 def test_bad_command_line_values_are_refused_before_anything_starts(tmp_path: Path, arguments: list[str],
                                                                     says: str) -> None:
     """`make run PORT=0` served on a different free port in each worker (the banner said port 0),
-    PORT=70000 was a traceback after redis-server had started, --interval 0 ticked in a busy loop."""
+    PORT=70000 was a traceback after redis-server had started, --interval 0 ticked in a busy loop,
+    --threads 100000 had each worker start threads until the system refused one."""
     config_file = tmp_path / "cli.yaml"
     config_file.write_text(CONFIG)
     command = stack_command(free_port(), 1, 30) + arguments  # the last of a repeated option wins

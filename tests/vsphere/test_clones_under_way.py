@@ -20,9 +20,11 @@ from pyVmomi import vim, vmodl
 
 from chalicelib.providers.base import AnswerLost, ProviderError, TaskState
 from chalicelib.providers.vsphere import clone as vsphere_clone
-from chalicelib.providers.vsphere import under_way
+from chalicelib.providers.vsphere import inventory, under_way
+from chalicelib.providers.vsphere.connection import Connection
 from tests.support import eventually
-from tests.vsphere.vcsim import Setup, VcsimServer, delayed_clones, make_setup
+from tests.vsphere import admin
+from tests.vsphere.vcsim import DATACENTER, TEMPLATE, Setup, VcsimServer, delayed_clones, make_setup
 
 CLONE_SECONDS = 10.0
 
@@ -176,3 +178,38 @@ def test_a_clone_whose_event_does_not_say_where_it_lands_is_under_way_without_a_
 
     monkeypatch.setattr(under_way, "_being_cloned", folderless)
     assert setup.provider.clones_under_way(pool, [name, *names(1)]) == {name: ""}
+
+
+@pytest.mark.parametrize("mode", ["full", "linked", "linked from the template's snapshot", "linked, delta disks"])
+def test_a_clone_is_found_whatever_the_clone_mode(vcsim_dir: Path, mode: str) -> None:
+    """Full clones, linked ones (from the template's current snapshot when it has one) and linked
+    ones from a template given delta disks (create_template_delta_disks): each is one
+    CloneVM_Task on the template itself, whose task's entity is the template (no snapshot, no
+    copy of it), so the template's tasks and events name the clone in every mode."""
+    snapshot = "base" if "snapshot" in mode else ""
+    server_of = delayed_clones(vcsim_dir, 600, "under-way-mode", template_snapshot=snapshot)
+    server = next(server_of)
+    try:
+        setup = make_setup(server, service={"create_template_delta_disks": "delta" in mode})
+        pool = setup.pool(size=1, create_linked_clone=mode != "full")
+        preparation = setup.provider.prepare_template(pool)
+        assert (preparation is not None) == ("delta" in mode)
+        if preparation is not None:
+            eventually(lambda: setup.provider.task_status(preparation).state is TaskState.SUCCESS, 30,
+                       "the template's delta disks")
+        (name,) = names(1)
+        ref = setup.provider.clone(pool, name)
+        assert setup.provider.clones_under_way(pool, [name, *names(1)]) == {name: ref}
+
+        def clone_task_entity(connection: Connection) -> tuple[str, str]:
+            template = inventory.find(connection, f"{DATACENTER}/vm/{TEMPLATE}")
+            task = inventory.one(connection, vim.Task(ref.split(":")[1], connection.stub), ["info.entity"]) or {}
+            return task["info.entity"]._moId, template._moId
+
+        entity, template_id = setup.provider._run("read the clone task", clone_task_entity)
+        assert entity == template_id
+        placement = dict(admin.vm_details(setup.provider, f"{DATACENTER}/vm/{pool.folder}/{name}")["extra_config"])
+        assert (placement["vcsim.diskMoveType"], placement["vcsim.fromSnapshot"]) == (
+            vsphere_clone.LINKED if mode != "full" else vsphere_clone.FULL, str(bool(snapshot)).lower())
+    finally:
+        server_of.close()

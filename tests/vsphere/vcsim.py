@@ -53,6 +53,8 @@ class VcsimServer:
     """> 0: sessions idle this many seconds expire."""
     guest_addresses: tuple[str, ...] = ()
     """What a booted VM's first interface reports besides its IP (``guest.net``: launcher.start_vcsim)."""
+    template_snapshot: str = ""
+    """Non-empty: the template has a current snapshot of this name (linked clones link to it)."""
     log_path: Path | None = None
     """Where its output goes (default: ``cert_path`` with ``.log`` for a suffix), across restarts."""
     url: str = ""
@@ -67,7 +69,7 @@ class VcsimServer:
                 self.port, self.boot_delay, self.cert_path, datacenters=self.datacenters,
                 host_load_per_vm=self.host_load_per_vm, log_path=self.log_path,
                 clone_delay=self.clone_delay, method_delays=self.method_delays, session_idle=self.session_idle,
-                guest_addresses=self.guest_addresses)
+                guest_addresses=self.guest_addresses, template_snapshot=self.template_snapshot)
         finally:
             self._port_hold.release()  # it listens on its port again (or did not start)
         self.port = urlparse(self.url).port or 0
@@ -176,11 +178,12 @@ def vms_in_folders(server: VcsimServer) -> dict[str, list[str]]:
         Disconnect(instance)
 
 
-def delayed_clones(directory: Path, seconds: float, label: str) -> Iterator[VcsimServer]:
+def delayed_clones(directory: Path, seconds: float, label: str, template_snapshot: str = "") -> Iterator[VcsimServer]:
     """A simulator of its own (its certificate in ``directory``, named after ``label``) whose
-    clone tasks run ``seconds`` (the VM is in its folder meanwhile): for a fixture to yield from."""
+    clone tasks run ``seconds`` (the VM is in its folder meanwhile): for a fixture to yield from.
+    ``template_snapshot``: the template's current snapshot (VcsimServer.template_snapshot)."""
     with VcsimServer(boot_delay=0.2, cert_path=directory / f"{label}-{secrets.token_hex(3)}.pem",
-                     clone_delay=seconds) as server:
+                     clone_delay=seconds, template_snapshot=template_snapshot) as server:
         yield server
 
 

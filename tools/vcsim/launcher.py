@@ -60,6 +60,7 @@ def start_vcsim(
     clone_delay: float = 0.0,
     method_delays: Mapping[str, float] | None = None,
     session_idle: float = 0.0,
+    template_snapshot: str = "",
     die_with_parent: bool = False,
     log_path: str | os.PathLike[str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
@@ -76,6 +77,8 @@ Tools gives an IPv6 one).
     A bad day in vCenter: ``clone_delay`` seconds each clone task runs (its VM is in the folder
     meanwhile); ``method_delays`` slows SOAP methods by name (seconds, e.g.
     ``{"RetrievePropertiesEx": 2}``); ``session_idle`` > 0 expires sessions idle that long.
+    ``template_snapshot``: each template has a current snapshot of that name (linked clones
+    then link to it).
     ``die_with_parent``: SIGTERM it when the process that started it dies, even by SIGKILL
     (the local stack's simulator).
 
@@ -103,6 +106,7 @@ Tools gives an IPv6 one).
         "-no-cancel-folder", NO_CANCEL_FOLDER,
         "-clone-delay", f"{clone_delay}s",
         "-session-idle", f"{session_idle}s",
+        "-template-snapshot", template_snapshot,
         "-method-delay", ",".join(f"{name}={round(seconds * 1000)}" for name, seconds in (method_delays or {}).items()),
     ]
     if cert_path is not None:

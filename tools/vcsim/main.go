@@ -20,6 +20,9 @@
 // Each managed entity keeps its recentTask (its queued and running tasks and its last completed
 // ones, entityRecentTasks in all at least), as vCenter's do, so a client can read a VM's own
 // tasks without the whole service's list.
+// With -template-snapshot, each template has a snapshot of that name (its current one), taken
+// before it is made a template: linked clones from a snapshot are testable (govmomi 0.24 cannot
+// snapshot the template once it is wrapped by templateVM).
 // It prints "VCSIM_URL=<url>" once it is serving, then runs until killed.
 package main
 
@@ -423,8 +426,9 @@ func selfSignedCert(certPath string) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
-// setup turns each datacenter's first VM into the template, removes the other VMs, makes folders.
-func setup(ctx context.Context, u *url.URL, template string, folders []string) {
+// setup turns each datacenter's first VM into the template (with a current snapshot named
+// snapshot unless empty), removes the other VMs, makes folders.
+func setup(ctx context.Context, u *url.URL, template, snapshot string, folders []string) {
 	c, err := govmomi.NewClient(ctx, u, true)
 	check(err)
 	finder := find.NewFinder(c.Client)
@@ -445,6 +449,9 @@ func setup(ctx context.Context, u *url.URL, template string, folders []string) {
 		parent := makeFolders(ctx, dcFolders.VmFolder, path.Dir(template))
 		check(wait(vms[0].Rename(ctx, path.Base(template))))
 		check(wait(parent.MoveInto(ctx, []types.ManagedObjectReference{vms[0].Reference()})))
+		if snapshot != "" {
+			check(wait(vms[0].CreateSnapshot(ctx, snapshot, "", false, false)))
+		}
 		check(vms[0].MarkAsTemplate(ctx))
 		vm := simulator.Map.Get(vms[0].Reference()).(*simulator.VirtualMachine)
 		simulator.Map.Put(&templateVM{*vm}) //nolint:govet // copying is fine: the Map entry is replaced
@@ -491,6 +498,7 @@ func main() {
 	guestIP := flag.String("guest-ip", "127.0.0.1", "IP address every booted VM reports")
 	guestAddresses := flag.String("guest-addresses", "", "comma-separated addresses (address[/state[/origin]]) every booted VM's first interface reports (guest.net)")
 	template := flag.String("template", "templates/vmpool-template", "template path under each datacenter's vm folder")
+	templateSnapshot := flag.String("template-snapshot", "", "name of a snapshot each template has (none when empty)")
 	folders := flag.String("folders", "vmpool", "comma-separated folders to create under each vm folder")
 	username := flag.String("username", "vmpool", "user name to accept")
 	password := flag.String("password", "vmpool-password", "password to accept")
@@ -516,7 +524,7 @@ func main() {
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*username, *password)}
 	server := model.Service.NewServer()
 
-	setup(context.Background(), server.URL, *template, strings.Split(*folders, ","))
+	setup(context.Background(), server.URL, *template, *templateSnapshot, strings.Split(*folders, ","))
 	model.DelayConfig.MethodDelay = methodDelays(*delays) // after setup: it is not slowed down
 	simulator.Map.AddHandler(&entityTasks{})
 	var addresses []string

@@ -10,6 +10,12 @@ task reference; vCenter still knows it, from two documented facts:
 * the ``VmBeingClonedEvent`` a clone task posts names the clone (``destName``) and carries the
   task's chain id.
 
+Every clone mode is one ``CloneVM_Task`` on the template itself (chalicelib.providers.vsphere.clone):
+full, linked, linked from the template's current snapshot (``spec.snapshot``: the snapshot is
+no managed entity, the task's entity stays the template) and linked from a template given delta
+disks (the same object, made a VM and a template again in place). So the template's tasks and
+events are where each mode's clones are found (checked on vcsim in every mode).
+
 So: the template's queued and running clone tasks (one retrieval), then, only when there are
 some, the template's ``VmBeingClonedEvent`` since the oldest of them was queued (one
 ``QueryEvents``: no collector to leave behind). A clone is under way when a running task's event
