@@ -136,3 +136,11 @@ def test_the_make_run_options_the_readme_names_are_read_by_the_local_stack(knob:
     assert f"`{knob}=" in _prose("README.md")
     assert re.search(rf"environ\.get\(\"{knob}\"", (ROOT / "local" / "run.py").read_text(encoding="utf-8")) or \
         re.search(rf"\b{knob}\b", (ROOT / "chalicelib" / "config.py").read_text(encoding="utf-8"))
+
+
+def test_every_make_target_the_docs_name_exists() -> None:
+    targets = set(re.findall(r"^([a-z][a-z-]*):", (ROOT / "Makefile").read_text(encoding="utf-8"), re.M))
+    named = {name for path in USER_DOCS if path.suffix == ".md"
+             for name in re.findall(r"`make ([a-z][a-z-]*)", path.read_text(encoding="utf-8"))}
+    assert {"run", "test", "deploy", "config-push"} <= named  # the scan finds them
+    assert named <= targets, f"docs name make targets the Makefile lacks: {sorted(named - targets)}"
