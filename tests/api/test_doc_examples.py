@@ -122,3 +122,16 @@ def test_no_curl_example_puts_a_shell_variable_in_single_quotes() -> None:
         if re.match(r"\s*(\$ )?curl ", line) and quoted_variable.search(line)
     ]
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_curl_example_with_a_query_quotes_its_url() -> None:
+    """An unquoted `?` is a glob: zsh (macOS's shell) refuses `curl $B/status?view=queue` with
+    `no matches found` before curl runs."""
+    unquoted_query = re.compile(r"(^|\s)[^\s\"']*\?[^\s\"']*=")
+    wrong = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if re.match(r"\s*(\$ )?curl ", line) and unquoted_query.search(line)
+    ]
+    assert not wrong, "\n".join(wrong)
