@@ -111,27 +111,25 @@ def test_a_documented_answer_is_one_the_spec_allows(example: Example) -> None:
     pytest.fail(f"{example.where}: {example.command}\n" + "\n".join(problems))
 
 
-def test_no_curl_example_puts_a_shell_variable_in_single_quotes() -> None:
-    """`-H 'X-AUTH-TOKEN: $TOKEN'` sends the six characters `$TOKEN`: copied with `:auth:`
-    configured, every such example of docs/api.md was a 401 (`invalid or expired token`)."""
-    quoted_variable = re.compile(r"'[^']*\$[A-Za-z_{][^']*'")
-    wrong = [
+def _curl_lines_matching(pattern: re.Pattern[str]) -> list[str]:
+    """Every `curl` command line of README.md and docs/*.md in which ``pattern`` occurs."""
+    return [
         f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
         for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-        if re.match(r"\s*(\$ )?curl ", line) and quoted_variable.search(line)
+        if re.match(r"\s*(\$ )?curl ", line) and pattern.search(line)
     ]
+
+
+def test_no_curl_example_puts_a_shell_variable_in_single_quotes() -> None:
+    """`-H 'X-AUTH-TOKEN: $TOKEN'` sends the six characters `$TOKEN`: copied with `:auth:`
+    configured, every such example of docs/api.md was a 401 (`invalid or expired token`)."""
+    wrong = _curl_lines_matching(re.compile(r"'[^']*\$[A-Za-z_{][^']*'"))
     assert not wrong, "\n".join(wrong)
 
 
 def test_every_curl_example_with_a_query_quotes_its_url() -> None:
     """An unquoted `?` is a glob: zsh (macOS's shell) refuses `curl $B/status?view=queue` with
     `no matches found` before curl runs."""
-    unquoted_query = re.compile(r"(^|\s)[^\s\"']*\?[^\s\"']*=")
-    wrong = [
-        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
-        for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-        if re.match(r"\s*(\$ )?curl ", line) and unquoted_query.search(line)
-    ]
+    wrong = _curl_lines_matching(re.compile(r"(^|\s)[^\s\"']*\?[^\s\"']*="))
     assert not wrong, "\n".join(wrong)
