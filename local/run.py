@@ -135,6 +135,10 @@ def _start_vcsim() -> tuple[subprocess.Popen[bytes], Path]:
     return process, config_file
 
 
+ANOTHER_PORT = " (`make run PORT=<another>` serves on another port)"
+"""Said with a refused port: the README's way to pick another, which the refusal did not name."""
+
+
 def _require_free_port(port: int) -> "socket.socket":
     """Claim ``port`` for this stack for as long as the socket returned stays open, or refuse.
 
@@ -152,10 +156,10 @@ def _require_free_port(port: int) -> "socket.socket":
         claim.bind(f"\0vmpool-http-127.0.0.1:{port}")
     except OSError:
         claim.close()
-        raise SystemExit(f"port {port} is in use by another `make run` starting or running") from None
+        raise SystemExit(f"port {port} is in use by another `make run` starting or running{ANOTHER_PORT}") from None
     if listened_on(port):
         claim.close()
-        raise SystemExit(f"port {port} is in use: is another `make run` still running?")
+        raise SystemExit(f"port {port} is in use: is another `make run` still running?{ANOTHER_PORT}")
     return claim
 
 

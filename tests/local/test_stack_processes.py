@@ -473,6 +473,19 @@ def test_a_port_left_in_time_wait_by_the_last_stack_is_free_for_the_next() -> No
     _require_free_port(port)  # nothing serves it any more
 
 
+def test_a_port_refused_as_in_use_names_the_way_to_pick_another() -> None:
+    """A user whose port 8000 another program holds was told only that it was in use; the
+    README's `PORT=` is the way out, and the refusal now says it."""
+    from local.run import _require_free_port
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with pytest.raises(SystemExit, match=rf"port {port} is in use.*`make run PORT=<another>`"):
+            _require_free_port(port)
+
+
 def run_refused(tmp_path: Path, port: int, redis_port: int, state_dir: Path) -> subprocess.CompletedProcess[str]:
     """A stack that must refuse to start: its exit, and what it said."""
     config_file = tmp_path / "refused.yaml"
