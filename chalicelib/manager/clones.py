@@ -85,9 +85,11 @@ def reserve_and_start(context: PassContext, wanted: int, clone_limit: int) -> li
     whose task was noted on them, as this pass wrote them (the rounds follow them unread)."""
     pool, service, store = context.pool, context.service, context.store
     domain = pool.domain or ""
+    if not context.names_known:  # Redis lost its data: the names of VMs it forgot first (names.py)
+        return []
     reserved = store.reserve_clones(
         pool.name, pool.size, service.task_limit, pool.template, domain,
-        candidate_names(wanted, service.prefix), context.now, clone_limit=clone_limit,
+        candidate_names(wanted, service.prefix), context.now, clone_limit=clone_limit, provider=pool.provider,
     )
     context.read_counts()["pending"] += len(reserved)
     context.report.clones_short = max(context.report.clones_short - len(reserved), 0)

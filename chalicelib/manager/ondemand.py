@@ -38,11 +38,13 @@ def serve_requests(context: PassContext) -> None:
                   f"The request failed: its pool {context.pool.name} was removed from the configuration")
         return
     service = context.service
-    limit = 0 if context.clones_held else service.ondemand_clone_limit  # 0: the script only checks
+    # 0: the script only checks (names unknown: Redis lost its data, manager/names.py)
+    limit = 0 if context.clones_held or not context.names_known else service.ondemand_clone_limit
     for request_id in _open_requests(context, requests):
         reservation = requests.reserve(
             request_id, context.pool.name, limit, service.max_vm_retries, context.pool.template,
             context.pool.domain or "", candidate_names(limit, service.prefix), context.now,
+            provider=context.pool.provider,
         )
         context.checkpoint("ondemand_reserved")
         failure = _failure(reservation, service)

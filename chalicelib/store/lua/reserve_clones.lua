@@ -33,22 +33,29 @@
 -- KEYS[1] the pool's ready set, KEYS[2] its pending set, KEYS[3] clone_demand, KEYS[4]
 -- clone_demand_renewed, KEYS[5] the cloning set, KEYS[6] pool_clones, KEYS[7] its mark, KEYS[8]
 -- the pool's completed set (its clones held there, drained mid-clone: lua/move.lua), KEYS[9]
--- the pools' size overrides (POST /config/poolsize), KEYS[10..] the records of the candidate
--- hostnames.
+-- the pools' size overrides (POST /config/poolsize), KEYS[10] the mark that the names where the
+-- pool's provider makes VMs are known (keys.names_known), KEYS[11] the names held (keys.names_held),
+-- KEYS[12..] the records of the candidate hostnames.
+-- Without the mark (Redis lost its data since those names were read: manager/names.py) nothing
+-- is reserved: a VM Redis forgot may hold a candidate's name in another pool's folder, and a
+-- second VM of that name would give its user a hostname that is another machine's. A candidate
+-- held (found by that read) is skipped as one a record holds.
 -- ARGV: pool, size, task_limit, now, template, domain, clone_limit (0: none), demand_ttl,
 --       vm_template (the records of VMs pending, or cloning when the set is rebuilt:
 --       keys.DERIVED_KEYS), reserver (the process reserving, which starts the clones:
---       store/leases.py holder_label), then the candidate hostnames, in the order of their records.
+--       store/leases.py holder_label), whether to look at the mark ('1'; '': a caller outside a
+--       pass, which read no inventory), then the candidate hostnames, in the order of their records.
 -- Each record says its clone is asked only once marked ('marks_asked': store/records.py MARKS_ASKED),
 -- so a VM drained before the mark is known never cloned (manager/pending.unnoted_clones_running).
 -- Returns the hostnames reserved (each now has a pending record and a place in the cloning set).
 local ready_key, pending_key, demand_key, renewed_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local cloning_key, pool_clones_key, counted_key, completed_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local size_override_key = KEYS[9]
+local size_override_key, names_known_key, names_held_key = KEYS[9], KEYS[10], KEYS[11]
 local pool, size, task_limit, now, template, domain, clone_limit, demand_ttl, vm_template, reserver =
   ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6],
   tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10]
-local FIRST_CANDIDATE = 10 -- in KEYS; its hostname is ARGV[index + 1]
+local names_checked = ARGV[11] == '1'
+local FIRST_CANDIDATE = 12 -- in KEYS; its hostname is ARGV[index]
 local STALE_SWEEP = 10 -- stale pool_clones entries dropped per call at most
 local LAPSED_BATCH = 500 -- demands removed per command when many lapse at once (unpack's limit)
 -- An in-flight VM's pool and, when it is built for an on-demand request, the request (false
@@ -195,13 +202,16 @@ if task_limit > 0 then
   end
 end
 local wanted = math.min(deficit, share - in_flight_pool, task_limit - in_flight)
+if names_checked and redis.call('EXISTS', names_known_key) == 0 then
+  wanted = 0
+end
 local reserved = {}
 for i = FIRST_CANDIDATE, #KEYS do
   if #reserved >= wanted then
     break
   end
-  local vm_key, hostname = KEYS[i], ARGV[i + 1]
-  if redis.call('EXISTS', vm_key) == 0 then
+  local vm_key, hostname = KEYS[i], ARGV[i]
+  if redis.call('EXISTS', vm_key) == 0 and not redis.call('ZSCORE', names_held_key, hostname) then
     redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,
       'domain', domain, 'state', 'pending', 'clone_start', now, 'pending_at', now, 'reserver', reserver,
       'marks_asked', '1')
