@@ -27,7 +27,7 @@ from typing import Sequence
 
 from chalicelib.manager import dns_records
 from chalicelib.manager.context import PassContext
-from chalicelib.manager.hostnames import candidate_names
+from chalicelib.manager.hostnames import candidate_names, random_candidates
 from chalicelib.manager.placement import PLACEMENT_FIELD, placement_of
 from chalicelib.observability import logger
 from chalicelib.providers.base import AnswerLost, ProviderError
@@ -85,11 +85,13 @@ def reserve_and_start(context: PassContext, wanted: int, clone_limit: int) -> li
     whose task was noted on them, as this pass wrote them (the rounds follow them unread)."""
     pool, service, store = context.pool, context.service, context.store
     domain = pool.domain or ""
-    if not context.names_known:  # Redis lost its data: the names of VMs it forgot first (names.py)
-        return []
+    # Until the names of VMs Redis forgot are known (manager/names.py), random names only, which
+    # none of them can be expected to hold: the script needs no mark for those.
+    known = context.names_known
     reserved = store.reserve_clones(
         pool.name, pool.size, service.task_limit, pool.template, domain,
-        candidate_names(wanted, service.prefix), context.now, clone_limit=clone_limit, provider=pool.provider,
+        (candidate_names if known else random_candidates)(wanted, service.prefix), context.now, clone_limit=clone_limit,
+        provider=pool.provider if known else None,
     )
     context.read_counts()["pending"] += len(reserved)
     context.report.clones_short = max(context.report.clones_short - len(reserved), 0)

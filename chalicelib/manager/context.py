@@ -200,8 +200,8 @@ class PassContext:
     """Every configured pool, for manager/names.py (those of the pool's provider); None: this one."""
     names_known: bool = True
     """Whether the names where the pool's provider makes VMs are known since Redis last lost its
-    data (``Keys.names_known``, read by ``Store.begin_pass``): until they are, no clone name is
-    reserved (manager/names.py)."""
+    data (``Keys.names_known``, read by ``Store.begin_pass``): until they are, clones get random
+    names only (manager/names.py)."""
     lease_token: str | None = None
     """The token of the run's lease on the pool (manager/runner.py), None outside a run: the
     template leases the pass takes are taken with it, so the retry that releases a run's lease

@@ -12,7 +12,7 @@ from __future__ import annotations
 from chalicelib.config import PoolConfig, ServiceConfig
 from chalicelib.manager import clones, dns_records
 from chalicelib.manager.context import PassContext
-from chalicelib.manager.hostnames import candidate_names
+from chalicelib.manager.hostnames import candidate_names, random_candidates
 from chalicelib.providers.base import VMInfo
 from chalicelib.providers.failures import Failure
 from chalicelib.store import DurationSample, Store, VMRecord
@@ -38,13 +38,14 @@ def serve_requests(context: PassContext) -> None:
                   f"The request failed: its pool {context.pool.name} was removed from the configuration")
         return
     service = context.service
-    # 0: the script only checks (names unknown: Redis lost its data, manager/names.py)
-    limit = 0 if context.clones_held or not context.names_known else service.ondemand_clone_limit
+    limit = 0 if context.clones_held else service.ondemand_clone_limit  # 0: the script only checks
+    known = context.names_known  # random names only until they are (manager/names.py, clones.py)
+    candidates = candidate_names if known else random_candidates
     for request_id in _open_requests(context, requests):
         reservation = requests.reserve(
             request_id, context.pool.name, limit, service.max_vm_retries, context.pool.template,
-            context.pool.domain or "", candidate_names(limit, service.prefix), context.now,
-            provider=context.pool.provider,
+            context.pool.domain or "", candidates(limit, service.prefix), context.now,
+            provider=context.pool.provider if known else None,
         )
         context.checkpoint("ondemand_reserved")
         failure = _failure(reservation, service)

@@ -25,18 +25,10 @@ class NamesStore:
     def claim(self, provider: str, now: float, hold_seconds: float, token: str) -> bool:
         """Whether the caller is now the one pass reading the provider's names (the mark missing,
         no other claim younger than ``hold_seconds``): lua/names_claim.lua."""
-        return self._claim("claim", provider, now, hold_seconds, token)
-
-    def release(self, provider: str, now: float, token: str) -> None:
-        """Give back a claim whose read failed, so the next pass of any of the provider's pools
-        tries again at once."""
-        self._claim("release", provider, now, 0.0, token)
-
-    def _claim(self, mode: str, provider: str, now: float, hold_seconds: float, token: str) -> bool:
         with _translate_errors():
             return bool(self.scripts.names_claim(
                 keys=[self.keys.names_reading(provider), self.keys.names_known(provider)],
-                args=[mode, repr(now), repr(hold_seconds), token]))
+                args=[repr(now), repr(hold_seconds), token]))
 
     def hold(self, provider: str, names: Collection[str], now: float, keep_seconds: float) -> None:
         """Hold ``names`` (no clone is reserved under one for ``keep_seconds``), set the

@@ -334,7 +334,8 @@ class OnDemandStore:
     ) -> Reservation:
         """Reserve names for the VMs the request still lacks in ``pool`` (see the script): no
         candidate held (manager/names.py), nor any while the names where ``provider`` (the pool's)
-        makes VMs are not known since Redis lost its data (None: not looked at)."""
+        makes VMs are not known since Redis lost its data (None: not looked at, as for
+        ``Store.reserve_clones``)."""
         keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.ondemand_open(pool),
                 self.keys.cloning, self.keys.pool_state(pool, "pending"), self.keys.pool_clones,
                 self.keys.pool_clones_counted, self.keys.ondemand_open_requests, self.keys.ondemand_open_waiting,

@@ -1016,7 +1016,8 @@ class Store:
         the pools that are short; ``clone_limit`` > 0 caps the pool's clones in flight), counted
         atomically. No candidate held (manager/names.py) is reserved; nor any while the names
         where ``provider`` (the pool's) makes VMs are not known since Redis lost its data (None:
-        not looked at, a caller outside a pass). Returns the hostnames reserved."""
+        not looked at: candidates no VM Redis forgot can be expected to hold, random names, or a
+        caller outside a pass). Returns the hostnames reserved."""
         with _translate_errors():
             return self.scripts.reserve_clones(
                 keys=[self.keys.pool_state(pool, "ready"), self.keys.pool_state(pool, "pending"),
