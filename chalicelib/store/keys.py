@@ -151,8 +151,9 @@ family through these validators.
     lease:purge:<provider>   string  who purges the provider's unconfigured resources (manager/purge.py)
     names:known:<provider>   string  when the names of every VM where the provider's pools live were last
                                      read and held (manager/names.py); missing: Redis lost its data (or
-                                     never had it), and no clone of those pools is reserved until a pass
-                                     has read them (lua/reserve_clones.lua, lua/ondemand_reserve.lua)
+                                     never had it), and those pools' clones get random names until a
+                                     pass has read them (lua/reserve_clones.lua, lua/ondemand_reserve.lua
+                                     refuse word names)
     names:reading:<provider> string  "<time> <token>": the pass reading them now (lua/names_claim.lua)
     names:held               zset    names of VMs found by those reads, by when found: no clone takes one
                                      (a VM Redis forgot still has it); the key expires
@@ -369,8 +370,8 @@ class Keys:
 
     def names_known(self, provider: str) -> str:
         """Set once the names of every VM where the provider's pools live were read and held
-        since Redis last lost its data (manager/names.py): missing, none of those pools reserves
-        a clone name (lua/reserve_clones.lua, lua/ondemand_reserve.lua)."""
+        since Redis last lost its data (manager/names.py): missing, those pools reserve random
+        names only (lua/reserve_clones.lua, lua/ondemand_reserve.lua refuse the others)."""
         return f"{self.prefix}names:known:{provider}"
 
     def names_reading(self, provider: str) -> str:

@@ -1,6 +1,7 @@
 -- Hold the names a provider's read found (manager/names.py) and mark its names known, in one
 -- step: a clone is never reserved under a name held (lua/reserve_clones.lua,
--- lua/ondemand_reserve.lua), and the provider's pools reserve again once the mark is set.
+-- lua/ondemand_reserve.lua), and the provider's pools reserve word names again once the mark
+-- is set.
 -- KEYS[1] names:held, KEYS[2] the provider's mark (keys.names_known), KEYS[3] its claim
 -- (keys.names_reading).
 -- ARGV[1] now, ARGV[2] how long the held names are kept (seconds, from this write), ARGV[3]

@@ -13,15 +13,17 @@
 -- KEYS[7] its mark (reserve_clones.lua keeps both), KEYS[8] the service's open requests
 -- (keys.ondemand_open_requests), KEYS[9] their scores' sum (keys.ondemand_open_waiting:
 -- lua/open_waiting.lua), KEYS[10] the mark that the names where the pool's provider makes VMs
--- are known (keys.names_known: without it nothing is reserved, as in reserve_clones.lua),
+-- are known (keys.names_known: without it nothing is reserved when the caller looks at it, as
+-- in reserve_clones.lua),
 -- KEYS[11] the names held (keys.names_held: a candidate held is skipped), KEYS[12..] the
 -- records of the candidate hostnames.
 -- ARGV: request id, pool, clone_limit, max_retries, now, template, domain, record ttl seconds,
 --       vm_template (the records of the request's VMs and of the VMs cloning: keys.DERIVED_KEYS),
 --       reserver (the process reserving, which starts the clones: store/leases.py holder_label),
 --       the reason of a VM dropped as gone from the provider while running (manager/running.py),
---       whether to look at the names:known mark ('1'; '': a caller outside a pass), then the
---       candidate hostnames, in the order of their records.
+--       whether to look at the names:known mark ('1': word names among the candidates; '':
+--       random names only, or a caller outside a pass), then the candidate hostnames, in the
+--       order of their records.
 -- A VM delivered and then gone from the provider (vCenter restarted empty, deleted by an admin)
 -- before the request is ready was never its caller's to use: it is a failed attempt, no longer
 -- delivered (its 'delivered_at' goes), the request waits for one VM more (its score in the open

@@ -37,14 +37,16 @@
 -- pool's provider makes VMs are known (keys.names_known), KEYS[11] the names held (keys.names_held),
 -- KEYS[12..] the records of the candidate hostnames.
 -- Without the mark (Redis lost its data since those names were read: manager/names.py) nothing
--- is reserved: a VM Redis forgot may hold a candidate's name in another pool's folder, and a
--- second VM of that name would give its user a hostname that is another machine's. A candidate
--- held (found by that read) is skipped as one a record holds.
+-- is reserved when the caller looks at it (its candidates hold word names): a VM Redis forgot may
+-- hold one in another pool's folder, and a second VM of that name would give its user a hostname
+-- that is another machine's (a caller with random names only does not look). A candidate held
+-- (found by that read) is skipped as one a record holds.
 -- ARGV: pool, size, task_limit, now, template, domain, clone_limit (0: none), demand_ttl,
 --       vm_template (the records of VMs pending, or cloning when the set is rebuilt:
 --       keys.DERIVED_KEYS), reserver (the process reserving, which starts the clones:
---       store/leases.py holder_label), whether to look at the mark ('1'; '': a caller outside a
---       pass, which read no inventory), then the candidate hostnames, in the order of their records.
+--       store/leases.py holder_label), whether to look at the mark ('1': word names among the
+--       candidates; '': random names only, or a caller outside a pass), then the candidate
+--       hostnames, in the order of their records.
 -- Each record says its clone is asked only once marked ('marks_asked': store/records.py MARKS_ASKED),
 -- so a VM drained before the mark is known never cloned (manager/pending.unnoted_clones_running).
 -- Returns the hostnames reserved (each now has a pending record and a place in the cloning set).
