@@ -250,7 +250,8 @@ class Harness:
         provider: Provider = self.services.provider(pool.provider)
         return reconcile_pool(self.store, provider, pool, self.clock, self.config.service,
                               checkpoint or no_checkpoint, self.services.dns_plugin(pool),
-                              self.services.configured_provider, dns_plugins=self.services.dns_lookup)
+                              self.services.configured_provider, dns_plugins=self.services.dns_lookup,
+                              fleet=lambda: self.config.pools)
 
     def settle(self, name: str, seconds: float = 30.0, passes: int = 40) -> None:
         """Advance the clock and reconcile until a pass finds nothing left to do; every pass must

@@ -27,7 +27,7 @@ from typing import Sequence
 
 from chalicelib.manager import dns_records
 from chalicelib.manager.context import PassContext
-from chalicelib.manager.hostnames import candidate_names
+from chalicelib.manager.hostnames import candidate_names, random_candidates
 from chalicelib.manager.placement import PLACEMENT_FIELD, placement_of
 from chalicelib.observability import logger
 from chalicelib.providers.base import AnswerLost, ProviderError
@@ -90,10 +90,14 @@ def reserve_and_start(context: PassContext, wanted: int, clone_limit: int) -> li
         # drained by the next pass as soon as it saw them. The next pass, on a later clock, clones.
         return []
     domain = pool.domain or ""
+    # Until the names of VMs Redis forgot are known (manager/names.py), random names only, which
+    # none of them can be expected to hold: the script needs no mark for those.
+    known = context.names_known
     reserved = store.reserve_clones(
         pool.name, pool.size, service.task_limit, pool.template, domain,
-        candidate_names(wanted, service.prefix), context.now, clone_limit=clone_limit,
-        generation=context.config_generation, settings_read=context.overrides.read,
+        (candidate_names if known else random_candidates)(wanted, service.prefix), context.now,
+        clone_limit=clone_limit, generation=context.config_generation, settings_read=context.overrides.read,
+        provider=pool.provider if known else None,
     )
     context.read_counts()["pending"] += len(reserved)
     context.report.clones_short = max(context.report.clones_short - len(reserved), 0)

@@ -28,7 +28,7 @@ reaches it: chaos tests kill the pass there, and the runner renews its lease the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, TypeVar
+from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 from chalicelib import observability as metric
 from chalicelib.clock import Clock
@@ -71,6 +71,10 @@ deletes a record the entry that published it manages, after its pool's ``dns_plu
 ProviderLookup = Callable[[str], Provider | None]
 """A configured provider by name (None when the config has no such provider): how a pass reaches
 VMs its pool made through another provider before it was moved (manager/placement.py)."""
+
+PoolsLookup = Callable[[], Sequence[PoolConfig]]
+"""Every configured pool: where a pass reads the names of its provider's VMs after Redis lost
+its data (manager/names.py)."""
 
 Step = Callable[["PassContext"], None]
 """One step of a pass: looks at the context, changes the store conditionally, notes it in the report."""
@@ -192,6 +196,12 @@ class PassContext:
     dns_plugins: DnsLookup | None = None
     """The configured DNS entries' plugins, for records another entry published (``publisher``);
     None: only ``dns``."""
+    fleet: PoolsLookup | None = None
+    """Every configured pool, for manager/names.py (those of the pool's provider); None: this one."""
+    names_known: bool = True
+    """Whether the names where the pool's provider makes VMs are known since Redis last lost its
+    data (``Keys.names_known``, read by ``Store.begin_pass``): until they are, clones get random
+    names only (manager/names.py)."""
     lease_token: str | None = None
     """The token of the run's lease on the pool (manager/runner.py), None outside a run: the
     template leases the pass takes are taken with it, so the retry that releases a run's lease
@@ -205,13 +215,14 @@ class PassContext:
              checkpoint: Checkpoint = no_checkpoint, dns: DnsPlugin | None = None,
              providers: ProviderLookup | None = None, lease_token: str | None = None,
              override_room: Callable[[], int] | None = None,
-             dns_plugins: DnsLookup | None = None, config_generation: float = 0.0) -> PassContext:
+             dns_plugins: DnsLookup | None = None, config_generation: float = 0.0,
+             fleet: PoolsLookup | None = None) -> PassContext:
         """Read the pass's inputs, in this order: the inventory, the snapshot, the pool's
         overrides (applied to ``pool``, the pool as configured; a template or clone target
         longer than ``override_room`` allows left out, as the API leaves it out: store/pool_overrides.py
         ``fitting``) and its size now. Raises ProviderError or StoreUnavailable (nothing changed yet)."""
         now = clock.now()
-        inventory_mark, inventory_checked = store.begin_pass(pool.name)
+        inventory_mark, inventory_checked, names_known = store.begin_pass(pool.name, pool.provider)
         changes = inventory_view.changes(provider, pool, service, now, inventory_checked)
         if changes is None or changes.names is None:
             inventory = {vm.name: vm for vm in provider.list_vms(pool)}
@@ -233,7 +244,8 @@ class PassContext:
                    overrides=overrides, size_decision=size_decision,
                    report=PassReport(pool=pool.name, started=now, size=pool.size),
                    inventory_checked=inventory_checked, inventory_changes=changes, providers=providers,
-                   lease_token=lease_token, dns_plugins=dns_plugins, config_generation=config_generation)
+                   lease_token=lease_token, dns_plugins=dns_plugins, config_generation=config_generation,
+                   fleet=fleet, names_known=names_known)
 
     # --- reading ------------------------------------------------------------------------------
 

@@ -39,6 +39,13 @@ def random_name(prefix: str = "") -> str:
     return prefix + "".join(characters)
 
 
+def random_candidates(count: int, prefix: str = "") -> list[str]:
+    """``2 * count`` random names: names no VM Redis forgot can be expected to hold (36^6 and
+    more, against the 900 word names): manager/names.py, until the names of the provider's VMs
+    are read after a loss."""
+    return [random_name(prefix) for _ in range(2 * count)]
+
+
 def candidate_names(count: int, prefix: str = "") -> list[str]:
     """``2 * count`` distinct candidates, friendly word names first and random names after.
 

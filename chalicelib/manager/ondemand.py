@@ -12,7 +12,7 @@ from __future__ import annotations
 from chalicelib.config import PoolConfig, ServiceConfig
 from chalicelib.manager import clones, dns_records
 from chalicelib.manager.context import PassContext
-from chalicelib.manager.hostnames import candidate_names
+from chalicelib.manager.hostnames import candidate_names, random_candidates
 from chalicelib.providers.base import VMInfo
 from chalicelib.providers.failures import Failure
 from chalicelib.store import DurationSample, Store, VMRecord
@@ -39,10 +39,13 @@ def serve_requests(context: PassContext) -> None:
         return
     service = context.service
     limit = 0 if context.clones_held else service.ondemand_clone_limit  # 0: the script only checks
+    known = context.names_known  # random names only until they are (manager/names.py, clones.py)
+    candidates = candidate_names if known else random_candidates
     for request_id in _open_requests(context, requests):
         reservation = requests.reserve(
             request_id, context.pool.name, limit, service.max_vm_retries, context.pool.template,
-            context.pool.domain or "", candidate_names(limit, service.prefix), context.now,
+            context.pool.domain or "", candidates(limit, service.prefix), context.now,
+            provider=context.pool.provider if known else None,
         )
         context.checkpoint("ondemand_reserved")
         failure = _failure(reservation, service)

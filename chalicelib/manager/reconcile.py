@@ -26,6 +26,7 @@ from chalicelib.manager import (
     dns_records,
     inventory_view,
     migrations,
+    names,
     ondemand,
     pending,
     pool_changes,
@@ -40,6 +41,7 @@ from chalicelib.manager.context import (
     DnsLookup,
     PassContext,
     PassReport,
+    PoolsLookup,
     ProviderLookup,
     Step,
     no_checkpoint,
@@ -98,6 +100,7 @@ STEPS: tuple[Step, ...] = (
     note_inventory_checked,
     pool_changes.drain_and_retire,
     templates.prepare_template,  # may hold the clones below
+    names.hold_forgotten_names,  # after Redis lost its data: no clone name before they are known
     ondemand.serve_requests,  # before repopulate: requests do not wait behind the pool's refill
     clones.repopulate,
     rounds.more_rounds,  # instant clones: done at once, their slots reused in this pass
@@ -120,6 +123,7 @@ def reconcile_pool(
     override_room: Callable[[], int] | None = None,
     dns_plugins: DnsLookup | None = None,
     config_generation: float = 0.0,
+    fleet: PoolsLookup | None = None,
 ) -> PassReport:
     """Run one pass over ``pool``. Raises ProviderError or StoreUnavailable when the provider or
     Redis fails; whatever was done before that is consistent, and the next pass carries on.
@@ -133,12 +137,14 @@ def reconcile_pool(
     template or clone target may add to the configured one under the config in effect
     (``Services.override_room``, asked only when the pool has one); None: not checked.
     ``config_generation``: of the config ``pool`` and ``service`` come from (``Config.generation``):
-    a pass whose config a newer push replaced reserves no clone (lua/reserve_clones.lua)."""
+    a pass whose config a newer push replaced reserves no clone (lua/reserve_clones.lua).
+    ``fleet``: every configured pool, for the names of the provider's VMs after Redis lost its
+    data (manager/names.py); None: this pool's only."""
     calls_before = provider.call_count()
     started = clock.monotonic()
     try:
         context = PassContext.read(store, provider, pool, clock, service, checkpoint, dns, providers, lease_token,
-                                   override_room, dns_plugins, config_generation)
+                                   override_room, dns_plugins, config_generation, fleet)
         for step in STEPS:
             if out_of_time():
                 context.report.stopped_before = getattr(step, "__name__", repr(step))

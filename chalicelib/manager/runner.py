@@ -141,7 +141,8 @@ def run_pool(
                                         dns=services.dns_plugin(pool), providers=lease.fenced_lookup(),
                                         out_of_time=out_of_time, lease_token=token,
                                         override_room=services.override_room,
-                                        dns_plugins=services.dns_lookup, config_generation=config.generation)
+                                        dns_plugins=services.dns_lookup, config_generation=config.generation,
+                                        fleet=lambda: services.config.pools)
             except (ProviderError, SecretUnavailable, StoreUnavailable, LeaseLost) as error:
                 # The pass stopped where it was; everything it did is consistent. Try again soon.
                 _pass_failed(report, error, failure_reason(error), RETRY_SECONDS)

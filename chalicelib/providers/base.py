@@ -233,6 +233,19 @@ class Provider(abc.ABC):
         wanted = set(names)
         return [vm for vm in self.list_vms(pool) if vm.name in wanted]
 
+    def vm_names(self, pools: Sequence[PoolConfig], out_of_time: Callable[[], bool] = never) -> set[str]:
+        """The names of every VM where ``pools`` (this provider's) make VMs, other folders
+        included: what a clone must not be named after Redis lost its data (manager/names.py).
+        Raises ProviderError when they cannot all be read, or not before ``out_of_time``: a
+        partial answer must never be returned. This default lists each pool's folder (one call
+        a pool); providers with a cheaper whole read (vSphere: one retrieval a vCenter) override it."""
+        names: set[str] = set()
+        for pool in pools:
+            if out_of_time():
+                raise ProviderError("VM names not read in time", FailureKind.TIMEOUT)
+            names.update(vm.name for vm in self.list_vms(pool))
+        return names
+
     vms_show_while_cloning: bool = False
     """Whether a clone's VM may be listed (``list_vms``) before its clone is done (vCenter lists
     it during the clone): then a listed VM whose clone task was never noted is not taken as

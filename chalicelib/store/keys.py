@@ -149,6 +149,15 @@ family through these validators.
     demand:<pool>:<YYYY-MM-DD> hash  per-minute checkouts/misses of a demand-sized pool (sizing/demand.py)
     sizing:state             hash    pool -> its demand size and when it last changed (sizing/controller.py)
     lease:purge:<provider>   string  who purges the provider's unconfigured resources (manager/purge.py)
+    names:known:<provider>   string  when the names of every VM where the provider's pools live were last
+                                     read and held (manager/names.py); missing: Redis lost its data (or
+                                     never had it), and those pools' clones get random names until a
+                                     pass has read them (lua/reserve_clones.lua, lua/ondemand_reserve.lua
+                                     refuse word names)
+    names:reading:<provider> string  "<time> <token>": the pass reading them now (lua/names_claim.lua)
+    names:held               zset    names of VMs found by those reads, by when found: no clone takes one
+                                     (a VM Redis forgot still has it); the key expires
+                                     names.HELD_NAMES_SECONDS after its last write
     lease:template:<provider>:<template hash> string  which pass advances a template's preparation
     dummy:<provider>:folder:<folder> hash  the dummy provider's VMs in a folder (providers/dummy.py);
                                      a folder holding ``:`` or starting ``~`` is ``~<hash>``
@@ -358,6 +367,21 @@ class Keys:
     @property
     def started(self) -> str:
         return f"{self.prefix}started"
+
+    def names_known(self, provider: str) -> str:
+        """Set once the names of every VM where the provider's pools live were read and held
+        since Redis last lost its data (manager/names.py): missing, those pools reserve random
+        names only (lua/reserve_clones.lua, lua/ondemand_reserve.lua refuse the others)."""
+        return f"{self.prefix}names:known:{provider}"
+
+    def names_reading(self, provider: str) -> str:
+        """The claim of the pass reading those names (lua/names_claim.lua): one read per provider."""
+        return f"{self.prefix}names:reading:{provider}"
+
+    @property
+    def names_held(self) -> str:
+        """Names of VMs the provider reads found, by when found: no clone is reserved under one."""
+        return f"{self.prefix}names:held"
 
     def daily(self, day: str) -> str:
         return f"{self.prefix}daily:{day}"

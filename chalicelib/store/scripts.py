@@ -124,6 +124,8 @@ class Scripts:
         self.dns_confirm = load("dns_confirm")
         self.dns_forget = load("dns_forget")
         self.vm_ip = load("vm_ip")
+        self.names_claim = load("names_claim")
+        self.names_hold = load("names_hold")
 
 
 ScriptCall = tuple[_Script, Sequence[str], Sequence[Any]]

@@ -503,24 +503,26 @@ class Store:
         with _translate_errors():
             return _done(due, run_many(self.client, calls))
 
-    def begin_pass(self, pool: str) -> tuple[int | None, str]:
-        """``mark_changes`` and the pool's ``inventory_checked`` mark ("" when none), in one round
-        trip. The changes mark is None when no replica asked for (``replica_acks``) acknowledged
-        it in time: a failover could lose it, and the promoted replica's counter, behind the
-        mark, would stamp the VMs changed there (checked out after the failover) below it, so
-        they would look unchanged since the pass's older inventory read (gone, in use as they
-        are). A pass without a mark drops no VM as gone. WAIT in the same round trip: it counts
-        the writes of its own connection, the INCR among them."""
+    def begin_pass(self, pool: str, provider: str = "") -> tuple[int | None, str, bool]:
+        """``mark_changes``, the pool's ``inventory_checked`` mark ("" when none) and whether the names where
+        ``provider`` makes VMs are known since Redis last lost its data (``Keys.names_known``,
+        manager/names.py), in one round trip. The changes mark is None when no replica asked for
+        (``replica_acks``) acknowledged it in time: a failover could lose it, and the promoted
+        replica's counter, behind the mark, would stamp the VMs changed there (checked out after the
+        failover) below it, so they would look unchanged since the pass's older inventory read
+        (gone, in use as they are). A pass without a mark drops no VM as gone. WAIT in the same
+        round trip: it counts the writes of its own connection, the INCR among them."""
         replicas, timeout_ms = self._replicas_to_wait_for(), self.replica_acks.timeout_ms
         with _translate_errors():
             pipe = self.client.pipeline(transaction=False)
             pipe.incr(self.keys.changes)
             pipe.get(self.keys.inventory_checked(pool))
+            pipe.exists(self.keys.names_known(provider))
             if replicas:
                 pipe.execute_command("WAIT", replicas, timeout_ms)
-            mark, checked, *acks = pipe.execute()
+            mark, checked, names_known, *acks = pipe.execute()
         durable = not acks or int(acks[0]) >= replicas
-        return (int(mark) if durable else None), checked or ""
+        return (int(mark) if durable else None), checked or "", bool(names_known)
 
     def tracked(self, hostnames: Collection[str]) -> set[str]:
         """Of ``hostnames``, the VMs with a record in a state other than destroyed (one round
@@ -1034,6 +1036,7 @@ class Store:
         clone_limit: int = 0,
         generation: float = 0.0,
         settings_read: Sequence[SettingRead] = (),
+        provider: str | None = None,
     ) -> list[str]:
         """Create pending records for as many candidates as the pool lacks and its fair share of
         the task limit allows (lua/reserve_clones.lua: the limit is shared max-min fairly among
@@ -1042,18 +1045,22 @@ class Store:
         (``Config.generation``); none is reserved when a function has run with a newer one
         within ``NEWEST_CONFIG_SECONDS`` (0: not checked), nor once one of ``settings_read``
         (the pool's runtime template and reset as the pass read them: ``PoolOverride.read``)
-        changed. Returns the hostnames reserved."""
+        changed. No candidate held (manager/names.py) is reserved; nor any while the names
+        where ``provider`` (the pool's) makes VMs are not known since Redis lost its data (None:
+        not looked at: candidates no VM Redis forgot can be expected to hold, random names, or a
+        caller outside a pass). Returns the hostnames reserved."""
         with _translate_errors():
             return self.scripts.reserve_clones(
                 keys=[self.keys.pool_state(pool, "ready"), self.keys.pool_state(pool, "pending"),
                       self.keys.clone_demand, self.keys.clone_demand_renewed, self.keys.cloning,
                       self.keys.pool_clones, self.keys.pool_clones_counted,
                       self.keys.pool_state(pool, "completed"), self.keys.pool_override(SIZE_OVERRIDES),
-                      self.keys.config_generation, *(setting.key for setting in settings_read),
+                      self.keys.config_generation, self.keys.names_known(provider or ""),
+                      self.keys.names_held, *(setting.key for setting in settings_read),
                       *(self.keys.vm(host) for host in candidates)],
                 args=[pool, size, task_limit, repr(now), template, domain, clone_limit,
                       repr(CLONE_DEMAND_TTL_SECONDS), self.keys.vm(KEY_PART), holder_label(), repr(generation),
-                      repr(NEWEST_CONFIG_SECONDS), len(settings_read),
+                      repr(NEWEST_CONFIG_SECONDS), "" if provider is None else "1", len(settings_read),
                       *(part for setting in settings_read for part in (setting.field, setting.value)), *candidates]
             )
 

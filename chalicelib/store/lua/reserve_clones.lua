@@ -34,27 +34,37 @@
 -- clone_demand_renewed, KEYS[5] the cloning set, KEYS[6] pool_clones, KEYS[7] its mark, KEYS[8]
 -- the pool's completed set (its clones held there, drained mid-clone: lua/move.lua), KEYS[9]
 -- the pools' size overrides (POST /config/poolsize), KEYS[10] config_generation (the newest
--- pushed config a function runs with: lua/config_generation.lua), KEYS[11..10+n] the hashes of
--- the settings the pass read (its pool's runtime template and reset), then the records of the
--- candidate hostnames.
+-- pushed config a function runs with: lua/config_generation.lua), KEYS[11] the mark that the names
+-- where the pool's provider makes VMs are known (keys.names_known), KEYS[12] the names held
+-- (keys.names_held), KEYS[13..12+n] the hashes of the settings the pass read (its pool's runtime
+-- template and reset), then the records of the candidate hostnames.
+-- Without the mark (Redis lost its data since those names were read: manager/names.py) nothing
+-- is reserved when the caller looks at it (its candidates hold word names): a VM Redis forgot may
+-- hold one in another pool's folder, and a second VM of that name would give its user a hostname
+-- that is another machine's (a caller with random names only does not look). A candidate held
+-- (found by that read) is skipped as one a record holds.
 -- ARGV: pool, size, task_limit, now, template, domain, clone_limit (0: none), demand_ttl,
 --       vm_template (the records of VMs pending, or cloning when the set is rebuilt:
 --       keys.DERIVED_KEYS), reserver (the process reserving, which starts the clones:
 --       store/leases.py holder_label), generation (of the config the pass read its pool from;
---       0: a config no push orders), newest_ttl (config_generation.lua's ttl), settings read
---       (a count n, then n pairs field, value as read: '' for none), then the candidate
+--       0: a config no push orders), newest_ttl (config_generation.lua's ttl), whether to look at
+--       the mark ('1': word names among the candidates; '': random names only, or a caller
+--       outside a pass), settings read (a count n, then n pairs field, value as read: '' for
+--       none), then the candidate
 --       hostnames, in the order of their records.
 -- Each record says its clone is asked only once marked ('marks_asked': store/records.py MARKS_ASKED),
 -- so a VM drained before the mark is known never cloned (manager/pending.unnoted_clones_running).
 -- Returns the hostnames reserved (each now has a pending record and a place in the cloning set).
 local ready_key, pending_key, demand_key, renewed_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local cloning_key, pool_clones_key, counted_key, completed_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local size_override_key, generation_key = KEYS[9], KEYS[10]
+local size_override_key, generation_key, names_known_key, names_held_key = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local pool, size, task_limit, now, template, domain, clone_limit, demand_ttl, vm_template, reserver =
   ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6],
   tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10]
-local generation, newest_ttl, settings_read = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
-local FIRST_CANDIDATE = 11 + settings_read -- in KEYS; its hostname is ARGV[index + 3 + settings_read]
+local generation, newest_ttl = tonumber(ARGV[11]), tonumber(ARGV[12])
+local names_checked = ARGV[13] == '1'
+local settings_read = tonumber(ARGV[14])
+local FIRST_CANDIDATE = 13 + settings_read -- in KEYS; its hostname is ARGV[index + 2 + settings_read]
 -- The pass read its size and template from a config a newer push has replaced since (a function
 -- on the newer one noted it after this pass's run checked it was the newest:
 -- manager/dispatch.py newest_config): it reserves nothing, as that run would have left the pool
@@ -73,7 +83,7 @@ end
 -- pass read its pool's: its clones would be of the old template, or older than the reset, and
 -- drained by the next pass (lua/move.lua's settings_read, for the VMs it makes ready).
 for i = 1, settings_read do
-  if (redis.call('HGET', KEYS[10 + i], ARGV[12 + 2 * i]) or '') ~= ARGV[13 + 2 * i] then
+  if (redis.call('HGET', KEYS[12 + i], ARGV[13 + 2 * i]) or '') ~= ARGV[14 + 2 * i] then
     return {}
   end
 end
@@ -223,13 +233,16 @@ if task_limit > 0 then
   end
 end
 local wanted = math.min(deficit, share - in_flight_pool, task_limit - in_flight)
+if names_checked and redis.call('EXISTS', names_known_key) == 0 then
+  wanted = 0
+end
 local reserved = {}
 for i = FIRST_CANDIDATE, #KEYS do
   if #reserved >= wanted then
     break
   end
-  local vm_key, hostname = KEYS[i], ARGV[i + 3 + settings_read]
-  if redis.call('EXISTS', vm_key) == 0 then
+  local vm_key, hostname = KEYS[i], ARGV[i + 2 + settings_read]
+  if redis.call('EXISTS', vm_key) == 0 and not redis.call('ZSCORE', names_held_key, hostname) then
     redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,
       'domain', domain, 'state', 'pending', 'clone_start', now, 'pending_at', now, 'reserver', reserver,
       'marks_asked', '1')

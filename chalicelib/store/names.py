@@ -1,0 +1,48 @@
+"""The names of VMs Redis forgot, held after it lost its data (manager/names.py): per provider a
+mark that they were read (``Keys.names_known``), the claim of the one pass reading them
+(``Keys.names_reading``) and the names found (``Keys.names_held``)."""
+
+from __future__ import annotations
+
+from typing import Collection
+
+from chalicelib.store.scripts import ScriptCall, run_many
+from chalicelib.store.store import Store, _translate_errors
+
+NAMES_PER_CALL = 5000
+"""Names written by one script call (a read of a large vCenter holds many): the calls go in one
+pipeline, each short for Redis's one thread, the last one setting the mark."""
+
+
+class NamesStore:
+    """The marks, claims and held names of manager/names.py; every method raises StoreUnavailable."""
+
+    def __init__(self, store: Store) -> None:
+        self.keys = store.keys
+        self.client = store.client
+        self.scripts = store.scripts
+
+    def claim(self, provider: str, now: float, hold_seconds: float, token: str) -> bool:
+        """Whether the caller is now the one pass reading the provider's names (the mark missing,
+        no other claim younger than ``hold_seconds``): lua/names_claim.lua."""
+        with _translate_errors():
+            return bool(self.scripts.names_claim(
+                keys=[self.keys.names_reading(provider), self.keys.names_known(provider)],
+                args=[repr(now), repr(hold_seconds), token]))
+
+    def hold(self, provider: str, names: Collection[str], now: float, keep_seconds: float) -> None:
+        """Hold ``names`` (no clone is reserved under one for ``keep_seconds``), set the
+        provider's mark and drop its claim, in one round trip (lua/names_hold.lua)."""
+        ordered = sorted(names)
+        batches = [ordered[start:start + NAMES_PER_CALL] for start in range(0, len(ordered), NAMES_PER_CALL)] or [[]]
+        keys = [self.keys.names_held, self.keys.names_known(provider), self.keys.names_reading(provider)]
+        calls: list[ScriptCall] = [
+            (self.scripts.names_hold, keys, [repr(now), int(keep_seconds), "1" if last else "", *batch])
+            for last, batch in ((n == len(batches) - 1, batch) for n, batch in enumerate(batches))]
+        with _translate_errors():
+            run_many(self.client, calls)
+
+    def held(self) -> set[str]:
+        """Every name held now (for tests and operators)."""
+        with _translate_errors():
+            return {str(name) for name in self.client.zrange(self.keys.names_held, 0, -1)}

@@ -1,0 +1,175 @@
+"""After Redis lost its data, no clone takes the name of a VM Redis forgot in another pool's
+folder (manager/names.py): dummy provider, whose VMs live under their own keys and survive the
+loss, as vCenter's do. The vSphere case: tests/vsphere/test_names_after_redis_loss_vcsim.py."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import pytest
+
+from chalicelib.config import PoolConfig, parse
+from chalicelib.manager import clones, ondemand
+from chalicelib.manager.hostnames import random_name
+from chalicelib.providers.base import ProviderError
+from chalicelib.store.names import NamesStore
+from tests.harness import Harness, HarnessFactory
+
+CONFIG = """
+:config: {domain: example.com, experimental_features: true}
+:providers:
+  :dummy: {createvm_max_time: 0, boot_time: 0, destroyvm_max_time: 0}
+  :other: {provider_class: dummy, createvm_max_time: 0, boot_time: 0, destroyvm_max_time: 0}
+:pools:
+  - {name: a, size: 1, provider: dummy, folder: f/a}
+  - {name: b, size: 1, provider: dummy, folder: f/b}
+  - {name: c, size: 1, provider: other, folder: f/c}
+"""
+
+
+def redis_loses_its_data(world: Harness) -> None:
+    """Everything vmpool knew goes; the dummy providers' VMs (vCenter's, in life) stay."""
+    for key in world.client.keys("*"):
+        if ":dummy:" not in key:
+            world.client.delete(key)
+
+
+def forgotten_vm(make_harness: HarnessFactory) -> tuple[Harness, str]:
+    """Pool a's VM, in its folder, after Redis lost everything vmpool knew."""
+    world = make_harness(parse(CONFIG))
+    world.fill("a")
+    (name,) = world.hosts("a", "ready")
+    redis_loses_its_data(world)
+    return world, name
+
+
+def first_candidate(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> None:
+    """Every reservation's first candidate is ``name`` (the word names are 900: in a fleet of a
+    few hundred VMs a reuse is likely, not rare)."""
+
+    def candidates(count: int, prefix: str = "") -> list[str]:
+        return [name, *(random_name(prefix) for _ in range(2 * count))]
+
+    monkeypatch.setattr(module, "candidate_names", candidates)
+
+
+def folders_holding(world: Harness, name: str) -> list[str]:
+    return [folder for folder in ("f/a", "f/b")
+            if world.client.hexists(world.store.keys.dummy_folder("dummy", folder), name)]
+
+
+def names_reads(monkeypatch: pytest.MonkeyPatch, provider: Any,
+                fail: Callable[[], bool] = lambda: False) -> list[list[str]]:
+    """The pools of each of the provider's name reads; each fails while ``fail()``."""
+    reads: list[list[str]] = []
+    read = provider.vm_names
+
+    def recorded(pools: Sequence[PoolConfig], out_of_time: Callable[[], bool]) -> set[str]:
+        reads.append(sorted(pool.name for pool in pools))
+        if fail():
+            raise ProviderError("vCenter: read refused")
+        return set(read(pools, out_of_time))
+
+    monkeypatch.setattr(provider, "vm_names", recorded)
+    return reads
+
+
+def test_a_refill_after_redis_lost_its_data_does_not_reuse_another_pools_vm_name(
+        make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    world, name = forgotten_vm(make_harness)
+    first_candidate(monkeypatch, clones, name)
+
+    report = world.reconcile("b")  # b's pass runs first after the loss
+
+    assert len(report.clones_started) == 1 and name not in report.clones_started
+    assert folders_holding(world, name) == ["f/a"]
+    assert name in NamesStore(world.store).held()
+    # Pool a's own pass then finds it (discovered) and destroys it, as for any VM Redis forgot.
+    world.reconcile("a")
+    assert world.state_of(name) == "discovered"
+
+
+def test_an_ondemand_request_after_redis_lost_its_data_does_not_reuse_another_pools_vm_name(
+        make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    world, name = forgotten_vm(make_harness)
+    first_candidate(monkeypatch, ondemand, name)
+    assert world.post("/api/v3/ondemandvm", {"b": "1"}).status == 201
+    world.reconcile("b")
+    assert folders_holding(world, name) == ["f/a"]
+    assert len(world.provider_vms("b")) == 2  # the request's VM and the pool's own
+
+
+def test_the_names_are_read_once_per_provider_and_a_steady_pass_reads_none(
+        make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    world, _ = forgotten_vm(make_harness)
+    reads = names_reads(monkeypatch, world.services.provider("dummy"))
+    other_reads = names_reads(monkeypatch, world.services.provider("other"))
+
+    world.fill()
+    world.clock.advance(60)
+    for pool in ("a", "b", "c"):
+        world.reconcile(pool)
+
+    assert reads == [["a", "b"]]  # one read for both pools of the provider, their folders in it
+    assert other_reads == [["c"]]
+    redis_loses_its_data(world)  # a second loss: read again
+    world.reconcile("b")
+    assert reads == [["a", "b"]] * 2
+
+
+def random_names(names: Sequence[str]) -> bool:
+    """Whether every name is a random one (hostnames.random_name), none a word name."""
+    return bool(names) and all("-" not in name for name in names)
+
+
+def test_a_provider_whose_names_cannot_be_read_clones_under_random_names_until_they_are(
+        make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No pool waits: word names (900: likely a forgotten VM's) only once the names are known."""
+    world, name = forgotten_vm(make_harness)
+    broken = [True]
+    reads = names_reads(monkeypatch, world.services.provider("dummy"), fail=lambda: broken[0])
+    first_candidate(monkeypatch, clones, name)
+
+    refused = world.reconcile("b")
+
+    assert refused.errors and reads == [["a", "b"]]
+    assert random_names(refused.clones_started), refused.clones_started
+    assert name not in NamesStore(world.store).held()
+
+    broken[0] = False
+    world.clock.advance(2)
+    assert random_names(world.reconcile("a").clones_started) and len(reads) == 1  # no read each pass
+    world.clock.advance(40)  # the failed read's claim lapsed: the next pass reads again
+    world.reconcile("b")
+    assert reads == [["a", "b"]] * 2 and name in NamesStore(world.store).held()
+    assert world.client.exists(world.store.keys.names_known("dummy"))  # word names from now on
+    (returned,) = world.check_out("b")
+    assert world.delete(f"/api/v3/vm/{returned}").status == 200
+    world.clock.advance(2)
+    report = world.reconcile("b")  # destroys it and clones its replacement: word names tried
+    assert report.clones_started and name not in report.clones_started  # that one held
+
+
+def test_a_pass_while_another_reads_the_names_clones_under_random_names_and_a_dead_readers_claim_lapses(
+        make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    world, name = forgotten_vm(make_harness)
+    names = NamesStore(world.store)
+    assert names.claim("dummy", world.clock.now(), 40.0, "killed-reader")  # a pass that died reading
+    reads = names_reads(monkeypatch, world.services.provider("dummy"))
+    first_candidate(monkeypatch, clones, name)
+
+    waiting = world.reconcile("b")
+    assert random_names(waiting.clones_started) and reads == []
+    world.clock.advance(41)
+    world.reconcile("a")
+    assert reads == [["a", "b"]] and name in names.held()
+
+
+def test_a_reservation_is_refused_when_redis_loses_its_data_during_the_pass(make_harness: HarnessFactory) -> None:
+    """The pass read the mark, then Redis lost everything: its reservation reserves nothing."""
+    world = make_harness(parse(CONFIG))
+    world.fill("a")
+    store = world.store
+    assert store.reserve_clones("b", 1, 10, "t", "example.com", ["x-1"], world.clock.now(), provider="dummy") == ["x-1"]
+    redis_loses_its_data(world)
+    assert store.reserve_clones("b", 1, 10, "t", "example.com", ["x-2"], world.clock.now(), provider="dummy") == []
