@@ -124,6 +124,7 @@ class Scripts:
         self.dns_confirm = load("dns_confirm")
         self.dns_forget = load("dns_forget")
         self.vm_ip = load("vm_ip")
+        self.settle = load("settle")
 
 
 ScriptCall = tuple[_Script, Sequence[str], Sequence[Any]]

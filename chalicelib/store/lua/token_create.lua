@@ -2,23 +2,26 @@
 -- same step; one step, so no half-made record and no limit passed by creations at once
 -- (auth/tokens.py).
 -- KEYS[1] the new token's record, KEYS[2] the user's set of token hashes, KEYS[3] the same hashes
--- scored by when each token was made (the user's token_times).
+-- scored by when each token was made (the user's token_times), KEYS[4] the login's settled mark
+-- (store/settle.py: marked 'done' with the token; marked already, the API found the token not
+-- made when this script's answer was lost, and answered 503: nothing is made).
 -- ARGV: user, now (ISO-8601), ttl seconds (0: none), the new hash, most live tokens a user may
 -- have (0: no limit), when the new token is made (epoch seconds: its score), the cutoff (a
 -- token made at or before it has expired; '-inf' without a ttl), the template of a token's
 -- record (keys.token(KEY_PART)), the deadline (ms of Redis's clock, '' for none:
 -- store/deadline.py) after which the API has given up on this answer and said the login failed
--- (503); then, only when the caller was asked to (-2), 'read' and the user's live tokens it
--- read: hash, score, hash, score...
+-- (503), seconds the settled mark lives; then, only when the caller was asked to (-2), 'read'
+-- and the user's live tokens it read: hash, score, hash, score...
 -- The count is of token_times past the cutoff: O(log n) whatever the limit, the records unread.
 -- Both sets name the same hashes (every script that changes one changes the other); when their
 -- sizes differ (tokens made before token_times existed, or by an older version) the caller is
 -- asked for the user's live tokens and token_times is built from them.
 -- Returns 1 created, 0 hash taken, -1 the user has too many, -2 token_times must be built, -3 the
--- script reached Redis past its deadline (paused, behind a slow script): its caller was answered
--- 503, and a token made now would be one nobody ever sees, counted against the user's limit.
+-- script reached Redis past its deadline (paused, behind a slow script) or after the API settled
+-- it as not made: its caller was answered 503, and a token made now would be one nobody ever
+-- sees, counted against the user's limit.
 local FORGET_AT_ONCE = 100  -- expired tokens forgotten per call: bounded work, faster than they come
-if past_deadline(ARGV[9]) then
+if past_deadline(ARGV[9]) or redis.call('EXISTS', KEYS[4]) == 1 then
   return -3
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -27,11 +30,11 @@ end
 local hashes, times = KEYS[2], KEYS[3]
 local cutoff = ARGV[7]
 if redis.call('SCARD', hashes) ~= redis.call('ZCARD', times) then
-  if ARGV[10] ~= 'read' then
+  if ARGV[11] ~= 'read' then
     return -2
   end
   redis.call('DEL', times)
-  for i = 11, #ARGV, 2 do
+  for i = 12, #ARGV, 2 do
     if redis.call('EXISTS', key_of(ARGV[8], ARGV[i])) == 1 then
       redis.call('ZADD', times, ARGV[i + 1], ARGV[i])
     end
@@ -62,4 +65,5 @@ if tonumber(ARGV[3]) > 0 then
 end
 redis.call('SADD', hashes, ARGV[4])
 redis.call('ZADD', times, ARGV[6], ARGV[4])
+redis.call('SET', KEYS[4], 'done', 'EX', ARGV[10])
 return 1
