@@ -41,7 +41,7 @@ from chalicelib.clock import Clock, SystemClock
 from chalicelib.store.deadline import answer_deadline
 from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, Keys
 from chalicelib.store.scripts import registered, script_source
-from chalicelib.store.settle import answered_or_settled, settled_done, settled_ttl
+from chalicelib.store.settle import answered_or_settled, settled_done
 from chalicelib.store.store import StoreUnavailable, TokenNotDurable
 
 TOKEN_PREFIX = Keys().token("")
@@ -171,7 +171,7 @@ class TokenStore:
             # The script refuses an existing hash: the (astronomically unlikely) collision retries.
             created = self._create_settled([key, *keys], [
                 user, made, ttl, token_hash, self.max_per_user, int(_parse_iso(made) or 0), cutoff,
-                self._token_key(KEY_PART), answer_deadline(self.redis), settled_ttl(self.redis), *live])
+                self._token_key(KEY_PART), answer_deadline(self.redis), *live])
             if created == -2:
                 # The user's tokens were made before token_times counted them (or by an older
                 # version): read once, as GET /token lists them (forgetting those past the ttl).
@@ -201,7 +201,7 @@ class TokenStore:
         user, token_hash = args[0], args[3]
         undo = ("EVAL", self._delete.script, 3, *keys, user, token_hash)
         return answered_or_settled(lambda: int(self._create(keys=[*keys, settled], args=args)),
-                                   lambda: settled_done(self.redis, self._settle, settled, [undo]), 1)
+                                   lambda: settled_done(self.redis, self._settle, settled, [undo], made=keys[0]), 1)
 
     def _record(self, token_hash: str, fields: dict[str, str]) -> TokenRecord | None:
         user = fields.get("user")

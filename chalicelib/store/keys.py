@@ -110,9 +110,10 @@ family through these validators.
     vmtasks:pool:<pool>      zset    VMs of the pool with queued or running tasks
     settled:<change id>      string  how a change whose answer the API may lose ended (a token, a disk,
                                      snapshot or revert task; the id random, chosen by the API):
-                                     "done" (its script made it) or "void" (its answer lost, the API
-                                     found it not made: the script, reaching Redis later, makes
-                                     nothing); expires after a minute (store/settle.py)
+                                     "done" (a task's script queued it; a token's shows by its record)
+                                     or "void" (its answer lost, the API found it not made: the script,
+                                     reaching Redis later, makes nothing); expires after a minute
+                                     (store/settle.py)
     holdings:<owner hash>    zset    what one owner holds: checked-out VMs and on-demand requests
     holders                  zset    the owners' hashes with a holdings set, by when each last took
                                      something: past store.HOLDERS_KEPT, the tick drops those holding nothing

@@ -5,11 +5,12 @@ When the reply of a change's script is lost after the script was sent (the conne
 the reply came, a timeout), the script may have run. Answered 503, the caller's retry made the
 change again: a second token counted against ``max_tokens_per_user``, a second disk. The API now
 names each such change by a random id before its script is sent (``Keys.settled``). The script,
-in the step that makes the change, marks the id ``done``, and makes nothing when the id is marked
-already. When the answer is lost, one more script (lua/settle.lua) returns ``done`` when the
-change was made, and otherwise marks the id ``void``: the script, should it still reach Redis,
-makes nothing. The API answers as if the script's answer had arrived, or 503 only when the change
-was not made and never will be.
+in the step that makes the change, marks the id ``done`` (a token's script need not: the token's
+record, under its random hash, shows it made), and makes nothing when the id is marked already.
+When the answer is lost, one more script (lua/settle.lua) returns ``done`` when the change was
+made, and otherwise marks the id ``void``: the script, should it still reach Redis, makes nothing.
+The API answers as if the script's answer had arrived, or 503 only when the change was not made
+and never will be.
 
 If the settle's own answer is lost as well, the caller gets 503 and the change may have been
 made: ``undo`` (commands written behind the settle on its connection when its reply times out,
@@ -59,8 +60,9 @@ def answered_or_settled(run: Callable[[], T], settle: Callable[[], bool], made: 
 
 
 def settled_done(client: Any, settle_script: Callable[..., Any], key: str,
-                 undo: Sequence[Sequence[Any]] = ()) -> bool:
-    """Run lua/settle.lua on ``key``: True when the change was made, False when it was not (and
-    is now marked void). Its reply lost too, ``undo`` is written behind it (raises)."""
+                 undo: Sequence[Sequence[Any]] = (), made: str = "") -> bool:
+    """Run lua/settle.lua on ``key``: True when the change was made (marked done, or ``made``,
+    a key only the change writes, exists), False when it was not (and is now marked void). Its
+    reply lost too, ``undo`` is written behind it (raises)."""
     with written_behind_a_lost_reply(*undo) if undo else nullcontext():
-        return bool(settle_script(keys=[key], args=[settled_ttl(client)]) == DONE)
+        return bool(settle_script(keys=[key, *([made] if made else [])], args=[settled_ttl(client)]) == DONE)

@@ -3,15 +3,15 @@
 -- (auth/tokens.py).
 -- KEYS[1] the new token's record, KEYS[2] the user's set of token hashes, KEYS[3] the same hashes
 -- scored by when each token was made (the user's token_times), KEYS[4] the login's settled mark
--- (store/settle.py: marked 'done' with the token; marked already, the API found the token not
--- made when this script's answer was lost, and answered 503: nothing is made).
+-- (store/settle.py: once marked, the API, this script's answer lost, found no token made and
+-- answered 503: nothing is made; the token's record is what shows it made).
 -- ARGV: user, now (ISO-8601), ttl seconds (0: none), the new hash, most live tokens a user may
 -- have (0: no limit), when the new token is made (epoch seconds: its score), the cutoff (a
 -- token made at or before it has expired; '-inf' without a ttl), the template of a token's
 -- record (keys.token(KEY_PART)), the deadline (ms of Redis's clock, '' for none:
 -- store/deadline.py) after which the API has given up on this answer and said the login failed
--- (503), seconds the settled mark lives; then, only when the caller was asked to (-2), 'read'
--- and the user's live tokens it read: hash, score, hash, score...
+-- (503); then, only when the caller was asked to (-2), 'read' and the user's live tokens it
+-- read: hash, score, hash, score...
 -- The count is of token_times past the cutoff: O(log n) whatever the limit, the records unread.
 -- Both sets name the same hashes (every script that changes one changes the other); when their
 -- sizes differ (tokens made before token_times existed, or by an older version) the caller is
@@ -30,11 +30,11 @@ end
 local hashes, times = KEYS[2], KEYS[3]
 local cutoff = ARGV[7]
 if redis.call('SCARD', hashes) ~= redis.call('ZCARD', times) then
-  if ARGV[11] ~= 'read' then
+  if ARGV[10] ~= 'read' then
     return -2
   end
   redis.call('DEL', times)
-  for i = 12, #ARGV, 2 do
+  for i = 11, #ARGV, 2 do
     if redis.call('EXISTS', key_of(ARGV[8], ARGV[i])) == 1 then
       redis.call('ZADD', times, ARGV[i + 1], ARGV[i])
     end
@@ -65,5 +65,4 @@ if tonumber(ARGV[3]) > 0 then
 end
 redis.call('SADD', hashes, ARGV[4])
 redis.call('ZADD', times, ARGV[6], ARGV[4])
-redis.call('SET', KEYS[4], 'done', 'EX', ARGV[10])
 return 1
