@@ -184,7 +184,14 @@ class TokenStore:
                 raise StoreUnavailable("redis: the token reached Redis after its deadline: not made")
             if created:
                 break
-        if not self.replicated():
+        try:
+            durable = self.replicated()
+        except StoreUnavailable:
+            # WAIT's answer lost (a replica slower than the socket timeout): no replica may have
+            # the token, and its user, answered 503, never sees it. Before, it was left, counted
+            # against max_per_user.
+            durable = False
+        if not durable:
             try:
                 self._delete_hash(token_hash, user)
             except redis_module.RedisError:

@@ -24,10 +24,13 @@ import pytest
 import redis
 
 from chalicelib.auth.base import canonical_user
+from chalicelib.auth.tokens import TokenStore
 from chalicelib.config import parse
-from chalicelib.store import connect
+from chalicelib.store import ReplicaAcks, Store, StoreUnavailable, connect
+from chalicelib.store.keys import Keys
 from local.redis_server import RedisServer
 from tests.harness import Harness, HarnessFactory, basic
+from tests.redis_pair import RedisPair
 from tests.support import eventually
 
 ALICE = basic("alice", "alice-pw")
@@ -275,3 +278,32 @@ def test_a_login_whose_script_reaches_redis_after_the_api_gave_up_makes_no_token
     assert redis_client.scard(tokens) == 0, "the script the API gave up on made a token"
     assert harness.request("POST", "/api/v3/token", headers=ALICE).status == 200
     assert redis_client.scard(tokens) == 1
+
+
+def test_a_token_whose_replica_wait_answer_is_lost_is_not_left_behind(redis_pair: RedisPair) -> None:
+    """With replica acknowledgements a token is handed out once a replica has it (WAIT after its
+    script). The replica slow (its link held) and WAIT's timeout past the socket timeout, WAIT's
+    answer is lost: the caller is answered 503. Before, the token stayed, one nobody ever saw,
+    counted against ``max_tokens_per_user`` (only a WAIT answered short deleted it); now it is
+    deleted as one no replica acknowledged."""
+    config = parse(f"""
+:redis: {{server: 127.0.0.1, port: {redis_pair.primary.port}, socket_timeout: 0.2}}
+:providers:
+  :dummy: {{}}
+:pools:
+  - {{name: pool1, size: 0, provider: dummy}}
+""")
+    store = Store(connect(config.redis), replica_acks=ReplicaAcks(1, 2000))
+    tokens = TokenStore(store.client, max_per_user=1, replicated=store.writes_replicated)
+    redis_pair.wait_synced()
+    assert store._replicas_to_wait_for() == 1
+    redis_pair.link.hold()
+    try:
+        with pytest.raises(StoreUnavailable):
+            tokens.create("alice")
+    finally:
+        redis_pair.link.release()
+    direct = redis_pair.client(redis_pair.primary)
+    assert direct.scard(Keys().user_tokens("alice")) == 0, "a token nobody saw was left behind"
+    redis_pair.wait_synced()
+    assert tokens.create("alice")  # the retry the 503 asks for, at a limit of one token
