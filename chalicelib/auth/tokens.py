@@ -41,6 +41,7 @@ from chalicelib.clock import Clock, SystemClock
 from chalicelib.store.deadline import answer_deadline
 from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, Keys
 from chalicelib.store.scripts import registered, script_source
+from chalicelib.store.settle import answered_or_settled, settled_done
 from chalicelib.store.store import StoreUnavailable, TokenNotDurable
 
 TOKEN_PREFIX = Keys().token("")
@@ -138,6 +139,7 @@ class TokenStore:
         self._create = registered(redis, script_source("token_create"))
         self._delete = registered(redis, script_source("token_delete"))
         self._touch = registered(redis, script_source("token_touch"))
+        self._settle = registered(redis, script_source("settle"))
 
     def _token_key(self, token_hash: str) -> str:
         return self.keys.token(token_hash)
@@ -167,9 +169,9 @@ class TokenStore:
             ttl = 0 if self.ttl_seconds is None else max(1, int(self.ttl_seconds))
             cutoff = "-inf" if self.ttl_seconds is None else repr(now - self.ttl_seconds)
             # The script refuses an existing hash: the (astronomically unlikely) collision retries.
-            created = int(self._create(keys=[key, *keys], args=[
+            created = self._create_settled([key, *keys], [
                 user, made, ttl, token_hash, self.max_per_user, int(_parse_iso(made) or 0), cutoff,
-                self._token_key(KEY_PART), answer_deadline(self.redis), *live]))
+                self._token_key(KEY_PART), answer_deadline(self.redis), *live])
             if created == -2:
                 # The user's tokens were made before token_times counted them (or by an older
                 # version): read once, as GET /token lists them (forgetting those past the ttl).
@@ -182,13 +184,31 @@ class TokenStore:
                 raise StoreUnavailable("redis: the token reached Redis after its deadline: not made")
             if created:
                 break
-        if not self.replicated():
+        try:
+            durable = self.replicated()
+        except StoreUnavailable:
+            # WAIT's answer lost (a replica slower than the socket timeout): no replica may have
+            # the token, and its user, answered 503, never sees it. Before, it was left, counted
+            # against max_per_user.
+            durable = False
+        if not durable:
             try:
                 self._delete_hash(token_hash, user)
             except redis_module.RedisError:
                 pass  # Redis is failing already: the user, answered 503, never learns the token
             raise TokenNotDurable(f"redis: no replica acknowledged a new token of {user!r} in time")
         return token
+
+    def _create_settled(self, keys: list[str], args: list[Any]) -> int:
+        """lua/token_create.lua's answer, given its keys but the settled mark. Its answer lost, the
+        login is settled (store/settle.py): answered 503, the retry would make a second token,
+        counted against ``max_per_user``. Should the settle's answer be lost too, the token (if
+        made) is deleted by a deletion written behind it: nobody will ever see it."""
+        settled = self.keys.settled(secrets.token_hex(16))
+        user, token_hash = args[0], args[3]
+        undo = ("EVAL", self._delete.script, 3, *keys, user, token_hash)
+        return answered_or_settled(lambda: int(self._create(keys=[*keys, settled], args=args)),
+                                   lambda: settled_done(self.redis, self._settle, settled, [undo], made=keys[0]), 1)
 
     def _record(self, token_hash: str, fields: dict[str, str]) -> TokenRecord | None:
         user = fields.get("user")

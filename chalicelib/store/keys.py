@@ -108,6 +108,12 @@ family through these validators.
     config:clonetarget       hash    pool -> clone_target set at runtime
     vmtasks:<hostname>       list    disk/snapshot tasks queued for a VM (store/vm_tasks.py)
     vmtasks:pool:<pool>      zset    VMs of the pool with queued or running tasks
+    settled:<change id>      string  how a change whose answer the API may lose ended (a token, a disk,
+                                     snapshot or revert task; the id random, chosen by the API):
+                                     "done" (a task's script queued it; a token's shows by its record)
+                                     or "void" (its answer lost, the API found it not made: the script,
+                                     reaching Redis later, makes nothing); expires after a minute
+                                     (store/settle.py)
     holdings:<owner hash>    zset    what one owner holds: checked-out VMs and on-demand requests
     holders                  zset    the owners' hashes with a holdings set, by when each last took
                                      something: past store.HOLDERS_KEPT, the tick drops those holding nothing
@@ -425,6 +431,10 @@ class Keys:
 
     def pool_vm_tasks(self, pool: str) -> str:
         return f"{self.prefix}vmtasks:pool:{pool}"
+
+    def settled(self, change_id: str) -> str:
+        """The settled mark of a change (store/settle.py); ``change_id`` is random hex."""
+        return f"{self.prefix}settled:{change_id}"
 
     def token(self, token_hash: str) -> str:
         return f"{self.prefix}token:{token_hash}"

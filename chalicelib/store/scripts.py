@@ -126,6 +126,7 @@ class Scripts:
         self.vm_ip = load("vm_ip")
         self.names_claim = load("names_claim")
         self.names_hold = load("names_hold")
+        self.settle = load("settle")
 
 
 ScriptCall = tuple[_Script, Sequence[str], Sequence[Any]]

@@ -27,6 +27,7 @@ from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, SIZE_OVERRIDES, STAT
 from chalicelib.store.leases import holder_label, lease_token
 from chalicelib.store.records import MARKS_ASKED, CloneBackoff, VMRecord, finite_number
 from chalicelib.store.scripts import KeyList, ScriptCall, Scripts, run_many
+from chalicelib.store.settle import answered_or_settled, settled_done
 from chalicelib.timestamps import day_of
 
 DAILY_STATS_TTL_SECONDS = 400 * 24 * 3600
@@ -330,14 +331,21 @@ class ModifyResult(enum.Enum):
 class TaskQueueing:
     """A task to queue on a VM within its bounds, as lua/vm_task_queue.lua reads it (built by
     ``VMTaskStore.queueing``): its keys (the VM's task queue, its pool's set of VMs with tasks,
-    the pool's wake list) and the rest of what the script reads."""
+    the pool's wake list, the request's settled mark: store/settle.py) and the rest of what the
+    script reads."""
 
-    keys: tuple[str, str, str]
+    keys: tuple[str, str, str, str]
     payload: Mapping[str, Any]
 
     def argument(self, first_key: int) -> str:
         """The queue's JSON for a script given ``keys`` from its ``KEYS[first_key]`` on."""
-        return json.dumps({**self.payload, "tasks": first_key, "pool_tasks": first_key + 1, "wake": first_key + 2})
+        return json.dumps({**self.payload, "tasks": first_key, "pool_tasks": first_key + 1, "wake": first_key + 2,
+                           "settled": first_key + 3})
+
+    @property
+    def settled_key(self) -> str:
+        """The request's settled mark: looked at when the script's answer is lost."""
+        return self.keys[3]
 
 
 @dataclass(frozen=True)
@@ -728,6 +736,11 @@ class Store:
         result = CheckoutResult(vms=tuple(CheckedOut(*entry) for entry in answer["vms"]))
         self._confirm(checkout_id, result.vms, now, quota.holdings_key(self.keys) if quota is not None else "")
         return result
+
+    def settled_done(self, settled_key: str) -> bool:
+        """Whether the change whose settled mark is ``settled_key`` was made, its answer lost;
+        when it was not, it never will be (store/settle.py). One round trip."""
+        return settled_done(self.client, self.scripts.settle, settled_key)
 
     def confirm_window_ms(self) -> int | None:
         """How long after a checkout script ran its confirmation may still confirm it, in ms of
@@ -1225,7 +1238,12 @@ class Store:
         for name, value in fields.items():
             args += [name, value]
         with _translate_errors():
-            result = int(self.scripts.vm_modify(keys=keys, args=args))
+            def modify() -> int:
+                return int(self.scripts.vm_modify(keys=keys, args=args))
+
+            # With a task, its retry would queue it again: a lost answer is settled (store/settle.py).
+            # Without one, the retry sets the same values: the 503 is right.
+            result = answered_or_settled(modify, lambda: self.settled_done(task.settled_key), 1) if task else modify()
         if result == -4:
             raise TokenGone()
         if result == -5:

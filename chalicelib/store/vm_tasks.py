@@ -16,6 +16,7 @@ from typing import Any, Mapping, cast
 
 from chalicelib.store.leases import holder_label
 from chalicelib.store.records import VMRecord
+from chalicelib.store.settle import answered_or_settled, settled_ttl
 from chalicelib.store.store import Store, StoreUnavailable, TaskQueueing, TokenGone, _translate_errors, token_index
 
 DISK = "disk"
@@ -82,7 +83,9 @@ class VMTaskStore:
         args = [queueing.argument(2), seen.raw.get("checkout", "")]
         args += [str(token_index(keys, token_key)), seen.raw.get("token_user", "")]
         with _translate_errors():
-            result = int(self.scripts.vm_task_enqueue(keys=keys, args=args))
+            # Its retry would queue the task again: a lost answer is settled (store/settle.py).
+            result = answered_or_settled(lambda: int(self.scripts.vm_task_enqueue(keys=keys, args=args)),
+                                         lambda: self.store.settled_done(queueing.settled_key), 1)
         if result == -3:
             raise TokenGone()
         if result == -4:
@@ -99,10 +102,12 @@ class VMTaskStore:
         list_field, most = {DISK: ("disks", MAX_DISKS), SNAPSHOT: ("snapshots", MAX_SNAPSHOTS)}.get(
             str(task["kind"]), ("", 0))
         return TaskQueueing(
-            (self.keys.vm_tasks(seen.name), self.keys.pool_vm_tasks(seen.pool), self.keys.wake(seen.pool)),
+            (self.keys.vm_tasks(seen.name), self.keys.pool_vm_tasks(seen.pool), self.keys.wake(seen.pool),
+             self.keys.settled(str(task["id"]))),
             {"hostname": seen.name, "now": repr(now), "task": json.dumps(dict(task)),
              "ttl": self.store.data_ttl_seconds, "max_queued": MAX_QUEUED_TASKS, "list_field": list_field,
-             "max_items": most, "deadline": self.store.answer_deadline()})
+             "max_items": most, "deadline": self.store.answer_deadline(),
+             "settled_ttl": settled_ttl(self.client)})
 
     def queued(self, hostname: str) -> list[dict[str, Any]]:
         """Tasks waiting behind the one in flight, oldest first."""

@@ -14,6 +14,7 @@ those it has, tokens whole, VM changes applied whole or not at all.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -30,10 +31,12 @@ from chalicelib.api.routes import ROUTES
 from chalicelib.api.vms import RETURNED
 from chalicelib.auth.base import canonical_user
 from chalicelib.config import parse
-from chalicelib.store import Quota
+from chalicelib.store import Quota, connect
+from chalicelib.store.connection import ReplyLost
 from chalicelib.store.keys import quota_owner
 from chalicelib.store.store import UNCONFIRMED_SECONDS
 from chalicelib.timestamps import day_of
+from local.redis_server import RedisServer
 from tests.api.test_input_bounds import EXPERIMENTAL_CONFIG
 from tests.harness import (
     Harness,
@@ -390,6 +393,107 @@ def check_counted_once(name: str, harness: Harness, where: str) -> None:
     a retry after the statistics' answer was lost counted them twice: /summary skewed)."""
     if name in ("modify_all", "modify_tags"):
         assert tag_counted(harness) == 1, f"{where}: the tag counted {tag_counted(harness)} times"
+
+
+# --- an answer lost after Redis ran the operation -------------------------------------------------
+
+
+@contextmanager
+def reply_lost_at(operation: int) -> Iterator[list[int]]:
+    """Count this thread's Redis operations as ``redis_operations`` does; the ``operation``-th
+    one (0-based) reaches Redis and runs, and its connection is then reset before the client
+    reads the answer (``ReplyLost``, as a connection reset when the reply comes). ``[0]`` holds
+    the operations sent."""
+    sent = [0]
+    connection_class = redis.connection.AbstractConnection
+    send, read = connection_class.send_packed_command, connection_class.read_response
+    counting, losing = threading.get_ident(), set()
+
+    def sending(connection: Any, command: object, check_health: bool = True) -> None:
+        send(connection, command, check_health)
+        if threading.get_ident() == counting:
+            if sent[0] == operation:
+                losing.add(id(connection))
+            sent[0] += 1
+
+    def reading(connection: Any, *args: Any, **kwargs: Any) -> Any:
+        if id(connection) not in losing:
+            return read(connection, *args, **kwargs)
+        losing.discard(id(connection))
+        read(connection, *args, **kwargs)  # Redis ran it and answered...
+        connection.disconnect()  # ...and the answer never arrives
+        raise ReplyLost("Connection reset by peer (the test's)")
+
+    connection_class.send_packed_command = sending  # type: ignore[method-assign]
+    connection_class.read_response = reading  # type: ignore[method-assign]
+    try:
+        yield sent
+    finally:
+        connection_class.send_packed_command = send  # type: ignore[method-assign]
+        connection_class.read_response = read  # type: ignore[method-assign]
+
+
+def made(harness: Harness, world: World) -> dict[str, Any]:
+    """What the requests made that a retry could make twice: each user's tokens, the tasks
+    queued on alice's VM, and (after the passes that give back what no caller confirmed) the
+    VMs running for alice and her on-demand requests not failed."""
+    keys, client = harness.store.keys, harness.client
+    before_passes = {
+        "tokens": {user: client.scard(keys.user_tokens(user)) for user in ("alice", "bob", "root")},
+        "tasks": [json.loads(task)["kind"] for task in client.lrange(keys.vm_tasks(world.mine), 0, -1)],
+    }
+    harness.clock.advance(UNCONFIRMED_SECONDS + 1)
+    harness.run_passes()
+    requests = [client.hget(key, "state") for key in client.scan_iter(keys.ondemand("*"))
+                if client.type(key) == "hash"]
+    return {**before_passes, "vms": len(checked_out_by(harness, "alice")),
+            "requests": sum(1 for state in requests if state != "failed")}
+
+
+@pytest.fixture
+def make_production_service(make_harness: HarnessFactory, redis_server: RedisServer) -> Callable[[], Harness]:
+    """``make_service`` on the client the service builds (``connect``: a command whose answer
+    was lost is never sent again; redis-py's own client sends it again)."""
+    config = parse(CONFIG)
+    redis_config = dataclasses.replace(config.redis, server="127.0.0.1", port=redis_server.port)
+
+    def make() -> Harness:
+        harness = make_harness(config, client=connect(redis_config), headers={"Content-Type": "application/json"})
+        for script in vars(harness.store.scripts).values():
+            script.load_into(harness.client)
+        return harness
+
+    return make
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_a_request_whose_redis_answer_is_lost_is_made_once(
+        make_production_service: Callable[[], Harness], redis_client: redis.Redis, name: str) -> None:
+    """Each Redis operation of the request in turn runs and its answer is lost (the connection
+    reset as the reply comes). The request is answered as if it had arrived, or 503 and the
+    retry the 503 asks for makes it: either way it is made once (before, POST /token made two
+    tokens, a disk or snapshot two tasks: store/settle.py)."""
+    case, make_service = CASES[name], make_production_service
+    world, reset = saved_world(make_service, redis_client)
+    case.send(reset(), world)  # loads every script the route runs into Redis
+    healthy = reset()
+    with redis_operations() as sent:
+        expected = case.send(healthy, world)
+    total, once = sent[0], made(healthy, world)
+    for operation in range(total):
+        where = f"{case.method} {case.target}, the answer of Redis operation {operation} of {total} lost"
+        service = reset()
+        with reply_lost_at(operation):
+            first = case.send(service, world)
+        answer = first
+        if first.status == 503:
+            answer = case.send(make_service(), world)  # the retry the 503 asks for
+            if answer.status == 503 and case.target.startswith("/api/v3/vm") and case.method == "POST":
+                service.clock.advance(UNCONFIRMED_SECONDS + 1)  # the last ready VMs taken, unconfirmed
+                service.run_passes()
+                answer = case.send(service, world)
+        assert answer.status in (expected.status, case.done), f"{where}: answered {answer.status} {answer.raw!r}"
+        assert made(service, world) == once, f"{where}: answered {first.status}"
 
 
 def test_every_state_changing_route_is_killed_at_every_step() -> None:

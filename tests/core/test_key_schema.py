@@ -375,6 +375,8 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
         "login_user_in_flight": [(k, keys.login_in_flight(keys.login_user(_user_part(k)))) for k in login_names],
         "login_address_in_flight": [(a, keys.login_in_flight(keys.login_address(a))) for a in addresses],
         "login_attempt": [(a, keys.login_attempt(a)) for a in ("0" * 16, "f" * 16, new_attempt())],
+        # A change's id is random hex the API draws (store/settle.py): a token's 32 characters, a task's 16.
+        "settled": [(c, keys.settled(c)) for c in ("0" * 16, "f" * 32, new_attempt())],
         "holdings": [(o, holdings(o)) for o in owners],
         "owner_requests": [(o, Quota(o, 1, 1, ()).requests_key(keys)) for o in owners],
         "rate_limit": [(f"{c} {w}", keys.rate_limit(c, w))

@@ -2,7 +2,9 @@
 -- same step; one step, so no half-made record and no limit passed by creations at once
 -- (auth/tokens.py).
 -- KEYS[1] the new token's record, KEYS[2] the user's set of token hashes, KEYS[3] the same hashes
--- scored by when each token was made (the user's token_times).
+-- scored by when each token was made (the user's token_times), KEYS[4] the login's settled mark
+-- (store/settle.py: once marked, the API, this script's answer lost, found no token made and
+-- answered 503: nothing is made; the token's record is what shows it made).
 -- ARGV: user, now (ISO-8601), ttl seconds (0: none), the new hash, most live tokens a user may
 -- have (0: no limit), when the new token is made (epoch seconds: its score), the cutoff (a
 -- token made at or before it has expired; '-inf' without a ttl), the template of a token's
@@ -15,10 +17,11 @@
 -- sizes differ (tokens made before token_times existed, or by an older version) the caller is
 -- asked for the user's live tokens and token_times is built from them.
 -- Returns 1 created, 0 hash taken, -1 the user has too many, -2 token_times must be built, -3 the
--- script reached Redis past its deadline (paused, behind a slow script): its caller was answered
--- 503, and a token made now would be one nobody ever sees, counted against the user's limit.
+-- script reached Redis past its deadline (paused, behind a slow script) or after the API settled
+-- it as not made: its caller was answered 503, and a token made now would be one nobody ever
+-- sees, counted against the user's limit.
 local FORGET_AT_ONCE = 100  -- expired tokens forgotten per call: bounded work, faster than they come
-if past_deadline(ARGV[9]) then
+if past_deadline(ARGV[9]) or redis.call('EXISTS', KEYS[4]) == 1 then
   return -3
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then

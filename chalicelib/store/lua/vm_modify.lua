@@ -9,7 +9,7 @@
 -- it changes the VM's tag: a change that fails changes no statistic, and a retry of a change
 -- whose answer was lost (the same tags set again) counts nothing twice.
 -- KEYS[1] the VM's record, KEYS[2] its pool's running_due set, KEYS[3] the day's tag hash,
--- KEYS[4] the day's durations hash, KEYS[5..7] the task's keys when one is queued; ARGV[1] most
+-- KEYS[4] the day's durations hash, KEYS[5..8] the task's keys when one is queued; ARGV[1] most
 -- tags a VM may carry, ARGV[2] the VM's name, ARGV[3] now, ARGV[4] the record's 'checkout'
 -- field as the API read it, ARGV[5] its 'token_user' ('' for none), ARGV[6] the task's queue
 -- (JSON; '' for none), ARGV[7] the index in KEYS of the record of the token the change was asked
@@ -18,8 +18,8 @@
 -- Returns 1 when changed, 0 when the VM is no longer running for that checkout (or that checkout
 -- was never confirmed), -1 when the VM would carry too many tags, -2 when its task queue is
 -- full, -3 when the task's list would pass its bound, -4 when the token was deleted since the
--- API checked it, -5 when a change queueing a task reached Redis past its deadline
--- (lua/vm_task_queue.lua; nothing changed either way).
+-- API checked it, -5 when a change queueing a task reached Redis past its deadline or after the
+-- API settled it as not made (lua/vm_task_queue.lua; nothing changed either way).
 local key, max_tags = KEYS[1], tonumber(ARGV[1])
 local first_field = 9
 if token_gone(ARGV[7]) then

@@ -1,0 +1,68 @@
+"""A change whose answer was lost, settled by one look (``POST /token``, a disk, snapshot or
+revert task, a ``PUT /vm/<host>`` with a disk).
+
+When the reply of a change's script is lost after the script was sent (the connection reset as
+the reply came, a timeout), the script may have run. Answered 503, the caller's retry made the
+change again: a second token counted against ``max_tokens_per_user``, a second disk. The API now
+names each such change by a random id before its script is sent (``Keys.settled``). The script,
+in the step that makes the change, marks the id ``done`` (a token's script need not: the token's
+record, under its random hash, shows it made), and makes nothing when the id is marked already.
+When the answer is lost, one more script (lua/settle.lua) returns ``done`` when the change was
+made, and otherwise marks the id ``void``: the script, should it still reach Redis, makes nothing.
+The API answers as if the script's answer had arrived, or 503 only when the change was not made
+and never will be.
+
+If the settle's own answer is lost as well, the caller gets 503 and the change may have been
+made: ``undo`` (commands written behind the settle on its connection when its reply times out,
+``written_behind_a_lost_reply``) undoes what can be undone (a token nobody saw)."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Callable, Sequence, TypeVar
+
+import redis
+
+from chalicelib.store.connection import never_sent, written_behind_a_lost_reply
+from chalicelib.store.deadline import socket_timeout_ms
+
+T = TypeVar("T")
+
+SETTLED_TTL_SECONDS = 60
+"""How long a settled mark lives at least: far longer than a script may still act after it was
+sent (its deadline, store/deadline.py, is one socket timeout) and than the settle takes to come."""
+
+DONE = "done"
+
+
+def settled_ttl(client: Any) -> int:
+    """Seconds a settled mark lives with ``client``: SETTLED_TTL_SECONDS, or twice its socket
+    timeout when that is longer (the mark must outlive the script's deadline)."""
+    timeout_ms = socket_timeout_ms(client) or 0
+    return max(SETTLED_TTL_SECONDS, 2 * (timeout_ms // 1000 + 1))
+
+
+def reply_lost(error: BaseException) -> bool:
+    """Whether ``error`` (from a client of ``connection.connect``) came after the command was
+    sent: it may have run."""
+    return isinstance(error, (redis.ConnectionError, redis.TimeoutError)) and not never_sent(error)
+
+
+def answered_or_settled(run: Callable[[], T], settle: Callable[[], bool], made: T) -> T:
+    """``run()``'s answer; when its reply was lost (``reply_lost``), ``made`` if ``settle()``
+    finds the change made, else the error (the change was not made, and now never will be)."""
+    try:
+        return run()
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        if not reply_lost(error) or not settle():
+            raise
+        return made
+
+
+def settled_done(client: Any, settle_script: Callable[..., Any], key: str,
+                 undo: Sequence[Sequence[Any]] = (), made: str = "") -> bool:
+    """Run lua/settle.lua on ``key``: True when the change was made (marked done, or ``made``,
+    a key only the change writes, exists), False when it was not (and is now marked void). Its
+    reply lost too, ``undo`` is written behind it (raises)."""
+    with written_behind_a_lost_reply(*undo) if undo else nullcontext():
+        return bool(settle_script(keys=[key, *([made] if made else [])], args=[settled_ttl(client)]) == DONE)
