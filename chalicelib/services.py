@@ -126,6 +126,9 @@ class Services:
         self.store.demand_pools = demand_sized_pools(config)
         self._providers: dict[str, Provider] = {}
         self._dns_plugins: dict[str, DnsPlugin] = {}
+        self._built_with: dict[tuple[str, str], str | None] = {}
+        """The secret each provider (``("provider", name)``) and DNS plugin (``("dns", name)``)
+        was built with, as resolved then: one built with a value since rotated is built again."""
         self.refill: RefillTrigger = refill or NoRefill()
         self.started = self.clock.now()
         """When this process started serving: /status reports uptime from it until the service's
@@ -211,14 +214,45 @@ class Services:
         """The named provider, built on first use and kept (its connections too)."""
         # Imported here: only the reconcile functions reach a provider, so the API's cold import
         # skips the provider layer (tests/core/test_cold_import.py).
-        from chalicelib.providers.registry import build_provider
+        from chalicelib.providers.registry import build_provider, provider_secret
 
-        if name not in self._providers:
+        block = self.config.providers[name]
+        if not self._still_current(("provider", name), name in self._providers, provider_secret(block)):
             self._providers[name] = build_provider(
-                self.config.providers[name], self.config, self.client, self.clock,
-                resolve_secret=self.resolve_secret, prefix=self.store.keys.prefix,
+                block, self.config, self.client, self.clock,
+                resolve_secret=self._remembered(("provider", name)), prefix=self.store.keys.prefix,
             )
         return self._providers[name]
+
+    def _still_current(self, built: tuple[str, str], exists: bool, secret: Any) -> bool:
+        """Whether what was built for ``built`` may be used as it is: it exists and the secret it
+        logs in with (``secret``: plain or a reference, None for none) resolves to the value it was
+        built with. The provider and the DNS plugin resolve their secret when built, so a warm
+        function kept a rotated vSphere password or TSIG secret until its next cold start (hours):
+        a vCenter re-login failed every pass (``ReconcileErrors`` reason ``permission``) although
+        docs/deploy.md promised the new value within the secrets' 5-minute cache. The resolver's
+        cache makes this a dictionary look-up; when the secret cannot be fetched now (AWS away),
+        the value in hand is kept rather than failing a pass that could still log in."""
+        if not exists:
+            return False
+        if secret is None:
+            return True
+        try:
+            current = self.resolve_secret(secret)
+        except (SecretUnavailable, SecretConfigError):
+            return True
+        if current == self._built_with.get(built):
+            return True
+        logger.info("a secret changed: built again with its new value", extra={"built": f"{built[0]} {built[1]}"})
+        return False
+
+    def _remembered(self, built: tuple[str, str]) -> Callable[[Any], str | None]:
+        """``resolve_secret`` that records what it resolved for ``built`` (``_still_current``)."""
+        def resolve(value: Any) -> str | None:
+            resolved = self.resolve_secret(value)
+            self._built_with[built] = resolved
+            return resolved
+        return resolve
 
     def dns_plugin(self, pool: PoolConfig) -> DnsPlugin | None:
         """The DNS plugin managing the pool's records (None when its ``dns_plugin`` names none),
@@ -239,8 +273,10 @@ class Services:
         dns_config = self.config.dns_configs.get(name)
         if dns_config is None:
             return None
-        if dns_config.name not in self._dns_plugins:
-            self._dns_plugins[dns_config.name] = build_dns_plugin(dns_config, self.resolve_secret)
+        built = ("dns", dns_config.name)
+        if not self._still_current(built, dns_config.name in self._dns_plugins,
+                                   getattr(dns_config.settings, "tsig_secret", None)):
+            self._dns_plugins[dns_config.name] = build_dns_plugin(dns_config, self._remembered(built))
         return self._dns_plugins[dns_config.name]
 
     def resolve_secret(self, value: Any) -> str | None:

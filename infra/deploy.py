@@ -156,6 +156,36 @@ def check_concurrency(session: Any, stage: Stage) -> None:
             f"executions' of at least {stage.reserved_concurrency + UNRESERVED_MINIMUM + quota - unreserved}")
 
 
+def config_bucket_name(stage: Stage, account: str, region: str) -> str:
+    """The stage's config bucket as the stack names it (infra/template.py): bucket names are
+    global, so the account and region are part of it."""
+    return f"{stage.config_bucket_prefix}{account}-{region}"
+
+
+def refuse_a_config_bucket_left_behind(session: Any, stage: Stage, region: str) -> None:
+    """Refuse, before anything is uploaded, to create the stack when its config bucket already
+    exists: the stack keeps the bucket when it is deleted (``DeletionPolicy: Retain``, it holds
+    the pushed configs and their versions), and CloudFormation creates no bucket of a name that
+    exists. So a stage deleted and deployed again failed at the bucket, minutes into the create
+    (ElastiCache's creation under way), and rolled the whole stack back to ROLLBACK_COMPLETE.
+    What cannot be asked (no permission for sts:GetCallerIdentity or s3:ListBucket, a 403 on a
+    bucket of another owner) is not checked: CloudFormation still refuses."""
+    try:
+        account = str(session.client("sts").get_caller_identity()["Account"])
+        bucket = config_bucket_name(stage, account, region)
+        session.client("s3").head_bucket(Bucket=bucket)
+    except Exception as error:  # a 404 (no such bucket: the create can make it) or not asked
+        if failure_of(error) is None and not isinstance(error, (KeyError, TypeError)):
+            raise
+        return
+    raise DeployError(
+        f"the config bucket {bucket} exists: it is kept when the stack {stack_name(stage.name)} is deleted "
+        f"(it holds the configs pushed to it) and CloudFormation creates no bucket of a name that exists, so the "
+        f"create would fail and roll back. Keep the config you need (aws s3 cp s3://{bucket}/config/vmpool.yaml "
+        f"pushed-config.json), delete the bucket with every object version (docs/deploy.md, \"Deleting a stage\"), "
+        f"deploy again, then push the config")
+
+
 def _existing_stack(cloudformation: Any, name: str) -> dict[str, Any] | None:
     try:
         stacks = cloudformation.describe_stacks(StackName=name)["Stacks"]
@@ -236,8 +266,10 @@ def deploy(session: Any, stage: str, bucket: str, package: Path | None, given: d
     broken = broken_rules(template, given, stack)
     if broken:
         raise DeployError("; ".join(broken))
-    if package is not None and stack is None:  # an update keeps the reservations the stack has
-        check_concurrency(session, STAGES[stage])
+    if stack is None:  # an update keeps the bucket and the reservations the stack has
+        refuse_a_config_bucket_left_behind(session, STAGES[stage], cloudformation.meta.region_name)
+        if package is not None:
+            check_concurrency(session, STAGES[stage])
     if code is not None:
         upload(s3, bucket, code_key, code)
     body = json.dumps(template, separators=(",", ":")).encode()
@@ -356,8 +388,8 @@ def main(argv: list[str] | None = None, session: Any = None) -> int:
     try:
         outputs = deploy(session, args.stage, args.bucket, package, given, poll=args.poll,
                          execute=not args.no_execute, keep=args.keep)
-    except DeployError as error:
-        print(f"deploy: {_one_line(str(error))}", file=sys.stderr)
+    except DeployError as error:  # our own words, whole (the limit is for AWS's and pages' messages)
+        print(f"deploy: {_one_line(str(error), limit=1000)}", file=sys.stderr)
         return 1
     except Exception as error:
         if not said_in_one_line("deploy", error):

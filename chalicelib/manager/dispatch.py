@@ -114,6 +114,9 @@ class Ticker:
     def __init__(self, spread_seconds: int = TICK_SPREAD_SECONDS) -> None:
         self.spread_seconds = spread_seconds
         self._fingerprint: tuple[Config, str] | None = None
+        self._resume_at: str | None = None
+        """The first pool the last tick left off the queue (its send's time ran out): this
+        tick's send starts there (``sending_order``)."""
 
     def _fingerprint_of(self, config: Config) -> str:
         """The config's pools' fingerprint (store/fleet.py), worked out once per config."""
@@ -144,8 +147,11 @@ class Ticker:
         messages: list[Delayed] = [(PoolMessage(name, TICK), spread_delay(name, self.spread_seconds))
                                    for name in config.pool_names]
         messages += [(PoolMessage(name, DRAIN), 0) for name in draining]
+        messages = self.sending_order(messages, services.clock.now())
         budget = tick_send_budget(remaining_seconds()) if remaining_seconds is not None else None
         not_queued = send_all(queue, messages, budget)
+        left_out = set(not_queued)
+        self._resume_at = next((message.pool for message, _ in messages if message.pool in left_out), None)
         running = recount_running(services, [*config.pool_names, *draining])
         empty = publish_totals(services)
         report_ignored_overrides(services)
@@ -155,6 +161,24 @@ class Ticker:
             services.tokens.align_expiries()  # token_ttl changed: every token's expiry follows it
         return TickReport(configured=len(configured), draining=draining, messages=len(messages) - len(not_queued),
                           empty=empty, running=running, not_queued=not_queued)
+
+
+    def sending_order(self, messages: list[Delayed], now: float) -> list[Delayed]:
+        """The tick's messages in the order its send tries them: from the first pool the last
+        tick left off the queue, round the list (from a place the minute picks, after a cold
+        start). A send whose time runs out (SQS slow, throttling, timing out) leaves off the end
+        of its list: in config order, with the draining pools last, every tick of a degraded SQS
+        left off the same pools, which were never looked at by a tick while it lasted (the
+        draining ones first), where the error line said the next tick would send them. Each
+        message carries its own delay, so the order changes nothing else."""
+        if not messages:
+            return messages
+        names = [message.pool for message, _ in messages]
+        if self._resume_at in names:
+            start = names.index(self._resume_at)
+        else:
+            start = zlib.crc32(str(int(now // 60)).encode()) % len(messages)
+        return [*messages[start:], *messages[:start]]
 
 
 def tick_send_budget(remaining: float) -> float:

@@ -13,6 +13,16 @@ from chalicelib.providers.base import Provider
 from chalicelib.store.keys import DEFAULT_PREFIX
 
 
+def provider_secret(provider: ProviderConfig) -> object | None:
+    """The secret a provider block logs in with, as configured (plain or a reference); None for
+    a provider without one. ``build_provider`` resolves it when it builds the provider."""
+    if provider.provider_class == "vsphere":
+        from chalicelib.providers.vsphere.config import vsphere_settings
+
+        return vsphere_settings(provider.settings).password
+    return None
+
+
 def build_provider(
     provider: ProviderConfig,
     config: Config,

@@ -549,6 +549,34 @@ def test_a_tick_with_time_to_spare_queues_every_pool_through_a_slow_sqs(
     assert context.get_remaining_time_in_millis() >= TICK_AFTER_SEND_SECONDS * 1000
 
 
+def test_ticks_through_an_sqs_too_slow_for_every_pool_take_turns_at_the_pools_left_out(
+        thousand_pools: list[str], services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQS answers each call in 0.5 s, one at a time: a 30 s tick sends about a third of 1,000
+    pools before its send's time runs out. Each tick went through the pools in config order, so
+    every tick sent the same first third and left the same two thirds (and any pool draining) off
+    the queue for as long as SQS stayed slow, its error line saying the next tick would send
+    them. Each tick now starts at the first pool the one before left out: three ticks send every
+    pool."""
+    clock = services.clock
+    assert isinstance(clock, FakeClock)
+
+    def slow(entries: list[dict[str, Any]], call: int) -> None:
+        clock.advance(0.5)
+
+    sqs = SqsAtScale(None, fail=slow)
+    monkeypatch.setattr(app, "_queue", _tick_queue(sqs, clock))
+    monkeypatch.setattr(app, "_ticker", None)
+    sent_by_tick = []
+    for _ in range(3):
+        sqs.accepted.clear()
+        answer = app.tick(TICK_EVENT, ClockedContext(clock, timeout=30))
+        assert 0 < answer["messages"] < 500 and answer["not_queued"], answer  # the rest waits for the next tick
+        sent_by_tick.append(set(sqs.pools()))
+        clock.advance(60 - clock.monotonic() % 60)
+    assert sent_by_tick[0].isdisjoint(sent_by_tick[1])
+    assert set().union(*sent_by_tick) == set(thousand_pools)
+
+
 def test_the_ticks_send_time_is_bounded_whatever_the_functions_timeout() -> None:
     """A tick given 15 minutes never sends into the next tick's minute; one given too little to
     wait for a call's end starts none."""

@@ -297,6 +297,54 @@ def test_a_stack_whose_first_create_rolled_back_is_refused_saying_how_to_delete_
     assert aws_here.client("s3").list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0  # refused before uploading
 
 
+def test_a_stage_deleted_and_deployed_again_is_refused_while_its_kept_config_bucket_exists(
+        aws_here: boto3.Session, capsys: pytest.CaptureFixture[str]) -> None:
+    """Deleting the stack keeps its config bucket (``DeletionPolicy: Retain``: the pushed configs),
+    whose name is fixed by the stage, account and region. The next create of the stage made a
+    bucket of that name, which CloudFormation refuses (moto too: ``BucketAlreadyExists`` when the
+    change set ran): in AWS minutes into the create, rolled back to ROLLBACK_COMPLETE. Refused
+    before anything is uploaded, naming the bucket and what to do; with it gone, the create runs."""
+    assert _infra_only(aws_here) == 0
+    s3, cloudformation = aws_here.client("s3"), aws_here.client("cloudformation")
+    bucket = f"vmpool-dev-config-{DEFAULT_ACCOUNT_ID}-us-east-1"
+    s3.put_object(Bucket=bucket, Key="config/vmpool.yaml", Body=b"{}")
+    cloudformation.delete_stack(StackName="vmpool-dev")
+    s3.head_bucket(Bucket=bucket)  # kept, as AWS keeps it
+    uploads = s3.list_objects_v2(Bucket=BUCKET)["KeyCount"]
+    capsys.readouterr()
+
+    assert _infra_only(aws_here) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"deploy: the config bucket {bucket} exists: it is kept when the stack vmpool-dev is "
+                          "deleted") and err.count("\n") == 1, err
+    assert f"aws s3 cp s3://{bucket}/config/vmpool.yaml" in err and '"Deleting a stage"' in err
+    assert s3.list_objects_v2(Bucket=BUCKET)["KeyCount"] == uploads  # nothing uploaded
+    assert [stack["StackStatus"] for stack in cloudformation.list_stacks()["StackSummaries"]] == ["DELETE_COMPLETE"]
+
+    versions = s3.list_object_versions(Bucket=bucket).get("Versions", [])
+    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                                                         for v in versions]})
+    s3.delete_bucket(Bucket=bucket)
+    assert _infra_only(aws_here) == 0
+    assert cloudformation.describe_stacks(StackName="vmpool-dev")["Stacks"][0]["StackStatus"] == "CREATE_COMPLETE"
+
+
+def test_a_config_bucket_that_cannot_be_looked_at_does_not_stop_a_deploy(
+        aws_here: boto3.Session, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without the right to ask (sts:GetCallerIdentity refused) the bucket is not checked: the
+    deploy goes on, as before, and CloudFormation has the last word."""
+    class NoSts:
+        def client(self, name: str, **options: Any) -> Any:
+            if name != "sts":
+                return aws_here.client(name, **options)
+
+            def refused(self: Any) -> None:
+                raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "GetCallerIdentity")
+            return type("Sts", (), {"get_caller_identity": refused})()
+
+    assert deploy.refuse_a_config_bucket_left_behind(NoSts(), deploy.STAGES["dev"], "us-east-1") is None
+
+
 def test_two_deploys_within_one_second_create_two_change_sets(
         aws_here: boto3.Session, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The change set was named after the second: two deploys of a stage started within one
