@@ -45,10 +45,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-VALIDATION_ONLY = ("pydantic", "pydantic_core", "annotated_types", "typing_inspection")
-"""pydantic and what only it uses: the config is validated where it is accepted (packaging, just
-below, and ``make config-push``), and the Lambdas build it from its canonical JSON without
-pydantic (chalicelib/config.py). 2.5 MB zipped, which the 5 MB zip could not hold."""
+VALIDATION_ONLY = ("pydantic", "pydantic_core", "annotated_types", "typing_inspection", "yaml", "_yaml", "PyYAML",
+                   "pyyaml")
+"""pydantic, PyYAML and what only they use: the config is read and validated where it is accepted
+(packaging, just below, and ``make config-push``), and the Lambdas build it from its canonical
+JSON without either (chalicelib/config.py). pydantic is 2.5 MB zipped, which the 5 MB zip could
+not hold; PyYAML 0.24 MB (libyaml's loader 0.15 of it), which only ever parsed a YAML config that
+the missing pydantic then refused: a Lambda refuses it before parsing now, with the same advice."""
 
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath", "urllib3", "dateutil", "python_dateutil", "six")
 """Top-level modules and distributions the Lambda Python runtime already has (the AWS SDK)."""
@@ -77,6 +80,14 @@ UNUSED: dict[str, str] = {
     "vsanapiutils.py": "pyvmomi's vSAN helpers, unused",
     "vsanmgmtObjects.py": "pyvmomi's vSAN types, unused",
     "pyVim/": "pyvmomi's connection helpers: the vSphere provider builds its own SoapStubAdapter",
+    **{f"tzdata/zoneinfo/{name}": "the zone database's text forms and tables: zoneinfo reads the compiled zone "
+       "files only (and tzdata/zones for available_timezones)"
+       for name in ("tzdata.zi", "iso3166.tab", "zone.tab", "zone1970.tab", "zonenow.tab", "leapseconds")},
+    **{f"aws_xray_sdk/ext/{name}/": "X-Ray's patches of libraries neither the zip nor the runtime has: patch_all "
+       "imports each only to find its library missing, an ImportError it ignores either way"
+       for name in ("aiobotocore", "aiohttp", "bottle", "django", "flask", "flask_sqlalchemy", "httpx", "mysql",
+                    "pg8000", "psycopg", "psycopg2", "pymongo", "pymysql", "pynamodb", "requests", "sqlalchemy",
+                    "sqlalchemy_core")},
 }
 """Paths (a folder when ending in ``/``) of libraries' parts no code path of vmpool imports."""
 
@@ -98,6 +109,8 @@ def dropped(name: str) -> str | None:
     base = name.rsplit("/", 1)[-1]
     if name.endswith((".pyi", "/py.typed")) or top.endswith("-stubs"):
         return "type stubs"
+    if name.endswith((".c", ".h")):
+        return "C sources (their extensions are built)"
     if top.endswith(".dist-info") and base in WHEEL_BOOKKEEPING:
         return "wheel bookkeeping"
     if name.endswith(".pyc"):

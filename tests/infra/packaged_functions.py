@@ -118,9 +118,8 @@ def main(vsphere_pool: str | None = None, dummy_pool: str = "") -> dict[str, Any
     except ConfigError as error:
         found["yaml_config"] = str(error)
     import redis.utils
-    import yaml
 
-    found["c_extensions"] = {"libyaml": bool(yaml.__with_libyaml__), "hiredis": bool(redis.utils.HIREDIS_AVAILABLE)}
+    found["c_extensions"] = {"hiredis": bool(redis.utils.HIREDIS_AVAILABLE)}
     import zoneinfo
 
     zoneinfo.reset_tzpath(to=[])  # as on Lambda, whose image has no /usr/share/zoneinfo: tzdata's copy
