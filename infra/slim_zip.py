@@ -80,6 +80,11 @@ UNUSED: dict[str, str] = {
     "vsanapiutils.py": "pyvmomi's vSAN helpers, unused",
     "vsanmgmtObjects.py": "pyvmomi's vSAN types, unused",
     "pyVim/": "pyvmomi's connection helpers: the vSphere provider builds its own SoapStubAdapter",
+    **{f"dns/{name}": "dnspython's zones, DNSSEC, async resolver and QUIC: the DNS plugins (chalicelib/dns) send "
+       "updates and queries synchronously over UDP and TCP, which import none of these"
+       for name in ("zone.py", "zonefile.py", "zonetypes.py", "versioned.py", "btree.py", "btreezone.py", "dnssec.py",
+                    "dnssecalgs/", "asyncresolver.py", "_asyncio_backend.py", "_trio_backend.py", "quic/_asyncio.py",
+                    "quic/_common.py", "quic/_sync.py", "quic/_trio.py", "win32util.py", "e164.py", "grange.py")},
     **{f"tzdata/zoneinfo/{name}": "the zone database's text forms and tables: zoneinfo reads the compiled zone "
        "files only (and tzdata/zones for available_timezones)"
        for name in ("tzdata.zi", "iso3166.tab", "zone.tab", "zone1970.tab", "zonenow.tab", "leapseconds")},

@@ -99,6 +99,15 @@ def main(vsphere_pool: str | None = None, dummy_pool: str = "") -> dict[str, Any
             break
         found["later_passes"] = found.get("later_passes", []) + [reconcile(app, dummy_pool)]
 
+    # The config's dynamic-dns entry (a real BIND): an RFC 2136 update signed with TSIG, a look
+    # up and a delete through the trimmed dnspython.
+    plugin = services.dns_plugin_named("bind")
+    if plugin is not None:
+        plugin.create_or_replace("sandbox-vm", "10.0.0.7")
+        found["dns_published"] = plugin.addresses("sandbox-vm")
+        plugin.delete("sandbox-vm")
+        found["dns_after_delete"] = plugin.addresses("sandbox-vm")
+
     # Every function ran and loaded the config (canonical JSON): neither YAML nor pydantic.
     found["config_libraries_loaded"] = sorted(name for name in CONFIG_LIBRARIES if name in sys.modules)
     import chalicelib

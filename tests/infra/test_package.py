@@ -23,6 +23,7 @@ from infra import lambda_sandbox, sync_config
 from infra.sync_config import RESOURCE_FREE_ACTIONS, STAGES
 from infra.template import function_logical_id
 from local.redis_server import RedisServer
+from tests.dns.bind import BindServer
 from tools.vcsim import launcher
 
 FUNCTIONS_SCRIPT = Path(__file__).with_name("packaged_functions.py")
@@ -406,11 +407,12 @@ def sqs_endpoint() -> Iterator[str]:
 
 def test_each_packaged_function_runs_from_the_slimmed_zip(sandbox: lambda_sandbox.Sandbox, redis_server: RedisServer,
                                                           vcsim_url: tuple[str, Path], sqs_endpoint: str,
-                                                          tmp_path: Path) -> None:
+                                                          bind: BindServer, tmp_path: Path) -> None:
     """Nothing the code imports was slimmed away: in the sandbox, the API answers (a body that is
     not base64 with a 400), the tick queues every pool, the consumer's passes clone on vSphere
     (vcsim, through the trimmed pyVmomi) and on the dummy provider (a poison message in their
-    batch dropped alone), a checkout succeeds, and every module of the app imports."""
+    batch dropped alone), a checkout succeeds, a dynamic-dns entry publishes, finds and deletes a
+    record on a real BIND (through the trimmed dnspython), and every module of the app imports."""
     url, cert = vcsim_url
     aws = {"AWS_ENDPOINT_URL": sqs_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
     sqs = boto3.client("sqs", region_name="us-east-1", endpoint_url=sqs_endpoint, aws_access_key_id="test",
@@ -423,6 +425,7 @@ def test_each_packaged_function_runs_from_the_slimmed_zip(sandbox: lambda_sandbo
                                   "username": launcher.USERNAME, "password": launcher.PASSWORD,
                                   "ca_bundle": str(cert), "connect_timeout": 2, "call_timeout": 10},
                       "dummy": {"createvm_max_time": 0, "boot_time": 0}},
+        "dns_configs": {"bind": bind.dns_config()},
         "pools": [{"name": "vs", "size": 1, "provider": "vsphere", "template": launcher.TEMPLATE,
                    "folder": "vmpool/vs"},
                   {"name": "dm", "size": 1, "provider": "dummy"}]}))
@@ -439,6 +442,7 @@ def test_each_packaged_function_runs_from_the_slimmed_zip(sandbox: lambda_sandbo
     assert found["reconcile"] == {"batchItemFailures": []}
     assert len(found["vsphere_vms"]) == 1 and found["pools"]["vs"]["pending"] + found["pools"]["vs"]["ready"] == 1
     assert found["checkout_status"] == 200
+    assert (found["dns_published"], found["dns_after_delete"]) == (["10.0.0.7"], [])
     assert found["module_import_failures"] == {}
     # Refused before it is parsed: the zip carries neither PyYAML nor pydantic (before, PyYAML's
     # 0.24 MB only ever parsed a config that the missing pydantic then refused).
