@@ -9,16 +9,18 @@ What leaves the zip, and why (issue 14: 22.0 MB as Chalice builds it):
   ``tests/infra/test_package.py`` unpacks the slimmed zip and, in a fresh interpreter that sees
   nothing else, imports every module of the app and runs each function's handler, so a part
   that is in use cannot silently go.
-- **pydantic** (``VALIDATION_ONLY``): the config is validated where it is accepted; the packaged
-  config file is validated here and replaced by its canonical JSON (``canonical_config``), which
-  the Lambdas build without pydantic or yaml. A YAML config reaching a Lambda (VMPOOL_CONFIG, or
-  an object put in the config bucket by hand) is refused with a message naming config-push.
-- **What only tools read**: type stubs (``*.pyi``, ``py.typed``, ``*-stubs``), a wheel's
+- **pydantic and PyYAML** (``VALIDATION_ONLY``): the config is read and validated where it is
+  accepted; the packaged config file is validated here and replaced by its canonical JSON
+  (``canonical_config``), which the Lambdas build without pydantic or yaml. A YAML config reaching
+  a Lambda (VMPOOL_CONFIG, or an object put in the config bucket by hand) is refused with a
+  message naming config-push.
+- **What only tools read**: C sources, type stubs (``*.pyi``, ``py.typed``, ``*-stubs``), a wheel's
   ``RECORD``/``WHEEL``/``INSTALLER``/``REQUESTED`` (``METADATA`` stays: redis asks
   ``importlib.metadata`` for its version; licences stay).
-- **Debug symbols of C extensions**: the manylinux wheels of PyYAML, hiredis and wrapt ship
-  their ``.so`` files unstripped (4.2 MB, 1.2 MB zipped); ``strip --strip-unneeded`` (binutils)
-  keeps the exported symbols Python loads them by and drops the rest (0.6 MB, 0.25 zipped). Without
+- **Debug symbols of C extensions**: the manylinux wheels of hiredis and wrapt (and PyYAML's,
+  before it left) ship their ``.so`` files unstripped (4.2 MB, 1.2 MB zipped, with PyYAML's);
+  ``strip --strip-unneeded`` (binutils) keeps the exported symbols Python loads them by and drops
+  the rest (0.6 MB, 0.25 zipped). Without
   ``strip`` on the PATH they stay as they are (with a warning).
 - **Library sources**: every module is compiled ahead for the runtime's Python, so a cold start
   never compiles (1.15-1.3 s of CPU for ``import app`` without bytecode). Libraries ship
