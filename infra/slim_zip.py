@@ -15,8 +15,8 @@ What leaves the zip, and why (issue 14: 22.0 MB as Chalice builds it):
   a Lambda (VMPOOL_CONFIG, or an object put in the config bucket by hand) is refused with a
   message naming config-push.
 - **What only tools read**: C sources, type stubs (``*.pyi``, ``py.typed``, ``*-stubs``), a wheel's
-  ``RECORD``/``WHEEL``/``INSTALLER``/``REQUESTED`` (``METADATA`` stays: redis asks
-  ``importlib.metadata`` for its version; licences stay).
+  ``RECORD``/``WHEEL``/``INSTALLER``/``REQUESTED``, and ``METADATA``'s long description (its
+  headers stay: redis asks ``importlib.metadata`` for its version; licences stay).
 - **Debug symbols of C extensions**: the manylinux wheels of hiredis and wrapt (and PyYAML's,
   before it left) ship their ``.so`` files unstripped (4.2 MB, 1.2 MB zipped, with PyYAML's);
   ``strip --strip-unneeded`` (binutils) keeps the exported symbols Python loads them by and drops
@@ -177,6 +177,17 @@ def canonical_config(tree: Path, member: str, source: Path | None = None) -> Non
     path.write_text(config_module.canonical_json(config))
 
 
+def trim_metadata(tree: Path) -> None:
+    """Each wheel's ``METADATA`` without its long description (the README after the headers):
+    ``importlib.metadata`` reads the headers (name, version, entry points' owner) and nothing
+    in the zip reads the description."""
+    for metadata in sorted(tree.glob("*.dist-info/METADATA")):
+        text = metadata.read_text(encoding="utf-8")
+        headers, blank, _description = text.partition("\n\n")
+        if blank:
+            metadata.write_text(headers + "\n", encoding="utf-8")
+
+
 def strip_extensions(tree: Path) -> None:
     """Drop the debug symbols of every C extension (``strip --strip-unneeded``)."""
     libraries = sorted(str(p) for p in tree.rglob("*.so*") if p.is_file())
@@ -202,6 +213,7 @@ def slim(path: Path, config_member: str | None = None, config_source: Path | Non
         if config_member:
             canonical_config(tree, config_member, config_source)
         compile_tree(tree)
+        trim_metadata(tree)
         strip_extensions(tree)
         slimmed = Path(scratch) / "deployment.zip"
         with zipfile.ZipFile(slimmed, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:

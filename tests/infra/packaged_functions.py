@@ -129,6 +129,11 @@ def main(vsphere_pool: str | None = None, dummy_pool: str = "") -> dict[str, Any
     import redis.utils
 
     found["c_extensions"] = {"hiredis": bool(redis.utils.HIREDIS_AVAILABLE)}
+    import importlib.metadata
+
+    # The wheels' METADATA keep their headers only: what importlib.metadata reads.
+    found["versions"] = {name: importlib.metadata.version(name) for name in ("redis", "aws-lambda-powertools")}
+    found["redis_version"] = redis.__version__
     import zoneinfo
 
     zoneinfo.reset_tzpath(to=[])  # as on Lambda, whose image has no /usr/share/zoneinfo: tzdata's copy

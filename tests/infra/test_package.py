@@ -448,6 +448,7 @@ def test_each_packaged_function_runs_from_the_slimmed_zip(sandbox: lambda_sandbo
     # 0.24 MB only ever parsed a config that the missing pydantic then refused).
     assert "no PyYAML" in found["yaml_config"] and "make config-push" in found["yaml_config"]
     assert found["c_extensions"] == {"hiredis": True}  # stripped, it still loads
+    assert found["versions"]["redis"] == found["redis_version"] and found["versions"]["aws-lambda-powertools"]
     assert found["time_zone"] == "America/Argentina/Buenos_Aires"  # from tzdata, sourceless
 
 
