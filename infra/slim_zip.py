@@ -9,16 +9,18 @@ What leaves the zip, and why (issue 14: 22.0 MB as Chalice builds it):
   ``tests/infra/test_package.py`` unpacks the slimmed zip and, in a fresh interpreter that sees
   nothing else, imports every module of the app and runs each function's handler, so a part
   that is in use cannot silently go.
-- **pydantic** (``VALIDATION_ONLY``): the config is validated where it is accepted; the packaged
-  config file is validated here and replaced by its canonical JSON (``canonical_config``), which
-  the Lambdas build without pydantic or yaml. A YAML config reaching a Lambda (VMPOOL_CONFIG, or
-  an object put in the config bucket by hand) is refused with a message naming config-push.
-- **What only tools read**: type stubs (``*.pyi``, ``py.typed``, ``*-stubs``), a wheel's
-  ``RECORD``/``WHEEL``/``INSTALLER``/``REQUESTED`` (``METADATA`` stays: redis asks
-  ``importlib.metadata`` for its version; licences stay).
-- **Debug symbols of C extensions**: the manylinux wheels of PyYAML, hiredis and wrapt ship
-  their ``.so`` files unstripped (4.2 MB, 1.2 MB zipped); ``strip --strip-unneeded`` (binutils)
-  keeps the exported symbols Python loads them by and drops the rest (0.6 MB, 0.25 zipped). Without
+- **pydantic and PyYAML** (``VALIDATION_ONLY``): the config is read and validated where it is
+  accepted; the packaged config file is validated here and replaced by its canonical JSON
+  (``canonical_config``), which the Lambdas build without pydantic or yaml. A YAML config reaching
+  a Lambda (VMPOOL_CONFIG, or an object put in the config bucket by hand) is refused with a
+  message naming config-push.
+- **What only tools read**: C sources, type stubs (``*.pyi``, ``py.typed``, ``*-stubs``), a wheel's
+  ``RECORD``/``WHEEL``/``INSTALLER``/``REQUESTED``, and ``METADATA``'s long description (its
+  headers stay: redis asks ``importlib.metadata`` for its version; licences stay).
+- **Debug symbols of C extensions**: the manylinux wheels of hiredis and wrapt (and PyYAML's,
+  before it left) ship their ``.so`` files unstripped (4.2 MB, 1.2 MB zipped, with PyYAML's);
+  ``strip --strip-unneeded`` (binutils) keeps the exported symbols Python loads them by and drops
+  the rest (0.6 MB, 0.25 zipped). Without
   ``strip`` on the PATH they stay as they are (with a warning).
 - **Library sources**: every module is compiled ahead for the runtime's Python, so a cold start
   never compiles (1.15-1.3 s of CPU for ``import app`` without bytecode). Libraries ship
@@ -45,10 +47,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-VALIDATION_ONLY = ("pydantic", "pydantic_core", "annotated_types", "typing_inspection")
-"""pydantic and what only it uses: the config is validated where it is accepted (packaging, just
-below, and ``make config-push``), and the Lambdas build it from its canonical JSON without
-pydantic (chalicelib/config.py). 2.5 MB zipped, which the 5 MB zip could not hold."""
+VALIDATION_ONLY = ("pydantic", "pydantic_core", "annotated_types", "typing_inspection", "yaml", "_yaml", "PyYAML",
+                   "pyyaml")
+"""pydantic, PyYAML and what only they use: the config is read and validated where it is accepted
+(packaging, just below, and ``make config-push``), and the Lambdas build it from its canonical
+JSON without either (chalicelib/config.py). pydantic is 2.5 MB zipped, which the 5 MB zip could
+not hold; PyYAML 0.24 MB (libyaml's loader 0.15 of it), which only ever parsed a YAML config that
+the missing pydantic then refused: a Lambda refuses it before parsing now, with the same advice."""
 
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath", "urllib3", "dateutil", "python_dateutil", "six")
 """Top-level modules and distributions the Lambda Python runtime already has (the AWS SDK)."""
@@ -77,6 +82,19 @@ UNUSED: dict[str, str] = {
     "vsanapiutils.py": "pyvmomi's vSAN helpers, unused",
     "vsanmgmtObjects.py": "pyvmomi's vSAN types, unused",
     "pyVim/": "pyvmomi's connection helpers: the vSphere provider builds its own SoapStubAdapter",
+    **{f"dns/{name}": "dnspython's zones, DNSSEC, async resolver and QUIC: the DNS plugins (chalicelib/dns) send "
+       "updates and queries synchronously over UDP and TCP, which import none of these"
+       for name in ("zone.py", "zonefile.py", "zonetypes.py", "versioned.py", "btree.py", "btreezone.py", "dnssec.py",
+                    "dnssecalgs/", "asyncresolver.py", "_asyncio_backend.py", "_trio_backend.py", "quic/_asyncio.py",
+                    "quic/_common.py", "quic/_sync.py", "quic/_trio.py", "win32util.py", "e164.py", "grange.py")},
+    **{f"tzdata/zoneinfo/{name}": "the zone database's text forms and tables: zoneinfo reads the compiled zone "
+       "files only (and tzdata/zones for available_timezones)"
+       for name in ("tzdata.zi", "iso3166.tab", "zone.tab", "zone1970.tab", "zonenow.tab", "leapseconds")},
+    **{f"aws_xray_sdk/ext/{name}/": "X-Ray's patches of libraries neither the zip nor the runtime has: patch_all "
+       "imports each only to find its library missing, an ImportError it ignores either way"
+       for name in ("aiobotocore", "aiohttp", "bottle", "django", "flask", "flask_sqlalchemy", "httpx", "mysql",
+                    "pg8000", "psycopg", "psycopg2", "pymongo", "pymysql", "pynamodb", "requests", "sqlalchemy",
+                    "sqlalchemy_core")},
 }
 """Paths (a folder when ending in ``/``) of libraries' parts no code path of vmpool imports."""
 
@@ -98,6 +116,8 @@ def dropped(name: str) -> str | None:
     base = name.rsplit("/", 1)[-1]
     if name.endswith((".pyi", "/py.typed")) or top.endswith("-stubs"):
         return "type stubs"
+    if name.endswith((".c", ".h")):
+        return "C sources (their extensions are built)"
     if top.endswith(".dist-info") and base in WHEEL_BOOKKEEPING:
         return "wheel bookkeeping"
     if name.endswith(".pyc"):
@@ -157,6 +177,17 @@ def canonical_config(tree: Path, member: str, source: Path | None = None) -> Non
     path.write_text(config_module.canonical_json(config))
 
 
+def trim_metadata(tree: Path) -> None:
+    """Each wheel's ``METADATA`` without its long description (the README after the headers):
+    ``importlib.metadata`` reads the headers (name, version, entry points' owner) and nothing
+    in the zip reads the description."""
+    for metadata in sorted(tree.glob("*.dist-info/METADATA")):
+        text = metadata.read_text(encoding="utf-8")
+        headers, blank, _description = text.partition("\n\n")
+        if blank:
+            metadata.write_text(headers + "\n", encoding="utf-8")
+
+
 def strip_extensions(tree: Path) -> None:
     """Drop the debug symbols of every C extension (``strip --strip-unneeded``)."""
     libraries = sorted(str(p) for p in tree.rglob("*.so*") if p.is_file())
@@ -182,6 +213,7 @@ def slim(path: Path, config_member: str | None = None, config_source: Path | Non
         if config_member:
             canonical_config(tree, config_member, config_source)
         compile_tree(tree)
+        trim_metadata(tree)
         strip_extensions(tree)
         slimmed = Path(scratch) / "deployment.zip"
         with zipfile.ZipFile(slimmed, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:

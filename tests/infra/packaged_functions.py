@@ -99,6 +99,15 @@ def main(vsphere_pool: str | None = None, dummy_pool: str = "") -> dict[str, Any
             break
         found["later_passes"] = found.get("later_passes", []) + [reconcile(app, dummy_pool)]
 
+    # The config's dynamic-dns entry (a real BIND): an RFC 2136 update signed with TSIG, a look
+    # up and a delete through the trimmed dnspython.
+    plugin = services.dns_plugin_named("bind")
+    if plugin is not None:
+        plugin.create_or_replace("sandbox-vm", "10.0.0.7")
+        found["dns_published"] = plugin.addresses("sandbox-vm")
+        plugin.delete("sandbox-vm")
+        found["dns_after_delete"] = plugin.addresses("sandbox-vm")
+
     # Every function ran and loaded the config (canonical JSON): neither YAML nor pydantic.
     found["config_libraries_loaded"] = sorted(name for name in CONFIG_LIBRARIES if name in sys.modules)
     import chalicelib
@@ -118,9 +127,13 @@ def main(vsphere_pool: str | None = None, dummy_pool: str = "") -> dict[str, Any
     except ConfigError as error:
         found["yaml_config"] = str(error)
     import redis.utils
-    import yaml
 
-    found["c_extensions"] = {"libyaml": bool(yaml.__with_libyaml__), "hiredis": bool(redis.utils.HIREDIS_AVAILABLE)}
+    found["c_extensions"] = {"hiredis": bool(redis.utils.HIREDIS_AVAILABLE)}
+    import importlib.metadata
+
+    # The wheels' METADATA keep their headers only: what importlib.metadata reads.
+    found["versions"] = {name: importlib.metadata.version(name) for name in ("redis", "aws-lambda-powertools")}
+    found["redis_version"] = redis.__version__
     import zoneinfo
 
     zoneinfo.reset_tzpath(to=[])  # as on Lambda, whose image has no /usr/share/zoneinfo: tzdata's copy

@@ -23,6 +23,7 @@ from infra import lambda_sandbox, sync_config
 from infra.sync_config import RESOURCE_FREE_ACTIONS, STAGES
 from infra.template import function_logical_id
 from local.redis_server import RedisServer
+from tests.dns.bind import BindServer
 from tools.vcsim import launcher
 
 FUNCTIONS_SCRIPT = Path(__file__).with_name("packaged_functions.py")
@@ -331,8 +332,8 @@ def test_the_packaged_config_is_the_canonical_json_of_the_validated_yaml(package
     assert packaged["vmpool_config_format"] == 1
     assert from_canonical(packaged) == parse((ROOT / member).read_text())
     names = package.zip.namelist()
-    assert not [n for n in names if n.split("/")[0].split("-")[0] in ("pydantic", "pydantic_core",
-                                                                      "annotated_types", "typing_inspection")]
+    assert not [n for n in names if n.split("/")[0].split("-")[0].removesuffix(".py").lower() in (
+        "pydantic", "pydantic_core", "annotated_types", "typing_inspection", "yaml", "_yaml", "pyyaml")]
     assert any(n.startswith("aws_lambda_powertools/") for n in names)  # in the zip: no layer needed
 
 
@@ -350,7 +351,7 @@ def test_deployment_zip_leaves_the_sdk_to_the_runtime_and_ships_bytecode(package
         cached = f"{directory + '/' if directory else ''}__pycache__/{name}.{tag}.pyc"
         assert f"{module}.py" in names and cached in names, module
     # Libraries: bytecode only, no stubs.
-    assert {"redis/client.pyc", "pyVmomi/VmomiSupport.pyc", "yaml/__init__.pyc"} <= names
+    assert {"redis/client.pyc", "pyVmomi/VmomiSupport.pyc", "ldap3/__init__.pyc"} <= names
     assert not [n for n in names if n.endswith((".py", ".pyi")) and not n.startswith(("app.py", "chalicelib/"))]
     assert package.template_path.with_name("deployment.zip").stat().st_size < 5_000_000  # was 21.6 MB
 
@@ -406,11 +407,12 @@ def sqs_endpoint() -> Iterator[str]:
 
 def test_each_packaged_function_runs_from_the_slimmed_zip(sandbox: lambda_sandbox.Sandbox, redis_server: RedisServer,
                                                           vcsim_url: tuple[str, Path], sqs_endpoint: str,
-                                                          tmp_path: Path) -> None:
+                                                          bind: BindServer, tmp_path: Path) -> None:
     """Nothing the code imports was slimmed away: in the sandbox, the API answers (a body that is
     not base64 with a 400), the tick queues every pool, the consumer's passes clone on vSphere
     (vcsim, through the trimmed pyVmomi) and on the dummy provider (a poison message in their
-    batch dropped alone), a checkout succeeds, and every module of the app imports."""
+    batch dropped alone), a checkout succeeds, a dynamic-dns entry publishes, finds and deletes a
+    record on a real BIND (through the trimmed dnspython), and every module of the app imports."""
     url, cert = vcsim_url
     aws = {"AWS_ENDPOINT_URL": sqs_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
     sqs = boto3.client("sqs", region_name="us-east-1", endpoint_url=sqs_endpoint, aws_access_key_id="test",
@@ -423,6 +425,7 @@ def test_each_packaged_function_runs_from_the_slimmed_zip(sandbox: lambda_sandbo
                                   "username": launcher.USERNAME, "password": launcher.PASSWORD,
                                   "ca_bundle": str(cert), "connect_timeout": 2, "call_timeout": 10},
                       "dummy": {"createvm_max_time": 0, "boot_time": 0}},
+        "dns_configs": {"bind": bind.dns_config()},
         "pools": [{"name": "vs", "size": 1, "provider": "vsphere", "template": launcher.TEMPLATE,
                    "folder": "vmpool/vs"},
                   {"name": "dm", "size": 1, "provider": "dummy"}]}))
@@ -439,9 +442,13 @@ def test_each_packaged_function_runs_from_the_slimmed_zip(sandbox: lambda_sandbo
     assert found["reconcile"] == {"batchItemFailures": []}
     assert len(found["vsphere_vms"]) == 1 and found["pools"]["vs"]["pending"] + found["pools"]["vs"]["ready"] == 1
     assert found["checkout_status"] == 200
+    assert (found["dns_published"], found["dns_after_delete"]) == (["10.0.0.7"], [])
     assert found["module_import_failures"] == {}
-    assert "make config-push" in found["yaml_config"] and "pydantic" in found["yaml_config"]
-    assert found["c_extensions"] == {"libyaml": True, "hiredis": True}  # stripped, they still load
+    # Refused before it is parsed: the zip carries neither PyYAML nor pydantic (before, PyYAML's
+    # 0.24 MB only ever parsed a config that the missing pydantic then refused).
+    assert "no PyYAML" in found["yaml_config"] and "make config-push" in found["yaml_config"]
+    assert found["c_extensions"] == {"hiredis": True}  # stripped, it still loads
+    assert found["versions"]["redis"] == found["redis_version"] and found["versions"]["aws-lambda-powertools"]
     assert found["time_zone"] == "America/Argentina/Buenos_Aires"  # from tzdata, sourceless
 
 
