@@ -1,7 +1,7 @@
 """Where the running service reads its config: S3 in AWS, the packaged file otherwise.
 
 Pools change without a code deploy: ``make config-push`` validates the YAML (``config.parse``) and
-writes the canonical JSON of the validated config to ``s3://<VMPOOL_CONFIG_BUCKET>/<VMPOOL_CONFIG_KEY>``,
+writes the canonical JSON of the validated config to ``s3://<VMPOOL_CONFIG_BUCKET>/config/vmpool.yaml``,
 which a function builds without pydantic or yaml (``config.from_canonical``). A YAML object put
 there by hand is still accepted: it is validated here, on the slow path (pydantic and PyYAML
 imported on that first use, logged), or refused with a log line where the package carries no
@@ -50,8 +50,10 @@ CONFIG_WATCH_ENV = "VMPOOL_CONFIG_WATCH"
 (VMPOOL_CONFIG_FILE) when it changes, at most every LOCAL_REFRESH_SECONDS, as the Lambdas refresh
 from S3."""
 LOCAL_REFRESH_SECONDS = 2.0
-CONFIG_KEY_ENV = "VMPOOL_CONFIG_KEY"
 DEFAULT_CONFIG_KEY = "config/vmpool.yaml"
+"""The config object's key, the one config-push writes and every function reads (their roles may
+read ``config/*`` only). Not a setting: a ``VMPOOL_CONFIG_KEY`` the functions read once moved
+them to an object config-push never wrote, and no push reached them."""
 REFRESH_SECONDS = 30.0
 
 
@@ -316,5 +318,5 @@ def from_environment(initial: Config, clock: Clock, environ: Mapping[str, str],
                             initial_digest=initial_digest)
     if not bucket:
         return None
-    return ConfigSource(initial, S3Fetch(bucket, environ.get(CONFIG_KEY_ENV) or DEFAULT_CONFIG_KEY), clock,
+    return ConfigSource(initial, S3Fetch(bucket, DEFAULT_CONFIG_KEY), clock,
                         initial_digest=initial_digest)

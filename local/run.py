@@ -456,6 +456,31 @@ def _thread_count(text: str) -> int:
     return count
 
 
+WORKERS_PER_CORE = 4
+"""HTTP worker processes per core at most. One per core serves the most cycles/s (more measured
+fewer: docs/performance.md, "The local HTTP front"); each is a process of ~40 MB with its own
+copy of the app and ``--threads`` Redis connections. Before, any number was started:
+``WORKERS=100000`` forked until the system refused one, and 0 or less was taken for 1."""
+
+
+def most_workers(cores: int | None = None) -> int:
+    """The most HTTP workers this machine is given: ``WORKERS_PER_CORE`` a core."""
+    return WORKERS_PER_CORE * max(cores if cores is not None else os.cpu_count() or 1, 1)
+
+
+def _worker_count(text: str) -> int:
+    """HTTP worker processes, 1 to ``most_workers()``."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    most = most_workers()
+    if not 1 <= count <= most:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a number of workers (1 to {most}: {WORKERS_PER_CORE} a core)")
+    return count
+
+
 def _positive_seconds(text: str) -> float:
     """Seconds between ticks: 0 or less would tick in a busy loop."""
     try:
@@ -473,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     # One worker per core, each running 4 event loops on their own threads (their Redis waits
     # overlap): more workers measured fewer cycles/s here, 2 loops fewer, 6 or 8 no more
     # (docs/performance.md, "The local HTTP front").
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", os.cpu_count() or 1)))
+    parser.add_argument("--workers", type=_worker_count, default=os.environ.get("WORKERS", str(os.cpu_count() or 1)),
+                        help=f"HTTP worker processes (1 to {WORKERS_PER_CORE} a core)")
     parser.add_argument("--threads", type=_thread_count, default=os.environ.get("THREADS", "4"),
                         help=f"event loops (threads) per worker, each serving one request at a time "
                              f"(1 to {MAX_THREADS})")
@@ -531,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     front: BaseProcess | None = None
     port_claim: socket.socket | None = None
     http_port_hold = PortHold()
-    workers = max(args.workers, 1)
+    workers: int = args.workers
     scheduler = None
     stop = StopRequests(signal.SIGTERM)
     # Python leaves SIGINT ignored when it starts with it ignored (a background job of a script,
@@ -565,7 +591,8 @@ def main(argv: list[str] | None = None) -> int:
         scheduler = LocalScheduler(chalice_app.services(), interval_seconds=args.interval)
         scheduler.start()
         pools = ", ".join(chalice_app.CONFIG.pool_names)
-        print(f"vmpool: serving http://127.0.0.1:{args.port}/api/v3 with {workers} workers; "
+        plural = "" if workers == 1 else "s"
+        print(f"vmpool: serving http://127.0.0.1:{args.port}/api/v3 with {workers} worker{plural}; "
               f"redis on port {redis_server.port}; pools: {pools}. Ctrl-C stops.", flush=True)
         while not stop.wait(0.5):
             front_watch.note_workers()

@@ -94,7 +94,6 @@ NAME = re.compile(r"\bVMPOOL_[A-Z0-9_]*[A-Z0-9]\b")
 
 WIRING = {
     "VMPOOL_CONFIG_BUCKET": "the stack's config bucket (infra/template.py sets it)",
-    "VMPOOL_CONFIG_KEY": "the object config-push writes (it writes only the default key)",
     "VMPOOL_CONFIG_WATCH": "set by local/run.py for the processes it starts",
     "VMPOOL_RECONCILE_QUEUE_NAME": "the stage's queue (infra/sync_config.py sets it)",
     "VMPOOL_RECONCILE_QUEUE_URL": "the stack's queue (infra/template.py sets it)",
@@ -127,7 +126,7 @@ def test_every_environment_variable_the_docs_name_is_read() -> None:
 
 def test_the_wiring_variables_are_set_by_our_own_stack() -> None:
     setters = _names([*sorted((ROOT / "infra").rglob("*.py")), ROOT / "local" / "run.py"])
-    assert set(WIRING) - {"VMPOOL_CONFIG_KEY"} <= setters
+    assert set(WIRING) <= setters
     assert set(WIRING) <= _read_by_the_service()
 
 

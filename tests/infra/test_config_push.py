@@ -22,7 +22,7 @@ from moto import mock_aws
 import app
 from chalicelib.clock import FakeClock
 from chalicelib.config import MAX_CONFIG_CHARACTERS, canonical_json, from_canonical, parse
-from chalicelib.config_source import DEFAULT_CONFIG_KEY, REFRESH_SECONDS, ConfigSource, S3Fetch
+from chalicelib.config_source import DEFAULT_CONFIG_KEY, REFRESH_SECONDS, ConfigSource, S3Fetch, from_environment
 from chalicelib.manager.dispatch import Ticker, newest_config
 from chalicelib.services import Services
 from infra import config_push, sync_config
@@ -97,6 +97,20 @@ def test_config_push_reads_the_extra_config_files_beside_the_config_wherever_it_
     assert code == 0, capsys.readouterr().err
     pushed = from_canonical(json.loads(s3.get_object(Bucket=BUCKET, Key=DEFAULT_CONFIG_KEY)["Body"].read()))
     assert pushed.pool_names == ("debian", "fedora")
+
+
+
+def test_the_functions_read_the_object_config_push_writes_whatever_their_environment(
+        s3: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The functions read the object named by ``VMPOOL_CONFIG_KEY`` when set, but config-push
+    always wrote ``config/vmpool.yaml``: an operator who set it pushed configs that never
+    reached a function. One key, no setting."""
+    code, output = push_file(tmp_path, PUSHED, capsys)
+    assert code == 0, output
+    source = from_environment(parse(PACKAGED), FakeClock(), {"VMPOOL_CONFIG_BUCKET": BUCKET,
+                                                             "VMPOOL_CONFIG_KEY": "config/other.yaml"})
+    assert source is not None
+    assert source.current().pool_names == ("debian", "fedora")
 
 
 SECRETS = """\

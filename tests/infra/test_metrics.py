@@ -219,26 +219,53 @@ def test_a_checkout_miss_is_counted_for_its_pool(redis_client: redis.Redis, cloc
 
 
 
-def test_a_checkout_miss_by_alias_is_counted_for_the_pools_it_names(redis_client: redis.Redis, clock: FakeClock,
-                                                                    capsys: pytest.CaptureFixture[str],
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ``pool`` dimension of a miss was the name the caller asked for: an alias (``any``)
-    graphed as a pool of its own, naming no pool to grow. Each pool it names is counted once,
-    also when the request named it too."""
+def _checkout_miss_output(config: str, body: bytes, redis_client: redis.Redis, clock: FakeClock,
+                          capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """What the API prints (log lines and EMF documents) for a POST /vm of ``body`` that misses."""
     import app
     from local.gateway import Gateway
 
-    config = CONFIG.replace("{name: alpha, size: 2,", "{name: alpha, size: 2, alias: [any],").replace(
-        "{name: broken, size: 1,", "{name: broken, size: 1, alias: [any],")
     services = Services(parse(config), redis_client, clock=clock, prefix="vmpool:")
     monkeypatch.setattr(app, "_services", services)
     monkeypatch.setattr(app, "_config", None)
-    status, _, _ = Gateway(app.app)("POST", "/api/v3/vm", {}, b'{"any": 1, "alpha": 1}', "127.0.0.1")
+    capsys.readouterr()
+    status, _, _ = Gateway(app.app)("POST", "/api/v3/vm", {}, body, "127.0.0.1")
     assert status == 503
-    documents = emf_documents(capsys.readouterr().out)
+    return capsys.readouterr().out
+
+
+def test_a_checkout_miss_is_counted_per_pool_only_for_a_pool_asked_for(
+        redis_client: redis.Redis, clock: FakeClock, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``pool`` dimension of a miss was once the name asked for: an alias (``any``) graphed
+    as a pool of its own. Then each pool of the alias was counted, a document per pool. A name
+    that is a pool is counted for it; an alias only service-wide."""
+    config = CONFIG.replace("{name: alpha, size: 2,", "{name: alpha, size: 2, alias: [any],").replace(
+        "{name: broken, size: 1,", "{name: broken, size: 1, alias: [any],")
+    documents = emf_documents(_checkout_miss_output(config, b'{"any": 1, "alpha": 1}', redis_client, clock,
+                                                    capsys, monkeypatch))
     missed = [document["pool"] for document in documents
               if m.CHECKOUT_MISSES in document and "pool" in document["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]]
-    assert sorted(missed) == ["alpha", "broken"]
+    assert missed == ["alpha"]
+    assert emitted(documents)[(m.CHECKOUT_MISSES, ("service",))] == [1.0]
+
+
+def test_the_log_bytes_of_a_missed_checkout_do_not_grow_with_its_aliass_pools(
+        redis_client: redis.Redis, clock: FakeClock, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 503 of an alias wrote one EMF document per pool the alias names: ~300 KB of logs per
+    request for an alias of 1,000 pools, which any caller could repeat (log ingestion is billed
+    per byte). One pool or 1,000 (names of the same length), the 503 prints the same bytes."""
+    def config(pools: int) -> str:
+        lines = "".join(f"  - {{name: p{index:04d}, size: 1, provider: dummy, alias: [many]}}\n"
+                        for index in range(pools))
+        return CONFIG.split("pools:\n")[0] + "pools:\n" + lines
+
+    sizes = [len(_checkout_miss_output(config(pools), b'{"many": 1}', redis_client, clock, capsys, monkeypatch))
+             for pools in (1, 1000)]
+    assert sizes[0] > 0
+    assert sizes[1] - sizes[0] < 200, sizes  # a timestamp's or request id's width, not a document per pool
+
 
 # --- the deployed dashboard and alarms read what the code emits -------------------------------
 

@@ -314,6 +314,20 @@ def test_redis_is_encrypted_authenticated_and_fails_over(package: Package) -> No
     assert params["maxmemory-policy"] == "noeviction"
 
 
+
+def test_a_deployed_stage_keeps_the_default_key_prefix_on_a_redis_without_cluster_mode(package: Package) -> None:
+    """The README advised the ``{vmpool}:`` prefix (VMPOOL_KEY_PREFIX) for a clustered Redis,
+    which no deploy setting could give the functions. The stack's Redis has cluster mode off and
+    the client speaks to one primary: no function is given a prefix, and the README says so."""
+    assert "NumNodeGroups" not in package.resources["Redis"]["Properties"]
+    for name, function in functions(package).items():
+        assert "VMPOOL_KEY_PREFIX" not in environment(package, function), name
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())["stages"][package.stage]
+    assert "VMPOOL_KEY_PREFIX" not in config["environment_variables"]
+    readme = re.sub(r"\s+", " ", (ROOT / "README.md").read_text(encoding="utf-8"))
+    assert "a deployed stage uses the default prefix `vmpool:` and `make deploy` has no setting for it" in readme
+
+
 def test_deployment_zip_holds_the_app_and_its_config(package: Package) -> None:
     names = set(package.zip.namelist())
     assert {"app.py", "chalicelib/vmpool.yaml", "chalicelib/observability.py"} <= names

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 import pytest
 import redis
 
+from local.run import most_workers
 from tests.local.stack import (
     REPO_ROOT,
     RunningStack,
@@ -727,6 +728,11 @@ def test_a_key_written_twice_with_one_value_starts_with_a_warning_at_start_and_i
     (["--interval", "0"], "--interval: 0 is not a positive number"),  # a tick loop that never waits
     (["--threads", "100000"], "--threads: 100000 is not a number of threads (1 to 32)"),  # was started
     (["--threads", "0"], "--threads: 0 is not a number of threads"),
+    # was started: 100,000 forks, until the system refused one
+    (["--workers", str(most_workers() + 1)],
+     f"--workers: {most_workers() + 1} is not a number of workers (1 to {most_workers()}: 4 a core)"),
+    (["--workers", "0"], "--workers: 0 is not a number of workers"),  # was taken for 1
+    (["--workers", "many"], "--workers: many is not a number of workers"),
 ])
 def test_bad_command_line_values_are_refused_before_anything_starts(tmp_path: Path, arguments: list[str],
                                                                     says: str) -> None:
@@ -741,3 +747,22 @@ def test_bad_command_line_values_are_refused_before_anything_starts(tmp_path: Pa
     assert run.returncode == 2, run
     assert says in run.stderr and "Traceback" not in run.stderr, run.stderr
     assert not (tmp_path / "state").exists()  # nothing started, nothing written
+
+
+def test_a_workers_setting_that_is_no_number_is_refused_without_a_traceback(tmp_path: Path) -> None:
+    """`make run WORKERS=two` was a ValueError traceback (the default was parsed before argparse)."""
+    config_file = tmp_path / "cli.yaml"
+    config_file.write_text(CONFIG)
+    command = stack_command(free_port(), 1, 30)
+    del command[command.index("--workers"):command.index("--workers") + 2]
+    run = subprocess.run(command, cwd=REPO_ROOT, env={**stack_env(config_file, tmp_path / "state"), "WORKERS": "two"},
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run
+    assert "--workers: two is not a number of workers" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_the_banner_says_worker_for_one_worker(tmp_path: Path) -> None:
+    """It said "with 1 workers"."""
+    with local_stack(tmp_path, CONFIG, workers=1) as stack:
+        wait_for(lambda: "/api/v3 with 1 worker; redis on port" in stack.log(), 20, "the banner", stack.log)
