@@ -225,11 +225,7 @@ class LoginLimiter:
         keys = self._script_keys(limits, attempt)
         undo = ("EVAL", self._settle.script, len(keys), *keys, *self._settle_args(limits, "refund", "undo"))
         with written_behind_a_lost_reply(undo):
-            answer = int(self._reserve(keys=keys,
-                                       args=[self.window_seconds, IN_FLIGHT_SECONDS, self.max_counters,
-                                             *(limit.limit for limit in limits),
-                                             *(limit.name for limit in limits),
-                                             *(limit.room_in_flight for limit in limits)]))
+            answer = int(self._reserve(keys=keys, args=self._reserve_args(limits)))
         if answer == 0:
             return None
         if answer < 0:
@@ -246,6 +242,11 @@ class LoginLimiter:
         if limits:
             self._settle(keys=self._script_keys(limits, attempt),
                          args=self._settle_args(limits, "failed" if succeeded is False else "refund", "answer"))
+
+    def _reserve_args(self, limits: list[_Limit]) -> list[Any]:
+        """lua/login_reserve.lua's ARGV."""
+        return [self.window_seconds, IN_FLIGHT_SECONDS, self.max_counters, *(limit.limit for limit in limits),
+                *(limit.name for limit in limits), *(limit.room_in_flight for limit in limits)]
 
     @staticmethod
     def _settle_args(limits: list[_Limit], mode: str, why: str) -> list[str]:
