@@ -274,7 +274,11 @@ class AuthConfig(SettingsModel):
 
     provider: Annotated[str, one_of("ldap", "dummy")]
     login_attempts_per_user: Int1 = 10
-    login_attempts_per_address: Int1 = 50
+    """Failed logins of one user name from one client address a window (auth/ratelimit.py)."""
+    login_attempts_per_user_all_addresses: Int1 = 100
+    """Failed logins of one user name from all addresses a window: one account guessed from many."""
+    login_attempts_per_address: Int1 = 500
+    """Failed logins of any names from one address a window: guessing across many accounts."""
     login_window_seconds: Int1 = 300
     max_login_counters: Int1 = 20000
     """User names (and, apart, addresses) whose failed logins are counted on their own at once;

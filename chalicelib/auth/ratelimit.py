@@ -1,18 +1,24 @@
-"""Failed-login limiter: counters in Redis per user and per client address, with expiry.
+"""Failed-login limiter: counters in Redis per (client address, user name), per user name and
+per client address, with expiry.
 
-Fixed windows: the first attempt starts a window of ``window_seconds``; past ``max_per_user``
-failures for a user name, or ``max_per_address`` from an address, logins are refused until the
-window ends (the API answers 429 with ``Retry-After``). A successful login gives its own attempt
+Fixed windows: the first attempt starts a window of ``window_seconds``. Past ``max_per_user``
+failures of a user name from one address, ``max_per_user_all_addresses`` of the name from
+anywhere, or ``max_per_address`` of any names from an address, logins are refused until the window
+ends (the API answers 429 with ``Retry-After``). The small limit is the pair's: one user's typos,
+or guesses at one account, lock out only that user from that address, not everyone behind the
+same NAT; the two ceilings are much higher: guessing across many names from one address, and one
+name from many addresses. A successful login gives its own attempt
 back and clears no failures: the user name's counter holds the failures of every spelling
 ``login_key`` merges (``jose`` and ``jos\u00e9``), and the holder of one such account must not reset the
 guesses at another's password by logging in between them.
 
 Each attempt is reserved before the directory is asked (``reserve``: check and count in one
-script): 40 wrong passwords sent at once reach LDAP only as often as the limit allows, not 40
+script): 40 wrong passwords sent at once reach LDAP only as often as the limits allow, not 40
 times. Each counter keeps a count of its attempts still in flight beside it, so a refusal says
 whether failures fill the limit (wait for the window to end) or attempts in flight do (they may
-all be right: try again in a second). ``settle`` records the answer: a failure stays counted; a
-success or an outage is given back.
+all be right: try again in a second). The pair's counter lets ``PAIR_ROOM_IN_FLIGHT`` attempts in
+flight past its limit (a CI farm's jobs logging in as one user at once), the ceilings none.
+``settle`` records the answer: a failure stays counted; a success or an outage is given back.
 
 User names are keyed by ``base.login_key``: NFKC-normalised, case-folded, without accents or
 characters RFC 4518 maps to nothing, coarser than directories match (a fullwidth ``\uff42ob`` binds
@@ -76,6 +82,18 @@ def address_prefix(address: str | None) -> str | None:
     return part
 
 
+def _pair_part(user: str, address: str | None) -> str:
+    """The (client address, user name) pair an attempt is counted on: both hashed together
+    (bounded key size; no address: one pair of all callers without one)."""
+    text = f"{address_key(address) or ''}\n{login_key(user)}"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+PAIR_ROOM_IN_FLIGHT = 64
+"""Attempts of one (address, user) pair that may wait for the directory at once past the pair's
+failure limit: correct logins sent together (CI jobs starting at once behind one NAT) all go ahead,
+bounded by the user's and the address's ceilings, which count their attempts in flight in full."""
+
 IN_FLIGHT_SECONDS = 120
 """How long a count of attempts in flight lives after the last one started: longer than any login
 takes (LDAP's timeouts, API Gateway's 29 s), so an attempt whose process died is forgotten."""
@@ -101,13 +119,15 @@ def shared_counter_of(part: str, counters: int) -> int:
 @dataclass(frozen=True)
 class _Limit:
     """One limit an attempt is counted under: its own counter, the one it shares past the
-    table's bound, its kind's table and its name there, and the limit."""
+    table's bound, its kind's table and its name there, the limit, and how many attempts in
+    flight may go past it."""
 
     own: str
     shared: str
     table: str
     name: str
     limit: int
+    room_in_flight: int = 0
 
 
 @dataclass(frozen=True)
@@ -125,15 +145,17 @@ class LoginLimiter:
         self,
         redis: Any,
         max_per_user: int = 10,
-        max_per_address: int = 50,
+        max_per_address: int = 500,
         window_seconds: int = 300,
         prefix: str = DEFAULT_PREFIX,
         max_counters: int = DEFAULT_MAX_COUNTERS,
+        max_per_user_all_addresses: int = 100,
     ) -> None:
-        if max_per_user < 1 or max_per_address < 1 or window_seconds < 1 or max_counters < 1:
+        if min(max_per_user, max_per_address, max_per_user_all_addresses, window_seconds, max_counters) < 1:
             raise ValueError("login limits, window and counters must be >= 1")
         self.redis = redis
         self.max_per_user = int(max_per_user)
+        self.max_per_user_all_addresses = int(max_per_user_all_addresses)
         self.max_per_address = int(max_per_address)
         self.window_seconds = int(window_seconds)
         self.max_counters = int(max_counters)
@@ -143,14 +165,15 @@ class LoginLimiter:
 
     @classmethod
     def from_config(cls, auth_config: "AuthConfig | None", redis: Any, prefix: str = DEFAULT_PREFIX) -> "LoginLimiter":
-        """From the ``:auth:`` section's login_attempts_per_user / _per_address / login_window_seconds
-        and max_login_counters (vmpooler's defaults without ``:auth:``)."""
+        """From the ``:auth:`` section's login_attempts_per_user / _per_user_all_addresses /
+        _per_address, login_window_seconds and max_login_counters (the defaults without ``:auth:``)."""
         if auth_config is None:
             return cls(redis, prefix=prefix)
         return cls(
             redis,
             max_per_user=auth_config.login_attempts_per_user,
             max_per_address=auth_config.login_attempts_per_address,
+            max_per_user_all_addresses=auth_config.login_attempts_per_user_all_addresses,
             window_seconds=auth_config.login_window_seconds,
             prefix=prefix,
             max_counters=auth_config.max_login_counters,
@@ -160,10 +183,14 @@ class LoginLimiter:
         """The limits an attempt by ``user`` from ``address`` counts under (none without either)."""
         limits = []
         if user is not None:
+            pair = _pair_part(user, address)
+            limits.append(_Limit(self.keys.login_pair(pair),
+                                 self.keys.login_pair_shared(shared_counter_of(pair, SHARED_LOGIN_COUNTERS)),
+                                 self.keys.login_pairs_counted, pair, self.max_per_user, PAIR_ROOM_IN_FLIGHT))
             part = _user_part(user)
             limits.append(_Limit(self.keys.login_user(part),
                                  self.keys.login_user_shared(shared_counter_of(part, SHARED_LOGIN_COUNTERS)),
-                                 self.keys.login_users_counted, part, self.max_per_user))
+                                 self.keys.login_users_counted, part, self.max_per_user_all_addresses))
         counted_as = address_key(address)
         if counted_as is not None:
             limits.append(_Limit(self.keys.login_address(counted_as),
@@ -198,10 +225,7 @@ class LoginLimiter:
         keys = self._script_keys(limits, attempt)
         undo = ("EVAL", self._settle.script, len(keys), *keys, *self._settle_args(limits, "refund", "undo"))
         with written_behind_a_lost_reply(undo):
-            answer = int(self._reserve(keys=keys,
-                                       args=[self.window_seconds, IN_FLIGHT_SECONDS, self.max_counters,
-                                             *(limit.limit for limit in limits),
-                                             *(limit.name for limit in limits)]))
+            answer = int(self._reserve(keys=keys, args=self._reserve_args(limits)))
         if answer == 0:
             return None
         if answer < 0:
@@ -218,6 +242,11 @@ class LoginLimiter:
         if limits:
             self._settle(keys=self._script_keys(limits, attempt),
                          args=self._settle_args(limits, "failed" if succeeded is False else "refund", "answer"))
+
+    def _reserve_args(self, limits: list[_Limit]) -> list[Any]:
+        """lua/login_reserve.lua's ARGV."""
+        return [self.window_seconds, IN_FLIGHT_SECONDS, self.max_counters, *(limit.limit for limit in limits),
+                *(limit.name for limit in limits), *(limit.room_in_flight for limit in limits)]
 
     @staticmethod
     def _settle_args(limits: list[_Limit], mode: str, why: str) -> list[str]:

@@ -137,11 +137,12 @@ family through these validators.
                                      expiring when no longer useful
     login:user:<hash>        string  failed logins (and attempts in flight) of a user name (login_key, hashed)
     login:addr:<address>     string  the same from a client address (IPv6: its /64)
-    login:<user|addr>:<..>:in_flight string  of those, the attempts still waiting for the directory
-    login:<user|addr>:counted zset   the names (addresses) counted on their own, by when their window
+    login:pair:<hash>        string  the same of one user name from one address (both hashed together)
+    login:<user|addr|pair>:<..>:in_flight string  of those, the attempts still waiting for the directory
+    login:<user|addr|pair>:counted zset the names (addresses, pairs) counted on their own, by when their window
                                      ends (ms, Redis's clock, which expires their counters): past config
                                      auth.max_login_counters, new ones share counters
-    login:<user|addr>:shared:<n> string failed logins (and attempts in flight) of those sharing counter n
+    login:<user|addr|pair>:shared:<n> string failed logins (and attempts in flight) of those sharing counter n
     login:attempt:<id>       string  an attempt counted and not yet answered: which counter of each limit
                                      counts it ("o" its own, "s" a shared one), so that its answer, or
                                      the undo written behind a reserve whose reply was lost, changes
@@ -459,6 +460,20 @@ class Keys:
 
     def login_address(self, address: str) -> str:
         return f"{self.prefix}login:addr:{address}"
+
+    def login_pair(self, pair_hash: str) -> str:
+        """Failed logins of one user name from one client address (``auth/ratelimit.py``)."""
+        return f"{self.prefix}login:pair:{pair_hash}"
+
+    def login_pair_shared(self, counter: int) -> str:
+        """One of the counters (address, user) pairs share once ``login_pairs_counted`` is full
+        (a pair's hash is hex: never ``shared``)."""
+        return f"{self.prefix}login:pair:shared:{counter}"
+
+    @property
+    def login_pairs_counted(self) -> str:
+        """The (address, user) pairs counted on their own (their hashes), by when their window ends."""
+        return f"{self.prefix}login:pair:counted"
 
     def login_user_shared(self, counter: int) -> str:
         """One of the counters user names share once ``login_users_counted`` is full (a name's

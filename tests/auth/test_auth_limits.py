@@ -22,6 +22,11 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+def per_user(limit: int) -> dict[str, int]:
+    """A user name's limit from one address and from all: tests of how a name is counted."""
+    return {"max_per_user": limit, "max_per_user_all_addresses": limit}
+
+
 def fail(limiter: LoginLimiter, user: str | None, address: str | None) -> None:
     """A failed login as the service counts it: the attempt reserved, then settled as failed."""
     attempt = new_attempt()
@@ -47,7 +52,7 @@ def counters(redis_client) -> list[str]:
 
 
 def test_per_user_limit(redis_client):
-    limiter = LoginLimiter(redis_client, max_per_user=3, max_per_address=100, window_seconds=60)
+    limiter = LoginLimiter(redis_client, **per_user(3), max_per_address=100, window_seconds=60)
     for _ in range(2):
         fail(limiter, "alice", "10.0.0.1")
         assert wait_for(limiter, "alice", "10.0.0.1") is None
@@ -74,7 +79,7 @@ def test_counters_always_expire_and_windows_are_fixed(redis_client):
     limiter = LoginLimiter(redis_client, max_per_user=5, max_per_address=5, window_seconds=100)
     fail(limiter, "alice", "10.0.0.1")
     keys = counters(redis_client)
-    assert len(keys) == 2
+    assert len(keys) == 3  # the (address, user) pair, the user, the address
     assert all(0 < redis_client.ttl(key) <= 100 for key in keys)
     assert all("alice" not in key for key in keys)  # the name is hashed
     for key in keys:
@@ -92,31 +97,35 @@ def test_window_end_lifts_the_limit(redis_client):
     assert wait_for(limiter, "alice", "10.0.0.1") == 60
     # Every counter ends with the window: Redis expires it then (here: deleted, not waited for).
     ended = counters(redis_client)
-    assert len(ended) == 2 and all(0 < redis_client.ttl(key) <= 60 for key in ended)
+    assert len(ended) == 3 and all(0 < redis_client.ttl(key) <= 60 for key in ended)
     redis_client.delete(*ended)
     assert wait_for(limiter, "alice", "10.0.0.1") is None
 
 
 def test_failures_are_counted_atomically_under_concurrency(redis_client):
-    limiter = LoginLimiter(redis_client, max_per_user=1000, max_per_address=1000, window_seconds=60)
+    limiter = LoginLimiter(redis_client, max_per_user=1000, max_per_address=1000, window_seconds=60,
+                           max_per_user_all_addresses=1000)
     threads = [threading.Thread(target=lambda: [fail(limiter, "alice", "10.0.0.1") for _ in range(25)])
                for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(int(redis_client.get(key)) for key in counters(redis_client)) == [200, 200]
+    assert sorted(int(redis_client.get(key)) for key in counters(redis_client)) == [200, 200, 200]
 
 
 def test_from_config(redis_client):
     auth = parse("auth: {provider: dummy, login_attempts_per_user: 4, login_attempts_per_address: 7, "
-                 "login_window_seconds: 30}\n").auth
+                 "login_attempts_per_user_all_addresses: 9, login_window_seconds: 30}\n").auth
     limiter = LoginLimiter.from_config(auth, redis_client)
-    assert (limiter.max_per_user, limiter.max_per_address, limiter.window_seconds) == (4, 7, 30)
+    assert (limiter.max_per_user, limiter.max_per_user_all_addresses, limiter.max_per_address,
+            limiter.window_seconds) == (4, 9, 7, 30)
     default = LoginLimiter.from_config(None, redis_client)
-    assert (default.max_per_user, default.max_per_address, default.window_seconds) == (10, 50, 300)
-    with pytest.raises(ValueError):
-        LoginLimiter(redis_client, max_per_user=0)
+    assert (default.max_per_user, default.max_per_user_all_addresses, default.max_per_address,
+            default.window_seconds) == (10, 100, 500, 300)
+    for zero in ("max_per_user", "max_per_user_all_addresses", "max_per_address"):
+        with pytest.raises(ValueError):
+            LoginLimiter(redis_client, **{zero: 0})
 
 
 # --- Basic auth and the login flow --------------------------------------------------------------
@@ -235,7 +244,7 @@ def _ldap(slapd):
 def test_concurrent_wrong_passwords_reach_ldap_only_up_to_the_limit(redis_client, slapd):
     callers, limit = 40, 5
     gate = _Gate(_ldap(slapd), callers)
-    service = LoginService(gate, LoginLimiter(redis_client, max_per_user=limit, max_per_address=1000))
+    service = LoginService(gate, LoginLimiter(redis_client, **per_user(limit), max_per_address=1000))
 
     def attempt(index):
         result = service.check("bob", f"wrong-{index}", f"198.51.100.{index}")
@@ -257,7 +266,7 @@ def test_a_look_alike_name_shares_the_users_limit(redis_client, slapd, look_alik
     """The directory binds a fullwidth '\uff42ob' as bob: it must not get a counter of its own."""
     ldap = _ldap(slapd)
     assert ldap.authenticate(look_alike, slapd.password("bob"))  # what makes this matter
-    service = LoginService(ldap, LoginLimiter(redis_client, max_per_user=3, max_per_address=1000))
+    service = LoginService(ldap, LoginLimiter(redis_client, **per_user(3), max_per_address=1000))
     for attempt in range(3):
         assert service.check("bob", f"wrong-{attempt}", "192.0.2.1").outcome is LoginOutcome.INVALID
     result = service.check(look_alike, slapd.password("bob"), "192.0.2.2")
@@ -280,7 +289,7 @@ def test_logins_at_once_with_the_right_password_are_not_failed_logins(redis_clie
     and once the three are in, bob has no failure counted."""
     callers, limit, window = 8, 3, 60
     gate = _Gate(_ldap(slapd), callers)
-    limiter = LoginLimiter(redis_client, max_per_user=limit, max_per_address=1000, window_seconds=window)
+    limiter = LoginLimiter(redis_client, **per_user(limit), max_per_address=1000, window_seconds=window)
     service = LoginService(gate, limiter)
 
     def attempt(index):
@@ -303,7 +312,7 @@ def test_a_success_keeps_the_attempts_still_in_flight_reserved(redis_client):
     """A success clears the user's failures, not the reservations of attempts still waiting for
     the directory: those were wiped, so their failures went uncounted and the limit let more
     guesses through than it allows."""
-    limiter = LoginLimiter(redis_client, max_per_user=3, max_per_address=1000, window_seconds=60)
+    limiter = LoginLimiter(redis_client, **per_user(3), max_per_address=1000, window_seconds=60)
     guess, herself = new_attempt(), new_attempt()
     assert limiter.reserve("alice", "10.0.0.1", guess) is None  # a guess, still waiting for the directory
     assert limiter.reserve("alice", "10.0.0.2", herself) is None  # alice herself
@@ -320,7 +329,7 @@ def test_a_dotted_capital_i_shares_the_users_limit(redis_client, slapd):
     ldap = _ldap(slapd)
     look_alike = "al\u0130ce"
     assert ldap.authenticate(look_alike, slapd.password("alice"))  # what makes this matter
-    service = LoginService(ldap, LoginLimiter(redis_client, max_per_user=3, max_per_address=1000))
+    service = LoginService(ldap, LoginLimiter(redis_client, **per_user(3), max_per_address=1000))
     for attempt in range(3):
         assert service.check("alice", f"wrong-{attempt}", "192.0.2.1").outcome is LoginOutcome.INVALID
     assert service.check(look_alike, slapd.password("alice"), "192.0.2.2").outcome is LoginOutcome.RATE_LIMITED
@@ -360,7 +369,7 @@ def test_accent_and_invisible_spellings_of_one_entry_share_its_failed_login_limi
     own (login_key folded case only), so a guesser varying accents had 10 x the limit's guesses
     at one password."""
     directory = AccentFoldingDirectory()
-    service = LoginService(directory, LoginLimiter(redis_client, max_per_user=3, max_per_address=1000))
+    service = LoginService(directory, LoginLimiter(redis_client, **per_user(3), max_per_address=1000))
     outcomes = [service.check(spelling, f"wrong-{n}", f"192.0.2.{n}").outcome for n, spelling in enumerate(SPELLINGS)]
     assert outcomes == [LoginOutcome.INVALID] * 3 + [LoginOutcome.RATE_LIMITED] * (len(SPELLINGS) - 3)
     assert len(directory.calls) == 3
@@ -384,7 +393,7 @@ def test_control_character_spellings_of_one_entry_share_its_failed_login_limit(r
     without it; login_key kept it, so each of 31 characters at each place in the name was a
     failed-login counter of its own: unlimited guesses at one password."""
     directory = ControlDroppingDirectory()
-    service = LoginService(directory, LoginLimiter(redis_client, max_per_user=3, max_per_address=1000))
+    service = LoginService(directory, LoginLimiter(redis_client, **per_user(3), max_per_address=1000))
     spellings = ["j\u00e9sush", "j\u0080\u00e9sush", "j\u00e9s\u009fush", "j\u00e9su\u0081sh",
                  "j\u00e9sush\u0090", "j\u00e9\u0084sush"]
     outcomes = [service.check(spelling, f"wrong-{n}", f"192.0.2.{n}").outcome for n, spelling in enumerate(spellings)]
@@ -401,7 +410,7 @@ def test_the_holder_of_a_merged_name_cannot_reset_guesses_at_the_other(redis_cli
         ldap = _ldap(slapd)
         assert ldap.login_name("JOS\u00c9", "jos\u00e9-Pass-2") == "jos\u00e9"  # the directory folds case
         assert ldap.login_name("jose", "jos\u00e9-Pass-2") is None  # not accents: two entries
-        service = LoginService(ldap, LoginLimiter(redis_client, max_per_user=3, max_per_address=1000))
+        service = LoginService(ldap, LoginLimiter(redis_client, **per_user(3), max_per_address=1000))
         outcomes = []
         for attempt in range(6):
             outcomes.append(service.check("jos\u00e9", f"guess-{attempt}", "192.0.2.1").outcome)

@@ -237,10 +237,11 @@ def test_a_dotted_capital_i_is_the_same_user(ldap_api, slapd):
 
 
 def test_logins_in_flight_at_the_limit_answer_retry_in_a_second(make_api, ldap_auth, slapd):
-    """Two of alice's logins still waiting for the directory fill a limit of 2: a third gets 429
+    """Two of alice's logins still waiting for the directory (from elsewhere) fill her limit of 2: a third gets 429
     with Retry-After: 1 and says so (it was 'too many failed logins' and the whole window), and
     once those two are in, it goes through."""
-    api = make_api(document(ldap_auth(login_attempts_per_user=2, login_window_seconds=300)))
+    api = make_api(document(ldap_auth(login_attempts_per_user=2, login_attempts_per_user_all_addresses=2,
+                                      login_window_seconds=300)))
     limiter = api.services.logins.limiter
     attempts = {address: new_attempt() for address in ("198.51.100.1", "198.51.100.2")}
     for address, attempt in attempts.items():

@@ -9,14 +9,15 @@ from tests.support import json_lines
 
 
 def test_failed_logins_per_user_are_limited_with_retry_after(make_api, ldap_auth, slapd):
-    api = make_api(document(ldap_auth(login_attempts_per_user=3, login_window_seconds=120)))
+    api = make_api(document(ldap_auth(login_attempts_per_user=3, login_attempts_per_user_all_addresses=3,
+                                      login_window_seconds=120)))
     for _ in range(3):
         assert api.call("POST", "/api/v3/token", headers=basic("alice", "guess")).status == 401
     limited = api.call("POST", "/api/v3/token", headers=basic("alice", slapd.password("alice")))
     assert limited.status == 429
     assert 1 <= int(limited.headers["Retry-After"]) <= 120
     assert limited.body["ok"] is False and limited.body["retry_after"] == int(limited.headers["Retry-After"])
-    # From another address too: the limit is per user. Other users are not affected.
+    # From another address too: the per-user ceiling is reached. Other users are not affected.
     assert api.call("GET", "/api/v3/token", headers=basic("alice", slapd.password("alice")),
                     client_ip="198.51.100.7").status == 429
     assert api.call("POST", "/api/v3/token", headers=basic("bob", slapd.password("bob")),
@@ -111,7 +112,7 @@ def test_direct_bind_mode_over_http(make_api, ldap_auth, slapd):
 
 def test_a_look_alike_name_cannot_log_in_while_the_user_is_locked_out(make_api, ldap_auth, slapd):
     """slapd binds a fullwidth '\uff42ob' as bob: it must not slip past bob's lockout."""
-    api = make_api(document(ldap_auth(login_attempts_per_user=3)))
+    api = make_api(document(ldap_auth(login_attempts_per_user=3, login_attempts_per_user_all_addresses=3)))
     for _ in range(3):
         assert api.call("POST", "/api/v3/token", headers=basic("bob", "guess")).status == 401
     for name in ("\uff42ob", "BOB", "Bob"):
@@ -133,10 +134,11 @@ def test_credentials_no_directory_is_asked_about_keep_nothing_in_redis(make_api,
                          client_ip=f"2001:db8:44:{index:x}::1")
         assert reply.status == 401 and reply.body["ok"] is False
     assert list(client.scan_iter("vmpool:login:*")) == []
-    # A wrong password the directory checks still counts, per user and per address.
+    # A wrong password the directory checks still counts, per (address, user), user and address.
     assert api.call("POST", "/api/v3/token", headers=basic("alice", "guess")).status == 401
-    counted = {api.services.store.keys.login_users_counted, api.services.store.keys.login_addresses_counted}
-    assert len(set(client.scan_iter("vmpool:login:*")) - counted) == 2
+    keys = api.services.store.keys
+    counted = {keys.login_pairs_counted, keys.login_users_counted, keys.login_addresses_counted}
+    assert len(set(client.scan_iter("vmpool:login:*")) - counted) == 3
 
 
 def _failed_login_keys(client) -> tuple[int, int]:
@@ -159,7 +161,7 @@ def test_what_many_names_and_addresses_keep_in_redis_by_failing_logins_is_bounde
     for index in range(2000):  # a new name from a new /48 each time: the dummy fails a password equal to the name
         api.call("POST", "/api/v3/token", headers=basic(f"g{index}", f"g{index}"), client_ip=f"2001:db8:{index:x}::1")
     counters, size = _failed_login_keys(client)
-    assert counters <= 2 * (100 + 64 + 1)
+    assert counters <= 3 * (100 + 64 + 1)
     for index in range(2000, 5000):
         api.call("POST", "/api/v3/token", headers=basic(f"g{index}", f"g{index}"), client_ip=f"2001:db8:{index:x}::1")
     assert _failed_login_keys(client)[0] <= counters and _failed_login_keys(client)[1] <= size + 1024
@@ -172,7 +174,8 @@ def test_names_past_the_bound_share_counters_no_one_can_reset(make_api, monkeypa
     """A name counted on a shared counter is guessed no more often than alone, whatever the
     addresses; a good login there gives its own attempt back but clears nobody's failures."""
     monkeypatch.setattr(ratelimit, "SHARED_LOGIN_COUNTERS", 64)
-    api = make_api(document({"provider": "dummy", "login_attempts_per_user": 3, "max_login_counters": 20}))
+    api = make_api(document({"provider": "dummy", "login_attempts_per_user": 3,
+                             "login_attempts_per_user_all_addresses": 3, "max_login_counters": 20}))
     for index in range(20):
         assert api.call("POST", "/api/v3/token", headers=basic(f"u{index}", f"u{index}"),
                         client_ip=f"192.0.2.{index}").status == 401
@@ -207,7 +210,8 @@ def test_a_service_clock_ahead_of_redis_counts_no_more_names_on_their_own(make_a
     on their own too: 4 name counters with ``max_login_counters: 2``. The tables now keep Redis's
     time."""
     monkeypatch.setattr(ratelimit, "SHARED_LOGIN_COUNTERS", 64)
-    api = make_api(document({"provider": "dummy", "login_attempts_per_user": 3, "max_login_counters": 2}))
+    api = make_api(document({"provider": "dummy", "login_attempts_per_user": 3,
+                             "login_attempts_per_user_all_addresses": 3, "max_login_counters": 2}))
     client, keys = api.services.client, api.services.store.keys
     for name in ("amy", "ben"):
         assert api.call("POST", "/api/v3/token", headers=basic(name, name), client_ip="192.0.2.1").status == 401

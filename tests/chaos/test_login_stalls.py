@@ -54,7 +54,8 @@ def _stalled(redis_server: RedisServer, redis_client: redis.Redis) -> Iterator[N
 def test_a_login_whose_count_timed_out_in_a_stall_is_not_a_failed_login(
         redis_server: RedisServer, redis_client: redis.Redis) -> None:
     config = parse(f":redis: {{server: 127.0.0.1, port: {redis_server.port}, socket_timeout: {SOCKET_TIMEOUT}}}\n")
-    logins = LoginService(DummyAuthenticator(), LoginLimiter(connect(config.redis), max_per_user=LIMIT))
+    logins = LoginService(DummyAuthenticator(), LoginLimiter(connect(config.redis), max_per_user=LIMIT,
+                                                                     max_per_user_all_addresses=LIMIT))
     answers = []
     for _ in range(LIMIT):
         # The user logs in (the connection is open, as in a warm Lambda or a local worker)...
@@ -72,7 +73,7 @@ def test_a_login_whose_count_timed_out_in_a_stall_is_not_a_failed_login(
     assert _counted(redis_client) == {}, "a login that met a stall stayed counted"
     assert logins.check(USER, PASSWORD, ADDRESS).outcome is LoginOutcome.OK
     assert logins.check(USER, USER, ADDRESS).outcome is LoginOutcome.INVALID  # dummy auth: a wrong one
-    assert list(_counted(redis_client).values()) == ["1", "1"]  # a wrong password still counts
+    assert list(_counted(redis_client).values()) == ["1"] * 3  # a wrong password still counts (pair, user, address)
 
 
 def test_a_refused_login_whose_answer_timed_out_gives_back_no_failure(
@@ -81,7 +82,8 @@ def test_a_refused_login_whose_answer_timed_out_gives_back_no_failure(
     when it refused the attempt (the user name locked out). A refund there would forgive one of
     the failures per stall: more guesses at the password than the limit allows."""
     config = parse(f":redis: {{server: 127.0.0.1, port: {redis_server.port}, socket_timeout: {SOCKET_TIMEOUT}}}\n")
-    logins = LoginService(DummyAuthenticator(), LoginLimiter(connect(config.redis), max_per_user=LIMIT))
+    logins = LoginService(DummyAuthenticator(), LoginLimiter(connect(config.redis), max_per_user=LIMIT,
+                                                                     max_per_user_all_addresses=LIMIT))
     for _ in range(LIMIT):
         assert logins.check(USER, USER, ADDRESS).outcome is LoginOutcome.INVALID  # dummy auth: a wrong one
     locked = _counted(redis_client)

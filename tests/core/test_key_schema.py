@@ -339,7 +339,14 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
     from chalicelib.api.limits import SHARED_RATE_COUNTERS
     from chalicelib.api.ondemand import REQUEST_ID_PATTERN
     from chalicelib.auth.base import canonical_user
-    from chalicelib.auth.ratelimit import SHARED_LOGIN_COUNTERS, _user_part, address_key, login_key, new_attempt
+    from chalicelib.auth.ratelimit import (
+        SHARED_LOGIN_COUNTERS,
+        _pair_part,
+        _user_part,
+        address_key,
+        login_key,
+        new_attempt,
+    )
     from chalicelib.auth.tokens import hash_token, token_id
     from chalicelib.config import POOL_NAME_PATTERN
     from chalicelib.store.keys import purge_lease_name, quota_owner, rate_limit_client, template_lease_name
@@ -372,6 +379,10 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
         # a counter by design (auth/ratelimit.py), so the family's names are the folded ones.
         "login_user": [(k, keys.login_user(_user_part(k))) for k in login_names],
         "login_address": [(a, keys.login_address(a)) for a in addresses],
+        # A pair is hashed from its address and its folded name (HOSTILE_NAMES as each).
+        "login_pair": [(f"{a} {k}", keys.login_pair(_pair_part(k, a)))
+                       for a, k in {(address_key(name), login_key(name)) for name in HOSTILE_NAMES}],
+        "login_pair_in_flight": [(k, keys.login_in_flight(keys.login_pair(_pair_part(k, None)))) for k in login_names],
         "login_user_in_flight": [(k, keys.login_in_flight(keys.login_user(_user_part(k)))) for k in login_names],
         "login_address_in_flight": [(a, keys.login_in_flight(keys.login_address(a))) for a in addresses],
         "login_attempt": [(a, keys.login_attempt(a)) for a in ("0" * 16, "f" * 16, new_attempt())],
@@ -390,9 +401,11 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
                               for n in (0, 1, SHARED_RATE_COUNTERS - 1)],
         "login_user_shared": [(str(n), keys.login_user_shared(n)) for n in (0, 1, SHARED_LOGIN_COUNTERS - 1)],
         "login_address_shared": [(str(n), keys.login_address_shared(n)) for n in (0, 1, SHARED_LOGIN_COUNTERS - 1)],
+        "login_pair_shared": [(str(n), keys.login_pair_shared(n)) for n in (0, 1, SHARED_LOGIN_COUNTERS - 1)],
         "login_shared_in_flight": [(f"{kind} {n}", keys.login_in_flight(shared(n)))
                                    for kind, shared in (("user", keys.login_user_shared),
-                                                        ("addr", keys.login_address_shared))
+                                                        ("addr", keys.login_address_shared),
+                                                        ("pair", keys.login_pair_shared))
                                    for n in (0, SHARED_LOGIN_COUNTERS - 1)],
         "purge_lease": [(p, keys.lease(purge_lease_name(p))) for p in pools],
         "names_known": [(p, keys.names_known(p)) for p in pools],
@@ -417,7 +430,8 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
                                                           "templates_prepared", "templates_preparing", "sizing_state",
                                                           "running", "running_counted", "running_rebuild", "started",
                                                           "config_generation", "login_users_counted",
-                                                          "login_addresses_counted", "names_held")],
+                                                          "login_addresses_counted", "login_pairs_counted",
+                                                          "names_held")],
     }
     for state in keys_module.STATES:
         families[f"pool:{state}"] = [(p, keys.pool_state(p, state)) for p in pools]

@@ -12,13 +12,14 @@
 -- ms, Redis's clock).
 -- ARGV[1]: window seconds, ARGV[2]: seconds a count of attempts in flight lives (longer than any
 -- login takes), ARGV[3]: the most counters a table holds, then each limit, then each one's name
--- in its table.
+-- in its table, then each one's room for attempts in flight past the limit.
 -- KEYS last: the attempt's own key (login:attempt:<id>), which an attempt counted keeps for as
 -- long as its counts in flight live: which counter of each limit counts it ('o' its own, 's' the
 -- shared one), read by login_settle.lua to change exactly those.
--- A counter at its limit refuses the attempt, no count changes, and the answer says why: its time
--- left in ms (> 0) when its failures alone reach the limit, -1 when attempts still in flight do
--- (they may all succeed: worth trying again in a moment). Otherwise every counter and every count
+-- A counter whose failures alone (its count less its attempts in flight) reach its limit refuses
+-- the attempt with its time left in ms (> 0); one whose count reaches its limit plus its room for
+-- attempts in flight refuses it with -1 (they may all succeed: worth trying again in a moment). A
+-- refusal changes no count. Otherwise every counter and every count
 -- in flight is incremented (a counter's window starts with its first attempt) and the answer is 0.
 local n = (#KEYS - 1) / 5
 local attempt = KEYS[#KEYS]
@@ -43,7 +44,7 @@ for i = 1, n do
 end
 local wait, busy = 0, false
 for i = 1, n do
-  local limit = tonumber(ARGV[3 + i])
+  local limit, room = tonumber(ARGV[3 + i]), tonumber(ARGV[3 + 2 * n + i])
   local count = tonumber(redis.call('GET', KEYS[counter[i]]) or '0')
   if count >= limit then
     local flying = tonumber(redis.call('GET', KEYS[flight[i]]) or '0')
@@ -55,7 +56,7 @@ for i = 1, n do
       if left > wait then
         wait = left
       end
-    else
+    elseif count >= limit + room then
       busy = true
     end
   end
