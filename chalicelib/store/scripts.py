@@ -23,9 +23,11 @@ SHARED: dict[str, tuple[str, ...]] = {"checkout": ("open_waiting", "quota", "tok
                                                     "tag_stats"),
                                       "record_tags": ("tag_stats",),
                                       "ondemand_end": ("finite", "token_live", "open_waiting"),
-                                      "ondemand_reserve": ("finite", "open_waiting"),
+                                      "ondemand_reserve": ("finite", "open_waiting", "past_deadline"),
                                       "pool_overrides": ("token_live", "past_deadline"),
-                                      "token_create": ("past_deadline",), "service_started": ("finite",),
+                                      "token_create": ("past_deadline",), "reserve_clones": ("past_deadline",),
+                                      "clone_asked": ("past_deadline",), "names_claim": ("past_deadline",),
+                                      "service_started": ("finite",),
                                       "dns_claim": ("finite",), "vm_ip": ("finite",), "holders_sweep": ("quota",)}
 """Scripts run with the functions of other files (lua/quota.lua, lua/record_fields.lua,
 lua/finite.lua, lua/vm_task_queue.lua, lua/token_live.lua, lua/vm_owner.lua, lua/open_waiting.lua,
