@@ -12,6 +12,7 @@ import redis
 from chalicelib.store import Store
 from chalicelib.store.names import NamesStore
 from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
+from chalicelib.store.vm_tasks import EnqueueResult, VMTaskStore, new_task
 
 POOL = "alpha"
 
@@ -84,3 +85,25 @@ def test_an_ondemand_reservation_run_after_its_deadline_reserves_nothing(
     monkeypatch.undo()
     in_time = ondemand.reserve("req-1", POOL, 4, 3, "tmpl", "example.com", ["od-0", "od-1"], 111.0)
     assert in_time.reserved == ("od-0", "od-1")
+
+
+def test_a_task_take_run_after_its_deadline_takes_nothing(redis_client: redis.Redis,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, it took a user's disk or snapshot that its pass, gone, never started: after the
+    start grace (2 minutes) the task failed as "never started" instead of being done."""
+    store = Store(redis_client)
+    store.client.hset(store.keys.vm("vm-1"), mapping={"name": "vm-1", "pool": POOL, "state": "running",
+                                                       "checkout": "100.0"})
+    store.client.zadd(store.keys.pool_state(POOL, "running"), {"vm-1": 100.0})
+    seen = store.get_vm("vm-1")
+    assert seen is not None
+    tasks = VMTaskStore(store)
+    assert tasks.enqueue(seen, new_task("disk", 200.0, size_gb=8), 200.0) is EnqueueResult.QUEUED
+    late_deadline = str(int(store.answer_deadline()) - 10_000_000)
+    monkeypatch.setattr(Store, "answer_deadline", lambda _: late_deadline)
+    assert tasks.take("vm-1", POOL, 201.0) == (None, False)
+    assert "task" not in redis_client.hgetall(store.keys.vm("vm-1"))
+
+    monkeypatch.undo()
+    task, new = tasks.take("vm-1", POOL, 202.0)
+    assert new and task is not None and task["size_gb"] == 8
