@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from chalicelib.store import Store
+from chalicelib.store.migrations import MigrationStore
 from chalicelib.store.names import NamesStore
 from chalicelib.store.ondemand import OnDemandEntry, OnDemandStore
 from chalicelib.store.vm_tasks import EnqueueResult, VMTaskStore, new_task
@@ -107,3 +108,21 @@ def test_a_task_take_run_after_its_deadline_takes_nothing(redis_client: redis.Re
     monkeypatch.undo()
     task, new = tasks.take("vm-1", POOL, 202.0)
     assert new and task is not None and task["size_gb"] == 8
+
+
+def test_a_migration_slot_take_run_after_its_deadline_takes_no_slot(redis_client: redis.Redis,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, it held a service-wide migration slot for a move nobody sent, for the start grace
+    (2 minutes), while other checked-out VMs waited for one."""
+    store = Store(redis_client)
+    store.client.hset(store.keys.vm("vm-1"), mapping={"name": "vm-1", "pool": POOL, "state": "running",
+                                                       "migration": "queued"})
+    migrations = MigrationStore(store)
+    late_deadline = str(int(store.answer_deadline()) - 10_000_000)
+    monkeypatch.setattr(Store, "answer_deadline", lambda _: late_deadline)
+    assert migrations.take_slot("vm-1", 1, 100.0) == "limit"
+    assert redis_client.zcard(store.keys.migrating) == 0
+    assert redis_client.hget(store.keys.vm("vm-1"), "migration") == "queued"
+
+    monkeypatch.undo()
+    assert migrations.take_slot("vm-1", 1, 101.0) == "started"
