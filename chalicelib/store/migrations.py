@@ -35,12 +35,14 @@ class MigrationStore:
         self.store = store
 
     def take_slot(self, hostname: str, limit: int, now: float) -> str:
-        """'started', 'limit' or 'gone' (see lua/migration_slot.lua)."""
+        """'started', 'limit' or 'gone' (see lua/migration_slot.lua); 'limit' too when Redis ran
+        it after the caller's socket timeout (``Store.answer_deadline``): no slot is taken then."""
         keys = self.store.keys
         with _translate_errors():
             return str(self.store.scripts.migration_slot(
                 keys=[keys.migrating, keys.vm(hostname)],
-                args=[hostname, limit, repr(now), repr(now - STALE_SLOT_SECONDS), holder_label()],
+                args=[hostname, limit, repr(now), repr(now - STALE_SLOT_SECONDS), holder_label(),
+                      self.store.answer_deadline()],
             ))
 
     def finish(self, hostname: str, **fields: Any) -> None:

@@ -18,17 +18,19 @@ class NamesStore:
     """The marks, claims and held names of manager/names.py; every method raises StoreUnavailable."""
 
     def __init__(self, store: Store) -> None:
+        self.store = store
         self.keys = store.keys
         self.client = store.client
         self.scripts = store.scripts
 
     def claim(self, provider: str, now: float, hold_seconds: float, token: str) -> bool:
         """Whether the caller is now the one pass reading the provider's names (the mark missing,
-        no other claim younger than ``hold_seconds``): lua/names_claim.lua."""
+        no other claim younger than ``hold_seconds``; not once Redis runs it after the caller's
+        socket timeout, ``Store.answer_deadline``): lua/names_claim.lua."""
         with _translate_errors():
             return bool(self.scripts.names_claim(
                 keys=[self.keys.names_reading(provider), self.keys.names_known(provider)],
-                args=[repr(now), repr(hold_seconds), token]))
+                args=[repr(now), repr(hold_seconds), token, self.store.answer_deadline()]))
 
     def hold(self, provider: str, names: Collection[str], now: float, keep_seconds: float) -> None:
         """Hold ``names`` (no clone is reserved under one for ``keep_seconds``), set the

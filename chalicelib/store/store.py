@@ -1061,7 +1061,10 @@ class Store:
         changed. No candidate held (manager/names.py) is reserved; nor any while the names
         where ``provider`` (the pool's) makes VMs are not known since Redis lost its data (None:
         not looked at: candidates no VM Redis forgot can be expected to hold, random names, or a
-        caller outside a pass). Returns the hostnames reserved."""
+        caller outside a pass). Nothing once Redis runs it after the caller's socket timeout
+        (``answer_deadline``: a freeze): the caller gave up on it and starts no clone, so names
+        reserved then would hold the pool's slots for the start grace. Returns the hostnames
+        reserved."""
         with _translate_errors():
             return self.scripts.reserve_clones(
                 keys=[self.keys.pool_state(pool, "ready"), self.keys.pool_state(pool, "pending"),
@@ -1073,7 +1076,8 @@ class Store:
                       *(self.keys.vm(host) for host in candidates)],
                 args=[pool, size, task_limit, repr(now), template, domain, clone_limit,
                       repr(CLONE_DEMAND_TTL_SECONDS), self.keys.vm(KEY_PART), holder_label(), repr(generation),
-                      repr(NEWEST_CONFIG_SECONDS), "" if provider is None else "1", len(settings_read),
+                      repr(NEWEST_CONFIG_SECONDS), "" if provider is None else "1", self.answer_deadline(),
+                      len(settings_read),
                       *(part for setting in settings_read for part in (setting.field, setting.value)), *candidates]
             )
 
@@ -1293,7 +1297,8 @@ class Store:
         (``CLONE_ASKED``), and where (``placement``, manager/placement.py; '' none), in one
         round trip; only VMs still pending in ``pool`` with their slot
         counted are marked, and none once the pool's lease is no longer ``lease_token`` (the
-        caller's run lost it; None: no lease checked) (lua/clone_asked.lua). Returns the
+        caller's run lost it; None: no lease checked), nor once Redis runs it after the caller's
+        socket timeout (``answer_deadline``: the caller gave up) (lua/clone_asked.lua). Returns the
         hostnames marked: the only ones the caller may clone."""
         if not hostnames:
             return []
@@ -1301,7 +1306,7 @@ class Store:
             marked = self.scripts.clone_asked(
                 keys=[self.keys.pool_state(pool, "pending"), self.keys.cloning, self.keys.lease(pool),
                       *(self.keys.vm(host) for host in hostnames)],
-                args=[_encode(now), lease_token or "", placement, *hostnames])
+                args=[_encode(now), lease_token or "", placement, self.answer_deadline(), *hostnames])
         return [host for host, done in zip(hostnames, marked, strict=True) if done]
 
     def _finish_calls(self, hostnames: Sequence[str], now: float) -> list[ScriptCall]:

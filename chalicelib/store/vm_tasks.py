@@ -121,11 +121,12 @@ class VMTaskStore:
 
     def take(self, hostname: str, pool: str, now: float) -> tuple[dict[str, Any] | None, bool]:
         """The VM's task in flight, else the next queued one (then ``new`` is True: the caller
-        starts it). (None, False) when the VM has no work left."""
+        starts it). (None, False) when the VM has no work left, or when Redis ran it after the
+        caller's socket timeout (``Store.answer_deadline``): nothing is taken then."""
         with _translate_errors():
             answer = json.loads(self.scripts.vm_task_take(
                 keys=[self.keys.vm(hostname), self.keys.vm_tasks(hostname), self.keys.pool_vm_tasks(pool)],
-                args=[hostname, repr(now), holder_label()]))
+                args=[hostname, repr(now), holder_label(), self.store.answer_deadline()]))
         return answer.get("task"), bool(answer.get("new"))
 
     def note_started(self, hostname: str, task_id: str, ref: str) -> bool:

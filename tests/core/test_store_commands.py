@@ -171,10 +171,12 @@ def test_a_reservation_reads_only_its_pools_records_however_many_clones_other_po
     # (a ZINTERCARD of the pool's completed VMs with the pools' clones: its clones held there while
     # vCenter still runs them count in its fair share), and the pool's size override (one lowered
     # since the pass read its size caps it); each candidate tried is looked up among the names
-    # held after a Redis data loss (manager/names.py): two more ZSCOREs, one a candidate
+    # held after a Redis data loss (manager/names.py): two more ZSCOREs, one a candidate; and
+    # Redis's clock read once, against the reservation's deadline (a late run reserves nothing)
     assert commands.get("hmget") == 5 and "hexists" not in commands
     assert commands == {"evalsha": 1, "exists": 3, "hget": 1, "hmget": 5, "hset": 2, "zadd": 8, "zcard": 4,
-                        "zintercard": 4, "zrange": 3, "zrangebyscore": 1, "zrank": 1, "zscore": 2 + 2}
+                        "zintercard": 4, "zrange": 3, "zrangebyscore": 1, "zrank": 1, "zscore": 2 + 2,
+                        "time": 1}
     assert store.get_vm("new-0").state == "pending"
 
 
@@ -198,9 +200,10 @@ def test_a_reservation_finds_its_fair_share_without_reading_every_short_pools_de
     # The smallest demands, 9 then 16 more at most (task_limit 10: its 11 smallest at most), after
     # the pool's pending set and the oldest of its clones in flight.
     assert 3 <= commands.pop("zrange") <= 4
-    # (each candidate reserved also looked up among the held names: a ZSCORE, like its EXISTS)
+    # (each candidate reserved also looked up among the held names: a ZSCORE, like its EXISTS;
+    # Redis's clock read once against the deadline)
     assert {name: count for name, count in commands.items() if name not in ("hset", "zadd", "exists", "zscore")} == {
-        "evalsha": 1, "hget": 1, "zcard": 4, "zintercard": 4, "zrangebyscore": 1, "zrank": 1}
+        "evalsha": 1, "hget": 1, "zcard": 4, "zintercard": 4, "zrangebyscore": 1, "zrank": 1, "time": 1}
 
 
 @pytest.mark.parametrize("pool_clones", [1, 40])

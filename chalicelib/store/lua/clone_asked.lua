@@ -15,13 +15,17 @@
 -- ARGV: now, the run's lease token ('' outside a leased run: no lease checked), the placement the
 -- clones are asked in ('' none: manager/placement.py, written with the mark so that a clone whose
 -- task is never noted is still looked for, and destroyed, where it was asked if its pool moves),
--- then the VMs' hostnames (in the order of their records).
+-- the deadline (ms of Redis's clock, '' none: store/deadline.py), then the VMs' hostnames (in
+-- the order of their records).
+-- Run past its deadline (Redis frozen past the caller's socket timeout: the pass gave up on the
+-- answer and asks for no clone) nothing is marked: a VM marked and never cloned would hold its
+-- slot as asked after the start grace (up to the pool's timeout when the provider cannot tell).
 -- Returns per VM 1 when marked (the clone may be asked for), 0 when not.
-local FIRST_RECORD = 4 -- in KEYS; its hostname is ARGV[index]
+local FIRST_RECORD = 4 -- in KEYS; its hostname is ARGV[index + 1]
 local results = {}
-local leased = ARGV[2] == '' or redis.call('GET', KEYS[3]) == ARGV[2]
+local leased = not past_deadline(ARGV[4]) and (ARGV[2] == '' or redis.call('GET', KEYS[3]) == ARGV[2])
 for index = FIRST_RECORD, #KEYS do
-  local hostname = ARGV[index]
+  local hostname = ARGV[index + 1]
   if leased and redis.call('ZSCORE', KEYS[1], hostname) and redis.call('ZSCORE', KEYS[2], hostname)
       and redis.call('EXISTS', KEYS[index]) == 1 then
     redis.call('HSET', KEYS[index], 'clone_asked', ARGV[1])

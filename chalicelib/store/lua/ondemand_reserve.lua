@@ -22,8 +22,12 @@
 --       reserver (the process reserving, which starts the clones: store/leases.py holder_label),
 --       the reason of a VM dropped as gone from the provider while running (manager/running.py),
 --       whether to look at the names:known mark ('1': word names among the candidates; '':
---       random names only, or a caller outside a pass), then the candidate hostnames, in the
---       order of their records.
+--       random names only, or a caller outside a pass), the deadline (ms of Redis's clock, ''
+--       none: store/deadline.py), then the candidate hostnames, in the order of their records.
+-- Run past its deadline (Redis frozen past the caller's socket timeout: its pass gave up on the
+-- answer and starts no clone) it reserves nothing (the request's other changes hold whenever
+-- they are made): names reserved then would hold the request's VMs and the on-demand clone
+-- slots, unasked, for the start grace (manager/pending.py CLONE_START_GRACE_SECONDS).
 -- A VM delivered and then gone from the provider (vCenter restarted empty, deleted by an admin)
 -- before the request is ready was never its caller's to use: it is a failed attempt, no longer
 -- delivered (its 'delivered_at' goes), the request waits for one VM more (its score in the open
@@ -94,7 +98,7 @@ else
   end
 end
 local slots = clone_limit - in_flight
-if names_checked and redis.call('EXISTS', KEYS[10]) == 0 then
+if (names_checked and redis.call('EXISTS', KEYS[10]) == 0) or past_deadline(ARGV[13]) then
   slots = 0
 end
 local reserved = {}
@@ -103,7 +107,7 @@ for _, entry in ipairs(cjson.decode(request[2])) do
   if entry.pool == pool then
     local need = entry.count - (delivered[entry.name] or 0) - (building[entry.name] or 0)
     while need > 0 and slots > 0 and candidate <= #KEYS do
-      local vm_key, hostname = KEYS[candidate], ARGV[candidate + 1]
+      local vm_key, hostname = KEYS[candidate], ARGV[candidate + 2]
       candidate = candidate + 1
       if redis.call('EXISTS', vm_key) == 0 and not redis.call('ZSCORE', KEYS[11], hostname) then
         redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,

@@ -49,9 +49,13 @@
 --       store/leases.py holder_label), generation (of the config the pass read its pool from;
 --       0: a config no push orders), newest_ttl (config_generation.lua's ttl), whether to look at
 --       the mark ('1': word names among the candidates; '': random names only, or a caller
---       outside a pass), settings read (a count n, then n pairs field, value as read: '' for
---       none), then the candidate
+--       outside a pass), the deadline (ms of Redis's clock, '' none: store/deadline.py), settings
+--       read (a count n, then n pairs field, value as read: '' for none), then the candidate
 --       hostnames, in the order of their records.
+-- Run past its deadline (Redis frozen, SIGSTOP, a long fork, behind a slow script, past the
+-- caller's socket timeout: its pass gave up on the answer and will start no clone) it reserves
+-- nothing and returns {}: the names it reserved would hold the pool's slots, unasked, for the
+-- start grace (manager/pending.py CLONE_START_GRACE_SECONDS, 2 minutes) after every freeze.
 -- Each record says its clone is asked only once marked ('marks_asked': store/records.py MARKS_ASKED),
 -- so a VM drained before the mark is known never cloned (manager/pending.unnoted_clones_running).
 -- Returns the hostnames reserved (each now has a pending record and a place in the cloning set).
@@ -63,8 +67,11 @@ local pool, size, task_limit, now, template, domain, clone_limit, demand_ttl, vm
   tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9], ARGV[10]
 local generation, newest_ttl = tonumber(ARGV[11]), tonumber(ARGV[12])
 local names_checked = ARGV[13] == '1'
-local settings_read = tonumber(ARGV[14])
-local FIRST_CANDIDATE = 13 + settings_read -- in KEYS; its hostname is ARGV[index + 2 + settings_read]
+if past_deadline(ARGV[14]) then
+  return {}
+end
+local settings_read = tonumber(ARGV[15])
+local FIRST_CANDIDATE = 13 + settings_read -- in KEYS; its hostname is ARGV[index + 3 + settings_read]
 -- The pass read its size and template from a config a newer push has replaced since (a function
 -- on the newer one noted it after this pass's run checked it was the newest:
 -- manager/dispatch.py newest_config): it reserves nothing, as that run would have left the pool
@@ -83,7 +90,7 @@ end
 -- pass read its pool's: its clones would be of the old template, or older than the reset, and
 -- drained by the next pass (lua/move.lua's settings_read, for the VMs it makes ready).
 for i = 1, settings_read do
-  if (redis.call('HGET', KEYS[12 + i], ARGV[13 + 2 * i]) or '') ~= ARGV[14 + 2 * i] then
+  if (redis.call('HGET', KEYS[12 + i], ARGV[14 + 2 * i]) or '') ~= ARGV[15 + 2 * i] then
     return {}
   end
 end
@@ -241,7 +248,7 @@ for i = FIRST_CANDIDATE, #KEYS do
   if #reserved >= wanted then
     break
   end
-  local vm_key, hostname = KEYS[i], ARGV[i + 2 + settings_read]
+  local vm_key, hostname = KEYS[i], ARGV[i + 3 + settings_read]
   if redis.call('EXISTS', vm_key) == 0 and not redis.call('ZSCORE', names_held_key, hostname) then
     redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,
       'domain', domain, 'state', 'pending', 'clone_start', now, 'pending_at', now, 'reserver', reserver,

@@ -1,0 +1,86 @@
+"""Redis frozen (SIGSTOP; a long fork or a slow AOF rewrite alike) while a pass reserves its
+clones, past the client's socket timeout, then resumed: the pass gave up (StoreUnavailable) and
+starts no clone, and the reservation Redis runs late reserves nothing (lua/reserve_clones.lua's
+deadline), so the next pass refills the pool at once. Before, the late reservation's names held
+the pool's clone slots, unasked, for the start grace (CLONE_START_GRACE_SECONDS, 2 minutes):
+every freeze delayed the refill of every pool with a pass in flight by up to 2 minutes."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from typing import Any, Iterator
+
+import pytest
+import redis
+
+from chalicelib.clock import FakeClock
+from chalicelib.config import parse
+from chalicelib.manager.reconcile import reconcile_pool
+from chalicelib.providers.dummy import DummyProvider
+from chalicelib.store import Store, StoreUnavailable, connect
+from local.redis_server import RedisServer
+from tests.support import eventually
+
+SOCKET_TIMEOUT = 0.3
+FROZEN_AFTER_TIMEOUT = 0.5
+"""How long Redis stays frozen after the pass gave up (a freeze outlasts the timeout)."""
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own: it is frozen, and never the session's."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.process.send_signal(signal.SIGCONT)
+        server.stop()
+
+
+def test_a_reservation_run_after_a_freeze_holds_no_clone_slot(own_redis: RedisServer) -> None:
+    config = parse(f"""
+:config: {{task_limit: 10}}
+:redis: {{server: 127.0.0.1, port: {own_redis.port}, socket_timeout: {SOCKET_TIMEOUT}}}
+:providers:
+  :dummy: {{createvm_max_time: 0, boot_time: 0}}
+:pools:
+  - {{name: frozen, size: 4, provider: dummy}}
+""")
+    process = own_redis.process
+    assert process is not None
+    plain = redis.Redis(port=own_redis.port, decode_responses=True)
+    clock = FakeClock()
+    store = Store(connect(config.redis))
+    provider = DummyProvider(config.providers["dummy"], plain, clock)
+    # As in a warm Lambda: Redis knows the script (a late EVALSHA runs it, not NOSCRIPT) and the
+    # process has measured Redis's clock (store/deadline.py: no TIME while Redis is frozen).
+    plain.script_load(store.scripts.reserve_clones.script)
+    store.answer_deadline()
+    connection = store.client.client_id()
+    reserve = store.scripts.reserve_clones
+
+    def reserve_while_frozen(*args: Any, **kwargs: Any) -> Any:
+        process.send_signal(signal.SIGSTOP)
+        try:
+            return reserve(*args, **kwargs)
+        finally:
+            time.sleep(FROZEN_AFTER_TIMEOUT)
+            process.send_signal(signal.SIGCONT)
+
+    store.scripts.reserve_clones = reserve_while_frozen  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        reconcile_pool(store, provider, config.pool("frozen"), clock, config.service)
+    store.scripts.reserve_clones = reserve  # type: ignore[method-assign]
+    eventually(lambda: all(client["id"] != str(connection) for client in plain.client_list()), 10,
+               "the reservation queued in the frozen Redis to run")
+    assert plain.zcard(store.keys.pool_state("frozen", "pending")) == 0  # it reserved nothing
+
+    clock.advance(1)
+    # On a loaded machine a round trip may outlast the short timeout, which is for the freeze.
+    patient = Store(connect(dataclasses.replace(config.redis, socket_timeout=5.0)))
+    report = reconcile_pool(patient, provider, config.pool("frozen"), clock, config.service)
+    assert len(report.clones_started) == 4
+    assert patient.counts(["frozen"])["frozen"]["ready"] == 4
