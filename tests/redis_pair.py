@@ -20,6 +20,37 @@ import redis
 from local.redis_server import RedisServer
 
 
+class InterposedProxy:
+    """A TCP proxy on a free local port to the redis-server at ``upstream_port``: each client
+    connection gets one of its own to Redis, and the pair goes to ``_serve`` (a subclass's, which
+    starts the threads that pass bytes on as its test needs). Set a subclass's own attributes
+    before calling ``__init__``: a connection may come at once."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self._sockets += [client, server]
+            self._serve(client, server)
+
+    def _serve(self, client: socket.socket, server: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+
+
 class Endpoint:
     """Forwards every connection made to ``port`` to the node it currently points at."""
 

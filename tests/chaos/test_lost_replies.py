@@ -30,13 +30,13 @@ from chalicelib.store import ReplicaAcks, Store, StoreUnavailable, connect
 from chalicelib.store.keys import Keys
 from local.redis_server import RedisServer
 from tests.harness import Harness, HarnessFactory, basic
-from tests.redis_pair import RedisPair
+from tests.redis_pair import InterposedProxy, RedisPair
 from tests.support import eventually
 
 ALICE = basic("alice", "alice-pw")
 
 
-class ReplyCuttingProxy:
+class ReplyCuttingProxy(InterposedProxy):
     """A TCP proxy to Redis. Once ``cut_at(marker)`` is called, the first command sent through it
     whose bytes hold ``marker`` (a script's SHA) is passed on, and when its reply starts, the
     client's connection is reset after the reply's first byte: Redis ran the script, the client
@@ -46,16 +46,12 @@ class ReplyCuttingProxy:
     Redis late."""
 
     def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
         self._marker: bytes | None = None
         self._hold = False
         self._held: tuple[socket.socket, bytes] | None = None
         self.cut = threading.Event()
         self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._sockets: list[socket.socket] = [self._listener]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream_port)
 
     def cut_at(self, marker: str, hold: bool = False) -> None:
         with self._lock:
@@ -68,17 +64,10 @@ class ReplyCuttingProxy:
         server, data = self._held
         server.sendall(data)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.upstream_port))
-            self._sockets += [client, server]
-            armed = threading.Event()
-            threading.Thread(target=self._requests, args=(client, server, armed), daemon=True).start()
-            threading.Thread(target=self._replies, args=(server, client, armed), daemon=True).start()
+    def _serve(self, client: socket.socket, server: socket.socket) -> None:
+        armed = threading.Event()
+        threading.Thread(target=self._requests, args=(client, server, armed), daemon=True).start()
+        threading.Thread(target=self._replies, args=(server, client, armed), daemon=True).start()
 
     def _requests(self, client: socket.socket, server: socket.socket, armed: threading.Event) -> None:
         while True:
@@ -126,10 +115,6 @@ class ReplyCuttingProxy:
                 client.sendall(data)
             except OSError:
                 continue  # the client's socket is gone: Redis's replies are dropped
-
-    def close(self) -> None:
-        for sock in self._sockets:
-            sock.close()
 
 
 def _reset(sock: socket.socket) -> None:

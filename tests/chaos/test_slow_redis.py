@@ -51,7 +51,7 @@ from chalicelib.store.vm_tasks import VMTaskStore
 from local.processes import on_a_free_port
 from local.redis_server import RedisServer
 from tests.harness import HarnessFactory, basic
-from tests.redis_pair import RedisPair
+from tests.redis_pair import InterposedProxy, RedisPair
 from tests.support import eventually, free_port, port_in_use
 
 BUSY_SECONDS = 2.0
@@ -529,30 +529,19 @@ def test_a_login_answered_503_because_redis_was_held_makes_no_token(
     assert redis_client.scard(hashes) == 1
 
 
-class ReplyHoldingProxy:
+class ReplyHoldingProxy(InterposedProxy):
     """A TCP proxy to Redis that passes commands on at once and, while ``held``, keeps Redis's
     replies back: Redis runs what it is sent, its answers arrive late (as from a Redis stopped
     just after it ran a command, its reply not yet written)."""
 
     def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
         self.held = threading.Event()
         self.released = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._sockets: list[socket.socket] = [self._listener]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream_port)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.upstream_port))
-            self._sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+    def _serve(self, client: socket.socket, server: socket.socket) -> None:
+        threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+        threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
 
     def _pump(self, source: socket.socket, target: socket.socket, replies: bool) -> None:
         while True:
@@ -569,8 +558,7 @@ class ReplyHoldingProxy:
 
     def close(self) -> None:
         self.released.set()
-        for sock in self._sockets:
-            sock.close()
+        super().close()
 
 
 @contextmanager
