@@ -22,6 +22,7 @@ The run's report is printed as one JSON line on stdout.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -29,12 +30,11 @@ import threading
 import time
 from pathlib import Path
 
-import redis
-
 from chalicelib.config import load
 from chalicelib.manager.dispatch import look_at
 from chalicelib.manager.pool_queue import TICK, Delayed, PoolMessage
 from chalicelib.services import Services
+from chalicelib.store import connect
 from local.scheduler import LocalScheduler
 
 
@@ -79,7 +79,10 @@ def checkpoint_action() -> tuple[str | None, int, signal.Signals, float, Path | 
 
 def main() -> None:
     config = load({"VMPOOL_CONFIG_FILE": os.environ["CRASH_CONFIG"]})
-    client = redis.Redis(port=int(os.environ["CRASH_REDIS_PORT"]), decode_responses=True)
+    # Production's client (``connect``: a command whose reply was lost is never sent again), not
+    # redis-py's plain one; a long socket timeout: a loaded machine is no outage.
+    client = connect(dataclasses.replace(config.redis, server="127.0.0.1", port=int(os.environ["CRASH_REDIS_PORT"]),
+                                         tls=False, unix_socket=None, socket_timeout=10.0))
     services = Services(config, client, clock=FileClock(Path(os.environ["CRASH_CLOCK"])),
                         prefix=os.environ["CRASH_PREFIX"])
     if os.environ.get("CRASH_RESTART"):
