@@ -15,7 +15,6 @@ imported from here, never from a conftest.py.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import gzip
 import json
 import re
@@ -38,9 +37,10 @@ from chalicelib.manager.context import Checkpoint, PassReport, no_checkpoint
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.base import Provider
 from chalicelib.services import Services
-from chalicelib.store import STATES, CheckoutRequest, Store, connect
+from chalicelib.store import STATES, CheckoutRequest, Store
 from chalicelib.store.connection import ReplyLost, _TcpConnection
 from local.gateway import Gateway
+from tests.support import production_client
 
 PREFIX = "vmpool:"
 """The key prefix every harness uses (the service's default)."""
@@ -623,9 +623,7 @@ def fused_services(harness: Harness, fuse: Fuse | None, backend_fuse: Fuse | Non
     client = harness.client
     if fuse is not None:
         kwargs = harness.client.connection_pool.connection_kwargs
-        client = connect(dataclasses.replace(harness.config.redis, server=kwargs.get("host", "localhost"),
-                                             port=kwargs.get("port", 6379), tls=False, unix_socket=None,
-                                             socket_timeout=10.0))  # a loaded machine is no outage
+        client = production_client(harness.config.redis, kwargs.get("port", 6379))
         client.connection_pool.connection_class = _FusedConnection
         client.connection_pool.connection_kwargs["fuse"] = fuse
     if backend_fuse is not None:

@@ -22,7 +22,6 @@ The run's report is printed as one JSON line on stdout.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -34,8 +33,8 @@ from chalicelib.config import load
 from chalicelib.manager.dispatch import look_at
 from chalicelib.manager.pool_queue import TICK, Delayed, PoolMessage
 from chalicelib.services import Services
-from chalicelib.store import connect
 from local.scheduler import LocalScheduler
+from tests.support import production_client
 
 
 class FileClock:
@@ -81,8 +80,7 @@ def main() -> None:
     config = load({"VMPOOL_CONFIG_FILE": os.environ["CRASH_CONFIG"]})
     # Production's client (``connect``: a command whose reply was lost is never sent again), not
     # redis-py's plain one; a long socket timeout: a loaded machine is no outage.
-    client = connect(dataclasses.replace(config.redis, server="127.0.0.1", port=int(os.environ["CRASH_REDIS_PORT"]),
-                                         tls=False, unix_socket=None, socket_timeout=10.0))
+    client = production_client(config.redis, int(os.environ["CRASH_REDIS_PORT"]))
     services = Services(config, client, clock=FileClock(Path(os.environ["CRASH_CLOCK"])),
                         prefix=os.environ["CRASH_PREFIX"])
     if os.environ.get("CRASH_RESTART"):

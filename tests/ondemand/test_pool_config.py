@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 from typing import Any
@@ -18,12 +17,12 @@ from chalicelib.config import parse
 from chalicelib.manager.dispatch import Ticker, look_at
 from chalicelib.manager.pool_queue import DRAIN, Delayed, PoolMessage
 from chalicelib.services import Services
-from chalicelib.store import connect
 from chalicelib.store.connection import ReplyLost, _TcpConnection
 from chalicelib.store.pool_overrides import SETTINGS, PoolOverrides
 from chalicelib.store.templates import TemplateStore
 from tests.harness import route_target, routes_of
 from tests.ondemand.conftest import BASE_CONFIG
+from tests.support import production_client
 
 BODIES = {
     "config_poolsize": {"debian-12": "3"},
@@ -463,9 +462,7 @@ def test_a_change_of_many_pools_cut_short_by_redis_changes_all_of_them_or_none(m
     ``reply_lost``: the command ran and its reply was lost, a 503 says the change may be made."""
     stack = make_stack()
     healthy = stack.services
-    dropping = connect(dataclasses.replace(
-        healthy.config.redis, server="127.0.0.1", port=redis_client.connection_pool.connection_kwargs["port"],
-        tls=False, unix_socket=None, socket_timeout=10.0))
+    dropping = production_client(healthy.config.redis, redis_client.connection_pool.connection_kwargs["port"])
     dropping.connection_pool.connection_class = DroppingConnection
     try:
         for sends in range(30):

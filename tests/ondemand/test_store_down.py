@@ -8,7 +8,6 @@ a route past its input checks to Redis (a route missing there is sent ``somevm``
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import re
 from typing import Any
@@ -18,8 +17,8 @@ import pytest
 import app
 from chalicelib.api.routes import ROUTES, Route, versioned_paths
 from chalicelib.services import Services
-from chalicelib.store import connect
 from tests.harness import SPEC
+from tests.support import production_client
 
 AUTH = "\n:auth:\n  provider: dummy\n"
 """Token routes answer 404 without authentication configured: with it they reach Redis."""
@@ -72,8 +71,7 @@ CASES = [pytest.param(route, path, id=f"{route.method} {path}") for route in ROU
 def test_redis_down_is_a_503_to_retry(make_stack, route: Route, path: str, closed_port: int) -> None:
     stack = make_stack(extra=AUTH)
     # Production's client (connect: a refused connection is tried once more, at once).
-    dead = connect(dataclasses.replace(stack.services.config.redis, server="127.0.0.1", port=closed_port,
-                                       tls=False, unix_socket=None, socket_timeout=0.2))
+    dead = production_client(stack.services.config.redis, closed_port, socket_timeout=0.2)
     app._services = Services(stack.services.config, dead, clock=stack.clock)  # the fixture restores it
     body = REQUESTS.get(route.name, ({}, None))[1]
     data = json.dumps(body).encode() if body is not None else b""
