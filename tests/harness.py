@@ -38,7 +38,9 @@ from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.base import Provider
 from chalicelib.services import Services
 from chalicelib.store import STATES, CheckoutRequest, Store
+from chalicelib.store.connection import ReplyLost, _TcpConnection
 from local.gateway import Gateway
+from tests.support import production_client
 
 PREFIX = "vmpool:"
 """The key prefix every harness uses (the service's default)."""
@@ -500,17 +502,22 @@ class Fuse:
     into (``fused_services``) and stops the process after its ``die_after``-th: every later one
     raises ``Died`` before anything is sent. ``pause_after``/``meanwhile``: after that round trip,
     once, ``meanwhile()`` runs (another pass, a user) before the next one is sent, as a process
-    frozen there and resumed would see it."""
+    frozen there and resumed would see it. ``lose_reply_of``: that round trip (0-based) reaches
+    Redis and runs, and its reply is lost (the connection reset as it comes: ``ReplyLost``); the
+    process lives on, as production's client (``connect``) leaves it: nothing sent again."""
 
     def __init__(self, die_after: int | None = None, pause_after: int | None = None,
-                 meanwhile: Callable[[], None] | None = None) -> None:
+                 meanwhile: Callable[[], None] | None = None, lose_reply_of: int | None = None) -> None:
         self.sent = 0
         self.die_after = die_after
         self.pause_after = pause_after
         self.meanwhile = meanwhile
+        self.lose_reply_of = lose_reply_of
         self.dead = False
+        self.replies_lost = 0
 
-    def before_send(self) -> None:
+    def before_send(self) -> bool:
+        """Count one more round trip; whether its reply is to be lost."""
         if self.dead or (self.die_after is not None and self.sent >= self.die_after):
             self.dead = True
             raise Died(f"killed after round trip {self.sent}")
@@ -518,36 +525,49 @@ class Fuse:
             meanwhile, self.meanwhile = self.meanwhile, None
             meanwhile()
         self.sent += 1
+        return self.sent - 1 == self.lose_reply_of
 
     def step(self, name: str) -> None:
         """A reconcile checkpoint (after each VM of a batch, each step): one more point to die at."""
         self.before_send()
 
 
-class _FusedConnection(redis.Connection):
-    """A connection whose round trips go through a Fuse (opening it, its handshake and its
-    health check's PING are part of the round trip that needed them)."""
+class _FusedConnection(_TcpConnection):
+    """Production's connection (``connect``: its retry, its tell of a lost reply from a command
+    never sent) whose round trips go through a Fuse (opening it, its handshake and its health
+    check's PING are part of the round trip that needed them). Before, a plain redis-py
+    connection: its retry (10 tries) sent a command again when its reply was lost."""
 
     def __init__(self, *args: Any, fuse: Fuse, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._fuse = fuse
-        self._sending = 0
+        self._fused_sending = 0
+        self._losing = False
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        if self._sending == 0:
-            self._fuse.before_send()
-        self._sending += 1
+        if self._fused_sending == 0:
+            self._losing = self._fuse.before_send()
+        self._fused_sending += 1
         try:
             super().send_packed_command(command, check_health)
         finally:
-            self._sending -= 1
+            self._fused_sending -= 1
 
     def on_connect_check_health(self, check_health: bool = True) -> None:
-        self._sending += 1  # the handshake: HELLO, CLIENT SETINFO
+        self._fused_sending += 1  # the handshake: HELLO, CLIENT SETINFO
         try:
             super().on_connect_check_health(check_health)
         finally:
-            self._sending -= 1
+            self._fused_sending -= 1
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        reply = super().read_response(*args, **kwargs)
+        if self._losing and self._fused_sending == 0:
+            self._losing = False
+            self._fuse.replies_lost += 1
+            self.disconnect()  # the reply came (Redis ran it), and never reaches the process
+            raise ReplyLost("Connection reset by peer (the test's Fuse)")
+        return reply
 
 
 class _FusedCalls:
@@ -603,9 +623,9 @@ def fused_services(harness: Harness, fuse: Fuse | None, backend_fuse: Fuse | Non
     client = harness.client
     if fuse is not None:
         kwargs = harness.client.connection_pool.connection_kwargs
-        client = redis.Redis(connection_pool=redis.ConnectionPool(
-            connection_class=_FusedConnection, fuse=fuse, host=kwargs.get("host", "localhost"),
-            port=kwargs.get("port", 6379), decode_responses=True))
+        client = production_client(harness.config.redis, kwargs.get("port", 6379))
+        client.connection_pool.connection_class = _FusedConnection
+        client.connection_pool.connection_kwargs["fuse"] = fuse
     if backend_fuse is not None:
         return _FusedServices(harness.config, client, clock=harness.clock, prefix=harness.store.keys.prefix,
                               fuse=backend_fuse)

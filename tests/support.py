@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -29,6 +30,8 @@ from typing import Any, Callable, Iterator, TypeVar
 import pytest
 import redis.connection
 
+from chalicelib.config import RedisConfig
+from chalicelib.store import connect
 from chalicelib.store.store import RECOUNT
 from local.redis_server import free_port
 
@@ -314,3 +317,13 @@ def checkout_answers_lost(store: Any) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(store.scripts, "checkout", answer_lost)
         yield
+
+
+def production_client(config: RedisConfig, port: int, socket_timeout: float = 10.0) -> redis.Redis:
+    """The client the service builds (``connect``: its retry, which never sends again a command
+    whose reply was lost; its failover handling) for the local redis-server on ``port``. For
+    tests that inject faults: redis-py's plain client sends a command again after a lost reply
+    (10 tries), so a test run on it takes a path production never does. The long default socket
+    timeout: a loaded test machine is no outage."""
+    return connect(dataclasses.replace(config, server="127.0.0.1", port=port, tls=False, unix_socket=None,
+                                       socket_timeout=socket_timeout))

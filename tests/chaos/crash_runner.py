@@ -29,13 +29,12 @@ import threading
 import time
 from pathlib import Path
 
-import redis
-
 from chalicelib.config import load
 from chalicelib.manager.dispatch import look_at
 from chalicelib.manager.pool_queue import TICK, Delayed, PoolMessage
 from chalicelib.services import Services
 from local.scheduler import LocalScheduler
+from tests.support import production_client
 
 
 class FileClock:
@@ -79,7 +78,9 @@ def checkpoint_action() -> tuple[str | None, int, signal.Signals, float, Path | 
 
 def main() -> None:
     config = load({"VMPOOL_CONFIG_FILE": os.environ["CRASH_CONFIG"]})
-    client = redis.Redis(port=int(os.environ["CRASH_REDIS_PORT"]), decode_responses=True)
+    # Production's client (``connect``: a command whose reply was lost is never sent again), not
+    # redis-py's plain one; a long socket timeout: a loaded machine is no outage.
+    client = production_client(config.redis, int(os.environ["CRASH_REDIS_PORT"]))
     services = Services(config, client, clock=FileClock(Path(os.environ["CRASH_CLOCK"])),
                         prefix=os.environ["CRASH_PREFIX"])
     if os.environ.get("CRASH_RESTART"):

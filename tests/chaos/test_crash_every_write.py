@@ -279,6 +279,38 @@ def test_a_run_killed_after_any_round_trip_converges(fleet: Fleet, scenario: str
     after_every_kill(fleet, scenario, assert_whole)
 
 
+def run_losing_a_reply(fleet: Fleet, lose_reply_of: int | None) -> int:
+    """Alpha's reconcile run with the reply of its ``lose_reply_of``-th round trip lost (Redis ran
+    it; production's client sends nothing again and raises): the run goes on or fails as the
+    Lambda would. Returns the round trips it made."""
+    fuse = Fuse(lose_reply_of=lose_reply_of)
+    services = fused_services(fleet.world, fuse)
+    try:
+        run_pool(services, POOL, 0.0)
+    except Exception:  # noqa: BLE001 - the invocation fails; the next one runs the pool again
+        pass
+    finally:
+        services.client.close()
+    assert fuse.replies_lost == (lose_reply_of is not None), (lose_reply_of, fuse.sent)
+    return fuse.sent
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_a_run_whose_redis_reply_is_lost_at_any_round_trip_converges(fleet: Fleet, scenario: str) -> None:
+    """Each round trip's reply lost in turn, the run living on (a reset connection, a timeout): not
+    a crash, a path of its own (the error handled, ``finally:`` blocks run). The pools come back
+    whole. The crash tests above never took it, nor could a plain redis-py client: it sent the
+    command again."""
+    SCENARIOS[scenario](fleet)
+    start = Start.of(fleet)
+    run_losing_a_reply(start.again(fleet), None)  # loads the Lua scripts the session's Redis lacks
+    total = run_losing_a_reply(start.again(fleet), None)
+    for lose in range(total):
+        current = start.again(fleet)
+        run_losing_a_reply(current, lose)
+        assert_whole(current, f"{scenario}: the reply of round trip {lose} of {total} lost")
+
+
 # --- two passes at once -----------------------------------------------------------------------------
 
 
@@ -611,3 +643,38 @@ def test_a_checkout_killed_after_any_round_trip_converges(fleet: Fleet) -> None:
         current = start.again(fleet)
         killed_request(current, die_after)
         assert_whole(current, where)
+
+
+def test_a_checkout_whose_redis_reply_is_lost_at_any_round_trip_converges(fleet: Fleet) -> None:
+    """Each round trip of a checkout has its reply lost in turn (Redis ran it): the caller is
+    answered (a VM it holds, or a 503 for one it does not), the pool comes back whole, and what
+    the caller was not told is not kept running for it."""
+    fleet.converge()
+    check_out(fleet)
+    start = Start.of(fleet)
+    world = fleet.world
+
+    def request(current: Fleet, lose: int | None) -> tuple[int, int, set[str]]:
+        fuse = Fuse(lose_reply_of=lose)
+        services = fused_services(world, fuse)
+        chalice_app._services = services
+        try:
+            reply = current.world.request("POST", "/api/v3/vm", {POOL: 1})
+        finally:
+            chalice_app._services = world.services
+            services.client.close()
+        told = {str(reply.json[POOL]["hostname"]).split(".")[0]} if reply.status == 200 else set()
+        return fuse.sent, reply.status, told
+
+    request(start.again(fleet), None)  # loads the Lua scripts the session's Redis lacks
+    total, status, _ = request(start.again(fleet), None)
+    assert status == 200
+    for lose in range(total):
+        where = f"checkout: the reply of round trip {lose} of {total} lost"
+        current = start.again(fleet)
+        running_before = world.hosts(POOL, "running")
+        _, status, told = request(current, lose)
+        assert status in (200, 503), f"{where}: answered {status}"
+        assert_whole(current, where)
+        unknown = world.hosts(POOL, "running") - running_before - told
+        assert not unknown, f"{where}: {unknown} running for a caller who was not told"

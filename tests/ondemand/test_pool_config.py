@@ -9,8 +9,6 @@ from typing import Any
 
 import pytest
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 import app
 from chalicelib.api import pool_config
@@ -19,10 +17,12 @@ from chalicelib.config import parse
 from chalicelib.manager.dispatch import Ticker, look_at
 from chalicelib.manager.pool_queue import DRAIN, Delayed, PoolMessage
 from chalicelib.services import Services
+from chalicelib.store.connection import ReplyLost, _TcpConnection
 from chalicelib.store.pool_overrides import SETTINGS, PoolOverrides
 from chalicelib.store.templates import TemplateStore
 from tests.harness import route_target, routes_of
 from tests.ondemand.conftest import BASE_CONFIG
+from tests.support import production_client
 
 BODIES = {
     "config_poolsize": {"debian-12": "3"},
@@ -421,19 +421,31 @@ def test_a_reset_answers_the_value_it_removed_when_a_change_lands_just_before_it
     assert stack.services.pool("debian-12") == stack.services.config.pool("debian-12")
 
 
-class DroppingConnection(redis.connection.Connection):
-    """A Redis connection that drops when its countdown (shared by every such connection) runs
-    out: the ``sends_left``-th command (or pipeline) sent from now on never arrives."""
+class DroppingConnection(_TcpConnection):
+    """Production's Redis connection (``connect``) that drops when its countdown (shared by every
+    such connection) runs out: the ``sends_left``-th command (or pipeline) sent from now on never
+    arrives, nor any after it. With ``reply_lost``, that one command reaches Redis and runs, and
+    its reply is lost (the connection reset as it comes), the later ones arriving."""
 
     sends_left = 1_000_000
+    reply_lost = False
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         DroppingConnection.sends_left -= 1
-        if DroppingConnection.sends_left < 0:
+        if DroppingConnection.sends_left < 0 and not DroppingConnection.reply_lost:
             raise redis.ConnectionError("connection dropped by the test")
         super().send_packed_command(command, check_health)
 
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        reply = super().read_response(*args, **kwargs)
+        if DroppingConnection.reply_lost and DroppingConnection.sends_left == -1:
+            DroppingConnection.sends_left = -2  # once
+            self.disconnect()
+            raise ReplyLost("Connection reset by peer (the test's)")
+        return reply
 
+
+@pytest.mark.parametrize("reply_lost", [False, True], ids=["dropped", "reply_lost"])
 @pytest.mark.parametrize("path, body, field", [
     ("/config/poolsize", {"debian-12": "4", "win-2022": "3"}, "size"),
     ("/config/pooltemplate", {"debian-12": "templates/a", "win-2022": "templates/b"}, "template"),
@@ -441,35 +453,37 @@ class DroppingConnection(redis.connection.Connection):
     ("/poolreset", {"debian-12": "1", "win-2022": "1"}, "reset_at"),
 ], ids=["poolsize", "pooltemplate", "clonetarget", "poolreset"])
 def test_a_change_of_many_pools_cut_short_by_redis_changes_all_of_them_or_none(make_stack, redis_client, path, body,
-                                                                               field):
+                                                                               field, reply_lost):
     """Redis drops at each command of the request in turn: every pool has changed (201) or none
     has (503). Before, a drop between two pools left the first one changed and the second not;
     and a drop at the nudge of the pools' passes, sent after the change, answered 503 for a
-    change made (the nudge is now made by the change's own script)."""
+    change made (the nudge is now made by the change's own script). On production's client
+    (``connect``: a command never sent is sent once more, one whose reply was lost never is);
+    ``reply_lost``: the command ran and its reply was lost, a 503 says the change may be made."""
     stack = make_stack()
     healthy = stack.services
-    dropping = redis.Redis(connection_pool=redis.ConnectionPool(
-        connection_class=DroppingConnection, decode_responses=True,
-        **{key: redis_client.connection_pool.connection_kwargs[key] for key in ("host", "port")}),
-        retry=Retry(NoBackoff(), 0))
+    dropping = production_client(healthy.config.redis, redis_client.connection_pool.connection_kwargs["port"])
+    dropping.connection_pool.connection_class = DroppingConnection
     try:
         for sends in range(30):
             for setting in SETTINGS:
                 healthy.client.delete(healthy.store.keys.pool_override(setting))
             app._services = Services(healthy.config, dropping, clock=stack.clock, prefix=healthy.store.keys.prefix,
                                      refill=stack.refill)
-            DroppingConnection.sends_left = sends
+            DroppingConnection.sends_left, DroppingConnection.reply_lost = sends, reply_lost
             status, _ = stack.answer("POST", f"/api/v3{path}", body)
-            DroppingConnection.sends_left = 1_000_000
+            every_command_sent = DroppingConnection.sends_left >= 0  # the request ended before its drop
+            DroppingConnection.sends_left, DroppingConnection.reply_lost = 1_000_000, False
             dropping.connection_pool.disconnect()
             changed = [getattr(PoolOverrides(healthy.store).get(pool), field) is not None for pool in body]
-            assert (status, changed) in ((201, [True, True]), (503, [False, False])), (sends, status, changed)
+            allowed = [(201, [True, True]), (503, [False, False])] + ([(503, [True, True])] if reply_lost else [])
+            assert (status, changed) in allowed, (sends, status, changed)
             woken = [healthy.client.llen(healthy.store.keys.wake(pool)) for pool in body]
-            assert woken == ([1, 1] if status == 201 else [0, 0]), (sends, status, woken)
+            assert woken == ([1, 1] if changed[0] else [0, 0]), (sends, status, woken)
             healthy.client.delete(*(healthy.store.keys.wake(pool) for pool in body))
-            if status == 201:
+            if status == 201 and (every_command_sent or not reply_lost):
                 break
-        assert status == 201
+        assert status == 201 and every_command_sent
     finally:
         app._services = healthy
 

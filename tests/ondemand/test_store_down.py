@@ -13,14 +13,12 @@ import re
 from typing import Any
 
 import pytest
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 import app
 from chalicelib.api.routes import ROUTES, Route, versioned_paths
 from chalicelib.services import Services
 from tests.harness import SPEC
+from tests.support import production_client
 
 AUTH = "\n:auth:\n  provider: dummy\n"
 """Token routes answer 404 without authentication configured: with it they reach Redis."""
@@ -72,8 +70,8 @@ CASES = [pytest.param(route, path, id=f"{route.method} {path}") for route in ROU
 @pytest.mark.parametrize(("route", "path"), CASES)
 def test_redis_down_is_a_503_to_retry(make_stack, route: Route, path: str, closed_port: int) -> None:
     stack = make_stack(extra=AUTH)
-    dead = redis.Redis(port=closed_port, socket_connect_timeout=0.2, decode_responses=True,
-                       retry=Retry(NoBackoff(), 0))
+    # Production's client (connect: a refused connection is tried once more, at once).
+    dead = production_client(stack.services.config.redis, closed_port, socket_timeout=0.2)
     app._services = Services(stack.services.config, dead, clock=stack.clock)  # the fixture restores it
     body = REQUESTS.get(route.name, ({}, None))[1]
     data = json.dumps(body).encode() if body is not None else b""
