@@ -17,7 +17,8 @@ from typing import Iterable, Sequence
 
 from chalicelib.config import PoolConfig
 from chalicelib.store.scripts import ScriptCall, run_many
-from chalicelib.store.store import Store, _translate_errors
+from chalicelib.store.store import _translate_errors
+from chalicelib.store.substore import SubStore
 
 
 def pool_to_json(pool: PoolConfig) -> str:
@@ -43,13 +44,8 @@ def pool_from_json(text: str) -> PoolConfig:
     return PoolConfig(**fields)
 
 
-class Fleet:
+class Fleet(SubStore):
     """Known pools and queued follow-ups in Redis; every method raises StoreUnavailable."""
-
-    def __init__(self, store: Store) -> None:
-        self.client = store.client
-        self.keys = store.keys
-        self.scripts = store.scripts
 
     def names(self) -> set[str]:
         """Every pool known to the scheduler (configured now or drained since)."""

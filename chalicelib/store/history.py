@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from chalicelib.store.scripts import ScriptCall, run_many
-from chalicelib.store.store import Store, _translate_errors
+from chalicelib.store.store import _translate_errors
+from chalicelib.store.substore import SubStore
 
 KEEP_MINUTES = 7 * 24 * 60
 """Seven days of per-minute samples: at most 10,080 small members per pool."""
@@ -46,13 +47,8 @@ def minute_of(timestamp: float) -> int:
     return int(timestamp // 60)
 
 
-class PoolHistory:
+class PoolHistory(SubStore):
     """Write and read the samples; every method raises StoreUnavailable."""
-
-    def __init__(self, store: Store) -> None:
-        self.client = store.client
-        self.keys = store.keys
-        self.scripts = store.scripts
 
     def record(self, pool: str, sample: Sample) -> None:
         """Keep ``sample`` as the pool's sample of its minute (one round trip)."""

@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from chalicelib.store.leases import holder_label
-from chalicelib.store.store import Store, _translate_errors, update_args
+from chalicelib.store.store import _translate_errors, update_args
+from chalicelib.store.substore import SubStore
 
 QUEUED = "queued"
 STARTED = "started"
@@ -28,11 +29,8 @@ STALE_SLOT_SECONDS = 3600.0
 """Far longer than a vMotion of a CI VM takes."""
 
 
-class MigrationStore:
+class MigrationStore(SubStore):
     """Take and free migration slots; every method raises StoreUnavailable."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
 
     def take_slot(self, hostname: str, limit: int, now: float) -> str:
         """'started', 'limit' or 'gone' (see lua/migration_slot.lua); 'limit' too when Redis ran

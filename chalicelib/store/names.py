@@ -7,21 +7,16 @@ from __future__ import annotations
 from typing import Collection
 
 from chalicelib.store.scripts import ScriptCall, run_many
-from chalicelib.store.store import Store, _translate_errors
+from chalicelib.store.store import _translate_errors
+from chalicelib.store.substore import SubStore
 
 NAMES_PER_CALL = 5000
 """Names written by one script call (a read of a large vCenter holds many): the calls go in one
 pipeline, each short for Redis's one thread, the last one setting the mark."""
 
 
-class NamesStore:
+class NamesStore(SubStore):
     """The marks, claims and held names of manager/names.py; every method raises StoreUnavailable."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.keys = store.keys
-        self.client = store.client
-        self.scripts = store.scripts
 
     def claim(self, provider: str, now: float, hold_seconds: float, token: str) -> bool:
         """Whether the caller is now the one pass reading the provider's names (the mark missing,

@@ -26,12 +26,12 @@ from chalicelib.store.store import (
     Quota,
     QuotaExceeded,
     RequestNotDurable,
-    Store,
     StoreUnavailable,
     TokenGone,
     _translate_errors,
     token_index,
 )
+from chalicelib.store.substore import SubStore
 
 OPEN = "open"
 READY = "ready"
@@ -133,14 +133,8 @@ class Ending:
     pools: tuple[str, ...] = ()
 
 
-class OnDemandStore:
+class OnDemandStore(SubStore):
     """Typed operations on on-demand requests; every method raises StoreUnavailable."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.keys = store.keys
-        self.client = store.client
-        self.scripts = store.scripts
 
     def create(
         self,

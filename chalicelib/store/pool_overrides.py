@@ -28,7 +28,8 @@ from chalicelib.config_fields import Invalid, inventory_path
 from chalicelib.sizing.settings import MAX_SIZE
 from chalicelib.store.keys import SIZE_OVERRIDES
 from chalicelib.store.records import finite_number
-from chalicelib.store.store import SettingRead, Store, StoreUnavailable, TokenGone, _translate_errors, token_index
+from chalicelib.store.store import SettingRead, StoreUnavailable, TokenGone, _translate_errors, token_index
+from chalicelib.store.substore import SubStore
 
 SIZE = SIZE_OVERRIDES
 TEMPLATE = "pooltemplate"
@@ -138,14 +139,8 @@ def apply(pool: PoolConfig, override: PoolOverride, room: Callable[[], int] | No
     return pool
 
 
-class PoolOverrides:
+class PoolOverrides(SubStore):
     """Read and change the runtime overrides; every method raises StoreUnavailable."""
-
-    def __init__(self, store: Store) -> None:
-        self.client = store.client
-        self.keys = store.keys
-        self.scripts = store.scripts
-        self._store = store
 
     def get(self, pool: str) -> PoolOverride:
         return self.all([pool])[pool]
@@ -214,7 +209,7 @@ class PoolOverrides:
         keys = [self.keys.pool_override(setting), self.keys.ready_fence, *(self.keys.wake(pool) for pool in values)]
         token = token_index(keys, token_key)
         fence = secrets.token_hex(8) if setting in FENCING else ""
-        deadline = self._store.answer_deadline()
+        deadline = self.store.answer_deadline()
         with _translate_errors():
             answer = self.scripts.pool_overrides(keys=keys, args=[fence, deadline, token, *args])
         if answer == -1:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from chalicelib.store.scripts import run_many
-from chalicelib.store.store import Store, _translate_errors
+from chalicelib.store.store import _translate_errors
+from chalicelib.store.substore import SubStore
 
 DONE = "done"
 
@@ -40,31 +41,28 @@ class Underway:
         return json.dumps({"ref": ref, "since": since, "given_up": given_up}, sort_keys=True)
 
 
-class TemplateStore:
+class TemplateStore(SubStore):
     """``templates:prepared``: per ``<provider>:<template>``, "done" or the preparing task's ref."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
 
     def state(self, template_key: str) -> str | None:
         with _translate_errors():
-            value = self.store.client.hget(self.store.keys.templates_prepared, template_key)
+            value = self.client.hget(self.keys.templates_prepared, template_key)
         return None if value is None else str(value)
 
     def all(self) -> dict[str, str]:
         """Every template's state, by ``<provider>:<template>``."""
         with _translate_errors():
-            found = self.store.client.hgetall(self.store.keys.templates_prepared)
+            found = self.client.hgetall(self.keys.templates_prepared)
         return {str(key): str(value) for key, value in found.items()}
 
     def started(self, template_key: str, task_ref: str) -> bool:
         """Record the preparing task unless another pass recorded one first."""
         with _translate_errors():
-            return bool(self.store.client.hsetnx(self.store.keys.templates_prepared, template_key, task_ref))
+            return bool(self.client.hsetnx(self.keys.templates_prepared, template_key, task_ref))
 
     def done(self, template_key: str) -> None:
         with _translate_errors():
-            self.store.client.hset(self.store.keys.templates_prepared, template_key, DONE)
+            self.client.hset(self.keys.templates_prepared, template_key, DONE)
 
     def finish(self, template_key: str, task_ref: str) -> bool:
         """Record the template prepared, if ``task_ref`` is still the preparation recorded."""
@@ -79,7 +77,7 @@ class TemplateStore:
         read (a record of another preparation, or none, is replaced: a preparation recorded by a
         version without this record, a pass killed before it recorded it)."""
         with _translate_errors():
-            raw = self.store.client.hget(self.store.keys.templates_preparing, template_key)
+            raw = self.client.hget(self.keys.templates_preparing, template_key)
         found = Underway.parse(None if raw is None else str(raw))
         if found is not None and found.ref == task_ref:
             return found
@@ -90,7 +88,7 @@ class TemplateStore:
     def given_up(self, template_key: str, task_ref: str) -> bool:
         """Whether the clones stopped waiting for the preparation ``task_ref`` (read only)."""
         with _translate_errors():
-            raw = self.store.client.hget(self.store.keys.templates_preparing, template_key)
+            raw = self.client.hget(self.keys.templates_preparing, template_key)
         found = Underway.parse(None if raw is None else str(raw))
         return found is not None and found.ref == task_ref and found.given_up
 
@@ -110,32 +108,32 @@ class TemplateStore:
         """Drop these templates' records that still say done (a preparation recorded meanwhile
         stays); the ones dropped. One round trip."""
         keys = list(template_keys)
-        calls = [(self.store.scripts.replace_field, [self.store.keys.templates_prepared], [key, DONE, ""])
+        calls = [(self.scripts.replace_field, [self.keys.templates_prepared], [key, DONE, ""])
                  for key in keys]
         with _translate_errors():
-            replies = run_many(self.store.client, calls)
+            replies = run_many(self.client, calls)
         return [key for key, dropped in zip(keys, replies, strict=True) if dropped]
 
     def forget_stale_underway(self) -> int:
         """Drop the records of preparations no longer recorded in ``templates:prepared`` (a pass
         killed between the two writes); how many. One read each, one round trip to drop."""
         with _translate_errors():
-            found = self.store.client.hgetall(self.store.keys.templates_preparing)
+            found = self.client.hgetall(self.keys.templates_preparing)
         recorded = self.all()
         stale = [(str(key), str(raw)) for key, raw in found.items()
                  if getattr(Underway.parse(str(raw)), "ref", None) != recorded.get(str(key))]
-        calls = [(self.store.scripts.replace_field, [self.store.keys.templates_preparing], [key, raw, ""])
+        calls = [(self.scripts.replace_field, [self.keys.templates_preparing], [key, raw, ""])
                  for key, raw in stale]
         with _translate_errors():
-            replies = run_many(self.store.client, calls) if calls else []
+            replies = run_many(self.client, calls) if calls else []
         return sum(1 for dropped in replies if dropped)
 
     def _replace_underway(self, template_key: str, expected: str, value: str) -> bool:
         with _translate_errors():
-            return bool(self.store.scripts.replace_field(
-                keys=[self.store.keys.templates_preparing], args=[template_key, expected, value]))
+            return bool(self.scripts.replace_field(
+                keys=[self.keys.templates_preparing], args=[template_key, expected, value]))
 
     def _replace(self, template_key: str, expected: str, value: str) -> bool:
         with _translate_errors():
-            return bool(self.store.scripts.replace_field(
-                keys=[self.store.keys.templates_prepared], args=[template_key, expected, value]))
+            return bool(self.scripts.replace_field(
+                keys=[self.keys.templates_prepared], args=[template_key, expected, value]))

@@ -17,7 +17,8 @@ from typing import Any, Mapping, cast
 from chalicelib.store.leases import holder_label
 from chalicelib.store.records import VMRecord
 from chalicelib.store.settle import answered_or_settled, settled_ttl
-from chalicelib.store.store import Store, StoreUnavailable, TaskQueueing, TokenGone, _translate_errors, token_index
+from chalicelib.store.store import StoreUnavailable, TaskQueueing, TokenGone, _translate_errors, token_index
+from chalicelib.store.substore import SubStore
 
 DISK = "disk"
 SNAPSHOT = "snapshot"
@@ -62,14 +63,8 @@ def in_flight(record: VMRecord) -> Mapping[str, Any] | None:
         return None
 
 
-class VMTaskStore:
+class VMTaskStore(SubStore):
     """Queue, take and finish a VM's tasks; every method raises StoreUnavailable."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.client = store.client
-        self.keys = store.keys
-        self.scripts = store.scripts
 
     def enqueue(self, seen: VMRecord, task: Mapping[str, Any], now: float, token_key: str = "") -> EnqueueResult:
         """Queue a task on the running VM ``seen`` (as the caller read it and checked who may
