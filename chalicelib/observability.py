@@ -8,7 +8,8 @@ Custom metrics are billed per metric (name + dimensions) per hour it receives da
 pool would cost $0.30 a month per pool and metric, more than the pool's Lambda time. So gauges
 and timings are service-wide (the tick publishes the totals and the number of empty pools once a
 minute), and the few metrics with a ``pool`` dimension are published only when their event
-happens for that pool: ``CheckoutMisses`` (a checkout found no ready VM), ``CloneFailures``,
+happens for that pool: ``CheckoutMisses`` (a checkout found no ready VM; per ``alias`` for a
+name that is only an alias), ``CloneFailures``,
 ``ReconcileErrors``, ``DnsFailures``, ``Migrations``, ``MigrationFailures``,
 ``TemplatePreparationFailures`` and ``CloneCancelsRefused``. A quiet pool adds
 no metric at all; per-pool counts are in the logs (the ``reconcile pass`` and ``tick`` lines)
@@ -262,6 +263,7 @@ POOL_DIMENSIONS = ("pool", "service")
 SERVICE_DIMENSIONS = ("service",)
 REASON_DIMENSIONS = ("reason", "service")
 POOL_REASON_DIMENSIONS = ("pool", "reason", "service")
+ALIAS_DIMENSIONS = ("alias", "service")
 
 
 @dataclass(frozen=True)
@@ -307,7 +309,8 @@ METRICS: dict[str, MetricSpec] = {
         _spec(TARGET_SIZE, _COUNT, POOL_DIMENSIONS),
         _spec(PREDICTED_DEMAND, _COUNT, POOL_DIMENSIONS),
         _spec(CHECKOUTS, _COUNT, SERVICE_DIMENSIONS),
-        _spec(CHECKOUT_MISSES, _COUNT, POOL_DIMENSIONS, SERVICE_DIMENSIONS),
+        # Per alias for a name asked for that is only an alias (no pool of that name).
+        _spec(CHECKOUT_MISSES, _COUNT, POOL_DIMENSIONS, SERVICE_DIMENSIONS, ALIAS_DIMENSIONS),
         _spec(DELETES, _COUNT, SERVICE_DIMENSIONS),
         _spec(REFILL_LATENCY, _SECONDS, SERVICE_DIMENSIONS),
         _spec(PASS_LATENESS, _SECONDS, SERVICE_DIMENSIONS),

@@ -453,16 +453,19 @@ TOP_POOLS = 20
 _QUERY_FUNCTIONS = {"Sum": "SUM", "Maximum": "MAX"}
 
 
-def _by_pool(stage: Stage, title: str, *names: str, stat: str = "Sum") -> dict[str, Any]:
+def _by_pool(stage: Stage, title: str, *names: str, stat: str = "Sum",
+             by_alias: tuple[str, ...] = ()) -> dict[str, Any]:
     """The ``TOP_POOLS`` pools with the most of each metric (only pools where it happened
     publish it), by a Metrics Insights query: it ranks every matching metric (up to 10,000)
     before its LIMIT. A SEARCH returns an arbitrary 500 of its matches, and a graph draws at most
-    500 series: at 1,000 pools failing at once it showed half of them, maybe not the worst."""
+    500 series: at 1,000 pools failing at once it showed half of them, maybe not the worst.
+    ``by_alias``: metrics also ranked by their ``alias`` dimension in the same graph."""
     namespace = m.namespace_for(stage.name)
     function = _QUERY_FUNCTIONS[stat]
+    series = [(name, "pool") for name in names] + [(name, "alias") for name in by_alias]
     expressions = []
-    for index, name in enumerate(names):
-        dims = sorted(next(d for d in m.METRICS[name].dimension_sets if "pool" in d))
+    for index, (name, key) in enumerate(series):
+        dims = sorted(next(d for d in m.METRICS[name].dimension_sets if key in d))
         group = ", ".join(d for d in dims if d != "service")
         query = (f'SELECT {function}({name}) FROM SCHEMA("{namespace}", {", ".join(dims)}) '
                  f"GROUP BY {group} ORDER BY {function}() DESC LIMIT {TOP_POOLS}")
@@ -500,7 +503,7 @@ def dashboard(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
         _log_widget("Empty pools (last tick)", tick_log,
                     "filter message = 'tick' | sort @timestamp desc | limit 1 | fields @timestamp, empty_count, empty"),
         _widget("Checkouts, misses (503), deletes", service(m.CHECKOUTS, m.CHECKOUT_MISSES, m.DELETES)),
-        _by_pool(stage, "Checkout misses by pool", m.CHECKOUT_MISSES),
+        _by_pool(stage, "Checkout misses by pool or alias", m.CHECKOUT_MISSES, by_alias=(m.CHECKOUT_MISSES,)),
         _by_pool(stage, "Clone failures by pool, clone cancels refused by pool and reason", m.CLONE_FAILURES,
                  m.CLONE_CANCELS_REFUSED),
         _by_pool(stage, "DNS failures by pool and reason, migrations by pool", m.DNS_FAILURES, m.MIGRATIONS,

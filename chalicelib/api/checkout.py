@@ -87,13 +87,16 @@ def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int])
         raise quota_error(services, exceeded) from None
     if not result.ok:
         emit(None, {metric.CHECKOUT_MISSES: 1})
-        # Per pool only for a name that is a pool: an alias is no pool to graph or to grow, and
-        # counting each pool it names wrote an EMF document per pool (~300 KB of logs for one
-        # 503 of an alias of 1,000 pools, repeatable by any caller). The alias's empty pools are
-        # in EmptyPools and the tick's line; the names that were short are in the line below.
+        # Per pool for a name that is a pool, per alias for one that is only an alias: an alias
+        # is no pool to graph or to grow, and counting each pool it names wrote an EMF document
+        # per pool (~300 KB of logs for one 503 of an alias of 1,000 pools, repeatable by any
+        # caller). Every name here resolved to a pool (unknown ones were a 404), so the ``alias``
+        # values are the config's aliases: as bounded as the pools.
         for missed in result.short:
             if config.pool(missed) is not None:
                 emit(missed, {metric.CHECKOUT_MISSES: 1})
+            else:
+                emit(None, {metric.CHECKOUT_MISSES: 1}, dimensions={"alias": missed})
         fallback = fallback_checkout(services, request, wanted, caller)
         if fallback is not None:
             return fallback

@@ -250,6 +250,25 @@ def test_a_checkout_miss_is_counted_per_pool_only_for_a_pool_asked_for(
     assert emitted(documents)[(m.CHECKOUT_MISSES, ("service",))] == [1.0]
 
 
+def test_a_checkout_miss_of_a_name_that_is_only_an_alias_is_counted_for_the_alias(
+        redis_client: redis.Redis, clock: FakeClock, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A miss of an alias that is no pool's name counted service-wide only: the dashboard's
+    misses-by-pool graph never showed it, and an operator could not tell which name callers
+    were refused. It is counted once per alias (one document, whatever its pools), under an
+    ``alias`` dimension, and the graph ranks aliases too."""
+    config = CONFIG.replace("{name: alpha, size: 2,", "{name: alpha, size: 2, alias: [any],").replace(
+        "{name: broken, size: 1,", "{name: broken, size: 1, alias: [any, broken-too],")
+    documents = emf_documents(_checkout_miss_output(config, b'{"any": 1, "broken-too": 1, "alpha": 1}',
+                                                    redis_client, clock, capsys, monkeypatch))
+    by_alias = sorted(document["alias"] for document in documents
+                      if m.CHECKOUT_MISSES in document and "alias" in document)
+    assert by_alias == ["any", "broken-too"]
+    found = emitted(documents)
+    assert found[(m.CHECKOUT_MISSES, ("alias", "service"))] == [1.0, 1.0]
+    assert found[(m.CHECKOUT_MISSES, ("service",))] == [1.0]
+
+
 def test_the_log_bytes_of_a_missed_checkout_do_not_grow_with_its_aliass_pools(
         redis_client: redis.Redis, clock: FakeClock, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -333,7 +352,9 @@ def test_per_pool_graphs_rank_every_pool_and_draw_the_worst(package: Package) ->
         assert sum(int(match["limit"]) for match in matches if match) <= 100
     assert {match["name"] for match in per_pool} == set(m.PER_POOL_METRICS)
     for match in per_pool:
-        assert "pool" in match["group"].split(", ") and "service" not in match["group"]
+        assert {"pool", "alias"} & set(match["group"].split(", ")) and "service" not in match["group"]
+    by_alias = [(match["name"], match["dims"]) for match in per_pool if match["group"] == "alias"]
+    assert by_alias == [(m.CHECKOUT_MISSES, "alias, service")]
 
 
 def test_one_alarm_for_empty_pools_and_lambda_errors_and_throttles(package: Package) -> None:
