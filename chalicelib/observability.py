@@ -255,6 +255,10 @@ AWS_CALL_FAILURES = "AwsCallFailures"
 # Any function (service-wide, and by reason): a secret reference of the config (Secrets Manager,
 # SSM) that could not be fetched (auth/secrets.py SecretUnavailable: its metric_key is the reason).
 SECRET_FAILURES = "SecretFailures"
+# A reconcile pass (service-wide, and by provider and reason): the names of a provider's VMs,
+# read once after Redis lost its data (manager/names.py), could not be read (the provider's
+# failure kind; its pools clone under random names until a read succeeds). Should stay 0.
+NAMES_READ_FAILURES = "NamesReadFailures"
 # The scheduler's tick (service-wide): runtime templates and clone targets the config in effect has
 # no room for in /config, left out (store/pool_overrides.py ``fitting``). Should stay 0.
 OVERRIDES_IGNORED = "OverridesIgnored"
@@ -264,6 +268,7 @@ SERVICE_DIMENSIONS = ("service",)
 REASON_DIMENSIONS = ("reason", "service")
 POOL_REASON_DIMENSIONS = ("pool", "reason", "service")
 ALIAS_DIMENSIONS = ("alias", "service")
+PROVIDER_REASON_DIMENSIONS = ("provider", "reason", "service")
 
 
 @dataclass(frozen=True)
@@ -320,6 +325,7 @@ METRICS: dict[str, MetricSpec] = {
         _spec(OVERRIDES_IGNORED, _COUNT, SERVICE_DIMENSIONS),
         _spec(AWS_CALL_FAILURES, _COUNT, SERVICE_DIMENSIONS),
         _spec(SECRET_FAILURES, _COUNT, SERVICE_DIMENSIONS, REASON_DIMENSIONS),
+        _spec(NAMES_READ_FAILURES, _COUNT, SERVICE_DIMENSIONS, PROVIDER_REASON_DIMENSIONS),
     )
 }
 

@@ -358,6 +358,12 @@ def alarms(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
         "gives the reason (refused: IAM, KMS or a wrong name; unavailable or throttled: AWS; malformed: the "
         "secret's content); the callers' log lines name the reference.",
         m.SECRET_FAILURES, "Sum", 3)
+    found["NamesReadFailuresAlarm"] = service_count_alarm(
+        "names-not-read",
+        "3+ reads in 5 minutes of the names of a provider's VMs (once after Redis lost its data) failed: "
+        "its pools clone under random names until one succeeds. The dashboard's graph names the provider "
+        "and the failure kind; the pass's 'names of the VMs Redis forgot not read' warning gives the error.",
+        m.NAMES_READ_FAILURES, "Sum", 3)
     found["TemplatePreparationFailuresAlarm"] = service_count_alarm(
         "template-preparation-failures",
         "A template's preparation (create_template_delta_disks) failed or was still under way after the "
@@ -460,16 +466,24 @@ def _by_pool(stage: Stage, title: str, *names: str, stat: str = "Sum",
     before its LIMIT. A SEARCH returns an arbitrary 500 of its matches, and a graph draws at most
     500 series: at 1,000 pools failing at once it showed half of them, maybe not the worst.
     ``by_alias``: metrics also ranked by their ``alias`` dimension in the same graph."""
+    return _ranked(stage, title, [(name, "pool") for name in names] + [(name, "alias") for name in by_alias],
+                   stat=stat, labelled=len(names) > 1)
+
+
+def _ranked(stage: Stage, title: str, series: list[tuple[str, str]], stat: str = "Sum",
+            labelled: bool = False) -> dict[str, Any]:
+    """A graph of the ``TOP_POOLS`` series with the most of each (metric, dimension) of
+    ``series``: the metric's dimension set holding that dimension, grouped by all but
+    ``service`` (``_by_pool`` says why a Metrics Insights query)."""
     namespace = m.namespace_for(stage.name)
     function = _QUERY_FUNCTIONS[stat]
-    series = [(name, "pool") for name in names] + [(name, "alias") for name in by_alias]
     expressions = []
     for index, (name, key) in enumerate(series):
         dims = sorted(next(d for d in m.METRICS[name].dimension_sets if key in d))
         group = ", ".join(d for d in dims if d != "service")
         query = (f'SELECT {function}({name}) FROM SCHEMA("{namespace}", {", ".join(dims)}) '
                  f"GROUP BY {group} ORDER BY {function}() DESC LIMIT {TOP_POOLS}")
-        expressions.append([{"expression": query, "label": name if len(names) > 1 else "", "id": f"q{index}"}])
+        expressions.append([{"expression": query, "label": name if labelled else "", "id": f"q{index}"}])
     return _widget(f"{title} (top {TOP_POOLS})", expressions, period=300)
 
 
@@ -538,6 +552,8 @@ def dashboard(stage: Stage, infra_only: bool = False) -> dict[str, Any]:
         _widget("Secrets not fetched, by reason (logins, Redis connections, passes fail; should stay 0)",
                 [[namespace, m.SECRET_FAILURES, "reason", reason, "service", m.SERVICE, {"label": reason}]
                  for reason in SECRET_FAILURE_KEYS]),
+        _ranked(stage, "Names of VMs Redis forgot not read, by provider and reason (random clone names "
+                "until read; should stay empty)", [(m.NAMES_READ_FAILURES, "provider")]),
         _widget("Lambda errors", per_function("Errors")),
         _widget("Lambda throttles", per_function("Throttles")),
         _widget("Lambda duration max (ms)", per_function("Duration"), stat="Maximum"),

@@ -23,8 +23,9 @@ its claim lapsed (``CLAIM_SECONDS``).
 
 from __future__ import annotations
 
+from chalicelib import observability as metric
 from chalicelib.manager.context import PassContext
-from chalicelib.observability import logger
+from chalicelib.observability import emit, logger
 from chalicelib.providers.base import ProviderError
 from chalicelib.store.leases import lease_token
 from chalicelib.store.names import NamesStore
@@ -65,6 +66,10 @@ def hold_forgotten_names(context: PassContext) -> None:
         logger.warning("names of the VMs Redis forgot not read: random clone names until they are",
                        extra={"pool": context.pool.name, "provider": provider, "error": str(error)})
         context.report.errors.append(f"names of provider {provider}'s VMs not read: {error}")
+        # Counted, not only logged: a pass goes on after it (no ReconcileErrors), and word names
+        # stay off for the provider's pools until a read succeeds.
+        emit(None, {metric.NAMES_READ_FAILURES: 1})
+        emit(None, {metric.NAMES_READ_FAILURES: 1}, dimensions={"provider": provider, "reason": error.kind.value})
         return
     context.checkpoint("names_read")
     names.hold(provider, found, context.now, HELD_NAMES_SECONDS)

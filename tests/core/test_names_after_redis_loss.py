@@ -8,12 +8,14 @@ from typing import Any, Callable, Sequence
 
 import pytest
 
+from chalicelib import observability as metric
 from chalicelib.config import PoolConfig, parse
 from chalicelib.manager import clones, ondemand
 from chalicelib.manager.hostnames import random_name
 from chalicelib.providers.base import ProviderError
 from chalicelib.store.names import NamesStore
 from tests.harness import Harness, HarnessFactory
+from tests.support import emf_documents, emitted
 
 CONFIG = """
 :config: {domain: example.com, experimental_features: true}
@@ -148,6 +150,26 @@ def test_a_provider_whose_names_cannot_be_read_clones_under_random_names_until_t
     world.clock.advance(2)
     report = world.reconcile("b")  # destroys it and clones its replacement: word names tried
     assert report.clones_started and name not in report.clones_started  # that one held
+
+
+def test_a_failed_names_read_is_counted_by_provider_and_reason(
+        make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A failed read was a warning line only: the pass goes on (no ReconcileErrors), so no
+    metric or alarm said a provider's pools were cloning under random names, maybe for hours."""
+    world, _ = forgotten_vm(make_harness)
+    names_reads(monkeypatch, world.services.provider("dummy"), fail=lambda: True)
+    capsys.readouterr()
+
+    world.reconcile("b")
+    world.reconcile("c")  # another provider, read fine: nothing counted
+
+    documents = emf_documents(capsys.readouterr().out)
+    found = emitted(documents)
+    assert found[(metric.NAMES_READ_FAILURES, ("service",))] == [1.0]
+    assert found[(metric.NAMES_READ_FAILURES, ("provider", "reason", "service"))] == [1.0]
+    (by_provider,) = [document for document in documents
+                      if metric.NAMES_READ_FAILURES in document and "provider" in document]
+    assert (by_provider["provider"], by_provider["reason"]) == ("dummy", "other")
 
 
 def test_a_pass_while_another_reads_the_names_clones_under_random_names_and_a_dead_readers_claim_lapses(

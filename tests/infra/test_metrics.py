@@ -350,9 +350,9 @@ def test_per_pool_graphs_rank_every_pool_and_draw_the_worst(package: Package) ->
         assert all(matches), expressions
         per_pool += [match for match in matches if match]
         assert sum(int(match["limit"]) for match in matches if match) <= 100
-    assert {match["name"] for match in per_pool} == set(m.PER_POOL_METRICS)
+    assert {match["name"] for match in per_pool if "pool" in match["group"]} == set(m.PER_POOL_METRICS)
     for match in per_pool:
-        assert {"pool", "alias"} & set(match["group"].split(", ")) and "service" not in match["group"]
+        assert {"pool", "alias", "provider"} & set(match["group"].split(", ")) and "service" not in match["group"]
     by_alias = [(match["name"], match["dims"]) for match in per_pool if match["group"] == "alias"]
     assert by_alias == [(m.CHECKOUT_MISSES, "alias, service")]
 
@@ -399,6 +399,25 @@ def test_secrets_that_cannot_be_fetched_raise_an_alarm_and_are_graphed_by_reason
     graphed = {row[3] for widget in body["widgets"] for row in widget["properties"].get("metrics", [])
                if row[:3] == [namespace, m.SECRET_FAILURES, "reason"]}
     assert graphed == set(FAILURE_KEYS)
+
+
+def test_names_not_read_raise_an_alarm_and_are_graphed_by_provider(package: Package) -> None:
+    """``NamesReadFailures`` (manager/names.py: a provider's VM names not read after Redis lost
+    its data, its pools cloning under random names until they are) has an alarm on its
+    service-wide series and a graph ranking providers and failure kinds; before, only the pass's
+    warning line said so."""
+    alarms = {a["Properties"]["AlarmName"]: a["Properties"] for a in package.of_type("AWS::CloudWatch::Alarm").values()}
+    alarm = alarms[f"vmpool-{package.stage}-names-not-read"]
+    namespace = m.namespace_for(package.stage)
+    assert (alarm["Namespace"], alarm["MetricName"], alarm["Statistic"]) == (namespace, m.NAMES_READ_FAILURES, "Sum")
+    assert [d["Name"] for d in alarm["Dimensions"]] == ["service"]
+    assert alarm["TreatMissingData"] == "notBreaching"
+    (dashboard,) = package.of_type("AWS::CloudWatch::Dashboard").values()
+    body = json.loads(dashboard["Properties"]["DashboardBody"]["Fn::Sub"])
+    graphed = [match for widget in body["widgets"] for row in widget["properties"].get("metrics", [])
+               for item in row if isinstance(item, dict) and (match := QUERY.match(item.get("expression", "")))
+               and match["name"] == m.NAMES_READ_FAILURES]
+    assert [(match["dims"], match["group"]) for match in graphed] == [("provider, reason, service", "provider, reason")]
 
 
 def test_passes_started_late_raise_an_alarm_within_minutes(package: Package) -> None:
