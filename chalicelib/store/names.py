@@ -11,8 +11,8 @@ from chalicelib.store.store import _translate_errors
 from chalicelib.store.substore import SubStore
 
 NAMES_PER_CALL = 5000
-"""Names written by one script call (a read of a large vCenter holds many): the calls go in one
-pipeline, each short for Redis's one thread, the last one setting the mark."""
+"""Names written by one script call (a read of a large vCenter holds many): each call short for
+Redis's one thread, the last one setting the mark (``NamesStore.hold`` says why it goes alone)."""
 
 
 class NamesStore(SubStore):
@@ -29,15 +29,26 @@ class NamesStore(SubStore):
 
     def hold(self, provider: str, names: Collection[str], now: float, keep_seconds: float) -> None:
         """Hold ``names`` (no clone is reserved under one for ``keep_seconds``), set the
-        provider's mark and drop its claim, in one round trip (lua/names_hold.lua)."""
+        provider's mark and drop its claim (lua/names_hold.lua): in one call, one round trip, up
+        to ``NAMES_PER_CALL`` names.
+
+        More are held by several calls, and those are not one step: the mark is set by the last
+        call alone, sent once every other call has held its names. A caller that dies between
+        them leaves the mark unset: the provider's pools keep to random names, and a pass reads
+        the names again once the claim lapses, so a name read but not yet held is never taken
+        by a word-name clone. The calls went in one pipeline: a call Redis refused (out of
+        memory, for one) did not stop the calls after it, the last set the mark, and the names of
+        the refused call were free for clones under word names (a duplicate VM name)."""
         ordered = sorted(names)
         batches = [ordered[start:start + NAMES_PER_CALL] for start in range(0, len(ordered), NAMES_PER_CALL)] or [[]]
         keys = [self.keys.names_held, self.keys.names_known(provider), self.keys.names_reading(provider)]
-        calls: list[ScriptCall] = [
-            (self.scripts.names_hold, keys, [repr(now), int(keep_seconds), "1" if last else "", *batch])
-            for last, batch in ((n == len(batches) - 1, batch) for n, batch in enumerate(batches))]
+        calls: list[ScriptCall] = [(self.scripts.names_hold, keys, [repr(now), int(keep_seconds), "", *batch])
+                                   for batch in batches[:-1]]
+        last: ScriptCall = (self.scripts.names_hold, keys, [repr(now), int(keep_seconds), "1", *batches[-1]])
         with _translate_errors():
-            run_many(self.client, calls)
+            if calls:
+                run_many(self.client, calls)  # raises if any was refused: the mark stays unset
+            run_many(self.client, [last])
 
     def held(self) -> set[str]:
         """Every name held now (for tests and operators)."""

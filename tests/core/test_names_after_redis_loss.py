@@ -7,12 +7,15 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import pytest
+import redis
 
 from chalicelib import observability as metric
 from chalicelib.config import PoolConfig, parse
 from chalicelib.manager import clones, ondemand
 from chalicelib.manager.hostnames import random_name
 from chalicelib.providers.base import ProviderError
+from chalicelib.store import Store, StoreUnavailable
+from chalicelib.store import names as names_store
 from chalicelib.store.names import NamesStore
 from tests.harness import Harness, HarnessFactory
 from tests.support import emf_documents, emitted
@@ -195,3 +198,56 @@ def test_a_reservation_is_refused_when_redis_loses_its_data_during_the_pass(make
     assert store.reserve_clones("b", 1, 10, "t", "example.com", ["x-1"], world.clock.now(), provider="dummy") == ["x-1"]
     redis_loses_its_data(world)
     assert store.reserve_clones("b", 1, 10, "t", "example.com", ["x-2"], world.clock.now(), provider="dummy") == []
+
+
+def refusing_the_first_call_of(client: redis.Redis, sha: str,
+                               monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """Redis refuses the first call of the script ``sha`` that ``client``'s pipelines send, as it
+    refuses a write out of memory: before the script writes anything (its ``now``, the score
+    of every name, is not a number). Returns the calls refused."""
+    refused: list[tuple[Any, ...]] = []
+    make = client.pipeline
+
+    def pipeline(transaction: bool = True, shard_hint: Any = None) -> Any:
+        pipe = make(transaction=transaction, shard_hint=shard_hint)
+        send = pipe.execute_command
+
+        def execute_command(*args: Any, **options: Any) -> Any:
+            if args[:2] == ("EVALSHA", sha) and not refused:
+                refused.append(args)
+                args = (*args[:6], "not-a-time", *args[7:])  # EVALSHA sha 3 k1 k2 k3 now ...
+            return send(*args, **options)
+
+        pipe.execute_command = execute_command
+        return pipe
+
+    monkeypatch.setattr(client, "pipeline", pipeline)
+    return refused
+
+
+def test_names_held_by_several_calls_are_marked_known_only_once_every_call_held_its_own(
+        redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over ``NAMES_PER_CALL`` names are held by several calls. They went in one pipeline, where
+    a call Redis refused did not stop the next: the last set the mark, and the names of the
+    refused call were free for word-name clones, a second VM under a forgotten VM's name. The
+    mark is set only after every other call held its names; until then random names only."""
+    monkeypatch.setattr(names_store, "NAMES_PER_CALL", 2)
+    store = Store(redis_client)
+    names = NamesStore(store)
+    found = ["alpha-one", "bravo-two", "charlie-three", "delta-four", "echo-five"]
+    assert names.claim("vsphere", 100.0, 40.0, "reader")
+    redis_client.script_load(store.scripts.names_hold.script)  # refused for itself, not as NOSCRIPT
+    refused = refusing_the_first_call_of(redis_client, store.scripts.names_hold.sha, monkeypatch)
+
+    with pytest.raises(StoreUnavailable):
+        names.hold("vsphere", found, 100.0, 3600)
+
+    assert len(refused) == 1
+    assert not redis_client.exists(store.keys.names_known("vsphere"))  # word names stay off
+    assert "alpha-one" not in names.held()
+    # The claim lapses; the next pass's read holds them all and sets the mark.
+    assert names.claim("vsphere", 141.0, 40.0, "next-reader")
+    names.hold("vsphere", found, 141.0, 3600)
+    assert names.held() == set(found)
+    assert redis_client.exists(store.keys.names_known("vsphere"))
+    assert not redis_client.exists(store.keys.names_reading("vsphere"))
