@@ -251,9 +251,9 @@ def ondemand_answer_bytes(config: ShownConfig) -> int:
     return 200 + config.service.max_ondemand_instances_per_request * (HOSTNAME_BYTES + REQUEST_NAME_BYTES)
 
 
-WIDEST_TOKEN_TIME = "2026-12-05T04:40:59Z"
-"""A token's ``created``, ``last`` or ``expires`` as GET /token shows it (auth.tokens.iso, years
-below 10,000: config.MAX_HOURS): always this long."""
+WIDEST_TOKEN_TIME = "2026-12-05 04:40:59 +0000"
+"""A token's ``created``, ``last`` or ``expires`` as GET /token shows it (vmpooler's format,
+timestamps.ruby_time, years below 10,000: config.MAX_HOURS): always this long."""
 TOKEN_BYTES = lambda_bytes({"0" * 16: dict.fromkeys(("created", "last", "expires"), WIDEST_TOKEN_TIME)}) \
     - lambda_bytes({}) + 1
 """One token in GET /token as Lambda sends it, under its 16-character id, with a comma."""

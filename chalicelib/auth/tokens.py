@@ -43,6 +43,7 @@ from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, Keys
 from chalicelib.store.scripts import registered, script_source
 from chalicelib.store.settle import answered_or_settled, settled_done
 from chalicelib.store.store import StoreUnavailable, TokenNotDurable
+from chalicelib.timestamps import ruby_time
 
 TOKEN_PREFIX = Keys().token("")
 """How the keys of tokens start under the default prefix."""
@@ -82,10 +83,13 @@ class TokenRecord:
         return _parse_iso(self.created)
 
     def public(self) -> dict[str, Any]:
-        """The ``{"created", "last"}`` body vmpooler shows (plus ``expires`` when set)."""
-        body: dict[str, Any] = {"created": self.created, "last": self.last}
+        """The ``{"created", "last"}`` body vmpooler shows (plus ``expires`` when set), each time
+        written as vmpooler writes it (Ruby's ``Time#to_s``, ``2027-01-15 08:00:00 +0000``): the
+        go-vmpooler client parses them in that layout only, and failed to make a token or list a
+        token's VMs on the ISO-8601 Redis keeps."""
+        body: dict[str, Any] = {"created": _shown(self.created), "last": _shown(self.last)}
         if self.expires:
-            body["expires"] = self.expires
+            body["expires"] = _shown(self.expires)
         return body
 
 
@@ -109,6 +113,13 @@ def is_token_id(value: object) -> bool:
 
 def iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _shown(stored: str) -> str:
+    """A time Redis keeps (ISO-8601 UTC) as vmpooler's answers write it; one that does not parse
+    as it was kept."""
+    moment = _parse_iso(stored)
+    return stored if moment is None else ruby_time(moment)
 
 
 def _parse_iso(text: str) -> float | None:

@@ -39,13 +39,16 @@ DELETE /ondemandvm/:requestid
 Not in the spec, vmpooler's code: a body naming no pool (none, or ``null``) is a 404
 (test_a_body_naming_no_pool_is_vmpoolers_no_payload_404_and_changes_nothing below).
 
-Skipped, vmpooler's Redis layout only: 'creates a provisioning request in redis' (its zadd),
+vmpooler's Redis layout, checked as what a client sees of it (its spec mocks Redis calls):
+'creates a provisioning request in redis' (its zadd: the request waits, then is built),
 'sets a platform string in redis for the request to indicate selected platforms' (its hset of
-``poolone:pool1:1``; what a client sees of it, an alias's request built in the alias's pool and
-answered under the alias, is in test_full_life_built_ready_checked_out_and_deleted), 'marks the
-request hash for expiration in two weeks' (its expire), 'deletes the set tracking instances
-allocated for the request' (its del). The two weighted 'sets the platform string' ``it``s are
-ported as what a client sees of them: the pool the VM is built in.
+``poolone:pool1:1``: answered under poolone, one VM, built in pool1), 'marks the request hash for
+expiration in two weeks' (its expire on DELETE: the deleted request still answers, its id still
+taken, until Redis forgets it data_ttl later) and 'deletes the set tracking instances allocated
+for the request' (its del: no VM listed under the request once deleted):
+test_a_request_is_queued_named_by_its_alias_emptied_by_delete_and_kept_as_deleted below. The two
+weighted 'sets the platform string' ``it``s are ported as what a client sees of them: the pool
+the VM is built in.
 
 Deliberately different (docs/auth.md, docs/compatibility.md): with ``:auth:`` a request is
 seen and deleted by its owner only
@@ -122,3 +125,49 @@ def test_a_body_naming_no_pool_is_vmpoolers_no_payload_404_and_changes_nothing(m
     if not body:
         assert pooler.answer("POST", "/api/v3/vm", raw=body) == (404, {"ok": False, "error": "no pool requested"})
     assert pooler.redis_state() == before
+
+
+# The four ``it``s that check vmpooler's Redis layout through mocks, as what a client sees of them:
+# 'creates a provisioning request in redis' (its zadd to the queue the manager builds from),
+# 'sets a platform string in redis ... selected platforms' (its hset of ``poolone:pool1:1``),
+# 'deletes the set tracking instances allocated for the request' (its del) and 'marks the request
+# hash for expiration in two weeks' (its expire, on DELETE).
+def test_a_request_is_queued_named_by_its_alias_emptied_by_delete_and_kept_as_deleted(
+    make_harness: HarnessFactory,
+) -> None:
+    pooler = pooler_weighing(make_harness, {"compute1": 5, "compute2": 0})
+    created = pooler.post("/api/v3/ondemandvm", {"poolone": "1"})
+    assert created.status == 201
+    request_id = created.json["request_id"]
+    path = f"/api/v3/ondemandvm/{request_id}"
+
+    # Queued: waiting at once, under the name asked for, one VM; the next passes build it.
+    assert pooler.answer("GET", path) == (
+        202, {"ok": True, "request_id": request_id, "ready": False, "poolone": {"ready": "0", "pending": "1"}})
+    pooler.run_passes()
+    # The platform string ``poolone:pool1:1``: asked as poolone, one VM, built in pool1.
+    status, ready = pooler.answer("GET", path)
+    assert status == 200 and set(ready) == {"ok", "request_id", "ready", "poolone"}
+    (hostname,) = ready["poolone"]["hostname"]
+    vm = hostname.split(".")[0]
+    assert (pooler.describe(vm)["template"], pooler.describe(vm)["state"]) == ("pool1", "running")
+
+    # DELETE empties the request: no VM listed under it any more, and the VM leaves service.
+    pooler.client.persist(pooler.store.keys.ondemand(request_id))  # so the expiry below is the DELETE's
+    assert pooler.answer("DELETE", path) == (200, {"ok": True})
+    deleted = (200, {"ok": True, "request_id": request_id, "ready": False, "message": "The request has been deleted"})
+    assert pooler.answer("GET", path) == deleted
+    pooler.run_passes()
+    assert pooler.describe(vm)["state"] == "destroyed"
+    assert pooler.answer("GET", path) == deleted
+
+    # Kept, deleted, for a while: its id is still taken (vmpooler's 409), and Redis forgets the
+    # request data_ttl after the DELETE (168 hours; vmpooler: 1,296,000 s, 15 days), then a 404.
+    assert pooler.answer("POST", "/api/v3/ondemandvm", {"pool3": "1", "request_id": request_id}) == (
+        409, {"ok": False, "message": f"request_id '{request_id}' has already been created", "request_id": request_id})
+    data_ttl = pooler.store.data_ttl_seconds
+    assert data_ttl == 168 * 3600
+    assert data_ttl - 60 < pooler.client.ttl(pooler.store.keys.ondemand(request_id)) <= data_ttl
+    pooler.client.delete(pooler.store.keys.ondemand(request_id))  # what the expiry does
+    unknown = {"ok": False, "message": f"no request found for request_id '{request_id}'"}
+    assert pooler.answer("GET", path) == (404, unknown)
