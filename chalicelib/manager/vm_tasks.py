@@ -211,19 +211,28 @@ def _settle_lost(reached: tuple[Provider, PoolConfig], context: PassContext, tas
     shows its work; failed, saying so, when it has not by ``TASK_SETTLE_SECONDS`` after its first
     take. Returns True when it finished."""
     provider, pool = reached
-    done = provider.applied(pool, hostname, str(task["kind"]), _applied_key(task))
+    settled = context.now - _first_taken(task) > TASK_SETTLE_SECONDS
+    lost = str(task["answer_lost"])
+    try:
+        done = provider.applied(pool, hostname, str(task["kind"]), _applied_key(task))
+    except ProviderError as error:
+        if not settled or error.kind in UNREACHABLE:
+            raise  # the provider may answer on a later pass
+        # It answers, and cannot say (the VM gone from its folder, a refusal): waiting cannot help.
+        tasks.finish(hostname, task["id"], error=f"{describe(task)} may or may not have been done: the provider's "
+                                                 f"answer to its start was lost ({lost}) and asking it failed: {error}")
+        return True
     if done:
         list_field, value = result_of(task)
         tasks.finish(hostname, task["id"], list_field, value)
         return True
-    if context.now - _first_taken(task) <= TASK_SETTLE_SECONDS:
+    if not settled:
         return False
-    lost = str(task["answer_lost"])
     if done is None:
-        error = (f"{describe(task)} may or may not have been done: the provider's answer to its start was lost "
+        message = (f"{describe(task)} may or may not have been done: the provider's answer to its start was lost "
                  f"({lost}) and it cannot tell")
     else:
-        error = (f"{describe(task)} failed: not done {TASK_SETTLE_SECONDS:.0f} s after its start, whose answer "
+        message = (f"{describe(task)} failed: not done {TASK_SETTLE_SECONDS:.0f} s after its start, whose answer "
                  f"was lost ({lost})")
-    tasks.finish(hostname, task["id"], error=error)
+    tasks.finish(hostname, task["id"], error=message)
     return True

@@ -360,3 +360,31 @@ def test_a_task_state_the_provider_cannot_read_now_does_not_end_the_pass(make_st
     monkeypatch.undo()
     stack.reconcile("debian-12")
     assert vm(stack, hostname)["disk"] == ["+8gb"]
+
+
+def test_a_lost_start_the_provider_cannot_be_asked_about_waits_while_unreachable_then_ends_saying_so(
+        make_stack, monkeypatch):
+    """The answer was lost, and asking the provider whether it was done fails: while it cannot be
+    reached the task waits (the pass goes on), past the settle time a provider that answers but
+    cannot say (a refusal, the VM gone from its folder) ends it with the reason, not never."""
+    stack = make_stack(task_time=0)
+    hostname = checked_out_vm(stack)
+    stack.answer("POST", f"/api/v3/vm/{hostname}/disk/8")
+    failing_task_writes(stack, monkeypatch, redis.TimeoutError("Timeout reading from socket"), run=False)
+    stack.reconcile("debian-12")
+    provider = stack.services.provider("dummy")
+    refusal = ProviderError("the backend is down", FailureKind.CONNECTION)
+
+    def cannot_say(*args: Any) -> Any:
+        raise refusal
+
+    monkeypatch.setattr(provider, "applied", cannot_say)
+    for _ in range(3):
+        stack.clock.advance(TASK_SETTLE_SECONDS / 2)
+        report = stack.reconcile("debian-12")
+        assert report.followups and "task_errors" not in vm(stack, hostname)
+    refusal = ProviderError("VM not found", FailureKind.PERMISSION)
+    stack.reconcile("debian-12")
+    assert vm(stack, hostname)["task_errors"] == [
+        ("disk +8gb may or may not have been done: the provider's answer to its start was lost (dummy provider "
+         "storage: TimeoutError) and asking it failed: VM not found")]
