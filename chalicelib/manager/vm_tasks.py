@@ -129,11 +129,15 @@ def _start(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: VM
             raise ProviderError(f"unknown task kind {task['kind']}")
     except AnswerLost as lost:
         tasks.note_answer_lost(hostname, task["id"], str(lost))
+        context.report.errors.append(f"{hostname}: {describe(task)}: its start's answer was lost, the provider "
+                                     f"is asked whether it was done: {lost}")
         return False
     except ProviderError as error:
         unreached = error.kind in UNREACHABLE
-        if not (unreached and context.now - _first_taken(task) < TASK_SETTLE_SECONDS
+        if (unreached and context.now - _first_taken(task) < TASK_SETTLE_SECONDS
                 and tasks.requeue(hostname, context.pool.name, task["id"], context.now)):
+            context.report.errors.append(f"{hostname}: {describe(task)} not started, queued again: {error}")
+        else:
             tasks.finish(hostname, task["id"], error=f"{describe(task)} failed to start: {error}")
         return not unreached
     context.checkpoint("vm_task_started")
@@ -230,9 +234,9 @@ def _settle_lost(reached: tuple[Provider, PoolConfig], context: PassContext, tas
         return False
     if done is None:
         message = (f"{describe(task)} may or may not have been done: the provider's answer to its start was lost "
-                 f"({lost}) and it cannot tell")
+                   f"({lost}) and it cannot tell")
     else:
         message = (f"{describe(task)} failed: not done {TASK_SETTLE_SECONDS:.0f} s after its start, whose answer "
-                 f"was lost ({lost})")
+                   f"was lost ({lost})")
     tasks.finish(hostname, task["id"], error=message)
     return True
