@@ -114,6 +114,7 @@ class Scripts:
         self.vm_task_take = load("vm_task_take")
         self.vm_task_note = load("vm_task_note")
         self.vm_task_finish = load("vm_task_finish")
+        self.vm_task_requeue = load("vm_task_requeue")
         self.pool_snapshot = load("pool_snapshot")
         self.finish_clones = load("finish_clones")
         self.clone_asked = load("clone_asked")
