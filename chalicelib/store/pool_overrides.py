@@ -17,6 +17,7 @@ room (fewer pools, shorter names), shown under one with less it would take /conf
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -28,6 +29,7 @@ from chalicelib.config_fields import Invalid, inventory_path
 from chalicelib.sizing.settings import MAX_SIZE
 from chalicelib.store.keys import SIZE_OVERRIDES
 from chalicelib.store.records import finite_number
+from chalicelib.store.settle import VOID, answered_or_found, settled_mark, settled_ttl
 from chalicelib.store.store import SettingRead, StoreUnavailable, TokenGone, _translate_errors, token_index
 from chalicelib.store.substore import SubStore
 
@@ -139,6 +141,14 @@ def apply(pool: PoolConfig, override: PoolOverride, room: Callable[[], int] | No
     return pool
 
 
+def _answer_kept(mark: str) -> list[list[str]] | None:
+    """lua/pool_overrides.lua's answer as it kept it in the settled mark (JSON; an empty list is
+    encoded ``{}``), or None when the change was not made (the mark ``void``)."""
+    if mark == VOID:
+        return None
+    return [part if isinstance(part, list) else [] for part in json.loads(mark)]
+
+
 class PoolOverrides(SubStore):
     """Read and change the runtime overrides; every method raises StoreUnavailable."""
 
@@ -185,7 +195,9 @@ class PoolOverrides(SubStore):
         Returns the pools whose override changed, each nudged (``Store.wake``) in the same step.
         TokenGone (nothing changed) when ``token_key``, the record of the token the change was
         asked with, is gone; StoreUnavailable (nothing changed) when Redis ran the script only
-        after the client's socket timeout (``_deadline``)."""
+        after the client's socket timeout (``Store.answer_deadline``), or when the script's
+        answer was lost and it did not run (it never will: store/settle.py). An answer lost after
+        the script ran is the one it kept (the same)."""
         changed, _ = self._set(_FIELDS[field][0], {pool: "" if value is None else str(value)
                                                    for pool, value in values.items()}, token_key)
         return changed
@@ -206,12 +218,17 @@ class PoolOverrides(SubStore):
         args = [part for pool, value in values.items() for part in (pool, value)]
         if not args:
             return [], []
-        keys = [self.keys.pool_override(setting), self.keys.ready_fence, *(self.keys.wake(pool) for pool in values)]
+        settled = self.keys.settled(secrets.token_hex(16))
+        keys = [self.keys.pool_override(setting), self.keys.ready_fence, settled,
+                *(self.keys.wake(pool) for pool in values)]
         token = token_index(keys, token_key)
         fence = secrets.token_hex(8) if setting in FENCING else ""
-        deadline = self.store.answer_deadline()
+        script_args = [fence, self.store.answer_deadline(), token, settled_ttl(self.client), *args]
         with _translate_errors():
-            answer = self.scripts.pool_overrides(keys=keys, args=[fence, deadline, token, *args])
+            # Its answer lost, the change is settled (store/settle.py): answered 503 though made,
+            # the retry the 503 asks for reset the pool again (its fresh VMs destroyed too).
+            answer = answered_or_found(lambda: self.scripts.pool_overrides(keys=keys, args=script_args),
+                                       lambda: _answer_kept(settled_mark(self.client, self.scripts.settle, settled)))
         if answer == -1:
             raise TokenGone()
         if answer == -2:

@@ -1,16 +1,19 @@
 """A change whose answer was lost, settled by one look (``POST /token``, a disk, snapshot or
-revert task, a ``PUT /vm/<host>`` with a disk).
+revert task, a ``PUT /vm/<host>`` with a disk, the administrators' ``POST /poolreset`` and
+``/config/*`` changes).
 
 When the reply of a change's script is lost after the script was sent (the connection reset as
 the reply came, a timeout), the script may have run. Answered 503, the caller's retry made the
-change again: a second token counted against ``max_tokens_per_user``, a second disk. The API now
-names each such change by a random id before its script is sent (``Keys.settled``). The script,
-in the step that makes the change, marks the id ``done`` (a token's script need not: the token's
-record, under its random hash, shows it made), and makes nothing when the id is marked already.
-When the answer is lost, one more script (lua/settle.lua) returns ``done`` when the change was
-made, and otherwise marks the id ``void``: the script, should it still reach Redis, makes nothing.
-The API answers as if the script's answer had arrived, or 503 only when the change was not made
-and never will be.
+change again: a second token counted against ``max_tokens_per_user``, a second disk, a second
+reset of a pool (the VMs cloned after the first destroyed too). The API now names each such
+change by a random id before its script is sent (``Keys.settled``). The script, in the step that
+makes the change, marks the id ``done`` (a token's script need not: the token's record, under its
+random hash, shows it made; lua/pool_overrides.lua marks it with its answer, which names the
+pools it changed and the value a DELETE removed), and makes nothing when the id is marked
+already. When the answer is lost, one more script (lua/settle.lua) returns the mark when the
+change was made, and otherwise marks the id ``void``: the script, should it still reach Redis,
+makes nothing. The API answers as if the script's answer had arrived, or 503 only when the change
+was not made and never will be.
 
 If the settle's own answer is lost as well, the caller gets 503 and the change may have been
 made: ``undo`` (commands written behind the settle on its connection when its reply times out,
@@ -33,6 +36,7 @@ SETTLED_TTL_SECONDS = 60
 sent (its deadline, store/deadline.py, is one socket timeout) and than the settle takes to come."""
 
 DONE = "done"
+VOID = "void"
 
 
 def settled_ttl(client: Any) -> int:
@@ -48,21 +52,39 @@ def reply_lost(error: BaseException) -> bool:
     return isinstance(error, (redis.ConnectionError, redis.TimeoutError)) and not never_sent(error)
 
 
-def answered_or_settled(run: Callable[[], T], settle: Callable[[], bool], made: T) -> T:
-    """``run()``'s answer; when its reply was lost (``reply_lost``), ``made`` if ``settle()``
-    finds the change made, else the error (the change was not made, and now never will be)."""
+def answered_or_found(run: Callable[[], T], find: Callable[[], T | None]) -> T:
+    """``run()``'s answer; when its reply was lost (``reply_lost``), the answer ``find()`` finds
+    the change made with (the script kept it in its settled mark: ``settled_mark``), else, when
+    ``find()`` returns None, the error (the change was not made, and now never will be)."""
     try:
         return run()
     except (redis.ConnectionError, redis.TimeoutError) as error:
-        if not reply_lost(error) or not settle():
+        if not reply_lost(error):
             raise
-        return made
+        found = find()
+        if found is None:
+            raise
+        return found
+
+
+def answered_or_settled(run: Callable[[], T], settle: Callable[[], bool], made: T) -> T:
+    """``run()``'s answer; when its reply was lost (``reply_lost``), ``made`` if ``settle()``
+    finds the change made, else the error (the change was not made, and now never will be)."""
+    return answered_or_found(run, lambda: made if settle() else None)
+
+
+def settled_mark(client: Any, settle_script: Callable[..., Any], key: str,
+                 undo: Sequence[Sequence[Any]] = (), made: str = "") -> str:
+    """Run lua/settle.lua on ``key``: what the change's script marked it with when it made the
+    change (``DONE``, or the answer it gave: lua/pool_overrides.lua), ``DONE`` when ``made`` (a
+    key only the change writes) exists, else ``VOID`` (the change was not made, and now never will
+    be). Its reply lost too, ``undo`` is written behind it (raises)."""
+    with written_behind_a_lost_reply(*undo) if undo else nullcontext():
+        return str(settle_script(keys=[key, *([made] if made else [])], args=[settled_ttl(client)]))
 
 
 def settled_done(client: Any, settle_script: Callable[..., Any], key: str,
                  undo: Sequence[Sequence[Any]] = (), made: str = "") -> bool:
-    """Run lua/settle.lua on ``key``: True when the change was made (marked done, or ``made``,
-    a key only the change writes, exists), False when it was not (and is now marked void). Its
-    reply lost too, ``undo`` is written behind it (raises)."""
-    with written_behind_a_lost_reply(*undo) if undo else nullcontext():
-        return bool(settle_script(keys=[key, *([made] if made else [])], args=[settled_ttl(client)]) == DONE)
+    """``settled_mark``: True when the change was made (marked done, or ``made`` exists), False
+    when it was not (and is now marked void)."""
+    return settled_mark(client, settle_script, key, undo, made) == DONE

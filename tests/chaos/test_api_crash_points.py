@@ -34,6 +34,7 @@ from chalicelib.config import parse
 from chalicelib.store import Quota, connect
 from chalicelib.store.connection import ReplyLost
 from chalicelib.store.keys import quota_owner
+from chalicelib.store.pool_overrides import SETTINGS
 from chalicelib.store.store import UNCONFIRMED_SECONDS
 from chalicelib.timestamps import day_of
 from local.redis_server import RedisServer
@@ -439,14 +440,21 @@ def reply_lost_at(operation: int, timed_out: bool = False) -> Iterator[list[int]
         connection_class.read_response = read  # type: ignore[method-assign]
 
 
+def overrides(harness: Harness) -> dict[str, dict[str, str]]:
+    """The pools' runtime settings (POST /config/*, /poolreset): a reset is the time it was made."""
+    return {setting: harness.client.hgetall(harness.store.keys.pool_override(setting)) for setting in SETTINGS}
+
+
 def made(harness: Harness, world: World) -> dict[str, Any]:
     """What the requests made that a retry could make twice: each user's tokens, the tasks
-    queued on alice's VM, and (after the passes that give back what no caller confirmed) the
+    queued on alice's VM, the pools' runtime settings (a reset made again later drains the VMs
+    cloned since the first), and (after the passes that give back what no caller confirmed) the
     VMs running for alice and her on-demand requests not failed."""
     keys, client = harness.store.keys, harness.client
     before_passes = {
         "tokens": {user: client.scard(keys.user_tokens(user)) for user in ("alice", "bob", "root")},
         "tasks": [json.loads(task)["kind"] for task in client.lrange(keys.vm_tasks(world.mine), 0, -1)],
+        "overrides": overrides(harness),
     }
     harness.clock.advance(UNCONFIRMED_SECONDS + 1)
     harness.run_passes()
@@ -473,9 +481,10 @@ def make_production_service(make_harness: HarnessFactory, redis_server: RedisSer
 
 
 FOLLOWED_UP = ("checkout_body", "checkout_fallback", "ondemand_create", "token_create", "token_delete", "disk",
-               "modify_all")
+               "modify_all", "poolreset", "poolsize_clear")
 """Cases whose requests write something behind a reply that times out (a checkout's release, an
-on-demand request's end, store/settle.py's undo, a login attempt's undo): the timeout's path
+on-demand request's end, store/settle.py's undo, a login attempt's undo), or settle it on another
+connection while the late one may still be on its way (the admin's changes): the timeout's path
 differs from a reset's there only."""
 
 
@@ -486,11 +495,14 @@ def test_a_request_whose_redis_answer_is_lost_is_made_once(
     """Each Redis operation of the request in turn runs and its answer is lost (the connection
     reset as the reply comes, or the reply late past the socket timeout). The request is answered
     as if it had arrived, or 503 and the retry the 503 asks for makes it: either way it is made
-    once (before, POST /token made two tokens, a disk or snapshot two tasks: store/settle.py)."""
+    once (before, POST /token made two tokens, a disk or snapshot two tasks, POST /poolreset reset
+    the pool twice: store/settle.py). A 503 from an administrator's change made none (before,
+    POST /config/poolsize answered 503 for a size set)."""
     case, make_service = CASES[name], make_production_service
     world, reset = saved_world(make_service, redis_client)
     case.send(reset(), world)  # loads every script the route runs into Redis
     healthy = reset()
+    before = overrides(healthy)
     with redis_operations() as sent:
         expected = case.send(healthy, world)
     total, once = sent[0], made(healthy, world)
@@ -500,7 +512,11 @@ def test_a_request_whose_redis_answer_is_lost_is_made_once(
         with reply_lost_at(operation, timed_out=how == "timeout"):
             first = case.send(service, world)
         answer = first
+        if first.status != 503 and case.who == "root":  # as made, with what it removed (the answer kept)
+            assert first.json == expected.json, f"{where}: answered {first.raw!r}, not {expected.raw!r}"
         if first.status == 503:
+            # Else its retry made it again: a reset, again later, drains the VMs cloned since.
+            assert overrides(service) == before, f"{where}: answered 503, and changed the pools' settings"
             answer = case.send(make_service(), world)  # the retry the 503 asks for
             if answer.status == 503 and case.target.startswith("/api/v3/vm") and case.method == "POST":
                 service.clock.advance(UNCONFIRMED_SECONDS + 1)  # the last ready VMs taken, unconfirmed

@@ -1,9 +1,10 @@
 """A change whose script ran in Redis but whose answer never reached the API (the connection
 reset as the reply came): answered as if the answer had arrived, made once (store/settle.py).
 
-Before, ``POST /token``, a disk, snapshot or revert task and a ``PUT /vm/<host>`` with a disk
-answered 503, and the retry the 503 asks for made the change again: a second token counted
-against ``max_tokens_per_user``, a second disk. And a script the API gave up on that reached
+Before, ``POST /token``, a disk, snapshot or revert task, a ``PUT /vm/<host>`` with a disk and
+an administrator's ``POST /poolreset`` answered 503, and the retry the 503 asks for made the
+change again: a second token counted against ``max_tokens_per_user``, a second disk, the pool
+reset twice. And a script the API gave up on that reached
 Redis later, within its deadline, made the change the caller was told failed.
 
 A real redis-server behind a TCP proxy that cuts the client's connection when the reply to one
@@ -135,13 +136,14 @@ def proxy(redis_server: RedisServer) -> Iterator[ReplyCuttingProxy]:
 
 def _service(make_harness: HarnessFactory, redis_server: RedisServer, proxy: ReplyCuttingProxy,
              redis_client: redis.Redis, max_tokens: int = 5) -> Harness:
-    """A pool of one VM (the dummy provider, disks and snapshots at once) and dummy auth, the
-    service's Redis reached through ``proxy``, with a long socket timeout: only the answer's loss,
-    not the script's deadline, is at play. Every script loaded, as in a warm Lambda (a cut
-    EVALSHA's reply is the script's, not NOSCRIPT)."""
+    """A pool of one VM (the dummy provider, disks and snapshots at once) and dummy auth (``root``
+    an administrator, the pool changes of ``experimental_features`` on), the service's Redis
+    reached through ``proxy``, with a long socket timeout: only the answer's loss, not the
+    script's deadline, is at play. Every script loaded, as in a warm Lambda (a cut EVALSHA's
+    reply is the script's, not NOSCRIPT)."""
     config = parse(f"""
-:config: {{max_tokens_per_user: {max_tokens}}}
-:auth: {{provider: dummy}}
+:config: {{max_tokens_per_user: {max_tokens}, experimental_features: true}}
+:auth: {{provider: dummy, admins: [root]}}
 :redis: {{server: 127.0.0.1, port: {redis_server.port}, socket_timeout: 5}}
 :providers:
   :dummy: {{createvm_max_time: 0, boot_time: 0, createdisk_max_time: 0, createsnapshot_max_time: 0}}
@@ -263,6 +265,49 @@ def test_a_login_whose_script_reaches_redis_after_the_api_gave_up_makes_no_token
     assert redis_client.scard(tokens) == 0, "the script the API gave up on made a token"
     assert harness.request("POST", "/api/v3/token", headers=ALICE).status == 200
     assert redis_client.scard(tokens) == 1
+
+
+def _resets(harness: Harness, redis_client: redis.Redis) -> tuple[dict[str, str], dict[str, str]]:
+    """The pools' resets (pool -> when) and ready fences (pool -> the change's id)."""
+    keys = harness.store.keys
+    return redis_client.hgetall(keys.pool_override("poolreset")), redis_client.hgetall(keys.ready_fence)
+
+
+def test_a_pool_reset_whose_answer_was_lost_after_it_was_made_is_answered_as_made(
+        make_harness: HarnessFactory, redis_server: RedisServer, redis_client: redis.Redis,
+        proxy: ReplyCuttingProxy) -> None:
+    """The connection is reset as the reply to the reset's script starts. Before: 503, and the
+    retry it asks for reset the pool again, draining the VMs cloned since the first. Now 201."""
+    harness = _service(make_harness, redis_server, proxy, redis_client)
+    token = harness.new_token("root", "root-pw")
+    proxy.cut_at(harness.store.scripts.pool_overrides.sha)
+    reply = harness.request("POST", "/api/v3/poolreset", {"pool1": "1"}, {"X-AUTH-TOKEN": token})
+    assert proxy.cut.is_set(), "the reply was not cut: the test proved nothing"
+    assert reply.status == 201, reply.raw
+    resets, fences = _resets(harness, redis_client)
+    assert resets == {"pool1": repr(harness.clock.now())} and list(fences) == ["pool1"]
+
+
+def test_a_pool_reset_whose_script_reaches_redis_after_the_api_gave_up_is_never_made(
+        make_harness: HarnessFactory, redis_server: RedisServer, redis_client: redis.Redis,
+        proxy: ReplyCuttingProxy) -> None:
+    """The reset's script is held back past the API's 503 and sent on within its deadline: it
+    resets nothing (the API marked the change settled, void); the retry the 503 asks for resets
+    the pool, once."""
+    harness = _service(make_harness, redis_server, proxy, redis_client)
+    token = harness.new_token("root", "root-pw")
+    proxy.cut_at(harness.store.scripts.pool_overrides.sha, hold=True)
+    reply = harness.request("POST", "/api/v3/poolreset", {"pool1": "1"}, {"X-AUTH-TOKEN": token})
+    assert proxy.cut.is_set()
+    assert reply.status == 503, reply.raw
+    before = redis_client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    proxy.release()
+    eventually(lambda: redis_client.info("commandstats")["cmdstat_evalsha"]["calls"] > before, 10,
+               "the held script to run")
+    assert _resets(harness, redis_client) == ({}, {}), "the script the API gave up on reset the pool"
+    harness.clock.advance(1)
+    assert harness.request("POST", "/api/v3/poolreset", {"pool1": "1"}, {"X-AUTH-TOKEN": token}).status == 201
+    assert _resets(harness, redis_client)[0] == {"pool1": repr(harness.clock.now())}
 
 
 def test_a_token_whose_replica_wait_answer_is_lost_is_not_left_behind(redis_pair: RedisPair) -> None:

@@ -1,8 +1,9 @@
--- Settle a change whose answer was lost (store/settle.py): 'done' when its script made it (the
--- script marked it so in the step that made it, or KEYS[2], when given, exists: a token's record,
--- whose random name only that script could have written); else mark it 'void', so that the
--- script, should it reach Redis later (written before the connection failed, waiting behind a
--- slow script), makes nothing, and return 'void'. One step: the script and this cannot both win.
+-- Settle a change whose answer was lost (store/settle.py): the mark its script left in the step
+-- that made it ('done', or the answer it kept: lua/pool_overrides.lua), or 'done' when KEYS[2],
+-- when given, exists (a token's record, whose random name only that script could have written);
+-- else mark it 'void', so that the script, should it reach Redis later (written before the
+-- connection failed, waiting behind a slow script), makes nothing, and return 'void'. One step:
+-- the script and this cannot both win.
 -- KEYS[1] the change's settled mark, KEYS[2] (optional) what the change makes; ARGV[1] seconds
 -- the mark lives.
 local found = redis.call('GET', KEYS[1])
