@@ -32,8 +32,8 @@ class NamesStore(SubStore):
         provider's mark and drop its claim (lua/names_hold.lua): in one call, one round trip, up
         to ``NAMES_PER_CALL`` names. Whether it was done: not when the claim taken by ``claim``
         with ``token`` is not the caller's any more (it lapsed and another pass claimed, or
-        Redis lost its data again since the read), nor when Redis ran a call after the caller's
-        socket timeout (``Store.answer_deadline``: a freeze); then no call of it sets the mark,
+        Redis lost its data again since the read), nor when Redis ran the last call after the
+        caller's socket timeout (``Store.answer_deadline``: a freeze); then no call sets the mark,
         as a read that stale may miss a VM Redis forgot since (word names back, a second VM of
         its name), and the pass that holds the claim now reads again.
 
@@ -48,17 +48,19 @@ class NamesStore(SubStore):
         batches = [ordered[start:start + NAMES_PER_CALL] for start in range(0, len(ordered), NAMES_PER_CALL)] or [[]]
         keys = [self.keys.names_held, self.keys.names_known(provider), self.keys.names_reading(provider)]
 
-        def calls(part: list[list[str]], last: str) -> list[ScriptCall]:
-            # One deadline a pipeline: its caller gives up on the pipeline's answers then.
-            deadline = self.store.answer_deadline()
-            return [(self.scripts.names_hold, keys, [repr(now), int(keep_seconds), last, token, deadline, *batch])
-                    for batch in part]
+        def call(batch: list[str], last: str, deadline: str) -> ScriptCall:
+            return (self.scripts.names_hold, keys, [repr(now), int(keep_seconds), last, token, deadline, *batch])
 
         with _translate_errors():
-            # Raises if any was refused; one not done (claim gone, late): the mark stays unset.
-            if len(batches) > 1 and not all(run_many(self.client, calls(batches[:-1], ""))):
+            # The earlier calls without a deadline: one deadline for the whole pipeline passed
+            # while Redis still streamed its answers (the client waiting for each within its
+            # socket timeout), refusing the later calls of every large read (200,000 names at a
+            # 0.2 s timeout: never marked). Run late they only hold names, which keeps clones
+            # off them: the mark is the last call's, sent alone with its deadline once they
+            # answered. Raises if any was refused; one not done (claim gone): no mark.
+            if len(batches) > 1 and not all(run_many(self.client, [call(batch, "", "") for batch in batches[:-1]])):
                 return False
-            return bool(run_many(self.client, calls(batches[-1:], "1"))[0])
+            return bool(run_many(self.client, [call(batches[-1], "1", self.store.answer_deadline())])[0])
 
     def held(self) -> set[str]:
         """Every name held now (for tests and operators)."""

@@ -7,7 +7,8 @@
 -- ARGV[1] now, ARGV[2] how long the held names are kept (seconds, from this write), ARGV[3]
 -- '1' for the last call of the read (it sets the mark and drops the claim), ARGV[4] the token
 -- of the caller's claim (lua/names_claim.lua ARGV[3]), ARGV[5] the deadline (ms of Redis's
--- clock, '' none: store/deadline.py), then the names.
+-- clock, '' none: store/deadline.py; the last call's only, store/names.py says why), then the
+-- names.
 -- Returns 1 when the names are held (and, for the last call, the mark set), else 0 and nothing
 -- changed: Redis ran it after the caller's socket timeout (a freeze: the caller gave up and
 -- said the names were not held), or the claim is not the caller's any more (it lapsed and
