@@ -315,6 +315,45 @@ def test_redis_is_encrypted_authenticated_and_fails_over(package: Package) -> No
 
 
 
+def _resolved(value: Any, parameters: dict[str, str], conditions: dict[str, bool]) -> Any:
+    """A template value as CloudFormation resolves it for these parameters (Ref to a parameter,
+    Fn::If over a condition, AWS::NoValue dropping the key); anything else left as it is."""
+    if isinstance(value, dict) and len(value) == 1:
+        (function, argument), = value.items()
+        if function == "Ref" and argument in parameters:
+            return parameters[argument]
+        if function == "Fn::If":
+            condition, when_true, when_false = argument
+            return _resolved(when_true if conditions[condition] else when_false, parameters, conditions)
+    if isinstance(value, dict):
+        resolved = {key: _resolved(item, parameters, conditions) for key, item in value.items()}
+        return {key: item for key, item in resolved.items() if item != {"Ref": "AWS::NoValue"}}
+    return value
+
+
+def test_the_replicas_a_checkout_waits_for_are_a_stack_parameter(package: Package) -> None:
+    """``VMPOOL_REDIS_MIN_REPLICA_ACKS`` could not be given to a deployed stage: no parameter or
+    stage setting reached the functions' environment (only an edit of each function by hand, which
+    the next deploy undid). ``RedisMinReplicaAcks`` sets it for every function; left empty the
+    variable is absent and the config's ``redis.min_replica_acks`` (1 in Lambda) decides as
+    before. Only values the stack's one replica can satisfy are allowed."""
+    from chalicelib.config import RedisConfig
+    from chalicelib.store.store import ReplicaAcks
+
+    parameter = package.template["Parameters"]["RedisMinReplicaAcks"]
+    assert parameter["Default"] == "" and parameter["AllowedValues"] == ["", "0", "1"]
+    assert package.resources["Redis"]["Properties"]["NumCacheClusters"] == 2  # one replica: "2" would never be met
+    condition = package.template["Conditions"]["HasRedisMinReplicaAcks"]
+    for given, replicas in (("", 1), ("0", 0), ("1", 1)):
+        conditions = {"HasRedisMinReplicaAcks": given != ""}
+        assert condition == {"Fn::Not": [{"Fn::Equals": [{"Ref": "RedisMinReplicaAcks"}, ""]}]}
+        for name, function in functions(package).items():
+            env = _resolved(environment(package, function), {"RedisMinReplicaAcks": given}, conditions)
+            assert ("VMPOOL_REDIS_MIN_REPLICA_ACKS" in env) == (given != ""), (name, given)
+            lambda_env = {"AWS_LAMBDA_FUNCTION_NAME": name, **{k: str(v) for k, v in env.items()}}
+            assert ReplicaAcks.from_config(RedisConfig(), lambda_env).replicas == replicas, (name, given)
+
+
 def test_a_deployed_stage_keeps_the_default_key_prefix_on_a_redis_without_cluster_mode(package: Package) -> None:
     """The README advised the ``{vmpool}:`` prefix (VMPOOL_KEY_PREFIX) for a clustered Redis,
     which no deploy setting could give the functions. The stack's Redis has cluster mode off and
