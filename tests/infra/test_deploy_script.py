@@ -238,15 +238,15 @@ class _AccountOfQuota:
 def test_a_first_deploy_into_an_account_too_small_for_the_stages_reserved_concurrency_is_refused_at_once(
         aws: boto3.Session, package: Package, capsys: pytest.CaptureFixture[str]) -> None:
     """A new account's Lambda concurrency quota may be 10 or 50, not 1,000: the dev stage's
-    functions reserve 31 and Lambda keeps 100 unreserved, so the stack's create failed at its
+    functions reserve 41 and Lambda keeps 100 unreserved, so the stack's create failed at its
     functions, after ElastiCache's 15 minutes, and rolled back. Refused before anything is
     uploaded, naming the quota to ask for; an account that holds them deploys."""
     arguments = ["--stage", "dev", "--bucket", BUCKET, "--package", str(package.template_path.parent), "--poll", "0.1",
                  "--no-execute", "VpcId=vpc-0abc", "PrivateSubnetIds=subnet-1,subnet-2", "VCenterCidr=10.1.0.0/16"]
     assert deploy.main(arguments, session=_AccountOfQuota(aws, quota=50, unreserved=50)) == 1
     err = capsys.readouterr().err
-    assert err.startswith("deploy: the dev stage's functions reserve 31 concurrent executions") and err.count("\n") == 1
-    assert "Lambda concurrency is 50 (50 unreserved)" in err and "'Concurrent executions' of at least 131\n" in err
+    assert err.startswith("deploy: the dev stage's functions reserve 41 concurrent executions") and err.count("\n") == 1
+    assert "Lambda concurrency is 50 (50 unreserved)" in err and "'Concurrent executions' of at least 141\n" in err
     assert aws.client("s3").list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
     with pytest.raises(aws.client("cloudformation").exceptions.ClientError):
         aws.client("cloudformation").describe_stacks(StackName="vmpool-dev")
