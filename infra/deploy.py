@@ -340,7 +340,11 @@ def deploy(session: Any, stage: str, bucket: str, package: Path | None, given: d
     template_key = f"{prefix}/template-{_digest(body)}.json"
     upload(s3, bucket, template_key, body)
 
-    existing = [p["ParameterKey"] for p in (stack or {}).get("Parameters", [])]
+    # The stack's parameters this template still declares: a previous value passed for one it
+    # does not (a release that removed it, a rollback to a release before it was added) makes
+    # CloudFormation refuse the change set ("Parameters: [...] do not exist in the template").
+    declared = template.get("Parameters", {})
+    existing = [p["ParameterKey"] for p in (stack or {}).get("Parameters", []) if p["ParameterKey"] in declared]
     change_set = change_set_name(name)
     cloudformation.create_change_set(
         StackName=name, ChangeSetName=change_set, ChangeSetType="UPDATE" if stack else "CREATE",

@@ -479,3 +479,41 @@ def test_secrets_that_cannot_be_looked_at_do_not_stop_a_deploy(
 
     monkeypatch.setattr(aws_here, "client", client)
     assert _infra_only(aws_here) == 0
+
+
+def test_an_update_with_a_template_that_dropped_a_parameter_passes_no_previous_value_for_it(
+        aws_here: boto3.Session, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every parameter of the stack went into the change set as ``UsePreviousValue``, also one the
+    template being deployed no longer declares (a release that removed it; a rollback with this
+    deploy to a release from before ``RedisMinReplicaAcks`` or ``CreateSsmEndpoint``), which
+    CloudFormation refuses (``Parameters: [...] do not exist in the template``; moto does not).
+    Only the parameters the template declares keep their previous values."""
+    from infra import template
+
+    assert _infra_only(aws_here, "RedisMinReplicaAcks=0") == 0, capsys.readouterr().err
+    build = template.build
+
+    def older_release(*args: Any, **options: Any) -> dict[str, Any]:
+        built = build(*args, **options)
+        del built["Parameters"]["RedisMinReplicaAcks"]
+        del built["Conditions"]["HasRedisMinReplicaAcks"]
+        del built["Outputs"]["RedisMinReplicaAcks"]
+        return built
+
+    monkeypatch.setattr(template, "build", older_release)
+    sent: list[Any] = []
+    real = aws_here.client
+
+    def client(name: str, **options: Any) -> Any:
+        made = real(name, **options)
+        if name == "cloudformation":
+            create = made.create_change_set
+            made.create_change_set = lambda **call: sent.append(call["Parameters"]) or create(**call)
+        return made
+
+    monkeypatch.setattr(aws_here, "client", client)
+    assert _infra_only(aws_here, "--no-execute") == 0, capsys.readouterr().err
+    (parameters,) = sent
+    keys = [p["ParameterKey"] for p in parameters]
+    assert "RedisMinReplicaAcks" not in keys and {"VpcId", "PoolEmptyMinutes"} <= set(keys)
+    assert {"ParameterKey": "PoolEmptyMinutes", "UsePreviousValue": True} in parameters
