@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import secrets
 import sys
 import time
@@ -157,19 +158,41 @@ def check_concurrency(session: Any, stage: Stage) -> None:
 
 
 def refuse_values_not_allowed(template: dict[str, Any], given: dict[str, str]) -> None:
-    """Refuse, before anything is uploaded, a given parameter the template does not have or a
-    value outside its ``AllowedValues`` (``RedisMinReplicaAcks=2``: the stack's Redis has one
-    replica, and every checkout would wait for a second and answer 503). CloudFormation refuses
-    both too, but only once the package is uploaded, in its own words."""
+    """Refuse, before anything is uploaded, a given parameter the template does not have (a
+    typo) or a value its declaration refuses: outside ``AllowedValues`` (``RedisMinReplicaAcks=2``:
+    the stack's Redis has one replica, and every checkout would wait for a second and answer 503),
+    ``MinValue``/``MaxValue`` (``PoolEmptyMinutes=2000``) or ``AllowedPattern`` (each member of a
+    list). CloudFormation refuses them too, but only once the package is uploaded."""
     declared = template.get("Parameters", {})
     for key, value in sorted(given.items()):
         if key not in declared:
-            raise DeployError(f"{key} is no parameter of the {'stack' if declared else 'template'} (its parameters: "
-                              f"{', '.join(sorted(declared))}; docs/deploy.md, \"Parameters\")")
-        allowed = declared[key].get("AllowedValues")
-        if allowed is not None and value not in [str(item) for item in allowed]:
-            shown = ", ".join(repr(str(item)) for item in allowed)
-            raise DeployError(f"{key}={value!r} is not one of {shown}: {declared[key].get('Description', '')}")
+            raise DeployError(f"{key} is no parameter of the stack (its parameters: {', '.join(sorted(declared))}; "
+                              "docs/deploy.md, \"Parameters\")")
+        problem = _refused_value(declared[key], value)
+        if problem:
+            raise DeployError(f"{key}={value!r} {problem}: {declared[key].get('Description', '')}".rstrip(": "))
+
+
+def _refused_value(declaration: dict[str, Any], value: str) -> str:
+    """Why a parameter's declaration refuses ``value`` ("" when it takes it)."""
+    allowed = declaration.get("AllowedValues")
+    if allowed is not None and value not in [str(item) for item in allowed]:
+        return "is not one of " + ", ".join(repr(str(item)) for item in allowed)
+    if declaration.get("Type") == "Number" and ("MinValue" in declaration or "MaxValue" in declaration):
+        try:
+            number = float(value)
+        except ValueError:
+            return "is not a number"
+        low, high = declaration.get("MinValue"), declaration.get("MaxValue")
+        if (low is not None and number < float(low)) or (high is not None and number > float(high)):
+            return f"is outside {low if low is not None else '...'} to {high if high is not None else '...'}"
+    pattern = declaration.get("AllowedPattern")
+    if pattern is not None:
+        listed = str(declaration.get("Type", "")).startswith(("List<", "CommaDelimited"))
+        for member in [item.strip() for item in value.split(",")] if listed else [value]:
+            if re.fullmatch(pattern, member) is None:
+                return f"does not match {pattern}" + (f" ({member!r})" if listed else "")
+    return ""
 
 
 def left_behind_secrets(session: Any, stage: Stage) -> list[str]:

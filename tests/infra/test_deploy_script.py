@@ -414,8 +414,9 @@ def test_a_parameter_value_the_stack_cannot_take_is_refused_before_anything_is_u
         aws_here: boto3.Session, capsys: pytest.CaptureFixture[str]) -> None:
     """``RedisMinReplicaAcks`` takes "", "0" or "1" (the stack's Redis has one replica: with "2"
     every checkout would wait for a second one and answer 503). A value outside a parameter's
-    ``AllowedValues``, or a parameter the template does not have (a typo), is refused in one line
-    before the upload; a value it takes reaches the stack."""
+    ``AllowedValues``, bounds or pattern, or a parameter the template does not have (a typo), is
+    refused in one line before the upload (CloudFormation refused them after it); a value it takes
+    reaches the stack."""
     assert _infra_only(aws_here, "RedisMinReplicaAcks=2") == 1
     err = capsys.readouterr().err
     assert err.startswith("deploy: RedisMinReplicaAcks='2' is not one of '', '0', '1': Replicas that must have a "
@@ -424,6 +425,11 @@ def test_a_parameter_value_the_stack_cannot_take_is_refused_before_anything_is_u
     err = capsys.readouterr().err
     assert err.startswith("deploy: RedisMinReplicaAck is no parameter of the stack (its parameters: ") and (
         "RedisMinReplicaAcks" in err), err
+    assert _infra_only(aws_here, "PoolEmptyMinutes=2000") == 1  # CloudWatch evaluates a day at most
+    assert capsys.readouterr().err.startswith("deploy: PoolEmptyMinutes='2000' is outside 1 to 1440: ")
+    assert deploy.main(["--stage", "dev", "--bucket", BUCKET, "--infra-only", "VpcId=vpc-1", "PrivateSubnetIds=s-1",
+                        "VCenterCidr=10.1.0.0"], session=aws_here) == 1
+    assert capsys.readouterr().err.startswith("deploy: VCenterCidr='10.1.0.0' does not match ")
     assert aws_here.client("s3").list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
     with pytest.raises(ClientError):
         aws_here.client("cloudformation").describe_stacks(StackName="vmpool-dev")
