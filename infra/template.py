@@ -32,6 +32,7 @@ from chalice.utils import to_cfn_resource_name
 from chalicelib import observability as m
 from chalicelib.auth.secrets import FAILURE_KEYS as SECRET_FAILURE_KEYS
 from chalicelib.manager.pool_queue import MAX_DELAY_SECONDS, REPORTED_LATENESS_SECONDS
+from chalicelib.store.store import MIN_REPLICA_ACKS_ENV
 from infra import sync_config
 from infra.sync_config import STAGES, Stage
 
@@ -76,7 +77,18 @@ def function_environment() -> dict[str, Any]:
         "VMPOOL_REDIS_AUTH_SECRET": {"Ref": "RedisAuthSecret"},
         "VMPOOL_RECONCILE_QUEUE_URL": {"Ref": "ReconcileQueue"},
         "VMPOOL_CONFIG_BUCKET": {"Ref": "ConfigBucket"},
+        # Only when the operator gives RedisMinReplicaAcks: otherwise the config's
+        # redis.min_replica_acks (1 in Lambda unless set) decides, as before.
+        MIN_REPLICA_ACKS_ENV: {"Fn::If": [MIN_REPLICA_ACKS_CONDITION, {"Ref": MIN_REPLICA_ACKS_PARAMETER},
+                                          {"Ref": "AWS::NoValue"}]},
     }
+
+
+MIN_REPLICA_ACKS_PARAMETER = "RedisMinReplicaAcks"
+"""The stack parameter that sets VMPOOL_REDIS_MIN_REPLICA_ACKS for every function (empty: not set).
+Before it, the variable could be given to a deployed stage only by editing the functions by hand,
+which the next deploy undid."""
+MIN_REPLICA_ACKS_CONDITION = "HasRedisMinReplicaAcks"
 
 
 def build(stage: Stage, infra_only: bool = False, config_file: Path | None = None) -> dict[str, Any]:
@@ -282,10 +294,13 @@ def _listed_description(what: str, names: list[str], need: str, docs: str = "DNS
 
 def stage_outputs() -> dict[str, Any]:
     """What ``chalice deploy`` needs from the infra-only stack (infra/stage_settings.py). The KMS
-    keys only when the parameter names some: its policy files then grant them."""
+    keys only when the parameter names some: its policy files then grant them; the replica acks
+    only when given: the functions' environment then carries them."""
     return {
         "SecretsKmsKeyArns": {"Condition": "HasSecretsKmsKeys",
                               "Value": {"Fn::Join": [",", {"Ref": "SecretsKmsKeyArns"}]}},
+        MIN_REPLICA_ACKS_PARAMETER: {"Condition": MIN_REPLICA_ACKS_CONDITION,
+                                     "Value": {"Ref": MIN_REPLICA_ACKS_PARAMETER}},
         "RedisUrl": {"Value": function_environment()["VMPOOL_REDIS_URL"]},
         "ReconcileQueueName": {"Value": {"Fn::GetAtt": ["ReconcileQueue", "QueueName"]}},
         "RedisAuthSecretArn": {"Value": {"Ref": "RedisAuthSecret"}},
