@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import threading
+import time
 from typing import Iterator
 
 import pytest
@@ -476,3 +478,54 @@ def test_an_absolute_form_target_with_an_empty_path_asks_for_the_root(stack: Run
     answer = exchange(stack.port, request(f"GET {target} HTTP/1.1\nHost: x\nConnection: close\n"))
     assert answer.split(b"\r\n")[0] == expected.split(b"\r\n")[0], (answer[:300], expected[:300])
     assert answer.partition(b"\r\n\r\n")[2] == expected.partition(b"\r\n\r\n")[2]
+
+
+def pipelined_answers(port: int, parts: list[bytes], expected: int,
+                      pause: float = 0.3) -> list[tuple[int, bytes, bytes]]:
+    """Send ``parts`` on one connection, ``pause`` seconds apart (each its own read for the
+    server), while a thread reads the answers; the answers once ``expected`` have come or the
+    server has closed."""
+    received = bytearray()
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as connection:
+        def read() -> None:
+            with contextlib.suppress(OSError):
+                while received.count(b"HTTP/1.1 ") < expected:
+                    chunk = connection.recv(1 << 20)
+                    if not chunk:
+                        return
+                    received.extend(chunk)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        with contextlib.suppress(OSError):
+            for number, part in enumerate(parts):
+                if number:
+                    time.sleep(pause)
+                connection.sendall(part)
+        reader.join(WAIT * 2)
+        assert not reader.is_alive(), "no answer and no close"
+    return answers_in(bytes(received))
+
+
+HEALTHCHECK = b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.slow
+def test_thousands_of_pipelined_requests_arriving_in_large_reads_are_each_answered(stack: RunningStack) -> None:
+    """5,000 small requests in one stream, cut inside a request's head where the reads end: each
+    is answered. Before, a read of more than 32 KiB ending inside a head counted whole as that
+    head (the requests before it in the read included), and a 38-byte request got a 431 "request
+    head larger than 32768 bytes" after the first ~1,700 answers; the rest were never answered."""
+    stream = HEALTHCHECK * 5000
+    cut = 100_000 + len(HEALTHCHECK) // 2  # inside a head, past 32 KiB
+    answers = pipelined_answers(stack.port, [stream[:cut], stream[cut:]], 5000)
+    assert [status for status, _, _ in answers] == [200] * 5000, [a for a in answers if a[0] != 200][:1]
+
+
+@pytest.mark.slow
+def test_a_head_growing_past_its_bound_after_pipelined_requests_is_refused(stack: RunningStack) -> None:
+    """The bound on a head still counts every byte of a head that arrives over several reads when
+    requests came before it in the first: the requests are answered, then a 431."""
+    start = HEALTHCHECK * 100 + b"GET /healthcheck HTTP/1.1\r\nHost: x\r\nX-Big: "
+    answers = pipelined_answers(stack.port, [start, b"a" * 15_000, b"a" * 15_000, b"a" * 15_000], 101)
+    assert [status for status, _, _ in answers] == [200] * 100 + [431], [a[0] for a in answers][-3:]
