@@ -203,8 +203,16 @@ class _CoalescingTransport:
         if not (self._unread() and self._transport.can_write_eof()):
             self._transport.close()
             return
+        try:
+            self._transport.write_eof()  # sent after what is buffered; asyncio then closes when the client does
+        except OSError:
+            # The client reset the connection since the answer left (it read it and closed,
+            # the refused bytes unread): nobody is left to linger for. The OSError (ENOTCONN)
+            # went out of the app's send, a traceback in the log, the connection left marked
+            # lingering.
+            self._transport.abort()
+            return
         self.lingering = True
-        self._transport.write_eof()  # sent after what is buffered; asyncio then closes when the client does
         self._transport.resume_reading()  # paused by uvicorn while a body it was not asked for piled up
         self._loop.call_later(LINGER_SECONDS, self._transport.close)
 
