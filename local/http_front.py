@@ -315,6 +315,13 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         self._read_known, self._head_began = 0, -1
         self._parse(data)
+        if (not self._in_head and self._head_began < 0 and self._read_known == 0 and not self.pipeline
+                and (self.cycle is None or self.cycle.response_complete)):
+            # Between two requests, bytes that began none: empty lines, which llhttp skips before
+            # a request line (RFC 9112, 2.2). They are the next head's start, under its deadline
+            # and bound: uvicorn cancels its keep-alive timeout at every byte that arrives, so a
+            # CRLF every few seconds held a kept-alive connection open for good.
+            self._in_head = True
         if self._in_head and self._deferred is None and not self.transport.is_closing():
             # Counted after parsing, so a body that arrives with its head is not counted as head,
             # nor are the requests before it in this read (pipelined): the head's bytes are those

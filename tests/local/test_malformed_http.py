@@ -273,6 +273,35 @@ def test_a_kept_alive_connection_whose_next_request_stalls_is_answered_not_held(
 
 
 @pytest.mark.slow
+def test_a_kept_alive_connection_sent_only_empty_lines_is_not_held(stack: RunningStack) -> None:
+    """After an answer, a line break every half second and never a request: the connection is
+    closed within the deadline for a request head (a 408). Before, each byte cancelled uvicorn's
+    keep-alive timeout and began no head (llhttp skips empty lines before a request line), so
+    the connection stayed open for as long as the client went on."""
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=WAIT) as connection:
+        connection.sendall(request("GET /healthcheck HTTP/1.1\nHost: x\n"))
+        assert read_answer(connection).startswith(b"HTTP/1.1 200")
+        connection.settimeout(0.5)
+        started, rest = time.monotonic(), b""
+        while time.monotonic() - started < 4 * CLIENT_TIMEOUT:
+            with contextlib.suppress(OSError):
+                connection.sendall(b"\r\n")
+            try:
+                chunk = connection.recv(65536)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            rest += chunk
+        else:
+            raise AssertionError(f"still open after {4 * CLIENT_TIMEOUT} s of empty lines")
+    assert time.monotonic() - started < 2 * CLIENT_TIMEOUT
+    assert assert_refused(rest, 408) in (408, None)
+
+
+@pytest.mark.slow
 def test_a_large_body_arriving_with_its_head_is_not_taken_for_a_large_head(stack: RunningStack) -> None:
     # 60 kB of JSON (whitespace around a one-VM request) sent in one write with its head: the
     # head bound (32 KiB) counts what is held before the head is complete, never the body.
