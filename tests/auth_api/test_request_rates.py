@@ -82,3 +82,42 @@ def test_a_removed_users_token_buys_no_budget_and_leaves_the_users_count_alone(m
     assert use().status == 401
     limited = use()
     assert limited.status == 429 and limited.headers["X-RateLimit-Limit"] == "3"
+
+
+def test_users_behind_one_address_each_have_their_own_budget_on_the_token_routes(make_api, ldap_auth, slapd):
+    """Users behind one address (an office's NAT, a CI farm) manage their tokens with Basic
+    credentials, and vmfloaty reads a token's status with the token in the path only. Both were
+    counted under ``global_per_ip`` for the address: one user listing their tokens in a loop got
+    every other user there 429 on ``POST /token`` (no token to be had) and on ``GET /token/<t>``
+    (the identities audit, tests/local/test_identities.py, sixteen callers at 127.0.0.1: each one's
+    tokens unreadable once the callers stopped). Each is counted as its own caller now: Basic
+    credentials on a route that checks them per user name and address, a token in the path as
+    its user; and neither buys a budget on any other route."""
+    api = _rated_api(make_api, ldap_auth)
+    alice, bob = basic("alice", slapd.password("alice")), basic("bob", slapd.password("bob"))
+    token = str(api.call("POST", "/api/v3/token", headers=alice).body["token"])
+    for _ in range(2):
+        assert api.call("GET", "/api/v3/token", headers=alice).status == 200
+    noisy = api.call("GET", "/api/v3/token", headers=alice)
+    assert noisy.status == 429 and noisy.headers["X-RateLimit-Limit"] == "3", noisy.raw
+    # The noisy user's neighbours at the same address are not refused for it.
+    made = api.call("POST", "/api/v3/token", headers=bob)
+    assert made.status == 200, made.raw
+    assert api.call("GET", f"/api/v3/token/{made.body['token']}").status == 200
+    assert api.call("GET", "/api/v3/status").status == 200, "nor is the address's own budget spent"
+    # A token's status read by its path token is its user's: alice's own, as her X-AUTH-TOKEN's.
+    for _ in range(4):
+        assert api.call("GET", "/api/v3/status", headers={"X-AUTH-TOKEN": token}).status == 200
+    limited = api.call("GET", f"/api/v3/token/{token}")
+    assert limited.status == 429 and limited.headers["X-RateLimit-Limit"] == "4", limited.raw
+
+
+def test_basic_credentials_buy_no_budget_where_they_are_not_checked(make_api, ldap_auth, slapd):
+    """Any route but the token routes ignores an Authorization header: it changes neither the
+    client nor the class there (anyone may send one, with any name)."""
+    api = _rated_api(make_api, ldap_auth)
+    for _ in range(3):
+        assert api.call("GET", "/api/v3/status").status == 200
+    for name in ("alice", "mallory", "x1"):
+        limited = api.call("GET", "/api/v3/status", headers=basic(name, "whatever"))
+        assert limited.status == 429 and limited.headers["X-RateLimit-Limit"] == "3", limited.raw
