@@ -121,3 +121,26 @@ def test_basic_credentials_buy_no_budget_where_they_are_not_checked(make_api, ld
     for name in ("alice", "mallory", "x1"):
         limited = api.call("GET", "/api/v3/status", headers=basic(name, "whatever"))
         assert limited.status == 429 and limited.headers["X-RateLimit-Limit"] == "3", limited.raw
+
+
+def test_on_demand_requests_count_as_vm_creation_and_deletion(make_api, ldap_auth, slapd):
+    """docs/auth.md: ``vm_creation`` counts any POST under /vm or /ondemandvm, ``vm_deletion`` any
+    DELETE. The class was read from ``"/vm" in path``, which ``/ondemandvm`` is not: on-demand
+    requests, each cloning VMs, went under ``authenticated`` (500 a minute by default against
+    vm_creation's 20), and an operator's ``vm_creation`` limit did not hold them back."""
+    api = make_api(document(ldap_auth(), config={"rate_limiting_enabled": True, "max_ondemand_requests_per_user": 9},
+                            rate_limits={"authenticated": {"limit": 50, "period": 60},
+                                         "vm_creation": {"limit": 2, "period": 60},
+                                         "vm_deletion": {"limit": 1, "period": 60}}))
+    token = {"X-AUTH-TOKEN": api.new_token("alice", slapd.password("alice"))}
+    opened = [api.post("/api/v3/ondemandvm", {POOL: 1}, headers=token) for _ in range(2)]
+    assert [reply.status for reply in opened] == [201, 201], [reply.raw for reply in opened]
+    for refused in (api.post("/api/v3/ondemandvm", {POOL: 1}, headers=token),
+                    api.post(f"/api/v3/ondemandvm/{POOL}", headers=token),
+                    api.post(f"/api/v3/vm/{POOL}", headers=token)):
+        assert refused.status == 429 and refused.headers["X-RateLimit-Limit"] == "2", refused.raw
+    first, second = (reply.json["request_id"] for reply in opened)
+    assert api.delete(f"/api/v3/ondemandvm/{first}", headers=token).status == 200
+    refused = api.delete(f"/api/v3/ondemandvm/{second}", headers=token)
+    assert refused.status == 429 and refused.headers["X-RateLimit-Limit"] == "1", refused.raw
+    assert api.get(f"/api/v3/ondemandvm/{second}", headers=token).status == 202, "a read is not a creation"

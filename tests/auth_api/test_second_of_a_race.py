@@ -9,7 +9,7 @@ from functools import partial
 
 from tests.auth_api.documents import POOL, document
 from tests.auth_api.test_racing_callers import ROUNDS, at_once
-from tests.harness import Harness, HarnessFactory
+from tests.harness import Harness, HarnessFactory, basic
 
 EXPERIMENTAL = {"experimental_features": True}
 
@@ -72,3 +72,20 @@ def test_two_users_ask_on_demand_for_the_last_vm_the_service_may_run(make_api, l
         headers, user = owners[winner]
         assert api.store.client.hget(api.store.keys.ondemand(request_id), "token_user") == user
         assert api.delete(f"/api/v3/ondemandvm/{request_id}", headers=headers).status == 200
+
+
+def test_one_user_asks_for_the_last_token_twice_at_once_under_two_spellings(make_api, ldap_auth, slapd):
+    """One place left under ``max_tokens_per_user``, asked by ``alice`` and ``ALICE`` at once
+    (one user, two spellings): one token (200), the other 403, and the user holds the limit."""
+    api = make_api(document(ldap_auth(), config={"max_tokens_per_user": 2}))
+    password = slapd.password("alice")
+    for _ in range(ROUNDS):
+        kept = api.new_token("alice", password)
+        replies = at_once(partial(api.post, "/api/v3/token", headers=basic("alice", password)),
+                          partial(api.post, "/api/v3/token", headers=basic("ALICE", password)))
+        assert sorted(reply.status for reply in replies) == [200, 403], [reply.raw for reply in replies]
+        listed = api.get("/api/v3/token", headers=basic("alice", password))
+        assert len(set(listed.json) - {"ok"}) == 2, listed.raw
+        won = next(reply.json["token"] for reply in replies if reply.status == 200)
+        for token in (kept, won):
+            assert api.delete(f"/api/v3/token/{token}", headers=basic("alice", password)).status == 200
