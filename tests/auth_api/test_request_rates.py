@@ -144,3 +144,17 @@ def test_on_demand_requests_count_as_vm_creation_and_deletion(make_api, ldap_aut
     refused = api.delete(f"/api/v3/ondemandvm/{second}", headers=token)
     assert refused.status == 429 and refused.headers["X-RateLimit-Limit"] == "1", refused.raw
     assert api.get(f"/api/v3/ondemandvm/{second}", headers=token).status == 202, "a read is not a creation"
+
+
+def test_names_made_up_by_the_thousand_at_one_address_share_its_counter(make_api, ldap_auth):
+    """Each Basic user name on a token route is a client of its own at its address, and anyone may
+    send any name: past ``max_rate_limited_clients`` the names share the address's counter, so
+    making names up buys one more budget, not one per name, and what Redis keeps stays bounded."""
+    api = make_api(document(ldap_auth(), config={"rate_limiting_enabled": True, "max_rate_limited_clients": 4},
+                            rate_limits=RATES))
+    answers = [api.call("GET", "/api/v3/token", headers=basic(f"made-up-{n}", "guess")) for n in range(40)]
+    assert [reply.status for reply in answers[:4]] == [401] * 4, [reply.raw for reply in answers[:4]]
+    shared = [reply for reply in answers[4:] if reply.status == 429]
+    assert len(shared) == 36 - 3 and all(reply.json.get("shared") for reply in shared), [r.raw for r in answers]
+    counters = list(api.client.scan_iter("vmpool:ratelimit:global_per_ip:*"))
+    assert len(counters) == 4 + 1 + 1, counters  # four names, the shared counter, the table
