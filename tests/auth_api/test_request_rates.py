@@ -4,6 +4,7 @@ counted against, with a real slapd and redis-server behind the tokens."""
 from __future__ import annotations
 
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 
 from tests.auth_api.documents import CLIENT_IP, POOL, document
 from tests.harness import Harness, Reply, basic
@@ -158,3 +159,37 @@ def test_names_made_up_by_the_thousand_at_one_address_share_its_counter(make_api
     assert len(shared) == 36 - 3 and all(reply.json.get("shared") for reply in shared), [r.raw for r in answers]
     counters = list(api.client.scan_iter("vmpool:ratelimit:global_per_ip:*"))
     assert len(counters) == 4 + 1 + 1, counters  # four names, the shared counter, the table
+
+
+def test_thirty_users_behind_one_address_manage_their_tokens_at_once_beside_a_noisy_one(make_api, ldap_auth, slapd):
+    """vmpooler's default rates (100 a minute per address without a token), thirty directory
+    users behind one address (a CI farm's NAT) at once, each making a token, listing its tokens,
+    reading its status and deleting it, while one more user lists theirs in a loop past the
+    limit: the noisy one gets 429, nobody else does. Before, all of them were the address: the
+    thirty's 120 requests alone went past 100."""
+    from tests.auth_api.test_identity_sweep import directory_users
+
+    api = make_api(document(ldap_auth(), config={"rate_limiting_enabled": True}))
+    with directory_users("ldap", slapd, 31) as users:
+        (noisy_name, noisy_password), *quiet = users[:31]
+
+        def noisy() -> list[int]:
+            return [api.call("GET", "/api/v3/token", headers=basic(noisy_name, noisy_password)).status
+                    for _ in range(110)]
+
+        def one_user(user: str, password: str) -> list[int]:
+            credentials = basic(user, password)
+            made = api.call("POST", "/api/v3/token", headers=credentials)
+            if made.status != 200:
+                return [made.status]
+            token = made.json["token"]
+            return [made.status] + [api.call(method, path, headers=headers).status for method, path, headers in (
+                ("GET", "/api/v3/token", credentials), ("GET", f"/api/v3/token/{token}", {}),
+                ("GET", "/api/v3/status", {"X-AUTH-TOKEN": token}), ("DELETE", f"/api/v3/token/{token}", credentials))]
+
+        with ThreadPoolExecutor(len(quiet) + 1) as pool:
+            noise = pool.submit(noisy)
+            answers = list(pool.map(lambda pair: one_user(*pair), quiet))
+        # 404: no token of theirs to list (vmpooler's answer), until the limit.
+        assert noise.result() == [404] * 100 + [429] * 10, noise.result()
+        assert all(statuses == [200] * 5 for statuses in answers), answers
