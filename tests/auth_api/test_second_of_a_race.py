@@ -89,3 +89,23 @@ def test_one_user_asks_for_the_last_token_twice_at_once_under_two_spellings(make
         won = next(reply.json["token"] for reply in replies if reply.status == 200)
         for token in (kept, won):
             assert api.delete(f"/api/v3/token/{token}", headers=basic("alice", password)).status == 200
+
+
+def test_a_checkout_and_an_on_demand_request_of_two_users_for_the_last_vm_the_service_may_run(
+        make_api, ldap_auth, slapd):
+    """One place left under ``max_running_vms``, asked by alice's checkout and bob's on-demand
+    request at once: exactly one gets it (200 or 201), the other 503, and the service holds one."""
+    api = make_api(document(ldap_auth(), config={"max_running_vms": 1}))
+    alice = {"X-AUTH-TOKEN": api.new_token("alice", slapd.password("alice"))}
+    bob = {"X-AUTH-TOKEN": api.new_token("bob", slapd.password("bob"))}
+    for _ in range(ROUNDS):
+        api.fill(POOL)
+        checkout, ondemand = at_once(partial(api.post, f"/api/v3/vm/{POOL}", headers=alice),
+                                     partial(api.post, "/api/v3/ondemandvm", {POOL: 1}, headers=bob))
+        assert sorted((checkout.status, ondemand.status)) in ([200, 503], [201, 503]), (checkout.raw, ondemand.raw)
+        if checkout.status == 200:
+            host = checkout.json[POOL]["hostname"].split(".")[0]
+            assert api.delete(f"/api/v3/vm/{host}", headers=alice).status == 200
+        else:
+            request_id = ondemand.json["request_id"]
+            assert api.delete(f"/api/v3/ondemandvm/{request_id}", headers=bob).status == 200
