@@ -24,7 +24,7 @@ import pytest
 import app
 from chalicelib.services import Services
 from chalicelib.store.vm_tasks import VMTaskStore
-from tests.chaos.test_failover_lost_writes import on_vm, post_task, running_vm
+from tests.chaos.test_failover_lost_writes import call, on_vm, post_task, running_vm
 from tests.core.test_reconcile_queue import RecordingQueue
 from tests.redis_pair import RedisPair
 from tests.support import eventually, stop_process
@@ -125,3 +125,21 @@ def test_a_return_whose_replica_wait_is_cut_short_says_it_was_returned(redis_pai
     # Sent again as told, once a replica has it: done.
     redis_pair.wait_synced()
     assert on_vm("DELETE", hostname) == (200, {"ok": True})
+
+
+def test_a_checkout_whose_replica_wait_the_demotion_cuts_short_hands_out_nothing(
+        redis_pair: RedisPair, api: Services) -> None:
+    """A checkout's confirmation and its WAIT share a round trip (``Store._confirm``): answered
+    ``UNBLOCKED``, the VMs go back to ready (a release on a new connection, which reaches the new
+    primary) and the 503 hands out nothing. Nothing found (the stall: tests/chaos/test_slow_redis.py)."""
+    running_vm(api)  # the pool filled, the API's connections open
+    status, answer = during_the_wait(redis_pair, demote, checkout)
+    assert status == 503 and answer["ok"] is False, answer
+    redis_pair.wait_synced()
+    # The one VM left ready (size 2, one checked out before): still ready, on the primary and its replica.
+    assert eventually(lambda: len(api.store.hostnames(POOL, "running")) == 1, 5, "nothing handed out by the 503")
+    assert len(api.store.hostnames(POOL, "ready")) == 1
+
+
+def checkout() -> tuple[int, Any]:
+    return call("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{POOL}", params={"name": POOL})
