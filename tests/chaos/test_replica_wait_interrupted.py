@@ -14,6 +14,8 @@ who did as told queued a second disk (or snapshot, or revert).
 
 from __future__ import annotations
 
+import base64
+import json
 import signal
 import threading
 import time
@@ -25,7 +27,8 @@ import app
 from chalicelib.services import Services
 from chalicelib.store.vm_tasks import VMTaskStore
 from tests.chaos.test_failover_lost_writes import call, on_vm, post_task, running_vm
-from tests.core.test_reconcile_queue import RecordingQueue
+from tests.core.test_reconcile_queue import Context, RecordingQueue
+from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
 from tests.support import eventually, stop_process
 
@@ -39,15 +42,27 @@ CONFIG = f"""
 """
 
 
-@pytest.fixture
-def api(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
+def serving(pair: RedisPair, monkeypatch: pytest.MonkeyPatch, config: str) -> Services:
     """The API function on the pair's endpoint, waiting for a replica as in AWS Lambda."""
-    services = Services.from_environment({"VMPOOL_CONFIG": CONFIG, "VMPOOL_REDIS_URL": redis_pair.endpoint.url,
+    services = Services.from_environment({"VMPOOL_CONFIG": config, "VMPOOL_REDIS_URL": pair.endpoint.url,
                                           "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1",
                                           "POWERTOOLS_METRICS_DISABLED": "true"})
     monkeypatch.setattr(app, "_services", services)
     monkeypatch.setattr(app, "_config", None)
     monkeypatch.setattr(app, "_queue", RecordingQueue())
+    return services
+
+
+@pytest.fixture
+def api(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
+    services = serving(redis_pair, monkeypatch, CONFIG)
+    yield services
+    services.client.close()
+
+
+@pytest.fixture
+def api_with_logins(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
+    services = serving(redis_pair, monkeypatch, CONFIG + ":auth: {provider: dummy}\n")
     yield services
     services.client.close()
 
@@ -143,3 +158,20 @@ def test_a_checkout_whose_replica_wait_the_demotion_cuts_short_hands_out_nothing
 
 def checkout() -> tuple[int, Any]:
     return call("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{POOL}", params={"name": POOL})
+
+
+def test_a_token_whose_replica_wait_a_stall_cuts_short_is_not_left_behind(
+        redis_pair: RedisPair, api_with_logins: Services) -> None:
+    """The token is made, then deleted when no replica is known to have it (``Tokens.create``):
+    with Redis stalled, the deletion sent after the 503 cannot reach it."""
+    basic = {"Authorization": "Basic " + base64.b64encode(b"alice:right password").decode()}
+    assert call("GET", "/api/v3/status", "/api/v3/status")[0] == 200  # warm: its connections open
+    status, answer = during_the_wait(redis_pair, stall, lambda: new_token(basic))
+    assert status == 503, answer
+    redis_pair.wait_synced()
+    assert eventually(lambda: api_with_logins.tokens.list_for_user("alice") == [], 5, "no token left that nobody saw")
+
+
+def new_token(headers: dict[str, str]) -> tuple[int, Any]:
+    answer = app.app(api_event("POST", "/api/v3/token", "/api/v3/token", headers=headers), Context())
+    return answer["statusCode"], json.loads(answer["body"])
