@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import threading
 
+from chalicelib.manager.runner import run_pool
 from chalicelib.store.ondemand import OnDemandStore
-from tests.ondemand.test_ondemand_requests import AUTH, failing_pool
+from tests.ondemand.test_ondemand_requests import AUTH, SLOW_POOL, failing_pool
 
 
 def test_checkouts_and_requests_sent_at_once_share_max_running_vms_exactly(make_stack):
@@ -74,3 +75,45 @@ def test_a_request_failing_in_one_pool_after_another_delivered_frees_everything(
     assert OnDemandStore(stack.services.store).open_requests("debian-12") == []
     status, body = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 3}, headers=headers)
     assert status == 201, body
+
+
+def test_a_pool_that_delivered_its_share_is_not_polled_while_the_requests_other_pool_builds(make_stack):
+    """A request for two pools, one fast and one whose VMs take long: once the fast pool has
+    delivered its share, its run asks for no early look (the next tick is soon enough). Before,
+    every pass of it counted the open request as work in flight, and the pool was passed every
+    check_loop_delay_min (5 s), each pass reading the provider's inventory, until the other pool
+    delivered or the request's ttl ran out (60 passes at the default 5 minutes)."""
+    stack = make_stack(size=0, extra=SLOW_POOL)
+    request_id = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1, "slow": 1})[1]["request_id"]
+    first = run_pool(stack.services, "debian-12")
+    assert first.look_again_in is not None  # its clone started: looked at again soon
+    stack.clock.advance(31)
+    run_pool(stack.services, "debian-12")  # it booted: handed over
+    stack.reconcile("slow")
+    status, body = stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")
+    assert status == 202 and body["debian"] == {"ready": "1", "pending": "0"} and body["slow"]["ready"] == "0"
+    stack.clock.advance(5)
+    assert run_pool(stack.services, "debian-12").look_again_in is None
+    # Its delivered VM gone from the provider meanwhile (an admin deleted it): the next whole look
+    # at the folder (the tick's pass) builds another, and looks again soon to hand it over.
+    [delivered] = stack.hosts("debian-12", "running")
+    stack.client.hdel(stack.provider._folder_key(stack.pool("debian-12")), delivered)
+    stack.clock.advance(61)
+    assert run_pool(stack.services, "debian-12").look_again_in is not None
+    assert stack.state_of(delivered) == "destroyed" and len(stack.hosts("debian-12", "pending")) == 1
+
+
+def test_a_request_that_asks_nothing_of_a_pool_leaves_that_pools_open_set(make_stack):
+    """The same request sent again after a 503 chooses an alias's pool again; the first try's
+    pool still lists it as open (lua/ondemand_create.lua replaces the record, not that set). Its
+    pass finds nothing to build for it there and drops it, instead of treating it as work in flight
+    (looked at every 5 s) until the request ends."""
+    stack = make_stack(size=0)
+    request_id = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1})[1]["request_id"]
+    requests = OnDemandStore(stack.services.store)
+    stack.services.client.zadd(stack.services.store.keys.ondemand_open("win-2022"), {request_id: 1})
+    assert requests.open_requests("win-2022") == [request_id]
+    assert run_pool(stack.services, "win-2022").look_again_in is not None  # its own clone for size 1
+    assert requests.open_requests("win-2022") == []
+    assert requests.open_requests("debian-12") == [request_id]
+    assert stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")[0] == 202
