@@ -58,7 +58,12 @@ def serve_requests(context: PassContext) -> None:
             claimed = requests.claim(request_id, reservation.reserved, context.now)
             context.checkpoint("ondemand_claimed")
             clones.start_clones(context, claimed)
-            context.report.followups += 1  # look again soon: VMs to hand over or slots to wait for
+            if reservation.lacking:
+                # Look again soon: clones just asked for, or slots to wait for. VMs building are
+                # followed as the pool's pending ones; a pool that delivered its share has nothing
+                # to look at while the request's other pools build theirs (it was passed every
+                # check_loop_delay_min until then, each pass reading the provider's inventory).
+                context.report.followups += 1
 
 
 def fail_overdue(store: Store, pool: PoolConfig, service: ServiceConfig, now: float) -> list[str]:

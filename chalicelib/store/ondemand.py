@@ -123,6 +123,9 @@ class Reservation:
     already closed."""
     reserved: tuple[str, ...] = ()
     failed: int = 0
+    lacking: int = 0
+    """VMs the request still lacks in the pool, neither delivered nor building, before this
+    reservation (``reserved`` included); 0: the pool only hands over what boots."""
 
 
 @dataclass(frozen=True)
@@ -342,7 +345,8 @@ class OnDemandStore(SubStore):
                                  self.store.answer_deadline(), *candidates]
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_reserve(keys=keys, args=args))
-        return Reservation(answer["state"], tuple(answer.get("reserved") or ()), int(answer.get("failed") or 0))
+        return Reservation(answer["state"], tuple(answer.get("reserved") or ()), int(answer.get("failed") or 0),
+                           int(answer.get("lacking") or 0))
 
     def claim(self, request_id: str, hostnames: Sequence[str], now: float) -> list[str]:
         """Of ``hostnames``, reserved for the request, the ones whose clone may start now (still

@@ -35,8 +35,12 @@
 -- A request the API has not confirmed yet (its 'confirm_by': the create's answer may never have
 -- reached its caller, who was told 503) gets nothing: "confirming" until its deadline, then
 -- "unconfirmed" (the pass fails it), so no VM is built for a caller who does not know of it.
+-- A request that asks nothing of this pool (an alias's pool chosen again when the same request was
+-- sent again after a 503: lua/ondemand_create.lua) leaves the pool's open set here.
 -- Returns JSON {"state": "open"|"confirming"|"unconfirmed"|"expired"|"retries_exhausted"|<closed
---               state>, "reserved": [...], "failed": n}
+--               state>, "reserved": [...], "failed": n, "lacking": n}; "lacking": the VMs the request
+-- still lacks in this pool, neither delivered nor building, before this reservation (those it
+-- reserved included): 0 when this pool has nothing more to do for it but hand over what boots.
 local key, vms_key, open_key, cloning_key, pending_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local pool_clones_key, counted_key = KEYS[6], KEYS[7]
 local id, pool = ARGV[1], ARGV[2]
@@ -103,9 +107,12 @@ if (names_checked and redis.call('EXISTS', KEYS[10]) == 0) or past_deadline(ARGV
 end
 local reserved = {}
 local candidate = 12
+local asked, lacking = false, 0
 for _, entry in ipairs(cjson.decode(request[2])) do
   if entry.pool == pool then
+    asked = true
     local need = entry.count - (delivered[entry.name] or 0) - (building[entry.name] or 0)
+    lacking = lacking + math.max(need, 0)
     while need > 0 and slots > 0 and candidate <= #KEYS do
       local vm_key, hostname = KEYS[candidate], ARGV[candidate + 2]
       candidate = candidate + 1
@@ -130,5 +137,8 @@ for _, entry in ipairs(cjson.decode(request[2])) do
     end
   end
 end
+if not asked then
+  redis.call('ZREM', open_key, id)
+end
 redis.call('EXPIRE', vms_key, ttl)
-return cjson.encode({state = 'open', reserved = reserved, failed = failed})
+return cjson.encode({state = 'open', reserved = reserved, failed = failed, lacking = lacking})
