@@ -12,7 +12,10 @@ cached connection, so the next call starts afresh instead of hanging on a dead s
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import http.client
+import secrets
 import socket
 import ssl
 import threading
@@ -36,6 +39,12 @@ log = module_logger(__name__)
 SESSION_CHECK_AFTER_IDLE_SECONDS = 300.0
 """A session unused for this long is checked before use (vCenter's default idle expiry is 30
 minutes; checking every call would double the calls of a pass)."""
+
+LOGIN_RETRY_SECONDS = 300.0
+"""How long a process does not try a password vCenter refused again (as the same user): a wrong
+password, or one rotated in the directory but not in the config, locks the service account out
+after a few refusals (vCenter SSO's default: 5 within 180 s, locked for 300 s; Active Directory
+alike), and every pass of every pool tried it once more. A changed password is tried at once."""
 
 T = TypeVar("T")
 
@@ -250,13 +259,18 @@ class Connection:
         return "vim.version.version11"  # vSphere 6.5: the oldest vCenter vmpooler supports
 
     def login(self) -> None:
+        """Log in with the endpoint's password, unless vCenter refused that password to this
+        process less than LOGIN_RETRY_SECONDS ago (``hold_refused_login``)."""
+        hold_refused_login(self.endpoint)
         try:
             self.content.sessionManager.Login(self.endpoint.username, self.endpoint.password, None)
         except vim.fault.InvalidLogin:
+            _refused_logins[self.endpoint.key] = (time.monotonic(), _fingerprint(self.endpoint))
             raise ProviderError(
                 f"vCenter at {self.endpoint.address} refused the login of {self.endpoint.username}",
                 FailureKind.PERMISSION,
             ) from None
+        _refused_logins.pop(self.endpoint.key, None)
         self.cache.clear()  # views and other session objects died with the old session
         self.last_used = time.monotonic()
 
@@ -312,7 +326,32 @@ _dropped_sessions: dict[tuple[str, int, str], str] = {}
 _calls: dict[tuple[str, int, str], int] = {}
 _unreachable: dict[tuple[str, int, str], tuple[float, ProviderError]] = {}
 """The last failure to reach each vCenter (or a call timing out), and when it ended (monotonic)."""
+_refused_logins: dict[tuple[str, int, str], tuple[float, bytes]] = {}
+"""When vCenter last refused each (host, port, user) a login, and a keyed digest of the password
+it refused (never the password: the digest's key lives and dies with the process)."""
+_FINGERPRINT_KEY = secrets.token_bytes(32)
 _lock = threading.RLock()
+
+
+def _fingerprint(endpoint: Endpoint) -> bytes:
+    return hmac.new(_FINGERPRINT_KEY, endpoint.password.encode(), hashlib.sha256).digest()
+
+
+def hold_refused_login(endpoint: Endpoint) -> None:
+    """Raise the PERMISSION failure vCenter gave, without asking it again, when it refused this
+    endpoint's password (same user, same password) less than LOGIN_RETRY_SECONDS ago. Before,
+    each pass of each pool sent the refused password once more (ten pools, one pass each: ten
+    refusals in a second), and vCenter or the directory behind it locked the account out, for
+    this deployment and for anything else using it, until well after the password was fixed."""
+    refused = _refused_logins.get(endpoint.key)
+    if refused is None or not hmac.compare_digest(refused[1], _fingerprint(endpoint)):
+        return
+    ago = time.monotonic() - refused[0]
+    if ago < LOGIN_RETRY_SECONDS:
+        raise ProviderError(
+            f"vCenter at {endpoint.address} refused the login of {endpoint.username} {ago:.0f} s ago: the same "
+            f"password is not tried again for {LOGIN_RETRY_SECONDS:.0f} s (repeated refusals lock the account out); "
+            f"a changed password is tried at once", FailureKind.PERMISSION)
 
 
 def call_count(endpoint: Endpoint) -> int:
@@ -344,11 +383,13 @@ def forget_server(host: str, port: int) -> None:
     """Forget every cached connection, kept session and recent failure for ``host:port``, whoever
     logged in: the server there is a new one (its sockets and sessions are not those cached)."""
     with _lock:
-        keys = [key for key in (*_connections, *_dropped_sessions, *_unreachable) if key[:2] == (host, port)]
+        keys = [key for key in (*_connections, *_dropped_sessions, *_unreachable, *_refused_logins)
+                if key[:2] == (host, port)]
         stale = [_connections.pop(key) for key in keys if key in _connections]
         for key in keys:
             _dropped_sessions.pop(key, None)
             _unreachable.pop(key, None)
+            _refused_logins.pop(key, None)
     for connection in stale:
         connection.close()
 
@@ -373,6 +414,7 @@ def _open(endpoint: Endpoint) -> Connection:
         # The newest settings win, so a rotated password is used at the next re-login.
         connection.endpoint = endpoint
         return connection
+    hold_refused_login(endpoint)  # no socket, no session for a password vCenter just refused
     connection = Connection(endpoint, _counter(endpoint.key))
     try:
         connection.open(_dropped_sessions.pop(endpoint.key, None))
