@@ -30,7 +30,7 @@ from pyVmomi import SoapStubAdapter, VmomiSupport, vim, vmodl
 from chalicelib.auth.secrets import plain_secret
 from chalicelib.config import ProviderConfig, ServiceConfig
 from chalicelib.logs import module_logger
-from chalicelib.providers.base import ProviderError
+from chalicelib.providers.base import AnswerLost, ProviderError
 from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere.config import split_host_port, vsphere_settings
 
@@ -45,6 +45,17 @@ LOGIN_RETRY_SECONDS = 300.0
 password, or one rotated in the directory but not in the config, locks the service account out
 after a few refusals (vCenter SSO's default: 5 within 180 s, locked for 300 s; Active Directory
 alike), and every pass of every pool tried it once more. A changed password is tried at once."""
+
+READ_METHODS = frozenset({
+    "RetrieveServiceContent", "RetrievePropertiesEx", "ContinueRetrievePropertiesEx",
+    "CancelRetrievePropertiesEx", "RetrieveProperties", "RetrieveContents", "FindByInventoryPath",
+    "FindChild", "CreateContainerView", "DestroyView", "QueryEvents", "CurrentTime", "Login", "Logout",
+    "SessionIsActive",
+})
+"""SOAP methods that change nothing in vCenter's inventory (a container view is the session's
+and dies with it): an operation that made only these may be run again after a re-login. Any
+other method (a task's start, MarkAsTemplate, CreateFolder, CancelTask) makes ``Connection.run``
+fail instead of repeating the operation."""
 
 T = TypeVar("T")
 
@@ -180,6 +191,8 @@ class Connection:
         self.last_used = 0.0
         self.cache: dict[str, Any] = {}
         """Session-scoped lookups (container views per folder, host names, datacenter)."""
+        self.changed: str | None = None
+        """The last method not in READ_METHODS vCenter accepted during the current ``run``."""
 
     # -- establishing ------------------------------------------------------------------------
 
@@ -208,9 +221,12 @@ class Connection:
         )
         original = stub.InvokeMethod
 
-        def counted(*args: Any, **kwargs: Any) -> Any:
+        def counted(mo: Any, info: Any, *args: Any, **kwargs: Any) -> Any:
             self._count()
-            return original(*args, **kwargs)
+            result = original(mo, info, *args, **kwargs)
+            if info.wsdlName not in READ_METHODS:
+                self.changed = info.wsdlName
+            return result
 
         # Every method call and property read of every object made from this stub ends here.
         stub.InvokeMethod = counted  # type: ignore[method-assign]  # deliberate: this stub's calls only
@@ -306,13 +322,25 @@ class Connection:
 
     def run(self, operation: Callable[["Connection"], T]) -> T:
         """Run ``operation``; when vCenter says the session is gone, log in and run it once more
-        (NotAuthenticated means vCenter did nothing, so running it again is safe)."""
+        (NotAuthenticated means vCenter did nothing with that call, so running it again is safe)
+        unless an earlier call of the operation changed something (a task started: a clone, a
+        disk, a snapshot): then AnswerLost, as when that call's answer is lost. Before, a
+        session ended between starting a task and reading its queue time (an admin terminating
+        the service account's sessions, say) had the operation run again whole: the task was
+        started twice (a second disk on the user's VM, a second snapshot, a second clone of a
+        name, whose task then failed and took the first clone's VM with it)."""
         self.ensure_session()
+        self.changed = None
         try:
             result = operation(self)
         except vim.fault.NotAuthenticated:
+            changed, self.changed = self.changed, None
             log.info("vCenter session at %s was ended; logging in again", self.endpoint.address)
             self.login()
+            if changed is not None:
+                raise AnswerLost(
+                    f"vCenter at {self.endpoint.address} ended the session after {changed} was sent, before its "
+                    f"answer was read: not sent again (vCenter may have done it)", FailureKind.CONNECTION) from None
             result = operation(self)
         self.last_used = time.monotonic()
         return result
@@ -461,7 +489,8 @@ def with_connection(endpoint: Endpoint, operation: Callable[[Connection], T], wh
                 return _open(endpoint).run(operation)
         except ProviderError as error:
             scrubbed = error.reworded(scrub(str(error), endpoint))
-            if error.kind in (FailureKind.CONNECTION, FailureKind.TIMEOUT):  # from open(): not reached
+            if error.kind in (FailureKind.CONNECTION, FailureKind.TIMEOUT) and not isinstance(error, AnswerLost):
+                # from open(): not reached (an AnswerLost of run: reached, the session ended)
                 _unreachable[endpoint.key] = (time.monotonic(), scrubbed)
             raise scrubbed from None
         except vmodl.MethodFault as fault:
