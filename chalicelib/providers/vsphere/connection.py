@@ -46,16 +46,16 @@ password, or one rotated in the directory but not in the config, locks the servi
 after a few refusals (vCenter SSO's default: 5 within 180 s, locked for 300 s; Active Directory
 alike), and every pass of every pool tried it once more. A changed password is tried at once."""
 
-READ_METHODS = frozenset({
-    "RetrieveServiceContent", "RetrievePropertiesEx", "ContinueRetrievePropertiesEx",
-    "CancelRetrievePropertiesEx", "RetrieveProperties", "RetrieveContents", "FindByInventoryPath",
-    "FindChild", "CreateContainerView", "DestroyView", "QueryEvents", "CurrentTime", "Login", "Logout",
-    "SessionIsActive",
-})
-"""SOAP methods that change nothing in vCenter's inventory (a container view is the session's
-and dies with it): an operation that made only these may be run again after a re-login. Any
-other method (a task's start, MarkAsTemplate, CreateFolder, CancelTask) makes ``Connection.run``
-fail instead of repeating the operation."""
+def starts_work(method: str) -> bool:
+    """Whether a SOAP method starts work vCenter goes on with after answering: a task (every
+    ``*_Task`` method: clone, reconfigure, snapshot, power, destroy, relocate) or its cancel. An
+    operation that sent one is not run again after a re-login (``Connection.run``): the task's
+    effect may not show yet, and the operation would start it again. Synchronous changes
+    (MarkAsTemplate, MarkAsVirtualMachine, CreateFolder) are done when answered, so the operation
+    run again sees them and does not make them again (template preparation reads the template's
+    state first, ``inventory.ensure_folder`` finds the folder)."""
+    return method.endswith("_Task") or method == "CancelTask"
+
 
 T = TypeVar("T")
 
@@ -192,7 +192,7 @@ class Connection:
         self.cache: dict[str, Any] = {}
         """Session-scoped lookups (container views per folder, host names, datacenter)."""
         self.changed: str | None = None
-        """The last method not in READ_METHODS vCenter accepted during the current ``run``."""
+        """The last method vCenter accepted during the current ``run`` that ``starts_work``."""
 
     # -- establishing ------------------------------------------------------------------------
 
@@ -224,7 +224,7 @@ class Connection:
         def counted(mo: Any, info: Any, *args: Any, **kwargs: Any) -> Any:
             self._count()
             result = original(mo, info, *args, **kwargs)
-            if info.wsdlName not in READ_METHODS:
+            if starts_work(info.wsdlName):
                 self.changed = info.wsdlName
             return result
 
@@ -323,8 +323,8 @@ class Connection:
     def run(self, operation: Callable[["Connection"], T]) -> T:
         """Run ``operation``; when vCenter says the session is gone, log in and run it once more
         (NotAuthenticated means vCenter did nothing with that call, so running it again is safe)
-        unless an earlier call of the operation changed something (a task started: a clone, a
-        disk, a snapshot): then AnswerLost, as when that call's answer is lost. Before, a
+        unless an earlier call of the operation started a task (``starts_work``: a clone, a disk,
+        a snapshot): then AnswerLost, as when that call's answer is lost. Before, a
         session ended between starting a task and reading its queue time (an admin terminating
         the service account's sessions, say) had the operation run again whole: the task was
         started twice (a second disk on the user's VM, a second snapshot, a second clone of a
