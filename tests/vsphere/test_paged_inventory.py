@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import pytest
 from pyVmomi import SoapStubAdapter
 
+from chalicelib.providers.base import ProviderError
 from chalicelib.providers.vsphere import connection as connections
 from tests.harness import HarnessFactory
 from tests.vsphere.test_bad_day import POOL, converge, pool_harness
@@ -65,3 +66,17 @@ def test_a_pool_converges_on_a_vcenter_answering_in_small_pages(
     assert converge(harness, PAGE + 2) == []
     assert "ContinueRetrievePropertiesEx" in sent
     assert len(harness.hosts(POOL, "ready")) == PAGE + 2
+
+
+def test_a_names_read_out_of_time_between_pages_is_cancelled_and_returns_nothing_partial(
+        paged: VcsimServer, sent: list[str]) -> None:
+    setup = make_setup(paged)
+    pool = setup.pool()
+    for index in range(2 * PAGE):
+        setup.provider.clone(pool, f"late-{index:02}")
+    del sent[:]
+    with pytest.raises(ProviderError, match="not read in time"):
+        setup.provider.vm_names([pool], out_of_time=lambda: True)
+    assert sent.count("CancelRetrievePropertiesEx") == 1 and "ContinueRetrievePropertiesEx" not in sent
+    assert sent[-1] == "DestroyView"  # the view made for the read is not left to the session
+    assert {f"late-{index:02}" for index in range(2 * PAGE)} <= setup.provider.vm_names([pool])
