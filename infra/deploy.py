@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import secrets
 import sys
 import time
@@ -156,6 +157,90 @@ def check_concurrency(session: Any, stage: Stage) -> None:
             f"executions' of at least {stage.reserved_concurrency + UNRESERVED_MINIMUM + quota - unreserved}")
 
 
+def refuse_values_not_allowed(template: dict[str, Any], given: dict[str, str]) -> None:
+    """Refuse, before anything is uploaded, a given parameter the template does not have (a
+    typo) or a value its declaration refuses: outside ``AllowedValues`` (``RedisMinReplicaAcks=2``:
+    the stack's Redis has one replica, and every checkout would wait for a second and answer 503),
+    ``MinValue``/``MaxValue`` (``PoolEmptyMinutes=2000``) or ``AllowedPattern`` (each member of a
+    list). CloudFormation refuses them too, but only once the package is uploaded."""
+    declared = template.get("Parameters", {})
+    for key, value in sorted(given.items()):
+        if key not in declared:
+            raise DeployError(f"{key} is no parameter of the stack (its parameters: {', '.join(sorted(declared))}; "
+                              "docs/deploy.md, \"Parameters\")")
+        problem = _refused_value(declared[key], value)
+        if problem:
+            raise DeployError(f"{key}={value!r} {problem}: {declared[key].get('Description', '')}".rstrip(": "))
+
+
+def _refused_value(declaration: dict[str, Any], value: str) -> str:
+    """Why a parameter's declaration refuses ``value`` ("" when it takes it)."""
+    allowed = declaration.get("AllowedValues")
+    if allowed is not None and value not in [str(item) for item in allowed]:
+        return "is not one of " + ", ".join(repr(str(item)) for item in allowed)
+    if declaration.get("Type") == "Number" and ("MinValue" in declaration or "MaxValue" in declaration):
+        try:
+            number = float(value)
+        except ValueError:
+            return "is not a number"
+        low, high = declaration.get("MinValue"), declaration.get("MaxValue")
+        if (low is not None and number < float(low)) or (high is not None and number > float(high)):
+            return f"is outside {low if low is not None else '...'} to {high if high is not None else '...'}"
+    pattern = declaration.get("AllowedPattern")
+    if pattern is not None:
+        listed = str(declaration.get("Type", "")).startswith(("List<", "CommaDelimited"))
+        for member in [item.strip() for item in value.split(",")] if listed else [value]:
+            if re.fullmatch(pattern, member) is None:
+                return f"does not match {pattern}" + (f" ({member!r})" if listed else "")
+    return ""
+
+
+def left_behind_secrets(session: Any, stage: Stage) -> list[str]:
+    """The stage's Secrets Manager secrets (``vmpool/<stage>/...``, which the stack creates) that
+    exist already, each as ``<name> (scheduled for deletion on <date>)`` or ``<name> (exists)``.
+    Secrets Manager creates no secret of a name another secret holds, and a deleted secret holds
+    its name for its whole recovery window (7 to 30 days; 30 unless its deleter said otherwise):
+    a stage deleted and created again within it, or whose secrets were deleted by hand, failed
+    at the secrets minutes into the create and rolled back to ROLLBACK_COMPLETE. What cannot be
+    asked (no secretsmanager:DescribeSecret) is not checked: CloudFormation still refuses."""
+    client = session.client("secretsmanager")
+    found = []
+    for logical_name in SECRET_NAMES:
+        name = stage.secret_prefix + logical_name
+        try:
+            described = client.describe_secret(SecretId=name)
+        except Exception as error:  # ResourceNotFoundException (the create can make it), or not asked
+            if failure_of(error) is None and not isinstance(error, (KeyError, TypeError)):
+                raise
+            continue
+        if described.get("Name", name) != name:
+            continue  # a partial-ARN match of another secret, not this name
+        deleted = described.get("DeletedDate")
+        found.append(f"{name} (scheduled for deletion on {deleted:%Y-%m-%d})" if hasattr(deleted, "strftime")
+                     else f"{name} (scheduled for deletion)" if deleted else f"{name} (exists)")
+    return found
+
+
+SECRET_NAMES = ("redis-auth", "vsphere", "ldap")
+"""The secrets the stack creates, ``vmpool/<stage>/<name>`` (infra/template.py)."""
+
+
+def refuse_secrets_left_behind(session: Any, stage: Stage) -> None:
+    """Refuse, before anything is uploaded, to create the stack while a secret of its names
+    exists or waits out its recovery window (``left_behind_secrets``), saying what to do."""
+    found = left_behind_secrets(session, stage)
+    if not found:
+        return
+    names = " ".join(entry.split(" ", 1)[0] for entry in found)
+    keep = (" To keep a password you set, first restore-secret and get-secret-value it" if "scheduled" in str(found)
+            else " To keep a password you set, first get-secret-value it")
+    raise DeployError(
+        f"the stack {stack_name(stage.name)} creates secrets whose names Secrets Manager holds: {', '.join(found)}; a "
+        f"deleted secret keeps its name until its recovery window ends (7 to 30 days), so the create would fail and "
+        f"roll back.{keep}, then delete them for good and deploy again (docs/deploy.md, \"Deleting a stage\"): for s "
+        f"in {names}; do aws secretsmanager delete-secret --secret-id $s --force-delete-without-recovery; done")
+
+
 def config_bucket_name(stage: Stage, account: str, region: str) -> str:
     """The stage's config bucket as the stack names it (infra/template.py): bucket names are
     global, so the account and region are part of it."""
@@ -260,6 +345,7 @@ def deploy(session: Any, stage: str, bucket: str, package: Path | None, given: d
         code_key = f"{prefix}/code-{_digest(code)}.zip"
         template = with_code_location(json.loads((package / "sam.json").read_text()), bucket, code_key)
     check_kms_keys(given)
+    refuse_values_not_allowed(template, given)
     name = stack_name(stage)
     stack = _existing_stack(cloudformation, name)
     refuse_a_stack_never_created(stack, name)
@@ -268,6 +354,7 @@ def deploy(session: Any, stage: str, bucket: str, package: Path | None, given: d
         raise DeployError("; ".join(broken))
     if stack is None:  # an update keeps the bucket and the reservations the stack has
         refuse_a_config_bucket_left_behind(session, STAGES[stage], cloudformation.meta.region_name)
+        refuse_secrets_left_behind(session, STAGES[stage])
         if package is not None:
             check_concurrency(session, STAGES[stage])
     if code is not None:
@@ -276,7 +363,11 @@ def deploy(session: Any, stage: str, bucket: str, package: Path | None, given: d
     template_key = f"{prefix}/template-{_digest(body)}.json"
     upload(s3, bucket, template_key, body)
 
-    existing = [p["ParameterKey"] for p in (stack or {}).get("Parameters", [])]
+    # The stack's parameters this template still declares: a previous value passed for one it
+    # does not (a release that removed it, a rollback to a release before it was added) makes
+    # CloudFormation refuse the change set ("Parameters: [...] do not exist in the template").
+    declared = template.get("Parameters", {})
+    existing = [p["ParameterKey"] for p in (stack or {}).get("Parameters", []) if p["ParameterKey"] in declared]
     change_set = change_set_name(name)
     cloudformation.create_change_set(
         StackName=name, ChangeSetName=change_set, ChangeSetType="UPDATE" if stack else "CREATE",

@@ -5,7 +5,8 @@ Chalice cannot set itself (infra/chalice_deploy.sh runs both steps around ``chal
     python -m infra.stage_settings --stage dev --finish   # after chalice deploy
 
 The settings (subnets, the Lambda security group, Redis URL and AUTH token secret, the reconcile
-queue URL, the config bucket, the secrets' customer-managed KMS keys) go to ``.chalice/stack-<stage>.json`` and, through
+queue URL, the config bucket, the secrets' customer-managed KMS keys, the replicas a checkout waits
+for when the stack sets them) go to ``.chalice/stack-<stage>.json`` and, through
 infra/sync_config.py, into the stage of ``.chalice/config.json``.
 """
 
@@ -28,6 +29,9 @@ OUTPUTS = {
 }
 """Function environment variable -> the infra-only stack's output that holds it."""
 KMS_KEYS_OUTPUT = "SecretsKmsKeyArns"
+OPTIONAL_OUTPUTS = {"VMPOOL_REDIS_MIN_REPLICA_ACKS": "RedisMinReplicaAcks"}
+"""Function environment variable -> the output that holds it when the stack was given its
+parameter (an output only then): absent, the variable is not set."""
 
 
 def settings_from_outputs(outputs: dict[str, str]) -> dict[str, Any]:
@@ -40,6 +44,8 @@ def settings_from_outputs(outputs: dict[str, str]) -> dict[str, Any]:
         "security_group_ids": [outputs["LambdaSecurityGroupId"]],
         "environment_variables": {variable: outputs[key] for variable, key in OUTPUTS.items()},
     }
+    settings["environment_variables"].update(
+        {variable: outputs[key] for variable, key in OPTIONAL_OUTPUTS.items() if outputs.get(key, "").strip()})
     # The stack's SecretsKmsKeyArns (an output only when it names keys): the policy files grant
     # kms:Decrypt on them, as the full stack's roles get it (before: to be added by hand).
     keys = sorted(key.strip() for key in outputs.get(KMS_KEYS_OUTPUT, "").split(",") if key.strip())

@@ -102,8 +102,12 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {
+    # The reconcile consumer's concurrency: 10 passes a batch, one batch per ~0.5 s at 512 MB with
+    # vSphere pools of 50 VMs; 10,000 pools steady need about 9, each 1,000 pools with work in
+    # flight (a follow-up every 5 s) about 9 more (docs/deploy.md, "Reconcile concurrency"). 10
+    # for dev, until 2026-12-06, left a 10,000-pool stage no room for one wave of refills.
     "dev": Stage("dev", tracing=False, log_retention_days=14, api_reserved_concurrency=20,
-                 reconcile_reserved_concurrency=10),
+                 reconcile_reserved_concurrency=20),
     "prod": Stage("prod", tracing=True, log_retention_days=30, api_reserved_concurrency=100,
                   reconcile_reserved_concurrency=50),
 }

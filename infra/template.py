@@ -32,6 +32,7 @@ from chalice.utils import to_cfn_resource_name
 from chalicelib import observability as m
 from chalicelib.auth.secrets import FAILURE_KEYS as SECRET_FAILURE_KEYS
 from chalicelib.manager.pool_queue import MAX_DELAY_SECONDS, REPORTED_LATENESS_SECONDS
+from chalicelib.store.store import MIN_REPLICA_ACKS_ENV
 from infra import sync_config
 from infra.sync_config import STAGES, Stage
 
@@ -76,7 +77,18 @@ def function_environment() -> dict[str, Any]:
         "VMPOOL_REDIS_AUTH_SECRET": {"Ref": "RedisAuthSecret"},
         "VMPOOL_RECONCILE_QUEUE_URL": {"Ref": "ReconcileQueue"},
         "VMPOOL_CONFIG_BUCKET": {"Ref": "ConfigBucket"},
+        # Only when the operator gives RedisMinReplicaAcks: otherwise the config's
+        # redis.min_replica_acks (1 in Lambda unless set) decides, as before.
+        MIN_REPLICA_ACKS_ENV: {"Fn::If": [MIN_REPLICA_ACKS_CONDITION, {"Ref": MIN_REPLICA_ACKS_PARAMETER},
+                                          {"Ref": "AWS::NoValue"}]},
     }
+
+
+MIN_REPLICA_ACKS_PARAMETER = "RedisMinReplicaAcks"
+"""The stack parameter that sets VMPOOL_REDIS_MIN_REPLICA_ACKS for every function (empty: not set).
+Before it, the variable could be given to a deployed stage only by editing the functions by hand,
+which the next deploy undid."""
+MIN_REPLICA_ACKS_CONDITION = "HasRedisMinReplicaAcks"
 
 
 def build(stage: Stage, infra_only: bool = False, config_file: Path | None = None) -> dict[str, Any]:
@@ -282,10 +294,13 @@ def _listed_description(what: str, names: list[str], need: str, docs: str = "DNS
 
 def stage_outputs() -> dict[str, Any]:
     """What ``chalice deploy`` needs from the infra-only stack (infra/stage_settings.py). The KMS
-    keys only when the parameter names some: its policy files then grant them."""
+    keys only when the parameter names some: its policy files then grant them; the replica acks
+    only when given: the functions' environment then carries them."""
     return {
         "SecretsKmsKeyArns": {"Condition": "HasSecretsKmsKeys",
                               "Value": {"Fn::Join": [",", {"Ref": "SecretsKmsKeyArns"}]}},
+        MIN_REPLICA_ACKS_PARAMETER: {"Condition": MIN_REPLICA_ACKS_CONDITION,
+                                     "Value": {"Ref": MIN_REPLICA_ACKS_PARAMETER}},
         "RedisUrl": {"Value": function_environment()["VMPOOL_REDIS_URL"]},
         "ReconcileQueueName": {"Value": {"Fn::GetAtt": ["ReconcileQueue", "QueueName"]}},
         "RedisAuthSecretArn": {"Value": {"Ref": "RedisAuthSecret"}},
@@ -467,23 +482,34 @@ def _by_pool(stage: Stage, title: str, *names: str, stat: str = "Sum",
     500 series: at 1,000 pools failing at once it showed half of them, maybe not the worst.
     ``by_alias``: metrics also ranked by their ``alias`` dimension in the same graph."""
     return _ranked(stage, title, [(name, "pool") for name in names] + [(name, "alias") for name in by_alias],
-                   stat=stat, labelled=len(names) > 1)
+                   stat=stat)
 
 
-def _ranked(stage: Stage, title: str, series: list[tuple[str, str]], stat: str = "Sum",
-            labelled: bool = False) -> dict[str, Any]:
+DYNAMIC_LABEL = "${!LABEL}"
+"""CloudWatch's ``${LABEL}`` (a series' own label: a query's GROUP BY values, the pool), escaped
+for the dashboard body's ``Fn::Sub``, which would take ``${LABEL}`` for a parameter."""
+
+
+def _ranked(stage: Stage, title: str, series: list[tuple[str, str]], stat: str = "Sum") -> dict[str, Any]:
     """A graph of the ``TOP_POOLS`` series with the most of each (metric, dimension) of
     ``series``: the metric's dimension set holding that dimension, grouped by all but
-    ``service`` (``_by_pool`` says why a Metrics Insights query)."""
+    ``service`` (``_by_pool`` says why a Metrics Insights query). A graph of several queries
+    labels each series with what tells its query apart (the metric, the dimension) and its own
+    label (the pool): a fixed label, the metric's name, was every pool's, so pools could not be
+    told apart."""
     namespace = m.namespace_for(stage.name)
     function = _QUERY_FUNCTIONS[stat]
+    several_names = len({name for name, _ in series}) > 1
+    several_keys = len({key for _, key in series}) > 1
     expressions = []
     for index, (name, key) in enumerate(series):
         dims = sorted(next(d for d in m.METRICS[name].dimension_sets if key in d))
         group = ", ".join(d for d in dims if d != "service")
         query = (f'SELECT {function}({name}) FROM SCHEMA("{namespace}", {", ".join(dims)}) '
                  f"GROUP BY {group} ORDER BY {function}() DESC LIMIT {TOP_POOLS}")
-        expressions.append([{"expression": query, "label": name if labelled else "", "id": f"q{index}"}])
+        told_apart = [*([name] if several_names else []), *([key] if several_keys else [])]
+        label = " ".join([*told_apart, DYNAMIC_LABEL]) if told_apart else ""
+        expressions.append([{"expression": query, "label": label, "id": f"q{index}"}])
     return _widget(f"{title} (top {TOP_POOLS})", expressions, period=300)
 
 

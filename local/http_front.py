@@ -203,8 +203,16 @@ class _CoalescingTransport:
         if not (self._unread() and self._transport.can_write_eof()):
             self._transport.close()
             return
+        try:
+            self._transport.write_eof()  # sent after what is buffered; asyncio then closes when the client does
+        except OSError:
+            # The client reset the connection since the answer left (it read it and closed,
+            # the refused bytes unread): nobody is left to linger for. The OSError (ENOTCONN)
+            # went out of the app's send, a traceback in the log, the connection left marked
+            # lingering.
+            self._transport.abort()
+            return
         self.lingering = True
-        self._transport.write_eof()  # sent after what is buffered; asyncio then closes when the client does
         self._transport.resume_reading()  # paused by uvicorn while a body it was not asked for piled up
         self._loop.call_later(LINGER_SECONDS, self._transport.close)
 
@@ -305,11 +313,25 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self._deferred is not None:
             return  # refused: nothing after the refused request is read, the connection ends
         self._unset_keepalive_if_required()
+        self._read_known, self._head_began = 0, -1
         self._parse(data)
+        if (not self._in_head and self._head_began < 0 and self._read_known == 0 and not self.pipeline
+                and (self.cycle is None or self.cycle.response_complete)):
+            # Between two requests, bytes that began none: empty lines, which llhttp skips before
+            # a request line (RFC 9112, 2.2). They are the next head's start, under its deadline
+            # and bound: uvicorn cancels its keep-alive timeout at every byte that arrives, so a
+            # CRLF every few seconds held a kept-alive connection open for good.
+            self._in_head = True
         if self._in_head and self._deferred is None and not self.transport.is_closing():
-            # Counted after parsing, so a body that arrives with its head is not counted as head
-            # (a pipelined request's head that arrives with the previous body counts them both).
-            self._head_bytes += len(data)
+            # Counted after parsing, so a body that arrives with its head is not counted as head,
+            # nor are the requests before it in this read (pipelined): the head's bytes are those
+            # from where it began at the earliest (_head_began). Counting the whole read, a read
+            # of more than 32 KiB of small pipelined requests ending inside the next one's head
+            # refused that 38-byte request with a 431 "head larger than 32768 bytes".
+            if self._head_began >= 0:
+                self._head_bytes = len(data) - self._head_began
+            else:  # begun in an earlier read
+                self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(Refused(431, f"request head larger than {MAX_HEAD_BYTES} bytes"))
             elif self._head_timer is None:  # a kept-alive connection's next request has begun
@@ -351,10 +373,22 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 self.send_400_response("Invalid HTTP request received.")
             return
 
+    _read_known = 0
+    """Of the read being parsed, how many bytes at least came before where parsing is: the heads
+    (in their shortest form) and the body bytes of the requests parsed from it so far."""
+    _head_began = -1
+    """Where in the read being parsed the head being read began, at the earliest (``_read_known``
+    then); -1 when it began in an earlier read."""
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
         self._header_fields = 0
+        self._head_began = self._read_known
+
+    def on_body(self, body: bytes) -> None:
+        self._read_known += len(body)
+        super().on_body(body)
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -378,7 +412,12 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._chunks = 0
         self._body_wire_bytes = -1  # its head ended in the read being parsed (data_received)
         self._chunked = any(name == b"transfer-encoding" for name, _ in self.headers)
-        refusal = self._head_refusal()
+        head_bytes = self._whole_head_bytes()
+        # The head's bytes in this read: all of it when it began here, else at least what the
+        # earlier reads did not hold (they held at most _head_bytes of it).
+        self._read_known = (self._head_began + head_bytes if self._head_began >= 0
+                            else max(head_bytes - self._head_bytes, 0))
+        refusal = self._head_refusal(head_bytes)
         if refusal is not None:
             self._stop_parsing(refusal)
         self._in_head = False
@@ -395,7 +434,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.url = origin_form(self.url)
         super().on_headers_complete()
 
-    def _head_refusal(self) -> Refused | None:
+    def _head_refusal(self, head_bytes: int) -> Refused | None:
         """What to answer a whole head that llhttp lets through, if anything: one over
         ``MAX_HEAD_BYTES`` (431); as RFC 9112 and 9110 say, a version other than HTTP/1.0 or 1.1
         (505; llhttp reads a line without one as 0.9 and takes 2.0), an HTTP/1.1 request without
@@ -403,7 +442,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         chunked`` was read as chunked and the gzip dropped), an expectation other than
         100-continue (417), a body with a request asking for an Upgrade (400), a Host that is no
         ``host[:port]`` (400), a Transfer-Encoding in an HTTP/1.0 request (400)."""
-        if self._whole_head_bytes() > MAX_HEAD_BYTES:
+        if head_bytes > MAX_HEAD_BYTES:
             # A head that arrived in one read is whole before data_received counts it.
             return Refused(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
         version = self.parser.get_http_version()
@@ -435,10 +474,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         return None
 
     def _whole_head_bytes(self) -> int:
-        """The size of the head just parsed, as sent in its shortest form: request line, each
-        field as ``name: value`` and a line break, the blank line."""
+        """The size of the head just parsed, as sent in its shortest form (no head sent is
+        shorter): request line, each field as ``name:value`` and a line break, the blank line."""
         line = len(self.parser.get_method()) + len(self.url) + len(b" HTTP/1.1\r\n") + 1
-        return line + sum(len(name) + len(value) + 4 for name, value in self.headers) + 2
+        return line + sum(len(name) + len(value) + 3 for name, value in self.headers) + 2
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # starts the next pipelined request, if one waits

@@ -21,7 +21,8 @@ from typing import Mapping
 
 from chalicelib.api.http import ApiError, ApiRequest
 from chalicelib.api.identity import Caller, token_check
-from chalicelib.auth.base import canonical_user
+from chalicelib.auth.base import acceptable_credentials, canonical_user, login_key
+from chalicelib.auth.basic import parse_basic_auth
 from chalicelib.auth.directory_check import Standing
 from chalicelib.auth.ratelimit import address_key, address_prefix, shared_counter_of
 from chalicelib.services import Services
@@ -82,11 +83,14 @@ class RateClass:
 
 
 def rate_class(services: Services, method: str, path: str, authenticated: bool) -> RateClass:
-    """vmpooler's classes: a POST to a VM path creates, a DELETE deletes, a request with a valid
-    token is ``authenticated``, anything else ``global_per_ip``."""
-    if method == "POST" and "/vm" in path:
+    """vmpooler's classes: a POST to a VM path (``/vm`` or ``/ondemandvm``) creates, a DELETE
+    deletes, a request with a valid token is ``authenticated``, anything else ``global_per_ip``."""
+    # ``/ondemandvm`` holds no "/vm": read as vmpooler reads the path, an on-demand request, each
+    # one cloning VMs, went under ``authenticated`` (500 a minute against vm_creation's 20).
+    vm_path = "/vm" in path or path.startswith("/ondemandvm")
+    if method == "POST" and vm_path:
         name = "vm_creation"
-    elif method == "DELETE" and "/vm" in path:
+    elif method == "DELETE" and vm_path:
         name = "vm_deletion"
     elif authenticated:
         name = "authenticated"
@@ -119,6 +123,37 @@ def _token_user(services: Services, request: ApiRequest) -> str | None:
     return canonical_user(check.record.user)
 
 
+BASIC_CREDENTIAL_PATHS = ("/token", "/token/{token}")
+"""The routes whose handlers check the request's HTTP Basic credentials (api/tokens.py): there
+alone a request sending them is counted per user name and address (``_basic_login``)."""
+PATH_TOKEN_ROUTE = ("GET", "/token/{token}")
+"""The route whose token in the path is the caller's credential (vmfloaty's ``token status``
+sends nothing else): counted as that token's user, as an ``X-AUTH-TOKEN`` is."""
+
+
+def _basic_login(services: Services, path: str, request: ApiRequest) -> str | None:
+    """The user name of the Basic credentials a token route checks, as failed logins count it
+    (``login_key``); None elsewhere, without ``:auth:``, or for credentials no directory would
+    be asked about (refused without a login: the address's)."""
+    if services.config.auth is None or path not in BASIC_CREDENTIAL_PATHS:
+        return None
+    credentials = parse_basic_auth(request.header("Authorization"))
+    if credentials is None or not acceptable_credentials(*credentials):
+        return None
+    return login_key(credentials[0])
+
+
+def _path_token_user(services: Services, method: str, path: str, request: ApiRequest) -> str | None:
+    """For ``GET /token/<t>``, the canonical user of the token in the path when it is live and its
+    user not removed from the directory (as ``_token_user``); None otherwise."""
+    if services.config.auth is None or (method, path) != PATH_TOKEN_ROUTE:
+        return None
+    record = services.tokens.lookup(request.params.get("token", ""), touch=False)
+    if record is None or services.directory_check.standing(record.user, record.created_at) is Standing.REMOVED:
+        return None
+    return canonical_user(record.user)
+
+
 def check_rate(services: Services, method: str, path: str, request: ApiRequest) -> None:
     """Count the request against its class's limit; 429 with Retry-After past it. A no-op
     unless ``rate_limiting_enabled``."""
@@ -127,9 +162,19 @@ def check_rate(services: Services, method: str, path: str, request: ApiRequest) 
     # Who is counted: the user of a valid token (every token of one user is one client), else the
     # address. A header anyone can make up (a token that is not valid, or any token without
     # :auth:) changes neither the client nor its class: it buys no budget of its own.
+    # Where the route checks them, Basic credentials (counted per user name and address, the
+    # name unchecked yet: anyone may send any, so they buy nothing of a user's own budget) and a
+    # token in the path: users behind one address (a NAT, a CI farm) managing their tokens were
+    # all one client, and one of them listing tokens in a loop got the others 429.
     user = _token_user(services, request)
+    login = None if user is not None else _basic_login(services, path, request)
+    if user is None and login is None:
+        user = _path_token_user(services, method, path, request)
     rate = rate_class(services, method, path, authenticated=user is not None)
-    client = rate_limit_client(user, address_key(request.source_ip) or "unknown")
+    address = address_key(request.source_ip) or "unknown"
+    client = rate_limit_client(user, address, login)
+    # Past the table's room, a user name at an address shares the address's counter: names made
+    # up by the thousand from one address fill one counter.
     counted = services.store.count_request(rate.name, client, shared_counter(user, request.source_ip), rate.period,
                                            int(services.config.service.max_rate_limited_clients))
     if counted.count <= rate.limit:

@@ -28,6 +28,7 @@ from chalicelib.api.vm_lookup import shown_domain
 from chalicelib.auth.base import same_user
 from chalicelib.config import REQUEST_NAME_PATTERN
 from chalicelib.services import Services
+from chalicelib.store import StoreUnavailable
 from chalicelib.store.ondemand import DELETED, FAILED, READY, OnDemandRequest, OnDemandStore
 
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}\Z")
@@ -96,7 +97,7 @@ def show(services: Services, request: ApiRequest) -> ApiResponse:
     told is the request's secret). An id the client chose needs the owner's token (401)."""
     ondemand = _by_drawn_id(services, request) or _owned(services, request, required_caller(services, request))
     answer: dict[str, Any] = {"ok": True, "request_id": ondemand.id, "ready": False}
-    if ondemand.state == READY:
+    if ondemand.state == READY and _delivery_replicated(services):
         answer["ready"] = True
         # Each VM under the domain GET /vm names it under: the pool's now, not the one noted when
         # the request was made (after a config.domain change the two answers named two hosts).
@@ -115,6 +116,20 @@ def show(services: Services, request: ApiRequest) -> ApiResponse:
         delivered = len(ondemand.delivered(name))
         answer[name] = {"ready": str(delivered), "pending": str(ondemand.wanted(name) - delivered)}
     return ApiResponse(202, answer)
+
+
+def _delivery_replicated(services: Services) -> bool:
+    """Whether a replica has the delivery of a ready request (``Store.writes_replicated``: one
+    round trip where a replica is asked for, none in the local stack). Its VMs were cloned and
+    handed to it by passes, whose writes wait for no replica: a failover that lost them left the
+    promoted replica without any record of VMs its user was told are theirs, which the next
+    passes found in the pool's folder and destroyed, in use. Until a replica has them the
+    request is answered as still building (202, which pollers such as vmfloaty ask again after);
+    a wait that fails too (Redis stalled, a demotion answering it ``UNBLOCKED``) likewise."""
+    try:
+        return services.store.writes_replicated()
+    except StoreUnavailable:
+        return False
 
 
 def delete(services: Services, request: ApiRequest) -> ApiResponse:

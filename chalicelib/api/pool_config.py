@@ -197,7 +197,8 @@ def clear_clone_target(services: Services, request: ApiRequest) -> ApiResponse:
 
 def reset(services: Services, request: ApiRequest) -> ApiResponse:
     """POST /poolreset ``{"pool": "1"}``: drain the pools' ready and pending VMs and refill
-    them. 400 ``bad_pools`` lists unknown pools. Always 201, as vmpooler."""
+    them. 400 ``bad_pools`` lists unknown pools. Otherwise 201, as vmpooler (503 while no replica has
+    it: ``RESET_NOT_REPLICATED``)."""
     token_key = _allowed(services, request)
     body = _payload(request)
     invalid = [pool for pool in body if services.config.pool(pool) is None]
@@ -205,6 +206,7 @@ def reset(services: Services, request: ApiRequest) -> ApiResponse:
         raise ApiError(400, capped_names("bad_pools", invalid))
     PoolOverrides(services.store).reset_many(body, services.clock.now(), token_key)
     _reconcile_now(services, list(body))
+    services.store.require_replicated(RESET_NOT_REPLICATED, f"the reset of pools {list(body)[:3]}")
     return ok(201)
 
 
@@ -224,12 +226,23 @@ def _known_pool(services: Services, request: ApiRequest) -> str:
     return name
 
 
+CHANGE_NOT_REPLICATED = ("the pool change was made, but it could not be replicated in time; "
+                         "send it again shortly to be sure it holds")
+RESET_NOT_REPLICATED = ("the pools were reset, but the reset could not be replicated in time; send it again "
+                        "shortly to be sure it holds (sent again, the pools are drained again)")
+"""A change answered 201 that a failover lost left the promoted replica with the pool as before,
+silently: a replaced template's VMs cloned and handed out again, a reset or a drain to size 0
+never made. Each answer (a retry's 200 too) waits for a replica (``Store.require_replicated``);
+without one in time the change stays made on the primary and this 503 says so."""
+
+
 def _changed(services: Services, pools: list[str]) -> ApiResponse:
-    """201 and a reconcile of the changed pools, or 200 when nothing changed."""
-    if not pools:
-        return ok()
-    _reconcile_now(services, pools)
-    return ok(201)
+    """201 and a reconcile of the changed pools, or 200 when nothing changed (a retry finds its
+    change made), each once a replica has the pools' overrides as they are now."""
+    if pools:
+        _reconcile_now(services, pools)
+    services.store.require_replicated(CHANGE_NOT_REPLICATED, f"a runtime change of pools {pools[:3]}")
+    return ok(201) if pools else ok()
 
 
 def _reconcile_now(services: Services, pools: list[str]) -> None:

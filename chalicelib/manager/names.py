@@ -72,7 +72,12 @@ def hold_forgotten_names(context: PassContext) -> None:
         emit(None, {metric.NAMES_READ_FAILURES: 1}, dimensions={"provider": provider, "reason": error.kind.value})
         return
     context.checkpoint("names_read")
-    names.hold(provider, found, context.now, HELD_NAMES_SECONDS)
+    if not names.hold(provider, found, context.now, HELD_NAMES_SECONDS, token):
+        # The claim lapsed during the read and another pass took it (or Redis lost its data
+        # again): this read may be stale, the claimant's is not. Random names for this pass.
+        logger.warning("names of the VMs Redis forgot read but not held: the claim was no longer this pass's",
+                       extra={"pool": context.pool.name, "provider": provider, "names": len(found)})
+        return
     context.names_known = True
     logger.warning("Redis had no mark of the names of the provider's VMs: read and held before cloning",
                    extra={"pool": context.pool.name, "provider": provider, "pools": len(pools), "names": len(found)})

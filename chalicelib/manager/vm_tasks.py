@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from chalicelib.config import PoolConfig
 from chalicelib.manager.context import PassContext
-from chalicelib.providers.base import UNREACHABLE, Provider, ProviderError, TaskState
+from chalicelib.providers.base import UNREACHABLE, AnswerLost, Provider, ProviderError, TaskState
 from chalicelib.store.leases import LeaseHolder, labelled_holder
 from chalicelib.store.store import Store
 from chalicelib.store.vm_tasks import DISK, REVERT, SNAPSHOT, VMTaskStore, in_flight
@@ -22,6 +22,14 @@ TASK_START_GRACE_SECONDS = 120.0
 took it died in between. Then the provider is asked whether the task was done (the dead pass's
 call may have reached it: ``Provider.applied``): it ends done if so, else fails, visibly,
 rather than run twice."""
+TASK_SETTLE_SECONDS = 120.0
+"""How long after its first take a task the provider may have done, or could not be given, is
+given before it fails: one whose start's answer was lost (``AnswerLost``: a timeout, a connection
+closed once the request left) is asked of the provider each pass (``Provider.applied``) and ends
+done as soon as it shows, failing only when it has not shown by then (rather than being started
+a second time: a second disk); one whose start could not reach the provider (refused, not
+reached, a lookup before the send timing out) goes back to the head of its VM's queue and is
+started again by a later pass until then."""
 TAKER_GONE_SETTLE_SECONDS = 10.0
 """How long after its take a task whose taker is known dead (``mark_unstarted``) is judged:
 time for a call that process sent before it died to be acted on by the provider (a slow
@@ -86,17 +94,29 @@ def run_tasks(context: PassContext) -> None:
                     unreachable.add(reached[0].name)
                     context.report.followups += 1
                     break
-            elif not _follow(reached, context, tasks, hostname, task):
-                context.report.followups += 1
-                break
+            else:
+                try:
+                    finished = _follow(reached, context, tasks, hostname, task)
+                except ProviderError as error:
+                    # The provider cannot say now: the task waits for a later pass, and the pass
+                    # goes on with the other VMs (before, the error ended the whole pass).
+                    context.report.errors.append(f"{hostname}: {describe(task)}: {error}")
+                    if error.kind in UNREACHABLE:
+                        unreachable.add(reached[0].name)
+                    finished = False
+                if not finished:
+                    context.report.followups += 1
+                    break
             context.checkpoint("vm_task")
 
 
 def _start(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: VMTaskStore, hostname: str,
            task: Mapping[str, Any]) -> bool:
     """Start a task taken from the VM's queue; whether the provider could be reached. A task
-    that failed to start is finished with the reason (one that timed out too: the provider may
-    have done it, a second start could add a second disk)."""
+    whose start's answer was lost stays in flight, marked, for later passes to ask the provider
+    whether it was done (started again, a disk could be added twice); one whose start could not
+    reach the provider goes back to its queue, for a later pass, until ``TASK_SETTLE_SECONDS``
+    after its first take; one the provider refused is finished with the reason."""
     provider, pool = reached
     try:
         if task["kind"] == DISK:
@@ -107,12 +127,32 @@ def _start(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: VM
             ref = provider.revert_snapshot(pool, hostname, str(task["snapshot"]))
         else:
             raise ProviderError(f"unknown task kind {task['kind']}")
+    except AnswerLost as lost:
+        tasks.note_answer_lost(hostname, task["id"], str(lost))
+        context.report.errors.append(f"{hostname}: {describe(task)}: its start's answer was lost, the provider "
+                                     f"is asked whether it was done: {lost}")
+        return False
     except ProviderError as error:
-        tasks.finish(hostname, task["id"], error=f"{describe(task)} failed to start: {error}")
-        return error.kind not in UNREACHABLE
+        unreached = error.kind in UNREACHABLE
+        if (unreached and context.now - _first_taken(task) < TASK_SETTLE_SECONDS
+                and tasks.requeue(hostname, context.pool.name, task["id"], context.now)):
+            context.report.errors.append(f"{hostname}: {describe(task)} not started, queued again: {error}")
+        else:
+            tasks.finish(hostname, task["id"], error=f"{describe(task)} failed to start: {error}")
+        return not unreached
     context.checkpoint("vm_task_started")
     tasks.note_started(hostname, task["id"], ref)
     return True
+
+
+def _first_taken(task: Mapping[str, Any]) -> float:
+    """When the task was first taken from its queue (a task put back keeps its first take's time)."""
+    return float(task.get("first_taken") or task.get("started") or 0)
+
+
+def _applied_key(task: Mapping[str, Any]) -> str:
+    """What ``Provider.applied`` knows the task's work by: a disk by the task's id, a snapshot by its name."""
+    return str(task["id"]) if task["kind"] == DISK else str(task.get("snapshot") or "")
 
 
 def mark_unstarted(store: Store, pools: Iterable[str], taker_gone: Callable[[LeaseHolder], bool]) -> list[str]:
@@ -127,7 +167,7 @@ def mark_unstarted(store: Store, pools: Iterable[str], taker_gone: Callable[[Lea
             record = store.get_vm(hostname)
             task = in_flight(record) if record is not None else None
             taker = labelled_holder(str(task.get("taker") or "")) if task is not None else None
-            if task is None or task.get("ref") or taker is None or not taker_gone(taker):
+            if task is None or task.get("ref") or task.get("answer_lost") or taker is None or not taker_gone(taker):
                 continue
             store.update_vm(hostname, **{TAKER_GONE: str(task["id"])})
             marked.append(hostname)
@@ -142,6 +182,8 @@ def _follow(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: V
             task: Mapping[str, Any]) -> bool:
     """Check a task in flight. Returns True when it finished (either way)."""
     provider, pool = reached
+    if task.get("answer_lost"):
+        return _settle_lost(reached, context, tasks, hostname, task)
     if not task.get("ref"):
         record = context.record(hostname)
         gone = record is not None and record.raw.get(TAKER_GONE) == str(task["id"])
@@ -150,8 +192,7 @@ def _follow(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: V
             return False
         # The pass that took it died between asking the provider and noting the ref: the call
         # may have been done (before, such a disk was in the VM and reported never started).
-        key = str(task["id"]) if task["kind"] == DISK else str(task.get("snapshot") or "")
-        if provider.applied(pool, hostname, str(task["kind"]), key):
+        if provider.applied(pool, hostname, str(task["kind"]), _applied_key(task)):
             list_field, value = result_of(task)
             tasks.finish(hostname, task["id"], list_field, value)
         else:
@@ -165,4 +206,37 @@ def _follow(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: V
         return True
     list_field, value = result_of(task)
     tasks.finish(hostname, task["id"], list_field, value)
+    return True
+
+
+def _settle_lost(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: VMTaskStore, hostname: str,
+                 task: Mapping[str, Any]) -> bool:
+    """A task whose start's answer was lost: done (finished with its result) once the provider
+    shows its work; failed, saying so, when it has not by ``TASK_SETTLE_SECONDS`` after its first
+    take. Returns True when it finished."""
+    provider, pool = reached
+    settled = context.now - _first_taken(task) > TASK_SETTLE_SECONDS
+    lost = str(task["answer_lost"])
+    try:
+        done = provider.applied(pool, hostname, str(task["kind"]), _applied_key(task))
+    except ProviderError as error:
+        if not settled or error.kind in UNREACHABLE:
+            raise  # the provider may answer on a later pass
+        # It answers, and cannot say (the VM gone from its folder, a refusal): waiting cannot help.
+        tasks.finish(hostname, task["id"], error=f"{describe(task)} may or may not have been done: the provider's "
+                                                 f"answer to its start was lost ({lost}) and asking it failed: {error}")
+        return True
+    if done:
+        list_field, value = result_of(task)
+        tasks.finish(hostname, task["id"], list_field, value)
+        return True
+    if not settled:
+        return False
+    if done is None:
+        message = (f"{describe(task)} may or may not have been done: the provider's answer to its start was lost "
+                   f"({lost}) and it cannot tell")
+    else:
+        message = (f"{describe(task)} failed: not done {TASK_SETTLE_SECONDS:.0f} s after its start, whose answer "
+                   f"was lost ({lost})")
+    tasks.finish(hostname, task["id"], error=message)
     return True

@@ -359,7 +359,10 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def add_disk(self, pool: PoolConfig, hostname: str, size_gb: int, task_key: str = "") -> str:
         """Start adding a disk of ``size_gb``; return a task ref. ``task_key`` (the manager's id
-        of the task) is left on the VM with the disk where the provider can, for ``applied``."""
+        of the task) is left on the VM with the disk where the provider can, for ``applied``.
+        A call whose request may have reached the backend and whose answer was lost raises
+        AnswerLost (the disk may be being added; so do ``create_snapshot`` and
+        ``revert_snapshot``); any other ProviderError means the backend started nothing."""
 
     @abc.abstractmethod
     def create_snapshot(self, pool: PoolConfig, hostname: str, snapshot_name: str) -> str:
@@ -368,7 +371,8 @@ class Provider(abc.ABC):
     def applied(self, pool: PoolConfig, hostname: str, kind: str, key: str) -> bool | None:
         """Whether a disk (``kind`` "disk", ``key`` the ``task_key`` it was asked with) or a
         snapshot ("snapshot", ``key`` its name) is on the VM: asked of a task whose pass died
-        between asking for it and recording its ref, which vCenter may have received and done.
+        between asking for it and recording its ref, or whose start's answer was lost
+        (AnswerLost), which vCenter may have received and done; False while it is not (yet).
         None when the provider cannot tell (then the task is reported never started)."""
         return None
 

@@ -203,18 +203,26 @@ class DummyProvider(Provider):
             raise ProviderError(f"dummy provider storage: {type(error).__name__}", FailureKind.CONNECTION) from error
 
     def _start_task(
-        self, pool: PoolConfig, kind: str, vm_name: str, operation: _Operation, **extra: Any
+        self, pool: PoolConfig, kind: str, vm_name: str, operation: _Operation, ref: str = "", **extra: Any
     ) -> tuple[str, dict[str, Any]]:
-        """Record a task that finishes (or fails) at a time drawn now. Returns its ref and itself."""
-        task_ref, task = self._new_task(pool, kind, vm_name, operation, **extra)
-        self._call("set", self._task_key(task_ref), json.dumps(task), ex=TASK_TTL_SECONDS)
+        """Record a task that finishes (or fails) at a time drawn now. Returns its ref and itself.
+        Raises AnswerLost when the write may have reached Redis and its answer was lost (a
+        timeout, a connection closed after the send): the task may be recorded, and runs."""
+        task_ref, task = self._new_task(pool, kind, vm_name, operation, ref, **extra)
+        try:
+            self._call("set", self._task_key(task_ref), json.dumps(task), ex=TASK_TTL_SECONDS)
+        except ProviderError as error:
+            if never_sent(error.__cause__):  # the connection refused, or its opening timed out
+                raise
+            raise AnswerLost.of(error) from error.__cause__
         return task_ref, task
 
     def _new_task(
-        self, pool: PoolConfig, kind: str, vm_name: str, operation: _Operation, **extra: Any
+        self, pool: PoolConfig, kind: str, vm_name: str, operation: _Operation, ref: str = "", **extra: Any
     ) -> tuple[str, dict[str, Any]]:
-        """A task that finishes (or fails) at a time drawn now, not yet recorded: its ref and itself."""
-        task_ref = f"{kind}-{secrets.token_hex(6)}"
+        """A task that finishes (or fails) at a time drawn now, not yet recorded: its ref (``ref``
+        when given) and itself."""
+        task_ref = ref or f"{kind}-{secrets.token_hex(6)}"
         now = self.clock.now()
         task = {
             "kind": kind,
@@ -497,12 +505,34 @@ class DummyProvider(Provider):
         return Readiness(True)
 
     def add_disk(self, pool: PoolConfig, hostname: str, size_gb: int, task_key: str = "") -> str:
+        """A disk task; with ``task_key``, the task's ref and the disk's id are made of it (``applied``)."""
         self._require_vm(pool, hostname)
-        return self._start_task(pool, "disk", hostname, _DISK, size_gb=size_gb, disk_id=secrets.token_hex(4))[0]
+        return self._start_task(pool, "disk", hostname, _DISK, self._keyed_ref("disk", hostname, task_key),
+                                size_gb=size_gb, disk_id=task_key or secrets.token_hex(4))[0]
 
     def create_snapshot(self, pool: PoolConfig, hostname: str, snapshot_name: str) -> str:
+        """A snapshot task, its ref made of the snapshot's name (``applied``)."""
         self._require_vm(pool, hostname)
-        return self._start_task(pool, "snapshot", hostname, _SNAPSHOT, snapshot=snapshot_name)[0]
+        return self._start_task(pool, "snapshot", hostname, _SNAPSHOT,
+                                self._keyed_ref("snapshot", hostname, snapshot_name), snapshot=snapshot_name)[0]
+
+    @staticmethod
+    def _keyed_ref(kind: str, hostname: str, key: str) -> str:
+        """The ref of the VM's disk or snapshot task known by ``key`` ("" for none: a random ref)."""
+        return f"{kind}-{hostname}-{key}" if key else ""
+
+    def applied(self, pool: PoolConfig, hostname: str, kind: str, key: str) -> bool | None:
+        """Whether the VM has the disk asked for with task ``key`` or the snapshot named ``key``:
+        on the VM already, or its task (found by its keyed ref) done (then applied, as a status
+        read applies it). None for anything else (a revert). Raises ProviderError when the VM is
+        not in the pool's folder."""
+        if kind not in ("disk", "snapshot"):
+            return None
+        vm = self._require_vm(pool, hostname)
+        if key in ([disk["id"] for disk in vm["disks"]] if kind == "disk" else vm["snapshots"]):
+            return True
+        task_ref = self._keyed_ref(kind, hostname, key)
+        return bool(key) and self.task_status(task_ref).state is TaskState.SUCCESS
 
     def revert_snapshot(self, pool: PoolConfig, hostname: str, snapshot_name: str) -> str:
         vm = self._require_vm(pool, hostname)

@@ -119,7 +119,8 @@ family through these validators.
                                      something: past store.HOLDERS_KEPT, the tick drops those holding nothing
     requests:<owner hash>    zset    the on-demand requests one owner opened and Redis still keeps, by
                                      creation time (store/ondemand.REQUESTS_KEPT_PER_OWNER)
-    ratelimit:<class>:<who>  string  requests of a client (a token's user, hashed, or an address) in the window
+    ratelimit:<class>:<who>  string  requests of a client (a token's user, hashed; a Basic login name,
+                                     hashed, at an address; or an address) in the window
     ratelimit:<class>:clients zset   the clients counted on their own (<who>), by when their window ends
                                      (ms, Redis's clock, which expires their counters): past config
                                      max_rate_limited_clients, new ones share a counter
@@ -519,7 +520,7 @@ class Keys:
 
     def rate_limit_clients(self, request_class: str) -> str:
         """The clients of a rate-limit class counted on their own, by when their window ends
-        (``<who>`` always starts ``ip:`` or ``user:``, so no client is named ``clients``)."""
+        (``<who>`` always starts ``ip:``, ``login:`` or ``user:``, so no client is named ``clients``)."""
         return f"{self.prefix}ratelimit:{request_class}:clients"
 
     def rate_limit_shared(self, request_class: str, counter: int) -> str:
@@ -590,9 +591,12 @@ def quota_owner(user: str | None, address: str) -> str:
     return f"user:{user}" if user is not None else f"addr:{address}"
 
 
-def rate_limit_client(user: str | None, address: str) -> str:
+def rate_limit_client(user: str | None, address: str, login: str | None = None) -> str:
     """The ``<who>`` of ``ratelimit:<class>:<who>``: ``user:<hash of the canonical user>`` for a
-    valid token's user (every token of one user is one client), else ``ip:<address>``."""
+    valid token's user (every token of one user is one client), ``login:<hash of the login
+    name>:<address>`` for Basic credentials a token route checks, else ``ip:<address>``."""
     if user is None:
+        if login is not None:
+            return f"login:{hashlib.sha256(login.encode('utf-8')).hexdigest()[:32]}:{address}"
         return f"ip:{address}"
     return f"user:{hashlib.sha256(user.encode('utf-8')).hexdigest()[:32]}"

@@ -27,6 +27,7 @@ SHARED: dict[str, tuple[str, ...]] = {"checkout": ("open_waiting", "quota", "tok
                                       "pool_overrides": ("token_live", "past_deadline"),
                                       "token_create": ("past_deadline",), "reserve_clones": ("past_deadline",),
                                       "clone_asked": ("past_deadline",), "names_claim": ("past_deadline",),
+                                      "names_hold": ("past_deadline",),
                                       "vm_task_take": ("past_deadline",), "migration_slot": ("past_deadline",),
                                       "service_started": ("finite",),
                                       "dns_claim": ("finite",), "vm_ip": ("finite",), "holders_sweep": ("quota",)}
@@ -114,6 +115,7 @@ class Scripts:
         self.vm_task_take = load("vm_task_take")
         self.vm_task_note = load("vm_task_note")
         self.vm_task_finish = load("vm_task_finish")
+        self.vm_task_requeue = load("vm_task_requeue")
         self.pool_snapshot = load("pool_snapshot")
         self.finish_clones = load("finish_clones")
         self.clone_asked = load("clone_asked")

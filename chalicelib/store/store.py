@@ -879,8 +879,18 @@ class Store:
         on the replicas asked for (``writes_replicated``). For an answer that tells a caller a
         change was made (``what``, for the log), where a failover undoing it would hurt them:
         the change stays made on the primary, and the request sent again (each such route
-        answers its retry the same way) is answered once a replica has it."""
-        if not self.writes_replicated():
+        answers its retry the same way) is answered once a replica has it.
+
+        The wait failing is answered the same way: the change was made (its own answer came
+        before), only whether a replica has it is unknown. The fault the wait guards against
+        cuts it short: a primary demoted while it holds the ``WAIT`` answers ``UNBLOCKED``, one
+        stalled past the socket timeout loses its answer. Before, that was the generic 503 ("try
+        again shortly"), and the caller who did so queued a second disk or snapshot."""
+        try:
+            replicated = self.writes_replicated()
+        except StoreUnavailable as error:
+            raise NotYetReplicated(public_message, f"{error} while waiting for a replica to have {what}") from error
+        if not replicated:
             raise NotYetReplicated(public_message, f"redis: no replica acknowledged {what} in time")
 
     def _replicas_to_wait_for(self) -> int:

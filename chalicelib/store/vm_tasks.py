@@ -31,6 +31,8 @@ MAX_DISKS = 16
 """Disks the API may add to one VM (vSphere takes at most 60 per VM, the template's included)."""
 MAX_SNAPSHOTS = 31
 """Snapshots one VM may have (vSphere supports chains of at most 32, a linked clone's base included)."""
+ANSWER_LOST_MESSAGE_CHARS = 300
+"""How much of a lost answer's message a task in flight keeps (shown if the task fails)."""
 
 
 class EnqueueResult(enum.Enum):
@@ -127,6 +129,22 @@ class VMTaskStore(SubStore):
     def note_started(self, hostname: str, task_id: str, ref: str) -> bool:
         with _translate_errors():
             return bool(self.scripts.vm_task_note(keys=[self.keys.vm(hostname)], args=[task_id, ref]))
+
+    def note_answer_lost(self, hostname: str, task_id: str, message: str) -> bool:
+        """Mark the VM's in-flight task as started with its answer lost (``message``: the
+        provider's, kept to ANSWER_LOST_MESSAGE_CHARS): the provider may have done it, and no
+        pass starts it again (manager/vm_tasks.py asks the provider whether it did)."""
+        noted = message[:ANSWER_LOST_MESSAGE_CHARS] or "the answer was lost"
+        with _translate_errors():
+            return bool(self.scripts.vm_task_note(keys=[self.keys.vm(hostname)], args=[task_id, "", noted]))
+
+    def requeue(self, hostname: str, pool: str, task_id: str, now: float) -> bool:
+        """Put the VM's in-flight task, whose start never reached the provider, back at the head
+        of its queue (lua/vm_task_requeue.lua); whether it was."""
+        keys = [self.keys.vm(hostname), self.keys.vm_tasks(hostname), self.keys.pool_vm_tasks(pool)]
+        with _translate_errors():
+            return bool(self.scripts.vm_task_requeue(
+                keys=keys, args=[task_id, hostname, repr(now), self.store.data_ttl_seconds]))
 
     def finish(self, hostname: str, task_id: str, list_field: str = "", value: str = "", error: str = "") -> bool:
         with _translate_errors():

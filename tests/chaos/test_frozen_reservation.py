@@ -5,6 +5,9 @@ deadline), so the next pass refills the pool at once. Before, the late reservati
 the pool's clone slots, unasked, for the start grace (CLONE_START_GRACE_SECONDS, 2 minutes):
 every freeze delayed the refill of every pool with a pass in flight by up to 2 minutes.
 
+The names hold after Redis lost its data likewise (lua/names_hold.lua): run late, it set the
+provider's names-known mark from a read whose pass had given up (third test).
+
 An on-demand request's claim (lua/ondemand_claim.lua) run late carries no deadline, on purpose:
 what it marks holds nothing back (second test)."""
 
@@ -23,6 +26,8 @@ from chalicelib.config import parse
 from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.dummy import DummyProvider
 from chalicelib.store import Store, StoreUnavailable, connect
+from chalicelib.store import names as names_store
+from chalicelib.store.names import NamesStore
 from chalicelib.store.ondemand import CLONE_CLAIMED, OnDemandEntry, OnDemandStore
 from local.redis_server import RedisServer
 from tests.support import eventually
@@ -133,3 +138,37 @@ def test_an_ondemand_claim_run_after_a_freeze_holds_no_clone_slot(own_redis: Red
     assert patient.end("req-1", "deleted", "deleted by its owner", "request deleted", 112.0).result == "ended"
     assert [plain.hget(store.keys.vm(host), "state") for host in reserved] == ["destroyed", "destroyed"]
     assert plain.zcard(store.keys.cloning) == 0  # no on-demand clone slot held
+
+
+def test_a_names_hold_run_after_a_freeze_sets_no_mark(own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis frozen from the moment the hold is sent, past the socket timeout: the pass gives up
+    (StoreUnavailable, random names). Before, the hold Redis ran once resumed set the mark all
+    the same: word names back from a read nobody waited for."""
+    config = parse(f"""
+:redis: {{server: 127.0.0.1, port: {own_redis.port}, socket_timeout: {SOCKET_TIMEOUT}}}
+""")
+    process = own_redis.process
+    assert process is not None
+    plain = redis.Redis(port=own_redis.port, decode_responses=True)
+    store = Store(connect(config.redis))
+    names = NamesStore(store)
+    plain.script_load(store.scripts.names_hold.script)  # as in a warm Lambda: a late EVALSHA runs
+    assert names.claim("vsphere", 100.0, 40.0, "frozen-pass")  # measures Redis's clock too
+    connection = store.client.client_id()
+    run_many = names_store.run_many
+
+    def hold_while_frozen(*args: Any) -> Any:
+        process.send_signal(signal.SIGSTOP)
+        try:
+            return run_many(*args)
+        finally:
+            time.sleep(FROZEN_AFTER_TIMEOUT)
+            process.send_signal(signal.SIGCONT)
+
+    monkeypatch.setattr(names_store, "run_many", hold_while_frozen)
+    with pytest.raises(StoreUnavailable):
+        names.hold("vsphere", ["alpha-one"], 100.0, 3600, "frozen-pass")
+    eventually(lambda: all(client["id"] != str(connection) for client in plain.client_list()), 10,
+               "the hold queued in the frozen Redis to run")
+    assert not plain.exists(store.keys.names_known("vsphere"))  # random names until read again
+    assert not plain.exists(store.keys.names_held)

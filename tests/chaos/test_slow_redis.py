@@ -43,6 +43,7 @@ from chalicelib.store import (
     StoreUnavailable,
     connect,
 )
+from chalicelib.store.names import NamesStore
 from chalicelib.store.ondemand import FAILED, OPEN, READY, OnDemandEntry, OnDemandStore
 from chalicelib.store.pool_overrides import PoolOverride, PoolOverrides
 from chalicelib.store.scripts import script_source
@@ -912,3 +913,31 @@ def test_a_confirmation_whose_reply_is_lost_over_tls_is_undone(
         assert direct.hostnames("slow", "running") == []
     finally:
         proxy.close()
+
+
+def test_a_names_read_held_by_calls_longer_than_the_socket_timeout_is_marked(
+        redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    """Over 5,000 names are held by several calls in one pipeline, then the mark by a last call.
+    Redis answers each call as it runs, so the client (waiting for each answer within its socket
+    timeout) waits out a pipeline longer than the timeout. One deadline for those calls passed
+    meanwhile and refused the later ones: a read of 200,000 names at a 0.2 s timeout was never
+    marked (0 times of 3; random clone names for good, a claim lapsing and a full vCenter read
+    every 40 s; twice as many here, for a faster machine). Only the last call, sent alone, takes
+    a deadline now. A pipeline whose answer did time out is given up (StoreUnavailable): tried
+    again on a later clock."""
+    config = parse(f":redis: {{server: 127.0.0.1, port: {redis_server.port}, socket_timeout: {SOCKET_TIMEOUT}}}\n")
+    names = NamesStore(Store(connect(config.redis)))
+    found = [f"word-name-{index:07d}" for index in range(400_000)]
+    outcomes: list[bool | str] = []
+    for attempt in range(3):  # a loaded machine may stall one answer past the timeout
+        now = 100.0 + 100 * attempt
+        assert names.claim("vsphere", now, 40.0, f"reader-{attempt}")
+        try:
+            outcomes.append(names.hold("vsphere", found, now, 3600, f"reader-{attempt}"))
+        except StoreUnavailable:
+            outcomes.append("timed out")
+            continue
+        break
+    assert outcomes[-1] is True, outcomes
+    assert redis_client.zcard(names.keys.names_held) == len(found)
+    assert redis_client.exists(names.keys.names_known("vsphere"))

@@ -393,7 +393,8 @@ def _family_keys(keys: Keys) -> dict[str, list[tuple[str, str]]]:
         "rate_limit": [(f"{c} {w}", keys.rate_limit(c, w))
                        for c in ("vm_creation", "vm_deletion", "authenticated", "global_per_ip")
                        for w in {*(rate_limit_client(token_id(t), "") for t in token_hashes),
-                                 *(rate_limit_client(None, a) for a in addresses)}],
+                                 *(rate_limit_client(None, a) for a in addresses),
+                                 *(rate_limit_client(None, a, k) for a in addresses for k in login_names)}],
         "rate_limit_clients": [(c, keys.rate_limit_clients(c))
                                for c in ("vm_creation", "vm_deletion", "authenticated", "global_per_ip")],
         "rate_limit_shared": [(f"{c} {n}", keys.rate_limit_shared(c, n))

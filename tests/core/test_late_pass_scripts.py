@@ -71,6 +71,25 @@ def test_a_names_claim_in_time_claims(redis_client: redis.Redis) -> None:
     assert not names.claim("vsphere", 101.0, 300.0, "pass-2")
 
 
+def test_a_names_hold_run_after_its_deadline_holds_nothing_and_sets_no_mark(
+        redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, a hold whose pass had given up (and said the names were not held) set the
+    provider's mark from that pass's read all the same: word names back on a read nobody waited
+    for. The claim stays until it lapses; the next pass reads again."""
+    store = Store(redis_client)
+    names = NamesStore(store)
+    assert names.claim("vsphere", 100.0, 40.0, "pass-1")
+    late_deadline = str(int(store.answer_deadline()) - 10_000_000)
+    monkeypatch.setattr(Store, "answer_deadline", lambda _: late_deadline)
+    assert not names.hold("vsphere", ["alpha-one"], 100.0, 3600, "pass-1")
+    assert not redis_client.exists(store.keys.names_known("vsphere"))
+    assert not redis_client.exists(store.keys.names_held)
+
+    monkeypatch.undo()
+    assert names.hold("vsphere", ["alpha-one"], 100.0, 3600, "pass-1")
+    assert redis_client.exists(store.keys.names_known("vsphere"))
+
+
 def test_an_ondemand_reservation_run_after_its_deadline_reserves_nothing(
         redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     """Before, its names held the request's VMs and the on-demand clone slots for the start grace."""

@@ -240,14 +240,76 @@ def test_names_held_by_several_calls_are_marked_known_only_once_every_call_held_
     refused = refusing_the_first_call_of(redis_client, store.scripts.names_hold.sha, monkeypatch)
 
     with pytest.raises(StoreUnavailable):
-        names.hold("vsphere", found, 100.0, 3600)
+        names.hold("vsphere", found, 100.0, 3600, "reader")
 
     assert len(refused) == 1
     assert not redis_client.exists(store.keys.names_known("vsphere"))  # word names stay off
     assert "alpha-one" not in names.held()
     # The claim lapses; the next pass's read holds them all and sets the mark.
     assert names.claim("vsphere", 141.0, 40.0, "next-reader")
-    names.hold("vsphere", found, 141.0, 3600)
+    names.hold("vsphere", found, 141.0, 3600, "next-reader")
     assert names.held() == set(found)
     assert redis_client.exists(store.keys.names_known("vsphere"))
     assert not redis_client.exists(store.keys.names_reading("vsphere"))
+
+
+@pytest.mark.parametrize("names_per_call", [5000, 2], ids=["one_call", "several_calls"])
+def test_a_names_hold_whose_claim_was_taken_over_holds_nothing_and_sets_no_mark(
+        redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, names_per_call: int) -> None:
+    """A pass whose read outlasted its claim (a Lambda paused, Redis slow): another pass claimed
+    and reads again. Before, the first pass's hold set the mark from its older read anyway and
+    dropped the other's claim: word names came back on a read that could miss a VM Redis
+    forgot since (a second VM of its name). Its hold now changes nothing; the claimant's holds."""
+    monkeypatch.setattr(names_store, "NAMES_PER_CALL", names_per_call)
+    store = Store(redis_client)
+    names = NamesStore(store)
+    assert names.claim("vsphere", 100.0, 40.0, "slow-reader")
+    assert names.claim("vsphere", 141.0, 40.0, "next-reader")  # the slow reader's claim lapsed
+
+    assert not names.hold("vsphere", ["alpha-one", "bravo-two", "charlie-three"], 100.0, 3600, "slow-reader")
+
+    assert not redis_client.exists(store.keys.names_known("vsphere"))  # word names stay off
+    assert names.held() == set()
+    assert redis_client.get(store.keys.names_reading("vsphere")) == "141.0 next-reader"
+    assert names.hold("vsphere", ["alpha-one", "delta-four", "echo-five"], 141.0, 3600, "next-reader")
+    assert names.held() == {"alpha-one", "delta-four", "echo-five"}
+    assert redis_client.exists(store.keys.names_known("vsphere"))
+
+
+def test_a_names_hold_after_redis_lost_its_data_again_sets_no_mark(redis_client: redis.Redis) -> None:
+    """Redis lost its data between the read and the hold: the claim went with it, and the read
+    is from before the loss. Before, the hold set the mark all the same."""
+    store = Store(redis_client)
+    names = NamesStore(store)
+    assert names.claim("vsphere", 100.0, 40.0, "reader")
+    redis_client.flushdb()
+
+    assert not names.hold("vsphere", ["alpha-one"], 100.0, 3600, "reader")
+
+    assert redis_client.keys("*") == []
+
+
+def test_a_pass_whose_names_claim_was_taken_over_while_it_read_clones_under_random_names(
+        make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pass's read outlasts its claim and pool a's pass claims meanwhile: b's pass holds
+    nothing, sets no mark and clones under random names (before: it took the names as known,
+    its word names were refused by the reservation without the mark, and it cloned nothing)."""
+    world, name = forgotten_vm(make_harness)
+    names = NamesStore(world.store)
+    provider = world.services.provider("dummy")
+    read = provider.vm_names
+
+    def slow_read(pools: Sequence[PoolConfig], out_of_time: Callable[[], bool]) -> set[str]:
+        found = set(read(pools, out_of_time))
+        assert names.claim("dummy", world.clock.now() + 41, 40.0, "pool-a-pass")
+        return found
+
+    monkeypatch.setattr(provider, "vm_names", slow_read)
+    first_candidate(monkeypatch, clones, name)
+
+    report = world.reconcile("b")
+
+    assert random_names(report.clones_started), report.clones_started
+    assert not world.client.exists(world.store.keys.names_known("dummy"))
+    assert names.held() == set()
+    assert world.client.get(world.store.keys.names_reading("dummy")).endswith(" pool-a-pass")

@@ -4,6 +4,7 @@ invocation. Prints one JSON object; test_package.py starts it and checks what it
 
     argv: (none)                      the cold import only
           VSPHERE_POOL DUMMY_POOL     and then each function once (pools of VMPOOL_CONFIG_FILE)
+          --slow-batch MS POOL...     one consumer batch of those pools with MS milliseconds left
 
 Not imported by pytest: a script the sandboxed interpreter runs (stdlib + the zip only)."""
 
@@ -141,5 +142,36 @@ def main(vsphere_pool: str | None = None, dummy_pool: str = "") -> dict[str, Any
     return found
 
 
+def slow_batch(pools: list[str], remaining_ms: int) -> dict[str, Any]:
+    """The consumer's answer to a batch of one message per pool, invoked as Lambda invokes it
+    with ``remaining_ms`` left (the context counts down), and how long it took: whatever the
+    pools' passes wait on, it must answer before its time runs out, naming what it left undone."""
+    import os
+    import time
+
+    import app
+
+    deadline = time.monotonic() + remaining_ms / 1000
+
+    class CountingDown(Context):
+        def get_remaining_time_in_millis(self) -> int:  # type: ignore[override]
+            return max(0, int((deadline - time.monotonic()) * 1000))
+
+    records = [{"messageId": f"m-{pool}", "receiptHandle": "r", "body": json.dumps({"pool": pool}),
+                "attributes": {}, "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:vmpool-dev-reconcile"} for pool in pools]
+    started = time.monotonic()
+    answer: dict[str, Any] = app.reconcile({"Records": records}, CountingDown())
+    found = {"answer": answer, "seconds": round(time.monotonic() - started, 3),
+             "left_ms": CountingDown().get_remaining_time_in_millis()}
+    print(json.dumps(found))
+    sys.stdout.flush()
+    # The passes it gave up on still wait in their threads (a vCenter that never answers): Lambda
+    # freezes them with the environment; this process must not wait for them at exit.
+    os._exit(0)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--slow-batch"]:
+        slow_batch(sys.argv[3:], int(sys.argv[2]))
     print(json.dumps(main(*sys.argv[1:3])))

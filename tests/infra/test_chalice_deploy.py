@@ -155,3 +155,23 @@ def test_stage_settings_that_would_take_a_policy_past_iams_limit_stop_the_chalic
     assert "IAM takes at most 10240" in capsys.readouterr().err
     assert {path: path.read_text() for path in (ROOT / ".chalice").glob("*.json")} == before
     assert not sync_config.stack_settings_file(STAGE).exists()
+
+
+def test_chalice_deploy_functions_get_the_replicas_the_infra_stack_was_given(restore_chalice_config: None) -> None:
+    """The infra-only stack outputs ``RedisMinReplicaAcks`` only when it was given one, and the
+    ``chalice deploy`` path's functions then carry it (``VMPOOL_REDIS_MIN_REPLICA_ACKS``), as the
+    full stack's do; not given, the variable is absent and the config decides."""
+    from infra import template
+
+    assert template.build(STAGE, infra_only=True)["Outputs"]["RedisMinReplicaAcks"] == {
+        "Condition": "HasRedisMinReplicaAcks", "Value": {"Ref": "RedisMinReplicaAcks"}}
+
+    def environment() -> dict[str, str]:
+        config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+        return dict(config["stages"][STAGE.name]["environment_variables"])
+
+    stage_settings.write_settings(STAGE, stage_settings.settings_from_outputs({**STACK_OUTPUTS,
+                                                                              "RedisMinReplicaAcks": "0"}))
+    assert environment()["VMPOOL_REDIS_MIN_REPLICA_ACKS"] == "0"
+    stage_settings.write_settings(STAGE, stage_settings.settings_from_outputs(STACK_OUTPUTS))
+    assert "VMPOOL_REDIS_MIN_REPLICA_ACKS" not in environment()

@@ -238,15 +238,15 @@ class _AccountOfQuota:
 def test_a_first_deploy_into_an_account_too_small_for_the_stages_reserved_concurrency_is_refused_at_once(
         aws: boto3.Session, package: Package, capsys: pytest.CaptureFixture[str]) -> None:
     """A new account's Lambda concurrency quota may be 10 or 50, not 1,000: the dev stage's
-    functions reserve 31 and Lambda keeps 100 unreserved, so the stack's create failed at its
+    functions reserve 41 and Lambda keeps 100 unreserved, so the stack's create failed at its
     functions, after ElastiCache's 15 minutes, and rolled back. Refused before anything is
     uploaded, naming the quota to ask for; an account that holds them deploys."""
     arguments = ["--stage", "dev", "--bucket", BUCKET, "--package", str(package.template_path.parent), "--poll", "0.1",
                  "--no-execute", "VpcId=vpc-0abc", "PrivateSubnetIds=subnet-1,subnet-2", "VCenterCidr=10.1.0.0/16"]
     assert deploy.main(arguments, session=_AccountOfQuota(aws, quota=50, unreserved=50)) == 1
     err = capsys.readouterr().err
-    assert err.startswith("deploy: the dev stage's functions reserve 31 concurrent executions") and err.count("\n") == 1
-    assert "Lambda concurrency is 50 (50 unreserved)" in err and "'Concurrent executions' of at least 131\n" in err
+    assert err.startswith("deploy: the dev stage's functions reserve 41 concurrent executions") and err.count("\n") == 1
+    assert "Lambda concurrency is 50 (50 unreserved)" in err and "'Concurrent executions' of at least 141\n" in err
     assert aws.client("s3").list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
     with pytest.raises(aws.client("cloudformation").exceptions.ClientError):
         aws.client("cloudformation").describe_stacks(StackName="vmpool-dev")
@@ -408,3 +408,118 @@ def test_uploads_that_cannot_be_deleted_leave_the_deploy_done_with_a_warning(
     assert "deploy: the stack is updated; older uploads were not deleted: An error occurred (AccessDenied)" in err
     status = aws_here.client("cloudformation").describe_stacks(StackName="vmpool-dev")["Stacks"][0]["StackStatus"]
     assert status == "CREATE_COMPLETE"
+
+
+def test_a_parameter_value_the_stack_cannot_take_is_refused_before_anything_is_uploaded(
+        aws_here: boto3.Session, capsys: pytest.CaptureFixture[str]) -> None:
+    """``RedisMinReplicaAcks`` takes "", "0" or "1" (the stack's Redis has one replica: with "2"
+    every checkout would wait for a second one and answer 503). A value outside a parameter's
+    ``AllowedValues``, bounds or pattern, or a parameter the template does not have (a typo), is
+    refused in one line before the upload (CloudFormation refused them after it); a value it takes
+    reaches the stack."""
+    assert _infra_only(aws_here, "RedisMinReplicaAcks=2") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("deploy: RedisMinReplicaAcks='2' is not one of '', '0', '1': Replicas that must have a "
+                          "checkout") and err.count("\n") == 1, err
+    assert _infra_only(aws_here, "RedisMinReplicaAck=0") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("deploy: RedisMinReplicaAck is no parameter of the stack (its parameters: ") and (
+        "RedisMinReplicaAcks" in err), err
+    assert _infra_only(aws_here, "PoolEmptyMinutes=2000") == 1  # CloudWatch evaluates a day at most
+    assert capsys.readouterr().err.startswith("deploy: PoolEmptyMinutes='2000' is outside 1 to 1440: ")
+    assert deploy.main(["--stage", "dev", "--bucket", BUCKET, "--infra-only", "VpcId=vpc-1", "PrivateSubnetIds=s-1",
+                        "VCenterCidr=10.1.0.0"], session=aws_here) == 1
+    assert capsys.readouterr().err.startswith("deploy: VCenterCidr='10.1.0.0' does not match ")
+    assert aws_here.client("s3").list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
+    with pytest.raises(ClientError):
+        aws_here.client("cloudformation").describe_stacks(StackName="vmpool-dev")
+
+    assert _infra_only(aws_here, "RedisMinReplicaAcks=0") == 0, capsys.readouterr().err
+    (stack,) = aws_here.client("cloudformation").describe_stacks(StackName="vmpool-dev")["Stacks"]
+    assert {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}["RedisMinReplicaAcks"] == "0"
+
+
+def test_a_stage_created_again_is_refused_while_secrets_of_its_names_wait_out_their_recovery_window(
+        aws_here: boto3.Session, capsys: pytest.CaptureFixture[str]) -> None:
+    """Secrets Manager keeps a deleted secret's name for its recovery window (7 to 30 days) and
+    creates no secret of a name one holds (moto too, below). A stage whose secrets were deleted
+    (by hand, or a stack deleted and created again within the window) failed at its secrets minutes
+    into the create, with ElastiCache under way, and rolled back to ROLLBACK_COMPLETE. Refused
+    before anything is uploaded, naming each secret and the commands; once they are gone for good
+    the create runs."""
+    secrets = aws_here.client("secretsmanager")
+    secrets.create_secret(Name="vmpool/dev/vsphere", SecretString='{"username": "u", "password": "p"}')
+    secrets.delete_secret(SecretId="vmpool/dev/vsphere", RecoveryWindowInDays=7)
+    secrets.create_secret(Name="vmpool/dev/ldap", SecretString='{"password": "p"}')  # left outside any stack
+    secrets.create_secret(Name="vmpool/dev/vsphere-old", SecretString="{}")  # another name: not in the way
+    with pytest.raises(ClientError):  # what the stack's create would meet
+        secrets.create_secret(Name="vmpool/dev/vsphere", SecretString="{}")
+
+    assert _infra_only(aws_here) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("deploy: the stack vmpool-dev creates secrets whose names Secrets Manager holds: "
+                          "vmpool/dev/vsphere (scheduled for deletion on ") and err.count("\n") == 1, err
+    assert "vmpool/dev/ldap (exists)" in err and "vsphere-old" not in err and "redis-auth" not in err
+    assert err.endswith("for s in vmpool/dev/vsphere vmpool/dev/ldap; do aws secretsmanager delete-secret "
+                        "--secret-id $s --force-delete-without-recovery; done\n"), err
+    assert aws_here.client("s3").list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
+
+    for name in ("vmpool/dev/vsphere", "vmpool/dev/ldap"):
+        secrets.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
+    assert _infra_only(aws_here) == 0, capsys.readouterr().err
+
+
+def test_secrets_that_cannot_be_looked_at_do_not_stop_a_deploy(
+        aws_here: boto3.Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the right to ask (DescribeSecret refused) the secrets are not checked: the deploy
+    goes on and CloudFormation has the last word."""
+    real = aws_here.client
+
+    def client(name: str, **options: Any) -> Any:
+        made = real(name, **options)
+        if name == "secretsmanager":
+            def refused(**_: Any) -> Any:
+                raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "DescribeSecret")
+            made.describe_secret = refused
+        return made
+
+    monkeypatch.setattr(aws_here, "client", client)
+    assert _infra_only(aws_here) == 0
+
+
+def test_an_update_with_a_template_that_dropped_a_parameter_passes_no_previous_value_for_it(
+        aws_here: boto3.Session, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every parameter of the stack went into the change set as ``UsePreviousValue``, also one the
+    template being deployed no longer declares (a release that removed it; a rollback with this
+    deploy to a release from before ``RedisMinReplicaAcks`` or ``CreateSsmEndpoint``), which
+    CloudFormation refuses (``Parameters: [...] do not exist in the template``; moto does not).
+    Only the parameters the template declares keep their previous values."""
+    from infra import template
+
+    assert _infra_only(aws_here, "RedisMinReplicaAcks=0") == 0, capsys.readouterr().err
+    build = template.build
+
+    def older_release(*args: Any, **options: Any) -> dict[str, Any]:
+        built = build(*args, **options)
+        del built["Parameters"]["RedisMinReplicaAcks"]
+        del built["Conditions"]["HasRedisMinReplicaAcks"]
+        del built["Outputs"]["RedisMinReplicaAcks"]
+        return built
+
+    monkeypatch.setattr(template, "build", older_release)
+    sent: list[Any] = []
+    real = aws_here.client
+
+    def client(name: str, **options: Any) -> Any:
+        made = real(name, **options)
+        if name == "cloudformation":
+            create = made.create_change_set
+            made.create_change_set = lambda **call: sent.append(call["Parameters"]) or create(**call)
+        return made
+
+    monkeypatch.setattr(aws_here, "client", client)
+    assert _infra_only(aws_here, "--no-execute") == 0, capsys.readouterr().err
+    (parameters,) = sent
+    keys = [p["ParameterKey"] for p in parameters]
+    assert "RedisMinReplicaAcks" not in keys and {"VpcId", "PoolEmptyMinutes"} <= set(keys)
+    assert {"ParameterKey": "PoolEmptyMinutes", "UsePreviousValue": True} in parameters

@@ -357,6 +357,25 @@ def test_per_pool_graphs_rank_every_pool_and_draw_the_worst(package: Package) ->
     assert by_alias == [(m.CHECKOUT_MISSES, "alias, service")]
 
 
+def test_a_per_pool_graph_of_several_queries_labels_each_pool_apart(package: Package) -> None:
+    """A graph drawing several metrics labelled every series with its metric's name alone: 20
+    lines called ``CloneFailures``, no telling which pool failed. Each series' label now holds
+    CloudWatch's ``${LABEL}`` (the query's GROUP BY values: the pool), after what tells the
+    graph's queries apart. Written ``${!LABEL}`` in the body's ``Fn::Sub`` (``${LABEL}`` would be
+    taken for a parameter): rendered here as CloudFormation renders it."""
+    (dashboard,) = package.of_type("AWS::CloudWatch::Dashboard").values()
+    body = json.loads(dashboard["Properties"]["DashboardBody"]["Fn::Sub"])
+    graphs = [[item["label"] for row in widget["properties"].get("metrics", [])
+               for item in row if isinstance(item, dict) and "expression" in item] for widget in body["widgets"]]
+    several = [labels for labels in graphs if len(labels) > 1]
+    assert len(several) >= 4
+    for labels in several:
+        assert all(re.fullmatch(r"[^$]*\$\{!LABEL\}", label) for label in labels), labels
+        rendered = [label.replace("${!", "${") for label in labels]
+        assert all(label.endswith(" ${LABEL}") for label in rendered), rendered
+        assert len(set(rendered)) == len(rendered), rendered  # the queries told apart too
+
+
 def test_one_alarm_for_empty_pools_and_lambda_errors_and_throttles(package: Package) -> None:
     alarms = {a["Properties"]["AlarmName"]: a["Properties"] for a in package.of_type("AWS::CloudWatch::Alarm").values()}
     prefix = f"vmpool-{package.stage}"

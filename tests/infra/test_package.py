@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import socket
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -315,6 +317,45 @@ def test_redis_is_encrypted_authenticated_and_fails_over(package: Package) -> No
 
 
 
+def _resolved(value: Any, parameters: dict[str, str], conditions: dict[str, bool]) -> Any:
+    """A template value as CloudFormation resolves it for these parameters (Ref to a parameter,
+    Fn::If over a condition, AWS::NoValue dropping the key); anything else left as it is."""
+    if isinstance(value, dict) and len(value) == 1:
+        (function, argument), = value.items()
+        if function == "Ref" and argument in parameters:
+            return parameters[argument]
+        if function == "Fn::If":
+            condition, when_true, when_false = argument
+            return _resolved(when_true if conditions[condition] else when_false, parameters, conditions)
+    if isinstance(value, dict):
+        resolved = {key: _resolved(item, parameters, conditions) for key, item in value.items()}
+        return {key: item for key, item in resolved.items() if item != {"Ref": "AWS::NoValue"}}
+    return value
+
+
+def test_the_replicas_a_checkout_waits_for_are_a_stack_parameter(package: Package) -> None:
+    """``VMPOOL_REDIS_MIN_REPLICA_ACKS`` could not be given to a deployed stage: no parameter or
+    stage setting reached the functions' environment (only an edit of each function by hand, which
+    the next deploy undid). ``RedisMinReplicaAcks`` sets it for every function; left empty the
+    variable is absent and the config's ``redis.min_replica_acks`` (1 in Lambda) decides as
+    before. Only values the stack's one replica can satisfy are allowed."""
+    from chalicelib.config import RedisConfig
+    from chalicelib.store.store import ReplicaAcks
+
+    parameter = package.template["Parameters"]["RedisMinReplicaAcks"]
+    assert parameter["Default"] == "" and parameter["AllowedValues"] == ["", "0", "1"]
+    assert package.resources["Redis"]["Properties"]["NumCacheClusters"] == 2  # one replica: "2" would never be met
+    condition = package.template["Conditions"]["HasRedisMinReplicaAcks"]
+    for given, replicas in (("", 1), ("0", 0), ("1", 1)):
+        conditions = {"HasRedisMinReplicaAcks": given != ""}
+        assert condition == {"Fn::Not": [{"Fn::Equals": [{"Ref": "RedisMinReplicaAcks"}, ""]}]}
+        for name, function in functions(package).items():
+            env = _resolved(environment(package, function), {"RedisMinReplicaAcks": given}, conditions)
+            assert ("VMPOOL_REDIS_MIN_REPLICA_ACKS" in env) == (given != ""), (name, given)
+            lambda_env = {"AWS_LAMBDA_FUNCTION_NAME": name, **{k: str(v) for k, v in env.items()}}
+            assert ReplicaAcks.from_config(RedisConfig(), lambda_env).replicas == replicas, (name, given)
+
+
 def test_a_deployed_stage_keeps_the_default_key_prefix_on_a_redis_without_cluster_mode(package: Package) -> None:
     """The README advised the ``{vmpool}:`` prefix (VMPOOL_KEY_PREFIX) for a clustered Redis,
     which no deploy setting could give the functions. The stack's Redis has cluster mode off and
@@ -464,6 +505,61 @@ def test_each_packaged_function_runs_from_the_slimmed_zip(sandbox: lambda_sandbo
     assert found["c_extensions"] == {"hiredis": True}  # stripped, it still loads
     assert found["versions"]["redis"] == found["redis_version"] and found["versions"]["aws-lambda-powertools"]
     assert found["time_zone"] == "America/Argentina/Buenos_Aires"  # from tzdata, sourceless
+
+
+@pytest.fixture
+def silent_vcenter() -> Iterator[int]:
+    """A vCenter address that takes connections and never answers (a hung vCenter, a firewall
+    that drops after the handshake): every pass of its pools waits as long as its timeouts let it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(5)
+        for connection in held:
+            connection.close()
+        listener.close()
+
+
+def test_the_packaged_consumer_answers_a_batch_of_slow_pools_inside_its_time_naming_each(
+        sandbox: lambda_sandbox.Sandbox, redis_server: RedisServer, silent_vcenter: int, sqs_endpoint: str,
+        tmp_path: Path) -> None:
+    """Run from the zip as Lambda runs it (Chalice's handler with the Powertools middlewares), the
+    consumer gets a full batch of 10 pools whose vCenter never answers, with 12 s of its
+    invocation left: it answers before that time runs out (SAFETY_SECONDS kept back) and reports
+    every message as a batch item failure, so SQS delivers each again and deletes none."""
+    aws = {"AWS_ENDPOINT_URL": sqs_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    sqs = boto3.client("sqs", region_name="us-east-1", endpoint_url=sqs_endpoint, aws_access_key_id="test",
+                       aws_secret_access_key="test")
+    queue_url = sqs.create_queue(QueueName="vmpool-dev-reconcile")["QueueUrl"]
+    pools = [f"slow-{n}" for n in range(10)]
+    config = tmp_path / "vmpool.yaml"
+    config.write_text(packaged_form({
+        "providers": {"vsphere": {"provider_class": "vsphere", "server": f"127.0.0.1:{silent_vcenter}",
+                                  "username": "u", "password": "p", "connect_timeout": 120, "call_timeout": 120}},
+        "pools": [{"name": pool, "size": 1, "provider": "vsphere", "template": "t", "folder": f"vmpool/{pool}"}
+                  for pool in pools]}))
+    remaining_ms = 12_000
+    found = run_packaged(sandbox, "dev", ["--slow-batch", str(remaining_ms), *pools], {
+        **aws, "VMPOOL_CONFIG_FILE": str(config), "VMPOOL_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/8",
+        "VMPOOL_RECONCILE_QUEUE_URL": queue_url, "VMPOOL_KEY_PREFIX": "slowbatch:"})
+    assert sorted(item["itemIdentifier"] for item in found["answer"]["batchItemFailures"]) == [
+        f"m-{pool}" for pool in pools]
+    assert found["seconds"] < remaining_ms / 1000 - 2 and found["left_ms"] > 2_000, found
 
 
 def test_stages_with_tracing_ship_the_xray_sdk(package: Package) -> None:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import re
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
+import redis
 
 from chalicelib.api import vm_tasks
 from chalicelib.api.http import ApiRequest
 from chalicelib.api.routes import handle
+from chalicelib.manager.vm_tasks import TASK_SETTLE_SECONDS
+from chalicelib.providers.base import ProviderError
+from chalicelib.providers.failures import FailureKind
 from chalicelib.store.vm_tasks import (
     MAX_DISKS,
     MAX_QUEUED_TASKS,
@@ -212,3 +217,174 @@ def test_a_checkout_whose_answer_was_lost_cannot_be_changed_before_it_goes_back(
     stack.run_passes("debian-12", seconds=61, passes=2)
     handed = vm(stack, host)
     assert (handed["tags"], handed["disk"], handed["snapshots"]) == ({}, [], [])
+
+
+# --- a task's start whose answer was lost, or that never reached the provider ---------------------
+
+
+class _TaskWrites:
+    """The dummy provider's Redis client, but its next ``failures`` task writes (``SET``) fail:
+    ``error`` raised after the write ran (``run``: the answer lost) or instead of it."""
+
+    def __init__(self, client: redis.Redis, error: Exception, run: bool, failures: int = 1) -> None:
+        self._client, self._error, self._run, self.failures = client, error, run, failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def set(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failures <= 0:
+            return self._client.set(*args, **kwargs)
+        self.failures -= 1
+        if self._run:
+            self._client.set(*args, **kwargs)
+        raise self._error
+
+
+def failing_task_writes(stack, monkeypatch, error: Exception, run: bool, failures: int = 1) -> _TaskWrites:
+    provider = stack.services.provider("dummy")
+    writes = _TaskWrites(provider.client, error, run, failures)
+    monkeypatch.setattr(provider, "client", writes)
+    return writes
+
+
+def disks_in_provider(stack, hostname: str) -> list[int]:
+    provider = stack.services.provider("dummy")
+    return [disk["size_gb"] for disk in provider._vms(stack.services.pool("debian-12"))[hostname]["disks"]]
+
+
+def test_a_disk_whose_start_answer_was_lost_is_listed_once_done_and_added_once(make_stack, monkeypatch):
+    """The provider received the disk and its answer was lost (a Redis timeout after the dummy's
+    write; on vSphere a ReconfigVM_Task whose answer timed out). Before, the pass finished the task
+    as "failed to start" though the disk was being added: GET /vm said it failed, and the user's
+    retry added a second disk. Now it stays in flight, the provider is asked each pass whether it
+    was done, and GET /vm lists the one disk once it is."""
+    stack = make_stack(task_time=30)
+    hostname = checked_out_vm(stack)
+    other = checked_out_vm(stack)
+    assert stack.answer("POST", f"/api/v3/vm/{hostname}/disk/8")[0] == 202
+    assert stack.answer("POST", f"/api/v3/vm/{other}/disk/4")[0] == 202
+    writes = failing_task_writes(stack, monkeypatch, redis.TimeoutError("Timeout reading from socket"), run=True)
+    stack.reconcile("debian-12")
+    assert writes.failures == 0
+    # The provider counts as unreachable for the rest of the pass: the other VM's task waits.
+    tasks = VMTaskStore(stack.services.store)
+    started = [host for host in (hostname, other) if not tasks.queued(host)]
+    assert len(started) == 1, started
+    assert all("task_errors" not in vm(stack, host) for host in (hostname, other))
+    (first,) = started
+    assert vm(stack, first)["disk"] == []
+    stack.run_passes("debian-12", seconds=31, passes=2)
+    assert (vm(stack, hostname)["disk"], vm(stack, other)["disk"]) == (["+8gb"], ["+4gb"])
+    assert "task_errors" not in vm(stack, hostname) and "task_errors" not in vm(stack, other)
+    assert (disks_in_provider(stack, hostname), disks_in_provider(stack, other)) == ([8], [4])
+
+
+def test_a_lost_start_the_provider_never_did_fails_after_the_settle_time_saying_so(make_stack, monkeypatch):
+    """The answer was lost and the provider never got the disk: the task waits (the provider may
+    yet do it) and fails TASK_SETTLE_SECONDS after its take, saying why; the VM's next task then runs."""
+    stack = make_stack(task_time=0)
+    hostname = checked_out_vm(stack)
+    stack.answer("POST", f"/api/v3/vm/{hostname}/disk/8")
+    failing_task_writes(stack, monkeypatch, redis.TimeoutError("Timeout reading from socket"), run=False)
+    stack.reconcile("debian-12")
+    stack.answer("POST", f"/api/v3/vm/{hostname}/disk/16")
+    stack.clock.advance(TASK_SETTLE_SECONDS - 10)
+    stack.reconcile("debian-12")
+    assert (vm(stack, hostname)["disk"], vm(stack, hostname).get("task_errors")) == ([], None)
+    stack.clock.advance(11)
+    stack.run_passes("debian-12", seconds=1, passes=1)
+    details = vm(stack, hostname)
+    assert details["task_errors"] == [("disk +8gb failed: not done 120 s after its start, whose answer was lost "
+                                       "(dummy provider storage: TimeoutError)")]
+    assert details["disk"] == ["+16gb"] and disks_in_provider(stack, hostname) == [16]
+
+
+def test_a_lost_snapshot_start_ends_done_when_the_provider_took_it(make_stack, monkeypatch):
+    stack = make_stack(task_time=0)
+    hostname = checked_out_vm(stack)
+    snapshot = stack.answer("POST", f"/api/v3/vm/{hostname}/snapshot")[1][hostname]["snapshot"]
+    failing_task_writes(stack, monkeypatch, redis.TimeoutError("Timeout reading from socket"), run=True)
+    stack.reconcile("debian-12")
+    assert vm(stack, hostname)["snapshots"] == []
+    stack.run_passes("debian-12", seconds=1, passes=1)
+    details = vm(stack, hostname)
+    assert (details["snapshots"], details.get("task_errors")) == ([snapshot], None)
+
+
+def test_a_task_whose_start_never_reached_the_provider_is_started_by_a_later_pass(make_stack, monkeypatch):
+    """The provider could not be reached (its connection refused: nothing was sent). Before, the
+    task failed at once ("failed to start"); now it goes back to its queue and a later pass starts
+    it, within TASK_SETTLE_SECONDS of its first take, after which it fails as before."""
+    stack = make_stack(task_time=0)
+    hostname = checked_out_vm(stack)
+    stack.answer("POST", f"/api/v3/vm/{hostname}/disk/8")
+    stack.answer("POST", f"/api/v3/vm/{hostname}/disk/16")
+    writes = failing_task_writes(stack, monkeypatch, redis.ConnectionError("Connection refused"), run=False)
+    stack.reconcile("debian-12")
+    assert writes.failures == 0
+    assert [task["size_gb"] for task in VMTaskStore(stack.services.store).queued(hostname)] == [8, 16]
+    stack.run_passes("debian-12", seconds=1, passes=2)
+    details = vm(stack, hostname)
+    assert (details["disk"], details.get("task_errors")) == (["+8gb", "+16gb"], None)
+    assert disks_in_provider(stack, hostname) == [8, 16]
+
+    # Refused for longer than the settle time: it fails, as a task whose provider is down did.
+    stack.answer("POST", f"/api/v3/vm/{hostname}/disk/2")
+    writes.failures = 1000
+    for _ in range(5):
+        stack.reconcile("debian-12")
+        stack.clock.advance(TASK_SETTLE_SECONDS / 4)
+    stack.reconcile("debian-12")
+    assert vm(stack, hostname)["task_errors"] == [
+        "disk +2gb failed to start: dummy provider storage: ConnectionError"]
+
+
+def test_a_task_state_the_provider_cannot_read_now_does_not_end_the_pass(make_stack, monkeypatch):
+    """Before, a provider error reading a VM task's state ended the whole pass (no VM became
+    ready, no clone started); now the task waits for a later pass and the pass goes on."""
+    stack = make_stack(task_time=30)
+    hostname = checked_out_vm(stack)
+    stack.answer("POST", f"/api/v3/vm/{hostname}/disk/8")
+    stack.reconcile("debian-12")
+    provider = stack.services.provider("dummy")
+
+    def unreadable(task_ref: str) -> Any:
+        raise ProviderError("cannot talk to the backend", FailureKind.CONNECTION)
+
+    monkeypatch.setattr(provider, "task_status", unreadable)
+    stack.clock.advance(31)
+    report = stack.reconcile("debian-12")
+    assert any(hostname in error and "cannot talk to the backend" in error for error in report.errors)
+    assert report.followups and report.counts["ready"] + report.counts["pending"] == 2  # the pool refilled
+    monkeypatch.undo()
+    stack.reconcile("debian-12")
+    assert vm(stack, hostname)["disk"] == ["+8gb"]
+
+
+def test_a_lost_start_the_provider_cannot_be_asked_about_waits_while_unreachable_then_ends_saying_so(
+        make_stack, monkeypatch):
+    """The answer was lost, and asking the provider whether it was done fails: while it cannot be
+    reached the task waits (the pass goes on), past the settle time a provider that answers but
+    cannot say (a refusal, the VM gone from its folder) ends it with the reason, not never."""
+    stack = make_stack(task_time=0)
+    hostname = checked_out_vm(stack)
+    stack.answer("POST", f"/api/v3/vm/{hostname}/disk/8")
+    failing_task_writes(stack, monkeypatch, redis.TimeoutError("Timeout reading from socket"), run=False)
+    stack.reconcile("debian-12")
+    provider = stack.services.provider("dummy")
+    refusal = ProviderError("the backend is down", FailureKind.CONNECTION)
+
+    def cannot_say(*args: Any) -> Any:
+        raise refusal
+
+    monkeypatch.setattr(provider, "applied", cannot_say)
+    for _ in range(3):
+        stack.clock.advance(TASK_SETTLE_SECONDS / 2)
+        report = stack.reconcile("debian-12")
+        assert report.followups and "task_errors" not in vm(stack, hostname)
+    refusal = ProviderError("VM not found", FailureKind.PERMISSION)
+    stack.reconcile("debian-12")
+    assert vm(stack, hostname)["task_errors"] == [
+        ("disk +8gb may or may not have been done: the provider's answer to its start was lost (dummy provider "
+         "storage: TimeoutError) and asking it failed: VM not found")]

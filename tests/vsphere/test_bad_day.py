@@ -376,13 +376,15 @@ def paused_after_inventory(server: VcsimServer) -> Callable[[str], None]:
     return pause
 
 
-def test_vcenter_hung_mid_pass_costs_disk_and_snapshot_tasks_one_timeout_and_fails_no_other(
+def test_vcenter_hung_mid_pass_costs_disk_and_snapshot_tasks_one_timeout_and_fails_none(
         private_vcsim: VcsimServer, make_harness: HarnessFactory) -> None:
     """vCenter hangs after the pass read its inventory, with snapshots and a disk queued on VMs in
-    use: the first task's call times out (that one fails: vCenter may have done it); the pass
-    starts no other, they wait for the next passes, which do them once vCenter is back. Before,
-    the pass waited once per task (a timeout each, 60 s by default: the whole invocation's time)
-    and failed every one of the users' tasks."""
+    use: the first task's call times out; the pass starts no other, they wait for the next passes,
+    which do them once vCenter is back. Before, the pass waited once per task (a timeout each, 60 s
+    by default: the whole invocation's time) and failed every one of the users' tasks; then it
+    still failed the first ("failed to start ... timed out") though a task whose start never
+    reached vCenter can simply be started again, and one whose answer was lost may have been done
+    (manager/vm_tasks.py TASK_SETTLE_SECONDS): now none fails, and each is done once."""
     harness = pool_harness(make_harness, private_vcsim, size=3, service={"task_limit": 3},
                            provider={"call_timeout": 1, "connect_timeout": 1})
     converge(harness, 3)
@@ -391,21 +393,21 @@ def test_vcenter_hung_mid_pass_costs_disk_and_snapshot_tasks_one_timeout_and_fai
         assert harness.post(f"/api/v3/vm/{name}/snapshot").status == 202
     assert harness.post(f"/api/v3/vm/{taken[0]}/disk/4").status == 202
     try:
-        harness.reconcile(POOL, paused_after_inventory(private_vcsim))
+        report = harness.reconcile(POOL, paused_after_inventory(private_vcsim))
     finally:
         private_vcsim.resume()
+    assert report.followups
     failed = {name: harness.describe(name).get("task_errors", []) for name in taken}
-    assert sum(len(errors) for errors in failed.values()) == 1, failed
-    assert "timed out" in next(error for errors in failed.values() for error in errors)
+    assert failed == {name: [] for name in taken}
 
     def tasks_done() -> bool:
         harness.clock.advance(60)
         harness.reconcile(POOL)
         shown = [harness.describe(name) for name in taken]
-        return all(vm.get("snapshots") or vm.get("task_errors") for vm in shown) and shown[0]["disk"] == ["+4gb"]
+        return all(len(vm.get("snapshots") or []) == 1 for vm in shown) and shown[0]["disk"] == ["+4gb"]
 
     eventually(tasks_done, 30, "the tasks left queued to be done once vCenter is back", interval=0.2)
-    assert sum(len(harness.describe(name).get("task_errors", [])) for name in taken) == 1
+    assert sum(len(harness.describe(name).get("task_errors", [])) for name in taken) == 0
 
 
 def test_passes_of_a_batch_waiting_for_a_hung_vcenter_fail_with_the_one_timeout_not_one_each(

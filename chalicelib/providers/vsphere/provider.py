@@ -208,12 +208,33 @@ class VSphereProvider(Provider):
         """Readiness from the listed VM's facts and a TCP connect; no vCenter call."""
         return readiness.check(self.config, pool, vm)
 
+    def _start_vm_task(self, what: str, start: Callable[[Connection, vms.Sending], str]) -> str:
+        """Run ``start`` (which tells its ``Sending`` around the call that starts the task): a
+        failure once that call was sent, vCenter's answer lost (a timeout, the connection broken,
+        a proxy's 5xx, the task's queue time unread), raises AnswerLost: vCenter may be doing it."""
+        sent: list[bool] = []
+
+        def sending(now_sent: bool) -> None:
+            sent[:] = [True] if now_sent else []
+
+        def starting(connection: Connection) -> str:
+            sent.clear()  # run again after a re-login (NotAuthenticated: vCenter did nothing)
+            return start(connection, sending)
+
+        try:
+            return self._run(what, starting)
+        except ProviderError as error:
+            if sent:
+                raise AnswerLost.of(error) from None
+            raise
+
     def add_disk(self, pool: PoolConfig, hostname: str, size_gb: int, task_key: str = "") -> str:
         """Start adding a thin disk of ``size_gb`` GB (``task_key`` in the VM's extraConfig by the
-        same reconfigure: ``applied``)."""
-        return self._run(
+        same reconfigure: ``applied``); AnswerLost once ``ReconfigVM_Task`` was sent."""
+        return self._start_vm_task(
             f"add a {size_gb} GB disk to {hostname}",
-            lambda connection: vms.add_disk(connection, self._vm(connection, pool, hostname), size_gb, task_key),
+            lambda connection, sending: vms.add_disk(connection, self._vm(connection, pool, hostname), size_gb,
+                                                     task_key, sending),
         )
 
     def applied(self, pool: PoolConfig, hostname: str, kind: str, key: str) -> bool | None:
@@ -225,17 +246,20 @@ class VSphereProvider(Provider):
                          lambda connection: vms.applied(connection, self._vm(connection, pool, hostname), kind, key))
 
     def create_snapshot(self, pool: PoolConfig, hostname: str, snapshot_name: str) -> str:
-        """Start a snapshot named ``snapshot_name``."""
-        return self._run(
+        """Start a snapshot named ``snapshot_name``; AnswerLost once ``CreateSnapshot_Task`` was sent."""
+        return self._start_vm_task(
             f"snapshot {hostname}",
-            lambda connection: vms.create_snapshot(connection, self._vm(connection, pool, hostname), snapshot_name),
+            lambda connection, sending: vms.create_snapshot(connection, self._vm(connection, pool, hostname),
+                                                            snapshot_name, sending),
         )
 
     def revert_snapshot(self, pool: PoolConfig, hostname: str, snapshot_name: str) -> str:
-        """Start reverting to the snapshot named ``snapshot_name``."""
-        return self._run(
+        """Start reverting to the snapshot named ``snapshot_name``; AnswerLost once
+        ``RevertToSnapshot_Task`` was sent."""
+        return self._start_vm_task(
             f"revert {hostname} to snapshot {snapshot_name}",
-            lambda connection: vms.revert_snapshot(connection, self._vm(connection, pool, hostname), snapshot_name),
+            lambda connection, sending: vms.revert_snapshot(connection, self._vm(connection, pool, hostname),
+                                                            snapshot_name, sending),
         )
 
     def prepare_template(self, pool: PoolConfig) -> str | None:

@@ -3,9 +3,9 @@ returns its reference without waiting; the VM is found by its inventory path."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
 
 from chalicelib.providers.vsphere import inventory, tasks
 from chalicelib.providers.vsphere.connection import Connection
@@ -13,6 +13,26 @@ from chalicelib.providers.vsphere.connection import Connection
 
 class VMNotFound(LookupError):
     pass
+
+
+Sending = Callable[[bool], None]
+"""Told True just before a call that starts a vCenter task is sent (a transport failure after it
+may have left vCenter doing it: the provider raises AnswerLost), False when vCenter answered it
+with a fault (it started nothing)."""
+
+
+def _not_sending(sent: bool) -> None:
+    return None
+
+
+def _send(sending: Sending, call: Callable[[], Any]) -> Any:
+    """``call()``, a method starting a vCenter task, with ``sending`` told around it (``Sending``)."""
+    sending(True)
+    try:
+        return call()
+    except vmodl.MethodFault:
+        sending(False)  # vCenter answered: it refused (or the session is gone), and did nothing
+        raise
 
 
 def vm_path(datacenter: str, folder: str, hostname: str) -> str:
@@ -49,9 +69,11 @@ spec as the disk: a pass that died before recording the task's ref can be told w
 added the disk (``applied``), all or nothing as one reconfigure is."""
 
 
-def add_disk(connection: Connection, vm: Any, size_gb: int, task_key: str = "") -> str:
+def add_disk(connection: Connection, vm: Any, size_gb: int, task_key: str = "",
+             sending: Sending = _not_sending) -> str:
     """A new thin disk of ``size_gb`` on the first SCSI controller with a free unit number, in the
-    VM's own datastore directory (vmpooler's add_disk); ``task_key`` noted as ``DISK_TASK_KEY``."""
+    VM's own datastore directory (vmpooler's add_disk); ``task_key`` noted as ``DISK_TASK_KEY``;
+    ``sending`` told around ``ReconfigVM_Task`` (``Sending``)."""
     found = inventory.one(connection, vm, ["config.hardware.device", "config.files.vmPathName"]) or {}
     devices = list(found.get("config.hardware.device") or [])
     controllers = [d for d in devices if isinstance(d, vim.vm.device.VirtualSCSIController)]
@@ -77,7 +99,7 @@ def add_disk(connection: Connection, vm: Any, size_gb: int, task_key: str = "") 
     )
     noted = [vim.option.OptionValue(key=DISK_TASK_KEY, value=task_key)] if task_key else []
     spec = vim.vm.ConfigSpec(deviceChange=[change], extraConfig=noted)
-    return tasks.recorded(connection, vm.ReconfigVM_Task(spec=spec))
+    return tasks.recorded(connection, _send(sending, lambda: vm.ReconfigVM_Task(spec=spec)))
 
 
 def applied(connection: Connection, vm: Any, kind: str, key: str) -> bool:
@@ -89,10 +111,11 @@ def applied(connection: Connection, vm: Any, kind: str, key: str) -> bool:
     return any(option.key == DISK_TASK_KEY and option.value == key for option in found.get("config.extraConfig") or [])
 
 
-def create_snapshot(connection: Connection, vm: Any, name: str) -> str:
-    """A snapshot with memory, quiesced when Tools can (vmpooler's settings)."""
-    return tasks.recorded(connection, vm.CreateSnapshot_Task(name=name, description="vmpool", memory=True,
-                                                             quiesce=True))
+def create_snapshot(connection: Connection, vm: Any, name: str, sending: Sending = _not_sending) -> str:
+    """A snapshot with memory, quiesced when Tools can (vmpooler's settings); ``sending`` told
+    around ``CreateSnapshot_Task`` (``Sending``)."""
+    return tasks.recorded(connection, _send(sending, lambda: vm.CreateSnapshot_Task(
+        name=name, description="vmpool", memory=True, quiesce=True)))
 
 
 def _walk(snapshots: list[Any]) -> Iterator[Any]:
@@ -101,12 +124,13 @@ def _walk(snapshots: list[Any]) -> Iterator[Any]:
         yield from _walk(list(item.childSnapshotList or []))
 
 
-def revert_snapshot(connection: Connection, vm: Any, name: str) -> str:
+def revert_snapshot(connection: Connection, vm: Any, name: str, sending: Sending = _not_sending) -> str:
+    """Revert to the snapshot named ``name``; ``sending`` told around ``RevertToSnapshot_Task``."""
     found = inventory.one(connection, vm, ["snapshot"]) or {}
     info = found.get("snapshot")
     for item in _walk(list(info.rootSnapshotList or []) if info is not None else []):
         if item.name == name:
-            return tasks.recorded(connection, item.snapshot.RevertToSnapshot_Task())
+            return tasks.recorded(connection, _send(sending, item.snapshot.RevertToSnapshot_Task))
     raise LookupError(f"snapshot {name} not found on the VM")
 
 

@@ -1,0 +1,69 @@
+"""The local scheduler (local/scheduler.py: the tick, the nudge listener, the reconcile workers)
+as an entry point across a failover (tests/chaos/test_failover_entry_points.py has the Lambdas'):
+its connections still reach the demoted node, and its nudge listener was blocked in ``BLPOP``
+there, which the demotion answers ``UNBLOCKED`` (not ``READONLY``, so no failover is noticed by
+it) before closing the connection. Checkouts on the new primary after the swap are refilled by
+the nudges they push, without a restart and long before the next tick. Nothing found: fails when
+the listener gives up on an error instead of listening again."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+import app
+from chalicelib.services import Services
+from chalicelib.store import Store
+from local.scheduler import LocalScheduler
+from tests.core.test_reconcile_queue import Context, RecordingQueue
+from tests.infra.packaged_functions import api_event
+from tests.redis_pair import RedisPair
+from tests.support import eventually
+
+POOL = "ha"
+SIZE = 3
+CONFIG = f"""
+:redis: {{socket_timeout: 1.0}}
+:providers:
+  :dummy: {{createvm_max_time: 0, boot_time: 0}}
+:pools:
+  - {{name: {POOL}, size: {SIZE}, provider: dummy}}
+"""
+
+
+def checkout() -> Any:
+    answer = app.app(api_event("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{POOL}", params={"name": POOL}), Context())
+    return answer["statusCode"], json.loads(answer["body"])
+
+
+def ready_on_primary(pair: RedisPair) -> int:
+    store = Store(RedisPair.client(pair.primary))
+    try:
+        return int(store.counts([POOL])[POOL]["ready"])
+    finally:
+        store.client.close()
+
+
+def test_the_local_scheduler_refills_after_a_swap_without_a_restart(
+        redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"VMPOOL_CONFIG": CONFIG, "VMPOOL_REDIS_URL": redis_pair.endpoint.url,
+           "VMPOOL_REDIS_MIN_REPLICA_ACKS": "0", "POWERTOOLS_METRICS_DISABLED": "true"}
+    scheduler = LocalScheduler(Services.from_environment(env), interval_seconds=600)  # one tick: nudges after
+    api = Services.from_environment(env)
+    monkeypatch.setattr(app, "_services", api)
+    monkeypatch.setattr(app, "_config", None)
+    monkeypatch.setattr(app, "_queue", RecordingQueue())
+    scheduler.start()
+    try:
+        eventually(lambda: ready_on_primary(redis_pair) == SIZE, 20, "the pool full")
+        time.sleep(1.5)  # the nudge listener blocked in BLPOP on the primary
+        redis_pair.wait_synced()
+        redis_pair.swap_with_replicaof()
+        for _ in range(2):
+            assert checkout()[0] == 200
+        eventually(lambda: ready_on_primary(redis_pair) == SIZE, 10, "the pool refilled on the new primary")
+    finally:
+        scheduler.stop(timeout=30)

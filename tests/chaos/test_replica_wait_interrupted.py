@@ -1,0 +1,177 @@
+"""A change made, then its wait for a replica (``WAIT``, the round trip after the change's own
+script answered: ``Store.require_replicated``) cut short by the fault it guards against: the
+primary demoted while the API waits in ``WAIT`` (Redis answers every blocked client ``UNBLOCKED
+force unblock from blocking operation, instance state changed (master -> replica?)``, checked on
+7.0), or the primary stalled (SIGSTOP: a long fork, a paused node) past the client's socket
+timeout while it holds the ``WAIT``.
+
+The change was made on the primary either way, and may survive the fault (the replica had it but
+had not acknowledged yet; the stalled primary resumes with it). The 503 must be the one that says
+so ("the disk was queued ... send the POST again only if GET /vm/<hostname> does not list it"):
+before, it was the generic "the state store is unavailable, try again shortly", and the caller
+who did as told queued a second disk (or snapshot, or revert).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+import pytest
+
+import app
+from chalicelib.services import Services
+from chalicelib.store.vm_tasks import VMTaskStore
+from tests.chaos.test_failover_lost_writes import call, on_vm, post_task, running_vm
+from tests.core.test_reconcile_queue import Context, RecordingQueue
+from tests.infra.packaged_functions import api_event
+from tests.redis_pair import RedisPair
+from tests.support import eventually, stop_process
+
+POOL = "ha"
+CONFIG = f"""
+:redis: {{socket_timeout: 1.0, replica_ack_timeout: 900}}
+:providers:
+  :dummy: {{createvm_max_time: 0, boot_time: 0}}
+:pools:
+  - {{name: {POOL}, size: 2, provider: dummy}}
+"""
+
+
+def serving(pair: RedisPair, monkeypatch: pytest.MonkeyPatch, config: str) -> Services:
+    """The API function on the pair's endpoint, waiting for a replica as in AWS Lambda."""
+    services = Services.from_environment({"VMPOOL_CONFIG": config, "VMPOOL_REDIS_URL": pair.endpoint.url,
+                                          "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1",
+                                          "POWERTOOLS_METRICS_DISABLED": "true"})
+    monkeypatch.setattr(app, "_services", services)
+    monkeypatch.setattr(app, "_config", None)
+    monkeypatch.setattr(app, "_queue", RecordingQueue())
+    return services
+
+
+@pytest.fixture
+def api(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
+    services = serving(redis_pair, monkeypatch, CONFIG)
+    yield services
+    services.client.close()
+
+
+@pytest.fixture
+def api_with_logins(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
+    services = serving(redis_pair, monkeypatch, CONFIG + ":auth: {provider: dummy}\n")
+    yield services
+    services.client.close()
+
+
+def blocked_in_wait(pair: RedisPair) -> None:
+    """Until a client of the primary is blocked (the API's ``WAIT``: the link is held)."""
+    primary = RedisPair.client(pair.primary)
+    try:
+        eventually(lambda: int(primary.info("clients")["blocked_clients"]) >= 1, 10, "the API blocked in WAIT",
+                   interval=0.005)
+    finally:
+        primary.close()
+
+
+def demote(pair: RedisPair) -> None:
+    """The failover the wait guards against, while the API waits: roles swapped by REPLICAOF."""
+    pair.swap_with_replicaof()
+
+
+def stall(pair: RedisPair) -> None:
+    """The primary paused past the API's socket timeout (1 s) while it holds the WAIT."""
+    assert pair.primary.process is not None
+    stop_process(pair.primary.process.pid)
+    time.sleep(1.5)
+    pair.primary.process.send_signal(signal.SIGCONT)
+
+
+def during_the_wait(pair: RedisPair, fault: Callable[[RedisPair], None],
+                    send: Callable[[], tuple[int, Any]]) -> tuple[int, Any]:
+    """``send`` with the replication link held (its WAIT blocks), ``fault`` done while it waits."""
+    pair.wait_synced()
+    pair.link.hold()
+    answers: list[tuple[int, Any]] = []
+    sender = threading.Thread(target=lambda: answers.append(send()))
+    sender.start()
+    try:
+        blocked_in_wait(pair)
+        fault(pair)
+    finally:
+        sender.join(30)
+        pair.link.release()
+    assert answers, "no answer"
+    return answers[0]
+
+
+@pytest.mark.parametrize("task, fault", [("disk", demote), ("snapshot", stall)],
+                         ids=["disk-demoted", "snapshot-stalled"])
+def test_a_task_whose_replica_wait_is_cut_short_says_it_was_queued(
+        redis_pair: RedisPair, api: Services, task: str, fault: Callable[[RedisPair], None]) -> None:
+    hostname = running_vm(api)
+    status, answer = during_the_wait(redis_pair, fault, lambda: post_task(hostname, task))
+
+    assert status == 503 and answer["ok"] is False, answer
+    assert "queued" in answer["error"] and "GET /vm/" in answer["error"], \
+        f"a 503 that does not say the {task} was queued, so its caller sends it again: {answer}"
+    if fault is stall:  # the primary resumed with it: sent again blindly, a second one is queued
+        (queued,) = VMTaskStore(api.store).queued(hostname)
+        assert queued["kind"] == task and queued["snapshot"] in answer["error"], answer
+
+
+def test_a_change_with_a_disk_whose_replica_wait_is_cut_short_says_not_to_send_the_disk_blindly(
+        redis_pair: RedisPair, api: Services) -> None:
+    hostname = running_vm(api)
+    status, answer = during_the_wait(redis_pair, demote, lambda: on_vm("PUT", hostname, {"lifetime": 12, "disk": 8}))
+
+    assert status == 503 and answer["ok"] is False, answer
+    assert "disk" in answer["error"] and "GET /vm/" in answer["error"], answer
+
+
+def test_a_return_whose_replica_wait_is_cut_short_says_it_was_returned(redis_pair: RedisPair, api: Services) -> None:
+    hostname = running_vm(api)
+    status, answer = during_the_wait(redis_pair, stall, lambda: on_vm("DELETE", hostname))
+
+    assert status == 503 and answer["ok"] is False and "send the DELETE again" in answer["error"], answer
+    # Sent again as told, once a replica has it: done.
+    redis_pair.wait_synced()
+    assert on_vm("DELETE", hostname) == (200, {"ok": True})
+
+
+def test_a_checkout_whose_replica_wait_the_demotion_cuts_short_hands_out_nothing(
+        redis_pair: RedisPair, api: Services) -> None:
+    """A checkout's confirmation and its WAIT share a round trip (``Store._confirm``): answered
+    ``UNBLOCKED``, the VMs go back to ready (a release on a new connection, which reaches the new
+    primary) and the 503 hands out nothing. Nothing found (the stall: tests/chaos/test_slow_redis.py)."""
+    running_vm(api)  # the pool filled, the API's connections open
+    status, answer = during_the_wait(redis_pair, demote, checkout)
+    assert status == 503 and answer["ok"] is False, answer
+    redis_pair.wait_synced()
+    # The one VM left ready (size 2, one checked out before): still ready, on the primary and its replica.
+    assert eventually(lambda: len(api.store.hostnames(POOL, "running")) == 1, 5, "nothing handed out by the 503")
+    assert len(api.store.hostnames(POOL, "ready")) == 1
+
+
+def checkout() -> tuple[int, Any]:
+    return call("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{POOL}", params={"name": POOL})
+
+
+def test_a_token_whose_replica_wait_a_stall_cuts_short_is_not_left_behind(
+        redis_pair: RedisPair, api_with_logins: Services) -> None:
+    """The token is made, then deleted when no replica is known to have it (``Tokens.create``):
+    with Redis stalled, the deletion sent after the 503 cannot reach it."""
+    basic = {"Authorization": "Basic " + base64.b64encode(b"alice:right password").decode()}
+    assert call("GET", "/api/v3/status", "/api/v3/status")[0] == 200  # warm: its connections open
+    status, answer = during_the_wait(redis_pair, stall, lambda: new_token(basic))
+    assert status == 503, answer
+    redis_pair.wait_synced()
+    assert eventually(lambda: api_with_logins.tokens.list_for_user("alice") == [], 5, "no token left that nobody saw")
+
+
+def new_token(headers: dict[str, str]) -> tuple[int, Any]:
+    answer = app.app(api_event("POST", "/api/v3/token", "/api/v3/token", headers=headers), Context())
+    return answer["statusCode"], json.loads(answer["body"])
