@@ -18,7 +18,9 @@ from chalicelib.providers.base import AnswerLost
 from chalicelib.providers.vsphere import connection as connections
 from chalicelib.providers.vsphere import tasks
 from chalicelib.providers.vsphere.connection import Connection
+from tests.harness import HarnessFactory
 from tests.vsphere import admin
+from tests.vsphere.test_bad_day import POOL, converge, pool_harness
 from tests.vsphere.vcsim import DATACENTER, Setup, VcsimServer, make_setup
 
 
@@ -95,3 +97,22 @@ def test_a_read_the_session_ended_under_is_made_again_after_a_new_login(
     admin.end_session(local.provider)
     assert local.provider.list_vms(pool) == []
     assert sent.count("Login") == 2
+
+
+def test_a_users_disk_whose_session_ended_after_its_reconfigure_is_added_once_and_shown_done(
+        vcsim: VcsimServer, make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: the pass's re-login sent ReconfigVM_Task again: two disks in vCenter for the user's one.
+    harness = pool_harness(make_harness, vcsim, size=1)
+    converge(harness, 1)
+    host = harness.checkout(POOL)
+    path = f"{DATACENTER}/vm/{harness.pool(POOL).folder}/{host}"
+    disks = admin.vm_details(harness.provider, path)["disks_gb"]  # type: ignore[index]
+    assert harness.put(f"/api/v3/vm/{host}", {"disk": 8}).status == 200, harness.replies[-1].body
+    session_ends_before(monkeypatch, "recorded")
+    harness.reconcile(POOL)  # ReconfigVM_Task sent, then the session ended
+    for _ in range(2):  # the next passes find the disk added (Provider.applied) and start nothing
+        harness.clock.advance(15)
+        harness.reconcile(POOL)
+    told = harness.describe(host)
+    assert (told["disk"], told.get("task_errors")) == (["+8gb"], None)
+    assert admin.vm_details(harness.provider, path)["disks_gb"] == [*disks, 8]  # type: ignore[index]
