@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import pytest
 
@@ -48,7 +47,7 @@ def _feeds(count: int) -> dict[str, bytes]:
 class _Feeds(BaseHTTPRequestHandler):
     """The page as the API serves it, and ``answers`` as its feeds."""
 
-    answers: dict[str, bytes] = {}
+    answers: ClassVar[dict[str, bytes]] = {}
 
     def do_GET(self) -> None:
         path = self.path.split("?")[0]
@@ -107,8 +106,8 @@ def test_the_table_of_the_most_pools_holds_a_bounded_number_of_rows_and_says_so(
     assert shown[0] == FAILING and shown[1:4] == ["pool-00000", "pool-00001", "pool-00002"]
     assert page.evaluate("document.getElementById('pool-count').textContent") == "1,000 shown of 10,000 pools"
     more = page.evaluate("(function (p) { return [p.hidden, p.textContent]; })(document.getElementById('pools-more'))")
-    assert more == [False, "The table holds the first 1,000 of the 10,000 pools, in the order chosen: "
-                           "type in the filter to find the others."]
+    assert more == [False, ("The table holds the first 1,000 of the 10,000 pools, in the order chosen: "
+                            "type in the filter to find the others.")]
 
 
 @pytest.mark.slow
