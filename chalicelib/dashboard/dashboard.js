@@ -510,6 +510,7 @@
       state.hours = Number(button.dataset.hours);
       Array.prototype.forEach.call(document.querySelectorAll(".range button"), function (b) {
         b.classList.toggle("on", b === button);
+        b.setAttribute("aria-pressed", String(b === button));  // what a screen reader says of it
       });
       Array.prototype.forEach.call(document.querySelectorAll(".range-label"), function (n) { n.textContent = rangeLabel(state.hours); });
       historyPoll.now();
