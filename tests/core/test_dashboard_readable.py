@@ -139,3 +139,20 @@ def test_the_page_logs_nothing_to_the_console(page: tuple[BrowserPage, list[dict
     noted = [event for event in logged if event.get("method") in (
         "Runtime.consoleAPICalled", "Runtime.exceptionThrown", "Log.entryAdded")]
     assert noted == []
+
+
+@pytest.mark.slow
+def test_the_browser_refuses_markup_written_into_the_page(page: tuple[BrowserPage, list[dict[str, Any]]]) -> None:
+    """The page writes what the API says through textContent only; its policy now makes the
+    browser hold it to that (Trusted Types, no policy allowed): a string given to an HTML sink
+    (innerHTML, insertAdjacentHTML, document.write) throws instead of becoming elements, so no
+    later change can put a caller's text on the page as markup. The page itself still draws
+    every pool and logs nothing (the test above)."""
+    browser, _ = page
+    refused = browser.evaluate("""(function () {
+        try { document.getElementById('message').innerHTML = '<img src=x id=injected>'; return 'written'; }
+        catch (error) { return error.name; }
+    })()""")
+    assert refused == "TypeError"
+    assert browser.evaluate("document.getElementById('injected')") is None
+    assert browser.evaluate("document.querySelectorAll('tr.pool').length") == len(POOLS)
