@@ -32,6 +32,7 @@ from chalicelib.config_fields import Str, bounded, checked_by, invalid, show, st
 from chalicelib.dns.base import (
     ADDRESS_TYPES,
     DnsConfig,
+    DnsEntryRejected,
     DnsError,
     DnsPlugin,
     DnsRejected,
@@ -68,6 +69,13 @@ class Route53Settings(DnsSettings):
     region: Optional[Str] = None
     timeout: DnsTimeout = 5.0
 
+
+ENTRY_REFUSALS = frozenset({
+    "NoSuchHostedZone", "AccessDenied", "AccessDeniedException", "InvalidClientTokenId",
+    "UnrecognizedClientException", "SignatureDoesNotMatch", "ExpiredToken", "ExpiredTokenException",
+})
+"""Route 53 refusals of every call of the entry (its hosted zone, the role's permissions or
+credentials), not of one change: DnsEntryRejected."""
 
 _LEADING_TYPES = frozenset({"A", "AAAA", "CNAME"})
 """Record types that make a name lead somewhere (a new VM's name must hold none of them)."""
@@ -128,7 +136,9 @@ class Route53Dns(DnsPlugin):
                 break
             self._sleep(backoff)
         # Throttling, PriorRequestNotComplete, a 5xx: aws_clients' classes, not "refused".
-        raise (DnsRejected if failure.metric_key == "refused" else DnsUnavailable)(str(failure)) from None
+        if failure.metric_key != "refused":
+            raise DnsUnavailable(str(failure)) from None
+        raise (DnsEntryRejected if failure.code in ENTRY_REFUSALS else DnsRejected)(str(failure)) from None
 
     def _current(self, fqdn: str) -> list[dict[str, Any]]:
         """The name's A and AAAA record sets as Route 53 holds them (sorted by type: A first)."""

@@ -31,7 +31,8 @@ the record it just created.
 A DNS failure never fails the pass: each is counted (``DnsFailures`` by reason) and logged, and
 the pass goes on with the next VM. Once the DNS service did not answer, or took
 ``DNS_SECONDS_PER_PASS`` of the pass, the pass sends it nothing more (``PassContext.dns_call``):
-a paused server costs one ``timeout`` a pass, a slow one that budget.
+a paused server costs one ``timeout`` a pass, a slow one that budget; once it refused an entry as
+a whole (its key, its zone), the pass sends that entry nothing more: one refused call a pass.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def name_in_use(context: PassContext, hostname: str) -> str:
     if plugin is None or not plugin.checks_names:
         return ""
     try:
-        found = context.dns_call(f"look up {plugin.fqdn(hostname)}", lambda: plugin.addresses(hostname))
+        found = context.dns_call(f"look up {plugin.fqdn(hostname)}", lambda: plugin.addresses(hostname), plugin.name)
     except DnsError as error:
         context.dns_failed(hostname, "lookup", error)
         return ""
@@ -129,7 +130,8 @@ def _publish(context: PassContext, plugin: DnsPlugin, hostname: str, addresses: 
     next pass sends what it sees again). Returns why they are not published ("" when they are)."""
     fqdn = plugin.fqdn(hostname)
     try:
-        context.dns_call(f"create {fqdn}", lambda: plugin.create_or_replace(hostname, addresses, claim.published))
+        context.dns_call(f"create {fqdn}", lambda: plugin.create_or_replace(hostname, addresses, claim.published),
+                         plugin.name)
     except DnsError as error:
         context.dns_failed(hostname, "record creation", error)
         return f"DNS record not created: {error}"
@@ -299,7 +301,7 @@ def delete_left_records(context: PassContext) -> None:
             continue
         fqdn = str(record.raw["dns_name"])
         try:
-            context.dns_call(f"delete {fqdn}", functools.partial(plugin.delete, hostname, fqdn))
+            context.dns_call(f"delete {fqdn}", functools.partial(plugin.delete, hostname, fqdn), plugin.name)
         except DnsError as error:
             context.dns_failed(hostname, "record deletion", error)
             # To the back of the line: a record the DNS service keeps refusing to delete (its

@@ -1,0 +1,130 @@
+"""A DNS entry its server refuses as a whole (a wrong or rotated TSIG key, a zone the server
+does not serve), against a real BIND 9: a pass learns it from one call and sends that entry
+nothing more, the VMs keep the reason, the failure is counted, and other pools go on."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from typing import Any
+
+import dns.query
+import dns.rcode
+import pytest
+import yaml
+
+from chalicelib.config import build, parse
+from chalicelib.dns.base import DnsEntryRejected, DnsRejected
+from chalicelib.dns.registry import build_dns_plugin
+from tests.dns.bind import BindServer
+from tests.harness import Harness, HarnessFactory
+from tests.support import emf_documents
+
+SIZE = 12
+
+
+def two_pools(make_harness: HarnessFactory, refused: dict[str, Any], working: dict[str, Any]) -> Harness:
+    """Pool ``refused`` published by an entry the server refuses, pool ``good`` by one it accepts."""
+    document = {
+        "config": {"timeout": 10, "task_limit": 2 * SIZE},
+        "providers": {"dummy": {"provider_class": "dummy", "seed": 5, "boot_time": 20}},
+        "dns_configs": {"refused": refused, "good": working},
+        "pools": [{"name": "refused", "size": SIZE, "provider": "dummy", "dns_plugin": "refused"},
+                  {"name": "good", "size": 2, "provider": "dummy", "dns_plugin": "good"}],
+    }
+    return make_harness(parse(yaml.safe_dump(document)))
+
+
+def count_refusals(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every message the server refused from now on (its answer code, or the exception)."""
+    refused: list[str] = []
+    real = dns.query.tcp
+
+    def counted(message: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            answer = real(message, *args, **kwargs)
+        except Exception as error:
+            refused.append(type(error).__name__)
+            raise
+        if answer.rcode() not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            refused.append(dns.rcode.to_text(answer.rcode()))
+        return answer
+
+    monkeypatch.setattr(dns.query, "tcp", counted)
+    return refused
+
+
+REFUSALS = {
+    # A key rotated on the server but not in vmpool's config: BIND answers NOTAUTH with BADSIG.
+    "wrong key": ({"tsig_secret": base64.b64encode(secrets.token_bytes(32)).decode()}, "rejected the TSIG key"),
+    # A domain whose zone the server does not serve: updates NOTAUTH, lookups REFUSED.
+    "zone not served": ({"domain": "elsewhere.test"}, "the server answered "),
+}
+
+
+@pytest.mark.parametrize("refusal", list(REFUSALS))
+def test_an_entry_the_server_refuses_costs_a_pass_one_refused_call_not_one_per_vm(
+        make_harness: HarnessFactory, bind: BindServer, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], refusal: str) -> None:
+    # Before, each pass sent every pending VM's update (and every new name's lookup) to a server
+    # that refused the entry as a whole: a 1,000-VM pool sent 1,000 refused updates a pass, each
+    # logged by the server, until the 15 s DNS budget ran out.
+    overrides, said = REFUSALS[refusal]
+    world = two_pools(make_harness, bind.dns_config(**overrides), bind.dns_config())
+    refused = count_refusals(monkeypatch)
+    per_pass = []
+    for _ in range(3):  # clone, boot, publish
+        before = len(refused)
+        world.passes("refused", 1)
+        per_pass.append(len(refused) - before)
+        world.passes("good", 1, seconds=0)
+    assert max(per_pass) == 1, per_pass
+    pending = world.hosts("refused", "pending")
+    assert len(pending) == SIZE and world.hosts("refused", "ready") == set()
+    reasons = {world.store.get_vm(host).not_ready_reason for host in pending}  # type: ignore[union-attr]
+    assert all(reason.startswith("DNS record not created: ") and said in reason for reason in reasons), reasons
+    failures = [document for document in emf_documents(capsys.readouterr().out)
+                if "DnsFailures" in document and document.get("pool") == "refused"]
+    assert failures and {document["reason"] for document in failures} == {"rejected"}
+    # The other pool, published by an entry the server accepts, went on.
+    ready = world.hosts("good", "ready")
+    assert len(ready) == 2
+    monkeypatch.undo()
+    for host in ready:
+        assert bind.addresses(f"{host}.{bind.zone}") == [world.store.get_vm(host).ip]  # type: ignore[union-attr]
+
+
+def plugin_for(entry: dict[str, Any]) -> Any:
+    config = build({"dns_configs": {"entry": entry}})
+    return build_dns_plugin(config.dns_configs["entry"])
+
+
+def test_refusals_of_the_entry_are_told_from_refusals_of_one_name(bind: BindServer,
+                                                                  route53: tuple[Any, str]) -> None:
+    # Of the entry: every call meets them (the pass stops calling the entry).
+    wrong_key = plugin_for(bind.dns_config(tsig_secret=base64.b64encode(b"k" * 32).decode()))
+    unsigned = plugin_for(bind.dns_config(tsig_key_name=None, tsig_secret=None))  # REFUSED
+    elsewhere = plugin_for(bind.dns_config(domain="elsewhere.test"))  # NOTAUTH, lookups REFUSED
+    for plugin in (wrong_key, unsigned, elsewhere):
+        with pytest.raises(DnsEntryRejected):
+            plugin.create_or_replace("refusal-a", "10.0.0.1")
+    with pytest.raises(DnsEntryRejected, match="REFUSED"):
+        elsewhere.addresses("refusal-a")
+    with pytest.raises(DnsEntryRejected, match="NoSuchHostedZone"):
+        plugin_for({"dns_class": "route53", "domain": "vms.example.test",
+                    "hosted_zone_id": "ZNOSUCHZONE"}).create_or_replace("refusal-a", "10.0.0.1")
+    # Of one name: the next VM's call may well pass.
+    working = plugin_for(bind.dns_config())
+    bind.add_record(f"refusal-b.{bind.zone}", "CNAME", "elsewhere.example.")
+    with pytest.raises(DnsRejected, match="CNAME") as failure:
+        working.create_or_replace("refusal-b", "10.0.0.1")
+    assert not isinstance(failure.value, DnsEntryRejected)
+    # A delete under a former domain goes to its parent zone: that zone's refusal is not the entry's.
+    with pytest.raises(DnsRejected, match="NOTAUTH") as failure:
+        working.delete("refusal-c", "refusal-c.former.test")
+    assert not isinstance(failure.value, DnsEntryRejected)
+    _, zone = route53
+    r53 = plugin_for({"dns_class": "route53", "domain": "vms.example.test", "hosted_zone_id": zone})
+    with pytest.raises(DnsRejected) as failure:
+        r53.create_or_replace("refusal-d", "fe80::1")
+    assert not isinstance(failure.value, DnsEntryRejected)
