@@ -119,8 +119,12 @@ def _published_there(record: VMRecord, plugin: DnsPlugin, fqdn: str, noted: str)
 
 
 def _published_elsewhere(record: VMRecord, plugin: DnsPlugin, fqdn: str) -> bool:
-    """Whether the record (as read) notes a record under another name or by another entry."""
-    return record.raw.get("dns_name") not in (None, fqdn) or record.raw.get("dns_plugin") not in (None, plugin.name)
+    """Whether the record (as read) notes a record under another name or by another entry. Names
+    differing in case only are one DNS name (as dns_claim.lua compares them): a domain rewritten
+    in capitals moves no record."""
+    name = record.raw.get("dns_name")
+    return (name is not None and str(name).lower() != fqdn.lower()) \
+        or record.raw.get("dns_plugin") not in (None, plugin.name)
 
 
 def _publish(context: PassContext, plugin: DnsPlugin, hostname: str, addresses: Sequence[str], noted: str,

@@ -17,6 +17,7 @@ from chalicelib.config import build, parse
 from chalicelib.dns.base import DnsEntryRejected, DnsRejected
 from chalicelib.dns.registry import build_dns_plugin
 from tests.dns.bind import BindServer
+from tests.dns.test_dns_records import dns_document, published_then_reconfigured
 from tests.harness import Harness, HarnessFactory
 from tests.support import emf_documents
 
@@ -128,3 +129,30 @@ def test_refusals_of_the_entry_are_told_from_refusals_of_one_name(bind: BindServ
     with pytest.raises(DnsRejected) as failure:
         r53.create_or_replace("refusal-d", "fe80::1")
     assert not isinstance(failure.value, DnsEntryRejected)
+
+
+@pytest.mark.parametrize("domain", ["VMS.Example.Test", "vms.example.test."])
+def test_a_domain_rewritten_in_another_case_or_with_a_final_dot_moves_no_record(
+        make_harness: HarnessFactory, bind: BindServer, monkeypatch: pytest.MonkeyPatch, domain: str) -> None:
+    # DNS names ignore case and the final dot: the same name. Before, a case-only edit of the
+    # entry's domain (a config generator lower-casing it, say) counted as a new domain: every VM
+    # in service, its user's running ones too, had its record deleted and created again (10 a
+    # pass), its name leading nowhere in between, until a later pass if DNS failed after the delete.
+    assert domain.strip(".").lower() == bind.zone
+    world, published = published_then_reconfigured(
+        make_harness, bind, dns_document({"zone": bind.dns_config(domain=domain)}, "zone"))
+    [running] = world.check_out("dns")
+    plugin = world.services.dns_plugin(world.pool("dns"))
+    assert plugin is not None
+    deletes: list[str] = []
+    delete = plugin.delete
+    monkeypatch.setattr(plugin, "delete", lambda *args: (deletes.append(args[0]), delete(*args))[1])
+    world.passes("dns", 2, seconds=61)  # whole comparisons
+    assert deletes == []
+    for host, ip in published.items():
+        assert bind.addresses(f"{host}.{bind.zone}") == [ip]
+    assert world.state_of(running) == "running"
+    # And the record still goes when the VM leaves.
+    world.store.move(running, "dns", "running", "completed", world.clock.now(), reason="returned by its user")
+    world.passes("dns", 3)
+    assert deletes == [running] and bind.addresses(f"{running}.{bind.zone}") == []
