@@ -94,11 +94,12 @@ class DynamicDns(DnsPlugin):
         return self._address
 
     def _exchange(self, what: str, message: Any, refusals: dict[int, str] | None = None,
-                  entry_zone: bool = True) -> Any:
+                  entry_wide: bool = True) -> Any:
         """Send one message over TCP; transport failures and refusals become typed DnsErrors
         (``refusals``: what an answer code means for this message, when it says more than its name).
-        A refused key, and NOTAUTH or REFUSED for the entry's own zone (``entry_zone``: not a
-        former domain's parent), refuse the entry as a whole: DnsEntryRejected."""
+        A refused key, and NOTAUTH or REFUSED to an update of the entry's own zone (``entry_wide``;
+        not a former domain's parent zone, nor a lookup: a server may refuse queries, by its
+        ``allow-query``, and take updates), refuse the entry as a whole: DnsEntryRejected."""
         import dns.exception
         import dns.query
         import dns.rcode
@@ -118,7 +119,7 @@ class DynamicDns(DnsPlugin):
             meaning = (refusals or {}).get(rcode)
             # NOTAUTH: the server is not the zone's primary, or refused the key; REFUSED: it does not
             # serve the zone, or the key may not update it. Names and addresses do not change that.
-            refused = DnsEntryRejected if entry_zone and rcode in (dns.rcode.NOTAUTH, dns.rcode.REFUSED) \
+            refused = DnsEntryRejected if entry_wide and rcode in (dns.rcode.NOTAUTH, dns.rcode.REFUSED) \
                 else DnsRejected
             raise refused(f"dns {what}: " + (meaning or f"the server answered {dns.rcode.to_text(rcode)}"))
         return response
@@ -174,7 +175,7 @@ class DynamicDns(DnsPlugin):
         update = self._update(None if in_zone else name.parent())
         for rdtype in ADDRESS_TYPES:
             update.delete(name, rdtype)
-        self._exchange(what, update, entry_zone=in_zone)
+        self._exchange(what, update, entry_wide=in_zone)
 
     def addresses(self, hostname: str) -> list[str]:
         import dns.message
@@ -186,7 +187,7 @@ class DynamicDns(DnsPlugin):
         name = self._name(what, hostname)
         found: list[str] = []
         for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-            response = self._exchange(what, dns.message.make_query(name, rdtype))
+            response = self._exchange(what, dns.message.make_query(name, rdtype), entry_wide=False)
             alias = response.get_rrset(response.answer, name, dns.rdataclass.IN, dns.rdatatype.CNAME)
             if alias is not None:  # the answer to either question: the name is an alias
                 return [f"{item.target.to_text(omit_final_dot=True)} (CNAME)" for item in alias]

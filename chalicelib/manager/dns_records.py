@@ -32,7 +32,7 @@ A DNS failure never fails the pass: each is counted (``DnsFailures`` by reason) 
 the pass goes on with the next VM. Once the DNS service did not answer, or took
 ``DNS_SECONDS_PER_PASS`` of the pass, the pass sends it nothing more (``PassContext.dns_call``):
 a paused server costs one ``timeout`` a pass, a slow one that budget; once it refused an entry as
-a whole (its key, its zone), the pass sends that entry nothing more: one refused call a pass.
+a whole (its key, its zone), the pass sends that entry no change more: one refused update a pass.
 """
 
 from __future__ import annotations
