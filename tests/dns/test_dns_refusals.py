@@ -20,6 +20,7 @@ from chalicelib.dns.base import DnsEntryRejected, DnsRejected
 from chalicelib.dns.registry import build_dns_plugin
 from tests.dns.bind import BindServer
 from tests.dns.test_dns_records import dns_document, published_then_reconfigured
+from tests.dns.test_dns_republish import readdress
 from tests.harness import Harness, HarnessFactory
 from tests.support import emf_documents
 
@@ -163,3 +164,23 @@ def test_a_domain_rewritten_in_another_case_or_with_a_final_dot_moves_no_record(
     world.store.move(running, "dns", "running", "completed", world.clock.now(), reason="returned by its user")
     world.passes("dns", 3)
     assert deletes == [running] and bind.addresses(f"{running}.{bind.zone}") == []
+
+
+def test_an_entry_refused_stops_only_that_entry(make_harness: HarnessFactory, bind: BindServer) -> None:
+    # The pool moved to entry "other"; its VMs in service were published by "zone", whose key the
+    # server no longer takes: their moves are refused (each pass one delete), and the pool's own
+    # entry still publishes a readdressed VM in the same pass, after that refusal.
+    wrong = base64.b64encode(secrets.token_bytes(32)).decode()
+    world, published = published_then_reconfigured(make_harness, bind, dns_document(
+        {"zone": bind.dns_config(tsig_secret=wrong), "other": bind.dns_config()}, "other"))
+    world.check_out("dns")  # running now, still under "zone"
+    world.passes("dns", 3)  # its replacement cloned, booted, published by "other"
+    [new] = world.hosts("dns", "ready") - set(published)
+    assert world.store.get_vm(new).raw["dns_plugin"] == "other"  # type: ignore[union-attr]
+    readdress(world, new, "10.200.0.9")
+    report = world.passes("dns", 1, seconds=61)[0]  # a whole comparison: the moves, then the new address
+    assert bind.addresses(f"{new}.{bind.zone}") == ["10.200.0.9"]
+    for host, ip in published.items():  # their former records stay until the server takes the key
+        assert bind.addresses(f"{host}.{bind.zone}") == [ip]
+        assert world.store.get_vm(host).raw["dns_plugin"] == "zone"  # type: ignore[union-attr]
+    assert any("rejected the TSIG key" in error for error in report.errors), report.errors
