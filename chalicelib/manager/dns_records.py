@@ -319,4 +319,9 @@ def delete_left_records(context: PassContext) -> None:
         context.store.update_vm(hostname, dns_name=None, dns_plugin=None, dns_published=None, dns_error=None)
         forget.append(hostname)
     context.store.forget_dns_left(context.pool.name, forget)
+    if len(hostnames) == LEFT_RECORDS_PER_PASS and not failures:
+        # A full batch gone well: more are likely waiting, each a name leading to an address DHCP
+        # may give another machine. The pool is looked at again soon, not at the next tick (a
+        # batch a minute). A pass that met failures leaves the rest to the tick: no retry storm.
+        context.report.followups += 1
     context.checkpoint("dns_left_deleted")
