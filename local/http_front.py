@@ -31,7 +31,8 @@ What we add to uvicorn:
 - the answers RFC 9112 asks for that llhttp leaves to its user (Host, HTTP version, transfer
   codings, Expect), and an Upgrade request served as the HTTP/1.1 request it also is;
 - TCP_NODELAY on every connection (gunicorn's socket hides from asyncio that it is TCP);
-- error answers in JSON like the app's, instead of text;
+- error answers in JSON like the app's, instead of text; log lines in JSON like the app's too,
+  and a request that cannot be parsed counted, not logged one line each (``local.front_logs``);
 - workers and the arbiter die with their parent (PR_SET_PDEATHSIG, SIGKILL: a stopped process
   acts on no other signal), so a SIGKILLed ``python -m local.run`` or arbiter leaves nothing
   serving the port;
