@@ -196,6 +196,8 @@ def test_previous_and_this_release_share_redis_through_a_deploy_and_a_rollback(d
     assert status == 200, body
     in_use = [short(body["debian-12"]["hostname"])]
     assert deploy.request(old, "POST", f"/api/v3/vm/{in_use[0]}/disk/8", headers=alice)[0] == 202
+    disks: dict[str, list[str]] = {in_use[0]: ["+8gb"]}
+    snapshots: dict[str, list[str]] = {}
 
     # The deploy: both releases answer and reconcile, alternating.
     sides: list[Current | Release] = [new, old]
@@ -208,9 +210,11 @@ def test_previous_and_this_release_share_redis_through_a_deploy_and_a_rollback(d
         if status == 200:
             in_use.append(short(body["debian"]["hostname"]))
         host = in_use[-1]
-        deploy.request(other, "POST", f"/api/v3/vm/{host}/disk/{4 + round_}", headers=alice)
+        assert deploy.request(other, "POST", f"/api/v3/vm/{host}/disk/{4 + round_}", headers=alice)[0] == 202
+        disks.setdefault(host, []).append(f"+{4 + round_}gb")
         status, body = deploy.request(side, "POST", f"/api/v3/vm/{host}/snapshot", headers=alice)
         assert status == 202, body
+        snapshots.setdefault(host, []).append(body[host]["snapshot"])
         if round_ in (3, 6):  # a VM the other release handed out (and changed) goes back
             returned.append(in_use.pop(-2))
             assert deploy.request(side, "DELETE", f"/api/v3/vm/{returned[-1]}", headers=alice)[0] == 200
@@ -262,7 +266,8 @@ def test_previous_and_this_release_share_redis_through_a_deploy_and_a_rollback(d
         assert record is not None and record.state == "running", (host, record and record.state)
         assert host in provider_vms, f"{host}, in use, was destroyed"
         details = harness.describe(host)
-        assert "task_errors" not in details or not details["task_errors"], (host, details)
+        assert "task_errors" not in details, (host, details)
+        assert (details["disk"], details["snapshots"]) == (disks.get(host, []), snapshots.get(host, [])), host
         assert harness.client.llen(harness.store.keys.vm_tasks(host)) == 0, f"{host}: tasks left queued"
     for pool in POOLS:
         assert_consistent(harness, pool)
