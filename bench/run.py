@@ -2,7 +2,7 @@
 
     python bench/run.py [--quick] [--only NAME,...]
         (NAME: checkout, reconcile, refill, fill, memory, coldstart, fleet, sizing, feeds, quota, reserve,
-        dashboards)
+        dashboards, dns)
 
 Targets (issue 7), on this machine: >= 1,500 checkout+delete cycles/s at 8 clients, checkout
 p99 < 5 ms, one Redis round trip per checkout, refill start < 1 s p50, a steady pool's pass in
@@ -28,7 +28,21 @@ if __package__ in (None, ""):  # `python bench/run.py`: make the repository impo
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
-from bench import checkout, coldstart, dashboards, feeds, fill, fleet, memory, quota, reconcile, refill, reserve, sizing
+from bench import (
+    checkout,
+    coldstart,
+    dashboards,
+    dns_records,
+    feeds,
+    fill,
+    fleet,
+    memory,
+    quota,
+    reconcile,
+    refill,
+    reserve,
+    sizing,
+)
 from bench.common import CORES, ROOT
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -44,6 +58,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "quota": quota.run,
     "reserve": reserve.run,
     "dashboards": dashboards.run,
+    "dns": dns_records.run,
 }
 RESULTS = ROOT / "bench" / "results.json"
 
@@ -169,6 +184,8 @@ def table(results: dict[str, Any]) -> list[str]:
         rows += quota.table(results["quota"])
     if "reserve" in results:
         rows += reserve.table(results["reserve"])
+    if "dns" in results:
+        rows += dns_records.table(results["dns"])
     width = max(len(name) for name, _ in rows) if rows else 0
     return [f"{name:<{width}}  {value}  {cores}" for name, value in rows]
 

@@ -88,6 +88,10 @@ def deployed_resources(stage: Stage) -> dict[str, dict[str, Any]]:
 GATEWAY_RESPONSES = {"MISSING_AUTHENTICATION_TOKEN": "404", "RESOURCE_NOT_FOUND": "404",
                      "DEFAULT_4XX": None, "DEFAULT_5XX": None}
 """vmpooler answers unknown routes with 404 {"ok": false}; the full stack sets the same."""
+GATEWAY_RESPONSE_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store",
+                            "X-Content-Type-Options": "nosniff"}
+"""The headers of API Gateway's own answers: those of every JSON answer of the functions (its
+throttling's 429 had none but Content-Type; a browser could keep it, or read it as it liked)."""
 
 
 def report_batch_failures(session: Any, stage: Stage) -> None:
@@ -108,7 +112,8 @@ def name_the_api(session: Any, stage: Stage) -> None:
         options: dict[str, Any] = {"statusCode": status} if status else {}
         apigateway.put_gateway_response(
             restApiId=api_id, responseType=kind, **options,
-            responseParameters={"gatewayresponse.header.Content-Type": "'application/json'"},
+            responseParameters={f"gatewayresponse.header.{name}": f"'{value}'"
+                                for name, value in GATEWAY_RESPONSE_HEADERS.items()},
             responseTemplates={"application/json": '{"ok":false}'})
     apigateway.create_deployment(restApiId=api_id, stageName="api", description="gateway responses")
 

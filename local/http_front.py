@@ -31,7 +31,8 @@ What we add to uvicorn:
 - the answers RFC 9112 asks for that llhttp leaves to its user (Host, HTTP version, transfer
   codings, Expect), and an Upgrade request served as the HTTP/1.1 request it also is;
 - TCP_NODELAY on every connection (gunicorn's socket hides from asyncio that it is TCP);
-- error answers in JSON like the app's, instead of text;
+- error answers in JSON like the app's, instead of text; log lines in JSON like the app's too,
+  and a request that cannot be parsed counted, not logged one line each (``local.front_logs``);
 - workers and the arbiter die with their parent (PR_SET_PDEATHSIG, SIGKILL: a stopped process
   acts on no other signal), so a SIGKILLed ``python -m local.run`` or arbiter leaves nothing
   serving the port;
@@ -69,6 +70,7 @@ from uvicorn_worker import UvicornWorker
 
 from chalicelib.api.http import MAX_BODY_BYTES as API_MAX_BODY_BYTES
 from chalicelib.api.http import json_text
+from local.front_logs import BoundedWarning, JsonLogger
 from local.processes import die_with_parent
 
 CLIENT_TIMEOUT_SECONDS = float(os.environ.get("VMPOOL_HTTP_CLIENT_TIMEOUT", "10"))
@@ -128,6 +130,12 @@ HOST_VALUE = re.compile(rb"(\[[0-9A-Za-z:.~!$&'()*+,;=_-]*\]|[0-9A-Za-z.~%!$&'()
 request for a URI without an authority); anything else is a 400 (RFC 9112, 3.2)."""
 
 logger = logging.getLogger("vmpool.http_front")
+
+INVALID_REQUEST_LOG_SECONDS = 60.0
+"""A worker logs the first request it cannot parse at once (its client and llhttp's reason),
+then one line per this many seconds counting the others: uvicorn logged each, in plain text, and
+a client sending garbage made 1,800 lines a second."""
+INVALID_REQUESTS = BoundedWarning(logger, "invalid HTTP request received", INVALID_REQUEST_LOG_SECONDS)
 
 
 def connection_bound(wanted: int) -> int:
@@ -368,8 +376,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 if 0 < len(rest) < len(data) and not self.transport.is_closing():  # shorter each time
                     data = rest
                     continue
-            except httptools.HttpParserError:
-                self.logger.warning("Invalid HTTP request received.")
+            except httptools.HttpParserError as error:
+                client = self.client[0] if self.client else None
+                INVALID_REQUESTS.note(self.loop.call_later, client=client, reason=str(error))
                 self.send_400_response("Invalid HTTP request received.")
             return
 
@@ -710,6 +719,9 @@ class _LoopServer(Server):
         for listener in self._listeners:
             self.loop.remove_reader(listener)
         await super().shutdown(sockets=sockets)
+        # The count not said yet, before the worker goes: here, as uvicorn's serve re-raises the
+        # signal that stopped it once it returns, and the process dies of it.
+        INVALID_REQUESTS.flush()
 
     def _listen(self, listener: socket.socket) -> None:
         assert self.loop is not None
@@ -1008,6 +1020,7 @@ class HttpFront(BaseApplication):
             "loglevel": "warning",  # the app logs what matters, as JSON
             "accesslog": None,
             "errorlog": "-",
+            "logger_class": JsonLogger,  # JSON lines, as the app's
             "control_socket_disable": True,  # no $HOME/.gunicorn/gunicorn.ctl shared between stacks
             "post_worker_init": lambda worker: on_worker_ready(),
             "proc_name": "vmpool-http",

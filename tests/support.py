@@ -9,6 +9,7 @@
     eventually(check, timeout, what) poll a condition another process makes true on the wall clock
     emf_documents(stdout)            the CloudWatch EMF documents among printed lines
     json_lines(text)                 the structured log records among printed lines
+    doc_prose(name)                  a doc's text as a reader sees it (line breaks as spaces)
     RedisRoundTrips()                count what this process sends to Redis, a round trip each
 """
 
@@ -18,6 +19,7 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -35,11 +37,12 @@ from chalicelib.store import connect
 from chalicelib.store.store import RECOUNT
 from local.redis_server import free_port
 
-__all__ = ["RedisRoundTrips", "clone_failures_by_reason", "counts_by_reason", "emf_documents", "emitted",
+__all__ = ["RedisRoundTrips", "clone_failures_by_reason", "counts_by_reason", "doc_prose", "emf_documents", "emitted",
            "eventually", "free_port", "free_ports", "listeners_carrying", "port_in_use", "json_lines",
            "taken_by_another_process", "unanswered_port"]
 
 T = TypeVar("T")
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def port_in_use(port: int) -> bool:
@@ -225,6 +228,13 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     return lines
 
 
+
+
+def doc_prose(name: str) -> str:
+    """The text of a doc of the repository (``README.md``, ``docs/deploy.md``) with its line
+    breaks and indentation as single spaces, as a reader sees it: a sentence is found wherever
+    the doc's lines break."""
+    return re.sub(r"\s+", " ", (REPO_ROOT / name).read_text(encoding="utf-8"))
 
 
 def emf_documents(stdout: str) -> list[dict[str, Any]]:

@@ -17,15 +17,17 @@ import struct
 import subprocess
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 CHROMIUM = shutil.which("chromium")
 
 
 class BrowserPage:
-    """One tab of a headless Chromium started with ``profile`` as its user data folder."""
+    """One tab of a headless Chromium started with ``profile`` as its user data folder; each event
+    that arrives while a command waits for its result is given to ``on_event`` (else dropped)."""
 
-    def __init__(self, profile: Path) -> None:
+    def __init__(self, profile: Path, on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.on_event = on_event
         assert CHROMIUM, "chromium is not installed (Makefile TEST_APT)"
         self.process = subprocess.Popen(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -94,11 +96,13 @@ class BrowserPage:
                 return dict(json.loads(message))
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
-        """Run a DevTools command; its result (events arriving meanwhile are dropped)."""
+        """Run a DevTools command; its result (events arriving meanwhile go to ``on_event``)."""
         number = next(self._ids)
         self._send(json.dumps({"id": number, "method": method, "params": params}))
         while True:
             message = self._receive()
+            if "method" in message and self.on_event is not None:
+                self.on_event(message)
             if message.get("id") == number:
                 if "error" in message:
                     raise RuntimeError(f"{method}: {message['error']}")

@@ -60,7 +60,8 @@ def _template() -> tuple[str, str]:
     page = (STATIC_DIR / "index.html").read_text().replace("/*STYLE*/", style).replace("/*SCRIPT*/", script)
     # Everything the page needs is in the page; it only talks back to this API.
     policy = (f"default-src 'none'; script-src {_csp_hash(script)}; style-src {_csp_hash(style)}; img-src data:; "
-              "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+              "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; "
+              "require-trusted-types-for 'script'; trusted-types 'none'")
     return page, policy
 
 

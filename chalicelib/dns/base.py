@@ -28,6 +28,13 @@ class DnsRejected(DnsError):
     metric_key = "rejected"
 
 
+class DnsEntryRejected(DnsRejected):
+    """A refusal of the entry as a whole, not of one name or address: the server refuses the
+    entry's TSIG key or does not serve its zone, Route 53 has no such hosted zone or denies the
+    call. Every call of the entry meets it until an operator fixes the config, so a pass sends
+    that entry nothing more once one call met it (``PassContext.dns_call``)."""
+
+
 TIMEOUT_MAX_SECONDS = 10.0
 """The longest ``timeout`` of a plugin's call. A pass stops calling DNS once a call got no answer
 or DNS took ``DNS_SECONDS_PER_PASS`` (15 s) of it, but waits for the call under way: with no

@@ -25,6 +25,7 @@ from chalicelib.config_fields import DnsName, Port, SecretValue, Str, bounded, o
 from chalicelib.dns.base import (
     ADDRESS_TYPES,
     DnsConfig,
+    DnsEntryRejected,
     DnsPlugin,
     DnsRejected,
     DnsSettings,
@@ -92,9 +93,13 @@ class DynamicDns(DnsPlugin):
             self._address = str(found[0][4][0])
         return self._address
 
-    def _exchange(self, what: str, message: Any, refusals: dict[int, str] | None = None) -> Any:
+    def _exchange(self, what: str, message: Any, refusals: dict[int, str] | None = None,
+                  entry_wide: bool = True) -> Any:
         """Send one message over TCP; transport failures and refusals become typed DnsErrors
-        (``refusals``: what an answer code means for this message, when it says more than its name)."""
+        (``refusals``: what an answer code means for this message, when it says more than its name).
+        A refused key, and NOTAUTH or REFUSED to an update of the entry's own zone (``entry_wide``;
+        not a former domain's parent zone, nor a lookup: a server may refuse queries, by its
+        ``allow-query``, and take updates), refuse the entry as a whole: DnsEntryRejected."""
         import dns.exception
         import dns.query
         import dns.rcode
@@ -106,13 +111,17 @@ class DynamicDns(DnsPlugin):
             raise DnsUnavailable(
                 f"dns {what}: {self.server}:{self.port} did not answer within {self.timeout:g} s") from None
         except (dns.tsig.PeerError, dns.tsig.BadSignature, dns.tsig.BadTime) as error:
-            raise DnsRejected(f"dns {what}: the server rejected the TSIG key ({type(error).__name__})") from None
+            raise DnsEntryRejected(f"dns {what}: the server rejected the TSIG key ({type(error).__name__})") from None
         except (OSError, EOFError, dns.exception.DNSException) as error:
             raise DnsUnavailable(f"dns {what}: {self.server}:{self.port}: {type(error).__name__}") from None
         rcode = response.rcode()
         if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             meaning = (refusals or {}).get(rcode)
-            raise DnsRejected(f"dns {what}: " + (meaning or f"the server answered {dns.rcode.to_text(rcode)}"))
+            # NOTAUTH: the server is not the zone's primary, or refused the key; REFUSED: it does not
+            # serve the zone, or the key may not update it. Names and addresses do not change that.
+            refused = DnsEntryRejected if entry_wide and rcode in (dns.rcode.NOTAUTH, dns.rcode.REFUSED) \
+                else DnsRejected
+            raise refused(f"dns {what}: " + (meaning or f"the server answered {dns.rcode.to_text(rcode)}"))
         return response
 
     def _update(self, zone: Any = None) -> Any:
@@ -120,7 +129,7 @@ class DynamicDns(DnsPlugin):
         import dns.update
 
         if self._key_error is not None:
-            raise DnsRejected(self._key_error)
+            raise DnsEntryRejected(self._key_error)
         zone = zone or self.zone
         if self._keyring is None:
             return dns.update.UpdateMessage(zone)
@@ -162,10 +171,11 @@ class DynamicDns(DnsPlugin):
         name = self._name(what, hostname, fqdn)
         # A name published under the entry's former domain may be outside its zone now (the
         # zone defaults to the domain): then the former domain, its parent, was the zone.
-        update = self._update(None if name.is_subdomain(self.zone) else name.parent())
+        in_zone = name.is_subdomain(self.zone)
+        update = self._update(None if in_zone else name.parent())
         for rdtype in ADDRESS_TYPES:
             update.delete(name, rdtype)
-        self._exchange(what, update)
+        self._exchange(what, update, entry_wide=in_zone)
 
     def addresses(self, hostname: str) -> list[str]:
         import dns.message
@@ -177,7 +187,7 @@ class DynamicDns(DnsPlugin):
         name = self._name(what, hostname)
         found: list[str] = []
         for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-            response = self._exchange(what, dns.message.make_query(name, rdtype))
+            response = self._exchange(what, dns.message.make_query(name, rdtype), entry_wide=False)
             alias = response.get_rrset(response.answer, name, dns.rdataclass.IN, dns.rdatatype.CNAME)
             if alias is not None:  # the answer to either question: the name is an alias
                 return [f"{item.target.to_text(omit_final_dot=True)} (CNAME)" for item in alias]

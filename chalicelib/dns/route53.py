@@ -32,6 +32,7 @@ from chalicelib.config_fields import Str, bounded, checked_by, invalid, show, st
 from chalicelib.dns.base import (
     ADDRESS_TYPES,
     DnsConfig,
+    DnsEntryRejected,
     DnsError,
     DnsPlugin,
     DnsRejected,
@@ -69,6 +70,13 @@ class Route53Settings(DnsSettings):
     timeout: DnsTimeout = 5.0
 
 
+ENTRY_REFUSALS = frozenset({
+    "NoSuchHostedZone", "AccessDenied", "AccessDeniedException", "InvalidClientTokenId",
+    "UnrecognizedClientException", "SignatureDoesNotMatch", "ExpiredToken", "ExpiredTokenException",
+})
+"""Route 53 refusals of every change of the entry (its hosted zone, the role's permissions or
+credentials), not of one change: DnsEntryRejected."""
+
 _LEADING_TYPES = frozenset({"A", "AAAA", "CNAME"})
 """Record types that make a name lead somewhere (a new VM's name must hold none of them)."""
 
@@ -103,7 +111,7 @@ class Route53Dns(DnsPlugin):
             )
         return self._client
 
-    def _call(self, what: str, method: str, answer_key: str, **arguments: Any) -> Any:
+    def _call(self, what: str, method: str, answer_key: str, entry_wide: bool = True, **arguments: Any) -> Any:
         """One API call; botocore's failures become typed DnsErrors naming ``what``: throttling,
         a server error, no answer, or one that is not Route 53's (an HTML page from a proxy or
         an outage, which botocore cannot parse or reads as an empty answer: ``answer_key``, what
@@ -128,7 +136,12 @@ class Route53Dns(DnsPlugin):
                 break
             self._sleep(backoff)
         # Throttling, PriorRequestNotComplete, a 5xx: aws_clients' classes, not "refused".
-        raise (DnsRejected if failure.metric_key == "refused" else DnsUnavailable)(str(failure)) from None
+        if failure.metric_key != "refused":
+            raise DnsUnavailable(str(failure)) from None
+        # A new name's lookup is never the entry's refusal (``entry_wide``): as dynamic-dns's, it
+        # stops no change of the pass (a role may lack ListResourceRecordSets alone).
+        entry_refused = entry_wide and failure.code in ENTRY_REFUSALS
+        raise (DnsEntryRejected if entry_refused else DnsRejected)(str(failure)) from None
 
     def _current(self, fqdn: str) -> list[dict[str, Any]]:
         """The name's A and AAAA record sets as Route 53 holds them (sorted by type: A first)."""
@@ -186,7 +199,7 @@ class Route53Dns(DnsPlugin):
         # One call lists the record sets at the name (sorted by name, then type): A, AAAA and
         # CNAME each lead users somewhere. 20 covers weighted or latency sets of one name.
         fqdn = self.fqdn(hostname)
-        listed = self._call(f"look up {fqdn}", "list_resource_record_sets", "ResourceRecordSets",
+        listed = self._call(f"look up {fqdn}", "list_resource_record_sets", "ResourceRecordSets", entry_wide=False,
                             HostedZoneId=self.zone_id, StartRecordName=fqdn, MaxItems="20")
         found: list[str] = []
         for record in listed.get("ResourceRecordSets", []):

@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 from chalicelib import observability as metric
 from chalicelib.clock import Clock
 from chalicelib.config import PoolConfig, ServiceConfig
-from chalicelib.dns.base import DnsError, DnsPlugin, DnsUnavailable
+from chalicelib.dns.base import DnsEntryRejected, DnsError, DnsPlugin, DnsUnavailable
 from chalicelib.manager import inventory_view
 from chalicelib.manager.placement import PLACEMENT_FIELD, describe, placed_pool, placement_of
 from chalicelib.observability import emit, logger
@@ -191,6 +191,9 @@ class PassContext:
     """Why this pass sends its DNS service nothing more (``dns_call``); None while it may."""
     dns_seconds: float = 0.0
     """Time this pass spent waiting on its DNS service."""
+    dns_refused: dict[str, DnsEntryRejected] = field(default_factory=dict)
+    """The ``:dns_configs:`` entries this pass sends nothing more (``dns_call``): the server
+    refused the entry as a whole (its key, its zone), with that refusal."""
     providers: ProviderLookup | None = None
     """The configured providers, for VMs made elsewhere (``reach``); None: only ``provider``."""
     dns_plugins: DnsLookup | None = None
@@ -363,22 +366,32 @@ class PassContext:
 
     # --- DNS records (manager/dns_records.py for the pending side) -----------------------------
 
-    def dns_call(self, what: str, call: Callable[[], T]) -> T:
-        """One call of the pool's DNS plugin, unless this pass already stopped calling it: the
-        DNS service did not answer (a paused or unreachable server: each call waits ``timeout``),
-        or it took ``DNS_SECONDS_PER_PASS`` of the pass (a slow one, each answer just in time).
-        Either costs a pass one wait, or that budget, not one wait per VM; the VMs it skips keep
-        the reason (a DnsUnavailable) and the next pass tries again."""
+    def dns_call(self, what: str, call: Callable[[], T], entry: str = "") -> T:
+        """One call of the pool's DNS plugin (of the ``:dns_configs:`` entry ``entry``), unless
+        this pass already stopped calling it: the DNS service did not answer (a paused or
+        unreachable server: each call waits ``timeout``), or it took ``DNS_SECONDS_PER_PASS`` of
+        the pass (a slow one, each answer just in time), or it refused ``entry`` as a whole (a
+        wrong or rotated key, a zone it does not serve: ``DnsEntryRejected``). Each costs a pass
+        one wait, that budget or one refused call, not one per VM; the VMs it skips keep the
+        reason (a DnsUnavailable, or the DnsEntryRejected) and the next pass tries again."""
         if self.dns_stopped is None and self.dns_seconds >= DNS_SECONDS_PER_PASS:
             self.dns_stopped = (f"the DNS service took {self.dns_seconds:.0f} s of this pass "
                                 f"(at most {DNS_SECONDS_PER_PASS:g} s a pass)")
         if self.dns_stopped is not None:
             raise DnsUnavailable(f"{what}: not sent, {self.dns_stopped}")
+        refusal = self.dns_refused.get(entry) if entry else None
+        if refusal is not None:
+            raise DnsEntryRejected(f"{what}: not sent, the DNS service refused the entry earlier in this pass "
+                                   f"({refusal})")
         started = self.clock.monotonic()
         try:
             return call()
         except DnsUnavailable as error:
             self.dns_stopped = f"the DNS service did not answer earlier in this pass ({error})"
+            raise
+        except DnsEntryRejected as error:
+            if entry:
+                self.dns_refused[entry] = error
             raise
         finally:
             self.dns_seconds += self.clock.monotonic() - started
@@ -395,7 +408,7 @@ class PassContext:
             return
         fqdn = str(record.raw["dns_name"])
         try:
-            self.dns_call(f"delete {fqdn}", lambda: plugin.delete(record.name, fqdn))
+            self.dns_call(f"delete {fqdn}", lambda: plugin.delete(record.name, fqdn), plugin.name)
         except DnsError as error:
             self.dns_failed(record.name, "record deletion", error)
             self.report.errors.append(f"DNS record of {record.name} not deleted: {error}")

@@ -31,7 +31,8 @@ the record it just created.
 A DNS failure never fails the pass: each is counted (``DnsFailures`` by reason) and logged, and
 the pass goes on with the next VM. Once the DNS service did not answer, or took
 ``DNS_SECONDS_PER_PASS`` of the pass, the pass sends it nothing more (``PassContext.dns_call``):
-a paused server costs one ``timeout`` a pass, a slow one that budget.
+a paused server costs one ``timeout`` a pass, a slow one that budget; once it refused an entry as
+a whole (its key, its zone), the pass sends that entry no change more: one refused update a pass.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def name_in_use(context: PassContext, hostname: str) -> str:
     if plugin is None or not plugin.checks_names:
         return ""
     try:
-        found = context.dns_call(f"look up {plugin.fqdn(hostname)}", lambda: plugin.addresses(hostname))
+        found = context.dns_call(f"look up {plugin.fqdn(hostname)}", lambda: plugin.addresses(hostname), plugin.name)
     except DnsError as error:
         context.dns_failed(hostname, "lookup", error)
         return ""
@@ -118,8 +119,12 @@ def _published_there(record: VMRecord, plugin: DnsPlugin, fqdn: str, noted: str)
 
 
 def _published_elsewhere(record: VMRecord, plugin: DnsPlugin, fqdn: str) -> bool:
-    """Whether the record (as read) notes a record under another name or by another entry."""
-    return record.raw.get("dns_name") not in (None, fqdn) or record.raw.get("dns_plugin") not in (None, plugin.name)
+    """Whether the record (as read) notes a record under another name or by another entry. Names
+    differing in case only are one DNS name (as dns_claim.lua compares them): a domain rewritten
+    in capitals moves no record."""
+    name = record.raw.get("dns_name")
+    return (name is not None and str(name).lower() != fqdn.lower()) \
+        or record.raw.get("dns_plugin") not in (None, plugin.name)
 
 
 def _publish(context: PassContext, plugin: DnsPlugin, hostname: str, addresses: Sequence[str], noted: str,
@@ -129,7 +134,8 @@ def _publish(context: PassContext, plugin: DnsPlugin, hostname: str, addresses: 
     next pass sends what it sees again). Returns why they are not published ("" when they are)."""
     fqdn = plugin.fqdn(hostname)
     try:
-        context.dns_call(f"create {fqdn}", lambda: plugin.create_or_replace(hostname, addresses, claim.published))
+        context.dns_call(f"create {fqdn}", lambda: plugin.create_or_replace(hostname, addresses, claim.published),
+                         plugin.name)
     except DnsError as error:
         context.dns_failed(hostname, "record creation", error)
         return f"DNS record not created: {error}"
@@ -299,7 +305,7 @@ def delete_left_records(context: PassContext) -> None:
             continue
         fqdn = str(record.raw["dns_name"])
         try:
-            context.dns_call(f"delete {fqdn}", functools.partial(plugin.delete, hostname, fqdn))
+            context.dns_call(f"delete {fqdn}", functools.partial(plugin.delete, hostname, fqdn), plugin.name)
         except DnsError as error:
             context.dns_failed(hostname, "record deletion", error)
             # To the back of the line: a record the DNS service keeps refusing to delete (its
@@ -313,4 +319,9 @@ def delete_left_records(context: PassContext) -> None:
         context.store.update_vm(hostname, dns_name=None, dns_plugin=None, dns_published=None, dns_error=None)
         forget.append(hostname)
     context.store.forget_dns_left(context.pool.name, forget)
+    if len(hostnames) == LEFT_RECORDS_PER_PASS and not failures:
+        # A full batch gone well: more are likely waiting, each a name leading to an address DHCP
+        # may give another machine. The pool is looked at again soon, not at the next tick (a
+        # batch a minute). A pass that met failures leaves the rest to the tick: no retry storm.
+        context.report.followups += 1
     context.checkpoint("dns_left_deleted")

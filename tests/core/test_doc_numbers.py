@@ -6,6 +6,7 @@ code reads is documented, as every one the docs name is read. A constant changed
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from pathlib import Path
 
@@ -15,7 +16,10 @@ from chalicelib.api import checkout, conditional, dashboard, http, summary, vm_t
 from chalicelib.config import ServiceConfig
 from chalicelib.sizing.settings import MAX_SIZE
 from chalicelib.store.pool_overrides import MAX_CLONE_TARGET, MAX_TEMPLATE
-from local import http_front, redis_server
+from infra import template
+from infra.sync_config import STAGES
+from local import http_front, redis_server, run
+from tests.support import doc_prose
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,15 +29,24 @@ def _default(name: str) -> object:
     return getattr(ServiceConfig, name)
 
 
-def _prose(name: str) -> str:
-    """A doc's text with its line breaks and indentation as single spaces, as a reader sees it."""
-    return re.sub(r"\s+", " ", (ROOT / name).read_text(encoding="utf-8"))
+_prose = doc_prose
 
 
 CLIENT_TIMEOUT = f"{http_front.CLIENT_TIMEOUT_SECONDS:g}"
 SHOWN_CHARACTERS = inspect.signature(http.shown).parameters["limit"].default
 
+_DASHBOARD_BODY = template.dashboard(STAGES["dev"])["Properties"]["DashboardBody"]["Fn::Sub"]
+ALARMS = len(template.alarms(STAGES["dev"]))
+WIDGETS = len(json.loads(_DASHBOARD_BODY)["widgets"])
+DASHBOARD_KB = f"{len(_DASHBOARD_BODY.encode()) / 1000:.1f}"
+"""The stack's alarms and dashboard as infra/template.py makes them (the same whatever the pools:
+tests/infra/test_scale.py); an alarm or a graph added moves these, and the docs must follow."""
+
 STATED: dict[str, list[str]] = {
+    "docs/deploy.md": [
+        (f"| alarms, dashboard | **{ALARMS}** alarms (none per pool); dashboard body **{DASHBOARD_KB} KB**, "
+         f"**{WIDGETS}** widgets"),
+    ],
     "docs/api.md": [
         f"**Bodies** over {http.MAX_BODY_BYTES // 1024} KiB",
         f"Request body too large (at most {http.MAX_BODY_BYTES} bytes)",
@@ -72,6 +85,8 @@ STATED: dict[str, list[str]] = {
         f"gets a 408 after {CLIENT_TIMEOUT} s (`VMPOOL_HTTP_CLIENT_TIMEOUT`)",
         f"a log over {redis_server.LOG_BYTES // 1_000_000} MB",
         f"VM count must be at most {checkout.MAX_COUNT}",
+        f"default one per core, at most {run.WORKERS_PER_CORE} a core",
+        f"default 4, at most {run.MAX_THREADS}",
     ],
 }
 

@@ -19,9 +19,10 @@ from moto_endpoint import moto_endpoint
 from packaged import ROOT, Package
 
 from chalicelib.api.conditional import COMPRESS_FROM_BYTES
+from chalicelib.api.http import JSON_HEADERS
 from chalicelib.config import canonical_json, from_canonical, parse
 from chalicelib.manager.pool_queue import MAX_DELAY_SECONDS
-from infra import lambda_sandbox, sync_config
+from infra import lambda_sandbox, stage_settings, sync_config
 from infra.sync_config import RESOURCE_FREE_ACTIONS, STAGES
 from infra.template import function_logical_id
 from local.redis_server import RedisServer
@@ -270,6 +271,39 @@ def test_unknown_routes_answer_404_ok_false(package: Package) -> None:
         assert responses[kind]["StatusCode"] == "404"
     for kind in ("MISSING_AUTHENTICATION_TOKEN", "RESOURCE_NOT_FOUND", "DEFAULT_4XX", "DEFAULT_5XX"):
         assert json.loads(responses[kind]["ResponseTemplates"]["application/json"]) == {"ok": False}
+
+
+def test_api_gateway_answers_of_its_own_carry_the_headers_of_ours(package: Package,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """API Gateway's own answers (an unknown route, its throttling's 429, a payload too large)
+    said only Content-Type: a browser or a proxy could keep them (no ``no-store``) and read them
+    as it liked (no ``nosniff``). They carry every JSON answer's headers now, in the template and
+    as stage_settings puts them on a Chalice-deployed stage."""
+    assert stage_settings.GATEWAY_RESPONSE_HEADERS == JSON_HEADERS
+    responses = package.resources["RestAPI"]["Properties"]["GatewayResponses"]
+    quoted = {name: f"'{value}'" for name, value in JSON_HEADERS.items()}
+    for kind in stage_settings.GATEWAY_RESPONSES:
+        assert responses[kind]["ResponseParameters"]["Headers"] == quoted, kind
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.responses: dict[str, dict[str, str]] = {}
+
+        def client(self, name: str) -> Recorder:
+            return self
+
+        def __getattr__(self, method: str) -> Any:
+            def call(**options: Any) -> None:
+                if method == "put_gateway_response":
+                    self.responses[options["responseType"]] = options["responseParameters"]
+            return call
+
+    recorder = Recorder()
+    stage = STAGES[package.stage]
+    monkeypatch.setattr(stage_settings, "deployed_resources", lambda _: {"rest_api": {"rest_api_id": "api"}})
+    stage_settings.name_the_api(recorder, stage)
+    assert recorder.responses == {kind: {f"gatewayresponse.header.{name}": value for name, value in quoted.items()}
+                                  for kind in stage_settings.GATEWAY_RESPONSES}
 
 
 def test_api_gateway_records_no_path_and_no_header_of_a_request(package: Package) -> None:

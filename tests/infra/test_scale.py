@@ -21,6 +21,7 @@ from chalicelib.config import MAX_POOLS
 from infra import deploy
 from infra import template as template_module
 from infra.sync_config import STAGES
+from tests.support import doc_prose
 
 MAX_RESOURCES = 500
 MAX_TEMPLATE_BYTES = 1_000_000  # through S3 (51,200 inline: deploy always uploads it)
@@ -100,7 +101,8 @@ def test_a_deploy_with_pools_added_or_removed_updates_the_functions_code_in_plac
     """``make deploy`` of the same code packaged with other pools (1,000, then 3,000: pools added;
     the other way, removed): after the SAM transform the same resources, none added or removed (so
     nothing is replaced or left behind), and only the three functions' code differs, which Lambda
-    updates in place. The SAM expansion is counted, not estimated: 58 resources, far from 500."""
+    updates in place. The SAM expansion is counted, not estimated: far from 500 resources (the
+    figure the docs give: ``test_the_docs_give_the_resources_counted``)."""
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")  # SAM builds ARNs in the deploy's region
     codes = {pools: packages[pools].template_path.with_name("deployment.zip").read_bytes() for pools in (1000, 3000)}
     assert codes[1000] != codes[3000]  # the zip carries the pools: a new code key
@@ -113,6 +115,23 @@ def test_a_deploy_with_pools_added_or_removed_updates_the_functions_code_in_plac
         assert after[name]["Properties"]["Code"] == {"S3Bucket": "my-deploy-bucket",
                                                      "S3Key": "vmpool/dev/code-3000.zip"}
     assert len(before) == deployed_resource_count(packages[1000].template) < MAX_RESOURCES
+
+
+def test_the_docs_give_the_resources_counted(package: Package, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README.md and docs/deploy.md state the stack's resources, in the template and after the SAM
+    transform (counted by samtranslator): an alarm, endpoint or rule added without its doc fails
+    here (the docs said 53 and 58 after a day that added an alarm and made them 54 and 59)."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    in_template = len(package.resources)
+    deployed = len(sam_expanded(package, "vmpool/dev/code.zip"))
+    assert deployed == deployed_resource_count(package.template)
+    deploy_doc = doc_prose("docs/deploy.md")
+    for sentence in (f"{deployed} resources after the SAM transform for 3, 100, 1,000, 3,000 or 10,000 pools",
+                     f"| resources | {in_template} in the template, **{deployed} after the SAM transform**",
+                     f"the same {deployed} resources, only the three functions' `Code` differs"):
+        assert sentence in deploy_doc, f"docs/deploy.md no longer says {sentence!r}"
+    sentence = f"three functions and {deployed} resources after the SAM transform"
+    assert sentence in doc_prose("README.md"), f"README.md no longer says {sentence!r}"
 
 
 MAX_RULES_PER_BUS = 300

@@ -55,6 +55,8 @@ class VcsimServer:
     """What a booted VM's first interface reports besides its IP (``guest.net``: launcher.start_vcsim)."""
     template_snapshot: str = ""
     """Non-empty: the template has a current snapshot of this name (linked clones link to it)."""
+    page_size: int = 0
+    """> 0: RetrievePropertiesEx answers hold at most this many objects, the rest by token."""
     log_path: Path | None = None
     """Where its output goes (default: ``cert_path`` with ``.log`` for a suffix), across restarts."""
     url: str = ""
@@ -69,7 +71,8 @@ class VcsimServer:
                 self.port, self.boot_delay, self.cert_path, datacenters=self.datacenters,
                 host_load_per_vm=self.host_load_per_vm, log_path=self.log_path,
                 clone_delay=self.clone_delay, method_delays=self.method_delays, session_idle=self.session_idle,
-                guest_addresses=self.guest_addresses, template_snapshot=self.template_snapshot)
+                guest_addresses=self.guest_addresses, template_snapshot=self.template_snapshot,
+                page_size=self.page_size)
         finally:
             self._port_hold.release()  # it listens on its port again (or did not start)
         self.port = urlparse(self.url).port or 0

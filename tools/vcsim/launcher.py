@@ -61,6 +61,7 @@ def start_vcsim(
     method_delays: Mapping[str, float] | None = None,
     session_idle: float = 0.0,
     template_snapshot: str = "",
+    page_size: int = 0,
     die_with_parent: bool = False,
     log_path: str | os.PathLike[str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
@@ -78,7 +79,8 @@ Tools gives an IPv6 one).
     meanwhile); ``method_delays`` slows SOAP methods by name (seconds, e.g.
     ``{"RetrievePropertiesEx": 2}``); ``session_idle`` > 0 expires sessions idle that long.
     ``template_snapshot``: each template has a current snapshot of that name (linked clones
-    then link to it).
+    then link to it). ``page_size`` > 0: a RetrievePropertiesEx answer holds at most that many
+    objects, the rest following by its token (ContinueRetrievePropertiesEx), as vCenter pages.
     ``die_with_parent``: SIGTERM it when the process that started it dies, even by SIGKILL
     (the local stack's simulator).
 
@@ -107,6 +109,7 @@ Tools gives an IPv6 one).
         "-clone-delay", f"{clone_delay}s",
         "-session-idle", f"{session_idle}s",
         "-template-snapshot", template_snapshot,
+        "-page-size", str(page_size),
         "-method-delay", ",".join(f"{name}={round(seconds * 1000)}" for name, seconds in (method_delays or {}).items()),
     ]
     if cert_path is not None:

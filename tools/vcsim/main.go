@@ -23,6 +23,10 @@
 // With -template-snapshot, each template has a snapshot of that name (its current one), taken
 // before it is made a template: linked clones from a snapshot are testable (govmomi 0.24 cannot
 // snapshot the template once it is wrapped by templateVM).
+// With -page-size N, a RetrievePropertiesEx answer holds at most N objects (fewer when the
+// caller's maxObjects says so) and the rest follow by its token (ContinueRetrievePropertiesEx,
+// CancelRetrievePropertiesEx), as vCenter pages big answers; govmomi 0.24 answers whole and has
+// neither method.
 // It prints "VCSIM_URL=<url>" once it is serving, then runs until killed.
 package main
 
@@ -282,6 +286,77 @@ func (*entityTasks) UpdateObject(mo.Reference, []types.PropertyChange) {}
 
 func (*entityTasks) RemoveObject(types.ManagedObjectReference) {}
 
+// pageSize caps the objects of each RetrievePropertiesEx answer (0: no cap but the caller's).
+var pageSize int
+
+// pagingCollector pages RetrievePropertiesEx answers (pageSize, the caller's maxObjects) and
+// serves the rest by token. Embedded by value, as templateVM; each session gets a zero copy of
+// it (the simulator makes one per session by reflection), so the pages live in pending.
+type pagingCollector struct{ simulator.PropertyCollector }
+
+// remainder is what a token still holds: the objects not yet answered and the page size.
+type remainder struct {
+	objects []types.ObjectContent
+	limit   int
+}
+
+var pending = struct {
+	sync.Mutex
+	next int
+	rest map[string]remainder
+}{rest: map[string]remainder{}}
+
+func (pc *pagingCollector) RetrievePropertiesEx(ctx *simulator.Context, r *types.RetrievePropertiesEx) soap.HasFault {
+	res := pc.PropertyCollector.RetrievePropertiesEx(ctx, r)
+	body, ok := res.(*methods.RetrievePropertiesExBody)
+	if !ok || body.Res == nil || body.Res.Returnval == nil {
+		return res
+	}
+	limit := pageSize
+	if asked := int(r.Options.MaxObjects); asked > 0 && (limit == 0 || asked < limit) {
+		limit = asked
+	}
+	body.Res.Returnval = page(body.Res.Returnval.Objects, limit)
+	return body
+}
+
+// page is the first limit objects, with a token for the rest when there is a rest.
+func page(objects []types.ObjectContent, limit int) *types.RetrieveResult {
+	if limit <= 0 || len(objects) <= limit {
+		return &types.RetrieveResult{Objects: objects}
+	}
+	pending.Lock()
+	defer pending.Unlock()
+	pending.next++
+	token := "page-" + strconv.Itoa(pending.next)
+	pending.rest[token] = remainder{objects: objects[limit:], limit: limit}
+	return &types.RetrieveResult{Objects: objects[:limit], Token: token}
+}
+
+func takeRemainder(token string) (remainder, bool) {
+	pending.Lock()
+	defer pending.Unlock()
+	rest, ok := pending.rest[token]
+	delete(pending.rest, token)
+	return rest, ok
+}
+
+func (pc *pagingCollector) ContinueRetrievePropertiesEx(ctx *simulator.Context, r *types.ContinueRetrievePropertiesEx) soap.HasFault {
+	body := &methods.ContinueRetrievePropertiesExBody{}
+	rest, ok := takeRemainder(r.Token)
+	if !ok {
+		body.Fault_ = simulator.Fault("unknown or used token", &types.InvalidArgument{InvalidProperty: "token"})
+		return body
+	}
+	body.Res = &types.ContinueRetrievePropertiesExResponse{Returnval: *page(rest.objects, rest.limit)}
+	return body
+}
+
+func (pc *pagingCollector) CancelRetrievePropertiesEx(ctx *simulator.Context, r *types.CancelRetrievePropertiesEx) soap.HasFault {
+	takeRemainder(r.Token)
+	return &methods.CancelRetrievePropertiesExBody{Res: new(types.CancelRetrievePropertiesExResponse)}
+}
+
 // methodDelays parses "Method=ms,Method=ms" into the simulator's per-method delays.
 func methodDelays(spec string) map[string]int {
 	delays := map[string]int{}
@@ -510,6 +585,7 @@ func main() {
 	flag.DurationVar(&cloneDelay, "clone-delay", 0, "how long each clone task runs before it ends")
 	delays := flag.String("method-delay", "", "comma-separated Method=milliseconds delays of SOAP methods")
 	sessionIdle := flag.Duration("session-idle", 0, "idle time after which a session expires (0: never)")
+	flag.IntVar(&pageSize, "page-size", 0, "most objects in one RetrievePropertiesEx answer, the rest by token (0: all)")
 	flag.Parse()
 	simulator.SessionIdleTimeout = *sessionIdle
 
@@ -527,6 +603,9 @@ func main() {
 	setup(context.Background(), server.URL, *template, *templateSnapshot, strings.Split(*folders, ","))
 	model.DelayConfig.MethodDelay = methodDelays(*delays) // after setup: it is not slowed down
 	simulator.Map.AddHandler(&entityTasks{})
+	collectorRef := types.ManagedObjectReference{Type: "PropertyCollector", Value: "propertyCollector"}
+	collector := simulator.Map.Get(collectorRef).(*simulator.PropertyCollector)
+	simulator.Map.Put(&pagingCollector{*collector}) //nolint:govet // copying is fine: the Map entry is replaced
 	var addresses []string
 	if *guestAddresses != "" {
 		addresses = strings.Split(*guestAddresses, ",")

@@ -12,7 +12,10 @@ cached connection, so the next call starts afresh instead of hanging on a dead s
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import http.client
+import secrets
 import socket
 import ssl
 import threading
@@ -27,7 +30,7 @@ from pyVmomi import SoapStubAdapter, VmomiSupport, vim, vmodl
 from chalicelib.auth.secrets import plain_secret
 from chalicelib.config import ProviderConfig, ServiceConfig
 from chalicelib.logs import module_logger
-from chalicelib.providers.base import ProviderError
+from chalicelib.providers.base import AnswerLost, ProviderError
 from chalicelib.providers.failures import FailureKind
 from chalicelib.providers.vsphere.config import split_host_port, vsphere_settings
 
@@ -36,6 +39,23 @@ log = module_logger(__name__)
 SESSION_CHECK_AFTER_IDLE_SECONDS = 300.0
 """A session unused for this long is checked before use (vCenter's default idle expiry is 30
 minutes; checking every call would double the calls of a pass)."""
+
+LOGIN_RETRY_SECONDS = 300.0
+"""How long a process does not try a password vCenter refused again (as the same user): a wrong
+password, or one rotated in the directory but not in the config, locks the service account out
+after a few refusals (vCenter SSO's default: 5 within 180 s, locked for 300 s; Active Directory
+alike), and every pass of every pool tried it once more. A changed password is tried at once."""
+
+def starts_work(method: str) -> bool:
+    """Whether a SOAP method starts work vCenter goes on with after answering: a task (every
+    ``*_Task`` method: clone, reconfigure, snapshot, power, destroy, relocate) or its cancel. An
+    operation that sent one is not run again after a re-login (``Connection.run``): the task's
+    effect may not show yet, and the operation would start it again. Synchronous changes
+    (MarkAsTemplate, MarkAsVirtualMachine, CreateFolder) are done when answered, so the operation
+    run again sees them and does not make them again (template preparation reads the template's
+    state first, ``inventory.ensure_folder`` finds the folder)."""
+    return method.endswith("_Task") or method == "CancelTask"
+
 
 T = TypeVar("T")
 
@@ -171,6 +191,8 @@ class Connection:
         self.last_used = 0.0
         self.cache: dict[str, Any] = {}
         """Session-scoped lookups (container views per folder, host names, datacenter)."""
+        self.changed: str | None = None
+        """The last method vCenter accepted during the current ``run`` that ``starts_work``."""
 
     # -- establishing ------------------------------------------------------------------------
 
@@ -199,9 +221,12 @@ class Connection:
         )
         original = stub.InvokeMethod
 
-        def counted(*args: Any, **kwargs: Any) -> Any:
+        def counted(mo: Any, info: Any, *args: Any, **kwargs: Any) -> Any:
             self._count()
-            return original(*args, **kwargs)
+            result = original(mo, info, *args, **kwargs)
+            if starts_work(info.wsdlName):
+                self.changed = info.wsdlName
+            return result
 
         # Every method call and property read of every object made from this stub ends here.
         stub.InvokeMethod = counted  # type: ignore[method-assign]  # deliberate: this stub's calls only
@@ -250,13 +275,18 @@ class Connection:
         return "vim.version.version11"  # vSphere 6.5: the oldest vCenter vmpooler supports
 
     def login(self) -> None:
+        """Log in with the endpoint's password, unless vCenter refused that password to this
+        process less than LOGIN_RETRY_SECONDS ago (``hold_refused_login``)."""
+        hold_refused_login(self.endpoint)
         try:
             self.content.sessionManager.Login(self.endpoint.username, self.endpoint.password, None)
         except vim.fault.InvalidLogin:
+            _refused_logins[self.endpoint.key] = (time.monotonic(), _fingerprint(self.endpoint))
             raise ProviderError(
                 f"vCenter at {self.endpoint.address} refused the login of {self.endpoint.username}",
                 FailureKind.PERMISSION,
             ) from None
+        _refused_logins.pop(self.endpoint.key, None)
         self.cache.clear()  # views and other session objects died with the old session
         self.last_used = time.monotonic()
 
@@ -292,13 +322,25 @@ class Connection:
 
     def run(self, operation: Callable[["Connection"], T]) -> T:
         """Run ``operation``; when vCenter says the session is gone, log in and run it once more
-        (NotAuthenticated means vCenter did nothing, so running it again is safe)."""
+        (NotAuthenticated means vCenter did nothing with that call, so running it again is safe)
+        unless an earlier call of the operation started a task (``starts_work``: a clone, a disk,
+        a snapshot): then AnswerLost, as when that call's answer is lost. Before, a
+        session ended between starting a task and reading its queue time (an admin terminating
+        the service account's sessions, say) had the operation run again whole: the task was
+        started twice (a second disk on the user's VM, a second snapshot, a second clone of a
+        name, whose task then failed and took the first clone's VM with it)."""
         self.ensure_session()
+        self.changed = None
         try:
             result = operation(self)
         except vim.fault.NotAuthenticated:
+            changed, self.changed = self.changed, None
             log.info("vCenter session at %s was ended; logging in again", self.endpoint.address)
             self.login()
+            if changed is not None:
+                raise AnswerLost(
+                    f"vCenter at {self.endpoint.address} ended the session after {changed} was sent, before its "
+                    f"answer was read: not sent again (vCenter may have done it)", FailureKind.CONNECTION) from None
             result = operation(self)
         self.last_used = time.monotonic()
         return result
@@ -312,7 +354,32 @@ _dropped_sessions: dict[tuple[str, int, str], str] = {}
 _calls: dict[tuple[str, int, str], int] = {}
 _unreachable: dict[tuple[str, int, str], tuple[float, ProviderError]] = {}
 """The last failure to reach each vCenter (or a call timing out), and when it ended (monotonic)."""
+_refused_logins: dict[tuple[str, int, str], tuple[float, bytes]] = {}
+"""When vCenter last refused each (host, port, user) a login, and a keyed digest of the password
+it refused (never the password: the digest's key lives and dies with the process)."""
+_FINGERPRINT_KEY = secrets.token_bytes(32)
 _lock = threading.RLock()
+
+
+def _fingerprint(endpoint: Endpoint) -> bytes:
+    return hmac.new(_FINGERPRINT_KEY, endpoint.password.encode(), hashlib.sha256).digest()
+
+
+def hold_refused_login(endpoint: Endpoint) -> None:
+    """Raise the PERMISSION failure vCenter gave, without asking it again, when it refused this
+    endpoint's password (same user, same password) less than LOGIN_RETRY_SECONDS ago. Before,
+    each pass of each pool sent the refused password once more (ten pools, one pass each: ten
+    refusals in a second), and vCenter or the directory behind it locked the account out, for
+    this deployment and for anything else using it, until well after the password was fixed."""
+    refused = _refused_logins.get(endpoint.key)
+    if refused is None or not hmac.compare_digest(refused[1], _fingerprint(endpoint)):
+        return
+    ago = time.monotonic() - refused[0]
+    if ago < LOGIN_RETRY_SECONDS:
+        raise ProviderError(
+            f"vCenter at {endpoint.address} refused the login of {endpoint.username} {ago:.0f} s ago: the same "
+            f"password is not tried again for {LOGIN_RETRY_SECONDS:.0f} s (repeated refusals lock the account out); "
+            f"a changed password is tried at once", FailureKind.PERMISSION)
 
 
 def call_count(endpoint: Endpoint) -> int:
@@ -344,11 +411,13 @@ def forget_server(host: str, port: int) -> None:
     """Forget every cached connection, kept session and recent failure for ``host:port``, whoever
     logged in: the server there is a new one (its sockets and sessions are not those cached)."""
     with _lock:
-        keys = [key for key in (*_connections, *_dropped_sessions, *_unreachable) if key[:2] == (host, port)]
+        keys = [key for key in (*_connections, *_dropped_sessions, *_unreachable, *_refused_logins)
+                if key[:2] == (host, port)]
         stale = [_connections.pop(key) for key in keys if key in _connections]
         for key in keys:
             _dropped_sessions.pop(key, None)
             _unreachable.pop(key, None)
+            _refused_logins.pop(key, None)
     for connection in stale:
         connection.close()
 
@@ -373,6 +442,7 @@ def _open(endpoint: Endpoint) -> Connection:
         # The newest settings win, so a rotated password is used at the next re-login.
         connection.endpoint = endpoint
         return connection
+    hold_refused_login(endpoint)  # no socket, no session for a password vCenter just refused
     connection = Connection(endpoint, _counter(endpoint.key))
     try:
         connection.open(_dropped_sessions.pop(endpoint.key, None))
@@ -419,7 +489,8 @@ def with_connection(endpoint: Endpoint, operation: Callable[[Connection], T], wh
                 return _open(endpoint).run(operation)
         except ProviderError as error:
             scrubbed = error.reworded(scrub(str(error), endpoint))
-            if error.kind in (FailureKind.CONNECTION, FailureKind.TIMEOUT):  # from open(): not reached
+            if error.kind in (FailureKind.CONNECTION, FailureKind.TIMEOUT) and not isinstance(error, AnswerLost):
+                # from open(): not reached (an AnswerLost of run: reached, the session ended)
                 _unreachable[endpoint.key] = (time.monotonic(), scrubbed)
             raise scrubbed from None
         except vmodl.MethodFault as fault:

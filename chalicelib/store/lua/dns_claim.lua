@@ -8,8 +8,8 @@
 -- dns/base.py's address_text notes them: one, or the IPv4 and the IPv6 one).
 -- The name and the entry are noted on a record that has none (before the record exists in DNS, so
 -- it is never forgotten), with the domain (GET /vm's fqdn: the name published). A record published
--- under another name or by another entry (the pool's dns_plugin or the entry's domain changed) is
--- not claimed: its former record goes first (dns_forget.lua).
+-- under another name (case aside) or by another entry (the pool's dns_plugin or the entry's domain
+-- changed) is not claimed: its former record goes first (dns_forget.lua).
 -- Returns, for each record whose addresses are not the ones published under that name by that
 -- entry (a steady pass gets an empty reply), its index in KEYS, the version claimed (> 0), -1 when
 -- not claimed (no record, not in service, or a later look already claimed) or -2 when published
@@ -20,7 +20,8 @@ local results = {}
 for index, vm_key in ipairs(KEYS) do
   local fqdn, address = ARGV[2 + 2 * index], ARGV[3 + 2 * index]
   local published, name, plugin = unpack(redis.call('HMGET', vm_key, 'dns_published', 'dns_name', 'dns_plugin'))
-  local elsewhere = name and (name ~= fqdn or (plugin and plugin ~= entry))
+  -- DNS names ignore case: a domain rewritten in capitals is the same name, no move.
+  local elsewhere = name and (string.lower(name) ~= string.lower(fqdn) or (plugin and plugin ~= entry))
   local result = 0
   if published ~= address or elsewhere then  -- a steady pass reads three fields of each record
     local state, last_seen = unpack(redis.call('HMGET', vm_key, 'state', 'dns_seen'))

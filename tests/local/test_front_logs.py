@@ -1,0 +1,161 @@
+"""The local HTTP front's own log lines: JSON like the app's, and a client sending garbage makes a
+bounded number of them (``local.front_logs``), however many requests it sends."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import socket
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from gunicorn.config import Config
+
+from local.front_logs import BoundedWarning, JsonLogger
+from tests.local.stack import call, local_stack, wait_for
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Timers:
+    """A fake ``call_later``: remembers what is due when, runs it when the test says."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.due: list[tuple[float, Callable[[], None]]] = []
+
+    def call_later(self, delay: float, function: Callable[[], None]) -> None:
+        self.due.append((self.clock.now + delay, function))
+
+    def run_due(self) -> None:
+        ready = [entry for entry in self.due if entry[0] <= self.clock.now]
+        self.due = [entry for entry in self.due if entry[0] > self.clock.now]
+        for _, function in ready:
+            function()
+
+
+@pytest.fixture
+def records() -> Any:
+    log = logging.getLogger("tests.front_logs")
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    caught: list[logging.LogRecord] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            caught.append(record)
+
+    handler = Catch()
+    log.addHandler(handler)
+    yield log, caught
+    log.removeHandler(handler)
+
+
+def test_a_flood_is_one_line_at_once_and_one_count_when_its_window_ends(records: Any) -> None:
+    log, caught = records
+    clock = FakeClock()
+    timers = Timers(clock)
+    warning = BoundedWarning(log, "invalid HTTP request received", window=60, clock=clock)
+    for number in range(10_000):
+        clock.now += 0.001
+        warning.note(timers.call_later, client="127.0.0.1", reason=f"garbage {number}")
+    assert [(record.count, record.reason) for record in caught] == [(1, "garbage 0")]
+    assert len(timers.due) == 1, "one summary scheduled, not one per request"
+    clock.now += 49
+    timers.run_due()
+    assert len(caught) == 1, "nothing more before the window ends"
+    clock.now += 2
+    timers.run_due()
+    assert len(caught) == 2
+    assert caught[1].count == 9_999 and caught[1].seconds == 61.0  # the window began with the first
+    assert caught[1].getMessage() == "invalid HTTP request received"
+
+
+def test_a_steady_flood_is_a_line_per_window_and_every_request_is_counted(records: Any) -> None:
+    log, caught = records
+    clock = FakeClock()
+    timers = Timers(clock)
+    warning = BoundedWarning(log, "bad", window=10, clock=clock)
+    sent = 0
+    for _ in range(100 * 100):  # 100 s at 100 a second
+        clock.now += 0.01
+        timers.run_due()
+        warning.note(timers.call_later)
+        sent += 1
+    warning.flush()  # the worker stops
+    assert len(caught) <= 100 / 10 + 2
+    assert sum(record.count for record in caught) == sent
+
+
+def test_after_a_quiet_window_the_next_one_is_said_at_once_with_its_details(records: Any) -> None:
+    log, caught = records
+    clock = FakeClock()
+    timers = Timers(clock)
+    warning = BoundedWarning(log, "bad", window=10, clock=clock)
+    warning.note(timers.call_later, reason="first")
+    warning.note(timers.call_later, reason="second")
+    clock.now += 10
+    timers.run_due()
+    clock.now += 30  # quiet
+    warning.note(timers.call_later, reason="third")
+    assert [(record.count, getattr(record, "reason", None)) for record in caught] == [
+        (1, "first"), (1, None), (1, "third")]
+    warning.flush()  # nothing unsaid: no line
+    assert len(caught) == 3
+
+
+def test_gunicorns_error_log_is_json_with_the_apps_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    config = Config()
+    config.set("errorlog", "-")
+    config.set("loglevel", "warning")
+    JsonLogger(config).critical("WORKER TIMEOUT (pid:%s)", 42)
+    line = json.loads(stream.getvalue())
+    assert line["message"] == "WORKER TIMEOUT (pid:42)"
+    assert line["level"] == "CRITICAL" and line["service"] == "vmpool" and line["logger"] == "gunicorn.error"
+    assert "timestamp" in line and line["process"].isdigit()
+
+
+POOL = "flood"
+CONFIG = (
+    "config: {domain: example.com, check_loop_delay_min: 0.1}\n"
+    "providers:\n  dummy: {provider_class: dummy, createvm_max_time: 0, boot_time: 0, destroyvm_max_time: 0}\n"
+    f"pools:\n  - {{name: {POOL}, size: 1, provider: dummy}}\n"
+)
+GARBAGE = (b"GARBAGE\x00 / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nBad\x01Field: 1\r\n\r\n",
+           b"GET / HTTP/9.Z\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+"""Requests llhttp cannot parse: a bad method, a control character in a field name, a bad
+version, a TLS ClientHello sent to the plain-HTTP port."""
+FLOOD = 1200
+WORKERS = 2
+
+
+def test_a_flood_of_malformed_requests_writes_a_bounded_number_of_json_lines(tmp_path: Path) -> None:
+    with local_stack(tmp_path, CONFIG, workers=WORKERS, interval=1) as stack:
+        wait_for(lambda: call("GET", f"{stack.api}/status")[0] == 200, 30, "the stack to serve")
+        for number in range(FLOOD):
+            with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as connection:
+                connection.sendall(GARBAGE[number % len(GARBAGE)])
+                answer = b""
+                while chunk := connection.recv(65536):
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    lines = [line for line in stack.log().splitlines() if not line.startswith("vmpool: ")]
+    records = [json.loads(line) for line in lines]  # every line JSON: no plain-text line left
+    invalid = [record for record in records if record["message"] == "invalid HTTP request received"]
+    # The first of each worker at once, and each worker's count when it stopped: 2 per worker
+    # (plus a line per worker for each minute the flood went on, which it does not here).
+    assert len(invalid) <= 2 * WORKERS, invalid
+    assert sum(record["count"] for record in invalid) == FLOOD, "each malformed request counted once"
+    assert {record["reason"] for record in invalid if "reason" in record} <= {
+        "Invalid method encountered", "Invalid header token", "Invalid HTTP version", "Invalid character in header"}
+    assert len(lines) <= 2 * WORKERS + 2 * WORKERS, lines  # and gunicorn's line per worker stopped
