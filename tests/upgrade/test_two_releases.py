@@ -11,6 +11,7 @@ Skipped when the previous release's commit is not in the repository (a shallow c
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,8 @@ from tests.harness import Harness, HarnessFactory, assert_consistent, basic
 PREVIOUS = "0544acb"
 """The release before this one (docs/deploy.md, "Upgrade and rollback")."""
 
+ANSWER_SECONDS = 60
+"""The longest the previous release's process may take to answer one command (a hang fails the test)."""
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("release_driver.py")
 
@@ -70,22 +73,29 @@ CONFIG = """
 """
 POOLS = ("debian-12", "win-2022")
 
+pytestmark = pytest.mark.slow
+
 
 class Release:
     """The previous release: its API and passes, in a process running its own checkout."""
 
-    def __init__(self, root: Path, port: int, config_path: Path, harness: Harness) -> None:
+    def __init__(self, root: Path, port: int, config_path: Path, harness: Harness, log_path: Path) -> None:
         self.harness = harness  # for the shared fake clock
-        self.process = subprocess.Popen([sys.executable, str(DRIVER), str(root), str(port), str(config_path)],
-                                        cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, text=True)
+        self.log_path = log_path
+        """Its logs (and a traceback should it die)."""
+        with log_path.open("w") as log:
+            self.process = subprocess.Popen([sys.executable, str(DRIVER), str(root), str(port), str(config_path)],
+                                            cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                            text=True)
 
     def _send(self, command: dict[str, Any]) -> dict[str, Any]:
         assert self.process.stdin is not None and self.process.stdout is not None
         self.process.stdin.write(json.dumps({"now": self.harness.clock.now(), **command}) + "\n")
         self.process.stdin.flush()
+        ready, _, _ = select.select([self.process.stdout], [], [], ANSWER_SECONDS)
+        assert ready, f"the previous release did not answer {command['op']} in {ANSWER_SECONDS} s"
         line = self.process.stdout.readline()
-        assert line, "the previous release's process died"
+        assert line, f"the previous release's process died: {self.log_path.read_text()[-2000:]}"
         answer: dict[str, Any] = json.loads(line)
         assert "crash" not in answer, answer.get("trace")
         return answer
@@ -104,7 +114,11 @@ class Release:
     def close(self) -> None:
         assert self.process.stdin is not None
         self.process.stdin.close()
-        self.process.wait(timeout=30)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 class Current:
@@ -174,7 +188,7 @@ def deploy(make_harness: HarnessFactory, redis_server: RedisServer, previous_che
     config_path = tmp_path / "vmpool.yaml"
     config_path.write_text(CONFIG)
     harness = make_harness(config_module.parse(CONFIG))
-    old = Release(previous_checkout, redis_server.port, config_path, harness)
+    old = Release(previous_checkout, redis_server.port, config_path, harness, tmp_path / "previous.log")
     try:
         yield Deploy(Current(harness), old)
     finally:
