@@ -44,13 +44,23 @@ def parse_count(count: Any, most: int | None = MAX_COUNT) -> int:
     if count is None:
         raise bad_request("VM count is required")
     number = whole_number(count)
-    if number is None:
+    if number is None and not _negative_integer(count):
         raise bad_request("VM count must be a valid integer")
-    if number < 1:
+    if number is None or number < 1:
         raise bad_request("VM count must be at least 1")
     if most is not None and number > most:
         raise bad_request(f"VM count must be at most {most}")
     return number
+
+
+def _negative_integer(count: Any) -> bool:
+    """Whether ``count`` is a negative whole number, a JSON integer or ``-`` and ASCII digits:
+    an integer, too small (vmpooler, whose pattern has no sign, calls it no valid integer)."""
+    if isinstance(count, bool):
+        return False
+    if isinstance(count, int):
+        return count < 0
+    return isinstance(count, str) and count.startswith("-") and count[1:].isascii() and count[1:].isdigit()
 
 
 def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int]) -> ApiResponse:

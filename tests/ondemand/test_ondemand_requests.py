@@ -207,8 +207,11 @@ def test_hostile_bodies_are_refused_with_the_documented_status_and_leave_nothing
     assert stack.answer("POST", "/api/v3/ondemandvm", {f"pool-{n}": 1 for n in range(10_000)}) == too_large
     assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1, "request_id": "r" * 1_000_000}) == too_large
     bad_count = {"ok": False, "error": "VM count must be a valid integer"}
-    for count in (-1, 1.5, "two", True, [1], {"n": 1}, "1e3", " 1"):
+    for count in (1.5, "two", True, [1], {"n": 1}, "1e3", " 1", "-"):
         assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": count}) == (400, bad_count), count
+    too_few = {"ok": False, "error": "VM count must be at least 1"}  # before, -1 was no "valid integer"
+    for count in (0, "0", -1, "-1", -10**40):
+        assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": count}) == (400, too_few), count
     # A count of 31 digits in the body, or 10,000 mentions in the path: over the request's maximum.
     too_many = (403, {"ok": False, "message": "requested amount of instances exceeds the maximum 5"})
     assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 10**30}) == too_many
