@@ -84,7 +84,9 @@ WORDS = {"vm", "pool", "cloning", "pools", "counted", "running", "rebuild", "cha
          "vmtasks", "holdings", "holders", "ratelimit", "clients", "shared", "token", "tokens", "ttl", "user",
          "dircheck", "login", "addr", "in_flight", "migrating", "templates", "prepared", "preparing", "history",
          "demand", "sizing", "state", "dummy", "folder", "task", "purge", "template", "global_per_ip",
-         "authenticated", "vm_creation", "vm_deletion", *("pending", "ready", "completed", "discovered")}
+         "authenticated", "vm_creation", "vm_deletion", *("pending", "ready", "completed", "discovered"),
+         "attempt", "destroyed", "feed_cache", "held", "names", "pair", "reading", "ready_fence", "settled",
+         "started", "token_times", "waiting"}
 """The fixed parts of keys.py's names: any other part is a name, hash or number (``*``)."""
 CONFIG_BOUNDED = {"pools:known", "lastboot", "changes", "config_generation", "pools:known:config", "holders",
                   "running", "running:counted", "cloning", "cloning:pools", "cloning:pools:counted",
@@ -97,7 +99,8 @@ CONFIG_BOUNDED = {"pools:known", "lastboot", "changes", "config_generation", "po
                   "ratelimit:*:clients",
                   "login:user:counted", "login:addr:counted", "vmtasks:pool:*",
                   # bounded per caller by the config (docs/reliability.md, identity audit):
-                  "token:*", "user:*:tokens"}
+                  "token:*", "user:*:tokens", "user:*:token_times",
+                  "started", "names:known:dummy"}  # per provider (this one's name is a fixed word too)
 """Families that may hold keys without an expiry: one per service, per pool or per provider, or (the
 tokens: no token_ttl configured) bounded by max_tokens_per_user."""
 
