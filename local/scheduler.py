@@ -40,7 +40,7 @@ from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable
 from chalicelib.store.fleet import Fleet
 from chalicelib.store.keys import template_lease_name
-from chalicelib.store.leases import LeaseHolder, lease_holder
+from chalicelib.store.leases import LeaseHolder, lease_holder, process_start
 from local.processes import process_alive
 
 WORKERS = 8
@@ -122,6 +122,18 @@ class LocalQueue:
             return len(self._due)
 
 
+def holder_gone(holder: LeaseHolder) -> bool:
+    """Whether the process a lease or task names is a process of this machine that is gone: its
+    pid runs nothing, or (a label naming which process it was) another process, as after a
+    reboot, when the dead stack's pids are handed out again (before, such a lease counted as
+    held by a live process and the restarted stack waited out its minute)."""
+    if holder.host != socket.gethostname():
+        return False
+    if not process_alive(holder.pid):
+        return True
+    return holder.start is not None and process_start(holder.pid) != holder.start
+
+
 class LocalScheduler:
     def __init__(self, services: Services, interval_seconds: float = 10.0, budget_seconds: float = 30.0) -> None:
         self.services = services
@@ -152,38 +164,35 @@ class LocalScheduler:
 
     def release_what_the_dead_left(self) -> list[str]:
         """Release the pool and template leases held by a process of this machine that is no
-        longer alive (this stack's predecessor on its Redis, SIGKILLed mid-pass), clear every
+        longer alive (``holder_gone``: this stack's predecessor on its Redis, SIGKILLed mid-pass or
+        before a reboot), clear every
         pool's follow-up marker (the follow-ups were in that process's queue), mark the disk and
         snapshot tasks such a process took but never noted started (judged seconds later), give
         up the clones (for the pools or for on-demand requests) it reserved and the migrations it
         took a slot for but never started; return the leases released.
         A lease or task of a live process, or of another machine, is left to its timeout."""
-        store, fleet, host = self.services.store, Fleet(self.services.store), socket.gethostname()
-
-        def gone(holder: LeaseHolder) -> bool:
-            return holder.host == host and not process_alive(holder.pid)
-
+        store, fleet = self.services.store, Fleet(self.services.store)
         pools = sorted({*self.services.config.pool_names, *fleet.names()})
         templates = {template_lease_name(pool.provider, pool.template)
                      for pool in self.services.pools() if pool.template}
         released = []
         for name, token in store.lease_tokens([*pools, *sorted(templates)]).items():
             holder = lease_holder(token)
-            if holder is not None and gone(holder):
+            if holder is not None and holder_gone(holder):
                 store.release_lease(name, token)
                 released.append(name)
         fleet.followups_lost(pools)
         if released:
             logger.info("released the leases of a stopped scheduler", extra={"leases": released})
-        unstarted = mark_unstarted(store, pools, gone)
+        unstarted = mark_unstarted(store, pools, holder_gone)
         if unstarted:
             logger.info("disk and snapshot tasks a stopped scheduler took but never noted started are judged soon",
                         extra={"vms": unstarted})
-        abandoned = abandon_unstarted_clones(store, pools, gone)
+        abandoned = abandon_unstarted_clones(store, pools, holder_gone)
         if abandoned:
             logger.info("clones a stopped scheduler reserved but never started are given up",
                         extra={"vms": abandoned})
-        moves = abandon_unstarted_migrations(store, pools, gone)
+        moves = abandon_unstarted_migrations(store, pools, holder_gone)
         if moves:
             logger.info("migrations a stopped scheduler took a slot for but never started are given up",
                         extra={"vms": moves})

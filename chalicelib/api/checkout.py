@@ -44,13 +44,23 @@ def parse_count(count: Any, most: int | None = MAX_COUNT) -> int:
     if count is None:
         raise bad_request("VM count is required")
     number = whole_number(count)
-    if number is None:
+    if number is None and not _negative_integer(count):
         raise bad_request("VM count must be a valid integer")
-    if number < 1:
+    if number is None or number < 1:
         raise bad_request("VM count must be at least 1")
     if most is not None and number > most:
         raise bad_request(f"VM count must be at most {most}")
     return number
+
+
+def _negative_integer(count: Any) -> bool:
+    """Whether ``count`` is a negative whole number, a JSON integer or ``-`` and ASCII digits:
+    an integer, too small (vmpooler, whose pattern has no sign, calls it no valid integer)."""
+    if isinstance(count, bool):
+        return False
+    if isinstance(count, int):
+        return count < 0
+    return isinstance(count, str) and count.startswith("-") and count[1:].isascii() and count[1:].isdigit()
 
 
 def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int]) -> ApiResponse:
@@ -147,10 +157,10 @@ def hostnames_by_name(
 
 def open_request(
     services: Services, request: ApiRequest, wanted: Mapping[str, int], request_id: str | None,
-    caller: Caller | None,
+    caller: Caller | None, quota_key: str = "message",
 ) -> str:
-    """Record the request (409 when its id is taken, 429 over a quota) and wake the pools that
-    build it."""
+    """Record the request (409 when its id is taken, 403 or 503 over a quota, its message under
+    ``quota_key``) and wake the pools that build it."""
     config = services.config.service
     # An alias is built in one of its pools, chosen by backend_weight or at random (vmpooler chooses for
     # each VM; here each name of a request is one entry: docs/api.md, "On-demand").
@@ -167,7 +177,7 @@ def open_request(
             caller.token_key if caller else "",
         )
     except QuotaExceeded as exceeded:
-        raise quota_error(services, exceeded, key="message") from None
+        raise quota_error(services, exceeded, key=quota_key) from None
     if not created:
         raise ApiError(409, {"message": f"request_id '{request_id}' has already been created",
                              "request_id": request_id})
@@ -204,5 +214,6 @@ def fallback_checkout(
         return None
     if sum(wanted.values()) > services.config.service.max_ondemand_instances_per_request:
         return None
-    request_id = open_request(services, request, wanted, None, caller)
+    # A POST /vm: its quota refusals read as the checkout's own (``error``).
+    request_id = open_request(services, request, wanted, None, caller, quota_key="error")
     return ApiResponse(202, {"ok": True, "request_id": request_id, "ready": False})

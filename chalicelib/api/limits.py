@@ -48,8 +48,9 @@ def quota(services: Services, request: ApiRequest, caller: Caller | None) -> Quo
 
 def quota_error(services: Services, exceeded: QuotaExceeded, key: str = "error") -> ApiError:
     """The answer to a request refused by a quota: 403 for the caller's own limits (give some
-    back first; the message under ``key``), 503 with Retry-After for the service's (others will
-    give some back)."""
+    back first), 503 with Retry-After for the service's (others will give some back). The
+    message is under ``key``, the one the route's other errors use (vmpooler's: ``error`` on
+    ``POST /vm``, ``message`` on ``POST /ondemandvm``)."""
     config = services.config.service
     messages = {
         "owner_vms": (403, f"you may hold at most {config.max_running_vms_per_user} VMs at once; return some first"),
@@ -61,7 +62,7 @@ def quota_error(services: Services, exceeded: QuotaExceeded, key: str = "error")
     }
     status, message = messages[exceeded.limit]
     if status == 503:
-        return ApiError(503, {"error": message}, {"Retry-After": "60"})
+        return ApiError(503, {key: message}, {"Retry-After": "60"})
     return ApiError(403, {key: message})
 
 

@@ -68,7 +68,7 @@ family through these validators.
                                      completed (manager/running.py)
     pool:<pool>:inventory_checked string "<provider's inventory token> <time>": the inventory the pool's
                                      VMs were last compared with, and when it was last compared whole
-    lease:<pool>             string  who runs the pool's reconcile right now (<host>:<pid>:<random>,
+    lease:<pool>             string  who runs the pool's reconcile right now (<host>:<pid>@<start>:<random>,
                                      store/leases.py)
     wake:<pool>              list    nudges for the pool's reconcile (checkout, delete, request)
     followup:<pool>          string  a delayed follow-up pass of the pool is queued (store/fleet.py)

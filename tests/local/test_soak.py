@@ -39,7 +39,7 @@ import yaml
 
 from chalicelib.clock import FakeClock
 from chalicelib.config import parse
-from chalicelib.store.keys import STATES, Keys
+from chalicelib.store.keys import STATES, Keys, rate_limit_client
 from tests.harness import Harness, assert_consistent
 from tests.local.stack import wait_for
 from tests.local.stack_audit import (
@@ -84,7 +84,9 @@ WORDS = {"vm", "pool", "cloning", "pools", "counted", "running", "rebuild", "cha
          "vmtasks", "holdings", "holders", "ratelimit", "clients", "shared", "token", "tokens", "ttl", "user",
          "dircheck", "login", "addr", "in_flight", "migrating", "templates", "prepared", "preparing", "history",
          "demand", "sizing", "state", "dummy", "folder", "task", "purge", "template", "global_per_ip",
-         "authenticated", "vm_creation", "vm_deletion", *("pending", "ready", "completed", "discovered")}
+         "authenticated", "vm_creation", "vm_deletion", *("pending", "ready", "completed", "discovered"),
+         "attempt", "destroyed", "feed_cache", "held", "names", "pair", "reading", "ready_fence", "settled",
+         "started", "token_times", "waiting"}
 """The fixed parts of keys.py's names: any other part is a name, hash or number (``*``)."""
 CONFIG_BOUNDED = {"pools:known", "lastboot", "changes", "config_generation", "pools:known:config", "holders",
                   "running", "running:counted", "cloning", "cloning:pools", "cloning:pools:counted",
@@ -97,13 +99,32 @@ CONFIG_BOUNDED = {"pools:known", "lastboot", "changes", "config_generation", "po
                   "ratelimit:*:clients",
                   "login:user:counted", "login:addr:counted", "vmtasks:pool:*",
                   # bounded per caller by the config (docs/reliability.md, identity audit):
-                  "token:*", "user:*:tokens"}
+                  "token:*", "user:*:tokens", "user:*:token_times",
+                  "started", "names:known:dummy"}  # per provider (this one's name is a fixed word too)
 """Families that may hold keys without an expiry: one per service, per pool or per provider, or (the
 tokens: no token_ttl configured) bounded by max_tokens_per_user."""
 
 
+RATE_CLIENT_KINDS = ("ip", "login", "user")
+"""What a rate-limit counter's ``<who>`` starts with (keys.rate_limit_client)."""
+
+
 def family(key: str) -> str:
-    return ":".join(part if part in WORDS else "*" for part in key.removeprefix(KEYS.prefix).split(":"))
+    """The key's name with every part that is not a fixed word as ``*``. A rate-limit client's
+    counter is ``ratelimit:<class>:<kind>:*`` whatever its ``<who>`` holds after its kind: an
+    IPv6 /64's colons and a login's ``<hash>:<address>`` are one family with the addresses."""
+    name = key.removeprefix(KEYS.prefix)
+    parts = name.split(":", 3)
+    if len(parts) > 3 and parts[0] == "ratelimit" and parts[2] in RATE_CLIENT_KINDS:
+        return f"ratelimit:{parts[1] if parts[1] in WORDS else '*'}:{parts[2]}:*"
+    return ":".join(part if part in WORDS else "*" for part in name.split(":"))
+
+
+def rate_limited_clients(families: dict[str, int], request_class: str) -> int:
+    """The counters of clients a rate-limit class counts on their own, of every kind (the shared
+    counters and the class's table aside): at most ``max_rate_limited_clients`` together."""
+    return sum(count for name, count in families.items()
+               if name in {f"ratelimit:{request_class}:{kind}:*" for kind in RATE_CLIENT_KINDS})
 
 
 @dataclass
@@ -453,6 +474,23 @@ def test_what_the_stack_keeps_stays_bounded_and_converges_over_minutes_of_caller
     families = final.families
     assert families.get("login:user:*", 0) <= MAX_LOGIN_COUNTERS + SHARED_COUNTERS, report
     for request_class in ("global_per_ip", "authenticated", "vm_creation", "vm_deletion"):
-        assert families.get(f"ratelimit:{request_class}:*:*", 0) <= MAX_RATE_LIMITED_CLIENTS, report
+        assert rate_limited_clients(families, request_class) <= MAX_RATE_LIMITED_CLIENTS, report
+        assert families.get(f"ratelimit:{request_class}:shared:*", 0) <= SHARED_COUNTERS, report
     assert record.answers.get(200, 0) > 100, report
     nothing_left_of(stack)
+
+
+def test_every_kind_of_rate_limited_client_counts_toward_its_class_bound() -> None:
+    """The bound above counted ``ratelimit:<class>:*:*`` only: a login's counter
+    (``login:<hash>:<address>``) and an IPv6 client's (``ip:2001:db8::/64``) fell in families of
+    their own that no bound checked, so the soak passed whatever number of them Redis kept."""
+    keys = [KEYS.rate_limit("global_per_ip", rate_limit_client(None, "127.0.0.9")),
+            KEYS.rate_limit("global_per_ip", rate_limit_client(None, "2001:db8::/64")),
+            KEYS.rate_limit("global_per_ip", rate_limit_client(None, "127.0.0.9", login="intruder")),
+            KEYS.rate_limit("global_per_ip", rate_limit_client(None, "2001:db8::/64", login="intruder")),
+            KEYS.rate_limit("authenticated", rate_limit_client("user1", "127.0.0.9")),
+            KEYS.rate_limit_shared("global_per_ip", 3), KEYS.rate_limit_clients("global_per_ip")]
+    families = Counter(family(key) for key in keys)
+    assert rate_limited_clients(families, "global_per_ip") == 4
+    assert rate_limited_clients(families, "authenticated") == 1
+    assert families["ratelimit:global_per_ip:shared:*"] == 1

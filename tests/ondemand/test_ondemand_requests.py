@@ -207,8 +207,11 @@ def test_hostile_bodies_are_refused_with_the_documented_status_and_leave_nothing
     assert stack.answer("POST", "/api/v3/ondemandvm", {f"pool-{n}": 1 for n in range(10_000)}) == too_large
     assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1, "request_id": "r" * 1_000_000}) == too_large
     bad_count = {"ok": False, "error": "VM count must be a valid integer"}
-    for count in (-1, 1.5, "two", True, [1], {"n": 1}, "1e3", " 1"):
+    for count in (1.5, "two", True, [1], {"n": 1}, "1e3", " 1", "-"):
         assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": count}) == (400, bad_count), count
+    too_few = {"ok": False, "error": "VM count must be at least 1"}  # before, -1 was no "valid integer"
+    for count in (0, "0", -1, "-1", -10**40):
+        assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": count}) == (400, too_few), count
     # A count of 31 digits in the body, or 10,000 mentions in the path: over the request's maximum.
     too_many = (403, {"ok": False, "message": "requested amount of instances exceeds the maximum 5"})
     assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 10**30}) == too_many
@@ -284,6 +287,28 @@ def test_a_clone_failure_worth_retrying_spends_the_retries(make_stack, kind):
     assert {vm.failure for vm in OnDemandStore(stack.services.store).get(request_id).vms} == {kind}
 
 
+def test_a_quota_refusal_reads_as_the_other_errors_of_its_route(make_stack):
+    """On-demand errors carry ``message`` (vmpooler's, which its 403 over
+    ``max_ondemand_instances_per_request`` uses), POST /vm's ``error`` (vmpooler's input
+    validation). Before, the service limits' 503 on ``POST /ondemandvm`` said ``error`` while its
+    403s said ``message``, and a ``POST /vm`` falling back to an on-demand request answered
+    ``message`` where the same checkout without the fallback answered ``error``."""
+    stack = make_stack(size=0, max_ondemand_requests=2, max_ondemand_requests_per_user=1)
+
+    def post(path: str, body: dict[str, int], address: str) -> tuple[int, object]:
+        reply = stack.post(f"/api/v3/{path}", body, client_ip=address)
+        return reply.status, reply.json
+
+    assert post("ondemandvm", {"debian": 1}, "198.51.100.1")[0] == 201
+    mine = "you may have at most 1 on-demand requests open at once"
+    assert post("ondemandvm", {"debian": 1}, "198.51.100.1") == (403, {"ok": False, "message": mine})
+    assert post("vm", {"win-2022": 1}, "198.51.100.1") == (403, {"ok": False, "error": mine})  # its fallback
+    assert post("ondemandvm", {"debian": 1}, "198.51.100.2")[0] == 201
+    full = "the service has its maximum of 2 on-demand requests open; try again later"
+    assert post("ondemandvm", {"debian": 1}, "198.51.100.3") == (503, {"ok": False, "message": full})
+    assert post("vm", {"win-2022": 1}, "198.51.100.3") == (503, {"ok": False, "error": full})
+
+
 def test_checkout_miss_falls_back_to_an_on_demand_request(make_stack):
     stack = make_stack(size=0)
     # win-2022 has ondemand_fallback: true; its pool is empty.
@@ -351,8 +376,8 @@ def test_the_service_limit_on_open_requests_counts_requests_not_the_pools_they_n
     assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1, "win-2022": 1})[0] == 201
     assert stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1, "win-2022": 1})[0] == 201
     status, body = stack.answer("POST", "/api/v3/ondemandvm", {"debian": 1})
-    assert (status, body) == (503, {"ok": False, "error": "the service has its maximum of 2 on-demand requests open; "
-                                                          "try again later"})
+    assert (status, body) == (503, {"ok": False, "message": "the service has its maximum of 2 on-demand requests open; "
+                                                            "try again later"})
 
 
 def test_the_service_limit_on_running_vms_counts_the_vms_open_requests_will_run(make_stack):
@@ -361,7 +386,7 @@ def test_the_service_limit_on_running_vms_counts_the_vms_open_requests_will_run(
     stack = make_stack(size=1, max_running_vms=6, extra=AUTH)
     stack.run_passes()
     tokens = [stack.new_token(user, "password") for user in ("u1", "u2", "u3")]
-    full = (503, {"ok": False, "error": "the service runs its maximum of 6 VMs; try again later"})
+    full = (503, {"ok": False, "message": "the service runs its maximum of 6 VMs; try again later"})
 
     def create(token: str, count: int):
         return stack.answer("POST", "/api/v3/ondemandvm", {"debian": count}, headers={"X-AUTH-TOKEN": token})
@@ -387,7 +412,7 @@ def test_a_delivered_vm_gone_from_the_provider_before_its_request_is_ready_is_bu
     # and the service's limit counted one VM fewer than the request would run.
     stack = make_stack(size=0, max_running_vms=2, extra=SLOW_POOL)
     request_id = stack.answer("POST", "/api/v3/ondemandvm", {"debian-12": 1, "slow": 1})[1]["request_id"]
-    full = (503, {"ok": False, "error": "the service runs its maximum of 2 VMs; try again later"})
+    full = (503, {"ok": False, "message": "the service runs its maximum of 2 VMs; try again later"})
     stack.run_passes("debian-12", "slow")
     [vanished] = stack.services.store.hostnames("debian-12", "running")
     assert stack.answer("GET", f"/api/v3/ondemandvm/{request_id}")[1]["debian-12"] == {"ready": "1", "pending": "0"}
