@@ -17,6 +17,7 @@ build reads the blocks' type hints, and string annotations would be compiled at 
 """
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -499,12 +500,31 @@ would be refused, every day, as a range too long for one answer. The defaults ho
 def read_config_file(path: Path) -> str:
     """The text of a config file; OSError with ``strerror`` when it cannot be read or is not a
     regular file (``/dev/zero`` would be read until memory runs out, a named pipe block for
-    ever). Reads at most one character past MAX_CONFIG_CHARACTERS (the size check refuses it)."""
+    ever), or is not UTF-8 text (``not UTF-8 text (byte 21, line 2)``: before, a Latin-1 ``é``
+    stopped ``make run``, ``make config-push`` and packaging with a UnicodeDecodeError traceback).
+    Reads at most one character past MAX_CONFIG_CHARACTERS (the size check refuses it)."""
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a named pipe would wait for a writer
     with open(descriptor, encoding="utf-8") as file:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             raise OSError(0, "not a regular file")
-        return file.read(MAX_CONFIG_CHARACTERS + 1)
+        try:
+            return file.read(MAX_CONFIG_CHARACTERS + 1)
+        except UnicodeDecodeError:
+            pass
+    raise OSError(errno.EILSEQ, _not_utf8(path))
+
+
+def _not_utf8(path: Path) -> str:
+    """Where the first byte that is not UTF-8 is in the file ``path`` (read again, in binary, at
+    most as far as MAX_CONFIG_CHARACTERS characters could take)."""
+    with open(path, "rb") as file:
+        data = file.read(4 * (MAX_CONFIG_CHARACTERS + 1))
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        return f"not UTF-8 text (byte {error.start}, line {line})"
+    return "not UTF-8 text"
 
 
 def _check_size(text: str, source: str) -> None:
@@ -647,10 +667,42 @@ def _composed(yaml: Any, text: str, loader_class: type, source: str, reader: Blo
         root = loader.get_single_node()
         if root is None:
             return None
-        _duplicate_keys(yaml, loader, root, source, reader)
-        return _strip_colons(loader.construct_document(root))
+        try:
+            _duplicate_keys(yaml, loader, root, source, reader)  # constructs the keys that are not strings
+            document = loader.construct_document(root)
+        except ValueError:  # a date past its month, an integer of over 4,300 digits (int's limit)
+            raise ConfigError([_unconstructed(yaml, loader_class, root, source)]) from None
+        return _strip_colons(document)
     finally:
         loader.dispose()
+
+
+def _unconstructed(yaml: Any, loader_class: type, root: Any, source: str) -> str:
+    """The problem of a document PyYAML resolves but cannot construct: its first scalar that
+    fails, with its line. Before, ``template: 2001-02-30`` or ``size: 99...9`` (5,000 digits)
+    stopped a load with a ValueError traceback. A flat walk (aliases visited once)."""
+    constructor = loader_class("")
+    try:
+        visited: set[int] = set()
+        pending = [root]
+        while pending:
+            node = pending.pop()
+            if id(node) in visited:
+                continue
+            visited.add(id(node))
+            if isinstance(node, yaml.SequenceNode):
+                pending.extend(reversed(node.value))
+            elif isinstance(node, yaml.MappingNode):
+                pending.extend(item for pair in reversed(node.value) for item in reversed(pair))
+            elif isinstance(node, yaml.ScalarNode):
+                try:
+                    constructor.construct_object(node)
+                except ValueError as error:
+                    return (f"{source}: line {node.start_mark.line + 1}: {show(node.value)} is no value YAML can "
+                            f"build ({str(error).split(';')[0][:2 * SHOWN_CHARACTERS]}): quote it to make it a string")
+    finally:
+        constructor.dispose()
+    return f"{source}: a value YAML cannot build"
 
 
 MAX_REPORTED_DUPLICATES = 10
@@ -919,7 +971,7 @@ def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Con
         if reader.trusted and name not in CANONICAL_SECTIONS:
             reader.problems.append(f"{name}: not a section of the canonical config")
         elif not reader.trusted and name not in TOP_LEVEL_SECTIONS:
-            reader.warnings.append(f"{name}: unknown section, ignored")
+            reader.unknown_key(str(name), "unknown section")
 
     service = reader.model(document.get("config"), ServiceConfig, "config")
     if service is not None:
@@ -954,7 +1006,7 @@ def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Con
         providers=MappingProxyType(providers),
         auth=auth,
         tagfilter=MappingProxyType(tagfilter),
-        warnings=tuple(document.get("warnings") or ()) if reader.trusted else tuple(reader.warnings),
+        warnings=tuple(document.get("warnings") or ()) if reader.trusted else _bounded_warnings(reader.warnings),
         rate_limits=MappingProxyType(rate_limits),
         dns_configs=MappingProxyType(dns_configs),
     )
@@ -963,6 +1015,19 @@ def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Con
         if problems:
             raise ConfigError(problems)
     return config
+
+
+MAX_WARNINGS = 100
+"""Warnings a config keeps; the rest are counted in one more. They travel in its canonical JSON
+and every function logs each one as it loads it: before, a file of 200,000 unknown keys was
+pushed with 200,000 warnings, 200,000 log lines at every cold start of every function."""
+
+
+def _bounded_warnings(warnings: list[str]) -> tuple[str, ...]:
+    """The first MAX_WARNINGS of ``warnings``, and how many more there were."""
+    if len(warnings) <= MAX_WARNINGS:
+        return tuple(warnings)
+    return (*warnings[:MAX_WARNINGS], f"{len(warnings) - MAX_WARNINGS} more warnings")
 
 
 def _tag_count_problems(service: ServiceConfig) -> list[str]:
