@@ -191,6 +191,23 @@ class ServiceConfig(VcenterResilienceKeys):
     retry_factor: Ignored = None
     connection_pool_monitor_enabled: Ignored = None
     connection_pool_monitor_interval: Ignored = None
+    # vmpooler's dead-letter queue, purge of stale queue entries and queue health checks
+    # (vmpooler.yml.example): its Redis queues; vmpool keeps no such queues (a VM's state is one
+    # record, the passes' timeouts end what is stuck, /status and the metrics show the rest).
+    dlq_enabled: Ignored = None
+    dlq_ttl: Ignored = None
+    dlq_max_entries: Ignored = None
+    purge_enabled: Ignored = None
+    purge_interval: Ignored = None
+    purge_dry_run: Ignored = None
+    max_pending_age: Ignored = None
+    max_ready_age: Ignored = None
+    max_completed_age: Ignored = None
+    max_orphaned_age: Ignored = None
+    max_request_age: Ignored = None
+    health_check_enabled: Ignored = None
+    health_check_interval: Ignored = None
+    health_thresholds: Ignored = None
 
     def __post_init__(self) -> None:
         # Frozen: these two are settled once, here, before anyone reads them (idempotent, so a
@@ -223,6 +240,10 @@ class RedisConfig(SettingsModel):
     redis_connection_pool_size: Ignored = None
     redis_connection_pool_timeout: Ignored = None
     username: Ignored = None  # vmpooler documents it but authenticates as Redis's default user, as vmpool does
+    # vmpooler.yml.example writes its dead-letter queue's keys here too (vmpooler reads them from :config:).
+    dlq_enabled: Ignored = None
+    dlq_ttl: Ignored = None
+    dlq_max_entries: Ignored = None
 
     @property
     def data_ttl_hours(self) -> int:
