@@ -1444,6 +1444,8 @@ def load_with_digest(environ: Mapping[str, str] | None = None) -> Loaded:
     config_source, which then reuses this config when the bucket holds the same text
     instead of building it a second time on the first request."""
     environ = os.environ if environ is None else environ
+    if not environ.get(CONFIG_YAML_ENV) and not environ.get(CONFIG_FILE_ENV):
+        _refuse_vmpoolers_variables(environ)
     if environ.get(CONFIG_YAML_ENV):
         text, source, base_dir = environ[CONFIG_YAML_ENV], CONFIG_YAML_ENV, None
     else:
@@ -1454,6 +1456,20 @@ def load_with_digest(environ: Mapping[str, str] | None = None) -> Loaded:
             raise ConfigError([f"{path}: cannot read: {error.strerror}"]) from None
         source, base_dir = str(path), path.parent
     return _built(text, source, base_dir)
+
+
+VMPOOLER_CONFIG_VARIABLES = {"VMPOOLER_CONFIG": CONFIG_YAML_ENV, "VMPOOLER_CONFIG_FILE": CONFIG_FILE_ENV}
+"""vmpooler's names for the config's text and file, with vmpool's."""
+
+
+def _refuse_vmpoolers_variables(environ: Mapping[str, str]) -> None:
+    """A config named by vmpooler's variable alone is refused, naming vmpool's: before, ``make
+    run`` with a vmpooler deployment's ``VMPOOLER_CONFIG_FILE=vmpooler.yaml`` started, without a
+    word, on the packaged demo config (its three dummy pools) instead of the operator's."""
+    given = [name for name in VMPOOLER_CONFIG_VARIABLES if environ.get(name)]
+    if given:
+        raise ConfigError([f"{name} is vmpooler's variable, which vmpool does not read: name the config with "
+                           f"{VMPOOLER_CONFIG_VARIABLES[name]} (README.md, Configuration)" for name in given])
 
 
 def load(environ: Mapping[str, str] | None = None) -> Config:

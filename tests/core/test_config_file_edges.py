@@ -93,3 +93,17 @@ def test_unknown_sections_count_toward_the_same_bound() -> None:
 def test_an_unknown_key_a_million_characters_long_is_warned_about_cut_short() -> None:
     config = parse(GOOD + "    ? " + "k" * 1_000_000 + "\n    : 1\n")
     assert config.warnings == ("pools[0]." + "k" * 191 + "...: unknown key, ignored",)
+
+
+@pytest.mark.parametrize("name", ["VMPOOLER_CONFIG_FILE", "VMPOOLER_CONFIG"])
+def test_a_config_named_by_vmpoolers_variable_alone_is_refused_naming_vmpools(name: str, tmp_path: Path) -> None:
+    """Before: loaded without a word the packaged demo config (three dummy pools)."""
+    path = tmp_path / "vmpooler.yaml"
+    path.write_text(GOOD)
+    value = str(path) if name.endswith("FILE") else GOOD
+    with pytest.raises(ConfigError) as refused:
+        load({name: value})
+    wanted = name.replace("VMPOOLER", "VMPOOL")
+    assert refused.value.problems == [(f"{name} is vmpooler's variable, which vmpool does not read: name the config "
+                                      f"with {wanted} (README.md, Configuration)")]
+    assert [pool.name for pool in load({name: value, wanted: value}).pools] == ["debian"]
