@@ -1417,7 +1417,10 @@ def from_canonical(document: Any, source: str = "canonical config") -> Config:
 def canonical_document(text: str, source: str = "config") -> dict[str, Any] | None:
     """The canonical document ``text`` holds, or None when it is something else (YAML, or JSON
     without the format key: a YAML config written as JSON). Raises ConfigError for JSON too
-    large or nested too deep to be any config."""
+    large or nested too deep to be any config. A leading byte-order mark is skipped, as YAML
+    skips it: before, config-push's JSON saved by an editor that writes one and copied into the
+    bucket was read as YAML, and a Lambda (no pydantic) refused it as YAML it cannot validate."""
+    text = text.removeprefix("\ufeff")
     if not text.lstrip().startswith("{"):
         return None
     _check_size(text, source)

@@ -123,3 +123,11 @@ def test_a_config_and_its_extra_files_hold_at_most_max_values_together(tmp_path:
         parse(main, base_dir=tmp_path)
     assert refused.value.problems == [(f"{tmp_path / 'two.yaml'}: more than 1000 values with the config files read "
                                       "before it")]
+
+
+def test_canonical_json_with_a_byte_order_mark_is_read_as_canonical() -> None:
+    """An editor that writes a BOM saved config-push's JSON, copied into the bucket by hand:
+    before, read as YAML (two 'unknown section' warnings, and in a Lambda, without pydantic, refused)."""
+    pushed = canonical_json(parse(GOOD))
+    config = from_text("\ufeff" + pushed)
+    assert config == from_text(pushed) and config.warnings == ()
