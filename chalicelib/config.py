@@ -17,6 +17,7 @@ build reads the blocks' type hints, and string annotations would be compiled at 
 """
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -190,6 +191,23 @@ class ServiceConfig(VcenterResilienceKeys):
     retry_factor: Ignored = None
     connection_pool_monitor_enabled: Ignored = None
     connection_pool_monitor_interval: Ignored = None
+    # vmpooler's dead-letter queue, purge of stale queue entries and queue health checks
+    # (vmpooler.yml.example): its Redis queues; vmpool keeps no such queues (a VM's state is one
+    # record, the passes' timeouts end what is stuck, /status and the metrics show the rest).
+    dlq_enabled: Ignored = None
+    dlq_ttl: Ignored = None
+    dlq_max_entries: Ignored = None
+    purge_enabled: Ignored = None
+    purge_interval: Ignored = None
+    purge_dry_run: Ignored = None
+    max_pending_age: Ignored = None
+    max_ready_age: Ignored = None
+    max_completed_age: Ignored = None
+    max_orphaned_age: Ignored = None
+    max_request_age: Ignored = None
+    health_check_enabled: Ignored = None
+    health_check_interval: Ignored = None
+    health_thresholds: Ignored = None
 
     def __post_init__(self) -> None:
         # Frozen: these two are settled once, here, before anyone reads them (idempotent, so a
@@ -222,6 +240,10 @@ class RedisConfig(SettingsModel):
     redis_connection_pool_size: Ignored = None
     redis_connection_pool_timeout: Ignored = None
     username: Ignored = None  # vmpooler documents it but authenticates as Redis's default user, as vmpool does
+    # vmpooler.yml.example writes its dead-letter queue's keys here too (vmpooler reads them from :config:).
+    dlq_enabled: Ignored = None
+    dlq_ttl: Ignored = None
+    dlq_max_entries: Ignored = None
 
     @property
     def data_ttl_hours(self) -> int:
@@ -499,12 +521,31 @@ would be refused, every day, as a range too long for one answer. The defaults ho
 def read_config_file(path: Path) -> str:
     """The text of a config file; OSError with ``strerror`` when it cannot be read or is not a
     regular file (``/dev/zero`` would be read until memory runs out, a named pipe block for
-    ever). Reads at most one character past MAX_CONFIG_CHARACTERS (the size check refuses it)."""
+    ever), or is not UTF-8 text (``not UTF-8 text (byte 21, line 2)``: before, a Latin-1 ``é``
+    stopped ``make run``, ``make config-push`` and packaging with a UnicodeDecodeError traceback).
+    Reads at most one character past MAX_CONFIG_CHARACTERS (the size check refuses it)."""
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a named pipe would wait for a writer
     with open(descriptor, encoding="utf-8") as file:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             raise OSError(0, "not a regular file")
-        return file.read(MAX_CONFIG_CHARACTERS + 1)
+        try:
+            return file.read(MAX_CONFIG_CHARACTERS + 1)
+        except UnicodeDecodeError:
+            pass
+    raise OSError(errno.EILSEQ, _not_utf8(path))
+
+
+def _not_utf8(path: Path) -> str:
+    """Where the first byte that is not UTF-8 is in the file ``path`` (read again, in binary, at
+    most as far as MAX_CONFIG_CHARACTERS characters could take)."""
+    with open(path, "rb") as file:
+        data = file.read(4 * (MAX_CONFIG_CHARACTERS + 1))
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        return f"not UTF-8 text (byte {error.start}, line {line})"
+    return "not UTF-8 text"
 
 
 def _check_size(text: str, source: str) -> None:
@@ -512,14 +553,18 @@ def _check_size(text: str, source: str) -> None:
         raise ConfigError([f"{source}: more than {MAX_CONFIG_CHARACTERS} characters"])
 
 
-def _check_shape(yaml: Any, text: str, loader: type, source: str, built: EventDocument) -> None:
+def _check_shape(yaml: Any, text: str, loader: type, source: str, built: EventDocument,
+                 values_left: list[int]) -> None:
     """Refuse YAML nested deeper than MAX_DEPTH or holding more than MAX_VALUES values once its
     aliases are expanded, from libyaml's events (a flat walk: no recursion) before anything is
     composed. An alias counts the values of the node it names; an alias inside the node it names
     (``&x [*x]``: a list that contains itself) is refused: every walk of the document would
     recurse for ever. A ``pools`` list of more than MAX_POOLS items is refused at the first item
     past them, unread beyond (``_PoolCount``). ``built`` is given every event: a plain document
-    is built from them (chalicelib/config_events.py)."""
+    is built from them (chalicelib/config_events.py). ``values_left``: the values the config's
+    files read before this one left of MAX_VALUES (``_read_document``), less this one's once read."""
+    limit = values_left[0]
+    beside = "" if limit == MAX_VALUES else " with the config files read before it"
     sizes: dict[str, int] = {}  # anchor -> values in its node, aliases expanded
     open_nodes: list[list[Any]] = []  # [values so far, anchor] of each collection being read
     starts = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
@@ -536,6 +581,8 @@ def _check_shape(yaml: Any, text: str, loader: type, source: str, built: EventDo
         if kind is scalar:
             values, anchor = 1, event.anchor
             expanded += 1
+            if expanded > limit:  # at once: a file joined to others that spent the values is read no further
+                break
         elif kind in starts:
             if len(open_nodes) >= MAX_DEPTH:
                 raise ConfigError([f"{source}: nested deeper than {MAX_DEPTH} levels"])
@@ -551,8 +598,9 @@ def _check_shape(yaml: Any, text: str, loader: type, source: str, built: EventDo
                                     "value it names (a value that contains itself)")])
             values, anchor = sizes.get(event.anchor, 1), None
             expanded += values
-            if expanded > MAX_VALUES:
-                raise ConfigError([(f"{source}: more than {MAX_VALUES} values once its YAML aliases are "
+            if expanded > limit:
+                values_left[0] = -1  # spent: the files after this one are not read
+                raise ConfigError([(f"{source}: more than {MAX_VALUES} values{beside} once its YAML aliases are "
                                     "expanded (an alias bomb?)")])
         else:
             continue
@@ -560,8 +608,10 @@ def _check_shape(yaml: Any, text: str, loader: type, source: str, built: EventDo
             sizes[anchor] = values
         if open_nodes:
             open_nodes[-1][0] += values
-    if expanded > MAX_VALUES:
-        raise ConfigError([f"{source}: more than {MAX_VALUES} values"])
+    if expanded > limit:
+        values_left[0] = -1
+        raise ConfigError([f"{source}: more than {MAX_VALUES} values{beside}"])
+    values_left[0] -= expanded
 
 
 class _PoolCount:
@@ -607,9 +657,11 @@ class _PoolCount:
             self._pools, self._count, self._opening = entry, 0, False
 
 
-def _read_document(text: str, source: str, reader: BlockReader) -> dict[str, Any]:
+def _read_document(text: str, source: str, reader: BlockReader, values_left: list[int] | None = None) -> dict[str, Any]:
     """One YAML mapping, colon-stripped. Raises ConfigError naming ``source``; a key written
-    twice in one mapping adds a problem or a warning to ``reader`` (``_duplicate_keys``)."""
+    twice in one mapping adds a problem or a warning to ``reader`` (``_duplicate_keys``).
+    ``values_left``: MAX_VALUES less the values of the files of the same config read before it
+    (taken from as this one is read; None: this file alone)."""
     _check_size(text, source)
     try:
         import yaml
@@ -623,7 +675,7 @@ def _read_document(text: str, source: str, reader: BlockReader) -> dict[str, Any
         resolver = loader_class("")
         try:
             built = EventDocument(yaml, resolver)
-            _check_shape(yaml, text, loader_class, source, built)
+            _check_shape(yaml, text, loader_class, source, built, [MAX_VALUES] if values_left is None else values_left)
         finally:
             resolver.dispose()
         # A plain config is built from the shape walk's events (colon-stripped already); any
@@ -647,10 +699,42 @@ def _composed(yaml: Any, text: str, loader_class: type, source: str, reader: Blo
         root = loader.get_single_node()
         if root is None:
             return None
-        _duplicate_keys(yaml, loader, root, source, reader)
-        return _strip_colons(loader.construct_document(root))
+        try:
+            _duplicate_keys(yaml, loader, root, source, reader)  # constructs the keys that are not strings
+            document = loader.construct_document(root)
+        except ValueError:  # a date past its month, an integer of over 4,300 digits (int's limit)
+            raise ConfigError([_unconstructed(yaml, loader_class, root, source)]) from None
+        return _strip_colons(document)
     finally:
         loader.dispose()
+
+
+def _unconstructed(yaml: Any, loader_class: type, root: Any, source: str) -> str:
+    """The problem of a document PyYAML resolves but cannot construct: its first scalar that
+    fails, with its line. Before, ``template: 2001-02-30`` or ``size: 99...9`` (5,000 digits)
+    stopped a load with a ValueError traceback. A flat walk (aliases visited once)."""
+    constructor = loader_class("")
+    try:
+        visited: set[int] = set()
+        pending = [root]
+        while pending:
+            node = pending.pop()
+            if id(node) in visited:
+                continue
+            visited.add(id(node))
+            if isinstance(node, yaml.SequenceNode):
+                pending.extend(reversed(node.value))
+            elif isinstance(node, yaml.MappingNode):
+                pending.extend(item for pair in reversed(node.value) for item in reversed(pair))
+            elif isinstance(node, yaml.ScalarNode):
+                try:
+                    constructor.construct_object(node)
+                except ValueError as error:
+                    return (f"{source}: line {node.start_mark.line + 1}: {show(node.value)} is no value YAML can "
+                            f"build ({str(error).split(';')[0][:2 * SHOWN_CHARACTERS]}): quote it to make it a string")
+    finally:
+        constructor.dispose()
+    return f"{source}: a value YAML cannot build"
 
 
 MAX_REPORTED_DUPLICATES = 10
@@ -753,8 +837,9 @@ def parse(text: str, source: str = "config", base_dir: Path | None = None) -> Co
     (relative paths from ``base_dir``, else the working directory). Raises ConfigError listing
     every problem."""
     reader = BlockReader()
-    document = _read_document(text, source, reader)
-    merged = merge_extra_configs(document, base_dir or Path.cwd(), reader)
+    values_left = [MAX_VALUES]  # shared by the file and its extra_config files
+    document = _read_document(text, source, reader, values_left)
+    merged = merge_extra_configs(document, base_dir or Path.cwd(), reader, values_left)
     try:
         return build(merged, reader)
     except ImportError as error:  # a Lambda package carries no pydantic: it loads canonical JSON
@@ -778,16 +863,20 @@ def extra_config_paths(document: Mapping[str, Any]) -> list[str]:
     return [str(item).strip() for item in items if str(item).strip()]
 
 
-def merge_extra_configs(document: dict[str, Any], base_dir: Path, reader: BlockReader | None = None) -> dict[str, Any]:
+def merge_extra_configs(document: dict[str, Any], base_dir: Path, reader: BlockReader | None = None,
+                        values_left: list[int] | None = None) -> dict[str, Any]:
     """vmpooler's ``extra_config``: each listed YAML file is deep-merged into the main document.
 
     As vmpooler's deep_merge does it, the main document wins: a value it sets is kept, keys it
     lacks are added from the extra file, mappings merge key by key and lists are joined (the extra
     file's items that are not already there are appended: a file of extra ``pools`` adds pools).
     Extra files are read in order; their own ``extra_config`` is not followed. Keys written
-    twice in them add problems or warnings to ``reader``.
+    twice in them add problems or warnings to ``reader``. The files hold at most MAX_VALUES values
+    together, ``document``'s among them when ``values_left`` (what it left) is given: before, each
+    file could hold as many, and 50 files of 1.9 million were minutes of CPU and gigabytes joined.
     """
     reader = reader or BlockReader()
+    values_left = values_left if values_left is not None else [MAX_VALUES]
     paths = extra_config_paths(document)
     if len(paths) > MAX_EXTRA_CONFIGS:
         raise ConfigError([f"config.extra_config: at most {MAX_EXTRA_CONFIGS} files, got {len(paths)}"])
@@ -799,9 +888,11 @@ def merge_extra_configs(document: dict[str, Any], base_dir: Path, reader: BlockR
             problems.append(f"config.extra_config: cannot read {path}: {error.strerror}")
             continue
         try:
-            extra = _read_document(text, str(path), reader)
+            extra = _read_document(text, str(path), reader, values_left)
         except ConfigError as error:
             problems.extend(error.problems)
+            if values_left[0] < 0:
+                break
             continue
         document = _deep_merge(document, extra)
         pools = document.get("pools")
@@ -919,7 +1010,7 @@ def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Con
         if reader.trusted and name not in CANONICAL_SECTIONS:
             reader.problems.append(f"{name}: not a section of the canonical config")
         elif not reader.trusted and name not in TOP_LEVEL_SECTIONS:
-            reader.warnings.append(f"{name}: unknown section, ignored")
+            reader.unknown_key(str(name), "unknown section")
 
     service = reader.model(document.get("config"), ServiceConfig, "config")
     if service is not None:
@@ -954,7 +1045,7 @@ def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Con
         providers=MappingProxyType(providers),
         auth=auth,
         tagfilter=MappingProxyType(tagfilter),
-        warnings=tuple(document.get("warnings") or ()) if reader.trusted else tuple(reader.warnings),
+        warnings=tuple(document.get("warnings") or ()) if reader.trusted else _bounded_warnings(reader.warnings),
         rate_limits=MappingProxyType(rate_limits),
         dns_configs=MappingProxyType(dns_configs),
     )
@@ -963,6 +1054,19 @@ def build(document: Mapping[str, Any], reader: BlockReader | None = None) -> Con
         if problems:
             raise ConfigError(problems)
     return config
+
+
+MAX_WARNINGS = 100
+"""Warnings a config keeps; the rest are counted in one more. They travel in its canonical JSON
+and every function logs each one as it loads it: before, a file of 200,000 unknown keys was
+pushed with 200,000 warnings, 200,000 log lines at every cold start of every function."""
+
+
+def _bounded_warnings(warnings: list[str]) -> tuple[str, ...]:
+    """The first MAX_WARNINGS of ``warnings``, and how many more there were."""
+    if len(warnings) <= MAX_WARNINGS:
+        return tuple(warnings)
+    return (*warnings[:MAX_WARNINGS], f"{len(warnings) - MAX_WARNINGS} more warnings")
 
 
 def _tag_count_problems(service: ServiceConfig) -> list[str]:
@@ -1313,7 +1417,10 @@ def from_canonical(document: Any, source: str = "canonical config") -> Config:
 def canonical_document(text: str, source: str = "config") -> dict[str, Any] | None:
     """The canonical document ``text`` holds, or None when it is something else (YAML, or JSON
     without the format key: a YAML config written as JSON). Raises ConfigError for JSON too
-    large or nested too deep to be any config."""
+    large or nested too deep to be any config. A leading byte-order mark is skipped, as YAML
+    skips it: before, config-push's JSON saved by an editor that writes one and copied into the
+    bucket was read as YAML, and a Lambda (no pydantic) refused it as YAML it cannot validate."""
+    text = text.removeprefix("\ufeff")
     if not text.lstrip().startswith("{"):
         return None
     _check_size(text, source)
@@ -1358,6 +1465,8 @@ def load_with_digest(environ: Mapping[str, str] | None = None) -> Loaded:
     config_source, which then reuses this config when the bucket holds the same text
     instead of building it a second time on the first request."""
     environ = os.environ if environ is None else environ
+    if not environ.get(CONFIG_YAML_ENV) and not environ.get(CONFIG_FILE_ENV):
+        _refuse_vmpoolers_variables(environ)
     if environ.get(CONFIG_YAML_ENV):
         text, source, base_dir = environ[CONFIG_YAML_ENV], CONFIG_YAML_ENV, None
     else:
@@ -1368,6 +1477,20 @@ def load_with_digest(environ: Mapping[str, str] | None = None) -> Loaded:
             raise ConfigError([f"{path}: cannot read: {error.strerror}"]) from None
         source, base_dir = str(path), path.parent
     return _built(text, source, base_dir)
+
+
+VMPOOLER_CONFIG_VARIABLES = {"VMPOOLER_CONFIG": CONFIG_YAML_ENV, "VMPOOLER_CONFIG_FILE": CONFIG_FILE_ENV}
+"""vmpooler's names for the config's text and file, with vmpool's."""
+
+
+def _refuse_vmpoolers_variables(environ: Mapping[str, str]) -> None:
+    """A config named by vmpooler's variable alone is refused, naming vmpool's: before, ``make
+    run`` with a vmpooler deployment's ``VMPOOLER_CONFIG_FILE=vmpooler.yaml`` started, without a
+    word, on the packaged demo config (its three dummy pools) instead of the operator's."""
+    given = [name for name in VMPOOLER_CONFIG_VARIABLES if environ.get(name)]
+    if given:
+        raise ConfigError([f"{name} is vmpooler's variable, which vmpool does not read: name the config with "
+                           f"{VMPOOLER_CONFIG_VARIABLES[name]} (README.md, Configuration)" for name in given])
 
 
 def load(environ: Mapping[str, str] | None = None) -> Config:

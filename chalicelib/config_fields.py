@@ -176,9 +176,12 @@ class BlockReader:
                 self.unknown_key(f"{path}.{key}")
         return self.construct(model, values, path)
 
-    def unknown_key(self, key_path: str) -> None:
-        """A key no model reads: warned about (vmpooler's configs hold keys vmpool has no use for)."""
-        self.warnings.append(f"{key_path}: unknown key, ignored")
+    def unknown_key(self, key_path: str, what: str = "unknown key") -> None:
+        """A key no model reads: warned about (vmpooler's configs hold keys vmpool has no use for).
+        A path past MAX_SHOWN_PATH characters is cut: a key may be a million characters long
+        (``? kkk...``), and the warning is logged by every function that loads the config."""
+        shown = key_path if len(key_path) <= MAX_SHOWN_PATH else key_path[:MAX_SHOWN_PATH] + "..."
+        self.warnings.append(f"{shown}: {what}, ignored")
 
     def construct(self, model: type[Model], values: dict[str, Any], path: str) -> Model | None:
         """``model(**values)`` validated by pydantic; None and the problems recorded when invalid."""
@@ -223,9 +226,9 @@ class TrustedReader(BlockReader):
 
     trusted = True
 
-    def unknown_key(self, key_path: str) -> None:
+    def unknown_key(self, key_path: str, what: str = "unknown key") -> None:
         """A key the canonical form never holds: the file was edited by hand."""
-        self.problems.append(f"{key_path}: unknown key")
+        self.problems.append(f"{key_path}: {what}")
 
     def construct(self, model: type[Model], values: dict[str, Any], path: str) -> Model | None:
         try:
@@ -377,6 +380,8 @@ def invalid(problem: str) -> NoReturn:
 
 
 SHOWN_CHARACTERS = 80
+MAX_SHOWN_PATH = 200
+"""Characters of a key path an unknown key's warning quotes (BlockReader.unknown_key)."""
 """What a message quotes of a value at most: a 10,000-character name is named by its start."""
 
 

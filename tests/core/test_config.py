@@ -196,12 +196,16 @@ VMPOOLER_EXAMPLE_KEYS = {
         "manage_host_selection create_folders create_template_delta_disks host_selection_max_age utilization_limit "
         "experimental_features purge_unconfigured_folders purge_unconfigured_resources backend_weight usage_stats "
         "request_logger max_lifetime_upper_limit extra_config max_ondemand_instances_per_request "
-        "ondemand_request_ttl ready_ttl"
+        "ondemand_request_ttl ready_ttl "
+        # vmpooler.yml.example (its dead-letter queue, auto-purge and health checks, December 2025)
+        "dlq_enabled dlq_ttl dlq_max_entries purge_enabled purge_interval purge_dry_run max_pending_age "
+        "max_ready_age max_completed_age max_orphaned_age max_request_age health_check_enabled "
+        "health_check_interval health_thresholds"
     ),
     # bin/vmpooler reads connection_pool_size and connection_pool_timeout, which its example spells
     # redis_connection_pool_size and redis_connection_pool_timeout.
     "redis": "server username password data_ttl redis_connection_pool_size redis_connection_pool_timeout "
-             "reconnect_attempts connection_pool_size connection_pool_timeout",
+             "reconnect_attempts connection_pool_size connection_pool_timeout dlq_enabled dlq_ttl dlq_max_entries",
     "providers.vsphere": (
         "provider_class purge_unconfigured_folders purge_unconfigured_resources folder_whitelist resources_allowlist "
         "skip_dns_check_before_creating_vm server username password insecure datacenter circuit_breaker_enabled "
