@@ -221,4 +221,7 @@ app.register_middleware(ConvertToMiddleware(logger.inject_lambda_context), "sqs"
 # Tracing (a no-op unless the stage enables it): every kind of invocation, cold starts annotated.
 # Without the handlers' answers: Powertools records them in the trace by default, and the API's
 # carry tokens (POST /token, GET /token/<t>) that would sit there in clear.
-app.register_middleware(ConvertToMiddleware(tracer.capture_lambda_handler(capture_response=False)), "all")
+# Registered only where tracing is on: off (the local stack, stages without it) it did nothing but
+# cost every request a wrapper built and called (docs/performance.md, "Checkout CPU per cycle").
+if observability.TRACING:
+    app.register_middleware(ConvertToMiddleware(tracer.capture_lambda_handler(capture_response=False)), "all")

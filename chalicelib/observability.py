@@ -201,6 +201,9 @@ def make_tracer(environ: Mapping[str, str] = os.environ) -> "Tracer | _NoTracer"
 
 
 tracer = make_tracer()
+TRACING = not isinstance(tracer, _NoTracer)
+"""Whether this process traces (a stage with tracing, in Lambda): without it the tracer's
+middleware would wrap every request in a function that only calls the next one."""
 
 # --- metric names -------------------------------------------------------------------------------
 

@@ -14,11 +14,13 @@ whatever its event holds (``ScheduledEvent``).
 
 from __future__ import annotations
 
+import functools
 import threading
-from typing import Any
+from typing import Any, Sequence
 
 from chalice import Chalice, Response
-from chalice.app import CloudWatchEvent, EventSourceHandler, Request
+from chalice.app import CaseInsensitiveMapping, CloudWatchEvent, EventSourceHandler, Request, RestAPIEventHandler
+from chalice.app import _matches_content_type as chalice_matches_content_type
 
 from chalicelib.api.http import JSON_HEADERS, ApiError
 from chalicelib.api.proxy_event import checked_event
@@ -41,6 +43,55 @@ class ScheduledEvent(CloudWatchEvent):
         self.time = fields.get("time", "")
         self.event_id = fields.get("id", "")
         self.resources = fields.get("resources") or []
+
+
+MATCHES_KEPT = 256
+"""Content types and Accept headers whose match against the binary types is kept: a bound, as
+callers choose their Accept headers."""
+
+
+@functools.lru_cache(maxsize=MATCHES_KEPT)
+def _is_binary(binary_types: tuple[str, ...], content_type: str) -> bool:
+    """Chalice's own match of ``content_type`` against ``binary_types``, kept: Chalice lowered
+    its 16 binary types three times a request to find a JSON answer is not binary (about a
+    tenth of the app's CPU per request, docs/performance.md "Checkout CPU per cycle")."""
+    return chalice_matches_content_type(content_type, list(binary_types))
+
+
+class _RestHandler(RestAPIEventHandler):
+    """Chalice's REST handler, its binary-type checks answered from ``_is_binary``: the same
+    answers (``tests/api/test_chalice_app.py`` compares them with Chalice's own)."""
+
+    def _binary(self, content_type: str) -> bool:
+        return _is_binary(tuple(self.api.binary_types), content_type)
+
+    def _validate_binary_response(self, request_headers: CaseInsensitiveMapping,
+                                  response_headers: CaseInsensitiveMapping) -> bool:
+        # As Chalice's: a binary answer needs an Accept header naming a binary type.
+        if not self._binary(response_headers.get("content-type", "application/json")):
+            return True
+        accept = request_headers.get("accept")
+        return accept is not None and self._binary(accept)
+
+    def __call__(self, event: Any, context: Any) -> Any:
+        def wrapped_event(request: Request) -> Response:
+            return self._main_rest_api_handler(event, context)
+
+        final_handler = self._build_middleware_handlers(
+            [self._global_error_handler] + list(self._middleware_handlers), original_handler=wrapped_event)
+        response = final_handler(self.current_request)
+        return answer_dict(response, self.api.binary_types)
+
+
+def answer_dict(response: Response, binary_types: Sequence[str]) -> dict[str, Any]:
+    """``response.to_dict(binary_types)``: the body base64-encoded only for a binary Content-Type
+    (which Chalice looks up without regard to the header name's case, "" when there is none)."""
+    content_type = ""
+    for name, value in response.headers.items():  # the last single value, as Chalice's mapping keeps
+        if not isinstance(value, list) and name.lower() == "content-type":
+            content_type = value
+    binary = isinstance(content_type, str) and _is_binary(tuple(binary_types), content_type)
+    return response.to_dict(list(binary_types) if binary else None)
 
 
 class RequestLocalChalice(Chalice):
@@ -73,8 +124,13 @@ class RequestLocalChalice(Chalice):
         except ApiError as refused:
             headers: dict[str, str | list[str]] = {**JSON_HEADERS, **refused.headers}
             answer = Response(body=refused.body, status_code=refused.status, headers=headers)
-            return answer.to_dict(self.api.binary_types)
-        return super().__call__(event, context)
+            return answer_dict(answer, self.api.binary_types)
+        # Chalice.__call__, with its handler's binary-type checks kept (``_RestHandler``).
+        self.lambda_context = context
+        handler = _RestHandler(self.routes, self.api, self.log, self.debug,
+                               middleware_handlers=self._get_middleware_handlers("http"))
+        self.current_request = handler.create_request_object(event, context)
+        return handler(event, context)
 
     def _wrap_handler(self, handler_type: str, handler_name: str, user_handler: Any) -> Any:
         wrapped = super()._wrap_handler(handler_type, handler_name, user_handler)

@@ -54,3 +54,37 @@ def test_the_lambda_context_is_per_thread_too() -> None:
     worker.start()
     worker.join()
     assert seen == [None] and app.lambda_context == "main"
+
+
+# --- the binary-type checks, kept per content type, answer as Chalice's own -------------------
+
+BINARY_CASES = [
+    # (answer's headers, request's Accept)
+    ({"Content-Type": "application/json"}, None),
+    ({"content-type": "text/html; charset=utf-8"}, "text/html"),
+    ({"Content-Type": "image/png"}, None),  # binary without an Accept naming it: Chalice's 400
+    ({"Content-Type": "image/png"}, "image/png"),
+    ({"Content-Type": "IMAGE/PNG"}, "text/html, */*;q=0.1"),
+    ({"Content-Type": "application/octet-stream"}, "application/json"),
+    ({"Content-Type": "text/plain", "content-type": "image/gif"}, "image/gif"),  # the last one counts
+    ({}, None),
+    ({"Content-Type": ["image/png"]}, None),  # a multi-value header: not the answer's type
+]
+
+
+def _serve(app_class: type[Chalice], headers: dict, accept: str | None) -> tuple[int, dict, bytes]:
+    app = app_class(app_name="binary")
+
+    @app.route("/x")
+    def x() -> object:
+        from chalice import Response
+        binary = any(kind in str(headers).lower() for kind in ("image", "octet"))
+        return Response(body=b"\x89PNG" if binary else "body", headers=dict(headers))
+
+    request_headers = {} if accept is None else {"accept": accept}
+    return Gateway(app)("GET", "/x", request_headers, b"", "127.0.0.1")
+
+
+def test_binary_answers_are_chalices_own() -> None:
+    for headers, accept in BINARY_CASES:
+        assert _serve(RequestLocalChalice, headers, accept) == _serve(Chalice, headers, accept), (headers, accept)
