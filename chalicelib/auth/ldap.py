@@ -29,7 +29,9 @@ Backend trouble raises ``AuthUnavailable`` (the API answers 503), never a wrong-
 from __future__ import annotations
 
 import math
+import socket
 import ssl
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
@@ -222,7 +224,12 @@ class LdapAuthenticator:
             receive_timeout=max(1, math.ceil(self.settings.receive_timeout)),
             return_empty_attributes=False,
         )
+        # One deadline for the whole task: each answer may take receive_timeout, but a directory
+        # answering each of the task's 6-10 operations just in time made one login take a minute
+        # (the API Lambda is killed at 29 s: 504, the attempt left in flight in the limiter).
+        deadline = time.monotonic() + self.settings.login_timeout
         connection.open(read_server_info=False)
+        connection.socket = _DeadlineSocket(connection.socket, deadline, connection.receive_timeout)
         if self.settings.encryption == "start_tls":
             # Raises LDAPStartTLSError (a certificate error included) rather than binding in clear.
             if not connection.start_tls(read_server_info=False):
@@ -393,9 +400,44 @@ class _StdlibTls(Tls):
         self._server_hostname = host
 
     def wrap_socket(self, connection, do_handshake=False):
-        connection.socket = self._context.wrap_socket(
-            connection.socket,
+        # StartTLS wraps the socket _connect gave a deadline: TLS goes under that deadline.
+        timed = connection.socket if isinstance(connection.socket, _DeadlineSocket) else None
+        if timed is not None:
+            timed.tighten()
+        wrapped = self._context.wrap_socket(
+            timed.raw if timed is not None else connection.socket,
             server_side=False,
             do_handshake_on_connect=do_handshake,
             server_hostname=self._server_hostname,
         )
+        connection.socket = timed.rewrap(wrapped) if timed is not None else wrapped
+
+
+class _DeadlineSocket:
+    """A connection's socket whose every receive waits at most until one deadline (and at most
+    ``receive_timeout``): a directory that answers each operation just in time, or trickles an
+    answer a byte at a time, cannot hold one task past ``login_timeout``. ldap3 uses the socket
+    through recv, sendall, settimeout, shutdown, close...: all but recv go through as they are."""
+
+    def __init__(self, raw: Any, deadline: float, receive_timeout: float | None) -> None:
+        self.raw = raw
+        self._deadline = deadline
+        self._receive_timeout = receive_timeout or math.inf
+
+    def tighten(self) -> None:
+        """Wait at most until the deadline in the next blocking call; socket.timeout once past it."""
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("login_timeout passed")
+        self.raw.settimeout(min(self._receive_timeout, remaining))
+
+    def rewrap(self, raw: Any) -> "_DeadlineSocket":
+        return _DeadlineSocket(raw, self._deadline, self._receive_timeout)
+
+    def recv(self, size: int) -> bytes:
+        self.tighten()
+        data: bytes = self.raw.recv(size)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
