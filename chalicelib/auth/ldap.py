@@ -182,6 +182,8 @@ class LdapAuthenticator:
                     return True
                 if code == 32:  # noSuchObject: the group does not exist
                     logger.warning("LDAP group %r does not exist on %s", group, self._where)
+                elif code == 10:  # referral: held by another server, not followed (no member here)
+                    logger.warning("LDAP group %r is a referral to another server on %s: not read", group, self._where)
                 elif code != 0:
                     description = (connection.result or {}).get("description", "unknown")
                     logger.error("%s answered a group search with %s (%s)", self._where, code, description)
@@ -365,6 +367,12 @@ class LdapAuthenticator:
             return []
         if code == 32:  # noSuchObject: the base does not exist
             logger.warning("LDAP base %r does not exist on %s", base, self._where)
+            return []
+        if code == 10:
+            # referral: the base is held by another server (another domain of an AD forest).
+            # Referrals are not followed: its users are not found, as those under a referral
+            # inside a base are not. Before, the other bases' users got 503 too, for every login.
+            logger.warning("LDAP base %r is a referral to another server on %s: not searched", base, self._where)
             return []
         if code != 0:
             description = (connection.result or {}).get("description", "unknown")
