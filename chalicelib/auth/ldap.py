@@ -1,7 +1,8 @@
 """LDAP / Active Directory authentication with ldap3, in every mode vmpooler supports.
 
 Direct bind (no ``service_account_hash``): try a simple bind as ``<user_object>=<user>,<base>`` for
-every base x user_object, in the order configured; the first success wins.
+every base x user_object, in the order configured; the first success wins, unless another of those
+DNs is an entry the user can see (another person with the same name: ambiguous, refused).
 
 Service account (``service_account_hash: {user_dn, password}``): bind as the service account,
 search ``(<user_object>=<user>)`` under every base (subtree), then bind as each entry found with
@@ -259,12 +260,33 @@ class LdapAuthenticator:
 
     def _direct_bind(self, connection: Connection, username: str, password: str) -> str | None:
         rdn_value = escape_rdn(username)
-        for base in self.settings.bases:
-            for attribute in self.settings.user_objects:
-                dn = f"{attribute}={rdn_value},{base}"
-                if self._bind(connection, dn, password):
-                    return self._entry_name(self._read_own_entry(connection, dn), username)
+        candidates = [f"{attribute}={rdn_value},{base}"
+                      for base in self.settings.bases for attribute in self.settings.user_objects]
+        for dn in candidates:
+            if self._bind(connection, dn, password):
+                # Another entry under another candidate DN is another person with the same name
+                # (uid=alice under two bases): whoever bound was vmpool's alice, with her tokens
+                # and VMs. Ambiguous, as in the service-account mode: neither logs in.
+                own = self._visible_dn(connection, dn)
+                others = [other for other in (self._visible_dn(connection, candidate)
+                                              for candidate in candidates if candidate != dn)
+                          if other is not None and other.lower() != (own or dn).lower()]
+                if others:
+                    logger.warning("LDAP entries %s all match %s: ambiguous, ignored", [own or dn, *others],
+                                   _identity(username))
+                    return None
+                return self._entry_name(self._read_own_entry(connection, dn), username)
         return None
+
+    def _visible_dn(self, connection: Connection, dn: str) -> str | None:
+        """The DN of the entry at ``dn`` as the directory spells it, None when the bound user sees
+        no entry there (none, or one it may not read)."""
+        connection.search(dn, "(objectClass=*)", search_scope=BASE, attributes=[], size_limit=1,
+                          time_limit=max(1, int(self.settings.receive_timeout)))
+        if (connection.result or {}).get("result") != 0:
+            return None
+        return next((str(item["dn"]) for item in connection.response or []
+                     if item.get("type") == "searchResEntry"), None)
 
     def _read_own_entry(self, connection: Connection, dn: str) -> dict[str, Any]:
         """The user_object attributes of the entry just bound as, read as that user ({} when the
