@@ -1,7 +1,8 @@
 """LDAP / Active Directory authentication with ldap3, in every mode vmpooler supports.
 
 Direct bind (no ``service_account_hash``): try a simple bind as ``<user_object>=<user>,<base>`` for
-every base x user_object, in the order configured; the first success wins.
+every base x user_object, in the order configured; the first success wins, unless another of those
+DNs is an entry the user can see (another person with the same name: ambiguous, refused).
 
 Service account (``service_account_hash: {user_dn, password}``): bind as the service account,
 search ``(<user_object>=<user>)`` under every base (subtree), then bind as each entry found with
@@ -29,7 +30,9 @@ Backend trouble raises ``AuthUnavailable`` (the API answers 503), never a wrong-
 from __future__ import annotations
 
 import math
+import socket
 import ssl
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
@@ -180,6 +183,8 @@ class LdapAuthenticator:
                     return True
                 if code == 32:  # noSuchObject: the group does not exist
                     logger.warning("LDAP group %r does not exist on %s", group, self._where)
+                elif code == 10:  # referral: held by another server, not followed (no member here)
+                    logger.warning("LDAP group %r is a referral to another server on %s: not read", group, self._where)
                 elif code != 0:
                     description = (connection.result or {}).get("description", "unknown")
                     logger.error("%s answered a group search with %s (%s)", self._where, code, description)
@@ -222,7 +227,12 @@ class LdapAuthenticator:
             receive_timeout=max(1, math.ceil(self.settings.receive_timeout)),
             return_empty_attributes=False,
         )
+        # One deadline for the whole task: each answer may take receive_timeout, but a directory
+        # answering each of the task's 6-10 operations just in time made one login take a minute
+        # (the API Lambda is killed at 29 s: 504, the attempt left in flight in the limiter).
+        deadline = time.monotonic() + self.settings.login_timeout
         connection.open(read_server_info=False)
+        connection.socket = _DeadlineSocket(connection.socket, deadline, connection.receive_timeout)
         if self.settings.encryption == "start_tls":
             # Raises LDAPStartTLSError (a certificate error included) rather than binding in clear.
             if not connection.start_tls(read_server_info=False):
@@ -250,12 +260,33 @@ class LdapAuthenticator:
 
     def _direct_bind(self, connection: Connection, username: str, password: str) -> str | None:
         rdn_value = escape_rdn(username)
-        for base in self.settings.bases:
-            for attribute in self.settings.user_objects:
-                dn = f"{attribute}={rdn_value},{base}"
-                if self._bind(connection, dn, password):
-                    return self._entry_name(self._read_own_entry(connection, dn), username)
+        candidates = [f"{attribute}={rdn_value},{base}"
+                      for base in self.settings.bases for attribute in self.settings.user_objects]
+        for dn in candidates:
+            if self._bind(connection, dn, password):
+                # Another entry under another candidate DN is another person with the same name
+                # (uid=alice under two bases): whoever bound was vmpool's alice, with her tokens
+                # and VMs. Ambiguous, as in the service-account mode: neither logs in.
+                own = self._visible_dn(connection, dn)
+                others = [other for other in (self._visible_dn(connection, candidate)
+                                              for candidate in candidates if candidate != dn)
+                          if other is not None and other.lower() != (own or dn).lower()]
+                if others:
+                    logger.warning("LDAP entries %s all match %s: ambiguous, ignored", [own or dn, *others],
+                                   _identity(username))
+                    return None
+                return self._entry_name(self._read_own_entry(connection, dn), username)
         return None
+
+    def _visible_dn(self, connection: Connection, dn: str) -> str | None:
+        """The DN of the entry at ``dn`` as the directory spells it, None when the bound user sees
+        no entry there (none, or one it may not read)."""
+        connection.search(dn, "(objectClass=*)", search_scope=BASE, attributes=[], size_limit=1,
+                          time_limit=max(1, int(self.settings.receive_timeout)))
+        if (connection.result or {}).get("result") != 0:
+            return None
+        return next((str(item["dn"]) for item in connection.response or []
+                     if item.get("type") == "searchResEntry"), None)
 
     def _read_own_entry(self, connection: Connection, dn: str) -> dict[str, Any]:
         """The user_object attributes of the entry just bound as, read as that user ({} when the
@@ -359,6 +390,12 @@ class LdapAuthenticator:
         if code == 32:  # noSuchObject: the base does not exist
             logger.warning("LDAP base %r does not exist on %s", base, self._where)
             return []
+        if code == 10:
+            # referral: the base is held by another server (another domain of an AD forest).
+            # Referrals are not followed: its users are not found, as those under a referral
+            # inside a base are not. Before, the other bases' users got 503 too, for every login.
+            logger.warning("LDAP base %r is a referral to another server on %s: not searched", base, self._where)
+            return []
         if code != 0:
             description = (connection.result or {}).get("description", "unknown")
             logger.error("%s answered a search with %s (%s)", self._where, code, description)
@@ -393,9 +430,44 @@ class _StdlibTls(Tls):
         self._server_hostname = host
 
     def wrap_socket(self, connection, do_handshake=False):
-        connection.socket = self._context.wrap_socket(
-            connection.socket,
+        # StartTLS wraps the socket _connect gave a deadline: TLS goes under that deadline.
+        timed = connection.socket if isinstance(connection.socket, _DeadlineSocket) else None
+        if timed is not None:
+            timed.tighten()
+        wrapped = self._context.wrap_socket(
+            timed.raw if timed is not None else connection.socket,
             server_side=False,
             do_handshake_on_connect=do_handshake,
             server_hostname=self._server_hostname,
         )
+        connection.socket = timed.rewrap(wrapped) if timed is not None else wrapped
+
+
+class _DeadlineSocket:
+    """A connection's socket whose every receive waits at most until one deadline (and at most
+    ``receive_timeout``): a directory that answers each operation just in time, or trickles an
+    answer a byte at a time, cannot hold one task past ``login_timeout``. ldap3 uses the socket
+    through recv, sendall, settimeout, shutdown, close...: all but recv go through as they are."""
+
+    def __init__(self, raw: Any, deadline: float, receive_timeout: float | None) -> None:
+        self.raw = raw
+        self._deadline = deadline
+        self._receive_timeout = receive_timeout or math.inf
+
+    def tighten(self) -> None:
+        """Wait at most until the deadline in the next blocking call; socket.timeout once past it."""
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("login_timeout passed")
+        self.raw.settimeout(min(self._receive_timeout, remaining))
+
+    def rewrap(self, raw: Any) -> "_DeadlineSocket":
+        return _DeadlineSocket(raw, self._deadline, self._receive_timeout)
+
+    def recv(self, size: int) -> bytes:
+        self.tighten()
+        data: bytes = self.raw.recv(size)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)

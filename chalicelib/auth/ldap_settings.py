@@ -144,6 +144,9 @@ class LdapSettings(SettingsModel):
     verify_certificates: Bool = True
     connect_timeout: Seconds = 5.0
     receive_timeout: Seconds = 10.0
+    login_timeout: Seconds = 20.0
+    """The most one login (or one user or group check) may take in all, every answer included:
+    under the API Lambda's 29 s."""
     service_account_hash: Optional[ServiceAccount] = None
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ from chalicelib.auth.dummy import DummyAuthenticator
 from chalicelib.auth.ldap import LdapAuthenticator, parse_ldap_settings
 from chalicelib.auth.secrets import SecretReference, SecretUnavailable, plain_secret
 from chalicelib.config import ConfigError, parse
-from tests.auth.slapd import USERS_OU, SlapdServer
+from tests.auth.slapd import BASE, PEOPLE_OU, USERS_OU, SlapdServer
 
 ALL_USERS = ("alice", "comma,user", "bob", "carol")
 
@@ -124,6 +124,43 @@ def test_service_account_ignores_ambiguous_matches(slapd, caplog):
 def test_missing_base_is_skipped_in_service_mode(slapd):
     auth = with_service_account(slapd, base=["ou=gone,dc=example,dc=com", slapd.users_base])
     assert auth.authenticate("alice", slapd.password("alice")) is True
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_name_under_two_bases_is_two_people_and_neither_logs_in(mode, caplog):
+    """uid=alice under ou=users and another person's uid=alice under ou=people, each with a
+    password: in a direct bind the second alice bound under ou=people and was vmpool's alice
+    (alice's tokens and VMs). Ambiguous in both modes: neither logs in; other users still do."""
+    other = (f"dn: uid=alice,{PEOPLE_OU}\nobjectClass: inetOrgPerson\nuid: alice\ncn: other alice\n"
+             "sn: a\nuserPassword: other-alice-Pass\n")
+    with SlapdServer(extra_ldif=other) as directory:
+        auth = MODES[mode](directory)
+        with caplog.at_level(logging.WARNING):
+            assert auth.login_name("alice", "other-alice-Pass") is None
+            assert auth.login_name("alice", directory.password("alice")) is None
+        assert "ambiguous" in caplog.text
+        assert auth.login_name("bob", directory.password("bob")) == "bob"
+        # The same base written twice is one entry, not two.
+        twice = MODES[mode](directory, base=[directory.users_base, directory.users_base.upper()])
+        assert twice.login_name("comma,user", directory.password("comma,user")) == "comma,user"
+
+
+def test_a_base_or_group_held_by_another_server_is_skipped_not_an_outage(caplog):
+    """A base (or admin group) that is a referral (another domain of an AD forest, a subtree moved
+    to another server) is not followed, as a referral inside a base is not: the users of the other
+    bases log in. Before, every login was 503 (and every group check) while it was configured."""
+    referral = (f"dn: ou=elsewhere,{BASE}\nobjectClass: referral\nobjectClass: extensibleObject\n"
+                "ou: elsewhere\nref: ldap://ldap.other.example/ou=elsewhere,dc=other\n")
+    with SlapdServer(extra_ldif=referral) as directory:
+        auth = with_service_account(directory, base=[f"ou=elsewhere,{BASE}", f"ou=x,ou=elsewhere,{BASE}",
+                                                     directory.users_base])
+        with caplog.at_level(logging.WARNING):
+            assert auth.authenticate("alice", directory.password("alice")) is True
+        assert "is a referral to another server" in caplog.text
+        assert auth.authenticate("alice", "wrong") is False
+        assert auth.has_user("alice") is True
+        assert auth.member_of_any("alice", [f"cn=admins,ou=elsewhere,{BASE}", directory.posix_admin_group]) is True
+        assert auth.member_of_any("alice", [f"cn=admins,ou=elsewhere,{BASE}"]) is False
 
 
 # --- injection -----------------------------------------------------------------------------------
