@@ -23,7 +23,8 @@ from chalicelib.services import Services
 from chalicelib.store import store as store_module
 from chalicelib.store.ondemand import OnDemandStore
 from chalicelib.store.vm_tasks import VMTaskStore
-from tests.core.test_reconcile_queue import Context, RecordingQueue
+from tests.chaos.lambda_api import call, serving
+from tests.core.test_reconcile_queue import Context
 from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
 from tests.support import eventually
@@ -41,22 +42,9 @@ CONFIG = f"""
 @pytest.fixture
 def api(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
     """The API function on the pair's endpoint, waiting for a replica as in AWS Lambda."""
-    services = Services.from_environment({"VMPOOL_CONFIG": CONFIG, "VMPOOL_REDIS_URL": redis_pair.endpoint.url,
-                                          "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1",
-                                          "POWERTOOLS_METRICS_DISABLED": "true"})
-    monkeypatch.setattr(app, "_services", services)
-    monkeypatch.setattr(app, "_config", None)
-    monkeypatch.setattr(app, "_queue", RecordingQueue())
+    services = serving(redis_pair, monkeypatch, CONFIG)
     yield services
     services.client.close()
-
-
-def call(method: str, resource: str, path: str, params: dict[str, str] | None = None,
-         body: Any = None) -> tuple[int, Any]:
-    answer = app.app(api_event(method, resource, path, params=params,
-                               body=json.dumps(body) if body is not None else None,
-                               headers={"Content-Type": "application/json"}), Context())
-    return answer["statusCode"], json.loads(answer["body"])
 
 
 def after_failover(pair: RedisPair) -> Services:
@@ -119,12 +107,7 @@ def test_a_token_answered_200_is_on_the_new_primary(redis_pair: RedisPair, monke
 
 def token_service(pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Services:
     """The API function with ``:auth:`` on the pair's endpoint, waiting for a replica as in AWS."""
-    services = Services.from_environment({"VMPOOL_CONFIG": CONFIG + ":auth: {provider: dummy}\n",
-                                          "VMPOOL_REDIS_URL": pair.endpoint.url,
-                                          "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1", "POWERTOOLS_METRICS_DISABLED": "true"})
-    monkeypatch.setattr(app, "_services", services)
-    monkeypatch.setattr(app, "_config", None)
-    return services
+    return serving(pair, monkeypatch, CONFIG + ":auth: {provider: dummy}\n")
 
 
 @pytest.mark.parametrize("by", ["token", "id"])

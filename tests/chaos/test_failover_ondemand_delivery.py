@@ -11,20 +11,17 @@ request is answered ready only once a replica has its delivery (202 until then).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 import redis
 
-import app
 from chalicelib.clock import FakeClock
 from chalicelib.services import Services
 from chalicelib.store.ondemand import OnDemandStore
+from tests.chaos.lambda_api import call, serve
 from tests.chaos.test_failover_reconcile import reconcile
 from tests.chaos.test_failover_reconcile import service_on as reconcile_service_on
-from tests.core.test_reconcile_queue import Context, RecordingQueue
-from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
 
 POOL = "ha"
@@ -39,19 +36,7 @@ def service_on(pair: RedisPair, hypervisor: redis.Redis, clock: FakeClock,
                monkeypatch: pytest.MonkeyPatch) -> Services:
     """A function of the service on the pair's endpoint (tests/chaos/test_failover_reconcile.py's:
     a replica waited for, the dummy hypervisor on a Redis no failover touches), serving the API too."""
-    services = reconcile_service_on(pair, hypervisor, clock)
-    monkeypatch.setattr(app, "_services", services)
-    monkeypatch.setattr(app, "_config", None)
-    monkeypatch.setattr(app, "_queue", RecordingQueue())
-    return services
-
-
-def call(method: str, resource: str, path: str, params: dict[str, str] | None = None,
-         body: Any = None) -> tuple[int, Any]:
-    answer = app.app(api_event(method, resource, path, params=params,
-                               body=json.dumps(body) if body is not None else None,
-                               headers={"Content-Type": "application/json"}), Context())
-    return answer["statusCode"], json.loads(answer["body"])
+    return serve(reconcile_service_on(pair, hypervisor, clock), monkeypatch)
 
 
 def poll(request_id: str) -> tuple[int, Any]:

@@ -13,18 +13,14 @@ it is a 503 saying the change was made and to send it again.
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any, Iterator
 
 import pytest
 
-import app
-from chalicelib.services import Services
 from chalicelib.store import Store
 from chalicelib.store.pool_overrides import PoolOverride, PoolOverrides
+from tests.chaos import lambda_api
 from tests.chaos.test_failover_lost_writes import promised
-from tests.core.test_reconcile_queue import Context, RecordingQueue
-from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
 
 POOL = "ha"
@@ -51,20 +47,14 @@ def made(name: str, override: PoolOverride) -> bool:
 
 
 def call(method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    answer = app.app(api_event(method, path, path, body=None if body is None else json.dumps(body),
-                               headers={"Content-Type": "application/json", **(headers or {})}), Context())
-    return answer["statusCode"], json.loads(answer["body"])
+    return lambda_api.call(method, path, path, body=body, headers=headers)
 
 
 @pytest.fixture
 def admin(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """The API function on the pair's endpoint, waiting for a replica as in AWS Lambda, and an
     administrator's token (replicated)."""
-    services = Services.from_environment({"VMPOOL_CONFIG": CONFIG, "VMPOOL_REDIS_URL": redis_pair.endpoint.url,
-                                          "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1", "POWERTOOLS_METRICS_DISABLED": "true"})
-    monkeypatch.setattr(app, "_services", services)
-    monkeypatch.setattr(app, "_config", None)
-    monkeypatch.setattr(app, "_queue", RecordingQueue())
+    services = lambda_api.serving(redis_pair, monkeypatch, CONFIG)
     basic = "Basic " + base64.b64encode(b"alice:right password").decode()
     status, answer = call("POST", "/api/v3/token", headers={"Authorization": basic})
     assert status == 200, answer

@@ -8,16 +8,13 @@ that writes, and the reads a dashboard makes, which the demoted node serves)."""
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any, Iterator
 
 import pytest
 
-import app
 from chalicelib.services import Services
+from tests.chaos.lambda_api import call, serving
 from tests.chaos.test_failover_reconcile import reconcile
-from tests.core.test_reconcile_queue import Context, RecordingQueue
-from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
 
 POOL = "ha"
@@ -35,22 +32,9 @@ BASIC = {"Authorization": "Basic " + base64.b64encode(b"alice:right password").d
 
 @pytest.fixture
 def api(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
-    services = Services.from_environment({"VMPOOL_CONFIG": CONFIG, "VMPOOL_REDIS_URL": redis_pair.endpoint.url,
-                                          "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1",
-                                          "POWERTOOLS_METRICS_DISABLED": "true"})
-    monkeypatch.setattr(app, "_services", services)
-    monkeypatch.setattr(app, "_config", None)
-    monkeypatch.setattr(app, "_queue", RecordingQueue())
+    services = serving(redis_pair, monkeypatch, CONFIG)
     yield services
     services.client.close()
-
-
-def call(method: str, resource: str, path: str, params: dict[str, str] | None = None, body: Any = None,
-         headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    answer = app.app(api_event(method, resource, path, params=params or {},
-                               body=json.dumps(body) if body is not None else None,
-                               headers={"Content-Type": "application/json", **(headers or {})}), Context())
-    return answer["statusCode"], json.loads(answer["body"]) if answer["body"] else None
 
 
 def demote_in_place(pair: RedisPair) -> None:

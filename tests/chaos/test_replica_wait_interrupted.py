@@ -26,8 +26,9 @@ import pytest
 import app
 from chalicelib.services import Services
 from chalicelib.store.vm_tasks import VMTaskStore
+from tests.chaos.lambda_api import serving
 from tests.chaos.test_failover_lost_writes import call, on_vm, post_task, running_vm
-from tests.core.test_reconcile_queue import Context, RecordingQueue
+from tests.core.test_reconcile_queue import Context
 from tests.infra.packaged_functions import api_event
 from tests.redis_pair import RedisPair
 from tests.support import eventually, stop_process
@@ -40,17 +41,6 @@ CONFIG = f"""
 :pools:
   - {{name: {POOL}, size: 2, provider: dummy}}
 """
-
-
-def serving(pair: RedisPair, monkeypatch: pytest.MonkeyPatch, config: str) -> Services:
-    """The API function on the pair's endpoint, waiting for a replica as in AWS Lambda."""
-    services = Services.from_environment({"VMPOOL_CONFIG": config, "VMPOOL_REDIS_URL": pair.endpoint.url,
-                                          "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1",
-                                          "POWERTOOLS_METRICS_DISABLED": "true"})
-    monkeypatch.setattr(app, "_services", services)
-    monkeypatch.setattr(app, "_config", None)
-    monkeypatch.setattr(app, "_queue", RecordingQueue())
-    return services
 
 
 @pytest.fixture
