@@ -5,8 +5,9 @@ headers and body as the spec says.
 ``make test`` runs a few examples per operation under /api/v3; ``make fuzz`` (VMPOOL_FUZZ_EXAMPLES
 and VMPOOL_FUZZ_VERSIONS, e.g. ``v3,v2,v1,unversioned``) runs many more, under every version;
 ``unversioned`` fuzzes the operations marked ``x-unversioned`` without a prefix. Each runs
-against the stacks VMPOOL_FUZZ_AUTH names (conftest.py: without ``:auth:`` and as an administrator). Operations that
-exist only unversioned (``x-unversioned-only``: /, /healthcheck, /dashboard...) are fuzzed there.
+against the stacks VMPOOL_FUZZ_AUTH names (conftest.py: without ``:auth:`` and as an
+administrator). Operations that exist only unversioned (``x-unversioned-only``: /, /healthcheck,
+/dashboard...) are fuzzed there.
 """
 
 from __future__ import annotations
