@@ -4,14 +4,17 @@ headers and body as the spec says.
 
 ``make test`` runs a few examples per operation under /api/v3; ``make fuzz`` (VMPOOL_FUZZ_EXAMPLES
 and VMPOOL_FUZZ_VERSIONS, e.g. ``v3,v2,v1,unversioned``) runs many more, under every version;
-``unversioned`` fuzzes the operations marked ``x-unversioned`` without a prefix. Operations that
-exist only unversioned (``x-unversioned-only``: /, /healthcheck, /dashboard...) are fuzzed there.
+``unversioned`` fuzzes the operations marked ``x-unversioned`` without a prefix. Each runs
+against the stacks VMPOOL_FUZZ_AUTH names (conftest.py: without ``:auth:`` and as an
+administrator). Operations that exist only unversioned (``x-unversioned-only``: /, /healthcheck,
+/dashboard...) are fuzzed there.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hypothesis
 import pytest
@@ -24,7 +27,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from local.stack import Stack
+if TYPE_CHECKING:
+    from tests.fuzz.fuzz_target import FuzzTarget
 
 SPEC = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 EXAMPLES = int(os.environ.get("VMPOOL_FUZZ_EXAMPLES", "8"))
@@ -40,7 +44,8 @@ schema = schemathesis.openapi.from_path(SPEC)
 @schema.parametrize()
 @hypothesis.settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                      suppress_health_check=list(hypothesis.HealthCheck))
-def test_every_operation_answers_as_the_spec_says(case: schemathesis.Case, fuzz_stack: Stack, version: str) -> None:
+def test_every_operation_answers_as_the_spec_says(case: schemathesis.Case, fuzz_target: FuzzTarget,
+                                                  version: str) -> None:
     prefix = f"/api/{version}"
     if case.operation.definition.raw.get("x-unversioned-only"):
         if version != VERSIONS[0]:
@@ -50,4 +55,5 @@ def test_every_operation_answers_as_the_spec_says(case: schemathesis.Case, fuzz_
         if not case.operation.definition.raw.get("x-unversioned"):
             pytest.skip("served under a version prefix only")
         prefix = ""
-    case.call_and_validate(base_url=f"http://127.0.0.1:{fuzz_stack.port}{prefix}", checks=CHECKS, timeout=10)
+    case.call_and_validate(base_url=f"http://127.0.0.1:{fuzz_target.stack.port}{prefix}", headers=fuzz_target.headers,
+                           checks=CHECKS, timeout=10)
