@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.api import checkout, conditional, dashboard, http, summary, vm_tasks, vms
+from chalicelib.api import checkout, conditional, dashboard, http, pool_config, summary, vm_tasks, vms
 from chalicelib.config import ServiceConfig
 from chalicelib.sizing.settings import MAX_SIZE
 from chalicelib.store.pool_overrides import MAX_CLONE_TARGET, MAX_TEMPLATE
 from infra import template
-from infra.sync_config import STAGES
+from infra.sync_config import RECONCILE_TIMEOUT, STAGES
 from local import http_front, redis_server, run
 from tests.support import doc_prose
 
@@ -46,6 +46,12 @@ STATED: dict[str, list[str]] = {
     "docs/deploy.md": [
         (f"| alarms, dashboard | **{ALARMS}** alarms (none per pool); dashboard body **{DASHBOARD_KB} KB**, "
          f"**{WIDGETS}** widgets"),
+        # The alarms table's thresholds, which an operator reads in an incident.
+        f"a reconcile batch took {int(template.DURATION_ALARM_FRACTION * 100)}% of its {RECONCILE_TIMEOUT} s timeout",
+        f"a pool's pass started {template.LATE_PASS_SECONDS} s or more after its message was due",
+        f"a failed pass's {template.RECONCILE_VISIBILITY_TIMEOUT} s visibility timeout does not count",
+        f"The oldest reconcile message is over {template.reconcile_backlog_threshold():,} s old",
+        f"the queue's {template.RECONCILE_VISIBILITY_TIMEOUT} s visibility timeout, a {RECONCILE_TIMEOUT} s consumer",
     ],
     "docs/api.md": [
         f"**Bodies** over {http.MAX_BODY_BYTES // 1024} KiB",
@@ -76,6 +82,9 @@ STATED: dict[str, list[str]] = {
         f"`max_ondemand_instances_per_request` VMs in all (default {_default('max_ondemand_instances_per_request')})",
         f"At most `ondemand_clone_limit` (default {_default('ondemand_clone_limit')})",
         f"`ondemand_request_ttl` minutes (default {_default('ondemand_request_ttl')})",
+        # The 503s of a runtime pool change no replica acknowledged: the client is told to send it again.
+        f'"{pool_config.CHANGE_NOT_REPLICATED}"',
+        f'"{pool_config.RESET_NOT_REPLICATED}"',
     ],
     "README.md": [
         (f"a request target over {http_front.MAX_TARGET_BYTES:,} bytes a 414, more than {http_front.MAX_HEADER_FIELDS} "
