@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from chalicelib import answer_sizes
 from chalicelib.api import checkout, conditional, dashboard, http, pool_config, summary, vm_tasks, vms
 from chalicelib.config import ServiceConfig
 from chalicelib.sizing.settings import MAX_SIZE
@@ -42,8 +43,14 @@ DASHBOARD_KB = f"{len(_DASHBOARD_BODY.encode()) / 1000:.1f}"
 """The stack's alarms and dashboard as infra/template.py makes them (the same whatever the pools:
 tests/infra/test_scale.py); an alarm or a graph added moves these, and the docs must follow."""
 
+MAX_TOKENS = (answer_sizes.ANSWER_LIMIT_BYTES - answer_sizes.lambda_bytes({"ok": True})) // answer_sizes.TOKEN_BYTES
+"""The largest ``max_tokens_per_user`` whose GET /token fits one answer (answer_sizes.tokens_answer_bytes):
+it moved when the token times took vmpooler's layout (46,025 -> 41,296), and three docs give it."""
+
 STATED: dict[str, list[str]] = {
     "docs/deploy.md": [
+        f"tokens of {answer_sizes.TOKEN_BYTES} bytes each, expiry included (at most {MAX_TOKENS:,}:",
+        f"a `max_tokens_per_user` above {MAX_TOKENS:,}",
         (f"| alarms, dashboard | **{ALARMS}** alarms (none per pool); dashboard body **{DASHBOARD_KB} KB**, "
          f"**{WIDGETS}** widgets"),
         # The alarms table's thresholds, which an operator reads in an incident.
@@ -86,6 +93,11 @@ STATED: dict[str, list[str]] = {
         f'"{pool_config.CHANGE_NOT_REPLICATED}"',
         f'"{pool_config.RESET_NOT_REPLICATED}"',
     ],
+    "docs/auth.md": [
+        (f"at most {MAX_TOKENS:,}, the most one `GET /token` (the user's own, or an administrator's `?user=`) "
+         f"can list within Lambda's 6 MB at {answer_sizes.TOKEN_BYTES} bytes a token"),
+    ],
+    "docs/performance.md": [f"(`max_tokens_per_user`, at most {MAX_TOKENS:,})"],
     "README.md": [
         (f"a request target over {http_front.MAX_TARGET_BYTES:,} bytes a 414, more than {http_front.MAX_HEADER_FIELDS} "
         f"headers, one over {http_front.MAX_HEADER_FIELD_BYTES:,} bytes or all of them over "
