@@ -15,6 +15,7 @@ import pytest
 from chalicelib import answer_sizes
 from chalicelib.api import checkout, conditional, dashboard, http, pool_config, summary, vm_tasks, vms
 from chalicelib.config import ServiceConfig
+from chalicelib.manager.vm_tasks import TASK_SETTLE_SECONDS
 from chalicelib.sizing.settings import MAX_SIZE
 from chalicelib.store.pool_overrides import MAX_CLONE_TARGET, MAX_TEMPLATE
 from infra import template
@@ -92,6 +93,10 @@ STATED: dict[str, list[str]] = {
         # The 503s of a runtime pool change no replica acknowledged: the client is told to send it again.
         f'"{pool_config.CHANGE_NOT_REPLICATED}"',
         f'"{pool_config.RESET_NOT_REPLICATED}"',
+        # How long a disk, snapshot or revert whose start's answer was lost may stay in flight.
+        f"fails only if it has not {TASK_SETTLE_SECONDS:g} s after it was started",
+        f"(`disk +8gb failed: not done {TASK_SETTLE_SECONDS:g} s after its start",
+        f"for up to the same {TASK_SETTLE_SECONDS:g} s",
     ],
     "docs/auth.md": [
         (f"at most {MAX_TOKENS:,}, the most one `GET /token` (the user's own, or an administrator's `?user=`) "
