@@ -184,3 +184,19 @@ def test_every_make_target_the_docs_name_exists() -> None:
              for name in re.findall(r"`make ([a-z][a-z-]*)", path.read_text(encoding="utf-8"))}
     assert {"run", "test", "deploy", "config-push"} <= named  # the scan finds them
     assert named <= targets, f"docs name make targets the Makefile lacks: {sorted(named - targets)}"
+
+
+# --- the Limits table of docs/auth.md ---------------------------------------------------------------
+
+LIMITS_ROW = re.compile(r"^\| `([a-z_]+)` \| ([0-9]+) \|", re.MULTILINE)
+
+
+def test_every_default_in_the_limits_table_is_the_configs() -> None:
+    """docs/auth.md, "Limits": each ``:config:`` key's default as ServiceConfig has it (the table is
+    what an operator sizes quotas by; 11 numeric rows, none pinned before)."""
+    text = (ROOT / "docs/auth.md").read_text(encoding="utf-8")
+    table = text[text.index("\n## Limits\n"):]
+    rows = LIMITS_ROW.findall(table[:table.index("\n\n", table.index("| key | default |"))])
+    assert len(rows) >= 10, rows
+    wrong = {key: (stated, _default(key)) for key, stated in rows if int(stated) != _default(key)}
+    assert not wrong, f"docs/auth.md's Limits table states defaults the config does not have: {wrong}"
