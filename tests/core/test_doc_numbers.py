@@ -14,7 +14,7 @@ import pytest
 
 from chalicelib import answer_sizes
 from chalicelib.api import checkout, conditional, dashboard, http, pool_config, summary, vm_tasks, vms
-from chalicelib.config import ServiceConfig
+from chalicelib.config import AuthConfig, ServiceConfig
 from chalicelib.manager.vm_tasks import TASK_SETTLE_SECONDS
 from chalicelib.sizing.settings import MAX_SIZE
 from chalicelib.store.pool_overrides import MAX_CLONE_TARGET, MAX_TEMPLATE
@@ -200,3 +200,14 @@ def test_every_default_in_the_limits_table_is_the_configs() -> None:
     assert len(rows) >= 10, rows
     wrong = {key: (stated, _default(key)) for key, stated in rows if int(stated) != _default(key)}
     assert not wrong, f"docs/auth.md's Limits table states defaults the config does not have: {wrong}"
+
+
+LOGIN_LIMITS_ROW = re.compile(r"^\| `(login_attempts_[a-z_]+)` \| [^|]+ \| ([0-9]+) \|", re.MULTILINE)
+
+
+def test_every_default_in_the_login_limits_table_is_the_configs() -> None:
+    """docs/auth.md's failed-login limits table: each ``:auth:`` key's default as AuthConfig has it."""
+    rows = LOGIN_LIMITS_ROW.findall((ROOT / "docs/auth.md").read_text(encoding="utf-8"))
+    assert len(rows) == 3, rows
+    wrong = {key: (stated, getattr(AuthConfig, key)) for key, stated in rows if int(stated) != getattr(AuthConfig, key)}
+    assert not wrong, f"docs/auth.md's login limits state defaults the config does not have: {wrong}"
