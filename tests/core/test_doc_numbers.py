@@ -16,7 +16,9 @@ from chalicelib import answer_sizes
 from chalicelib.api import checkout, conditional, dashboard, http, pool_config, summary, vm_tasks, vms
 from chalicelib.config import AuthConfig, ServiceConfig
 from chalicelib.manager.vm_tasks import TASK_SETTLE_SECONDS
+from chalicelib.providers.vsphere.connection import LOGIN_RETRY_SECONDS
 from chalicelib.sizing.settings import MAX_SIZE
+from chalicelib.store.names import NAMES_PER_CALL
 from chalicelib.store.pool_overrides import MAX_CLONE_TARGET, MAX_TEMPLATE
 from infra import template
 from infra.sync_config import RECONCILE_TIMEOUT, STAGES
@@ -101,6 +103,13 @@ STATED: dict[str, list[str]] = {
     "docs/auth.md": [
         (f"at most {MAX_TOKENS:,}, the most one `GET /token` (the user's own, or an administrator's `?user=`) "
          f"can list within Lambda's 6 MB at {answer_sizes.TOKEN_BYTES} bytes a token"),
+    ],
+    "docs/vsphere.md": [
+        (f"**A refused password is sent once per process every {LOGIN_RETRY_SECONDS / 60:g} minutes** "
+         "(`LOGIN_RETRY_SECONDS`)"),
+        f"the same password is not tried again for {LOGIN_RETRY_SECONDS:g} s",
+        f"Over {NAMES_PER_CALL:,} names are held by several script calls",
+        f"not done {TASK_SETTLE_SECONDS:g} s after its take",
     ],
     "docs/performance.md": [f"(`max_tokens_per_user`, at most {MAX_TOKENS:,})"],
     "README.md": [
