@@ -230,3 +230,18 @@ def test_with_auth_a_dead_token_is_refused_where_the_spec_says_one_is_read(
         reads = any(alternative for alternative in operation.get("security", spec["security"]))
         assert (reply.status == 401) == reads, f"{method} {path} answers {reply.status}; spec reads a token: {reads}"
         assert not reads or "401" in operation["responses"], (method, path)
+
+
+def test_every_link_names_an_operation_and_its_path_parameters(spec: dict[str, Any]) -> None:
+    """A link to a missing operation or parameter is dropped by a stateful tool without a word."""
+    by_id = {operation["operationId"]: (path, operation) for _, path, operation in operations(spec)}
+    links = 0
+    for _, _, operation in operations(spec):
+        for answer in operation["responses"].values():
+            for name, link in resolve(answer, spec).get("links", {}).items():
+                links += 1
+                path, linked = by_id[link["operationId"]]
+                assert set(link["parameters"]) <= set(path_parameters(spec, path, linked)), name
+                for expression in link["parameters"].values():
+                    assert re.fullmatch(r"\$request\.path\.\w+|\$response\.body#(/\w+)+", expression), expression
+    assert links >= 10
