@@ -245,3 +245,14 @@ def test_every_link_names_an_operation_and_its_path_parameters(spec: dict[str, A
                 for expression in link["parameters"].values():
                     assert re.fullmatch(r"\$request\.path\.\w+|\$response\.body#(/\w+)+", expression), expression
     assert links >= 10
+
+
+@pytest.mark.parametrize("request_id", ["ci-42", "run:7.a_b", "a" * 100, "a" * 101, "-42", "a b", "a/b", "", "é"])
+def test_the_spec_takes_the_request_ids_the_service_takes(spec: dict[str, Any], request_id: str) -> None:
+    """Before: any string as a chosen ``request_id`` (the service answers 400 to most)."""
+    from chalicelib.api.ondemand import REQUEST_ID_PATTERN
+
+    served = REQUEST_ID_PATTERN.match(request_id) is not None
+    body = spec["components"]["schemas"]["OndemandRequest"]["properties"]["request_id"]
+    assert OAS30Validator(body).is_valid(request_id) is served
+    assert OAS30Validator(spec["components"]["parameters"]["RequestId"]["schema"]).is_valid(request_id) is served
