@@ -3,7 +3,9 @@
 Without ``:auth:`` nobody needs a token and a token sent anyway is ignored, as in vmpooler.
 
 With ``:auth:`` (vmpooler's FIX notes):
-- an ``X-AUTH-TOKEN`` that is not a live token is a 401, wherever it is sent (an empty one too);
+- an ``X-AUTH-TOKEN`` that is not a live token is a 401 wherever a route reads a token (an empty one
+  too); the read-only routes (``GET /status``, ``/vm``, ``/vm/<host>``, ``/summary``, the
+  dashboard's) read none and ignore it, as vmpooler does;
 - a VM checked out with a token belongs to that token's user: only a token of the same user may
   change its lifetime or give it back (401 without a token, 403 with another user's);
 - lifetime changes need a token even on a VM checked out without one.
