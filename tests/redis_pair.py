@@ -205,9 +205,11 @@ class RedisPair:
         self.endpoint.point_at(self.replica.port)
         self.primary, self.replica = self.replica, self.primary
 
-    def swap_with_replicaof(self) -> None:
+    def swap_with_replicaof(self, move_endpoint: bool = True) -> None:
         """Roles swapped by hand (REPLICAOF NO ONE on the replica, REPLICAOF on the primary), the
-        endpoint moved: connections opened before still reach the demoted node, now read-only."""
+        endpoint moved: connections opened before still reach the demoted node, now read-only.
+        Without ``move_endpoint`` the endpoint stays on the demoted node (its name not yet
+        updated): new connections reach it too."""
         old, new = self.client(self.primary), self.client(self.replica)
         try:
             new.execute_command("REPLICAOF", "NO", "ONE")
@@ -215,7 +217,8 @@ class RedisPair:
         finally:
             old.close()
             new.close()
-        self.endpoint.point_at(self.replica.port)
+        if move_endpoint:
+            self.endpoint.point_at(self.replica.port)
         self.primary, self.replica = self.replica, self.primary
 
     def stop(self) -> None:

@@ -37,18 +37,6 @@ def api(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Serv
     services.client.close()
 
 
-def demote_in_place(pair: RedisPair) -> None:
-    """The roles swapped, the endpoint left on the demoted node (its name not yet updated)."""
-    old, new = RedisPair.client(pair.primary), RedisPair.client(pair.replica)
-    try:
-        new.execute_command("REPLICAOF", "NO", "ONE")
-        old.execute_command("REPLICAOF", "127.0.0.1", pair.replica.port)
-    finally:
-        old.close()
-        new.close()
-    pair.primary, pair.replica = pair.replica, pair.primary
-
-
 def test_every_change_answers_503_while_the_endpoint_names_the_demoted_node_then_200(
         redis_pair: RedisPair, api: Services) -> None:
     pool = api.pool(POOL)
@@ -85,7 +73,7 @@ def test_every_change_answers_503_while_the_endpoint_names_the_demoted_node_then
             ("return", call("DELETE", "/api/v3/vm/{name}", f"/api/v3/vm/{host}", vm, headers=token)),
         ]
 
-    demote_in_place(redis_pair)
+    redis_pair.swap_with_replicaof(move_endpoint=False)  # the endpoint names the demoted node
     stale = dict(requests())
     reads = {"status", "summary", "vm"}  # served by the demoted node, a moment stale
     assert {name: answer for name, answer in stale.items() if answer[0] != (200 if name in reads else 503)} == {}

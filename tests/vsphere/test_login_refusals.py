@@ -13,14 +13,13 @@ from typing import Any, Iterator
 
 import pytest
 import redis
-from pyVmomi import SoapStubAdapter
 
 from chalicelib.clock import FakeClock
 from chalicelib.manager.runner import run_pool
 from chalicelib.providers.vsphere import connection as connections
 from chalicelib.services import Services
 from tests.support import counts_by_reason, emf_documents
-from tests.vsphere.vcsim import VcsimServer, vcsim_config
+from tests.vsphere.vcsim import VcsimServer, record_soap_calls, vcsim_config
 
 POOLS = [{"name": f"refused-{index}", "size": 1, "folder": f"vmpool/refused-{index}"} for index in range(10)]
 
@@ -31,13 +30,11 @@ def logins(vcsim: VcsimServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[list
     test's session holds), each as the password it carried."""
     sent: list[str] = []
 
-    class CountingStub(SoapStubAdapter):  # type: ignore[misc]  # pyVmomi is untyped
-        def InvokeMethod(self, mo: Any, info: Any, args: Any, *rest: Any, **named: Any) -> Any:
-            if info.wsdlName == "Login":
-                sent.append(str(args[1]))
-            return super().InvokeMethod(mo, info, args, *rest, **named)
+    def record(method: str, args: Any) -> None:
+        if method == "Login":
+            sent.append(str(args[1]))
 
-    monkeypatch.setattr(connections, "SoapStubAdapter", CountingStub)
+    record_soap_calls(monkeypatch, record)
     connections.forget_server("localhost", vcsim.port)
     yield sent
     connections.forget_server("localhost", vcsim.port)

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
-from pyVmomi import SoapStubAdapter
 
 from chalicelib.providers.base import ProviderError
-from chalicelib.providers.vsphere import connection as connections
 from tests.harness import HarnessFactory
 from tests.vsphere.test_bad_day import POOL, converge, pool_harness
-from tests.vsphere.vcsim import VcsimServer, make_setup
+from tests.vsphere.vcsim import VcsimServer, make_setup, record_soap_calls
 
 PAGE = 7
 
@@ -37,12 +35,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The SOAP methods sent by connections made from now on."""
     methods: list[str] = []
 
-    class CountingStub(SoapStubAdapter):  # type: ignore[misc]  # pyVmomi is untyped
-        def InvokeMethod(self, mo: Any, info: Any, args: Any, *rest: Any, **named: Any) -> Any:
-            methods.append(info.wsdlName)
-            return super().InvokeMethod(mo, info, args, *rest, **named)
-
-    monkeypatch.setattr(connections, "SoapStubAdapter", CountingStub)
+    record_soap_calls(monkeypatch, lambda method, args: methods.append(method))
     return methods
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 import pytest
-from pyVmomi import SoapStubAdapter, vim
+from pyVmomi import vim
 
 from chalicelib.providers.base import AnswerLost
 from chalicelib.providers.vsphere import connection as connections
@@ -21,7 +21,7 @@ from chalicelib.providers.vsphere.connection import Connection
 from tests.harness import HarnessFactory
 from tests.vsphere import admin
 from tests.vsphere.test_bad_day import POOL, converge, pool_harness
-from tests.vsphere.vcsim import DATACENTER, Setup, VcsimServer, make_setup
+from tests.vsphere.vcsim import DATACENTER, Setup, VcsimServer, make_setup, record_soap_calls
 
 
 @pytest.fixture
@@ -30,12 +30,7 @@ def sent(vcsim: VcsimServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[s
     connection-cache key of its own)."""
     methods: list[str] = []
 
-    class CountingStub(SoapStubAdapter):  # type: ignore[misc]  # pyVmomi is untyped
-        def InvokeMethod(self, mo: Any, info: Any, args: Any, *rest: Any, **named: Any) -> Any:
-            methods.append(info.wsdlName)
-            return super().InvokeMethod(mo, info, args, *rest, **named)
-
-    monkeypatch.setattr(connections, "SoapStubAdapter", CountingStub)
+    record_soap_calls(monkeypatch, lambda method, args: methods.append(method))
     connections.forget_server("localhost", vcsim.port)
     yield methods
     connections.forget_server("localhost", vcsim.port)

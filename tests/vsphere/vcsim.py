@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 from urllib.parse import urlparse
 
+import pytest
 from pyVim.connect import Disconnect, SmartConnect
-from pyVmomi import vim, vmodl
+from pyVmomi import SoapStubAdapter, vim, vmodl
 
 from chalicelib.clock import SystemClock
 from chalicelib.config import Config, PoolConfig, ProviderConfig, ServiceConfig, build
@@ -264,3 +265,15 @@ def make_setup(vcsim_server: VcsimServer, service: dict[str, Any] | None = None,
     provider_config = config.providers["vsphere"]
     provider_object = VSphereProvider(provider_config, config.service, SystemClock())
     return Setup(vcsim_server, config, provider_object, dict(service or {}), dict(provider))
+
+
+def record_soap_calls(monkeypatch: pytest.MonkeyPatch, record: Callable[[str, Any], None]) -> None:
+    """Connections made from now on call ``record(method, args)`` for each SOAP method they send
+    (vcsim counts nothing: what a test counts is counted at the stub)."""
+
+    class RecordingStub(SoapStubAdapter):  # type: ignore[misc]  # pyVmomi is untyped
+        def InvokeMethod(self, mo: Any, info: Any, args: Any, *rest: Any, **named: Any) -> Any:
+            record(info.wsdlName, args)
+            return super().InvokeMethod(mo, info, args, *rest, **named)
+
+    monkeypatch.setattr(vsphere_connection, "SoapStubAdapter", RecordingStub)
