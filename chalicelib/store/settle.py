@@ -15,9 +15,11 @@ change was made, and otherwise marks the id ``void``: the script, should it stil
 makes nothing. The API answers as if the script's answer had arrived, or 503 only when the change
 was not made and never will be.
 
-If the settle's own answer is lost as well, the caller gets 503 and the change may have been
-made: ``undo`` (commands written behind the settle on its connection when its reply times out,
-``written_behind_a_lost_reply``) undoes what can be undone (a token nobody saw)."""
+If the settle's own answer is lost as well, the settle is sent again (it is idempotent: the mark
+the first one left answers every later one), ``SETTLE_TRIES`` times in all. Only when every try
+is lost does the caller get 503 with the change perhaps made: ``undo`` (commands written behind
+the settle on its connection when its reply times out, ``written_behind_a_lost_reply``; the
+settle is then not sent again) undoes what can be undone (a token nobody saw)."""
 
 from __future__ import annotations
 
@@ -34,6 +36,10 @@ T = TypeVar("T")
 SETTLED_TTL_SECONDS = 60
 """How long a settled mark lives at least: far longer than a script may still act after it was
 sent (its deadline, store/deadline.py, is one socket timeout) and than the settle takes to come."""
+
+SETTLE_TRIES = 3
+"""How many times the settle is sent when its own reply is lost (``settled_mark``): each try is
+one round trip on a fresh connection, at most one socket timeout."""
 
 DONE = "done"
 VOID = "void"
@@ -78,9 +84,22 @@ def settled_mark(client: Any, settle_script: Callable[..., Any], key: str,
     """Run lua/settle.lua on ``key``: what the change's script marked it with when it made the
     change (``DONE``, or the answer it gave: lua/pool_overrides.lua), ``DONE`` when ``made`` (a
     key only the change writes) exists, else ``VOID`` (the change was not made, and now never will
-    be). Its reply lost too, ``undo`` is written behind it (raises)."""
-    with written_behind_a_lost_reply(*undo) if undo else nullcontext():
-        return str(settle_script(keys=[key, *([made] if made else [])], args=[settled_ttl(client)]))
+    be). Its reply lost too, it is run again (``SETTLE_TRIES`` in all): the settle is idempotent,
+    the mark the first run left (or the change's) is the answer of every later one, so the
+    caller learns how the change ended rather than answering 503 for a change that was made
+    (the retry of a ``POST /poolreset`` answered so reset the pool twice). Not run again once
+    ``undo`` was written behind a lost reply (a timeout): Redis may run a new connection's
+    settle before that connection's undo, and answer ``DONE`` for what the undo then removes;
+    that error is raised, as is the last try's."""
+    follow_up = written_behind_a_lost_reply(*undo) if undo else nullcontext()
+    with follow_up as undoing:
+        for tries_left in reversed(range(SETTLE_TRIES)):
+            try:
+                return str(settle_script(keys=[key, *([made] if made else [])], args=[settled_ttl(client)]))
+            except (redis.ConnectionError, redis.TimeoutError):
+                if not tries_left or (undoing is not None and undoing.written):
+                    raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def settled_done(client: Any, settle_script: Callable[..., Any], key: str,

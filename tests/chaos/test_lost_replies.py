@@ -48,16 +48,24 @@ class ReplyCuttingProxy(InterposedProxy):
 
     def __init__(self, upstream_port: int) -> None:
         self._marker: bytes | None = None
+        self._then: list[bytes] = []
         self._hold = False
         self._held: tuple[socket.socket, bytes] | None = None
         self.cut = threading.Event()
         self._lock = threading.Lock()
         super().__init__(upstream_port)
 
-    def cut_at(self, marker: str, hold: bool = False) -> None:
+    def cut_at(self, marker: str, hold: bool = False, then: tuple[str, ...] = ()) -> None:
+        """Cut (or hold) the first command holding ``marker``; after it, the first holding each
+        of ``then`` in turn is cut too."""
         with self._lock:
-            self._marker, self._hold = marker.encode(), hold
+            self._marker, self._hold, self._then = marker.encode(), hold, [next_marker.encode() for next_marker in then]
             self.cut.clear()
+
+    def all_cut(self) -> bool:
+        """Whether every marker given to ``cut_at`` was met."""
+        with self._lock:
+            return self._marker is None and not self._then
 
     def release(self) -> None:
         """Send the command held back on to Redis."""
@@ -84,7 +92,7 @@ class ReplyCuttingProxy(InterposedProxy):
             with self._lock:
                 hit = self._marker is not None and self._marker in data
                 if hit:
-                    self._marker = None
+                    self._marker = self._then.pop(0) if self._then else None
             if hit and self._hold:
                 self._held = (server, data)
                 _reset(client)
@@ -286,6 +294,38 @@ def test_a_pool_reset_whose_answer_was_lost_after_it_was_made_is_answered_as_mad
     assert reply.status == 201, reply.raw
     resets, fences = _resets(harness, redis_client)
     assert resets == {"pool1": repr(harness.clock.now())} and list(fences) == ["pool1"]
+
+
+def test_a_pool_reset_whose_answer_and_its_settles_answer_were_both_lost_is_answered_as_made_once(
+        make_harness: HarnessFactory, redis_server: RedisServer, redis_client: redis.Redis,
+        proxy: ReplyCuttingProxy) -> None:
+    """The reply to the reset's script is cut, then the reply to the settle that asks how it
+    ended. Before: 503 (the reset made), and the retry the 503 asks for reset the pool a second
+    time, draining the VMs cloned since the first. Now the settle is asked again and the reset
+    answered 201, made once."""
+    harness = _service(make_harness, redis_server, proxy, redis_client)
+    token = harness.new_token("root", "root-pw")
+    proxy.cut_at(harness.store.scripts.pool_overrides.sha, then=(harness.store.scripts.settle.sha,))
+    reply = harness.request("POST", "/api/v3/poolreset", {"pool1": "1"}, {"X-AUTH-TOKEN": token})
+    assert proxy.cut.is_set() and proxy.all_cut(), "the settle's reply was not cut: the test proved nothing"
+    assert reply.status == 201, reply.raw
+    resets, fences = _resets(harness, redis_client)
+    assert resets == {"pool1": repr(harness.clock.now())} and list(fences) == ["pool1"]
+
+
+def test_a_token_whose_answer_and_its_settles_answer_were_both_lost_is_handed_out(
+        make_harness: HarnessFactory, redis_server: RedisServer, redis_client: redis.Redis,
+        proxy: ReplyCuttingProxy) -> None:
+    """Both replies cut (the token's script's, then the settle's). Before: 503 and the token
+    nobody saw stayed, so at a limit of one token the retry was refused 403 until it expired. Now
+    the token is handed out, the user's only one."""
+    harness = _service(make_harness, redis_server, proxy, redis_client, max_tokens=1)
+    proxy.cut_at(harness.services.tokens._create.sha, then=(harness.services.tokens._settle.sha,))
+    reply = harness.request("POST", "/api/v3/token", headers=ALICE)
+    assert proxy.all_cut(), "the settle's reply was not cut: the test proved nothing"
+    assert reply.status == 200, reply.raw
+    assert harness.request("GET", f"/api/v3/token/{reply.json['token']}").status == 200
+    assert redis_client.scard(harness.store.keys.user_tokens(canonical_user("alice"))) == 1
 
 
 def test_a_pool_reset_whose_script_reaches_redis_after_the_api_gave_up_is_never_made(
