@@ -192,7 +192,19 @@ def _follow(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: V
             return False
         # The pass that took it died between asking the provider and noting the ref: the call
         # may have been done (before, such a disk was in the VM and reported never started).
-        if provider.applied(pool, hostname, str(task["kind"]), _applied_key(task)):
+        try:
+            done = provider.applied(pool, hostname, str(task["kind"]), _applied_key(task))
+        except ProviderError as error:
+            waited = context.now - float(task.get("started") or 0)
+            if error.kind in UNREACHABLE or waited <= grace + TASK_SETTLE_SECONDS:
+                raise  # the provider may answer on a later pass
+            # It answers, and cannot say (a refusal, the VM gone from its folder): waiting cannot
+            # help. Before, the task stayed in flight for good, the VM's later tasks behind it.
+            tasks.finish(hostname, task["id"], error=f"{describe(task)} may or may not have been done: its pass "
+                                                     f"was interrupted after taking it and asking the provider "
+                                                     f"failed: {error}")
+            return True
+        if done:
             list_field, value = result_of(task)
             tasks.finish(hostname, task["id"], list_field, value)
         else:

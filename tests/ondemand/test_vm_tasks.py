@@ -12,7 +12,7 @@ import redis
 from chalicelib.api import vm_tasks
 from chalicelib.api.http import ApiRequest
 from chalicelib.api.routes import handle
-from chalicelib.manager.vm_tasks import TASK_SETTLE_SECONDS
+from chalicelib.manager.vm_tasks import TASK_SETTLE_SECONDS, TASK_START_GRACE_SECONDS
 from chalicelib.providers.base import ProviderError
 from chalicelib.providers.failures import FailureKind
 from chalicelib.store.vm_tasks import (
@@ -388,3 +388,41 @@ def test_a_lost_start_the_provider_cannot_be_asked_about_waits_while_unreachable
     assert vm(stack, hostname)["task_errors"] == [
         ("disk +8gb may or may not have been done: the provider's answer to its start was lost (dummy provider "
          "storage: TimeoutError) and asking it failed: VM not found")]
+
+
+def test_a_task_whose_taker_died_and_that_the_provider_cannot_be_asked_about_ends_saying_so(make_stack, monkeypatch):
+    """A pass took the disk and died before starting it (no ref, no lost answer); past the start
+    grace the provider is asked whether it was done, and it answers but cannot say (a refusal,
+    the VM gone from its folder). Before, the task stayed in flight for good: GET /vm never said
+    what became of it, and the VM's next disk never ran. Now, while the provider cannot be
+    reached, or within TASK_SETTLE_SECONDS after the grace, it waits; then it ends saying why,
+    and the next task runs."""
+    stack = make_stack(task_time=0)
+    hostname = checked_out_vm(stack)
+    stack.answer("POST", f"/api/v3/vm/{hostname}/disk/8")
+    task, new = VMTaskStore(stack.services.store).take(hostname, "debian-12", stack.clock.now())
+    assert task is not None and new  # taken by a pass that then died
+    stack.answer("POST", f"/api/v3/vm/{hostname}/disk/16")
+    provider = stack.services.provider("dummy")
+    refusal = ProviderError("VM not found", FailureKind.PERMISSION)
+
+    def cannot_say(*args: Any) -> Any:
+        raise refusal
+
+    monkeypatch.setattr(provider, "applied", cannot_say)
+    stack.clock.advance(TASK_START_GRACE_SECONDS + 1)
+    report = stack.reconcile("debian-12")  # within the settle time: it waits
+    assert report.followups and "task_errors" not in vm(stack, hostname)
+    refusal = ProviderError("the backend is down", FailureKind.CONNECTION)
+    for _ in range(3):  # unreachable: it waits, however long
+        report = stack.reconcile("debian-12")
+        assert report.followups and "task_errors" not in vm(stack, hostname)
+        stack.clock.advance(TASK_SETTLE_SECONDS)
+    refusal = ProviderError("VM not found", FailureKind.PERMISSION)
+    stack.reconcile("debian-12")
+    assert vm(stack, hostname).get("task_errors") == [
+        ("disk +8gb may or may not have been done: its pass was interrupted after taking it and asking the "
+         "provider failed: VM not found")]
+    monkeypatch.undo()
+    stack.run_passes("debian-12", seconds=1, passes=1)
+    assert vm(stack, hostname)["disk"] == ["+16gb"]  # the VM's next task ran
