@@ -97,7 +97,7 @@ def show(services: Services, request: ApiRequest) -> ApiResponse:
     told is the request's secret). An id the client chose needs the owner's token (401)."""
     ondemand = _by_drawn_id(services, request) or _owned(services, request, required_caller(services, request))
     answer: dict[str, Any] = {"ok": True, "request_id": ondemand.id, "ready": False}
-    if ondemand.state == READY and _delivery_replicated(services):
+    if ondemand.state == READY and delivery_replicated(services):
         answer["ready"] = True
         # Each VM under the domain GET /vm names it under: the pool's now, not the one noted when
         # the request was made (after a config.domain change the two answers named two hosts).
@@ -118,7 +118,7 @@ def show(services: Services, request: ApiRequest) -> ApiResponse:
     return ApiResponse(202, answer)
 
 
-def _delivery_replicated(services: Services) -> bool:
+def delivery_replicated(services: Services) -> bool:
     """Whether a replica has the delivery of a ready request (``Store.writes_replicated``: one
     round trip where a replica is asked for, none in the local stack). Its VMs were cloned and
     handed to it by passes, whose writes wait for no replica: a failover that lost them left the

@@ -32,6 +32,7 @@ from chalicelib.api.identity import (
     unauthorized,
     valid_record,
 )
+from chalicelib.api.ondemand import delivery_replicated
 from chalicelib.auth.base import AuthConfigError, acceptable_credentials, canonical_user, same_user
 from chalicelib.auth.basic import LoginOutcome, LoginService
 from chalicelib.auth.tokens import (
@@ -167,8 +168,16 @@ def describe_token(services: Services, request: ApiRequest) -> ApiResponse:
 
 
 def _running_vms(services: Services, record: TokenRecord) -> list[str]:
-    """The running VMs that were checked out with this token."""
-    return sorted(services.store.running_with(services.config.pool_names, "token_id", record.id))
+    """The running VMs that were checked out with this token. One delivered to an on-demand
+    request is listed once a replica has its delivery (``delivery_replicated``), as GET
+    /ondemandvm/<id> names it: a pass delivered it, and its writes wait for no replica, so a
+    failover could lose it and the client that saw it listed would be told next that the VM does
+    not exist. A checkout was answered only once a replica had it."""
+    running = services.store.running_with(services.config.pool_names, "token_id", record.id)
+    delivered = [host for host, vm in services.store.records(running).items() if vm.raw.get("delivered_at")]
+    if delivered and not delivery_replicated(services):
+        running = [host for host in running if host not in set(delivered)]
+    return sorted(running)
 
 
 def delete_token(services: Services, request: ApiRequest) -> ApiResponse:
