@@ -165,3 +165,30 @@ def test_a_token_whose_replica_wait_a_stall_cuts_short_is_not_left_behind(
 def new_token(headers: dict[str, str]) -> tuple[int, Any]:
     answer = app.app(api_event("POST", "/api/v3/token", "/api/v3/token", headers=headers), Context())
     return answer["statusCode"], json.loads(answer["body"])
+
+
+def demote_behind_a_stale_endpoint(pair: RedisPair) -> None:
+    """The demotion, the endpoint's name still on the demoted node: the API's reconnections
+    (the release after ``UNBLOCKED``, its retry) reach it again and are refused ``READONLY``."""
+    pair.swap_with_replicaof(move_endpoint=False)
+
+
+def test_a_checkout_cut_short_by_a_demotion_behind_a_stale_endpoint_hands_out_nothing_twice(
+        redis_pair: RedisPair, api: Services) -> None:
+    """As above, but the release of the VMs cannot reach the new primary either (the endpoint
+    names the demoted node). Checked: a JSON 503 (never a 500), and no VM is handed out twice:
+    the promoted replica never had the checkout (the link was held), so the VM is ready there,
+    and once the name moves the next checkouts get each ready VM once."""
+    first = running_vm(api)  # the pool filled, the API's connections open
+    status, answer = during_the_wait(redis_pair, demote_behind_a_stale_endpoint, checkout)
+    assert status == 503 and answer["ok"] is False and "again" in answer["error"], answer
+    assert checkout()[0] == 503  # still on the demoted node: refused, nothing taken
+    redis_pair.endpoint.point_at(redis_pair.primary.port)  # the name updated
+    redis_pair.wait_synced()
+    handed = [first]
+    for _ in range(2):
+        status, answer = checkout()
+        if status == 200:
+            handed.append(answer[POOL]["hostname"])
+    assert len(handed) == len(set(handed)) == 2, f"a VM handed out twice, or the ready one lost: {handed}"
+    assert api.store.hostnames(POOL, "ready") == [] and sorted(api.store.hostnames(POOL, "running")) == sorted(handed)
