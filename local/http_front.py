@@ -410,6 +410,13 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self._stop_parsing(Refused(431, f"more than {MAX_HEADER_FIELDS} header fields"))
         if len(name) + len(value) > MAX_HEADER_FIELD_BYTES:
             self._stop_parsing(Refused(431, f"a header field longer than {MAX_HEADER_FIELD_BYTES} bytes"))
+        if not self._in_head:
+            # A trailer field (after a chunked body's last chunk), bounded above as a header is
+            # but never merged into the header section (RFC 9110, 6.5.1): uvicorn appended it to
+            # the request's headers, so a token sent only there was the request's credential
+            # (unseen by a proxy checking the head, and by API Gateway, which passes no trailers)
+            # when the trailers came in the read that held the head, and not otherwise.
+            return
         super().on_header(name, value)
 
     def on_chunk_header(self) -> None:
