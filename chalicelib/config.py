@@ -502,7 +502,15 @@ def _strip_colons(value: Any) -> Any:
 
 MAX_CONFIG_CHARACTERS = 16 * 1024 * 1024
 """The largest config read: 50 times 1,000 pools of 300 bytes. A 50 MB file of 700,000 pools
-took 5 minutes and 3 GB to load."""
+took 5 minutes and 3 GB to load. Its canonical JSON (what a function reads) is read up to this;
+a YAML file is refused past MAX_YAML_CHARACTERS."""
+MAX_YAML_CHARACTERS = 8 * 1024 * 1024
+"""The largest YAML config (and each ``extra_config`` file): three times the largest config the
+service can serve in practice (10,000 vmpooler-style pools are 2.5 MB; past 10,000 pools, or
+a few MB of pools in the answers, a config is refused anyway), so a file above it is refused
+before it is parsed. At 16 MiB, a file of 10,000 pools with long alias lists took 8 s of CPU and
+200 MB at `make config-push` to be refused for its answers' size, ~15 s of wall time on a
+loaded machine."""
 MAX_DEPTH = 64
 """Mappings and lists within each other: a config has 8 levels; Python's recursion (and libyaml's
 composer, which crashes the interpreter past some 10,000) must never be what stops a load."""
@@ -548,9 +556,15 @@ def _not_utf8(path: Path) -> str:
     return "not UTF-8 text"
 
 
-def _check_size(text: str, source: str) -> None:
-    if len(text) > MAX_CONFIG_CHARACTERS:
-        raise ConfigError([f"{source}: more than {MAX_CONFIG_CHARACTERS} characters"])
+def _check_size(text: str, source: str, most: int = MAX_CONFIG_CHARACTERS) -> None:
+    if len(text) > most:
+        raise ConfigError([f"{source}: more than {most} characters"
+                           + (YAML_TOO_LARGE if most == MAX_YAML_CHARACTERS else "")])
+
+
+YAML_TOO_LARGE = (f" ({MAX_YAML_CHARACTERS // (1024 * 1024)} MiB) of YAML, more than any config the service can "
+                  "serve (10,000 pools written as vmpooler writes them are 2.5 MB)")
+"""Why a YAML file past MAX_YAML_CHARACTERS is refused, and what to do."""
 
 
 def _check_shape(yaml: Any, text: str, loader: type, source: str, built: EventDocument,
@@ -662,7 +676,7 @@ def _read_document(text: str, source: str, reader: BlockReader, values_left: lis
     twice in one mapping adds a problem or a warning to ``reader`` (``_duplicate_keys``).
     ``values_left``: MAX_VALUES less the values of the files of the same config read before it
     (taken from as this one is read; None: this file alone)."""
-    _check_size(text, source)
+    _check_size(text, source, MAX_YAML_CHARACTERS)
     try:
         import yaml
     except ImportError:

@@ -100,10 +100,11 @@ def redis_client(config: Config, resolver: SecretResolver) -> redis.Redis:
     )
 
 
-def demand_sized_pools(config: Config) -> frozenset[str]:
-    """Pools whose checkouts and misses are counted for demand sizing (docs/sizing.md)."""
-    return frozenset(pool.name for pool in config.pools
-                     if pool.sizing is not None and pool.sizing.demand is not None)
+def demand_sized_pools(config: Config) -> dict[str, int]:
+    """Pools whose checkouts and misses are counted for demand sizing (docs/sizing.md), each with
+    its demand ``max``: the most misses one request counts for it."""
+    return {pool.name: pool.sizing.demand.max for pool in config.pools
+            if pool.sizing is not None and pool.sizing.demand is not None}
 
 
 class Services:

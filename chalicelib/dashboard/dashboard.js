@@ -6,9 +6,12 @@
   var BASE = location.pathname.replace(/^\/+/, "/").replace(/\/dashboard\/?(index\.html)?$/, "");
   // The history holds a point a minute: asked once a minute (it was every 30 s, 1.25 MB a time at
   // 1,000 pools). A poll that fails waits twice as long as the last, up to MAX_BACKOFF, or as long
-  // as the API's Retry-After says (429, 503); none runs while the tab is hidden.
+  // as the API's Retry-After says (429, 503); none runs while the tab is hidden. Each wait after a
+  // failure is drawn between half of it and all of it (jitter): every open page lost the API at
+  // the same moment, and without it they all came back in the same second, again and again. At
+  // most a minute (it was 5): the page came back up to 5 minutes after the API did.
   var STATUS_EVERY = 5000, HISTORY_EVERY = 60000, SUMMARY_EVERY = 60000, STALE_AFTER = 20000;
-  var MAX_BACKOFF = 300000;
+  var MAX_BACKOFF = 60000;
   // The table holds at most MAX_ROWS rows, the first in the chosen order of those the filter
   // matches; the alerts name at most MAX_NAMED pools each. At 10,000 pools (the most a config
   // may have) the page built 220,000 elements: 9 s before the first row, then an 11 s freeze,
@@ -50,13 +53,45 @@
         error.retryAfter = Number(r.headers.get("Retry-After")) || 0;
         throw error;
       }
-      return r.json().then(function (body) {
+      return r.json().catch(function () {
+        // A 200 that is no JSON (a proxy's page, a cut answer): the API was reached, its answer
+        // is what failed. It read as "the API is unreachable".
+        throw undrawable(path);
+      }).then(function (body) {
         var etag = r.headers.get("ETag");
         if (etag) { kept[slot] = { path: path, etag: etag, body: body }; } else { delete kept[slot]; }
         return { body: body, changed: true };
       });
     });
   }
+
+  // The error of an answer that came but cannot be drawn; its feed is asked afresh next time
+  // (an answer kept for its ETag would come back 304 and be taken for good).
+  function undrawable(path) {
+    var error = new Error(path + ": the answer cannot be drawn");
+    error.undrawable = true;
+    return error;
+  }
+
+  // Draw ``body`` as the state's ``key`` (the page drawn again); when it cannot be drawn, the
+  // state keeps the last answer that could, and the error says why. A body of the wrong shape
+  // (not a JSON object, /status without its pools) drew nothing, or threw half way, while the
+  // badge said "live".
+  function draw(key, body, slots, valid) {
+    var before = state[key];
+    try {
+      if (!valid(body)) { throw new Error("not the shape of " + slots); }
+      state[key] = body;
+      render();
+    } catch (cause) {
+      state[key] = before;
+      [].concat(slots).forEach(function (slot) { delete kept[slot]; });
+      try { render(); } catch (again) { /* the last good answer drew before: nothing to add */ }
+      throw undrawable(String(slots));
+    }
+  }
+
+  function isObject(value) { return value !== null && typeof value === "object" && !Array.isArray(value); }
 
   function el(tag, cls, text) {
     var node = document.createElement(tag);
@@ -437,18 +472,17 @@
 
   function pollStatus() {
     return getJSON("api/v3/status", STATUS_EVERY / 1000 - 1).then(function (status) {
+      if (status.changed) {
+        draw("status", status.body, "api/v3/status", function (body) { return isObject(body) && isObject(body.pools); });
+      }
       state.lastOk = Date.now();
       state.failing = false;
       state.problem = "";
-      if (status.changed) {
-        state.status = status.body;
-        render();
-      } else {
-        showLive();
-      }
-    }, function (error) {
+      showLive();
+    }).catch(function (error) {
       state.failing = true;
-      state.problem = error.status ? "the API answered " + error.status : "the API is unreachable";
+      state.problem = error.undrawable ? "the API's answer could not be drawn"
+        : error.status ? "the API answered " + error.status : "the API is unreachable";
       showLive();
       throw error;
     });
@@ -460,8 +494,7 @@
     return getJSON("dashboard/stats/history?hours=" + hours, 30, "history").then(function (history) {
       // An answer for the range shown before a click (still on its way when it came) is not drawn.
       if (history.changed && hours === state.hours) {
-        state.history = history.body;
-        render();
+        draw("history", history.body, "history", function (body) { return isObject(body) && isObject(body.pools); });
       }
     });  // failing, the graphs keep their last data; the live badge tells
   }
@@ -471,15 +504,16 @@
   function pollSummary() {
     return Promise.all([getJSON("api/v3/summary/clone", 30), getJSON("api/v3/summary/boot", 30)]).then(function (both) {
       if (both[0].changed || both[1].changed) {
-        state.summary = { clone: both[0].body.clone, boot: both[1].body.boot };
-        render();
+        var clone = both[0].body, boot = both[1].body;
+        draw("summary", { clone: isObject(clone) ? clone.clone : null, boot: isObject(boot) ? boot.boot : null },
+          ["api/v3/summary/clone", "api/v3/summary/boot"], function () { return isObject(clone) && isObject(boot); });
       }
     });
   }
 
   // Each poll on its own timer: ``every`` after it succeeded; after a failure twice its last wait
-  // (at most MAX_BACKOFF), or the API's Retry-After when longer. While the tab is hidden a poll
-  // that comes due waits, and runs when the tab is shown again.
+  // (at most MAX_BACKOFF), jittered down to half of it, or the API's Retry-After when longer.
+  // While the tab is hidden a poll that comes due waits, and runs when the tab is shown again.
   var pollers = [];
   function poller(task, every) {
     var p = { wait: every, timer: null, waiting: false };
@@ -487,10 +521,13 @@
       p.timer = null;
       if (document.hidden) { p.waiting = true; return; }
       p.waiting = false;
+      var delay = every;
       task().then(function () { p.wait = every; }, function (error) {
-        p.wait = Math.min(MAX_BACKOFF, Math.max(p.wait * 2, (error && error.retryAfter || 0) * 1000));
+        var asked = (error && error.retryAfter || 0) * 1000;
+        p.wait = Math.min(MAX_BACKOFF, Math.max(p.wait * 2, asked));
+        delay = Math.max(Math.min(asked, MAX_BACKOFF), p.wait / 2 + Math.random() * p.wait / 2);
       }).then(function () {
-        if (!p.timer) { p.timer = setTimeout(p.run, p.wait); }
+        if (!p.timer) { p.timer = setTimeout(p.run, delay); }
       });
     };
     p.now = function () {  // at once (a new range), then on its cadence

@@ -429,7 +429,8 @@ class Store:
         self.holdings_ttl_seconds = 400 * 24 * 3600
         """How long an owner's holdings set outlives its last change (longer than any lifetime
         worth counting; entries are pruned as they are read)."""
-        self.demand_pools: frozenset[str] = frozenset()
+        self.demand_pools: Mapping[str, int] = {}
+        """Demand-sized pools, each with its demand ``max`` (``services.demand_sized_pools``)."""
         """Pools with demand sizing: the checkout script counts their checkouts and misses."""
 
     # --- reads --------------------------------------------------------------------------------
@@ -702,6 +703,7 @@ class Store:
                                "wake": key_list.add(self.keys.wake(pool))}
             if pool in tracked:
                 pool_keys[pool]["demand"] = key_list.add(self.keys.demand(pool, day))
+                pool_keys[pool]["demand_max"] = self.demand_pools[pool]
         checkout: dict[str, Any] = {
             "slots": slots,
             "fields": dict(fields),

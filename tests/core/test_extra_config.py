@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib import config as config_module
-from chalicelib.config import ConfigError
+from chalicelib.config import YAML_TOO_LARGE, ConfigError
 
 
 def write(directory: Path, name: str, text: str) -> Path:
@@ -109,14 +109,14 @@ def test_a_file_that_is_not_a_regular_file_is_refused_not_read(tmp_path: Path, s
     assert failed.value.problems == [f"{special}: cannot read: not a regular file"]
 
 
-def test_an_extra_file_over_16_mib_is_refused(tmp_path: Path) -> None:
+def test_an_extra_file_over_8_mib_is_refused(tmp_path: Path) -> None:
     big = tmp_path / "big.yaml"
     with big.open("w") as out:
-        out.write("# " + "x" * (16 * 1024 * 1024) + "\n")
+        out.write("# " + "x" * (8 * 1024 * 1024) + "\n")
     main = write(tmp_path, "main.yaml", MAIN.format(extra="big.yaml"))
     with pytest.raises(ConfigError) as failed:
         load(main)
-    assert failed.value.problems == [f"{big}: more than {16 * 1024 * 1024} characters"]
+    assert failed.value.problems == [f"{big}: more than {8 * 1024 * 1024} characters" + YAML_TOO_LARGE]
 
 
 def test_pools_past_the_limit_across_extra_files_are_refused_before_the_next_file_is_read(tmp_path: Path) -> None:

@@ -93,6 +93,19 @@ def test_checkouts_and_misses_of_demand_pools_are_counted_per_minute(world: Harn
     assert world.client.keys("*demand:plain*") == []
 
 
+def test_a_miss_counts_at_most_the_pools_max_per_request(make_world: HarnessFactory) -> None:
+    """A request the pool could never serve counts as demand only what the pool could hand out
+    at once, its sizing max: it counted every VM asked for, so one caller asking for 100 VMs of
+    a pool of max 3 wrote a demand of 100 a request into the pool's history."""
+    world = sized_world(make_world, max_size=3)
+    minute = epoch_minute(world.clock.now()) % 1440
+    assert not take(world, "dem", 100)
+    assert not world.store.checkout([CheckoutRequest("linux", ["plain", "dem"], 60)], world.clock.now(), {}).ok
+    assert bucket(world, "dem") == {f"m{minute}": "6"}  # 3 a request
+    settle(world, "dem")
+    assert world.count("dem", "ready") + world.count("dem", "pending") <= 3
+
+
 def test_an_alias_miss_counts_once_against_its_first_demand_pool(make_world: HarnessFactory) -> None:
     world = sized_world(make_world)
     minute = epoch_minute(world.clock.now()) % 1440

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import socket
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -123,6 +124,34 @@ def test_gunicorns_error_log_is_json_with_the_apps_keys(monkeypatch: pytest.Monk
     assert line["message"] == "WORKER TIMEOUT (pid:42)"
     assert line["level"] == "CRITICAL" and line["service"] == "vmpool" and line["logger"] == "gunicorn.error"
     assert "timestamp" in line and line["process"].isdigit()
+
+
+
+def _arbiter_says(logger: JsonLogger) -> int:
+    """Log as gunicorn's arbiter does, through the logger's method; the line it was said on."""
+    logger.warning("Worker (pid:%s) was sent %s!", 42, "SIGSEGV")
+    return sys._getframe().f_lineno - 1
+
+
+@pytest.mark.parametrize("level", ["critical", "error", "warning", "info", "exception", "log"])
+def test_gunicorns_lines_are_located_where_gunicorn_said_them(monkeypatch: pytest.MonkeyPatch, level: str) -> None:
+    """Each line of the arbiter was located at gunicorn's logger method (``warning:286``), never
+    at the arbiter's line that said it."""
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    config = Config()
+    config.set("errorlog", "-")
+    config.set("loglevel", "info")
+    logger = JsonLogger(config)
+    arguments = ("warning", "said here") if level == "log" else ("said here",)
+    said = sys._getframe().f_lineno + 1
+    getattr(logger, level)(*arguments)
+    line = json.loads(stream.getvalue().splitlines()[0])
+    assert line["location"] == f"{test_gunicorns_lines_are_located_where_gunicorn_said_them.__name__}:{said}"
+    stream.seek(0)
+    stream.truncate()
+    said = _arbiter_says(logger)
+    assert json.loads(stream.getvalue())["location"] == f"_arbiter_says:{said}"
 
 
 POOL = "flood"

@@ -252,6 +252,21 @@ def test_ctrl_c_stops_a_stack_started_with_sigint_ignored(tmp_path: Path) -> Non
     assert not our_listeners(tmp_path, stack.port)
 
 
+def test_ctrl_c_stops_the_stack_with_a_clean_last_line_and_no_warning_of_the_http_front(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group, the HTTP workers too) is a clean stop: exit
+    0 and "vmpool: stopped" last. Before, the arbiter logged a warning per worker as it went,
+    "Worker (pid:...) was sent SIGINT!": uvicorn re-raised the SIGINT it had handled, and each
+    worker died of it."""
+    with local_stack(tmp_path, CONFIG, workers=2) as stack:
+        assert call("GET", f"{stack.api}/status")[0] == 200
+        assert stop(stack.process) == 0, stack.log()
+    lines = stack.log().splitlines()
+    assert lines[-1] == "vmpool: stopped", lines
+    front = [json.loads(line) for line in lines if line.startswith("{")]
+    front = [line for line in front if str(line.get("logger", "")).startswith(("gunicorn", "uvicorn"))]
+    assert front == [] and "was sent" not in stack.log(), front
+
+
 def start_refused(tmp_path: Path, config: str) -> subprocess.CompletedProcess[str]:
     """``local.run`` started with ``config`` (written to tmp_path/vmpool.yaml): it must exit 2."""
     config_file = tmp_path / "vmpool.yaml"

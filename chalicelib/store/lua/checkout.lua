@@ -11,7 +11,8 @@
 --    "confirm_window_ms": <the API's socket timeout in ms (absent: none)>,
 --    "changes": <KEYS index>, "running": <KEYS index of the service's running set (keys.running)>,
 --    "vm_template": "<the records of the VMs it pops: keys.DERIVED_KEYS>",
---    "pools": {"p1": {"ready": <KEYS index>, "running": i, "wake": i, "demand": i (demand sizing)}},
+--    "pools": {"p1": {"ready": <KEYS index>, "running": i, "wake": i, "demand": i, "demand_max": n
+--              (demand sizing: its demand hash of the day, its sizing max)}},
 --    "fence": <KEYS index of the pools' ready fences (keys.ready_fence): a fenced pool's ready VMs
 --              are stale (a template change or reset no pass has drained yet) and none is taken>,
 --    "demand": {"minute": 541, "ttl": 777600},   (only when a requested pool has demand sizing)
@@ -147,7 +148,23 @@ for index, slot in ipairs(slots) do
 end
 if #short > 0 then
   if demand ~= nil then
-    -- Each unserved slot counts against the first demand-sized pool it could have come from.
+    -- Each unserved slot counts against the first demand-sized pool it could have come from,
+    -- at most the pool's sizing max per request: what the pool could ever hand out at once. A
+    -- request the pool could never serve (100 VMs of a pool of max 10) counted all it asked
+    -- for, so one caller's request made the pool's demand history ten times what any sizing
+    -- could use, and its PredictedDemand graph with it.
+    local missed, missed_order = {}, {}
+    local function miss(pool)
+      if pool_keys[pool].demand == nil then
+        return false
+      end
+      if missed[pool] == nil then
+        missed[pool] = 0
+        missed_order[#missed_order + 1] = pool
+      end
+      missed[pool] = missed[pool] + 1
+      return true
+    end
     local unserved = {}
     for _, name in ipairs(short) do
       unserved[name] = true
@@ -156,17 +173,20 @@ if #short > 0 then
       if unserved[slot.name] then
         local counted = false
         for _, pool in ipairs(slot.pools) do
-          counted = count_demand(pool, 'm', 1)
+          counted = miss(pool)
           if counted then
             break
           end
         end
         for _, pool in ipairs(slot.rest ~= nil and not counted and orders[slot.rest] or {}) do
-          if count_demand(pool, 'm', 1) then
+          if miss(pool) then
             break
           end
         end
       end
+    end
+    for _, pool in ipairs(missed_order) do
+      count_demand(pool, 'm', math.min(missed[pool], pool_keys[pool].demand_max or missed[pool]))
     end
   end
   return cjson.encode({ok = false, short = short})

@@ -1,0 +1,153 @@
+"""The dashboard when its feeds fail, in headless Chromium: a 200 whose body cannot be drawn shows
+as a problem, not as "live", and a page that lost the API asks again within a minute, each page
+at its own moment (jitter), however long the API was gone.
+
+The page's feeds are answered by a small server the test changes at will (as
+tests/core/test_dashboard_many_pools.py does), with ETags as the API sends them. The page's
+timers run at once (``setTimeout`` shortened before its script runs), each delay it asked for
+recorded: the back-off is read, not waited for."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import pytest
+
+from chalicelib.api import dashboard
+from tests.support import eventually
+from tools.cdp import BrowserPage
+
+POOLS = ("debian-12", "centos-9")
+GOOD: dict[str, Any] = {
+    "/api/v3/status": {"capacity": {"current": 3, "total": 4, "percent": 75}, "queue": {"pending": 1},
+                       "status": {"ok": True, "message": "Battle station fully armed and operational."},
+                       "pools": {name: {"ready": 2, "running": 0, "pending": 0, "max": 2, "lastBoot": "",
+                                        "size_reason": "config"} for name in POOLS}},
+    "/api/v3/summary/clone": {"clone": {"duration": {"pool": {}}}},
+    "/api/v3/summary/boot": {"boot": {"duration": {"pool": {}}}},
+    "/dashboard/stats/history": {"start": 0, "step": 60, "points": 2,
+                                 "pools": {name: {"ready": [2, 2], "running": [0, 0], "pending": [0, 0],
+                                                  "size": [2, 2]} for name in POOLS}},
+}
+TIMERS_AT_ONCE = """
+window.askedDelays = [];
+var realSetTimeout = window.setTimeout;
+window.setTimeout = function (run, delay) {
+  window.askedDelays.push(delay);
+  return realSetTimeout(run, 20);
+};
+"""
+MAX_BACKOFF_MS = 60_000
+
+
+class Feeds(BaseHTTPRequestHandler):
+    """The page, and ``answers``: path -> (status, body bytes), each 200 with its ETag (a 304
+    for a request that names it)."""
+
+    answers: ClassVar[dict[str, tuple[int, bytes]]] = {}
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+        if path == "/dashboard/":
+            template, policy = dashboard._template()
+            status, body = 200, template.replace("{{site_name}}", "vmpool").encode()
+            headers = {"Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": policy}
+        elif path in self.answers:
+            status, body = self.answers[path]
+        else:
+            self.send_error(404)
+            return
+        if status == 200 and path != "/dashboard/":
+            etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+            headers["ETag"] = etag
+            if self.headers.get("If-None-Match") == etag:
+                status, body = 304, b""
+        self.send_response(status)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def answer(path: str, body: Any, status: int = 200) -> None:
+    Feeds.answers[path] = (status, body if isinstance(body, bytes) else json.dumps(body).encode())
+
+
+@pytest.fixture
+def page(tmp_path: Path) -> Iterator[BrowserPage]:
+    """The dashboard, its feeds answering GOOD, loaded and live."""
+    Feeds.answers = {}
+    for path, body in GOOD.items():
+        answer(path, body)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Feeds)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    browser = BrowserPage(tmp_path / "profile")
+    try:
+        browser.call("Page.enable")
+        browser.call("Page.addScriptToEvaluateOnNewDocument", source=TIMERS_AT_ONCE)
+        browser.call("Page.navigate", url=f"http://127.0.0.1:{server.server_address[1]}/dashboard/")
+        eventually(lambda: badge(browser)[0] == "live ok", 60, "the page to be live")
+        yield browser
+    finally:
+        browser.close()
+        server.shutdown()
+        server.server_close()
+        serving.join()
+
+
+def badge(page: BrowserPage) -> tuple[str, str]:
+    """The live badge's class and text."""
+    return tuple(page.evaluate("(function (b) { return b ? [b.className, b.textContent] : ['', '']; })"
+                               "(document.getElementById('live'))"))
+
+
+def rows(page: BrowserPage) -> list[str]:
+    return list(page.evaluate("Array.prototype.map.call(document.querySelectorAll('tr.pool'), "
+                              "function (tr) { return tr.dataset.pool; })"))
+
+
+@pytest.mark.parametrize("body", [None, [], {"pools": "none"}, {"status": {"ok": True}},
+                                  b"<html>502 Bad Gateway</html>"],
+                         ids=["null", "array", "pools-not-an-object", "no-pools", "not-json"])
+def test_a_status_answer_that_cannot_be_drawn_shows_as_a_problem_not_live(page: BrowserPage, body: Any) -> None:
+    """Before: ``null``, ``[]`` or an object without its pools was a 200, drawn as nothing (or
+    thrown half way), and the badge said "live, updated <now>" at every poll; a 200 that was no
+    JSON said "the API is unreachable"."""
+    assert sorted(rows(page)) == sorted(POOLS)
+    answer("/api/v3/status", body)
+    eventually(lambda: badge(page)[0] == "live stale", 60, "the badge to say the answers are not drawn")
+    assert "the API's answer could not be drawn" in badge(page)[1]
+    # Every later poll says so too: the bad answer is not kept and taken back as unchanged (304).
+    polls = page.evaluate("askedDelays.length")
+    eventually(lambda: page.evaluate("askedDelays.length") > polls + 6, 60, "more polls")
+    assert badge(page)[0] == "live stale"
+    assert sorted(rows(page)) == sorted(POOLS), "the last answer drawn stays on the page"
+    answer("/api/v3/status", GOOD["/api/v3/status"])
+    eventually(lambda: badge(page)[0] == "live ok", 60, "the page to be live again")
+
+
+def test_a_page_that_lost_the_api_asks_again_within_a_minute_each_at_its_own_moment(page: BrowserPage) -> None:
+    """Before: waits doubled up to 5 minutes, the same on every page (10, 20, 40, 80, 160, 300 s
+    for /status): a page came back up to 5 minutes after the API did, and every page open when
+    the API failed asked again in the same second."""
+    for path in GOOD:
+        answer(path, {"ok": False}, status=503)
+    page.evaluate("askedDelays.length = 0")
+    eventually(lambda: page.evaluate("askedDelays.length") >= 60, 120, "the page's polls to fail many times")
+    delays = [float(delay) for delay in page.evaluate("askedDelays")]
+    assert max(delays) <= MAX_BACKOFF_MS, sorted(delays)[-5:]
+    # Long failing, each poll's wait is drawn between half the cap and the cap, not the cap itself.
+    capped = [delay for delay in delays if delay >= MAX_BACKOFF_MS / 2]
+    assert len(capped) >= 10, delays
+    assert len(set(capped)) > len(capped) // 2, "the waits at the cap are jittered"
+    assert badge(page)[0] == "live stale" and "the API answered 503" in badge(page)[1]
