@@ -42,7 +42,9 @@ in 1-byte chunks up to that cost the front a million parser callbacks (3 s of CP
 4 such clients took a checkout's p50 from 8 to 174 ms)."""
 
 
-LEADING_SLASHES = re.compile(r"^//+")
+SLASH_RUNS = re.compile(r"//+")
+"""Empty path segments, which vmpooler's Rack::Protection (PathTraversal) dropped before routing:
+clients join a base URL ending in ``/`` to a path beginning with one."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,11 @@ class _Resource:
     pattern: re.Pattern[str]
     params: tuple[str, ...]
     methods: frozenset[str]
+
+
+def merged_slashes(path: str) -> str:
+    """The path with every run of slashes one slash (the path the app is given and routed by)."""
+    return SLASH_RUNS.sub("/", path)
 
 
 class RouteMatcher:
@@ -71,11 +78,14 @@ class RouteMatcher:
         """The methods some route serves (HEAD wherever GET is): a server-wide OPTIONS's Allow."""
 
     def match(self, path: str) -> tuple[_Resource, dict[str, str]] | None:
-        # Slashes before the path are one: ``//vm/`` is ``/vm/``. beaker appends ``/vm/`` to a
-        # ``pooling_api`` that beaker-hostgenerator ends with ``/``; vmpooler (Rack::Protection)
-        # routed it so, and API Gateway routes extra slashes after the stage so. Inside the path
-        # they stay (``/api/v3//config/poolsize`` is no route).
-        path = LEADING_SLASHES.sub("/", path)
+        # Slashes in a row are one, wherever they are: ``//vm/`` is ``/vm/``, ``/api/v1/vm//<host>``
+        # is ``/api/v1/vm/<host>``. Clients join a base URL ending in ``/`` to a path beginning
+        # with one: beaker appends ``/vm/`` to its ``pooling_api`` (beaker-hostgenerator's ends
+        # with ``/``; vmpooler 3 users' ``.../api/v3/``), and the BGInfo script of puppetlabs-packer's
+        # Windows images asks ``.../api/v1/vm/`` + ``/<hostname>``. vmpooler's Rack::Protection
+        # (PathTraversal) dropped the empty segments before routing, and API Gateway routes extra
+        # slashes after the stage so (docs/compatibility.md, "Fixed").
+        path = merged_slashes(path)
         exact = self._exact.get(path) or self._exact.get(path.rstrip("/") or "/")
         if exact:
             return exact, {}
@@ -107,6 +117,7 @@ class Gateway:
         # reads a path beginning with "//" as a host and a path (GET //x/api/v3/config served
         # /api/v3/config, past any proxy rule on the path's prefix) and raises on "//[" (a 500).
         path, _, query_string = target.partition("#")[0].partition("?")
+        path = merged_slashes(path)
         if path == "*":
             return asterisk_form(method, self.matcher.allowed)
         found = self.matcher.match(path)

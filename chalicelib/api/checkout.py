@@ -130,7 +130,11 @@ def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int])
         answer[name] = {"hostname": names[0] if len(names) == 1 else names}
     if domain:
         answer["domain"] = domain
-    return ApiResponse(200, answer)
+    # Laid out as vmpooler's JSON.pretty_generate: scripts written against it take the host from
+    # the text, one line at a time (`curl -d --url <pooler>/vm/<platform>` then
+    # /"hostname": "(.*)"/ in puppet-agent's Windows build and Puppetstein); compact, the pattern
+    # found nothing, or everything after the host on the one line.
+    return ApiResponse(200, answer, pretty=True)
 
 
 def hostnames_by_name(

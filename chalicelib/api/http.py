@@ -32,9 +32,13 @@ JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store",
 proxy between the caller and API Gateway may keep (``no-store``) or read as anything but JSON."""
 
 
-def json_text(body: Any) -> str:
+def json_text(body: Any, pretty: bool = False) -> str:
     """A JSON answer's body as every answer has it: compact, as Chalice renders a route's body
-    (the local front's own refusals, rendered with ``json.dumps``'s spaces, differed)."""
+    (the local front's own refusals, rendered with ``json.dumps``'s spaces, differed). ``pretty``:
+    laid out as vmpooler's ``JSON.pretty_generate`` lays out every answer (two-space indent, one
+    key per line, ``"key": value``), for the answers scripts read line by line."""
+    if pretty:
+        return json.dumps(body, indent=2)
     return json.dumps(body, separators=(",", ":"))
 
 HOSTNAME_PATTERN = re.compile(
@@ -73,6 +77,9 @@ class ApiResponse:
     status: int
     body: Any
     headers: dict[str, str] = field(default_factory=dict)
+    pretty: bool = False
+    """Rendered as vmpooler renders it (``json_text``'s ``pretty``): a checkout's answer, which
+    CI scripts match with a regular expression (``/"hostname": "(.*)"/``)."""
 
 
 class ApiError(Exception):

@@ -132,7 +132,7 @@ def render(response: ApiResponse) -> tuple[int, str, dict[str, str]]:
     as it is, with the Content-Type its handler set."""
     if isinstance(response.body, str):
         return response.status, response.body, response.headers
-    return response.status, json_text(response.body), {**JSON_HEADERS, **response.headers}
+    return response.status, json_text(response.body, response.pretty), {**JSON_HEADERS, **response.headers}
 
 
 SHARED_READS = SharedReads()

@@ -107,12 +107,15 @@ POOLING_API_PATHS = [
     pytest.param("/", id="pooling_api with a trailing slash (beaker-hostgenerator's default)"),
     pytest.param("/api/v3", id="pooling_api on /api/v3 (vmpooler 3 serves no unversioned /vm)"),
     pytest.param("/api/v1", id="pooling_api on /api/v1"),
+    pytest.param("/api/v3/", id="pooling_api on /api/v3/ (a trailing slash after the version)"),
 ]
 """The path of beaker's ``pooling_api``. beaker-hostgenerator writes a bare host with a trailing
 slash (``pooling_api: http://vmpooler.delivery.puppetlabs.net/``) and beaker appends ``/vm/...``
 to it as a string, so every request of a generated hosts file begins ``//``: vmpooler's
 Rack::Protection routed ``//vm/`` as ``/vm/``, and so does API Gateway. vmpooler 3 serves only
-``/api/v3``, so its users' ``pooling_api`` ends there; beaker still posts disks to
+``/api/v3``, so its users' ``pooling_api`` ends there (or in ``/api/v3/``: every request then
+has ``//`` inside, ``/api/v3//vm/``, which vmpooler routed as ``/api/v3/vm/`` and the local stack
+answered ``404 {"ok": false}``); beaker still posts disks to
 ``<pooling_api>/api/v1/vm/<host>/disk/<n>``."""
 
 

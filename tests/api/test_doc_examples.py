@@ -74,6 +74,9 @@ def examples() -> list[Example]:
                 answer = [text for text in lines[index + 1:index + 3] if text.strip()]
                 if not answer or answer[0].startswith("$"):
                     continue  # an example whose answer the doc does not show
+                if answer[0] == "{":  # laid out over lines, as a checkout answers (docs/api.md)
+                    end = lines.index("}", index + 1)
+                    answer = ["\n".join(lines[index + 1:end + 1]), *[t for t in lines[end + 1:end + 2] if t.strip()]]
                 shown, status = answer[0], None
                 if prints_status:
                     suffix = STATUS_SUFFIX.match(shown)

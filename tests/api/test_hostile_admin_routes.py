@@ -59,7 +59,6 @@ CASES: list[Case] = [
     # paths that only look like the routes
     ("POST", "/api/v3/config%2Fpoolsize", {"pool1": "1"}, ADMIN, 404, ""),
     ("POST", "/api/v3/config/poolsize%00", {"pool1": "1"}, ADMIN, 404, ""),
-    ("POST", "/api/v3//config/poolsize", {"pool1": "1"}, ADMIN, 404, ""),
     ("POST", "/api/v3/config/../config/poolsize", {"pool1": "1"}, ADMIN, 404, ""),
     ("POST", "/API/V3/config/poolsize", {"pool1": "1"}, ADMIN, 404, ""),
     ("POST", "/api/v3/poolreset/pool1", None, ADMIN, 404, ""),
