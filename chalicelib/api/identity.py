@@ -96,6 +96,15 @@ def valid_record(check: TokenCheck) -> TokenRecord:
     return check.record
 
 
+def refuse_a_dead_token(services: Services, request: ApiRequest) -> None:
+    """401 for an ``X-AUTH-TOKEN`` sent that is not live (or whose user has left), before a route
+    that reads one looks at anything else: a client holding a dead token is told so whatever else
+    is wrong with its request. Records no use of the token (the request may still be refused)."""
+    check = token_check(services, request)
+    if check is not None:
+        valid_record(check)
+
+
 def optional_caller(services: Services, request: ApiRequest) -> Caller | None:
     """The caller when a valid token is given; None without one. An invalid token, or one whose
     user has left the directory, is a 401. The token's use is recorded once per request."""

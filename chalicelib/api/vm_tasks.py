@@ -5,6 +5,7 @@ task on a checked-out VM. The VM's pool's reconcile pass runs it (manager/vm_tas
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Any
 
@@ -27,6 +28,9 @@ from chalicelib.store.vm_tasks import (
 )
 
 MAX_DISK_GB = 2048
+SNAPSHOT_ID_PATTERN = re.compile(r"[a-z0-9]{32}\Z")
+"""A snapshot id as one is drawn: ours are ``secrets.token_hex(16)``, vmpooler's 32 of ``a-z0-9``
+(a VM of an upgraded vmpooler keeps its). docs/openapi.yaml's ``{snapshot}`` has this pattern."""
 
 DISK_NOT_REPLICATED = (
     "the disk was queued, but it could not be replicated in time; send the POST again only if GET "
@@ -108,9 +112,12 @@ def take_snapshot(services: Services, request: ApiRequest) -> ApiResponse:
 
 
 def revert_snapshot(services: Services, request: ApiRequest) -> ApiResponse:
-    """POST /vm/<host>/snapshot/<id>: 202 when the VM has (or is taking) that snapshot."""
+    """POST /vm/<host>/snapshot/<id>: 202 when the VM has (or is taking) that snapshot; 404 for
+    an id no snapshot has (one that could be none, before its VM's tasks are read)."""
     record, token_key = _running_vm(services, request)
     snapshot = request.params["snapshot"]
+    if not SNAPSHOT_ID_PATTERN.match(snapshot):
+        raise ApiError(404, {"error": f"snapshot {shown(snapshot)} not found on {record.name}"})
     queued = {task.get("snapshot") for task in VMTaskStore(services.store).queued(record.name)
               if task.get("kind") == SNAPSHOT}
     current = in_flight(record)

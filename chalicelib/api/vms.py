@@ -24,7 +24,7 @@ from chalicelib.api.http import (
     shown,
     whole_number,
 )
-from chalicelib.api.identity import caller_for_change, may_change, optional_caller
+from chalicelib.api.identity import caller_for_change, may_change, optional_caller, refuse_a_dead_token
 from chalicelib.api.vm_lookup import find_vm, shown_domain
 from chalicelib.api.vm_tasks import disk_size, refuse_unless_queued
 from chalicelib.config import REQUEST_NAME_PATTERN
@@ -66,7 +66,9 @@ def list_pools(services: Services, request: ApiRequest) -> ApiResponse:
 
 
 def checkout_from_body(services: Services, request: ApiRequest) -> ApiResponse:
-    """POST /vm with ``{"pool-or-alias": count, ...}``."""
+    """POST /vm with ``{"pool-or-alias": count, ...}``. A dead token is a 401 before the body is
+    read (an empty body was a 404 first)."""
+    refuse_a_dead_token(services, request)
     body = json_object(request, empty={})
     if not body:
         raise not_found(error="no pool requested")
@@ -79,7 +81,9 @@ def checkout_from_body(services: Services, request: ApiRequest) -> ApiResponse:
 
 
 def checkout_from_path(services: Services, request: ApiRequest) -> ApiResponse:
-    """POST /vm/<pool1>+<pool1>+<pool2>: one VM per mention."""
+    """POST /vm/<pool1>+<pool1>+<pool2>: one VM per mention. A dead token is a 401 before the
+    names are read (an unknown pool was a 404 first)."""
+    refuse_a_dead_token(services, request)
     wanted = names_in_path(request.params["name"])
     if any(count > MAX_COUNT for count in wanted.values()):
         raise bad_request(f"VM count must be at most {MAX_COUNT}")

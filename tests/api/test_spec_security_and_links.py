@@ -86,7 +86,8 @@ def session_values(api: Harness, token: str | None = None) -> dict[str, str]:
 
 def request_body(method: str, path: str) -> Any:
     """A body that gets each operation past its body checks to its credentials: ``{}`` asks no
-    change (``POST /vm``'s is a 404 before any token is read, as vmpooler's)."""
+    change (``POST /vm``'s is a 404 when no token is sent, as vmpooler's; a dead token sent is a
+    401 first)."""
     if (method, path) == ("POST", "/vm"):
         return {"pool1": 1}
     return {} if method in ("POST", "PUT") else None
