@@ -231,7 +231,23 @@ def network_rules(stage: Stage, config_file: Path | None = None) -> dict[str, An
     network parameters, as CloudFormation rules: its DNS entries' (``dns_rules``) and its SSM
     secret references' (``ssm_rules``). The config is loaded once (seconds at 2,000 pools)."""
     config = sync_config.load_config(config_file or sync_config.ROOT / stage.config_file)
-    return {**dns_rules(stage, config), **ssm_rules(config)}
+    return {**dns_rules(stage, config), **ssm_rules(config), **ldap_rules(config)}
+
+
+def ldap_rules(config: Config) -> dict[str, Any]:
+    """LDAP auth in the packaged config logs users in over TCP to its server, which the functions'
+    security group reaches in ``LdapCidr`` on ``LdapPort`` only. Before, the group opened 636 alone
+    and nothing asked for ``LdapCidr``: a stack deployed without it, or for LDAP's default
+    ``start_tls`` on 389, timed out every login (503) while every pool refilled."""
+    server = sync_config.ldap_server(config)
+    if server is None:
+        return {}
+    host, port = server
+    return {"LdapReachable": {"Assertions": [{
+        "Assert": {"Fn::And": [{"Fn::Not": [{"Fn::Equals": [{"Ref": "LdapCidr"}, ""]}]},
+                               {"Fn::Equals": [{"Ref": "LdapPort"}, str(port)]}]},
+        "AssertDescription": f"The packaged config logs users in against LDAP at {host} port {port}: give LdapCidr "
+                             f"(the LDAP servers' range) and LdapPort={port} (docs/deploy.md, Prerequisites)"}]}}
 
 
 def ssm_rules(config: Config) -> dict[str, Any]:
