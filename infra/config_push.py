@@ -30,6 +30,7 @@ from infra.sync_config import (
     ldap_server,
     ssm_references,
     stack_name,
+    tcp_ready_ports,
     unreadable_secrets,
     vcenters,
 )
@@ -97,11 +98,13 @@ def unreachable_ssm(config: Config, parameters: dict[str, str]) -> list[str]:
 
 
 def unreachable_servers(config: Config, parameters: dict[str, str]) -> list[str]:
-    """The config's vCenters (of providers pools use) and LDAP server that the deployed stack's
-    functions cannot reach, each with why: the security group sends to ``VCenterCidr`` on 443 and
-    to ``LdapCidr`` on ``LdapPort`` (636 on a stack deployed before that parameter) only.
-    Published, every pass of those pools would time out connecting to vCenter, or every login
-    would answer 503. A server given by name cannot be matched to a range: only its port is."""
+    """The config's vCenters (of providers pools use), new VMs (of vSphere pools checking their
+    readiness over TCP) and LDAP server that the deployed stack's functions cannot reach, each with
+    why: the security group sends to ``VCenterCidr`` on 443, to ``GuestCidr`` on
+    ``GuestReadyPort`` and to ``LdapCidr`` on ``LdapPort`` (636 on a stack deployed before that
+    parameter) only. Published, every pass of those pools would time out connecting to vCenter,
+    their new VMs would stay pending until destroyed, or every login would answer 503. A server
+    given by name cannot be matched to a range: only its port is."""
     found = []
     vcenter_cidr = parameters.get("VCenterCidr", "")
     for name, host, port in vcenters(config):
@@ -110,6 +113,14 @@ def unreachable_servers(config: Config, parameters: dict[str, str]) -> list[str]
                          f"{VCENTER_PORT} only")
         elif vcenter_cidr and _outside(host, vcenter_cidr):
             found.append(f"providers.{name}: vCenter {host} is outside the stack's VCenterCidr {vcenter_cidr}")
+    guest_cidr, guest_port = parameters.get("GuestCidr", ""), parameters.get("GuestReadyPort", "22")
+    for port, pools in sorted(tcp_ready_ports(config).items()):
+        shown = ", ".join(pools[:5]) + (f" and {len(pools) - 5} more" if len(pools) > 5 else "")
+        if not guest_cidr:
+            found.append(f"pools {shown}: readiness checked over TCP port {port}: the stack has no GuestCidr")
+        elif str(port) != guest_port:
+            found.append(f"pools {shown}: readiness checked over TCP port {port}: the stack's GuestReadyPort is "
+                         f"{guest_port}")
     server = ldap_server(config)
     if server is not None:
         host, port = server
@@ -226,7 +237,8 @@ def _push_checked(stage: str, path: Path, text: str, config: Config, bucket: str
             print(f"config-push: {path} names servers the {stage} stack's functions cannot reach; nothing published:"
                   "\n  " + "\n  ".join(gaps) + "\nDeploy the network first (docs/deploy.md, Parameters), e.g. "
                   f"make deploy STAGE={stage} BUCKET=<deploy bucket> PARAMS=\"VCenterCidr=<vCenter's range> "
-                  "LdapCidr=<the LDAP servers' range> LdapPort=<their port>\", then push again", file=sys.stderr)
+                  "GuestCidr=<the VMs' range> GuestReadyPort=<their port> LdapCidr=<the LDAP servers' range> "
+                  "LdapPort=<their port>\" (or ready_check: tools), then push again", file=sys.stderr)
             return 1
         gaps = unreachable_ssm(config, parameters)
         if gaps:

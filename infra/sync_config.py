@@ -402,6 +402,23 @@ def vcenters(config: Config) -> list[tuple[str, str, int]]:
     return found
 
 
+def tcp_ready_ports(config: Config) -> dict[int, list[str]]:
+    """The ports vSphere pools check their new VMs' readiness on over TCP (``ready_check: tcp``,
+    the default), each with its pools: the functions reach the guests in the stack's
+    ``GuestCidr`` on ``GuestReadyPort`` only."""
+    from chalicelib.providers.vsphere.config import vsphere_settings
+
+    found: dict[int, list[str]] = {}
+    for pool in config.pools:
+        provider = config.providers.get(pool.provider)
+        if provider is None or provider.provider_class != "vsphere":
+            continue
+        settings = vsphere_settings(provider.settings).for_pool(pool.settings)
+        if (settings.ready_check or "tcp") == "tcp":
+            found.setdefault(int(settings.ready_port or 22), []).append(pool.name)
+    return found
+
+
 def vcenters_on_other_ports(config: Config) -> list[str]:
     """The vSphere providers of ``config`` on a port the stack never opens (``providers.<name>:
     <host> port <port>``): every pass of their pools would time out connecting."""

@@ -305,26 +305,27 @@ def operator_package(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Packa
     yield from build_package(config, name="-1000-operator")
 
 
-OPERATOR_NETWORK = ["VCenterCidr=10.20.0.0/23", "LdapCidr=10.30.0.0/24", "LdapPort=389", "DnsServerCidr=10.9.0.0/24",
-                    "CreateSsmEndpoint=true"]
+OPERATOR_NETWORK = ["VCenterCidr=10.20.0.0/23", "GuestCidr=10.50.0.0/16", "LdapCidr=10.30.0.0/24", "LdapPort=389",
+                    "DnsServerCidr=10.9.0.0/24", "CreateSsmEndpoint=true"]
 
 
 def test_make_deploy_of_1000_pools_over_several_vcenters_asks_for_their_network_and_creates_the_stack(
         operator_package: Package, package: Package, aws: boto3.Session, capsys: pytest.CaptureFixture[str]) -> None:
     """``make deploy`` (infra/deploy.py against moto) of a package carrying 1,000 pools over two
     vCenters with LDAP logins and DNS updates: lint-clean, the same resources as any pool count,
-    refused in one line while a parameter leaves LDAP, DNS or SSM unreachable (nothing uploaded),
+    refused in one line while a parameter leaves the new VMs, LDAP, DNS or SSM unreachable (nothing uploaded),
     then uploaded through S3 (the template is past the 51,200 inline bytes) and a change set
     created with the network it needs."""
     matches = lint_file(Path(operator_package.template_path), config=ManualArgs(regions=["us-east-1"]))
     assert [f"{m.rule.id} {m.message}" for m in matches] == []
     assert deployed_resource_count(operator_package.template) == deployed_resource_count(package.template)
-    assert sorted(operator_package.template["Rules"]) == ["DnsServersReachable", "LdapReachable", "SsmReachable"]
+    assert sorted(operator_package.template["Rules"]) == ["DnsServersReachable", "GuestsReachable", "LdapReachable",
+                                                          "SsmReachable"]
     aws.client("s3").create_bucket(Bucket="my-deploy-bucket")
     out = operator_package.template_path.parent
     arguments = ["--stage", "dev", "--bucket", "my-deploy-bucket", "--package", str(out), "--poll", "0.1",
                  "--no-execute", "VpcId=vpc-0abc", "PrivateSubnetIds=subnet-1,subnet-2"]
-    for left_out in ("LdapCidr", "LdapPort", "DnsServerCidr", "CreateSsmEndpoint"):
+    for left_out in ("GuestCidr", "LdapCidr", "LdapPort", "DnsServerCidr", "CreateSsmEndpoint"):
         given = [p for p in OPERATOR_NETWORK if not p.startswith(f"{left_out}=")]
         assert deploy.main([*arguments, *given], session=aws) == 1
         error = capsys.readouterr().err
