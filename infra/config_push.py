@@ -24,7 +24,16 @@ from chalicelib.clock import Clock, SystemClock
 from chalicelib.config import Config, ConfigError, canonical_json, parse, read_config_file
 from chalicelib.config_source import DEFAULT_CONFIG_KEY, GENERATION_METADATA, next_generation, object_generation
 from infra.deploy import said_in_one_line
-from infra.sync_config import STAGES, ssm_references, stack_name, unreadable_secrets
+from infra.sync_config import (
+    STAGES,
+    VCENTER_PORT,
+    ldap_server,
+    ssm_references,
+    stack_name,
+    tcp_ready_ports,
+    unreadable_secrets,
+    vcenters,
+)
 
 
 def stack_output(cloudformation: Any, stage: str, key: str) -> str:
@@ -86,6 +95,43 @@ def unreachable_ssm(config: Config, parameters: dict[str, str]) -> list[str]:
         return []
     return [f"{path}: SSM Parameter Store is reached through the stack's SSM endpoint or a NAT gateway only; the "
             "stack has CreateVpcEndpoints=true and no CreateSsmEndpoint=true" for path in ssm_references(config)]
+
+
+def unreachable_servers(config: Config, parameters: dict[str, str]) -> list[str]:
+    """The config's vCenters (of providers pools use), new VMs (of vSphere pools checking their
+    readiness over TCP) and LDAP server that the deployed stack's functions cannot reach, each with
+    why: the security group sends to ``VCenterCidr`` on 443, to ``GuestCidr`` on
+    ``GuestReadyPort`` and to ``LdapCidr`` on ``LdapPort`` (636 on a stack deployed before that
+    parameter) only. Published, every pass of those pools would time out connecting to vCenter,
+    their new VMs would stay pending until destroyed, or every login would answer 503. A server
+    given by name cannot be matched to a range: only its port is."""
+    found = []
+    vcenter_cidr = parameters.get("VCenterCidr", "")
+    for name, host, port in vcenters(config):
+        if port != VCENTER_PORT:
+            found.append(f"providers.{name}: vCenter {host} port {port}: the stack reaches vCenter on "
+                         f"{VCENTER_PORT} only")
+        elif vcenter_cidr and _outside(host, vcenter_cidr):
+            found.append(f"providers.{name}: vCenter {host} is outside the stack's VCenterCidr {vcenter_cidr}")
+    guest_cidr, guest_port = parameters.get("GuestCidr", ""), parameters.get("GuestReadyPort", "22")
+    for port, pools in sorted(tcp_ready_ports(config).items()):
+        shown = ", ".join(pools[:5]) + (f" and {len(pools) - 5} more" if len(pools) > 5 else "")
+        if not guest_cidr:
+            found.append(f"pools {shown}: readiness checked over TCP port {port}: the stack has no GuestCidr")
+        elif str(port) != guest_port:
+            found.append(f"pools {shown}: readiness checked over TCP port {port}: the stack's GuestReadyPort is "
+                         f"{guest_port}")
+    server = ldap_server(config)
+    if server is not None:
+        host, port = server
+        ldap_cidr, ldap_port = parameters.get("LdapCidr", ""), parameters.get("LdapPort", "636")
+        if not ldap_cidr:
+            found.append(f"auth.ldap: server {host} port {port}: the stack has no LdapCidr")
+        elif _outside(host, ldap_cidr):
+            found.append(f"auth.ldap: server {host} is outside the stack's LdapCidr {ldap_cidr}")
+        if ldap_cidr and str(port) != ldap_port:
+            found.append(f"auth.ldap: server {host} port {port}: the stack's LdapPort is {ldap_port}")
+    return found
 
 
 def _outside(server: str, cidr: str) -> bool:
@@ -176,7 +222,7 @@ def _push_checked(stage: str, path: Path, text: str, config: Config, bucket: str
     parameters = stack_parameters(cloudformation, stage)
     if parameters is None:
         print(f"config-push: warning: no stack {stack_name(stage)}: its network was not checked against the "
-              "config's DNS entries and SSM references", file=sys.stderr)
+              "config's vCenters, LDAP server, DNS entries and SSM references", file=sys.stderr)
     else:
         gaps = unreachable_dns(config, parameters)
         if gaps:
@@ -185,6 +231,14 @@ def _push_checked(stage: str, path: Path, text: str, config: Config, bucket: str
                   f"make deploy STAGE={stage} BUCKET=<deploy bucket> PARAMS=\"DnsServerCidr=<the servers' range> "
                   "DnsServerPort=<their port>\" (CreateVpcEndpoints=false for route53), then push again",
                   file=sys.stderr)
+            return 1
+        gaps = unreachable_servers(config, parameters)
+        if gaps:
+            print(f"config-push: {path} names servers the {stage} stack's functions cannot reach; nothing published:"
+                  "\n  " + "\n  ".join(gaps) + "\nDeploy the network first (docs/deploy.md, Parameters), e.g. "
+                  f"make deploy STAGE={stage} BUCKET=<deploy bucket> PARAMS=\"VCenterCidr=<vCenter's range> "
+                  "GuestCidr=<the VMs' range> GuestReadyPort=<their port> LdapCidr=<the LDAP servers' range> "
+                  "LdapPort=<their port>\" (or ready_check: tools), then push again", file=sys.stderr)
             return 1
         gaps = unreachable_ssm(config, parameters)
         if gaps:

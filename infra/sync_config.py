@@ -375,6 +375,57 @@ def dns_entries(stage: Stage, config: Config | None = None, used_only: bool = Fa
     return [entry for name, entry in config.dns_configs.items() if not used_only or name in used]
 
 
+VCENTER_PORT = 443
+"""The one port the functions' security group opens to ``VCenterCidr`` (infra/template.yaml)."""
+
+
+def ldap_server(config: Config) -> tuple[str, int] | None:
+    """The LDAP server the API logs users in against (host, port), None without LDAP auth. The
+    functions reach it through the stack's ``LdapCidr`` on ``LdapPort`` only."""
+    auth = config.auth
+    if auth is None or auth.provider != "ldap" or auth.ldap is None:
+        return None
+    return auth.ldap.host, int(auth.ldap.port)
+
+
+def vcenters(config: Config) -> list[tuple[str, str, int]]:
+    """(provider block, host, port) of each vSphere provider some pool uses: the functions reach
+    vCenter through the stack's ``VCenterCidr`` on 443 only."""
+    from chalicelib.providers.vsphere.config import split_host_port
+
+    used = {pool.provider for pool in config.pools}
+    found = []
+    for name, provider in sorted(config.providers.items()):
+        server = getattr(provider.settings, "server", None)
+        if provider.provider_class == "vsphere" and name in used and server:
+            found.append((name, *split_host_port(server, getattr(provider.settings, "port", None))))
+    return found
+
+
+def tcp_ready_ports(config: Config) -> dict[int, list[str]]:
+    """The ports vSphere pools check their new VMs' readiness on over TCP (``ready_check: tcp``,
+    the default), each with its pools: the functions reach the guests in the stack's
+    ``GuestCidr`` on ``GuestReadyPort`` only."""
+    from chalicelib.providers.vsphere.config import vsphere_settings
+
+    found: dict[int, list[str]] = {}
+    for pool in config.pools:
+        provider = config.providers.get(pool.provider)
+        if provider is None or provider.provider_class != "vsphere":
+            continue
+        settings = vsphere_settings(provider.settings).for_pool(pool.settings)
+        if (settings.ready_check or "tcp") == "tcp":
+            found.setdefault(int(settings.ready_port or 22), []).append(pool.name)
+    return found
+
+
+def vcenters_on_other_ports(config: Config) -> list[str]:
+    """The vSphere providers of ``config`` on a port the stack never opens (``providers.<name>:
+    <host> port <port>``): every pass of their pools would time out connecting."""
+    return [f"providers.{name}: vCenter {host} port {port}" for name, host, port in vcenters(config)
+            if port != VCENTER_PORT]
+
+
 def ungranted_zones(stage: Stage, config: Config) -> list[str]:
     """The route53 hosted zones ``config`` names that the stage's policy files do not grant
     (they grant the zones of the stage's own config file): packaged in its place, the config's
@@ -469,8 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="fail if the files are out of date")
     parser.add_argument("--granted", nargs=2, metavar=("STAGE", "CONFIG_FILE"),
-                        help="fail if CONFIG_FILE names route53 zones STAGE's policy does not grant, warn of secrets "
-                             "it may not read (packaging)")
+                        help="fail if CONFIG_FILE names route53 zones STAGE's policy does not grant or a vCenter on a "
+                             "port the stack does not open, warn of secrets it may not read (packaging)")
     args = parser.parse_args(argv)
     if args.granted:
         stage_name, config_file = args.granted
@@ -482,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
             given = load_config(Path(config_file))
             missing = ungranted_zones(STAGES[stage_name], given)
             unreadable = unreadable_secrets(STAGES[stage_name], given)
+            other_ports = vcenters_on_other_ports(given)
         except ConfigError as error:
             print(f"sync_config: {error}", file=sys.stderr)
             return 1
@@ -498,6 +550,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"not grant: {', '.join(missing[:10])}{more}. The policy grants the zones of "
                   f"{STAGES[stage_name].config_file}: put the config there and run python -m infra.sync_config",
                   file=sys.stderr)
+            return 1
+        if other_ports:
+            print(f"sync_config: {config_file} names vCenters on a port the stack never opens (its functions reach "
+                  f"VCenterCidr on {VCENTER_PORT} only, docs/deploy.md, Prerequisites): every pass of their pools "
+                  "would time out connecting:\n  " + "\n  ".join(other_ports), file=sys.stderr)
             return 1
         return 0
     try:

@@ -231,7 +231,44 @@ def network_rules(stage: Stage, config_file: Path | None = None) -> dict[str, An
     network parameters, as CloudFormation rules: its DNS entries' (``dns_rules``) and its SSM
     secret references' (``ssm_rules``). The config is loaded once (seconds at 2,000 pools)."""
     config = sync_config.load_config(config_file or sync_config.ROOT / stage.config_file)
-    return {**dns_rules(stage, config), **ssm_rules(config)}
+    return {**dns_rules(stage, config), **ssm_rules(config), **ldap_rules(config), **guest_rules(config)}
+
+
+def guest_rules(config: Config) -> dict[str, Any]:
+    """vSphere pools that check a new VM's readiness over TCP (``ready_check: tcp``, the default)
+    connect to it, which the functions' security group allows in ``GuestCidr`` on
+    ``GuestReadyPort`` only. Before, nothing asked for ``GuestCidr``: deployed without it, every
+    new VM of such a pool stayed pending until its ``timeout`` destroyed it, and the pools never
+    had a ready VM. Pools checking on several ports cannot all be reached (one port is opened)."""
+    ports = sync_config.tcp_ready_ports(config)
+    if not ports:
+        return {}
+    pools = sorted(name for names in ports.values() for name in names)
+    shown = ", ".join(pools[:5]) + (f" and {len(pools) - 5} more" if len(pools) > 5 else "")
+    # Fn::And takes at most 10 conditions; two ports already make it unsatisfiable.
+    wanted = " and ".join(f"GuestReadyPort={port}" for port in sorted(ports))
+    on_ports = [{"Fn::Equals": [{"Ref": "GuestReadyPort"}, str(port)]} for port in sorted(ports)[:9]]
+    return {"GuestsReachable": {"Assertions": [{
+        "Assert": {"Fn::And": [{"Fn::Not": [{"Fn::Equals": [{"Ref": "GuestCidr"}, ""]}]}, *on_ports]},
+        "AssertDescription": f"The packaged config's vSphere pools ({shown}) check new VMs' readiness over TCP: give "
+                             f"GuestCidr (the range the VMs get addresses in) and {wanted}, or set their ready_check "
+                             "to tools (docs/deploy.md, Prerequisites)"}]}}
+
+
+def ldap_rules(config: Config) -> dict[str, Any]:
+    """LDAP auth in the packaged config logs users in over TCP to its server, which the functions'
+    security group reaches in ``LdapCidr`` on ``LdapPort`` only. Before, the group opened 636 alone
+    and nothing asked for ``LdapCidr``: a stack deployed without it, or for LDAP's default
+    ``start_tls`` on 389, timed out every login (503) while every pool refilled."""
+    server = sync_config.ldap_server(config)
+    if server is None:
+        return {}
+    host, port = server
+    return {"LdapReachable": {"Assertions": [{
+        "Assert": {"Fn::And": [{"Fn::Not": [{"Fn::Equals": [{"Ref": "LdapCidr"}, ""]}]},
+                               {"Fn::Equals": [{"Ref": "LdapPort"}, str(port)]}]},
+        "AssertDescription": f"The packaged config logs users in against LDAP at {host} port {port}: give LdapCidr "
+                             f"(the LDAP servers' range) and LdapPort={port} (docs/deploy.md, Prerequisites)"}]}}
 
 
 def ssm_rules(config: Config) -> dict[str, Any]:

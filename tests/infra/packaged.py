@@ -49,6 +49,71 @@ def pools_config(count: int) -> str:
             f":pools:\n{pools}\n")
 
 
+OPERATOR_OSES = ("debian-12", "ubuntu-2404", "rhel-9", "win-2022", "sles-15", "macos-14", "centos-7", "fedora-40")
+
+
+def operator_config(count: int) -> str:
+    """A config of ``count`` pools as a site with several vCenters writes it: two vSphere
+    providers (three datacenters) and the dummy one, LDAP logins over start_tls (389), a
+    dynamic-dns server with a TSIG secret in SSM and self-registering VMs, pools of sizes 0 to 50
+    with one to four aliases, a tenth of them sized by schedule and demand, a tenth with names of
+    60 to 90 characters."""
+    pools = []
+    for n in range(count):
+        system, arch = OPERATOR_OSES[n % 8], ("x86_64", "aarch64")[n // 8 % 2]
+        name = f"{system}-{arch}-{n:04d}"
+        if n % 10 == 3:
+            name = f"release.engineering.{system}-{arch}.persistent_disk_{'x' * (n % 31)}_{n:04d}"
+        aliases = [system, f"{system}-{arch}", f"team-{n % 37}", f"any-{arch}"][: 1 + n % 4]
+        provider = ("east", "east", "west", "dummy")[n % 4]
+        lines = [f"  - name: '{name}'", f"    alias: {aliases}", f"    template: 'templates/{system}-{arch}'",
+                 f"    folder: 'vmpooler/{name[:60]}'", f"    size: {(0, 1, 2, 3, 5, 8, 10, 20, 50)[n % 9]}",
+                 f"    provider: '{provider}'"]
+        if provider != "dummy":
+            lines += [f"    datastore: 'vmstorage{n % 7}'", f"    clone_target: 'cluster{n % 4}'"]
+        if n % 8 == 1:
+            lines.append("    datacenter: 'dc-east2'")
+        lines.append(f"    dns_plugin: {('bind', 'selfreg')[n % 2]}")
+        if n % 10 == 7:
+            lines += ["    sizing:", "      schedule: [{days: weekdays, start: '07:00', end: '19:00', size: 20}]",
+                      "      demand: {min: 1, max: 40}"]
+        pools.append("\n".join(lines))
+    return (f"""---
+:config:
+  site_name: 'vmpooler'
+  task_limit: 40
+  domain: vms.example.com
+:auth:
+  provider: ldap
+  :ldap:
+    host: 10.30.0.5
+    base: ['ou=users,dc=example,dc=com', 'ou=contractors,dc=example,dc=com']
+    user_object: [uid, sAMAccountName]
+    service_account_hash:
+      user_dn: cn=vmpool,ou=service,dc=example,dc=com
+      password: {{secret: vmpool/{STAGE}/ldap, key: password}}
+:providers:
+  :east:
+    provider_class: vsphere
+    server: 10.20.0.10
+    username: vmpool@vsphere.local
+    password: {{secret: vmpool/{STAGE}/vsphere, key: east}}
+    datacenter: dc-east1
+  :west:
+    provider_class: vsphere
+    server: 10.20.1.10
+    username: vmpool@vsphere.local
+    password: {{secret: vmpool/{STAGE}/vsphere, key: west}}
+    datacenter: dc-west
+  :dummy: {{}}
+:dns_configs:
+  bind: {{dns_class: dynamic-dns, domain: vms.example.com, server: 10.9.0.53, tsig_key_name: vmpool,
+         tsig_secret: {{ssm: /vmpool/{STAGE}/tsig}}}}
+  selfreg: {{dns_class: dynamic-dns, domain: vms.example.com}}
+:pools:
+""" + "\n".join(pools) + "\n")
+
+
 def build_package(config_file: Path | None = None, name: str = "") -> Iterator[Package]:
     """Package the stage; with ``config_file`` as its packaged config (``VMPOOL_CONFIG_FILE``, as
     ``make package`` takes it; the code is built once: later builds reuse Chalice's dependency zip

@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+import boto3
 import pytest
 from cfnlint.api import ManualArgs, lint_file
-from packaged import Package, build_package, pools_config
+from packaged import Package, build_package, operator_config, pools_config
 
 from chalicelib import config as config_module
 from chalicelib.config import MAX_POOLS
@@ -294,3 +295,54 @@ def test_the_chalice_deploy_paths_stack_is_lint_clean_and_inside_the_limits(tmp_
     assert len(stack["Outputs"]) <= MAX_OUTPUTS and len(stack["Parameters"]) <= MAX_PARAMETERS
     assert alarm_limit_breaches(stack) == []
     assert all(size < MAX_INLINE_POLICY_CHARACTERS for size in inline_policy_sizes(stack).values())
+
+
+@pytest.fixture(scope="module")
+def operator_package(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Package]:
+    """The dev stage packaged with ``operator_config(1000)`` (several vCenters, LDAP, DNS)."""
+    config = tmp_path_factory.mktemp("operator") / "pools-1000-operator.yaml"
+    config.write_text(operator_config(1000))
+    yield from build_package(config, name="-1000-operator")
+
+
+OPERATOR_NETWORK = ["VCenterCidr=10.20.0.0/23", "GuestCidr=10.50.0.0/16", "LdapCidr=10.30.0.0/24", "LdapPort=389",
+                    "DnsServerCidr=10.9.0.0/24", "CreateSsmEndpoint=true"]
+
+
+def test_make_deploy_of_1000_pools_over_several_vcenters_asks_for_their_network_and_creates_the_stack(
+        operator_package: Package, package: Package, aws: boto3.Session, capsys: pytest.CaptureFixture[str]) -> None:
+    """``make deploy`` (infra/deploy.py against moto) of a package carrying 1,000 pools over two
+    vCenters with LDAP logins and DNS updates: lint-clean, the same resources as any pool count,
+    refused in one line while a parameter leaves the new VMs, LDAP, DNS or SSM unreachable (nothing uploaded),
+    then uploaded through S3 (the template is past the 51,200 inline bytes) and a change set
+    created with the network it needs."""
+    matches = lint_file(Path(operator_package.template_path), config=ManualArgs(regions=["us-east-1"]))
+    assert [f"{m.rule.id} {m.message}" for m in matches] == []
+    assert deployed_resource_count(operator_package.template) == deployed_resource_count(package.template)
+    assert sorted(operator_package.template["Rules"]) == ["DnsServersReachable", "GuestsReachable", "LdapReachable",
+                                                          "SsmReachable"]
+    aws.client("s3").create_bucket(Bucket="my-deploy-bucket")
+    out = operator_package.template_path.parent
+    arguments = ["--stage", "dev", "--bucket", "my-deploy-bucket", "--package", str(out), "--poll", "0.1",
+                 "--no-execute", "VpcId=vpc-0abc", "PrivateSubnetIds=subnet-1,subnet-2"]
+    for left_out in ("GuestCidr", "LdapCidr", "LdapPort", "DnsServerCidr", "CreateSsmEndpoint"):
+        given = [p for p in OPERATOR_NETWORK if not p.startswith(f"{left_out}=")]
+        assert deploy.main([*arguments, *given], session=aws) == 1
+        error = capsys.readouterr().err
+        assert error.startswith("deploy: ") and error.count("\n") == 1 and "Traceback" not in error, error
+    assert "Contents" not in aws.client("s3").list_objects_v2(Bucket="my-deploy-bucket")
+
+    assert deploy.main([*arguments, *OPERATOR_NETWORK], session=aws) == 0, capsys.readouterr().err
+    s3 = aws.client("s3")
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="my-deploy-bucket")["Contents"]}
+    (template_key,) = [k for k in keys if k.endswith(".json")]
+    assert s3.head_object(Bucket="my-deploy-bucket", Key=template_key)["ContentLength"] > 51_200
+    member = STAGES["dev"].config_file
+    packaged = config_module.from_text(operator_package.zip.read(member).decode(), member)
+    assert len(packaged.pools) == 1000 and {p.provider for p in packaged.pools} == {"east", "west", "dummy"}
+    cloudformation = aws.client("cloudformation")
+    (change_set,) = cloudformation.list_change_sets(StackName="vmpool-dev")["Summaries"]
+    described = cloudformation.describe_change_set(StackName="vmpool-dev", ChangeSetName=change_set["ChangeSetName"])
+    assert described["Status"] == "CREATE_COMPLETE"
+    given = {p["ParameterKey"]: p["ParameterValue"] for p in described["Parameters"]}
+    assert given["LdapPort"] == "389" and given["LdapCidr"] == "10.30.0.0/24"
