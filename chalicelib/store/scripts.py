@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import redis
 from redis.commands.core import Script
@@ -62,10 +62,20 @@ class _Script:
         client.script_load(self.script)
 
     def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None) -> Any:
-        try:
-            return self._script(keys=keys, args=args, client=client)
-        except NoScriptError:
-            return self._script(keys=keys, args=args, client=client)
+        run_script = getattr(self._script.registered_client, "run_script", None) if client is None else None
+        if run_script is None:  # a pipeline, or a client not of store/connection.py
+            try:
+                return self._script(keys=keys, args=args, client=client)
+            except NoScriptError:
+                return self._script(keys=keys, args=args, client=client)
+        # The lean EVALSHA of store/connection.py's client (redis-py's Script, in fewer layers).
+        for attempt in range(3):
+            try:
+                return run_script(self.sha, keys, args)
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                self.load_into(cast(redis.Redis, self._script.registered_client))
 
 
 def registered(client: redis.Redis, text: str) -> _Script:

@@ -824,6 +824,8 @@ class Store:
         release = ("EVAL", self.scripts.release.script, len(keys), *keys, *args)
 
         def confirm_and_wait() -> list[Any]:
+            if not replicas:  # no pipeline for one command: the script's lean call (store/connection.py)
+                return [self.scripts.confirm(keys=[self.keys.vm(vm.hostname) for vm in vms], args=[checkout_id])]
             # One round trip on one connection: WAIT counts the writes of its own connection.
             # EVALSHA by hand: a pipeline given a Script object first asks SCRIPT EXISTS.
             pipe = self.client.pipeline(transaction=False)

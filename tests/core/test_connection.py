@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import redis
@@ -16,6 +16,7 @@ import redis
 from chalicelib.config import parse
 from chalicelib.store import connect
 from chalicelib.store.connection import NeverSentTimeoutError, never_sent
+from chalicelib.store.scripts import registered
 from tests.support import unanswered_port
 
 
@@ -32,7 +33,8 @@ def _read_command(stream: socket.SocketIO) -> list[bytes] | None:
 
 
 class ScriptedRedis:
-    """Answers HELLO, and +OK to everything else but SET; ``on_set`` says what to do with each SET it receives:
+    """Answers HELLO, and +OK to everything else but SET (an EVALSHA counts as a SET); ``on_set``
+    says what to do with each SET it receives:
     "answer", "drop" (close the connection without answering: the reply is lost) or "ignore"
     (never answer: the reply times out). The first ``refuse_first`` connections are closed as
     soon as they are accepted (nothing was sent). Once ``ignore_pings`` is set, PING is never answered."""
@@ -62,7 +64,7 @@ class ScriptedRedis:
         stream = connection.makefile("rb")
         try:
             while (command := _read_command(stream)) is not None:
-                if command[0].upper() == b"SET":
+                if command[0].upper() in (b"SET", b"EVALSHA"):  # a write, by SET or a script
                     self.sets_received += 1
                     action = self.on_set.pop(0) if self.on_set else "answer"
                     if action == "drop":
@@ -186,3 +188,45 @@ def test_a_refused_password_is_reported_as_such_not_as_a_lost_reply() -> None:
             client.ping()
         with pytest.raises(StoreUnavailable, match="AuthenticationError"):
             Store(client).counts(["pool"])
+
+
+# The API's hot scripts (checkout, confirm, return) go through the client's lean EVALSHA
+# (``run_script``), not redis-py's ``execute_command``: the same rules hold for them.
+
+def _script_of(client: redis.Redis) -> Any:
+    return registered(client, "return redis.call('SET', KEYS[1], ARGV[1])")
+
+
+def test_a_script_call_whose_reply_was_lost_is_not_sent_again(scripted: list[ScriptedRedis]) -> None:
+    server = ScriptedRedis(on_set=["drop"])
+    scripted.append(server)
+    client = client_for(server.port)
+    script = _script_of(client)
+
+    with pytest.raises(redis.ConnectionError) as raised:
+        script(keys=["k"], args=["v"])
+
+    assert server.sets_received == 1, "a checkout that may have run was sent again"
+    assert not never_sent(raised.value)
+    assert script(keys=["k"], args=["v"]) == "OK"  # the next call opens a fresh connection
+
+
+def test_a_script_call_whose_connection_failed_before_the_send_is_retried(scripted: list[ScriptedRedis]) -> None:
+    server = ScriptedRedis(on_set=[], refuse_first=1)
+    scripted.append(server)
+
+    assert _script_of(client_for(server.port))(keys=["k"], args=["v"]) == "OK"
+    assert server.sets_received == 1
+
+
+def test_a_script_call_that_timed_out_after_the_send_may_have_run(scripted: list[ScriptedRedis]) -> None:
+    server = ScriptedRedis(on_set=["ignore"])
+    scripted.append(server)
+    client = client_for(server.port)
+
+    with pytest.raises(redis.TimeoutError) as raised:
+        _script_of(client)(keys=["k"], args=["v"])
+
+    assert server.sets_received == 1 and not never_sent(raised.value)
+    pool = client.connection_pool
+    assert len(pool._available_connections) == 1 and not pool._in_use_connections  # type: ignore[attr-defined]
