@@ -14,7 +14,9 @@ What it adds to redis-py's defaults, and why:
   but open connections still reach the demoted node, which answers every write with
   ``READONLY``. The first such answer marks a failover on the client: every pooled connection
   opened before it is closed before its next command (so it reconnects through the endpoint's
-  name), and the refused command is retried once on a fresh connection.
+  name), and the refused command is retried once on a fresh connection. A primary found to have
+  lost its replicas marks one too (``reconnect_pooled_connections``, from ``Store``): it may be
+  an old primary resumed after its replica was promoted, which refuses nothing.
 - A timeout before the command was sent (a connect never answered, the handshake or the health
   check's PING unanswered) is a ``NeverSentTimeoutError``: ``never_sent`` tells a caller that
   must know whether a failed command may have run (the dummy provider's clone write).
@@ -124,6 +126,16 @@ class FailoverEpoch:
         with self._lock:
             if self._value == seen:
                 self._value += 1
+
+
+def reconnect_pooled_connections(client: redis.Redis) -> None:
+    """Have every connection ``client`` has open reconnect (through the endpoint's name) before
+    its next command, as after a ``READONLY``: for a failover noticed another way (a primary
+    that lost its replica may be a node the endpoint no longer names, still taking writes that
+    its demotion will drop). A client built otherwise than by ``connect`` is left as it is."""
+    epoch = client.connection_pool.connection_kwargs.get("failover_epoch")
+    if isinstance(epoch, FailoverEpoch):
+        epoch.advance(epoch.value)
 
 
 class FollowUp:

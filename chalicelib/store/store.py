@@ -21,7 +21,11 @@ import redis
 
 from chalicelib.config import RedisConfig
 from chalicelib.sizing import demand as demand_history
-from chalicelib.store.connection import written_behind_a_lost_reply, written_on_a_spare_connection_too
+from chalicelib.store.connection import (
+    reconnect_pooled_connections,
+    written_behind_a_lost_reply,
+    written_on_a_spare_connection_too,
+)
 from chalicelib.store.deadline import answer_deadline, socket_timeout_ms
 from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, SIZE_OVERRIDES, STATES, Keys
 from chalicelib.store.leases import holder_label, lease_token
@@ -423,6 +427,7 @@ class Store:
         self.replica_acks = replica_acks
         self._online_replicas = 0
         self._replicas_known_until = 0.0
+        self._primary_history = ""
         self.keys = Keys(prefix)
         self.scripts = Scripts(client)
         self.data_ttl_seconds = data_ttl_hours * 3600
@@ -864,7 +869,10 @@ class Store:
         without those moves would put a destroyed VM back in ready, to be handed out. ``undo``:
         commands Redis is to run should the answer be lost (StoreUnavailable), written on a spare
         connection (``written_on_a_spare_connection_too``): the caller answers 503 then."""
-        replicas, timeout_ms = self._replicas_to_wait_for(), self.replica_acks.timeout_ms
+        (replicas, moved), timeout_ms = self._replica_wait(), self.replica_acks.timeout_ms
+        if moved:
+            # Reconnected (a failover, perhaps): the writes before went to the node left behind.
+            return False
         if not replicas:
             return True
         spare = written_on_a_spare_connection_too(self.client, *undo) if undo else nullcontext()
@@ -905,17 +913,41 @@ class Store:
         REPLICAS_RECHECK_SECONDS, and at every call while it is short of the configured one: a
         replica that came online can be promoted from then on, and the writes answered in the
         seconds before a look-up found it were lost with a failover that promoted it."""
+        return self._replica_wait()[0]
+
+    def _replica_wait(self) -> tuple[int, bool]:
+        """``_replicas_to_wait_for``, and whether the look-up found replicas lost and had every
+        connection reconnect: this process's writes until then may have gone to a node a
+        failover left behind (whose demotion drops them), so none of them is known replicated."""
         wanted = self.replica_acks.replicas
         if not wanted:
-            return 0
+            return 0, False
+        moved = False
         if time.monotonic() >= self._replicas_known_until or self._online_replicas < wanted:
-            with _translate_errors():
-                info = self.client.info("replication")
-            self._online_replicas = sum(
-                1 for name, value in info.items()
-                if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online")
+            online, history = self._online_replicas_and_history()
+            if online < wanted <= self._online_replicas:
+                # Replicas lost since the last look: a failover may have promoted one while this
+                # node was paused or cut off. Such a node, resumed, is still a primary, alone, and
+                # takes writes on the connections opened to it before the endpoint moved; they are
+                # lost when it is made a replica, and a checkout answered there hands out a VM the
+                # new primary has in ready. Every connection reconnects through the endpoint and
+                # the count is read where it now leads: the same node when it only lost a replica
+                # (its replication history the same), else a promoted one.
+                reconnect_pooled_connections(self.client)
+                online, history = self._online_replicas_and_history()
+                moved = history != self._primary_history
+            self._online_replicas, self._primary_history = online, history
             self._replicas_known_until = time.monotonic() + REPLICAS_RECHECK_SECONDS
-        return min(wanted, self._online_replicas)
+        return min(wanted, self._online_replicas), moved
+
+    def _online_replicas_and_history(self) -> tuple[int, str]:
+        """The replicas online at the primary a pooled connection reaches, and that primary's
+        replication history id (``INFO replication``: ``master_replid``, new at each promotion)."""
+        with _translate_errors():
+            info = self.client.info("replication")
+        online = sum(1 for name, value in info.items()
+                     if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online")
+        return online, str(info.get("master_replid", ""))
 
     def _release_after_failure(self, checkout_id: str, vms: Sequence[CheckedOut], now: float, holdings: str) -> None:
         """Best effort, once (Redis is failing already: each try may cost a socket timeout);

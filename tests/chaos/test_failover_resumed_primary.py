@@ -1,0 +1,155 @@
+"""A primary that stops answering (SIGSTOP: a paused node, a partition) long enough that its
+replica is promoted, then resumes before anyone demotes it.
+
+The resumed node still says it is a primary and accepts writes, and an API process's pooled
+connections opened before the failover still reach it (connections to the old address, as the
+endpoint's name moved). It has lost its replica (the promoted one left it), so it looks like a
+primary left alone after a failover, whose checkouts are answered without waiting for a replica
+(docs/reliability.md, "Redis process killed"). But whatever it accepts now is lost when it is
+made a replica of the new primary: a checkout answered 200 there hands out a VM the new primary
+still has in ready, to be handed out again.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any, Iterator
+
+import pytest
+
+from chalicelib.manager.reconcile import reconcile_pool
+from chalicelib.services import Services
+from tests.chaos.lambda_api import call, serve, serving
+from tests.redis_pair import RedisPair
+from tests.support import eventually
+
+POOL = "ha"
+CONFIG = f"""
+:redis: {{socket_timeout: 5.0, replica_ack_timeout: 1000}}
+:providers:
+  :dummy: {{createvm_max_time: 0, boot_time: 0}}
+:pools:
+  - {{name: {POOL}, size: 1, provider: dummy}}
+"""
+
+
+@pytest.fixture
+def api(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
+    """The API function on the pair's endpoint, waiting for a replica as in AWS Lambda."""
+    services = serving(redis_pair, monkeypatch, CONFIG)
+    yield services
+    services.client.close()
+
+
+def check_out() -> tuple[int, dict]:
+    return call("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{POOL}", params={"name": POOL})
+
+
+def hold_connections(services: Services, count: int) -> None:
+    """Open ``count`` pooled connections of ``services`` to the node the endpoint names now, as
+    ``count`` requests served at once leave them, idle in its pool."""
+    pool = services.client.connection_pool
+    connections = [pool.get_connection("PING") for _ in range(count)]
+    for connection in connections:
+        connection.send_command("PING")
+        assert connection.read_response() in (b"PONG", "PONG", True)
+    for connection in connections:
+        pool.release(connection)
+
+
+def promote_while_the_primary_is_stopped(pair: RedisPair) -> RedisPair:
+    """The primary SIGSTOPped; its replica promoted and the endpoint moved to it; then the old
+    primary resumed, still a primary, alone. Returns the pair with its roles swapped (the old
+    primary not yet demoted)."""
+    old = pair.primary
+    assert old.process is not None
+    old.process.send_signal(signal.SIGSTOP)
+    try:
+        promoted = RedisPair.client(pair.replica)
+        promoted.execute_command("REPLICAOF", "NO", "ONE")
+        promoted.close()
+        pair.endpoint.point_at(pair.replica.port)
+    finally:
+        old.process.send_signal(signal.SIGCONT)
+    resumed = RedisPair.client(old)
+    try:
+        eventually(lambda: resumed.info("replication").get("connected_slaves") == 0, 10,
+                   "the resumed primary to count its replica gone")
+        assert resumed.info("replication").get("role") == "master"
+    finally:
+        resumed.close()
+    pair.primary, pair.replica = pair.replica, pair.primary
+    return pair
+
+
+def test_a_checkout_on_the_resumed_old_primary_is_never_handed_out_again(
+        redis_pair: RedisPair, api: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkout is answered 503 (its caller asks again, and the retry is served by the new
+    primary), not 200 with a VM that only the doomed node holds as checked out. Before: 200,
+    and the new primary still had the VM in ready, the next caller's."""
+    pool = api.pool(POOL)
+    assert pool is not None
+    for _ in range(3):
+        reconcile_pool(api.store, api.provider("dummy"), pool, api.clock, api.config.service)
+    redis_pair.wait_synced()
+    hold_connections(api, 8)  # a process that served requests at once keeps their connections
+    new_primary = RedisPair.client(redis_pair.replica)
+
+    promote_while_the_primary_is_stopped(redis_pair)
+    # The pause outlasted the 5 s the process keeps its count of replicas: it looks them up again.
+    monkeypatch.setattr(api.store, "_replicas_known_until", 0.0)
+    answers = [check_out() for _ in range(3)]  # the first a 503 (asked again), then served
+    held = [answer[POOL]["hostname"].split(".")[0] for status, answer in answers if status == 200]
+    assert all(status in (200, 503) for status, _ in answers), answers
+    assert held, f"no checkout served after the failover: {answers}"
+    for hostname in held:
+        state = new_primary.hget(f"vmpool:vm:{hostname}", "state")
+        assert state == "running", (f"{hostname} was answered 200, but the new primary has it {state}: "
+                                    f"the next caller gets it too")
+
+    # A function started after the failover (its connections on the new primary) gets another VM.
+    started_after = serve(Services.from_environment({
+        "VMPOOL_CONFIG": CONFIG, "VMPOOL_REDIS_URL": redis_pair.endpoint.url, "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1",
+        "POWERTOOLS_METRICS_DISABLED": "true"}), monkeypatch)
+    status, answer = check_out()
+    started_after.client.close()
+    new_primary.close()
+    if status == 200:
+        assert answer[POOL]["hostname"].split(".")[0] not in held, "one VM handed to two callers"
+
+
+def on_vm(method: str, hostname: str, body: Any = None) -> tuple[int, Any]:
+    return call(method, "/api/v3/vm/{name}", f"/api/v3/vm/{hostname}", params={"name": hostname}, body=body)
+
+
+@pytest.mark.parametrize("method, body", [("DELETE", None), ("PUT", {"lifetime": 12})], ids=["return", "lifetime"])
+def test_a_change_made_on_the_resumed_old_primary_is_not_answered_200(
+        redis_pair: RedisPair, api: Services, monkeypatch: pytest.MonkeyPatch, method: str, body: Any) -> None:
+    """A return or a lifetime change of a VM checked out before the pause, sent to the process
+    whose connections still reach the old primary: answered 503 (send it again), and the retry
+    makes it on the new primary. Before: 200, made on the node left behind only; the VM the user
+    returned stayed running (counted against them) on the new primary, or kept its old lifetime,
+    on which it is reaped while in use."""
+    pool = api.pool(POOL)
+    assert pool is not None
+    for _ in range(3):
+        reconcile_pool(api.store, api.provider("dummy"), pool, api.clock, api.config.service)
+    status, answer = check_out()
+    assert status == 200, answer
+    hostname = answer[POOL]["hostname"].split(".")[0]
+    redis_pair.wait_synced()
+    hold_connections(api, 8)
+    new_primary = RedisPair.client(redis_pair.replica)
+
+    promote_while_the_primary_is_stopped(redis_pair)
+    monkeypatch.setattr(api.store, "_replicas_known_until", 0.0)
+    answers = [on_vm(method, hostname, body) for _ in range(2)]  # the change, then its retry if asked
+    record = new_primary.hgetall(f"vmpool:vm:{hostname}")
+    new_primary.close()
+
+    assert answers[0][0] in (200, 503), answers
+    assert answers[1][0] == 200, answers
+    if method == "DELETE":
+        assert record.get("state") != "running", f"{hostname} was answered returned; the new primary has it running"
+    else:
+        assert record.get("lifetime") == "12", f"the lifetime was answered 200; the new primary has {record}"
