@@ -293,6 +293,42 @@ def test_each_request_checks_its_token_once(
     checked_once("DELETE", f"/api/v3/vm/{mine}")
 
 
+def test_a_tokens_status_checks_the_token_in_its_path_once(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """``GET /token/<t>`` (vmfloaty's ``token status``) with rate limits on: the limit counts the
+    request as the path token's user, and the handler answers for that token. Each looked the
+    token up and asked for its user's standing in the directory: two reads of the token and two
+    of the user's directory record a request, which could answer otherwise. Once each now, and
+    the answers stay: the owner's status, an unknown token's 404, a removed user's 401."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10), config={"rate_limiting_enabled": True}))
+    api.fill(POOL)
+    name, password = leaver
+    token = api.new_token(name, password)
+    mine = api.checkout(POOL, token)
+    calls: list[str] = []
+    for owner, method in ((api.services.tokens, "lookup"), (api.services.directory_check, "standing")):
+        original = getattr(owner, method)
+
+        def counted(*args: Any, _name: str = method, _original: Any = original, **kwargs: Any) -> Any:
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        setattr(owner, method, counted)
+    status = api.call("GET", f"/api/v3/token/{token}")
+    assert status.status == 200 and status.body[token]["vms"]["running"] == [mine], status.body
+    assert sorted(calls) == ["lookup", "standing"], calls
+    calls.clear()
+    assert api.call("GET", f"/api/v3/token/{'0' * 32}").status == 404
+    assert calls == ["lookup"], calls
+    slapd.remove(f"uid={name},{slapd.users_base}")
+    api.clock.advance(11 * 60)
+    calls.clear()
+    removed = api.call("GET", f"/api/v3/token/{token}")
+    assert removed.status == 401 and "no longer in the directory" in removed.body["error"], removed.body
+    assert sorted(calls) == ["lookup", "standing"], calls
+
+
 def test_an_administrator_lists_and_revokes_a_removed_users_tokens(
         make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
         leaver: tuple[str, str]) -> None:
