@@ -74,9 +74,13 @@ def _login_service(services: Services) -> LoginService:
 
 def _basic_user(services: Services, request: ApiRequest) -> str:
     """The user whose HTTP Basic credentials came with the request; 401/429/503 otherwise."""
-    result = _login_service(services).login(request.header("Authorization"), request.source_ip or None)
+    logins = _login_service(services)
+    began = services.clock.now()
+    result = logins.login(request.header("Authorization"), request.source_ip or None)
     if result.outcome is LoginOutcome.OK and result.user is not None:
-        services.directory_check.logged_in(result.user)  # the directory has just found the user
+        # The directory found the user, as of the login's start: an answer recorded since (the
+        # entry removed while the login was under way) is the later one and stands.
+        services.directory_check.logged_in(result.user, began)
         return result.user
     if result.outcome is LoginOutcome.RATE_LIMITED:
         wait = result.retry_after or 1

@@ -293,6 +293,43 @@ def test_each_request_checks_its_token_once(
     checked_once("DELETE", f"/api/v3/vm/{mine}")
 
 
+def test_a_login_under_way_when_the_user_is_found_removed_does_not_bring_them_back(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """The user's ``POST /token`` binds, then (the login still under way: a slow directory, a
+    stalled process) the entry is removed and a use of the user's older token asks the directory,
+    which answers "gone". The login recorded "present" once it ended, as of then: the later
+    answer, so the removed user's tokens (the older one too) worked for another
+    ``directory_check_minutes``. The login's answer is as of its question, before the removal."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10)))
+    api.fill(POOL)
+    name, password = leaver
+    older = api.new_token(name, password)
+    api.clock.advance(11 * 60)  # the older token's answer is due again
+    logins = api.services.logins
+    assert logins is not None
+    bind = logins.authenticator.login_name  # type: ignore[attr-defined]
+    seen: list[int] = []
+
+    def removed_while_logging_in(user: str, given: str) -> str | None:
+        found = bind(user, given)
+        slapd.remove(f"uid={name},{slapd.users_base}")
+        api.clock.advance(1)
+        seen.append(api.call("GET", "/api/v3/status", headers={"X-AUTH-TOKEN": older}).status)
+        seen.append(api.call("PUT", f"/api/v3/vm/{api.checkout(POOL)}", body={"lifetime": 3},
+                             headers={"X-AUTH-TOKEN": older}).status)
+        api.clock.advance(1)
+        return found
+
+    logins.authenticator.login_name = removed_while_logging_in  # type: ignore[attr-defined]
+    made = api.call("POST", "/api/v3/token", headers=basic(name, password))
+    assert seen[-1] == 401, seen  # the directory said "gone" while the login was under way
+    assert made.status == 200, made.raw  # the bind succeeded: the token is made, and worth nothing
+    for token in (older, made.json["token"]):
+        refused = api.call("GET", f"/api/v3/token/{token}")
+        assert refused.status == 401 and refused.json == GONE, refused.raw
+
+
 def test_a_tokens_status_checks_the_token_in_its_path_once(
         make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
         leaver: tuple[str, str]) -> None:
