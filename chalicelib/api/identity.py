@@ -78,6 +78,20 @@ def token_check(services: Services, request: ApiRequest) -> TokenCheck | None:
     return check
 
 
+def path_token_check(services: Services, request: ApiRequest) -> TokenCheck:
+    """The check of the token in the path of ``GET /token/<t>`` (its record, unchanged, and its
+    user's standing in the directory), made once per request: the rate limit, which counts the
+    request as that token's user, and the handler both ask. Before, each looked it up, two reads
+    of the token and two of its user's directory record for one request, and the two could
+    answer otherwise (the token deleted, or its user's answer renewed, in between)."""
+    if "path_token_check" not in request.memo:
+        record = services.tokens.lookup(request.params.get("token", ""), touch=False)
+        standing = None if record is None else services.directory_check.standing(record.user, record.created_at)
+        request.memo["path_token_check"] = TokenCheck(record, standing)
+    check: TokenCheck = request.memo["path_token_check"]
+    return check
+
+
 def refuse_unless_present(standing: Standing) -> None:
     """401 for a token whose user the directory no longer has, 503 when it cannot say."""
     if standing is Standing.REMOVED:

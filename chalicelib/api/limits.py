@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from chalicelib.api.http import ApiError, ApiRequest
-from chalicelib.api.identity import Caller, token_check
+from chalicelib.api.identity import Caller, path_token_check, token_check
 from chalicelib.auth.base import acceptable_credentials, canonical_user, login_key
 from chalicelib.auth.basic import parse_basic_auth
 from chalicelib.auth.directory_check import Standing
@@ -149,10 +149,10 @@ def _path_token_user(services: Services, method: str, path: str, request: ApiReq
     user not removed from the directory (as ``_token_user``); None otherwise."""
     if services.config.auth is None or (method, path) != PATH_TOKEN_ROUTE:
         return None
-    record = services.tokens.lookup(request.params.get("token", ""), touch=False)
-    if record is None or services.directory_check.standing(record.user, record.created_at) is Standing.REMOVED:
+    check = path_token_check(services, request)  # kept on the request: the handler reads it again for free
+    if check.record is None or check.standing is Standing.REMOVED:
         return None
-    return canonical_user(record.user)
+    return canonical_user(check.record.user)
 
 
 def check_rate(services: Services, method: str, path: str, request: ApiRequest) -> None:

@@ -27,6 +27,7 @@ from chalicelib.api.identity import (
     AUTH_UNAVAILABLE,
     auth_unavailable,
     is_admin,
+    path_token_check,
     refuse_unless_present,
     token_check,
     unauthorized,
@@ -73,9 +74,13 @@ def _login_service(services: Services) -> LoginService:
 
 def _basic_user(services: Services, request: ApiRequest) -> str:
     """The user whose HTTP Basic credentials came with the request; 401/429/503 otherwise."""
-    result = _login_service(services).login(request.header("Authorization"), request.source_ip or None)
+    logins = _login_service(services)
+    began = services.clock.now()
+    result = logins.login(request.header("Authorization"), request.source_ip or None)
     if result.outcome is LoginOutcome.OK and result.user is not None:
-        services.directory_check.logged_in(result.user)  # the directory has just found the user
+        # The directory found the user, as of the login's start: an answer recorded since (the
+        # entry removed while the login was under way) is the later one and stands.
+        services.directory_check.logged_in(result.user, began)
         return result.user
     if result.outcome is LoginOutcome.RATE_LIMITED:
         wait = result.retry_after or 1
@@ -157,12 +162,15 @@ def describe_token(services: Services, request: ApiRequest) -> ApiResponse:
             raise ApiError(403, {"error": "the token belongs to another user"})
     else:
         # A read, not a use: ``last`` says when the token last did something (as in vmpooler).
-        record = services.tokens.lookup(token, touch=False)
-        if record is None:
+        # Checked once per request: the rate limit counted the request as this token's user.
+        check = path_token_check(services, request)
+        if check.record is None:
             raise not_found(error="unknown or expired token")
+        record = check.record
         # The token is the credential here: worth no more than on any other route once its user
         # has left the directory (before, it still showed the user's VMs).
-        refuse_unless_present(services.directory_check.standing(record.user, record.created_at))
+        assert check.standing is not None
+        refuse_unless_present(check.standing)
     info = {"user": record.user, **record.public(), "vms": {"running": _running_vms(services, record)}}
     return ApiResponse(200, {"ok": True, token: info})
 

@@ -95,10 +95,13 @@ class DirectoryCheck:
         flag = "" if present is None else "1" if present else "0"
         self._answer(keys=[self._key(user)], args=[repr(asked), flag, self._record_ttl])
 
-    def logged_in(self, user: str) -> None:
-        """The directory has just accepted ``user``'s password: it is there."""
+    def logged_in(self, user: str, asked: float | None = None) -> None:
+        """The directory has accepted ``user``'s password: it is there, as of ``asked``, when the
+        login began (default now). Recorded as of then, not as of the login's end: an answer
+        about the user recorded meanwhile (the entry removed while the login was under way) is
+        the later one and stands (lua/directory_answer.lua keeps the later question's answer)."""
         if self.enabled:
-            self._record(user, self.clock.now(), True)
+            self._record(user, self.clock.now() if asked is None else asked, True)
 
     def standing(self, user: str, logged_in_at: float | None = None) -> Standing:
         """PRESENT, REMOVED or UNKNOWN (see the module doc). ``logged_in_at``: when the user is

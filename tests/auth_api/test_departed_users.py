@@ -293,6 +293,79 @@ def test_each_request_checks_its_token_once(
     checked_once("DELETE", f"/api/v3/vm/{mine}")
 
 
+def test_a_login_under_way_when_the_user_is_found_removed_does_not_bring_them_back(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """The user's ``POST /token`` binds, then (the login still under way: a slow directory, a
+    stalled process) the entry is removed and a use of the user's older token asks the directory,
+    which answers "gone". The login recorded "present" once it ended, as of then: the later
+    answer, so the removed user's tokens (the older one too) worked for another
+    ``directory_check_minutes``. The login's answer is as of its question, before the removal."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10)))
+    api.fill(POOL)
+    name, password = leaver
+    older = api.new_token(name, password)
+    api.clock.advance(11 * 60)  # the older token's answer is due again
+    logins = api.services.logins
+    assert logins is not None
+    bind = logins.authenticator.login_name  # type: ignore[attr-defined]
+    seen: list[int] = []
+
+    def removed_while_logging_in(user: str, given: str) -> str | None:
+        found = bind(user, given)
+        slapd.remove(f"uid={name},{slapd.users_base}")
+        api.clock.advance(1)
+        seen.append(api.call("GET", "/api/v3/status", headers={"X-AUTH-TOKEN": older}).status)
+        seen.append(api.call("PUT", f"/api/v3/vm/{api.checkout(POOL)}", body={"lifetime": 3},
+                             headers={"X-AUTH-TOKEN": older}).status)
+        api.clock.advance(1)
+        return found
+
+    logins.authenticator.login_name = removed_while_logging_in  # type: ignore[attr-defined]
+    made = api.call("POST", "/api/v3/token", headers=basic(name, password))
+    assert seen[-1] == 401, seen  # the directory said "gone" while the login was under way
+    assert made.status == 200, made.raw  # the bind succeeded: the token is made, and worth nothing
+    for token in (older, made.json["token"]):
+        refused = api.call("GET", f"/api/v3/token/{token}")
+        assert refused.status == 401 and refused.json == GONE, refused.raw
+
+
+def test_a_tokens_status_checks_the_token_in_its_path_once(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """``GET /token/<t>`` (vmfloaty's ``token status``) with rate limits on: the limit counts the
+    request as the path token's user, and the handler answers for that token. Each looked the
+    token up and asked for its user's standing in the directory: two reads of the token and two
+    of the user's directory record a request, which could answer otherwise. Once each now, and
+    the answers stay: the owner's status, an unknown token's 404, a removed user's 401."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10), config={"rate_limiting_enabled": True}))
+    api.fill(POOL)
+    name, password = leaver
+    token = api.new_token(name, password)
+    mine = api.checkout(POOL, token)
+    calls: list[str] = []
+    for owner, method in ((api.services.tokens, "lookup"), (api.services.directory_check, "standing")):
+        original = getattr(owner, method)
+
+        def counted(*args: Any, _name: str = method, _original: Any = original, **kwargs: Any) -> Any:
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        setattr(owner, method, counted)
+    status = api.call("GET", f"/api/v3/token/{token}")
+    assert status.status == 200 and status.body[token]["vms"]["running"] == [mine], status.body
+    assert sorted(calls) == ["lookup", "standing"], calls
+    calls.clear()
+    assert api.call("GET", f"/api/v3/token/{'0' * 32}").status == 404
+    assert calls == ["lookup"], calls
+    slapd.remove(f"uid={name},{slapd.users_base}")
+    api.clock.advance(11 * 60)
+    calls.clear()
+    removed = api.call("GET", f"/api/v3/token/{token}")
+    assert removed.status == 401 and "no longer in the directory" in removed.body["error"], removed.body
+    assert sorted(calls) == ["lookup", "standing"], calls
+
+
 def test_an_administrator_lists_and_revokes_a_removed_users_tokens(
         make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
         leaver: tuple[str, str]) -> None:

@@ -8,7 +8,7 @@ import threading
 from functools import partial
 from typing import Callable
 
-from tests.auth_api.documents import POOL, document
+from tests.auth_api.documents import OTHER_POOL, POOL, document
 from tests.harness import Harness, HarnessFactory, Reply, basic
 
 ROUNDS = 25
@@ -129,3 +129,22 @@ def test_a_token_deleted_while_its_owner_extends_a_vm_another_user_returns(make_
         assert api.store.get_vm(host).raw.get("token_user") == "alice"
         assert api.delete(f"/api/v3/vm/{host}", headers={"X-AUTH-TOKEN": keeper}).status == 200
         assert api.delete(f"/api/v3/token/{keeper}", headers=basic("alice", "alice-pw")).status == 200
+
+
+def test_two_users_choose_one_on_demand_request_id_at_once(make_api: HarnessFactory) -> None:
+    """Two users open on-demand requests under one ``request_id`` at once: one is made (201), the
+    other told the id is taken (409); the loser may neither read the winner's request (403) nor
+    end it, even while its owner ends it at the same moment. Checked, holds."""
+    api = make_api(document({"provider": "dummy"}))
+    alice, bob = tokens(api)
+    for round_number in range(ROUNDS):
+        request_id = f"ci-job-{round_number}"
+        first, second = at_once(*[partial(api.post, "/api/v3/ondemandvm", {OTHER_POOL: 1, "request_id": request_id},
+                                          headers={"X-AUTH-TOKEN": token}) for token in (alice, bob)])
+        assert sorted((first.status, second.status)) == [201, 409], (first.raw, second.raw)
+        winner, loser = (alice, bob) if first.status == 201 else (bob, alice)
+        assert api.get(f"/api/v3/ondemandvm/{request_id}", headers={"X-AUTH-TOKEN": loser}).status == 403
+        path = f"/api/v3/ondemandvm/{request_id}"
+        refused, ended = at_once(partial(api.delete, path, headers={"X-AUTH-TOKEN": loser}),
+                                 partial(api.delete, path, headers={"X-AUTH-TOKEN": winner}))
+        assert refused.status == 403 and ended.status == 200, (refused.raw, ended.raw)

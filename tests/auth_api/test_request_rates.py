@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from tests.auth_api.documents import CLIENT_IP, POOL, document
 from tests.harness import Harness, Reply, basic
@@ -193,3 +194,34 @@ def test_thirty_users_behind_one_address_manage_their_tokens_at_once_beside_a_no
         # 404: no token of theirs to list (vmpooler's answer), until the limit.
         assert noise.result() == [404] * 100 + [429] * 10, noise.result()
         assert all(statuses == [200] * 5 for statuses in answers), answers
+
+
+def test_vm_creation_is_counted_per_user_at_once_from_one_address_and_from_many(make_api):
+    """``vm_creation`` (2 a minute) with 16 users behind one address, each sending three
+    checkouts at once: each user gets two VMs and one 429, nobody's checkouts spend another's.
+    One user sending 16 at once from 16 addresses gets two in all: a user's budget is the user's
+    wherever the requests come from (docs/auth.md, "Limits"). Checked, holds."""
+    from tests.auth_api.test_racing_callers import at_once
+
+    api = make_api(document({"provider": "dummy"},
+                            config={"rate_limiting_enabled": True, "max_running_vms_per_user": 10},
+                            rate_limits={"vm_creation": {"limit": 2, "period": 60}},
+                            pools=[{"name": POOL, "size": 40, "provider": "dummy", "template": "t/debian"}]))
+    api.fill(POOL)
+    users = [f"user{number}" for number in range(16)]
+    tokens = {user: api.new_token(user, f"{user}-pw") for user in users}
+    replies = at_once(*[partial(api.call, "POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": tokens[user]})
+                        for user in users for _ in range(3)])
+    for user, index in zip(users, range(0, len(replies), 3), strict=True):
+        statuses = sorted(reply.status for reply in replies[index:index + 3])
+        assert statuses == [200, 200, 429], (user, [reply.raw for reply in replies[index:index + 3]])
+        for reply in replies[index:index + 3]:
+            if reply.status == 429:
+                assert reply.json["limit"] == 2 and int(reply.headers["Retry-After"]) >= 1, reply.raw
+            else:
+                host = reply.json[POOL]["hostname"].split(".")[0]
+                assert api.store.get_vm(host).raw.get("token_user") == user
+    solo = api.new_token("solo", "solo-pw")
+    spread = at_once(*[partial(api.call, "POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": solo},
+                               client_ip=f"203.0.113.{number + 1}") for number in range(16)])
+    assert sorted(reply.status for reply in spread) == [200] * 2 + [429] * 14, [reply.raw for reply in spread]
