@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import redis
 
@@ -196,10 +196,13 @@ class Services:
             return None
         return apply_override(pool, PoolOverrides(self.store).get(name), self.override_room)
 
-    def pools(self) -> tuple[PoolConfig, ...]:
-        """Every configured pool as it should be now, in config order (one round trip)."""
-        overrides = PoolOverrides(self.store).all(self.config.pool_names)
-        return tuple(apply_override(pool, overrides[pool.name], self.override_room) for pool in self.config.pools)
+    def pools(self, names: Iterable[str] | None = None) -> tuple[PoolConfig, ...]:
+        """Every configured pool (or those of ``names`` that are configured) as it should be now,
+        in config order (in ``names``' order), in one round trip."""
+        chosen = self.config.pools if names is None else [
+            pool for pool in map(self.config.pool, names) if pool is not None]
+        overrides = PoolOverrides(self.store).all([pool.name for pool in chosen])
+        return tuple(apply_override(pool, overrides[pool.name], self.override_room) for pool in chosen)
 
     def override_room(self) -> int:
         """What a pool's runtime template or clone target may add to its configured one under the

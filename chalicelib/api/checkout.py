@@ -75,7 +75,7 @@ def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int])
     if unknown:
         raise not_found(error=f"unknown pool or alias: {shown(', '.join(unknown), 200)}")
     caller = optional_caller(services, request)
-    live = live_pools(services)
+    live = live_pools(services, wanted)
     requests = []
     for name, count in wanted.items():
         # One order more: what a VM tries once its own first choices have none (an alias of many pools).
@@ -168,7 +168,7 @@ def open_request(
     config = services.config.service
     # An alias is built in one of its pools, chosen by backend_weight or at random (vmpooler chooses for
     # each VM; here each name of a request is one entry: docs/api.md, "On-demand").
-    live = live_pools(services)
+    live = live_pools(services, wanted)
     entries = [OnDemandEntry(name, preference(services.config, name, live)[0], count)
                for name, count in wanted.items()]
     id_generated = request_id is None

@@ -301,12 +301,14 @@ def short_hostnames(raw: str) -> tuple[str, ...]:
     as written, as vmpooler looks it up (a VM made by hand in a pool folder, or named under an
     upper-case prefix of old, has capitals of its own), then lower-cased, the names the service
     makes (DNS names ignore case: ``HOST1`` is ``host1``). One name when they are the same.
+    An absolute name's one trailing dot (``host.example.com.``) is dropped, as DNS reads it.
     Anything that is not a hostname (slashes, ``..``, spaces) is a 400 before any lookup."""
     if not raw:
         raise bad_request("Hostname is required")
-    if len(raw) > 253:
+    name = raw[:-1] if raw.endswith(".") else raw
+    if len(name) > 253:
         raise bad_request("Hostname too long")
-    if not HOSTNAME_PATTERN.match(raw):
+    if not HOSTNAME_PATTERN.match(name):
         raise bad_request("Invalid hostname format")
-    label = raw.split(".", 1)[0]
+    label = name.split(".", 1)[0]
     return tuple(dict.fromkeys((label, label.lower())))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from chalicelib.config import Config, PoolConfig
 from chalicelib.services import Services
@@ -35,12 +35,17 @@ def pool_weights(
     return found
 
 
-def live_pools(services: Services) -> Mapping[str, PoolConfig] | None:
-    """The pools with their runtime overrides when weights are configured (one Redis round
-    trip), else None: without weights the clone targets do not matter."""
-    if not services.config.service.backend_weight:
+def live_pools(services: Services, requested: Iterable[str]) -> Mapping[str, PoolConfig] | None:
+    """The pools a weighted draw for the ``requested`` names reads (those behind a name of two
+    or more pools) with their runtime overrides, when weights are configured (one Redis round
+    trip, none when no name has two pools), else None: without weights the clone targets do not
+    matter. Only those: reading every pool's made each checkout O(pools) (at 1,000 pools, 5
+    fields of each read and a PoolConfig built for each, ~55 ms of a 69 ms checkout)."""
+    config = services.config
+    if not config.service.backend_weight:
         return None
-    return {pool.name: pool for pool in services.pools()}
+    behind = dict.fromkeys(pool for name in requested if len(pools := config.resolve(name)) > 1 for pool in pools)
+    return {pool.name: pool for pool in services.pools(behind)} if behind else {}
 
 
 def preference(config: Config, requested: str, live: Mapping[str, PoolConfig] | None = None) -> list[str]:

@@ -321,3 +321,26 @@ def test_describe_says_what_a_vm_was_cloned_from_only_when_it_is_known(
     cloned = stack.get(f"/api/v3/vm/{stack.ready('cloned')[0]}").json
     assert "source_template" not in plain[stack.ready("plain")[0]]
     assert cloned[stack.ready("cloned")[0]]["source_template"] == "templates/debian-12"
+
+
+def test_a_fully_qualified_name_ending_in_a_dot_is_the_vm(full: Harness) -> None:
+    """An absolute DNS name ends in a dot (``host.example.com.``, as ``dig`` and resolv.conf write
+    it); vmpooler takes the first label of whatever it is given. Before: 400 "Invalid hostname
+    format" for a name the same request without the dot found. Only one dot at the end: ``.``,
+    ``host..`` and ``.host.`` are still no hostname."""
+    host = full.checkout("pool2")
+    reply = full.get(f"/api/v3/vm/{host}.example.com.")
+    assert (reply.status, reply.json[host]["state"]) == (200, "running")
+    assert full.get(f"/api/v1/vm/{host.upper()}.").json[host]["state"] == "running"
+    reply = full.put(f"/api/v3/vm/{host}.example.com.", {"lifetime": "5"})
+    assert (reply.status, reply.json) == (200, {"ok": True})
+    assert full.describe(host)["lifetime"] == 5
+    before = full.redis_state()
+    for name in (".", f"{host}..", f".{host}.", f"{host}.example.com.."):
+        reply = full.get(f"/api/v3/vm/{name}")
+        assert (reply.status, reply.json) == (400, {"ok": False, "error": "Invalid hostname format"}), name
+        assert full.delete(f"/api/v3/vm/{name}").status == 400, name
+    assert full.redis_state() == before
+    reply = full.delete(f"/api/v3/vm/{host}.example.com.")
+    assert (reply.status, reply.json) == (200, {"ok": True})
+    assert full.describe(host)["state"] == "destroyed"

@@ -313,3 +313,36 @@ def test_a_pass_whose_names_claim_was_taken_over_while_it_read_clones_under_rand
     assert not world.client.exists(world.store.keys.names_known("dummy"))
     assert names.held() == set()
     assert world.client.get(world.store.keys.names_reading("dummy")).endswith(" pool-a-pass")
+
+
+def test_a_pass_that_started_first_but_claims_second_leaves_the_younger_claim_alone(
+        make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two pools' passes at start-up: b's started first, but its inventory read took longer, so
+    a's pass (started a second later) claimed the names read first. A claim dated after the
+    claimant's own start was taken as no claim at all: b read vCenter's whole inventory again
+    and took the claim over, and a's read, done, was thrown away ("read but not held", logged
+    on every fresh `make run PROVIDER=vcsim`; a's first pass cloned under random names). b
+    now goes on with random names while a reads, as any pass does."""
+    world, name = forgotten_vm(make_harness)
+    names = NamesStore(world.store)
+    reads = names_reads(monkeypatch, world.services.provider("dummy"))
+    first_candidate(monkeypatch, clones, name)
+    assert names.claim("dummy", world.clock.now() + 1, 40.0, "pool-a-pass")
+
+    report = world.reconcile("b")
+
+    assert reads == [] and random_names(report.clones_started), (reads, report.clones_started)
+    assert world.client.get(world.store.keys.names_reading("dummy")).endswith(" pool-a-pass")
+    assert names.hold("dummy", {name}, world.clock.now() + 1, 3600, "pool-a-pass")  # a's read counts
+
+
+def test_a_names_claim_dated_far_ahead_of_the_claimant_is_taken_over(redis_client: redis.Redis) -> None:
+    """A claim stamped by a clock a whole claim's hold ahead of the claimant's (a host whose
+    clock was wrong) is not a live claim: it would keep every pass from reading for up to ten
+    holds (its key's expiry). One a few seconds ahead is: the claimant merely started later."""
+    names = NamesStore(Store(redis_client))
+    assert names.claim("vsphere", 105.0, 40.0, "reader")
+    assert not names.claim("vsphere", 100.0, 40.0, "started-earlier")
+    assert names.claim("vsphere", 146.0, 40.0, "lapsed")  # the reader's claim lapsed (41 s)
+    assert names.claim("vsphere", 105.0, 40.0, "right-clock")  # 41 s behind the last: not live
+    assert redis_client.get(Store(redis_client).keys.names_reading("vsphere")) == "105.0 right-clock"

@@ -188,4 +188,7 @@ def test_a_flood_of_malformed_requests_writes_a_bounded_number_of_json_lines(tmp
     # The parser's reason depends on how far the bytes it read got (a version may read as "Invalid
     # minor version" or "Invalid HTTP version"): each line carries one, in the parser's words.
     assert all(str(record["reason"]).startswith("Invalid ") for record in invalid if "reason" in record), invalid
-    assert len(lines) <= 2 * WORKERS + 2 * WORKERS, lines  # and gunicorn's line per worker stopped
+    # No other line of the front: a worker stopped by Ctrl-C says nothing (before ops9 the arbiter
+    # said "Worker (pid:...) was sent SIGINT!" for each, which this allowed as 2 * WORKERS lines).
+    front = [record for record in records if str(record.get("logger", "")).startswith(("gunicorn", "uvicorn"))]
+    assert [record for record in front if record not in invalid] == [], front
