@@ -38,6 +38,7 @@ from chalicelib.store.connection import CredentialsUnavailable
 from chalicelib.store.keys import DEFAULT_PREFIX
 from chalicelib.store.pool_overrides import PoolOverrides
 from chalicelib.store.pool_overrides import apply as apply_override
+from chalicelib.store.redis_clock import RedisAlignedClock
 
 if TYPE_CHECKING:
     from chalicelib.providers.base import Provider
@@ -156,7 +157,10 @@ class Services:
             client = connect(config.redis, url=environ[REDIS_URL_ENV], credential_provider=credentials)
         else:
             client = redis_client(config, resolver)
-        services = cls(config, client, prefix=environ.get(KEY_PREFIX_ENV, DEFAULT_PREFIX), secrets=resolver)
+        # Redis's clock, shared by every process (store/redis_clock.py): a time one Lambda writes
+        # and another compares (a checkout's and a lifetime's end) is off by no clock skew.
+        services = cls(config, client, clock=RedisAlignedClock(client),
+                       prefix=environ.get(KEY_PREFIX_ENV, DEFAULT_PREFIX), secrets=resolver)
         services.store.replica_acks = ReplicaAcks.from_config(config.redis, environ)  # Lambda: 1 by default
         if environ.get(REFILL_QUEUE_ENV):
             services.refill = SqsRefill(environ[REFILL_QUEUE_ENV], store=services.store, clock=services.clock)

@@ -20,7 +20,8 @@ from typing import Callable, Iterable
 
 from chalicelib import observability as metric
 from chalicelib.manager.context import PassContext
-from chalicelib.manager.vm_tasks import TAKER_GONE_SETTLE_SECONDS
+from chalicelib.manager.unanswered import ask_again
+from chalicelib.manager.vm_tasks import TAKER_GONE_SETTLE_SECONDS, TASK_SETTLE_SECONDS
 from chalicelib.observability import emit, logger
 from chalicelib.providers.base import UNREACHABLE, ProviderError, TaskState
 from chalicelib.store import Store, VMRecord
@@ -129,7 +130,7 @@ def _follow(context: PassContext, migrations: MigrationStore, record: VMRecord) 
         if context.now - started <= grace:
             context.report.followups += 1
             return
-        task = _judge_unnoted(context, migrations, record, started)
+        task = _judge_unnoted(context, migrations, record, started, grace)
         if task is None:
             return
         adopted = True
@@ -159,7 +160,8 @@ def _follow(context: PassContext, migrations: MigrationStore, record: VMRecord) 
     _migrated(context, migrations, record, target or (vm.host if vm else None) or record.host)
 
 
-def _judge_unnoted(context: PassContext, migrations: MigrationStore, record: VMRecord, started: float) -> str | None:
+def _judge_unnoted(context: PassContext, migrations: MigrationStore, record: VMRecord, started: float,
+                   grace: float) -> str | None:
     """A migration whose task was never noted: the pass that took its slot died in between. Its
     target (``migration_to``) is noted before the move is sent, so without one nothing was sent:
     it never started, wherever the VM went meanwhile (DRS, an operator). With one, the provider's
@@ -178,8 +180,15 @@ def _judge_unnoted(context: PassContext, migrations: MigrationStore, record: VMR
             # Where the VM is now, after those reads (the pass's inventory may predate the move's end).
             now_on = None if running else next(iter(context.provider.find_vms(context.pool, [record.name])), None)
         except ProviderError as error:
-            context.report.errors.append(f"{record.name}: its migration's move not looked for: {error}")
-            context.report.followups += 1
+            if ask_again(error, context.now - started, grace + TASK_SETTLE_SECONDS):
+                context.report.errors.append(f"{record.name}: its migration's move not looked for: {error}")
+                context.report.followups += 1
+                return None
+            # Before, every pass asked again: the migration stayed 'started' for good and its
+            # slot was held (STALE_SLOT_SECONDS) while other checked-out VMs queued behind it.
+            _failed(context, migrations, record, f"migration may or may not have been done: its pass was "
+                                                 f"interrupted after choosing its target and asking the "
+                                                 f"provider failed: {error}")
             return None
         if running:
             context.store.update_vm(record.name, migration_task=running[-1], **{ADOPTED: "true"})

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from chalicelib.config import PoolConfig
 from chalicelib.manager.context import PassContext
+from chalicelib.manager.unanswered import ask_again
 from chalicelib.providers.base import UNREACHABLE, AnswerLost, Provider, ProviderError, TaskState
 from chalicelib.store.leases import LeaseHolder, labelled_holder
 from chalicelib.store.store import Store
@@ -195,8 +196,7 @@ def _follow(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: V
         try:
             done = provider.applied(pool, hostname, str(task["kind"]), _applied_key(task))
         except ProviderError as error:
-            waited = context.now - float(task.get("started") or 0)
-            if error.kind in UNREACHABLE or waited <= grace + TASK_SETTLE_SECONDS:
+            if ask_again(error, context.now - float(task.get("started") or 0), grace + TASK_SETTLE_SECONDS):
                 raise  # the provider may answer on a later pass
             # It answers, and cannot say (a refusal, the VM gone from its folder): waiting cannot
             # help. Before, the task stayed in flight for good, the VM's later tasks behind it.
@@ -227,12 +227,13 @@ def _settle_lost(reached: tuple[Provider, PoolConfig], context: PassContext, tas
     shows its work; failed, saying so, when it has not by ``TASK_SETTLE_SECONDS`` after its first
     take. Returns True when it finished."""
     provider, pool = reached
-    settled = context.now - _first_taken(task) > TASK_SETTLE_SECONDS
+    waited = context.now - _first_taken(task)
+    settled = waited > TASK_SETTLE_SECONDS
     lost = str(task["answer_lost"])
     try:
         done = provider.applied(pool, hostname, str(task["kind"]), _applied_key(task))
     except ProviderError as error:
-        if not settled or error.kind in UNREACHABLE:
+        if ask_again(error, waited, TASK_SETTLE_SECONDS):
             raise  # the provider may answer on a later pass
         # It answers, and cannot say (the VM gone from its folder, a refusal): waiting cannot help.
         tasks.finish(hostname, task["id"], error=f"{describe(task)} may or may not have been done: the provider's "

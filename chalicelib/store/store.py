@@ -519,8 +519,9 @@ class Store:
 
     def begin_pass(self, pool: str, provider: str = "") -> tuple[int | None, str, bool]:
         """``mark_changes``, the pool's ``inventory_checked`` mark ("" when none) and whether the names where
-        ``provider`` makes VMs are known since Redis last lost its data (``Keys.names_known``,
-        manager/names.py), in one round trip. The changes mark is None when no replica asked for
+        ``provider`` makes VMs are known since Redis last lost its data, or last failed over
+        (``Keys.names_known``, manager/names.py; a mark a promoted replica inherited is dropped),
+        in one round trip. The changes mark is None when no replica asked for
         (``replica_acks``) acknowledged it in time: a failover could lose it, and the promoted
         replica's counter, behind the mark, would stamp the VMs changed there (checked out after the
         failover) below it, so they would look unchanged since the pass's older inventory read
@@ -531,12 +532,20 @@ class Store:
             pipe = self.client.pipeline(transaction=False)
             pipe.incr(self.keys.changes)
             pipe.get(self.keys.inventory_checked(pool))
-            pipe.exists(self.keys.names_known(provider))
+            pipe.get(self.keys.names_known(provider))
+            pipe.info("replication")
             if replicas:
                 pipe.execute_command("WAIT", replicas, timeout_ms)
-            mark, checked, names_known, *acks = pipe.execute()
+            mark, checked, names_mark, replication, *acks = pipe.execute()
+            # The names mark holds the replication id of the primary that set it (lua/names_hold.lua).
+            # Another one here: a replica was promoted since, and a failover may have lost the
+            # latest clones' records while the older mark survived (their VMs still in their
+            # folders, their names free for another pool's clone). Dropped: the names are read again.
+            names_known = names_mark is not None and names_mark == (replication.get("master_replid") or "-")
+            if names_mark is not None and not names_known:
+                self.client.delete(self.keys.names_known(provider))
         durable = not acks or int(acks[0]) >= replicas
-        return (int(mark) if durable else None), checked or "", bool(names_known)
+        return (int(mark) if durable else None), checked or "", names_known
 
     def tracked(self, hostnames: Collection[str]) -> set[str]:
         """Of ``hostnames``, the VMs with a record in a state other than destroyed (one round

@@ -316,3 +316,55 @@ def test_another_users_move_running_at_the_judgement_is_not_taken_for_ours(make_
     shown = world.describe(host)
     assert (shown.get("migrated"), shown["host"]) == (None, elsewhere), errors
     assert any(f"another task moved the VM to {elsewhere}" in error for error in errors), errors
+
+
+def test_a_migration_whose_taker_died_and_that_the_provider_cannot_be_asked_about_frees_its_slot(
+        make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pass dies once it noted its target (the move may have been sent); past the grace the
+    provider is asked for the VM's recent moves, and it answers but cannot say (a refusal, the VM
+    gone from its folder). Before, every pass asked again: the VM's migration stayed 'started'
+    for good and its service-wide slot was held (an hour), the other checked-out VM queued behind
+    it. Now it waits while the provider cannot be reached or within TASK_SETTLE_SECONDS after the
+    grace, as a VM task does; then it ends saying why, and the slot goes to the next VM."""
+    from chalicelib.manager.migrations import MIGRATION_START_GRACE_SECONDS
+    from chalicelib.manager.vm_tasks import TASK_SETTLE_SECONDS
+    from chalicelib.providers.base import ProviderError
+    from chalicelib.providers.failures import FailureKind
+
+    world = stack(make_harness, limit=1, dummy=", migratevm_couldmove_percent: 100, migratevm_max_time: 60")
+    world.fill("mig")
+    first, second = world.checkout_vms("mig", 2)
+
+    def killed(step: str) -> None:
+        if step == "migration_target":
+            raise Killed(step)
+
+    with pytest.raises(Killed):
+        world.reconcile("mig", killed)
+    stuck = first if migration(world, first) == "started" else second
+    waiting = second if stuck == first else first
+    assert migration(world, waiting) == "queued"
+    refusal = ProviderError("VM not found", FailureKind.PERMISSION)
+
+    def cannot_say(*args: object) -> None:
+        raise refusal
+
+    monkeypatch.setattr(world.provider, "recent_migrations", cannot_say)
+    world.clock.advance(MIGRATION_START_GRACE_SECONDS + 1)
+    report = world.reconcile("mig")  # within the settle time: it waits
+    assert report.followups and migration(world, stuck) == "started" and migration(world, waiting) == "queued"
+    refusal = ProviderError("the backend is down", FailureKind.CONNECTION)
+    for _ in range(3):  # unreachable: it waits, however long
+        report = world.reconcile("mig")
+        assert report.followups and migration(world, stuck) == "started" and migration(world, waiting) == "queued"
+        world.clock.advance(TASK_SETTLE_SECONDS)
+    refusal = ProviderError("VM not found", FailureKind.PERMISSION)
+    world.reconcile("mig")
+    assert migration(world, stuck) is None
+    assert world.store.get_vm(stuck).raw.get("migration_error") == (  # type: ignore[union-attr]
+        "migration may or may not have been done: its pass was interrupted after choosing its target "
+        "and asking the provider failed: VM not found")
+    assert "migrated" not in world.describe(stuck)
+    monkeypatch.undo()
+    world.reconcile("mig")
+    assert migration(world, waiting) == "started"  # the freed slot went to the other VM

@@ -9,6 +9,8 @@
 -- of the caller's claim (lua/names_claim.lua ARGV[3]), ARGV[5] the deadline (ms of Redis's
 -- clock, '' none: store/deadline.py; the last call's only, store/names.py says why), then the
 -- names.
+-- The mark's value is the primary's replication id (INFO's master_replid; '-' where INFO does
+-- not show it: then a failover goes unseen, as before).
 -- Returns 1 when the names are held (and, for the last call, the mark set), else 0 and nothing
 -- changed: Redis ran it after the caller's socket timeout (a freeze: the caller gave up and
 -- said the names were not held), or the claim is not the caller's any more (it lapsed and
@@ -37,7 +39,11 @@ if redis.call('EXISTS', held_key) == 1 then
   redis.call('EXPIRE', held_key, keep)
 end
 if last == '1' then
-  redis.call('SET', known_key, now)
+  -- The mark names the primary's replication id: a replica promoted since (a failover, which may
+  -- have lost the records of the latest clones while the mark, older, survived) has another, and
+  -- Store.begin_pass then drops the mark so the names are read again (store/names.py).
+  local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+  redis.call('SET', known_key, replid or '-')
   redis.call('DEL', claim_key)
 end
 return 1

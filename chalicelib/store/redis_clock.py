@@ -1,0 +1,83 @@
+"""The service's one clock: Redis's, as this process estimates it from its own wall clock.
+
+Times one process writes and another compares were on each process's own clock: a checkout's
+time (the API's) against a lifetime's end (a reconcile pass's), a VM's ``ready`` time against
+``ready_ttl``, a clone's start against the pool's ``timeout``, a reset's time against a clone's
+start. Clocks S seconds apart shifted each by S: a VM in use was reaped S seconds early by a
+pass whose clock ran ahead of the API that checked it out. Every process of a deployment talks
+to the same Redis, so its clock is the one they share.
+
+``RedisAlignedClock`` reads Redis's ``TIME`` once per ``deadline.OFFSET_KEPT_SECONDS`` (and after
+a failover: a new primary has its own clock), keeps the offset from this process's wall clock,
+and answers ``now`` as the wall clock plus that offset: no round trip per reading. Redis out of
+reach, it keeps the offset it had for ``OFFSET_KEPT_SECONDS`` more (none at first: its own
+clock, as before, asked again ``RETRY_SECONDS`` later), so a stalled Redis costs a process one
+socket timeout now and then, not one per reading.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import redis
+
+from chalicelib.clock import Clock, SystemClock
+from chalicelib.store.deadline import OFFSET_KEPT_SECONDS, SLOW_MEASURE_SHARE, socket_timeout_ms
+
+RETRY_SECONDS = 5.0
+"""How long after a failed or slow ``TIME`` a process that never measured the offset uses its
+own clock before asking again (one that did keeps its offset ``OFFSET_KEPT_SECONDS`` more)."""
+
+
+class RedisAlignedClock:
+    """``now``: Redis's clock, estimated (its ``TIME`` against the middle of the round trip, within
+    half of it: ms); ``monotonic``: the wall clock's, for budgets and durations."""
+
+    def __init__(self, client: redis.Redis, wall: Clock | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._client = client
+        self._wall = wall or SystemClock()
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._offset = 0.0
+        """Redis's clock minus the wall clock, seconds (0 until measured)."""
+        self._next_measure: float | None = None
+        """When (this process's monotonic clock) to read ``TIME`` again; None: at once."""
+        self._epoch: int | None = None
+
+    def now(self) -> float:
+        return self._wall.now() + self._current_offset()
+
+    def monotonic(self) -> float:
+        return self._wall.monotonic()
+
+    def _current_offset(self) -> float:
+        epoch_counter: Any = self._client.connection_pool.connection_kwargs.get("failover_epoch")
+        epoch = epoch_counter.value if epoch_counter is not None else 0
+        now = self._monotonic()
+        with self._lock:
+            if self._next_measure is not None and self._epoch == epoch and now < self._next_measure:
+                return self._offset
+            # Asked again only after this, however the measure below ends: the process's other
+            # threads use the offset kept meanwhile instead of each waiting on the same TIME. An
+            # offset once measured stays good for a while yet (clocks drift by ms a minute): a
+            # stalled Redis then costs this process one socket timeout a minute, not one per call.
+            wait = OFFSET_KEPT_SECONDS if self._next_measure is not None else RETRY_SECONDS
+            self._next_measure, self._epoch = now + wait, epoch
+            offset = self._offset
+        try:
+            sent, sent_wall = self._monotonic(), self._wall.now()
+            seconds, microseconds = self._client.time()
+            took = self._monotonic() - sent
+        except (redis.RedisError, OSError):
+            return offset  # Redis unreachable: the offset kept (or this process's own clock)
+        offset = int(seconds) + int(microseconds) / 1_000_000 - (sent_wall + took / 2)
+        window = socket_timeout_ms(self._client)
+        kept = window is None or took * 1000 <= window / SLOW_MEASURE_SHARE
+        with self._lock:
+            self._offset = offset
+            if kept:  # a slow round trip's estimate is off by up to half of it: measured again soon
+                self._next_measure = sent + OFFSET_KEPT_SECONDS
+        return offset
