@@ -81,6 +81,9 @@ class DynamicDns(DnsPlugin):
                 self._key_error = f"dns {self.name}: tsig_secret is not a valid base64 key"
             self._key_name = dns.name.from_text(str(key_name))
         self._address: str | None = None
+        self._connection: socket.socket | None = None
+        self.connections_opened = 0
+        """TCP connections this plugin opened to the server (the bench and tests read it)."""
 
     def _server_address(self) -> str:
         """The server's IP address (dnspython talks to addresses), looked up once."""
@@ -106,8 +109,8 @@ class DynamicDns(DnsPlugin):
         import dns.tsig
 
         try:
-            response = dns.query.tcp(message, self._server_address(), timeout=self.timeout, port=self.port)
-        except dns.exception.Timeout:
+            response = self._send(message)
+        except (dns.exception.Timeout, TimeoutError):
             raise DnsUnavailable(
                 f"dns {what}: {self.server}:{self.port} did not answer within {self.timeout:g} s") from None
         except (dns.tsig.PeerError, dns.tsig.BadSignature, dns.tsig.BadTime) as error:
@@ -123,6 +126,44 @@ class DynamicDns(DnsPlugin):
                 else DnsRejected
             raise refused(f"dns {what}: " + (meaning or f"the server answered {dns.rcode.to_text(rcode)}"))
         return response
+
+    def _send(self, message: Any) -> Any:
+        """Send ``message`` and read its answer over the one TCP connection the plugin keeps to the
+        server (opened on first use, kept for the calls after it: a pass publishing 200 VMs opens
+        one connection, not 200). A connection the server closed meanwhile (BIND closes one idle
+        for 30 s; a Lambda frozen between invocations finds it gone) fails the first exchange on
+        it: that one is sent again once on a new connection (updates replace or delete records,
+        so one the server applied before closing applies again to the same result). Any other
+        failure closes the connection: a late answer never reads as the next message's."""
+        import dns.query
+
+        for attempt in (1, 2):
+            reused = self._connection is not None
+            if self._connection is None:
+                connection = socket.create_connection((self._server_address(), self.port), timeout=self.timeout)
+                connection.setblocking(False)  # dnspython waits for it with the exchange's timeout
+                self._connection = connection
+                self.connections_opened += 1
+            try:
+                return dns.query.tcp(message, self._server_address(), timeout=self.timeout, port=self.port,
+                                     sock=self._connection)
+            except (ConnectionError, EOFError) as error:
+                self.close()
+                if not reused or attempt == 2:
+                    raise error
+            except BaseException:
+                self.close()
+                raise
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def close(self) -> None:
+        """Close the connection to the server, if one is open (the next call opens another)."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except OSError:
+                pass
 
     def _update(self, zone: Any = None) -> Any:
         """An update of ``zone`` (default the entry's), signed with the entry's key."""

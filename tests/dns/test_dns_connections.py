@@ -1,0 +1,106 @@
+"""Connections a ``dynamic-dns`` entry opens to its real BIND 9: one kept for the calls of the
+passes, not one a VM (a pool of 200 filling or reaped opened 200 TCP connections a pass), and a
+connection the server closed meanwhile opened again without failing a VM."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from chalicelib.config import parse
+from tests.dns.bind import BindServer
+from tests.harness import Harness, HarnessFactory
+
+POOL = 200
+
+
+@pytest.fixture
+def connections(bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    """Every TCP connection any code of the test process opens to the server's port (the
+    plugin's, whichever way it connects: the server sees these)."""
+    opened: list[Any] = []
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def noted(sock: socket.socket, address: Any) -> None:
+        if sock.type == socket.SOCK_STREAM and isinstance(address, tuple) and address[1] == bind.port:
+            opened.append(address)
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        noted(sock, address)
+        real_connect(sock, address)
+
+    def connect_ex(sock: socket.socket, address: Any) -> int:
+        noted(sock, address)
+        return real_connect_ex(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    yield opened
+
+
+def pool_world(make_harness: HarnessFactory, bind: BindServer) -> Harness:
+    document = {
+        "config": {"timeout": 60, "task_limit": POOL},
+        "providers": {"dummy": {"provider_class": "dummy", "seed": 5, "boot_time": 20}},
+        "dns_configs": {"zone": bind.dns_config()},
+        "pools": [{"name": "dns", "size": POOL, "provider": "dummy", "dns_plugin": "zone"}],
+    }
+    return make_harness(parse(yaml.safe_dump(document)))
+
+
+def passes(world: Harness, count: int, connections: list[Any]) -> int:
+    """Run ``count`` passes of the pool; the connections they opened to the server (the test's
+    own look-ups at the server are not counted)."""
+    before = len(connections)
+    world.passes("dns", count)
+    return len(connections) - before
+
+
+def test_passes_filling_and_reaping_200_vms_open_one_connection(
+        make_harness: HarnessFactory, bind: BindServer, connections: list[Any]) -> None:
+    world = pool_world(make_harness, bind)
+    opened = passes(world, 1, connections)  # clones 200 names, each looked up first
+    assert world.count("dns", "pending") == POOL
+    opened += passes(world, 1, connections)  # publishes the 200 and makes them ready
+    ready = world.hosts("dns", "ready")
+    assert len(ready) == POOL
+    for host in sorted(ready)[:: POOL // 10]:
+        assert bind.addresses(f"{host}.{bind.zone}") == [world.store.get_vm(host).ip]  # type: ignore[union-attr]
+    # 200 lookups and 200 updates; before, each was a TCP connection of its own.
+    assert opened == 1
+
+    for host in ready:
+        world.store.move(host, "dns", "ready", "completed", world.clock.now(), reason="returned")
+    # 200 deletes, their replacements' lookups, then their updates: on the connection kept.
+    assert passes(world, 2, connections) == 0
+    assert world.count("dns", "ready") == POOL
+    assert all(bind.addresses(f"{host}.{bind.zone}") == [] for host in ready)
+
+
+def test_a_connection_the_server_closed_is_opened_again_without_failing_a_vm(
+        make_harness: HarnessFactory, bind: BindServer, connections: list[Any]) -> None:
+    # A kept connection the server closed (restarted here; BIND also closes idle ones, and a
+    # Lambda thawed after minutes finds it gone) fails its next exchange: that one is sent again
+    # on a new connection, and the VM is published in that pass.
+    world = make_harness(parse(yaml.safe_dump({
+        "config": {"timeout": 60, "task_limit": 4},
+        "providers": {"dummy": {"provider_class": "dummy", "seed": 5, "boot_time": 20}},
+        "dns_configs": {"zone": bind.dns_config()},
+        "pools": [{"name": "dns", "size": 2, "provider": "dummy", "dns_plugin": "zone"}],
+    })))
+    assert passes(world, 2, connections) == 1
+    assert world.count("dns", "ready") == 2
+    bind.stop()
+    bind.start()
+    [taken] = world.check_out("dns", 1)
+    world.store.move(taken, "dns", "running", "completed", world.clock.now(), reason="returned")
+    assert passes(world, 1, connections) == 1  # the delete, on a new connection
+    assert bind.addresses(f"{taken}.{bind.zone}") == []
+    assert world.store.get_vm(taken).raw.get("dns_error") is None  # type: ignore[union-attr]
+    assert passes(world, 1, connections) == 0
+    assert world.count("dns", "ready") == 2
+    for host in world.hosts("dns", "ready"):
+        assert bind.addresses(f"{host}.{bind.zone}") == [world.store.get_vm(host).ip]  # type: ignore[union-attr]
