@@ -26,6 +26,7 @@ from chalicelib.dns.base import (
     ADDRESS_TYPES,
     DnsConfig,
     DnsEntryRejected,
+    DnsError,
     DnsPlugin,
     DnsRejected,
     DnsSettings,
@@ -33,6 +34,9 @@ from chalicelib.dns.base import (
     DnsUnavailable,
     record_changes,
 )
+
+DELETES_PER_UPDATE = 50
+"""Names one batched delete update carries at most (``DynamicDns.delete_many``)."""
 
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1", "hmac-md5")
 
@@ -217,6 +221,55 @@ class DynamicDns(DnsPlugin):
         for rdtype in ADDRESS_TYPES:
             update.delete(name, rdtype)
         self._exchange(what, update, entry_wide=in_zone)
+
+    def delete_many(self, names: Sequence[tuple[str, str | None]],
+                    max_refusals: int | None = None) -> dict[str, DnsError | None]:
+        """The deletes of names in the entry's zone go ``DELETES_PER_UPDATE`` to one update (RFC
+        2136 takes many records a message; 50 names keep it far below the 64 KB of a TCP
+        message): a backlog of 50 is one message and one journal write, not 50. An update the
+        server refuses for one of its names (not the entry as a whole) is sent again one name a
+        message, so one name it refuses never keeps the others. Names outside the zone (a former
+        domain's) are sent one by one to their own zone, as ``delete``."""
+        outcome: dict[str, DnsError | None] = {}
+        batch: list[tuple[str, Any]] = []
+        alone: list[tuple[str, str | None]] = []
+        for hostname, fqdn in names:
+            try:
+                name = self._name(f"delete {fqdn or self.fqdn(hostname)}", hostname, fqdn)
+            except DnsError as error:
+                outcome[hostname] = error
+                continue
+            if name.is_subdomain(self.zone):
+                batch.append((hostname, name))
+            else:
+                alone.append((hostname, fqdn))
+
+        def refusals_left() -> int | None:
+            refused = sum(1 for error in outcome.values() if error is not None)
+            return None if max_refusals is None else max_refusals - refused
+
+        for start in range(0, len(batch), DELETES_PER_UPDATE):
+            chunk = batch[start:start + DELETES_PER_UPDATE]
+            left = refusals_left()
+            if left is not None and left <= 0:
+                return outcome
+            update = self._update()
+            for _, name in chunk:
+                for rdtype in ADDRESS_TYPES:
+                    update.delete(name, rdtype)
+            try:
+                self._exchange(f"delete {len(chunk)} names", update)
+            except (DnsUnavailable, DnsEntryRejected):
+                raise
+            except DnsRejected:
+                outcome.update(super().delete_many(
+                    [(hostname, name.to_text(omit_final_dot=True)) for hostname, name in chunk], refusals_left()))
+                continue
+            outcome.update({hostname: None for hostname, _ in chunk})
+        left = refusals_left()
+        if alone and (left is None or left > 0):
+            outcome.update(super().delete_many(alone, left))
+        return outcome
 
     def addresses(self, hostname: str) -> list[str]:
         import dns.message

@@ -1,12 +1,17 @@
 """Connections a ``dynamic-dns`` entry opens to its real BIND 9: one kept for the calls of the
 passes, not one a VM (a pool of 200 filling or reaped opened 200 TCP connections a pass), and a
-connection the server closed meanwhile opened again without failing a VM."""
+connection the server closed meanwhile opened again without failing a VM; the records an outage
+left behind deleted 50 to one update."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 from typing import Any, Iterator
 
+import dns.message
+import dns.query
 import pytest
 import yaml
 
@@ -15,6 +20,7 @@ from tests.dns.bind import BindServer
 from tests.harness import Harness, HarnessFactory
 
 POOL = 200
+LEFT = 50
 
 
 @pytest.fixture
@@ -41,12 +47,12 @@ def connections(bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[l
     yield opened
 
 
-def pool_world(make_harness: HarnessFactory, bind: BindServer) -> Harness:
+def pool_world(make_harness: HarnessFactory, bind: BindServer, size: int = POOL) -> Harness:
     document = {
-        "config": {"timeout": 60, "task_limit": POOL},
+        "config": {"timeout": 60, "task_limit": size},
         "providers": {"dummy": {"provider_class": "dummy", "seed": 5, "boot_time": 20}},
         "dns_configs": {"zone": bind.dns_config()},
-        "pools": [{"name": "dns", "size": POOL, "provider": "dummy", "dns_plugin": "zone"}],
+        "pools": [{"name": "dns", "size": size, "provider": "dummy", "dns_plugin": "zone"}],
     }
     return make_harness(parse(yaml.safe_dump(document)))
 
@@ -104,3 +110,40 @@ def test_a_connection_the_server_closed_is_opened_again_without_failing_a_vm(
     assert world.count("dns", "ready") == 2
     for host in world.hosts("dns", "ready"):
         assert bind.addresses(f"{host}.{bind.zone}") == [world.store.get_vm(host).ip]  # type: ignore[union-attr]
+
+
+def soa_serial(bind: BindServer) -> int:
+    """The zone's serial: BIND adds one for each update it applies (one message, however many
+    records it carries)."""
+    answer = dns.query.tcp(dns.message.make_query(bind.zone, "SOA"), "127.0.0.1", port=bind.port, timeout=5)
+    return int(answer.answer[0][0].serial)
+
+
+def test_records_left_by_an_outage_are_deleted_in_one_update_and_a_second_run_changes_nothing(
+        make_harness: HarnessFactory, bind: BindServer) -> None:
+    # 50 VMs destroyed while named was down leave 50 records (pool:<p>:dns_left). Before, the
+    # pass deleting them sent 50 updates (50 connections, 50 journal writes); now one.
+    world = pool_world(make_harness, bind, size=LEFT)
+    world.passes("dns", 2)
+    gone = sorted(world.hosts("dns", "ready"))
+    assert len(gone) == LEFT
+    assert bind.process is not None
+    os.kill(bind.process.pid, signal.SIGKILL)
+    bind.process.wait()
+    for host in gone:
+        world.store.move(host, "dns", "ready", "completed", world.clock.now(), reason="returned")
+    world.passes("dns", 2)
+    assert {world.state_of(host) for host in gone} == {"destroyed"}
+    bind.start()
+    # A pass killed after its batch was applied, before it forgot the names: the next pass sends
+    # the deletes again, of records already gone, and that is no error.
+    bind.clear_records()
+    for host in gone[: LEFT // 2]:
+        bind.add_record(f"{host}.{bind.zone}", "A", "10.20.30.40")
+    serial, ready = soa_serial(bind), world.count("dns", "ready")
+    world.passes("dns", 1)
+    published = world.count("dns", "ready") - ready  # the replacements: one update each
+    assert soa_serial(bind) == serial + 1 + published  # the 50 deletes: one update
+    assert all(bind.addresses(f"{host}.{bind.zone}") == [] for host in gone)
+    assert world.client.exists(world.store.keys.dns_left("dns")) == 0
+    assert all("dns_name" not in world.store.get_vm(host).raw for host in gone)  # type: ignore[union-attr]
