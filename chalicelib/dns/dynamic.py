@@ -18,6 +18,7 @@ AAAA record (a dual-stack VM has both); one update sends the families whose addr
 """
 
 import socket
+import threading
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Optional, Sequence
 
@@ -85,7 +86,9 @@ class DynamicDns(DnsPlugin):
                 self._key_error = f"dns {self.name}: tsig_secret is not a valid base64 key"
             self._key_name = dns.name.from_text(str(key_name))
         self._address: str | None = None
-        self._connection: socket.socket | None = None
+        # Passes of several pools run at once in threads (manager/dispatch.py) and share the
+        # entry's plugin: each thread has its own connection, so their exchanges never interleave.
+        self._connections = threading.local()
         self.connections_opened = 0
         """TCP connections this plugin opened to the server (the bench and tests read it)."""
 
@@ -132,8 +135,8 @@ class DynamicDns(DnsPlugin):
         return response
 
     def _send(self, message: Any) -> Any:
-        """Send ``message`` and read its answer over the one TCP connection the plugin keeps to the
-        server (opened on first use, kept for the calls after it: a pass publishing 200 VMs opens
+        """Send ``message`` and read its answer over the TCP connection the plugin keeps to the
+        server for this thread (opened on first use, kept for the calls after it: a pass publishing 200 VMs opens
         one connection, not 200). A connection the server closed meanwhile (BIND closes one idle
         for 30 s; a Lambda frozen between invocations finds it gone) fails the first exchange on
         it: that one is sent again once on a new connection (updates replace or delete records,
@@ -142,15 +145,16 @@ class DynamicDns(DnsPlugin):
         import dns.query
 
         for attempt in (1, 2):
-            reused = self._connection is not None
-            if self._connection is None:
+            connection: socket.socket | None = getattr(self._connections, "connection", None)
+            reused = connection is not None
+            if connection is None:
                 connection = socket.create_connection((self._server_address(), self.port), timeout=self.timeout)
                 connection.setblocking(False)  # dnspython waits for it with the exchange's timeout
-                self._connection = connection
+                self._connections.connection = connection
                 self.connections_opened += 1
             try:
                 return dns.query.tcp(message, self._server_address(), timeout=self.timeout, port=self.port,
-                                     sock=self._connection)
+                                     sock=connection)
             except (ConnectionError, EOFError) as error:
                 self.close()
                 if not reused or attempt == 2:
@@ -161,8 +165,9 @@ class DynamicDns(DnsPlugin):
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     def close(self) -> None:
-        """Close the connection to the server, if one is open (the next call opens another)."""
-        connection, self._connection = self._connection, None
+        """Close this thread's connection to the server, if one is open (its next call opens another)."""
+        connection = getattr(self._connections, "connection", None)
+        self._connections.connection = None
         if connection is not None:
             try:
                 connection.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 import dns.message
@@ -147,3 +148,25 @@ def test_records_left_by_an_outage_are_deleted_in_one_update_and_a_second_run_ch
     assert all(bind.addresses(f"{host}.{bind.zone}") == [] for host in gone)
     assert world.client.exists(world.store.keys.dns_left("dns")) == 0
     assert all("dns_name" not in world.store.get_vm(host).raw for host in gone)  # type: ignore[union-attr]
+
+
+def test_passes_of_several_pools_at_once_share_the_entry_without_mixing_answers(bind: BindServer) -> None:
+    # The consumer runs up to 10 pools' passes at once in threads (manager/dispatch.py), each
+    # with the entry's one plugin. A connection shared between them would carry two exchanges at
+    # once: answers read by the wrong thread, VMs left pending for an error of someone else's.
+    from chalicelib.config import build
+    from chalicelib.dns.registry import build_dns_plugin
+
+    plugin = build_dns_plugin(build({"dns_configs": {"e": bind.dns_config()}}).dns_configs["e"])
+    threads, names = 8, 25
+
+    def publish(thread: int) -> None:
+        for i in range(names):
+            plugin.create_or_replace(f"t{thread}-{i}", f"10.40.{thread}.{i + 1}")
+            assert plugin.addresses(f"t{thread}-{i}") == [f"10.40.{thread}.{i + 1}"]
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for done in [pool.submit(publish, thread) for thread in range(threads)]:
+            done.result()  # raises what the thread met
+    for thread in range(threads):
+        assert bind.addresses(f"t{thread}-{names - 1}.{bind.zone}") == [f"10.40.{thread}.{names}"]
