@@ -170,3 +170,26 @@ def test_passes_of_several_pools_at_once_share_the_entry_without_mixing_answers(
             done.result()  # raises what the thread met
     for thread in range(threads):
         assert bind.addresses(f"t{thread}-{names - 1}.{bind.zone}") == [f"10.40.{thread}.{names}"]
+
+
+def test_route53_deletes_an_outages_left_records_in_one_change(route53: tuple[Any, str]) -> None:
+    # Route 53 allows 5 calls a second for the account: 50 names were 100 calls (a read and a
+    # delete each), now 51 (their reads, one change), and a dual-stack name goes whole.
+    from chalicelib.config import build
+    from chalicelib.dns.registry import build_dns_plugin
+
+    client, zone = route53
+    entry = {"dns_class": "route53", "domain": "vms.example.test", "hosted_zone_id": zone}
+    plugin = build_dns_plugin(build({"dns_configs": {"e": entry}}).dns_configs["e"])
+    for i in range(LEFT):
+        plugin.create_or_replace(f"left-{i}", f"10.50.0.{i + 1}" if i % 2 else ("10.50.1.1", "2001:db8::1"))
+    changes: list[str] = []
+    plugin.client.meta.events.register(  # type: ignore[attr-defined]
+        "before-call.route53.ChangeResourceRecordSets", lambda **_: changes.append("change"))
+    names = [(f"left-{i}", None) for i in range(LEFT)] + [("never-published", None)]
+    assert plugin.delete_many(names) == {name: None for name, _ in names}
+    assert len(changes) == 1
+    held = client.list_resource_record_sets(HostedZoneId=zone)["ResourceRecordSets"]
+    assert [record for record in held if record["Type"] in ("A", "AAAA")] == []
+    assert plugin.delete_many(names) == {name: None for name, _ in names}  # again: nothing to delete
+    assert len(changes) == 1
