@@ -197,6 +197,31 @@ class DnsPlugin(abc.ABC):
         name the record was published under, when the entry's ``domain`` may have changed since
         (default ``hostname.domain``). Raises DnsError."""
 
+    def delete_many(self, names: Sequence[tuple[str, str | None]],
+                    max_refusals: int | None = None) -> dict[str, DnsError | None]:
+        """``delete`` of each ``(hostname, fqdn)``, in as few calls as the plugin can. Returns each
+        name sent: None when its records are deleted, its DnsRejected when the service refused that
+        name alone; after ``max_refusals`` such refusals the rest is not sent (absent from the
+        answer: a service refusing every name, Route 53 throttling the account, is not sent 50 a
+        pass). A failure of the service or of the entry as a whole (DnsUnavailable,
+        DnsEntryRejected) is raised: then no name is known deleted (a delete sent again is no
+        error). This default sends one delete a name."""
+        outcome: dict[str, DnsError | None] = {}
+        refusals = 0
+        for hostname, fqdn in names:
+            if max_refusals is not None and refusals >= max_refusals:
+                break
+            try:
+                self.delete(hostname, fqdn)
+            except (DnsUnavailable, DnsEntryRejected):
+                raise
+            except DnsError as error:
+                outcome[hostname] = error
+                refusals += 1
+                continue
+            outcome[hostname] = None
+        return outcome
+
     @abc.abstractmethod
     def addresses(self, hostname: str) -> list[str]:
         """Where ``hostname.domain`` leads now ([] when nowhere): its A and AAAA addresses, or

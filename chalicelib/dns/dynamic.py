@@ -18,6 +18,7 @@ AAAA record (a dual-stack VM has both); one update sends the families whose addr
 """
 
 import socket
+import threading
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Optional, Sequence
 
@@ -26,6 +27,7 @@ from chalicelib.dns.base import (
     ADDRESS_TYPES,
     DnsConfig,
     DnsEntryRejected,
+    DnsError,
     DnsPlugin,
     DnsRejected,
     DnsSettings,
@@ -33,6 +35,9 @@ from chalicelib.dns.base import (
     DnsUnavailable,
     record_changes,
 )
+
+DELETES_PER_UPDATE = 50
+"""Names one batched delete update carries at most (``DynamicDns.delete_many``)."""
 
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1", "hmac-md5")
 
@@ -81,6 +86,11 @@ class DynamicDns(DnsPlugin):
                 self._key_error = f"dns {self.name}: tsig_secret is not a valid base64 key"
             self._key_name = dns.name.from_text(str(key_name))
         self._address: str | None = None
+        # Passes of several pools run at once in threads (manager/dispatch.py) and share the
+        # entry's plugin: each thread has its own connection, so their exchanges never interleave.
+        self._connections = threading.local()
+        self.connections_opened = 0
+        """TCP connections this plugin opened to the server (the bench and tests read it)."""
 
     def _server_address(self) -> str:
         """The server's IP address (dnspython talks to addresses), looked up once."""
@@ -106,8 +116,8 @@ class DynamicDns(DnsPlugin):
         import dns.tsig
 
         try:
-            response = dns.query.tcp(message, self._server_address(), timeout=self.timeout, port=self.port)
-        except dns.exception.Timeout:
+            response = self._send(message)
+        except (dns.exception.Timeout, TimeoutError):
             raise DnsUnavailable(
                 f"dns {what}: {self.server}:{self.port} did not answer within {self.timeout:g} s") from None
         except (dns.tsig.PeerError, dns.tsig.BadSignature, dns.tsig.BadTime) as error:
@@ -123,6 +133,46 @@ class DynamicDns(DnsPlugin):
                 else DnsRejected
             raise refused(f"dns {what}: " + (meaning or f"the server answered {dns.rcode.to_text(rcode)}"))
         return response
+
+    def _send(self, message: Any) -> Any:
+        """Send ``message`` and read its answer over the TCP connection the plugin keeps to the
+        server for this thread (opened on first use, kept for the calls after it: a pass publishing 200 VMs opens
+        one connection, not 200). A connection the server closed meanwhile (BIND closes one idle
+        for 30 s; a Lambda frozen between invocations finds it gone) fails the first exchange on
+        it: that one is sent again once on a new connection (updates replace or delete records,
+        so one the server applied before closing applies again to the same result). Any other
+        failure closes the connection: a late answer never reads as the next message's."""
+        import dns.query
+
+        for attempt in (1, 2):
+            connection: socket.socket | None = getattr(self._connections, "connection", None)
+            reused = connection is not None
+            if connection is None:
+                connection = socket.create_connection((self._server_address(), self.port), timeout=self.timeout)
+                connection.setblocking(False)  # dnspython waits for it with the exchange's timeout
+                self._connections.connection = connection
+                self.connections_opened += 1
+            try:
+                return dns.query.tcp(message, self._server_address(), timeout=self.timeout, port=self.port,
+                                     sock=connection)
+            except (ConnectionError, EOFError) as error:
+                self.close()
+                if not reused or attempt == 2:
+                    raise error
+            except BaseException:
+                self.close()
+                raise
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def close(self) -> None:
+        """Close this thread's connection to the server, if one is open (its next call opens another)."""
+        connection = getattr(self._connections, "connection", None)
+        self._connections.connection = None
+        if connection is not None:
+            try:
+                connection.close()
+            except OSError:
+                pass
 
     def _update(self, zone: Any = None) -> Any:
         """An update of ``zone`` (default the entry's), signed with the entry's key."""
@@ -176,6 +226,55 @@ class DynamicDns(DnsPlugin):
         for rdtype in ADDRESS_TYPES:
             update.delete(name, rdtype)
         self._exchange(what, update, entry_wide=in_zone)
+
+    def delete_many(self, names: Sequence[tuple[str, str | None]],
+                    max_refusals: int | None = None) -> dict[str, DnsError | None]:
+        """The deletes of names in the entry's zone go ``DELETES_PER_UPDATE`` to one update (RFC
+        2136 takes many records a message; 50 names keep it far below the 64 KB of a TCP
+        message): a backlog of 50 is one message and one journal write, not 50. An update the
+        server refuses for one of its names (not the entry as a whole) is sent again one name a
+        message, so one name it refuses never keeps the others. Names outside the zone (a former
+        domain's) are sent one by one to their own zone, as ``delete``."""
+        outcome: dict[str, DnsError | None] = {}
+        batch: list[tuple[str, Any]] = []
+        alone: list[tuple[str, str | None]] = []
+        for hostname, fqdn in names:
+            try:
+                name = self._name(f"delete {fqdn or self.fqdn(hostname)}", hostname, fqdn)
+            except DnsError as error:
+                outcome[hostname] = error
+                continue
+            if name.is_subdomain(self.zone):
+                batch.append((hostname, name))
+            else:
+                alone.append((hostname, fqdn))
+
+        def refusals_left() -> int | None:
+            refused = sum(1 for error in outcome.values() if error is not None)
+            return None if max_refusals is None else max_refusals - refused
+
+        for start in range(0, len(batch), DELETES_PER_UPDATE):
+            chunk = batch[start:start + DELETES_PER_UPDATE]
+            left = refusals_left()
+            if left is not None and left <= 0:
+                return outcome
+            update = self._update()
+            for _, name in chunk:
+                for rdtype in ADDRESS_TYPES:
+                    update.delete(name, rdtype)
+            try:
+                self._exchange(f"delete {len(chunk)} names", update)
+            except (DnsUnavailable, DnsEntryRejected):
+                raise
+            except DnsRejected:
+                outcome.update(super().delete_many(
+                    [(hostname, name.to_text(omit_final_dot=True)) for hostname, name in chunk], refusals_left()))
+                continue
+            outcome.update({hostname: None for hostname, _ in chunk})
+        left = refusals_left()
+        if alone and (left is None or left > 0):
+            outcome.update(super().delete_many(alone, left))
+        return outcome
 
     def addresses(self, hostname: str) -> list[str]:
         import dns.message

@@ -195,6 +195,47 @@ class Route53Dns(DnsPlugin):
                 if attempt == 2:
                     raise
 
+    def delete_many(self, names: Sequence[tuple[str, str | None]],
+                    max_refusals: int | None = None) -> dict[str, DnsError | None]:
+        """Each name's record sets are read (one call a name, as ``delete``), then all deleted in
+        one ChangeResourceRecordSets call (it takes up to 1,000 changes; 50 names are at most 100):
+        n + 1 calls of the account's 5 a second, not 2n. A batch Route 53 refuses (one record
+        changed in between: InvalidChangeBatch) is sent again one name a call (``delete``)."""
+        outcome: dict[str, DnsError | None] = {}
+        changes: list[tuple[str, dict[str, Any]]] = []
+        batched: list[tuple[str, str]] = []
+        for hostname, fqdn in names:
+            fqdn = fqdn or self.fqdn(hostname)
+            try:
+                current = self._current(fqdn)
+            except (DnsUnavailable, DnsEntryRejected):
+                raise
+            except DnsError as error:
+                outcome[hostname] = error
+                refused = sum(1 for failure in outcome.values() if failure is not None)
+                if max_refusals is not None and refused >= max_refusals:
+                    return outcome
+                continue
+            if current:
+                changes.extend(("DELETE", record) for record in current)
+                batched.append((hostname, fqdn))
+            else:
+                outcome[hostname] = None  # nothing to delete
+        if not changes:
+            return outcome
+        try:
+            self._change(f"delete {len(batched)} names", changes)
+        except (DnsUnavailable, DnsEntryRejected):
+            raise
+        except DnsRejected:
+            refused = sum(1 for error in outcome.values() if error is not None)
+            left = None if max_refusals is None else max_refusals - refused
+            if left is None or left > 0:
+                outcome.update(super().delete_many(batched, left))
+            return outcome
+        outcome.update({hostname: None for hostname, _ in batched})
+        return outcome
+
     def addresses(self, hostname: str) -> list[str]:
         # One call lists the record sets at the name (sorted by name, then type): A, AAAA and
         # CNAME each lead users somewhere. 20 covers weighted or latency sets of one name.

@@ -292,6 +292,7 @@ def delete_left_records(context: PassContext) -> None:
     records = context.store.records(hostnames)
     forget: list[str] = []
     failures = 0
+    by_entry: dict[str, tuple[DnsPlugin, list[tuple[str, str | None]]]] = {}
     for hostname in hostnames:
         record = records.get(hostname)
         if record is not None and record.state == "completed":
@@ -303,21 +304,35 @@ def delete_left_records(context: PassContext) -> None:
         if plugin is None:
             forget.append(hostname)
             continue
-        fqdn = str(record.raw["dns_name"])
+        by_entry.setdefault(plugin.name, (plugin, []))[1].append((hostname, str(record.raw["dns_name"])))
+    for plugin, names in by_entry.values():
+        if failures >= LEFT_FAILURES_PER_PASS:
+            break
+        # One call for the entry's names (dynamic-dns: 50 deletes in one update); a name the
+        # service refuses alone fails alone, a failure of the service or entry fails them all.
         try:
-            context.dns_call(f"delete {fqdn}", functools.partial(plugin.delete, hostname, fqdn), plugin.name)
+            outcome = context.dns_call(f"delete {len(names)} records", functools.partial(
+                plugin.delete_many, names, LEFT_FAILURES_PER_PASS - failures), plugin.name)
         except DnsError as error:
-            context.dns_failed(hostname, "record deletion", error)
-            # To the back of the line: a record the DNS service keeps refusing to delete (its
-            # zone gone from the server, say) must not keep the ones behind it waiting until its
-            # VM's record expires (data_ttl: a week by default).
-            context.store.note_dns_left(context.pool.name, hostname, context.now)
-            failures += 1
-            if failures >= LEFT_FAILURES_PER_PASS:
-                break
+            # The service did not answer or refused the entry: counted once, not once a name (a
+            # batch of 50), and the rest of the backlog waits for the next pass.
+            context.dns_failed(names[0][0], f"deletion of {len(names)} records", error)
+            failures = LEFT_FAILURES_PER_PASS
             continue
-        context.store.update_vm(hostname, dns_name=None, dns_plugin=None, dns_published=None, dns_error=None)
-        forget.append(hostname)
+        for hostname, _ in names:
+            if hostname not in outcome:
+                continue  # not sent (too many refusals this pass): left for the next passes
+            failure = outcome[hostname]
+            if failure is not None:
+                context.dns_failed(hostname, "record deletion", failure)
+                # To the back of the line: a record the DNS service keeps refusing to delete (its
+                # zone gone from the server, say) must not keep the ones behind it waiting until
+                # its VM's record expires (data_ttl: a week by default).
+                context.store.note_dns_left(context.pool.name, hostname, context.now)
+                failures += 1
+                continue
+            context.store.update_vm(hostname, dns_name=None, dns_plugin=None, dns_published=None, dns_error=None)
+            forget.append(hostname)
     context.store.forget_dns_left(context.pool.name, forget)
     if len(hostnames) == LEFT_RECORDS_PER_PASS and not failures:
         # A full batch gone well: more are likely waiting, each a name leading to an address DHCP
