@@ -39,6 +39,13 @@ def random_name(prefix: str = "") -> str:
     return prefix + "".join(characters)
 
 
+def is_word_name(name: str, prefix: str = "") -> bool:
+    """Whether ``name`` is one of the word names ``candidate_names`` draws under ``prefix``: the
+    names a clone could take again after Redis forgot the VM that holds it."""
+    adjective, _, noun = name.removeprefix(prefix).partition("-")
+    return name.startswith(prefix) and adjective in _ADJECTIVES and noun in _NOUNS
+
+
 def random_candidates(count: int, prefix: str = "") -> list[str]:
     """``2 * count`` random names: names no VM Redis forgot can be expected to hold (36^6 and
     more, against the 900 word names): manager/names.py, until the names of the provider's VMs

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from chalicelib import observability as metric
 from chalicelib.manager.context import PassContext
+from chalicelib.manager.hostnames import is_word_name
 from chalicelib.observability import emit, logger
 from chalicelib.providers.base import ProviderError
 from chalicelib.store.leases import lease_token
@@ -79,5 +80,11 @@ def hold_forgotten_names(context: PassContext) -> None:
                        extra={"pool": context.pool.name, "provider": provider, "names": len(found)})
         return
     context.names_known = True
-    logger.warning("Redis had no mark of the names of the provider's VMs: read and held before cloning",
-                   extra={"pool": context.pool.name, "provider": provider, "pools": len(pools), "names": len(found)})
+    # A word name among them is a VM a clone could have been named after (the harm the read
+    # prevents): Redis lost its data, or VMs of another deployment. None, as on every first start
+    # on an empty Redis (make run, tests, a new deployment), and nothing of note was forgotten.
+    word_names = sum(1 for name in found if is_word_name(name, context.service.prefix))
+    log = logger.warning if word_names else logger.info
+    log("Redis had no mark of the names of the provider's VMs: read and held before cloning",
+        extra={"pool": context.pool.name, "provider": provider, "pools": len(pools), "names": len(found),
+               "word_names": word_names})

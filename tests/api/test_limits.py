@@ -599,3 +599,31 @@ def test_the_open_requests_sum_an_earlier_release_did_not_keep_is_counted_again_
     eventually(lambda: not redis_client.exists(waiting_key), 5, "the sum expired")
     assert store.checkout([CheckoutRequest(pool, [pool], 2)], 1001.0, {}, quota).ok
     assert int(redis_client.get(waiting_key)) == 0
+
+
+def test_a_shorter_period_pushed_later_counts_no_more_clients_on_their_own(
+        make_stack: Callable[[str], Harness]) -> None:
+    """The table of clients counted on their own was set to expire when the newest window ended:
+    after a config push lowering ``period``, a client counted under the short period made the
+    table expire while the counters of the long period lived on, and newcomers were counted on
+    their own too (3 counters with ``max_rate_limited_clients: 2``). The table now lasts as long
+    as its longest window."""
+    stack = make_stack(RATE_LIMITED)
+    store, client = stack.store, stack.client
+
+    def end_windows_within(seconds: int) -> None:
+        """What Redis's clock running ``seconds`` on does: every key that expires by then is gone."""
+        for key in client.scan_iter("vmpool:ratelimit:*"):
+            if 0 <= client.pttl(key) <= seconds * 1000:
+                client.delete(key)
+        now_s, now_us = client.time()
+        client.zremrangebyscore(store.keys.rate_limit_clients("global_per_ip"), "-inf",
+                                now_s * 1000 + now_us // 1000 + seconds * 1000)
+
+    assert not store.count_request("global_per_ip", "ip:192.0.2.1", 0, 86400, 2).shared  # the old period
+    assert not store.count_request("global_per_ip", "ip:192.0.2.2", 0, 30, 2).shared  # pushed: 30 s
+    end_windows_within(60)  # the second client's window ends, the first's does not
+    assert not store.count_request("global_per_ip", "ip:192.0.2.3", 1, 30, 2).shared
+    assert store.count_request("global_per_ip", "ip:192.0.2.4", 2, 30, 2).shared
+    own = list(client.scan_iter(store.keys.rate_limit("global_per_ip", "ip:*")))
+    assert len(own) == 2

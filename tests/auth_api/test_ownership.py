@@ -236,6 +236,17 @@ def test_disks_and_snapshots_only_by_the_owner(ldap_api: Harness, slapd):
         assert accepted.status == 202
 
 
+def test_disks_and_snapshots_of_an_unowned_vm_need_a_token_any_users(ldap_api: Harness, slapd):
+    """docs/auth.md: a VM checked out without a token has no owner, so any valid token may add a
+    disk or take a snapshot (vmpooler's ``need_token!``); no token is 401."""
+    _, _, bob = tokens(ldap_api, slapd)
+    vm = ldap_api.checkout(POOL, None)
+    for path in ("disk/8", "snapshot"):
+        assert ldap_api.call("POST", f"/api/v3/vm/{vm}/{path}").status == 401
+    for path in ("disk/8", "snapshot"):
+        assert ldap_api.call("POST", f"/api/v3/vm/{vm}/{path}", headers={"X-AUTH-TOKEN": bob}).status == 202
+
+
 def test_nobody_changes_a_ready_vm_before_its_user_gets_it(ldap_api: Harness, slapd):
     """Tags or a lifetime put on a ready VM would be on the VM the next user checks out: another
     user's words on their VM. Only a checked-out VM may be changed."""

@@ -17,6 +17,10 @@ opens an on-demand request and polls it. Meanwhile the faults, in order:
 - ``lagkill``: the replica stops receiving for 1.5 s, the primary is SIGKILLed, the replica
   promoted (acknowledged writes of that 1.5 s are lost); ``kill``: the same without the lag.
 
+A fault that cannot apply is skipped and listed (not a problem): after ``kill`` or ``lagkill``
+no replica is left for ``swap``, ``failover``, ``kill`` or ``lagkill``; ``failover`` first waits
+up to 30 s for the replica to be online (right after ``swap`` it is still syncing).
+
 Then it checks, as an outsider (redis-py on the new primary, the hypervisor's folders): no VM
 handed to two callers; no caller read another's tags; every VM a caller kept is running, its
 user's, and in the hypervisor; the pools converge (full, nothing pending or completed) and Redis
@@ -52,6 +56,9 @@ CONFIG = (
     ":pools:\n" + "".join(f"  - {{name: {pool}, size: {size}, provider: dummy}}\n" for pool, size in POOLS.items())
 )
 CALLERS = 16
+FAULTS = ("swap", "failover", "stop", "sched", "worker", "lagkill", "kill")
+REPLICA_FAULTS = {"swap", "failover", "lagkill", "kill"}
+"""The faults that need the replica (``Audit.cannot_apply``)."""
 CLIENT_TIMEOUT = 10.0
 
 
@@ -98,6 +105,7 @@ class Audit:
                             POWERTOOLS_LOG_LEVEL="WARNING", AUDIT_HYPERVISOR_PORT=str(self.hypervisor.port))
         self.processes: list[subprocess.Popen[bytes]] = []
         self.problems: list[str] = []
+        self.skipped: list[str] = []
         self.answers: collections.Counter[tuple[str, Any]] = collections.Counter()
         self.handed: dict[str, list[str]] = collections.defaultdict(list)
         self.kept: dict[str, str] = {}
@@ -144,8 +152,37 @@ class Audit:
 
     # --- faults -------------------------------------------------------------------------------
 
+    def replica_alive(self) -> bool:
+        """Whether the pair still has a replica: ``kill`` and ``lagkill`` leave none (the killed
+        primary is not started again)."""
+        process = self.pair.replica.process
+        return process is not None and process.poll() is None
+
+    def cannot_apply(self, name: str) -> str:
+        """Why fault ``name`` cannot apply now ("" when it can): the tool's limits, not the
+        service's, so a seeded run skips the fault rather than crash. ``failover`` waits for the
+        replica to be online first (right after a ``swap`` it is still syncing, and Redis refuses
+        FAILOVER to it)."""
+        if name not in REPLICA_FAULTS:
+            return ""
+        if not self.replica_alive():
+            return "no replica left (a kill before)"
+        if name == "failover":
+            try:
+                self.pair.wait_synced(30)
+            except AssertionError:
+                return "the replica did not come online in 30 s"
+        return ""
+
     def fault(self, name: str) -> None:
         pair, pause = self.pair, self.random.uniform(2, 5)
+        if name not in FAULTS:
+            raise SystemExit(f"unknown fault {name}")
+        reason = self.cannot_apply(name)
+        if reason:
+            self.log("fault", name, "skipped:", reason)
+            self.skipped.append(f"{name}: {reason}")
+            return
         self.log("fault", name)
         if name == "swap":
             pair.swap_with_replicaof()
@@ -371,6 +408,8 @@ def main() -> int:
         audit.run([fault for fault in args.faults.split(",") if fault])
     finally:
         audit.close()
+    if audit.skipped:
+        print(f"{len(audit.skipped)} faults skipped (they could not apply):", "; ".join(audit.skipped))
     print(f"{len(audit.problems)} problems")
     for problem in audit.problems[:50]:
         print("  ", problem)

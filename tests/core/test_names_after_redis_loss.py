@@ -18,7 +18,7 @@ from chalicelib.store import Store, StoreUnavailable
 from chalicelib.store import names as names_store
 from chalicelib.store.names import NamesStore
 from tests.harness import Harness, HarnessFactory
-from tests.support import emf_documents, emitted
+from tests.support import emf_documents, emitted, json_lines
 
 CONFIG = """
 :config: {domain: example.com, experimental_features: true}
@@ -346,3 +346,26 @@ def test_a_names_claim_dated_far_ahead_of_the_claimant_is_taken_over(redis_clien
     assert names.claim("vsphere", 146.0, 40.0, "lapsed")  # the reader's claim lapsed (41 s)
     assert names.claim("vsphere", 105.0, 40.0, "right-clock")  # 41 s behind the last: not live
     assert redis_client.get(Store(redis_client).keys.names_reading("vsphere")) == "105.0 right-clock"
+
+
+def names_read_levels(log_output: Any) -> list[str]:
+    return [record["level"] for record in json_lines(log_output.getvalue())
+            if "read and held before cloning" in record["message"]]
+
+
+def test_a_first_start_on_an_empty_redis_reads_the_names_without_a_warning(
+        make_harness: HarnessFactory, log_output: Any) -> None:
+    """Every first start (``make run``, tests, a new deployment) warned that Redis had lost the
+    names of the provider's VMs: with none in its pools' folders nothing was forgotten."""
+    world = make_harness(parse(CONFIG))
+    world.reconcile("a")
+    assert names_read_levels(log_output) == ["INFO"]
+
+
+def test_names_read_after_redis_lost_its_data_are_still_a_warning(
+        make_harness: HarnessFactory, log_output: Any) -> None:
+    world, _ = forgotten_vm(make_harness)
+    log_output.seek(0)
+    log_output.truncate()  # the first start's read, before the loss
+    world.reconcile("b")
+    assert names_read_levels(log_output) == ["WARNING"]

@@ -25,7 +25,11 @@ if redis.call('EXISTS', key) == 0 then
     key, shared = KEYS[2], 1
   else
     redis.call('ZADD', KEYS[3], ends, client)
-    redis.call('PEXPIREAT', KEYS[3], ends) -- no entry outlives the newest window
+    -- The table lasts as long as its longest window, not the newest: after a push lowering the
+    -- period, a client of the short window made it expire while the long windows' counters
+    -- lived on, and the class counted more than the most on their own.
+    local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+    redis.call('PEXPIREAT', KEYS[3], last[2])
   end
 end
 local count = redis.call('INCR', key)
