@@ -118,10 +118,12 @@ def poolstat(services: Services, request: ApiRequest) -> ApiResponse:
     sizes = current_sizes(services.store, chosen, services.clock.now(), services.config.service.sizing_timezone)
     pools: dict[str, Any] = {}
     for pool in chosen:
-        entry: dict[str, Any] = {"max": sizes[pool.name].size, "ready": counts[pool.name]["ready"],
-                                 "size_reason": sizes[pool.name].reason}
+        # vmpooler's order (max, alias, ready), our own key after it.
+        entry: dict[str, Any] = {"max": sizes[pool.name].size}
         if pool.alias:
             entry["alias"] = alias_as_written(pool)
+        entry["ready"] = counts[pool.name]["ready"]
+        entry["size_reason"] = sizes[pool.name].reason
         pools[pool.name] = entry
     return ApiResponse(200, {"pools": pools})
 

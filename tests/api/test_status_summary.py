@@ -130,6 +130,17 @@ def test_poolstat(full: Harness, query: str, pools: list[str]) -> None:
         assert body["pools"]["pool1"] == {"max": 2, "ready": 2, "alias": ["linux"], "size_reason": "config"}
 
 
+def test_poolstat_keys_come_in_vmpoolers_order(full: Harness) -> None:
+    """vmpooler writes ``max``, then ``alias`` (when the pool has one), then ``ready``: a client
+    reading the body as text (a diff against vmpooler's answer, a regex) sees the same order;
+    our extra ``size_reason`` comes last."""
+    raw = full.get("/api/v3/poolstat?pool=pool1,pool3").raw
+    pools = json.loads(raw)["pools"]
+    assert list(pools["pool1"]) == ["max", "alias", "ready", "size_reason"]
+    assert raw.index(b'"max"') < raw.index(b'"alias"') < raw.index(b'"ready"') < raw.index(b'"size_reason"')
+    assert list(pools["pool3"]) == ["max", "ready", "size_reason"]  # no alias: vmpooler writes none
+
+
 def test_totalrunning(full: Harness) -> None:
     assert full.get("/api/v3/totalrunning").json == {"running": 0}
     full.post("/api/v3/vm", {"pool1": 1, "pool2": 2})
