@@ -1,7 +1,8 @@
 """docs/openapi.yaml says of requests what the service takes: a request the service answers with
 success is one the spec calls valid, or a client generated from the spec refuses to send what
-works (and schemathesis's negative_data_rejection, `make fuzz` through its CLI, reports every
-such request as "Schema-violating request accepted")."""
+works (and schemathesis's negative_data_rejection, one of the checks of
+tests/fuzz/test_openapi_fuzz.py that `make test` and `make fuzz` run, reports every such request
+as "Schema-violating request accepted")."""
 
 from __future__ import annotations
 
