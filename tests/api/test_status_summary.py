@@ -40,6 +40,8 @@ def test_status_shows_every_section_sorted(full: Harness) -> None:
                                       "lastBoot": body["pools"]["pool1"]["lastBoot"], "alias": ["linux"],
                                       "size_reason": "config"}
     assert body["pools"]["pool1"]["lastBoot"].endswith(" +0000")
+    # vmpooler's order (ready, running, pending, max, lastBoot, alias), our own key after it.
+    assert list(body["pools"]["pool1"]) == ["ready", "running", "pending", "max", "lastBoot", "alias", "size_reason"]
     assert "alias" not in body["pools"]["pool3"]
     assert body["queue"] == {"requested": 0, "pending": 0, "cloning": 0, "booting": 0, "ready": 4,
                              "running": 1, "completed": 0, "total": 5}
