@@ -52,10 +52,10 @@ def status(services: Services, request: ApiRequest) -> ApiResponse:
                 "pending": counts[pool.name]["pending"],
                 "max": sizes[pool.name].size,
                 "lastBoot": last_boots.get(pool.name, ""),  # "" if never, as vmpooler shows it (nil.to_s)
-                "size_reason": sizes[pool.name].reason,
             }
             if pool.alias:
                 entry["alias"] = alias_as_written(pool)
+            entry["size_reason"] = sizes[pool.name].reason  # ours, after vmpooler's keys
             # Only for a pool whose clones are failing now (its clone backoff): the dashboard's
             # red flag, which a pool's counts alone do not raise until it runs empty.
             if clone_failures.get(pool.name):
@@ -118,10 +118,12 @@ def poolstat(services: Services, request: ApiRequest) -> ApiResponse:
     sizes = current_sizes(services.store, chosen, services.clock.now(), services.config.service.sizing_timezone)
     pools: dict[str, Any] = {}
     for pool in chosen:
-        entry: dict[str, Any] = {"max": sizes[pool.name].size, "ready": counts[pool.name]["ready"],
-                                 "size_reason": sizes[pool.name].reason}
+        # vmpooler's order (max, alias, ready), our own key after it.
+        entry: dict[str, Any] = {"max": sizes[pool.name].size}
         if pool.alias:
             entry["alias"] = alias_as_written(pool)
+        entry["ready"] = counts[pool.name]["ready"]
+        entry["size_reason"] = sizes[pool.name].reason
         pools[pool.name] = entry
     return ApiResponse(200, {"pools": pools})
 

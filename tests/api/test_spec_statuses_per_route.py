@@ -7,9 +7,10 @@ not list for the operation, or a body its schema refuses.
   refuses it from its length alone, as the local front does): the spec must list it everywhere;
 - with ``:auth:``, a dead ``X-AUTH-TOKEN`` is a 401 on every operation the spec marks as reading
   a token (``x-auth-token``), whatever else is wrong with the request (no body, ``{}``, an
-  unknown pool, VM or request id): docs/auth.md;
+  unknown pool, VM or request id): docs/auth.md; but with ``experimental_features`` off the
+  runtime config routes are a 405 first, whatever the token (they read none, as in vmpooler);
 - a path parameter the spec's schema refuses is one the service refuses (400 or 404), and the
-  spec's schemas are the service's own rules (pool names, snapshot ids).
+  spec's schemas are the service's own rules (pool names, snapshot ids, tokens and their ids).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 
 from chalicelib.api.http import MAX_BODY_BYTES
 from chalicelib.api.routes import ROUTES, Route
+from chalicelib.auth.tokens import hash_token, token_id
 from chalicelib.config import POOL_NAME_PATTERN, build
 from tests.compat.pooler import pooler_document
 from tests.harness import SPEC, Harness, HarnessFactory, basic, route_target
@@ -65,6 +67,28 @@ def test_a_body_over_64_kib_is_a_413_on_every_route_and_the_spec_lists_it(pooler
     reply = pooler.request(route.method, target(route), oversized)  # fails on a status the spec lacks
     assert (reply.status, reply.json) == (413, {"ok": False, "error": "Request body too large (at most 65536 bytes)"})
     assert pooler.redis_state() == before
+
+
+RUNTIME_CONFIG_ROUTES = [route for route in ROUTES if route.handler.__module__ == "chalicelib.api.pool_config"]
+
+
+@pytest.mark.parametrize("route", RUNTIME_CONFIG_ROUTES, ids=lambda route: route.name)
+def test_a_disabled_runtime_config_route_is_a_405_whatever_the_token(make_harness: HarnessFactory,
+                                                                     route: Route) -> None:
+    """With ``experimental_features`` off the route is switched off: a dead, an empty, no or an
+    administrator's token all get the spec's 405 (docs/auth.md, "Administrators"), and nothing
+    changes."""
+    document = pooler_document([{"name": POOL, "size": 1}], {"example": "example.com"}, auth=True)
+    document["auth"]["admins"] = ["alice"]
+    harness = make_harness(build(document), headers={"Content-Type": "application/json"})
+    live = harness.new_token("alice", "any-password")
+    before = harness.redis_state()
+    for token in (DEAD_TOKEN, "", None, live):
+        headers = {} if token is None else {"X-AUTH-TOKEN": token}
+        for body in [None, {POOL: "2"}] if route.method == "POST" else [None]:
+            reply = harness.request(route.method, target(route), body, headers=headers)  # fails off the spec
+            assert (reply.status, reply.json) == (405, {"ok": False}), (token, body)
+    assert harness.redis_state() == before
 
 
 TOKEN_ROUTES = [route for route in ROUTES
@@ -125,3 +149,30 @@ def test_a_path_value_the_spec_refuses_is_refused_and_changes_nothing(pooler: Ha
         assert reply.status in (400, 404), (value[:40], reply.json)
         assert len(reply.raw) < 300, reply.raw[:300]
         assert pooler.redis_state() == before, value[:40]
+
+
+@pytest.mark.parametrize("route", [route for route in ROUTES if "{token}" in route.path], ids=lambda route: route.name)
+def test_the_spec_token_parameter_is_what_the_service_takes(pooler: Harness, route: Route) -> None:
+    """``GET /token/<t>`` takes a token (32 of ``[a-z0-9]``), ``DELETE`` also its listed id (or an
+    unambiguous prefix of 8 or more hex digits of it): the spec's pattern says so, and any value
+    it refuses (hostile ones too) is a short JSON 404 that deletes nothing."""
+    token = pooler.new_token("alice", "any-password")
+    listed = token_id(hash_token(token))
+    spec_path = SPEC.operation(route.method, target(route))[0]  # type: ignore[index]
+    pattern = re.compile(parameter_schema(spec_path, route.method, "token")["pattern"])
+    served = [token, listed, listed[:8], hash_token(token)] if route.method == "DELETE" else [token]
+    assert all(pattern.match(value) for value in served), "the spec refuses what the service takes"
+    refused = [*OUTSIDE, token.upper(), token + "0", token[:-1] + "-", listed[:7], listed.upper(), "g" * 16,
+               "0" * 65, f"{token}%0A", "%20" + token]
+    if route.method == "GET":
+        refused += [listed, hash_token(token)]
+    headers = basic("alice", "any-password") if route.method == "DELETE" else {}
+    pooler.request(route.method, target(route, token="0" * 32), headers=headers)  # the login's own writes
+    before = pooler.redis_state()
+    for value in refused:
+        assert not pattern.match(value), value[:40]
+        reply = pooler.request(route.method, target(route, token=value), headers=headers)
+        assert reply.status == 404, (value[:40], reply.json)
+        assert reply.json["ok"] is False and len(reply.raw) < 300, reply.raw[:300]
+    assert pooler.redis_state() == before
+    assert pooler.get(f"/token/{token}").status == 200  # still there

@@ -1,7 +1,8 @@
 """docs/openapi.yaml says of requests what the service takes: a request the service answers with
 success is one the spec calls valid, or a client generated from the spec refuses to send what
-works (and schemathesis's negative_data_rejection, `make fuzz` through its CLI, reports every
-such request as "Schema-violating request accepted")."""
+works (and schemathesis's negative_data_rejection, one of the checks of
+tests/fuzz/test_openapi_fuzz.py that `make test` and `make fuzz` run, reports every such request
+as "Schema-violating request accepted")."""
 
 from __future__ import annotations
 
@@ -34,3 +35,14 @@ def test_an_empty_summary_day_is_today_and_the_spec_allows_it(
     reply = api.get(f"/api/v3/summary?{name.lower()}=")
     assert reply.status == 200, reply.json
     assert spec["components"]["parameters"][name].get("allowEmptyValue") is True
+
+
+def test_an_empty_history_range_is_the_default_hour_and_the_spec_allows_it(
+        make_stack: Callable[..., Harness], spec: dict[str, Any]) -> None:
+    api = make_stack(CONFIG_YAML)
+    empty, default = api.get("/dashboard/stats/history?hours="), api.get("/dashboard/stats/history")
+    assert (empty.status, default.status) == (200, 200), empty.json
+    assert empty.json["step"] == default.json["step"]
+    hours = [parameter for parameter in spec["paths"]["/dashboard/stats/history"]["get"]["parameters"]
+             if parameter["name"] == "hours"]
+    assert hours and hours[0].get("allowEmptyValue") is True

@@ -40,6 +40,8 @@ def test_status_shows_every_section_sorted(full: Harness) -> None:
                                       "lastBoot": body["pools"]["pool1"]["lastBoot"], "alias": ["linux"],
                                       "size_reason": "config"}
     assert body["pools"]["pool1"]["lastBoot"].endswith(" +0000")
+    # vmpooler's order (ready, running, pending, max, lastBoot, alias), our own key after it.
+    assert list(body["pools"]["pool1"]) == ["ready", "running", "pending", "max", "lastBoot", "alias", "size_reason"]
     assert "alias" not in body["pools"]["pool3"]
     assert body["queue"] == {"requested": 0, "pending": 0, "cloning": 0, "booting": 0, "ready": 4,
                              "running": 1, "completed": 0, "total": 5}
@@ -128,6 +130,17 @@ def test_poolstat(full: Harness, query: str, pools: list[str]) -> None:
     assert list(body["pools"]) == pools
     if "pool1" in pools:
         assert body["pools"]["pool1"] == {"max": 2, "ready": 2, "alias": ["linux"], "size_reason": "config"}
+
+
+def test_poolstat_keys_come_in_vmpoolers_order(full: Harness) -> None:
+    """vmpooler writes ``max``, then ``alias`` (when the pool has one), then ``ready``: a client
+    reading the body as text (a diff against vmpooler's answer, a regex) sees the same order;
+    our extra ``size_reason`` comes last."""
+    raw = full.get("/api/v3/poolstat?pool=pool1,pool3").raw
+    pools = json.loads(raw)["pools"]
+    assert list(pools["pool1"]) == ["max", "alias", "ready", "size_reason"]
+    assert raw.index(b'"max"') < raw.index(b'"alias"') < raw.index(b'"ready"') < raw.index(b'"size_reason"')
+    assert list(pools["pool3"]) == ["max", "ready", "size_reason"]  # no alias: vmpooler writes none
 
 
 def test_totalrunning(full: Harness) -> None:
