@@ -227,6 +227,12 @@ status, answer = run._write_checked_config()
 print(answer, file=sys.stderr, end="")
 sys.exit(status)
 """
+LIST_CONFIG_FILES_PROGRAM = """
+import sys
+from pathlib import Path
+from chalicelib.config import config_files
+print("\\n".join(str(path) for path in config_files(Path(sys.argv[1]))))
+"""
 CONFIG_CHECK_SECONDS = 2.0
 """How often the stack looks at the developer's config file for changes."""
 CONFIG_CHECK_TIMEOUT_SECONDS = 60.0
@@ -255,10 +261,17 @@ class ConfigWatch:
         self._checked_at = time.monotonic()
 
     def _listed(self) -> list[Path]:
-        """The files the config is loaded from (read again when the main file changes)."""
-        from chalicelib.config import config_files
-
-        return config_files(self.path)
+        """The files the config is loaded from (read again when the main file changes), listed
+        in a fresh interpreter: reading the YAML imports PyYAML and libyaml (2-3 MB), and this
+        process is the scheduler's, forked into gunicorn's arbiter and the HTTP workers, which
+        all kept it. Only the main file when the listing fails (its check says why)."""
+        try:
+            listed = subprocess.run([sys.executable, "-c", LIST_CONFIG_FILES_PROGRAM, str(self.path)], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=CONFIG_CHECK_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            return [self.path]
+        names = listed.stdout.splitlines()
+        return [Path(name) for name in names] if listed.returncode == 0 and names else [self.path]
 
     def _signature(self) -> tuple[tuple[int, int] | None, ...] | None:
         """Each file's size and modification time (None for an extra file missing); None while
