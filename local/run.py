@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import gc
 import multiprocessing
 import os
 import signal
@@ -227,6 +228,12 @@ status, answer = run._write_checked_config()
 print(answer, file=sys.stderr, end="")
 sys.exit(status)
 """
+LIST_CONFIG_FILES_PROGRAM = """
+import sys
+from pathlib import Path
+from chalicelib.config import config_files
+print("\\n".join(str(path) for path in config_files(Path(sys.argv[1]))))
+"""
 CONFIG_CHECK_SECONDS = 2.0
 """How often the stack looks at the developer's config file for changes."""
 CONFIG_CHECK_TIMEOUT_SECONDS = 60.0
@@ -255,10 +262,17 @@ class ConfigWatch:
         self._checked_at = time.monotonic()
 
     def _listed(self) -> list[Path]:
-        """The files the config is loaded from (read again when the main file changes)."""
-        from chalicelib.config import config_files
-
-        return config_files(self.path)
+        """The files the config is loaded from (read again when the main file changes), listed
+        in a fresh interpreter: reading the YAML imports PyYAML and libyaml (2-3 MB), and this
+        process is the scheduler's, forked into gunicorn's arbiter and the HTTP workers, which
+        all kept it. Only the main file when the listing fails (its check says why)."""
+        try:
+            listed = subprocess.run([sys.executable, "-c", LIST_CONFIG_FILES_PROGRAM, str(self.path)], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=CONFIG_CHECK_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            return [self.path]
+        names = listed.stdout.splitlines()
+        return [Path(name) for name in names] if listed.returncode == 0 and names else [self.path]
 
     def _signature(self) -> tuple[tuple[int, int] | None, ...] | None:
         """Each file's size and modification time (None for an extra file missing); None while
@@ -577,6 +591,12 @@ def main(argv: list[str] | None = None) -> int:
         # it before the workers bind it, nor while a killed front's replacement is starting.
         http_port_hold.hold(args.port)
         # Forked before the scheduler's threads exist: the front's processes inherit none.
+        # What this process holds now (the app, its modules) is left out of garbage collection:
+        # a collection in the arbiter or a worker then no longer writes to (and so copies) every
+        # page they share with this process; 5-6 MB less PSS, docs/performance.md "Memory (item
+        # 6)". The cost is bounded: what exists now and later becomes cyclic garbage (the first
+        # config's objects after a reload) is kept, once.
+        gc.freeze()
         front, ready = _start_front("fork", args.port, workers, args.threads)
         for _ in range(workers):
             if not ready.acquire(timeout=30):
