@@ -308,6 +308,8 @@ def test_ctrl_c_while_the_stack_starts_prints_one_line_and_stops_what_it_started
                          capture_output=True, text=True, timeout=120, start_new_session=True)
     assert run.stderr == f"ctrl-c at import of {module}\n", run.stderr  # it was reached, and no traceback
     assert (run.returncode, run.stdout) == (0, "vmpool: stopped\n"), run
+    if module == "chalicelib.store":
+        assert (tmp_path / "state" / "redis-dummy.log").exists()  # its redis-server had started
     assert not our_listeners(tmp_path, redis_port, port)
     # Its state directory is free for the next stack (no process of this one holds its lock).
     with local_stack(tmp_path, CONFIG, workers=1, name="next", state_dir=tmp_path / "state") as after:
