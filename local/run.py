@@ -16,12 +16,23 @@ real (simulated) vSphere clones instead of the dummy provider's.
 
 from __future__ import annotations
 
+import os
+import signal
+
+if __name__ == "__main__":
+    # Ctrl-C while this module's imports run (most of a second on a cold start): one line and a
+    # clean exit, as later; nothing is started yet. Before, a 20-40 line KeyboardInterrupt
+    # traceback. ``main`` installs its own handling before it starts anything.
+    def _stopped_before_starting(signum: int, frame: object) -> None:
+        os.write(1, b"vmpool: stopped\n")
+        os._exit(0)
+
+    signal.signal(signal.SIGINT, _stopped_before_starting)
+
 import argparse
 import fcntl
 import gc
 import multiprocessing
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from local.processes import PortHold
     from local.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,17 +186,28 @@ def _check_config() -> int:
     imports (7.6 MB in each of the four processes otherwise). 0, or 2 after printing what is
     wrong with the config (1 for any other failure)."""
     read, write = os.pipe()
+    # The child ignores Ctrl-C (blocked until it does): interrupted, it printed a traceback and
+    # could run on into this process's code; this process stops it instead (below).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     child = os.fork()  # this process has no other thread yet
     if child == 0:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         os.close(read)
         status, answer = _write_checked_config()
         with os.fdopen(write, "wb") as out:
             out.write(answer.encode())
         sys.stderr.flush()
         os._exit(status)
-    os.close(write)
-    with os.fdopen(read, "rb") as answer_pipe:
-        answer = answer_pipe.read().decode()
+    try:
+        os.close(write)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        with os.fdopen(read, "rb") as answer_pipe:
+            answer = answer_pipe.read().decode()
+    except BaseException:  # Ctrl-C: the check stops with the stack
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        raise
     status = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
     if status != 0:
         if answer:
@@ -524,61 +547,62 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--provider", choices=("dummy", "vcsim"), default=os.environ.get("PROVIDER", "dummy"))
     args = parser.parse_args(argv)
 
-    from local.processes import PortHold, StopRequests, die_with_parent
-    from local.redis_server import RedisServer
+    # Python leaves SIGINT ignored when it starts with it ignored (a background job of a script,
+    # `nohup`): Ctrl-C or `kill -INT` would then stop only gunicorn, and this process would report
+    # its HTTP server lost (exit 1) instead of stopping cleanly. Set before anything starts: a
+    # Ctrl-C while the stack starts stops what it started, as later.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    vcsim_process: subprocess.Popen[bytes] | None = None
+    redis_server: RedisServer | None = None
+    front: BaseProcess | None = None
+    port_claim: socket.socket | None = None
+    http_port_hold: PortHold | None = None
+    scheduler = None
+    # "vmpool: stopped" once the stack served, or when Ctrl-C stopped it: not after a refusal
+    # (a port or state directory in use, a bad config), for a stack that never started.
+    say_stopped = False
+    try:
+        from local.processes import PortHold, StopRequests, die_with_parent
+        from local.redis_server import RedisServer
 
-    if os.environ.get("MAKELEVEL"):
-        # Started by `make run`: a SIGKILLed make (an IDE's stop button, a CI job's timeout)
-        # cannot pass anything on, and the stack went on serving, orphaned, with nobody left to
-        # stop it. SIGTERM when make dies: the stack stops as on Ctrl-C. Not when started
-        # another way: `nohup python -m local.run &` outlives its shell on purpose.
-        die_with_parent(os.getppid())
-    lock = _lock_state_dir()  # before anything starts; held (open) until this process exits
-    vcsim_process = None
-    if args.provider == "vcsim":
-        vcsim_process, config_file = _start_vcsim()
-        os.environ["VMPOOL_CONFIG_FILE"] = str(config_file)
-    elif args.config:
-        os.environ["VMPOOL_CONFIG_FILE"] = str(Path(args.config).resolve())
-    from chalicelib.config import DEFAULT_CONFIG_FILE
+        if os.environ.get("MAKELEVEL"):
+            # Started by `make run`: a SIGKILLed make (an IDE's stop button, a CI job's timeout)
+            # cannot pass anything on, and the stack went on serving, orphaned, with nobody left to
+            # stop it. SIGTERM when make dies: the stack stops as on Ctrl-C. Not when started
+            # another way: `nohup python -m local.run &` outlives its shell on purpose.
+            die_with_parent(os.getppid())
+        lock = _lock_state_dir()  # before anything starts; held (open) until this process exits
+        if args.provider == "vcsim":
+            vcsim_process, config_file = _start_vcsim()
+            os.environ["VMPOOL_CONFIG_FILE"] = str(config_file)
+        elif args.config:
+            os.environ["VMPOOL_CONFIG_FILE"] = str(Path(args.config).resolve())
+        from chalicelib.config import DEFAULT_CONFIG_FILE
 
-    watch = None if os.environ.get("VMPOOL_CONFIG") else ConfigWatch(
-        Path(os.environ.get("VMPOOL_CONFIG_FILE") or DEFAULT_CONFIG_FILE))
-    status = _check_config()  # before anything starts
-    os.environ["VMPOOL_CONFIG_WATCH"] = "1" if watch else ""  # the processes re-read the checked file
-    redis_server = RedisServer(
-        port=args.redis_port or None, data_dir=STATE_DIR / f"redis-{args.provider}", persist=True,
-        die_with_parent=True, pass_fds=(lock,),  # the lock held until it has stopped writing too
-        log_file=STATE_DIR / f"redis-{args.provider}.log",
-    )
-    if not status:
+        watch = None if os.environ.get("VMPOOL_CONFIG") else ConfigWatch(
+            Path(os.environ.get("VMPOOL_CONFIG_FILE") or DEFAULT_CONFIG_FILE))
+        status = _check_config()  # before anything starts
+        os.environ["VMPOOL_CONFIG_WATCH"] = "1" if watch else ""  # the processes re-read the checked file
+        if status:
+            return status
+        redis_server = RedisServer(
+            port=args.redis_port or None, data_dir=STATE_DIR / f"redis-{args.provider}", persist=True,
+            die_with_parent=True, pass_fds=(lock,),  # the lock held until it has stopped writing too
+            log_file=STATE_DIR / f"redis-{args.provider}.log",
+        )
         try:
             redis_server.start()
         except RuntimeError as error:  # its port taken by another server, its data unreadable
             print(f"vmpool: {error}", file=sys.stderr)
-            status = 1
-    if status:
-        if vcsim_process is not None:
-            from tools.vcsim.launcher import stop_vcsim
+            return 1
+        os.environ["VMPOOL_REDIS_URL"] = redis_server.url
+        _mark_started(redis_server.url)
+        os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+        os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")
 
-            stop_vcsim(vcsim_process)
-        return status
-    os.environ["VMPOOL_REDIS_URL"] = redis_server.url
-    _mark_started(redis_server.url)
-    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
-    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")
-
-    front: BaseProcess | None = None
-    port_claim: socket.socket | None = None
-    http_port_hold = PortHold()
-    workers: int = args.workers
-    scheduler = None
-    stop = StopRequests(signal.SIGTERM)
-    # Python leaves SIGINT ignored when it starts with it ignored (a background job of a script,
-    # `nohup`): Ctrl-C or `kill -INT` would then stop only gunicorn, and this process would report
-    # its HTTP server lost (exit 1) instead of stopping cleanly.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
+        http_port_hold = PortHold()
+        workers: int = args.workers
+        stop = StopRequests(signal.SIGTERM)
         from chalicelib.config import ConfigError
 
         try:
@@ -614,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         plural = "" if workers == 1 else "s"
         print(f"vmpool: serving http://127.0.0.1:{args.port}/api/v3 with {workers} worker{plural}; "
               f"redis on port {redis_server.port}; pools: {pools}. Ctrl-C stops.", flush=True)
+        say_stopped = True
         while not stop.wait(0.5):
             front_watch.note_workers()
             if not front.is_alive():
@@ -635,8 +660,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         return 0
     except KeyboardInterrupt:
+        say_stopped = True
         return 0
     finally:
+        # A second Ctrl-C while stopping (bounded: 10 s a process at most) would end the clean-up
+        # with a traceback, leaving what it had not stopped yet to the parent-death signals.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if scheduler:
             scheduler.stop()
         if front is not None:
@@ -645,15 +674,18 @@ def main(argv: list[str] | None = None) -> int:
             if front.is_alive():
                 front.kill()
                 front.join()
-        redis_server.stop()
-        http_port_hold.release()
+        if redis_server is not None:
+            redis_server.stop()
+        if http_port_hold is not None:
+            http_port_hold.release()
         if port_claim is not None:
             port_claim.close()
         if vcsim_process is not None:
             from tools.vcsim.launcher import stop_vcsim
 
             stop_vcsim(vcsim_process)
-        print("vmpool: stopped", flush=True)
+        if say_stopped:
+            print("vmpool: stopped", flush=True)
 
 
 if __name__ == "__main__":

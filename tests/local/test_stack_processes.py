@@ -88,7 +88,7 @@ def test_a_second_stack_on_the_same_state_directory_refuses_before_starting_anyt
         )
         assert second.returncode != 0
         assert "in use by another" in second.stderr and str(first.process.pid) in second.stderr, second.stderr
-        assert "redis on port" not in second.stdout
+        assert "redis on port" not in second.stdout and "vmpool: stopped" not in second.stdout, second.stdout
         assert not our_listeners(tmp_path, redis_port, port)
         assert call("GET", f"{first.api}/status")[0] == 200  # the first one is untouched
 
@@ -265,6 +265,55 @@ def test_ctrl_c_stops_the_stack_with_a_clean_last_line_and_no_warning_of_the_htt
     front = [json.loads(line) for line in lines if line.startswith("{")]
     front = [line for line in front if str(line.get("logger", "")).startswith(("gunicorn", "uvicorn"))]
     assert front == [] and "was sent" not in stack.log(), front
+
+
+CTRL_C_AT_IMPORT = """
+import os, signal, sys
+
+class CtrlCAtImport:
+    \"\"\"Ctrl-C (SIGINT to the whole process group, as a terminal sends it) at the first import
+    of the module CTRL_C_AT_IMPORT names: a point of the start-up, reached without timing.\"\"\"
+    fired = False
+
+    def find_spec(self, name, path=None, target=None):
+        if name == os.environ["CTRL_C_AT_IMPORT"] and not CtrlCAtImport.fired:
+            CtrlCAtImport.fired = True
+            print(f"ctrl-c at import of {name}", file=sys.stderr, flush=True)
+            os.killpg(0, signal.SIGINT)
+        return None
+
+if os.environ.get("CTRL_C_AT_IMPORT"):
+    sys.meta_path.insert(0, CtrlCAtImport())
+"""
+
+
+@pytest.mark.parametrize("module", [
+    "argparse",  # local.run's own imports, before main()
+    "redis",  # main()'s first imports, before the state directory is locked
+    "pydantic",  # the config's check, in its child process, while the stack waits for its verdict
+    "chalicelib.store",  # after the stack's redis-server started
+])
+def test_ctrl_c_while_the_stack_starts_prints_one_line_and_stops_what_it_started(tmp_path: Path, module: str) -> None:
+    """Ctrl-C in the first second of `make run` (its imports: redis, pydantic in the config's
+    check) printed a 20-40 line KeyboardInterrupt traceback (two, the check's child's too) and
+    exited 130. Now: "vmpool: stopped", exit 0, as a Ctrl-C later, with nothing left running."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CTRL_C_AT_IMPORT)
+    config_file = tmp_path / "vmpool.yaml"
+    config_file.write_text(CONFIG)
+    port, redis_port = free_ports(2)
+    env = {**stack_env(config_file, tmp_path / "state"), "PYTHONPATH": str(hook), "CTRL_C_AT_IMPORT": module}
+    run = subprocess.run(stack_command(port, 1, 30) + ["--redis-port", str(redis_port)], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, timeout=120, start_new_session=True)
+    assert run.stderr == f"ctrl-c at import of {module}\n", run.stderr  # it was reached, and no traceback
+    assert (run.returncode, run.stdout) == (0, "vmpool: stopped\n"), run
+    if module == "chalicelib.store":
+        assert (tmp_path / "state" / "redis-dummy.log").exists()  # its redis-server had started
+    assert not our_listeners(tmp_path, redis_port, port)
+    # Its state directory is free for the next stack (no process of this one holds its lock).
+    with local_stack(tmp_path, CONFIG, workers=1, name="next", state_dir=tmp_path / "state") as after:
+        assert call("GET", f"{after.api}/status")[0] == 200
 
 
 def start_refused(tmp_path: Path, config: str) -> subprocess.CompletedProcess[str]:
@@ -526,6 +575,7 @@ def test_two_stacks_started_at_once_on_one_port_do_not_both_serve_it(tmp_path: P
             claim.close()
     assert second.returncode == 1, second
     assert f"port {port} is in use" in second.stderr and "Traceback" not in second.stderr, second.stderr
+    assert "vmpool: stopped" not in second.stdout, second.stdout  # it never started
     assert not our_listeners(tmp_path, port, redis_port)
 
 
