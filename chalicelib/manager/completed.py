@@ -2,7 +2,8 @@
 
 The pass withdraws a VM's DNS record, starts its destroy and records the task; later passes ask
 the provider for the task's state and forget the VM once it is gone (its record lingers for
-``data_ttl``). A failed destroy is kept visible on the VM and started again next pass.
+``data_ttl``). A failed destroy (its task failed, or the provider refused to start it) is kept
+visible on the VM and started again next pass; the pass goes on with the others.
 
 Whatever the number of VMs, the step asks the provider about every destroy task in one call and
 starts every destroy in one (``Provider.task_statuses``, ``destroy_vms``), and records what it
@@ -17,7 +18,7 @@ from chalicelib.config import PoolConfig
 from chalicelib.manager.context import PassContext
 from chalicelib.manager.pending import unnoted_clones_running
 from chalicelib.observability import emit, logger
-from chalicelib.providers.base import CancelRefused, Provider, ProviderError, TaskState, TaskStatus
+from chalicelib.providers.base import UNREACHABLE, CancelRefused, Provider, ProviderError, TaskState, TaskStatus
 from chalicelib.store import VMRecord
 from chalicelib.store.ondemand import CLONE_HELD
 
@@ -56,7 +57,7 @@ def destroy_completed(context: PassContext) -> None:
             _destroy(context, provider, pool, members, replicated is not False)
         except ProviderError as error:
             if not placement:
-                raise  # the pool's own provider is failing: the pass stops here, as at any failed call
+                raise  # the pool's own provider cannot be reached: the pass stops here, as at any such call
             # Where the pool was before: its failure must not hold the pool's refill in the new place.
             context.report.errors.append(f"destroy in the pool's former place failed: {error}")
 
@@ -201,9 +202,15 @@ def _destroy(context: PassContext, provider: Provider, pool: PoolConfig, records
     if tasks:
         store.update_vms(tasks)
     _finish_destroys(context, gone + [hostname for hostname, task in started.items() if task is None])
-    refused = [error for error in started.values() if isinstance(error, ProviderError)]
+    refused = {hostname: error for hostname, error in started.items() if isinstance(error, ProviderError)}
     if refused:
-        raise refused[0]
+        # Each refusal is its VM's: kept on it, its destroy started again next pass. Before, the
+        # first ended the pass, every pass: the pool's refill never ran while one VM was refused.
+        store.update_vms({hostname: {"destroy_error": str(error)} for hostname, error in refused.items()})
+        context.report.errors.extend(f"destroy {hostname}: {error}" for hostname, error in refused.items())
+    unreached = next((error for error in refused.values() if error.kind in UNREACHABLE), None)
+    if unreached is not None:
+        raise unreached  # the provider cannot be reached: the pass stops here, as at any such call
 
 
 def _finish_destroys(context: PassContext, hostnames: list[str]) -> None:

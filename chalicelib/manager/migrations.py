@@ -26,7 +26,7 @@ from chalicelib.observability import emit, logger
 from chalicelib.providers.base import UNREACHABLE, ProviderError, TaskState
 from chalicelib.store import Store, VMRecord
 from chalicelib.store.leases import LeaseHolder, labelled_holder
-from chalicelib.store.migrations import ADOPTED, QUEUED, STARTED, TAKER_GONE, MigrationStore
+from chalicelib.store.migrations import ADOPTED, QUEUED, STALE_SLOT_SECONDS, STARTED, TAKER_GONE, MigrationStore
 from chalicelib.store.records import finite_number
 
 MIGRATION_START_GRACE_SECONDS = 120.0
@@ -59,6 +59,7 @@ def run(context: PassContext) -> None:
     migrations = MigrationStore(context.store)
     limit = int(getattr(context.service, "migration_limit", 0) or 0)
     queued: list[VMRecord] = []
+    reached = True  # False once the provider could not be reached or timed out in this step
     for hostname, record in context.snapshot.records.items():
         vm = context.inventory.get(hostname)
         state = record.raw.get("migration")
@@ -70,13 +71,15 @@ def run(context: PassContext) -> None:
             # Left running, or made where its pool no longer makes VMs (manager/placement.py):
             # this pass's provider cannot move it.
             migrations.finish(hostname)
+        elif state == STARTED and not reached:
+            context.report.followups += 1  # each other read would wait as long: the next pass asks
         elif state == STARTED:
-            _follow(context, migrations, record)
+            reached = _follow(context, migrations, record)
         elif state == QUEUED:
             queued.append(record)
         context.checkpoint("migration")
     for record in sorted(queued, key=lambda queued_vm: queued_vm.checkout or 0.0):
-        reached = _start(context, migrations, record, limit)
+        reached = reached and _start(context, migrations, record, limit)
         context.checkpoint("migration")
         if not reached:
             # The provider could not be reached or timed out: each other start would wait as
@@ -121,7 +124,27 @@ def _start(context: PassContext, migrations: MigrationStore, record: VMRecord, l
     return True
 
 
-def _follow(context: PassContext, migrations: MigrationStore, record: VMRecord) -> None:
+def _follow(context: PassContext, migrations: MigrationStore, record: VMRecord) -> bool:
+    """Follow a started migration one step; whether the provider could be reached (a read it
+    fails is this VM's alone: the migration waits, or ends saying so, and the pass goes on)."""
+    try:
+        _follow_task(context, migrations, record)
+    except ProviderError as error:
+        started = finite_number(record.raw.get("migration_started")) or context.now
+        if ask_again(error, context.now - started, STALE_SLOT_SECONDS):
+            # Before, the error ended the whole pass, every pass: the pool's later steps (its
+            # destroys, its refill) never ran while the one migration's task could not be read.
+            context.report.errors.append(f"{record.name}: its migration's state not read: {error}")
+            context.report.followups += 1
+        else:
+            # It answers and cannot say, past the time its slot is held at most: waiting cannot help.
+            _failed(context, migrations, record, f"migration may or may not have been done: its state "
+                                                 f"could not be read: {error}")
+        return error.kind not in UNREACHABLE
+    return True
+
+
+def _follow_task(context: PassContext, migrations: MigrationStore, record: VMRecord) -> None:
     task = record.raw.get("migration_task")
     adopted = bool(record.raw.get(ADOPTED))
     if not task:

@@ -338,17 +338,19 @@ class Provider(abc.ABC):
 
     def destroy_vms(self, pool: PoolConfig, hostnames: Sequence[str],
                     on_started: Started = nothing_started) -> dict[str, str | ProviderError | None]:
-        """Start destroying many VMs: hostname -> what ``destroy`` returned, in order, up to the
-        first ProviderError (given for its VM; the VMs after it are not asked: the backend is
-        failing); ``on_started`` is called after each VM asked without error. This default
-        destroys one VM at a time."""
+        """Start destroying many VMs: hostname -> what ``destroy`` returned, or the ProviderError
+        it raised (the VMs after one the backend refused are still asked; after one that could
+        not reach it or timed out, none is: each would wait as long, and fail); ``on_started``
+        is called after each VM asked without error. This default destroys one VM at a time."""
         started: dict[str, str | ProviderError | None] = {}
         for hostname in hostnames:
             try:
                 started[hostname] = self.destroy(pool, hostname)
             except ProviderError as error:
                 started[hostname] = error
-                break
+                if error.kind in UNREACHABLE:
+                    break
+                continue
             on_started(hostname)
         return started
 
