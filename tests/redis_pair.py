@@ -10,6 +10,7 @@ the replication link, as a network partition or a lagging replica would.
 from __future__ import annotations
 
 import select
+import signal
 import socket
 import threading
 import time
@@ -203,6 +204,29 @@ class RedisPair:
             old.close()
             new.close()
         self.endpoint.point_at(self.replica.port)
+        self.primary, self.replica = self.replica, self.primary
+
+    def stop_primary_and_promote(self, pause: float, demote_after: float = 1.0) -> None:
+        """The primary stops answering (SIGSTOP) for ``pause`` seconds, meanwhile the replica is
+        promoted and the endpoint moved, as a failover on a hung primary; then the old primary
+        runs again (SIGCONT), still a primary to the connections opened to it, until it is made
+        the new one's replica ``demote_after`` seconds later."""
+        stopped = self.primary.process
+        assert stopped is not None
+        stopped.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(pause / 2)
+            promoted = self.client(self.replica)
+            promoted.execute_command("REPLICAOF", "NO", "ONE")
+            promoted.close()
+            self.endpoint.point_at(self.replica.port)
+            time.sleep(pause / 2)
+        finally:
+            stopped.send_signal(signal.SIGCONT)
+        time.sleep(demote_after)
+        demoted = self.client(self.primary)
+        demoted.execute_command("REPLICAOF", "127.0.0.1", self.replica.port)
+        demoted.close()
         self.primary, self.replica = self.replica, self.primary
 
     def swap_with_replicaof(self, move_endpoint: bool = True) -> None:

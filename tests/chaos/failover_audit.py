@@ -11,7 +11,9 @@ opens an on-demand request and polls it. Meanwhile the faults, in order:
 
 - ``swap``: the replica promoted and the primary demoted by REPLICAOF (open connections still
   reach the demoted node); ``failover``: Redis FAILOVER;
-- ``stop``: the primary SIGSTOPped for 2 to 5 s;
+- ``stop``: the primary SIGSTOPped for 2 to 5 s; ``stoppromote``: the primary SIGSTOPped past
+  the clients' socket timeout, the replica promoted and the endpoint moved meanwhile, then the
+  old primary SIGCONTed (a primary again, until it is made the new one's replica 1 s later);
 - ``sched``: the scheduler SIGSTOPped for 2 to 5 s mid-pass, then SIGKILLed and started again;
 - ``worker``: an API process SIGSTOPped for 3 s, then SIGKILLed and started again;
 - ``lagkill``: the replica stops receiving for 1.5 s, the primary is SIGKILLed, the replica
@@ -56,8 +58,8 @@ CONFIG = (
     ":pools:\n" + "".join(f"  - {{name: {pool}, size: {size}, provider: dummy}}\n" for pool, size in POOLS.items())
 )
 CALLERS = 16
-FAULTS = ("swap", "failover", "stop", "sched", "worker", "lagkill", "kill")
-REPLICA_FAULTS = {"swap", "failover", "lagkill", "kill"}
+FAULTS = ("swap", "failover", "stop", "stoppromote", "sched", "worker", "lagkill", "kill")
+REPLICA_FAULTS = {"swap", "failover", "stoppromote", "lagkill", "kill"}
 """The faults that need the replica (``Audit.cannot_apply``)."""
 CLIENT_TIMEOUT = 10.0
 
@@ -90,12 +92,16 @@ def serve(mode: str) -> None:
 
 
 class Audit:
-    def __init__(self, seed: int, out_dir: Path) -> None:
+    def __init__(self, seed: int, out_dir: Path, callers: int = CALLERS, anonymous: bool = True) -> None:
+        """``callers`` callers; with ``anonymous`` every second one has no token, else each has
+        its own user's."""
         from local.redis_server import RedisServer
         from tests.redis_pair import RedisPair
 
         self.random = random.Random(seed)
         self.seed = seed
+        self.callers = callers
+        self.anonymous = anonymous
         self.out_dir = out_dir
         self.started = time.monotonic()
         self.pair = RedisPair()
@@ -194,6 +200,8 @@ class Audit:
             primary.send_signal(signal.SIGSTOP)
             time.sleep(pause)
             primary.send_signal(signal.SIGCONT)
+        elif name == "stoppromote":
+            pair.stop_primary_and_promote(pause)
         elif name == "sched":
             os.killpg(self.scheduler.pid, signal.SIGSTOP)
             time.sleep(pause)
@@ -224,7 +232,7 @@ class Audit:
 
     def caller(self, number: int) -> None:
         name = f"c{number}"
-        user = f"user{number}" if number % 2 == 0 else ""
+        user = self.user(name)
         source = "127.0.0.1" if user else f"127.0.0.{10 + number}"
         rand = random.Random(self.seed * 100 + number)
         connection: http.client.HTTPConnection | None = None
@@ -310,6 +318,10 @@ class Audit:
                 if status == 404:
                     self.problems.append(f"{name} returned its {host}: 404 {answer}")
 
+    def user(self, caller: str) -> str:
+        """The user caller ``caller`` (``c<number>``) logs in as; "" when it is anonymous."""
+        return f"user{caller[1:]}" if not self.anonymous or int(caller[1:]) % 2 == 0 else ""
+
     def ondemand(self, call: Any, pool: str) -> None:
         status, answer = call("POST", "/ondemandvm", {pool: 1})
         if status != 201:
@@ -328,7 +340,7 @@ class Audit:
 
     def run(self, faults: list[str]) -> None:
         self.log("filled", self.wait_full(30))
-        callers = [threading.Thread(target=self.caller, args=(n,), daemon=True) for n in range(CALLERS)]
+        callers = [threading.Thread(target=self.caller, args=(n,), daemon=True) for n in range(self.callers)]
         for thread in callers:
             thread.start()
         time.sleep(4)
@@ -370,7 +382,7 @@ class Audit:
                                      f"only in Redis {sorted(tracked - in_hypervisor)}")
         for host, caller in self.kept.items():
             record = store.get_vm(host)
-            user = f"user{caller[1:]}" if int(caller[1:]) % 2 == 0 else None
+            user = self.user(caller)
             if record is None or record.state != "running":
                 self.problems.append(f"{caller}'s {host} is {record.state if record else 'unknown'}")
             elif user and record.raw.get("token_user") != user:
