@@ -77,12 +77,7 @@ def unreachable_dns(config: Config, parameters: dict[str, str]) -> list[str]:
         if not server:
             continue
         wanted = int(getattr(entry.settings, "port", 53))
-        if not cidr:
-            found.append(f"dns_configs.{name}: server {server} port {wanted}: the stack has no DnsServerCidr")
-        elif _outside(server, cidr):
-            found.append(f"dns_configs.{name}: server {server} is outside the stack's DnsServerCidr {cidr}")
-        if cidr and str(wanted) != port:
-            found.append(f"dns_configs.{name}: server {server} port {wanted}: the stack's DnsServerPort is {port}")
+        found += _unreached(f"dns_configs.{name}", server, wanted, (cidr, "DnsServerCidr"), (port, "DnsServerPort"))
     return found
 
 
@@ -124,13 +119,23 @@ def unreachable_servers(config: Config, parameters: dict[str, str]) -> list[str]
     server = ldap_server(config)
     if server is not None:
         host, port = server
-        ldap_cidr, ldap_port = parameters.get("LdapCidr", ""), parameters.get("LdapPort", "636")
-        if not ldap_cidr:
-            found.append(f"auth.ldap: server {host} port {port}: the stack has no LdapCidr")
-        elif _outside(host, ldap_cidr):
-            found.append(f"auth.ldap: server {host} is outside the stack's LdapCidr {ldap_cidr}")
-        if ldap_cidr and str(port) != ldap_port:
-            found.append(f"auth.ldap: server {host} port {port}: the stack's LdapPort is {ldap_port}")
+        found += _unreached("auth.ldap", host, port, (parameters.get("LdapCidr", ""), "LdapCidr"),
+                            (parameters.get("LdapPort", "636"), "LdapPort"))
+    return found
+
+
+def _unreached(where: str, server: str, port: int, cidr: tuple[str, str], stack_port: tuple[str, str]) -> list[str]:
+    """Why the stack's security group does not send to ``server`` on ``port``: ``cidr`` and
+    ``stack_port`` are a stack parameter's value and name each; no range given, the address
+    outside it, or another port."""
+    (cidr_value, cidr_name), (port_value, port_name) = cidr, stack_port
+    if not cidr_value:
+        return [f"{where}: server {server} port {port}: the stack has no {cidr_name}"]
+    found = []
+    if _outside(server, cidr_value):
+        found.append(f"{where}: server {server} is outside the stack's {cidr_name} {cidr_value}")
+    if str(port) != port_value:
+        found.append(f"{where}: server {server} port {port}: the stack's {port_name} is {port_value}")
     return found
 
 
