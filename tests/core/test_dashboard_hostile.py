@@ -14,17 +14,15 @@ import base64
 import html
 import json
 import re
-import threading
 import urllib.parse
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from chalicelib.api import dashboard
 from chalicelib.config import canonical_json, parse
+from tests.core.dashboard_feeds import FeedServer
 from tests.core.test_dashboard_browser import REPO_ROOT, PoolRows, chromium, local_stack
 from tests.core.test_local_stack import call, wait_for
 from tools.cdp import BrowserPage
@@ -257,31 +255,6 @@ FEEDS: dict[str, Any] = {
 }
 
 
-class _Feeds(BaseHTTPRequestHandler):
-    """The dashboard page as the API serves it, and FEEDS as its answers."""
-
-    def do_GET(self) -> None:
-        path = self.path.split("?")[0]
-        if path == "/dashboard/":
-            template, policy = dashboard._template()
-            body, kind = template.replace("{{site_name}}", "vmpool").encode(), "text/html; charset=utf-8"
-        elif path in FEEDS:
-            body, kind = json.dumps(FEEDS[path]).encode(), "application/json"
-        else:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        if path == "/dashboard/":
-            self.send_header("Content-Security-Policy", policy)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.mark.slow
 def test_pools_named_like_object_keys_are_drawn_when_a_feed_lacks_them(tmp_path: Path) -> None:
     """A pool may be named `constructor`, `toString`, `valueOf` or `hasOwnProperty` (the config
@@ -289,16 +262,9 @@ def test_pools_named_like_object_keys_are_drawn_when_a_feed_lacks_them(tmp_path:
     answers as plain objects: where an answer lacked the pool, it found Object.prototype's function
     instead, drew its sparkline from that and threw at every poll: the table stopped updating and
     the badge said "stale" while every feed answered."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Feeds)
-    serving = threading.Thread(target=server.serve_forever, daemon=True)
-    serving.start()
-    try:
-        dom = chromium(f"http://127.0.0.1:{server.server_address[1]}/dashboard/", tmp_path / "profile", "--dump-dom",
-                     budget_ms=12000)  # past a second status poll (every 5 s), whichever feed came first
-    finally:
-        server.shutdown()
-        server.server_close()
-        serving.join()
+    with FeedServer(FEEDS) as feeds:
+        dom = chromium(feeds.page_url, tmp_path / "profile", "--dump-dom",
+                       budget_ms=12000)  # past a second status poll (every 5 s), whichever feed came first
     page = PoolRows()
     page.feed(dom)
     assert set(page.rows) == {POOL, *PROTOTYPE_NAMES}

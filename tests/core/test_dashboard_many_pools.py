@@ -9,14 +9,12 @@ table. Render times are bench/ figures (docs/performance.md), not asserted here.
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar, Iterator
+from typing import Any, Iterator
 
 import pytest
 
-from chalicelib.api import dashboard
 from chalicelib.config import MAX_POOLS
+from tests.core.dashboard_feeds import FeedServer
 from tests.support import eventually
 from tools.cdp import BrowserPage
 
@@ -26,7 +24,7 @@ MAX_ROWS, MAX_NAMED = 1000, 30
 """dashboard.js's bounds: rows in the table, pool names in each alert."""
 
 
-def _feeds(count: int) -> dict[str, bytes]:
+def _feeds(count: int) -> dict[str, Any]:
     names = [f"pool-{n:05d}" for n in range(count)]
     pools = {name: {"ready": 0, "running": 0, "pending": 1, "max": 1, "lastBoot": "", "size_reason": "config",
                     "alias": [f"alias-{name}"]} for name in names}
@@ -41,55 +39,23 @@ def _feeds(count: int) -> dict[str, bytes]:
                                      "pools": {name: {"ready": [0, 0], "running": [0, 0], "pending": [1, 1],
                                                       "size": [1, 1]} for name in names}},
     }
-    return {path: json.dumps(body).encode() for path, body in answers.items()}
-
-
-class _Feeds(BaseHTTPRequestHandler):
-    """The page as the API serves it, and ``answers`` as its feeds."""
-
-    answers: ClassVar[dict[str, bytes]] = {}
-
-    def do_GET(self) -> None:
-        path = self.path.split("?")[0]
-        headers = {"Content-Type": "application/json"}
-        if path == "/dashboard/":
-            template, policy = dashboard._template()
-            body = template.replace("{{site_name}}", "vmpool").encode()
-            headers = {"Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": policy}
-        elif path in self.answers:
-            body = self.answers[path]
-        else:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        for name, value in {**headers, "Content-Length": str(len(body))}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    return answers
 
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserPage]:
     """The page of MAX_POOLS empty pools, loaded, its table drawn after the history came."""
-    handler = type("Feeds", (_Feeds,), {"answers": _feeds(MAX_POOLS)})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    serving = threading.Thread(target=server.serve_forever, daemon=True)
-    serving.start()
-    browser = BrowserPage(tmp_path_factory.mktemp("many-pools") / "profile")
-    try:
-        browser.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1, mobile=False)
-        browser.call("Page.navigate", url=f"http://127.0.0.1:{server.server_address[1]}/dashboard/")
-        eventually(lambda: browser.evaluate("document.querySelectorAll('tr.pool svg polyline').length > 0"), 120,
-                   "the rows with their sparklines")
-        yield browser
-    finally:
-        browser.close()
-        server.shutdown()
-        server.server_close()
-        serving.join()
+    with FeedServer(_feeds(MAX_POOLS)) as feeds:
+        browser = BrowserPage(tmp_path_factory.mktemp("many-pools") / "profile")
+        try:
+            browser.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1,
+                         mobile=False)
+            browser.call("Page.navigate", url=feeds.page_url)
+            eventually(lambda: browser.evaluate("document.querySelectorAll('tr.pool svg polyline').length > 0"),
+                       120, "the rows with their sparklines")
+            yield browser
+        finally:
+            browser.close()
 
 
 def _shown(page: BrowserPage) -> list[str]:

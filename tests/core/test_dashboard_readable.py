@@ -7,14 +7,11 @@ low, empty and failing to clone."""
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import ThreadingHTTPServer
 from typing import Any, Iterator
 
 import pytest
 
-from tests.core.test_dashboard_many_pools import _Feeds
+from tests.core.dashboard_feeds import FeedServer
 from tests.support import eventually
 from tools.cdp import BrowserPage
 
@@ -89,25 +86,20 @@ CONTRAST = r"""(function () {
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BrowserPage, list[dict[str, Any]]]]:
     """The page of POOLS, drawn; and the console messages and exceptions it logged."""
-    handler = type("Feeds", (_Feeds,), {"answers": {path: json.dumps(body).encode() for path, body in ANSWERS.items()}})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    serving = threading.Thread(target=server.serve_forever, daemon=True)
-    serving.start()
     logged: list[dict[str, Any]] = []
-    browser = BrowserPage(tmp_path_factory.mktemp("readable") / "profile", on_event=logged.append)
-    try:
-        for domain in ("Runtime.enable", "Log.enable"):
-            browser.call(domain)
-        browser.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1, mobile=False)
-        browser.call("Page.navigate", url=f"http://127.0.0.1:{server.server_address[1]}/dashboard/")
-        lines = "document.querySelectorAll('tr.pool svg polyline').length"
-        eventually(lambda: browser.evaluate(lines) == 2 * len(POOLS), 60, "every row with its sparkline")
-        yield browser, logged
-    finally:
-        browser.close()
-        server.shutdown()
-        server.server_close()
-        serving.join()
+    with FeedServer(ANSWERS) as feeds:
+        browser = BrowserPage(tmp_path_factory.mktemp("readable") / "profile", on_event=logged.append)
+        try:
+            for domain in ("Runtime.enable", "Log.enable"):
+                browser.call(domain)
+            browser.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1,
+                         mobile=False)
+            browser.call("Page.navigate", url=feeds.page_url)
+            lines = "document.querySelectorAll('tr.pool svg polyline').length"
+            eventually(lambda: browser.evaluate(lines) == 2 * len(POOLS), 60, "every row with its sparkline")
+            yield browser, logged
+        finally:
+            browser.close()
 
 
 @pytest.mark.slow

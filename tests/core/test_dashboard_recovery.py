@@ -2,23 +2,19 @@
 as a problem, not as "live", and a page that lost the API asks again within a minute, each page
 at its own moment (jitter), however long the API was gone.
 
-The page's feeds are answered by a small server the test changes at will (as
-tests/core/test_dashboard_many_pools.py does), with ETags as the API sends them. The page's
+The page's feeds are answered by a small server the test changes at will
+(tests/core/dashboard_feeds.py), with ETags as the API sends them. The page's
 timers run at once (``setTimeout`` shortened before its script runs), each delay it asked for
 recorded: the back-off is read, not waited for."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, Iterator
 
 import pytest
 
-from chalicelib.api import dashboard
+from tests.core.dashboard_feeds import FeedServer
 from tests.support import eventually
 from tools.cdp import BrowserPage
 
@@ -45,64 +41,25 @@ window.setTimeout = function (run, delay) {
 MAX_BACKOFF_MS = 60_000
 
 
-class Feeds(BaseHTTPRequestHandler):
-    """The page, and ``answers``: path -> (status, body bytes), each 200 with its ETag (a 304
-    for a request that names it)."""
-
-    answers: ClassVar[dict[str, tuple[int, bytes]]] = {}
-
-    def do_GET(self) -> None:
-        path = self.path.split("?")[0]
-        headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
-        if path == "/dashboard/":
-            template, policy = dashboard._template()
-            status, body = 200, template.replace("{{site_name}}", "vmpool").encode()
-            headers = {"Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": policy}
-        elif path in self.answers:
-            status, body = self.answers[path]
-        else:
-            self.send_error(404)
-            return
-        if status == 200 and path != "/dashboard/":
-            etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
-            headers["ETag"] = etag
-            if self.headers.get("If-None-Match") == etag:
-                status, body = 304, b""
-        self.send_response(status)
-        for name, value in {**headers, "Content-Length": str(len(body))}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-def answer(path: str, body: Any, status: int = 200) -> None:
-    Feeds.answers[path] = (status, body if isinstance(body, bytes) else json.dumps(body).encode())
+@pytest.fixture
+def feeds() -> Iterator[FeedServer]:
+    """The page's API, answering GOOD."""
+    with FeedServer(GOOD) as server:
+        yield server
 
 
 @pytest.fixture
-def page(tmp_path: Path) -> Iterator[BrowserPage]:
+def page(feeds: FeedServer, tmp_path: Path) -> Iterator[BrowserPage]:
     """The dashboard, its feeds answering GOOD, loaded and live."""
-    Feeds.answers = {}
-    for path, body in GOOD.items():
-        answer(path, body)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Feeds)
-    serving = threading.Thread(target=server.serve_forever, daemon=True)
-    serving.start()
     browser = BrowserPage(tmp_path / "profile")
     try:
         browser.call("Page.enable")
         browser.call("Page.addScriptToEvaluateOnNewDocument", source=TIMERS_AT_ONCE)
-        browser.call("Page.navigate", url=f"http://127.0.0.1:{server.server_address[1]}/dashboard/")
+        browser.call("Page.navigate", url=feeds.page_url)
         eventually(lambda: badge(browser)[0] == "live ok", 60, "the page to be live")
         yield browser
     finally:
         browser.close()
-        server.shutdown()
-        server.server_close()
-        serving.join()
 
 
 def badge(page: BrowserPage) -> tuple[str, str]:
@@ -119,12 +76,13 @@ def rows(page: BrowserPage) -> list[str]:
 @pytest.mark.parametrize("body", [None, [], {"pools": "none"}, {"status": {"ok": True}},
                                   b"<html>502 Bad Gateway</html>"],
                          ids=["null", "array", "pools-not-an-object", "no-pools", "not-json"])
-def test_a_status_answer_that_cannot_be_drawn_shows_as_a_problem_not_live(page: BrowserPage, body: Any) -> None:
+def test_a_status_answer_that_cannot_be_drawn_shows_as_a_problem_not_live(feeds: FeedServer, page: BrowserPage,
+                                                                          body: Any) -> None:
     """Before: ``null``, ``[]`` or an object without its pools was a 200, drawn as nothing (or
     thrown half way), and the badge said "live, updated <now>" at every poll; a 200 that was no
     JSON said "the API is unreachable"."""
     assert sorted(rows(page)) == sorted(POOLS)
-    answer("/api/v3/status", body)
+    feeds.answer("/api/v3/status", body)
     eventually(lambda: badge(page)[0] == "live stale", 60, "the badge to say the answers are not drawn")
     assert "the API's answer could not be drawn" in badge(page)[1]
     # Every later poll says so too: the bad answer is not kept and taken back as unchanged (304).
@@ -132,16 +90,17 @@ def test_a_status_answer_that_cannot_be_drawn_shows_as_a_problem_not_live(page: 
     eventually(lambda: page.evaluate("askedDelays.length") > polls + 6, 60, "more polls")
     assert badge(page)[0] == "live stale"
     assert sorted(rows(page)) == sorted(POOLS), "the last answer drawn stays on the page"
-    answer("/api/v3/status", GOOD["/api/v3/status"])
+    feeds.answer("/api/v3/status", GOOD["/api/v3/status"])
     eventually(lambda: badge(page)[0] == "live ok", 60, "the page to be live again")
 
 
-def test_a_page_that_lost_the_api_asks_again_within_a_minute_each_at_its_own_moment(page: BrowserPage) -> None:
+def test_a_page_that_lost_the_api_asks_again_within_a_minute_each_at_its_own_moment(feeds: FeedServer,
+                                                                                    page: BrowserPage) -> None:
     """Before: waits doubled up to 5 minutes, the same on every page (10, 20, 40, 80, 160, 300 s
     for /status): a page came back up to 5 minutes after the API did, and every page open when
     the API failed asked again in the same second."""
     for path in GOOD:
-        answer(path, {"ok": False}, status=503)
+        feeds.answer(path, {"ok": False}, status=503)
     page.evaluate("askedDelays.length = 0")
     eventually(lambda: page.evaluate("askedDelays.length") >= 60, 120, "the page's polls to fail many times")
     delays = [float(delay) for delay in page.evaluate("askedDelays")]

@@ -30,6 +30,7 @@ PYTHON_SOURCES = [ROOT / "app.py", *(ROOT / folder for folder in ("chalicelib", 
 
 _CALL = re.compile(r"redis\.p?call\(\s*'(\w+)'\s*,")
 _NUMKEYS_FIRST = {"ZINTERCARD", "SINTERCARD", "ZINTER", "ZUNION", "ZDIFF"}  # their keys follow a count
+_NO_KEYS = {"INFO"}  # its argument is a section name (names_hold.lua reads the replication id)
 _ASSIGNMENT = re.compile(r"^\s*(?:local\s+)?([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*)\s*=(?!=)\s*(.+)$")
 
 
@@ -120,6 +121,8 @@ def key_violations(source: str, may_derive: bool) -> list[str]:
             bound[name] = bound.get(name, True) and holds_key
     problems = []
     for call in _CALL.finditer(source):
+        if call.group(1).upper() in _NO_KEYS:
+            continue
         if call.group(1).upper() in _NUMKEYS_FIRST:  # ZINTERCARD numkeys key [key ...]
             arguments = _split_top_level(_rest_of_call(source, call.end()))
             count = int(arguments[0]) if arguments[0].isdigit() else 0

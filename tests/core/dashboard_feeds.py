@@ -1,0 +1,75 @@
+"""The API as the dashboard page sees it, for the browser tests: the page as the API serves it,
+and feed answers the test sets (and may change while the page runs), each 200 with an ETag as
+the API sends it (a 304 for a request that names it)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Mapping
+
+from chalicelib.api import dashboard
+
+
+class FeedServer:
+    """A loopback server of the dashboard page and ``answers`` (path -> JSON-able body, or bytes
+    sent as they are); a context manager that serves while it is entered."""
+
+    def __init__(self, answers: Mapping[str, Any]) -> None:
+        self.answers: dict[str, tuple[int, bytes]] = {}
+        for path, body in answers.items():
+            self.answer(path, body)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _FeedHandler)
+        self._server.feeds = self  # type: ignore[attr-defined]
+        self._serving = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def page_url(self) -> str:
+        """The dashboard page's address."""
+        return f"http://127.0.0.1:{self._server.server_address[1]}/dashboard/"
+
+    def answer(self, path: str, body: Any, status: int = 200) -> None:
+        """Answer ``path`` with ``body`` (bytes as they are, anything else as JSON) from now on."""
+        self.answers[path] = (status, body if isinstance(body, bytes) else json.dumps(body).encode())
+
+    def __enter__(self) -> FeedServer:
+        self._serving.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._serving.join()
+
+
+class _FeedHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        feeds: FeedServer = self.server.feeds  # type: ignore[attr-defined]
+        path = self.path.split("?")[0]
+        headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+        if path == "/dashboard/":
+            template, policy = dashboard._template()
+            status, body = 200, template.replace("{{site_name}}", "vmpool").encode()
+            headers = {"Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": policy}
+        elif path in feeds.answers:
+            status, body = feeds.answers[path]
+        else:
+            self.send_error(404)
+            return
+        if status == 200 and path != "/dashboard/":
+            etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+            headers["ETag"] = etag
+            if self.headers.get("If-None-Match") == etag:
+                status, body = 304, b""
+        self.send_response(status)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
