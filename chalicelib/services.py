@@ -322,12 +322,16 @@ class Services:
             prefix=self.store.keys.prefix,
         )
 
-    def _has_user(self, user: str) -> bool:
-        """Whether the ``:auth:`` directory still has ``user`` (AuthUnavailable when it cannot
-        tell, or cannot look users up)."""
+    def _has_user(self, user: str) -> bool | str:
+        """Whether the ``:auth:`` directory still has ``user``: the stable id of its entry when the
+        directory gives one (AuthUnavailable when it cannot tell, or cannot look users up)."""
         authenticator = self.authenticator
         if not isinstance(authenticator, UserDirectory) or not authenticator.looks_up_users:
             raise AuthUnavailable("the authentication provider cannot look users up")
+        user_entry = getattr(authenticator, "user_entry", None)
+        if callable(user_entry):
+            found: bool | str = user_entry(user)
+            return found
         return authenticator.has_user(user)
 
     @cached_property

@@ -72,7 +72,8 @@ def token_check(services: Services, request: ApiRequest) -> TokenCheck | None:
     if "token_check" not in request.memo:
         record = services.tokens.lookup(token.strip(), touch=False)
         # The user may have left since the token was made: the directory is asked every few minutes.
-        standing = None if record is None else services.directory_check.standing(record.user, record.created_at)
+        standing = None if record is None else services.directory_check.standing(record.user, record.created_at,
+                                                                                    record.entry_id)
         request.memo["token_check"] = TokenCheck(record, standing)
     check: TokenCheck = request.memo["token_check"]
     return check
@@ -86,7 +87,8 @@ def path_token_check(services: Services, request: ApiRequest) -> TokenCheck:
     answer otherwise (the token deleted, or its user's answer renewed, in between)."""
     if "path_token_check" not in request.memo:
         record = services.tokens.lookup(request.params.get("token", ""), touch=False)
-        standing = None if record is None else services.directory_check.standing(record.user, record.created_at)
+        standing = None if record is None else services.directory_check.standing(record.user, record.created_at,
+                                                                                    record.entry_id)
         request.memo["path_token_check"] = TokenCheck(record, standing)
     check: TokenCheck = request.memo["path_token_check"]
     return check

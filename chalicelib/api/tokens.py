@@ -74,14 +74,20 @@ def _login_service(services: Services) -> LoginService:
 
 def _basic_user(services: Services, request: ApiRequest) -> str:
     """The user whose HTTP Basic credentials came with the request; 401/429/503 otherwise."""
+    return _basic_login(services, request)[0]
+
+
+def _basic_login(services: Services, request: ApiRequest) -> tuple[str, str | None]:
+    """``_basic_user`` and the stable id of the directory entry the login bound as (None when the
+    directory gives none)."""
     logins = _login_service(services)
     began = services.clock.now()
     result = logins.login(request.header("Authorization"), request.source_ip or None)
     if result.outcome is LoginOutcome.OK and result.user is not None:
         # The directory found the user, as of the login's start: an answer recorded since (the
         # entry removed while the login was under way) is the later one and stands.
-        services.directory_check.logged_in(result.user, began)
-        return result.user
+        services.directory_check.logged_in(result.user, began, result.entry_id)
+        return result.user, result.entry_id
     if result.outcome is LoginOutcome.RATE_LIMITED:
         wait = result.retry_after or 1
         raise ApiError(
@@ -98,9 +104,11 @@ def _basic_user(services: Services, request: ApiRequest) -> str:
 
 def create_token(services: Services, request: ApiRequest) -> ApiResponse:
     """POST /token: a new token for the Basic-authenticated user, shown this once."""
-    user = _basic_user(services, request)
+    user, entry_id = _basic_login(services, request)
     try:
-        token = services.tokens.create(user)
+        # The entry's id goes with the token: should the name later be another person's entry,
+        # the directory check refuses it (auth/directory_check.py).
+        token = services.tokens.create(user, entry_id)
     except TooManyTokens:
         limit = services.config.service.max_tokens_per_user
         message = f"you have {limit} tokens already; delete one first (DELETE /token/<id>)"

@@ -73,6 +73,9 @@ class LoginResult:
     user: str | None = None
     retry_after: int | None = None
     message: str | None = None
+    entry_id: str | None = None
+    """The stable id of the directory entry the login bound as (``ldap.entry_id``), None when the
+    backend has none: saved with the token, so a name given to someone else later is not them."""
 
     @property
     def ok(self) -> bool:
@@ -116,25 +119,32 @@ class LoginService:
                     message = "too many failed logins, try again later"
                 return LoginResult(LoginOutcome.RATE_LIMITED, retry_after=refusal.retry_after, message=message)
         try:
-            name = self._login_name(user, password)
+            found = self._login_entry(user, password)
         except AuthUnavailable as error:
             if self.limiter is not None:
                 # an outage is not a failed login
                 self.limiter.settle(user, address, attempt, succeeded=None)
             return LoginResult(LoginOutcome.UNAVAILABLE, message=str(error))
         if self.limiter is not None:
-            self.limiter.settle(user, address, attempt, succeeded=name is not None)
-        if name is None:
+            self.limiter.settle(user, address, attempt, succeeded=found is not None)
+        if found is None:
             return LoginResult(LoginOutcome.INVALID)
+        name, entry_id = found
         # The directory matched the name case-insensitively (ALICE logs in as alice), or by
         # another of the entry's names: the user owns tokens and VMs under the canonical form of
         # the name the directory gives the entry, so every spelling and every name of it is the
         # one user, with one set of tokens and one limit.
-        return LoginResult(LoginOutcome.OK, user=canonical_user(name))
+        return LoginResult(LoginOutcome.OK, user=canonical_user(name), entry_id=entry_id)
 
-    def _login_name(self, user: str, password: str) -> str | None:
+    def _login_entry(self, user: str, password: str) -> tuple[str, str | None] | None:
         """The backend's name for whom the credentials log in as (the name typed when the backend
-        has no names of its own to give), None when refused."""
+        has no names of its own to give) and its entry's stable id (None when it has none), None
+        when refused."""
+        login_entry = getattr(self.authenticator, "login_entry", None)
+        if callable(login_entry):
+            found: tuple[str, str | None] | None = login_entry(user, password)
+            return found
         if isinstance(self.authenticator, NamingAuthenticator):
-            return self.authenticator.login_name(user, password)
-        return user if self.authenticator.authenticate(user, password) else None
+            name = self.authenticator.login_name(user, password)
+            return None if name is None else (name, None)
+        return (user, None) if self.authenticator.authenticate(user, password) else None

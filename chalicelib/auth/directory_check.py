@@ -18,6 +18,13 @@ question (``CLAIM_SECONDS``) while the user's other requests go by the last answ
 many requests at once do not each bind to the directory.
 
 A successful login records the user as present (the directory has just said so).
+
+A user name may later be given to another person (a new entry, same uid). So that the departed
+person's tokens do not act as the new one, a token saves the stable id of the entry its login
+bound as (OpenLDAP's entryUUID, Active Directory's objectGUID: ``TokenRecord.entry_id``), each
+answer keeps the id of the entry found (``entry``), and a token whose id is not the one found is
+refused as its user's removal is (REMOVED). A token without an id (made before ids were saved)
+or an answer without one (a directory that gives none) goes by the name only, as before.
 """
 
 from __future__ import annotations
@@ -65,10 +72,12 @@ def user_hash(user: str) -> str:
 class DirectoryCheck:
     """Looks a token's user up in the directory at most every ``interval_minutes``.
 
-    ``lookup`` answers whether the directory still has the user (raising AuthUnavailable when
-    it cannot tell); None, or an interval of 0, turns the check off (every user is PRESENT)."""
+    ``lookup`` answers whether the directory still has the user: False when not, the stable id
+    of the entry found (``ldap.entry_id``) or True when found without one (raising
+    AuthUnavailable when it cannot tell); None, or an interval of 0, turns the check off (every
+    user is PRESENT)."""
 
-    def __init__(self, redis: Any, clock: Clock, lookup: Callable[[str], bool] | None, *,
+    def __init__(self, redis: Any, clock: Clock, lookup: Callable[[str], bool | str] | None, *,
                  interval_minutes: int, grace_minutes: int, prefix: str = DEFAULT_PREFIX) -> None:
         self.redis = redis
         self.clock = clock
@@ -91,22 +100,25 @@ class DirectoryCheck:
         """A record is of use while its answer is fresh or, for a present user, within the grace."""
         return max(60, int(self.interval + self.grace))
 
-    def _record(self, user: str, asked: float, present: bool | None) -> None:
+    def _record(self, user: str, asked: float, present: bool | None, entry_id: str | None = None) -> None:
         flag = "" if present is None else "1" if present else "0"
-        self._answer(keys=[self._key(user)], args=[repr(asked), flag, self._record_ttl])
+        self._answer(keys=[self._key(user)], args=[repr(asked), flag, self._record_ttl, entry_id or ""])
 
-    def logged_in(self, user: str, asked: float | None = None) -> None:
-        """The directory has accepted ``user``'s password: it is there, as of ``asked``, when the
-        login began (default now). Recorded as of then, not as of the login's end: an answer
-        about the user recorded meanwhile (the entry removed while the login was under way) is
-        the later one and stands (lua/directory_answer.lua keeps the later question's answer)."""
+    def logged_in(self, user: str, asked: float | None = None, entry_id: str | None = None) -> None:
+        """The directory has accepted ``user``'s password: it is there, as the entry ``entry_id``
+        (when known), as of ``asked``, when the login began (default now). Recorded as of then,
+        not as of the login's end: an answer about the user recorded meanwhile (the entry removed
+        while the login was under way) is the later one and stands (lua/directory_answer.lua
+        keeps the later question's answer)."""
         if self.enabled:
-            self._record(user, self.clock.now() if asked is None else asked, True)
+            self._record(user, self.clock.now() if asked is None else asked, True, entry_id)
 
-    def standing(self, user: str, logged_in_at: float | None = None) -> Standing:
-        """PRESENT, REMOVED or UNKNOWN (see the module doc). ``logged_in_at``: when the user is
-        known to have logged in (the token's creation), an answer as good as a lookup's. Redis
-        errors propagate (503)."""
+    def standing(self, user: str, logged_in_at: float | None = None, entry_id: str | None = None) -> Standing:
+        """PRESENT, REMOVED or UNKNOWN (see the module doc) for a token of ``user`` made at
+        ``logged_in_at`` (its creation: the user had just logged in, an answer as good as a
+        lookup's) as the directory entry ``entry_id`` (None: unknown, the name alone decides).
+        REMOVED too when the directory's entry of that name is another one. Redis errors
+        propagate (503)."""
         if self.lookup is None:
             return Standing.PRESENT
         now = self.clock.now()
@@ -116,21 +128,31 @@ class DirectoryCheck:
         if logged_in_at is not None and (good is None or logged_in_at > good):
             good = logged_in_at
 
+        def answered(found: bool, found_entry: str | None) -> Standing:
+            if not found:
+                return Standing.REMOVED
+            if entry_id and found_entry and found_entry != entry_id:
+                # The name is another entry's now (given to someone else): not this token's user.
+                return Standing.REMOVED
+            return Standing.PRESENT
+
+        kept_entry = fields.get("entry") or None
+
         def last_answer() -> Standing:
             if present == "0":
                 return Standing.REMOVED
             if good is not None and now - good <= self.grace:
-                return Standing.PRESENT
+                return answered(True, kept_entry)
             return Standing.UNKNOWN
 
         if asked is not None and present in ("0", "1") and now - asked < self.interval:
-            return Standing.PRESENT if present == "1" else Standing.REMOVED
+            return answered(present == "1", kept_entry)
         if failed is not None and now - failed < RETRY_SECONDS:
             return last_answer()
         if present in ("0", "1") and not self._claim(keys=[self._key(user)],
                                                       args=[repr(now), CLAIM_SECONDS, self._record_ttl]):
             # Another request is asking right now: its answer comes in a moment.
-            return Standing.PRESENT if present == "1" else Standing.REMOVED
+            return answered(present == "1", kept_entry)
         try:
             found = self.lookup(user)
         except (AuthUnavailable, AuthConfigError) as error:  # an unreadable CA file: an outage too
@@ -140,8 +162,13 @@ class DirectoryCheck:
                            "the last answer stands" if standing is not Standing.UNKNOWN else "no answer to go by",
                            extra={"user": user, "error": str(error)})
             return standing
-        self._record(user, now, found)
+        found_entry = found if isinstance(found, str) else None
+        self._record(user, now, bool(found), found_entry)
         if not found:
             logger.warning("a token's user is no longer in the directory: its tokens are refused",
                            extra={"user": user})
-        return Standing.PRESENT if found else Standing.REMOVED
+        standing = answered(bool(found), found_entry)
+        if found and standing is Standing.REMOVED:
+            logger.warning("a token's user name is another directory entry's now: the token is refused",
+                           extra={"user": user})
+        return standing

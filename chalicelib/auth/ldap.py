@@ -33,6 +33,7 @@ import math
 import socket
 import ssl
 import time
+import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
@@ -66,6 +67,11 @@ _CASE_IGNORE_IA5_MATCH = "1.3.6.1.4.1.1466.109.114.2"
 
 # The name of the entry the service-account mode binds as when a user name finds no entry.
 _ABSENT_ENTRY = "vmpool-no-such-user"
+
+ENTRY_ID_ATTRIBUTES = ("entryUUID", "objectGUID")
+"""The operational attributes naming an entry for its whole life (OpenLDAP and RFC 4530's
+entryUUID, Active Directory's objectGUID), asked for by name with the user_objects: a name given
+to another person later is another entry, with another id (auth/directory_check.py)."""
 
 __all__ = ["LdapAuthenticator", "LdapSettings", "parse_ldap_settings"]
 
@@ -125,18 +131,24 @@ class LdapAuthenticator:
     def login_name(self, username: str, password: str) -> str | None:
         """The directory's name for the entry the credentials bind as (see the module doc), None
         when they are refused. Raises AuthUnavailable when the directory cannot answer."""
+        entry = self.login_entry(username, password)
+        return None if entry is None else entry[0]
+
+    def login_entry(self, username: str, password: str) -> tuple[str, str | None] | None:
+        """``login_name``'s name with the entry's stable id (``entry_id``; None when the directory
+        shows none), None when the credentials are refused. Raises AuthUnavailable."""
         if not acceptable_credentials(username, password):
             return None
         with self._session("login") as connection:
             if self.settings.uses_service_account:
-                name = self._search_and_bind(connection, username, password)
+                found = self._search_and_bind(connection, username, password)
             else:
-                name = self._direct_bind(connection, username, password)
-        if name is not None:
-            logger.info("LDAP login accepted for %s as %s", _identity(username), _identity(name))
+                found = self._direct_bind(connection, username, password)
+        if found is not None:
+            logger.info("LDAP login accepted for %s as %s", _identity(username), _identity(found[0]))
         else:
             logger.info("LDAP login refused for %s", _identity(username))
-        return name
+        return found
 
     @property
     def looks_up_users(self) -> bool:
@@ -149,13 +161,21 @@ class LdapAuthenticator:
         configured bases by the configured user_objects, as a login finds it (none or several:
         False). One service-account bind and the searches, no bind as the user. Raises
         AuthUnavailable when the directory cannot answer, or without a service account."""
+        return self.user_entry(username) is not False
+
+    def user_entry(self, username: str) -> str | bool:
+        """``has_user``'s answer, with the entry's stable id when the directory shows one: the id
+        (``entry_id``) when found with one, True when found without, False when not found."""
         if not self.looks_up_users:
             raise AuthUnavailable("looking up users needs service_account_hash")
         if not acceptable_credentials(username, "-"):
             return False
         with self._session("user check") as connection:
             self._bind_service_account(connection)
-            return len(self._find_user(connection, username)) == 1
+            found = self._find_entries(connection, username)
+            if len(found) != 1:
+                return False
+            return entry_id(next(iter(found.values()))) or True
 
     def member_of_any(self, username: str, groups: Sequence[str]) -> bool:
         """Whether the user is a member of one of ``groups`` (group DNs): a group entry lists
@@ -258,7 +278,7 @@ class LdapAuthenticator:
         logger.error("%s answered a bind with %s (%s)", self._where, code, description)
         raise AuthUnavailable(f"{self._where} refused to process the login ({description})")
 
-    def _direct_bind(self, connection: Connection, username: str, password: str) -> str | None:
+    def _direct_bind(self, connection: Connection, username: str, password: str) -> tuple[str, str | None] | None:
         rdn_value = escape_rdn(username)
         candidates = [f"{attribute}={rdn_value},{base}"
                       for base in self.settings.bases for attribute in self.settings.user_objects]
@@ -275,7 +295,8 @@ class LdapAuthenticator:
                     logger.warning("LDAP entries %s all match %s: ambiguous, ignored", [own or dn, *others],
                                    _identity(username))
                     return None
-                return self._entry_name(self._read_own_entry(connection, dn), username)
+                own_entry = self._read_own_entry(connection, dn)
+                return self._entry_name(own_entry, username), entry_id(own_entry)
         return None
 
     def _visible_dn(self, connection: Connection, dn: str) -> str | None:
@@ -291,12 +312,12 @@ class LdapAuthenticator:
     def _read_own_entry(self, connection: Connection, dn: str) -> dict[str, Any]:
         """The user_object attributes of the entry just bound as, read as that user ({} when the
         directory shows none of them: the caller keeps the name typed)."""
-        connection.search(dn, "(objectClass=*)", search_scope=BASE, attributes=list(self.settings.user_objects),
+        connection.search(dn, "(objectClass=*)", search_scope=BASE, attributes=self._wanted_attributes,
                           size_limit=1, time_limit=max(1, int(self.settings.receive_timeout)))
         code = (connection.result or {}).get("result")
         for item in connection.response or []:
             if code == 0 and item.get("type") == "searchResEntry":
-                return dict(item.get("attributes") or {})
+                return _with_raw_ids(item)
         logger.warning("%s let the user bound as %r read none of %s of its entry (result %s): "
                        "the name typed names the user", self._where, dn, list(self.settings.user_objects), code)
         return {}
@@ -352,13 +373,20 @@ class LdapAuthenticator:
             return {}
         return candidates
 
-    def _search_and_bind(self, connection: Connection, username: str, password: str) -> str | None:
+    @property
+    def _wanted_attributes(self) -> list[str]:
+        """The attributes read of a user's entry: its names and its stable id (operational: only
+        returned when asked for by name; a directory without one ignores the name)."""
+        return [*self.settings.user_objects, *ENTRY_ID_ATTRIBUTES]
+
+    def _search_and_bind(self, connection: Connection, username: str,
+                         password: str) -> tuple[str, str | None] | None:
         self._bind_service_account(connection)
         # Every search ran as the service account; now bind as each entry found.
         found = self._find_entries(connection, username)
         for dn, attributes in found.items():
             if self._bind(connection, dn, password):
-                return self._entry_name(attributes, username)
+                return self._entry_name(attributes, username), entry_id(attributes)
         if not found:
             # No entry has the name (or several have): bind anyway, as an entry that does not
             # exist, so that the login takes the round trips a wrong password takes and a caller
@@ -372,13 +400,13 @@ class LdapAuthenticator:
             base,
             search_filter,
             search_scope=SUBTREE,
-            attributes=list(self.settings.user_objects),
+            attributes=self._wanted_attributes,
             size_limit=2,
             time_limit=max(1, int(self.settings.receive_timeout)),
         )
         code = (connection.result or {}).get("result")
         entries = [
-            (item["dn"], dict(item.get("attributes") or {}))
+            (item["dn"], _with_raw_ids(item))
             for item in (connection.response or []) if item.get("type") == "searchResEntry"
         ]
         if code == 4 or len(entries) > 1:  # sizeLimitExceeded: the name is not unique
@@ -401,6 +429,37 @@ class LdapAuthenticator:
             logger.error("%s answered a search with %s (%s)", self._where, code, description)
             raise AuthUnavailable(f"{self._where} could not search for the user ({description})")
         return entries
+
+
+def _with_raw_ids(item: dict[str, Any]) -> dict[str, Any]:
+    """A search result entry's attributes, its stable-id attributes as the bytes the directory
+    sent (ldap3 formats some by their names, others not, without the schema it does not read)."""
+    attributes = dict(item.get("attributes") or {})
+    raw = {name.lower(): values for name, values in (item.get("raw_attributes") or {}).items()}
+    for name in ENTRY_ID_ATTRIBUTES:
+        attributes.pop(name, None)
+        if raw.get(name.lower()):
+            attributes[name] = raw[name.lower()]
+    return attributes
+
+
+def entry_id(attributes: dict[str, Any]) -> str | None:
+    """The entry's stable id, read with ``_with_raw_ids``: ``entryUUID:<uuid>`` or
+    ``objectGUID:<uuid>`` (the 16 bytes Active Directory sends, little-endian as it shows them),
+    None when the entry shows neither (another directory, or one that hides them)."""
+    by_name = {name.lower(): values for name, values in attributes.items()}
+    for name in ENTRY_ID_ATTRIBUTES:
+        values = by_name.get(name.lower())
+        value = values[0] if isinstance(values, list) and values else values
+        if not isinstance(value, bytes | bytearray) or not value:
+            continue
+        try:
+            if len(value) == 16:
+                return f"{name}:{uuid.UUID(bytes_le=bytes(value))}"
+            return f"{name}:{uuid.UUID(value.decode('ascii').strip())}"
+        except (ValueError, UnicodeDecodeError):
+            logger.warning("an LDAP entry's %s is not a UUID: not used to tell entries apart", name)
+    return None
 
 
 class _StartTlsRefused(LDAPException):

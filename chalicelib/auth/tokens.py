@@ -2,7 +2,9 @@
 
 Redis layout (every key under ``vmpool:``)::
 
-    vmpool:token:<sha256 hex of the token>   hash: user, created, last   (ISO-8601 UTC)
+    vmpool:token:<sha256 hex of the token>   hash: user, created, last   (ISO-8601 UTC),
+                                             entry (the stable id of the user's directory
+                                             entry at login, when the directory gives one)
     vmpool:user:<user>:tokens                set of the user's token hashes
     vmpool:user:<user>:token_times           the same hashes, scored by when each was made
 
@@ -25,6 +27,7 @@ config with another ttl is in effect, so an unused token's key does not vanish o
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import re
@@ -76,6 +79,10 @@ class TokenRecord:
     created: str
     last: str
     expires: str | None = None
+    entry_id: str | None = None
+    """The stable id of the directory entry its user logged in as (auth/ldap.py ``entry_id``):
+    the directory check refuses the token once the name is another entry's. None for a token made
+    before ids were saved, or by a directory that gives none (the check goes by the name)."""
 
     @property
     def created_at(self) -> float | None:
@@ -161,8 +168,9 @@ class TokenStore:
     def _times_key(self, user: str) -> str:
         return self.keys.user_token_times(user)
 
-    def create(self, user: str) -> str:
-        """A new token for user. The token is returned once and is not stored anywhere.
+    def create(self, user: str, entry_id: str | None = None) -> str:
+        """A new token for user (logged in as the directory entry ``entry_id``, when known).
+        The token is returned once and is not stored anywhere.
         Raises TooManyTokens when the user has ``max_per_user`` live tokens, TokenNotDurable
         (the token deleted again) when no replica acknowledged it in time (``replicated``),
         StoreUnavailable (nothing made) when the script reached Redis after the caller's socket
@@ -182,7 +190,7 @@ class TokenStore:
             # The script refuses an existing hash: the (astronomically unlikely) collision retries.
             created = self._create_settled([key, *keys], [
                 user, made, ttl, token_hash, self.max_per_user, int(_parse_iso(made) or 0), cutoff,
-                self._token_key(KEY_PART), answer_deadline(self.redis), *live])
+                self._token_key(KEY_PART), answer_deadline(self.redis), entry_id or "", *live])
             if created == -2:
                 # The user's tokens were made before token_times counted them (or by an older
                 # version): read once, as GET /token lists them (forgetting those past the ttl).
@@ -242,6 +250,7 @@ class TokenStore:
             created=created,
             last=fields.get("last", created),
             expires=expires,
+            entry_id=fields.get("entry") or None,
         )
 
     def _seconds_left(self, created: str) -> int:
@@ -310,7 +319,7 @@ class TokenStore:
         was deleted meanwhile)."""
         now = iso(self.clock.now())
         if self._touch(keys=[self._token_key(record.token_hash)], args=[now, self._seconds_left(record.created)]):
-            return TokenRecord(record.id, record.token_hash, record.user, record.created, now, record.expires)
+            return dataclasses.replace(record, last=now)
         return record
 
     def list_for_user(self, user: str) -> list[TokenRecord]:

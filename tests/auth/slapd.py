@@ -46,6 +46,8 @@ SERVICE_PASSWORD = "svc-Secret-42"
 ROOT_DN = f"cn=admin,{BASE}"
 ROOT_PASSWORD = "root-Secret-43"
 """The directory's administrator: tests add and remove entries as it (``add_user``, ``remove``)."""
+RELAX_CONTROL = "1.3.6.1.4.1.4203.666.5.12"
+"""OpenLDAP's Relax Rules control: lets the administrator set an entry's entryUUID."""
 
 # user name -> (DN, password). The user name is what a client types (uid for every entry).
 USERS: dict[str, tuple[str, str]] = {
@@ -283,13 +285,25 @@ class SlapdServer:
         return Connection(Server(self.host, port=self.port), user=ROOT_DN, password=ROOT_PASSWORD,
                           auto_bind=True, raise_exceptions=True)
 
-    def add_user(self, user: str, password: str, base: str = USERS_OU) -> str:
-        """A new entry ``uid=<user>,<base>`` (for a test that removes it again); its DN."""
+    def add_user(self, user: str, password: str, base: str = USERS_OU, entry_uuid: str | None = None) -> str:
+        """A new entry ``uid=<user>,<base>`` (for a test that removes it again); its DN. The
+        directory gives it a new entryUUID, unless ``entry_uuid`` (an entry restored from a
+        backup keeps its own: slapadd, or an add with the Relax control as here)."""
         dn = f"uid={user},{base}"
+        attributes = {"uid": user, "cn": f"{user} cn", "sn": user, "userPassword": password}
+        controls = None
+        if entry_uuid is not None:
+            attributes["entryUUID"] = entry_uuid
+            controls = [(RELAX_CONTROL, True, None)]
         with self._as_administrator() as connection:
-            connection.add(dn, ["inetOrgPerson"], {"uid": user, "cn": f"{user} cn", "sn": user,
-                                                   "userPassword": password})
+            connection.add(dn, ["inetOrgPerson"], attributes, controls=controls)
         return dn
+
+    def entry_uuid(self, dn: str) -> str:
+        """The entry's entryUUID (an operational attribute: asked for by name)."""
+        with self._as_administrator() as connection:
+            connection.search(dn, "(objectClass=*)", search_scope="BASE", attributes=["entryUUID"])
+            return str(connection.response[0]["raw_attributes"]["entryUUID"][0].decode())
 
     def set_password(self, dn: str, password: str) -> None:
         """Replace an entry's password, as an operator disabling an account without removing it does."""

@@ -7,6 +7,7 @@ import logging
 import socket
 import threading
 import time
+import uuid
 
 import pytest
 import yaml
@@ -532,3 +533,15 @@ def test_an_entry_with_several_names_is_named_by_the_one_typed_else_the_least():
     with SlapdServer(extra_ldif=entry) as directory:
         auth = with_service_account(directory)
         assert [auth.login_name(name, "zoe-Pass-9") for name in ("zoe", "ANNA", "zoe cn")] == ["zoe", "Anna", "Anna"]
+
+
+def test_an_active_directory_objectguid_names_the_entry_as_ad_shows_it():
+    """Active Directory sends objectGUID as 16 bytes, little-endian in its first three fields: the
+    id saved with a token is the GUID AD's tools show, so two entries of one name differ."""
+    from chalicelib.auth.ldap import entry_id
+
+    guid = uuid.UUID("5f8b2c3a-1d4e-4a6b-9c7d-0e1f2a3b4c5d")
+    assert entry_id({"objectGUID": [guid.bytes_le]}) == f"objectGUID:{guid}"
+    assert entry_id({"entryUUID": [str(guid).encode()]}) == f"entryUUID:{guid}"
+    assert entry_id({"uid": ["alice"]}) is None
+    assert entry_id({"entryUUID": [b"not-a-uuid"]}) is None

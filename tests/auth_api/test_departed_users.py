@@ -119,12 +119,84 @@ def test_a_user_back_in_the_directory_is_let_in_at_the_next_check(
     name, password = leaver
     token = api.new_token(name, password)
     dn = f"uid={name},{slapd.users_base}"
+    entry_uuid = slapd.entry_uuid(dn)
     slapd.remove(dn)
     api.clock.advance(5 * 60)
     assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 401
-    slapd.add_user(name, password)  # removed by mistake, put back
+    slapd.add_user(name, password, entry_uuid=entry_uuid)  # removed by mistake, restored from a backup
     assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 401
     api.clock.advance(5 * 60)
+    assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 200
+
+
+def test_a_user_name_given_to_a_new_entry_does_not_inherit_the_departed_users_tokens(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """The departed person's entry removed and the uid given to a newcomer (a new entry: a new
+    entryUUID): the departed person's tokens are refused at the next check, as a removed user's,
+    though the name is in the directory; the newcomer logs in and works. Before, the old tokens
+    acted as the newcomer (returned and extended their VMs)."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10)))
+    api.fill(POOL)
+    name, password = leaver
+    old_token = api.new_token(name, password)
+    old_vm = api.checkout(POOL, old_token)
+    dn = f"uid={name},{slapd.users_base}"
+    slapd.remove(dn)
+    newcomer_password = secrets.token_urlsafe(12)
+    slapd.add_user(name, newcomer_password)
+    old = {"X-AUTH-TOKEN": old_token}
+    api.clock.advance(10 * 60)
+    for method, path, body in (("POST", f"/api/v3/vm/{POOL}", None), ("PUT", f"/api/v3/vm/{old_vm}", {"lifetime": 4}),
+                               ("DELETE", f"/api/v3/vm/{old_vm}", None), ("GET", f"/api/v3/token/{old_token}", None)):
+        reply = api.call(method, path, headers=old if method != "GET" else None, body=body)
+        assert (reply.status, reply.body) == (401, GONE), (method, path)
+    assert api.state_of(old_vm) == "running"
+    # The departed person's password is the old entry's: refused. The newcomer's login works.
+    assert api.call("POST", "/api/v3/token", headers=basic(name, password)).status == 401
+    new_token = api.new_token(name, newcomer_password)
+    assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": new_token}).status == 200
+    assert api.call("POST", f"/api/v3/vm/{POOL}", headers=old).status == 401
+    # Nothing of either token says which entry it was: no id or secret in the answers.
+    described = api.call("GET", f"/api/v3/token/{new_token}")
+    assert described.status == 200 and "entryuuid" not in str(described.body).lower()
+
+
+def test_a_newcomers_login_ends_the_departed_users_tokens_at_once(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """The newcomer's login is the directory's latest answer about the name: the departed person's
+    tokens are refused from then on, not only once the last answer is directory_check_minutes old."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10)))
+    api.fill(POOL)
+    name, password = leaver
+    old_token = api.new_token(name, password)
+    asked = counting_lookups(api)
+    slapd.remove(f"uid={name},{slapd.users_base}")
+    newcomer_password = secrets.token_urlsafe(12)
+    slapd.add_user(name, newcomer_password)
+    assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": old_token}).status == 200  # cached
+    new_token = api.new_token(name, newcomer_password)
+    reply = api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": old_token})
+    assert (reply.status, reply.body) == (401, GONE)
+    assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": new_token}).status == 200
+    assert asked == []  # no directory lookup per request: the login's answer served
+
+
+def test_a_token_made_before_entry_ids_were_saved_goes_by_the_name(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """What docs/auth.md says of tokens made by an earlier version (no entry id in their record):
+    checked by the name only, as before: the name found again keeps them working."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10)))
+    api.fill(POOL)
+    name, password = leaver
+    token = api.new_token(name, password)
+    record = api.services.tokens.keys.token(hashlib.sha256(token.encode()).hexdigest())
+    assert api.services.client.hdel(record, "entry") == 1  # as an earlier version made it
+    slapd.remove(f"uid={name},{slapd.users_base}")
+    slapd.add_user(name, secrets.token_urlsafe(12))
+    api.clock.advance(10 * 60)
     assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 200
 
 
@@ -237,6 +309,7 @@ def test_a_removed_users_token_status_is_401_like_every_use_of_the_token(
     name, password = leaver
     token = api.new_token(name, password)
     mine = api.checkout(POOL, token)
+    entry_uuid = slapd.entry_uuid(f"uid={name},{slapd.users_base}")
     slapd.remove(f"uid={name},{slapd.users_base}")
     api.clock.advance(10 * 60)
     for headers in ({}, {"X-AUTH-TOKEN": token}):
@@ -247,8 +320,8 @@ def test_a_removed_users_token_status_is_401_like_every_use_of_the_token(
     for method, path in (("GET", "/api/v3/token"), ("POST", "/api/v3/token"), ("GET", f"/api/v3/token/{token}"),
                          ("DELETE", f"/api/v3/token/{token}")):
         assert api.call(method, path, headers=basic(name, password)).status == 401, (method, path)
-    # Put back, the user is answered again at the next check.
-    slapd.add_user(name, password)
+    # Put back (restored, the same entry), the user is answered again at the next check.
+    slapd.add_user(name, password, entry_uuid=entry_uuid)
     api.clock.advance(10 * 60)
     assert api.call("GET", f"/api/v3/token/{token}").body[token]["vms"] == {"running": [mine]}
 
@@ -308,10 +381,10 @@ def test_a_login_under_way_when_the_user_is_found_removed_does_not_bring_them_ba
     api.clock.advance(11 * 60)  # the older token's answer is due again
     logins = api.services.logins
     assert logins is not None
-    bind = logins.authenticator.login_name  # type: ignore[attr-defined]
+    bind = logins.authenticator.login_entry  # type: ignore[attr-defined]
     seen: list[int] = []
 
-    def removed_while_logging_in(user: str, given: str) -> str | None:
+    def removed_while_logging_in(user: str, given: str) -> tuple[str, str | None] | None:
         found = bind(user, given)
         slapd.remove(f"uid={name},{slapd.users_base}")
         api.clock.advance(1)
@@ -321,7 +394,7 @@ def test_a_login_under_way_when_the_user_is_found_removed_does_not_bring_them_ba
         api.clock.advance(1)
         return found
 
-    logins.authenticator.login_name = removed_while_logging_in  # type: ignore[attr-defined]
+    logins.authenticator.login_entry = removed_while_logging_in  # type: ignore[attr-defined]
     made = api.call("POST", "/api/v3/token", headers=basic(name, password))
     assert seen[-1] == 401, seen  # the directory said "gone" while the login was under way
     assert made.status == 200, made.raw  # the bind succeeded: the token is made, and worth nothing
@@ -377,6 +450,7 @@ def test_an_administrator_lists_and_revokes_a_removed_users_tokens(
     api.fill(POOL)
     name, password = leaver
     kept, lost = api.new_token(name, password), api.new_token(name, password)
+    entry_uuid = slapd.entry_uuid(f"uid={name},{slapd.users_base}")
     slapd.remove(f"uid={name},{slapd.users_base}")
     api.clock.advance(10 * 60)
     admin, other = basic("alice", slapd.password("alice")), basic("bob", slapd.password("bob"))
@@ -400,8 +474,9 @@ def test_an_administrator_lists_and_revokes_a_removed_users_tokens(
     assert api.call("DELETE", f"/api/v3/token/{kept}", headers=admin).body == {"ok": True}
     assert api.call("GET", f"/api/v3/token?user={name}", headers=admin).status == 404
     assert api.client.smembers(api.store.keys.user_tokens(name)) == set()
-    # Put back in the directory, the user's old tokens stay revoked; bob's and alice's own are untouched.
-    slapd.add_user(name, password)
+    # Restored in the directory (the same entry), the user's old tokens stay revoked; bob's and
+    # alice's own are untouched.
+    slapd.add_user(name, password, entry_uuid=entry_uuid)
     api.clock.advance(10 * 60)
     for token in (kept, lost):
         assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 401

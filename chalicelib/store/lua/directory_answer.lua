@@ -1,9 +1,10 @@
 -- Record the directory's answer on whether a token's user is still there (auth/directory_check.py),
 -- unless a newer answer is recorded already: two checks of one user overlapping (the user removed
 -- between them) must leave the later question's answer, not the slower one's.
--- KEYS[1] the user's check record (hash: asked, present, good, failed).
+-- KEYS[1] the user's check record (hash: asked, present, good, failed, entry).
 -- ARGV[1] when the question was asked (epoch seconds), ARGV[2] '1' present, '0' not there, ''
--- the directory could not answer, ARGV[3] the record's time to live in seconds.
+-- the directory could not answer, ARGV[3] the record's time to live in seconds, ARGV[4] the
+-- stable id of the entry found ('' none given: the answer goes by the name only).
 -- Returns 1 when recorded, 0 when a newer answer was there.
 local key, asked, present = KEYS[1], tonumber(ARGV[1]), ARGV[2]
 if present == '' then
@@ -25,6 +26,11 @@ redis.call('HSET', key, 'asked', ARGV[1], 'present', present)
 redis.call('HDEL', key, 'failed')
 if present == '1' then
   redis.call('HSET', key, 'good', ARGV[1])
+end
+if present == '1' and (ARGV[4] or '') ~= '' then
+  redis.call('HSET', key, 'entry', ARGV[4])
+else
+  redis.call('HDEL', key, 'entry')
 end
 redis.call('EXPIRE', key, ARGV[3])
 return 1

@@ -10,8 +10,8 @@
 -- token made at or before it has expired; '-inf' without a ttl), the template of a token's
 -- record (keys.token(KEY_PART)), the deadline (ms of Redis's clock, '' for none:
 -- store/deadline.py) after which the API has given up on this answer and said the login failed
--- (503); then, only when the caller was asked to (-2), 'read' and the user's live tokens it
--- read: hash, score, hash, score...
+-- (503), the stable id of the user's directory entry ('' for none); then, only when the caller
+-- was asked to (-2), 'read' and the user's live tokens it read: hash, score, hash, score...
 -- The count is of token_times past the cutoff: O(log n) whatever the limit, the records unread.
 -- Both sets name the same hashes (every script that changes one changes the other); when their
 -- sizes differ (tokens made before token_times existed, or by an older version) the caller is
@@ -30,11 +30,11 @@ end
 local hashes, times = KEYS[2], KEYS[3]
 local cutoff = ARGV[7]
 if redis.call('SCARD', hashes) ~= redis.call('ZCARD', times) then
-  if ARGV[10] ~= 'read' then
+  if ARGV[11] ~= 'read' then
     return -2
   end
   redis.call('DEL', times)
-  for i = 11, #ARGV, 2 do
+  for i = 12, #ARGV, 2 do
     if redis.call('EXISTS', key_of(ARGV[8], ARGV[i])) == 1 then
       redis.call('ZADD', times, ARGV[i + 1], ARGV[i])
     end
@@ -60,6 +60,9 @@ if most > 0 and redis.call('ZCOUNT', times, '(' .. cutoff, '+inf') >= most then
   return -1
 end
 redis.call('HSET', KEYS[1], 'user', ARGV[1], 'created', ARGV[2], 'last', ARGV[2])
+if ARGV[10] ~= '' then
+  redis.call('HSET', KEYS[1], 'entry', ARGV[10])
+end
 if tonumber(ARGV[3]) > 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
