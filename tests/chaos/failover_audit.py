@@ -28,6 +28,9 @@ handed to two callers; no caller read another's tags; every VM a caller kept is 
 user's, and in the hypervisor; the pools converge (full, nothing pending or completed) and Redis
 matches the hypervisor; every error answer was a JSON 503 (never a 500, never past the client's
 10 s timeout); a fresh request after the faults answers at once. Exit status 1 on any problem.
+A pool that does not converge has its pending VMs' records printed (what holds each: its clone
+mark, task, request). Knobs for investigations: ``AUDIT_SETTLE`` (seconds the pools may take to
+converge, 40), ``AUDIT_DEMOTE_AFTER`` (seconds ``stoppromote`` leaves the old primary a primary, 1).
 """
 
 from __future__ import annotations
@@ -201,7 +204,7 @@ class Audit:
             time.sleep(pause)
             primary.send_signal(signal.SIGCONT)
         elif name == "stoppromote":
-            pair.stop_primary_and_promote(pause)
+            pair.stop_primary_and_promote(pause, demote_after=float(os.environ.get("AUDIT_DEMOTE_AFTER", "1")))
         elif name == "sched":
             os.killpg(self.scheduler.pid, signal.SIGSTOP)
             time.sleep(pause)
@@ -357,7 +360,7 @@ class Audit:
         status = connection.getresponse().status
         if status != 200 or time.monotonic() - started > 2:
             self.problems.append(f"after the faults /status answered {status} in {time.monotonic() - started:.1f} s")
-        self.check(self.wait_full(40))
+        self.check(self.wait_full(float(os.environ.get("AUDIT_SETTLE", "40"))))
 
     def check(self, counts: dict[str, dict[str, int]]) -> None:
         from chalicelib.clock import SystemClock
@@ -373,6 +376,8 @@ class Audit:
         for pool, size in POOLS.items():
             if counts.get(pool, {}).get("ready") != size or counts[pool]["pending"] or counts[pool]["completed"]:
                 self.problems.append(f"{pool} did not converge: {counts.get(pool)}")
+                for host, record in store.records(store.hostnames(pool, "pending")).items():
+                    self.log("pending", host, record.raw)  # what holds it: clone_asked, clone_task, request
             pool_config = config.pool(pool)
             assert pool_config is not None
             in_hypervisor = {vm.name for vm in provider.list_vms(pool_config)}
