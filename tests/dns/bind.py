@@ -12,8 +12,10 @@ Needs the Debian package ``bind9`` (``/usr/sbin/named``).
 from __future__ import annotations
 
 import base64
+import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -166,6 +168,13 @@ ns  IN A   127.0.0.1
         whichever named gave it."""
         assert self.process is not None
         return listening_pids(self.port, udp=True) == {self.process.pid}
+
+    def kill(self) -> None:
+        """Kill named with SIGKILL (an outage with no goodbye: nothing flushed, connections
+        reset); ``start`` brings it back on its port."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
     def stop(self) -> None:
         """Stop named; its TCP port stays held (``PortHold``) until it starts again on it or the

@@ -5,8 +5,6 @@ left behind deleted 50 to one update."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
@@ -128,9 +126,7 @@ def test_records_left_by_an_outage_are_deleted_in_one_update_and_a_second_run_ch
     world.passes("dns", 2)
     gone = sorted(world.hosts("dns", "ready"))
     assert len(gone) == LEFT
-    assert bind.process is not None
-    os.kill(bind.process.pid, signal.SIGKILL)
-    bind.process.wait()
+    bind.kill()
     for host in gone:
         world.store.move(host, "dns", "ready", "completed", world.clock.now(), reason="returned")
     world.passes("dns", 2)

@@ -387,9 +387,7 @@ def test_records_of_vms_destroyed_while_the_dns_server_was_killed_are_deleted_wh
     world.passes("dns", 3)
     gone = sorted(world.hosts("dns", "ready"))
     old_ips = ready_vms(world)
-    assert bind.process is not None
-    os.kill(bind.process.pid, signal.SIGKILL)
-    bind.process.wait()
+    bind.kill()
     for host in gone:
         world.store.move(host, "dns", "ready", "completed", world.clock.now(), reason="returned by its user")
     world.passes("dns", 3)
@@ -510,9 +508,7 @@ def test_a_removed_pool_is_forgotten_only_once_its_left_records_are_deleted(
     assert len(gone) == 2
     queue = SimpleNamespace(send=lambda messages: None)
     Ticker().tick(world.services, queue)  # the pool is known, so it can be drained
-    assert bind.process is not None
-    os.kill(bind.process.pid, signal.SIGKILL)
-    bind.process.wait()
+    bind.kill()
     config = world.services.config
     world.services.use_config(dataclasses.replace(config, pools=()))
 
@@ -612,9 +608,7 @@ def test_a_record_left_behind_by_an_outage_is_deleted_by_its_entry_after_the_poo
     world, published = published_then_reconfigured(make_harness, bind, dns_document(
         {"zone": bind.dns_config(), "other": bind.dns_config(domain=f"lab.{bind.zone}", zone=bind.zone)},
         "other"))
-    assert bind.process is not None
-    os.kill(bind.process.pid, signal.SIGKILL)
-    bind.process.wait()
+    bind.kill()
     return_all(world, published)
     world.passes("dns", 4)
     assert {world.state_of(host) for host in published} == {"destroyed"}
