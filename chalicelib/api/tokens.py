@@ -190,9 +190,9 @@ def _running_vms(services: Services, record: TokenRecord) -> list[str]:
     failover could lose it and the client that saw it listed would be told next that the VM does
     not exist. A checkout was answered only once a replica had it."""
     running = services.store.running_with(services.config.pool_names, "token_id", record.id)
-    delivered = [host for host, vm in services.store.records(running).items() if vm.raw.get("delivered_at")]
+    delivered = {host for host, vm in services.store.records(running).items() if vm.raw.get("delivered_at")}
     if delivered and not delivery_replicated(services):
-        running = [host for host in running if host not in set(delivered)]
+        running = [host for host in running if host not in delivered]
     return sorted(running)
 
 

@@ -435,8 +435,8 @@ class Store:
         """How long an owner's holdings set outlives its last change (longer than any lifetime
         worth counting; entries are pruned as they are read)."""
         self.demand_pools: Mapping[str, int] = {}
-        """Demand-sized pools, each with its demand ``max`` (``services.demand_sized_pools``)."""
-        """Pools with demand sizing: the checkout script counts their checkouts and misses."""
+        """Demand-sized pools, each with its demand ``max`` (``services.demand_sized_pools``): the
+        checkout script counts their checkouts and misses, a miss at most ``max`` VMs."""
 
     # --- reads --------------------------------------------------------------------------------
 
