@@ -62,6 +62,26 @@ def die_with_parent(expected_parent: int, sig: int = signal.SIGTERM) -> None:
         os.kill(os.getpid(), sig)
 
 
+def release_free_memory() -> None:
+    """Collect the garbage cycles left so far and hand the C heap's free pages back to the kernel
+    (glibc's ``malloc_trim``; nothing where the C library has none), before this process forks.
+
+    Importing the app leaves megabytes of freed memory in the C heap (compiling modules that
+    have no cached bytecode: 2.6 MB when ``PYTHONDONTWRITEBYTECODE`` is set, 0.8 MB with the
+    caches written), which glibc keeps for later allocations. A forked child maps every such
+    page it inherits, so each process forked after it counted them once more in its RSS: the
+    scheduler's process, gunicorn's arbiter and each HTTP worker (docs/performance.md, "Memory
+    (item 6)", sixth round)."""
+    import gc
+
+    gc.collect()
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):  # not glibc (musl, macOS): nothing to hand back this way
+        return
+    trim(0)
+
+
 def stops_with_this_process(env: dict[str, str]) -> dict[str, str]:
     """``env`` for a ``python -m local.run`` this process starts that must stop when this process
     dies, SIGKILLed included (a test run killed on its timeout, a benchmark killed): local.run

@@ -83,7 +83,7 @@ def _lock_state_dir() -> int:
 def _serve_http(port: int, workers: int, threads: int, parent: int,
                 ready: "multiprocessing.synchronize.Semaphore") -> None:
     """The HTTP front's process: gunicorn's arbiter, which forks the workers."""
-    from local.processes import die_with_parent
+    from local.processes import die_with_parent, release_free_memory
 
     # SIGKILL: an arbiter stopped (SIGSTOP) when the stack dies acts on no other signal, and its
     # workers (whose parent lives on, stopped) went on serving the port with nobody to stop them.
@@ -96,6 +96,7 @@ def _serve_http(port: int, workers: int, threads: int, parent: int,
         return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads)
 
     front = HttpFront(asgi_app, "127.0.0.1", port, workers, on_worker_ready=ready.release)
+    release_free_memory()  # what importing the front freed, before the workers are forked from here
     front.run()
 
 
@@ -562,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     # (a port or state directory in use, a bad config), for a stack that never started.
     say_stopped = False
     try:
-        from local.processes import PortHold, StopRequests, die_with_parent
+        from local.processes import PortHold, StopRequests, die_with_parent, release_free_memory
         from local.redis_server import RedisServer
 
         if os.environ.get("MAKELEVEL"):
@@ -620,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         # page they share with this process; 5-6 MB less PSS, docs/performance.md "Memory (item
         # 6)". The cost is bounded: what exists now and later becomes cyclic garbage (the first
         # config's objects after a reload) is kept, once.
+        release_free_memory()  # and what importing the app freed: else every forked process maps it
         gc.freeze()
         front, ready = _start_front("fork", args.port, workers, args.threads)
         for _ in range(workers):
