@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 import socket
@@ -72,8 +73,6 @@ def release_free_memory() -> None:
     page it inherits, so each process forked after it counted them once more in its RSS: the
     scheduler's process, gunicorn's arbiter and each HTTP worker (docs/performance.md, "Memory
     (item 6)", sixth round)."""
-    import gc
-
     gc.collect()
     try:
         trim = ctypes.CDLL(None).malloc_trim
