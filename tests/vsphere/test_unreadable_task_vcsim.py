@@ -11,14 +11,21 @@ import secrets
 from typing import Any, Callable
 
 import pytest
+import redis
+from pyVmomi import vim, vmodl
 
+from chalicelib.clock import FakeClock
 from chalicelib.manager.completed import CLONE_CANCEL_WAIT_SECONDS
+from chalicelib.manager.reconcile import reconcile_pool
 from chalicelib.providers.base import ProviderError, TaskStatus
 from chalicelib.providers.failures import FailureKind
+from chalicelib.providers.vsphere import inventory, templates
+from chalicelib.providers.vsphere import tasks as vsphere_tasks
+from chalicelib.store import Store
 from chalicelib.store.ondemand import CLONE_HELD
 from tests.harness import Harness, HarnessFactory
 from tests.support import eventually
-from tests.vsphere.vcsim import VcsimServer, vcsim_config
+from tests.vsphere.vcsim import Setup, VcsimServer, make_setup, vcsim_config
 
 POOL = "unreadable"
 REFUSED = "vCenter said NoPermission: the user may not read this task"
@@ -165,3 +172,56 @@ def test_a_task_read_that_cannot_reach_vcenter_still_ends_the_pass(
     with pytest.raises(ProviderError) as raised:
         harness.reconcile(POOL)
     assert raised.value.kind is FailureKind.CONNECTION
+
+
+def test_a_template_preparation_vcenter_cannot_read_holds_the_pool_only_until_the_clone_timeout(
+        private_vcsim: VcsimServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``create_template_delta_disks``: vCenter refuses to read the pool's template preparation
+    (NoPermission on the template): the pass goes on, the pool's clones held as while a
+    preparation is under way, for the clone ``timeout`` at most, then the pool refills from the
+    template as it is. Before, every pass ended at the template step: the pool never refilled."""
+    setup = make_setup(private_vcsim, service={"create_template_delta_disks": True, "timeout": 5})
+    store, clock, pool = Store(redis_client), FakeClock(), setup.pool(size=1)
+    read = setup.provider.task_status
+
+    def refusing(task_ref: str) -> TaskStatus:
+        if templates.is_ref(task_ref):
+            raise ProviderError(f"read task {task_ref}: {REFUSED}", FailureKind.PERMISSION)
+        return read(task_ref)
+
+    monkeypatch.setattr(setup.provider, "task_status", refusing)
+    planned_at = clock.now()
+    started: list[str] = []
+    while not started and clock.now() - planned_at < 15 * 60:
+        clock.advance(60)
+        report = reconcile_pool(store, setup.provider, pool, clock, setup.service)
+        assert any(REFUSED in error for error in report.errors), report.errors
+        started += report.clones_started
+        assert not started or clock.now() - planned_at >= 5 * 60, "gave up before the timeout"
+    assert len(started) == 1, "the pool's refill still held after the clone timeout"
+
+
+def test_a_read_of_several_tasks_one_of_which_vcenter_forgot_answers_for_the_others(
+        setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """vCenter answers ManagedObjectNotFound to a PropertyCollector read naming an object it no
+    longer has (a task dropped from a VM's ``recentTask`` between the read listing it and the one
+    reading it: vcsim leaves such an object out instead). The other tasks are still read, the
+    missing one left out, as ``inventory.properties`` says: a template preparation's or a
+    destroy's state no longer fails to read for it."""
+    provider = setup.provider
+    pool = setup.pool(ready_check="tools")
+    refs = [provider.clone(pool, f"several-{secrets.token_hex(3)}") for _ in range(2)]
+    connection = provider.connection()
+    known = [vim.Task(ref.split(":")[1], connection.stub) for ref in refs]
+    gone = vim.Task("task-forgotten", connection.stub)
+    collect = inventory._collect
+
+    def as_vcenter(connection: Any, spec: Any) -> list[Any]:
+        if len(spec.objectSet) > 1 and any(item.obj._moId == gone._moId for item in spec.objectSet):
+            raise vmodl.fault.ManagedObjectNotFound(obj=gone)
+        return collect(connection, spec)
+
+    monkeypatch.setattr(inventory, "_collect", as_vcenter)
+    found = inventory.properties(connection, [known[0], gone, known[1]], vsphere_tasks.TASK_INFO)
+    assert [item["_obj"]._moId for item in found] == [task._moId for task in known]
+    assert all(item["info.state"] == vim.TaskInfo.State.success for item in found)
