@@ -103,8 +103,13 @@ def clones_still_running(context: PassContext, records: list[VMRecord]) -> set[s
         age = context.now - (record.clone_start or context.now)
         if record.clone_task:
             status = statuses.get(record.name)  # None: its provider cannot be asked now
-            still = (status is None or status.state is TaskState.RUNNING) and age <= timeout + CLONE_CANCEL_WAIT_SECONDS
-            if still and status is not None and age > timeout and not record.raw.get(CLONE_CANCELLED):
+            if status is not None and status.state is TaskState.UNKNOWN:
+                # Not read this pass (the provider answered for the others): it may still run.
+                context.report.errors.append(f"{record.name}: clone task not read: {status.error}")
+            unended = status is None or status.state in (TaskState.RUNNING, TaskState.UNKNOWN)
+            still = unended and age <= timeout + CLONE_CANCEL_WAIT_SECONDS
+            if (still and status is not None and status.state is TaskState.RUNNING and age > timeout
+                    and not record.raw.get(CLONE_CANCELLED)):
                 _cancel(context, record)
         else:  # claimed, its task never recorded (the pass that started it died)
             still = record.name in unnoted
@@ -184,11 +189,15 @@ def _destroy(context: PassContext, provider: Provider, pool: PoolConfig, records
             to_start.append(record.name)
             continue
         status = statuses[record.destroy_task]
-        if status.state is TaskState.ERROR:
-            # Start again next pass; the error stays visible on the VM meanwhile.
-            failed[record.name] = {"destroy_task": None, "destroy_error": status.error}
-            context.report.errors.append(f"destroy {record.name}: {status.error}")
-        elif status.state is not TaskState.RUNNING:
+        if status.state in (TaskState.ERROR, TaskState.UNKNOWN):
+            # Start again next pass (a destroy asked again of a VM gone or going is idempotent:
+            # ``destroy``); the error stays visible on the VM meanwhile. A task that could not be
+            # read (UNKNOWN: only its own read failed) is judged alike: waited for, it could hold
+            # the VM for good; before, its failed read ended the pass, every pass.
+            error = status.error if status.state is TaskState.ERROR else f"destroy task not read: {status.error}"
+            failed[record.name] = {"destroy_task": None, "destroy_error": error}
+            context.report.errors.append(f"destroy {record.name}: {error}")
+        elif status.state is TaskState.SUCCESS:
             gone.append(record.name)
     if failed:
         store.update_vms(failed)

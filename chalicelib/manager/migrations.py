@@ -199,6 +199,9 @@ def _judge_unnoted(context: PassContext, migrations: MigrationStore, record: VMR
         try:
             moves = context.provider.recent_migrations(context.pool, record.name, context.now - started)
             statuses = context.provider.task_statuses(list(moves or []))
+            unread = next((status for status in statuses.values() if status.state is TaskState.UNKNOWN), None)
+            if unread is not None:  # one of the moves may be ours, still running: asked again as below
+                raise ProviderError(f"a move of the VM not read: {unread.error}", unread.kind)
             running = [task for task in moves or [] if statuses[task].state is TaskState.RUNNING]
             # Where the VM is now, after those reads (the pass's inventory may predate the move's end).
             now_on = None if running else next(iter(context.provider.find_vms(context.pool, [record.name])), None)

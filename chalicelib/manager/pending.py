@@ -328,6 +328,17 @@ def _clone_finished(context: PassContext, record: VMRecord, statuses: Mapping[st
                                         unless_set=CLONE_ASKED)
         return False
     status = statuses[record.clone_task]
+    if status.state is TaskState.UNKNOWN:
+        # Its task could not be read this pass (the others were): it may still run, so it is
+        # judged as a running clone, its slot kept, and read again next pass. Before, the failed
+        # read ended every pass of the pool here, at its first step: no refill, no destroy.
+        context.report.errors.append(f"{hostname}: clone task not read: {status.error}")
+        context.report.clones_running += 1
+        if age > pool.timeout_minutes * 60:
+            context.take_out_of_service(
+                hostname, "pending", f"clone not known done after {pool.timeout_minutes} minutes: its task "
+                f"could not be read: {status.error}", hold_clone=True)
+        return False
     if status.state is TaskState.RUNNING:
         context.report.clones_running += 1
         if age > pool.timeout_minutes * 60:

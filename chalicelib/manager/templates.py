@@ -170,8 +170,14 @@ def _advance(context: PassContext, templates: TemplateStore, template: str, may_
             context.report.followups += 1
             return False
     underway = templates.underway(key, state, context.now)
-    status = context.provider.task_status(state)
-    if status.state is TaskState.RUNNING:
+    status = context.provider.task_statuses([state])[state]
+    if status.state is TaskState.UNKNOWN:
+        # The provider answered and could not read it (one it cannot reach raises): waited for as
+        # one still under way, up to the clone timeout. Before, the failed read ended the pass
+        # here, every pass: the pool never refilled while its template could not be read.
+        logger.warning("template preparation could not be read", extra={**fields, "error": status.error})
+        context.report.errors.append(f"template {template}: preparation not read: {status.error}")
+    if status.state in (TaskState.RUNNING, TaskState.UNKNOWN):
         if _timed_out(context, templates, key, underway):
             return True  # not a follow-up: a task that never ends would keep the pool's passes looping
         context.report.followups += 1

@@ -38,6 +38,9 @@ vCenter), so the task is not failed while its disk is being added, and the VM's 
 not start against a reconfigure still running."""
 TAKER_GONE = "task_taker_gone"
 """A VM record's field: the id of its in-flight task whose taker is known dead."""
+UNREAD_SINCE = "task_unread_since"
+"""A VM record's field: ``<task id>:<time>``, when a read of its in-flight task's state first
+failed with the provider answering (``_settle_unread``); a mark naming another task is stale."""
 
 MAX_STEPS_PER_VM = 10
 """Tasks finished and started per VM in one pass, so one busy VM cannot hold a pass."""
@@ -210,7 +213,14 @@ def _follow(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: V
         else:
             tasks.finish(hostname, task["id"], error=_never_started(task))
         return True
-    status = provider.task_status(str(task["ref"]))
+    try:
+        status = provider.task_status(str(task["ref"]))
+    except ProviderError as error:
+        if error.kind in UNREACHABLE:
+            raise  # the provider may answer on a later pass: the task waits, as ever
+        return _settle_unread(reached, context, tasks, hostname, task, error)
+    if _unread_since(context, hostname, task) is not None:  # read again: a later failure counts afresh
+        context.store.update_vm(hostname, **{UNREAD_SINCE: None})
     if status.state is TaskState.RUNNING:
         return False
     if status.state is TaskState.ERROR:
@@ -253,3 +263,44 @@ def _settle_lost(reached: tuple[Provider, PoolConfig], context: PassContext, tas
                    f"was lost ({lost})")
     tasks.finish(hostname, task["id"], error=message)
     return True
+
+
+def _settle_unread(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: VMTaskStore, hostname: str,
+                   task: Mapping[str, Any], error: ProviderError) -> bool:
+    """A started task whose state the provider answers for but cannot read (``error``: vCenter
+    refused to show that task...): it waits, its first failed read noted on the VM
+    (``UNREAD_SINCE``), while reads keep failing for up to ``TASK_SETTLE_SECONDS``; then it ends,
+    done when the provider shows its work (``Provider.applied``), else saying it may or may not
+    have been done. Before, it stayed in flight for good, every later task of the VM queued
+    behind it. Returns True when it finished."""
+    context.report.errors.append(f"{hostname}: {describe(task)}: its state not read: {error}")
+    since = _unread_since(context, hostname, task)
+    if since is None:
+        context.store.update_vm(hostname, **{UNREAD_SINCE: f"{task['id']}:{context.now!r}"})
+        return False
+    if context.now - since <= TASK_SETTLE_SECONDS:
+        return False
+    provider, pool = reached
+    try:
+        done = provider.applied(pool, hostname, str(task["kind"]), _applied_key(task))
+    except ProviderError as asked:
+        if asked.kind in UNREACHABLE:
+            raise
+        done = None
+    if done:
+        list_field, value = result_of(task)
+        tasks.finish(hostname, task["id"], list_field, value)
+    else:
+        tasks.finish(hostname, task["id"], error=f"{describe(task)} may or may not have been done: its state could "
+                                                 f"not be read for {TASK_SETTLE_SECONDS:.0f} s: {error}")
+    return True
+
+
+def _unread_since(context: PassContext, hostname: str, task: Mapping[str, Any]) -> float | None:
+    """When a read of ``task``'s state first failed (``UNREAD_SINCE``), None when none noted."""
+    record = context.record(hostname)
+    task_id, _, noted = str(record.raw.get(UNREAD_SINCE) or "").partition(":") if record is not None else ("", "", "")
+    try:
+        return float(noted) if task_id == str(task["id"]) else None
+    except ValueError:
+        return None

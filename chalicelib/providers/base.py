@@ -111,19 +111,30 @@ class TaskState(enum.Enum):
     RUNNING = "running"
     SUCCESS = "success"
     ERROR = "error"
+    UNKNOWN = "unknown"
+    """Not read this time (``task_statuses`` only): the provider answered, and failed to read
+    this one task (vCenter refused it, the task object vanished under the read...); ``error``
+    and ``kind`` say why. The task may still run, or have ended either way: a caller waits as for
+    a RUNNING task, within its own rule for a task that never ends, and reads it again next pass."""
 
 
 @dataclass(frozen=True)
 class TaskStatus:
     state: TaskState
     error: str | None = None
-    """The backend's message when the task failed."""
+    """The backend's message when the task failed (UNKNOWN: why it could not be read)."""
     kind: FailureKind = FailureKind.OTHER
-    """What kind of failure it was, when the task failed."""
+    """What kind of failure it was, when the task failed (UNKNOWN: the read's)."""
 
     @property
     def done(self) -> bool:
-        return self.state is not TaskState.RUNNING
+        """Whether the task is known to have ended (an UNKNOWN one is not)."""
+        return self.state in (TaskState.SUCCESS, TaskState.ERROR)
+
+    @classmethod
+    def unread(cls, error: "ProviderError") -> "TaskStatus":
+        """The status of a task whose read failed with ``error`` (UNKNOWN, its message and kind)."""
+        return cls(TaskState.UNKNOWN, str(error), error.kind)
 
     @property
     def failure(self) -> Failure:
@@ -308,9 +319,21 @@ class Provider(abc.ABC):
         An unknown task is an ERROR."""
 
     def task_statuses(self, task_refs: Sequence[str]) -> Mapping[str, TaskStatus]:
-        """``task_status`` of many tasks (task ref -> status). This default asks one at a time;
-        a ProviderError ends the call as it ends ``task_status``."""
-        return {task_ref: self.task_status(task_ref) for task_ref in dict.fromkeys(task_refs)}
+        """``task_status`` of many tasks (task ref -> status). A task whose own read fails is
+        UNKNOWN (``TaskStatus.unread``: the failure's message and kind) and the others are still
+        read: one task vCenter refuses to show, or forgot mid-read, must not hide the others (before,
+        it ended the call, and with it every pass of the pool at its first step: no refill, no
+        destroy). A ProviderError raises only when the provider cannot be reached or timed out
+        (``UNREACHABLE``: each further read would wait as long). This default asks one at a time."""
+        statuses: dict[str, TaskStatus] = {}
+        for task_ref in dict.fromkeys(task_refs):
+            try:
+                statuses[task_ref] = self.task_status(task_ref)
+            except ProviderError as error:
+                if error.kind in UNREACHABLE:
+                    raise
+                statuses[task_ref] = TaskStatus.unread(error)
+        return statuses
 
     def cancel_task(self, task_ref: str) -> bool:
         """Ask the backend to cancel a task it still runs (a clone past its pool's timeout);

@@ -124,7 +124,11 @@ def properties(connection: Connection, objects: Sequence[Any], paths: Iterable[s
     except vmodl.fault.ManagedObjectNotFound:
         if len(objects) == 1:
             return []
-        raise
+    # One of them vanished between the read that named it and this one (a task vCenter dropped
+    # from a VM's recentTask, a VM destroyed): each is read alone, the missing left out. Before,
+    # the fault failed the whole read: a template preparation's or a destroy's state could not be
+    # read while one of the VM's recent tasks expired under it.
+    return [found for obj in objects for found in properties(connection, [obj], paths)]
 
 
 def one(connection: Connection, obj: Any, paths: Iterable[str]) -> dict[str, Any] | None:
