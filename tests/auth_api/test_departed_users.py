@@ -482,3 +482,75 @@ def test_an_administrator_lists_and_revokes_a_removed_users_tokens(
         assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 401
     assert api.call("GET", "/api/v3/token", headers=other).status == 200
     assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": bob_token}).status == 200
+
+
+def test_a_newcomer_given_a_departed_users_name_cannot_act_on_their_vms(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """The departed person's entry removed and the uid given to a newcomer (a new entry, a new
+    entryUUID): the newcomer's own fresh token is refused (403, nothing changed) on the departed
+    person's VMs still running (checked out, or delivered to an on-demand request) and on their
+    on-demand request. Before, ownership went by the name: the newcomer returned, extended,
+    snapshotted and grew them. The newcomer's own VMs are theirs."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10)))
+    api.fill(POOL, OTHER_POOL)
+    name, password = leaver
+    old = {"X-AUTH-TOKEN": api.new_token(name, password)}
+    old_vm = api.checkout(POOL, old["X-AUTH-TOKEN"])
+    request_id = api.call("POST", "/api/v3/ondemandvm", headers=old, body={OTHER_POOL: 1}).body["request_id"]
+    api.run_passes(OTHER_POOL)
+    delivered = api.call("GET", f"/api/v3/ondemandvm/{request_id}", headers=old).body
+    assert delivered["ready"] is True, delivered
+    ondemand_vm = delivered[OTHER_POOL]["hostname"][0].split(".")[0]
+    slapd.remove(f"uid={name},{slapd.users_base}")
+    newcomer_password = secrets.token_urlsafe(12)
+    slapd.add_user(name, newcomer_password)
+    new_token = api.new_token(name, newcomer_password)
+    new = {"X-AUTH-TOKEN": new_token}
+    used = api.services.tokens.keys.token(hashlib.sha256(new_token.encode()).hexdigest())
+
+    def unchanged() -> dict[str, Any]:
+        return {key: value for key, value in api.redis_state().items() if key != used}  # its `last` is set
+
+    before = unchanged()
+    for vm in (old_vm, ondemand_vm):
+        refused = (403, {"ok": False, "error": f"VM {vm} was checked out by another user"})
+        for method, path, body in (("DELETE", f"/api/v3/vm/{vm}", None), ("PUT", f"/api/v3/vm/{vm}", {"lifetime": 4}),
+                                   ("PUT", f"/api/v3/vm/{vm}", {"disk": 8}),
+                                   ("POST", f"/api/v3/vm/{vm}/snapshot", None),
+                                   ("POST", f"/api/v3/vm/{vm}/disk/8", None), ("DELETE", f"/api/v1/vm/{vm}", None)):
+            reply = api.call(method, path, headers=new, body=body)
+            assert (reply.status, reply.body) == refused, (method, path, reply.body)
+    for method in ("GET", "DELETE"):
+        reply = api.call(method, f"/api/v3/ondemandvm/{request_id}", headers=new)
+        assert (reply.status, reply.body) == (403, {"ok": False, "error": "the request belongs to another user"})
+    assert unchanged() == before
+    assert api.state_of(old_vm) == api.state_of(ondemand_vm) == "running"
+    # The newcomer's own VMs are theirs to change and return.
+    mine = api.checkout(POOL, new_token)
+    assert api.call("PUT", f"/api/v3/vm/{mine}", headers=new, body={"lifetime": 3}).status == 200
+    assert api.call("DELETE", f"/api/v3/vm/{mine}", headers=new).body == {"ok": True}
+
+
+def test_a_vm_checked_out_before_entries_were_recorded_goes_by_the_name(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """What docs/auth.md says of VMs checked out by an earlier version (no entry on their record):
+    their owner is the name, whoever holds it now; a token of the entry that checked one out
+    still returns it once a VM's entry is recorded, and a VM back in the pool keeps none."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10)))
+    api.fill(POOL)
+    name, password = leaver
+    old = {"X-AUTH-TOKEN": api.new_token(name, password)}
+    earlier, recorded = api.checkout(POOL, old["X-AUTH-TOKEN"]), api.checkout(POOL, old["X-AUTH-TOKEN"])
+    record = api.store.keys.vm(earlier)
+    entry = slapd.entry_uuid(f"uid={name},{slapd.users_base}")
+    assert api.client.hget(record, "token_entry") == f"entryUUID:{entry}"
+    assert api.client.hdel(record, "token_entry") == 1  # as an earlier version checked it out
+    assert api.call("PUT", f"/api/v3/vm/{recorded}", headers=old, body={"lifetime": 3}).status == 200
+    slapd.remove(f"uid={name},{slapd.users_base}")
+    newcomer_password = secrets.token_urlsafe(12)
+    slapd.add_user(name, newcomer_password)
+    new = {"X-AUTH-TOKEN": api.new_token(name, newcomer_password)}
+    assert api.call("DELETE", f"/api/v3/vm/{recorded}", headers=new).status == 403
+    assert api.call("DELETE", f"/api/v3/vm/{earlier}", headers=new).body == {"ok": True}
