@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chalicelib.api.http import ApiError, ApiRequest
-from chalicelib.auth.base import AuthConfigError, AuthUnavailable, canonical_user, same_user
+from chalicelib.auth.base import AuthConfigError, AuthUnavailable, canonical_user, other_entry, same_user
 from chalicelib.auth.basic import WWW_AUTHENTICATE
 from chalicelib.auth.directory_check import Standing
 from chalicelib.auth.tokens import TokenRecord
@@ -177,12 +177,12 @@ def may_change(services: Services, caller: Caller | None, record: VMRecord, *,
 def same_owner(caller: Caller, owner: str, owner_entry: str | None) -> bool:
     """Whether ``caller`` is the user who checked out a VM (or made an on-demand request) as
     ``owner``, logged in as the directory entry ``owner_entry``: the same name, and the same entry
-    when both are known. A name given to a newcomer (a new entry, a new entryUUID) is not the
-    departed user whose VMs still run under it. A VM or token recorded without an entry (made
+    when both are known (``other_entry``). A name given to a newcomer (a new entry, a new
+    entryUUID) is not the departed user whose VMs still run under it. A VM or token recorded without an entry (made
     before entries were recorded, or by a directory that shows none) goes by the name alone."""
     if not same_user(caller.user, owner):
         return False
-    return not (caller.entry_id and owner_entry and caller.entry_id != owner_entry)
+    return not other_entry(caller.entry_id, owner_entry)
 
 
 AUTH_UNAVAILABLE = "authentication service unavailable"

@@ -39,7 +39,7 @@ from chalicelib.store.keys import DEFAULT_PREFIX, Keys
 from chalicelib.store.records import finite_number
 from chalicelib.store.scripts import registered, script_source
 
-from .base import AuthConfigError, AuthUnavailable
+from .base import AuthConfigError, AuthUnavailable, other_entry
 
 logger = module_logger(__name__)
 
@@ -131,7 +131,7 @@ class DirectoryCheck:
         def answered(found: bool, found_entry: str | None) -> Standing:
             if not found:
                 return Standing.REMOVED
-            if entry_id and found_entry and found_entry != entry_id:
+            if other_entry(entry_id, found_entry):
                 # The name is another entry's now (given to someone else): not this token's user.
                 return Standing.REMOVED
             return Standing.PRESENT

@@ -554,3 +554,25 @@ def test_a_vm_checked_out_before_entries_were_recorded_goes_by_the_name(
     new = {"X-AUTH-TOKEN": api.new_token(name, newcomer_password)}
     assert api.call("DELETE", f"/api/v3/vm/{recorded}", headers=new).status == 403
     assert api.call("DELETE", f"/api/v3/vm/{earlier}", headers=new).body == {"ok": True}
+
+
+def test_an_id_of_another_attribute_is_not_another_entry(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """A token made while the directory showed 389's nsUniqueId, the directory showing entryUUID
+    since (its entryUUID plugin turned on): the two ids cannot be compared, so the name decides,
+    as for a token without an id. Before, every such token was refused as another entry's at the
+    next check, and every user's VMs were another's."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10)))
+    api.fill(POOL)
+    name, password = leaver
+    token = api.new_token(name, password)
+    vm = api.checkout(POOL, token)
+    earlier = "nsUniqueId:66446001-1dd2-11b2-8a9e-d8d22ba0e2d3"  # as 389 showed the entry
+    api.client.hset(api.services.tokens.keys.token(hashlib.sha256(token.encode()).hexdigest()), "entry", earlier)
+    api.client.hset(api.store.keys.vm(vm), "token_entry", earlier)
+    api.clock.advance(10 * 60)
+    assert api.call("PUT", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": token}, body={"lifetime": 3}).status == 200
+    # A token of the entryUUID the directory shows now goes by the name on that VM too.
+    newer = {"X-AUTH-TOKEN": api.new_token(name, password)}
+    assert api.call("DELETE", f"/api/v3/vm/{vm}", headers=newer).body == {"ok": True}
