@@ -10,11 +10,13 @@ import dataclasses
 import hashlib
 import secrets
 import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
 import pytest
 
+from chalicelib.auth.directory_check import user_hash
 from tests.auth.slapd import SlapdServer
 from tests.auth_api.documents import OTHER_POOL, POOL, document
 from tests.harness import Harness, HarnessFactory, basic
@@ -576,3 +578,71 @@ def test_an_id_of_another_attribute_is_not_another_entry(
     # A token of the entryUUID the directory shows now goes by the name on that VM too.
     newer = {"X-AUTH-TOKEN": api.new_token(name, password)}
     assert api.call("DELETE", f"/api/v3/vm/{vm}", headers=newer).body == {"ok": True}
+
+
+def test_a_users_requests_with_no_answer_kept_ask_the_directory_once(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """16 ``GET /token/<t>`` of one user at once, nothing having used the user's tokens for the
+    record's life (no answer kept: none to go by while one is asked): one asks the directory, the
+    others wait for its answer. Before, each asked (16 binds and searches at once). The question
+    is held until the other 15 wait for it, so that all 16 are at once whatever the machine's load."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10)))
+    name, password = leaver
+    token = api.new_token(name, password)
+    check = api.services.directory_check
+    api.client.delete(check.keys.directory_check(user_hash(name)))  # expired: unused for its life
+    lookup = check.lookup
+    assert lookup is not None
+    asked: list[str] = []
+    all_there = threading.Event()
+
+    def held(user: str) -> bool | str:
+        asked.append(user)
+        for _ in range(2000):  # bounded: without the grouping nobody waits, and each asks after 2 s
+            if check.waiting(user) == 15 or all_there.wait(0.001):
+                all_there.set()
+                break
+        return lookup(user)
+
+    check.lookup = held
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda _: api.call("GET", f"/api/v3/token/{token}"), range(16)))
+    assert [reply.status for reply in replies] == [200] * 16
+    assert asked == [name]
+    # The answer is kept for the user's next requests.
+    assert api.call("GET", f"/api/v3/token/{token}").status == 200 and asked == [name]
+
+
+def test_a_request_waits_for_anothers_question_only_so_long(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """A request waiting for the answer another request is getting about its user waits at most
+    ``wait_seconds`` (the directory's connect and login timeouts), then is answered as during a
+    directory outage: here, the token's login older than the grace, 503, never a hang. The
+    question asked answers its own request."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10, directory_outage_grace_minutes=60)))
+    name, password = leaver
+    token = api.new_token(name, password)
+    api.clock.advance(61 * 60)
+    check = api.services.directory_check
+    assert check.wait_seconds == 2 + 20 + 1  # the test slapd's connect_timeout, the default login_timeout
+    check.wait_seconds = 0.05
+    api.client.delete(check.keys.directory_check(user_hash(name)))
+    lookup = check.lookup
+    assert lookup is not None
+    asking, released = threading.Event(), threading.Event()
+
+    def stalled(user: str) -> bool | str:
+        asking.set()
+        released.wait(30)
+        return lookup(user)
+
+    check.lookup = stalled
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(api.call, "GET", f"/api/v3/token/{token}")
+        assert asking.wait(30)
+        waited = api.call("GET", f"/api/v3/token/{token}")
+        released.set()
+        assert (waited.status, waited.body) == (503, UNAVAILABLE)
+        assert first.result().status == 200
