@@ -142,7 +142,8 @@ class DirectoryCheck:
     def _shared_question(self, user: str, now: float) -> bool | str:
         """``lookup``'s answer about ``user``, recorded in Redis, asked once however many of this
         process's requests need it at once: the first asks, the others wait for its answer (at
-        most ``wait_seconds``, then AuthUnavailable: no answer to go by). A user with no answer
+        most ``wait_seconds``, then AuthUnavailable: answered as during an outage, by the last
+        answer if any). A user with no answer
         kept has no last answer to go by while one is asked (the Redis claim serves only those
         with one), so each request asked: 16 at once were 16 binds and searches."""
         with self._questions_lock:
