@@ -320,6 +320,9 @@ class Services:
             interval_minutes=auth.directory_check_minutes if auth is not None else 0,
             grace_minutes=auth.directory_outage_grace_minutes if auth is not None else 0,
             prefix=self.store.keys.prefix,
+            # A request waits for another's question about its user for as long as one may take.
+            wait_seconds=(auth.ldap.connect_timeout + auth.ldap.login_timeout + 1
+                          if auth is not None and auth.ldap is not None else 30.0),
         )
 
     def _has_user(self, user: str) -> bool | str:

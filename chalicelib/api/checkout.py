@@ -89,6 +89,9 @@ def checkout(services: Services, request: ApiRequest, wanted: Mapping[str, int])
         # The owner and the token's id (a hash prefix): never the token itself.
         fields["token_user"] = caller.user
         fields["token_id"] = caller.token_id
+        # The directory entry the token's login bound as: a newcomer given the same name later
+        # (a new entry) is not this VM's owner. "" for none, over whatever an earlier checkout left.
+        fields["token_entry"] = caller.entry_id or ""
     now = services.clock.now()
     try:
         result = services.store.checkout(requests, now, fields, quota(services, request, caller),
@@ -178,7 +181,7 @@ def open_request(
             request_id, entries, services.clock.now(), int(config.ondemand_request_ttl) * 60,
             int(config.vm_lifetime_auth if caller else config.vm_lifetime), caller.user if caller else "",
             caller.token_id if caller else "", quota(services, request, caller), id_generated,
-            caller.token_key if caller else "",
+            caller.token_key if caller else "", (caller.entry_id or "") if caller else "",
         )
     except QuotaExceeded as exceeded:
         raise quota_error(services, exceeded, key=quota_key) from None

@@ -7,7 +7,8 @@ With ``:auth:`` (vmpooler's FIX notes):
   too); the read-only routes (``GET /status``, ``/vm``, ``/vm/<host>``, ``/summary``, the
   dashboard's) read none and ignore it, as vmpooler does;
 - a VM checked out with a token belongs to that token's user: only a token of the same user may
-  change its lifetime or give it back (401 without a token, 403 with another user's);
+  change its lifetime or give it back (401 without a token, 403 with another user's); the same
+  user is the same name and, when both are known, the same directory entry (``same_owner``);
 - lifetime changes need a token even on a VM checked out without one.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chalicelib.api.http import ApiError, ApiRequest
-from chalicelib.auth.base import AuthConfigError, AuthUnavailable, canonical_user, same_user
+from chalicelib.auth.base import AuthConfigError, AuthUnavailable, canonical_user, other_entry, same_user
 from chalicelib.auth.basic import WWW_AUTHENTICATE
 from chalicelib.auth.directory_check import Standing
 from chalicelib.auth.tokens import TokenRecord
@@ -35,6 +36,10 @@ class Caller:
     token_key: str = ""
     """The Redis key of the token's record: the step that makes a change it asked for refuses the
     change once the token is gone (deleted since it was checked; lua/token_live.lua)."""
+    entry_id: str | None = None
+    """The stable id of the directory entry the token's login bound as (``TokenRecord.entry_id``;
+    None when unknown): recorded on the VMs it checks out (``token_entry``), so that another entry
+    given the same name later does not own them."""
 
 
 def unauthorized(message: str) -> ApiError:
@@ -129,7 +134,8 @@ def optional_caller(services: Services, request: ApiRequest) -> Caller | None:
         return None
     if "caller" not in request.memo:
         record = services.tokens.touch(valid_record(check))
-        request.memo["caller"] = Caller(record.user, record.id, services.store.keys.token(record.token_hash))
+        request.memo["caller"] = Caller(record.user, record.id, services.store.keys.token(record.token_hash),
+                                        record.entry_id)
     caller: Caller = request.memo["caller"]
     return caller
 
@@ -162,9 +168,21 @@ def may_change(services: Services, caller: Caller | None, record: VMRecord, *,
         return None
     if caller is None and (token_required or record.token_user):
         raise unauthorized("a token is required (X-AUTH-TOKEN)")
-    if record.token_user and caller is not None and not same_user(caller.user, record.token_user):
+    if record.token_user and caller is not None and not same_owner(caller, record.token_user,
+                                                                   record.raw.get("token_entry")):
         raise ApiError(403, {"error": f"VM {record.name} was checked out by another user"})
     return caller
+
+
+def same_owner(caller: Caller, owner: str, owner_entry: str | None) -> bool:
+    """Whether ``caller`` is the user who checked out a VM (or made an on-demand request) as
+    ``owner``, logged in as the directory entry ``owner_entry``: the same name, and the same entry
+    when both are known (``other_entry``). A name given to a newcomer (a new entry, a new
+    entryUUID) is not the departed user whose VMs still run under it. A VM or token recorded without an entry (made
+    before entries were recorded, or by a directory that shows none) goes by the name alone."""
+    if not same_user(caller.user, owner):
+        return False
+    return not other_entry(caller.entry_id, owner_entry)
 
 
 AUTH_UNAVAILABLE = "authentication service unavailable"

@@ -23,9 +23,8 @@ from chalicelib.api.http import (
     shown,
     vmpooler_json_body,
 )
-from chalicelib.api.identity import Caller, required_caller, sends_token
+from chalicelib.api.identity import Caller, required_caller, same_owner, sends_token
 from chalicelib.api.vm_lookup import shown_domain
-from chalicelib.auth.base import same_user
 from chalicelib.config import REQUEST_NAME_PATTERN
 from chalicelib.services import Services
 from chalicelib.store import StoreUnavailable
@@ -153,7 +152,7 @@ def delete(services: Services, request: ApiRequest) -> ApiResponse:
 def _owned(services: Services, request: ApiRequest, caller: Caller | None) -> OnDemandRequest:
     """The request named in the path, for its owner (``caller``) only when auth is configured."""
     ondemand = _find(services, request.params["name"])
-    if caller and ondemand.token_user and not same_user(caller.user, ondemand.token_user):
+    if caller and ondemand.token_user and not same_owner(caller, ondemand.token_user, ondemand.token_entry):
         raise ApiError(403, {"error": "the request belongs to another user"})
     return ondemand
 

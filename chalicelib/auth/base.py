@@ -176,3 +176,14 @@ def login_key(username: str) -> str:
 def same_user(one: str, other: str) -> bool:
     """Whether two user names are one user's spellings (compared by their canonical names)."""
     return canonical_user(one) == canonical_user(other)
+
+
+def other_entry(one: str | None, other: str | None) -> bool:
+    """Whether two stable ids of directory entries (``ldap.entry_id``: ``<attribute>:<uuid>``)
+    name two entries: both known, of the same attribute, and different. Ids of two attributes
+    (``nsUniqueId`` saved, ``entryUUID`` shown since 389's entryUUID plugin was turned on) cannot
+    be compared: the name decides, as without an id, rather than every user's tokens and VMs
+    becoming another entry's."""
+    if not one or not other:
+        return False
+    return one.partition(":")[0].lower() == other.partition(":")[0].lower() and one != other

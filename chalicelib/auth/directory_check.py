@@ -15,7 +15,8 @@ grace, or with no answer to go by, the token cannot be vouched for and the API a
 A failed question is asked again after ``RETRY_SECONDS`` only, so an outage does not make every
 request wait for the directory's timeout; and when an answer gets old, one request claims the
 question (``CLAIM_SECONDS``) while the user's other requests go by the last answer, so a user's
-many requests at once do not each bind to the directory.
+many requests at once do not each bind to the directory. A user with no answer kept has none to
+go by: the requests of one process then wait for the one question it asks (``_shared_question``).
 
 A successful login records the user as present (the directory has just said so).
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import threading
 from typing import Any, Callable
 
 from chalicelib.clock import Clock
@@ -39,7 +41,7 @@ from chalicelib.store.keys import DEFAULT_PREFIX, Keys
 from chalicelib.store.records import finite_number
 from chalicelib.store.scripts import registered, script_source
 
-from .base import AuthConfigError, AuthUnavailable
+from .base import AuthConfigError, AuthUnavailable, other_entry
 
 logger = module_logger(__name__)
 
@@ -69,6 +71,17 @@ def user_hash(user: str) -> str:
     return hashlib.sha256(user.encode("utf-8")).hexdigest()[:32]
 
 
+class _Question:
+    """One question about a user under way in this process, and its answer once it came."""
+
+    def __init__(self) -> None:
+        self.answered = threading.Event()
+        self.found: bool | str = False
+        self.failure: str | None = None
+        self.waiting = 0
+        """The other requests waiting for it."""
+
+
 class DirectoryCheck:
     """Looks a token's user up in the directory at most every ``interval_minutes``.
 
@@ -78,7 +91,8 @@ class DirectoryCheck:
     user is PRESENT)."""
 
     def __init__(self, redis: Any, clock: Clock, lookup: Callable[[str], bool | str] | None, *,
-                 interval_minutes: int, grace_minutes: int, prefix: str = DEFAULT_PREFIX) -> None:
+                 interval_minutes: int, grace_minutes: int, prefix: str = DEFAULT_PREFIX,
+                 wait_seconds: float = 30.0) -> None:
         self.redis = redis
         self.clock = clock
         self.lookup = lookup if interval_minutes > 0 else None
@@ -87,6 +101,11 @@ class DirectoryCheck:
         self.keys = Keys(prefix)
         self._answer = registered(redis, script_source("directory_answer"))
         self._claim = registered(redis, script_source("directory_claim"))
+        self.wait_seconds = wait_seconds
+        """How long a request waits for the answer another request of this process is getting
+        about the same user (``_shared_question``): at least what one question may take."""
+        self._questions: dict[str, _Question] = {}
+        self._questions_lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -113,6 +132,59 @@ class DirectoryCheck:
         if self.enabled:
             self._record(user, self.clock.now() if asked is None else asked, True, entry_id)
 
+    def waiting(self, user: str) -> int:
+        """How many requests of this process wait for the answer to the question about ``user``
+        another is asking (0 when none is asked)."""
+        with self._questions_lock:
+            question = self._questions.get(user)
+            return 0 if question is None else question.waiting
+
+    def _shared_question(self, user: str, now: float) -> bool | str:
+        """``lookup``'s answer about ``user``, recorded in Redis, asked once however many of this
+        process's requests need it at once: the first asks, the others wait for its answer (at
+        most ``wait_seconds``, then AuthUnavailable: answered as during an outage, by the last
+        answer if any). A user with no answer
+        kept has no last answer to go by while one is asked (the Redis claim serves only those
+        with one), so each request asked: 16 at once were 16 binds and searches."""
+        with self._questions_lock:
+            question = self._questions.get(user)
+            asking = question is None
+            if question is None:
+                question = self._questions[user] = _Question()
+            else:
+                question.waiting += 1
+        if not asking:
+            if not question.answered.wait(self.wait_seconds):
+                raise AuthUnavailable("the directory's answer about the user, asked by another request, "
+                                      "did not come in time")
+            if question.failure is not None:
+                raise AuthUnavailable(question.failure)
+            return question.found
+        try:
+            question.found = self._ask(user, now)
+        except Exception as error:
+            question.failure = str(error) or type(error).__name__
+            raise
+        finally:
+            with self._questions_lock:
+                del self._questions[user]
+            question.answered.set()
+        return question.found
+
+    def _ask(self, user: str, now: float) -> bool | str:
+        """Ask the directory about ``user`` now and record its answer (a failure too)."""
+        assert self.lookup is not None
+        try:
+            found = self.lookup(user)
+        except (AuthUnavailable, AuthConfigError):
+            self._record(user, now, None)
+            raise
+        self._record(user, now, bool(found), found if isinstance(found, str) else None)
+        if not found:
+            logger.warning("a token's user is no longer in the directory: its tokens are refused",
+                           extra={"user": user})
+        return found
+
     def standing(self, user: str, logged_in_at: float | None = None, entry_id: str | None = None) -> Standing:
         """PRESENT, REMOVED or UNKNOWN (see the module doc) for a token of ``user`` made at
         ``logged_in_at`` (its creation: the user had just logged in, an answer as good as a
@@ -131,7 +203,7 @@ class DirectoryCheck:
         def answered(found: bool, found_entry: str | None) -> Standing:
             if not found:
                 return Standing.REMOVED
-            if entry_id and found_entry and found_entry != entry_id:
+            if other_entry(entry_id, found_entry):
                 # The name is another entry's now (given to someone else): not this token's user.
                 return Standing.REMOVED
             return Standing.PRESENT
@@ -154,19 +226,14 @@ class DirectoryCheck:
             # Another request is asking right now: its answer comes in a moment.
             return answered(present == "1", kept_entry)
         try:
-            found = self.lookup(user)
+            found = self._shared_question(user, now)
         except (AuthUnavailable, AuthConfigError) as error:  # an unreadable CA file: an outage too
-            self._record(user, now, None)
             standing = last_answer()
             logger.warning("directory check of a token's user failed; %s",
                            "the last answer stands" if standing is not Standing.UNKNOWN else "no answer to go by",
                            extra={"user": user, "error": str(error)})
             return standing
         found_entry = found if isinstance(found, str) else None
-        self._record(user, now, bool(found), found_entry)
-        if not found:
-            logger.warning("a token's user is no longer in the directory: its tokens are refused",
-                           extra={"user": user})
         standing = answered(bool(found), found_entry)
         if found and standing is Standing.REMOVED:
             logger.warning("a token's user name is another directory entry's now: the token is refused",

@@ -68,10 +68,13 @@ _CASE_IGNORE_IA5_MATCH = "1.3.6.1.4.1.1466.109.114.2"
 # The name of the entry the service-account mode binds as when a user name finds no entry.
 _ABSENT_ENTRY = "vmpool-no-such-user"
 
-ENTRY_ID_ATTRIBUTES = ("entryUUID", "objectGUID")
-"""The operational attributes naming an entry for its whole life (OpenLDAP and RFC 4530's
-entryUUID, Active Directory's objectGUID), asked for by name with the user_objects: a name given
-to another person later is another entry, with another id (auth/directory_check.py)."""
+ENTRY_ID_ATTRIBUTES = ("entryUUID", "objectGUID", "nsUniqueId", "ipaUniqueID")
+"""The attributes naming an entry for its whole life, the first one an entry shows used
+(OpenLDAP and RFC 4530's entryUUID, Active Directory's objectGUID; where neither is shown, 389
+Directory Server's nsUniqueId and FreeIPA's ipaUniqueID), asked for by name with the
+user_objects (the operational ones are only sent when asked; a directory ignores a name it does
+not know): a name given to another person later is another entry, with another id
+(auth/directory_check.py). The order is fixed, so one entry always gives the same id."""
 
 __all__ = ["LdapAuthenticator", "LdapSettings", "parse_ldap_settings"]
 
@@ -444,9 +447,10 @@ def _with_raw_ids(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def entry_id(attributes: dict[str, Any]) -> str | None:
-    """The entry's stable id, read with ``_with_raw_ids``: ``entryUUID:<uuid>`` or
-    ``objectGUID:<uuid>`` (the 16 bytes Active Directory sends, little-endian as it shows them),
-    None when the entry shows neither (another directory, or one that hides them)."""
+    """The entry's stable id, read with ``_with_raw_ids``: ``<attribute>:<uuid>`` of the first of
+    ``ENTRY_ID_ATTRIBUTES`` the entry shows (objectGUID: the 16 bytes Active Directory sends,
+    little-endian as it shows them; nsUniqueId: 389's four groups of eight hex digits, as a UUID),
+    None when the entry shows none (another directory, or one that hides them)."""
     by_name = {name.lower(): values for name, values in attributes.items()}
     for name in ENTRY_ID_ATTRIBUTES:
         values = by_name.get(name.lower())

@@ -82,6 +82,8 @@ class OnDemandRequest:
     created: float
     expires: float
     token_user: str = ""
+    token_entry: str = ""
+    """The directory entry of the token's user at creation ("" when unknown): api/identity.same_owner."""
     message: str = ""
     id_generated: bool = False
     """The service drew the id (a UUID 4 only the creator was told), rather than the client."""
@@ -151,13 +153,15 @@ class OnDemandStore(SubStore):
         quota: Quota | None = None,
         id_generated: bool = False,
         token_key: str = "",
+        token_entry: str = "",
     ) -> bool:
         """Record a new open request and queue it for its pools. False when the id is taken;
         QuotaExceeded (nothing recorded) when it would pass a limit of ``quota``. With a quota, the
         request joins its owner's kept requests, and the oldest beyond REQUESTS_KEPT_PER_OWNER
         that have ended are forgotten; so are the service's oldest that hold nothing beyond
         ``quota.max_kept_requests`` (REQUESTS_KEPT_IN_TOTAL without a quota), whoever owns them.
-        ``token_user``/``token_id`` are copied onto its VMs, so GET /token/<t> lists them;
+        ``token_user``/``token_id`` are copied onto its VMs, so GET /token/<t> lists them, and
+        ``token_entry`` (the directory entry of the token's user), so that only that entry owns them;
         ``id_generated`` says the service drew the id (not the client). TokenGone (nothing
         recorded) when ``token_key``, the record of the token the request was made with, is gone.
 
@@ -190,6 +194,8 @@ class OnDemandStore(SubStore):
             fields["token_user"] = token_user
         if token_id:
             fields["token_id"] = token_id
+        if token_entry:
+            fields["token_entry"] = token_entry
         if id_generated:
             fields["id_generated"] = "1"
         owner = quota.owner if quota is not None else quota_owner(token_user, "")
@@ -431,6 +437,7 @@ def _request(request_id: str, data: dict[str, str], hostnames: Sequence[str],
         created=float(data.get("created") or 0),
         expires=float(data.get("expires") or 0),
         token_user=data.get("token_user", ""),
+        token_entry=data.get("token_entry", ""),
         message=data.get("message", ""),
         id_generated=data.get("id_generated") == "1",
         vms=tuple(records),

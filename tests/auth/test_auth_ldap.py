@@ -545,3 +545,21 @@ def test_an_active_directory_objectguid_names_the_entry_as_ad_shows_it():
     assert entry_id({"entryUUID": [str(guid).encode()]}) == f"entryUUID:{guid}"
     assert entry_id({"uid": ["alice"]}) is None
     assert entry_id({"entryUUID": [b"not-a-uuid"]}) is None
+
+
+def test_389_and_freeipa_entry_ids_name_the_entry_where_entryuuid_is_not_shown():
+    """389 Directory Server without its entryUUID plugin shows nsUniqueId (four groups of eight
+    hex digits), FreeIPA ipaUniqueID (a UUID): a name given to a newcomer there is told apart too.
+    Before, such an entry had no id (tokens and VMs went by the name). entryUUID and objectGUID
+    still come first, so an entry's id does not change where they are shown."""
+    from chalicelib.auth.ldap import ENTRY_ID_ATTRIBUTES, entry_id
+
+    assert entry_id({"nsUniqueId": [b"66446001-1dd211b2-8a9ed8d2-2ba0e2d3"]}) == (
+        "nsUniqueId:66446001-1dd2-11b2-8a9e-d8d22ba0e2d3")
+    ipa = uuid.UUID("0b8f3e2a-5c1d-11ee-9a4b-525400123456")
+    assert entry_id({"ipaUniqueID": [str(ipa).encode()], "nsUniqueId": [b"66446001-1dd211b2-8a9ed8d2-2ba0e2d3"]}) == (
+        "nsUniqueId:66446001-1dd2-11b2-8a9e-d8d22ba0e2d3")
+    assert entry_id({"ipaUniqueID": [str(ipa).encode()]}) == f"ipaUniqueID:{ipa}"
+    assert entry_id({"entryUUID": [str(ipa).encode()], "nsUniqueId": [b"66446001-1dd211b2-8a9ed8d2-2ba0e2d3"]}) == (
+        f"entryUUID:{ipa}")
+    assert ENTRY_ID_ATTRIBUTES[:2] == ("entryUUID", "objectGUID")

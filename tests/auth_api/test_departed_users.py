@@ -10,11 +10,13 @@ import dataclasses
 import hashlib
 import secrets
 import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
 import pytest
 
+from chalicelib.auth.directory_check import user_hash
 from tests.auth.slapd import SlapdServer
 from tests.auth_api.documents import OTHER_POOL, POOL, document
 from tests.harness import Harness, HarnessFactory, basic
@@ -482,3 +484,165 @@ def test_an_administrator_lists_and_revokes_a_removed_users_tokens(
         assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 401
     assert api.call("GET", "/api/v3/token", headers=other).status == 200
     assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": bob_token}).status == 200
+
+
+def test_a_newcomer_given_a_departed_users_name_cannot_act_on_their_vms(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """The departed person's entry removed and the uid given to a newcomer (a new entry, a new
+    entryUUID): the newcomer's own fresh token is refused (403, nothing changed) on the departed
+    person's VMs still running (checked out, or delivered to an on-demand request) and on their
+    on-demand request. Before, ownership went by the name: the newcomer returned, extended,
+    snapshotted and grew them. The newcomer's own VMs are theirs."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10)))
+    api.fill(POOL, OTHER_POOL)
+    name, password = leaver
+    old = {"X-AUTH-TOKEN": api.new_token(name, password)}
+    old_vm = api.checkout(POOL, old["X-AUTH-TOKEN"])
+    request_id = api.call("POST", "/api/v3/ondemandvm", headers=old, body={OTHER_POOL: 1}).body["request_id"]
+    api.run_passes(OTHER_POOL)
+    delivered = api.call("GET", f"/api/v3/ondemandvm/{request_id}", headers=old).body
+    assert delivered["ready"] is True, delivered
+    ondemand_vm = delivered[OTHER_POOL]["hostname"][0].split(".")[0]
+    slapd.remove(f"uid={name},{slapd.users_base}")
+    newcomer_password = secrets.token_urlsafe(12)
+    slapd.add_user(name, newcomer_password)
+    new_token = api.new_token(name, newcomer_password)
+    new = {"X-AUTH-TOKEN": new_token}
+    used = api.services.tokens.keys.token(hashlib.sha256(new_token.encode()).hexdigest())
+
+    def unchanged() -> dict[str, Any]:
+        return {key: value for key, value in api.redis_state().items() if key != used}  # its `last` is set
+
+    before = unchanged()
+    for vm in (old_vm, ondemand_vm):
+        refused = (403, {"ok": False, "error": f"VM {vm} was checked out by another user"})
+        for method, path, body in (("DELETE", f"/api/v3/vm/{vm}", None), ("PUT", f"/api/v3/vm/{vm}", {"lifetime": 4}),
+                                   ("PUT", f"/api/v3/vm/{vm}", {"disk": 8}),
+                                   ("POST", f"/api/v3/vm/{vm}/snapshot", None),
+                                   ("POST", f"/api/v3/vm/{vm}/disk/8", None), ("DELETE", f"/api/v1/vm/{vm}", None)):
+            reply = api.call(method, path, headers=new, body=body)
+            assert (reply.status, reply.body) == refused, (method, path, reply.body)
+    for method in ("GET", "DELETE"):
+        reply = api.call(method, f"/api/v3/ondemandvm/{request_id}", headers=new)
+        assert (reply.status, reply.body) == (403, {"ok": False, "error": "the request belongs to another user"})
+    assert unchanged() == before
+    assert api.state_of(old_vm) == api.state_of(ondemand_vm) == "running"
+    # The newcomer's own VMs are theirs to change and return.
+    mine = api.checkout(POOL, new_token)
+    assert api.call("PUT", f"/api/v3/vm/{mine}", headers=new, body={"lifetime": 3}).status == 200
+    assert api.call("DELETE", f"/api/v3/vm/{mine}", headers=new).body == {"ok": True}
+
+
+def test_a_vm_checked_out_before_entries_were_recorded_goes_by_the_name(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """What docs/auth.md says of VMs checked out by an earlier version (no entry on their record):
+    their owner is the name, whoever holds it now; a token of the entry that checked one out
+    still returns it once a VM's entry is recorded, and a VM back in the pool keeps none."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10)))
+    api.fill(POOL)
+    name, password = leaver
+    old = {"X-AUTH-TOKEN": api.new_token(name, password)}
+    earlier, recorded = api.checkout(POOL, old["X-AUTH-TOKEN"]), api.checkout(POOL, old["X-AUTH-TOKEN"])
+    record = api.store.keys.vm(earlier)
+    entry = slapd.entry_uuid(f"uid={name},{slapd.users_base}")
+    assert api.client.hget(record, "token_entry") == f"entryUUID:{entry}"
+    assert api.client.hdel(record, "token_entry") == 1  # as an earlier version checked it out
+    assert api.call("PUT", f"/api/v3/vm/{recorded}", headers=old, body={"lifetime": 3}).status == 200
+    slapd.remove(f"uid={name},{slapd.users_base}")
+    newcomer_password = secrets.token_urlsafe(12)
+    slapd.add_user(name, newcomer_password)
+    new = {"X-AUTH-TOKEN": api.new_token(name, newcomer_password)}
+    assert api.call("DELETE", f"/api/v3/vm/{recorded}", headers=new).status == 403
+    assert api.call("DELETE", f"/api/v3/vm/{earlier}", headers=new).body == {"ok": True}
+
+
+def test_an_id_of_another_attribute_is_not_another_entry(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """A token made while the directory showed 389's nsUniqueId, the directory showing entryUUID
+    since (its entryUUID plugin turned on): the two ids cannot be compared, so the name decides,
+    as for a token without an id. Before, every such token was refused as another entry's at the
+    next check, and every user's VMs were another's."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10)))
+    api.fill(POOL)
+    name, password = leaver
+    token = api.new_token(name, password)
+    vm = api.checkout(POOL, token)
+    earlier = "nsUniqueId:66446001-1dd2-11b2-8a9e-d8d22ba0e2d3"  # as 389 showed the entry
+    api.client.hset(api.services.tokens.keys.token(hashlib.sha256(token.encode()).hexdigest()), "entry", earlier)
+    api.client.hset(api.store.keys.vm(vm), "token_entry", earlier)
+    api.clock.advance(10 * 60)
+    assert api.call("PUT", f"/api/v3/vm/{vm}", headers={"X-AUTH-TOKEN": token}, body={"lifetime": 3}).status == 200
+    # A token of the entryUUID the directory shows now goes by the name on that VM too.
+    newer = {"X-AUTH-TOKEN": api.new_token(name, password)}
+    assert api.call("DELETE", f"/api/v3/vm/{vm}", headers=newer).body == {"ok": True}
+
+
+def test_a_users_requests_with_no_answer_kept_ask_the_directory_once(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """16 ``GET /token/<t>`` of one user at once, nothing having used the user's tokens for the
+    record's life (no answer kept: none to go by while one is asked): one asks the directory, the
+    others wait for its answer. Before, each asked (16 binds and searches at once). The question
+    is held until the other 15 wait for it, so that all 16 are at once whatever the machine's load."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10)))
+    name, password = leaver
+    token = api.new_token(name, password)
+    check = api.services.directory_check
+    api.client.delete(check.keys.directory_check(user_hash(name)))  # expired: unused for its life
+    lookup = check.lookup
+    assert lookup is not None
+    asked: list[str] = []
+    all_there = threading.Event()
+
+    def held(user: str) -> bool | str:
+        asked.append(user)
+        for _ in range(2000):  # bounded: without the grouping nobody waits, and each asks after 2 s
+            if check.waiting(user) == 15 or all_there.wait(0.001):
+                all_there.set()
+                break
+        return lookup(user)
+
+    check.lookup = held
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda _: api.call("GET", f"/api/v3/token/{token}"), range(16)))
+    assert [reply.status for reply in replies] == [200] * 16
+    assert asked == [name]
+    # The answer is kept for the user's next requests.
+    assert api.call("GET", f"/api/v3/token/{token}").status == 200 and asked == [name]
+
+
+def test_a_request_waits_for_anothers_question_only_so_long(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """A request waiting for the answer another request is getting about its user waits at most
+    ``wait_seconds`` (the directory's connect and login timeouts), then is answered as during a
+    directory outage: here, the token's login older than the grace, 503, never a hang. The
+    question asked answers its own request."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10, directory_outage_grace_minutes=60)))
+    name, password = leaver
+    token = api.new_token(name, password)
+    api.clock.advance(61 * 60)
+    check = api.services.directory_check
+    assert check.wait_seconds == 2 + 20 + 1  # the test slapd's connect_timeout, the default login_timeout
+    check.wait_seconds = 0.05
+    api.client.delete(check.keys.directory_check(user_hash(name)))
+    lookup = check.lookup
+    assert lookup is not None
+    asking, released = threading.Event(), threading.Event()
+
+    def stalled(user: str) -> bool | str:
+        asking.set()
+        released.wait(30)
+        return lookup(user)
+
+    check.lookup = stalled
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(api.call, "GET", f"/api/v3/token/{token}")
+        assert asking.wait(30)
+        waited = api.call("GET", f"/api/v3/token/{token}")
+        released.set()
+        assert (waited.status, waited.body) == (503, UNAVAILABLE)
+        assert first.result().status == 200

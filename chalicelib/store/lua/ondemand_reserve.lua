@@ -48,7 +48,7 @@ local clone_limit, max_retries, now = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV
 local template, domain, ttl, vm_template, reserver = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
 local gone_reason, names_checked = ARGV[11], ARGV[12] == '1'
 local request = redis.call('HMGET', key, 'state', 'entries', 'expires', 'lifetime', 'token_user', 'token_id',
-  'confirm_by')
+  'confirm_by', 'token_entry')
 if request[1] ~= 'open' then
   redis.call('ZREM', open_key, id)
   return cjson.encode({state = request[1] or 'missing', reserved = {}, failed = 0})
@@ -126,6 +126,9 @@ for _, entry in ipairs(cjson.decode(request[2])) do
         end
         if request[6] then
           redis.call('HSET', vm_key, 'token_id', request[6])
+        end
+        if request[8] then
+          redis.call('HSET', vm_key, 'token_entry', request[8])
         end
         redis.call('ZADD', pending_key, now, hostname)
         redis.call('ZADD', cloning_key, now, hostname)

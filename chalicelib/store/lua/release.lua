@@ -34,7 +34,7 @@ for i = 1, (#KEYS - 2) / 5 do
     redis.call('ZREM', all_running_key, hostname)
     redis.call('ZREM', running_due_key, hostname)
     redis.call('HDEL', vm_key, 'checkout', 'checkout_id', 'confirm_by', 'confirm_window', 'lifetime', 'token_user',
-      'token_id', 'migration', 'holdings')
+      'token_id', 'token_entry', 'migration', 'holdings')
     if held then
       redis.call('ZREM', holdings_key, 'vm:' .. hostname)
     end
