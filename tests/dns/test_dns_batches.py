@@ -109,3 +109,29 @@ def test_a_pass_publishes_the_vms_the_policy_allows_and_keeps_the_denied_ones_pe
     world.passes("dns", 1)
     assert world.hosts("dns", "ready") == set(pending)
     assert soa_serial(policy_bind) == serial + 1
+
+
+def test_route53_publishes_50_vms_in_one_change(route53: tuple[Any, str]) -> None:
+    # Route 53 allows 5 calls a second for the account: a pool of 200 publishing was 200 calls
+    # (40 s of the account's rate), now 4; a VM that lost its IPv6 address has its AAAA record
+    # deleted in the same change.
+    client, zone = route53
+    entry = {"dns_class": "route53", "domain": "vms.example.test", "hosted_zone_id": zone}
+    plugin = build_dns_plugin(build({"dns_configs": {"e": entry}}).dns_configs["e"])
+    plugin.create_or_replace("r53-lost-six", ("10.70.1.1", "2001:db8::70"))
+    calls: list[str] = []
+    plugin.client.meta.events.register(  # type: ignore[attr-defined]
+        "before-call.route53.*", lambda event_name, **_: calls.append(event_name.split(".")[-1]))
+    records = [(f"r53-{i}", f"10.70.0.{i + 1}" if i % 2 else (f"10.70.0.{i + 1}", f"2001:db8::{i + 1:x}"), None)
+               for i in range(BATCH - 1)] + [("r53-lost-six", "10.70.1.2", "10.70.1.1 2001:db8::70")]
+    assert plugin.create_many(records) == {hostname: None for hostname, _, _ in records}
+    # One read (the name whose AAAA record goes), one change.
+    assert calls == ["ListResourceRecordSets", "ChangeResourceRecordSets"]
+    held = {(record["Name"].rstrip("."), record["Type"]): [value["Value"] for value in record["ResourceRecords"]]
+            for record in client.list_resource_record_sets(HostedZoneId=zone)["ResourceRecordSets"]
+            if record["Type"] in ("A", "AAAA")}
+    assert held[("r53-2.vms.example.test", "A")] == ["10.70.0.3"]
+    assert held[("r53-2.vms.example.test", "AAAA")] == ["2001:db8::3"]
+    assert held[("r53-1.vms.example.test", "A")] == ["10.70.0.2"] and ("r53-1.vms.example.test", "AAAA") not in held
+    assert held[("r53-lost-six.vms.example.test", "A")] == ["10.70.1.2"]
+    assert ("r53-lost-six.vms.example.test", "AAAA") not in held
