@@ -15,6 +15,7 @@ from chalicelib.dns.base import DnsEntryRejected, DnsRejected
 from chalicelib.dns.registry import build_dns_plugin
 from tests.dns.bind import BindServer
 from tests.dns.test_dns_connections import soa_serial
+from tests.dns.test_dns_refusals import count_refusals
 from tests.harness import HarnessFactory
 from tests.support import emf_documents
 
@@ -62,6 +63,19 @@ def test_a_batch_the_policy_refuses_for_two_names_publishes_and_deletes_the_othe
     with pytest.raises(DnsRejected, match="REFUSED") as refused:
         plugin.create_or_replace(DENIED[0], "10.61.0.2")
     assert not isinstance(refused.value, DnsEntryRejected)
+
+
+def test_a_policy_denying_every_name_costs_a_few_refused_updates_not_one_a_name(
+        policy_bind: BindServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The empty update is taken (no record to deny), so the refusals look like names' own: after
+    # ``max_refusals`` of them the rest are not sent (the pass gives them the reason).
+    names = [f"batch-{i}" for i in range(10)]
+    policy_bind.refuse_updates_of(names)
+    plugin = plugin_for(policy_bind)
+    refused = count_refusals(monkeypatch)
+    outcome = plugin.create_many([(name, "10.63.0.1", None) for name in names], 3)
+    assert len(outcome) == 3 and all(isinstance(error, DnsRejected) for error in outcome.values())
+    assert refused == ["REFUSED"] * 4  # the batch, then 3 names alone (the empty update was taken)
 
 
 def test_a_key_the_zone_refuses_is_still_the_entrys_refusal(policy_bind: BindServer) -> None:
