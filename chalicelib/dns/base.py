@@ -191,6 +191,37 @@ class DnsPlugin(abc.ABC):
         changed are sent, and a type vmpool published that ``addresses`` lacks is deleted
         (``record_changes``). Raises DnsError."""
 
+    def create_many(self, records: Sequence[tuple[str, str | Sequence[str], str | None]],
+                    max_refusals: int | None = None) -> dict[str, DnsError | None]:
+        """``create_or_replace`` of each ``(hostname, addresses, published)``, in as few calls as
+        the plugin can; the answer as ``delete_many``'s: each name sent, None when its records
+        are published, its DnsRejected when the service refused that name alone (a batch it
+        refuses for one name is sent again a name a call: one bad name never fails the others);
+        after ``max_refusals`` such refusals the rest is not sent. DnsUnavailable and
+        DnsEntryRejected are raised. An address that cannot be published is refused before
+        anything is sent, and is no refusal of the service's. This default sends one create a
+        name."""
+        outcome: dict[str, DnsError | None] = {}
+        refusals = 0
+        for hostname, addresses, published in records:
+            if max_refusals is not None and refusals >= max_refusals:
+                break
+            try:
+                record_changes(f"dns create {self.fqdn(hostname)}", addresses, published)
+            except DnsRejected as error:
+                outcome[hostname] = error
+                continue
+            try:
+                self.create_or_replace(hostname, addresses, published)
+            except (DnsUnavailable, DnsEntryRejected):
+                raise
+            except DnsError as error:
+                outcome[hostname] = error
+                refusals += 1
+                continue
+            outcome[hostname] = None
+        return outcome
+
     @abc.abstractmethod
     def delete(self, hostname: str, fqdn: str | None = None) -> None:
         """Remove the name's A and AAAA records; a name without one is not an error. ``fqdn``: the full

@@ -17,10 +17,11 @@ lookup right after an update sees it. A VM's IPv4 address is an A record, its IP
 AAAA record (a dual-stack VM has both); one update sends the families whose address changed.
 """
 
+import functools
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Optional, Sequence
+from typing import Annotated, Any, Callable, Optional, Sequence
 
 from chalicelib.config_fields import DnsName, Port, SecretValue, Str, bounded, one_of
 from chalicelib.dns.base import (
@@ -36,8 +37,18 @@ from chalicelib.dns.base import (
     record_changes,
 )
 
-DELETES_PER_UPDATE = 50
-"""Names one batched delete update carries at most (``DynamicDns.delete_many``)."""
+RECORDS_PER_UPDATE = 50
+"""Names one batched update (``create_many``, ``delete_many``) carries at most: RFC 2136 takes
+many records a message, and 50 names (each up to an A and an AAAA record and a prerequisite) keep
+it far below the 64 KB of a TCP message."""
+
+
+class _Refused(DnsRejected):
+    """REFUSED to an update of the entry's zone: a refusal of the entry as a whole (a key the
+    zone's ``allow-update`` does not name), or of one of the update's names (an ``update-policy``
+    that denies the key that name: BIND refuses the whole update for it). ``_refusal`` tells
+    which."""
+
 
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1", "hmac-md5")
 
@@ -107,9 +118,10 @@ class DynamicDns(DnsPlugin):
                   entry_wide: bool = True) -> Any:
         """Send one message over TCP; transport failures and refusals become typed DnsErrors
         (``refusals``: what an answer code means for this message, when it says more than its name).
-        A refused key, and NOTAUTH or REFUSED to an update of the entry's own zone (``entry_wide``;
-        not a former domain's parent zone, nor a lookup: a server may refuse queries, by its
-        ``allow-query``, and take updates), refuse the entry as a whole: DnsEntryRejected."""
+        A refused key, and NOTAUTH to an update of the entry's own zone (``entry_wide``; not a
+        former domain's parent zone, nor a lookup: a server may refuse queries, by its
+        ``allow-query``, and take updates), refuse the entry as a whole: DnsEntryRejected. REFUSED
+        to an update of the entry's zone may be the entry's or one name's: _Refused (``_refusal``)."""
         import dns.exception
         import dns.query
         import dns.rcode
@@ -129,8 +141,10 @@ class DynamicDns(DnsPlugin):
             meaning = (refusals or {}).get(rcode)
             # NOTAUTH: the server is not the zone's primary, or refused the key; REFUSED: it does not
             # serve the zone, or the key may not update it. Names and addresses do not change that.
-            refused = DnsEntryRejected if entry_wide and rcode in (dns.rcode.NOTAUTH, dns.rcode.REFUSED) \
-                else DnsRejected
+            # An update-policy denying the key one name of the update answers REFUSED too: told
+            # apart by ``_refusal``.
+            refused = DnsEntryRejected if entry_wide and rcode == dns.rcode.NOTAUTH \
+                else _Refused if entry_wide and rcode == dns.rcode.REFUSED else DnsRejected
             raise refused(f"dns {what}: " + (meaning or f"the server answered {dns.rcode.to_text(rcode)}"))
         return response
 
@@ -198,13 +212,100 @@ class DynamicDns(DnsPlugin):
         except dns.exception.DNSException as error:
             raise DnsRejected(f"dns {what}: not a valid DNS name ({type(error).__name__})") from None
 
+    def _refusal(self, refused: _Refused) -> DnsRejected:
+        """What a REFUSED update of the entry's zone was refused for. An empty update (no record:
+        no ``update-policy`` rule to deny, and BIND applies nothing, writes no journal) is sent:
+        refused too, the server refuses the entry (its key may not update the zone: raised as
+        DnsEntryRejected, as a NOTAUTH or a bad key are); taken, it was one of the update's names
+        (returned: the name's own refusal, or for a batch, some name's)."""
+        try:
+            self._exchange(f"update {self.zone.to_text(omit_final_dot=True)}", self._update())
+        except _Refused:
+            raise DnsEntryRejected(str(refused)) from None
+        return refused
+
+    def _send_batches(self, records: Sequence[tuple[str, str, Callable[[Any], None]]],
+                      max_refusals: int | None = None,
+                      refusals: dict[int, str] | None = None) -> dict[str, DnsError | None]:
+        """Send ``records`` (hostname, what it is, a function adding its prerequisites and changes
+        to an update) to the entry's zone, ``RECORDS_PER_UPDATE`` to an update. An update the
+        server refuses (for one record it cannot take: a name an ``update-policy`` denies the key,
+        a name another holds as an alias, a name outside the zone) is sent again one record a
+        message, so one name never fails the others; a refusal of the entry as a whole, or no
+        answer, is raised (``_exchange``, ``_refusal``). Returns each record sent: None when
+        applied, else the name's DnsRejected; after ``max_refusals`` of those the rest is not sent
+        (absent from the answer)."""
+        outcome: dict[str, DnsError | None] = {}
+        refused = 0
+
+        def send(what: str, chunk: Sequence[tuple[str, str, Callable[[Any], None]]]) -> None:
+            update = self._update()
+            for _, _, add in chunk:
+                add(update)
+            self._exchange(what, update, refusals)
+
+        for start in range(0, len(records), RECORDS_PER_UPDATE):
+            chunk = records[start:start + RECORDS_PER_UPDATE]
+            if max_refusals is not None and refused >= max_refusals:
+                break
+            try:
+                send(chunk[0][1] if len(chunk) == 1 else f"{chunk[0][1].split()[0]} {len(chunk)} names", chunk)
+            except _Refused as refusal:
+                failure: DnsRejected = self._refusal(refusal)  # the entry's: raised
+            except (DnsUnavailable, DnsEntryRejected):
+                raise
+            except DnsRejected as error:
+                failure = error
+            else:
+                outcome.update({hostname: None for hostname, _, _ in chunk})
+                continue
+            if len(chunk) == 1:
+                outcome[chunk[0][0]], refused = failure, refused + 1
+                continue
+            # One record a message: the server takes the entry (``_refusal``), so a REFUSED one
+            # is its name's.
+            for record in chunk:
+                if max_refusals is not None and refused >= max_refusals:
+                    return outcome
+                try:
+                    send(record[1], [record])
+                except (DnsUnavailable, DnsEntryRejected):
+                    raise
+                except DnsRejected as error:
+                    outcome[record[0]], refused = error, refused + 1
+                    continue
+                outcome[record[0]] = None
+        return outcome
+
     def create_or_replace(self, hostname: str, addresses: str | Sequence[str], published: str | None = None) -> None:
+        error = self.create_many([(hostname, addresses, published)])[hostname]
+        if error is not None:
+            raise error
+
+    def create_many(self, records: Sequence[tuple[str, str | Sequence[str], str | None]],
+                    max_refusals: int | None = None) -> dict[str, DnsError | None]:
+        """The creates go ``RECORDS_PER_UPDATE`` to one update (``_send_batches``): a pool of
+        200 publishing its VMs sends 4 updates (4 journal writes and zone serials), not 200."""
         import dns.rcode
 
-        what = f"create {self.fqdn(hostname)}"
-        replaced, deleted = record_changes(f"dns {what}", addresses, published)
-        update = self._update()
-        name = self._name(what, hostname)
+        outcome: dict[str, DnsError | None] = {}
+        batch: list[tuple[str, str, Callable[[Any], None]]] = []
+        for hostname, addresses, published in records:
+            what = f"create {self.fqdn(hostname)}"
+            try:
+                replaced, deleted = record_changes(f"dns {what}", addresses, published)
+                name = self._name(what, hostname)
+            except DnsError as error:
+                outcome[hostname] = error
+                continue
+            batch.append((hostname, what, functools.partial(self._add_create, name, replaced, deleted)))
+        outcome.update(self._send_batches(batch, max_refusals, refusals={
+            dns.rcode.YXRRSET: "the name has a CNAME record (not vmpool's): it cannot have an A record"}))
+        return outcome
+
+    def _add_create(self, name: Any, replaced: dict[str, str], deleted: list[str], update: Any) -> None:
+        """Add the create of ``name``'s records (``record_changes``: ``replaced``, ``deleted``)
+        to ``update``."""
         # A server ignores an A record added at an alias's name and still answers NOERROR
         # (RFC 2136 3.4.2.2): the VM would be taken as published while its name leads elsewhere.
         # The prerequisite makes the server refuse the update instead (YXRRSET).
@@ -213,67 +314,61 @@ class DynamicDns(DnsPlugin):
             update.replace(name, self.ttl, rdtype, address)
         for rdtype in deleted:  # vmpool's address of a family the VM no longer has goes
             update.delete(name, rdtype)
-        self._exchange(what, update, refusals={
-            dns.rcode.YXRRSET: "the name has a CNAME record (not vmpool's): it cannot have an A record"})
 
-    def delete(self, hostname: str, fqdn: str | None = None) -> None:
-        what = f"delete {fqdn or self.fqdn(hostname)}"
-        name = self._name(what, hostname, fqdn)
-        # A name published under the entry's former domain may be outside its zone now (the
-        # zone defaults to the domain): then the former domain, its parent, was the zone.
-        in_zone = name.is_subdomain(self.zone)
-        update = self._update(None if in_zone else name.parent())
+    @staticmethod
+    def _add_delete(name: Any, update: Any) -> None:
+        """Add the delete of ``name``'s A and AAAA records to ``update``."""
         for rdtype in ADDRESS_TYPES:
             update.delete(name, rdtype)
-        self._exchange(what, update, entry_wide=in_zone)
+
+    def delete(self, hostname: str, fqdn: str | None = None) -> None:
+        error = self.delete_many([(hostname, fqdn)]).get(hostname)
+        if error is not None:
+            raise error
 
     def delete_many(self, names: Sequence[tuple[str, str | None]],
                     max_refusals: int | None = None) -> dict[str, DnsError | None]:
-        """The deletes of names in the entry's zone go ``DELETES_PER_UPDATE`` to one update (RFC
-        2136 takes many records a message; 50 names keep it far below the 64 KB of a TCP
-        message): a backlog of 50 is one message and one journal write, not 50. An update the
-        server refuses for one of its names (not the entry as a whole) is sent again one name a
-        message, so one name it refuses never keeps the others. Names outside the zone (a former
-        domain's) are sent one by one to their own zone, as ``delete``."""
+        """The deletes of names in the entry's zone go ``RECORDS_PER_UPDATE`` to one update
+        (``_send_batches``): a backlog of 50 is one message and one journal write, not 50. A name
+        published under the entry's former domain may be outside its zone now (the zone defaults
+        to the domain): then the former domain, its parent, was the zone; those are sent one by
+        one there, and their refusals are not the entry's."""
         outcome: dict[str, DnsError | None] = {}
-        batch: list[tuple[str, Any]] = []
-        alone: list[tuple[str, str | None]] = []
+        batch: list[tuple[str, str, Callable[[Any], None]]] = []
+        alone: list[tuple[str, str, Any]] = []
         for hostname, fqdn in names:
+            what = f"delete {fqdn or self.fqdn(hostname)}"
             try:
-                name = self._name(f"delete {fqdn or self.fqdn(hostname)}", hostname, fqdn)
+                name = self._name(what, hostname, fqdn)
             except DnsError as error:
                 outcome[hostname] = error
                 continue
             if name.is_subdomain(self.zone):
-                batch.append((hostname, name))
+                batch.append((hostname, what, functools.partial(self._add_delete, name)))
             else:
-                alone.append((hostname, fqdn))
+                alone.append((hostname, what, name))
 
         def refusals_left() -> int | None:
             refused = sum(1 for error in outcome.values() if error is not None)
             return None if max_refusals is None else max_refusals - refused
 
-        for start in range(0, len(batch), DELETES_PER_UPDATE):
-            chunk = batch[start:start + DELETES_PER_UPDATE]
+        left = refusals_left()
+        if left is None or left > 0:
+            outcome.update(self._send_batches(batch, left))
+        for hostname, what, name in alone:
             left = refusals_left()
             if left is not None and left <= 0:
-                return outcome
-            update = self._update()
-            for _, name in chunk:
-                for rdtype in ADDRESS_TYPES:
-                    update.delete(name, rdtype)
+                break
+            update = self._update(name.parent())
+            self._add_delete(name, update)
             try:
-                self._exchange(f"delete {len(chunk)} names", update)
+                self._exchange(what, update, entry_wide=False)
             except (DnsUnavailable, DnsEntryRejected):
                 raise
-            except DnsRejected:
-                outcome.update(super().delete_many(
-                    [(hostname, name.to_text(omit_final_dot=True)) for hostname, name in chunk], refusals_left()))
+            except DnsError as error:
+                outcome[hostname] = error
                 continue
-            outcome.update({hostname: None for hostname, _ in chunk})
-        left = refusals_left()
-        if alone and (left is None or left > 0):
-            outcome.update(super().delete_many(alone, left))
+            outcome[hostname] = None
         return outcome
 
     def addresses(self, hostname: str) -> list[str]:

@@ -37,11 +37,10 @@ def destroy_completed(context: PassContext) -> None:
             records.append(record)
     cloning = clones_still_running(context, records)
     groups: dict[str, tuple[Provider, PoolConfig, list[VMRecord]]] = {}
-    for record in records:
-        if record.name in cloning:
-            continue
+    leaving = [record for record in records if record.name not in cloning]
+    context.withdraw_dns_many(leaving)  # 50 a call: returning 200 VMs is 4 DNS updates, not 200
+    for record in leaving:
         hostname = record.name
-        context.withdraw_dns(record)
         reached = context.reach(record)
         if reached is None:
             context.report.errors.append(

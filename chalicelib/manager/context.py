@@ -27,6 +27,7 @@ reaches it: chaos tests kill the pass there, and the runner renews its lease the
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
@@ -60,6 +61,10 @@ DNS_SECONDS_PER_PASS = 15.0
 """The time one pass may wait on its DNS service: a quarter of the reconcile function's 60 s,
 three calls at the plugins' default 5 s timeout. A server that answers slowly, each call just
 within its timeout, would otherwise hold the pass for one wait per VM."""
+
+DNS_DELETES_PER_CALL = 50
+"""VMs whose records one call of a DNS plugin deletes at most (``withdraw_dns_many``: one update
+with ``dynamic-dns``): the pass checks its DNS budget between calls."""
 
 DNS_ENTRY_GONE = "entry_gone"
 """``DnsFailures`` reason: a VM's record cannot be deleted, the entry that published it is gone."""
@@ -397,19 +402,35 @@ class PassContext:
             self.dns_seconds += self.clock.monotonic() - started
 
     def withdraw_dns(self, record: VMRecord | None) -> None:
-        """Delete the A and AAAA records of a VM leaving service (or moving to another name: its
-        pool's ``dns_plugin`` or the entry's domain changed), if vmpool created them. A failure is
-        recorded on the VM (and retried while it is destroyed, then by
-        ``dns_records.delete_left_records`` once it is); it never holds the destroy."""
-        if record is None or not record.raw.get("dns_name"):
-            return
-        plugin = self.publisher(record)
-        if plugin is None:
-            return
-        fqdn = str(record.raw["dns_name"])
-        try:
-            self.dns_call(f"delete {fqdn}", lambda: plugin.delete(record.name, fqdn), plugin.name)
-        except DnsError as error:
+        """``withdraw_dns_many`` of one VM (if any)."""
+        self.withdraw_dns_many([record] if record is not None else [])
+
+    def withdraw_dns_many(self, records: Sequence[VMRecord]) -> None:
+        """Delete the A and AAAA records of VMs leaving service (or moving to another name: their
+        pool's ``dns_plugin`` or the entry's domain changed), if vmpool created them, each by the
+        entry that published it, ``DNS_DELETES_PER_CALL`` to a call (``delete_many``: one update
+        with ``dynamic-dns``). A failure is recorded on the VM (and retried while it is destroyed,
+        then by ``dns_records.delete_left_records`` once it is); it never holds the destroy."""
+        by_entry: dict[str, tuple[DnsPlugin, list[VMRecord]]] = {}
+        for record in records:
+            plugin = self.publisher(record) if record.raw.get("dns_name") else None
+            if plugin is not None:
+                by_entry.setdefault(plugin.name, (plugin, []))[1].append(record)
+        for plugin, members in by_entry.values():
+            for start in range(0, len(members), DNS_DELETES_PER_CALL):
+                chunk = members[start:start + DNS_DELETES_PER_CALL]
+                names = [(record.name, str(record.raw["dns_name"])) for record in chunk]
+                what = f"delete {names[0][1]}" if len(names) == 1 else f"delete {len(names)} records"
+                try:
+                    outcome = self.dns_call(what, functools.partial(plugin.delete_many, names), plugin.name)
+                except DnsError as error:  # the service did not answer, or refused the entry
+                    outcome = dict.fromkeys((record.name for record in chunk), error)
+                for record in chunk:
+                    self._withdrawn(record, outcome.get(record.name))
+
+    def _withdrawn(self, record: VMRecord, error: DnsError | None) -> None:
+        """Note the outcome of the delete of the VM's records (``error``: why it failed)."""
+        if error is not None:
             self.dns_failed(record.name, "record deletion", error)
             self.report.errors.append(f"DNS record of {record.name} not deleted: {error}")
             self.store.update_vm(record.name, dns_error=f"DNS record not deleted: {error}")
@@ -418,7 +439,7 @@ class PassContext:
             return
         # Only if the notes still name this record: a pass with a newer view may have published
         # the VM again meanwhile (its pool's dns_plugin changed), and that record is never forgotten.
-        self.store.forget_dns(record.name, fqdn, str(record.raw.get("dns_plugin") or ""))
+        self.store.forget_dns(record.name, str(record.raw["dns_name"]), str(record.raw.get("dns_plugin") or ""))
         if record.raw.get("dns_error"):
             self.store.forget_dns_left(self.pool.name, [record.name])
         self.checkpoint("dns_withdrawn")

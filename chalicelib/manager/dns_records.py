@@ -74,28 +74,57 @@ def name_in_use(context: PassContext, hostname: str) -> str:
     return f"hostname {plugin.fqdn(hostname)} already resolves to {', '.join(found)} (stale DNS record)"
 
 
-def check_ready(context: PassContext, record: VMRecord, vm: VMInfo) -> Readiness:
-    """The pending VM's readiness: its address records published (when the pool's plugin manages
-    records), then the provider's check."""
+RECORDS_PER_CALL = 50
+"""VMs whose records one call of the DNS plugin publishes at most (``create_many``: one update a
+call with ``dynamic-dns``): the pass checks its DNS budget between calls, and a call the service
+does not answer leaves at most this many VMs unpublished."""
+
+REFUSALS_PER_CALL = 5
+"""Names the DNS service refuses alone after which a call sends the rest of its VMs no more (they
+wait for the next pass): a key an ``update-policy`` grants no name costs a call of 50 VMs the
+batch, the check of the entry and 5 refused updates, not 50."""
+
+
+def publish_pending(context: PassContext, pending: Sequence[tuple[VMRecord, VMInfo]]) -> dict[str, str]:
+    """Publish the address records of the pending VMs ``pending`` (each record with what the
+    provider shows of it) whose addresses are not published yet, when the pool's plugin manages
+    records: claimed in one Redis round trip, sent ``RECORDS_PER_CALL`` to a call
+    (``_publish_many``). Returns, per VM that is not published, why (its readiness reason)."""
     plugin = context.dns
     if plugin is None or not plugin.manages_records:
-        return context.provider.check_ready(context.pool, vm)
-    addresses, noted = _wanted(vm)
-    fqdn = plugin.fqdn(record.name)
-    if noted and not _published_there(record, plugin, fqdn, noted):
+        return {}
+    wanted: dict[str, tuple[str, str]] = {}
+    addresses: dict[str, tuple[str, ...]] = {}
+    for record, vm in pending:
+        sent, noted = _wanted(vm)
+        fqdn = plugin.fqdn(record.name)
+        if not noted or _published_there(record, plugin, fqdn, noted):
+            continue
         if _published_elsewhere(record, plugin, fqdn):
             # Published under a name or by an entry the config no longer gives the pool: that
             # record goes first (by its entry, under its name), then the pool's own is published.
             context.withdraw_dns(record)
-        claimed = context.store.claim_dns(context.now, plugin.name, {record.name: (fqdn, noted)},
-                                          plugin.domain)[record.name]
-        if claimed.version < 0:
-            return Readiness(False, "DNS record not created: a later look at the VM claimed it, "
-                                    "or its former record is still to be deleted")
-        if claimed.version > 0:
-            reason = _publish(context, plugin, record.name, addresses, noted, claimed)
-            if reason:
-                return Readiness(False, reason)
+        wanted[record.name], addresses[record.name] = (fqdn, noted), sent
+    if not wanted:
+        return {}
+    claims = context.store.claim_dns(context.now, plugin.name, wanted, plugin.domain)
+    reasons = {hostname: "DNS record not created: a later look at the VM claimed it, "
+                         "or its former record is still to be deleted"
+               for hostname, claim in claims.items() if claim.version < 0}
+    reasons.update(_publish_many(context, plugin, {
+        hostname: (addresses[hostname], wanted[hostname][1], claim)
+        for hostname, claim in claims.items() if claim.version > 0}))
+    return reasons
+
+
+def check_ready(context: PassContext, record: VMRecord, vm: VMInfo, unpublished: str = "") -> Readiness:
+    """The pending VM's readiness: its address records published (when the pool's plugin manages
+    records: ``publish_pending`` gave ``unpublished``, why they are not), then the provider's check."""
+    plugin = context.dns
+    if plugin is None or not plugin.manages_records:
+        return context.provider.check_ready(context.pool, vm)
+    if unpublished:
+        return Readiness(False, unpublished)
     readiness = context.provider.check_ready(context.pool, vm)
     if readiness.ready and not vm.ip:
         return Readiness(False, "no IP address to publish in DNS yet")
@@ -127,24 +156,45 @@ def _published_elsewhere(record: VMRecord, plugin: DnsPlugin, fqdn: str) -> bool
         or record.raw.get("dns_plugin") not in (None, plugin.name)
 
 
-def _publish(context: PassContext, plugin: DnsPlugin, hostname: str, addresses: Sequence[str], noted: str,
-             claim: DnsClaim) -> str:
-    """Send the VM's address records (``addresses``, noted ``noted``: the pass claimed their
-    publication, ``claim``), then note them published unless another pass claimed since (then the
-    next pass sends what it sees again). Returns why they are not published ("" when they are)."""
-    fqdn = plugin.fqdn(hostname)
-    try:
-        context.dns_call(f"create {fqdn}", lambda: plugin.create_or_replace(hostname, addresses, claim.published),
-                         plugin.name)
-    except DnsError as error:
-        context.dns_failed(hostname, "record creation", error)
-        return f"DNS record not created: {error}"
-    if _left_service(context, hostname, fqdn, plugin.name):
-        return "left service while its DNS record was created"
-    if not context.store.confirm_dns({hostname: (claim.version, noted)}):
-        return "DNS record not created: another pass published the VM's address meanwhile"
-    context.checkpoint("dns_published")
-    return ""
+def _publish_many(context: PassContext, plugin: DnsPlugin,
+                  publications: dict[str, tuple[Sequence[str], str, DnsClaim]]) -> dict[str, str]:
+    """Send the address records of VMs (hostname -> the addresses, their note, the claim the pass
+    holds on their publication), ``RECORDS_PER_CALL`` to a call of the plugin, then note them
+    published unless another pass claimed since (then the next pass sends what it sees again).
+    Each VM's failure is counted and logged as its own. Returns, per VM not published, why."""
+    reasons: dict[str, str] = {}
+    sent: dict[str, tuple[int, str]] = {}
+    hostnames = list(publications)
+    for start in range(0, len(hostnames), RECORDS_PER_CALL):
+        chunk = hostnames[start:start + RECORDS_PER_CALL]
+        records = [(hostname, publications[hostname][0], publications[hostname][2].published) for hostname in chunk]
+        what = f"create {plugin.fqdn(chunk[0])}" if len(chunk) == 1 else f"create {len(chunk)} records"
+        try:
+            outcome = context.dns_call(what, functools.partial(plugin.create_many, records, REFUSALS_PER_CALL),
+                                       plugin.name)
+        except DnsError as error:  # the service did not answer, or refused the entry: every VM of the call
+            outcome = dict.fromkeys(chunk, error)
+        for hostname in chunk:
+            if hostname not in outcome:
+                reasons[hostname] = (f"DNS record not created: not sent, the DNS service refused "
+                                     f"{REFUSALS_PER_CALL} other names of its update")
+                continue
+            failure = outcome[hostname]
+            if failure is not None:
+                context.dns_failed(hostname, "record creation", failure)
+                reasons[hostname] = f"DNS record not created: {failure}"
+                continue
+            sent[hostname] = (publications[hostname][2].version, publications[hostname][1])
+    for hostname in _left_service(context, plugin, list(sent)):
+        reasons[hostname] = "left service while its DNS record was created"
+        del sent[hostname]
+    confirmed = set(context.store.confirm_dns(sent)) if sent else set()
+    for hostname in sent:
+        if hostname not in confirmed:
+            reasons[hostname] = "DNS record not created: another pass published the VM's address meanwhile"
+            continue
+        context.checkpoint("dns_published")
+    return reasons
 
 
 MOVED_RECORDS_PER_PASS = 10
@@ -198,14 +248,16 @@ def follow_addresses(context: PassContext) -> None:
     claims = context.store.claim_dns(context.now, plugin.name, seen, plugin.domain)
     moved = [hostname for hostname, claim in claims.items() if claim.version == DNS_ELSEWHERE][:MOVED_RECORDS_PER_PASS]
     claims.update(_moved(context, plugin, moved, seen))
-    for hostname, claim in claims.items():
-        if claim.version <= 0:
-            continue
-        noted = seen[hostname][1]
+    claimed = {hostname: claim for hostname, claim in claims.items() if claim.version > 0}
+    for hostname, claim in claimed.items():
         logger.info("VM's address or name changed: its DNS record is published again", extra={
-            "pool": context.pool.name, "hostname": hostname, "fqdn": seen[hostname][0], "addresses": noted,
-            "published": claim.published})
-        reason = _publish(context, plugin, hostname, sent[hostname], noted, claim)
+            "pool": context.pool.name, "hostname": hostname, "fqdn": seen[hostname][0],
+            "addresses": seen[hostname][1], "published": claim.published})
+    reasons = _publish_many(context, plugin, {hostname: (sent[hostname], seen[hostname][1], claim)
+                                              for hostname, claim in claimed.items()})
+    for hostname in claimed:
+        reason = reasons.get(hostname, "")
+        noted = seen[hostname][1]
         change = f"its DNS name changed to {seen[hostname][0]}" if hostname in moved else \
             f"its address changed to {noted}"
         if reason and states[hostname] == "ready":  # conditional: not if it left ready meanwhile
@@ -253,20 +305,24 @@ def _publishable(ip: str) -> bool:
 IN_SERVICE = ("pending", "ready", "running")
 
 
-def _left_service(context: PassContext, hostname: str, fqdn: str, published_by: str) -> bool:
-    """Whether the VM whose record was just created has left service since the pass's snapshot
-    was read (a stale pass: others made it ready, its user gave it back, and it was withdrawn,
-    perhaps destroyed, before this create). Then the record is withdrawn again, as when it left:
-    deleted now, or noted for later passes when DNS fails. Nothing else would delete it."""
-    current = context.store.get_vm(hostname)
-    if current is None or current.state in IN_SERVICE:
-        return False  # in service (or its record expired: nothing to note the name on)
-    noted = {"dns_name": fqdn, "dns_plugin": published_by}
-    context.store.update_vm(hostname, **noted)  # the withdraw may have cleared it
-    context.withdraw_dns(dataclasses.replace(current, raw={**current.raw, **noted}))
-    logger.info("DNS record of a VM that left service meanwhile withdrawn again",
-                extra={"pool": context.pool.name, "hostname": hostname, "state": current.state})
-    return True
+def _left_service(context: PassContext, plugin: DnsPlugin, hostnames: list[str]) -> list[str]:
+    """Of the VMs whose records were just created, those that have left service since the pass's
+    snapshot was read (a stale pass: others made one ready, its user gave it back, and it was
+    withdrawn, perhaps destroyed, before this create), read in one round trip. Their records are
+    withdrawn again, as when they left: deleted now, or noted for later passes when DNS fails.
+    Nothing else would delete them."""
+    if not hostnames:
+        return []
+    current = context.store.records(hostnames)
+    gone = [hostname for hostname in hostnames
+            if hostname in current and current[hostname].state not in IN_SERVICE]
+    for hostname in gone:  # in service, or its record expired (nothing to note the name on): none
+        noted = {"dns_name": plugin.fqdn(hostname), "dns_plugin": plugin.name}
+        context.store.update_vm(hostname, **noted)  # the withdraw may have cleared it
+        context.withdraw_dns(dataclasses.replace(current[hostname], raw={**current[hostname].raw, **noted}))
+        logger.info("DNS record of a VM that left service meanwhile withdrawn again",
+                    extra={"pool": context.pool.name, "hostname": hostname, "state": current[hostname].state})
+    return gone
 
 
 LEFT_RECORDS_PER_PASS = 50

@@ -5,6 +5,7 @@ signed with a TSIG key, on 127.0.0.1 and a free port (UDP and TCP).
         server.port, server.zone, server.key_name, server.key_secret
         server.addresses("host.vms.example.test")   # what the server answers now
         server.stop(); server.start()                # same port and zone data (its journal)
+        server.refuse_updates_of(["host-a", ...])    # an update-policy denying those names
 
 Needs the Debian package ``bind9`` (``/usr/sbin/named``).
 """
@@ -67,6 +68,8 @@ class BindServer:
     """named in the foreground with its own directory, config and zone."""
 
     def __init__(self) -> None:
+        self.refused_names: list[str] = []
+        """Names (in the zone) whose records the key may not change (``refuse_updates_of``)."""
         self.directory = Path(tempfile.mkdtemp(prefix="named-"))
         self.port = free_port()
         self.zone = ZONE
@@ -81,7 +84,7 @@ class BindServer:
         self._port_hold.hold(self.port)
         self._write_files()
 
-    def _write_files(self) -> None:
+    def _write_files(self, zone_data: bool = True) -> None:
         d = self.directory
         (d / "named.conf").write_text(f"""\
 options {{
@@ -102,16 +105,37 @@ key "{self.key_name}" {{
 zone "{self.zone}" {{
     type primary;
     file "{d}/zone.db";
-    allow-update {{ key "{self.key_name}"; }};
+    {self._update_rules()}
     allow-transfer {{ key "{self.key_name}"; }};
 }};
 """)
+        if not zone_data:
+            return  # its zone file and journal hold what the updates made
         (d / "zone.db").write_text(f"""\
 $TTL 60
 @   IN SOA ns.{self.zone}. admin.{self.zone}. (1 60 60 600 60)
 @   IN NS  ns.{self.zone}.
 ns  IN A   127.0.0.1
 """)
+
+    def _update_rules(self) -> str:
+        """The zone's update rules: the key may update every name (``allow-update``), or, with
+        ``refused_names``, an ``update-policy`` that denies it those names and grants it the rest
+        (BIND answers REFUSED to a whole update holding one record it denies)."""
+        if not self.refused_names:
+            return f'allow-update {{ key "{self.key_name}"; }};'
+        denied = "".join(f'deny "{self.key_name}" name {name}.{self.zone}. ANY; '
+                         for name in self.refused_names)
+        return f'update-policy {{ {denied}grant "{self.key_name}" zonesub ANY; }};'
+
+    def refuse_updates_of(self, hostnames: list[str]) -> None:
+        """From now on, refuse the key's updates of these names (in the zone; [] lifts it): an
+        operator's ``update-policy`` allowing vmpool only some names. named is restarted on its
+        port with the new config, its zone data kept."""
+        self.refused_names = list(hostnames)
+        self.stop()
+        self._write_files(zone_data=False)
+        self.start()
 
     def start(self, timeout: float = 20.0) -> None:
         """Start named and wait until it answers for the zone. At its first start, again on a fresh

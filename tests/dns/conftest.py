@@ -1,5 +1,6 @@
 """DNS fixtures: moto's Route 53 (``route53``), a DNS port no server answers on
-(``closed_dns_port``); the real BIND 9 server (``bind``) is in tests/conftest.py."""
+(``closed_dns_port``), a BIND 9 of the test's own (``policy_bind``); the session's real BIND 9
+server (``bind``) is in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any, Iterator
 import boto3
 import pytest
 from moto import mock_aws
+
+from tests.dns.bind import BindServer
 
 
 @pytest.fixture
@@ -49,3 +52,11 @@ def closed_dns_port() -> Iterator[int]:
                 continue
             yield port
             return
+
+
+@pytest.fixture
+def policy_bind() -> Iterator[BindServer]:
+    """A BIND 9 of its own for the test (``refuse_updates_of`` restarts it with an
+    ``update-policy``: the session's ``bind`` keeps its config)."""
+    with BindServer() as server:
+        yield server

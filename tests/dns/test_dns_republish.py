@@ -88,7 +88,7 @@ def test_a_steady_pass_sends_dns_nothing_and_a_changed_vm_costs_one_update(
     assert len(ready_vms(world)) == 6
     plugin = dns_of(world)
     calls: list[str] = []
-    for name in ("create_or_replace", "delete", "addresses"):
+    for name in ("create_many", "delete_many", "addresses"):
         method = getattr(plugin, name)
         monkeypatch.setattr(plugin, name, lambda *args, _m=method, _n=name: (calls.append(_n), _m(*args))[1])
     world.passes("dns", 3, seconds=120)  # whole comparisons (vm_checktime: 1 minute) and partial ones
@@ -96,7 +96,7 @@ def test_a_steady_pass_sends_dns_nothing_and_a_changed_vm_costs_one_update(
     [moved, *_] = sorted(world.hosts("dns", "running"))
     readdress(world, moved, "10.200.0.3")
     world.passes("dns", 2, seconds=120)
-    assert calls == ["create_or_replace"]
+    assert calls == ["create_many"]
     assert bind.addresses(fqdn(bind, moved)) == ["10.200.0.3"]
 
 
@@ -251,9 +251,10 @@ def test_a_pass_stops_deleting_left_records_after_a_few_refusals(
     bind.start()
     monkeypatch.setattr(dns_records, "LEFT_FAILURES_PER_PASS", 1)
     plugin = dns_of(world)
-    deletes: list[str] = []
-    delete = plugin.delete
-    monkeypatch.setattr(plugin, "delete", lambda host, name=None: (deletes.append(host), delete(host, name))[1])
+    deletes: list[str] = []  # the names whose deletes were sent
+    delete_many = plugin.delete_many
+    monkeypatch.setattr(plugin, "delete_many", lambda *args: (lambda sent: (deletes.extend(sent), sent)[1])(
+        delete_many(*args)))
     world.passes("dns", 1)
     assert len(deletes) == 1
     world.passes("dns", 1)
@@ -293,7 +294,7 @@ def test_records_an_earlier_release_published_are_kept_followed_and_withdrawn(
     published = {hostname: bind.addresses(fqdn(bind, hostname)) for hostname in hosts}
     plugin = dns_of(world)
     calls: list[str] = []
-    for name in ("create_or_replace", "delete"):
+    for name in ("create_many", "delete_many"):
         method = getattr(plugin, name)
         monkeypatch.setattr(plugin, name, lambda *args, _m=method, _n=name: (calls.append(_n), _m(*args))[1])
     world.passes("dns", 3, seconds=120)  # whole comparisons
@@ -301,7 +302,7 @@ def test_records_an_earlier_release_published_are_kept_followed_and_withdrawn(
 
     readdress(world, running, "10.200.0.8")
     world.passes("dns", 1)
-    assert calls == ["create_or_replace"] and bind.addresses(fqdn(bind, running)) == ["10.200.0.8"]
+    assert calls == ["create_many"] and bind.addresses(fqdn(bind, running)) == ["10.200.0.8"]
     world.store.move(running, "dns", "running", "completed", world.clock.now(), reason="returned by its user")
     world.passes("dns", 3)
     assert world.state_of(running) == "destroyed" and bind.addresses(fqdn(bind, running)) == []
