@@ -420,6 +420,29 @@ def test_reading_a_tokens_status_is_not_a_use_of_it(ldap_api: Harness, slapd):
     assert ldap_api.call("GET", f"/api/v3/token/{token}").body[token]["last"] == ruby_time(ldap_api.clock.now())
 
 
+def test_a_token_is_used_when_it_authenticates_a_request_whatever_the_answer(ldap_api: Harness, slapd):
+    """``last`` says when the token last proved who its caller is, as vmpooler's ``need_token!``
+    sets it: a request the token authenticates moves it whether it then succeeds or is refused
+    (another user's VM, 403): whoever holds a leaked token shows up in its owner's ``last``, and a
+    script whose pool is empty (503) still uses its token. A request refused for its input before
+    the token is needed (a checkout of an unknown pool), or one that reads no token (GET /vm/<host>,
+    GET /token/<t>), does not. docs/auth.md, "Tokens"."""
+    alice = ldap_api.new_token("alice", slapd.password("alice"))
+    created = ruby_time(ldap_api.clock.now())
+    bobs_vm = ldap_api.checkout(POOL, ldap_api.new_token("bob", slapd.password("bob")))
+
+    def last() -> str:
+        return str(ldap_api.call("GET", f"/api/v3/token/{alice}").body[alice]["last"])
+
+    for method, path in (("POST", "/api/v3/vm/nosuchpool"), ("GET", f"/api/v3/vm/{bobs_vm}")):
+        ldap_api.clock.advance(60)
+        assert ldap_api.call(method, path, headers={"X-AUTH-TOKEN": alice}).status in (200, 404)
+        assert last() == created, (method, path)
+    ldap_api.clock.advance(60)
+    refused = ldap_api.call("DELETE", f"/api/v3/vm/{bobs_vm}", headers={"X-AUTH-TOKEN": alice})
+    assert refused.status == 403 and last() == ruby_time(ldap_api.clock.now())
+
+
 class _NoQueue:
     """The reconcile queue, for a tick whose passes nobody runs."""
 
