@@ -128,12 +128,18 @@ def whole_number(value: Any) -> int | None:
     return int(value) if len(value) <= MAX_NUMBER_DIGITS else TOO_LARGE
 
 
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def shown(value: Any, limit: int = 40) -> str:
     """A client's value for an error message, cut short: a message never echoes a megabyte. A
     value of a JSON body that is not a string is spelt as the client sent it (``true``, ``null``,
     ``["a"]``), not as Python prints it (``True``, ``None``, ``['a']``): vmfloaty prints the
-    message to its user, who wrote JSON."""
+    message to its user, who wrote JSON. Control characters are written as their escapes (``\n``,
+    ``\x1b``): printed, a CR/LF sent in a value began a line the API seemed to have written, and
+    an escape sequence ran in the terminal."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = CONTROL_CHARACTERS.sub(lambda found: repr(found.group())[1:-1], text)
     return text if len(text) <= limit else text[:limit] + "..."
 
 

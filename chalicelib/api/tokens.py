@@ -208,6 +208,10 @@ def delete_token(services: Services, request: ApiRequest) -> ApiResponse:
             owner = services.tokens.owner(token)
             result = services.tokens.delete(token, owner) if owner else DeleteResult.NOT_FOUND
             user = owner or user
+        if result is DeleteResult.NOT_FOUND and is_token_id(token):
+            # 32 hex digits are shaped as a token and as an id's prefix (the SHA-256's first 32):
+            # no token by that value, it names one of the user's tokens by id, as 31 or 33 would.
+            result = services.tokens.delete_by_id(token, user)
     elif is_token_id(token):
         result = services.tokens.delete_by_id(token, user)
     else:

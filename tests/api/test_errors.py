@@ -315,6 +315,27 @@ def test_an_absurd_lifetime_is_refused_even_without_a_configured_limit(make_stac
     assert stack.get(f"/api/v3/vm/{stack.running}").status == 200  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("case", [
+    ("GET", "/summary/a%0D%0AX-Injected:%201%1B%5B2J/x", None, 404, "unknown summary section"),
+    ("PUT", "/api/v3/vm/{running}", {"lifetime": "2\r\nX-Injected: 1\x1b[2J"}, 400, "Lifetime"),
+    ("GET", "/api/v3/ondemandvm/a%0AX-Injected%1B%5D0%3Bpwned%07", None, 404, "no request found"),
+], ids=["summary section", "lifetime", "on-demand id"])
+def test_control_characters_sent_are_shown_as_escapes_in_the_message(busy: Harness, case: Case) -> None:
+    """vmfloaty prints an error's message to its user: a CR/LF in the value a caller sent began a
+    line the API seemed to have written (``X-Injected: 1``), and an escape sequence (clear the
+    screen, retitle the terminal) ran in the terminal. The value is still shown, its control
+    characters as escapes."""
+    method, target, body, status, text = case
+    before = busy.redis_state()
+    reply = busy.request(method, target.format(running=busy.running), body)  # type: ignore[attr-defined]
+    assert (reply.status, reply.json["ok"]) == (status, False) and busy.redis_state() == before
+    answer = reply.json
+    (message,) = [found for found in (answer.get("error"), answer.get("message"), *answer.get("failure", []))
+                  if found and text in found]
+    assert not any(ord(character) < 0x20 or 0x7F <= ord(character) <= 0x9F for character in message), message
+    assert "\\n" in message, message
+
+
 def test_a_method_of_60_kb_is_not_echoed_back(busy: Harness) -> None:
     """A server that takes any token as a method (the in-process one: http.server reads up to
     64 KiB of request line) handed the gateway a 60 KB method, which its 405 echoed whole."""

@@ -420,6 +420,29 @@ def test_reading_a_tokens_status_is_not_a_use_of_it(ldap_api: Harness, slapd):
     assert ldap_api.call("GET", f"/api/v3/token/{token}").body[token]["last"] == ruby_time(ldap_api.clock.now())
 
 
+def test_a_token_is_used_when_it_authenticates_a_request_whatever_the_answer(ldap_api: Harness, slapd):
+    """``last`` says when the token last proved who its caller is, as vmpooler's ``need_token!``
+    sets it: a request the token authenticates moves it whether it then succeeds or is refused
+    (another user's VM, 403): whoever holds a leaked token shows up in its owner's ``last``, and a
+    script whose pool is empty (503) still uses its token. A request refused for its input before
+    the token is needed (a checkout of an unknown pool), or one that reads no token (GET /vm/<host>,
+    GET /token/<t>), does not. docs/auth.md, "Tokens"."""
+    alice = ldap_api.new_token("alice", slapd.password("alice"))
+    created = ruby_time(ldap_api.clock.now())
+    bobs_vm = ldap_api.checkout(POOL, ldap_api.new_token("bob", slapd.password("bob")))
+
+    def last() -> str:
+        return str(ldap_api.call("GET", f"/api/v3/token/{alice}").body[alice]["last"])
+
+    for method, path in (("POST", "/api/v3/vm/nosuchpool"), ("GET", f"/api/v3/vm/{bobs_vm}")):
+        ldap_api.clock.advance(60)
+        assert ldap_api.call(method, path, headers={"X-AUTH-TOKEN": alice}).status in (200, 404)
+        assert last() == created, (method, path)
+    ldap_api.clock.advance(60)
+    refused = ldap_api.call("DELETE", f"/api/v3/vm/{bobs_vm}", headers={"X-AUTH-TOKEN": alice})
+    assert refused.status == 403 and last() == ruby_time(ldap_api.clock.now())
+
+
 class _NoQueue:
     """The reconcile queue, for a tick whose passes nobody runs."""
 
@@ -513,3 +536,29 @@ def test_tokens_whose_answers_were_lost_are_listed_and_revoked_by_id(make_api, l
     assert [api.call("DELETE", f"/api/v3/token/{tid}", headers=bob).status for tid in ids] == [404, 404]
     assert [api.call("DELETE", f"/api/v3/token/{tid}", headers=alice).status for tid in ids] == [200, 200]
     assert api.call("POST", "/api/v3/token", headers=alice).status == 200
+
+
+def test_an_id_of_32_hex_digits_revokes_its_token_and_no_id_is_a_token(ldap_api: Harness, slapd):
+    """A prefix of a token's SHA-256 of 8 to 64 hex digits names it on DELETE /token/<id>
+    (docs/auth.md); one of exactly 32 was read as a token, which it is shaped as too, and the
+    owner revoking a lost token by it got 404 "unknown or expired token" (31 or 33 digits
+    worked). An id, whatever its length, is never a token: not in X-AUTH-TOKEN, not in
+    GET /token/<t>; and another user's id revokes nothing and is told apart from no id at all."""
+    alice, bob = basic("alice", slapd.password("alice")), basic("bob", slapd.password("bob"))
+    kept, lost = (ldap_api.new_token("alice", slapd.password("alice")) for _ in range(2))
+    digest = hashlib.sha256(lost.encode()).hexdigest()
+    for length in (16, 32, 64):
+        prefix = digest[:length]
+        assert ldap_api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": prefix}).status == 401
+        assert ldap_api.call("GET", f"/api/v3/token/{prefix}").status == 404
+    assert ldap_api.call("GET", "/api/v3/token", headers=bob).status == 404  # bob logged in: his directory answer kept
+    before = ldap_api.redis_state()
+    unknown = ldap_api.call("DELETE", f"/api/v3/token/{'0' * 32}", headers=bob)
+    others = ldap_api.call("DELETE", f"/api/v3/token/{digest[:32]}", headers=bob)
+    assert (others.status, others.body) == (unknown.status, unknown.body) == (
+        404, {"ok": False, "error": "unknown or expired token"})
+    assert ldap_api.redis_state() == before
+    revoked = ldap_api.call("DELETE", f"/api/v3/token/{digest[:32]}", headers=alice)
+    assert (revoked.status, revoked.body) == (200, {"ok": True})
+    assert ldap_api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": lost}).status == 401
+    assert set(ldap_api.call("GET", "/api/v3/token", headers=alice).body) == {"ok", token_id(kept)}
