@@ -16,8 +16,9 @@ vCenter forgetting old tasks (it keeps finished ones for minutes only), so a ref
 * ``destroy:<vm>:<poweroff task>:<name>`` - a destroy that had to power off first: reading its
   state starts Destroy_Task once the VM is off and reports success when the VM is gone, or when
   the id now names a VM of another name (a vCenter restored from a backup, or restarted as vcsim
-  is, gives old ids to new VMs: those are never destroyed for it). Written without ``:<name>``
-  before that check existed;
+  is, gives old ids to new VMs: those are never destroyed for it); a Destroy_Task vCenter
+  refuses reads as an ERROR of the fault's kind. Written without ``:<name>`` before that check
+  existed;
 * ``migrate:<task>:<vm>:<host>:q<queued>`` - a RelocateVM (``queued`` as above); if vCenter no
   longer knows the task, or the id is another task's, it succeeded exactly when the VM is on that
   host. (Written without ``:q<queued>`` before that check existed: the id is then trusted);
@@ -29,7 +30,7 @@ vCenter forgetting old tasks (it keeps finished ones for minutes only), so a ref
   missing): it reads as an ERROR carrying the failure's kind and message, the same way a vCenter
   fault does. (``failed:<message>``, written before kinds existed, reads as kind ``other``.)
 
-Reading a state never waits.
+Reading a state never waits. ``statuses`` reads many references' tasks in one retrieval.
 """
 
 from __future__ import annotations
