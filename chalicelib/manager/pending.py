@@ -19,7 +19,7 @@ from chalicelib.manager.context import PassContext
 from chalicelib.manager.placement import describe
 from chalicelib.manager.pool_changes import stale_reason
 from chalicelib.observability import logger
-from chalicelib.providers.base import ProviderError, TaskState, TaskStatus, VMInfo
+from chalicelib.providers.base import Provider, ProviderError, TaskState, TaskStatus, VMInfo
 from chalicelib.store import DurationSample, Store, VMRecord
 from chalicelib.store.leases import LeaseHolder, labelled_holder
 from chalicelib.store.records import MARKS_ASKED
@@ -155,14 +155,15 @@ def check_pending(context: PassContext) -> None:
     Whatever the number of VMs, one provider call asks for every clone task and one round trip
     notes the finished clones, the not-ready reasons and moves the booted VMs to ready (each
     move conditional on its own VM)."""
-    records: list[VMRecord] = []
+    found: list[VMRecord] = []
     for hostname in context.snapshot.hostnames("pending"):
         record = context.record(hostname)
         if record is None:
             context.drop(hostname, "pending", "record missing")
-        elif not _left_behind(context, record):
-            records.append(record)
-    _follow(context, records)
+        else:
+            found.append(record)
+    cloning = _cloning_elsewhere(context, found)
+    _follow(context, [record for record in found if not _left_behind(context, record, cloning)])
 
 
 def check_started(context: PassContext, records: list[VMRecord]) -> int:
@@ -199,7 +200,33 @@ def _follow(context: PassContext, records: list[VMRecord], started: bool = False
     return len(finished)
 
 
-def _left_behind(context: PassContext, record: VMRecord) -> bool:
+def _cloning_elsewhere(context: PassContext, records: list[VMRecord]) -> set[str]:
+    """Of ``records``, the VMs made where their pool no longer makes VMs whose clone still runs
+    there within the pool's timeout (hostnames): their clone tasks read in one call a provider
+    (before, one call a VM). A task the provider could not read (UNKNOWN), or a provider that
+    does not answer, counts as still cloning: asked again next pass."""
+    groups: dict[str, tuple[Provider, list[VMRecord]]] = {}
+    for record in records:
+        age = context.now - (record.clone_start or context.now)
+        if context.elsewhere(record) is None or record.clone_end is not None or not record.clone_task \
+                or age > context.pool.timeout_minutes * 60:
+            continue
+        reached = context.reach(record)
+        if reached is not None:
+            groups.setdefault(reached[0].name, (reached[0], []))[1].append(record)
+    cloning: set[str] = set()
+    for provider, members in groups.values():
+        try:
+            statuses = provider.task_statuses([record.clone_task for record in members])
+        except ProviderError:
+            cloning.update(record.name for record in members)  # the former place does not answer
+            continue
+        cloning.update(record.name for record in members
+                       if statuses[record.clone_task].state in (TaskState.RUNNING, TaskState.UNKNOWN))
+    return cloning
+
+
+def _left_behind(context: PassContext, record: VMRecord, cloning: set[str]) -> bool:
     """Whether the VM was made where its pool no longer makes VMs (manager/placement.py): then it
     leaves service, to be destroyed there, and the pool clones its replacement in the new place.
     Not a clone failure: the pool does not back off for it. Not while its clone still runs (up to
@@ -208,16 +235,9 @@ def _left_behind(context: PassContext, record: VMRecord) -> bool:
     placement = context.elsewhere(record)
     if placement is None:
         return False
-    age = context.now - (record.clone_start or context.now)
-    if record.clone_end is None and record.clone_task and age <= context.pool.timeout_minutes * 60:
-        reached = context.reach(record)
-        try:
-            cloning = reached is not None and reached[0].task_status(record.clone_task).state is TaskState.RUNNING
-        except ProviderError:
-            cloning = True  # the former place does not answer: asked again next pass
-        if cloning:
-            context.report.followups += 1
-            return True
+    if record.name in cloning:  # still cloning there (``_cloning_elsewhere``)
+        context.report.followups += 1
+        return True
     # A clone still running there past the timeout keeps its slot until it ends (completed.py),
     # and so does one asked there whose task was never noted (its answer lost, its pass killed):
     # the completed step asks that place whether it still makes it (unnoted_clones_running).

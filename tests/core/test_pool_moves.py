@@ -132,3 +132,28 @@ def test_a_clone_in_flight_in_the_old_place_is_destroyed_once_it_is_done(make_ha
     passes(harness, 4)
     assert {harness.state_of(host) for host in cloning} == {"destroyed"}
     assert vms_in(harness, "dummy", "f/one") == set()
+
+
+def test_the_clones_in_flight_in_the_old_place_are_read_in_one_provider_call(
+        make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pass asks the old place whether its clones still run: all of them in one call (before,
+    one call a clone: a vCenter round trip each, every pass, for as long as they ran)."""
+    slow = CONFIG.replace("createvm_max_time: 0, boot_time: 30", "createvm_min_time: 90, createvm_max_time: 90, "
+                          "boot_time: 30", 1)
+    harness = make_harness(parse(slow))
+    harness.reconcile("p")
+    cloning = harness.hosts("p", "pending")
+    old_tasks = {record.clone_task for record in harness.store.records(cloning).values()}
+    assert len(old_tasks) == 3 and all(old_tasks)
+    harness.services.use_config(parse(slow.replace(*MOVES["folder"])))
+    provider = harness.services.provider("dummy")
+    read, asked = provider.task_statuses, []
+
+    def reading(task_refs: list[str]) -> object:
+        asked.append(set(task_refs) & old_tasks)
+        return read(task_refs)
+
+    monkeypatch.setattr(provider, "task_statuses", reading)
+    passes(harness, 1)
+    assert [refs for refs in asked if refs] == [old_tasks]
+    assert cloning <= harness.hosts("p", "pending")  # still waited for

@@ -25,10 +25,11 @@ from chalicelib.store import Store
 from chalicelib.store.ondemand import CLONE_HELD
 from tests.harness import Harness, HarnessFactory
 from tests.support import eventually
-from tests.vsphere.vcsim import Setup, VcsimServer, make_setup, vcsim_config
+from tests.vsphere.vcsim import Setup, VcsimServer, make_setup, objects_read, refuse_on_stub, vcsim_config
 
 POOL = "unreadable"
-REFUSED = "vCenter said NoPermission: the user may not read this task"
+REFUSED_TEXT = "the user may not read this task"
+REFUSED = f"vCenter said NoPermission: {REFUSED_TEXT}"
 
 
 def unreadable_tasks(harness: Harness, monkeypatch: pytest.MonkeyPatch,
@@ -85,7 +86,9 @@ def test_a_clone_task_vcenter_cannot_read_does_not_stop_the_pool_refilling_or_re
         return ref
 
     monkeypatch.setattr(provider, "clone", cloning)
-    unreadable_tasks(harness, monkeypatch, lambda ref: ref in refused)
+    # vCenter refuses every read naming that task (the provider reads the pool's tasks together).
+    refuse_on_stub(provider, monkeypatch, lambda method, args: vim.fault.NoPermission(msg=REFUSED_TEXT) if any(
+        ref.split(":")[1] in objects_read(method, args) for ref in refused) else None)
 
     started = harness.reconcile(POOL).clones_started
     assert len(started) == 2
@@ -162,12 +165,9 @@ def test_a_task_read_that_cannot_reach_vcenter_still_ends_the_pass(
     so the pass ends there (the runner counts it, ``ReconcileErrors`` reason ``connection``)."""
     harness = harness_for(vcsim, make_harness)
     assert len(harness.reconcile(POOL).clones_started) == 2
-    provider = harness.provider
-
-    def unreachable(task_ref: str) -> TaskStatus:
-        raise ProviderError(f"read task {task_ref}: cannot talk to vCenter", FailureKind.CONNECTION)
-
-    monkeypatch.setattr(provider, "task_status", unreachable)
+    # The network fails every read of a task (the provider reads the pool's tasks together).
+    refuse_on_stub(harness.provider, monkeypatch, lambda method, args: ConnectionRefusedError(
+        "cannot talk to vCenter") if any(name.startswith("task-") for name in objects_read(method, args)) else None)
     harness.clock.advance(5)
     with pytest.raises(ProviderError) as raised:
         harness.reconcile(POOL)

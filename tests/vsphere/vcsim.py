@@ -277,3 +277,28 @@ def record_soap_calls(monkeypatch: pytest.MonkeyPatch, record: Callable[[str, An
             return super().InvokeMethod(mo, info, args, *rest, **named)
 
     monkeypatch.setattr(vsphere_connection, "SoapStubAdapter", RecordingStub)
+
+
+def refuse_on_stub(provider: VSphereProvider, monkeypatch: pytest.MonkeyPatch,
+                   refused: Callable[[str, Any], BaseException | None]) -> None:
+    """From now on, the provider's connection fails each SOAP call ``refused(method, args)``
+    gives an exception for with that exception (a vCenter fault: as vCenter refusing it; an
+    OSError: as the network failing it), before sending it; the others are sent as ever."""
+    stub = provider.connection().stub
+    invoke = stub.InvokeMethod
+
+    def refusing(mo: Any, info: Any, args: Any, *rest: Any, **named: Any) -> Any:
+        fault = refused(info.wsdlName, args)
+        if fault is not None:
+            raise fault
+        return invoke(mo, info, args, *rest, **named)
+
+    monkeypatch.setattr(stub, "InvokeMethod", refusing)
+
+
+def objects_read(method: str, args: Any) -> set[str]:
+    """The ids of the objects a RetrievePropertiesEx call names (none for another method)."""
+    if method != "RetrievePropertiesEx":
+        return set()
+    return {spec.obj._moId for spec_set in args[0] for spec in spec_set.objectSet or ()}
+

@@ -11,6 +11,7 @@ from chalicelib.config import PoolConfig, ProviderConfig, ServiceConfig
 from chalicelib.logs import module_logger
 from chalicelib.providers import ownership
 from chalicelib.providers.base import (
+    UNREACHABLE,
     AnswerLost,
     Migration,
     Provider,
@@ -190,6 +191,26 @@ class VSphereProvider(Provider):
         advance on each read."""
         read = templates.status if templates.is_ref(task_ref) else tasks.status
         return self._run(f"read task {task_ref}", lambda connection: read(connection, task_ref))
+
+    def task_statuses(self, task_refs: Sequence[str]) -> Mapping[str, TaskStatus]:
+        """The tasks' states, the clones', migrations' and plain tasks' in one PropertyCollector
+        retrieval (``tasks.statuses``: 10 clones in flight, 1 call a poll instead of 10); a
+        destroy's and a template preparation's read on their own (each read moves them on). When
+        the retrieval fails for another reason than an unreachable vCenter (vCenter refusing one
+        of the tasks), they are read one at a time: the failing task UNKNOWN, the others read."""
+        refs = list(dict.fromkeys(task_refs))
+        together = [ref for ref in refs if not templates.is_ref(ref) and tasks.reads_together(ref)]
+        found: dict[str, TaskStatus] = {}
+        if together:
+            try:
+                found.update(self._run(f"read {len(together)} tasks",
+                                       lambda connection: tasks.statuses(connection, together), read_only=True))
+            except ProviderError as error:
+                if error.kind in UNREACHABLE:
+                    raise
+                found.update(super().task_statuses(together))
+        found.update(super().task_statuses([ref for ref in refs if ref not in found]))
+        return {ref: found[ref] for ref in refs}
 
     def cancel_task(self, task_ref: str) -> bool:
         """Cancel a clone task vCenter still runs (CancelTask); never waits for it to stop."""
