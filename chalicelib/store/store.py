@@ -866,6 +866,7 @@ class Store:
             self._release_after_failure(checkout_id, vms, now, holdings)
             raise StoreUnavailable("redis: checkout returned to the pool before it was confirmed")
         if acks and int(acks[0]) < replicas:
+            self._count_replicas_again()
             self._release_after_failure(checkout_id, vms, now, holdings)
             raise CheckoutNotDurable(f"redis: {acks[0]} of {replicas} replicas acknowledged "
                                      f"the checkout within {timeout_ms} ms")
@@ -893,7 +894,18 @@ class Store:
             pipe.incr(self.keys.changes)
             pipe.execute_command("WAIT", replicas, timeout_ms)
             _, acknowledged = pipe.execute()
-        return int(acknowledged) >= replicas
+        if int(acknowledged) < replicas:
+            self._count_replicas_again()
+            return False
+        return True
+
+    def _count_replicas_again(self) -> None:
+        """A wait went unacknowledged: the replica count this process keeps for up to
+        REPLICAS_RECHECK_SECONDS may be stale (the primary killed and its replica promoted, a
+        primary left alone, which waits for no one), so the next write looks it up. Before, every
+        write of those seconds waited ``replica_ack_timeout`` for a replica the new primary did
+        not have and was answered 503 (a pass's lease retry skipped, once per pool every 2 s)."""
+        self._replicas_known_until = 0.0
 
     def require_replicated(self, public_message: str, what: str) -> None:
         """Raise NotYetReplicated (a 503 saying ``public_message``) unless every write so far is
