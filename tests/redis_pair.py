@@ -179,6 +179,16 @@ class RedisPair:
             replica.close()
         raise AssertionError("the replica did not catch up")
 
+    def _relink(self, replica: redis.Redis) -> None:
+        """Make ``replica`` (a client of the node about to be the replica) replicate from the new
+        primary (``self.replica`` before the roles swap) through a new ``link``, so that holding
+        the link after a swap lags the replica as it did before (the demoted node replicating
+        straight from the new primary, ``link.hold`` held nothing: no lag, and a test of lost
+        writes could not fail). The old link, to the old primary, is closed."""
+        old_link, self.link = self.link, Endpoint(self.replica.port)
+        replica.execute_command("REPLICAOF", "127.0.0.1", self.link.port)
+        old_link.close()
+
     def kill_primary_and_promote(self) -> None:
         """The primary crashes (SIGKILL); the replica is promoted and the endpoint points at it."""
         self.primary.kill()
@@ -200,6 +210,7 @@ class RedisPair:
                 if time.monotonic() > deadline:
                     raise AssertionError("FAILOVER did not complete")
                 time.sleep(0.01)
+            self._relink(old)  # FAILOVER made it a replica straight of the new primary
         finally:
             old.close()
             new.close()
@@ -225,8 +236,10 @@ class RedisPair:
             stopped.send_signal(signal.SIGCONT)
         time.sleep(demote_after)
         demoted = self.client(self.primary)
-        demoted.execute_command("REPLICAOF", "127.0.0.1", self.replica.port)
-        demoted.close()
+        try:
+            self._relink(demoted)
+        finally:
+            demoted.close()
         self.primary, self.replica = self.replica, self.primary
 
     def swap_with_replicaof(self, move_endpoint: bool = True) -> None:
@@ -237,7 +250,7 @@ class RedisPair:
         old, new = self.client(self.primary), self.client(self.replica)
         try:
             new.execute_command("REPLICAOF", "NO", "ONE")
-            old.execute_command("REPLICAOF", "127.0.0.1", self.replica.port)
+            self._relink(old)
         finally:
             old.close()
             new.close()

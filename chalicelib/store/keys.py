@@ -43,6 +43,11 @@ family through these validators.
     changes                  string  counter: every state change stamps its VM (change_seq) with
                                      its value; a reconcile pass increments it before reading the
                                      provider's inventory, to order that read against the changes
+    replicas:seen            string  the replication id (master_replid) of the primary on which a
+                                     process last found the replicas a write waits for online,
+                                     kept store.REPLICA_LOSS_GRACE_SECONDS: while it names the
+                                     primary, a primary short of them still waits (503s), as a
+                                     promotion may yet take the replica it lost
     clone_demand:wanted      zset    the pools short of VMs, scored by the clone slots each wants: the
                                      smallest first is the order lua/reserve_clones.lua shares
                                      task_limit in, so a pass finds its share without reading them all
@@ -301,6 +306,11 @@ class Keys:
     @property
     def changes(self) -> str:
         return f"{self.prefix}changes"
+
+    @property
+    def replicas_seen(self) -> str:
+        """The primary (its replication id) last seen with its replicas online (Store._replica_wait)."""
+        return f"{self.prefix}replicas:seen"
 
     def ready_checked(self, pool: str) -> str:
         return f"{self.prefix}pool:{pool}:ready_checked"

@@ -46,6 +46,14 @@ REPLICAS_RECHECK_SECONDS = 5.0
 """How often a process looks up how many replicas its primary has in sync, while it knows of as
 many as it waits for (``Store._replicas_to_wait_for``; fewer: at each write that waits)."""
 
+REPLICA_LOSS_GRACE_SECONDS = 60.0
+"""How long after a primary was last seen with the replicas a write waits for (``keys.
+replicas_seen``) a write there still waits for them though they are gone, answered 503 for want
+of them: a primary cut off from its replica (a partition) and still named by the endpoint may be
+replaced by that replica when the failover's detection ends, and the writes it took alone are
+lost then. Past it, a primary short of replicas is taken for one left alone (its replica lost
+for good, being rebuilt) and answers without waiting, as a just-promoted one does at once."""
+
 LAMBDA_ENV = "AWS_LAMBDA_FUNCTION_NAME"
 MIN_REPLICA_ACKS_ENV = "VMPOOL_REDIS_MIN_REPLICA_ACKS"
 
@@ -428,6 +436,14 @@ class Store:
         self._online_replicas = 0
         self._replicas_known_until = 0.0
         self._primary_history = ""
+        self._replicas_seen_mark = ("", 0.0)
+        """The primary (history) this process last marked as having its replicas online
+        (``keys.replicas_seen``), and until when (monotonic) that mark needs no renewal."""
+        self._waiting_for_lost = False
+        """The primary was last found short of the replicas asked for, though it had them within
+        REPLICA_LOSS_GRACE_SECONDS: writes wait for them all the same."""
+        self._rejoin_due = 0.0
+        """Meanwhile, when (monotonic) its connections are next made again through the endpoint."""
         self.keys = Keys(prefix)
         self.scripts = Scripts(client)
         self.data_ttl_seconds = data_ttl_hours * 3600
@@ -866,6 +882,7 @@ class Store:
             self._release_after_failure(checkout_id, vms, now, holdings)
             raise StoreUnavailable("redis: checkout returned to the pool before it was confirmed")
         if acks and int(acks[0]) < replicas:
+            self._count_replicas_again()
             self._release_after_failure(checkout_id, vms, now, holdings)
             raise CheckoutNotDurable(f"redis: {acks[0]} of {replicas} replicas acknowledged "
                                      f"the checkout within {timeout_ms} ms")
@@ -893,7 +910,18 @@ class Store:
             pipe.incr(self.keys.changes)
             pipe.execute_command("WAIT", replicas, timeout_ms)
             _, acknowledged = pipe.execute()
-        return int(acknowledged) >= replicas
+        if int(acknowledged) < replicas:
+            self._count_replicas_again()
+            return False
+        return True
+
+    def _count_replicas_again(self) -> None:
+        """A wait went unacknowledged: the replica count this process keeps for up to
+        REPLICAS_RECHECK_SECONDS may be stale (the primary killed and its replica promoted, a
+        primary left alone, which waits for no one), so the next write looks it up. Before, every
+        write of those seconds waited ``replica_ack_timeout`` for a replica the new primary did
+        not have and was answered 503 (a pass's lease retry skipped, once per pool every 2 s)."""
+        self._replicas_known_until = 0.0
 
     def require_replicated(self, public_message: str, what: str) -> None:
         """Raise NotYetReplicated (a 503 saying ``public_message``) unless every write so far is
@@ -933,8 +961,12 @@ class Store:
             return 0, False
         moved = False
         if time.monotonic() >= self._replicas_known_until or self._online_replicas < wanted:
-            online, history = self._online_replicas_and_history()
-            if online < wanted <= self._online_replicas:
+            online, history, seen = self._online_replicas_and_history()
+            # Still short of the replicas this primary had (``_waiting_for_lost``): its old
+            # connections keep reaching it after the endpoint moves to the replica promoted, so
+            # they reconnect again, every REPLICAS_RECHECK_SECONDS while that lasts.
+            rejoin = self._waiting_for_lost and online < wanted and time.monotonic() >= self._rejoin_due
+            if online < wanted <= self._online_replicas or rejoin:
                 # Replicas lost since the last look: a failover may have promoted one while this
                 # node was paused or cut off. Such a node, resumed, is still a primary, alone, and
                 # takes writes on the connections opened to it before the endpoint moved; they are
@@ -943,20 +975,47 @@ class Store:
                 # the count is read where it now leads: the same node when it only lost a replica
                 # (its replication history the same), else a promoted one.
                 reconnect_pooled_connections(self.client)
-                online, history = self._online_replicas_and_history()
+                online, history, seen = self._online_replicas_and_history()
                 moved = history != self._primary_history
+                self._rejoin_due = time.monotonic() + REPLICAS_RECHECK_SECONDS
             self._online_replicas, self._primary_history = online, history
             self._replicas_known_until = time.monotonic() + REPLICAS_RECHECK_SECONDS
+            if online >= wanted:
+                self._mark_replicas_seen(history, seen)
+            self._waiting_for_lost = online < wanted and seen == history != ""
+        if self._waiting_for_lost:
+            # This primary had its replicas moments ago: it may be cut off from them, one of them
+            # about to be promoted. Wait for them (a 503) rather than answer what it would lose.
+            return wanted, moved
         return min(wanted, self._online_replicas), moved
 
-    def _online_replicas_and_history(self) -> tuple[int, str]:
-        """The replicas online at the primary a pooled connection reaches, and that primary's
-        replication history id (``INFO replication``: ``master_replid``, new at each promotion)."""
+    def _mark_replicas_seen(self, history: str, seen: str) -> None:
+        """Note on the primary (``keys.replicas_seen``, for REPLICA_LOSS_GRACE_SECONDS) that it had
+        the replicas a write waits for: every process, one started later too, then waits for
+        them that long after they are lost. Written once a quarter of that per process, and
+        whenever the mark read (``seen``) names another primary or none; a failed write only
+        shortens the grace (the look-up answered already)."""
+        marked, until = self._replicas_seen_mark
+        if not history or (seen == marked == history and time.monotonic() < until):
+            return
+        try:
+            self.client.set(self.keys.replicas_seen, history, px=int(REPLICA_LOSS_GRACE_SECONDS * 1000))
+        except redis.RedisError:
+            return
+        self._replicas_seen_mark = (history, time.monotonic() + REPLICA_LOSS_GRACE_SECONDS / 4)
+
+    def _online_replicas_and_history(self) -> tuple[int, str, str]:
+        """The replicas online at the primary a pooled connection reaches, that primary's
+        replication history id (``INFO replication``: ``master_replid``, new at each promotion),
+        and the history last seen with its replicas online (``keys.replicas_seen``, "" none)."""
         with _translate_errors():
-            info = self.client.info("replication")
+            pipe = self.client.pipeline(transaction=False)
+            pipe.info("replication")
+            pipe.get(self.keys.replicas_seen)
+            info, seen = pipe.execute()
         online = sum(1 for name, value in info.items()
                      if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online")
-        return online, str(info.get("master_replid", ""))
+        return online, str(info.get("master_replid", "")), str(seen or "")
 
     def _release_after_failure(self, checkout_id: str, vms: Sequence[CheckedOut], now: float, holdings: str) -> None:
         """Best effort, once (Redis is failing already: each try may cost a socket timeout);

@@ -314,6 +314,10 @@ def test_a_change_answered_200_right_after_a_replica_came_online_is_on_it_when_p
     replica = RedisPair.client(redis_pair.replica)
     replica.execute_command("REPLICAOF", "NO", "ONE")  # the replica lost; the primary alone
     eventually_alone(redis_pair)
+    # Alone for longer than REPLICA_LOSS_GRACE_SECONDS (its replica lost for good): the mark of
+    # the replica last seen has lapsed (test_failover_cut_off_primary.py: the writes before wait).
+    with RedisPair.client(redis_pair.primary) as primary:
+        primary.delete(api.store.keys.replicas_seen)
     monkeypatch.setattr(store_module, "REPLICAS_RECHECK_SECONDS", 3600.0)  # what it finds holds a while
     assert on_vm("PUT", hostname, {"tags": {"project": "alone"}})[0] == 200  # none: answered at once
     replica.execute_command("REPLICAOF", "127.0.0.1", str(redis_pair.link.port))  # a new replica, synced

@@ -1,0 +1,133 @@
+"""A primary cut off from its replica (a partition, the link reset) while the endpoint still
+names it, its replica promoted only later (the failover's detection takes that long).
+
+The primary drops the replica from its count as soon as the link closes (after ``repl-timeout``
+when it goes silent). A process that then looks its replicas up finds none, reconnects through
+the endpoint, reaches the same node (same replication history) and took it for a primary left
+alone: its checkouts were answered 200 without waiting for a replica, and lost when the replica
+was promoted: the new primary had the VM in ready for the next caller. A process started after
+the cut (a cold Lambda) did so from its first checkout.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from chalicelib.manager.reconcile import reconcile_pool
+from chalicelib.services import Services
+from tests.chaos.lambda_api import call, serve, serving
+from tests.redis_pair import RedisPair
+from tests.support import eventually
+
+POOL = "cut"
+CONFIG = f"""
+:redis: {{socket_timeout: 5.0, replica_ack_timeout: 300}}
+:providers:
+  :dummy: {{createvm_max_time: 0, boot_time: 0}}
+:pools:
+  - {{name: {POOL}, size: 3, provider: dummy}}
+"""
+
+
+@pytest.fixture
+def api(redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
+    """The API function on the pair's endpoint, waiting for a replica as in AWS Lambda."""
+    services = serving(redis_pair, monkeypatch, CONFIG)
+    yield services
+    services.client.close()
+
+
+def check_out() -> tuple[int, dict]:
+    return call("POST", "/api/v3/vm/{name}", f"/api/v3/vm/{POOL}", params={"name": POOL})
+
+
+def hostname(answer: dict) -> str:
+    return str(answer[POOL]["hostname"]).split(".")[0]
+
+
+def cut_the_link(pair: RedisPair) -> None:
+    """The replication link reset: the primary counts its replica gone, the endpoint still
+    names the primary."""
+    pair.link.close()
+    primary = RedisPair.client(pair.primary)
+    try:
+        eventually(lambda: primary.info("replication").get("connected_slaves") == 0, 10,
+                   "the primary to count its replica gone")
+    finally:
+        primary.close()
+
+
+@pytest.mark.parametrize("process", ["warm", "cold"])
+def test_a_checkout_on_a_primary_cut_off_from_its_replica_is_not_lost_by_the_later_promotion(
+        redis_pair: RedisPair, api: Services, monkeypatch: pytest.MonkeyPatch, process: str) -> None:
+    """Checkouts between the cut and the promotion are answered 503 (nothing a failover can lose),
+    by a process that had seen the replica (warm) and by one started after the cut (cold); no VM
+    answered 200 is in ready on the promoted replica. Before: 200, and the promoted replica
+    handed the same VM to the next caller."""
+    pool = api.pool(POOL)
+    assert pool is not None
+    for _ in range(3):
+        reconcile_pool(api.store, api.provider("dummy"), pool, api.clock, api.config.service)
+    status, answer = check_out()  # the process looks its replica up, and the checkout waits for it
+    assert status == 200, answer
+    held = [hostname(answer)]
+    redis_pair.wait_synced()
+
+    cut_the_link(redis_pair)
+    if process == "cold":
+        serve(Services.from_environment({
+            "VMPOOL_CONFIG": CONFIG, "VMPOOL_REDIS_URL": redis_pair.endpoint.url,
+            "VMPOOL_REDIS_MIN_REPLICA_ACKS": "1", "POWERTOOLS_METRICS_DISABLED": "true"}), monkeypatch)
+    else:
+        monkeypatch.setattr(api.store, "_replicas_known_until", 0.0)  # its 5 s are up: it looks again
+    answers = [check_out() for _ in range(2)]
+    assert all(status in (200, 503) for status, _ in answers), answers
+    held += [hostname(answer) for status, answer in answers if status == 200]
+
+    redis_pair.kill_primary_and_promote()
+    promoted = RedisPair.client(redis_pair.primary)
+    try:
+        for name in held:
+            state = promoted.hget(f"vmpool:vm:{name}", "state")
+            assert state == "running", (f"{name} was answered 200, but the promoted replica has it {state}: "
+                                        f"the next caller gets it too")
+    finally:
+        promoted.close()
+
+
+def test_a_process_waiting_on_a_cut_off_primary_follows_the_endpoint_to_the_promoted_replica(
+        redis_pair: RedisPair, api: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replica is promoted and the endpoint moved while the cut-off primary still runs (not
+    yet demoted): the process's pooled connections still reach it. Past the grace, that node
+    would answer alone again, and what it takes is lost at its demotion. The process makes its
+    connections again through the endpoint while it waits, and is served by the new primary.
+    Before: 200 from the node left behind, the VM in ready on the new primary."""
+    pool = api.pool(POOL)
+    assert pool is not None
+    for _ in range(3):
+        reconcile_pool(api.store, api.provider("dummy"), pool, api.clock, api.config.service)
+    assert check_out()[0] == 200
+    redis_pair.wait_synced()
+    cut_the_link(redis_pair)
+    monkeypatch.setattr(api.store, "_replicas_known_until", 0.0)
+    assert check_out()[0] == 503  # waits for the replica it lost
+
+    left_behind, promoted = RedisPair.client(redis_pair.primary), RedisPair.client(redis_pair.replica)
+    promoted.execute_command("REPLICAOF", "NO", "ONE")
+    redis_pair.endpoint.point_at(redis_pair.replica.port)
+    left_behind.delete(api.store.keys.replicas_seen)  # the grace over on the node left behind
+    monkeypatch.setattr(api.store, "_rejoin_due", 0.0)  # the process's 5 s are up
+    answers = [check_out() for _ in range(2)]
+    try:
+        assert all(status in (200, 503) for status, _ in answers), answers
+        held = [hostname(answer) for status, answer in answers if status == 200]
+        assert held, f"no checkout served by the promoted replica: {answers}"
+        for name in held:
+            state = promoted.hget(f"vmpool:vm:{name}", "state")
+            assert state == "running", (f"{name} was answered 200 by the node left behind; the promoted replica "
+                                        f"has it {state}")
+    finally:
+        left_behind.close()
+        promoted.close()
