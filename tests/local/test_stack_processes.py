@@ -795,8 +795,8 @@ def test_a_key_written_twice_with_one_value_starts_with_a_warning_at_start_and_i
     (["--threads", "0"], "--threads: 0 is not a number of threads"),
     # was started: 100,000 forks, until the system refused one
     (["--workers", str(most_workers() + 1)],
-     f"--workers: {most_workers() + 1} is not a number of workers (1 to {most_workers()}: 4 a core)"),
-    (["--workers", "0"], "--workers: 0 is not a number of workers"),  # was taken for 1
+     f"--workers: {most_workers() + 1} is not a number of workers (0 to {most_workers()}: 4 a core;"),
+    (["--workers", "-1"], "--workers: -1 is not a number of workers"),  # was taken for 1 (0 is one process now)
     (["--workers", "many"], "--workers: many is not a number of workers"),
 ])
 def test_bad_command_line_values_are_refused_before_anything_starts(tmp_path: Path, arguments: list[str],
