@@ -38,7 +38,9 @@ What we add to uvicorn:
   serving the port;
 - an arbiter (``_Arbiter``) that kills within seconds a worker whose process does not run
   (SIGSTOP), not after gunicorn's 30 s, and does not count a pause of its own (Ctrl-Z of the
-  stack) against its workers.
+  stack) against its workers;
+- the same loops without gunicorn, in the calling process (``InProcessFront``: `make run
+  WORKERS=0`, one process for HTTP and the scheduler).
 """
 
 from __future__ import annotations

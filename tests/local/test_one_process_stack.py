@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 from pathlib import Path
+from typing import Any
 
 from tests.local.stack import (
     RunningStack,
@@ -18,7 +19,7 @@ from tests.local.stack import (
     read_answer,
     wait_for,
 )
-from tests.support import listeners_carrying
+from tests.support import free_port, listeners_carrying
 
 POOL = "one-debian"
 CONFIG = (
@@ -87,3 +88,33 @@ def test_sigterm_stops_the_one_process_stack_cleanly(tmp_path: Path) -> None:
         assert not listeners_carrying(stack.redis_port, str(tmp_path))
         assert stack.log().rstrip().endswith("vmpool: stopped"), stack.log()[-2000:]
         assert "Traceback" not in stack.log(), stack.log()[-3000:]
+
+
+class TwoLoopApp:
+    """A plain ASGI app served on two loops (``threads``), answering every request with 200."""
+
+    threads = 2
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_an_in_process_front_whose_loop_ends_says_it_is_no_longer_alive() -> None:
+    """One loop of the front ending (a bug escaping it) ends the others, and ``is_alive`` says
+    so, for `local.run --workers 0` to start the front again: served on with a loop gone, some
+    connections would be handed to a loop that no longer turns."""
+    from local.http_front import InProcessFront
+
+    port = free_port()
+    front = InProcessFront(TwoLoopApp, "127.0.0.1", port)
+    try:
+        assert front.start(timeout=30)
+        assert raw(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 200")
+        assert front.is_alive()
+        front._loops[0].server.should_exit = True  # the second loop ends on its own
+        wait_for(lambda: not front.is_alive(), 20, "the front to end with its loop")
+        assert not front.asked_to_stop
+    finally:
+        front.stop(timeout=10)
+    assert not front.is_alive()
