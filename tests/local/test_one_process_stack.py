@@ -118,3 +118,16 @@ def test_an_in_process_front_whose_loop_ends_says_it_is_no_longer_alive() -> Non
     finally:
         front.stop(timeout=10)
     assert not front.is_alive()
+
+
+def test_sigkill_of_the_one_process_leaves_nothing_serving(tmp_path: Path) -> None:
+    """That process is the whole service: killed (kill -9, the OOM killer), its redis-server
+    stops with it and neither port stays served."""
+    with local_stack(tmp_path, CONFIG, workers=0, interval=1) as stack:
+        assert call("GET", f"{stack.api}/status")[0] == 200
+        redis_pid = next(iter(descendants(stack.process.pid)))
+        stack.process.kill()
+        stack.process.wait()
+        wait_for(lambda: not alive(redis_pid), 20, "its redis-server to stop", stack.log)
+        assert not listeners_carrying(stack.port, str(tmp_path))
+        assert not listeners_carrying(stack.redis_port, str(tmp_path))
