@@ -1146,6 +1146,7 @@ class InProcessFront:
 
     @property
     def asked_to_stop(self) -> bool:
+        """Whether ``stop`` ended it (else, once not ``is_alive``, a loop ended on its own)."""
         return self._asked_to_stop
 
     def stop(self, timeout: float = 10.0) -> None:
