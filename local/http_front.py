@@ -1155,4 +1155,14 @@ class InProcessFront:
         left to end with the process: its thread is a daemon)."""
         self._asked_to_stop = True
         self.stop_serving()
-        self._thread.join(timeout)
+        for loop in self._loops:
+            loop.server.should_exit = True
+        if self._thread.ident is not None:
+            self._thread.join(timeout)  # its end stops and joins the other loops, closes the listener
+            return
+        # Stopped while starting (Ctrl-C), before the accepting loop's thread: nothing else will.
+        deadline = time.monotonic() + timeout
+        for loop in self._loops:
+            if loop.ident is not None:
+                loop.join(max(deadline - time.monotonic(), 0))
+        self._listener.close()

@@ -120,7 +120,12 @@ def _serve_http_here(port: int, threads: int) -> "InProcessFront | None":
     except OSError as error:
         print(f"the HTTP server cannot listen on port {port}: {error.strerror}", file=sys.stderr)
         return None
-    if not front.start():
+    try:
+        started = front.start()
+    except BaseException:  # Ctrl-C while it starts: its loops stop with what the stack started
+        front.stop(timeout=5)
+        raise
+    if not started:
         front.stop(timeout=5)
         print(f"the HTTP server did not start on port {port}", file=sys.stderr)
         return None

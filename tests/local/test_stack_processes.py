@@ -287,13 +287,15 @@ if os.environ.get("CTRL_C_AT_IMPORT"):
 """
 
 
-@pytest.mark.parametrize("module", [
-    "argparse",  # local.run's own imports, before main()
-    "redis",  # main()'s first imports, before the state directory is locked
-    "pydantic",  # the config's check, in its child process, while the stack waits for its verdict
-    "chalicelib.store",  # after the stack's redis-server started
+@pytest.mark.parametrize("module, workers", [
+    ("argparse", 1),  # local.run's own imports, before main()
+    ("redis", 1),  # main()'s first imports, before the state directory is locked
+    ("pydantic", 1),  # the config's check, in its child process, while the stack waits for its verdict
+    ("chalicelib.store", 1),  # after the stack's redis-server started
+    ("uvicorn.loops.asyncio", 0),  # WORKERS=0: imported by the HTTP loops starting in the stack's process
 ])
-def test_ctrl_c_while_the_stack_starts_prints_one_line_and_stops_what_it_started(tmp_path: Path, module: str) -> None:
+def test_ctrl_c_while_the_stack_starts_prints_one_line_and_stops_what_it_started(tmp_path: Path, module: str,
+                                                                                 workers: int) -> None:
     """Ctrl-C in the first second of `make run` (its imports: redis, pydantic in the config's
     check) printed a 20-40 line KeyboardInterrupt traceback (two, the check's child's too) and
     exited 130. Now: "vmpool: stopped", exit 0, as a Ctrl-C later, with nothing left running."""
@@ -304,7 +306,7 @@ def test_ctrl_c_while_the_stack_starts_prints_one_line_and_stops_what_it_started
     config_file.write_text(CONFIG)
     port, redis_port = free_ports(2)
     env = {**stack_env(config_file, tmp_path / "state"), "PYTHONPATH": str(hook), "CTRL_C_AT_IMPORT": module}
-    run = subprocess.run(stack_command(port, 1, 30) + ["--redis-port", str(redis_port)], cwd=REPO_ROOT, env=env,
+    run = subprocess.run(stack_command(port, workers, 30) + ["--redis-port", str(redis_port)], cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=120, start_new_session=True)
     assert run.stderr == f"ctrl-c at import of {module}\n", run.stderr  # it was reached, and no traceback
     assert (run.returncode, run.stdout) == (0, "vmpool: stopped\n"), run
