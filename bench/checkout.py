@@ -281,6 +281,14 @@ def one_level(clients: int, seconds: float, runs: int, pool_size: int, workers: 
             "failures": [r["failures"] for r in results]}
 
 
+def window(stack: Stack, pool: str, clients: int = 8, seconds: float = 3.0) -> dict[str, Any]:
+    """One window of ``clients`` checking out of ``pool`` and returning, on a running stack: its
+    cycles/s and checkout p99 (what ``bench.memory`` reports beside each layout's memory)."""
+    run = _one_run(stack, clients, seconds, pool=pool)
+    return {"clients": clients, "seconds": seconds, "cycles_per_second": round(run["cycles_per_second"]),
+            "checkout_p99_ms": run["checkout_p99_ms"], "cpu_ms_per_cycle": run["cpu_ms_per_cycle"]}
+
+
 def compare_clients(rounds: int, seconds: float, pool_size: int) -> dict[str, Any]:
     """The benchmark's two HTTP clients on one stack, windows alternating (lean first in even
     rounds, stdlib first in odd ones): what each costs per cycle, and what the stack does with

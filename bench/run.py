@@ -155,13 +155,17 @@ def table(results: dict[str, Any]) -> list[str]:
                           f" task_limit / clone time ({slow['ideal_vms_per_second']:g} VMs/s)")))
     if "memory" in results:
         m = results["memory"]
-        shapes = ((f"memory, pool of {m['pool_size']}", m), ("  with one HTTP worker", m.get("one_worker")))
+        shapes = ((f"memory, pool of {m['pool_size']}", m), ("  with one HTTP worker", m.get("one_worker")),
+                  ("  in one process (WORKERS=0)", m.get("one_process")))
         for label, figures in shapes:
             if figures:
                 each = " + ".join(f"{rss:g}" for part, entry in figures["parts"].items() if part != "redis-server"
                                   for rss, _ in entry.get("each_mb", []))
+                checkout = figures.get("checkout")
+                cycles = (f"; {checkout['cycles_per_second']} cycles/s at {checkout['clients']} clients"
+                          if checkout else "")
                 rows.append((label, (f"service RSS {figures['service_rss_mb']} MB ({each}; PSS "
-                                     f"{figures['service_pss_mb']} MB, shared pages once); vmpooler 93 MB")))
+                                     f"{figures['service_pss_mb']} MB, shared pages once); vmpooler 93 MB{cycles}")))
         rows.append(("  redis-server (not counted)", f"{m['parts'].get('redis-server', {}).get('rss_mb', 0)} MB"))
     if "coldstart" in results:
         s = results["coldstart"]

@@ -18,6 +18,7 @@ worker stops).
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -97,6 +98,15 @@ def _from_caller(kwargs: dict[str, Any]) -> dict[str, Any]:
 def json_formatter() -> logging.Formatter:
     """The app's JSON line format (Powertools'), with the writing process's id."""
     return LambdaPowertoolsFormatter(json_serializer=json_log_line, service=SERVICE, process="%(process)d")
+
+
+def json_stderr_handler() -> logging.Handler:
+    """stderr in the app's JSON lines, the logger's name under ``logger``: what ``JsonLogger``
+    writes, for uvicorn's log where no gunicorn logger is set (``http_front.InProcessFront``)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(json_formatter())
+    handler.addFilter(_LoggerName())
+    return handler
 
 
 class JsonLogger(GunicornLogger):

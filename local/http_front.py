@@ -38,7 +38,9 @@ What we add to uvicorn:
   serving the port;
 - an arbiter (``_Arbiter``) that kills within seconds a worker whose process does not run
   (SIGSTOP), not after gunicorn's 30 s, and does not count a pause of its own (Ctrl-Z of the
-  stack) against its workers.
+  stack) against its workers;
+- the same loops without gunicorn, in the calling process (``InProcessFront``: `make run
+  WORKERS=0`, one process for HTTP and the scheduler).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ from uvicorn_worker import UvicornWorker
 
 from chalicelib.api.http import MAX_BODY_BYTES as API_MAX_BODY_BYTES
 from chalicelib.api.http import json_text
-from local.front_logs import BoundedWarning, JsonLogger
+from local.front_logs import BoundedWarning, JsonLogger, json_stderr_handler
 from local.processes import die_with_parent
 
 CLIENT_TIMEOUT_SECONDS = float(os.environ.get("VMPOOL_HTTP_CLIENT_TIMEOUT", "10"))
@@ -836,7 +838,7 @@ class _LoopThread(threading.Thread):
     """One more event loop of a worker: its own thread and uvicorn server calling the app inline,
     serving the connections the worker's first loop hands it."""
 
-    def __init__(self, worker: "OneAppWorker", number: int) -> None:
+    def __init__(self, worker: "OneAppWorker | InProcessFront", number: int) -> None:
         super().__init__(name=f"vmpool-http-loop-{number}", daemon=True)
         config = copy.copy(worker.config)
         config.callback_notify = None  # the worker's first loop tells the arbiter it is alive
@@ -1062,3 +1064,105 @@ class HttpFront(BaseApplication):
         except RuntimeError as error:
             print(f"\nError: {error}\n", file=sys.stderr, flush=True)
             sys.exit(1)
+
+
+class InProcessFront:
+    """The HTTP front inside the calling process (``python -m local.run --workers 0``): the same
+    protocol (``BoundedHttpProtocol``: its bounds, header rules and JSON errors), the same ASGI
+    app and gateway, the same event loops each on its own thread (``AsgiApp.threads``, the first
+    accepting for all and bounding the connections, ``_LoopServer``), without gunicorn's arbiter
+    or a worker process: the threads run beside whatever else the process runs (``local.run``'s
+    scheduler). One app serves every loop: the service's app keeps the request being served per
+    thread (``RequestLocalChalice``), and ``AsgiApp`` gives any other app one loop.
+
+    What the arbiter did and nothing here does: restart a worker that died or whose loops are
+    stuck (a loop that ends ends this front: ``is_alive``; ``local.run`` starts another), and
+    spread requests over the cores (one interpreter, one lock: HTTP and the scheduler share a
+    core's worth of Python). It answers to no signal itself: ``stop`` from the thread that got one."""
+
+    def __init__(self, load_app: Callable[[], Callable[..., Any]], host: str, port: int,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
+        from uvicorn.config import Config
+
+        app = load_app()
+        self.config = Config(app=app, log_config=None, access_log=False, timeout_keep_alive=5, backlog=512,
+                             **OneAppWorker.CONFIG_KWARGS)
+        self.config.limit_concurrency = max_connections + 1  # as OneAppWorker: _LoopServer bounds below it
+        error_log = logging.getLogger("uvicorn.error")
+        if not error_log.handlers:
+            error_log.addHandler(json_stderr_handler())
+        error_log.setLevel(logging.WARNING)  # as the workers' ("loglevel": "warning")
+        error_log.propagate = False
+        self.config.load()
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn's: TIME_WAIT, the stack's hold
+        try:
+            listener.bind((host, port))
+            listener.listen(self.config.backlog)
+        except OSError:
+            listener.close()
+            raise
+        self._listener = listener
+        self._server = _LoopServer(config=self.config)
+        self._server.max_connections = connection_bound(max_connections)
+        self._asked_to_stop = False
+        loops = max(int(getattr(app, "threads", 1)), 1)
+        self._loops = [_LoopThread(self, number) for number in range(1, loops)]
+        self._server.followers = tuple(loop.server for loop in self._loops)
+        for loop in self._loops:
+            loop.server.accepting = self._server
+        self._thread = threading.Thread(target=self._run, name="vmpool-http-loop-0", daemon=True)
+
+    def start(self, timeout: float = STARTUP_SECONDS) -> bool:
+        """Start the loops; whether they serve within ``timeout`` seconds."""
+        for loop in self._loops:
+            loop.start()
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self._server.started
+
+    def _run(self) -> None:
+        try:
+            with asyncio.Runner(loop_factory=self.config.get_loop_factory()) as runner:
+                runner.run(self._server.serve(sockets=[self._listener]))
+        except Exception:  # said, and the front ends: local.run starts another
+            logger.exception("the HTTP front's accepting loop failed")
+        finally:
+            for loop in self._loops:
+                loop.server.should_exit = True
+            for loop in self._loops:
+                loop.join(timeout=self.config.timeout_graceful_shutdown or 5)
+            self._listener.close()
+
+    def stop_serving(self) -> None:
+        """Ask every loop to finish (a loop that ends asks this: the front ends with it)."""
+        self._server.should_exit = True
+
+    def is_alive(self) -> bool:
+        """Whether it serves: every loop still runs (one that ended ends the others)."""
+        return self._thread.is_alive() and all(loop.is_alive() for loop in self._loops)
+
+    @property
+    def asked_to_stop(self) -> bool:
+        """Whether ``stop`` ended it (else, once not ``is_alive``, a loop ended on its own)."""
+        return self._asked_to_stop
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the requests in the app (``timeout_graceful_shutdown``), close every connection
+        and the listening socket; back within ``timeout`` seconds (a loop stuck in a request is
+        left to end with the process: its thread is a daemon)."""
+        self._asked_to_stop = True
+        self.stop_serving()
+        for loop in self._loops:
+            loop.server.should_exit = True
+        if self._thread.ident is not None:
+            self._thread.join(timeout)  # its end stops and joins the other loops, closes the listener
+            return
+        # Stopped while starting (Ctrl-C), before the accepting loop's thread: nothing else will.
+        deadline = time.monotonic() + timeout
+        for loop in self._loops:
+            if loop.ident is not None:
+                loop.join(max(deadline - time.monotonic(), 0))
+        self._listener.close()

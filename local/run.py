@@ -3,7 +3,10 @@
 Starts a private redis-server (its own port and data dir), serves the Chalice app on
 http://127.0.0.1:$PORT with gunicorn and uvicorn (``local.http_front``: a worker process per
 core, each running a few event loops on their own threads, each loop serving one request at a
-time), and runs every pool's reconcile on a timer. Ctrl-C
+time), and runs every pool's reconcile on a timer. ``--workers 0`` (``WORKERS=0``) serves HTTP in
+this process instead, the same loops on threads beside the scheduler's: one Python process in
+all, for a small installation (no arbiter restarting a stuck worker; one core's worth of Python
+for HTTP and the passes together). Ctrl-C
 stops all of it; so does killing this process (its children die with it). A redis-server or HTTP
 front that dies is started again (a redis-server that cannot be, for 30 s, stops the stack). One
 stack per state directory: a second one on the same directory refuses to start.
@@ -43,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from local.http_front import InProcessFront
     from local.processes import PortHold
     from local.redis_server import RedisServer
 
@@ -98,6 +102,34 @@ def _serve_http(port: int, workers: int, threads: int, parent: int,
     front = HttpFront(asgi_app, "127.0.0.1", port, workers, on_worker_ready=ready.release)
     release_free_memory()  # what importing the front freed, before the workers are forked from here
     front.run()
+
+
+def _serve_http_here(port: int, threads: int) -> "InProcessFront | None":
+    """The HTTP front in this process (``--workers 0``), serving: the same protocol, gateway and
+    event loops as a worker's, on threads beside the scheduler's. None, having said why, when it
+    cannot listen or does not start."""
+    import app as chalice_app
+    from local.gateway import AsgiApp
+    from local.http_front import CLIENT_TIMEOUT_SECONDS, InProcessFront
+
+    def asgi_app() -> AsgiApp:
+        return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads)
+
+    try:
+        front = InProcessFront(asgi_app, "127.0.0.1", port)
+    except OSError as error:
+        print(f"the HTTP server cannot listen on port {port}: {error.strerror}", file=sys.stderr)
+        return None
+    try:
+        started = front.start()
+    except BaseException:  # Ctrl-C while it starts: its loops stop with what the stack started
+        front.stop(timeout=5)
+        raise
+    if not started:
+        front.stop(timeout=5)
+        print(f"the HTTP server did not start on port {port}", file=sys.stderr)
+        return None
+    return front
 
 
 VCSIM_CONFIG = """\
@@ -507,15 +539,17 @@ def most_workers(cores: int | None = None) -> int:
 
 
 def _worker_count(text: str) -> int:
-    """HTTP worker processes, 1 to ``most_workers()``."""
+    """HTTP worker processes, 1 to ``most_workers()``; 0: none, the HTTP front in the stack's own
+    process (one process for a small installation, docs/performance.md "Memory (item 6)")."""
     try:
         count = int(text)
     except ValueError:
-        count = 0
+        count = -1
     most = most_workers()
-    if not 1 <= count <= most:
+    if not 0 <= count <= most:
         raise argparse.ArgumentTypeError(
-            f"{text} is not a number of workers (1 to {most}: {WORKERS_PER_CORE} a core)")
+            f"{text} is not a number of workers (0 to {most}: {WORKERS_PER_CORE} a core; "
+            "0 serves HTTP in the stack's own process)")
     return count
 
 
@@ -537,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     # overlap): more workers measured fewer cycles/s here, 2 loops fewer, 6 or 8 no more
     # (docs/performance.md, "The local HTTP front").
     parser.add_argument("--workers", type=_worker_count, default=os.environ.get("WORKERS", str(os.cpu_count() or 1)),
-                        help=f"HTTP worker processes (1 to {WORKERS_PER_CORE} a core)")
+                        help=f"HTTP worker processes (1 to {WORKERS_PER_CORE} a core), or 0: HTTP served by "
+                             "this process, beside the scheduler (one process in all)")
     parser.add_argument("--threads", type=_thread_count, default=os.environ.get("THREADS", "4"),
                         help=f"event loops (threads) per worker, each serving one request at a time "
                              f"(1 to {MAX_THREADS})")
@@ -556,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     vcsim_process: subprocess.Popen[bytes] | None = None
     redis_server: RedisServer | None = None
     front: BaseProcess | None = None
+    front_here: InProcessFront | None = None  # --workers 0
     port_claim: socket.socket | None = None
     http_port_hold: PortHold | None = None
     scheduler = None
@@ -623,12 +659,18 @@ def main(argv: list[str] | None = None) -> int:
         # config's objects after a reload) is kept, once.
         release_free_memory()  # and what importing the app freed: else every forked process maps it
         gc.freeze()
-        front, ready = _start_front("fork", args.port, workers, args.threads)
-        for _ in range(workers):
-            if not ready.acquire(timeout=30):
-                print(f"the HTTP workers did not start on port {args.port}", file=sys.stderr)
+        front_watch: FrontWatch | None = None
+        if workers == 0:  # one process: the HTTP loops on threads here, beside the scheduler's
+            front_here = _serve_http_here(args.port, args.threads)
+            if front_here is None:
                 return 1
-        front_watch = FrontWatch(ready, served=True)
+        else:
+            front, ready = _start_front("fork", args.port, workers, args.threads)
+            for _ in range(workers):
+                if not ready.acquire(timeout=30):
+                    print(f"the HTTP workers did not start on port {args.port}", file=sys.stderr)
+                    return 1
+            front_watch = FrontWatch(ready, served=True)
 
         from local.scheduler import LocalScheduler
 
@@ -638,21 +680,32 @@ def main(argv: list[str] | None = None) -> int:
         scheduler.start()
         pools = ", ".join(chalice_app.CONFIG.pool_names)
         plural = "" if workers == 1 else "s"
-        print(f"vmpool: serving http://127.0.0.1:{args.port}/api/v3 with {workers} worker{plural}; "
+        serving = (f"in this process ({args.threads} event loops beside the scheduler)" if workers == 0
+                   else f"with {workers} worker{plural}")
+        print(f"vmpool: serving http://127.0.0.1:{args.port}/api/v3 {serving}; "
               f"redis on port {redis_server.port}; pools: {pools}. Ctrl-C stops.", flush=True)
         say_stopped = True
         while not stop.wait(0.5):
-            front_watch.note_workers()
-            if not front.is_alive():
-                if not front_watch.restartable(front):
-                    print(f"the HTTP server stopped ({front.exitcode}) before it served; stopping", file=sys.stderr)
+            if front_here is not None and not front_here.is_alive():
+                # A loop ended (a bug of ours escaping it): the others with it. Started again
+                # here, on the same port (held meanwhile); the scheduler's threads run on.
+                print("vmpool: the HTTP server stopped; starting it again", file=sys.stderr, flush=True)
+                front_here.stop(timeout=5)
+                front_here = _serve_http_here(args.port, args.threads)
+                if front_here is None:
                     return 1
-                print(f"vmpool: the HTTP server stopped ({front.exitcode}); starting it again",
-                      file=sys.stderr, flush=True)
-                # A fresh interpreter, not a fork: this process runs the scheduler's threads now,
-                # and a fork would copy whatever locks they hold.
-                front, ready = _start_front("spawn", args.port, workers, args.threads)
-                front_watch.started(ready)
+            if front is not None and front_watch is not None:
+                front_watch.note_workers()
+                if not front.is_alive():
+                    if not front_watch.restartable(front):
+                        print(f"the HTTP server stopped ({front.exitcode}) before it served; stopping", file=sys.stderr)
+                        return 1
+                    print(f"vmpool: the HTTP server stopped ({front.exitcode}); starting it again",
+                          file=sys.stderr, flush=True)
+                    # A fresh interpreter, not a fork: this process runs the scheduler's threads now,
+                    # and a fork would copy whatever locks they hold.
+                    front, ready = _start_front("spawn", args.port, workers, args.threads)
+                    front_watch.started(ready)
             if watch is not None:
                 watch.check()
             chalice_app.services()  # the scheduler's: re-reads the checked config when it changed
@@ -670,6 +723,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if scheduler:
             scheduler.stop()
+        if front_here is not None:
+            front_here.stop()  # its requests in the app get 5 s, as gunicorn's workers do
         if front is not None:
             front.terminate()  # SIGTERM: gunicorn stops its workers (5 s grace for requests)
             front.join(timeout=10)

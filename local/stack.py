@@ -76,7 +76,7 @@ def local_stack(config_yaml: str, workers: int | None = None, interval: float = 
                     f"run.STATE_DIR = Path({str(workdir)!r}); sys.exit(run.main(sys.argv[1:]))")
         command = [sys.executable, "-c", launcher, "--port", str(port), "--config", str(config_file),
                    "--interval", str(interval)]
-        if workers:
+        if workers is not None:  # 0: one process, the HTTP front beside the scheduler
             command += ["--workers", str(workers)]
         # It stops when this process dies, even SIGKILLed: no stack left serving after a killed run.
         environment = stops_with_this_process({**os.environ, "POWERTOOLS_LOG_LEVEL": "WARNING", **(env or {})})

@@ -168,8 +168,12 @@ FLOOD = 1200
 WORKERS = 2
 
 
-def test_a_flood_of_malformed_requests_writes_a_bounded_number_of_json_lines(tmp_path: Path) -> None:
-    with local_stack(tmp_path, CONFIG, workers=WORKERS, interval=1) as stack:
+@pytest.mark.parametrize("workers", [WORKERS, 0], ids=["workers", "one-process"])
+def test_a_flood_of_malformed_requests_writes_a_bounded_number_of_json_lines(tmp_path: Path, workers: int) -> None:
+    """``workers`` 0: `make run WORKERS=0`, the front's loops in the stack's own process (its
+    log set up there, without gunicorn's logger)."""
+    processes = max(workers, 1)
+    with local_stack(tmp_path, CONFIG, workers=workers, interval=1) as stack:
         wait_for(lambda: call("GET", f"{stack.api}/status")[0] == 200, 30, "the stack to serve")
         for number in range(FLOOD):
             with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as connection:
@@ -183,7 +187,7 @@ def test_a_flood_of_malformed_requests_writes_a_bounded_number_of_json_lines(tmp
     invalid = [record for record in records if record["message"] == "invalid HTTP request received"]
     # The first of each worker at once, and each worker's count when it stopped: 2 per worker
     # (plus a line per worker for each minute the flood went on, which it does not here).
-    assert len(invalid) <= 2 * WORKERS, invalid
+    assert len(invalid) <= 2 * processes, invalid
     assert sum(record["count"] for record in invalid) == FLOOD, "each malformed request counted once"
     # The parser's reason depends on how far the bytes it read got (a version may read as "Invalid
     # minor version" or "Invalid HTTP version"): each line carries one, in the parser's words.

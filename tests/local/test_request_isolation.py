@@ -106,8 +106,11 @@ def client_loop(port: int, index: int, token: str, user: str, problems: list[str
 
 
 @pytest.mark.slow
-def test_concurrent_clients_each_get_their_own_answer(tmp_path: Path) -> None:
-    with local_stack(tmp_path, CONFIG, workers=1, interval=1) as stack:
+@pytest.mark.parametrize("workers", [1, 0], ids=["one-worker", "one-process"])
+def test_concurrent_clients_each_get_their_own_answer(tmp_path: Path, workers: int) -> None:
+    """``workers`` 0: the HTTP loops share their process (and its one app) with the scheduler's
+    threads (`make run WORKERS=0`)."""
+    with local_stack(tmp_path, CONFIG, workers=workers, interval=1) as stack:
         def full() -> bool:
             pools = call("GET", f"{stack.api}/status?view=pools")[1]["pools"]
             return all(p["ready"] == p["max"] for p in pools.values())

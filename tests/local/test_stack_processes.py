@@ -287,13 +287,15 @@ if os.environ.get("CTRL_C_AT_IMPORT"):
 """
 
 
-@pytest.mark.parametrize("module", [
-    "argparse",  # local.run's own imports, before main()
-    "redis",  # main()'s first imports, before the state directory is locked
-    "pydantic",  # the config's check, in its child process, while the stack waits for its verdict
-    "chalicelib.store",  # after the stack's redis-server started
+@pytest.mark.parametrize("module, workers", [
+    ("argparse", 1),  # local.run's own imports, before main()
+    ("redis", 1),  # main()'s first imports, before the state directory is locked
+    ("pydantic", 1),  # the config's check, in its child process, while the stack waits for its verdict
+    ("chalicelib.store", 1),  # after the stack's redis-server started
+    ("uvicorn.loops.asyncio", 0),  # WORKERS=0: imported by the HTTP loops starting in the stack's process
 ])
-def test_ctrl_c_while_the_stack_starts_prints_one_line_and_stops_what_it_started(tmp_path: Path, module: str) -> None:
+def test_ctrl_c_while_the_stack_starts_prints_one_line_and_stops_what_it_started(tmp_path: Path, module: str,
+                                                                                 workers: int) -> None:
     """Ctrl-C in the first second of `make run` (its imports: redis, pydantic in the config's
     check) printed a 20-40 line KeyboardInterrupt traceback (two, the check's child's too) and
     exited 130. Now: "vmpool: stopped", exit 0, as a Ctrl-C later, with nothing left running."""
@@ -304,7 +306,7 @@ def test_ctrl_c_while_the_stack_starts_prints_one_line_and_stops_what_it_started
     config_file.write_text(CONFIG)
     port, redis_port = free_ports(2)
     env = {**stack_env(config_file, tmp_path / "state"), "PYTHONPATH": str(hook), "CTRL_C_AT_IMPORT": module}
-    run = subprocess.run(stack_command(port, 1, 30) + ["--redis-port", str(redis_port)], cwd=REPO_ROOT, env=env,
+    run = subprocess.run(stack_command(port, workers, 30) + ["--redis-port", str(redis_port)], cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=120, start_new_session=True)
     assert run.stderr == f"ctrl-c at import of {module}\n", run.stderr  # it was reached, and no traceback
     assert (run.returncode, run.stdout) == (0, "vmpool: stopped\n"), run
@@ -795,8 +797,8 @@ def test_a_key_written_twice_with_one_value_starts_with_a_warning_at_start_and_i
     (["--threads", "0"], "--threads: 0 is not a number of threads"),
     # was started: 100,000 forks, until the system refused one
     (["--workers", str(most_workers() + 1)],
-     f"--workers: {most_workers() + 1} is not a number of workers (1 to {most_workers()}: 4 a core)"),
-    (["--workers", "0"], "--workers: 0 is not a number of workers"),  # was taken for 1
+     f"--workers: {most_workers() + 1} is not a number of workers (0 to {most_workers()}: 4 a core;"),
+    (["--workers", "-1"], "--workers: -1 is not a number of workers"),  # was taken for 1 (0 is one process now)
     (["--workers", "many"], "--workers: many is not a number of workers"),
 ])
 def test_bad_command_line_values_are_refused_before_anything_starts(tmp_path: Path, arguments: list[str],
@@ -833,17 +835,19 @@ def test_the_banner_says_worker_for_one_worker(tmp_path: Path) -> None:
         wait_for(lambda: "/api/v3 with 1 worker; redis on port" in stack.log(), 20, "the banner", stack.log)
 
 
-def test_the_stacks_processes_do_not_hold_the_config_parsers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 0], ids=["one-worker", "one-process"])
+def test_the_stacks_processes_do_not_hold_the_config_parsers(tmp_path: Path, workers: int) -> None:
     """The YAML config is read and validated in processes that exit, so the scheduler's process,
     the arbiter and the HTTP workers forked from it never load PyYAML's libyaml nor pydantic's
     core (memory each of them would hold: docs/performance.md, "Memory (item 6)"). Before, the
     config watch listed the config's files in the stack's process before the front was forked
     from it: every process held PyYAML."""
-    with local_stack(tmp_path, CONFIG, workers=1) as stack:
+    with local_stack(tmp_path, CONFIG, workers=workers) as stack:
         assert call("GET", f"{stack.api}/status")[0] == 200
         processes = {stack.process.pid, *descendants(stack.process.pid)}
         service = [pid for pid in processes if b"redis-server" not in _cmdline(pid)]
-        assert len(service) >= 3, service  # the scheduler's process, the arbiter, a worker
+        # the scheduler's process, the arbiter, a worker; or the one process serving HTTP too
+        assert len(service) >= (3 if workers else 1), service
         for pid in service:
             mapped = Path(f"/proc/{pid}/maps").read_text()
             for parser in ("_yaml.cpython", "pydantic_core"):

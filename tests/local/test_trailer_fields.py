@@ -25,9 +25,10 @@ CONFIG = (
 WAIT = 20.0
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    with local_stack(tmp_path_factory.mktemp("trailers"), CONFIG, workers=1, interval=1) as running:
+@pytest.fixture(scope="module", params=[1, 0], ids=["one-worker", "one-process"])
+def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[RunningStack]:
+    """The stack with one HTTP worker, and in one process (`make run WORKERS=0`): the same front."""
+    with local_stack(tmp_path_factory.mktemp("trailers"), CONFIG, workers=request.param, interval=1) as running:
         wait_for(lambda: call("GET", f"{running.api}/status?view=pools")[1]["pools"][POOL]["ready"] == 3,
                  30, "the pool to fill")
         yield running
