@@ -74,11 +74,22 @@ class _RestHandler(RestAPIEventHandler):
         return accept is not None and self._binary(accept)
 
     def __call__(self, event: Any, context: Any) -> Any:
+        middleware = list(self._middleware_handlers)
+        if not middleware:
+            # Chalice's chain when no middleware is registered for HTTP (tracing off): its
+            # global error handler around the route's handling, called without building the
+            # chain's wrappers per request (five calls of Python).
+            try:
+                response = self._main_rest_api_handler(event, context)
+            except Exception:  # noqa: BLE001 - as Chalice's _global_error_handler
+                response = self._unhandled_exception_to_response()
+            return answer_dict(response, self.api.binary_types)
+
         def wrapped_event(request: Request) -> Response:
             return self._main_rest_api_handler(event, context)
 
         final_handler = self._build_middleware_handlers(
-            [self._global_error_handler] + list(self._middleware_handlers), original_handler=wrapped_event)
+            [self._global_error_handler] + middleware, original_handler=wrapped_event)
         response = final_handler(self.current_request)
         return answer_dict(response, self.api.binary_types)
 

@@ -140,7 +140,14 @@ SHARED_READS = SharedReads()
 
 
 def _route_of(handler: Handler) -> Route | None:
-    return next((route for route in ROUTES if route.handler is handler), None)
+    """The first route of ROUTES whose handler is ``handler`` (a few handlers serve several):
+    looked up, not searched (the healthcheck's was the 30th of the list)."""
+    return _ROUTE_OF.get(handler)
+
+
+_ROUTE_OF: dict[Handler, Route] = {}
+for _route in reversed(ROUTES):
+    _ROUTE_OF[_route.handler] = _route  # the first one last: it stays
 
 
 def handle(services: Services, handler: Handler, request: ApiRequest) -> ApiResponse:
@@ -226,7 +233,7 @@ CREDENTIAL_HEADERS = ("authorization", TOKEN_HEADER.lower())
 sent several times (``headers``); every value is in ``multiValueHeaders``."""
 
 
-def _event_headers(current: Any, event: Mapping[str, Any]) -> dict[str, str]:
+def _event_headers(event: Mapping[str, Any]) -> dict[str, str]:
     """The request's headers, names lower-cased. A credential header sent several times is every
     value joined with ", " (RFC 9110 5.3, as the local front joins them), which no credential
     check accepts: with the last value alone, a proxy or WAF that checked the first would let
@@ -234,7 +241,9 @@ def _event_headers(current: Any, event: Mapping[str, Any]) -> dict[str, str]:
     (API Gateway keeps ``X-AUTH-TOKEN`` and ``x-auth-token`` as two keys of the event), and a
     value of ``headers`` that is not its name's last one in ``multiValueHeaders`` (an event API
     Gateway did not send) counts as one more."""
-    headers = {name.lower(): value for name, value in (current.headers or {}).items()}
+    # The event's own headers, as Chalice's request holds them (its mapping lower-cases each
+    # name): read through that mapping, each header cost three calls of Python.
+    headers = {name.lower(): value for name, value in (event.get("headers") or {}).items()}
     multi = event.get("multiValueHeaders") or {}
     for credential in CREDENTIAL_HEADERS:
         values: list[str] = []
@@ -273,7 +282,7 @@ def request_from_chalice(current: Any, version: int, params: Mapping[str, str]) 
         version=version,
         params=dict(params),
         query=_event_query(event),
-        headers=_event_headers(current, event),
+        headers=_event_headers(event),
         body=_event_body(event),
         source_ip=(context.get("identity") or {}).get("sourceIp", ""),
         request_id=bounded_request_id(context.get("requestId") or ""),

@@ -40,6 +40,7 @@ What it adds to redis-py's defaults, and why:
 
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -49,6 +50,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.client import Pipeline
 from redis.connection import parse_url
+from redis.credentials import StreamingCredentialProvider
 from redis.exceptions import ExecAbortError, ReadOnlyError
 from redis.retry import Retry
 
@@ -215,12 +217,28 @@ class _RetryWhenNotRun(Retry):
         is_retryable: Callable[[Exception], bool] | None = None,
         with_failure_count: bool = False,
     ) -> T:
-        def retryable(error: Exception) -> bool:
-            return (not isinstance(error, (ReplyLost, CredentialsUnavailable, redis.AuthenticationError,
-                                           redis.exceptions.AuthorizationError))
-                    and (is_retryable is None or is_retryable(error)))
+        # redis-py's loop (Retry.call_with_retry), written out: it runs around every command,
+        # and its closure, super() call and backoff reset were a tenth of a script call's
+        # Python. Without the backoff: this retry's is NoBackoff, which never waits.
+        failures = 0
+        while True:
+            try:
+                return do()
+            except self._supported_errors as error:
+                if isinstance(error, _NEVER_RETRIED) or (is_retryable is not None and not is_retryable(error)):
+                    raise
+                failures += 1
+                if with_failure_count:
+                    fail(error, failures)
+                else:
+                    fail(error)
+                if self._retries >= 0 and failures > self._retries:
+                    raise error
 
-        return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+_NEVER_RETRIED = (ReplyLost, CredentialsUnavailable, redis.AuthenticationError, redis.exceptions.AuthorizationError)
+"""Connection errors ``_RetryWhenNotRun`` never retries: a reply lost (the command may have
+run), a password not had, or refused by the server."""
 
 
 class _FailoverAware:
@@ -241,12 +259,12 @@ class _FailoverAware:
         # Every way of opening the connection (connect(), or a send on a closed one) comes here.
         if not getattr(self, "_sock", None):
             self._opened_in_epoch = self._failover_epoch.value
-        with _timeouts_never_sent():
+        with _TIMEOUTS_NEVER_SENT:
             super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
 
     def check_health(self) -> None:
         # The PING of a connection idle for HEALTH_CHECK_SECONDS, sent before the command.
-        with _timeouts_never_sent():
+        with _TIMEOUTS_NEVER_SENT:
             super().check_health()  # type: ignore[misc]
 
     def pack_commands(self, commands: Sequence[Sequence[Any]]) -> list[bytes]:
@@ -284,7 +302,10 @@ class _FailoverAware:
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return self._read_or_follow_up(*args, **kwargs)
+            follow_up = _FOLLOW_UP.get()
+            if follow_up is None or follow_up.written:
+                return super().read_response(*args, **kwargs)  # type: ignore[misc]
+            return self._read_and_follow_up(follow_up, *args, **kwargs)
         except ReadOnlyError:
             self._failover_epoch.advance(self._opened_in_epoch)
             raise
@@ -303,12 +324,9 @@ class _FailoverAware:
             raise
 
 
-    def _read_or_follow_up(self, *args: Any, **kwargs: Any) -> Any:
-        """redis-py's read; inside ``written_behind_a_lost_reply``, a timeout writes the
+    def _read_and_follow_up(self, follow_up: FollowUp, *args: Any, **kwargs: Any) -> Any:
+        """redis-py's read inside ``written_behind_a_lost_reply``: a timeout writes the
         follow-up on this connection before it closes (redis-py closes it inside its read)."""
-        follow_up = _FOLLOW_UP.get()
-        if follow_up is None or follow_up.written:
-            return super().read_response(*args, **kwargs)  # type: ignore[misc]
         disconnect = kwargs.pop("disconnect_on_error", True)
         try:
             return super().read_response(*args, disconnect_on_error=False, **kwargs)  # type: ignore[misc]
@@ -369,6 +387,71 @@ class _Pipeline(Pipeline):
         return replies
 
 
+class _Pool(redis.ConnectionPool):
+    """redis-py's pool, an idle connection handed out and taken back in fewer layers: the same
+    lock, lists and fork check, the same test of the connection before it is handed out (a
+    socket the server closed is reconnected once; one holding data too, unless maintenance
+    notifications are on, which they are by default: redis-py's rule), the same
+    ``should_reconnect`` on release. Left out, as ``run_script`` leaves them out: redis-py 8's
+    observability recorder (its connection counts; off, never configured by the service), its
+    deprecated-argument wrapper, ``connect()`` through the retry object on a connection already
+    open (it returns at once there), and the release event, whose only listener
+    re-authenticates with a streaming credential provider (the service's are not; such a pool
+    keeps redis-py's path, as does a client-side cache). A new connection, and any call in a
+    forked process before its pool was reset: redis-py's own path. About 80 K of the 138 K
+    instructions of a script call (docs/performance.md, "Checkout CPU per cycle")."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        credentials = self.connection_kwargs.get("credential_provider")
+        self._lean = self.cache is None and not isinstance(credentials, StreamingCredentialProvider)
+
+    def _refuses_data(self) -> bool:
+        """Whether a connection holding unread data is reconnected before it is handed out
+        (redis-py's condition: not with maintenance notifications, whose pushes may wait there)."""
+        return self.cache is None and not self.maint_notifications_enabled()
+
+    def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        if not self._lean or self.pid != os.getpid():
+            return super().get_connection()
+        with self._lock:
+            if not self._available_connections:
+                connection = None
+            else:
+                connection = self._available_connections.pop()
+                self._in_use_connections.add(connection)
+        if connection is None:
+            return super().get_connection()  # a new connection: made, counted and connected there
+        try:
+            if getattr(connection, "_sock", None) is None:
+                connection.connect()
+            try:
+                if connection.can_read() and self._refuses_data():
+                    raise redis.ConnectionError("Connection has data")
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                connection.disconnect()
+                connection.connect()
+                if connection.can_read() and self._refuses_data():
+                    raise redis.ConnectionError("Connection not ready") from None
+        except BaseException:
+            self.release(connection)
+            raise
+        return connection
+
+    def release(self, connection: Any) -> None:
+        if not self._lean or self.pid != os.getpid() or connection.pid != self.pid:
+            super().release(connection)
+            return
+        with self._lock:
+            try:
+                self._in_use_connections.remove(connection)
+            except KeyError:
+                return  # not this pool's: ignored, as redis-py does
+            if connection.should_reconnect():
+                connection.disconnect()
+            self._available_connections.append(connection)
+
+
 class _Client(redis.Redis):
     """redis-py's client, its pipelines ``_Pipeline``."""
 
@@ -418,15 +501,20 @@ def _packed(connection: Any, command: tuple[Any, ...]) -> list[bytes]:
         raise redis.DataError(error) from error
 
 
-@contextmanager
-def _timeouts_never_sent() -> Iterator[None]:
-    """Inside, before the command is sent, a timeout is a ``NeverSentTimeoutError``."""
-    try:
-        yield
-    except NeverSentTimeoutError:
-        raise
-    except redis.TimeoutError as error:
-        raise NeverSentTimeoutError(*error.args) from error
+class _TimeoutsNeverSent:
+    """Inside, before the command is sent, a timeout is a ``NeverSentTimeoutError``. A class,
+    not a generator's context manager: it is entered around every command's health check."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
+        if isinstance(error, redis.TimeoutError) and not isinstance(error, NeverSentTimeoutError):
+            raise NeverSentTimeoutError(*error.args) from error
+
+
+_TIMEOUTS_NEVER_SENT = _TimeoutsNeverSent()
+"""Holds no state: one for every connection and thread."""
 
 
 class _TcpConnection(_FailoverAware, redis.Connection):
@@ -492,4 +580,4 @@ def connect(
         options.pop("password")
     if target["connection_class"] is _UnixConnection:
         options.pop("socket_connect_timeout")
-    return _Client(connection_pool=redis.ConnectionPool(**options, **target))
+    return _Client(connection_pool=_Pool(**options, **target))

@@ -6,6 +6,7 @@ client's handshake, then does what the test says with the command under test (SE
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 from typing import Any, Iterator
@@ -230,3 +231,52 @@ def test_a_script_call_that_timed_out_after_the_send_may_have_run(scripted: list
     assert server.sets_received == 1 and not never_sent(raised.value)
     pool = client.connection_pool
     assert len(pool._available_connections) == 1 and not pool._in_use_connections  # type: ignore[attr-defined]
+
+
+# The client's pool hands out an idle connection in fewer layers than redis-py's (``_Pool``):
+# the checks it keeps are the ones a caller notices.
+
+def test_a_pooled_connection_the_server_closed_is_reopened_before_a_script_call(
+        redis_server: Any, redis_client: redis.Redis) -> None:
+    """Redis closed the idle connection (a restart, ``timeout``, ``CLIENT KILL``): the next
+    checkout's script runs on a new connection, once. Sent on the closed one, its reply would
+    be lost (the script may have run: never retried) and the caller answered 503."""
+    client = client_for(redis_server.port)
+    script = _script_of(client)
+    assert script(keys=["k"], args=["first"]) == "OK"
+    pool = client.connection_pool
+    (idle,) = pool._available_connections  # type: ignore[attr-defined]
+    assert redis_client.client_kill_filter(_type="normal", skipme=True) >= 1
+    select.select([idle._sock], [], [], 5)  # type: ignore[attr-defined]  # its end of the close arrived
+
+    assert script(keys=["k"], args=["second"]) == "OK"
+    assert redis_client.get("k") == "second"
+
+
+def test_threads_never_share_a_pooled_connection(redis_server: Any) -> None:
+    """Connections handed out at once are distinct, and one given back is handed out again
+    rather than a new one opened (the pool's bound, MAX_CONNECTIONS, counts every one)."""
+    client = client_for(redis_server.port)
+    pool = client.connection_pool
+    start = threading.Barrier(8)
+    held: list[Any] = []
+    lock = threading.Lock()
+
+    def take() -> None:
+        start.wait()
+        connection = pool.get_connection()
+        with lock:
+            held.append(connection)
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(connection) for connection in held}) == 8
+    for connection in held:
+        pool.release(connection)
+    again = [pool.get_connection() for _ in range(8)]
+    assert {id(connection) for connection in again} == {id(connection) for connection in held}
+    assert client.set("k", "v")  # a ninth: opened beside them
+    assert len(pool._available_connections) == 1  # type: ignore[attr-defined]
