@@ -97,7 +97,7 @@ def reserve_and_start(context: PassContext, wanted: int, clone_limit: int) -> li
         pool.name, pool.size, service.task_limit, pool.template, domain,
         (candidate_names if known else random_candidates)(wanted, service.prefix), context.now,
         clone_limit=clone_limit, generation=context.config_generation, settings_read=context.overrides.read,
-        provider=pool.provider if known else None,
+        provider=pool.provider if known else None, lease_token=context.lease_token,
     )
     context.read_counts()["pending"] += len(reserved)
     context.report.clones_short = max(context.report.clones_short - len(reserved), 0)

@@ -45,6 +45,7 @@ from chalicelib.store import DurationSample, PoolSnapshot, Store, VMRecord
 from chalicelib.store.pool_overrides import PoolOverride, PoolOverrides
 from chalicelib.store.pool_overrides import apply as apply_overrides
 from chalicelib.store.records import finite_number
+from chalicelib.store.store import SettingRead
 
 Checkpoint = Callable[[str], None]
 """Called with a step's name as the pass reaches it: lets chaos tests kill the pass anywhere."""
@@ -315,14 +316,16 @@ class PassContext:
 
     def take_out_of_service(self, hostname: str, from_state: str, reason: str,
                             failure: FailureKind | None = None, lifetime_ended: float | None = None,
-                            hold_clone: bool = False, unless_set: str = "") -> None:
+                            hold_clone: bool = False, unless_set: str = "",
+                            only_while: Sequence[SettingRead] = ()) -> None:
         """Move a VM to completed (to be destroyed), recording why (and the failure's kind, when
         a provider failure is why). ``lifetime_ended``, ``hold_clone`` (a pending VM whose clone
         may still run: its slot is kept until the clone ends), ``unless_set`` (a record field
-        whose presence, since the pass read the VM, cancels the move): see ``Store.move``."""
+        whose presence, since the pass read the VM, cancels the move), ``only_while`` (values
+        the move needs still there): see ``Store.move``."""
         if self.store.move(hostname, self.pool.name, from_state, "completed", self.now,
-                           lifetime_ended=lifetime_ended, hold_clone=hold_clone, unless_set=unless_set, reason=reason,
-                           failure=failure.value if failure else None):
+                           lifetime_ended=lifetime_ended, hold_clone=hold_clone, unless_set=unless_set,
+                           settings_read=only_while, reason=reason, failure=failure.value if failure else None):
             self.report.completed[hostname] = reason
             self.counted_move(from_state, "completed")
             logger.info("VM taken out of service",

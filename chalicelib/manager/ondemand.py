@@ -45,7 +45,7 @@ def serve_requests(context: PassContext) -> None:
         reservation = requests.reserve(
             request_id, context.pool.name, limit, service.max_vm_retries, context.pool.template,
             context.pool.domain or "", candidates(limit, service.prefix), context.now,
-            provider=context.pool.provider if known else None,
+            provider=context.pool.provider if known else None, lease_token=context.lease_token,
         )
         context.checkpoint("ondemand_reserved")
         failure = _failure(reservation, service)

@@ -22,7 +22,7 @@ from chalicelib.observability import logger
 from chalicelib.providers.base import Provider, ProviderError, TaskState, TaskStatus, VMInfo
 from chalicelib.store import DurationSample, Store, VMRecord
 from chalicelib.store.leases import LeaseHolder, labelled_holder
-from chalicelib.store.records import MARKS_ASKED
+from chalicelib.store.records import MARKS_ASKED, RESERVER_LEASE
 
 CLONE_START_GRACE_SECONDS = 120.0
 """How long a reserved name may wait for its clone task to be recorded before the pass decides
@@ -43,6 +43,18 @@ reserved it never asked, and its place is given back after ``CLONE_START_GRACE_S
 RESERVER_GONE = "reserver_gone"
 """A pending VM's record field: the process that reserved it (its ``reserver``) is known dead
 (``abandon_unstarted_clones``), so the grace above is not waited for."""
+
+
+def reservation_taken_over(context: PassContext, record: VMRecord) -> str | None:
+    """The lease of the run that reserved the VM (``RESERVER_LEASE``) when it is not this pass's
+    run's: that run lost the pool's lease (killed, timed out, failed on a hung Redis: this run
+    took the lease after), and can no longer mark the VM asked (lua/clone_asked.lua), so a VM it
+    never marked will never be cloned and needs no start grace. None when the VM is this run's,
+    reserved outside a leased run, or this pass runs without a lease (it cannot tell)."""
+    reserver_lease = record.raw.get(RESERVER_LEASE)
+    if not reserver_lease or not context.lease_token or reserver_lease == context.lease_token:
+        return None
+    return reserver_lease
 
 
 def abandon_unstarted_clones(store: Store, pools: Iterable[str],
@@ -73,7 +85,8 @@ def unnoted_clones_running(context: PassContext, records: Iterable[VMRecord], as
     clone was asked for, and the provider is asked at once, within the grace too (running unless
     it says otherwise there; a VM no longer running is done). One not shown and never asked
     for: for ``CLONE_START_GRACE_SECONDS`` (its pass may still ask), not at all
-    once its reserver is known gone. One asked for (``CLONE_ASKED``: the call may have reached
+    once its reserver is known gone or its run lost the pool's lease to this pass's run
+    (``reservation_taken_over``). One asked for (``CLONE_ASKED``: the call may have reached
     the provider): for the grace too (unless its reserver is known gone), then, up to
     ``asked_limit`` seconds after its start, while the provider says it still makes the VM
     (``Provider.clones_under_way``: one call for all, after a crash only; the task references it
@@ -94,7 +107,8 @@ def unnoted_clones_running(context: PassContext, records: Iterable[VMRecord], as
         shown = record.name in context.inventory
         if (shown and not shown_early) or never_cloned(record):
             continue
-        if age <= CLONE_START_GRACE_SECONDS and not record.raw.get(RESERVER_GONE):
+        if (age <= CLONE_START_GRACE_SECONDS and not record.raw.get(RESERVER_GONE)
+                and not (reservation_taken_over(context, record) and not record.raw.get(CLONE_ASKED))):
             if not shown:
                 running.add(record.name)  # its pass may still be asking: nothing to ask yet
                 continue
@@ -347,6 +361,16 @@ def _clone_finished(context: PassContext, record: VMRecord, statuses: Mapping[st
         if record.raw.get(CLONE_ASKED):
             context.take_out_of_service(hostname, "pending", "clone asked for but not made by the provider "
                                         "(its pass was interrupted before noting its task)")
+            return False
+        reserver_lease = reservation_taken_over(context, record)
+        if (age <= CLONE_START_GRACE_SECONDS and not record.raw.get(RESERVER_GONE) and reserver_lease
+                and context.lease_token):
+            # Within the grace: given up only while this run still holds the pool's lease, so
+            # the reserving run surely cannot mark it any more (never a lease holder's own).
+            context.take_out_of_service(
+                hostname, "pending", "clone was never started (the run that reserved it lost the pool's lease)",
+                unless_set=CLONE_ASKED, only_while=context.store.reservation_taken_over(
+                    context.pool.name, hostname, reserver_lease, context.lease_token))
         else:
             context.take_out_of_service(hostname, "pending", "clone was never started (its pass was interrupted)",
                                         unless_set=CLONE_ASKED)

@@ -334,12 +334,15 @@ class OnDemandStore(SubStore):
         candidates: Sequence[str],
         now: float,
         provider: str | None = None,
+        lease_token: str | None = None,
     ) -> Reservation:
         """Reserve names for the VMs the request still lacks in ``pool`` (see the script): no
         candidate held (manager/names.py), nor any while the names where ``provider`` (the pool's)
         makes VMs are not known since Redis lost its data (None: not looked at, as for
         ``Store.reserve_clones``), nor any once Redis runs it after the caller's socket timeout
-        (``Store.answer_deadline``: the caller gave up and starts no clone)."""
+        (``Store.answer_deadline``: the caller gave up and starts no clone). Each record names
+        ``lease_token``, the reserving run's lease (``records.RESERVER_LEASE``; None: outside a
+        leased run)."""
         keys = [self.keys.ondemand(request_id), self.keys.ondemand_vms(request_id), self.keys.ondemand_open(pool),
                 self.keys.cloning, self.keys.pool_state(pool, "pending"), self.keys.pool_clones,
                 self.keys.pool_clones_counted, self.keys.ondemand_open_requests, self.keys.ondemand_open_waiting,
@@ -348,7 +351,7 @@ class OnDemandStore(SubStore):
         args: list[str | int] = [request_id, pool, clone_limit, max_retries, repr(now), template, domain,
                                  self.store.data_ttl_seconds, self.keys.vm(KEY_PART), holder_label(),
                                  GONE_WHILE_RUNNING, "" if provider is None else "1",
-                                 self.store.answer_deadline(), *candidates]
+                                 self.store.answer_deadline(), lease_token or "", *candidates]
         with _translate_errors():
             answer = json.loads(self.scripts.ondemand_reserve(keys=keys, args=args))
         return Reservation(answer["state"], tuple(answer.get("reserved") or ()), int(answer.get("failed") or 0),

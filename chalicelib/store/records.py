@@ -55,6 +55,12 @@ mark is refused once the VM left pending. So such a VM that left pending unmarke
 cloned and never will be: its slot is freed at once (manager/pending.unnoted_clones_running).
 A record without it was reserved by an older version, which cloned without the mark: during a
 deploy it may still be cloned, so it keeps the start grace."""
+RESERVER_LEASE = "reserver_lease"
+"""A pending VM's record field: the lease token of the run whose pass reserved it (written by
+the reserving script, lua/reserve_clones.lua, lua/ondemand_reserve.lua; none outside a leased
+run). That run marks it ``clone_asked`` only while it still holds the pool's lease
+(lua/clone_asked.lua), so once another run holds the lease, an unasked one can never be cloned:
+that run's pass gives its place back at once (manager/pending.py), not after the start grace."""
 TAG_FIELD_PREFIX = "tag:"
 """Each tag is its own field of the record, ``tag:<key>``: changed one by one, never lost to a
 concurrent change of another tag."""

@@ -30,7 +30,7 @@ from chalicelib.store.connection import (
 from chalicelib.store.deadline import answer_deadline, socket_timeout_ms
 from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, SIZE_OVERRIDES, STATES, Keys
 from chalicelib.store.leases import holder_label, lease_token
-from chalicelib.store.records import MARKS_ASKED, CloneBackoff, VMRecord, finite_number
+from chalicelib.store.records import MARKS_ASKED, RESERVER_LEASE, CloneBackoff, VMRecord, finite_number
 from chalicelib.store.scripts import KeyList, ScriptCall, Scripts, run_many
 from chalicelib.store.settle import answered_or_settled, settled_done
 from chalicelib.timestamps import day_of
@@ -1066,7 +1066,7 @@ class Store:
         self, hostname: str, pool: str, from_state: str, to_state: str, now: float,
         nudge: bool = False, unchanged_since: int | None = None, lifetime_ended: float | None = None,
         checked_out_as: VMRecord | None = None, token_key: str = "", hold_clone: bool = False,
-        unless_set: str = "", **fields: Any,
+        unless_set: str = "", settings_read: Sequence[SettingRead] = (), **fields: Any,
     ) -> bool:
         """Move a VM between states if it is still in ``from_state``; set ``fields`` on its record
         (a value of None deletes the field). ``nudge`` wakes the pool's reconcile in the same step.
@@ -1080,8 +1080,10 @@ class Store:
         moved, when it is gone. ``hold_clone`` (to completed): a VM whose clone is still counted
         in flight keeps its slot, marked ``clone_held``, until the completed step sees the clone
         end (lua/move.lua). ``unless_set`` (a field of the VM's record): move only while the
-        record lacks it. Returns whether it moved."""
+        record lacks it. ``settings_read``: move only while each still holds the value read
+        (``reservation_taken_over``'s among them). Returns whether it moved."""
         unset = [SettingRead(self.keys.vm(hostname), unless_set, "")] if unless_set else []
+        unset += settings_read
         keys, args = self._move_call(pool, from_state, to_state, now, {hostname: fields}, nudge, unchanged_since,
                                      lifetime_ended, checked_out_as, token_key, hold_clone, unset)
         with _translate_errors():
@@ -1166,6 +1168,7 @@ class Store:
         generation: float = 0.0,
         settings_read: Sequence[SettingRead] = (),
         provider: str | None = None,
+        lease_token: str | None = None,
     ) -> list[str]:
         """Create pending records for as many candidates as the pool lacks and its fair share of
         the task limit allows (lua/reserve_clones.lua: the limit is shared max-min fairly among
@@ -1179,8 +1182,9 @@ class Store:
         not looked at: candidates no VM Redis forgot can be expected to hold, random names, or a
         caller outside a pass). Nothing once Redis runs it after the caller's socket timeout
         (``answer_deadline``: a freeze): the caller gave up on it and starts no clone, so names
-        reserved then would hold the pool's slots for the start grace. Returns the hostnames
-        reserved."""
+        reserved then would hold the pool's slots for the start grace. Each record names
+        ``lease_token``, the reserving run's lease (``RESERVER_LEASE``; None: outside a leased
+        run). Returns the hostnames reserved."""
         with _translate_errors():
             return self.scripts.reserve_clones(
                 keys=[self.keys.pool_state(pool, "ready"), self.keys.pool_state(pool, "pending"),
@@ -1193,7 +1197,7 @@ class Store:
                 args=[pool, size, task_limit, repr(now), template, domain, clone_limit,
                       repr(CLONE_DEMAND_TTL_SECONDS), self.keys.vm(KEY_PART), holder_label(), repr(generation),
                       repr(NEWEST_CONFIG_SECONDS), "" if provider is None else "1", self.answer_deadline(),
-                      len(settings_read),
+                      lease_token or "", len(settings_read),
                       *(part for setting in settings_read for part in (setting.field, setting.value)), *candidates]
             )
 
@@ -1406,6 +1410,16 @@ class Store:
         one round trip (lua/finish_clones.lua: a record no longer there is not recreated)."""
         with _translate_errors():
             run_many(self.client, self._finish_calls(hostnames, now))
+
+    def reservation_taken_over(self, pool: str, hostname: str, reserver_lease: str,
+                               lease_token: str) -> list[SettingRead]:
+        """The conditions (for ``move``) under which a pass of the run holding the pool's lease
+        ``lease_token`` may give back at once a clone reserved under another run's lease,
+        ``reserver_lease``, and not yet asked: the pool's lease is still ``lease_token``, so the
+        reserving run can no longer mark it asked (lua/clone_asked.lua compares the lease with
+        its own), and the VM still names that run (``RESERVER_LEASE``)."""
+        return [SettingRead(self.keys.lease(pool), "", lease_token),
+                SettingRead(self.keys.vm(hostname), RESERVER_LEASE, reserver_lease)]
 
     def mark_clones_asked(self, pool: str, hostnames: Sequence[str], now: float,
                           lease_token: str | None = None, placement: str = "") -> list[str]:

@@ -196,16 +196,20 @@ def test_a_run_frozen_before_its_clone_mark_marks_nothing_once_another_run_took_
     process, a frozen Lambda), woken once its lease ran out and another run took the pool: at
     its checkpoint before the mark (``checkpoint``: the renewal there finds the lease lost), or
     between that checkpoint and the mark's round trip (``mark``: lua/clone_asked.lua compares the
-    pool's lease with the run's), it marks nothing, so the names it reserved stay never asked and
-    come back after the start grace, and the pool refills. Before, the woken run marked them and
-    only then found its lease lost: asked but never cloned, their slots held until a provider
-    that cannot tell (as vSphere when it cannot read the template's tasks) reached the pool's
-    timeout (5 minutes here), the pool short all that time."""
+    pool's lease with the run's), it marks nothing, and clones nothing: the run that took the
+    pool gave the names it reserved back at once (never asked, and their run's lease lost:
+    tests/core/test_reservation_lease.py) and cloned the pool's two itself, so no name is both
+    given back and cloned, never more than task_limit clones at the provider. Before, the woken
+    run marked them and only then found its lease lost: asked but never cloned, their slots held
+    until a provider that cannot tell (as vSphere when it cannot read the template's tasks)
+    reached the pool's timeout (5 minutes here), the pool short all that time."""
     frozen = fused_services(world, None)  # the frozen run's own process
     mark = frozen.store.mark_clones_asked
     taken_over: list[RunReport] = []
+    frozen_reserved: list[set[str]] = []
 
     def take_over() -> None:
+        frozen_reserved.append(world.hosts("alpha", "pending"))
         world.clock.advance(LEASE_SECONDS + 1)
         leases_run_out(world.client)
         taken_over.append(run_pool(world.services, "alpha", 0.0))
@@ -226,17 +230,17 @@ def test_a_run_frozen_before_its_clone_mark_marks_nothing_once_another_run_took_
         report = run_pool(frozen, "alpha", 0.0, checkpoint)
     finally:
         frozen.client.close()
-    reserved = world.hosts("alpha", "pending")
+    (reserved,) = frozen_reserved
     assert taken_over and taken_over[0].leased and not taken_over[0].failures and len(reserved) == LIMIT
     assert report.failures and "lease" in report.failures[0], report
-    assert not any(world.store.get_vm(host).raw.get(CLONE_ASKED) for host in reserved)
-    assert tasks_running(world, "clone") == 0
-    world.clock.advance(CLONE_START_GRACE_SECONDS - LEASE_SECONDS)  # past the grace, not the timeout
-    refilled = run_pool(world.services, "alpha", 0.0).passes[0]
+    refilled = taken_over[0].passes[0]
     assert set(refilled.completed) == reserved and len(refilled.clones_started) == LIMIT
+    assert not any(world.store.get_vm(host).raw.get(CLONE_ASKED) for host in reserved)
+    assert tasks_running(world, "clone") == LIMIT  # the taking run's: the frozen one cloned none
     world.clock.advance(200)
     world.settle("alpha")
-    assert world.provider_vms("alpha") == world.hosts("alpha", "ready") and world.store.cloning_count() == 0
+    assert world.provider_vms("alpha") == world.hosts("alpha", "ready") == set(refilled.clones_started)
+    assert world.store.cloning_count() == 0
 
 
 # --- a clone call whose answer was lost -------------------------------------------------------------

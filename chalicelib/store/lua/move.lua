@@ -53,7 +53,9 @@
 --   every VM's answer is -1.
 -- settings_read (n pairs after the count; n is 0 for none): move only while each of the n hashes
 --   given after the pool's keys (KEYS[vms + 10 ...], after the destroyed set) holds that value in
---   that field ('' for none).
+--   that field ('' for none). A pair whose field is '' compares the key's own value (a string:
+--   the pool's lease, held by the caller's run: manager/pending.py frees a clone another run
+--   reserved and never asked only while its own run holds the pool).
 --   The pending step moves a VM to ready only while the pool's template and reset are still those
 --   its pass read: a pass that read them before a change would make a VM of the old template ready
 --   after the change, maybe after a newer pass had drained the pool and lifted the change's fence
@@ -188,7 +190,14 @@ end
 -- Whether a setting read by the caller has changed since (see settings_read): then nothing moves.
 local function settings_changed()
   for i = 1, settings_read do
-    if (redis.call('HGET', KEYS[vms + 9 + i], ARGV[18 + 2 * i]) or '') ~= ARGV[19 + 2 * i] then
+    local key, field = KEYS[vms + 9 + i], ARGV[18 + 2 * i]
+    local value
+    if field == '' then
+      value = redis.call('GET', key)
+    else
+      value = redis.call('HGET', key, field)
+    end
+    if (value or '') ~= ARGV[19 + 2 * i] then
       return true
     end
   end

@@ -23,7 +23,9 @@
 --       the reason of a VM dropped as gone from the provider while running (manager/running.py),
 --       whether to look at the names:known mark ('1': word names among the candidates; '':
 --       random names only, or a caller outside a pass), the deadline (ms of Redis's clock, ''
---       none: store/deadline.py), then the candidate hostnames, in the order of their records.
+--       none: store/deadline.py), the reserving run's lease token ('' outside a leased run:
+--       written on each record as 'reserver_lease', as reserve_clones.lua does), then the
+--       candidate hostnames, in the order of their records.
 -- Run past its deadline (Redis frozen past the caller's socket timeout: its pass gave up on the
 -- answer and starts no clone) it reserves nothing (the request's other changes hold whenever
 -- they are made): names reserved then would hold the request's VMs and the on-demand clone
@@ -46,7 +48,7 @@ local pool_clones_key, counted_key = KEYS[6], KEYS[7]
 local id, pool = ARGV[1], ARGV[2]
 local clone_limit, max_retries, now = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local template, domain, ttl, vm_template, reserver = ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10]
-local gone_reason, names_checked = ARGV[11], ARGV[12] == '1'
+local gone_reason, names_checked, reserver_lease = ARGV[11], ARGV[12] == '1', ARGV[14]
 local request = redis.call('HMGET', key, 'state', 'entries', 'expires', 'lifetime', 'token_user', 'token_id',
   'confirm_by', 'token_entry')
 if request[1] ~= 'open' then
@@ -114,13 +116,16 @@ for _, entry in ipairs(cjson.decode(request[2])) do
     local need = entry.count - (delivered[entry.name] or 0) - (building[entry.name] or 0)
     lacking = lacking + math.max(need, 0)
     while need > 0 and slots > 0 and candidate <= #KEYS do
-      local vm_key, hostname = KEYS[candidate], ARGV[candidate + 2]
+      local vm_key, hostname = KEYS[candidate], ARGV[candidate + 3]
       candidate = candidate + 1
       if redis.call('EXISTS', vm_key) == 0 and not redis.call('ZSCORE', KEYS[11], hostname) then
         redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,
           'domain', domain, 'state', 'pending', 'clone_start', now, 'pending_at', now,
           'request', id, 'request_name', entry.name, 'lifetime', request[4], 'reserver', reserver,
           'marks_asked', '1')
+        if reserver_lease ~= '' then
+          redis.call('HSET', vm_key, 'reserver_lease', reserver_lease)
+        end
         if request[5] then
           redis.call('HSET', vm_key, 'token_user', request[5])
         end

@@ -49,9 +49,14 @@
 --       store/leases.py holder_label), generation (of the config the pass read its pool from;
 --       0: a config no push orders), newest_ttl (config_generation.lua's ttl), whether to look at
 --       the mark ('1': word names among the candidates; '': random names only, or a caller
---       outside a pass), the deadline (ms of Redis's clock, '' none: store/deadline.py), settings
---       read (a count n, then n pairs field, value as read: '' for none), then the candidate
+--       outside a pass), the deadline (ms of Redis's clock, '' none: store/deadline.py), the
+--       reserving run's lease token ('' outside a leased run: manager/runner.py), settings read
+--       (a count n, then n pairs field, value as read: '' for none), then the candidate
 --       hostnames, in the order of their records.
+-- Each record names the lease its run held ('reserver_lease': store/records.py RESERVER_LEASE):
+-- once another run holds the pool's lease, the reserving run can no longer mark it asked
+-- (lua/clone_asked.lua), and that run's pass gives an unasked one back at once instead of after
+-- the start grace (manager/pending.py).
 -- Run past its deadline (Redis frozen, SIGSTOP, a long fork, behind a slow script, past the
 -- caller's socket timeout: its pass gave up on the answer and will start no clone) it reserves
 -- nothing and returns {}: the names it reserved would hold the pool's slots, unasked, for the
@@ -70,8 +75,9 @@ local names_checked = ARGV[13] == '1'
 if past_deadline(ARGV[14]) then
   return {}
 end
-local settings_read = tonumber(ARGV[15])
-local FIRST_CANDIDATE = 13 + settings_read -- in KEYS; its hostname is ARGV[index + 3 + settings_read]
+local reserver_lease = ARGV[15]
+local settings_read = tonumber(ARGV[16])
+local FIRST_CANDIDATE = 13 + settings_read -- in KEYS; its hostname is ARGV[index + 4 + settings_read]
 -- The pass read its size and template from a config a newer push has replaced since (a function
 -- on the newer one noted it after this pass's run checked it was the newest:
 -- manager/dispatch.py newest_config): it reserves nothing, as that run would have left the pool
@@ -90,7 +96,7 @@ end
 -- pass read its pool's: its clones would be of the old template, or older than the reset, and
 -- drained by the next pass (lua/move.lua's settings_read, for the VMs it makes ready).
 for i = 1, settings_read do
-  if (redis.call('HGET', KEYS[12 + i], ARGV[14 + 2 * i]) or '') ~= ARGV[15 + 2 * i] then
+  if (redis.call('HGET', KEYS[12 + i], ARGV[15 + 2 * i]) or '') ~= ARGV[16 + 2 * i] then
     return {}
   end
 end
@@ -248,11 +254,14 @@ for i = FIRST_CANDIDATE, #KEYS do
   if #reserved >= wanted then
     break
   end
-  local vm_key, hostname = KEYS[i], ARGV[i + 3 + settings_read]
+  local vm_key, hostname = KEYS[i], ARGV[i + 4 + settings_read]
   if redis.call('EXISTS', vm_key) == 0 and not redis.call('ZSCORE', names_held_key, hostname) then
     redis.call('HSET', vm_key, 'name', hostname, 'pool', pool, 'template', template,
       'domain', domain, 'state', 'pending', 'clone_start', now, 'pending_at', now, 'reserver', reserver,
       'marks_asked', '1')
+    if reserver_lease ~= '' then
+      redis.call('HSET', vm_key, 'reserver_lease', reserver_lease)
+    end
     redis.call('ZADD', pending_key, now, hostname)
     redis.call('ZADD', cloning_key, now, hostname)
     redis.call('ZADD', pool_clones_key, now, hostname)
