@@ -28,6 +28,9 @@ if __name__ == "__main__":
         os._exit(0)
 
     signal.signal(signal.SIGINT, _stopped_before_starting)
+    # SIGTERM too (`kill`, a supervisor, make's group): before, the default action ended the
+    # process with no line, status -15, unlike a Ctrl-C at the same moment.
+    signal.signal(signal.SIGTERM, _stopped_before_starting)
 
 import argparse
 import fcntl
@@ -85,6 +88,9 @@ def _serve_http(port: int, workers: int, threads: int, parent: int,
     """The HTTP front's process: gunicorn's arbiter, which forks the workers."""
     from local.processes import die_with_parent, release_free_memory
 
+    # The stack's SIGTERM handling (``_StopWhileStarting``) is not this process's: a SIGTERM
+    # before gunicorn installs its own ends it (before, the stack's stop waited 10 s, then killed it).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # SIGKILL: an arbiter stopped (SIGSTOP) when the stack dies acts on no other signal, and its
     # workers (whose parent lives on, stopped) went on serving the port with nobody to stop them.
     die_with_parent(parent, signal.SIGKILL)
@@ -186,13 +192,21 @@ def _check_config() -> int:
     processes then build it as the Lambdas do, without pydantic or PyYAML, which only the child
     imports (7.6 MB in each of the four processes otherwise). 0, or 2 after printing what is
     wrong with the config (1 for any other failure)."""
+    from local.processes import die_with_parent
+
+    stack = os.getpid()
     read, write = os.pipe()
     # The child ignores Ctrl-C (blocked until it does): interrupted, it printed a traceback and
     # could run on into this process's code; this process stops it instead (below).
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     child = os.fork()  # this process has no other thread yet
     if child == 0:
+        # The check stops with the stack, a SIGKILLed one too: before, it ran on orphaned (ppid 1)
+        # for as long as a check takes (15 s for 10,000 pools under load), and wrote config.json
+        # into a state directory the next `make run` may already use.
+        die_with_parent(stack, signal.SIGKILL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the stack's (``_StopWhileStarting``)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         os.close(read)
         status, answer = _write_checked_config()
@@ -530,6 +544,24 @@ def _positive_seconds(text: str) -> float:
     return seconds
 
 
+class _StopWhileStarting:
+    """SIGTERM while the stack starts (its config checked, redis-server started, the HTTP workers
+    forked) stops it as Ctrl-C does: what was started is stopped, "vmpool: stopped", exit 0.
+    Before, a SIGTERM until redis-server answered ended the process at once (status -15, no line,
+    the config's check left running orphaned), and one later went unheeded until the workers
+    served: the stack printed its "serving" banner, then stopped. Raises once; a second SIGTERM
+    (make's group and its parent-death signal arrive together) does not interrupt the clean-up."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        signal.signal(signal.SIGTERM, self._stop)
+
+    def _stop(self, signum: int, frame: object) -> None:
+        if not self.raised:
+            self.raised = True
+            raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=_tcp_port, default=os.environ.get("PORT", "8000"))
@@ -553,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     # its HTTP server lost (exit 1) instead of stopping cleanly. Set before anything starts: a
     # Ctrl-C while the stack starts stops what it started, as later.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    _StopWhileStarting()
     vcsim_process: subprocess.Popen[bytes] | None = None
     redis_server: RedisServer | None = None
     front: BaseProcess | None = None
@@ -603,7 +636,6 @@ def main(argv: list[str] | None = None) -> int:
 
         http_port_hold = PortHold()
         workers: int = args.workers
-        stop = StopRequests(signal.SIGTERM)
         from chalicelib.config import ConfigError
 
         try:
@@ -636,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
 
         scheduler = LocalScheduler(chalice_app.services(), interval_seconds=args.interval)
         scheduler.start()
+        stop = StopRequests(signal.SIGTERM)  # served from here: the main loop looks for it
         pools = ", ".join(chalice_app.CONFIG.pool_names)
         plural = "" if workers == 1 else "s"
         print(f"vmpool: serving http://127.0.0.1:{args.port}/api/v3 with {workers} worker{plural}; "
@@ -668,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         # A second Ctrl-C while stopping (bounded: 10 s a process at most) would end the clean-up
         # with a traceback, leaving what it had not stopped yet to the parent-death signals.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if scheduler:
             scheduler.stop()
         if front is not None:
