@@ -260,17 +260,27 @@ def _write_checked_config() -> tuple[int, str]:
     return 0, ""
 
 
-CHECK_CONFIG_PROGRAM = """
+STOPS_WITH_THE_STACK = """
+import signal, sys
+from local.processes import die_with_parent
+die_with_parent(int(sys.argv[1]), signal.SIGKILL)
+"""
+"""The start of the programs the stack runs in a fresh interpreter (its pid their first argument):
+they stop with it, a SIGKILLed one too. Before, a `make run` killed while the config's files were
+listed (its start) or checked (an edit) left that interpreter running on, orphaned (ppid 1), for
+as long as it took (up to CONFIG_CHECK_TIMEOUT_SECONDS), the check writing config.json. Set in the
+program, not by ``preexec_fn`` (unsafe with the scheduler's threads running)."""
+CHECK_CONFIG_PROGRAM = STOPS_WITH_THE_STACK + """
 import sys, local.run as run
 status, answer = run._write_checked_config()
 print(answer, file=sys.stderr, end="")
 sys.exit(status)
 """
-LIST_CONFIG_FILES_PROGRAM = """
+LIST_CONFIG_FILES_PROGRAM = STOPS_WITH_THE_STACK + """
 import sys
 from pathlib import Path
 from chalicelib.config import config_files
-print("\\n".join(str(path) for path in config_files(Path(sys.argv[1]))))
+print("\\n".join(str(path) for path in config_files(Path(sys.argv[2]))))
 """
 CONFIG_CHECK_SECONDS = 2.0
 """How often the stack looks at the developer's config file for changes."""
@@ -305,8 +315,8 @@ class ConfigWatch:
         process is the scheduler's, forked into gunicorn's arbiter and the HTTP workers, which
         all kept it. Only the main file when the listing fails (its check says why)."""
         try:
-            listed = subprocess.run([sys.executable, "-c", LIST_CONFIG_FILES_PROGRAM, str(self.path)], cwd=ROOT,
-                                    capture_output=True, text=True, timeout=CONFIG_CHECK_TIMEOUT_SECONDS)
+            listed = subprocess.run([sys.executable, "-c", LIST_CONFIG_FILES_PROGRAM, str(os.getpid()), str(self.path)],
+                                    cwd=ROOT, capture_output=True, text=True, timeout=CONFIG_CHECK_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
             return [self.path]
         names = listed.stdout.splitlines()
@@ -343,7 +353,7 @@ class ConfigWatch:
         env["VMPOOL_CONFIG_FILE"] = str(self.path)
         # A fresh interpreter: this process runs the scheduler's threads, which a fork would copy mid-lock.
         try:
-            checked = subprocess.run([sys.executable, "-c", CHECK_CONFIG_PROGRAM], env=env, cwd=ROOT,
+            checked = subprocess.run([sys.executable, "-c", CHECK_CONFIG_PROGRAM, str(os.getpid())], env=env, cwd=ROOT,
                                      capture_output=True, text=True, timeout=CONFIG_CHECK_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:  # the main loop also answers stop requests: never hang it
             # No verdict on the edit: checked again, but not at every look (each would hold the
