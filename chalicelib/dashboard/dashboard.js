@@ -157,6 +157,12 @@
     var live = $("live"), label = live.querySelector("b"), status = feeds.status;
     var now = Date.now(), age = now - status.lastOk;
     var behind = [feedBehind(feeds.history, now), feedBehind(feeds.summary, now)].filter(Boolean);
+    // The pools' badge ("all pools ready", green) greyed while /status is stale: it stayed green
+    // through an outage, however old the state it showed.
+    var old = !!status.lastOk && (status.failing || age > STALE_AFTER), health = $("health");
+    health.classList.toggle("stale", old);
+    health.title = old ? "as of " + new Date(status.lastOk).toLocaleTimeString() + ": no newer state of the pools"
+      : "state of the pools";
     if (!status.lastOk) {
       live.className = "live " + (status.failing ? "stale" : "wait");
       label.textContent = status.failing ? "no data: " + (status.problem || "the API is unreachable") : "connecting";

@@ -135,3 +135,22 @@ def test_a_failing_history_or_summary_feed_makes_the_badge_stale_not_live(feeds:
     for path in paths:
         feeds.answer(path, GOOD[path])
     eventually(lambda: badge(page)[0] == "live ok", 60, "the page to be live again")
+
+
+def health(page: BrowserPage) -> tuple[str, str]:
+    """The pools' badge's class and text."""
+    return tuple(page.evaluate("(function (b) { return [b.className, b.textContent]; })"
+                               "(document.getElementById('health'))"))
+
+
+def test_the_pools_badge_is_greyed_while_the_status_it_shows_is_stale(feeds: FeedServer, page: BrowserPage) -> None:
+    """Before: with /status failing (Redis down behind it, a 503) the pools' badge stayed green,
+    "all pools ready", however old the state it showed."""
+    colour = "getComputedStyle(document.getElementById('health')).color"
+    eventually(lambda: health(page) == ("badge ok", "all pools ready"), 60, "the pools' badge")
+    green = page.evaluate(colour)
+    feeds.answer("/api/v3/status", {"ok": False}, status=503)
+    eventually(lambda: "stale" in health(page)[0].split(), 60, "the pools' badge to be greyed")
+    assert page.evaluate(colour) != green
+    feeds.answer("/api/v3/status", GOOD["/api/v3/status"])
+    eventually(lambda: health(page) == ("badge ok", "all pools ready"), 60, "the pools' badge green again")
