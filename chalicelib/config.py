@@ -526,18 +526,18 @@ name, a value of 255 characters of JSON, in the day and in the range's totals): 
 would be refused, every day, as a range too long for one answer. The defaults hold 5,151."""
 
 
-def read_config_file(path: Path) -> str:
+def read_config_file(path: Path, most: int = MAX_CONFIG_CHARACTERS) -> str:
     """The text of a config file; OSError with ``strerror`` when it cannot be read or is not a
     regular file (``/dev/zero`` would be read until memory runs out, a named pipe block for
     ever), or is not UTF-8 text (``not UTF-8 text (byte 21, line 2)``: before, a Latin-1 ``é``
     stopped ``make run``, ``make config-push`` and packaging with a UnicodeDecodeError traceback).
-    Reads at most one character past MAX_CONFIG_CHARACTERS (the size check refuses it)."""
+    Reads at most one character past ``most`` (the size check refuses it)."""
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a named pipe would wait for a writer
     with open(descriptor, encoding="utf-8") as file:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             raise OSError(0, "not a regular file")
         try:
-            return file.read(MAX_CONFIG_CHARACTERS + 1)
+            return file.read(most + 1)
         except UnicodeDecodeError:
             pass
     raise OSError(errno.EILSEQ, _not_utf8(path))
@@ -853,7 +853,8 @@ def parse(text: str, source: str = "config", base_dir: Path | None = None) -> Co
     reader = BlockReader()
     values_left = [MAX_VALUES]  # shared by the file and its extra_config files
     document = _read_document(text, source, reader, values_left)
-    merged = merge_extra_configs(document, base_dir or Path.cwd(), reader, values_left)
+    merged = merge_extra_configs(document, base_dir or Path.cwd(), reader, values_left,
+                                 characters_left=MAX_YAML_CHARACTERS - len(text))
     try:
         return build(merged, reader)
     except ImportError as error:  # a Lambda package carries no pydantic: it loads canonical JSON
@@ -864,6 +865,15 @@ def parse(text: str, source: str = "config", base_dir: Path | None = None) -> Co
 
 MAX_EXTRA_CONFIGS = 50
 """More files than any deployment splits its config into: a typo cannot make a load read on."""
+
+
+def _too_much_yaml(path: Path) -> str:
+    """Why the ``extra_config`` file ``path`` is refused: with it the config's files hold more
+    than MAX_YAML_CHARACTERS of YAML together."""
+    return (f"config.extra_config: with {path} the config and its extra_config files hold more than "
+            f"{MAX_YAML_CHARACTERS} characters ({MAX_YAML_CHARACTERS // (1024 * 1024)} MiB) of YAML together, "
+            "more than any config the service can serve (10,000 pools written as vmpooler writes them are "
+            "2.5 MB); the files after it are not read")
 
 
 def extra_config_paths(document: Mapping[str, Any]) -> list[str]:
@@ -878,7 +888,8 @@ def extra_config_paths(document: Mapping[str, Any]) -> list[str]:
 
 
 def merge_extra_configs(document: dict[str, Any], base_dir: Path, reader: BlockReader | None = None,
-                        values_left: list[int] | None = None) -> dict[str, Any]:
+                        values_left: list[int] | None = None,
+                        characters_left: int = MAX_YAML_CHARACTERS) -> dict[str, Any]:
     """vmpooler's ``extra_config``: each listed YAML file is deep-merged into the main document.
 
     As vmpooler's deep_merge does it, the main document wins: a value it sets is kept, keys it
@@ -888,6 +899,11 @@ def merge_extra_configs(document: dict[str, Any], base_dir: Path, reader: BlockR
     twice in them add problems or warnings to ``reader``. The files hold at most MAX_VALUES values
     together, ``document``'s among them when ``values_left`` (what it left) is given: before, each
     file could hold as many, and 50 files of 1.9 million were minutes of CPU and gigabytes joined.
+    They hold at most ``characters_left`` characters of YAML together (MAX_YAML_CHARACTERS less
+    the main file's), the file that passes them refused, those after it unread: before, each file
+    could hold 8 MiB, and 50 files of a long string each were 400 MiB read, parsed and kept (4.0 s
+    of CPU, 454 MB; 9 s on the shared machine). A file over MAX_YAML_CHARACTERS alone is refused
+    as such.
     """
     reader = reader or BlockReader()
     values_left = values_left if values_left is not None else [MAX_VALUES]
@@ -897,10 +913,14 @@ def merge_extra_configs(document: dict[str, Any], base_dir: Path, reader: BlockR
     problems: list[str] = []
     for path in _extra_config_files(paths, base_dir):
         try:
-            text = read_config_file(path)
+            text = read_config_file(path, most=MAX_YAML_CHARACTERS)  # one past it is refused as such
         except OSError as error:
             problems.append(f"config.extra_config: cannot read {path}: {error.strerror}")
             continue
+        if len(text) <= MAX_YAML_CHARACTERS:
+            characters_left -= len(text)
+            if characters_left < 0:
+                raise ConfigError([*problems, _too_much_yaml(path)])
         try:
             extra = _read_document(text, str(path), reader, values_left)
         except ConfigError as error:

@@ -31,6 +31,9 @@ if __name__ == "__main__":
         os._exit(0)
 
     signal.signal(signal.SIGINT, _stopped_before_starting)
+    # SIGTERM too (`kill`, a supervisor, make's group): before, the default action ended the
+    # process with no line, status -15, unlike a Ctrl-C at the same moment.
+    signal.signal(signal.SIGTERM, _stopped_before_starting)
 
 import argparse
 import fcntl
@@ -89,6 +92,9 @@ def _serve_http(port: int, workers: int, threads: int, parent: int,
     """The HTTP front's process: gunicorn's arbiter, which forks the workers."""
     from local.processes import die_with_parent, release_free_memory
 
+    # The stack's SIGTERM handling (``_StopWhileStarting``) is not this process's: a SIGTERM
+    # before gunicorn installs its own ends it (before, the stack's stop waited 10 s, then killed it).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # SIGKILL: an arbiter stopped (SIGSTOP) when the stack dies acts on no other signal, and its
     # workers (whose parent lives on, stopped) went on serving the port with nobody to stop them.
     die_with_parent(parent, signal.SIGKILL)
@@ -218,13 +224,21 @@ def _check_config() -> int:
     processes then build it as the Lambdas do, without pydantic or PyYAML, which only the child
     imports (7.6 MB in each of the four processes otherwise). 0, or 2 after printing what is
     wrong with the config (1 for any other failure)."""
+    from local.processes import die_with_parent
+
+    stack = os.getpid()
     read, write = os.pipe()
     # The child ignores Ctrl-C (blocked until it does): interrupted, it printed a traceback and
     # could run on into this process's code; this process stops it instead (below).
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     child = os.fork()  # this process has no other thread yet
     if child == 0:
+        # The check stops with the stack, a SIGKILLed one too: before, it ran on orphaned (ppid 1)
+        # for as long as a check takes (15 s for 10,000 pools under load), and wrote config.json
+        # into a state directory the next `make run` may already use.
+        die_with_parent(stack, signal.SIGKILL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the stack's (``_StopWhileStarting``)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         os.close(read)
         status, answer = _write_checked_config()
@@ -278,17 +292,27 @@ def _write_checked_config() -> tuple[int, str]:
     return 0, ""
 
 
-CHECK_CONFIG_PROGRAM = """
+STOPS_WITH_THE_STACK = """
+import signal, sys
+from local.processes import die_with_parent
+die_with_parent(int(sys.argv[1]), signal.SIGKILL)
+"""
+"""The start of the programs the stack runs in a fresh interpreter (its pid their first argument):
+they stop with it, a SIGKILLed one too. Before, a `make run` killed while the config's files were
+listed (its start) or checked (an edit) left that interpreter running on, orphaned (ppid 1), for
+as long as it took (up to CONFIG_CHECK_TIMEOUT_SECONDS), the check writing config.json. Set in the
+program, not by ``preexec_fn`` (unsafe with the scheduler's threads running)."""
+CHECK_CONFIG_PROGRAM = STOPS_WITH_THE_STACK + """
 import sys, local.run as run
 status, answer = run._write_checked_config()
 print(answer, file=sys.stderr, end="")
 sys.exit(status)
 """
-LIST_CONFIG_FILES_PROGRAM = """
+LIST_CONFIG_FILES_PROGRAM = STOPS_WITH_THE_STACK + """
 import sys
 from pathlib import Path
 from chalicelib.config import config_files
-print("\\n".join(str(path) for path in config_files(Path(sys.argv[1]))))
+print("\\n".join(str(path) for path in config_files(Path(sys.argv[2]))))
 """
 CONFIG_CHECK_SECONDS = 2.0
 """How often the stack looks at the developer's config file for changes."""
@@ -323,8 +347,8 @@ class ConfigWatch:
         process is the scheduler's, forked into gunicorn's arbiter and the HTTP workers, which
         all kept it. Only the main file when the listing fails (its check says why)."""
         try:
-            listed = subprocess.run([sys.executable, "-c", LIST_CONFIG_FILES_PROGRAM, str(self.path)], cwd=ROOT,
-                                    capture_output=True, text=True, timeout=CONFIG_CHECK_TIMEOUT_SECONDS)
+            listed = subprocess.run([sys.executable, "-c", LIST_CONFIG_FILES_PROGRAM, str(os.getpid()), str(self.path)],
+                                    cwd=ROOT, capture_output=True, text=True, timeout=CONFIG_CHECK_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
             return [self.path]
         names = listed.stdout.splitlines()
@@ -361,7 +385,7 @@ class ConfigWatch:
         env["VMPOOL_CONFIG_FILE"] = str(self.path)
         # A fresh interpreter: this process runs the scheduler's threads, which a fork would copy mid-lock.
         try:
-            checked = subprocess.run([sys.executable, "-c", CHECK_CONFIG_PROGRAM], env=env, cwd=ROOT,
+            checked = subprocess.run([sys.executable, "-c", CHECK_CONFIG_PROGRAM, str(os.getpid())], env=env, cwd=ROOT,
                                      capture_output=True, text=True, timeout=CONFIG_CHECK_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:  # the main loop also answers stop requests: never hang it
             # No verdict on the edit: checked again, but not at every look (each would hold the
@@ -564,6 +588,24 @@ def _positive_seconds(text: str) -> float:
     return seconds
 
 
+class _StopWhileStarting:
+    """SIGTERM while the stack starts (its config checked, redis-server started, the HTTP workers
+    forked) stops it as Ctrl-C does: what was started is stopped, "vmpool: stopped", exit 0.
+    Before, a SIGTERM until redis-server answered ended the process at once (status -15, no line,
+    the config's check left running orphaned), and one later went unheeded until the workers
+    served: the stack printed its "serving" banner, then stopped. Raises once; a second SIGTERM
+    (make's group and its parent-death signal arrive together) does not interrupt the clean-up."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        signal.signal(signal.SIGTERM, self._stop)
+
+    def _stop(self, signum: int, frame: object) -> None:
+        if not self.raised:
+            self.raised = True
+            raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=_tcp_port, default=os.environ.get("PORT", "8000"))
@@ -588,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     # its HTTP server lost (exit 1) instead of stopping cleanly. Set before anything starts: a
     # Ctrl-C while the stack starts stops what it started, as later.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    _StopWhileStarting()
     vcsim_process: subprocess.Popen[bytes] | None = None
     redis_server: RedisServer | None = None
     front: BaseProcess | None = None
@@ -639,7 +682,6 @@ def main(argv: list[str] | None = None) -> int:
 
         http_port_hold = PortHold()
         workers: int = args.workers
-        stop = StopRequests(signal.SIGTERM)
         from chalicelib.config import ConfigError
 
         try:
@@ -678,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
 
         scheduler = LocalScheduler(chalice_app.services(), interval_seconds=args.interval)
         scheduler.start()
+        stop = StopRequests(signal.SIGTERM)  # served from here: the main loop looks for it
         pools = ", ".join(chalice_app.CONFIG.pool_names)
         plural = "" if workers == 1 else "s"
         serving = (f"in this process ({args.threads} event loops beside the scheduler)" if workers == 0
@@ -721,6 +764,7 @@ def main(argv: list[str] | None = None) -> int:
         # A second Ctrl-C while stopping (bounded: 10 s a process at most) would end the clean-up
         # with a traceback, leaving what it had not stopped yet to the parent-death signals.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if scheduler:
             scheduler.stop()
         if front_here is not None:

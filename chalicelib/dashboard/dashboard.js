@@ -19,7 +19,17 @@
   var MAX_ROWS = 1000, MAX_NAMED = 30;
   var collator = new Intl.Collator();  // one, for every sort: localeCompare builds one per call
   var byName = collator.compare;
-  var state = { status: null, summary: null, history: null, hours: 1, lastOk: 0, failing: false, problem: "" };
+  var state = { status: null, summary: null, history: null, hours: 1 };
+  // Each feed the page shows: when it last answered, whether it fails now and why, and how old
+  // its answer may be before the live badge calls it stale (a poll and 20 s). The badge said
+  // "live" from /status alone: with the history or the summaries failing (Redis down, 503) the
+  // graphs and the clone and boot times stayed as they were, and the badge said "live" throughout.
+  var feeds = {
+    status: { what: "the pools", staleAfter: STALE_AFTER, lastOk: 0, failing: false, problem: "" },
+    history: { what: "the graphs", staleAfter: HISTORY_EVERY + STALE_AFTER, lastOk: 0, failing: false, problem: "" },
+    summary: { what: "the clone and boot times", staleAfter: SUMMARY_EVERY + STALE_AFTER, lastOk: 0, failing: false,
+      problem: "" }
+  };
   var $ = function (id) { return document.getElementById(id); };
 
   function url(path) { return BASE + "/" + path; }
@@ -134,18 +144,37 @@
 
   // --- live indicator ------------------------------------------------------------------------
 
+  // What is wrong with one of the other feeds ("the graphs: last update 75 s ago; the API
+  // answered 503"), or "" while it is fresh or has not answered yet without failing (loading).
+  function feedBehind(feed, now) {
+    if (!feed.lastOk) { return feed.failing ? feed.what + ": no data; " + feed.problem : ""; }
+    if (!feed.failing && now - feed.lastOk <= feed.staleAfter) { return ""; }
+    return feed.what + ": last update " + Math.round((now - feed.lastOk) / 1000) + " s ago" +
+      (feed.problem ? "; " + feed.problem : "");
+  }
+
   function showLive() {
-    var live = $("live"), label = live.querySelector("b");
-    var age = Date.now() - state.lastOk;
-    if (!state.lastOk) {
-      live.className = "live " + (state.failing ? "stale" : "wait");
-      label.textContent = state.failing ? "no data: " + (state.problem || "the API is unreachable") : "connecting";
-    } else if (state.failing || age > STALE_AFTER) {
+    var live = $("live"), label = live.querySelector("b"), status = feeds.status;
+    var now = Date.now(), age = now - status.lastOk;
+    var behind = [feedBehind(feeds.history, now), feedBehind(feeds.summary, now)].filter(Boolean);
+    // The pools' badge ("all pools ready", green) greyed while /status is stale: it stayed green
+    // through an outage, however old the state it showed.
+    var old = !!status.lastOk && (status.failing || age > STALE_AFTER), health = $("health");
+    health.classList.toggle("stale", old);
+    health.title = old ? "as of " + new Date(status.lastOk).toLocaleTimeString() + ": no newer state of the pools"
+      : "state of the pools";
+    if (!status.lastOk) {
+      live.className = "live " + (status.failing ? "stale" : "wait");
+      label.textContent = status.failing ? "no data: " + (status.problem || "the API is unreachable") : "connecting";
+    } else if (status.failing || age > STALE_AFTER) {
       live.className = "live stale";
-      label.textContent = "stale: last update " + Math.round(age / 1000) + " s ago" + (state.problem ? "; " + state.problem : "");
+      label.textContent = "stale: last update " + Math.round(age / 1000) + " s ago" + (status.problem ? "; " + status.problem : "");
+    } else if (behind.length) {
+      live.className = "live stale";
+      label.textContent = "partly stale: " + behind.join("; ");
     } else {
       live.className = "live ok";
-      label.textContent = "live, updated " + new Date(state.lastOk).toLocaleTimeString();
+      label.textContent = "live, updated " + new Date(status.lastOk).toLocaleTimeString();
     }
   }
 
@@ -470,45 +499,53 @@
     showLive();
   }
 
-  function pollStatus() {
-    return getJSON("api/v3/status", STATUS_EVERY / 1000 - 1).then(function (status) {
-      if (status.changed) {
-        draw("status", status.body, "api/v3/status", function (body) { return isObject(body) && isObject(body.pools); });
-      }
-      state.lastOk = Date.now();
-      state.failing = false;
-      state.problem = "";
+  // ``poll`` (a promise) noted as ``feed``'s answer or failure, for the live badge; it still
+  // fails, for its poller's back-off.
+  function noted(feed, poll) {
+    return poll.then(function () {
+      feed.lastOk = Date.now();
+      feed.failing = false;
+      feed.problem = "";
       showLive();
-    }).catch(function (error) {
-      state.failing = true;
-      state.problem = error.undrawable ? "the API's answer could not be drawn"
+    }, function (error) {
+      feed.failing = true;
+      feed.problem = error.undrawable ? "the API's answer could not be drawn"
         : error.status ? "the API answered " + error.status : "the API is unreachable";
       showLive();
       throw error;
     });
   }
 
+  function pollStatus() {
+    return noted(feeds.status, getJSON("api/v3/status", STATUS_EVERY / 1000 - 1).then(function (status) {
+      if (status.changed) {
+        draw("status", status.body, "api/v3/status", function (body) { return isObject(body) && isObject(body.pools); });
+      }
+    }));
+  }
+
   function pollHistory() {
     // The feed keeps an answer at most 30 s (api/feed_cache.py).
     var hours = state.hours;
-    return getJSON("dashboard/stats/history?hours=" + hours, 30, "history").then(function (history) {
+    return noted(feeds.history, getJSON("dashboard/stats/history?hours=" + hours, 30, "history").then(function (history) {
       // An answer for the range shown before a click (still on its way when it came) is not drawn.
       if (history.changed && hours === state.hours) {
         draw("history", history.body, "history", function (body) { return isObject(body) && isObject(body.pools); });
       }
-    });  // failing, the graphs keep their last data; the live badge tells
+    }));  // failing, the graphs keep their last data; the live badge tells
   }
 
   // Today's clone and boot times per pool, the two sections the page shows: all of /summary also
   // holds the day's tag counts, which anyone may fill (megabytes a day, on every open page).
   function pollSummary() {
-    return Promise.all([getJSON("api/v3/summary/clone", 30), getJSON("api/v3/summary/boot", 30)]).then(function (both) {
-      if (both[0].changed || both[1].changed) {
-        var clone = both[0].body, boot = both[1].body;
+    var both = Promise.all([getJSON("api/v3/summary/clone", 30), getJSON("api/v3/summary/boot", 30)]);
+    return noted(feeds.summary, both.then(function (answers) {
+      if (answers[0].changed || answers[1].changed) {
+        var clone = answers[0].body, boot = answers[1].body;
         draw("summary", { clone: isObject(clone) ? clone.clone : null, boot: isObject(boot) ? boot.boot : null },
           ["api/v3/summary/clone", "api/v3/summary/boot"], function () { return isObject(clone) && isObject(boot); });
       }
-    });
+    }));  // failing, the clone and boot times keep their last data; the live badge tells
   }
 
   // Each poll on its own timer: ``every`` after it succeeded; after a failure twice its last wait

@@ -110,3 +110,47 @@ def test_a_page_that_lost_the_api_asks_again_within_a_minute_each_at_its_own_mom
     assert len(capped) >= 10, delays
     assert len(set(capped)) > len(capped) // 2, "the waits at the cap are jittered"
     assert badge(page)[0] == "live stale" and "the API answered 503" in badge(page)[1]
+
+
+@pytest.mark.parametrize(("paths", "shown"), [
+    (["/dashboard/stats/history"], "the graphs"),
+    (["/api/v3/summary/clone"], "the clone and boot times"),
+    (["/api/v3/summary/boot"], "the clone and boot times"),
+], ids=["history", "summary-clone", "summary-boot"])
+def test_a_failing_history_or_summary_feed_makes_the_badge_stale_not_live(feeds: FeedServer, page: BrowserPage,
+                                                                        paths: list[str], shown: str) -> None:
+    """Before: the badge followed /status alone. With the history or the summaries failing (Redis
+    down behind them, a 503) the graphs and the clone and boot times stayed as they last were
+    while the badge said "live, updated <now>" at every status poll."""
+    for path in paths:
+        feeds.answer(path, {"ok": False}, status=503)
+    eventually(lambda: badge(page)[0] == "live stale", 60, "the badge to say part of the page is stale")
+    text = badge(page)[1]
+    assert text.startswith("partly stale: ") and shown in text and "the API answered 503" in text, text
+    # /status answering on does not make it "live" again while that feed fails.
+    polls = page.evaluate("askedDelays.length")
+    eventually(lambda: page.evaluate("askedDelays.length") > polls + 6, 60, "more polls")
+    assert badge(page)[0] == "live stale", badge(page)
+    assert sorted(rows(page)) == sorted(POOLS), "the pools table stays drawn"
+    for path in paths:
+        feeds.answer(path, GOOD[path])
+    eventually(lambda: badge(page)[0] == "live ok", 60, "the page to be live again")
+
+
+def health(page: BrowserPage) -> tuple[str, str]:
+    """The pools' badge's class and text."""
+    return tuple(page.evaluate("(function (b) { return [b.className, b.textContent]; })"
+                               "(document.getElementById('health'))"))
+
+
+def test_the_pools_badge_is_greyed_while_the_status_it_shows_is_stale(feeds: FeedServer, page: BrowserPage) -> None:
+    """Before: with /status failing (Redis down behind it, a 503) the pools' badge stayed green,
+    "all pools ready", however old the state it showed."""
+    colour = "getComputedStyle(document.getElementById('health')).color"
+    eventually(lambda: health(page) == ("badge ok", "all pools ready"), 60, "the pools' badge")
+    green = page.evaluate(colour)
+    feeds.answer("/api/v3/status", {"ok": False}, status=503)
+    eventually(lambda: "stale" in health(page)[0].split(), 60, "the pools' badge to be greyed")
+    assert page.evaluate(colour) != green
+    feeds.answer("/api/v3/status", GOOD["/api/v3/status"])
+    eventually(lambda: health(page) == ("badge ok", "all pools ready"), 60, "the pools' badge green again")

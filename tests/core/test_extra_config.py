@@ -119,6 +119,33 @@ def test_an_extra_file_over_8_mib_is_refused(tmp_path: Path) -> None:
     assert failed.value.problems == [f"{big}: more than {8 * 1024 * 1024} characters" + YAML_TOO_LARGE]
 
 
+def test_extra_files_past_8_mib_together_are_refused_naming_the_file_that_passes_it(tmp_path: Path) -> None:
+    """Each file was bounded at 8 MiB, not the files together: up to 50 of 8 MiB each were read,
+    parsed and kept (a long string in each: 4.0 s of CPU and 454 MB, 9 s on the shared machine)."""
+    chunk = "# " + "x" * 1022 + "\n"
+    third = config_module.MAX_YAML_CHARACTERS // 3 // len(chunk)
+    for name in ("part-1.yaml", "part-2.yaml", "part-3.yaml"):
+        write(tmp_path, name, chunk * third)  # each 1/3 of the limit: the main file's text passes it
+    (tmp_path / "never-read.yaml").mkdir()  # would be refused as no regular file, if it were read
+    main = write(tmp_path, "main.yaml", MAIN.format(extra="part-1.yaml, part-2.yaml, part-3.yaml, never-read.yaml"))
+    with pytest.raises(ConfigError) as failed:
+        load(main)
+    assert failed.value.problems == [(
+        f"config.extra_config: with {tmp_path / 'part-3.yaml'} the config and its extra_config files hold more "
+        f"than {8 * 1024 * 1024} characters (8 MiB) of YAML together, more than any config the service can serve "
+        "(10,000 pools written as vmpooler writes them are 2.5 MB); the files after it are not read")]
+    # Two of them together are within the bound: loaded.
+    write(tmp_path, "main.yaml", MAIN.format(extra="part-1.yaml, part-2.yaml"))
+    assert load(main).pool_names == ("main-pool",)
+
+
+def test_more_than_50_extra_files_are_refused_before_any_is_read(tmp_path: Path) -> None:
+    names = ", ".join(f"missing-{n}.yaml" for n in range(51))
+    with pytest.raises(ConfigError) as failed:
+        load(write(tmp_path, "main.yaml", MAIN.format(extra=names)))
+    assert failed.value.problems == ["config.extra_config: at most 50 files, got 51"]
+
+
 def test_pools_past_the_limit_across_extra_files_are_refused_before_the_next_file_is_read(tmp_path: Path) -> None:
     """Each file may hold up to 10,000 pools, and up to 50 files may be listed: before, all of
     them were read and joined (each join comparing every pool with every one already there)

@@ -96,6 +96,20 @@ def test_config_push_refuses_a_yaml_file_larger_than_any_servable_config_before_
     assert "Traceback" not in output
 
 
+def test_config_push_refuses_extra_config_files_past_8_mib_together_and_publishes_nothing(
+        s3: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each extra file was bounded at 8 MiB, not the files together (up to 50 of them)."""
+    half = "# " + "x" * (MAX_YAML_CHARACTERS // 2) + "\n"
+    for name in ("a.yaml", "b.yaml"):
+        (tmp_path / name).write_text(half)
+    code, output = push_file(tmp_path, ":config:\n  extra_config: a.yaml, b.yaml\n" + PACKAGED, capsys)
+    assert code == 1 and "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
+    refusal = (f"with {tmp_path / 'b.yaml'} the config and its extra_config files "
+               f"hold more than {MAX_YAML_CHARACTERS} characters (8 MiB) of YAML together")
+    assert "nothing published" in output and refusal in output, output
+    assert "Traceback" not in output
+
+
 def test_config_push_reads_the_extra_config_files_beside_the_config_wherever_it_runs(
         s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """``make config-push CONFIG=conf/my.yaml`` whose ``extra_config`` names a file beside it
