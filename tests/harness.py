@@ -185,7 +185,8 @@ def redis_state(client: redis.Redis) -> dict[str, Any]:
             value = client.lrange(key, 0, -1)
         else:
             value = None
-        state[key] = (kind, value, client.ttl(key) > 0)
+        # PTTL: TTL rounds a key's last half second to 0 s, which read as "does not expire".
+        state[key] = (kind, value, client.pttl(key) >= 0)
     return state
 
 

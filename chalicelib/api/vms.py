@@ -32,7 +32,7 @@ from chalicelib.observability import emit, logger
 from chalicelib.services import Services
 from chalicelib.store import ModifyResult, VMRecord
 from chalicelib.store.records import TAG_FIELD_PREFIX
-from chalicelib.store.vm_tasks import DISK, EnqueueResult, VMTaskStore, new_task, task_errors
+from chalicelib.store.vm_tasks import DISK, EnqueueResult, VMTaskStore, new_task, task_errors, task_errors_dropped
 from chalicelib.tagfilter import TAG_VALUE_PATTERN
 
 TAG_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+\Z")
@@ -137,6 +137,9 @@ def describe(services: Services, request: ApiRequest) -> ApiResponse:
         info["source_template"] = record.template
     if task_errors(record):
         info["task_errors"] = task_errors(record)
+    if task_errors_dropped(record):
+        # Ours: the older reasons dropped to keep the newest MAX_TASK_ERRORS (store/vm_tasks.py).
+        info["task_errors_dropped"] = task_errors_dropped(record)
     return ApiResponse(200, {"ok": True, record.name: info})
 
 

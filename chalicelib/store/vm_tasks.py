@@ -4,7 +4,8 @@
 ``vmtasks:pool:<pool>`` the VMs with work, so a pass looks only at those. One task per VM is in
 flight at a time, recorded on the VM's record as ``task`` (with the provider's task ref once
 started); a finished task appends to the record's ``disks`` or ``snapshots``, a failed one
-appends its reason to ``task_errors``.
+appends its reason to ``task_errors`` (the newest MAX_TASK_ERRORS kept, ``task_errors_dropped``
+counting those dropped).
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ MAX_DISKS = 16
 """Disks the API may add to one VM (vSphere takes at most 60 per VM, the template's included)."""
 MAX_SNAPSHOTS = 31
 """Snapshots one VM may have (vSphere supports chains of at most 32, a linked clone's base included)."""
+MAX_TASK_ERRORS = 10
+"""Failed tasks' reasons one VM's record keeps, the newest: failed tasks do not count toward
+MAX_DISKS or MAX_SNAPSHOTS, so a caller asking again and again for a disk that fails would
+otherwise grow the record (and every read of it) for as long as the VM lives."""
+MAX_TASK_ERROR_CHARS = 500
+"""How much of one failed task's reason is kept (the provider's message is part of it)."""
 ANSWER_LOST_MESSAGE_CHARS = 300
 """How much of a lost answer's message a task in flight keeps (shown if the task fails)."""
 
@@ -56,6 +63,14 @@ def task_errors(record: VMRecord) -> list[str]:
     except ValueError:
         return []
     return [str(error) for error in errors] if isinstance(errors, list) else []
+
+
+def task_errors_dropped(record: VMRecord) -> int:
+    """How many older failed tasks' reasons were dropped to keep MAX_TASK_ERRORS."""
+    try:
+        return max(int(record.raw.get("task_errors_dropped") or 0), 0)
+    except ValueError:
+        return 0
 
 
 def in_flight(record: VMRecord) -> Mapping[str, Any] | None:
@@ -147,6 +162,10 @@ class VMTaskStore(SubStore):
                 keys=keys, args=[task_id, hostname, repr(now), self.store.data_ttl_seconds]))
 
     def finish(self, hostname: str, task_id: str, list_field: str = "", value: str = "", error: str = "") -> bool:
+        """Finish the VM's in-flight task ``task_id``: append ``value`` to ``list_field``, or
+        ``error`` (its first MAX_TASK_ERROR_CHARS) to ``task_errors``, of which the newest
+        MAX_TASK_ERRORS are kept; whether that task was still in flight."""
         with _translate_errors():
             return bool(self.scripts.vm_task_finish(
-                keys=[self.keys.vm(hostname)], args=[task_id, list_field, value, error]))
+                keys=[self.keys.vm(hostname)],
+                args=[task_id, list_field, value, error[:MAX_TASK_ERROR_CHARS], MAX_TASK_ERRORS]))

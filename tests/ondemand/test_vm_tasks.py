@@ -19,6 +19,8 @@ from chalicelib.store.vm_tasks import (
     MAX_DISKS,
     MAX_QUEUED_TASKS,
     MAX_SNAPSHOTS,
+    MAX_TASK_ERROR_CHARS,
+    MAX_TASK_ERRORS,
     SNAPSHOT,
     EnqueueResult,
     VMTaskStore,
@@ -97,6 +99,36 @@ def test_a_failed_task_shows_its_reason(make_stack):
     details = vm(stack, hostname)
     assert details["disk"] == []
     assert details["task_errors"] == ["disk +8gb failed: dummy: disk failed (simulated failure)"]
+
+
+def test_a_client_looping_on_a_failing_disk_does_not_grow_the_vm_record(make_stack):
+    # Failed disks do not count toward MAX_DISKS: before, each left its reason on the record
+    # (40 requests, 40 reasons in every GET /vm/<host> and every pass's read of the VM).
+    stack = make_stack(disk_fail=100)
+    hostname = checked_out_vm(stack)
+    asked = MAX_TASK_ERRORS + 3
+    for size in range(1, asked + 1):
+        assert stack.answer("POST", f"/api/v3/vm/{hostname}/disk/{size}")[0] == 202
+        stack.run_passes("debian-12", seconds=1, passes=1)
+    details = vm(stack, hostname)
+    assert details["task_errors"] == [f"disk +{size}gb failed: dummy: disk failed (simulated failure)"
+                                      for size in range(asked - MAX_TASK_ERRORS + 1, asked + 1)]
+    assert details["task_errors_dropped"] == 3
+    assert details["disk"] == []
+
+
+def test_a_failed_tasks_long_reason_is_kept_to_its_start(make_stack):
+    # The reason quotes the provider's message (vCenter's faults can run long): each is kept
+    # to MAX_TASK_ERROR_CHARS, so the newest MAX_TASK_ERRORS bound the record.
+    stack = make_stack()
+    hostname = checked_out_vm(stack)
+    stack.answer("POST", f"/api/v3/vm/{hostname}/disk/8")
+    tasks = VMTaskStore(stack.services.store)
+    task, new = tasks.take(hostname, "debian-12", stack.clock.now())
+    assert task is not None and new
+    assert tasks.finish(hostname, task["id"], error="disk +8gb failed: " + "x" * 100_000)
+    [reason] = vm(stack, hostname)["task_errors"]
+    assert reason == ("disk +8gb failed: " + "x" * 100_000)[:MAX_TASK_ERROR_CHARS]
 
 
 def test_tasks_of_a_vm_returned_before_they_ran_fail_visibly(make_stack):
