@@ -646,3 +646,38 @@ def test_a_request_waits_for_anothers_question_only_so_long(
         released.set()
         assert (waited.status, waited.body) == (503, UNAVAILABLE)
         assert first.result().status == 200
+
+
+def test_a_newcomer_given_a_departed_admins_name_is_no_member_of_their_admin_group(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """The departed person was in an admin group; their entry deleted on a directory without
+    referential integrity, the group still names their DN, which the newcomer's entry (same uid,
+    same base) has now. Before, the group was read for the DN and the newcomer changed pools as an
+    administrator; membership now goes by the entry's own ``memberOf``, which the directory wrote
+    for the departed entry and not for the newcomer's."""
+    api = make_api(document(ldap_auth(admin_groups=[slapd.admin_group], directory_check_minutes=10),
+                            config={"experimental_features": True}))
+    name, password = leaver
+    dn = f"uid={name},{slapd.users_base}"
+    slapd.add_member(slapd.admin_group, dn)
+    try:
+        departed = {"X-AUTH-TOKEN": api.new_token(name, password)}
+        changed = api.call("POST", "/api/v3/config/poolsize", headers=departed, body={POOL: "4"})
+        assert changed.status == 201, changed.body
+        slapd.remove(dn)
+        newcomer_password = secrets.token_urlsafe(12)
+        slapd.add_user(name, newcomer_password)
+        assert dn.lower() in slapd.members(slapd.admin_group)  # the stale DN, now the newcomer's
+        newcomer = {"X-AUTH-TOKEN": api.new_token(name, newcomer_password)}
+        refused = api.call("POST", "/api/v3/config/poolsize", headers=newcomer, body={POOL: "6"})
+        assert (refused.status, refused.body) == (
+            403, {"ok": False, "error": "only administrators may change pools at runtime"})
+        assert api.services.pool(POOL).size == 4
+        # An operator who means the newcomer to be one puts the entry in the group again (the
+        # stale value out first: the directory refuses a value the group holds).
+        slapd.remove_member(slapd.admin_group, dn)
+        slapd.add_member(slapd.admin_group, dn)
+        assert api.call("POST", "/api/v3/config/poolsize", headers=newcomer, body={POOL: "6"}).status == 201
+    finally:
+        slapd.remove_member(slapd.admin_group, dn)
