@@ -731,3 +731,28 @@ def test_the_departed_users_tokens_do_not_count_against_the_newcomers_limit(
     assert refused.status == 403 and "delete one first" in refused.body["error"]
     listed = api.call("GET", "/api/v3/token", headers=newcomer)
     assert len(listed.body) == 1 + 2 and not {_token_id(token) for token in departed} & set(listed.body)
+
+
+def test_the_departed_users_vms_and_requests_do_not_use_the_newcomers_quota(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """The departed person's VM and on-demand request still held under the name: the newcomer's
+    quota counts the newcomer's own only. Before, quotas went by the name: the newcomer's first
+    checkout was ``403 you may hold at most 2 VMs``, for VMs they never took."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10),
+                            config={"max_running_vms_per_user": 2, "max_ondemand_requests_per_user": 1}))
+    api.fill(POOL)
+    name, password = leaver
+    departed = {"X-AUTH-TOKEN": api.new_token(name, password)}
+    api.checkout(POOL, departed["X-AUTH-TOKEN"])
+    assert api.call("POST", "/api/v3/ondemandvm", headers=departed, body={OTHER_POOL: 1}).status == 201
+    slapd.remove(f"uid={name},{slapd.users_base}")
+    newcomer_password = secrets.token_urlsafe(12)
+    slapd.add_user(name, newcomer_password)
+    newcomer = {"X-AUTH-TOKEN": api.new_token(name, newcomer_password)}
+    taken = api.call("POST", f"/api/v3/vm/{POOL}", headers=newcomer)
+    assert taken.status == 200, taken.body
+    assert api.call("POST", "/api/v3/ondemandvm", headers=newcomer, body={OTHER_POOL: 1}).status == 201
+    # The newcomer's own quota holds: two VMs held (one checked out, one asked for).
+    refused = api.call("POST", f"/api/v3/vm/{POOL}", headers=newcomer)
+    assert refused.status == 403 and "at most 2 VMs" in refused.body["error"], refused.body
