@@ -36,7 +36,10 @@ def quota(services: Services, request: ApiRequest, caller: Caller | None) -> Quo
     """The limits a checkout or on-demand request by this caller is held to."""
     config = services.config.service
     return Quota(
-        owner=quota_owner(canonical_user(caller.user) if caller else None, address_key(request.source_ip) or "unknown"),
+        # By the directory entry too: a departed person's VMs, still running under the name, used
+        # the quota of the newcomer given the name.
+        owner=quota_owner(canonical_user(caller.user) if caller else None, address_key(request.source_ip) or "unknown",
+                          caller.entry_id if caller else None),
         max_owner_vms=int(config.max_running_vms_per_user),
         max_vms=int(config.max_running_vms),
         pools=services.config.pool_names,

@@ -108,13 +108,35 @@ def create_token(services: Services, request: ApiRequest) -> ApiResponse:
     try:
         # The entry's id goes with the token: should the name later be another person's entry,
         # the directory check refuses it (auth/directory_check.py).
-        token = services.tokens.create(user, entry_id)
+        token = _create(services, user, entry_id)
     except TooManyTokens:
         limit = services.config.service.max_tokens_per_user
         message = f"you have {limit} tokens already; delete one first (DELETE /token/<id>)"
         raise ApiError(403, {"error": message}) from None
     logger.info("token created", extra={"user": user, "token_id": token_id(hash_token(token))})
     return ok(token=token)
+
+
+def _create(services: Services, user: str, entry_id: str | None) -> str:
+    """A new token of ``user``. At the limit, the tokens of another directory entry that held the
+    name (a departed person's, refused everywhere) are revoked and the token made again: they
+    counted against the newcomer's ``max_tokens_per_user`` (403 to a newcomer who had made none).
+    Only then: a creation's cost does not grow with the tokens held."""
+    try:
+        return services.tokens.create(user, entry_id)
+    except TooManyTokens:
+        if not entry_id or not _own_tokens(services, user, entry_id)[1]:
+            raise
+    return services.tokens.create(user, entry_id)
+
+
+def _own_tokens(services: Services, user: str, entry_id: str | None) -> tuple[list[TokenRecord], int]:
+    """``TokenStore.list_own``, its revocations logged."""
+    records, revoked = services.tokens.list_own(user, entry_id)
+    if revoked:
+        logger.warning("tokens of another directory entry of the name revoked at its new holder's login",
+                       extra={"user": user, "revoked": revoked})
+    return records, revoked
 
 
 OTHERS_TOKENS_REFUSED = "only administrators may list or delete another user's tokens"
@@ -140,8 +162,13 @@ def _whose_tokens(services: Services, request: ApiRequest, caller: str) -> str:
 def list_tokens(services: Services, request: ApiRequest) -> ApiResponse:
     """GET /token[?user=<name>]: the caller's tokens (an administrator's pick of user's), by id,
     with ``created`` and ``last``; none gets vmpooler's 404 ``{"ok": false}``."""
-    user = _whose_tokens(services, request, _basic_user(services, request))
-    body: dict[str, Any] = {record.id: record.public() for record in services.tokens.list_for_user(user)}
+    caller, entry_id = _basic_login(services, request)
+    user = _whose_tokens(services, request, caller)
+    # The caller's own listing leaves out (and revokes) the tokens of a departed person who held
+    # the name: they were listed to the newcomer, who could not tell them from their own.
+    own_entry = entry_id if user == caller else None
+    records = _own_tokens(services, user, own_entry)[0]
+    body: dict[str, Any] = {record.id: record.public() for record in records}
     if not body:
         raise not_found()
     return ApiResponse(200, {"ok": True, **body})

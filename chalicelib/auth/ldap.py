@@ -181,26 +181,46 @@ class LdapAuthenticator:
             return entry_id(next(iter(found.values()))) or True
 
     def member_of_any(self, username: str, groups: Sequence[str]) -> bool:
-        """Whether the user is a member of one of ``groups`` (group DNs): a group entry lists
-        the user's DN in ``member`` or ``uniqueMember``, or the name in ``memberUid`` (in any
-        case: vmpool's names are lower-cased, the directory's may have capitals). Needs the
-        service account (to find the user's entry and read the groups); False without one.
-        Raises AuthUnavailable when the directory cannot answer."""
+        """Whether the user is a member of one of ``groups`` (group DNs): the user's entry holds
+        one of them in ``memberOf``, or a group lists the name in ``memberUid`` (in any case:
+        vmpool's names are lower-cased, the directory's may have capitals). Needs the service
+        account (to find the user's entry and read the groups); False without one. Raises
+        AuthUnavailable when the directory cannot answer.
+
+        A group's ``member`` / ``uniqueMember`` DNs are not read: a directory without referential
+        integrity keeps a deleted entry's DN in its groups, and an entry given the same name later
+        has that DN, so it inherited the departed person's groups. ``memberOf`` is written on the
+        entry itself (OpenLDAP's memberof overlay, 389's and FreeIPA's memberOf plugin, Active
+        Directory's back link), when the entry is put in the group: a new entry at an old DN has
+        none. ``memberUid`` names a user by name only (RFC 2307): whoever holds the name is the
+        member, as on every host reading the group (docs/auth.md)."""
         if not self.settings.uses_service_account or not acceptable_credentials(username, "-"):
             return False
         with self._session("group check") as connection:
             self._bind_service_account(connection)
-            dns = [escape_filter_chars(dn) for dn in self._find_user(connection, username)]
-            wanted = "".join(f"(member={dn})(uniqueMember={dn})" for dn in dns)
+            limit = max(1, int(self.settings.receive_timeout))
+            # One search of the entry for all groups; memberOf's equality rule is distinguishedName
+            # match, so the directory compares the DNs (case, spaces, escapes) as it wrote them.
+            wanted = "".join(f"(memberOf={escape_filter_chars(group)})" for group in groups)
+            for dn in self._find_user(connection, username):
+                connection.search(dn, f"(|{wanted})", search_scope=BASE, attributes=[], size_limit=1,
+                                  time_limit=limit)
+                code = (connection.result or {}).get("result")
+                if code == 0 and any(item.get("type") == "searchResEntry" for item in connection.response or []):
+                    return True
+                if code not in (0, 32):  # noSuchObject: the entry went since it was found
+                    description = (connection.result or {}).get("description", "unknown")
+                    logger.error("%s answered a membership search with %s (%s)", self._where, code, description)
+                    raise AuthUnavailable(f"{self._where} could not read the user's groups ({description})")
             name = escape_filter_chars(username)
             # memberUid matches case-exactly (RFC 2307: caseExactIA5Match), and vmpool's user names
             # are lower-cased: an admin listed as memberUid 'Alice' was no admin. Its case-ignoring
             # rule is asked for by OID; a directory that does not know it finds that part undefined
             # (RFC 4511 4.5.1.7.7), and the exact match still holds there.
-            search_filter = f"(|{wanted}(memberUid={name})(memberUid:{_CASE_IGNORE_IA5_MATCH}:={name}))"
+            search_filter = f"(|(memberUid={name})(memberUid:{_CASE_IGNORE_IA5_MATCH}:={name}))"
             for group in groups:
                 connection.search(group, search_filter, search_scope=BASE, attributes=[], size_limit=1,
-                                  time_limit=max(1, int(self.settings.receive_timeout)))
+                                  time_limit=limit)
                 code = (connection.result or {}).get("result")
                 if code == 0 and any(item.get("type") == "searchResEntry" for item in connection.response or []):
                     return True

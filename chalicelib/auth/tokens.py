@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import redis as redis_module
 
-from chalicelib.auth.base import same_user
+from chalicelib.auth.base import other_entry, same_user
 from chalicelib.clock import Clock, SystemClock
 from chalicelib.store.deadline import answer_deadline
 from chalicelib.store.keys import DEFAULT_PREFIX, KEY_PART, Keys
@@ -324,23 +324,33 @@ class TokenStore:
 
     def list_for_user(self, user: str) -> list[TokenRecord]:
         """The user's live tokens, oldest first (dangling and expired entries are cleaned up)."""
+        return self.list_own(user, None)[0]
+
+    def list_own(self, user: str, entry_id: str | None) -> tuple[list[TokenRecord], int]:
+        """``list_for_user`` for the user who has just logged in as the directory entry
+        ``entry_id`` (None: unknown), and how many tokens it revoked: those made by another entry
+        that held the name before (``other_entry``: a departed person's), refused everywhere
+        already (auth/directory_check.py), and not the caller's to see or to count."""
         user_key = self._user_key(user)
         hashes = sorted(self.redis.smembers(user_key))
         if not hashes:
-            return []
+            return [], 0
         pipe = self.redis.pipeline(transaction=False)
         for token_hash in hashes:
             pipe.hgetall(self._token_key(token_hash))
         records: list[TokenRecord] = []
+        revoked = 0
         for token_hash, fields in zip(hashes, pipe.execute(), strict=True):
             record = self._record(token_hash, fields) if fields else None
-            if record is None or record.user != user:
-                self._delete(keys=[self._token_key(token_hash), user_key, self._times_key(user)],
-                             args=[user, token_hash])
+            departed = record is not None and other_entry(record.entry_id, entry_id)
+            if record is None or record.user != user or departed:
+                deleted = self._delete(keys=[self._token_key(token_hash), user_key, self._times_key(user)],
+                                       args=[user, token_hash])
+                revoked += int(departed and int(deleted) == 1)
                 continue
             records.append(record)
         records.sort(key=lambda r: (r.created, r.id))
-        return records
+        return records, revoked
 
     def delete(self, token: str, user: str) -> DeleteResult:
         """Delete a token if it belongs to user, under any spelling of the name (FORBIDDEN when it

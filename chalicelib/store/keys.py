@@ -595,10 +595,14 @@ def template_lease_name(provider: str, template: str) -> str:
     return f"template:{provider}:{hashlib.sha256(template.encode()).hexdigest()[:32]}"
 
 
-def quota_owner(user: str | None, address: str) -> str:
+def quota_owner(user: str | None, address: str, entry: str | None = None) -> str:
     """Who a quota counts, hashed into ``holdings:<owner hash>``: ``user:<canonical user>`` for a
-    token's user, else ``addr:<address>``."""
-    return f"user:{user}" if user is not None else f"addr:{address}"
+    token's user (then a line break, which no user name holds, and the stable id of the directory
+    entry its login bound as, when known: a name given to a newcomer is another owner), else
+    ``addr:<address>``."""
+    if user is None:
+        return f"addr:{address}"
+    return f"user:{user}\n{entry}" if entry else f"user:{user}"
 
 
 def rate_limit_client(user: str | None, address: str, login: str | None = None) -> str:

@@ -16,6 +16,10 @@ Directory layout (``dc=example,dc=com``)::
     ou=groups:  cn=vmpool-admins (groupOfNames: carol's DN),
                 cn=vmpool-posix-admins (posixGroup: memberUid Alice)
 
+The memberof overlay keeps each member's ``memberOf`` (what vmpool reads for ``admin_groups``);
+no refint overlay: a deleted entry's DN stays in the groups that named it, as on many directories
+(``add_member``, ``remove_member``).
+
 The ``slapd`` session fixture (tests/conftest.py) runs one for every folder that needs it.
 
 Needs the Debian packages ``slapd`` and ``ldap-utils`` (and ``openssl``).
@@ -128,9 +132,11 @@ def _seed_ldif() -> str:
     for user, (dn, password) in USERS.items():
         rdn_attr = dn.split("=", 1)[0]
         cn = user if rdn_attr == "cn" else f"{user} cn"
+        # slapadd runs no overlay: the memberOf the memberof overlay would have written is seeded.
+        member_of = f"memberOf: {ADMIN_GROUP}\n" if user == "carol" else ""
         entries.append(
             f"dn: {dn}\nobjectClass: inetOrgPerson\nuid: {user}\ncn: {cn}\nsn: {user}\n"
-            f"userPassword:: {base64.b64encode(password.encode()).decode()}\n"
+            f"userPassword:: {base64.b64encode(password.encode()).decode()}\n{member_of}"
         )
     return "\n".join(entries)
 
@@ -227,6 +233,7 @@ class SlapdServer:
                 f"argsfile {self.directory}/slapd.args",
                 f"modulepath {MODULE_PATH}",
                 "moduleload back_mdb",
+                "moduleload memberof",
                 f"TLSCACertificateFile {self.ca_file}",
                 f"TLSCertificateFile {self.server_cert}",
                 f"TLSCertificateKeyFile {self.server_key}",
@@ -237,6 +244,8 @@ class SlapdServer:
                 f"rootdn \"{ROOT_DN}\"",
                 f"rootpw {ROOT_PASSWORD}",
                 f"directory {data}",
+                # Members' memberOf kept by the directory; no refint: groups keep deleted DNs.
+                "overlay memberof",
                 # Passwords: only for binding. Everything else: bound users only (no anonymous
                 # search, so the service-account mode really needs its account).
                 "access to attrs=userPassword by anonymous auth by self read by * none",
@@ -311,6 +320,30 @@ class SlapdServer:
 
         with self._as_administrator() as connection:
             connection.modify(dn, {"userPassword": [(MODIFY_REPLACE, [password])]})
+
+    def add_member(self, group: str, dn: str) -> None:
+        """Add ``dn`` to the groupOfNames ``group`` (the overlay writes the entry's memberOf)."""
+        from ldap3 import MODIFY_ADD
+
+        with self._as_administrator() as connection:
+            connection.modify(group, {"member": [(MODIFY_ADD, [dn])]})
+
+    def remove_member(self, group: str, dn: str) -> None:
+        """Take ``dn`` out of the groupOfNames ``group`` (not a member: nothing)."""
+        from ldap3 import MODIFY_DELETE
+        from ldap3.core.exceptions import LDAPNoSuchAttributeResult
+
+        with self._as_administrator() as connection:
+            try:
+                connection.modify(group, {"member": [(MODIFY_DELETE, [dn])]})
+            except LDAPNoSuchAttributeResult:
+                pass
+
+    def members(self, group: str) -> list[str]:
+        """The DNs the groupOfNames ``group`` lists, lower-cased."""
+        with self._as_administrator() as connection:
+            connection.search(group, "(objectClass=*)", search_scope="BASE", attributes=["member"])
+            return [str(dn).lower() for dn in connection.response[0]["attributes"].get("member", [])]
 
     def remove(self, dn: str) -> None:
         """Delete an entry, as an operator removing a departed user does (gone already: nothing)."""

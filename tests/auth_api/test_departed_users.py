@@ -646,3 +646,113 @@ def test_a_request_waits_for_anothers_question_only_so_long(
         released.set()
         assert (waited.status, waited.body) == (503, UNAVAILABLE)
         assert first.result().status == 200
+
+
+def test_a_newcomer_given_a_departed_admins_name_is_no_member_of_their_admin_group(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """The departed person was in an admin group; their entry deleted on a directory without
+    referential integrity, the group still names their DN, which the newcomer's entry (same uid,
+    same base) has now. Before, the group was read for the DN and the newcomer changed pools as an
+    administrator; membership now goes by the entry's own ``memberOf``, which the directory wrote
+    for the departed entry and not for the newcomer's."""
+    api = make_api(document(ldap_auth(admin_groups=[slapd.admin_group], directory_check_minutes=10),
+                            config={"experimental_features": True}))
+    name, password = leaver
+    dn = f"uid={name},{slapd.users_base}"
+    slapd.add_member(slapd.admin_group, dn)
+    try:
+        departed = {"X-AUTH-TOKEN": api.new_token(name, password)}
+        changed = api.call("POST", "/api/v3/config/poolsize", headers=departed, body={POOL: "4"})
+        assert changed.status == 201, changed.body
+        slapd.remove(dn)
+        newcomer_password = secrets.token_urlsafe(12)
+        slapd.add_user(name, newcomer_password)
+        assert dn.lower() in slapd.members(slapd.admin_group)  # the stale DN, now the newcomer's
+        newcomer = {"X-AUTH-TOKEN": api.new_token(name, newcomer_password)}
+        refused = api.call("POST", "/api/v3/config/poolsize", headers=newcomer, body={POOL: "6"})
+        assert (refused.status, refused.body) == (
+            403, {"ok": False, "error": "only administrators may change pools at runtime"})
+        assert api.services.pool(POOL).size == 4
+        # An operator who means the newcomer to be one puts the entry in the group again (the
+        # stale value out first: the directory refuses a value the group holds).
+        slapd.remove_member(slapd.admin_group, dn)
+        slapd.add_member(slapd.admin_group, dn)
+        assert api.call("POST", "/api/v3/config/poolsize", headers=newcomer, body={POOL: "6"}).status == 201
+    finally:
+        slapd.remove_member(slapd.admin_group, dn)
+
+
+def _departed_and_newcomer(api: Harness, slapd: SlapdServer, leaver: tuple[str, str],
+                           tokens: int) -> tuple[list[str], dict[str, str], str]:
+    """The departed person's ``tokens`` tokens, their entry removed and the name given to a
+    newcomer (a new entry): (the departed tokens, the newcomer's Basic headers, their password)."""
+    name, password = leaver
+    departed = [api.new_token(name, password) for _ in range(tokens)]
+    slapd.remove(f"uid={name},{slapd.users_base}")
+    newcomer_password = secrets.token_urlsafe(12)
+    slapd.add_user(name, newcomer_password)
+    return departed, basic(name, newcomer_password), newcomer_password
+
+
+def _token_id(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def test_a_newcomers_token_listing_shows_none_of_the_departed_users_tokens(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """``GET /token`` with the newcomer's Basic credentials: the departed person's tokens are
+    revoked, not listed. Before, the newcomer was shown their ids, created and last as their own."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10)))
+    api.fill(POOL)
+    departed, newcomer, newcomer_password = _departed_and_newcomer(api, slapd, leaver, 3)
+    assert api.call("GET", "/api/v3/token", headers=newcomer).status == 404  # no tokens: vmpooler's 404
+    mine = api.new_token(leaver[0], newcomer_password)
+    listed = api.call("GET", "/api/v3/token", headers=newcomer)
+    assert (listed.status, set(listed.body)) == (200, {"ok", _token_id(mine)})
+    for token in departed:
+        assert api.client.exists(api.services.tokens.keys.token(hashlib.sha256(token.encode()).hexdigest())) == 0
+        assert api.call("POST", f"/api/v3/vm/{POOL}", headers={"X-AUTH-TOKEN": token}).status == 401
+
+
+def test_the_departed_users_tokens_do_not_count_against_the_newcomers_limit(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """The departed person held ``max_tokens_per_user`` tokens: the newcomer's ``POST /token``
+    revokes them and makes theirs. Before, it was ``403 delete one first`` for tokens the newcomer
+    never made (and could only find by listing the departed person's)."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10), config={"max_tokens_per_user": 2}))
+    departed, newcomer, _ = _departed_and_newcomer(api, slapd, leaver, 2)
+    made = api.call("POST", "/api/v3/token", headers=newcomer)
+    assert made.status == 200, made.body
+    assert api.call("POST", "/api/v3/token", headers=newcomer).status == 200
+    refused = api.call("POST", "/api/v3/token", headers=newcomer)  # the newcomer's own limit holds
+    assert refused.status == 403 and "delete one first" in refused.body["error"]
+    listed = api.call("GET", "/api/v3/token", headers=newcomer)
+    assert len(listed.body) == 1 + 2 and not {_token_id(token) for token in departed} & set(listed.body)
+
+
+def test_the_departed_users_vms_and_requests_do_not_use_the_newcomers_quota(
+        make_api: HarnessFactory, ldap_auth: Callable[..., dict[str, Any]], slapd: SlapdServer,
+        leaver: tuple[str, str]) -> None:
+    """The departed person's VM and on-demand request still held under the name: the newcomer's
+    quota counts the newcomer's own only. Before, quotas went by the name: the newcomer's first
+    checkout was ``403 you may hold at most 2 VMs``, for VMs they never took."""
+    api = make_api(document(ldap_auth(directory_check_minutes=10),
+                            config={"max_running_vms_per_user": 2, "max_ondemand_requests_per_user": 1}))
+    api.fill(POOL)
+    name, password = leaver
+    departed = {"X-AUTH-TOKEN": api.new_token(name, password)}
+    api.checkout(POOL, departed["X-AUTH-TOKEN"])
+    assert api.call("POST", "/api/v3/ondemandvm", headers=departed, body={OTHER_POOL: 1}).status == 201
+    slapd.remove(f"uid={name},{slapd.users_base}")
+    newcomer_password = secrets.token_urlsafe(12)
+    slapd.add_user(name, newcomer_password)
+    newcomer = {"X-AUTH-TOKEN": api.new_token(name, newcomer_password)}
+    taken = api.call("POST", f"/api/v3/vm/{POOL}", headers=newcomer)
+    assert taken.status == 200, taken.body
+    assert api.call("POST", "/api/v3/ondemandvm", headers=newcomer, body={OTHER_POOL: 1}).status == 201
+    # The newcomer's own quota holds: two VMs held (one checked out, one asked for).
+    refused = api.call("POST", f"/api/v3/vm/{POOL}", headers=newcomer)
+    assert refused.status == 403 and "at most 2 VMs" in refused.body["error"], refused.body
