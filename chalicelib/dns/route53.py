@@ -85,6 +85,11 @@ DENIALS = frozenset({"AccessDenied", "AccessDeniedException"})
 condition): a batch denied is sent again a name a call (``_one_by_one``)."""
 
 
+DENIED_ALONE_BEFORE_ENTRY = 5
+"""Names of a denied batch denied one by one, none allowed, after which the denial is the
+entry's (``_one_by_one``), whatever ``max_refusals`` the caller gave (none for a withdrawal)."""
+
+
 class _Denied(DnsEntryRejected):
     """AccessDenied to a change: the role's, or (IAM conditions on record names, types or actions)
     the change's names'. ``_one_by_one`` tells which for a batch."""
@@ -322,6 +327,8 @@ class Route53Dns(DnsPlugin):
         for hostname, send in alone.items():
             if max_refusals is not None and refused >= max_refusals:
                 break
+            if refused >= DENIED_ALONE_BEFORE_ENTRY and None not in outcome.values():
+                raise denial  # unbounded callers too (a withdrawal): not 50 denied calls
             try:
                 send()
             except _Denied as error:

@@ -87,6 +87,10 @@ def test_a_role_denied_every_name_is_the_entrys_refusal_after_a_bounded_few_call
     with pytest.raises(DnsEntryRejected, match="AccessDenied"):
         plugin.create_many([(name, "10.81.0.1", None) for name in names], 5)
     assert iam.calls == [50] + [1] * 5  # not 50 calls: 5 refused names and the entry is stopped
+    iam.calls.clear()
+    with pytest.raises(DnsEntryRejected, match="AccessDenied"):
+        plugin.create_many([(name, "10.81.0.1", None) for name in names])  # unbounded (a withdrawal's)
+    assert iam.calls == [50] + [1] * 5
     with pytest.raises(DnsEntryRejected, match="AccessDenied"):
         plugin.create_or_replace("r53-1", "10.81.0.1")  # one name: the entry's, as before
     assert held(route53) == {}
