@@ -259,6 +259,21 @@ class DnsPlugin(abc.ABC):
         ``<target> (CNAME)`` for an alias. A name holding any of them is not free for a new VM
         (vmpooler's check resolves the name, aliases and IPv6 included). Raises DnsError."""
 
+    def addresses_many(self, hostnames: Sequence[str]) -> dict[str, list[str] | DnsError]:
+        """``addresses`` of each name, in as few round trips as the plugin can (``dynamic-dns``
+        pipelines its questions on one connection): each name's addresses, or its own DnsError.
+        DnsUnavailable (the service did not answer) is raised: no name is known free. This
+        default looks up one name a call."""
+        outcome: dict[str, list[str] | DnsError] = {}
+        for hostname in hostnames:
+            try:
+                outcome[hostname] = self.addresses(hostname)
+            except DnsUnavailable:
+                raise
+            except DnsError as error:
+                outcome[hostname] = error
+        return outcome
+
 
 class UnmanagedDns(DnsPlugin):
     """Records are someone else's business (DHCP with dynamic DNS, a static zone...): no

@@ -21,6 +21,7 @@ tried again up to ``THROTTLED_RETRIES`` times after a jittered backoff, while th
 less than ``timeout``.
 """
 
+import functools
 import random
 import re
 import time
@@ -77,6 +78,21 @@ ENTRY_REFUSALS = frozenset({
 })
 """Route 53 refusals of every change of the entry (its hosted zone, the role's permissions or
 credentials), not of one change: DnsEntryRejected."""
+
+DENIALS = frozenset({"AccessDenied", "AccessDeniedException"})
+"""Of ``ENTRY_REFUSALS``, those IAM may answer for some names and not others (a policy's
+``route53:ChangeResourceRecordSetsNormalizedRecordNames``, ``...RecordTypes`` or ``...Actions``
+condition): a batch denied is sent again a name a call (``_one_by_one``)."""
+
+
+DENIED_ALONE_BEFORE_ENTRY = 5
+"""Names of a denied batch denied one by one, none allowed, after which the denial is the
+entry's (``_one_by_one``), whatever ``max_refusals`` the caller gave (none for a withdrawal)."""
+
+
+class _Denied(DnsEntryRejected):
+    """AccessDenied to a change: the role's, or (IAM conditions on record names, types or actions)
+    the change's names'. ``_one_by_one`` tells which for a batch."""
 
 _LEADING_TYPES = frozenset({"A", "AAAA", "CNAME"})
 """Record types that make a name lead somewhere (a new VM's name must hold none of them)."""
@@ -141,6 +157,8 @@ class Route53Dns(DnsPlugin):
             raise DnsUnavailable(str(failure)) from None
         # A new name's lookup is never the entry's refusal (``entry_wide``): as dynamic-dns's, it
         # stops no change of the pass (a role may lack ListResourceRecordSets alone).
+        if entry_wide and failure.code in DENIALS:
+            raise _Denied(str(failure)) from None
         entry_refused = entry_wide and failure.code in ENTRY_REFUSALS
         raise (DnsEntryRejected if entry_refused else DnsRejected)(str(failure)) from None
 
@@ -192,6 +210,7 @@ class Route53Dns(DnsPlugin):
         outcome: dict[str, DnsError | None] = {}
         changes: list[tuple[str, dict[str, Any]]] = []
         batched: list[tuple[str, str | Sequence[str], str | None]] = []
+        alone: dict[str, Callable[[], None]] = {}  # each VM's change on its own (an AccessDenied batch)
         for hostname, addresses, published in records:
             fqdn = self.fqdn(hostname)
             try:
@@ -210,11 +229,15 @@ class Route53Dns(DnsPlugin):
                 continue
             changes.extend([*upserts, *others])
             batched.append((hostname, addresses, published))
+            alone[hostname] = functools.partial(self._change, f"create {fqdn}", [*upserts, *others])
         if not changes:
             return outcome
         what = f"create {self.fqdn(batched[0][0])}" if len(batched) == 1 else f"create {len(batched)} names"
         try:
             self._change(what, changes)
+        except _Denied as denial:
+            outcome.update(self._one_by_one(denial, alone, max_refusals))
+            return outcome
         except (DnsUnavailable, DnsEntryRejected):
             raise
         except DnsRejected:
@@ -247,6 +270,7 @@ class Route53Dns(DnsPlugin):
         outcome: dict[str, DnsError | None] = {}
         changes: list[tuple[str, dict[str, Any]]] = []
         batched: list[tuple[str, str]] = []
+        alone: dict[str, Callable[[], None]] = {}  # each name's delete on its own (an AccessDenied batch)
         for hostname, fqdn in names:
             fqdn = fqdn or self.fqdn(hostname)
             try:
@@ -262,12 +286,18 @@ class Route53Dns(DnsPlugin):
             if current:
                 changes.extend(("DELETE", record) for record in current)
                 batched.append((hostname, fqdn))
+                alone[hostname] = functools.partial(self._change, f"delete {fqdn}",
+                                                    [("DELETE", record) for record in current])
             else:
                 outcome[hostname] = None  # nothing to delete
         if not changes:
             return outcome
         try:
             self._change(f"delete {len(batched)} names", changes)
+        except _Denied as denial:
+            refused = sum(1 for error in outcome.values() if error is not None)
+            outcome.update(self._one_by_one(denial, alone, None if max_refusals is None else max_refusals - refused))
+            return outcome
         except (DnsUnavailable, DnsEntryRejected):
             raise
         except DnsRejected:
@@ -277,6 +307,40 @@ class Route53Dns(DnsPlugin):
                 outcome.update(super().delete_many(batched, left))
             return outcome
         outcome.update({hostname: None for hostname, _ in batched})
+        return outcome
+
+    @staticmethod
+    def _one_by_one(denial: _Denied, alone: dict[str, Callable[[], None]],
+                    max_refusals: int | None) -> dict[str, DnsError | None]:
+        """A batch IAM denied (``denial``), sent again one VM's change a call (``alone``: hostname ->
+        the call): a policy may restrict the role to some record names, types or actions
+        (``route53:ChangeResourceRecordSetsNormalizedRecordNames``...), and the names it allows
+        are then published or deleted, each denied one failing alone (DnsRejected, its VM's
+        reason). After ``max_refusals`` refused names the rest is not sent (absent from the
+        answer). When no name went through (every one tried denied: the role may change nothing
+        in the zone), the denial is the entry's: raised, so the pass sends the entry no change more.
+        A batch of one name is that name's call: its denial is the entry's, as before."""
+        if len(alone) < 2:
+            raise denial
+        outcome: dict[str, DnsError | None] = {}
+        refused = 0
+        for hostname, send in alone.items():
+            if max_refusals is not None and refused >= max_refusals:
+                break
+            if refused >= DENIED_ALONE_BEFORE_ENTRY and None not in outcome.values():
+                raise denial  # unbounded callers too (a withdrawal): not 50 denied calls
+            try:
+                send()
+            except _Denied as error:
+                outcome[hostname], refused = DnsRejected(str(error)), refused + 1
+            except (DnsUnavailable, DnsEntryRejected):
+                raise
+            except DnsRejected as error:
+                outcome[hostname], refused = error, refused + 1
+            else:
+                outcome[hostname] = None
+        if None not in outcome.values():
+            raise denial
         return outcome
 
     def addresses(self, hostname: str) -> list[str]:

@@ -112,10 +112,10 @@ def start_clones(context: PassContext, reserved: list[str]) -> dict[str, dict[st
     whose clone started and whose record took its task, the fields written on it."""
     report = context.report
     names: list[str] = []
+    in_use = dns_records.names_in_use(context, reserved)  # 50 names to a call of the DNS plugin
     for hostname in reserved:
-        taken = dns_records.name_in_use(context, hostname)
-        if taken:
-            context.take_out_of_service(hostname, "pending", taken)
+        if hostname in in_use:
+            context.take_out_of_service(hostname, "pending", in_use[hostname])
         else:
             names.append(hostname)
     if not names:

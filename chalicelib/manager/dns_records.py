@@ -56,22 +56,34 @@ from chalicelib.providers.base import Readiness, VMInfo
 from chalicelib.store import DNS_ELSEWHERE, DnsClaim, VMRecord
 
 
-def name_in_use(context: PassContext, hostname: str) -> str:
-    """Why a freshly reserved name must not be used ("" when it is free or we cannot tell: a
-    lookup failure does not stop clones, the record is replaced when the VM is ready)."""
+def names_in_use(context: PassContext, hostnames: Sequence[str]) -> dict[str, str]:
+    """Why each freshly reserved name that must not be used must not (absent: free, or we cannot
+    tell: a lookup failure does not stop clones, the record is replaced when the VM is ready).
+    The names are looked up ``RECORDS_PER_CALL`` to a call of the plugin (``addresses_many``:
+    pipelined on one connection with ``dynamic-dns``), the pass's DNS budget checked between."""
     plugin = context.dns
     if plugin is None or not plugin.checks_names:
-        return ""
-    try:
-        found = context.dns_call(f"look up {plugin.fqdn(hostname)}", lambda: plugin.addresses(hostname), plugin.name)
-    except DnsError as error:
-        context.dns_failed(hostname, "lookup", error)
-        return ""
-    if not found:
-        return ""
-    logger.warning("new hostname already in DNS: using another", extra={
-        "pool": context.pool.name, "hostname": hostname, "addresses": found})
-    return f"hostname {plugin.fqdn(hostname)} already resolves to {', '.join(found)} (stale DNS record)"
+        return {}
+    taken: dict[str, str] = {}
+    for start in range(0, len(hostnames), RECORDS_PER_CALL):
+        chunk = hostnames[start:start + RECORDS_PER_CALL]
+        what = f"look up {plugin.fqdn(chunk[0])}" if len(chunk) == 1 else f"look up {len(chunk)} names"
+        try:
+            found = context.dns_call(what, functools.partial(plugin.addresses_many, chunk), plugin.name)
+        except DnsError as error:  # the service did not answer: every name of the call, each counted
+            found = dict.fromkeys(chunk, error)
+        for hostname in chunk:
+            addresses = found.get(hostname, [])
+            if isinstance(addresses, DnsError):
+                context.dns_failed(hostname, "lookup", addresses)
+                continue
+            if not addresses:
+                continue
+            logger.warning("new hostname already in DNS: using another", extra={
+                "pool": context.pool.name, "hostname": hostname, "addresses": addresses})
+            taken[hostname] = (f"hostname {plugin.fqdn(hostname)} already resolves to {', '.join(addresses)} "
+                               "(stale DNS record)")
+    return taken
 
 
 RECORDS_PER_CALL = 50
