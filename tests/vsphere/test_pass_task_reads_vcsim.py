@@ -1,0 +1,76 @@
+"""A pass reads the disk, snapshot and migration tasks in flight on its pool's VMs in one vCenter
+call (``task_statuses``), not one call a VM, and answers as before (vcsim; fake clock).
+
+vcsim ends a reconfigure or a vMotion at once, so the tasks are kept in flight by vCenter
+refusing to show them after their first read (NoPermission, at the SOAP stub: the read that notes
+a task's queue time when it starts is let through): the pass that starts them cannot read them,
+and the next pass, vCenter showing them again, reads them all."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pyVmomi import vim
+
+from chalicelib.providers.vsphere.provider import VSphereProvider
+from chalicelib.store.vm_tasks import in_flight
+from tests.harness import Harness, HarnessFactory
+from tests.vsphere.test_bad_day import POOL, converge, pool_harness
+from tests.vsphere.vcsim import VcsimServer, objects_read, refuse_on_stub
+
+VMS = 6
+
+
+def tasks_hidden_after_first_read(provider: VSphereProvider, monkeypatch: pytest.MonkeyPatch) -> None:
+    """vCenter refuses every read of a task but the first (the one noting its queue time)."""
+    seen: set[str] = set()
+
+    def refused(method: str, args: Any) -> BaseException | None:
+        named = {moid for moid in objects_read(method, args) if moid.startswith("task-")}
+        if named and named <= seen:
+            return vim.fault.NoPermission(msg="the user may not read this task")
+        seen.update(named)
+        return None
+
+    refuse_on_stub(provider, monkeypatch, refused)
+
+
+def reads_naming(calls: list[set[str]], task_ids: set[str]) -> int:
+    """How many of the recorded RetrievePropertiesEx calls read any of ``task_ids``."""
+    return sum(1 for named in calls if named & task_ids)
+
+
+def in_use(make_harness: HarnessFactory, server: VcsimServer, **settings: Any) -> tuple[Harness, list[str]]:
+    harness = pool_harness(make_harness, server, size=VMS, **settings)
+    converge(harness, VMS)
+    return harness, harness.checkout_vms(POOL, VMS)
+
+
+def test_the_disks_being_added_to_six_vms_are_read_in_one_call_a_pass(
+        vcsim: VcsimServer, make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, each VM's task cost a SOAP call of its own every pass (6 VMs: 6 calls)."""
+    harness, hosts = in_use(make_harness, vcsim)
+    for host in hosts:
+        assert harness.put(f"/api/v3/vm/{host}", {"disk": 4}).status == 200, harness.replies[-1].body
+    with monkeypatch.context() as hidden:
+        tasks_hidden_after_first_read(harness.provider, hidden)
+        harness.reconcile(POOL)  # starts the 6 reconfigures; their states cannot be read
+    records = harness.store.records(hosts)
+    refs = {host: str((in_flight(records[host]) or {}).get("ref") or "") for host in hosts}
+    assert all(ref.startswith("task:") for ref in refs.values()), refs
+    assert all(harness.describe(host)["disk"] == [] for host in hosts)  # still in flight
+
+    reads: list[set[str]] = []
+    refuse_on_stub(harness.provider, monkeypatch, lambda method, args: reads.append(objects_read(method, args)))
+    harness.clock.advance(30)
+    report = harness.reconcile(POOL)
+
+    task_ids = {ref.split(":")[1] for ref in refs.values()}
+    assert reads_naming(reads, task_ids) == 1, reads
+    assert not [error for error in report.errors if "not read" in error], report.errors
+    for host in hosts:
+        told = harness.describe(host)
+        assert (told["disk"], told.get("task_errors")) == (["+4gb"], None), told
+        record = harness.store.get_vm(host)
+        assert record is not None and not record.raw.get("task_unread_since")
