@@ -8,7 +8,8 @@ and the next pass, vCenter showing them again, reads them all."""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 from pyVmomi import vim
@@ -17,9 +18,16 @@ from chalicelib.providers.vsphere.provider import VSphereProvider
 from chalicelib.store.vm_tasks import in_flight
 from tests.harness import Harness, HarnessFactory
 from tests.vsphere.test_bad_day import POOL, converge, pool_harness
-from tests.vsphere.vcsim import VcsimServer, objects_read, refuse_on_stub
+from tests.vsphere.test_vsphere_migration import fill, loaded_vcsim, where
+from tests.vsphere.vcsim import VcsimServer, objects_read, refuse_on_stub, vcsim_config
 
 VMS = 6
+
+
+@pytest.fixture
+def busy_vcsim(vcsim_dir: Path) -> Iterator[VcsimServer]:
+    """Each powered-on VM uses 15 % of its host (a simulator of its own)."""
+    yield from loaded_vcsim(vcsim_dir, 15)
 
 
 def tasks_hidden_after_first_read(provider: VSphereProvider, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,3 +82,28 @@ def test_the_disks_being_added_to_six_vms_are_read_in_one_call_a_pass(
         assert (told["disk"], told.get("task_errors")) == (["+4gb"], None), told
         record = harness.store.get_vm(host)
         assert record is not None and not record.raw.get("task_unread_since")
+
+
+def test_the_vmotions_of_three_checked_out_vms_are_read_in_one_call_a_pass(
+        busy_vcsim: VcsimServer, make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every clone lands on the template's host, each VM loading it: the three checked out move
+    off it at once (migration_limit 3). Before, each move's task cost a call of its own."""
+    stack = make_harness(vcsim_config(busy_vcsim, service={"migration_limit": 3}, pools=[{
+        "name": "mig", "size": 3, "folder": "vmpool/mig", "ready_check": "tools"}]), prefix="vreads:")
+    fill(stack, busy_vcsim)
+    taken = stack.checkout_vms("mig", 3)
+    stack.reconcile("mig")  # starts the three moves; a pass follows them from the next on
+    records = stack.store.records(taken)
+    refs = {host: str(records[host].raw.get("migration_task") or "") for host in taken}
+    assert all(refs.values()), {host: record.raw for host, record in records.items()}
+
+    reads: list[set[str]] = []
+    refuse_on_stub(stack.provider, monkeypatch, lambda method, args: reads.append(objects_read(method, args)))
+    report = stack.reconcile("mig")
+
+    assert reads_naming(reads, {ref.split(":")[1] for ref in refs.values()}) == 1, reads
+    assert not report.errors, report.errors
+    actual = where(stack)
+    for host in taken:
+        told = stack.describe(host)
+        assert (told.get("migrated"), told["host"]) == ("true", actual[host]), told
