@@ -135,6 +135,9 @@ def _follow(context: PassContext, migrations: MigrationStore, record: VMRecord, 
     whether the provider could be reached (a read it fails is this VM's alone: the migration
     waits, or ends saying so, and the pass goes on)."""
     try:
+        unreached = reads.unreached(context.provider)
+        if unreached is not None:  # the read ahead did not reach it: asked nothing more this pass
+            raise unreached
         _follow_task(context, migrations, record, reads)
     except ProviderError as error:
         started = finite_number(record.raw.get("migration_started")) or context.now

@@ -22,6 +22,7 @@ class TaskReads:
     def __init__(self) -> None:
         self._read: dict[str, TaskStatus] = {}
         self._unreached: dict[str, ProviderError] = {}
+        self._providers_unreached: dict[str, ProviderError] = {}
 
     def read_ahead(self, provider: Provider, task_refs: Iterable[str]) -> None:
         """Read ``task_refs`` of ``provider`` in one ``task_statuses`` call. A provider that cannot
@@ -35,6 +36,12 @@ class TaskReads:
         except ProviderError as error:
             if error.kind in UNREACHABLE:
                 self._unreached.update(dict.fromkeys(refs, error))
+                self._providers_unreached[provider.name] = error
+
+    def unreached(self, provider: Provider) -> ProviderError | None:
+        """The error of a read ahead that could not reach ``provider`` (then each further call
+        there would wait as long: the step asks it nothing more this pass), None when it was."""
+        return self._providers_unreached.get(provider.name)
 
     def status(self, provider: Provider, task_ref: str) -> TaskStatus:
         """``provider.task_status(task_ref)``, from the read ahead when it holds the task: an
