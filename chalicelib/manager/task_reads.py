@@ -5,8 +5,8 @@ all of a pool's disk, snapshot and migration tasks in flight, not one SOAP round
 A step reads ahead, then asks ``status`` of each task as it comes to it: the answer is what
 ``task_status`` of that one task would have given, so every per-task rule of the step holds (a
 task the provider could not read raises its ProviderError, with its kind, for that VM alone; a
-provider that could not be reached raises its error for the first VM that asks, as a read of its
-own would have, and the step stops asking it as before)."""
+provider the read ahead could not reach is ``unreached``: the step asks it nothing more this pass,
+as when its first read of its own failed before)."""
 
 from __future__ import annotations
 
