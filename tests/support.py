@@ -11,6 +11,7 @@
     json_lines(text)                 the structured log records among printed lines
     doc_prose(name)                  a doc's text as a reader sees it (line breaks as spaces)
     RedisRoundTrips()                count what this process sends to Redis, a round trip each
+    refuse_task_reads(mp, provider, refusal)  the provider fails to read the tasks ``refusal`` names
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ import pytest
 import redis.connection
 
 from chalicelib.config import RedisConfig
+from chalicelib.providers.base import UNREACHABLE, Provider, ProviderError, TaskStatus
 from chalicelib.store import connect
 from chalicelib.store.store import RECOUNT
 from local.redis_server import free_port
 
 __all__ = ["RedisRoundTrips", "clone_failures_by_reason", "counts_by_reason", "doc_prose", "emf_documents", "emitted",
            "eventually", "free_port", "free_ports", "listeners_carrying", "port_in_use", "json_lines",
-           "taken_by_another_process", "unanswered_port"]
+           "refuse_task_reads", "taken_by_another_process", "unanswered_port"]
 
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -337,3 +339,30 @@ def production_client(config: RedisConfig, port: int, socket_timeout: float = 10
     timeout: a loaded test machine is no outage."""
     return connect(dataclasses.replace(config, server="127.0.0.1", port=port, tls=False, unix_socket=None,
                                        socket_timeout=socket_timeout))
+
+
+def refuse_task_reads(monkeypatch: pytest.MonkeyPatch, provider: Provider,
+                      refusal: Callable[[str], ProviderError | None]) -> None:
+    """The provider fails to read each task ``refusal`` gives an error for, read alone
+    (``task_status`` raises it) or with others (``task_statuses``: that task UNKNOWN with the
+    error's message and kind, the others read as ever; an error of an UNREACHABLE kind raises,
+    as a provider not reached fails the whole call)."""
+    read_one, read_many = provider.task_status, provider.task_statuses
+
+    def task_status(task_ref: str) -> TaskStatus:
+        error = refusal(task_ref)
+        if error is not None:
+            raise error
+        return read_one(task_ref)
+
+    def task_statuses(task_refs: Any) -> dict[str, TaskStatus]:
+        refs = list(dict.fromkeys(task_refs))
+        refused = {ref: error for ref in refs if (error := refusal(ref)) is not None}
+        unreached = next((error for error in refused.values() if error.kind in UNREACHABLE), None)
+        if unreached is not None:
+            raise unreached
+        read = read_many([ref for ref in refs if ref not in refused]) if len(refused) < len(refs) else {}
+        return {ref: TaskStatus.unread(refused[ref]) if ref in refused else read[ref] for ref in refs}
+
+    monkeypatch.setattr(provider, "task_status", task_status)
+    monkeypatch.setattr(provider, "task_statuses", task_statuses)

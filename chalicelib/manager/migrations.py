@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 
 from chalicelib import observability as metric
 from chalicelib.manager.context import PassContext
+from chalicelib.manager.task_reads import TaskReads
 from chalicelib.manager.unanswered import ask_again
 from chalicelib.manager.vm_tasks import TAKER_GONE_SETTLE_SECONDS, TASK_SETTLE_SECONDS
 from chalicelib.observability import emit, logger
@@ -60,6 +61,11 @@ def run(context: PassContext) -> None:
     limit = int(getattr(context.service, "migration_limit", 0) or 0)
     queued: list[VMRecord] = []
     reached = True  # False once the provider could not be reached or timed out in this step
+    reads = TaskReads()  # the started migrations' tasks, one call (before, one call a VM)
+    reads.read_ahead(context.provider, [
+        str(record.raw.get("migration_task") or "") for record in context.snapshot.records.values()
+        if record.raw.get("migration") == STARTED and record.state == "running"
+        and record.pool == context.pool.name and not context.elsewhere(record)])
     for hostname, record in context.snapshot.records.items():
         vm = context.inventory.get(hostname)
         state = record.raw.get("migration")
@@ -74,7 +80,7 @@ def run(context: PassContext) -> None:
         elif state == STARTED and not reached:
             context.report.followups += 1  # each other read would wait as long: the next pass asks
         elif state == STARTED:
-            reached = _follow(context, migrations, record)
+            reached = _follow(context, migrations, record, reads)
         elif state == QUEUED:
             queued.append(record)
         context.checkpoint("migration")
@@ -124,11 +130,15 @@ def _start(context: PassContext, migrations: MigrationStore, record: VMRecord, l
     return True
 
 
-def _follow(context: PassContext, migrations: MigrationStore, record: VMRecord) -> bool:
-    """Follow a started migration one step; whether the provider could be reached (a read it
-    fails is this VM's alone: the migration waits, or ends saying so, and the pass goes on)."""
+def _follow(context: PassContext, migrations: MigrationStore, record: VMRecord, reads: TaskReads) -> bool:
+    """Follow a started migration one step (its task's state from ``reads``, read ahead);
+    whether the provider could be reached (a read it fails is this VM's alone: the migration
+    waits, or ends saying so, and the pass goes on)."""
     try:
-        _follow_task(context, migrations, record)
+        unreached = reads.unreached(context.provider)
+        if unreached is not None:  # the read ahead did not reach it: asked nothing more this pass
+            raise unreached
+        _follow_task(context, migrations, record, reads)
     except ProviderError as error:
         started = finite_number(record.raw.get("migration_started")) or context.now
         if ask_again(error, context.now - started, STALE_SLOT_SECONDS):
@@ -144,7 +154,7 @@ def _follow(context: PassContext, migrations: MigrationStore, record: VMRecord) 
     return True
 
 
-def _follow_task(context: PassContext, migrations: MigrationStore, record: VMRecord) -> None:
+def _follow_task(context: PassContext, migrations: MigrationStore, record: VMRecord, reads: TaskReads) -> None:
     task = record.raw.get("migration_task")
     adopted = bool(record.raw.get(ADOPTED))
     if not task:
@@ -157,7 +167,7 @@ def _follow_task(context: PassContext, migrations: MigrationStore, record: VMRec
         if task is None:
             return
         adopted = True
-    status = context.provider.task_status(task)
+    status = reads.status(context.provider, task)
     if status.state is TaskState.RUNNING:
         context.report.followups += 1
         return

@@ -12,9 +12,11 @@ from typing import Any, Callable, Iterable, Mapping
 
 from chalicelib.config import PoolConfig
 from chalicelib.manager.context import PassContext
+from chalicelib.manager.task_reads import TaskReads
 from chalicelib.manager.unanswered import ask_again
 from chalicelib.providers.base import UNREACHABLE, AnswerLost, Provider, ProviderError, TaskState
 from chalicelib.store.leases import LeaseHolder, labelled_holder
+from chalicelib.store.records import VMRecord
 from chalicelib.store.store import Store
 from chalicelib.store.vm_tasks import DISK, REVERT, SNAPSHOT, VMTaskStore, in_flight
 
@@ -76,13 +78,23 @@ def run_tasks(context: PassContext) -> None:
     # Providers a task's start could not reach or timed out on in this pass: the pass starts no
     # other task there (each would wait as long, and fail); they stay queued for the next pass.
     unreachable: set[str] = set()
+    records = context.store.records(list(hostnames))
+    reads = _read_ahead(context, records)
     for hostname in hostnames:
-        record = context.store.get_vm(hostname)
+        record = records.get(hostname)
         running = record is not None and record.state == "running" and record.pool == context.pool.name
         # The VM may have been made where its pool no longer makes VMs (manager/placement.py).
         reached = context.reach(record) if record is not None and running else None
         if reached is not None and reached[0].name in unreachable:
             context.report.followups += 1
+            continue
+        unreached = reads.unreached(reached[0]) if reached is not None else None
+        if reached is not None and unreached is not None:
+            # The read ahead did not reach the provider: each call there would wait as long, so
+            # the pass starts and reads nothing more there; the tasks wait for the next pass.
+            context.report.errors.append(f"{hostname}: tasks not looked at: {unreached}")
+            context.report.followups += 1
+            unreachable.add(reached[0].name)
             continue
         for _ in range(MAX_STEPS_PER_VM):
             task, new = tasks.take(hostname, context.pool.name, context.now)
@@ -100,7 +112,7 @@ def run_tasks(context: PassContext) -> None:
                     break
             else:
                 try:
-                    finished = _follow(reached, context, tasks, hostname, task)
+                    finished = _follow(reached, context, tasks, hostname, task, reads)
                 except ProviderError as error:
                     # The provider cannot say now: the task waits for a later pass, and the pass
                     # goes on with the other VMs (before, the error ended the whole pass).
@@ -112,6 +124,24 @@ def run_tasks(context: PassContext) -> None:
                     context.report.followups += 1
                     break
             context.checkpoint("vm_task")
+
+
+def _read_ahead(context: PassContext, records: Mapping[str, VMRecord]) -> TaskReads:
+    """The states of the started tasks in flight on ``records``' VMs, one ``task_statuses`` call
+    a provider (before, one call a VM: 10 VMs with a disk being added, 10 SOAP calls a pass)."""
+    groups: dict[str, tuple[Provider, list[str]]] = {}
+    for record in records.values():
+        task = in_flight(record)
+        if task is None or not task.get("ref") or task.get("answer_lost") or record.state != "running" \
+                or record.pool != context.pool.name:
+            continue
+        reached = context.reach(record)
+        if reached is not None:
+            groups.setdefault(reached[0].name, (reached[0], []))[1].append(str(task["ref"]))
+    reads = TaskReads()
+    for provider, refs in groups.values():
+        reads.read_ahead(provider, refs)
+    return reads
 
 
 def _start(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: VMTaskStore, hostname: str,
@@ -183,8 +213,9 @@ def _never_started(task: Mapping[str, Any]) -> str:
 
 
 def _follow(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: VMTaskStore, hostname: str,
-            task: Mapping[str, Any]) -> bool:
-    """Check a task in flight. Returns True when it finished (either way)."""
+            task: Mapping[str, Any], reads: TaskReads) -> bool:
+    """Check a task in flight (its state from ``reads``, read ahead). Returns True when it
+    finished (either way)."""
     provider, pool = reached
     if task.get("answer_lost"):
         return _settle_lost(reached, context, tasks, hostname, task)
@@ -214,7 +245,7 @@ def _follow(reached: tuple[Provider, PoolConfig], context: PassContext, tasks: V
             tasks.finish(hostname, task["id"], error=_never_started(task))
         return True
     try:
-        status = provider.task_status(str(task["ref"]))
+        status = reads.status(provider, str(task["ref"]))
     except ProviderError as error:
         if error.kind in UNREACHABLE:
             raise  # the provider may answer on a later pass: the task waits, as ever

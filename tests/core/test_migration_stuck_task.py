@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from chalicelib.config import parse
-from chalicelib.providers.base import ProviderError, TaskStatus
+from chalicelib.providers.base import ProviderError
 from chalicelib.providers.failures import FailureKind
 from chalicelib.store.migrations import STALE_SLOT_SECONDS
 from tests.harness import Harness, HarnessFactory
+from tests.support import refuse_task_reads
 
 CONFIG = """\
 config: {migration_limit: 1, vm_lifetime: 48}
@@ -33,15 +34,8 @@ def stuck_migration(make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatc
     record = world.store.get_vm(host)
     assert record is not None and record.raw.get("migration") == "started"
     task = record.raw["migration_task"]
-    provider = world.services.provider("dummy")
-    read = provider.task_status
-
-    def unreadable(task_ref: str) -> TaskStatus:
-        if task_ref == task:
-            raise ProviderError("the task's state cannot be read", kind)
-        return read(task_ref)
-
-    monkeypatch.setattr(provider, "task_status", unreadable)
+    refuse_task_reads(monkeypatch, world.services.provider("dummy"), lambda task_ref: ProviderError(
+        "the task's state cannot be read", kind) if task_ref == task else None)
     return world, host
 
 

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 
 from chalicelib.manager.vm_tasks import TASK_SETTLE_SECONDS
-from chalicelib.providers.base import ProviderError, TaskStatus
+from chalicelib.providers.base import ProviderError
 from chalicelib.providers.failures import FailureKind
 from chalicelib.store.vm_tasks import in_flight
 from tests.harness import Harness
 from tests.ondemand.test_vm_tasks import checked_out_vm, vm
+from tests.support import refuse_task_reads
 
 POOL = "debian-12"
 REFUSED = "vCenter said NoPermission: the user may not read this task"
@@ -25,15 +26,9 @@ def refuse_reads(stack: Harness, monkeypatch: pytest.MonkeyPatch, hostname: str)
     record = stack.store.get_vm(hostname)
     task = in_flight(record) if record is not None else None
     assert task is not None and task.get("ref")
-    provider, refusing = stack.services.provider("dummy"), [True]
-    read = provider.task_status
-
-    def refused(task_ref: str) -> TaskStatus:
-        if refusing and task_ref == task["ref"]:
-            raise ProviderError(f"read task {task_ref}: {REFUSED}", FailureKind.PERMISSION)
-        return read(task_ref)
-
-    monkeypatch.setattr(provider, "task_status", refused)
+    refusing = [True]
+    refuse_task_reads(monkeypatch, stack.services.provider("dummy"), lambda task_ref: ProviderError(
+        f"read task {task_ref}: {REFUSED}", FailureKind.PERMISSION) if refusing and task_ref == task["ref"] else None)
     return refusing
 
 

@@ -26,7 +26,7 @@ from chalicelib.store.vm_tasks import (
     VMTaskStore,
     new_task,
 )
-from tests.support import checkout_answers_lost
+from tests.support import checkout_answers_lost, refuse_task_reads
 
 
 def checked_out_vm(stack) -> str:
@@ -381,10 +381,8 @@ def test_a_task_state_the_provider_cannot_read_now_does_not_end_the_pass(make_st
     stack.reconcile("debian-12")
     provider = stack.services.provider("dummy")
 
-    def unreadable(task_ref: str) -> Any:
-        raise ProviderError("cannot talk to the backend", FailureKind.CONNECTION)
-
-    monkeypatch.setattr(provider, "task_status", unreadable)
+    refuse_task_reads(monkeypatch, provider, lambda task_ref: ProviderError("cannot talk to the backend",
+                                                                          FailureKind.CONNECTION))
     stack.clock.advance(31)
     report = stack.reconcile("debian-12")
     assert any(hostname in error and "cannot talk to the backend" in error for error in report.errors)

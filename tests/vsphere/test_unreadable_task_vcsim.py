@@ -24,7 +24,7 @@ from chalicelib.providers.vsphere import tasks as vsphere_tasks
 from chalicelib.store import Store
 from chalicelib.store.ondemand import CLONE_HELD
 from tests.harness import Harness, HarnessFactory
-from tests.support import eventually
+from tests.support import eventually, refuse_task_reads
 from tests.vsphere.vcsim import Setup, VcsimServer, make_setup, objects_read, refuse_on_stub, vcsim_config
 
 POOL = "unreadable"
@@ -35,16 +35,10 @@ REFUSED = f"vCenter said NoPermission: {REFUSED_TEXT}"
 def unreadable_tasks(harness: Harness, monkeypatch: pytest.MonkeyPatch,
                      unreadable: Callable[[str], bool]) -> None:
     """vCenter refuses to read the tasks ``unreadable`` picks (as it refuses an object the user
-    may not see: a ProviderError of kind permission out of ``task_status``); it reads the others."""
-    provider = harness.provider
-    read = provider.task_status
-
-    def refusing(task_ref: str) -> TaskStatus:
-        if unreadable(task_ref):
-            raise ProviderError(f"read task {task_ref}: {REFUSED}", FailureKind.PERMISSION)
-        return read(task_ref)
-
-    monkeypatch.setattr(provider, "task_status", refusing)
+    may not see: a ProviderError of kind permission out of ``task_status``, UNKNOWN out of
+    ``task_statuses``); it reads the others."""
+    refuse_task_reads(monkeypatch, harness.provider, lambda task_ref: ProviderError(
+        f"read task {task_ref}: {REFUSED}", FailureKind.PERMISSION) if unreadable(task_ref) else None)
 
 
 def harness_for(vcsim: VcsimServer, make_harness: HarnessFactory, **pool: Any) -> Harness:

@@ -55,7 +55,7 @@ TaskInfos = Mapping[str, "dict[str, Any] | None"]
 no longer knows it."""
 DESTROY_REFUSALS: tuple[type[BaseException], ...] = (
     vim.fault.NoPermission, vim.fault.InvalidState, vim.fault.TaskInProgress)
-"""Faults of a Destroy_Task vCenter refuses for this VM alone (``_destroy_status``)."""
+"""Faults of a Destroy_Task vCenter refuses for this VM alone (``destroy_statuses``)."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -223,9 +223,7 @@ def status(connection: Connection, ref: str, known: TaskInfos | None = None) -> 
         return TaskStatus(TaskState.ERROR, "a template preparation recorded by an older vmpool: prepared again",
                           FailureKind.TEMPLATE)
     if kind == "destroy":
-        vm_id, _, rest = rest.partition(":")
-        poweroff, _, name = rest.partition(":")
-        return _destroy_status(connection, vim.VirtualMachine(vm_id, connection.stub), poweroff, name)
+        return destroy_statuses(connection, [ref])[ref]
     return TaskStatus(TaskState.ERROR, f"unknown task reference {ref!r}")
 
 
@@ -294,25 +292,71 @@ def _migrate_status(connection: Connection, task: str, vm_id: str, host_id: str,
     return TaskStatus(TaskState.ERROR, f"migration task {task} {gone} and the VM is not on {host_id}")
 
 
-def _destroy_status(connection: Connection, vm: Any, poweroff: str, name: str) -> TaskStatus:
-    """Power-off, then destroy: each read moves the chain one step without waiting. ``name``:
-    the VM's name when the destroy began ('' in references written before it was kept)."""
-    found = inventory.one(connection, vm, ["name", "runtime.powerState", "recentTask"])
-    if found is None or (name and found.get("name") != name):
-        return TaskStatus(TaskState.SUCCESS)  # the VM is gone: destroyed (its id may be another's now)
-    if found.get("runtime.powerState") != vim.VirtualMachine.PowerState.poweredOff:
-        off = task_state(connection, poweroff)
-        if off is None or off.state is TaskState.ERROR:
-            return TaskStatus(TaskState.ERROR, f"power off failed: {off.error if off else 'task expired'}")
-        return TaskStatus(TaskState.RUNNING)
-    recent = list(found.get("recentTask") or [])
-    for task in inventory.properties(connection, recent, TASK_INFO) if recent else []:
+def is_destroy(ref: str) -> bool:
+    """Whether ``ref`` is a destroy's reference (``destroy_statuses`` reads it)."""
+    return ref.partition(":")[0] == "destroy"
+
+
+VM_DESTROY_STATE = ("name", "runtime.powerState", "recentTask")
+
+
+def destroy_statuses(connection: Connection, refs: Sequence[str]) -> dict[str, TaskStatus]:
+    """The state of each destroy reference (``destroy:<vm>:<poweroff task>:<name>``), each read
+    moving its chain one step without waiting: power-off, then destroy. Every read is made once
+    for all of them, then each ``Destroy_Task`` due is sent (a call of its own, after every read:
+    a read run again after a lost session sees the destroys already sent among the VMs' recent
+    tasks, and sends none twice): the VMs in one retrieval, the power-off tasks of those still on
+    in one, the recent tasks of those off in one. Before, each destroy cost two reads of its own
+    every pass (10 VMs powering off: 20 calls; now 2)."""
+    chains: dict[str, tuple[str, str, str]] = {}
+    for ref in dict.fromkeys(refs):
+        vm_id, _, rest = ref.partition(":")[2].partition(":")
+        poweroff, _, name = rest.partition(":")
+        chains[ref] = (vm_id, poweroff, name)
+    vm_ids = list(dict.fromkeys(vm_id for vm_id, _, _ in chains.values()))
+    found = {item["_obj"]._moId: item for item in inventory.properties(
+        connection, [vim.VirtualMachine(vm_id, connection.stub) for vm_id in vm_ids], VM_DESTROY_STATE)}
+    live = {ref: found[vm_id] for ref, (vm_id, _, name) in chains.items()
+            if vm_id in found and not (name and found[vm_id].get("name") != name)}
+    off_state = vim.VirtualMachine.PowerState.poweredOff
+    on = {ref: vm for ref, vm in live.items() if vm.get("runtime.powerState") != off_state}
+    powering_off = read_tasks(connection, [chains[ref][1] for ref in on]) if on else {}
+    recent = list({task._moId: task for ref, vm in live.items() if ref not in on
+                   for task in vm.get("recentTask") or []}.values())
+    recent_infos = {item["_obj"]._moId: item for item in inventory.properties(connection, recent, TASK_INFO)}
+    answers: dict[str, TaskStatus] = {}
+    sent: set[str] = set()  # two references to one VM (written without a name): one Destroy_Task
+    for ref, (vm_id, poweroff, _) in chains.items():
+        if ref not in live:
+            answers[ref] = TaskStatus(TaskState.SUCCESS)  # the VM is gone: destroyed (its id may be another's now)
+        elif ref in on:
+            off = powering_off.get(poweroff)
+            state = None if off is None else _state_of(off)
+            answers[ref] = TaskStatus(TaskState.RUNNING) if state is not None and state.state is not TaskState.ERROR \
+                else TaskStatus(TaskState.ERROR, f"power off failed: {state.error if state else 'task expired'}")
+        else:
+            infos = [recent_infos[task._moId] for task in live[ref].get("recentTask") or []
+                     if task._moId in recent_infos]
+            destroying = _destroy_task_state(infos) or (TaskStatus(TaskState.RUNNING) if vm_id in sent else None)
+            answers[ref] = destroying or _send_destroy(vim.VirtualMachine(vm_id, connection.stub))
+            sent.add(vm_id)
+    return {ref: answers[ref] for ref in refs}
+
+
+def _destroy_task_state(recent: Sequence[Mapping[str, Any]]) -> TaskStatus | None:
+    """The state of the destroy among a VM's recent tasks that failed or still runs, if any."""
+    for task in recent:
         if task.get("info.descriptionId") != "VirtualMachine.destroy":
             continue
         if task["info.state"] == vim.TaskInfo.State.error:
             return TaskStatus(TaskState.ERROR, describe_fault(task["info.error"]), fault_kind(task["info.error"]))
         if task["info.state"] in (vim.TaskInfo.State.running, vim.TaskInfo.State.queued):
             return TaskStatus(TaskState.RUNNING)
+    return None
+
+
+def _send_destroy(vm: Any) -> TaskStatus:
+    """Send the powered-off VM's ``Destroy_Task`` (not waited for)."""
     try:
         vm.Destroy_Task()
     except vmodl.fault.ManagedObjectNotFound:
