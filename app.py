@@ -100,7 +100,7 @@ def _view(route: Route, version: int) -> Callable[..., Response]:
             response = unreadable.response()
         else:
             # Per thread: the local front serves several requests of one process at once.
-            logger.thread_safe_append_keys(correlation_id=request.request_id or None)
+            observability.append_request_keys(correlation_id=request.request_id or None)
             response = handle_when_built(services, route.handler, request)
         status, body, headers = render(response)
         if request is not None and route.conditional:  # an ETag, or 304 to a caller holding it

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter, set_context_keys
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
@@ -68,6 +69,16 @@ def json_log_line(record: Mapping[str, Any]) -> str:
 
 
 logger = Logger(service=SERVICE, json_serializer=json_log_line)
+
+append_request_keys: Callable[..., None] = (
+    set_context_keys
+    if type(logger.registered_formatter).thread_safe_append_keys is LambdaPowertoolsFormatter.thread_safe_append_keys
+    else logger.thread_safe_append_keys)
+"""``logger.thread_safe_append_keys``: keys on every line this thread (context) logs from now on.
+Powertools' JSON formatter keeps them in one context variable whatever formatter object is
+asked; reaching it through the logger is seven calls of Python a request (the handler and
+formatter looked up each time), ``set_context_keys`` two (docs/performance.md, "Checkout CPU per
+cycle")."""
 
 REDACTION = RedactingFilter()
 """Masks every secret the service has resolved, in every log line (belt and braces: no code
@@ -348,6 +359,32 @@ pool (a miss, a failure, a migration), never every pass."""
 
 Values = Union[float, Sequence[float]]
 
+_SWITCHES = (b"POWERTOOLS_DEV", b"POWERTOOLS_METRICS_DISABLED")
+"""The environment variables Powertools' ``is_metrics_disabled`` reads (as ``os.environ`` keeps
+them on POSIX)."""
+_switches_seen: tuple[Any, bool] = (None, False)
+"""The values of ``_SWITCHES`` last looked at and Powertools' answer for them, one tuple replaced
+whole (threads emit at once)."""
+
+
+def metrics_disabled() -> bool:
+    """Powertools' ``is_metrics_disabled``, worked out again only when ``POWERTOOLS_DEV`` or
+    ``POWERTOOLS_METRICS_DISABLED`` changed (tests and the local stack set them at run time).
+    Its rule reads the environment through ``os.getenv`` (eleven calls of Python an emission,
+    two emissions a checkout cycle: docs/performance.md, "Checkout CPU per cycle"); here the
+    two values are looked up in ``os.environ``'s own dict, which every change through
+    ``os.environ`` (``monkeypatch.setenv``, ``patch.dict``) updates, as ``os.getenv`` reads it."""
+    global _switches_seen
+    data = getattr(os.environ, "_data", None)
+    if not isinstance(data, dict):  # not CPython's POSIX layout: Powertools' rule every time
+        return is_metrics_disabled()
+    values = (data.get(_SWITCHES[0]), data.get(_SWITCHES[1]))
+    seen = _switches_seen
+    if values != seen[0]:
+        seen = _switches_seen = (values, is_metrics_disabled())
+    return seen[1]
+
+
 
 def emit(pool: str | None, counts: Mapping[str, Values], unit: MetricUnit = MetricUnit.Count,
          seconds: Mapping[str, Values] | None = None, dimensions: Mapping[str, str] | None = None) -> None:
@@ -361,7 +398,7 @@ def emit(pool: str | None, counts: Mapping[str, Values], unit: MetricUnit = Metr
     warning: CloudWatch drops the whole document of a value JSON cannot carry (NaN, Infinity).
     Nothing is printed while ``POWERTOOLS_METRICS_DISABLED`` is set (the local stack).
     """
-    if is_metrics_disabled():
+    if metrics_disabled():
         return
     names = dict(dimensions or {})
     if pool is not None:

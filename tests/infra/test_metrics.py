@@ -93,6 +93,29 @@ def test_nothing_is_printed_while_metrics_are_disabled(capsys: pytest.CaptureFix
     assert emf_documents(capsys.readouterr().out) == []
 
 
+def test_metrics_switched_off_and_on_at_run_time_follow_the_environment(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether metrics are off is remembered between emissions (Powertools reads the environment
+    each time, a cost on every checkout): a switch turned at run time, either way, still counts
+    from the next emission, as do POWERTOOLS_DEV and a switch set back to false."""
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    monkeypatch.delenv("POWERTOOLS_DEV", raising=False)
+    published = []
+    for change in ({}, {"POWERTOOLS_METRICS_DISABLED": "true"}, {"POWERTOOLS_METRICS_DISABLED": None},
+                   {"POWERTOOLS_DEV": "true"}, {"POWERTOOLS_METRICS_DISABLED": "false"},
+                   {"POWERTOOLS_DEV": None}, {"POWERTOOLS_METRICS_DISABLED": "1"}):
+        for name, value in change.items():
+            if value is None:
+                monkeypatch.delenv(name)
+            else:
+                monkeypatch.setenv(name, value)
+        m.emit(None, {m.CHECKOUTS: 1})
+        m.emit(None, {m.DELETES: 1})
+        published.append(len(emf_documents(capsys.readouterr().out)))
+    # Powertools' rule: off when disabled is true, or in dev mode unless disabled says false.
+    assert published == [2, 0, 2, 0, 2, 2, 0]
+
+
 class UnbufferedStdout(io.StringIO):
     """stdout as in Lambda: each write goes out at once, in a system call that lets other
     threads run meanwhile."""
