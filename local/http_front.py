@@ -41,6 +41,10 @@ What we add to uvicorn:
   stack) against its workers;
 - the same loops without gunicorn, in the calling process (``InProcessFront``: `make run
   WORKERS=0`, one process for HTTP and the scheduler).
+
+The gunicorn parts (the worker ``OneAppWorker``, the arbiter ``_Arbiter``, ``HttpFront``,
+``JsonLogger``) are in ``local.gunicorn_front``: the one-process layout imports this module
+only, and so never loads gunicorn (1.9 MB, 32 modules it would not use).
 """
 
 from __future__ import annotations
@@ -51,29 +55,25 @@ import copy
 import errno
 import http
 import logging
-import mmap
 import os
 import re
 import resource
-import signal
 import socket
 import struct
-import sys
 import threading
 import time
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable
 
 import httptools
-from gunicorn.app.base import BaseApplication
-from gunicorn.arbiter import Arbiter
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import Server
-from uvicorn_worker import UvicornWorker
 
 from chalicelib.api.http import MAX_BODY_BYTES as API_MAX_BODY_BYTES
 from chalicelib.api.http import json_text
-from local.front_logs import BoundedWarning, JsonLogger, json_stderr_handler
-from local.processes import die_with_parent
+from local.front_logs import BoundedWarning, json_stderr_handler
+
+if TYPE_CHECKING:  # gunicorn's layout only (``local.gunicorn_front``): not imported for WORKERS=0
+    from local.gunicorn_front import OneAppWorker
 
 CLIENT_TIMEOUT_SECONDS = float(os.environ.get("VMPOOL_HTTP_CLIENT_TIMEOUT", "10"))
 """How long a request's line and headers, and then its body, may take to arrive; then 408 and
@@ -854,216 +854,17 @@ class _LoopThread(threading.Thread):
             self.worker.stop_serving()
 
 
-class OneAppWorker(UvicornWorker):
-    """A gunicorn worker running uvicorn: as many event loops as the app allows threads
-    (``AsgiApp.threads``), each on its own thread, each calling the app inline, one request at a
-    time per loop, the first one accepting the worker's connections for all (``_LoopServer``);
-    bounded as ``BoundedHttpProtocol`` says; dies with the arbiter.
-
-    Why loops and not one loop handing requests to a pool of threads: a hand-off costs two
-    thread wake-ups per request (the pool thread, then the loop for the answer), each a wait in
-    the run queue of a busy machine; a loop per thread wakes once per request, as a thread per
-    connection does, while a slow client still costs only a coroutine."""
-
-    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
-        # uvloop measured no better (docs/performance.md, "Then: connections spread over loops").
-        "loop": "asyncio",
-        "http": BoundedHttpProtocol,
-        "lifespan": "off",
-        "ws": "none",  # no WebSocket upgrade, whatever is installed: the app serves HTTP only
-        "proxy_headers": False,  # the client's address is the socket's: no X-Forwarded-For
-        "server_header": False,
-        "timeout_graceful_shutdown": 5,
-    }
-
-    _loops: list[_LoopThread]
-    _server: Server | None = None
-    _last_heartbeat = 0.0
-    process_beat: "ProcessBeat"
-    """When this worker's process last ran, shared with the arbiter (``_Arbiter``)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # in the arbiter, before the fork
-        # The accepting loop bounds the worker's connections (_LoopServer._hand); uvicorn's own
-        # check, per loop at each request, stays above it.
-        self.config.limit_concurrency = self.cfg.worker_connections + 1
-        self._loops = []
-        self.process_beat = ProcessBeat()
-
-    def init_signals(self) -> None:
-        super().init_signals()
-        # Ctrl-C reaches every process of the terminal's group, the workers too: a stop asked of
-        # them, ended with exit 0 as gunicorn's own workers do. uvicorn-worker leaves SIGINT at
-        # its default, and uvicorn, once it has stopped gracefully, raises the signal again for
-        # the old handler: the worker died of SIGINT, and the arbiter logged a warning per worker
-        # ("Worker (pid:...) was sent SIGINT!") on every clean Ctrl-C of `make run`. With this
-        # handler as the old one, that second SIGINT (or one during start-up) exits 0.
-        signal.signal(signal.SIGINT, self._interrupted)
-
-    def _interrupted(self, signum: int, frame: Any) -> None:
-        self.alive = False
-        sys.exit(0)
-
-    def init_process(self) -> None:
-        # SIGKILL, not SIGTERM: a worker stopped (SIGSTOP) when its arbiter dies acts on no other
-        # signal, and stayed stopped for good, re-parented, holding its listening socket on the
-        # port: a share of the next front's new connections queued on it, unanswered forever.
-        die_with_parent(self.ppid, signal.SIGKILL)
-        threading.Thread(target=self._beat_while_running, name="vmpool-process-beat", daemon=True).start()
-        super().init_process()
-
-    def _beat_while_running(self) -> None:
-        """Say that this process runs, for as long as it does (a thread of its own: its event
-        loops may each be busy with one request for many seconds)."""
-        while True:
-            self.process_beat.beat()
-            time.sleep(PROCESS_BEAT_SECONDS)
-
-    async def _serve(self) -> None:
-        self.config.app = self.wsgi
-        self.config.load()
-        loops = max(int(getattr(self.wsgi, "threads", 1)), 1)
-        self.config.callback_notify = None  # the first loop's heartbeat instead, at every turn
-        self._server = _LoopServer(config=self.config)
-        self._server.heartbeat = self._heartbeat
-        self._server.max_connections = connection_bound(self.cfg.worker_connections)
-        self._loops = [_LoopThread(self, number) for number in range(1, loops)]
-        self._server.followers = tuple(loop.server for loop in self._loops)
-        for loop in self._loops:
-            loop.server.accepting = self._server
-        for loop in self._loops:
-            loop.start()
-        self._install_sigquit_handler()
-        try:
-            await self._server.serve(sockets=self.sockets)
-        finally:
-            for loop in self._loops:
-                loop.server.should_exit = True
-            for loop in self._loops:
-                loop.join(timeout=self.config.timeout_graceful_shutdown or 5)
-        if not self._server.started:
-            raise SystemExit(Arbiter.WORKER_BOOT_ERROR)
-
-    def stop_serving(self) -> None:
-        """Ask every loop of this worker to finish (the arbiter then starts a new worker)."""
-        if self._server is not None:
-            self._server.should_exit = True
-
-    def _heartbeat(self) -> None:
-        """Tell the arbiter this worker is alive (at most once a second), while every loop turns:
-        the arbiter restarts a worker that stops telling it."""
-        now = time.monotonic()
-        if now - self._last_heartbeat < HEARTBEAT_SECONDS:
-            return
-        stalled = now - self.timeout
-        if all(loop.server.ticked > stalled for loop in self._loops):
-            self._last_heartbeat = now
-            self.notify()
-
-
-class ProcessBeat:
-    """When a worker's process last ran (``time.monotonic()``, which every process of the
-    machine shares), in memory the arbiter makes before it forks the worker and reads after:
-    an anonymous shared mapping, so no descriptor to close or to leak into later workers."""
-
-    def __init__(self) -> None:
-        self._memory = mmap.mmap(-1, 8)  # MAP_SHARED | MAP_ANONYMOUS: the fork shares it
-        self.beat()  # a worker stopped before its first beat is not spared
-
-    def beat(self) -> None:
-        """Record that the process runs now."""
-        self._memory[:8] = struct.pack("d", time.monotonic())
-
-    def last(self) -> float:
-        """When the process last said it runs."""
-        return float(struct.unpack("d", self._memory[:8])[0])
-
-
-class _Arbiter(Arbiter):
-    """gunicorn's arbiter, which also kills a worker whose process has not run for
-    ``HttpFront.process_timeout`` (SIGKILL at once: a process that does not run acts on no other
-    signal), and counts no worker's silence over a pause of its own.
-
-    gunicorn alone waits for its ``timeout`` (30 s) whatever the reason a worker is silent: a
-    SIGSTOPped worker held every request on it, and the new connections the kernel kept giving
-    its listening socket (one in as many as there are workers), for 31 s, then reset them. The
-    timeout cannot be shorter for every silence: a worker whose loops each wait for a slow LDAP
-    server is serving. And after the whole stack was stopped (Ctrl-Z) for longer than the timeout,
-    the arbiter, resuming with its workers, found them all silent and killed them, resetting
-    every connection in the moment the stack came back."""
-
-    def __init__(self, app: BaseApplication) -> None:
-        super().__init__(app)
-        # From its start: a pause before its first check (a second after it forks the workers,
-        # which may be serving by then) counts too.
-        self._checked = time.monotonic()
-
-    def murder_workers(self) -> None:
-        now = time.monotonic()
-        if now - self._checked > ARBITER_PAUSE_SECONDS:
-            for worker in self.WORKERS.values():  # each gets its whole timeout again from now
-                worker.tmp.notify()
-                if isinstance(worker, OneAppWorker):
-                    worker.process_beat.beat()
-        self._checked = now
-        process_timeout = getattr(self.app, "process_timeout", None)
-        for pid, worker in list(self.WORKERS.items()):
-            if not isinstance(worker, OneAppWorker) or process_timeout is None or worker.aborted:
-                continue
-            silent = now - worker.process_beat.last()
-            if silent > process_timeout:
-                self.log.critical("WORKER NOT RUNNING for %.0f s (pid:%s): killed", silent, pid)
-                worker.aborted = True
-                self.kill_worker(pid, signal.SIGKILL)
-        super().murder_workers()
-
-
-class HttpFront(BaseApplication):
-    """gunicorn, configured in code, serving the ASGI app that ``load_app`` builds in each worker."""
-
-    def __init__(self, load_app: Callable[[], Callable[..., Any]], host: str, port: int, workers: int,
-                 on_worker_ready: Callable[[], None] = lambda: None, max_connections: int = MAX_CONNECTIONS,
-                 worker_timeout: float = WORKER_TIMEOUT_SECONDS,
-                 process_timeout: float = PROCESS_TIMEOUT_SECONDS) -> None:
-        self._load_app = load_app
-        self.process_timeout = process_timeout
-        self._options: dict[str, Any] = {
-            "bind": f"{host}:{port}",
-            # A listening socket per worker (SO_REUSEPORT): the kernel spreads new connections
-            # over the workers. One shared socket lets whichever worker wakes first accept every
-            # connection waiting, and a few long kept-alive clients then load one worker (one core).
-            "reuse_port": True,
-            "workers": max(workers, 1),
-            "worker_class": f"{__name__}.{OneAppWorker.__name__}",
-            "worker_connections": max_connections,
-            "keepalive": 5,
-            "timeout": worker_timeout,
-            "graceful_timeout": 5,  # Ctrl-C / SIGTERM: in-flight requests get this long
-            "backlog": 512,
-            "loglevel": "warning",  # the app logs what matters, as JSON
-            "accesslog": None,
-            "errorlog": "-",
-            "logger_class": JsonLogger,  # JSON lines, as the app's
-            "control_socket_disable": True,  # no $HOME/.gunicorn/gunicorn.ctl shared between stacks
-            "post_worker_init": lambda worker: on_worker_ready(),
-            "proc_name": "vmpool-http",
-        }
-        super().__init__()
-
-    def load_config(self) -> None:
-        for name, value in self._options.items():
-            self.cfg.set(name, value)
-
-    def load(self) -> Callable[..., Any]:
-        return self._load_app()
-
-    def run(self) -> None:
-        """gunicorn's ``BaseApplication.run``, with ``_Arbiter``."""
-        try:
-            _Arbiter(self).run()
-        except RuntimeError as error:
-            print(f"\nError: {error}\n", file=sys.stderr, flush=True)
-            sys.exit(1)
+UVICORN_CONFIG: dict[str, Any] = {
+    # uvloop measured no better (docs/performance.md, "Then: connections spread over loops").
+    "loop": "asyncio",
+    "http": BoundedHttpProtocol,
+    "lifespan": "off",
+    "ws": "none",  # no WebSocket upgrade, whatever is installed: the app serves HTTP only
+    "proxy_headers": False,  # the client's address is the socket's: no X-Forwarded-For
+    "server_header": False,
+    "timeout_graceful_shutdown": 5,
+}
+"""uvicorn's settings for every loop, a worker's (``gunicorn_front.OneAppWorker``) or ``InProcessFront``'s."""
 
 
 class InProcessFront:
@@ -1086,7 +887,7 @@ class InProcessFront:
 
         app = load_app()
         self.config = Config(app=app, log_config=None, access_log=False, timeout_keep_alive=5, backlog=512,
-                             **OneAppWorker.CONFIG_KWARGS)
+                             **UVICORN_CONFIG)
         self.config.limit_concurrency = max_connections + 1  # as OneAppWorker: _LoopServer bounds below it
         error_log = logging.getLogger("uvicorn.error")
         if not error_log.handlers:

@@ -100,7 +100,8 @@ def _serve_http(port: int, workers: int, threads: int, parent: int,
     die_with_parent(parent, signal.SIGKILL)
     import app as chalice_app
     from local.gateway import AsgiApp
-    from local.http_front import CLIENT_TIMEOUT_SECONDS, HttpFront
+    from local.gunicorn_front import HttpFront
+    from local.http_front import CLIENT_TIMEOUT_SECONDS
 
     def asgi_app() -> AsgiApp:
         return AsgiApp(chalice_app.app, body_timeout=CLIENT_TIMEOUT_SECONDS, threads=threads)
